@@ -1,0 +1,207 @@
+"""Embedding throughput and peak memory: torchflava against the FLAVA peers, FLAVA-full, CPU.
+
+Peers: Hugging Face transformers' ``FlavaModel`` (``get_image_features`` / ``get_text_features``)
+and, when installed, torchmultimodal's ``FLAVAModel`` (``encode_image`` / ``encode_text`` with
+projection). Ours: ``FLAVAModel.encode_image`` / ``encode_text``. Everyone gets the same inputs:
+B images of 224 px, and B captions padded to 77 tokens with real lengths spread over 20..60.
+Ours and HF's share the same weights (converted), and the script checks that their features agree.
+
+Timing: ``torch.inference_mode``, warm-up, then the implementations interleaved batch by batch
+(A B C A B C ...), medians reported with the per-batch ratio ours/peer. ``--dtype bf16`` runs every
+implementation under the same ``torch.autocast("cpu", bfloat16)``.
+
+Memory: each implementation runs alone in a fresh process; after building the model and one
+warm-up batch the kernel's peak-RSS counter is reset (``/proc/self/clear_refs``), so the figure is
+the peak resident memory while embedding (weights included), in MiB.
+
+Usage::
+
+    python benchmarks/encoders.py                      # fp32 and bf16, both modalities
+    python benchmarks/encoders.py --dtype fp32 --reps 20 --json results.json
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from torchflava.models import flava_model
+from torchflava.models.flava.convert_weights import convert_to_torchflava
+
+IMPLS = ("ours", "hf", "tmm")
+
+
+def have_tmm() -> bool:
+    try:
+        import torchmultimodal.models.flava.model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_inputs(batch: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, 224, 224, generator=g)
+    lengths = torch.linspace(20, 60, batch).round().long()
+    ids = torch.randint(1000, 30000, (batch, 77), generator=g)
+    ids[:, 0] = 101  # [CLS]
+    mask = (torch.arange(77)[None, :] < lengths[:, None]).long()
+    ids[torch.arange(batch), lengths - 1] = 102  # [SEP]
+    return {"images": images, "ids": ids * mask, "mask": mask}
+
+
+def build(impl: str, hf_state: dict | None = None):
+    """Build one implementation at FLAVA-full size; ours takes HF's weights when given."""
+    torch.manual_seed(0)
+    if impl == "ours":
+        model = flava_model()
+        if hf_state is not None:
+            converted, _ = convert_to_torchflava(hf_state, model, layout="hf")
+            model.load_state_dict(converted)
+    elif impl == "hf":
+        from transformers import FlavaConfig, FlavaModel
+
+        model = FlavaModel(FlavaConfig())
+    elif impl == "tmm":
+        from torchmultimodal.models.flava.model import flava_model as tmm_flava_model
+
+        model = tmm_flava_model()
+    else:
+        raise ValueError(f"unknown implementation {impl!r}")
+    return model.eval()
+
+
+def embed_fn(impl: str, model, modality: str, inputs: dict):
+    """A zero-argument callable computing (B, 768) features the way that library's users do."""
+    images, ids, mask = inputs["images"], inputs["ids"], inputs["mask"]
+    if impl == "ours":
+        if modality == "image":
+            return lambda: model.encode_image(images)
+        return lambda: model.encode_text(ids, mask)
+    if impl == "hf":
+        if modality == "image":
+            return lambda: F.normalize(model.get_image_features(pixel_values=images)[:, 0], dim=-1)
+        return lambda: F.normalize(model.get_text_features(input_ids=ids, attention_mask=mask)[:, 0], dim=-1)
+    if modality == "image":
+        return lambda: F.normalize(model.encode_image(images, projection=True)[1], dim=-1)
+    return lambda: F.normalize(model.encode_text(ids, projection=True)[1], dim=-1)
+
+
+def autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+def time_interleaved(models: dict, inputs: dict, modality: str, dtype: str, warmup: int, reps: int) -> dict:
+    fns = {impl: embed_fn(impl, m, modality, inputs) for impl, m in models.items()}
+    times = {impl: [] for impl in fns}
+    with torch.inference_mode(), autocast(dtype):
+        for rep in range(warmup + reps):
+            for impl, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                elapsed = time.perf_counter() - start
+                if rep >= warmup:
+                    times[impl].append(elapsed)
+    return times
+
+
+def check_agreement(models: dict, inputs: dict) -> dict:
+    """Max abs difference between our features and HF's (same weights), fp32."""
+    out = {}
+    with torch.inference_mode():
+        for modality in ("image", "text"):
+            ours = embed_fn("ours", models["ours"], modality, inputs)()
+            hf = embed_fn("hf", models["hf"], modality, inputs)()
+            out[modality] = float((ours - hf).abs().max())
+    return out
+
+
+def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int) -> None:
+    """Run in a fresh process: build, warm up, reset the peak counter, embed, print peak RSS (MiB)."""
+    model = build(impl)
+    inputs = make_inputs(batch)
+    fn = embed_fn(impl, model, modality, inputs)
+    with torch.inference_mode(), autocast(dtype):
+        fn()
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        for _ in range(reps):
+            fn()
+    hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print(json.dumps({"peak_rss_mib": hwm_kib / 1024, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_rss(impl: str, modality: str, dtype: str, batch: int) -> float:
+    cmd = [sys.executable, __file__, "--child", impl, modality, dtype, "--batch", str(batch)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "both"), default="both")
+    parser.add_argument("--modality", choices=("image", "text", "both"), default="both")
+    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of ours,hf,tmm")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory runs")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--child", nargs=3, metavar=("IMPL", "MODALITY", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        peak_rss_child(*args.child, batch=args.batch, reps=3)
+        return
+
+    impls = [i for i in args.impls.split(",") if i != "tmm" or have_tmm()]
+    if "ours" not in impls or len(impls) < 2:
+        parser.error("--impls needs ours and at least one peer")
+    dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
+    modalities = ("image", "text") if args.modality == "both" else (args.modality,)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, batch {args.batch}, reps {args.reps}")
+    models = {"hf": build("hf")} if "hf" in impls else {}
+    models["ours"] = build("ours", hf_state=models["hf"].state_dict() if "hf" in models else None)
+    for impl in impls:
+        if impl not in models:
+            models[impl] = build(impl)
+    models = {impl: models[impl] for impl in impls}
+    inputs = make_inputs(args.batch)
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch, "rows": []}
+    if "hf" in models:
+        results["max_abs_diff_vs_hf"] = check_agreement(models, inputs)
+        print(f"features, ours vs HF (same weights, fp32): max abs diff {results['max_abs_diff_vs_hf']}")
+
+    header = f"{'modality':8} {'dtype':5} {'impl':5} {'median s/batch':>14} {'items/s':>8} {'ours/peer speed':>16} {'peak RSS MiB':>12}"
+    print(header)
+    for modality in modalities:
+        for dtype in dtypes:
+            times = time_interleaved(models, inputs, modality, dtype, args.warmup, args.reps)
+            for impl in impls:
+                med = statistics.median(times[impl])
+                ratio = statistics.median(p / o for p, o in zip(times[impl], times["ours"])) if impl != "ours" else None
+                rss = None if args.no_memory else peak_rss(impl, modality, dtype, args.batch)
+                row = {"modality": modality, "dtype": dtype, "impl": impl, "median_s": med,
+                       "items_per_s": args.batch / med, "speedup_of_ours_paired": ratio, "peak_rss_mib": rss}
+                results["rows"].append(row)
+                print(f"{modality:8} {dtype:5} {impl:5} {med:14.4f} {args.batch / med:8.2f} "
+                      f"{'' if ratio is None else f'{ratio:.3f}x':>16} {'' if rss is None else f'{rss:.0f}':>12}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Packaging for torchflava.
+
+Users get version ranges here; the exact versions CI and developers use live in
+requirements/dev-lock.txt, which `make test` installs.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+_HERE = Path(__file__).parent
+
+
+def _version() -> str:
+    for line in (_HERE / "torchflava" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("torchflava/__init__.py has no __version__")
+
+
+setup(
+    name="torchflava",
+    version=_version(),
+    description="Composable vision-language building blocks and a fast, exact FLAVA for PyTorch",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=find_packages(include=["torchflava", "torchflava.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "iopath>=0.1.10",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "data": ["pillow>=10", "tokenizers>=0.19", "torchdata>=0.10"],
+        "recipes": ["omegaconf>=2.3", "tqdm>=4.66", "matplotlib>=3.8", "fvcore>=0.1.5"],
+        "tensorboard": ["tensorboard>=2.15"],
+        "test": ["pytest>=8", "expecttest>=0.2", "transformers>=4.40,<5"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,43 @@
+"""Helpers shared by the tests: tiny configs and reference models built with random weights."""
+
+import torch
+
+# A tiny FLAVA: every dimension differs so that a transposed or swapped tensor cannot pass.
+TINY_FLAVA = dict(
+    image_embed_dim=32,
+    image_num_layers=2,
+    image_num_heads=4,
+    image_mlp_dim=48,
+    image_size=32,
+    patch_size=8,
+    text_embed_dim=24,
+    text_num_layers=2,
+    text_num_heads=3,
+    text_mlp_dim=40,
+    vocab_size=99,
+    max_seq_len=40,
+    multimodal_embed_dim=16,
+    multimodal_num_layers=2,
+    multimodal_num_heads=2,
+    multimodal_mlp_dim=36,
+    projection_dim=20,
+)
+
+
+def padded_text(batch: int, length: int, vocab_size: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token ids with right padding (id 0) and the matching 1/0 attention mask.
+
+    Args:
+        batch (int): rows.
+        length (int): columns.
+        vocab_size (int): ids are drawn from [1, vocab_size).
+        lengths (list[int]): real length of each row.
+
+    Returns:
+        tuple[torch.Tensor, torch.Tensor]: ids (B, L) and mask (B, L).
+    """
+    ids = torch.randint(1, vocab_size, (batch, length))
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return ids * mask, mask

@@ -1,0 +1,161 @@
+"""VisionEncoder, TextEncoder and FusionEncoder, built small through the FLAVA builders."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from tests.helpers import padded_text, TINY_FLAVA
+from torchflava.models.flava import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
+from torchflava.modules.encoders import EncoderOutput, FusionEncoder, TextEncoder, VisionEncoder
+
+T = TINY_FLAVA
+IMAGE_TOKENS = 1 + (T["image_size"] // T["patch_size"]) ** 2  # 17
+
+
+def image_encoder(**kwargs) -> VisionEncoder:
+    return flava_image_encoder(
+        embed_dim=T["image_embed_dim"], num_layers=T["image_num_layers"], num_heads=T["image_num_heads"],
+        mlp_dim=T["image_mlp_dim"], image_size=T["image_size"], patch_size=T["patch_size"], **kwargs,
+    ).eval()
+
+
+def text_encoder(**kwargs) -> TextEncoder:
+    return flava_text_encoder(
+        embed_dim=T["text_embed_dim"], num_layers=T["text_num_layers"], num_heads=T["text_num_heads"],
+        mlp_dim=T["text_mlp_dim"], vocab_size=T["vocab_size"], max_seq_len=T["max_seq_len"], **kwargs,
+    ).eval()
+
+
+def fusion_encoder(**kwargs) -> FusionEncoder:
+    return flava_multimodal_encoder(
+        embed_dim=T["multimodal_embed_dim"], num_layers=T["multimodal_num_layers"],
+        num_heads=T["multimodal_num_heads"], mlp_dim=T["multimodal_mlp_dim"], image_dim=T["image_embed_dim"],
+        text_dim=T["text_embed_dim"], **kwargs,
+    ).eval()
+
+
+def randomise_norm(norm):
+    with torch.no_grad():  # a non-identity final norm so "norm applied" is a real check
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+
+
+def check_common(encoder, out: EncoderOutput, seq: int, width: int, batch: int = 2):
+    assert isinstance(out, EncoderOutput)
+    assert out.last_hidden_state.shape == (batch, seq, width)
+    assert out.prenorm_last_hidden_state.shape == (batch, seq, width)
+    assert_close(out.last_hidden_state, encoder.norm(out.prenorm_last_hidden_state), atol=0, rtol=0)
+    assert not torch.allclose(out.last_hidden_state, out.prenorm_last_hidden_state, atol=1e-2)
+    assert out.pooled_output.shape == (batch, width)
+    assert_close(out.pooled_output, encoder.pooler(out.last_hidden_state), atol=0, rtol=0)
+    assert out.hidden_states is None
+
+
+def test_vision_encoder():
+    encoder = image_encoder()
+    randomise_norm(encoder.norm)
+    images = torch.randn(2, 3, T["image_size"], T["image_size"])
+    out = encoder(images)
+    check_common(encoder, out, IMAGE_TOKENS, T["image_embed_dim"])
+    full = encoder(images, return_hidden_states=True)
+    assert len(full.hidden_states) == T["image_num_layers"] + 1
+    assert_close(full.hidden_states[0], encoder.embeddings(images), atol=0, rtol=0)
+    assert full.hidden_states[-1] is full.prenorm_last_hidden_state
+    assert encoder(images, return_pooled=False).pooled_output is None
+
+
+def test_vision_encoder_patch_mask():
+    encoder = image_encoder()
+    images = torch.randn(2, 3, T["image_size"], T["image_size"])
+    mask = torch.zeros(2, IMAGE_TOKENS - 1, dtype=torch.bool)
+    mask[:, :3] = True
+    out = encoder(images, patch_mask=mask, return_hidden_states=True)
+    assert_close(out.hidden_states[0], encoder.embeddings(images, patch_mask=mask), atol=0, rtol=0)
+    assert not torch.allclose(out.last_hidden_state, encoder(images).last_hidden_state, atol=1e-4)
+    assert image_encoder(use_mask_token=False).embeddings.mask_token is None
+
+
+def test_text_encoder():
+    encoder = text_encoder()
+    randomise_norm(encoder.norm)
+    ids, _ = padded_text(2, 7, T["vocab_size"], [7, 7])
+    out = encoder(ids)
+    check_common(encoder, out, 7, T["text_embed_dim"])
+    full = encoder(ids, return_hidden_states=True)
+    assert len(full.hidden_states) == T["text_num_layers"] + 1
+    assert_close(full.hidden_states[0], encoder.embeddings(ids), atol=0, rtol=0)
+    assert full.hidden_states[-1] is full.prenorm_last_hidden_state
+    assert encoder(ids, return_pooled=False).pooled_output is None
+    types = torch.ones_like(ids)
+    assert not torch.allclose(encoder(ids, token_type_ids=types).last_hidden_state, out.last_hidden_state, atol=1e-4)
+
+
+def test_text_encoder_honours_padding():
+    encoder = text_encoder()
+    ids, mask = padded_text(2, 9, T["vocab_size"], [5, 9])
+    padding = mask == 0
+    changed = ids.clone()
+    changed[padding] = torch.randint(1, T["vocab_size"], (int(padding.sum()),))
+    assert not torch.equal(changed, ids)
+    out = encoder(ids, padding_mask=padding).last_hidden_state
+    out_changed = encoder(changed, padding_mask=padding).last_hidden_state
+    assert_close(out_changed[~padding], out[~padding])
+    # Without the mask the padded tokens do leak into the real positions.
+    unmasked = encoder(changed).last_hidden_state
+    assert not torch.allclose(unmasked[0, :5], out[0, :5], atol=1e-4)
+
+
+def fusion_inputs(batch: int = 2, length: int = 7):
+    image_states = torch.randn(batch, IMAGE_TOKENS, T["image_embed_dim"])
+    text_states = torch.randn(batch, length, T["text_embed_dim"])
+    return image_states, text_states
+
+
+def test_fusion_encoder():
+    encoder = fusion_encoder()
+    randomise_norm(encoder.norm)
+    image_states, text_states = fusion_inputs()
+    out = encoder(image_states, text_states)
+    check_common(encoder, out, 1 + IMAGE_TOKENS + 7, T["multimodal_embed_dim"])
+    full = encoder(image_states, text_states, return_hidden_states=True)
+    assert len(full.hidden_states) == T["multimodal_num_layers"] + 1
+    expected_input = torch.cat(
+        [
+            encoder.cls_token.expand(2, -1, -1),
+            encoder.image_proj(image_states),
+            encoder.text_proj(text_states),
+        ],
+        dim=1,
+    )
+    assert_close(full.hidden_states[0], expected_input, atol=0, rtol=0)
+    assert full.hidden_states[-1] is full.prenorm_last_hidden_state
+    assert encoder(image_states, text_states, return_pooled=False).pooled_output is None
+
+
+def test_fusion_encoder_honours_text_padding():
+    encoder = fusion_encoder()
+    image_states, text_states = fusion_inputs(length=9)
+    _, mask = padded_text(2, 9, T["vocab_size"], [4, 9])
+    padding = mask == 0
+    changed = text_states.clone()
+    changed[padding] = 10 * torch.randn(int(padding.sum()), T["text_embed_dim"])
+    out = encoder(image_states, text_states, text_padding_mask=padding).last_hidden_state
+    out_changed = encoder(image_states, changed, text_padding_mask=padding).last_hidden_state
+    real = torch.cat([torch.ones(2, 1 + IMAGE_TOKENS, dtype=torch.bool), ~padding], dim=1)
+    assert_close(out_changed[real], out[real])
+    unmasked = encoder(image_states, changed).last_hidden_state
+    assert not torch.allclose(unmasked[0, 0], out[0, 0], atol=1e-4)
+
+
+def test_fusion_encoder_batch_mismatch():
+    image_states, _ = fusion_inputs(batch=2)
+    _, text_states = fusion_inputs(batch=3)
+    with pytest.raises(ValueError, match="image and text batch sizes differ: 2 images, 3 texts"):
+        fusion_encoder()(image_states, text_states)
+
+
+@pytest.mark.parametrize("shape", [(2, 6), (3, 7), (2, 7, 1)])
+def test_fusion_encoder_wrong_padding_mask_shape(shape):
+    image_states, text_states = fusion_inputs()
+    with pytest.raises(ValueError, match=r"text_padding_mask must have shape \(2, 7\)"):
+        fusion_encoder()(image_states, text_states, text_padding_mask=torch.zeros(shape, dtype=torch.bool))

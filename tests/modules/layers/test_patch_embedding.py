@@ -1,0 +1,144 @@
+"""PatchEmbedding: shapes, CLS/positions, patch masking, position interpolation and input checks."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from torchflava.modules.layers import PatchEmbedding
+
+B, C, SIZE, PATCH, D = 2, 3, 32, 8, 16
+N = (SIZE // PATCH) ** 2  # 16
+
+
+def make_embedding(**kwargs) -> PatchEmbedding:
+    return PatchEmbedding(SIZE, PATCH, C, D, **kwargs).eval()
+
+
+def patches(pe: PatchEmbedding, images: torch.Tensor) -> torch.Tensor:
+    """The conv patch projections, (B, N, D), row-major over the patch grid."""
+    return pe.proj(images).flatten(2).transpose(1, 2)
+
+
+def test_shape_and_composition():
+    pe = make_embedding()
+    images = torch.randn(B, C, SIZE, SIZE)
+    out = pe(images)
+    assert out.shape == (B, 1 + N, D)
+    assert pe.num_patches == N and pe.grid_size == SIZE // PATCH
+    tokens = out - pe.pos_embed  # undo the positions
+    assert_close(tokens[:, 0], pe.cls_token[0].expand(B, -1))
+    assert_close(tokens[:, 1:], patches(pe, images))
+
+
+def test_patch_order_is_row_major():
+    pe = make_embedding()
+    images = torch.zeros(1, C, SIZE, SIZE)
+    images[:, :, 0:PATCH, PATCH : 2 * PATCH] = 1.0  # grid row 0, column 1 -> patch index 1
+    tokens = (pe(images) - pe.pos_embed)[0, 1:]
+    bias_only = pe.proj.bias.expand(N, -1).clone()
+    changed = [i for i in range(N) if not torch.allclose(tokens[i], bias_only[i])]
+    assert changed == [1]
+
+
+def test_patch_mask_replaces_exactly_the_masked_patches():
+    pe = make_embedding(use_mask_token=True)
+    images = torch.randn(B, C, SIZE, SIZE)
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    mask[0, [0, 5, 15]] = True
+    mask[1, [3]] = True
+    out = pe(images, patch_mask=mask)
+    assert out.shape == (B, 1 + N, D)
+    tokens = out - pe.pos_embed  # values before positions were added
+    proj = patches(pe, images)
+    assert_close(tokens[:, 1:][mask], pe.mask_token[0].expand(int(mask.sum()), -1))
+    assert_close(tokens[:, 1:][~mask], proj[~mask])
+    assert_close(tokens[:, 0], pe.cls_token[0].expand(B, -1))
+    # An all-False mask is a no-op; an integer 0/1 mask acts like the boolean one.
+    assert_close(pe(images, patch_mask=torch.zeros(B, N, dtype=torch.bool)), pe(images))
+    assert_close(pe(images, patch_mask=mask.long()), out)
+
+
+def test_patch_mask_on_the_patch_grid():
+    pe = make_embedding(use_mask_token=True)
+    images = torch.randn(B, C, SIZE, SIZE)
+    grid_mask = torch.rand(B, SIZE // PATCH, SIZE // PATCH) < 0.4
+    assert grid_mask.any() and not grid_mask.all()
+    assert_close(pe(images, patch_mask=grid_mask), pe(images, patch_mask=grid_mask.flatten(1)))
+
+
+def test_native_grid_returns_pos_embed_unchanged():
+    pe = make_embedding()
+    assert pe.position_embedding(SIZE // PATCH, SIZE // PATCH) is pe.pos_embed
+
+
+def test_interpolated_positions_for_other_image_sizes():
+    pe = make_embedding()
+    images = torch.randn(B, C, 48, 24)  # 6 x 3 patch grid
+    out = pe(images)
+    assert out.shape == (B, 1 + 18, D)
+    pos = pe.position_embedding(6, 3)
+    assert pos.shape == (1, 1 + 18, D)
+    assert_close(pos[:, 0], pe.pos_embed[:, 0])  # the CLS position is never interpolated
+    tokens = out - pos
+    assert_close(tokens[:, 0], pe.cls_token[0].expand(B, -1))
+    assert_close(tokens[:, 1:], patches(pe, images))
+    # Bicubic interpolation of constant patch positions stays constant.
+    with torch.no_grad():
+        pe.pos_embed[:, 1:] = torch.arange(D, dtype=torch.float32)
+    assert_close(pe.position_embedding(5, 7)[0, 1:], torch.arange(D, dtype=torch.float32).expand(35, -1))
+
+
+def test_interpolation_keeps_gradients_to_pos_embed():
+    pe = make_embedding()
+    pe(torch.randn(1, C, 40, 40)).sum().backward()
+    assert pe.pos_embed.grad is not None and pe.pos_embed.grad[0, 1:].abs().sum() > 0
+
+
+def test_patch_size_must_divide_image_size():
+    with pytest.raises(ValueError, match="patch_size must divide image_size"):
+        PatchEmbedding(30, 8, C, D)
+
+
+def test_wrong_channel_count():
+    pe = make_embedding()
+    with pytest.raises(ValueError, match=r"image must have shape \(B, 3, H, W\), got \(2, 1, 32, 32\)"):
+        pe(torch.randn(2, 1, SIZE, SIZE))
+    with pytest.raises(ValueError, match="image must have shape"):
+        pe(torch.randn(C, SIZE, SIZE))  # no batch dimension
+
+
+@pytest.mark.parametrize("height, width", [(30, 30), (32, 20), (4, 32)])
+def test_size_not_divisible_by_patch(height, width):
+    pe = make_embedding()
+    with pytest.raises(ValueError, match=f"multiples of patch_size=8, got {height}x{width}"):
+        pe(torch.randn(1, C, height, width))
+
+
+def test_integer_image():
+    pe = make_embedding()
+    with pytest.raises(TypeError, match="image must be a floating-point tensor, got dtype torch.uint8"):
+        pe(torch.randint(0, 255, (1, C, SIZE, SIZE), dtype=torch.uint8))
+    with pytest.raises(TypeError, match="image must be a torch.Tensor"):
+        pe([[0.0]])
+
+
+@pytest.mark.parametrize(
+    "shape", [(B, N + 1), (B + 1, N), (N,), (B, 2, 8), (B, 4, 5)], ids=["N+1", "B+1", "1d", "2x8 grid", "4x5 grid"]
+)
+def test_patch_mask_wrong_shape(shape):
+    pe = make_embedding(use_mask_token=True)
+    with pytest.raises(ValueError, match=r"patch_mask must have shape \(B, N\) = \(2, 16\)"):
+        pe(torch.randn(B, C, SIZE, SIZE), patch_mask=torch.zeros(shape, dtype=torch.bool))
+
+
+def test_patch_mask_without_mask_token():
+    pe = make_embedding(use_mask_token=False)
+    assert pe.mask_token is None
+    with pytest.raises(ValueError, match="patch_mask was given but this PatchEmbedding has no mask token"):
+        pe(torch.randn(B, C, SIZE, SIZE), patch_mask=torch.zeros(B, N, dtype=torch.bool))
+
+
+def test_float_patch_mask():
+    pe = make_embedding(use_mask_token=True)
+    with pytest.raises(TypeError, match="patch_mask must be a bool"):
+        pe(torch.randn(B, C, SIZE, SIZE), patch_mask=torch.zeros(B, N))

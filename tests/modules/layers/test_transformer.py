@@ -1,0 +1,177 @@
+"""Pre-norm TransformerEncoderLayer, the TransformerEncoder stack (hidden states, checkpointing), MLP, Pooler."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.testing import assert_close
+
+from torchflava.modules.layers import (
+    MLP,
+    MultiHeadSelfAttention,
+    Pooler,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    TransformerOutput,
+)
+
+D, HEADS, HIDDEN = 24, 3, 40
+
+
+def make_layer(dropout: float = 0.0) -> TransformerEncoderLayer:
+    layer = TransformerEncoderLayer(
+        MultiHeadSelfAttention(D, HEADS, dropout=dropout),
+        MLP(D, HIDDEN, dropout=dropout),
+        attn_norm=nn.LayerNorm(D),
+        mlp_norm=nn.LayerNorm(D),
+        dropout=dropout,
+    )
+    with torch.no_grad():  # distinct, non-trivial norms so swapping them is caught
+        for norm in (layer.attn_norm, layer.mlp_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+    return layer
+
+
+def make_encoder(num_layers: int = 3, dropout: float = 0.0, **kwargs) -> TransformerEncoder:
+    return TransformerEncoder([make_layer(dropout) for _ in range(num_layers)], **kwargs)
+
+
+def mlp_by_hand(mlp: MLP, x: torch.Tensor) -> torch.Tensor:
+    hidden = x @ mlp.fc1.weight.T + mlp.fc1.bias
+    hidden = 0.5 * hidden * (1 + torch.erf(hidden / 2**0.5))  # exact GELU
+    return hidden @ mlp.fc2.weight.T + mlp.fc2.bias
+
+
+def layer_by_hand(layer: TransformerEncoderLayer, x: torch.Tensor, mask=None) -> torch.Tensor:
+    def norm(module, t):
+        return F.layer_norm(t, (D,), module.weight, module.bias, module.eps)
+
+    h = x + layer.attn(norm(layer.attn_norm, x), key_padding_mask=mask)
+    return h + mlp_by_hand(layer.mlp, norm(layer.mlp_norm, h))
+
+
+def test_layer_matches_pre_norm_formula():
+    layer = make_layer().eval()
+    x = torch.randn(2, 6, D)
+    assert_close(layer(x), layer_by_hand(layer, x), atol=1e-5, rtol=1e-5)
+    mask = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
+    out = layer(x, key_padding_mask=mask)
+    assert_close(out, layer_by_hand(layer, x, mask), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[0, :4], layer(x)[0, :4], atol=1e-4)  # the mask reaches attention
+
+
+def test_layer_dropout_only_in_training():
+    layer = make_layer(dropout=0.3).eval()
+    x = torch.randn(2, 6, D)
+    assert_close(layer(x), layer_by_hand(layer, x), atol=1e-5, rtol=1e-5)
+    layer.train()
+    assert not torch.allclose(layer(x), layer_by_hand(layer, x), atol=1e-3)
+
+
+def test_encoder_applies_layers_in_order_and_returns_hidden_states():
+    encoder = make_encoder(num_layers=3).eval()
+    x = torch.randn(2, 5, D)
+    mask = torch.tensor([[False, False, False, True, True], [False] * 5])
+    out = encoder(x, key_padding_mask=mask, return_hidden_states=True)
+    assert isinstance(out, TransformerOutput)
+    assert len(out.hidden_states) == 3 + 1
+    expected = x
+    assert_close(out.hidden_states[0], x, atol=0, rtol=0)
+    for i, layer in enumerate(encoder.layers):
+        expected = layer_by_hand(layer, expected, mask)
+        assert_close(out.hidden_states[i + 1], expected, atol=1e-5, rtol=1e-5)
+    assert out.hidden_states[-1] is out.last_hidden_state
+
+
+def test_encoder_hidden_states_none_unless_asked():
+    encoder = make_encoder(num_layers=2).eval()
+    x = torch.randn(2, 5, D)
+    out = encoder(x)
+    assert out.hidden_states is None
+    assert out.last_hidden_state.shape == (2, 5, D)
+    assert_close(out.last_hidden_state, encoder(x, return_hidden_states=True).last_hidden_state, atol=0, rtol=0)
+
+
+def count_layer_calls(encoder: TransformerEncoder) -> list[int]:
+    calls = [0] * len(encoder.layers)
+    for i, layer in enumerate(encoder.layers):
+        layer.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_activation_checkpointing_gives_identical_outputs_and_gradients(dropout):
+    plain = make_encoder(num_layers=3, dropout=dropout).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.checkpoint_activations = True
+    calls_plain, calls_ckpt = count_layer_calls(plain), count_layer_calls(checkpointed)
+    x = torch.randn(2, 6, D)
+    mask = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
+    weights = torch.randn(2, 6, D)
+    outputs, input_grads = [], []
+    for encoder in (plain, checkpointed):
+        x_ = x.clone().requires_grad_(True)
+        torch.manual_seed(1)  # the same dropout masks for both (checkpointing must replay them)
+        out = encoder(x_, key_padding_mask=mask, return_hidden_states=True)
+        (out.last_hidden_state * weights).sum().backward()
+        outputs.append(out)
+        input_grads.append(x_.grad)
+    assert_close(outputs[1].last_hidden_state, outputs[0].last_hidden_state, atol=0, rtol=0)
+    for h_ckpt, h_plain in zip(outputs[1].hidden_states, outputs[0].hidden_states):
+        assert_close(h_ckpt, h_plain, atol=0, rtol=0)
+    assert_close(input_grads[1], input_grads[0], atol=1e-7, rtol=1e-6)
+    params_plain = dict(plain.named_parameters())
+    for name, p in checkpointed.named_parameters():
+        assert p.grad is not None and params_plain[name].grad is not None, name
+        assert_close(p.grad, params_plain[name].grad, atol=1e-7, rtol=1e-6, msg=name)
+    # Checkpointing really happened: every layer was entered again during backward (a pre-hook:
+    # the recomputation stops early once it has what backward needs, so forward hooks never fire).
+    assert calls_plain == [1, 1, 1]
+    assert calls_ckpt == [2, 2, 2]
+
+
+def test_no_checkpointing_in_eval_or_without_grad():
+    encoder = make_encoder(num_layers=2, checkpoint_activations=True)
+    calls = count_layer_calls(encoder)
+    x = torch.randn(1, 4, D, requires_grad=True)
+    encoder.eval()
+    encoder(x).last_hidden_state.sum().backward()
+    assert calls == [1, 1]
+    encoder.train()
+    with torch.no_grad():
+        encoder(x)
+    assert calls == [2, 2]
+
+
+def test_mlp():
+    mlp = MLP(D, HIDDEN).eval()
+    x = torch.randn(2, 5, D)
+    out = mlp(x)
+    assert out.shape == (2, 5, D)
+    assert isinstance(mlp.activation, nn.GELU) and mlp.activation.approximate == "none"
+    assert_close(out, mlp_by_hand(mlp, x), atol=1e-5, rtol=1e-5)
+    other = MLP(D, HIDDEN, 7, activation=nn.ReLU())
+    assert other(x).shape == (2, 5, 7)
+    assert_close(other(x), F.relu(x @ other.fc1.weight.T + other.fc1.bias) @ other.fc2.weight.T + other.fc2.bias)
+
+
+def test_mlp_dropout_only_in_training():
+    mlp = MLP(D, HIDDEN, dropout=0.5).eval()
+    x = torch.randn(3, D)
+    assert_close(mlp(x), mlp_by_hand(mlp, x), atol=1e-5, rtol=1e-5)
+    mlp.train()
+    assert not torch.allclose(mlp(x), mlp_by_hand(mlp, x), atol=1e-3)
+
+
+def test_pooler():
+    pooler = Pooler(D)
+    x = torch.randn(3, 5, D)
+    out = pooler(x)
+    assert out.shape == (3, D)
+    assert_close(out, torch.tanh(x[:, 0] @ pooler.dense.weight.T + pooler.dense.bias))
+    changed = x.clone()
+    changed[:, 1:] = torch.randn(3, 4, D)
+    assert_close(pooler(changed), out, atol=0, rtol=0)  # only the first token matters

@@ -1,0 +1,19 @@
+"""Models assembled from ``torchflava.modules``: ``from torchflava.models import flava_model``."""
+
+from torchflava.models.flava import (
+    flava_image_encoder,
+    flava_model,
+    flava_multimodal_encoder,
+    flava_text_encoder,
+    FLAVAModel,
+    FLAVAOutput,
+)
+
+__all__ = [
+    "FLAVAModel",
+    "FLAVAOutput",
+    "flava_image_encoder",
+    "flava_model",
+    "flava_multimodal_encoder",
+    "flava_text_encoder",
+]

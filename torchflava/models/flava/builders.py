@@ -1,0 +1,296 @@
+"""Builders: component builders expose every knob; ``flava_model`` defaults to FLAVA-full.
+
+FLAVA-full: 768 wide, 12 heads, 12 image + 12 text + 6 multimodal layers, MLP 3072, 224 px
+images in 16 px patches (197 image tokens), BERT vocabulary 30522 with 512 positions,
+LayerNorm eps 1e-12, exact GELU, contrastive projections to 768.
+"""
+
+import math
+import os
+from typing import Optional, Union
+
+from torch import nn
+
+from torchflava.models.flava.convert_weights import load_flava_weights
+from torchflava.models.flava.model import FLAVAModel
+from torchflava.modules.encoders import FusionEncoder, TextEncoder, VisionEncoder
+from torchflava.modules.layers import (
+    MLP,
+    MultiHeadSelfAttention,
+    PatchEmbedding,
+    Pooler,
+    TextEmbedding,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+
+
+def transformer_encoder(
+    *,
+    embed_dim: int,
+    num_layers: int,
+    num_heads: int,
+    mlp_dim: int,
+    dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    norm_eps: float = 1e-12,
+    checkpoint_activations: bool = False,
+) -> TransformerEncoder:
+    """A stack of pre-norm layers: SDPA attention, GELU MLP, LayerNorms.
+
+    Args:
+        embed_dim (int): width D.
+        num_layers (int): number of layers.
+        num_heads (int): attention heads per layer.
+        mlp_dim (int): hidden width of the MLP.
+        dropout (float): dropout in the MLP and on the residual branches.
+        attention_dropout (float): dropout on attention probabilities.
+        norm_eps (float): LayerNorm epsilon.
+        checkpoint_activations (bool): per-layer activation checkpointing.
+
+    Returns:
+        TransformerEncoder: the stack.
+
+    Raises:
+        ValueError: if ``num_layers`` < 1 (the layers raise on bad widths).
+    """
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    layers = [
+        TransformerEncoderLayer(
+            MultiHeadSelfAttention(embed_dim, num_heads, dropout=attention_dropout),
+            MLP(embed_dim, mlp_dim, dropout=dropout),
+            attn_norm=nn.LayerNorm(embed_dim, eps=norm_eps),
+            mlp_norm=nn.LayerNorm(embed_dim, eps=norm_eps),
+            dropout=dropout,
+        )
+        for _ in range(num_layers)
+    ]
+    return TransformerEncoder(layers, checkpoint_activations=checkpoint_activations)
+
+
+def flava_image_encoder(
+    *,
+    embed_dim: int = 768,
+    num_layers: int = 12,
+    num_heads: int = 12,
+    mlp_dim: int = 3072,
+    image_size: int = 224,
+    patch_size: int = 16,
+    in_channels: int = 3,
+    use_mask_token: bool = True,
+    dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    norm_eps: float = 1e-12,
+    checkpoint_activations: bool = False,
+) -> VisionEncoder:
+    """FLAVA's ViT image encoder: (B, 3, 224, 224) -> (B, 197, 768) by default.
+
+    Args:
+        embed_dim (int): width D.
+        num_layers (int): transformer layers.
+        num_heads (int): attention heads.
+        mlp_dim (int): MLP hidden width.
+        image_size (int): image side the positions are learned for.
+        patch_size (int): patch side.
+        in_channels (int): image channels.
+        use_mask_token (bool): learned mask token for masked image modelling.
+        dropout (float): dropout on embeddings, MLP and residual branches.
+        attention_dropout (float): dropout on attention probabilities.
+        norm_eps (float): LayerNorm epsilon.
+        checkpoint_activations (bool): per-layer activation checkpointing.
+
+    Returns:
+        VisionEncoder: the encoder (random init).
+    """
+    return VisionEncoder(
+        PatchEmbedding(
+            image_size, patch_size, in_channels, embed_dim, use_mask_token=use_mask_token, dropout=dropout
+        ),
+        transformer_encoder(
+            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
+            attention_dropout=attention_dropout, norm_eps=norm_eps, checkpoint_activations=checkpoint_activations,
+        ),
+        nn.LayerNorm(embed_dim, eps=norm_eps),
+        Pooler(embed_dim),
+    )
+
+
+def flava_text_encoder(
+    *,
+    embed_dim: int = 768,
+    num_layers: int = 12,
+    num_heads: int = 12,
+    mlp_dim: int = 3072,
+    vocab_size: int = 30522,
+    max_seq_len: int = 512,
+    type_vocab_size: int = 2,
+    pad_token_id: int = 0,
+    dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    norm_eps: float = 1e-12,
+    checkpoint_activations: bool = False,
+) -> TextEncoder:
+    """FLAVA's BERT-style text encoder: (B, L) ids -> (B, L, 768) by default.
+
+    Args:
+        embed_dim (int): width D.
+        num_layers (int): transformer layers.
+        num_heads (int): attention heads.
+        mlp_dim (int): MLP hidden width.
+        vocab_size (int): number of token ids.
+        max_seq_len (int): number of learned positions.
+        type_vocab_size (int): number of token types.
+        pad_token_id (int): padding id.
+        dropout (float): dropout on embeddings, MLP and residual branches.
+        attention_dropout (float): dropout on attention probabilities.
+        norm_eps (float): LayerNorm epsilon.
+        checkpoint_activations (bool): per-layer activation checkpointing.
+
+    Returns:
+        TextEncoder: the encoder (random init).
+    """
+    return TextEncoder(
+        TextEmbedding(
+            vocab_size, embed_dim, max_seq_len, type_vocab_size=type_vocab_size, pad_token_id=pad_token_id,
+            norm_eps=norm_eps, dropout=dropout,
+        ),
+        transformer_encoder(
+            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
+            attention_dropout=attention_dropout, norm_eps=norm_eps, checkpoint_activations=checkpoint_activations,
+        ),
+        nn.LayerNorm(embed_dim, eps=norm_eps),
+        Pooler(embed_dim),
+    )
+
+
+def flava_multimodal_encoder(
+    *,
+    embed_dim: int = 768,
+    num_layers: int = 6,
+    num_heads: int = 12,
+    mlp_dim: int = 3072,
+    image_dim: int = 768,
+    text_dim: int = 768,
+    dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    norm_eps: float = 1e-12,
+    checkpoint_activations: bool = False,
+) -> FusionEncoder:
+    """FLAVA's multimodal (fusion) encoder over projected image and text states.
+
+    Args:
+        embed_dim (int): width D of the fusion encoder.
+        num_layers (int): transformer layers.
+        num_heads (int): attention heads.
+        mlp_dim (int): MLP hidden width.
+        image_dim (int): width of the incoming image states.
+        text_dim (int): width of the incoming text states.
+        dropout (float): dropout in the MLP and residual branches.
+        attention_dropout (float): dropout on attention probabilities.
+        norm_eps (float): LayerNorm epsilon.
+        checkpoint_activations (bool): per-layer activation checkpointing.
+
+    Returns:
+        FusionEncoder: the encoder (random init).
+    """
+    return FusionEncoder(
+        nn.Linear(image_dim, embed_dim),
+        nn.Linear(text_dim, embed_dim),
+        transformer_encoder(
+            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
+            attention_dropout=attention_dropout, norm_eps=norm_eps, checkpoint_activations=checkpoint_activations,
+        ),
+        nn.LayerNorm(embed_dim, eps=norm_eps),
+        embed_dim,
+        Pooler(embed_dim),
+    )
+
+
+def flava_model(
+    *,
+    pretrained: Optional[Union[str, os.PathLike]] = None,
+    image_embed_dim: int = 768,
+    image_num_layers: int = 12,
+    image_num_heads: int = 12,
+    image_mlp_dim: int = 3072,
+    image_size: int = 224,
+    patch_size: int = 16,
+    in_channels: int = 3,
+    text_embed_dim: int = 768,
+    text_num_layers: int = 12,
+    text_num_heads: int = 12,
+    text_mlp_dim: int = 3072,
+    vocab_size: int = 30522,
+    max_seq_len: int = 512,
+    type_vocab_size: int = 2,
+    pad_token_id: int = 0,
+    multimodal_embed_dim: int = 768,
+    multimodal_num_layers: int = 6,
+    multimodal_num_heads: int = 12,
+    multimodal_mlp_dim: int = 3072,
+    projection_dim: int = 768,
+    dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    norm_eps: float = 1e-12,
+    logit_scale_init: float = math.log(1 / 0.07),
+    checkpoint_activations: bool = False,
+) -> FLAVAModel:
+    """The FLAVA model; FLAVA-full by default.
+
+    Args:
+        pretrained (Optional[Union[str, os.PathLike]]): local path or URL of weights to load: a Hugging
+            Face ``FlavaModel``/``FlavaForPreTraining`` directory or file (safetensors or .bin), a
+            torchmultimodal ``.pt`` state dict, or one of ours. The architecture arguments must match it.
+        image_embed_dim (int): image encoder width.
+        image_num_layers (int): image encoder layers.
+        image_num_heads (int): image encoder heads.
+        image_mlp_dim (int): image encoder MLP width.
+        image_size (int): image side the positions are learned for.
+        patch_size (int): patch side.
+        in_channels (int): image channels.
+        text_embed_dim (int): text encoder width.
+        text_num_layers (int): text encoder layers.
+        text_num_heads (int): text encoder heads.
+        text_mlp_dim (int): text encoder MLP width.
+        vocab_size (int): text vocabulary size.
+        max_seq_len (int): learned text positions.
+        type_vocab_size (int): token types.
+        pad_token_id (int): padding token id.
+        multimodal_embed_dim (int): fusion encoder width.
+        multimodal_num_layers (int): fusion encoder layers.
+        multimodal_num_heads (int): fusion encoder heads.
+        multimodal_mlp_dim (int): fusion encoder MLP width.
+        projection_dim (int): width P of the contrastive features.
+        dropout (float): dropout everywhere but attention probabilities.
+        attention_dropout (float): dropout on attention probabilities.
+        norm_eps (float): LayerNorm epsilon.
+        logit_scale_init (float): initial contrastive log temperature multiplier.
+        checkpoint_activations (bool): per-layer activation checkpointing in all encoders.
+
+    Returns:
+        FLAVAModel: the model, with weights loaded when ``pretrained`` is given.
+    """
+    common = dict(dropout=dropout, attention_dropout=attention_dropout, norm_eps=norm_eps,
+                  checkpoint_activations=checkpoint_activations)
+    model = FLAVAModel(
+        flava_image_encoder(
+            embed_dim=image_embed_dim, num_layers=image_num_layers, num_heads=image_num_heads,
+            mlp_dim=image_mlp_dim, image_size=image_size, patch_size=patch_size, in_channels=in_channels, **common,
+        ),
+        flava_text_encoder(
+            embed_dim=text_embed_dim, num_layers=text_num_layers, num_heads=text_num_heads, mlp_dim=text_mlp_dim,
+            vocab_size=vocab_size, max_seq_len=max_seq_len, type_vocab_size=type_vocab_size,
+            pad_token_id=pad_token_id, **common,
+        ),
+        flava_multimodal_encoder(
+            embed_dim=multimodal_embed_dim, num_layers=multimodal_num_layers, num_heads=multimodal_num_heads,
+            mlp_dim=multimodal_mlp_dim, image_dim=image_embed_dim, text_dim=text_embed_dim, **common,
+        ),
+        nn.Linear(image_embed_dim, projection_dim),
+        nn.Linear(text_embed_dim, projection_dim),
+        logit_scale_init=logit_scale_init,
+    )
+    if pretrained is not None:
+        load_flava_weights(model, pretrained)
+    return model

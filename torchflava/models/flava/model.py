@@ -1,0 +1,265 @@
+"""FLAVA: image encoder, text encoder and a multimodal fusion encoder over both.
+
+Shapes: image (B, C, H, W) float; text (B, L) token ids; ``text_attention_mask`` (B, L) with
+1 = real token and 0 = padding (the Hugging Face convention); N = number of image patches.
+"""
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn, Tensor
+
+from torchflava.modules.encoders import EncoderOutput, FusionEncoder, TextEncoder, VisionEncoder
+from torchflava.modules.init import init_transformer_weights
+from torchflava.modules.layers import PatchEmbedding
+from torchflava.modules.layers.text_embedding import check_token_ids
+from torchflava.modules.packing import can_pack, pack_rows
+
+
+class FLAVAOutput(NamedTuple):
+    """Output of :meth:`FLAVAModel.forward`. A field is None when its input was not given.
+
+    Attributes:
+        image_embeddings (Optional[Tensor]): (B, 1 + N, D_i) image encoder output after its final norm.
+        text_embeddings (Optional[Tensor]): (B, L, D_t) text encoder output after its final norm.
+        multimodal_embeddings (Optional[Tensor]): (B, 1 + (1 + N) + L, D_m) fusion encoder output,
+            only when both image and text are given (and the fusion encoder is not skipped).
+        image_features (Optional[Tensor]): (B, P) projected image CLS, L2-normalised.
+        text_features (Optional[Tensor]): (B, P) projected text CLS, L2-normalised.
+        image_pooled (Optional[Tensor]): (B, D_i) image pooler output.
+        text_pooled (Optional[Tensor]): (B, D_t) text pooler output.
+        multimodal_pooled (Optional[Tensor]): (B, D_m) fusion pooler output.
+        image_hidden_states (Optional[tuple[Tensor, ...]]): every image layer's output (before the
+            final norm), when ``return_hidden_states=True``.
+        text_hidden_states (Optional[tuple[Tensor, ...]]): the same for text.
+        multimodal_hidden_states (Optional[tuple[Tensor, ...]]): the same for the fusion encoder.
+    """
+
+    image_embeddings: Optional[Tensor] = None
+    text_embeddings: Optional[Tensor] = None
+    multimodal_embeddings: Optional[Tensor] = None
+    image_features: Optional[Tensor] = None
+    text_features: Optional[Tensor] = None
+    image_pooled: Optional[Tensor] = None
+    text_pooled: Optional[Tensor] = None
+    multimodal_pooled: Optional[Tensor] = None
+    image_hidden_states: Optional[tuple[Tensor, ...]] = None
+    text_hidden_states: Optional[tuple[Tensor, ...]] = None
+    multimodal_hidden_states: Optional[tuple[Tensor, ...]] = None
+
+
+def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Optional[Tensor]:
+    """Turn a (B, L) attention mask (1 = token, 0 = padding) into a boolean padding mask.
+
+    Args:
+        text (Tensor): (B, L) token ids the mask belongs to.
+        text_attention_mask (Optional[Tensor]): (B, L) bool, integer or float mask, or None.
+
+    Returns:
+        Optional[Tensor]: (B, L) bool, ``True = padding``; None when no mask was given.
+
+    Raises:
+        TypeError: if the mask is not a tensor.
+        ValueError: if its shape differs from ``text``'s, or a row is all padding.
+    """
+    if text_attention_mask is None:
+        return None
+    if not isinstance(text_attention_mask, Tensor):
+        raise TypeError(f"text_attention_mask must be a torch.Tensor, got {type(text_attention_mask).__name__}")
+    if tuple(text_attention_mask.shape) != tuple(text.shape):
+        raise ValueError(
+            f"text_attention_mask must have the shape of text {tuple(text.shape)}, "
+            f"got {tuple(text_attention_mask.shape)}"
+        )
+    padding = text_attention_mask == 0
+    if bool(padding.all(dim=1).any()):
+        empty = padding.all(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"text_attention_mask marks every token of rows {empty} as padding; each text needs a token")
+    return padding
+
+
+class FLAVAModel(nn.Module):
+    """The FLAVA backbone (Singh et al. 2021).
+
+    Contrastive features are the L2-normalised projections of each encoder's CLS output (after the
+    final norm). The fusion encoder sees the unimodal states *before* their final norms, as in the
+    released checkpoints.
+
+    Args:
+        image_encoder (VisionEncoder): image tower.
+        text_encoder (TextEncoder): text tower.
+        fusion_encoder (FusionEncoder): multimodal encoder (owns the image/text-to-fusion projections).
+        image_projection (nn.Module): image CLS to the shared contrastive space (width P).
+        text_projection (nn.Module): text CLS to the shared contrastive space.
+        logit_scale_init (float): initial log of the contrastive temperature multiplier.
+    """
+
+    def __init__(
+        self,
+        image_encoder: VisionEncoder,
+        text_encoder: TextEncoder,
+        fusion_encoder: FusionEncoder,
+        image_projection: nn.Module,
+        text_projection: nn.Module,
+        *,
+        logit_scale_init: float = math.log(1 / 0.07),
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.fusion_encoder = fusion_encoder
+        self.image_projection = image_projection
+        self.text_projection = text_projection
+        self.logit_scale_init = logit_scale_init
+        self.text_pack_tokens = 256  # token budget of one packed sequence in encode_text
+        self.logit_scale = nn.Parameter(torch.empty(()))
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re-)initialise every parameter: N(0, 0.02) weights, zero biases, unit norms,
+        truncated-normal tokens and positions, and ``logit_scale = logit_scale_init``."""
+        self.apply(init_transformer_weights)
+        for module in self.modules():
+            if isinstance(module, (PatchEmbedding, FusionEncoder)):
+                module.reset_parameters()  # their raw tokens and positions
+        self.logit_scale.fill_(self.logit_scale_init)
+
+    def forward(
+        self,
+        image: Optional[Tensor] = None,
+        text: Optional[Tensor] = None,
+        *,
+        text_attention_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+        image_patch_mask: Optional[Tensor] = None,
+        skip_multimodal: bool = False,
+        return_hidden_states: bool = False,
+    ) -> FLAVAOutput:
+        """Encode an image batch, a text batch, or both (then also jointly).
+
+        Args:
+            image (Optional[Tensor]): (B, C, H, W) float pixels.
+            text (Optional[Tensor]): (B, L) token ids.
+            text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding. Padding is ignored
+                as an attention key in the text and fusion encoders.
+            token_type_ids (Optional[Tensor]): (B, L) segment ids.
+            image_patch_mask (Optional[Tensor]): (B, N) bool, ``True`` = replace the patch by the mask token.
+            skip_multimodal (bool): do not run the fusion encoder even when both inputs are given.
+            return_hidden_states (bool): also return every layer's output.
+
+        Returns:
+            FLAVAOutput: embeddings, features and pooled outputs of what was computed.
+
+        Raises:
+            TypeError: if ``text`` is not an integer tensor.
+            ValueError: if neither image nor text is given, a text-only argument comes without text,
+                an image-only argument without image, ``text`` is not (B, L) ids in [0, vocab_size),
+                or the batch sizes differ. The encoders raise on bad image shapes and dtypes.
+        """
+        if image is None and text is None:
+            raise ValueError("FLAVAModel needs at least one of image or text; both were None")
+        if text is None and (text_attention_mask is not None or token_type_ids is not None):
+            raise ValueError("text_attention_mask and token_type_ids need text, which was None")
+        if image is None and image_patch_mask is not None:
+            raise ValueError("image_patch_mask needs image, which was None")
+        if text is not None:
+            check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+        if image is not None and text is not None and isinstance(image, Tensor) and isinstance(text, Tensor):
+            if image.shape[0] != text.shape[0]:
+                raise ValueError(f"image and text batch sizes differ: {image.shape[0]} vs {text.shape[0]}")
+        image_out = text_out = fused = None
+        padding = None
+        if image is not None:
+            image_out = self.image_encoder(
+                image, patch_mask=image_patch_mask, return_hidden_states=return_hidden_states
+            )
+        if text is not None:
+            padding = text_padding_mask(text, text_attention_mask)
+            text_out = self.text_encoder(
+                text, padding_mask=padding, token_type_ids=token_type_ids, return_hidden_states=return_hidden_states
+            )
+        if image_out is not None and text_out is not None and not skip_multimodal:
+            fused = self.fusion_encoder(
+                image_out.prenorm_last_hidden_state,
+                text_out.prenorm_last_hidden_state,
+                text_padding_mask=padding,
+                return_hidden_states=return_hidden_states,
+            )
+        return FLAVAOutput(
+            image_embeddings=_field(image_out, "last_hidden_state"),
+            text_embeddings=_field(text_out, "last_hidden_state"),
+            multimodal_embeddings=_field(fused, "last_hidden_state"),
+            image_features=None if image_out is None else self._project(self.image_projection, image_out),
+            text_features=None if text_out is None else self._project(self.text_projection, text_out),
+            image_pooled=_field(image_out, "pooled_output"),
+            text_pooled=_field(text_out, "pooled_output"),
+            multimodal_pooled=_field(fused, "pooled_output"),
+            image_hidden_states=_field(image_out, "hidden_states"),
+            text_hidden_states=_field(text_out, "hidden_states"),
+            multimodal_hidden_states=_field(fused, "hidden_states"),
+        )
+
+    @staticmethod
+    def _project(projection: nn.Module, out: EncoderOutput, normalize: bool = True) -> Tensor:
+        projected = projection(out.last_hidden_state[:, 0])
+        return F.normalize(projected, dim=-1) if normalize else projected
+
+    def encode_image(self, image: Tensor, *, normalize: bool = True) -> Tensor:
+        """Contrastive image features: the projected CLS after the final norm.
+
+        Args:
+            image (Tensor): (B, C, H, W) float pixels.
+            normalize (bool): L2-normalise the features.
+
+        Returns:
+            Tensor: (B, P).
+        """
+        return self._project(self.image_projection, self.image_encoder(image, return_pooled=False), normalize)
+
+    def encode_text(
+        self,
+        text: Tensor,
+        text_attention_mask: Optional[Tensor] = None,
+        *,
+        token_type_ids: Optional[Tensor] = None,
+        normalize: bool = True,
+    ) -> Tensor:
+        """Contrastive text features: the projected CLS after the final norm.
+
+        A right-padded batch is run packed (:mod:`torchflava.modules.packing`): only real tokens are
+        computed, with a block-diagonal attention mask, which gives the same features as the padded
+        batch for less work.
+
+        Args:
+            text (Tensor): (B, L) token ids.
+            text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
+            token_type_ids (Optional[Tensor]): (B, L) segment ids.
+            normalize (bool): L2-normalise the features.
+
+        Returns:
+            Tensor: (B, P).
+        """
+        check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+        padding = text_padding_mask(text, text_attention_mask)
+        if padding is None or not bool(padding.any()) or not can_pack(padding):
+            out = self.text_encoder(text, padding_mask=padding, token_type_ids=token_type_ids, return_pooled=False)
+            return self._project(self.text_projection, out, normalize)
+        cls_states = []
+        for pack in pack_rows(text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens):
+            out = self.text_encoder(
+                pack.input_ids,
+                token_type_ids=pack.token_type_ids,
+                position_ids=pack.position_ids,
+                attn_mask=pack.attn_mask,
+                return_pooled=False,
+            )
+            cls_states.append(out.last_hidden_state[0, pack.first_token])
+        projected = self.text_projection(torch.cat(cls_states))
+        return F.normalize(projected, dim=-1) if normalize else projected
+
+
+def _field(out: Optional[EncoderOutput], name: str):
+    return None if out is None else getattr(out, name)

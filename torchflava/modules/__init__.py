@@ -1,0 +1,1 @@
+"""Generic, reusable building blocks. Nothing here imports ``torchflava.models``."""

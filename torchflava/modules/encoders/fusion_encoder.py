@@ -1,0 +1,96 @@
+"""Multimodal fusion encoder: image states (B, S_i, D_i) + text states (B, L, D_t) -> (B, 1 + S_i + L, D).
+
+Both inputs are linearly projected to width D, concatenated as ``[CLS_M, image..., text...]`` and
+run through a transformer stack. Text padding is carried into the fused attention as a key mask.
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn, Tensor
+
+from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.layers.transformer import TransformerEncoder
+
+
+class FusionEncoder(nn.Module):
+    """Early-fusion encoder over projected image and text states with a learned CLS token.
+
+    Args:
+        image_proj (nn.Module): maps image states to width D.
+        text_proj (nn.Module): maps text states to width D.
+        encoder (TransformerEncoder): the transformer stack.
+        norm (nn.Module): final norm.
+        embed_dim (int): width D (size of the CLS token).
+        pooler (Optional[nn.Module]): maps (B, S, D) to (B, D); none when None.
+    """
+
+    def __init__(
+        self,
+        image_proj: nn.Module,
+        text_proj: nn.Module,
+        encoder: TransformerEncoder,
+        norm: nn.Module,
+        embed_dim: int,
+        pooler: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        self.image_proj = image_proj
+        self.text_proj = text_proj
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
+        self.encoder = encoder
+        self.norm = norm
+        self.pooler = pooler
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Truncated-normal (std 0.02) CLS token."""
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(
+        self,
+        image_states: Tensor,
+        text_states: Tensor,
+        *,
+        text_padding_mask: Optional[Tensor] = None,
+        return_hidden_states: bool = False,
+        return_pooled: bool = True,
+    ) -> EncoderOutput:
+        """Fuse image and text states.
+
+        Args:
+            image_states (Tensor): (B, S_i, D_i).
+            text_states (Tensor): (B, L, D_t).
+            text_padding_mask (Optional[Tensor]): (B, L) bool, ``True = padding``.
+            return_hidden_states (bool): also return every layer's output.
+            return_pooled (bool): run the pooler (if any).
+
+        Returns:
+            EncoderOutput: last_hidden_state (B, 1 + S_i + L, D) and the rest.
+
+        Raises:
+            ValueError: if the batch sizes differ or the mask does not match the text.
+            TypeError: if the mask is not boolean.
+        """
+        b = image_states.shape[0]
+        if text_states.shape[0] != b:
+            raise ValueError(
+                f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts"
+            )
+        image = self.image_proj(image_states)
+        x = torch.cat([self.cls_token.expand(b, -1, -1).to(image.dtype), image, self.text_proj(text_states)], dim=1)
+        key_padding_mask = None
+        if text_padding_mask is not None:
+            if tuple(text_padding_mask.shape) != tuple(text_states.shape[:2]):
+                raise ValueError(
+                    f"text_padding_mask must have shape {tuple(text_states.shape[:2])}, "
+                    f"got {tuple(text_padding_mask.shape)}"
+                )
+            if text_padding_mask.dtype != torch.bool:
+                raise TypeError(f"text_padding_mask must be a bool tensor (True = padding), got {text_padding_mask.dtype}")
+            keep_image = text_padding_mask.new_zeros(b, 1 + image.shape[1])  # CLS_M and image never padded
+            key_padding_mask = torch.cat([keep_image, text_padding_mask], dim=1)
+        out = self.encoder(x, key_padding_mask=key_padding_mask, return_hidden_states=return_hidden_states)
+        normed = self.norm(out.last_hidden_state)
+        pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
+        return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)

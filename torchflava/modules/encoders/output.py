@@ -1,0 +1,24 @@
+"""The output type shared by all encoders."""
+
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+
+
+class EncoderOutput(NamedTuple):
+    """What an encoder returns.
+
+    Attributes:
+        last_hidden_state (Tensor): (B, S, D) after the encoder's final norm.
+        pooled_output (Optional[Tensor]): (B, D) pooler output on the first token; None when the
+            encoder has no pooler or pooling was not asked for.
+        hidden_states (Optional[tuple[Tensor, ...]]): num_layers + 1 tensors of (B, S, D), the
+            embedding output then every layer's output, all before the final norm; None unless asked for.
+        prenorm_last_hidden_state (Optional[Tensor]): (B, S, D) the last layer's output before the final
+            norm (what FLAVA feeds into its fusion encoder).
+    """
+
+    last_hidden_state: Tensor
+    pooled_output: Optional[Tensor] = None
+    hidden_states: Optional[tuple[Tensor, ...]] = None
+    prenorm_last_hidden_state: Optional[Tensor] = None

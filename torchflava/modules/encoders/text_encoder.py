@@ -1,0 +1,66 @@
+"""BERT-style text transformer: (B, L) token ids -> (B, L, D)."""
+
+from typing import Optional
+
+from torch import nn, Tensor
+
+from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.layers.text_embedding import TextEmbedding
+from torchflava.modules.layers.transformer import TransformerEncoder
+
+
+class TextEncoder(nn.Module):
+    """Text embedding, transformer stack, final norm and an optional pooler.
+
+    Args:
+        embeddings (TextEmbedding): token to vector embedding.
+        encoder (TransformerEncoder): the transformer stack.
+        norm (nn.Module): final norm.
+        pooler (Optional[nn.Module]): maps (B, L, D) to (B, D); none when None.
+    """
+
+    def __init__(
+        self,
+        embeddings: TextEmbedding,
+        encoder: TransformerEncoder,
+        norm: nn.Module,
+        pooler: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.norm = norm
+        self.pooler = pooler
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        padding_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        return_hidden_states: bool = False,
+        return_pooled: bool = True,
+    ) -> EncoderOutput:
+        """Encode token ids.
+
+        Args:
+            input_ids (Tensor): (B, L) integer ids.
+            padding_mask (Optional[Tensor]): (B, L) bool, ``True = padding`` (ignored as a key).
+            token_type_ids (Optional[Tensor]): (B, L) segment ids.
+            position_ids (Optional[Tensor]): (B, L) positions; 0..L-1 when None.
+            attn_mask (Optional[Tensor]): (B, L, L) bool, ``True`` = query i may not attend to key j.
+            return_hidden_states (bool): also return every layer's output.
+            return_pooled (bool): run the pooler (if any).
+
+        Returns:
+            EncoderOutput: last_hidden_state (B, L, D) and the rest.
+        """
+        x = self.embeddings(input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+        out = self.encoder(
+            x, key_padding_mask=padding_mask, attn_mask=attn_mask, return_hidden_states=return_hidden_states
+        )
+        normed = self.norm(out.last_hidden_state)
+        pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
+        return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)

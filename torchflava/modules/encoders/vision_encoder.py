@@ -1,0 +1,58 @@
+"""Vision transformer: (B, C, H, W) -> (B, 1 + N, D)."""
+
+from typing import Optional
+
+from torch import nn, Tensor
+
+from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.layers.patch_embedding import PatchEmbedding
+from torchflava.modules.layers.transformer import TransformerEncoder
+
+
+class VisionEncoder(nn.Module):
+    """Patch embedding, transformer stack, final norm and an optional pooler.
+
+    Args:
+        embeddings (PatchEmbedding): image to token embedding.
+        encoder (TransformerEncoder): the transformer stack.
+        norm (nn.Module): final norm.
+        pooler (Optional[nn.Module]): maps (B, S, D) to (B, D); none when None.
+    """
+
+    def __init__(
+        self,
+        embeddings: PatchEmbedding,
+        encoder: TransformerEncoder,
+        norm: nn.Module,
+        pooler: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.norm = norm
+        self.pooler = pooler
+
+    def forward(
+        self,
+        images: Tensor,
+        *,
+        patch_mask: Optional[Tensor] = None,
+        return_hidden_states: bool = False,
+        return_pooled: bool = True,
+    ) -> EncoderOutput:
+        """Encode images.
+
+        Args:
+            images (Tensor): (B, C, H, W) float.
+            patch_mask (Optional[Tensor]): (B, N) bool, ``True`` = replace that patch by the mask token.
+            return_hidden_states (bool): also return every layer's output.
+            return_pooled (bool): run the pooler (if any).
+
+        Returns:
+            EncoderOutput: last_hidden_state (B, 1 + N, D) and the rest.
+        """
+        x = self.embeddings(images, patch_mask=patch_mask)
+        out = self.encoder(x, return_hidden_states=return_hidden_states)
+        normed = self.norm(out.last_hidden_state)
+        pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
+        return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)

@@ -1,0 +1,27 @@
+"""Layers: attention, MLP, embeddings, transformer layers and the encoder stack.
+
+Shape legend used throughout: B batch, S sequence length, D embedding width, H heads,
+N number of image patches, L text length. Boolean masks mean ``True = masked`` (ignored).
+"""
+
+from torchflava.modules.layers.attention import MultiHeadSelfAttention
+from torchflava.modules.layers.mlp import MLP
+from torchflava.modules.layers.patch_embedding import PatchEmbedding
+from torchflava.modules.layers.pooler import Pooler
+from torchflava.modules.layers.text_embedding import TextEmbedding
+from torchflava.modules.layers.transformer import (
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    TransformerOutput,
+)
+
+__all__ = [
+    "MLP",
+    "MultiHeadSelfAttention",
+    "PatchEmbedding",
+    "Pooler",
+    "TextEmbedding",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "TransformerOutput",
+]

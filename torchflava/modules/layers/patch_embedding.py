@@ -1,0 +1,134 @@
+"""ViT patch embedding: (B, C, H, W) -> (B, 1 + N, D) with a CLS token and learned positions.
+
+N = (H / patch_size) * (W / patch_size). An optional boolean patch mask (B, N), ``True = masked``,
+replaces those patch embeddings by a learned mask token before positions are added (masked image
+modelling). Images whose patch grid differs from the grid the positions were learned on get
+bicubically interpolated positions.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn, Tensor
+
+
+class PatchEmbedding(nn.Module):
+    """Conv patchify, CLS token, learned positions, optional mask token.
+
+    Args:
+        image_size (int): side of the square images the positions are learned for.
+        patch_size (int): side of a square patch; must divide ``image_size``.
+        in_channels (int): image channels C.
+        embed_dim (int): width D.
+        use_mask_token (bool): create a learned mask token so ``patch_mask`` can be given.
+        dropout (float): dropout on the output.
+
+    Raises:
+        ValueError: if ``patch_size`` does not divide ``image_size``.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        in_channels: int,
+        embed_dim: int,
+        *,
+        use_mask_token: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if patch_size <= 0 or image_size % patch_size != 0:
+            raise ValueError(f"patch_size must divide image_size, got patch_size={patch_size}, image_size={image_size}")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.empty(1, 1 + self.num_patches, embed_dim))
+        self.mask_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if use_mask_token else None
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Truncated-normal (std 0.02) CLS token, positions and mask token (the conv inits itself)."""
+        for p in (self.cls_token, self.pos_embed, self.mask_token):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+
+    def _check_images(self, images: Tensor) -> tuple[int, int]:
+        if not isinstance(images, Tensor):
+            raise TypeError(f"image must be a torch.Tensor, got {type(images).__name__}")
+        if not images.is_floating_point():
+            raise TypeError(f"image must be a floating-point tensor, got dtype {images.dtype}")
+        if images.dim() != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"image must have shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}"
+            )
+        h, w = images.shape[-2:]
+        if h % self.patch_size or w % self.patch_size or h == 0 or w == 0:
+            raise ValueError(
+                f"image height and width must be positive multiples of patch_size={self.patch_size}, got {h}x{w}"
+            )
+        return h // self.patch_size, w // self.patch_size
+
+    def position_embedding(self, grid_h: int, grid_w: int) -> Tensor:
+        """Positions for a ``grid_h x grid_w`` patch grid, interpolated when it is not the learned grid.
+
+        Args:
+            grid_h (int): patch rows.
+            grid_w (int): patch columns.
+
+        Returns:
+            Tensor: (1, 1 + grid_h * grid_w, D).
+        """
+        if grid_h == grid_w == self.grid_size:
+            return self.pos_embed
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        d = patch_pos.shape[-1]
+        # (1, N, D) -> (1, D, g, g) -> (1, D, gh, gw) -> (1, gh * gw, D)
+        grid = patch_pos.reshape(1, self.grid_size, self.grid_size, d).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, d)], dim=1)
+
+    def forward(self, images: Tensor, *, patch_mask: Optional[Tensor] = None) -> Tensor:
+        """Embed images.
+
+        Args:
+            images (Tensor): (B, C, H, W) float; H and W multiples of ``patch_size``.
+            patch_mask (Optional[Tensor]): (B, N) or (B, H/p, W/p) bool, ``True = masked``.
+
+        Returns:
+            Tensor: (B, 1 + N, D).
+
+        Raises:
+            TypeError: if ``images`` is not a float tensor or ``patch_mask`` is not boolean/integer.
+            ValueError: on a wrong channel count, a size not divisible by the patch, a ``patch_mask``
+                of the wrong shape, or a ``patch_mask`` without a mask token.
+        """
+        grid_h, grid_w = self._check_images(images)
+        x = self.proj(images).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, N, D)
+        if patch_mask is not None:
+            x = self._apply_patch_mask(x, patch_mask, grid_h, grid_w)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.dropout(x + self.position_embedding(grid_h, grid_w))
+
+    def _apply_patch_mask(self, x: Tensor, patch_mask: Tensor, grid_h: int, grid_w: int) -> Tensor:
+        if self.mask_token is None:
+            raise ValueError("patch_mask was given but this PatchEmbedding has no mask token (use_mask_token=False)")
+        if not isinstance(patch_mask, Tensor) or patch_mask.is_floating_point() or patch_mask.is_complex():
+            raise TypeError("patch_mask must be a bool (or 0/1 integer) tensor")
+        b, n, _ = x.shape
+        if patch_mask.dim() == 3:
+            if tuple(patch_mask.shape) != (b, grid_h, grid_w):
+                raise ValueError(
+                    f"patch_mask must have shape (B, N) = ({b}, {n}) or (B, H/p, W/p) = "
+                    f"({b}, {grid_h}, {grid_w}), got {tuple(patch_mask.shape)}"
+                )
+            patch_mask = patch_mask.flatten(1)
+        if tuple(patch_mask.shape) != (b, n):
+            raise ValueError(f"patch_mask must have shape (B, N) = ({b}, {n}), got {tuple(patch_mask.shape)}")
+        return torch.where(patch_mask.bool().unsqueeze(-1), self.mask_token.to(x.dtype), x)

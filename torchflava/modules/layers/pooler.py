@@ -1,0 +1,26 @@
+"""BERT-style pooler: tanh(dense(first token)). (B, S, D) -> (B, D)."""
+
+from torch import nn, Tensor
+
+
+class Pooler(nn.Module):
+    """Pool a sequence by its first token through a dense layer and tanh.
+
+    Args:
+        embed_dim (int): width D.
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pool.
+
+        Args:
+            x (Tensor): (B, S, D).
+
+        Returns:
+            Tensor: (B, D).
+        """
+        return self.dense(x[:, 0]).tanh()

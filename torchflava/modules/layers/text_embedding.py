@@ -1,0 +1,112 @@
+"""BERT text embedding: (B, L) token ids -> (B, L, D).
+
+word + absolute position + token type embeddings, then LayerNorm and dropout.
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn, Tensor
+
+
+def check_token_ids(input_ids: Tensor, vocab_size: int, *, name: str = "input_ids") -> None:
+    """Validate a batch of token ids.
+
+    Args:
+        input_ids (Tensor): expected (B, L) integer ids in [0, vocab_size).
+        vocab_size (int): size of the vocabulary.
+        name (str): argument name used in error messages.
+
+    Raises:
+        TypeError: if ``input_ids`` is not an integer tensor.
+        ValueError: if it is not 2-D or holds ids outside [0, vocab_size).
+    """
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (B, L) with L >= 1, got {tuple(input_ids.shape)}")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} must be in [0, {vocab_size}) (the vocabulary size), got values in [{lo}, {hi}]")
+
+
+class TextEmbedding(nn.Module):
+    """Word, position and token-type embeddings with a LayerNorm.
+
+    Args:
+        vocab_size (int): number of token ids.
+        embed_dim (int): width D.
+        max_seq_len (int): number of learned positions.
+        type_vocab_size (int): number of token types (segments).
+        pad_token_id (int): id of the padding token; its embedding row starts at zero and gets no gradient.
+        norm_eps (float): LayerNorm epsilon.
+        dropout (float): dropout on the output.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        max_seq_len: int,
+        *,
+        type_vocab_size: int = 2,
+        pad_token_id: int = 0,
+        norm_eps: float = 1e-12,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.max_seq_len = max_seq_len
+        self.type_vocab_size = type_vocab_size
+        self.word_embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_token_id)
+        self.pos_embed = nn.Embedding(max_seq_len, embed_dim)
+        self.type_embed = nn.Embedding(type_vocab_size, embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, input_ids: Tensor, *, token_type_ids: Optional[Tensor] = None, position_ids: Optional[Tensor] = None
+    ) -> Tensor:
+        """Embed token ids.
+
+        Args:
+            input_ids (Tensor): (B, L) integer ids, L <= ``max_seq_len``.
+            token_type_ids (Optional[Tensor]): (B, L) integer segment ids; zeros when None.
+            position_ids (Optional[Tensor]): (B, L) positions in [0, max_seq_len); 0..L-1 when None
+                (give them for packed sequences, where positions restart for every sequence).
+
+        Returns:
+            Tensor: (B, L, D).
+
+        Raises:
+            TypeError: if ids are not integer tensors.
+            ValueError: if ids are out of range or L exceeds ``max_seq_len``.
+        """
+        check_token_ids(input_ids, self.vocab_size)
+        length = input_ids.shape[1]
+        if position_ids is None and length > self.max_seq_len:
+            raise ValueError(f"input_ids has length {length}, more than max_seq_len={self.max_seq_len}")
+        x = self.word_embed(input_ids)
+        if token_type_ids is None:
+            x = x + self.type_embed.weight[0]
+        else:
+            if tuple(token_type_ids.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                    f"got {tuple(token_type_ids.shape)}"
+                )
+            check_token_ids(token_type_ids, self.type_vocab_size, name="token_type_ids")
+            x = x + self.type_embed(token_type_ids)
+        if position_ids is None:
+            x = x + self.pos_embed.weight[:length]
+        else:
+            if tuple(position_ids.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                    f"got {tuple(position_ids.shape)}"
+                )
+            check_token_ids(position_ids, self.max_seq_len, name="position_ids")
+            x = x + self.pos_embed(position_ids)
+        return self.dropout(self.norm(x))

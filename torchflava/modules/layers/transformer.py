@@ -1,0 +1,116 @@
+"""Pre-norm transformer encoder layer and a stack of them.
+
+Shapes: x (B, S, D) -> (B, S, D); key_padding_mask (B, S) bool, ``True = padding``;
+attn_mask (B, S, S) bool, ``True`` = query i may not attend to key j.
+"""
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn, Tensor
+from torch.utils.checkpoint import checkpoint
+
+
+class TransformerOutput(NamedTuple):
+    """Output of :class:`TransformerEncoder`.
+
+    Attributes:
+        last_hidden_state (Tensor): (B, S, D) output of the last layer.
+        hidden_states (Optional[tuple[Tensor, ...]]): num_layers + 1 tensors of (B, S, D): the input,
+            then each layer's output. None unless requested.
+    """
+
+    last_hidden_state: Tensor
+    hidden_states: Optional[tuple[Tensor, ...]] = None
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Pre-norm block: ``h = x + drop(attn(attn_norm(x)))``, ``out = h + drop(mlp(mlp_norm(h)))``.
+
+    Args:
+        attn (nn.Module): self-attention taking ``(x, *, key_padding_mask, attn_mask)``.
+        mlp (nn.Module): feed-forward block.
+        attn_norm (nn.Module): norm before attention.
+        mlp_norm (nn.Module): norm before the MLP.
+        dropout (float): dropout on both residual branches.
+    """
+
+    def __init__(
+        self,
+        attn: nn.Module,
+        mlp: nn.Module,
+        *,
+        attn_norm: nn.Module,
+        mlp_norm: nn.Module,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.attn_norm = attn_norm
+        self.attn = attn
+        self.mlp_norm = mlp_norm
+        self.mlp = mlp
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None
+    ) -> Tensor:
+        """Run the block.
+
+        Args:
+            x (Tensor): (B, S, D).
+            key_padding_mask (Optional[Tensor]): (B, S) bool, ``True = padding``.
+            attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
+
+        Returns:
+            Tensor: (B, S, D).
+        """
+        attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of encoder layers, with optional per-layer activation checkpointing.
+
+    Args:
+        layers (Sequence[nn.Module]): the layers, applied in order.
+        checkpoint_activations (bool): recompute each layer's activations in backward instead of
+            storing them (saves memory, costs one more forward). Can be changed later via the attribute.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], *, checkpoint_activations: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.checkpoint_activations = checkpoint_activations
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        return_hidden_states: bool = False,
+    ) -> TransformerOutput:
+        """Run all layers.
+
+        Args:
+            x (Tensor): (B, S, D).
+            key_padding_mask (Optional[Tensor]): (B, S) bool, ``True = padding``.
+            attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
+            return_hidden_states (bool): also return the input and every layer's output.
+
+        Returns:
+            TransformerOutput: the last layer's output and, if asked, all hidden states.
+        """
+        hidden_states = [x] if return_hidden_states else None
+        use_checkpoint = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+        for layer in self.layers:
+            if use_checkpoint:
+                x = checkpoint(
+                    layer, x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, use_reentrant=False
+                )
+            else:
+                x = layer(x, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        return TransformerOutput(x, None if hidden_states is None else tuple(hidden_states))

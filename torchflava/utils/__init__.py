@@ -1,0 +1,1 @@
+"""Utilities shared by modules, models and recipes (no model code)."""
