@@ -1,0 +1,537 @@
+"""Checkpoint conversion: parity with Hugging Face's and torchmultimodal's FLAVA, round trips, strictness.
+
+Every reference model gets its parameters perturbed (``randn * 0.05``) before it is saved, so that
+tensors the references initialise to zero (CLS/mask tokens, positions, biases) are non-trivial and a
+swapped or dropped tensor changes the outputs.
+"""
+
+import gc
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torch.testing import assert_close
+from torchmultimodal.models.flava.model import (
+    DalleEncoder,
+    DalleVAEEncoder,
+    FLAVAForPreTraining as TmmFLAVAForPreTraining,
+    flava_model as tmm_flava_model,
+)
+from torchmultimodal.modules.losses.flava import FLAVAPretrainingLoss
+from transformers import FlavaConfig, FlavaForPreTraining, FlavaModel
+
+from tests.helpers import padded_text, TINY_FLAVA
+from torchflava.models.flava import convert_to_hf, convert_to_torchflava, flava_model, load_flava_weights
+from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
+from torchflava.utils.checkpoint import save_state_dict
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+
+ATOL = 1e-4
+T = TINY_FLAVA
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _perturb(module: nn.Module, scale: float = 0.05) -> None:
+    """Add ``randn * scale`` to every parameter, so zero-initialised tensors become non-trivial."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * scale)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape
+    assert_close(actual, expected, atol=ATOL, rtol=0)
+
+
+def _tiny_hf_config() -> FlavaConfig:
+    """A transformers ``FlavaConfig`` with TINY_FLAVA's sizes (different width per tower)."""
+    return FlavaConfig(
+        image_config=dict(
+            hidden_size=T["image_embed_dim"],
+            num_hidden_layers=T["image_num_layers"],
+            num_attention_heads=T["image_num_heads"],
+            intermediate_size=T["image_mlp_dim"],
+            image_size=T["image_size"],
+            patch_size=T["patch_size"],
+            vocab_size=16,  # size of the MIM head's codebook vocabulary (FlavaForPreTraining only)
+        ),
+        text_config=dict(
+            hidden_size=T["text_embed_dim"],
+            num_hidden_layers=T["text_num_layers"],
+            num_attention_heads=T["text_num_heads"],
+            intermediate_size=T["text_mlp_dim"],
+            vocab_size=T["vocab_size"],
+            max_position_embeddings=T["max_seq_len"],
+        ),
+        multimodal_config=dict(
+            hidden_size=T["multimodal_embed_dim"],
+            num_hidden_layers=T["multimodal_num_layers"],
+            num_attention_heads=T["multimodal_num_heads"],
+            intermediate_size=T["multimodal_mlp_dim"],
+        ),
+        image_codebook_config=dict(hidden_size=8, vocab_size=16, num_blocks_per_group=1),
+        projection_dim=T["projection_dim"],
+    )
+
+
+def _tiny_tmm_model() -> nn.Module:
+    """torchmultimodal's FLAVAModel with TINY_FLAVA's sizes."""
+    return tmm_flava_model(
+        image_hidden_size=T["image_embed_dim"],
+        image_num_attention_heads=T["image_num_heads"],
+        image_num_hidden_layers=T["image_num_layers"],
+        image_intermediate_size=T["image_mlp_dim"],
+        image_size=T["image_size"],
+        patch_size=T["patch_size"],
+        text_hidden_size=T["text_embed_dim"],
+        text_num_attention_heads=T["text_num_heads"],
+        text_num_hidden_layers=T["text_num_layers"],
+        text_intermediate_size=T["text_mlp_dim"],
+        vocab_size=T["vocab_size"],
+        max_position_embeddings=T["max_seq_len"],
+        multimodal_hidden_size=T["multimodal_embed_dim"],
+        multimodal_num_attention_heads=T["multimodal_num_heads"],
+        multimodal_num_hidden_layers=T["multimodal_num_layers"],
+        multimodal_intermediate_size=T["multimodal_mlp_dim"],
+        text_and_image_proj_size=T["projection_dim"],
+    ).eval()
+
+
+def _hf_kwargs(directory: Path) -> dict:
+    return flava_kwargs_from_hf_config(json.loads((directory / "config.json").read_text()))
+
+
+def _tiny_inputs(batch: int = 3, length: int = 12, lengths=(12, 7, 3)):
+    ids, mask = padded_text(batch, length, T["vocab_size"], list(lengths))
+    images = torch.randn(batch, 3, T["image_size"], T["image_size"])
+    return images, ids, mask
+
+
+@torch.no_grad()
+def _assert_matches_hf(ours: nn.Module, hf: FlavaModel, images, ids, mask) -> None:
+    """Every output of ours equals the Hugging Face model's within ATOL."""
+    ours.eval()
+    hf.eval()
+    ref = hf(input_ids=ids, pixel_values=images, attention_mask=mask)
+    out = ours(images, ids, text_attention_mask=mask)
+    _close(out.image_embeddings, ref.image_embeddings)
+    _close(out.text_embeddings, ref.text_embeddings)
+    _close(out.multimodal_embeddings, ref.multimodal_embeddings)
+    _close(out.image_pooled, ref.image_output.pooler_output)
+    _close(out.text_pooled, ref.text_output.pooler_output)
+    _close(out.multimodal_pooled, ref.multimodal_output.pooler_output)
+    # HF's get_*_features return the projection of every position, unnormalised; ours the CLS, L2-normalised.
+    ref_image = F.normalize(hf.get_image_features(pixel_values=images)[:, 0], dim=-1)
+    ref_text = F.normalize(hf.get_text_features(input_ids=ids, attention_mask=mask)[:, 0], dim=-1)
+    _close(out.image_features, ref_image)
+    _close(out.text_features, ref_text)
+    _close(ours.encode_image(images), ref_image)
+    _close(ours.encode_text(ids, mask), ref_text)
+    _close(ours.logit_scale.detach(), hf.logit_scale.detach())
+
+
+def _save_hf(model: nn.Module, directory: Path, variant: str) -> Path:
+    """Save a transformers model the way ``variant`` says; return the path to load from."""
+    if variant == "safetensors_dir":
+        model.save_pretrained(directory)
+        return directory
+    if variant == "safetensors_file":
+        model.save_pretrained(directory)
+        return directory / "model.safetensors"
+    if variant == "bin_dir":
+        model.save_pretrained(directory, safe_serialization=False)
+        assert (directory / "pytorch_model.bin").is_file()
+        return directory
+    if variant == "sharded_safetensors":
+        model.save_pretrained(directory, max_shard_size="50KB")
+        assert (directory / "model.safetensors.index.json").is_file()
+        assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1
+        assert not (directory / "model.safetensors").exists()
+        return directory
+    if variant == "sharded_bin":
+        model.save_pretrained(directory, max_shard_size="50KB", safe_serialization=False)
+        assert (directory / "pytorch_model.bin.index.json").is_file()
+        assert len(list(directory.glob("pytorch_model-*-of-*.bin"))) > 1
+        assert not (directory / "pytorch_model.bin").exists()
+        return directory
+    if variant == "sharded_index_file":
+        model.save_pretrained(directory, max_shard_size="50KB")
+        return directory / "model.safetensors.index.json"
+    raise AssertionError(variant)
+
+
+def _file_keys(directory: Path) -> set[str]:
+    """Tensor names in a (possibly sharded) safetensors checkpoint directory, read without our loader."""
+    keys: set[str] = set()
+    for shard in directory.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as f:
+            keys.update(f.keys())
+    return keys
+
+
+# --------------------------------------------------------------------------- 1. Hugging Face, tiny sizes
+
+
+def test_kwargs_from_hf_config_match_tiny_flava(tmp_path):
+    FlavaModel(_tiny_hf_config()).save_pretrained(tmp_path)
+    kwargs = _hf_kwargs(tmp_path)
+    assert {k: kwargs[k] for k in TINY_FLAVA} == TINY_FLAVA
+    assert kwargs["norm_eps"] == 1e-12
+    assert kwargs["logit_scale_init"] == pytest.approx(2.6592)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["safetensors_dir", "safetensors_file", "bin_dir", "sharded_safetensors", "sharded_bin", "sharded_index_file"],
+)
+def test_hf_flava_model_parity(tmp_path, variant):
+    hf = FlavaModel(_tiny_hf_config()).eval()
+    _perturb(hf)
+    path = _save_hf(hf, tmp_path, variant)
+
+    ours = flava_model(pretrained=path, **_hf_kwargs(tmp_path))
+
+    _assert_matches_hf(ours, hf, *_tiny_inputs())
+
+
+def test_hf_flava_for_pretraining_skips_heads_and_codebook(tmp_path):
+    hf = FlavaForPreTraining(_tiny_hf_config()).eval()
+    _perturb(hf)
+    hf.save_pretrained(tmp_path)
+    file_keys = _file_keys(tmp_path)
+    head_keys = {k for k in file_keys if not k.startswith("flava.")}
+    # The checkpoint really holds the heads and the codebook beside the backbone.
+    assert any(k.startswith("image_codebook.") for k in head_keys)
+    for head in ("mim_head.", "mlm_head.", "itm_head.", "mmm_image_head.", "mmm_text_head."):
+        assert any(k.startswith(head) for k in head_keys), head
+
+    ours = flava_model(**_hf_kwargs(tmp_path))
+    skipped = load_flava_weights(ours, tmp_path)
+
+    assert set(skipped) == head_keys
+    assert len(skipped) == len(head_keys)
+    _assert_matches_hf(ours, hf.flava, *_tiny_inputs())
+    # flava_model(pretrained=...) takes the same route.
+    _assert_matches_hf(flava_model(pretrained=tmp_path, **_hf_kwargs(tmp_path)), hf.flava, *_tiny_inputs())
+
+
+# -------------------------------------------------------------------------- 2. Hugging Face, full size
+
+
+@pytest.mark.slow
+def test_hf_flava_model_parity_full_size(tmp_path):
+    directory = tmp_path / "flava-full-random"
+    try:
+        hf = FlavaModel(FlavaConfig(init_codebook=False)).eval()
+        _perturb(hf)
+        hf.save_pretrained(directory)
+        kwargs = _hf_kwargs(directory)
+        assert kwargs["image_embed_dim"] == kwargs["text_embed_dim"] == kwargs["multimodal_embed_dim"] == 768
+        assert (kwargs["image_num_layers"], kwargs["text_num_layers"], kwargs["multimodal_num_layers"]) == (12, 12, 6)
+        ours = flava_model(pretrained=directory, **kwargs)
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+
+        ids, mask = padded_text(2, 16, kwargs["vocab_size"], [16, 9])
+        images = torch.randn(2, 3, 224, 224)
+        _assert_matches_hf(ours, hf, images, ids, mask)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # ~1 GB: do not leave it to pytest's tmp retention
+        hf = ours = None
+        gc.collect()
+
+
+# ----------------------------------------------------------------------------------- 3. torchmultimodal
+
+
+def test_tmm_flava_model_parity(tmp_path):
+    tmm = _tiny_tmm_model()
+    _perturb(tmm)
+    path = tmp_path / "tmm_flava.pt"
+    torch.save(tmm.state_dict(), path)
+
+    ours = flava_model(pretrained=path, **TINY_FLAVA).eval()
+
+    images, ids, mask = _tiny_inputs()
+    with torch.no_grad():
+        # Padded text: torchmultimodal masks id 0 itself; ours gets the matching attention mask.
+        ref = tmm(image=images, text=ids, required_embedding="mm", skip_unmasked_mm_encoder=False)
+        out = ours(images, ids, text_attention_mask=mask)
+        _close(out.image_embeddings, ref.image.last_hidden_state)
+        _close(out.text_embeddings, ref.text.last_hidden_state)
+        _close(out.image_pooled, ref.image.pooler_output)
+        _close(out.text_pooled, ref.text.pooler_output)
+        _close(out.image_features, F.normalize(ref.projected_image_embeddings, dim=-1))
+        _close(out.text_features, F.normalize(ref.projected_text_embeddings, dim=-1))
+        _close(ours.encode_image(images), F.normalize(ref.projected_image_embeddings, dim=-1))
+        _close(ours.encode_text(ids, mask), F.normalize(ref.projected_text_embeddings, dim=-1))
+
+        # Multimodal: torchmultimodal gives its fusion encoder no padding mask, so compare unpadded text.
+        full_ids, full_mask = padded_text(3, 12, T["vocab_size"], [12, 12, 12])
+        assert bool((full_ids != 0).all())
+        ref = tmm(image=images, text=full_ids, required_embedding="mm", skip_unmasked_mm_encoder=False)
+        out = ours(images, full_ids, text_attention_mask=full_mask)
+        _close(out.multimodal_embeddings, ref.multimodal.last_hidden_state)
+        _close(out.multimodal_pooled, ref.multimodal.pooler_output)
+        _close(ours(images, full_ids).multimodal_embeddings, ref.multimodal.last_hidden_state)
+
+    # torchmultimodal's FLAVAModel has no temperature: ours keeps its initial value.
+    assert ours.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    other = flava_model(pretrained=path, **TINY_FLAVA, logit_scale_init=1.5)
+    assert other.logit_scale.item() == pytest.approx(1.5)
+
+
+def test_tmm_flava_for_pretraining_loads_logit_scale_and_skips_heads(tmp_path):
+    tmm = _tiny_tmm_model()
+    codebook = DalleVAEEncoder(image_size=16, pretrained=False)
+    codebook.encoder = DalleEncoder(n_hid=8, n_blk_per_group=1, vocab_size=16)  # a small stand-in codebook
+    loss = FLAVAPretrainingLoss(
+        logit_scale=1.2345, hidden_size=T["multimodal_embed_dim"], text_vocab_size=T["vocab_size"], image_vocab_size=16
+    )
+    wrapped = TmmFLAVAForPreTraining(model=tmm, image_codebook=codebook, loss=loss)
+    _perturb(tmm)
+    state = wrapped.state_dict()
+    assert state["loss.contrastive_loss.logit_scale"].item() == pytest.approx(1.2345)
+    assert any(k.startswith("loss.mlm_loss.") for k in state)
+    assert any(k.startswith("image_codebook.") for k in state)
+    path = tmp_path / "tmm_flava_for_pretraining.pt"
+    torch.save(state, path)
+
+    ours = flava_model(**TINY_FLAVA)
+    skipped = load_flava_weights(ours, path)
+
+    assert ours.logit_scale.item() == pytest.approx(1.2345)
+    expected_skipped = {k for k in state if k.startswith(("loss.", "image_codebook."))}
+    expected_skipped.discard("loss.contrastive_loss.logit_scale")
+    assert set(skipped) == expected_skipped
+    assert "loss.contrastive_loss.logit_scale" not in skipped
+    assert not any(k.startswith("model.") for k in skipped)
+
+    images, ids, mask = _tiny_inputs()
+    with torch.no_grad():
+        ref = tmm(image=images, text=ids, required_embedding="mm", skip_unmasked_mm_encoder=False)
+        ours.eval()
+        out = ours(images, ids, text_attention_mask=mask)
+    _close(out.image_embeddings, ref.image.last_hidden_state)
+    _close(out.text_embeddings, ref.text.last_hidden_state)
+    _close(out.image_features, F.normalize(ref.projected_image_embeddings, dim=-1))
+    _close(out.text_features, F.normalize(ref.projected_text_embeddings, dim=-1))
+
+
+# ----------------------------------------------------------------------------- our own layout, and 4.
+
+
+@pytest.mark.parametrize("prefix", ["", "model."])
+def test_torchflava_layout_round_trip(tmp_path, prefix):
+    source = flava_model(**TINY_FLAVA)
+    _perturb(source)
+    path = tmp_path / "ours.safetensors"
+    save_state_dict({prefix + k: v for k, v in source.state_dict().items()}, path)
+
+    loaded = flava_model(pretrained=path, **TINY_FLAVA)
+
+    expected = source.state_dict()
+    got = loaded.state_dict()
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_convert_to_hf_round_trip_into_transformers(tmp_path):
+    ours = flava_model(**TINY_FLAVA).eval()
+    _perturb(ours)
+    hf = FlavaModel(_tiny_hf_config()).eval()
+
+    converted = convert_to_hf(ours.state_dict())
+    assert set(converted) == set(hf.state_dict())
+    result = hf.load_state_dict(converted, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+    _assert_matches_hf(ours, hf, *_tiny_inputs())
+
+    # And back: the fused QKV is rebuilt exactly.
+    back, skipped = convert_to_torchflava(converted, ours)
+    assert skipped == []
+    for key, value in ours.state_dict().items():
+        assert torch.equal(back[key], value), key
+    # convert_to_hf copies: changing its output leaves the model alone.
+    converted["text_model.encoder.layer.0.attention.attention.query.weight"].add_(1.0)
+    assert torch.equal(
+        ours.text_encoder.encoder.layers[0].attn.qkv.weight[: T["text_embed_dim"]],
+        hf.text_model.encoder.layer[0].attention.attention.query.weight,
+    )
+
+
+# ---------------------------------------------------------------------------------------- 5. strictness
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed by a failed load"
+
+
+def _layout_state(layout: str) -> dict[str, torch.Tensor]:
+    state = flava_model(**TINY_FLAVA).state_dict()
+    return convert_to_hf(state) if layout == "hf" else dict(state)
+
+
+_A_KEY = {
+    "hf": "text_model.encoder.layer.1.attention.attention.key.weight",
+    "torchflava": "text_encoder.encoder.layers.1.attn.qkv.weight",
+}
+_EXTRA_KEY = {"hf": "text_model.encoder.extra.weight", "torchflava": "text_encoder.extra.weight"}
+
+
+@pytest.mark.parametrize("layout", ["hf", "torchflava"])
+def test_missing_key_raises_and_names_it(tmp_path, layout):
+    state = _layout_state(layout)
+    del state[_A_KEY[layout]]
+    path = tmp_path / "ckpt.safetensors"
+    save_file(state, str(path))
+    model = flava_model(**TINY_FLAVA)
+    before = _state(model)
+
+    with pytest.raises(ValueError, match="missing 1 key") as err:
+        load_flava_weights(model, path)
+
+    assert repr(_A_KEY[layout]) in str(err.value)
+    assert "unexpected 0 key" in str(err.value)
+    _assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("layout", ["hf", "torchflava"])
+def test_unexpected_key_raises_and_names_it(tmp_path, layout):
+    state = _layout_state(layout)
+    state[_EXTRA_KEY[layout]] = torch.zeros(3)
+    path = tmp_path / "ckpt.safetensors"
+    save_file(state, str(path))
+    model = flava_model(**TINY_FLAVA)
+    before = _state(model)
+
+    with pytest.raises(ValueError, match="unexpected 1 key") as err:
+        load_flava_weights(model, path)
+
+    assert repr(_EXTRA_KEY[layout]) in str(err.value)
+    assert "missing 0 key" in str(err.value)
+    _assert_unchanged(model, before)
+
+
+def test_extra_layer_is_unexpected(tmp_path):
+    deeper = flava_model(**{**TINY_FLAVA, "text_num_layers": 3})
+    path = tmp_path / "deeper.safetensors"
+    save_file(convert_to_hf(deeper.state_dict()), str(path))
+
+    with pytest.raises(ValueError, match="unexpected") as err:
+        flava_model(pretrained=path, **TINY_FLAVA)
+    assert "text_model.encoder.layer.2." in str(err.value)
+
+
+def test_different_size_raises_on_shapes(tmp_path):
+    wider = flava_model(**{**TINY_FLAVA, "image_embed_dim": 48})
+    path = tmp_path / "wider.safetensors"
+    save_file(convert_to_hf(wider.state_dict()), str(path))
+    model = flava_model(**TINY_FLAVA)
+    before = _state(model)
+
+    with pytest.raises(ValueError, match="shape") as err:
+        load_flava_weights(model, path)
+
+    assert "image_encoder.embeddings.cls_token: checkpoint (1, 1, 48) vs model (1, 1, 32)" in str(err.value)
+    assert "text_encoder" not in str(err.value)  # only the image tower differs
+    _assert_unchanged(model, before)
+
+
+def test_unknown_layout_raises(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"backbone.layer0.weight": torch.zeros(2, 2), "head.bias": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="known layout"):
+        flava_model(pretrained=path, **TINY_FLAVA)
+
+
+def test_unknown_forced_layout_raises(tmp_path):
+    path = tmp_path / "ours.safetensors"
+    save_file(flava_model(**TINY_FLAVA).state_dict(), str(path))
+    with pytest.raises(ValueError, match="layout must be one of"):
+        load_flava_weights(flava_model(**TINY_FLAVA), path, layout="timm")
+
+
+def test_directory_without_checkpoint_raises(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "weights.txt").write_text("not a checkpoint")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        flava_model(pretrained=tmp_path, **TINY_FLAVA)
+
+
+def test_missing_path_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        flava_model(pretrained=tmp_path / "does-not-exist.safetensors", **TINY_FLAVA)
+
+
+# A payload that records its own execution: unpickling an _Exploit instance calls _canary(marker).
+def _canary(marker: str) -> None:
+    Path(marker).write_text("executed")
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return _canary, (self.marker,)
+
+
+def test_pickled_object_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "executed.txt"
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _Exploit(marker)}, path)
+    assert not marker.exists()
+
+    with pytest.raises(ValueError, match="weights_only"):
+        flava_model(pretrained=path, **TINY_FLAVA)
+    assert not marker.exists()
+
+    # The canary works: unpickling with weights_only=False would have run it.
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "executed"
+
+
+def test_pickled_function_is_refused(tmp_path):
+    marker = tmp_path / "executed.txt"
+    path = tmp_path / "function.pt"
+    torch.save({"weight": torch.zeros(2), "hook": _canary}, path)
+    with pytest.raises(ValueError, match="weights_only"):
+        flava_model(pretrained=path, **TINY_FLAVA)
+    assert not marker.exists()
+
+
+def test_torch_file_without_tensors_raises(tmp_path):
+    path = tmp_path / "not_a_state_dict.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, path)
+    with pytest.raises(ValueError, match="state dict"):
+        flava_model(pretrained=path, **TINY_FLAVA)
+
+
+def test_error_messages_list_names_not_regex_noise(tmp_path):
+    # A missing fused tensor lists all three reference names it is built from.
+    state = convert_to_hf(flava_model(**TINY_FLAVA).state_dict())
+    removed = [f"image_model.encoder.layer.0.attention.attention.{p}.bias" for p in ("query", "key", "value")]
+    for key in removed:
+        del state[key]
+    path = tmp_path / "ckpt.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=re.escape(f"missing 3 key(s) {removed}")):
+        flava_model(pretrained=path, **TINY_FLAVA)

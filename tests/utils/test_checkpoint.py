@@ -1,0 +1,243 @@
+"""Reading and writing state dicts: file formats, Hugging Face directories, sharded indexes, atomic writes."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import torchflava.utils.checkpoint as checkpoint
+from torchflava.utils.checkpoint import atomic_write, load_state_dict, save_state_dict
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    return {
+        "a.weight": torch.randn(3, 4),
+        "a.bias": torch.randn(3),
+        "b.scale": torch.tensor(2.5),
+        "c.ids": torch.arange(5),
+        "d.half": torch.randn(2, 2).half(),
+    }
+
+
+def _assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for key, value in expected.items():
+        assert actual[key].dtype == value.dtype, key
+        assert actual[key].device.type == "cpu", key
+        assert torch.equal(actual[key], value), key
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def test_load_safetensors_file(tmp_path):
+    tensors = _tensors()
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    _assert_same(load_state_dict(tmp_path / "w.safetensors"), tensors)
+    _assert_same(load_state_dict(str(tmp_path / "w.safetensors")), tensors)  # str paths too
+
+
+@pytest.mark.parametrize("name", ["w.pt", "w.pth", "pytorch_model.bin"])
+def test_load_torch_file(tmp_path, name):
+    tensors = _tensors()
+    torch.save(tensors, tmp_path / name)
+    _assert_same(load_state_dict(tmp_path / name), tensors)
+
+
+def test_load_torch_file_unwraps_state_dict_entry(tmp_path):
+    tensors = _tensors()
+    torch.save({"state_dict": tensors}, tmp_path / "ckpt.pt")
+    _assert_same(load_state_dict(tmp_path / "ckpt.pt"), tensors)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_load_directory(tmp_path, name):
+    tensors = _tensors()
+    if name.endswith(".safetensors"):
+        save_file(tensors, str(tmp_path / name))
+    else:
+        torch.save(tensors, tmp_path / name)
+    (tmp_path / "config.json").write_text("{}")
+    _assert_same(load_state_dict(tmp_path), tensors)
+
+
+def test_directory_prefers_safetensors(tmp_path):
+    safe, pickled = {"x": torch.ones(2)}, {"x": torch.zeros(2)}
+    save_file(safe, str(tmp_path / "model.safetensors"))
+    torch.save(pickled, tmp_path / "pytorch_model.bin")
+    _assert_same(load_state_dict(tmp_path), safe)
+
+
+def _write_sharded(directory: Path, tensors: dict[str, torch.Tensor], safetensors: bool) -> Path:
+    keys = sorted(tensors)
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    ext = "safetensors" if safetensors else "bin"
+    stem = "model" if safetensors else "pytorch_model"
+    weight_map = {}
+    for i, part in enumerate(halves, start=1):
+        shard = f"{stem}-{i:05d}-of-00002.{ext}"
+        chunk = {k: tensors[k] for k in part}
+        if safetensors:
+            save_file(chunk, str(directory / shard))
+        else:
+            torch.save(chunk, directory / shard)
+        weight_map.update({k: shard for k in part})
+    index = directory / f"{stem}.{ext}.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return index
+
+
+@pytest.mark.parametrize("safetensors", [True, False])
+def test_load_sharded_index_and_directory(tmp_path, safetensors):
+    tensors = _tensors()
+    index = _write_sharded(tmp_path, tensors, safetensors)
+    _assert_same(load_state_dict(index), tensors)  # the index json itself
+    _assert_same(load_state_dict(tmp_path), tensors)  # the directory holding it
+
+
+def test_index_without_weight_map_raises(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ValueError, match="weight_map"):
+        load_state_dict(tmp_path)
+
+
+def test_missing_path_and_empty_directory_raise(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_state_dict(tmp_path / "nope.safetensors")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+        load_state_dict(tmp_path)
+
+
+def test_non_state_dict_torch_files_raise(tmp_path):
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="state dict"):
+        load_state_dict(tmp_path / "list.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"this is not a torch file")
+    with pytest.raises(ValueError, match="weights_only"):
+        load_state_dict(tmp_path / "garbage.pt")
+
+
+# A payload that records its own execution when unpickled.
+def _canary(marker: str) -> None:
+    Path(marker).write_text("executed")
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return _canary, (self.marker,)
+
+
+def test_pickled_code_is_not_run(tmp_path):
+    marker = tmp_path / "executed.txt"
+    torch.save({"w": torch.zeros(1), "x": _Exploit(marker)}, tmp_path / "evil.bin")
+    with pytest.raises(ValueError, match="weights_only"):
+        load_state_dict(tmp_path / "evil.bin")
+    assert not marker.exists()
+    # Also through a directory (pytorch_model.bin is a pickle too).
+    os.replace(tmp_path / "evil.bin", tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="weights_only"):
+        load_state_dict(tmp_path)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------- saving
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pt"])
+def test_save_round_trip(tmp_path, name):
+    tensors = _tensors()
+    path = tmp_path / "sub" / "dir" / name  # parents are created
+    save_state_dict(tensors, path)
+    assert _files(path.parent) == [name]  # no temporary file left behind
+    _assert_same(load_state_dict(path), tensors)
+
+
+def test_save_safetensors_is_really_safetensors(tmp_path):
+    tensors = _tensors()
+    save_state_dict(tensors, tmp_path / "w.safetensors")
+    _assert_same(load_file(str(tmp_path / "w.safetensors")), tensors)
+
+
+def test_save_handles_views_and_parameters(tmp_path):
+    base = torch.randn(4, 6)
+    param = torch.nn.Parameter(torch.randn(3))
+    tensors = {"t": base.t(), "slice": base[:, 1:3], "param": param}
+    for name in ("w.safetensors", "w.pt"):
+        save_state_dict(tensors, tmp_path / name)
+        loaded = load_state_dict(tmp_path / name)
+        assert torch.equal(loaded["t"], base.t())
+        assert torch.equal(loaded["slice"], base[:, 1:3])
+        assert torch.equal(loaded["param"], param.detach())
+        assert not loaded["param"].requires_grad
+
+
+def test_save_overwrites_existing(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_state_dict({"x": torch.zeros(2)}, path)
+    save_state_dict({"x": torch.ones(3)}, path)
+    _assert_same(load_state_dict(path), {"x": torch.ones(3)})
+    assert _files(tmp_path) == ["w.safetensors"]
+
+
+def _half_then_fail(exc: BaseException):
+    """A writer that writes part of a file to the path it is given, then fails."""
+
+    def write(obj, target, *args, **kwargs):
+        # safetensors' save_file takes (tensors, filename); torch.save takes (obj, f).
+        Path(target).write_bytes(b"partial")
+        raise exc
+
+    return write
+
+
+@pytest.mark.parametrize("name, writer", [("w.safetensors", "save_file"), ("w.pt", "torch.save")])
+@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_failed_save_leaves_destination_untouched(tmp_path, monkeypatch, name, writer, exc):
+    path = tmp_path / name
+    old = {"x": torch.arange(4.0)}
+    save_state_dict(old, path)
+    before = path.read_bytes()
+
+    if writer == "save_file":
+        monkeypatch.setattr(checkpoint, "save_file", _half_then_fail(exc))
+    else:
+        monkeypatch.setattr(checkpoint.torch, "save", _half_then_fail(exc))
+    with pytest.raises(type(exc)):
+        save_state_dict({"x": torch.zeros(100)}, path)
+    monkeypatch.undo()
+
+    assert path.read_bytes() == before
+    assert _files(tmp_path) == [name]  # the partial temporary file was removed
+    _assert_same(load_state_dict(path), old)
+
+
+def test_failed_first_save_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "save_file", _half_then_fail(OSError("boom")))
+    with pytest.raises(OSError, match="boom"):
+        save_state_dict({"x": torch.zeros(1)}, tmp_path / "w.safetensors")
+    assert _files(tmp_path) == []
+
+
+def test_atomic_write_writes_to_a_temporary_name_in_the_same_directory(tmp_path):
+    seen = []
+
+    def write(tmp: str) -> None:
+        seen.append(Path(tmp))
+        assert not (tmp_path / "out.bin").exists()  # the destination appears only at the end
+        Path(tmp).write_bytes(b"done")
+
+    atomic_write(tmp_path / "out.bin", write)
+    assert seen[0].parent == tmp_path and seen[0].name != "out.bin"
+    assert (tmp_path / "out.bin").read_bytes() == b"done"
+    assert _files(tmp_path) == ["out.bin"]
