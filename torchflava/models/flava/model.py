@@ -210,6 +210,8 @@ class FLAVAModel(nn.Module):
     def encode_image(self, image: Tensor, *, normalize: bool = True) -> Tensor:
         """Contrastive image features: the projected CLS after the final norm.
 
+        Only the CLS output is computed in the last layer (the other positions cannot affect it there).
+
         Args:
             image (Tensor): (B, C, H, W) float pixels.
             normalize (bool): L2-normalise the features.
@@ -217,7 +219,8 @@ class FLAVAModel(nn.Module):
         Returns:
             Tensor: (B, P).
         """
-        return self._project(self.image_projection, self.image_encoder(image, return_pooled=False), normalize)
+        out = self.image_encoder(image, output_positions=_CLS, return_pooled=False)
+        return self._project(self.image_projection, out, normalize)
 
     def encode_text(
         self,
@@ -245,7 +248,9 @@ class FLAVAModel(nn.Module):
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
         padding = text_padding_mask(text, text_attention_mask)
         if padding is None or not bool(padding.any()) or not can_pack(padding):
-            out = self.text_encoder(text, padding_mask=padding, token_type_ids=token_type_ids, return_pooled=False)
+            out = self.text_encoder(
+                text, padding_mask=padding, token_type_ids=token_type_ids, output_positions=_CLS, return_pooled=False
+            )
             return self._project(self.text_projection, out, normalize)
         cls_states = []
         for pack in pack_rows(text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens):
@@ -254,11 +259,15 @@ class FLAVAModel(nn.Module):
                 token_type_ids=pack.token_type_ids,
                 position_ids=pack.position_ids,
                 attn_mask=pack.attn_mask,
+                output_positions=pack.first_token,
                 return_pooled=False,
             )
-            cls_states.append(out.last_hidden_state[0, pack.first_token])
+            cls_states.append(out.last_hidden_state[0])
         projected = self.text_projection(torch.cat(cls_states))
         return F.normalize(projected, dim=-1) if normalize else projected
+
+
+_CLS = slice(0, 1)  # output position of the CLS token
 
 
 def _field(out: Optional[EncoderOutput], name: str):

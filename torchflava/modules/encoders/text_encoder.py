@@ -1,6 +1,6 @@
 """BERT-style text transformer: (B, L) token ids -> (B, L, D)."""
 
-from typing import Optional
+from typing import Optional, Union
 
 from torch import nn, Tensor
 
@@ -40,6 +40,7 @@ class TextEncoder(nn.Module):
         token_type_ids: Optional[Tensor] = None,
         position_ids: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
+        output_positions: Optional[Union[Tensor, slice]] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
     ) -> EncoderOutput:
@@ -51,6 +52,9 @@ class TextEncoder(nn.Module):
             token_type_ids (Optional[Tensor]): (B, L) segment ids.
             position_ids (Optional[Tensor]): (B, L) positions; 0..L-1 when None.
             attn_mask (Optional[Tensor]): (B, L, L) bool, ``True`` = query i may not attend to key j.
+            output_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: positions whose output alone is wanted; the last
+                layer computes only those and the outputs are (B, P, D) (the pooler then reads the
+                first of them).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
 
@@ -59,7 +63,11 @@ class TextEncoder(nn.Module):
         """
         x = self.embeddings(input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
         out = self.encoder(
-            x, key_padding_mask=padding_mask, attn_mask=attn_mask, return_hidden_states=return_hidden_states
+            x,
+            key_padding_mask=padding_mask,
+            attn_mask=attn_mask,
+            output_positions=output_positions,
+            return_hidden_states=return_hidden_states,
         )
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None

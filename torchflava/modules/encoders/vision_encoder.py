@@ -1,6 +1,6 @@
 """Vision transformer: (B, C, H, W) -> (B, 1 + N, D)."""
 
-from typing import Optional
+from typing import Optional, Union
 
 from torch import nn, Tensor
 
@@ -37,6 +37,7 @@ class VisionEncoder(nn.Module):
         images: Tensor,
         *,
         patch_mask: Optional[Tensor] = None,
+        output_positions: Optional[Union[Tensor, slice]] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
     ) -> EncoderOutput:
@@ -45,6 +46,9 @@ class VisionEncoder(nn.Module):
         Args:
             images (Tensor): (B, C, H, W) float.
             patch_mask (Optional[Tensor]): (B, N) bool, ``True`` = replace that patch by the mask token.
+            output_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: positions whose output alone is wanted; the last
+                layer computes only those and the outputs are (B, P, D) (the pooler then reads the
+                first of them).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
 
@@ -52,7 +56,7 @@ class VisionEncoder(nn.Module):
             EncoderOutput: last_hidden_state (B, 1 + N, D) and the rest.
         """
         x = self.embeddings(images, patch_mask=patch_mask)
-        out = self.encoder(x, return_hidden_states=return_hidden_states)
+        out = self.encoder(x, output_positions=output_positions, return_hidden_states=return_hidden_states)
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
         return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)

@@ -5,7 +5,7 @@ Shapes: x (B, S, D) -> (B, S, D); key_padding_mask (B, S) bool with ``True = pad
 (query i may not attend to key j), e.g. block-diagonal for packed sequences.
 """
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,12 @@ class MultiHeadSelfAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     def forward(
-        self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        query_positions: Optional[Union[Tensor, slice]] = None,
     ) -> Tensor:
         """Attend every position to every position not masked out.
 
@@ -50,16 +55,22 @@ class MultiHeadSelfAttention(nn.Module):
             x (Tensor): (B, S, D) input.
             key_padding_mask (Optional[Tensor]): (B, S) bool, ``True`` marks keys to ignore.
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True`` blocks query i from key j.
+            query_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: indices of the only positions whose output is
+                wanted: queries are computed for them alone (keys and values for all S).
 
         Returns:
-            Tensor: (B, S, D) output after the output projection.
+            Tensor: (B, S, D) output after the output projection; (B, P, D) with ``query_positions``.
 
         Raises:
             TypeError: if a mask is not boolean.
         """
         b, s, d = x.shape
-        # (B, S, 3D) -> (3, B, H, S, hd)
-        q, k, v = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if query_positions is None:
+            # (B, S, 3D) -> (3, B, H, S, hd)
+            q, k, v = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = self._project_subset(x, query_positions)
+            attn_mask = None if attn_mask is None else attn_mask[:, query_positions]
         for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
             if mask is not None and mask.dtype != torch.bool:
                 raise TypeError(f"{name} must be a bool tensor (True = masked), got dtype {mask.dtype}")
@@ -71,5 +82,15 @@ class MultiHeadSelfAttention(nn.Module):
             allowed = ~blocked if allowed is None else allowed & ~blocked
         dropout_p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(b, s, d)  # (B, H, S, hd) -> (B, S, D)
+        out = out.transpose(1, 2).reshape(b, q.shape[2], d)  # (B, H, S_q, hd) -> (B, S_q, D)
         return self.out_proj(out)
+
+    def _project_subset(self, x: Tensor, query_positions: Union[Tensor, slice]) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries for the selected positions only, keys and values for all: (B, H, P | S, hd)."""
+        b, s, d = x.shape
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, query_positions], w[:d], None if bias is None else bias[:d])
+        kv = F.linear(x, w[d:], None if bias is None else bias[d:])
+        q = q.view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv.view(b, s, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v

@@ -4,7 +4,7 @@ Shapes: x (B, S, D) -> (B, S, D); key_padding_mask (B, S) bool, ``True = padding
 attn_mask (B, S, S) bool, ``True`` = query i may not attend to key j.
 """
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn, Tensor
@@ -52,7 +52,12 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        query_positions: Optional[Union[Tensor, slice]] = None,
     ) -> Tensor:
         """Run the block.
 
@@ -60,11 +65,16 @@ class TransformerEncoderLayer(nn.Module):
             x (Tensor): (B, S, D).
             key_padding_mask (Optional[Tensor]): (B, S) bool, ``True = padding``.
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
+            query_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: positions whose output alone is computed.
 
         Returns:
-            Tensor: (B, S, D).
+            Tensor: (B, S, D), or (B, P, D) with ``query_positions``.
         """
-        attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+        attended = self.attn(
+            self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask, query_positions=query_positions
+        )
+        if query_positions is not None:
+            x = x[:, query_positions]
         x = x + self.dropout(attended)
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
@@ -89,6 +99,7 @@ class TransformerEncoder(nn.Module):
         *,
         key_padding_mask: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
+        output_positions: Optional[Union[Tensor, slice]] = None,
         return_hidden_states: bool = False,
     ) -> TransformerOutput:
         """Run all layers.
@@ -97,20 +108,28 @@ class TransformerEncoder(nn.Module):
             x (Tensor): (B, S, D).
             key_padding_mask (Optional[Tensor]): (B, S) bool, ``True = padding``.
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
+            output_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: positions whose final output alone is wanted:
+                the last layer computes only those (e.g. the CLS token for pooled features), which
+                gives the same values for less work.
             return_hidden_states (bool): also return the input and every layer's output.
 
         Returns:
-            TransformerOutput: the last layer's output and, if asked, all hidden states.
+            TransformerOutput: the last layer's output, (B, S, D) or (B, P, D), and, if asked, all
+            hidden states (the last one restricted like the output).
         """
         hidden_states = [x] if return_hidden_states else None
         use_checkpoint = self.checkpoint_activations and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            kwargs = dict(
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                query_positions=output_positions if i == last else None,
+            )
             if use_checkpoint:
-                x = checkpoint(
-                    layer, x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, use_reentrant=False
-                )
+                x = checkpoint(layer, x, use_reentrant=False, **kwargs)
             else:
-                x = layer(x, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+                x = layer(x, **kwargs)
             if hidden_states is not None:
                 hidden_states.append(x)
         return TransformerOutput(x, None if hidden_states is None else tuple(hidden_states))
