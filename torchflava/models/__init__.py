@@ -1,8 +1,11 @@
 """Models assembled from ``torchflava.modules``: ``from torchflava.models import flava_model``."""
 
 from torchflava.models.flava import (
+    FLAVAForPretraining,
+    PretrainingBatch,
     flava_image_encoder,
     flava_model,
+    flava_model_for_pretraining,
     flava_multimodal_encoder,
     flava_text_encoder,
     FLAVAModel,
@@ -10,6 +13,9 @@ from torchflava.models.flava import (
 )
 
 __all__ = [
+    "FLAVAForPretraining",
+    "PretrainingBatch",
+    "flava_model_for_pretraining",
     "FLAVAModel",
     "FLAVAOutput",
     "flava_image_encoder",

@@ -3,20 +3,34 @@
 from torchflava.models.flava.builders import (
     flava_image_encoder,
     flava_model,
+    flava_model_for_pretraining,
     flava_multimodal_encoder,
     flava_text_encoder,
     transformer_encoder,
 )
 from torchflava.models.flava.convert_weights import convert_to_hf, convert_to_torchflava, load_flava_weights
 from torchflava.models.flava.model import FLAVAModel, FLAVAOutput
+from torchflava.models.flava.pretraining import (
+    FLAVAForPretraining,
+    FLAVALosses,
+    FLAVAPretrainingOutput,
+    LossWeights,
+    PretrainingBatch,
+)
 
 __all__ = [
+    "FLAVAForPretraining",
+    "FLAVALosses",
     "FLAVAModel",
     "FLAVAOutput",
+    "FLAVAPretrainingOutput",
+    "LossWeights",
+    "PretrainingBatch",
     "convert_to_hf",
     "convert_to_torchflava",
     "flava_image_encoder",
     "flava_model",
+    "flava_model_for_pretraining",
     "flava_multimodal_encoder",
     "flava_text_encoder",
     "load_flava_weights",

@@ -11,8 +11,13 @@ from typing import Optional, Union
 
 from torch import nn
 
-from torchflava.models.flava.convert_weights import load_flava_weights
+from torchflava.models.flava.convert_weights import load_flava_pretraining_weights, load_flava_weights
 from torchflava.models.flava.model import FLAVAModel
+from torchflava.models.flava.pretraining import FLAVAForPretraining, LossWeights
+from torchflava.modules.codebook import dalle_encoder
+from torchflava.modules.heads import ITMHead, MaskedPredictionHead
+from torchflava.modules.init import init_transformer_weights
+from torchflava.utils.distributed import GatherGrad
 from torchflava.modules.encoders import FusionEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.layers import (
     MLP,
@@ -294,3 +299,84 @@ def flava_model(
     if pretrained is not None:
         load_flava_weights(model, pretrained)
     return model
+
+
+def flava_model_for_pretraining(
+    *,
+    backbone: Optional[FLAVAModel] = None,
+    codebook: Optional[nn.Module] = None,
+    build_codebook: bool = True,
+    pretrained: Optional[Union[str, os.PathLike]] = None,
+    image_vocab_size: int = 8192,
+    head_norm_eps: float = 1e-12,
+    mim_weight: float = 1.0,
+    mlm_weight: float = 1.0,
+    itm_weight: float = 1.0,
+    global_contrastive_weight: float = 1.0,
+    mmm_image_weight: float = 1.0,
+    mmm_text_weight: float = 1.0,
+    unimodal_losses_on_pairs: bool = False,
+    ignore_index: int = -100,
+    contrastive_gather: GatherGrad = GatherGrad.GLOBAL,
+) -> FLAVAForPretraining:
+    """FLAVA with its pretraining heads, losses and (optionally) the dVAE codebook.
+
+    Args:
+        backbone (Optional[FLAVAModel]): the backbone; FLAVA-full (``flava_model()``) when None. Build
+            it with ``flava_model(...)`` for other sizes.
+        codebook (Optional[nn.Module]): image tokenizer with ``tokens(pixels)``; when None and
+            ``build_codebook``, the DALL-E dVAE encoder (8192 ids, 112 px -> 14 x 14).
+        build_codebook (bool): build the default codebook when none is given. Leave it off when the
+            data pipeline provides ``image_tokens`` (cheaper: the codebook is ~12% of a step).
+        pretrained (Optional[Union[str, os.PathLike]]): a pretraining checkpoint (HF ``FlavaForPreTraining``,
+            torchmultimodal ``FLAVAForPreTraining``, or ours) to load.
+        image_vocab_size (int): number of codebook ids (MIM classes).
+        head_norm_eps (float): LayerNorm epsilon of the prediction heads.
+        mim_weight (float): MIM loss weight.
+        mlm_weight (float): MLM loss weight.
+        itm_weight (float): ITM loss weight.
+        global_contrastive_weight (float): contrastive loss weight.
+        mmm_image_weight (float): MMM-image loss weight.
+        mmm_text_weight (float): MMM-text loss weight.
+        unimodal_losses_on_pairs (bool): also run MIM and MLM on image-text batches.
+        ignore_index (int): label of positions without a target.
+        contrastive_gather (GatherGrad): gradient semantics of the cross-rank feature gather.
+
+    Returns:
+        FLAVAForPretraining: the model.
+
+    Raises:
+        ValueError: if a loss weight is negative.
+    """
+    loss_weights = LossWeights(
+        mim=mim_weight, mlm=mlm_weight, itm=itm_weight, global_contrastive=global_contrastive_weight,
+        mmm_image=mmm_image_weight, mmm_text=mmm_text_weight,
+    )
+    negative = [name for name, value in loss_weights._asdict().items() if value < 0]
+    if negative:
+        raise ValueError(f"loss weights must be >= 0, got negative {negative}")
+    model = flava_model() if backbone is None else backbone
+    image_dim = model.image_encoder.norm.normalized_shape[0]
+    text_dim = model.text_encoder.norm.normalized_shape[0]
+    fusion_dim = model.fusion_encoder.norm.normalized_shape[0]
+    vocab_size = model.text_encoder.embeddings.vocab_size
+    if codebook is None and build_codebook:
+        codebook = dalle_encoder(vocab_size=image_vocab_size)
+    pretraining = FLAVAForPretraining(
+        model,
+        mlm_head=MaskedPredictionHead(text_dim, vocab_size, norm_eps=head_norm_eps),
+        mim_head=MaskedPredictionHead(image_dim, image_vocab_size, norm_eps=head_norm_eps),
+        mmm_text_head=MaskedPredictionHead(fusion_dim, vocab_size, norm_eps=head_norm_eps),
+        mmm_image_head=MaskedPredictionHead(fusion_dim, image_vocab_size, norm_eps=head_norm_eps),
+        itm_head=ITMHead(fusion_dim),
+        codebook=codebook,
+        weights=loss_weights,
+        unimodal_losses_on_pairs=unimodal_losses_on_pairs,
+        ignore_index=ignore_index,
+        contrastive_gather=contrastive_gather,
+    )
+    for name in ("mlm_head", "mim_head", "mmm_text_head", "mmm_image_head", "itm_head"):
+        getattr(pretraining, name).apply(init_transformer_weights)
+    if pretrained is not None:
+        load_flava_pretraining_weights(pretraining, pretrained)
+    return pretraining

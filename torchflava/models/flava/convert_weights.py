@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import nn, Tensor
 
+from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava
 from torchflava.utils.checkpoint import load_state_dict, PathLike
 
 LAYOUTS = ("torchflava", "hf", "tmm")
@@ -285,3 +286,102 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
         norm_eps=eps.pop(),
         logit_scale_init=config.get("logit_scale_init_value", 2.6592),
     )
+
+
+# Pretraining heads: ours -> (hf, tmm) prefixes, and the names inside one prediction head.
+_HEADS = {
+    "mlm_head": ("mlm_head", "loss.mlm_loss.cls"),
+    "mim_head": ("mim_head", "loss.mim_loss.cls"),
+    "mmm_text_head": ("mmm_text_head", "loss.mmm_loss.mlm.cls"),
+    "mmm_image_head": ("mmm_image_head", "loss.mmm_loss.mim.cls"),
+}
+_PREDICTION_HEAD = {
+    "dense.weight": ("transform.dense.weight", "dense.weight"),
+    "dense.bias": ("transform.dense.bias", "dense.bias"),
+    "norm.weight": ("transform.LayerNorm.weight", "layer_norm.weight"),
+    "norm.bias": ("transform.LayerNorm.bias", "layer_norm.bias"),
+    "decoder.weight": ("decoder.weight", "decoder.weight"),
+    "decoder.bias": ("bias", "bias"),  # the references keep the decoder bias as the head's own `bias`
+}
+_ITM_HEAD = {
+    "itm_head.pooler.dense.weight": ("itm_head.pooler.dense.weight", "loss.itm_loss.pooler.dense.weight"),
+    "itm_head.pooler.dense.bias": ("itm_head.pooler.dense.bias", "loss.itm_loss.pooler.dense.bias"),
+    "itm_head.classifier.weight": ("itm_head.seq_relationship.weight", "loss.itm_loss.cls.seq_relationship.weight"),
+    "itm_head.classifier.bias": ("itm_head.seq_relationship.bias", "loss.itm_loss.cls.seq_relationship.bias"),
+}
+# The references also store each head's decoder bias a second time (a tied alias).
+_HEAD_ALIASES = re.compile(r"^(mlm_head|mim_head|mmm_text_head|mmm_image_head)\.decoder\.bias$|^loss\..*cls\.decoder\.bias$")
+
+
+def _head_reference_name(key: str, layout: str) -> str:
+    if layout == "torchflava":
+        return key
+    col = 0 if layout == "hf" else 1
+    if key in _ITM_HEAD:
+        return _ITM_HEAD[key][col]
+    head, _, inner = key.partition(".")
+    return f"{_HEADS[head][col]}.{_PREDICTION_HEAD[inner][col]}"
+
+
+def load_flava_pretraining_weights(model: nn.Module, path: PathLike, *, strict: bool = True) -> list[str]:
+    """Load a whole pretraining checkpoint (backbone, heads and, when present, the codebook).
+
+    Accepts Hugging Face ``FlavaForPreTraining``, torchmultimodal ``FLAVAForPreTraining`` and our own
+    :class:`FLAVAForPretraining` state dicts.
+
+    Args:
+        model (nn.Module): a :class:`FLAVAForPretraining`.
+        path (PathLike): file, Hugging Face directory or URL.
+        strict (bool): raise on missing or unexpected keys.
+
+    Returns:
+        list[str]: checkpoint keys left unused (the codebook's, when the model has none).
+
+    Raises:
+        ValueError: on key or shape mismatches.
+    """
+    source = load_state_dict(path)
+    layout = detect_layout(source)
+    if layout == "torchflava":
+        converted_backbone = {k[len("model."):]: v for k, v in source.items() if k.startswith("model.")}
+    else:
+        converted_backbone, _ = convert_to_torchflava(source, model.model, layout=layout, strict=strict)
+    state = {f"model.{k}": v for k, v in converted_backbone.items()}
+    used = {k for k in source if k.startswith("model.")} if layout == "torchflava" else set()
+    missing = []
+    for key in model.state_dict():
+        if key.startswith(("model.", "codebook.")):
+            continue
+        name = _head_reference_name(key, layout)
+        if name in source:
+            state[key] = source[name]
+            used.add(name)
+        else:
+            missing.append(name)
+    codebook_keys = [k for k in source if "codebook." in k]
+    if model.codebook is not None and codebook_keys:
+        converted = convert_codebook_to_torchflava(
+            {k: source[k] for k in codebook_keys}, model.codebook, strict=strict
+        )
+        state.update({f"codebook.{k}": v for k, v in converted.items()})
+        used.update(codebook_keys)
+    elif model.codebook is not None:
+        missing.append("codebook.*")
+    backbone_names = set()
+    if layout != "torchflava":
+        prefix = {"hf": "flava.", "tmm": "model."}[layout]
+        for key in model.model.state_dict():
+            backbone_names.update(prefix + n for n in _reference_names(key, layout))
+            backbone_names.update(_reference_names(key, layout))
+    leftover = sorted(
+        k for k in source
+        if k not in used and k not in backbone_names and not _HEAD_ALIASES.search(k) and "codebook." not in k
+        and not re.search(r"(position_ids|token_type_ids)$", k)
+    )
+    if strict and (missing or leftover):
+        raise ValueError(
+            f"pretraining checkpoint ({layout} layout) does not match the model: missing {missing[:20]}, "
+            f"unexpected {leftover[:20]}"
+        )
+    model.load_state_dict(state, strict=strict)
+    return sorted(k for k in codebook_keys if k not in used)

@@ -1,0 +1,207 @@
+"""FLAVA pretraining step: forward + backward time and peak memory, torchflava against the peers.
+
+Peer: Hugging Face transformers' ``FlavaForPreTraining(FlavaConfig())`` (FLAVA-full, random
+weights, its own random frozen codebook). Ours: ``flava_model_for_pretraining()`` with HF's weights
+converted. The same batch for everyone, built with a fixed seed: 4 image-text pairs (224 px images,
+112 px codebook views, 77-token captions with real lengths 52/35/20/41, 15% of real tokens masked,
+75 of 196 patches masked, ITM labels 1,1,1,0), and the same 4 samples as an image-only (MIM) and a
+text-only (MLM) batch. "all" = the three calls, one backward each, as in FLAVA's joint training.
+
+Ours runs twice: ``ours`` takes codebook ids from the data pipeline (``image_tokens``, how our
+recipe trains: the tokenizer runs once per sample in the loader, not in the step), and
+``ours+codebook`` computes them inside the step from the codebook pixels, doing the same work as
+the peer. Timed: zero_grad, forward, backward (no optimiser step), interleaved A B C A B C,
+medians and per-step ratios. Peak memory: each implementation alone in a fresh process, peak RSS
+during the timed steps (``/proc/self/clear_refs`` reset after building and one warm-up step).
+
+Usage::
+
+    python benchmarks/pretrain_step.py [--steps 5] [--warmup 1] [--kinds pair,image,text] [--bf16]
+"""
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from torchflava.models import flava_model_for_pretraining
+from torchflava.models.flava.convert_weights import convert_to_torchflava
+
+IMPLS = ("ours", "ours+codebook", "hf")
+
+
+def make_batches(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    b, length, lengths = 4, 77, [52, 35, 20, 41]
+    image = torch.randn(b, 3, 224, 224, generator=g)
+    codebook_pixels = torch.rand(b, 3, 112, 112, generator=g) * 0.8 + 0.1
+    text = torch.randint(1000, 30000, (b, length), generator=g)
+    mask = torch.zeros(b, length, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+        text[row, 0], text[row, n - 1] = 101, 102
+    text = text * mask
+    mlm_labels = torch.full_like(text, -100)
+    text_masked = text.clone()
+    for row, n in enumerate(lengths):
+        picks = torch.randperm(n - 2, generator=g)[: round(0.15 * n)] + 1
+        mlm_labels[row, picks] = text[row, picks]
+        text_masked[row, picks] = 103
+    patch_mask = torch.zeros(b, 196, dtype=torch.bool)
+    for row in range(b):
+        patch_mask[row, torch.randperm(196, generator=g)[:75]] = True
+    tokens = torch.randint(0, 8192, (b, 196), generator=g)
+    itm = torch.tensor([1, 1, 1, 0])
+    return dict(image=image, codebook_pixels=codebook_pixels, text=text, text_masked=text_masked, mask=mask,
+                mlm_labels=mlm_labels, patch_mask=patch_mask, tokens=tokens, itm=itm)
+
+
+def build(impl: str, hf_state=None):
+    torch.manual_seed(0)
+    if impl == "hf":
+        from transformers import FlavaConfig, FlavaForPreTraining
+
+        return FlavaForPreTraining(FlavaConfig()).train()
+    model = flava_model_for_pretraining(build_codebook=impl == "ours+codebook")
+    if hf_state is not None:
+        converted, _ = convert_to_torchflava(hf_state, model.model, layout="hf")
+        model.model.load_state_dict(converted)
+    return model.train()
+
+
+def step_fn(impl: str, model, kind: str, d: dict):
+    """A zero-argument callable doing zero_grad + forward + backward for one batch kind."""
+    if impl == "hf":
+        args = dict(return_loss=True)
+        if kind in ("pair", "image"):
+            args.update(pixel_values=d["image"], codebook_pixel_values=d["codebook_pixels"],
+                        bool_masked_pos=d["patch_mask"])
+        if kind in ("pair", "text"):
+            args.update(input_ids=d["text"], input_ids_masked=d["text_masked"], attention_mask=d["mask"],
+                        mlm_labels=d["mlm_labels"])
+        if kind == "pair":
+            args.update(itm_labels=d["itm"])
+
+        def loss():
+            return model(**args).loss
+    else:
+        batch = {}
+        if kind in ("pair", "image"):
+            batch.update(image=d["image"], image_patch_mask=d["patch_mask"])
+            if impl == "ours":
+                batch.update(image_tokens=d["tokens"])
+            else:
+                batch.update(codebook_pixels=d["codebook_pixels"])
+        if kind in ("pair", "text"):
+            batch.update(text=d["text"], text_masked=d["text_masked"], text_attention_mask=d["mask"],
+                         mlm_labels=d["mlm_labels"])
+        if kind == "pair":
+            batch.update(itm_labels=d["itm"])
+
+        def loss():
+            return model(batch).loss
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss().backward()
+
+    return step
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def peak_rss_child(impl: str, kinds: list[str], bf16: bool, steps: int) -> None:
+    model = build(impl)
+    data = make_batches()
+    fns = [step_fn(impl, model, kind, data) for kind in kinds]
+    with autocast(bf16):
+        for fn in fns:
+            fn()
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        for _ in range(steps):
+            for fn in fns:
+                fn()
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print(json.dumps({"peak_rss_mib": hwm / 1024}))
+
+
+def peak_rss(impl: str, kinds: list[str], bf16: bool) -> float:
+    cmd = [sys.executable, __file__, "--child", impl, ",".join(kinds)] + (["--bf16"] if bf16 else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--kinds", default="pair,image,text")
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--bf16", action="store_true", help="run every implementation under bf16 autocast")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json")
+    parser.add_argument("--child", nargs=2, metavar=("IMPL", "KINDS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        peak_rss_child(args.child[0], args.child[1].split(","), args.bf16, steps=2)
+        return
+
+    impls, kinds = args.impls.split(","), args.kinds.split(",")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'bf16 autocast' if args.bf16 else 'fp32'}, "
+          f"steps {args.steps} (+{args.warmup} warm-up)")
+    models = {"hf": build("hf")} if "hf" in impls else {}
+    hf_state = models["hf"].state_dict() if "hf" in models else None
+    for impl in impls:
+        if impl not in models:
+            models[impl] = build(impl, hf_state={k[len("flava."):]: v for k, v in hf_state.items()
+                                                 if k.startswith("flava.")} if hf_state else None)
+    data = make_batches()
+    results = {"torch": torch.__version__, "bf16": args.bf16, "rows": []}
+    times = {(impl, kind): [] for impl in impls for kind in kinds}
+    with autocast(args.bf16):
+        fns = {(impl, kind): step_fn(impl, models[impl], kind, data) for impl in impls for kind in kinds}
+        for rep in range(args.warmup + args.steps):
+            for impl in impls:
+                for kind in kinds:
+                    start = time.perf_counter()
+                    fns[impl, kind]()
+                    if rep >= args.warmup:
+                        times[impl, kind].append(time.perf_counter() - start)
+    peer = "hf" if "hf" in impls else None
+    print(f"{'kind':6} {'impl':14} {'median s':>9} {'min':>7} {'max':>7} {'peer/ours (paired)':>19}")
+    for kind in kinds + ["all"]:
+        for impl in impls:
+            series = (times[impl, kind] if kind != "all"
+                      else [sum(t) for t in zip(*(times[impl, k] for k in kinds))])
+            ref = None
+            if peer and impl != peer:
+                peer_series = (times[peer, kind] if kind != "all"
+                               else [sum(t) for t in zip(*(times[peer, k] for k in kinds))])
+                ref = statistics.median(p / o for p, o in zip(peer_series, series))
+            row = dict(kind=kind, impl=impl, median_s=statistics.median(series), min_s=min(series),
+                       max_s=max(series), speedup_vs_peer=ref)
+            results["rows"].append(row)
+            print(f"{kind:6} {impl:14} {row['median_s']:9.3f} {row['min_s']:7.3f} {row['max_s']:7.3f} "
+                  f"{'' if ref is None else f'{ref:.3f}x':>19}")
+    if not args.no_memory:
+        del models, fns
+        gc.collect()
+        results["peak_rss_mib"] = {impl: peak_rss(impl, kinds, args.bf16) for impl in impls}
+        print("peak RSS during steps (MiB, all kinds, each implementation alone):", results["peak_rss_mib"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

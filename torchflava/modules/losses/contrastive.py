@@ -1,0 +1,195 @@
+"""Global image-text contrastive loss (CLIP / FLAVA), with features gathered across ranks.
+
+Each rank scores its B local images against the text of the whole global batch (every rank's
+rows, gathered) and its B local texts against every image; the positive of local row i is global
+row ``offset + i``. The loss is the mean of the two cross-entropies over the local rows, as in
+FLAVA (Hugging Face ``FlavaForPreTraining``), so that with equal local batches the mean of the
+ranks' losses is the loss of the global batch.
+"""
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchflava.utils.distributed import GatherGrad, gather_features
+
+
+class ContrastiveOutput(NamedTuple):
+    """What the contrastive loss returns, B local rows against B_global gathered columns.
+
+    Attributes:
+        loss (Tensor): () mean over the rows that count of the image->text and text->image
+            cross-entropies, averaged.
+        logits_per_image (Tensor): (B, B_global) ``exp(logit_scale) * image @ all_text^T``.
+        logits_per_text (Tensor): (B, B_global) ``exp(logit_scale) * text @ all_image^T``.
+        labels (Tensor): (B,) long, the column of each row's positive: ``offset + arange(B)``.
+    """
+
+    loss: Tensor
+    logits_per_image: Tensor
+    logits_per_text: Tensor
+    labels: Tensor
+
+
+def _check_inputs(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, positive_rows: Optional[Tensor]) -> None:
+    for name, value in (("image_features", image_features), ("text_features", text_features)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+        if value.dim() != 2 or value.shape[0] == 0:
+            raise ValueError(f"{name} must have shape (B, P) with B >= 1, got {tuple(value.shape)}")
+    if image_features.shape != text_features.shape:
+        raise ValueError(
+            f"text_features must have the shape of image_features {tuple(image_features.shape)}, "
+            f"got {tuple(text_features.shape)}"
+        )
+    if not isinstance(logit_scale, Tensor):
+        raise TypeError(f"logit_scale must be a Tensor, got {type(logit_scale).__name__}")
+    if logit_scale.dim() != 0:
+        raise ValueError(f"logit_scale must be a scalar tensor (shape ()), got shape {tuple(logit_scale.shape)}")
+    if positive_rows is not None:
+        if not isinstance(positive_rows, Tensor):
+            raise TypeError(f"positive_rows must be a Tensor or None, got {type(positive_rows).__name__}")
+        if positive_rows.dtype != torch.bool:
+            raise TypeError(f"positive_rows must be a bool tensor, got {positive_rows.dtype}")
+        if tuple(positive_rows.shape) != (image_features.shape[0],):
+            raise ValueError(f"positive_rows must have shape ({image_features.shape[0]},), got {tuple(positive_rows.shape)}")
+
+
+def contrastive_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Tensor,
+    *,
+    positive_rows: Optional[Tensor] = None,
+    gather: GatherGrad = GatherGrad.GLOBAL,
+) -> ContrastiveOutput:
+    """Symmetric image-text cross-entropy against every rank's features.
+
+    Features are used as given (callers L2-normalise them). Under ``torch.distributed`` both
+    feature sets are gathered from all ranks with :func:`~torchflava.utils.distributed.gather_features`
+    (local batch sizes may differ); without it, B_global = B and the labels are ``arange(B)``.
+
+    Args:
+        image_features (Tensor): (B, P) this rank's image embeddings.
+        text_features (Tensor): (B, P) this rank's text embeddings; row i is paired with image row i.
+        logit_scale (Tensor): () log of the multiplier applied to the cosine similarities.
+        positive_rows (Optional[Tensor]): (B,) bool, ``True = this row is a positive pair and contributes a
+            loss term`` (a selection, unlike the ``True = masked`` padding masks elsewhere). FLAVA
+            passes the matched ITM pairs. Columns always include every gathered sample. When no row
+            is selected, every row counts (FLAVA's fallback). None: every row counts.
+        gather (GatherGrad): which gradient flows back through the gather; GLOBAL (the default)
+            gives every rank the gradient of all ranks' losses, matching a single process on the
+            global batch.
+
+    Returns:
+        ContrastiveOutput: the loss, (B, B_global) logits in both directions and the (B,) labels.
+
+    Raises:
+        TypeError: if an input is not a Tensor, the features are not floating point, ``positive_rows`` is
+            not bool or ``gather`` not a GatherGrad.
+        ValueError: if the features are not both (B, P) with B >= 1, ``logit_scale`` is not a
+            scalar, or ``positive_rows`` is not (B,).
+    """
+    _check_inputs(image_features, text_features, logit_scale, positive_rows)
+    if not isinstance(gather, GatherGrad):
+        raise TypeError(f"gather must be a GatherGrad, got {gather!r}")
+    all_image, offset = gather_features(image_features, gather)
+    all_text, _ = gather_features(text_features, gather)
+    scale = logit_scale.exp()
+    logits_per_image = torch.matmul(image_features, all_text.transpose(0, 1)) * scale
+    logits_per_text = torch.matmul(text_features, all_image.transpose(0, 1)) * scale
+    labels = offset + torch.arange(image_features.shape[0], device=image_features.device)
+    per_row = F.cross_entropy(logits_per_image, labels, reduction="none") + F.cross_entropy(
+        logits_per_text, labels, reduction="none"
+    )
+    if positive_rows is None:
+        loss = per_row.mean() / 2
+    else:
+        # Weights instead of boolean indexing: no host sync and no data-dependent shapes.
+        positive_rows = positive_rows.to(per_row.device)
+        weights = torch.where(positive_rows.any(), positive_rows, torch.ones_like(positive_rows)).to(per_row.dtype)
+        loss = (per_row * weights).sum() / weights.sum() / 2
+    return ContrastiveOutput(loss, logits_per_image, logits_per_text, labels)
+
+
+class ContrastiveLoss(nn.Module):
+    """The contrastive loss with its learnable ``logit_scale`` (the only state it owns).
+
+    The value used in ``forward`` is ``logit_scale`` clamped to ``[logit_scale_min,
+    logit_scale_max]`` (functionally: the gradient is zero outside the range). Call
+    :meth:`clamp_logit_scale_` after each optimizer step to keep the parameter itself in range.
+
+    Args:
+        logit_scale_init (float): initial log multiplier; ln(1 / 0.07) as in CLIP and FLAVA.
+        logit_scale_min (float): lower bound of the log multiplier.
+        logit_scale_max (float): upper bound of the log multiplier; ln(100) as in FLAVA.
+        gather (GatherGrad): gradient mode of the cross-rank gather (see :func:`contrastive_loss`).
+
+    Raises:
+        ValueError: if the bounds are not finite with ``logit_scale_min <= logit_scale_init <=
+            logit_scale_max``.
+        TypeError: if ``gather`` is not a GatherGrad.
+    """
+
+    def __init__(
+        self,
+        *,
+        logit_scale_init: float = math.log(1 / 0.07),
+        logit_scale_min: float = 0.0,
+        logit_scale_max: float = math.log(100),
+        gather: GatherGrad = GatherGrad.GLOBAL,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("logit_scale_init", logit_scale_init),
+            ("logit_scale_min", logit_scale_min),
+            ("logit_scale_max", logit_scale_max),
+        ):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if not logit_scale_min <= logit_scale_max:
+            raise ValueError(f"logit_scale_min ({logit_scale_min}) must be <= logit_scale_max ({logit_scale_max})")
+        if not logit_scale_min <= logit_scale_init <= logit_scale_max:
+            raise ValueError(
+                f"logit_scale_init must lie in [{logit_scale_min}, {logit_scale_max}], got {logit_scale_init}"
+            )
+        if not isinstance(gather, GatherGrad):
+            raise TypeError(f"gather must be a GatherGrad, got {gather!r}")
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        self.logit_scale_min = float(logit_scale_min)
+        self.logit_scale_max = float(logit_scale_max)
+        self.gather = gather
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp the ``logit_scale`` parameter in place into its range (call after optimizer steps)."""
+        self.logit_scale.clamp_(self.logit_scale_min, self.logit_scale_max)
+
+    def forward(
+        self, image_features: Tensor, text_features: Tensor, *, positive_rows: Optional[Tensor] = None
+    ) -> ContrastiveOutput:
+        """Compute the loss with the clamped ``logit_scale``.
+
+        Args:
+            image_features (Tensor): (B, P) this rank's (normalised) image embeddings.
+            text_features (Tensor): (B, P) this rank's (normalised) text embeddings.
+            positive_rows (Optional[Tensor]): (B,) bool, ``True = positive pair that contributes a loss term``.
+
+        Returns:
+            ContrastiveOutput: see :func:`contrastive_loss`.
+
+        Raises:
+            TypeError: see :func:`contrastive_loss`.
+            ValueError: see :func:`contrastive_loss`.
+        """
+        logit_scale = self.logit_scale.clamp(self.logit_scale_min, self.logit_scale_max)
+        return contrastive_loss(image_features, text_features, logit_scale, positive_rows=positive_rows, gather=self.gather)
+
+    def extra_repr(self) -> str:
+        bounds = f"logit_scale_min={self.logit_scale_min}, logit_scale_max={self.logit_scale_max}"
+        return f"{bounds}, gather={self.gather.name}"
