@@ -1,7 +1,9 @@
 """FLAVA pretraining step: forward + backward time and peak memory, torchflava against the peers.
 
-Peer: Hugging Face transformers' ``FlavaForPreTraining(FlavaConfig())`` (FLAVA-full, random
-weights, its own random frozen codebook). Ours: ``flava_model_for_pretraining()`` with HF's weights
+Peers: Hugging Face transformers' ``FlavaForPreTraining(FlavaConfig())`` (FLAVA-full, random
+weights, its own random frozen codebook) and, when installed, torchmultimodal's
+``FLAVAForPreTraining`` (its dVAE built with ``pretrained=False``: the stock builder downloads
+OpenAI's weights). Ours: ``flava_model_for_pretraining()`` with HF's weights
 converted. The same batch for everyone, built with a fixed seed: 4 image-text pairs (224 px images,
 112 px codebook views, 77-token captions with real lengths 52/35/20/41, 15% of real tokens masked,
 75 of 196 patches masked, ITM labels 1,1,1,0), and the same 4 samples as an image-only (MIM) and a
@@ -33,7 +35,8 @@ import torch
 from torchflava.models import flava_model_for_pretraining
 from torchflava.models.flava.convert_weights import convert_to_torchflava
 
-IMPLS = ("ours", "ours+codebook", "hf")
+IMPLS = ("ours", "ours+codebook", "hf", "tmm")
+# "ours+ckpt": ours with per-layer activation checkpointing (memory for compute).
 
 
 def make_batches(seed: int = 0) -> dict:
@@ -68,7 +71,17 @@ def build(impl: str, hf_state=None):
         from transformers import FlavaConfig, FlavaForPreTraining
 
         return FlavaForPreTraining(FlavaConfig()).train()
+    if impl == "tmm":
+        from torchmultimodal.models.flava.model import DalleVAEEncoder, flava_model, FLAVAForPreTraining
+        from torchmultimodal.modules.losses.flava import FLAVAPretrainingLoss
+
+        return FLAVAForPreTraining(
+            flava_model(), DalleVAEEncoder(image_size=112, pretrained=False), FLAVAPretrainingLoss()
+        ).train()
     model = flava_model_for_pretraining(build_codebook=impl == "ours+codebook")
+    if impl == "ours+ckpt":
+        for encoder in (model.model.image_encoder, model.model.text_encoder, model.model.fusion_encoder):
+            encoder.encoder.checkpoint_activations = True
     if hf_state is not None:
         converted, _ = convert_to_torchflava(hf_state, model.model, layout="hf")
         model.model.load_state_dict(converted)
@@ -90,11 +103,22 @@ def step_fn(impl: str, model, kind: str, d: dict):
 
         def loss():
             return model(**args).loss
+    elif impl == "tmm":
+        args = dict(required_embedding={"pair": "mm", "image": "image", "text": "text"}[kind])
+        if kind in ("pair", "image"):
+            args.update(image=d["image"], image_for_codebook=d["codebook_pixels"], image_patches_mask=d["patch_mask"])
+        if kind in ("pair", "text"):  # torchmultimodal infers padding from id 0 and ignores label -1
+            args.update(text=d["text"], text_masked=d["text_masked"], mlm_labels=d["mlm_labels"].clamp(min=-1))
+        if kind == "pair":
+            args.update(itm_labels=d["itm"])
+
+        def loss():
+            return sum(v for v in model(**args).losses.values() if v is not None)
     else:
         batch = {}
         if kind in ("pair", "image"):
             batch.update(image=d["image"], image_patch_mask=d["patch_mask"])
-            if impl == "ours":
+            if impl != "ours+codebook":
                 batch.update(image_tokens=d["tokens"])
             else:
                 batch.update(codebook_pixels=d["codebook_pixels"])
@@ -177,22 +201,23 @@ def main() -> None:
                     fns[impl, kind]()
                     if rep >= args.warmup:
                         times[impl, kind].append(time.perf_counter() - start)
-    peer = "hf" if "hf" in impls else None
-    print(f"{'kind':6} {'impl':14} {'median s':>9} {'min':>7} {'max':>7} {'peer/ours (paired)':>19}")
+    peers = [p for p in ("hf", "tmm") if p in impls]
+
+    def series(impl: str, kind: str) -> list[float]:
+        if kind != "all":
+            return times[impl, kind]
+        return [sum(t) for t in zip(*(times[impl, k] for k in kinds))]
+
+    print(f"{'kind':6} {'impl':14} {'median s':>9} {'min':>7} {'max':>7} " + " ".join(f"{p + '/impl':>9}" for p in peers))
     for kind in kinds + ["all"]:
         for impl in impls:
-            series = (times[impl, kind] if kind != "all"
-                      else [sum(t) for t in zip(*(times[impl, k] for k in kinds))])
-            ref = None
-            if peer and impl != peer:
-                peer_series = (times[peer, kind] if kind != "all"
-                               else [sum(t) for t in zip(*(times[peer, k] for k in kinds))])
-                ref = statistics.median(p / o for p, o in zip(peer_series, series))
-            row = dict(kind=kind, impl=impl, median_s=statistics.median(series), min_s=min(series),
-                       max_s=max(series), speedup_vs_peer=ref)
+            mine = series(impl, kind)
+            ratios = {p: statistics.median(a / b for a, b in zip(series(p, kind), mine)) for p in peers if p != impl}
+            row = dict(kind=kind, impl=impl, median_s=statistics.median(mine), min_s=min(mine), max_s=max(mine),
+                       peer_time_over_impl_paired=ratios)
             results["rows"].append(row)
             print(f"{kind:6} {impl:14} {row['median_s']:9.3f} {row['min_s']:7.3f} {row['max_s']:7.3f} "
-                  f"{'' if ref is None else f'{ref:.3f}x':>19}")
+                  + " ".join(f"{ratios[p]:8.3f}x" if p in ratios else f"{'':>9}" for p in peers))
     if not args.no_memory:
         del models, fns
         gc.collect()

@@ -365,6 +365,17 @@ class FLAVAForPretraining(nn.Module):
             value = getattr(batch, name)
             if value is not None and tuple(value.shape) != text_shape:
                 raise ValueError(f"{name} must have the shape of text {text_shape}, got {tuple(value.shape)}")
+        if batch.image_patch_mask is not None:
+            if batch.image is None:
+                raise ValueError("image_patch_mask needs image, which is None")
+            embed = self.model.image_encoder.embeddings
+            grid = (batch.image.shape[-2] // embed.patch_size, batch.image.shape[-1] // embed.patch_size)
+            expected = {(batch.image.shape[0], grid[0] * grid[1]), (batch.image.shape[0], *grid)}
+            if tuple(batch.image_patch_mask.shape) not in expected:
+                raise ValueError(
+                    f"image_patch_mask must have shape (B, N) = {(batch.image.shape[0], grid[0] * grid[1])} "
+                    f"for these images, got {tuple(batch.image_patch_mask.shape)}"
+                )
         if batch.mlm_labels is not None:
             vocab = self.mlm_head.decoder.out_features
             labels = batch.mlm_labels

@@ -1,0 +1,186 @@
+"""FLAVAForPretraining on its own: routing, work skipped, codebook use, temperature and bad input."""
+
+import math
+
+import pytest
+import torch
+
+from tests.helpers import padded_text, TINY_FLAVA
+from torchflava.models import flava_model, flava_model_for_pretraining
+from torchflava.modules.codebook import dalle_encoder
+
+VOCAB_IMAGE = 64
+
+
+@pytest.fixture
+def model():
+    codebook = dalle_encoder(hidden_dim=8, blocks_per_group=1, vocab_size=VOCAB_IMAGE)
+    return flava_model_for_pretraining(
+        backbone=flava_model(**TINY_FLAVA), codebook=codebook, image_vocab_size=VOCAB_IMAGE
+    ).train()
+
+
+def batch(kind="pair", b=4):
+    image = torch.randn(b, 3, 32, 32)
+    patch_mask = torch.rand(b, 16) < 0.5
+    patch_mask[:, 0] = True
+    text, attention = padded_text(b, 10, 99, [10, 6, 3, 8][:b])
+    labels = torch.full_like(text, -100)
+    labels[:, 1] = text[:, 1]
+    masked = text.clone()
+    masked[:, 1] = 3
+    full = dict(image=image, image_patch_mask=patch_mask, image_tokens=torch.randint(0, VOCAB_IMAGE, (b, 16)),
+                text=text, text_masked=masked, text_attention_mask=attention, mlm_labels=labels,
+                itm_labels=torch.tensor([1, 0, 1, 1][:b]))
+    keys = {"pair": full.keys(), "image": ("image", "image_patch_mask", "image_tokens"),
+            "text": ("text_masked", "text_attention_mask", "mlm_labels")}[kind]
+    return {k: full[k] for k in keys}
+
+
+def count_calls(model):
+    calls = {"image": 0, "text": 0, "fusion": 0}
+    for name, module in (("image", model.model.image_encoder), ("text", model.model.text_encoder),
+                         ("fusion", model.model.fusion_encoder)):
+        module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("kind, losses, passes", [
+    ("image", {"mim"}, {"image": 1, "text": 0, "fusion": 0}),
+    ("text", {"mlm"}, {"image": 0, "text": 1, "fusion": 0}),
+    ("pair", {"itm", "global_contrastive", "mmm_image", "mmm_text"}, {"image": 2, "text": 2, "fusion": 1}),
+])
+def test_each_batch_kind_runs_only_its_losses_and_passes(model, kind, losses, passes):
+    calls = count_calls(model)
+    out = model(batch(kind))
+    present = {name for name, value in out.losses._asdict().items() if value is not None}
+    assert present == losses
+    assert calls == passes
+    torch.testing.assert_close(out.loss, sum(v for v in out.losses if v is not None))
+    assert torch.isfinite(out.loss)
+
+
+def test_unmasked_pair_reuses_its_passes(model):
+    calls = count_calls(model)
+    data = batch("pair")
+    del data["image_patch_mask"], data["text_masked"], data["image_tokens"]
+    out = model(data)
+    assert calls == {"image": 1, "text": 1, "fusion": 1}  # the masked passes are the unmasked ones
+    assert out.losses.global_contrastive is not None and out.losses.mmm_image is None
+
+
+def test_unimodal_losses_on_pairs(model):
+    model.unimodal_losses_on_pairs = True
+    out = model(batch("pair"))
+    assert out.losses.mim is not None and out.losses.mlm is not None
+
+
+def test_pair_gradients_reach_backbone_and_heads(model):
+    model(batch("pair")).loss.backward()
+    for name in ("model.image_encoder.embeddings.mask_token", "model.fusion_encoder.cls_token", "model.logit_scale",
+                 "itm_head.classifier.weight", "mmm_image_head.decoder.weight", "mmm_text_head.decoder.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and bool(grad.abs().sum() > 0), name
+    assert all(p.grad is None for p in model.codebook.parameters())
+
+
+def test_codebook_pixels_give_the_same_loss_as_precomputed_tokens(model):
+    data = batch("image")
+    pixels = torch.rand(4, 3, 32, 32) * 0.8 + 0.1
+    from_pixels = model({**{k: v for k, v in data.items() if k != "image_tokens"}, "codebook_pixels": pixels})
+    tokens = model.codebook.tokens(pixels)
+    from_tokens = model({**data, "image_tokens": tokens})
+    torch.testing.assert_close(from_pixels.loss, from_tokens.loss)
+    masked = data["image_patch_mask"]
+    torch.testing.assert_close(from_tokens.mim_targets, tokens[masked])
+
+
+def test_logit_scale_is_clamped_without_editing_the_parameter(model):
+    with torch.no_grad():
+        model.model.logit_scale.fill_(10.0)
+    out = model(batch("pair"))
+    assert model.model.logit_scale.item() == 10.0  # forward did not touch it
+    row = out.contrastive_logits_per_image
+    assert row.abs().max() <= 100.0 + 1e-4  # exp(ln 100) times a cosine
+    out.loss.backward()
+    assert model.model.logit_scale.grad.item() == 0.0  # clamped: no gradient outside the range
+    model.clamp_logit_scale_()
+    assert model.model.logit_scale.item() == pytest.approx(math.log(100.0))
+    assert flava_model_for_pretraining(backbone=flava_model(**TINY_FLAVA), build_codebook=False,
+                                       image_vocab_size=VOCAB_IMAGE).model.logit_scale.item() == pytest.approx(
+        math.log(1 / 0.07))
+
+
+def test_trailing_padding_is_trimmed_without_changing_losses(model):
+    data = batch("pair")
+    padded = dict(data)
+    for key in ("text", "text_masked", "text_attention_mask"):
+        padded[key] = torch.cat([data[key], torch.zeros(4, 5, dtype=data[key].dtype)], dim=1)
+    padded["mlm_labels"] = torch.cat([data["mlm_labels"], torch.full((4, 5), -100)], dim=1)
+    model.eval()
+    torch.testing.assert_close(model(padded).loss, model(data).loss, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda d: d.update(image=d["image"][:3]), ValueError, "disagree in batch size"),
+    (lambda d: d["mlm_labels"].__setitem__((0, 1), 99), ValueError, "mlm_labels must be in"),
+    (lambda d: d.update(mlm_labels=d["mlm_labels"][:, :5]), ValueError, "mlm_labels must have the shape of text"),
+    (lambda d: d.update(image_tokens=d["image_tokens"] + VOCAB_IMAGE), ValueError, "image_tokens must be codebook ids"),
+    (lambda d: d.update(image_patch_mask=d["image_patch_mask"][:, :9]), ValueError, "image_patch_mask must have shape"),
+    (lambda d: d.update(itm_labels=torch.tensor([1, 2, 0, 1])), ValueError, "itm_labels must be"),
+    (lambda d: d.update(captions=d["text"]), TypeError, "unknown batch field"),
+    (lambda d: [d.pop(k) for k in list(d) if k != "image"], ValueError, "calls for no loss"),
+])
+def test_bad_batches_name_the_field(model, change, error, match):
+    data = batch("pair")
+    change(data)
+    with pytest.raises(error, match=match):
+        model(data)
+
+
+def test_missing_targets_and_bad_arguments(model):
+    data = batch("image")
+    del data["image_tokens"]
+    model.codebook = None
+    with pytest.raises(ValueError, match="image_tokens, or codebook_pixels"):
+        model(data)
+    with pytest.raises(TypeError, match="PretrainingBatch or a mapping"):
+        model([1, 2, 3])
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        flava_model_for_pretraining(backbone=flava_model(**TINY_FLAVA), build_codebook=False, mim_weight=-1.0)
+
+
+def test_loads_a_torchmultimodal_pretraining_checkpoint(tmp_path):
+    from torchmultimodal.models.flava.model import DalleVAEEncoder, FLAVAForPreTraining
+    from torchmultimodal.models.flava.model import flava_model as tmm_flava_model
+    from torchmultimodal.modules.losses.flava import FLAVAPretrainingLoss
+
+    sizes = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=48)
+    tmm = FLAVAForPreTraining(
+        tmm_flava_model(**{f"{tower}_{k}": v for tower in ("image", "text", "multimodal") for k, v in sizes.items()},
+                        image_size=32, patch_size=8, vocab_size=99, text_and_image_proj_size=20),
+        DalleVAEEncoder(image_size=32, pretrained=False),
+        FLAVAPretrainingLoss(logit_scale=1.5, hidden_size=32, text_vocab_size=99, image_vocab_size=8192),
+    )
+    with torch.no_grad():
+        for p in tmm.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.save(tmm.state_dict(), tmp_path / "tmm.pt")
+    ours = flava_model_for_pretraining(
+        backbone=flava_model(
+            image_embed_dim=32, image_num_layers=2, image_num_heads=4, image_mlp_dim=48, image_size=32, patch_size=8,
+            text_embed_dim=32, text_num_layers=2, text_num_heads=4, text_mlp_dim=48, vocab_size=99,
+            multimodal_embed_dim=32, multimodal_num_layers=2, multimodal_num_heads=4, multimodal_mlp_dim=48,
+            projection_dim=20,
+        ),
+        pretrained=tmp_path / "tmm.pt",
+        head_norm_eps=1e-5,
+    )
+    reference = tmm.state_dict()
+    assert ours.model.logit_scale.item() == pytest.approx(reference["loss.contrastive_loss.logit_scale"].item())
+    torch.testing.assert_close(ours.mlm_head.decoder.bias, reference["loss.mlm_loss.cls.bias"])
+    torch.testing.assert_close(ours.mmm_image_head.norm.weight, reference["loss.mmm_loss.mim.cls.layer_norm.weight"])
+    torch.testing.assert_close(ours.itm_head.classifier.weight, reference["loss.itm_loss.cls.seq_relationship.weight"])
+    torch.testing.assert_close(ours.model.fusion_encoder.cls_token, reference["model.mm_encoder.cls_token"])
+    pixels = torch.rand(2, 3, 32, 32) * 0.8 + 0.1
+    torch.testing.assert_close(ours.codebook.tokens(pixels), tmm.image_codebook(pixels).flatten(1))
