@@ -36,7 +36,8 @@ from torchflava.models import flava_model_for_pretraining
 from torchflava.models.flava.convert_weights import convert_to_torchflava
 
 IMPLS = ("ours", "ours+codebook", "hf", "tmm")
-# "ours+ckpt": ours with per-layer activation checkpointing (memory for compute).
+# "ours+ckpt": ours with per-layer activation checkpointing everywhere (memory for compute);
+# "ours+selective": only the contrastive-only unmasked passes and the fusion encoder are recomputed.
 
 
 def make_batches(seed: int = 0) -> dict:
@@ -78,7 +79,11 @@ def build(impl: str, hf_state=None):
         return FLAVAForPreTraining(
             flava_model(), DalleVAEEncoder(image_size=112, pretrained=False), FLAVAPretrainingLoss()
         ).train()
-    model = flava_model_for_pretraining(build_codebook=impl == "ours+codebook")
+    model = flava_model_for_pretraining(
+        build_codebook=impl == "ours+codebook", recompute_contrastive_passes=impl == "ours+selective"
+    )
+    if impl == "ours+selective":
+        model.model.fusion_encoder.encoder.checkpoint_activations = True
     if impl == "ours+ckpt":
         for encoder in (model.model.image_encoder, model.model.text_encoder, model.model.fusion_encoder):
             encoder.encoder.checkpoint_activations = True

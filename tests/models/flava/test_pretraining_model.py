@@ -184,3 +184,23 @@ def test_loads_a_torchmultimodal_pretraining_checkpoint(tmp_path):
     torch.testing.assert_close(ours.model.fusion_encoder.cls_token, reference["model.mm_encoder.cls_token"])
     pixels = torch.rand(2, 3, 32, 32) * 0.8 + 0.1
     torch.testing.assert_close(ours.codebook.tokens(pixels), tmm.image_codebook(pixels).flatten(1))
+
+
+def test_recomputing_contrastive_passes_changes_nothing_but_memory(model):
+    data = batch("pair")
+    reference = model(data)
+    reference.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.recompute_contrastive_passes = True
+    model.model.fusion_encoder.encoder.checkpoint_activations = True
+    calls = {"layers": 0}
+    model.model.image_encoder.encoder.layers[0].register_forward_pre_hook(  # pre-hooks also see recomputation
+        lambda *_: calls.__setitem__("layers", calls["layers"] + 1))
+    out = model(data)
+    out.loss.backward()
+    assert calls["layers"] == 3  # masked pass, unmasked pass, and the unmasked pass again in backward
+    torch.testing.assert_close(out.loss, reference.loss)
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5)

@@ -316,6 +316,7 @@ def flava_model_for_pretraining(
     mmm_image_weight: float = 1.0,
     mmm_text_weight: float = 1.0,
     unimodal_losses_on_pairs: bool = False,
+    recompute_contrastive_passes: bool = False,
     ignore_index: int = -100,
     contrastive_gather: GatherGrad = GatherGrad.GLOBAL,
 ) -> FLAVAForPretraining:
@@ -339,6 +340,8 @@ def flava_model_for_pretraining(
         mmm_image_weight (float): MMM-image loss weight.
         mmm_text_weight (float): MMM-text loss weight.
         unimodal_losses_on_pairs (bool): also run MIM and MLM on image-text batches.
+        recompute_contrastive_passes (bool): recompute, in backward, the unmasked passes that feed only the
+            contrastive loss (saves their activations for one more forward of them).
         ignore_index (int): label of positions without a target.
         contrastive_gather (GatherGrad): gradient semantics of the cross-rank feature gather.
 
@@ -372,6 +375,7 @@ def flava_model_for_pretraining(
         codebook=codebook,
         weights=loss_weights,
         unimodal_losses_on_pairs=unimodal_losses_on_pairs,
+        recompute_contrastive_passes=recompute_contrastive_passes,
         ignore_index=ignore_index,
         contrastive_gather=contrastive_gather,
     )

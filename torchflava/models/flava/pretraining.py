@@ -143,6 +143,8 @@ class FLAVAForPretraining(nn.Module):
             needed when batches bring ``codebook_pixels`` instead of ``image_tokens``.
         weights (LossWeights): loss weights.
         unimodal_losses_on_pairs (bool): also compute MIM and MLM on image-text batches.
+        recompute_contrastive_passes (bool): checkpoint (recompute in backward) the unmasked image and
+            text passes that feed only the contrastive loss: less memory for one more forward of them.
         ignore_index (int): label value of positions without a target.
         contrastive_gather (GatherGrad): how the contrastive loss gathers features across ranks.
     """
@@ -159,6 +161,7 @@ class FLAVAForPretraining(nn.Module):
         *,
         weights: LossWeights = LossWeights(),
         unimodal_losses_on_pairs: bool = False,
+        recompute_contrastive_passes: bool = False,
         ignore_index: int = -100,
         contrastive_gather: GatherGrad = GatherGrad.GLOBAL,
     ) -> None:
@@ -172,6 +175,7 @@ class FLAVAForPretraining(nn.Module):
         self.codebook = codebook
         self.weights = weights
         self.unimodal_losses_on_pairs = unimodal_losses_on_pairs
+        self.recompute_contrastive_passes = recompute_contrastive_passes
         self.ignore_index = ignore_index
         self.contrastive_gather = contrastive_gather
 
@@ -285,15 +289,19 @@ class FLAVAForPretraining(nn.Module):
     ) -> None:
         """Global contrastive loss on the unmasked CLS features (reusing a masked pass that had no mask)."""
         model = self.model
+        recompute = True if self.recompute_contrastive_passes else None
         if masked_image is not None and b.image_patch_mask is None:
             image_cls = masked_image.last_hidden_state[:, 0]
         else:
-            image_cls = model.image_encoder(b.image, output_positions=_CLS, return_pooled=False).last_hidden_state[:, 0]
+            image_cls = model.image_encoder(
+                b.image, output_positions=_CLS, return_pooled=False, checkpoint_activations=recompute
+            ).last_hidden_state[:, 0]
         if masked_text is not None and b.text_masked is None:
             text_cls = masked_text.last_hidden_state[:, 0]
         else:
             text_cls = model.text_encoder(
-                b.text, padding_mask=padding, output_positions=_CLS, return_pooled=False
+                b.text, padding_mask=padding, output_positions=_CLS, return_pooled=False,
+                checkpoint_activations=recompute,
             ).last_hidden_state[:, 0]
         out = contrastive_loss(
             F.normalize(model.image_projection(image_cls), dim=-1),

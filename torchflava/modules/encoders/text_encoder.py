@@ -43,6 +43,7 @@ class TextEncoder(nn.Module):
         output_positions: Optional[Union[Tensor, slice]] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
+        checkpoint_activations: Optional[bool] = None,
     ) -> EncoderOutput:
         """Encode token ids.
 
@@ -57,6 +58,7 @@ class TextEncoder(nn.Module):
                 first of them).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
+            checkpoint_activations (Optional[bool]): override the stack's activation checkpointing for this call.
 
         Returns:
             EncoderOutput: last_hidden_state (B, L, D) and the rest.
@@ -68,6 +70,7 @@ class TextEncoder(nn.Module):
             attn_mask=attn_mask,
             output_positions=output_positions,
             return_hidden_states=return_hidden_states,
+            checkpoint_activations=checkpoint_activations,
         )
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None

@@ -40,6 +40,7 @@ class VisionEncoder(nn.Module):
         output_positions: Optional[Union[Tensor, slice]] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
+        checkpoint_activations: Optional[bool] = None,
     ) -> EncoderOutput:
         """Encode images.
 
@@ -51,12 +52,18 @@ class VisionEncoder(nn.Module):
                 first of them).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
+            checkpoint_activations (Optional[bool]): override the stack's activation checkpointing for this call.
 
         Returns:
             EncoderOutput: last_hidden_state (B, 1 + N, D) and the rest.
         """
         x = self.embeddings(images, patch_mask=patch_mask)
-        out = self.encoder(x, output_positions=output_positions, return_hidden_states=return_hidden_states)
+        out = self.encoder(
+            x,
+            output_positions=output_positions,
+            return_hidden_states=return_hidden_states,
+            checkpoint_activations=checkpoint_activations,
+        )
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
         return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)

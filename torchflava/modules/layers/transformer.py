@@ -101,6 +101,7 @@ class TransformerEncoder(nn.Module):
         attn_mask: Optional[Tensor] = None,
         output_positions: Optional[Union[Tensor, slice]] = None,
         return_hidden_states: bool = False,
+        checkpoint_activations: Optional[bool] = None,
     ) -> TransformerOutput:
         """Run all layers.
 
@@ -112,13 +113,16 @@ class TransformerEncoder(nn.Module):
                 the last layer computes only those (e.g. the CLS token for pooled features), which
                 gives the same values for less work.
             return_hidden_states (bool): also return the input and every layer's output.
+            checkpoint_activations (Optional[bool]): override the module's setting for this call (e.g.
+                to recompute only some of several passes through the same encoder).
 
         Returns:
             TransformerOutput: the last layer's output, (B, S, D) or (B, P, D), and, if asked, all
             hidden states (the last one restricted like the output).
         """
         hidden_states = [x] if return_hidden_states else None
-        use_checkpoint = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+        wanted = self.checkpoint_activations if checkpoint_activations is None else checkpoint_activations
+        use_checkpoint = wanted and self.training and torch.is_grad_enabled()
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             kwargs = dict(
