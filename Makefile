@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt setup.py | cksum | cut -d' ' -f1)
-# Tests use the 2 cores of a CI machine; torch would otherwise size thread pools per process.
+# Extra pytest arguments, e.g. make test PYTEST_ARGS="-k packing -x".
 PYTEST_ARGS ?=
 
 .PHONY: venv test train bench clean

@@ -1,5 +1,7 @@
 """Helpers shared by the tests: tiny configs and reference models built with random weights."""
 
+from pathlib import Path
+
 import torch
 
 # A tiny FLAVA: every dimension differs so that a transposed or swapped tensor cannot pass.
@@ -41,3 +43,18 @@ def padded_text(batch: int, length: int, vocab_size: int, lengths: list[int]) ->
     for row, n in enumerate(lengths):
         mask[row, :n] = 1
     return ids * mask, mask
+
+
+def pickle_canary(marker: str) -> None:
+    """Write a marker file: proof that unpickling ran code."""
+    Path(marker).write_text("executed")
+
+
+class PickleExploit:
+    """An object whose unpickling calls :func:`pickle_canary` (for weights_only loading tests)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return pickle_canary, (self.marker,)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import PickleExploit
 from safetensors.torch import load_file, save_file
 
 import torchflava.utils.checkpoint as checkpoint
@@ -126,21 +128,9 @@ def test_non_state_dict_torch_files_raise(tmp_path):
 
 
 # A payload that records its own execution when unpickled.
-def _canary(marker: str) -> None:
-    Path(marker).write_text("executed")
-
-
-class _Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return _canary, (self.marker,)
-
-
 def test_pickled_code_is_not_run(tmp_path):
     marker = tmp_path / "executed.txt"
-    torch.save({"w": torch.zeros(1), "x": _Exploit(marker)}, tmp_path / "evil.bin")
+    torch.save({"w": torch.zeros(1), "x": PickleExploit(marker)}, tmp_path / "evil.bin")
     with pytest.raises(ValueError, match="weights_only"):
         load_state_dict(tmp_path / "evil.bin")
     assert not marker.exists()

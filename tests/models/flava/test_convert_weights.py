@@ -28,7 +28,7 @@ from torchmultimodal.models.flava.model import (
 from torchmultimodal.modules.losses.flava import FLAVAPretrainingLoss
 from transformers import FlavaConfig, FlavaForPreTraining, FlavaModel
 
-from tests.helpers import padded_text, TINY_FLAVA
+from tests.helpers import padded_text, pickle_canary, PickleExploit, TINY_FLAVA
 from torchflava.models.flava import convert_to_hf, convert_to_torchflava, flava_model, load_flava_weights
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.utils.checkpoint import save_state_dict
@@ -481,23 +481,11 @@ def test_missing_path_raises(tmp_path):
         flava_model(pretrained=tmp_path / "does-not-exist.safetensors", **TINY_FLAVA)
 
 
-# A payload that records its own execution: unpickling an _Exploit instance calls _canary(marker).
-def _canary(marker: str) -> None:
-    Path(marker).write_text("executed")
-
-
-class _Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return _canary, (self.marker,)
-
-
+# A payload that records its own execution: unpickling a PickleExploit instance calls pickle_canary(marker).
 def test_pickled_object_is_refused_and_not_executed(tmp_path):
     marker = tmp_path / "executed.txt"
     path = tmp_path / "evil.pt"
-    torch.save({"weight": torch.zeros(2), "payload": _Exploit(marker)}, path)
+    torch.save({"weight": torch.zeros(2), "payload": PickleExploit(marker)}, path)
     assert not marker.exists()
 
     with pytest.raises(ValueError, match="weights_only"):
@@ -512,7 +500,7 @@ def test_pickled_object_is_refused_and_not_executed(tmp_path):
 def test_pickled_function_is_refused(tmp_path):
     marker = tmp_path / "executed.txt"
     path = tmp_path / "function.pt"
-    torch.save({"weight": torch.zeros(2), "hook": _canary}, path)
+    torch.save({"weight": torch.zeros(2), "hook": pickle_canary}, path)
     with pytest.raises(ValueError, match="weights_only"):
         flava_model(pretrained=path, **TINY_FLAVA)
     assert not marker.exists()
