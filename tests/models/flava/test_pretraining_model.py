@@ -204,3 +204,23 @@ def test_recomputing_contrastive_passes_changes_nothing_but_memory(model):
     for name, p in model.named_parameters():
         if name in grads:
             torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5)
+
+
+def test_own_pretraining_checkpoint_round_trips_and_is_strict(model, tmp_path):
+    from torchflava.utils.checkpoint import save_state_dict
+
+    save_state_dict(model.state_dict(), tmp_path / "ours.safetensors")
+    fresh = flava_model_for_pretraining(
+        backbone=flava_model(**TINY_FLAVA), codebook=dalle_encoder(hidden_dim=8, blocks_per_group=1,
+                                                                   vocab_size=VOCAB_IMAGE),
+        image_vocab_size=VOCAB_IMAGE, pretrained=tmp_path / "ours.safetensors",
+    )
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)
+    state = dict(model.state_dict())
+    state["mlm_head.extra.weight"] = torch.zeros(1)
+    del state["itm_head.classifier.bias"]
+    save_state_dict(state, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match=r"(?s)itm_head\.classifier\.bias.*mlm_head\.extra\.weight"):
+        flava_model_for_pretraining(backbone=flava_model(**TINY_FLAVA), build_codebook=False,
+                                    image_vocab_size=VOCAB_IMAGE, pretrained=tmp_path / "bad.safetensors")

@@ -84,7 +84,7 @@ _SKIPPED = {
         r"|^text_model\.embeddings\.(position_ids|token_type_ids)$"
     ),
     "tmm": re.compile(r"^(image_codebook|loss|classifier)\.|^text_encoder\.embeddings\.position_ids$"),
-    "torchflava": re.compile(r"^$a"),  # nothing
+    "torchflava": re.compile(r"^(codebook|mlm_head|mim_head|mmm_text_head|mmm_image_head|itm_head)\."),
 }
 _LAYER_RE = re.compile(r"^(\w+)\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _OTHER_RE = re.compile(r"^(.+)\.(weight|bias)$")
@@ -342,42 +342,29 @@ def load_flava_pretraining_weights(model: nn.Module, path: PathLike, *, strict: 
     """
     source = load_state_dict(path)
     layout = detect_layout(source)
-    if layout == "torchflava":
-        converted_backbone = {k[len("model."):]: v for k, v in source.items() if k.startswith("model.")}
-    else:
-        converted_backbone, _ = convert_to_torchflava(source, model.model, layout=layout, strict=strict)
-    state = {f"model.{k}": v for k, v in converted_backbone.items()}
-    used = {k for k in source if k.startswith("model.")} if layout == "torchflava" else set()
-    missing = []
+    backbone, outside = convert_to_torchflava(source, model.model, layout=layout, strict=strict)
+    state = {f"model.{k}": v for k, v in backbone.items()}
+    # Heads and codebook: the keys the backbone map set aside (prefixes already stripped).
+    rest = {k: v for k, v in _strip_prefix(source, layout).items() if k in set(outside)}
+    used, missing = set(), []
     for key in model.state_dict():
         if key.startswith(("model.", "codebook.")):
             continue
         name = _head_reference_name(key, layout)
-        if name in source:
-            state[key] = source[name]
+        if name in rest:
+            state[key] = rest[name]
             used.add(name)
         else:
             missing.append(name)
-    codebook_keys = [k for k in source if "codebook." in k]
-    if model.codebook is not None and codebook_keys:
-        converted = convert_codebook_to_torchflava(
-            {k: source[k] for k in codebook_keys}, model.codebook, strict=strict
-        )
-        state.update({f"codebook.{k}": v for k, v in converted.items()})
-        used.update(codebook_keys)
-    elif model.codebook is not None:
-        missing.append("codebook.*")
-    backbone_names = set()
-    if layout != "torchflava":
-        prefix = {"hf": "flava.", "tmm": "model."}[layout]
-        for key in model.model.state_dict():
-            backbone_names.update(prefix + n for n in _reference_names(key, layout))
-            backbone_names.update(_reference_names(key, layout))
-    leftover = sorted(
-        k for k in source
-        if k not in used and k not in backbone_names and not _HEAD_ALIASES.search(k) and "codebook." not in k
-        and not re.search(r"(position_ids|token_type_ids)$", k)
-    )
+    codebook_keys = [k for k in rest if re.match(r"^(image_)?codebook\.", k)]
+    if model.codebook is not None:
+        if codebook_keys:
+            converted = convert_codebook_to_torchflava({k: rest[k] for k in codebook_keys}, model.codebook, strict=strict)
+            state.update({f"codebook.{k}": v for k, v in converted.items()})
+            used.update(codebook_keys)
+        else:
+            missing.append("codebook.*")
+    leftover = sorted(k for k in rest if k not in used and k not in codebook_keys and not _HEAD_ALIASES.search(k))
     if strict and (missing or leftover):
         raise ValueError(
             f"pretraining checkpoint ({layout} layout) does not match the model: missing {missing[:20]}, "

@@ -18,6 +18,9 @@ from torchflava.modules.layers.text_embedding import check_token_ids
 from torchflava.modules.packing import can_pack, pack_rows
 
 
+_CLS = slice(0, 1)  # output position of the CLS token (for ``output_positions``)
+
+
 class FLAVAOutput(NamedTuple):
     """Output of :meth:`FLAVAModel.forward`. A field is None when its input was not given.
 
@@ -265,9 +268,6 @@ class FLAVAModel(nn.Module):
             cls_states.append(out.last_hidden_state[0])
         projected = self.text_projection(torch.cat(cls_states))
         return F.normalize(projected, dim=-1) if normalize else projected
-
-
-_CLS = slice(0, 1)  # output position of the CLS token
 
 
 def _field(out: Optional[EncoderOutput], name: str):

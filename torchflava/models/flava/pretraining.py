@@ -21,14 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from torchflava.models.flava.model import FLAVAModel, text_padding_mask
+from torchflava.models.flava.model import _CLS, FLAVAModel, text_padding_mask
 from torchflava.modules.encoders import EncoderOutput
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.losses.contrastive import contrastive_loss
 from torchflava.utils.distributed import GatherGrad
 
 LOGIT_SCALE_MAX = math.log(100.0)
-_CLS = slice(0, 1)
 
 
 @dataclass
