@@ -22,12 +22,16 @@ $(STAMP): requirements/dev-lock.txt requirements/peers-nodeps.txt setup.py
 test: $(STAMP)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
+# Extra recipe overrides, e.g. make train TRAIN_ARGS="training.max_steps=100 training.output_dir=runs/short".
+TRAIN_ARGS ?=
+
 train: $(STAMP)
-	@echo "make train: the pretraining recipe (examples/flava/train.py) lands with issue #4; nothing to run yet." >&2
-	@exit 2
+	$(BIN)/python examples/flava/train.py config=examples/flava/configs/pretraining/tiny.yaml $(TRAIN_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encoders.py
+	$(BIN)/python benchmarks/pretrain_step.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -80,9 +80,10 @@ class FLAVAPretrainingOutput(NamedTuple):
         mim_logits / mlm_logits / mmm_image_logits / mmm_text_logits (Optional[Tensor]): (M, V) logits of
             the M masked positions, with their targets in ``*_targets`` (M,).
         itm_logits (Optional[Tensor]): (B, 2).
-        contrastive_logits_per_image (Optional[Tensor]): (B', B_global) for the positive rows B'.
-        contrastive_logits_per_text (Optional[Tensor]): (B', B_global).
-        contrastive_labels (Optional[Tensor]): (B',) column of each row's pair.
+        contrastive_logits_per_image (Optional[Tensor]): (B, B_global); rows of ITM negatives are
+            computed but weigh 0 in the loss, which averages over the matched rows only.
+        contrastive_logits_per_text (Optional[Tensor]): (B, B_global).
+        contrastive_labels (Optional[Tensor]): (B,) column of each row's pair.
     """
 
     loss: Tensor

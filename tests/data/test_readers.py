@@ -1,0 +1,518 @@
+"""Readers on real files written to tmp_path: items, bad items, index and argument errors, pickling, workers."""
+
+import gzip
+import io
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
+from torchflava.data.samples import BadSample, Sample
+
+# A 2 x 1 RGB image with two exact pixels (PNG is lossless).
+RED_GREEN = [(255, 0, 0), (0, 255, 0)]
+
+
+def png_bytes(size=(2, 1), pixels=RED_GREEN, mode="RGB") -> bytes:
+    image = Image.new(mode, size)
+    image.putdata(pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(size=(4, 3), color=(0, 0, 255)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def truncated_jpeg_bytes() -> bytes:
+    """The first half of a noisy 32 x 32 JPEG: the header parses, the scan data is cut."""
+    noise = torch.randint(0, 256, (32 * 32 * 3,), generator=torch.Generator().manual_seed(0)).tolist()
+    image = Image.frombytes("RGB", (32, 32), bytes(noise))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    return data[: len(data) // 2]
+
+
+def write(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return path
+
+
+def outcomes(dataset) -> list:
+    """Every item, or the BadSample it raised (any other exception fails the test)."""
+    results = []
+    for index in range(len(dataset)):
+        try:
+            results.append(dataset[index])
+        except BadSample as error:
+            assert error.index == index
+            results.append(error)
+    return results
+
+
+def bad_indices(results) -> list[int]:
+    return [index for index, result in enumerate(results) if isinstance(result, BadSample)]
+
+
+def pixels(image) -> list:
+    """The pixel values, row by row."""
+    return [image.getpixel((x, y)) for y in range(image.height) for x in range(image.width)]
+
+
+def assert_red_green(image) -> None:
+    assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (2, 1)
+    assert pixels(image) == RED_GREEN
+
+
+def assert_solid(image, size, color, tolerance=3) -> None:
+    assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == size
+    for pixel in pixels(image):
+        assert all(abs(a - b) <= tolerance for a, b in zip(pixel, color))
+
+
+def assert_index_errors(dataset) -> None:
+    n = len(dataset)
+    for index in (n, n + 5, -1, -n):
+        with pytest.raises(IndexError):
+            dataset[index]
+    with pytest.raises(TypeError, match="index"):
+        dataset["0"]
+
+
+# ------------------------------------------------------------------ ImageTextFolder
+
+
+@pytest.fixture
+def image_root(tmp_path) -> Path:
+    root = tmp_path / "images"
+    write(root / "a.png", png_bytes())
+    write(root / "sub" / "b.jpg", jpeg_bytes())
+    write(root / "c.png", png_bytes(size=(1, 1), pixels=[77], mode="L"))
+    write(root / "trunc.jpg", truncated_jpeg_bytes())
+    write(root / "notimage.png", "this is not a png")
+    write(tmp_path / "outside.png", png_bytes())  # a real image: only the escape check stops it
+    return root
+
+
+def jsonl(records) -> str:
+    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n"
+
+
+def test_image_text_folder_jsonl(tmp_path, image_root):
+    lines = [
+        {"image": "a.png", "caption": "  a red and green pair \n"},  # line 1 -> item 0
+        "",  # line 2: blank, not an item
+        {"image": "sub/b.jpg", "caption": "blue", "extra": 1},  # line 3 -> 1
+        '{"image": "a.png", "caption": ',  # line 4 -> 2: bad JSON
+        {"image": "c.png"},  # line 5 -> 3: no caption
+        {"image": "c.png", "caption": " \t "},  # line 6 -> 4: blank caption
+        {"image": "trunc.jpg", "caption": "cut"},  # line 7 -> 5
+        {"image": "notimage.png", "caption": "x"},  # line 8 -> 6
+        {"image": "missing.png", "caption": "x"},  # line 9 -> 7
+        {"image": "../outside.png", "caption": "x"},  # line 10 -> 8: leaves root
+        {"image": str(image_root / "a.png"), "caption": "x"},  # line 11 -> 9: absolute
+        {"image": "sub/../a.png", "caption": "inside"},  # line 12 -> 10: `..` that stays inside
+        {"image": 5, "caption": "x"},  # line 13 -> 11: not a string
+        "[1, 2]",  # line 14 -> 12: not an object
+        {"image": "c.png", "caption": "gray"},  # line 15 -> 13
+        "   ",  # line 16: blank
+        {"image": "sub", "caption": "a directory"},  # line 17 -> 14
+        {"image": "", "caption": "no path"},  # line 18 -> 15
+    ]
+    dataset = ImageTextFolder(image_root, write(tmp_path / "captions.jsonl", jsonl(lines)))
+    assert len(dataset) == 16
+    results = outcomes(dataset)
+    assert bad_indices(results) == [2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15]
+    reasons = {index: results[index].reason for index in bad_indices(results)}
+    assert reasons[2].startswith("captions.jsonl line 4: not valid JSON")
+    assert reasons[3] == "captions.jsonl line 5: missing key 'caption'"
+    assert "line 6" in reasons[4] and "empty or missing text" in reasons[4]
+    assert "line 7" in reasons[5] and "unreadable image" in reasons[5] and "truncated" in reasons[5]
+    assert "line 8" in reasons[6] and "unreadable image" in reasons[6]
+    assert "line 9" in reasons[7] and "unreadable image" in reasons[7]
+    assert reasons[8] == "captions.jsonl line 10: image path '../outside.png' leaves root"
+    assert "line 11" in reasons[9] and "is absolute" in reasons[9]
+    assert reasons[11] == "captions.jsonl line 13: 'image' must be a string, got int"
+    assert reasons[12] == "captions.jsonl line 14: expected a JSON object, got list"
+    assert "line 17" in reasons[14] and "unreadable image" in reasons[14]
+    assert reasons[15] == "captions.jsonl line 18: empty image path"
+
+    assert isinstance(results[0], Sample) and results[0].text == "a red and green pair"
+    assert_red_green(results[0].image)
+    assert results[1].text == "blue"
+    assert_solid(results[1].image, (4, 3), (0, 0, 255))
+    assert results[10].text == "inside"
+    assert_red_green(results[10].image)
+    assert results[13].text == "gray" and results[13].image.mode == "RGB"
+    assert pixels(results[13].image) == [(77, 77, 77)]
+    assert_index_errors(dataset)
+    assert dataset[torch.tensor(1)].text == "blue"  # anything with __index__ works
+
+
+def test_image_text_folder_tsv_header_and_columns(tmp_path, image_root):
+    text = "Image\tCAPTION\r\na.png\tred green\r\n\nsub/b.jpg\t  blue  \na.png\tx\ty\nc.png\t \nc.png\n"
+    dataset = ImageTextFolder(str(image_root), str(write(tmp_path / "caps.TSV", text)))
+    assert len(dataset) == 5
+    results = outcomes(dataset)
+    assert bad_indices(results) == [2, 3, 4]
+    assert results[0].text == "red green"
+    assert_red_green(results[0].image)
+    assert results[1].text == "blue"
+    assert results[2].reason == "caps.TSV line 5: expected 2 tab-separated columns (image, caption), got 3"
+    assert "line 6" in results[3].reason and "empty or missing text" in results[3].reason
+    assert results[4].reason == "caps.TSV line 7: expected 2 tab-separated columns (image, caption), got 1"
+
+
+def test_image_text_folder_tsv_without_header_and_custom_keys(tmp_path, image_root):
+    tsv = ImageTextFolder(image_root, write(tmp_path / "c.tsv", "a.png\tfirst\n"))
+    assert len(tsv) == 1 and tsv[0].text == "first"
+    records = [{"file": "a.png", "text": "custom"}, {"image": "a.png", "caption": "default keys"}]
+    captions = write(tmp_path / "c.jsonl", jsonl(records))
+    custom = ImageTextFolder(image_root, captions, image_key="file", text_key="text")
+    assert custom[0].text == "custom"
+    with pytest.raises(BadSample, match="missing key 'file'"):
+        custom[1]
+
+
+def test_image_text_folder_bad_utf8_line_is_an_item(tmp_path, image_root):
+    data = b'{"image": "a.png", "caption": "ok"}\n\xff\xfe\n'
+    dataset = ImageTextFolder(image_root, write(tmp_path / "c.jsonl", data))
+    assert len(dataset) == 2 and dataset[0].text == "ok"
+    with pytest.raises(BadSample, match="line 2: not valid UTF-8"):
+        dataset[1]
+
+
+def test_image_text_folder_argument_errors(tmp_path, image_root):
+    good = write(tmp_path / "c.jsonl", jsonl([{"image": "a.png", "caption": "x"}]))
+    with pytest.raises(ValueError, match="captions"):
+        ImageTextFolder(image_root, write(tmp_path / "c.csv", "a.png,x\n"))
+    with pytest.raises(FileNotFoundError, match="captions"):
+        ImageTextFolder(image_root, tmp_path / "absent.jsonl")
+    with pytest.raises(FileNotFoundError, match="root"):
+        ImageTextFolder(tmp_path / "absent", good)
+    with pytest.raises(FileNotFoundError, match="root"):
+        ImageTextFolder(good, good)  # a file, not a directory
+    with pytest.raises(TypeError, match="root"):
+        ImageTextFolder(3, good)
+    with pytest.raises(TypeError, match="captions"):
+        ImageTextFolder(image_root, None)
+    with pytest.raises(TypeError, match="image_key"):
+        ImageTextFolder(image_root, good, image_key=1)
+    with pytest.raises(ValueError, match="image_key and text_key"):
+        ImageTextFolder(image_root, good, image_key="x", text_key="x")
+    with pytest.raises(ValueError, match="captions"):
+        ImageTextFolder(image_root, write(tmp_path / "empty.jsonl", "\n  \n"))
+    with pytest.raises(ValueError, match="captions"):
+        ImageTextFolder(image_root, write(tmp_path / "header.tsv", "image\tcaption\n"))
+
+
+# ------------------------------------------------------------------ TextCorpus
+
+
+def test_text_corpus(tmp_path):
+    good = "\ufeff first line \n\n  second\r\n \t \nthird\n".encode("utf-8")
+    data = good + b"\xff\xfe bad\n" + "last \u00e9".encode("utf-8")  # lines 1-5, a bad line 6, line 7
+    dataset = TextCorpus(write(tmp_path / "corpus.txt", data))
+    assert len(dataset) == 5
+    results = outcomes(dataset)
+    assert bad_indices(results) == [3]
+    assert results[3].reason == "corpus.txt line 6: not valid UTF-8"
+    assert [r.text for i, r in enumerate(results) if i != 3] == ["first line", "second", "third", "last \u00e9"]
+    assert all(r.image is None for i, r in enumerate(results) if i != 3)
+    assert_index_errors(dataset)
+
+
+def test_text_corpus_argument_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="path"):
+        TextCorpus(tmp_path / "absent.txt")
+    with pytest.raises(FileNotFoundError, match="path"):
+        TextCorpus(tmp_path)
+    with pytest.raises(TypeError, match="path"):
+        TextCorpus(None)
+    with pytest.raises(ValueError, match="path"):
+        TextCorpus(write(tmp_path / "blank.txt", "\n \n\t\n"))
+
+
+# ------------------------------------------------------------------ ImageFolder
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "folder"
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (0, 0, 0)).save(buffer, format="GIF")
+    write(root / "a.gif", buffer.getvalue())
+    write(root / "a" / "broken.png", b"\x89PNG\r\n\x1a\n but not really")
+    buffer = io.BytesIO()
+    Image.new("RGB", (2, 2), (10, 20, 30)).save(buffer, format="BMP")
+    write(root / "a" / "y.bmp", buffer.getvalue())
+    write(root / "a" / "z.JPG", jpeg_bytes(size=(3, 1), color=(200, 100, 0)))
+    write(root / "b.PNG", png_bytes())
+    write(root / "notes.txt", "not an image")
+    return root
+
+
+def test_image_folder_sorted_recursive_case_insensitive(folder):
+    dataset = ImageFolder(folder)
+    assert len(dataset) == 5  # sorted by relative path: a.gif, a/broken.png, a/y.bmp, a/z.JPG, b.PNG
+    results = outcomes(dataset)
+    assert bad_indices(results) == [1]
+    assert results[1].reason.startswith("a/broken.png: unreadable image")
+    assert results[0].image.size == (1, 1) and results[0].image.mode == "RGB" and results[0].text is None
+    assert pixels(results[2].image) == [(10, 20, 30)] * 4
+    assert_solid(results[3].image, (3, 1), (200, 100, 0))
+    assert_red_green(results[4].image)
+    assert_index_errors(dataset)
+    again = ImageFolder(str(folder))
+    assert [r.image.size for r in outcomes(again) if isinstance(r, Sample)] == [(1, 1), (2, 2), (3, 1), (2, 1)]
+
+
+def test_image_folder_extensions(folder):
+    for extensions in (("png",), (".PNG",), [".png", "png"]):
+        dataset = ImageFolder(folder, extensions=extensions)
+        assert len(dataset) == 2
+        assert bad_indices(outcomes(dataset)) == [0]
+        assert_red_green(dataset[1].image)
+
+
+def test_image_folder_argument_errors(tmp_path, folder):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="root"):
+        ImageFolder(tmp_path / "empty")
+    with pytest.raises(ValueError, match="root"):
+        ImageFolder(folder, extensions=(".tiff",))
+    with pytest.raises(FileNotFoundError, match="root"):
+        ImageFolder(tmp_path / "absent")
+    with pytest.raises(TypeError, match="extensions"):
+        ImageFolder(folder, extensions=".png")
+    with pytest.raises(TypeError, match="extensions"):
+        ImageFolder(folder, extensions=(1,))
+    with pytest.raises(ValueError, match="extensions"):
+        ImageFolder(folder, extensions=())
+    with pytest.raises(ValueError, match="extensions"):
+        ImageFolder(folder, extensions=(".",))
+
+
+# ------------------------------------------------------------------ TarShards
+
+
+def write_tar(path: Path, members) -> Path:
+    """An uncompressed tar of (name, bytes) members; a name ending in '/' is a directory."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def shards(tmp_path) -> list[Path]:
+    first = write_tar(
+        tmp_path / "shard-000.tar",
+        [
+            ("s/", b""),
+            ("s/0001.jpg", jpeg_bytes(size=(4, 4), color=(0, 200, 0))),  # 0: complete
+            ("s/0001.txt", b"  first caption \n"),
+            ("s/0002.png", png_bytes()),  # 1: no text
+            ("s/0003.png", b"not a png"),  # 2: corrupt image
+            ("s/0003.txt", b"third"),
+            ("s/0004.json", json.dumps({"caption": " from json ", "id": 4}).encode()),  # 3: text from json
+            ("s/0004.png", png_bytes()),
+            ("s/0005.txt", b"no image"),  # 4: no image
+            ("s/0006.png", png_bytes()),  # 5: text is not UTF-8
+            ("s/0006.txt", b"\xff\xfe"),
+            ("s/0007.TXT", "caf\u00e9".encode()),  # 6: upper-case extensions, text first
+            ("s/0007.PNG", png_bytes()),
+        ],
+    )
+    second = write_tar(
+        tmp_path / "shard-001.tar",
+        [("0001.png", png_bytes()), ("0001.txt", b"second shard")]
+        + [("0002.png", png_bytes()), ("0002.json", b"{oops")],
+    )
+    return [first, second]
+
+
+def test_tar_shards_items_and_bad_samples(tmp_path, shards):
+    dataset = TarShards(str(tmp_path / "shard-*.tar"))
+    assert len(dataset) == 9
+    results = outcomes(dataset)
+    assert bad_indices(results) == [1, 2, 4, 5, 8]
+    assert results[1].reason == "shard-000.tar:s/0002: no text member"
+    assert results[2].reason.startswith("shard-000.tar:s/0003: unreadable image")
+    assert results[4].reason == "shard-000.tar:s/0005: no image member"
+    assert results[5].reason == "shard-000.tar:s/0006: text member is not valid UTF-8"
+    assert results[8].reason.startswith("shard-001.tar:0002: json member is not valid JSON")
+    assert results[0].text == "first caption"
+    assert_solid(results[0].image, (4, 4), (0, 200, 0))
+    assert results[3].text == "from json"
+    assert_red_green(results[3].image)
+    assert results[6].text == "caf\u00e9"
+    assert_red_green(results[6].image)
+    assert results[7].text == "second shard"
+    assert_index_errors(dataset)
+    # Random access in any order, and the same samples whichever way the shards are named.
+    assert dataset[7].text == "second shard" and dataset[0].text == "first caption"
+    for given in (shards[::-1], [str(path) for path in shards[::-1]], tmp_path / "shard-00[01].tar"):
+        assert [r.text if isinstance(r, Sample) else None for r in outcomes(TarShards(given))] == [
+            r.text if isinstance(r, Sample) else None for r in results
+        ]
+    single = TarShards(shards[1])
+    assert len(single) == 2 and single[0].text == "second shard"
+
+
+def test_tar_shards_require(tmp_path, shards):
+    images = TarShards(shards, require=("image",))
+    results = outcomes(images)
+    assert bad_indices(results) == [2, 4]  # only the corrupt image and the missing image
+    assert all(r.text is None for r in results if isinstance(r, Sample))
+    assert_red_green(results[1].image)
+    assert_red_green(results[5].image)  # its undecodable text is never read
+
+    texts = TarShards(shards, require=["text", "text"])
+    results = outcomes(texts)
+    assert bad_indices(results) == [1, 5, 8]
+    assert [r.text for r in results if isinstance(r, Sample)] == [
+        "first caption", "third", "from json", "no image", "caf\u00e9", "second shard",
+    ]
+    assert all(r.image is None for r in results if isinstance(r, Sample))
+
+    no_json = TarShards(shards, json_text_key=None)
+    with pytest.raises(BadSample, match="no text member"):
+        no_json[3]
+    other_key = TarShards(shards, json_text_key="title")
+    with pytest.raises(BadSample, match="json member has no 'title' key"):
+        other_key[3]
+
+
+def test_tar_shards_extension_preference(tmp_path):
+    path = write_tar(
+        tmp_path / "x.tar",
+        [("k.png", png_bytes()), ("k.jpg", jpeg_bytes()), ("k.txt", b"plain"), ("k.caption", b"preferred")],
+    )
+    assert_solid(TarShards(path)[0].image, (4, 3), (0, 0, 255))  # "jpg" comes before "png"
+    assert_red_green(TarShards(path, image_extensions=("png", "jpg"))[0].image)
+    assert TarShards(path, text_extensions=("caption", "txt"))[0].text == "preferred"
+
+
+def test_tar_shards_index_reads_no_member_data(monkeypatch, shards):
+    def refuse(*args, **kwargs):
+        raise AssertionError("member data read at construction")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", refuse)
+    monkeypatch.setattr(tarfile.TarFile, "extract", refuse)
+    dataset = TarShards(shards)
+    assert len(dataset) == 9 and dataset[0].text == "first caption"
+
+
+def test_tar_shards_truncated_and_vanished_shards(tmp_path, shards):
+    data = shards[1].read_bytes()
+    # Headers of 512 bytes, data padded to 512: 0001.txt's 12 bytes start at 1536.
+    cut = write(tmp_path / "cut.tar", data[: 1536 + 10])
+    with pytest.raises(ValueError, match="shards.*cut.tar"):
+        TarShards(cut)  # a truncated shard is not a valid tar
+    whole = write(tmp_path / "whole.tar", data)
+    dataset = TarShards(whole)
+    write(whole, data[: 1536 + 10])  # the shard shrinks after indexing
+    with pytest.raises(BadSample, match="text member truncated \\(10 of 12 bytes\\)"):
+        dataset[0]
+
+    dataset = TarShards(shards)
+    shards[0].unlink()
+    results = outcomes(dataset)
+    assert bad_indices(results) == list(range(7)) + [8]
+    assert "cannot read the shard" in results[0].reason
+    assert results[7].text == "second shard"
+
+
+def test_tar_shards_argument_errors(tmp_path, shards):
+    with pytest.raises(FileNotFoundError, match="shards"):
+        TarShards(str(tmp_path / "nothing-*.tar"))
+    with pytest.raises(FileNotFoundError, match="shards"):
+        TarShards(tmp_path / "absent.tar")
+    with pytest.raises(FileNotFoundError, match="shards"):
+        TarShards([])
+    with pytest.raises(FileNotFoundError, match="shards"):
+        TarShards([shards[0], tmp_path / "absent.tar"])
+    with pytest.raises(TypeError, match="shards"):
+        TarShards(5)
+    not_tar = write(tmp_path / "not.tar", b"hello, this is not a tar archive" * 40)
+    with pytest.raises(ValueError, match="shards.*not.tar"):
+        TarShards([shards[0], not_tar])
+    compressed = write(tmp_path / "z.tar.gz", gzip.compress(shards[1].read_bytes()))
+    with pytest.raises(ValueError, match="shards.*z.tar.gz"):
+        TarShards(compressed)
+    with pytest.raises(ValueError, match="shards"):
+        TarShards(write_tar(tmp_path / "empty.tar", []))
+    with pytest.raises(ValueError, match="require"):
+        TarShards(shards, require=("image", "audio"))
+    with pytest.raises(ValueError, match="require"):
+        TarShards(shards, require=())
+    with pytest.raises(TypeError, match="require"):
+        TarShards(shards, require="image")
+    with pytest.raises(ValueError, match="image_extensions and text_extensions"):
+        TarShards(shards, text_extensions=("txt", "PNG"))
+    with pytest.raises(TypeError, match="image_extensions"):
+        TarShards(shards, image_extensions="jpg")
+    with pytest.raises(TypeError, match="json_text_key"):
+        TarShards(shards, json_text_key=1)
+
+
+# ------------------------------------------------------------------ pickling and workers
+
+
+@pytest.fixture
+def tiny_sources(tmp_path, image_root, shards, folder) -> dict:
+    captions = write(tmp_path / "c.jsonl", jsonl([{"image": "a.png", "caption": "pair"}, {"image": "x.png"}]))
+    return {
+        "image_text": ImageTextFolder(image_root, captions),
+        "text": TextCorpus(write(tmp_path / "t.txt", "one\ntwo\n")),
+        "image": ImageFolder(folder, extensions=("png",)),
+        "tar": TarShards(shards[1]),
+    }
+
+
+@pytest.mark.parametrize("name", ["image_text", "text", "image", "tar"])
+def test_pickle_round_trip(tiny_sources, name):
+    dataset = tiny_sources[name]
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert type(copy) is type(dataset) and len(copy) == len(dataset)
+    before, after = outcomes(dataset), outcomes(copy)
+    assert bad_indices(before) == bad_indices(after)
+    for a, b in zip(before, after):
+        if isinstance(a, Sample):
+            assert a.text == b.text
+            assert (a.image is None and b.image is None) or pixels(a.image) == pixels(b.image)
+
+
+def as_is(batch):
+    return batch
+
+
+@pytest.mark.parametrize("name", ["image_text", "tar"])
+def test_data_loader_worker(tiny_sources, name):
+    dataset = tiny_sources[name]
+    indices = [i for i in range(len(dataset)) if i not in bad_indices(outcomes(dataset))]
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=len(indices), num_workers=1, collate_fn=as_is
+    )
+    (batch,) = list(loader)
+    assert [sample.text for sample in batch] == [dataset[i].text for i in indices]
+    for sample in batch:
+        assert_red_green(sample.image)

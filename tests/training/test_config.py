@@ -1,0 +1,112 @@
+"""Typed configs: defaults, YAML and dotlist merging, precedence, strict keys and types, saving."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+
+from torchflava.training.config import ConfigError, load_config, save_config
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class Schema:
+    name: Optional[str] = None
+    max_steps: int = 10
+    optim: Optim = field(default_factory=Optim)
+
+
+def write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_arguments():
+    config = load_config(Schema, [])
+    assert config == Schema() and isinstance(config, Schema) and isinstance(config.optim, Optim)
+
+
+def test_yaml_then_dotlist(tmp_path):
+    file = write(tmp_path / "run.yaml", "max_steps: 20\noptim:\n  lr: 0.01\n")
+    config = load_config(Schema, [f"config={file}", "optim.betas=[0.8,0.95]", "name=tiny"])
+    assert config == Schema(name="tiny", max_steps=20, optim=Optim(lr=0.01, betas=[0.8, 0.95]))
+    assert isinstance(config.optim, Optim) and isinstance(config.optim.betas, list)
+    assert type(config.max_steps) is int and type(config.optim.lr) is float
+    assert load_config(Schema, ["optim.lr=1"]).optim.lr == 1.0  # an int for a float field is converted
+    assert load_config(Schema, ["name=null"]).name is None
+    assert load_config(Schema, ["name=a=b"]).name == "a=b"  # split at the first '=' only
+
+
+def test_dotlist_wins_over_the_file_in_any_order(tmp_path):
+    file = write(tmp_path / "run.yaml", "max_steps: 20\nname: from-file\n")
+    for argv in ([f"config={file}", "max_steps=30"], ["max_steps=30", f"config={file}"]):
+        config = load_config(Schema, argv)
+        assert config.max_steps == 30 and config.name == "from-file"
+    # Several files merge in order, the later one winning.
+    second = write(tmp_path / "second.yaml", "max_steps: 40\n")
+    assert load_config(Schema, [f"config={file}", f"config={second}"]).max_steps == 40
+
+
+@pytest.mark.parametrize("argv, key", [(["optim.momentum=0.9"], "optim.momentum"), (["steps=3"], "steps")])
+def test_unknown_key_in_the_dotlist(argv, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(Schema, argv)
+
+
+def test_unknown_key_in_the_file(tmp_path):
+    file = write(tmp_path / "run.yaml", "optim:\n  momentum: 0.9\n")
+    with pytest.raises(ConfigError, match="optim.momentum"):
+        load_config(Schema, [f"config={file}"])
+
+
+@pytest.mark.parametrize(
+    "argv, key",
+    [(["max_steps=abc"], "max_steps"), (["max_steps=1.5"], "max_steps"), (["optim.lr=fast"], "optim.lr"),
+     (["optim.betas=[a,b]"], "optim.betas")],
+)
+def test_wrong_type_names_the_key(argv, key):
+    with pytest.raises(ConfigError, match=key) as info:
+        load_config(Schema, argv)
+    assert isinstance(info.value, ValueError)  # ConfigError is a ValueError
+
+
+def test_wrong_type_in_the_file(tmp_path):
+    file = write(tmp_path / "run.yaml", "max_steps: abc\n")
+    with pytest.raises(ConfigError, match="max_steps"):
+        load_config(Schema, [f"config={file}"])
+
+
+def test_scalar_for_a_nested_section_names_the_key():
+    with pytest.raises(ConfigError, match="optim"):
+        load_config(Schema, ["optim=3"])
+
+
+def test_argument_without_equals():
+    with pytest.raises(ConfigError, match="'max_steps'"):
+        load_config(Schema, ["max_steps"])
+
+
+def test_missing_or_malformed_file(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(Schema, [f"config={missing}"])
+    listing = write(tmp_path / "list.yaml", "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Schema, [f"config={listing}"])
+
+
+def test_save_config_round_trip(tmp_path):
+    config = Schema(name="run-7", max_steps=3, optim=Optim(lr=0.5, betas=[0.1, 0.2]))
+    path = tmp_path / "saved" / "config.yaml"  # the directory is created
+    save_config(config, path)
+    assert load_config(Schema, [f"config={path}"]) == config
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]
+    text = path.read_text()
+    assert "name: run-7" in text and "max_steps: 3" in text and "lr: 0.5" in text
+    save_config(Schema(), path)  # overwriting, None included
+    assert load_config(Schema, [f"config={path}"]) == Schema()

@@ -1,0 +1,74 @@
+"""Metrics JSONL: records, resume truncation, torn lines, and the loss plot."""
+
+import json
+
+from torchflava.training.metrics import MetricsLogger, plot_losses, read_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def log_steps(path, steps, **kwargs) -> None:
+    logger = MetricsLogger(path, **kwargs)
+    for step in steps:
+        logger.log(step, {"loss": 10.0 / step, "loss/mlm": 5.0 / step, "kind": "pairs"})
+    logger.close()
+
+
+def test_records_are_written_one_per_line(tmp_path):
+    path = tmp_path / "run" / "metrics.jsonl"  # the directory is created
+    log_steps(path, [1, 2])
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"step": 1, "loss": 10.0, "loss/mlm": 5.0, "kind": "pairs"},
+        {"step": 2, "loss": 5.0, "loss/mlm": 2.5, "kind": "pairs"},
+    ]
+    assert read_metrics(path) == [json.loads(line) for line in lines]
+
+
+def test_log_is_flushed_at_once(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    logger = MetricsLogger(path)
+    logger.log(7, {"loss": 1.5})
+    assert read_metrics(path) == [{"step": 7, "loss": 1.5}]  # readable before close (a killed run keeps it)
+    logger.close()
+
+
+def test_resume_keeps_records_up_to_the_resume_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log_steps(path, [1, 2, 3, 4, 5])
+    log_steps(path, [4], resume_step=3)  # steps 4 and 5 of the killed run are dropped, then step 4 again
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4]
+    log_steps(path, [], resume_step=0)
+    assert read_metrics(path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_new_run_starts_a_new_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log_steps(path, [1, 2, 3])
+    log_steps(path, [1])  # resume_step None: a fresh file
+    assert [r["step"] for r in read_metrics(path)] == [1]
+
+
+def test_torn_last_line_is_ignored(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log_steps(path, [1, 2])
+    with path.open("a") as f:
+        f.write('{"step": 3, "loss": 3.')  # the run was killed mid-write
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    log_steps(path, [3], resume_step=2)  # resuming drops the torn line too
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    assert path.read_text().endswith("}\n") and path.read_text().count("\n") == 3
+
+
+def test_plot_losses_writes_a_png(tmp_path):
+    records = [{"step": s, "loss": 10.0 / s, "loss/mim": 4.0 / s, "loss/mlm": 3.0 / s, "lr": 0.1} for s in range(1, 30)]
+    path = tmp_path / "losses.png"
+    plot_losses(records, path)
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["losses.png"]
+    chosen = tmp_path / "mim.png"
+    plot_losses(records, chosen, keys=["loss/mim"])
+    assert chosen.read_bytes()[:8] == PNG_SIGNATURE
+    assert chosen.read_bytes() != data  # a different set of curves

@@ -1,0 +1,153 @@
+"""Parameter groups of a tiny FLAVA, the warmup + cosine factor at known steps, gradient clipping."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import TINY_FLAVA
+from torchflava.models import flava_model
+from torchflava.training.optim import clip_grad_norm, param_groups, warmup_cosine
+
+# The weight matrices of a 2-layer tiny FLAVA: these, and only these, are decayed...
+DECAYED = (
+    {f"{encoder}.encoder.layers.{i}.{name}"
+     for encoder in ("image_encoder", "text_encoder", "fusion_encoder")
+     for i in (0, 1)
+     for name in ("attn.qkv.weight", "attn.out_proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")}
+    | {"image_encoder.pooler.dense.weight", "text_encoder.pooler.dense.weight", "fusion_encoder.pooler.dense.weight",
+       "fusion_encoder.image_proj.weight", "fusion_encoder.text_proj.weight",
+       "image_projection.weight", "text_projection.weight", "image_encoder.embeddings.proj.weight"}
+)
+# ... and these tables and tokens are not, whatever their shape.
+NOT_DECAYED_MATRICES = {
+    "logit_scale",
+    "image_encoder.embeddings.cls_token", "image_encoder.embeddings.mask_token", "image_encoder.embeddings.pos_embed",
+    "text_encoder.embeddings.word_embed.weight", "text_encoder.embeddings.pos_embed.weight",
+    "text_encoder.embeddings.type_embed.weight", "fusion_encoder.cls_token",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return flava_model(**TINY_FLAVA)
+
+
+def test_param_groups_of_tiny_flava(tiny):
+    decay, no_decay = param_groups(tiny, weight_decay=0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert set(decay["names"]) == DECAYED and len(decay["names"]) == 32
+    names = dict(tiny.named_parameters())
+    assert set(no_decay["names"]) == set(names) - DECAYED
+    assert NOT_DECAYED_MATRICES <= set(no_decay["names"])
+    # Every norm weight and every bias lands in the no-decay group.
+    for name in names:
+        if name.endswith(".bias") or "norm" in name:
+            assert name in no_decay["names"], name
+    # The tensors are the model's, in the order of their names, each once.
+    for group in (decay, no_decay):
+        assert len(group["params"]) == len(group["names"])
+        assert all(p is names[n] for p, n in zip(group["params"], group["names"]))
+    assert len(decay["names"]) + len(no_decay["names"]) == len(names)
+    optimizer = torch.optim.AdamW(param_groups(tiny, weight_decay=0.05), lr=1e-3)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+
+
+def test_frozen_parameters_are_left_out():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    assert decay["names"] == ["2.weight"]
+    assert no_decay["names"] == ["0.bias", "1.weight", "1.bias", "2.bias"]
+
+
+def test_negative_weight_decay():
+    with pytest.raises(ValueError, match="weight_decay"):
+        param_groups(nn.Linear(2, 2), weight_decay=-0.1)
+
+
+def schedule_lrs(steps: int, **kwargs) -> list[float]:
+    """The lr used at steps 0..steps-1 with a peak lr of 2.0."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = warmup_cosine(optimizer, **kwargs)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_warmup_cosine_factor_at_known_steps():
+    lrs = schedule_lrs(16, warmup_steps=4, total_steps=12, min_ratio=0.1)
+    assert lrs[:5] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0], rel=1e-12)  # linear to the peak, which step 4 keeps
+    assert lrs[8] == pytest.approx(2.0 * 0.55, rel=1e-12)  # half way down: 0.1 + 0.9 / 2
+    assert lrs[6] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))), rel=1e-12)
+    assert lrs[12:] == pytest.approx([0.2] * 4, rel=1e-12)  # the floor, held after the end
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))  # never rises after the warmup
+
+
+def test_warmup_cosine_without_warmup_or_floor():
+    lrs = schedule_lrs(11, warmup_steps=0, total_steps=10)
+    assert lrs[0] == 2.0 and lrs[5] == pytest.approx(1.0, rel=1e-12) and lrs[10] == pytest.approx(0.0, abs=1e-15)
+    flat = schedule_lrs(6, warmup_steps=2, total_steps=5, min_ratio=1.0)
+    assert flat == pytest.approx([1.0, 2.0, 2.0, 2.0, 2.0, 2.0], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(warmup_steps=12, total_steps=12), "warmup_steps"),
+        (dict(warmup_steps=-1, total_steps=12), "warmup_steps"),
+        (dict(warmup_steps=0, total_steps=0), "total_steps"),
+        (dict(warmup_steps=2, total_steps=12, min_ratio=-0.1), "min_ratio"),
+        (dict(warmup_steps=2, total_steps=12, min_ratio=1.5), "min_ratio"),
+    ],
+)
+def test_warmup_cosine_errors(kwargs, match):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match=match):
+        warmup_cosine(optimizer, **kwargs)
+
+
+def params_with_grads(scale: float) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(0)
+    params = [nn.Parameter(torch.zeros(shape)) for shape in ((3, 4), (5,), (2, 2, 2))]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    return params
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 3.0, 1e6])
+def test_clip_grad_norm_matches_torch(max_norm):
+    ours, theirs = params_with_grads(1.0), params_with_grads(1.0)
+    before = torch.sqrt(sum((p.grad ** 2).sum() for p in ours))
+    norm = clip_grad_norm(ours, max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert norm.shape == () and norm.device.type == "cpu"
+    torch.testing.assert_close(norm, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(norm, before, rtol=1e-6, atol=0)  # the norm before clipping
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
+    after = torch.sqrt(sum((p.grad ** 2).sum() for p in ours))
+    if max_norm < float(before):
+        assert float(after) == pytest.approx(max_norm, rel=1e-5)
+    else:  # below the bound: the gradients are left exactly as they were
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours, params_with_grads(1.0)))
+
+
+def test_clip_grad_norm_skips_missing_grads():
+    params = params_with_grads(1.0) + [nn.Parameter(torch.ones(3))]  # the last has no grad
+    reference = params_with_grads(1.0)
+    norm = clip_grad_norm(iter(params), 1.0)  # any iterable, e.g. model.parameters()
+    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(reference, 1.0), rtol=1e-6, atol=0)
+    assert params[-1].grad is None
+    empty = clip_grad_norm([nn.Parameter(torch.ones(2))], 1.0)
+    assert empty.shape == () and float(empty) == 0.0
+
+
+@pytest.mark.parametrize("max_norm", [0.0, -1.0, float("nan")])
+def test_clip_grad_norm_errors(max_norm):
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm(params_with_grads(1.0), max_norm)

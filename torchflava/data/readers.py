@@ -1,0 +1,523 @@
+"""Map-style sources on local files: captioned image folders, text corpora, image folders, tar shards.
+
+Each source is a ``torch.utils.data.Dataset`` of :class:`~torchflava.data.samples.Sample` items. An
+item that cannot be used (malformed index line, missing or corrupt image, blank or undecodable text,
+missing tar member) raises :class:`~torchflava.data.samples.BadSample` and nothing else, so one bad
+item costs one item and ``len(source)`` counts it honestly. An index outside ``[0, len)`` raises
+``IndexError``; negative indices do not wrap around. Sources hold paths and plain lists only and open
+files per read, so they pickle into ``DataLoader`` workers. Image decoding is
+:func:`~torchflava.data.samples.load_rgb`; text checking is :func:`~torchflava.data.samples.checked_text`.
+"""
+
+import glob
+import io
+import json
+import operator
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO, NamedTuple, Optional, Union
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from torchflava.data.samples import BadSample, Sample, checked_text, load_rgb
+
+PathLike = Union[str, os.PathLike]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+
+
+def _fspath(name: str, value: object) -> str:
+    """``value`` as a str path; raise TypeError naming ``name`` when it is not a str or PathLike."""
+    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TypeError(f"{name} must be a str or os.PathLike path, got {type(value).__name__}")
+    return path
+
+
+def _existing(name: str, value: object, *, directory: bool) -> str:
+    """Absolute path of an existing file (or directory); raise naming ``name`` otherwise."""
+    path = _fspath(name, value)
+    exists = os.path.isdir(path) if directory else os.path.isfile(path)
+    if not exists:
+        kind = "directory" if directory else "file"
+        raise FileNotFoundError(f"{name} must be an existing {kind}, got {path!r}")
+    return os.path.abspath(path)
+
+
+def _extensions(name: str, extensions: object) -> tuple[str, ...]:
+    """Lower-case extensions without the leading dot (``".JPG"`` and ``"jpg"`` both give ``"jpg"``)."""
+    if isinstance(extensions, (str, bytes)) or not isinstance(extensions, Iterable):
+        raise TypeError(f"{name} must be a tuple of extensions like ('jpg', 'png'), got {extensions!r}")
+    result = []
+    for extension in extensions:
+        if not isinstance(extension, str):
+            raise TypeError(f"{name} must hold strings, got {type(extension).__name__}")
+        if not extension.lstrip("."):
+            raise ValueError(f"{name} must not hold an empty extension, got {extension!r}")
+        result.append(extension.lstrip(".").lower())
+    if not result:
+        raise ValueError(f"{name} must hold at least one extension")
+    return tuple(dict.fromkeys(result))
+
+
+def _check_index(index: object, length: int) -> int:
+    """``index`` as an int in ``[0, length)``: TypeError if not an integer, IndexError if out of range."""
+    if isinstance(index, bool):
+        raise TypeError("index must be an int, got bool")
+    try:
+        position = operator.index(index)
+    except TypeError:
+        raise TypeError(f"index must be an int, got {type(index).__name__}") from None
+    if not 0 <= position < length:
+        raise IndexError(f"index {position} is out of range [0, {length})")
+    return position
+
+
+def _image(source: Union[str, BinaryIO], index: int, where: str) -> Image.Image:
+    """:func:`load_rgb` with ``where`` in the reason; any decoder failure becomes :class:`BadSample`."""
+    try:
+        return load_rgb(source, index)
+    except BadSample as error:
+        raise BadSample(index, f"{where}: {error.reason}") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # corrupt files can trip decoder errors that load_rgb does not list
+        raise BadSample(index, f"{where}: unreadable image ({type(error).__name__}: {error})") from None
+
+
+def _text(text: object, index: int, where: str) -> str:
+    """:func:`checked_text` with ``where`` in the reason."""
+    try:
+        return checked_text(text, index)
+    except BadSample as error:
+        raise BadSample(index, f"{where}: {error.reason}") from None
+
+
+def _lines(path: str) -> Iterator[tuple[int, Optional[str]]]:
+    """(1-based line number, line) for each non-blank line; the line is None when it is not UTF-8."""
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                yield number, None
+                continue
+            if line.strip():
+                yield number, line
+
+
+class _Entry(NamedTuple):
+    """One line of a captions file: image path and caption as written, or why the line is malformed."""
+
+    line: int
+    image: str
+    text: str
+    error: Optional[str] = None
+
+
+def _jsonl_entry(number: int, line: str, image_key: str, text_key: str) -> _Entry:
+    """Parse one JSON-lines record into an :class:`_Entry`."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as error:
+        return _Entry(number, "", "", f"not valid JSON ({error})")
+    if not isinstance(record, dict):
+        return _Entry(number, "", "", f"expected a JSON object, got {type(record).__name__}")
+    for key in (image_key, text_key):
+        if key not in record:
+            return _Entry(number, "", "", f"missing key {key!r}")
+        if not isinstance(record[key], str):
+            return _Entry(number, "", "", f"{key!r} must be a string, got {type(record[key]).__name__}")
+    return _Entry(number, record[image_key], record[text_key])
+
+
+def _tsv_entry(number: int, line: str) -> _Entry:
+    """Parse one ``image<TAB>caption`` line into an :class:`_Entry`."""
+    columns = line.rstrip("\r\n").split("\t")
+    if len(columns) != 2:
+        return _Entry(number, "", "", f"expected 2 tab-separated columns (image, caption), got {len(columns)}")
+    return _Entry(number, columns[0], columns[1])
+
+
+class ImageTextFolder(Dataset):
+    """Image-caption pairs listed in a ``.jsonl`` or ``.tsv`` file, images under ``root``.
+
+    ``captions`` is either JSON lines (one object per line, the image path relative to ``root`` under
+    ``image_key`` and the caption under ``text_key``) or TSV (``image<TAB>caption`` per line; a first
+    line ``image<TAB>caption``, in any case, is a header and skipped). Blank lines are not items. A
+    malformed line (bad JSON or UTF-8, missing key, non-string value, wrong column count) is still an
+    item, whose read raises :class:`BadSample` naming the line. So are a blank caption, a missing or
+    corrupt image, and an image path that is absolute or leaves ``root`` through ``..`` (checked on
+    the path text; symbolic links inside ``root`` are followed).
+
+    Args:
+        root (PathLike): directory the image paths are relative to.
+        captions (PathLike): the ``.jsonl`` or ``.tsv`` file (extension in any case).
+        image_key (str): JSON key of the image path (JSON lines only).
+        text_key (str): JSON key of the caption (JSON lines only).
+
+    Raises:
+        TypeError: if a path is not a str or PathLike, or a key is not a str.
+        ValueError: if ``captions`` is not ``.jsonl``/``.tsv``, holds no item, or the keys are equal.
+        FileNotFoundError: if ``root`` is not a directory or ``captions`` not a file.
+    """
+
+    def __init__(
+        self, root: PathLike, captions: PathLike, *, image_key: str = "image", text_key: str = "caption"
+    ) -> None:
+        self._root = _existing("root", root, directory=True)
+        suffix = os.path.splitext(_fspath("captions", captions))[1].lower()
+        if suffix not in (".jsonl", ".tsv"):
+            raise ValueError(f"captions must be a .jsonl or .tsv file, got {os.fspath(captions)!r}")
+        self._captions = _existing("captions", captions, directory=False)
+        for name, key in (("image_key", image_key), ("text_key", text_key)):
+            if not isinstance(key, str):
+                raise TypeError(f"{name} must be a str, got {type(key).__name__}")
+        if image_key == text_key:
+            raise ValueError(f"image_key and text_key must differ, got {image_key!r} for both")
+        self._entries: list[_Entry] = []
+        for number, line in _lines(self._captions):
+            if line is None:
+                self._entries.append(_Entry(number, "", "", "not valid UTF-8"))
+            elif suffix == ".jsonl":
+                self._entries.append(_jsonl_entry(number, line, image_key, text_key))
+            elif self._entries or line.strip().lower() != "image\tcaption":
+                self._entries.append(_tsv_entry(number, line))
+        if not self._entries:
+            raise ValueError(f"captions must list at least one image-caption pair, {self._captions!r} has none")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, index: int) -> Sample:
+        """Read item ``index``.
+
+        Args:
+            index (int): position in ``[0, len(self))``.
+
+        Returns:
+            Sample: the decoded RGB image and the stripped caption.
+
+        Raises:
+            BadSample: if the line is malformed, the caption blank or the image unusable.
+            IndexError: if ``index`` is out of range.
+            TypeError: if ``index`` is not an int.
+        """
+        index = _check_index(index, len(self._entries))
+        entry = self._entries[index]
+        where = f"{os.path.basename(self._captions)} line {entry.line}"
+        if entry.error is not None:
+            raise BadSample(index, f"{where}: {entry.error}")
+        text = _text(entry.text, index, where)
+        return Sample(image=_image(self._image_path(entry.image, index, where), index, where), text=text)
+
+    def caption(self, index: int) -> str:
+        """The caption of item ``index`` without reading its image (for ITM negatives).
+
+        Raises:
+            BadSample: if the line is malformed or the caption blank.
+            IndexError: if ``index`` is out of range.
+        """
+        index = _check_index(index, len(self._entries))
+        entry = self._entries[index]
+        where = f"{os.path.basename(self._captions)} line {entry.line}"
+        if entry.error is not None:
+            raise BadSample(index, f"{where}: {entry.error}")
+        return _text(entry.text, index, where)
+
+    def _image_path(self, relative: str, index: int, where: str) -> str:
+        """Absolute path of ``relative`` under root; BadSample if it is empty, absolute or leaves root."""
+        if not relative:
+            raise BadSample(index, f"{where}: empty image path")
+        if os.path.isabs(relative):
+            raise BadSample(index, f"{where}: image path {relative!r} is absolute, not relative to root")
+        path = os.path.normpath(os.path.join(self._root, relative))
+        if os.path.commonpath([self._root, path]) != self._root:
+            raise BadSample(index, f"{where}: image path {relative!r} leaves root")
+        return path
+
+
+class TextCorpus(Dataset):
+    """A UTF-8 text file, one text per non-blank line (stripped); items are ``Sample(None, text)``.
+
+    The lines are loaded at construction. A line that is not valid UTF-8 is an item whose read raises
+    :class:`BadSample`; a leading byte-order mark is dropped.
+
+    Args:
+        path (PathLike): the text file.
+
+    Raises:
+        TypeError: if ``path`` is not a str or PathLike.
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: if ``path`` holds no non-blank line.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self._path = _existing("path", path, directory=False)
+        self._texts: list[str] = []
+        self._bad: dict[int, str] = {}  # item index -> reason
+        for number, line in _lines(self._path):
+            if line is None:
+                self._bad[len(self._texts)] = f"line {number}: not valid UTF-8"
+            self._texts.append("" if line is None else line.strip())
+        if not self._texts:
+            raise ValueError(f"path must hold at least one non-blank line, {self._path!r} holds none")
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __getitem__(self, index: int) -> Sample:
+        """Read item ``index``.
+
+        Args:
+            index (int): position in ``[0, len(self))``.
+
+        Returns:
+            Sample: ``image=None`` and the stripped line.
+
+        Raises:
+            BadSample: if the line is not valid UTF-8.
+            IndexError: if ``index`` is out of range.
+            TypeError: if ``index`` is not an int.
+        """
+        index = _check_index(index, len(self._texts))
+        if index in self._bad:
+            raise BadSample(index, f"{os.path.basename(self._path)} {self._bad[index]}")
+        return Sample(image=None, text=self._texts[index])
+
+
+class ImageFolder(Dataset):
+    """Every image file under ``root`` (recursive); items are ``Sample(image, None)``.
+
+    Files are matched by extension (any case, with or without the dot) and sorted by their relative
+    path written with ``/``, so the order does not depend on the file system. A file that does not
+    decode is an item whose read raises :class:`BadSample`.
+
+    Args:
+        root (PathLike): the directory to scan.
+        extensions (tuple[str, ...]): file extensions that are images.
+
+    Raises:
+        TypeError: if ``root`` is not a str or PathLike, or ``extensions`` not a tuple of strings.
+        FileNotFoundError: if ``root`` is not a directory.
+        ValueError: if ``root`` holds no file with one of ``extensions``, or an extension is empty.
+    """
+
+    def __init__(self, root: PathLike, *, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
+        self._root = _existing("root", root, directory=True)
+        suffixes = tuple("." + extension for extension in _extensions("extensions", extensions))
+        files = []
+        for directory, _, names in os.walk(self._root):
+            for name in names:
+                if name.lower().endswith(suffixes):
+                    relative = os.path.relpath(os.path.join(directory, name), self._root)
+                    files.append(relative.replace(os.sep, "/"))
+        if not files:
+            raise ValueError(f"root must hold a file ending in one of {suffixes}, {self._root!r} holds none")
+        self._files: list[str] = sorted(files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __getitem__(self, index: int) -> Sample:
+        """Read item ``index``.
+
+        Args:
+            index (int): position in ``[0, len(self))``.
+
+        Returns:
+            Sample: the decoded RGB image and ``text=None``.
+
+        Raises:
+            BadSample: if the file is gone or does not decode.
+            IndexError: if ``index`` is out of range.
+            TypeError: if ``index`` is not an int.
+        """
+        index = _check_index(index, len(self._files))
+        relative = self._files[index]
+        return Sample(image=_image(os.path.join(self._root, relative), index, relative), text=None)
+
+
+class _TarSample(NamedTuple):
+    """Where one sample's members lie: shard number, key, and (data offset, size) of each member."""
+
+    shard: int
+    key: str
+    image: Optional[tuple[int, int]]
+    text: Optional[tuple[int, int]]
+    text_is_json: bool
+
+
+def _shard_paths(shards: object) -> list[str]:
+    """Resolve a path, glob pattern or iterable of paths to the sorted absolute paths of the files."""
+    if isinstance(shards, (str, os.PathLike)):
+        pattern = _fspath("shards", shards)
+        if os.path.isfile(pattern):
+            paths = [pattern]
+        elif any(char in pattern for char in "*?["):
+            paths = [path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path)]
+        else:
+            paths = []
+        if not paths:
+            raise FileNotFoundError(f"shards must name at least one file, no file matches {pattern!r}")
+    elif isinstance(shards, Iterable) and not isinstance(shards, bytes):
+        paths = [_fspath("shards", path) for path in shards]
+        for path in paths:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"shards must list existing files, {path!r} is not one")
+        if not paths:
+            raise FileNotFoundError("shards must name at least one file, got an empty sequence")
+    else:
+        raise TypeError(f"shards must be a path, a glob pattern or paths, got {type(shards).__name__}")
+    return sorted(os.path.abspath(path) for path in paths)
+
+
+def _scan_shard(
+    path: str, shard: int, image_extensions: tuple[str, ...], text_extensions: tuple[str, ...], json_text: bool
+) -> list[_TarSample]:
+    """Index one shard from its headers: samples in order of their key's first member."""
+    groups: dict[str, dict[str, tuple[int, int]]] = {}  # key -> extension -> (offset, size)
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isreg() or member.issparse():
+                    continue
+                head, base = posixpath.split(member.name)
+                stem, _, extension = base.partition(".")
+                if stem and extension:  # webdataset: key = path up to the basename's first dot
+                    group = groups.setdefault(posixpath.join(head, stem), {})
+                    group[extension.lower()] = (member.offset_data, member.size)  # a repeated name: last wins
+    except tarfile.TarError as error:
+        raise ValueError(f"shards must be uncompressed tar files, {path!r} is not one ({error})") from None
+    samples = []
+    for key, group in groups.items():
+        image = next((group[e] for e in image_extensions if e in group), None)
+        text = next((group[e] for e in text_extensions if e in group), None)
+        from_json = text is None and json_text and "json" in group
+        samples.append(_TarSample(shard, key, image, group["json"] if from_json else text, from_json))
+    return samples
+
+
+class TarShards(Dataset):
+    """Samples of webdataset-style tar shards, indexed at construction for random access.
+
+    Members are grouped by key, the member path up to the first dot of its basename (``dir/0001.jpg``
+    and ``dir/0001.txt`` form sample ``dir/0001`` of that shard); the rest of the basename is the
+    extension, matched in any case. Samples come in shard order (shards sorted by path), then in the
+    order of each key's first member. The index holds, per sample, the data offset and size of its
+    image and text members, read from the tar headers only; a read seeks to them. When a sample has
+    several candidates for a modality, the extension listed first wins; a ``.json`` member supplies
+    the text (under ``json_text_key``) when no text member exists. Every key is an item: one that lacks
+    a required member, or whose member is corrupt, truncated or not UTF-8, raises :class:`BadSample`.
+    Shards must be uncompressed tars (compressed ones cannot be read at an offset).
+
+    Args:
+        shards (Union[PathLike, Iterable[PathLike]]): one path, a glob pattern (``**`` recurses) or
+            paths; duplicates are kept.
+        require (tuple[str, ...]): the modalities every item must have and that are returned, a
+            non-empty subset of ``("image", "text")``; the other field of the Sample is None.
+        image_extensions (tuple[str, ...]): extensions of image members, in order of preference.
+        text_extensions (tuple[str, ...]): extensions of UTF-8 text members, in order of preference.
+        json_text_key (Optional[str]): key of the text in a ``.json`` member; None ignores ``.json``.
+
+    Raises:
+        TypeError: if an argument has the wrong type.
+        ValueError: if ``require`` is not a non-empty subset of ``("image", "text")``, the extension
+            tuples are empty or overlap, a shard is not a tar file, or the shards hold no sample.
+        FileNotFoundError: if ``shards`` names no existing file.
+    """
+
+    def __init__(
+        self,
+        shards: Union[PathLike, Iterable[PathLike]],
+        *,
+        require: tuple[str, ...] = ("image", "text"),
+        image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp"),
+        text_extensions: tuple[str, ...] = ("txt",),
+        json_text_key: Optional[str] = "caption",
+    ) -> None:
+        if isinstance(require, (str, bytes)) or not isinstance(require, Iterable):
+            raise TypeError(f"require must be a tuple of modalities like ('image', 'text'), got {require!r}")
+        wanted = tuple(require)
+        if not wanted or any(name not in ("image", "text") for name in wanted):
+            raise ValueError(f"require must be a non-empty subset of ('image', 'text'), got {wanted!r}")
+        self._require = tuple(name for name in ("image", "text") if name in wanted)
+        image_extensions = _extensions("image_extensions", image_extensions)
+        text_extensions = _extensions("text_extensions", text_extensions)
+        if set(image_extensions) & set(text_extensions):
+            shared = sorted(set(image_extensions) & set(text_extensions))
+            raise ValueError(f"image_extensions and text_extensions must not overlap, both hold {shared}")
+        if json_text_key is not None and not isinstance(json_text_key, str):
+            raise TypeError(f"json_text_key must be a str or None, got {type(json_text_key).__name__}")
+        self._json_text_key = json_text_key
+        self._paths = _shard_paths(shards)
+        self._samples: list[_TarSample] = []
+        use_json = json_text_key is not None
+        for shard, path in enumerate(self._paths):
+            self._samples.extend(_scan_shard(path, shard, image_extensions, text_extensions, use_json))
+        if not self._samples:
+            raise ValueError(f"shards must hold at least one sample, {len(self._paths)} file(s) hold none")
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        """Read item ``index`` from its shard.
+
+        Args:
+            index (int): position in ``[0, len(self))``.
+
+        Returns:
+            Sample: the required modalities (RGB image, stripped text); None for the others.
+
+        Raises:
+            BadSample: if a required member is missing, unreadable, truncated or does not decode.
+            IndexError: if ``index`` is out of range.
+            TypeError: if ``index`` is not an int.
+        """
+        index = _check_index(index, len(self._samples))
+        sample = self._samples[index]
+        where = f"{os.path.basename(self._paths[sample.shard])}:{sample.key}"
+        missing = [name for name in self._require if getattr(sample, name) is None]
+        if missing:
+            raise BadSample(index, f"{where}: no {' and no '.join(missing)} member")
+        data = self._read(sample, index, where)
+        image = _image(io.BytesIO(data["image"]), index, where) if "image" in data else None
+        text = self._decode_text(data["text"], sample.text_is_json, index, where) if "text" in data else None
+        return Sample(image=image, text=text)
+
+    def _read(self, sample: _TarSample, index: int, where: str) -> dict[str, bytes]:
+        """The bytes of the required members, read at their offsets in one opening of the shard."""
+        data = {}
+        try:
+            with open(self._paths[sample.shard], "rb") as file:
+                for name in self._require:
+                    offset, size = getattr(sample, name)
+                    file.seek(offset)
+                    data[name] = file.read(size)
+                    if len(data[name]) != size:
+                        got = len(data[name])
+                        raise BadSample(index, f"{where}: {name} member truncated ({got} of {size} bytes)")
+        except OSError as error:
+            reason = f"cannot read the shard ({type(error).__name__}: {error})"
+            raise BadSample(index, f"{where}: {reason}") from None
+        return data
+
+    def _decode_text(self, data: bytes, is_json: bool, index: int, where: str) -> str:
+        """UTF-8 text, or the ``json_text_key`` string of a JSON object; BadSample when neither decodes."""
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise BadSample(index, f"{where}: text member is not valid UTF-8") from None
+        if not is_json:
+            return _text(text, index, where)
+        try:
+            record = json.loads(text)
+        except (ValueError, RecursionError) as error:
+            raise BadSample(index, f"{where}: json member is not valid JSON ({error})") from None
+        if not isinstance(record, dict) or self._json_text_key not in record:
+            raise BadSample(index, f"{where}: json member has no {self._json_text_key!r} key")
+        return _text(record[self._json_text_key], index, where)

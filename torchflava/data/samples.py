@@ -1,0 +1,75 @@
+"""What every torchflava data source returns: a :class:`Sample`, or a :class:`BadSample` error.
+
+A *source* is a map-style dataset (``len(source)``, ``source[i]``) whose items are :class:`Sample`
+tuples holding a decoded RGB ``PIL.Image.Image``, a caption/text ``str``, or both. A source never
+returns a half-usable item: when item ``i`` cannot be used (unreadable or corrupt image, empty
+caption, a malformed index line) ``source[i]`` raises :class:`BadSample` with the reason, and the
+sampler that reads the source skips it, counts it and takes another item.
+"""
+
+from typing import NamedTuple, Optional
+
+from PIL import Image
+
+
+class BadSample(Exception):
+    """Item ``index`` of a source cannot be used; ``reason`` says why (shown in the run report)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"sample {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+    def __reduce__(self):
+        return (BadSample, (self.index, self.reason))
+
+
+class Sample(NamedTuple):
+    """One item of a data source.
+
+    Attributes:
+        image (Optional[Image.Image]): decoded RGB image, or None for text-only sources.
+        text (Optional[str]): non-empty, stripped caption or text, or None for image-only sources.
+    """
+
+    image: Optional[Image.Image] = None
+    text: Optional[str] = None
+
+
+def load_rgb(data_or_path, index: int) -> Image.Image:
+    """Open and fully decode an image as RGB; raise :class:`BadSample` when it cannot be.
+
+    Args:
+        data_or_path: a path or a binary file object.
+        index (int): the item index, for the error.
+
+    Returns:
+        Image.Image: the decoded RGB image.
+
+    Raises:
+        BadSample: if the image is missing, truncated or not an image.
+    """
+    try:
+        with Image.open(data_or_path) as image:
+            image.load()  # decode now: a truncated file fails here, not later in a worker
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
+        raise BadSample(index, f"unreadable image ({type(error).__name__}: {error})") from None
+
+
+def checked_text(text: object, index: int) -> str:
+    """Return ``text`` stripped; raise :class:`BadSample` when it is not a non-empty string.
+
+    Args:
+        text (object): the raw caption.
+        index (int): the item index, for the error.
+
+    Returns:
+        str: the stripped text.
+
+    Raises:
+        BadSample: if the text is missing, not a string or blank.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise BadSample(index, f"empty or missing text ({text!r})")
+    return text.strip()

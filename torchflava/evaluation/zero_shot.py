@@ -1,0 +1,114 @@
+"""Zero-shot classification and retrieval from L2-normalised image and text features.
+
+The functions work on features (any model that gives ``(N, D)`` normalised embeddings), plus
+:func:`zero_shot_classifier`, which turns class names and prompt templates into class embeddings
+with a text encoder and a tokenizer passed in as callables.
+"""
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check_finite(**tensors: Tensor) -> None:
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} holds NaN or infinite values (a diverged model?)")
+
+
+def zero_shot_classifier(
+    encode_text: Callable[[Tensor, Tensor], Tensor],
+    tokenize: Callable[[Sequence[str]], tuple[Tensor, Tensor]],
+    class_names: Sequence[str],
+    templates: Sequence[str] = ("a {}",),
+) -> Tensor:
+    """One embedding per class: the normalised mean of its prompts' normalised text features.
+
+    Args:
+        encode_text (Callable[[Tensor, Tensor], Tensor]): (ids, attention mask) -> (P, D) features.
+        tokenize (Callable[[Sequence[str]], tuple[Tensor, Tensor]]): texts -> (ids, attention mask).
+        class_names (Sequence[str]): the C class names.
+        templates (Sequence[str]): prompt templates with one ``{}`` for the class name.
+
+    Returns:
+        Tensor: (C, D) class embeddings.
+
+    Raises:
+        ValueError: if there are no classes or templates, or a template lacks ``{}``.
+    """
+    if len(class_names) == 0 or len(templates) == 0:
+        raise ValueError("class_names and templates must not be empty")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ValueError(f"templates must contain '{{}}' for the class name, got {bad}")
+    prompts = [template.format(name) for name in class_names for template in templates]
+    with torch.no_grad():
+        features = F.normalize(encode_text(*tokenize(prompts)).float(), dim=-1)
+    per_class = features.view(len(class_names), len(templates), -1).mean(dim=1)
+    return F.normalize(per_class, dim=-1)
+
+
+def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy of nearest-class-embedding classification.
+
+    Args:
+        image_features (Tensor): (N, D) normalised image features.
+        class_embeddings (Tensor): (C, D) normalised class embeddings.
+        labels (Tensor): (N,) class indices in [0, C).
+
+    Returns:
+        float: accuracy in [0, 1].
+
+    Raises:
+        ValueError: if the shapes disagree, a label is out of range, or a feature is NaN or infinite.
+    """
+    if image_features.dim() != 2 or class_embeddings.dim() != 2 or image_features.shape[1] != class_embeddings.shape[1]:
+        raise ValueError(
+            f"image_features (N, D) and class_embeddings (C, D) must share D, got {tuple(image_features.shape)} "
+            f"and {tuple(class_embeddings.shape)}"
+        )
+    if labels.shape != (image_features.shape[0],):
+        raise ValueError(f"labels must have shape ({image_features.shape[0]},), got {tuple(labels.shape)}")
+    if bool(((labels < 0) | (labels >= class_embeddings.shape[0])).any()):
+        raise ValueError(f"labels must be in [0, {class_embeddings.shape[0]})")
+    _check_finite(image_features=image_features, class_embeddings=class_embeddings)
+    predictions = (image_features.float() @ class_embeddings.float().T).argmax(dim=1)
+    return (predictions == labels).float().mean().item()
+
+
+def retrieval_recall(image_features: Tensor, text_features: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K of image->text and text->image retrieval where row i of each matches row i of the other.
+
+    Args:
+        image_features (Tensor): (N, D) normalised.
+        text_features (Tensor): (N, D) normalised.
+        ks (Sequence[int]): the cut-offs, each in [1, N].
+
+    Returns:
+        dict[str, float]: ``image_to_text_R@K`` and ``text_to_image_R@K`` for each K.
+
+    Raises:
+        ValueError: if the shapes differ, a K is out of range, or a feature is NaN or infinite.
+    """
+    if image_features.shape != text_features.shape or image_features.dim() != 2:
+        raise ValueError(
+            f"image_features and text_features must both be (N, D), got {tuple(image_features.shape)} "
+            f"and {tuple(text_features.shape)}"
+        )
+    n = image_features.shape[0]
+    if any(not 1 <= k <= n for k in ks):
+        raise ValueError(f"ks must lie in [1, {n}], got {list(ks)}")
+    _check_finite(image_features=image_features, text_features=text_features)
+    similarity = image_features.float() @ text_features.float().T
+    # Rank of the right answer: how many other candidates score at least as high (ties count
+    # against it, so collapsed, identical features score chance-like, not perfect, recall).
+    others = ~torch.eye(n, dtype=torch.bool, device=similarity.device)
+    i2t_rank = ((similarity >= similarity.diagonal()[:, None]) & others).sum(dim=1)
+    t2i_rank = ((similarity.T >= similarity.diagonal()[:, None]) & others).sum(dim=1)
+    out = {}
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = (i2t_rank < k).float().mean().item()
+        out[f"text_to_image_R@{k}"] = (t2i_rank < k).float().mean().item()
+    return out

@@ -1,0 +1,153 @@
+"""Process groups and data-parallel wrapping (DDP, or FSDP2 ``fully_shard`` per layer).
+
+Launch with ``torchrun``: ranks come from its environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``); a plain ``python`` launch is one process without a process group.
+"""
+
+import os
+from typing import Iterable, NamedTuple, Optional, Type
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+STRATEGIES = ("none", "ddp", "fsdp")
+
+
+class DistributedInfo(NamedTuple):
+    """Where this process stands: rank, world size, local rank and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files and prints reports."""
+        return self.rank == 0
+
+
+def init_distributed(strategy: str, *, device: str = "auto") -> DistributedInfo:
+    """Start the process group the strategy needs (NCCL on GPUs, Gloo on CPUs).
+
+    Args:
+        strategy (str): ``"none"``, ``"ddp"`` or ``"fsdp"``.
+        device (str): ``"auto"`` (this rank's GPU when there is one, else the CPU), ``"cpu"`` or
+            ``"cuda"``.
+
+    Returns:
+        DistributedInfo: rank, world size, local rank and device.
+
+    Raises:
+        ValueError: if ``strategy`` or ``device`` is unknown, or several processes were launched
+            with ``strategy="none"``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if strategy == "none" and world_size > 1:
+        raise ValueError(f"strategy='none' runs one process, but WORLD_SIZE={world_size}; use ddp or fsdp")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(torch_device)
+    if strategy != "none" and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:  # a single process asked for ddp/fsdp without torchrun
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29511")
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=torch_device if use_cuda else None)
+    return DistributedInfo(rank, world_size, local_rank, torch_device)
+
+
+def wrap_model(
+    model: nn.Module,
+    strategy: str,
+    *,
+    layer_types: Iterable[Type[nn.Module]] = (),
+    param_dtype: Optional[torch.dtype] = None,
+    find_unused_parameters: bool = True,
+) -> nn.Module:
+    """Wrap ``model`` for data parallelism.
+
+    * ``"none"``: returned as is.
+    * ``"ddp"``: ``DistributedDataParallel`` (``find_unused_parameters`` for models whose loss
+      uses different parts on different steps, as FLAVA's does).
+    * ``"fsdp"``: FSDP2 ``fully_shard`` on every module of ``layer_types``, then on the root.
+      Scalar parameters (FSDP2 cannot shard them, e.g. a logit scale) stay replicated: call
+      :func:`sync_replicated_grads` after backward to average their gradients.
+
+    Args:
+        model (nn.Module): the model, on its device.
+        strategy (str): ``"none"``, ``"ddp"`` or ``"fsdp"``.
+        layer_types (Iterable[Type[nn.Module]]): module classes sharded one by one under FSDP.
+        param_dtype (Optional[torch.dtype]): FSDP mixed precision: compute dtype of parameters
+            (gradients are reduced in fp32). None keeps fp32.
+        find_unused_parameters (bool): passed to DDP.
+
+    Returns:
+        nn.Module: the wrapped model (the same object under ``"none"`` and ``"fsdp"``).
+
+    Raises:
+        ValueError: if ``strategy`` is unknown or needs a process group that is not running.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "none":
+        return model
+    if not dist.is_initialized():
+        raise ValueError(f"strategy={strategy!r} needs a process group; call init_distributed first")
+    if strategy == "ddp":
+        device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+        )
+    from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    scalars = {p for p in model.parameters() if p.dim() == 0}
+    layer_types = tuple(layer_types)
+    for module in model.modules():
+        if layer_types and isinstance(module, layer_types):
+            fully_shard(module, mp_policy=policy, ignored_params=scalars)
+    fully_shard(model, mp_policy=policy, ignored_params=scalars)
+    model._replicated_params = sorted(scalars, key=id)  # noqa: SLF001 (read by sync_replicated_grads)
+    return model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (the CPU for a model without parameters)."""
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def sync_replicated_grads(model: nn.Module) -> None:
+    """Average, over ranks, the gradients of parameters FSDP left replicated (no-op otherwise)."""
+    params = getattr(model, "_replicated_params", [])
+    if not params or not dist.is_initialized():
+        return
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    flat = torch.stack([g.reshape(()) for g in grads]).float()
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for p, value in zip(params, flat):
+        p.grad = value.to(p.dtype).reshape(p.shape)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over ranks (a copy; the identity without a process group)."""
+    tensor = tensor.detach().clone()
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if dist.is_initialized():
+        dist.barrier()

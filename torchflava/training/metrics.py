@@ -1,0 +1,101 @@
+"""Run metrics: a JSONL log (resumable), optional TensorBoard, and a loss-curve plot."""
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to ``path`` and mirrors scalars to TensorBoard.
+
+    On resume from step ``resume_step`` the records of later steps (written by the interrupted
+    run after its last checkpoint) are dropped first, so the file holds one record per step.
+
+    Args:
+        path (Union[str, os.PathLike]): the JSONL file.
+        resume_step (Optional[int]): keep only records with ``step <= resume_step``; None starts
+            a new file.
+        tensorboard_dir (Optional[Union[str, os.PathLike]]): write TensorBoard events here when
+            the ``tensorboard`` package is installed; None disables it.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], *, resume_step: Optional[int] = None,
+                 tensorboard_dir: Optional[Union[str, os.PathLike]] = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a")
+        self._writer = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._writer = SummaryWriter(str(tensorboard_dir), purge_step=resume_step)
+
+    def log(self, step: int, values: Mapping[str, object]) -> None:
+        """Record ``values`` (JSON-serialisable) for ``step`` and flush."""
+        record = {"step": step, **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(path: Union[str, os.PathLike]) -> list[dict]:
+    """The records of a metrics JSONL file (a torn last line, from a killed run, is ignored)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def plot_losses(records: list[dict], path: Union[str, os.PathLike], *, keys: Optional[list[str]] = None) -> None:
+    """Plot ``loss`` and the per-loss curves of ``records`` against step into a PNG at ``path``.
+
+    Args:
+        records (list[dict]): metrics records with ``step`` and loss values.
+        path (Union[str, os.PathLike]): the image file.
+        keys (Optional[list[str]]): which keys to plot; by default ``loss`` and every ``loss/*``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = keys or ["loss"] + sorted({k for r in records for k in r if k.startswith("loss/")})
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if points:
+            steps, values = zip(*points)
+            axis.plot(steps, values, label=key, linewidth=1.2 if key == "loss" else 0.8)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    os.replace(tmp, path)

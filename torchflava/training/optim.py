@@ -1,0 +1,107 @@
+"""AdamW parameter groups, the warmup + cosine schedule, and gradient clipping that works under FSDP2."""
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+_DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a decayed group and a group without weight decay.
+
+    Only the weights of linear and convolution layers (the patch projection included) are
+    decayed. Biases, norms, embedding tables, position embeddings, CLS and mask tokens and the
+    logit scale are not.
+
+    Args:
+        model (nn.Module): the model.
+        weight_decay (float): decay of the decayed group, >= 0.
+
+    Returns:
+        list[dict]: two optimiser parameter groups (``names`` lists each group's parameter names).
+
+    Raises:
+        ValueError: if ``weight_decay`` is negative.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, _DECAYED_MODULES)}
+    groups = {True: ([], []), False: ([], [])}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            params, names = groups[id(param) in decayed]
+            params.append(param)
+            names.append(name)
+    return [
+        {"params": groups[True][0], "names": groups[True][1], "weight_decay": weight_decay},
+        {"params": groups[False][0], "names": groups[False][1], "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,
+                  min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 over ``warmup_steps``, then half a cosine down to ``min_ratio`` x lr.
+
+    Args:
+        optimizer (torch.optim.Optimizer): the optimiser; its lr is the peak.
+        warmup_steps (int): steps of linear warmup, >= 0.
+        total_steps (int): steps of the whole schedule, > ``warmup_steps``.
+        min_ratio (float): final lr as a fraction of the peak, in [0, 1].
+
+    Returns:
+        torch.optim.lr_scheduler.LambdaLR: step it once per optimiser step.
+
+    Raises:
+        ValueError: if the steps or ``min_ratio`` are out of range.
+    """
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and {total_steps}")
+    if not 0 <= min_ratio <= 1:
+        raise ValueError(f"min_ratio must be in [0, 1], got {min_ratio}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale gradients so their global L2 norm is at most ``max_norm``; return the norm before.
+
+    Works for plain tensors, FSDP2-sharded ``DTensor`` gradients, and a mix of both (FSDP2 with
+    replicated scalar parameters): the norm is the one of the full, unsharded gradients.
+
+    Args:
+        parameters (Iterable[nn.Parameter]): parameters whose ``.grad`` to clip.
+        max_norm (float): the bound, > 0.
+
+    Returns:
+        torch.Tensor: the total norm before clipping (a plain scalar tensor).
+
+    Raises:
+        ValueError: if ``max_norm`` is not positive.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    squares = []
+    for group in ([g for g in grads if isinstance(g, DTensor)], [g for g in grads if not isinstance(g, DTensor)]):
+        if group:
+            norm = torch.nn.utils.get_total_norm(group)
+            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+            squares.append(norm.float().cpu() ** 2)
+    total = torch.stack(squares).sum().sqrt()
+    coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        grad.mul_(coefficient.to(grad.device, grad.dtype) if not isinstance(grad, DTensor) else coefficient.item())
+    return total
