@@ -25,9 +25,13 @@ def run_once(config: str, precision: str, steps: int, log_every: int, extra: lis
             sys.executable, str(REPO / "examples" / "flava" / "train.py"), f"config={config}",
             f"training.output_dir={out}", f"training.max_steps={steps}", f"training.precision={precision}",
             f"training.log_every={log_every}", f"training.checkpoint_every={steps}", "training.progress_bar=false",
+            f"optim.warmup_steps={steps // 10}",
             "training.tensorboard=false", "eval.enabled=false", "training.resume=none", *extra,
         ]
-        subprocess.run(command, cwd=REPO, check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return [r["samples_per_s"] for r in records]
 

@@ -227,3 +227,35 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert "step_00000004" in str(error.value)
     assert [p.name for p in train.CheckpointManager(tmp_path / "checkpoints").complete()] == [
         "step_00000002", "step_00000004"]
+
+
+# ------------------------------------------------------------------------- precision and memory options
+def test_activation_checkpointing_changes_no_loss(tmp_path):
+    common = ["training.max_steps=3", "eval.enabled=false"]
+    train.main(_config(f"training.output_dir={tmp_path / 'plain'}", *common))
+    train.main(_config(f"training.output_dir={tmp_path / 'ckpt'}", "training.activation_checkpointing=true", *common))
+    plain, recomputed = _losses(tmp_path / "plain"), _losses(tmp_path / "ckpt")
+    assert plain.keys() == recomputed.keys()
+    for step in plain:
+        assert recomputed[step] == pytest.approx(plain[step], rel=1e-6), step
+
+
+def test_bf16_autocast_run_stays_close_to_fp32_and_writes_tensorboard(tmp_path):
+    common = ["training.max_steps=3", "eval.enabled=false"]
+    train.main(_config(f"training.output_dir={tmp_path / 'fp32'}", *common))
+    train.main(_config(f"training.output_dir={tmp_path / 'bf16'}", "training.precision=bf16",
+                       "training.tensorboard=true", *common))
+    fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
+    assert fp32[1] != bf16[1]  # it really ran in bf16 ...
+    assert bf16[1] == pytest.approx(fp32[1], rel=2e-2)  # ... and stays close on the first step
+    assert list((tmp_path / "bf16" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_fsdp_with_bf16_parameters_runs_and_stays_close(tmp_path):
+    common = ["training.max_steps=3", "eval.enabled=false"]
+    train.main(_config(f"training.output_dir={tmp_path / 'fp32'}", *common))
+    _run([f"training.output_dir={tmp_path / 'fsdp_bf16'}", "training.strategy=fsdp", "training.precision=bf16",
+          *common], nproc=2)
+    fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "fsdp_bf16")
+    assert bf16.keys() == fp32.keys()
+    assert bf16[1] != fp32[1] and bf16[1] == pytest.approx(fp32[1], rel=3e-2)
