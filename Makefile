@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt setup.py | cksum | cu
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k packing -x".
 PYTEST_ARGS ?=
 
-.PHONY: venv test train bench clean
+.PHONY: venv test train evaluate bench clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ TRAIN_ARGS ?=
 
 train: $(STAMP)
 	$(BIN)/python examples/flava/train.py config=examples/flava/configs/pretraining/tiny.yaml $(TRAIN_ARGS)
+
+# Zero-shot, linear probe and fine-tuning of the `make train` checkpoint on the held-out shapes task.
+evaluate: $(STAMP)
+	$(BIN)/python examples/flava/shapes_report.py --run runs/tiny
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encoders.py

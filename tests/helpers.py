@@ -58,3 +58,34 @@ class PickleExploit:
 
     def __reduce__(self):
         return pickle_canary, (self.marker,)
+
+
+def write_tiny_export(root: Path, *, seed: int = 0):
+    """A checkpoint directory as the pretraining recipe exports it (random weights, a shapes vocabulary).
+
+    Returns the FLAVAModel whose weights were written.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from torchflava.data.shapes import ShapesWorld
+    from torchflava.data.tokenizer import WordPieceTokenizer
+    from torchflava.models import flava_model
+
+    world = ShapesWorld("texts", 300, image_size=32)
+    tokenizer = WordPieceTokenizer.train([world.caption(i) for i in range(300)], vocab_size=120)
+    torch.manual_seed(seed)
+    kwargs = dict(EXPORT_FLAVA, vocab_size=tokenizer.vocab_size)
+    model = flava_model(**kwargs)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}, root / "weights.safetensors")
+    (root / "backbone_config.json").write_text(json.dumps(kwargs))
+    tokenizer.save(root)
+    return model.eval()
+
+
+EXPORT_FLAVA = dict(image_embed_dim=32, image_num_layers=1, image_num_heads=2, image_mlp_dim=48, image_size=32,
+                    patch_size=8, text_embed_dim=24, text_num_layers=1, text_num_heads=2, text_mlp_dim=40,
+                    max_seq_len=32, multimodal_embed_dim=16, multimodal_num_layers=1, multimodal_num_heads=2,
+                    multimodal_mlp_dim=36, projection_dim=20)

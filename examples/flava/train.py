@@ -33,13 +33,19 @@ from torchflava.models import flava_model, flava_model_for_pretraining, FLAVAMod
 from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.modules.layers import TransformerEncoderLayer
-from torchflava.training.checkpointing import CheckpointManager, export_model, rng_state, set_rng_state
+from torchflava.training.checkpointing import (
+    checkpoint_step, CheckpointManager, export_model, loop_state, restore_loop_state,
+)
 from torchflava.training.config import ConfigError, load_config, save_config
 from torchflava.training.distributed import (
-    all_reduce_sum, barrier, init_distributed, STRATEGIES, sync_replicated_grads, wrap_model,
+    all_reduce_sum, barrier, init_distributed, sync_replicated_grads,
 )
 from torchflava.training.metrics import MetricsLogger, plot_losses, read_metrics
-from torchflava.training.optim import clip_grad_norm, param_groups, warmup_cosine
+from torchflava.training.optim import clip_grad_norm
+from torchflava.training.schema import (
+    NonFiniteLossError, OptimConfig, raise_on_failed_checks, resume_point, setup_training, training_checks,
+    TrainingConfig,
+)
 from torchflava.utils.checkpoint import load_state_dict
 
 # torchdata's StatefulDataLoader calls a torch API that torch itself deprecated; nothing to act on.
@@ -123,37 +129,6 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    warmup_steps: int = 2000
-    min_lr_ratio: float = 0.0
-    clip_grad_norm: Optional[float] = 1.0
-
-
-@dataclass
-class TrainingConfig:
-    output_dir: str = "runs/flava"
-    max_steps: int = 450_000
-    global_batch_size: int = 256
-    grad_accumulation: int = 1
-    strategy: str = "none"  # none | ddp | fsdp
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16
-    activation_checkpointing: bool = False
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    resume: str = "none"  # none | auto | <checkpoint dir>
-    progress_bar: bool = True
-    tensorboard: bool = True
-    threads: Optional[int] = None  # torch intra-op threads (CPU)
-
-
-@dataclass
 class EvalConfig:
     enabled: bool = True  # zero-shot and retrieval on the held-out shapes split after training
     batch_size: int = 128
@@ -172,16 +147,9 @@ class TrainConfig:
 
 def validate(cfg: TrainConfig, world_size: int) -> None:
     """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError."""
-    t, m, d = cfg.training, cfg.model, cfg.data
-    checks = [
-        (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
-        (t.precision in ("fp32", "bf16"), "training.precision", "fp32 or bf16", t.precision),
+    m, d = cfg.model, cfg.data
+    raise_on_failed_checks(training_checks(cfg.training, cfg.optim, world_size) + [
         (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
-        (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
-        (t.grad_accumulation >= 1, "training.grad_accumulation", ">= 1", t.grad_accumulation),
-        (t.global_batch_size % (world_size * t.grad_accumulation) == 0 and t.global_batch_size > 0,
-         "training.global_batch_size", f"a positive multiple of world size x grad_accumulation "
-         f"({world_size} x {t.grad_accumulation})", t.global_batch_size),
         (m.image_size % m.patch_size == 0, "model.image_size", f"a multiple of model.patch_size ({m.patch_size})",
          m.image_size),
         (d.num_masked_patches <= (m.image_size // m.patch_size) ** 2, "data.num_masked_patches",
@@ -189,16 +157,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         (d.max_text_length <= m.max_text_positions, "data.max_text_length",
          f"at most model.max_text_positions ({m.max_text_positions})", d.max_text_length),
         (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
-        (0 <= cfg.optim.warmup_steps < t.max_steps, "optim.warmup_steps", "in [0, training.max_steps)",
-         cfg.optim.warmup_steps),
-        (t.log_every >= 1 and t.checkpoint_every >= 1, "training.log_every/checkpoint_every", ">= 1",
-         (t.log_every, t.checkpoint_every)),
         (min(d.ratios.pairs, d.ratios.images, d.ratios.texts) >= 0, "data.ratios", ">= 0 each", d.ratios),
-        (len(cfg.optim.betas) == 2, "optim.betas", "two numbers", cfg.optim.betas),
-    ]
-    for ok, key, expected, got in checks:
-        if not ok:
-            raise ConfigError(f"key '{key}': expected {expected}, got {got!r}")
+    ])
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -320,10 +280,6 @@ def _identity(item):
     return item
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without writing a checkpoint of that state."""
-
-
 # ------------------------------------------------------------------------------------------- main
 def main(cfg: TrainConfig) -> dict:
     info = init_distributed(cfg.training.strategy, device=cfg.training.device)
@@ -333,16 +289,7 @@ def main(cfg: TrainConfig) -> dict:
         torch.set_num_threads(t.threads)
     out_dir = Path(t.output_dir)
     checkpoints = CheckpointManager(out_dir / "checkpoints", keep=t.keep_checkpoints)
-    resume_from = None
-    if t.resume == "auto":
-        resume_from = checkpoints.latest()
-    elif t.resume not in ("none", ""):
-        resume_from = Path(t.resume)
-    elif checkpoints.latest() is not None:
-        raise ConfigError(
-            f"key 'training.resume': {checkpoints.root} already holds checkpoints; set training.resume=auto to "
-            "continue that run, or choose another training.output_dir"
-        )
+    resume_from = resume_point(checkpoints, t.resume)
 
     # Data: rank 0 learns (or a resumed run reloads) the vocabulary; every rank builds the same
     # codebook from the seed; items are split by rank.
@@ -374,23 +321,16 @@ def main(cfg: TrainConfig) -> dict:
     # Model, optimiser, schedule; then the parallel wrapping.
     torch.manual_seed(t.seed)
     model = build_model(cfg, tokenizer.vocab_size).to(info.device)
-    bf16 = t.precision == "bf16"
-    wrapped = wrap_model(model, t.strategy, layer_types=(TransformerEncoderLayer,),
-                         param_dtype=torch.bfloat16 if bf16 and t.strategy == "fsdp" else None)
     o = cfg.optim
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-    scheduler = warmup_cosine(optimizer, warmup_steps=o.warmup_steps, total_steps=t.max_steps, min_ratio=o.min_lr_ratio)
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=bf16 and t.strategy != "fsdp")
+    wrapped, optimizer, scheduler, autocast = setup_training(model, t, o, device=info.device,
+                                                             layer_types=(TransformerEncoderLayer,))
 
     start, skipped = 0, []
     if resume_from is not None:
         local = checkpoints.load(resume_from, wrapped, optimizer)
-        start = int(json.loads((Path(resume_from) / "COMPLETE").read_text())["step"])
+        start = checkpoint_step(resume_from)
         if local:
-            scheduler.load_state_dict(local["scheduler"])
-            loader.load_state_dict(local["data"])
-            set_rng_state(local["rng"])
-            skipped = [tuple(s) for s in local["skipped"]]
+            skipped = restore_loop_state(local, scheduler, loader)
         else:  # saved by fewer ranks: the data position follows from the step
             scheduler.last_epoch = start
             loader = StatefulDataLoader(torch.utils.data.Subset(dataset, range(start * t.grad_accumulation,
@@ -403,10 +343,7 @@ def main(cfg: TrainConfig) -> dict:
                            tensorboard_dir=out_dir / "tensorboard" if t.tensorboard else None) if info.is_main else None
 
     def save(step: int) -> None:
-        checkpoints.save(step, wrapped, optimizer, {
-            "scheduler": scheduler.state_dict(), "data": loader.state_dict(), "rng": rng_state(),
-            "skipped": [list(s) for s in skipped], "step": step,
-        })
+        checkpoints.save(step, wrapped, optimizer, loop_state(step, scheduler, loader, skipped))
 
     progress = None
     if info.is_main and t.progress_bar and start < t.max_steps:

@@ -322,6 +322,10 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self._files)
 
+    def relative_path(self, index: int) -> str:
+        """Path of item ``index`` relative to ``root``, with ``/`` separators."""
+        return self._files[_check_index(index, len(self._files))]
+
     def __getitem__(self, index: int) -> Sample:
         """Read item ``index``.
 

@@ -1,6 +1,8 @@
 """Models assembled from ``torchflava.modules``: ``from torchflava.models import flava_model``."""
 
 from torchflava.models.flava import (
+    FLAVAForClassification,
+    flava_model_for_classification,
     FLAVAForPretraining,
     PretrainingBatch,
     flava_image_encoder,
@@ -13,6 +15,8 @@ from torchflava.models.flava import (
 )
 
 __all__ = [
+    "FLAVAForClassification",
+    "flava_model_for_classification",
     "FLAVAForPretraining",
     "PretrainingBatch",
     "flava_model_for_pretraining",

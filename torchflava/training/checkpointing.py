@@ -173,6 +173,25 @@ class CheckpointManager:
         return torch.load(local, weights_only=True) if local.is_file() else {}
 
 
+def checkpoint_step(path: Union[str, os.PathLike]) -> int:
+    """The step a complete checkpoint was written at."""
+    return int(json.loads((Path(path) / _MARKER).read_text())["step"])
+
+
+def loop_state(step: int, scheduler, loader, skipped: list) -> dict:
+    """This rank's part of a checkpoint: schedule, data-loader position, RNG states, skipped items."""
+    return {"scheduler": scheduler.state_dict(), "data": loader.state_dict(), "rng": rng_state(),
+            "skipped": [list(s) for s in skipped], "step": step}
+
+
+def restore_loop_state(local: dict, scheduler, loader) -> list:
+    """Undo :func:`loop_state` into ``scheduler`` and ``loader`` and the RNGs; return the skipped items."""
+    scheduler.load_state_dict(local["scheduler"])
+    loader.load_state_dict(local["data"])
+    set_rng_state(local["rng"])
+    return [tuple(s) for s in local["skipped"]]
+
+
 def export_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     """Write the full (unsharded) model state dict to ``path`` as safetensors, atomically (collective).
 

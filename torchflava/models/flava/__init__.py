@@ -3,11 +3,13 @@
 from torchflava.models.flava.builders import (
     flava_image_encoder,
     flava_model,
+    flava_model_for_classification,
     flava_model_for_pretraining,
     flava_multimodal_encoder,
     flava_text_encoder,
     transformer_encoder,
 )
+from torchflava.models.flava.classification import ClassificationOutput, FLAVAForClassification
 from torchflava.models.flava.convert_weights import convert_to_hf, convert_to_torchflava, load_flava_weights
 from torchflava.models.flava.model import FLAVAModel, FLAVAOutput
 from torchflava.models.flava.pretraining import (
@@ -19,6 +21,9 @@ from torchflava.models.flava.pretraining import (
 )
 
 __all__ = [
+    "ClassificationOutput",
+    "FLAVAForClassification",
+    "flava_model_for_classification",
     "FLAVAForPretraining",
     "FLAVALosses",
     "FLAVAModel",

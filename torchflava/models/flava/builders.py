@@ -11,6 +11,14 @@ from typing import Optional, Union
 
 from torch import nn
 
+from torchflava.models.flava.classification import (
+    _init_head,
+    classification_head,
+    default_loss,
+    FLAVAForClassification,
+    LOSSES,
+    MODALITIES,
+)
 from torchflava.models.flava.convert_weights import load_flava_pretraining_weights, load_flava_weights
 from torchflava.models.flava.model import FLAVAModel
 from torchflava.models.flava.pretraining import FLAVAForPretraining, LossWeights
@@ -384,3 +392,52 @@ def flava_model_for_pretraining(
     if pretrained is not None:
         load_flava_pretraining_weights(pretraining, pretrained)
     return pretraining
+
+
+def flava_model_for_classification(
+    num_classes: int,
+    *,
+    modality: str = "mm",
+    backbone: Optional[FLAVAModel] = None,
+    pretrained: Optional[Union[str, os.PathLike]] = None,
+    loss: Optional[str] = None,
+    classifier_hidden_dim: int = 768,
+    classifier_dropout: float = 0.5,
+) -> FLAVAForClassification:
+    """FLAVA with the paper's fine-tuning head (MLP on one encoder's CLS) and its loss.
+
+    Args:
+        num_classes (int): outputs of the head, >= 1 (1 with ``loss="mse"`` for regression).
+        modality (str): whose CLS the head reads: ``"text"``, ``"image"`` or ``"mm"`` (fusion).
+        backbone (Optional[FLAVAModel]): the backbone; FLAVA-full (``flava_model()``) when None.
+        pretrained (Optional[Union[str, os.PathLike]]): backbone weights to load (HF ``FlavaModel`` or
+            ``FlavaForPreTraining``, torchmultimodal, or ours; pretraining heads are ignored).
+        loss (Optional[str]): ``"cross_entropy"``, ``"binary_cross_entropy"`` (soft scores, VQA) or
+            ``"mse"``; by default ``mse`` for one output and ``cross_entropy`` otherwise.
+        classifier_hidden_dim (int): hidden width of the head.
+        classifier_dropout (float): dropout in the head.
+
+    Returns:
+        FLAVAForClassification: the model (head initialised from N(0, 0.02), zero biases).
+
+    Raises:
+        TypeError: if ``num_classes`` is not an int.
+        ValueError: if ``num_classes`` < 1, or ``modality`` or ``loss`` is unknown.
+    """
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    loss = default_loss(num_classes) if loss is None else loss
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    model = flava_model() if backbone is None else backbone
+    if pretrained is not None:
+        load_flava_weights(model, pretrained)
+    encoder = {"text": model.text_encoder, "image": model.image_encoder, "mm": model.fusion_encoder}[modality]
+    head = classification_head(encoder.norm.normalized_shape[0], num_classes, hidden_dim=classifier_hidden_dim,
+                               dropout=classifier_dropout)
+    _init_head(head)
+    return FLAVAForClassification(model, head, modality=modality, loss=loss)

@@ -1,0 +1,133 @@
+"""The fine-tuning recipe: GLUE-format classification and regression, VQA-style soft scores, errors."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import write_tiny_export
+from torchflava.data.finetuning import GlueTsv, ImageTextLabels
+from torchflava.data.shapes import ShapesWorld
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("flava_finetune_recipe", REPO / "examples" / "flava" / "finetune.py")
+finetune = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = finetune
+spec.loader.exec_module(finetune)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    write_tiny_export(root)
+    return root
+
+
+def _run(export, out, *overrides):
+    cfg = finetune.load_config(finetune.FinetuneConfig, [
+        f"model.pretrained={export}", f"training.output_dir={out}", "training.max_steps=30",
+        "training.global_batch_size=16", "training.log_every=5", "training.checkpoint_every=30",
+        "training.progress_bar=false", "training.tensorboard=false", "optim.lr=3e-3", "optim.warmup_steps=3",
+        "model.classifier_hidden_dim=32", "model.classifier_dropout=0.0", *overrides])
+    return finetune.main(cfg)
+
+
+def _write_glue(path: Path, rows, header):
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
+def _sentences(n, seed):
+    world = ShapesWorld("texts", n, image_size=32, seed=seed)
+    return [world.scene(i) for i in range(n)], [world.caption(i) for i in range(n)]
+
+
+def test_glue_sentence_pair_classification_learns(export, tmp_path):
+    # label: is the first caption's shape red or blue (the second sentence is a distractor)
+    scenes, texts = _sentences(800, 1)
+    pairs = [(s, t) for s, t in zip(scenes, texts) if s.colour in ("red", "blue")]
+    rows = [(i, t, texts[-1 - i], "red" if s.colour == "red" else "blue") for i, (s, t) in enumerate(pairs[:280])]
+    _write_glue(tmp_path / "train.tsv", rows[:200], ["index", "question", "sentence", "label"])
+    _write_glue(tmp_path / "dev.tsv", rows[200:], ["index", "question", "sentence", "label"])
+    report = _run(export, tmp_path / "run", "data.task=glue", f"data.train={tmp_path / 'train.tsv'}",
+                  f"data.val={tmp_path / 'dev.tsv'}", "data.text_columns=[question,sentence]",
+                  "data.labels=[blue,red]", "model.modality=text", "training.max_steps=120")
+    assert report["loss"] == "cross_entropy" and report["num_classes"] == 2
+    assert set(report["validation"]) == {"accuracy", "f1", "items", "chance"}
+    assert report["validation"]["items"] == len(rows) - 200 > 20
+    majority = max(sum(r[3] == "red" for r in rows[200:]), sum(r[3] == "blue" for r in rows[200:])) / (len(rows) - 200)
+    assert report["validation"]["accuracy"] > max(0.75, majority)
+    assert (tmp_path / "run" / "model" / "flava_classification.safetensors").is_file()
+
+
+def test_glue_regression_reports_pearson(export, tmp_path):
+    scenes, texts = _sentences(200, 3)
+    rows = [(t, 5.0 if s.size == "large" else 1.0) for s, t in zip(scenes, texts)]
+    _write_glue(tmp_path / "train.tsv", rows[:160], ["sentence", "score"])
+    _write_glue(tmp_path / "dev.tsv", rows[160:], ["sentence", "score"])
+    report = _run(export, tmp_path / "run", "data.task=glue", f"data.train={tmp_path / 'train.tsv'}",
+                  f"data.val={tmp_path / 'dev.tsv'}", "data.label_column=score", "data.labels=null",
+                  "model.modality=text", "training.max_steps=150")
+    assert report["loss"] == "mse" and report["num_classes"] == 1
+    assert report["validation"]["pearson"] > 0.5
+
+
+def test_vqa_style_soft_scores(export, tmp_path):
+    world = ShapesWorld("pairs", 120, image_size=32, seed=4)
+    (tmp_path / "images").mkdir()
+    answers = ["red", "green", "blue", "yellow", "purple", "orange"]
+    lines = []
+    for i in range(120):
+        world[i].image.save(tmp_path / "images" / f"{i}.png")
+        colour = world.scene(i).colour
+        lines.append({"image": f"{i}.png", "text": "what colour is the shape?",
+                      "answers": {colour: 1.0, answers[(answers.index(colour) + 1) % 6]: 0.3}})
+    (tmp_path / "images" / "bad.png").write_text("broken")
+    lines.append({"image": "bad.png", "text": "what colour is the shape?", "answers": {"red": 1.0}})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[:90] + lines[-1:]))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[90:120]))
+    report = _run(export, tmp_path / "run", "data.task=image_text", f"data.train={tmp_path / 'train.jsonl'}",
+                  f"data.val={tmp_path / 'val.jsonl'}", f"data.image_root={tmp_path / 'images'}",
+                  f"data.labels=[{','.join(answers)}]", "model.modality=mm", "training.max_steps=300", "optim.lr=1e-3")
+    assert report["loss"] == "binary_cross_entropy" and report["num_classes"] == 6
+    assert report["skipped_samples"] == 1
+    assert report["validation"]["vqa_accuracy"] > 0.33  # chance is about (1 + 0.3) / 6 = 0.22 (0.40 measured)
+
+
+def test_data_errors_name_the_problem(tmp_path):
+    _write_glue(tmp_path / "a.tsv", [("x", "pos")], ["sentence", "label"])
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['question'\]"):
+        GlueTsv(tmp_path / "a.tsv", ["question"], "label", ["pos", "neg"])
+    _write_glue(tmp_path / "b.tsv", [("x", "maybe")], ["sentence", "label"])
+    with pytest.raises(ValueError, match="line 2: label 'maybe' is not one of"):
+        GlueTsv(tmp_path / "b.tsv", ["sentence"], "label", ["pos", "neg"])
+    (tmp_path / "c.jsonl").write_text(json.dumps({"image": "x.png", "text": "q", "answers": {"yes": 2.0}}) + "\n")
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        ImageTextLabels(tmp_path, tmp_path / "c.jsonl", ["yes"])
+
+
+def test_config_errors(export, tmp_path):
+    with pytest.raises(finetune.ConfigError, match="data.task"):
+        _run(export, tmp_path / "r1", "data.task=audio")
+    with pytest.raises(finetune.ConfigError, match="data.train"):
+        _run(export, tmp_path / "r2", "data.task=glue")
+    with pytest.raises(ValueError, match="modality"):
+        _run(export, tmp_path / "r3", "data.task=shapes", "data.shapes_train=64", "data.shapes_val=32",
+             "data.image_size=32", "model.modality=video", "training.max_steps=4")
+
+
+def test_resume_reproduces_the_losses(export, tmp_path):
+    import shutil
+
+    from torchflava.training.metrics import read_metrics
+
+    common = ["data.task=shapes", "data.shapes_train=200", "data.shapes_val=30", "data.image_size=32",
+              "model.modality=image", "training.max_steps=10", "training.checkpoint_every=5", "training.log_every=1"]
+    _run(export, tmp_path / "run", *common)
+    before = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000010")  # as if killed after step 9
+    _run(export, tmp_path / "run", *common, "training.resume=auto")
+    after = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
+    assert sorted(after) == list(range(1, 11)) and after == before

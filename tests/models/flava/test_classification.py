@@ -1,0 +1,99 @@
+"""flava_model_for_classification: heads, losses, HF weights, bad input."""
+
+import pytest
+import torch
+from transformers import FlavaModel
+
+from tests.helpers import padded_text, TINY_FLAVA as T
+from tests.models.flava.test_convert_weights import _hf_kwargs, _perturb, _tiny_hf_config
+from torchflava.models import flava_model, flava_model_for_classification
+
+
+def _inputs(batch=3):
+    ids, mask = padded_text(batch, 10, T["vocab_size"], [10, 6, 3][:batch])
+    return torch.randn(batch, 3, T["image_size"], T["image_size"]), ids, mask
+
+
+def _model(num_classes=4, **kwargs):
+    torch.manual_seed(0)
+    return flava_model_for_classification(num_classes, backbone=flava_model(**T), classifier_hidden_dim=12, **kwargs)
+
+
+@pytest.mark.parametrize("modality, width", [("text", T["text_embed_dim"]), ("image", T["image_embed_dim"]),
+                                             ("mm", T["multimodal_embed_dim"])])
+def test_head_reads_the_cls_of_its_encoder(modality, width):
+    model = _model(modality=modality).eval()
+    images, ids, mask = _inputs()
+    with torch.no_grad():
+        full = model.model(image=images, text=ids, text_attention_mask=mask)
+        cls = model.cls_state(images, ids, text_attention_mask=mask)
+        out = model(images, ids, text_attention_mask=mask)
+    expected = {"text": full.text_embeddings, "image": full.image_embeddings, "mm": full.multimodal_embeddings}[modality]
+    assert cls.shape == (3, width)
+    torch.testing.assert_close(cls, expected[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.logits, model.classifier(cls))
+    assert out.logits.shape == (3, 4) and out.loss is None
+
+
+def test_hf_weights_give_the_encoder_outputs_of_flava_model_and_hf(tmp_path):
+    hf = FlavaModel(_tiny_hf_config()).eval()
+    _perturb(hf)
+    hf.save_pretrained(tmp_path)
+    kwargs = _hf_kwargs(tmp_path)
+    reference = flava_model(pretrained=tmp_path, **kwargs).eval()
+    images, ids, mask = _inputs()
+    with torch.no_grad():
+        ref = reference(image=images, text=ids, text_attention_mask=mask)
+        hf_out = hf(pixel_values=images, input_ids=ids, attention_mask=mask)
+        for modality, states in (("image", ref.image_embeddings), ("text", ref.text_embeddings),
+                                 ("mm", ref.multimodal_embeddings)):
+            model = flava_model_for_classification(2, modality=modality, backbone=flava_model(**kwargs),
+                                                   pretrained=tmp_path).eval()
+            cls = model.cls_state(images, ids, text_attention_mask=mask)
+            torch.testing.assert_close(cls, states[:, 0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cls, hf_out.multimodal_embeddings[:, 0], atol=1e-4, rtol=1e-4)
+
+
+def test_losses_match_their_definitions():
+    images, ids, mask = _inputs()
+    ce = _model(modality="image")
+    out = ce(images, labels=torch.tensor([0, 3, 1]))
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 3, 1])))
+    bce = _model(modality="mm", loss="binary_cross_entropy")
+    scores = torch.tensor([[1.0, 0.3, 0, 0], [0, 0, 0.6, 0], [0, 0, 0, 0]])
+    out = bce(images, ids, text_attention_mask=mask, labels=scores)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, scores) * 4
+    torch.testing.assert_close(out.loss, expected)
+    reg = _model(1, modality="text")
+    assert reg.loss == "mse"
+    out = reg(text=ids, text_attention_mask=mask, labels=torch.tensor([0.5, 4.0, 2.5]))
+    torch.testing.assert_close(out.loss, ((out.logits[:, 0] - torch.tensor([0.5, 4.0, 2.5])) ** 2).mean())
+    out.loss.backward()
+    assert reg.classifier[0].weight.grad.abs().sum() > 0
+    assert reg.model.text_encoder.embeddings.word_embed.weight.grad.abs().sum() > 0
+    assert reg.model.image_encoder.embeddings.proj.weight.grad is None  # the image encoder never ran
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(num_classes=0), ValueError, "num_classes"),
+    (dict(num_classes=2.0), TypeError, "num_classes"),
+    (dict(num_classes=2, modality="audio"), ValueError, "modality"),
+    (dict(num_classes=2, loss="hinge"), ValueError, "loss"),
+])
+def test_builder_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        flava_model_for_classification(backbone=flava_model(**T), **kwargs)
+
+
+def test_bad_inputs_and_labels_name_what_is_wrong():
+    images, ids, mask = _inputs()
+    with pytest.raises(ValueError, match="missing \\['text'\\]"):
+        _model(modality="mm")(images)
+    with pytest.raises(ValueError, match="labels must be class ids in \\[0, 4\\)"):
+        _model(modality="image")(images, labels=torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match="integer class ids"):
+        _model(modality="image")(images, labels=torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="scores in \\[0, 1\\]"):
+        _model(modality="image", loss="binary_cross_entropy")(images, labels=torch.full((3, 4), 2.0))
+    with pytest.raises(ValueError, match="labels must be"):
+        _model(1, modality="image")(images, labels=torch.ones(3, 2))

@@ -1,0 +1,65 @@
+"""python -m torchflava.linear_probe on class folders and on the built-in shapes task."""
+
+import pytest
+import torch
+
+from tests.helpers import write_tiny_export
+from torchflava import linear_probe as command
+from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
+from torchflava.data.shapes import ShapesWorld
+from torchflava.evaluation import linear_probe
+from torchflava.pretrained import load_pretrained
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    write_tiny_export(root)
+    return root
+
+
+def _folders(root, split, seed, n):
+    world = ShapesWorld(split, n, image_size=32, seed=seed)
+    for i in range(n):
+        colour = world.scene(i).colour
+        if colour in ("red", "blue", "green"):
+            (root / colour).mkdir(parents=True, exist_ok=True)
+            world[i].image.save(root / colour / f"{i}.png")
+    return root
+
+
+def test_folder_probe_equals_the_library_on_the_same_features(export, tmp_path):
+    train, val, test = (_folders(tmp_path / name, "pairs", seed, 90) for name, seed in
+                        (("train", 1), ("val", 2), ("test", 3)))
+    (train / "red" / "broken.png").write_text("x")
+    report = command.main(["--checkpoint", str(export), "--train", str(train), "--val", str(val), "--test", str(test)])
+    pretrained = load_pretrained(export)
+    classes = ImageClassFolder(train).classes
+    assert classes == ["blue", "green", "red"]
+    features = [command.cls_features(pretrained, ImageClassFolder(d, classes)) for d in (train, val, test)]
+    assert features[0][2] == 1  # the broken file was skipped
+    expected = linear_probe(features[0][:2], features[1][:2], features[2][:2], num_classes=3)
+    assert report["l2"] == expected.l2 and report["test_accuracy"] == pytest.approx(expected.test_accuracy)
+    assert report["chance"] == pytest.approx(1 / 3)
+    assert report["test_accuracy"] > 0.6  # colour is linearly readable even from a random tiny encoder
+
+
+def test_cls_features_are_the_image_encoder_cls(export):
+    pretrained = load_pretrained(export)
+    source = ShapesClassification("test", 4, image_size=32)
+    features, labels, skipped = command.cls_features(pretrained, source, batch_size=3)
+    from torchflava.data.transforms import EvalImageTransform
+
+    pixels = torch.stack([EvalImageTransform(32)(source[i].image) for i in range(4)])
+    with torch.no_grad():
+        expected = pretrained.model(image=pixels).image_embeddings[:, 0]
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+    assert labels.tolist() == [source[i].label for i in range(4)] and skipped == 0
+
+
+def test_shapes_probe_runs_and_needs_data(export):
+    result = command.probe_shapes(load_pretrained(export), num_train=60, num_val=30, num_test=30, image_size=32,
+                                  l2_values=(1e-3, 1.0))
+    assert set(result.val_accuracy) == {1e-3, 1.0} and 0 <= result.test_accuracy <= 1
+    with pytest.raises(SystemExit):
+        command.main(["--checkpoint", str(export)])

@@ -1,0 +1,242 @@
+"""Labelled data for fine-tuning and probes: GLUE-style TSV text, image class folders, image+text
+jsonl (class labels or VQA-style soft answer scores), and the built-in shapes classification task.
+
+Every source is a map-style dataset of :class:`LabeledSample`; an unusable item raises
+:class:`~torchflava.data.samples.BadSample` (skipped and counted by the batch builder), while a
+malformed file (missing column, unknown label) is an error at construction naming what is wrong.
+"""
+
+import csv
+import json
+import os
+from typing import NamedTuple, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from torchflava.data.readers import ImageFolder
+from torchflava.data.samples import BadSample, checked_text, load_rgb
+from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
+from torchflava.data.tokenizer import WordPieceTokenizer
+from torchflava.data.transforms import EvalImageTransform
+
+PathLike = Union[str, os.PathLike]
+
+
+class LabeledSample(NamedTuple):
+    """An input (image, text or both) and its target.
+
+    Attributes:
+        image (Optional[Image.Image]): RGB image, or None.
+        text (Optional[str]): text (pairs joined by `` [SEP] ``), or None.
+        label (Union[int, float, Tensor]): class id, regression target, or (C,) soft scores.
+    """
+
+    image: Optional[Image.Image]
+    text: Optional[str]
+    label: Union[int, float, Tensor]
+
+
+class GlueTsv(Dataset):
+    """A GLUE-format TSV file (header row, tab-separated): one or two text columns and a label column.
+
+    Args:
+        path (PathLike): the ``.tsv`` file.
+        text_columns (Sequence[str]): one column, or two (a sentence pair, joined by ``[SEP]``).
+        label_column (str): the label column.
+        labels (Optional[Sequence[str]]): label names in class-id order; None reads the labels as
+            float regression targets (e.g. STS-B).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if a column is missing, ``text_columns`` has not 1 or 2 names, or a label is
+            unknown (classification) or not a number (regression) — naming the line.
+    """
+
+    def __init__(self, path: PathLike, text_columns: Sequence[str], label_column: str,
+                 labels: Optional[Sequence[str]] = None) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
+        if isinstance(text_columns, str) or len(text_columns) not in (1, 2):
+            raise ValueError(f"text_columns must name 1 or 2 columns, got {text_columns!r}")
+        with open(path, encoding="utf-8", newline="") as file:
+            reader = csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = reader.fieldnames or []
+            missing = [c for c in (*text_columns, label_column) if c not in header]
+            if missing:
+                raise ValueError(f"{os.fspath(path)}: missing column(s) {missing}; the header has {header}")
+            rows = list(reader)
+        self.labels = None if labels is None else list(labels)
+        self._items: list[tuple[list, Union[int, float]]] = []
+        for line, row in enumerate(rows, start=2):
+            raw = row[label_column]
+            if self.labels is None:
+                try:
+                    label = float(raw)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{os.fspath(path)} line {line}: label {raw!r} is not a number") from None
+            elif raw in self.labels:
+                label = self.labels.index(raw)
+            else:
+                raise ValueError(f"{os.fspath(path)} line {line}: label {raw!r} is not one of {self.labels}")
+            self._items.append(([row[c] for c in text_columns], label))
+        if not self._items:
+            raise ValueError(f"{os.fspath(path)} holds no rows")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> LabeledSample:
+        texts, label = self._items[index]
+        return LabeledSample(None, " [SEP] ".join(checked_text(t, index) for t in texts), label)
+
+
+class ImageClassFolder(Dataset):
+    """Images in one sub-folder per class (``root/<class>/<file>``), classes in sorted order.
+
+    Args:
+        root (PathLike): the folder.
+        classes (Optional[Sequence[str]]): class names in id order (so that a validation folder
+            uses the training ids); by default the sorted sub-folder names.
+
+    Raises:
+        ValueError: if an image lies outside a class sub-folder or in a folder not in ``classes``.
+    """
+
+    def __init__(self, root: PathLike, classes: Optional[Sequence[str]] = None) -> None:
+        self._folder = ImageFolder(root)
+        folders = [self._folder.relative_path(i).split("/")[0] for i in range(len(self._folder))]
+        loose = [self._folder.relative_path(i) for i in range(len(self._folder)) if "/" not in self._folder.relative_path(i)]
+        if loose:
+            raise ValueError(f"root: images must lie in class sub-folders, found {loose[:3]}")
+        self.classes = sorted(set(folders)) if classes is None else list(classes)
+        unknown = sorted(set(folders) - set(self.classes))
+        if unknown:
+            raise ValueError(f"root: folders {unknown} are not among the classes {self.classes}")
+        self._labels = [self.classes.index(f) for f in folders]
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, index: int) -> LabeledSample:
+        return LabeledSample(self._folder[index].image, None, self._labels[index])
+
+
+class ImageTextLabels(Dataset):
+    """Image + text + target from a jsonl file: VQA, SNLI-VE, Hateful Memes style.
+
+    Each line holds ``image`` (path under ``root``), ``text`` (question, hypothesis or meme text)
+    and either ``label`` (a name in ``labels``) or ``answers`` (``{"answer": score}``, scores in
+    [0, 1]: the target is the (C,) score vector over ``labels``; answers outside ``labels`` are dropped).
+
+    Args:
+        root (PathLike): image directory.
+        path (PathLike): the jsonl file.
+        labels (Sequence[str]): class or answer names in id order.
+
+    Raises:
+        ValueError: on malformed lines, unknown labels or scores outside [0, 1], naming the line.
+    """
+
+    def __init__(self, root: PathLike, path: PathLike, labels: Sequence[str]) -> None:
+        self.root, self.labels = os.path.abspath(root), list(labels)
+        if len(self.labels) < 1:
+            raise ValueError("labels must name at least one class")
+        self._items = []
+        with open(path, encoding="utf-8") as file:
+            for line_number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    image, text = record["image"], record["text"]
+                except (ValueError, KeyError, TypeError) as error:
+                    raise ValueError(f"{os.fspath(path)} line {line_number}: needs 'image' and 'text' ({error})") from None
+                self._items.append((image, text, self._target(record, f"{os.fspath(path)} line {line_number}")))
+        if not self._items:
+            raise ValueError(f"{os.fspath(path)} holds no items")
+
+    @property
+    def soft_scores(self) -> bool:
+        """Whether the targets are answer-score vectors (VQA style) rather than class ids."""
+        return isinstance(self._items[0][2], Tensor)
+
+    def _target(self, record: dict, where: str) -> Union[int, Tensor]:
+        if "answers" in record:
+            scores = torch.zeros(len(self.labels))
+            for answer, score in dict(record["answers"]).items():
+                if not 0 <= float(score) <= 1:
+                    raise ValueError(f"{where}: answer score {score!r} is outside [0, 1]")
+                if answer in self.labels:
+                    scores[self.labels.index(answer)] = float(score)
+            return scores
+        if record.get("label") not in self.labels:
+            raise ValueError(f"{where}: label {record.get('label')!r} is not one of {self.labels}")
+        return self.labels.index(record["label"])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> LabeledSample:
+        image, text, target = self._items[index]
+        path = os.path.normpath(os.path.join(self.root, image))
+        if os.path.commonpath([self.root, path]) != self.root:
+            raise BadSample(index, f"image path {image!r} leaves root")
+        return LabeledSample(load_rgb(path, index), checked_text(text, index), target)
+
+
+class ShapesClassification(Dataset):
+    """The built-in shapes world as a 30-class colour-shape image classification task.
+
+    Args:
+        split (str): a :class:`ShapesWorld` split (``"pairs"`` for training, ``"test"`` held out).
+        length (int): number of items.
+        image_size (int): rendered size.
+        seed (int): world seed.
+    """
+
+    classes = CLASS_NAMES
+
+    def __init__(self, split: str, length: int, *, image_size: int = 64, seed: int = 0) -> None:
+        self._world = ShapesWorld(split, length, image_size=image_size, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self._world)
+
+    def __getitem__(self, index: int) -> LabeledSample:
+        return LabeledSample(self._world[index].image, None, CLASS_NAMES.index(self._world.scene(index).label))
+
+
+class ClassificationCollator:
+    """Samples -> ``{"image", "text", "text_attention_mask", "labels"}`` tensors (absent inputs omitted).
+
+    Images go through :class:`EvalImageTransform` (resize, centre crop, CLIP normalisation); text
+    is padded to the longest row. Called as the batch builder of
+    :class:`~torchflava.data.pretraining.MixedPretrainingBatches` (with one kind).
+
+    Args:
+        tokenizer (Optional[WordPieceTokenizer]): needed for text inputs.
+        image_size (int): model image size.
+        max_text_length (int): most ids per text row.
+    """
+
+    def __init__(self, tokenizer: Optional[WordPieceTokenizer], *, image_size: int, max_text_length: int = 128):
+        self.tokenizer, self.transform, self.max_text_length = tokenizer, EvalImageTransform(image_size), max_text_length
+
+    def __call__(self, kind: str, samples: Sequence[LabeledSample], seeds: Sequence[int], **_) -> dict:
+        batch = {}
+        if samples[0].image is not None:
+            batch["image"] = torch.stack([self.transform(s.image) for s in samples])
+        if samples[0].text is not None:
+            batch["text"], batch["text_attention_mask"] = self.tokenizer([s.text for s in samples],
+                                                                         max_length=self.max_text_length)
+        labels = [s.label for s in samples]
+        if isinstance(labels[0], Tensor):
+            batch["labels"] = torch.stack(labels)
+        elif isinstance(labels[0], float):
+            batch["labels"] = torch.tensor(labels, dtype=torch.float32)
+        else:
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch

@@ -1,0 +1,133 @@
+"""Linear probes on frozen features: L2-regularised logistic regression with the penalty chosen on a
+validation split (the protocol of the FLAVA and CLIP papers), solved in full batch with L-BFGS."""
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_L2 = tuple(10.0 ** e for e in range(-6, 3))
+
+
+class LinearProbeResult(NamedTuple):
+    """Result of :func:`linear_probe`.
+
+    Attributes:
+        l2 (float): the chosen penalty.
+        val_accuracy (dict): validation accuracy for every penalty tried.
+        test_accuracy (Optional[float]): accuracy on the test split of the model refitted on
+            train + validation with the chosen penalty (None without a test split).
+        weight (Tensor): (C, D) of the final model (on standardised features).
+        bias (Tensor): (C,).
+        mean (Tensor): (D,) feature mean used for standardising.
+        std (Tensor): (D,) feature std used for standardising.
+    """
+
+    l2: float
+    val_accuracy: dict
+    test_accuracy: Optional[float]
+    weight: Tensor
+    bias: Tensor
+    mean: Tensor
+    std: Tensor
+
+    def predict(self, features: Tensor) -> Tensor:
+        """(N,) predicted classes of raw (unstandardised) ``features``."""
+        return (((features.float() - self.mean) / self.std) @ self.weight.T + self.bias).argmax(dim=1)
+
+
+def fit_logistic_regression(
+    features: Tensor, labels: Tensor, num_classes: int, *, l2: float, max_iter: int = 300
+) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression minimising mean cross-entropy + ``l2`` * ||W||^2 / 2.
+
+    Args:
+        features (Tensor): (N, D) float.
+        labels (Tensor): (N,) class ids in [0, num_classes).
+        num_classes (int): C.
+        l2 (float): penalty on the weights (not the bias), >= 0.
+        max_iter (int): L-BFGS iterations.
+
+    Returns:
+        tuple[Tensor, Tensor]: weight (C, D) and bias (C,).
+    """
+    features = features.float()
+    weight = torch.zeros(num_classes, features.shape[1], requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+                                  tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(features @ weight.T + bias, labels) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _check(name: str, features: Tensor, labels: Tensor, num_classes: int) -> None:
+    if features.dim() != 2 or labels.shape != (features.shape[0],):
+        raise ValueError(f"{name}: features must be (N, D) with labels (N,), got {tuple(features.shape)} "
+                         f"and {tuple(labels.shape)}")
+    if labels.is_floating_point() or bool(((labels < 0) | (labels >= num_classes)).any()):
+        raise ValueError(f"{name}: labels must be integer class ids in [0, {num_classes})")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name}: features hold NaN or infinite values")
+
+
+def linear_probe(
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    test: Optional[tuple[Tensor, Tensor]] = None,
+    *,
+    num_classes: Optional[int] = None,
+    l2_values: Sequence[float] = DEFAULT_L2,
+    max_iter: int = 300,
+) -> LinearProbeResult:
+    """Fit a logistic-regression probe for each penalty, keep the best on ``val``, refit, test.
+
+    Features are standardised with the mean and std of the training features.
+
+    Args:
+        train (tuple[Tensor, Tensor]): features (N, D) and labels (N,).
+        val (tuple[Tensor, Tensor]): the validation split that picks the penalty.
+        test (Optional[tuple[Tensor, Tensor]]): scored with the model refitted on train + val.
+        num_classes (Optional[int]): C; the largest label + 1 when None.
+        l2_values (Sequence[float]): penalties to try (each >= 0).
+        max_iter (int): L-BFGS iterations per fit.
+
+    Returns:
+        LinearProbeResult: the chosen penalty, accuracies and the final model.
+
+    Raises:
+        ValueError: on mismatched shapes, bad labels, non-finite features or no/negative penalties.
+    """
+    if len(l2_values) == 0 or any(v < 0 for v in l2_values):
+        raise ValueError(f"l2_values must be non-empty and >= 0, got {list(l2_values)}")
+    splits = {"train": train, "val": val, **({"test": test} if test is not None else {})}
+    num_classes = num_classes or int(max(int(s[1].max()) for s in splits.values())) + 1
+    for name, (features, labels) in splits.items():
+        _check(name, features, labels, num_classes)
+    mean = train[0].float().mean(dim=0)
+    std = train[0].float().std(dim=0).clamp_min(1e-6)
+
+    def standard(x: Tensor) -> Tensor:
+        return (x.float() - mean) / std
+
+    val_accuracy = {}
+    for l2 in l2_values:
+        weight, bias = fit_logistic_regression(standard(train[0]), train[1], num_classes, l2=l2, max_iter=max_iter)
+        predictions = (standard(val[0]) @ weight.T + bias).argmax(dim=1)
+        val_accuracy[l2] = (predictions == val[1]).float().mean().item()
+    best = max(l2_values, key=lambda v: (val_accuracy[v], v))  # ties: the stronger penalty
+    features = torch.cat([standard(train[0]), standard(val[0])])
+    weight, bias = fit_logistic_regression(features, torch.cat([train[1], val[1]]), num_classes, l2=best,
+                                           max_iter=max_iter)
+    test_accuracy = None
+    if test is not None:
+        test_accuracy = ((standard(test[0]) @ weight.T + bias).argmax(dim=1) == test[1]).float().mean().item()
+    return LinearProbeResult(best, val_accuracy, test_accuracy, weight, bias, mean, std)

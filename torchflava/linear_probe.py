@@ -1,0 +1,107 @@
+"""Linear probe of a FLAVA checkpoint's frozen image features (the FLAVA/CLIP protocol).
+
+    python -m torchflava.linear_probe --checkpoint runs/tiny --shapes
+    python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
+
+The feature is the image encoder's CLS after its final LayerNorm (no projection). A logistic
+regression is fitted for each L2 penalty on ``--train``, the penalty with the best ``--val``
+accuracy is kept, the probe is refitted on train + val and scored on ``--test``. Folders hold one
+sub-folder per class; ``--shapes`` uses the built-in shapes task (train and validation from the
+training world, test = the held-out split).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
+from torchflava.data.samples import BadSample
+from torchflava.data.transforms import EvalImageTransform
+from torchflava.evaluation.linear_probe import DEFAULT_L2, linear_probe, LinearProbeResult
+from torchflava.models.flava.model import _CLS
+from torchflava.pretrained import load_pretrained, PretrainedFLAVA
+
+
+@torch.no_grad()
+def cls_features(pretrained: PretrainedFLAVA, source, *, batch_size: int = 128) -> tuple[Tensor, Tensor, int]:
+    """(N, D) frozen image CLS features and (N,) labels of a labelled image source; unusable items skipped.
+
+    Returns:
+        tuple[Tensor, Tensor, int]: features, labels, number of skipped items.
+    """
+    transform = EvalImageTransform(pretrained.image_size)
+    encoder = pretrained.model.image_encoder
+    features, labels, pixels, skipped = [], [], [], 0
+
+    def flush() -> None:
+        if pixels:
+            states = encoder(torch.stack(pixels), output_positions=_CLS, return_pooled=False).last_hidden_state
+            features.append(states[:, 0])
+            pixels.clear()
+
+    for index in range(len(source)):
+        try:
+            sample = source[index]
+        except BadSample:
+            skipped += 1
+            continue
+        pixels.append(transform(sample.image))
+        labels.append(int(sample.label))
+        if len(pixels) == batch_size:
+            flush()
+    flush()
+    return torch.cat(features), torch.tensor(labels), skipped
+
+
+def probe_shapes(pretrained: PretrainedFLAVA, *, num_train: int = 3000, num_val: int = 1000, num_test: int = 540,
+                 image_size: int = 64, l2_values: Sequence[float] = DEFAULT_L2) -> LinearProbeResult:
+    """Linear probe on the built-in shapes task (train/val drawn from the training world, test held out)."""
+    train = ShapesClassification("pairs", num_train + num_val, image_size=image_size)
+    features, labels, _ = cls_features(pretrained, train)
+    test = cls_features(pretrained, ShapesClassification("test", num_test, image_size=image_size))
+    return linear_probe((features[:num_train], labels[:num_train]), (features[num_train:], labels[num_train:]),
+                        test[:2], num_classes=len(train.classes), l2_values=l2_values)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m torchflava.linear_probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--shapes", action="store_true", help="the built-in shapes task")
+    parser.add_argument("--train")
+    parser.add_argument("--val")
+    parser.add_argument("--test")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not args.shapes and not (args.train and args.val):
+        parser.error("give --shapes, or --train and --val (and optionally --test) class folders")
+    pretrained = load_pretrained(args.checkpoint)
+    if args.shapes:
+        result, classes = probe_shapes(pretrained), ShapesClassification.classes
+    else:
+        train = ImageClassFolder(args.train)
+        classes = train.classes
+        splits = [cls_features(pretrained, train)[:2], cls_features(pretrained, ImageClassFolder(args.val, classes))[:2]]
+        test = cls_features(pretrained, ImageClassFolder(args.test, classes))[:2] if args.test else None
+        result = linear_probe(*splits, test, num_classes=len(classes))
+    report = {"l2": result.l2, "val_accuracy": {str(k): v for k, v in result.val_accuracy.items()},
+              "test_accuracy": result.test_accuracy, "chance": 1 / len(classes)}
+    print(f"chosen L2 {result.l2:g}: validation accuracy {100 * result.val_accuracy[result.l2]:.1f}%"
+          + ("" if result.test_accuracy is None else f", test accuracy {100 * result.test_accuracy:.1f}%")
+          + f" (chance {100 / len(classes):.1f}%)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,163 @@
+"""FLAVA for classification and regression: a head on the CLS state of one encoder.
+
+The paper fine-tunes with an MLP on the CLS of the encoder that fits the task: the text encoder
+for GLUE, the image encoder for vision tasks, the multimodal encoder (on the unmasked image and
+text) for VQA, SNLI-VE or Hateful Memes. Only the encoder that the head reads is run, and in its
+last layer only the CLS position is computed.
+"""
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn, Tensor
+
+from torchflava.models.flava.model import _CLS, FLAVAModel, text_padding_mask
+
+MODALITIES = ("text", "image", "mm")
+LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
+
+
+class ClassificationOutput(NamedTuple):
+    """Output of :meth:`FLAVAForClassification.forward`.
+
+    Attributes:
+        logits (Tensor): (B, num_classes) scores (for ``mse``: (B, num_classes) predictions).
+        loss (Optional[Tensor]): scalar, when labels were given.
+    """
+
+    logits: Tensor
+    loss: Optional[Tensor] = None
+
+
+class FLAVAForClassification(nn.Module):
+    """A FLAVA backbone with a classification/regression head on one encoder's CLS.
+
+    Args:
+        model (FLAVAModel): the backbone.
+        classifier (nn.Module): (B, D) CLS state -> (B, num_classes).
+        modality (str): ``"text"``, ``"image"`` or ``"mm"`` (the fusion encoder's CLS_M).
+        loss (str): ``"cross_entropy"`` (labels: (B,) class ids), ``"binary_cross_entropy"``
+            (labels: (B, C) soft scores in [0, 1], e.g. VQA answer scores; the mean over classes is
+            multiplied by C, the VQA convention) or ``"mse"`` (labels: (B,) or (B, C) targets).
+
+    Raises:
+        ValueError: if ``modality`` or ``loss`` is unknown.
+    """
+
+    def __init__(self, model: FLAVAModel, classifier: nn.Module, *, modality: str, loss: str) -> None:
+        super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.model = model
+        self.classifier = classifier
+        self.modality = modality
+        self.loss = loss
+
+    @property
+    def num_classes(self) -> int:
+        """Output width of the classifier."""
+        return [m for m in self.classifier.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+    def cls_state(
+        self, image: Optional[Tensor] = None, text: Optional[Tensor] = None, *, text_attention_mask: Optional[Tensor] = None
+    ) -> Tensor:
+        """The (B, D) CLS state the head reads (the encoders' final LayerNorm applied).
+
+        Raises:
+            ValueError: if the inputs the modality needs are missing.
+        """
+        need = {"text": ("text",), "image": ("image",), "mm": ("image", "text")}[self.modality]
+        given = {"image": image, "text": text}
+        missing = [name for name in need if given[name] is None]
+        if missing:
+            raise ValueError(f"modality {self.modality!r} needs {list(need)}; missing {missing}")
+        m = self.model
+        if self.modality == "image":
+            return m.image_encoder(image, output_positions=_CLS, return_pooled=False).last_hidden_state[:, 0]
+        padding = text_padding_mask(text, text_attention_mask)
+        if self.modality == "text":
+            return m.text_encoder(text, padding_mask=padding, output_positions=_CLS,
+                                  return_pooled=False).last_hidden_state[:, 0]
+        image_states = m.image_encoder(image, return_pooled=False).prenorm_last_hidden_state
+        text_states = m.text_encoder(text, padding_mask=padding, return_pooled=False).prenorm_last_hidden_state
+        fused = m.fusion_encoder(image_states, text_states, text_padding_mask=padding, return_pooled=False)
+        return fused.last_hidden_state[:, 0]
+
+    def forward(
+        self,
+        image: Optional[Tensor] = None,
+        text: Optional[Tensor] = None,
+        *,
+        text_attention_mask: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+    ) -> ClassificationOutput:
+        """Scores, and the loss when ``labels`` are given.
+
+        Args:
+            image (Optional[Tensor]): (B, 3, H, W) normalised pixels (modalities image, mm).
+            text (Optional[Tensor]): (B, L) token ids (modalities text, mm).
+            text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
+            labels (Optional[Tensor]): see the class's ``loss``.
+
+        Returns:
+            ClassificationOutput: logits (B, num_classes) and the loss or None.
+
+        Raises:
+            ValueError: if an input the modality needs is missing, or the labels do not fit the loss
+                (shape, dtype, class id out of range, score outside [0, 1]).
+        """
+        logits = self.classifier(self.cls_state(image, text, text_attention_mask=text_attention_mask))
+        if labels is None:
+            return ClassificationOutput(logits)
+        return ClassificationOutput(logits, self._loss(logits, labels))
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        batch, classes = logits.shape
+        if self.loss == "cross_entropy":
+            if labels.shape != (batch,) or labels.is_floating_point():
+                raise ValueError(f"labels must be ({batch},) integer class ids, got {tuple(labels.shape)} {labels.dtype}")
+            if bool(((labels < 0) | (labels >= classes)).any()):
+                raise ValueError(f"labels must be class ids in [0, {classes}), got min {int(labels.min())} "
+                                 f"max {int(labels.max())}")
+            return F.cross_entropy(logits, labels)
+        if self.loss == "binary_cross_entropy":
+            if labels.shape != (batch, classes) or not labels.is_floating_point():
+                raise ValueError(f"labels must be ({batch}, {classes}) float scores, got {tuple(labels.shape)} {labels.dtype}")
+            if bool(((labels < 0) | (labels > 1)).any()):
+                raise ValueError("labels must be scores in [0, 1]")
+            return F.binary_cross_entropy_with_logits(logits, labels) * classes
+        targets = labels.unsqueeze(-1) if labels.dim() == 1 else labels
+        if targets.shape != logits.shape:
+            raise ValueError(f"labels must be ({batch},) or ({batch}, {classes}) targets, got {tuple(labels.shape)}")
+        return F.mse_loss(logits, targets.to(logits.dtype))
+
+
+def classification_head(in_dim: int, num_classes: int, *, hidden_dim: int = 768, dropout: float = 0.5) -> nn.Sequential:
+    """The paper's head: Linear -> ReLU -> Dropout -> Linear (torchmultimodal's default sizes).
+
+    Args:
+        in_dim (int): width of the CLS state.
+        num_classes (int): outputs.
+        hidden_dim (int): hidden width.
+        dropout (float): dropout after the activation.
+
+    Returns:
+        nn.Sequential: the head.
+    """
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
+
+
+def default_loss(num_classes: int) -> str:
+    """``mse`` for one output (regression, e.g. STS-B), else ``cross_entropy``."""
+    return "mse" if num_classes == 1 else "cross_entropy"
+
+
+@torch.no_grad()
+def _init_head(head: nn.Module) -> None:
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)

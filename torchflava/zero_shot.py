@@ -1,0 +1,163 @@
+"""Zero-shot image classification and image-text retrieval with a FLAVA checkpoint.
+
+    python -m torchflava.zero_shot --checkpoint runs/tiny --images DIR --classes "red circle,blue square"
+    python -m torchflava.zero_shot --checkpoint /models/flava-full --images DIR --captions captions.jsonl
+
+Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
+is closest; when the images sit in sub-folders named after the classes, the accuracy is reported
+too. Retrieval: ``--captions`` (``.jsonl`` or ``.tsv``, see ``ImageTextFolder``) pairs each image
+with one caption; Recall@1/5/10 are reported in both directions. Unreadable images or empty
+captions are skipped and counted.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from torchflava.data.readers import ImageFolder, ImageTextFolder
+from torchflava.data.samples import BadSample
+from torchflava.data.transforms import EvalImageTransform
+from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
+from torchflava.pretrained import load_pretrained, PretrainedFLAVA
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
+
+
+@torch.no_grad()
+def image_features(pretrained: PretrainedFLAVA, images: Sequence, *, batch_size: int = 64) -> Tensor:
+    """(N, D) normalised projected image features of PIL ``images`` (resized, centre-cropped)."""
+    transform = EvalImageTransform(pretrained.image_size)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.stack([transform(image) for image in images[start:start + batch_size]])
+        chunks.append(pretrained.model.encode_image(pixels))
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def text_features(pretrained: PretrainedFLAVA, texts: Sequence[str], *, batch_size: int = 256,
+                  max_length: Optional[int] = None) -> Tensor:
+    """(N, D) normalised projected text features of ``texts``."""
+    max_length = max_length or min(77, pretrained.max_text_length)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        ids, mask = pretrained.tokenizer(list(texts[start:start + batch_size]), max_length=max_length)
+        chunks.append(pretrained.model.encode_text(ids, mask))
+    return torch.cat(chunks)
+
+
+def class_embeddings(pretrained: PretrainedFLAVA, class_names: Sequence[str],
+                     templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
+    """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
+    max_length = min(77, pretrained.max_text_length)
+    return zero_shot_classifier(
+        lambda ids, mask: pretrained.model.encode_text(ids, mask),
+        lambda texts: pretrained.tokenizer(list(texts), max_length=max_length),
+        class_names, templates,
+    )
+
+
+def _read(source) -> tuple[list, list[int], list[str]]:
+    """Usable samples of a reader, their indices, and the reasons of the skipped ones."""
+    samples, indices, skipped = [], [], []
+    for index in range(len(source)):
+        try:
+            samples.append(source[index])
+            indices.append(index)
+        except BadSample as bad:
+            skipped.append(bad.reason)
+    return samples, indices, skipped
+
+
+def classify_folder(pretrained: PretrainedFLAVA, images_dir: str, class_names: Sequence[str],
+                    templates: Sequence[str] = DEFAULT_TEMPLATES, *, batch_size: int = 64) -> dict:
+    """Zero-shot classification of every image under ``images_dir``.
+
+    Returns:
+        dict: ``predictions`` (file -> class), ``skipped``, and ``accuracy`` with ``chance`` when the
+        images lie in sub-folders named after the classes.
+
+    Raises:
+        ValueError: if there are fewer than two classes or duplicated class names.
+    """
+    if len(class_names) < 2 or len(set(class_names)) != len(class_names):
+        raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
+    folder = ImageFolder(images_dir)
+    samples, indices, skipped = _read(folder)
+    if not samples:
+        raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
+    features = image_features(pretrained, [s.image for s in samples], batch_size=batch_size)
+    classes = class_embeddings(pretrained, class_names, templates)
+    predicted = (features @ classes.T).argmax(dim=1)
+    files = [folder.relative_path(i) for i in indices]
+    result = {"predictions": {f: class_names[int(p)] for f, p in zip(files, predicted)}, "skipped": len(skipped),
+              "num_images": len(files), "chance": 1 / len(class_names)}
+    folders = [Path(f).parts[0] if len(Path(f).parts) > 1 else None for f in files]
+    if all(name in class_names for name in folders):
+        labels = torch.tensor([class_names.index(name) for name in folders])
+        result["accuracy"] = classification_accuracy(features, classes, labels)
+    return result
+
+
+def retrieval(pretrained: PretrainedFLAVA, images_dir: str, captions: str, *, batch_size: int = 64) -> dict:
+    """Image->text and text->image Recall@1/5/10 over the pairs of a captions file.
+
+    Raises:
+        ValueError: if fewer than two pairs are readable.
+    """
+    pairs, _, skipped = _read(ImageTextFolder(images_dir, captions))
+    if len(pairs) < 2:
+        raise ValueError(f"captions: need at least 2 readable pairs, got {len(pairs)} ({len(skipped)} skipped)")
+    images = image_features(pretrained, [p.image for p in pairs], batch_size=batch_size)
+    texts = text_features(pretrained, [p.text for p in pairs])
+    ks = [k for k in (1, 5, 10) if k <= len(pairs)]
+    return {**retrieval_recall(images, texts, ks=ks), "num_pairs": len(pairs), "skipped": len(skipped),
+            **{f"R@{k}_chance": k / len(pairs) for k in ks}}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m torchflava.zero_shot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="run, export or Hugging Face FLAVA directory")
+    parser.add_argument("--images", required=True, help="image folder")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--classes", help="comma-separated class names (classification)")
+    mode.add_argument("--captions", help="captions .jsonl/.tsv pairing the images with text (retrieval)")
+    parser.add_argument("--template", action="append", dest="templates",
+                        help="prompt template with {} for the class name (repeatable)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    pretrained = load_pretrained(args.checkpoint)
+    if args.classes is not None:
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        result = classify_folder(pretrained, args.images, classes, args.templates or DEFAULT_TEMPLATES,
+                                 batch_size=args.batch_size)
+        for file, name in sorted(result["predictions"].items()):
+            print(f"{file}\t{name}")
+        summary = f"{result['num_images']} images, {result['skipped']} unreadable skipped"
+        if "accuracy" in result:
+            summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
+        print(summary)
+    else:
+        result = retrieval(pretrained, args.images, args.captions, batch_size=args.batch_size)
+        print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")
+        for key in sorted(k for k in result if "R@" in k and "chance" not in k):
+            k = key.split("@")[1]
+            print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'R@{k}_chance']:.1f}%)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
