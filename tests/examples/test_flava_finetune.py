@@ -131,3 +131,29 @@ def test_resume_reproduces_the_losses(export, tmp_path):
     _run(export, tmp_path / "run", *common, "training.resume=auto")
     after = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
     assert sorted(after) == list(range(1, 11)) and after == before
+
+
+def test_two_ddp_processes_match_one(export, tmp_path):
+    import os
+    import subprocess
+
+    from torchflava.training.metrics import read_metrics
+
+    common = ["data.task=shapes", "data.shapes_train=200", "data.shapes_val=30", "data.image_size=32",
+              "model.modality=image", "training.max_steps=4", "training.checkpoint_every=4", "training.log_every=1",
+              "model.classifier_dropout=0.0", f"model.pretrained={export}", "training.global_batch_size=16",
+              "training.progress_bar=false", "training.tensorboard=false", "optim.warmup_steps=1",
+              "model.classifier_hidden_dim=32"]
+    cfg = finetune.load_config(finetune.FinetuneConfig, [f"training.output_dir={tmp_path / 'one'}", *common])
+    finetune.main(cfg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "examples" / "flava" / "finetune.py"), f"training.output_dir={tmp_path / 'two'}",
+               "training.strategy=ddp", *common]
+    result = subprocess.run(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one" / "metrics.jsonl")}
+    two = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")}
+    assert one.keys() == two.keys() == {1, 2, 3, 4}
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step
