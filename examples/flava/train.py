@@ -29,7 +29,7 @@ from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
-from torchflava.models import flava_model, flava_model_for_pretraining, FLAVAModel, PretrainingBatch
+from torchflava.models import flava_model, flava_model_for_pretraining, PretrainingBatch
 from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.modules.layers import TransformerEncoderLayer
@@ -46,7 +46,7 @@ from torchflava.training.schema import (
     NonFiniteLossError, OptimConfig, raise_on_failed_checks, resume_point, setup_training, training_checks,
     TrainingConfig,
 )
-from torchflava.utils.checkpoint import load_state_dict
+from torchflava.pretrained import load_pretrained
 
 # torchdata's StatefulDataLoader calls a torch API that torch itself deprecated; nothing to act on.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -446,19 +446,10 @@ def _report(cfg: TrainConfig, info, skipped: list, export_path: Path, tokenizer:
     return report
 
 
-def load_exported_backbone(export_path: Path) -> FLAVAModel:
-    """The FLAVAModel of an exported pretraining model (``backbone_config.json`` beside it)."""
-    kwargs = json.loads((export_path.parent / "backbone_config.json").read_text())
-    backbone = flava_model(**kwargs)
-    state = load_state_dict(export_path)
-    backbone.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
-    return backbone.eval()
-
-
 @torch.no_grad()
 def evaluate_shapes(cfg: TrainConfig, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
     """Zero-shot colour-shape classification and retrieval on the held-out shapes split."""
-    backbone = load_exported_backbone(export_path)
+    backbone = load_pretrained(export_path.parent).model  # the export directory: weights, architecture, vocab
     test = ShapesWorld("test", cfg.data.shapes.num_test, image_size=cfg.data.shapes.image_size,
                        seed=cfg.data.shapes.seed)
     transform = EvalImageTransform(cfg.model.image_size)

@@ -110,7 +110,7 @@ def test_single_process_run_writes_everything_and_learns(tmp_path):
     assert evaluation["test_items"] == 64 and evaluation["num_classes"] == 30
     assert 0.0 <= evaluation["zero_shot_accuracy"] <= 1.0
     # the exported backbone is a plain FLAVAModel that the evaluation (and users) can load
-    backbone = train.load_exported_backbone(tmp_path / "model" / "flava_pretraining.safetensors")
+    backbone = train.load_pretrained(tmp_path).model
     assert backbone.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)
 
 
@@ -259,3 +259,24 @@ def test_fsdp_with_bf16_parameters_runs_and_stays_close(tmp_path):
     fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "fsdp_bf16")
     assert bf16.keys() == fp32.keys()
     assert bf16[1] != fp32[1] and bf16[1] == pytest.approx(fp32[1], rel=3e-2)
+
+
+# ------------------------------------------------------------------------------------ shipped configs
+@pytest.mark.parametrize("path", sorted((REPO / "examples" / "flava" / "configs" / "pretraining").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_pretraining_config_loads_and_validates(path):
+    cfg = train.load_config(train.TrainConfig, [f"config={path}"])
+    world = 8 if cfg.training.strategy != "none" else 1
+    train.validate(cfg, world_size=world)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples" / "flava" / "configs" / "finetuning").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_finetuning_config_loads_and_validates(path):
+    spec = importlib.util.spec_from_file_location("flava_finetune_for_configs", REPO / "examples/flava/finetune.py")
+    finetune = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = finetune
+    spec.loader.exec_module(finetune)
+    overrides = [] if "shapes" in path.name else ["data.train=t", "data.val=v", "data.image_root=i"]
+    cfg = finetune.load_config(finetune.FinetuneConfig, [f"config={path}", "model.pretrained=ckpt", *overrides])
+    finetune.validate(cfg, world_size=1)

@@ -1,6 +1,14 @@
 """Data for FLAVA: sources (the built-in shapes world and file readers), tokenizer, transforms and
 the mixed pretraining batches. Needs the ``data`` extra (pillow, tokenizers, torchdata)."""
 
+from torchflava.data.finetuning import (
+    ClassificationCollator,
+    GlueTsv,
+    ImageClassFolder,
+    ImageTextLabels,
+    LabeledSample,
+    ShapesClassification,
+)
 from torchflava.data.pretraining import (
     KINDS,
     MixedBatch,
@@ -15,6 +23,12 @@ from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 
 __all__ = [
+    "ClassificationCollator",
+    "GlueTsv",
+    "ImageClassFolder",
+    "ImageTextLabels",
+    "LabeledSample",
+    "ShapesClassification",
     "BadSample",
     "CLASS_NAMES",
     "EvalImageTransform",
