@@ -12,7 +12,6 @@ training world, test = the held-out split).
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,6 +24,7 @@ from torchflava.data.transforms import EvalImageTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, linear_probe, LinearProbeResult
 from torchflava.models.flava.model import _CLS
 from torchflava.pretrained import load_pretrained, PretrainedFLAVA
+from torchflava.utils.cli import run_command
 
 
 @torch.no_grad()
@@ -100,8 +100,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(main)

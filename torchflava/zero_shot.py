@@ -12,7 +12,6 @@ captions are skipped and counted.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +23,7 @@ from torchflava.data.samples import BadSample
 from torchflava.data.transforms import EvalImageTransform
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.pretrained import load_pretrained, PretrainedFLAVA
+from torchflava.utils.cli import run_command
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 
@@ -156,8 +156,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command(main)
