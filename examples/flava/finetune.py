@@ -32,7 +32,7 @@ from torchflava.models.flava.classification import default_loss
 from torchflava.modules.layers import TransformerEncoderLayer
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import (
-    checkpoint_step, CheckpointManager, export_model, loop_state, restore_loop_state,
+    CheckpointManager, export_model, loop_state, resume_run,
 )
 from torchflava.training.config import ConfigError, load_config, save_config
 from torchflava.training.distributed import all_reduce_sum, barrier, init_distributed
@@ -162,12 +162,10 @@ def main(cfg: FinetuneConfig) -> dict:
 
     start, skipped = 0, []
     if resume_from is not None:
-        local = checkpoints.load(resume_from, wrapped, optimizer)
-        start = checkpoint_step(resume_from)
-        if not local:
+        start, skipped = resume_run(checkpoints, resume_from, wrapped, optimizer, scheduler, loader)
+        if skipped is None:
             raise ConfigError(f"key 'training.resume': {resume_from} was written by another number of ranks; "
                               "resume fine-tuning with the same world size")
-        skipped = restore_loop_state(local, scheduler, loader)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")

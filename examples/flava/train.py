@@ -34,7 +34,7 @@ from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.modules.layers import TransformerEncoderLayer
 from torchflava.training.checkpointing import (
-    checkpoint_step, CheckpointManager, export_model, loop_state, restore_loop_state,
+    CheckpointManager, export_model, loop_state, resume_run,
 )
 from torchflava.training.config import ConfigError, load_config, save_config
 from torchflava.training.distributed import (
@@ -327,10 +327,9 @@ def main(cfg: TrainConfig) -> dict:
 
     start, skipped = 0, []
     if resume_from is not None:
-        local = checkpoints.load(resume_from, wrapped, optimizer)
-        start = checkpoint_step(resume_from)
-        if local:
-            skipped = restore_loop_state(local, scheduler, loader)
+        start, restored = resume_run(checkpoints, resume_from, wrapped, optimizer, scheduler, loader)
+        if restored is not None:
+            skipped = restored
         else:  # saved by fewer ranks: the data position follows from the step
             scheduler.last_epoch = start
             loader = StatefulDataLoader(torch.utils.data.Subset(dataset, range(start * t.grad_accumulation,

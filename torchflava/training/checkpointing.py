@@ -192,6 +192,20 @@ def restore_loop_state(local: dict, scheduler, loader) -> list:
     return [tuple(s) for s in local["skipped"]]
 
 
+def resume_run(checkpoints: CheckpointManager, path: Union[str, os.PathLike], model: nn.Module,
+               optimizer: torch.optim.Optimizer, scheduler, loader) -> tuple[int, Optional[list]]:
+    """Load checkpoint ``path`` into model and optimiser, and this rank's loop state where it has one.
+
+    Returns:
+        tuple[int, Optional[list]]: the step to continue from, and the skipped items restored with the
+        schedule, data position and RNGs; None when the checkpoint was written by fewer ranks (this
+        rank has no loop state: the caller decides how to rebuild it).
+    """
+    local = checkpoints.load(path, model, optimizer)
+    step = checkpoint_step(path)
+    return step, (restore_loop_state(local, scheduler, loader) if local else None)
+
+
 def export_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     """Write the full (unsharded) model state dict to ``path`` as safetensors, atomically (collective).
 
