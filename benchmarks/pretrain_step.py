@@ -7,18 +7,20 @@ OpenAI's weights). Ours: ``flava_model_for_pretraining()`` with HF's weights
 converted. The same batch for everyone, built with a fixed seed: 4 image-text pairs (224 px images,
 112 px codebook views, 77-token captions with real lengths 52/35/20/41, 15% of real tokens masked,
 75 of 196 patches masked, ITM labels 1,1,1,0), and the same 4 samples as an image-only (MIM) and a
-text-only (MLM) batch. "all" = the three calls, one backward each, as in FLAVA's joint training.
+text-only (MLM) batch. The default step is the peers' "all6": the three forwards, their losses
+summed, one backward (``--backward per-call`` times one backward per kind instead).
 
-Ours runs twice: ``ours`` takes codebook ids from the data pipeline (``image_tokens``, how our
-recipe trains: the tokenizer runs once per sample in the loader, not in the step), and
-``ours+codebook`` computes them inside the step from the codebook pixels, doing the same work as
-the peer. Timed: zero_grad, forward, backward (no optimiser step), interleaved A B C A B C,
-medians and per-step ratios. Peak memory: each implementation alone in a fresh process, peak RSS
-during the timed steps (``/proc/self/clear_refs`` reset after building and one warm-up step).
+Ours: ``ours`` takes codebook ids from the data pipeline (``image_tokens``, how our recipe trains:
+the tokenizer runs once per sample in the loader, not in the step); ``+codebook`` computes them
+inside the step from the codebook pixels, as the peers do; ``+full`` / ``+selective`` turn on
+activation checkpointing in every encoder; ``+rc`` recomputes the contrastive-only passes. Timed:
+zero_grad, forward, backward (no optimiser step), interleaved A B C A B C, medians and per-step
+ratios. Peak memory: each implementation alone in a fresh process, peak RSS during the timed
+steps (``/proc/self/clear_refs`` reset after building and one warm-up step).
 
 Usage::
 
-    python benchmarks/pretrain_step.py [--steps 5] [--warmup 1] [--kinds pair,image,text] [--bf16]
+    python benchmarks/pretrain_step.py [--steps 5] [--warmup 1] [--impls ours,ours+full,hf,tmm] [--bf16]
 """
 
 import argparse
@@ -32,12 +34,23 @@ from contextlib import nullcontext
 
 import torch
 
-from torchflava.models import flava_model_for_pretraining
+from torchflava.models import flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_weights import convert_to_torchflava
 
-IMPLS = ("ours", "ours+codebook", "hf", "tmm")
-# "ours+ckpt": ours with per-layer activation checkpointing everywhere (memory for compute);
-# "ours+selective": only the contrastive-only unmasked passes and the fusion encoder are recomputed.
+IMPLS = ("ours", "ours+full", "ours+full+codebook", "hf", "tmm")
+# Ours takes options after "+": "codebook" (the dVAE runs inside the step, as in the peers),
+# "selective" or "full" (activation checkpointing in every encoder: keep only matmul and attention
+# outputs, or only each layer's input) and "rc" (recompute the contrastive-only unmasked passes of
+# a pair batch), e.g. "ours+selective+rc".
+OPTIONS = ("codebook", "selective", "full", "rc")
+
+
+def options(impl: str) -> set[str]:
+    """The options of one of our implementation names; ValueError on anything else."""
+    name, *opts = impl.split("+")
+    if name != "ours" or not set(opts) <= set(OPTIONS) or {"selective", "full"} <= set(opts):
+        raise ValueError(f"unknown implementation {impl!r}: hf, tmm, or ours with options from {OPTIONS}")
+    return set(opts)
 
 
 def make_batches(seed: int = 0) -> dict:
@@ -73,28 +86,27 @@ def build(impl: str, hf_state=None):
 
         return FlavaForPreTraining(FlavaConfig()).train()
     if impl == "tmm":
-        from torchmultimodal.models.flava.model import DalleVAEEncoder, flava_model, FLAVAForPreTraining
+        from torchmultimodal.models.flava.model import DalleVAEEncoder, FLAVAForPreTraining
+        from torchmultimodal.models.flava.model import flava_model as tmm_flava_model
         from torchmultimodal.modules.losses.flava import FLAVAPretrainingLoss
 
         return FLAVAForPreTraining(
-            flava_model(), DalleVAEEncoder(image_size=112, pretrained=False), FLAVAPretrainingLoss()
+            tmm_flava_model(), DalleVAEEncoder(image_size=112, pretrained=False), FLAVAPretrainingLoss()
         ).train()
+    opts = options(impl)
+    mode = "full" if "full" in opts else "selective" if "selective" in opts else "none"
     model = flava_model_for_pretraining(
-        build_codebook=impl == "ours+codebook", recompute_contrastive_passes=impl == "ours+selective"
+        backbone=flava_model(checkpoint_activations=mode), build_codebook="codebook" in opts,
+        recompute_contrastive_passes="rc" in opts,
     )
-    if impl == "ours+selective":
-        model.model.fusion_encoder.encoder.checkpoint_activations = True
-    if impl == "ours+ckpt":
-        for encoder in (model.model.image_encoder, model.model.text_encoder, model.model.fusion_encoder):
-            encoder.encoder.checkpoint_activations = True
     if hf_state is not None:
         converted, _ = convert_to_torchflava(hf_state, model.model, layout="hf")
         model.model.load_state_dict(converted)
     return model.train()
 
 
-def step_fn(impl: str, model, kind: str, d: dict):
-    """A zero-argument callable doing zero_grad + forward + backward for one batch kind."""
+def loss_fn(impl: str, model, kind: str, d: dict):
+    """A zero-argument callable running the forward of one batch kind and returning its total loss."""
     if impl == "hf":
         args = dict(return_loss=True)
         if kind in ("pair", "image"):
@@ -123,7 +135,7 @@ def step_fn(impl: str, model, kind: str, d: dict):
         batch = {}
         if kind in ("pair", "image"):
             batch.update(image=d["image"], image_patch_mask=d["patch_mask"])
-            if impl != "ours+codebook":
+            if "codebook" not in options(impl):
                 batch.update(image_tokens=d["tokens"])
             else:
                 batch.update(codebook_pixels=d["codebook_pixels"])
@@ -136,9 +148,17 @@ def step_fn(impl: str, model, kind: str, d: dict):
         def loss():
             return model(batch).loss
 
+    return loss
+
+
+def step_fn(impl: str, model, kinds: list[str], d: dict):
+    """A zero-argument callable doing zero_grad, the forward of every kind in ``kinds``, and one backward
+    of their summed losses (one kind: a per-call step; all three: the peers' "all6" step)."""
+    losses = [loss_fn(impl, model, kind, d) for kind in kinds]
+
     def step():
         model.zero_grad(set_to_none=True)
-        loss().backward()
+        sum(loss() for loss in losses).backward()
 
     return step
 
@@ -147,10 +167,15 @@ def autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def peak_rss_child(impl: str, kinds: list[str], bf16: bool, steps: int) -> None:
+def step_units(kinds: list[str], joint: bool) -> dict[str, list[str]]:
+    """The timed steps: one per kind (``per-call``), or one step over all kinds (``joint``, named "all6")."""
+    return {"all6": kinds} if joint else {kind: [kind] for kind in kinds}
+
+
+def peak_rss_child(impl: str, kinds: list[str], joint: bool, bf16: bool, steps: int) -> None:
     model = build(impl)
     data = make_batches()
-    fns = [step_fn(impl, model, kind, data) for kind in kinds]
+    fns = [step_fn(impl, model, unit, data) for unit in step_units(kinds, joint).values()]
     with autocast(bf16):
         for fn in fns:
             fn()
@@ -164,9 +189,9 @@ def peak_rss_child(impl: str, kinds: list[str], bf16: bool, steps: int) -> None:
     print(json.dumps({"peak_rss_mib": hwm / 1024}))
 
 
-def peak_rss(impl: str, kinds: list[str], bf16: bool) -> float:
-    cmd = [sys.executable, __file__, "--child", impl, ",".join(kinds)] + (["--bf16"] if bf16 else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+def peak_rss(impl: str, kinds: list[str], joint: bool, bf16: bool) -> float:
+    cmd = [sys.executable, __file__, "--child", impl, ",".join(kinds), "--backward", "joint" if joint else "per-call"]
+    out = subprocess.run(cmd + (["--bf16"] if bf16 else []), capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
 
@@ -177,17 +202,27 @@ def main() -> None:
     parser.add_argument("--kinds", default="pair,image,text")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--bf16", action="store_true", help="run every implementation under bf16 autocast")
+    parser.add_argument("--backward", choices=("per-call", "joint"), default="joint",
+                        help="joint: the kinds' losses summed, one backward per step (the peers' 'all6'); "
+                             "per-call: one zero_grad + backward per kind")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json")
     parser.add_argument("--child", nargs=2, metavar=("IMPL", "KINDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        peak_rss_child(args.child[0], args.child[1].split(","), args.bf16, steps=2)
+        peak_rss_child(args.child[0], args.child[1].split(","), args.backward == "joint", args.bf16, steps=2)
         return
 
-    impls, kinds = args.impls.split(","), args.kinds.split(",")
+    impls, kinds, joint = args.impls.split(","), args.kinds.split(","), args.backward == "joint"
+    for impl in impls:
+        if impl not in ("hf", "tmm"):
+            try:
+                options(impl)
+            except ValueError as error:
+                parser.error(str(error))
+    units = step_units(kinds, joint)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'bf16 autocast' if args.bf16 else 'fp32'}, "
-          f"steps {args.steps} (+{args.warmup} warm-up)")
+          f"backward {args.backward}, steps {args.steps} (+{args.warmup} warm-up)")
     models = {"hf": build("hf")} if "hf" in impls else {}
     hf_state = models["hf"].state_dict() if "hf" in models else None
     for impl in impls:
@@ -195,26 +230,27 @@ def main() -> None:
             models[impl] = build(impl, hf_state={k[len("flava."):]: v for k, v in hf_state.items()
                                                  if k.startswith("flava.")} if hf_state else None)
     data = make_batches()
-    results = {"torch": torch.__version__, "bf16": args.bf16, "rows": []}
-    times = {(impl, kind): [] for impl in impls for kind in kinds}
+    results = {"torch": torch.__version__, "bf16": args.bf16, "backward": args.backward, "rows": []}
+    times = {(impl, unit): [] for impl in impls for unit in units}
     with autocast(args.bf16):
-        fns = {(impl, kind): step_fn(impl, models[impl], kind, data) for impl in impls for kind in kinds}
+        fns = {(impl, unit): step_fn(impl, models[impl], unit_kinds, data)
+               for impl in impls for unit, unit_kinds in units.items()}
         for rep in range(args.warmup + args.steps):
             for impl in impls:
-                for kind in kinds:
+                for unit in units:
                     start = time.perf_counter()
-                    fns[impl, kind]()
+                    fns[impl, unit]()
                     if rep >= args.warmup:
-                        times[impl, kind].append(time.perf_counter() - start)
+                        times[impl, unit].append(time.perf_counter() - start)
     peers = [p for p in ("hf", "tmm") if p in impls]
 
-    def series(impl: str, kind: str) -> list[float]:
-        if kind != "all":
-            return times[impl, kind]
-        return [sum(t) for t in zip(*(times[impl, k] for k in kinds))]
+    def series(impl: str, unit: str) -> list[float]:
+        if unit != "all":
+            return times[impl, unit]
+        return [sum(t) for t in zip(*(times[impl, u] for u in units))]
 
-    print(f"{'kind':6} {'impl':14} {'median s':>9} {'min':>7} {'max':>7} " + " ".join(f"{p + '/impl':>9}" for p in peers))
-    for kind in kinds + ["all"]:
+    print(f"{'step':6} {'impl':14} {'median s':>9} {'min':>7} {'max':>7} " + " ".join(f"{p + '/impl':>9}" for p in peers))
+    for kind in list(units) + ([] if joint else ["all"]):
         for impl in impls:
             mine = series(impl, kind)
             ratios = {p: statistics.median(a / b for a, b in zip(series(p, kind), mine)) for p in peers if p != impl}
@@ -226,8 +262,25 @@ def main() -> None:
     if not args.no_memory:
         del models, fns
         gc.collect()
-        results["peak_rss_mib"] = {impl: peak_rss(impl, kinds, args.bf16) for impl in impls}
-        print("peak RSS during steps (MiB, all kinds, each implementation alone):", results["peak_rss_mib"])
+        results["peak_rss_mib"] = {impl: peak_rss(impl, kinds, joint, args.bf16) for impl in impls}
+        print("peak RSS during the steps (MiB, each implementation alone):", results["peak_rss_mib"])
+    whole = "all6" if joint else "all"
+    if peers:
+        median = {impl: statistics.median(series(impl, whole)) for impl in impls}
+        fastest = min(peers, key=median.__getitem__)
+        summary = {}
+        for impl in impls:
+            if impl in peers:
+                continue
+            row = {"fastest_peer": fastest,
+                   "speed_vs_fastest_peer": statistics.median(
+                       a / b for a, b in zip(series(fastest, whole), series(impl, whole)))}
+            if "peak_rss_mib" in results:
+                row["peak_rss_vs_fastest_peer"] = results["peak_rss_mib"][impl] / results["peak_rss_mib"][fastest]
+            summary[impl] = row
+            print(f"{impl:20} vs the fastest peer ({fastest}): {row['speed_vs_fastest_peer']:.3f}x speed"
+                  + (f", {row['peak_rss_vs_fastest_peer']:.3f}x peak RSS" if "peak_rss_vs_fastest_peer" in row else ""))
+        results["summary"] = summary
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -75,6 +75,7 @@ class ModelConfig:
     mmm_image_weight: float = 1.0
     mmm_text_weight: float = 1.0
     unimodal_losses_on_pairs: bool = False
+    recompute_contrastive_passes: bool = False  # recompute in backward the unmasked passes of pair batches
 
 
 @dataclass
@@ -237,6 +238,7 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
         mim_weight=m.mim_weight, mlm_weight=m.mlm_weight, itm_weight=m.itm_weight,
         global_contrastive_weight=m.global_contrastive_weight, mmm_image_weight=m.mmm_image_weight,
         mmm_text_weight=m.mmm_text_weight, unimodal_losses_on_pairs=m.unimodal_losses_on_pairs,
+        recompute_contrastive_passes=m.recompute_contrastive_passes,
     )
 
 

@@ -75,6 +75,7 @@ def test_unknown_top_level_section_in_yaml_is_an_error(tmp_path):
 @pytest.mark.parametrize("override, key", [
     ("training.strategy=zero3", "training.strategy"),
     ("training.precision=fp8", "training.precision"),
+    ("training.activation_checkpointing=some", "training.activation_checkpointing"),
     ("training.global_batch_size=6", "training.global_batch_size"),  # not divisible by accumulation 4
     ("model.image_size=30", "model.image_size"),
     ("data.num_masked_patches=17", "data.num_masked_patches"),
@@ -230,10 +231,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 # ------------------------------------------------------------------------- precision and memory options
-def test_activation_checkpointing_changes_no_loss(tmp_path):
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_activation_checkpointing_changes_no_loss(tmp_path, mode):
     common = ["training.max_steps=3", "eval.enabled=false"]
     train.main(_config(f"training.output_dir={tmp_path / 'plain'}", *common))
-    train.main(_config(f"training.output_dir={tmp_path / 'ckpt'}", "training.activation_checkpointing=true", *common))
+    train.main(_config(f"training.output_dir={tmp_path / 'ckpt'}", f"training.activation_checkpointing={mode}", *common))
     plain, recomputed = _losses(tmp_path / "plain"), _losses(tmp_path / "ckpt")
     assert plain.keys() == recomputed.keys()
     for step in plain:

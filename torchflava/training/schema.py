@@ -37,7 +37,7 @@ class TrainingConfig:
     strategy: str = "none"  # none | ddp | fsdp
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16
-    activation_checkpointing: bool = False
+    activation_checkpointing: str = "none"  # none | selective | full (see TransformerEncoder)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 1000
@@ -64,6 +64,8 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     return [
         (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
         (t.precision in ("fp32", "bf16"), "training.precision", "fp32 or bf16", t.precision),
+        (t.activation_checkpointing in ("none", "selective", "full"), "training.activation_checkpointing",
+         "none, selective or full", t.activation_checkpointing),
         (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
         (t.grad_accumulation >= 1, "training.grad_accumulation", ">= 1", t.grad_accumulation),
         (t.global_batch_size % (world_size * t.grad_accumulation) == 0 and t.global_batch_size > 0,

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchflava.modules.layers import (
     MLP,
@@ -102,23 +103,38 @@ def count_layer_calls(encoder: TransformerEncoder) -> list[int]:
     return calls
 
 
+class CountOps(TorchDispatchMode):
+    """Counts the aten ops dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func] = self.counts.get(func, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", [True, "full", "selective"])
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_activation_checkpointing_gives_identical_outputs_and_gradients(dropout):
+def test_activation_checkpointing_gives_identical_outputs_and_gradients(dropout, mode):
     plain = make_encoder(num_layers=3, dropout=dropout).train()
     checkpointed = copy.deepcopy(plain)
-    checkpointed.checkpoint_activations = True
+    checkpointed.checkpoint_activations = mode
     calls_plain, calls_ckpt = count_layer_calls(plain), count_layer_calls(checkpointed)
     x = torch.randn(2, 6, D)
     mask = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
     weights = torch.randn(2, 6, D)
-    outputs, input_grads = [], []
+    outputs, input_grads, backward_ops = [], [], []
     for encoder in (plain, checkpointed):
         x_ = x.clone().requires_grad_(True)
         torch.manual_seed(1)  # the same dropout masks for both (checkpointing must replay them)
         out = encoder(x_, key_padding_mask=mask, return_hidden_states=True)
-        (out.last_hidden_state * weights).sum().backward()
+        with CountOps() as ops:
+            (out.last_hidden_state * weights).sum().backward()
         outputs.append(out)
         input_grads.append(x_.grad)
+        backward_ops.append(ops.counts)
     assert_close(outputs[1].last_hidden_state, outputs[0].last_hidden_state, atol=0, rtol=0)
     for h_ckpt, h_plain in zip(outputs[1].hidden_states, outputs[0].hidden_states):
         assert_close(h_ckpt, h_plain, atol=0, rtol=0)
@@ -131,6 +147,30 @@ def test_activation_checkpointing_gives_identical_outputs_and_gradients(dropout)
     # the recomputation stops early once it has what backward needs, so forward hooks never fire).
     assert calls_plain == [1, 1, 1]
     assert calls_ckpt == [2, 2, 2]
+    # What was recomputed: backward itself runs no addmm (its GEMMs are mm), so an addmm in backward
+    # is a forward projection done again. Full recomputation redoes qkv, out_proj and fc1 of every
+    # layer, and fc2 only when a dropout mask after it must be replayed; selective keeps every matmul output and redoes none, but
+    # does redo the cheap ops it did not keep (layer norms, GELU).
+    addmm = torch.ops.aten.addmm.default
+    assert backward_ops[0].get(addmm, 0) == 0
+    recomputed_addmm = backward_ops[1].get(addmm, 0)
+    assert recomputed_addmm == (0 if mode == "selective" else (3 if dropout == 0 else 4) * 3)
+    norms = torch.ops.aten.native_layer_norm.default
+    assert backward_ops[0].get(norms, 0) == 0 and backward_ops[1].get(norms, 0) == 2 * 3
+
+
+def test_checkpoint_mode_values():
+    encoder = make_encoder(num_layers=1)
+    for value, mode in ((False, "none"), (True, "full"), ("none", "none"), ("selective", "selective"), ("full", "full")):
+        encoder.checkpoint_activations = value
+        assert encoder.checkpoint_activations == mode
+    for bad in ("partial", 1, None):
+        with pytest.raises(ValueError, match="checkpoint_activations"):
+            encoder.checkpoint_activations = bad
+    with pytest.raises(ValueError, match="checkpoint_activations"):
+        encoder(torch.randn(1, 3, D), checkpoint_activations="everything")
+    with pytest.raises(ValueError, match="checkpoint_activations"):
+        make_encoder(num_layers=1, checkpoint_activations="yes")
 
 
 def test_no_checkpointing_in_eval_or_without_grad():
@@ -144,6 +184,49 @@ def test_no_checkpointing_in_eval_or_without_grad():
     with torch.no_grad():
         encoder(x)
     assert calls == [2, 2]
+
+
+GRAD_FREE = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+@pytest.mark.parametrize("context", GRAD_FREE)
+def test_grad_free_forward_gives_the_same_values_and_leaves_the_input_alone(context):
+    # Without autograd the layers reuse their own fresh buffers (in-place GELU and residual add).
+    encoder = make_encoder(num_layers=3).eval()
+    x = torch.randn(2, 6, D)
+    mask = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
+    expected = encoder(x, key_padding_mask=mask, return_hidden_states=True)
+    x_before = x.clone()
+    with GRAD_FREE[context]():
+        out = encoder(x, key_padding_mask=mask, return_hidden_states=True)
+        last_only = encoder(x, key_padding_mask=mask, output_positions=slice(0, 1)).last_hidden_state
+    assert_close(x, x_before, atol=0, rtol=0)
+    assert out.hidden_states[0] is x
+    for got, want in zip(out.hidden_states, expected.hidden_states):
+        assert_close(got, want, atol=0, rtol=0)
+    assert_close(last_only, expected.last_hidden_state[:, :1], atol=1e-6, rtol=1e-6)
+
+
+def test_grad_free_forward_under_autocast_keeps_the_float32_residual_stream():
+    encoder = make_encoder(num_layers=2).eval()
+    x = torch.randn(2, 6, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = encoder(x).last_hidden_state
+        with torch.inference_mode():
+            out = encoder(x).last_hidden_state
+    assert expected.dtype == out.dtype == torch.float32
+    assert_close(out, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("activation", [None, nn.GELU(approximate="tanh"), nn.ReLU()])
+def test_mlp_grad_free_forward_gives_the_same_values(activation):
+    mlp = MLP(D, HIDDEN, activation=activation).eval()
+    x = torch.randn(3, 5, D)
+    expected = mlp(x)
+    with torch.no_grad(), CountOps() as ops:
+        assert_close(mlp(x), expected, atol=0, rtol=0)
+    # GELU overwrites fc1's output rather than allocating another (..., hidden) tensor.
+    assert ops.counts.get(torch.ops.aten.gelu_.default, 0) == (0 if isinstance(activation, nn.ReLU) else 1)
 
 
 def test_mlp():

@@ -47,7 +47,7 @@ def transformer_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
-    checkpoint_activations: bool = False,
+    checkpoint_activations: Union[bool, str] = False,
 ) -> TransformerEncoder:
     """A stack of pre-norm layers: SDPA attention, GELU MLP, LayerNorms.
 
@@ -59,7 +59,7 @@ def transformer_encoder(
         dropout (float): dropout in the MLP and on the residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
-        checkpoint_activations (bool): per-layer activation checkpointing.
+        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
         TransformerEncoder: the stack.
@@ -95,7 +95,7 @@ def flava_image_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
-    checkpoint_activations: bool = False,
+    checkpoint_activations: Union[bool, str] = False,
 ) -> VisionEncoder:
     """FLAVA's ViT image encoder: (B, 3, 224, 224) -> (B, 197, 768) by default.
 
@@ -111,7 +111,7 @@ def flava_image_encoder(
         dropout (float): dropout on embeddings, MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
-        checkpoint_activations (bool): per-layer activation checkpointing.
+        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
         VisionEncoder: the encoder (random init).
@@ -142,7 +142,7 @@ def flava_text_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
-    checkpoint_activations: bool = False,
+    checkpoint_activations: Union[bool, str] = False,
 ) -> TextEncoder:
     """FLAVA's BERT-style text encoder: (B, L) ids -> (B, L, 768) by default.
 
@@ -158,7 +158,7 @@ def flava_text_encoder(
         dropout (float): dropout on embeddings, MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
-        checkpoint_activations (bool): per-layer activation checkpointing.
+        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
         TextEncoder: the encoder (random init).
@@ -188,7 +188,7 @@ def flava_multimodal_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
-    checkpoint_activations: bool = False,
+    checkpoint_activations: Union[bool, str] = False,
 ) -> FusionEncoder:
     """FLAVA's multimodal (fusion) encoder over projected image and text states.
 
@@ -202,7 +202,7 @@ def flava_multimodal_encoder(
         dropout (float): dropout in the MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
-        checkpoint_activations (bool): per-layer activation checkpointing.
+        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
         FusionEncoder: the encoder (random init).
@@ -247,7 +247,7 @@ def flava_model(
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
     logit_scale_init: float = math.log(1 / 0.07),
-    checkpoint_activations: bool = False,
+    checkpoint_activations: Union[bool, str] = False,
 ) -> FLAVAModel:
     """The FLAVA model; FLAVA-full by default.
 
@@ -279,7 +279,7 @@ def flava_model(
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
         logit_scale_init (float): initial contrastive log temperature multiplier.
-        checkpoint_activations (bool): per-layer activation checkpointing in all encoders.
+        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing in all encoders: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
         FLAVAModel: the model, with weights loaded when ``pretrained`` is given.

@@ -43,7 +43,7 @@ class TextEncoder(nn.Module):
         output_positions: Optional[Union[Tensor, slice]] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
-        checkpoint_activations: Optional[bool] = None,
+        checkpoint_activations: Optional[Union[bool, str]] = None,
     ) -> EncoderOutput:
         """Encode token ids.
 
@@ -58,7 +58,7 @@ class TextEncoder(nn.Module):
                 first of them).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
-            checkpoint_activations (Optional[bool]): override the stack's activation checkpointing for this call.
+            checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation checkpointing for this call.
 
         Returns:
             EncoderOutput: last_hidden_state (B, L, D) and the rest.

@@ -40,7 +40,7 @@ class VisionEncoder(nn.Module):
         output_positions: Optional[Union[Tensor, slice]] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
-        checkpoint_activations: Optional[bool] = None,
+        checkpoint_activations: Optional[Union[bool, str]] = None,
     ) -> EncoderOutput:
         """Encode images.
 
@@ -52,7 +52,7 @@ class VisionEncoder(nn.Module):
                 first of them).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
-            checkpoint_activations (Optional[bool]): override the stack's activation checkpointing for this call.
+            checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation checkpointing for this call.
 
         Returns:
             EncoderOutput: last_hidden_state (B, 1 + N, D) and the rest.

@@ -2,6 +2,7 @@
 
 from typing import Optional
 
+import torch
 from torch import nn, Tensor
 
 
@@ -40,4 +41,11 @@ class MLP(nn.Module):
         Returns:
             Tensor: (..., out_dim).
         """
-        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+        hidden = self.fc1(x)
+        if type(self.activation) is nn.GELU and not torch.is_grad_enabled():
+            # No graph to keep: GELU overwrites fc1's fresh output instead of allocating a second
+            # (..., hidden_dim) tensor, the largest in a transformer layer. Same values.
+            hidden = torch.ops.aten.gelu_(hidden, approximate=self.activation.approximate)
+        else:
+            hidden = self.activation(hidden)
+        return self.fc2(self.dropout(hidden))
