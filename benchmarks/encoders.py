@@ -2,12 +2,14 @@
 
 Peers: Hugging Face transformers' ``FlavaModel`` (``get_image_features`` / ``get_text_features``)
 and, when installed, torchmultimodal's ``FLAVAModel`` (``encode_image`` / ``encode_text`` with
-projection). Ours: ``FLAVAModel.encode_image`` / ``encode_text``. Everyone gets the same inputs:
+projection). Ours: ``FLAVAModel.encode_image`` / ``encode_text``, as built (``ours``) and, in bf16
+runs, after ``pack_linears`` (``ours+packed``: the linear weights cast to bf16 and packed for
+oneDNN once, instead of on every call by autocast). Everyone gets the same inputs:
 B images of 224 px, and B captions padded to 77 tokens with real lengths spread over 20..60.
 Ours and HF's share the same weights (converted), and the script checks that their features agree.
 
 Timing: ``torch.inference_mode``, warm-up, then the implementations interleaved batch by batch
-(A B C A B C ...), medians reported with the per-batch ratio ours/peer. ``--dtype bf16`` runs every
+(A B C A B C ...), medians reported with the per-batch ratio peer/ours. ``--dtype bf16`` runs every
 implementation under the same ``torch.autocast("cpu", bfloat16)``.
 
 Memory: each implementation runs alone in a fresh process; after building the model and one
@@ -36,9 +38,13 @@ import torch
 import torch.nn.functional as F
 
 from torchflava.models import flava_model
+from torchflava.modules.layers import pack_linears
 from torchflava.models.flava.convert_weights import convert_to_torchflava
 
-IMPLS = ("ours", "hf", "tmm")
+IMPLS = ("ours", "ours+packed", "hf", "tmm")
+# "ours+packed": ours after torchflava.modules.layers.pack_linears (bf16 weights cast and packed for
+# oneDNN once, instead of on every call under autocast); bf16 runs only, as it computes in bf16.
+PACKED = "ours+packed"
 
 
 def have_tmm() -> bool:
@@ -63,11 +69,13 @@ def make_inputs(batch: int, seed: int = 0) -> dict:
 def build(impl: str, hf_state: dict | None = None):
     """Build one implementation at FLAVA-full size; ours takes HF's weights when given."""
     torch.manual_seed(0)
-    if impl == "ours":
+    if impl in ("ours", PACKED):
         model = flava_model()
         if hf_state is not None:
             converted, _ = convert_to_torchflava(hf_state, model, layout="hf")
             model.load_state_dict(converted)
+        if impl == PACKED:
+            return pack_linears(model.eval())
     elif impl == "hf":
         from transformers import FlavaConfig, FlavaModel
 
@@ -84,7 +92,7 @@ def build(impl: str, hf_state: dict | None = None):
 def embed_fn(impl: str, model, modality: str, inputs: dict):
     """A zero-argument callable computing (B, 768) features the way that library's users do."""
     images, ids, mask = inputs["images"], inputs["ids"], inputs["mask"]
-    if impl == "ours":
+    if impl in ("ours", PACKED):
         if modality == "image":
             return lambda: model.encode_image(images)
         return lambda: model.encode_text(ids, mask)
@@ -102,7 +110,7 @@ def autocast(dtype: str):
 
 
 def time_interleaved(models: dict, inputs: dict, modality: str, dtype: str, warmup: int, reps: int) -> dict:
-    fns = {impl: embed_fn(impl, m, modality, inputs) for impl, m in models.items()}
+    fns = {impl: embed_fn(impl, m, modality, inputs) for impl, m in models.items() if dtype == "bf16" or impl != PACKED}
     times = {impl: [] for impl in fns}
     with torch.inference_mode(), autocast(dtype):
         for rep in range(warmup + reps):
@@ -116,13 +124,16 @@ def time_interleaved(models: dict, inputs: dict, modality: str, dtype: str, warm
 
 
 def check_agreement(models: dict, inputs: dict) -> dict:
-    """Max abs difference between our features and HF's (same weights), fp32."""
+    """Max abs difference between our features and HF's (same weights): fp32, and under bf16 autocast."""
     out = {}
-    with torch.inference_mode():
-        for modality in ("image", "text"):
-            ours = embed_fn("ours", models["ours"], modality, inputs)()
-            hf = embed_fn("hf", models["hf"], modality, inputs)()
-            out[modality] = float((ours - hf).abs().max())
+    for dtype in ("fp32", "bf16"):
+        with torch.inference_mode(), autocast(dtype):
+            for modality in ("image", "text"):
+                hf = embed_fn("hf", models["hf"], modality, inputs)().float()
+                for impl in ("ours", PACKED) if dtype == "bf16" else ("ours",):
+                    if impl in models:
+                        ours = embed_fn(impl, models[impl], modality, inputs)().float()
+                        out[f"{impl} {modality} {dtype}"] = float((ours - hf).abs().max())
     return out
 
 
@@ -173,7 +184,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}, batch {args.batch}, reps {args.reps}")
     models = {"hf": build("hf")} if "hf" in impls else {}
-    models["ours"] = build("ours", hf_state=models["hf"].state_dict() if "hf" in models else None)
+    for impl in ("ours", PACKED):
+        if impl in impls:
+            models[impl] = build(impl, hf_state=models["hf"].state_dict() if "hf" in models else None)
     for impl in impls:
         if impl not in models:
             models[impl] = build(impl)
@@ -182,22 +195,25 @@ def main() -> None:
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch, "rows": []}
     if "hf" in models:
         results["max_abs_diff_vs_hf"] = check_agreement(models, inputs)
-        print(f"features, ours vs HF (same weights, fp32): max abs diff {results['max_abs_diff_vs_hf']}")
+        print(f"features against HF's (same weights), max abs diff: {results['max_abs_diff_vs_hf']}")
 
-    header = f"{'modality':8} {'dtype':5} {'impl':5} {'median s/batch':>14} {'items/s':>8} {'ours/peer speed':>16} {'peak RSS MiB':>12}"
-    print(header)
+    peers = [impl for impl in impls if impl in ("hf", "tmm")]
+    print(f"{'modality':8} {'dtype':5} {'impl':11} {'median s/batch':>14} {'items/s':>8} "
+          + " ".join(f"{'speed vs ' + p:>13}" for p in peers) + f" {'peak RSS MiB':>12}")
     for modality in modalities:
         for dtype in dtypes:
             times = time_interleaved(models, inputs, modality, dtype, args.warmup, args.reps)
-            for impl in impls:
+            for impl in times:
                 med = statistics.median(times[impl])
-                ratio = statistics.median(p / o for p, o in zip(times[impl], times["ours"])) if impl != "ours" else None
+                # this implementation's speed against each peer: the median of per-batch peer/this
+                speedup = {p: statistics.median(a / b for a, b in zip(times[p], times[impl])) for p in peers if p != impl}
                 rss = None if args.no_memory else peak_rss(impl, modality, dtype, args.batch)
                 row = {"modality": modality, "dtype": dtype, "impl": impl, "median_s": med,
-                       "items_per_s": args.batch / med, "speedup_of_ours_paired": ratio, "peak_rss_mib": rss}
+                       "items_per_s": args.batch / med, "speedup_vs_peer_paired": speedup, "peak_rss_mib": rss}
                 results["rows"].append(row)
-                print(f"{modality:8} {dtype:5} {impl:5} {med:14.4f} {args.batch / med:8.2f} "
-                      f"{'' if ratio is None else f'{ratio:.3f}x':>16} {'' if rss is None else f'{rss:.0f}':>12}")
+                print(f"{modality:8} {dtype:5} {impl:11} {med:14.4f} {args.batch / med:8.2f} "
+                      + " ".join(f"{speedup[p]:12.3f}x" if p in speedup else f"{'':>13}" for p in peers)
+                      + f" {'' if rss is None else f'{rss:.0f}':>12}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -1,5 +1,6 @@
 """FLAVAModel built through flava_model: outputs, features, padding trimming, gradients, init and input checks."""
 
+import copy
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from torch.testing import assert_close
 
 from tests.helpers import padded_text, TINY_FLAVA
 from torchflava.models import flava_model, FLAVAModel, FLAVAOutput
+from torchflava.modules.layers import pack_linears
 
 T = TINY_FLAVA
 B, L = 2, 7
@@ -157,6 +159,23 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(model):
         assert p.grad.abs().sum() > 0, name
     pad = model.text_encoder.embeddings.word_embed.padding_idx
     assert_close(model.text_encoder.embeddings.word_embed.weight.grad[pad], torch.zeros(T["text_embed_dim"]))
+
+
+def test_packed_linears_give_the_autocast_outputs(model):
+    # pack_linears: bf16 linear weights cast and packed once; the same model under autocast otherwise.
+    packed = pack_linears(copy.deepcopy(model))
+    pixels = images()
+    ids, mask = text(lengths=[L, 4])
+    tolerance = dict(atol=3e-2, rtol=2e-2)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, out = model(image=pixels, text=ids, text_attention_mask=mask), packed(image=pixels, text=ids, text_attention_mask=mask)
+        for name in FIELDS:
+            if getattr(expected, name) is not None:
+                assert_close(getattr(out, name).float(), getattr(expected, name).float(), **tolerance, msg=name)
+        assert_close(packed.encode_image(pixels).float(), model.encode_image(pixels).float(), **tolerance)
+        assert_close(packed.encode_text(ids, mask).float(), model.encode_text(ids, mask).float(), **tolerance)
+    with pytest.raises(ValueError, match="eval mode"):
+        pack_linears(flava_model(**T))
 
 
 def test_default_config_parameter_count_on_meta_device():

@@ -6,6 +6,7 @@ N number of image patches, L text length. Boolean masks mean ``True = masked`` (
 
 from torchflava.modules.layers.attention import MultiHeadSelfAttention
 from torchflava.modules.layers.mlp import MLP
+from torchflava.modules.layers.packed_linear import pack_linears, PackedLinear
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
 from torchflava.modules.layers.pooler import Pooler
 from torchflava.modules.layers.text_embedding import TextEmbedding
@@ -18,6 +19,8 @@ from torchflava.modules.layers.transformer import (
 __all__ = [
     "MLP",
     "MultiHeadSelfAttention",
+    "pack_linears",
+    "PackedLinear",
     "PatchEmbedding",
     "Pooler",
     "TextEmbedding",

@@ -88,9 +88,13 @@ class MultiHeadSelfAttention(nn.Module):
     def _project_subset(self, x: Tensor, query_positions: Union[Tensor, slice]) -> tuple[Tensor, Tensor, Tensor]:
         """Queries for the selected positions only, keys and values for all: (B, H, P | S, hd)."""
         b, s, d = x.shape
-        w, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, query_positions], w[:d], None if bias is None else bias[:d])
-        kv = F.linear(x, w[d:], None if bias is None else bias[d:])
-        q = q.view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        if isinstance(self.qkv, nn.Linear):
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, query_positions], w[:d], None if bias is None else bias[:d])
+            kv = F.linear(x, w[d:], None if bias is None else bias[d:])
+        else:  # a projection whose weight cannot be sliced (e.g. PackedLinear): project all, keep some
+            qkv = self.qkv(x)
+            q, kv = qkv[:, query_positions, :d], qkv[..., d:]
+        q = q.reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = kv.view(b, s, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v

@@ -1,0 +1,108 @@
+"""PackedLinear and pack_linears: bf16 inference linears cast (and packed for oneDNN) once."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.testing import assert_close
+
+from torchflava.modules.layers import MLP, MultiHeadSelfAttention, pack_linears, PackedLinear
+from torchflava.modules.layers.packed_linear import onednn_packing_available
+
+ONEDNN = onednn_packing_available(torch.bfloat16)
+BF16 = dict(atol=3e-2, rtol=2e-2)  # a few bf16 roundings of O(1) values
+
+
+def autocast_bf16():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def make_linear(in_features: int = 48, out_features: int = 80, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(in_features, out_features, bias=bias).eval()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_unpacked_layer_is_autocast_linear_to_the_bit(bias):
+    linear = make_linear(bias=bias)
+    layer = PackedLinear(linear.weight.detach().bfloat16(), None if linear.bias is None else linear.bias.detach().bfloat16(),
+                         pack=False)
+    x = torch.randn(3, 7, 48)
+    with torch.inference_mode(), autocast_bf16():
+        expected = linear(x)
+        out = layer(x)
+    assert not layer.packed and out.dtype == torch.bfloat16
+    assert_close(out, expected, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this PyTorch build or CPU has no oneDNN bf16 linear")
+@pytest.mark.parametrize("shape", [(5, 48), (2, 9, 48), (1, 1, 48)])
+def test_packed_layer_matches_autocast(shape):
+    linear = make_linear()
+    layer = PackedLinear.from_linear(linear)
+    assert layer.packed and layer.weight.is_mkldnn
+    x = torch.randn(*shape)
+    with torch.inference_mode(), autocast_bf16():
+        expected = linear(x)
+        out = layer(x)
+    assert out.shape == (*shape[:-1], 80) and out.dtype == torch.bfloat16
+    assert_close(out.float(), expected.float(), **BF16)
+    assert not torch.allclose(out.float(), F.linear(x, linear.weight, linear.bias), atol=1e-4)  # bf16, not fp32
+
+
+def test_layer_takes_strided_input_and_runs_without_autocast():
+    linear = make_linear()
+    layer = PackedLinear.from_linear(linear)
+    x = torch.randn(4, 10, 96)[:, ::2, :48]  # not contiguous
+    with torch.no_grad():
+        out = layer(x)
+        with autocast_bf16():
+            expected = linear(x)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), expected.float(), **BF16)
+
+
+def test_layer_errors():
+    linear = make_linear()
+    layer = PackedLinear.from_linear(linear)
+    with pytest.raises(ValueError, match=r"x must be \(\.\.\., 48\)"):
+        layer(torch.randn(2, 47))
+    with pytest.raises(RuntimeError, match="inference"):
+        layer(torch.randn(2, 48, requires_grad=True))
+    with pytest.raises(TypeError, match="linear must be an nn.Linear"):
+        PackedLinear.from_linear(nn.Conv1d(2, 2, 1))
+    with pytest.raises(ValueError, match="dtype"):
+        PackedLinear.from_linear(linear, torch.float32)
+    with pytest.raises(ValueError, match="weight must be"):
+        PackedLinear(torch.randn(3), None, pack=False)
+    with pytest.raises(ValueError, match="bias must be"):
+        PackedLinear(torch.randn(3, 2).bfloat16(), torch.randn(2).bfloat16(), pack=False)
+    assert "packed=" in repr(layer) and layer.weight.dtype == torch.bfloat16
+
+
+def test_pack_linears_replaces_every_linear_and_keeps_the_outputs():
+    torch.manual_seed(0)
+    model = nn.ModuleDict(dict(attn=MultiHeadSelfAttention(32, 4), mlp=MLP(32, 64), head=nn.Linear(32, 5))).eval()
+    packed = pack_linears(copy.deepcopy(model))
+    assert not any(isinstance(m, nn.Linear) for m in packed.modules())
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 5
+    assert list(packed.parameters()) == []  # nothing left to train; the fp32 linear weights are gone
+    x = torch.randn(2, 6, 32)
+    with torch.inference_mode(), autocast_bf16():
+        for name in ("attn", "mlp", "head"):
+            assert_close(packed[name](x).float(), model[name](x).float(), **BF16, msg=name)
+        # the attention's query-subset path (only the CLS output) agrees with the full one
+        assert_close(packed["attn"](x, query_positions=slice(0, 1)).float(), model["attn"](x)[:, :1].float(), **BF16)
+
+
+def test_pack_linears_errors():
+    with pytest.raises(TypeError, match="module must be an nn.Module"):
+        pack_linears("model")
+    with pytest.raises(ValueError, match="eval mode"):
+        pack_linears(MLP(4, 8))
+    with pytest.raises(ValueError, match="dtype"):
+        pack_linears(MLP(4, 8).eval(), dtype=torch.float16)
+    with pytest.raises(TypeError, match="PackedLinear.from_linear"):
+        pack_linears(nn.Linear(2, 2).eval())
