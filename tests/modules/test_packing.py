@@ -1,24 +1,50 @@
+"""Sequence packing: layout of pack_batch, and a packed encoder pass equal to the padded one."""
+
 import pytest
 import torch
+from torch.testing import assert_close
 
-from torchflava.models import flava_text_encoder
-from torchflava.modules.packing import can_pack, pack_rows
 from tests.helpers import padded_text
+from torchflava.models import flava_text_encoder
+from torchflava.modules.packing import can_pack, pack_batch
 
 
-def test_pack_rows_layout():
-    ids, mask = padded_text(5, 10, 50, [10, 3, 7, 1, 9])
-    packs = pack_rows(ids, mask == 0, max_tokens=12)
-    # 10 | 3 + 7 + 1 = 11 <= 12 | 9: rows are packed in order while they fit.
-    assert [(p.rows.start, p.rows.stop) for p in packs] == [(0, 1), (1, 4), (4, 5)]
-    # Rows 1, 2, 3 (3, 7 and 1 tokens): positions restart, CLS indices at 0, 3 and 10.
-    torch.testing.assert_close(packs[1].position_ids, torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 0]]))
-    torch.testing.assert_close(packs[1].input_ids, torch.cat([ids[1, :3], ids[2, :7], ids[3, :1]])[None])
-    assert packs[1].first_token.tolist() == [0, 3, 10]
-    blocked = packs[1].attn_mask[0]
-    assert not blocked[:3, :3].any() and not blocked[3:10, 3:10].any() and not blocked[10, 10]
-    assert blocked[:3, 3:].all() and blocked[3:10, :3].all() and blocked[3:10, 10].all() and blocked[10, :10].all()
-    assert packs[0].attn_mask is None  # a single row needs no mask
+def test_pack_batch_layout():
+    ids, mask = padded_text(5, 10, 50, [10, 3, 7, 1, 8])
+    packed = pack_batch(ids, mask == 0, max_tokens=12)
+    # Greedy at 12 needs 3 packs (10 | 3 + 7 + 1 | 8); 10 tokens per pack is the least that still
+    # gives 3 packs, so T = 10 and the packs hold rows [0], [1, 2], [3, 4].
+    assert packed.input_ids.shape == (3, 10)
+    assert packed.pack_of_row.tolist() == [0, 1, 1, 2, 2]
+    assert packed.first_slot.tolist() == [0, 0, 3, 0, 1]
+    assert_close(packed.input_ids[1], torch.cat([ids[1, :3], ids[2, :7]]))
+    assert_close(packed.position_ids[1], torch.tensor([0, 1, 2, 0, 1, 2, 3, 4, 5, 6]))
+    assert_close(packed.input_ids[2], torch.cat([ids[3, :1], ids[4, :8], torch.zeros(1, dtype=ids.dtype)]))
+    assert_close(packed.position_ids[2], torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7, 0]))
+    assert packed.real.sum(dim=1).tolist() == [10, 10, 9]
+    blocked = packed.attn_mask[1]
+    assert not blocked[:3, :3].any() and not blocked[3:, 3:].any()
+    assert blocked[:3, 3:].all() and blocked[3:, :3].all()
+    assert not packed.attn_mask[0].any()  # one row filling its pack: nothing blocked
+    # Pack 2: row 3 (slot 0), row 4 (slots 1-8) and an unused slot 9, which attends to itself alone
+    # and to which no real token attends.
+    blocked = packed.attn_mask[2]
+    assert not blocked[0, 0] and blocked[0, 1:].all() and not blocked[1:9, 1:9].any()
+    assert blocked[9].tolist() == [True] * 9 + [False] and blocked[:9, 9].all()
+
+
+@pytest.mark.parametrize("lengths, max_tokens, shape", [
+    ([20, 20, 20, 20], 40, (2, 40)),     # exactly full
+    ([5, 5, 5, 5, 5, 5], 100, (1, 30)),  # everything in one pack
+    ([30, 2, 2], 10, (2, 30)),           # a row longer than the budget gets a pack of its own
+    ([9, 1, 1, 9], 10, (2, 10)),         # balanced: [9, 1] [1, 9] rather than [9, 1] [1] [9]
+])
+def test_pack_batch_sizes(lengths, max_tokens, shape):
+    ids, mask = padded_text(len(lengths), max(lengths), 50, lengths)
+    packed = pack_batch(ids, mask == 0, max_tokens=max_tokens)
+    assert tuple(packed.input_ids.shape) == shape
+    assert int(packed.real.sum()) == sum(lengths)
+    assert_close(packed.input_ids[packed.real], ids[mask.bool()])  # every real token once, in order
 
 
 def test_packed_text_encoder_matches_padded():
@@ -29,22 +55,27 @@ def test_packed_text_encoder_matches_padded():
     types = torch.randint(0, 2, ids.shape)
     with torch.no_grad():
         padded = encoder(ids, padding_mask=padding, token_type_ids=types).last_hidden_state
-        for pack in pack_rows(ids, padding, token_type_ids=types, max_tokens=25):
-            out = encoder(
-                pack.input_ids,
-                token_type_ids=pack.token_type_ids,
-                position_ids=pack.position_ids,
-                attn_mask=pack.attn_mask,
-            ).last_hidden_state[0]
-            real = ~padding[pack.rows]
-            torch.testing.assert_close(out, padded[pack.rows][real], atol=1e-5, rtol=0)
+        packed = pack_batch(ids, padding, token_type_ids=types, max_tokens=25)
+        assert packed.input_ids.shape[0] == 4  # [20, 4] [11, 1] [17] [9]
+        out = encoder(
+            packed.input_ids,
+            token_type_ids=packed.token_type_ids,
+            position_ids=packed.position_ids,
+            attn_mask=packed.attn_mask,
+        ).last_hidden_state
+        assert_close(out[packed.real], padded[~padding], atol=1e-5, rtol=0)
+        assert_close(out[packed.pack_of_row, packed.first_slot], padded[:, 0], atol=1e-5, rtol=0)
 
 
-def test_pack_rows_rejects_left_padding_and_bad_shapes():
+def test_pack_batch_rejects_left_padding_and_bad_arguments():
     ids, mask = padded_text(2, 6, 50, [6, 3])
     left = mask.flip(1) == 0
     assert not can_pack(left)
     with pytest.raises(ValueError, match="column 0"):
-        pack_rows(ids, left)
-    with pytest.raises(ValueError, match="padding_mask must have shape"):
-        pack_rows(ids, (mask == 0)[:, :4])
+        pack_batch(ids, left)
+    with pytest.raises(ValueError, match="padding_mask must have"):
+        pack_batch(ids, (mask == 0)[:, :4])
+    with pytest.raises(ValueError, match="token_type_ids must have"):
+        pack_batch(ids, mask == 0, token_type_ids=ids[:, :3])
+    with pytest.raises(ValueError, match="max_tokens"):
+        pack_batch(ids, mask == 0, max_tokens=0)

@@ -1,9 +1,11 @@
-"""Sequence packing: run a padded text batch as few dense sequences holding only real tokens.
+"""Sequence packing: run a padded text batch as a few dense sequences holding only real tokens.
 
-A padded batch (B, L) with real lengths l_b costs B * L tokens per layer; packed, it costs
-sum(l_b). Rows are packed in order into sequences of at most ``max_tokens`` tokens; a
-block-diagonal attention mask keeps every row to itself and each token keeps its column index
-as its position, so every real token's output equals its output in the padded batch.
+A padded batch (B, L) with real lengths l_b costs B * L tokens per layer; packed, it costs about
+sum(l_b). Rows are packed in order into P sequences (packs) of at most ``max_tokens`` tokens, as
+evenly filled as P allows, and the packs are stacked into one (P, T) batch, so the encoder runs
+once whatever the batch size. A block-diagonal attention mask keeps every row to itself (a pack's
+trailing padding slots attend only to themselves), and each token keeps its column index as its
+position, so every real token's output equals its output in the padded batch.
 """
 
 from typing import NamedTuple, Optional
@@ -12,25 +14,26 @@ import torch
 from torch import Tensor
 
 
-class PackedRows(NamedTuple):
-    """Consecutive rows of a padded batch packed into one sequence of T real tokens.
+class PackedBatch(NamedTuple):
+    """The real tokens of a padded (B, L) batch, packed into P sequences of T slots.
 
     Attributes:
-        input_ids (Tensor): (1, T) the rows' real tokens, row after row.
-        position_ids (Tensor): (1, T) each token's column in the padded batch.
-        token_type_ids (Optional[Tensor]): (1, T) segment ids, when the batch had them.
-        attn_mask (Optional[Tensor]): (1, T, T) bool, ``True`` = blocked (the key belongs to another
-            row); None when the pack holds a single row.
-        rows (slice): the padded batch's rows held here.
-        first_token (Tensor): (R,) index in T of each row's column-0 token (its CLS).
+        input_ids (Tensor): (P, T) the rows' real tokens, row after row; 0 in unused slots.
+        position_ids (Tensor): (P, T) each token's column in the padded batch; 0 in unused slots.
+        token_type_ids (Optional[Tensor]): (P, T) segment ids, when the batch had them.
+        attn_mask (Tensor): (P, T, T) bool, ``True`` = blocked: a key of another row, or an unused slot.
+        pack_of_row (Tensor): (B,) the pack holding each row.
+        first_slot (Tensor): (B,) the slot in its pack of each row's column-0 token (its CLS).
+        real (Tensor): (P, T) bool, ``True`` where a slot holds a real token.
     """
 
     input_ids: Tensor
     position_ids: Tensor
     token_type_ids: Optional[Tensor]
-    attn_mask: Optional[Tensor]
-    rows: slice
-    first_token: Tensor
+    attn_mask: Tensor
+    pack_of_row: Tensor
+    first_slot: Tensor
+    real: Tensor
 
 
 def can_pack(padding_mask: Tensor) -> bool:
@@ -45,12 +48,25 @@ def can_pack(padding_mask: Tensor) -> bool:
     return not bool(padding_mask[:, 0].any())
 
 
-def pack_rows(
-    input_ids: Tensor, padding_mask: Tensor, *, token_type_ids: Optional[Tensor] = None, max_tokens: int = 256
-) -> list[PackedRows]:
-    """Pack the real tokens of a padded batch, in row order, into sequences of <= ``max_tokens``.
+def _greedy_packs(lengths: list[int], capacity: int) -> list[int]:
+    """Pack index of each row when consecutive rows fill packs of ``capacity`` (a longer row alone)."""
+    pack, used, packs = 0, 0, []
+    for length in lengths:
+        if used and used + length > capacity:
+            pack, used = pack + 1, 0
+        packs.append(pack)
+        used += length
+    return packs
 
-    A row longer than ``max_tokens`` gets a pack of its own.
+
+def pack_batch(
+    input_ids: Tensor, padding_mask: Tensor, *, token_type_ids: Optional[Tensor] = None, max_tokens: int = 256
+) -> PackedBatch:
+    """Pack the real tokens of a right-padded batch, in row order, into one (P, T) batch of packs.
+
+    P is the number of packs of at most ``max_tokens`` tokens that consecutive rows need (a row
+    longer than ``max_tokens`` gets a pack of its own); T is the smallest pack length that still
+    fits the rows into P packs, so the packs are about evenly filled.
 
     Args:
         input_ids (Tensor): (B, L) token ids.
@@ -59,39 +75,61 @@ def pack_rows(
         max_tokens (int): token budget of one pack.
 
     Returns:
-        list[PackedRows]: the packs, covering rows 0..B-1 in order.
+        PackedBatch: the packs and where each row went.
 
     Raises:
-        ValueError: if some row starts with padding, or the shapes differ.
+        ValueError: if some row starts with padding, the shapes differ, or ``max_tokens`` < 1.
     """
-    if tuple(padding_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"padding_mask must have shape {tuple(input_ids.shape)}, got {tuple(padding_mask.shape)}")
+    if tuple(padding_mask.shape) != tuple(input_ids.shape) or input_ids.dim() != 2:
+        raise ValueError(
+            f"padding_mask must have the (B, L) shape of input_ids {tuple(input_ids.shape)}, got {tuple(padding_mask.shape)}"
+        )
+    if token_type_ids is not None and tuple(token_type_ids.shape) != tuple(input_ids.shape):
+        raise ValueError(f"token_type_ids must have shape {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if not can_pack(padding_mask):
-        raise ValueError("pack_rows needs a real token in column 0 of every row (right padding)")
+        raise ValueError("packing needs a real token in column 0 of every row (right padding)")
+    device = input_ids.device
     real = ~padding_mask
     lengths = real.sum(dim=1).tolist()
-    columns = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    packs, start = [], 0
-    while start < len(lengths):
-        stop, total = start + 1, lengths[start]
-        while stop < len(lengths) and total + lengths[stop] <= max_tokens:
-            total += lengths[stop]
-            stop += 1
-        keep = real[start:stop]
-        row_of_token = torch.arange(start, stop, device=input_ids.device)[:, None].expand_as(keep)[keep]
-        attn_mask = None
-        if stop - start > 1:
-            attn_mask = (row_of_token[:, None] != row_of_token[None, :]).unsqueeze(0)
-        first = torch.tensor([0] + lengths[start:stop - 1], device=input_ids.device).cumsum(0)
-        packs.append(
-            PackedRows(
-                input_ids=input_ids[start:stop][keep].unsqueeze(0),
-                position_ids=columns[start:stop][keep].unsqueeze(0),
-                token_type_ids=None if token_type_ids is None else token_type_ids[start:stop][keep].unsqueeze(0),
-                attn_mask=attn_mask,
-                rows=slice(start, stop),
-                first_token=first,
-            )
-        )
-        start = stop
-    return packs
+    num_packs = _greedy_packs(lengths, max_tokens)[-1] + 1
+    # The smallest capacity that keeps the rows in num_packs packs (bisection over whole tokens).
+    low, high = max(lengths), max(max(lengths), max_tokens)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _greedy_packs(lengths, middle)[-1] < num_packs else (middle + 1, high)
+    pack_of_row = torch.tensor(_greedy_packs(lengths, low), device=device)
+    lengths_t = torch.tensor(lengths, device=device)
+    # Each row starts where the rows before it in the same pack end.
+    row_start = torch.cumsum(lengths_t, 0) - lengths_t
+    pack_start = torch.zeros(num_packs, dtype=torch.long, device=device).scatter_reduce(
+        0, pack_of_row, row_start, reduce="amin", include_self=False
+    )
+    first_slot = row_start - pack_start[pack_of_row]
+    slots = int((pack_start.new_zeros(num_packs).index_add_(0, pack_of_row, lengths_t)).max())
+
+    columns = torch.arange(input_ids.shape[1], device=device).expand_as(input_ids)
+    destination = (pack_of_row * slots + first_slot)[:, None] + columns  # (B, L) flat slot of each token
+    flat = destination[real]
+
+    def scatter(values: Tensor, fill: int) -> Tensor:
+        out = values.new_full((num_packs * slots,), fill)
+        out[flat] = values[real]
+        return out.view(num_packs, slots)
+
+    row_of_slot = scatter(torch.arange(len(lengths), device=device)[:, None].expand_as(input_ids), -1)
+    used = row_of_slot >= 0
+    # Unused slots get ids of their own (-1, -2, ...): they attend to themselves alone, so no
+    # attention row is empty, and no real token attends to them.
+    unused_id = -1 - torch.arange(num_packs * slots, device=device).view(num_packs, slots)
+    row_of_slot = torch.where(used, row_of_slot, unused_id)
+    return PackedBatch(
+        input_ids=scatter(input_ids, 0),
+        position_ids=scatter(columns, 0),
+        token_type_ids=None if token_type_ids is None else scatter(token_type_ids, 0),
+        attn_mask=row_of_slot[:, :, None] != row_of_slot[:, None, :],
+        pack_of_row=pack_of_row,
+        first_slot=first_slot,
+        real=used,
+    )

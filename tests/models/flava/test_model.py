@@ -114,6 +114,15 @@ def test_encode_text_ignores_the_padded_tail(model):
     assert_close(model.encode_text(ids[:1, :4], mask[:1, :4]), features[:1])
 
 
+def test_encode_text_in_several_packs_equals_the_padded_batch(model):
+    ids, mask = text(batch=7, length=9, lengths=[9, 2, 5, 1, 7, 3, 8])
+    expected = model(text=ids, text_attention_mask=mask).text_features
+    model.text_pack_tokens = 10  # four packs of up to 10 tokens, some with unused slots
+    assert_close(model.encode_text(ids, mask), expected, atol=1e-6, rtol=1e-5)
+    model.text_pack_tokens = 1  # every row alone
+    assert_close(model.encode_text(ids, mask), expected, atol=1e-6, rtol=1e-5)
+
+
 def test_encode_text_without_padding(model):
     ids, mask = text(lengths=[L, L])
     assert_close(model.encode_text(ids, mask), model.encode_text(ids))

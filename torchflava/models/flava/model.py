@@ -15,7 +15,7 @@ from torchflava.modules.encoders import EncoderOutput, FusionEncoder, TextEncode
 from torchflava.modules.init import init_transformer_weights
 from torchflava.modules.layers import PatchEmbedding
 from torchflava.modules.layers.text_embedding import check_token_ids
-from torchflava.modules.packing import can_pack, pack_rows
+from torchflava.modules.packing import can_pack, pack_batch
 
 
 _CLS = slice(0, 1)  # output position of the CLS token (for ``output_positions``)
@@ -116,7 +116,7 @@ class FLAVAModel(nn.Module):
         self.image_projection = image_projection
         self.text_projection = text_projection
         self.logit_scale_init = logit_scale_init
-        self.text_pack_tokens = 256  # token budget of one packed sequence in encode_text
+        self.text_pack_tokens = 256  # token budget of one packed sequence (one row of a pack batch) in encode_text
         self.logit_scale = nn.Parameter(torch.empty(()))
         self.init_weights()
 
@@ -255,18 +255,20 @@ class FLAVAModel(nn.Module):
                 text, padding_mask=padding, token_type_ids=token_type_ids, output_positions=_CLS, return_pooled=False
             )
             return self._project(self.text_projection, out, normalize)
-        cls_states = []
-        for pack in pack_rows(text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens):
-            out = self.text_encoder(
-                pack.input_ids,
-                token_type_ids=pack.token_type_ids,
-                position_ids=pack.position_ids,
-                attn_mask=pack.attn_mask,
-                output_positions=pack.first_token,
-                return_pooled=False,
-            )
-            cls_states.append(out.last_hidden_state[0])
-        projected = self.text_projection(torch.cat(cls_states))
+        packed = pack_batch(text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens)
+        # One encoder pass over all packs; its last layer computes only the slots where some pack
+        # holds a row's CLS, and each row then takes its own pack's output at its own slot.
+        cls_slots = torch.unique(packed.first_slot)  # sorted
+        out = self.text_encoder(
+            packed.input_ids,
+            token_type_ids=packed.token_type_ids,
+            position_ids=packed.position_ids,
+            attn_mask=packed.attn_mask,
+            output_positions=cls_slots,
+            return_pooled=False,
+        )
+        cls_states = out.last_hidden_state[packed.pack_of_row, torch.searchsorted(cls_slots, packed.first_slot)]
+        projected = self.text_projection(cls_states)
         return F.normalize(projected, dim=-1) if normalize else projected
 
 
