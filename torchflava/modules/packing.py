@@ -99,15 +99,15 @@ def pack_batch(
     while low < high:
         middle = (low + high) // 2
         low, high = (low, middle) if _greedy_packs(lengths, middle)[-1] < num_packs else (middle + 1, high)
-    pack_of_row = torch.tensor(_greedy_packs(lengths, low), device=device)
-    lengths_t = torch.tensor(lengths, device=device)
+    packs = _greedy_packs(lengths, low)
     # Each row starts where the rows before it in the same pack end.
-    row_start = torch.cumsum(lengths_t, 0) - lengths_t
-    pack_start = torch.zeros(num_packs, dtype=torch.long, device=device).scatter_reduce(
-        0, pack_of_row, row_start, reduce="amin", include_self=False
-    )
-    first_slot = row_start - pack_start[pack_of_row]
-    slots = int((pack_start.new_zeros(num_packs).index_add_(0, pack_of_row, lengths_t)).max())
+    first_slot, filled = [], [0] * num_packs
+    for pack, length in zip(packs, lengths):
+        first_slot.append(filled[pack])
+        filled[pack] += length
+    slots = max(filled)
+    pack_of_row = torch.tensor(packs, device=device)
+    first_slot = torch.tensor(first_slot, device=device)
 
     columns = torch.arange(input_ids.shape[1], device=device).expand_as(input_ids)
     destination = (pack_of_row * slots + first_slot)[:, None] + columns  # (B, L) flat slot of each token

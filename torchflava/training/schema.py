@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional, Sequence, Type
 import torch
 from torch import nn
 
+from torchflava.modules.layers.transformer import CHECKPOINT_MODES
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
 from torchflava.training.distributed import STRATEGIES, wrap_model
@@ -64,8 +65,8 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     return [
         (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
         (t.precision in ("fp32", "bf16"), "training.precision", "fp32 or bf16", t.precision),
-        (t.activation_checkpointing in ("none", "selective", "full"), "training.activation_checkpointing",
-         "none, selective or full", t.activation_checkpointing),
+        (t.activation_checkpointing in CHECKPOINT_MODES, "training.activation_checkpointing",
+         f"one of {CHECKPOINT_MODES}", t.activation_checkpointing),
         (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
         (t.grad_accumulation >= 1, "training.grad_accumulation", ">= 1", t.grad_accumulation),
         (t.global_batch_size % (world_size * t.grad_accumulation) == 0 and t.global_batch_size > 0,

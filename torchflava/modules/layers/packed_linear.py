@@ -10,6 +10,7 @@ runs on the same rounded weights (the tests check equality to the bit).
 Shapes: x (..., in_features) -> (..., out_features), in ``dtype``.
 """
 
+import functools
 from typing import Optional
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn, Tensor
 PACKED_DTYPES = (torch.bfloat16,)
 
 
+@functools.lru_cache(maxsize=None)
 def onednn_packing_available(dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether this PyTorch build and CPU can run oneDNN linears on pre-packed ``dtype`` weights."""
     ops = torch.ops.mkldnn

@@ -36,19 +36,28 @@ def _save_matmuls_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 _selective_contexts = functools.partial(create_selective_checkpoint_contexts, _save_matmuls_policy)
 
 
-def checkpoint_mode(value: Union[bool, str], name: str = "checkpoint_activations") -> str:
+def checkpoint_mode(value: Union[bool, str]) -> str:
     """Normalise an activation-checkpointing setting to one of :data:`CHECKPOINT_MODES`.
 
     ``False``/``"none"``: store every activation. ``"selective"``: store the outputs of the matmuls
     and of attention, recompute the cheap elementwise work (norms, GELU, residual adds) in
     backward: about a third less activation memory for a few percent more time. ``True``/``"full"``:
     store only each layer's input and recompute the whole layer (one more forward).
+
+    Args:
+        value (Union[bool, str]): the setting.
+
+    Returns:
+        str: one of ``CHECKPOINT_MODES``.
+
+    Raises:
+        ValueError: if ``value`` is neither a bool nor one of ``CHECKPOINT_MODES``.
     """
     if isinstance(value, bool):
         return "full" if value else "none"
     if isinstance(value, str) and value in CHECKPOINT_MODES:
         return value
-    raise ValueError(f"{name} must be a bool or one of {CHECKPOINT_MODES}, got {value!r}")
+    raise ValueError(f"checkpoint_activations must be a bool or one of {CHECKPOINT_MODES}, got {value!r}")
 
 
 class TransformerOutput(NamedTuple):
