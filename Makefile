@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt setup.py | cksum | cu
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k packing -x".
 PYTEST_ARGS ?=
 
-.PHONY: venv test train evaluate bench clean
+.PHONY: venv test lint format train evaluate bench clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,17 @@ $(STAMP): requirements/dev-lock.txt requirements/peers-nodeps.txt setup.py
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# Format and lint (ruff.toml); `make format` rewrites the files in place.
+lint: $(STAMP)
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
+
+format: $(STAMP)
+	$(BIN)/ruff format --quiet .
+	$(BIN)/ruff check --quiet --fix .
 
 # Extra recipe overrides, e.g. make train TRAIN_ARGS="training.max_steps=100 training.output_dir=runs/short".
 TRAIN_ARGS ?=

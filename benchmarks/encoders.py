@@ -23,23 +23,22 @@ Usage::
 """
 
 import argparse
+from contextlib import nullcontext
 import gc
 import json
-import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from torchflava.models import flava_model
-from torchflava.modules.layers import pack_linears
 from torchflava.models.flava.convert_weights import convert_to_torchflava
+from torchflava.modules.layers import pack_linears
 
 IMPLS = ("ours", "ours+packed", "hf", "tmm")
 # "ours+packed": ours after torchflava.modules.layers.pack_linears (bf16 weights cast and packed for
@@ -150,7 +149,11 @@ def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int) 
         for _ in range(reps):
             fn()
     hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    print(json.dumps({"peak_rss_mib": hwm_kib / 1024, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {"peak_rss_mib": hwm_kib / 1024, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        )
+    )
 
 
 def peak_rss(impl: str, modality: str, dtype: str, batch: int) -> float:
@@ -181,8 +184,10 @@ def main() -> None:
     dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
     modalities = ("image", "text") if args.modality == "both" else (args.modality,)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, batch {args.batch}, reps {args.reps}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}, batch {args.batch}, reps {args.reps}"
+    )
     models = {"hf": build("hf")} if "hf" in impls else {}
     for impl in ("ours", PACKED):
         if impl in impls:
@@ -198,22 +203,36 @@ def main() -> None:
         print(f"features against HF's (same weights), max abs diff: {results['max_abs_diff_vs_hf']}")
 
     peers = [impl for impl in impls if impl in ("hf", "tmm")]
-    print(f"{'modality':8} {'dtype':5} {'impl':11} {'median s/batch':>14} {'items/s':>8} "
-          + " ".join(f"{'speed vs ' + p:>13}" for p in peers) + f" {'peak RSS MiB':>12}")
+    print(
+        f"{'modality':8} {'dtype':5} {'impl':11} {'median s/batch':>14} {'items/s':>8} "
+        + " ".join(f"{'speed vs ' + p:>13}" for p in peers)
+        + f" {'peak RSS MiB':>12}"
+    )
     for modality in modalities:
         for dtype in dtypes:
             times = time_interleaved(models, inputs, modality, dtype, args.warmup, args.reps)
             for impl in times:
                 med = statistics.median(times[impl])
                 # this implementation's speed against each peer: the median of per-batch peer/this
-                speedup = {p: statistics.median(a / b for a, b in zip(times[p], times[impl])) for p in peers if p != impl}
+                speedup = {
+                    p: statistics.median(a / b for a, b in zip(times[p], times[impl])) for p in peers if p != impl
+                }
                 rss = None if args.no_memory else peak_rss(impl, modality, dtype, args.batch)
-                row = {"modality": modality, "dtype": dtype, "impl": impl, "median_s": med,
-                       "items_per_s": args.batch / med, "speedup_vs_peer_paired": speedup, "peak_rss_mib": rss}
+                row = {
+                    "modality": modality,
+                    "dtype": dtype,
+                    "impl": impl,
+                    "median_s": med,
+                    "items_per_s": args.batch / med,
+                    "speedup_vs_peer_paired": speedup,
+                    "peak_rss_mib": rss,
+                }
                 results["rows"].append(row)
-                print(f"{modality:8} {dtype:5} {impl:11} {med:14.4f} {args.batch / med:8.2f} "
-                      + " ".join(f"{speedup[p]:12.3f}x" if p in speedup else f"{'':>13}" for p in peers)
-                      + f" {'' if rss is None else f'{rss:.0f}':>12}")
+                print(
+                    f"{modality:8} {dtype:5} {impl:11} {med:14.4f} {args.batch / med:8.2f} "
+                    + " ".join(f"{speedup[p]:12.3f}x" if p in speedup else f"{'':>13}" for p in peers)
+                    + f" {'' if rss is None else f'{rss:.0f}':>12}"
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

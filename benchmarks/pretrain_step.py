@@ -24,13 +24,13 @@ Usage::
 """
 
 import argparse
+from contextlib import nullcontext
 import gc
 import json
 import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -75,8 +75,17 @@ def make_batches(seed: int = 0) -> dict:
         patch_mask[row, torch.randperm(196, generator=g)[:75]] = True
     tokens = torch.randint(0, 8192, (b, 196), generator=g)
     itm = torch.tensor([1, 1, 1, 0])
-    return dict(image=image, codebook_pixels=codebook_pixels, text=text, text_masked=text_masked, mask=mask,
-                mlm_labels=mlm_labels, patch_mask=patch_mask, tokens=tokens, itm=itm)
+    return dict(
+        image=image,
+        codebook_pixels=codebook_pixels,
+        text=text,
+        text_masked=text_masked,
+        mask=mask,
+        mlm_labels=mlm_labels,
+        patch_mask=patch_mask,
+        tokens=tokens,
+        itm=itm,
+    )
 
 
 def build(impl: str, hf_state=None):
@@ -96,7 +105,8 @@ def build(impl: str, hf_state=None):
     opts = options(impl)
     mode = "full" if "full" in opts else "selective" if "selective" in opts else "none"
     model = flava_model_for_pretraining(
-        backbone=flava_model(checkpoint_activations=mode), build_codebook="codebook" in opts,
+        backbone=flava_model(checkpoint_activations=mode),
+        build_codebook="codebook" in opts,
         recompute_contrastive_passes="rc" in opts,
     )
     if hf_state is not None:
@@ -110,11 +120,16 @@ def loss_fn(impl: str, model, kind: str, d: dict):
     if impl == "hf":
         args = dict(return_loss=True)
         if kind in ("pair", "image"):
-            args.update(pixel_values=d["image"], codebook_pixel_values=d["codebook_pixels"],
-                        bool_masked_pos=d["patch_mask"])
+            args.update(
+                pixel_values=d["image"], codebook_pixel_values=d["codebook_pixels"], bool_masked_pos=d["patch_mask"]
+            )
         if kind in ("pair", "text"):
-            args.update(input_ids=d["text"], input_ids_masked=d["text_masked"], attention_mask=d["mask"],
-                        mlm_labels=d["mlm_labels"])
+            args.update(
+                input_ids=d["text"],
+                input_ids_masked=d["text_masked"],
+                attention_mask=d["mask"],
+                mlm_labels=d["mlm_labels"],
+            )
         if kind == "pair":
             args.update(itm_labels=d["itm"])
 
@@ -140,8 +155,9 @@ def loss_fn(impl: str, model, kind: str, d: dict):
             else:
                 batch.update(codebook_pixels=d["codebook_pixels"])
         if kind in ("pair", "text"):
-            batch.update(text=d["text"], text_masked=d["text_masked"], text_attention_mask=d["mask"],
-                         mlm_labels=d["mlm_labels"])
+            batch.update(
+                text=d["text"], text_masked=d["text_masked"], text_attention_mask=d["mask"], mlm_labels=d["mlm_labels"]
+            )
         if kind == "pair":
             batch.update(itm_labels=d["itm"])
 
@@ -202,9 +218,13 @@ def main() -> None:
     parser.add_argument("--kinds", default="pair,image,text")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--bf16", action="store_true", help="run every implementation under bf16 autocast")
-    parser.add_argument("--backward", choices=("per-call", "joint"), default="joint",
-                        help="joint: the kinds' losses summed, one backward per step (the peers' 'all6'); "
-                             "per-call: one zero_grad + backward per kind")
+    parser.add_argument(
+        "--backward",
+        choices=("per-call", "joint"),
+        default="joint",
+        help="joint: the kinds' losses summed, one backward per step (the peers' 'all6'); "
+        "per-call: one zero_grad + backward per kind",
+    )
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json")
     parser.add_argument("--child", nargs=2, metavar=("IMPL", "KINDS"), help=argparse.SUPPRESS)
@@ -221,20 +241,29 @@ def main() -> None:
             except ValueError as error:
                 parser.error(str(error))
     units = step_units(kinds, joint)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'bf16 autocast' if args.bf16 else 'fp32'}, "
-          f"backward {args.backward}, steps {args.steps} (+{args.warmup} warm-up)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'bf16 autocast' if args.bf16 else 'fp32'}, "
+        f"backward {args.backward}, steps {args.steps} (+{args.warmup} warm-up)"
+    )
     models = {"hf": build("hf")} if "hf" in impls else {}
     hf_state = models["hf"].state_dict() if "hf" in models else None
     for impl in impls:
         if impl not in models:
-            models[impl] = build(impl, hf_state={k[len("flava."):]: v for k, v in hf_state.items()
-                                                 if k.startswith("flava.")} if hf_state else None)
+            models[impl] = build(
+                impl,
+                hf_state={k[len("flava.") :]: v for k, v in hf_state.items() if k.startswith("flava.")}
+                if hf_state
+                else None,
+            )
     data = make_batches()
     results = {"torch": torch.__version__, "bf16": args.bf16, "backward": args.backward, "rows": []}
     times = {(impl, unit): [] for impl in impls for unit in units}
     with autocast(args.bf16):
-        fns = {(impl, unit): step_fn(impl, models[impl], unit_kinds, data)
-               for impl in impls for unit, unit_kinds in units.items()}
+        fns = {
+            (impl, unit): step_fn(impl, models[impl], unit_kinds, data)
+            for impl in impls
+            for unit, unit_kinds in units.items()
+        }
         for rep in range(args.warmup + args.steps):
             for impl in impls:
                 for unit in units:
@@ -249,16 +278,26 @@ def main() -> None:
             return times[impl, unit]
         return [sum(t) for t in zip(*(times[impl, u] for u in units))]
 
-    print(f"{'step':6} {'impl':14} {'median s':>9} {'min':>7} {'max':>7} " + " ".join(f"{p + '/impl':>9}" for p in peers))
+    print(
+        f"{'step':6} {'impl':14} {'median s':>9} {'min':>7} {'max':>7} " + " ".join(f"{p + '/impl':>9}" for p in peers)
+    )
     for kind in list(units) + ([] if joint else ["all"]):
         for impl in impls:
             mine = series(impl, kind)
             ratios = {p: statistics.median(a / b for a, b in zip(series(p, kind), mine)) for p in peers if p != impl}
-            row = dict(kind=kind, impl=impl, median_s=statistics.median(mine), min_s=min(mine), max_s=max(mine),
-                       peer_time_over_impl_paired=ratios)
+            row = dict(
+                kind=kind,
+                impl=impl,
+                median_s=statistics.median(mine),
+                min_s=min(mine),
+                max_s=max(mine),
+                peer_time_over_impl_paired=ratios,
+            )
             results["rows"].append(row)
-            print(f"{kind:6} {impl:14} {row['median_s']:9.3f} {row['min_s']:7.3f} {row['max_s']:7.3f} "
-                  + " ".join(f"{ratios[p]:8.3f}x" if p in ratios else f"{'':>9}" for p in peers))
+            print(
+                f"{kind:6} {impl:14} {row['median_s']:9.3f} {row['min_s']:7.3f} {row['max_s']:7.3f} "
+                + " ".join(f"{ratios[p]:8.3f}x" if p in ratios else f"{'':>9}" for p in peers)
+            )
     if not args.no_memory:
         del models, fns
         gc.collect()
@@ -272,14 +311,19 @@ def main() -> None:
         for impl in impls:
             if impl in peers:
                 continue
-            row = {"fastest_peer": fastest,
-                   "speed_vs_fastest_peer": statistics.median(
-                       a / b for a, b in zip(series(fastest, whole), series(impl, whole)))}
+            row = {
+                "fastest_peer": fastest,
+                "speed_vs_fastest_peer": statistics.median(
+                    a / b for a, b in zip(series(fastest, whole), series(impl, whole))
+                ),
+            }
             if "peak_rss_mib" in results:
                 row["peak_rss_vs_fastest_peer"] = results["peak_rss_mib"][impl] / results["peak_rss_mib"][fastest]
             summary[impl] = row
-            print(f"{impl:20} vs the fastest peer ({fastest}): {row['speed_vs_fastest_peer']:.3f}x speed"
-                  + (f", {row['peak_rss_vs_fastest_peer']:.3f}x peak RSS" if "peak_rss_vs_fastest_peer" in row else ""))
+            print(
+                f"{impl:20} vs the fastest peer ({fastest}): {row['speed_vs_fastest_peer']:.3f}x speed"
+                + (f", {row['peak_rss_vs_fastest_peer']:.3f}x peak RSS" if "peak_rss_vs_fastest_peer" in row else "")
+            )
         results["summary"] = summary
     if args.json:
         with open(args.json, "w") as f:

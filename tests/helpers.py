@@ -85,7 +85,21 @@ def write_tiny_export(root: Path, *, seed: int = 0):
     return model.eval()
 
 
-EXPORT_FLAVA = dict(image_embed_dim=32, image_num_layers=1, image_num_heads=2, image_mlp_dim=48, image_size=32,
-                    patch_size=8, text_embed_dim=24, text_num_layers=1, text_num_heads=2, text_mlp_dim=40,
-                    max_seq_len=32, multimodal_embed_dim=16, multimodal_num_layers=1, multimodal_num_heads=2,
-                    multimodal_mlp_dim=36, projection_dim=20)
+EXPORT_FLAVA = dict(
+    image_embed_dim=32,
+    image_num_layers=1,
+    image_num_heads=2,
+    image_mlp_dim=48,
+    image_size=32,
+    patch_size=8,
+    text_embed_dim=24,
+    text_num_layers=1,
+    text_num_heads=2,
+    text_mlp_dim=40,
+    max_seq_len=32,
+    multimodal_embed_dim=16,
+    multimodal_num_layers=1,
+    multimodal_num_heads=2,
+    multimodal_mlp_dim=36,
+    projection_dim=20,
+)

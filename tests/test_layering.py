@@ -1,9 +1,9 @@
 """Package layering: torchflava.modules never imports torchflava.models; `import torchflava` is torch-free."""
 
 import ast
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -86,15 +86,21 @@ def test_import_torchflava_modules_does_import_torch():
 UPPER_LAYERS = ("torchflava.data", "torchflava.training", "torchflava.evaluation")
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE_ROOT / "modules").rglob("*.py")) + sorted((PACKAGE_ROOT / "models").rglob("*.py")),
-                         ids=lambda p: str(p.relative_to(PACKAGE_ROOT)))
+@pytest.mark.parametrize(
+    "path",
+    sorted((PACKAGE_ROOT / "modules").rglob("*.py")) + sorted((PACKAGE_ROOT / "models").rglob("*.py")),
+    ids=lambda p: str(p.relative_to(PACKAGE_ROOT)),
+)
 def test_modules_and_models_never_import_data_training_or_evaluation(path):
     bad = sorted(n for n in imported_modules(path) if n.startswith(UPPER_LAYERS))
     assert not bad, f"{path} imports {bad}"
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE_ROOT / "training").rglob("*.py")) + sorted((PACKAGE_ROOT / "evaluation").rglob("*.py")),
-                         ids=lambda p: str(p.relative_to(PACKAGE_ROOT)))
+@pytest.mark.parametrize(
+    "path",
+    sorted((PACKAGE_ROOT / "training").rglob("*.py")) + sorted((PACKAGE_ROOT / "evaluation").rglob("*.py")),
+    ids=lambda p: str(p.relative_to(PACKAGE_ROOT)),
+)
 def test_training_and_evaluation_know_nothing_of_flava_or_data(path):
     bad = sorted(n for n in imported_modules(path) if n.startswith(("torchflava.models", "torchflava.data")))
     assert not bad, f"{path} imports {bad}"

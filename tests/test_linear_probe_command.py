@@ -29,8 +29,9 @@ def _folders(root, split, seed, n):
 
 
 def test_folder_probe_equals_the_library_on_the_same_features(export, tmp_path):
-    train, val, test = (_folders(tmp_path / name, "pairs", seed, 90) for name, seed in
-                        (("train", 1), ("val", 2), ("test", 3)))
+    train, val, test = (
+        _folders(tmp_path / name, "pairs", seed, 90) for name, seed in (("train", 1), ("val", 2), ("test", 3))
+    )
     (train / "red" / "broken.png").write_text("x")
     report = command.main(["--checkpoint", str(export), "--train", str(train), "--val", str(val), "--test", str(test)])
     pretrained = load_pretrained(export)
@@ -58,8 +59,9 @@ def test_cls_features_are_the_image_encoder_cls(export):
 
 
 def test_shapes_probe_runs_and_needs_data(export):
-    result = command.probe_shapes(load_pretrained(export), num_train=60, num_val=30, num_test=30, image_size=32,
-                                  l2_values=(1e-3, 1.0))
+    result = command.probe_shapes(
+        load_pretrained(export), num_train=60, num_val=30, num_test=30, image_size=32, l2_values=(1e-3, 1.0)
+    )
     assert set(result.val_accuracy) == {1e-3, 1.0} and 0 <= result.test_accuracy <= 1
     with pytest.raises(SystemExit):
         command.main(["--checkpoint", str(export)])

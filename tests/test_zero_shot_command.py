@@ -8,10 +8,10 @@ from transformers import FlavaModel
 
 from tests.helpers import write_tiny_export
 from tests.models.flava.test_convert_weights import _perturb, _tiny_hf_config
+from torchflava import zero_shot
 from torchflava.data.shapes import ShapesWorld
 from torchflava.evaluation import retrieval_recall
 from torchflava.pretrained import checkpoint_layout, load_pretrained
-from torchflava import zero_shot
 
 CLASSES = ["red circle", "blue square", "green triangle"]
 
@@ -44,8 +44,20 @@ def images(tmp_path_factory):
 def test_classification_command_matches_the_library(export, images, tmp_path):
     directory, model = export
     out = tmp_path / "result.json"
-    result = zero_shot.main(["--checkpoint", str(directory), "--images", str(images),
-                             "--classes", ",".join(CLASSES), "--template", "a {}", "--json", str(out)])
+    result = zero_shot.main(
+        [
+            "--checkpoint",
+            str(directory),
+            "--images",
+            str(images),
+            "--classes",
+            ",".join(CLASSES),
+            "--template",
+            "a {}",
+            "--json",
+            str(out),
+        ]
+    )
     assert result["num_images"] == 12 and result["skipped"] == 1
     assert result["chance"] == pytest.approx(1 / 3)
     pretrained = load_pretrained(directory)
@@ -63,14 +75,17 @@ def test_classification_command_matches_the_library(export, images, tmp_path):
 
 def test_retrieval_command_matches_retrieval_recall(export, images):
     directory, _ = export
-    result = zero_shot.main(["--checkpoint", str(directory), "--images", str(images),
-                             "--captions", str(images / "captions.jsonl")])
+    result = zero_shot.main(
+        ["--checkpoint", str(directory), "--images", str(images), "--captions", str(images / "captions.jsonl")]
+    )
     assert result["num_pairs"] == 12 and result["R@5_chance"] == pytest.approx(5 / 12)
     pretrained = load_pretrained(directory)
     lines = [json.loads(line) for line in (images / "captions.jsonl").read_text().splitlines()]
     from PIL import Image
 
-    image_features = zero_shot.image_features(pretrained, [Image.open(images / l["image"]).convert("RGB") for l in lines])
+    image_features = zero_shot.image_features(
+        pretrained, [Image.open(images / l["image"]).convert("RGB") for l in lines]
+    )
     text_features = zero_shot.text_features(pretrained, [l["caption"] for l in lines])
     expected = retrieval_recall(image_features, text_features, ks=(1, 5, 10))
     for key, value in expected.items():
@@ -96,9 +111,12 @@ def test_hugging_face_directory_loads_like_flava_model(tmp_path, export):
     pretrained = load_pretrained(tmp_path)
     pixels = torch.randn(2, 3, kwargs["image_size"], kwargs["image_size"])
     with torch.no_grad():
-        torch.testing.assert_close(pretrained.model.encode_image(pixels),
-                                   torch.nn.functional.normalize(hf.get_image_features(pixels)[:, 0], dim=-1),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            pretrained.model.encode_image(pixels),
+            torch.nn.functional.normalize(hf.get_image_features(pixels)[:, 0], dim=-1),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_errors(tmp_path, export, images):

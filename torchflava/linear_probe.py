@@ -21,9 +21,9 @@ from torch import Tensor
 from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.samples import BadSample
 from torchflava.data.transforms import EvalImageTransform
-from torchflava.evaluation.linear_probe import DEFAULT_L2, linear_probe, LinearProbeResult
+from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.models.flava.model import _CLS
-from torchflava.pretrained import load_pretrained, PretrainedFLAVA
+from torchflava.pretrained import PretrainedFLAVA, load_pretrained
 from torchflava.utils.cli import run_command
 
 
@@ -58,19 +58,34 @@ def cls_features(pretrained: PretrainedFLAVA, source, *, batch_size: int = 128) 
     return torch.cat(features), torch.tensor(labels), skipped
 
 
-def probe_shapes(pretrained: PretrainedFLAVA, *, num_train: int = 3000, num_val: int = 1000, num_test: int = 540,
-                 image_size: int = 64, l2_values: Sequence[float] = DEFAULT_L2) -> LinearProbeResult:
+def probe_shapes(
+    pretrained: PretrainedFLAVA,
+    *,
+    num_train: int = 3000,
+    num_val: int = 1000,
+    num_test: int = 540,
+    image_size: int = 64,
+    l2_values: Sequence[float] = DEFAULT_L2,
+) -> LinearProbeResult:
     """Linear probe on the built-in shapes task (train/val drawn from the training world, test held out)."""
     train = ShapesClassification("pairs", num_train + num_val, image_size=image_size)
     features, labels, _ = cls_features(pretrained, train)
     test = cls_features(pretrained, ShapesClassification("test", num_test, image_size=image_size))
-    return linear_probe((features[:num_train], labels[:num_train]), (features[num_train:], labels[num_train:]),
-                        test[:2], num_classes=len(train.classes), l2_values=l2_values)
+    return linear_probe(
+        (features[:num_train], labels[:num_train]),
+        (features[num_train:], labels[num_train:]),
+        test[:2],
+        num_classes=len(train.classes),
+        l2_values=l2_values,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m torchflava.linear_probe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m torchflava.linear_probe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--shapes", action="store_true", help="the built-in shapes task")
     parser.add_argument("--train")
@@ -86,14 +101,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     else:
         train = ImageClassFolder(args.train)
         classes = train.classes
-        splits = [cls_features(pretrained, train)[:2], cls_features(pretrained, ImageClassFolder(args.val, classes))[:2]]
+        splits = [
+            cls_features(pretrained, train)[:2],
+            cls_features(pretrained, ImageClassFolder(args.val, classes))[:2],
+        ]
         test = cls_features(pretrained, ImageClassFolder(args.test, classes))[:2] if args.test else None
         result = linear_probe(*splits, test, num_classes=len(classes))
-    report = {"l2": result.l2, "val_accuracy": {str(k): v for k, v in result.val_accuracy.items()},
-              "test_accuracy": result.test_accuracy, "chance": 1 / len(classes)}
-    print(f"chosen L2 {result.l2:g}: validation accuracy {100 * result.val_accuracy[result.l2]:.1f}%"
-          + ("" if result.test_accuracy is None else f", test accuracy {100 * result.test_accuracy:.1f}%")
-          + f" (chance {100 / len(classes):.1f}%)")
+    report = {
+        "l2": result.l2,
+        "val_accuracy": {str(k): v for k, v in result.val_accuracy.items()},
+        "test_accuracy": result.test_accuracy,
+        "chance": 1 / len(classes),
+    }
+    print(
+        f"chosen L2 {result.l2:g}: validation accuracy {100 * result.val_accuracy[result.l2]:.1f}%"
+        + ("" if result.test_accuracy is None else f", test accuracy {100 * result.test_accuracy:.1f}%")
+        + f" (chance {100 / len(classes):.1f}%)"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple, Union
 
 from torchflava.data.tokenizer import WordPieceTokenizer
-from torchflava.models import flava_model, FLAVAModel
+from torchflava.models import FLAVAModel, flava_model
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 
 

@@ -22,7 +22,7 @@ from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample
 from torchflava.data.transforms import EvalImageTransform
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
-from torchflava.pretrained import load_pretrained, PretrainedFLAVA
+from torchflava.pretrained import PretrainedFLAVA, load_pretrained
 from torchflava.utils.cli import run_command
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
@@ -34,31 +34,34 @@ def image_features(pretrained: PretrainedFLAVA, images: Sequence, *, batch_size:
     transform = EvalImageTransform(pretrained.image_size)
     chunks = []
     for start in range(0, len(images), batch_size):
-        pixels = torch.stack([transform(image) for image in images[start:start + batch_size]])
+        pixels = torch.stack([transform(image) for image in images[start : start + batch_size]])
         chunks.append(pretrained.model.encode_image(pixels))
     return torch.cat(chunks)
 
 
 @torch.no_grad()
-def text_features(pretrained: PretrainedFLAVA, texts: Sequence[str], *, batch_size: int = 256,
-                  max_length: Optional[int] = None) -> Tensor:
+def text_features(
+    pretrained: PretrainedFLAVA, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
+) -> Tensor:
     """(N, D) normalised projected text features of ``texts``."""
     max_length = max_length or min(77, pretrained.max_text_length)
     chunks = []
     for start in range(0, len(texts), batch_size):
-        ids, mask = pretrained.tokenizer(list(texts[start:start + batch_size]), max_length=max_length)
+        ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
         chunks.append(pretrained.model.encode_text(ids, mask))
     return torch.cat(chunks)
 
 
-def class_embeddings(pretrained: PretrainedFLAVA, class_names: Sequence[str],
-                     templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
+def class_embeddings(
+    pretrained: PretrainedFLAVA, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> Tensor:
     """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
     max_length = min(77, pretrained.max_text_length)
     return zero_shot_classifier(
         lambda ids, mask: pretrained.model.encode_text(ids, mask),
         lambda texts: pretrained.tokenizer(list(texts), max_length=max_length),
-        class_names, templates,
+        class_names,
+        templates,
     )
 
 
@@ -74,8 +77,14 @@ def _read(source) -> tuple[list, list[int], list[str]]:
     return samples, indices, skipped
 
 
-def classify_folder(pretrained: PretrainedFLAVA, images_dir: str, class_names: Sequence[str],
-                    templates: Sequence[str] = DEFAULT_TEMPLATES, *, batch_size: int = 64) -> dict:
+def classify_folder(
+    pretrained: PretrainedFLAVA,
+    images_dir: str,
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    *,
+    batch_size: int = 64,
+) -> dict:
     """Zero-shot classification of every image under ``images_dir``.
 
     Returns:
@@ -95,8 +104,12 @@ def classify_folder(pretrained: PretrainedFLAVA, images_dir: str, class_names: S
     classes = class_embeddings(pretrained, class_names, templates)
     predicted = (features @ classes.T).argmax(dim=1)
     files = [folder.relative_path(i) for i in indices]
-    result = {"predictions": {f: class_names[int(p)] for f, p in zip(files, predicted)}, "skipped": len(skipped),
-              "num_images": len(files), "chance": 1 / len(class_names)}
+    result = {
+        "predictions": {f: class_names[int(p)] for f, p in zip(files, predicted)},
+        "skipped": len(skipped),
+        "num_images": len(files),
+        "chance": 1 / len(class_names),
+    }
     folders = [Path(f).parts[0] if len(Path(f).parts) > 1 else None for f in files]
     if all(name in class_names for name in folders):
         labels = torch.tensor([class_names.index(name) for name in folders])
@@ -116,28 +129,35 @@ def retrieval(pretrained: PretrainedFLAVA, images_dir: str, captions: str, *, ba
     images = image_features(pretrained, [p.image for p in pairs], batch_size=batch_size)
     texts = text_features(pretrained, [p.text for p in pairs])
     ks = [k for k in (1, 5, 10) if k <= len(pairs)]
-    return {**retrieval_recall(images, texts, ks=ks), "num_pairs": len(pairs), "skipped": len(skipped),
-            **{f"R@{k}_chance": k / len(pairs) for k in ks}}
+    return {
+        **retrieval_recall(images, texts, ks=ks),
+        "num_pairs": len(pairs),
+        "skipped": len(skipped),
+        **{f"R@{k}_chance": k / len(pairs) for k in ks},
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m torchflava.zero_shot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m torchflava.zero_shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="run, export or Hugging Face FLAVA directory")
     parser.add_argument("--images", required=True, help="image folder")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--classes", help="comma-separated class names (classification)")
     mode.add_argument("--captions", help="captions .jsonl/.tsv pairing the images with text (retrieval)")
-    parser.add_argument("--template", action="append", dest="templates",
-                        help="prompt template with {} for the class name (repeatable)")
+    parser.add_argument(
+        "--template", action="append", dest="templates", help="prompt template with {} for the class name (repeatable)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     pretrained = load_pretrained(args.checkpoint)
     if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-        result = classify_folder(pretrained, args.images, classes, args.templates or DEFAULT_TEMPLATES,
-                                 batch_size=args.batch_size)
+        result = classify_folder(
+            pretrained, args.images, classes, args.templates or DEFAULT_TEMPLATES, batch_size=args.batch_size
+        )
         for file, name in sorted(result["predictions"].items()):
             print(f"{file}\t{name}")
         summary = f"{result['num_images']} images, {result['skipped']} unreadable skipped"

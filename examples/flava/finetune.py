@@ -10,20 +10,24 @@ DCP checkpoints with exact resume, metrics log) and the same step-indexed batche
 ``main(cfg)`` returns the report (validation metrics).
 """
 
-import json
-import math
-import sys
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+import json
+import math
 from pathlib import Path
+import sys
 from typing import Optional
+import warnings
 
 import torch
 import torch.distributed as dist
 
 from torchflava.data.finetuning import (
-    ClassificationCollator, GlueTsv, ImageClassFolder, ImageTextLabels, ShapesClassification,
+    ClassificationCollator,
+    GlueTsv,
+    ImageClassFolder,
+    ImageTextLabels,
+    ShapesClassification,
 )
 from torchflava.data.pretraining import MixedPretrainingBatches
 from torchflava.evaluation.metrics import task_metrics
@@ -32,15 +36,23 @@ from torchflava.models.flava.classification import default_loss
 from torchflava.modules.layers import TransformerEncoderLayer
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import (
-    CheckpointManager, export_model, loop_state, resume_run,
+    CheckpointManager,
+    export_model,
+    loop_state,
+    resume_run,
 )
 from torchflava.training.config import ConfigError, load_config, save_config
 from torchflava.training.distributed import all_reduce_sum, barrier, init_distributed
 from torchflava.training.metrics import MetricsLogger
 from torchflava.training.optim import clip_grad_norm
 from torchflava.training.schema import (
-    NonFiniteLossError, OptimConfig, raise_on_failed_checks, resume_point, setup_training, training_checks,
+    NonFiniteLossError,
+    OptimConfig,
     TrainingConfig,
+    raise_on_failed_checks,
+    resume_point,
+    setup_training,
+    training_checks,
 )
 
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -76,21 +88,39 @@ class FinetuneConfig:
     model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=100, weight_decay=0.01))
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
-        output_dir="runs/finetune", max_steps=1000, global_batch_size=32, checkpoint_every=500))
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(
+            output_dir="runs/finetune", max_steps=1000, global_batch_size=32, checkpoint_every=500
+        )
+    )
 
 
 def validate(cfg: FinetuneConfig, world_size: int) -> None:
     d = cfg.data
-    raise_on_failed_checks(training_checks(cfg.training, cfg.optim, world_size) + [
-        (d.task in TASKS, "data.task", f"one of {TASKS}", d.task),
-        (cfg.model.pretrained is not None, "model.pretrained", "a checkpoint directory (it brings the vocabulary)",
-         cfg.model.pretrained),
-        (d.task == "shapes" or (d.train is not None and d.val is not None), "data.train/data.val",
-         "both set for file tasks", (d.train, d.val)),
-        (d.task != "image_text" or (d.image_root is not None and d.labels), "data.image_root/data.labels",
-         "both set for image_text", (d.image_root, d.labels)),
-    ])
+    raise_on_failed_checks(
+        training_checks(cfg.training, cfg.optim, world_size)
+        + [
+            (d.task in TASKS, "data.task", f"one of {TASKS}", d.task),
+            (
+                cfg.model.pretrained is not None,
+                "model.pretrained",
+                "a checkpoint directory (it brings the vocabulary)",
+                cfg.model.pretrained,
+            ),
+            (
+                d.task == "shapes" or (d.train is not None and d.val is not None),
+                "data.train/data.val",
+                "both set for file tasks",
+                (d.train, d.val),
+            ),
+            (
+                d.task != "image_text" or (d.image_root is not None and d.labels),
+                "data.image_root/data.labels",
+                "both set for image_text",
+                (d.image_root, d.labels),
+            ),
+        ]
+    )
 
 
 def build_splits(d: FinetuneDataConfig) -> tuple:
@@ -99,8 +129,11 @@ def build_splits(d: FinetuneDataConfig) -> tuple:
         train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
         return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
     if d.task == "glue":
-        return (GlueTsv(d.train, d.text_columns, d.label_column, d.labels),
-                GlueTsv(d.val, d.text_columns, d.label_column, d.labels), d.labels)
+        return (
+            GlueTsv(d.train, d.text_columns, d.label_column, d.labels),
+            GlueTsv(d.val, d.text_columns, d.label_column, d.labels),
+            d.labels,
+        )
     if d.task == "image_folder":
         train = ImageClassFolder(d.train, d.labels)
         return train, ImageClassFolder(d.val, train.classes), train.classes
@@ -123,7 +156,7 @@ def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
             continue
     logits, labels = [], []
     for start in range(0, len(items), batch_size):
-        batch = collator("eval", items[start:start + batch_size], [])
+        batch = collator("eval", items[start : start + batch_size], [])
         labels.append(batch.pop("labels"))
         logits.append(model(**batch).logits.float())
     return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items)}
@@ -140,13 +173,23 @@ def main(cfg: FinetuneConfig) -> dict:
     pretrained = load_pretrained(cfg.model.pretrained)
     train_source, val_source, classes = build_splits(d)
     num_classes = 1 if classes is None else len(classes)
-    loss = cfg.model.loss or ("binary_cross_entropy" if getattr(train_source, "soft_scores", False)
-                              else default_loss(num_classes))
-    collator = ClassificationCollator(pretrained.tokenizer, image_size=pretrained.image_size,
-                                      max_text_length=min(d.max_text_length, pretrained.max_text_length))
+    loss = cfg.model.loss or (
+        "binary_cross_entropy" if getattr(train_source, "soft_scores", False) else default_loss(num_classes)
+    )
+    collator = ClassificationCollator(
+        pretrained.tokenizer,
+        image_size=pretrained.image_size,
+        max_text_length=min(d.max_text_length, pretrained.max_text_length),
+    )
     dataset = MixedPretrainingBatches(
-        {"pairs": train_source}, {"pairs": 1.0}, collator, global_batch_size=t.global_batch_size // t.grad_accumulation,
-        num_steps=t.max_steps * t.grad_accumulation, rank=info.rank, world_size=info.world_size, seed=t.seed,
+        {"pairs": train_source},
+        {"pairs": 1.0},
+        collator,
+        global_batch_size=t.global_batch_size // t.grad_accumulation,
+        num_steps=t.max_steps * t.grad_accumulation,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=t.seed,
     )
     from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -154,23 +197,37 @@ def main(cfg: FinetuneConfig) -> dict:
 
     torch.manual_seed(t.seed)
     model = flava_model_for_classification(
-        num_classes, modality=cfg.model.modality, backbone=pretrained.model, loss=loss,
-        classifier_hidden_dim=cfg.model.classifier_hidden_dim, classifier_dropout=cfg.model.classifier_dropout,
+        num_classes,
+        modality=cfg.model.modality,
+        backbone=pretrained.model,
+        loss=loss,
+        classifier_hidden_dim=cfg.model.classifier_hidden_dim,
+        classifier_dropout=cfg.model.classifier_dropout,
     ).to(info.device)
-    wrapped, optimizer, scheduler, autocast = setup_training(model, t, o, device=info.device,
-                                                             layer_types=(TransformerEncoderLayer,))
+    wrapped, optimizer, scheduler, autocast = setup_training(
+        model, t, o, device=info.device, layer_types=(TransformerEncoderLayer,)
+    )
 
     start, skipped = 0, []
     if resume_from is not None:
         start, skipped = resume_run(checkpoints, resume_from, wrapped, optimizer, scheduler, loader)
         if skipped is None:
-            raise ConfigError(f"key 'training.resume': {resume_from} was written by another number of ranks; "
-                              "resume fine-tuning with the same world size")
+            raise ConfigError(
+                f"key 'training.resume': {resume_from} was written by another number of ranks; "
+                "resume fine-tuning with the same world size"
+            )
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    logger = MetricsLogger(out_dir / "metrics.jsonl", resume_step=start if resume_from else None,
-                           tensorboard_dir=out_dir / "tensorboard" if t.tensorboard else None) if info.is_main else None
+    logger = (
+        MetricsLogger(
+            out_dir / "metrics.jsonl",
+            resume_step=start if resume_from else None,
+            tensorboard_dir=out_dir / "tensorboard" if t.tensorboard else None,
+        )
+        if info.is_main
+        else None
+    )
 
     data_iter = iter(loader)
     for step in range(start, t.max_steps):
@@ -183,22 +240,30 @@ def main(cfg: FinetuneConfig) -> dict:
             sync = micro == t.grad_accumulation - 1
             if t.strategy == "fsdp":
                 model.set_requires_gradient_sync(sync)
-            with (wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext()), autocast:
+            with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext(), autocast:
                 step_loss = wrapped(**batch).loss / t.grad_accumulation
             step_loss.backward()
             loss_sum += step_loss.detach().float()
         grad_norm = clip_grad_norm(model.parameters(), o.clip_grad_norm) if o.clip_grad_norm else None
         loss_value = float(all_reduce_sum(loss_sum)) / info.world_size
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"loss is {loss_value} at step {step + 1}; the last good checkpoint is "
-                                     f"{checkpoints.latest()}; lower optim.lr and resume with training.resume=auto")
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at step {step + 1}; the last good checkpoint is "
+                f"{checkpoints.latest()}; lower optim.lr and resume with training.resume=auto"
+            )
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if logger is not None and (done % t.log_every == 0 or done == t.max_steps):
-            logger.log(done, {"loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                              "grad_norm": None if grad_norm is None else float(grad_norm)})
+            logger.log(
+                done,
+                {
+                    "loss": loss_value,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": None if grad_norm is None else float(grad_norm),
+                },
+            )
         if done % t.checkpoint_every == 0 or done == t.max_steps:
             checkpoints.save(done, wrapped, optimizer, loop_state(done, scheduler, loader, skipped))
 
@@ -212,8 +277,15 @@ def main(cfg: FinetuneConfig) -> dict:
     # every rank evaluates (an FSDP forward needs all of them); rank 0 reports
     validation = evaluate(wrapped.module if t.strategy == "ddp" else model, val_source, collator, loss)
     if info.is_main:
-        report = {"task": d.task, "modality": cfg.model.modality, "loss": loss, "num_classes": num_classes,
-                  "steps": t.max_steps, "skipped_samples": len(distinct), "validation": validation}
+        report = {
+            "task": d.task,
+            "modality": cfg.model.modality,
+            "loss": loss,
+            "num_classes": num_classes,
+            "steps": t.max_steps,
+            "skipped_samples": len(distinct),
+            "validation": validation,
+        }
         if classes is not None and loss == "cross_entropy":
             report["validation"]["chance"] = 1 / num_classes
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))

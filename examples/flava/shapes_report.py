@@ -11,8 +11,8 @@ all three are scored on the same 540 held-out scenes. Writes ``<run>/shapes_repo
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
+import sys
 
 from torchflava.linear_probe import probe_shapes
 from torchflava.pretrained import load_pretrained
@@ -38,13 +38,25 @@ def main() -> dict:
     zero_shot = json.loads((run / "report.json").read_text())["eval"]
     probe = probe_shapes(load_pretrained(run))
     finetune = _finetune_module()
-    cfg = load_config(finetune.FinetuneConfig, [f"config={HERE / 'configs/finetuning/shapes.yaml'}",
-                                                f"model.pretrained={run}", f"training.output_dir={run / 'finetune_shapes'}",
-                                                "training.resume=auto", *args.overrides])
+    cfg = load_config(
+        finetune.FinetuneConfig,
+        [
+            f"config={HERE / 'configs/finetuning/shapes.yaml'}",
+            f"model.pretrained={run}",
+            f"training.output_dir={run / 'finetune_shapes'}",
+            "training.resume=auto",
+            *args.overrides,
+        ],
+    )
     tuned = finetune.main(cfg)["validation"]
-    report = {"chance": zero_shot["zero_shot_chance"], "zero_shot": zero_shot["zero_shot_accuracy"],
-              "linear_probe": probe.test_accuracy, "linear_probe_l2": probe.l2, "fine_tuned": tuned["accuracy"],
-              "test_items": zero_shot["test_items"]}
+    report = {
+        "chance": zero_shot["zero_shot_chance"],
+        "zero_shot": zero_shot["zero_shot_accuracy"],
+        "linear_probe": probe.test_accuracy,
+        "linear_probe_l2": probe.l2,
+        "fine_tuned": tuned["accuracy"],
+        "test_items": zero_shot["test_items"],
+    }
     (run / "shapes_report.json").write_text(json.dumps(report, indent=2))
     print(f"held-out shapes, {report['test_items']} scenes, 30 colour-shape classes:")
     for name in ("zero_shot", "linear_probe", "fine_tuned", "chance"):

@@ -9,19 +9,19 @@ Reads top to bottom: config -> process group -> data -> model, optimiser, schedu
 is importable; it returns the final report.
 """
 
-import json
-import math
-import sys
-import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+import json
+import math
 from pathlib import Path
+import sys
+import time
 from typing import Optional
+import warnings
 
 import torch
-import torch.distributed as dist
 from torch import nn
+import torch.distributed as dist
 
 from torchflava.data.pretraining import KINDS, MixedPretrainingBatches, PretrainingCollator
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
@@ -29,24 +29,35 @@ from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
-from torchflava.models import flava_model, flava_model_for_pretraining, PretrainingBatch
+from torchflava.models import PretrainingBatch, flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.modules.layers import TransformerEncoderLayer
+from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import (
-    CheckpointManager, export_model, loop_state, resume_run,
+    CheckpointManager,
+    export_model,
+    loop_state,
+    resume_run,
 )
 from torchflava.training.config import ConfigError, load_config, save_config
 from torchflava.training.distributed import (
-    all_reduce_sum, barrier, init_distributed, sync_replicated_grads,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    sync_replicated_grads,
 )
 from torchflava.training.metrics import MetricsLogger, plot_losses, read_metrics
 from torchflava.training.optim import clip_grad_norm
 from torchflava.training.schema import (
-    NonFiniteLossError, OptimConfig, raise_on_failed_checks, resume_point, setup_training, training_checks,
+    NonFiniteLossError,
+    OptimConfig,
     TrainingConfig,
+    raise_on_failed_checks,
+    resume_point,
+    setup_training,
+    training_checks,
 )
-from torchflava.pretrained import load_pretrained
 
 # torchdata's StatefulDataLoader calls a torch API that torch itself deprecated; nothing to act on.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -149,17 +160,32 @@ class TrainConfig:
 def validate(cfg: TrainConfig, world_size: int) -> None:
     """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError."""
     m, d = cfg.model, cfg.data
-    raise_on_failed_checks(training_checks(cfg.training, cfg.optim, world_size) + [
-        (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
-        (m.image_size % m.patch_size == 0, "model.image_size", f"a multiple of model.patch_size ({m.patch_size})",
-         m.image_size),
-        (d.num_masked_patches <= (m.image_size // m.patch_size) ** 2, "data.num_masked_patches",
-         f"at most the {(m.image_size // m.patch_size) ** 2} patches", d.num_masked_patches),
-        (d.max_text_length <= m.max_text_positions, "data.max_text_length",
-         f"at most model.max_text_positions ({m.max_text_positions})", d.max_text_length),
-        (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
-        (min(d.ratios.pairs, d.ratios.images, d.ratios.texts) >= 0, "data.ratios", ">= 0 each", d.ratios),
-    ])
+    raise_on_failed_checks(
+        training_checks(cfg.training, cfg.optim, world_size)
+        + [
+            (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
+            (
+                m.image_size % m.patch_size == 0,
+                "model.image_size",
+                f"a multiple of model.patch_size ({m.patch_size})",
+                m.image_size,
+            ),
+            (
+                d.num_masked_patches <= (m.image_size // m.patch_size) ** 2,
+                "data.num_masked_patches",
+                f"at most the {(m.image_size // m.patch_size) ** 2} patches",
+                d.num_masked_patches,
+            ),
+            (
+                d.max_text_length <= m.max_text_positions,
+                "data.max_text_length",
+                f"at most model.max_text_positions ({m.max_text_positions})",
+                d.max_text_length,
+            ),
+            (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
+            (min(d.ratios.pairs, d.ratios.images, d.ratios.texts) >= 0, "data.ratios", ">= 0 each", d.ratios),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -207,7 +233,8 @@ def build_codebook(cfg: TrainConfig) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.training.seed)
         codebook = dalle_encoder(
-            hidden_dim=cfg.codebook.hidden_dim, blocks_per_group=cfg.codebook.blocks_per_group,
+            hidden_dim=cfg.codebook.hidden_dim,
+            blocks_per_group=cfg.codebook.blocks_per_group,
             vocab_size=cfg.model.image_vocab_size,
         )
     if cfg.codebook.pretrained is not None:
@@ -219,32 +246,55 @@ def build_codebook(cfg: TrainConfig) -> nn.Module:
 def backbone_kwargs(cfg: ModelConfig, vocab_size: int) -> dict:
     """``flava_model`` arguments of the configured architecture (also written next to the export)."""
     return dict(
-        image_embed_dim=cfg.hidden_dim, image_num_layers=cfg.image_layers, image_num_heads=cfg.num_heads,
-        image_mlp_dim=cfg.mlp_dim, image_size=cfg.image_size, patch_size=cfg.patch_size,
-        text_embed_dim=cfg.hidden_dim, text_num_layers=cfg.text_layers, text_num_heads=cfg.num_heads,
-        text_mlp_dim=cfg.mlp_dim, vocab_size=vocab_size, max_seq_len=cfg.max_text_positions,
-        multimodal_embed_dim=cfg.hidden_dim, multimodal_num_layers=cfg.multimodal_layers,
-        multimodal_num_heads=cfg.num_heads, multimodal_mlp_dim=cfg.mlp_dim, projection_dim=cfg.projection_dim,
+        image_embed_dim=cfg.hidden_dim,
+        image_num_layers=cfg.image_layers,
+        image_num_heads=cfg.num_heads,
+        image_mlp_dim=cfg.mlp_dim,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        text_embed_dim=cfg.hidden_dim,
+        text_num_layers=cfg.text_layers,
+        text_num_heads=cfg.num_heads,
+        text_mlp_dim=cfg.mlp_dim,
+        vocab_size=vocab_size,
+        max_seq_len=cfg.max_text_positions,
+        multimodal_embed_dim=cfg.hidden_dim,
+        multimodal_num_layers=cfg.multimodal_layers,
+        multimodal_num_heads=cfg.num_heads,
+        multimodal_mlp_dim=cfg.mlp_dim,
+        projection_dim=cfg.projection_dim,
         dropout=cfg.dropout,
     )
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
     m = cfg.model
-    backbone = flava_model(**backbone_kwargs(m, vocab_size),
-                           checkpoint_activations=cfg.training.activation_checkpointing)
+    backbone = flava_model(
+        **backbone_kwargs(m, vocab_size), checkpoint_activations=cfg.training.activation_checkpointing
+    )
     return flava_model_for_pretraining(
-        backbone=backbone, build_codebook=False, pretrained=m.pretrained, image_vocab_size=m.image_vocab_size,
-        mim_weight=m.mim_weight, mlm_weight=m.mlm_weight, itm_weight=m.itm_weight,
-        global_contrastive_weight=m.global_contrastive_weight, mmm_image_weight=m.mmm_image_weight,
-        mmm_text_weight=m.mmm_text_weight, unimodal_losses_on_pairs=m.unimodal_losses_on_pairs,
+        backbone=backbone,
+        build_codebook=False,
+        pretrained=m.pretrained,
+        image_vocab_size=m.image_vocab_size,
+        mim_weight=m.mim_weight,
+        mlm_weight=m.mlm_weight,
+        itm_weight=m.itm_weight,
+        global_contrastive_weight=m.global_contrastive_weight,
+        mmm_image_weight=m.mmm_image_weight,
+        mmm_text_weight=m.mmm_text_weight,
+        unimodal_losses_on_pairs=m.unimodal_losses_on_pairs,
         recompute_contrastive_passes=m.recompute_contrastive_passes,
     )
 
 
 # Losses averaged over a varying number of masked positions per rank: the output field that counts them.
-_COUNTED = {"mim": "mim_targets", "mlm": "mlm_targets", "mmm_image": "mmm_image_targets",
-            "mmm_text": "mmm_text_targets"}
+_COUNTED = {
+    "mim": "mim_targets",
+    "mlm": "mlm_targets",
+    "mmm_image": "mmm_image_targets",
+    "mmm_text": "mmm_text_targets",
+}
 
 
 def _count(name: str, out, batch: PretrainingBatch) -> float:
@@ -269,13 +319,16 @@ def global_mean_losses(out, batch: PretrainingBatch, world_size: int) -> dict[st
         return present
     counts = torch.tensor([_count(name, out, batch) for name in present])
     totals = all_reduce_sum(counts.to(out.loss.device)).cpu()
-    return {name: loss * float(c * world_size / t) if t > 0 else loss
-            for (name, loss), c, t in zip(present.items(), counts, totals)}
+    return {
+        name: loss * float(c * world_size / t) if t > 0 else loss
+        for (name, loss), c, t in zip(present.items(), counts, totals)
+    }
 
 
 def _to_device(batch: PretrainingBatch, device: torch.device) -> PretrainingBatch:
-    return PretrainingBatch(**{k: None if v is None else v.to(device, non_blocking=True)
-                               for k, v in batch.__dict__.items()})
+    return PretrainingBatch(
+        **{k: None if v is None else v.to(device, non_blocking=True) for k, v in batch.__dict__.items()}
+    )
 
 
 def _identity(item):
@@ -301,31 +354,50 @@ def main(cfg: TrainConfig) -> dict:
         if info.is_main:
             build_tokenizer(cfg.data, sources).save(out_dir)
         barrier()
-    tokenizer = build_tokenizer(cfg.data, sources) if cfg.data.vocab is not None else WordPieceTokenizer.from_vocab(saved_vocab)
+    tokenizer = (
+        build_tokenizer(cfg.data, sources) if cfg.data.vocab is not None else WordPieceTokenizer.from_vocab(saved_vocab)
+    )
     grid = cfg.model.image_size // cfg.model.patch_size
     collator = PretrainingCollator(
-        tokenizer, PretrainingImageTransform(cfg.model.image_size, grid * 8, scale=(cfg.data.crop_scale_min, 1.0)),
-        codebook=build_codebook(cfg), patch_grid=grid, max_text_length=cfg.data.max_text_length,
-        num_masked_patches=cfg.data.num_masked_patches, min_mask_block=cfg.data.min_mask_block,
-        mlm_probability=cfg.data.mlm_probability, itm_negative_probability=cfg.data.itm_negative_probability,
+        tokenizer,
+        PretrainingImageTransform(cfg.model.image_size, grid * 8, scale=(cfg.data.crop_scale_min, 1.0)),
+        codebook=build_codebook(cfg),
+        patch_grid=grid,
+        max_text_length=cfg.data.max_text_length,
+        num_masked_patches=cfg.data.num_masked_patches,
+        min_mask_block=cfg.data.min_mask_block,
+        mlm_probability=cfg.data.mlm_probability,
+        itm_negative_probability=cfg.data.itm_negative_probability,
     )
     ratios = {k: getattr(cfg.data.ratios, k) for k in KINDS}
     micro_batch = t.global_batch_size // t.grad_accumulation
     dataset = MixedPretrainingBatches(
-        sources, ratios, collator, global_batch_size=micro_batch, num_steps=t.max_steps * t.grad_accumulation,
-        rank=info.rank, world_size=info.world_size, seed=t.seed,
+        sources,
+        ratios,
+        collator,
+        global_batch_size=micro_batch,
+        num_steps=t.max_steps * t.grad_accumulation,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=t.seed,
     )
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    loader = StatefulDataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=cfg.data.num_workers,
-                                persistent_workers=cfg.data.num_workers > 0)
+    loader = StatefulDataLoader(
+        dataset,
+        batch_size=None,
+        collate_fn=_identity,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
 
     # Model, optimiser, schedule; then the parallel wrapping.
     torch.manual_seed(t.seed)
     model = build_model(cfg, tokenizer.vocab_size).to(info.device)
     o = cfg.optim
-    wrapped, optimizer, scheduler, autocast = setup_training(model, t, o, device=info.device,
-                                                             layer_types=(TransformerEncoderLayer,))
+    wrapped, optimizer, scheduler, autocast = setup_training(
+        model, t, o, device=info.device, layer_types=(TransformerEncoderLayer,)
+    )
 
     start, skipped = 0, []
     if resume_from is not None:
@@ -334,14 +406,24 @@ def main(cfg: TrainConfig) -> dict:
             skipped = restored
         else:  # saved by fewer ranks: the data position follows from the step
             scheduler.last_epoch = start
-            loader = StatefulDataLoader(torch.utils.data.Subset(dataset, range(start * t.grad_accumulation,
-                                                                               len(dataset))),
-                                        batch_size=None, collate_fn=_identity, num_workers=cfg.data.num_workers)
+            loader = StatefulDataLoader(
+                torch.utils.data.Subset(dataset, range(start * t.grad_accumulation, len(dataset))),
+                batch_size=None,
+                collate_fn=_identity,
+                num_workers=cfg.data.num_workers,
+            )
     if info.is_main:
         tokenizer.save(out_dir)
         save_config(cfg, out_dir / "config.yaml")
-    logger = MetricsLogger(out_dir / "metrics.jsonl", resume_step=start if resume_from else None,
-                           tensorboard_dir=out_dir / "tensorboard" if t.tensorboard else None) if info.is_main else None
+    logger = (
+        MetricsLogger(
+            out_dir / "metrics.jsonl",
+            resume_step=start if resume_from else None,
+            tensorboard_dir=out_dir / "tensorboard" if t.tensorboard else None,
+        )
+        if info.is_main
+        else None
+    )
 
     def save(step: int) -> None:
         checkpoints.save(step, wrapped, optimizer, loop_state(step, scheduler, loader, skipped))
@@ -363,7 +445,7 @@ def main(cfg: TrainConfig) -> dict:
             sync = micro == t.grad_accumulation - 1
             if t.strategy == "fsdp":
                 model.set_requires_gradient_sync(sync)
-            with (wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext()), autocast:
+            with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext(), autocast:
                 losses = global_mean_losses(wrapped(batch), batch, info.world_size)
                 loss = torch.stack(list(losses.values())).sum() / t.grad_accumulation
             loss.backward()
@@ -394,8 +476,14 @@ def main(cfg: TrainConfig) -> dict:
             now = time.perf_counter()
             samples_per_s = (done - last_step) * t.global_batch_size / max(now - last_time, 1e-9)
             last_time, last_step = now, done
-            record = {"loss": loss_value, **parts, "kind": item.kind, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": None if grad_norm is None else float(grad_norm), "samples_per_s": samples_per_s}
+            record = {
+                "loss": loss_value,
+                **parts,
+                "kind": item.kind,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "samples_per_s": samples_per_s,
+            }
             if logger is not None:
                 logger.log(done, record)
             if progress is not None:
@@ -438,7 +526,8 @@ def _report(cfg: TrainConfig, info, skipped: list, export_path: Path, tokenizer:
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
     (export_path.parent / "backbone_config.json").write_text(
-        json.dumps(backbone_kwargs(cfg.model, tokenizer.vocab_size), indent=2))
+        json.dumps(backbone_kwargs(cfg.model, tokenizer.vocab_size), indent=2)
+    )
     tokenizer.save(export_path.parent)
     if cfg.eval.enabled and cfg.data.source == "shapes":
         report["eval"] = evaluate_shapes(cfg, export_path, tokenizer)
@@ -451,19 +540,20 @@ def _report(cfg: TrainConfig, info, skipped: list, export_path: Path, tokenizer:
 def evaluate_shapes(cfg: TrainConfig, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
     """Zero-shot colour-shape classification and retrieval on the held-out shapes split."""
     backbone = load_pretrained(export_path.parent).model  # the export directory: weights, architecture, vocab
-    test = ShapesWorld("test", cfg.data.shapes.num_test, image_size=cfg.data.shapes.image_size,
-                       seed=cfg.data.shapes.seed)
+    test = ShapesWorld(
+        "test", cfg.data.shapes.num_test, image_size=cfg.data.shapes.image_size, seed=cfg.data.shapes.seed
+    )
     transform = EvalImageTransform(cfg.model.image_size)
     samples = [test[i] for i in range(len(test))]
     images = torch.stack([transform(s.image) for s in samples])
     bs = cfg.eval.batch_size
-    image_features = torch.cat([backbone.encode_image(images[i:i + bs]) for i in range(0, len(images), bs)])
+    image_features = torch.cat([backbone.encode_image(images[i : i + bs]) for i in range(0, len(images), bs)])
 
     def tokenize(texts):
         return tokenizer(list(texts), max_length=cfg.data.max_text_length)
 
     def encode_text(ids, mask):
-        return torch.cat([backbone.encode_text(ids[i:i + bs], mask[i:i + bs]) for i in range(0, len(ids), bs)])
+        return torch.cat([backbone.encode_text(ids[i : i + bs], mask[i : i + bs]) for i in range(0, len(ids), bs)])
 
     text_features = encode_text(*tokenize([s.text for s in samples]))
     classes = zero_shot_classifier(encode_text, tokenize, CLASS_NAMES, cfg.eval.templates)
@@ -482,18 +572,24 @@ def evaluate_shapes(cfg: TrainConfig, export_path: Path, tokenizer: WordPieceTok
 
 
 def format_report(report: dict) -> str:
-    lines = [f"pretraining finished: {report['steps']} steps, final loss {report['final_loss']:.4f}",
-             f"unusable samples skipped: {report['skipped_samples']}"]
+    lines = [
+        f"pretraining finished: {report['steps']} steps, final loss {report['final_loss']:.4f}",
+        f"unusable samples skipped: {report['skipped_samples']}",
+    ]
     lines += [f"  {example}" for example in report["skipped_examples"]]
     e = report.get("eval")
     if e:
         lines.append(f"held-out shapes split ({e['test_items']} scenes, unique captions):")
-        lines.append(f"  zero-shot classification ({e['num_classes']} colour-shape classes): "
-                     f"{100 * e['zero_shot_accuracy']:.1f}%   (chance {100 * e['zero_shot_chance']:.1f}%)")
+        lines.append(
+            f"  zero-shot classification ({e['num_classes']} colour-shape classes): "
+            f"{100 * e['zero_shot_accuracy']:.1f}%   (chance {100 * e['zero_shot_chance']:.1f}%)"
+        )
         for k in (1, 5):
             chance = 100 * e[f"R@{k}_chance"]
-            lines.append(f"  image->text R@{k}: {100 * e[f'image_to_text_R@{k}']:.1f}%   text->image R@{k}: "
-                         f"{100 * e[f'text_to_image_R@{k}']:.1f}%   (chance {chance:.1f}%)")
+            lines.append(
+                f"  image->text R@{k}: {100 * e[f'image_to_text_R@{k}']:.1f}%   text->image R@{k}: "
+                f"{100 * e[f'text_to_image_R@{k}']:.1f}%   (chance {chance:.1f}%)"
+            )
     return "\n".join(lines)
 
 

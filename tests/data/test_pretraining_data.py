@@ -1,9 +1,9 @@
 """Mixed pretraining batches on the shapes world: determinism, rank sharding, kind mixing, masks,
 ITM negatives, unusable items, argument errors, and a forward pass of a tiny FLAVA on each kind."""
 
+from collections import Counter
 import dataclasses
 import math
-from collections import Counter
 
 import pytest
 import torch
@@ -56,8 +56,14 @@ def shapes_sources() -> dict:
 
 def collator(tokenizer, codebook, **kwargs) -> PretrainingCollator:
     return PretrainingCollator(
-        tokenizer, PretrainingImageTransform(32, 32), codebook=codebook, patch_grid=4,
-        num_masked_patches=NUM_MASKED, min_mask_block=2, max_text_length=40, **kwargs,
+        tokenizer,
+        PretrainingImageTransform(32, 32),
+        codebook=codebook,
+        patch_grid=4,
+        num_masked_patches=NUM_MASKED,
+        min_mask_block=2,
+        max_text_length=40,
+        **kwargs,
     )
 
 
@@ -82,8 +88,11 @@ def rows(item: MixedBatch) -> list[dict]:
     batch, out = item.batch, []
     size = (batch.image if batch.image is not None else batch.text).shape[0]
     for i in range(size):
-        row = {name: getattr(batch, name)[i] for name in ("image", "image_patch_mask", "image_tokens", "itm_labels")
-               if getattr(batch, name) is not None}
+        row = {
+            name: getattr(batch, name)[i]
+            for name in ("image", "image_patch_mask", "image_tokens", "itm_labels")
+            if getattr(batch, name) is not None
+        }
         if batch.text is not None:
             n = int(batch.text_attention_mask[i].sum())
             row.update({name: getattr(batch, name)[i, :n] for name in ("text", "text_masked", "mlm_labels")})
@@ -93,7 +102,7 @@ def rows(item: MixedBatch) -> list[dict]:
 
 def text_of(tokenizer, batch: PretrainingBatch, row: int) -> str:
     n = int(batch.text_attention_mask[row].sum())
-    return tokenizer.decode(batch.text[row, 1:n - 1].tolist())
+    return tokenizer.decode(batch.text[row, 1 : n - 1].tolist())
 
 
 class Recording(Dataset):
@@ -236,8 +245,9 @@ def test_kind_frequencies_follow_ratios(tokenizer, codebook):
 
 def test_each_pass_reads_every_item_once_in_a_new_order(tokenizer, codebook):
     source = Recording(ShapesWorld("pairs", 8, image_size=32))
-    data = dataset(collator(tokenizer, codebook, itm_negative_probability=0.0), sources={"pairs": source},
-                   ratios={"pairs": 1.0})
+    data = dataset(
+        collator(tokenizer, codebook, itm_negative_probability=0.0), sources={"pairs": source}, ratios={"pairs": 1.0}
+    )
     for step in (0, 1):
         data[step]
     first = list(source.log)
@@ -323,15 +333,22 @@ def test_step_out_of_range(tokenizer, codebook):
 
 def test_collator_argument_errors(tokenizer, codebook):
     with pytest.raises(ValueError, match="num_masked_patches"):
-        PretrainingCollator(tokenizer, PretrainingImageTransform(32, 32), codebook=None, patch_grid=4,
-                            num_masked_patches=17)
+        PretrainingCollator(
+            tokenizer, PretrainingImageTransform(32, 32), codebook=None, patch_grid=4, num_masked_patches=17
+        )
     with pytest.raises(ValueError, match="itm_negative_probability"):
         collator(tokenizer, codebook, itm_negative_probability=1.5)
 
 
 def test_without_a_codebook_the_batch_carries_codebook_pixels(tokenizer):
-    collate = PretrainingCollator(tokenizer, PretrainingImageTransform(32, 16), codebook=None, patch_grid=4,
-                                  num_masked_patches=NUM_MASKED, min_mask_block=2)
+    collate = PretrainingCollator(
+        tokenizer,
+        PretrainingImageTransform(32, 16),
+        codebook=None,
+        patch_grid=4,
+        num_masked_patches=NUM_MASKED,
+        min_mask_block=2,
+    )
     item = dataset(collate, ratios={"images": 1.0})[0]
     assert present(item.batch) == {"image", "image_patch_mask", "codebook_pixels"}
     pixels = item.batch.codebook_pixels
@@ -341,10 +358,23 @@ def test_without_a_codebook_the_batch_carries_codebook_pixels(tokenizer):
 def test_tiny_flava_gives_a_finite_loss_for_each_kind(reference, tokenizer):
     torch.manual_seed(0)
     backbone = flava_model(
-        image_embed_dim=32, image_num_layers=1, image_num_heads=2, image_mlp_dim=48, image_size=32, patch_size=8,
-        text_embed_dim=24, text_num_layers=1, text_num_heads=2, text_mlp_dim=40, vocab_size=tokenizer.vocab_size,
-        max_seq_len=40, multimodal_embed_dim=16, multimodal_num_layers=1, multimodal_num_heads=2,
-        multimodal_mlp_dim=36, projection_dim=20,
+        image_embed_dim=32,
+        image_num_layers=1,
+        image_num_heads=2,
+        image_mlp_dim=48,
+        image_size=32,
+        patch_size=8,
+        text_embed_dim=24,
+        text_num_layers=1,
+        text_num_heads=2,
+        text_mlp_dim=40,
+        vocab_size=tokenizer.vocab_size,
+        max_seq_len=40,
+        multimodal_embed_dim=16,
+        multimodal_num_layers=1,
+        multimodal_num_heads=2,
+        multimodal_mlp_dim=36,
+        projection_dim=20,
     )
     model = flava_model_for_pretraining(backbone=backbone, build_codebook=False, image_vocab_size=CODEBOOK_VOCAB)
     expected = {"images": {"mim"}, "texts": {"mlm"}, "pairs": {"itm", "global_contrastive", "mmm_image", "mmm_text"}}
@@ -356,8 +386,13 @@ def test_tiny_flava_gives_a_finite_loss_for_each_kind(reference, tokenizer):
         assert bool(torch.isfinite(out.loss)) and float(out.loss.detach()) > 0
         assert torch.allclose(out.loss.detach(), sum(losses.values()))
         # At initialisation the heads are close to uniform: about ln(classes) for each cross-entropy.
-        for name, classes in (("mim", CODEBOOK_VOCAB), ("mmm_image", CODEBOOK_VOCAB), ("mlm", tokenizer.vocab_size),
-                              ("mmm_text", tokenizer.vocab_size), ("itm", 2)):
+        for name, classes in (
+            ("mim", CODEBOOK_VOCAB),
+            ("mmm_image", CODEBOOK_VOCAB),
+            ("mlm", tokenizer.vocab_size),
+            ("mmm_text", tokenizer.vocab_size),
+            ("itm", 2),
+        ):
             if name in losses:
                 assert abs(float(losses[name]) - math.log(classes)) < 0.6, (name, float(losses[name]))
         out.loss.backward()

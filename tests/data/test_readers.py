@@ -3,13 +3,13 @@
 import gzip
 import io
 import json
+from pathlib import Path
 import pickle
 import tarfile
-from pathlib import Path
 
+from PIL import Image
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
@@ -389,7 +389,12 @@ def test_tar_shards_require(tmp_path, shards):
     results = outcomes(texts)
     assert bad_indices(results) == [1, 5, 8]
     assert [r.text for r in results if isinstance(r, Sample)] == [
-        "first caption", "third", "from json", "no image", "caf\u00e9", "second shard",
+        "first caption",
+        "third",
+        "from json",
+        "no image",
+        "caf\u00e9",
+        "second shard",
     ]
     assert all(r.image is None for r in results if isinstance(r, Sample))
 

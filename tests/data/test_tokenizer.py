@@ -9,8 +9,23 @@ from torchflava.data.shapes import ShapesWorld
 from torchflava.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
 # A hand-written vocabulary: the line number is the id.
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "large", "in", "the", "middle", ",",
-         "##s", "blue"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "red",
+    "circle",
+    "large",
+    "in",
+    "the",
+    "middle",
+    ",",
+    "##s",
+    "blue",
+]
 ID = {token: i for i, token in enumerate(VOCAB)}
 
 
@@ -97,7 +112,7 @@ def test_train_puts_special_tokens_first(trained, captions):
     # Every word of the training text is one token (the vocabulary has room for all of them).
     for row, n, text in zip(ids.tolist(), lengths.tolist(), captions[:50]):
         assert n == len(text.replace(",", " ,").split()) + 2
-        assert trained.decode(row[1:n - 1]) == text
+        assert trained.decode(row[1 : n - 1]) == text
 
 
 def test_train_is_deterministic_and_order_free(trained, captions):
@@ -119,7 +134,7 @@ def test_words_left_out_are_spelt_in_pieces(captions):
     lengths = mask.sum(dim=1)
     assert bool((lengths > torch.tensor([len(t.split()) + 2 for t in captions[:30]])).all())
     for row, n, text in zip(ids.tolist(), lengths.tolist(), captions[:30]):
-        assert small.decode(row[1:n - 1]) == text
+        assert small.decode(row[1 : n - 1]) == text
 
 
 def test_train_refuses_a_vocab_size_below_the_alphabet(captions):

@@ -2,9 +2,9 @@
 
 import random
 
+from PIL import Image
 import pytest
 import torch
-from PIL import Image
 
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, PretrainingImageTransform

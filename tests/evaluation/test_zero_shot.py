@@ -8,12 +8,14 @@ import torch
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 
 # similarity[i, j] = score of image i against text j; row i's right answer is column i.
-SIMILARITY = torch.tensor([
-    [0.9, 0.1, 0.2, 0.0],  # image 0: its text ranks first
-    [0.5, 0.3, 0.4, 0.1],  # image 1: two texts above it -> rank 2
-    [0.1, 0.2, 0.6, 0.7],  # image 2: one above -> rank 1
-    [0.8, 0.7, 0.9, 0.2],  # image 3: three above -> rank 3
-])
+SIMILARITY = torch.tensor(
+    [
+        [0.9, 0.1, 0.2, 0.0],  # image 0: its text ranks first
+        [0.5, 0.3, 0.4, 0.1],  # image 1: two texts above it -> rank 2
+        [0.1, 0.2, 0.6, 0.7],  # image 2: one above -> rank 1
+        [0.8, 0.7, 0.9, 0.2],  # image 3: three above -> rank 3
+    ]
+)
 # Per text (column): text 0 first; texts 1, 2, 3 each have one image above them -> ranks 0, 1, 1, 1.
 
 
@@ -27,10 +29,14 @@ def test_retrieval_recall_exact_values():
     assert torch.allclose(images @ texts.T, SIMILARITY)
     recall = retrieval_recall(images, texts, ks=(1, 2, 3, 4))
     assert recall == {
-        "image_to_text_R@1": 0.25, "text_to_image_R@1": 0.25,
-        "image_to_text_R@2": 0.5, "text_to_image_R@2": 1.0,
-        "image_to_text_R@3": 0.75, "text_to_image_R@3": 1.0,
-        "image_to_text_R@4": 1.0, "text_to_image_R@4": 1.0,
+        "image_to_text_R@1": 0.25,
+        "text_to_image_R@1": 0.25,
+        "image_to_text_R@2": 0.5,
+        "text_to_image_R@2": 1.0,
+        "image_to_text_R@3": 0.75,
+        "text_to_image_R@3": 1.0,
+        "image_to_text_R@4": 1.0,
+        "text_to_image_R@4": 1.0,
     }
     assert list(recall) == [f"{d}_R@{k}" for k in (1, 2, 3, 4) for d in ("image_to_text", "text_to_image")]
 
@@ -47,7 +53,8 @@ def test_retrieval_recall_of_normalised_features_and_a_permutation():
     default = retrieval_recall(images, images, ks=(1, 5))
     assert set(default) == {"image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5", "text_to_image_R@5"}
     assert set(retrieval_recall(torch.eye(10), torch.eye(10))) == {
-        f"{d}_R@{k}" for k in (1, 5, 10) for d in ("image_to_text", "text_to_image")}
+        f"{d}_R@{k}" for k in (1, 5, 10) for d in ("image_to_text", "text_to_image")
+    }
 
 
 def test_retrieval_recall_accepts_half_precision():
@@ -86,8 +93,18 @@ def test_retrieval_recall_errors(images, texts, ks, match):
 
 def test_classification_accuracy_exact():
     classes = torch.eye(3)  # class c points along axis c
-    images = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1],
-                           [0.0, 0.4, 0.6], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1], [0.2, 0.5, 0.3]])
+    images = torch.tensor(
+        [
+            [0.9, 0.1, 0.0],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.1, 0.8],
+            [0.6, 0.3, 0.1],
+            [0.0, 0.4, 0.6],
+            [0.3, 0.3, 0.4],
+            [0.5, 0.4, 0.1],
+            [0.2, 0.5, 0.3],
+        ]
+    )
     # nearest classes: 0, 1, 2, 0, 2, 2, 0, 1
     labels = torch.tensor([0, 1, 2, 1, 2, 0, 0, 1])
     assert classification_accuracy(images, classes, labels) == 0.75  # 6 of 8

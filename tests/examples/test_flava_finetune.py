@@ -2,11 +2,10 @@
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
+import sys
 
 import pytest
-import torch
 
 from tests.helpers import write_tiny_export
 from torchflava.data.finetuning import GlueTsv, ImageTextLabels
@@ -27,11 +26,24 @@ def export(tmp_path_factory):
 
 
 def _run(export, out, *overrides):
-    cfg = finetune.load_config(finetune.FinetuneConfig, [
-        f"model.pretrained={export}", f"training.output_dir={out}", "training.max_steps=30",
-        "training.global_batch_size=16", "training.log_every=5", "training.checkpoint_every=30",
-        "training.progress_bar=false", "training.tensorboard=false", "optim.lr=3e-3", "optim.warmup_steps=3",
-        "model.classifier_hidden_dim=32", "model.classifier_dropout=0.0", *overrides])
+    cfg = finetune.load_config(
+        finetune.FinetuneConfig,
+        [
+            f"model.pretrained={export}",
+            f"training.output_dir={out}",
+            "training.max_steps=30",
+            "training.global_batch_size=16",
+            "training.log_every=5",
+            "training.checkpoint_every=30",
+            "training.progress_bar=false",
+            "training.tensorboard=false",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=3",
+            "model.classifier_hidden_dim=32",
+            "model.classifier_dropout=0.0",
+            *overrides,
+        ],
+    )
     return finetune.main(cfg)
 
 
@@ -51,9 +63,17 @@ def test_glue_sentence_pair_classification_learns(export, tmp_path):
     rows = [(i, t, texts[-1 - i], "red" if s.colour == "red" else "blue") for i, (s, t) in enumerate(pairs[:280])]
     _write_glue(tmp_path / "train.tsv", rows[:200], ["index", "question", "sentence", "label"])
     _write_glue(tmp_path / "dev.tsv", rows[200:], ["index", "question", "sentence", "label"])
-    report = _run(export, tmp_path / "run", "data.task=glue", f"data.train={tmp_path / 'train.tsv'}",
-                  f"data.val={tmp_path / 'dev.tsv'}", "data.text_columns=[question,sentence]",
-                  "data.labels=[blue,red]", "model.modality=text", "training.max_steps=120")
+    report = _run(
+        export,
+        tmp_path / "run",
+        "data.task=glue",
+        f"data.train={tmp_path / 'train.tsv'}",
+        f"data.val={tmp_path / 'dev.tsv'}",
+        "data.text_columns=[question,sentence]",
+        "data.labels=[blue,red]",
+        "model.modality=text",
+        "training.max_steps=120",
+    )
     assert report["loss"] == "cross_entropy" and report["num_classes"] == 2
     assert set(report["validation"]) == {"accuracy", "f1", "items", "chance"}
     assert report["validation"]["items"] == len(rows) - 200 > 20
@@ -67,9 +87,17 @@ def test_glue_regression_reports_pearson(export, tmp_path):
     rows = [(t, 5.0 if s.size == "large" else 1.0) for s, t in zip(scenes, texts)]
     _write_glue(tmp_path / "train.tsv", rows[:160], ["sentence", "score"])
     _write_glue(tmp_path / "dev.tsv", rows[160:], ["sentence", "score"])
-    report = _run(export, tmp_path / "run", "data.task=glue", f"data.train={tmp_path / 'train.tsv'}",
-                  f"data.val={tmp_path / 'dev.tsv'}", "data.label_column=score", "data.labels=null",
-                  "model.modality=text", "training.max_steps=150")
+    report = _run(
+        export,
+        tmp_path / "run",
+        "data.task=glue",
+        f"data.train={tmp_path / 'train.tsv'}",
+        f"data.val={tmp_path / 'dev.tsv'}",
+        "data.label_column=score",
+        "data.labels=null",
+        "model.modality=text",
+        "training.max_steps=150",
+    )
     assert report["loss"] == "mse" and report["num_classes"] == 1
     assert report["validation"]["pearson"] > 0.5
 
@@ -82,15 +110,29 @@ def test_vqa_style_soft_scores(export, tmp_path):
     for i in range(120):
         world[i].image.save(tmp_path / "images" / f"{i}.png")
         colour = world.scene(i).colour
-        lines.append({"image": f"{i}.png", "text": "what colour is the shape?",
-                      "answers": {colour: 1.0, answers[(answers.index(colour) + 1) % 6]: 0.3}})
+        lines.append(
+            {
+                "image": f"{i}.png",
+                "text": "what colour is the shape?",
+                "answers": {colour: 1.0, answers[(answers.index(colour) + 1) % 6]: 0.3},
+            }
+        )
     (tmp_path / "images" / "bad.png").write_text("broken")
     lines.append({"image": "bad.png", "text": "what colour is the shape?", "answers": {"red": 1.0}})
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[:90] + lines[-1:]))
     (tmp_path / "val.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[90:120]))
-    report = _run(export, tmp_path / "run", "data.task=image_text", f"data.train={tmp_path / 'train.jsonl'}",
-                  f"data.val={tmp_path / 'val.jsonl'}", f"data.image_root={tmp_path / 'images'}",
-                  f"data.labels=[{','.join(answers)}]", "model.modality=mm", "training.max_steps=300", "optim.lr=1e-3")
+    report = _run(
+        export,
+        tmp_path / "run",
+        "data.task=image_text",
+        f"data.train={tmp_path / 'train.jsonl'}",
+        f"data.val={tmp_path / 'val.jsonl'}",
+        f"data.image_root={tmp_path / 'images'}",
+        f"data.labels=[{','.join(answers)}]",
+        "model.modality=mm",
+        "training.max_steps=300",
+        "optim.lr=1e-3",
+    )
     assert report["loss"] == "binary_cross_entropy" and report["num_classes"] == 6
     assert report["skipped_samples"] == 1
     assert report["validation"]["vqa_accuracy"] > 0.33  # chance is about (1 + 0.3) / 6 = 0.22 (0.40 measured)
@@ -114,8 +156,16 @@ def test_config_errors(export, tmp_path):
     with pytest.raises(finetune.ConfigError, match="data.train"):
         _run(export, tmp_path / "r2", "data.task=glue")
     with pytest.raises(ValueError, match="modality"):
-        _run(export, tmp_path / "r3", "data.task=shapes", "data.shapes_train=64", "data.shapes_val=32",
-             "data.image_size=32", "model.modality=video", "training.max_steps=4")
+        _run(
+            export,
+            tmp_path / "r3",
+            "data.task=shapes",
+            "data.shapes_train=64",
+            "data.shapes_val=32",
+            "data.image_size=32",
+            "model.modality=video",
+            "training.max_steps=4",
+        )
 
 
 def test_resume_reproduces_the_losses(export, tmp_path):
@@ -123,8 +173,16 @@ def test_resume_reproduces_the_losses(export, tmp_path):
 
     from torchflava.training.metrics import read_metrics
 
-    common = ["data.task=shapes", "data.shapes_train=200", "data.shapes_val=30", "data.image_size=32",
-              "model.modality=image", "training.max_steps=10", "training.checkpoint_every=5", "training.log_every=1"]
+    common = [
+        "data.task=shapes",
+        "data.shapes_train=200",
+        "data.shapes_val=30",
+        "data.image_size=32",
+        "model.modality=image",
+        "training.max_steps=10",
+        "training.checkpoint_every=5",
+        "training.log_every=1",
+    ]
     _run(export, tmp_path / "run", *common)
     before = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000010")  # as if killed after step 9
@@ -139,18 +197,44 @@ def test_two_ddp_processes_match_one(export, tmp_path):
 
     from torchflava.training.metrics import read_metrics
 
-    common = ["data.task=shapes", "data.shapes_train=200", "data.shapes_val=30", "data.image_size=32",
-              "model.modality=image", "training.max_steps=4", "training.checkpoint_every=4", "training.log_every=1",
-              "model.classifier_dropout=0.0", f"model.pretrained={export}", "training.global_batch_size=16",
-              "training.progress_bar=false", "training.tensorboard=false", "optim.warmup_steps=1",
-              "model.classifier_hidden_dim=32"]
+    common = [
+        "data.task=shapes",
+        "data.shapes_train=200",
+        "data.shapes_val=30",
+        "data.image_size=32",
+        "model.modality=image",
+        "training.max_steps=4",
+        "training.checkpoint_every=4",
+        "training.log_every=1",
+        "model.classifier_dropout=0.0",
+        f"model.pretrained={export}",
+        "training.global_batch_size=16",
+        "training.progress_bar=false",
+        "training.tensorboard=false",
+        "optim.warmup_steps=1",
+        "model.classifier_hidden_dim=32",
+    ]
     cfg = finetune.load_config(finetune.FinetuneConfig, [f"training.output_dir={tmp_path / 'one'}", *common])
     finetune.main(cfg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "examples" / "flava" / "finetune.py"), f"training.output_dir={tmp_path / 'two'}",
-               "training.strategy=ddp", *common]
-    result = subprocess.run(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
-                            capture_output=True, text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "examples" / "flava" / "finetune.py"),
+        f"training.output_dir={tmp_path / 'two'}",
+        "training.strategy=ddp",
+        *common,
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     one = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one" / "metrics.jsonl")}
     two = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")}

@@ -3,15 +3,15 @@
 import importlib.util
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from PIL import Image
 import pytest
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "flava" / "train.py"
@@ -46,11 +46,21 @@ def _run(args, *, nproc=1, check=True):
     if nproc == 1:
         command = [sys.executable, str(SCRIPT), f"config={DEBUG}", *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   str(SCRIPT), f"config={DEBUG}", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(SCRIPT),
+            f"config={DEBUG}",
+            *args,
+        ]
     result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -72,16 +82,19 @@ def test_unknown_top_level_section_in_yaml_is_an_error(tmp_path):
         train.load_config(train.TrainConfig, [f"config={bad}"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("training.strategy=zero3", "training.strategy"),
-    ("training.precision=fp8", "training.precision"),
-    ("training.activation_checkpointing=some", "training.activation_checkpointing"),
-    ("training.global_batch_size=6", "training.global_batch_size"),  # not divisible by accumulation 4
-    ("model.image_size=30", "model.image_size"),
-    ("data.num_masked_patches=17", "data.num_masked_patches"),
-    ("optim.warmup_steps=8", "optim.warmup_steps"),
-    ("data.source=web", "data.source"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("training.strategy=zero3", "training.strategy"),
+        ("training.precision=fp8", "training.precision"),
+        ("training.activation_checkpointing=some", "training.activation_checkpointing"),
+        ("training.global_batch_size=6", "training.global_batch_size"),  # not divisible by accumulation 4
+        ("model.image_size=30", "model.image_size"),
+        ("data.num_masked_patches=17", "data.num_masked_patches"),
+        ("optim.warmup_steps=8", "optim.warmup_steps"),
+        ("data.source=web", "data.source"),
+    ],
+)
 def test_semantic_validation_names_the_key(override, key):
     cfg = _config(override, "training.grad_accumulation=4" if "global_batch" in override else "training.seed=0")
     with pytest.raises(train.ConfigError, match=key.replace(".", r"\.")):
@@ -89,8 +102,9 @@ def test_semantic_validation_names_the_key(override, key):
 
 
 def test_refuses_to_mix_runs_in_one_output_dir(tmp_path):
-    cfg = _config(f"training.output_dir={tmp_path}", "training.max_steps=3", "training.checkpoint_every=3",
-                  "eval.enabled=false")
+    cfg = _config(
+        f"training.output_dir={tmp_path}", "training.max_steps=3", "training.checkpoint_every=3", "eval.enabled=false"
+    )
     train.main(cfg)
     cfg = _config(f"training.output_dir={tmp_path}", "training.max_steps=3", "training.resume=none")
     with pytest.raises(train.ConfigError, match="training.resume"):
@@ -117,8 +131,14 @@ def test_single_process_run_writes_everything_and_learns(tmp_path):
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     train.main(_config(f"training.output_dir={tmp_path / 'one'}", "training.max_steps=4", "eval.enabled=false"))
-    train.main(_config(f"training.output_dir={tmp_path / 'acc'}", "training.max_steps=4", "eval.enabled=false",
-                       "training.grad_accumulation=2"))
+    train.main(
+        _config(
+            f"training.output_dir={tmp_path / 'acc'}",
+            "training.max_steps=4",
+            "eval.enabled=false",
+            "training.grad_accumulation=2",
+        )
+    )
     one, acc = _losses(tmp_path / "one"), _losses(tmp_path / "acc")
     assert one.keys() == acc.keys()
     # the first step sees the same weights: the losses agree closely (micro-batches may be of other kinds later)
@@ -159,8 +179,14 @@ def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
 
 
 def test_an_incomplete_checkpoint_is_never_resumed_from(tmp_path):
-    train.main(_config(f"training.output_dir={tmp_path}", "training.max_steps=4", "training.checkpoint_every=2",
-                       "eval.enabled=false"))
+    train.main(
+        _config(
+            f"training.output_dir={tmp_path}",
+            "training.max_steps=4",
+            "training.checkpoint_every=2",
+            "eval.enabled=false",
+        )
+    )
     torn = tmp_path / "checkpoints" / "step_00000006"  # a directory without the COMPLETE marker
     torn.mkdir()
     (tmp_path / "checkpoints" / ".step_00000008.tmp").mkdir()
@@ -189,11 +215,18 @@ def _write_pairs(root: Path) -> int:
 
 def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     bad = _write_pairs(tmp_path / "data")
-    report = train.main(_config(
-        f"training.output_dir={tmp_path / 'run'}", "training.max_steps=10", "data.source=files",
-        f"data.files.pairs_root={tmp_path / 'data' / 'images'}", f"data.files.pairs_captions={tmp_path / 'data' / 'captions.jsonl'}",
-        "data.ratios.pairs=1", "data.ratios.images=0", "data.ratios.texts=0",
-    ))
+    report = train.main(
+        _config(
+            f"training.output_dir={tmp_path / 'run'}",
+            "training.max_steps=10",
+            "data.source=files",
+            f"data.files.pairs_root={tmp_path / 'data' / 'images'}",
+            f"data.files.pairs_captions={tmp_path / 'data' / 'captions.jsonl'}",
+            "data.ratios.pairs=1",
+            "data.ratios.images=0",
+            "data.ratios.texts=0",
+        )
+    )
     assert report["skipped_samples"] == bad
     assert len(_losses(tmp_path / "run")) == 10
     reasons = " ".join(report["skipped_examples"])
@@ -227,7 +260,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         train.main(cfg)
     assert "step_00000004" in str(error.value)
     assert [p.name for p in train.CheckpointManager(tmp_path / "checkpoints").complete()] == [
-        "step_00000002", "step_00000004"]
+        "step_00000002",
+        "step_00000004",
+    ]
 
 
 # ------------------------------------------------------------------------- precision and memory options
@@ -235,7 +270,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_activation_checkpointing_changes_no_loss(tmp_path, mode):
     common = ["training.max_steps=3", "eval.enabled=false"]
     train.main(_config(f"training.output_dir={tmp_path / 'plain'}", *common))
-    train.main(_config(f"training.output_dir={tmp_path / 'ckpt'}", f"training.activation_checkpointing={mode}", *common))
+    train.main(
+        _config(f"training.output_dir={tmp_path / 'ckpt'}", f"training.activation_checkpointing={mode}", *common)
+    )
     plain, recomputed = _losses(tmp_path / "plain"), _losses(tmp_path / "ckpt")
     assert plain.keys() == recomputed.keys()
     for step in plain:
@@ -245,8 +282,11 @@ def test_activation_checkpointing_changes_no_loss(tmp_path, mode):
 def test_bf16_autocast_run_stays_close_to_fp32_and_writes_tensorboard(tmp_path):
     common = ["training.max_steps=3", "eval.enabled=false"]
     train.main(_config(f"training.output_dir={tmp_path / 'fp32'}", *common))
-    train.main(_config(f"training.output_dir={tmp_path / 'bf16'}", "training.precision=bf16",
-                       "training.tensorboard=true", *common))
+    train.main(
+        _config(
+            f"training.output_dir={tmp_path / 'bf16'}", "training.precision=bf16", "training.tensorboard=true", *common
+        )
+    )
     fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
     assert fp32[1] != bf16[1]  # it really ran in bf16 ...
     assert bf16[1] == pytest.approx(fp32[1], rel=2e-2)  # ... and stays close on the first step
@@ -256,24 +296,28 @@ def test_bf16_autocast_run_stays_close_to_fp32_and_writes_tensorboard(tmp_path):
 def test_fsdp_with_bf16_parameters_runs_and_stays_close(tmp_path):
     common = ["training.max_steps=3", "eval.enabled=false"]
     train.main(_config(f"training.output_dir={tmp_path / 'fp32'}", *common))
-    _run([f"training.output_dir={tmp_path / 'fsdp_bf16'}", "training.strategy=fsdp", "training.precision=bf16",
-          *common], nproc=2)
+    _run(
+        [f"training.output_dir={tmp_path / 'fsdp_bf16'}", "training.strategy=fsdp", "training.precision=bf16", *common],
+        nproc=2,
+    )
     fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "fsdp_bf16")
     assert bf16.keys() == fp32.keys()
     assert bf16[1] != fp32[1] and bf16[1] == pytest.approx(fp32[1], rel=3e-2)
 
 
 # ------------------------------------------------------------------------------------ shipped configs
-@pytest.mark.parametrize("path", sorted((REPO / "examples" / "flava" / "configs" / "pretraining").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "examples" / "flava" / "configs" / "pretraining").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_pretraining_config_loads_and_validates(path):
     cfg = train.load_config(train.TrainConfig, [f"config={path}"])
     world = 8 if cfg.training.strategy != "none" else 1
     train.validate(cfg, world_size=world)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "examples" / "flava" / "configs" / "finetuning").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "examples" / "flava" / "configs" / "finetuning").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_finetuning_config_loads_and_validates(path):
     spec = importlib.util.spec_from_file_location("flava_finetune_for_configs", REPO / "examples/flava/finetune.py")
     finetune = importlib.util.module_from_spec(spec)

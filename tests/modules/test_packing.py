@@ -33,12 +33,15 @@ def test_pack_batch_layout():
     assert blocked[9].tolist() == [True] * 9 + [False] and blocked[:9, 9].all()
 
 
-@pytest.mark.parametrize("lengths, max_tokens, shape", [
-    ([20, 20, 20, 20], 40, (2, 40)),     # exactly full
-    ([5, 5, 5, 5, 5, 5], 100, (1, 30)),  # everything in one pack
-    ([30, 2, 2], 10, (2, 30)),           # a row longer than the budget gets a pack of its own
-    ([9, 1, 1, 9], 10, (2, 10)),         # balanced: [9, 1] [1, 9] rather than [9, 1] [1] [9]
-])
+@pytest.mark.parametrize(
+    "lengths, max_tokens, shape",
+    [
+        ([20, 20, 20, 20], 40, (2, 40)),  # exactly full
+        ([5, 5, 5, 5, 5, 5], 100, (1, 30)),  # everything in one pack
+        ([30, 2, 2], 10, (2, 30)),  # a row longer than the budget gets a pack of its own
+        ([9, 1, 1, 9], 10, (2, 10)),  # balanced: [9, 1] [1, 9] rather than [9, 1] [1] [9]
+    ],
+)
 def test_pack_batch_sizes(lengths, max_tokens, shape):
     ids, mask = padded_text(len(lengths), max(lengths), 50, lengths)
     packed = pack_batch(ids, mask == 0, max_tokens=max_tokens)

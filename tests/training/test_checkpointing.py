@@ -6,11 +6,12 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
+import torch
 from torch import nn
 
 from torchflava.training.checkpointing import CheckpointManager, export_model, rng_state, set_rng_state
+
 
 def build(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)
@@ -84,8 +85,14 @@ def test_load_restores_model_and_adamw_state_exactly(tmp_path):
     model, optimizer = build(0)
     train(model, optimizer, 3, seed=0)
     optimizer.param_groups[0]["lr"] = 0.0037  # as a scheduler would leave it
-    local = {"step": 3, "lr": 0.0037, "name": "tiny-run", "loader": {"position": 12, "seen": [3, 4]},
-             "weights": torch.arange(5.0), "rng": rng_state()}
+    local = {
+        "step": 3,
+        "lr": 0.0037,
+        "name": "tiny-run",
+        "loader": {"position": 12, "seen": [3, 4]},
+        "weights": torch.arange(5.0),
+        "rng": rng_state(),
+    }
     manager = CheckpointManager(tmp_path, keep=2)
     path = manager.save(3, model, optimizer, local)
 

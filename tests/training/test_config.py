@@ -66,8 +66,12 @@ def test_unknown_key_in_the_file(tmp_path):
 
 @pytest.mark.parametrize(
     "argv, key",
-    [(["max_steps=abc"], "max_steps"), (["max_steps=1.5"], "max_steps"), (["optim.lr=fast"], "optim.lr"),
-     (["optim.betas=[a,b]"], "optim.betas")],
+    [
+        (["max_steps=abc"], "max_steps"),
+        (["max_steps=1.5"], "max_steps"),
+        (["optim.lr=fast"], "optim.lr"),
+        (["optim.betas=[a,b]"], "optim.betas"),
+    ],
 )
 def test_wrong_type_names_the_key(argv, key):
     with pytest.raises(ConfigError, match=key) as info:

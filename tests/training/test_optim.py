@@ -11,21 +11,31 @@ from torchflava.models import flava_model
 from torchflava.training.optim import clip_grad_norm, param_groups, warmup_cosine
 
 # The weight matrices of a 2-layer tiny FLAVA: these, and only these, are decayed...
-DECAYED = (
-    {f"{encoder}.encoder.layers.{i}.{name}"
-     for encoder in ("image_encoder", "text_encoder", "fusion_encoder")
-     for i in (0, 1)
-     for name in ("attn.qkv.weight", "attn.out_proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")}
-    | {"image_encoder.pooler.dense.weight", "text_encoder.pooler.dense.weight", "fusion_encoder.pooler.dense.weight",
-       "fusion_encoder.image_proj.weight", "fusion_encoder.text_proj.weight",
-       "image_projection.weight", "text_projection.weight", "image_encoder.embeddings.proj.weight"}
-)
+DECAYED = {
+    f"{encoder}.encoder.layers.{i}.{name}"
+    for encoder in ("image_encoder", "text_encoder", "fusion_encoder")
+    for i in (0, 1)
+    for name in ("attn.qkv.weight", "attn.out_proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
+} | {
+    "image_encoder.pooler.dense.weight",
+    "text_encoder.pooler.dense.weight",
+    "fusion_encoder.pooler.dense.weight",
+    "fusion_encoder.image_proj.weight",
+    "fusion_encoder.text_proj.weight",
+    "image_projection.weight",
+    "text_projection.weight",
+    "image_encoder.embeddings.proj.weight",
+}
 # ... and these tables and tokens are not, whatever their shape.
 NOT_DECAYED_MATRICES = {
     "logit_scale",
-    "image_encoder.embeddings.cls_token", "image_encoder.embeddings.mask_token", "image_encoder.embeddings.pos_embed",
-    "text_encoder.embeddings.word_embed.weight", "text_encoder.embeddings.pos_embed.weight",
-    "text_encoder.embeddings.type_embed.weight", "fusion_encoder.cls_token",
+    "image_encoder.embeddings.cls_token",
+    "image_encoder.embeddings.mask_token",
+    "image_encoder.embeddings.pos_embed",
+    "text_encoder.embeddings.word_embed.weight",
+    "text_encoder.embeddings.pos_embed.weight",
+    "text_encoder.embeddings.type_embed.weight",
+    "fusion_encoder.cls_token",
 }
 
 
@@ -122,7 +132,7 @@ def params_with_grads(scale: float) -> list[nn.Parameter]:
 @pytest.mark.parametrize("max_norm", [0.5, 3.0, 1e6])
 def test_clip_grad_norm_matches_torch(max_norm):
     ours, theirs = params_with_grads(1.0), params_with_grads(1.0)
-    before = torch.sqrt(sum((p.grad ** 2).sum() for p in ours))
+    before = torch.sqrt(sum((p.grad**2).sum() for p in ours))
     norm = clip_grad_norm(ours, max_norm)
     expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
     assert norm.shape == () and norm.device.type == "cpu"
@@ -130,7 +140,7 @@ def test_clip_grad_norm_matches_torch(max_norm):
     torch.testing.assert_close(norm, before, rtol=1e-6, atol=0)  # the norm before clipping
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
-    after = torch.sqrt(sum((p.grad ** 2).sum() for p in ours))
+    after = torch.sqrt(sum((p.grad**2).sum() for p in ours))
     if max_norm < float(before):
         assert float(after) == pytest.approx(max_norm, rel=1e-5)
     else:  # below the bound: the gradients are left exactly as they were

@@ -5,11 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 import torch
 
 from tests.helpers import PickleExploit
-from safetensors.torch import load_file, save_file
-
 import torchflava.utils.checkpoint as checkpoint
 from torchflava.utils.checkpoint import atomic_write, load_state_dict, save_state_dict
 

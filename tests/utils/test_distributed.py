@@ -14,18 +14,18 @@ backpropagates (W b_r / N) L_r: for equal halves the factor is 1 (mean of rank l
 mean of rank gradients == single-process gradient); for 3 and 5 rows it is 6/8 and 10/8.
 """
 
-import time
 from datetime import timedelta
 from pathlib import Path
+import time
 
 import pytest
 import torch
+from torch import nn
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch import nn
 
-from torchflava.modules.losses import ContrastiveLoss, contrastive_loss
+from torchflava.modules.losses import ContrastiveLoss
 from torchflava.utils.distributed import (
     GatherGrad,
     all_gather_with_grad,

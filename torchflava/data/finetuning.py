@@ -11,8 +11,8 @@ import json
 import os
 from typing import NamedTuple, Optional, Sequence, Union
 
-import torch
 from PIL import Image
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -55,8 +55,9 @@ class GlueTsv(Dataset):
             unknown (classification) or not a number (regression) — naming the line.
     """
 
-    def __init__(self, path: PathLike, text_columns: Sequence[str], label_column: str,
-                 labels: Optional[Sequence[str]] = None) -> None:
+    def __init__(
+        self, path: PathLike, text_columns: Sequence[str], label_column: str, labels: Optional[Sequence[str]] = None
+    ) -> None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
         if isinstance(text_columns, str) or len(text_columns) not in (1, 2):
@@ -108,7 +109,9 @@ class ImageClassFolder(Dataset):
     def __init__(self, root: PathLike, classes: Optional[Sequence[str]] = None) -> None:
         self._folder = ImageFolder(root)
         folders = [self._folder.relative_path(i).split("/")[0] for i in range(len(self._folder))]
-        loose = [self._folder.relative_path(i) for i in range(len(self._folder)) if "/" not in self._folder.relative_path(i)]
+        loose = [
+            self._folder.relative_path(i) for i in range(len(self._folder)) if "/" not in self._folder.relative_path(i)
+        ]
         if loose:
             raise ValueError(f"root: images must lie in class sub-folders, found {loose[:3]}")
         self.classes = sorted(set(folders)) if classes is None else list(classes)
@@ -153,7 +156,9 @@ class ImageTextLabels(Dataset):
                     record = json.loads(line)
                     image, text = record["image"], record["text"]
                 except (ValueError, KeyError, TypeError) as error:
-                    raise ValueError(f"{os.fspath(path)} line {line_number}: needs 'image' and 'text' ({error})") from None
+                    raise ValueError(
+                        f"{os.fspath(path)} line {line_number}: needs 'image' and 'text' ({error})"
+                    ) from None
                 self._items.append((image, text, self._target(record, f"{os.fspath(path)} line {line_number}")))
         if not self._items:
             raise ValueError(f"{os.fspath(path)} holds no items")
@@ -223,15 +228,20 @@ class ClassificationCollator:
     """
 
     def __init__(self, tokenizer: Optional[WordPieceTokenizer], *, image_size: int, max_text_length: int = 128):
-        self.tokenizer, self.transform, self.max_text_length = tokenizer, EvalImageTransform(image_size), max_text_length
+        self.tokenizer, self.transform, self.max_text_length = (
+            tokenizer,
+            EvalImageTransform(image_size),
+            max_text_length,
+        )
 
     def __call__(self, kind: str, samples: Sequence[LabeledSample], seeds: Sequence[int], **_) -> dict:
         batch = {}
         if samples[0].image is not None:
             batch["image"] = torch.stack([self.transform(s.image) for s in samples])
         if samples[0].text is not None:
-            batch["text"], batch["text_attention_mask"] = self.tokenizer([s.text for s in samples],
-                                                                         max_length=self.max_text_length)
+            batch["text"], batch["text_attention_mask"] = self.tokenizer(
+                [s.text for s in samples], max_length=self.max_text_length
+            )
         labels = [s.label for s in samples]
         if isinstance(labels[0], Tensor):
             batch["labels"] = torch.stack(labels)

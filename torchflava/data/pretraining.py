@@ -19,7 +19,7 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from torchflava.data.samples import BadSample, Sample
@@ -92,8 +92,12 @@ class PretrainingCollator:
         """Pixels, block patch masks and codebook ids (or codebook pixels) of ``images``."""
         crops = [self.image_transform(image, seed) for image, seed in zip(images, seeds)]
         masks = [
-            block_mask(self.patch_grid, num_masked=self.num_masked_patches, min_block=self.min_mask_block,
-                       generator=torch.Generator().manual_seed(_seed(seed, "patch-mask"))).flatten()
+            block_mask(
+                self.patch_grid,
+                num_masked=self.num_masked_patches,
+                min_block=self.min_mask_block,
+                generator=torch.Generator().manual_seed(_seed(seed, "patch-mask")),
+            ).flatten()
             for seed in seeds
         ]
         fields = {"image": torch.stack([c[0] for c in crops]), "image_patch_mask": torch.stack(masks)}
@@ -102,7 +106,9 @@ class PretrainingCollator:
             fields["codebook_pixels"] = codebook_pixels
         else:
             with torch.no_grad(), torch.autocast("cpu", enabled=False):
-                fields["image_tokens"] = self.codebook.tokens(codebook_pixels.contiguous(memory_format=torch.channels_last))
+                fields["image_tokens"] = self.codebook.tokens(
+                    codebook_pixels.contiguous(memory_format=torch.channels_last)
+                )
         return fields
 
     def texts(self, texts: Sequence[str], seeds: Sequence[int]) -> dict[str, Tensor]:
@@ -113,15 +119,22 @@ class PretrainingCollator:
         for row, seed in enumerate(seeds):
             length = int(attention[row].sum())
             out = mask_tokens(
-                ids[row:row + 1, :length], vocab_size=tok.vocab_size, mask_token_id=tok.mask_id,
-                special_token_ids=tok.special_ids, probability=self.mlm_probability, ignore_index=self.ignore_index,
+                ids[row : row + 1, :length],
+                vocab_size=tok.vocab_size,
+                mask_token_id=tok.mask_id,
+                special_token_ids=tok.special_ids,
+                probability=self.mlm_probability,
+                ignore_index=self.ignore_index,
                 generator=torch.Generator().manual_seed(_seed(seed, "mlm")),
             )
             masked[row, :length], labels[row, :length] = out.input_ids[0], out.labels[0]
         return {"text": ids, "text_attention_mask": attention, "text_masked": masked, "mlm_labels": labels}
 
     def __call__(
-        self, kind: str, samples: Sequence[Sample], seeds: Sequence[int],
+        self,
+        kind: str,
+        samples: Sequence[Sample],
+        seeds: Sequence[int],
         negative_caption: Callable[[int, int], Optional[str]] = lambda slot, seed: None,
     ) -> PretrainingBatch:
         """Build the batch of ``kind`` from ``samples``.
@@ -211,16 +224,22 @@ class MixedPretrainingBatches(Dataset):
             raise ValueError(f"sources/ratios: unknown kind(s) {unknown}; expected keys among {KINDS}")
         weights = np.array([float(ratios.get(k, 0.0)) if k in sources else 0.0 for k in KINDS])
         if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"ratios must be >= 0 with a positive ratio for a kind that has a source, got {dict(ratios)}")
+            raise ValueError(
+                f"ratios must be >= 0 with a positive ratio for a kind that has a source, got {dict(ratios)}"
+            )
         for kind, source in sources.items():
             if len(source) < 1:
                 raise ValueError(f"sources[{kind!r}] is empty")
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
         if global_batch_size < 1 or global_batch_size % world_size:
-            raise ValueError(f"global_batch_size ({global_batch_size}) must be a positive multiple of world_size ({world_size})")
+            raise ValueError(
+                f"global_batch_size ({global_batch_size}) must be a positive multiple of world_size ({world_size})"
+            )
         if num_steps < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"num_steps must be >= 1 and rank in [0, world_size); got {num_steps}, {rank}, {world_size}")
+            raise ValueError(
+                f"num_steps must be >= 1 and rank in [0, world_size); got {num_steps}, {rank}, {world_size}"
+            )
         self.sources, self.collator = dict(sources), collator
         self.global_batch_size, self.num_steps = global_batch_size, num_steps
         self.rank, self.world_size, self.seed, self.max_attempts = rank, world_size, seed, max_attempts
@@ -293,7 +312,9 @@ class MixedPretrainingBatches(Dataset):
         skipped: list = []
         loaded = [self._load(kind, first + slot, skipped) for slot in range(local)]
         batch = self.collator(
-            kind, [s for s, _ in loaded], [seed for _, seed in loaded],
+            kind,
+            [s for s, _ in loaded],
+            [seed for _, seed in loaded],
             negative_caption=lambda slot, seed: self._negative_caption(first + slot, seed, skipped),
         )
         return MixedBatch(batch, kind, skipped)

@@ -9,6 +9,7 @@ files per read, so they pickle into ``DataLoader`` workers. Image decoding is
 :func:`~torchflava.data.samples.load_rgb`; text checking is :func:`~torchflava.data.samples.checked_text`.
 """
 
+from collections.abc import Iterable, Iterator
 import glob
 import io
 import json
@@ -16,7 +17,6 @@ import operator
 import os
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple, Optional, Union
 
 from PIL import Image

@@ -35,9 +35,15 @@ COLOURS = {
 }
 SIZES = {"small": 0.2, "large": 0.32}  # shape radius as a fraction of the image side
 PLACES = {
-    "in the top left": (0, 0), "at the top": (1, 0), "in the top right": (2, 0),
-    "on the left": (0, 1), "in the middle": (1, 1), "on the right": (2, 1),
-    "in the bottom left": (0, 2), "at the bottom": (1, 2), "in the bottom right": (2, 2),
+    "in the top left": (0, 0),
+    "at the top": (1, 0),
+    "in the top right": (2, 0),
+    "on the left": (0, 1),
+    "in the middle": (1, 1),
+    "on the right": (2, 1),
+    "in the bottom left": (0, 2),
+    "at the bottom": (1, 2),
+    "in the bottom right": (2, 2),
 }
 SPLITS = ("pairs", "images", "texts", "test")
 _TEMPLATES = (
@@ -96,7 +102,9 @@ def render(scene: Scene, image_size: int, rng: random.Random) -> Image.Image:
     elif scene.shape == "square":
         draw.rectangle((cx - 0.85 * radius, cy - 0.85 * radius, cx + 0.85 * radius, cy + 0.85 * radius), fill=colour)
     elif scene.shape == "triangle":
-        draw.polygon([(cx, cy - radius), (cx + radius, cy + 0.8 * radius), (cx - radius, cy + 0.8 * radius)], fill=colour)
+        draw.polygon(
+            [(cx, cy - radius), (cx + radius, cy + 0.8 * radius), (cx - radius, cy + 0.8 * radius)], fill=colour
+        )
     elif scene.shape == "diamond":
         draw.polygon([(cx, cy - radius), (cx + radius, cy), (cx, cy + radius), (cx - radius, cy)], fill=colour)
     else:  # cross

@@ -1,12 +1,12 @@
 """BERT WordPiece tokenisation on the ``tokenizers`` library: load a ``vocab.txt`` or train one."""
 
+from collections import Counter
 import os
 from pathlib import Path
-from collections import Counter
 from typing import Iterable, Sequence, Union
 
-import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+import torch
 from torch import Tensor
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")

@@ -1,12 +1,11 @@
 """Image transforms for FLAVA: one random crop seen at model size and at codebook size."""
 
-from typing import Sequence
-
 import math
 import random
+from typing import Sequence
 
-import torch
 from PIL import Image
+import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
@@ -118,10 +117,15 @@ class EvalImageTransform:
 
     def __init__(self, image_size: int = 224, *, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
         self.image_size = _check_size("image_size", image_size)
-        self._transform = v2.Compose([
-            v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std)),
-        ])
+        self._transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(image_size, antialias=True),
+                v2.CenterCrop(image_size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(mean), std=list(std)),
+            ]
+        )
 
     def __call__(self, image: Image.Image) -> Tensor:
         """(3, image_size, image_size) normalised pixels of ``image``."""

@@ -1,6 +1,6 @@
 """Evaluation on top of a trained model: zero-shot classification and cross-modal retrieval."""
 
-from torchflava.evaluation.linear_probe import fit_logistic_regression, linear_probe, LinearProbeResult
+from torchflava.evaluation.linear_probe import LinearProbeResult, fit_logistic_regression, linear_probe
 from torchflava.evaluation.zero_shot import (
     classification_accuracy,
     retrieval_recall,
@@ -10,4 +10,8 @@ from torchflava.evaluation.zero_shot import (
 __all__ = [
     "LinearProbeResult",
     "fit_logistic_regression",
-    "linear_probe","classification_accuracy", "retrieval_recall", "zero_shot_classifier"]
+    "linear_probe",
+    "classification_accuracy",
+    "retrieval_recall",
+    "zero_shot_classifier",
+]

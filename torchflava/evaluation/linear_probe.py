@@ -4,10 +4,10 @@ validation split (the protocol of the FLAVA and CLIP papers), solved in full bat
 from typing import NamedTuple, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+import torch.nn.functional as F
 
-DEFAULT_L2 = tuple(10.0 ** e for e in range(-6, 3))
+DEFAULT_L2 = tuple(10.0**e for e in range(-6, 3))
 
 
 class LinearProbeResult(NamedTuple):
@@ -55,8 +55,15 @@ def fit_logistic_regression(
     features = features.float()
     weight = torch.zeros(num_classes, features.shape[1], requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -71,8 +78,9 @@ def fit_logistic_regression(
 
 def _check(name: str, features: Tensor, labels: Tensor, num_classes: int) -> None:
     if features.dim() != 2 or labels.shape != (features.shape[0],):
-        raise ValueError(f"{name}: features must be (N, D) with labels (N,), got {tuple(features.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"{name}: features must be (N, D) with labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(f"{name}: labels must be integer class ids in [0, {num_classes})")
     if not bool(torch.isfinite(features).all()):
@@ -125,8 +133,9 @@ def linear_probe(
         val_accuracy[l2] = (predictions == val[1]).float().mean().item()
     best = max(l2_values, key=lambda v: (val_accuracy[v], v))  # ties: the stronger penalty
     features = torch.cat([standard(train[0]), standard(val[0])])
-    weight, bias = fit_logistic_regression(features, torch.cat([train[1], val[1]]), num_classes, l2=best,
-                                           max_iter=max_iter)
+    weight, bias = fit_logistic_regression(
+        features, torch.cat([train[1], val[1]]), num_classes, l2=best, max_iter=max_iter
+    )
     test_accuracy = None
     if test is not None:
         test_accuracy = ((standard(test[0]) @ weight.T + bias).argmax(dim=1) == test[1]).float().mean().item()

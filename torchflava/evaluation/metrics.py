@@ -1,6 +1,5 @@
 """Task metrics for fine-tuning: accuracy, binary F1, Pearson correlation, VQA soft accuracy."""
 
-import torch
 from torch import Tensor
 
 

@@ -8,8 +8,8 @@ with a text encoder and a tokenizer passed in as callables.
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+import torch.nn.functional as F
 
 
 def _check_finite(**tensors: Tensor) -> None:

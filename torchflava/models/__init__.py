@@ -2,16 +2,16 @@
 
 from torchflava.models.flava import (
     FLAVAForClassification,
-    flava_model_for_classification,
     FLAVAForPretraining,
+    FLAVAModel,
+    FLAVAOutput,
     PretrainingBatch,
     flava_image_encoder,
     flava_model,
+    flava_model_for_classification,
     flava_model_for_pretraining,
     flava_multimodal_encoder,
     flava_text_encoder,
-    FLAVAModel,
-    FLAVAOutput,
 )
 
 __all__ = [

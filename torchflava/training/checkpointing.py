@@ -7,26 +7,26 @@ states, data-loader position: plain tensors and numbers, loaded with ``weights_o
 when every rank has finished, so a killed run never leaves a checkpoint that looks complete.
 """
 
+from contextlib import contextmanager
 import json
 import os
+from pathlib import Path
 import random
 import shutil
-import warnings
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Optional, Union
+import warnings
 
 import numpy as np
 import torch
+from torch import nn
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner
-from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_state_dict,
-    StateDictOptions,
 )
 
 from torchflava.training.distributed import barrier
@@ -129,7 +129,7 @@ class CheckpointManager:
             (tmp / _MARKER).write_text(json.dumps({"step": step, "world_size": _world_size()}))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            for old in self.complete()[:-self.keep]:
+            for old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
         return final
@@ -180,8 +180,13 @@ def checkpoint_step(path: Union[str, os.PathLike]) -> int:
 
 def loop_state(step: int, scheduler, loader, skipped: list) -> dict:
     """This rank's part of a checkpoint: schedule, data-loader position, RNG states, skipped items."""
-    return {"scheduler": scheduler.state_dict(), "data": loader.state_dict(), "rng": rng_state(),
-            "skipped": [list(s) for s in skipped], "step": step}
+    return {
+        "scheduler": scheduler.state_dict(),
+        "data": loader.state_dict(),
+        "rng": rng_state(),
+        "skipped": [list(s) for s in skipped],
+        "step": step,
+    }
 
 
 def restore_loop_state(local: dict, scheduler, loader) -> list:
@@ -192,8 +197,14 @@ def restore_loop_state(local: dict, scheduler, loader) -> list:
     return [tuple(s) for s in local["skipped"]]
 
 
-def resume_run(checkpoints: CheckpointManager, path: Union[str, os.PathLike], model: nn.Module,
-               optimizer: torch.optim.Optimizer, scheduler, loader) -> tuple[int, Optional[list]]:
+def resume_run(
+    checkpoints: CheckpointManager,
+    path: Union[str, os.PathLike],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loader,
+) -> tuple[int, Optional[list]]:
     """Load checkpoint ``path`` into model and optimiser, and this rank's loop state where it has one.
 
     Returns:

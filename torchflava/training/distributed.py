@@ -8,8 +8,8 @@ import os
 from typing import Iterable, NamedTuple, Optional, Type
 
 import torch
-import torch.distributed as dist
 from torch import nn
+import torch.distributed as dist
 
 STRATEGIES = ("none", "ddp", "fsdp")
 
@@ -107,7 +107,7 @@ def wrap_model(
         return nn.parallel.DistributedDataParallel(
             model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
         )
-    from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     scalars = {p for p in model.parameters() if p.dim() == 0}

@@ -20,8 +20,13 @@ class MetricsLogger:
             the ``tensorboard`` package is installed; None disables it.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], *, resume_step: Optional[int] = None,
-                 tensorboard_dir: Optional[Union[str, os.PathLike]] = None) -> None:
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        *,
+        resume_step: Optional[int] = None,
+        tensorboard_dir: Optional[Union[str, os.PathLike]] = None,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []

@@ -65,16 +65,27 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     return [
         (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
         (t.precision in ("fp32", "bf16"), "training.precision", "fp32 or bf16", t.precision),
-        (t.activation_checkpointing in CHECKPOINT_MODES, "training.activation_checkpointing",
-         f"one of {CHECKPOINT_MODES}", t.activation_checkpointing),
+        (
+            t.activation_checkpointing in CHECKPOINT_MODES,
+            "training.activation_checkpointing",
+            f"one of {CHECKPOINT_MODES}",
+            t.activation_checkpointing,
+        ),
         (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
         (t.grad_accumulation >= 1, "training.grad_accumulation", ">= 1", t.grad_accumulation),
-        (t.global_batch_size % (world_size * t.grad_accumulation) == 0 and t.global_batch_size > 0,
-         "training.global_batch_size", f"a positive multiple of world size x grad_accumulation "
-         f"({world_size} x {t.grad_accumulation})", t.global_batch_size),
+        (
+            t.global_batch_size % (world_size * t.grad_accumulation) == 0 and t.global_batch_size > 0,
+            "training.global_batch_size",
+            f"a positive multiple of world size x grad_accumulation ({world_size} x {t.grad_accumulation})",
+            t.global_batch_size,
+        ),
         (0 <= o.warmup_steps < t.max_steps, "optim.warmup_steps", "in [0, training.max_steps)", o.warmup_steps),
-        (t.log_every >= 1 and t.checkpoint_every >= 1, "training.log_every/checkpoint_every", ">= 1",
-         (t.log_every, t.checkpoint_every)),
+        (
+            t.log_every >= 1 and t.checkpoint_every >= 1,
+            "training.log_every/checkpoint_every",
+            ">= 1",
+            (t.log_every, t.checkpoint_every),
+        ),
         (len(o.betas) == 2, "optim.betas", "two numbers", o.betas),
     ]
 
@@ -107,15 +118,25 @@ class TrainingSetup(NamedTuple):
     autocast: torch.autocast
 
 
-def setup_training(model: nn.Module, t: TrainingConfig, o: OptimConfig, *, device: torch.device,
-                   layer_types: Sequence[Type[nn.Module]] = ()) -> TrainingSetup:
+def setup_training(
+    model: nn.Module,
+    t: TrainingConfig,
+    o: OptimConfig,
+    *,
+    device: torch.device,
+    layer_types: Sequence[Type[nn.Module]] = (),
+) -> TrainingSetup:
     """Wrap ``model`` for ``t.strategy``, and build AdamW (parameter groups), the schedule and autocast.
 
     bf16 is FSDP2's parameter dtype under ``fsdp`` and an autocast context otherwise.
     """
     bf16 = t.precision == "bf16"
-    wrapped = wrap_model(model, t.strategy, layer_types=layer_types,
-                         param_dtype=torch.bfloat16 if bf16 and t.strategy == "fsdp" else None)
+    wrapped = wrap_model(
+        model,
+        t.strategy,
+        layer_types=layer_types,
+        param_dtype=torch.bfloat16 if bf16 and t.strategy == "fsdp" else None,
+    )
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     scheduler = warmup_cosine(optimizer, warmup_steps=o.warmup_steps, total_steps=t.max_steps, min_ratio=o.min_lr_ratio)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and t.strategy != "fsdp")

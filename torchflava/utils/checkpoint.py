@@ -6,13 +6,13 @@ Writing is atomic: a file is written under a temporary name in the same director
 
 import json
 import os
-import tempfile
 from pathlib import Path
+import tempfile
 from typing import Callable, Union
 
-import torch
 from iopath.common.file_io import HTTPURLHandler, PathManager
 from safetensors.torch import load_file, save_file
+import torch
 from torch import Tensor
 
 PathLike = Union[str, os.PathLike]

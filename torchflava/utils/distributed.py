@@ -11,8 +11,8 @@ the first dimension (the local batch size) may differ between ranks.
 import enum
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+import torch.distributed as dist
 
 
 class GatherGrad(enum.Enum):

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import FlavaModel
 
-from tests.helpers import padded_text, TINY_FLAVA as T
+from tests.helpers import TINY_FLAVA as T
+from tests.helpers import padded_text
 from tests.models.flava.test_convert_weights import _hf_kwargs, _perturb, _tiny_hf_config
 from torchflava.models import flava_model, flava_model_for_classification
 
@@ -19,8 +20,10 @@ def _model(num_classes=4, **kwargs):
     return flava_model_for_classification(num_classes, backbone=flava_model(**T), classifier_hidden_dim=12, **kwargs)
 
 
-@pytest.mark.parametrize("modality, width", [("text", T["text_embed_dim"]), ("image", T["image_embed_dim"]),
-                                             ("mm", T["multimodal_embed_dim"])])
+@pytest.mark.parametrize(
+    "modality, width",
+    [("text", T["text_embed_dim"]), ("image", T["image_embed_dim"]), ("mm", T["multimodal_embed_dim"])],
+)
 def test_head_reads_the_cls_of_its_encoder(modality, width):
     model = _model(modality=modality).eval()
     images, ids, mask = _inputs()
@@ -28,7 +31,9 @@ def test_head_reads_the_cls_of_its_encoder(modality, width):
         full = model.model(image=images, text=ids, text_attention_mask=mask)
         cls = model.cls_state(images, ids, text_attention_mask=mask)
         out = model(images, ids, text_attention_mask=mask)
-    expected = {"text": full.text_embeddings, "image": full.image_embeddings, "mm": full.multimodal_embeddings}[modality]
+    expected = {"text": full.text_embeddings, "image": full.image_embeddings, "mm": full.multimodal_embeddings}[
+        modality
+    ]
     assert cls.shape == (3, width)
     torch.testing.assert_close(cls, expected[:, 0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.logits, model.classifier(cls))
@@ -45,10 +50,14 @@ def test_hf_weights_give_the_encoder_outputs_of_flava_model_and_hf(tmp_path):
     with torch.no_grad():
         ref = reference(image=images, text=ids, text_attention_mask=mask)
         hf_out = hf(pixel_values=images, input_ids=ids, attention_mask=mask)
-        for modality, states in (("image", ref.image_embeddings), ("text", ref.text_embeddings),
-                                 ("mm", ref.multimodal_embeddings)):
-            model = flava_model_for_classification(2, modality=modality, backbone=flava_model(**kwargs),
-                                                   pretrained=tmp_path).eval()
+        for modality, states in (
+            ("image", ref.image_embeddings),
+            ("text", ref.text_embeddings),
+            ("mm", ref.multimodal_embeddings),
+        ):
+            model = flava_model_for_classification(
+                2, modality=modality, backbone=flava_model(**kwargs), pretrained=tmp_path
+            ).eval()
             cls = model.cls_state(images, ids, text_attention_mask=mask)
             torch.testing.assert_close(cls, states[:, 0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(cls, hf_out.multimodal_embeddings[:, 0], atol=1e-4, rtol=1e-4)
@@ -74,12 +83,15 @@ def test_losses_match_their_definitions():
     assert reg.model.image_encoder.embeddings.proj.weight.grad is None  # the image encoder never ran
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(num_classes=0), ValueError, "num_classes"),
-    (dict(num_classes=2.0), TypeError, "num_classes"),
-    (dict(num_classes=2, modality="audio"), ValueError, "modality"),
-    (dict(num_classes=2, loss="hinge"), ValueError, "loss"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(num_classes=0), ValueError, "num_classes"),
+        (dict(num_classes=2.0), TypeError, "num_classes"),
+        (dict(num_classes=2, modality="audio"), ValueError, "modality"),
+        (dict(num_classes=2, loss="hinge"), ValueError, "loss"),
+    ],
+)
 def test_builder_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         flava_model_for_classification(backbone=flava_model(**T), **kwargs)

@@ -15,9 +15,10 @@ from typing import Optional
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchmultimodal.models.flava.model import DalleEncoder as TmmDalleEncoder, DalleVAEEncoder
+import torch.nn.functional as F
+from torchmultimodal.models.flava.model import DalleEncoder as TmmDalleEncoder
+from torchmultimodal.models.flava.model import DalleVAEEncoder
 from transformers import FlavaConfig, FlavaForPreTraining, FlavaImageCodebook, FlavaImageCodebookConfig
 
 from torchflava.models.flava.convert_codebook import (
@@ -127,12 +128,21 @@ def test_hf_flava_for_pretraining_checkpoint(tmp_path):
     """The codebook inside a FlavaForPreTraining checkpoint (``image_codebook.*``); the rest is ignored."""
     config = FlavaConfig(
         image_config=dict(
-            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
-            image_size=16, patch_size=8, vocab_size=VOCAB,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=24,
+            image_size=16,
+            patch_size=8,
+            vocab_size=VOCAB,
         ),
         text_config=dict(
-            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
-            vocab_size=50, max_position_embeddings=16,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=24,
+            vocab_size=50,
+            max_position_embeddings=16,
         ),
         multimodal_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24),
         image_codebook_config=dict(hidden_size=HIDDEN, num_blocks_per_group=2, vocab_size=VOCAB),

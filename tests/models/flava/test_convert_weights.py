@@ -8,27 +8,31 @@ swapped or dropped tensor changes the outputs.
 import gc
 import json
 import math
+from pathlib import Path
 import re
 import shutil
-from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+import torch
 from torch import nn
+import torch.nn.functional as F
 from torch.testing import assert_close
 from torchmultimodal.models.flava.model import (
     DalleEncoder,
     DalleVAEEncoder,
+)
+from torchmultimodal.models.flava.model import (
     FLAVAForPreTraining as TmmFLAVAForPreTraining,
+)
+from torchmultimodal.models.flava.model import (
     flava_model as tmm_flava_model,
 )
 from torchmultimodal.modules.losses.flava import FLAVAPretrainingLoss
 from transformers import FlavaConfig, FlavaForPreTraining, FlavaModel
 
-from tests.helpers import padded_text, pickle_canary, PickleExploit, TINY_FLAVA
+from tests.helpers import TINY_FLAVA, PickleExploit, padded_text, pickle_canary
 from torchflava.models.flava import convert_to_hf, convert_to_torchflava, flava_model, load_flava_weights
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.utils.checkpoint import save_state_dict

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from tests.helpers import padded_text, TINY_FLAVA
-from torchflava.models import flava_model, FLAVAModel, FLAVAOutput
+from tests.helpers import TINY_FLAVA, padded_text
+from torchflava.models import FLAVAModel, FLAVAOutput, flava_model
 from torchflava.modules.layers import pack_linears
 
 T = TINY_FLAVA
@@ -74,7 +74,12 @@ def test_skip_multimodal(model):
     pixels, (ids, _) = images(), text()
     out = model(pixels, ids, skip_multimodal=True)
     assert present(out) == {
-        "image_embeddings", "text_embeddings", "image_features", "text_features", "image_pooled", "text_pooled",
+        "image_embeddings",
+        "text_embeddings",
+        "image_features",
+        "text_features",
+        "image_pooled",
+        "text_pooled",
     }
     full = model(pixels, ids)
     assert_close(out.image_features, full.image_features, atol=0, rtol=0)
@@ -177,7 +182,10 @@ def test_packed_linears_give_the_autocast_outputs(model):
     ids, mask = text(lengths=[L, 4])
     tolerance = dict(atol=3e-2, rtol=2e-2)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        expected, out = model(image=pixels, text=ids, text_attention_mask=mask), packed(image=pixels, text=ids, text_attention_mask=mask)
+        expected, out = (
+            model(image=pixels, text=ids, text_attention_mask=mask),
+            packed(image=pixels, text=ids, text_attention_mask=mask),
+        )
         for name in FIELDS:
             if getattr(expected, name) is not None:
                 assert_close(getattr(out, name).float(), getattr(expected, name).float(), **tolerance, msg=name)

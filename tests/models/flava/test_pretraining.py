@@ -19,10 +19,23 @@ def pair(tmp_path_factory):
     """An HF FlavaForPreTraining with perturbed random weights, and ours loaded from its checkpoint."""
     torch.manual_seed(0)
     config = FlavaConfig(
-        image_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                          image_size=32, patch_size=8, vocab_size=IMAGE_VOCAB),
-        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=40,
-                         vocab_size=99, max_position_embeddings=40),
+        image_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            image_size=32,
+            patch_size=8,
+            vocab_size=IMAGE_VOCAB,
+        ),
+        text_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=40,
+            vocab_size=99,
+            max_position_embeddings=40,
+        ),
         multimodal_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=8, intermediate_size=36),
         hidden_size=32,  # HF's ITM head reads the top-level width; its MMM heads need equal tower widths
         image_codebook_config=dict(hidden_size=8, num_groups=4, num_blocks_per_group=1, vocab_size=IMAGE_VOCAB),
@@ -56,8 +69,16 @@ def make_batch(kind: str):
     mlm_labels[chosen] = text[chosen]
     text_masked[chosen] = 3
     itm = torch.tensor([1, 1, 0, 1])
-    batch = dict(image=image, image_patch_mask=patch_mask, image_tokens=tokens, text=text, text_masked=text_masked,
-                 text_attention_mask=attention, mlm_labels=mlm_labels, itm_labels=itm)
+    batch = dict(
+        image=image,
+        image_patch_mask=patch_mask,
+        image_tokens=tokens,
+        text=text,
+        text_masked=text_masked,
+        text_attention_mask=attention,
+        mlm_labels=mlm_labels,
+        itm_labels=itm,
+    )
     if kind == "image":
         batch = {k: batch[k] for k in ("image", "image_patch_mask", "image_tokens")}
     elif kind == "text":
@@ -68,11 +89,18 @@ def make_batch(kind: str):
 def hf_outputs(hf, batch):
     args = dict(return_loss=True)
     if "image" in batch:
-        args.update(pixel_values=batch["image"], bool_masked_pos=batch["image_patch_mask"],
-                    mim_labels=batch["image_tokens"].clone())  # HF writes into its labels
+        args.update(
+            pixel_values=batch["image"],
+            bool_masked_pos=batch["image_patch_mask"],
+            mim_labels=batch["image_tokens"].clone(),
+        )  # HF writes into its labels
     if "text_masked" in batch:
-        args.update(input_ids=batch.get("text", batch["text_masked"]), input_ids_masked=batch["text_masked"],
-                    attention_mask=batch["text_attention_mask"], mlm_labels=batch["mlm_labels"])
+        args.update(
+            input_ids=batch.get("text", batch["text_masked"]),
+            input_ids_masked=batch["text_masked"],
+            attention_mask=batch["text_attention_mask"],
+            mlm_labels=batch["mlm_labels"],
+        )
     if "itm_labels" in batch:
         args.update(itm_labels=batch["itm_labels"])
     return hf(**args).loss_info
@@ -87,8 +115,7 @@ SHARED = {  # our parameter -> HF parameter, for gradient comparison
     "model.text_encoder.norm.weight": "flava.text_model.layernorm.weight",
     "model.fusion_encoder.cls_token": "flava.multimodal_model.cls_token",
     "model.fusion_encoder.image_proj.weight": "flava.image_to_mm_projection.weight",
-    "model.fusion_encoder.encoder.layers.1.attn.out_proj.weight":
-        "flava.multimodal_model.encoder.layer.1.attention.output.dense.weight",
+    "model.fusion_encoder.encoder.layers.1.attn.out_proj.weight": "flava.multimodal_model.encoder.layer.1.attention.output.dense.weight",
     "model.image_projection.weight": "flava.image_projection.weight",
     "model.logit_scale": "flava.logit_scale",
     "mim_head.decoder.weight": "mim_head.decoder.weight",
@@ -99,11 +126,14 @@ SHARED = {  # our parameter -> HF parameter, for gradient comparison
 }
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("pair", ("itm", "global_contrastive", "mmm_image", "mmm_text")),
-    ("image", ("mim",)),
-    ("text", ("mlm",)),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("pair", ("itm", "global_contrastive", "mmm_image", "mmm_text")),
+        ("image", ("mim",)),
+        ("text", ("mlm",)),
+    ],
+)
 def test_losses_and_gradients_match_hf(pair, kind, expected):
     hf, ours = pair
     batch = make_batch(kind)
@@ -126,6 +156,8 @@ def test_losses_and_gradients_match_hf(pair, kind, expected):
                 assert a is None or not bool(a.abs().sum() > 0), f"{name}: {o} gets a gradient, HF's {h} does not"
                 continue
             assert a is not None, f"{name}: {o} gets no gradient but HF's {h} does"
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name} grad {o}: {m}")
+            torch.testing.assert_close(
+                a, b, atol=1e-4, rtol=1e-4, msg=lambda m, name=name, o=o: f"{name} grad {o}: {m}"
+            )
             compared += 1
         assert compared >= 3, f"{name}: only {compared} shared parameters had gradients to compare"

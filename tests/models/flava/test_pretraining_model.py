@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.helpers import padded_text, TINY_FLAVA
+from tests.helpers import TINY_FLAVA, padded_text
 from torchflava.models import flava_model, flava_model_for_pretraining
 from torchflava.modules.codebook import dalle_encoder
 
@@ -29,27 +29,43 @@ def batch(kind="pair", b=4):
     labels[:, 1] = text[:, 1]
     masked = text.clone()
     masked[:, 1] = 3
-    full = dict(image=image, image_patch_mask=patch_mask, image_tokens=torch.randint(0, VOCAB_IMAGE, (b, 16)),
-                text=text, text_masked=masked, text_attention_mask=attention, mlm_labels=labels,
-                itm_labels=torch.tensor([1, 0, 1, 1][:b]))
-    keys = {"pair": full.keys(), "image": ("image", "image_patch_mask", "image_tokens"),
-            "text": ("text_masked", "text_attention_mask", "mlm_labels")}[kind]
+    full = dict(
+        image=image,
+        image_patch_mask=patch_mask,
+        image_tokens=torch.randint(0, VOCAB_IMAGE, (b, 16)),
+        text=text,
+        text_masked=masked,
+        text_attention_mask=attention,
+        mlm_labels=labels,
+        itm_labels=torch.tensor([1, 0, 1, 1][:b]),
+    )
+    keys = {
+        "pair": full.keys(),
+        "image": ("image", "image_patch_mask", "image_tokens"),
+        "text": ("text_masked", "text_attention_mask", "mlm_labels"),
+    }[kind]
     return {k: full[k] for k in keys}
 
 
 def count_calls(model):
     calls = {"image": 0, "text": 0, "fusion": 0}
-    for name, module in (("image", model.model.image_encoder), ("text", model.model.text_encoder),
-                         ("fusion", model.model.fusion_encoder)):
+    for name, module in (
+        ("image", model.model.image_encoder),
+        ("text", model.model.text_encoder),
+        ("fusion", model.model.fusion_encoder),
+    ):
         module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
     return calls
 
 
-@pytest.mark.parametrize("kind, losses, passes", [
-    ("image", {"mim"}, {"image": 1, "text": 0, "fusion": 0}),
-    ("text", {"mlm"}, {"image": 0, "text": 1, "fusion": 0}),
-    ("pair", {"itm", "global_contrastive", "mmm_image", "mmm_text"}, {"image": 2, "text": 2, "fusion": 1}),
-])
+@pytest.mark.parametrize(
+    "kind, losses, passes",
+    [
+        ("image", {"mim"}, {"image": 1, "text": 0, "fusion": 0}),
+        ("text", {"mlm"}, {"image": 0, "text": 1, "fusion": 0}),
+        ("pair", {"itm", "global_contrastive", "mmm_image", "mmm_text"}, {"image": 2, "text": 2, "fusion": 1}),
+    ],
+)
 def test_each_batch_kind_runs_only_its_losses_and_passes(model, kind, losses, passes):
     calls = count_calls(model)
     out = model(batch(kind))
@@ -77,8 +93,14 @@ def test_unimodal_losses_on_pairs(model):
 
 def test_pair_gradients_reach_backbone_and_heads(model):
     model(batch("pair")).loss.backward()
-    for name in ("model.image_encoder.embeddings.mask_token", "model.fusion_encoder.cls_token", "model.logit_scale",
-                 "itm_head.classifier.weight", "mmm_image_head.decoder.weight", "mmm_text_head.decoder.weight"):
+    for name in (
+        "model.image_encoder.embeddings.mask_token",
+        "model.fusion_encoder.cls_token",
+        "model.logit_scale",
+        "itm_head.classifier.weight",
+        "mmm_image_head.decoder.weight",
+        "mmm_text_head.decoder.weight",
+    ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and bool(grad.abs().sum() > 0), name
     assert all(p.grad is None for p in model.codebook.parameters())
@@ -106,9 +128,9 @@ def test_logit_scale_is_clamped_without_editing_the_parameter(model):
     assert model.model.logit_scale.grad.item() == 0.0  # clamped: no gradient outside the range
     model.clamp_logit_scale_()
     assert model.model.logit_scale.item() == pytest.approx(math.log(100.0))
-    assert flava_model_for_pretraining(backbone=flava_model(**TINY_FLAVA), build_codebook=False,
-                                       image_vocab_size=VOCAB_IMAGE).model.logit_scale.item() == pytest.approx(
-        math.log(1 / 0.07))
+    assert flava_model_for_pretraining(
+        backbone=flava_model(**TINY_FLAVA), build_codebook=False, image_vocab_size=VOCAB_IMAGE
+    ).model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
 
 
 def test_trailing_padding_is_trimmed_without_changing_losses(model):
@@ -121,16 +143,27 @@ def test_trailing_padding_is_trimmed_without_changing_losses(model):
     torch.testing.assert_close(model(padded).loss, model(data).loss, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("change, error, match", [
-    (lambda d: d.update(image=d["image"][:3]), ValueError, "disagree in batch size"),
-    (lambda d: d["mlm_labels"].__setitem__((0, 1), 99), ValueError, "mlm_labels must be in"),
-    (lambda d: d.update(mlm_labels=d["mlm_labels"][:, :5]), ValueError, "mlm_labels must have the shape of text"),
-    (lambda d: d.update(image_tokens=d["image_tokens"] + VOCAB_IMAGE), ValueError, "image_tokens must be codebook ids"),
-    (lambda d: d.update(image_patch_mask=d["image_patch_mask"][:, :9]), ValueError, "image_patch_mask must have shape"),
-    (lambda d: d.update(itm_labels=torch.tensor([1, 2, 0, 1])), ValueError, "itm_labels must be"),
-    (lambda d: d.update(captions=d["text"]), TypeError, "unknown batch field"),
-    (lambda d: [d.pop(k) for k in list(d) if k != "image"], ValueError, "calls for no loss"),
-])
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda d: d.update(image=d["image"][:3]), ValueError, "disagree in batch size"),
+        (lambda d: d["mlm_labels"].__setitem__((0, 1), 99), ValueError, "mlm_labels must be in"),
+        (lambda d: d.update(mlm_labels=d["mlm_labels"][:, :5]), ValueError, "mlm_labels must have the shape of text"),
+        (
+            lambda d: d.update(image_tokens=d["image_tokens"] + VOCAB_IMAGE),
+            ValueError,
+            "image_tokens must be codebook ids",
+        ),
+        (
+            lambda d: d.update(image_patch_mask=d["image_patch_mask"][:, :9]),
+            ValueError,
+            "image_patch_mask must have shape",
+        ),
+        (lambda d: d.update(itm_labels=torch.tensor([1, 2, 0, 1])), ValueError, "itm_labels must be"),
+        (lambda d: d.update(captions=d["text"]), TypeError, "unknown batch field"),
+        (lambda d: [d.pop(k) for k in list(d) if k != "image"], ValueError, "calls for no loss"),
+    ],
+)
 def test_bad_batches_name_the_field(model, change, error, match):
     data = batch("pair")
     change(data)
@@ -157,8 +190,13 @@ def test_loads_a_torchmultimodal_pretraining_checkpoint(tmp_path):
 
     sizes = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=48)
     tmm = FLAVAForPreTraining(
-        tmm_flava_model(**{f"{tower}_{k}": v for tower in ("image", "text", "multimodal") for k, v in sizes.items()},
-                        image_size=32, patch_size=8, vocab_size=99, text_and_image_proj_size=20),
+        tmm_flava_model(
+            **{f"{tower}_{k}": v for tower in ("image", "text", "multimodal") for k, v in sizes.items()},
+            image_size=32,
+            patch_size=8,
+            vocab_size=99,
+            text_and_image_proj_size=20,
+        ),
         DalleVAEEncoder(image_size=32, pretrained=False),
         FLAVAPretrainingLoss(logit_scale=1.5, hidden_size=32, text_vocab_size=99, image_vocab_size=8192),
     )
@@ -168,9 +206,21 @@ def test_loads_a_torchmultimodal_pretraining_checkpoint(tmp_path):
     torch.save(tmm.state_dict(), tmp_path / "tmm.pt")
     ours = flava_model_for_pretraining(
         backbone=flava_model(
-            image_embed_dim=32, image_num_layers=2, image_num_heads=4, image_mlp_dim=48, image_size=32, patch_size=8,
-            text_embed_dim=32, text_num_layers=2, text_num_heads=4, text_mlp_dim=48, vocab_size=99,
-            multimodal_embed_dim=32, multimodal_num_layers=2, multimodal_num_heads=4, multimodal_mlp_dim=48,
+            image_embed_dim=32,
+            image_num_layers=2,
+            image_num_heads=4,
+            image_mlp_dim=48,
+            image_size=32,
+            patch_size=8,
+            text_embed_dim=32,
+            text_num_layers=2,
+            text_num_heads=4,
+            text_mlp_dim=48,
+            vocab_size=99,
+            multimodal_embed_dim=32,
+            multimodal_num_layers=2,
+            multimodal_num_heads=4,
+            multimodal_mlp_dim=48,
             projection_dim=20,
         ),
         pretrained=tmp_path / "tmm.pt",
@@ -196,7 +246,8 @@ def test_recomputing_contrastive_passes_changes_nothing_but_memory(model):
     model.model.fusion_encoder.encoder.checkpoint_activations = True
     calls = {"layers": 0}
     model.model.image_encoder.encoder.layers[0].register_forward_pre_hook(  # pre-hooks also see recomputation
-        lambda *_: calls.__setitem__("layers", calls["layers"] + 1))
+        lambda *_: calls.__setitem__("layers", calls["layers"] + 1)
+    )
     out = model(data)
     out.loss.backward()
     assert calls["layers"] == 3  # masked pass, unmasked pass, and the unmasked pass again in backward
@@ -211,9 +262,10 @@ def test_own_pretraining_checkpoint_round_trips_and_is_strict(model, tmp_path):
 
     save_state_dict(model.state_dict(), tmp_path / "ours.safetensors")
     fresh = flava_model_for_pretraining(
-        backbone=flava_model(**TINY_FLAVA), codebook=dalle_encoder(hidden_dim=8, blocks_per_group=1,
-                                                                   vocab_size=VOCAB_IMAGE),
-        image_vocab_size=VOCAB_IMAGE, pretrained=tmp_path / "ours.safetensors",
+        backbone=flava_model(**TINY_FLAVA),
+        codebook=dalle_encoder(hidden_dim=8, blocks_per_group=1, vocab_size=VOCAB_IMAGE),
+        image_vocab_size=VOCAB_IMAGE,
+        pretrained=tmp_path / "ours.safetensors",
     )
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         torch.testing.assert_close(b, a, msg=name)
@@ -222,5 +274,9 @@ def test_own_pretraining_checkpoint_round_trips_and_is_strict(model, tmp_path):
     del state["itm_head.classifier.bias"]
     save_state_dict(state, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match=r"(?s)itm_head\.classifier\.bias.*mlm_head\.extra\.weight"):
-        flava_model_for_pretraining(backbone=flava_model(**TINY_FLAVA), build_codebook=False,
-                                    image_vocab_size=VOCAB_IMAGE, pretrained=tmp_path / "bad.safetensors")
+        flava_model_for_pretraining(
+            backbone=flava_model(**TINY_FLAVA),
+            build_codebook=False,
+            image_vocab_size=VOCAB_IMAGE,
+            pretrained=tmp_path / "bad.safetensors",
+        )

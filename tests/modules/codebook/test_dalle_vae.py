@@ -6,10 +6,10 @@ Numerical parity with the Hugging Face and torchmultimodal encoders is tested in
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
-from torchflava.modules.codebook import dalle_encoder, DalleEncoder, DalleResidualBlock, map_pixels
+from torchflava.modules.codebook import DalleEncoder, DalleResidualBlock, dalle_encoder, map_pixels
 
 TINY = dict(hidden_dim=16, blocks_per_group=1, vocab_size=40)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from tests.helpers import padded_text, TINY_FLAVA
+from tests.helpers import TINY_FLAVA, padded_text
 from torchflava.models.flava import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
 from torchflava.modules.encoders import EncoderOutput, FusionEncoder, TextEncoder, VisionEncoder
 
@@ -14,23 +14,37 @@ IMAGE_TOKENS = 1 + (T["image_size"] // T["patch_size"]) ** 2  # 17
 
 def image_encoder(**kwargs) -> VisionEncoder:
     return flava_image_encoder(
-        embed_dim=T["image_embed_dim"], num_layers=T["image_num_layers"], num_heads=T["image_num_heads"],
-        mlp_dim=T["image_mlp_dim"], image_size=T["image_size"], patch_size=T["patch_size"], **kwargs,
+        embed_dim=T["image_embed_dim"],
+        num_layers=T["image_num_layers"],
+        num_heads=T["image_num_heads"],
+        mlp_dim=T["image_mlp_dim"],
+        image_size=T["image_size"],
+        patch_size=T["patch_size"],
+        **kwargs,
     ).eval()
 
 
 def text_encoder(**kwargs) -> TextEncoder:
     return flava_text_encoder(
-        embed_dim=T["text_embed_dim"], num_layers=T["text_num_layers"], num_heads=T["text_num_heads"],
-        mlp_dim=T["text_mlp_dim"], vocab_size=T["vocab_size"], max_seq_len=T["max_seq_len"], **kwargs,
+        embed_dim=T["text_embed_dim"],
+        num_layers=T["text_num_layers"],
+        num_heads=T["text_num_heads"],
+        mlp_dim=T["text_mlp_dim"],
+        vocab_size=T["vocab_size"],
+        max_seq_len=T["max_seq_len"],
+        **kwargs,
     ).eval()
 
 
 def fusion_encoder(**kwargs) -> FusionEncoder:
     return flava_multimodal_encoder(
-        embed_dim=T["multimodal_embed_dim"], num_layers=T["multimodal_num_layers"],
-        num_heads=T["multimodal_num_heads"], mlp_dim=T["multimodal_mlp_dim"], image_dim=T["image_embed_dim"],
-        text_dim=T["text_embed_dim"], **kwargs,
+        embed_dim=T["multimodal_embed_dim"],
+        num_layers=T["multimodal_num_layers"],
+        num_heads=T["multimodal_num_heads"],
+        mlp_dim=T["multimodal_mlp_dim"],
+        image_dim=T["image_embed_dim"],
+        text_dim=T["text_embed_dim"],
+        **kwargs,
     ).eval()
 
 

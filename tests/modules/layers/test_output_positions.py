@@ -15,8 +15,9 @@ def test_encoder_output_positions_match_full_output():
     positions = torch.tensor([0, 4, 8])
     with torch.no_grad():
         full = encoder(x, key_padding_mask=padding, attn_mask=blocked, return_hidden_states=True)
-        part = encoder(x, key_padding_mask=padding, attn_mask=blocked, output_positions=positions,
-                       return_hidden_states=True)
+        part = encoder(
+            x, key_padding_mask=padding, attn_mask=blocked, output_positions=positions, return_hidden_states=True
+        )
         cls = encoder(x, key_padding_mask=padding, attn_mask=blocked, output_positions=slice(0, 1))
     assert part.last_hidden_state.shape == (3, 3, 16)
     torch.testing.assert_close(part.last_hidden_state, full.last_hidden_state[:, positions], atol=1e-6, rtol=0)

@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 from torch.testing import assert_close
 
-from torchflava.modules.layers import MLP, MultiHeadSelfAttention, pack_linears, PackedLinear
+from torchflava.modules.layers import MLP, MultiHeadSelfAttention, PackedLinear, pack_linears
 from torchflava.modules.layers.packed_linear import onednn_packing_available
 
 ONEDNN = onednn_packing_available(torch.bfloat16)
@@ -27,8 +27,9 @@ def make_linear(in_features: int = 48, out_features: int = 80, bias: bool = True
 @pytest.mark.parametrize("bias", [True, False])
 def test_unpacked_layer_is_autocast_linear_to_the_bit(bias):
     linear = make_linear(bias=bias)
-    layer = PackedLinear(linear.weight.detach().bfloat16(), None if linear.bias is None else linear.bias.detach().bfloat16(),
-                         pack=False)
+    layer = PackedLinear(
+        linear.weight.detach().bfloat16(), None if linear.bias is None else linear.bias.detach().bfloat16(), pack=False
+    )
     x = torch.randn(3, 7, 48)
     with torch.inference_mode(), autocast_bf16():
         expected = linear(x)

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -161,7 +161,13 @@ def test_activation_checkpointing_gives_identical_outputs_and_gradients(dropout,
 
 def test_checkpoint_mode_values():
     encoder = make_encoder(num_layers=1)
-    for value, mode in ((False, "none"), (True, "full"), ("none", "none"), ("selective", "selective"), ("full", "full")):
+    for value, mode in (
+        (False, "none"),
+        (True, "full"),
+        ("none", "none"),
+        ("selective", "selective"),
+        ("full", "full"),
+    ):
         encoder.checkpoint_activations = value
         assert encoder.checkpoint_activations == mode
     for bad in ("partial", 1, None):
@@ -258,3 +264,22 @@ def test_pooler():
     changed = x.clone()
     changed[:, 1:] = torch.randn(3, 4, D)
     assert_close(pooler(changed), out, atol=0, rtol=0)  # only the first token matters
+
+
+def test_set_activation_checkpointing_sets_every_stack_and_refuses_bad_input():
+    from torchflava.modules.layers import set_activation_checkpointing
+
+    def stack():
+        layer = TransformerEncoderLayer(
+            MultiHeadSelfAttention(8, 2), MLP(8, 16), attn_norm=nn.LayerNorm(8), mlp_norm=nn.LayerNorm(8)
+        )
+        return TransformerEncoder([layer])
+
+    model = nn.ModuleDict({"a": stack(), "b": nn.Sequential(stack())})
+    assert set_activation_checkpointing(model, "selective") == 2
+    assert model["a"].checkpoint_activations == "selective" and model["b"][0].checkpoint_activations == "selective"
+    assert set_activation_checkpointing(model, True) == 2 and model["a"].checkpoint_activations == "full"
+    with pytest.raises(ValueError, match="checkpoint_activations"):
+        set_activation_checkpointing(model, "sometimes")
+    with pytest.raises(ValueError, match="no TransformerEncoder"):
+        set_activation_checkpointing(nn.Linear(2, 2), "full")

@@ -206,7 +206,11 @@ _SCALE = torch.tensor(1.0)
         (dict(logit_scale=torch.ones(1)), ValueError, r"logit_scale must be a scalar tensor .* got shape \(1,\)"),
         (dict(positive_rows=[True] * B), TypeError, "positive_rows must be a Tensor or None"),
         (dict(positive_rows=torch.ones(B, dtype=torch.long)), TypeError, "positive_rows must be a bool tensor"),
-        (dict(positive_rows=torch.ones(B + 1, dtype=torch.bool)), ValueError, r"positive_rows must have shape \(5,\), got \(6,\)"),
+        (
+            dict(positive_rows=torch.ones(B + 1, dtype=torch.bool)),
+            ValueError,
+            r"positive_rows must have shape \(5,\), got \(6,\)",
+        ),
         (dict(positive_rows=torch.ones(B, 1, dtype=torch.bool)), ValueError, r"positive_rows must have shape \(5,\)"),
         (dict(gather="global"), TypeError, "gather must be a GatherGrad"),
     ],

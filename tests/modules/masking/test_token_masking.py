@@ -137,8 +137,14 @@ def test_random_replacement_never_gives_the_mask_token():
     ids = torch.full((64, 64), 5)
     special = [0, 1, 2]
     out = mask_tokens(
-        ids, vocab_size=6, mask_token_id=3, special_token_ids=special, probability=1.0,
-        replace_with_mask=0.0, replace_with_random=1.0, generator=torch.Generator().manual_seed(0),
+        ids,
+        vocab_size=6,
+        mask_token_id=3,
+        special_token_ids=special,
+        probability=1.0,
+        replace_with_mask=0.0,
+        replace_with_random=1.0,
+        generator=torch.Generator().manual_seed(0),
     )
     assert set(out.input_ids.unique().tolist()) == {4, 5}
 

@@ -12,21 +12,20 @@ from typing import Optional, Union
 from torch import nn
 
 from torchflava.models.flava.classification import (
+    LOSSES,
+    MODALITIES,
+    FLAVAForClassification,
     _init_head,
     classification_head,
     default_loss,
-    FLAVAForClassification,
-    LOSSES,
-    MODALITIES,
 )
 from torchflava.models.flava.convert_weights import load_flava_pretraining_weights, load_flava_weights
 from torchflava.models.flava.model import FLAVAModel
 from torchflava.models.flava.pretraining import FLAVAForPretraining, LossWeights
 from torchflava.modules.codebook import dalle_encoder
+from torchflava.modules.encoders import FusionEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_transformer_weights
-from torchflava.utils.distributed import GatherGrad
-from torchflava.modules.encoders import FusionEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.layers import (
     MLP,
     MultiHeadSelfAttention,
@@ -36,6 +35,7 @@ from torchflava.modules.layers import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
+from torchflava.utils.distributed import GatherGrad
 
 
 def transformer_encoder(
@@ -117,12 +117,16 @@ def flava_image_encoder(
         VisionEncoder: the encoder (random init).
     """
     return VisionEncoder(
-        PatchEmbedding(
-            image_size, patch_size, in_channels, embed_dim, use_mask_token=use_mask_token, dropout=dropout
-        ),
+        PatchEmbedding(image_size, patch_size, in_channels, embed_dim, use_mask_token=use_mask_token, dropout=dropout),
         transformer_encoder(
-            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
-            attention_dropout=attention_dropout, norm_eps=norm_eps, checkpoint_activations=checkpoint_activations,
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            norm_eps=norm_eps,
+            checkpoint_activations=checkpoint_activations,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         Pooler(embed_dim),
@@ -165,12 +169,23 @@ def flava_text_encoder(
     """
     return TextEncoder(
         TextEmbedding(
-            vocab_size, embed_dim, max_seq_len, type_vocab_size=type_vocab_size, pad_token_id=pad_token_id,
-            norm_eps=norm_eps, dropout=dropout,
+            vocab_size,
+            embed_dim,
+            max_seq_len,
+            type_vocab_size=type_vocab_size,
+            pad_token_id=pad_token_id,
+            norm_eps=norm_eps,
+            dropout=dropout,
         ),
         transformer_encoder(
-            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
-            attention_dropout=attention_dropout, norm_eps=norm_eps, checkpoint_activations=checkpoint_activations,
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            norm_eps=norm_eps,
+            checkpoint_activations=checkpoint_activations,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         Pooler(embed_dim),
@@ -211,8 +226,14 @@ def flava_multimodal_encoder(
         nn.Linear(image_dim, embed_dim),
         nn.Linear(text_dim, embed_dim),
         transformer_encoder(
-            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
-            attention_dropout=attention_dropout, norm_eps=norm_eps, checkpoint_activations=checkpoint_activations,
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            norm_eps=norm_eps,
+            checkpoint_activations=checkpoint_activations,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         embed_dim,
@@ -284,21 +305,42 @@ def flava_model(
     Returns:
         FLAVAModel: the model, with weights loaded when ``pretrained`` is given.
     """
-    common = dict(dropout=dropout, attention_dropout=attention_dropout, norm_eps=norm_eps,
-                  checkpoint_activations=checkpoint_activations)
+    common = dict(
+        dropout=dropout,
+        attention_dropout=attention_dropout,
+        norm_eps=norm_eps,
+        checkpoint_activations=checkpoint_activations,
+    )
     model = FLAVAModel(
         flava_image_encoder(
-            embed_dim=image_embed_dim, num_layers=image_num_layers, num_heads=image_num_heads,
-            mlp_dim=image_mlp_dim, image_size=image_size, patch_size=patch_size, in_channels=in_channels, **common,
+            embed_dim=image_embed_dim,
+            num_layers=image_num_layers,
+            num_heads=image_num_heads,
+            mlp_dim=image_mlp_dim,
+            image_size=image_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            **common,
         ),
         flava_text_encoder(
-            embed_dim=text_embed_dim, num_layers=text_num_layers, num_heads=text_num_heads, mlp_dim=text_mlp_dim,
-            vocab_size=vocab_size, max_seq_len=max_seq_len, type_vocab_size=type_vocab_size,
-            pad_token_id=pad_token_id, **common,
+            embed_dim=text_embed_dim,
+            num_layers=text_num_layers,
+            num_heads=text_num_heads,
+            mlp_dim=text_mlp_dim,
+            vocab_size=vocab_size,
+            max_seq_len=max_seq_len,
+            type_vocab_size=type_vocab_size,
+            pad_token_id=pad_token_id,
+            **common,
         ),
         flava_multimodal_encoder(
-            embed_dim=multimodal_embed_dim, num_layers=multimodal_num_layers, num_heads=multimodal_num_heads,
-            mlp_dim=multimodal_mlp_dim, image_dim=image_embed_dim, text_dim=text_embed_dim, **common,
+            embed_dim=multimodal_embed_dim,
+            num_layers=multimodal_num_layers,
+            num_heads=multimodal_num_heads,
+            mlp_dim=multimodal_mlp_dim,
+            image_dim=image_embed_dim,
+            text_dim=text_embed_dim,
+            **common,
         ),
         nn.Linear(image_embed_dim, projection_dim),
         nn.Linear(text_embed_dim, projection_dim),
@@ -360,8 +402,12 @@ def flava_model_for_pretraining(
         ValueError: if a loss weight is negative.
     """
     loss_weights = LossWeights(
-        mim=mim_weight, mlm=mlm_weight, itm=itm_weight, global_contrastive=global_contrastive_weight,
-        mmm_image=mmm_image_weight, mmm_text=mmm_text_weight,
+        mim=mim_weight,
+        mlm=mlm_weight,
+        itm=itm_weight,
+        global_contrastive=global_contrastive_weight,
+        mmm_image=mmm_image_weight,
+        mmm_text=mmm_text_weight,
     )
     negative = [name for name, value in loss_weights._asdict().items() if value < 0]
     if negative:
@@ -437,7 +483,8 @@ def flava_model_for_classification(
     if pretrained is not None:
         load_flava_weights(model, pretrained)
     encoder = {"text": model.text_encoder, "image": model.image_encoder, "mm": model.fusion_encoder}[modality]
-    head = classification_head(encoder.norm.normalized_shape[0], num_classes, hidden_dim=classifier_hidden_dim,
-                               dropout=classifier_dropout)
+    head = classification_head(
+        encoder.norm.normalized_shape[0], num_classes, hidden_dim=classifier_hidden_dim, dropout=classifier_dropout
+    )
     _init_head(head)
     return FLAVAForClassification(model, head, modality=modality, loss=loss)

@@ -9,8 +9,8 @@ last layer only the CLS position is computed.
 from typing import NamedTuple, Optional
 
 import torch
+from torch import Tensor, nn
 import torch.nn.functional as F
-from torch import nn, Tensor
 
 from torchflava.models.flava.model import _CLS, FLAVAModel, text_padding_mask
 
@@ -62,7 +62,11 @@ class FLAVAForClassification(nn.Module):
         return [m for m in self.classifier.modules() if isinstance(m, nn.Linear)][-1].out_features
 
     def cls_state(
-        self, image: Optional[Tensor] = None, text: Optional[Tensor] = None, *, text_attention_mask: Optional[Tensor] = None
+        self,
+        image: Optional[Tensor] = None,
+        text: Optional[Tensor] = None,
+        *,
+        text_attention_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """The (B, D) CLS state the head reads (the encoders' final LayerNorm applied).
 
@@ -79,8 +83,9 @@ class FLAVAForClassification(nn.Module):
             return m.image_encoder(image, output_positions=_CLS, return_pooled=False).last_hidden_state[:, 0]
         padding = text_padding_mask(text, text_attention_mask)
         if self.modality == "text":
-            return m.text_encoder(text, padding_mask=padding, output_positions=_CLS,
-                                  return_pooled=False).last_hidden_state[:, 0]
+            return m.text_encoder(
+                text, padding_mask=padding, output_positions=_CLS, return_pooled=False
+            ).last_hidden_state[:, 0]
         image_states = m.image_encoder(image, return_pooled=False).prenorm_last_hidden_state
         text_states = m.text_encoder(text, padding_mask=padding, return_pooled=False).prenorm_last_hidden_state
         fused = m.fusion_encoder(image_states, text_states, text_padding_mask=padding, return_pooled=False)
@@ -118,14 +123,19 @@ class FLAVAForClassification(nn.Module):
         batch, classes = logits.shape
         if self.loss == "cross_entropy":
             if labels.shape != (batch,) or labels.is_floating_point():
-                raise ValueError(f"labels must be ({batch},) integer class ids, got {tuple(labels.shape)} {labels.dtype}")
+                raise ValueError(
+                    f"labels must be ({batch},) integer class ids, got {tuple(labels.shape)} {labels.dtype}"
+                )
             if bool(((labels < 0) | (labels >= classes)).any()):
-                raise ValueError(f"labels must be class ids in [0, {classes}), got min {int(labels.min())} "
-                                 f"max {int(labels.max())}")
+                raise ValueError(
+                    f"labels must be class ids in [0, {classes}), got min {int(labels.min())} max {int(labels.max())}"
+                )
             return F.cross_entropy(logits, labels)
         if self.loss == "binary_cross_entropy":
             if labels.shape != (batch, classes) or not labels.is_floating_point():
-                raise ValueError(f"labels must be ({batch}, {classes}) float scores, got {tuple(labels.shape)} {labels.dtype}")
+                raise ValueError(
+                    f"labels must be ({batch}, {classes}) float scores, got {tuple(labels.shape)} {labels.dtype}"
+                )
             if bool(((labels < 0) | (labels > 1)).any()):
                 raise ValueError("labels must be scores in [0, 1]")
             return F.binary_cross_entropy_with_logits(logits, labels) * classes
@@ -147,7 +157,9 @@ def classification_head(in_dim: int, num_classes: int, *, hidden_dim: int = 768,
     Returns:
         nn.Sequential: the head.
     """
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes)
+    )
 
 
 def default_loss(num_classes: int) -> str:

@@ -21,9 +21,9 @@ checkpoint lacks is *missing*, a checkpoint key (under the codebook's prefix) no
 import re
 from typing import Optional
 
-from torch import nn, Tensor
+from torch import Tensor, nn
 
-from torchflava.utils.checkpoint import load_state_dict, PathLike
+from torchflava.utils.checkpoint import PathLike, load_state_dict
 
 CODEBOOK_LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -125,7 +125,7 @@ def convert_codebook_to_torchflava(
         if found is None:
             raise ValueError(f"state_dict holds no {layout} codebook (no key ending with {_ANCHORS[layout]!r})")
         prefix = found
-    source = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    source = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     converted: dict[str, Tensor] = {}
     used: set[str] = set()
     missing: list[str] = []

@@ -17,10 +17,10 @@ import re
 from typing import Optional
 
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava
-from torchflava.utils.checkpoint import load_state_dict, PathLike
+from torchflava.utils.checkpoint import PathLike, load_state_dict
 
 LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -136,7 +136,7 @@ def _strip_prefix(state_dict: dict[str, Tensor], layout: str) -> dict[str, Tenso
     if not any(k.startswith(prefix) for k in state_dict):
         return dict(state_dict)
     # Wrapped checkpoints keep the backbone under the prefix and heads/codebook beside it.
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
 def convert_to_torchflava(
@@ -310,7 +310,9 @@ _ITM_HEAD = {
     "itm_head.classifier.bias": ("itm_head.seq_relationship.bias", "loss.itm_loss.cls.seq_relationship.bias"),
 }
 # The references also store each head's decoder bias a second time (a tied alias).
-_HEAD_ALIASES = re.compile(r"^(mlm_head|mim_head|mmm_text_head|mmm_image_head)\.decoder\.bias$|^loss\..*cls\.decoder\.bias$")
+_HEAD_ALIASES = re.compile(
+    r"^(mlm_head|mim_head|mmm_text_head|mmm_image_head)\.decoder\.bias$|^loss\..*cls\.decoder\.bias$"
+)
 
 
 def _head_reference_name(key: str, layout: str) -> str:
@@ -359,7 +361,9 @@ def load_flava_pretraining_weights(model: nn.Module, path: PathLike, *, strict: 
     codebook_keys = [k for k in rest if re.match(r"^(image_)?codebook\.", k)]
     if model.codebook is not None:
         if codebook_keys:
-            converted = convert_codebook_to_torchflava({k: rest[k] for k in codebook_keys}, model.codebook, strict=strict)
+            converted = convert_codebook_to_torchflava(
+                {k: rest[k] for k in codebook_keys}, model.codebook, strict=strict
+            )
             state.update({f"codebook.{k}": v for k, v in converted.items()})
             used.update(codebook_keys)
         else:

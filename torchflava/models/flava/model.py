@@ -8,15 +8,14 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+from torch import Tensor, nn
 import torch.nn.functional as F
-from torch import nn, Tensor
 
 from torchflava.modules.encoders import EncoderOutput, FusionEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_transformer_weights
 from torchflava.modules.layers import PatchEmbedding
 from torchflava.modules.layers.text_embedding import check_token_ids
 from torchflava.modules.packing import can_pack, pack_batch
-
 
 _CLS = slice(0, 1)  # output position of the CLS token (for ``output_positions``)
 

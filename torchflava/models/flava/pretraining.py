@@ -13,13 +13,13 @@ unmasked one when there is no mask. Masked-prediction heads see only the masked 
 ITM negatives (``itm_labels == 0``) are left out of MMM and of the contrastive loss's rows.
 """
 
-import math
 from dataclasses import dataclass, fields
+import math
 from typing import Mapping, NamedTuple, Optional, Union
 
 import torch
+from torch import Tensor, nn
 import torch.nn.functional as F
-from torch import nn, Tensor
 
 from torchflava.models.flava.model import _CLS, FLAVAModel, text_padding_mask
 from torchflava.modules.encoders import EncoderOutput
@@ -269,11 +269,11 @@ class FLAVAForPretraining(nn.Module):
         num_image = masked_image.last_hidden_state.shape[1]
         if w.mmm_image > 0 and image_targets is not None:
             losses["mmm_image"], extra["mmm_image_logits"], extra["mmm_image_targets"] = _masked_prediction(
-                self.mmm_image_head, fused[keep, 2:1 + num_image], image_targets[keep], self.ignore_index
+                self.mmm_image_head, fused[keep, 2 : 1 + num_image], image_targets[keep], self.ignore_index
             )
         if w.mmm_text > 0 and b.mlm_labels is not None:
             losses["mmm_text"], extra["mmm_text_logits"], extra["mmm_text_targets"] = _masked_prediction(
-                self.mmm_text_head, fused[keep, 1 + num_image:], b.mlm_labels[keep], self.ignore_index
+                self.mmm_text_head, fused[keep, 1 + num_image :], b.mlm_labels[keep], self.ignore_index
             )
         return positives
 
@@ -300,7 +300,10 @@ class FLAVAForPretraining(nn.Module):
             text_cls = masked_text.last_hidden_state[:, 0]
         else:
             text_cls = model.text_encoder(
-                b.text, padding_mask=padding, output_positions=_CLS, return_pooled=False,
+                b.text,
+                padding_mask=padding,
+                output_positions=_CLS,
+                return_pooled=False,
                 checkpoint_activations=recompute,
             ).last_hidden_state[:, 0]
         out = contrastive_loss(
@@ -347,7 +350,8 @@ class FLAVAForPretraining(nn.Module):
         if keep == mask.shape[1]:
             return batch
         trimmed = {
-            name: None if getattr(batch, name) is None or getattr(batch, name).dim() != 2
+            name: None
+            if getattr(batch, name) is None or getattr(batch, name).dim() != 2
             else getattr(batch, name)[:, :keep]
             for name in ("text", "text_masked", "text_attention_mask", "mlm_labels")
         }

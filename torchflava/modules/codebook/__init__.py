@@ -1,5 +1,5 @@
 """Image codebooks: image -> discrete visual tokens (the DALL-E dVAE encoder FLAVA uses)."""
 
-from torchflava.modules.codebook.dalle_vae import dalle_encoder, DalleEncoder, DalleResidualBlock, map_pixels
+from torchflava.modules.codebook.dalle_vae import DalleEncoder, DalleResidualBlock, dalle_encoder, map_pixels
 
 __all__ = ["DalleEncoder", "DalleResidualBlock", "dalle_encoder", "map_pixels"]

@@ -14,12 +14,12 @@ ReLU-conv3x3, ReLU-conv3x3, ReLU-conv1x1 (to ``out`` channels), and ``post_gain 
 The encoder expects pixels in [0.1, 0.9]: apply :func:`map_pixels` to [0, 1] pixels first.
 """
 
-import math
 from collections.abc import Sequence
+import math
 
 import torch
+from torch import Tensor, nn
 import torch.nn.functional as F
-from torch import nn, Tensor
 
 # DALL-E's logit-Laplace epsilon: pixels in [0, 1] are squeezed into [eps, 1 - eps].
 _PIXEL_EPS = 0.1

@@ -7,7 +7,7 @@ run through a transformer stack. Text padding is carried into the fused attentio
 from typing import Optional
 
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.transformer import TransformerEncoder
@@ -74,9 +74,7 @@ class FusionEncoder(nn.Module):
         """
         b = image_states.shape[0]
         if text_states.shape[0] != b:
-            raise ValueError(
-                f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts"
-            )
+            raise ValueError(f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts")
         image = self.image_proj(image_states)
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(image.dtype), image, self.text_proj(text_states)], dim=1)
         key_padding_mask = None
@@ -87,7 +85,9 @@ class FusionEncoder(nn.Module):
                     f"got {tuple(text_padding_mask.shape)}"
                 )
             if text_padding_mask.dtype != torch.bool:
-                raise TypeError(f"text_padding_mask must be a bool tensor (True = padding), got {text_padding_mask.dtype}")
+                raise TypeError(
+                    f"text_padding_mask must be a bool tensor (True = padding), got {text_padding_mask.dtype}"
+                )
             keep_image = text_padding_mask.new_zeros(b, 1 + image.shape[1])  # CLS_M and image never padded
             key_padding_mask = torch.cat([keep_image, text_padding_mask], dim=1)
         out = self.encoder(x, key_padding_mask=key_padding_mask, return_hidden_states=return_hidden_states)

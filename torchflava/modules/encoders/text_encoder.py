@@ -2,7 +2,7 @@
 
 from typing import Optional, Union
 
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.text_embedding import TextEmbedding

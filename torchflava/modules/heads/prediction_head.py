@@ -2,7 +2,7 @@
 
 from typing import Optional
 
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 from torchflava.modules.layers.pooler import Pooler
 

@@ -6,7 +6,7 @@ N number of image patches, L text length. Boolean masks mean ``True = masked`` (
 
 from torchflava.modules.layers.attention import MultiHeadSelfAttention
 from torchflava.modules.layers.mlp import MLP
-from torchflava.modules.layers.packed_linear import pack_linears, PackedLinear
+from torchflava.modules.layers.packed_linear import PackedLinear, pack_linears
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
 from torchflava.modules.layers.pooler import Pooler
 from torchflava.modules.layers.text_embedding import TextEmbedding
@@ -14,6 +14,7 @@ from torchflava.modules.layers.transformer import (
     TransformerEncoder,
     TransformerEncoderLayer,
     TransformerOutput,
+    set_activation_checkpointing,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "TransformerEncoder",
     "TransformerEncoderLayer",
     "TransformerOutput",
+    "set_activation_checkpointing",
 ]

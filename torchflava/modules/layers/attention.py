@@ -8,8 +8,8 @@ Shapes: x (B, S, D) -> (B, S, D); key_padding_mask (B, S) bool with ``True = pad
 from typing import Optional, Union
 
 import torch
+from torch import Tensor, nn
 import torch.nn.functional as F
-from torch import nn, Tensor
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -29,8 +29,7 @@ class MultiHeadSelfAttention(nn.Module):
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads != 0:
             raise ValueError(
-                f"embed_dim must be a positive multiple of num_heads, got embed_dim={embed_dim}, "
-                f"num_heads={num_heads}"
+                f"embed_dim must be a positive multiple of num_heads, got embed_dim={embed_dim}, num_heads={num_heads}"
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")

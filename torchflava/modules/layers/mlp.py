@@ -3,7 +3,7 @@
 from typing import Optional
 
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 
 class MLP(nn.Module):

@@ -14,8 +14,8 @@ import functools
 from typing import Optional
 
 import torch
+from torch import Tensor, nn
 import torch.nn.functional as F
-from torch import nn, Tensor
 
 PACKED_DTYPES = (torch.bfloat16,)
 
@@ -111,8 +111,10 @@ class PackedLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"dtype={self.dtype}, packed={self.packed}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"dtype={self.dtype}, packed={self.packed}"
+        )
 
 
 def pack_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:

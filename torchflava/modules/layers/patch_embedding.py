@@ -9,8 +9,8 @@ bicubically interpolated positions.
 from typing import Optional
 
 import torch
+from torch import Tensor, nn
 import torch.nn.functional as F
-from torch import nn, Tensor
 
 
 class PatchEmbedding(nn.Module):
@@ -65,9 +65,7 @@ class PatchEmbedding(nn.Module):
         if not images.is_floating_point():
             raise TypeError(f"image must be a floating-point tensor, got dtype {images.dtype}")
         if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(
-                f"image must have shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}"
-            )
+            raise ValueError(f"image must have shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}")
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size or h == 0 or w == 0:
             raise ValueError(

@@ -1,6 +1,6 @@
 """BERT-style pooler: tanh(dense(first token)). (B, S, D) -> (B, D)."""
 
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 
 class Pooler(nn.Module):

@@ -6,7 +6,7 @@ word + absolute position + token type embeddings, then LayerNorm and dropout.
 from typing import Optional
 
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 
 def check_token_ids(input_ids: Tensor, vocab_size: int, *, name: str = "input_ids") -> None:

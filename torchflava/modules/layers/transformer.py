@@ -8,8 +8,8 @@ import functools
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
-from torch import nn, Tensor
-from torch.utils.checkpoint import checkpoint, CheckpointPolicy, create_selective_checkpoint_contexts
+from torch import Tensor, nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
@@ -18,9 +18,14 @@ _aten = torch.ops.aten
 _SAVED_BY_SELECTIVE = frozenset(
     op
     for name in (
-        "mm", "addmm", "bmm", "baddbmm",
-        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+        "mm",
+        "addmm",
+        "bmm",
+        "baddbmm",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
     )
     if hasattr(_aten, name)
     for op in (getattr(_aten, name).default,)
@@ -183,7 +188,9 @@ class TransformerEncoder(nn.Module):
             hidden states (the last one restricted like the output).
         """
         hidden_states = [x] if return_hidden_states else None
-        mode = self.checkpoint_activations if checkpoint_activations is None else checkpoint_mode(checkpoint_activations)
+        mode = (
+            self.checkpoint_activations if checkpoint_activations is None else checkpoint_mode(checkpoint_activations)
+        )
         if not (self.training and torch.is_grad_enabled()):
             mode = "none"
         extra = {"context_fn": _selective_contexts} if mode == "selective" else {}
@@ -201,3 +208,28 @@ class TransformerEncoder(nn.Module):
             if hidden_states is not None:
                 hidden_states.append(x)
         return TransformerOutput(x, None if hidden_states is None else tuple(hidden_states))
+
+
+def set_activation_checkpointing(model: nn.Module, mode: Union[bool, str]) -> int:
+    """Set what every :class:`TransformerEncoder` inside ``model`` keeps for backward.
+
+    Applied to a built model, so builders need no checkpointing argument:
+    ``set_activation_checkpointing(flava_model(), "selective")``.
+
+    Args:
+        model (nn.Module): any module holding transformer stacks (or one itself).
+        mode (Union[bool, str]): see :func:`checkpoint_mode`.
+
+    Returns:
+        int: how many stacks were set.
+
+    Raises:
+        ValueError: if ``mode`` is not a checkpointing mode, or ``model`` holds no TransformerEncoder.
+    """
+    mode = checkpoint_mode(mode)
+    stacks = [m for m in model.modules() if isinstance(m, TransformerEncoder)]
+    if not stacks:
+        raise ValueError(f"model ({type(model).__name__}) holds no TransformerEncoder to set checkpointing on")
+    for stack in stacks:
+        stack.checkpoint_activations = mode
+    return len(stacks)

@@ -11,8 +11,8 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+import torch.nn.functional as F
 
 from torchflava.utils.distributed import GatherGrad, gather_features
 
@@ -34,7 +34,9 @@ class ContrastiveOutput(NamedTuple):
     labels: Tensor
 
 
-def _check_inputs(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, positive_rows: Optional[Tensor]) -> None:
+def _check_inputs(
+    image_features: Tensor, text_features: Tensor, logit_scale: Tensor, positive_rows: Optional[Tensor]
+) -> None:
     for name, value in (("image_features", image_features), ("text_features", text_features)):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a Tensor, got {type(value).__name__}")
@@ -57,7 +59,9 @@ def _check_inputs(image_features: Tensor, text_features: Tensor, logit_scale: Te
         if positive_rows.dtype != torch.bool:
             raise TypeError(f"positive_rows must be a bool tensor, got {positive_rows.dtype}")
         if tuple(positive_rows.shape) != (image_features.shape[0],):
-            raise ValueError(f"positive_rows must have shape ({image_features.shape[0]},), got {tuple(positive_rows.shape)}")
+            raise ValueError(
+                f"positive_rows must have shape ({image_features.shape[0]},), got {tuple(positive_rows.shape)}"
+            )
 
 
 def contrastive_loss(
@@ -188,7 +192,9 @@ class ContrastiveLoss(nn.Module):
             ValueError: see :func:`contrastive_loss`.
         """
         logit_scale = self.logit_scale.clamp(self.logit_scale_min, self.logit_scale_max)
-        return contrastive_loss(image_features, text_features, logit_scale, positive_rows=positive_rows, gather=self.gather)
+        return contrastive_loss(
+            image_features, text_features, logit_scale, positive_rows=positive_rows, gather=self.gather
+        )
 
     def extra_repr(self) -> str:
         bounds = f"logit_scale_min={self.logit_scale_min}, logit_scale_max={self.logit_scale_max}"

@@ -6,8 +6,8 @@ stays as it is (10%), and the model is trained to predict the original id at eve
 position (Devlin et al., "BERT", section 3.1).
 """
 
-import math
 from collections.abc import Sequence
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -122,8 +122,7 @@ def mask_tokens(
     replace_with_random = _check_probability("replace_with_random", replace_with_random)
     if replace_with_mask + replace_with_random > 1 + 1e-9:
         raise ValueError(
-            "replace_with_mask + replace_with_random must be <= 1, "
-            f"got {replace_with_mask} + {replace_with_random}"
+            f"replace_with_mask + replace_with_random must be <= 1, got {replace_with_mask} + {replace_with_random}"
         )
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
