@@ -11,17 +11,10 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from torchflava.utils.checks import check_int
+
 #: Placement attempts per rectangle before a round gives up (as in BEiT).
 MAX_ATTEMPTS = 10
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` if it is an int >= ``minimum``; raise naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _grid_shape(grid_size: Union[int, tuple[int, int]]) -> tuple[int, int]:
@@ -29,8 +22,8 @@ def _grid_shape(grid_size: Union[int, tuple[int, int]]) -> tuple[int, int]:
     if isinstance(grid_size, (tuple, list)):
         if len(grid_size) != 2:
             raise ValueError(f"grid_size must be an int or a pair (H, W), got {tuple(grid_size)}")
-        return _check_int("grid_size", grid_size[0], 1), _check_int("grid_size", grid_size[1], 1)
-    size = _check_int("grid_size", grid_size, 1)
+        return check_int("grid_size", grid_size[0], 1), check_int("grid_size", grid_size[1], 1)
+    size = check_int("grid_size", grid_size, 1)
     return size, size
 
 
@@ -44,14 +37,14 @@ def _check_block_args(
 ) -> tuple[int, int, int, float, float]:
     """Validate the block-masking arguments; return (H, W, max_block, min_aspect, max_aspect) resolved."""
     height, width = _grid_shape(grid_size)
-    _check_int("num_masked", num_masked, 0)
+    check_int("num_masked", num_masked, 0)
     if num_masked > height * width:
         raise ValueError(f"num_masked must be in [0, H*W] = [0, {height * width}], got {num_masked}")
-    _check_int("min_block", min_block, 1)
+    check_int("min_block", min_block, 1)
     if max_block is None:
         max_block = num_masked
     else:
-        _check_int("max_block", max_block, 1)
+        check_int("max_block", max_block, 1)
         if max_block < min_block:
             raise ValueError(f"max_block must be >= min_block = {min_block}, got {max_block}")
     for name, value in (("min_aspect", min_aspect), ("max_aspect", max_aspect)):
@@ -203,7 +196,7 @@ def block_masks(
         ValueError: if ``batch_size`` < 1 or another argument is out of range (see
             :func:`block_mask`).
     """
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     height, width, max_block, min_aspect, max_aspect = _check_block_args(
         grid_size, num_masked, min_block, max_block, min_aspect, max_aspect
     )

@@ -9,8 +9,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from torchflava.modules.masking.block_masking import _check_int
-from torchflava.modules.masking.token_masking import _check_probability
+from torchflava.utils.checks import check_int, check_probability
 
 
 class ItmSample(NamedTuple):
@@ -49,8 +48,8 @@ def itm_negatives(
         TypeError: if ``batch_size`` is not an int or ``probability`` not a number.
         ValueError: if ``batch_size`` < 1 or ``probability`` is outside [0, 1].
     """
-    _check_int("batch_size", batch_size, 1)
-    probability = _check_probability("probability", probability)
+    check_int("batch_size", batch_size, 1)
+    probability = check_probability("probability", probability)
 
     device = generator.device if generator is not None else torch.device("cpu")
     rows = torch.arange(batch_size, device=device)

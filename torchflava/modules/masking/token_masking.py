@@ -7,14 +7,13 @@ position (Devlin et al., "BERT", section 3.1).
 """
 
 from collections.abc import Sequence
-import math
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from torchflava.modules.layers.text_embedding import check_token_ids
-from torchflava.modules.masking.block_masking import _check_int
+from torchflava.utils.checks import check_int, check_probability
 
 
 class MaskedTokens(NamedTuple):
@@ -28,16 +27,6 @@ class MaskedTokens(NamedTuple):
 
     input_ids: Tensor
     labels: Tensor
-
-
-def _check_probability(name: str, value: object, *, allow_zero: bool = True) -> float:
-    """Return ``value`` as a float if it is a number in [0, 1] ((0, 1] without ``allow_zero``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not (math.isfinite(value) and low_ok and value <= 1):
-        raise ValueError(f"{name} must be in {'[' if allow_zero else '('}0, 1], got {value}")
-    return float(value)
 
 
 def _check_id(name: str, value: object, vocab_size: int) -> int:
@@ -100,7 +89,7 @@ def mask_tokens(
             shares sum to more than 1, a token id is outside [0, vocab_size), or random
             replacement is asked for but every id is special.
     """
-    _check_int("vocab_size", vocab_size, 1)
+    check_int("vocab_size", vocab_size, 1)
     check_token_ids(input_ids, vocab_size)
     _check_id("mask_token_id", mask_token_id, vocab_size)
     if isinstance(special_token_ids, (str, bytes)) or not isinstance(special_token_ids, Sequence):
@@ -117,9 +106,9 @@ def mask_tokens(
                 f"padding_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                 f"got {tuple(padding_mask.shape)}"
             )
-    probability = _check_probability("probability", probability, allow_zero=False)
-    replace_with_mask = _check_probability("replace_with_mask", replace_with_mask)
-    replace_with_random = _check_probability("replace_with_random", replace_with_random)
+    probability = check_probability("probability", probability, allow_zero=False)
+    replace_with_mask = check_probability("replace_with_mask", replace_with_mask)
+    replace_with_random = check_probability("replace_with_random", replace_with_random)
     if replace_with_mask + replace_with_random > 1 + 1e-9:
         raise ValueError(
             f"replace_with_mask + replace_with_random must be <= 1, got {replace_with_mask} + {replace_with_random}"
