@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from torchflava.training.checkpointing import CheckpointManager, export_model, rng_state, set_rng_state
+from torchflava.training.integrity import CheckpointIntegrityError
 
 
 def build(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -49,7 +50,10 @@ def test_keep_one_leaves_only_the_newest(tmp_path):
     train(model, optimizer, 2, seed=1)
     second = manager.save(4, model, optimizer, {"step": 4})
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_00000004"]  # step 2 deleted, no tmp left
-    assert json.loads((second / "COMPLETE").read_text()) == {"step": 4, "world_size": 1}
+    marker = json.loads((second / "COMPLETE").read_text())
+    assert {k: marker[k] for k in ("step", "world_size")} == {"step": 4, "world_size": 1}
+    assert set(marker["files"]) == {".metadata", "__0_0.distcp", "rank0.pt"}
+    assert marker["files"]["rank0.pt"]["bytes"] == (second / "rank0.pt").stat().st_size
     assert manager.complete() == [second] and manager.latest() == second
 
 
@@ -75,9 +79,9 @@ def test_unfinished_checkpoints_are_ignored(tmp_path):
     broken.mkdir()
     (broken / "rank0.pt").write_bytes(b"partial")
     assert manager.latest() == saved and manager.complete() == [saved]
-    with pytest.raises(FileNotFoundError, match="COMPLETE"):
+    with pytest.raises(CheckpointIntegrityError, match="COMPLETE"):
         manager.load(broken, *build(1))
-    with pytest.raises(FileNotFoundError, match="step_00000006"):
+    with pytest.raises(CheckpointIntegrityError, match="step_00000006"):
         manager.load(tmp_path / "step_00000006", *build(1))
 
 
@@ -200,5 +204,5 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="keep"):
         CheckpointManager(tmp_path, keep=0)
     manager = CheckpointManager(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointIntegrityError, match="not a complete checkpoint"):
         manager.load(tmp_path, *build(0))

@@ -3,12 +3,13 @@
 Layout of ``<root>/step_<N>/``: the DCP shards of ``{"model", "optim"}`` (written by every rank
 in parallel, loadable on another world size), ``rank<R>.pt`` per rank (scheduler, step, RNG
 states, data-loader position: plain tensors and numbers, loaded with ``weights_only=True``), and
-``COMPLETE`` (JSON metadata). Everything is first written to ``.step_<N>.tmp/`` and renamed
-when every rank has finished, so a killed run never leaves a checkpoint that looks complete.
+``COMPLETE`` (JSON: step, world size and the size and SHA-256 of every file). Everything is first
+written to ``.step_<N>.tmp/`` and renamed when every rank has finished, so a killed run never leaves
+a checkpoint that looks complete; old checkpoints are renamed away before they are deleted. Loading
+verifies every digest first and never runs code from the files (:mod:`torchflava.training.integrity`).
 """
 
 from contextlib import contextmanager
-import json
 import os
 from pathlib import Path
 import random
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -30,9 +31,20 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from torchflava.training.distributed import barrier
+from torchflava.training.integrity import (
+    MARKER,
+    CheckpointIntegrityError,
+    SafeFileSystemReader,
+    SafeLoadPlanner,
+    damage_on_every_rank,
+    read_dcp_metadata,
+    read_marker,
+    unwrap_checkpoint_error,
+    write_marker,
+)
 from torchflava.utils.checkpoint import save_state_dict
 
-_MARKER = "COMPLETE"
+_MARKER = MARKER
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,16 +103,36 @@ class CheckpointManager:
         self.root, self.keep = Path(root), keep
 
     def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
+        """Checkpoints that were completed (have a marker), oldest first; not verified."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.glob("step_*") if (p / _MARKER).is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+        found = [p for p in self.root.glob("step_*") if p.name[5:].isdigit() and p.is_dir() and (p / _MARKER).is_file()]
+        return sorted(found, key=lambda p: int(p.name[5:]))
 
     def latest(self) -> Optional[Path]:
-        """The newest complete checkpoint, or None."""
+        """The newest complete checkpoint, or None (not verified: see :meth:`latest_intact`)."""
         found = self.complete()
         return found[-1] if found else None
+
+    def latest_intact(self) -> tuple[Optional[Path], list[str]]:
+        """The newest checkpoint whose files all match their manifest (collective under torch.distributed).
+
+        Returns:
+            tuple[Optional[Path], list[str]]: that checkpoint (None when no intact one exists) and one
+            line for each newer checkpoint passed over, saying why it was.
+        """
+        passed_over = []
+        for path in reversed(self.complete()):
+            reason = damage_on_every_rank(path)
+            if reason is None:
+                return path, passed_over
+            passed_over.append(f"{path} is damaged: {reason}")
+        return None, passed_over
+
+    def _clean_leftovers(self) -> None:
+        """Remove what killed saves and deletions left: ``.step_*.tmp`` and ``.step_*.deleting``."""
+        for leftover in list(self.root.glob(".step_*.tmp")) + list(self.root.glob(".step_*.deleting")):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, local_state: dict) -> Path:
         """Write checkpoint ``step`` (collective: every rank calls it).
@@ -117,7 +149,7 @@ class CheckpointManager:
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".step_{step:08d}.tmp"
         if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            self._clean_leftovers()
             tmp.mkdir(parents=True)
         barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
@@ -126,11 +158,12 @@ class CheckpointManager:
         torch.save(local_state, tmp / f"rank{_rank()}.pt")
         barrier()
         if _rank() == 0:
-            (tmp / _MARKER).write_text(json.dumps({"step": step, "world_size": _world_size()}))
-            shutil.rmtree(final, ignore_errors=True)
+            write_marker(tmp, step, _world_size())  # every file's digest, then the marker
+            if final.exists():
+                _discard(final)
             os.replace(tmp, final)
             for old in self.complete()[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                _discard(old)
         barrier()
         return final
 
@@ -147,13 +180,15 @@ class CheckpointManager:
             fewer ranks than there are now).
 
         Raises:
-            FileNotFoundError: if ``path`` is not a complete checkpoint.
+            CheckpointIntegrityError: if ``path`` is not a complete checkpoint, a file does not match
+                the manifest written with it, or its metadata refers to anything but DCP's classes.
             ValueError: if the checkpoint lacks weights of ``model``.
         """
         path = Path(path)
-        if not (path / _MARKER).is_file():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {_MARKER} file)")
-        saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+        reason = damage_on_every_rank(path)
+        if reason is not None:
+            raise CheckpointIntegrityError(f"cannot resume from {path}: {reason}")
+        saved = set(read_dcp_metadata(path).state_dict_metadata)
         # get_state_dict gives a fresh optimiser a state for every parameter, but a checkpoint holds
         # states only for parameters that had a gradient before it was written (e.g. not for a head
         # whose loss has not run yet). Those keep no state after loading, as in the saving run.
@@ -164,7 +199,12 @@ class CheckpointManager:
         stateless = {fqn for fqn in optim_state["state"] if not any(k.startswith(f"optim.state.{fqn}.") for k in saved)}
         state = {"model": model_state, "optim": optim_state}
         with _single_process_ok():
-            dcp.load(state, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True))
+            try:
+                dcp.load(
+                    state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(allow_partial_load=True)
+                )
+            except CheckpointException as error:  # DCP gathers every rank's failure into one exception
+                raise unwrap_checkpoint_error(error, path) from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         for name, param in model.named_parameters():
             if name.removeprefix("module.") in stateless:
@@ -175,7 +215,7 @@ class CheckpointManager:
 
 def checkpoint_step(path: Union[str, os.PathLike]) -> int:
     """The step a complete checkpoint was written at."""
-    return int(json.loads((Path(path) / _MARKER).read_text())["step"])
+    return int(read_marker(path)["step"])
 
 
 def loop_state(step: int, scheduler, loader, skipped: list) -> dict:
@@ -228,3 +268,15 @@ def export_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     if _rank() == 0:
         save_state_dict(state, path)
     barrier()
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint so that a kill midway never leaves a marker beside missing shards.
+
+    The directory is first renamed out of the ``step_*`` namespace (atomic), then removed; a later
+    save removes whatever a kill left of it.
+    """
+    doomed = path.with_name(f".{path.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)

@@ -6,15 +6,18 @@ Recipes compose them with their own model and data sections and load the whole w
 
 from dataclasses import dataclass, field
 from pathlib import Path
+import sys
 from typing import NamedTuple, Optional, Sequence, Type
 
 import torch
 from torch import nn
+import torch.distributed as dist
 
 from torchflava.modules.layers.transformer import CHECKPOINT_MODES
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
 from torchflava.training.distributed import STRATEGIES, wrap_model
+from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 
 
@@ -91,15 +94,29 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
 
 
 def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
-    """The checkpoint to resume from under ``training.resume`` (none | auto | a directory).
+    """The checkpoint to resume from under ``training.resume`` (none | auto | a directory), verified.
+
+    ``auto`` takes the newest checkpoint whose files match the digests written with them; each
+    newer, damaged one is passed over with a one-line warning on stderr saying why. An explicit
+    directory must be intact. Collective under torch.distributed (rank 0 verifies).
 
     Raises:
         ConfigError: if ``resume`` is none but the run directory already holds checkpoints (two runs
-            would mix in one directory).
+            would mix in one directory), or names a checkpoint that is missing or damaged.
     """
     if resume == "auto":
-        return checkpoints.latest()
+        path, passed_over = checkpoints.latest_intact()
+        if passed_over and (not dist.is_initialized() or dist.get_rank() == 0):
+            then = f"resuming from {path}" if path is not None else "no intact checkpoint is left: starting afresh"
+            for line in passed_over:
+                print(f"warning: {line}; {then}", file=sys.stderr)
+        return path
     if resume not in ("none", ""):
+        reason = damage_on_every_rank(resume)
+        if reason is not None:
+            raise ConfigError(
+                f"key 'training.resume': expected an intact checkpoint directory, got {resume!r} ({reason})"
+            )
         return Path(resume)
     if checkpoints.latest() is not None:
         raise ConfigError(

@@ -1,0 +1,208 @@
+"""Adversarial checkpoints: code in the metadata or in a non-tensor entry, flipped bytes, a rewritten
+marker, a killed deletion. Nothing is executed, nothing damaged is loaded, and an intact older
+checkpoint is found."""
+
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from torch import nn
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict
+
+from tests.helpers import PickleExploit
+from torchflava.training.checkpointing import CheckpointManager
+from torchflava.training.integrity import CheckpointIntegrityError, damage, read_dcp_metadata, write_marker
+
+
+def build(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def saved_pair(tmp_path):
+    model, optimizer = build(0)
+    manager = CheckpointManager(tmp_path / "ckpt", keep=3)
+    older = manager.save(1, model, optimizer, {"step": 1})
+    newer = manager.save(2, model, optimizer, {"step": 2})
+    return manager, older, newer
+
+
+def flip_bytes(path, fraction: float, count: int = 16) -> None:
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * fraction)
+    for i in range(at, min(at + count, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_intact_checkpoints_verify(tmp_path):
+    manager, older, newer = saved_pair(tmp_path)
+    assert damage(older) is None and damage(newer) is None
+    assert manager.latest_intact() == (newer, [])
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.5])
+def test_flipped_bytes_in_a_shard_are_caught_and_the_older_checkpoint_is_used(tmp_path, fraction):
+    manager, older, newer = saved_pair(tmp_path)
+    flip_bytes(newer / "__0_0.distcp", fraction)
+    assert "__0_0.distcp does not match its SHA-256 digest" in damage(newer)
+    path, passed_over = manager.latest_intact()
+    assert path == older and len(passed_over) == 1 and "step_00000002 is damaged" in passed_over[0]
+    with pytest.raises(CheckpointIntegrityError, match=r"cannot resume from .*step_00000002: file __0_0.distcp"):
+        manager.load(newer, *build(1))
+    manager.load(older, *build(1))  # the intact one loads
+
+
+def test_a_truncated_or_missing_file_is_caught(tmp_path):
+    manager, _, newer = saved_pair(tmp_path)
+    (newer / "rank0.pt").write_bytes((newer / "rank0.pt").read_bytes()[:10])
+    assert "rank0.pt has 10 bytes" in damage(newer)
+    (newer / "rank0.pt").unlink()
+    assert damage(newer) == "file rank0.pt is missing"
+
+
+def test_a_marker_rewritten_to_another_step_is_caught(tmp_path):
+    manager, older, newer = saved_pair(tmp_path)
+    marker = json.loads((newer / "COMPLETE").read_text())
+    marker["step"] = 7
+    (newer / "COMPLETE").write_text(json.dumps(marker))
+    assert damage(newer) == "its COMPLETE marker says step 7 but the directory is step_00000002"
+    assert manager.latest_intact()[0] == older
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ('{"step": 2', "is unreadable (JSONDecodeError)"),
+        ('{"step": 2, "world_size": 1}', "with a digest manifest"),  # written by an older version
+        ("\xff\xfe", "is unreadable"),
+    ],
+)
+def test_unreadable_or_old_markers_are_refused_in_one_line(tmp_path, content, reason):
+    manager, older, newer = saved_pair(tmp_path)
+    (newer / "COMPLETE").write_bytes(content.encode("latin-1"))
+    assert reason in damage(newer) and "\n" not in damage(newer)
+    assert manager.latest_intact()[0] == older
+
+
+def test_metadata_that_would_run_code_is_refused_even_with_a_forged_manifest(tmp_path):
+    manager, _, newer = saved_pair(tmp_path)
+    canary = tmp_path / "executed.txt"
+    (newer / ".metadata").write_bytes(pickle.dumps(PickleExploit(canary)))
+    write_marker(newer, 2, 1)  # the attacker rewrites the manifest to match
+    assert damage(newer) is None  # digests alone cannot tell: the allow-list must
+    with pytest.raises(CheckpointIntegrityError, match=r"refers to tests\.helpers\.pickle_canary, which is not DCP"):
+        manager.load(newer, *build(1))
+    with pytest.raises(CheckpointIntegrityError, match="not DCP metadata"):
+        read_dcp_metadata(newer)
+    assert not canary.exists()
+
+
+def test_a_non_tensor_entry_that_would_run_code_is_refused(tmp_path):
+    canary = tmp_path / "executed.txt"
+    model, optimizer = build(0)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    optim_state["param_groups"][0]["lr"] = PickleExploit(canary)  # stored by DCP as pickled bytes
+    target = tmp_path / "ckpt" / "step_00000003"
+    target.mkdir(parents=True)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(target))
+    torch.save({"step": 3}, target / "rank0.pt")
+    write_marker(target, 3, 1)
+    with pytest.raises(CheckpointIntegrityError, match="holds a value that is not plain data"):
+        CheckpointManager(tmp_path / "ckpt").load(target, *build(1))
+    assert not canary.exists()
+
+
+def test_a_kill_during_deletion_leaves_no_checkpoint_that_looks_complete(tmp_path):
+    manager, older, newer = saved_pair(tmp_path)
+    # the deletion renames first; a kill after the rename leaves a hidden, partly deleted directory
+    doomed = older.with_name(f".{older.name}.deleting")
+    os.replace(older, doomed)
+    (doomed / "__0_0.distcp").unlink()
+    assert manager.complete() == [newer] and manager.latest_intact() == (newer, [])
+    model, optimizer = build(2)
+    manager.save(3, model, optimizer, {"step": 3})
+    assert not doomed.exists()  # the next save removes the leftovers
+    assert sorted(p.name for p in manager.root.iterdir()) == ["step_00000002", "step_00000003"]
+
+
+def test_nothing_intact_gives_none_with_every_reason(tmp_path):
+    manager, older, newer = saved_pair(tmp_path)
+    for path in (older, newer):
+        flip_bytes(path / ".metadata", 0.5)
+    path, passed_over = manager.latest_intact()
+    assert path is None and len(passed_over) == 2
+    shutil.rmtree(manager.root)
+    assert manager.latest_intact() == (None, [])
+
+
+def test_resume_auto_falls_back_with_one_line_and_an_explicit_damaged_path_is_a_config_error(tmp_path, capsys):
+    from torchflava.training.config import ConfigError
+    from torchflava.training.schema import resume_point
+
+    manager, older, newer = saved_pair(tmp_path)
+    assert resume_point(manager, "auto") == newer and capsys.readouterr().err == ""
+    flip_bytes(newer / "__0_0.distcp", 0.05)
+    assert resume_point(manager, "auto") == older
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step_00000002 is damaged: file __0_0.distcp does not match" in err[0]
+    assert err[0].endswith(f"resuming from {older}")
+    with pytest.raises(
+        ConfigError,
+        match=r"key 'training.resume': expected an intact checkpoint directory, got '.*"
+        r"step_00000002' \(file __0_0.distcp does not match",
+    ):
+        resume_point(manager, str(newer))
+    with pytest.raises(ConfigError, match=r"got '.*nowhere' \(.*nowhere is not a complete checkpoint"):
+        resume_point(manager, str(tmp_path / "nowhere"))
+    assert resume_point(manager, str(older)) == older
+
+
+def _fsdp_worker(rank: int, init_file: str, root: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model, optimizer = build(0)
+        fully_shard(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+        model(torch.randn(3, 4)).sum().backward()
+        optimizer.step()
+        manager = CheckpointManager(root)
+        manager.save(5, model, optimizer, {"step": 5})
+        fresh, _ = build(1)
+        fully_shard(fresh)
+        fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.01)
+        manager.load(manager.latest_intact()[0], fresh, fresh_optimizer)
+        same = all(
+            torch.equal(a.full_tensor(), b.full_tensor()) for a, b in zip(model.parameters(), fresh.parameters())
+        )
+        torch.save({"same": same}, f"{root}/result{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_fsdp_checkpoints_verify_and_load_through_the_allow_list(tmp_path):
+    import torch.multiprocessing as mp
+
+    root = tmp_path / "ckpt"
+    mp.start_processes(_fsdp_worker, args=(str(tmp_path / "init"), str(root)), nprocs=2, start_method="spawn")
+    assert all(torch.load(root / f"result{r}.pt", weights_only=True)["same"] for r in range(2))
+    saved = root / "step_00000005"
+    assert damage(saved) is None and {"__0_0.distcp", "__1_0.distcp", "rank1.pt"} <= set(
+        json.loads((saved / "COMPLETE").read_text())["files"]
+    )
+    model, optimizer = build(2)  # one process reads what two sharded ranks wrote
+    CheckpointManager(root).load(saved, model, optimizer)
+    reference, _ = build(0)
+    assert not torch.equal(model[0].weight, reference[0].weight)  # trained one step further than build(0)

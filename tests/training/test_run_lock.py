@@ -1,0 +1,66 @@
+"""One run per directory: a second process is refused at once, naming the directory and the holder."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from torchflava.training.run_lock import RunDirectoryInUse, RunLock
+
+HOLD = """
+import sys, time
+from torchflava.training.run_lock import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def start_holder(directory):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_is_refused_naming_the_directory_and_the_holders_pid(tmp_path):
+    holder = start_holder(tmp_path / "run")
+    try:
+        with pytest.raises(
+            RunDirectoryInUse, match=rf"{tmp_path / 'run'} is in use by another run \(pid {holder.pid} on "
+        ):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    holder = start_holder(tmp_path)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with RunLock(tmp_path) as lock:  # the kernel dropped the dead process's lock
+        assert f"pid {os.getpid()}" in lock.path.read_text()
+
+
+def test_release_and_reacquire_in_one_process(tmp_path):
+    lock = RunLock(tmp_path / "a" / "b")
+    with lock:
+        assert lock.path.is_file()
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from torchflava.training.run_lock import RunLock; RunLock(sys.argv[1]).acquire()",
+                str(tmp_path / "a" / "b"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert other.returncode != 0 and "is in use by another run" in other.stderr
+    started = time.monotonic()
+    with RunLock(tmp_path / "a" / "b"):
+        pass
+    assert time.monotonic() - started < 1.0  # never waits

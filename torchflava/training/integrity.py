@@ -1,0 +1,232 @@
+"""Checkpoint integrity: a digest manifest written at save, verified before anything is read, and DCP
+reading that never runs code from the files.
+
+``torch.distributed.checkpoint`` reads its ``.metadata`` file with plain ``pickle.load`` and its
+non-tensor entries with ``torch.load(weights_only=False)``, so a checkpoint directory someone else
+wrote could run arbitrary code on resume. :class:`SafeFileSystemReader` unpickles the metadata
+with an allow-list of DCP's own metadata classes (anything else is refused before it is built),
+and :class:`SafeLoadPlanner` reads the non-tensor entries with ``weights_only=True``. Tensors are
+already read with ``weights_only=True`` by DCP.
+
+The manifest (``{"files": {name: {"bytes": n, "sha256": hex}}}`` inside the ``COMPLETE`` marker)
+catches corruption and tampering with the files after the save: flipped bytes, a truncated shard,
+a marker rewritten to another step.
+"""
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+import pickle
+from typing import Any, Optional, Union
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+MARKER = "COMPLETE"
+MANIFEST_FORMAT = 1
+
+# Every global DCP's metadata pickle refers to (torch 2.4 - 2.14): its dataclasses, torch.Size, a
+# layout helper and dtypes (checked separately), and the path the checkpoint was written to.
+_METADATA_GLOBALS = frozenset(
+    {
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in (
+            "Metadata",
+            "MetadataIndex",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "TensorProperties",
+            "StorageMeta",
+            "_MEM_FORMAT_ENCODING",
+        )
+    }
+    | {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.serialization", "_get_layout"),
+        ("torch", "Size"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"),
+        ("collections", "OrderedDict"),
+    }
+)
+
+
+class CheckpointIntegrityError(ValueError):
+    """A checkpoint is damaged, was changed after it was written, or holds something we will not load."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module, name) in _METADATA_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        )
+        if not allowed:
+            raise CheckpointIntegrityError(
+                f"checkpoint metadata refers to {module}.{name}, which is not DCP metadata; refusing to unpickle it"
+            )
+        return super().find_class(module, name)
+
+
+def read_dcp_metadata(path: Union[str, os.PathLike]) -> Metadata:
+    """DCP's ``.metadata`` of checkpoint ``path``, unpickled with the allow-list (no code runs).
+
+    Args:
+        path (Union[str, os.PathLike]): the checkpoint directory.
+
+    Returns:
+        Metadata: DCP's metadata.
+
+    Raises:
+        CheckpointIntegrityError: if the file refers to anything but DCP's metadata classes, or is
+            not a metadata pickle.
+    """
+    with open(Path(path) / ".metadata", "rb") as file:
+        try:
+            metadata = _MetadataUnpickler(file).load()
+        except CheckpointIntegrityError:
+            raise
+        except Exception as error:  # truncated or garbled: every pickle error type
+            raise CheckpointIntegrityError(f"{path}/.metadata is not readable DCP metadata ({error})") from None
+    if not isinstance(metadata, Metadata):
+        raise CheckpointIntegrityError(f"{path}/.metadata holds a {type(metadata).__name__}, not DCP metadata")
+    return metadata
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """DCP's file reader with the metadata unpickled through the allow-list."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        metadata = read_dcp_metadata(self.path)
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default planner, reading non-tensor entries with ``torch.load(weights_only=True)``."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError:
+            raise CheckpointIntegrityError(
+                f"checkpoint entry {read_item.dest_index.fqn!r} holds a value that is not plain data "
+                "(it would need code to be unpickled); refusing to load it"
+            ) from None
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def file_digest(path: Union[str, os.PathLike]) -> str:
+    """SHA-256 of a file, hex."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def write_marker(directory: Union[str, os.PathLike], step: int, world_size: int) -> None:
+    """Write the ``COMPLETE`` marker of a fully written checkpoint: step, world size and every file's digest.
+
+    Args:
+        directory (Union[str, os.PathLike]): the (temporary) checkpoint directory, every file in it written.
+        step (int): the step the checkpoint holds.
+        world_size (int): how many ranks wrote it.
+    """
+    directory = Path(directory)
+    files = {
+        p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
+    marker = {"format": MANIFEST_FORMAT, "step": step, "world_size": world_size, "files": files}
+    tmp = directory / f".{MARKER}.tmp"
+    with open(tmp, "w") as file:
+        json.dump(marker, file, indent=1)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, directory / MARKER)
+
+
+def read_marker(path: Union[str, os.PathLike]) -> dict:
+    """The parsed ``COMPLETE`` marker of checkpoint ``path`` (not verified against the files).
+
+    Raises:
+        CheckpointIntegrityError: if it is missing or not a marker.
+    """
+    marker_path = Path(path) / MARKER
+    try:
+        marker = json.loads(marker_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointIntegrityError(f"{path} is not a complete checkpoint (no {MARKER} file)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointIntegrityError(f"{marker_path} is unreadable ({type(error).__name__})") from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("step"), int) or "files" not in marker:
+        raise CheckpointIntegrityError(
+            f"{marker_path} is not a torchflava checkpoint marker with a digest manifest "
+            "(written by an older version, or edited)"
+        )
+    return marker
+
+
+def damage(path: Union[str, os.PathLike]) -> Optional[str]:
+    """Why checkpoint ``path`` cannot be trusted, or None when every file matches its manifest.
+
+    Checks that the marker's step is the directory's, and every listed file's size and SHA-256.
+
+    Args:
+        path (Union[str, os.PathLike]): a ``step_<N>`` checkpoint directory.
+
+    Returns:
+        Optional[str]: a one-line reason, or None for an intact checkpoint.
+    """
+    path = Path(path)
+    try:
+        marker = read_marker(path)
+    except CheckpointIntegrityError as error:
+        return str(error)
+    expected_step = path.name.removeprefix("step_")
+    if not expected_step.isdigit() or int(expected_step) != marker["step"]:
+        return f"its {MARKER} marker says step {marker['step']} but the directory is {path.name}"
+    files = marker["files"]
+    if not isinstance(files, dict) or ".metadata" not in files:
+        return f"its {MARKER} marker lists no DCP metadata"
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"file {name} is missing"
+        if not isinstance(entry, dict) or file.stat().st_size != entry.get("bytes"):
+            return f"file {name} has {file.stat().st_size} bytes, the manifest says {entry.get('bytes')}"
+        if file_digest(file) != entry.get("sha256"):
+            return f"file {name} does not match its SHA-256 digest (corrupted or changed after it was written)"
+    return None
+
+
+def damage_on_every_rank(path: Union[str, os.PathLike]) -> Optional[str]:
+    """:func:`damage`, computed once on rank 0 and shared with every rank (collective under torch.distributed)."""
+    if not dist.is_initialized():
+        return damage(path)
+    result = [damage(path) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def unwrap_checkpoint_error(error: BaseException, path: Union[str, os.PathLike]) -> Exception:
+    """One line for a failed DCP read: our own integrity error if a rank raised one, else the first failure."""
+    failures = list(getattr(error, "failures", {}).values())
+    exceptions = [failure[0] if isinstance(failure, tuple) else failure for failure in failures] or [error]
+    for exception in exceptions:
+        if isinstance(exception, CheckpointIntegrityError):
+            return exception
+    first = exceptions[0]
+    summary = (str(first).splitlines() or [""])[0]
+    return CheckpointIntegrityError(f"cannot read checkpoint {path}: {type(first).__name__}: {summary}")
