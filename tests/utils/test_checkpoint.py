@@ -230,3 +230,34 @@ def test_atomic_write_writes_to_a_temporary_name_in_the_same_directory(tmp_path)
     assert seen[0].parent == tmp_path and seen[0].name != "out.bin"
     assert (tmp_path / "out.bin").read_bytes() == b"done"
     assert _files(tmp_path) == ["out.bin"]
+
+
+def test_file_urls_name_local_files(tmp_path):
+    tensors = {"w": torch.arange(3.0)}
+    save_state_dict(tensors, tmp_path / "my weights.safetensors")
+    url = (tmp_path / "my weights.safetensors").as_uri()  # file:///.../my%20weights.safetensors
+    assert url.startswith("file:///")
+    assert torch.equal(load_state_dict(url)["w"], tensors["w"])
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_state_dict((tmp_path / "missing.pt").as_uri())
+    with pytest.raises(ValueError, match="file URLs must name a local file"):
+        load_state_dict("file://otherhost/weights.pt")
+
+
+def test_exports_get_normal_permissions_and_a_killed_writers_temporary_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".model.safetensors.{dead.pid}.tmp"
+    stale.write_bytes(b"half an export")
+    live = tmp_path / f".model.safetensors.{os.getppid()}.tmp"  # a live process's write in progress
+    live.write_bytes(b"being written")
+    old_umask = os.umask(0o022)
+    try:
+        save_state_dict({"w": torch.ones(2)}, tmp_path / "model.safetensors")
+    finally:
+        os.umask(old_umask)
+    assert not stale.exists() and live.exists()
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644

@@ -22,6 +22,7 @@ from typing import BinaryIO, NamedTuple, Optional, Union
 from PIL import Image
 from torch.utils.data import Dataset
 
+from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.samples import BadSample, Sample, checked_text, load_rgb
 
 PathLike = Union[str, os.PathLike]
@@ -63,6 +64,12 @@ def _extensions(name: str, extensions: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(result))
 
 
+def _check_max_pixels(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_image_pixels must be a positive int, got {value!r}")
+    return value
+
+
 def _check_index(index: object, length: int) -> int:
     """``index`` as an int in ``[0, length)``: TypeError if not an integer, IndexError if out of range."""
     if isinstance(index, bool):
@@ -76,10 +83,10 @@ def _check_index(index: object, length: int) -> int:
     return position
 
 
-def _image(source: Union[str, BinaryIO], index: int, where: str) -> Image.Image:
+def _image(source: Union[str, BinaryIO], index: int, where: str, max_pixels: int) -> Image.Image:
     """:func:`load_rgb` with ``where`` in the reason; any decoder failure becomes :class:`BadSample`."""
     try:
-        return load_rgb(source, index)
+        return load_rgb(source, index, max_pixels=max_pixels)
     except BadSample as error:
         raise BadSample(index, f"{where}: {error.reason}") from None
     except MemoryError:
@@ -158,6 +165,7 @@ class ImageTextFolder(Dataset):
         captions (PathLike): the ``.jsonl`` or ``.tsv`` file (extension in any case).
         image_key (str): JSON key of the image path (JSON lines only).
         text_key (str): JSON key of the caption (JSON lines only).
+        max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
     Raises:
         TypeError: if a path is not a str or PathLike, or a key is not a str.
@@ -166,8 +174,15 @@ class ImageTextFolder(Dataset):
     """
 
     def __init__(
-        self, root: PathLike, captions: PathLike, *, image_key: str = "image", text_key: str = "caption"
+        self,
+        root: PathLike,
+        captions: PathLike,
+        *,
+        image_key: str = "image",
+        text_key: str = "caption",
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        self._max_pixels = _check_max_pixels(max_image_pixels)
         self._root = _existing("root", root, directory=True)
         suffix = os.path.splitext(_fspath("captions", captions))[1].lower()
         if suffix not in (".jsonl", ".tsv"):
@@ -212,7 +227,9 @@ class ImageTextFolder(Dataset):
         if entry.error is not None:
             raise BadSample(index, f"{where}: {entry.error}")
         text = _text(entry.text, index, where)
-        return Sample(image=_image(self._image_path(entry.image, index, where), index, where), text=text)
+        return Sample(
+            image=_image(self._image_path(entry.image, index, where), index, where, self._max_pixels), text=text
+        )
 
     def caption(self, index: int) -> str:
         """The caption of item ``index`` without reading its image (for ITM negatives).
@@ -299,6 +316,7 @@ class ImageFolder(Dataset):
     Args:
         root (PathLike): the directory to scan.
         extensions (tuple[str, ...]): file extensions that are images.
+        max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
     Raises:
         TypeError: if ``root`` is not a str or PathLike, or ``extensions`` not a tuple of strings.
@@ -306,7 +324,14 @@ class ImageFolder(Dataset):
         ValueError: if ``root`` holds no file with one of ``extensions``, or an extension is empty.
     """
 
-    def __init__(self, root: PathLike, *, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
+    def __init__(
+        self,
+        root: PathLike,
+        *,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self._max_pixels = _check_max_pixels(max_image_pixels)
         self._root = _existing("root", root, directory=True)
         suffixes = tuple("." + extension for extension in _extensions("extensions", extensions))
         files = []
@@ -342,7 +367,7 @@ class ImageFolder(Dataset):
         """
         index = _check_index(index, len(self._files))
         relative = self._files[index]
-        return Sample(image=_image(os.path.join(self._root, relative), index, relative), text=None)
+        return Sample(image=_image(os.path.join(self._root, relative), index, relative, self._max_pixels), text=None)
 
 
 class _TarSample(NamedTuple):
@@ -426,6 +451,7 @@ class TarShards(Dataset):
         image_extensions (tuple[str, ...]): extensions of image members, in order of preference.
         text_extensions (tuple[str, ...]): extensions of UTF-8 text members, in order of preference.
         json_text_key (Optional[str]): key of the text in a ``.json`` member; None ignores ``.json``.
+        max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -442,7 +468,9 @@ class TarShards(Dataset):
         image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp"),
         text_extensions: tuple[str, ...] = ("txt",),
         json_text_key: Optional[str] = "caption",
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        self._max_pixels = _check_max_pixels(max_image_pixels)
         if isinstance(require, (str, bytes)) or not isinstance(require, Iterable):
             raise TypeError(f"require must be a tuple of modalities like ('image', 'text'), got {require!r}")
         wanted = tuple(require)
@@ -489,7 +517,7 @@ class TarShards(Dataset):
         if missing:
             raise BadSample(index, f"{where}: no {' and no '.join(missing)} member")
         data = self._read(sample, index, where)
-        image = _image(io.BytesIO(data["image"]), index, where) if "image" in data else None
+        image = _image(io.BytesIO(data["image"]), index, where, self._max_pixels) if "image" in data else None
         text = self._decode_text(data["text"], sample.text_is_json, index, where) if "text" in data else None
         return Sample(image=image, text=text)
 

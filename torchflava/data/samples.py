@@ -11,6 +11,8 @@ from typing import NamedTuple, Optional
 
 from PIL import Image
 
+from torchflava.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
 
 class BadSample(Exception):
     """Item ``index`` of a source cannot be used; ``reason`` says why (shown in the run report)."""
@@ -36,25 +38,26 @@ class Sample(NamedTuple):
     text: Optional[str] = None
 
 
-def load_rgb(data_or_path, index: int) -> Image.Image:
-    """Open and fully decode an image as RGB; raise :class:`BadSample` when it cannot be.
+def load_rgb(data_or_path, index: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image as RGB (:func:`~torchflava.data.decode.decode_image`), or raise
+    :class:`BadSample`.
 
     Args:
         data_or_path: a path or a binary file object.
         index (int): the item index, for the error.
+        max_pixels (int): most pixels an image may have (checked before decoding).
 
     Returns:
-        Image.Image: the decoded RGB image.
+        Image.Image: the decoded RGB image (any mode converted, alpha composited on white, EXIF
+        orientation applied).
 
     Raises:
-        BadSample: if the image is missing, truncated or not an image.
+        BadSample: if the image is missing, truncated, not an image or larger than ``max_pixels``.
     """
     try:
-        with Image.open(data_or_path) as image:
-            image.load()  # decode now: a truncated file fails here, not later in a worker
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
-        raise BadSample(index, f"unreadable image ({type(error).__name__}: {error})") from None
+        return decode_image(data_or_path, max_pixels=max_pixels)
+    except ImageDecodeError as error:
+        raise BadSample(index, str(error)) from None
 
 
 def checked_text(text: object, index: int) -> str:

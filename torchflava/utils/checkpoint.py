@@ -7,8 +7,10 @@ Writing is atomic: a file is written under a temporary name in the same director
 import json
 import os
 from pathlib import Path
-import tempfile
+import re
 from typing import Callable, Union
+import urllib.parse
+import urllib.request
 
 from iopath.common.file_io import HTTPURLHandler, PathManager
 from safetensors.torch import load_file, save_file
@@ -27,9 +29,15 @@ _DIRECTORY_FILES = (
 
 
 def _local_path(path: PathLike) -> Path:
-    """Resolve a path or URL to a local path; URLs are downloaded once into iopath's cache."""
+    """Resolve a path or URL to a local path; ``file://`` URLs name local files, other URLs are
+    downloaded once into iopath's cache."""
     text = os.fspath(path)
-    if "://" in text:
+    if text.startswith("file://"):
+        parsed = urllib.parse.urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file URLs must name a local file (file:///path), got {text!r}")
+        text = urllib.request.url2pathname(parsed.path)
+    elif "://" in text:
         manager = PathManager()  # a local manager: no process-wide registry is touched
         manager.register_handler(HTTPURLHandler())
         text = manager.get_local_path(text)
@@ -90,20 +98,47 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Write a file so that it appears complete or not at all.
 
+    The content goes to ``.<name>.<pid>.tmp`` beside ``path`` and is renamed over it. Temporary
+    files that killed writers left for the same path (their process is gone) are removed first.
+    The file gets the usual permissions (0666 less the umask), not a temporary file's 0600.
+
     Args:
         path (PathLike): the final path.
         write (Callable[[str], None]): writes the content to the temporary path it is given.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    _remove_stale_temporaries(final)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
+        write(str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+)\.tmp$")
+    for candidate in final.parent.glob(f".{final.name}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match and not _process_alive(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftover from an earlier, interrupted write
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_state_dict(state_dict: dict[str, Tensor], path: PathLike) -> None:

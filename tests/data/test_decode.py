@@ -1,0 +1,112 @@
+"""decode_image: every PIL mode to the right RGB, alpha composited, 16-bit scaled, EXIF applied, size bounded."""
+
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from torchflava.data.decode import ImageDecodeError, decode_image
+from torchflava.data.samples import BadSample, load_rgb
+
+
+def encoded(image: Image.Image, format: str = "PNG", **kwargs) -> io.BytesIO:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **kwargs)
+    buffer.seek(0)
+    return buffer
+
+
+def rgb(source, **kwargs) -> np.ndarray:
+    out = decode_image(source, **kwargs)
+    assert out.mode == "RGB"
+    return np.asarray(out).astype(int)
+
+
+def test_sixteen_bit_gradient_keeps_its_brightness():
+    truth = np.linspace(0, 65535, 256)[None].repeat(32, 0)
+    png = encoded(Image.fromarray(truth.astype(np.uint16)))
+    assert Image.open(io.BytesIO(png.getvalue())).mode.startswith("I")
+    out = rgb(png)
+    assert abs(out.mean() - truth.mean() / 257) / (truth.mean() / 257) < 0.02  # within 2% of the truth
+    assert out[0, 0].tolist() == [0, 0, 0] and out[0, -1].tolist() == [255, 255, 255]
+
+
+def test_thirty_two_bit_and_float_greyscale_are_scaled():
+    ints = Image.fromarray((np.arange(64).reshape(8, 8) * 1000).astype(np.int32), mode="I")
+    out = rgb(encoded(ints, "TIFF"))
+    assert out[-1, -1, 0] == round(63000 * 255 / 65535) and out[0, 0, 0] == 0
+    floats = Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), mode="F")
+    out = rgb(encoded(floats, "TIFF"))
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255 and abs(out[4, 0, 0] - round(32 / 63 * 255)) <= 1
+
+
+def test_bilevel_and_greyscale():
+    bits = Image.new("1", (4, 2), 0)
+    bits.putpixel((1, 0), 1)
+    out = rgb(encoded(bits))
+    assert out[0, 1].tolist() == [255] * 3 and out[0, 0].tolist() == [0] * 3
+    assert rgb(encoded(Image.new("L", (3, 3), 77)))[1, 1].tolist() == [77] * 3
+
+
+def test_palette_images_give_their_colours_and_transparency_is_composited():
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    assert rgb(encoded(palette)).tolist() == [[[255, 0, 0], [0, 0, 255]]]  # colours, not grey indices
+    out = rgb(encoded(palette, transparency=1), background=(0, 255, 0))
+    assert out.tolist() == [[[255, 0, 0], [0, 255, 0]]]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_on_the_background(mode):
+    values = [(200, 0), (200, 255), (200, 128)]  # (grey, alpha): transparent, opaque, half
+    image = Image.new("RGBA", (3, 1))
+    for x, (grey, alpha) in enumerate(values):
+        image.putpixel((x, 0), (grey, grey, grey, alpha))
+    image = image.convert(mode)
+    out = rgb(encoded(image), background=(0, 0, 0))
+    assert out[0, 0].tolist() == [0, 0, 0] and out[0, 1].tolist() == [200] * 3
+    assert abs(out[0, 2, 0] - 100) <= 1
+    assert rgb(encoded(image))[0, 0].tolist() == [255, 255, 255]  # white by default
+
+
+def test_cmyk_converts_to_rgb():
+    cyan = Image.new("CMYK", (2, 2), (255, 0, 0, 0))
+    assert rgb(encoded(cyan, "JPEG", quality=100))[0, 0].tolist() == pytest.approx([0, 255, 255], abs=3)
+    assert rgb(encoded(cyan, "TIFF"))[0, 0].tolist() == [0, 255, 255]
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (4, 2), (10, 20, 30))
+    image.putpixel((0, 0), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display turned 90 degrees clockwise
+    out = decode_image(encoded(image, "JPEG", exif=exif, quality=100))
+    assert out.size == (2, 4)
+    assert np.asarray(out)[0, 1].min() > 200  # the top-left marker is now top-right
+
+
+def test_size_is_bounded_before_decoding():
+    big = encoded(Image.new("1", (13000, 13000)))  # 169 MP: under PIL's bomb limit, far over ours
+    with pytest.raises(ImageDecodeError, match="13000x13000 = 169000000 pixels, more than max_pixels=50000000"):
+        decode_image(big)
+    small = encoded(Image.new("RGB", (10, 10)))
+    assert decode_image(small, max_pixels=100).size == (10, 10)
+    small.seek(0)
+    with pytest.raises(ImageDecodeError, match="more than max_pixels=99"):
+        decode_image(small, max_pixels=99)
+
+
+def test_broken_inputs_and_bad_arguments():
+    png = encoded(Image.new("RGB", (64, 64), (1, 2, 3))).getvalue()
+    with pytest.raises(ImageDecodeError, match="unreadable image"):
+        decode_image(io.BytesIO(png[: len(png) // 2]))
+    with pytest.raises(ImageDecodeError, match="unreadable image"):
+        decode_image(io.BytesIO(b"not an image at all"))
+    with pytest.raises(ValueError, match="max_pixels must be a positive int, got 0"):
+        decode_image(io.BytesIO(png), max_pixels=0)
+    with pytest.raises(ValueError, match="background must be three ints"):
+        decode_image(io.BytesIO(png), background=(0, 0))
+    with pytest.raises(BadSample, match="sample 7: image is 64x64"):
+        load_rgb(io.BytesIO(png), 7, max_pixels=100)

@@ -1,0 +1,110 @@
+"""One image-decoding function for every reader: any PIL mode to correct 8-bit RGB, bounded in size.
+
+* Size is checked from the header before any pixel is decoded (``max_pixels``), so one 13000 x
+  13000 PNG cannot take gigabytes; PIL's own decompression-bomb limit still applies on top.
+* EXIF orientation is applied (phone photos stored sideways come out upright).
+* Alpha (RGBA, LA, PA, palette transparency) is composited on ``background``, not dropped: a
+  transparent logo on black pixels stays a logo on white.
+* 16- and 32-bit integer and float greyscale (I;16*, I, F) are scaled from their value range to
+  0..255 (``convert("RGB")`` clips them, which turns a 16-bit photo almost white).
+* Palette images expand to their colours, CMYK and YCbCr/LAB/HSV convert to RGB, 1-bit to 0/255.
+"""
+
+import os
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: e.g. 8660 x 5774; larger images are refused (counted as bad samples)
+WHITE = (255, 255, 255)
+
+_HIGH_BIT_DEPTH_RANGE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
+
+class ImageDecodeError(ValueError):
+    """The image cannot be decoded into a usable RGB image (the reason says why)."""
+
+
+def decode_image(
+    source: Union[str, os.PathLike, BinaryIO],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = WHITE,
+) -> Image.Image:
+    """Open ``source`` and decode it fully into an 8-bit RGB image.
+
+    Args:
+        source (Union[str, os.PathLike, BinaryIO]): a path or a binary file object.
+        max_pixels (int): most pixels (width x height) an image may have; checked before decoding.
+        background (tuple[int, int, int]): RGB the alpha channel is composited on.
+
+    Returns:
+        Image.Image: mode ``"RGB"``, EXIF orientation applied.
+
+    Raises:
+        ImageDecodeError: if the file is not an image, is truncated, or is larger than ``max_pixels``.
+        ValueError: if ``max_pixels`` < 1 or ``background`` is not three 0..255 ints.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
+        raise ValueError(f"background must be three ints in 0..255, got {background!r}")
+    try:
+        with Image.open(source) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}"
+                )
+            image.load()  # decode now: a truncated file fails here, not later in a worker
+            return to_rgb(ImageOps.exif_transpose(image), background=background)
+    except ImageDecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(f"unreadable image ({type(error).__name__}: {error})") from None
+
+
+def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Convert a decoded PIL image of any mode to 8-bit RGB (see the module docstring for the rules).
+
+    Args:
+        image (Image.Image): a decoded image.
+        background (tuple[int, int, int]): RGB the alpha channel is composited on.
+
+    Returns:
+        Image.Image: mode ``"RGB"`` (the same object when it already is).
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _HIGH_BIT_DEPTH_RANGE or mode in ("I", "F"):
+        return Image.fromarray(_scaled_to_uint8(image), mode="L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "PA", "La", "RGBa") or (mode in ("L", "RGB") and "transparency" in image.info):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        base = Image.new("RGB", image.size, background)
+        base.paste(image, mask=image.getchannel("A"))
+        return base
+    return image.convert("RGB")
+
+
+def _scaled_to_uint8(image: Image.Image) -> np.ndarray:
+    """Greyscale values of a 16-bit, 32-bit integer or float image mapped to 0..255.
+
+    16-bit modes use their full range 0..65535. ``I`` (32-bit int; PIL also decodes some 16-bit
+    PNGs so) and ``F`` (float) use the smallest of 0..1 (floats only), 0..255 and 0..65535 that
+    holds every value, else the image's own min..max.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode in _HIGH_BIT_DEPTH_RANGE:
+        top = float(_HIGH_BIT_DEPTH_RANGE[image.mode])
+    else:
+        ranges = ((1.0,) if image.mode == "F" else ()) + (255.0, 65535.0)
+        top = next((r for r in ranges if low >= 0 and high <= r), None)
+        if top is None:
+            values, top = values - low, max(high - low, 1e-12)
+    return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
