@@ -251,7 +251,7 @@ def test_init_weights_restores_the_init(model):
 
 
 def test_image_with_one_channel(model):
-    with pytest.raises(ValueError, match=r"image must have shape \(B, 3, H, W\), got \(2, 1, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"image must have shape \(B, 3, H, W\) with B >= 1, got \(2, 1, 32, 32\)"):
         model(image=torch.randn(B, 1, 32, 32))
 
 

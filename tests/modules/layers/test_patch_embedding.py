@@ -101,7 +101,7 @@ def test_patch_size_must_divide_image_size():
 
 def test_wrong_channel_count():
     pe = make_embedding()
-    with pytest.raises(ValueError, match=r"image must have shape \(B, 3, H, W\), got \(2, 1, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"image must have shape \(B, 3, H, W\) with B >= 1, got \(2, 1, 32, 32\)"):
         pe(torch.randn(2, 1, SIZE, SIZE))
     with pytest.raises(ValueError, match="image must have shape"):
         pe(torch.randn(C, SIZE, SIZE))  # no batch dimension

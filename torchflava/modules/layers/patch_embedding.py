@@ -70,8 +70,10 @@ class PatchEmbedding(nn.Module):
             raise TypeError(f"image must be a torch.Tensor, got {type(images).__name__}")
         if not images.is_floating_point():
             raise TypeError(f"image must be a floating-point tensor, got dtype {images.dtype}")
-        if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(f"image must have shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[1] != self.in_channels or images.shape[0] == 0:
+            raise ValueError(
+                f"image must have shape (B, {self.in_channels}, H, W) with B >= 1, got {tuple(images.shape)}"
+            )
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size or h == 0 or w == 0:
             raise ValueError(
@@ -114,6 +116,9 @@ class PatchEmbedding(nn.Module):
                 of the wrong shape, or a ``patch_mask`` without a mask token.
         """
         grid_h, grid_w = self._check_images(images)
+        weight = self.proj.weight
+        if images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type):
+            images = images.to(weight.dtype)  # fp16 / bf16 / fp64 pixels into a model of another dtype
         x = self.proj(images).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, N, D)
         if patch_mask is not None:
             x = self._apply_patch_mask(x, patch_mask, grid_h, grid_w)

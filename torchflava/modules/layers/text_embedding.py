@@ -20,14 +20,16 @@ def check_token_ids(input_ids: Tensor, vocab_size: int, *, name: str = "input_id
 
     Raises:
         TypeError: if ``input_ids`` is not an integer tensor.
-        ValueError: if it is not 2-D or holds ids outside [0, vocab_size).
+        ValueError: if it is not (B, L) with B, L >= 1, or holds ids outside [0, vocab_size).
     """
     if not isinstance(input_ids, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
     if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"{name} must have shape (B, L) with L >= 1, got {tuple(input_ids.shape)}")
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (B, L) with B >= 1 and L >= 1, got {tuple(input_ids.shape)}")
+    if input_ids.is_meta:
+        return  # shapes only (e.g. building or tracing on the meta device): there are no values to check
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name} must be in [0, {vocab_size}) (the vocabulary size), got values in [{lo}, {hi}]")
@@ -86,7 +88,7 @@ class TextEmbedding(nn.Module):
             ValueError: if ids are out of range or L exceeds ``max_seq_len``.
         """
         check_token_ids(input_ids, self.vocab_size)
-        x = self.word_embed(input_ids)
+        x = self.word_embed(input_ids.long())  # uint8 / int16 / int32 ids index like long ones
         if token_type_ids is None:
             x = x + self.type_embed.weight[0]
         else:
@@ -96,7 +98,7 @@ class TextEmbedding(nn.Module):
                     f"got {tuple(token_type_ids.shape)}"
                 )
             check_token_ids(token_type_ids, self.type_vocab_size, name="token_type_ids")
-            x = x + self.type_embed(token_type_ids)
+            x = x + self.type_embed(token_type_ids.long())
         x = add_positions(x, self.pos_embed, input_ids, position_ids)
         return self.dropout(self.norm(x))
 
@@ -128,8 +130,13 @@ def add_positions(x: Tensor, pos_embed: nn.Embedding, input_ids: Tensor, positio
         raise ValueError(
             f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(position_ids.shape)}"
         )
+    if not position_ids.is_meta and position_ids.numel() and int(position_ids.max()) >= max_seq_len:
+        raise ValueError(
+            f"position_ids reach {int(position_ids.max())}, beyond the {max_seq_len} learned positions (max_seq_len): "
+            "a text is longer than the model's position table"
+        )
     check_token_ids(position_ids, max_seq_len, name="position_ids")
-    return x + pos_embed(position_ids)
+    return x + pos_embed(position_ids.long())
 
 
 class TokenEmbedding(nn.Module):
@@ -165,4 +172,5 @@ class TokenEmbedding(nn.Module):
             ValueError: if ids are out of range or L exceeds ``max_seq_len``.
         """
         check_token_ids(input_ids, self.vocab_size)
-        return self.dropout(add_positions(self.word_embed(input_ids), self.pos_embed, input_ids, position_ids))
+        x = self.word_embed(input_ids.long())  # uint8 / int16 / int32 ids index like long ones
+        return self.dropout(add_positions(x, self.pos_embed, input_ids, position_ids))
