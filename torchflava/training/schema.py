@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from torchflava.modules.layers.transformer import CHECKPOINT_MODES
-from torchflava.training.checkpointing import CheckpointManager
+from torchflava.training.checkpointing import CheckpointManager, is_complete
 from torchflava.training.config import ConfigError
 from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.optim import param_groups, warmup_cosine
@@ -95,11 +95,13 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
 
     Raises:
         ConfigError: if ``resume`` is none but the run directory already holds checkpoints (two runs
-            would mix in one directory).
+            would mix in one directory), or names a directory that is not a complete checkpoint.
     """
     if resume == "auto":
         return checkpoints.latest()
     if resume not in ("none", ""):
+        if not is_complete(resume):
+            raise ConfigError(f"key 'training.resume': expected none, auto or a complete checkpoint, got {resume!r}")
         return Path(resume)
     if checkpoints.latest() is not None:
         raise ConfigError(
