@@ -31,7 +31,7 @@ from torchflava.data.finetuning import (
 from torchflava.data.mixing import MixedBatch, MixedBatches
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model_for_classification
-from torchflava.models.flava.classification import default_loss
+from torchflava.models.flava.classification import LOSSES, MODALITIES, default_loss
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
@@ -87,6 +87,8 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.task in TASKS, "data.task", f"one of {TASKS}", d.task),
+            (cfg.model.modality in MODALITIES, "model.modality", f"one of {MODALITIES}", cfg.model.modality),
+            (cfg.model.loss in (None, *LOSSES), "model.loss", f"null or one of {LOSSES}", cfg.model.loss),
             (
                 cfg.model.pretrained is not None,
                 "model.pretrained",

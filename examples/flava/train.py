@@ -152,6 +152,11 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (min(d.ratios.pairs, d.ratios.images, d.ratios.texts) >= 0, "data.ratios", ">= 0 each", d.ratios),
         ]
+        + [
+            (value >= 0, f"pretraining.{name}", ">= 0", value)
+            for name, value in asdict(cfg.pretraining).items()
+            if name.endswith("_weight")
+        ]
     )
 
 
@@ -193,6 +198,18 @@ def build_tokenizer(cfg: DataConfig, sources: dict) -> WordPieceTokenizer:
     if not texts:
         raise ConfigError("data.vocab is unset and the data holds no text to learn a vocabulary from")
     return WordPieceTokenizer.train(texts, vocab_size=cfg.vocab_size)
+
+
+def run_tokenizer(cfg: TrainConfig, sources: dict, *, resumed: bool, is_main: bool) -> WordPieceTokenizer:
+    """``data.vocab``, or the vocabulary rank 0 learns into the run directory (a resumed run reloads it)."""
+    if cfg.data.vocab is not None:
+        return build_tokenizer(cfg.data, sources)
+    saved = Path(cfg.training.output_dir) / "vocab.txt"
+    if not (resumed and saved.is_file()):
+        if is_main:
+            build_tokenizer(cfg.data, sources).save(saved.parent)
+        barrier()
+    return WordPieceTokenizer.from_vocab(saved)
 
 
 def build_codebook(cfg: TrainConfig) -> nn.Module:
@@ -263,17 +280,10 @@ def main(cfg: TrainConfig) -> dict:
     out_dir = Path(t.output_dir)
     resume_from = resume_checkpoint(t)
 
-    # Data: rank 0 learns (or a resumed run reloads) the vocabulary; every rank builds the same
-    # codebook from the seed; items are split by rank.
+    # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
+    # codebook from the seed).
     sources = build_sources(cfg.data)
-    saved_vocab = out_dir / "vocab.txt"
-    if cfg.data.vocab is None and not (resume_from is not None and saved_vocab.is_file()):
-        if info.is_main:
-            build_tokenizer(cfg.data, sources).save(out_dir)
-        barrier()
-    tokenizer = (
-        build_tokenizer(cfg.data, sources) if cfg.data.vocab is not None else WordPieceTokenizer.from_vocab(saved_vocab)
-    )
+    tokenizer = run_tokenizer(cfg, sources, resumed=resume_from is not None, is_main=info.is_main)
     data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
 
     torch.manual_seed(t.seed)

@@ -98,6 +98,8 @@ def test_unknown_top_level_section_in_yaml_is_an_error(tmp_path):
         ("data.num_masked_patches=17", "data.num_masked_patches"),
         ("optim.warmup_steps=8", "optim.warmup_steps"),
         ("data.source=web", "data.source"),
+        ("pretraining.mlm_weight=-1", "pretraining.mlm_weight"),
+        ("model.max_seq_len=16", "data.max_text_length"),
     ],
 )
 def test_semantic_validation_names_the_key(override, key):
