@@ -34,7 +34,7 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "data": ["pillow>=10", "tokenizers>=0.19", "torchdata>=0.10"],
+        "data": ["pillow>=10", "tokenizers>=0.19"],
         "recipes": ["omegaconf>=2.3", "tqdm>=4.66", "matplotlib>=3.8", "fvcore>=0.1.5"],
         "tensorboard": ["tensorboard>=2.15"],
         "test": ["pytest>=8", "expecttest>=0.2", "transformers>=4.40,<5"],

@@ -1,4 +1,5 @@
-"""Package layering: torchflava.modules never imports torchflava.models; `import torchflava` is torch-free."""
+"""Package layering: torchflava.modules and torchflava.data never import torchflava.models; training and
+evaluation know nothing of FLAVA or of data; `import torchflava` is torch-free."""
 
 import ast
 from pathlib import Path
@@ -104,3 +105,16 @@ def test_modules_and_models_never_import_data_training_or_evaluation(path):
 def test_training_and_evaluation_know_nothing_of_flava_or_data(path):
     bad = sorted(n for n in imported_modules(path) if n.startswith(("torchflava.models", "torchflava.data")))
     assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE_ROOT / "data").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE_ROOT))
+)
+def test_data_imports_no_model_code(path):
+    bad = sorted(n for n in imported_modules(path) if is_models(n))
+    assert not bad, f"{path} imports {bad}"
+
+
+def test_data_files_are_found():
+    names = {p.relative_to(PACKAGE_ROOT).as_posix() for p in (PACKAGE_ROOT / "data").rglob("*.py")}
+    assert {"data/mixing.py", "data/flava.py", "data/finetuning.py"} <= names

@@ -21,7 +21,7 @@ def test_compose_your_own_model_snippet_runs_and_gives_gradients():
     scope: dict = {}
     exec(compile(section_code("Compose your own model"), str(README), "exec"), scope)  # our own README
     model, loss, logit_scale = scope["model"], scope["loss"], scope["logit_scale"]
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
     assert logit_scale.grad is not None and float(logit_scale.grad.abs()) > 0
     without_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not without_grad, f"parameters without a gradient: {without_grad}"

@@ -4,22 +4,21 @@
     python examples/flava/finetune.py config=examples/flava/configs/finetuning/qnli.yaml \
         model.pretrained=/models/flava-full data.train=/glue/QNLI/train.tsv data.val=/glue/QNLI/dev.tsv
 
-The same machinery as the pretraining recipe (``torchflava.training``: typed config, DDP/FSDP2,
-DCP checkpoints with exact resume, metrics log) and the same step-indexed batches
-(``MixedPretrainingBatches`` with one kind), around ``flava_model_for_classification``.
-``main(cfg)`` returns the report (validation metrics).
+Reads top to bottom: config -> process group -> data (step-indexed batches of the training split,
+``MixedBatches`` with one source) -> ``flava_model_for_classification`` (the ``model`` section holds
+its arguments; ``model.pretrained`` is a checkpoint directory that brings the vocabulary) -> ``fit``
+(the training loop the pretraining recipe uses: DDP/FSDP2, exact resume, also on another number
+of ranks, metrics) -> validation report. ``main(cfg)`` returns the report (validation metrics).
 """
 
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 import json
-import math
 from pathlib import Path
 import sys
 from typing import Optional
-import warnings
 
 import torch
+from torch import nn
 import torch.distributed as dist
 
 from torchflava.data.finetuning import (
@@ -29,43 +28,30 @@ from torchflava.data.finetuning import (
     ImageTextLabels,
     ShapesClassification,
 )
-from torchflava.data.pretraining import MixedPretrainingBatches
+from torchflava.data.mixing import MixedBatch, MixedBatches
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model_for_classification
-from torchflava.models.flava.classification import default_loss
-from torchflava.modules.layers import TransformerEncoderLayer
+from torchflava.models.flava.classification import LOSSES, MODALITIES, default_loss
 from torchflava.pretrained import load_pretrained
-from torchflava.training.checkpointing import (
-    CheckpointManager,
-    export_model,
-    loop_state,
-    resume_run,
-)
-from torchflava.training.config import ConfigError, load_config, save_config
-from torchflava.training.distributed import all_reduce_sum, barrier, init_distributed
-from torchflava.training.metrics import MetricsLogger
-from torchflava.training.optim import clip_grad_norm
+from torchflava.training.checkpointing import export_model
+from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.distributed import barrier, init_distributed
+from torchflava.training.loop import StepOutput, fit, resume_checkpoint
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
     raise_on_failed_checks,
-    resume_point,
-    setup_training,
     training_checks,
 )
 
-warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 TASKS = ("glue", "image_folder", "image_text", "shapes")
 
-
-@dataclass
-class FinetuneModelConfig:
-    pretrained: Optional[str] = None  # run/export directory of train.py, or a Hugging Face FLAVA directory
-    modality: str = "text"  # text | image | multimodal
-    loss: Optional[str] = None  # cross_entropy | binary_cross_entropy | mse (default: by the number of classes)
-    classifier_hidden_dim: int = 768
-    classifier_dropout: float = 0.5
+# flava_model_for_classification's arguments; num_classes follows from the data, the backbone from
+# ``pretrained`` (a run, export or Hugging Face directory, loaded with its vocabulary).
+FinetuneModelConfig = builder_config(
+    flava_model_for_classification, name="FinetuneModelConfig", exclude=("num_classes", "backbone")
+)
 
 
 @dataclass
@@ -101,6 +87,8 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.task in TASKS, "data.task", f"one of {TASKS}", d.task),
+            (cfg.model.modality in MODALITIES, "model.modality", f"one of {MODALITIES}", cfg.model.modality),
+            (cfg.model.loss in (None, *LOSSES), "model.loss", f"null or one of {LOSSES}", cfg.model.loss),
             (
                 cfg.model.pretrained is not None,
                 "model.pretrained",
@@ -140,10 +128,6 @@ def build_splits(d: FinetuneDataConfig) -> tuple:
     return ImageTextLabels(d.image_root, d.train, d.labels), ImageTextLabels(d.image_root, d.val, d.labels), d.labels
 
 
-def _identity(item):
-    return item
-
-
 @torch.no_grad()
 def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
     """Metrics of ``model`` over every usable item of ``source``."""
@@ -162,13 +146,18 @@ def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
     return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items)}
 
 
+def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
+    """One micro-batch: the task loss summed over its rows, and the row count."""
+    out = model(**item.batch)
+    return StepOutput(out.loss_sums, out.loss_counts)
+
+
 def main(cfg: FinetuneConfig) -> dict:
     info = init_distributed(cfg.training.strategy, device=cfg.training.device)
     validate(cfg, info.world_size)
-    t, o, d = cfg.training, cfg.optim, cfg.data
+    t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
-    checkpoints = CheckpointManager(out_dir / "checkpoints", keep=t.keep_checkpoints)
-    resume_from = resume_point(checkpoints, t.resume)
+    resume_checkpoint(t)  # a run must not mix into another's directory: checked before any work
 
     pretrained = load_pretrained(cfg.model.pretrained)
     train_source, val_source, classes = build_splits(d)
@@ -181,9 +170,9 @@ def main(cfg: FinetuneConfig) -> dict:
         image_size=pretrained.image_size,
         max_text_length=min(d.max_text_length, pretrained.max_text_length),
     )
-    dataset = MixedPretrainingBatches(
-        {"pairs": train_source},
-        {"pairs": 1.0},
+    data = MixedBatches(
+        {"train": train_source},
+        {"train": 1.0},
         collator,
         global_batch_size=t.global_batch_size // t.grad_accumulation,
         num_steps=t.max_steps * t.grad_accumulation,
@@ -191,106 +180,32 @@ def main(cfg: FinetuneConfig) -> dict:
         world_size=info.world_size,
         seed=t.seed,
     )
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    loader = StatefulDataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=0)
 
     torch.manual_seed(t.seed)
-    model = flava_model_for_classification(
-        num_classes,
-        modality=cfg.model.modality,
-        backbone=pretrained.model,
-        loss=loss,
-        classifier_hidden_dim=cfg.model.classifier_hidden_dim,
-        classifier_dropout=cfg.model.classifier_dropout,
-    ).to(info.device)
-    wrapped, optimizer, scheduler, autocast = setup_training(
-        model, t, o, device=info.device, layer_types=(TransformerEncoderLayer,)
-    )
-
-    start, skipped = 0, []
-    if resume_from is not None:
-        start, skipped = resume_run(checkpoints, resume_from, wrapped, optimizer, scheduler, loader)
-        if skipped is None:
-            raise ConfigError(
-                f"key 'training.resume': {resume_from} was written by another number of ranks; "
-                "resume fine-tuning with the same world size"
-            )
+    kwargs = {**asdict(cfg.model), "pretrained": None, "loss": loss}  # the backbone comes loaded
+    model = flava_model_for_classification(num_classes, backbone=pretrained.model, **kwargs).to(info.device)
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    logger = (
-        MetricsLogger(
-            out_dir / "metrics.jsonl",
-            resume_step=start if resume_from else None,
-            tensorboard_dir=out_dir / "tensorboard" if t.tensorboard else None,
-        )
-        if info.is_main
-        else None
-    )
+    result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning")
 
-    data_iter = iter(loader)
-    for step in range(start, t.max_steps):
-        wrapped.train()
-        loss_sum = torch.zeros((), device=info.device)
-        for micro in range(t.grad_accumulation):
-            item = next(data_iter)
-            skipped.extend(item.skipped)
-            batch = {k: v.to(info.device) for k, v in item.batch.items()}
-            sync = micro == t.grad_accumulation - 1
-            if t.strategy == "fsdp":
-                model.set_requires_gradient_sync(sync)
-            with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext(), autocast:
-                step_loss = wrapped(**batch).loss / t.grad_accumulation
-            step_loss.backward()
-            loss_sum += step_loss.detach().float()
-        grad_norm = clip_grad_norm(model.parameters(), o.clip_grad_norm) if o.clip_grad_norm else None
-        loss_value = float(all_reduce_sum(loss_sum)) / info.world_size
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at step {step + 1}; the last good checkpoint is "
-                f"{checkpoints.latest()}; lower optim.lr and resume with training.resume=auto"
-            )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if logger is not None and (done % t.log_every == 0 or done == t.max_steps):
-            logger.log(
-                done,
-                {
-                    "loss": loss_value,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": None if grad_norm is None else float(grad_norm),
-                },
-            )
-        if done % t.checkpoint_every == 0 or done == t.max_steps:
-            checkpoints.save(done, wrapped, optimizer, loop_state(done, scheduler, loader, skipped))
-
-    export_model(wrapped, out_dir / "model" / "flava_classification.safetensors")
-    gathered = [skipped]
-    if dist.is_initialized():
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, skipped)
-    distinct = {(kind, int(index)) for part in gathered for kind, index, _ in part}
-    report = {}
+    export_model(model, out_dir / "model" / "flava_classification.safetensors")
     # every rank evaluates (an FSDP forward needs all of them); rank 0 reports
-    validation = evaluate(wrapped.module if t.strategy == "ddp" else model, val_source, collator, loss)
+    validation = evaluate(model, val_source, collator, loss)
+    report = {}
     if info.is_main:
         report = {
             "task": d.task,
             "modality": cfg.model.modality,
             "loss": loss,
             "num_classes": num_classes,
-            "steps": t.max_steps,
-            "skipped_samples": len(distinct),
+            "steps": result.step,
+            "skipped_samples": len({(kind, int(index)) for kind, index, _ in result.skipped}),
             "validation": validation,
         }
         if classes is not None and loss == "cross_entropy":
             report["validation"]["chance"] = 1 / num_classes
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
-        logger.close()
     barrier()
     return report
 

@@ -4,96 +4,62 @@
     torchrun --nproc_per_node 8 examples/flava/train.py config=examples/flava/configs/pretraining/full.yaml \
         training.strategy=fsdp training.precision=bf16
 
-Reads top to bottom: config -> process group -> data -> model, optimiser, schedule -> wrapping
-(DDP or FSDP2 by ``training.strategy``) -> resume -> loop -> export and evaluation. ``main(cfg)``
-is importable; it returns the final report.
+Reads top to bottom: config -> process group -> data -> model -> ``fit`` (the shared training loop:
+wrapping, accumulation, checkpoints, resume, logging) -> export and evaluation. The ``model``
+section holds ``flava_model``'s arguments and ``pretraining`` those of ``flava_model_for_pretraining``
+(heads and loss weights), under the builders' own names. ``main(cfg)`` is importable; it returns
+the final report.
 """
 
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 import json
-import math
 from pathlib import Path
 import sys
-import time
 from typing import Optional
-import warnings
 
 import torch
 from torch import nn
 import torch.distributed as dist
 
-from torchflava.data.pretraining import KINDS, MixedPretrainingBatches, PretrainingCollator
+from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
+from torchflava.data.mixing import MixedBatch, MixedBatches
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
-from torchflava.models import PretrainingBatch, flava_model, flava_model_for_pretraining
+from torchflava.models import FLAVAForPretraining, flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
-from torchflava.modules.layers import TransformerEncoderLayer, set_activation_checkpointing
 from torchflava.pretrained import load_pretrained
-from torchflava.training.checkpointing import (
-    CheckpointManager,
-    export_model,
-    loop_state,
-    resume_run,
-)
-from torchflava.training.config import ConfigError, load_config, save_config
-from torchflava.training.distributed import (
-    all_reduce_sum,
-    barrier,
-    init_distributed,
-    sync_replicated_grads,
-)
-from torchflava.training.metrics import MetricsLogger, plot_losses, read_metrics
-from torchflava.training.optim import clip_grad_norm
+from torchflava.training.checkpointing import export_model
+from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.distributed import barrier, init_distributed
+from torchflava.training.loop import StepOutput, fit, resume_checkpoint
+from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
     raise_on_failed_checks,
-    resume_point,
-    setup_training,
     training_checks,
 )
 
-# torchdata's StatefulDataLoader calls a torch API that torch itself deprecated; nothing to act on.
-warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
-
-
 # ----------------------------------------------------------------------------------------- config
-@dataclass
-class ModelConfig:
-    pretrained: Optional[str] = None  # a pretraining checkpoint to start from (HF dir, torchmultimodal .pt, ours)
-    image_size: int = 224
-    patch_size: int = 16
-    hidden_dim: int = 768
-    num_heads: int = 12
-    mlp_dim: int = 3072
-    image_layers: int = 12
-    text_layers: int = 12
-    multimodal_layers: int = 6
-    projection_dim: int = 768
-    max_text_positions: int = 512
-    dropout: float = 0.0
-    image_vocab_size: int = 8192
-    mim_weight: float = 1.0
-    mlm_weight: float = 1.0
-    itm_weight: float = 1.0
-    global_contrastive_weight: float = 1.0
-    mmm_image_weight: float = 1.0
-    mmm_text_weight: float = 1.0
-    unimodal_losses_on_pairs: bool = False
-    recompute_contrastive_passes: bool = False  # recompute in backward the unmasked passes of pair batches
+# flava_model's arguments (the vocabulary size comes with the tokenizer; activation checkpointing
+# is training.activation_checkpointing), and flava_model_for_pretraining's (the codebook runs in the
+# data pipeline).
+ModelConfig = builder_config(flava_model, name="ModelConfig", exclude=("vocab_size", "checkpoint_activations"))
+PretrainingConfig = builder_config(
+    flava_model_for_pretraining, name="PretrainingConfig", exclude=("backbone", "codebook", "build_codebook")
+)
 
 
 @dataclass
-class CodebookConfig:
-    pretrained: Optional[str] = None  # dVAE weights (HF FlavaImageCodebook or torchmultimodal); else seeded random init
-    hidden_dim: int = 256
-    blocks_per_group: int = 2
+class CodebookConfig(builder_config(dalle_encoder, name="DalleEncoderConfig", exclude=("vocab_size", "freeze"))):
+    """``dalle_encoder``'s arguments (its vocabulary is ``pretraining.image_vocab_size``) and its weights."""
+
+    pretrained: Optional[str] = None  # dVAE weights (HF FlavaImageCodebook or torchmultimodal); else seeded init
 
 
 @dataclass
@@ -150,6 +116,7 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretraining: PretrainingConfig = field(default_factory=PretrainingConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -177,13 +144,18 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.num_masked_patches,
             ),
             (
-                d.max_text_length <= m.max_text_positions,
+                d.max_text_length <= m.max_seq_len,
                 "data.max_text_length",
-                f"at most model.max_text_positions ({m.max_text_positions})",
+                f"at most model.max_seq_len ({m.max_seq_len})",
                 d.max_text_length,
             ),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (min(d.ratios.pairs, d.ratios.images, d.ratios.texts) >= 0, "data.ratios", ">= 0 each", d.ratios),
+        ]
+        + [
+            (value >= 0, f"pretraining.{name}", ">= 0", value)
+            for name, value in asdict(cfg.pretraining).items()
+            if name.endswith("_weight")
         ]
     )
 
@@ -228,110 +200,76 @@ def build_tokenizer(cfg: DataConfig, sources: dict) -> WordPieceTokenizer:
     return WordPieceTokenizer.train(texts, vocab_size=cfg.vocab_size)
 
 
+def run_tokenizer(cfg: TrainConfig, sources: dict, *, resumed: bool, is_main: bool) -> WordPieceTokenizer:
+    """``data.vocab``, or the vocabulary rank 0 learns into the run directory (a resumed run reloads it)."""
+    if cfg.data.vocab is not None:
+        return build_tokenizer(cfg.data, sources)
+    saved = Path(cfg.training.output_dir) / "vocab.txt"
+    if not (resumed and saved.is_file()):
+        if is_main:
+            build_tokenizer(cfg.data, sources).save(saved.parent)
+        barrier()
+    return WordPieceTokenizer.from_vocab(saved)
+
+
 def build_codebook(cfg: TrainConfig) -> nn.Module:
     """The dVAE that turns the codebook view into MIM targets (in the data pipeline, fp32)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.training.seed)
-        codebook = dalle_encoder(
-            hidden_dim=cfg.codebook.hidden_dim,
-            blocks_per_group=cfg.codebook.blocks_per_group,
-            vocab_size=cfg.model.image_vocab_size,
-        )
+        kwargs = asdict(cfg.codebook)
+        kwargs.pop("pretrained")
+        codebook = dalle_encoder(**kwargs, vocab_size=cfg.pretraining.image_vocab_size)
     if cfg.codebook.pretrained is not None:
         load_codebook_weights(codebook, cfg.codebook.pretrained)
     return codebook
 
 
+def build_data(
+    cfg: TrainConfig, sources: dict, tokenizer: WordPieceTokenizer, rank: int, world_size: int
+) -> MixedBatches:
+    """This rank's step-indexed micro-batches: crops, masks, ITM negatives and codebook ids made here."""
+    d, t = cfg.data, cfg.training
+    grid = cfg.model.image_size // cfg.model.patch_size
+    collator = FLAVAPretrainingCollator(
+        tokenizer,
+        PretrainingImageTransform(cfg.model.image_size, grid * 8, scale=(d.crop_scale_min, 1.0)),
+        codebook=build_codebook(cfg),
+        patch_grid=grid,
+        max_text_length=d.max_text_length,
+        num_masked_patches=d.num_masked_patches,
+        min_mask_block=d.min_mask_block,
+        mlm_probability=d.mlm_probability,
+        itm_negative_probability=d.itm_negative_probability,
+    )
+    return flava_pretraining_batches(
+        sources,
+        asdict(d.ratios),
+        collator,
+        global_batch_size=t.global_batch_size // t.grad_accumulation,
+        num_steps=t.max_steps * t.grad_accumulation,
+        rank=rank,
+        world_size=world_size,
+        seed=t.seed,
+    )
+
+
 # ------------------------------------------------------------------------------------------ model
-def backbone_kwargs(cfg: ModelConfig, vocab_size: int) -> dict:
+def flava_model_kwargs(cfg: ModelConfig, vocab_size: int) -> dict:
     """``flava_model`` arguments of the configured architecture (also written next to the export)."""
-    return dict(
-        image_embed_dim=cfg.hidden_dim,
-        image_num_layers=cfg.image_layers,
-        image_num_heads=cfg.num_heads,
-        image_mlp_dim=cfg.mlp_dim,
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        text_embed_dim=cfg.hidden_dim,
-        text_num_layers=cfg.text_layers,
-        text_num_heads=cfg.num_heads,
-        text_mlp_dim=cfg.mlp_dim,
-        vocab_size=vocab_size,
-        max_seq_len=cfg.max_text_positions,
-        multimodal_embed_dim=cfg.hidden_dim,
-        multimodal_num_layers=cfg.multimodal_layers,
-        multimodal_num_heads=cfg.num_heads,
-        multimodal_mlp_dim=cfg.mlp_dim,
-        projection_dim=cfg.projection_dim,
-        dropout=cfg.dropout,
-    )
+    kwargs = asdict(cfg)
+    kwargs.pop("pretrained")
+    return {**kwargs, "vocab_size": vocab_size}
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
-    m = cfg.model
-    backbone = flava_model(**backbone_kwargs(m, vocab_size))
-    set_activation_checkpointing(backbone, cfg.training.activation_checkpointing)
-    return flava_model_for_pretraining(
-        backbone=backbone,
-        build_codebook=False,
-        pretrained=m.pretrained,
-        image_vocab_size=m.image_vocab_size,
-        mim_weight=m.mim_weight,
-        mlm_weight=m.mlm_weight,
-        itm_weight=m.itm_weight,
-        global_contrastive_weight=m.global_contrastive_weight,
-        mmm_image_weight=m.mmm_image_weight,
-        mmm_text_weight=m.mmm_text_weight,
-        unimodal_losses_on_pairs=m.unimodal_losses_on_pairs,
-        recompute_contrastive_passes=m.recompute_contrastive_passes,
-    )
+def build_model(cfg: TrainConfig, vocab_size: int) -> FLAVAForPretraining:
+    backbone = flava_model(pretrained=cfg.model.pretrained, **flava_model_kwargs(cfg.model, vocab_size))
+    return flava_model_for_pretraining(backbone=backbone, build_codebook=False, **asdict(cfg.pretraining))
 
 
-# Losses averaged over a varying number of masked positions per rank: the output field that counts them.
-_COUNTED = {
-    "mim": "mim_targets",
-    "mlm": "mlm_targets",
-    "mmm_image": "mmm_image_targets",
-    "mmm_text": "mmm_text_targets",
-}
-
-
-def _count(name: str, out, batch: PretrainingBatch) -> float:
-    """How many items this rank's ``name`` loss averages over (1 for per-sample means of equal batches)."""
-    if name in _COUNTED:
-        return float(getattr(out, _COUNTED[name]).numel())
-    if name == "global_contrastive" and batch.itm_labels is not None:
-        positives = int((batch.itm_labels != 0).sum())  # ITM negatives are left out of the contrastive mean
-        return float(positives or batch.itm_labels.numel())
-    return 1.0
-
-
-def global_mean_losses(out, batch: PretrainingBatch, world_size: int) -> dict[str, torch.Tensor]:
-    """This rank's share of each loss averaged over the items of all ranks (not the mean of rank means).
-
-    DDP and FSDP average gradients over ranks. A loss averaged over this rank's ``n_r`` masked
-    tokens (or matched pairs, for the contrastive loss) is rescaled by ``n_r * world_size / sum(n)``,
-    so the averaged gradient is the one of the global-batch loss, as a single process computes it.
-    """
-    present = {name: loss for name, loss in out.losses._asdict().items() if loss is not None}
-    if world_size == 1:
-        return present
-    counts = torch.tensor([_count(name, out, batch) for name in present])
-    totals = all_reduce_sum(counts.to(out.loss.device)).cpu()
-    return {
-        name: loss * float(c * world_size / t) if t > 0 else loss
-        for (name, loss), c, t in zip(present.items(), counts, totals)
-    }
-
-
-def _to_device(batch: PretrainingBatch, device: torch.device) -> PretrainingBatch:
-    return PretrainingBatch(
-        **{k: None if v is None else v.to(device, non_blocking=True) for k, v in batch.__dict__.items()}
-    )
-
-
-def _identity(item):
-    return item
+def pretraining_step(model: nn.Module, item: MixedBatch) -> StepOutput:
+    """One micro-batch: the losses its kind calls for, each summed over its items with their counts."""
+    out = model(item.batch)
+    return StepOutput(out.loss_sums, out.loss_counts)
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -339,182 +277,40 @@ def main(cfg: TrainConfig) -> dict:
     info = init_distributed(cfg.training.strategy, device=cfg.training.device)
     validate(cfg, info.world_size)
     t = cfg.training
-    if t.threads is not None:
-        torch.set_num_threads(t.threads)
     out_dir = Path(t.output_dir)
-    checkpoints = CheckpointManager(out_dir / "checkpoints", keep=t.keep_checkpoints)
-    resume_from = resume_point(checkpoints, t.resume)
+    resume_from = resume_checkpoint(t)
 
-    # Data: rank 0 learns (or a resumed run reloads) the vocabulary; every rank builds the same
-    # codebook from the seed; items are split by rank.
+    # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
+    # codebook from the seed).
     sources = build_sources(cfg.data)
-    saved_vocab = out_dir / "vocab.txt"
-    if cfg.data.vocab is None and not (resume_from is not None and saved_vocab.is_file()):
-        if info.is_main:
-            build_tokenizer(cfg.data, sources).save(out_dir)
-        barrier()
-    tokenizer = (
-        build_tokenizer(cfg.data, sources) if cfg.data.vocab is not None else WordPieceTokenizer.from_vocab(saved_vocab)
-    )
-    grid = cfg.model.image_size // cfg.model.patch_size
-    collator = PretrainingCollator(
-        tokenizer,
-        PretrainingImageTransform(cfg.model.image_size, grid * 8, scale=(cfg.data.crop_scale_min, 1.0)),
-        codebook=build_codebook(cfg),
-        patch_grid=grid,
-        max_text_length=cfg.data.max_text_length,
-        num_masked_patches=cfg.data.num_masked_patches,
-        min_mask_block=cfg.data.min_mask_block,
-        mlm_probability=cfg.data.mlm_probability,
-        itm_negative_probability=cfg.data.itm_negative_probability,
-    )
-    ratios = {k: getattr(cfg.data.ratios, k) for k in KINDS}
-    micro_batch = t.global_batch_size // t.grad_accumulation
-    dataset = MixedPretrainingBatches(
-        sources,
-        ratios,
-        collator,
-        global_batch_size=micro_batch,
-        num_steps=t.max_steps * t.grad_accumulation,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=t.seed,
-    )
-    from torchdata.stateful_dataloader import StatefulDataLoader
+    tokenizer = run_tokenizer(cfg, sources, resumed=resume_from is not None, is_main=info.is_main)
+    data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
 
-    loader = StatefulDataLoader(
-        dataset,
-        batch_size=None,
-        collate_fn=_identity,
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
-    )
-
-    # Model, optimiser, schedule; then the parallel wrapping.
     torch.manual_seed(t.seed)
     model = build_model(cfg, tokenizer.vocab_size).to(info.device)
-    o = cfg.optim
-    wrapped, optimizer, scheduler, autocast = setup_training(
-        model, t, o, device=info.device, layer_types=(TransformerEncoderLayer,)
-    )
-
-    start, skipped = 0, []
-    if resume_from is not None:
-        start, restored = resume_run(checkpoints, resume_from, wrapped, optimizer, scheduler, loader)
-        if restored is not None:
-            skipped = restored
-        else:  # saved by fewer ranks: the data position follows from the step
-            scheduler.last_epoch = start
-            loader = StatefulDataLoader(
-                torch.utils.data.Subset(dataset, range(start * t.grad_accumulation, len(dataset))),
-                batch_size=None,
-                collate_fn=_identity,
-                num_workers=cfg.data.num_workers,
-            )
     if info.is_main:
         tokenizer.save(out_dir)
         save_config(cfg, out_dir / "config.yaml")
-    logger = (
-        MetricsLogger(
-            out_dir / "metrics.jsonl",
-            resume_step=start if resume_from else None,
-            tensorboard_dir=out_dir / "tensorboard" if t.tensorboard else None,
-        )
-        if info.is_main
-        else None
+    result = fit(
+        model,
+        pretraining_step,
+        data,
+        training=t,
+        optim=cfg.optim,
+        after_step=model.clamp_logit_scale_,
+        num_workers=cfg.data.num_workers,
+        description="pretraining",
     )
 
-    def save(step: int) -> None:
-        checkpoints.save(step, wrapped, optimizer, loop_state(step, scheduler, loader, skipped))
-
-    progress = None
-    if info.is_main and t.progress_bar and start < t.max_steps:
-        from tqdm import tqdm
-
-        progress = tqdm(total=t.max_steps, initial=start, desc="pretraining", dynamic_ncols=True)
-    data_iter = iter(loader)
-    last_time, last_step, samples_per_s = time.perf_counter(), start, 0.0
-    for step in range(start, t.max_steps):
-        wrapped.train()
-        parts: dict[str, torch.Tensor] = {}
-        for micro in range(t.grad_accumulation):
-            item = next(data_iter)
-            skipped.extend(item.skipped)
-            batch = _to_device(item.batch, info.device)
-            sync = micro == t.grad_accumulation - 1
-            if t.strategy == "fsdp":
-                model.set_requires_gradient_sync(sync)
-            with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext(), autocast:
-                losses = global_mean_losses(wrapped(batch), batch, info.world_size)
-                loss = torch.stack(list(losses.values())).sum() / t.grad_accumulation
-            loss.backward()
-            for name, value in losses.items():
-                parts[name] = parts.get(name, 0.0) + value.detach().float() / t.grad_accumulation
-        sync_replicated_grads(model)
-        grad_norm = clip_grad_norm(model.parameters(), o.clip_grad_norm) if o.clip_grad_norm else None
-        reduced = all_reduce_sum(torch.stack(list(parts.values()))).cpu() / info.world_size  # global means
-        parts = {f"loss/{name}": float(value) for name, value in zip(parts, reduced)}
-        loss_value = float(reduced.sum())
-        if not math.isfinite(loss_value):
-            last = checkpoints.latest()
-            if progress is not None:
-                progress.close()
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at step {step + 1} (kind {item.kind}, parts {parts}); stopping. The last good "
-                f"checkpoint is {last if last is not None else 'none (no checkpoint was written yet)'}; "
-                "lower optim.lr or set optim.clip_grad_norm, then resume with training.resume=auto"
-            )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.clamp_logit_scale_()
-        done = step + 1
-        if progress is not None:
-            progress.update(1)
-        if done % t.log_every == 0 or done == t.max_steps:
-            now = time.perf_counter()
-            samples_per_s = (done - last_step) * t.global_batch_size / max(now - last_time, 1e-9)
-            last_time, last_step = now, done
-            record = {
-                "loss": loss_value,
-                **parts,
-                "kind": item.kind,
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-                "samples_per_s": samples_per_s,
-            }
-            if logger is not None:
-                logger.log(done, record)
-            if progress is not None:
-                progress.set_postfix(loss=f"{loss_value:.3f}", samples_per_s=f"{samples_per_s:.0f}")
-        if done % t.checkpoint_every == 0 or done == t.max_steps:
-            save(done)
-    if progress is not None:
-        progress.close()
-
     export_path = out_dir / "model" / "flava_pretraining.safetensors"
-    export_model(wrapped, export_path)
-    report = _report(cfg, info, skipped, export_path, tokenizer)
-    if logger is not None:
-        logger.close()
+    export_model(model, export_path)
+    report = _report(cfg, result.skipped, export_path, tokenizer) if info.is_main else {}
     barrier()
     return report
 
 
-def _distinct_skipped(skipped: list) -> list:
-    """Distinct unusable items over all ranks."""
-    gathered = [skipped]
-    if dist.is_initialized():
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, skipped)
-    return sorted({(kind, int(index), reason) for part in gathered for kind, index, reason in part})
-
-
-def _report(cfg: TrainConfig, info, skipped: list, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
+def _report(cfg: TrainConfig, distinct: list, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
     out_dir = Path(cfg.training.output_dir)
-    distinct = _distinct_skipped(skipped)
-    if not info.is_main:
-        return {}
     records = read_metrics(out_dir / "metrics.jsonl")
     report = {
         "steps": cfg.training.max_steps,
@@ -525,7 +321,7 @@ def _report(cfg: TrainConfig, info, skipped: list, export_path: Path, tokenizer:
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
     (export_path.parent / "backbone_config.json").write_text(
-        json.dumps(backbone_kwargs(cfg.model, tokenizer.vocab_size), indent=2)
+        json.dumps(flava_model_kwargs(cfg.model, tokenizer.vocab_size), indent=2)
     )
     tokenizer.save(export_path.parent)
     if cfg.eval.enabled and cfg.data.source == "shapes":

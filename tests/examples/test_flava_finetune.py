@@ -155,7 +155,7 @@ def test_config_errors(export, tmp_path):
         _run(export, tmp_path / "r1", "data.task=audio")
     with pytest.raises(finetune.ConfigError, match="data.train"):
         _run(export, tmp_path / "r2", "data.task=glue")
-    with pytest.raises(ValueError, match="modality"):
+    with pytest.raises(finetune.ConfigError, match=r"key 'model\.modality': expected one of .*got 'video'"):
         _run(
             export,
             tmp_path / "r3",
@@ -168,44 +168,66 @@ def test_config_errors(export, tmp_path):
         )
 
 
-def test_resume_reproduces_the_losses(export, tmp_path):
-    import shutil
+SHAPES = [
+    "data.task=shapes",
+    "data.shapes_train=200",
+    "data.shapes_val=30",
+    "data.image_size=32",
+    "model.modality=image",
+    "training.log_every=1",
+]
 
+
+def _records(out):
     from torchflava.training.metrics import read_metrics
 
-    common = [
-        "data.task=shapes",
-        "data.shapes_train=200",
-        "data.shapes_val=30",
-        "data.image_size=32",
-        "model.modality=image",
-        "training.max_steps=10",
-        "training.checkpoint_every=5",
-        "training.log_every=1",
-    ]
-    _run(export, tmp_path / "run", *common)
-    before = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
-    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000010")  # as if killed after step 9
+    return {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
+
+
+class _Killed(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(export, tmp_path, monkeypatch):
+    common = [*SHAPES, "training.max_steps=10", "training.checkpoint_every=4", "model.classifier_dropout=0.3"]
+    _run(export, tmp_path / "reference", *common)
+    fit, calls = finetune.fit, {"n": 0}
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 7:  # after step 7's update: steps 5 and 6 were logged, the last checkpoint is step 4
+            raise _Killed
+
+    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
+    with pytest.raises(_Killed):
+        _run(export, tmp_path / "run", *common)
+    monkeypatch.undo()
+    assert sorted(_records(tmp_path / "run")) == [1, 2, 3, 4, 5, 6]
     _run(export, tmp_path / "run", *common, "training.resume=auto")
-    after = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
-    assert sorted(after) == list(range(1, 11)) and after == before
+    after, before = _records(tmp_path / "run"), _records(tmp_path / "reference")
+    assert sorted(after) == list(range(1, 11))
+    assert {s: r["loss"] for s, r in after.items()} == {s: r["loss"] for s, r in before.items()}  # exactly
 
 
-def test_two_ddp_processes_match_one(export, tmp_path):
+def test_progress_bar_samples_per_second_and_loss_parts(export, tmp_path, capsys):
+    _run(export, tmp_path / "run", *SHAPES, "training.max_steps=4", "training.progress_bar=true")
+    records = _records(tmp_path / "run")
+    assert sorted(records) == [1, 2, 3, 4]
+    for record in records.values():
+        assert record["samples_per_s"] > 0 and record["kind"] == "train"
+        assert record["loss/cross_entropy"] == record["loss"]
+    assert "fine-tuning" in capsys.readouterr().err  # the progress bar's label
+
+
+def test_two_ddp_processes_match_one_and_resume_on_one(export, tmp_path):
     import os
+    import shutil
     import subprocess
 
-    from torchflava.training.metrics import read_metrics
-
     common = [
-        "data.task=shapes",
-        "data.shapes_train=200",
-        "data.shapes_val=30",
-        "data.image_size=32",
-        "model.modality=image",
-        "training.max_steps=4",
-        "training.checkpoint_every=4",
-        "training.log_every=1",
+        *SHAPES,
+        "training.max_steps=6",
+        "training.checkpoint_every=3",
         "model.classifier_dropout=0.0",
         f"model.pretrained={export}",
         "training.global_batch_size=16",
@@ -236,8 +258,18 @@ def test_two_ddp_processes_match_one(export, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    one = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one" / "metrics.jsonl")}
-    two = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")}
-    assert one.keys() == two.keys() == {1, 2, 3, 4}
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert one.keys() == two.keys() == set(range(1, 7))
     for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-5), step
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], rel=1e-5), step
+    # The 2-rank run stopped after step 3 resumes on one process: the same step, schedule, data position.
+    shutil.rmtree(tmp_path / "two" / "checkpoints" / "step_00000006")
+    cfg = finetune.load_config(
+        finetune.FinetuneConfig, [f"training.output_dir={tmp_path / 'two'}", "training.resume=auto", *common]
+    )
+    report = finetune.main(cfg)
+    resumed = _records(tmp_path / "two")
+    assert sorted(resumed) == list(range(1, 7)) and report["steps"] == 6
+    for step in one:
+        assert resumed[step]["loss"] == pytest.approx(one[step]["loss"], rel=1e-5), step
+        assert resumed[step]["lr"] == pytest.approx(one[step]["lr"], rel=1e-12), step

@@ -1,6 +1,8 @@
 """The pretraining recipe end to end: config errors, DDP/FSDP parity, kill-and-resume, bad data, NaN stop."""
 
+import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 from pathlib import Path
@@ -12,6 +14,9 @@ import time
 from PIL import Image
 import pytest
 import torch
+
+from torchflava.modules.layers import TransformerEncoderLayer
+from torchflava.training.checkpointing import CheckpointManager
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "flava" / "train.py"
@@ -93,12 +98,34 @@ def test_unknown_top_level_section_in_yaml_is_an_error(tmp_path):
         ("data.num_masked_patches=17", "data.num_masked_patches"),
         ("optim.warmup_steps=8", "optim.warmup_steps"),
         ("data.source=web", "data.source"),
+        ("pretraining.mlm_weight=-1", "pretraining.mlm_weight"),
+        ("model.max_seq_len=16", "data.max_text_length"),
     ],
 )
 def test_semantic_validation_names_the_key(override, key):
     cfg = _config(override, "training.grad_accumulation=4" if "global_batch" in override else "training.seed=0")
     with pytest.raises(train.ConfigError, match=key.replace(".", r"\.")):
         train.validate(cfg, world_size=1)
+
+
+def test_config_sections_hold_the_builders_own_arguments():
+    def arguments(builder, supplied):
+        return set(inspect.signature(builder).parameters) - set(supplied)
+
+    def names(section):
+        return {f.name for f in dataclasses.fields(section)}
+
+    assert names(train.ModelConfig) == arguments(train.flava_model, ["vocab_size", "checkpoint_activations"])
+    supplied = ["backbone", "codebook", "build_codebook"]
+    assert names(train.PretrainingConfig) == arguments(train.flava_model_for_pretraining, supplied)
+    assert names(train.CodebookConfig) == arguments(train.dalle_encoder, ["vocab_size", "freeze"]) | {"pretrained"}
+    cfg = _config("pretraining.mlm_weight=0.5", "model.text_num_layers=2", "model.image_mlp_dim=40")
+    model = train.build_model(cfg, vocab_size=50)
+    layers = [m for m in model.model.text_encoder.modules() if isinstance(m, TransformerEncoderLayer)]
+    assert model.weights.mlm == 0.5 and len(layers) == 2 and model.model.text_encoder.embeddings.vocab_size == 50
+    assert model.model.image_encoder.encoder.layers[0].mlp.fc1.out_features == 40
+    with pytest.raises(train.ConfigError, match="hidden_dim"):  # the old renamed keys are gone
+        _config("model.hidden_dim=32")
 
 
 def test_refuses_to_mix_runs_in_one_output_dir(tmp_path):
@@ -190,7 +217,7 @@ def test_an_incomplete_checkpoint_is_never_resumed_from(tmp_path):
     torn = tmp_path / "checkpoints" / "step_00000006"  # a directory without the COMPLETE marker
     torn.mkdir()
     (tmp_path / "checkpoints" / ".step_00000008.tmp").mkdir()
-    manager = train.CheckpointManager(tmp_path / "checkpoints")
+    manager = CheckpointManager(tmp_path / "checkpoints")
     assert manager.latest().name == "step_00000004"
 
 
@@ -247,9 +274,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             out = forward(batch)
             if calls["n"] != 5:
                 return out
-            name = next(n for n, v in out.losses._asdict().items() if v is not None)
-            poisoned_losses = out.losses._replace(**{name: getattr(out.losses, name) * float("nan")})
-            return out._replace(loss=out.loss * float("nan"), losses=poisoned_losses)
+            name = next(iter(out.loss_sums))
+            return out._replace(loss_sums={**out.loss_sums, name: out.loss_sums[name] * float("nan")})
 
         model.forward = forward_with_nan
         return model
@@ -259,7 +285,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     with pytest.raises(train.NonFiniteLossError, match="step 5") as error:
         train.main(cfg)
     assert "step_00000004" in str(error.value)
-    assert [p.name for p in train.CheckpointManager(tmp_path / "checkpoints").complete()] == [
+    assert [p.name for p in CheckpointManager(tmp_path / "checkpoints").complete()] == [
         "step_00000002",
         "step_00000004",
     ]

@@ -1,11 +1,16 @@
-"""Typed configs: defaults, YAML and dotlist merging, precedence, strict keys and types, saving."""
+"""Typed configs: defaults, YAML and dotlist merging, precedence, strict keys and types, saving, and config
+sections derived from a builder's signature."""
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+import enum
+import os
+from typing import Optional, Union
 
 import pytest
+import torch
 
-from torchflava.training.config import ConfigError, load_config, save_config
+from torchflava.training.config import ConfigError, builder_config, load_config, save_config
 
 
 @dataclass
@@ -114,3 +119,70 @@ def test_save_config_round_trip(tmp_path):
     assert "name: run-7" in text and "max_steps: 3" in text and "lr: 0.5" in text
     save_config(Schema(), path)  # overwriting, None included
     assert load_config(Schema, [f"config={path}"]) == Schema()
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+def sample_builder(
+    *,
+    width: int = 8,
+    rate: float = 0.5,
+    name: str = "x",
+    flag: bool = False,
+    path: Optional[Union[str, os.PathLike]] = None,
+    colour: Colour = Colour.RED,
+    layers: Optional[int] = None,
+    module: Optional[torch.nn.Module] = None,
+) -> dict:
+    """Returns its arguments."""
+    return dict(width=width, rate=rate, name=name, flag=flag, path=path, colour=colour, layers=layers)
+
+
+def test_builder_config_holds_the_builders_arguments(tmp_path):
+    Section = builder_config(sample_builder, name="Section", exclude=("module", "not_an_argument"))
+    fields = {f.name: (f.type, f.default) for f in dataclasses.fields(Section)}
+    assert fields == {
+        "width": (int, 8),
+        "rate": (float, 0.5),
+        "name": (str, "x"),
+        "flag": (bool, False),
+        "path": (Optional[str], None),
+        "colour": (Colour, Colour.RED),
+        "layers": (Optional[int], None),
+    }
+    assert "sample_builder" in Section.__doc__
+
+    @dataclass
+    class Schema:
+        model: Section = field(default_factory=Section)
+
+    file = write(tmp_path / "run.yaml", "model:\n  width: 16\n  colour: BLUE\n")
+    config = load_config(Schema, [f"config={file}", "model.path=/data", "model.layers=3"])
+    assert sample_builder(**dataclasses.asdict(config.model)) == dict(
+        width=16, rate=0.5, name="x", flag=False, path="/data", colour=Colour.BLUE, layers=3
+    )
+    with pytest.raises(ConfigError, match="model.widht"):  # a misspelt argument is an unknown key
+        load_config(Schema, ["model.widht=3"])
+    with pytest.raises(ConfigError, match="model.width"):
+        load_config(Schema, ["model.width=wide"])
+
+
+def test_builder_config_refuses_what_a_config_cannot_hold():
+    with pytest.raises(TypeError, match=r"sample_builder\(module\): a config cannot hold"):
+        builder_config(sample_builder, name="Section")
+
+    def positional(size, *, depth: int = 2):
+        return size, depth
+
+    with pytest.raises(TypeError, match=r"positional\(size\): has no default"):
+        builder_config(positional, name="Section")
+    assert [f.name for f in dataclasses.fields(builder_config(positional, name="S", exclude=("size",)))] == ["depth"]
+
+    def either(*, mode: Union[bool, str] = False):
+        return mode
+
+    with pytest.raises(TypeError, match=r"either\(mode\): a config cannot hold the union"):
+        builder_config(either, name="Section")

@@ -1,5 +1,6 @@
-"""Data for FLAVA: sources (the built-in shapes world and file readers), tokenizer, transforms and
-the mixed pretraining batches. Needs the ``data`` extra (pillow, tokenizers, torchdata)."""
+"""Data: sources (the built-in shapes world, file readers, labelled tasks), tokenizer, transforms,
+step-indexed mixed batches (``mixing``) and FLAVA's pretraining collator (``flava``). Imports no
+model code. Needs the ``data`` extra (pillow, tokenizers)."""
 
 from torchflava.data.finetuning import (
     ClassificationCollator,
@@ -9,13 +10,8 @@ from torchflava.data.finetuning import (
     LabeledSample,
     ShapesClassification,
 )
-from torchflava.data.pretraining import (
-    KINDS,
-    MixedBatch,
-    MixedPretrainingBatches,
-    PretrainingCollator,
-    SkippedSample,
-)
+from torchflava.data.flava import KINDS, FLAVAPretrainingCollator, flava_pretraining_batches
+from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import BadSample, Sample
 from torchflava.data.shapes import CLASS_NAMES, Scene, ShapesWorld
@@ -35,9 +31,10 @@ __all__ = [
     "ImageFolder",
     "ImageTextFolder",
     "KINDS",
+    "FLAVAPretrainingCollator",
+    "flava_pretraining_batches",
     "MixedBatch",
-    "MixedPretrainingBatches",
-    "PretrainingCollator",
+    "MixedBatches",
     "PretrainingImageTransform",
     "Sample",
     "Scene",

@@ -9,7 +9,7 @@ malformed file (missing column, unknown label) is an error at construction namin
 import csv
 import json
 import os
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 from PIL import Image
 import torch
@@ -218,8 +218,8 @@ class ClassificationCollator:
     """Samples -> ``{"image", "text", "text_attention_mask", "labels"}`` tensors (absent inputs omitted).
 
     Images go through :class:`EvalImageTransform` (resize, centre crop, CLIP normalisation); text
-    is padded to the longest row. Called as the batch builder of
-    :class:`~torchflava.data.pretraining.MixedPretrainingBatches` (with one kind).
+    is padded to the longest row. Called as the collator of
+    :class:`~torchflava.data.mixing.MixedBatches` (with one source).
 
     Args:
         tokenizer (Optional[WordPieceTokenizer]): needed for text inputs.
@@ -234,7 +234,10 @@ class ClassificationCollator:
             max_text_length,
         )
 
-    def __call__(self, kind: str, samples: Sequence[LabeledSample], seeds: Sequence[int], **_) -> dict:
+    def __call__(
+        self, kind: str, samples: Sequence[LabeledSample], seeds: Sequence[int], *, another: Optional[Callable] = None
+    ) -> dict:
+        """The batch of ``samples`` (``kind``, ``seeds`` and ``another`` are unused: no randomness here)."""
         batch = {}
         if samples[0].image is not None:
             batch["image"] = torch.stack([self.transform(s.image) for s in samples])

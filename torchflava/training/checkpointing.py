@@ -1,8 +1,8 @@
 """Resumable training checkpoints with ``torch.distributed.checkpoint`` (DCP), made visible atomically.
 
 Layout of ``<root>/step_<N>/``: the DCP shards of ``{"model", "optim"}`` (written by every rank
-in parallel, loadable on another world size), ``rank<R>.pt`` per rank (scheduler, step, RNG
-states, data-loader position: plain tensors and numbers, loaded with ``weights_only=True``), and
+in parallel, loadable on another world size), ``rank<R>.pt`` per rank (the training loop's own
+state: schedule, step, RNG states; plain tensors and numbers, loaded with ``weights_only=True``), and
 ``COMPLETE`` (JSON: step, world size and the size and SHA-256 of every file). Everything is first
 written to ``.step_<N>.tmp/`` and renamed when every rank has finished, so a killed run never leaves
 a checkpoint that looks complete; old checkpoints are renamed away before they are deleted. Loading
@@ -218,43 +218,9 @@ def checkpoint_step(path: Union[str, os.PathLike]) -> int:
     return int(read_marker(path)["step"])
 
 
-def loop_state(step: int, scheduler, loader, skipped: list) -> dict:
-    """This rank's part of a checkpoint: schedule, data-loader position, RNG states, skipped items."""
-    return {
-        "scheduler": scheduler.state_dict(),
-        "data": loader.state_dict(),
-        "rng": rng_state(),
-        "skipped": [list(s) for s in skipped],
-        "step": step,
-    }
-
-
-def restore_loop_state(local: dict, scheduler, loader) -> list:
-    """Undo :func:`loop_state` into ``scheduler`` and ``loader`` and the RNGs; return the skipped items."""
-    scheduler.load_state_dict(local["scheduler"])
-    loader.load_state_dict(local["data"])
-    set_rng_state(local["rng"])
-    return [tuple(s) for s in local["skipped"]]
-
-
-def resume_run(
-    checkpoints: CheckpointManager,
-    path: Union[str, os.PathLike],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    loader,
-) -> tuple[int, Optional[list]]:
-    """Load checkpoint ``path`` into model and optimiser, and this rank's loop state where it has one.
-
-    Returns:
-        tuple[int, Optional[list]]: the step to continue from, and the skipped items restored with the
-        schedule, data position and RNGs; None when the checkpoint was written by fewer ranks (this
-        rank has no loop state: the caller decides how to rebuild it).
-    """
-    local = checkpoints.load(path, model, optimizer)
-    step = checkpoint_step(path)
-    return step, (restore_loop_state(local, scheduler, loader) if local else None)
+def checkpoint_world_size(path: Union[str, os.PathLike]) -> int:
+    """The number of ranks that wrote a complete checkpoint."""
+    return int(read_marker(path)["world_size"])
 
 
 def export_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:

@@ -5,9 +5,13 @@ merges the YAML file, then the dotlist overrides. An unknown key or a value of t
 an error that names the key.
 """
 
+import dataclasses
+import enum
+import inspect
 import os
 from pathlib import Path
-from typing import Sequence, Type, TypeVar, Union
+import types
+from typing import Callable, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
 
@@ -84,3 +88,71 @@ def save_config(config: object, path: Union[str, os.PathLike]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     os.replace(tmp, path)
+
+
+def builder_config(builder: Callable, *, name: str, exclude: Sequence[str] = ()) -> type:
+    """A config dataclass whose fields are ``builder``'s keyword arguments: same names, types and defaults.
+
+    A recipe section built this way holds exactly what the builder takes (no key renames it), and
+    ``builder(**dataclasses.asdict(section))`` builds what the section describes. Arguments a config
+    cannot hold (modules, callables) or that the recipe supplies itself go in ``exclude``; names the
+    builder does not have are ignored there, so a recipe keeps working when a builder drops an argument.
+
+    Supported argument types: ``bool``, ``int``, ``float``, ``str``, enums, ``os.PathLike`` (held as
+    ``str``), unions of ``str`` and ``os.PathLike``, and ``Optional`` of any of them.
+
+    Args:
+        builder (Callable): the builder function.
+        name (str): the dataclass's name (shown in config errors).
+        exclude (Sequence[str]): arguments left out of the section.
+
+    Returns:
+        type: the dataclass (every field has the builder's default).
+
+    Raises:
+        TypeError: if a kept argument has no default, is positional-only or variadic, or has a type a
+            config cannot hold (the message names the argument).
+    """
+    hints = get_type_hints(builder)
+    fields = []
+    for parameter in inspect.signature(builder).parameters.values():
+        if parameter.name in exclude:
+            continue
+        where = f"{builder.__name__}({parameter.name})"
+        if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            raise TypeError(f"{where}: a config holds keyword arguments only, got a {parameter.kind.description} one")
+        if parameter.default is parameter.empty:
+            raise TypeError(f"{where}: has no default; supply it in the recipe and exclude it from the config")
+        kind = _config_type(hints.get(parameter.name, type(parameter.default)), where)
+        default = parameter.default
+        if isinstance(default, os.PathLike):
+            default = os.fspath(default)
+        fields.append((parameter.name, kind, dataclasses.field(default=default)))
+    section = dataclasses.make_dataclass(name, fields)
+    section.__doc__ = f"The keyword arguments of ``{builder.__module__}.{builder.__qualname__}`` (see its docstring)."
+    return section
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def _is_path(annotation: object) -> bool:
+    return annotation is str or annotation is os.PathLike or get_origin(annotation) is os.PathLike
+
+
+def _config_type(annotation: object, where: str) -> object:
+    """The OmegaConf-compatible type of a builder argument annotated ``annotation``."""
+    if annotation in _SCALARS or (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
+        return annotation
+    if _is_path(annotation):
+        return str
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            inner = _config_type(members[0], where)
+        elif all(_is_path(m) for m in members):
+            inner = str
+        else:
+            raise TypeError(f"{where}: a config cannot hold the union {annotation}; exclude the argument")
+        return Optional[inner] if len(members) < len(get_args(annotation)) else inner
+    raise TypeError(f"{where}: a config cannot hold {annotation}; exclude the argument")

@@ -84,6 +84,27 @@ def test_losses_match_their_definitions():
 
 
 @pytest.mark.parametrize(
+    "loss, num_classes, labels",
+    [
+        ("cross_entropy", 4, torch.tensor([0, 3, 1])),
+        ("binary_cross_entropy", 4, torch.tensor([[1.0, 0.3, 0, 0], [0, 0, 0.6, 0], [0, 0, 0, 0]])),
+        ("mse", 1, torch.tensor([0.5, 4.0, 2.5])),
+    ],
+)
+def test_loss_sums_and_counts_are_the_loss_over_the_rows(loss, num_classes, labels):
+    images, _, _ = _inputs()
+    model = _model(num_classes, modality="image", loss=loss)
+    out = model(images, labels=labels)
+    assert set(out.loss_sums) == set(out.loss_counts) == {loss}
+    assert out.loss_counts[loss].dtype == torch.float32 and float(out.loss_counts[loss]) == 3.0
+    torch.testing.assert_close(out.loss_sums[loss], out.loss * 3)
+    out.loss_sums[loss].backward()  # the sum carries the gradient
+    assert model.classifier[0].weight.grad.abs().sum() > 0
+    unlabelled = model(images)
+    assert unlabelled.loss is None and unlabelled.loss_sums is None and unlabelled.loss_counts is None
+
+
+@pytest.mark.parametrize(
     "kwargs, error, match",
     [
         (dict(num_classes=0), ValueError, "num_classes"),

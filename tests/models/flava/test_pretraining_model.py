@@ -7,6 +7,7 @@ import torch
 
 from tests.helpers import TINY_FLAVA, padded_text
 from torchflava.models import flava_model, flava_model_for_pretraining
+from torchflava.models.flava import LossWeights
 from torchflava.modules.codebook import dalle_encoder
 
 VOCAB_IMAGE = 64
@@ -74,6 +75,32 @@ def test_each_batch_kind_runs_only_its_losses_and_passes(model, kind, losses, pa
     assert calls == passes
     torch.testing.assert_close(out.loss, sum(v for v in out.losses if v is not None))
     assert torch.isfinite(out.loss)
+
+
+def test_loss_sums_and_counts_are_each_weighted_loss_over_what_it_averages(model):
+    model.weights = LossWeights(mmm_text=2.0, mim=0.5)
+    data = batch("pair")
+    out = model(data)
+    matched = data["itm_labels"] == 1  # MMM and the contrastive loss leave the ITM negative out
+    expected_counts = {
+        "itm": 4,
+        "global_contrastive": int(matched.sum()),
+        "mmm_image": int(data["image_patch_mask"][matched].sum()),
+        "mmm_text": int((data["mlm_labels"][matched] != -100).sum()),
+    }
+    image_data = batch("image")
+    image, text = model(image_data), model(batch("text"))
+    expected_counts_image = {"mim": int(image_data["image_patch_mask"].sum())}
+    for output, counts in ((out, expected_counts), (image, expected_counts_image), (text, {"mlm": 4})):
+        assert list(output.loss_counts) == list(counts) and list(output.loss_sums) == list(counts)
+        for name, count in counts.items():
+            assert output.loss_counts[name].dtype == torch.float32 and float(output.loss_counts[name]) == count
+            torch.testing.assert_close(output.loss_sums[name], getattr(output.losses, name) * count)  # weighted
+    # the weighted sums over the targets, recomputed from the logits
+    weighted = 2.0 * torch.nn.functional.cross_entropy(out.mmm_text_logits, out.mmm_text_targets, reduction="sum")
+    torch.testing.assert_close(out.loss_sums["mmm_text"], weighted)
+    weighted = 0.5 * torch.nn.functional.cross_entropy(image.mim_logits, image.mim_targets, reduction="sum")
+    torch.testing.assert_close(image.loss_sums["mim"], weighted)
 
 
 def test_unmasked_pair_reuses_its_passes(model):

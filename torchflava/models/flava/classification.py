@@ -25,10 +25,15 @@ class ClassificationOutput(NamedTuple):
     Attributes:
         logits (Tensor): (B, num_classes) scores (for ``mse``: (B, num_classes) predictions).
         loss (Optional[Tensor]): scalar, when labels were given.
+        loss_sums (Optional[dict[str, Tensor]]): ``{loss name: loss x B}``, the loss summed over the
+            rows (for a data-parallel loop), when labels were given.
+        loss_counts (Optional[dict[str, Tensor]]): ``{loss name: B}`` as a () float tensor.
     """
 
     logits: Tensor
     loss: Optional[Tensor] = None
+    loss_sums: Optional[dict[str, Tensor]] = None
+    loss_counts: Optional[dict[str, Tensor]] = None
 
 
 class FLAVAForClassification(nn.Module):
@@ -118,7 +123,9 @@ class FLAVAForClassification(nn.Module):
         logits = self.classifier(self.cls_state(image, text, text_attention_mask=text_attention_mask))
         if labels is None:
             return ClassificationOutput(logits)
-        return ClassificationOutput(logits, self._loss(logits, labels))
+        loss = self._loss(logits, labels)
+        rows = torch.tensor(float(logits.shape[0]), device=logits.device)
+        return ClassificationOutput(logits, loss, {self.loss: loss * rows}, {self.loss: rows})
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         batch, classes = logits.shape

@@ -84,6 +84,11 @@ class FLAVAPretrainingOutput(NamedTuple):
             computed but weigh 0 in the loss, which averages over the matched rows only.
         contrastive_logits_per_text (Optional[Tensor]): (B, B_global).
         contrastive_labels (Optional[Tensor]): (B,) column of each row's pair.
+        loss_sums (Optional[dict[str, Tensor]]): each weighted loss present times its count: the loss
+            summed over the items it averages on this process (for a data-parallel loop, which
+            divides by the counts of all ranks to get the global-batch mean).
+        loss_counts (Optional[dict[str, Tensor]]): () float count of those items per loss: masked
+            positions (MIM, MLM, MMM), matched pairs (contrastive), rows (ITM).
     """
 
     loss: Tensor
@@ -100,6 +105,8 @@ class FLAVAPretrainingOutput(NamedTuple):
     contrastive_logits_per_image: Optional[Tensor] = None
     contrastive_logits_per_text: Optional[Tensor] = None
     contrastive_labels: Optional[Tensor] = None
+    loss_sums: Optional[dict[str, Tensor]] = None
+    loss_counts: Optional[dict[str, Tensor]] = None
 
 
 class LossWeights(NamedTuple):
@@ -127,6 +134,21 @@ def _masked_prediction(
     if chosen.numel() == 0:
         return head(states[:, :1]).sum() * 0.0, logits, chosen
     return F.cross_entropy(logits, chosen), logits, chosen
+
+
+def _loss_counts(
+    losses: dict, b: PretrainingBatch, extra: dict, positives: Optional[Tensor], device: torch.device
+) -> dict[str, Tensor]:
+    """How many items each loss in ``losses`` averages over: targets, matched pairs or rows."""
+    counts = {}
+    for name in (name for name in FLAVALosses._fields if name in losses):
+        if name == "global_contrastive":
+            counts[name] = positives.sum().float() if positives is not None else float(b.image.shape[0])
+        elif name == "itm":
+            counts[name] = float(b.itm_labels.numel())
+        else:  # mim, mlm, mmm_image, mmm_text: the masked positions with a target
+            counts[name] = float(extra[f"{name}_targets"].numel())
+    return {name: torch.as_tensor(count, dtype=torch.float32, device=device) for name, count in counts.items()}
 
 
 class FLAVAForPretraining(nn.Module):
@@ -237,7 +259,9 @@ class FLAVAForPretraining(nn.Module):
             )
         weighted = FLAVALosses(**{name: loss * getattr(w, name) for name, loss in losses.items()})
         total = torch.stack([loss for loss in weighted if loss is not None]).sum()
-        return FLAVAPretrainingOutput(loss=total, losses=weighted, **extra)
+        counts = _loss_counts(losses, b, extra, positives, total.device)
+        sums = {name: getattr(weighted, name) * count for name, count in counts.items()}
+        return FLAVAPretrainingOutput(loss=total, losses=weighted, **extra, loss_sums=sums, loss_counts=counts)
 
     def _multimodal_losses(
         self,

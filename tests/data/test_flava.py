@@ -1,20 +1,21 @@
-"""Mixed pretraining batches on the shapes world: determinism, rank sharding, kind mixing, masks,
-ITM negatives, unusable items, argument errors, and a forward pass of a tiny FLAVA on each kind."""
+"""FLAVA pretraining batches on the shapes world (the collator through the step mixer): determinism,
+rank sharding, kind mixing, masks, ITM negatives, unusable items, argument errors, and a forward
+pass of a tiny FLAVA on each kind."""
 
 from collections import Counter
-import dataclasses
 import math
 
 import pytest
 import torch
 from torch.utils.data import Dataset
 
-from torchflava.data.pretraining import MixedBatch, MixedPretrainingBatches, PretrainingCollator, SkippedSample
+from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
+from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample
 from torchflava.data.samples import BadSample
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PretrainingImageTransform
-from torchflava.models import PretrainingBatch, flava_model, flava_model_for_pretraining
+from torchflava.models import flava_model, flava_model_for_pretraining
 from torchflava.modules.codebook import dalle_encoder
 
 EQUAL = {"pairs": 1.0, "images": 1.0, "texts": 1.0}
@@ -54,8 +55,8 @@ def shapes_sources() -> dict:
     }
 
 
-def collator(tokenizer, codebook, **kwargs) -> PretrainingCollator:
-    return PretrainingCollator(
+def collator(tokenizer, codebook, **kwargs) -> FLAVAPretrainingCollator:
+    return FLAVAPretrainingCollator(
         tokenizer,
         PretrainingImageTransform(32, 32),
         codebook=codebook,
@@ -67,42 +68,42 @@ def collator(tokenizer, codebook, **kwargs) -> PretrainingCollator:
     )
 
 
-def dataset(collate, *, sources=None, ratios=EQUAL, batch=4, num_steps=12, **kwargs) -> MixedPretrainingBatches:
+def dataset(collate, *, sources=None, ratios=EQUAL, batch=4, num_steps=12, **kwargs) -> MixedBatches:
     sources = shapes_sources() if sources is None else sources
-    return MixedPretrainingBatches(sources, ratios, collate, global_batch_size=batch, num_steps=num_steps, **kwargs)
+    return flava_pretraining_batches(sources, ratios, collate, global_batch_size=batch, num_steps=num_steps, **kwargs)
 
 
-def present(batch: PretrainingBatch) -> set:
-    return {f.name for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None}
+def present(batch: dict) -> set:
+    return {name for name, value in batch.items() if value is not None}
 
 
 def assert_same(a: MixedBatch, b: MixedBatch) -> None:
     assert a.kind == b.kind and a.skipped == b.skipped
     assert present(a.batch) == present(b.batch)
     for name in present(a.batch):
-        assert torch.equal(getattr(a.batch, name), getattr(b.batch, name)), name
+        assert torch.equal(a.batch[name], b.batch[name]), name
 
 
 def rows(item: MixedBatch) -> list[dict]:
     """Each row's fields, texts cut to their real length (padding depends on the other rows)."""
     batch, out = item.batch, []
-    size = (batch.image if batch.image is not None else batch.text).shape[0]
+    size = (batch["image"] if "image" in batch else batch["text"]).shape[0]
     for i in range(size):
         row = {
-            name: getattr(batch, name)[i]
+            name: batch[name][i]
             for name in ("image", "image_patch_mask", "image_tokens", "itm_labels")
-            if getattr(batch, name) is not None
+            if name in batch
         }
-        if batch.text is not None:
-            n = int(batch.text_attention_mask[i].sum())
-            row.update({name: getattr(batch, name)[i, :n] for name in ("text", "text_masked", "mlm_labels")})
+        if "text" in batch:
+            n = int(batch["text_attention_mask"][i].sum())
+            row.update({name: batch[name][i, :n] for name in ("text", "text_masked", "mlm_labels")})
         out.append(row)
     return out
 
 
-def text_of(tokenizer, batch: PretrainingBatch, row: int) -> str:
-    n = int(batch.text_attention_mask[row].sum())
-    return tokenizer.decode(batch.text[row, 1 : n - 1].tolist())
+def text_of(tokenizer, batch: dict, row: int) -> str:
+    n = int(batch["text_attention_mask"][row].sum())
+    return tokenizer.decode(batch["text"][row, 1 : n - 1].tolist())
 
 
 class Recording(Dataset):
@@ -136,27 +137,27 @@ def test_reference_covers_every_kind(reference):
 
 def test_fields_per_kind(reference, tokenizer):
     for item in reference:
-        assert isinstance(item, MixedBatch) and isinstance(item.batch, PretrainingBatch)
+        assert isinstance(item, MixedBatch) and isinstance(item.batch, dict)
         assert present(item.batch) == FIELDS[item.kind]
         assert item.skipped == []
         batch = item.batch
         if item.kind != "texts":
-            assert batch.image.shape == (4, 3, 32, 32) and batch.image.dtype == torch.float32
-            assert batch.image_patch_mask.shape == (4, 16) and batch.image_patch_mask.dtype == torch.bool
-            assert batch.image_tokens.shape == (4, 16) and batch.image_tokens.dtype == torch.long
-            assert 0 <= int(batch.image_tokens.min()) and int(batch.image_tokens.max()) < CODEBOOK_VOCAB
+            assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
+            assert batch["image_patch_mask"].shape == (4, 16) and batch["image_patch_mask"].dtype == torch.bool
+            assert batch["image_tokens"].shape == (4, 16) and batch["image_tokens"].dtype == torch.long
+            assert 0 <= int(batch["image_tokens"].min()) and int(batch["image_tokens"].max()) < CODEBOOK_VOCAB
         if item.kind != "images":
-            length = batch.text.shape[1]
+            length = batch["text"].shape[1]
             for name in TEXT_FIELDS:
-                assert getattr(batch, name).shape == (4, length) and getattr(batch, name).dtype == torch.long
-            assert int(batch.text_attention_mask.sum(dim=1).max()) == length  # padded to the longest row
-            assert int(batch.text.max()) < tokenizer.vocab_size
+                assert batch[name].shape == (4, length) and batch[name].dtype == torch.long
+            assert int(batch["text_attention_mask"].sum(dim=1).max()) == length  # padded to the longest row
+            assert int(batch["text"].max()) < tokenizer.vocab_size
         if item.kind == "pairs":
-            assert batch.itm_labels.shape == (4,) and batch.itm_labels.dtype == torch.long
+            assert batch["itm_labels"].shape == (4,) and batch["itm_labels"].dtype == torch.long
 
 
 def test_every_patch_mask_has_exactly_num_masked_patches(reference):
-    masks = torch.cat([item.batch.image_patch_mask for item in reference if item.kind != "texts"])
+    masks = torch.cat([item.batch["image_patch_mask"] for item in reference if item.kind != "texts"])
     assert masks.shape == (20, 16)  # 5 of the 8 steps carry images
     assert masks.sum(dim=1).tolist() == [NUM_MASKED] * 20
     assert len({tuple(m.tolist()) for m in masks}) > 10  # masks differ between items
@@ -168,22 +169,22 @@ def test_mlm_labels_only_at_selected_positions(reference, tokenizer):
         if item.kind == "images":
             continue
         b = item.batch
-        lengths = b.text_attention_mask.sum(dim=1)
-        padding = b.text_attention_mask == 0
-        selected = b.mlm_labels != -100
-        changed = b.text_masked != b.text
-        assert torch.equal(b.mlm_labels[selected], b.text[selected])  # labels hold the original ids
+        lengths = b["text_attention_mask"].sum(dim=1)
+        padding = b["text_attention_mask"] == 0
+        selected = b["mlm_labels"] != -100
+        changed = b["text_masked"] != b["text"]
+        assert torch.equal(b["mlm_labels"][selected], b["text"][selected])  # labels hold the original ids
         assert not bool((changed & ~selected).any())  # only selected tokens change
-        rows_ = torch.arange(b.text.shape[0])
-        assert bool((b.text[:, 0] == tokenizer.cls_id).all())
-        assert bool((b.text[rows_, lengths - 1] == tokenizer.sep_id).all())
+        rows_ = torch.arange(b["text"].shape[0])
+        assert bool((b["text"][:, 0] == tokenizer.cls_id).all())
+        assert bool((b["text"][rows_, lengths - 1] == tokenizer.sep_id).all())
         protected = padding.clone()
         protected[:, 0] = True
         protected[rows_, lengths - 1] = True
         assert not bool((selected & protected).any())  # never CLS, SEP or padding
-        assert bool((b.text[padding] == tokenizer.pad_id).all())
-        assert bool((b.text_masked[padding] == tokenizer.pad_id).all())
-        assert not bool(torch.isin(b.mlm_labels[selected], torch.tensor(tokenizer.special_ids)).any())
+        assert bool((b["text"][padding] == tokenizer.pad_id).all())
+        assert bool((b["text_masked"][padding] == tokenizer.pad_id).all())
+        assert not bool(torch.isin(b["mlm_labels"][selected], torch.tensor(tokenizer.special_ids)).any())
         selected_total += int(selected.sum())
         changed_total += int(changed.sum())
     assert selected_total > 0 and 0 < changed_total <= selected_total
@@ -212,7 +213,7 @@ def test_two_ranks_hold_exactly_the_items_of_one(tokenizer, codebook):
     for step in range(6):
         whole, part0, part1 = one[step], rank0[step], rank1[step]
         assert whole.kind == part0.kind == part1.kind
-        assert part0.batch.image is None or part0.batch.image.shape[0] == 2
+        assert "image" not in part0.batch or part0.batch["image"].shape[0] == 2
         expected, got = rows(whole), rows(part0) + rows(part1)
         assert len(got) == len(expected) == 4
         for e, g in zip(expected, got):
@@ -220,7 +221,7 @@ def test_two_ranks_hold_exactly_the_items_of_one(tokenizer, codebook):
             for name in e:
                 assert torch.equal(e[name], g[name]), (step, name)
         if whole.kind == "pairs":
-            negatives += int((whole.batch.itm_labels == 0).sum())
+            negatives += int((whole.batch["itm_labels"] == 0).sum())
     assert negatives > 0  # ITM negatives were part of the comparison
 
 
@@ -266,9 +267,9 @@ def test_itm_negatives_replace_the_caption_with_another(tokenizer, codebook):
     positive = dataset(collator(tokenizer, codebook, itm_negative_probability=0.0), **kwargs)
     for step in range(3):
         neg, pos = negative[step].batch, positive[step].batch
-        assert neg.itm_labels.tolist() == [0, 0, 0, 0] and pos.itm_labels.tolist() == [1, 1, 1, 1]
+        assert neg["itm_labels"].tolist() == [0, 0, 0, 0] and pos["itm_labels"].tolist() == [1, 1, 1, 1]
         for name in IMAGE_FIELDS:
-            assert torch.equal(getattr(neg, name), getattr(pos, name))  # same images, other captions
+            assert torch.equal(neg[name], pos[name])  # same images, other captions
         for row in range(4):
             own, other = text_of(tokenizer, pos, row), text_of(tokenizer, neg, row)
             assert own in captions and other in captions and other != own
@@ -279,13 +280,13 @@ def test_unusable_items_are_replaced_and_reported(tokenizer, codebook):
     data = dataset(collator(tokenizer, codebook), sources={"pairs": source}, ratios={"pairs": 1.0}, batch=8)
     item = data[0]
     assert item.kind == "pairs"
-    assert item.batch.image.shape[0] == item.batch.text.shape[0] == item.batch.itm_labels.shape[0] == 8
+    assert item.batch["image"].shape[0] == item.batch["text"].shape[0] == item.batch["itm_labels"].shape[0] == 8
     assert item.skipped == [SkippedSample("pairs", index, reason) for index, reason in source.raised]
     assert {1, 5} <= {s.index for s in item.skipped}  # one pass over 8 items meets both bad ones
     assert all(s.reason == f"broken item {s.index}" for s in item.skipped)
     texts = Recording(ShapesWorld("texts", 6), bad={0, 2, 4})
     item = dataset(collator(tokenizer, codebook), sources={"texts": texts}, ratios={"texts": 1.0}, batch=6)[0]
-    assert item.batch.text.shape[0] == 6 and item.kind == "texts"
+    assert item.batch["text"].shape[0] == 6 and item.kind == "texts"
     assert item.skipped == [SkippedSample("texts", index, reason) for index, reason in texts.raised]
     assert {0, 2, 4} <= {s.index for s in item.skipped}
 
@@ -333,7 +334,7 @@ def test_step_out_of_range(tokenizer, codebook):
 
 def test_collator_argument_errors(tokenizer, codebook):
     with pytest.raises(ValueError, match="num_masked_patches"):
-        PretrainingCollator(
+        FLAVAPretrainingCollator(
             tokenizer, PretrainingImageTransform(32, 32), codebook=None, patch_grid=4, num_masked_patches=17
         )
     with pytest.raises(ValueError, match="itm_negative_probability"):
@@ -341,7 +342,7 @@ def test_collator_argument_errors(tokenizer, codebook):
 
 
 def test_without_a_codebook_the_batch_carries_codebook_pixels(tokenizer):
-    collate = PretrainingCollator(
+    collate = FLAVAPretrainingCollator(
         tokenizer,
         PretrainingImageTransform(32, 16),
         codebook=None,
@@ -351,7 +352,7 @@ def test_without_a_codebook_the_batch_carries_codebook_pixels(tokenizer):
     )
     item = dataset(collate, ratios={"images": 1.0})[0]
     assert present(item.batch) == {"image", "image_patch_mask", "codebook_pixels"}
-    pixels = item.batch.codebook_pixels
+    pixels = item.batch["codebook_pixels"]
     assert pixels.shape == (4, 3, 16, 16) and float(pixels.min()) >= 0.1 - 1e-6 and float(pixels.max()) <= 0.9 + 1e-6
 
 

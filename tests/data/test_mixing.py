@@ -1,0 +1,112 @@
+"""The generic step mixer with a plain collator: any kind names, the collator's view, draws of another item."""
+
+from collections import Counter
+
+import pytest
+from torch.utils.data import Dataset
+
+from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample, item_seed
+from torchflava.data.samples import BadSample
+
+
+class Numbers(Dataset):
+    """Items ``offset + i``; the indices in ``bad`` are unusable."""
+
+    def __init__(self, size, offset=0, bad=()):
+        self.size, self.offset, self.bad = size, offset, set(bad)
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        if index in self.bad:
+            raise BadSample(index, f"number {index} is broken")
+        return self.offset + index
+
+
+def listing(kind, samples, seeds, *, another=None):
+    """A collator that keeps everything it is given (and one draw of another item per row)."""
+    others = [another(row, seed, lambda source, index: source[index]) for row, seed in enumerate(seeds)]
+    return {"kind": kind, "samples": list(samples), "seeds": list(seeds), "others": others}
+
+
+def mixer(sources=None, ratios=None, **kwargs):
+    sources = {"odd": Numbers(10, 1000), "even": Numbers(6, 2000)} if sources is None else sources
+    ratios = {"odd": 1.0, "even": 1.0} if ratios is None else ratios
+    kwargs = {"global_batch_size": 4, "num_steps": 30, **kwargs}
+    return MixedBatches(sources, ratios, listing, **kwargs)
+
+
+def test_items_are_step_indexed_and_seeded():
+    data = mixer()
+    item = data[3]
+    assert isinstance(item, MixedBatch) and item.kind == data.kind(3) and item.kind in ("odd", "even")
+    assert item.batch["kind"] == item.kind and item.skipped == []
+    assert mixer()[3] == item  # a new mixer, the same item
+    assert [mixer(seed=1).kind(s) for s in range(30)] != [data.kind(s) for s in range(30)]
+    # the seeds are per (seed, kind, stream position): distinct within a batch and across steps
+    seeds = [seed for step in range(30) for seed in data[step].batch["seeds"]]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_each_pass_over_a_source_reads_every_item_once():
+    data = mixer(sources={"only": Numbers(8)}, ratios={"only": 1.0})
+    first = data[0].batch["samples"] + data[1].batch["samples"]
+    second = data[2].batch["samples"] + data[3].batch["samples"]
+    assert sorted(first) == sorted(second) == list(range(8)) and first != second
+
+
+def test_ranks_split_each_global_batch():
+    whole = mixer()
+    parts = [mixer(rank=r, world_size=2) for r in (0, 1)]
+    for step in range(10):
+        assert parts[0][step].kind == parts[1][step].kind == whole[step].kind
+        for field in ("samples", "seeds", "others"):
+            assert parts[0][step].batch[field] + parts[1][step].batch[field] == whole[step].batch[field], field
+
+
+def test_ratios_of_any_kind_names():
+    data = mixer(ratios={"odd": 3.0, "even": 1.0}, num_steps=2000)
+    counts = Counter(data.kind(step) for step in range(2000))
+    assert abs(counts["odd"] / 2000 - 0.75) < 0.03
+    assert {mixer(ratios={"even": 1.0}).kind(s) for s in range(30)} == {"even"}  # a kind without a ratio: never
+
+
+def test_another_is_another_item_of_the_same_source_and_reports_unusable_ones():
+    clean = mixer(sources={"only": Numbers(6)}, ratios={"only": 1.0}, global_batch_size=6, num_steps=4)
+    for step in range(4):
+        item = clean[step]
+        assert all(o in range(6) and o != s for s, o in zip(item.batch["samples"], item.batch["others"]))
+    data = mixer(sources={"only": Numbers(6, bad={2})}, ratios={"only": 1.0}, global_batch_size=6, num_steps=4)
+    skipped = []
+    for step in range(4):
+        item = data[step]
+        assert 2 not in item.batch["samples"] and 2 not in item.batch["others"]  # replaced, never returned
+        assert len(item.batch["samples"]) == 6
+        skipped += item.skipped
+    assert skipped and set(skipped) == {SkippedSample("only", 2, "number 2 is broken")}
+    single = mixer(sources={"one": Numbers(1)}, ratios={"one": 1.0}, global_batch_size=2)
+    assert single[0].batch["others"] == [None, None]
+
+
+def test_item_seed_is_stable():
+    assert item_seed(0, "odd", 5) == item_seed(0, "odd", 5) != item_seed(0, "odd", 6)
+    assert 0 <= item_seed("x") < 2**63
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(sources={}), "sources"),
+        (dict(ratios={"odd": 1.0, "prime": 1.0}), r"ratios: expected kinds among the sources .*'prime'"),
+        (dict(ratios={"odd": 0.0}), "ratios"),
+        (dict(ratios={"odd": -1.0, "even": 2.0}), "ratios"),
+        (dict(sources={"odd": Numbers(0)}, ratios={"odd": 1.0}), r"sources\['odd'\] is empty"),
+        (dict(global_batch_size=6, world_size=4), "global_batch_size"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(rank=2, world_size=2), "rank"),
+    ],
+)
+def test_argument_errors(change, match):
+    with pytest.raises(ValueError, match=match):
+        mixer(**change)

@@ -1,0 +1,332 @@
+"""The shared training loop on a toy model: global-count means, accumulation, 2-rank parity (gloo DDP and
+FSDP2), resume (exact, and on another world size), the non-finite stop, the after-step hook, logging."""
+
+from datetime import timedelta
+import json
+from pathlib import Path
+import shutil
+import time
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import nn
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import Dataset
+
+from torchflava.training.checkpointing import CheckpointManager
+from torchflava.training.config import ConfigError
+from torchflava.training.loop import FitResult, StepOutput, fit
+from torchflava.training.metrics import read_metrics
+from torchflava.training.schema import NonFiniteLossError, OptimConfig, TrainingConfig
+
+ROWS, TOKENS, WORLD_SIZE = 8, 5, 2
+JOIN_TIMEOUT_S = 180
+
+
+class Toy(nn.Module):
+    """A linear map per token with a scalar gain (a replicated parameter under FSDP2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.linear = nn.Linear(3, 2)
+        self.gain = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.gain
+
+
+class Killed(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+class ToyItem(NamedTuple):
+    batch: dict
+    kind: str
+    skipped: list
+
+
+class ToyData(Dataset):
+    """Micro-batch ``i`` of a run: the ``i % accumulation``-th part of global step ``i // accumulation``'s
+    batch of ROWS rows, this rank's share of it. Rows hold 1 to TOKENS valid tokens (all with ``full``)."""
+
+    def __init__(self, steps, *, accumulation=1, rank=0, world_size=1, full=False) -> None:
+        self.steps, self.accumulation, self.rank, self.world_size, self.full = (
+            steps,
+            accumulation,
+            rank,
+            world_size,
+            full,
+        )
+
+    def __len__(self) -> int:
+        return self.steps * self.accumulation
+
+    def __getitem__(self, index: int) -> ToyItem:
+        step, part = divmod(index, self.accumulation)
+        g = torch.Generator().manual_seed(100 + step)
+        x, y = torch.randn(ROWS, TOKENS, 3, generator=g), torch.randn(ROWS, TOKENS, 2, generator=g)
+        lengths = torch.full((ROWS,), TOKENS) if self.full else torch.randint(1, TOKENS + 1, (ROWS,), generator=g)
+        mask = torch.arange(TOKENS) < lengths[:, None]
+        micro = ROWS // self.accumulation
+        local = micro // self.world_size
+        rows = slice(part * micro + self.rank * local, part * micro + (self.rank + 1) * local)
+        skipped = [("toy", step, f"step {step} met a bad item")] if step % 3 == 0 and part == 0 else []
+        return ToyItem({"x": x[rows], "y": y[rows], "mask": mask[rows]}, "toy", skipped)
+
+
+def toy_sums(model, batch):
+    """The toy's losses: squared error averaged over valid tokens, and 0.1 x a per-row penalty."""
+    prediction = model(batch["x"])
+    error = ((prediction - batch["y"]) ** 2).sum(-1)  # (B, T)
+    rows = (prediction.mean(1) ** 2).sum(-1)  # (B,)
+    sums = {"tokens": (error * batch["mask"]).sum(), "rows": 0.1 * rows.sum()}
+    return sums, {"tokens": batch["mask"].sum(), "rows": torch.tensor(float(rows.numel()))}
+
+
+def toy_step(model, item):
+    return StepOutput(*toy_sums(model, item.batch))
+
+
+def settings(out, **changes):
+    training = dict(
+        output_dir=str(out),
+        max_steps=6,
+        global_batch_size=ROWS,
+        log_every=1,
+        checkpoint_every=3,
+        progress_bar=False,
+        tensorboard=False,
+        device="cpu",
+    )
+    optim = dict(lr=0.05, warmup_steps=0, weight_decay=0.0, clip_grad_norm=1.0)
+    for key, value in changes.items():
+        (optim if key in optim else training)[key] = value
+    return TrainingConfig(**training), OptimConfig(**optim)
+
+
+def run(out, *, data=None, step=toy_step, after_step=None, **changes) -> tuple[Toy, FitResult]:
+    training, optim = settings(out, **changes)
+    model = Toy()
+    data = ToyData(training.max_steps, accumulation=training.grad_accumulation) if data is None else data
+    return model, fit(model, step, data, training=training, optim=optim, after_step=after_step, shard_layers=())
+
+
+def losses(out) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(Path(out) / "metrics.jsonl")}
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+# ------------------------------------------------------------------------------------------- one process
+def test_the_loss_is_each_sum_over_its_global_count(tmp_path):
+    model, result = run(tmp_path, max_steps=1, checkpoint_every=1)
+    batch = ToyData(1)[0].batch
+    with torch.no_grad():
+        sums, counts = toy_sums(Toy(), batch)
+    expected = {name: float(sums[name] / counts[name]) for name in sums}
+    record = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert record["loss/tokens"] == pytest.approx(expected["tokens"], rel=1e-6)
+    assert record["loss/rows"] == pytest.approx(expected["rows"], rel=1e-6)
+    assert record["loss"] == pytest.approx(sum(expected.values()), rel=1e-6) == result.loss
+    assert record["kind"] == "toy" and record["samples_per_s"] > 0 and record["grad_norm"] > 0
+    assert record["lr"] == pytest.approx(0.0)  # one step: the cosine has reached its end
+    assert result.step == 1 and result.resumed_from is None
+    assert result.skipped == [("toy", 0, "step 0 met a bad item")]
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    one, _ = run(tmp_path / "one", data=ToyData(6, full=True))
+    two, _ = run(tmp_path / "two", data=ToyData(6, accumulation=2, full=True), grad_accumulation=2)
+    assert losses(tmp_path / "one").keys() == losses(tmp_path / "two").keys() == set(range(1, 7))
+    for step, value in losses(tmp_path / "one").items():
+        assert losses(tmp_path / "two")[step] == pytest.approx(value, rel=1e-6), step
+    for name, value in params(one).items():
+        torch.testing.assert_close(params(two)[name], value, rtol=1e-6, atol=1e-6)
+
+
+def test_accumulation_averages_the_micro_batch_means(tmp_path):
+    """Micro-batches with other token counts: each is normalised by its own count, then averaged."""
+    run(tmp_path, data=ToyData(1, accumulation=2), grad_accumulation=2, max_steps=1, checkpoint_every=1)
+    data = ToyData(1, accumulation=2)
+    with torch.no_grad():
+        parts = [toy_sums(Toy(), data[i].batch) for i in range(2)]
+    counts = [float(c["tokens"]) for _, c in parts]
+    assert counts[0] != counts[1]  # the case where this differs from one big batch
+    expected = sum(float(s["tokens"]) / c for (s, _), c in zip(parts, counts)) / 2
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss/tokens"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_after_step_hook_runs_after_every_optimiser_step(tmp_path):
+    seen = []
+
+    def step(model, item):
+        seen.append(float(model.gain.detach()))
+        sums, counts = toy_sums(model, item.batch)
+        return StepOutput({**sums, "push": -10 * model.gain * counts["rows"]}, {**counts, "push": counts["rows"]})
+
+    def clamp():
+        calls.append(len(seen))
+        with torch.no_grad():
+            clamped.gain.clamp_(max=1.02)
+
+    calls = []
+    free, _ = run(tmp_path / "free", step=step)
+    seen.clear()
+    training, optim = settings(tmp_path / "clamped")
+    clamped = Toy()
+    fit(clamped, step, ToyData(6), training=training, optim=optim, after_step=clamp, shard_layers=())
+    assert float(free.gain.detach()) > 1.05  # without the hook the gain keeps growing
+    assert calls == [1, 2, 3, 4, 5, 6]  # once per step, after that step's forward
+    assert float(clamped.gain.detach()) == pytest.approx(1.02) and all(g <= 1.02 + 1e-6 for g in seen)
+
+
+def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
+    reference, full = run(tmp_path / "reference", max_steps=8)
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 5:  # after step 5's update: step 4 was logged, the last checkpoint is step 3
+            raise Killed
+
+    calls = {"n": 0}
+    with pytest.raises(Killed):
+        run(tmp_path / "stopped", max_steps=8, after_step=killed)
+    assert max(losses(tmp_path / "stopped")) == 4
+    assert [p.name for p in CheckpointManager(tmp_path / "stopped" / "checkpoints").complete()] == ["step_00000003"]
+    resumed, result = run(tmp_path / "stopped", max_steps=8, resume="auto")
+    assert result.resumed_from.name == "step_00000003"
+    assert losses(tmp_path / "stopped") == losses(tmp_path / "reference")  # exactly, step for step
+    for name, value in params(reference).items():
+        assert torch.equal(params(resumed)[name], value), name
+    assert result.skipped == full.skipped == [("toy", s, f"step {s} met a bad item") for s in (0, 3, 6)]
+    _, again = run(tmp_path / "stopped", max_steps=8, resume="auto")  # a finished run: nothing left to do
+    assert again.loss is None and again.step == 8 and again.skipped == full.skipped
+
+
+def test_a_non_finite_loss_stops_naming_the_last_good_checkpoint(tmp_path):
+    def step(model, item):
+        calls["n"] += 1
+        sums, counts = toy_sums(model, item.batch)
+        if calls["n"] == 5:
+            sums["tokens"] = sums["tokens"] * float("nan")
+        return StepOutput(sums, counts)
+
+    calls = {"n": 0}
+    with pytest.raises(NonFiniteLossError, match="at step 5 .*kind toy") as error:
+        run(tmp_path, step=step, max_steps=8, checkpoint_every=2)
+    assert "step_00000004" in str(error.value) and "training.resume=auto" in str(error.value)
+    assert [p.name for p in CheckpointManager(tmp_path / "checkpoints").complete()] == [
+        "step_00000002",
+        "step_00000004",
+    ]
+    assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+
+
+def test_progress_bar_and_samples_per_second(tmp_path, capsys):
+    run(tmp_path, progress_bar=True, log_every=2)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [2, 4, 6] and all(r["samples_per_s"] > 0 for r in records)
+    err = capsys.readouterr().err
+    assert "training" in err and "6/6" in err
+
+
+def test_bad_arguments_are_named_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="at least max_steps x grad_accumulation = 12 micro-batches, got 6"):
+        run(tmp_path, data=ToyData(6), grad_accumulation=2)
+    assert not (tmp_path / "metrics.jsonl").exists()
+    with pytest.raises(ValueError, match=r"loss_sums and counts must name the same losses .*\['a'\] and \['b'\]"):
+        run(tmp_path / "keys", step=lambda m, item: StepOutput({"a": m.gain * 1}, {"b": 1}))
+    with pytest.raises(TypeError, match="StepOutput"):
+        run(tmp_path / "type", step=lambda m, item: m.gain)
+    with pytest.raises(ValueError, match="holds no TransformerEncoder"):  # the loop applies checkpointing
+        run(tmp_path / "checkpointing", activation_checkpointing="selective")
+    with pytest.raises(ConfigError, match="training.resume"):
+        run(tmp_path / "resume", resume=str(tmp_path / "nowhere"))
+    run(tmp_path / "twice", max_steps=1, checkpoint_every=1)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        run(tmp_path / "twice", max_steps=1)
+
+
+# ------------------------------------------------------------------------------------ two ranks (gloo)
+def _worker(rank: int, init_file: str, root: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=90)
+    )
+    try:
+        root = Path(root)
+        results = {}
+        for strategy in ("ddp", "fsdp"):
+            training, optim = settings(root / strategy, strategy=strategy)
+            model = Toy()
+            data = ToyData(6, rank=rank, world_size=WORLD_SIZE)
+            fit(model, toy_step, data, training=training, optim=optim, shard_layers=())
+            full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+            results[strategy] = {k: v.detach().clone() for k, v in full.items()}
+        # resume on 2 ranks the single-process run stopped after step 3
+        training, optim = settings(root / "one_to_two", strategy="ddp", resume="auto")
+        model = Toy()
+        fit(model, toy_step, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
+        results["one_to_two"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save(results, root / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The single-process reference, then 2 spawned gloo ranks (DDP, FSDP2, resuming the reference)."""
+    root = tmp_path_factory.mktemp("loop")
+    single, _ = run(root / "single")
+    shutil.copytree(root / "single", root / "one_to_two")
+    shutil.rmtree(root / "one_to_two" / "checkpoints" / "step_00000006")  # as if stopped after step 3
+    context = mp.start_processes(
+        _worker, args=(str(root / "init"), str(root)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):  # raises if a rank failed
+            if time.monotonic() >= deadline:
+                pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {JOIN_TIMEOUT_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=10)
+    return root, params(single), torch.load(root / "rank0.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "one_to_two"])
+def test_two_ranks_reproduce_one_process(two_ranks, strategy):
+    root, single, results = two_ranks
+    reference = losses(root / "single")
+    assert losses(root / strategy).keys() == reference.keys() == set(range(1, 7))
+    for step, value in reference.items():
+        assert losses(root / strategy)[step] == pytest.approx(value, rel=1e-5, abs=1e-6), step
+    for name, value in single.items():
+        torch.testing.assert_close(results[strategy][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_two_rank_run_resumes_on_one_process(two_ranks, tmp_path):
+    root, single, _ = two_ranks
+    shutil.copytree(root / "ddp", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000006")
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "COMPLETE").read_text())
+    assert (saved["step"], saved["world_size"]) == (3, 2)
+    model, result = run(tmp_path / "run", resume="auto")
+    assert result.resumed_from.name == "step_00000003"
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    reference = read_metrics(root / "single" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 7))
+    for got, expected in zip(records, reference):
+        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6)
+        assert got["lr"] == pytest.approx(expected["lr"], rel=1e-12)  # the schedule continues where it was
+    for name, value in single.items():
+        torch.testing.assert_close(params(model)[name], value, rtol=1e-5, atol=1e-6)
+    # the unusable samples both ranks met before the stop, and the ones met after it
+    assert result.skipped == [("toy", s, f"step {s} met a bad item") for s in (0, 3)]

@@ -1,0 +1,197 @@
+"""Step-indexed batches from weighted sources, for any collator.
+
+:class:`MixedBatches` is a map-style dataset whose item ``step`` is this rank's share of the global
+batch of (micro-)step ``step``. Everything random about a batch (which source it comes from, which
+items, and each item's seed, from which a collator draws crops, masks, negatives...) is a pure
+function of (seed, step, slot in the global batch), so:
+
+* a run resumes exactly from any step, on any number of ranks (the position follows from the step),
+* N ranks with B/N items each see exactly the items of one process with B items, and
+* the result does not depend on the number of data-loader workers.
+
+Unusable items (:class:`~torchflava.data.samples.BadSample`) are replaced by other items drawn for
+the same slot and reported in the batch's ``skipped`` list, so they are counted, never fatal and
+never the cause of a lost epoch.
+"""
+
+import random
+from typing import Any, Callable, Mapping, NamedTuple, Optional, TypeVar
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from torchflava.data.samples import BadSample
+
+T = TypeVar("T")
+
+# another(row, seed, read): ``read(source, index)`` of an item of the batch's source other than row's
+# own (drawn from ``seed``), or None when the source has a single item.
+Another = Callable[[int, int, Callable[[Dataset, int], T]], Optional[T]]
+
+
+def item_seed(*parts: object) -> int:
+    """A 63-bit seed derived from ``parts`` (stable across processes and Python runs)."""
+    return random.Random("/".join(map(str, parts))).getrandbits(63)
+
+
+class SkippedSample(NamedTuple):
+    """An unusable item met while building a batch."""
+
+    kind: str
+    index: int
+    reason: str
+
+
+class MixedBatch(NamedTuple):
+    """Item of :class:`MixedBatches`: the collated batch, the source it came from, the items it skipped."""
+
+    batch: Any
+    kind: str
+    skipped: list
+
+
+class MixedBatches(Dataset):
+    """Item ``step`` = this rank's share of the global batch of step ``step``.
+
+    Each step draws its source ("kind") by ``ratios``; the items of a source are read in a fresh
+    seeded permutation per pass over it. The batch is
+    ``collator(kind, samples, seeds, another=another)``: the usable samples of this rank's slots,
+    one seed per sample, and ``another(row, seed, read)``, which reads (``read(source, index)``) an
+    item of the same source other than row ``row``'s own, drawn from ``seed`` (e.g. for negatives),
+    or gives None when the source has one item; unusable ones met there are skipped and reported too.
+
+    Args:
+        sources (Mapping[str, Dataset]): map-style sources by kind name; the order of the keys fixes
+            the stream of kinds.
+        ratios (Mapping[str, float]): relative share of steps of each kind (a kind without a ratio,
+            or with ratio 0, is never drawn).
+        collator (Callable): samples -> batch, as above.
+        global_batch_size (int): items per step over all ranks.
+        num_steps (int): number of steps (the dataset's length).
+        rank (int): this rank.
+        world_size (int): number of ranks; must divide ``global_batch_size``.
+        seed (int): data seed.
+        max_attempts (int): replacement draws for one slot before the data is declared broken.
+
+    Raises:
+        ValueError: if a ratio names no source, a ratio is negative or none is positive, a source
+            is empty, or a size or rank is invalid.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Dataset],
+        ratios: Mapping[str, float],
+        collator: Callable,
+        *,
+        global_batch_size: int,
+        num_steps: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        max_attempts: int = 50,
+    ) -> None:
+        if not sources:
+            raise ValueError("sources: expected at least one source, got none")
+        unknown = sorted(set(ratios) - set(sources))
+        if unknown:
+            raise ValueError(f"ratios: expected kinds among the sources {list(sources)}, got {unknown}")
+        self.kinds = list(sources)
+        weights = np.array([float(ratios.get(k, 0.0)) for k in self.kinds])
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(
+                f"ratios: expected values >= 0 with a positive one for a kind that has a source, got {dict(ratios)}"
+            )
+        for kind, source in sources.items():
+            if len(source) < 1:
+                raise ValueError(f"sources[{kind!r}] is empty")
+        if not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+        if global_batch_size < 1 or global_batch_size % world_size:
+            raise ValueError(
+                f"global_batch_size ({global_batch_size}) must be a positive multiple of world_size ({world_size})"
+            )
+        if num_steps < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"num_steps must be >= 1 and rank in [0, world_size); got {num_steps}, {rank}, {world_size}"
+            )
+        self.sources, self.collator = dict(sources), collator
+        self.global_batch_size, self.num_steps = global_batch_size, num_steps
+        self.rank, self.world_size, self.seed, self.max_attempts = rank, world_size, seed, max_attempts
+        # Kinds of all steps at once (a prefix of the same stream for any num_steps), and how many
+        # earlier steps drew the same kind: the position of each step's items in its source's stream.
+        draws = np.random.default_rng(seed).random(num_steps)
+        cumulative = np.cumsum(weights / weights.sum())
+        self._kinds = np.searchsorted(cumulative, draws, side="right").clip(max=len(self.kinds) - 1)
+        self._rank_of_kind = np.zeros(num_steps, dtype=np.int64)
+        for k in range(len(self.kinds)):
+            chosen = self._kinds == k
+            self._rank_of_kind[chosen] = np.arange(int(chosen.sum()))
+        self._permutations: dict[tuple[str, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def kind(self, step: int) -> str:
+        """Which source step ``step`` draws from."""
+        return self.kinds[int(self._kinds[step])]
+
+    def _index(self, kind: str, position: int) -> int:
+        """Item of ``kind``'s source at ``position`` of its stream of seeded per-pass permutations."""
+        size = len(self.sources[kind])
+        epoch, offset = divmod(position, size)
+        key = (kind, epoch)
+        if key not in self._permutations:
+            if len(self._permutations) > 6:
+                self._permutations.clear()
+            generator = np.random.default_rng([self.seed, self.kinds.index(kind), epoch])
+            self._permutations[key] = generator.permutation(size)
+        return int(self._permutations[key][offset])
+
+    def _load(self, kind: str, position: int, skipped: list) -> tuple[Any, int]:
+        """The usable sample for stream ``position`` (replacing unusable ones) and its seed."""
+        source = self.sources[kind]
+        index = self._index(kind, position)
+        for attempt in range(self.max_attempts):
+            if attempt:
+                index = random.Random(item_seed(self.seed, kind, position, attempt)).randrange(len(source))
+            try:
+                return source[index], item_seed(self.seed, kind, position, attempt)
+            except BadSample as bad:
+                skipped.append(SkippedSample(kind, index, bad.reason))
+        raise RuntimeError(
+            f"the {kind} source gave {self.max_attempts} unusable samples in a row for one slot (last: "
+            f"{skipped[-1].reason}); the data looks broken"
+        )
+
+    def _another(self, kind: str, position: int, seed: int, read: Callable, skipped: list) -> Optional[Any]:
+        """``read`` of an item of ``kind``'s source other than the one at stream ``position``."""
+        source = self.sources[kind]
+        if len(source) < 2:
+            return None
+        own = self._index(kind, position)
+        rng = random.Random(seed)
+        for _ in range(self.max_attempts):
+            index = rng.randrange(len(source) - 1)
+            index += index >= own
+            try:
+                return read(source, index)
+            except BadSample as bad:
+                skipped.append(SkippedSample(kind, index, bad.reason))
+        return None
+
+    def __getitem__(self, step: int) -> MixedBatch:
+        if not 0 <= step < self.num_steps:
+            raise IndexError(f"step {step} out of range [0, {self.num_steps})")
+        kind = self.kind(step)
+        local = self.global_batch_size // self.world_size
+        first = int(self._rank_of_kind[step]) * self.global_batch_size + self.rank * local
+        skipped: list = []
+        loaded = [self._load(kind, first + slot, skipped) for slot in range(local)]
+        batch = self.collator(
+            kind,
+            [sample for sample, _ in loaded],
+            [seed for _, seed in loaded],
+            another=lambda row, seed, read: self._another(kind, first + row, seed, read, skipped),
+        )
+        return MixedBatch(batch, kind, skipped)

@@ -1,0 +1,344 @@
+"""One training loop for every recipe: ``fit(model, step, data, training=..., optim=...)``.
+
+A recipe brings a model, a step-indexed dataset and a step function; the loop knows nothing of the
+model and does the rest:
+
+* The step function runs the forward pass of one micro-batch and returns a :class:`StepOutput`:
+  each loss summed over the items it averages (masked tokens, matched pairs, rows) and how many
+  items each sum covers on this rank.
+* The loop sums the counts over ranks, divides each sum by its global count, multiplies by the
+  world size (DDP and FSDP average gradients over ranks), adds the losses up (their weights stay in
+  the model) and backpropagates. The averaged gradient is then the one of the global-batch mean:
+  N ranks reproduce one process, and model code knows nothing of ranks.
+* Gradient accumulation averages the micro-batches' losses (each normalised as above; equal to one
+  big batch when every micro-batch holds as many items of each loss), with DDP ``no_sync`` / FSDP2
+  gradient sync on the last one only; bf16 autocast; FSDP's replicated-scalar gradient sync;
+  clipping; a stop on a non-finite loss or gradient norm, naming the last good checkpoint; a hook
+  after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s;
+  checkpoints every ``training.checkpoint_every`` steps and at the end; exact resume.
+
+Data: ``data[i]`` is this rank's share of micro-batch ``i``, a pure function of ``i`` (see
+``torchflava.data.mixing``), and ``len(data) >= max_steps * grad_accumulation``. The data position
+of a resumed run follows from its step, so a run also resumes on another number of ranks. An item
+may carry ``skipped`` (the unusable samples met building it, as tuples) and ``kind`` (a name that is
+logged): the loop checkpoints the former and returns them, distinct over ranks and resumes.
+"""
+
+from contextlib import nullcontext
+import dataclasses
+import math
+from pathlib import Path
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from torchflava.modules.layers import TransformerEncoderLayer, set_activation_checkpointing
+from torchflava.training.checkpointing import (
+    CheckpointManager,
+    checkpoint_step,
+    checkpoint_world_size,
+    rng_state,
+    set_rng_state,
+)
+from torchflava.training.distributed import all_reduce_sum, model_device, sync_replicated_grads
+from torchflava.training.metrics import MetricsLogger
+from torchflava.training.optim import clip_grad_norm
+from torchflava.training.schema import NonFiniteLossError, OptimConfig, TrainingConfig, resume_point, setup_training
+
+
+class StepOutput(NamedTuple):
+    """What a step function returns for one micro-batch on this rank.
+
+    Attributes:
+        loss_sums (dict[str, Tensor]): each (weighted) loss summed over the items it averages on this
+            rank: scalars that carry gradients.
+        counts (dict[str, Tensor]): how many items each sum covers on this rank: scalars (or numbers)
+            with the same keys. Every rank returns the same names.
+    """
+
+    loss_sums: dict[str, Tensor]
+    counts: dict[str, Tensor]
+
+
+StepFunction = Callable[[nn.Module, Any], StepOutput]
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns (on every rank).
+
+    Attributes:
+        step (int): optimiser steps done (``training.max_steps``).
+        loss (Optional[float]): the global loss of the last step this call ran; None when a resumed
+            run had no step left.
+        skipped (list[tuple]): the distinct unusable samples the items reported over all ranks and
+            the whole run (before a resume too).
+        resumed_from (Optional[Path]): the checkpoint the run resumed from.
+    """
+
+    step: int
+    loss: Optional[float]
+    skipped: list[tuple]
+    resumed_from: Optional[Path]
+
+
+def checkpoint_manager(training: TrainingConfig) -> CheckpointManager:
+    """The checkpoints of the run in ``training.output_dir`` (``checkpoints/``)."""
+    return CheckpointManager(Path(training.output_dir) / "checkpoints", keep=training.keep_checkpoints)
+
+
+def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
+    """The checkpoint the run resumes from under ``training.resume``; None for a fresh run.
+
+    Call it before any work: it is also the check that a run does not mix into another's directory.
+
+    Raises:
+        ConfigError: if ``training.resume`` is none but the output directory holds checkpoints, or
+            names a directory that is not a complete checkpoint.
+    """
+    return resume_point(checkpoint_manager(training), training.resume)
+
+
+def fit(
+    model: nn.Module,
+    step: StepFunction,
+    data: Dataset,
+    *,
+    training: TrainingConfig,
+    optim: OptimConfig,
+    after_step: Optional[Callable[[], None]] = None,
+    shard_layers: Sequence[type] = (TransformerEncoderLayer,),
+    num_workers: int = 0,
+    description: str = "training",
+) -> FitResult:
+    """Train ``model`` for ``training.max_steps`` optimiser steps (collective: every rank calls it).
+
+    Args:
+        model (nn.Module): the model, on this rank's device (the process group, if any, started).
+            It is wrapped here for ``training.strategy`` (FSDP2 shards it in place) and its
+            activation checkpointing is set from ``training.activation_checkpointing``.
+        step (StepFunction): ``step(wrapped_model, item) -> StepOutput`` for one micro-batch; the
+            item is ``data[i]`` with its tensors on the model's device.
+        data (Dataset): ``data[i]`` = this rank's share of micro-batch ``i``.
+        training (TrainingConfig): the loop's settings.
+        optim (OptimConfig): AdamW, schedule and clipping settings.
+        after_step (Optional[Callable[[], None]]): called after every optimiser step (e.g. a clamp).
+        shard_layers (Sequence[type]): module types FSDP2 shards one by one.
+        num_workers (int): data-loader worker processes.
+        description (str): the progress bar's label.
+
+    Returns:
+        FitResult: final step and loss, unusable samples, the checkpoint resumed from.
+
+    Raises:
+        ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
+            is malformed.
+        ConfigError: as :func:`resume_checkpoint`.
+        NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
+    """
+    t = training
+    accumulation = t.grad_accumulation
+    if len(data) < t.max_steps * accumulation:
+        raise ValueError(
+            f"data: expected at least max_steps x grad_accumulation = {t.max_steps * accumulation} "
+            f"micro-batches, got {len(data)}"
+        )
+    if t.threads is not None:
+        torch.set_num_threads(t.threads)
+    checkpoints, resume_from = checkpoint_manager(t), resume_checkpoint(t)
+    if t.activation_checkpointing != "none":
+        set_activation_checkpointing(model, t.activation_checkpointing)
+    device = model_device(model)
+    wrapped, optimizer, scheduler, autocast = setup_training(model, t, optim, device=device, layer_types=shard_layers)
+    start, skipped = 0, []
+    if resume_from is not None:
+        start, skipped = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler)
+    is_main = _rank() == 0
+    logger = progress = None
+    if is_main:
+        logger = MetricsLogger(
+            Path(t.output_dir) / "metrics.jsonl",
+            resume_step=start if resume_from is not None else None,
+            tensorboard_dir=Path(t.output_dir) / "tensorboard" if t.tensorboard else None,
+        )
+        if t.progress_bar and start < t.max_steps:
+            from tqdm import tqdm
+
+            progress = tqdm(total=t.max_steps, initial=start, desc=description, dynamic_ncols=True)
+    items = iter(_loader(data, start * accumulation, num_workers))
+    last_time, last_step, loss = time.perf_counter(), start, None
+
+    def micro_batch(index: int) -> tuple[dict[str, Tensor], Optional[str]]:
+        item = _to_device(next(items), device)
+        skipped.extend(tuple(s) for s in getattr(item, "skipped", ()))
+        sync = index == accumulation - 1
+        if t.strategy == "fsdp":
+            model.set_requires_gradient_sync(sync)
+        with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext(), autocast:
+            total, means = _global_loss(step(wrapped, item), device)
+        (total / accumulation).backward()
+        return means, getattr(item, "kind", None)
+
+    try:
+        for done in range(start + 1, t.max_steps + 1):
+            wrapped.train()
+            parts: dict[str, Tensor] = {}
+            for index in range(accumulation):
+                means, kind = micro_batch(index)
+                for name, value in means.items():
+                    parts[name] = parts.get(name, 0.0) + value / accumulation
+            sync_replicated_grads(model)
+            grad_norm = clip_grad_norm(model.parameters(), optim.clip_grad_norm) if optim.clip_grad_norm else None
+            stacked = torch.stack(list(parts.values())).cpu()
+            values, loss = dict(zip(parts, stacked.tolist())), float(stacked.sum())
+            if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(float(grad_norm))):
+                raise NonFiniteLossError(_non_finite_message(loss, grad_norm, done, kind, values, checkpoints))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
+            if progress is not None:
+                progress.update(1)
+            if done % t.log_every == 0 or done == t.max_steps:
+                now = time.perf_counter()
+                samples_per_s = (done - last_step) * t.global_batch_size / max(now - last_time, 1e-9)
+                last_time, last_step = now, done
+                record = {"loss": loss, **{f"loss/{name}": value for name, value in values.items()}}
+                if kind is not None:
+                    record["kind"] = kind
+                record["lr"] = scheduler.get_last_lr()[0]
+                record["grad_norm"] = None if grad_norm is None else float(grad_norm)
+                record["samples_per_s"] = samples_per_s
+                if logger is not None:
+                    logger.log(done, record)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{samples_per_s:.0f}")
+            if done % t.checkpoint_every == 0 or done == t.max_steps:
+                checkpoints.save(done, wrapped, optimizer, _loop_state(done, scheduler, skipped))
+    finally:
+        if progress is not None:
+            progress.close()
+        if logger is not None:
+            logger.close()
+    return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
+
+
+def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+    """This rank's share of the global-batch loss (to backpropagate) and each loss's global mean."""
+    sums, counts = getattr(out, "loss_sums", None), getattr(out, "counts", None)
+    if not isinstance(sums, Mapping) or not isinstance(counts, Mapping):
+        raise TypeError(f"step output: expected a StepOutput(loss_sums, counts), got {type(out).__name__}")
+    if not sums or set(sums) != set(counts):
+        raise ValueError(
+            f"step output: loss_sums and counts must name the same losses (at least one), got {sorted(sums)} "
+            f"and {sorted(counts)}"
+        )
+    bad = sorted(name for name, value in sums.items() if not isinstance(value, Tensor) or value.dim() != 0)
+    if bad:
+        raise ValueError(f"step output: loss_sums must be scalar tensors, got others for {bad}")
+    names = sorted(sums)  # the same order on every rank
+    local = torch.stack(
+        [torch.as_tensor(counts[name], dtype=torch.float32, device=device).reshape(()) for name in names]
+        + [sums[name].detach().float().reshape(()) for name in names]
+    )
+    reduced = all_reduce_sum(local)  # global counts and sums, one collective
+    global_counts = reduced[: len(names)]
+    denominators = torch.where(global_counts > 0, global_counts, torch.ones_like(global_counts))
+    scales = _world_size() / denominators
+    total = torch.stack([sums[name].float() * scales[i] for i, name in enumerate(names)]).sum()
+    means = dict(zip(names, reduced[len(names) :] / denominators))
+    return total, {name: means[name] for name in sums}
+
+
+def _non_finite_message(loss, grad_norm, done, kind, values, checkpoints) -> str:
+    last = checkpoints.latest()
+    where = f"step {done}" + (f" (kind {kind})" if kind is not None else "")
+    norm = "" if grad_norm is None else f", gradient norm {float(grad_norm)}"
+    return (
+        f"loss is {loss}{norm} at {where}, parts {values}; stopping. The last good checkpoint is "
+        f"{last if last is not None else 'none (no checkpoint was written yet)'}; lower optim.lr or set "
+        "optim.clip_grad_norm, then resume with training.resume=auto"
+    )
+
+
+def _loop_state(step: int, scheduler, skipped: list) -> dict:
+    """This rank's part of a checkpoint: step, schedule, RNG states, unusable samples met."""
+    return {
+        "step": step,
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "skipped": [list(s) for s in skipped],
+    }
+
+
+def _resume(checkpoints: CheckpointManager, path: Path, wrapped, optimizer, scheduler) -> tuple[int, list]:
+    """Load checkpoint ``path``; return its step and this rank's unusable samples so far."""
+    local = checkpoints.load(path, wrapped, optimizer)
+    step = checkpoint_step(path)
+    if local and checkpoint_world_size(path) == _world_size():
+        scheduler.load_state_dict(local["scheduler"])
+        set_rng_state(local["rng"])
+        return step, [tuple(s) for s in local["skipped"]]
+    # Written by another number of ranks: the schedule is every rank's, the RNG streams are per rank
+    # (left as they are), and rank 0 takes over the unusable samples every saved rank met.
+    saved = [torch.load(p, weights_only=True) for p in sorted(Path(path).glob("rank*.pt"))]
+    scheduler.load_state_dict(saved[0]["scheduler"])
+    return step, [tuple(s) for state in saved for s in state["skipped"]] if _rank() == 0 else []
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _loader(data: Dataset, first: int, num_workers: int) -> DataLoader:
+    """Items ``first, first + 1, ...`` of ``data`` in order (the loader draws nothing from the global RNG)."""
+    return DataLoader(
+        Subset(data, range(first, len(data))),
+        batch_size=None,
+        collate_fn=_identity,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (mappings, lists, tuples, named tuples, dataclasses) on ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_to_device(item, device) for item in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value, **{f.name: _to_device(getattr(value, f.name), device) for f in dataclasses.fields(value) if f.init}
+        )
+    return value
+
+
+def _distinct(skipped: list) -> list[tuple]:
+    """The distinct entries of every rank's ``skipped`` (collective), sorted."""
+    gathered = [skipped]
+    if dist.is_initialized():
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, skipped)
+    distinct = {tuple(entry) for part in gathered for entry in part}
+    try:
+        return sorted(distinct)
+    except TypeError:  # entries of mixed types
+        return sorted(distinct, key=repr)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
