@@ -24,10 +24,10 @@ import torch.distributed as dist
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
 from torchflava.data.mixing import MixedBatch, MixedBatches
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
-from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
+from torchflava.data.shapes import ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
-from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
+from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
@@ -325,45 +325,26 @@ def _report(cfg: TrainConfig, distinct: list, export_path: Path, tokenizer: Word
     )
     tokenizer.save(export_path.parent)
     if cfg.eval.enabled and cfg.data.source == "shapes":
-        report["eval"] = evaluate_shapes(cfg, export_path, tokenizer)
+        report["eval"] = evaluate_export(cfg, export_path, tokenizer)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     print(format_report(report))
     return report
 
 
-@torch.no_grad()
-def evaluate_shapes(cfg: TrainConfig, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
-    """Zero-shot colour-shape classification and retrieval on the held-out shapes split."""
+def evaluate_export(cfg: TrainConfig, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
+    """Zero-shot colour-shape classification and retrieval on the held-out shapes split, from the export."""
     backbone = load_pretrained(export_path.parent).model  # the export directory: weights, architecture, vocab
-    test = ShapesWorld(
-        "test", cfg.data.shapes.num_test, image_size=cfg.data.shapes.image_size, seed=cfg.data.shapes.seed
+    s = cfg.data.shapes
+    return evaluate_shapes(
+        backbone,
+        lambda texts: tokenizer(list(texts), max_length=cfg.data.max_text_length),
+        EvalImageTransform(cfg.model.image_size),
+        num_test=s.num_test,
+        render_size=s.image_size,
+        seed=s.seed,
+        templates=cfg.eval.templates,
+        batch_size=cfg.eval.batch_size,
     )
-    transform = EvalImageTransform(cfg.model.image_size)
-    samples = [test[i] for i in range(len(test))]
-    images = torch.stack([transform(s.image) for s in samples])
-    bs = cfg.eval.batch_size
-    image_features = torch.cat([backbone.encode_image(images[i : i + bs]) for i in range(0, len(images), bs)])
-
-    def tokenize(texts):
-        return tokenizer(list(texts), max_length=cfg.data.max_text_length)
-
-    def encode_text(ids, mask):
-        return torch.cat([backbone.encode_text(ids[i : i + bs], mask[i : i + bs]) for i in range(0, len(ids), bs)])
-
-    text_features = encode_text(*tokenize([s.text for s in samples]))
-    classes = zero_shot_classifier(encode_text, tokenize, CLASS_NAMES, cfg.eval.templates)
-    labels = torch.tensor([CLASS_NAMES.index(test.scene(i).label) for i in range(len(test))])
-    recall = retrieval_recall(image_features, text_features, ks=(1, 5))
-    n = len(test)
-    return {
-        "test_items": n,
-        "zero_shot_accuracy": classification_accuracy(image_features, classes, labels),
-        "zero_shot_chance": 1 / len(CLASS_NAMES),
-        "num_classes": len(CLASS_NAMES),
-        **recall,
-        "R@1_chance": 1 / n,
-        "R@5_chance": 5 / n,
-    }
 
 
 def format_report(report: dict) -> str:
@@ -372,19 +353,8 @@ def format_report(report: dict) -> str:
         f"unusable samples skipped: {report['skipped_samples']}",
     ]
     lines += [f"  {example}" for example in report["skipped_examples"]]
-    e = report.get("eval")
-    if e:
-        lines.append(f"held-out shapes split ({e['test_items']} scenes, unique captions):")
-        lines.append(
-            f"  zero-shot classification ({e['num_classes']} colour-shape classes): "
-            f"{100 * e['zero_shot_accuracy']:.1f}%   (chance {100 * e['zero_shot_chance']:.1f}%)"
-        )
-        for k in (1, 5):
-            chance = 100 * e[f"R@{k}_chance"]
-            lines.append(
-                f"  image->text R@{k}: {100 * e[f'image_to_text_R@{k}']:.1f}%   text->image R@{k}: "
-                f"{100 * e[f'text_to_image_R@{k}']:.1f}%   (chance {chance:.1f}%)"
-            )
+    if report.get("eval"):
+        lines += format_shapes_report(report["eval"])
     return "\n".join(lines)
 
 

@@ -1,0 +1,59 @@
+"""The held-out shapes task for any dual encoder, and its colour/shape breakdown."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torchflava.data.shapes import CLASS_NAMES, COLOURS, SHAPES
+from torchflava.evaluation.shapes import attribute_agreement, evaluate_shapes, format_shapes_report
+
+
+def index(name: str) -> int:
+    return CLASS_NAMES.index(name)
+
+
+def test_attribute_agreement_counts_colour_and_shape_separately():
+    labels = torch.tensor([index("red circle"), index("blue square"), index("green cross"), index("red circle")])
+    predicted = torch.tensor([index("red square"), index("blue square"), index("red cross"), index("blue triangle")])
+    got = attribute_agreement(predicted, labels)
+    assert got == {"colour_right": 0.5, "shape_right": 0.5}
+    assert attribute_agreement(labels, labels) == {"colour_right": 1.0, "shape_right": 1.0}
+    with pytest.raises(ValueError, match=r"predicted and labels must be \(N,\) with N >= 1"):
+        attribute_agreement(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long))
+    with pytest.raises(ValueError, match="class names must be '<colour> <shape>'"):
+        attribute_agreement(torch.tensor([0]), torch.tensor([0]), ["red", "blue"])
+
+
+class Oracle(torch.nn.Module):
+    """Knows the colour from the pixels and the shape from nothing: an encoder that learnt only colour."""
+
+    def encode_image(self, pixels):
+        colours = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255
+        mean = pixels.flatten(2).amax(dim=2)  # the shape's colour: the brightest value per channel
+        colour = torch.cdist(mean, colours).argmin(dim=1)
+        return F.one_hot(colour, len(COLOURS) + len(SHAPES)).float()
+
+    def encode_text(self, ids, mask):
+        # ids carry the class index in column 0 (see tokenize below); the text feature knows colour only
+        return F.one_hot(ids[:, 0] % len(COLOURS), len(COLOURS) + len(SHAPES)).float()
+
+
+def test_an_encoder_that_knows_only_colour_scores_colour_right_and_shape_at_chance():
+    def tokenize(texts):
+        rows = []
+        for text in texts:
+            words = text.split()
+            colour = next(w for w in words if w in COLOURS)
+            rows.append([list(COLOURS).index(colour)])
+        ids = torch.tensor(rows)
+        return ids, torch.ones_like(ids)
+
+    def transform(image):
+        return torch.from_numpy(__import__("numpy").asarray(image, dtype="float32") / 255).permute(2, 0, 1)
+
+    report = evaluate_shapes(Oracle(), tokenize, transform, num_test=540)
+    assert report["zero_shot_colour_right"] == 1.0
+    assert report["zero_shot_shape_right"] == pytest.approx(0.2)  # ties go to the first class: one shape of 5
+    assert report["zero_shot_accuracy"] == pytest.approx(0.2)
+    lines = format_shapes_report(report)
+    assert "colour right 100.0%, shape right 20.0%" in lines[1]

@@ -1,0 +1,130 @@
+"""The built-in held-out task: zero-shot colour-shape classification and retrieval on the shapes world.
+
+Works for any dual encoder with ``encode_image(pixels) -> (N, P)`` and ``encode_text(ids, mask) ->
+(N, P)`` normalised features (FLAVA, CLIP, a model of your own). Besides accuracy over the 30
+colour-shape classes it reports how often the predicted class has the right colour and the right
+shape, since the two are learnt at different speeds.
+"""
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
+from torchflava.evaluation.zero_shot import classification_accuracy, retrieval_recall, zero_shot_classifier
+
+DEFAULT_TEMPLATES = ("a {}", "a small {}", "a large {}")
+
+
+def attribute_agreement(predicted: Tensor, labels: Tensor, class_names: Sequence[str] = CLASS_NAMES) -> dict:
+    """How often the predicted ``"<colour> <shape>"`` class names the true colour, and the true shape.
+
+    Args:
+        predicted (Tensor): (N,) predicted class indices into ``class_names``.
+        labels (Tensor): (N,) true class indices.
+        class_names (Sequence[str]): names of the form ``"<colour> <shape>"``.
+
+    Returns:
+        dict: ``colour_right`` and ``shape_right``, shares in [0, 1].
+
+    Raises:
+        ValueError: if the shapes differ, the tensors are empty, or a name is not two words.
+    """
+    if predicted.shape != labels.shape or predicted.dim() != 1 or predicted.numel() == 0:
+        raise ValueError(
+            f"predicted and labels must be (N,) with N >= 1, got {tuple(predicted.shape)} and {tuple(labels.shape)}"
+        )
+    parts = [name.split(" ") for name in class_names]
+    if any(len(p) != 2 for p in parts):
+        raise ValueError(f"class names must be '<colour> <shape>', got {list(class_names)[:3]}...")
+    colours = torch.tensor([sorted({p[0] for p in parts}).index(p[0]) for p in parts])
+    shapes = torch.tensor([sorted({p[1] for p in parts}).index(p[1]) for p in parts])
+    return {
+        "colour_right": float((colours[predicted] == colours[labels]).float().mean()),
+        "shape_right": float((shapes[predicted] == shapes[labels]).float().mean()),
+    }
+
+
+@torch.no_grad()
+def evaluate_shapes(
+    model: nn.Module,
+    tokenize: Callable[[Sequence[str]], tuple[Tensor, Tensor]],
+    image_transform: Callable,
+    *,
+    num_test: int = 540,
+    render_size: int = 64,
+    seed: int = 0,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = 128,
+) -> dict:
+    """Zero-shot colour-shape classification and image-text retrieval on the held-out shapes split.
+
+    Args:
+        model (nn.Module): has ``encode_image(pixels)`` and ``encode_text(ids, mask)``, normalised.
+        tokenize (Callable[[Sequence[str]], tuple[Tensor, Tensor]]): texts -> (ids, attention mask).
+        image_transform (Callable): PIL image -> (3, H, W) model input.
+        num_test (int): held-out scenes (at most the 540 distinct ones).
+        render_size (int): side the scenes are drawn at.
+        seed (int): the world's seed.
+        templates (Sequence[str]): zero-shot prompt templates, each with one ``{}``.
+        batch_size (int): encoder batch size.
+
+    Returns:
+        dict: ``zero_shot_accuracy``, ``zero_shot_colour_right``, ``zero_shot_shape_right``, recall at 1
+        and 5 both ways, and the chance level of each.
+
+    Raises:
+        ValueError: if ``batch_size`` < 1 or a template lacks ``{}`` (from the zero-shot classifier).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model.eval()
+    test = ShapesWorld("test", num_test, image_size=render_size, seed=seed)
+    samples = [test[i] for i in range(len(test))]
+    images = torch.stack([image_transform(s.image) for s in samples])
+
+    def encode_text(ids: Tensor, mask: Tensor) -> Tensor:
+        return torch.cat(
+            [
+                model.encode_text(ids[i : i + batch_size], mask[i : i + batch_size])
+                for i in range(0, len(ids), batch_size)
+            ]
+        )
+
+    image_features = torch.cat(
+        [model.encode_image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
+    text_features = encode_text(*tokenize([s.text for s in samples]))
+    classes = zero_shot_classifier(encode_text, tokenize, CLASS_NAMES, templates)
+    labels = torch.tensor([CLASS_NAMES.index(test.scene(i).label) for i in range(len(test))])
+    agreement = attribute_agreement((image_features @ classes.T).argmax(dim=1), labels)
+    n = len(test)
+    return {
+        "test_items": n,
+        "zero_shot_accuracy": classification_accuracy(image_features, classes, labels),
+        "zero_shot_colour_right": agreement["colour_right"],
+        "zero_shot_shape_right": agreement["shape_right"],
+        "zero_shot_chance": 1 / len(CLASS_NAMES),
+        "num_classes": len(CLASS_NAMES),
+        **retrieval_recall(image_features, text_features, ks=(1, 5)),
+        "R@1_chance": 1 / n,
+        "R@5_chance": 5 / n,
+    }
+
+
+def format_shapes_report(e: dict) -> list[str]:
+    """The lines a recipe prints for :func:`evaluate_shapes`'s result."""
+    lines = [
+        f"held-out shapes split ({e['test_items']} scenes, unique captions):",
+        f"  zero-shot classification ({e['num_classes']} colour-shape classes): "
+        f"{100 * e['zero_shot_accuracy']:.1f}%   (chance {100 * e['zero_shot_chance']:.1f}%); "
+        f"colour right {100 * e['zero_shot_colour_right']:.1f}%, shape right {100 * e['zero_shot_shape_right']:.1f}% "
+        "(chance 16.7% / 20.0%)",
+    ]
+    for k in (1, 5):
+        lines.append(
+            f"  image->text R@{k}: {100 * e[f'image_to_text_R@{k}']:.1f}%   text->image R@{k}: "
+            f"{100 * e[f'text_to_image_R@{k}']:.1f}%   (chance {100 * e[f'R@{k}_chance']:.1f}%)"
+        )
+    return lines
