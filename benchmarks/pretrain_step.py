@@ -36,6 +36,7 @@ import torch
 
 from torchflava.models import flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_weights import convert_to_torchflava
+from torchflava.modules.layers import set_activation_checkpointing
 
 IMPLS = ("ours", "ours+full", "ours+full+codebook", "hf", "tmm")
 # Ours takes options after "+": "codebook" (the dVAE runs inside the step, as in the peers),
@@ -104,8 +105,10 @@ def build(impl: str, hf_state=None):
         ).train()
     opts = options(impl)
     mode = "full" if "full" in opts else "selective" if "selective" in opts else "none"
+    backbone = flava_model()
+    set_activation_checkpointing(backbone, mode)
     model = flava_model_for_pretraining(
-        backbone=flava_model(checkpoint_activations=mode),
+        backbone=backbone,
         build_codebook="codebook" in opts,
         recompute_contrastive_passes="rc" in opts,
     )

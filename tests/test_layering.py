@@ -40,7 +40,7 @@ def is_models(name: str) -> bool:
 
 def test_module_files_are_found():
     names = {p.relative_to(PACKAGE_ROOT).as_posix() for p in MODULE_FILES}
-    assert {"modules/layers/attention.py", "modules/encoders/fusion_encoder.py", "modules/init.py"} <= names
+    assert {"modules/layers/attention.py", "modules/encoders/multimodal_encoder.py", "modules/init.py"} <= names
 
 
 @pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.relative_to(PACKAGE_ROOT).as_posix())

@@ -22,7 +22,7 @@ from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.samples import BadSample
 from torchflava.data.transforms import EvalImageTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
-from torchflava.models.flava.model import _CLS
+from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
 from torchflava.utils.cli import run_command
 
@@ -40,7 +40,7 @@ def cls_features(pretrained: PretrainedFLAVA, source, *, batch_size: int = 128) 
 
     def flush() -> None:
         if pixels:
-            states = encoder(torch.stack(pixels), output_positions=_CLS, return_pooled=False).last_hidden_state
+            states = encoder(torch.stack(pixels), output_positions=CLS_POSITION, return_pooled=False).last_hidden_state
             features.append(states[:, 0])
             pixels.clear()
 

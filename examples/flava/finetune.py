@@ -62,7 +62,7 @@ TASKS = ("glue", "image_folder", "image_text", "shapes")
 @dataclass
 class FinetuneModelConfig:
     pretrained: Optional[str] = None  # run/export directory of train.py, or a Hugging Face FLAVA directory
-    modality: str = "text"  # text | image | mm
+    modality: str = "text"  # text | image | multimodal
     loss: Optional[str] = None  # cross_entropy | binary_cross_entropy | mse (default: by the number of classes)
     classifier_hidden_dim: int = 768
     classifier_dropout: float = 0.5

@@ -32,7 +32,7 @@ from torchflava.evaluation import classification_accuracy, retrieval_recall, zer
 from torchflava.models import PretrainingBatch, flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
-from torchflava.modules.layers import TransformerEncoderLayer
+from torchflava.modules.layers import TransformerEncoderLayer, set_activation_checkpointing
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import (
     CheckpointManager,
@@ -269,9 +269,8 @@ def backbone_kwargs(cfg: ModelConfig, vocab_size: int) -> dict:
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
     m = cfg.model
-    backbone = flava_model(
-        **backbone_kwargs(m, vocab_size), checkpoint_activations=cfg.training.activation_checkpointing
-    )
+    backbone = flava_model(**backbone_kwargs(m, vocab_size))
+    set_activation_checkpointing(backbone, cfg.training.activation_checkpointing)
     return flava_model_for_pretraining(
         backbone=backbone,
         build_codebook=False,

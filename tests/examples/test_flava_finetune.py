@@ -129,7 +129,7 @@ def test_vqa_style_soft_scores(export, tmp_path):
         f"data.val={tmp_path / 'val.jsonl'}",
         f"data.image_root={tmp_path / 'images'}",
         f"data.labels=[{','.join(answers)}]",
-        "model.modality=mm",
+        "model.modality=multimodal",
         "training.max_steps=300",
         "optim.lr=1e-3",
     )

@@ -13,15 +13,15 @@ from torchflava.training.optim import clip_grad_norm, param_groups, warmup_cosin
 # The weight matrices of a 2-layer tiny FLAVA: these, and only these, are decayed...
 DECAYED = {
     f"{encoder}.encoder.layers.{i}.{name}"
-    for encoder in ("image_encoder", "text_encoder", "fusion_encoder")
+    for encoder in ("image_encoder", "text_encoder", "multimodal_encoder")
     for i in (0, 1)
     for name in ("attn.qkv.weight", "attn.out_proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
 } | {
     "image_encoder.pooler.dense.weight",
     "text_encoder.pooler.dense.weight",
-    "fusion_encoder.pooler.dense.weight",
-    "fusion_encoder.image_proj.weight",
-    "fusion_encoder.text_proj.weight",
+    "multimodal_encoder.pooler.dense.weight",
+    "multimodal_encoder.image_proj.weight",
+    "multimodal_encoder.text_proj.weight",
     "image_projection.weight",
     "text_projection.weight",
     "image_encoder.embeddings.proj.weight",
@@ -35,7 +35,7 @@ NOT_DECAYED_MATRICES = {
     "text_encoder.embeddings.word_embed.weight",
     "text_encoder.embeddings.pos_embed.weight",
     "text_encoder.embeddings.type_embed.weight",
-    "fusion_encoder.cls_token",
+    "multimodal_encoder.cls_token",
 }
 
 

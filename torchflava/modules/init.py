@@ -1,20 +1,24 @@
-"""Weight initialisation shared by the transformer models."""
+"""Generic weight initialisation: torch's leaf layers by a BERT/ViT rule, every other module by its own
+``reset_parameters``."""
+
+import functools
 
 from torch import nn
 
+_TORCH_LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm)
+
 
 def init_transformer_weights(module: nn.Module, *, std: float = 0.02) -> None:
-    """BERT/ViT initialisation for one module (use with ``model.apply``).
+    """BERT/ViT initialisation of one torch leaf layer (use with ``model.apply``); others untouched.
 
-    Linear, Conv2d and Embedding weights get N(0, std) and zero biases (the padding row of an
-    embedding is zeroed); LayerNorms get weight 1 and bias 0. Modules with their own
-    ``reset_parameters`` for raw parameters (tokens, positions) are left to it.
+    Linear, convolution and Embedding weights get N(0, std) and zero biases (the padding row of an
+    embedding is zeroed); LayerNorms get weight 1 and bias 0.
 
     Args:
         module (nn.Module): the module to initialise.
         std (float): standard deviation of the normal init.
     """
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         nn.init.normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -27,3 +31,21 @@ def init_transformer_weights(module: nn.Module, *, std: float = 0.02) -> None:
             nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
+    """(Re-)initialise every parameter of ``model``, whatever modules it is composed of.
+
+    torch's leaf layers (linear, convolution, embedding, LayerNorm) get the BERT/ViT rule of
+    :func:`init_transformer_weights`; every other module that defines ``reset_parameters`` (ours: CLS
+    and mask tokens, positions; a user's own blocks; torch's other layers) calls it for the raw
+    parameters it owns. Works on meta-device models once materialised with ``to_empty``.
+
+    Args:
+        model (nn.Module): the model (or any module).
+        std (float): standard deviation of the normal init of the leaf layers.
+    """
+    model.apply(functools.partial(init_transformer_weights, std=std))
+    for module in model.modules():
+        if not isinstance(module, _TORCH_LEAVES) and callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()

@@ -22,7 +22,7 @@ def _model(num_classes=4, **kwargs):
 
 @pytest.mark.parametrize(
     "modality, width",
-    [("text", T["text_embed_dim"]), ("image", T["image_embed_dim"]), ("mm", T["multimodal_embed_dim"])],
+    [("text", T["text_embed_dim"]), ("image", T["image_embed_dim"]), ("multimodal", T["multimodal_embed_dim"])],
 )
 def test_head_reads_the_cls_of_its_encoder(modality, width):
     model = _model(modality=modality).eval()
@@ -31,7 +31,7 @@ def test_head_reads_the_cls_of_its_encoder(modality, width):
         full = model.model(image=images, text=ids, text_attention_mask=mask)
         cls = model.cls_state(images, ids, text_attention_mask=mask)
         out = model(images, ids, text_attention_mask=mask)
-    expected = {"text": full.text_embeddings, "image": full.image_embeddings, "mm": full.multimodal_embeddings}[
+    expected = {"text": full.text_embeddings, "image": full.image_embeddings, "multimodal": full.multimodal_embeddings}[
         modality
     ]
     assert cls.shape == (3, width)
@@ -53,7 +53,7 @@ def test_hf_weights_give_the_encoder_outputs_of_flava_model_and_hf(tmp_path):
         for modality, states in (
             ("image", ref.image_embeddings),
             ("text", ref.text_embeddings),
-            ("mm", ref.multimodal_embeddings),
+            ("multimodal", ref.multimodal_embeddings),
         ):
             model = flava_model_for_classification(
                 2, modality=modality, backbone=flava_model(**kwargs), pretrained=tmp_path
@@ -68,7 +68,7 @@ def test_losses_match_their_definitions():
     ce = _model(modality="image")
     out = ce(images, labels=torch.tensor([0, 3, 1]))
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 3, 1])))
-    bce = _model(modality="mm", loss="binary_cross_entropy")
+    bce = _model(modality="multimodal", loss="binary_cross_entropy")
     scores = torch.tensor([[1.0, 0.3, 0, 0], [0, 0, 0.6, 0], [0, 0, 0, 0]])
     out = bce(images, ids, text_attention_mask=mask, labels=scores)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, scores) * 4
@@ -100,7 +100,7 @@ def test_builder_errors(kwargs, error, match):
 def test_bad_inputs_and_labels_name_what_is_wrong():
     images, ids, mask = _inputs()
     with pytest.raises(ValueError, match="missing \\['text'\\]"):
-        _model(modality="mm")(images)
+        _model(modality="multimodal")(images)
     with pytest.raises(ValueError, match="labels must be class ids in \\[0, 4\\)"):
         _model(modality="image")(images, labels=torch.tensor([0, 4, 1]))
     with pytest.raises(ValueError, match="integer class ids"):

@@ -280,7 +280,7 @@ def test_tmm_flava_model_parity(tmp_path):
         _close(ours.encode_image(images), F.normalize(ref.projected_image_embeddings, dim=-1))
         _close(ours.encode_text(ids, mask), F.normalize(ref.projected_text_embeddings, dim=-1))
 
-        # Multimodal: torchmultimodal gives its fusion encoder no padding mask, so compare unpadded text.
+        # Multimodal: torchmultimodal gives its multimodal encoder no padding mask, so compare unpadded text.
         full_ids, full_mask = padded_text(3, 12, T["vocab_size"], [12, 12, 12])
         assert bool((full_ids != 0).all())
         ref = tmm(image=images, text=full_ids, required_embedding="mm", skip_unmasked_mm_encoder=False)

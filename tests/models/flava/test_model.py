@@ -63,7 +63,7 @@ def test_image_and_text(model):
     # The unimodal parts do not depend on the other modality.
     assert_close(out.image_embeddings, model(image=pixels).image_embeddings, atol=0, rtol=0)
     assert_close(out.text_features, model(text=ids, text_attention_mask=mask).text_features, atol=0, rtol=0)
-    # The fusion encoder sees the text padding: changing padded ids leaves the fused CLS unchanged.
+    # The multimodal encoder sees the text padding: changing padded ids leaves the fused CLS unchanged.
     changed = ids.clone()
     changed[0, 4:] = torch.arange(1, 4)
     fused = model(pixels, changed, text_attention_mask=mask).multimodal_embeddings
@@ -203,7 +203,7 @@ def test_default_config_parameter_count_on_meta_device():
     assert sum(p.numel() for p in model.parameters()) == 241_356_289
     assert model.image_encoder.embeddings.pos_embed.shape == (1, 197, 768)
     assert model.text_encoder.embeddings.word_embed.weight.shape == (30522, 768)
-    assert len(model.fusion_encoder.encoder.layers) == 6
+    assert len(model.multimodal_encoder.encoder.layers) == 6
 
 
 def test_misspelt_builder_kwarg():

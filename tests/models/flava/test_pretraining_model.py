@@ -48,11 +48,11 @@ def batch(kind="pair", b=4):
 
 
 def count_calls(model):
-    calls = {"image": 0, "text": 0, "fusion": 0}
+    calls = {"image": 0, "text": 0, "multimodal": 0}
     for name, module in (
         ("image", model.model.image_encoder),
         ("text", model.model.text_encoder),
-        ("fusion", model.model.fusion_encoder),
+        ("multimodal", model.model.multimodal_encoder),
     ):
         module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
     return calls
@@ -61,9 +61,9 @@ def count_calls(model):
 @pytest.mark.parametrize(
     "kind, losses, passes",
     [
-        ("image", {"mim"}, {"image": 1, "text": 0, "fusion": 0}),
-        ("text", {"mlm"}, {"image": 0, "text": 1, "fusion": 0}),
-        ("pair", {"itm", "global_contrastive", "mmm_image", "mmm_text"}, {"image": 2, "text": 2, "fusion": 1}),
+        ("image", {"mim"}, {"image": 1, "text": 0, "multimodal": 0}),
+        ("text", {"mlm"}, {"image": 0, "text": 1, "multimodal": 0}),
+        ("pair", {"itm", "global_contrastive", "mmm_image", "mmm_text"}, {"image": 2, "text": 2, "multimodal": 1}),
     ],
 )
 def test_each_batch_kind_runs_only_its_losses_and_passes(model, kind, losses, passes):
@@ -81,7 +81,7 @@ def test_unmasked_pair_reuses_its_passes(model):
     data = batch("pair")
     del data["image_patch_mask"], data["text_masked"], data["image_tokens"]
     out = model(data)
-    assert calls == {"image": 1, "text": 1, "fusion": 1}  # the masked passes are the unmasked ones
+    assert calls == {"image": 1, "text": 1, "multimodal": 1}  # the masked passes are the unmasked ones
     assert out.losses.global_contrastive is not None and out.losses.mmm_image is None
 
 
@@ -95,7 +95,7 @@ def test_pair_gradients_reach_backbone_and_heads(model):
     model(batch("pair")).loss.backward()
     for name in (
         "model.image_encoder.embeddings.mask_token",
-        "model.fusion_encoder.cls_token",
+        "model.multimodal_encoder.cls_token",
         "model.logit_scale",
         "itm_head.classifier.weight",
         "mmm_image_head.decoder.weight",
@@ -231,7 +231,7 @@ def test_loads_a_torchmultimodal_pretraining_checkpoint(tmp_path):
     torch.testing.assert_close(ours.mlm_head.decoder.bias, reference["loss.mlm_loss.cls.bias"])
     torch.testing.assert_close(ours.mmm_image_head.norm.weight, reference["loss.mmm_loss.mim.cls.layer_norm.weight"])
     torch.testing.assert_close(ours.itm_head.classifier.weight, reference["loss.itm_loss.cls.seq_relationship.weight"])
-    torch.testing.assert_close(ours.model.fusion_encoder.cls_token, reference["model.mm_encoder.cls_token"])
+    torch.testing.assert_close(ours.model.multimodal_encoder.cls_token, reference["model.mm_encoder.cls_token"])
     pixels = torch.rand(2, 3, 32, 32) * 0.8 + 0.1
     torch.testing.assert_close(ours.codebook.tokens(pixels), tmm.image_codebook(pixels).flatten(1))
 
@@ -243,7 +243,7 @@ def test_recomputing_contrastive_passes_changes_nothing_but_memory(model):
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     model.recompute_contrastive_passes = True
-    model.model.fusion_encoder.encoder.checkpoint_activations = True
+    model.model.multimodal_encoder.encoder.checkpoint_activations = True
     calls = {"layers": 0}
     model.model.image_encoder.encoder.layers[0].register_forward_pre_hook(  # pre-hooks also see recomputation
         lambda *_: calls.__setitem__("layers", calls["layers"] + 1)

@@ -1,4 +1,4 @@
-"""VisionEncoder, TextEncoder and FusionEncoder, built small through the FLAVA builders."""
+"""VisionEncoder, TextEncoder and MultimodalEncoder, built small through the FLAVA builders."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch.testing import assert_close
 
 from tests.helpers import TINY_FLAVA, padded_text
 from torchflava.models.flava import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
-from torchflava.modules.encoders import EncoderOutput, FusionEncoder, TextEncoder, VisionEncoder
+from torchflava.modules.encoders import EncoderOutput, MultimodalEncoder, TextEncoder, VisionEncoder
 
 T = TINY_FLAVA
 IMAGE_TOKENS = 1 + (T["image_size"] // T["patch_size"]) ** 2  # 17
@@ -36,7 +36,7 @@ def text_encoder(**kwargs) -> TextEncoder:
     ).eval()
 
 
-def fusion_encoder(**kwargs) -> FusionEncoder:
+def multimodal_encoder(**kwargs) -> MultimodalEncoder:
     return flava_multimodal_encoder(
         embed_dim=T["multimodal_embed_dim"],
         num_layers=T["multimodal_num_layers"],
@@ -119,16 +119,16 @@ def test_text_encoder_honours_padding():
     assert not torch.allclose(unmasked[0, :5], out[0, :5], atol=1e-4)
 
 
-def fusion_inputs(batch: int = 2, length: int = 7):
+def multimodal_inputs(batch: int = 2, length: int = 7):
     image_states = torch.randn(batch, IMAGE_TOKENS, T["image_embed_dim"])
     text_states = torch.randn(batch, length, T["text_embed_dim"])
     return image_states, text_states
 
 
-def test_fusion_encoder():
-    encoder = fusion_encoder()
+def test_multimodal_encoder():
+    encoder = multimodal_encoder()
     randomise_norm(encoder.norm)
-    image_states, text_states = fusion_inputs()
+    image_states, text_states = multimodal_inputs()
     out = encoder(image_states, text_states)
     check_common(encoder, out, 1 + IMAGE_TOKENS + 7, T["multimodal_embed_dim"])
     full = encoder(image_states, text_states, return_hidden_states=True)
@@ -146,9 +146,9 @@ def test_fusion_encoder():
     assert encoder(image_states, text_states, return_pooled=False).pooled_output is None
 
 
-def test_fusion_encoder_honours_text_padding():
-    encoder = fusion_encoder()
-    image_states, text_states = fusion_inputs(length=9)
+def test_multimodal_encoder_honours_text_padding():
+    encoder = multimodal_encoder()
+    image_states, text_states = multimodal_inputs(length=9)
     _, mask = padded_text(2, 9, T["vocab_size"], [4, 9])
     padding = mask == 0
     changed = text_states.clone()
@@ -161,15 +161,15 @@ def test_fusion_encoder_honours_text_padding():
     assert not torch.allclose(unmasked[0, 0], out[0, 0], atol=1e-4)
 
 
-def test_fusion_encoder_batch_mismatch():
-    image_states, _ = fusion_inputs(batch=2)
-    _, text_states = fusion_inputs(batch=3)
+def test_multimodal_encoder_batch_mismatch():
+    image_states, _ = multimodal_inputs(batch=2)
+    _, text_states = multimodal_inputs(batch=3)
     with pytest.raises(ValueError, match="image and text batch sizes differ: 2 images, 3 texts"):
-        fusion_encoder()(image_states, text_states)
+        multimodal_encoder()(image_states, text_states)
 
 
 @pytest.mark.parametrize("shape", [(2, 6), (3, 7), (2, 7, 1)])
-def test_fusion_encoder_wrong_padding_mask_shape(shape):
-    image_states, text_states = fusion_inputs()
+def test_multimodal_encoder_wrong_padding_mask_shape(shape):
+    image_states, text_states = multimodal_inputs()
     with pytest.raises(ValueError, match=r"text_padding_mask must have shape \(2, 7\)"):
-        fusion_encoder()(image_states, text_states, text_padding_mask=torch.zeros(shape, dtype=torch.bool))
+        multimodal_encoder()(image_states, text_states, text_padding_mask=torch.zeros(shape, dtype=torch.bool))

@@ -2,7 +2,8 @@
 
 import torch
 
-from torchflava.models.flava import flava_image_encoder, transformer_encoder
+from torchflava.models.flava import flava_image_encoder
+from torchflava.modules.encoders import transformer_encoder
 
 
 def test_encoder_output_positions_match_full_output():

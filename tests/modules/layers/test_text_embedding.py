@@ -95,7 +95,9 @@ def test_ids_out_of_vocabulary(bad):
 
 
 def test_longer_than_max_seq_len():
-    with pytest.raises(ValueError, match="input_ids has length 41, more than max_seq_len=40"):
+    with pytest.raises(
+        ValueError, match=r"input_ids has length 41, more than the 40 learned positions \(max_seq_len\)"
+    ):
         make_embedding()(torch.randint(0, VOCAB, (1, MAX_LEN + 1)))
 
 

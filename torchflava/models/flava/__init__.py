@@ -7,7 +7,6 @@ from torchflava.models.flava.builders import (
     flava_model_for_pretraining,
     flava_multimodal_encoder,
     flava_text_encoder,
-    transformer_encoder,
 )
 from torchflava.models.flava.classification import ClassificationOutput, FLAVAForClassification
 from torchflava.models.flava.convert_weights import convert_to_hf, convert_to_torchflava, load_flava_weights
@@ -39,5 +38,4 @@ __all__ = [
     "flava_multimodal_encoder",
     "flava_text_encoder",
     "load_flava_weights",
-    "transformer_encoder",
 ]

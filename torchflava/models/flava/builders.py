@@ -15,7 +15,6 @@ from torchflava.models.flava.classification import (
     LOSSES,
     MODALITIES,
     FLAVAForClassification,
-    _init_head,
     classification_head,
     default_loss,
 )
@@ -23,63 +22,11 @@ from torchflava.models.flava.convert_weights import load_flava_pretraining_weigh
 from torchflava.models.flava.model import FLAVAModel
 from torchflava.models.flava.pretraining import FLAVAForPretraining, LossWeights
 from torchflava.modules.codebook import dalle_encoder
-from torchflava.modules.encoders import FusionEncoder, TextEncoder, VisionEncoder
+from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEncoder, transformer_encoder
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
-from torchflava.modules.init import init_transformer_weights
-from torchflava.modules.layers import (
-    MLP,
-    MultiHeadSelfAttention,
-    PatchEmbedding,
-    Pooler,
-    TextEmbedding,
-    TransformerEncoder,
-    TransformerEncoderLayer,
-)
+from torchflava.modules.init import init_weights
+from torchflava.modules.layers import PatchEmbedding, Pooler, TextEmbedding
 from torchflava.utils.distributed import GatherGrad
-
-
-def transformer_encoder(
-    *,
-    embed_dim: int,
-    num_layers: int,
-    num_heads: int,
-    mlp_dim: int,
-    dropout: float = 0.0,
-    attention_dropout: float = 0.0,
-    norm_eps: float = 1e-12,
-    checkpoint_activations: Union[bool, str] = False,
-) -> TransformerEncoder:
-    """A stack of pre-norm layers: SDPA attention, GELU MLP, LayerNorms.
-
-    Args:
-        embed_dim (int): width D.
-        num_layers (int): number of layers.
-        num_heads (int): attention heads per layer.
-        mlp_dim (int): hidden width of the MLP.
-        dropout (float): dropout in the MLP and on the residual branches.
-        attention_dropout (float): dropout on attention probabilities.
-        norm_eps (float): LayerNorm epsilon.
-        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
-
-    Returns:
-        TransformerEncoder: the stack.
-
-    Raises:
-        ValueError: if ``num_layers`` < 1 (the layers raise on bad widths).
-    """
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    layers = [
-        TransformerEncoderLayer(
-            MultiHeadSelfAttention(embed_dim, num_heads, dropout=attention_dropout),
-            MLP(embed_dim, mlp_dim, dropout=dropout),
-            attn_norm=nn.LayerNorm(embed_dim, eps=norm_eps),
-            mlp_norm=nn.LayerNorm(embed_dim, eps=norm_eps),
-            dropout=dropout,
-        )
-        for _ in range(num_layers)
-    ]
-    return TransformerEncoder(layers, checkpoint_activations=checkpoint_activations)
 
 
 def flava_image_encoder(
@@ -95,7 +42,6 @@ def flava_image_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
-    checkpoint_activations: Union[bool, str] = False,
 ) -> VisionEncoder:
     """FLAVA's ViT image encoder: (B, 3, 224, 224) -> (B, 197, 768) by default.
 
@@ -111,7 +57,6 @@ def flava_image_encoder(
         dropout (float): dropout on embeddings, MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
-        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
         VisionEncoder: the encoder (random init).
@@ -126,7 +71,6 @@ def flava_image_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
-            checkpoint_activations=checkpoint_activations,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         Pooler(embed_dim),
@@ -146,7 +90,6 @@ def flava_text_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
-    checkpoint_activations: Union[bool, str] = False,
 ) -> TextEncoder:
     """FLAVA's BERT-style text encoder: (B, L) ids -> (B, L, 768) by default.
 
@@ -162,7 +105,6 @@ def flava_text_encoder(
         dropout (float): dropout on embeddings, MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
-        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
         TextEncoder: the encoder (random init).
@@ -185,7 +127,6 @@ def flava_text_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
-            checkpoint_activations=checkpoint_activations,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         Pooler(embed_dim),
@@ -203,12 +144,11 @@ def flava_multimodal_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
-    checkpoint_activations: Union[bool, str] = False,
-) -> FusionEncoder:
-    """FLAVA's multimodal (fusion) encoder over projected image and text states.
+) -> MultimodalEncoder:
+    """FLAVA's multimodal encoder over projected image and text states.
 
     Args:
-        embed_dim (int): width D of the fusion encoder.
+        embed_dim (int): width D of the multimodal encoder.
         num_layers (int): transformer layers.
         num_heads (int): attention heads.
         mlp_dim (int): MLP hidden width.
@@ -217,12 +157,11 @@ def flava_multimodal_encoder(
         dropout (float): dropout in the MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
-        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
-        FusionEncoder: the encoder (random init).
+        MultimodalEncoder: the encoder (random init).
     """
-    return FusionEncoder(
+    return MultimodalEncoder(
         nn.Linear(image_dim, embed_dim),
         nn.Linear(text_dim, embed_dim),
         transformer_encoder(
@@ -233,7 +172,6 @@ def flava_multimodal_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
-            checkpoint_activations=checkpoint_activations,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         embed_dim,
@@ -268,7 +206,6 @@ def flava_model(
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
     logit_scale_init: float = math.log(1 / 0.07),
-    checkpoint_activations: Union[bool, str] = False,
 ) -> FLAVAModel:
     """The FLAVA model; FLAVA-full by default.
 
@@ -291,26 +228,20 @@ def flava_model(
         max_seq_len (int): learned text positions.
         type_vocab_size (int): token types.
         pad_token_id (int): padding token id.
-        multimodal_embed_dim (int): fusion encoder width.
-        multimodal_num_layers (int): fusion encoder layers.
-        multimodal_num_heads (int): fusion encoder heads.
-        multimodal_mlp_dim (int): fusion encoder MLP width.
+        multimodal_embed_dim (int): multimodal encoder width.
+        multimodal_num_layers (int): multimodal encoder layers.
+        multimodal_num_heads (int): multimodal encoder heads.
+        multimodal_mlp_dim (int): multimodal encoder MLP width.
         projection_dim (int): width P of the contrastive features.
         dropout (float): dropout everywhere but attention probabilities.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
         logit_scale_init (float): initial contrastive log temperature multiplier.
-        checkpoint_activations (Union[bool, str]): per-layer activation checkpointing in all encoders: False/"none", "selective" (recompute only norms, GELU and residual adds) or True/"full" (recompute whole layers).
 
     Returns:
         FLAVAModel: the model, with weights loaded when ``pretrained`` is given.
     """
-    common = dict(
-        dropout=dropout,
-        attention_dropout=attention_dropout,
-        norm_eps=norm_eps,
-        checkpoint_activations=checkpoint_activations,
-    )
+    common = dict(dropout=dropout, attention_dropout=attention_dropout, norm_eps=norm_eps)
     model = FLAVAModel(
         flava_image_encoder(
             embed_dim=image_embed_dim,
@@ -415,7 +346,7 @@ def flava_model_for_pretraining(
     model = flava_model() if backbone is None else backbone
     image_dim = model.image_encoder.norm.normalized_shape[0]
     text_dim = model.text_encoder.norm.normalized_shape[0]
-    fusion_dim = model.fusion_encoder.norm.normalized_shape[0]
+    multimodal_dim = model.multimodal_encoder.norm.normalized_shape[0]
     vocab_size = model.text_encoder.embeddings.vocab_size
     if codebook is None and build_codebook:
         codebook = dalle_encoder(vocab_size=image_vocab_size)
@@ -423,9 +354,9 @@ def flava_model_for_pretraining(
         model,
         mlm_head=MaskedPredictionHead(text_dim, vocab_size, norm_eps=head_norm_eps),
         mim_head=MaskedPredictionHead(image_dim, image_vocab_size, norm_eps=head_norm_eps),
-        mmm_text_head=MaskedPredictionHead(fusion_dim, vocab_size, norm_eps=head_norm_eps),
-        mmm_image_head=MaskedPredictionHead(fusion_dim, image_vocab_size, norm_eps=head_norm_eps),
-        itm_head=ITMHead(fusion_dim),
+        mmm_text_head=MaskedPredictionHead(multimodal_dim, vocab_size, norm_eps=head_norm_eps),
+        mmm_image_head=MaskedPredictionHead(multimodal_dim, image_vocab_size, norm_eps=head_norm_eps),
+        itm_head=ITMHead(multimodal_dim),
         codebook=codebook,
         weights=loss_weights,
         unimodal_losses_on_pairs=unimodal_losses_on_pairs,
@@ -434,7 +365,7 @@ def flava_model_for_pretraining(
         contrastive_gather=contrastive_gather,
     )
     for name in ("mlm_head", "mim_head", "mmm_text_head", "mmm_image_head", "itm_head"):
-        getattr(pretraining, name).apply(init_transformer_weights)
+        init_weights(getattr(pretraining, name))
     if pretrained is not None:
         load_flava_pretraining_weights(pretraining, pretrained)
     return pretraining
@@ -443,7 +374,7 @@ def flava_model_for_pretraining(
 def flava_model_for_classification(
     num_classes: int,
     *,
-    modality: str = "mm",
+    modality: str = "multimodal",
     backbone: Optional[FLAVAModel] = None,
     pretrained: Optional[Union[str, os.PathLike]] = None,
     loss: Optional[str] = None,
@@ -454,7 +385,7 @@ def flava_model_for_classification(
 
     Args:
         num_classes (int): outputs of the head, >= 1 (1 with ``loss="mse"`` for regression).
-        modality (str): whose CLS the head reads: ``"text"``, ``"image"`` or ``"mm"`` (fusion).
+        modality (str): whose CLS the head reads: ``"text"``, ``"image"`` or ``"multimodal"``.
         backbone (Optional[FLAVAModel]): the backbone; FLAVA-full (``flava_model()``) when None.
         pretrained (Optional[Union[str, os.PathLike]]): backbone weights to load (HF ``FlavaModel`` or
             ``FlavaForPreTraining``, torchmultimodal, or ours; pretraining heads are ignored).
@@ -482,9 +413,10 @@ def flava_model_for_classification(
     model = flava_model() if backbone is None else backbone
     if pretrained is not None:
         load_flava_weights(model, pretrained)
-    encoder = {"text": model.text_encoder, "image": model.image_encoder, "mm": model.fusion_encoder}[modality]
+    encoder = {"text": model.text_encoder, "image": model.image_encoder, "multimodal": model.multimodal_encoder}[
+        modality
+    ]
     head = classification_head(
         encoder.norm.normalized_shape[0], num_classes, hidden_dim=classifier_hidden_dim, dropout=classifier_dropout
     )
-    _init_head(head)
     return FLAVAForClassification(model, head, modality=modality, loss=loss)

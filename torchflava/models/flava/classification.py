@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.models.flava.model import _CLS, FLAVAModel, text_padding_mask
+from torchflava.models.flava.model import FLAVAModel, text_padding_mask
+from torchflava.modules.encoders import CLS_POSITION
 
-MODALITIES = ("text", "image", "mm")
+MODALITIES = ("text", "image", "multimodal")
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
 
 
@@ -36,7 +37,7 @@ class FLAVAForClassification(nn.Module):
     Args:
         model (FLAVAModel): the backbone.
         classifier (nn.Module): (B, D) CLS state -> (B, num_classes).
-        modality (str): ``"text"``, ``"image"`` or ``"mm"`` (the fusion encoder's CLS_M).
+        modality (str): ``"text"``, ``"image"`` or ``"multimodal"`` (the multimodal encoder's CLS_M).
         loss (str): ``"cross_entropy"`` (labels: (B,) class ids), ``"binary_cross_entropy"``
             (labels: (B, C) soft scores in [0, 1], e.g. VQA answer scores; the mean over classes is
             multiplied by C, the VQA convention) or ``"mse"`` (labels: (B,) or (B, C) targets).
@@ -73,22 +74,22 @@ class FLAVAForClassification(nn.Module):
         Raises:
             ValueError: if the inputs the modality needs are missing.
         """
-        need = {"text": ("text",), "image": ("image",), "mm": ("image", "text")}[self.modality]
+        need = {"text": ("text",), "image": ("image",), "multimodal": ("image", "text")}[self.modality]
         given = {"image": image, "text": text}
         missing = [name for name in need if given[name] is None]
         if missing:
             raise ValueError(f"modality {self.modality!r} needs {list(need)}; missing {missing}")
         m = self.model
         if self.modality == "image":
-            return m.image_encoder(image, output_positions=_CLS, return_pooled=False).last_hidden_state[:, 0]
+            return m.image_encoder(image, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state[:, 0]
         padding = text_padding_mask(text, text_attention_mask)
         if self.modality == "text":
             return m.text_encoder(
-                text, padding_mask=padding, output_positions=_CLS, return_pooled=False
+                text, padding_mask=padding, output_positions=CLS_POSITION, return_pooled=False
             ).last_hidden_state[:, 0]
         image_states = m.image_encoder(image, return_pooled=False).prenorm_last_hidden_state
         text_states = m.text_encoder(text, padding_mask=padding, return_pooled=False).prenorm_last_hidden_state
-        fused = m.fusion_encoder(image_states, text_states, text_padding_mask=padding, return_pooled=False)
+        fused = m.multimodal_encoder(image_states, text_states, text_padding_mask=padding, return_pooled=False)
         return fused.last_hidden_state[:, 0]
 
     def forward(
@@ -102,8 +103,8 @@ class FLAVAForClassification(nn.Module):
         """Scores, and the loss when ``labels`` are given.
 
         Args:
-            image (Optional[Tensor]): (B, 3, H, W) normalised pixels (modalities image, mm).
-            text (Optional[Tensor]): (B, L) token ids (modalities text, mm).
+            image (Optional[Tensor]): (B, 3, H, W) normalised pixels (modalities image, multimodal).
+            text (Optional[Tensor]): (B, L) token ids (modalities text, multimodal).
             text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
             labels (Optional[Tensor]): see the class's ``loss``.
 
@@ -155,21 +156,18 @@ def classification_head(in_dim: int, num_classes: int, *, hidden_dim: int = 768,
         dropout (float): dropout after the activation.
 
     Returns:
-        nn.Sequential: the head.
+        nn.Sequential: the head, its linear weights from a truncated N(0, 0.02) and zero biases.
     """
-    return nn.Sequential(
+    head = nn.Sequential(
         nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes)
     )
+    with torch.no_grad():
+        for linear in (head[0], head[3]):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+    return head
 
 
 def default_loss(num_classes: int) -> str:
     """``mse`` for one output (regression, e.g. STS-B), else ``cross_entropy``."""
     return "mse" if num_classes == 1 else "cross_entropy"
-
-
-@torch.no_grad()
-def _init_head(head: nn.Module) -> None:
-    for module in head.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)

@@ -28,7 +28,7 @@ LAYOUTS = ("torchflava", "hf", "tmm")
 _TOWERS = {
     "image_encoder": ("image_model", "image_encoder"),
     "text_encoder": ("text_model", "text_encoder"),
-    "fusion_encoder": ("multimodal_model", "mm_encoder"),
+    "multimodal_encoder": ("multimodal_model", "mm_encoder"),
 }
 # Keys inside one transformer layer: ours -> (hf, tmm). attn.q/k/v are parts of our fused attn.qkv.
 _LAYER = {
@@ -66,9 +66,9 @@ _OTHER = {
         "text_encoder.embeddings.token_type_embeddings.weight",
     ),
     "text_encoder.embeddings.norm.{}": ("text_model.embeddings.LayerNorm.{}", "text_encoder.embeddings.layer_norm.{}"),
-    "fusion_encoder.cls_token": ("multimodal_model.cls_token", "mm_encoder.cls_token"),
-    "fusion_encoder.image_proj.{}": ("image_to_mm_projection.{}", "image_to_mm_projection.{}"),
-    "fusion_encoder.text_proj.{}": ("text_to_mm_projection.{}", "text_to_mm_projection.{}"),
+    "multimodal_encoder.cls_token": ("multimodal_model.cls_token", "mm_encoder.cls_token"),
+    "multimodal_encoder.image_proj.{}": ("image_to_mm_projection.{}", "image_to_mm_projection.{}"),
+    "multimodal_encoder.text_proj.{}": ("text_to_mm_projection.{}", "text_to_mm_projection.{}"),
     "image_projection.{}": ("image_projection.{}", "image_projection.{}"),
     "text_projection.{}": ("text_projection.{}", "text_projection.{}"),
     "logit_scale": ("logit_scale", "loss.contrastive_loss.logit_scale"),
@@ -122,7 +122,7 @@ def detect_layout(state_dict: dict[str, Tensor]) -> str:
         ValueError: if the keys match none of them.
     """
     keys = list(state_dict)
-    if any(k.startswith(("fusion_encoder.", "model.fusion_encoder.")) for k in keys):
+    if any(k.startswith(("multimodal_encoder.", "model.multimodal_encoder.")) for k in keys):
         return "torchflava"
     if any(k.startswith(("image_model.", "text_model.", "multimodal_model.", "flava.")) for k in keys):
         return "hf"
@@ -251,15 +251,15 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
         ValueError: if a sub-config is missing, or uses an activation or layout we do not build.
     """
     try:
-        image, text, fusion = config["image_config"], config["text_config"], config["multimodal_config"]
+        image, text, mm = config["image_config"], config["text_config"], config["multimodal_config"]
     except KeyError as err:
         raise ValueError(f"config is not a FlavaConfig: it has no {err.args[0]!r}") from err
-    for name, sub in (("image_config", image), ("text_config", text), ("multimodal_config", fusion)):
+    for name, sub in (("image_config", image), ("text_config", text), ("multimodal_config", mm)):
         if sub.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"{name}.hidden_act must be 'gelu', got {sub['hidden_act']!r}")
-    if not fusion.get("use_cls_token", True):
+    if not mm.get("use_cls_token", True):
         raise ValueError("multimodal_config.use_cls_token=False is not supported")
-    eps = {image.get("layer_norm_eps", 1e-12), text.get("layer_norm_eps", 1e-12), fusion.get("layer_norm_eps", 1e-12)}
+    eps = {image.get("layer_norm_eps", 1e-12), text.get("layer_norm_eps", 1e-12), mm.get("layer_norm_eps", 1e-12)}
     if len(eps) != 1:
         raise ValueError(f"the three encoders use different layer_norm_eps {sorted(eps)}; flava_model takes one")
     return dict(
@@ -278,10 +278,10 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
         max_seq_len=text["max_position_embeddings"],
         type_vocab_size=text.get("type_vocab_size", 2),
         pad_token_id=text.get("pad_token_id", 0),
-        multimodal_embed_dim=fusion["hidden_size"],
-        multimodal_num_layers=fusion["num_hidden_layers"],
-        multimodal_num_heads=fusion["num_attention_heads"],
-        multimodal_mlp_dim=fusion["intermediate_size"],
+        multimodal_embed_dim=mm["hidden_size"],
+        multimodal_num_layers=mm["num_hidden_layers"],
+        multimodal_num_heads=mm["num_attention_heads"],
+        multimodal_mlp_dim=mm["intermediate_size"],
         projection_dim=config.get("projection_dim", 768),
         norm_eps=eps.pop(),
         logit_scale_init=config.get("logit_scale_init_value", 2.6592),

@@ -1,4 +1,4 @@
-"""FLAVA: image encoder, text encoder and a multimodal fusion encoder over both.
+"""FLAVA: image encoder, text encoder and a multimodal encoder over both.
 
 Shapes: image (B, C, H, W) float; text (B, L) token ids; ``text_attention_mask`` (B, L) with
 1 = real token and 0 = padding (the Hugging Face convention); N = number of image patches.
@@ -11,13 +11,10 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.modules.encoders import EncoderOutput, FusionEncoder, TextEncoder, VisionEncoder
-from torchflava.modules.init import init_transformer_weights
-from torchflava.modules.layers import PatchEmbedding
+from torchflava.modules.encoders import CLS_POSITION, EncoderOutput, MultimodalEncoder, TextEncoder, VisionEncoder
+from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import check_token_ids
 from torchflava.modules.packing import can_pack, pack_batch
-
-_CLS = slice(0, 1)  # output position of the CLS token (for ``output_positions``)
 
 
 class FLAVAOutput(NamedTuple):
@@ -26,17 +23,17 @@ class FLAVAOutput(NamedTuple):
     Attributes:
         image_embeddings (Optional[Tensor]): (B, 1 + N, D_i) image encoder output after its final norm.
         text_embeddings (Optional[Tensor]): (B, L, D_t) text encoder output after its final norm.
-        multimodal_embeddings (Optional[Tensor]): (B, 1 + (1 + N) + L, D_m) fusion encoder output,
-            only when both image and text are given (and the fusion encoder is not skipped).
+        multimodal_embeddings (Optional[Tensor]): (B, 1 + (1 + N) + L, D_m) multimodal encoder output,
+            only when both image and text are given (and the multimodal encoder is not skipped).
         image_features (Optional[Tensor]): (B, P) projected image CLS, L2-normalised.
         text_features (Optional[Tensor]): (B, P) projected text CLS, L2-normalised.
         image_pooled (Optional[Tensor]): (B, D_i) image pooler output.
         text_pooled (Optional[Tensor]): (B, D_t) text pooler output.
-        multimodal_pooled (Optional[Tensor]): (B, D_m) fusion pooler output.
+        multimodal_pooled (Optional[Tensor]): (B, D_m) multimodal pooler output.
         image_hidden_states (Optional[tuple[Tensor, ...]]): every image layer's output (before the
             final norm), when ``return_hidden_states=True``.
         text_hidden_states (Optional[tuple[Tensor, ...]]): the same for text.
-        multimodal_hidden_states (Optional[tuple[Tensor, ...]]): the same for the fusion encoder.
+        multimodal_hidden_states (Optional[tuple[Tensor, ...]]): the same for the multimodal encoder.
     """
 
     image_embeddings: Optional[Tensor] = None
@@ -86,13 +83,13 @@ class FLAVAModel(nn.Module):
     """The FLAVA backbone (Singh et al. 2021).
 
     Contrastive features are the L2-normalised projections of each encoder's CLS output (after the
-    final norm). The fusion encoder sees the unimodal states *before* their final norms, as in the
+    final norm). The multimodal encoder sees the unimodal states *before* their final norms, as in the
     released checkpoints.
 
     Args:
         image_encoder (VisionEncoder): image tower.
         text_encoder (TextEncoder): text tower.
-        fusion_encoder (FusionEncoder): multimodal encoder (owns the image/text-to-fusion projections).
+        multimodal_encoder (MultimodalEncoder): multimodal encoder (owns the image/text-to-multimodal projections).
         image_projection (nn.Module): image CLS to the shared contrastive space (width P).
         text_projection (nn.Module): text CLS to the shared contrastive space.
         logit_scale_init (float): initial log of the contrastive temperature multiplier.
@@ -102,7 +99,7 @@ class FLAVAModel(nn.Module):
         self,
         image_encoder: VisionEncoder,
         text_encoder: TextEncoder,
-        fusion_encoder: FusionEncoder,
+        multimodal_encoder: MultimodalEncoder,
         image_projection: nn.Module,
         text_projection: nn.Module,
         *,
@@ -111,7 +108,7 @@ class FLAVAModel(nn.Module):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
-        self.fusion_encoder = fusion_encoder
+        self.multimodal_encoder = multimodal_encoder
         self.image_projection = image_projection
         self.text_projection = text_projection
         self.logit_scale_init = logit_scale_init
@@ -123,10 +120,7 @@ class FLAVAModel(nn.Module):
     def init_weights(self) -> None:
         """(Re-)initialise every parameter: N(0, 0.02) weights, zero biases, unit norms,
         truncated-normal tokens and positions, and ``logit_scale = logit_scale_init``."""
-        self.apply(init_transformer_weights)
-        for module in self.modules():
-            if isinstance(module, (PatchEmbedding, FusionEncoder)):
-                module.reset_parameters()  # their raw tokens and positions
+        init_weights(self)
         self.logit_scale.fill_(self.logit_scale_init)
 
     def forward(
@@ -146,10 +140,10 @@ class FLAVAModel(nn.Module):
             image (Optional[Tensor]): (B, C, H, W) float pixels.
             text (Optional[Tensor]): (B, L) token ids.
             text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding. Padding is ignored
-                as an attention key in the text and fusion encoders.
+                as an attention key in the text and multimodal encoders.
             token_type_ids (Optional[Tensor]): (B, L) segment ids.
             image_patch_mask (Optional[Tensor]): (B, N) bool, ``True`` = replace the patch by the mask token.
-            skip_multimodal (bool): do not run the fusion encoder even when both inputs are given.
+            skip_multimodal (bool): do not run the multimodal encoder even when both inputs are given.
             return_hidden_states (bool): also return every layer's output.
 
         Returns:
@@ -184,7 +178,7 @@ class FLAVAModel(nn.Module):
                 text, padding_mask=padding, token_type_ids=token_type_ids, return_hidden_states=return_hidden_states
             )
         if image_out is not None and text_out is not None and not skip_multimodal:
-            fused = self.fusion_encoder(
+            fused = self.multimodal_encoder(
                 image_out.prenorm_last_hidden_state,
                 text_out.prenorm_last_hidden_state,
                 text_padding_mask=padding,
@@ -221,7 +215,7 @@ class FLAVAModel(nn.Module):
         Returns:
             Tensor: (B, P).
         """
-        out = self.image_encoder(image, output_positions=_CLS, return_pooled=False)
+        out = self.image_encoder(image, output_positions=CLS_POSITION, return_pooled=False)
         return self._project(self.image_projection, out, normalize)
 
     def encode_text(
@@ -251,7 +245,11 @@ class FLAVAModel(nn.Module):
         padding = text_padding_mask(text, text_attention_mask)
         if padding is None or not bool(padding.any()) or not can_pack(padding):
             out = self.text_encoder(
-                text, padding_mask=padding, token_type_ids=token_type_ids, output_positions=_CLS, return_pooled=False
+                text,
+                padding_mask=padding,
+                token_type_ids=token_type_ids,
+                output_positions=CLS_POSITION,
+                return_pooled=False,
             )
             return self._project(self.text_projection, out, normalize)
         packed = pack_batch(text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens)

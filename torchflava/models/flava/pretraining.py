@@ -5,7 +5,7 @@ Which losses run depends on what the batch holds:
 * image only (with ``image_patch_mask``) -> MIM on the masked image;
 * text only (with ``mlm_labels``) -> MLM on the masked text;
 * image + text -> global contrastive (unmasked image and text), ITM, MMM-image and MMM-text (on the
-  fusion of the masked image and masked text); MIM and MLM too when ``unimodal_losses_on_pairs``.
+  multimodal encoding of the masked image and masked text); MIM and MLM too when ``unimodal_losses_on_pairs``.
 
 Only the encoder passes some loss uses are run: the unmasked passes only for the contrastive loss
 (and then only their CLS output is computed in the last layer); a masked pass is shared with the
@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.models.flava.model import _CLS, FLAVAModel, text_padding_mask
-from torchflava.modules.encoders import EncoderOutput
+from torchflava.models.flava.model import FLAVAModel, text_padding_mask
+from torchflava.modules.encoders import CLS_POSITION, EncoderOutput
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.losses.contrastive import contrastive_loss
 from torchflava.utils.distributed import GatherGrad
@@ -202,18 +202,18 @@ class FLAVAForPretraining(nn.Module):
         b = self._checked_batch(batch)
         w = self.weights
         pair = b.image is not None and b.text is not None
-        want_fusion = pair and (w.itm > 0 or w.mmm_image > 0 or w.mmm_text > 0)
+        want_multimodal = pair and (w.itm > 0 or w.mmm_image > 0 or w.mmm_text > 0)
         want_contrastive = pair and w.global_contrastive > 0
         want_mim = b.image_patch_mask is not None and w.mim > 0 and (not pair or self.unimodal_losses_on_pairs)
         want_mlm = b.mlm_labels is not None and w.mlm > 0 and (not pair or self.unimodal_losses_on_pairs)
-        image_targets = self._image_targets(b) if (want_mim or (want_fusion and w.mmm_image > 0)) else None
+        image_targets = self._image_targets(b) if (want_mim or (want_multimodal and w.mmm_image > 0)) else None
         padding = None if b.text is None else text_padding_mask(b.text, b.text_attention_mask)
 
         losses, extra = {}, {}
         masked_image = masked_text = None
-        if b.image is not None and (want_fusion or want_mim):
+        if b.image is not None and (want_multimodal or want_mim):
             masked_image = self.model.image_encoder(b.image, patch_mask=b.image_patch_mask, return_pooled=False)
-        if b.text is not None and (want_fusion or want_mlm):
+        if b.text is not None and (want_multimodal or want_mlm):
             text_masked = b.text if b.text_masked is None else b.text_masked
             masked_text = self.model.text_encoder(text_masked, padding_mask=padding, return_pooled=False)
 
@@ -226,8 +226,8 @@ class FLAVAForPretraining(nn.Module):
                 self.mlm_head, masked_text.last_hidden_state, b.mlm_labels, self.ignore_index
             )
         positives = None
-        if want_fusion:
-            positives = self._fusion_losses(b, masked_image, masked_text, padding, image_targets, losses, extra)
+        if want_multimodal:
+            positives = self._multimodal_losses(b, masked_image, masked_text, padding, image_targets, losses, extra)
         if want_contrastive:
             self._contrastive_loss(b, masked_image, masked_text, padding, positives, losses, extra)
         if not losses:
@@ -239,7 +239,7 @@ class FLAVAForPretraining(nn.Module):
         total = torch.stack([loss for loss in weighted if loss is not None]).sum()
         return FLAVAPretrainingOutput(loss=total, losses=weighted, **extra)
 
-    def _fusion_losses(
+    def _multimodal_losses(
         self,
         b: PretrainingBatch,
         masked_image: EncoderOutput,
@@ -249,9 +249,9 @@ class FLAVAForPretraining(nn.Module):
         losses: dict,
         extra: dict,
     ) -> Optional[Tensor]:
-        """ITM, MMM-image and MMM-text on the fusion of the masked passes; returns the positive rows."""
+        """ITM, MMM-image and MMM-text on the multimodal encoding of the masked passes; returns the positive rows."""
         w = self.weights
-        fused = self.model.fusion_encoder(
+        fused = self.model.multimodal_encoder(
             masked_image.prenorm_last_hidden_state,
             masked_text.prenorm_last_hidden_state,
             text_padding_mask=padding,
@@ -294,7 +294,7 @@ class FLAVAForPretraining(nn.Module):
             image_cls = masked_image.last_hidden_state[:, 0]
         else:
             image_cls = model.image_encoder(
-                b.image, output_positions=_CLS, return_pooled=False, checkpoint_activations=recompute
+                b.image, output_positions=CLS_POSITION, return_pooled=False, checkpoint_activations=recompute
             ).last_hidden_state[:, 0]
         if masked_text is not None and b.text_masked is None:
             text_cls = masked_text.last_hidden_state[:, 0]
@@ -302,7 +302,7 @@ class FLAVAForPretraining(nn.Module):
             text_cls = model.text_encoder(
                 b.text,
                 padding_mask=padding,
-                output_positions=_CLS,
+                output_positions=CLS_POSITION,
                 return_pooled=False,
                 checkpoint_activations=recompute,
             ).last_hidden_state[:, 0]

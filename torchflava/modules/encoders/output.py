@@ -4,6 +4,9 @@ from typing import NamedTuple, Optional
 
 from torch import Tensor
 
+# ``output_positions`` of the first token (a ViT's or BERT's CLS): the last layer computes only it.
+CLS_POSITION = slice(0, 1)
+
 
 class EncoderOutput(NamedTuple):
     """What an encoder returns.
@@ -15,7 +18,7 @@ class EncoderOutput(NamedTuple):
         hidden_states (Optional[tuple[Tensor, ...]]): num_layers + 1 tensors of (B, S, D), the
             embedding output then every layer's output, all before the final norm; None unless asked for.
         prenorm_last_hidden_state (Optional[Tensor]): (B, S, D) the last layer's output before the final
-            norm (what FLAVA feeds into its fusion encoder).
+            norm (what FLAVA feeds into its multimodal encoder).
     """
 
     last_hidden_state: Tensor

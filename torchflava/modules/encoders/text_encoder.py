@@ -1,11 +1,11 @@
-"""BERT-style text transformer: (B, L) token ids -> (B, L, D)."""
+"""Text transformer (BERT-style, or CLIP's with causal attention): (B, L) token ids -> (B, L, D)."""
 
 from typing import Optional, Union
 
 from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
-from torchflava.modules.layers.text_embedding import TextEmbedding
+from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.transformer import TransformerEncoder
 
 
@@ -13,7 +13,8 @@ class TextEncoder(nn.Module):
     """Text embedding, transformer stack, final norm and an optional pooler.
 
     Args:
-        embeddings (TextEmbedding): token to vector embedding.
+        embeddings (nn.Module): token ids to vectors: BERT's :class:`TextEmbedding` or a
+            :class:`TokenEmbedding` (token + position only).
         encoder (TransformerEncoder): the transformer stack.
         norm (nn.Module): final norm.
         pooler (Optional[nn.Module]): maps (B, L, D) to (B, D); none when None.
@@ -21,7 +22,7 @@ class TextEncoder(nn.Module):
 
     def __init__(
         self,
-        embeddings: TextEmbedding,
+        embeddings: nn.Module,
         encoder: TransformerEncoder,
         norm: nn.Module,
         pooler: Optional[nn.Module] = None,
@@ -40,7 +41,7 @@ class TextEncoder(nn.Module):
         token_type_ids: Optional[Tensor] = None,
         position_ids: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
-        output_positions: Optional[Union[Tensor, slice]] = None,
+        output_positions: Optional[Positions] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
         checkpoint_activations: Optional[Union[bool, str]] = None,
@@ -53,7 +54,8 @@ class TextEncoder(nn.Module):
             token_type_ids (Optional[Tensor]): (B, L) segment ids.
             position_ids (Optional[Tensor]): (B, L) positions; 0..L-1 when None.
             attn_mask (Optional[Tensor]): (B, L, L) bool, ``True`` = query i may not attend to key j.
-            output_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: positions whose output alone is wanted; the last
+            output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row):
+                positions whose output alone is wanted; the last
                 layer computes only those and the outputs are (B, P, D) (the pooler then reads the
                 first of them).
             return_hidden_states (bool): also return every layer's output.
@@ -63,7 +65,9 @@ class TextEncoder(nn.Module):
         Returns:
             EncoderOutput: last_hidden_state (B, L, D) and the rest.
         """
-        x = self.embeddings(input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+        # token types only when given: a token + position embedding (CLIP's) has none
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        x = self.embeddings(input_ids, position_ids=position_ids, **types)
         out = self.encoder(
             x,
             key_padding_mask=padding_mask,

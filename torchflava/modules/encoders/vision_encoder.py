@@ -5,6 +5,7 @@ from typing import Optional, Union
 from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
 from torchflava.modules.layers.transformer import TransformerEncoder
 
@@ -37,7 +38,7 @@ class VisionEncoder(nn.Module):
         images: Tensor,
         *,
         patch_mask: Optional[Tensor] = None,
-        output_positions: Optional[Union[Tensor, slice]] = None,
+        output_positions: Optional[Positions] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
         checkpoint_activations: Optional[Union[bool, str]] = None,
@@ -47,7 +48,8 @@ class VisionEncoder(nn.Module):
         Args:
             images (Tensor): (B, C, H, W) float.
             patch_mask (Optional[Tensor]): (B, N) bool, ``True`` = replace that patch by the mask token.
-            output_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: positions whose output alone is wanted; the last
+            output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row):
+                positions whose output alone is wanted; the last
                 layer computes only those and the outputs are (B, P, D) (the pooler then reads the
                 first of them).
             return_hidden_states (bool): also return every layer's output.

@@ -58,7 +58,7 @@ class ITMHead(nn.Module):
         """Classify.
 
         Args:
-            x (Tensor): (B, S, D) fused states; position 0 is the fusion CLS.
+            x (Tensor): (B, S, D) fused states; position 0 is the multimodal CLS.
 
         Returns:
             Tensor: (B, 2) logits, index 1 = matched pair.

@@ -4,12 +4,13 @@ Shape legend used throughout: B batch, S sequence length, D embedding width, H h
 N number of image patches, L text length. Boolean masks mean ``True = masked`` (ignored).
 """
 
+from torchflava.modules.layers.activation import QuickGELU, activation
 from torchflava.modules.layers.attention import MultiHeadSelfAttention
 from torchflava.modules.layers.mlp import MLP
 from torchflava.modules.layers.packed_linear import PackedLinear, pack_linears
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
 from torchflava.modules.layers.pooler import Pooler
-from torchflava.modules.layers.text_embedding import TextEmbedding
+from torchflava.modules.layers.text_embedding import TextEmbedding, TokenEmbedding
 from torchflava.modules.layers.transformer import (
     TransformerEncoder,
     TransformerEncoderLayer,
@@ -18,13 +19,16 @@ from torchflava.modules.layers.transformer import (
 )
 
 __all__ = [
+    "activation",
     "MLP",
     "MultiHeadSelfAttention",
     "pack_linears",
     "PackedLinear",
     "PatchEmbedding",
+    "QuickGELU",
     "Pooler",
     "TextEmbedding",
+    "TokenEmbedding",
     "TransformerEncoder",
     "TransformerEncoderLayer",
     "TransformerOutput",

@@ -2,7 +2,12 @@
 
 Shapes: x (B, S, D) -> (B, S, D); key_padding_mask (B, S) bool with ``True = padding``
 (that key is ignored by every query); attn_mask (B, S, S) bool with ``True = blocked``
-(query i may not attend to key j), e.g. block-diagonal for packed sequences.
+(query i may not attend to key j), e.g. block-diagonal for packed sequences. Causal attention
+(``is_causal=True``) also blocks every key after the query.
+
+Positions whose output alone is wanted (``query_positions``, P of them) are a slice, a (P,) long
+tensor (the same positions in every row) or a (B, P) long tensor (per-row positions, e.g. each
+row's end-of-text token); outputs are then (B, P, D).
 """
 
 from typing import Optional, Union
@@ -10,6 +15,49 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
+
+Positions = Union[Tensor, slice]
+
+
+def take_positions(x: Tensor, positions: Positions) -> Tensor:
+    """Rows ``positions`` of dimension 1: (B, S, ...) -> (B, P, ...).
+
+    Args:
+        x (Tensor): (B, S, ...).
+        positions (Positions): a slice, (P,) indices shared by all rows, or (B, P) per-row indices.
+
+    Returns:
+        Tensor: (B, P, ...).
+
+    Raises:
+        TypeError: if ``positions`` is not a slice or an integer tensor.
+        ValueError: if a (B, P) tensor does not match the batch, or ``positions`` has more than 2 dims.
+    """
+    if isinstance(positions, slice):
+        return x[:, positions]
+    if not isinstance(positions, Tensor) or positions.is_floating_point() or positions.dtype == torch.bool:
+        raise TypeError(f"positions must be a slice or an integer tensor, got {_describe(positions)}")
+    if positions.dim() == 1:
+        return x[:, positions]
+    if positions.dim() != 2 or positions.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"positions must be (P,) or (B, P) = ({x.shape[0]}, P) indices, got shape {tuple(positions.shape)}"
+        )
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], positions]
+
+
+def _describe(value: object) -> str:
+    return f"tensor of dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def _query_index(positions: Optional[Positions], seq_len: int, device: torch.device) -> Tensor:
+    """Sequence index of each query: (S,) / (P,) / (B, P)."""
+    index = torch.arange(seq_len, device=device)
+    if positions is None:
+        return index
+    if isinstance(positions, slice):
+        return index[positions]
+    return positions.to(device)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -20,12 +68,16 @@ class MultiHeadSelfAttention(nn.Module):
         num_heads (int): number of heads H; ``embed_dim`` must be divisible by it.
         dropout (float): dropout on the attention probabilities, active in training only.
         bias (bool): whether the projections have biases.
+        is_causal (bool): each query attends only to keys at or before its own position (a text
+            decoder's or CLIP's text tower); SDPA's causal kernel runs when no other mask is given.
 
     Raises:
         ValueError: if ``embed_dim`` is not divisible by ``num_heads`` or ``dropout`` is not in [0, 1).
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(
+        self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True, is_causal: bool = False
+    ) -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads != 0:
             raise ValueError(
@@ -37,6 +89,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
+        self.is_causal = is_causal
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
@@ -46,7 +99,7 @@ class MultiHeadSelfAttention(nn.Module):
         *,
         key_padding_mask: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
-        query_positions: Optional[Union[Tensor, slice]] = None,
+        query_positions: Optional[Positions] = None,
     ) -> Tensor:
         """Attend every position to every position not masked out.
 
@@ -54,8 +107,9 @@ class MultiHeadSelfAttention(nn.Module):
             x (Tensor): (B, S, D) input.
             key_padding_mask (Optional[Tensor]): (B, S) bool, ``True`` marks keys to ignore.
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True`` blocks query i from key j.
-            query_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: indices of the only positions whose output is
-                wanted: queries are computed for them alone (keys and values for all S).
+            query_positions (Optional[Positions]): a slice, (P,) or (B, P) indices of the only
+                positions whose output is wanted: queries are computed for them alone (keys and
+                values for all S).
 
         Returns:
             Tensor: (B, S, D) output after the output projection; (B, P, D) with ``query_positions``.
@@ -64,36 +118,62 @@ class MultiHeadSelfAttention(nn.Module):
             TypeError: if a mask is not boolean.
         """
         b, s, d = x.shape
+        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if mask is not None and mask.dtype != torch.bool:
+                raise TypeError(f"{name} must be a bool tensor (True = masked), got dtype {mask.dtype}")
         if query_positions is None:
             # (B, S, 3D) -> (3, B, H, S, hd)
             q, k, v = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             q, k, v = self._project_subset(x, query_positions)
-            attn_mask = None if attn_mask is None else attn_mask[:, query_positions]
-        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
-            if mask is not None and mask.dtype != torch.bool:
-                raise TypeError(f"{name} must be a bool tensor (True = masked), got dtype {mask.dtype}")
-        allowed = None  # SDPA's boolean mask means True = may attend
-        if key_padding_mask is not None:
-            allowed = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
-        if attn_mask is not None:
-            blocked = attn_mask[:, None]  # (B, 1, S, S)
-            allowed = ~blocked if allowed is None else allowed & ~blocked
+            attn_mask = None if attn_mask is None else take_positions(attn_mask, query_positions)
         dropout_p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+        if self.is_causal and key_padding_mask is None and attn_mask is None and query_positions is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            allowed = self._allowed(s, key_padding_mask, attn_mask, query_positions, x.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
         out = out.transpose(1, 2).reshape(b, q.shape[2], d)  # (B, H, S_q, hd) -> (B, S_q, D)
         return self.out_proj(out)
 
-    def _project_subset(self, x: Tensor, query_positions: Union[Tensor, slice]) -> tuple[Tensor, Tensor, Tensor]:
+    def _allowed(
+        self,
+        s: int,
+        key_padding_mask: Optional[Tensor],
+        attn_mask: Optional[Tensor],
+        query_positions: Optional[Positions],
+        device: torch.device,
+    ) -> Optional[Tensor]:
+        """SDPA's boolean mask (True = may attend), broadcastable to (B, H, S_q, S); None when all may."""
+        allowed = None
+        if key_padding_mask is not None:
+            allowed = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        if attn_mask is not None:
+            blocked = attn_mask[:, None]  # (B, 1, S_q, S)
+            allowed = ~blocked if allowed is None else allowed & ~blocked
+        if self.is_causal:
+            query = _query_index(query_positions, s, device)[..., None]  # (S_q, 1) or (B, P, 1)
+            query = query[None, None] if query.dim() == 2 else query[:, None]  # (1 | B, 1, S_q, 1)
+            keys = torch.arange(s, device=device)
+            causal = keys <= query  # (1 | B, 1, S_q, S)
+            if allowed is not None:
+                # A query whose earlier keys are all padding (left padding) still sees itself, so no
+                # row of the softmax is empty; real tokens are unaffected (their own key is real).
+                allowed = (allowed | (keys == query)) & causal
+            else:
+                allowed = causal
+        return allowed
+
+    def _project_subset(self, x: Tensor, query_positions: Positions) -> tuple[Tensor, Tensor, Tensor]:
         """Queries for the selected positions only, keys and values for all: (B, H, P | S, hd)."""
         b, s, d = x.shape
         if isinstance(self.qkv, nn.Linear):
             w, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, query_positions], w[:d], None if bias is None else bias[:d])
+            q = F.linear(take_positions(x, query_positions), w[:d], None if bias is None else bias[:d])
             kv = F.linear(x, w[d:], None if bias is None else bias[d:])
         else:  # a projection whose weight cannot be sliced (e.g. PackedLinear): project all, keep some
             qkv = self.qkv(x)
-            q, kv = qkv[:, query_positions, :d], qkv[..., d:]
+            q, kv = take_positions(qkv, query_positions)[..., :d], qkv[..., d:]
         q = q.reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = kv.view(b, s, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v

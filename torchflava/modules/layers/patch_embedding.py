@@ -3,7 +3,7 @@
 N = (H / patch_size) * (W / patch_size). An optional boolean patch mask (B, N), ``True = masked``,
 replaces those patch embeddings by a learned mask token before positions are added (masked image
 modelling). Images whose patch grid differs from the grid the positions were learned on get
-bicubically interpolated positions.
+bicubically interpolated positions. An optional norm after the positions is CLIP's ``ln_pre``.
 """
 
 from typing import Optional
@@ -22,7 +22,10 @@ class PatchEmbedding(nn.Module):
         in_channels (int): image channels C.
         embed_dim (int): width D.
         use_mask_token (bool): create a learned mask token so ``patch_mask`` can be given.
-        dropout (float): dropout on the output.
+        dropout (float): dropout on the embeddings (after the positions are added).
+        conv_bias (bool): whether the patch projection has a bias (CLIP's has none).
+        norm (Optional[nn.Module]): applied last, to the (B, 1 + N, D) embeddings (CLIP's pre-norm);
+            none when None.
 
     Raises:
         ValueError: if ``patch_size`` does not divide ``image_size``.
@@ -37,6 +40,8 @@ class PatchEmbedding(nn.Module):
         *,
         use_mask_token: bool = False,
         dropout: float = 0.0,
+        conv_bias: bool = True,
+        norm: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if patch_size <= 0 or image_size % patch_size != 0:
@@ -46,11 +51,12 @@ class PatchEmbedding(nn.Module):
         self.in_channels = in_channels
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=conv_bias)
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.empty(1, 1 + self.num_patches, embed_dim))
         self.mask_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if use_mask_token else None
         self.dropout = nn.Dropout(dropout)
+        self.norm = nn.Identity() if norm is None else norm
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -112,7 +118,7 @@ class PatchEmbedding(nn.Module):
         if patch_mask is not None:
             x = self._apply_patch_mask(x, patch_mask, grid_h, grid_w)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.dropout(x + self.position_embedding(grid_h, grid_w))
+        return self.norm(self.dropout(x + self.position_embedding(grid_h, grid_w)))
 
     def _apply_patch_mask(self, x: Tensor, patch_mask: Tensor, grid_h: int, grid_w: int) -> Tensor:
         if self.mask_token is None:

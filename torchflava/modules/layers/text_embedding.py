@@ -1,6 +1,7 @@
-"""BERT text embedding: (B, L) token ids -> (B, L, D).
+"""Text embeddings: (B, L) token ids -> (B, L, D).
 
-word + absolute position + token type embeddings, then LayerNorm and dropout.
+:class:`TextEmbedding` is BERT's: word + absolute position + token type embeddings, then LayerNorm
+and dropout. :class:`TokenEmbedding` is word + absolute position only (CLIP's text tower, GPT-2).
 """
 
 from typing import Optional
@@ -85,9 +86,6 @@ class TextEmbedding(nn.Module):
             ValueError: if ids are out of range or L exceeds ``max_seq_len``.
         """
         check_token_ids(input_ids, self.vocab_size)
-        length = input_ids.shape[1]
-        if position_ids is None and length > self.max_seq_len:
-            raise ValueError(f"input_ids has length {length}, more than max_seq_len={self.max_seq_len}")
         x = self.word_embed(input_ids)
         if token_type_ids is None:
             x = x + self.type_embed.weight[0]
@@ -99,14 +97,72 @@ class TextEmbedding(nn.Module):
                 )
             check_token_ids(token_type_ids, self.type_vocab_size, name="token_type_ids")
             x = x + self.type_embed(token_type_ids)
-        if position_ids is None:
-            x = x + self.pos_embed.weight[:length]
-        else:
-            if tuple(position_ids.shape) != tuple(input_ids.shape):
-                raise ValueError(
-                    f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
-                    f"got {tuple(position_ids.shape)}"
-                )
-            check_token_ids(position_ids, self.max_seq_len, name="position_ids")
-            x = x + self.pos_embed(position_ids)
+        x = add_positions(x, self.pos_embed, input_ids, position_ids)
         return self.dropout(self.norm(x))
+
+
+def add_positions(x: Tensor, pos_embed: nn.Embedding, input_ids: Tensor, position_ids: Optional[Tensor]) -> Tensor:
+    """``x`` plus learned absolute positions: 0..L-1, or ``position_ids`` (B, L) when given.
+
+    Args:
+        x (Tensor): (B, L, D) token embeddings.
+        pos_embed (nn.Embedding): the position table (max_seq_len, D).
+        input_ids (Tensor): (B, L) the ids ``x`` embeds (for shapes in messages).
+        position_ids (Optional[Tensor]): (B, L) positions in [0, max_seq_len), e.g. restarting for
+            every sequence of a packed batch.
+
+    Returns:
+        Tensor: (B, L, D).
+
+    Raises:
+        ValueError: if L exceeds the table, or ``position_ids`` has another shape or is out of range.
+    """
+    max_seq_len, length = pos_embed.num_embeddings, input_ids.shape[1]
+    if position_ids is None:
+        if length > max_seq_len:
+            raise ValueError(
+                f"input_ids has length {length}, more than the {max_seq_len} learned positions (max_seq_len)"
+            )
+        return x + pos_embed.weight[:length]
+    if tuple(position_ids.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(position_ids.shape)}"
+        )
+    check_token_ids(position_ids, max_seq_len, name="position_ids")
+    return x + pos_embed(position_ids)
+
+
+class TokenEmbedding(nn.Module):
+    """Word and learned absolute position embeddings, summed (no token types, no norm).
+
+    Args:
+        vocab_size (int): number of token ids.
+        embed_dim (int): width D.
+        max_seq_len (int): number of learned positions (CLIP: the context length, 77).
+        dropout (float): dropout on the output.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, max_seq_len: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.max_seq_len = max_seq_len
+        self.word_embed = nn.Embedding(vocab_size, embed_dim)
+        self.pos_embed = nn.Embedding(max_seq_len, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, input_ids: Tensor, *, position_ids: Optional[Tensor] = None) -> Tensor:
+        """Embed token ids.
+
+        Args:
+            input_ids (Tensor): (B, L) integer ids, L <= ``max_seq_len``.
+            position_ids (Optional[Tensor]): (B, L) positions in [0, max_seq_len); 0..L-1 when None.
+
+        Returns:
+            Tensor: (B, L, D).
+
+        Raises:
+            TypeError: if ids are not integer tensors.
+            ValueError: if ids are out of range or L exceeds ``max_seq_len``.
+        """
+        check_token_ids(input_ids, self.vocab_size)
+        return self.dropout(add_positions(self.word_embed(input_ids), self.pos_embed, input_ids, position_ids))

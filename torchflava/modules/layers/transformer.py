@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from torchflava.modules.layers.attention import Positions, take_positions
+
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
 # that is expensive to redo. Everything else in a layer (norms, GELU, residual adds, reshapes,
@@ -111,7 +113,7 @@ class TransformerEncoderLayer(nn.Module):
         *,
         key_padding_mask: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
-        query_positions: Optional[Union[Tensor, slice]] = None,
+        query_positions: Optional[Positions] = None,
     ) -> Tensor:
         """Run the block.
 
@@ -119,7 +121,8 @@ class TransformerEncoderLayer(nn.Module):
             x (Tensor): (B, S, D).
             key_padding_mask (Optional[Tensor]): (B, S) bool, ``True = padding``.
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
-            query_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: positions whose output alone is computed.
+            query_positions (Optional[Positions]): a slice, (P,) or (B, P) indices: positions whose output
+                alone is computed.
 
         Returns:
             Tensor: (B, S, D), or (B, P, D) with ``query_positions``.
@@ -128,7 +131,7 @@ class TransformerEncoderLayer(nn.Module):
             self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask, query_positions=query_positions
         )
         if query_positions is not None:
-            x = x[:, query_positions]
+            x = take_positions(x, query_positions)
         x = x + self.dropout(attended)
         update = self.dropout(self.mlp(self.mlp_norm(x)))
         if torch.is_grad_enabled():
@@ -166,7 +169,7 @@ class TransformerEncoder(nn.Module):
         *,
         key_padding_mask: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
-        output_positions: Optional[Union[Tensor, slice]] = None,
+        output_positions: Optional[Positions] = None,
         return_hidden_states: bool = False,
         checkpoint_activations: Optional[Union[bool, str]] = None,
     ) -> TransformerOutput:
@@ -176,7 +179,8 @@ class TransformerEncoder(nn.Module):
             x (Tensor): (B, S, D).
             key_padding_mask (Optional[Tensor]): (B, S) bool, ``True = padding``.
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
-            output_positions (Optional[Union[Tensor, slice]]): (P,) indices or a slice: positions whose final output alone is wanted:
+            output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row): positions whose final
+                output alone is wanted:
                 the last layer computes only those (e.g. the CLS token for pooled features), which
                 gives the same values for less work.
             return_hidden_states (bool): also return the input and every layer's output.

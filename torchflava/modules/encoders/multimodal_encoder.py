@@ -1,4 +1,4 @@
-"""Multimodal fusion encoder: image states (B, S_i, D_i) + text states (B, L, D_t) -> (B, 1 + S_i + L, D).
+"""Multimodal (early-fusion) encoder: image states (B, S_i, D_i) + text states (B, L, D_t) -> (B, 1 + S_i + L, D).
 
 Both inputs are linearly projected to width D, concatenated as ``[CLS_M, image..., text...]`` and
 run through a transformer stack. Text padding is carried into the fused attention as a key mask.
@@ -13,7 +13,7 @@ from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.transformer import TransformerEncoder
 
 
-class FusionEncoder(nn.Module):
+class MultimodalEncoder(nn.Module):
     """Early-fusion encoder over projected image and text states with a learned CLS token.
 
     Args:

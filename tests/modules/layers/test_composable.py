@@ -1,0 +1,225 @@
+"""The composable parts: causal attention, per-row output positions, activations, CLIP-style embeddings,
+the generic encoder builder and generic initialisation."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from torchflava.modules.encoders import TextEncoder, VisionEncoder, transformer_encoder
+from torchflava.modules.init import init_weights
+from torchflava.modules.layers import (
+    MultiHeadSelfAttention,
+    PatchEmbedding,
+    QuickGELU,
+    TokenEmbedding,
+    activation,
+)
+from torchflava.modules.layers.attention import take_positions
+
+
+def reference_attention(attn: MultiHeadSelfAttention, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Plain softmax attention with an explicit (B, S, S) mask (True = may attend), no SDPA."""
+    b, s, d = x.shape
+    h, hd = attn.num_heads, attn.head_dim
+    q, k, v = attn.qkv(x).view(b, s, 3, h, hd).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    return attn.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d))
+
+
+@pytest.fixture
+def causal_attention():
+    torch.manual_seed(0)
+    return MultiHeadSelfAttention(16, 4, is_causal=True).eval()
+
+
+def test_causal_attention_equals_an_explicit_lower_triangular_mask(causal_attention):
+    x = torch.randn(3, 7, 16)
+    tril = torch.ones(7, 7, dtype=torch.bool).tril().expand(3, 7, 7)
+    assert_close(causal_attention(x), reference_attention(causal_attention, x, tril), atol=1e-5, rtol=1e-5)
+    # a later token cannot change an earlier output; an earlier one changes every later output
+    changed = x.clone()
+    changed[:, 4] += 1.0
+    out, out_changed = causal_attention(x), causal_attention(changed)
+    assert_close(out[:, :4], out_changed[:, :4])
+    assert (out[:, 4:] - out_changed[:, 4:]).abs().amax() > 1e-3
+
+
+def test_causal_attention_with_right_padding_matches_the_unpadded_rows(causal_attention):
+    x = torch.randn(2, 6, 16)
+    padding = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
+    out = causal_attention(x, key_padding_mask=padding)
+    assert_close(out[0, :4], causal_attention(x[:1, :4])[0], atol=1e-6, rtol=1e-5)
+    assert_close(out[1], causal_attention(x[1:])[0], atol=1e-6, rtol=1e-5)
+
+
+def test_causal_attention_with_left_padding_stays_finite_and_real_tokens_ignore_the_padding(causal_attention):
+    x = torch.randn(1, 5, 16)
+    padding = torch.tensor([[True, True, False, False, False]])
+    out = causal_attention(x, key_padding_mask=padding)
+    assert torch.isfinite(out).all()
+    assert_close(out[0, 2:], causal_attention(x[:, 2:])[0], atol=1e-6, rtol=1e-5)
+
+
+def test_causal_attention_combines_with_a_block_mask(causal_attention):
+    x = torch.randn(1, 6, 16)  # two packed sequences of 3 tokens
+    block = torch.ones(6, 6, dtype=torch.bool)
+    block[:3, :3] = block[3:, 3:] = False
+    out = causal_attention(x, attn_mask=block[None])
+    assert_close(out[0, :3], causal_attention(x[:, :3])[0], atol=1e-6, rtol=1e-5)
+    assert_close(out[0, 3:], causal_attention(x[:, 3:])[0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_per_row_query_positions_equal_the_full_output_at_those_positions(is_causal):
+    torch.manual_seed(1)
+    attn = MultiHeadSelfAttention(16, 4, is_causal=is_causal).eval()
+    x = torch.randn(3, 8, 16)
+    padding = torch.zeros(3, 8, dtype=torch.bool)
+    padding[0, 5:] = True
+    positions = torch.tensor([[4], [7], [2]])  # e.g. each row's end-of-text token
+    full = attn(x, key_padding_mask=padding)
+    part = attn(x, key_padding_mask=padding, query_positions=positions)
+    assert part.shape == (3, 1, 16)
+    assert_close(part, take_positions(full, positions), atol=1e-6, rtol=1e-5)
+    shared = attn(x, query_positions=torch.tensor([0, 5]))
+    assert_close(shared, attn(x)[:, [0, 5]], atol=1e-6, rtol=1e-5)
+
+
+def test_per_row_output_positions_through_an_encoder_match_and_carry_gradients():
+    torch.manual_seed(2)
+    encoder = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32, is_causal=True)
+    x = torch.randn(4, 9, 16, requires_grad=True)
+    positions = torch.tensor([[8], [3], [0], [5]])
+    part = encoder(x, output_positions=positions).last_hidden_state
+    full = encoder(x).last_hidden_state
+    assert_close(part, take_positions(full, positions), atol=1e-5, rtol=1e-5)
+    (grad_part,) = torch.autograd.grad(part.sum(), x)
+    (grad_full,) = torch.autograd.grad(take_positions(full, positions).sum(), x)
+    assert_close(grad_part, grad_full, atol=1e-5, rtol=1e-5)
+
+
+def test_take_positions_refuses_bad_positions():
+    x = torch.randn(2, 5, 3)
+    with pytest.raises(TypeError, match="positions must be a slice or an integer tensor, got tensor of dtype"):
+        take_positions(x, torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"\(B, P\) = \(2, P\) indices, got shape \(3, 1\)"):
+        take_positions(x, torch.zeros(3, 1, dtype=torch.long))
+
+
+def test_activations_by_name():
+    x = torch.linspace(-4, 4, 101)
+    assert_close(activation("quick_gelu")(x), x * torch.sigmoid(1.702 * x))
+    assert isinstance(activation("quick_gelu"), QuickGELU)
+    assert_close(activation("gelu")(x), torch.nn.functional.gelu(x))
+    assert_close(activation("gelu_tanh")(x), torch.nn.functional.gelu(x, approximate="tanh"))
+    with pytest.raises(ValueError, match=r"activation must be one of .*got 'relu6'"):
+        activation("relu6")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        transformer_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=8, activation="swish")
+
+
+def test_transformer_encoder_builder_options():
+    encoder = transformer_encoder(
+        embed_dim=8,
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=12,
+        norm_eps=1e-6,
+        activation="quick_gelu",
+        is_causal=True,
+        bias=False,
+    )
+    layer = encoder.layers[1]
+    assert layer.attn.is_causal and layer.attn.qkv.bias is None and layer.attn.out_proj.bias is None
+    assert isinstance(layer.mlp.activation, QuickGELU) and layer.attn_norm.eps == 1e-6
+    with pytest.raises(ValueError, match="num_layers must be >= 1, got 0"):
+        transformer_encoder(embed_dim=8, num_layers=0, num_heads=2, mlp_dim=8)
+
+
+def test_patch_embedding_without_conv_bias_and_with_a_pre_norm():
+    torch.manual_seed(3)
+    embed = PatchEmbedding(32, 8, 3, 12, conv_bias=False, norm=nn.LayerNorm(12))
+    assert embed.proj.bias is None
+    images = torch.randn(2, 3, 32, 32)
+    patches = embed.proj(images).flatten(2).transpose(1, 2)
+    raw = torch.cat([embed.cls_token.expand(2, -1, -1), patches], dim=1) + embed.pos_embed
+    assert_close(embed(images), nn.functional.layer_norm(raw, (12,), embed.norm.weight, embed.norm.bias))
+    assert "norm.weight" in embed.state_dict() and "proj.bias" not in embed.state_dict()
+    # without a norm the state dict is what it always was (checkpoints keep loading)
+    assert set(PatchEmbedding(32, 8, 3, 12).state_dict()) == {"proj.weight", "proj.bias", "cls_token", "pos_embed"}
+
+
+def test_token_embedding_is_token_plus_position_only():
+    torch.manual_seed(4)
+    embed = TokenEmbedding(50, 8, 10)
+    ids = torch.randint(0, 50, (2, 6))
+    assert_close(embed(ids), embed.word_embed(ids) + embed.pos_embed.weight[:6])
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]] * 2)
+    assert_close(embed(ids, position_ids=positions), embed.word_embed(ids) + embed.pos_embed(positions))
+    assert set(embed.state_dict()) == {"word_embed.weight", "pos_embed.weight"}
+    with pytest.raises(ValueError, match=r"length 11, more than the 10 learned positions \(max_seq_len\)"):
+        embed(torch.zeros(1, 11, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"input_ids must be in \[0, 50\)"):
+        embed(torch.tensor([[3, 50]]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        embed(torch.zeros(1, 3))
+
+
+def test_a_clip_style_text_tower_composes_without_wrappers_and_pools_per_row():
+    torch.manual_seed(5)
+    tower = TextEncoder(
+        TokenEmbedding(40, 16, 12),
+        transformer_encoder(
+            embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32, activation="quick_gelu", is_causal=True
+        ),
+        nn.LayerNorm(16),
+    ).eval()
+    ids = torch.tensor([[1, 5, 6, 39, 0, 0], [1, 7, 8, 9, 10, 39]])
+    end = ids.argmax(dim=-1, keepdim=True)  # each row's end token (the largest id)
+    full = tower(ids).last_hidden_state
+    pooled = tower(ids, output_positions=end).last_hidden_state[:, 0]
+    assert_close(pooled, full[torch.arange(2), end[:, 0]], atol=1e-5, rtol=1e-5)
+    # causal: the padding after a row's end token cannot change its pooled feature
+    changed = ids.clone()
+    changed[0, 4:] = 17
+    assert_close(tower(changed, output_positions=end).last_hidden_state[:, 0], pooled)
+
+
+class _Scaled(nn.Module):
+    """A user's own block with a raw parameter, initialised by its own reset_parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.empty(4))
+        self.linear = nn.Linear(4, 4)
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.scale, 0.5)
+
+
+def test_init_weights_is_generic():
+    torch.manual_seed(6)
+    model = nn.ModuleDict(
+        {
+            "vision": VisionEncoder(
+                PatchEmbedding(16, 4, 3, 64, norm=nn.LayerNorm(64)),
+                transformer_encoder(embed_dim=64, num_layers=1, num_heads=2, mlp_dim=256),
+                nn.LayerNorm(64),
+            ),
+            "mine": _Scaled(),
+        }
+    )
+    for p in model.parameters():
+        nn.init.constant_(p, 7.0)
+    init_weights(model, std=0.02)
+    assert_close(model["mine"].scale, torch.full((4,), 0.5))
+    assert not model["mine"].linear.bias.detach().any()
+    fc1 = model["vision"].encoder.layers[0].mlp.fc1.weight.detach()
+    assert abs(float(fc1.std()) - 0.02) < 0.002 and abs(float(fc1.mean())) < 0.002
+    assert_close(model["vision"].embeddings.norm.weight, torch.ones(64))
+    pos = model["vision"].embeddings.pos_embed.detach()
+    assert abs(float(pos.std()) - 0.02) < 0.004
