@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchflava.modules.encoders import CLS_POSITION, EncoderOutput, MultimodalEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import check_token_ids
-from torchflava.modules.packing import can_pack, pack_batch
+from torchflava.modules.packing import can_pack, encode_packed
 
 
 class FLAVAOutput(NamedTuple):
@@ -252,19 +252,10 @@ class FLAVAModel(nn.Module):
                 return_pooled=False,
             )
             return self._project(self.text_projection, out, normalize)
-        packed = pack_batch(text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens)
-        # One encoder pass over all packs; its last layer computes only the slots where some pack
-        # holds a row's CLS, and each row then takes its own pack's output at its own slot.
-        cls_slots = torch.unique(packed.first_slot)  # sorted
-        out = self.text_encoder(
-            packed.input_ids,
-            token_type_ids=packed.token_type_ids,
-            position_ids=packed.position_ids,
-            attn_mask=packed.attn_mask,
-            output_positions=cls_slots,
-            return_pooled=False,
+        # One encoder pass over all packs; its last layer computes only each row's CLS slot.
+        cls_states = encode_packed(
+            self.text_encoder, text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens
         )
-        cls_states = out.last_hidden_state[packed.pack_of_row, torch.searchsorted(cls_slots, packed.first_slot)]
         projected = self.text_projection(cls_states)
         return F.normalize(projected, dim=-1) if normalize else projected
 
