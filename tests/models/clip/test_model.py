@@ -121,9 +121,9 @@ def test_bad_inputs():
     cut[0, 5] = 0
     with pytest.raises(ValueError, match="expected 1 at every row's end token"):
         model.encode_text(ids, cut)
-    with pytest.raises(ValueError, match=r"expected shape \(2, 16\), got \(2, 15\)"):
+    with pytest.raises(ValueError, match=r"shape of text \(2, 16\), got \(2, 15\)"):
         model.encode_text(ids, mask[:, :15])
-    with pytest.raises(TypeError, match="text_attention_mask: expected a Tensor, got list"):
+    with pytest.raises(TypeError, match="text_attention_mask must be a torch.Tensor, got list"):
         model.encode_text(ids, mask.tolist())
     with pytest.raises(TypeError, match="integer tensor"):
         model.encode_text(ids.float())

@@ -48,14 +48,12 @@ def clip_model(
 ) -> CLIPModel:
     """CLIP: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
 
-    An argument left None comes from ``pretrained``'s config.json when that is a Hugging Face
-    directory (a given one must match it), else from open_clip's ``ViT-B-16`` config: exact GELU,
-    LayerNorm eps 1e-5, ``logit_scale`` ln(1 / 0.07), end-of-text id 49407.
+    An argument left None comes from ``pretrained``'s config.json if it is a Hugging Face directory
+    (given ones must match it), else from open_clip's ``ViT-B-16``: GELU, eps 1e-5, end token 49407.
 
     Args:
-        pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` directory, or an OpenAI,
-            open_clip or torchflava state-dict file (.safetensors, .bin, .pt; never unpickles
-            code), loaded strictly.
+        pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` directory, or an OpenAI, open_clip
+            or torchflava state-dict file (.safetensors, .bin, .pt; never unpickled), loaded strictly.
         embed_dim (Optional[int]): width P of the shared space.
         image_size (Optional[int]): image side, pixels.
         patch_size (Optional[int]): patch side, pixels.
@@ -78,8 +76,7 @@ def clip_model(
         CLIPModel: initialised, or holding the checkpoint's weights.
 
     Raises:
-        ValueError: if a given argument contradicts config.json, or the checkpoint does not match
-            the architecture (its missing, unexpected and mis-shaped keys listed).
+        ValueError: if an argument contradicts config.json or the checkpoint (the mismatches listed).
         FileNotFoundError: if ``pretrained`` does not exist.
     """
     given = {k: v for k, v in locals().items() if k != "pretrained" and v is not None}
@@ -90,8 +87,7 @@ def clip_model(
         raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
     a = {**_DEFAULTS, **config, **given}
 
-    # With weights to load, build on the meta device (no init) and take the checkpoint's tensors.
-    with torch.device("meta") if pretrained is not None else contextlib.nullcontext():
+    with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(a)
     if pretrained is not None:
         model.load_state_dict(convert_to_torchflava(load_state_dict(pretrained), model), assign=True)
@@ -105,12 +101,9 @@ def _build(a: dict) -> CLIPModel:
         return transformer_encoder(**sizes, norm_eps=a["norm_eps"], activation=a["activation"], is_causal=is_causal)
 
     vw, tw, norm = a["vision_width"], a["text_width"], lambda width: nn.LayerNorm(width, eps=a["norm_eps"])
+    patches = PatchEmbedding(a["image_size"], a["patch_size"], 3, vw, conv_bias=False, norm=norm(vw))
     return CLIPModel(
-        VisionEncoder(
-            PatchEmbedding(a["image_size"], a["patch_size"], 3, vw, conv_bias=False, norm=norm(vw)),
-            stack("vision"),
-            norm(vw),
-        ),
+        VisionEncoder(patches, stack("vision"), norm(vw)),
         TextEncoder(TokenEmbedding(a["vocab_size"], tw, a["context_length"]), stack("text", True), norm(tw)),
         nn.Linear(vw, a["embed_dim"], bias=False),
         nn.Linear(tw, a["embed_dim"], bias=False),
@@ -120,12 +113,11 @@ def _build(a: dict) -> CLIPModel:
 
 
 def clip_vit_b32(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
-    """CLIP ViT-B/32: open_clip's ``ViT-B-32`` and HF's ``CLIPConfig()`` sizes (see :func:`clip_model`).
+    """CLIP ViT-B/32, the sizes of open_clip's ``ViT-B-32`` and HF's ``CLIPConfig()``; see :func:`clip_model`.
 
     Args:
         pretrained (Optional[PathLike]): checkpoint directory or file.
-        activation (Optional[str]): None: config.json's, else ``"gelu"`` (open_clip's ``ViT-B-32``);
-            ``"quick_gelu"`` for OpenAI's weights, as in HF's ``CLIPConfig()``.
+        activation (Optional[str]): None: config.json's, else open_clip's ``"gelu"``; ``"quick_gelu"`` as HF's, OpenAI's.
 
     Returns:
         CLIPModel: the model.
@@ -134,27 +126,10 @@ def clip_vit_b32(*, pretrained: Optional[PathLike] = None, activation: Optional[
 
 
 def clip_vit_b16(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
-    """CLIP ViT-B/16: open_clip's ``ViT-B-16`` (see :func:`clip_model`).
-
-    Args:
-        pretrained (Optional[PathLike]): checkpoint directory or file.
-        activation (Optional[str]): None: config.json's, else ``"gelu"`` (open_clip's ``ViT-B-16``);
-            ``"quick_gelu"`` for OpenAI's weights (open_clip's ``ViT-B-16-quickgelu``).
-
-    Returns:
-        CLIPModel: the model.
-    """
+    """CLIP ViT-B/16, open_clip's ``ViT-B-16``; as :func:`clip_vit_b32` otherwise."""
     return clip_model(pretrained=pretrained, activation=activation, **_B16)
 
 
 def clip_vit_l14(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
-    """CLIP ViT-L/14: open_clip's ``ViT-L-14`` (see :func:`clip_model`).
-
-    Args:
-        pretrained (Optional[PathLike]): checkpoint directory or file.
-        activation (Optional[str]): None: config.json's, else ``"gelu"``; ``"quick_gelu"`` for OpenAI's weights.
-
-    Returns:
-        CLIPModel: the model.
-    """
+    """CLIP ViT-L/14, open_clip's ``ViT-L-14``; as :func:`clip_vit_b32` otherwise."""
     return clip_model(pretrained=pretrained, activation=activation, **_L14)

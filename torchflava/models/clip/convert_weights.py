@@ -31,9 +31,7 @@ mlp.fc2.{}                             mlp.fc2.{}                               
 _KEYS = {ours: refs for ours, *refs in map(str.split, _ROWS.strip().splitlines())}
 _LAYOUTS = {"torchflava": "image_encoder.", "hf": "vision_model.", "open_clip": "visual."}  # and a key of each
 # Buffers and metadata some checkpoints hold: recognised, not loaded.
-_IGNORED = re.compile(
-    r"^((vision|text)_model\.embeddings\.position_ids|attn_mask|input_resolution|context_length|vocab_size)$"
-)
+_IGNORED = re.compile(r"^(\w+_model\.embeddings\.position_ids|attn_mask|input_resolution|context_length|vocab_size)$")
 _LAYER = re.compile(r"^((image|text)_encoder\.encoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
 
 
@@ -50,9 +48,9 @@ def _names(key: str, layout: str) -> list[str]:
             return [f"{prefix}attn.in_proj_{kind}"] if col else [f"{prefix}self_attn.{p}_proj.{kind}" for p in "qkv"]
         return [prefix + _KEYS[inner + ".{}"][col].format(kind)]
     base, _, kind = key.rpartition(".")
-    if key not in _KEYS and base + ".{}" not in _KEYS:
+    if (row := _KEYS.get(key) or _KEYS.get(base + ".{}")) is None:
         raise KeyError(f"state_dict: expected CLIPModel keys, got {key!r}")
-    return [_KEYS[key][col]] if key in _KEYS else [_KEYS[base + ".{}"][col].format(kind)]
+    return [row[col].format(kind)]
 
 
 def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
@@ -66,8 +64,7 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
         dict[str, Tensor]: a state dict that ``model.load_state_dict(strict=True)`` accepts.
 
     Raises:
-        ValueError: if the layout is unknown, or keys are missing, unexpected or mis-shaped (one
-            error listing them all).
+        ValueError: if the layout is unknown, or keys are missing, unexpected or mis-shaped (all listed).
     """
     source = {k.removeprefix("module."): v for k, v in state_dict.items()}
     layout = next((n for n, probe in _LAYOUTS.items() if any(k.startswith(probe) for k in source)), None)
@@ -85,7 +82,7 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
             out[key] = value.to(target.dtype).contiguous()  # OpenAI's files are float16
     unexpected = sorted(k for k in source if k not in used and not _IGNORED.match(k))
     wrong = [
-        f"{k} {tuple(v.shape)} for {tuple(expected[k].shape)}" for k, v in out.items() if v.shape != expected[k].shape
+        f"{k} {list(v.shape)} for {list(expected[k].shape)}" for k, v in out.items() if v.shape != expected[k].shape
     ]
     if missing or unexpected or wrong:
         raise ValueError(
@@ -97,40 +94,27 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
 
 
 def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Map our state dict to transformers' ``CLIPModel`` keys (the fused qkv split into q, k, v).
+    """Map our state dict to transformers' ``CLIPModel`` keys (qkv split; CLS and positions lose leading 1s).
 
     Args:
         state_dict (dict[str, Tensor]): a :class:`CLIPModel` state dict.
 
     Returns:
-        dict[str, Tensor]: the same tensors under HF names, for ``CLIPModel.load_state_dict(strict=True)``.
-
-    Raises:
-        KeyError: on a key that is not a CLIPModel's.
+        dict[str, Tensor]: the tensors under HF's names, for ``CLIPModel.load_state_dict(strict=True)``.
     """
     out = {}
     for key, value in state_dict.items():
         names = _names(key, "hf")
-        if value.dim() == 3:  # CLS (1, 1, D) -> (D,), positions (1, 1 + N, D) -> (1 + N, D)
-            value = value.flatten() if key.endswith("cls_token") else value[0]
+        value = value.flatten() if key.endswith("cls_token") else value[0] if value.dim() == 3 else value
         out.update(zip(names, value.chunk(len(names)) if len(names) > 1 else [value]))
     return out
 
 
 def hf_config_kwargs(config: dict) -> dict:
-    """:func:`clip_model` keyword arguments from a transformers ``CLIPConfig``'s config.json.
+    """:func:`clip_model` arguments from a transformers ``CLIPConfig`` (config.json as a dict).
 
     Absent fields take ``CLIPConfig()``'s defaults (``save_pretrained`` writes only differences);
     ``eos_token_id`` 2 marks HF's legacy configs, which pool at each row's highest id (None).
-
-    Args:
-        config (dict): the parsed config.json.
-
-    Returns:
-        dict: keyword arguments for :func:`torchflava.models.clip_model`.
-
-    Raises:
-        ValueError: if it is not a CLIP config, or its towers differ in activation or norm eps.
     """
     if config.get("model_type", "clip") != "clip":
         raise ValueError(f"config.json: expected model_type 'clip', got {config.get('model_type')!r}")
@@ -144,16 +128,10 @@ def hf_config_kwargs(config: dict) -> dict:
     )
     out = {f"vision_{ours}": vision.get(hf, d) for (hf, ours), d in zip(sizes.items(), (768, 12, 12, 3072))}
     out.update({f"text_{ours}": text.get(hf, d) for (hf, ours), d in zip(sizes.items(), (512, 12, 8, 2048))})
-    eos = text.get("eos_token_id", 49407)
-    return dict(
-        out,
-        embed_dim=config.get("projection_dim", 512),
-        image_size=vision.get("image_size", 224),
-        patch_size=vision.get("patch_size", 32),
-        context_length=text.get("max_position_embeddings", 77),
-        vocab_size=text.get("vocab_size", 49408),
-        activation=acts.pop(),
-        norm_eps=eps.pop(),
-        logit_scale_init=config.get("logit_scale_init_value", 2.6592),
-        eos_token_id=None if eos == 2 else eos,
+    out.update(
+        embed_dim=config.get("projection_dim", 512), logit_scale_init=config.get("logit_scale_init_value", 2.6592)
     )
+    out.update(image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 32))
+    out.update(context_length=text.get("max_position_embeddings", 77), vocab_size=text.get("vocab_size", 49408))
+    eos = text.get("eos_token_id", 49407)
+    return dict(out, activation=acts.pop(), norm_eps=eps.pop(), eos_token_id=None if eos == 2 else eos)

@@ -1,8 +1,5 @@
-"""CLIP (Radford et al. 2021): a ViT and a causal text transformer, contrasted in one space.
-
-Shapes: image (B, C, H, W) float; text (B, L) token ids; text masks (B, L) with 1 = token and
-0 = padding (the Hugging Face convention); P the width of the shared space.
-"""
+"""CLIP (Radford et al. 2021). Shapes: image (B, C, H, W) float; text (B, L) token ids; text masks
+(B, L) with 1 = token, 0 = padding (Hugging Face's convention); P the width of the shared space."""
 
 import math
 from typing import NamedTuple, Optional
@@ -11,18 +8,18 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.modules.encoders import TextEncoder, VisionEncoder
-from torchflava.modules.encoders.output import CLS_POSITION
+from torchflava.modules.encoders import CLS_POSITION, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
-from torchflava.modules.layers.text_embedding import check_token_ids
+from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
 from torchflava.modules.losses import contrastive_loss
 from torchflava.modules.packing import encode_packed
 from torchflava.utils.distributed import GatherGrad
 
+OptTensor = Optional[Tensor]
+
 
 class CLIPOutput(NamedTuple):
-    """Output of :meth:`CLIPModel.forward`: (B, P) L2-normalised features (None for a missing
-    input) and the learnable log-temperature ``logit_scale`` (logits are ``exp(logit_scale) * cos``)."""
+    """Output of :meth:`CLIPModel.forward`: (B, P) normalised features (None if not given), log-temperature."""
 
     image_features: Optional[Tensor]
     text_features: Optional[Tensor]
@@ -37,21 +34,18 @@ class CLIPLossOutput(NamedTuple):
 
 
 class CLIPModel(nn.Module):
-    """CLIP's two towers, their projections and the temperature.
+    """CLIP: features are the projected CLS (image) and end-of-text (text) tokens after the final norms.
 
-    Image features are the projected CLS token after the final norm (``ln_post``), text features
-    the projected end-of-text token after the final norm. The text tower is causal, so nothing
-    after a row's end token reaches its feature: those tokens and padding are never computed (the
-    rows run packed, :func:`torchflava.modules.packing.encode_packed`).
+    The text tower is causal: what follows a row's end token cannot reach its feature, so it is
+    never computed, nor is padding (the rows run packed, :func:`~torchflava.modules.packing.encode_packed`).
 
     Args:
         image_encoder (VisionEncoder): the image tower.
         text_encoder (TextEncoder): the causal text tower.
         image_projection (nn.Module): image width to P (CLIP's has no bias).
         text_projection (nn.Module): text width to P.
-        eos_token_id (Optional[int]): end-of-text id; text features are read at its first position
-            in each row (HF's rule). None: at the row's highest id (OpenAI's and open_clip's argmax,
-            the same position with CLIP's tokenizer, whose end token 49407 is its largest id).
+        eos_token_id (Optional[int]): text features are read at its first position in each row (HF's
+            rule); None: at the row's highest id (open_clip's argmax; the same for CLIP's tokenizer).
         logit_scale_init (float): initial log-temperature.
     """
 
@@ -98,8 +92,7 @@ class CLIPModel(nn.Module):
 
         Args:
             text (Tensor): (B, L) token ids.
-            mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding (ignored as a key); padding after
-                the end token changes nothing (the tower is causal).
+            mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding (ignored as a key).
             normalize (bool): L2-normalise the features.
 
         Returns:
@@ -111,22 +104,13 @@ class CLIPModel(nn.Module):
                 or ``mask`` has another shape or marks an end token as padding.
         """
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
-        if self.eos_token_id is None:
-            end = text.argmax(dim=1)
-        else:
-            lacking = (~(text == self.eos_token_id).any(dim=1)).nonzero().flatten().tolist()
-            if lacking:
-                raise ValueError(
-                    f"text: expected the end token {self.eos_token_id} in every row, rows {lacking} lack it"
-                )
-            end = (text == self.eos_token_id).int().argmax(dim=1)
+        is_end = text == (text.amax(dim=1, keepdim=True) if self.eos_token_id is None else self.eos_token_id)
+        if lacking := (~is_end.any(dim=1)).nonzero().flatten().tolist():
+            raise ValueError(f"text: expected the end token {self.eos_token_id} in every row, rows {lacking} lack it")
+        end = is_end.int().argmax(dim=1)  # the first end token of each row
         drop = torch.arange(text.shape[1], device=text.device) > end[:, None]  # (B, L) True = not computed
         if mask is not None:
-            if not isinstance(mask, Tensor):
-                raise TypeError(f"text_attention_mask: expected a Tensor, got {type(mask).__name__}")
-            if mask.shape != text.shape:
-                raise ValueError(f"text_attention_mask: expected shape {tuple(text.shape)}, got {tuple(mask.shape)}")
-            drop = drop | (mask == 0)
+            drop = drop | text_padding_mask(text, mask)
             if bool(drop[torch.arange(text.shape[0]), end].any()):
                 raise ValueError("text_attention_mask: expected 1 at every row's end token, got 0")
         if bool(drop.any()):
@@ -137,12 +121,9 @@ class CLIPModel(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(
-        self,
-        image: Optional[Tensor] = None,
-        text: Optional[Tensor] = None,
-        text_attention_mask: Optional[Tensor] = None,
+        self, image: OptTensor = None, text: OptTensor = None, text_attention_mask: OptTensor = None
     ) -> CLIPOutput:
-        """Normalised features of an image batch, a text batch, or both (batch sizes may differ).
+        """Normalised features of an image batch, a text batch (its size may differ), or both.
 
         Args:
             image (Optional[Tensor]): (B, C, H, W) float pixels.
@@ -153,22 +134,24 @@ class CLIPModel(nn.Module):
             CLIPOutput: the features of what was given, and ``logit_scale``.
 
         Raises:
-            ValueError: if neither image nor text is given, a mask comes without text, or an input
-                is malformed (see :meth:`encode_image`, :meth:`encode_text`).
+            ValueError: if neither input is given, a mask comes without text, or see :meth:`encode_text`.
         """
         if image is None and text is None:
             raise ValueError("CLIPModel: expected image or text, got neither")
         if text is None and text_attention_mask is not None:
             raise ValueError("text_attention_mask: expected text with it, got text=None")
-        image_features = None if image is None else self.encode_image(image)
-        text_features = None if text is None else self.encode_text(text, text_attention_mask)
-        return CLIPOutput(image_features, text_features, self.logit_scale)
+        text = None if text is None else self.encode_text(text, text_attention_mask)
+        return CLIPOutput(None if image is None else self.encode_image(image), text, self.logit_scale)
 
     def contrastive_loss(
-        self, image: Tensor, text: Tensor, text_attention_mask: Optional[Tensor] = None, *, gather=GatherGrad.GLOBAL
+        self,
+        image: Tensor,
+        text: Tensor,
+        text_attention_mask: OptTensor = None,
+        *,
+        gather: GatherGrad = GatherGrad.GLOBAL,
     ) -> CLIPLossOutput:
-        """CLIP's loss on B pairs, by :func:`torchflava.modules.losses.contrastive_loss` (which gathers
-        the features of every rank under ``torch.distributed``).
+        """CLIP's loss on B pairs: :func:`~torchflava.modules.losses.contrastive_loss`, which gathers all ranks' features.
 
         Args:
             image (Tensor): (B, C, H, W) float pixels.
@@ -184,7 +167,4 @@ class CLIPModel(nn.Module):
         """
         if isinstance(image, Tensor) and isinstance(text, Tensor) and image.shape[0] != text.shape[0]:
             raise ValueError(f"text: expected {image.shape[0]} rows (one per image), got {text.shape[0]}")
-        image_features, text_features, logit_scale = self(image, text, text_attention_mask)
-        return CLIPLossOutput(
-            contrastive_loss(image_features, text_features, logit_scale, gather=gather).loss, len(image)
-        )
+        return CLIPLossOutput(contrastive_loss(*self(image, text, text_attention_mask), gather=gather).loss, len(image))
