@@ -1,4 +1,6 @@
-"""Embedding throughput and peak memory: torchflava against the FLAVA peers, FLAVA-full, CPU.
+"""Embedding throughput and peak memory: torchflava against its peers, FLAVA-full or CLIP ViT-B/16, CPU.
+
+``--model flava`` (the default):
 
 Peers: Hugging Face transformers' ``FlavaModel`` (``get_image_features`` / ``get_text_features``)
 and, when installed, torchmultimodal's ``FLAVAModel`` (``encode_image`` / ``encode_text`` with
@@ -7,6 +9,13 @@ runs, after ``pack_linears`` (``ours+packed``: the linear weights cast to bf16 a
 oneDNN once, instead of on every call by autocast). Everyone gets the same inputs:
 B images of 224 px, and B captions padded to 77 tokens with real lengths spread over 20..60.
 Ours and HF's share the same weights (converted), and the script checks that their features agree.
+
+``--model clip``: CLIP ViT-B/16 (open_clip's ``ViT-B-16`` config, exact GELU) against transformers'
+``CLIPModel`` (``get_image_features`` / ``get_text_features``) and open_clip's ``CLIP``
+(``encode_image`` / ``encode_text``), all three on the same (random) weights. Texts: B captions of
+realistic length (``[BOS] words [EOS]``, 8..40 tokens, about COCO's spread), padded with zeros to 77
+for open_clip (which takes only 77) and for ours (given the mask too), and to the longest caption
+for HF (what its tokenizer's ``padding=True`` gives).
 
 Timing: ``torch.inference_mode``, warm-up, then the implementations interleaved batch by batch
 (A B C A B C ...), medians reported with the per-batch ratio peer/ours. ``--dtype bf16`` runs every
@@ -18,7 +27,8 @@ the peak resident memory while embedding (weights included), in MiB.
 
 Usage::
 
-    python benchmarks/encoders.py                      # fp32 and bf16, both modalities
+    python benchmarks/encoders.py                      # FLAVA, fp32 and bf16, both modalities
+    python benchmarks/encoders.py --model clip         # CLIP ViT-B/16 against HF and open_clip
     python benchmarks/encoders.py --dtype fp32 --reps 20 --json results.json
 """
 
@@ -36,11 +46,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from torchflava.models import flava_model
+from torchflava.models import clip_vit_b16, flava_model
+from torchflava.models.clip import convert_to_hf as clip_to_hf
+from torchflava.models.clip import convert_to_torchflava as clip_to_torchflava
 from torchflava.models.flava.convert_weights import convert_to_torchflava
 from torchflava.modules.layers import pack_linears
 
 IMPLS = ("ours", "ours+packed", "hf", "tmm")
+CLIP_IMPLS = ("ours", "ours+packed", "hf", "open_clip")
+PEERS = ("hf", "tmm", "open_clip")
 # "ours+packed": ours after torchflava.modules.layers.pack_linears (bf16 weights cast and packed for
 # oneDNN once, instead of on every call under autocast); bf16 runs only, as it computes in bf16.
 PACKED = "ours+packed"
@@ -65,8 +79,45 @@ def make_inputs(batch: int, seed: int = 0) -> dict:
     return {"images": images, "ids": ids * mask, "mask": mask}
 
 
-def build(impl: str, hf_state: dict | None = None):
-    """Build one implementation at FLAVA-full size; ours takes HF's weights when given."""
+def make_clip_inputs(batch: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, 224, 224, generator=g)
+    lengths = torch.linspace(8, 40, batch).round().long()[torch.randperm(batch, generator=g)]
+    ids = torch.randint(1, 49405, (batch, 77), generator=g)
+    mask = (torch.arange(77)[None, :] < lengths[:, None]).long()
+    ids[:, 0] = 49406  # <start_of_text>
+    ids = ids * mask
+    ids[torch.arange(batch), lengths - 1] = 49407  # <end_of_text>
+    longest = int(lengths.max())
+    return {"images": images, "ids": ids, "mask": mask, "hf_ids": ids[:, :longest], "hf_mask": mask[:, :longest]}
+
+
+def build_clip(impl: str, same_weights: bool = True):
+    """CLIP ViT-B/16; with ``same_weights``, every implementation on open_clip's random weights (seed 0)."""
+    import open_clip
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    if impl == "open_clip" or same_weights:
+        reference = open_clip.create_model("ViT-B-16", pretrained=None).eval()
+        if impl == "open_clip":
+            return reference
+    ours = clip_vit_b16()
+    if same_weights:
+        ours.load_state_dict(clip_to_torchflava(reference.state_dict(), ours))
+    if impl == "hf":
+        gelu = dict(hidden_act="gelu")  # open_clip's ViT-B-16 config
+        hf = CLIPModel(CLIPConfig(text_config=gelu, vision_config=dict(gelu, patch_size=16), projection_dim=512))
+        if same_weights:
+            hf.load_state_dict(clip_to_hf(ours.state_dict()), strict=True)
+        return hf.eval()
+    return pack_linears(ours.eval()) if impl == PACKED else ours.eval()
+
+
+def build(impl: str, hf_state: dict | None = None, model: str = "flava"):
+    """Build one implementation at FLAVA-full size (ours takes HF's weights when given), or CLIP ViT-B/16."""
+    if model == "clip":
+        return build_clip(impl, same_weights=False)
     torch.manual_seed(0)
     if impl in ("ours", PACKED):
         model = flava_model()
@@ -89,8 +140,19 @@ def build(impl: str, hf_state: dict | None = None):
 
 
 def embed_fn(impl: str, model, modality: str, inputs: dict):
-    """A zero-argument callable computing (B, 768) features the way that library's users do."""
+    """A zero-argument callable computing normalised features the way that library's users do."""
     images, ids, mask = inputs["images"], inputs["ids"], inputs["mask"]
+    if "hf_ids" in inputs:  # CLIP
+        if impl in ("ours", PACKED):
+            return (lambda: model.encode_image(images)) if modality == "image" else lambda: model.encode_text(ids, mask)
+        if impl == "open_clip":
+            if modality == "image":
+                return lambda: model.encode_image(images, normalize=True)
+            return lambda: model.encode_text(ids, normalize=True)
+        if modality == "image":
+            return lambda: F.normalize(model.get_image_features(pixel_values=images), dim=-1)
+        hf_ids, hf_mask = inputs["hf_ids"], inputs["hf_mask"]
+        return lambda: F.normalize(model.get_text_features(input_ids=hf_ids, attention_mask=hf_mask), dim=-1)
     if impl in ("ours", PACKED):
         if modality == "image":
             return lambda: model.encode_image(images)
@@ -122,24 +184,24 @@ def time_interleaved(models: dict, inputs: dict, modality: str, dtype: str, warm
     return times
 
 
-def check_agreement(models: dict, inputs: dict) -> dict:
-    """Max abs difference between our features and HF's (same weights): fp32, and under bf16 autocast."""
+def check_agreement(models: dict, inputs: dict, peer: str = "hf") -> dict:
+    """Max abs difference between our features and a peer's (same weights): fp32, and under bf16 autocast."""
     out = {}
     for dtype in ("fp32", "bf16"):
         with torch.inference_mode(), autocast(dtype):
             for modality in ("image", "text"):
-                hf = embed_fn("hf", models["hf"], modality, inputs)().float()
+                reference = embed_fn(peer, models[peer], modality, inputs)().float()
                 for impl in ("ours", PACKED) if dtype == "bf16" else ("ours",):
                     if impl in models:
                         ours = embed_fn(impl, models[impl], modality, inputs)().float()
-                        out[f"{impl} {modality} {dtype}"] = float((ours - hf).abs().max())
+                        out[f"{impl} {modality} {dtype}"] = float((ours - reference).abs().max())
     return out
 
 
-def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int) -> None:
+def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int, model_name: str = "flava") -> None:
     """Run in a fresh process: build, warm up, reset the peak counter, embed, print peak RSS (MiB)."""
-    model = build(impl)
-    inputs = make_inputs(batch)
+    model = build(impl, model=model_name)  # random weights: memory does not depend on their values
+    inputs = make_clip_inputs(batch) if model_name == "clip" else make_inputs(batch)
     fn = embed_fn(impl, model, modality, inputs)
     with torch.inference_mode(), autocast(dtype):
         fn()
@@ -156,8 +218,8 @@ def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int) 
     )
 
 
-def peak_rss(impl: str, modality: str, dtype: str, batch: int) -> float:
-    cmd = [sys.executable, __file__, "--child", impl, modality, dtype, "--batch", str(batch)]
+def peak_rss(impl: str, modality: str, dtype: str, batch: int, model: str = "flava") -> float:
+    cmd = [sys.executable, __file__, "--child", impl, modality, dtype, "--batch", str(batch), "--model", model]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
@@ -169,16 +231,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dtype", choices=("fp32", "bf16", "both"), default="both")
     parser.add_argument("--modality", choices=("image", "text", "both"), default="both")
-    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of ours,hf,tmm")
+    parser.add_argument("--model", choices=("flava", "clip"), default="flava")
+    parser.add_argument("--impls", help="comma-separated subset of ours,ours+packed,hf,tmm (flava) or open_clip (clip)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory runs")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "MODALITY", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        peak_rss_child(*args.child, batch=args.batch, reps=3)
+        peak_rss_child(*args.child, batch=args.batch, reps=3, model_name=args.model)
         return
 
-    impls = [i for i in args.impls.split(",") if i != "tmm" or have_tmm()]
+    clip = args.model == "clip"
+    impls = (args.impls or ",".join(CLIP_IMPLS if clip else IMPLS)).split(",")
+    impls = [i for i in impls if i != "tmm" or have_tmm()]
     if "ours" not in impls or len(impls) < 2:
         parser.error("--impls needs ours and at least one peer")
     dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
@@ -186,26 +251,31 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-        f"cpu capability {torch.backends.cpu.get_cpu_capability()}, batch {args.batch}, reps {args.reps}"
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}, batch {args.batch}, reps {args.reps}, "
+        f"model {args.model}"
     )
-    models = {"hf": build("hf")} if "hf" in impls else {}
-    for impl in ("ours", PACKED):
-        if impl in impls:
-            models[impl] = build(impl, hf_state=models["hf"].state_dict() if "hf" in models else None)
-    for impl in impls:
-        if impl not in models:
-            models[impl] = build(impl)
-    models = {impl: models[impl] for impl in impls}
-    inputs = make_inputs(args.batch)
+    if clip:
+        models = {impl: build_clip(impl) for impl in impls}
+    else:
+        models = {"hf": build("hf")} if "hf" in impls else {}
+        for impl in ("ours", PACKED):
+            if impl in impls:
+                models[impl] = build(impl, hf_state=models["hf"].state_dict() if "hf" in models else None)
+        for impl in impls:
+            if impl not in models:
+                models[impl] = build(impl)
+        models = {impl: models[impl] for impl in impls}
+    inputs = make_clip_inputs(args.batch) if clip else make_inputs(args.batch)
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch, "rows": []}
-    if "hf" in models:
-        results["max_abs_diff_vs_hf"] = check_agreement(models, inputs)
-        print(f"features against HF's (same weights), max abs diff: {results['max_abs_diff_vs_hf']}")
+    results["model"] = args.model
+    for peer in [p for p in ("hf", "open_clip") if p in models]:
+        results[f"max_abs_diff_vs_{peer}"] = check_agreement(models, inputs, peer)
+        print(f"features against {peer}'s (same weights), max abs diff: {results[f'max_abs_diff_vs_{peer}']}")
 
-    peers = [impl for impl in impls if impl in ("hf", "tmm")]
+    peers = [impl for impl in impls if impl in PEERS]
     print(
         f"{'modality':8} {'dtype':5} {'impl':11} {'median s/batch':>14} {'items/s':>8} "
-        + " ".join(f"{'speed vs ' + p:>13}" for p in peers)
+        + " ".join(f"{'speed vs ' + p:>19}" for p in [*peers, "fastest"])
         + f" {'peak RSS MiB':>12}"
     )
     for modality in modalities:
@@ -217,7 +287,10 @@ def main() -> None:
                 speedup = {
                     p: statistics.median(a / b for a, b in zip(times[p], times[impl])) for p in peers if p != impl
                 }
-                rss = None if args.no_memory else peak_rss(impl, modality, dtype, args.batch)
+                # and against the faster peer of this run (by median time)
+                fastest = min(peers, key=lambda p: statistics.median(times[p]))
+                speedup["fastest"] = statistics.median(a / b for a, b in zip(times[fastest], times[impl]))
+                rss = None if args.no_memory else peak_rss(impl, modality, dtype, args.batch, args.model)
                 row = {
                     "modality": modality,
                     "dtype": dtype,
@@ -225,12 +298,13 @@ def main() -> None:
                     "median_s": med,
                     "items_per_s": args.batch / med,
                     "speedup_vs_peer_paired": speedup,
+                    "fastest_peer": fastest,
                     "peak_rss_mib": rss,
                 }
                 results["rows"].append(row)
                 print(
                     f"{modality:8} {dtype:5} {impl:11} {med:14.4f} {args.batch / med:8.2f} "
-                    + " ".join(f"{speedup[p]:12.3f}x" if p in speedup else f"{'':>13}" for p in peers)
+                    + " ".join(f"{speedup[p]:18.3f}x" if p in speedup else f"{'':>19}" for p in [*peers, "fastest"])
                     + f" {'' if rss is None else f'{rss:.0f}':>12}"
                 )
     if args.json:

@@ -6,7 +6,10 @@ from torch.testing import assert_close
 
 from tests.helpers import padded_text
 from torchflava.models import flava_text_encoder
-from torchflava.modules.packing import can_pack, pack_batch
+from torchflava.modules.encoders import TextEncoder
+from torchflava.modules.encoders.builders import transformer_encoder
+from torchflava.modules.layers.text_embedding import TokenEmbedding
+from torchflava.modules.packing import can_pack, encode_packed, pack_batch
 
 
 def test_pack_batch_layout():
@@ -17,6 +20,8 @@ def test_pack_batch_layout():
     assert packed.input_ids.shape == (3, 10)
     assert packed.pack_of_row.tolist() == [0, 1, 1, 2, 2]
     assert packed.first_slot.tolist() == [0, 0, 3, 0, 1]
+    assert packed.last_slot.tolist() == [9, 2, 9, 0, 8]
+    assert packed.row_in_pack.tolist() == [0, 0, 1, 0, 1]
     assert_close(packed.input_ids[1], torch.cat([ids[1, :3], ids[2, :7]]))
     assert_close(packed.position_ids[1], torch.tensor([0, 1, 2, 0, 1, 2, 3, 4, 5, 6]))
     assert_close(packed.input_ids[2], torch.cat([ids[3, :1], ids[4, :8], torch.zeros(1, dtype=ids.dtype)]))
@@ -70,15 +75,51 @@ def test_packed_text_encoder_matches_padded():
         assert_close(out[packed.pack_of_row, packed.first_slot], padded[:, 0], atol=1e-5, rtol=0)
 
 
-def test_pack_batch_rejects_left_padding_and_bad_arguments():
+def test_pack_batch_takes_any_padding_and_rejects_bad_arguments():
     ids, mask = padded_text(2, 6, 50, [6, 3])
-    left = mask.flip(1) == 0
-    assert not can_pack(left)
-    with pytest.raises(ValueError, match="column 0"):
-        pack_batch(ids, left)
+    holes = mask.flip(1).clone()  # row 1: left padding, then a hole in the middle
+    holes[1, 4] = 0
+    assert not can_pack(holes == 0)
+    packed = pack_batch(ids, holes == 0)
+    assert packed.first_slot.tolist() == [0, 6] and packed.last_slot.tolist() == [5, 7]
+    assert_close(packed.input_ids[0, 6:], ids[1, [3, 5]])
+    assert_close(packed.position_ids[0, 6:], torch.tensor([3, 5]))  # tokens keep their columns
+    empty = mask.clone()
+    empty[1] = 0
+    with pytest.raises(ValueError, match=r"real token in every row, got rows \[1\] all padding"):
+        pack_batch(ids, empty == 0)
     with pytest.raises(ValueError, match="padding_mask must have"):
         pack_batch(ids, (mask == 0)[:, :4])
     with pytest.raises(ValueError, match="token_type_ids must have"):
         pack_batch(ids, mask == 0, token_type_ids=ids[:, :3])
     with pytest.raises(ValueError, match="max_tokens"):
         pack_batch(ids, mask == 0, max_tokens=0)
+    with pytest.raises(ValueError, match="output: expected 'first' or 'last'"):
+        encode_packed(None, ids, mask == 0, output="middle")
+
+
+@pytest.mark.parametrize("max_tokens", [40, 9])
+def test_encode_packed_causal_last_and_bidirectional_first(max_tokens):
+    # A causal encoder (CLIP's text tower): each row's last kept token, packed, equals the padded pass.
+    causal = TextEncoder(
+        TokenEmbedding(99, 24, 20),
+        transformer_encoder(embed_dim=24, num_layers=2, num_heads=3, mlp_dim=40, is_causal=True),
+        torch.nn.LayerNorm(24),
+    ).eval()
+    ids, mask = padded_text(5, 20, 99, [20, 4, 11, 1, 17])
+    mask[2, :3] = 0  # left padding in one row
+    padding = mask == 0
+    last = 19 - (~padding).flip(1).int().argmax(dim=1)  # column of each row's last real token
+    with torch.no_grad():
+        padded = causal(ids, padding_mask=padding).last_hidden_state[torch.arange(5), last]
+        assert_close(
+            encode_packed(causal, ids, padding, output="last", max_tokens=max_tokens), padded, atol=1e-5, rtol=0
+        )
+    # A bidirectional one (FLAVA's): the CLS of each row.
+    bert = flava_text_encoder(embed_dim=24, num_layers=2, num_heads=3, mlp_dim=40, vocab_size=99, max_seq_len=20).eval()
+    ids, mask = padded_text(5, 20, 99, [20, 4, 11, 1, 17])
+    types = torch.randint(0, 2, ids.shape)
+    with torch.no_grad():
+        padded = bert(ids, padding_mask=mask == 0, token_type_ids=types).last_hidden_state[:, 0]
+        packed = encode_packed(bert, ids, mask == 0, token_type_ids=types, max_tokens=max_tokens)
+        assert_close(packed, padded, atol=1e-5, rtol=0)

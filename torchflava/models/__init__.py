@@ -1,5 +1,6 @@
-"""Models assembled from ``torchflava.modules``: ``from torchflava.models import flava_model``."""
+"""Models assembled from ``torchflava.modules``: ``from torchflava.models import clip_model, flava_model``."""
 
+from torchflava.models.clip import CLIPModel, CLIPOutput, clip_model, clip_vit_b16, clip_vit_b32, clip_vit_l14
 from torchflava.models.flava import (
     FLAVAForClassification,
     FLAVAForPretraining,
@@ -15,6 +16,12 @@ from torchflava.models.flava import (
 )
 
 __all__ = [
+    "CLIPModel",
+    "CLIPOutput",
+    "clip_model",
+    "clip_vit_b16",
+    "clip_vit_b32",
+    "clip_vit_l14",
     "FLAVAForClassification",
     "flava_model_for_classification",
     "FLAVAForPretraining",

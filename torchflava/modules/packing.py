@@ -5,13 +5,16 @@ sum(l_b). Rows are packed in order into P sequences (packs) of at most ``max_tok
 evenly filled as P allows, and the packs are stacked into one (P, T) batch, so the encoder runs
 once whatever the batch size. A block-diagonal attention mask keeps every row to itself (a pack's
 trailing padding slots attend only to themselves), and each token keeps its column index as its
-position, so every real token's output equals its output in the padded batch.
+position, so every real token's output equals its output in the padded batch. A causal encoder
+(CLIP's text tower) stays causal within each row, as a row's tokens keep their order in its pack.
+:func:`encode_packed` runs an encoder that way and returns one output per row (its first or last
+real token: BERT's CLS, CLIP's end of text).
 """
 
-from typing import NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class PackedBatch(NamedTuple):
@@ -23,8 +26,11 @@ class PackedBatch(NamedTuple):
         token_type_ids (Optional[Tensor]): (P, T) segment ids, when the batch had them.
         attn_mask (Tensor): (P, T, T) bool, ``True`` = blocked: a key of another row, or an unused slot.
         pack_of_row (Tensor): (B,) the pack holding each row.
-        first_slot (Tensor): (B,) the slot in its pack of each row's column-0 token (its CLS).
+        first_slot (Tensor): (B,) the slot in its pack of each row's first real token (its CLS when
+            column 0 is real).
         real (Tensor): (P, T) bool, ``True`` where a slot holds a real token.
+        last_slot (Tensor): (B,) the slot of each row's last real token.
+        row_in_pack (Tensor): (B,) how many rows come before it in its pack.
     """
 
     input_ids: Tensor
@@ -34,6 +40,8 @@ class PackedBatch(NamedTuple):
     pack_of_row: Tensor
     first_slot: Tensor
     real: Tensor
+    last_slot: Tensor
+    row_in_pack: Tensor
 
 
 def can_pack(padding_mask: Tensor) -> bool:
@@ -62,7 +70,7 @@ def _greedy_packs(lengths: list[int], capacity: int) -> list[int]:
 def pack_batch(
     input_ids: Tensor, padding_mask: Tensor, *, token_type_ids: Optional[Tensor] = None, max_tokens: int = 256
 ) -> PackedBatch:
-    """Pack the real tokens of a right-padded batch, in row order, into one (P, T) batch of packs.
+    """Pack the real tokens of a padded batch, in row order, into one (P, T) batch of packs.
 
     P is the number of packs of at most ``max_tokens`` tokens that consecutive rows need (a row
     longer than ``max_tokens`` gets a pack of its own); T is the smallest pack length that still
@@ -70,7 +78,7 @@ def pack_batch(
 
     Args:
         input_ids (Tensor): (B, L) token ids.
-        padding_mask (Tensor): (B, L) bool, ``True = padding``; column 0 must be real in every row.
+        padding_mask (Tensor): (B, L) bool, ``True = padding``; every row needs a real token.
         token_type_ids (Optional[Tensor]): (B, L) segment ids.
         max_tokens (int): token budget of one pack.
 
@@ -78,7 +86,7 @@ def pack_batch(
         PackedBatch: the packs and where each row went.
 
     Raises:
-        ValueError: if some row starts with padding, the shapes differ, or ``max_tokens`` < 1.
+        ValueError: if some row is all padding, the shapes differ, or ``max_tokens`` < 1.
     """
     if tuple(padding_mask.shape) != tuple(input_ids.shape) or input_ids.dim() != 2:
         raise ValueError(
@@ -88,11 +96,12 @@ def pack_batch(
         raise ValueError(f"token_type_ids must have shape {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    if not can_pack(padding_mask):
-        raise ValueError("packing needs a real token in column 0 of every row (right padding)")
     device = input_ids.device
     real = ~padding_mask
     lengths = real.sum(dim=1).tolist()
+    if min(lengths) == 0:
+        empty = [row for row, length in enumerate(lengths) if length == 0]
+        raise ValueError(f"padding_mask: expected a real token in every row, got rows {empty} all padding")
     num_packs = _greedy_packs(lengths, max_tokens)[-1] + 1
     # The smallest capacity that keeps the rows in num_packs packs (bisection over whole tokens).
     low, high = max(lengths), max(max(lengths), max_tokens)
@@ -101,16 +110,19 @@ def pack_batch(
         low, high = (low, middle) if _greedy_packs(lengths, middle)[-1] < num_packs else (middle + 1, high)
     packs = _greedy_packs(lengths, low)
     # Each row starts where the rows before it in the same pack end.
-    first_slot, filled = [], [0] * num_packs
+    first_slot, row_in_pack, filled, rows = [], [], [0] * num_packs, [0] * num_packs
     for pack, length in zip(packs, lengths):
         first_slot.append(filled[pack])
+        row_in_pack.append(rows[pack])
         filled[pack] += length
+        rows[pack] += 1
     slots = max(filled)
     pack_of_row = torch.tensor(packs, device=device)
     first_slot = torch.tensor(first_slot, device=device)
 
     columns = torch.arange(input_ids.shape[1], device=device).expand_as(input_ids)
-    destination = (pack_of_row * slots + first_slot)[:, None] + columns  # (B, L) flat slot of each token
+    # (B, L) flat slot of each real token: its pack's start, its row's start, its rank among the row's real tokens.
+    destination = (pack_of_row * slots + first_slot)[:, None] + real.cumsum(dim=1) - 1
     flat = destination[real]
 
     def scatter(values: Tensor, fill: int) -> Tensor:
@@ -132,4 +144,54 @@ def pack_batch(
         pack_of_row=pack_of_row,
         first_slot=first_slot,
         real=used,
+        last_slot=first_slot + torch.tensor(lengths, device=device) - 1,
+        row_in_pack=torch.tensor(row_in_pack, device=device),
     )
+
+
+def encode_packed(
+    encoder: nn.Module,
+    input_ids: Tensor,
+    padding_mask: Tensor,
+    *,
+    output: Literal["first", "last"] = "first",
+    token_type_ids: Optional[Tensor] = None,
+    max_tokens: int = 256,
+) -> Tensor:
+    """One output per row of a padded batch, from a text encoder run once over the batch packed.
+
+    The encoder's last layer computes only the wanted slots (per pack: those of its rows), and
+    each row then takes its own; the values are those of the padded batch at the same tokens.
+
+    Args:
+        encoder (nn.Module): a :class:`~torchflava.modules.encoders.TextEncoder` (bidirectional or causal).
+        input_ids (Tensor): (B, L) token ids.
+        padding_mask (Tensor): (B, L) bool, ``True`` = leave the token out (padding, or anything
+            that cannot reach the wanted token, e.g. what follows it in a causal encoder).
+        output (Literal["first", "last"]): which real token of each row to return: the first
+            (BERT's CLS, when column 0 is real) or the last (CLIP's end of text).
+        token_type_ids (Optional[Tensor]): (B, L) segment ids.
+        max_tokens (int): token budget of one pack.
+
+    Returns:
+        Tensor: (B, D) the encoder's output (after its final norm) at each row's chosen token.
+
+    Raises:
+        ValueError: see :func:`pack_batch`, or if ``output`` is not "first" or "last".
+    """
+    if output not in ("first", "last"):
+        raise ValueError(f"output: expected 'first' or 'last', got {output!r}")
+    packed = pack_batch(input_ids, padding_mask, token_type_ids=token_type_ids, max_tokens=max_tokens)
+    slots = packed.first_slot if output == "first" else packed.last_slot
+    positions = slots.new_zeros(packed.input_ids.shape[0], int(packed.row_in_pack.max()) + 1)  # (P, rows per pack)
+    positions[packed.pack_of_row, packed.row_in_pack] = slots
+    extra = {} if token_type_ids is None else {"token_type_ids": packed.token_type_ids}
+    out = encoder(
+        packed.input_ids,
+        position_ids=packed.position_ids,
+        attn_mask=packed.attn_mask,
+        output_positions=positions,
+        return_pooled=False,
+        **extra,
+    )
+    return out.last_hidden_state[packed.pack_of_row, packed.row_in_pack]

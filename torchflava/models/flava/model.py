@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from torchflava.modules.encoders import CLS_POSITION, EncoderOutput, MultimodalEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
-from torchflava.modules.layers.text_embedding import check_token_ids
-from torchflava.modules.packing import can_pack, pack_batch
+from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
+from torchflava.modules.packing import can_pack, encode_packed
 
 
 class FLAVAOutput(NamedTuple):
@@ -47,36 +47,6 @@ class FLAVAOutput(NamedTuple):
     image_hidden_states: Optional[tuple[Tensor, ...]] = None
     text_hidden_states: Optional[tuple[Tensor, ...]] = None
     multimodal_hidden_states: Optional[tuple[Tensor, ...]] = None
-
-
-def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Optional[Tensor]:
-    """Turn a (B, L) attention mask (1 = token, 0 = padding) into a boolean padding mask.
-
-    Args:
-        text (Tensor): (B, L) token ids the mask belongs to.
-        text_attention_mask (Optional[Tensor]): (B, L) bool, integer or float mask, or None.
-
-    Returns:
-        Optional[Tensor]: (B, L) bool, ``True = padding``; None when no mask was given.
-
-    Raises:
-        TypeError: if the mask is not a tensor.
-        ValueError: if its shape differs from ``text``'s, or a row is all padding.
-    """
-    if text_attention_mask is None:
-        return None
-    if not isinstance(text_attention_mask, Tensor):
-        raise TypeError(f"text_attention_mask must be a torch.Tensor, got {type(text_attention_mask).__name__}")
-    if tuple(text_attention_mask.shape) != tuple(text.shape):
-        raise ValueError(
-            f"text_attention_mask must have the shape of text {tuple(text.shape)}, "
-            f"got {tuple(text_attention_mask.shape)}"
-        )
-    padding = text_attention_mask == 0
-    if bool(padding.all(dim=1).any()):
-        empty = padding.all(dim=1).nonzero().flatten().tolist()
-        raise ValueError(f"text_attention_mask marks every token of rows {empty} as padding; each text needs a token")
-    return padding
 
 
 class FLAVAModel(nn.Module):
@@ -252,19 +222,10 @@ class FLAVAModel(nn.Module):
                 return_pooled=False,
             )
             return self._project(self.text_projection, out, normalize)
-        packed = pack_batch(text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens)
-        # One encoder pass over all packs; its last layer computes only the slots where some pack
-        # holds a row's CLS, and each row then takes its own pack's output at its own slot.
-        cls_slots = torch.unique(packed.first_slot)  # sorted
-        out = self.text_encoder(
-            packed.input_ids,
-            token_type_ids=packed.token_type_ids,
-            position_ids=packed.position_ids,
-            attn_mask=packed.attn_mask,
-            output_positions=cls_slots,
-            return_pooled=False,
+        # One encoder pass over all packs; its last layer computes only each row's CLS slot.
+        cls_states = encode_packed(
+            self.text_encoder, text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens
         )
-        cls_states = out.last_hidden_state[packed.pack_of_row, torch.searchsorted(cls_slots, packed.first_slot)]
         projected = self.text_projection(cls_states)
         return F.normalize(projected, dim=-1) if normalize else projected
 

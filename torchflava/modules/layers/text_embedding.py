@@ -35,6 +35,36 @@ def check_token_ids(input_ids: Tensor, vocab_size: int, *, name: str = "input_id
         raise ValueError(f"{name} must be in [0, {vocab_size}) (the vocabulary size), got values in [{lo}, {hi}]")
 
 
+def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Optional[Tensor]:
+    """Turn a (B, L) attention mask (1 = token, 0 = padding) into a boolean padding mask.
+
+    Args:
+        text (Tensor): (B, L) token ids the mask belongs to.
+        text_attention_mask (Optional[Tensor]): (B, L) bool, integer or float mask, or None.
+
+    Returns:
+        Optional[Tensor]: (B, L) bool, ``True = padding``; None when no mask was given.
+
+    Raises:
+        TypeError: if the mask is not a tensor.
+        ValueError: if its shape differs from ``text``'s, or a row is all padding.
+    """
+    if text_attention_mask is None:
+        return None
+    if not isinstance(text_attention_mask, Tensor):
+        raise TypeError(f"text_attention_mask must be a torch.Tensor, got {type(text_attention_mask).__name__}")
+    if tuple(text_attention_mask.shape) != tuple(text.shape):
+        raise ValueError(
+            f"text_attention_mask must have the shape of text {tuple(text.shape)}, "
+            f"got {tuple(text_attention_mask.shape)}"
+        )
+    padding = text_attention_mask == 0
+    if bool(padding.all(dim=1).any()):
+        empty = padding.all(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"text_attention_mask marks every token of rows {empty} as padding; each text needs a token")
+    return padding
+
+
 class TextEmbedding(nn.Module):
     """Word, position and token-type embeddings with a LayerNorm.
 

@@ -1,0 +1,232 @@
+"""CLIP checkpoints: parity with transformers' CLIPModel and open_clip's ViT-B-16, round trips, strictness.
+
+Every reference model gets its parameters perturbed (``randn * 0.02``; in the ViT-B models the
+vectors only, the matrices are random already) before it is saved, so that tensors the references
+initialise to constants (biases, norms) are non-trivial and a swapped or dropped tensor changes
+the features.
+"""
+
+import json
+
+import open_clip
+import pytest
+from safetensors.torch import save_file
+import torch
+from torch import nn
+import torch.nn.functional as F
+from torch.testing import assert_close
+from transformers import CLIPConfig
+from transformers import CLIPModel as HFCLIPModel
+
+from tests.helpers import PickleExploit
+from torchflava.models import clip_model, clip_vit_b16, clip_vit_b32
+from torchflava.models.clip import convert_to_hf, convert_to_torchflava
+from torchflava.modules.layers.activation import QuickGELU
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+ATOL = 1e-4
+BOS, EOS = 49406, 49407
+# A small CLIP: every width differs, so a transposed or swapped tensor cannot pass.
+SMALL = dict(
+    embed_dim=20,
+    image_size=32,
+    patch_size=8,
+    vision_width=32,
+    vision_layers=2,
+    vision_heads=4,
+    vision_mlp_dim=48,
+    context_length=16,
+    vocab_size=99,
+    text_width=24,
+    text_layers=2,
+    text_heads=3,
+    text_mlp_dim=40,
+)
+
+
+def _perturb(module: nn.Module, scale: float = 0.02, *, vectors_only: bool = False) -> nn.Module:
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() <= 1 or not vectors_only:
+                p.add_(torch.randn_like(p) * scale)
+    return module.eval()
+
+
+def _small_hf_config(act: str = "quick_gelu", **text) -> CLIPConfig:
+    s = SMALL
+    return CLIPConfig(
+        projection_dim=s["embed_dim"],
+        vision_config=dict(
+            hidden_size=s["vision_width"],
+            num_hidden_layers=s["vision_layers"],
+            num_attention_heads=s["vision_heads"],
+            intermediate_size=s["vision_mlp_dim"],
+            image_size=s["image_size"],
+            patch_size=s["patch_size"],
+            hidden_act=act,
+        ),
+        text_config=dict(
+            hidden_size=s["text_width"],
+            num_hidden_layers=s["text_layers"],
+            num_attention_heads=s["text_heads"],
+            intermediate_size=s["text_mlp_dim"],
+            vocab_size=s["vocab_size"],
+            max_position_embeddings=s["context_length"],
+            hidden_act=act,
+            **text,
+        ),
+    )
+
+
+def captions(lengths: list[int], context: int, *, vocab: int = 49408, bos: int = BOS, eos: int = EOS, pad: int = 0):
+    """Token ids ``[bos, words..., eos, pad...]`` of the given lengths (bos and eos included), and the mask."""
+    ids = torch.full((len(lengths), context), pad)
+    mask = torch.zeros(len(lengths), context, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(1, min(bos, vocab - 3), (n,))
+        ids[row, 0], ids[row, n - 1] = bos, eos
+        mask[row, :n] = 1
+    return ids, mask
+
+
+def _hf_features(hf: HFCLIPModel, images, ids, mask):
+    with torch.no_grad():
+        image = F.normalize(hf.get_image_features(pixel_values=images), dim=-1)
+        text = F.normalize(hf.get_text_features(input_ids=ids, attention_mask=mask), dim=-1)
+    return image, text
+
+
+def _our_features(model, images, ids, mask):
+    with torch.no_grad():
+        out = model.eval()(images, ids, mask)
+    return out.image_features, out.text_features
+
+
+def test_hf_default_config_vit_b32(tmp_path):
+    config = CLIPConfig()  # ViT-B/32, QuickGELU, eos_token_id 49407: HF pools at the first 49407
+    assert config.text_config.eos_token_id == EOS
+    hf = _perturb(HFCLIPModel(config), vectors_only=True)
+    hf.save_pretrained(tmp_path)
+    ours = clip_model(pretrained=tmp_path)
+    assert ours.eos_token_id == EOS
+    assert isinstance(ours.image_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+    assert_close(ours.logit_scale, hf.logit_scale)
+    images = torch.randn(2, 3, 224, 224)
+    ids, mask = captions([77, 9, 30, 2], 77, pad=1)  # a full row, short and long captions, an empty one
+    expected = _hf_features(hf, images, ids, mask)
+    for actual, reference in zip(_our_features(ours, images, ids, mask), expected):
+        assert_close(actual, reference, atol=ATOL, rtol=0)
+    # The preset of the same size takes the directory too (its activation read from config.json).
+    assert_close(clip_vit_b32(pretrained=tmp_path).encode_text(ids, mask), expected[1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("eos", [97, 2])  # 2: HF's legacy configs, which pool at each row's highest id
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_hf_small_config(tmp_path, eos, weights):
+    hf = _perturb(HFCLIPModel(_small_hf_config("gelu", eos_token_id=eos, bos_token_id=96)))
+    hf.save_pretrained(tmp_path, safe_serialization=weights.endswith("safetensors"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", weights]
+    ours = clip_model(pretrained=tmp_path)
+    assert ours.eos_token_id == (None if eos == 2 else eos)
+    images = torch.randn(3, 3, 32, 32)
+    ids, mask = captions([16, 5, 11], 16, vocab=99, bos=96, eos=98 if eos == 2 else eos)
+    # Left padding in row 1: the padded keys are ignored by HF, and by us (not computed).
+    ids[1], mask[1] = ids[1].roll(6), mask[1].roll(6)
+    for actual, reference in zip(_our_features(ours, images, ids, mask), _hf_features(hf, images, ids, mask)):
+        assert_close(actual, reference, atol=ATOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def open_clip_b16():
+    torch.manual_seed(0)
+    return _perturb(open_clip.create_model("ViT-B-16", pretrained=None), vectors_only=True)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_open_clip_vit_b16(tmp_path, open_clip_b16, suffix):
+    reference = open_clip_b16
+    path = tmp_path / f"open_clip{suffix}"
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    ours = clip_vit_b16(pretrained=path)
+    images = torch.randn(2, 3, 224, 224)
+    ids, _ = captions([12, 77, 40], 77)  # open_clip's texts: 77 ids, zeros after the end token
+    with torch.no_grad():
+        expected_image = reference.encode_image(images, normalize=True)
+        expected_text = reference.encode_text(ids, normalize=True)
+        assert_close(ours.encode_image(images), expected_image, atol=ATOL, rtol=0)
+        assert_close(ours.encode_text(ids), expected_text, atol=ATOL, rtol=0)
+        # With the mask too (1 up to the end token): the same features.
+        assert_close(ours.encode_text(ids, (ids != 0).long()), expected_text, atol=ATOL, rtol=0)
+    assert_close(ours.logit_scale, reference.logit_scale)
+
+
+def test_round_trip_through_hf_layout(tmp_path):
+    ours = _perturb(clip_model(**SMALL, activation="quick_gelu", eos_token_id=97))
+    hf = HFCLIPModel(_small_hf_config(eos_token_id=97)).eval()
+    hf.load_state_dict(convert_to_hf(ours.state_dict()), strict=True)
+    images, (ids, mask) = torch.randn(2, 3, 32, 32), captions([4, 13], 16, vocab=99, bos=96, eos=97)
+    for actual, reference in zip(_our_features(ours, images, ids, mask), _hf_features(hf, images, ids, mask)):
+        assert_close(actual, reference, atol=ATOL, rtol=0)
+    # And back: HF layout -> ours gives the same tensors.
+    hf.save_pretrained(tmp_path)
+    back = clip_model(pretrained=tmp_path)
+    for key, value in ours.state_dict().items():
+        assert_close(back.state_dict()[key], value, atol=0, rtol=0)
+    assert_close(convert_to_torchflava(ours.state_dict(), back)["logit_scale"], ours.logit_scale.detach())
+
+
+def _hf_file(tmp_path, edit=lambda state: state):
+    hf = HFCLIPModel(_small_hf_config())
+    path = tmp_path / "hf.safetensors"
+    save_file(edit(dict(hf.state_dict())), path)
+    return path
+
+
+def test_missing_and_unexpected_keys_listed_in_one_error(tmp_path):
+    def edit(state):
+        del state["text_model.encoder.layers.1.self_attn.k_proj.weight"]
+        state["text_model.extra.weight"] = torch.zeros(2)
+        return state
+
+    with pytest.raises(ValueError) as err:
+        clip_model(pretrained=_hf_file(tmp_path, edit), **SMALL)
+    message = str(err.value)
+    assert "missing 1 ['text_model.encoder.layers.1.self_attn.k_proj.weight']" in message
+    assert "unexpected 1 ['text_model.extra.weight']" in message
+
+
+def test_wrong_shapes_and_architecture_raise(tmp_path):
+    path = _hf_file(tmp_path)
+    with pytest.raises(ValueError, match=r"wrong shapes \d+ \['image_encoder.encoder.layers.0.mlp.fc1.weight"):
+        clip_model(pretrained=path, **dict(SMALL, vision_mlp_dim=64))
+    with pytest.raises(ValueError, match=r"missing 16 .*text_model.encoder.layers.2"):
+        clip_model(pretrained=path, **dict(SMALL, text_layers=3))
+    # A Hugging Face directory whose config.json disagrees with the arguments given.
+    HFCLIPModel(_small_hf_config()).save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match=r"'patch_size': \(16, 8\)"):
+        clip_vit_b16(pretrained=tmp_path / "hf")
+
+
+def test_not_a_clip_checkpoint_raises(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"encoder.weight": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="expected CLIP keys"):
+        clip_model(pretrained=path, **SMALL)
+    with pytest.raises(FileNotFoundError):
+        clip_model(pretrained=tmp_path / "absent.pt", **SMALL)
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(ValueError, match="expected model_type 'clip'"):
+        clip_model(pretrained=tmp_path / "vit")
+
+
+def test_pickle_bearing_file_is_refused_and_not_executed(tmp_path):
+    marker, path = tmp_path / "executed.txt", tmp_path / "evil.pt"
+    torch.save({"logit_scale": torch.zeros(()), "payload": PickleExploit(marker)}, path)
+    with pytest.raises(ValueError, match="weights_only"):
+        clip_model(pretrained=path, **SMALL)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the canary works: unpickling would have run it
+    assert marker.exists()

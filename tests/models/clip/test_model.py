@@ -1,0 +1,133 @@
+"""CLIPModel: packed text equal to the padded pass, end-token pooling, outputs, loss, gradients, bad input."""
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from tests.models.clip.test_convert_weights import SMALL, captions
+from torchflava.models import CLIPModel, clip_model, clip_vit_b16, clip_vit_b32, clip_vit_l14
+from torchflava.models.clip import CLIPOutput, convert_to_torchflava
+from torchflava.modules.layers.activation import QuickGELU
+from torchflava.modules.losses import contrastive_loss
+
+EOS = 97
+
+
+def _small(**kwargs) -> CLIPModel:
+    model = clip_model(**SMALL, eos_token_id=EOS, **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # non-trivial biases and norms
+    return model.eval()
+
+
+def _padded_reference(model: CLIPModel, ids, mask):
+    """Text features from one padded, causal pass over every column (no packing, no position pruning)."""
+    out = model.text_encoder(ids, padding_mask=None if mask is None else mask == 0).last_hidden_state
+    end = (ids == model.eos_token_id).int().argmax(dim=1) if model.eos_token_id is not None else ids.argmax(dim=1)
+    return F.normalize(model.text_projection(out[torch.arange(len(ids)), end]), dim=-1)
+
+
+@pytest.mark.parametrize("pack_tokens", [256, 12])  # one pack, or several (a row longer than the budget alone)
+def test_encode_text_packed_equals_padded_pass(pack_tokens):
+    model = _small()
+    model.text_pack_tokens = pack_tokens
+    ids, mask = captions([16, 3, 9, 14, 2], 16, vocab=99, bos=96, eos=EOS)
+    with torch.no_grad():
+        expected = _padded_reference(model, ids, mask)
+        assert_close(model.encode_text(ids, mask), expected, atol=1e-5, rtol=0)
+        assert_close(model.encode_text(ids), expected, atol=1e-5, rtol=0)  # padding after the end: no effect
+        full = ids[:1]  # no padding at all: the unpacked path (last layer at the end token only)
+        assert_close(model.encode_text(full), _padded_reference(model, full, None), atol=1e-5, rtol=0)
+        raw = model.encode_text(ids, mask, normalize=False)
+        assert_close(F.normalize(raw, dim=-1), expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(raw.norm(dim=-1), torch.ones(5))
+
+
+def test_argmax_pooling_when_eos_token_id_is_none():
+    model = _small()
+    model.eos_token_id = None  # OpenAI's rule (clip_model sets it from HF's legacy configs)
+    ids, mask = captions([7, 16, 4], 16, vocab=99, bos=90, eos=98)  # 98: the highest id of each row
+    with torch.no_grad():
+        features = model.encode_text(ids, mask)
+        assert_close(features, _padded_reference(model, ids, mask), atol=1e-5, rtol=0)
+        model.eos_token_id = 98
+        assert_close(model.encode_text(ids, mask), features, atol=0, rtol=0)
+
+
+def test_encode_image_reads_the_cls_token():
+    model = _small()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        cls = model.image_encoder(images).last_hidden_state[:, 0]
+        assert_close(model.encode_image(images), F.normalize(model.image_projection(cls), dim=-1), atol=1e-5, rtol=0)
+
+
+def test_forward_outputs_and_loss_with_gradients():
+    model = _small().train()
+    images = torch.randn(4, 3, 32, 32)
+    ids, mask = captions([16, 5, 9, 3], 16, vocab=99, bos=96, eos=EOS)
+    out = model(images, ids, mask)
+    assert isinstance(out, CLIPOutput) and out.logit_scale is model.logit_scale
+    assert out.image_features.shape == out.text_features.shape == (4, 20)
+    assert_close(out.image_features.norm(dim=-1), torch.ones(4))
+    assert model(text=ids).image_features is None and model(images).text_features is None
+    loss, count = model.contrastive_loss(images, ids, mask)
+    expected = contrastive_loss(out.image_features, out.text_features, model.logit_scale).loss
+    assert count == 4 and torch.isfinite(loss)
+    assert_close(loss, expected)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+def test_init_weights_and_logit_scale():
+    model = clip_model(**SMALL, logit_scale_init=1.5)
+    assert model.logit_scale.item() == 1.5
+    assert clip_model(**SMALL).logit_scale.item() == pytest.approx(2.6592, abs=1e-4)
+    assert model.image_encoder.embeddings.proj.bias is None  # CLIP's patch projection has no bias
+    assert model.image_projection.bias is None and model.text_projection.bias is None
+
+
+@pytest.mark.parametrize(
+    "name, preset", [("ViT-B-32", clip_vit_b32), ("ViT-B-16", clip_vit_b16), ("ViT-L-14", clip_vit_l14)]
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_presets_match_open_clip_configs(name, preset):
+    with torch.device("meta"):
+        reference, ours, quick = open_clip.create_model(name, device="meta"), preset(), preset(activation="quick_gelu")
+    # Every open_clip tensor maps onto ours with its shape (convert_to_torchflava checks them all).
+    assert len(convert_to_torchflava(reference.state_dict(), ours)) == len(ours.state_dict())
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert type(ours.text_encoder.encoder.layers[0].mlp.activation) is torch.nn.GELU
+    assert type(quick.image_encoder.encoder.layers[0].mlp.activation) is QuickGELU
+
+
+def test_bad_inputs():
+    model = _small()
+    ids, mask = captions([6, 4], 16, vocab=99, bos=96, eos=EOS)
+    images = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="expected image or text"):
+        model()
+    with pytest.raises(ValueError, match="text_attention_mask: expected text"):
+        model(images, text_attention_mask=mask)
+    lacking = ids.clone()
+    lacking[1, 3] = 5
+    with pytest.raises(ValueError, match=r"end token 97 in every row, rows \[1\] lack it"):
+        model.encode_text(lacking)
+    cut = mask.clone()
+    cut[0, 5] = 0
+    with pytest.raises(ValueError, match="expected 1 at every row's end token"):
+        model.encode_text(ids, cut)
+    with pytest.raises(ValueError, match=r"shape of text \(2, 16\), got \(2, 15\)"):
+        model.encode_text(ids, mask[:, :15])
+    with pytest.raises(TypeError, match="text_attention_mask must be a torch.Tensor, got list"):
+        model.encode_text(ids, mask.tolist())
+    with pytest.raises(TypeError, match="integer tensor"):
+        model.encode_text(ids.float())
+    with pytest.raises(ValueError, match=r"in \[0, 99\)"):
+        model.encode_text(ids + 5)
+    with pytest.raises(ValueError, match="expected 2 rows"):
+        model.contrastive_loss(images, ids[:1])

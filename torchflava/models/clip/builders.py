@@ -1,0 +1,135 @@
+"""CLIP builders: the two towers wired from ``torchflava.modules``, and the published sizes."""
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from torchflava.models.clip.convert_weights import convert_to_torchflava, hf_config_kwargs
+from torchflava.models.clip.model import CLIPModel
+from torchflava.modules.encoders import TextEncoder, VisionEncoder
+from torchflava.modules.encoders.builders import transformer_encoder
+from torchflava.modules.layers import PatchEmbedding
+from torchflava.modules.layers.text_embedding import TokenEmbedding
+from torchflava.utils.checkpoint import PathLike, load_state_dict
+
+_B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
+_B16.update(vision_width=768, vision_layers=12, vision_heads=12, vision_mlp_dim=3072)
+_B16.update(text_width=512, text_layers=12, text_heads=8, text_mlp_dim=2048)
+_L14 = dict(_B16, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16)
+_L14.update(vision_mlp_dim=4096, text_width=768, text_heads=12, text_mlp_dim=3072)
+_DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07), eos_token_id=49407)
+
+
+def clip_model(
+    *,
+    pretrained: Optional[PathLike] = None,
+    embed_dim: Optional[int] = None,
+    image_size: Optional[int] = None,
+    patch_size: Optional[int] = None,
+    vision_width: Optional[int] = None,
+    vision_layers: Optional[int] = None,
+    vision_heads: Optional[int] = None,
+    vision_mlp_dim: Optional[int] = None,
+    context_length: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    text_width: Optional[int] = None,
+    text_layers: Optional[int] = None,
+    text_heads: Optional[int] = None,
+    text_mlp_dim: Optional[int] = None,
+    activation: Optional[str] = None,
+    norm_eps: Optional[float] = None,
+    logit_scale_init: Optional[float] = None,
+    eos_token_id: Optional[int] = None,
+) -> CLIPModel:
+    """CLIP: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
+
+    An argument left None comes from ``pretrained``'s config.json if it is a Hugging Face directory
+    (given ones must match it), else from open_clip's ``ViT-B-16``: GELU, eps 1e-5, end token 49407.
+
+    Args:
+        pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` directory, or an OpenAI, open_clip
+            or torchflava state-dict file (.safetensors, .bin, .pt; never unpickled), loaded strictly.
+        embed_dim (Optional[int]): width P of the shared space.
+        image_size (Optional[int]): image side, pixels.
+        patch_size (Optional[int]): patch side, pixels.
+        vision_width (Optional[int]): image tower width.
+        vision_layers (Optional[int]): image tower depth.
+        vision_heads (Optional[int]): image tower attention heads.
+        vision_mlp_dim (Optional[int]): image tower MLP width.
+        context_length (Optional[int]): learned text positions.
+        vocab_size (Optional[int]): number of token ids.
+        text_width (Optional[int]): text tower width.
+        text_layers (Optional[int]): text tower depth.
+        text_heads (Optional[int]): text tower attention heads.
+        text_mlp_dim (Optional[int]): text tower MLP width.
+        activation (Optional[str]): ``"gelu"``, or ``"quick_gelu"`` (OpenAI's weights, HF's ``CLIPConfig()``).
+        norm_eps (Optional[float]): LayerNorm epsilon.
+        logit_scale_init (Optional[float]): initial log-temperature.
+        eos_token_id (Optional[int]): end-of-text id, where text features are read.
+
+    Returns:
+        CLIPModel: initialised, or holding the checkpoint's weights.
+
+    Raises:
+        ValueError: if an argument contradicts config.json or the checkpoint (the mismatches listed).
+        FileNotFoundError: if ``pretrained`` does not exist.
+    """
+    given = {k: v for k, v in locals().items() if k != "pretrained" and v is not None}
+    config_file = Path(pretrained, "config.json") if pretrained is not None else None
+    config = hf_config_kwargs(json.loads(config_file.read_text())) if config_file and config_file.is_file() else {}
+    clash = {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v}
+    if clash:
+        raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
+    a = {**_DEFAULTS, **config, **given}
+
+    with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
+        model = _build(a)
+    if pretrained is not None:
+        model.load_state_dict(convert_to_torchflava(load_state_dict(pretrained), model), assign=True)
+    return model
+
+
+def _build(a: dict) -> CLIPModel:
+    def stack(tower: str, is_causal: bool = False) -> nn.Module:
+        names = dict(embed_dim="width", num_layers="layers", num_heads="heads", mlp_dim="mlp_dim")
+        sizes = {k: a[f"{tower}_{v}"] for k, v in names.items()}
+        return transformer_encoder(**sizes, norm_eps=a["norm_eps"], activation=a["activation"], is_causal=is_causal)
+
+    vw, tw, norm = a["vision_width"], a["text_width"], lambda width: nn.LayerNorm(width, eps=a["norm_eps"])
+    patches = PatchEmbedding(a["image_size"], a["patch_size"], 3, vw, conv_bias=False, norm=norm(vw))
+    return CLIPModel(
+        VisionEncoder(patches, stack("vision"), norm(vw)),
+        TextEncoder(TokenEmbedding(a["vocab_size"], tw, a["context_length"]), stack("text", True), norm(tw)),
+        nn.Linear(vw, a["embed_dim"], bias=False),
+        nn.Linear(tw, a["embed_dim"], bias=False),
+        eos_token_id=a["eos_token_id"],
+        logit_scale_init=a["logit_scale_init"],
+    )
+
+
+def clip_vit_b32(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
+    """CLIP ViT-B/32, the sizes of open_clip's ``ViT-B-32`` and HF's ``CLIPConfig()``; see :func:`clip_model`.
+
+    Args:
+        pretrained (Optional[PathLike]): checkpoint directory or file.
+        activation (Optional[str]): None: config.json's, else open_clip's ``"gelu"``; ``"quick_gelu"`` as HF's, OpenAI's.
+
+    Returns:
+        CLIPModel: the model.
+    """
+    return clip_model(pretrained=pretrained, activation=activation, **dict(_B16, patch_size=32))
+
+
+def clip_vit_b16(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
+    """CLIP ViT-B/16, open_clip's ``ViT-B-16``; as :func:`clip_vit_b32` otherwise."""
+    return clip_model(pretrained=pretrained, activation=activation, **_B16)
+
+
+def clip_vit_l14(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
+    """CLIP ViT-L/14, open_clip's ``ViT-L-14``; as :func:`clip_vit_b32` otherwise."""
+    return clip_model(pretrained=pretrained, activation=activation, **_L14)

@@ -1,0 +1,170 @@
+"""CLIP (Radford et al. 2021). Shapes: image (B, C, H, W) float; text (B, L) token ids; text masks
+(B, L) with 1 = token, 0 = padding (Hugging Face's convention); P the width of the shared space."""
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from torchflava.modules.encoders import CLS_POSITION, TextEncoder, VisionEncoder
+from torchflava.modules.init import init_weights
+from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
+from torchflava.modules.losses import contrastive_loss
+from torchflava.modules.packing import encode_packed
+from torchflava.utils.distributed import GatherGrad
+
+OptTensor = Optional[Tensor]
+
+
+class CLIPOutput(NamedTuple):
+    """Output of :meth:`CLIPModel.forward`: (B, P) normalised features (None if not given), log-temperature."""
+
+    image_features: Optional[Tensor]
+    text_features: Optional[Tensor]
+    logit_scale: Tensor
+
+
+class CLIPLossOutput(NamedTuple):
+    """Output of :meth:`CLIPModel.contrastive_loss`: the () loss, a mean over ``num_pairs`` local pairs."""
+
+    loss: Tensor
+    num_pairs: int
+
+
+class CLIPModel(nn.Module):
+    """CLIP: features are the projected CLS (image) and end-of-text (text) tokens after the final norms.
+
+    The text tower is causal: what follows a row's end token cannot reach its feature, so it is
+    never computed, nor is padding (the rows run packed, :func:`~torchflava.modules.packing.encode_packed`).
+
+    Args:
+        image_encoder (VisionEncoder): the image tower.
+        text_encoder (TextEncoder): the causal text tower.
+        image_projection (nn.Module): image width to P (CLIP's has no bias).
+        text_projection (nn.Module): text width to P.
+        eos_token_id (Optional[int]): text features are read at its first position in each row (HF's
+            rule); None: at the row's highest id (open_clip's argmax; the same for CLIP's tokenizer).
+        logit_scale_init (float): initial log-temperature.
+    """
+
+    def __init__(
+        self,
+        image_encoder: VisionEncoder,
+        text_encoder: TextEncoder,
+        image_projection: nn.Module,
+        text_projection: nn.Module,
+        *,
+        eos_token_id: Optional[int] = 49407,
+        logit_scale_init: float = math.log(1 / 0.07),
+    ) -> None:
+        super().__init__()
+        self.image_encoder, self.text_encoder = image_encoder, text_encoder
+        self.image_projection, self.text_projection = image_projection, text_projection
+        self.eos_token_id, self.logit_scale_init = eos_token_id, logit_scale_init
+        self.text_pack_tokens = 256  # token budget of one packed sequence of texts
+        self.logit_scale = nn.Parameter(torch.empty(()))
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re-)initialise: :func:`torchflava.modules.init.init_weights`, ``logit_scale = logit_scale_init``."""
+        init_weights(self)
+        self.logit_scale.fill_(self.logit_scale_init)
+
+    def encode_image(self, image: Tensor, *, normalize: bool = True) -> Tensor:
+        """Image features; the last layer computes only the CLS token.
+
+        Args:
+            image (Tensor): (B, C, H, W) float pixels.
+            normalize (bool): L2-normalise the features.
+
+        Returns:
+            Tensor: (B, P).
+        """
+        cls = self.image_encoder(image, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state[:, 0]
+        features = self.image_projection(cls)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: Tensor, mask: Optional[Tensor] = None, *, normalize: bool = True) -> Tensor:
+        """Text features at each row's end token; only the tokens up to it are computed.
+
+        Args:
+            text (Tensor): (B, L) token ids.
+            mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding (ignored as a key).
+            normalize (bool): L2-normalise the features.
+
+        Returns:
+            Tensor: (B, P).
+
+        Raises:
+            TypeError: if ``text`` is not an integer tensor or ``mask`` not a tensor.
+            ValueError: if ``text`` is not (B, L) ids of the vocabulary, a row lacks the end token,
+                or ``mask`` has another shape or marks an end token as padding.
+        """
+        check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+        is_end = text == (text.amax(dim=1, keepdim=True) if self.eos_token_id is None else self.eos_token_id)
+        if lacking := (~is_end.any(dim=1)).nonzero().flatten().tolist():
+            raise ValueError(f"text: expected the end token {self.eos_token_id} in every row, rows {lacking} lack it")
+        end = is_end.int().argmax(dim=1)  # the first end token of each row
+        drop = torch.arange(text.shape[1], device=text.device) > end[:, None]  # (B, L) True = not computed
+        if mask is not None:
+            drop = drop | text_padding_mask(text, mask)
+            if bool(drop[torch.arange(text.shape[0]), end].any()):
+                raise ValueError("text_attention_mask: expected 1 at every row's end token, got 0")
+        if bool(drop.any()):
+            states = encode_packed(self.text_encoder, text, drop, output="last", max_tokens=self.text_pack_tokens)
+        else:
+            states = self.text_encoder(text, output_positions=end[:, None], return_pooled=False).last_hidden_state[:, 0]
+        features = self.text_projection(states)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(
+        self, image: OptTensor = None, text: OptTensor = None, text_attention_mask: OptTensor = None
+    ) -> CLIPOutput:
+        """Normalised features of an image batch, a text batch (its size may differ), or both.
+
+        Args:
+            image (Optional[Tensor]): (B, C, H, W) float pixels.
+            text (Optional[Tensor]): (B', L) token ids.
+            text_attention_mask (Optional[Tensor]): (B', L), 1 = token, 0 = padding.
+
+        Returns:
+            CLIPOutput: the features of what was given, and ``logit_scale``.
+
+        Raises:
+            ValueError: if neither input is given, a mask comes without text, or see :meth:`encode_text`.
+        """
+        if image is None and text is None:
+            raise ValueError("CLIPModel: expected image or text, got neither")
+        if text is None and text_attention_mask is not None:
+            raise ValueError("text_attention_mask: expected text with it, got text=None")
+        text = None if text is None else self.encode_text(text, text_attention_mask)
+        return CLIPOutput(None if image is None else self.encode_image(image), text, self.logit_scale)
+
+    def contrastive_loss(
+        self,
+        image: Tensor,
+        text: Tensor,
+        text_attention_mask: OptTensor = None,
+        *,
+        gather: GatherGrad = GatherGrad.GLOBAL,
+    ) -> CLIPLossOutput:
+        """CLIP's loss on B pairs: :func:`~torchflava.modules.losses.contrastive_loss`, which gathers all ranks' features.
+
+        Args:
+            image (Tensor): (B, C, H, W) float pixels.
+            text (Tensor): (B, L) token ids; row i describes image i.
+            text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
+            gather (GatherGrad): gradient mode of the cross-rank gather.
+
+        Returns:
+            CLIPLossOutput: the loss and the number of pairs it averages over.
+
+        Raises:
+            ValueError: if the batch sizes differ or an input is malformed.
+        """
+        if isinstance(image, Tensor) and isinstance(text, Tensor) and image.shape[0] != text.shape[0]:
+            raise ValueError(f"text: expected {image.shape[0]} rows (one per image), got {text.shape[0]}")
+        return CLIPLossOutput(contrastive_loss(*self(image, text, text_attention_mask), gather=gather).loss, len(image))
