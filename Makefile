@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt setup.py | cksum | cu
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k packing -x".
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format train evaluate bench clean
+.PHONY: venv test lint format train train-clip evaluate bench clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ TRAIN_ARGS ?=
 
 train: $(STAMP)
 	$(BIN)/python examples/flava/train.py config=examples/flava/configs/pretraining/tiny.yaml $(TRAIN_ARGS)
+
+# The CLIP recipe on the same loop: a small CLIP on the built-in shapes world, then zero-shot and retrieval.
+train-clip: $(STAMP)
+	$(BIN)/python examples/clip/train.py config=examples/clip/configs/tiny.yaml $(TRAIN_ARGS)
 
 # Zero-shot, linear probe and fine-tuning of the `make train` checkpoint on the held-out shapes task.
 evaluate: $(STAMP)

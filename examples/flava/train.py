@@ -25,7 +25,7 @@ from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_ba
 from torchflava.data.mixing import MixedBatch, MixedBatches
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.shapes import ShapesWorld
-from torchflava.data.tokenizer import WordPieceTokenizer
+from torchflava.data.tokenizer import WordPieceTokenizer, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, flava_model, flava_model_for_pretraining
@@ -183,35 +183,6 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
     return sources
 
 
-def build_tokenizer(cfg: DataConfig, sources: dict) -> WordPieceTokenizer:
-    """Load ``data.vocab``, or learn a vocabulary from the first texts of the text-bearing sources."""
-    if cfg.vocab is not None:
-        return WordPieceTokenizer.from_vocab(cfg.vocab)
-    texts = []
-    for kind in ("texts", "pairs"):
-        source = sources.get(kind)
-        for index in range(min(len(source), cfg.vocab_training_texts) if source is not None else 0):
-            try:
-                texts.append(source.caption(index) if hasattr(source, "caption") else source[index].text)
-            except Exception:  # unusable items are counted by the training data, not here
-                continue
-    if not texts:
-        raise ConfigError("data.vocab is unset and the data holds no text to learn a vocabulary from")
-    return WordPieceTokenizer.train(texts, vocab_size=cfg.vocab_size)
-
-
-def run_tokenizer(cfg: TrainConfig, sources: dict, *, resumed: bool, is_main: bool) -> WordPieceTokenizer:
-    """``data.vocab``, or the vocabulary rank 0 learns into the run directory (a resumed run reloads it)."""
-    if cfg.data.vocab is not None:
-        return build_tokenizer(cfg.data, sources)
-    saved = Path(cfg.training.output_dir) / "vocab.txt"
-    if not (resumed and saved.is_file()):
-        if is_main:
-            build_tokenizer(cfg.data, sources).save(saved.parent)
-        barrier()
-    return WordPieceTokenizer.from_vocab(saved)
-
-
 def build_codebook(cfg: TrainConfig) -> nn.Module:
     """The dVAE that turns the codebook view into MIM targets (in the data pipeline, fp32)."""
     with torch.random.fork_rng(devices=[]):
@@ -283,7 +254,13 @@ def main(cfg: TrainConfig) -> dict:
     # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
     # codebook from the seed).
     sources = build_sources(cfg.data)
-    tokenizer = run_tokenizer(cfg, sources, resumed=resume_from is not None, is_main=info.is_main)
+    tokenizer = run_vocabulary(
+        cfg.data.vocab,
+        lambda: source_texts(sources, limit=cfg.data.vocab_training_texts),
+        out_dir,
+        vocab_size=cfg.data.vocab_size,
+        resumed=resume_from is not None,
+    )
     data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
 
     torch.manual_seed(t.seed)

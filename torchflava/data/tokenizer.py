@@ -3,11 +3,13 @@
 from collections import Counter
 import os
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 import torch
 from torch import Tensor
+import torch.distributed as dist
+from torch.utils.data import Dataset
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -175,3 +177,59 @@ class WordPieceTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Text of one id sequence, special tokens dropped."""
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def source_texts(sources: Mapping[str, Dataset], *, limit: int, kinds: Sequence[str] = ("texts", "pairs")) -> list[str]:
+    """Up to ``limit`` texts from each of the ``kinds`` of ``sources`` that exist, skipping unusable items.
+
+    Sources with a ``caption(index)`` method (captions without decoding the image) are read with it.
+    """
+    texts = []
+    for kind in kinds:
+        source = sources.get(kind)
+        for index in range(min(len(source), limit) if source is not None else 0):
+            try:
+                texts.append(source.caption(index) if hasattr(source, "caption") else source[index].text)
+            except Exception:  # unusable items are counted by the training data, not here
+                continue
+    return [text for text in texts if text]
+
+
+def run_vocabulary(
+    vocab: Optional[Union[str, os.PathLike]],
+    texts: Callable[[], list[str]],
+    run_dir: Union[str, os.PathLike],
+    *,
+    vocab_size: int,
+    resumed: bool,
+) -> WordPieceTokenizer:
+    """A run's tokenizer: ``vocab`` if given, else the vocabulary rank 0 learns into ``run_dir``.
+
+    A resumed run reloads the vocabulary it learnt. Collective under torch.distributed: every rank
+    calls it and every rank gets the same vocabulary.
+
+    Args:
+        vocab (Optional[Union[str, os.PathLike]]): a BERT ``vocab.txt`` (or a directory holding one).
+        texts (Callable[[], list[str]]): the texts to learn from (called on rank 0 only, when needed).
+        run_dir (Union[str, os.PathLike]): the run's output directory (``vocab.txt`` goes there).
+        vocab_size (int): size of a learnt vocabulary.
+        resumed (bool): whether the run resumes (then a saved vocabulary is reused).
+
+    Returns:
+        WordPieceTokenizer: the tokenizer.
+
+    Raises:
+        ValueError: if there is no ``vocab`` and no text to learn from.
+    """
+    if vocab is not None:
+        return WordPieceTokenizer.from_vocab(vocab)
+    saved = Path(run_dir) / "vocab.txt"
+    if not (resumed and saved.is_file()):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            learnt = texts()
+            if not learnt:
+                raise ValueError("vocab: none given and the data holds no text to learn a vocabulary from")
+            WordPieceTokenizer.train(learnt, vocab_size=vocab_size).save(saved.parent)
+        if dist.is_initialized():
+            dist.barrier()
+    return WordPieceTokenizer.from_vocab(saved)

@@ -1,4 +1,5 @@
-"""Image transforms for FLAVA: one random crop seen at model size and at codebook size."""
+"""Image transforms: a seeded random crop (CLIP, fine-tuning), the same crop also at codebook size (FLAVA),
+and the evaluation resize + centre crop."""
 
 import math
 import random
@@ -21,30 +22,26 @@ def _check_size(name: str, value: object) -> int:
     return value
 
 
-class PretrainingImageTransform:
-    """RandomResizedCrop to ``image_size`` (CLIP-normalised) plus the codebook view of the same crop.
+class RandomCropTransform:
+    """Seeded RandomResizedCrop to ``image_size``, CLIP-normalised (contrastive training, fine-tuning).
 
-    The codebook view is the model-size crop resized to ``codebook_size`` and mapped into
-    [0.1, 0.9] (:func:`~torchflava.modules.codebook.map_pixels`), the dVAE encoder's input.
-    Randomness comes only from ``seed``: the same image and seed give the same crop in any
-    process, and no global random state is read or changed.
+    Randomness comes only from ``seed``: the same image and seed give the same crop in any process,
+    and no global random state is read or changed.
 
     Args:
-        image_size (int): side of the encoder input (224 for FLAVA-full).
-        codebook_size (int): side of the codebook input (112 for FLAVA-full: 8 px per patch id).
+        image_size (int): side of the encoder input.
         scale (Sequence[float]): range of the crop's area fraction.
         ratio (Sequence[float]): range of the crop's aspect ratio.
         mean (Sequence[float]): per-channel normalisation mean.
         std (Sequence[float]): per-channel normalisation std.
 
     Raises:
-        ValueError: if a size is not a positive int or ``scale`` is not within (0, 1].
+        ValueError: if ``image_size`` is not a positive int, or ``scale`` / ``ratio`` are out of range.
     """
 
     def __init__(
         self,
         image_size: int = 224,
-        codebook_size: int = 112,
         *,
         scale: Sequence[float] = (0.9, 1.0),
         ratio: Sequence[float] = (3 / 4, 4 / 3),
@@ -52,14 +49,12 @@ class PretrainingImageTransform:
         std: Sequence[float] = CLIP_STD,
     ) -> None:
         self.image_size = _check_size("image_size", image_size)
-        self.codebook_size = _check_size("codebook_size", codebook_size)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {tuple(scale)}")
         if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {tuple(ratio)}")
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
-        self._normalize = v2.Normalize(mean=list(mean), std=list(std))
-        self._codebook_resize = v2.Resize(codebook_size, antialias=True)
+        self.normalize = v2.Normalize(mean=list(mean), std=list(std))
 
     def crop_box(self, image_height: int, image_width: int, seed: int) -> tuple[int, int, int, int]:
         """RandomResizedCrop's box (top, left, height, width), drawn from ``seed``.
@@ -86,6 +81,56 @@ class PretrainingImageTransform:
             width, height = image_width, image_height
         return (image_height - height) // 2, (image_width - width) // 2, height, width
 
+    def crop(self, image: Image.Image, seed: int) -> Tensor:
+        """The seeded crop at model size, (3, image_size, image_size) in [0, 1], not normalised."""
+        top, left, height, width = self.crop_box(image.height, image.width, seed)
+        pixels = v2.functional.to_dtype(v2.functional.pil_to_tensor(image), torch.float32, scale=True)
+        return v2.functional.resized_crop(
+            pixels, top, left, height, width, [self.image_size, self.image_size], antialias=True
+        )
+
+    def __call__(self, image: Image.Image, seed: int) -> Tensor:
+        """(3, image_size, image_size) normalised pixels of a crop of ``image`` drawn from ``seed``."""
+        return self.normalize(self.crop(image, seed))
+
+
+class PretrainingImageTransform:
+    """:class:`RandomCropTransform` plus the codebook view of the same crop (FLAVA's MIM targets).
+
+    The codebook view is the model-size crop resized to ``codebook_size`` and mapped into
+    [0.1, 0.9] (:func:`~torchflava.modules.codebook.map_pixels`), the dVAE encoder's input.
+
+    Args:
+        image_size (int): side of the encoder input (224 for FLAVA-full).
+        codebook_size (int): side of the codebook input (112 for FLAVA-full: 8 px per patch id).
+        scale (Sequence[float]): range of the crop's area fraction.
+        ratio (Sequence[float]): range of the crop's aspect ratio.
+        mean (Sequence[float]): per-channel normalisation mean.
+        std (Sequence[float]): per-channel normalisation std.
+
+    Raises:
+        ValueError: if a size is not a positive int or ``scale`` is not within (0, 1].
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        codebook_size: int = 112,
+        *,
+        scale: Sequence[float] = (0.9, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        self.random_crop = RandomCropTransform(image_size, scale=scale, ratio=ratio, mean=mean, std=std)
+        self.image_size, self.scale, self.ratio = image_size, self.random_crop.scale, self.random_crop.ratio
+        self.codebook_size = _check_size("codebook_size", codebook_size)
+        self._codebook_resize = v2.Resize(codebook_size, antialias=True)
+
+    def crop_box(self, image_height: int, image_width: int, seed: int) -> tuple[int, int, int, int]:
+        """The crop's box (top, left, height, width): :meth:`RandomCropTransform.crop_box`."""
+        return self.random_crop.crop_box(image_height, image_width, seed)
+
     def __call__(self, image: Image.Image, seed: int) -> tuple[Tensor, Tensor]:
         """Crop ``image`` with randomness drawn from ``seed``.
 
@@ -97,13 +142,9 @@ class PretrainingImageTransform:
             tuple[Tensor, Tensor]: pixels (3, image_size, image_size) normalised, and codebook
             pixels (3, codebook_size, codebook_size) in [0.1, 0.9].
         """
-        top, left, height, width = self.crop_box(image.height, image.width, seed)
-        crop = v2.functional.to_dtype(v2.functional.pil_to_tensor(image), torch.float32, scale=True)
-        crop = v2.functional.resized_crop(
-            crop, top, left, height, width, [self.image_size, self.image_size], antialias=True
-        )
+        crop = self.random_crop.crop(image, seed)
         codebook = map_pixels(self._codebook_resize(crop).clamp(0, 1))
-        return self._normalize(crop), codebook
+        return self.random_crop.normalize(crop), codebook
 
 
 class EvalImageTransform:

@@ -11,9 +11,7 @@ import torch.nn.functional as F
 from torchflava.modules.encoders import CLS_POSITION, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
-from torchflava.modules.losses import contrastive_loss
 from torchflava.modules.packing import encode_packed
-from torchflava.utils.distributed import GatherGrad
 
 OptTensor = Optional[Tensor]
 
@@ -24,13 +22,6 @@ class CLIPOutput(NamedTuple):
     image_features: Optional[Tensor]
     text_features: Optional[Tensor]
     logit_scale: Tensor
-
-
-class CLIPLossOutput(NamedTuple):
-    """Output of :meth:`CLIPModel.contrastive_loss`: the () loss, a mean over ``num_pairs`` local pairs."""
-
-    loss: Tensor
-    num_pairs: int
 
 
 class CLIPModel(nn.Module):
@@ -141,30 +132,5 @@ class CLIPModel(nn.Module):
         if text is None and text_attention_mask is not None:
             raise ValueError("text_attention_mask: expected text with it, got text=None")
         text = None if text is None else self.encode_text(text, text_attention_mask)
-        return CLIPOutput(None if image is None else self.encode_image(image), text, self.logit_scale)
-
-    def contrastive_loss(
-        self,
-        image: Tensor,
-        text: Tensor,
-        text_attention_mask: OptTensor = None,
-        *,
-        gather: GatherGrad = GatherGrad.GLOBAL,
-    ) -> CLIPLossOutput:
-        """CLIP's loss on B pairs: :func:`~torchflava.modules.losses.contrastive_loss`, which gathers all ranks' features.
-
-        Args:
-            image (Tensor): (B, C, H, W) float pixels.
-            text (Tensor): (B, L) token ids; row i describes image i.
-            text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
-            gather (GatherGrad): gradient mode of the cross-rank gather.
-
-        Returns:
-            CLIPLossOutput: the loss and the number of pairs it averages over.
-
-        Raises:
-            ValueError: if the batch sizes differ or an input is malformed.
-        """
-        if isinstance(image, Tensor) and isinstance(text, Tensor) and image.shape[0] != text.shape[0]:
-            raise ValueError(f"text: expected {image.shape[0]} rows (one per image), got {text.shape[0]}")
-        return CLIPLossOutput(contrastive_loss(*self(image, text, text_attention_mask), gather=gather).loss, len(image))
+        image = None if image is None else self.encode_image(image)
+        return CLIPOutput(image, text, self.logit_scale.view(()))  # a view: DDP refuses a returned parameter

@@ -1,0 +1,255 @@
+"""CLIP contrastive training recipe on the shared loop: one CPU, one GPU, or many with torchrun.
+
+    python examples/clip/train.py config=examples/clip/configs/tiny.yaml
+    torchrun --nproc_per_node 8 examples/clip/train.py config=examples/clip/configs/vit_b16.yaml \
+        data.source=files data.files.pairs_shards='/data/pairs/shard-*.tar' training.strategy=fsdp
+
+Reads top to bottom: config -> process group -> data (image-text pairs: the built-in shapes world,
+an image folder + captions, or tar shards) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
+accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and retrieval report
+(``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments.
+``main(cfg)`` is importable; it returns the report.
+"""
+
+from dataclasses import asdict, dataclass, field
+import json
+import math
+from pathlib import Path
+import sys
+from typing import Optional
+
+import torch
+from torch import nn
+import torch.distributed as dist
+
+from torchflava.data.image_text import ImageTextCollator
+from torchflava.data.mixing import MixedBatch, MixedBatches
+from torchflava.data.readers import ImageTextFolder, TarShards
+from torchflava.data.shapes import ShapesWorld
+from torchflava.data.tokenizer import run_vocabulary, source_texts
+from torchflava.data.transforms import EvalImageTransform, RandomCropTransform
+from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
+from torchflava.models import clip_model
+from torchflava.modules.losses import contrastive_loss
+from torchflava.training.checkpointing import export_model
+from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.distributed import barrier, init_distributed
+from torchflava.training.loop import StepOutput, fit, resume_checkpoint
+from torchflava.training.metrics import plot_losses, read_metrics
+from torchflava.training.schema import (
+    NonFiniteLossError,
+    OptimConfig,
+    TrainingConfig,
+    raise_on_failed_checks,
+    training_checks,
+)
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
+
+
+# ----------------------------------------------------------------------------------------- config
+# clip_model's arguments; the vocabulary (size and end token) comes with the tokenizer.
+ModelConfig = builder_config(clip_model, name="ModelConfig", exclude=("vocab_size", "eos_token_id"))
+
+
+@dataclass
+class ShapesConfig:
+    num_pairs: int = 100_000
+    num_test: int = 540
+    image_size: int = 64  # rendered size (the crop resizes to model.image_size)
+    seed: int = 0
+
+
+@dataclass
+class FilesConfig:
+    pairs_root: Optional[str] = None  # image folder ...
+    pairs_captions: Optional[str] = None  # ... and its captions (.jsonl or .tsv)
+    pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob)
+
+
+@dataclass
+class DataConfig:
+    source: str = "shapes"  # shapes (built in) | files
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
+    vocab: Optional[str] = None  # BERT vocab.txt (or a directory holding one); else learnt from the captions
+    vocab_size: int = 30522  # size of a learnt vocabulary
+    vocab_training_texts: int = 20_000
+    max_text_length: int = 77
+    crop_scale_min: float = 0.9
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True  # zero-shot and retrieval on the held-out shapes split after training
+    batch_size: int = 128
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir="runs/clip"))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def validate(cfg: TrainConfig, world_size: int) -> None:
+    """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError."""
+    d, m = cfg.data, cfg.model
+    context = m.context_length if m.context_length is not None else 77
+    raise_on_failed_checks(
+        training_checks(cfg.training, cfg.optim, world_size)
+        + [
+            (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
+            (2 <= d.max_text_length <= context, "data.max_text_length", f"in [2, {context}]", d.max_text_length),
+            (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
+            (d.source != "shapes" or d.shapes.num_pairs > 0, "data.shapes.num_pairs", "> 0", d.shapes.num_pairs),
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------------------- data
+def build_pairs(cfg: DataConfig) -> torch.utils.data.Dataset:
+    """The image-text pairs to train on."""
+    if cfg.source == "shapes":
+        return ShapesWorld("pairs", cfg.shapes.num_pairs, image_size=cfg.shapes.image_size, seed=cfg.shapes.seed)
+    f = cfg.files
+    if f.pairs_shards is not None:
+        return TarShards(f.pairs_shards)
+    if f.pairs_root is None or f.pairs_captions is None:
+        raise ConfigError(
+            "key 'data.files': expected pairs_shards, or pairs_root with pairs_captions, got "
+            f"{(f.pairs_root, f.pairs_captions)!r}"
+        )
+    return ImageTextFolder(f.pairs_root, f.pairs_captions)
+
+
+def model_kwargs(cfg: TrainConfig, vocab_size: int, eos_token_id: int) -> dict:
+    """``clip_model``'s arguments for this run (also written next to the export)."""
+    kwargs = {k: v for k, v in asdict(cfg.model).items() if k != "pretrained"}
+    return {**kwargs, "vocab_size": vocab_size, "eos_token_id": eos_token_id}
+
+
+def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
+    """One micro-batch: CLIP's loss (features gathered over ranks), summed over this rank's pairs."""
+    out = model(**item.batch)
+    loss = contrastive_loss(out.image_features, out.text_features, out.logit_scale).loss
+    pairs = out.image_features.shape[0]
+    return StepOutput({"contrastive": loss * pairs}, {"contrastive": pairs})
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(cfg: TrainConfig) -> dict:
+    info = init_distributed(cfg.training.strategy, device=cfg.training.device)
+    validate(cfg, info.world_size)
+    t, d = cfg.training, cfg.data
+    out_dir = Path(t.output_dir)
+    resume_from = resume_checkpoint(t)
+
+    pairs = build_pairs(d)
+    tokenizer = run_vocabulary(
+        d.vocab,
+        lambda: source_texts({"pairs": pairs}, limit=d.vocab_training_texts),
+        out_dir,
+        vocab_size=d.vocab_size,
+        resumed=resume_from is not None,
+    )
+    image_size = cfg.model.image_size if cfg.model.image_size is not None else 224
+    collator = ImageTextCollator(
+        tokenizer, RandomCropTransform(image_size, scale=(d.crop_scale_min, 1.0)), max_text_length=d.max_text_length
+    )
+    data = MixedBatches(
+        {"pairs": pairs},
+        {"pairs": 1.0},
+        collator,
+        global_batch_size=t.global_batch_size // t.grad_accumulation,
+        num_steps=t.max_steps * t.grad_accumulation,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=t.seed,
+    )
+
+    torch.manual_seed(t.seed)
+    kwargs = model_kwargs(cfg, tokenizer.vocab_size, tokenizer.sep_id)
+    model = clip_model(pretrained=cfg.model.pretrained, **kwargs).to(info.device)
+    if info.is_main:
+        tokenizer.save(out_dir)
+        save_config(cfg, out_dir / "config.yaml")
+
+    @torch.no_grad()
+    def clamp_logit_scale() -> None:
+        model.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
+
+    result = fit(
+        model,
+        contrastive_step,
+        data,
+        training=t,
+        optim=cfg.optim,
+        after_step=clamp_logit_scale,
+        num_workers=d.num_workers,
+        description="clip",
+    )
+
+    export_path = out_dir / "model" / "clip.safetensors"
+    export_model(model, export_path)
+    report = {}
+    if info.is_main:
+        (export_path.parent / "clip_config.json").write_text(json.dumps(kwargs, indent=2))
+        tokenizer.save(export_path.parent)
+        report = _report(cfg, result.skipped, export_path, kwargs, tokenizer)
+    barrier()
+    return report
+
+
+def _report(cfg: TrainConfig, skipped: list, export_path: Path, kwargs: dict, tokenizer) -> dict:
+    out_dir = Path(cfg.training.output_dir)
+    records = read_metrics(out_dir / "metrics.jsonl")
+    report = {
+        "steps": cfg.training.max_steps,
+        "final_loss": records[-1]["loss"] if records else None,
+        "final_logit_scale": None,
+        "skipped_samples": len(skipped),
+        "skipped_examples": [f"{k}[{i}]: {r}" for k, i, r in skipped[:10]],
+    }
+    if records:
+        plot_losses(records, out_dir / "loss_curve.png")
+    exported = clip_model(pretrained=export_path, **kwargs)  # what a user loads
+    report["final_logit_scale"] = float(exported.logit_scale.detach().exp())
+    if cfg.eval.enabled and cfg.data.source == "shapes":
+        s = cfg.data.shapes
+        report["eval"] = evaluate_shapes(
+            exported,
+            lambda texts: tokenizer(list(texts), max_length=cfg.data.max_text_length),
+            EvalImageTransform(kwargs["image_size"] or 224),
+            num_test=s.num_test,
+            render_size=s.image_size,
+            seed=s.seed,
+            templates=cfg.eval.templates,
+            batch_size=cfg.eval.batch_size,
+        )
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"clip training finished: {report['steps']} steps, final loss {report['final_loss']:.4f}, "
+        f"temperature multiplier {report['final_logit_scale']:.1f}",
+        f"unusable samples skipped: {report['skipped_samples']}",
+        *[f"  {example}" for example in report["skipped_examples"]],
+    ]
+    if "eval" in report:
+        lines += format_shapes_report(report["eval"])
+    print("\n".join(lines))
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main(load_config(TrainConfig, sys.argv[1:]))
+    except (ConfigError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

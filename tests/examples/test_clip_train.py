@@ -1,0 +1,116 @@
+"""The CLIP recipe on the shared loop: learns, exports what clip_model loads, 2 DDP ranks equal 1 process,
+a killed run resumes to the uninterrupted loss sequence, config errors name the key."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "examples" / "clip" / "train.py"
+DEBUG = REPO / "examples" / "clip" / "configs" / "debug.yaml"
+CONFIGS = sorted((REPO / "examples" / "clip" / "configs").glob("*.yaml"))
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("clip_train_recipe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load_recipe()
+
+
+def _config(*overrides):
+    return train.load_config(train.TrainConfig, [f"config={DEBUG}", *overrides])
+
+
+def _losses(output_dir):
+    return {r["step"]: r["loss"] for r in train.read_metrics(Path(output_dir) / "metrics.jsonl")}
+
+
+def _run(args, *, nproc=1, popen=False):
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    )
+    command = [*launcher, str(SCRIPT), f"config={DEBUG}", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    if popen:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def test_a_run_learns_exports_and_reports(tmp_path):
+    report = train.main(_config(f"training.output_dir={tmp_path}", "training.max_steps=30", "optim.warmup_steps=3"))
+    losses = _losses(tmp_path)
+    assert losses[30] < losses[2] - 0.3  # the contrastive loss falls (log 16 = 2.77 at chance)
+    e = report["eval"]
+    assert e["test_items"] == 60 and 0 <= e["zero_shot_accuracy"] <= 1 and 0 <= e["zero_shot_shape_right"] <= 1
+    assert e["zero_shot_colour_right"] > 1 / 6  # colour is learnt within 30 steps
+    kwargs = json.loads((tmp_path / "model" / "clip_config.json").read_text())
+    model = train.clip_model(pretrained=tmp_path / "model" / "clip.safetensors", **kwargs).eval()
+    assert model.eos_token_id == kwargs["eos_token_id"] == 3  # [SEP] of the learnt WordPiece vocabulary
+    ids = torch.tensor([[2, 7, 9, 3, 0], [2, 8, 3, 0, 0]])
+    features = model.encode_text(ids, (ids != 0).long())
+    assert features.shape == (2, kwargs["embed_dim"]) and torch.allclose(features.norm(dim=-1), torch.ones(2))
+    assert float(model.logit_scale) <= train.MAX_LOGIT_SCALE + 1e-6
+    assert (tmp_path / "loss_curve.png").is_file() and (tmp_path / "report.json").is_file()
+
+
+def test_two_ddp_processes_match_one_process(tmp_path):
+    steps = ["training.max_steps=5", "eval.enabled=false"]
+    train.main(_config(f"training.output_dir={tmp_path / 'single'}", *steps))
+    _run([f"training.output_dir={tmp_path / 'ddp'}", "training.strategy=ddp", *steps], nproc=2)
+    single, double = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    assert single.keys() == double.keys() and max(single) == 5
+    for step in single:
+        assert double[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6), step
+
+
+def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
+    common = ["training.max_steps=40", "training.checkpoint_every=4", "training.log_every=1", "eval.enabled=false"]
+    _run([f"training.output_dir={tmp_path / 'reference'}", *common])
+    killed = tmp_path / "killed"
+    process = _run([f"training.output_dir={killed}", *common], popen=True)
+    marker = killed / "checkpoints" / "step_00000008" / "COMPLETE"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert max(_losses(killed)) < 40
+    _run([f"training.output_dir={killed}", "training.resume=auto", *common])
+    assert _losses(killed) == _losses(tmp_path / "reference")  # exactly, step for step
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.vision_widht=3", "model.vision_widht"),
+        ("data.max_text_length=100", "data.max_text_length"),
+        ("data.source=web", "data.source"),
+    ],
+)
+def test_config_errors_name_the_key(override, key, tmp_path):
+    with pytest.raises(train.ConfigError, match=key.replace(".", r"\.")):
+        train.main(_config(f"training.output_dir={tmp_path}", override))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_clip_config_loads_and_validates(path):
+    cfg = train.load_config(train.TrainConfig, [f"config={path}"])
+    train.validate(cfg, world_size=1)
