@@ -36,7 +36,7 @@ from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
 from torchflava.training.distributed import barrier, init_distributed
-from torchflava.training.loop import StepOutput, fit, resume_checkpoint
+from torchflava.training.loop import StepOutput, fit, release_run_directory, resume_checkpoint
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
@@ -153,6 +153,14 @@ def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 
 
 def main(cfg: FinetuneConfig) -> dict:
+    """Run the recipe; the run directory is held (one run per directory) until it returns or fails."""
+    try:
+        return run(cfg)
+    finally:
+        release_run_directory(cfg.training)
+
+
+def run(cfg: FinetuneConfig) -> dict:
     info = init_distributed(cfg.training.strategy, device=cfg.training.device)
     validate(cfg, info.world_size)
     t, d = cfg.training, cfg.data

@@ -35,7 +35,7 @@ from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
 from torchflava.training.distributed import barrier, init_distributed
-from torchflava.training.loop import StepOutput, fit, resume_checkpoint
+from torchflava.training.loop import StepOutput, fit, release_run_directory, resume_checkpoint
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
     NonFiniteLossError,
@@ -245,6 +245,14 @@ def pretraining_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 
 # ------------------------------------------------------------------------------------------- main
 def main(cfg: TrainConfig) -> dict:
+    """Run the recipe; the run directory is held (one run per directory) until it returns or fails."""
+    try:
+        return run(cfg)
+    finally:
+        release_run_directory(cfg.training)
+
+
+def run(cfg: TrainConfig) -> dict:
     info = init_distributed(cfg.training.strategy, device=cfg.training.device)
     validate(cfg, info.world_size)
     t = cfg.training

@@ -114,3 +114,20 @@ def test_config_errors_name_the_key(override, key, tmp_path):
 def test_every_clip_config_loads_and_validates(path):
     cfg = train.load_config(train.TrainConfig, [f"config={path}"])
     train.validate(cfg, world_size=1)
+
+
+def test_a_second_run_in_the_same_directory_is_refused_and_the_first_finishes_intact(tmp_path):
+    common = [f"training.output_dir={tmp_path}", "training.max_steps=400", "training.resume=auto", "eval.enabled=false"]
+    first = _run(common, popen=True)
+    lock = tmp_path / ".run.lock"
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text().strip()) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    second = subprocess.run(
+        [sys.executable, str(SCRIPT), f"config={DEBUG}", *common], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    first_rc = first.wait(timeout=300)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"error: key 'training.output_dir': {tmp_path} is in use by another run (pid {first.pid} on" in second.stderr
+    assert first_rc == 0 and sorted(_losses(tmp_path)) == list(range(2, 401, 2))  # one run's records, complete

@@ -44,9 +44,11 @@ from torchflava.training.checkpointing import (
     rng_state,
     set_rng_state,
 )
+from torchflava.training.config import ConfigError
 from torchflava.training.distributed import all_reduce_sum, model_device, sync_replicated_grads
 from torchflava.training.metrics import MetricsLogger
 from torchflava.training.optim import clip_grad_norm
+from torchflava.training.run_lock import RunDirectoryInUse, RunLock
 from torchflava.training.schema import NonFiniteLossError, OptimConfig, TrainingConfig, resume_point, setup_training
 
 
@@ -93,13 +95,34 @@ def checkpoint_manager(training: TrainingConfig) -> CheckpointManager:
 def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
     """The checkpoint the run resumes from under ``training.resume``; None for a fresh run.
 
-    Call it before any work: it is also the check that a run does not mix into another's directory.
+    Call it before any work: it takes the run directory for this process (rank 0 holds
+    ``<output_dir>/.run.lock`` until :func:`release_run_directory` or the process ends), so a second
+    run in the same directory fails at once, and it checks that a run does not mix into another's.
 
     Raises:
-        ConfigError: if ``training.resume`` is none but the output directory holds checkpoints, or
-            names a directory that is not a complete checkpoint.
+        ConfigError: if another live run holds ``training.output_dir`` (naming its pid), if
+            ``training.resume`` is none but the output directory holds checkpoints, or if it names a
+            directory that is not an intact checkpoint.
     """
+    directory = Path(training.output_dir).resolve()
+    if _rank() == 0 and directory not in _HELD:
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"key 'training.output_dir': expected a directory, got the file {str(directory)!r}")
+        try:
+            _HELD[directory] = RunLock(directory).acquire()
+        except RunDirectoryInUse as error:
+            raise ConfigError(f"key 'training.output_dir': {error}") from None
     return resume_point(checkpoint_manager(training), training.resume)
+
+
+def release_run_directory(training: TrainingConfig) -> None:
+    """Give up the run directory :func:`resume_checkpoint` took (a no-op where none is held)."""
+    lock = _HELD.pop(Path(training.output_dir).resolve(), None)
+    if lock is not None:
+        lock.release()
+
+
+_HELD: dict[Path, RunLock] = {}  # run directories this process holds, by resolved path
 
 
 def fit(
