@@ -32,7 +32,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, for
 from torchflava.models import clip_model
 from torchflava.modules.losses import contrastive_loss
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
 from torchflava.training.distributed import barrier, init_distributed
 from torchflava.training.loop import StepOutput, fit, release_run_directory, resume_checkpoint
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -156,6 +156,9 @@ def run(cfg: TrainConfig) -> dict:
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
     resume_from = resume_checkpoint(t)
+    if resume_from is not None:  # before any work and before config.yaml is rewritten
+        for change in check_resume_config(out_dir / "config.yaml", cfg):
+            print(f"resume: {change} (applied from here on)", file=sys.stderr)
 
     pairs = build_pairs(d)
     tokenizer = run_vocabulary(

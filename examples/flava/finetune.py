@@ -34,7 +34,7 @@ from torchflava.models import flava_model_for_classification
 from torchflava.models.flava.classification import LOSSES, MODALITIES, default_loss
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
 from torchflava.training.distributed import barrier, init_distributed
 from torchflava.training.loop import StepOutput, fit, release_run_directory, resume_checkpoint
 from torchflava.training.schema import (
@@ -165,7 +165,10 @@ def run(cfg: FinetuneConfig) -> dict:
     validate(cfg, info.world_size)
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
-    resume_checkpoint(t)  # a run must not mix into another's directory: checked before any work
+    resume_from = resume_checkpoint(t)  # a run must not mix into another's directory: checked before any work
+    if resume_from is not None:  # before any work and before config.yaml is rewritten
+        for change in check_resume_config(out_dir / "config.yaml", cfg):
+            print(f"resume: {change} (applied from here on)", file=sys.stderr)
 
     pretrained = load_pretrained(cfg.model.pretrained)
     train_source, val_source, classes = build_splits(d)

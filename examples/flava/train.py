@@ -33,7 +33,7 @@ from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
 from torchflava.training.distributed import barrier, init_distributed
 from torchflava.training.loop import StepOutput, fit, release_run_directory, resume_checkpoint
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -258,6 +258,9 @@ def run(cfg: TrainConfig) -> dict:
     t = cfg.training
     out_dir = Path(t.output_dir)
     resume_from = resume_checkpoint(t)
+    if resume_from is not None:  # before any work and before config.yaml is rewritten
+        for change in check_resume_config(out_dir / "config.yaml", cfg):
+            print(f"resume: {change} (applied from here on)", file=sys.stderr)
 
     # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
     # codebook from the seed).

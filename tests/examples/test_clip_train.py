@@ -131,3 +131,25 @@ def test_a_second_run_in_the_same_directory_is_refused_and_the_first_finishes_in
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"error: key 'training.output_dir': {tmp_path} is in use by another run (pid {first.pid} on" in second.stderr
     assert first_rc == 0 and sorted(_losses(tmp_path)) == list(range(2, 401, 2))  # one run's records, complete
+
+
+def test_resume_refuses_architecture_and_data_changes_and_applies_optimiser_changes(tmp_path, capsys):
+    base = [f"training.output_dir={tmp_path}", "training.max_steps=6", "training.log_every=1", "eval.enabled=false"]
+    train.main(_config(*base))
+    lr_before = {r["step"]: r["lr"] for r in train.read_metrics(tmp_path / "metrics.jsonl")}
+    saved = (tmp_path / "config.yaml").read_text()
+    for change in ("model.vision_width=48", "data.max_text_length=20", "training.seed=3"):
+        with pytest.raises(
+            train.ConfigError, match=rf"keys '{change.split('=')[0]}' \(.* -> .*\): expected the values"
+        ):
+            train.main(_config(*base, "training.resume=auto", "training.max_steps=8", change))
+        assert (tmp_path / "config.yaml").read_text() == saved  # nothing rewritten
+    capsys.readouterr()
+    train.main(_config(*base, "training.resume=auto", "training.max_steps=8", "optim.lr=0.5"))
+    err = capsys.readouterr().err
+    assert "resume: optim.lr: 0.001 -> 0.5 (applied from here on)" in err
+    assert "resume: training.max_steps: 6 -> 8 (applied from here on)" in err
+    records = {r["step"]: r for r in train.read_metrics(tmp_path / "metrics.jsonl")}
+    assert [records[s]["lr"] for s in range(1, 7)] == [lr_before[s] for s in range(1, 7)]
+    assert records[7]["lr"] > 100 * lr_before[6]  # the new peak lr, on the schedule of the longer run
+    assert "lr: 0.5" in (tmp_path / "config.yaml").read_text()

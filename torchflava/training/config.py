@@ -156,3 +156,75 @@ def _config_type(annotation: object, where: str) -> object:
             raise TypeError(f"{where}: a config cannot hold the union {annotation}; exclude the argument")
         return Optional[inner] if len(members) < len(get_args(annotation)) else inner
     raise TypeError(f"{where}: a config cannot hold {annotation}; exclude the argument")
+
+
+# Keys a resumed run may change. ``optim.*`` and ``training.max_steps`` change the run's results
+# from the resume on and are applied (and reported); the others change only how it runs.
+RESUME_APPLIED = ("optim.", "training.max_steps")
+RESUME_FREE = (
+    "training.resume",
+    "training.progress_bar",
+    "training.tensorboard",
+    "training.log_every",
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+    "training.threads",
+    "training.strategy",
+    "training.device",
+    "data.num_workers",
+    "eval.",
+)
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _matches(key: str, patterns: Sequence[str]) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[str]:
+    """Compare a resumed run's config with the one it was started with (its ``config.yaml``).
+
+    Call it before the new config is written. Changes to the model, the data or anything else
+    that would silently change what is being trained are refused; optimiser settings and
+    ``training.max_steps`` may change (the training loop applies the new values after loading the
+    checkpoint); logging, checkpoint cadence, threads, strategy and evaluation keys are free.
+
+    Args:
+        saved (Union[str, os.PathLike]): the run's ``config.yaml`` (a missing file means nothing to compare).
+        config (object): the new config (a schema instance).
+
+    Returns:
+        list[str]: one line per applied change, ``key: old -> new``.
+
+    Raises:
+        ConfigError: listing every refused key with its old and new value.
+    """
+    from omegaconf import OmegaConf
+
+    path = Path(saved)
+    if not path.is_file():
+        return []
+    try:
+        before = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    except Exception as error:  # an unreadable or hand-broken config.yaml
+        raise ConfigError(f"{path}: the run's saved config is not readable YAML ({error})") from None
+    after = _flat(OmegaConf.to_container(OmegaConf.structured(config), resolve=True, enum_to_str=True))
+    changed = {
+        k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)
+    }
+    refused = {k: v for k, v in changed.items() if not _matches(k, RESUME_APPLIED + RESUME_FREE)}
+    if refused:
+        listed = ", ".join(f"'{k}' ({old!r} -> {new!r})" for k, (old, new) in refused.items())
+        raise ConfigError(
+            f"keys {listed}: expected the values the run in {path.parent} was started with, since a resumed "
+            "run cannot change what it trains; start a new run in another training.output_dir"
+        )
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items() if _matches(k, RESUME_APPLIED)]

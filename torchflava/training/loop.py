@@ -179,6 +179,7 @@ def fit(
     start, skipped = 0, []
     if resume_from is not None:
         start, skipped = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler)
+        _apply_optim_config(optimizer, scheduler, optim)
     is_main = _rank() == 0
     logger = progress = None
     if is_main:
@@ -311,6 +312,23 @@ def _resume(checkpoints: CheckpointManager, path: Path, wrapped, optimizer, sche
     saved = [torch.load(p, weights_only=True) for p in sorted(Path(path).glob("rank*.pt"))]
     scheduler.load_state_dict(saved[0]["scheduler"])
     return step, [tuple(s) for state in saved for s in state["skipped"]] if _rank() == 0 else []
+
+
+def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig) -> None:
+    """Make a resumed optimiser follow the current ``optim`` section (a no-op when it is unchanged).
+
+    The checkpoint restores the saved peak lr, betas, eps and weight decay; a resumed run that
+    changed them (see :func:`torchflava.training.config.check_resume_config`) continues with the new
+    values, the schedule's current factor applied to the new peak lr.
+    """
+    for index, group in enumerate(optimizer.param_groups):
+        group["initial_lr"] = optim.lr
+        scheduler.base_lrs[index] = optim.lr
+        group["lr"] = optim.lr * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        group["betas"], group["eps"] = tuple(optim.betas), optim.eps
+        if index == 0:  # param_groups puts the decayed weights first; norms, biases etc. stay at 0
+            group["weight_decay"] = optim.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
 
 
 def _identity(item: Any) -> Any:
