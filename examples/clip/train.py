@@ -40,7 +40,10 @@ from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
+    builds_on_meta,
+    launch_world_size,
     raise_on_failed_checks,
+    template_checks,
     training_checks,
 )
 
@@ -107,8 +110,17 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (2 <= d.max_text_length <= context, "data.max_text_length", f"in [2, {context}]", d.max_text_length),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (d.source != "shapes" or d.shapes.num_pairs > 0, "data.shapes.num_pairs", "> 0", d.shapes.num_pairs),
+            (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
+            (d.vocab is None or Path(d.vocab).exists(), "data.vocab", "an existing vocab.txt or directory", d.vocab),
         ]
+        + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
     )
+    # every size and choice of the model section, checked by clip_model itself on the meta device
+    if cfg.model.pretrained is None:
+        kwargs = {k: v for k, v in asdict(m).items() if k != "pretrained"}
+        raise_on_failed_checks(
+            [builds_on_meta("model", lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))]
+        )
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -151,8 +163,8 @@ def main(cfg: TrainConfig) -> dict:
 
 
 def run(cfg: TrainConfig) -> dict:
+    validate(cfg, launch_world_size())  # before any work, the process group included
     info = init_distributed(cfg.training.strategy, device=cfg.training.device)
-    validate(cfg, info.world_size)
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
     resume_from = resume_checkpoint(t)

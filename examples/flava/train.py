@@ -41,7 +41,10 @@ from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
+    builds_on_meta,
+    launch_world_size,
     raise_on_failed_checks,
+    template_checks,
     training_checks,
 )
 
@@ -125,37 +128,69 @@ class TrainConfig:
 
 
 def validate(cfg: TrainConfig, world_size: int) -> None:
-    """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError."""
-    m, d = cfg.model, cfg.data
+    """Check what types cannot, before any work: choices, ranges, sizes that must agree, the model
+    sections built on the meta device, the data files. Raises ConfigError naming the key."""
+    m, d, r = cfg.model, cfg.data, cfg.data.ratios
+    grid_ok = m.patch_size >= 1 and m.image_size >= m.patch_size and m.image_size % m.patch_size == 0
+    patches = (m.image_size // m.patch_size) ** 2 if grid_ok else 0
+    files = [(f"data.files.{k}", v) for k, v in asdict(d.files).items() if v is not None and k != "pairs_shards"]
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
+            (m.patch_size >= 1, "model.patch_size", ">= 1", m.patch_size),
+            (grid_ok, "model.image_size", f"a positive multiple of model.patch_size ({m.patch_size})", m.image_size),
             (
-                m.image_size % m.patch_size == 0,
-                "model.image_size",
-                f"a multiple of model.patch_size ({m.patch_size})",
-                m.image_size,
-            ),
-            (
-                d.num_masked_patches <= (m.image_size // m.patch_size) ** 2,
+                0 <= d.num_masked_patches <= patches,
                 "data.num_masked_patches",
-                f"at most the {(m.image_size // m.patch_size) ** 2} patches",
+                f"in [0, {patches}]",
                 d.num_masked_patches,
             ),
+            (d.min_mask_block >= 1, "data.min_mask_block", ">= 1", d.min_mask_block),
             (
-                d.max_text_length <= m.max_seq_len,
+                2 <= d.max_text_length <= m.max_seq_len,
                 "data.max_text_length",
-                f"at most model.max_seq_len ({m.max_seq_len})",
+                f"in [2, model.max_seq_len = {m.max_seq_len}]",
                 d.max_text_length,
             ),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
-            (min(d.ratios.pairs, d.ratios.images, d.ratios.texts) >= 0, "data.ratios", ">= 0 each", d.ratios),
+            (
+                min(r.pairs, r.images, r.texts) >= 0 and r.pairs + r.images + r.texts > 0,
+                "data.ratios",
+                ">= 0 each and not all 0",
+                asdict(r),
+            ),
+            (0 < d.mlm_probability <= 1, "data.mlm_probability", "in (0, 1]", d.mlm_probability),
+            (
+                0 <= d.itm_negative_probability <= 1,
+                "data.itm_negative_probability",
+                "in [0, 1]",
+                d.itm_negative_probability,
+            ),
+            (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
+            (d.vocab_training_texts >= 1, "data.vocab_training_texts", ">= 1", d.vocab_training_texts),
+            (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
+            (d.vocab is None or Path(d.vocab).exists(), "data.vocab", "an existing vocab.txt or directory", d.vocab),
+            (
+                cfg.model.pretrained is None or "://" in cfg.model.pretrained or Path(cfg.model.pretrained).exists(),
+                "model.pretrained",
+                "an existing checkpoint path or a URL",
+                cfg.model.pretrained,
+            ),
         ]
+        + [(Path(v).exists(), k, "an existing path", v) for k, v in files]
         + [
             (value >= 0, f"pretraining.{name}", ">= 0", value)
             for name, value in asdict(cfg.pretraining).items()
             if name.endswith("_weight")
+        ]
+        + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
+    )
+    # every size and choice of the model sections, checked by the builders themselves (no memory used)
+    raise_on_failed_checks(
+        [
+            builds_on_meta("model", lambda: flava_model(**flava_model_kwargs(m, max(d.vocab_size, 16)))),
+            builds_on_meta("codebook", lambda: build_codebook(cfg, seeded=False)),
         ]
     )
 
@@ -183,13 +218,15 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
     return sources
 
 
-def build_codebook(cfg: TrainConfig) -> nn.Module:
+def build_codebook(cfg: TrainConfig, *, seeded: bool = True) -> nn.Module:
     """The dVAE that turns the codebook view into MIM targets (in the data pipeline, fp32)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.training.seed)
         kwargs = asdict(cfg.codebook)
         kwargs.pop("pretrained")
         codebook = dalle_encoder(**kwargs, vocab_size=cfg.pretraining.image_vocab_size)
+    if not seeded:  # only its arguments are being checked
+        return codebook
     if cfg.codebook.pretrained is not None:
         load_codebook_weights(codebook, cfg.codebook.pretrained)
     return codebook
@@ -253,8 +290,8 @@ def main(cfg: TrainConfig) -> dict:
 
 
 def run(cfg: TrainConfig) -> dict:
+    validate(cfg, launch_world_size())  # before any work, the process group included
     info = init_distributed(cfg.training.strategy, device=cfg.training.device)
-    validate(cfg, info.world_size)
     t = cfg.training
     out_dir = Path(t.output_dir)
     resume_from = resume_checkpoint(t)

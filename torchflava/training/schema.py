@@ -5,9 +5,11 @@ Recipes compose them with their own model and data sections and load the whole w
 """
 
 from dataclasses import dataclass, field
+import math
+import os
 from pathlib import Path
 import sys
-from typing import NamedTuple, Optional, Sequence, Type
+from typing import Callable, NamedTuple, Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -64,9 +66,17 @@ def raise_on_failed_checks(checks: Sequence[tuple]) -> None:
 
 
 def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[tuple]:
-    """The checks of the shared sections that types cannot express, for :func:`raise_on_failed_checks`."""
+    """The checks of the shared sections that types cannot express, for :func:`raise_on_failed_checks`.
+
+    Each is ``(ok, key, expected, got)``; they are computed so that no bad value raises on its own
+    (a zero divisor, say): every key gets the one-line config error instead.
+    """
+    accumulation_ok = t.grad_accumulation >= 1
+    unit = world_size * t.grad_accumulation if accumulation_ok else 1
+    output = Path(t.output_dir)
     return [
         (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
+        (t.device in ("auto", "cpu", "cuda"), "training.device", "auto, cpu or cuda", t.device),
         (t.precision in ("fp32", "bf16"), "training.precision", "fp32 or bf16", t.precision),
         (
             t.activation_checkpointing in CHECKPOINT_MODES,
@@ -74,22 +84,32 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             f"one of {CHECKPOINT_MODES}",
             t.activation_checkpointing,
         ),
+        (bool(t.output_dir) and not output.is_file(), "training.output_dir", "a directory path", t.output_dir),
         (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
-        (t.grad_accumulation >= 1, "training.grad_accumulation", ">= 1", t.grad_accumulation),
+        (accumulation_ok, "training.grad_accumulation", ">= 1", t.grad_accumulation),
         (
-            t.global_batch_size % (world_size * t.grad_accumulation) == 0 and t.global_batch_size > 0,
+            t.global_batch_size > 0 and t.global_batch_size % unit == 0,
             "training.global_batch_size",
             f"a positive multiple of world size x grad_accumulation ({world_size} x {t.grad_accumulation})",
             t.global_batch_size,
         ),
+        (t.seed >= 0, "training.seed", ">= 0", t.seed),
+        (t.log_every >= 1, "training.log_every", ">= 1", t.log_every),
+        (t.checkpoint_every >= 1, "training.checkpoint_every", ">= 1", t.checkpoint_every),
+        (t.keep_checkpoints >= 1, "training.keep_checkpoints", ">= 1", t.keep_checkpoints),
+        (t.threads is None or t.threads >= 1, "training.threads", "null or >= 1", t.threads),
+        (o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a finite number > 0", o.lr),
+        (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas),
+        (o.eps > 0, "optim.eps", "> 0", o.eps),
+        (o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay),
         (0 <= o.warmup_steps < t.max_steps, "optim.warmup_steps", "in [0, training.max_steps)", o.warmup_steps),
+        (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio),
         (
-            t.log_every >= 1 and t.checkpoint_every >= 1,
-            "training.log_every/checkpoint_every",
-            ">= 1",
-            (t.log_every, t.checkpoint_every),
+            o.clip_grad_norm is None or o.clip_grad_norm > 0,
+            "optim.clip_grad_norm",
+            "null or > 0",
+            o.clip_grad_norm,
         ),
-        (len(o.betas) == 2, "optim.betas", "two numbers", o.betas),
     ]
 
 
@@ -158,3 +178,40 @@ def setup_training(
     scheduler = warmup_cosine(optimizer, warmup_steps=o.warmup_steps, total_steps=t.max_steps, min_ratio=o.min_lr_ratio)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and t.strategy != "fsdp")
     return TrainingSetup(wrapped, optimizer, scheduler, autocast)
+
+
+def builds_on_meta(key: str, build: Callable[[], object]) -> tuple:
+    """A check that ``build()`` succeeds on the meta device (no memory, no init work): every size and
+    choice of a builder section checked by the builder itself, before any real work.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    try:
+        with torch.device("meta"):
+            build()
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as error:
+        return (False, key, "arguments its builder accepts", str(error).splitlines()[0] if str(error) else repr(error))
+    return (True, key, "", None)
+
+
+def template_checks(key: str, templates: Sequence[str], batch_size: int, batch_key: str) -> list[tuple]:
+    """Zero-shot prompt templates (at least one, each with one ``{}``) and an evaluation batch size >= 1."""
+    return [
+        (
+            len(templates) > 0 and all(isinstance(x, str) and x.count("{}") == 1 for x in templates),
+            key,
+            "a non-empty list of templates, each with one '{}'",
+            list(templates),
+        ),
+        (batch_size >= 1, batch_key, ">= 1", batch_size),
+    ]
+
+
+def launch_world_size() -> int:
+    """The number of processes the launcher started (``WORLD_SIZE``; 1 without torchrun), known before
+    the process group is: recipes validate their config with it before any work."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
