@@ -1,0 +1,96 @@
+"""Run the CLIP recipe with a SIGKILL injected at a named point on its n-th hit (for test_fault_injection.py).
+
+    python tests/examples/fault_runner.py POINT N key=value ...
+
+The patches live here, in the test, not in the library: each wraps one function the run calls.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+import signal
+import sys
+
+import torch
+
+import torchflava.training.checkpointing as checkpointing
+import torchflava.training.metrics as metrics
+import torchflava.utils.checkpoint as checkpoint_io
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def counted(n: int, before, after=None):
+    """Wrap ``before``'s target: kill on the n-th call, before it runs or (``after``) once it has."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n and after is None:
+            die()
+        result = before(*args, **kwargs)
+        if calls["n"] == n and after is not None:
+            after(*args, **kwargs)
+            die()
+        return result
+
+    return wrapper
+
+
+def half_then_die(tensors, path, *args, **kwargs):
+    Path(path).write_bytes(b"\0" * 1000)  # a torn export
+    die()
+
+
+def rename_then_die(path):
+    os.replace(path, path.with_name(f".{path.name}.deleting"))
+    die()
+
+
+def install(point: str, n: int) -> None:
+    if point == "before_dcp_write":
+        checkpointing.dcp.save = counted(n, checkpointing.dcp.save)
+    elif point == "after_dcp_write":
+        checkpointing.dcp.save = counted(n, checkpointing.dcp.save, after=lambda *a, **k: None)
+    elif point == "before_marker":
+        checkpointing.write_marker = counted(n, checkpointing.write_marker)
+    elif point == "after_marker_before_rename":
+        checkpointing.write_marker = counted(n, checkpointing.write_marker, after=lambda *a, **k: None)
+    elif point == "during_deletion":
+        real = checkpointing._discard
+        checkpointing._discard = _nth(n, real, rename_then_die)
+    elif point == "rank_state_write":
+        checkpointing.torch.save = counted(n, torch.save)
+    elif point == "optimizer_step":
+        torch.optim.AdamW.step = counted(n, torch.optim.AdamW.step)
+    elif point == "after_optimizer_step":
+        torch.optim.AdamW.step = counted(n, torch.optim.AdamW.step, after=lambda *a, **k: None)
+    elif point == "metrics_log":
+        metrics.MetricsLogger.log = counted(n, metrics.MetricsLogger.log)
+    elif point == "during_export":
+        checkpoint_io.save_file = _nth(n, checkpoint_io.save_file, half_then_die)
+    else:
+        raise SystemExit(f"unknown point {point}")
+
+
+def _nth(n: int, real, instead):
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        return instead(*args, **kwargs) if calls["n"] == n else real(*args, **kwargs)
+
+    return wrapper
+
+
+if __name__ == "__main__":
+    point, n, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    spec = importlib.util.spec_from_file_location("clip_recipe", REPO / "examples" / "clip" / "train.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    install(point, n)
+    recipe.main(recipe.load_config(recipe.TrainConfig, overrides))
