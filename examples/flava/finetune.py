@@ -41,6 +41,7 @@ from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
+    launch_world_size,
     raise_on_failed_checks,
     training_checks,
 )
@@ -161,8 +162,8 @@ def main(cfg: FinetuneConfig) -> dict:
 
 
 def run(cfg: FinetuneConfig) -> dict:
+    validate(cfg, launch_world_size())  # before any work, the process group included
     info = init_distributed(cfg.training.strategy, device=cfg.training.device)
-    validate(cfg, info.world_size)
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
     resume_from = resume_checkpoint(t)  # a run must not mix into another's directory: checked before any work

@@ -69,3 +69,26 @@ def test_meta_tensors_give_meta_results():
     out = model(text=ids, image=torch.zeros(2, 3, 32, 32, device="meta"))
     assert out.text_embeddings.is_meta and out.text_embeddings.shape == (2, 6, TINY["text_embed_dim"])
     assert out.multimodal_embeddings.shape[:2] == (2, 1 + 17 + 6)
+
+
+def test_float_batch_fields_name_the_field():
+    from torchflava.models import flava_model_for_pretraining
+
+    torch.manual_seed(0)
+    model = flava_model_for_pretraining(backbone=flava_model(**TINY), build_codebook=False, image_vocab_size=16)
+    ids = torch.randint(5, 50, (2, 6))
+    batch = dict(
+        image=torch.randn(2, 3, 32, 32),
+        text=ids,
+        text_attention_mask=torch.ones_like(ids),
+        itm_labels=torch.tensor([1.0, 0.0]),
+    )
+    with pytest.raises(
+        TypeError,
+        match=r"batch field itm_labels must be an integer tensor \(torch.long\), got dtype "
+        r"torch.float32",
+    ):
+        model(batch)
+    batch.update(itm_labels=torch.tensor([1, 0]), text=ids.float())
+    with pytest.raises(TypeError, match="batch field text must be an integer tensor"):
+        model(batch)

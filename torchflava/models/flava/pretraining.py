@@ -417,6 +417,11 @@ class FLAVAForPretraining(nn.Module):
             labels = batch.mlm_labels
             if bool((((labels < 0) | (labels >= vocab)) & (labels != self.ignore_index)).any()):
                 raise ValueError(f"mlm_labels must be in [0, {vocab}) or ignore_index={self.ignore_index}")
+        integer_fields = ("text", "text_masked", "mlm_labels", "itm_labels", "image_tokens")
+        for name in integer_fields:
+            value = getattr(batch, name, None)
+            if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
+                raise TypeError(f"batch field {name} must be an integer tensor (torch.long), got dtype {value.dtype}")
         if batch.itm_labels is not None:
             if batch.itm_labels.dim() != 1 or not bool(((batch.itm_labels == 0) | (batch.itm_labels == 1)).all()):
                 raise ValueError("itm_labels must be a (B,) tensor of 0 (mismatched) and 1 (matched)")
