@@ -103,3 +103,41 @@ EXPORT_FLAVA = dict(
     multimodal_mlp_dim=36,
     projection_dim=20,
 )
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(relative: str, name: str):
+    """Import a recipe script (``examples/...py``) as a module, to call its ``main`` in-process."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_ranks(worker, args: tuple, *, nprocs: int, timeout_s: float) -> None:
+    """Run ``worker(rank, *args)`` on ``nprocs`` spawned processes; fail (never hang) past ``timeout_s``.
+
+    A rank that raises fails the caller with its traceback; when time runs out every process is killed.
+    """
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):  # raises if a rank failed
+            if time.monotonic() >= deadline:
+                pytest.fail(f"the {nprocs} ranks did not finish within {timeout_s} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=10)

@@ -105,13 +105,10 @@ def test_modules_and_models_never_import_data_training_or_evaluation(path):
 def test_training_and_evaluation_know_nothing_of_flava_or_data(path):
     # One exception: evaluation/shapes.py scores any dual encoder on the built-in held-out shapes split,
     # so it reads that split (torchflava.data.shapes: pure scene generation, no pipeline, no model).
-    allowed = {"torchflava.data.shapes"} if path.name == "shapes.py" and path.parent.name == "evaluation" else set()
+    allowed = ("torchflava.data.shapes",) if path.relative_to(PACKAGE_ROOT).as_posix() == "evaluation/shapes.py" else ()
+    names = imported_modules(path)
     bad = sorted(
-        n
-        for n in imported_modules(path)
-        if n.startswith(("torchflava.models", "torchflava.data"))
-        and n.split(".")[:3] != ["torchflava", "data", "shapes"]
-        or (n.startswith("torchflava.data.shapes") and not allowed)
+        n for n in names if n.startswith(("torchflava.models", "torchflava.data")) and not n.startswith(allowed)
     )
     assert not bad, f"{path} imports {bad}"
 

@@ -32,16 +32,15 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, for
 from torchflava.models import clip_model
 from torchflava.modules.losses import contrastive_loss
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
-from torchflava.training.distributed import barrier, init_distributed
-from torchflava.training.loop import StepOutput, fit, release_run_directory, resume_checkpoint
+from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.distributed import barrier
+from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
-    launch_world_size,
     raise_on_failed_checks,
     template_checks,
     training_checks,
@@ -154,23 +153,12 @@ def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 
 
 # ------------------------------------------------------------------------------------------- main
+@holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    """Run the recipe; the run directory is held (one run per directory) until it returns or fails."""
-    try:
-        return run(cfg)
-    finally:
-        release_run_directory(cfg.training)
-
-
-def run(cfg: TrainConfig) -> dict:
-    validate(cfg, launch_world_size())  # before any work, the process group included
-    info = init_distributed(cfg.training.strategy, device=cfg.training.device)
+    start = start_run(cfg, validate)  # validate, process group, run directory, resume point
+    info, resume_from = start
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
-    resume_from = resume_checkpoint(t)
-    if resume_from is not None:  # before any work and before config.yaml is rewritten
-        for change in check_resume_config(out_dir / "config.yaml", cfg):
-            print(f"resume: {change} (applied from here on)", file=sys.stderr)
 
     pairs = build_pairs(d)
     tokenizer = run_vocabulary(
@@ -215,6 +203,7 @@ def run(cfg: TrainConfig) -> dict:
         after_step=clamp_logit_scale,
         num_workers=d.num_workers,
         description="clip",
+        start=start,
     )
 
     export_path = out_dir / "model" / "clip.safetensors"

@@ -34,14 +34,13 @@ from torchflava.models import flava_model_for_classification
 from torchflava.models.flava.classification import LOSSES, MODALITIES, default_loss
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
-from torchflava.training.distributed import barrier, init_distributed
-from torchflava.training.loop import StepOutput, fit, release_run_directory, resume_checkpoint
+from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.distributed import barrier
+from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
-    launch_world_size,
     raise_on_failed_checks,
     training_checks,
 )
@@ -153,23 +152,12 @@ def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
     return StepOutput(out.loss_sums, out.loss_counts)
 
 
+@holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: FinetuneConfig) -> dict:
-    """Run the recipe; the run directory is held (one run per directory) until it returns or fails."""
-    try:
-        return run(cfg)
-    finally:
-        release_run_directory(cfg.training)
-
-
-def run(cfg: FinetuneConfig) -> dict:
-    validate(cfg, launch_world_size())  # before any work, the process group included
-    info = init_distributed(cfg.training.strategy, device=cfg.training.device)
+    start = start_run(cfg, validate)  # validate, process group, run directory, resume point
+    info = start.info
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
-    resume_from = resume_checkpoint(t)  # a run must not mix into another's directory: checked before any work
-    if resume_from is not None:  # before any work and before config.yaml is rewritten
-        for change in check_resume_config(out_dir / "config.yaml", cfg):
-            print(f"resume: {change} (applied from here on)", file=sys.stderr)
 
     pretrained = load_pretrained(cfg.model.pretrained)
     train_source, val_source, classes = build_splits(d)
@@ -198,7 +186,7 @@ def run(cfg: FinetuneConfig) -> dict:
     model = flava_model_for_classification(num_classes, backbone=pretrained.model, **kwargs).to(info.device)
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
-    result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning")
+    result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
 
     export_model(model, out_dir / "model" / "flava_classification.safetensors")
     # every rank evaluates (an FSDP forward needs all of them); rank 0 reports

@@ -33,16 +33,15 @@ from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
-from torchflava.training.distributed import barrier, init_distributed
-from torchflava.training.loop import StepOutput, fit, release_run_directory, resume_checkpoint
+from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.distributed import barrier
+from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
-    launch_world_size,
     raise_on_failed_checks,
     template_checks,
     training_checks,
@@ -281,23 +280,12 @@ def pretraining_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 
 
 # ------------------------------------------------------------------------------------------- main
+@holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    """Run the recipe; the run directory is held (one run per directory) until it returns or fails."""
-    try:
-        return run(cfg)
-    finally:
-        release_run_directory(cfg.training)
-
-
-def run(cfg: TrainConfig) -> dict:
-    validate(cfg, launch_world_size())  # before any work, the process group included
-    info = init_distributed(cfg.training.strategy, device=cfg.training.device)
+    start = start_run(cfg, validate)  # validate, process group, run directory, resume point
+    info, resume_from = start
     t = cfg.training
     out_dir = Path(t.output_dir)
-    resume_from = resume_checkpoint(t)
-    if resume_from is not None:  # before any work and before config.yaml is rewritten
-        for change in check_resume_config(out_dir / "config.yaml", cfg):
-            print(f"resume: {change} (applied from here on)", file=sys.stderr)
 
     # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
     # codebook from the seed).
@@ -325,6 +313,7 @@ def run(cfg: TrainConfig) -> dict:
         after_step=model.clamp_logit_scale_,
         num_workers=cfg.data.num_workers,
         description="pretraining",
+        start=start,
     )
 
     export_path = out_dir / "model" / "flava_pretraining.safetensors"

@@ -1,5 +1,6 @@
 """The held-out shapes task for any dual encoder, and its colour/shape breakdown."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ def test_an_encoder_that_knows_only_colour_scores_colour_right_and_shape_at_chan
         return ids, torch.ones_like(ids)
 
     def transform(image):
-        return torch.from_numpy(__import__("numpy").asarray(image, dtype="float32") / 255).permute(2, 0, 1)
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
 
     report = evaluate_shapes(Oracle(), tokenize, transform, num_test=540)
     assert report["zero_shot_colour_right"] == 1.0

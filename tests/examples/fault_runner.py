@@ -24,17 +24,16 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def counted(n: int, before, after=None):
-    """Wrap ``before``'s target: kill on the n-th call, before it runs or (``after``) once it has."""
+def kill_on(n: int, real, *, after: bool = False):
+    """``real``, except that its n-th call kills the process: before it runs, or once it has (``after``)."""
     calls = {"n": 0}
 
     def wrapper(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == n and after is None:
+        if calls["n"] == n and not after:
             die()
-        result = before(*args, **kwargs)
-        if calls["n"] == n and after is not None:
-            after(*args, **kwargs)
+        result = real(*args, **kwargs)
+        if calls["n"] == n:
             die()
         return result
 
@@ -53,24 +52,23 @@ def rename_then_die(path):
 
 def install(point: str, n: int) -> None:
     if point == "before_dcp_write":
-        checkpointing.dcp.save = counted(n, checkpointing.dcp.save)
+        checkpointing.dcp.save = kill_on(n, checkpointing.dcp.save)
     elif point == "after_dcp_write":
-        checkpointing.dcp.save = counted(n, checkpointing.dcp.save, after=lambda *a, **k: None)
+        checkpointing.dcp.save = kill_on(n, checkpointing.dcp.save, after=True)
     elif point == "before_marker":
-        checkpointing.write_marker = counted(n, checkpointing.write_marker)
+        checkpointing.write_marker = kill_on(n, checkpointing.write_marker)
     elif point == "after_marker_before_rename":
-        checkpointing.write_marker = counted(n, checkpointing.write_marker, after=lambda *a, **k: None)
+        checkpointing.write_marker = kill_on(n, checkpointing.write_marker, after=True)
     elif point == "during_deletion":
-        real = checkpointing._discard
-        checkpointing._discard = _nth(n, real, rename_then_die)
+        checkpointing._discard = _nth(n, checkpointing._discard, rename_then_die)
     elif point == "rank_state_write":
-        checkpointing.torch.save = counted(n, torch.save)
+        checkpointing.torch.save = kill_on(n, torch.save)
     elif point == "optimizer_step":
-        torch.optim.AdamW.step = counted(n, torch.optim.AdamW.step)
+        torch.optim.AdamW.step = kill_on(n, torch.optim.AdamW.step)
     elif point == "after_optimizer_step":
-        torch.optim.AdamW.step = counted(n, torch.optim.AdamW.step, after=lambda *a, **k: None)
+        torch.optim.AdamW.step = kill_on(n, torch.optim.AdamW.step, after=True)
     elif point == "metrics_log":
-        metrics.MetricsLogger.log = counted(n, metrics.MetricsLogger.log)
+        metrics.MetricsLogger.log = kill_on(n, metrics.MetricsLogger.log)
     elif point == "during_export":
         checkpoint_io.save_file = _nth(n, checkpoint_io.save_file, half_then_die)
     else:

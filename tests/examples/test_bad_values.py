@@ -1,11 +1,12 @@
 """Every bad recipe value is refused before any work: one line naming the key, exit 2, nothing written."""
 
-import importlib.util
 from pathlib import Path
 import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 FLAVA = (
@@ -15,17 +16,9 @@ FLAVA = (
 CLIP = (REPO / "examples" / "clip" / "train.py", REPO / "examples" / "clip" / "configs" / "debug.yaml")
 
 
-def _recipe(script: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 RECIPES = {
-    "flava": (_recipe(FLAVA[0], "bad_values_flava"), FLAVA[1]),
-    "clip": (_recipe(CLIP[0], "bad_values_clip"), CLIP[1]),
+    "flava": (load_recipe("examples/flava/train.py", "bad_values_flava"), FLAVA[1]),
+    "clip": (load_recipe("examples/clip/train.py", "bad_values_clip"), CLIP[1]),
 }
 
 SHARED = [

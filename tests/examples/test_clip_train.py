@@ -1,7 +1,6 @@
 """The CLIP recipe on the shared loop: learns, exports what clip_model loads, 2 DDP ranks equal 1 process,
 a killed run resumes to the uninterrupted loss sequence, config errors name the key."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -13,21 +12,15 @@ import time
 import pytest
 import torch
 
+from tests.helpers import load_recipe
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "clip" / "train.py"
 DEBUG = REPO / "examples" / "clip" / "configs" / "debug.yaml"
 CONFIGS = sorted((REPO / "examples" / "clip" / "configs").glob("*.yaml"))
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("clip_train_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_recipe()
+train = load_recipe("examples/clip/train.py", "clip_train_recipe")
 
 
 def _config(*overrides):

@@ -1,21 +1,17 @@
 """The fine-tuning recipe: GLUE-format classification and regression, VQA-style soft scores, errors."""
 
-import importlib.util
 import json
 from pathlib import Path
 import sys
 
 import pytest
 
-from tests.helpers import write_tiny_export
+from tests.helpers import load_recipe, write_tiny_export
 from torchflava.data.finetuning import GlueTsv, ImageTextLabels
 from torchflava.data.shapes import ShapesWorld
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("flava_finetune_recipe", REPO / "examples" / "flava" / "finetune.py")
-finetune = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = finetune
-spec.loader.exec_module(finetune)
+finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe")
 
 
 @pytest.fixture(scope="module")

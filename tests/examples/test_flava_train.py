@@ -15,6 +15,7 @@ from PIL import Image
 import pytest
 import torch
 
+from tests.helpers import load_recipe
 from torchflava.modules.layers import TransformerEncoderLayer
 from torchflava.training.checkpointing import CheckpointManager
 
@@ -23,15 +24,7 @@ SCRIPT = REPO / "examples" / "flava" / "train.py"
 DEBUG = REPO / "examples" / "flava" / "configs" / "pretraining" / "debug.yaml"
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("flava_train_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_recipe()
+train = load_recipe("examples/flava/train.py", "flava_train_recipe")
 
 
 def _config(*overrides):

@@ -13,7 +13,7 @@ from torch import nn
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from tests.helpers import PickleExploit
+from tests.helpers import PickleExploit, run_ranks
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.integrity import CheckpointIntegrityError, damage, read_dcp_metadata, write_marker
 
@@ -193,10 +193,8 @@ def _fsdp_worker(rank: int, init_file: str, root: str) -> None:
 
 
 def test_sharded_fsdp_checkpoints_verify_and_load_through_the_allow_list(tmp_path):
-    import torch.multiprocessing as mp
-
     root = tmp_path / "ckpt"
-    mp.start_processes(_fsdp_worker, args=(str(tmp_path / "init"), str(root)), nprocs=2, start_method="spawn")
+    run_ranks(_fsdp_worker, (str(tmp_path / "init"), str(root)), nprocs=2, timeout_s=180)
     assert all(torch.load(root / f"result{r}.pt", weights_only=True)["same"] for r in range(2))
     saved = root / "step_00000005"
     assert damage(saved) is None and {"__0_0.distcp", "__1_0.distcp", "rank1.pt"} <= set(

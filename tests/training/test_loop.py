@@ -5,16 +5,15 @@ from datetime import timedelta
 import json
 from pathlib import Path
 import shutil
-import time
 from typing import NamedTuple
 
 import pytest
 import torch
 from torch import nn
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
+from tests.helpers import run_ranks
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
 from torchflava.training.loop import FitResult, StepOutput, fit
@@ -285,19 +284,7 @@ def two_ranks(tmp_path_factory):
     single, _ = run(root / "single")
     shutil.copytree(root / "single", root / "one_to_two")
     shutil.rmtree(root / "one_to_two" / "checkpoints" / "step_00000006")  # as if stopped after step 3
-    context = mp.start_processes(
-        _worker, args=(str(root / "init"), str(root)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):  # raises if a rank failed
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {JOIN_TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-            process.join(timeout=10)
+    run_ranks(_worker, (str(root / "init"), str(root)), nprocs=WORLD_SIZE, timeout_s=JOIN_TIMEOUT_S)
     return root, params(single), torch.load(root / "rank0.pt", weights_only=True)
 
 

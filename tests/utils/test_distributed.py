@@ -16,15 +16,14 @@ mean of rank gradients == single-process gradient); for 3 and 5 rows it is 6/8 a
 
 from datetime import timedelta
 from pathlib import Path
-import time
 
 import pytest
 import torch
 from torch import nn
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests.helpers import run_ranks
 from torchflava.modules.losses import ContrastiveLoss
 from torchflava.utils.distributed import (
     GatherGrad,
@@ -132,23 +131,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def two_ranks(tmp_path_factory) -> list[dict]:
     """Run ``_worker`` on 2 spawned processes; fail (never hang) if they do not finish in time."""
     directory = tmp_path_factory.mktemp("dist")
-    context = mp.start_processes(
-        _worker,
-        args=(str(directory / "init"), str(directory)),
-        nprocs=WORLD_SIZE,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):  # raises if a rank failed
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {JOIN_TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-            process.join(timeout=10)
+    run_ranks(_worker, (str(directory / "init"), str(directory)), nprocs=WORLD_SIZE, timeout_s=JOIN_TIMEOUT_S)
     return [torch.load(directory / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
 
 

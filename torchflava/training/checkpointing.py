@@ -167,13 +167,23 @@ class CheckpointManager:
         barrier()
         return final
 
-    def load(self, path: Union[str, os.PathLike], model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    def load(
+        self,
+        path: Union[str, os.PathLike],
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        verified: bool = False,
+    ) -> dict:
         """Restore model and optimiser from checkpoint ``path``; return this rank's own state.
 
         Args:
             path (Union[str, os.PathLike]): a checkpoint directory.
             model (nn.Module): the model, wrapped as when saving.
             optimizer (torch.optim.Optimizer): its optimiser.
+            verified (bool): the caller has just checked every digest (e.g. with
+                :meth:`latest_intact`): skip reading the whole checkpoint a second time. The metadata
+                allow-list and ``weights_only`` reading apply either way.
 
         Returns:
             dict: the ``local_state`` this rank saved (empty when the checkpoint was written by
@@ -185,7 +195,7 @@ class CheckpointManager:
             ValueError: if the checkpoint lacks weights of ``model``.
         """
         path = Path(path)
-        reason = damage_on_every_rank(path)
+        reason = None if verified else damage_on_every_rank(path)
         if reason is not None:
             raise CheckpointIntegrityError(f"cannot resume from {path}: {reason}")
         saved = set(read_dcp_metadata(path).state_dict_metadata)

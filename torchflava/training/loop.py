@@ -26,8 +26,10 @@ logged): the loop checkpoints the former and returns them, distinct over ranks a
 
 from contextlib import nullcontext
 import dataclasses
+import functools
 import math
 from pathlib import Path
+import sys
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
@@ -44,12 +46,25 @@ from torchflava.training.checkpointing import (
     rng_state,
     set_rng_state,
 )
-from torchflava.training.config import ConfigError
-from torchflava.training.distributed import all_reduce_sum, model_device, sync_replicated_grads
+from torchflava.training.config import ConfigError, check_resume_config
+from torchflava.training.distributed import (
+    DistributedInfo,
+    all_reduce_sum,
+    init_distributed,
+    model_device,
+    sync_replicated_grads,
+)
 from torchflava.training.metrics import MetricsLogger
 from torchflava.training.optim import clip_grad_norm
 from torchflava.training.run_lock import RunDirectoryInUse, RunLock
-from torchflava.training.schema import NonFiniteLossError, OptimConfig, TrainingConfig, resume_point, setup_training
+from torchflava.training.schema import (
+    NonFiniteLossError,
+    OptimConfig,
+    TrainingConfig,
+    launch_world_size,
+    resume_point,
+    setup_training,
+)
 
 
 class StepOutput(NamedTuple):
@@ -125,6 +140,54 @@ def release_run_directory(training: TrainingConfig) -> None:
 _HELD: dict[Path, RunLock] = {}  # run directories this process holds, by resolved path
 
 
+class RunStart(NamedTuple):
+    """What :func:`start_run` gives a recipe."""
+
+    info: DistributedInfo
+    resume_from: Optional[Path]
+
+
+def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
+    """The start every recipe shares, before any work.
+
+    It validates the whole config (with the launcher's world size), starts the process group, takes
+    the run directory and finds the checkpoint to resume from. For a resumed run it also compares
+    the config with the one the run was started with, before that is rewritten: refused changes
+    raise, applied ones are reported on stderr.
+
+    Args:
+        config (Any): the recipe's config; ``config.training`` is a :class:`TrainingConfig`.
+        validate (Callable[[Any, int], None]): the recipe's ``validate(config, world_size)``.
+
+    Returns:
+        RunStart: this process's rank, world size and device, and the checkpoint to resume from.
+
+    Raises:
+        ConfigError: from ``validate``, :func:`resume_checkpoint` or the config comparison.
+    """
+    t = config.training
+    validate(config, launch_world_size())
+    info = init_distributed(t.strategy, device=t.device)
+    resume_from = resume_checkpoint(t)
+    if resume_from is not None:
+        for change in check_resume_config(Path(t.output_dir) / "config.yaml", config):
+            print(f"resume: {change} (applied from here on)", file=sys.stderr)
+    return RunStart(info, resume_from)
+
+
+def holds_run_directory(main: Callable[[Any], dict]) -> Callable[[Any], dict]:
+    """Decorate a recipe's ``main(config)`` so it gives up the run directory however it ends."""
+
+    @functools.wraps(main)
+    def wrapper(config: Any) -> dict:
+        try:
+            return main(config)
+        finally:
+            release_run_directory(config.training)
+
+    return wrapper
+
+
 def fit(
     model: nn.Module,
     step: StepFunction,
@@ -136,6 +199,7 @@ def fit(
     shard_layers: Sequence[type] = (TransformerEncoderLayer,),
     num_workers: int = 0,
     description: str = "training",
+    start: Optional[RunStart] = None,
 ) -> FitResult:
     """Train ``model`` for ``training.max_steps`` optimiser steps (collective: every rank calls it).
 
@@ -152,6 +216,8 @@ def fit(
         shard_layers (Sequence[type]): module types FSDP2 shards one by one.
         num_workers (int): data-loader worker processes.
         description (str): the progress bar's label.
+        start (Optional[RunStart]): what the recipe's :func:`start_run` found (its resume point is
+            used as is, not looked up and verified again); None looks it up here.
 
     Returns:
         FitResult: final step and loss, unusable samples, the checkpoint resumed from.
@@ -171,7 +237,8 @@ def fit(
         )
     if t.threads is not None:
         torch.set_num_threads(t.threads)
-    checkpoints, resume_from = checkpoint_manager(t), resume_checkpoint(t)
+    checkpoints = checkpoint_manager(t)
+    resume_from = resume_checkpoint(t) if start is None else start.resume_from
     if t.activation_checkpointing != "none":
         set_activation_checkpointing(model, t.activation_checkpointing)
     device = model_device(model)
@@ -301,7 +368,7 @@ def _loop_state(step: int, scheduler, skipped: list) -> dict:
 
 def _resume(checkpoints: CheckpointManager, path: Path, wrapped, optimizer, scheduler) -> tuple[int, list]:
     """Load checkpoint ``path``; return its step and this rank's unusable samples so far."""
-    local = checkpoints.load(path, wrapped, optimizer)
+    local = checkpoints.load(path, wrapped, optimizer, verified=True)  # resume_checkpoint verified it
     step = checkpoint_step(path)
     if local and checkpoint_world_size(path) == _world_size():
         scheduler.load_state_dict(local["scheduler"])

@@ -10,12 +10,12 @@ import torch
 from torch import Tensor, nn
 
 
-def check_token_ids(input_ids: Tensor, vocab_size: int, *, name: str = "input_ids") -> None:
+def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str = "input_ids") -> None:
     """Validate a batch of token ids.
 
     Args:
         input_ids (Tensor): expected (B, L) integer ids in [0, vocab_size).
-        vocab_size (int): size of the vocabulary.
+        vocab_size (Optional[int]): size of the vocabulary; None checks only the type and shape.
         name (str): argument name used in error messages.
 
     Raises:
@@ -28,8 +28,8 @@ def check_token_ids(input_ids: Tensor, vocab_size: int, *, name: str = "input_id
         raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(f"{name} must have shape (B, L) with B >= 1 and L >= 1, got {tuple(input_ids.shape)}")
-    if input_ids.is_meta:
-        return  # shapes only (e.g. building or tracing on the meta device): there are no values to check
+    if input_ids.is_meta or vocab_size is None:
+        return  # shapes only (the meta device has no values; None: the caller checks the range itself)
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name} must be in [0, {vocab_size}) (the vocabulary size), got values in [{lo}, {hi}]")
@@ -160,12 +160,16 @@ def add_positions(x: Tensor, pos_embed: nn.Embedding, input_ids: Tensor, positio
         raise ValueError(
             f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(position_ids.shape)}"
         )
-    if not position_ids.is_meta and position_ids.numel() and int(position_ids.max()) >= max_seq_len:
-        raise ValueError(
-            f"position_ids reach {int(position_ids.max())}, beyond the {max_seq_len} learned positions (max_seq_len): "
-            "a text is longer than the model's position table"
-        )
-    check_token_ids(position_ids, max_seq_len, name="position_ids")
+    check_token_ids(position_ids, None, name="position_ids")
+    if not position_ids.is_meta:
+        lo, hi = int(position_ids.min()), int(position_ids.max())  # one reduction for both bounds
+        if lo < 0:
+            raise ValueError(f"position_ids must be >= 0, got values in [{lo}, {hi}]")
+        if hi >= max_seq_len:
+            raise ValueError(
+                f"position_ids reach {hi}, beyond the {max_seq_len} learned positions (max_seq_len): "
+                "a text is longer than the model's position table"
+            )
     return x + pos_embed(position_ids.long())
 
 
