@@ -23,7 +23,7 @@ from torch import nn
 import torch.distributed as dist
 
 from torchflava.data.image_text import ImageTextCollator
-from torchflava.data.mixing import MixedBatch, MixedBatches
+from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageTextFolder, TarShards
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.tokenizer import run_vocabulary, source_texts
@@ -212,20 +212,19 @@ def main(cfg: TrainConfig) -> dict:
     if info.is_main:
         (export_path.parent / "clip_config.json").write_text(json.dumps(kwargs, indent=2))
         tokenizer.save(export_path.parent)
-        report = _report(cfg, result.skipped, export_path, kwargs, tokenizer)
+        report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, kwargs, tokenizer)
     barrier()
     return report
 
 
-def _report(cfg: TrainConfig, skipped: list, export_path: Path, kwargs: dict, tokenizer) -> dict:
+def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, kwargs: dict, tokenizer) -> dict:
     out_dir = Path(cfg.training.output_dir)
     records = read_metrics(out_dir / "metrics.jsonl")
     report = {
         "steps": cfg.training.max_steps,
         "final_loss": records[-1]["loss"] if records else None,
         "final_logit_scale": None,
-        "skipped_samples": len(skipped),
-        "skipped_examples": [f"{k}[{i}]: {r}" for k, i, r in skipped[:10]],
+        **data_losses,
     }
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
@@ -247,8 +246,7 @@ def _report(cfg: TrainConfig, skipped: list, export_path: Path, kwargs: dict, to
     lines = [
         f"clip training finished: {report['steps']} steps, final loss {report['final_loss']:.4f}, "
         f"temperature multiplier {report['final_logit_scale']:.1f}",
-        f"unusable samples skipped: {report['skipped_samples']}",
-        *[f"  {example}" for example in report["skipped_examples"]],
+        *format_data_losses(report),
     ]
     if "eval" in report:
         lines += format_shapes_report(report["eval"])

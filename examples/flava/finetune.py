@@ -28,7 +28,7 @@ from torchflava.data.finetuning import (
     ImageTextLabels,
     ShapesClassification,
 )
-from torchflava.data.mixing import MixedBatch, MixedBatches
+from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model_for_classification
 from torchflava.models.flava.classification import LOSSES, MODALITIES, default_loss
@@ -199,7 +199,7 @@ def main(cfg: FinetuneConfig) -> dict:
             "loss": loss,
             "num_classes": num_classes,
             "steps": result.step,
-            "skipped_samples": len({(kind, int(index)) for kind, index, _ in result.skipped}),
+            **data_loss_report(result.skipped, data.lost_data),
             "validation": validation,
         }
         if classes is not None and loss == "cross_entropy":

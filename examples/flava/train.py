@@ -22,7 +22,7 @@ from torch import nn
 import torch.distributed as dist
 
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
-from torchflava.data.mixing import MixedBatch, MixedBatches
+from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer, run_vocabulary, source_texts
@@ -318,19 +318,19 @@ def main(cfg: TrainConfig) -> dict:
 
     export_path = out_dir / "model" / "flava_pretraining.safetensors"
     export_model(model, export_path)
-    report = _report(cfg, result.skipped, export_path, tokenizer) if info.is_main else {}
+    losses = data_loss_report(result.skipped, data.lost_data)
+    report = _report(cfg, losses, export_path, tokenizer) if info.is_main else {}
     barrier()
     return report
 
 
-def _report(cfg: TrainConfig, distinct: list, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
+def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
     out_dir = Path(cfg.training.output_dir)
     records = read_metrics(out_dir / "metrics.jsonl")
     report = {
         "steps": cfg.training.max_steps,
         "final_loss": records[-1]["loss"] if records else None,
-        "skipped_samples": len(distinct),
-        "skipped_examples": [f"{k}[{i}]: {r}" for k, i, r in distinct[:10]],
+        **data_losses,
     }
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
@@ -364,9 +364,8 @@ def evaluate_export(cfg: TrainConfig, export_path: Path, tokenizer: WordPieceTok
 def format_report(report: dict) -> str:
     lines = [
         f"pretraining finished: {report['steps']} steps, final loss {report['final_loss']:.4f}",
-        f"unusable samples skipped: {report['skipped_samples']}",
+        *format_data_losses(report),
     ]
-    lines += [f"  {example}" for example in report["skipped_examples"]]
     if report.get("eval"):
         lines += format_shapes_report(report["eval"])
     return "\n".join(lines)

@@ -5,7 +5,14 @@ from collections import Counter
 import pytest
 from torch.utils.data import Dataset
 
-from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample, item_seed
+from torchflava.data.mixing import (
+    MixedBatch,
+    MixedBatches,
+    SkippedSample,
+    data_loss_report,
+    format_data_losses,
+    item_seed,
+)
 from torchflava.data.samples import BadSample
 
 
@@ -87,6 +94,33 @@ def test_another_is_another_item_of_the_same_source_and_reports_unusable_ones():
     assert skipped and set(skipped) == {SkippedSample("only", 2, "number 2 is broken")}
     single = mixer(sources={"one": Numbers(1)}, ratios={"one": 1.0}, global_batch_size=2)
     assert single[0].batch["others"] == [None, None]
+
+
+class Cut(Numbers):
+    """Numbers whose source file lost a tail that no item covers."""
+
+    lost_data = ("numbers.bin ends early", "another.bin ends early")
+
+
+def test_data_lost_outside_the_items_is_listed_and_reported_apart_from_the_count():
+    data = mixer(sources={"cut": Cut(10, bad=[3]), "whole": Numbers(6)}, ratios={"cut": 1.0, "whole": 1.0})
+    assert data.lost_data == ["cut: numbers.bin ends early", "cut: another.bin ends early"]
+    assert mixer().lost_data == []
+    skipped = [("cut", 3, "number 3 is broken"), ("cut", 3, "number 3 is broken"), ("cut", 4, "other")]
+    report = data_loss_report(skipped, data.lost_data, examples=1)
+    assert report == {
+        "skipped_samples": 2,  # distinct samples
+        "skipped_examples": ["cut[3]: number 3 is broken"],
+        "lost_data": ["cut: numbers.bin ends early", "cut: another.bin ends early"],
+    }
+    assert format_data_losses(report) == [
+        "unusable samples skipped: 2",
+        "  cut[3]: number 3 is broken",
+        "data lost outside any sample (not in the count above): 2 source file(s)",
+        "  cut: numbers.bin ends early",
+        "  cut: another.bin ends early",
+    ]
+    assert format_data_losses(data_loss_report([], [])) == ["unusable samples skipped: 0"]
 
 
 def test_item_seed_is_stable():

@@ -429,9 +429,14 @@ def test_tar_shards_index_reads_no_member_data(monkeypatch, shards):
 def test_tar_shards_truncated_and_vanished_shards(tmp_path, shards):
     data = shards[1].read_bytes()
     # Headers of 512 bytes, data padded to 512: 0001.txt's 12 bytes start at 1536.
-    cut = write(tmp_path / "cut.tar", data[: 1536 + 10])
-    with pytest.raises(ValueError, match="shards.*cut.tar"):
-        TarShards(cut)  # a truncated shard is not a valid tar
+    with pytest.warns(UserWarning, match="cut.tar is truncated"):
+        cut = TarShards(write(tmp_path / "cut.tar", data[: 1536 + 10]))
+    assert len(cut) == 1 and [str(d) for d in cut.lost_data] == [
+        "cut.tar is truncated: the file ends at byte 1546, inside the data of member '0001.txt'; any samples "
+        "after that are lost, and how many cannot be known from the file"
+    ]
+    with pytest.raises(BadSample, match=r"text member truncated \(10 of 12 bytes\) \(the shard breaks off after it"):
+        cut[0]
     whole = write(tmp_path / "whole.tar", data)
     dataset = TarShards(whole)
     write(whole, data[: 1536 + 10])  # the shard shrinks after indexing
@@ -444,6 +449,110 @@ def test_tar_shards_truncated_and_vanished_shards(tmp_path, shards):
     assert bad_indices(results) == list(range(7)) + [8]
     assert "cannot read the shard" in results[0].reason
     assert results[7].text == "second shard"
+
+
+# A shard of 20 samples (an 8 x 8 PNG and a 1800-byte caption each), every member in known blocks:
+# image header, image data, text header, 4 text data blocks = 7 blocks of 512 bytes per sample; then
+# tar's 2 end-of-archive blocks and padding to a 10240-byte record: 160 blocks, 81920 bytes.
+SAMPLE_BYTES = 7 * 512
+TEXT_HEADER = 2 * 512  # where a sample's text header starts, from the sample's first byte
+
+
+def caption(i: int) -> str:
+    return (f"sample {i:02d} words " * 120)[:1800]
+
+
+@pytest.fixture
+def twenty(tmp_path) -> bytes:
+    members = []
+    for i in range(20):
+        members += [(f"{i:04d}.png", png_bytes(pixels=[(i, 0, 0), (0, i, 0)])), (f"{i:04d}.txt", caption(i).encode())]
+    data = write_tar(tmp_path / "full.tar", members).read_bytes()
+    with tarfile.open(tmp_path / "full.tar") as tar:  # the layout the cuts below are computed from
+        assert [m.offset for m in tar.getmembers()[1::2]] == [i * SAMPLE_BYTES + TEXT_HEADER for i in range(20)]
+    assert len(data) == 81920
+    return data
+
+
+def read_all(dataset) -> tuple[list[int], list[str]]:
+    """Indices of the readable items (each checked against its caption) and reasons of the bad ones."""
+    good, bad = [], []
+    for result in outcomes(dataset):
+        if isinstance(result, BadSample):
+            bad.append(result.reason)
+        else:
+            index = len(good) + len(bad)
+            assert result.text == caption(index) and pixels(result.image) == [(index, 0, 0), (0, index, 0)]
+            good.append(index)
+    return good, bad
+
+
+def cut_shard(tmp_path, data: bytes, name: str, end: int) -> TarShards:
+    path = write(tmp_path / name, data[:end])
+    with pytest.warns(UserWarning) as warned:
+        dataset = TarShards(path)
+    assert [str(w.message) for w in warned] == [str(d) for d in dataset.lost_data]
+    return dataset
+
+
+LOST = "any samples after that are lost, and how many cannot be known from the file"
+
+
+def test_a_shard_cut_at_60_percent_keeps_every_whole_sample_and_reports_its_lost_tail(tmp_path, twenty):
+    end = int(0.6 * len(twenty))  # 49152 = block 96 = sample 13's block 5, its 3rd block of text data
+    assert end == 13 * SAMPLE_BYTES + 5 * 512
+    dataset = cut_shard(tmp_path, twenty, "cut.tar", end)
+    good, bad = read_all(dataset)
+    assert good == list(range(13))  # every sample before the cut
+    assert bad == [
+        "cut.tar:0013: text member truncated (1024 of 1800 bytes) (the shard breaks off after it, at byte 49152)"
+    ]
+    assert [str(d) for d in dataset.lost_data] == [
+        f"cut.tar is truncated: the file ends at byte 49152, inside the data of member '0013.txt'; {LOST}"
+    ]
+    damage = dataset.lost_data[0]
+    assert (damage.offset, damage.size, damage.truncated) == (49152, 49152, True)
+
+
+def test_a_shard_cut_inside_a_header_loses_that_member(tmp_path, twenty):
+    header = 5 * SAMPLE_BYTES + TEXT_HEADER  # sample 5's text header, cut 100 bytes into it
+    dataset = cut_shard(tmp_path, twenty, "mid-header.tar", header + 100)
+    good, bad = read_all(dataset)
+    assert good == list(range(5))
+    assert bad == [f"mid-header.tar:0005: no text member (the shard breaks off after it, at byte {header})"]
+    assert [str(d) for d in dataset.lost_data] == [
+        f"mid-header.tar is truncated: the file ends at byte {header + 100}, inside the member header that starts "
+        f"at byte {header}; {LOST}"
+    ]
+
+
+def test_a_shard_cut_between_samples_says_its_tail_may_be_lost(tmp_path, twenty):
+    dataset = cut_shard(tmp_path, twenty, "boundary.tar", 8 * SAMPLE_BYTES)
+    assert read_all(dataset) == (list(range(8)), [])  # no sample is partial
+    assert [str(d) for d in dataset.lost_data] == [
+        f"boundary.tar is truncated: the file ends at byte {8 * SAMPLE_BYTES}, after a whole member, without tar's "
+        f"end-of-archive blocks (it was cut there, or written by a tool that leaves them out); {LOST}"
+    ]
+    # Cut inside the end-of-archive blocks or the record padding, nothing is lost and nothing is reported.
+    for end in (20 * SAMPLE_BYTES + 512, len(twenty) - 1):
+        whole = TarShards(write(tmp_path / "padding.tar", twenty[:end]))
+        assert len(whole) == 20 and whole.lost_data == []
+
+
+def test_a_broken_header_and_an_empty_shard_are_reported(tmp_path, twenty):
+    broken = bytearray(twenty)
+    header = 10 * SAMPLE_BYTES  # sample 10's image header
+    broken[header + 100 : header + 108] = b"garbage!"  # the mode field: the checksum no longer matches
+    empty = write(tmp_path / "b-empty.tar", b"")
+    with pytest.warns(UserWarning):
+        dataset = TarShards([write(tmp_path / "a-broken.tar", bytes(broken)), empty])
+    assert read_all(dataset) == (list(range(10)), [])
+    assert [str(d) for d in dataset.lost_data] == [
+        f"a-broken.tar is damaged: the block at byte {header} is not a valid tar header; bytes {header} to 81920 "
+        "cannot be indexed: any samples there are lost, and how many cannot be known from the file",
+        f"b-empty.tar is truncated: the file is empty; {LOST}",
+    ]
+    assert TarShards(tmp_path / "full.tar").lost_data == []
 
 
 def test_tar_shards_argument_errors(tmp_path, shards):

@@ -146,3 +146,40 @@ def test_resume_refuses_architecture_and_data_changes_and_applies_optimiser_chan
     assert [records[s]["lr"] for s in range(1, 7)] == [lr_before[s] for s in range(1, 7)]
     assert records[7]["lr"] > 100 * lr_before[6]  # the new peak lr, on the schedule of the longer run
     assert "lr: 0.5" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_truncated_shard_is_reported_with_its_partial_sample(tmp_path, capsys):
+    import io
+    import tarfile
+
+    from torchflava.data.shapes import ShapesWorld
+
+    world = ShapesWorld("pairs", 20, image_size=32)
+    with tarfile.open(tmp_path / "full.tar", "w") as tar:
+        for i in range(20):
+            buffer = io.BytesIO()
+            world[i].image.save(buffer, format="PNG")
+            for extension, data in (("png", buffer.getvalue()), ("txt", world.caption(i).encode())):
+                info = tarfile.TarInfo(f"{i:04d}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(tmp_path / "full.tar") as tar:
+        text = tar.getmember("0013.txt")
+    end = text.offset_data + 3  # 13 whole pairs, then 3 bytes of the 14th pair's caption
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "full.tar").read_bytes()[:end])
+    overrides = ["data.source=files", f"data.files.pairs_shards={tmp_path / 'cut.tar'}", "eval.enabled=false"]
+    with pytest.warns(UserWarning, match="cut.tar is truncated"):
+        report = train.main(_config(f"training.output_dir={tmp_path / 'run'}", "training.max_steps=4", *overrides))
+    lost = (
+        f"pairs: cut.tar is truncated: the file ends at byte {end}, inside the data of member '0013.txt'; any "
+        "samples after that are lost, and how many cannot be known from the file"
+    )
+    assert report["lost_data"] == [lost]
+    assert report["skipped_samples"] == 1  # 64 draws from 14 items meet the partial pair
+    assert report["skipped_examples"] == [
+        f"pairs[13]: cut.tar:0013: text member truncated (3 of {text.size} bytes) (the shard breaks off after it, "
+        f"at byte {end})"
+    ]
+    printed = capsys.readouterr().out
+    assert f"data lost outside any sample (not in the count above): 1 source file(s)\n  {lost}" in printed
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["lost_data"] == [lost]

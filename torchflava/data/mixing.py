@@ -11,11 +11,13 @@ function of (seed, step, slot in the global batch), so:
 
 Unusable items (:class:`~torchflava.data.samples.BadSample`) are replaced by other items drawn for
 the same slot and reported in the batch's ``skipped`` list, so they are counted, never fatal and
-never the cause of a lost epoch.
+never the cause of a lost epoch. Data lost outside any item (a tar shard cut short: see a source's
+``lost_data``) is listed by :attr:`MixedBatches.lost_data`; :func:`data_loss_report` puts both in a
+run's report.
 """
 
 import random
-from typing import Any, Callable, Mapping, NamedTuple, Optional, TypeVar
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, TypeVar
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -132,6 +134,12 @@ class MixedBatches(Dataset):
     def __len__(self) -> int:
         return self.num_steps
 
+    @property
+    def lost_data(self) -> list[str]:
+        """``"kind: what was lost"`` for the data each source lost outside its items (its ``lost_data``
+        attribute, when it has one: a truncated tar shard's tail, say), in the order of the kinds."""
+        return [f"{kind}: {lost}" for kind in self.kinds for lost in getattr(self.sources[kind], "lost_data", ())]
+
     def kind(self, step: int) -> str:
         """Which source step ``step`` draws from."""
         return self.kinds[int(self._kinds[step])]
@@ -195,3 +203,35 @@ class MixedBatches(Dataset):
             another=lambda row, seed, read: self._another(kind, first + row, seed, read, skipped),
         )
         return MixedBatch(batch, kind, skipped)
+
+
+def data_loss_report(skipped: Sequence[tuple], lost_data: Sequence[object], *, examples: int = 10) -> dict:
+    """A run report's account of the data it could not use.
+
+    Args:
+        skipped (Sequence[tuple]): the ``(kind, index, reason)`` unusable samples met (a fit result's
+            ``skipped``).
+        lost_data (Sequence[object]): data lost outside any sample (:attr:`MixedBatches.lost_data`).
+        examples (int): how many skipped samples to quote.
+
+    Returns:
+        dict: ``skipped_samples`` (distinct samples), ``skipped_examples`` (``"kind[index]: reason"``)
+        and ``lost_data`` (one line each).
+    """
+    return {
+        "skipped_samples": len({(kind, int(index)) for kind, index, *_ in skipped}),
+        "skipped_examples": [f"{kind}[{index}]: {reason}" for kind, index, reason in list(skipped)[:examples]],
+        "lost_data": [str(lost) for lost in lost_data],
+    }
+
+
+def format_data_losses(report: Mapping[str, Any]) -> list[str]:
+    """The lines a recipe prints for a :func:`data_loss_report`."""
+    lines = [f"unusable samples skipped: {report['skipped_samples']}"]
+    lines += [f"  {example}" for example in report["skipped_examples"]]
+    if report["lost_data"]:
+        lines.append(
+            f"data lost outside any sample (not in the count above): {len(report['lost_data'])} source file(s)"
+        )
+        lines += [f"  {lost}" for lost in report["lost_data"]]
+    return lines

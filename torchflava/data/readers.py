@@ -18,6 +18,7 @@ import os
 import posixpath
 import tarfile
 from typing import BinaryIO, NamedTuple, Optional, Union
+import warnings
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -404,14 +405,79 @@ def _shard_paths(shards: object) -> list[str]:
     return sorted(os.path.abspath(path) for path in paths)
 
 
+class ShardDamage(NamedTuple):
+    """Where a shard stops being readable, found while indexing it: what follows is lost.
+
+    Attributes:
+        path (str): the shard.
+        offset (int): the first byte that could not be indexed.
+        size (int): the file's size in bytes.
+        reason (str): what was found there (how the file ends, or what is broken).
+        truncated (bool): the file ends early (its tail is missing), rather than holding a broken header.
+    """
+
+    path: str
+    offset: int
+    size: int
+    reason: str
+    truncated: bool
+
+    def __str__(self) -> str:
+        name = os.path.basename(self.path)
+        unknown = "and how many cannot be known from the file"
+        if self.truncated:
+            return f"{name} is truncated: {self.reason}; any samples after that are lost, {unknown}"
+        lost = f"bytes {self.offset} to {self.size} cannot be indexed: any samples there are lost, {unknown}"
+        return f"{name} is damaged: {self.reason}; {lost}"
+
+
+def _tail_damage(path: str, offset: int, size: int) -> Optional[ShardDamage]:
+    """What lies where tarfile stopped reading headers: None for an end-of-archive block."""
+    with open(path, "rb") as file:
+        file.seek(offset)
+        block = file.read(tarfile.BLOCKSIZE)
+    if len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0"):
+        return None
+    if not block:
+        reason = (
+            f"the file ends at byte {size}, after a whole member, without tar's end-of-archive blocks (it was "
+            "cut there, or written by a tool that leaves them out)"
+        )
+        return ShardDamage(path, offset, size, reason, truncated=True)
+    if len(block) < tarfile.BLOCKSIZE:
+        reason = f"the file ends at byte {size}, inside the member header that starts at byte {offset}"
+        return ShardDamage(path, offset, size, reason, truncated=True)
+    return ShardDamage(path, offset, size, f"the block at byte {offset} is not a valid tar header", truncated=False)
+
+
 def _scan_shard(
     path: str, shard: int, image_extensions: tuple[str, ...], text_extensions: tuple[str, ...], json_text: bool
-) -> list[_TarSample]:
-    """Index one shard from its headers: samples in order of their key's first member."""
+) -> tuple[list[_TarSample], Optional[ShardDamage]]:
+    """Index one shard from its headers: samples in order of their key's first member, and where the
+    shard stops being readable when it does so before its end-of-archive blocks (None otherwise)."""
     groups: dict[str, dict[str, tuple[int, int]]] = {}  # key -> extension -> (offset, size)
+    size = os.path.getsize(path)
+    if size == 0:
+        return [], ShardDamage(path, 0, 0, "the file is empty", truncated=True)
     try:
         with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
+            member = None
+            while True:
+                try:
+                    following = tar.next()
+                except tarfile.ReadError as error:  # a member's data or a later header is cut
+                    if member is not None and str(error) == "unexpected end of data":
+                        where = "data" if member.offset_data + member.size > size else "padding"
+                        reason = f"the file ends at byte {size}, inside the {where} of member {member.name!r}"
+                        damage = ShardDamage(path, size, size, reason, truncated=True)
+                    else:
+                        reason = f"unreadable header at byte {tar.offset} ({error})"
+                        damage = ShardDamage(path, tar.offset, size, reason, truncated=False)
+                    break
+                if following is None:
+                    damage = _tail_damage(path, tar.offset, size)
+                    break
+                member = following
                 if not member.isreg() or member.issparse():
                     continue
                 head, base = posixpath.split(member.name)
@@ -427,7 +493,7 @@ def _scan_shard(
         text = next((group[e] for e in text_extensions if e in group), None)
         from_json = text is None and json_text and "json" in group
         samples.append(_TarSample(shard, key, image, group["json"] if from_json else text, from_json))
-    return samples
+    return samples, damage
 
 
 class TarShards(Dataset):
@@ -442,6 +508,13 @@ class TarShards(Dataset):
     the text (under ``json_text_key``) when no text member exists. Every key is an item: one that lacks
     a required member, or whose member is corrupt, truncated or not UTF-8, raises :class:`BadSample`.
     Shards must be uncompressed tars (compressed ones cannot be read at an offset).
+
+    A shard that is cut short (or whose headers break off) keeps every sample indexed before the
+    damage; the last of them, which may have lost members to the cut, says so when it is a bad
+    sample. The lost tail belongs to no item: each damaged shard is a :class:`ShardDamage` in
+    :attr:`lost_data` (which shard, from which byte, what was found there), reported with a
+    ``UserWarning`` at construction. How many samples a lost tail held cannot be known from the file,
+    so no number is made up for it.
 
     Args:
         shards (Union[PathLike, Iterable[PathLike]]): one path, a glob pattern (``**`` recurses) or
@@ -458,6 +531,9 @@ class TarShards(Dataset):
         ValueError: if ``require`` is not a non-empty subset of ``("image", "text")``, the extension
             tuples are empty or overlap, a shard is not a tar file, or the shards hold no sample.
         FileNotFoundError: if ``shards`` names no existing file.
+
+    Warns:
+        UserWarning: once per damaged shard, with its :class:`ShardDamage` line.
     """
 
     def __init__(
@@ -487,11 +563,24 @@ class TarShards(Dataset):
         self._json_text_key = json_text_key
         self._paths = _shard_paths(shards)
         self._samples: list[_TarSample] = []
+        self._damage: list[ShardDamage] = []
+        self._cut_after: dict[int, ShardDamage] = {}  # index of a damaged shard's last sample -> its damage
         use_json = json_text_key is not None
         for shard, path in enumerate(self._paths):
-            self._samples.extend(_scan_shard(path, shard, image_extensions, text_extensions, use_json))
+            samples, damage = _scan_shard(path, shard, image_extensions, text_extensions, use_json)
+            self._samples.extend(samples)
+            if damage is not None:
+                self._damage.append(damage)
+                warnings.warn(str(damage), stacklevel=2)
+                if samples:
+                    self._cut_after[len(self._samples) - 1] = damage
         if not self._samples:
             raise ValueError(f"shards must hold at least one sample, {len(self._paths)} file(s) hold none")
+
+    @property
+    def lost_data(self) -> list[ShardDamage]:
+        """The damaged shards, in shard order: data lost beyond the items (empty when none is)."""
+        return list(self._damage)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -511,6 +600,16 @@ class TarShards(Dataset):
             TypeError: if ``index`` is not an int.
         """
         index = _check_index(index, len(self._samples))
+        try:
+            return self._sample(index)
+        except BadSample as bad:
+            if index not in self._cut_after:
+                raise
+            damage = self._cut_after[index]
+            raise BadSample(index, f"{bad.reason} (the shard breaks off after it, at byte {damage.offset})") from None
+
+    def _sample(self, index: int) -> Sample:
+        """Item ``index`` (in range) read from its shard, or :class:`BadSample`."""
         sample = self._samples[index]
         where = f"{os.path.basename(self._paths[sample.shard])}:{sample.key}"
         missing = [name for name in self._require if getattr(sample, name) is None]
