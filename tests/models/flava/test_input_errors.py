@@ -92,3 +92,114 @@ def test_float_batch_fields_name_the_field():
     batch.update(itm_labels=torch.tensor([1, 0]), text=ids.float())
     with pytest.raises(TypeError, match="batch field text must be an integer tensor"):
         model(batch)
+
+
+# ---------------------------------------------------------------------- pretraining batch fields
+INTEGERS = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.fixture(scope="module")
+def pretraining():
+    from torchflava.models import flava_model_for_pretraining
+
+    torch.manual_seed(0)
+    model = flava_model_for_pretraining(
+        backbone=flava_model(**TINY), build_codebook=False, image_vocab_size=16, unimodal_losses_on_pairs=True
+    )
+    ids = torch.randint(5, 50, (2, 6), generator=torch.Generator().manual_seed(1))
+    mlm = torch.full_like(ids, -100)
+    mlm[:, 2] = ids[:, 2]
+    patches = torch.zeros(2, 16, dtype=torch.bool)
+    patches[:, :3] = True
+    batch = dict(
+        image=torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)),
+        image_patch_mask=patches,
+        image_tokens=torch.randint(0, 16, (2, 16), generator=torch.Generator().manual_seed(3)),
+        text=ids,
+        text_masked=ids,
+        text_attention_mask=torch.ones_like(ids),
+        mlm_labels=mlm,
+        itm_labels=torch.tensor([1, 0]),
+    )
+    with torch.no_grad():
+        losses = model(batch).losses
+    assert all(loss is not None for loss in losses)  # every loss runs, so every field is read
+    return model, batch, losses
+
+
+def _outcome(model, batch, name, value):
+    with torch.no_grad():
+        return model({**batch, name: value}).losses
+
+
+CASTS = (
+    [(name, dtype) for name in ("text", "text_masked", "image_tokens", "itm_labels") for dtype in INTEGERS]
+    + [("mlm_labels", dtype) for dtype in INTEGERS if dtype != torch.uint8]  # -100 needs a signed type
+    + [("itm_labels", torch.bool), ("image", torch.float64), ("image", torch.float16)]
+    + [(name, dtype) for name in ("image_patch_mask", "text_attention_mask") for dtype in [torch.bool, *INTEGERS]]
+    + [("text_attention_mask", dtype) for dtype in FLOATS]
+)
+
+
+@pytest.mark.parametrize("name, dtype", CASTS, ids=[f"{n}-{d}" for n, d in CASTS])
+def test_batch_fields_of_any_integer_dtype_give_the_long_result(pretraining, name, dtype):
+    model, batch, expected = pretraining
+    got = _outcome(model, batch, name, batch[name].to(dtype))
+    tolerance = dict(atol=2e-2, rtol=2e-2) if dtype == torch.float16 else dict(atol=1e-5, rtol=1e-5)
+    for loss, want in zip(got, expected):
+        assert_close(loss, want, **tolerance)
+
+
+WRONG_DTYPES = (
+    [(name, dtype, "a floating-point tensor of normalised pixels") for name in ("image",) for dtype in INTEGERS]
+    + [("image", torch.bool, "a floating-point tensor of normalised pixels")]
+    + [(name, dtype, r"an integer tensor \(torch.long\)") for name in ("text", "mlm_labels") for dtype in FLOATS]
+    + [(name, torch.bool, r"an integer tensor \(torch.long\)") for name in ("text", "text_masked", "mlm_labels")]
+    + [("image_tokens", torch.bool, r"an integer tensor \(torch.long\)")]
+    + [("itm_labels", torch.float32, r"an integer tensor \(torch.long\)")]
+    + [("image_patch_mask", dtype, "a bool or integer tensor") for dtype in FLOATS]
+    + [("text_attention_mask", torch.complex64, "a bool, integer or float tensor")]
+)
+
+
+@pytest.mark.parametrize("name, dtype, expected", WRONG_DTYPES, ids=[f"{n}-{d}" for n, d, _ in WRONG_DTYPES])
+def test_a_batch_field_of_a_wrong_dtype_is_a_type_error_naming_it(pretraining, name, dtype, expected):
+    model, batch, _ = pretraining
+    with pytest.raises(TypeError, match=rf"^batch field {name} must be {expected}, got dtype {dtype}$"):
+        _outcome(model, batch, name, batch[name].to(dtype))
+
+
+def test_integer_codebook_pixels_name_the_field(pretraining):
+    model, batch, _ = pretraining
+    with pytest.raises(TypeError, match=r"^batch field codebook_pixels must be a floating-point tensor of normalised"):
+        _outcome(model, batch, "codebook_pixels", torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "image",
+        "image_patch_mask",
+        "image_tokens",
+        "text",
+        "text_masked",
+        "text_attention_mask",
+        "mlm_labels",
+        "itm_labels",
+    ],
+)
+@pytest.mark.parametrize(
+    "convert", [lambda t: t.tolist(), lambda t: t.numpy(), lambda t: 3], ids=["list", "numpy", "int"]
+)
+def test_a_batch_field_that_is_not_a_tensor_is_a_type_error_naming_it(pretraining, name, convert):
+    model, batch, _ = pretraining
+    value = convert(batch[name])
+    with pytest.raises(TypeError, match=rf"^batch field {name} must be a torch.Tensor, got {type(value).__name__}$"):
+        _outcome(model, batch, name, value)
+
+
+def test_mlm_labels_whose_dtype_cannot_hold_the_ignore_index_are_out_of_range(pretraining):
+    model, batch, _ = pretraining  # -100 wraps to 156 in uint8: not an id of this vocabulary
+    with pytest.raises(ValueError, match=r"^mlm_labels must be in \[0, 99\) or ignore_index=-100$"):
+        _outcome(model, batch, "mlm_labels", batch["mlm_labels"].to(torch.uint8))

@@ -151,6 +151,35 @@ def _loss_counts(
     return {name: torch.as_tensor(count, dtype=torch.float32, device=device) for name, count in counts.items()}
 
 
+# What each batch field may hold: pixels are floating point; ids and labels any integer dtype (read
+# as long; ITM labels may be bool); masks bool or integer (the attention mask also 1.0 / 0.0 floats).
+_PIXELS = ("image", "codebook_pixels")
+_IDS = ("text", "text_masked", "mlm_labels", "image_tokens")
+
+
+def _checked_field(name: str, value: object) -> Optional[Tensor]:
+    """``value`` of batch field ``name``, ids and labels as long; TypeError naming the field otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, Tensor):
+        raise TypeError(f"batch field {name} must be a torch.Tensor, got {type(value).__name__}")
+    floating, dtype = value.is_floating_point() or value.is_complex(), value.dtype
+    if name in _PIXELS:
+        if not value.is_floating_point():
+            raise TypeError(
+                f"batch field {name} must be a floating-point tensor of normalised pixels, got dtype {dtype}"
+            )
+        return value
+    if name in _IDS or name == "itm_labels":
+        if floating or (dtype == torch.bool and name != "itm_labels"):
+            raise TypeError(f"batch field {name} must be an integer tensor (torch.long), got dtype {dtype}")
+        return value.long()
+    allowed = "bool, integer or float" if name == "text_attention_mask" else "bool or integer"
+    if value.is_complex() or (floating and name != "text_attention_mask"):
+        raise TypeError(f"batch field {name} must be a {allowed} tensor, got dtype {dtype}")
+    return value
+
+
 class FLAVAForPretraining(nn.Module):
     """FLAVA with its pretraining heads and losses.
 
@@ -217,7 +246,8 @@ class FLAVAForPretraining(nn.Module):
             FLAVAPretrainingOutput: total and per-loss values, logits and targets.
 
         Raises:
-            TypeError: if a mapping has an unknown field.
+            TypeError: if a mapping has an unknown field, or a field is not a tensor or has a dtype it
+                cannot hold (integer pixels; float or bool ids and labels; float patch masks), naming it.
             ValueError: if fields disagree in batch size or shape, labels are out of range, or the
                 batch calls for no loss at all.
         """
@@ -390,6 +420,7 @@ class FLAVAForPretraining(nn.Module):
             batch = PretrainingBatch(**batch)
         elif not isinstance(batch, PretrainingBatch):
             raise TypeError(f"batch must be a PretrainingBatch or a mapping, got {type(batch).__name__}")
+        batch = PretrainingBatch(**{f.name: _checked_field(f.name, getattr(batch, f.name)) for f in fields(batch)})
         if batch.text is None and batch.text_masked is not None:
             batch = PretrainingBatch(**{**batch.__dict__, "text": batch.text_masked, "text_masked": None})
         batch = self._trim_padding(batch)
@@ -417,11 +448,6 @@ class FLAVAForPretraining(nn.Module):
             labels = batch.mlm_labels
             if bool((((labels < 0) | (labels >= vocab)) & (labels != self.ignore_index)).any()):
                 raise ValueError(f"mlm_labels must be in [0, {vocab}) or ignore_index={self.ignore_index}")
-        integer_fields = ("text", "text_masked", "mlm_labels", "itm_labels", "image_tokens")
-        for name in integer_fields:
-            value = getattr(batch, name, None)
-            if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
-                raise TypeError(f"batch field {name} must be an integer tensor (torch.long), got dtype {value.dtype}")
         if batch.itm_labels is not None:
             if batch.itm_labels.dim() != 1 or not bool(((batch.itm_labels == 0) | (batch.itm_labels == 1)).all()):
                 raise ValueError("itm_labels must be a (B,) tensor of 0 (mismatched) and 1 (matched)")
