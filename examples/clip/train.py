@@ -41,6 +41,8 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
+    opened,
+    pair_file_checks,
     raise_on_failed_checks,
     template_checks,
     training_checks,
@@ -112,6 +114,13 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             (d.vocab is None or Path(d.vocab).exists(), "data.vocab", "an existing vocab.txt or directory", d.vocab),
         ]
+        + (
+            pair_file_checks(
+                "data.files", d.files.pairs_shards, d.files.pairs_root, d.files.pairs_captions, required=True
+            )
+            if d.source == "files"
+            else []
+        )
         + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
     )
     # every size and choice of the model section, checked by clip_model itself on the meta device
@@ -124,18 +133,24 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
 
 # ------------------------------------------------------------------------------------------- data
 def build_pairs(cfg: DataConfig) -> torch.utils.data.Dataset:
-    """The image-text pairs to train on."""
+    """The image-text pairs to train on (validate checked the keys; a file that does not read as
+    data names its key)."""
     if cfg.source == "shapes":
         return ShapesWorld("pairs", cfg.shapes.num_pairs, image_size=cfg.shapes.image_size, seed=cfg.shapes.seed)
     f = cfg.files
     if f.pairs_shards is not None:
-        return TarShards(f.pairs_shards)
-    if f.pairs_root is None or f.pairs_captions is None:
-        raise ConfigError(
-            "key 'data.files': expected pairs_shards, or pairs_root with pairs_captions, got "
-            f"{(f.pairs_root, f.pairs_captions)!r}"
+        return opened(
+            "data.files.pairs_shards",
+            f.pairs_shards,
+            "uncompressed tar shards of samples",
+            lambda: TarShards(f.pairs_shards),
         )
-    return ImageTextFolder(f.pairs_root, f.pairs_captions)
+    return opened(
+        "data.files.pairs_captions",
+        f.pairs_captions,
+        f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
+        lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
+    )
 
 
 def model_kwargs(cfg: TrainConfig, vocab_size: int, eos_token_id: int) -> dict:
@@ -161,12 +176,17 @@ def main(cfg: TrainConfig) -> dict:
     out_dir = Path(t.output_dir)
 
     pairs = build_pairs(d)
-    tokenizer = run_vocabulary(
+    tokenizer = opened(  # a vocab.txt that does not read, or data without a usable text, names data.vocab
+        "data.vocab",
         d.vocab,
-        lambda: source_texts({"pairs": pairs}, limit=d.vocab_training_texts),
-        out_dir,
-        vocab_size=d.vocab_size,
-        resumed=resume_from is not None,
+        "a BERT vocab.txt, or null and data with text to learn one from",
+        lambda: run_vocabulary(
+            d.vocab,
+            lambda: source_texts({"pairs": pairs}, limit=d.vocab_training_texts),
+            out_dir,
+            vocab_size=d.vocab_size,
+            resumed=resume_from is not None,
+        ),
     )
     image_size = cfg.model.image_size if cfg.model.image_size is not None else 224
     collator = ImageTextCollator(

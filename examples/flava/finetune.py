@@ -29,9 +29,11 @@ from torchflava.data.finetuning import (
     ShapesClassification,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
+from torchflava.data.samples import BadSample
+from torchflava.data.shapes import ALL_SCENES
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model_for_classification
-from torchflava.models.flava.classification import LOSSES, MODALITIES, default_loss
+from torchflava.models.flava.classification import LOSSES, MODALITIES
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
@@ -41,6 +43,8 @@ from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
+    opened,
+    path_check,
     raise_on_failed_checks,
     training_checks,
 )
@@ -81,69 +85,150 @@ class FinetuneConfig:
     )
 
 
+# Which encoder's CLS each task can feed: its inputs are text (glue), images (image_folder, shapes) or both.
+TASK_MODALITIES = {
+    "glue": ("text",),
+    "image_folder": ("image",),
+    "shapes": ("image",),
+    "image_text": ("text", "image", "multimodal"),
+}
+# What data.train / data.val name for each file task.
+TASK_FILES = {"glue": "file", "image_text": "file", "image_folder": "directory"}
+
+
 def validate(cfg: FinetuneConfig, world_size: int) -> None:
-    d = cfg.data
+    """Check every key types cannot, before any work: choices, ranges, the task's files and whether
+    the model, loss and labels fit the task. Raises ConfigError naming the key."""
+    d, m = cfg.data, cfg.model
+    labels = d.labels
+    kind = TASK_FILES.get(d.task)
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.task in TASKS, "data.task", f"one of {TASKS}", d.task),
-            (cfg.model.modality in MODALITIES, "model.modality", f"one of {MODALITIES}", cfg.model.modality),
-            (cfg.model.loss in (None, *LOSSES), "model.loss", f"null or one of {LOSSES}", cfg.model.loss),
+            (kind is None or d.train is not None, "data.train", f"a {kind} for data.task={d.task}", d.train),
+            (kind is None or d.val is not None, "data.val", f"a {kind} for data.task={d.task}", d.val),
+            *([path_check("data.train", d.train, kind), path_check("data.val", d.val, kind)] if kind else []),
+            (m.modality in MODALITIES, "model.modality", f"one of {MODALITIES}", m.modality),
             (
-                cfg.model.pretrained is not None,
+                m.modality in TASK_MODALITIES.get(d.task, MODALITIES),
+                "model.modality",
+                f"one of {TASK_MODALITIES.get(d.task)} for data.task={d.task}",
+                m.modality,
+            ),
+            (m.loss in (None, *LOSSES), "model.loss", f"null or one of {LOSSES}", m.loss),
+            (m.loss in (None, *task_losses(d)), "model.loss", f"null or one of {task_losses(d)} for this task", m.loss),
+            (m.classifier_hidden_dim >= 1, "model.classifier_hidden_dim", ">= 1", m.classifier_hidden_dim),
+            (0 <= m.classifier_dropout < 1, "model.classifier_dropout", "in [0, 1)", m.classifier_dropout),
+            (
+                m.pretrained is not None and Path(m.pretrained).is_dir(),
                 "model.pretrained",
                 "a checkpoint directory (it brings the vocabulary)",
-                cfg.model.pretrained,
+                m.pretrained,
             ),
             (
-                d.task == "shapes" or (d.train is not None and d.val is not None),
-                "data.train/data.val",
-                "both set for file tasks",
-                (d.train, d.val),
+                labels is None or (len(labels) >= 2 and len(set(labels)) == len(labels)),
+                "data.labels",
+                "null or at least 2 distinct class names",
+                labels,
             ),
             (
-                d.task != "image_text" or (d.image_root is not None and d.labels),
-                "data.image_root/data.labels",
-                "both set for image_text",
-                (d.image_root, d.labels),
+                labels is not None or d.task != "image_text",
+                "data.labels",
+                "the class / answer names for image_text",
+                labels,
             ),
+            (2 <= d.max_text_length, "data.max_text_length", ">= 2", d.max_text_length),
         ]
+        + _task_checks(d)
     )
 
 
+def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tuple[str, ...]:
+    """The losses the task's targets fit: mse for regression (glue without labels), binary
+    cross-entropy for soft answer scores, cross-entropy for class ids (image_text files hold either,
+    known once read: ``soft_scores``)."""
+    if d.task == "glue" and d.labels is None:
+        return ("mse",)
+    if d.task != "image_text" or soft_scores is False:
+        return ("cross_entropy",)
+    return ("binary_cross_entropy",) if soft_scores else ("cross_entropy", "binary_cross_entropy")
+
+
+def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
+    """The keys only one task reads."""
+    if d.task == "glue":
+        columns = list(d.text_columns)
+        return [
+            (
+                len(columns) in (1, 2) and all(columns) and len(set(columns)) == len(columns),
+                "data.text_columns",
+                "1 or 2 distinct column names",
+                columns,
+            ),
+            (
+                bool(d.label_column) and d.label_column not in columns,
+                "data.label_column",
+                "a column other than the text",
+                d.label_column,
+            ),
+        ]
+    if d.task == "image_text":
+        return [
+            (d.image_root is not None, "data.image_root", "the image directory for image_text", d.image_root),
+            path_check("data.image_root", d.image_root, "directory"),
+        ]
+    if d.task == "shapes":
+        return [
+            (d.shapes_train >= 1, "data.shapes_train", ">= 1", d.shapes_train),
+            (1 <= d.shapes_val <= len(ALL_SCENES), "data.shapes_val", f"in [1, {len(ALL_SCENES)}]", d.shapes_val),
+            (d.image_size >= 8, "data.image_size", ">= 8", d.image_size),
+        ]
+    return []
+
+
 def build_splits(d: FinetuneDataConfig) -> tuple:
-    """Train and validation sources and the class names (None for regression)."""
+    """Train and validation sources and the class names (None for regression); a file that does not
+    read as the task's data is a ConfigError naming its key."""
     if d.task == "shapes":
         train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
         return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
     if d.task == "glue":
-        return (
-            GlueTsv(d.train, d.text_columns, d.label_column, d.labels),
-            GlueTsv(d.val, d.text_columns, d.label_column, d.labels),
-            d.labels,
+        columns = f"a TSV file with a header holding {[*d.text_columns, d.label_column]}"
+        expected = f"{columns} and labels in {d.labels}" if d.labels else f"{columns} and numeric labels"
+        train = opened(
+            "data.train", d.train, expected, lambda: GlueTsv(d.train, d.text_columns, d.label_column, d.labels)
         )
+        val = opened("data.val", d.val, expected, lambda: GlueTsv(d.val, d.text_columns, d.label_column, d.labels))
+        return train, val, d.labels
     if d.task == "image_folder":
-        train = ImageClassFolder(d.train, d.labels)
-        return train, ImageClassFolder(d.val, train.classes), train.classes
-    return ImageTextLabels(d.image_root, d.train, d.labels), ImageTextLabels(d.image_root, d.val, d.labels), d.labels
+        expected = "a folder of class sub-folders of images"
+        train = opened("data.train", d.train, expected, lambda: ImageClassFolder(d.train, d.labels))
+        raise_on_failed_checks([(len(train.classes) >= 2, "data.train", "a folder of at least 2 classes", d.train)])
+        expected = f"a folder of sub-folders among the classes {train.classes}"
+        return train, opened("data.val", d.val, expected, lambda: ImageClassFolder(d.val, train.classes)), train.classes
+    expected = f"a jsonl file of image, text and labels in {d.labels}"
+    train = opened("data.train", d.train, expected, lambda: ImageTextLabels(d.image_root, d.train, d.labels))
+    return train, opened("data.val", d.val, expected, lambda: ImageTextLabels(d.image_root, d.val, d.labels)), d.labels
 
 
 @torch.no_grad()
 def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
-    """Metrics of ``model`` over every usable item of ``source``."""
+    """Metrics of ``model`` over every usable item of ``source``, with the number of those and of the
+    unusable ones (skipped as in training)."""
     model.eval()
-    items = []
+    items, skipped = [], 0
     for i in range(len(source)):
         try:
             items.append(source[i])
-        except Exception:  # an unusable item is skipped here as in training
-            continue
+        except BadSample:
+            skipped += 1
     logits, labels = [], []
     for start in range(0, len(items), batch_size):
         batch = collator("eval", items[start : start + batch_size], [])
         labels.append(batch.pop("labels"))
         logits.append(model(**batch).logits.float())
-    return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items)}
+    return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items), "skipped": skipped}
 
 
 def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
@@ -159,12 +244,18 @@ def main(cfg: FinetuneConfig) -> dict:
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
 
-    pretrained = load_pretrained(cfg.model.pretrained)
+    pretrained = opened(
+        "model.pretrained",
+        cfg.model.pretrained,
+        "a FLAVA checkpoint directory",
+        lambda: load_pretrained(cfg.model.pretrained),
+    )
     train_source, val_source, classes = build_splits(d)
     num_classes = 1 if classes is None else len(classes)
-    loss = cfg.model.loss or (
-        "binary_cross_entropy" if getattr(train_source, "soft_scores", False) else default_loss(num_classes)
-    )
+    losses = task_losses(d, getattr(train_source, "soft_scores", None))
+    expected = f"null or {losses[0]} for the targets of {d.train}"
+    raise_on_failed_checks([(cfg.model.loss in (None, *losses), "model.loss", expected, cfg.model.loss)])
+    loss = cfg.model.loss or losses[0]
     collator = ClassificationCollator(
         pretrained.tokenizer,
         image_size=pretrained.image_size,

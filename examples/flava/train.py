@@ -42,6 +42,9 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
+    opened,
+    pair_file_checks,
+    path_check,
     raise_on_failed_checks,
     template_checks,
     training_checks,
@@ -126,13 +129,23 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def data_kinds(d: DataConfig) -> list[str]:
+    """The kinds of data (pairs, images, texts) the data section gives a source."""
+    if d.source == "files":
+        f = d.files
+        given = {"pairs": f.pairs_shards or f.pairs_root, "images": f.images_root, "texts": f.texts}
+    else:
+        given = {"pairs": d.shapes.num_pairs > 0, "images": d.shapes.num_images > 0, "texts": d.shapes.num_texts > 0}
+    return [kind for kind, present in given.items() if present]
+
+
 def validate(cfg: TrainConfig, world_size: int) -> None:
     """Check what types cannot, before any work: choices, ranges, sizes that must agree, the model
     sections built on the meta device, the data files. Raises ConfigError naming the key."""
     m, d, r = cfg.model, cfg.data, cfg.data.ratios
     grid_ok = m.patch_size >= 1 and m.image_size >= m.patch_size and m.image_size % m.patch_size == 0
     patches = (m.image_size // m.patch_size) ** 2 if grid_ok else 0
-    files = [(f"data.files.{k}", v) for k, v in asdict(d.files).items() if v is not None and k != "pairs_shards"]
+    f, kinds = d.files, data_kinds(d)
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
         + [
@@ -154,9 +167,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             ),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (
-                min(r.pairs, r.images, r.texts) >= 0 and r.pairs + r.images + r.texts > 0,
+                min(r.pairs, r.images, r.texts) >= 0 and (not kinds or sum(getattr(r, k) for k in kinds) > 0),
                 "data.ratios",
-                ">= 0 each and not all 0",
+                f">= 0 each and > 0 for one kind the data has ({', '.join(kinds) or 'none'})",
                 asdict(r),
             ),
             (0 < d.mlm_probability <= 1, "data.mlm_probability", "in (0, 1]", d.mlm_probability),
@@ -177,7 +190,17 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 cfg.model.pretrained,
             ),
         ]
-        + [(Path(v).exists(), k, "an existing path", v) for k, v in files]
+        + pair_file_checks("data.files", f.pairs_shards, f.pairs_root, f.pairs_captions, required=False)
+        + [
+            (
+                d.source != "files" or bool(kinds),
+                "data.files",
+                "pairs_shards, pairs_root with pairs_captions, images_root or texts",
+                asdict(f),
+            ),
+            path_check("data.files.images_root", f.images_root, "directory"),
+            path_check("data.files.texts", f.texts, "file"),
+        ]
         + [
             (value >= 0, f"pretraining.{name}", ">= 0", value)
             for name, value in asdict(cfg.pretraining).items()
@@ -201,19 +224,27 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
         s = cfg.shapes
         sizes = {"pairs": s.num_pairs, "images": s.num_images, "texts": s.num_texts}
         return {k: ShapesWorld(k, n, image_size=s.image_size, seed=s.seed) for k, n in sizes.items() if n > 0}
-    f, sources = cfg.files, {}
+    f, sources = cfg.files, {}  # validate checked the keys; a file that does not read as data names its key
     if f.pairs_shards is not None:
-        sources["pairs"] = TarShards(f.pairs_shards)
-    elif f.pairs_root is not None or f.pairs_captions is not None:
-        if f.pairs_root is None or f.pairs_captions is None:
-            raise ConfigError("keys 'data.files.pairs_root' and 'data.files.pairs_captions' go together")
-        sources["pairs"] = ImageTextFolder(f.pairs_root, f.pairs_captions)
+        sources["pairs"] = opened(
+            "data.files.pairs_shards",
+            f.pairs_shards,
+            "uncompressed tar shards of samples",
+            lambda: TarShards(f.pairs_shards),
+        )
+    elif f.pairs_root is not None:
+        sources["pairs"] = opened(
+            "data.files.pairs_captions",
+            f.pairs_captions,
+            f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
+            lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
+        )
     if f.images_root is not None:
-        sources["images"] = ImageFolder(f.images_root)
+        sources["images"] = opened(
+            "data.files.images_root", f.images_root, "a directory of images", lambda: ImageFolder(f.images_root)
+        )
     if f.texts is not None:
-        sources["texts"] = TextCorpus(f.texts)
-    if not sources:
-        raise ConfigError("data.source=files needs at least one of data.files.pairs_*, images_root, texts")
+        sources["texts"] = opened("data.files.texts", f.texts, "a UTF-8 text file", lambda: TextCorpus(f.texts))
     return sources
 
 
@@ -290,12 +321,17 @@ def main(cfg: TrainConfig) -> dict:
     # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
     # codebook from the seed).
     sources = build_sources(cfg.data)
-    tokenizer = run_vocabulary(
+    tokenizer = opened(  # a vocab.txt that does not read, or data without a usable text, names data.vocab
+        "data.vocab",
         cfg.data.vocab,
-        lambda: source_texts(sources, limit=cfg.data.vocab_training_texts),
-        out_dir,
-        vocab_size=cfg.data.vocab_size,
-        resumed=resume_from is not None,
+        "a BERT vocab.txt, or null and data with text to learn one from",
+        lambda: run_vocabulary(
+            cfg.data.vocab,
+            lambda: source_texts(sources, limit=cfg.data.vocab_training_texts),
+            out_dir,
+            vocab_size=cfg.data.vocab_size,
+            resumed=resume_from is not None,
+        ),
     )
     data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
 

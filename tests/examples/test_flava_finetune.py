@@ -71,7 +71,8 @@ def test_glue_sentence_pair_classification_learns(export, tmp_path):
         "training.max_steps=120",
     )
     assert report["loss"] == "cross_entropy" and report["num_classes"] == 2
-    assert set(report["validation"]) == {"accuracy", "f1", "items", "chance"}
+    assert set(report["validation"]) == {"accuracy", "f1", "items", "skipped", "chance"}
+    assert report["validation"]["skipped"] == 0
     assert report["validation"]["items"] == len(rows) - 200 > 20
     majority = max(sum(r[3] == "red" for r in rows[200:]), sum(r[3] == "blue" for r in rows[200:])) / (len(rows) - 200)
     assert report["validation"]["accuracy"] > max(0.75, majority)

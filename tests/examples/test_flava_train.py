@@ -328,8 +328,11 @@ def test_fsdp_with_bf16_parameters_runs_and_stays_close(tmp_path):
 @pytest.mark.parametrize(
     "path", sorted((REPO / "examples" / "flava" / "configs" / "pretraining").glob("*.yaml")), ids=lambda p: p.name
 )
-def test_every_pretraining_config_loads_and_validates(path):
+def test_every_pretraining_config_loads_and_validates(path, tmp_path):
     cfg = train.load_config(train.TrainConfig, [f"config={path}"])
+    if cfg.data.source == "files":  # a config for your data: point it at some
+        (tmp_path / "texts.txt").write_text("a text\n")
+        cfg.data.files.texts = str(tmp_path / "texts.txt")
     world = 8 if cfg.training.strategy != "none" else 1
     train.validate(cfg, world_size=world)
 
@@ -337,11 +340,16 @@ def test_every_pretraining_config_loads_and_validates(path):
 @pytest.mark.parametrize(
     "path", sorted((REPO / "examples" / "flava" / "configs" / "finetuning").glob("*.yaml")), ids=lambda p: p.name
 )
-def test_every_finetuning_config_loads_and_validates(path):
+def test_every_finetuning_config_loads_and_validates(path, tmp_path):
     spec = importlib.util.spec_from_file_location("flava_finetune_for_configs", REPO / "examples/flava/finetune.py")
     finetune = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = finetune
     spec.loader.exec_module(finetune)
-    overrides = [] if "shapes" in path.name else ["data.train=t", "data.val=v", "data.image_root=i"]
-    cfg = finetune.load_config(finetune.FinetuneConfig, [f"config={path}", "model.pretrained=ckpt", *overrides])
+    for name in ("t", "v"):  # the data files are checked for existence only here (validate opens nothing)
+        (tmp_path / name).write_text("")
+    (tmp_path / "i").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    overrides = [] if "shapes" in path.name else [f"data.train={tmp_path / 't'}", f"data.val={tmp_path / 'v'}"]
+    overrides += [f"data.image_root={tmp_path / 'i'}", f"model.pretrained={tmp_path / 'ckpt'}"]
+    cfg = finetune.load_config(finetune.FinetuneConfig, [f"config={path}", *overrides])
     finetune.validate(cfg, world_size=1)

@@ -5,11 +5,12 @@ Recipes compose them with their own model and data sections and load the whole w
 """
 
 from dataclasses import dataclass, field
+import glob
 import math
 import os
 from pathlib import Path
 import sys
-from typing import Callable, NamedTuple, Optional, Sequence, Type
+from typing import Callable, NamedTuple, Optional, Sequence, Type, TypeVar
 
 import torch
 from torch import nn
@@ -206,6 +207,73 @@ def template_checks(key: str, templates: Sequence[str], batch_size: int, batch_k
         ),
         (batch_size >= 1, batch_key, ">= 1", batch_size),
     ]
+
+
+PATH_KINDS = {
+    "file": "an existing file",
+    "directory": "an existing directory",
+    "files": "a file or a glob matching files",
+}
+
+
+def path_check(key: str, value: Optional[str], kind: str) -> tuple:
+    """A check that a configured data path names what the recipe will open: ``kind`` is ``"file"``,
+    ``"directory"`` or ``"files"`` (a path or a glob pattern that matches at least one file). None
+    passes (the key is unset).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    if value is None:
+        return (True, key, "", None)
+    path = Path(value)
+    if kind == "file":
+        ok = path.is_file()
+    elif kind == "directory":
+        ok = path.is_dir()
+    else:
+        ok = path.is_file() or any(Path(match).is_file() for match in glob.iglob(value, recursive=True))
+    return (ok, key, PATH_KINDS[kind], value)
+
+
+def pair_file_checks(
+    prefix: str, shards: Optional[str], root: Optional[str], captions: Optional[str], *, required: bool
+) -> list[tuple]:
+    """Checks of image-text pair files given as ``<prefix>.pairs_shards`` (tar shards), or as
+    ``<prefix>.pairs_root`` (an image folder) with ``<prefix>.pairs_captions``: one of the two forms
+    when ``required``, root and captions together, and each path naming what will be opened."""
+    given = {"pairs_shards": shards, "pairs_root": root, "pairs_captions": captions}
+    missing = "pairs_captions" if root is not None else "pairs_root"
+    return [
+        (not required or any(given.values()), prefix, "pairs_shards, or pairs_root with pairs_captions", given),
+        (
+            shards is not None or (root is None) == (captions is None),
+            f"{prefix}.{missing}",
+            "set together with the other of pairs_root and pairs_captions",
+            None,
+        ),
+        path_check(f"{prefix}.pairs_shards", shards, "files"),
+        path_check(f"{prefix}.pairs_root", root, "directory"),
+        path_check(f"{prefix}.pairs_captions", captions, "file"),
+    ]
+
+
+T = TypeVar("T")
+
+
+def opened(key: str, value: object, expected: str, open_source: Callable[[], T]) -> T:
+    """``open_source()``, a data source the config names; when the files cannot be read as one
+    (missing, empty, malformed, not the right format), a :class:`ConfigError` in the one-line form
+    ``key '<key>': expected <expected>, got <value> (<the reader's reason>)``.
+
+    Raises:
+        ConfigError: as above, for the ``OSError``, ``ValueError`` or ``TypeError`` of ``open_source``.
+    """
+    try:
+        return open_source()
+    except (OSError, ValueError, TypeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"key '{key}': expected {expected}, got {value!r} ({reason})") from None
 
 
 def launch_world_size() -> int:

@@ -1,0 +1,72 @@
+"""Config checks shared by the recipes: data paths of the right kind, and data that cannot be opened
+as a one-line config error naming the key."""
+
+import pytest
+
+from torchflava.training.config import ConfigError
+from torchflava.training.schema import opened, pair_file_checks, path_check, raise_on_failed_checks
+
+
+def test_path_check_wants_the_kind_the_reader_opens(tmp_path):
+    (tmp_path / "a.tar").write_bytes(b"")
+    (tmp_path / "dir").mkdir()
+    assert path_check("k", None, "file") == (True, "k", "", None)  # unset
+    assert path_check("k", str(tmp_path / "a.tar"), "file")[0]
+    assert path_check("k", str(tmp_path / "dir"), "file") == (False, "k", "an existing file", str(tmp_path / "dir"))
+    assert path_check("k", str(tmp_path / "dir"), "directory")[0]
+    assert not path_check("k", str(tmp_path / "a.tar"), "directory")[0]
+    assert path_check("k", str(tmp_path / "*.tar"), "files")[0]
+    assert path_check("k", str(tmp_path / "**" / "a.tar"), "files")[0]
+    assert path_check("k", str(tmp_path / "*.zip"), "files") == (
+        False,
+        "k",
+        "a file or a glob matching files",
+        str(tmp_path / "*.zip"),
+    )
+    assert not path_check("k", str(tmp_path / "d*"), "files")[0]  # matches a directory only
+
+
+def test_opened_turns_a_reader_error_into_one_line_naming_the_key():
+    assert opened("data.texts", "t.txt", "a text file", lambda: 5) == 5
+
+    def unreadable():
+        raise ValueError("t.txt holds no line\nsecond line")
+
+    with pytest.raises(ConfigError) as caught:
+        opened("data.texts", "t.txt", "a text file", unreadable)
+    assert str(caught.value) == "key 'data.texts': expected a text file, got 't.txt' (t.txt holds no line)"
+
+    def silent():
+        raise FileNotFoundError()
+
+    with pytest.raises(ConfigError, match=r"^key 'k': expected x, got 'p' \(FileNotFoundError\)$"):
+        opened("k", "p", "x", silent)
+    with pytest.raises(KeyError):  # a bug in the reader is not dressed up as a config error
+        opened("k", "p", "x", lambda: {}["missing"])
+
+
+def _first_failure(checks):
+    with pytest.raises(ConfigError) as caught:
+        raise_on_failed_checks(checks)
+    return str(caught.value)
+
+
+def test_pair_file_checks(tmp_path):
+    (tmp_path / "c.jsonl").write_text("")
+    captions, root = str(tmp_path / "c.jsonl"), str(tmp_path)
+    raise_on_failed_checks(pair_file_checks("data.files", None, None, None, required=False))
+    raise_on_failed_checks(pair_file_checks("data.files", None, root, captions, required=True))
+    assert _first_failure(pair_file_checks("data.files", None, None, None, required=True)) == (
+        "key 'data.files': expected pairs_shards, or pairs_root with pairs_captions, got "
+        "{'pairs_shards': None, 'pairs_root': None, 'pairs_captions': None}"
+    )
+    assert _first_failure(pair_file_checks("data.files", None, root, None, required=False)) == (
+        "key 'data.files.pairs_captions': expected set together with the other of pairs_root and pairs_captions, "
+        "got None"
+    )
+    assert _first_failure(pair_file_checks("data.files", None, None, captions, required=True)).startswith(
+        "key 'data.files.pairs_root': expected set together"
+    )
+    assert _first_failure(pair_file_checks("data.files", str(tmp_path / "*.tar"), None, None, required=True)) == (
+        f"key 'data.files.pairs_shards': expected a file or a glob matching files, got '{tmp_path / '*.tar'}'"
+    )
