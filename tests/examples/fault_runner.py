@@ -1,6 +1,10 @@
-"""Run the CLIP recipe with a SIGKILL injected at a named point on its n-th hit (for test_fault_injection.py).
+"""Run a recipe with a SIGKILL injected at a named point on its n-th hit (for test_fault_injection.py and
+the fine-tuning recipe's kill test).
 
-    python tests/examples/fault_runner.py POINT N key=value ...
+    python tests/examples/fault_runner.py RECIPE POINT N key=value ...
+
+RECIPE is the script's path relative to the repository (``examples/clip/train.py``); its config
+schema is the type of its ``main``'s argument.
 
 The patches live here, in the test, not in the library: each wraps one function the run calls.
 """
@@ -10,6 +14,7 @@ import os
 from pathlib import Path
 import signal
 import sys
+import typing
 
 import torch
 
@@ -86,9 +91,10 @@ def _nth(n: int, real, instead):
 
 
 if __name__ == "__main__":
-    point, n, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    spec = importlib.util.spec_from_file_location("clip_recipe", REPO / "examples" / "clip" / "train.py")
+    script, point, n, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+    spec = importlib.util.spec_from_file_location("recipe_under_faults", REPO / script)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    schema = typing.get_type_hints(recipe.main)["cfg"]  # main(cfg: <its Config>)
     install(point, n)
-    recipe.main(recipe.load_config(recipe.TrainConfig, overrides))
+    recipe.main(recipe.load_config(schema, overrides))

@@ -44,11 +44,17 @@ def _env():
     return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
-def _run(output_dir, point="none", n=0):
-    command = [sys.executable, str(RUNNER), point, str(n), *COMMON, f"training.output_dir={output_dir}"]
+def run_with_fault(recipe, overrides, point="none", n=0):
+    """Run ``recipe`` (a path under the repository) in a process, killed at ``point``'s n-th hit, or
+    plainly with ``point="none"``."""
+    command = [sys.executable, str(RUNNER), recipe, point, str(n), *overrides]
     if point == "none":
-        command[1:4] = [str(REPO / "examples" / "clip" / "train.py")]
+        command[1:5] = [str(REPO / recipe)]
     return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def _run(output_dir, point="none", n=0):
+    return run_with_fault("examples/clip/train.py", [*COMMON, f"training.output_dir={output_dir}"], point, n)
 
 
 def _losses(output_dir):

@@ -2,16 +2,19 @@
 
 import json
 from pathlib import Path
+import signal
 import sys
 
 import pytest
 
+from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import load_recipe, write_tiny_export
 from torchflava.data.finetuning import GlueTsv, ImageTextLabels
 from torchflava.data.shapes import ShapesWorld
 
 REPO = Path(__file__).resolve().parents[2]
 finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe")
+FINETUNE = "examples/flava/finetune.py"
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +207,35 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(export, tmp_p
     after, before = _records(tmp_path / "run"), _records(tmp_path / "reference")
     assert sorted(after) == list(range(1, 11))
     assert {s: r["loss"] for s, r in after.items()} == {s: r["loss"] for s, r in before.items()}  # exactly
+
+
+KILLED = [*SHAPES, "training.max_steps=10", "training.checkpoint_every=4", "model.classifier_dropout=0.3"]
+KILLED += ["training.global_batch_size=16", "training.progress_bar=false", "training.tensorboard=false"]
+KILLED += ["optim.lr=3e-3", "optim.warmup_steps=3", "model.classifier_hidden_dim=32", "training.resume=auto"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = run_with_fault(FINETUNE, [*KILLED, f"model.pretrained={export}", f"training.output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {s: r["loss"] for s, r in _records(out).items()}
+
+
+# mid-step after the step-4 checkpoint (steps 5 and 6 logged), and inside the step-8 checkpoint's write
+@pytest.mark.parametrize("point, n", [("after_optimizer_step", 7), ("before_dcp_write", 2)])
+def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_losses(
+    export, uninterrupted, tmp_path, point, n
+):
+    overrides = [*KILLED, f"model.pretrained={export}", f"training.output_dir={tmp_path}"]
+    killed = run_with_fault(FINETUNE, overrides, point, n)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(_records(tmp_path)) == list(range(1, 7 if point == "after_optimizer_step" else 9))
+    resumed = run_with_fault(FINETUNE, overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(uninterrupted) == list(range(1, 11))
+    assert {s: r["loss"] for s, r in _records(tmp_path).items()} == uninterrupted  # exactly, step for step
+    assert (tmp_path / "model" / "flava_classification.safetensors").is_file()
 
 
 def test_progress_bar_samples_per_second_and_loss_parts(export, tmp_path, capsys):
