@@ -316,3 +316,18 @@ def test_token_type_ids_without_text(model):
 def test_image_patch_mask_without_image(model):
     with pytest.raises(ValueError, match="image_patch_mask needs image"):
         model(text=text()[0], image_patch_mask=torch.zeros(B, IMAGE_TOKENS - 1, dtype=torch.bool))
+
+
+def test_encode_text_equals_forward_for_masks_with_gaps(model):
+    # Masks as users build them: gaps inside a row ([1, 0, 0, 1]), left padding, a one-token row.
+    ids, _ = text(batch=4, length=6)
+    mask = torch.tensor(
+        [[1, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 1]], dtype=torch.long
+    )
+    features = model.encode_text(ids, mask)
+    assert_close(features, model(text=ids, text_attention_mask=mask).text_features, atol=1e-5, rtol=0)
+    # masked-out positions do not matter, wherever they are, in rows whose pooled position 0 is real
+    changed = ids.clone()
+    changed[mask == 0] = 7
+    kept = [0, 2, 3]
+    assert_close(model.encode_text(changed, mask)[kept], features[kept], atol=1e-5, rtol=0)
