@@ -466,7 +466,7 @@ def _scan_shard(
                 try:
                     following = tar.next()
                 except tarfile.ReadError as error:  # a member's data or a later header is cut
-                    if member is not None and str(error) == "unexpected end of data":
+                    if member is not None and tar.offset > size:  # the next header would start past the end
                         where = "data" if member.offset_data + member.size > size else "padding"
                         reason = f"the file ends at byte {size}, inside the {where} of member {member.name!r}"
                         damage = ShardDamage(path, size, size, reason, truncated=True)
