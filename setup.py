@@ -34,10 +34,10 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "data": ["pillow>=10", "tokenizers>=0.19"],
+        "data": ["pillow>=10", "tokenizers>=0.19", "webdataset>=0.2.86", "fsspec>=2023.1"],
         "recipes": ["omegaconf>=2.3", "tqdm>=4.66", "matplotlib>=3.8", "fvcore>=0.1.5"],
         "tensorboard": ["tensorboard>=2.15"],
-        "test": ["pytest>=8", "expecttest>=0.2", "transformers>=4.40,<5"],
+        "test": ["pytest>=8", "expecttest>=0.2", "transformers>=4.40,<5", "scikit-image>=0.22"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
