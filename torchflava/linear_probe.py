@@ -3,7 +3,8 @@
     python -m torchflava.linear_probe --checkpoint runs/tiny --shapes
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
 
-The feature is the image encoder's CLS after its final LayerNorm (no projection). A logistic
+The feature is the image encoder's CLS after its final LayerNorm (no projection), of images
+preprocessed as the checkpoint states (``preprocessor_config.json``, see :mod:`torchflava.pretrained`). A logistic
 regression is fitted for each L2 penalty on ``--train``, the penalty with the best ``--val``
 accuracy is kept, the probe is refitted on train + val and scored on ``--test``. Folders hold one
 sub-folder per class; ``--shapes`` uses the built-in shapes task (train and validation from the
@@ -20,7 +21,6 @@ from torch import Tensor
 
 from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.samples import BadSample
-from torchflava.data.transforms import EvalImageTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
@@ -34,7 +34,7 @@ def cls_features(pretrained: PretrainedFLAVA, source, *, batch_size: int = 128) 
     Returns:
         tuple[Tensor, Tensor, int]: features, labels, number of skipped items.
     """
-    transform = EvalImageTransform(pretrained.image_size)
+    transform = pretrained.image_transform  # the checkpoint's own preprocessing
     encoder = pretrained.model.image_encoder
     features, labels, pixels, skipped = [], [], [], 0
 

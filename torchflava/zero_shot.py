@@ -3,8 +3,13 @@
     python -m torchflava.zero_shot --checkpoint runs/tiny --images DIR --classes "red circle,blue square"
     python -m torchflava.zero_shot --checkpoint /models/flava-full --images DIR --captions captions.jsonl
 
+Images go through the checkpoint's own preprocessing and text through its own tokenizer settings
+(``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`), so a
+Hugging Face ``facebook/flava-full`` directory gives the numbers its transformers users get.
+
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
-is closest; when the images sit in sub-folders named after the classes, the accuracy is reported
+is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
+``--json``; when the images sit in sub-folders named after the classes, the accuracy is reported
 too. Retrieval: ``--captions`` (``.jsonl`` or ``.tsv``, see ``ImageTextFolder``) pairs each image
 with one caption; Recall@1/5/10 are reported in both directions. Unreadable images or empty
 captions are skipped and counted.
@@ -20,7 +25,6 @@ from torch import Tensor
 
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample
-from torchflava.data.transforms import EvalImageTransform
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
 from torchflava.utils.cli import run_command
@@ -30,8 +34,8 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 
 @torch.no_grad()
 def image_features(pretrained: PretrainedFLAVA, images: Sequence, *, batch_size: int = 64) -> Tensor:
-    """(N, D) normalised projected image features of PIL ``images`` (resized, centre-cropped)."""
-    transform = EvalImageTransform(pretrained.image_size)
+    """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing)."""
+    transform = pretrained.image_transform
     chunks = []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([transform(image) for image in images[start : start + batch_size]])
@@ -43,8 +47,9 @@ def image_features(pretrained: PretrainedFLAVA, images: Sequence, *, batch_size:
 def text_features(
     pretrained: PretrainedFLAVA, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
 ) -> Tensor:
-    """(N, D) normalised projected text features of ``texts``."""
-    max_length = max_length or min(77, pretrained.max_text_length)
+    """(N, D) normalised projected text features of ``texts`` (``max_length``: default
+    :attr:`~torchflava.pretrained.PretrainedFLAVA.text_length`)."""
+    max_length = max_length or pretrained.text_length
     chunks = []
     for start in range(0, len(texts), batch_size):
         ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
@@ -56,7 +61,7 @@ def class_embeddings(
     pretrained: PretrainedFLAVA, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
 ) -> Tensor:
     """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
-    max_length = min(77, pretrained.max_text_length)
+    max_length = pretrained.text_length
     return zero_shot_classifier(
         lambda ids, mask: pretrained.model.encode_text(ids, mask),
         lambda texts: pretrained.tokenizer(list(texts), max_length=max_length),
@@ -88,8 +93,10 @@ def classify_folder(
     """Zero-shot classification of every image under ``images_dir``.
 
     Returns:
-        dict: ``predictions`` (file -> class), ``skipped``, and ``accuracy`` with ``chance`` when the
-        images lie in sub-folders named after the classes.
+        dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
+        softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped``,
+        ``num_images``, ``chance``, and ``accuracy`` when the images lie in sub-folders named after
+        the classes.
 
     Raises:
         ValueError: if there are fewer than two classes or duplicated class names.
@@ -102,10 +109,13 @@ def classify_folder(
         raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
     features = image_features(pretrained, [s.image for s in samples], batch_size=batch_size)
     classes = class_embeddings(pretrained, class_names, templates)
-    predicted = (features @ classes.T).argmax(dim=1)
+    similarity = features @ classes.T  # (N, C) cosine similarities
+    predicted = similarity.argmax(dim=1)
+    probabilities = (pretrained.model.logit_scale.detach().exp() * similarity).softmax(dim=1)
     files = [folder.relative_path(i) for i in indices]
     result = {
         "predictions": {f: class_names[int(p)] for f, p in zip(files, predicted)},
+        "probabilities": {f: dict(zip(class_names, row)) for f, row in zip(files, probabilities.tolist())},
         "skipped": len(skipped),
         "num_images": len(files),
         "chance": 1 / len(class_names),

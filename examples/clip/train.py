@@ -232,6 +232,7 @@ def main(cfg: TrainConfig) -> dict:
     if info.is_main:
         (export_path.parent / "clip_config.json").write_text(json.dumps(kwargs, indent=2))
         tokenizer.save(export_path.parent)
+        EvalImageTransform(kwargs["image_size"] or 224).save(export_path.parent)  # how to evaluate it
         report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, kwargs, tokenizer)
     barrier()
     return report

@@ -374,6 +374,7 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: W
         json.dumps(flava_model_kwargs(cfg.model, tokenizer.vocab_size), indent=2)
     )
     tokenizer.save(export_path.parent)
+    EvalImageTransform(cfg.model.image_size).save(export_path.parent)  # preprocessor_config.json: how to evaluate it
     if cfg.eval.enabled and cfg.data.source == "shapes":
         report["eval"] = evaluate_export(cfg, export_path, tokenizer)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -383,12 +384,12 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: W
 
 def evaluate_export(cfg: TrainConfig, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
     """Zero-shot colour-shape classification and retrieval on the held-out shapes split, from the export."""
-    backbone = load_pretrained(export_path.parent).model  # the export directory: weights, architecture, vocab
+    exported = load_pretrained(export_path.parent)  # the export directory: weights, architecture, vocab, transform
     s = cfg.data.shapes
     return evaluate_shapes(
-        backbone,
+        exported.model,
         lambda texts: tokenizer(list(texts), max_length=cfg.data.max_text_length),
-        EvalImageTransform(cfg.model.image_size),
+        exported.image_transform,
         num_test=s.num_test,
         render_size=s.image_size,
         seed=s.seed,

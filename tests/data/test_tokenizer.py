@@ -1,5 +1,6 @@
 """WordPiece tokenizer: exact ids from a hand-written vocabulary, training, save/load, padding, errors."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,14 @@ def test_save_then_from_vocab_gives_identical_ids(trained, captions, tmp_path):
     assert path == tmp_path / "tok" / "vocab.txt"
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[:5] == list(SPECIAL_TOKENS) and len(lines) == trained.vocab_size
-    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["vocab.txt"]  # no temporary file left
+    # no temporary file left; the settings go beside the vocabulary
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["tokenizer_config.json", "vocab.txt"]
+    assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text()) == {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "strip_accents": None,
+        "tokenize_chinese_chars": True,
+    }
     texts = captions[:40] + ["a zebra in the middle!", "the YELLOW Diamond"]
     expected = trained(texts, max_length=12)
     for source in (path, tmp_path / "tok", str(path)):  # the file, its directory, a str

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import load_recipe
+from torchflava.data.transforms import EvalImageTransform, ImageTransformSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "clip" / "train.py"
@@ -54,6 +55,8 @@ def test_a_run_learns_exports_and_reports(tmp_path):
     assert e["test_items"] == 60 and 0 <= e["zero_shot_accuracy"] <= 1 and 0 <= e["zero_shot_shape_right"] <= 1
     assert e["zero_shot_colour_right"] > 1 / 6  # colour is learnt within 30 steps
     kwargs = json.loads((tmp_path / "model" / "clip_config.json").read_text())
+    recorded = json.loads((tmp_path / "model" / "preprocessor_config.json").read_text())
+    assert ImageTransformSpec.from_preprocessor_config(recorded) == EvalImageTransform(kwargs["image_size"]).spec
     model = train.clip_model(pretrained=tmp_path / "model" / "clip.safetensors", **kwargs).eval()
     assert model.eos_token_id == kwargs["eos_token_id"] == 3  # [SEP] of the learnt WordPiece vocabulary
     ids = torch.tensor([[2, 7, 9, 3, 0], [2, 8, 3, 0, 0]])

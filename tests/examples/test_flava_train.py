@@ -145,8 +145,12 @@ def test_single_process_run_writes_everything_and_learns(tmp_path):
     assert evaluation["test_items"] == 64 and evaluation["num_classes"] == 30
     assert 0.0 <= evaluation["zero_shot_accuracy"] <= 1.0
     # the exported backbone is a plain FLAVAModel that the evaluation (and users) can load
-    backbone = train.load_pretrained(tmp_path).model
-    assert backbone.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+    exported = train.load_pretrained(tmp_path)
+    assert exported.model.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+    # ... with the recipe's evaluation transform, recorded in preprocessor_config.json
+    assert (tmp_path / "model" / "preprocessor_config.json").is_file()
+    assert exported.image_transform.spec == train.EvalImageTransform(32).spec
+    assert exported.image_transform.spec.resize_mode == "short_side" and exported.image_transform.spec.resample == 2
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):

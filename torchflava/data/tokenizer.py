@@ -1,6 +1,15 @@
-"""BERT WordPiece tokenisation on the ``tokenizers`` library: load a ``vocab.txt`` or train one."""
+"""BERT WordPiece tokenisation on the ``tokenizers`` library: load a checkpoint's, or train one.
+
+A checkpoint directory's tokenizer (:meth:`WordPieceTokenizer.from_directory`) is its ``vocab.txt``,
+or the WordPiece vocabulary of its ``tokenizer.json`` when there is no ``vocab.txt``, with the
+settings of its ``tokenizer_config.json`` read as transformers' ``BertTokenizerFast`` reads them:
+``do_lower_case`` (default true), ``strip_accents`` (default: as ``do_lower_case``),
+``tokenize_chinese_chars`` (default true) and ``model_max_length`` (the default ``max_length``).
+:meth:`WordPieceTokenizer.save` writes both files.
+"""
 
 from collections import Counter
+import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -11,28 +20,40 @@ from torch import Tensor
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from torchflava.utils.checkpoint import atomic_write
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# transformers writes model_max_length = int(1e30) for "no limit".
+_NO_LENGTH_LIMIT = int(1e30)
 
 
 class WordPieceTokenizer:
-    """Lower-casing BERT WordPiece tokenizer producing ``[CLS] text [SEP]`` id sequences.
+    """BERT WordPiece tokenizer producing ``[CLS] text [SEP]`` id sequences (lower-casing by default).
 
-    Build it with :meth:`from_vocab` (a BERT ``vocab.txt``, e.g. from a FLAVA checkpoint
-    directory) or :meth:`train` (a new vocabulary learnt from the run's text).
+    Build it with :meth:`from_directory` (a checkpoint directory), :meth:`from_vocab` (a BERT
+    ``vocab.txt``), :meth:`from_tokenizer_json` or :meth:`train` (a new vocabulary learnt from the
+    run's text).
 
     Args:
         tokenizer (Tokenizer): a ``tokenizers`` WordPiece tokenizer whose vocabulary holds the
-            five BERT special tokens.
+            five BERT special tokens (its normaliser decides casing, accents and CJK splitting).
+        model_max_length (Optional[int]): the default ``max_length`` of :meth:`__call__`.
 
     Raises:
-        ValueError: if a special token is missing from the vocabulary.
+        ValueError: if a special token is missing from the vocabulary, or ``model_max_length`` < 2.
     """
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, *, model_max_length: Optional[int] = None) -> None:
         vocab = tokenizer.get_vocab()
         missing = [token for token in SPECIAL_TOKENS if token not in vocab]
         if missing:
             raise ValueError(f"the vocabulary lacks the special token(s) {missing}")
+        if model_max_length is not None and (
+            isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 2
+        ):
+            raise ValueError(f"model_max_length must be an int >= 2 or None, got {model_max_length!r}")
+        self.model_max_length = model_max_length
         tokenizer.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocabulary: marks them special
         self._tokenizer = tokenizer
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (vocab[t] for t in SPECIAL_TOKENS)
@@ -50,20 +71,60 @@ class WordPieceTokenizer:
         """Ids that masking must never select: PAD, CLS, SEP, UNK, MASK."""
         return (self.pad_id, self.cls_id, self.sep_id, self.unk_id, self.mask_id)
 
+    @property
+    def lowercase(self) -> bool:
+        """Whether text is lower-cased before tokenisation."""
+        return self._tokenizer.normalizer.lowercase
+
+    @property
+    def strip_accents(self) -> Optional[bool]:
+        """Whether accents are stripped (None: when lower-casing)."""
+        return self._tokenizer.normalizer.strip_accents
+
+    @property
+    def tokenize_chinese_chars(self) -> bool:
+        """Whether every CJK character is a word of its own."""
+        return self._tokenizer.normalizer.handle_chinese_chars
+
     @staticmethod
-    def _bare(vocab: dict[str, int]) -> Tokenizer:
-        tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, handle_chinese_chars=True)
+    def _bare(
+        vocab: dict[str, int],
+        *,
+        lowercase: bool = True,
+        strip_accents: Optional[bool] = None,
+        tokenize_chinese_chars: bool = True,
+        max_input_chars_per_word: int = 100,
+    ) -> Tokenizer:
+        model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=max_input_chars_per_word)
+        tokenizer = Tokenizer(model)
+        tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=tokenize_chinese_chars,
+            strip_accents=strip_accents,
+            lowercase=lowercase,
+        )
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tokenizer.decoder = decoders.WordPiece(prefix="##")
         return tokenizer
 
     @classmethod
-    def from_vocab(cls, path: Union[str, os.PathLike]) -> "WordPieceTokenizer":
+    def from_vocab(
+        cls,
+        path: Union[str, os.PathLike],
+        *,
+        lowercase: bool = True,
+        strip_accents: Optional[bool] = None,
+        tokenize_chinese_chars: bool = True,
+        model_max_length: Optional[int] = None,
+    ) -> "WordPieceTokenizer":
         """Load a BERT ``vocab.txt`` (one token per line, the line number is the id).
 
         Args:
             path (Union[str, os.PathLike]): the file, or a directory holding ``vocab.txt``.
+            lowercase (bool): lower-case text first (an uncased vocabulary).
+            strip_accents (Optional[bool]): strip accents; None strips them when lower-casing.
+            tokenize_chinese_chars (bool): make every CJK character a word of its own.
+            model_max_length (Optional[int]): the default ``max_length``.
 
         Returns:
             WordPieceTokenizer: the tokenizer.
@@ -81,7 +142,92 @@ class WordPieceTokenizer:
         vocab = {token: i for i, token in enumerate(tokens)}
         if len(vocab) != len(tokens):
             raise ValueError(f"path: {path} repeats tokens ({len(tokens) - len(vocab)} duplicates)")
-        return cls(cls._bare(vocab))
+        bare = cls._bare(
+            vocab, lowercase=lowercase, strip_accents=strip_accents, tokenize_chinese_chars=tokenize_chinese_chars
+        )
+        return cls(bare, model_max_length=model_max_length)
+
+    @classmethod
+    def from_tokenizer_json(
+        cls,
+        path: Union[str, os.PathLike],
+        *,
+        lowercase: bool = True,
+        strip_accents: Optional[bool] = None,
+        tokenize_chinese_chars: bool = True,
+        model_max_length: Optional[int] = None,
+    ) -> "WordPieceTokenizer":
+        """Load the WordPiece vocabulary of a ``tokenizers`` ``tokenizer.json`` (a BERT one).
+
+        Only the vocabulary and ``max_input_chars_per_word`` are read from the file; the casing and
+        accent settings come from the arguments, as ``BertTokenizerFast`` takes them from
+        ``tokenizer_config.json`` over the file's normaliser.
+
+        Args:
+            path (Union[str, os.PathLike]): the file.
+            lowercase (bool): lower-case text first (an uncased vocabulary).
+            strip_accents (Optional[bool]): strip accents; None strips them when lower-casing.
+            tokenize_chinese_chars (bool): make every CJK character a word of its own.
+            model_max_length (Optional[int]): the default ``max_length``.
+
+        Returns:
+            WordPieceTokenizer: the tokenizer.
+
+        Raises:
+            FileNotFoundError: if there is no such file.
+            ValueError: if the file is not JSON, its model is not a WordPiece one with ``[UNK]`` and
+                ``##`` continuations, or the vocabulary lacks a special token.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"path: no tokenizer.json at {path}")
+        try:
+            model = json.loads(path.read_text(encoding="utf-8")).get("model")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+            raise ValueError(f"path: {path} is not a tokenizer.json object ({error})") from None
+        if not isinstance(model, dict) or model.get("type") != "WordPiece":
+            found = model.get("type") if isinstance(model, dict) else model
+            raise ValueError(f"path: {path} model.type must be WordPiece, got {found!r}")
+        if model.get("unk_token", "[UNK]") != "[UNK]" or model.get("continuing_subword_prefix", "##") != "##":
+            raise ValueError(
+                f"path: {path} model must use unk_token [UNK] and continuing_subword_prefix ##, got "
+                f"{model.get('unk_token')!r} and {model.get('continuing_subword_prefix')!r}"
+            )
+        vocab = model.get("vocab")
+        if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+            raise ValueError(f"path: {path} model.vocab must map tokens to int ids")
+        bare = cls._bare(
+            vocab,
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+            tokenize_chinese_chars=tokenize_chinese_chars,
+            max_input_chars_per_word=int(model.get("max_input_chars_per_word", 100)),
+        )
+        return cls(bare, model_max_length=model_max_length)
+
+    @classmethod
+    def from_directory(cls, directory: Union[str, os.PathLike]) -> "WordPieceTokenizer":
+        """Load a checkpoint directory's tokenizer as ``BertTokenizerFast`` would (see the module doc).
+
+        Args:
+            directory (Union[str, os.PathLike]): holds ``vocab.txt`` or ``tokenizer.json``, and
+                optionally ``tokenizer_config.json``.
+
+        Returns:
+            WordPieceTokenizer: the tokenizer.
+
+        Raises:
+            FileNotFoundError: if the directory has neither ``vocab.txt`` nor ``tokenizer.json``.
+            ValueError: naming the key, if ``tokenizer_config.json`` holds a malformed or unsupported
+                value; as :meth:`from_vocab` / :meth:`from_tokenizer_json` for the vocabulary.
+        """
+        directory = Path(directory)
+        settings = read_tokenizer_config(directory / TOKENIZER_CONFIG)
+        if (directory / "vocab.txt").is_file():
+            return cls.from_vocab(directory / "vocab.txt", **settings)
+        if (directory / "tokenizer.json").is_file():
+            return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
+        raise FileNotFoundError(f"directory: {directory} has neither vocab.txt nor tokenizer.json")
 
     @classmethod
     def train(cls, texts: Iterable[str], *, vocab_size: int = 30522, min_frequency: int = 1) -> "WordPieceTokenizer":
@@ -133,22 +279,40 @@ class WordPieceTokenizer:
         return cls(cls._bare({token: i for i, token in enumerate(vocab)}))
 
     def save(self, directory: Union[str, os.PathLike]) -> Path:
-        """Write ``vocab.txt`` into ``directory`` (atomically) and return its path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        by_id = sorted(self._tokenizer.get_vocab().items(), key=lambda item: item[1])
-        path = directory / "vocab.txt"
-        tmp = directory / f".vocab.txt.tmp{os.getpid()}"
-        tmp.write_text("".join(f"{token}\n" for token, _ in by_id), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write ``vocab.txt`` and ``tokenizer_config.json`` into ``directory`` (atomically).
 
-    def __call__(self, texts: Sequence[str], *, max_length: int) -> tuple[Tensor, Tensor]:
+        :meth:`from_directory` (and transformers' ``BertTokenizerFast``) read them back to the
+        same tokenizer.
+
+        Args:
+            directory (Union[str, os.PathLike]): where (created if missing).
+
+        Returns:
+            Path: the ``vocab.txt`` written.
+        """
+        directory = Path(directory)
+        by_id = sorted(self._tokenizer.get_vocab().items(), key=lambda item: item[1])
+        vocab = "".join(f"{token}\n" for token, _ in by_id)
+        config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": self.lowercase,
+            "strip_accents": self.strip_accents,
+            "tokenize_chinese_chars": self.tokenize_chinese_chars,
+        }
+        if self.model_max_length is not None:
+            config["model_max_length"] = self.model_max_length
+        config = json.dumps(config, indent=2) + "\n"
+        atomic_write(directory / TOKENIZER_CONFIG, lambda tmp: Path(tmp).write_text(config, encoding="utf-8"))
+        atomic_write(directory / "vocab.txt", lambda tmp: Path(tmp).write_text(vocab, encoding="utf-8"))
+        return directory / "vocab.txt"
+
+    def __call__(self, texts: Sequence[str], *, max_length: Optional[int] = None) -> tuple[Tensor, Tensor]:
         """Tokenise ``texts``, truncate to ``max_length`` and pad to the longest one.
 
         Args:
             texts (Sequence[str]): B strings.
-            max_length (int): most ids per row, including ``[CLS]`` and ``[SEP]`` (>= 2).
+            max_length (Optional[int]): most ids per row, including ``[CLS]`` and ``[SEP]`` (>= 2);
+                None for ``model_max_length``.
 
         Returns:
             tuple[Tensor, Tensor]: ids (B, L) long and attention mask (B, L) long (1 = token), with
@@ -156,12 +320,17 @@ class WordPieceTokenizer:
 
         Raises:
             TypeError: if ``texts`` is not a sequence of strings.
-            ValueError: if ``texts`` is empty or ``max_length`` < 2.
+            ValueError: if ``texts`` is empty, ``max_length`` < 2, or both it and
+                ``model_max_length`` are None.
         """
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a sequence of str")
         if len(texts) == 0:
             raise ValueError("texts must not be empty")
+        if max_length is None:
+            if self.model_max_length is None:
+                raise ValueError("max_length must be given: the tokenizer has no model_max_length")
+            max_length = self.model_max_length
         if not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
         rows = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
@@ -177,6 +346,58 @@ class WordPieceTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Text of one id sequence, special tokens dropped."""
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
+    """The :meth:`WordPieceTokenizer.from_vocab` settings a ``tokenizer_config.json`` states.
+
+    A missing file gives ``BertTokenizerFast``'s defaults. ``model_max_length`` = int(1e30) (what
+    transformers writes for "no limit") gives None.
+
+    Args:
+        path (Union[str, os.PathLike]): the file (it need not exist).
+
+    Returns:
+        dict: ``lowercase``, ``strip_accents``, ``tokenize_chinese_chars``, ``model_max_length``.
+
+    Raises:
+        ValueError: naming the key, if the file is not a JSON object, a value has the wrong type, or
+            it names another tokenizer class or other special tokens.
+    """
+    path = Path(path)
+    settings = dict(lowercase=True, strip_accents=None, tokenize_chinese_chars=True, model_max_length=None)
+    if not path.is_file():
+        return settings
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{TOKENIZER_CONFIG}: {path} is not JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{TOKENIZER_CONFIG}: {path} must hold a JSON object, got {type(config).__name__}")
+    kind = config.get("tokenizer_class")
+    if kind is not None and kind not in ("BertTokenizer", "BertTokenizerFast"):
+        raise ValueError(
+            f"{TOKENIZER_CONFIG}: tokenizer_class must be BertTokenizer or BertTokenizerFast, got {kind!r}"
+        )
+    for key, expected in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS):
+        token = config.get(key)
+        token = token.get("content") if isinstance(token, dict) else token
+        if token is not None and token != expected:
+            raise ValueError(f"{TOKENIZER_CONFIG}: {key} must be {expected} (BERT's special tokens), got {token!r}")
+    for key, name in (("do_lower_case", "lowercase"), ("tokenize_chinese_chars", "tokenize_chinese_chars")):
+        value = config.get(key, settings[name])
+        if not isinstance(value, bool):
+            raise ValueError(f"{TOKENIZER_CONFIG}: {key} must be true or false, got {value!r}")
+        settings[name] = value
+    strip = config.get("strip_accents")
+    if strip is not None and not isinstance(strip, bool):
+        raise ValueError(f"{TOKENIZER_CONFIG}: strip_accents must be true, false or null, got {strip!r}")
+    settings["strip_accents"] = strip
+    length = config.get("model_max_length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
+        raise ValueError(f"{TOKENIZER_CONFIG}: model_max_length must be an int >= 2, got {length!r}")
+    settings["model_max_length"] = None if length is None or length >= _NO_LENGTH_LIMIT else length
+    return settings
 
 
 def source_texts(sources: Mapping[str, Dataset], *, limit: int, kinds: Sequence[str] = ("texts", "pairs")) -> list[str]:

@@ -1,16 +1,36 @@
-"""Image transforms: a seeded random crop (CLIP, fine-tuning), the same crop also at codebook size (FLAVA),
-and the evaluation resize + centre crop."""
+"""Image transforms: a checkpoint's own evaluation preprocessing, the evaluation resize + centre crop,
+a seeded random crop (CLIP, fine-tuning) and the same crop also at codebook size (FLAVA).
 
+* :class:`ImageTransform` does what an :class:`ImageTransformSpec` states: the resize (squash to
+  (H, W), or short side to S and the long side in proportion) with a PIL filter, a centre crop,
+  rescaling and normalisation, in the order and arithmetic of transformers' (PIL-based) image
+  processors. The spec is read from a checkpoint's ``preprocessor_config.json``
+  (:meth:`ImageTransformSpec.from_preprocessor_config`) and written to one
+  (:meth:`ImageTransform.save`).
+* :class:`EvalImageTransform` is the one torchflava's recipes evaluate with: short side, bilinear,
+  centre crop, CLIP normalisation. Their exports record it in ``preprocessor_config.json``.
+
+Every transform accepts a PIL image of any mode (RGBA, LA, P, CMYK, I;16, ...): it is converted
+with :func:`~torchflava.data.decode.to_rgb` first, as :func:`~torchflava.data.decode.decode_image`
+does, so alpha is composited on white and 16-bit values are scaled rather than clipped.
+"""
+
+from dataclasses import dataclass
+import json
 import math
+import os
+from pathlib import Path
 import random
-from typing import Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 from PIL import Image
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
+from torchflava.data.decode import to_rgb
 from torchflava.modules.codebook import map_pixels
+from torchflava.utils.checkpoint import atomic_write
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -83,6 +103,7 @@ class RandomCropTransform:
 
     def crop(self, image: Image.Image, seed: int) -> Tensor:
         """The seeded crop at model size, (3, image_size, image_size) in [0, 1], not normalised."""
+        image = to_rgb(image)
         top, left, height, width = self.crop_box(image.height, image.width, seed)
         pixels = v2.functional.to_dtype(v2.functional.pil_to_tensor(image), torch.float32, scale=True)
         return v2.functional.resized_crop(
@@ -135,7 +156,7 @@ class PretrainingImageTransform:
         """Crop ``image`` with randomness drawn from ``seed``.
 
         Args:
-            image (Image.Image): an RGB image.
+            image (Image.Image): an image of any mode (converted with :func:`~torchflava.data.decode.to_rgb`).
             seed (int): the crop's seed.
 
         Returns:
@@ -147,27 +168,321 @@ class PretrainingImageTransform:
         return self.random_crop.normalize(crop), codebook
 
 
-class EvalImageTransform:
-    """Resize the short side to ``image_size``, centre-crop, CLIP-normalise (evaluation and features).
+# PIL's filter codes, as transformers stores ``resample`` in preprocessor_config.json.
+RESAMPLE_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+BILINEAR, BICUBIC = 2, 3
+RESIZE_MODES = ("squash", "short_side")
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def _size_pair(name: str, value: object) -> tuple[int, int]:
+    """A (height, width) pair of positive ints, or raise naming ``name``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a (height, width) pair of positive ints, got {value!r}")
+    return _check_size(f"{name} height", value[0]), _check_size(f"{name} width", value[1])
+
+
+def _channels(name: str, value: object, *, positive: bool) -> tuple[float, float, float]:
+    """Three finite per-channel numbers (positive ones if ``positive``), or raise naming ``name``."""
+    numbers = value if isinstance(value, (tuple, list)) else None
+    if (
+        numbers is None
+        or len(numbers) != 3
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
+        or (positive and not all(v > 0 for v in numbers))
+    ):
+        kind = "positive" if positive else "finite"
+        raise ValueError(f"{name} must be three {kind} numbers (one per RGB channel), got {value!r}")
+    return float(numbers[0]), float(numbers[1]), float(numbers[2])
+
+
+def _crop_fits(crop: tuple[int, int], resize_mode: str, resize_size: Union[int, tuple[int, int]]) -> bool:
+    """Whether a centre crop fits in every image resized so (the short side is the smallest one)."""
+    smallest = resize_size if resize_mode == "squash" else (resize_size, resize_size)
+    return crop[0] <= smallest[0] and crop[1] <= smallest[1]
+
+
+@dataclass(frozen=True)
+class ImageTransformSpec:
+    """What an evaluation image transform does, in the terms of a ``preprocessor_config.json``.
+
+    Attributes:
+        resize_mode (str): ``"squash"`` resizes to ``resize_size`` = (height, width) whatever the
+            aspect ratio (transformers' FLAVA and ViT processors); ``"short_side"`` resizes the short
+            side to ``resize_size`` (an int) and the long side in proportion, rounded down (CLIP's
+            processor and :class:`EvalImageTransform`).
+        resize_size (Union[int, tuple[int, int]]): see ``resize_mode``.
+        resample (int): PIL filter code: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming.
+        crop_size (Optional[tuple[int, int]]): (height, width) of the centre crop, None for none.
+        rescale_factor (Optional[float]): factor on the 0..255 values (1/255 gives 0..1), None for none.
+        mean (Optional[tuple[float, float, float]]): per-channel normalisation mean, None for none.
+        std (Optional[tuple[float, float, float]]): per-channel normalisation std, None with ``mean``.
+
+    Raises:
+        ValueError: if a field is out of range, or the crop does not fit in every resized image.
+    """
+
+    resize_mode: str
+    resize_size: Union[int, tuple[int, int]]
+    resample: int
+    crop_size: Optional[tuple[int, int]]
+    rescale_factor: Optional[float] = 1 / 255
+    mean: Optional[tuple[float, float, float]] = CLIP_MEAN
+    std: Optional[tuple[float, float, float]] = CLIP_STD
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__  # frozen: fields are normalised (lists to tuples) once, here
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.resize_mode == "squash":
+            set_field(self, "resize_size", _size_pair("resize_size", self.resize_size))
+        else:
+            _check_size("resize_size", self.resize_size)
+        if isinstance(self.resample, bool) or self.resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"resample must be a PIL filter code in {RESAMPLE_FILTERS}, got {self.resample!r}")
+        if self.crop_size is not None:
+            set_field(self, "crop_size", _size_pair("crop_size", self.crop_size))
+            if not _crop_fits(self.crop_size, self.resize_mode, self.resize_size):
+                raise ValueError(
+                    f"crop_size must fit in the resized image ({self.resize_mode} {self.resize_size}), "
+                    f"got {self.crop_size}"
+                )
+        factor = self.rescale_factor
+        if factor is not None and (
+            isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf
+        ):
+            raise ValueError(f"rescale_factor must be a positive number or None, got {factor!r}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(f"mean and std must both be given or both be None, got {self.mean!r} and {self.std!r}")
+        if self.mean is not None:
+            set_field(self, "mean", _channels("mean", self.mean, positive=False))
+            set_field(self, "std", _channels("std", self.std, positive=True))
+
+    @property
+    def output_size(self) -> Optional[tuple[int, int]]:
+        """(height, width) of every output, or None when it follows the image (short side, no crop)."""
+        if self.crop_size is not None:
+            return self.crop_size
+        return self.resize_size if self.resize_mode == "squash" else None
+
+    @classmethod
+    def from_preprocessor_config(cls, config: Mapping) -> "ImageTransformSpec":
+        """Read a transformers image processor's settings (a parsed ``preprocessor_config.json``).
+
+        Keys read, with ``FlavaImageProcessor``'s defaults where absent or null: ``do_resize`` (only
+        true is supported), ``size`` (``{"height", "width"}``: squash; ``{"shortest_edge"}``: short
+        side; an int: square, or the short side for CLIP processors, as transformers reads it),
+        ``resample`` (default bicubic), ``do_center_crop`` and ``crop_size`` (an int is square),
+        ``do_rescale`` and ``rescale_factor``, ``do_normalize``, ``image_mean`` and ``image_std`` (a
+        number applies to every channel). Other keys (codebook and masking settings) are not about
+        evaluation and are ignored. Images are always converted to RGB.
+
+        Args:
+            config (Mapping): the parsed JSON object.
+
+        Returns:
+            ImageTransformSpec: the transform it states.
+
+        Raises:
+            TypeError: if ``config`` is not a mapping.
+            ValueError: naming the key, if a value is malformed or not supported.
+        """
+        if not isinstance(config, Mapping):
+            raise TypeError(f"{PREPROCESSOR_CONFIG} must hold a JSON object, got {type(config).__name__}")
+
+        def get(key: str, default: object) -> object:
+            return default if config.get(key) is None else config[key]
+
+        def flag(key: str) -> bool:
+            value = get(key, True)
+            if not isinstance(value, bool):
+                raise ValueError(f"{PREPROCESSOR_CONFIG}: {key} must be true or false, got {value!r}")
+            return value
+
+        def pair(key: str, value: object) -> tuple[int, int]:
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = {"height": value, "width": value}
+            if not isinstance(value, Mapping) or set(value) != {"height", "width"}:
+                raise ValueError(
+                    f'{PREPROCESSOR_CONFIG}: {key} must be {{"height": H, "width": W}} or an int, got {value!r}'
+                )
+            return _size_pair(f"{PREPROCESSOR_CONFIG}: {key}", (value["height"], value["width"]))
+
+        if not flag("do_resize"):
+            raise ValueError(
+                f"{PREPROCESSOR_CONFIG}: do_resize must be true (the model takes one image size), got false"
+            )
+        kind = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
+        size = get("size", {"height": 224, "width": 224})
+        if isinstance(size, Mapping):
+            size = {k: v for k, v in size.items() if v is not None}
+        if isinstance(size, int) and not isinstance(size, bool) and kind.startswith("CLIP"):
+            size = {"shortest_edge": size}
+        if isinstance(size, Mapping) and set(size) == {"shortest_edge"}:
+            mode, resize = (
+                "short_side",
+                _check_size(f"{PREPROCESSOR_CONFIG}: size shortest_edge", size["shortest_edge"]),
+            )
+        else:
+            mode, resize = "squash", pair("size", size)
+        resample = get("resample", BICUBIC)
+        if isinstance(resample, bool) or resample not in RESAMPLE_FILTERS:
+            raise ValueError(
+                f"{PREPROCESSOR_CONFIG}: resample must be a PIL filter code in {RESAMPLE_FILTERS}, got {resample!r}"
+            )
+        crop = pair("crop_size", get("crop_size", 224)) if flag("do_center_crop") else None
+        if crop is not None and not _crop_fits(crop, mode, resize):
+            raise ValueError(
+                f"{PREPROCESSOR_CONFIG}: crop_size must fit in the resized image (size {size}), got {crop}"
+            )
+        factor = get("rescale_factor", 1 / 255) if flag("do_rescale") else None
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0):
+            raise ValueError(f"{PREPROCESSOR_CONFIG}: rescale_factor must be a positive number, got {factor!r}")
+        mean = std = None
+        if flag("do_normalize"):
+            mean, std = get("image_mean", CLIP_MEAN), get("image_std", CLIP_STD)
+            mean, std = ([v] * 3 if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in (mean, std))
+            mean = _channels(f"{PREPROCESSOR_CONFIG}: image_mean", mean, positive=False)
+            std = _channels(f"{PREPROCESSOR_CONFIG}: image_std", std, positive=True)
+        return cls(
+            resize_mode=mode,
+            resize_size=resize,
+            resample=resample,
+            crop_size=crop,
+            rescale_factor=factor,
+            mean=mean,
+            std=std,
+        )
+
+    def to_preprocessor_config(self) -> dict:
+        """The ``preprocessor_config.json`` object that states this transform.
+
+        transformers reads it too: a squash spec as a ``FlavaImageProcessor``, a short-side one as a
+        ``CLIPImageProcessor`` (which resizes, crops and normalises the same way).
+
+        Returns:
+            dict: JSON-serialisable settings; :meth:`from_preprocessor_config` reads them back to
+            an equal spec.
+        """
+        squash = self.resize_mode == "squash"
+        config = {
+            "image_processor_type": "FlavaImageProcessor" if squash else "CLIPImageProcessor",
+            "do_resize": True,
+            "size": {"height": self.resize_size[0], "width": self.resize_size[1]}
+            if squash
+            else {"shortest_edge": self.resize_size},
+            "resample": self.resample,
+            "do_center_crop": self.crop_size is not None,
+            "do_rescale": self.rescale_factor is not None,
+            "do_normalize": self.mean is not None,
+        }
+        if not squash:
+            config["do_convert_rgb"] = True
+        if self.crop_size is not None:
+            config["crop_size"] = {"height": self.crop_size[0], "width": self.crop_size[1]}
+        if self.rescale_factor is not None:
+            config["rescale_factor"] = self.rescale_factor
+        if self.mean is not None:
+            config["image_mean"], config["image_std"] = list(self.mean), list(self.std)
+        return config
+
+
+class ImageTransform:
+    """PIL image of any mode -> (3, H, W) float pixels, as ``spec`` states, in transformers' arithmetic.
+
+    The steps are those of transformers' PIL-based image processors (``FlavaImageProcessor``,
+    ``CLIPImageProcessor``), so a checkpoint's own preprocessing is reproduced: :func:`to_rgb`; PIL
+    resize of the 8-bit image with ``spec.resample``; centre crop with its top-left corner at
+    ((H - h) // 2, (W - w) // 2); values times ``rescale_factor`` (in float64, then float32); then
+    (x - mean) / std in float32.
+
+    Args:
+        spec (ImageTransformSpec): what to do.
+
+    Raises:
+        TypeError: if ``spec`` is not an :class:`ImageTransformSpec`.
+    """
+
+    def __init__(self, spec: ImageTransformSpec) -> None:
+        if not isinstance(spec, ImageTransformSpec):
+            raise TypeError(f"spec must be an ImageTransformSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self._mean = self._std = None
+        if spec.mean is not None:
+            self._mean = torch.tensor(spec.mean, dtype=torch.float32)[:, None, None]
+            self._std = torch.tensor(spec.std, dtype=torch.float32)[:, None, None]
+
+    @property
+    def output_size(self) -> Optional[tuple[int, int]]:
+        """(height, width) of every output, or None when it follows the image."""
+        return self.spec.output_size
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) an image of that size is resized to (before the crop)."""
+        if self.spec.resize_mode == "squash":
+            return self.spec.resize_size
+        side = self.spec.resize_size
+        if height <= width:
+            return side, int(side * width / height)
+        return int(side * height / width), side
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        """(3, H, W) float32 pixels of ``image`` (any PIL mode; converted with :func:`to_rgb`)."""
+        image = to_rgb(image)
+        height, width = self.resized_size(image.height, image.width)
+        image = image.resize((width, height), resample=self.spec.resample)
+        if self.spec.crop_size is not None:
+            crop_height, crop_width = self.spec.crop_size
+            top, left = (height - crop_height) // 2, (width - crop_width) // 2
+            image = image.crop((left, top, left + crop_width, top + crop_height))
+        pixels = v2.functional.pil_to_tensor(image)  # (3, H, W) uint8
+        if self.spec.rescale_factor is not None:
+            pixels = (pixels.double() * self.spec.rescale_factor).float()
+        else:
+            pixels = pixels.float()
+        if self._mean is not None:
+            pixels = (pixels - self._mean) / self._std
+        return pixels
+
+    def save(self, directory: Union[str, os.PathLike]) -> Path:
+        """Write ``preprocessor_config.json`` stating this transform into ``directory`` (atomically).
+
+        Args:
+            directory (Union[str, os.PathLike]): where (created if missing).
+
+        Returns:
+            Path: the file written.
+        """
+        path = Path(directory) / PREPROCESSOR_CONFIG
+        text = json.dumps(self.spec.to_preprocessor_config(), indent=2) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return path
+
+
+class EvalImageTransform(ImageTransform):
+    """Resize the short side to ``image_size`` (bilinear), centre-crop, CLIP-normalise.
+
+    The transform torchflava's recipes evaluate and fine-tune with; their exports record it with
+    :meth:`~ImageTransform.save` (a ``CLIPImageProcessor``-style ``preprocessor_config.json``), and it
+    is what a checkpoint without a ``preprocessor_config.json`` is evaluated with.
 
     Args:
         image_size (int): output side.
         mean (Sequence[float]): per-channel normalisation mean.
         std (Sequence[float]): per-channel normalisation std.
+
+    Raises:
+        ValueError: if ``image_size`` is not a positive int, or ``mean`` / ``std`` are not three numbers.
     """
 
     def __init__(self, image_size: int = 224, *, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
         self.image_size = _check_size("image_size", image_size)
-        self._transform = v2.Compose(
-            [
-                v2.ToImage(),
-                v2.Resize(image_size, antialias=True),
-                v2.CenterCrop(image_size),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(mean), std=list(std)),
-            ]
+        spec = ImageTransformSpec(
+            resize_mode="short_side",
+            resize_size=image_size,
+            resample=BILINEAR,
+            crop_size=(image_size, image_size),
+            mean=tuple(mean),
+            std=tuple(std),
         )
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        """(3, image_size, image_size) normalised pixels of ``image``."""
-        return self._transform(image)
+        super().__init__(spec)
