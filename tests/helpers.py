@@ -141,3 +141,99 @@ def run_ranks(worker, args: tuple, *, nprocs: int, timeout_s: float) -> None:
             if process.is_alive():
                 process.kill()
             process.join(timeout=10)
+
+
+def photos() -> dict:
+    """Real non-square photos (scikit-image's bundled ones), name -> PIL image; one is greyscale (mode L)."""
+    from PIL import Image
+    from skimage import data
+
+    return {
+        "chelsea": Image.fromarray(data.chelsea()),  # 451 x 300
+        "coffee": Image.fromarray(data.coffee()),  # 600 x 400
+        "rocket": Image.fromarray(data.rocket()),  # 640 x 427: odd margins when the short side goes to 224
+        "astronaut_wide": Image.fromarray(data.astronaut()[100:401]),  # 512 x 301
+        "astronaut_tall": Image.fromarray(data.astronaut()[:, 150:397]),  # 247 x 512
+        "camera_grey": Image.fromarray(data.camera()[:333]),  # 512 x 333, mode L
+    }
+
+
+# A vocabulary of whole words in both cases, and every letter alone and as a continuation, within
+# TINY_FLAVA's 99 ids: cased text maps to other ids than its lower-cased form.
+HF_WORDS = ["an", "photo", "of", "the", "cat", "Cat", "coffee", "Coffee", "cup", "rocket", "Rocket"]
+HF_WORDS += ["astronaut", "Astronaut", "space", "woman", "Woman", "in", ".", ",", "!", "café", "Café"]
+HF_LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+
+
+def write_hf_flava(directory: Path, *, lowercase: bool, image_size: int = 32, seed: int = 0):
+    """A Hugging Face FLAVA directory as transformers' users save one: ``FlavaModel.save_pretrained``
+    (TINY_FLAVA sizes, perturbed random weights) and ``FlavaProcessor.save_pretrained`` (a
+    ``FlavaImageProcessor`` at ``image_size`` and a ``BertTokenizerFast`` over :data:`HF_WORDS`).
+
+    Returns the FlavaModel written, in eval mode.
+    """
+    from transformers import BertTokenizerFast, FlavaImageProcessor, FlavaModel, FlavaProcessor
+
+    from tests.models.flava.test_convert_weights import _perturb, _tiny_hf_config
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *HF_WORDS, *HF_LETTERS, *(f"##{c}" for c in HF_LETTERS)]
+    assert len(tokens) == len(set(tokens)) <= TINY_FLAVA["vocab_size"]
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = directory / "source_vocab.txt"
+    vocab.write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=lowercase)
+    vocab.unlink()
+    size = {"height": image_size, "width": image_size}
+    FlavaProcessor(image_processor=FlavaImageProcessor(size=size, crop_size=size), tokenizer=tokenizer).save_pretrained(
+        directory
+    )
+    torch.manual_seed(seed)
+    model = FlavaModel(_tiny_hf_config()).eval()
+    _perturb(model)
+    model.save_pretrained(directory)
+    return model
+
+
+# Text that exercises BERT normalisation and WordPiece: case, accents (composed and combining),
+# CJK and other scripts, emoji, control and zero-width characters, whitespace, punctuation,
+# special-token spellings, a word over 100 characters, and the empty string.
+VARIED_TEXTS = [
+    "a photo of a cat.",
+    "A Photo Of A Cat!",
+    "The CAFÉ on the corner",
+    "café crème brûlée",
+    "naïve résumé façade",
+    "Ångström über Straße",
+    "ÉCOLE normale supérieure",
+    "São Paulo, Brasil",
+    "Zürich's cheese",
+    "東京タワーの写真",
+    "北京 is in 中国",
+    "한국어 텍스트",
+    "emoji 😀 and 🚀 rocket",
+    "tabs\tand\nnewlines\r\nhere",
+    "  leading and trailing  ",
+    "multiple     spaces",
+    "hyphen-ated words and under_scores",
+    "numbers 12345 and 3.14159",
+    "$100 & 50% off!!!",
+    "quotes \"double\" and 'single'",
+    "(brackets) [square] {curly}",
+    "e-mail: someone@example.com",
+    "url https://example.org/path?q=1",
+    "[MASK] is special, [CLS] too",
+    "[mask] in lower case is not",
+    "x" * 120,
+    "supercalifragilisticexpialidocious",
+    "zero\u200bwidth space",
+    "control\x00char\x07s",
+    "combining e\u0301 accent",
+    "Ελληνικά κείμενα",
+    "Русский текст",
+    "العربية",
+    "हिन्दी",
+    "ﬁ ligature",
+    "full-width ＡＢＣ",
+    "Mixed CASE wOrDs",
+    "",
+]

@@ -1,13 +1,17 @@
-"""WordPiece tokenizer: exact ids from a hand-written vocabulary, training, save/load, padding, errors."""
+"""WordPiece tokenizer: exact ids from a hand-written vocabulary, training, save/load, padding, errors, and ids
+equal to transformers' BertTokenizerFast's (cased and uncased, vocab.txt or tokenizer.json, tokenizer_config.json)."""
 
 import json
 from pathlib import Path
 
 import pytest
+from tokenizers import normalizers, pre_tokenizers
 import torch
+from transformers import BertTokenizerFast
 
+from tests.helpers import VARIED_TEXTS
 from torchflava.data.shapes import ShapesWorld
-from torchflava.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+from torchflava.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, read_tokenizer_config
 
 # A hand-written vocabulary: the line number is the id.
 VOCAB = [
@@ -207,3 +211,142 @@ def test_train_errors():
     for bad in (5, 0, 100.0):
         with pytest.raises(ValueError, match="vocab_size"):
             WordPieceTokenizer.train(["a red circle"], vocab_size=bad)
+
+
+# ------------------------------------------------------------------ parity with transformers' BertTokenizerFast
+
+
+def _texts() -> list[str]:
+    """VARIED_TEXTS in several casings, 6 x 38 = 228 strings."""
+    return [
+        form
+        for text in VARIED_TEXTS
+        for form in (text, text.upper(), text.lower(), text.title(), text.swapcase(), text + " .")
+    ]
+
+
+def _vocabulary(lowercase: bool) -> list[str]:
+    """Special tokens, the characters of half the texts (alone and as ## pieces) and the words of a
+    third of them, normalised the cased or uncased BERT way: the rest falls to pieces or [UNK]."""
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    words = [
+        word
+        for text in VARIED_TEXTS
+        for word, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(normalizer.normalize_str(text))
+    ]
+    letters = sorted({c for text in VARIED_TEXTS[::2] for c in normalizer.normalize_str(text) if not c.isspace()})
+    tokens = list(SPECIAL_TOKENS) + letters + [f"##{c}" for c in letters] + sorted(set(words[::3]))
+    return list(dict.fromkeys(tokens))
+
+
+SETTINGS = [  # (vocabulary lower-cased, do_lower_case, strip_accents, tokenize_chinese_chars)
+    (True, True, None, True),
+    (False, False, None, True),
+    (True, True, False, True),
+    (False, False, True, True),
+    (True, True, None, False),
+]
+
+
+@pytest.mark.parametrize("uncased, lowercase, strip_accents, chinese", SETTINGS)
+def test_ids_equal_bert_tokenizer_fast(tmp_path, uncased, lowercase, strip_accents, chinese):
+    vocab = write_vocab(tmp_path / "vocab.txt", _vocabulary(uncased))
+    settings = dict(do_lower_case=lowercase, strip_accents=strip_accents, tokenize_chinese_chars=chinese)
+    hf = BertTokenizerFast(vocab_file=str(vocab), **settings)
+    ours = WordPieceTokenizer.from_vocab(
+        vocab, lowercase=lowercase, strip_accents=strip_accents, tokenize_chinese_chars=chinese
+    )
+    texts = _texts()
+    expected = hf(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
+    ids, mask = ours(texts, max_length=512)
+    assert len(texts) == 228
+    assert bool((expected["input_ids"] == hf.unk_token_id).any())  # some text is out of vocabulary
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    short = hf(texts, padding=True, truncation=True, max_length=6, return_tensors="pt")["input_ids"]
+    assert torch.equal(ours(texts, max_length=6)[0], short)  # truncation keeps [SEP] last, as transformers does
+    # The same through the directory transformers writes: tokenizer_config.json read, vocab.txt or tokenizer.json.
+    hf.save_pretrained(tmp_path / "saved")
+    for only_json in (False, True):
+        if only_json:
+            (tmp_path / "saved" / "vocab.txt").unlink()
+        loaded = WordPieceTokenizer.from_directory(tmp_path / "saved")
+        assert (loaded.lowercase, loaded.strip_accents, loaded.tokenize_chinese_chars) == (
+            lowercase,
+            strip_accents,
+            chinese,
+        )
+        assert torch.equal(loaded(texts, max_length=512)[0], expected["input_ids"])
+
+
+def test_cased_and_uncased_reading_of_one_vocabulary(tmp_path):
+    vocab = write_vocab(tmp_path / "vocab.txt", list(SPECIAL_TOKENS) + ["Photo", "photo", "café", "cafe"])
+    cased = WordPieceTokenizer.from_vocab(vocab, lowercase=False)
+    uncased = WordPieceTokenizer.from_vocab(vocab)
+    assert cased(["Photo photo café Café"], max_length=8)[0].tolist() == [[2, 5, 6, 7, 1, 3]]
+    assert uncased(["Photo photo café Café"], max_length=8)[0].tolist() == [[2, 6, 6, 8, 8, 3]]  # accents stripped
+    keep_accents = WordPieceTokenizer.from_vocab(vocab, strip_accents=False)
+    assert keep_accents(["Photo café Café"], max_length=8)[0].tolist() == [[2, 6, 7, 7, 3]]
+
+
+def test_model_max_length_is_the_default_max_length(tmp_path):
+    vocab = write_vocab(tmp_path / "vocab.txt", VOCAB)
+    tok = WordPieceTokenizer.from_vocab(vocab, model_max_length=4)
+    assert tok(["a large red circle"])[0].tolist() == [[2, ID["a"], ID["large"], 3]]
+    assert tok(["a large red circle"], max_length=20)[0].shape == (1, 6)  # an explicit max_length wins
+    with pytest.raises(ValueError, match="max_length must be given"):
+        WordPieceTokenizer.from_vocab(vocab)(["a red circle"])
+    with pytest.raises(ValueError, match="model_max_length must be an int >= 2 or None, got 1"):
+        WordPieceTokenizer.from_vocab(vocab, model_max_length=1)
+
+
+def test_tokenizer_config_is_read_and_written(tmp_path):
+    write_vocab(tmp_path / "vocab.txt", VOCAB)
+    config = tmp_path / "tokenizer_config.json"
+    assert read_tokenizer_config(config) == dict(
+        lowercase=True, strip_accents=None, tokenize_chinese_chars=True, model_max_length=None
+    )  # no file: BertTokenizerFast's defaults
+    config.write_text(json.dumps({"do_lower_case": False, "model_max_length": 5, "strip_accents": True}))
+    tok = WordPieceTokenizer.from_directory(tmp_path)
+    assert (tok.lowercase, tok.strip_accents, tok.model_max_length) == (False, True, 5)
+    assert tok(["a RED circle in the middle"])[0].tolist() == [[2, ID["a"], 1, ID["circle"], 3]]  # RED is unknown
+    tok.save(tmp_path / "again")
+    again = WordPieceTokenizer.from_directory(tmp_path / "again")
+    assert (again.lowercase, again.strip_accents, again.model_max_length) == (False, True, 5)
+    config.write_text(json.dumps({"model_max_length": int(1e30)}))  # transformers' "no limit"
+    assert WordPieceTokenizer.from_directory(tmp_path).model_max_length is None
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"do_lower_case": "no"}, "tokenizer_config.json: do_lower_case must be true or false, got 'no'"),
+        ({"tokenize_chinese_chars": 1}, "tokenizer_config.json: tokenize_chinese_chars must be true or false, got 1"),
+        ({"strip_accents": "yes"}, "tokenizer_config.json: strip_accents must be true, false or null, got 'yes'"),
+        ({"model_max_length": 1}, "tokenizer_config.json: model_max_length must be an int >= 2, got 1"),
+        ({"model_max_length": 64.0}, "tokenizer_config.json: model_max_length must be an int >= 2, got 64.0"),
+        ({"tokenizer_class": "CLIPTokenizer"}, "tokenizer_class must be BertTokenizer or BertTokenizerFast"),
+        ({"unk_token": "<unk>"}, r"unk_token must be \[UNK\] \(BERT's special tokens\), got '<unk>'"),
+        ({"mask_token": {"content": "<mask>"}}, r"mask_token must be \[MASK\]"),
+        ([1, 2], "must hold a JSON object, got list"),
+    ],
+)
+def test_tokenizer_config_errors(tmp_path, config, match):
+    write_vocab(tmp_path / "vocab.txt", VOCAB)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=match):
+        WordPieceTokenizer.from_directory(tmp_path)
+
+
+def test_tokenizer_json_errors(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="is not a tokenizer.json object"):
+        WordPieceTokenizer.from_tokenizer_json(path)
+    path.write_text(json.dumps({"model": {"type": "BPE", "vocab": {}}}))
+    with pytest.raises(ValueError, match="model.type must be WordPiece, got 'BPE'"):
+        WordPieceTokenizer.from_tokenizer_json(path)
+    path.write_text(json.dumps({"model": {"type": "WordPiece", "unk_token": "<unk>", "vocab": {}}}))
+    with pytest.raises(ValueError, match="unk_token \\[UNK\\]"):
+        WordPieceTokenizer.from_tokenizer_json(path)
+    with pytest.raises(FileNotFoundError, match="neither vocab.txt nor tokenizer.json"):
+        WordPieceTokenizer.from_directory(tmp_path / "nothing")
