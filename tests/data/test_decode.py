@@ -1,12 +1,13 @@
 """decode_image: every PIL mode to the right RGB, alpha composited, 16-bit scaled, EXIF applied, size bounded."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 import pytest
 
-from torchflava.data.decode import ImageDecodeError, decode_image
+from torchflava.data.decode import ImageDecodeError, decode_image, to_rgb
 from torchflava.data.samples import BadSample, load_rgb
 
 
@@ -26,7 +27,7 @@ def rgb(source, **kwargs) -> np.ndarray:
 def test_sixteen_bit_gradient_keeps_its_brightness():
     truth = np.linspace(0, 65535, 256)[None].repeat(32, 0)
     png = encoded(Image.fromarray(truth.astype(np.uint16)))
-    assert Image.open(io.BytesIO(png.getvalue())).mode.startswith("I")
+    assert Image.open(io.BytesIO(png.getvalue())).mode == "I;16"
     out = rgb(png)
     assert abs(out.mean() - truth.mean() / 257) / (truth.mean() / 257) < 0.02  # within 2% of the truth
     assert out[0, 0].tolist() == [0, 0, 0] and out[0, -1].tolist() == [255, 255, 255]
@@ -110,3 +111,50 @@ def test_broken_inputs_and_bad_arguments():
         decode_image(io.BytesIO(png), background=(0, 0))
     with pytest.raises(BadSample, match="sample 7: image is 64x64"):
         load_rgb(io.BytesIO(png), 7, max_pixels=100)
+
+
+# to_rgb on decoded images (what the transforms call on whatever image they are given).
+MODES = {  # mode -> (a 2 x 2 image, its right RGB at the top-left pixel)
+    "1": (Image.new("1", (2, 2), 1), [255, 255, 255]),
+    "L": (Image.new("L", (2, 2), 77), [77, 77, 77]),
+    "P": (Image.new("P", (2, 2), 1), [200, 30, 90]),
+    "LA": (Image.new("LA", (2, 2), (200, 128)), [227, 227, 227]),  # 200 at half alpha on white
+    "RGBA": (Image.new("RGBA", (2, 2), (0, 0, 255, 0)), [255, 255, 255]),  # transparent: the background
+    "CMYK": (Image.new("CMYK", (2, 2), (0, 255, 0, 0)), [255, 0, 255]),  # magenta
+    "I;16": (Image.fromarray(np.full((2, 2), 32896, dtype=np.uint16)), [128, 128, 128]),  # 32896 / 257
+    "I;16B": (Image.frombytes("I;16B", (2, 2), (4112).to_bytes(2, "big") * 4), [16, 16, 16]),
+    "I": (Image.fromarray(np.full((2, 2), 200, dtype=np.int32), mode="I"), [200, 200, 200]),  # within 0..255
+    "F": (Image.fromarray(np.full((2, 2), 0.5, dtype=np.float32), mode="F"), [128, 128, 128]),  # within 0..1
+}
+MODES["P"][0].putpalette([0, 0, 0, 200, 30, 90] + [0] * 762)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_to_rgb_gives_the_right_colour_for_every_mode(mode):
+    image, colour = MODES[mode]
+    assert image.mode == mode
+    out = to_rgb(image)
+    assert out.mode == "RGB" and out.size == image.size
+    assert np.abs(np.asarray(out).astype(int) - colour).max() <= 1  # alpha blending rounds either way
+    assert to_rgb(out) is out  # RGB is returned as it is
+
+
+def test_to_rgb_keeps_the_brightness_of_a_sixteen_bit_gradient():
+    truth = np.linspace(0, 65535, 512)[None].repeat(8, 0)
+    for image in (Image.fromarray(truth.astype(np.uint16)), Image.fromarray(truth.astype(np.int32), mode="I")):
+        out = np.asarray(to_rgb(image)).astype(float)
+        assert abs(out.mean() - truth.mean() / 257) / (truth.mean() / 257) < 0.02, image.mode
+        # convert("RGB") clips instead: almost white, the failure decode_image exists to avoid.
+        assert np.asarray(image.convert("L").convert("RGB")).mean() > 1.8 * out.mean(), image.mode
+
+
+def test_no_other_module_opens_images():
+    """Every reader and command decodes through decode_image (one function for every reader)."""
+    import torchflava
+
+    root = Path(torchflava.__file__).parent
+    sources = [*root.rglob("*.py"), *(root.parent / "examples").rglob("*.py")]
+    opening = [
+        str(p.relative_to(root.parent)) for p in sources if "Image.open(" in p.read_text() and p.name != "decode.py"
+    ]
+    assert opening == []

@@ -1,13 +1,27 @@
-"""Image transforms: shapes, exact values on flat images, seeded crops, crop-box bounds, errors."""
+"""Image transforms: shapes, exact values on flat images, seeded crops, crop-box bounds, errors; a checkpoint's
+preprocessing (preprocessor_config.json) against transformers' image processors on real photos; every PIL mode."""
 
+import json
 import random
 
+import numpy as np
 from PIL import Image
 import pytest
 import torch
+from transformers import CLIPImageProcessor, FlavaImageProcessor
 
+from tests.helpers import photos
+from torchflava.data.decode import to_rgb
 from torchflava.data.shapes import ShapesWorld
-from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, PretrainingImageTransform
+from torchflava.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    EvalImageTransform,
+    ImageTransform,
+    ImageTransformSpec,
+    PretrainingImageTransform,
+    RandomCropTransform,
+)
 
 
 def normalised(rgb) -> torch.Tensor:
@@ -156,3 +170,233 @@ def test_default_sizes_are_flava_full():
     assert (transform.image_size, transform.codebook_size) == (224, 112)
     assert transform.scale == (0.9, 1.0) and transform.ratio == pytest.approx((0.75, 4 / 3))
     assert EvalImageTransform().image_size == 224
+
+
+# ---------------------------------------------------------------- checkpoint preprocessing (preprocessor_config.json)
+
+TWO_LEVELS = 0.035  # two 8-bit levels after CLIP normalisation: 2 / 255 / min(CLIP_STD) = 0.030
+
+
+@pytest.fixture(scope="module")
+def real_photos() -> dict:
+    return photos()
+
+
+def _hf_pixels(processor, image: Image.Image) -> torch.Tensor:
+    """What transformers' image processor gives a user for one image, (3, H, W)."""
+    return processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
+def test_flava_full_preprocessing_equals_flava_image_processor_on_real_photos(real_photos):
+    processor = FlavaImageProcessor()  # facebook/flava-full's: bicubic straight to 224 x 224, CLIP mean and std
+    spec = ImageTransformSpec.from_preprocessor_config(processor.to_dict())
+    assert (spec.resize_mode, spec.resize_size, spec.resample, spec.crop_size) == ("squash", (224, 224), 3, (224, 224))
+    transform = ImageTransform(spec)
+    for name, photo in real_photos.items():
+        assert photo.width != photo.height, name
+        expected = _hf_pixels(processor, photo)
+        got = transform(photo)
+        assert got.shape == expected.shape == (3, 224, 224)
+        assert float((got - expected).abs().max()) <= TWO_LEVELS, name  # measured: 0 (same PIL arithmetic)
+        # The short-side transform is far from it on non-square photos: the check has teeth.
+        assert float((EvalImageTransform(224)(photo) - expected).abs().max()) > 1.0, name
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.25, 0.125]),  # an edited mean and std are used
+        dict(resample=2, size={"height": 48, "width": 40}, crop_size={"height": 32, "width": 24}),
+        dict(resample=1, do_normalize=False),  # lanczos, pixels in [0, 1]
+        dict(resample=0, do_rescale=False, do_center_crop=False),  # nearest, 0..255 normalised
+        dict(size=64, crop_size=56, resample=4),  # ints are square sizes for FLAVA
+    ],
+)
+def test_edited_flava_preprocessing_equals_flava_image_processor(real_photos, settings, tmp_path):
+    processor = FlavaImageProcessor(**settings)
+    processor.save_pretrained(tmp_path)  # read back from the file, as a checkpoint's
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    transform = ImageTransform(ImageTransformSpec.from_preprocessor_config(config))
+    for name, photo in real_photos.items():
+        expected = _hf_pixels(processor, photo)
+        assert float((transform(photo) - expected).abs().max()) <= TWO_LEVELS * 1e-3, name
+
+
+@pytest.mark.parametrize("resample", [2, 3])
+def test_short_side_preprocessing_equals_clip_image_processor(real_photos, resample):
+    processor = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 40, "width": 40}, resample=resample)
+    transform = ImageTransform(ImageTransformSpec.from_preprocessor_config(processor.to_dict()))
+    for name, photo in real_photos.items():
+        expected = _hf_pixels(processor, photo)
+        assert float((transform(photo) - expected).abs().max()) <= 1e-5, name
+    assert CLIPImageProcessor(size=30).to_dict()["size"] == {"shortest_edge": 30}  # an int is a short side for CLIP
+    spec = ImageTransformSpec.from_preprocessor_config(
+        {"image_processor_type": "CLIPImageProcessor", "size": 30, "crop_size": 30}
+    )
+    assert (spec.resize_mode, spec.resize_size) == ("short_side", 30)
+
+
+def test_eval_transform_is_recorded_and_read_back_exactly(real_photos, tmp_path):
+    transform = EvalImageTransform(40)
+    path = transform.save(tmp_path)
+    assert path == tmp_path / "preprocessor_config.json"
+    config = json.loads(path.read_text())
+    assert config == {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": 40},
+        "resample": 2,
+        "do_center_crop": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "crop_size": {"height": 40, "width": 40},
+        "rescale_factor": 1 / 255,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+    }
+    read = ImageTransform(ImageTransformSpec.from_preprocessor_config(config))
+    assert read.spec == transform.spec
+    # transformers reads the record the same way: its CLIPImageProcessor gives the same pixels.
+    processor = CLIPImageProcessor.from_pretrained(tmp_path)
+    for name, photo in real_photos.items():
+        assert torch.equal(read(photo), transform(photo)), name
+        assert float((_hf_pixels(processor, photo) - transform(photo)).abs().max()) <= 1e-5, name
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ImageTransformSpec(resize_mode="squash", resize_size=(30, 20), resample=3, crop_size=None),
+        ImageTransformSpec(
+            resize_mode="short_side",
+            resize_size=16,
+            resample=5,
+            crop_size=(16, 12),
+            rescale_factor=None,
+            mean=None,
+            std=None,
+        ),
+        ImageTransformSpec(
+            resize_mode="squash", resize_size=[8, 8], resample=0, crop_size=[4, 6], mean=[0, 0, 0], std=[1, 2, 3]
+        ),
+    ],
+)
+def test_spec_round_trips_through_the_config(spec):
+    assert ImageTransformSpec.from_preprocessor_config(json.loads(json.dumps(spec.to_preprocessor_config()))) == spec
+
+
+def test_short_side_resize_rounds_the_long_side_down_and_crops_from_the_floor_centre():
+    transform = ImageTransform(
+        ImageTransformSpec(
+            resize_mode="short_side", resize_size=10, resample=0, crop_size=(10, 10), mean=None, std=None
+        )
+    )
+    assert transform.resized_size(20, 59) == (10, 29) and transform.resized_size(59, 20) == (29, 10)
+    # 10 x 29 after resizing: the crop starts at column (29 - 10) // 2 = 9.
+    columns = Image.fromarray(np.tile(np.arange(29, dtype=np.uint8) * 8, (10, 1)), "L")
+    out = transform(columns)
+    assert out.shape == (3, 10, 10)
+    assert torch.equal(out[0, 0], (torch.arange(9, 19, dtype=torch.float64) * 8 / 255).float())
+    assert transform.output_size == (10, 10)
+    assert ImageTransformSpec(resize_mode="short_side", resize_size=10, resample=0, crop_size=None).output_size is None
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"do_resize": False}, "preprocessor_config.json: do_resize must be true"),
+        ({"do_center_crop": "yes"}, "preprocessor_config.json: do_center_crop must be true or false, got 'yes'"),
+        ({"size": {"longest_edge": 224}}, r'preprocessor_config.json: size must be \{"height": H, "width": W\}'),
+        ({"size": {"height": 224}}, "preprocessor_config.json: size must be"),
+        ({"size": {"height": 0, "width": 224}}, "preprocessor_config.json: size height must be a positive int, got 0"),
+        ({"size": {"shortest_edge": -1}}, "preprocessor_config.json: size shortest_edge must be a positive int"),
+        ({"size": "224"}, "preprocessor_config.json: size must be"),
+        ({"resample": 9}, "preprocessor_config.json: resample must be a PIL filter code"),
+        ({"resample": "bicubic"}, "preprocessor_config.json: resample must be a PIL filter code"),
+        ({"crop_size": 256}, r"preprocessor_config.json: crop_size must fit in the resized image .*got \(256, 256\)"),
+        ({"rescale_factor": 0}, "preprocessor_config.json: rescale_factor must be a positive number, got 0"),
+        ({"image_mean": [0.5, 0.5]}, "preprocessor_config.json: image_mean must be three finite numbers"),
+        ({"image_std": [0.5, 0.0, 0.5]}, "preprocessor_config.json: image_std must be three positive numbers"),
+        ({"image_std": "0.5"}, "preprocessor_config.json: image_std must be three positive numbers"),
+    ],
+)
+def test_preprocessor_config_errors_name_the_key(config, match):
+    with pytest.raises(ValueError, match=match):
+        ImageTransformSpec.from_preprocessor_config(config)
+
+
+def test_preprocessor_config_defaults_and_ignored_keys():
+    spec = ImageTransformSpec.from_preprocessor_config(
+        {"image_mean": None, "codebook_size": 112, "do_map_pixels": True}
+    )
+    assert spec == ImageTransformSpec(resize_mode="squash", resize_size=(224, 224), resample=3, crop_size=(224, 224))
+    assert ImageTransformSpec.from_preprocessor_config({"image_mean": 0.5, "image_std": 0.25}).mean == (0.5, 0.5, 0.5)
+    with pytest.raises(TypeError, match="preprocessor_config.json must hold a JSON object, got list"):
+        ImageTransformSpec.from_preprocessor_config([])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(resize_mode="fit"), "resize_mode must be one of"),
+        (dict(resize_size=224), r"resize_size must be a \(height, width\) pair"),
+        (dict(resample=True), "resample must be a PIL filter code"),
+        (dict(crop_size=(300, 10)), "crop_size must fit in the resized image"),
+        (dict(rescale_factor=-1.0), "rescale_factor must be a positive number or None, got -1.0"),
+        (dict(mean=None), "mean and std must both be given or both be None"),
+        (dict(std=(1.0, 1.0, float("nan"))), "std must be three positive numbers"),
+    ],
+)
+def test_spec_errors(kwargs, match):
+    fields = {**dict(resize_mode="squash", resize_size=(224, 224), resample=3, crop_size=(224, 224)), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        ImageTransformSpec(**fields)
+    with pytest.raises(TypeError, match="spec must be an ImageTransformSpec, got dict"):
+        ImageTransform(fields)
+
+
+# ---------------------------------------------------------------- any PIL mode, as decode_image's to_rgb reads it
+
+
+def _every_mode() -> list[tuple[str, Image.Image, tuple[int, int, int]]]:
+    """(mode, flat 12 x 8 image of that mode, its right 8-bit RGB colour)."""
+    palette = Image.new("P", (12, 8), 1)
+    palette.putpalette([0, 0, 0, 200, 30, 90] + [0] * 762)
+    transparent_palette = palette.copy()
+    transparent_palette.info["transparency"] = 1
+    return [
+        ("1", Image.new("1", (12, 8), 1), (255, 255, 255)),
+        ("L", Image.new("L", (12, 8), 77), (77, 77, 77)),
+        ("P", palette, (200, 30, 90)),
+        ("P+transparency", transparent_palette, (255, 255, 255)),  # on white
+        ("LA", Image.new("LA", (12, 8), (77, 0)), (255, 255, 255)),  # fully transparent: white
+        ("RGBA", Image.new("RGBA", (12, 8), (200, 30, 90, 255)), (200, 30, 90)),
+        ("RGBA half", Image.new("RGBA", (12, 8), (0, 0, 0, 128)), (127, 127, 127)),  # black at half alpha on white
+        ("CMYK", Image.new("CMYK", (12, 8), (255, 0, 0, 0)), (0, 255, 255)),
+        ("I;16", Image.fromarray(np.full((8, 12), 65535, dtype=np.uint16)), (255, 255, 255)),
+        ("I", Image.fromarray(np.full((8, 12), 51 * 257, dtype=np.int32), mode="I"), (51, 51, 51)),
+        ("F", Image.fromarray(np.full((8, 12), 0.2, dtype=np.float32), mode="F"), (51, 51, 51)),
+    ]
+
+
+@pytest.mark.parametrize("mode, image, colour", _every_mode(), ids=[m[0] for m in _every_mode()])
+def test_every_transform_takes_every_mode_as_the_right_rgb(mode, image, colour):
+    assert image.mode == mode.split()[0].split("+")[0]
+    expected = normalised(colour)[:, None, None]
+    assert abs(int(to_rgb(image).getpixel((0, 0))[0]) - colour[0]) <= 1
+    transforms = {
+        "eval": EvalImageTransform(6),
+        "flava-full": ImageTransform(ImageTransformSpec.from_preprocessor_config({"size": 6, "crop_size": 6})),
+        "random crop": lambda im: RandomCropTransform(6)(im, seed=0),
+        "pretraining": lambda im: PretrainingImageTransform(6, 4)(im, seed=0)[0],
+    }
+    for name, transform in transforms.items():
+        out = transform(image)
+        assert out.shape == (3, 6, 6), name
+        # One 8-bit level of slack: half alpha composites to 127 or 128.
+        torch.testing.assert_close(out, expected.expand(3, 6, 6), rtol=0, atol=1.01 / 255 / min(CLIP_STD), msg=name)
+    codebook = PretrainingImageTransform(6, 4)(image, seed=0)[1]
+    torch.testing.assert_close(
+        codebook, (0.1 + 0.8 * torch.tensor(colour) / 255)[:, None, None].expand(3, 4, 4), rtol=0, atol=0.8 / 255 + 1e-6
+    )
