@@ -1,0 +1,132 @@
+"""load_pretrained on Hugging Face FLAVA directories saved as transformers' users save them: the image
+transform and tokenizer are the checkpoint's own (preprocessor_config.json, tokenizer_config.json)."""
+
+import json
+import shutil
+
+from PIL import Image
+import pytest
+import torch
+from transformers import BertTokenizerFast, FlavaImageProcessor
+
+from tests.helpers import VARIED_TEXTS, photos, write_hf_flava, write_tiny_export
+from torchflava.data.transforms import CLIP_STD, EvalImageTransform, ImageTransform
+from torchflava.pretrained import checkpoint_image_transform, checkpoint_layout, load_pretrained
+
+TWO_LEVELS = 0.035  # two 8-bit levels after CLIP normalisation
+TEXTS = VARIED_TEXTS + ["a photo of a Cat.", "A PHOTO OF A ROCKET", "a Café in space", "Woman, astronaut!"]
+
+
+@pytest.fixture(scope="module", params=["uncased", "cased"])
+def hf_directory(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    write_hf_flava(directory, lowercase=request.param == "uncased")
+    return directory, request.param == "uncased"
+
+
+@pytest.fixture(scope="module")
+def real_photos() -> dict:
+    return photos()
+
+
+def _hf_pixels(processor, images) -> torch.Tensor:
+    return processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+
+
+def test_image_transform_equals_the_directory_image_processor(hf_directory, real_photos):
+    directory, _ = hf_directory
+    pretrained = load_pretrained(directory)
+    assert isinstance(pretrained.image_transform, ImageTransform)
+    assert pretrained.image_transform.spec.resize_mode == "squash" and pretrained.image_transform.spec.resample == 3
+    expected = _hf_pixels(FlavaImageProcessor.from_pretrained(directory), real_photos.values())
+    got = torch.stack([pretrained.image_transform(photo) for photo in real_photos.values()])
+    assert got.shape == expected.shape == (len(real_photos), 3, 32, 32)
+    assert float((got - expected).abs().max()) <= TWO_LEVELS  # measured: 0
+
+
+def test_flava_full_preprocessing_at_224(tmp_path, real_photos):
+    FlavaImageProcessor().save_pretrained(tmp_path)  # facebook/flava-full's settings
+    transform = checkpoint_image_transform(tmp_path, image_size=224)
+    expected = _hf_pixels(FlavaImageProcessor.from_pretrained(tmp_path), real_photos.values())
+    got = torch.stack([transform(photo) for photo in real_photos.values()])
+    assert float((got - expected).abs().max()) <= TWO_LEVELS
+    old = torch.stack([EvalImageTransform(224)(photo) for photo in real_photos.values()])
+    assert float((old - expected).abs().max()) > 2.5  # what #14 reported (up to 3.8)
+
+
+def test_tokenizer_ids_equal_bert_tokenizer_fast(hf_directory, tmp_path):
+    directory, lowercase = hf_directory
+    tokenizer = load_pretrained(directory).tokenizer
+    assert (tokenizer.lowercase, tokenizer.model_max_length) == (lowercase, None)  # transformers' 1e30: no limit
+    hf = BertTokenizerFast.from_pretrained(directory)
+    expected = hf(TEXTS, padding=True, truncation=True, max_length=40, return_tensors="pt")
+    ids, mask = tokenizer(TEXTS, max_length=40)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    cat = hf.convert_tokens_to_ids("Cat")
+    assert bool((ids == cat).any()) != lowercase  # "Cat" keeps its own id only when cased
+    # Without vocab.txt the vocabulary comes from tokenizer.json.
+    shutil.copytree(directory, tmp_path / "no_vocab")
+    (tmp_path / "no_vocab" / "vocab.txt").unlink()
+    assert torch.equal(load_pretrained(tmp_path / "no_vocab").tokenizer(TEXTS, max_length=40)[0], expected["input_ids"])
+
+
+def test_edited_configs_are_honoured(tmp_path, real_photos):
+    write_hf_flava(tmp_path, lowercase=True)
+    original = load_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    config.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25], resample=2)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    settings.update(do_lower_case=False, model_max_length=6)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    edited = load_pretrained(tmp_path)
+    images = list(real_photos.values())
+    expected = _hf_pixels(FlavaImageProcessor.from_pretrained(tmp_path), images)
+    got = torch.stack([edited.image_transform(photo) for photo in images])
+    assert float((got - expected).abs().max()) <= TWO_LEVELS
+    assert float((got - torch.stack([original.image_transform(p) for p in images])).abs().max()) > 0.5
+    assert edited.tokenizer.lowercase is False and edited.tokenizer.model_max_length == 6 and edited.text_length == 6
+    hf = BertTokenizerFast.from_pretrained(tmp_path)
+    assert hf.model_max_length == 6 and not hf.do_lower_case
+    expected = hf(TEXTS, padding=True, truncation=True, return_tensors="pt")["input_ids"]  # its default length
+    assert torch.equal(edited.tokenizer(TEXTS)[0], expected)
+
+
+def test_exports_without_preprocessor_config_get_the_eval_transform(tmp_path):
+    write_tiny_export(tmp_path)  # as exports were written before they recorded their transform
+    pretrained = load_pretrained(tmp_path)
+    assert type(pretrained.image_transform) is EvalImageTransform and pretrained.image_transform.image_size == 32
+    assert pretrained.text_length == 32  # min(77, the model's 32 positions)
+    EvalImageTransform(32, mean=(0.5, 0.5, 0.5)).save(tmp_path)
+    assert load_pretrained(tmp_path).image_transform.spec.mean == (0.5, 0.5, 0.5)
+    image = Image.new("RGB", (40, 32), (255, 255, 255))
+    expected = (0.5 / torch.tensor(CLIP_STD))[:, None, None].expand(3, 32, 32)  # (1 - 0.5) / std
+    torch.testing.assert_close(load_pretrained(tmp_path).image_transform(image), expected, rtol=0, atol=1e-6)
+
+
+def test_errors(tmp_path):
+    write_hf_flava(tmp_path, lowercase=True)
+    assert checkpoint_layout(tmp_path).directory == tmp_path
+    path = tmp_path / "preprocessor_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "crop_size": 16}))
+    with pytest.raises(
+        ValueError, match=r"preprocessor_config.json: crop_size must give the model's 32 x 32 images, got \(16, 16\)"
+    ):
+        load_pretrained(tmp_path)
+    path.write_text(json.dumps({**config, "size": {"shortest_edge": 32}, "do_center_crop": False}))
+    with pytest.raises(
+        ValueError, match="preprocessor_config.json: size must give the model's 32 x 32 images, got any size"
+    ):
+        load_pretrained(tmp_path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="preprocessor_config.json: .* is not JSON"):
+        load_pretrained(tmp_path)
+    path.write_text(json.dumps(config))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": "false"}))
+    with pytest.raises(ValueError, match="tokenizer_config.json: do_lower_case must be true or false"):
+        load_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").unlink()
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has neither vocab.txt nor tokenizer.json"):
+        load_pretrained(tmp_path)
