@@ -190,6 +190,8 @@ def write_hf_flava(directory: Path, *, lowercase: bool, image_size: int = 32, se
     torch.manual_seed(seed)
     model = FlavaModel(_tiny_hf_config()).eval()
     _perturb(model)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.6052)  # log 100, a trained model's: probabilities far from uniform
     model.save_pretrained(directory)
     return model
 

@@ -1,15 +1,21 @@
 """python -m torchflava.zero_shot and torchflava.pretrained on checkpoints the test writes."""
 
 import json
+import os
+import subprocess
+import sys
 
+from PIL import Image
 import pytest
 import torch
-from transformers import FlavaModel
+import torch.nn.functional as F
+from transformers import FlavaModel, FlavaProcessor
 
-from tests.helpers import write_tiny_export
+from tests.helpers import REPO, photos, write_hf_flava, write_tiny_export
 from tests.models.flava.test_convert_weights import _perturb, _tiny_hf_config
 from torchflava import zero_shot
 from torchflava.data.shapes import ShapesWorld
+from torchflava.data.transforms import EvalImageTransform
 from torchflava.evaluation import retrieval_recall
 from torchflava.pretrained import checkpoint_layout, load_pretrained
 
@@ -107,7 +113,8 @@ def test_hugging_face_directory_loads_like_flava_model(tmp_path, export):
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         load_pretrained(tmp_path)
     (tmp_path / "vocab.txt").write_text((export[0] / "vocab.txt").read_text())
-    weights, kwargs, vocab = checkpoint_layout(tmp_path)
+    weights, kwargs, directory = checkpoint_layout(tmp_path)
+    assert directory == tmp_path
     pretrained = load_pretrained(tmp_path)
     pixels = torch.randn(2, 3, kwargs["image_size"], kwargs["image_size"])
     with torch.no_grad():
@@ -126,3 +133,53 @@ def test_errors(tmp_path, export, images):
         zero_shot.main(["--checkpoint", str(export[0]), "--images", str(images), "--classes", "red circle"])
     with pytest.raises(SystemExit):
         zero_shot.main(["--checkpoint", str(export[0]), "--images", str(images)])  # neither mode given
+
+
+PHOTO_CLASSES = ["Cat", "coffee cup", "Rocket", "astronaut", "woman in space"]
+
+
+@torch.no_grad()
+def _transformers_zero_shot(directory, files: list, templates) -> torch.Tensor:
+    """(N, C) zero-shot probabilities as a transformers user computes them with FlavaProcessor + FlavaModel:
+    the images' and prompts' projected CLS, L2-normalised, each class the normalised mean of its prompts,
+    softmax over exp(logit_scale) x cosine similarity."""
+    processor = FlavaProcessor.from_pretrained(directory)
+    model = FlavaModel.from_pretrained(directory).eval()
+    pixels = processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
+    images = F.normalize(model.get_image_features(pixel_values=pixels)[:, 0], dim=-1)
+    classes = []
+    for name in PHOTO_CLASSES:
+        text = processor(text=[t.format(name) for t in templates], padding=True, return_tensors="pt")
+        prompts = F.normalize(model.get_text_features(**text)[:, 0], dim=-1)
+        classes.append(F.normalize(prompts.mean(dim=0), dim=-1))
+    return (model.logit_scale.exp() * images @ torch.stack(classes).T).softmax(dim=1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+@pytest.mark.parametrize("lowercase", [True, False], ids=["uncased", "cased"])
+def test_probabilities_equal_transformers_on_a_hugging_face_directory(tmp_path, lowercase):
+    directory, folder, out = tmp_path / "flava", tmp_path / "photos", tmp_path / "result.json"
+    write_hf_flava(directory, lowercase=lowercase)
+    folder.mkdir()
+    for name, photo in photos().items():  # non-square real photos, one greyscale
+        photo.save(folder / f"{name}.png")
+    command = [sys.executable, "-m", "torchflava.zero_shot", "--checkpoint", str(directory), "--images", str(folder)]
+    command += ["--classes", ",".join(PHOTO_CLASSES), "--json", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    result = json.loads(out.read_text())
+    files = sorted(result["probabilities"])
+    assert len(files) == 6 and result["skipped"] == 0
+    ours = torch.tensor([[result["probabilities"][f][c] for c in PHOTO_CLASSES] for f in files])
+    expected = _transformers_zero_shot(directory, [folder / f for f in files], zero_shot.DEFAULT_TEMPLATES)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+    assert float(expected.max() - expected.min()) > 0.05  # not uniform: the comparison has teeth
+    assert [result["predictions"][f] for f in files] == [PHOTO_CLASSES[int(i)] for i in expected.argmax(dim=1)]
+    # With the resize + centre crop used before (#14), the probabilities differ.
+    pretrained = load_pretrained(directory)
+    before = pretrained._replace(image_transform=EvalImageTransform(pretrained.image_size))
+    features = zero_shot.image_features(before, [Image.open(folder / f) for f in files])
+    classes = zero_shot.class_embeddings(before, PHOTO_CLASSES)
+    old = (pretrained.model.logit_scale.detach().exp() * features @ classes.T).softmax(dim=1)
+    assert float((old - expected).abs().max()) > 1e-3
