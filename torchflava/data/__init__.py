@@ -16,7 +16,13 @@ from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, Tex
 from torchflava.data.samples import BadSample, Sample
 from torchflava.data.shapes import CLASS_NAMES, Scene, ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
-from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
+from torchflava.data.transforms import (
+    EvalImageTransform,
+    ImageTransform,
+    ImageTransformSpec,
+    PretrainingImageTransform,
+    RandomCropTransform,
+)
 
 __all__ = [
     "ClassificationCollator",
@@ -30,12 +36,15 @@ __all__ = [
     "EvalImageTransform",
     "ImageFolder",
     "ImageTextFolder",
+    "ImageTransform",
+    "ImageTransformSpec",
     "KINDS",
     "FLAVAPretrainingCollator",
     "flava_pretraining_batches",
     "MixedBatch",
     "MixedBatches",
     "PretrainingImageTransform",
+    "RandomCropTransform",
     "Sample",
     "Scene",
     "ShapesWorld",
