@@ -11,7 +11,7 @@ from transformers import BertTokenizerFast
 
 from tests.helpers import VARIED_TEXTS
 from torchflava.data.shapes import ShapesWorld
-from torchflava.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, read_tokenizer_config
+from torchflava.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, read_tokenizer_config, run_vocabulary
 
 # A hand-written vocabulary: the line number is the id.
 VOCAB = [
@@ -350,3 +350,16 @@ def test_tokenizer_json_errors(tmp_path):
         WordPieceTokenizer.from_tokenizer_json(path)
     with pytest.raises(FileNotFoundError, match="neither vocab.txt nor tokenizer.json"):
         WordPieceTokenizer.from_directory(tmp_path / "nothing")
+
+
+def test_run_vocabulary_reads_a_directory_with_its_settings_and_reloads_what_it_learnt(tmp_path, captions):
+    given = tmp_path / "given"
+    WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "vocab.txt", VOCAB), lowercase=False).save(given)
+    never = lambda: pytest.fail("texts are not needed when a vocabulary is given")  # noqa: E731
+    tok = run_vocabulary(given, never, tmp_path / "run", vocab_size=50, resumed=False)
+    assert tok.lowercase is False and tok(["Red red"], max_length=8)[0].tolist() == [[2, 1, ID["red"], 3]]
+    assert run_vocabulary(given / "vocab.txt", never, tmp_path / "run", vocab_size=50, resumed=False).lowercase
+    learnt = run_vocabulary(None, lambda: captions, tmp_path / "run", vocab_size=80, resumed=False)
+    assert (tmp_path / "run" / "tokenizer_config.json").is_file() and learnt.vocab_size == 74  # all the text has
+    again = run_vocabulary(None, never, tmp_path / "run", vocab_size=80, resumed=True)
+    assert again._tokenizer.get_vocab() == learnt._tokenizer.get_vocab()

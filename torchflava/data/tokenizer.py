@@ -430,7 +430,8 @@ def run_vocabulary(
     calls it and every rank gets the same vocabulary.
 
     Args:
-        vocab (Optional[Union[str, os.PathLike]]): a BERT ``vocab.txt`` (or a directory holding one).
+        vocab (Optional[Union[str, os.PathLike]]): a BERT ``vocab.txt``, or a checkpoint directory
+            (read with :meth:`WordPieceTokenizer.from_directory`: its ``tokenizer_config.json`` too).
         texts (Callable[[], list[str]]): the texts to learn from (called on rank 0 only, when needed).
         run_dir (Union[str, os.PathLike]): the run's output directory (``vocab.txt`` goes there).
         vocab_size (int): size of a learnt vocabulary.
@@ -442,8 +443,10 @@ def run_vocabulary(
     Raises:
         ValueError: if there is no ``vocab`` and no text to learn from.
     """
-    if vocab is not None:
-        return WordPieceTokenizer.from_vocab(vocab)
+    if vocab is not None:  # a directory brings its tokenizer_config.json settings
+        return (
+            WordPieceTokenizer.from_directory(vocab) if Path(vocab).is_dir() else WordPieceTokenizer.from_vocab(vocab)
+        )
     saved = Path(run_dir) / "vocab.txt"
     if not (resumed and saved.is_file()):
         if not dist.is_initialized() or dist.get_rank() == 0:
@@ -453,4 +456,4 @@ def run_vocabulary(
             WordPieceTokenizer.train(learnt, vocab_size=vocab_size).save(saved.parent)
         if dist.is_initialized():
             dist.barrier()
-    return WordPieceTokenizer.from_vocab(saved)
+    return WordPieceTokenizer.from_directory(saved.parent)
