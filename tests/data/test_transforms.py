@@ -343,7 +343,7 @@ def test_preprocessor_config_defaults_and_ignored_keys():
         (dict(resize_size=224), r"resize_size must be a \(height, width\) pair"),
         (dict(resample=True), "resample must be a PIL filter code"),
         (dict(crop_size=(300, 10)), "crop_size must fit in the resized image"),
-        (dict(rescale_factor=-1.0), "rescale_factor must be a positive number or None, got -1.0"),
+        (dict(rescale_factor=-1.0), "rescale_factor must be a positive number, got -1.0"),
         (dict(mean=None), "mean and std must both be given or both be None"),
         (dict(std=(1.0, 1.0, float("nan"))), "std must be three positive numbers"),
     ],

@@ -196,6 +196,20 @@ def _channels(name: str, value: object, *, positive: bool) -> tuple[float, float
     return float(numbers[0]), float(numbers[1]), float(numbers[2])
 
 
+def _positive_number(name: str, value: object) -> float:
+    """A positive finite number, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _filter_code(name: str, value: object) -> int:
+    """A PIL filter code (PIL's Resampling enum reads as its code), or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in RESAMPLE_FILTERS:
+        raise ValueError(f"{name} must be a PIL filter code in {RESAMPLE_FILTERS}, got {value!r}")
+    return int(value)
+
+
 def _crop_fits(crop: tuple[int, int], resize_mode: str, resize_size: Union[int, tuple[int, int]]) -> bool:
     """Whether a centre crop fits in every image resized so (the short side is the smallest one)."""
     smallest = resize_size if resize_mode == "squash" else (resize_size, resize_size)
@@ -238,8 +252,7 @@ class ImageTransformSpec:
             set_field(self, "resize_size", _size_pair("resize_size", self.resize_size))
         else:
             _check_size("resize_size", self.resize_size)
-        if isinstance(self.resample, bool) or self.resample not in RESAMPLE_FILTERS:
-            raise ValueError(f"resample must be a PIL filter code in {RESAMPLE_FILTERS}, got {self.resample!r}")
+        set_field(self, "resample", _filter_code("resample", self.resample))
         if self.crop_size is not None:
             set_field(self, "crop_size", _size_pair("crop_size", self.crop_size))
             if not _crop_fits(self.crop_size, self.resize_mode, self.resize_size):
@@ -247,11 +260,8 @@ class ImageTransformSpec:
                     f"crop_size must fit in the resized image ({self.resize_mode} {self.resize_size}), "
                     f"got {self.crop_size}"
                 )
-        factor = self.rescale_factor
-        if factor is not None and (
-            isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf
-        ):
-            raise ValueError(f"rescale_factor must be a positive number or None, got {factor!r}")
+        if self.rescale_factor is not None:
+            set_field(self, "rescale_factor", _positive_number("rescale_factor", self.rescale_factor))
         if (self.mean is None) != (self.std is None):
             raise ValueError(f"mean and std must both be given or both be None, got {self.mean!r} and {self.std!r}")
         if self.mean is not None:
@@ -325,19 +335,15 @@ class ImageTransformSpec:
             )
         else:
             mode, resize = "squash", pair("size", size)
-        resample = get("resample", BICUBIC)
-        if isinstance(resample, bool) or resample not in RESAMPLE_FILTERS:
-            raise ValueError(
-                f"{PREPROCESSOR_CONFIG}: resample must be a PIL filter code in {RESAMPLE_FILTERS}, got {resample!r}"
-            )
+        resample = _filter_code(f"{PREPROCESSOR_CONFIG}: resample", get("resample", BICUBIC))
         crop = pair("crop_size", get("crop_size", 224)) if flag("do_center_crop") else None
         if crop is not None and not _crop_fits(crop, mode, resize):
             raise ValueError(
                 f"{PREPROCESSOR_CONFIG}: crop_size must fit in the resized image (size {size}), got {crop}"
             )
-        factor = get("rescale_factor", 1 / 255) if flag("do_rescale") else None
-        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0):
-            raise ValueError(f"{PREPROCESSOR_CONFIG}: rescale_factor must be a positive number, got {factor!r}")
+        factor = None
+        if flag("do_rescale"):
+            factor = _positive_number(f"{PREPROCESSOR_CONFIG}: rescale_factor", get("rescale_factor", 1 / 255))
         mean = std = None
         if flag("do_normalize"):
             mean, std = get("image_mean", CLIP_MEAN), get("image_std", CLIP_STD)
