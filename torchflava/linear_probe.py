@@ -4,11 +4,11 @@
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
 
 The feature is the image encoder's CLS after its final LayerNorm (no projection), of images
-preprocessed as the checkpoint states (``preprocessor_config.json``, see :mod:`torchflava.pretrained`). A logistic
-regression is fitted for each L2 penalty on ``--train``, the penalty with the best ``--val``
-accuracy is kept, the probe is refitted on train + val and scored on ``--test``. Folders hold one
-sub-folder per class; ``--shapes`` uses the built-in shapes task (train and validation from the
-training world, test = the held-out split).
+preprocessed as the checkpoint states (``preprocessor_config.json``, see
+:mod:`torchflava.pretrained`). A logistic regression is fitted for each L2 penalty on ``--train``,
+the penalty with the best ``--val`` accuracy is kept, the probe is refitted on train + val and
+scored on ``--test``. Folders hold one sub-folder per class; ``--shapes`` uses the built-in shapes
+task (train and validation from the training world, test = the held-out split).
 """
 
 import argparse
