@@ -285,7 +285,9 @@ class ImageTransformSpec:
         ``resample`` (default bicubic), ``do_center_crop`` and ``crop_size`` (an int is square),
         ``do_rescale`` and ``rescale_factor``, ``do_normalize``, ``image_mean`` and ``image_std`` (a
         number applies to every channel). Other keys (codebook and masking settings) are not about
-        evaluation and are ignored. Images are always converted to RGB.
+        evaluation and are ignored. Images are always converted to RGB. Every config is read with the
+        PIL arithmetic of the slow processors; transformers' ``...Fast`` processors resize with
+        torchvision instead, about one 8-bit level away.
 
         Args:
             config (Mapping): the parsed JSON object.
