@@ -35,6 +35,7 @@ read before the break and is reported once as ``(kind, "<url>", "shard unreadabl
 ...")``.
 """
 
+from dataclasses import dataclass
 import glob
 import io
 import itertools
@@ -187,6 +188,82 @@ def _text_of(members: dict, text_extensions: tuple, json_text_key: Optional[str]
     if text is None and json_text_key is not None and "json" in members:
         return members["json"], json_text_key
     return text, None
+
+
+def shard_texts(
+    shards: Union[str, Sequence[str]],
+    limit: int,
+    *,
+    text_extensions: tuple[str, ...] = ("txt",),
+    json_text_key: Optional[str] = "caption",
+) -> list[str]:
+    """Up to ``limit`` usable texts, read from the shards in their given order (no image is decoded):
+    what a run learns its vocabulary from.
+
+    Raises:
+        FileNotFoundError, TypeError, ValueError: as :func:`expand_shards`.
+    """
+    texts: list[str] = []
+    for url in expand_shards(shards):
+        for raw in raw_samples(url, []):
+            members = {name.lower(): value for name, value in raw.items() if not name.startswith("__")}
+            text, json_key = _text_of(members, tuple(text_extensions), json_text_key)
+            if text is None:
+                continue
+            try:
+                texts.append(text_member(text, json_key, url, url))
+            except BadSample:  # counted by the training data, not here
+                continue
+            if len(texts) >= limit:
+                return texts
+    return texts
+
+
+@dataclass
+class StreamingConfig:
+    """A recipe's ``data.streaming`` section (see :func:`streaming_checks`)."""
+
+    enabled: bool = False  # stream data.files.pairs_shards (webdataset) instead of indexing local tar files
+    shuffle_buffer: int = 1000  # samples shuffled together per block (0: the shards' order, unshuffled)
+    resampled: bool = False  # draw shards with replacement, without epochs
+
+
+def streaming_checks(
+    streaming: StreamingConfig, *, source: str, shards: Optional[str], world_size: int, num_workers: int
+) -> list[tuple]:
+    """The checks of a recipe's ``data.streaming`` section against ``data.source``,
+    ``data.files.pairs_shards`` and ``data.num_workers``, as ``(ok, key, expected, got)`` tuples: put
+    them before the shard path checks. Without streaming, shards that only a stream reads (URLs,
+    brace patterns, ``.tar.gz``) are refused with a pointer to ``data.streaming.enabled``."""
+    key = "data.files.pairs_shards"
+    checks = [
+        (streaming.shuffle_buffer >= 0, "data.streaming.shuffle_buffer", ">= 0", streaming.shuffle_buffer),
+        (num_workers >= 0, "data.num_workers", ">= 0", num_workers),
+    ]
+    if not streaming.enabled:
+        only_streamed = shards is not None and (
+            bool(url_scheme(shards)) or "{" in shards or shards.endswith((".gz", ".tgz"))
+        )
+        expected = (
+            "local uncompressed tar files (a path or glob); URLs, brace patterns and .tar.gz need "
+            "data.streaming.enabled=true"
+        )
+        return checks + [(not only_streamed, key, expected, shards)]
+    checks.append((source == "files", "data.streaming.enabled", "false unless data.source=files", True))
+    checks.append((shards is not None, key, "shards to stream, since data.streaming.enabled=true", None))
+    if shards is None or num_workers < 0:
+        return checks
+    try:
+        count = len(expand_shards(shards))
+    except (OSError, ValueError, TypeError) as error:
+        expected = f"local shard files, a glob or brace pattern, or pipe:, http(s)://, s3:// or gs:// URLs ({error})"
+        return checks + [(False, key, expected, shards)]
+    slots = world_size * max(1, num_workers)
+    expected = (
+        f"at least ranks x loader workers = {world_size} x {max(1, num_workers)} = {slots} shards (one per "
+        "slot), or data.streaming.resampled=true"
+    )
+    return checks + [(streaming.resampled or count >= slots, key, expected, f"{count} shard(s) from {shards}")]
 
 
 class StreamBatch(NamedTuple):
@@ -403,21 +480,8 @@ class StreamingBatches(IterableDataset):
         )
 
     def texts(self, limit: int) -> list[str]:
-        """Up to ``limit`` usable texts, read from the shards in their given order (no image decoded)."""
-        texts: list[str] = []
-        for url in self.urls:
-            for raw in raw_samples(url, []):
-                members = {name.lower(): value for name, value in raw.items() if not name.startswith("__")}
-                text, json_key = _text_of(members, self.text_extensions, self.json_text_key)
-                if text is None:
-                    continue
-                try:
-                    texts.append(text_member(text, json_key, url, url))
-                except BadSample:  # counted by the training data, not here
-                    continue
-                if len(texts) >= limit:
-                    return texts
-        return texts
+        """:func:`shard_texts` of these shards, with this stream's text members."""
+        return shard_texts(self.urls, limit, text_extensions=self.text_extensions, json_text_key=self.json_text_key)
 
     # ------------------------------------------------------------------------------------ batches
     def __iter__(self) -> Iterator[StreamBatch]:
