@@ -177,7 +177,7 @@ def test_bad_samples_and_a_cut_shard_are_counted(tmp_path):
     assert "empty or missing text" in reasons["a.tar:blank"]
     assert reasons["b.tar"].startswith("shard unreadable after 4 sample(s): EOFError: the shard ends without")
     assert texts(batches)[2:] == ["caption 0", "caption 1", "caption 2", "caption 3", "caption 0", "caption 3"]
-    assert reasons["b.tar:s00004"].endswith("the shard is cut short in or after this sample")
+    assert reasons["b.tar:s00004"].endswith("the shard breaks off in or after this sample")
     assert data_loss_report(skipped, [])["skipped_samples"] == 5
 
 
@@ -185,6 +185,14 @@ def test_tar_gz_and_pipe_cat_shards(tmp_path, shard_dir):
     gz = write_shards(tmp_path / "gz", shards=2, per_shard=5, suffix=".tar.gz")
     assert gzip.open(gz[0]).read(1) is not None
     assert sorted(texts(items(stream(gz), 2))) == sorted(f"caption {i}" for i in range(10))
+    whole = Path(gz[1]).read_bytes()
+    Path(gz[1]).write_bytes(whole[: len(whole) // 2])  # a download cut in the middle
+    batches = items(stream(gz, shuffle_buffer=0, batch_size=1), 7)
+    assert texts(batches)[:5] == [f"caption {i}" for i in range(5)]
+    skipped = dict((index.rsplit("/", 1)[-1], reason) for item in batches for _, index, reason in item.skipped)
+    assert len(skipped) == 2 and "ReadError" in skipped["shard-001.tar.gz"] and gz[1] in skipped["shard-001.tar.gz"]
+    cut = [reason for name, reason in skipped.items() if name.startswith("shard-001.tar.gz:")]
+    assert len(cut) == 1 and cut[0].endswith("the shard breaks off in or after this sample")
     piped = stream(f"pipe:cat {shard_dir}/shard-{{000..007}}.tar", shuffle_buffer=0)
     assert texts(items(piped, 8)) == [f"caption {i}" for i in range(40)]
 

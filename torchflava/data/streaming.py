@@ -42,7 +42,9 @@ import itertools
 import os
 import random
 import re
+import tarfile
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
+import zlib
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -120,8 +122,11 @@ def open_shard(url: str):
 class _Watched:
     """A read-only stream that remembers its first and last bytes, to tell a whole tar from a cut one."""
 
-    def __init__(self, stream) -> None:
-        self.stream, self.head, self.tail = stream, b"", b""
+    def __init__(self, stream, url: str) -> None:
+        self.stream, self.url, self.head, self.tail = stream, url, b"", b""
+
+    def __str__(self) -> str:  # webdataset names the stream in its errors
+        return self.url
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
@@ -157,7 +162,7 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
         return True
 
     try:
-        stream = _Watched(open_shard(url))
+        stream = _Watched(open_shard(url), url)
     except Exception as error:  # a missing file, an unknown scheme, a store that refuses
         keep_going(error)
         return
@@ -171,8 +176,9 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
             previous = sample
         if not failed and stream.cut_short():
             keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
-            if previous is not None:
-                previous = {"__key__": previous["__key__"], "__cut__": "the shard is cut short in or after this sample"}
+        if previous is not None and failed and isinstance(failed[0], (tarfile.TarError, EOFError, OSError, zlib.error)):
+            # the stream broke off (a cut file or download, a failed command): the last sample may be partial
+            previous = {"__key__": previous["__key__"], "__cut__": "the shard breaks off in or after this sample"}
         if previous is not None:
             yield previous
     finally:
