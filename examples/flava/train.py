@@ -28,7 +28,13 @@ from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_ba
 from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.shapes import ShapesWorld
-from torchflava.data.streaming import StreamingBatches, StreamingConfig, shard_texts, streaming_checks
+from torchflava.data.streaming import (
+    StreamedSource,
+    StreamingBatches,
+    StreamingConfig,
+    shard_texts,
+    streaming_checks,
+)
 from torchflava.data.tokenizer import WordPieceTokenizer, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
@@ -102,7 +108,7 @@ class DataConfig:
     source: str = "shapes"  # shapes (built in) | files
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
-    streaming: StreamingConfig = field(default_factory=StreamingConfig)  # pairs only
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)  # the pairs; images/texts mixed in by ratio
     ratios: RatiosConfig = field(default_factory=RatiosConfig)
     vocab: Optional[str] = None  # BERT vocab.txt (or a directory holding one); else trained on the run's text
     vocab_size: int = 30522  # size of a trained vocabulary
@@ -198,14 +204,6 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         + streaming_checks(
             d.streaming, source=d.source, shards=f.pairs_shards, world_size=world_size, num_workers=d.num_workers
         )
-        + [
-            (
-                not d.streaming.enabled or (f.images_root is None and f.texts is None),
-                "data.streaming.enabled",
-                "false when data.files.images_root or data.files.texts is set (a streamed run reads pairs only)",
-                True,
-            )
-        ]
         + pair_file_checks(
             "data.files", f.pairs_shards, f.pairs_root, f.pairs_captions, required=False, streamed=d.streaming.enabled
         )
@@ -243,16 +241,15 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
         sizes = {"pairs": s.num_pairs, "images": s.num_images, "texts": s.num_texts}
         return {k: ShapesWorld(k, n, image_size=s.image_size, seed=s.seed) for k, n in sizes.items() if n > 0}
     f, sources = cfg.files, {}  # validate checked the keys; a file that does not read as data names its key
-    if cfg.streaming.enabled:  # the pairs are streamed by build_data
-        return sources
-    if f.pairs_shards is not None:
+    streamed = cfg.streaming.enabled  # then build_data streams the pairs from data.files.pairs_shards
+    if f.pairs_shards is not None and not streamed:
         sources["pairs"] = opened(
             "data.files.pairs_shards",
             f.pairs_shards,
             "uncompressed tar shards of samples",
             lambda: TarShards(f.pairs_shards),
         )
-    elif f.pairs_root is not None:
+    elif f.pairs_root is not None and not streamed:
         sources["pairs"] = opened(
             "data.files.pairs_captions",
             f.pairs_captions,
@@ -269,10 +266,11 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
 
 
 def run_texts(cfg: DataConfig, sources: dict[str, torch.utils.data.Dataset]) -> list[str]:
-    """The texts a learnt vocabulary is trained on (the first shards' captions when streamed)."""
+    """The texts a learnt vocabulary is trained on (with the first shards' captions when streamed)."""
+    texts = source_texts(sources, limit=cfg.vocab_training_texts)
     if cfg.streaming.enabled:
-        return shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts)
-    return source_texts(sources, limit=cfg.vocab_training_texts)
+        texts += shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts)
+    return texts
 
 
 def build_codebook(cfg: TrainConfig, *, seeded: bool = True) -> nn.Module:
@@ -307,7 +305,20 @@ def build_data(
         mlm_probability=d.mlm_probability,
         itm_negative_probability=d.itm_negative_probability,
     )
-    if d.streaming.enabled:
+    micro_batch = t.global_batch_size // t.grad_accumulation
+    if d.streaming.enabled:  # the pairs streamed, the other kinds' steps step-indexed
+        mixed = None
+        if sources:
+            mixed = flava_pretraining_batches(
+                {"pairs": StreamedSource(), **sources},
+                asdict(d.ratios),
+                collator,
+                global_batch_size=micro_batch,
+                num_steps=t.max_steps * t.grad_accumulation,
+                rank=rank,
+                world_size=world_size,
+                seed=t.seed,
+            )
         return opened(
             "data.files.pairs_shards",
             d.files.pairs_shards,
@@ -315,20 +326,21 @@ def build_data(
             lambda: StreamingBatches(
                 d.files.pairs_shards,
                 collator,
-                batch_size=t.global_batch_size // t.grad_accumulation // world_size,
+                batch_size=micro_batch // world_size,
                 rank=rank,
                 world_size=world_size,
                 num_workers=d.num_workers,
                 seed=t.seed,
                 shuffle_buffer=d.streaming.shuffle_buffer,
                 resampled=d.streaming.resampled,
+                mixed=mixed,
             ),
         )
     return flava_pretraining_batches(
         sources,
         asdict(d.ratios),
         collator,
-        global_batch_size=t.global_batch_size // t.grad_accumulation,
+        global_batch_size=micro_batch,
         num_steps=t.max_steps * t.grad_accumulation,
         rank=rank,
         world_size=world_size,

@@ -14,11 +14,13 @@ import threading
 
 from PIL import Image
 import pytest
+import torch
 from torch.utils.data import DataLoader
 import webdataset as wds
 
-from torchflava.data.mixing import data_loss_report
-from torchflava.data.streaming import StreamingBatches, expand_shards, url_scheme
+from torchflava.data.mixing import MixedBatches, data_loss_report
+from torchflava.data.samples import Sample
+from torchflava.data.streaming import StreamedSource, StreamingBatches, expand_shards, url_scheme
 
 
 def png(index: int, size: int = 8) -> bytes:
@@ -247,3 +249,72 @@ def test_texts_for_a_vocabulary_and_another_row_for_negatives(shard_dir):
     alone = StreamingBatches(str(shard_dir / "shard-*.tar"), collate, batch_size=1, shuffle_buffer=0)
     next(iter(alone))
     assert rows[1] == [None]
+
+
+def test_object_store_urls_are_read_through_fsspec(shard_dir, monkeypatch):
+    """s3:// and gs:// go through fsspec; its in-memory file system stands in for a store here."""
+    import fsspec
+
+    import torchflava.data.streaming as streaming
+
+    memory = fsspec.filesystem("memory")
+    for path in sorted(shard_dir.glob("shard-00[0-1].tar")):
+        memory.pipe(f"/bucket/{path.name}", path.read_bytes())
+    monkeypatch.setattr(streaming, "FSSPEC_SCHEMES", (*streaming.FSSPEC_SCHEMES, "memory"))
+    data = stream("memory://bucket/shard-{000..001}.tar", shuffle_buffer=0)
+    assert texts(items(data, 2)) == [f"caption {i}" for i in range(10)]
+    assert streaming.FSSPEC_SCHEMES[:2] == ("s3", "gs")
+
+
+class _Texts(torch.utils.data.Dataset):
+    """A step-indexed text source: item i is ``text i``."""
+
+    def __len__(self) -> int:
+        return 50
+
+    def __getitem__(self, index: int):
+        return Sample(image=None, text=f"text {index}")
+
+
+def _mixed(num_steps: int, *, rank: int = 0, world_size: int = 1) -> MixedBatches:
+    def collate(kind, samples, seeds, *, another=None):
+        return {"texts": [sample.text for sample in samples], "seeds": list(seeds)}
+
+    sources = {"pairs": StreamedSource(), "texts": _Texts()}
+    ratios = {"pairs": 0.6, "texts": 0.4}
+    return MixedBatches(
+        sources,
+        ratios,
+        collate,
+        global_batch_size=5 * world_size,
+        num_steps=num_steps,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_streamed_pairs_mixed_with_a_step_indexed_source_by_ratio(shard_dir, num_workers):
+    spec = str(shard_dir / "shard-*.tar")
+    mixed = _mixed(20)
+    reference = items(stream(spec, mixed=mixed, num_workers=num_workers), 20, num_workers=num_workers)
+    assert [item.kind for item in reference] == [mixed.kind(step) for step in range(20)]
+    assert {"pairs", "texts"} == {item.kind for item in reference}
+    for step, item in enumerate(reference):
+        if item.kind == "texts":
+            assert item.batch == mixed[step].batch  # the step-indexed batch of that very step
+    pairs = texts([item for item in reference if item.kind == "pairs"])
+    alone = texts(items(stream(spec, num_workers=num_workers), len(pairs) // 5, num_workers=num_workers))
+    if num_workers == 0:
+        assert pairs == alone  # the stream's share of the steps reads it in its own order
+        assert sorted(pairs[:40]) == ALL  # its first epoch
+    assert len(pairs) == 50 and max(collections.Counter(pairs).values()) <= 2  # 1.25 epochs
+    position: dict = {}
+    for item in reference[:7]:
+        position.update(item.position)
+    restarted = stream(spec, mixed=_mixed(20), num_workers=num_workers)
+    restarted.load_state_dict(position)
+    rest = items(restarted, 13, num_workers=num_workers)
+    assert [(item.kind, item.batch) for item in rest] == [(item.kind, item.batch) for item in reference[7:]]
+    with pytest.raises(ValueError, match="mixed: expected MixedBatches with a StreamedSource for kind 'texts'"):
+        stream(spec, kind="texts", mixed=mixed)

@@ -127,7 +127,6 @@ FLAVA_ONLY = [
     ),
     ((FILES,), "data.files"),
     ((FILES, "data.files.texts={files}/train.tsv", "data.ratios.texts=0"), "data.ratios"),
-    ((*STREAMED, TWO_SHARDS, "data.files.texts={files}/train.tsv"), "data.streaming.enabled"),  # pairs only
 ]
 CLIP_ONLY = [
     ("model.vision_heads=5", "model"),

@@ -19,6 +19,7 @@ import webdataset as wds
 
 from tests.helpers import load_recipe
 from torchflava.data.shapes import ShapesWorld
+from torchflava.data.streaming import StreamedSource
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = load_recipe("examples/clip/train.py", "streaming_clip_recipe")
@@ -87,21 +88,38 @@ def test_clip_trains_on_shards_streamed_over_http_and_counts_the_bad_sample(serv
     assert (tmp_path / "model" / "clip.safetensors").is_file()
 
 
-def test_flava_trains_on_shards_streamed_through_pipe_cat(shards, tmp_path):
+def test_flava_trains_on_shards_streamed_through_pipe_cat_mixed_with_a_text_corpus(shards, tmp_path):
+    """Streamed pairs and a local text corpus, mixed by ratio: each step's kind is the one a run without
+    streaming would draw."""
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("".join(ShapesWorld("texts", 60, image_size=32).caption(i) + "\n" for i in range(60)))
     cfg = FLAVA.load_config(
         FLAVA.TrainConfig,
         [
             f"config={FLAVA_DEBUG}",
             *STREAM,
             f"data.files.pairs_shards=pipe:cat {shards}/pairs-{{00..07}}.tar",
-            "training.max_steps=3",
-            f"training.output_dir={tmp_path}",
+            f"data.files.texts={corpus}",
+            "data.ratios.pairs=0.5",
+            "data.ratios.texts=0.5",
+            "data.num_workers=2",
+            "training.max_steps=6",
+            f"training.output_dir={tmp_path / 'run'}",
         ],
     )
     report = FLAVA.main(cfg)
-    assert report["steps"] == 3 and report["final_loss"] > 0
-    records = FLAVA.read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["step"] for r in records] == [1, 2, 3] and {r["kind"] for r in records} == {"pairs"}
+    assert report["steps"] == 6 and report["final_loss"] > 0
+    records = FLAVA.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    kinds = FLAVA.flava_pretraining_batches(
+        {"pairs": StreamedSource(), "texts": StreamedSource()},  # only the kinds are read
+        {"pairs": 0.5, "texts": 0.5},
+        None,
+        global_batch_size=8,
+        num_steps=6,
+    )
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert [r["kind"] for r in records] == [kinds.kind(step) for step in range(6)]
+    assert {r["kind"] for r in records} == {"pairs", "texts"}
 
 
 def _command(args):

@@ -16,7 +16,7 @@ from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import BadSample, Sample
 from torchflava.data.shapes import CLASS_NAMES, Scene, ShapesWorld
-from torchflava.data.streaming import StreamBatch, StreamingBatches, expand_shards
+from torchflava.data.streaming import StreamBatch, StreamedSource, StreamingBatches, expand_shards
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 
@@ -43,6 +43,7 @@ __all__ = [
     "ShapesWorld",
     "SkippedSample",
     "StreamBatch",
+    "StreamedSource",
     "StreamingBatches",
     "expand_shards",
     "TarShards",

@@ -27,12 +27,21 @@ uninterrupted one, in both modes, as long as it runs on the same number of ranks
 workers (checked) and the shards are unchanged. A sample is therefore never seen twice nor skipped
 within an epoch across a kill.
 
+Mixing. With ``mixed`` (a :class:`~torchflava.data.mixing.MixedBatches` over step-indexed sources of
+other kinds and a :class:`StreamedSource` for the streamed one), micro-step ``n`` draws its kind by
+ratio from (seed, n) as without streaming; steps of the other kinds are ``mixed[n]``, and the
+streamed kind's steps take the stream's next batch. A worker knows which micro-steps are its own
+(the loader takes ``n = batches * K + worker``), so this holds with any number of workers and
+across a resume. Resampled mode suits a streamed kind whose share of a long run would exceed one
+epoch of a small set of shards (its stream has no epoch boundary).
+
 Bad data. A sample without a required member, or whose image or text does not decode
 (:func:`~torchflava.data.decode.decode_image`, the same rules as the random-access readers), is
 skipped and reported in its batch's ``skipped`` list as ``(kind, "<url>:<key>", reason)``. A shard
-that cannot be opened or breaks off (a cut file, a failed command or download) keeps the samples
-read before the break and is reported once as ``(kind, "<url>", "shard unreadable from sample <n>:
-...")``.
+that cannot be opened or breaks off (a cut file, a failed command or download, an uncompressed tar
+without its end-of-archive blocks) keeps the samples read before the break, counts its last one as
+bad (it may be partial), and is reported once per reading as ``(kind, "<url>", "shard unreadable
+after <n> sample(s): ...")``.
 """
 
 from dataclasses import dataclass
@@ -47,10 +56,10 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Unio
 import zlib
 
 import numpy as np
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
-from torchflava.data.mixing import SkippedSample, item_seed
+from torchflava.data.mixing import MixedBatches, SkippedSample, item_seed
 from torchflava.data.readers import _check_max_pixels, _extensions, _image, text_member
 from torchflava.data.samples import BadSample, Sample
 
@@ -272,6 +281,19 @@ def streaming_checks(
     return checks + [(streaming.resampled or count >= slots, key, expected, f"{count} shard(s) from {shards}")]
 
 
+class StreamedSource(Dataset):
+    """Stands for a streamed kind among the sources of a :class:`~torchflava.data.mixing.MixedBatches`
+    that :class:`StreamingBatches` mixes in (it draws that kind's steps; its items are never read)."""
+
+    lost_data: list = []
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> Sample:
+        raise RuntimeError("a streamed kind's items come from its StreamingBatches, not from MixedBatches")
+
+
 class StreamBatch(NamedTuple):
     """Item of :class:`StreamingBatches`.
 
@@ -327,6 +349,11 @@ class StreamingBatches(IterableDataset):
         json_text_key (Optional[str]): key of the text in a ``.json`` member; None ignores ``.json``.
         max_image_pixels (int): images with more pixels are bad samples.
         max_bad_in_a_row (int): consecutive unusable samples after which the data is declared broken.
+        mixed (Optional[MixedBatches]): step-indexed batches of other kinds to mix in by ratio, built
+            with a :class:`StreamedSource` for ``kind``: micro-step ``n`` is ``mixed[n]`` when
+            ``mixed.kind(n)`` is another kind, else the stream's next batch (the stream ends after
+            ``len(mixed)`` steps). Which kind a step takes is a function of the step, as without
+            streaming; the stream's share of the steps reads it in its own order.
 
     Raises:
         ValueError: if a size, rank or ``require`` is invalid, or (not resampled) there are fewer
@@ -353,6 +380,7 @@ class StreamingBatches(IterableDataset):
         json_text_key: Optional[str] = "caption",
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         max_bad_in_a_row: int = 50,
+        mixed: Optional[MixedBatches] = None,
     ) -> None:
         for name, value, low in (
             ("batch_size", batch_size, 1),
@@ -386,6 +414,9 @@ class StreamingBatches(IterableDataset):
         self.text_extensions = _extensions("text_extensions", text_extensions)
         self.json_text_key = json_text_key
         self.max_pixels = _check_max_pixels(max_image_pixels)
+        if mixed is not None and not isinstance(mixed.sources.get(kind), StreamedSource):
+            raise ValueError(f"mixed: expected MixedBatches with a StreamedSource for kind {kind!r}, got {mixed!r}")
+        self.mixed = mixed
         self._start: dict[str, list[int]] = {}
         self._rotation = 0
 
@@ -497,13 +528,25 @@ class StreamingBatches(IterableDataset):
             raise ValueError(
                 f"num_workers: the stream was built for {self.workers} loader worker(s), the loader has {workers}"
             )
-        slot = self.rank * self.workers + (worker + self._rotation) % self.workers
+        local = (worker + self._rotation) % self.workers
+        slot = self.rank * self.workers + local
         position = self._start.get(str(slot), [0, 0, 0, 0, 0, 0, self.workers])
-        batches = position[5]
+        batches, where = position[5], tuple(position[:5])
         errors: list = []
         reported = 0
         reads = self._samples(slot, position, errors)
         while True:
+            step = batches * self.workers + local  # the loader takes its workers' batches in turn
+            if self.mixed is not None:
+                if step >= len(self.mixed):
+                    return
+                if self.mixed.kind(step) != self.kind:  # a step of a step-indexed kind
+                    item = self.mixed[step]
+                    batches += 1
+                    yield StreamBatch(
+                        item.batch, item.kind, item.skipped, {str(slot): [*where, batches, self.workers]}, []
+                    )
+                    continue
             samples, seeds, keys, skipped, bad_in_a_row = [], [], [], [], 0
             while len(samples) < self.batch_size:
                 read = next(reads)
@@ -524,11 +567,11 @@ class StreamingBatches(IterableDataset):
                     reason = f"shard unreadable after {given} sample(s): {type(error).__name__}: {error}"
                     skipped.append(SkippedSample(self.kind, url, reason))
                 reported = len(errors)
-            batches += 1
+            batches, where = batches + 1, read.position
             batch = self.collator(
                 self.kind, samples, seeds, another=lambda row, seed, read, rows=samples: _another(rows, row, seed, read)
             )
-            yield StreamBatch(batch, self.kind, skipped, {str(slot): [*read.position, batches, self.workers]}, keys)
+            yield StreamBatch(batch, self.kind, skipped, {str(slot): [*where, batches, self.workers]}, keys)
 
 
 def _another(rows: list, row: int, seed: int, read: Callable) -> Optional[Any]:
