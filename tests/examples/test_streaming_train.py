@@ -8,6 +8,7 @@ import http.server
 import io
 import os
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,3 +177,32 @@ def test_a_streamed_run_resumes_only_with_its_loader_workers(shards, tmp_path):
         CLIP.main(again)
     assert str(caught.value).startswith("key 'data.num_workers': ")
     assert "for 1 loader worker slot(s) per rank" in str(caught.value)
+
+
+def test_two_ranks_with_two_workers_each_resume_their_own_stream_positions(shards, tmp_path):
+    """torchrun with 2 ranks x 2 loader workers (8 shards, one epoch in 8 steps): the step-8 checkpoint is
+    removed as if the run had died after step 4's, and the resumed ranks, each restoring its own workers'
+    positions, log exactly the losses of the whole run."""
+    run = tmp_path / "run"
+    args = [
+        f"config={CLIP_DEBUG}",
+        *STREAM,
+        f"data.files.pairs_shards=pipe:cat {shards}/pairs-{{00..07}}.tar",
+        "data.num_workers=2",
+        "data.streaming.shuffle_buffer=12",
+        "training.strategy=ddp",
+        "training.log_every=1",
+        f"training.output_dir={run}",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    script = str(REPO / "examples" / "clip" / "train.py")
+    subprocess.run([*launch, script, *args], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    whole = _losses(run)
+    assert sorted(whole) == list(range(1, 9))
+    shutil.rmtree(run / "checkpoints" / "step_00000008")
+    result = subprocess.run(
+        [*launch, script, *args, "training.resume=auto"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _losses(run) == whole  # steps 5-8 again, from the restored positions
