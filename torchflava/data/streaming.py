@@ -118,7 +118,18 @@ def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
 
 
 def open_shard(url: str):
-    """A binary stream of shard ``url``: fsspec for object stores, webdataset's gopen otherwise."""
+    """Open shard ``url`` for reading.
+
+    Args:
+        url (str): a local path, ``file:``, ``pipe:<command>``, ``http(s)://`` (webdataset's
+            ``gopen``: curl), or a URL of :data:`FSSPEC_SCHEMES` (fsspec, e.g. ``s3://`` with s3fs).
+
+    Returns:
+        A binary stream with ``read`` and ``close``.
+
+    Raises:
+        OSError, ValueError: from the opener (a missing file, an unknown scheme, a refused request).
+    """
     if url_scheme(url) in FSSPEC_SCHEMES:
         import fsspec
 
@@ -155,11 +166,21 @@ _BLOCK = 512  # tar's block; an archive ends with two zero blocks
 
 
 def raw_samples(url: str, errors: list) -> Iterator[dict]:
-    """The samples of one shard as webdataset groups them (``{"__key__": ..., "<ext>": bytes}``), in
-    order. When the shard cannot be read, from the start or from some point on, ``(url, samples
-    given, error)`` is appended to ``errors`` (once per reading); the samples before that point are
-    still given. An uncompressed tar that ends without its end-of-archive blocks was cut short: its
-    last sample may be incomplete and is given with a ``"__cut__"`` reason instead of being trusted."""
+    """The samples of one shard as webdataset groups them, in order, undecoded.
+
+    When the shard cannot be read, from the start or from some point on, ``(url, samples given,
+    error)`` is appended to ``errors`` (once per reading) and the samples before that point are
+    still given; nothing is raised. When the stream broke off (a cut file or download, a failed
+    command, an uncompressed tar without its end-of-archive blocks) the last sample may be
+    incomplete: it is given as ``{"__key__": key, "__cut__": reason}`` instead.
+
+    Args:
+        url (str): the shard (see :func:`open_shard`).
+        errors (list): where reading errors are appended.
+
+    Yields:
+        dict: ``{"__key__": key, "<extension>": bytes, ...}`` per sample.
+    """
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     given, failed = 0, []
@@ -284,8 +305,6 @@ def streaming_checks(
 class StreamedSource(Dataset):
     """Stands for a streamed kind among the sources of a :class:`~torchflava.data.mixing.MixedBatches`
     that :class:`StreamingBatches` mixes in (it draws that kind's steps; its items are never read)."""
-
-    lost_data: list = []
 
     def __len__(self) -> int:
         return 1
@@ -420,7 +439,10 @@ class StreamingBatches(IterableDataset):
         self._start: dict[str, list[int]] = {}
         self._rotation = 0
 
-    lost_data: list = []  # shards that break off are reported with the skipped samples
+    @property
+    def lost_data(self) -> list:
+        """Empty: shards that cannot be read or break off are reported with the skipped samples."""
+        return []
 
     # ----------------------------------------------------------------------------------- position
     def load_state_dict(self, state: dict) -> None:
@@ -501,7 +523,19 @@ class StreamingBatches(IterableDataset):
 
     # ------------------------------------------------------------------------------------ samples
     def decode(self, url: str, raw: dict) -> Sample:
-        """The :class:`Sample` of a raw webdataset sample, or :class:`BadSample` naming ``url:key``."""
+        """Decode one raw sample (as :func:`raw_samples` gives it) with the random-access readers' rules.
+
+        Args:
+            url (str): its shard, for messages.
+            raw (dict): ``{"__key__": key, "<extension>": bytes, ...}``.
+
+        Returns:
+            Sample: the required modalities (RGB image, stripped text); None for the others.
+
+        Raises:
+            BadSample: naming ``<url>:<key>``, if a required member is missing or does not decode, or
+                the sample was cut.
+        """
         where = f"{url}:{raw.get('__key__')}"
         if "__cut__" in raw:
             raise BadSample(where, f"{where}: {raw['__cut__']}")
@@ -522,6 +556,13 @@ class StreamingBatches(IterableDataset):
 
     # ------------------------------------------------------------------------------------ batches
     def __iter__(self) -> Iterator[StreamBatch]:
+        """This slot's batches, from its restored position on (in a loader worker: that worker's slot).
+
+        Raises:
+            ValueError: if the loader has another number of workers than ``num_workers``.
+            RuntimeError: if the data looks broken (``max_bad_in_a_row`` unusable samples, or an epoch
+                of the slot's shards without a single sample).
+        """
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         if workers != self.workers:
