@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/encoders.py
 	$(BIN)/python benchmarks/pretrain_step.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/data_pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -3,9 +3,12 @@
     python examples/clip/train.py config=examples/clip/configs/tiny.yaml
     torchrun --nproc_per_node 8 examples/clip/train.py config=examples/clip/configs/vit_b16.yaml \
         data.source=files data.files.pairs_shards='/data/pairs/shard-*.tar' training.strategy=fsdp
+    torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 examples/clip/train.py \
+        config=... data.source=files data.streaming.enabled=true data.num_workers=4 \
+        data.files.pairs_shards='pipe:aws s3 cp s3://bucket/pairs/shard-{000000..006999}.tar -'
 
 Reads top to bottom: config -> process group -> data (image-text pairs: the built-in shapes world,
-an image folder + captions, or tar shards) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
+an image folder + captions, or tar shards, indexed or streamed) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
 accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and retrieval report
 (``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments.
 ``main(cfg)`` is importable; it returns the report.
@@ -26,6 +29,7 @@ from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageTextFolder, TarShards
 from torchflava.data.shapes import ShapesWorld
+from torchflava.data.streaming import StreamingBatches, StreamingConfig, shard_texts, streaming_checks
 from torchflava.data.tokenizer import run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
@@ -68,7 +72,7 @@ class ShapesConfig:
 class FilesConfig:
     pairs_root: Optional[str] = None  # image folder ...
     pairs_captions: Optional[str] = None  # ... and its captions (.jsonl or .tsv)
-    pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob)
+    pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
 
 
 @dataclass
@@ -76,6 +80,7 @@ class DataConfig:
     source: str = "shapes"  # shapes (built in) | files
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
     vocab: Optional[str] = None  # BERT vocab.txt (or a directory holding one); else learnt from the captions
     vocab_size: int = 30522  # size of a learnt vocabulary
     vocab_training_texts: int = 20_000
@@ -114,9 +119,21 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             (d.vocab is None or Path(d.vocab).exists(), "data.vocab", "an existing vocab.txt or directory", d.vocab),
         ]
+        + streaming_checks(
+            d.streaming,
+            source=d.source,
+            shards=d.files.pairs_shards,
+            world_size=world_size,
+            num_workers=d.num_workers,
+        )
         + (
             pair_file_checks(
-                "data.files", d.files.pairs_shards, d.files.pairs_root, d.files.pairs_captions, required=True
+                "data.files",
+                d.files.pairs_shards,
+                d.files.pairs_root,
+                d.files.pairs_captions,
+                required=True,
+                streamed=d.streaming.enabled,
             )
             if d.source == "files"
             else []
@@ -132,9 +149,11 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- data
-def build_pairs(cfg: DataConfig) -> torch.utils.data.Dataset:
+def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
     """The image-text pairs to train on (validate checked the keys; a file that does not read as
-    data names its key)."""
+    data names its key); None when they are streamed."""
+    if cfg.streaming.enabled:
+        return None
     if cfg.source == "shapes":
         return ShapesWorld("pairs", cfg.shapes.num_pairs, image_size=cfg.shapes.image_size, seed=cfg.shapes.seed)
     f = cfg.files
@@ -150,6 +169,48 @@ def build_pairs(cfg: DataConfig) -> torch.utils.data.Dataset:
         f.pairs_captions,
         f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
         lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
+    )
+
+
+def pair_texts(cfg: DataConfig, pairs: Optional[torch.utils.data.Dataset]) -> list[str]:
+    """The captions a learnt vocabulary is trained on (the first shards' when streamed)."""
+    if pairs is None:
+        return shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts)
+    return source_texts({"pairs": pairs}, limit=cfg.vocab_training_texts)
+
+
+def build_batches(
+    cfg: TrainConfig, pairs: Optional[torch.utils.data.Dataset], collator, rank: int, world_size: int
+) -> torch.utils.data.Dataset:
+    """This rank's micro-batches: step-indexed over ``pairs``, or streamed from the shards."""
+    t, d = cfg.training, cfg.data
+    micro_batch = t.global_batch_size // t.grad_accumulation
+    if pairs is None:
+        return opened(
+            "data.files.pairs_shards",
+            d.files.pairs_shards,
+            "shards to stream",
+            lambda: StreamingBatches(
+                d.files.pairs_shards,
+                collator,
+                batch_size=micro_batch // world_size,
+                rank=rank,
+                world_size=world_size,
+                num_workers=d.num_workers,
+                seed=t.seed,
+                shuffle_buffer=d.streaming.shuffle_buffer,
+                resampled=d.streaming.resampled,
+            ),
+        )
+    return MixedBatches(
+        {"pairs": pairs},
+        {"pairs": 1.0},
+        collator,
+        global_batch_size=micro_batch,
+        num_steps=t.max_steps * t.grad_accumulation,
+        rank=rank,
+        world_size=world_size,
+        seed=t.seed,
     )
 
 
@@ -182,7 +243,7 @@ def main(cfg: TrainConfig) -> dict:
         "a BERT vocab.txt, or null and data with text to learn one from",
         lambda: run_vocabulary(
             d.vocab,
-            lambda: source_texts({"pairs": pairs}, limit=d.vocab_training_texts),
+            lambda: pair_texts(d, pairs),
             out_dir,
             vocab_size=d.vocab_size,
             resumed=resume_from is not None,
@@ -192,16 +253,7 @@ def main(cfg: TrainConfig) -> dict:
     collator = ImageTextCollator(
         tokenizer, RandomCropTransform(image_size, scale=(d.crop_scale_min, 1.0)), max_text_length=d.max_text_length
     )
-    data = MixedBatches(
-        {"pairs": pairs},
-        {"pairs": 1.0},
-        collator,
-        global_batch_size=t.global_batch_size // t.grad_accumulation,
-        num_steps=t.max_steps * t.grad_accumulation,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=t.seed,
-    )
+    data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
 
     torch.manual_seed(t.seed)
     kwargs = model_kwargs(cfg, tokenizer.vocab_size, tokenizer.sep_id)

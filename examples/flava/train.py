@@ -3,6 +3,9 @@
     python examples/flava/train.py config=examples/flava/configs/pretraining/tiny.yaml training.max_steps=100
     torchrun --nproc_per_node 8 examples/flava/train.py config=examples/flava/configs/pretraining/full.yaml \
         training.strategy=fsdp training.precision=bf16
+    torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 examples/flava/train.py \
+        config=examples/flava/configs/pretraining/full.yaml data.source=files data.streaming.enabled=true \
+        data.num_workers=4 data.files.pairs_shards='pipe:aws s3 cp s3://bucket/pmd/{000000..006999}.tar -'
 
 Reads top to bottom: config -> process group -> data -> model -> ``fit`` (the shared training loop:
 wrapping, accumulation, checkpoints, resume, logging) -> export and evaluation. The ``model``
@@ -22,9 +25,16 @@ from torch import nn
 import torch.distributed as dist
 
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
-from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
+from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.shapes import ShapesWorld
+from torchflava.data.streaming import (
+    StreamedSource,
+    StreamingBatches,
+    StreamingConfig,
+    shard_texts,
+    streaming_checks,
+)
 from torchflava.data.tokenizer import WordPieceTokenizer, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
@@ -81,7 +91,7 @@ class ShapesConfig:
 class FilesConfig:
     pairs_root: Optional[str] = None  # image folder of the pairs ...
     pairs_captions: Optional[str] = None  # ... and its captions (.jsonl or .tsv)
-    pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob)
+    pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
     images_root: Optional[str] = None  # images without captions
     texts: Optional[str] = None  # text corpus, one text per line
 
@@ -98,6 +108,7 @@ class DataConfig:
     source: str = "shapes"  # shapes (built in) | files
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)  # the pairs; images/texts mixed in by ratio
     ratios: RatiosConfig = field(default_factory=RatiosConfig)
     vocab: Optional[str] = None  # BERT vocab.txt (or a directory holding one); else trained on the run's text
     vocab_size: int = 30522  # size of a trained vocabulary
@@ -190,7 +201,12 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 cfg.model.pretrained,
             ),
         ]
-        + pair_file_checks("data.files", f.pairs_shards, f.pairs_root, f.pairs_captions, required=False)
+        + streaming_checks(
+            d.streaming, source=d.source, shards=f.pairs_shards, world_size=world_size, num_workers=d.num_workers
+        )
+        + pair_file_checks(
+            "data.files", f.pairs_shards, f.pairs_root, f.pairs_captions, required=False, streamed=d.streaming.enabled
+        )
         + [
             (
                 d.source != "files" or bool(kinds),
@@ -225,14 +241,15 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
         sizes = {"pairs": s.num_pairs, "images": s.num_images, "texts": s.num_texts}
         return {k: ShapesWorld(k, n, image_size=s.image_size, seed=s.seed) for k, n in sizes.items() if n > 0}
     f, sources = cfg.files, {}  # validate checked the keys; a file that does not read as data names its key
-    if f.pairs_shards is not None:
+    streamed = cfg.streaming.enabled  # then build_data streams the pairs from data.files.pairs_shards
+    if f.pairs_shards is not None and not streamed:
         sources["pairs"] = opened(
             "data.files.pairs_shards",
             f.pairs_shards,
             "uncompressed tar shards of samples",
             lambda: TarShards(f.pairs_shards),
         )
-    elif f.pairs_root is not None:
+    elif f.pairs_root is not None and not streamed:
         sources["pairs"] = opened(
             "data.files.pairs_captions",
             f.pairs_captions,
@@ -246,6 +263,14 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
     if f.texts is not None:
         sources["texts"] = opened("data.files.texts", f.texts, "a UTF-8 text file", lambda: TextCorpus(f.texts))
     return sources
+
+
+def run_texts(cfg: DataConfig, sources: dict[str, torch.utils.data.Dataset]) -> list[str]:
+    """The texts a learnt vocabulary is trained on (with the first shards' captions when streamed)."""
+    texts = source_texts(sources, limit=cfg.vocab_training_texts)
+    if cfg.streaming.enabled:
+        texts += shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts)
+    return texts
 
 
 def build_codebook(cfg: TrainConfig, *, seeded: bool = True) -> nn.Module:
@@ -264,8 +289,9 @@ def build_codebook(cfg: TrainConfig, *, seeded: bool = True) -> nn.Module:
 
 def build_data(
     cfg: TrainConfig, sources: dict, tokenizer: WordPieceTokenizer, rank: int, world_size: int
-) -> MixedBatches:
-    """This rank's step-indexed micro-batches: crops, masks, ITM negatives and codebook ids made here."""
+) -> torch.utils.data.Dataset:
+    """This rank's micro-batches, step-indexed (MixedBatches) or streamed pairs (StreamingBatches):
+    crops, masks, ITM negatives and codebook ids made here."""
     d, t = cfg.data, cfg.training
     grid = cfg.model.image_size // cfg.model.patch_size
     collator = FLAVAPretrainingCollator(
@@ -279,11 +305,42 @@ def build_data(
         mlm_probability=d.mlm_probability,
         itm_negative_probability=d.itm_negative_probability,
     )
+    micro_batch = t.global_batch_size // t.grad_accumulation
+    if d.streaming.enabled:  # the pairs streamed, the other kinds' steps step-indexed
+        mixed = None
+        if sources:
+            mixed = flava_pretraining_batches(
+                {"pairs": StreamedSource(), **sources},
+                asdict(d.ratios),
+                collator,
+                global_batch_size=micro_batch,
+                num_steps=t.max_steps * t.grad_accumulation,
+                rank=rank,
+                world_size=world_size,
+                seed=t.seed,
+            )
+        return opened(
+            "data.files.pairs_shards",
+            d.files.pairs_shards,
+            "shards to stream",
+            lambda: StreamingBatches(
+                d.files.pairs_shards,
+                collator,
+                batch_size=micro_batch // world_size,
+                rank=rank,
+                world_size=world_size,
+                num_workers=d.num_workers,
+                seed=t.seed,
+                shuffle_buffer=d.streaming.shuffle_buffer,
+                resampled=d.streaming.resampled,
+                mixed=mixed,
+            ),
+        )
     return flava_pretraining_batches(
         sources,
         asdict(d.ratios),
         collator,
-        global_batch_size=t.global_batch_size // t.grad_accumulation,
+        global_batch_size=micro_batch,
         num_steps=t.max_steps * t.grad_accumulation,
         rank=rank,
         world_size=world_size,
@@ -327,7 +384,7 @@ def main(cfg: TrainConfig) -> dict:
         "a BERT vocab.txt, or null and data with text to learn one from",
         lambda: run_vocabulary(
             cfg.data.vocab,
-            lambda: source_texts(sources, limit=cfg.data.vocab_training_texts),
+            lambda: run_texts(cfg.data, sources),
             out_dir,
             vocab_size=cfg.data.vocab_size,
             resumed=resume_from is not None,

@@ -12,6 +12,7 @@ import sys
 
 from PIL import Image
 import pytest
+import webdataset as wds
 
 from tests.helpers import load_recipe, write_tiny_export
 
@@ -57,6 +58,10 @@ def files(tmp_path_factory) -> Path:
     (root / "not_a.tar").write_text("this is not a tar archive\n" * 40)
     (root / "empty_dir").mkdir()
     (root / "captions.txt").write_text("0.png\ta caption\n")
+    (root / "shards").mkdir()
+    for shard in range(2):
+        with wds.TarWriter(str(root / "shards" / f"p-{shard}.tar")) as writer:
+            writer.write({"__key__": "0", "png": (root / "0.png").read_bytes(), "txt": "a blue square"})
     return root
 
 
@@ -81,6 +86,19 @@ EVAL = [
     ("eval.templates=[a photo]", "eval.templates"),
 ]
 FILES = "data.source=files"
+STREAMED = (FILES, "data.streaming.enabled=true")
+TWO_SHARDS = "data.files.pairs_shards={files}/shards/p-{{0..1}}.tar"
+STREAMING = [
+    ((FILES, "data.streaming.shuffle_buffer=-1"), "data.streaming.shuffle_buffer"),
+    ("data.streaming.enabled=true", "data.streaming.enabled"),  # data.source=shapes
+    (STREAMED, "data.files.pairs_shards"),  # nothing to stream
+    ((FILES, TWO_SHARDS), "data.files.pairs_shards"),  # a brace pattern needs streaming
+    ((FILES, "data.files.pairs_shards=http://127.0.0.1:9/p.tar"), "data.files.pairs_shards"),
+    ((*STREAMED, "data.files.pairs_shards={files}/shards/p-{{0..2}}.tar"), "data.files.pairs_shards"),  # no p-2
+    ((*STREAMED, TWO_SHARDS, "data.num_workers=3"), "data.files.pairs_shards"),  # 3 slots, 2 shards
+    ((*STREAMED, TWO_SHARDS, "data.num_workers=-1"), "data.num_workers"),
+    ((*STREAMED, "data.files.pairs_shards={files}/not_a.tar"), "data.vocab"),  # no readable caption
+]
 NO_RATIOS = ("data.ratios.pairs=0", "data.ratios.images=0", "data.ratios.texts=0")
 FLAVA_ONLY = [
     ("model.patch_size=0", "model.patch_size"),
@@ -197,8 +215,8 @@ FINETUNE_BASE = [
 ]
 BASE = {"flava": [f"config={FLAVA[1]}"], "clip": [f"config={CLIP[1]}"], "finetune": FINETUNE_BASE}
 CASES = (
-    [("flava", *c) for c in SHARED + EVAL + FLAVA_ONLY]
-    + [("clip", *c) for c in SHARED + EVAL + CLIP_ONLY]
+    [("flava", *c) for c in SHARED + EVAL + FLAVA_ONLY + STREAMING]
+    + [("clip", *c) for c in SHARED + EVAL + CLIP_ONLY + STREAMING]
     + [("finetune", *c) for c in SHARED + FINETUNE_ONLY]
 )
 
@@ -250,6 +268,11 @@ COMMANDS = [
         "least one non-blank line, '{files}/empty.txt' holds none)",
     ),
     (
+        [str(CLIP[0]), f"config={CLIP[1]}", "data.source=files", "data.files.pairs_shards=s3://bucket/p.tar"],
+        "error: key 'data.files.pairs_shards': expected local uncompressed tar files (a path or glob); URLs, brace "
+        "patterns and .tar.gz need data.streaming.enabled=true, got 's3://bucket/p.tar'",
+    ),
+    (
         [str(FINETUNE), *FINETUNE_BASE, "data.train={files}/no_label_column.tsv"],
         "error: key 'data.train': expected a TSV file with a header holding ['question', 'sentence', 'label'] and "
         "labels in ['neg', 'pos'], got '{files}/no_label_column.tsv' ({files}/no_label_column.tsv: missing "
@@ -258,7 +281,9 @@ COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("command, expected", COMMANDS, ids=["clip-lr", "flava-texts", "flava-empty", "finetune"])
+@pytest.mark.parametrize(
+    "command, expected", COMMANDS, ids=["clip-lr", "flava-texts", "flava-empty", "clip-s3-unstreamed", "finetune"]
+)
 def test_the_command_line_exits_2_with_one_line(command, expected, files, tmp_path):
     arguments = [a.format(files=files) for a in command]
     result = subprocess.run(

@@ -1,6 +1,7 @@
 """Data: sources (the built-in shapes world, file readers, labelled tasks), tokenizer, transforms,
 step-indexed mixed batches (``mixing``) and FLAVA's pretraining collator (``flava``). Imports no
-model code. Needs the ``data`` extra (pillow, tokenizers)."""
+model code. Needs the ``data`` extra (pillow, tokenizers; webdataset, braceexpand and fsspec for
+streamed shards, ``streaming``)."""
 
 from torchflava.data.finetuning import (
     ClassificationCollator,
@@ -15,6 +16,7 @@ from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import BadSample, Sample
 from torchflava.data.shapes import CLASS_NAMES, Scene, ShapesWorld
+from torchflava.data.streaming import StreamBatch, StreamedSource, StreamingBatches, expand_shards
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import (
     EvalImageTransform,
@@ -49,6 +51,10 @@ __all__ = [
     "Scene",
     "ShapesWorld",
     "SkippedSample",
+    "StreamBatch",
+    "StreamedSource",
+    "StreamingBatches",
+    "expand_shards",
     "TarShards",
     "TextCorpus",
     "WordPieceTokenizer",

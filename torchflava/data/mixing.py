@@ -210,7 +210,8 @@ def data_loss_report(skipped: Sequence[tuple], lost_data: Sequence[object], *, e
 
     Args:
         skipped (Sequence[tuple]): the ``(kind, index, reason)`` unusable samples met (a fit result's
-            ``skipped``).
+            ``skipped``); the index is an item number, or a ``"<shard url>:<key>"`` string for a
+            streamed sample (a shard's URL alone when the shard breaks off).
         lost_data (Sequence[object]): data lost outside any sample (:attr:`MixedBatches.lost_data`).
         examples (int): how many skipped samples to quote.
 
@@ -219,7 +220,9 @@ def data_loss_report(skipped: Sequence[tuple], lost_data: Sequence[object], *, e
         and ``lost_data`` (one line each).
     """
     return {
-        "skipped_samples": len({(kind, int(index)) for kind, index, *_ in skipped}),
+        "skipped_samples": len(
+            {(kind, index if isinstance(index, str) else int(index)) for kind, index, *_ in skipped}
+        ),
         "skipped_examples": [f"{kind}[{index}]: {reason}" for kind, index, reason in list(skipped)[:examples]],
         "lost_data": [str(lost) for lost in lost_data],
     }

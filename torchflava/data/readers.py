@@ -371,6 +371,28 @@ class ImageFolder(Dataset):
         return Sample(image=_image(os.path.join(self._root, relative), index, relative, self._max_pixels), text=None)
 
 
+def text_member(data: bytes, json_text_key: Optional[str], index: object, where: str) -> str:
+    """The stripped UTF-8 text of a tar member, or the ``json_text_key`` string of a JSON member
+    (``json_text_key`` None: the member is plain text).
+
+    Raises:
+        BadSample: if the member is not UTF-8, not JSON with that key, or the text is blank.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadSample(index, f"{where}: text member is not valid UTF-8") from None
+    if json_text_key is None:
+        return _text(text, index, where)
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise BadSample(index, f"{where}: json member is not valid JSON ({error})") from None
+    if not isinstance(record, dict) or json_text_key not in record:
+        raise BadSample(index, f"{where}: json member has no {json_text_key!r} key")
+    return _text(record[json_text_key], index, where)
+
+
 class _TarSample(NamedTuple):
     """Where one sample's members lie: shard number, key, and (data offset, size) of each member."""
 
@@ -617,7 +639,8 @@ class TarShards(Dataset):
             raise BadSample(index, f"{where}: no {' and no '.join(missing)} member")
         data = self._read(sample, index, where)
         image = _image(io.BytesIO(data["image"]), index, where, self._max_pixels) if "image" in data else None
-        text = self._decode_text(data["text"], sample.text_is_json, index, where) if "text" in data else None
+        json_key = self._json_text_key if sample.text_is_json else None
+        text = text_member(data["text"], json_key, index, where) if "text" in data else None
         return Sample(image=image, text=text)
 
     def _read(self, sample: _TarSample, index: int, where: str) -> dict[str, bytes]:
@@ -636,19 +659,3 @@ class TarShards(Dataset):
             reason = f"cannot read the shard ({type(error).__name__}: {error})"
             raise BadSample(index, f"{where}: {reason}") from None
         return data
-
-    def _decode_text(self, data: bytes, is_json: bool, index: int, where: str) -> str:
-        """UTF-8 text, or the ``json_text_key`` string of a JSON object; BadSample when neither decodes."""
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise BadSample(index, f"{where}: text member is not valid UTF-8") from None
-        if not is_json:
-            return _text(text, index, where)
-        try:
-            record = json.loads(text)
-        except (ValueError, RecursionError) as error:
-            raise BadSample(index, f"{where}: json member is not valid JSON ({error})") from None
-        if not isinstance(record, dict) or self._json_text_key not in record:
-            raise BadSample(index, f"{where}: json member has no {self._json_text_key!r} key")
-        return _text(record[self._json_text_key], index, where)

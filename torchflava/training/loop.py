@@ -22,6 +22,13 @@ Data: ``data[i]`` is this rank's share of micro-batch ``i``, a pure function of 
 of a resumed run follows from its step, so a run also resumes on another number of ranks. An item
 may carry ``skipped`` (the unusable samples met building it, as tuples) and ``kind`` (a name that is
 logged): the loop checkpoints the former and returns them, distinct over ranks and resumes.
+
+Streamed data (an ``IterableDataset``, e.g. ``torchflava.data.streaming``) has no length and no
+index: its items come in order from the loader, and each carries a ``position``, a mapping (from a
+stream's name to where it stands, as plain lists and numbers) that the loop merges, item after
+item, into this rank's data position and saves in every checkpoint. A resumed run hands the saved
+position to ``data.load_state_dict`` before the loader starts; such a run resumes on the number of
+ranks it was started with.
 """
 
 from contextlib import nullcontext
@@ -36,7 +43,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from torchflava.modules.layers import TransformerEncoderLayer, set_activation_checkpointing
 from torchflava.training.checkpointing import (
@@ -209,7 +216,8 @@ def fit(
             activation checkpointing is set from ``training.activation_checkpointing``.
         step (StepFunction): ``step(wrapped_model, item) -> StepOutput`` for one micro-batch; the
             item is ``data[i]`` with its tensors on the model's device.
-        data (Dataset): ``data[i]`` = this rank's share of micro-batch ``i``.
+        data (Dataset): ``data[i]`` = this rank's share of micro-batch ``i``; or an
+            ``IterableDataset`` of them with positions and ``load_state_dict`` (streamed, see above).
         training (TrainingConfig): the loop's settings.
         optim (OptimConfig): AdamW, schedule and clipping settings.
         after_step (Optional[Callable[[], None]]): called after every optimiser step (e.g. a clamp).
@@ -225,12 +233,14 @@ def fit(
     Raises:
         ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
             is malformed.
-        ConfigError: as :func:`resume_checkpoint`.
+        ConfigError: as :func:`resume_checkpoint`; or a streamed run resumed on other ranks or loader
+            workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
     """
     t = training
     accumulation = t.grad_accumulation
-    if len(data) < t.max_steps * accumulation:
+    streamed = isinstance(data, IterableDataset)
+    if not streamed and len(data) < t.max_steps * accumulation:
         raise ValueError(
             f"data: expected at least max_steps x grad_accumulation = {t.max_steps * accumulation} "
             f"micro-batches, got {len(data)}"
@@ -243,10 +253,15 @@ def fit(
         set_activation_checkpointing(model, t.activation_checkpointing)
     device = model_device(model)
     wrapped, optimizer, scheduler, autocast = setup_training(model, t, optim, device=device, layer_types=shard_layers)
-    start, skipped = 0, []
+    start, skipped, position = 0, [], {}
     if resume_from is not None:
-        start, skipped = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler)
+        start, skipped, position = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler, streamed=streamed)
         _apply_optim_config(optimizer, scheduler, optim)
+        if streamed:
+            try:
+                data.load_state_dict(position)
+            except ValueError as error:
+                raise ConfigError(f"key 'data.num_workers': {str(error).removeprefix('num_workers: ')}") from None
     is_main = _rank() == 0
     logger = progress = None
     if is_main:
@@ -265,6 +280,7 @@ def fit(
     def micro_batch(index: int) -> tuple[dict[str, Tensor], Optional[str]]:
         item = _to_device(next(items), device)
         skipped.extend(tuple(s) for s in getattr(item, "skipped", ()))
+        position.update(getattr(item, "position", None) or {})
         sync = index == accumulation - 1
         if t.strategy == "fsdp":
             model.set_requires_gradient_sync(sync)
@@ -309,7 +325,7 @@ def fit(
                 if progress is not None:
                     progress.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps:
-                checkpoints.save(done, wrapped, optimizer, _loop_state(done, scheduler, skipped))
+                checkpoints.save(done, wrapped, optimizer, _loop_state(done, scheduler, skipped, position))
     finally:
         if progress is not None:
             progress.close()
@@ -356,29 +372,44 @@ def _non_finite_message(loss, grad_norm, done, kind, values, checkpoints) -> str
     )
 
 
-def _loop_state(step: int, scheduler, skipped: list) -> dict:
-    """This rank's part of a checkpoint: step, schedule, RNG states, unusable samples met."""
+def _loop_state(step: int, scheduler, skipped: list, position: dict) -> dict:
+    """This rank's part of a checkpoint: step, schedule, RNG states, unusable samples met, and the
+    position of streamed data (empty for step-indexed data)."""
     return {
         "step": step,
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
         "skipped": [list(s) for s in skipped],
+        "data": dict(position),
     }
 
 
-def _resume(checkpoints: CheckpointManager, path: Path, wrapped, optimizer, scheduler) -> tuple[int, list]:
-    """Load checkpoint ``path``; return its step and this rank's unusable samples so far."""
+def _resume(
+    checkpoints: CheckpointManager, path: Path, wrapped, optimizer, scheduler, *, streamed: bool
+) -> tuple[int, list, dict]:
+    """Load checkpoint ``path``; return its step, this rank's unusable samples so far and its data
+    position (streamed data; empty otherwise).
+
+    Raises:
+        ConfigError: if streamed data resumes on another number of ranks.
+    """
+    saved_world = checkpoint_world_size(path)
+    if streamed and saved_world != _world_size():
+        raise ConfigError(
+            f"key 'training.resume': expected a streamed run to resume on the {saved_world} rank(s) it was started "
+            f"with, got {_world_size()} (the stream's positions are per rank and loader worker)"
+        )
     local = checkpoints.load(path, wrapped, optimizer, verified=True)  # resume_checkpoint verified it
     step = checkpoint_step(path)
-    if local and checkpoint_world_size(path) == _world_size():
+    if local and saved_world == _world_size():
         scheduler.load_state_dict(local["scheduler"])
         set_rng_state(local["rng"])
-        return step, [tuple(s) for s in local["skipped"]]
+        return step, [tuple(s) for s in local["skipped"]], dict(local.get("data", {}))
     # Written by another number of ranks: the schedule is every rank's, the RNG streams are per rank
     # (left as they are), and rank 0 takes over the unusable samples every saved rank met.
     saved = [torch.load(p, weights_only=True) for p in sorted(Path(path).glob("rank*.pt"))]
     scheduler.load_state_dict(saved[0]["scheduler"])
-    return step, [tuple(s) for state in saved for s in state["skipped"]] if _rank() == 0 else []
+    return step, [tuple(s) for state in saved for s in state["skipped"]] if _rank() == 0 else [], {}
 
 
 def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig) -> None:
@@ -403,9 +434,10 @@ def _identity(item: Any) -> Any:
 
 
 def _loader(data: Dataset, first: int, num_workers: int) -> DataLoader:
-    """Items ``first, first + 1, ...`` of ``data`` in order (the loader draws nothing from the global RNG)."""
+    """Items ``first, first + 1, ...`` of ``data`` in order (the loader draws nothing from the global RNG);
+    streamed data from where its position was restored."""
     return DataLoader(
-        Subset(data, range(first, len(data))),
+        data if isinstance(data, IterableDataset) else Subset(data, range(first, len(data))),
         batch_size=None,
         collate_fn=_identity,
         num_workers=num_workers,

@@ -237,11 +237,18 @@ def path_check(key: str, value: Optional[str], kind: str) -> tuple:
 
 
 def pair_file_checks(
-    prefix: str, shards: Optional[str], root: Optional[str], captions: Optional[str], *, required: bool
+    prefix: str,
+    shards: Optional[str],
+    root: Optional[str],
+    captions: Optional[str],
+    *,
+    required: bool,
+    streamed: bool = False,
 ) -> list[tuple]:
     """Checks of image-text pair files given as ``<prefix>.pairs_shards`` (tar shards), or as
     ``<prefix>.pairs_root`` (an image folder) with ``<prefix>.pairs_captions``: one of the two forms
-    when ``required``, root and captions together, and each path naming what will be opened."""
+    when ``required``, root and captions together, and each path naming what will be opened (the
+    shards only when they are local files to index, not ``streamed``: the stream's checks do that)."""
     given = {"pairs_shards": shards, "pairs_root": root, "pairs_captions": captions}
     missing = "pairs_captions" if root is not None else "pairs_root"
     return [
@@ -252,7 +259,7 @@ def pair_file_checks(
             "set together with the other of pairs_root and pairs_captions",
             None,
         ),
-        path_check(f"{prefix}.pairs_shards", shards, "files"),
+        path_check(f"{prefix}.pairs_shards", None if streamed else shards, "files"),
         path_check(f"{prefix}.pairs_root", root, "directory"),
         path_check(f"{prefix}.pairs_captions", captions, "file"),
     ]

@@ -1,0 +1,320 @@
+"""Streamed shards (torchflava/data/streaming.py): shards written with webdataset.ShardWriter, read as
+local paths, brace patterns, `pipe:cat`, loopback HTTP and `.tar.gz`; the split over 2 ranks x 2 loader
+workers reads every sample exactly once per epoch; a restarted stream continues exactly; bad samples and
+broken shards are counted."""
+
+import collections
+import functools
+import gzip
+import http.server
+import io
+from pathlib import Path
+import shutil
+import threading
+
+from PIL import Image
+import pytest
+import torch
+from torch.utils.data import DataLoader
+import webdataset as wds
+
+from torchflava.data.mixing import MixedBatches, data_loss_report
+from torchflava.data.samples import Sample
+from torchflava.data.streaming import StreamedSource, StreamingBatches, expand_shards, url_scheme
+
+
+def png(index: int, size: int = 8) -> bytes:
+    """A small PNG whose colour encodes ``index``."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (index % 256, (index * 7) % 256, 50)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_shards(root: Path, *, shards: int, per_shard: int, suffix: str = ".tar") -> list[str]:
+    """``shards`` shards of ``per_shard`` samples (key ``s00007``, a PNG and a caption ``caption 7``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(root / f"shard-%03d{suffix}"), maxcount=per_shard, verbose=0) as writer:
+        for index in range(shards * per_shard):
+            writer.write({"__key__": f"s{index:05d}", "png": png(index), "txt": f"caption {index}"})
+    return sorted(str(path) for path in root.glob(f"shard-*{suffix}"))
+
+
+def captions(kind, samples, seeds, *, another=None):
+    """A collator that keeps what the tests look at: the captions and the seeds."""
+    assert all(sample.image is not None and sample.image.size == (8, 8) for sample in samples)
+    return {"texts": [sample.text for sample in samples], "seeds": list(seeds)}
+
+
+def stream(spec, **kwargs) -> StreamingBatches:
+    options = dict(batch_size=5, seed=3, shuffle_buffer=4)
+    options.update(kwargs)
+    return StreamingBatches(spec, captions, **options)
+
+
+def items(data: StreamingBatches, count: int, *, num_workers: int = 0) -> list:
+    loader = DataLoader(data, batch_size=None, num_workers=num_workers, collate_fn=lambda item: item)
+    iterator = iter(loader)
+    taken = [next(iterator) for _ in range(count)]
+    del iterator
+    return taken
+
+
+def texts(batches) -> list[str]:
+    return [text for item in batches for text in item.batch["texts"]]
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    write_shards(root, shards=8, per_shard=5)
+    return root
+
+
+ALL = sorted(f"caption {i}" for i in range(40))
+
+
+def test_brace_pattern_glob_and_list_expand_to_the_shards(shard_dir):
+    pattern = str(shard_dir / "shard-{000..007}.tar")
+    assert expand_shards(pattern) == [str(shard_dir / f"shard-{i:03d}.tar") for i in range(8)]
+    assert expand_shards(str(shard_dir / "shard-00[0-2].tar")) == expand_shards(str(shard_dir / "shard-{000..002}.tar"))
+    assert expand_shards(["pipe:cat a-{0..1}.tar", "https://h/x.tar"]) == [
+        "pipe:cat a-0.tar",
+        "pipe:cat a-1.tar",
+        "https://h/x.tar",
+    ]
+    assert [url_scheme(u) for u in ("s3://b/k.tar", "pipe:cat x", "/a/b.tar", "gs://b/x")] == ["s3", "pipe", "", "gs"]
+    with pytest.raises(FileNotFoundError, match=r"shards: '.*shard-008.tar' is not a file"):
+        expand_shards(str(shard_dir / "shard-{007..009}.tar"))
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        expand_shards(str(shard_dir / "none-*.tar"))
+    with pytest.raises(TypeError, match="shards must be a string or a list of strings, got 3"):
+        expand_shards(3)
+
+
+def test_unshuffled_stream_reads_the_shards_in_order(shard_dir):
+    data = stream(str(shard_dir / "shard-{000..007}.tar"), shuffle_buffer=0)
+    first = items(data, 9)  # 45 samples: the 40 of epoch 0, then epoch 1 starts again at the first
+    assert texts(first) == [f"caption {i}" for i in range(40)] + [f"caption {i}" for i in range(5)]
+    assert first[0].keys == [f"{shard_dir}/shard-000.tar:s{i:05d}" for i in range(5)]
+    assert first[-1].position == {"0": [1, 5, 0, 5, 0, 9, 1]}  # epoch 1, next block: shard 0 from its 6th sample
+    assert [item.skipped for item in first] == [[]] * 9
+
+
+def test_shuffled_stream_is_seeded_and_each_epoch_is_a_permutation(shard_dir):
+    spec = str(shard_dir / "shard-*.tar")
+    first, again = texts(items(stream(spec), 16)), texts(items(stream(spec), 16))
+    assert first == again  # the seed fixes the order
+    assert sorted(first[:40]) == ALL and sorted(first[40:]) == ALL  # two epochs, each sample once in each
+    assert first[:40] != [f"caption {i}" for i in range(40)] and first[:40] != first[40:]
+    assert texts(items(stream(spec, seed=4), 8)) != first[:40]
+
+
+def test_two_ranks_by_two_workers_read_each_sample_once_per_epoch(shard_dir):
+    """8 shards over 4 slots: each slot reads 2 shards (10 samples, 2 batches) per epoch."""
+    spec = str(shard_dir / "shard-{000..007}.tar")
+    seen = {0: collections.Counter(), 1: collections.Counter()}
+    for rank in (0, 1):
+        batches = items(stream(spec, rank=rank, world_size=2, num_workers=2), 8, num_workers=2)
+        slots = [next(iter(item.position)) for item in batches]
+        assert slots == [str(2 * rank + w) for w in (0, 1)] * 4  # the loader alternates its workers
+        epoch_of = [0, 0, 0, 0, 1, 1, 1, 1]  # batches 1-2 of each worker are epoch 0, 3-4 epoch 1
+        for item, epoch in zip(batches, epoch_of):
+            seen[epoch].update(item.batch["texts"])
+    for epoch in (0, 1):
+        assert sorted(seen[epoch]) == ALL and set(seen[epoch].values()) == {1}, epoch
+
+
+@pytest.mark.parametrize("resampled", [False, True], ids=["epochs", "resampled"])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_restarted_stream_continues_exactly(shard_dir, resampled, num_workers):
+    """Positions merged from the batches consumed (as the training loop checkpoints them) restart every
+    worker's stream inside its shuffled block: the batches that follow are the uninterrupted ones."""
+    spec = str(shard_dir / "shard-*.tar")
+    options = dict(batch_size=3, shuffle_buffer=7, resampled=resampled, num_workers=num_workers)
+    reference = items(stream(spec, **options), 23, num_workers=num_workers)
+    for done in (5, 14):  # odd: the next batch is the second worker's turn
+        position: dict = {}
+        for item in reference[:done]:
+            position.update(item.position)
+        restarted = stream(spec, **options)
+        restarted.load_state_dict(position)
+        rest = items(restarted, 23 - done, num_workers=num_workers)
+        assert [item.batch for item in rest] == [item.batch for item in reference[done:]]  # texts and seeds
+        assert [item.keys for item in rest] == [item.keys for item in reference[done:]]
+
+
+def test_positions_of_another_worker_count_are_refused(shard_dir):
+    data = stream(str(shard_dir / "shard-*.tar"), num_workers=2)
+    with pytest.raises(ValueError, match=r"data.num_workers: .* for 1 loader worker slot\(s\) per rank .* has 2"):
+        data.load_state_dict({"0": [0, 1, 0, 3, 0, 1, 1]})
+
+
+def test_fewer_shards_than_slots_are_refused_unless_resampled(shard_dir):
+    spec = str(shard_dir / "shard-{000..002}.tar")
+    with pytest.raises(ValueError, match=r"at least ranks x loader workers = 2 x 2 = 4 shards .* got 3"):
+        stream(spec, rank=1, world_size=2, num_workers=2)
+    resampled = stream(spec, rank=1, world_size=2, num_workers=2, resampled=True)
+    assert len(texts(items(resampled, 4, num_workers=2))) == 20
+
+
+def test_bad_samples_and_a_cut_shard_are_counted(tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    with wds.TarWriter(str(root / "a.tar")) as writer:
+        writer.write({"__key__": "good0", "png": png(0), "txt": "caption 0"})
+        writer.write({"__key__": "broken", "png": b"not an image", "txt": "caption x"})
+        writer.write({"__key__": "notext", "png": png(1)})
+        writer.write({"__key__": "blank", "png": png(2), "txt": "   "})
+        writer.write({"__key__": "good1", "png": png(3), "json": b'{"caption": "caption 3"}'})
+    write_shards(tmp_path / "cut", shards=1, per_shard=6)
+    whole = (tmp_path / "cut" / "shard-000.tar").read_bytes()
+    (root / "b.tar").write_bytes(whole[: int(len(whole) * 0.6)])  # cut inside a member
+    data = stream(str(root / "{a,b}.tar"), batch_size=2, shuffle_buffer=0)
+    batches = items(data, 4)  # a: 2 good; b: 4 whole samples, the 5th cut; then epoch 1 starts again
+    skipped = [entry for item in batches for entry in item.skipped]
+    reasons = {index.rsplit("/", 1)[-1]: reason for _, index, reason in skipped}
+    assert texts(batches)[:2] == ["caption 0", "caption 3"]
+    assert "a.tar:broken" in reasons and "unreadable image" in reasons["a.tar:broken"]
+    assert reasons["a.tar:notext"].endswith("no text member")
+    assert "empty or missing text" in reasons["a.tar:blank"]
+    assert reasons["b.tar"].startswith("shard unreadable after 4 sample(s): EOFError: the shard ends without")
+    assert texts(batches)[2:] == ["caption 0", "caption 1", "caption 2", "caption 3", "caption 0", "caption 3"]
+    assert reasons["b.tar:s00004"].endswith("the shard breaks off in or after this sample")
+    assert data_loss_report(skipped, [])["skipped_samples"] == 5
+
+
+def test_tar_gz_and_pipe_cat_shards(tmp_path, shard_dir):
+    gz = write_shards(tmp_path / "gz", shards=2, per_shard=5, suffix=".tar.gz")
+    assert gzip.open(gz[0]).read(1) is not None
+    assert sorted(texts(items(stream(gz), 2))) == sorted(f"caption {i}" for i in range(10))
+    whole = Path(gz[1]).read_bytes()
+    Path(gz[1]).write_bytes(whole[: len(whole) // 2])  # a download cut in the middle
+    batches = items(stream(gz, shuffle_buffer=0, batch_size=1), 7)
+    assert texts(batches)[:5] == [f"caption {i}" for i in range(5)]
+    skipped = dict((index.rsplit("/", 1)[-1], reason) for item in batches for _, index, reason in item.skipped)
+    assert len(skipped) == 2 and "ReadError" in skipped["shard-001.tar.gz"] and gz[1] in skipped["shard-001.tar.gz"]
+    cut = [reason for name, reason in skipped.items() if name.startswith("shard-001.tar.gz:")]
+    assert len(cut) == 1 and cut[0].endswith("the shard breaks off in or after this sample")
+    piped = stream(f"pipe:cat {shard_dir}/shard-{{000..007}}.tar", shuffle_buffer=0)
+    assert texts(items(piped, 8)) == [f"caption {i}" for i in range(40)]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """A directory served over HTTP on 127.0.0.1 by a thread of the test (curl must not use a proxy)."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    root = tmp_path / "served"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_shards_with_a_brace_pattern_and_a_missing_one(http_root, shard_dir):
+    root, base = http_root
+    for path in sorted(shard_dir.glob("shard-*.tar"))[:4]:
+        shutil.copy(path, root / path.name)
+    data = stream(f"{base}/shard-{{000..004}}.tar", shuffle_buffer=0)  # shard-004 is not served: a 404
+    batches = items(data, 5)
+    assert texts(batches)[:20] == [f"caption {i}" for i in range(20)]
+    assert texts(batches)[20:] == [f"caption {i}" for i in range(5)]  # epoch 1
+    missing = [entry for item in batches for entry in item.skipped]
+    assert [(kind, index) for kind, index, _ in missing] == [("pairs", f"{base}/shard-004.tar")]
+
+
+def test_texts_for_a_vocabulary_and_another_row_for_negatives(shard_dir):
+    data = stream(str(shard_dir / "shard-{000..007}.tar"))
+    assert data.texts(7) == [f"caption {i}" for i in range(7)]  # the shards in order, no image decoded
+    rows = []
+
+    def collate(kind, samples, seeds, *, another):
+        rows.append([another(row, seed, lambda source, j: source[j].text) for row, seed in enumerate(seeds)])
+        return [sample.text for sample in samples]
+
+    batch = next(iter(StreamingBatches(str(shard_dir / "shard-*.tar"), collate, batch_size=4, shuffle_buffer=0)))
+    assert batch.batch == [f"caption {i}" for i in range(4)]
+    assert all(other in batch.batch and other != own for own, other in zip(batch.batch, rows[0]))
+    alone = StreamingBatches(str(shard_dir / "shard-*.tar"), collate, batch_size=1, shuffle_buffer=0)
+    next(iter(alone))
+    assert rows[1] == [None]
+
+
+def test_object_store_urls_are_read_through_fsspec(shard_dir, monkeypatch):
+    """s3:// and gs:// go through fsspec; its in-memory file system stands in for a store here."""
+    import fsspec
+
+    import torchflava.data.streaming as streaming
+
+    memory = fsspec.filesystem("memory")
+    for path in sorted(shard_dir.glob("shard-00[0-1].tar")):
+        memory.pipe(f"/bucket/{path.name}", path.read_bytes())
+    monkeypatch.setattr(streaming, "FSSPEC_SCHEMES", (*streaming.FSSPEC_SCHEMES, "memory"))
+    data = stream("memory://bucket/shard-{000..001}.tar", shuffle_buffer=0)
+    assert texts(items(data, 2)) == [f"caption {i}" for i in range(10)]
+    assert streaming.FSSPEC_SCHEMES[:2] == ("s3", "gs")
+
+
+class _Texts(torch.utils.data.Dataset):
+    """A step-indexed text source: item i is ``text i``."""
+
+    def __len__(self) -> int:
+        return 50
+
+    def __getitem__(self, index: int):
+        return Sample(image=None, text=f"text {index}")
+
+
+def _mixed(num_steps: int, *, rank: int = 0, world_size: int = 1) -> MixedBatches:
+    def collate(kind, samples, seeds, *, another=None):
+        return {"texts": [sample.text for sample in samples], "seeds": list(seeds)}
+
+    sources = {"pairs": StreamedSource(), "texts": _Texts()}
+    ratios = {"pairs": 0.6, "texts": 0.4}
+    return MixedBatches(
+        sources,
+        ratios,
+        collate,
+        global_batch_size=5 * world_size,
+        num_steps=num_steps,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_streamed_pairs_mixed_with_a_step_indexed_source_by_ratio(shard_dir, num_workers):
+    spec = str(shard_dir / "shard-*.tar")
+    mixed = _mixed(20)
+    reference = items(stream(spec, mixed=mixed, num_workers=num_workers), 20, num_workers=num_workers)
+    assert [item.kind for item in reference] == [mixed.kind(step) for step in range(20)]
+    assert {"pairs", "texts"} == {item.kind for item in reference}
+    for step, item in enumerate(reference):
+        if item.kind == "texts":
+            assert item.batch == mixed[step].batch  # the step-indexed batch of that very step
+    pairs = texts([item for item in reference if item.kind == "pairs"])
+    alone = texts(items(stream(spec, num_workers=num_workers), len(pairs) // 5, num_workers=num_workers))
+    if num_workers == 0:
+        assert pairs == alone  # the stream's share of the steps reads it in its own order
+        assert sorted(pairs[:40]) == ALL  # its first epoch
+    assert len(pairs) == 50 and max(collections.Counter(pairs).values()) <= 2  # 1.25 epochs
+    position: dict = {}
+    for item in reference[:7]:
+        position.update(item.position)
+    restarted = stream(spec, mixed=_mixed(20), num_workers=num_workers)
+    restarted.load_state_dict(position)
+    rest = items(restarted, 13, num_workers=num_workers)
+    assert [(item.kind, item.batch) for item in rest] == [(item.kind, item.batch) for item in reference[7:]]
+    with pytest.raises(ValueError, match="mixed: expected MixedBatches with a StreamedSource for kind 'texts'"):
+        stream(spec, kind="texts", mixed=mixed)

@@ -1,0 +1,208 @@
+"""Both pretraining recipes on streamed shards (data.streaming.enabled): webdataset.ShardWriter shards
+served over loopback HTTP by the test and read through `pipe:cat`, named by brace patterns; a bad sample is
+counted in the report; a streamed CLIP run killed with SIGKILL resumes to exactly the uninterrupted losses;
+a resume on other loader workers is refused."""
+
+import functools
+import http.server
+import io
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import webdataset as wds
+
+from tests.helpers import load_recipe
+from torchflava.data.shapes import ShapesWorld
+from torchflava.data.streaming import StreamedSource
+
+REPO = Path(__file__).resolve().parents[2]
+CLIP = load_recipe("examples/clip/train.py", "streaming_clip_recipe")
+FLAVA = load_recipe("examples/flava/train.py", "streaming_flava_recipe")
+CLIP_DEBUG = REPO / "examples" / "clip" / "configs" / "debug.yaml"
+FLAVA_DEBUG = REPO / "examples" / "flava" / "configs" / "pretraining" / "debug.yaml"
+STREAM = ["data.source=files", "data.streaming.enabled=true", "eval.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """8 shards of 16 shapes pairs (32 x 32 PNG + caption); shard 5's third sample has a broken image."""
+    root = tmp_path_factory.mktemp("pairs")
+    world = ShapesWorld("pairs", 128, image_size=32, seed=1)
+    with wds.ShardWriter(str(root / "pairs-%02d.tar"), maxcount=16, verbose=0) as writer:
+        for index in range(128):
+            buffer = io.BytesIO()
+            world[index].image.save(buffer, format="PNG")
+            image = b"\x89PNG broken" if index == 5 * 16 + 2 else buffer.getvalue()
+            writer.write({"__key__": f"{index:05d}", "png": image, "txt": world.caption(index)})
+    return root
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served(shards, monkeypatch):
+    """The shards over HTTP on 127.0.0.1, from a thread of this test (curl told not to use a proxy)."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(shards)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _losses(output_dir: Path) -> dict:
+    return {r["step"]: r["loss"] for r in CLIP.read_metrics(Path(output_dir) / "metrics.jsonl")}
+
+
+def test_clip_trains_on_shards_streamed_over_http_and_counts_the_bad_sample(served, tmp_path):
+    cfg = CLIP.load_config(
+        CLIP.TrainConfig,
+        [
+            f"config={CLIP_DEBUG}",
+            *STREAM,
+            f"data.files.pairs_shards={served}/pairs-{{00..07}}.tar",
+            "data.num_workers=2",
+            "data.streaming.shuffle_buffer=20",
+            f"training.output_dir={tmp_path}",
+        ],
+    )
+    report = CLIP.main(cfg)  # 8 steps of 16 = one epoch of 128 samples over the 2 workers' 4 shards each
+    losses = _losses(tmp_path)
+    assert sorted(losses) == [2, 4, 6, 8] and all(0 < loss < 10 for loss in losses.values())
+    assert report["skipped_samples"] == 1
+    assert report["skipped_examples"][0].startswith(f"pairs[{served}/pairs-05.tar:00082]: ")
+    assert "unreadable image" in report["skipped_examples"][0]
+    assert (tmp_path / "model" / "clip.safetensors").is_file()
+
+
+def test_flava_trains_on_shards_streamed_through_pipe_cat_mixed_with_a_text_corpus(shards, tmp_path):
+    """Streamed pairs and a local text corpus, mixed by ratio: each step's kind is the one a run without
+    streaming would draw."""
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("".join(ShapesWorld("texts", 60, image_size=32).caption(i) + "\n" for i in range(60)))
+    cfg = FLAVA.load_config(
+        FLAVA.TrainConfig,
+        [
+            f"config={FLAVA_DEBUG}",
+            *STREAM,
+            f"data.files.pairs_shards=pipe:cat {shards}/pairs-{{00..07}}.tar",
+            f"data.files.texts={corpus}",
+            "data.ratios.pairs=0.5",
+            "data.ratios.texts=0.5",
+            "data.num_workers=2",
+            "training.max_steps=6",
+            f"training.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    report = FLAVA.main(cfg)
+    assert report["steps"] == 6 and report["final_loss"] > 0
+    records = FLAVA.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    kinds = FLAVA.flava_pretraining_batches(
+        {"pairs": StreamedSource(), "texts": StreamedSource()},  # only the kinds are read
+        {"pairs": 0.5, "texts": 0.5},
+        None,
+        global_batch_size=8,
+        num_steps=6,
+    )
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert [r["kind"] for r in records] == [kinds.kind(step) for step in range(6)]
+    assert {r["kind"] for r in records} == {"pairs", "texts"}
+
+
+def _command(args):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return [sys.executable, str(REPO / "examples" / "clip" / "train.py"), f"config={CLIP_DEBUG}", *args], env
+
+
+def test_a_killed_streamed_run_resumes_to_the_same_losses(shards, tmp_path):
+    """Two loader workers, blocks of 10 shuffled samples across shard ends: the run killed after its
+    step-8 checkpoint restarts each worker inside its block and sees the uninterrupted batches."""
+    common = [
+        *STREAM,
+        f"data.files.pairs_shards=pipe:cat {shards}/pairs-{{00..07}}.tar",
+        "data.num_workers=2",
+        "data.streaming.shuffle_buffer=10",
+        "training.max_steps=24",
+        "training.checkpoint_every=4",
+        "training.log_every=1",
+        "training.global_batch_size=6",
+    ]
+    command, env = _command([f"training.output_dir={tmp_path / 'reference'}", *common])
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    command, env = _command([f"training.output_dir={killed}", *common])
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "step_00000008" / "COMPLETE"
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert max(_losses(killed)) < 24
+    command, env = _command([f"training.output_dir={killed}", "training.resume=auto", *common])
+    # The killed run's loader workers inherited its run-directory lock; they notice their parent is gone
+    # within torch's 5 s status interval, and until then the directory is (rightly) refused as in use.
+    deadline = time.time() + 30
+    while True:
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        if result.returncode != 2 or "is in use by another run" not in result.stderr or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _losses(killed) == _losses(tmp_path / "reference")  # exactly, step for step
+
+
+def test_a_streamed_run_resumes_only_with_its_loader_workers(shards, tmp_path):
+    base = [f"config={CLIP_DEBUG}", *STREAM, f"data.files.pairs_shards={shards}/pairs-*.tar"]
+    base += [f"training.output_dir={tmp_path}", "training.max_steps=4"]
+    CLIP.main(CLIP.load_config(CLIP.TrainConfig, base))
+    again = CLIP.load_config(CLIP.TrainConfig, [*base, "training.resume=auto", "training.max_steps=6"])
+    again.data.num_workers = 2
+    with pytest.raises(CLIP.ConfigError) as caught:
+        CLIP.main(again)
+    assert str(caught.value).startswith("key 'data.num_workers': ")
+    assert "for 1 loader worker slot(s) per rank" in str(caught.value)
+
+
+def test_two_ranks_with_two_workers_each_resume_their_own_stream_positions(shards, tmp_path):
+    """torchrun with 2 ranks x 2 loader workers (8 shards, one epoch in 8 steps): the step-8 checkpoint is
+    removed as if the run had died after step 4's, and the resumed ranks, each restoring its own workers'
+    positions, log exactly the losses of the whole run."""
+    run = tmp_path / "run"
+    args = [
+        f"config={CLIP_DEBUG}",
+        *STREAM,
+        f"data.files.pairs_shards=pipe:cat {shards}/pairs-{{00..07}}.tar",
+        "data.num_workers=2",
+        "data.streaming.shuffle_buffer=12",
+        "training.strategy=ddp",
+        "training.log_every=1",
+        f"training.output_dir={run}",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    script = str(REPO / "examples" / "clip" / "train.py")
+    subprocess.run([*launch, script, *args], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    whole = _losses(run)
+    assert sorted(whole) == list(range(1, 9))
+    shutil.rmtree(run / "checkpoints" / "step_00000008")
+    result = subprocess.run(
+        [*launch, script, *args, "training.resume=auto"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _losses(run) == whole  # steps 5-8 again, from the restored positions

@@ -1,0 +1,628 @@
+"""Streamed tar shards (webdataset): local, ``pipe:``, http(s) and fsspec (``s3://``, ``gs://``) shards.
+
+:class:`StreamingBatches` is an ``IterableDataset`` of micro-batches for the training loop, read
+front to back from webdataset-style shards (``.tar`` or ``.tar.gz``) with the webdataset library:
+no process indexes or opens every shard. Its stream is cut into *slots*, one per (rank, loader
+worker): ``slot = rank * K + worker`` with ``K = max(1, num_workers)`` workers per rank.
+
+Order. Epoch ``e`` permutes the shard list with a generator seeded from (seed, e) and gives slot
+``s`` the shards at positions ``s, s + R*K, s + 2*R*K ...`` (R ranks), so within an epoch every
+sample of every readable shard is read by exactly one slot, once. A slot reads its shards in turn
+and cuts its samples into blocks of ``shuffle_buffer`` consecutive samples; each block is shuffled
+with a generator seeded from (seed, epoch, slot, block). A slot that finishes its shards starts its
+next epoch (slots may be on different epochs). ``shuffle_buffer=0`` reads the shards in the given
+order without any shuffling. In *resampled* mode the slot's ``j``-th shard is drawn with
+replacement from (seed, slot, j): the stream never ends, for sources mixed by ratio that must not
+run dry; the blocks are shuffled the same way.
+
+Position and resume. Each batch carries its slot's position after it: ``[epoch, block, shard,
+offset, index, batches, slots]`` (the current block starts at the ``offset``-th sample of the slot's
+``shard``-th shard of the epoch, ``index`` of its samples are used, the slot has given ``batches``
+batches, of ``slots`` slots per rank). :meth:`StreamingBatches.load_state_dict` restarts every slot
+there: it re-reads the block's start shard from its beginning up to the offset (the bytes only, no
+image is decoded), re-reads and re-shuffles the block with its seed, and drops the used samples.
+The loader takes batches from its workers in turn; a resumed stream starts at the worker whose turn
+was next. So a resumed run sees exactly the batches, in the order, crops and masks, of an
+uninterrupted one, in both modes, as long as it runs on the same number of ranks and loader
+workers (checked) and the shards are unchanged. A sample is therefore never seen twice nor skipped
+within an epoch across a kill.
+
+Mixing. With ``mixed`` (a :class:`~torchflava.data.mixing.MixedBatches` over step-indexed sources of
+other kinds and a :class:`StreamedSource` for the streamed one), micro-step ``n`` draws its kind by
+ratio from (seed, n) as without streaming; steps of the other kinds are ``mixed[n]``, and the
+streamed kind's steps take the stream's next batch. A worker knows which micro-steps are its own
+(the loader takes ``n = batches * K + worker``), so this holds with any number of workers and
+across a resume. Resampled mode suits a streamed kind whose share of a long run would exceed one
+epoch of a small set of shards (its stream has no epoch boundary).
+
+Bad data. A sample without a required member, or whose image or text does not decode
+(:func:`~torchflava.data.decode.decode_image`, the same rules as the random-access readers), is
+skipped and reported in its batch's ``skipped`` list as ``(kind, "<url>:<key>", reason)``. A shard
+that cannot be opened or breaks off (a cut file, a failed command or download, an uncompressed tar
+without its end-of-archive blocks) keeps the samples read before the break, counts its last one as
+bad (it may be partial), and is reported once per reading as ``(kind, "<url>", "shard unreadable
+after <n> sample(s): ...")``.
+"""
+
+from dataclasses import dataclass
+import glob
+import io
+import itertools
+import os
+import random
+import re
+import tarfile
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
+import zlib
+
+import numpy as np
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from torchflava.data.decode import DEFAULT_MAX_PIXELS
+from torchflava.data.mixing import MixedBatches, SkippedSample, item_seed
+from torchflava.data.readers import _check_max_pixels, _extensions, _image, text_member
+from torchflava.data.samples import BadSample, Sample
+
+# Opened with fsspec; every other scheme (none: a local path; file:, pipe:, http:, https:, ...) with
+# webdataset's gopen.
+FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of ``url`` in lower case (``"pipe"``, ``"https"``, ``"s3"``), or ``""`` for a local path."""
+    match = _SCHEME.match(url)
+    return match.group(1).lower() if match is not None and len(match.group(1)) > 1 else ""
+
+
+def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
+    """The shard URLs of a spec: brace patterns (``shard-{000..099}.tar``) expanded, local globs matched.
+
+    Each string is brace-expanded in order; a local path (no scheme) with ``*``, ``?`` or ``[`` is a
+    glob (``**`` recurses) and gives its matching files sorted; any other local path must be a file.
+    URLs (``pipe:``, ``http(s)://``, ``s3://``, ``gs://`` ...) are kept as they are: they are
+    opened only when read.
+
+    Args:
+        shards (Union[str, Sequence[str]]): one spec or several.
+
+    Returns:
+        list[str]: the shards in order (duplicates kept).
+
+    Raises:
+        TypeError: if ``shards`` is not a string or a sequence of strings.
+        FileNotFoundError: if a local path names no file, or a glob matches none.
+        ValueError: if the spec gives no shard.
+    """
+    import braceexpand
+
+    specs = [shards] if isinstance(shards, str) else shards
+    if not isinstance(specs, (list, tuple)) or not all(isinstance(spec, str) for spec in specs):
+        raise TypeError(f"shards must be a string or a list of strings, got {shards!r}")
+    urls = []
+    for url in (url for spec in specs for url in braceexpand.braceexpand(spec)):
+        if url_scheme(url):
+            urls.append(url)
+        elif any(char in url for char in "*?["):
+            matches = sorted(path for path in glob.glob(url, recursive=True) if os.path.isfile(path))
+            if not matches:
+                raise FileNotFoundError(f"shards: no file matches {url!r}")
+            urls.extend(matches)
+        elif os.path.isfile(url):
+            urls.append(url)
+        else:
+            raise FileNotFoundError(f"shards: {url!r} is not a file")
+    if not urls:
+        raise ValueError(f"shards must name at least one shard, got {shards!r}")
+    return urls
+
+
+def open_shard(url: str):
+    """Open shard ``url`` for reading.
+
+    Args:
+        url (str): a local path, ``file:``, ``pipe:<command>``, ``http(s)://`` (webdataset's
+            ``gopen``: curl), or a URL of :data:`FSSPEC_SCHEMES` (fsspec, e.g. ``s3://`` with s3fs).
+
+    Returns:
+        A binary stream with ``read`` and ``close``.
+
+    Raises:
+        OSError, ValueError: from the opener (a missing file, an unknown scheme, a refused request).
+    """
+    if url_scheme(url) in FSSPEC_SCHEMES:
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    from webdataset.gopen import gopen
+
+    return gopen(url, "rb")
+
+
+class _Watched:
+    """A read-only stream that remembers its first and last bytes, to tell a whole tar from a cut one."""
+
+    def __init__(self, stream, url: str) -> None:
+        self.stream, self.url, self.head, self.tail = stream, url, b"", b""
+
+    def __str__(self) -> str:  # webdataset names the stream in its errors
+        return self.url
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if len(self.head) < 2:
+            self.head = (self.head + data)[:2]
+        self.tail = (self.tail + data)[-2 * _BLOCK :]
+        return data
+
+    def cut_short(self) -> bool:
+        """Read what tarfile left and say whether an uncompressed tar lacks its end-of-archive blocks."""
+        while self.read(1 << 20):
+            pass
+        return self.head != b"\x1f\x8b" and (len(self.tail) < 2 * _BLOCK or self.tail.strip(b"\0") != b"")
+
+
+_BLOCK = 512  # tar's block; an archive ends with two zero blocks
+
+
+def raw_samples(url: str, errors: list) -> Iterator[dict]:
+    """The samples of one shard as webdataset groups them, in order, undecoded.
+
+    When the shard cannot be read, from the start or from some point on, ``(url, samples given,
+    error)`` is appended to ``errors`` (once per reading) and the samples before that point are
+    still given; nothing is raised. When the stream broke off (a cut file or download, a failed
+    command, an uncompressed tar without its end-of-archive blocks) the last sample may be
+    incomplete: it is given as ``{"__key__": key, "__cut__": reason}`` instead.
+
+    Args:
+        url (str): the shard (see :func:`open_shard`).
+        errors (list): where reading errors are appended.
+
+    Yields:
+        dict: ``{"__key__": key, "<extension>": bytes, ...}`` per sample.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    given, failed = 0, []
+
+    def keep_going(error: Exception) -> bool:
+        if not failed:
+            failed.append(error)
+            errors.append((url, given, error))
+        return True
+
+    try:
+        stream = _Watched(open_shard(url), url)
+    except Exception as error:  # a missing file, an unknown scheme, a store that refuses
+        keep_going(error)
+        return
+    try:
+        files = tar_file_expander([{"url": url, "stream": stream}], handler=keep_going, eof_value=None)
+        previous = None
+        for sample in group_by_keys(files, handler=keep_going):
+            if previous is not None:
+                yield previous
+                given += 1
+            previous = sample
+        if not failed and stream.cut_short():
+            keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
+        if previous is not None and failed and isinstance(failed[0], (tarfile.TarError, EOFError, OSError, zlib.error)):
+            # the stream broke off (a cut file or download, a failed command): the last sample may be partial
+            previous = {"__key__": previous["__key__"], "__cut__": "the shard breaks off in or after this sample"}
+        if previous is not None:
+            yield previous
+    finally:
+        try:
+            stream.stream.close()
+        except Exception as error:  # a command that exits with an error status (pipe:, curl)
+            keep_going(error)
+
+
+def _text_of(members: dict, text_extensions: tuple, json_text_key: Optional[str]) -> tuple:
+    """``(text member bytes or None, json key or None)``: the first text extension, else ``.json``."""
+    text = next((members[e] for e in text_extensions if e in members), None)
+    if text is None and json_text_key is not None and "json" in members:
+        return members["json"], json_text_key
+    return text, None
+
+
+def shard_texts(
+    shards: Union[str, Sequence[str]],
+    limit: int,
+    *,
+    text_extensions: tuple[str, ...] = ("txt",),
+    json_text_key: Optional[str] = "caption",
+) -> list[str]:
+    """Up to ``limit`` usable texts, read from the shards in their given order (no image is decoded):
+    what a run learns its vocabulary from.
+
+    Raises:
+        FileNotFoundError, TypeError, ValueError: as :func:`expand_shards`.
+    """
+    texts: list[str] = []
+    for url in expand_shards(shards):
+        for raw in raw_samples(url, []):
+            members = {name.lower(): value for name, value in raw.items() if not name.startswith("__")}
+            text, json_key = _text_of(members, tuple(text_extensions), json_text_key)
+            if text is None:
+                continue
+            try:
+                texts.append(text_member(text, json_key, url, url))
+            except BadSample:  # counted by the training data, not here
+                continue
+            if len(texts) >= limit:
+                return texts
+    return texts
+
+
+@dataclass
+class StreamingConfig:
+    """A recipe's ``data.streaming`` section (see :func:`streaming_checks`)."""
+
+    enabled: bool = False  # stream data.files.pairs_shards (webdataset) instead of indexing local tar files
+    shuffle_buffer: int = 1000  # samples shuffled together per block (0: the shards' order, unshuffled)
+    resampled: bool = False  # draw shards with replacement, without epochs
+
+
+def streaming_checks(
+    streaming: StreamingConfig, *, source: str, shards: Optional[str], world_size: int, num_workers: int
+) -> list[tuple]:
+    """The checks of a recipe's ``data.streaming`` section against ``data.source``,
+    ``data.files.pairs_shards`` and ``data.num_workers``, as ``(ok, key, expected, got)`` tuples: put
+    them before the shard path checks. Without streaming, shards that only a stream reads (URLs,
+    brace patterns, ``.tar.gz``) are refused with a pointer to ``data.streaming.enabled``."""
+    key = "data.files.pairs_shards"
+    checks = [
+        (streaming.shuffle_buffer >= 0, "data.streaming.shuffle_buffer", ">= 0", streaming.shuffle_buffer),
+        (num_workers >= 0, "data.num_workers", ">= 0", num_workers),
+    ]
+    if not streaming.enabled:
+        only_streamed = shards is not None and (
+            bool(url_scheme(shards)) or "{" in shards or shards.endswith((".gz", ".tgz"))
+        )
+        expected = (
+            "local uncompressed tar files (a path or glob); URLs, brace patterns and .tar.gz need "
+            "data.streaming.enabled=true"
+        )
+        return checks + [(not only_streamed, key, expected, shards)]
+    checks.append((source == "files", "data.streaming.enabled", "false unless data.source=files", True))
+    checks.append((shards is not None, key, "shards to stream, since data.streaming.enabled=true", None))
+    if shards is None or num_workers < 0:
+        return checks
+    try:
+        count = len(expand_shards(shards))
+    except (OSError, ValueError, TypeError) as error:
+        expected = f"local shard files, a glob or brace pattern, or pipe:, http(s)://, s3:// or gs:// URLs ({error})"
+        return checks + [(False, key, expected, shards)]
+    slots = world_size * max(1, num_workers)
+    expected = (
+        f"at least ranks x loader workers = {world_size} x {max(1, num_workers)} = {slots} shards (one per "
+        "slot), or data.streaming.resampled=true"
+    )
+    return checks + [(streaming.resampled or count >= slots, key, expected, f"{count} shard(s) from {shards}")]
+
+
+class StreamedSource(Dataset):
+    """Stands for a streamed kind among the sources of a :class:`~torchflava.data.mixing.MixedBatches`
+    that :class:`StreamingBatches` mixes in (it draws that kind's steps; its items are never read)."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> Sample:
+        raise RuntimeError("a streamed kind's items come from its StreamingBatches, not from MixedBatches")
+
+
+class StreamBatch(NamedTuple):
+    """Item of :class:`StreamingBatches`.
+
+    Attributes:
+        batch (Any): the collated batch.
+        kind (str): the source's kind name.
+        skipped (list): :class:`~torchflava.data.mixing.SkippedSample` entries met building it.
+        position (dict): ``{str(slot): [epoch, block, shard, offset, index, batches, slots]}``, the
+            slot's position after this batch (what the training loop checkpoints).
+        keys (list[str]): ``"<url>:<key>"`` of each row.
+    """
+
+    batch: Any
+    kind: str
+    skipped: list
+    position: dict
+    keys: list
+
+
+class _Read(NamedTuple):
+    """One raw sample of a slot's stream and the slot's position after it."""
+
+    position: tuple
+    url: str
+    raw: dict
+    seed: int
+
+
+class StreamingBatches(IterableDataset):
+    """This rank's micro-batches, read from streamed shards (see the module docstring for the order,
+    the split over ranks and loader workers, resume and bad data).
+
+    Each batch is ``collator(kind, samples, seeds, another=another)``, as for
+    :class:`~torchflava.data.mixing.MixedBatches`: the ``batch_size`` usable samples, one seed each
+    (from the sample's place in the stream), and ``another(row, seed, read)``, which gives
+    ``read(samples, j)`` for another row ``j`` of the same batch drawn from ``seed`` (ITM negatives),
+    or None for a batch of one.
+
+    Args:
+        shards (Union[str, Sequence[str]]): shard spec(s), see :func:`expand_shards`.
+        collator (Callable): samples -> batch, as above.
+        batch_size (int): samples per batch on this rank.
+        kind (str): the name batches and skipped samples carry.
+        rank (int): this rank.
+        world_size (int): number of ranks.
+        num_workers (int): the loader's worker processes (0: the loading process itself).
+        seed (int): data seed.
+        shuffle_buffer (int): samples per shuffled block; 0 reads in the given order, unshuffled.
+        resampled (bool): draw shards with replacement, without end (the stream has no epochs).
+        require (tuple[str, ...]): the modalities a sample must have, a subset of ``("image", "text")``.
+        image_extensions (tuple[str, ...]): extensions of image members, in order of preference.
+        text_extensions (tuple[str, ...]): extensions of UTF-8 text members, in order of preference.
+        json_text_key (Optional[str]): key of the text in a ``.json`` member; None ignores ``.json``.
+        max_image_pixels (int): images with more pixels are bad samples.
+        max_bad_in_a_row (int): consecutive unusable samples after which the data is declared broken.
+        mixed (Optional[MixedBatches]): step-indexed batches of other kinds to mix in by ratio, built
+            with a :class:`StreamedSource` for ``kind``: micro-step ``n`` is ``mixed[n]`` when
+            ``mixed.kind(n)`` is another kind, else the stream's next batch (the stream ends after
+            ``len(mixed)`` steps). Which kind a step takes is a function of the step, as without
+            streaming; the stream's share of the steps reads it in its own order.
+
+    Raises:
+        ValueError: if a size, rank or ``require`` is invalid, or (not resampled) there are fewer
+            shards than slots (ranks x workers), so that a slot would have none.
+        FileNotFoundError, TypeError: as :func:`expand_shards`.
+    """
+
+    def __init__(
+        self,
+        shards: Union[str, Sequence[str]],
+        collator: Callable,
+        *,
+        batch_size: int,
+        kind: str = "pairs",
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        require: tuple[str, ...] = ("image", "text"),
+        image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp"),
+        text_extensions: tuple[str, ...] = ("txt",),
+        json_text_key: Optional[str] = "caption",
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bad_in_a_row: int = 50,
+        mixed: Optional[MixedBatches] = None,
+    ) -> None:
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("world_size", world_size, 1),
+            ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
+            ("shuffle_buffer", shuffle_buffer, 0),
+            ("max_bad_in_a_row", max_bad_in_a_row, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int in [0, world_size = {world_size}), got {rank!r}")
+        if isinstance(require, str) or not require or any(name not in ("image", "text") for name in require):
+            raise ValueError(f"require must be a non-empty subset of ('image', 'text'), got {require!r}")
+        if json_text_key is not None and not isinstance(json_text_key, str):
+            raise TypeError(f"json_text_key must be a str or None, got {type(json_text_key).__name__}")
+        self.urls = expand_shards(shards)
+        self.workers = max(1, num_workers)
+        self.num_slots = world_size * self.workers
+        if not resampled and len(self.urls) < self.num_slots:
+            raise ValueError(
+                f"shards: expected at least ranks x loader workers = {world_size} x {self.workers} = "
+                f"{self.num_slots} shards (one per slot), got {len(self.urls)}; use fewer workers or resampled mode"
+            )
+        self.collator, self.batch_size, self.kind = collator, batch_size, kind
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle_buffer, self.resampled, self.max_bad_in_a_row = shuffle_buffer, resampled, max_bad_in_a_row
+        self.require = tuple(name for name in ("image", "text") if name in require)
+        self.image_extensions = _extensions("image_extensions", image_extensions)
+        self.text_extensions = _extensions("text_extensions", text_extensions)
+        self.json_text_key = json_text_key
+        self.max_pixels = _check_max_pixels(max_image_pixels)
+        if mixed is not None and not isinstance(mixed.sources.get(kind), StreamedSource):
+            raise ValueError(f"mixed: expected MixedBatches with a StreamedSource for kind {kind!r}, got {mixed!r}")
+        self.mixed = mixed
+        self._start: dict[str, list[int]] = {}
+        self._rotation = 0
+
+    @property
+    def lost_data(self) -> list:
+        """Empty: shards that cannot be read or break off are reported with the skipped samples."""
+        return []
+
+    # ----------------------------------------------------------------------------------- position
+    def load_state_dict(self, state: dict) -> None:
+        """Start each slot of this rank where a checkpoint left it (the loop's merged batch positions).
+
+        Call before iterating. An empty state starts from the beginning.
+
+        Raises:
+            ValueError: if the positions are for another number of slots per rank, or for slots of
+                another rank.
+        """
+        mine = {str(self.rank * self.workers + worker) for worker in range(self.workers)}
+        for slot, position in state.items():
+            if len(position) != 7 or position[6] != self.workers or slot not in mine:
+                slots = position[6] if len(position) == 7 else "?"
+                raise ValueError(
+                    f"data.num_workers: the checkpoint's stream positions are for {slots} loader worker slot(s) per "
+                    f"rank (slot {slot}), this run has {self.workers} on rank {self.rank}; a streamed run resumes "
+                    "with the ranks and loader workers it was started with"
+                )
+        self._start = {slot: list(position) for slot, position in state.items()}
+        self._rotation = sum(position[5] for position in self._start.values()) % self.workers
+
+    def _shard(self, slot: int, epoch: int, number: int) -> Optional[str]:
+        """URL of the slot's ``number``-th shard of ``epoch``; None past its last."""
+        if self.resampled:
+            return self.urls[int(np.random.default_rng([self.seed, slot, number]).integers(len(self.urls)))]
+        order = np.arange(len(self.urls))
+        if self.shuffle_buffer:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.urls))
+        mine = order[slot :: self.num_slots]
+        return self.urls[int(mine[number])] if number < len(mine) else None
+
+    def _reads(self, slot: int, epoch: int, shard: int, offset: int, errors: list) -> Iterator[tuple]:
+        """``(shard, offset, url, raw)`` of the slot's samples of ``epoch`` from the ``offset``-th
+        sample of its ``shard``-th shard on (the skipped ones read but not decoded)."""
+        empty_in_a_row = 0
+        for number in itertools.count(shard):
+            url = self._shard(slot, epoch, number)
+            if url is None:
+                return
+            start, given = (offset if number == shard else 0), False
+            for place, raw in enumerate(raw_samples(url, errors)):
+                given = True
+                if place >= start:
+                    yield number, place, url, raw
+            empty_in_a_row = 0 if given else empty_in_a_row + 1
+            if self.resampled and empty_in_a_row >= self.max_bad_in_a_row:
+                raise RuntimeError(f"{self.kind}: {empty_in_a_row} shards in a row gave no sample ({_errors(errors)})")
+
+    def _samples(self, slot: int, position: list, errors: list) -> Iterator[_Read]:
+        """The slot's raw samples in block-shuffled order, from ``position`` on, without end."""
+        epoch, block, shard, offset, index = position[:5]
+        while True:
+            reads = self._reads(slot, epoch, shard, offset, errors)
+            found = False
+            while True:
+                chunk = list(itertools.islice(reads, max(1, self.shuffle_buffer)))
+                if not chunk:
+                    break
+                found = True
+                order = np.arange(len(chunk))
+                if self.shuffle_buffer:
+                    order = np.random.default_rng([self.seed, epoch, slot, block]).permutation(len(chunk))
+                last_shard, last_offset = chunk[-1][:2]
+                for place in range(index, len(chunk)):
+                    _, _, url, raw = chunk[order[place]]
+                    after = (epoch, block, shard, offset, place + 1)
+                    if place + 1 == len(chunk):  # the next block starts after this one's last sample
+                        after = (epoch, block + 1, last_shard, last_offset + 1, 0)
+                    yield _Read(after, url, raw, item_seed(self.seed, self.kind, epoch, slot, block, place))
+                block, shard, offset, index = block + 1, last_shard, last_offset + 1, 0
+            if not found and (block, shard, offset) == (0, 0, 0):
+                raise RuntimeError(
+                    f"{self.kind}: slot {slot}'s shards of epoch {epoch} gave no sample ({_errors(errors)})"
+                )
+            epoch, block, shard, offset, index = epoch + 1, 0, 0, 0, 0
+
+    # ------------------------------------------------------------------------------------ samples
+    def decode(self, url: str, raw: dict) -> Sample:
+        """Decode one raw sample (as :func:`raw_samples` gives it) with the random-access readers' rules.
+
+        Args:
+            url (str): its shard, for messages.
+            raw (dict): ``{"__key__": key, "<extension>": bytes, ...}``.
+
+        Returns:
+            Sample: the required modalities (RGB image, stripped text); None for the others.
+
+        Raises:
+            BadSample: naming ``<url>:<key>``, if a required member is missing or does not decode, or
+                the sample was cut.
+        """
+        where = f"{url}:{raw.get('__key__')}"
+        if "__cut__" in raw:
+            raise BadSample(where, f"{where}: {raw['__cut__']}")
+        members = {name.lower(): value for name, value in raw.items() if not name.startswith("__")}
+        image = next((members[e] for e in self.image_extensions if e in members), None)
+        text, json_key = _text_of(members, self.text_extensions, self.json_text_key)
+        missing = [name for name, data in (("image", image), ("text", text)) if name in self.require and data is None]
+        if missing:
+            raise BadSample(where, f"{where}: no {' and no '.join(missing)} member")
+        return Sample(
+            image=_image(io.BytesIO(image), where, where, self.max_pixels) if "image" in self.require else None,
+            text=text_member(text, json_key, where, where) if "text" in self.require else None,
+        )
+
+    def texts(self, limit: int) -> list[str]:
+        """:func:`shard_texts` of these shards, with this stream's text members."""
+        return shard_texts(self.urls, limit, text_extensions=self.text_extensions, json_text_key=self.json_text_key)
+
+    # ------------------------------------------------------------------------------------ batches
+    def __iter__(self) -> Iterator[StreamBatch]:
+        """This slot's batches, from its restored position on (in a loader worker: that worker's slot).
+
+        Raises:
+            ValueError: if the loader has another number of workers than ``num_workers``.
+            RuntimeError: if the data looks broken (``max_bad_in_a_row`` unusable samples, or an epoch
+                of the slot's shards without a single sample).
+        """
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if workers != self.workers:
+            raise ValueError(
+                f"num_workers: the stream was built for {self.workers} loader worker(s), the loader has {workers}"
+            )
+        local = (worker + self._rotation) % self.workers
+        slot = self.rank * self.workers + local
+        position = self._start.get(str(slot), [0, 0, 0, 0, 0, 0, self.workers])
+        batches, where = position[5], tuple(position[:5])
+        errors: list = []
+        reported = 0
+        reads = self._samples(slot, position, errors)
+        while True:
+            step = batches * self.workers + local  # the loader takes its workers' batches in turn
+            if self.mixed is not None:
+                if step >= len(self.mixed):
+                    return
+                if self.mixed.kind(step) != self.kind:  # a step of a step-indexed kind
+                    item = self.mixed[step]
+                    batches += 1
+                    yield StreamBatch(
+                        item.batch, item.kind, item.skipped, {str(slot): [*where, batches, self.workers]}, []
+                    )
+                    continue
+            samples, seeds, keys, skipped, bad_in_a_row = [], [], [], [], 0
+            while len(samples) < self.batch_size:
+                read = next(reads)
+                try:
+                    samples.append(self.decode(read.url, read.raw))
+                    seeds.append(read.seed)
+                    keys.append(f"{read.url}:{read.raw.get('__key__')}")
+                    bad_in_a_row = 0
+                except BadSample as bad:
+                    skipped.append(SkippedSample(self.kind, bad.index, bad.reason))
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= self.max_bad_in_a_row:
+                        raise RuntimeError(
+                            f"the {self.kind} stream gave {bad_in_a_row} unusable samples in a row (last: "
+                            f"{bad.reason}); the data looks broken"
+                        ) from None
+                for url, given, error in errors[reported:]:
+                    reason = f"shard unreadable after {given} sample(s): {type(error).__name__}: {error}"
+                    skipped.append(SkippedSample(self.kind, url, reason))
+                reported = len(errors)
+            batches, where = batches + 1, read.position
+            batch = self.collator(
+                self.kind, samples, seeds, another=lambda row, seed, read, rows=samples: _another(rows, row, seed, read)
+            )
+            yield StreamBatch(batch, self.kind, skipped, {str(slot): [*where, batches, self.workers]}, keys)
+
+
+def _another(rows: list, row: int, seed: int, read: Callable) -> Optional[Any]:
+    """``read(rows, j)`` for a row ``j != row`` drawn from ``seed``; None for a single row."""
+    if len(rows) < 2:
+        return None
+    other = random.Random(seed).randrange(len(rows) - 1)
+    return read(rows, other + (other >= row))
+
+
+def _errors(errors: list) -> str:
+    """The last few shard errors, for a message."""
+    return "; ".join(f"{url}: {error}" for url, _, error in errors[-3:]) or "no readable sample"
