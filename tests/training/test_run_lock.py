@@ -64,3 +64,31 @@ def test_release_and_reacquire_in_one_process(tmp_path):
     with RunLock(tmp_path / "a" / "b"):
         pass
     assert time.monotonic() - started < 1.0  # never waits
+
+
+HOLD_WITH_CHILD = """
+import os, sys, time
+from torchflava.training.run_lock import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+child = os.fork()
+if child == 0:  # like a data-loader worker: lives on after the run is killed
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def test_forked_children_neither_hold_nor_release_the_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunDirectoryInUse):  # the child's start did not unlock the holder's lock
+            RunLock(tmp_path).acquire()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        with RunLock(tmp_path) as lock:  # the orphaned child, still alive, does not hold the directory
+            os.kill(child, 0)
+            assert f"pid {os.getpid()}" in lock.path.read_text()
+    finally:
+        os.kill(child, signal.SIGKILL)

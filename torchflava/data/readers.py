@@ -49,7 +49,7 @@ def _existing(name: str, value: object, *, directory: bool) -> str:
     return os.path.abspath(path)
 
 
-def _extensions(name: str, extensions: object) -> tuple[str, ...]:
+def check_extensions(name: str, extensions: object) -> tuple[str, ...]:
     """Lower-case extensions without the leading dot (``".JPG"`` and ``"jpg"`` both give ``"jpg"``)."""
     if isinstance(extensions, (str, bytes)) or not isinstance(extensions, Iterable):
         raise TypeError(f"{name} must be a tuple of extensions like ('jpg', 'png'), got {extensions!r}")
@@ -65,7 +65,8 @@ def _extensions(name: str, extensions: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(result))
 
 
-def _check_max_pixels(value: object) -> int:
+def check_max_pixels(value: object) -> int:
+    """``max_image_pixels`` checked: a positive int."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"max_image_pixels must be a positive int, got {value!r}")
     return value
@@ -84,7 +85,7 @@ def _check_index(index: object, length: int) -> int:
     return position
 
 
-def _image(source: Union[str, BinaryIO], index: int, where: str, max_pixels: int) -> Image.Image:
+def read_image(source: Union[str, BinaryIO], index: int, where: str, max_pixels: int) -> Image.Image:
     """:func:`load_rgb` with ``where`` in the reason; any decoder failure becomes :class:`BadSample`."""
     try:
         return load_rgb(source, index, max_pixels=max_pixels)
@@ -183,7 +184,7 @@ class ImageTextFolder(Dataset):
         text_key: str = "caption",
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self._max_pixels = _check_max_pixels(max_image_pixels)
+        self._max_pixels = check_max_pixels(max_image_pixels)
         self._root = _existing("root", root, directory=True)
         suffix = os.path.splitext(_fspath("captions", captions))[1].lower()
         if suffix not in (".jsonl", ".tsv"):
@@ -229,7 +230,7 @@ class ImageTextFolder(Dataset):
             raise BadSample(index, f"{where}: {entry.error}")
         text = _text(entry.text, index, where)
         return Sample(
-            image=_image(self._image_path(entry.image, index, where), index, where, self._max_pixels), text=text
+            image=read_image(self._image_path(entry.image, index, where), index, where, self._max_pixels), text=text
         )
 
     def caption(self, index: int) -> str:
@@ -332,9 +333,9 @@ class ImageFolder(Dataset):
         extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self._max_pixels = _check_max_pixels(max_image_pixels)
+        self._max_pixels = check_max_pixels(max_image_pixels)
         self._root = _existing("root", root, directory=True)
-        suffixes = tuple("." + extension for extension in _extensions("extensions", extensions))
+        suffixes = tuple("." + extension for extension in check_extensions("extensions", extensions))
         files = []
         for directory, _, names in os.walk(self._root):
             for name in names:
@@ -368,7 +369,9 @@ class ImageFolder(Dataset):
         """
         index = _check_index(index, len(self._files))
         relative = self._files[index]
-        return Sample(image=_image(os.path.join(self._root, relative), index, relative, self._max_pixels), text=None)
+        return Sample(
+            image=read_image(os.path.join(self._root, relative), index, relative, self._max_pixels), text=None
+        )
 
 
 def text_member(data: bytes, json_text_key: Optional[str], index: object, where: str) -> str:
@@ -568,15 +571,15 @@ class TarShards(Dataset):
         json_text_key: Optional[str] = "caption",
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self._max_pixels = _check_max_pixels(max_image_pixels)
+        self._max_pixels = check_max_pixels(max_image_pixels)
         if isinstance(require, (str, bytes)) or not isinstance(require, Iterable):
             raise TypeError(f"require must be a tuple of modalities like ('image', 'text'), got {require!r}")
         wanted = tuple(require)
         if not wanted or any(name not in ("image", "text") for name in wanted):
             raise ValueError(f"require must be a non-empty subset of ('image', 'text'), got {wanted!r}")
         self._require = tuple(name for name in ("image", "text") if name in wanted)
-        image_extensions = _extensions("image_extensions", image_extensions)
-        text_extensions = _extensions("text_extensions", text_extensions)
+        image_extensions = check_extensions("image_extensions", image_extensions)
+        text_extensions = check_extensions("text_extensions", text_extensions)
         if set(image_extensions) & set(text_extensions):
             shared = sorted(set(image_extensions) & set(text_extensions))
             raise ValueError(f"image_extensions and text_extensions must not overlap, both hold {shared}")
@@ -638,7 +641,7 @@ class TarShards(Dataset):
         if missing:
             raise BadSample(index, f"{where}: no {' and no '.join(missing)} member")
         data = self._read(sample, index, where)
-        image = _image(io.BytesIO(data["image"]), index, where, self._max_pixels) if "image" in data else None
+        image = read_image(io.BytesIO(data["image"]), index, where, self._max_pixels) if "image" in data else None
         json_key = self._json_text_key if sample.text_is_json else None
         text = text_member(data["text"], json_key, index, where) if "text" in data else None
         return Sample(image=image, text=text)

@@ -60,7 +60,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.mixing import MixedBatches, SkippedSample, item_seed
-from torchflava.data.readers import _check_max_pixels, _extensions, _image, text_member
+from torchflava.data.readers import check_extensions, check_max_pixels, read_image, text_member
 from torchflava.data.samples import BadSample, Sample
 
 # Opened with fsspec; every other scheme (none: a local path; file:, pipe:, http:, https:, ...) with
@@ -429,10 +429,10 @@ class StreamingBatches(IterableDataset):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.resampled, self.max_bad_in_a_row = shuffle_buffer, resampled, max_bad_in_a_row
         self.require = tuple(name for name in ("image", "text") if name in require)
-        self.image_extensions = _extensions("image_extensions", image_extensions)
-        self.text_extensions = _extensions("text_extensions", text_extensions)
+        self.image_extensions = check_extensions("image_extensions", image_extensions)
+        self.text_extensions = check_extensions("text_extensions", text_extensions)
         self.json_text_key = json_text_key
-        self.max_pixels = _check_max_pixels(max_image_pixels)
+        self.max_pixels = check_max_pixels(max_image_pixels)
         if mixed is not None and not isinstance(mixed.sources.get(kind), StreamedSource):
             raise ValueError(f"mixed: expected MixedBatches with a StreamedSource for kind {kind!r}, got {mixed!r}")
         self.mixed = mixed
@@ -546,7 +546,7 @@ class StreamingBatches(IterableDataset):
         if missing:
             raise BadSample(where, f"{where}: no {' and no '.join(missing)} member")
         return Sample(
-            image=_image(io.BytesIO(image), where, where, self.max_pixels) if "image" in self.require else None,
+            image=read_image(io.BytesIO(image), where, where, self.max_pixels) if "image" in self.require else None,
             text=text_member(text, json_key, where, where) if "text" in self.require else None,
         )
 

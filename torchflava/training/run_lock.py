@@ -4,7 +4,8 @@ Two runs in one directory (e.g. both with ``training.resume=auto``) would overwr
 checkpoints, metrics and exports. The first run holds ``<output_dir>/.run.lock``; a second one fails
 at once with a one-line error naming the directory and the holder's pid. The lock belongs to the
 process: it is released when the run ends, however it ends (even ``kill -9``), so a stale lock
-file never blocks a later run.
+file never blocks a later run. Forked children (data-loader workers) close their copy of the lock at
+once, so a killed run's orphaned workers, still shutting down, do not hold the directory.
 """
 
 import fcntl
@@ -12,8 +13,24 @@ import os
 from pathlib import Path
 import socket
 from typing import Optional, Union
+import weakref
 
 LOCK_NAME = ".run.lock"
+
+# Locks this process holds. A flock belongs to the open file description, which a fork shares: a
+# child closes its descriptor (never unlocking, which would release the parent's lock too).
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunDirectoryInUse(RuntimeError):
@@ -53,6 +70,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
@@ -61,6 +79,7 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        _HELD.discard(self)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
