@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pretrain_step.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/python benchmarks/vit_tower.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,338 @@
+"""The ViT-B/16 image tower at 224 px: torchflava against timm and open_clip, inference and train step, CPU.
+
+Implementations (random weights; speed does not depend on their values):
+
+- ``ours``: torchflava's CLIP ViT-B/16 image tower, ``clip_vit_b16().encode_image(images, normalize=False)``
+  (projected CLS, 512 wide); in bf16 inference also ``ours+packed``, the same after ``pack_linears``
+  (bf16 linear weights cast and packed for oneDNN once; inference only, as in ``encoders.py``).
+- ``timm``: ``timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)``, the pooled
+  CLS (768 wide; ``num_classes=0`` drops the 768 x 1000 classifier, 0.004% of the FLOPs).
+- ``open_clip``: ``open_clip.create_model("ViT-B-16", pretrained=None).visual`` (projected CLS, 512 wide).
+
+All three are the same network up to details (timm: qkv bias and no pre-norm; open_clip and ours: a
+pre-norm and no patch-conv bias), 12 layers of width 768, 12 heads, MLP 3072, 197 tokens.
+
+Configs: ``inference`` (``torch.inference_mode``, model in eval mode) and ``train`` (model in train
+mode: forward, ``loss = out.float().pow(2).mean()``, backward, then ``zero_grad(set_to_none=True)``;
+no optimiser step); fp32 and bf16 (everyone under the same ``torch.autocast("cpu", bfloat16)``);
+eager and, with ``--compile``, ``torch.compile`` (default mode) of the forward (and loss), and for
+inference also with ``torch._inductor.config.freezing = True``. Timing: warm-up, then the
+implementations interleaved batch by batch (A B C A B C ...); medians; the speed of each against the
+fastest peer is the median of the per-batch ratios peer/this (paired).
+
+GEMM micro-benchmark, in the same run (before and after the models): ``F.linear`` at ViT-B/16's
+linear shapes for batch B (M = B * 197 tokens: qkv 768 -> 2304, attention out 768 -> 768, fc1
+768 -> 3072, fc2 3072 -> 768), fp32 and bf16 operands, interleaved; the best median TFLOP/s of any
+shape is the "measured GEMM peak" of that dtype. Every throughput is also given as model TFLOP/s
+and as % of that peak, with the model's FLOPs counted analytically (:func:`vit_forward_flops`:
+2 FLOPs per multiply-add, GEMMs and attention, ~35.1 GFLOP per 224 px image forward, i.e. the
+~17.6 GMACs usually quoted; a train step counts 3x the forward). The same count is used for every
+implementation, so ours, whose last layer computes only the CLS token, gets no credit for the
+work it skips.
+
+Usage::
+
+    python benchmarks/vit_tower.py                               # eager, fp32 and bf16, inference and train
+    python benchmarks/vit_tower.py --compile infer,freeze,train  # also the compiled configs (slow to compile)
+    python benchmarks/vit_tower.py --reps 3 --json benchmarks/results/vit-tower-....json
+"""
+
+import argparse
+from contextlib import nullcontext
+import copy
+import json
+import os
+from pathlib import Path
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from torchflava.models import clip_vit_b16
+from torchflava.modules.layers import pack_linears
+from torchflava.utils.checkpoint import atomic_write
+
+IMPLS = ("ours", "ours+packed", "timm", "open_clip")
+PEERS = ("timm", "open_clip")
+PACKED = "ours+packed"  # bf16 inference only (pack_linears drops the trainable fp32 weights)
+COMPILE_MODES = ("infer", "freeze", "train")
+
+# ViT-B/16 at 224 px
+IMAGE_SIZE, PATCH, WIDTH, LAYERS, MLP = 224, 16, 768, 12, 3072
+TOKENS = (IMAGE_SIZE // PATCH) ** 2 + 1  # 196 patches + CLS
+
+
+def vit_forward_flops(
+    image_size: int = IMAGE_SIZE, patch: int = PATCH, width: int = WIDTH, layers: int = LAYERS, mlp: int = MLP
+) -> dict:
+    """Forward FLOPs of one image through a ViT (2 per multiply-add; norms, GELU, softmax and the head left out).
+
+    Returns:
+        dict: FLOPs per part and ``total``.
+    """
+    patches = (image_size // patch) ** 2
+    n = patches + 1
+    parts = {
+        "patch_embedding": 2 * patches * (3 * patch * patch) * width,
+        "qkv": layers * 2 * n * width * 3 * width,
+        "attention_scores_and_values": layers * 2 * (2 * n * n * width),
+        "attention_out": layers * 2 * n * width * width,
+        "mlp": layers * 2 * (2 * n * width * mlp),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def gemm_shapes(batch: int) -> dict:
+    """The linear layers of ViT-B/16 at this batch: name -> (M, K, N)."""
+    m = batch * TOKENS
+    return {"qkv": (m, WIDTH, 3 * WIDTH), "attn_out": (m, WIDTH, WIDTH), "fc1": (m, WIDTH, MLP), "fc2": (m, MLP, WIDTH)}
+
+
+def gemm_benchmark(batch: int, warmup: int, reps: int) -> dict:
+    """Median TFLOP/s of ``F.linear`` at each shape and dtype, the shapes interleaved; and the best per dtype."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        operands = {
+            shape: (torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype))
+            for shape, (m, k, n) in gemm_shapes(batch).items()
+        }
+        times = {shape: [] for shape in operands}
+        with torch.inference_mode():
+            for rep in range(warmup + reps):
+                for shape, (x, w) in operands.items():
+                    start = time.perf_counter()
+                    F.linear(x, w)
+                    elapsed = time.perf_counter() - start
+                    if rep >= warmup:
+                        times[shape].append(elapsed)
+        tflops = {}
+        for shape, (m, k, n) in gemm_shapes(batch).items():
+            tflops[shape] = 2 * m * k * n / statistics.median(times[shape]) / 1e12
+        out[name] = {"tflops_per_shape": tflops, "peak_tflops": max(tflops.values())}
+    return out
+
+
+def build(impl: str):
+    """One implementation with random weights (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    if impl in ("ours", PACKED):
+        model = clip_vit_b16().eval()
+        return pack_linears(model) if impl == PACKED else model
+    if impl == "timm":
+        import timm
+
+        return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0).eval()
+    if impl == "open_clip":
+        import open_clip
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return open_clip.create_model("ViT-B-16", pretrained=None).visual.eval()
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def forward_fn(impl: str, model):
+    """A one-argument callable: images -> the pooled output, the way that library's users get it."""
+    if impl in ("ours", PACKED):
+        return lambda images: model.encode_image(images, normalize=False)
+    return model
+
+
+def train_loss_fn(forward):
+    return lambda images: forward(images).float().pow(2).mean()
+
+
+def autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+def make_steps(models: dict, mode: str, dtype: str, compiled: str) -> dict:
+    """impl -> a one-argument step (images) for this config; ``compiled``: "eager", "compile" or "compile+freezing"."""
+    steps = {}
+    for impl, model in models.items():
+        if impl == PACKED and (mode == "train" or dtype != "bf16" or compiled != "eager"):
+            continue  # packed: bf16 eager inference only
+        model.train(mode == "train")
+        if mode == "inference":
+            fn = forward_fn(impl, model)
+            steps[impl] = torch.compile(fn) if compiled != "eager" else fn
+            continue
+        loss_fn = train_loss_fn(forward_fn(impl, model))
+        loss_fn = torch.compile(loss_fn) if compiled != "eager" else loss_fn
+
+        def train_step(images, loss_fn=loss_fn, model=model):
+            loss = loss_fn(images)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            return loss
+
+        steps[impl] = train_step
+    return steps
+
+
+def time_interleaved(steps: dict, images, mode: str, dtype: str, warmup: int, reps: int) -> tuple[dict, dict]:
+    """Per-implementation step times (s) after warm-up, interleaved; and the failures (impl -> error)."""
+    times, errors = {impl: [] for impl in steps}, {}
+    grad = torch.inference_mode() if mode == "inference" else nullcontext()
+    with grad, autocast(dtype):
+        for rep in range(warmup + reps):
+            for impl, step in steps.items():
+                if impl in errors:
+                    continue
+                start = time.perf_counter()
+                try:
+                    step(images)
+                except Exception as e:  # a compiled config one library does not support: recorded, not fatal
+                    errors[impl] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                    print(f"  {impl}: failed ({errors[impl]})")
+                    continue
+                elapsed = time.perf_counter() - start
+                if rep >= warmup:
+                    times[impl].append(elapsed)
+                elif rep == 0:
+                    print(f"  {impl}: first step {elapsed:.1f} s", flush=True)
+    return {impl: t for impl, t in times.items() if impl not in errors}, errors
+
+
+def machine_name() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=3, help="timed batches per implementation and config")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first (compiled configs: at least 2)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "both"), default="both")
+    parser.add_argument("--mode", choices=("inference", "train", "both"), default="both")
+    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    parser.add_argument(
+        "--compile",
+        default="",
+        help="also time compiled configs, comma-separated subset of infer,freeze,train (default: none, eager only)",
+    )
+    parser.add_argument("--gemm-reps", type=int, default=10)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    impls = args.impls.split(",")
+    compile_modes = [c for c in args.compile.split(",") if c]
+    if bad := [i for i in impls if i not in IMPLS]:
+        parser.error(f"--impls: unknown {bad}, expected a subset of {IMPLS}")
+    if bad := [c for c in compile_modes if c not in COMPILE_MODES]:
+        parser.error(f"--compile: unknown {bad}, expected a subset of {COMPILE_MODES}")
+    if "ours" not in impls or not any(p in impls for p in PEERS):
+        parser.error("--impls needs ours and at least one peer")
+    dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
+    modes = ("inference", "train") if args.mode == "both" else (args.mode,)
+
+    flops = vit_forward_flops()
+    results = {
+        "torch": torch.__version__,
+        "machine": machine_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "reps": args.reps,
+        "train_step": "forward, loss = out.float().pow(2).mean(), backward, zero_grad(set_to_none=True); no optimiser",
+        "forward_flops_per_image": flops,
+        "rows": [],
+    }
+    print(
+        f"torch {torch.__version__}, {results['machine']}, {results['threads']} threads, "
+        f"cpu capability {results['cpu_capability']}, batch {args.batch}, warm-up {args.warmup}, reps {args.reps}; "
+        f"ViT-B/16 forward {flops['total'] / 1e9:.2f} GFLOP per image"
+    )
+
+    gemm_before = gemm_benchmark(args.batch, 2, args.gemm_reps)
+    models = {impl: build(impl) for impl in impls}
+    images = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+
+    configs = [(mode, dtype, "eager") for mode in modes for dtype in dtypes]
+    for kind, mode in (("infer", "inference"), ("freeze", "inference"), ("train", "train")):
+        if kind in compile_modes and mode in modes:
+            configs += [(mode, dtype, "compile+freezing" if kind == "freeze" else "compile") for dtype in dtypes]
+    timings = []
+    for mode, dtype, compiled in configs:
+        print(f"{mode} {dtype} {compiled} ...", flush=True)
+        if compiled != "eager":
+            torch._dynamo.reset()
+            torch._inductor.config.freezing = compiled == "compile+freezing"
+        # freezing folds the weights into constants: give it copies, so later configs see the originals
+        config_models = {i: copy.deepcopy(m) for i, m in models.items()} if compiled == "compile+freezing" else models
+        steps = make_steps(config_models, mode, dtype, compiled)
+        warmup = args.warmup if compiled == "eager" else max(args.warmup, 2)
+        times, errors = time_interleaved(steps, images, mode, dtype, warmup, args.reps)
+        timings.append((mode, dtype, compiled, times, errors))
+        torch._inductor.config.freezing = False
+    gemm_after = gemm_benchmark(args.batch, 2, args.gemm_reps)
+    gemm = {}
+    for dtype in ("fp32", "bf16"):
+        per_shape = {
+            shape: max(gemm_before[dtype]["tflops_per_shape"][shape], gemm_after[dtype]["tflops_per_shape"][shape])
+            for shape in gemm_shapes(args.batch)
+        }
+        gemm[dtype] = {
+            "tflops_per_shape_best_of_before_and_after": per_shape,
+            "before": gemm_before[dtype]["tflops_per_shape"],
+            "after": gemm_after[dtype]["tflops_per_shape"],
+            "peak_tflops": max(per_shape.values()),
+        }
+    results["gemm"] = gemm
+    print("\nGEMM (F.linear), TFLOP/s, best of the runs before and after the models:")
+    for dtype in gemm:
+        shapes = gemm[dtype]["tflops_per_shape_best_of_before_and_after"]
+        print(
+            f"  {dtype}: "
+            + ", ".join(f"{s} {shapes[s]:.3f}" for s in shapes)
+            + f"  -> measured peak {gemm[dtype]['peak_tflops']:.3f}"
+        )
+
+    print(
+        f"\n{'mode':9} {'dtype':5} {'compiled':16} {'impl':11} {'median s':>9} {'images/s':>9} "
+        f"{'vs best peer':>12} {'TFLOP/s':>8} {'% peak':>7}"
+    )
+    for mode, dtype, compiled, times, errors in timings:
+        step_flops = flops["total"] * args.batch * (3 if mode == "train" else 1)
+        peers = [p for p in PEERS if p in times]
+        best = min(peers, key=lambda p: statistics.median(times[p])) if peers else None
+        for impl, t in times.items():
+            med = statistics.median(t)
+            speed = None
+            if best is not None and impl not in PEERS:
+                speed = statistics.median(a / b for a, b in zip(times[best], t))
+            tflops = step_flops / med / 1e12
+            row = {
+                "mode": mode,
+                "dtype": dtype,
+                "compiled": compiled,
+                "impl": impl,
+                "times_s": t,
+                "median_s": med,
+                "images_per_s": args.batch / med,
+                "best_peer": best,
+                "speed_vs_best_peer_paired": speed,
+                "model_tflops": tflops,
+                "pct_of_gemm_peak": 100 * tflops / gemm[dtype]["peak_tflops"],
+            }
+            results["rows"].append(row)
+            print(
+                f"{mode:9} {dtype:5} {compiled:16} {impl:11} {med:9.3f} {args.batch / med:9.2f} "
+                f"{'' if speed is None else f'{speed:.3f}x':>12} {tflops:8.3f} {row['pct_of_gemm_peak']:6.1f}%"
+            )
+        for impl, error in errors.items():
+            results["rows"].append({"mode": mode, "dtype": dtype, "compiled": compiled, "impl": impl, "error": error})
+            print(f"{mode:9} {dtype:5} {compiled:16} {impl:11} failed: {error}")
+    if args.json:
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
+
+
+if __name__ == "__main__":
+    main()
