@@ -151,12 +151,15 @@ def autocast(dtype: str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
 
+def runs_in(impl: str, mode: str, dtype: str, compiled: str) -> bool:
+    """Whether this implementation takes part in this config: packed only in bf16 eager inference."""
+    return impl != PACKED or (mode == "inference" and dtype == "bf16" and compiled == "eager")
+
+
 def make_steps(models: dict, mode: str, dtype: str, compiled: str) -> dict:
     """impl -> a one-argument step (images) for this config; ``compiled``: "eager", "compile" or "compile+freezing"."""
     steps = {}
     for impl, model in models.items():
-        if impl == PACKED and (mode == "train" or dtype != "bf16" or compiled != "eager"):
-            continue  # packed: bf16 eager inference only
         model.train(mode == "train")
         if mode == "inference":
             fn = forward_fn(impl, model)
@@ -266,7 +269,9 @@ def main() -> None:
             torch._dynamo.reset()
             torch._inductor.config.freezing = compiled == "compile+freezing"
         # freezing folds the weights into constants: give it copies, so later configs see the originals
-        config_models = {i: copy.deepcopy(m) for i, m in models.items()} if compiled == "compile+freezing" else models
+        config_models = {i: m for i, m in models.items() if runs_in(i, mode, dtype, compiled)}
+        if compiled == "compile+freezing":
+            config_models = {i: copy.deepcopy(m) for i, m in config_models.items()}
         steps = make_steps(config_models, mode, dtype, compiled)
         warmup = args.warmup if compiled == "eager" else max(args.warmup, 2)
         times, errors = time_interleaved(steps, images, mode, dtype, warmup, args.reps)
