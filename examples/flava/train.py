@@ -306,45 +306,39 @@ def build_data(
         itm_negative_probability=d.itm_negative_probability,
     )
     micro_batch = t.global_batch_size // t.grad_accumulation
-    if d.streaming.enabled:  # the pairs streamed, the other kinds' steps step-indexed
-        mixed = None
-        if sources:
-            mixed = flava_pretraining_batches(
-                {"pairs": StreamedSource(), **sources},
-                asdict(d.ratios),
-                collator,
-                global_batch_size=micro_batch,
-                num_steps=t.max_steps * t.grad_accumulation,
-                rank=rank,
-                world_size=world_size,
-                seed=t.seed,
-            )
-        return opened(
-            "data.files.pairs_shards",
-            d.files.pairs_shards,
-            "shards to stream",
-            lambda: StreamingBatches(
-                d.files.pairs_shards,
-                collator,
-                batch_size=micro_batch // world_size,
-                rank=rank,
-                world_size=world_size,
-                num_workers=d.num_workers,
-                seed=t.seed,
-                shuffle_buffer=d.streaming.shuffle_buffer,
-                resampled=d.streaming.resampled,
-                mixed=mixed,
-            ),
+
+    def step_indexed(kinds: dict) -> torch.utils.data.Dataset:
+        return flava_pretraining_batches(
+            kinds,
+            asdict(d.ratios),
+            collator,
+            global_batch_size=micro_batch,
+            num_steps=t.max_steps * t.grad_accumulation,
+            rank=rank,
+            world_size=world_size,
+            seed=t.seed,
         )
-    return flava_pretraining_batches(
-        sources,
-        asdict(d.ratios),
-        collator,
-        global_batch_size=micro_batch,
-        num_steps=t.max_steps * t.grad_accumulation,
-        rank=rank,
-        world_size=world_size,
-        seed=t.seed,
+
+    if not d.streaming.enabled:
+        return step_indexed(sources)
+    # The pairs streamed, the other kinds' steps step-indexed.
+    mixed = step_indexed({"pairs": StreamedSource(), **sources}) if sources else None
+    return opened(
+        "data.files.pairs_shards",
+        d.files.pairs_shards,
+        "shards to stream",
+        lambda: StreamingBatches(
+            d.files.pairs_shards,
+            collator,
+            batch_size=micro_batch // world_size,
+            rank=rank,
+            world_size=world_size,
+            num_workers=d.num_workers,
+            seed=t.seed,
+            shuffle_buffer=d.streaming.shuffle_buffer,
+            resampled=d.streaming.resampled,
+            mixed=mixed,
+        ),
     )
 
 
