@@ -2,10 +2,19 @@
 ``reset_parameters``."""
 
 import functools
+import inspect
+import math
 
 from torch import nn
 
 _TORCH_LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm)
+
+
+def check_init_std(std: object, name: str = "init_std") -> float:
+    """``std`` if it is a positive finite number, else ValueError naming ``name``."""
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf:
+        raise ValueError(f"{name} must be a positive number, got {std!r}")
+    return float(std)
 
 
 def init_transformer_weights(module: nn.Module, *, std: float = 0.02) -> None:
@@ -39,7 +48,8 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
     torch's leaf layers (linear, convolution, embedding, LayerNorm) get the BERT/ViT rule of
     :func:`init_transformer_weights`; every other module that defines ``reset_parameters`` (ours: CLS
     and mask tokens, positions; a user's own blocks; torch's other layers) calls it for the raw
-    parameters it owns. Works on meta-device models once materialised with ``to_empty``.
+    parameters it owns, with ``std=std`` where it takes that keyword (ours do). Works on meta-device
+    models once materialised with ``to_empty``.
 
     Args:
         model (nn.Module): the model (or any module).
@@ -47,5 +57,6 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
     """
     model.apply(functools.partial(init_transformer_weights, std=std))
     for module in model.modules():
-        if not isinstance(module, _TORCH_LEAVES) and callable(getattr(module, "reset_parameters", None)):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if not isinstance(module, _TORCH_LEAVES) and callable(reset):
+            reset(std=std) if "std" in inspect.signature(reset).parameters else reset()

@@ -89,6 +89,22 @@ def test_init_weights_and_logit_scale():
     assert model.image_projection.bias is None and model.text_projection.bias is None
 
 
+def test_init_std():
+    torch.manual_seed(0)
+    model = clip_model(**SMALL, init_std=0.07)
+    linear = torch.cat([m.weight.detach().flatten() for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    assert abs(linear.std().item() - 0.07) < 0.0035
+    embeddings = model.image_encoder.embeddings
+    tokens = torch.cat([embeddings.pos_embed.detach().flatten(), embeddings.cls_token.detach().flatten()])
+    assert abs(tokens.std().item() - 0.07) < 0.007
+    assert abs(model.text_encoder.embeddings.word_embed.weight.std().item() - 0.07) < 0.007
+    default = clip_model(**SMALL).image_encoder.embeddings.pos_embed
+    assert abs(default.std().item() - 0.02) < 0.002
+    for bad in (0, -1.0, "0.1"):
+        with pytest.raises(ValueError, match=f"clip_model: init_std must be a positive number, got {bad!r}"):
+            clip_model(**SMALL, init_std=bad)
+
+
 @pytest.mark.parametrize(
     "name, preset", [("ViT-B-32", clip_vit_b32), ("ViT-B-16", clip_vit_b16), ("ViT-L-14", clip_vit_l14)]
 )

@@ -236,6 +236,27 @@ def test_init(model):
         assert abs(pos.mean().item()) < 0.004
 
 
+@pytest.mark.parametrize("std", [0.06, 0.1])
+def test_init_std_sets_every_normal_init(std):
+    torch.manual_seed(0)
+    model = flava_model(**T, init_std=std)
+    linear = torch.cat([m.weight.detach().flatten() for m in model.modules() if isinstance(m, nn.Linear)])
+    assert abs(linear.std().item() - std) < 0.05 * std
+    word = model.text_encoder.embeddings.word_embed.weight[1:]
+    tokens = [model.image_encoder.embeddings.pos_embed, model.image_encoder.embeddings.cls_token]
+    tokens += [model.multimodal_encoder.cls_token, model.text_encoder.embeddings.pos_embed.weight]
+    for p in [word, torch.cat([t.detach().flatten() for t in tokens])]:
+        assert abs(p.std().item() - std) < 0.1 * std
+    model.init_weights()  # re-initialising keeps the model's init_std
+    assert abs(model.image_encoder.embeddings.pos_embed.std().item() - std) < 0.1 * std
+
+
+@pytest.mark.parametrize("std", [0, -0.02, math.inf, "0.02", True])
+def test_init_std_must_be_positive(std):
+    with pytest.raises(ValueError, match=f"init_std must be a positive number, got {std!r}"):
+        flava_model(**T, init_std=std)
+
+
 def test_init_weights_restores_the_init(model):
     with torch.no_grad():
         model.logit_scale.fill_(3.0)

@@ -223,3 +223,7 @@ def test_init_weights_is_generic():
     assert_close(model["vision"].embeddings.norm.weight, torch.ones(64))
     pos = model["vision"].embeddings.pos_embed.detach()
     assert abs(float(pos.std()) - 0.02) < 0.004
+    init_weights(model, std=0.1)  # our modules take the std; a user's reset_parameters() without it still runs
+    assert abs(float(model["vision"].embeddings.pos_embed.detach().std()) - 0.1) < 0.02
+    assert abs(float(model["vision"].encoder.layers[0].mlp.fc1.weight.detach().std()) - 0.1) < 0.01
+    assert_close(model["mine"].scale, torch.full((4,), 0.5))

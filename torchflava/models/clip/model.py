@@ -38,6 +38,7 @@ class CLIPModel(nn.Module):
         eos_token_id (Optional[int]): text features are read at its first position in each row (HF's
             rule); None: at the row's highest id (open_clip's argmax; the same for CLIP's tokenizer).
         logit_scale_init (float): initial log-temperature.
+        init_std (float): std of the normal initialisation of weights, tokens and positions.
     """
 
     def __init__(
@@ -49,19 +50,21 @@ class CLIPModel(nn.Module):
         *,
         eos_token_id: Optional[int] = 49407,
         logit_scale_init: float = math.log(1 / 0.07),
+        init_std: float = 0.02,
     ) -> None:
         super().__init__()
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.image_projection, self.text_projection = image_projection, text_projection
-        self.eos_token_id, self.logit_scale_init = eos_token_id, logit_scale_init
+        self.eos_token_id, self.logit_scale_init, self.init_std = eos_token_id, logit_scale_init, init_std
         self.text_pack_tokens = 256  # token budget of one packed sequence of texts
         self.logit_scale = nn.Parameter(torch.empty(()))
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """(Re-)initialise: :func:`torchflava.modules.init.init_weights`, ``logit_scale = logit_scale_init``."""
-        init_weights(self)
+        """(Re-)initialise: :func:`torchflava.modules.init.init_weights` with ``init_std``, ``logit_scale =
+        logit_scale_init``."""
+        init_weights(self, std=self.init_std)
         self.logit_scale.fill_(self.logit_scale_init)
 
     def encode_image(self, image: Tensor, *, normalize: bool = True) -> Tensor:

@@ -63,6 +63,7 @@ class FLAVAModel(nn.Module):
         image_projection (nn.Module): image CLS to the shared contrastive space (width P).
         text_projection (nn.Module): text CLS to the shared contrastive space.
         logit_scale_init (float): initial log of the contrastive temperature multiplier.
+        init_std (float): std of the normal initialisation of weights, tokens and positions.
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class FLAVAModel(nn.Module):
         text_projection: nn.Module,
         *,
         logit_scale_init: float = math.log(1 / 0.07),
+        init_std: float = 0.02,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -81,16 +83,16 @@ class FLAVAModel(nn.Module):
         self.multimodal_encoder = multimodal_encoder
         self.image_projection = image_projection
         self.text_projection = text_projection
-        self.logit_scale_init = logit_scale_init
+        self.logit_scale_init, self.init_std = logit_scale_init, init_std
         self.text_pack_tokens = 256  # token budget of one packed sequence (one row of a pack batch) in encode_text
         self.logit_scale = nn.Parameter(torch.empty(()))
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """(Re-)initialise every parameter: N(0, 0.02) weights, zero biases, unit norms,
+        """(Re-)initialise every parameter: N(0, ``init_std``) weights, zero biases, unit norms,
         truncated-normal tokens and positions, and ``logit_scale = logit_scale_init``."""
-        init_weights(self)
+        init_weights(self, std=self.init_std)
         self.logit_scale.fill_(self.logit_scale_init)
 
     def forward(

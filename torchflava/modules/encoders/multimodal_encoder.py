@@ -43,9 +43,9 @@ class MultimodalEncoder(nn.Module):
         self.pooler = pooler
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Truncated-normal (std 0.02) CLS token."""
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+    def reset_parameters(self, *, std: float = 0.02) -> None:
+        """Truncated-normal (``std``) CLS token."""
+        nn.init.trunc_normal_(self.cls_token, std=std)
 
     def forward(
         self,

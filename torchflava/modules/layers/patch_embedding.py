@@ -59,11 +59,11 @@ class PatchEmbedding(nn.Module):
         self.norm = nn.Identity() if norm is None else norm
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Truncated-normal (std 0.02) CLS token, positions and mask token (the conv inits itself)."""
+    def reset_parameters(self, *, std: float = 0.02) -> None:
+        """Truncated-normal (``std``) CLS token, positions and mask token (the conv inits itself)."""
         for p in (self.cls_token, self.pos_embed, self.mask_token):
             if p is not None:
-                nn.init.trunc_normal_(p, std=0.02)
+                nn.init.trunc_normal_(p, std=std)
 
     def _check_images(self, images: Tensor) -> tuple[int, int]:
         if not isinstance(images, Tensor):
