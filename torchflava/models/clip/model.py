@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from torchflava.modules.checks import require
 from torchflava.modules.encoders import CLS_POSITION, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
@@ -99,15 +100,23 @@ class CLIPModel(nn.Module):
         """
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
         is_end = text == (text.amax(dim=1, keepdim=True) if self.eos_token_id is None else self.eos_token_id)
-        if lacking := (~is_end.any(dim=1)).nonzero().flatten().tolist():
-            raise ValueError(f"text: expected the end token {self.eos_token_id} in every row, rows {lacking} lack it")
+        expected = f"text: expected the end token {self.eos_token_id} in every row"
+        require(
+            is_end.any(dim=1).all(),
+            lambda: f"{expected}, rows {(~is_end.any(dim=1)).nonzero().flatten().tolist()} lack it",
+            f"{expected}, a row lacks it",
+        )
         end = is_end.int().argmax(dim=1)  # the first end token of each row
         drop = torch.arange(text.shape[1], device=text.device) > end[:, None]  # (B, L) True = not computed
         if mask is not None:
             drop = drop | text_padding_mask(text, mask)
-            if bool(drop[torch.arange(text.shape[0]), end].any()):
-                raise ValueError("text_attention_mask: expected 1 at every row's end token, got 0")
-        if bool(drop.any()):
+            message = "text_attention_mask: expected 1 at every row's end token, got 0"
+            require(~drop[torch.arange(text.shape[0]), end].any(), lambda: message, message)
+        if torch.compiler.is_compiling():  # packing has data-dependent shapes: the padded batch, same features
+            padding = None if mask is None else drop
+            out = self.text_encoder(text, padding_mask=padding, output_positions=end[:, None], return_pooled=False)
+            states = out.last_hidden_state[:, 0]
+        elif bool(drop.any()):
             states = encode_packed(self.text_encoder, text, drop, output="last", max_tokens=self.text_pack_tokens)
         else:
             states = self.text_encoder(text, output_positions=end[:, None], return_pooled=False).last_hidden_state[:, 0]

@@ -215,7 +215,8 @@ class FLAVAModel(nn.Module):
         """
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
         padding = text_padding_mask(text, text_attention_mask)
-        if padding is None or not bool(padding.any()) or not can_pack(padding):
+        # Packing has data-dependent shapes; a compiled graph runs the padded batch (the same features).
+        if torch.compiler.is_compiling() or padding is None or not bool(padding.any()) or not can_pack(padding):
             out = self.text_encoder(
                 text,
                 padding_mask=padding,

@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from torchflava.modules.checks import require
+
 
 def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str = "input_ids") -> None:
     """Validate a batch of token ids.
@@ -30,9 +32,12 @@ def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str =
         raise ValueError(f"{name} must have shape (B, L) with B >= 1 and L >= 1, got {tuple(input_ids.shape)}")
     if input_ids.is_meta or vocab_size is None:
         return  # shapes only (the meta device has no values; None: the caller checks the range itself)
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"{name} must be in [0, {vocab_size}) (the vocabulary size), got values in [{lo}, {hi}]")
+    expected = f"{name} must be in [0, {vocab_size}) (the vocabulary size)"
+    require(
+        ((input_ids >= 0) & (input_ids < vocab_size)).all(),
+        lambda: f"{expected}, got values in [{int(input_ids.min())}, {int(input_ids.max())}]",
+        f"{expected}, got values outside it",
+    )
 
 
 def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Optional[Tensor]:
@@ -59,9 +64,15 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
             f"got {tuple(text_attention_mask.shape)}"
         )
     padding = text_attention_mask == 0
-    if bool(padding.all(dim=1).any()):
-        empty = padding.all(dim=1).nonzero().flatten().tolist()
-        raise ValueError(f"text_attention_mask marks every token of rows {empty} as padding; each text needs a token")
+    empty = padding.all(dim=1)
+    require(
+        ~empty.any(),
+        lambda: (
+            f"text_attention_mask marks every token of rows {empty.nonzero().flatten().tolist()} as padding; "
+            "each text needs a token"
+        ),
+        "text_attention_mask marks every token of a row as padding; each text needs a token",
+    )
     return padding
 
 
