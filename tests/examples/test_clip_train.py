@@ -76,6 +76,17 @@ def test_two_ddp_processes_match_one_process(tmp_path):
         assert double[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6), step
 
 
+def test_compiled_training_matches_eager(tmp_path):
+    torch._dynamo.reset()
+    steps = ["training.max_steps=4", "training.log_every=1", "eval.enabled=false"]
+    train.main(_config(f"training.output_dir={tmp_path / 'eager'}", *steps))
+    train.main(_config(f"training.output_dir={tmp_path / 'compiled'}", "training.compile=true", *steps))
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys() and max(eager) == 4
+    for step in eager:
+        assert compiled[step] == pytest.approx(eager[step], abs=1e-4), step
+
+
 def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
     common = ["training.max_steps=40", "training.checkpoint_every=4", "training.log_every=1", "eval.enabled=false"]
     _run([f"training.output_dir={tmp_path / 'reference'}", *common])

@@ -169,6 +169,7 @@ RESUME_FREE = (
     "training.checkpoint_every",
     "training.keep_checkpoints",
     "training.threads",
+    "training.compile",
     "training.strategy",
     "training.device",
     "data.num_workers",
@@ -195,7 +196,7 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
     Call it before the new config is written. Changes to the model, the data or anything else
     that would silently change what is being trained are refused; optimiser settings and
     ``training.max_steps`` may change (the training loop applies the new values after loading the
-    checkpoint); logging, checkpoint cadence, threads, strategy and evaluation keys are free.
+    checkpoint); logging, checkpoint cadence, threads, compile, strategy and evaluation keys are free.
 
     Args:
         saved (Union[str, os.PathLike]): the run's ``config.yaml`` (a missing file means nothing to compare).

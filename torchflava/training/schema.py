@@ -45,6 +45,7 @@ class TrainingConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16
     activation_checkpointing: str = "none"  # none | selective | full (see TransformerEncoder)
+    compile: bool = False  # torch.compile the model's repeated blocks (see torchflava.training.loop.fit)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 1000
