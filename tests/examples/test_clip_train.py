@@ -145,7 +145,12 @@ def test_resume_refuses_architecture_and_data_changes_and_applies_optimiser_chan
     train.main(_config(*base))
     lr_before = {r["step"]: r["lr"] for r in train.read_metrics(tmp_path / "metrics.jsonl")}
     saved = (tmp_path / "config.yaml").read_text()
-    for change in ("model.vision_width=48", "data.max_text_length=20", "training.seed=3"):
+    for change in (
+        "model.vision_width=48",
+        "data.max_text_length=20",
+        "training.seed=3",
+        "optim.lr_multipliers.text_encoder=0.1",
+    ):
         with pytest.raises(
             train.ConfigError, match=rf"keys '{change.split('=')[0]}' \(.* -> .*\): expected the values"
         ):

@@ -103,7 +103,7 @@ def settings(out, **changes):
         tensorboard=False,
         device="cpu",
     )
-    optim = dict(lr=0.05, warmup_steps=0, weight_decay=0.0, clip_grad_norm=1.0, eps=1e-8)
+    optim = dict(lr=0.05, warmup_steps=0, weight_decay=0.0, clip_grad_norm=1.0, eps=1e-8, lr_multipliers={})
     for key, value in changes.items():
         (optim if key in optim else training)[key] = value
     return TrainingConfig(**training), OptimConfig(**optim)
@@ -272,6 +272,30 @@ def test_compile_trains_like_eager(tmp_path):
     for name, value in params(runs[False]).items():
         assert_close(params(runs[True])[name], value, atol=1e-5, rtol=0, msg=name)
     assert losses(tmp_path / "encoder-True") == pytest.approx(losses(tmp_path / "encoder-False"), abs=1e-5)
+
+
+def test_lr_multipliers_scale_each_modules_learning_rate(tmp_path):
+    base, _ = run(tmp_path / "base", max_steps=3)
+    frozen, _ = run(tmp_path / "frozen", max_steps=3, lr_multipliers={"linear": 0.0})
+    assert_close(params(frozen)["linear.weight"], params(Toy())["linear.weight"], atol=0, rtol=0)
+    assert_close(params(frozen)["linear.bias"], params(Toy())["linear.bias"], atol=0, rtol=0)
+    assert float(frozen.gain) != 1.0 and not torch.equal(params(base)["linear.weight"], params(Toy())["linear.weight"])
+
+    # The schedule scales every group from its own peak; a resumed run keeps the multipliers.
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 4:  # the last checkpoint is step 3
+            raise Killed
+
+    calls, half = {"n": 0}, {"linear": 0.5}
+    with pytest.raises(Killed):
+        run(tmp_path / "resumed", lr_multipliers=half, warmup_steps=2, after_step=killed)
+    resumed, _ = run(tmp_path / "resumed", lr_multipliers=half, warmup_steps=2, resume="auto")
+    straight, _ = run(tmp_path / "straight", lr_multipliers=half, warmup_steps=2)
+    for name, value in params(straight).items():
+        assert torch.equal(params(resumed)[name], value), name
+    with pytest.raises(ConfigError, match=r"key 'optim.lr_multipliers': lr_multipliers: \['head'\] name no module"):
+        run(tmp_path / "bad", lr_multipliers={"head": 0.1})
 
 
 def test_progress_bar_and_samples_per_second(tmp_path, capsys):

@@ -77,6 +77,41 @@ def test_negative_weight_decay():
         param_groups(nn.Linear(2, 2), weight_decay=-0.1)
 
 
+def test_lr_multipliers_split_the_groups_by_module(tiny):
+    groups = param_groups(tiny, 0.05, {"text_encoder": 0.01, "text_projection": 0.01, "logit_scale": 2})
+    assert [(g["weight_decay"], g["lr_multiplier"]) for g in groups] == [
+        (0.05, 1.0),
+        (0.0, 1.0),
+        (0.05, 0.01),
+        (0.0, 0.01),
+        (0.0, 2.0),  # the logit scale is not decayed: the empty decayed group at 2 is left out
+    ]
+    slow = set(groups[2]["names"]) | set(groups[3]["names"])
+    names = dict(tiny.named_parameters())
+    assert slow == {n for n in names if n.startswith(("text_encoder.", "text_projection."))}
+    assert "multimodal_encoder.text_proj.weight" in groups[0]["names"]  # a part of the path, not a prefix of a part
+    assert groups[4]["names"] == ["logit_scale"]
+    assert sum(len(g["names"]) for g in groups) == len(names)
+    assert set(groups[2]["names"]) == {n for n in DECAYED if n.startswith(("text_encoder.", "text_projection."))}
+    # A dotted path works too, and a multiplier of 1 is the base groups.
+    dotted = param_groups(tiny, 0.05, {"text_encoder.encoder.layers.1": 0.5, "image_encoder": 1})
+    assert len(dotted) == 4 and all(n.startswith("text_encoder.encoder.layers.1.") for n in dotted[2]["names"])
+
+
+@pytest.mark.parametrize(
+    "multipliers, message",
+    [
+        ({"text_tower": 0.1}, r"\['text_tower'\] name no module with trainable parameters"),
+        ({"text_encoder": -0.1}, r"lr_multipliers\['text_encoder'\] must be a number >= 0, got -0.1"),
+        ({"text_encoder": True}, "must be a number >= 0, got True"),
+        ({"text_encoder": 0.1, "text_encoder.norm": 0.2}, "text_encoder.norm.weight is matched by"),
+    ],
+)
+def test_bad_lr_multipliers(tiny, multipliers, message):
+    with pytest.raises(ValueError, match=message):
+        param_groups(tiny, 0.05, multipliers)
+
+
 def schedule_lrs(steps: int, **kwargs) -> list[float]:
     """The lr used at steps 0..steps-1 with a peak lr of 2.0."""
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)

@@ -161,6 +161,8 @@ def _config_type(annotation: object, where: str) -> object:
 # Keys a resumed run may change. ``optim.*`` and ``training.max_steps`` change the run's results
 # from the resume on and are applied (and reported); the others change only how it runs.
 RESUME_APPLIED = ("optim.", "training.max_steps")
+# ...but not these: they shape the optimiser's parameter groups, which the checkpoint holds.
+RESUME_FIXED = ("optim.lr_multipliers.",)
 RESUME_FREE = (
     "training.resume",
     "training.progress_bar",
@@ -221,7 +223,9 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
     changed = {
         k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)
     }
-    refused = {k: v for k, v in changed.items() if not _matches(k, RESUME_APPLIED + RESUME_FREE)}
+    refused = {
+        k: v for k, v in changed.items() if _matches(k, RESUME_FIXED) or not _matches(k, RESUME_APPLIED + RESUME_FREE)
+    }
     if refused:
         listed = ", ".join(f"'{k}' ({old!r} -> {new!r})" for k, (old, new) in refused.items())
         raise ConfigError(

@@ -62,7 +62,7 @@ from torchflava.training.distributed import (
     sync_replicated_grads,
 )
 from torchflava.training.metrics import MetricsLogger
-from torchflava.training.optim import clip_grad_norm
+from torchflava.training.optim import clip_grad_norm, param_groups
 from torchflava.training.run_lock import RunDirectoryInUse, RunLock
 from torchflava.training.schema import (
     NonFiniteLossError,
@@ -261,7 +261,7 @@ def fit(
     start, skipped, position = 0, [], {}
     if resume_from is not None:
         start, skipped, position = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler, streamed=streamed)
-        _apply_optim_config(optimizer, scheduler, optim)
+        _apply_optim_config(optimizer, scheduler, optim, model)
         if streamed:
             try:
                 data.load_state_dict(position)
@@ -434,20 +434,21 @@ def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> int:
     return len(blocks)
 
 
-def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig) -> None:
+def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig, model: nn.Module) -> None:
     """Make a resumed optimiser follow the current ``optim`` section (a no-op when it is unchanged).
 
     The checkpoint restores the saved peak lr, betas, eps and weight decay; a resumed run that
     changed them (see :func:`torchflava.training.config.check_resume_config`) continues with the new
     values, the schedule's current factor applied to the new peak lr.
     """
-    for index, group in enumerate(optimizer.param_groups):
-        group["initial_lr"] = optim.lr
-        scheduler.base_lrs[index] = optim.lr
-        group["lr"] = optim.lr * scheduler.lr_lambdas[index](scheduler.last_epoch)
+    layout = param_groups(model, optim.weight_decay, optim.lr_multipliers)  # the groups' order, as built
+    for index, (group, built) in enumerate(zip(optimizer.param_groups, layout, strict=True)):
+        peak = optim.lr * built["lr_multiplier"]
+        group["initial_lr"] = peak
+        scheduler.base_lrs[index] = peak
+        group["lr"] = peak * scheduler.lr_lambdas[index](scheduler.last_epoch)
         group["betas"], group["eps"] = tuple(optim.betas), optim.eps
-        if index == 0:  # param_groups puts the decayed weights first; norms, biases etc. stay at 0
-            group["weight_decay"] = optim.weight_decay
+        group["weight_decay"] = built["weight_decay"]  # norms, biases etc. stay at 0
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
 
 

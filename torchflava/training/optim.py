@@ -1,7 +1,7 @@
 """AdamW parameter groups, the warmup + cosine schedule, and gradient clipping that works under FSDP2."""
 
 import math
-from typing import Iterable
+from typing import Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -10,8 +10,11 @@ from torch.distributed.tensor import DTensor
 _DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into a decayed group and a group without weight decay.
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_multipliers: Optional[Mapping[str, float]] = None
+) -> list[dict]:
+    """Split trainable parameters into a decayed group and a group without weight decay, and
+    apart again for each learning-rate multiplier.
 
     Only the weights of linear and convolution layers (the patch projection included) are
     decayed. Biases, norms, embedding tables, position embeddings, CLS and mask tokens and the
@@ -20,25 +23,46 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Args:
         model (nn.Module): the model.
         weight_decay (float): decay of the decayed group, >= 0.
+        lr_multipliers (Optional[Mapping[str, float]]): module name -> factor on the learning rate of
+            its parameters (0 freezes them in effect). A name matches a parameter when it is a part
+            of its dotted path (``"text_encoder"`` matches ``model.text_encoder.norm.weight``).
 
     Returns:
-        list[dict]: two optimiser parameter groups (``names`` lists each group's parameter names).
+        list[dict]: the decayed and the undecayed group at multiplier 1, then the same pair for each
+        multiplier in the order given (empty pairs left out). Each group has ``names`` (its
+        parameter names), ``weight_decay`` and ``lr_multiplier``.
 
     Raises:
-        ValueError: if ``weight_decay`` is negative.
+        ValueError: if ``weight_decay`` is negative, a multiplier is not a number >= 0, a name
+            matches no trainable parameter, or a parameter matches names of different multipliers.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    multipliers = dict(lr_multipliers or {})
+    for key, value in multipliers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"lr_multipliers[{key!r}] must be a number >= 0, got {value!r}")
     decayed = {id(m.weight) for m in model.modules() if isinstance(m, _DECAYED_MODULES)}
-    groups = {True: ([], []), False: ([], [])}
+    factors = sorted(set(multipliers.values()) - {1.0}, key=list(multipliers.values()).index)
+    groups = {(d, f): ([], []) for f in [1.0, *factors] for d in (True, False)}
+    used = set()
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            params, names = groups[id(param) in decayed]
-            params.append(param)
-            names.append(name)
+        if not param.requires_grad:
+            continue
+        keys = [k for k in multipliers if f".{k}." in f".{name}."]
+        if len({multipliers[k] for k in keys}) > 1:
+            raise ValueError(f"lr_multipliers: {name} is matched by {keys}, which give it different multipliers")
+        used.update(keys)
+        params, names = groups[(id(param) in decayed, float(multipliers[keys[0]]) if keys else 1.0)]
+        params.append(param)
+        names.append(name)
+    unused = [k for k in multipliers if k not in used]
+    if unused:
+        raise ValueError(f"lr_multipliers: {unused} name no module with trainable parameters in the model")
     return [
-        {"params": groups[True][0], "names": groups[True][1], "weight_decay": weight_decay},
-        {"params": groups[False][0], "names": groups[False][1], "weight_decay": 0.0},
+        {"params": p, "names": n, "weight_decay": weight_decay if d else 0.0, "lr_multiplier": f}
+        for (d, f), (p, n) in groups.items()
+        if f == 1.0 or p
     ]
 
 

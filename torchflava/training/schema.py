@@ -33,6 +33,8 @@ class OptimConfig:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.0
     clip_grad_norm: Optional[float] = 1.0
+    # module name -> factor on the lr of its parameters (e.g. {text_encoder: 0.01}); see param_groups
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,7 +178,13 @@ def setup_training(
         layer_types=layer_types,
         param_dtype=torch.bfloat16 if bf16 and t.strategy == "fsdp" else None,
     )
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    try:
+        groups = param_groups(model, o.weight_decay, o.lr_multipliers)
+    except ValueError as error:
+        raise ConfigError(f"key 'optim.lr_multipliers': {error}") from None
+    for group in groups:
+        group["lr"] = o.lr * group["lr_multiplier"]
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     scheduler = warmup_cosine(optimizer, warmup_steps=o.warmup_steps, total_steps=t.max_steps, min_ratio=o.min_lr_ratio)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and t.strategy != "fsdp")
     return TrainingSetup(wrapped, optimizer, scheduler, autocast)
