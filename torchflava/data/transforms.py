@@ -31,6 +31,7 @@ from torchvision.transforms import v2
 from torchflava.data.decode import to_rgb
 from torchflava.modules.codebook import map_pixels
 from torchflava.utils.checkpoint import atomic_write
+from torchflava.utils.checks import check_positive_number
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -196,13 +197,6 @@ def _channels(name: str, value: object, *, positive: bool) -> tuple[float, float
     return float(numbers[0]), float(numbers[1]), float(numbers[2])
 
 
-def _positive_number(name: str, value: object) -> float:
-    """A positive finite number, or raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
 def _filter_code(name: str, value: object) -> int:
     """A PIL filter code (PIL's Resampling enum reads as its code), or raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value not in RESAMPLE_FILTERS:
@@ -261,7 +255,7 @@ class ImageTransformSpec:
                     f"got {self.crop_size}"
                 )
         if self.rescale_factor is not None:
-            set_field(self, "rescale_factor", _positive_number("rescale_factor", self.rescale_factor))
+            set_field(self, "rescale_factor", check_positive_number("rescale_factor", self.rescale_factor))
         if (self.mean is None) != (self.std is None):
             raise ValueError(f"mean and std must both be given or both be None, got {self.mean!r} and {self.std!r}")
         if self.mean is not None:
@@ -345,7 +339,7 @@ class ImageTransformSpec:
             )
         factor = None
         if flag("do_rescale"):
-            factor = _positive_number(f"{PREPROCESSOR_CONFIG}: rescale_factor", get("rescale_factor", 1 / 255))
+            factor = check_positive_number(f"{PREPROCESSOR_CONFIG}: rescale_factor", get("rescale_factor", 1 / 255))
         mean = std = None
         if flag("do_normalize"):
             mean, std = get("image_mean", CLIP_MEAN), get("image_std", CLIP_STD)

@@ -3,18 +3,10 @@
 
 import functools
 import inspect
-import math
 
 from torch import nn
 
 _TORCH_LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm)
-
-
-def check_init_std(std: object, name: str = "init_std") -> float:
-    """``std`` if it is a positive finite number, else ValueError naming ``name``."""
-    if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf:
-        raise ValueError(f"{name} must be a positive number, got {std!r}")
-    return float(std)
 
 
 def init_transformer_weights(module: nn.Module, *, std: float = 0.02) -> None:

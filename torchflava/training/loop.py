@@ -417,21 +417,17 @@ def _resume(
     return step, [tuple(s) for state in saved for s in state["skipped"]] if _rank() == 0 else [], {}
 
 
-def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> int:
+def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
     """``torch.compile`` the forward of every module of ``block_types`` in ``model`` (in place).
 
     Only ``forward`` is replaced, so parameter names, state dicts and checkpoints are unchanged, and
     module hooks (FSDP2's, DDP's) run outside the compiled code. Blocks of one shape share a graph;
     sequence lengths that vary become dynamic after the second one. With no such block, the model's
     own forward is compiled.
-
-    Returns:
-        int: the number of forwards compiled.
     """
     blocks = [m for m in model.modules() if block_types and isinstance(m, tuple(block_types))] or [model]
     for block in blocks:
         block.forward = torch.compile(block.forward)
-    return len(blocks)
 
 
 def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig, model: nn.Module) -> None:

@@ -13,10 +13,10 @@ from torchflava.models.clip.convert_weights import convert_to_torchflava, hf_con
 from torchflava.models.clip.model import CLIPModel
 from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
-from torchflava.modules.init import check_init_std
 from torchflava.modules.layers import PatchEmbedding
 from torchflava.modules.layers.text_embedding import TokenEmbedding
 from torchflava.utils.checkpoint import PathLike, load_state_dict
+from torchflava.utils.checks import check_positive_number
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
 _B16.update(vision_width=768, vision_layers=12, vision_heads=12, vision_mlp_dim=3072)
@@ -92,7 +92,7 @@ def clip_model(
     if clash:
         raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
     a = {**_DEFAULTS, **config, **given}
-    check_init_std(a["init_std"], "clip_model: init_std")
+    check_positive_number("clip_model: init_std", a["init_std"])
 
     with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(a)

@@ -24,8 +24,9 @@ from torchflava.models.flava.pretraining import FLAVAForPretraining, LossWeights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEncoder, transformer_encoder
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
-from torchflava.modules.init import check_init_std, init_weights
+from torchflava.modules.init import init_weights
 from torchflava.modules.layers import PatchEmbedding, Pooler, TextEmbedding
+from torchflava.utils.checks import check_positive_number
 from torchflava.utils.distributed import GatherGrad
 
 
@@ -247,7 +248,7 @@ def flava_model(
     Raises:
         ValueError: if ``init_std`` is not a positive number.
     """
-    check_init_std(init_std)
+    check_positive_number("init_std", init_std)
     common = dict(dropout=dropout, attention_dropout=attention_dropout, norm_eps=norm_eps)
     model = FLAVAModel(
         flava_image_encoder(
