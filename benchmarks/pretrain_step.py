@@ -54,9 +54,12 @@ def options(impl: str) -> set[str]:
     return set(opts)
 
 
-def make_batches(seed: int = 0) -> dict:
+def make_batches(seed: int = 0, batch: int = 4) -> dict:
+    """The benchmark's samples: ``batch`` pairs, real text lengths and ITM labels cycling through
+    52/35/20/41 and 1,1,1,0 (the default 4 is the peers' batch; other sizes draw in the same order)."""
     g = torch.Generator().manual_seed(seed)
-    b, length, lengths = 4, 77, [52, 35, 20, 41]
+    b, length = batch, 77
+    lengths = [(52, 35, 20, 41)[row % 4] for row in range(b)]
     image = torch.randn(b, 3, 224, 224, generator=g)
     codebook_pixels = torch.rand(b, 3, 112, 112, generator=g) * 0.8 + 0.1
     text = torch.randint(1000, 30000, (b, length), generator=g)
@@ -75,7 +78,7 @@ def make_batches(seed: int = 0) -> dict:
     for row in range(b):
         patch_mask[row, torch.randperm(196, generator=g)[:75]] = True
     tokens = torch.randint(0, 8192, (b, 196), generator=g)
-    itm = torch.tensor([1, 1, 1, 0])
+    itm = torch.tensor([(1, 1, 1, 0)[row % 4] for row in range(b)])
     return dict(
         image=image,
         codebook_pixels=codebook_pixels,
