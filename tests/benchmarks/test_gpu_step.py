@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 BATCH = 2  # pretrain_step.make_batches: real text lengths 52 and 35, ITM labels 1, 1
-CONFIGS = "eager,full,fsdp+selective,compile"
+CONFIGS = "eager,selective,full,fsdp+selective,compile"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,9 @@ def rows(results: dict) -> dict:
 def test_every_config_and_encoder_ran(run):
     results, _ = run
     assert list(rows(results)) == CONFIGS.split(",")  # the compiled ones last, as listed here
-    assert [row.get("error") for row in results["configs"] + results["encoders"]] == [None] * (4 + 8)
+    assert [row.get("error") for row in results["configs"] + results["encoders"]] == [None] * (
+        len(CONFIGS.split(",")) + 8
+    )
     compiled = rows(results)["compile"]
     assert compiled["compiled_graphs"] > 0 and compiled["graph_breaks"] == 0
     encoders = [(row["model"], row["modality"], row["mode"]) for row in results["encoders"]]
@@ -107,7 +109,9 @@ def test_checkpointing_recomputes_the_layers_forward_but_their_last_matmul(run, 
     model_flops, executed = results["model_flops_per_step"], {n: r["executed_flops"] for n, r in rows(results).items()}
     # No checkpointing, FSDP, selective checkpointing (it recomputes only norms, GELU, adds: work no FLOP is
     # counted for) and compiled blocks (counted before compiling) do the model's FLOPs.
-    assert executed["eager"] == executed["fsdp+selective"] == executed["compile"] == model_flops
+    assert (
+        executed["eager"] == executed["selective"] == executed["fsdp+selective"] == executed["compile"] == model_flops
+    )
     # Full checkpointing recomputes each layer's forward in backward, but stops (non-reentrant checkpoint's early
     # stop) once it has what backward needs: the layer's last matmul, the MLP's fc2, is not run again.
     data = gpu_step.make_batches(0, batch=BATCH)

@@ -283,3 +283,31 @@ def test_set_activation_checkpointing_sets_every_stack_and_refuses_bad_input():
         set_activation_checkpointing(model, "sometimes")
     with pytest.raises(ValueError, match="no TransformerEncoder"):
         set_activation_checkpointing(nn.Linear(2, 2), "full")
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_checkpointing_under_autocast_with_two_passes_through_one_encoder(mode):
+    # A FLAVA pair step runs each encoder twice (masked and unmasked) under one autocast region:
+    # autocast's weight-cast cache then serves the second pass, and recomputing in backward must
+    # not depend on what that cache held (selective checkpointing replays the forward's ops one by one).
+    plain = make_encoder(num_layers=2).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.checkpoint_activations = mode
+    x1, x2 = torch.randn(2, 6, D), torch.randn(2, 6, D)
+
+    def grads(encoder, cache_enabled=True):
+        encoder.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled):
+            loss = encoder(x1).last_hidden_state.float().pow(2).mean() + encoder(x2).last_hidden_state.float().mean()
+        loss.backward()
+        return {name: p.grad for name, p in encoder.named_parameters()}
+
+    reference = grads(plain)
+    # Selective checkpointing casts each weight on every call (a cached cast would not be replayed):
+    # exactly what autocast without its cache computes, and within bf16 rounding of the cached run
+    # (there the two passes' weight gradients are summed in bf16 before the cast back).
+    exact = grads(plain, cache_enabled=False) if mode == "selective" else reference
+    for name, grad in grads(checkpointed).items():
+        assert grad is not None, name
+        assert_close(grad, exact[name], atol=0, rtol=0, msg=name)
+        assert_close(grad, reference[name], atol=1e-3, rtol=2e-2, msg=name)

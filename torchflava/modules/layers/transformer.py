@@ -43,6 +43,21 @@ def _save_matmuls_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 _selective_contexts = functools.partial(create_selective_checkpoint_contexts, _save_matmuls_policy)
 
 
+def _without_autocast_cache(layer: nn.Module, x: Tensor, **kwargs) -> Tensor:
+    """``layer(x, **kwargs)`` with autocast's weight-cast cache off, if autocast is on.
+
+    Selective checkpointing replays a layer's forward op by op in backward. Autocast caches each
+    weight's cast on its first use, so a second pass through the same layer in one autocast region
+    (a FLAVA pair step's masked and unmasked passes) issues no casts, while its recomputation does:
+    the replay no longer matches. Casting on every call makes forward and replay issue the same ops.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return layer(x, **kwargs)
+    with torch.autocast(device, dtype=torch.get_autocast_dtype(device), cache_enabled=False):
+        return layer(x, **kwargs)
+
+
 def checkpoint_mode(value: Union[bool, str]) -> str:
     """Normalise an activation-checkpointing setting to one of :data:`CHECKPOINT_MODES`.
 
@@ -205,8 +220,10 @@ class TransformerEncoder(nn.Module):
                 attn_mask=attn_mask,
                 query_positions=output_positions if i == last else None,
             )
-            if mode != "none":
-                x = checkpoint(layer, x, use_reentrant=False, **extra, **kwargs)
+            if mode == "selective":
+                x = checkpoint(_without_autocast_cache, layer, x, use_reentrant=False, **extra, **kwargs)
+            elif mode == "full":
+                x = checkpoint(layer, x, use_reentrant=False, **kwargs)
             else:
                 x = layer(x, **kwargs)
             if hidden_states is not None:
