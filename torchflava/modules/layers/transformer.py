@@ -212,7 +212,6 @@ class TransformerEncoder(nn.Module):
         )
         if not (self.training and torch.is_grad_enabled()):
             mode = "none"
-        extra = {"context_fn": _selective_contexts} if mode == "selective" else {}
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             kwargs = dict(
@@ -221,7 +220,9 @@ class TransformerEncoder(nn.Module):
                 query_positions=output_positions if i == last else None,
             )
             if mode == "selective":
-                x = checkpoint(_without_autocast_cache, layer, x, use_reentrant=False, **extra, **kwargs)
+                x = checkpoint(
+                    _without_autocast_cache, layer, x, use_reentrant=False, context_fn=_selective_contexts, **kwargs
+                )
             elif mode == "full":
                 x = checkpoint(layer, x, use_reentrant=False, **kwargs)
             else:
