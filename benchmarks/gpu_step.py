@@ -422,16 +422,20 @@ def step_figures(row: dict, batch: int, tokens: int, model_flops: int, peak: Opt
 
 
 # ------------------------------------------------------------------------------------------ encoders
-def encoder_rows(args, modes: list[str], device: torch.device):
-    """Yield, per model, modality and mode, the row's name and a zero-argument timing of its batches."""
+def build_encoders(args) -> list[tuple[str, torch.nn.Module, dict]]:
+    """FLAVA and CLIP (or the tiny ones) in eval mode on the CPU, each with its input batch."""
     torch.manual_seed(args.seed)
-    flava = (flava_model(**TINY_FLAVA) if args.tiny else flava_model()).eval().to(device)
-    clip = (clip_model(**TINY_CLIP) if args.tiny else clip_vit_b16()).eval().to(device)
-    for name, model, inputs in (
+    flava = (flava_model(**TINY_FLAVA) if args.tiny else flava_model()).eval()
+    clip = (clip_model(**TINY_CLIP) if args.tiny else clip_vit_b16()).eval()
+    return [
         ("flava", flava, make_inputs(args.encoder_batch, args.seed)),
         ("clip_vit_b16", clip, make_clip_inputs(args.encoder_batch, args.seed)),
-    ):
-        inputs = {key: value.to(device) for key, value in inputs.items()}
+    ]
+
+
+def encoder_rows(args, modes: list[str], device: torch.device, encoders: list):
+    """Yield, per model, modality and mode, the row's name and a zero-argument timing of its batches."""
+    for name, model, inputs in encoders:
         for modality in ("image", "text"):
             for mode in modes:
                 yield (
@@ -530,11 +534,11 @@ def encoder_line(row: dict) -> str:
     return f"{name} {row['median_s'] * 1e3:9.1f} {row['items_per_s']:9.1f} " + _fmt(row["first_call_s"], ".1f", 7)
 
 
-def train_step_section(args, configs: list[Config], device: torch.device, results: dict, save) -> None:
+def train_step_section(
+    args, configs: list[Config], device: torch.device, results: dict, save, template, data: dict
+) -> None:
     """Count the model FLOPs (once per run), then time each config; rows go to ``results["configs"]``."""
-    data = {key: value.to(device) for key, value in make_batches(args.seed, batch=args.batch).items()}
     tokens = results["tokens_per_step"] = tokens_per_step(data, args.kinds)
-    template = build_pretraining(args.tiny, args.seed)
     if "model_flops_per_step" not in results:
         model = copy.deepcopy(template).to(device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16)
@@ -565,14 +569,24 @@ def train_step_section(args, configs: list[Config], device: torch.device, result
             dist.destroy_process_group()
 
 
-def encoder_section(args, modes: list[str], device: torch.device, results: dict, save) -> None:
-    """Time the encoders in each mode; rows go to ``results["encoders"]``."""
+def encoder_section(args, modes: list[str], device: torch.device, results: dict, save, encoders: list) -> None:
+    """Time the encoders in each mode; rows go to ``results["encoders"]``. The models (built on the CPU)
+    are on the device only during the section, so the train-step configs' peak memory never holds them."""
     print(f"encoders: bf16 inference, batch {args.encoder_batch}")
     print(ENCODER_HEADER)
-    for row, measure in encoder_rows(args, modes, device):
-        results["encoders"].append(guarded(dict(row, batch=args.encoder_batch), measure, device))
-        print(encoder_line(results["encoders"][-1]), flush=True)
-        save()
+    on_device = [
+        (name, model.to(device), {k: v.to(device) for k, v in inputs.items()}) for name, model, inputs in encoders
+    ]
+    try:
+        for row, measure in encoder_rows(args, modes, device, on_device):
+            results["encoders"].append(guarded(dict(row, batch=args.encoder_batch), measure, device))
+            print(encoder_line(results["encoders"][-1]), flush=True)
+            save()
+    finally:
+        del on_device
+        for _, model, _ in encoders:
+            model.to("cpu")
+        free_memory(device)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -619,13 +633,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
         f"peak: {_fmt(results['peak_tflops'], '.1f', 0)} TFLOP/s ({results['peak_source'] or 'unknown: --peak-tflops'}); "
         f"measured bf16 GEMM ({size}^3): {results['gemm']['tflops']:.3f} TFLOP/s"
     )
+    # Built once, on first use, for the uncompiled and the compiled sections alike.
+    template = data = encoders = None
     for compiled in (False, True):
         configs = [config for config in args.configs if config.compile == compiled]
         modes = [mode for mode in args.encoder_modes if (mode == "compile") == compiled]
         if configs:
-            train_step_section(args, configs, device, results, save)
+            if template is None:
+                data = {key: value.to(device) for key, value in make_batches(args.seed, batch=args.batch).items()}
+                template = build_pretraining(args.tiny, args.seed)
+            train_step_section(args, configs, device, results, save, template, data)
         if modes:
-            encoder_section(args, modes, device, results, save)
+            encoders = encoders or build_encoders(args)
+            encoder_section(args, modes, device, results, save, encoders)
     results["wall_s"] = time.perf_counter() - began
     save()
     print(f"done in {results['wall_s']:.0f} s" + (f"; figures in {args.json}" if args.json else ""))
