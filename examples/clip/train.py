@@ -45,6 +45,7 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
+    lr_multipliers_check,
     opened,
     pair_file_checks,
     raise_on_failed_checks,
@@ -141,11 +142,14 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
     )
     # every size and choice of the model section, checked by clip_model itself on the meta device
+    kwargs = {k: v for k, v in asdict(m).items() if k != "pretrained"}
     if cfg.model.pretrained is None:
-        kwargs = {k: v for k, v in asdict(m).items() if k != "pretrained"}
         raise_on_failed_checks(
             [builds_on_meta("model", lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))]
         )
+    raise_on_failed_checks(
+        [lr_multipliers_check(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)), cfg.optim)]
+    )
 
 
 # ------------------------------------------------------------------------------------------- data

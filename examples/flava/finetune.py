@@ -43,6 +43,7 @@ from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
+    lr_multipliers_check,
     opened,
     path_check,
     raise_on_failed_checks,
@@ -275,6 +276,7 @@ def main(cfg: FinetuneConfig) -> dict:
     torch.manual_seed(t.seed)
     kwargs = {**asdict(cfg.model), "pretrained": None, "loss": loss}  # the backbone comes loaded
     model = flava_model_for_classification(num_classes, backbone=pretrained.model, **kwargs).to(info.device)
+    raise_on_failed_checks([lr_multipliers_check(model, cfg.optim)])  # before the run directory is written
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
     result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)

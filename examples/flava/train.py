@@ -52,6 +52,7 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
+    lr_multipliers_check,
     opened,
     pair_file_checks,
     path_check,
@@ -229,6 +230,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         [
             builds_on_meta("model", lambda: flava_model(**flava_model_kwargs(m, max(d.vocab_size, 16)))),
             builds_on_meta("codebook", lambda: build_codebook(cfg, seeded=False)),
+            lr_multipliers_check(lambda: build_model(cfg, max(d.vocab_size, 16), pretrained=False), cfg.optim),
         ]
     )
 
@@ -350,8 +352,10 @@ def flava_model_kwargs(cfg: ModelConfig, vocab_size: int) -> dict:
     return {**kwargs, "vocab_size": vocab_size}
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> FLAVAForPretraining:
-    backbone = flava_model(pretrained=cfg.model.pretrained, **flava_model_kwargs(cfg.model, vocab_size))
+def build_model(cfg: TrainConfig, vocab_size: int, pretrained: bool = True) -> FLAVAForPretraining:
+    """The model the run trains; ``pretrained=False`` leaves ``model.pretrained``'s weights unread."""
+    weights = cfg.model.pretrained if pretrained else None
+    backbone = flava_model(pretrained=weights, **flava_model_kwargs(cfg.model, vocab_size))
     return flava_model_for_pretraining(backbone=backbone, build_codebook=False, **asdict(cfg.pretraining))
 
 

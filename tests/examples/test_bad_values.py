@@ -79,6 +79,7 @@ SHARED = [
     ("training.max_steps=0", "training.max_steps"),
     ("training.global_batch_size=-4", "training.global_batch_size"),
     ("training.resume=/nowhere/step_00000001", "training.resume"),
+    ("optim.lr_multipliers.no_such_module=0.5", "optim.lr_multipliers"),
 ]
 EVAL = [
     ("eval.batch_size=0", "eval.batch_size"),

@@ -1,10 +1,19 @@
-"""Config checks shared by the recipes: data paths of the right kind, and data that cannot be opened
-as a one-line config error naming the key."""
+"""Config checks shared by the recipes: data paths of the right kind, data that cannot be opened as a
+one-line config error naming the key, and learning-rate multipliers that name the model's modules."""
 
 import pytest
+import torch
+from torch import nn
 
 from torchflava.training.config import ConfigError
-from torchflava.training.schema import opened, pair_file_checks, path_check, raise_on_failed_checks
+from torchflava.training.schema import (
+    OptimConfig,
+    lr_multipliers_check,
+    opened,
+    pair_file_checks,
+    path_check,
+    raise_on_failed_checks,
+)
 
 
 def test_path_check_wants_the_kind_the_reader_opens(tmp_path):
@@ -70,3 +79,36 @@ def test_pair_file_checks(tmp_path):
     assert _first_failure(pair_file_checks("data.files", str(tmp_path / "*.tar"), None, None, required=True)) == (
         f"key 'data.files.pairs_shards': expected a file or a glob matching files, got '{tmp_path / '*.tar'}'"
     )
+
+
+class _Tower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.text_encoder, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+
+def test_lr_multipliers_check_reads_the_models_module_names_before_any_work():
+    calls = []
+
+    def build():
+        calls.append(torch.empty(1).device.type)  # the builder runs on the meta device
+        return _Tower()
+
+    assert lr_multipliers_check(build, OptimConfig()) == (True, "optim.lr_multipliers", "", None)
+    assert calls == []  # nothing to check: the model is not even built
+    assert lr_multipliers_check(build, OptimConfig(lr_multipliers={"text_encoder": 0.01}))[0]
+    assert calls == ["meta"]
+    ok, key, expected, got = lr_multipliers_check(build, OptimConfig(lr_multipliers={"text_encoder": 0.1, "vision": 1}))
+    assert (ok, key, got) == (False, "optim.lr_multipliers", {"text_encoder": 0.1, "vision": 1})
+    assert "(['vision'] name no module with trainable parameters in the model)" in expected
+    tower = _Tower()
+    tower.head.requires_grad_(False)  # a frozen module has no trainable parameters to scale
+    assert not lr_multipliers_check(tower, OptimConfig(lr_multipliers={"head": 0.5}))[0]
+    with pytest.raises(ConfigError, match=r"^key 'optim.lr_multipliers': expected .*, got \{'head': -1\}$"):
+        raise_on_failed_checks([lr_multipliers_check(tower, OptimConfig(lr_multipliers={"head": -1}))])
+
+    def broken():
+        raise ValueError("model.embed_dim must be > 0")
+
+    # a model section that does not build is that section's fault, reported by its own check
+    assert lr_multipliers_check(broken, OptimConfig(lr_multipliers={"head": 0.5}))[0]

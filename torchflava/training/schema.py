@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 import sys
-from typing import Callable, NamedTuple, Optional, Sequence, Type, TypeVar
+from typing import Callable, NamedTuple, Optional, Sequence, Type, TypeVar, Union
 
 import torch
 from torch import nn
@@ -178,10 +178,8 @@ def setup_training(
         layer_types=layer_types,
         param_dtype=torch.bfloat16 if bf16 and t.strategy == "fsdp" else None,
     )
-    try:
-        groups = param_groups(model, o.weight_decay, o.lr_multipliers)
-    except ValueError as error:
-        raise ConfigError(f"key 'optim.lr_multipliers': {error}") from None
+    raise_on_failed_checks([lr_multipliers_check(model, o)])
+    groups = param_groups(model, o.weight_decay, o.lr_multipliers)
     for group in groups:
         group["lr"] = o.lr * group["lr_multiplier"]
     # The fused kernel updates every parameter in one pass (on the CPU ~4.5x faster than the per-tensor
@@ -191,6 +189,33 @@ def setup_training(
     scheduler = warmup_cosine(optimizer, warmup_steps=o.warmup_steps, total_steps=t.max_steps, min_ratio=o.min_lr_ratio)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and t.strategy != "fsdp")
     return TrainingSetup(wrapped, optimizer, scheduler, autocast)
+
+
+def lr_multipliers_check(model: Union[nn.Module, Callable[[], nn.Module]], o: OptimConfig) -> tuple:
+    """A check that ``optim.lr_multipliers`` names modules of ``model`` with trainable parameters, each
+    with one factor >= 0. ``model`` may be a builder, called on the meta device (no memory, no init
+    work) so that recipes check the key before any work; a builder that fails passes here, as the
+    model section's own check names that fault.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    key = "optim.lr_multipliers"
+    if not o.lr_multipliers:
+        return (True, key, "", None)
+    if not isinstance(model, nn.Module):
+        try:
+            with torch.device("meta"):
+                model = model()
+        except (ValueError, TypeError, RuntimeError, ZeroDivisionError):
+            return (True, key, "", None)
+    try:
+        param_groups(model, max(o.weight_decay, 0.0), o.lr_multipliers)
+    except ValueError as error:
+        reason = str(error).removeprefix("lr_multipliers: ")
+        expected = f"names of the model's modules with trainable parameters, each with one factor >= 0 ({reason})"
+        return (False, key, expected, dict(o.lr_multipliers))
+    return (True, key, "", None)
 
 
 def builds_on_meta(key: str, build: Callable[[], object]) -> tuple:
