@@ -23,6 +23,8 @@ from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 
+T = TypeVar("T")
+
 
 @dataclass
 class OptimConfig:
@@ -178,8 +180,11 @@ def setup_training(
         layer_types=layer_types,
         param_dtype=torch.bfloat16 if bf16 and t.strategy == "fsdp" else None,
     )
-    raise_on_failed_checks([lr_multipliers_check(model, o)])
-    groups = param_groups(model, o.weight_decay, o.lr_multipliers)
+    try:
+        groups = param_groups(model, o.weight_decay, o.lr_multipliers)
+    except ValueError:
+        raise_on_failed_checks([lr_multipliers_check(model, o)])  # a bad name, in the recipes' one-line form
+        raise
     for group in groups:
         group["lr"] = o.lr * group["lr_multiplier"]
     # The fused kernel updates every parameter in one pass (on the CPU ~4.5x faster than the per-tensor
@@ -189,6 +194,16 @@ def setup_training(
     scheduler = warmup_cosine(optimizer, warmup_steps=o.warmup_steps, total_steps=t.max_steps, min_ratio=o.min_lr_ratio)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and t.strategy != "fsdp")
     return TrainingSetup(wrapped, optimizer, scheduler, autocast)
+
+
+# What a builder raises for arguments it refuses (a zero division: a size that divides by zero).
+BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ZeroDivisionError)
+
+
+def _built_on_meta(build: Callable[[], T]) -> T:
+    """``build()`` on the meta device: parameters without memory or init work."""
+    with torch.device("meta"):
+        return build()
 
 
 def lr_multipliers_check(model: Union[nn.Module, Callable[[], nn.Module]], o: OptimConfig) -> tuple:
@@ -205,12 +220,11 @@ def lr_multipliers_check(model: Union[nn.Module, Callable[[], nn.Module]], o: Op
         return (True, key, "", None)
     if not isinstance(model, nn.Module):
         try:
-            with torch.device("meta"):
-                model = model()
-        except (ValueError, TypeError, RuntimeError, ZeroDivisionError):
+            model = _built_on_meta(model)
+        except BUILD_ERRORS:
             return (True, key, "", None)
     try:
-        param_groups(model, max(o.weight_decay, 0.0), o.lr_multipliers)
+        param_groups(model, max(o.weight_decay, 0.0), o.lr_multipliers)  # weight_decay has its own check
     except ValueError as error:
         reason = str(error).removeprefix("lr_multipliers: ")
         expected = f"names of the model's modules with trainable parameters, each with one factor >= 0 ({reason})"
@@ -226,9 +240,8 @@ def builds_on_meta(key: str, build: Callable[[], object]) -> tuple:
         tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
     """
     try:
-        with torch.device("meta"):
-            build()
-    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as error:
+        _built_on_meta(build)
+    except BUILD_ERRORS as error:
         return (False, key, "arguments its builder accepts", str(error).splitlines()[0] if str(error) else repr(error))
     return (True, key, "", None)
 
@@ -300,9 +313,6 @@ def pair_file_checks(
         path_check(f"{prefix}.pairs_root", root, "directory"),
         path_check(f"{prefix}.pairs_captions", captions, "file"),
     ]
-
-
-T = TypeVar("T")
 
 
 def opened(key: str, value: object, expected: str, open_source: Callable[[], T]) -> T:
