@@ -1,12 +1,15 @@
 """MultiHeadSelfAttention against a hand-written reference, masking, dropout and argument checks."""
 
+from contextlib import nullcontext
+import functools
 import math
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from torchflava.modules.layers import MultiHeadSelfAttention
+from torchflava.modules.layers import MultiHeadSelfAttention, attention
+from torchflava.modules.layers.attention import MATH_ATTENTION_MAX_KEYS, math_attention, math_attention_wins
 
 
 def reference_attention(attn: MultiHeadSelfAttention, x: torch.Tensor, key_padding_mask=None) -> torch.Tensor:
@@ -110,3 +113,140 @@ def test_dropout_out_of_range(dropout):
 def test_dropout_bounds_accepted():
     assert MultiHeadSelfAttention(24, 3, dropout=0.0).dropout == 0.0
     assert MultiHeadSelfAttention(24, 3, dropout=0.99).dropout == 0.99
+
+
+# --- the matmul path that replaces SDPA's fused CPU kernel when autograd records short sequences ---
+
+
+def _qkv(b=3, h=2, s_q=7, s=7, hd=8, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, s_q, hd, generator=gen).to(dtype).requires_grad_()
+    k, v = (torch.randn(b, h, s, hd, generator=gen).to(dtype).requires_grad_() for _ in range(2))
+    return q, k, v
+
+
+def _masks(b=3, s_q=7, s=7):
+    gen = torch.Generator().manual_seed(1)
+    block = torch.rand(b, 1, s_q, s, generator=gen) < 0.6
+    block[..., 0] = True  # every query row keeps at least one key
+    return {
+        "none": None,
+        "key_padding": ~PADDING[:, None, None, :],
+        "block": block,
+        "causal": torch.ones(s_q, s, dtype=torch.bool).tril()[None, None],
+    }
+
+
+def _outputs_and_grads(fn, q, k, v, allowed, grad, forward_context=nullcontext):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    with forward_context():
+        out = fn(*leaves, allowed)
+    out.backward(grad)  # outside autocast, as the training loop runs it
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def _sdpa(q, k, v, allowed):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+@pytest.mark.parametrize("mask", ["none", "key_padding", "block", "causal"])
+def test_math_attention_matches_sdpa_in_float32(mask):
+    q, k, v = _qkv()
+    allowed = _masks()[mask]
+    grad = torch.randn(q.shape)
+    got = _outputs_and_grads(math_attention, q, k, v, allowed, grad)
+    want = _outputs_and_grads(_sdpa, q, k, v, allowed, grad)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert_close(g, w, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_math_attention_for_a_subset_of_queries():
+    q, k, v = _qkv(s_q=2, s=7)
+    allowed = ~PADDING[:, None, None, :]
+    grad = torch.randn(q.shape)
+    for g, w in zip(
+        _outputs_and_grads(math_attention, q, k, v, allowed, grad), _outputs_and_grads(_sdpa, q, k, v, allowed, grad)
+    ):
+        assert_close(g, w, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["none", "key_padding"])
+def test_math_attention_in_bfloat16_is_as_accurate_as_sdpa(mask):
+    # Scores and softmax in fp32, probabilities rounded to bf16 for the product with v, as SDPA's
+    # fused kernel rounds. Peaked attention (scores of std ~9, as in trained models) is where bf16
+    # scores would show: rounding them gives errors up to 2.5e-2 here, against <= 5.5e-3 for
+    # ours and <= 1.1e-2 for SDPA (outputs and q, k, v gradients, relative to the largest value).
+    q, k, v = _qkv(b=3, h=4, s_q=7, s=7, hd=32, dtype=torch.bfloat16)
+    q, k = ((3 * t).detach().requires_grad_() for t in (q, k))
+    allowed = _masks()[mask]
+    grad = torch.randn(q.shape).bfloat16()
+    exact = _outputs_and_grads(_sdpa, q.double(), k.double(), v.double(), allowed, grad.double())
+    for fn, bound in ((math_attention, 8e-3), (_sdpa, 1.5e-2)):
+        got = _outputs_and_grads(fn, q, k, v, allowed, grad)
+        assert got[0].dtype == torch.bfloat16
+        for g, e in zip(got, exact):
+            assert (g.double() - e).abs().max() <= bound * e.abs().max()
+    # Autocast changes nothing inside: the fp32 score matmul is not cast down to bf16.
+    plain = _outputs_and_grads(math_attention, q, k, v, allowed, grad)
+    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    autocast = _outputs_and_grads(math_attention, q, k, v, allowed, grad, forward_context=autocast)
+    for g, w in zip(autocast, plain):
+        assert_close(g, w, atol=0, rtol=0)
+
+
+def test_math_attention_gives_zeros_for_a_query_with_no_allowed_key():
+    q, k, v = _qkv(b=2, s_q=4, s=4)
+    allowed = torch.tensor([[True, True, False, False], [False, False, False, False]])[:, None, None, :]
+    grad = torch.randn(q.shape)
+    got = _outputs_and_grads(math_attention, q, k, v, allowed, grad)
+    want = _outputs_and_grads(_sdpa, q, k, v, allowed, grad)
+    assert (got[0][1] == 0).all() and all(torch.isfinite(t).all() for t in got)
+    for g, w in zip(got, want):
+        assert_close(g, w, atol=1e-6, rtol=1e-5)
+
+
+def test_math_path_is_chosen_on_cpu_with_autograd_for_short_sequences():
+    short32 = _qkv(s_q=77, s=77)
+    assert math_attention_wins(*short32)
+    assert not math_attention_wins(*_qkv(s_q=4, s=MATH_ATTENTION_MAX_KEYS[torch.float32] + 1))
+    assert math_attention_wins(*_qkv(s_q=197, s=197, dtype=torch.bfloat16))  # a ViT-B/16 image in bf16
+    assert not math_attention_wins(*_qkv(dtype=torch.float64))  # not measured: SDPA
+    assert not math_attention_wins(*(t.detach() for t in short32))  # nothing to differentiate
+    with torch.no_grad():
+        assert not math_attention_wins(*short32)
+    with torch.inference_mode():
+        assert not math_attention_wins(*short32)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_training_forward_takes_the_math_path_with_sdpa_values_and_gradients(is_causal, monkeypatch):
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(24, 3, is_causal=is_causal)
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    calls = []
+    real = attention.math_attention
+    monkeypatch.setattr(attention, "math_attention", lambda *a: calls.append(1) or real(*a))
+
+    def run(**kwargs):
+        attn.zero_grad()
+        x.grad = None
+        out = attn(x, **kwargs)
+        out.pow(2).sum().backward()
+        return [out.detach(), x.grad] + [p.grad for p in attn.parameters()]
+
+    for kwargs in ({}, {"key_padding_mask": PADDING}, {"key_padding_mask": PADDING, "query_positions": slice(0, 1)}):
+        got = run(**kwargs)
+        assert calls, kwargs
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(attention, "MATH_ATTENTION_MAX_KEYS", {})
+            want = run(**kwargs)
+        assert not calls
+        for g, w in zip(got, want):
+            assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_in_training_keeps_sdpa(monkeypatch):
+    monkeypatch.setattr(attention, "math_attention", lambda *a: pytest.fail("math path with dropout"))
+    attn = MultiHeadSelfAttention(24, 3, dropout=0.1).train()
+    attn(torch.randn(2, 5, 24, requires_grad=True)).sum().backward()

@@ -60,6 +60,54 @@ def _query_index(positions: Optional[Positions], seq_len: int, device: torch.dev
     return positions.to(device)
 
 
+# Longest key sequence for which the matmul-and-softmax path beats SDPA's fused CPU kernel when
+# autograd records (forward + backward, 2 cores, AVX-512; benchmarks/attention.py). The fused
+# kernel's backward is the slow part: at 77 keys it takes ~4x the matmul path's in bf16.
+MATH_ATTENTION_MAX_KEYS = {torch.float32: 160, torch.bfloat16: 224}
+
+
+def math_attention_wins(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether :func:`math_attention` is the faster choice for these inputs: on the CPU, with
+    autograd recording, for short key sequences (:data:`MATH_ATTENTION_MAX_KEYS`). Without autograd
+    the fused kernel's forward is as fast and keeps no (S_q, S) matrix.
+    """
+    limit = MATH_ATTENTION_MAX_KEYS.get(q.dtype)
+    return (
+        limit is not None
+        and q.device.type == "cpu"
+        and k.shape[-2] <= limit
+        and torch.is_grad_enabled()
+        and (q.requires_grad or k.requires_grad or v.requires_grad)
+    )
+
+
+def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = None) -> Tensor:
+    """``softmax(q k^T / sqrt(hd)) v`` with explicit matmuls, computed as SDPA's fused CPU kernel does.
+
+    Scores and softmax are fp32 whatever the input dtype (bf16/fp16 inputs are upcast for the
+    score matmul); the probabilities are rounded to ``v``'s dtype for the matmul with ``v``, and a
+    query row with no allowed key gives zeros, as SDPA does. Autocast is off inside, so the fp32
+    score matmul stays fp32. No dropout: callers use SDPA when dropout is active.
+
+    Args:
+        q (Tensor): (B, H, S_q, hd) queries.
+        k (Tensor): (B, H, S, hd) keys.
+        v (Tensor): (B, H, S, hd) values.
+        allowed (Optional[Tensor]): bool, broadcastable to (B, H, S_q, S), ``True`` = may attend.
+
+    Returns:
+        Tensor: (B, H, S_q, hd) in ``v``'s dtype.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)
+        if allowed is not None:
+            scores.masked_fill_(~allowed, float("-inf"))  # in place: the matmul keeps its inputs, not its output
+        probs = scores.softmax(dim=-1)
+        if allowed is not None and (torch.compiler.is_compiling() or not bool(allowed.any(dim=-1).all())):
+            probs = probs.nan_to_num(0.0)  # a row with every key blocked: zeros, not NaN
+        return probs.to(v.dtype) @ v
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Self-attention with one fused QKV projection and the fused SDPA kernel.
 
@@ -128,7 +176,11 @@ class MultiHeadSelfAttention(nn.Module):
             q, k, v = self._project_subset(x, query_positions)
             attn_mask = None if attn_mask is None else take_positions(attn_mask, query_positions)
         dropout_p = self.dropout if self.training else 0.0
-        if self.is_causal and key_padding_mask is None and attn_mask is None and query_positions is None:
+        causal_only = self.is_causal and key_padding_mask is None and attn_mask is None and query_positions is None
+        if dropout_p == 0.0 and math_attention_wins(q, k, v):
+            allowed = self._allowed(s, key_padding_mask, attn_mask, query_positions, x.device)
+            out = math_attention(q, k, v, allowed)
+        elif causal_only:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             allowed = self._allowed(s, key_padding_mask, attn_mask, query_positions, x.device)
