@@ -205,21 +205,26 @@ def test_math_attention_gives_zeros_for_a_query_with_no_allowed_key():
         assert_close(g, w, atol=1e-6, rtol=1e-5)
 
 
-def test_math_path_is_chosen_on_cpu_with_autograd_for_short_sequences():
-    short32 = _qkv(s_q=77, s=77)
-    assert math_attention_wins(*short32)
-    assert not math_attention_wins(*_qkv(s_q=4, s=MATH_ATTENTION_MAX_KEYS[torch.float32] + 1))
-    assert math_attention_wins(*_qkv(s_q=197, s=197, dtype=torch.bfloat16))  # a ViT-B/16 image in bf16
-    assert not math_attention_wins(*_qkv(dtype=torch.float64))  # not measured: SDPA
-    assert not math_attention_wins(*(t.detach() for t in short32))  # nothing to differentiate
+def test_math_path_is_chosen_on_cpu_with_autograd_for_short_bf16_sequences():
+    image = _qkv(s_q=197, s=197, dtype=torch.bfloat16)  # a ViT-B/16 image
+    assert math_attention_wins(*image)
+    longest = MATH_ATTENTION_MAX_KEYS[torch.bfloat16]
+    assert math_attention_wins(*_qkv(s_q=4, s=longest, dtype=torch.bfloat16))
+    assert not math_attention_wins(*_qkv(s_q=4, s=longest + 1, dtype=torch.bfloat16))
+    for dtype in (torch.float32, torch.float64):  # no measured gain in a training step: SDPA
+        assert not math_attention_wins(*_qkv(dtype=dtype))
+    assert not math_attention_wins(*(t.detach() for t in image))  # nothing to differentiate
     with torch.no_grad():
-        assert not math_attention_wins(*short32)
+        assert not math_attention_wins(*image)
     with torch.inference_mode():
-        assert not math_attention_wins(*short32)
+        assert not math_attention_wins(*image)
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_training_forward_takes_the_math_path_with_sdpa_values_and_gradients(is_causal, monkeypatch):
+    # The module's wiring (masks, causal, query subsets) checked in fp32, where both paths agree to
+    # rounding; the dtype-based choice itself is tested above.
+    monkeypatch.setattr(attention, "MATH_ATTENTION_MAX_KEYS", {torch.float32: 16})
     torch.manual_seed(0)
     attn = MultiHeadSelfAttention(24, 3, is_causal=is_causal)
     x = torch.randn(3, 7, 24, requires_grad=True)
@@ -250,3 +255,18 @@ def test_dropout_in_training_keeps_sdpa(monkeypatch):
     monkeypatch.setattr(attention, "math_attention", lambda *a: pytest.fail("math path with dropout"))
     attn = MultiHeadSelfAttention(24, 3, dropout=0.1).train()
     attn(torch.randn(2, 5, 24, requires_grad=True)).sum().backward()
+
+
+def test_bf16_autocast_training_takes_the_math_path(monkeypatch):
+    calls = []
+    real = attention.math_attention
+    monkeypatch.setattr(attention, "math_attention", lambda *a: calls.append(a[0].dtype) or real(*a))
+    attn = MultiHeadSelfAttention(24, 3).train()
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x, key_padding_mask=PADDING)
+    out.float().sum().backward()
+    assert calls == [torch.bfloat16]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x, key_padding_mask=PADDING)  # inference: SDPA
+    assert calls == [torch.bfloat16]

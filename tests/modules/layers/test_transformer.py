@@ -197,10 +197,8 @@ GRAD_FREE = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
 
 
 @pytest.mark.parametrize("context", GRAD_FREE)
-def test_grad_free_forward_gives_the_same_values_and_leaves_the_input_alone(context, monkeypatch):
+def test_grad_free_forward_gives_the_same_values_and_leaves_the_input_alone(context):
     # Without autograd the layers reuse their own fresh buffers (in-place GELU and residual add).
-    # SDPA in both passes (with autograd, short sequences would take the matmul path: other roundings).
-    monkeypatch.setattr(attention, "MATH_ATTENTION_MAX_KEYS", {})
     encoder = make_encoder(num_layers=3).eval()
     x = torch.randn(2, 6, D)
     mask = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
@@ -217,7 +215,8 @@ def test_grad_free_forward_gives_the_same_values_and_leaves_the_input_alone(cont
 
 
 def test_grad_free_forward_under_autocast_keeps_the_float32_residual_stream(monkeypatch):
-    monkeypatch.setattr(attention, "MATH_ATTENTION_MAX_KEYS", {})  # SDPA in both passes, as above
+    # SDPA in both passes (with autograd, bf16 would take the matmul path: other roundings).
+    monkeypatch.setattr(attention, "MATH_ATTENTION_MAX_KEYS", {})
     encoder = make_encoder(num_layers=2).eval()
     x = torch.randn(2, 6, D)
     with torch.autocast("cpu", dtype=torch.bfloat16):

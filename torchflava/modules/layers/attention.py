@@ -1,4 +1,7 @@
-"""Multi-head self-attention on ``F.scaled_dot_product_attention``.
+"""Multi-head self-attention on ``F.scaled_dot_product_attention``, or on explicit matmuls where they win.
+
+On the CPU with autograd recording, short bf16 sequences run :func:`math_attention` (the same
+fp32 scores and softmax, the backward 2-4x faster than the fused kernel's); elsewhere SDPA's kernels.
 
 Shapes: x (B, S, D) -> (B, S, D); key_padding_mask (B, S) bool with ``True = padding``
 (that key is ignored by every query); attn_mask (B, S, S) bool with ``True = blocked``
@@ -61,9 +64,11 @@ def _query_index(positions: Optional[Positions], seq_len: int, device: torch.dev
 
 
 # Longest key sequence for which the matmul-and-softmax path beats SDPA's fused CPU kernel when
-# autograd records (forward + backward, 2 cores, AVX-512; benchmarks/attention.py). The fused
-# kernel's backward is the slow part: at 77 keys it takes ~4x the matmul path's in bf16.
-MATH_ATTENTION_MAX_KEYS = {torch.float32: 160, torch.bfloat16: 224}
+# autograd records, by input dtype (forward + backward, 2 cores, AVX-512; benchmarks/attention.py).
+# In bf16 the fused kernel's backward is the slow part: 2-4x the matmul path's up to ~200 keys.
+# fp32 is not listed: there the matmul path won 10-30% on attention alone but nothing measurable in
+# a whole training step (the tiny FLAVA recipe: 0.377 against 0.380 s per step, interleaved).
+MATH_ATTENTION_MAX_KEYS = {torch.bfloat16: 224}
 
 
 def math_attention_wins(q: Tensor, k: Tensor, v: Tensor) -> bool:
