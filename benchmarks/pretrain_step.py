@@ -14,7 +14,7 @@ Ours: ``ours`` takes codebook ids from the data pipeline (``image_tokens``, how 
 the tokenizer runs once per sample in the loader, not in the step); ``+codebook`` computes them
 inside the step from the codebook pixels, as the peers do; ``+full`` / ``+selective`` turn on
 activation checkpointing in every encoder; ``+rc`` recomputes the contrastive-only passes. Timed:
-zero_grad, forward, backward (no optimiser step), interleaved A B C A B C, medians and per-step
+zero_grad, forward, backward (no optimiser step), interleaved A B C, B C A, C A B (the order rotates), medians and per-step
 ratios. Peak memory: each implementation alone in a fresh process, peak RSS during the timed
 steps (``/proc/self/clear_refs`` reset after building and one warm-up step).
 
@@ -36,14 +36,15 @@ import torch
 
 from torchflava.models import flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_weights import convert_to_torchflava
-from torchflava.modules.layers import set_activation_checkpointing
+from torchflava.modules.layers import attention, set_activation_checkpointing
 
 IMPLS = ("ours", "ours+full", "ours+full+codebook", "hf", "tmm")
 # Ours takes options after "+": "codebook" (the dVAE runs inside the step, as in the peers),
 # "selective" or "full" (activation checkpointing in every encoder: keep only matmul and attention
 # outputs, or only each layer's input) and "rc" (recompute the contrastive-only unmasked passes of
-# a pair batch), e.g. "ours+selective+rc".
-OPTIONS = ("codebook", "selective", "full", "rc")
+# a pair batch), e.g. "ours+selective+rc"; "sdpa" (SDPA's fused attention kernel at every length,
+# instead of the matmul path that bf16 training takes for short sequences: the attention before #13).
+OPTIONS = ("codebook", "selective", "full", "rc", "sdpa")
 
 
 def options(impl: str) -> set[str]:
@@ -173,14 +174,24 @@ def loss_fn(impl: str, model, kind: str, d: dict):
     return loss
 
 
-def step_fn(impl: str, model, kinds: list[str], d: dict):
-    """A zero-argument callable doing zero_grad, the forward of every kind in ``kinds``, and one backward
-    of their summed losses (one kind: a per-call step; all three: the peers' "all6" step)."""
+def step_fn(impl: str, model, kinds: list[str], d: dict, bf16: bool = False):
+    """A zero-argument callable doing zero_grad, the forward of every kind in ``kinds`` (under bf16
+    autocast if ``bf16``), and one backward of their summed losses, outside autocast as the training
+    loop runs it (one kind: a per-call step; all three: the peers' "all6" step)."""
     losses = [loss_fn(impl, model, kind, d) for kind in kinds]
+    sdpa_only = impl not in ("hf", "tmm") and "sdpa" in options(impl)
 
     def step():
         model.zero_grad(set_to_none=True)
-        sum(loss() for loss in losses).backward()
+        limits = attention.MATH_ATTENTION_MAX_KEYS
+        if sdpa_only:
+            attention.MATH_ATTENTION_MAX_KEYS = {}  # SDPA's fused kernel at every length
+        try:
+            with autocast(bf16):
+                total = sum(loss() for loss in losses)
+            total.backward()
+        finally:
+            attention.MATH_ATTENTION_MAX_KEYS = limits
 
     return step
 
@@ -197,16 +208,15 @@ def step_units(kinds: list[str], joint: bool) -> dict[str, list[str]]:
 def peak_rss_child(impl: str, kinds: list[str], joint: bool, bf16: bool, steps: int) -> None:
     model = build(impl)
     data = make_batches()
-    fns = [step_fn(impl, model, unit, data) for unit in step_units(kinds, joint).values()]
-    with autocast(bf16):
+    fns = [step_fn(impl, model, unit, data, bf16) for unit in step_units(kinds, joint).values()]
+    for fn in fns:
+        fn()
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(steps):
         for fn in fns:
             fn()
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        for _ in range(steps):
-            for fn in fns:
-                fn()
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
     print(json.dumps({"peak_rss_mib": hwm / 1024}))
 
@@ -264,19 +274,20 @@ def main() -> None:
     data = make_batches()
     results = {"torch": torch.__version__, "bf16": args.bf16, "backward": args.backward, "rows": []}
     times = {(impl, unit): [] for impl in impls for unit in units}
-    with autocast(args.bf16):
-        fns = {
-            (impl, unit): step_fn(impl, models[impl], unit_kinds, data)
-            for impl in impls
-            for unit, unit_kinds in units.items()
-        }
-        for rep in range(args.warmup + args.steps):
-            for impl in impls:
-                for unit in units:
-                    start = time.perf_counter()
-                    fns[impl, unit]()
-                    if rep >= args.warmup:
-                        times[impl, unit].append(time.perf_counter() - start)
+    fns = {
+        (impl, unit): step_fn(impl, models[impl], unit_kinds, data, args.bf16)
+        for impl in impls
+        for unit, unit_kinds in units.items()
+    }
+    for rep in range(args.warmup + args.steps):
+        # The order rotates each round: the step that runs first in a round measured up to ~15%
+        # slower (whatever the implementation), so no implementation always takes that place.
+        for impl in impls[rep % len(impls) :] + impls[: rep % len(impls)]:
+            for unit in units:
+                start = time.perf_counter()
+                fns[impl, unit]()
+                if rep >= args.warmup:
+                    times[impl, unit].append(time.perf_counter() - start)
     peers = [p for p in ("hf", "tmm") if p in impls]
 
     def series(impl: str, unit: str) -> list[float]:
