@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/vit_tower.py
+	$(BIN)/python benchmarks/attention.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
