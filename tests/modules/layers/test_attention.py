@@ -186,12 +186,32 @@ def test_math_attention_in_bfloat16_is_as_accurate_as_sdpa(mask):
         assert got[0].dtype == torch.bfloat16
         for g, e in zip(got, exact):
             assert (g.double() - e).abs().max() <= bound * e.abs().max()
-    # Autocast changes nothing inside: the fp32 score matmul is not cast down to bf16.
+    # Autocast changes nothing inside, forward or backward: the fp32 matmuls are not cast down to bf16.
     plain = _outputs_and_grads(math_attention, q, k, v, allowed, grad)
     autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
-    autocast = _outputs_and_grads(math_attention, q, k, v, allowed, grad, forward_context=autocast)
-    for g, w in zip(autocast, plain):
+    under_autocast = _outputs_and_grads(math_attention, q, k, v, allowed, grad, forward_context=autocast)
+    with autocast():
+        backward_too = _outputs_and_grads(math_attention, q, k, v, allowed, grad)
+    for g, w, b in zip(under_autocast, plain, backward_too):
         assert_close(g, w, atol=0, rtol=0)
+        assert_close(b, w, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mask", ["none", "key_padding", "block", "causal"])
+def test_math_attention_backward_passes_gradcheck(mask):
+    q, k, v = (t.detach().double().requires_grad_() for t in _qkv(b=3, h=2, s_q=7, s=7, hd=4))
+    allowed = _masks()[mask]
+    assert torch.autograd.gradcheck(lambda q, k, v: math_attention(q, k, v, allowed), (q, k, v))
+
+
+def test_math_attention_keeps_only_q_k_v_and_the_probabilities_for_backward():
+    q, k, v = _qkv(b=2, h=2, s_q=5, s=5, hd=4, dtype=torch.bfloat16)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        math_attention(q, k, v, ~PADDING[:2, None, None, :5])
+    assert sorted((tuple(t.shape), t.dtype) for t in saved) == sorted(
+        [((2, 2, 5, 4), torch.bfloat16)] * 3 + [((2, 2, 5, 5), torch.float32)]
+    )
 
 
 def test_math_attention_gives_zeros_for_a_query_with_no_allowed_key():
@@ -270,3 +290,24 @@ def test_bf16_autocast_training_takes_the_math_path(monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         attn(x, key_padding_mask=PADDING)  # inference: SDPA
     assert calls == [torch.bfloat16]
+
+
+def test_bf16_training_attention_compiles_and_agrees_with_eager():
+    # The matmul path (a custom autograd Function) under torch.compile, forward and backward.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(24, 3).train()
+    x = torch.randn(3, 7, 24)
+
+    def run(forward):
+        attn.zero_grad()
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(leaf, key_padding_mask=PADDING)
+        out.float().pow(2).sum().backward()
+        return [out.float(), leaf.grad] + [p.grad.clone() for p in attn.parameters()]
+
+    eager = run(attn)
+    compiled = run(torch.compile(attn, fullgraph=True))
+    for got, want in zip(compiled, eager):
+        assert_close(got, want, atol=2e-2, rtol=2e-2)

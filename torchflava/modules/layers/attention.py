@@ -89,10 +89,11 @@ def math_attention_wins(q: Tensor, k: Tensor, v: Tensor) -> bool:
 def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = None) -> Tensor:
     """``softmax(q k^T / sqrt(hd)) v`` with explicit matmuls, computed as SDPA's fused CPU kernel does.
 
-    Scores and softmax are fp32 whatever the input dtype (bf16/fp16 inputs are upcast for the
-    score matmul); the probabilities are rounded to ``v``'s dtype for the matmul with ``v``, and a
-    query row with no allowed key gives zeros, as SDPA does. Autocast is off inside, so the fp32
-    score matmul stays fp32. No dropout: callers use SDPA when dropout is active.
+    Scores and softmax are fp32 for fp32 and narrower inputs (bf16/fp16 inputs are upcast for the
+    score matmul), fp64 for fp64; the probabilities are rounded to ``v``'s dtype for the matmul with ``v``, and a
+    query row with no allowed key gives zeros, as SDPA does. Autocast is off inside (forward and
+    backward), so the fp32 matmuls stay fp32. For backward it keeps q, k, v and the fp32
+    probabilities, nothing else. No dropout: callers use SDPA when dropout is active.
 
     Args:
         q (Tensor): (B, H, S_q, hd) queries.
@@ -103,14 +104,41 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = 
     Returns:
         Tensor: (B, H, S_q, hd) in ``v``'s dtype.
     """
-    with torch.autocast(q.device.type, enabled=False):
-        scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)
-        if allowed is not None:
-            scores.masked_fill_(~allowed, float("-inf"))  # in place: the matmul keeps its inputs, not its output
-        probs = scores.softmax(dim=-1)
-        if allowed is not None and (torch.compiler.is_compiling() or not bool(allowed.any(dim=-1).all())):
-            probs = probs.nan_to_num(0.0)  # a row with every key blocked: zeros, not NaN
-        return probs.to(v.dtype) @ v
+    return _MathAttention.apply(q, k, v, allowed)
+
+
+class _MathAttention(torch.autograd.Function):
+    """:func:`math_attention` with a hand-written backward that saves only q, k, v and the fp32
+    probabilities (autograd through the same ops would also keep fp32 copies of q and k and the
+    rounded probabilities: ~2x the memory)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor]) -> Tensor:
+        wide = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+        with torch.autocast(q.device.type, enabled=False):
+            scores = (q.to(wide) * q.shape[-1] ** -0.5) @ k.to(wide).transpose(-2, -1)
+            if allowed is not None:
+                scores.masked_fill_(~allowed, float("-inf"))
+            probs = scores.softmax(dim=-1)
+            if allowed is not None and (torch.compiler.is_compiling() or not bool(allowed.any(dim=-1).all())):
+                probs = probs.nan_to_num_(0.0)  # a row with every key blocked: zeros, not NaN
+            ctx.save_for_backward(q, k, v, probs)
+            return probs.to(v.dtype) @ v
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
+        q, k, v, probs = ctx.saved_tensors
+        scale = q.shape[-1] ** -0.5
+        with torch.autocast(q.device.type, enabled=False):
+            grad_out = grad_out.to(v.dtype)
+            grad_v = probs.to(v.dtype).transpose(-2, -1) @ grad_out
+            grad_probs = (grad_out @ v.transpose(-2, -1)).to(probs.dtype)
+            # softmax backward; blocked keys have probability 0, so their scores get no gradient
+            grad_scores = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
+            grad_scores.mul_(scale)
+            grad_q = (grad_scores @ k.to(probs.dtype)).to(q.dtype)
+            grad_k = (grad_scores.transpose(-2, -1) @ q.to(probs.dtype)).to(k.dtype)
+        return grad_q, grad_k, grad_v, None
 
 
 class MultiHeadSelfAttention(nn.Module):
