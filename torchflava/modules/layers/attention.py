@@ -90,10 +90,10 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = 
     """``softmax(q k^T / sqrt(hd)) v`` with explicit matmuls, computed as SDPA's fused CPU kernel does.
 
     Scores and softmax are fp32 for fp32 and narrower inputs (bf16/fp16 inputs are upcast for the
-    score matmul), fp64 for fp64; the probabilities are rounded to ``v``'s dtype for the matmul with ``v``, and a
-    query row with no allowed key gives zeros, as SDPA does. Autocast is off inside (forward and
-    backward), so the fp32 matmuls stay fp32. For backward it keeps q, k, v and the fp32
-    probabilities, nothing else. No dropout: callers use SDPA when dropout is active.
+    score matmul), fp64 for fp64; the probabilities are rounded to ``v``'s dtype for the matmul
+    with ``v``, and a query row with no allowed key gives zeros, as SDPA does. Autocast is off
+    inside (forward and backward), so the fp32 matmuls stay fp32. For backward it keeps q, k, v and
+    the fp32 probabilities, nothing else. No dropout: callers use SDPA when dropout is active.
 
     Args:
         q (Tensor): (B, H, S_q, hd) queries.
@@ -142,7 +142,8 @@ class _MathAttention(torch.autograd.Function):
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Self-attention with one fused QKV projection and the fused SDPA kernel.
+    """Self-attention with one fused QKV projection and the fused SDPA kernel (:func:`math_attention`
+    where SDPA's CPU backward is slow: bf16 training over short sequences, see :func:`math_attention_wins`).
 
     Args:
         embed_dim (int): width D of the input and output.
@@ -209,15 +210,16 @@ class MultiHeadSelfAttention(nn.Module):
             q, k, v = self._project_subset(x, query_positions)
             attn_mask = None if attn_mask is None else take_positions(attn_mask, query_positions)
         dropout_p = self.dropout if self.training else 0.0
+        use_math = dropout_p == 0.0 and math_attention_wins(q, k, v)
         causal_only = self.is_causal and key_padding_mask is None and attn_mask is None and query_positions is None
-        if dropout_p == 0.0 and math_attention_wins(q, k, v):
-            allowed = self._allowed(s, key_padding_mask, attn_mask, query_positions, x.device)
-            out = math_attention(q, k, v, allowed)
-        elif causal_only:
+        if causal_only and not use_math:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             allowed = self._allowed(s, key_padding_mask, attn_mask, query_positions, x.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+            if use_math:
+                out = math_attention(q, k, v, allowed)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
         out = out.transpose(1, 2).reshape(b, q.shape[2], d)  # (B, H, S_q, hd) -> (B, S_q, D)
         return self.out_proj(out)
 
