@@ -43,6 +43,7 @@ import subprocess
 import sys
 import time
 
+from interleave import round_order
 import torch
 import torch.nn.functional as F
 
@@ -175,9 +176,9 @@ def time_interleaved(models: dict, inputs: dict, modality: str, dtype: str, warm
     times = {impl: [] for impl in fns}
     with torch.inference_mode(), autocast(dtype):
         for rep in range(warmup + reps):
-            for impl, fn in fns.items():
+            for impl in round_order(fns, rep):
                 start = time.perf_counter()
-                fn()
+                fns[impl]()
                 elapsed = time.perf_counter() - start
                 if rep >= warmup:
                     times[impl].append(elapsed)

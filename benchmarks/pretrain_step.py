@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from interleave import round_order
 import torch
 
 from torchflava.models import flava_model, flava_model_for_pretraining
@@ -280,9 +281,7 @@ def main() -> None:
         for unit, unit_kinds in units.items()
     }
     for rep in range(args.warmup + args.steps):
-        # The order rotates each round: the step that runs first in a round measured up to ~15%
-        # slower (whatever the implementation), so no implementation always takes that place.
-        for impl in impls[rep % len(impls) :] + impls[: rep % len(impls)]:
+        for impl in round_order(impls, rep):
             for unit in units:
                 start = time.perf_counter()
                 fns[impl, unit]()

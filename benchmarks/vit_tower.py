@@ -48,6 +48,7 @@ import statistics
 import time
 import warnings
 
+from interleave import round_order
 import torch
 import torch.nn.functional as F
 
@@ -184,7 +185,8 @@ def time_interleaved(steps: dict, images, mode: str, dtype: str, warmup: int, re
     grad = torch.inference_mode() if mode == "inference" else nullcontext()
     with grad, autocast(dtype):
         for rep in range(warmup + reps):
-            for impl, step in steps.items():
+            for impl in round_order(steps, rep):
+                step = steps[impl]
                 if impl in errors:
                     continue
                 start = time.perf_counter()
