@@ -15,6 +15,7 @@ accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and ret
 """
 
 from dataclasses import asdict, dataclass, field
+import functools
 import json
 import math
 from pathlib import Path
@@ -141,15 +142,13 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         )
         + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
     )
-    # every size and choice of the model section, checked by clip_model itself on the meta device
+    # every size and choice of the model section, checked by clip_model itself on the meta device,
+    # then the multipliers' module names against that same meta model (built once: cached)
     kwargs = {k: v for k, v in asdict(m).items() if k != "pretrained"}
+    build = functools.cache(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))
     if cfg.model.pretrained is None:
-        raise_on_failed_checks(
-            [builds_on_meta("model", lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))]
-        )
-    raise_on_failed_checks(
-        [lr_multipliers_check(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)), cfg.optim)]
-    )
+        raise_on_failed_checks([builds_on_meta("model", build)])
+    raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
 
 
 # ------------------------------------------------------------------------------------------- data
