@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/vit_tower.py
 	$(BIN)/python benchmarks/attention.py
+	$(BIN)/python benchmarks/linear.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

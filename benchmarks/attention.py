@@ -17,18 +17,15 @@ Usage::
 """
 
 import argparse
-import json
-import os
 from pathlib import Path
-import platform
 import statistics
 import time
 
+from report import write_json
 import torch
 import torch.nn.functional as F
 
 from torchflava.modules.layers.attention import MATH_ATTENTION_MAX_KEYS, math_attention
-from torchflava.utils.checkpoint import atomic_write
 
 LENGTHS = (16, 37, 64, 77, 96, 128, 160, 197, 256)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -120,13 +117,7 @@ def main() -> None:
     print(f"MATH_ATTENTION_MAX_KEYS = { {str(k): v for k, v in MATH_ATTENTION_MAX_KEYS.items()} }")
     rows = run(args)
     if args.json is not None:
-        meta = {
-            "machine": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-        }
-        results = {"meta": meta, "args": vars(args) | {"json": str(args.json)}, "rows": rows}
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1) + "\n"))
+        write_json(args.json, args, rows)
 
 
 if __name__ == "__main__":

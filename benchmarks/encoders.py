@@ -18,7 +18,7 @@ for open_clip (which takes only 77) and for ours (given the mask too), and to th
 for HF (what its tokenizer's ``padding=True`` gives).
 
 Timing: ``torch.inference_mode``, warm-up, then the implementations interleaved batch by batch
-(A B C A B C ...), medians reported with the per-batch ratio peer/ours. ``--dtype bf16`` runs every
+(A B C, B C A, ...: the order rotates), medians reported with the per-batch ratio peer/ours. ``--dtype bf16`` runs every
 implementation under the same ``torch.autocast("cpu", bfloat16)``.
 
 Memory: each implementation runs alone in a fresh process; after building the model and one

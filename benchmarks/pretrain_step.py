@@ -13,9 +13,10 @@ summed, one backward (``--backward per-call`` times one backward per kind instea
 Ours: ``ours`` takes codebook ids from the data pipeline (``image_tokens``, how our recipe trains:
 the tokenizer runs once per sample in the loader, not in the step); ``+codebook`` computes them
 inside the step from the codebook pixels, as the peers do; ``+full`` / ``+selective`` turn on
-activation checkpointing in every encoder; ``+rc`` recomputes the contrastive-only passes. Timed:
-zero_grad, forward, backward (no optimiser step), interleaved A B C, B C A, C A B (the order rotates), medians and per-step
-ratios. Peak memory: each implementation alone in a fresh process, peak RSS during the timed
+activation checkpointing in every encoder; ``+rc`` recomputes the contrastive-only passes;
+``+sdpa`` / ``+blas`` keep SDPA and F.linear everywhere (see OPTIONS). Timed: zero_grad, forward,
+backward (no optimiser step), interleaved A B C, B C A, C A B (the order rotates), medians and
+per-step ratios. Peak memory: each implementation alone in a fresh process, peak RSS during the timed
 steps (``/proc/self/clear_refs`` reset after building and one warm-up step).
 
 Usage::
@@ -37,15 +38,16 @@ import torch
 
 from torchflava.models import flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_weights import convert_to_torchflava
-from torchflava.modules.layers import attention, set_activation_checkpointing
+from torchflava.modules.layers import attention, linear, set_activation_checkpointing
 
 IMPLS = ("ours", "ours+full", "ours+full+codebook", "hf", "tmm")
 # Ours takes options after "+": "codebook" (the dVAE runs inside the step, as in the peers),
 # "selective" or "full" (activation checkpointing in every encoder: keep only matmul and attention
 # outputs, or only each layer's input) and "rc" (recompute the contrastive-only unmasked passes of
 # a pair batch), e.g. "ours+selective+rc"; "sdpa" (SDPA's fused attention kernel at every length,
-# instead of the matmul path that bf16 training takes for short sequences: the attention before #13).
-OPTIONS = ("codebook", "selective", "full", "rc", "sdpa")
+# instead of the matmul path that bf16 training takes for short sequences: the attention before #13)
+# and "blas" (every fp32 linear on F.linear, PyTorch's BLAS, instead of oneDNN for large products).
+OPTIONS = ("codebook", "selective", "full", "rc", "sdpa", "blas")
 
 
 def options(impl: str) -> set[str]:
@@ -180,19 +182,21 @@ def step_fn(impl: str, model, kinds: list[str], d: dict, bf16: bool = False):
     autocast if ``bf16``), and one backward of their summed losses, outside autocast as the training
     loop runs it (one kind: a per-call step; all three: the peers' "all6" step)."""
     losses = [loss_fn(impl, model, kind, d) for kind in kinds]
-    sdpa_only = impl not in ("hf", "tmm") and "sdpa" in options(impl)
+    opts = set() if impl in ("hf", "tmm") else options(impl)
 
     def step():
         model.zero_grad(set_to_none=True)
-        limits = attention.MATH_ATTENTION_MAX_KEYS
-        if sdpa_only:
+        limits = attention.MATH_ATTENTION_MAX_KEYS, linear.ONEDNN_FP32_MIN_MACS
+        if "sdpa" in opts:
             attention.MATH_ATTENTION_MAX_KEYS = {}  # SDPA's fused kernel at every length
+        if "blas" in opts:
+            linear.ONEDNN_FP32_MIN_MACS = None  # F.linear for every product
         try:
             with autocast(bf16):
                 total = sum(loss() for loss in losses)
             total.backward()
         finally:
-            attention.MATH_ATTENTION_MAX_KEYS = limits
+            attention.MATH_ATTENTION_MAX_KEYS, linear.ONEDNN_FP32_MIN_MACS = limits
 
     return step
 

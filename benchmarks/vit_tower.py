@@ -17,13 +17,14 @@ mode: forward, ``loss = out.float().pow(2).mean()``, backward, then ``zero_grad(
 no optimiser step); fp32 and bf16 (everyone under the same ``torch.autocast("cpu", bfloat16)``);
 eager and, with ``--compile``, ``torch.compile`` (default mode) of the forward (and loss), and for
 inference also with ``torch._inductor.config.freezing = True``. Timing: warm-up, then the
-implementations interleaved batch by batch (A B C A B C ...); medians; the speed of each against the
-fastest peer is the median of the per-batch ratios peer/this (paired).
+implementations interleaved batch by batch, the order rotating (A B C, B C A, ...); medians; the
+speed of each against the fastest peer is the median of the per-batch ratios peer/this (paired).
 
-GEMM micro-benchmark, in the same run (before and after the models): ``F.linear`` at ViT-B/16's
-linear shapes for batch B (M = B * 197 tokens: qkv 768 -> 2304, attention out 768 -> 768, fc1
-768 -> 3072, fc2 3072 -> 768), fp32 and bf16 operands, interleaved; the best median TFLOP/s of any
-shape is the "measured GEMM peak" of that dtype. Every throughput is also given as model TFLOP/s
+GEMM micro-benchmark, in the same run (before and after the models): ``F.linear`` (and in fp32
+also torchflava's ``linear``, which calls oneDNN at these shapes) at ViT-B/16's linear shapes for
+batch B (M = B * 197 tokens: qkv 768 -> 2304, attention out 768 -> 768, fc1 768 -> 3072, fc2
+3072 -> 768), fp32 and bf16 operands, interleaved; the best median TFLOP/s of any shape and
+library is the "measured GEMM peak" of that dtype. Every throughput is also given as model TFLOP/s
 and as % of that peak, with the model's FLOPs counted analytically (:func:`vit_forward_flops`:
 2 FLOPs per multiply-add, GEMMs and attention, ~35.1 GFLOP per 224 px image forward, i.e. the
 ~17.6 GMACs usually quoted; a train step counts 3x the forward). The same count is used for every
@@ -53,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from torchflava.models import clip_vit_b16
+from torchflava.modules.layers import linear as linear_mod
 from torchflava.modules.layers import pack_linears
 from torchflava.utils.checkpoint import atomic_write
 
@@ -94,28 +96,41 @@ def gemm_shapes(batch: int) -> dict:
 
 
 def gemm_benchmark(batch: int, warmup: int, reps: int) -> dict:
-    """Median TFLOP/s of ``F.linear`` at each shape and dtype, the shapes interleaved; and the best per dtype."""
+    """Median TFLOP/s at each shape, dtype and library, interleaved; and the best per dtype.
+
+    bf16: ``F.linear`` (oneDNN). fp32: ``F.linear`` (PyTorch's BLAS) and torchflava's ``linear``
+    (oneDNN at these shapes); the faster one's figure is the fp32 peak.
+    """
     g = torch.Generator().manual_seed(0)
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        operands = {
-            shape: (torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype))
-            for shape, (m, k, n) in gemm_shapes(batch).items()
-        }
-        times = {shape: [] for shape in operands}
+        kernels = {"F.linear": F.linear} | ({"linear": linear_mod.linear} if name == "fp32" else {})
+        operands = gemm_operands(batch, dtype, g)
+        times = {(shape, kernel): [] for shape in operands for kernel in kernels}
         with torch.inference_mode():
             for rep in range(warmup + reps):
-                for shape, (x, w) in operands.items():
+                for (shape, kernel), t in times.items():
+                    x, w = operands[shape]
                     start = time.perf_counter()
-                    F.linear(x, w)
+                    kernels[kernel](x, w)
                     elapsed = time.perf_counter() - start
                     if rep >= warmup:
-                        times[shape].append(elapsed)
-        tflops = {}
-        for shape, (m, k, n) in gemm_shapes(batch).items():
-            tflops[shape] = 2 * m * k * n / statistics.median(times[shape]) / 1e12
-        out[name] = {"tflops_per_shape": tflops, "peak_tflops": max(tflops.values())}
+                        t.append(elapsed)
+        tflops = {kernel: {} for kernel in kernels}
+        for (shape, kernel), t in times.items():
+            m, k, n = gemm_shapes(batch)[shape]
+            tflops[kernel][shape] = 2 * m * k * n / statistics.median(t) / 1e12
+        best = {shape: max(tflops[kernel][shape] for kernel in kernels) for shape in operands}
+        out[name] = {"tflops_per_kernel": tflops, "tflops_per_shape": best, "peak_tflops": max(best.values())}
     return out
+
+
+def gemm_operands(batch: int, dtype: torch.dtype, g: torch.Generator) -> dict:
+    """Random (x, weight) of each linear shape, keyed like :func:`gemm_shapes`."""
+    return {
+        shape: (torch.randn(m, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype))
+        for shape, (m, k, n) in gemm_shapes(batch).items()
+    }
 
 
 def build(impl: str):
@@ -290,17 +305,17 @@ def main() -> None:
             "tflops_per_shape_best_of_before_and_after": per_shape,
             "before": gemm_before[dtype]["tflops_per_shape"],
             "after": gemm_after[dtype]["tflops_per_shape"],
+            "per_kernel_before": gemm_before[dtype]["tflops_per_kernel"],
+            "per_kernel_after": gemm_after[dtype]["tflops_per_kernel"],
             "peak_tflops": max(per_shape.values()),
         }
     results["gemm"] = gemm
-    print("\nGEMM (F.linear), TFLOP/s, best of the runs before and after the models:")
+    print("\nGEMM, TFLOP/s, best of the runs before and after the models:")
     for dtype in gemm:
-        shapes = gemm[dtype]["tflops_per_shape_best_of_before_and_after"]
-        print(
-            f"  {dtype}: "
-            + ", ".join(f"{s} {shapes[s]:.3f}" for s in shapes)
-            + f"  -> measured peak {gemm[dtype]['peak_tflops']:.3f}"
-        )
+        for kernel, before in gemm[dtype]["per_kernel_before"].items():
+            after = gemm[dtype]["per_kernel_after"][kernel]
+            print(f"  {dtype} {kernel:8}: " + ", ".join(f"{s} {max(before[s], after[s]):.3f}" for s in before))
+        print(f"  {dtype} measured peak {gemm[dtype]['peak_tflops']:.3f}")
 
     print(
         f"\n{'mode':9} {'dtype':5} {'compiled':16} {'impl':11} {'median s':>9} {'images/s':>9} "

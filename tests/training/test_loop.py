@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from tests.helpers import run_ranks
 from torchflava.modules.encoders import transformer_encoder
-from torchflava.modules.layers import TransformerEncoderLayer
+from torchflava.modules.layers import Linear, TransformerEncoderLayer
+from torchflava.modules.layers import linear as linear_module
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
 from torchflava.training.loop import FitResult, StepOutput, fit
@@ -27,13 +28,20 @@ ROWS, TOKENS, WORLD_SIZE = 8, 5, 2
 JOIN_TIMEOUT_S = 180
 
 
+def onednn_for_every_linear() -> None:
+    """Send even the toy's tiny fp32 products to oneDNN (forward and backward): the loop, DDP and FSDP2
+    then run through torchflava's own linear autograd function, as full-size models do."""
+    linear_module.ONEDNN_FP32_MIN_MACS = {"inference": 0, "training": 0}
+    linear_module.ONEDNN_FP32_MIN_WIDTH = {"inference": 0, "training": 0}
+
+
 class Toy(nn.Module):
     """A linear map per token with a scalar gain (a replicated parameter under FSDP2)."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(7)
-        self.linear = nn.Linear(3, 2)
+        self.linear = Linear(3, 2)
         self.gain = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,9 +119,14 @@ def settings(out, **changes):
 
 def run(out, *, data=None, step=toy_step, after_step=None, **changes) -> tuple[Toy, FitResult]:
     training, optim = settings(out, **changes)
+    thresholds = linear_module.ONEDNN_FP32_MIN_MACS, linear_module.ONEDNN_FP32_MIN_WIDTH
+    onednn_for_every_linear()
     model = Toy()
     data = ToyData(training.max_steps, accumulation=training.grad_accumulation) if data is None else data
-    return model, fit(model, step, data, training=training, optim=optim, after_step=after_step, shard_layers=())
+    try:
+        return model, fit(model, step, data, training=training, optim=optim, after_step=after_step, shard_layers=())
+    finally:
+        linear_module.ONEDNN_FP32_MIN_MACS, linear_module.ONEDNN_FP32_MIN_WIDTH = thresholds
 
 
 def losses(out) -> dict[int, float]:
@@ -327,6 +340,7 @@ def test_bad_arguments_are_named_before_any_work(tmp_path):
 # ------------------------------------------------------------------------------------ two ranks (gloo)
 def _worker(rank: int, init_file: str, root: str) -> None:
     torch.set_num_threads(1)
+    onednn_for_every_linear()
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=90)
     )

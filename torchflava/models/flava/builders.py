@@ -25,7 +25,7 @@ from torchflava.modules.codebook import dalle_encoder
 from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEncoder, transformer_encoder
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
-from torchflava.modules.layers import PatchEmbedding, Pooler, TextEmbedding
+from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
 from torchflava.utils.checks import check_positive_number
 from torchflava.utils.distributed import GatherGrad
 
@@ -163,8 +163,8 @@ def flava_multimodal_encoder(
         MultimodalEncoder: the encoder (random init).
     """
     return MultimodalEncoder(
-        nn.Linear(image_dim, embed_dim),
-        nn.Linear(text_dim, embed_dim),
+        Linear(image_dim, embed_dim),
+        Linear(text_dim, embed_dim),
         transformer_encoder(
             embed_dim=embed_dim,
             num_layers=num_layers,

@@ -4,6 +4,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from torchflava.modules.layers.linear import Linear
 from torchflava.modules.layers.pooler import Pooler
 
 
@@ -25,10 +26,10 @@ class MaskedPredictionHead(nn.Module):
         self, embed_dim: int, vocab_size: int, *, norm_eps: float = 1e-12, activation: Optional[nn.Module] = None
     ) -> None:
         super().__init__()
-        self.dense = nn.Linear(embed_dim, embed_dim)
+        self.dense = Linear(embed_dim, embed_dim)
         self.activation = nn.GELU() if activation is None else activation
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.decoder = nn.Linear(embed_dim, vocab_size)
+        self.decoder = Linear(embed_dim, vocab_size)
 
     def forward(self, x: Tensor) -> Tensor:
         """Predict.
@@ -52,7 +53,7 @@ class ITMHead(nn.Module):
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
         self.pooler = Pooler(embed_dim)
-        self.classifier = nn.Linear(embed_dim, 2)
+        self.classifier = Linear(embed_dim, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         """Classify.

@@ -6,6 +6,7 @@ N number of image patches, L text length. Boolean masks mean ``True = masked`` (
 
 from torchflava.modules.layers.activation import QuickGELU, activation
 from torchflava.modules.layers.attention import MultiHeadSelfAttention
+from torchflava.modules.layers.linear import Linear
 from torchflava.modules.layers.mlp import MLP
 from torchflava.modules.layers.packed_linear import PackedLinear, pack_linears
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
@@ -20,6 +21,7 @@ from torchflava.modules.layers.transformer import (
 
 __all__ = [
     "activation",
+    "Linear",
     "MLP",
     "MultiHeadSelfAttention",
     "pack_linears",

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from torchflava.modules.layers.linear import Linear, linear
+
 Positions = Union[Tensor, slice]
 
 
@@ -132,12 +134,12 @@ class _MathAttention(torch.autograd.Function):
         with torch.autocast(q.device.type, enabled=False):
             grad_out = grad_out.to(v.dtype)
             grad_v = probs.to(v.dtype).transpose(-2, -1) @ grad_out
-            grad_probs = (grad_out @ v.transpose(-2, -1)).to(probs.dtype)
-            # softmax backward; blocked keys have probability 0, so their scores get no gradient
-            grad_scores = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
-            grad_scores.mul_(scale)
-            grad_q = (grad_scores @ k.to(probs.dtype)).to(q.dtype)
-            grad_k = (grad_scores.transpose(-2, -1) @ q.to(probs.dtype)).to(k.dtype)
+            # softmax backward, dS = P * (dP - rowsum(dP * P)), in place on the fp32 dP; blocked keys
+            # have probability 0, so their scores get no gradient; the scale goes on the narrow results
+            grad_scores = (grad_out @ v.transpose(-2, -1)).to(probs.dtype)
+            grad_scores.sub_((grad_scores * probs).sum(dim=-1, keepdim=True)).mul_(probs)
+            grad_q = (grad_scores @ k.to(probs.dtype)).mul_(scale).to(q.dtype)
+            grad_k = (grad_scores.transpose(-2, -1) @ q.to(probs.dtype)).mul_(scale).to(k.dtype)
         return grad_q, grad_k, grad_v, None
 
 
@@ -172,8 +174,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
         self.is_causal = is_causal
-        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.qkv = Linear(embed_dim, 3 * embed_dim, bias=bias)
+        self.out_proj = Linear(embed_dim, embed_dim, bias=bias)
 
     def forward(
         self,
@@ -256,8 +258,8 @@ class MultiHeadSelfAttention(nn.Module):
         b, s, d = x.shape
         if isinstance(self.qkv, nn.Linear):
             w, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(take_positions(x, query_positions), w[:d], None if bias is None else bias[:d])
-            kv = F.linear(x, w[d:], None if bias is None else bias[d:])
+            q = linear(take_positions(x, query_positions), w[:d], None if bias is None else bias[:d])
+            kv = linear(x, w[d:], None if bias is None else bias[d:])
         else:  # a projection whose weight cannot be sliced (e.g. PackedLinear): project all, keep some
             qkv = self.qkv(x)
             q, kv = take_positions(qkv, query_positions)[..., :d], qkv[..., d:]

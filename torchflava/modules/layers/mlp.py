@@ -5,6 +5,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from torchflava.modules.layers.linear import Linear
+
 
 class MLP(nn.Module):
     """``fc2(dropout(activation(fc1(x))))``.
@@ -27,10 +29,10 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc1 = Linear(in_dim, hidden_dim)
         self.activation = nn.GELU() if activation is None else activation
         self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden_dim, in_dim if out_dim is None else out_dim)
+        self.fc2 = Linear(hidden_dim, in_dim if out_dim is None else out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block.

@@ -2,6 +2,8 @@
 
 from torch import Tensor, nn
 
+from torchflava.modules.layers.linear import Linear
+
 
 class Pooler(nn.Module):
     """Pool a sequence by its first token through a dense layer and tanh.
@@ -12,7 +14,7 @@ class Pooler(nn.Module):
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(embed_dim, embed_dim)
+        self.dense = Linear(embed_dim, embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """Pool.

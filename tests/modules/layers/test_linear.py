@@ -1,0 +1,208 @@
+"""torchflava's linear: oneDNN for large fp32 CPU products, F.linear otherwise; same values, same gradients."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from torchflava.modules.layers import MLP, Linear, MultiHeadSelfAttention, linear, pack_linears
+from torchflava.modules.layers.linear import onednn_linear_wins
+
+pytestmark = pytest.mark.skipif(not linear._ONEDNN, reason="this PyTorch build has no oneDNN linear")
+
+FORCED = {"inference": 0, "training": 0}
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Every fp32 CPU product goes to oneDNN, whatever its size; returns the list of its calls' shapes."""
+    monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_MACS", FORCED)
+    monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_WIDTH", FORCED)
+    calls = []
+
+    def counting(name):
+        kernel = getattr(linear, name)
+
+        def count(*args):
+            calls.append((name,) + tuple(tuple(a.shape) for a in args if a is not None))
+            return kernel(*args)
+
+        monkeypatch.setattr(linear, name, count)
+
+    counting("_onednn_mm")
+    counting("_onednn_grad_input")
+    return calls
+
+
+def operands(m=6, k=5, n=4, leading=(2,), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*leading, m, k, generator=g)
+    return x, torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+
+
+def fp64_reference(x, w, b, grad):
+    """Output and the three gradients of x @ w.T + b, in fp64."""
+    leaves = [t.double().requires_grad_() for t in (x, w, b)]
+    out = F.linear(*leaves)
+    out.backward(grad.double())
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("leading", [(), (3,), (2, 3)])
+def test_forward_and_gradients_match_fp64(forced, leading):
+    x, w, b = operands(leading=leading)
+    grad = torch.randn(*leading, 6, 4)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    out = linear.linear(*leaves)
+    out.backward(grad)
+    assert len(forced) == 3  # forward, grad of x, grad of weight
+    for got, want in zip([out] + [t.grad for t in leaves], fp64_reference(x, w, b, grad)):
+        assert got.dtype == torch.float32
+        assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_without_bias_and_with_only_some_gradients(forced):
+    x, w, _ = operands()
+    grad = torch.randn(2, 6, 4)
+    w_leaf = w.clone().requires_grad_()
+    out = linear.linear(x, w_leaf)  # x needs no gradient: only the weight's product runs backward
+    out.backward(grad)
+    assert len(forced) == 2
+    assert_close(out, x @ w.T, atol=1e-5, rtol=1e-5)
+    assert_close(w_leaf.grad, (grad.reshape(-1, 4).T @ x.reshape(-1, 5)), atol=1e-5, rtol=1e-5)
+    b_leaf = torch.randn(4).requires_grad_()  # only the bias needs a gradient
+    linear.linear(x, w, b_leaf).backward(grad)
+    assert_close(b_leaf.grad, grad.sum((0, 1)), atol=1e-5, rtol=1e-5)
+
+
+def test_non_contiguous_input_and_output_gradient(forced):
+    x, w, b = operands()
+    x = x.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, strides of a transposed tensor
+    grad = torch.randn(2, 4, 6).transpose(1, 2)  # (2, 6, 4), not contiguous
+    assert not x.is_contiguous() and not grad.is_contiguous()
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    leaves[0] = x.detach().requires_grad_()  # keeps its strides
+    out = linear.linear(*leaves)
+    out.backward(grad)
+    assert len(forced) == 3
+    for got, want in zip([out] + [t.grad for t in leaves], fp64_reference(x, w, b, grad)):
+        assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    w_strided = w.t().contiguous().t()  # a weight with transposed strides (e.g. a tied weight's view)
+    assert_close(linear.linear(x, w_strided, b), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    assert len(forced) == 4
+
+
+def test_inference_mode_and_no_grad(forced):
+    x, w, b = operands()
+    with torch.inference_mode():
+        assert_close(linear.linear(x, w, b), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        out = linear.linear(x, w.requires_grad_(), b)
+    assert not out.requires_grad
+    assert len(forced) == 2
+
+
+def test_double_backward_is_refused(forced):
+    x, w, b = (t.requires_grad_() for t in operands())
+    (gx,) = torch.autograd.grad(linear.linear(x, w, b).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|twice"):
+        gx.sum().backward()
+
+
+def test_the_choice(monkeypatch):
+    monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_MACS", {"inference": 100, "training": 1000})
+    monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_WIDTH", {"inference": 4, "training": 3})
+    x, w = torch.randn(5, 4), torch.randn(8, 4)  # 160 multiply-adds
+    assert onednn_linear_wins(x, w, training=False)
+    assert not onednn_linear_wins(x, w, training=True)  # a training product must be larger
+    assert onednn_linear_wins(torch.randn(50, 4), w, training=True)
+    assert onednn_linear_wins(torch.randn(50, 3), torch.randn(8, 3), training=True)
+    assert not onednn_linear_wins(x[:2], w, training=False)  # 64 multiply-adds
+    assert not onednn_linear_wins(torch.randn(50, 3), torch.randn(8, 3), training=False)  # narrower than 4
+    assert not onednn_linear_wins(x.bfloat16(), w.bfloat16(), training=False)
+    assert not onednn_linear_wins(x.double(), w.double(), training=False)
+    assert not onednn_linear_wins(x[0], w, training=False)  # a vector input
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn_linear_wins(x, w, training=False)
+    monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_MACS", None)
+    assert not onednn_linear_wins(x, w, training=False)
+
+
+def test_default_thresholds_keep_small_products_on_f_linear():
+    small = torch.randn(64, 128), torch.randn(384, 128)  # the tiny recipe's widths
+    vit = torch.randn(1576, 768), torch.randn(3072, 768)  # ViT-B/16's fc1 at batch 8
+    assert not onednn_linear_wins(*small, training=False)
+    assert onednn_linear_wins(*vit, training=False) and onednn_linear_wins(*vit, training=True)
+    assert not onednn_linear_wins(torch.randn(197, 768), torch.randn(768, 768), training=True)
+    width_256 = torch.randn(2048, 256), torch.randn(1024, 256)  # oneDNN loses this one in training only
+    assert onednn_linear_wins(*width_256, training=False) and not onednn_linear_wins(*width_256, training=True)
+
+
+def test_other_cases_fall_back_to_f_linear(forced):
+    x, w, b = operands()
+    assert_close(linear.linear(x.double(), w.double(), b.double()), F.linear(x.double(), w.double(), b.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear.linear(x, w, b).dtype == torch.bfloat16
+    assert len(forced) == 0
+    with pytest.raises(RuntimeError, match="same dtype"):  # F.linear's own errors
+        linear.linear(x, w, b.double())
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        linear.linear(x, torch.randn(4, 3))
+
+
+def test_compiled_uses_f_linear(forced):
+    x, w, b = operands()
+    compiled = torch.compile(linear.linear, fullgraph=True, backend="eager")
+    assert_close(compiled(x, w, b), F.linear(x, w, b))
+    assert len(forced) == 0
+
+
+def test_func_transforms_and_tracing_use_f_linear(forced):
+    x, w, b = operands()
+    module = Linear(5, 4)
+    per_row = torch.func.vmap(module)(x)  # (2, 6, 4): vmap over the leading dimension
+    assert_close(per_row, F.linear(x, module.weight, module.bias))
+    weight = module.weight.detach()
+    grad = torch.func.grad(lambda w: torch.func.functional_call(module, {"weight": w}, (x,)).sum())(weight)
+    assert_close(grad, torch.ones(12, 4).T @ x.reshape(-1, 5))
+    with warnings.catch_warnings():  # torch.jit.trace is deprecated, still used to export
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(module, x, check_trace=False)
+    assert "mkldnn" not in str(traced.graph)
+    assert_close(traced(x), F.linear(x, module.weight, module.bias))
+    assert len(forced) == 0
+
+
+def test_linear_module_is_an_nn_linear():
+    torch.manual_seed(0)
+    ours = Linear(5, 4)
+    torch.manual_seed(0)
+    theirs = nn.Linear(5, 4)
+    assert isinstance(ours, nn.Linear)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for key in theirs.state_dict():
+        assert torch.equal(ours.state_dict()[key], theirs.state_dict()[key])  # same initialisation
+    x = torch.randn(3, 5)
+    assert_close(ours(x), theirs(x))
+    packed = pack_linears(nn.Sequential(Linear(256, 256)).eval())  # still converted for bf16 inference
+    assert type(packed[0]).__name__ == "PackedLinear"
+
+
+def test_blocks_train_alike_on_both_paths(monkeypatch):
+    """An MLP and an attention block: outputs and every parameter gradient, oneDNN against F.linear."""
+    torch.manual_seed(0)
+    blocks = nn.Sequential(MLP(16, 32), MultiHeadSelfAttention(16, 2))
+    x = torch.randn(3, 7, 16)
+    results = []
+    for macs, width in ((None, FORCED), (FORCED, FORCED)):
+        monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_MACS", macs)
+        monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_WIDTH", width)
+        out = blocks(x)
+        out.pow(2).sum().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in blocks.parameters()])
+        blocks.zero_grad(set_to_none=True)
+    for a, b in zip(*results):
+        assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,129 @@
+"""Linear layers whose fp32 CPU matmuls run on oneDNN where it beats PyTorch's default BLAS.
+
+``F.linear`` in fp32 on the CPU calls the BLAS PyTorch was built with (MKL in the official wheels);
+in bf16 it already calls oneDNN. On the 2-core AMD EPYC (AVX-512) this project is measured on, MKL's
+sgemm runs ViT-B's linear shapes at 120-170 GFLOP/s and oneDNN at 180-200 (benchmarks/README.md,
+"linear.py"); in training, forward and both backward products, oneDNN is 1.05-1.3x faster. It
+loses on narrow layers (width 128; in training also 256) and small products, where its per-call
+cost shows. :func:`linear` therefore sends an fp32 CPU product to oneDNN (forward and, in
+training, both backward products) when its input and output widths are at least
+:data:`ONEDNN_FP32_MIN_WIDTH` and it has at least :data:`ONEDNN_FP32_MIN_MACS` multiply-adds, and
+everything else to ``F.linear``: other dtypes and devices, autocast (which casts to bf16 anyway),
+``torch.compile`` (where inductor picks the kernel), ``torch.jit.trace`` and ``torch.func``
+transforms (vmap, grad: they need F.linear's batching and derivative rules). Both compute the same
+sums in fp32; the results differ by rounding (~1e-7 relative).
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+import torch.nn.functional as F
+
+# The smallest product (rows x in x out) and the smallest input and output width sent to oneDNN,
+# without and with autograd recording; ONEDNN_FP32_MIN_MACS = None sends none. Read off
+# benchmarks/linear.py.
+ONEDNN_FP32_MIN_MACS: Optional[dict[str, int]] = {"inference": 1 << 26, "training": 1 << 27}
+ONEDNN_FP32_MIN_WIDTH: dict[str, int] = {"inference": 256, "training": 512}
+
+_PLAIN = (Tensor, nn.Parameter)
+_ONEDNN = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    and hasattr(torch.ops.aten, "mkldnn_linear_backward_input")
+)
+
+
+def _onednn_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``x @ weight.T + bias`` by oneDNN: x (..., in), weight (out, in)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _onednn_grad_input(grad_out: Tensor, weight: Tensor) -> Tensor:
+    """``grad_out @ weight`` by oneDNN's backward-data primitive: grad_out (M, out), weight (out, in).
+
+    It reads the weight in its (out, in) layout; ``_onednn_mm`` would need it transposed and copied
+    (1.5-2x slower at 150-300 rows, no slower at ~1600; measured with the ViT-B shapes).
+    """
+    size = (grad_out.shape[0], weight.shape[1])
+    return torch.ops.aten.mkldnn_linear_backward_input(size, grad_out.to_mkldnn(), weight).to_dense()
+
+
+def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool) -> bool:
+    """Whether :func:`linear` sends ``x @ weight.T`` to oneDNN (see the module's docstring).
+
+    Args:
+        x (Tensor): (..., in).
+        weight (Tensor): (out, in).
+        training (bool): whether autograd records the product (its backward runs on oneDNN too).
+    """
+    mode = "training" if training else "inference"
+    return (
+        _ONEDNN
+        and ONEDNN_FP32_MIN_MACS is not None
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()  # a traced graph must hold portable ops
+        and not torch._C._are_functorch_transforms_active()  # vmap, torch.func.grad...: F.linear's rules
+        and not torch.is_autocast_enabled("cpu")
+        and type(x) in _PLAIN  # not a subclass (DTensor, fake or functorch tensors...)
+        and type(weight) in _PLAIN
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dim() >= 2
+        and weight.dim() == 2
+        and x.shape[-1] == weight.shape[1]
+        and min(weight.shape) >= ONEDNN_FP32_MIN_WIDTH[mode]
+        and x.numel() // weight.shape[1] * weight.numel() >= ONEDNN_FP32_MIN_MACS[mode]
+    )
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """oneDNN's product forward and backward; saves what ``F.linear``'s autograd saves (x, weight)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_mm(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        x, weight = ctx.saved_tensors
+        grad_out2 = grad_out.reshape(-1, grad_out.shape[-1])  # (M, out)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:  # (M, out) @ (out, in)
+            grad_x = _onednn_grad_input(grad_out2, weight).view(x.shape)
+        if ctx.needs_input_grad[1]:  # (out, M) @ (M, in)
+            grad_weight = _onednn_mm(grad_out2.t(), x.reshape(-1, x.shape[-1]).t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out2.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, on oneDNN for large fp32 CPU products (see the module's docstring).
+
+    Args:
+        x (Tensor): (..., in).
+        weight (Tensor): (out, in).
+        bias (Optional[Tensor]): (out,).
+
+    Returns:
+        Tensor: (..., out).
+    """
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    bias_fits = bias is None or (bias.dtype == torch.float32 and bias.device == x.device and type(bias) in _PLAIN)
+    if not (bias_fits and onednn_linear_wins(x, weight, training)):
+        return F.linear(x, weight, bias)
+    return _OneDNNLinear.apply(x, weight, bias) if training else _onednn_mm(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, initialisation and state dict) whose product is :func:`linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
