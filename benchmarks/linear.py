@@ -110,7 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {args.threads} threads, ONEDNN_FP32_MIN_MACS = "
+        f"torch {torch.__version__}, {args.threads} threads, CPU {linear_mod.cpu_vendor() or 'unknown'} "
+        f"{torch.backends.cpu.get_cpu_capability()}, default ONEDNN_FP32_MIN_MACS = "
         f"{linear_mod.ONEDNN_FP32_MIN_MACS}, ONEDNN_FP32_MIN_WIDTH = {linear_mod.ONEDNN_FP32_MIN_WIDTH}"
     )
     rows = run(args)

@@ -131,7 +131,18 @@ def test_the_choice(monkeypatch):
     assert not onednn_linear_wins(x, w, training=False)
 
 
-def test_default_thresholds_keep_small_products_on_f_linear():
+def test_the_default_enables_onednn_only_where_it_was_measured_to_win():
+    assert linear.default_onednn_min_macs("AuthenticAMD", "AVX512") == linear.ONEDNN_WINS_MIN_MACS
+    assert linear.default_onednn_min_macs("AuthenticAMD", "AVX512") is not linear.ONEDNN_WINS_MIN_MACS  # a copy
+    for vendor, capability in [("AuthenticAMD", "AVX2"), ("GenuineIntel", "AVX512"), ("", "AVX512"), ("", "DEFAULT")]:
+        assert linear.default_onednn_min_macs(vendor, capability) is None
+    expected = linear.default_onednn_min_macs(linear.cpu_vendor(), torch.backends.cpu.get_cpu_capability())
+    assert linear.ONEDNN_FP32_MIN_MACS == expected  # this machine's default
+    assert isinstance(linear.cpu_vendor(), str)
+
+
+def test_the_thresholds_keep_small_products_on_f_linear(monkeypatch):
+    monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_MACS", dict(linear.ONEDNN_WINS_MIN_MACS))
     small = torch.randn(64, 128), torch.randn(384, 128)  # the tiny recipe's widths
     vit = torch.randn(1576, 768), torch.randn(3072, 768)  # ViT-B/16's fc1 at batch 8
     assert not onednn_linear_wins(*small, training=False)

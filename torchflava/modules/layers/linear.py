@@ -1,17 +1,23 @@
 """Linear layers whose fp32 CPU matmuls run on oneDNN where it beats PyTorch's default BLAS.
 
 ``F.linear`` in fp32 on the CPU calls the BLAS PyTorch was built with (MKL in the official wheels);
-in bf16 it already calls oneDNN. On the 2-core AMD EPYC (AVX-512) this project is measured on, MKL's
-sgemm runs ViT-B's linear shapes at 120-170 GFLOP/s and oneDNN at 180-200 (benchmarks/README.md,
-"linear.py"); in training, forward and both backward products, oneDNN is 1.05-1.3x faster. It
-loses on narrow layers (width 128; in training also 256) and small products, where its per-call
-cost shows. :func:`linear` therefore sends an fp32 CPU product to oneDNN (forward and, in
-training, both backward products) when its input and output widths are at least
-:data:`ONEDNN_FP32_MIN_WIDTH` and it has at least :data:`ONEDNN_FP32_MIN_MACS` multiply-adds, and
-everything else to ``F.linear``: other dtypes and devices, autocast (which casts to bf16 anyway),
-``torch.compile`` (where inductor picks the kernel), ``torch.jit.trace`` and ``torch.func``
-transforms (vmap, grad: they need F.linear's batching and derivative rules). Both compute the same
-sums in fp32; the results differ by rounding (~1e-7 relative).
+in bf16 it already calls oneDNN. Which of the two is faster depends on the CPU (benchmarks/README.md,
+"linear.py"). On a 2-core AMD EPYC with AVX-512, MKL's sgemm ran ViT-B's linear shapes at 120-170
+GFLOP/s and oneDNN at 180-200; in training, forward and both backward products, oneDNN was 1.05-1.3x
+faster (MKL does not use AVX-512 on AMD processors, oneDNN does). On a 2-core AMD EPYC with AVX2
+only, oneDNN was 0.6-0.9x MKL in training and 0.9-1.5x in inference, shape by shape. So oneDNN is
+chosen by default only on AMD processors with AVX-512 (:func:`default_onednn_min_macs`); elsewhere
+``ONEDNN_FP32_MIN_MACS`` is None and every product runs ``F.linear``, unless a user who measured
+their machine sets the thresholds.
+
+Where enabled, :func:`linear` sends an fp32 CPU product to oneDNN (forward and, in training, both
+backward products) when its input and output widths are at least :data:`ONEDNN_FP32_MIN_WIDTH` and
+it has at least :data:`ONEDNN_FP32_MIN_MACS` multiply-adds (oneDNN loses on narrow layers (width
+128; in training also 256) and small products, where its per-call cost shows), and everything else
+to ``F.linear``: other dtypes and devices, autocast (which casts to bf16 anyway), ``torch.compile``
+(where inductor picks the kernel), ``torch.jit.trace`` and ``torch.func`` transforms (vmap, grad:
+they need F.linear's batching and derivative rules). Both compute the same sums in fp32; the
+results differ by rounding (~1e-7 relative).
 """
 
 from typing import Optional
@@ -22,10 +28,45 @@ from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 # The smallest product (rows x in x out) and the smallest input and output width sent to oneDNN,
-# without and with autograd recording; ONEDNN_FP32_MIN_MACS = None sends none. Read off
-# benchmarks/linear.py.
-ONEDNN_FP32_MIN_MACS: Optional[dict[str, int]] = {"inference": 1 << 26, "training": 1 << 27}
+# without and with autograd recording, on the CPUs where oneDNN wins. Read off benchmarks/linear.py
+# on a 2-core AMD EPYC with AVX-512.
+ONEDNN_WINS_MIN_MACS: dict[str, int] = {"inference": 1 << 26, "training": 1 << 27}
 ONEDNN_FP32_MIN_WIDTH: dict[str, int] = {"inference": 256, "training": 512}
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``"AuthenticAMD"``, ``"GenuineIntel"``...), or "" where unknown (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def default_onednn_min_macs(vendor: str, capability: str) -> Optional[dict[str, int]]:
+    """The default :data:`ONEDNN_FP32_MIN_MACS` for a CPU: oneDNN only where it was measured to win.
+
+    Args:
+        vendor (str): the CPU vendor, as :func:`cpu_vendor` gives it.
+        capability (str): PyTorch's CPU capability (``torch.backends.cpu.get_cpu_capability()``:
+            ``"AVX512"``, ``"AVX2"``...).
+
+    Returns:
+        Optional[dict[str, int]]: :data:`ONEDNN_WINS_MIN_MACS` for AMD processors with AVX-512, None
+        (``F.linear`` for every product) for any other CPU.
+    """
+    if vendor == "AuthenticAMD" and capability.startswith("AVX512"):
+        return dict(ONEDNN_WINS_MIN_MACS)
+    return None
+
+
+# None sends no product to oneDNN. Set it (e.g. to ONEDNN_WINS_MIN_MACS) to choose by hand.
+ONEDNN_FP32_MIN_MACS: Optional[dict[str, int]] = default_onednn_min_macs(
+    cpu_vendor(), torch.backends.cpu.get_cpu_capability()
+)
 
 _PLAIN = (Tensor, nn.Parameter)
 _ONEDNN = (
