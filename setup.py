@@ -29,7 +29,7 @@ setup(
     packages=find_packages(include=["torchflava", "torchflava.*"]),
     install_requires=[
         "torch>=2.4",
-        "torchvision>=0.19",
+        "numpy>=1.24",
         "iopath>=0.1.10",
         "safetensors>=0.4",
     ],
@@ -37,7 +37,7 @@ setup(
         "data": ["pillow>=10", "tokenizers>=0.19", "webdataset>=0.2.86", "fsspec>=2023.1"],
         "recipes": ["omegaconf>=2.3", "tqdm>=4.66", "matplotlib>=3.8", "fvcore>=0.1.5"],
         "tensorboard": ["tensorboard>=2.15"],
-        "test": ["pytest>=8", "expecttest>=0.2", "transformers>=4.40,<5", "scikit-image>=0.22"],
+        "test": ["pytest>=8", "expecttest>=0.2", "transformers>=4.40,<5", "scikit-image>=0.22", "torchvision>=0.19"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

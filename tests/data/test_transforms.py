@@ -400,3 +400,51 @@ def test_every_transform_takes_every_mode_as_the_right_rgb(mode, image, colour):
     torch.testing.assert_close(
         codebook, (0.1 + 0.8 * torch.tensor(colour) / 255)[:, None, None].expand(3, 4, 4), rtol=0, atol=0.8 / 255 + 1e-6
     )
+
+
+@pytest.mark.parametrize("size", [(48, 48), (224, 224), (37, 53), (64, 64), (80, 96)])
+def test_the_tensor_steps_equal_torchvision_to_the_bit(photo, size):
+    from torchvision.transforms import v2
+
+    from torchflava.data.transforms import normalize_channels, pil_to_uint8, resize_bilinear, uint8_to_unit
+
+    for image in (photo, photo.resize((224, 160)), photo.convert("L").convert("RGB")):
+        reference = v2.functional.pil_to_tensor(image)
+        ours = pil_to_uint8(image)
+        assert torch.equal(ours, reference) and ours.stride() == reference.stride()
+        unit = uint8_to_unit(ours)
+        assert torch.equal(unit, v2.functional.to_dtype(reference, torch.float32, scale=True))
+        box = (3, 5, image.height - 9, image.width - 7)  # top, left, height, width
+        crop = unit[:, box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
+        expected = v2.functional.resized_crop(unit, *box, list(size), antialias=True)
+        assert torch.equal(resize_bilinear(crop, *size), expected)
+        mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+        assert torch.equal(
+            normalize_channels(expected, mean, std), v2.Normalize(list(CLIP_MEAN), list(CLIP_STD))(expected)
+        )
+    same = uint8_to_unit(pil_to_uint8(photo))
+    assert resize_bilinear(same, photo.height, photo.width) is same  # no resize to the same size
+
+
+def test_the_pretraining_transform_equals_torchvision_s_pipeline(photo):
+    from torchvision.transforms import v2
+
+    from torchflava.modules.codebook import map_pixels
+
+    transform = PretrainingImageTransform(48, 40)
+    for seed in range(5):
+        pixels, codebook = transform(photo, seed)
+        top, left, height, width = transform.crop_box(photo.height, photo.width, seed)
+        unit = v2.functional.to_dtype(v2.functional.pil_to_tensor(photo), torch.float32, scale=True)
+        crop = v2.functional.resized_crop(unit, top, left, height, width, [48, 48], antialias=True)
+        assert torch.equal(pixels, v2.Normalize(list(CLIP_MEAN), list(CLIP_STD))(crop))
+        assert torch.equal(codebook, map_pixels(v2.Resize(40, antialias=True)(crop).clamp(0, 1)))
+
+
+def test_importing_the_data_package_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = "import sys, torchflava.data; print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -60,11 +60,14 @@ class WordPieceTokenizer:
         tokenizer.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)]
         )
+        # Read once: ``get_vocab`` copies the whole vocabulary into a dict (~30k entries for BERT's),
+        # and the collators ask for the size once per text.
+        self._vocab_size = max(tokenizer.get_vocab().values()) + 1
 
     @property
     def vocab_size(self) -> int:
         """Number of ids (largest id + 1)."""
-        return max(self._tokenizer.get_vocab().values()) + 1
+        return self._vocab_size
 
     @property
     def special_ids(self) -> tuple[int, ...]:

@@ -13,6 +13,12 @@ a seeded random crop (CLIP, fine-tuning) and the same crop also at codebook size
 Every transform accepts a PIL image of any mode (RGBA, LA, P, CMYK, I;16, ...): it is converted
 with :func:`~torchflava.data.decode.to_rgb` first, as :func:`~torchflava.data.decode.decode_image`
 does, so alpha is composited on white and 16-bit values are scaled rather than clipped.
+
+The tensor steps (PIL to uint8, uint8 to [0, 1], bilinear antialiased resize, normalisation) are
+written here on ``torch.nn.functional.interpolate`` with the arithmetic of torchvision's
+``transforms.v2`` (the tests check them equal to the bit) rather than imported from it: importing
+torchvision imports ``torch._dynamo`` (~2 s on 2 cores for every process that imports this package,
+e.g. a spawned data worker).
 """
 
 from dataclasses import dataclass
@@ -23,10 +29,11 @@ from pathlib import Path
 import random
 from typing import Mapping, Optional, Sequence, Union
 
+import numpy as np
 from PIL import Image
 import torch
 from torch import Tensor
-from torchvision.transforms import v2
+import torch.nn.functional as F
 
 from torchflava.data.decode import to_rgb
 from torchflava.modules.codebook import map_pixels
@@ -35,6 +42,46 @@ from torchflava.utils.checks import check_positive_number
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def pil_to_uint8(image: Image.Image) -> Tensor:
+    """(C, H, W) uint8 pixels of an 8-bit PIL image, a channels-last view of a copy of its data.
+
+    Args:
+        image (Image.Image): an image of mode RGB (or L).
+
+    Returns:
+        Tensor: (C, H, W) uint8, strides (1, W * C, C).
+    """
+    array = np.array(image, dtype=np.uint8, copy=True)
+    return torch.from_numpy(array).view(image.height, image.width, -1).permute(2, 0, 1)
+
+
+def uint8_to_unit(pixels: Tensor) -> Tensor:
+    """uint8 pixels as float32 in [0, 1]: ``x * (1 / 255)``."""
+    return pixels.to(torch.float32).mul_(1.0 / 255)
+
+
+def resize_bilinear(pixels: Tensor, height: int, width: int) -> Tensor:
+    """Bilinear, antialiased resize of (C, H, W) float pixels to (C, height, width) (half-pixel centres).
+
+    Args:
+        pixels (Tensor): (C, H, W) float32 or float64.
+        height (int): output height.
+        width (int): output width.
+
+    Returns:
+        Tensor: (C, height, width); ``pixels`` itself when the size is already that.
+    """
+    if tuple(pixels.shape[-2:]) == (height, width):
+        return pixels
+    out = F.interpolate(pixels.unsqueeze(0), size=[height, width], mode="bilinear", align_corners=False, antialias=True)
+    return out.squeeze(0)
+
+
+def normalize_channels(pixels: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(pixels - mean) / std`` per channel: pixels (C, H, W), mean and std (C, 1, 1)."""
+    return pixels.sub(mean).div_(std)
 
 
 def _check_size(name: str, value: object) -> int:
@@ -75,7 +122,8 @@ class RandomCropTransform:
         if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {tuple(ratio)}")
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
-        self.normalize = v2.Normalize(mean=list(mean), std=list(std))
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def crop_box(self, image_height: int, image_width: int, seed: int) -> tuple[int, int, int, int]:
         """RandomResizedCrop's box (top, left, height, width), drawn from ``seed``.
@@ -106,10 +154,12 @@ class RandomCropTransform:
         """The seeded crop at model size, (3, image_size, image_size) in [0, 1], not normalised."""
         image = to_rgb(image)
         top, left, height, width = self.crop_box(image.height, image.width, seed)
-        pixels = v2.functional.to_dtype(v2.functional.pil_to_tensor(image), torch.float32, scale=True)
-        return v2.functional.resized_crop(
-            pixels, top, left, height, width, [self.image_size, self.image_size], antialias=True
-        )
+        pixels = uint8_to_unit(pil_to_uint8(image))[:, top : top + height, left : left + width]
+        return resize_bilinear(pixels, self.image_size, self.image_size)
+
+    def normalize(self, pixels: Tensor) -> Tensor:
+        """(3, H, W) pixels in [0, 1], normalised with this transform's mean and std."""
+        return normalize_channels(pixels, self._mean, self._std)
 
     def __call__(self, image: Image.Image, seed: int) -> Tensor:
         """(3, image_size, image_size) normalised pixels of a crop of ``image`` drawn from ``seed``."""
@@ -147,7 +197,6 @@ class PretrainingImageTransform:
         self.random_crop = RandomCropTransform(image_size, scale=scale, ratio=ratio, mean=mean, std=std)
         self.image_size, self.scale, self.ratio = image_size, self.random_crop.scale, self.random_crop.ratio
         self.codebook_size = _check_size("codebook_size", codebook_size)
-        self._codebook_resize = v2.Resize(codebook_size, antialias=True)
 
     def crop_box(self, image_height: int, image_width: int, seed: int) -> tuple[int, int, int, int]:
         """The crop's box (top, left, height, width): :meth:`RandomCropTransform.crop_box`."""
@@ -164,8 +213,8 @@ class PretrainingImageTransform:
             tuple[Tensor, Tensor]: pixels (3, image_size, image_size) normalised, and codebook
             pixels (3, codebook_size, codebook_size) in [0.1, 0.9].
         """
-        crop = self.random_crop.crop(image, seed)
-        codebook = map_pixels(self._codebook_resize(crop).clamp(0, 1))
+        crop = self.random_crop.crop(image, seed)  # square
+        codebook = map_pixels(resize_bilinear(crop, self.codebook_size, self.codebook_size).clamp(0, 1))
         return self.random_crop.normalize(crop), codebook
 
 
@@ -437,7 +486,7 @@ class ImageTransform:
             crop_height, crop_width = self.spec.crop_size
             top, left = (height - crop_height) // 2, (width - crop_width) // 2
             image = image.crop((left, top, left + crop_width, top + crop_height))
-        pixels = v2.functional.pil_to_tensor(image)  # (3, H, W) uint8
+        pixels = pil_to_uint8(image)  # (3, H, W)
         if self.spec.rescale_factor is not None:
             pixels = (pixels.double() * self.spec.rescale_factor).float()
         else:
