@@ -4,9 +4,10 @@
 in bf16 it already calls oneDNN. Which of the two is faster depends on the CPU (benchmarks/README.md,
 "linear.py"). On a 2-core AMD EPYC with AVX-512, MKL's sgemm ran ViT-B's linear shapes at 120-170
 GFLOP/s and oneDNN at 180-200; in training, forward and both backward products, oneDNN was 1.05-1.3x
-faster (MKL does not use AVX-512 on AMD processors, oneDNN does). On a 2-core AMD EPYC with AVX2
-only, oneDNN was 0.6-0.9x MKL in training and 0.9-1.5x in inference, shape by shape. So oneDNN is
-chosen by default only on AMD processors with AVX-512 (:func:`default_onednn_min_macs`); elsewhere
+faster (likely because MKL runs AVX2 code on AMD processors, while oneDNN uses AVX-512). On a
+2-core AMD EPYC with AVX2 only, oneDNN was 0.6-0.9x MKL in training and 0.9-1.5x in inference,
+shape by shape. So oneDNN is chosen by default only on AMD processors with AVX-512
+(:func:`default_onednn_min_macs`); elsewhere
 ``ONEDNN_FP32_MIN_MACS`` is None and every product runs ``F.linear``, unless a user who measured
 their machine sets the thresholds.
 
