@@ -7,13 +7,27 @@ RECIPE is the script's path relative to the repository (``examples/clip/train.py
 schema is the type of its ``main``'s argument.
 
 The patches live here, in the test, not in the library: each wraps one function the run calls.
+
+    python tests/examples/fault_runner.py --serve
+
+starts a server for the tests (:class:`Forker`): a process that imports torch and torchflava once,
+then runs each requested recipe (killed at a point or not) in a child forked from itself, so that a
+run costs no interpreter start and no imports (~6 s each on 2 cores). Each child is a fresh copy of
+a process that has run nothing (no thread pools: the tests set OMP_NUM_THREADS=1), runs the recipe
+as ``python RECIPE ...`` or as this script would, and exits with the status such a process would.
 """
 
+import atexit
 import importlib.util
+import json
 import os
 from pathlib import Path
+import runpy
 import signal
+import subprocess
 import sys
+import time
+import traceback
 import typing
 
 import torch
@@ -90,11 +104,108 @@ def _nth(n: int, real, instead):
     return wrapper
 
 
-if __name__ == "__main__":
-    script, point, n, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+def run_faulty(script: str, point: str, n: int, overrides: list[str]) -> None:
+    """Run the recipe ``script`` with ``overrides``, killed at ``point``'s n-th hit."""
     spec = importlib.util.spec_from_file_location("recipe_under_faults", REPO / script)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     schema = typing.get_type_hints(recipe.main)["cfg"]  # main(cfg: <its Config>)
     install(point, n)
     recipe.main(recipe.load_config(schema, overrides))
+
+
+def _child(request: dict) -> int:
+    """In a forked child: the run ``request`` asks for, with its output in files; the exit status."""
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    code = 0
+    try:
+        if request["point"] == "none":  # as `python RECIPE overrides...`
+            sys.argv = [str(REPO / request["script"]), *request["overrides"]]
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        else:
+            run_faulty(request["script"], request["point"], request["n"], request["overrides"])
+    except SystemExit as stop:
+        if isinstance(stop.code, int) or stop.code is None:
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def serve() -> None:
+    """Answer each JSON request line on stdin with the returncode of a forked run of it (None: timed out)."""
+    import torchflava.data  # noqa: F401  the imports every run shares, done once
+    import torchflava.evaluation  # noqa: F401
+    import torchflava.models  # noqa: F401
+    import torchflava.training  # noqa: F401
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_child(request))
+        deadline = time.monotonic() + request["timeout"]
+        while (status := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if status[0] == 0:  # still running: a hang
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            returncode = None
+        else:
+            returncode = os.waitstatus_to_exitcode(status[1])
+        print(json.dumps({"returncode": returncode}), flush=True)
+
+
+class Forker:
+    """The test side of ``--serve``: ``run`` gives what ``subprocess.run`` of the same command would.
+
+    Args:
+        env (dict): the server's environment (the children inherit it).
+    """
+
+    def __init__(self, env: dict) -> None:
+        command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+        self._server = subprocess.Popen(
+            command, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        atexit.register(self.close)
+
+    def run(self, script: str, overrides: list[str], point: str, n: int, *, workdir: Path, timeout: float):
+        """Run ``script`` (killed at ``point``'s n-th hit unless ``point == "none"``) in a forked child.
+
+        Returns:
+            subprocess.CompletedProcess: its returncode (-9 when killed) and its stdout and stderr.
+
+        Raises:
+            subprocess.TimeoutExpired: if the run took longer than ``timeout`` seconds (it is killed).
+        """
+        out, err = workdir / "run.stdout", workdir / "run.stderr"
+        request = dict(script=script, overrides=overrides, point=point, n=n, timeout=timeout)
+        self._server.stdin.write(json.dumps(dict(request, stdout=str(out), stderr=str(err))) + "\n")
+        self._server.stdin.flush()
+        returncode = json.loads(self._server.stdout.readline())["returncode"]
+        args = [script, point, str(n), *overrides]
+        if returncode is None:
+            raise subprocess.TimeoutExpired(args, timeout)
+        return subprocess.CompletedProcess(args, returncode, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        if self._server.poll() is None:
+            self._server.stdin.close()
+            self._server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        run_faulty(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:])
