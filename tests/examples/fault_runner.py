@@ -123,6 +123,7 @@ def _child(request: dict) -> int:
     try:
         if request["point"] == "none":  # as `python RECIPE overrides...`
             sys.argv = [str(REPO / request["script"]), *request["overrides"]]
+            sys.path[0] = str(Path(sys.argv[0]).parent)  # the script's folder, as python puts it there
             runpy.run_path(sys.argv[0], run_name="__main__")
         else:
             run_faulty(request["script"], request["point"], request["n"], request["overrides"])
