@@ -23,7 +23,14 @@ implementation under the same ``torch.autocast("cpu", bfloat16)``.
 
 Memory: each implementation runs alone in a fresh process; after building the model and one
 warm-up batch the kernel's peak-RSS counter is reset (``/proc/self/clear_refs``), so the figure is
-the peak resident memory while embedding (weights included), in MiB.
+the peak resident memory while embedding (weights included), in MiB: the median of
+``--memory-runs`` such processes (3 by default; one process's figure moves by tens of MiB from run
+to run with where the allocator's pages land), all of which are kept in the JSON.
+
+CLIP images, ``--model clip``: the same run also times ``F.linear`` at ViT-B/16's linear shapes
+(``vit_tower.gemm_benchmark``) before the models, and gives each image throughput as model TFLOP/s
+(``vit_tower.vit_forward_flops``, the same count for every implementation) and as % of that
+measured GEMM peak: how close to the machine's limit each implementation already is.
 
 Usage::
 
@@ -46,6 +53,7 @@ import time
 from interleave import round_order
 import torch
 import torch.nn.functional as F
+from vit_tower import gemm_benchmark, vit_forward_flops
 
 from torchflava.models import clip_vit_b16, flava_model
 from torchflava.models.clip import convert_to_hf as clip_to_hf
@@ -219,10 +227,14 @@ def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int, 
     )
 
 
-def peak_rss(impl: str, modality: str, dtype: str, batch: int, model: str = "flava") -> float:
+def peak_rss(impl: str, modality: str, dtype: str, batch: int, model: str = "flava", runs: int = 3) -> list[float]:
+    """Peak RSS (MiB) of ``runs`` fresh processes, each embedding alone (:func:`peak_rss_child`)."""
     cmd = [sys.executable, __file__, "--child", impl, modality, dtype, "--batch", str(batch), "--model", model]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    figures = []
+    for _ in range(runs):
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        figures.append(json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mib"])
+    return figures
 
 
 def main() -> None:
@@ -235,6 +247,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("flava", "clip"), default="flava")
     parser.add_argument("--impls", help="comma-separated subset of ours,ours+packed,hf,tmm (flava) or open_clip (clip)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory runs")
+    parser.add_argument("--memory-runs", type=int, default=3, help="fresh processes per memory figure (median)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "MODALITY", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -273,11 +286,19 @@ def main() -> None:
         results[f"max_abs_diff_vs_{peer}"] = check_agreement(models, inputs, peer)
         print(f"features against {peer}'s (same weights), max abs diff: {results[f'max_abs_diff_vs_{peer}']}")
 
+    gemm = None
+    if clip and "image" in modalities:
+        gemm = gemm_benchmark(args.batch, warmup=2, reps=5, dtypes=dtypes)
+        results["gemm"] = gemm
+        for dtype in gemm:
+            shapes = ", ".join(f"{s} {t:.3f}" for s, t in gemm[dtype]["tflops_per_shape"].items())
+            print(f"GEMM {dtype}, TFLOP/s at ViT-B/16's linear shapes: {shapes}; peak {gemm[dtype]['peak_tflops']:.3f}")
     peers = [impl for impl in impls if impl in PEERS]
     print(
         f"{'modality':8} {'dtype':5} {'impl':11} {'median s/batch':>14} {'items/s':>8} "
         + " ".join(f"{'speed vs ' + p:>19}" for p in [*peers, "fastest"])
         + f" {'peak RSS MiB':>12}"
+        + (f" {'TFLOP/s':>8} {'% peak':>7}" if gemm else "")
     )
     for modality in modalities:
         for dtype in dtypes:
@@ -291,7 +312,10 @@ def main() -> None:
                 # and against the faster peer of this run (by median time)
                 fastest = min(peers, key=lambda p: statistics.median(times[p]))
                 speedup["fastest"] = statistics.median(a / b for a, b in zip(times[fastest], times[impl]))
-                rss = None if args.no_memory else peak_rss(impl, modality, dtype, args.batch, args.model)
+                rss_runs = (
+                    [] if args.no_memory else peak_rss(impl, modality, dtype, args.batch, args.model, args.memory_runs)
+                )
+                rss = statistics.median(rss_runs) if rss_runs else None
                 row = {
                     "modality": modality,
                     "dtype": dtype,
@@ -301,12 +325,19 @@ def main() -> None:
                     "speedup_vs_peer_paired": speedup,
                     "fastest_peer": fastest,
                     "peak_rss_mib": rss,
+                    "peak_rss_mib_runs": rss_runs,
                 }
+                limit = ""
+                if gemm and modality == "image":
+                    row["model_tflops"] = vit_forward_flops()["total"] * args.batch / med / 1e12
+                    row["pct_of_gemm_peak"] = 100 * row["model_tflops"] / gemm[dtype]["peak_tflops"]
+                    limit = f" {row['model_tflops']:8.3f} {row['pct_of_gemm_peak']:6.1f}%"
                 results["rows"].append(row)
                 print(
                     f"{modality:8} {dtype:5} {impl:11} {med:14.4f} {args.batch / med:8.2f} "
                     + " ".join(f"{speedup[p]:18.3f}x" if p in speedup else f"{'':>19}" for p in [*peers, "fastest"])
                     + f" {'' if rss is None else f'{rss:.0f}':>12}"
+                    + limit
                 )
     if args.json:
         with open(args.json, "w") as f:

@@ -95,7 +95,7 @@ def gemm_shapes(batch: int) -> dict:
     return {"qkv": (m, WIDTH, 3 * WIDTH), "attn_out": (m, WIDTH, WIDTH), "fc1": (m, WIDTH, MLP), "fc2": (m, MLP, WIDTH)}
 
 
-def gemm_benchmark(batch: int, warmup: int, reps: int) -> dict:
+def gemm_benchmark(batch: int, warmup: int, reps: int, dtypes: tuple = ("fp32", "bf16")) -> dict:
     """Median TFLOP/s at each shape, dtype and library, interleaved; and the best per dtype.
 
     bf16: ``F.linear`` (oneDNN). fp32: ``F.linear`` (PyTorch's BLAS) and torchflava's ``linear``
@@ -103,7 +103,7 @@ def gemm_benchmark(batch: int, warmup: int, reps: int) -> dict:
     """
     g = torch.Generator().manual_seed(0)
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype in [(n, d) for n, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if n in dtypes]:
         kernels = {"F.linear": F.linear} | ({"linear": linear_mod.linear} if name == "fp32" else {})
         operands = gemm_operands(batch, dtype, g)
         times = {(shape, kernel): [] for shape in operands for kernel in kernels}
