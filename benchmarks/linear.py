@@ -48,57 +48,52 @@ SHAPES = {  # name -> (M, K, N): x (M, K) @ weight (N, K).T
     "small out": (256, 128, 128),
 }
 PATHS = {"F.linear": None, "oneDNN": {"inference": 0, "training": 0}}  # ONEDNN_FP32_MIN_MACS forcing each
+ALL_WIDTHS = {"inference": 0, "training": 0}  # ONEDNN_FP32_MIN_WIDTH: no minimum
 
 
 def call(path: str, x, w, b, grad, train: bool) -> float:
-    linear_mod.ONEDNN_FP32_MIN_MACS = PATHS[path]
-    start = time.perf_counter()
-    if train:
-        linear_mod.linear(x, w, b).backward(grad)
-        x.grad = w.grad = b.grad = None
-    else:
-        with torch.inference_mode():
-            linear_mod.linear(x, w, b)
-    return time.perf_counter() - start
+    with linear_mod.onednn_fp32_thresholds(PATHS[path], ALL_WIDTHS):
+        start = time.perf_counter()
+        if train:
+            linear_mod.linear(x, w, b).backward(grad)
+            x.grad = w.grad = b.grad = None
+        else:
+            with torch.inference_mode():
+                linear_mod.linear(x, w, b)
+        return time.perf_counter() - start
 
 
 def run(args) -> list[dict]:
     rows, gen = [], torch.Generator().manual_seed(0)
-    default = linear_mod.ONEDNN_FP32_MIN_MACS, linear_mod.ONEDNN_FP32_MIN_WIDTH
-    linear_mod.ONEDNN_FP32_MIN_WIDTH = {"inference": 0, "training": 0}
-    try:
-        for name, (m, k, n) in SHAPES.items():
-            x = torch.randn(m, k, generator=gen).requires_grad_()
-            w = (torch.randn(n, k, generator=gen) * k**-0.5).requires_grad_()
-            b = torch.randn(n, generator=gen).requires_grad_()
-            grad = torch.randn(m, n, generator=gen)
-            outs = {}
-            for path in PATHS:
-                linear_mod.ONEDNN_FP32_MIN_MACS = PATHS[path]
-                with torch.no_grad():
-                    outs[path] = linear_mod.linear(x, w, b)
-            diff = (outs["F.linear"] - outs["oneDNN"]).abs().max().item()
-            for mode in ("inference", "train"):
-                times = {path: [] for path in PATHS}
-                for rep in range(args.reps + 2):
-                    for path in round_order(list(PATHS), rep):
-                        seconds = call(path, x, w, b, grad, mode == "train")
-                        if rep >= 2:
-                            times[path].append(seconds)
-                flop = 2 * m * k * n * (3 if mode == "train" else 1)
-                med = {path: statistics.median(t) for path, t in times.items()}
-                row = {"shape": name, "mnk": [m, k, n], "mode": mode, "max_abs_diff": diff}
-                row |= {f"{path}_gflops": flop / med[path] / 1e9 for path in PATHS}
-                row["speedup"] = med["F.linear"] / med["oneDNN"]
-                rows.append(row)
-                print(
-                    f"{name:14} {m:5}x{k:4}x{n:4} {mode:9}  F.linear {row['F.linear_gflops']:6.1f}  "
-                    f"oneDNN {row['oneDNN_gflops']:6.1f} GFLOP/s  oneDNN faster {row['speedup']:.2f}x  "
-                    f"MACs {m * k * n / 2**20:6.0f} Mi  max diff {diff:.1e}",
-                    flush=True,
-                )
-    finally:
-        linear_mod.ONEDNN_FP32_MIN_MACS, linear_mod.ONEDNN_FP32_MIN_WIDTH = default
+    for name, (m, k, n) in SHAPES.items():
+        x = torch.randn(m, k, generator=gen).requires_grad_()
+        w = (torch.randn(n, k, generator=gen) * k**-0.5).requires_grad_()
+        b = torch.randn(n, generator=gen).requires_grad_()
+        grad = torch.randn(m, n, generator=gen)
+        outs = {}
+        for path in PATHS:
+            with linear_mod.onednn_fp32_thresholds(PATHS[path], ALL_WIDTHS), torch.no_grad():
+                outs[path] = linear_mod.linear(x, w, b)
+        diff = (outs["F.linear"] - outs["oneDNN"]).abs().max().item()
+        for mode in ("inference", "train"):
+            times = {path: [] for path in PATHS}
+            for rep in range(args.reps + 2):
+                for path in round_order(list(PATHS), rep):
+                    seconds = call(path, x, w, b, grad, mode == "train")
+                    if rep >= 2:
+                        times[path].append(seconds)
+            flop = 2 * m * k * n * (3 if mode == "train" else 1)
+            med = {path: statistics.median(t) for path, t in times.items()}
+            row = {"shape": name, "mnk": [m, k, n], "mode": mode, "max_abs_diff": diff}
+            row |= {f"{path}_gflops": flop / med[path] / 1e9 for path in PATHS}
+            row["speedup"] = med["F.linear"] / med["oneDNN"]
+            rows.append(row)
+            print(
+                f"{name:14} {m:5}x{k:4}x{n:4} {mode:9}  F.linear {row['F.linear_gflops']:6.1f}  "
+                f"oneDNN {row['oneDNN_gflops']:6.1f} GFLOP/s  oneDNN faster {row['speedup']:.2f}x  "
+                f"MACs {m * k * n / 2**20:6.0f} Mi  max diff {diff:.1e}",
+                flush=True,
+            )
     return rows
 
 

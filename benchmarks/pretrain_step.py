@@ -25,7 +25,7 @@ Usage::
 """
 
 import argparse
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 import gc
 import json
 import statistics
@@ -186,17 +186,14 @@ def step_fn(impl: str, model, kinds: list[str], d: dict, bf16: bool = False):
 
     def step():
         model.zero_grad(set_to_none=True)
-        limits = attention.MATH_ATTENTION_MAX_KEYS, linear.ONEDNN_FP32_MIN_MACS
-        if "sdpa" in opts:
-            attention.MATH_ATTENTION_MAX_KEYS = {}  # SDPA's fused kernel at every length
-        if "blas" in opts:
-            linear.ONEDNN_FP32_MIN_MACS = None  # F.linear for every product
-        try:
+        with ExitStack() as kernels:
+            if "sdpa" in opts:  # SDPA's fused kernel at every length
+                kernels.enter_context(attention.math_attention_limits({}))
+            if "blas" in opts:  # F.linear for every product
+                kernels.enter_context(linear.onednn_fp32_thresholds(None))
             with autocast(bf16):
                 total = sum(loss() for loss in losses)
             total.backward()
-        finally:
-            attention.MATH_ATTENTION_MAX_KEYS, linear.ONEDNN_FP32_MIN_MACS = limits
 
     return step
 

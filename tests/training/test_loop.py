@@ -28,11 +28,11 @@ ROWS, TOKENS, WORLD_SIZE = 8, 5, 2
 JOIN_TIMEOUT_S = 180
 
 
-def onednn_for_every_linear() -> None:
-    """Send even the toy's tiny fp32 products to oneDNN (forward and backward): the loop, DDP and FSDP2
-    then run through torchflava's own linear autograd function, as full-size models do."""
-    linear_module.ONEDNN_FP32_MIN_MACS = {"inference": 0, "training": 0}
-    linear_module.ONEDNN_FP32_MIN_WIDTH = {"inference": 0, "training": 0}
+def onednn_for_every_linear():
+    """Within the block, even the toy's tiny fp32 products go to oneDNN (forward and backward): the loop,
+    DDP and FSDP2 then run through torchflava's own linear autograd function, as full-size models do."""
+    everything = {"inference": 0, "training": 0}
+    return linear_module.onednn_fp32_thresholds(everything, everything)
 
 
 class Toy(nn.Module):
@@ -119,14 +119,10 @@ def settings(out, **changes):
 
 def run(out, *, data=None, step=toy_step, after_step=None, **changes) -> tuple[Toy, FitResult]:
     training, optim = settings(out, **changes)
-    thresholds = linear_module.ONEDNN_FP32_MIN_MACS, linear_module.ONEDNN_FP32_MIN_WIDTH
-    onednn_for_every_linear()
     model = Toy()
     data = ToyData(training.max_steps, accumulation=training.grad_accumulation) if data is None else data
-    try:
+    with onednn_for_every_linear():
         return model, fit(model, step, data, training=training, optim=optim, after_step=after_step, shard_layers=())
-    finally:
-        linear_module.ONEDNN_FP32_MIN_MACS, linear_module.ONEDNN_FP32_MIN_WIDTH = thresholds
 
 
 def losses(out) -> dict[int, float]:
@@ -340,7 +336,11 @@ def test_bad_arguments_are_named_before_any_work(tmp_path):
 # ------------------------------------------------------------------------------------ two ranks (gloo)
 def _worker(rank: int, init_file: str, root: str) -> None:
     torch.set_num_threads(1)
-    onednn_for_every_linear()
+    with onednn_for_every_linear():
+        _run_rank(rank, init_file, root)
+
+
+def _run_rank(rank: int, init_file: str, root: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=90)
     )

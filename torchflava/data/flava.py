@@ -113,13 +113,12 @@ class FLAVAPretrainingCollator:
         tok = self.tokenizer
         ids, attention = tok(list(texts), max_length=self.max_text_length)
         masked, labels = ids.clone(), torch.full_like(ids, self.ignore_index)
+        vocab = dict(vocab_size=tok.vocab_size, mask_token_id=tok.mask_id, special_token_ids=tok.special_ids)
         for row, seed in enumerate(seeds):
             length = int(attention[row].sum())
             out = mask_tokens(
                 ids[row : row + 1, :length],
-                vocab_size=tok.vocab_size,
-                mask_token_id=tok.mask_id,
-                special_token_ids=tok.special_ids,
+                **vocab,
                 probability=self.mlm_probability,
                 ignore_index=self.ignore_index,
                 generator=torch.Generator().manual_seed(item_seed(seed, "mlm")),

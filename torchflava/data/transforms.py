@@ -79,6 +79,11 @@ def resize_bilinear(pixels: Tensor, height: int, width: int) -> Tensor:
     return out.squeeze(0)
 
 
+def channel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """``mean`` and ``std`` as float32 (C, 1, 1) tensors, the shape :func:`normalize_channels` takes."""
+    return tuple(torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (mean, std))
+
+
 def normalize_channels(pixels: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """``(pixels - mean) / std`` per channel: pixels (C, H, W), mean and std (C, 1, 1)."""
     return pixels.sub(mean).div_(std)
@@ -122,8 +127,7 @@ class RandomCropTransform:
         if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {tuple(ratio)}")
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self._mean, self._std = channel_stats(mean, std)
 
     def crop_box(self, image_height: int, image_width: int, seed: int) -> tuple[int, int, int, int]:
         """RandomResizedCrop's box (top, left, height, width), drawn from ``seed``.
@@ -458,10 +462,7 @@ class ImageTransform:
         if not isinstance(spec, ImageTransformSpec):
             raise TypeError(f"spec must be an ImageTransformSpec, got {type(spec).__name__}")
         self.spec = spec
-        self._mean = self._std = None
-        if spec.mean is not None:
-            self._mean = torch.tensor(spec.mean, dtype=torch.float32)[:, None, None]
-            self._std = torch.tensor(spec.std, dtype=torch.float32)[:, None, None]
+        self._mean, self._std = (None, None) if spec.mean is None else channel_stats(spec.mean, spec.std)
 
     @property
     def output_size(self) -> Optional[tuple[int, int]]:
@@ -492,7 +493,7 @@ class ImageTransform:
         else:
             pixels = pixels.float()
         if self._mean is not None:
-            pixels = (pixels - self._mean) / self._std
+            pixels = normalize_channels(pixels, self._mean, self._std)
         return pixels
 
     def save(self, directory: Union[str, os.PathLike]) -> Path:

@@ -240,6 +240,25 @@ def test_math_path_is_chosen_on_cpu_with_autograd_for_short_bf16_sequences():
         assert not math_attention_wins(*image)
 
 
+def test_math_attention_limits_apply_within_the_block_only_and_refuse_bad_limits():
+    image = _qkv(s_q=197, s=197, dtype=torch.bfloat16)
+    before = dict(MATH_ATTENTION_MAX_KEYS)
+    with attention.math_attention_limits({}):
+        assert not math_attention_wins(*image)  # SDPA at every length
+    assert math_attention_wins(*image) and attention.MATH_ATTENTION_MAX_KEYS == before
+    fp32 = _qkv(s_q=4, s=8, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="inside"):  # restored when the block raises too
+        with attention.math_attention_limits({torch.float32: 8}):
+            assert math_attention_wins(*fp32)
+            raise RuntimeError("inside")
+    assert not math_attention_wins(*fp32) and attention.MATH_ATTENTION_MAX_KEYS == before
+    for bad in (None, {"bfloat16": 224}, {torch.bfloat16: -1}, {torch.bfloat16: True}, [(torch.bfloat16, 2)]):
+        with pytest.raises(ValueError, match="max_keys must be a dict from torch dtypes to non-negative ints"):
+            with attention.math_attention_limits(bad):
+                pytest.fail("entered the block")
+    assert attention.MATH_ATTENTION_MAX_KEYS == before
+
+
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_training_forward_takes_the_math_path_with_sdpa_values_and_gradients(is_causal, monkeypatch):
     # The module's wiring (masks, causal, query subsets) checked in fp32, where both paths agree to
@@ -263,8 +282,7 @@ def test_training_forward_takes_the_math_path_with_sdpa_values_and_gradients(is_
         got = run(**kwargs)
         assert calls, kwargs
         calls.clear()
-        with monkeypatch.context() as m:
-            m.setattr(attention, "MATH_ATTENTION_MAX_KEYS", {})
+        with attention.math_attention_limits({}):
             want = run(**kwargs)
         assert not calls
         for g, w in zip(got, want):

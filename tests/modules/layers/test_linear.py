@@ -217,3 +217,28 @@ def test_blocks_train_alike_on_both_paths(monkeypatch):
         blocks.zero_grad(set_to_none=True)
     for a, b in zip(*results):
         assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_fp32_thresholds_apply_within_the_block_only_and_refuse_bad_thresholds():
+    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    before = linear.ONEDNN_FP32_MIN_MACS, linear.ONEDNN_FP32_MIN_WIDTH
+    with linear.onednn_fp32_thresholds(FORCED, FORCED):
+        assert onednn_linear_wins(x, w, training=False)
+        with linear.onednn_fp32_thresholds(None):  # nested: F.linear for everything, widths kept
+            assert not onednn_linear_wins(x, w, training=False)
+            assert linear.ONEDNN_FP32_MIN_WIDTH == FORCED
+        assert onednn_linear_wins(x, w, training=True)
+    assert (linear.ONEDNN_FP32_MIN_MACS, linear.ONEDNN_FP32_MIN_WIDTH) == before
+    with pytest.raises(RuntimeError, match="inside"):  # restored when the block raises too
+        with linear.onednn_fp32_thresholds(FORCED, FORCED):
+            raise RuntimeError("inside")
+    assert (linear.ONEDNN_FP32_MIN_MACS, linear.ONEDNN_FP32_MIN_WIDTH) == before
+    bad = ({"inference": 0}, {"inference": 0, "training": -1}, {"inference": 0, "training": 1.5}, 0, "all")
+    for macs in bad:
+        with pytest.raises(ValueError, match="min_macs must be a dict of non-negative ints keyed inference and"):
+            with linear.onednn_fp32_thresholds(macs):
+                pytest.fail("entered the block")
+    with pytest.raises(ValueError, match="min_width must be a dict"):
+        with linear.onednn_fp32_thresholds(FORCED, {"training": 0, "inference": None}):
+            pytest.fail("entered the block")
+    assert (linear.ONEDNN_FP32_MIN_MACS, linear.ONEDNN_FP32_MIN_WIDTH) == before

@@ -13,7 +13,8 @@ tensor (the same positions in every row) or a (B, P) long tensor (per-row positi
 row's end-of-text token); outputs are then (B, P, D).
 """
 
-from typing import Optional, Union
+from contextlib import contextmanager
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +72,28 @@ def _query_index(positions: Optional[Positions], seq_len: int, device: torch.dev
 # fp32 is not listed: there the matmul path won 10-30% on attention alone but nothing measurable in
 # a whole training step (the tiny FLAVA recipe: 0.377 against 0.380 s per step, interleaved).
 MATH_ATTENTION_MAX_KEYS = {torch.bfloat16: 224}
+
+
+@contextmanager
+def math_attention_limits(max_keys: dict[torch.dtype, int]) -> Iterator[None]:
+    """Within the block, :func:`math_attention_wins` reads ``max_keys`` instead of
+    :data:`MATH_ATTENTION_MAX_KEYS` (``{}``: SDPA's fused kernel at every length); restored after.
+
+    Raises:
+        ValueError: if ``max_keys`` is not a dict from torch dtypes to non-negative ints.
+    """
+    global MATH_ATTENTION_MAX_KEYS
+    if not (
+        isinstance(max_keys, dict)
+        and all(isinstance(k, torch.dtype) for k in max_keys)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in max_keys.values())
+    ):
+        raise ValueError(f"max_keys must be a dict from torch dtypes to non-negative ints, got {max_keys!r}")
+    saved, MATH_ATTENTION_MAX_KEYS = MATH_ATTENTION_MAX_KEYS, dict(max_keys)
+    try:
+        yield
+    finally:
+        MATH_ATTENTION_MAX_KEYS = saved
 
 
 def math_attention_wins(q: Tensor, k: Tensor, v: Tensor) -> bool:

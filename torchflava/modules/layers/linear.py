@@ -21,7 +21,8 @@ they need F.linear's batching and derivative rules). Both compute the same sums 
 results differ by rounding (~1e-7 relative).
 """
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +69,49 @@ def default_onednn_min_macs(vendor: str, capability: str) -> Optional[dict[str, 
 ONEDNN_FP32_MIN_MACS: Optional[dict[str, int]] = default_onednn_min_macs(
     cpu_vendor(), torch.backends.cpu.get_cpu_capability()
 )
+
+
+
+def _check_thresholds(name: str, value: object) -> None:
+    if not (
+        isinstance(value, dict)
+        and set(value) == {"inference", "training"}
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
+    ):
+        raise ValueError(f"{name} must be a dict of non-negative ints keyed inference and training, got {value!r}")
+
+
+@contextmanager
+def onednn_fp32_thresholds(
+    min_macs: Optional[dict[str, int]], min_width: Optional[dict[str, int]] = None
+) -> Iterator[None]:
+    """Within the block, :func:`linear` uses these thresholds; the previous ones come back after it.
+
+    For measuring a machine (benchmarks/linear.py) and for tests; to change them for good, set
+    :data:`ONEDNN_FP32_MIN_MACS` and :data:`ONEDNN_FP32_MIN_WIDTH`.
+
+    Args:
+        min_macs (Optional[dict[str, int]]): smallest product, keyed ``"inference"`` and
+            ``"training"``; None sends every product to ``F.linear``.
+        min_width (Optional[dict[str, int]]): smallest input and output width, keyed the same;
+            None keeps the current ones.
+
+    Raises:
+        ValueError: if either is not None or a dict of non-negative ints with exactly those keys.
+    """
+    global ONEDNN_FP32_MIN_MACS, ONEDNN_FP32_MIN_WIDTH
+    if min_macs is not None:
+        _check_thresholds("min_macs", min_macs)
+    if min_width is not None:
+        _check_thresholds("min_width", min_width)
+    saved = ONEDNN_FP32_MIN_MACS, ONEDNN_FP32_MIN_WIDTH
+    ONEDNN_FP32_MIN_MACS = None if min_macs is None else dict(min_macs)
+    ONEDNN_FP32_MIN_WIDTH = dict(ONEDNN_FP32_MIN_WIDTH if min_width is None else min_width)
+    try:
+        yield
+    finally:
+        ONEDNN_FP32_MIN_MACS, ONEDNN_FP32_MIN_WIDTH = saved
+
 
 _PLAIN = (Tensor, nn.Parameter)
 _ONEDNN = (
