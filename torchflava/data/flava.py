@@ -19,7 +19,7 @@ from torchflava.data.mixing import Another, MixedBatches, item_seed
 from torchflava.data.samples import Sample
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PretrainingImageTransform
-from torchflava.modules.masking import block_mask, mask_tokens
+from torchflava.modules.masking import TokenMasker, block_mask
 
 KINDS = ("pairs", "images", "texts")
 
@@ -84,6 +84,13 @@ class FLAVAPretrainingCollator:
         self.mlm_probability = mlm_probability
         self.itm_negative_probability = itm_negative_probability
         self.ignore_index = ignore_index
+        self.token_masker = TokenMasker(
+            vocab_size=tokenizer.vocab_size,
+            mask_token_id=tokenizer.mask_id,
+            special_token_ids=tokenizer.special_ids,
+            probability=mlm_probability,
+            ignore_index=ignore_index,
+        )
 
     def images(self, images: Sequence, seeds: Sequence[int]) -> dict[str, Tensor]:
         """Pixels, block patch masks and codebook ids (or codebook pixels) of ``images``."""
@@ -110,20 +117,9 @@ class FLAVAPretrainingCollator:
 
     def texts(self, texts: Sequence[str], seeds: Sequence[int]) -> dict[str, Tensor]:
         """Ids, attention mask, BERT-masked ids and MLM labels of ``texts`` (padded to the longest)."""
-        tok = self.tokenizer
-        ids, attention = tok(list(texts), max_length=self.max_text_length)
-        masked, labels = ids.clone(), torch.full_like(ids, self.ignore_index)
-        vocab = dict(vocab_size=tok.vocab_size, mask_token_id=tok.mask_id, special_token_ids=tok.special_ids)
-        for row, seed in enumerate(seeds):
-            length = int(attention[row].sum())
-            out = mask_tokens(
-                ids[row : row + 1, :length],
-                **vocab,
-                probability=self.mlm_probability,
-                ignore_index=self.ignore_index,
-                generator=torch.Generator().manual_seed(item_seed(seed, "mlm")),
-            )
-            masked[row, :length], labels[row, :length] = out.input_ids[0], out.labels[0]
+        ids, attention = self.tokenizer(list(texts), max_length=self.max_text_length)
+        generators = [torch.Generator().manual_seed(item_seed(seed, "mlm")) for seed in seeds]
+        masked, labels = self.token_masker.rows(ids, attention.sum(1).tolist(), generators)
         return {"text": ids, "text_attention_mask": attention, "text_masked": masked, "mlm_labels": labels}
 
     def __call__(

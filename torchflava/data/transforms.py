@@ -44,17 +44,22 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def pil_to_uint8(image: Image.Image) -> Tensor:
+def pil_to_uint8(image: Image.Image, box: Optional[tuple[int, int, int, int]] = None) -> Tensor:
     """(C, H, W) uint8 pixels of an 8-bit PIL image, a channels-last view of a copy of its data.
 
     Args:
         image (Image.Image): an image of mode RGB (or L).
+        box (Optional[tuple[int, int, int, int]]): (top, left, height, width): only this region
+            (inside the image); None for the whole image.
 
     Returns:
         Tensor: (C, H, W) uint8, strides (1, W * C, C).
     """
-    array = np.array(image, dtype=np.uint8, copy=True)
-    return torch.from_numpy(array).view(image.height, image.width, -1).permute(2, 0, 1)
+    array = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
+    if box is not None:
+        top, left, height, width = box
+        array = array[top : top + height, left : left + width]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # a writable, C-ordered copy
 
 
 def uint8_to_unit(pixels: Tensor) -> Tensor:
@@ -158,8 +163,8 @@ class RandomCropTransform:
         """The seeded crop at model size, (3, image_size, image_size) in [0, 1], not normalised."""
         image = to_rgb(image)
         top, left, height, width = self.crop_box(image.height, image.width, seed)
-        pixels = uint8_to_unit(pil_to_uint8(image))[:, top : top + height, left : left + width]
-        return resize_bilinear(pixels, self.image_size, self.image_size)
+        pixels = pil_to_uint8(image, box=(top, left, height, width))  # only the crop is converted
+        return resize_bilinear(uint8_to_unit(pixels), self.image_size, self.image_size)
 
     def normalize(self, pixels: Tensor) -> Tensor:
         """(3, H, W) pixels in [0, 1], normalised with this transform's mean and std."""

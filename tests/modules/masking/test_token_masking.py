@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from torchflava.modules.masking import MaskedTokens, mask_tokens
+from torchflava.modules.masking import MaskedTokens, TokenMasker, mask_tokens
 
 VOCAB = 1000
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
@@ -184,3 +184,45 @@ def test_bad_arguments(ids, kwargs, error, match):
         ids = torch.zeros(2, 5, dtype=torch.long)
     with pytest.raises(error, match=match):
         mask_tokens(ids, **{**GOOD, **kwargs})
+
+
+@pytest.mark.parametrize("replace_with_random", [0.1, 0.0])
+def test_rows_equal_one_call_per_row_on_its_own_generator(replace_with_random):
+    # The collator masks every caption from the caption's own generator; rows() does it in one pass
+    # and must give exactly what one call per row (sliced to its length) gives, padding ignored.
+    ids, padding = text_batch(16, 12, seed=3)
+    lengths = (~padding).sum(1).tolist()
+    lengths[0], lengths[1] = 0, 1  # an empty row and a row of one (special) token
+    settings = dict(vocab_size=VOCAB, mask_token_id=MASK, special_token_ids=SPECIAL, probability=0.3)
+    masker = TokenMasker(**settings, replace_with_random=replace_with_random, ignore_index=-7)
+    got = masker.rows(ids, lengths, [torch.Generator().manual_seed(100 + r) for r in range(16)])
+    assert torch.equal(got.input_ids[0], ids[0]) and (got.labels[0] == -7).all()  # empty row: nothing drawn
+    for row, n in enumerate(lengths[1:], start=1):
+        want = mask_tokens(
+            ids[row : row + 1, :n],
+            **settings,
+            replace_with_random=replace_with_random,
+            ignore_index=-7,
+            generator=torch.Generator().manual_seed(100 + row),
+        )
+        assert torch.equal(got.input_ids[row, :n], want.input_ids[0]), row
+        assert torch.equal(got.labels[row, :n], want.labels[0]), row
+        assert torch.equal(got.input_ids[row, n:], ids[row, n:]), row  # padding untouched
+        assert (got.labels[row, n:] == -7).all(), row
+    assert (got.labels != -7).sum() > 16  # something was selected
+
+
+def test_rows_refuse_mismatched_lengths_and_generators():
+    masker = TokenMasker(**GOOD)
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    g = [torch.Generator(), torch.Generator()]
+    with pytest.raises(ValueError, match="one entry per row \\(2\\), got 1 and 2"):
+        masker.rows(ids, [5], g)
+    with pytest.raises(ValueError, match="one entry per row \\(2\\), got 2 and 1"):
+        masker.rows(ids, [5, 5], g[:1])
+    with pytest.raises(ValueError, match="lengths must be in \\[0, 5\\]"):
+        masker.rows(ids, [5, 6], g)
+    with pytest.raises(TypeError, match="generators must be torch.Generator"):
+        masker.rows(ids, [5, 5], [0, 1])
+    with pytest.raises(ValueError, match="vocab"):  # ids outside the vocabulary
+        masker.rows(torch.full((2, 5), 10**6), [5, 5], g)

@@ -86,11 +86,13 @@ class DalleResidualBlock(nn.Module):
         Returns:
             Tensor: (B, out_dim, H, W).
         """
+        # In place on the convolutions' fresh outputs (their backward needs only their inputs): at
+        # the first group's width each pass is a full-size tensor, so fewer allocations count.
         h = self.conv1(F.relu(x))
-        h = self.conv2(F.relu(h))
-        h = self.conv3(F.relu(h))
-        h = self.conv4(F.relu(h))
-        return self.skip(x) + self.post_gain * h
+        h = self.conv2(F.relu(h, inplace=True))
+        h = self.conv3(F.relu(h, inplace=True))
+        h = self.conv4(F.relu(h, inplace=True))
+        return h.mul_(self.post_gain).add_(self.skip(x))  # skip(x) + post_gain * h, the same sums
 
 
 class DalleEncoder(nn.Module):

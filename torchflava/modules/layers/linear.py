@@ -71,7 +71,6 @@ ONEDNN_FP32_MIN_MACS: Optional[dict[str, int]] = default_onednn_min_macs(
 )
 
 
-
 def _check_thresholds(name: str, value: object) -> None:
     if not (
         isinstance(value, dict)

@@ -5,11 +5,12 @@ Boolean masks mean ``True = masked``; every function draws from an optional ``to
 
 from torchflava.modules.masking.block_masking import block_mask, block_masks
 from torchflava.modules.masking.itm import ItmSample, itm_negatives
-from torchflava.modules.masking.token_masking import MaskedTokens, mask_tokens
+from torchflava.modules.masking.token_masking import MaskedTokens, TokenMasker, mask_tokens
 
 __all__ = [
     "ItmSample",
     "MaskedTokens",
+    "TokenMasker",
     "block_mask",
     "block_masks",
     "itm_negatives",

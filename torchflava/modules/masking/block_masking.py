@@ -60,14 +60,21 @@ def _check_block_args(
 
 
 def _place_block(
-    mask: Tensor, budget: int, min_block: int, log_aspect: tuple[float, float], generator: Optional[torch.Generator]
+    grid: list[bytearray],
+    budget: int,
+    min_block: int,
+    log_aspect: tuple[float, float],
+    generator: Optional[torch.Generator],
 ) -> int:
     """Try up to MAX_ATTEMPTS random rectangles; mask the first one that adds 1..``budget`` patches.
+
+    ``grid`` holds the mask's rows, 1 = masked (plain Python: at these sizes a tensor's per-call cost
+    would dominate).
 
     Returns:
         int: the number of newly masked patches (0 when every attempt failed).
     """
-    height, width = mask.shape
+    height, width = len(grid), len(grid[0])
     device = generator.device if generator is not None else "cpu"
     for _ in range(MAX_ATTEMPTS):
         draws = torch.rand(4, generator=generator, dtype=torch.float64, device=device)
@@ -81,10 +88,11 @@ def _place_block(
             continue
         top = min(int(u_top * (height - h + 1)), height - h)
         left = min(int(u_left * (width - w + 1)), width - w)
-        block = mask[top : top + h, left : left + w]
-        added = h * w - int(block.sum())
+        rows = grid[top : top + h]
+        added = h * w - sum(sum(row[left : left + w]) for row in rows)
         if 0 < added <= budget:
-            block.fill_(True)
+            for row in rows:
+                row[left : left + w] = b"\x01" * w
             return added
     return 0
 
@@ -151,14 +159,15 @@ def _block_mask(
     generator: Optional[torch.Generator],
 ) -> Tensor:
     """block_mask on validated arguments."""
-    mask = torch.zeros(height, width, dtype=torch.bool)
+    grid = [bytearray(width) for _ in range(height)]
     log_aspect = (math.log(min_aspect), math.log(max_aspect))
     count = 0
     while count < num_masked:
-        added = _place_block(mask, min(num_masked - count, max_block), min_block, log_aspect, generator)
+        added = _place_block(grid, min(num_masked - count, max_block), min_block, log_aspect, generator)
         if added == 0:
             break
         count += added
+    mask = torch.frombuffer(bytearray(b"".join(grid)), dtype=torch.bool).view(height, width)
     assert int(mask.sum()) == count <= num_masked
     return mask
 
