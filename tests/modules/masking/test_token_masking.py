@@ -222,6 +222,13 @@ def test_rows_refuse_mismatched_lengths_and_generators():
         masker.rows(ids, [5, 5], g[:1])
     with pytest.raises(ValueError, match="lengths must be in \\[0, 5\\]"):
         masker.rows(ids, [5, 6], g)
+    with pytest.raises(TypeError, match="lengths must be ints \\(or an integer tensor\\), got \\[5, 2.5\\]"):
+        masker.rows(ids, [5, 2.5], g)
+    with pytest.raises(TypeError, match="lengths must be ints"):
+        masker.rows(ids, torch.tensor([5.0, 2.0]), g)
+    a = masker.rows(ids + 200, torch.tensor([5, 3]), [torch.Generator().manual_seed(i) for i in range(2)])
+    b = masker.rows(ids + 200, [5, 3], [torch.Generator().manual_seed(i) for i in range(2)])
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
     with pytest.raises(TypeError, match="generators must be torch.Generator"):
         masker.rows(ids, [5, 5], [0, 1])
     with pytest.raises(ValueError, match="vocab"):  # ids outside the vocabulary

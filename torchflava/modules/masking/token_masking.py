@@ -158,21 +158,23 @@ class TokenMasker:
 
         Args:
             input_ids (Tensor): (B, L) integer token ids in [0, vocab_size), on the CPU.
-            lengths (Sequence[int]): B row lengths, each in [0, L].
+            lengths (Sequence[int]): B row lengths, each in [0, L] (a list of ints or an integer tensor).
             generators (Sequence[torch.Generator]): B CPU generators, one per row.
 
         Returns:
             MaskedTokens: as :meth:`__call__`; label ``ignore_index`` past each row's length.
 
         Raises:
-            TypeError: if ``input_ids`` is not an integer tensor or a generator is not a
-                ``torch.Generator``.
+            TypeError: if ``input_ids`` is not an integer tensor, a length not an int or a
+                generator not a ``torch.Generator``.
             ValueError: if ``input_ids`` is not (B, L) or holds ids outside [0, vocab_size), or
                 ``lengths`` or ``generators`` do not hold B entries, or a length is outside [0, L].
         """
         check_token_ids(input_ids, self.vocab_size)
         batch, width = input_ids.shape
-        lengths = [int(n) for n in lengths]
+        lengths = lengths.tolist() if isinstance(lengths, Tensor) else list(lengths)
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in lengths):
+            raise TypeError(f"lengths must be ints (or an integer tensor), got {lengths}")
         if len(lengths) != batch or len(generators) != batch:
             raise ValueError(
                 f"lengths and generators must hold one entry per row ({batch}), got {len(lengths)} and {len(generators)}"
