@@ -271,7 +271,7 @@ def main() -> None:
         f"ViT-B/16 forward {flops['total'] / 1e9:.2f} GFLOP per image"
     )
 
-    gemm_before = gemm_benchmark(args.batch, 2, args.gemm_reps)
+    gemm_before = gemm_benchmark(args.batch, 2, args.gemm_reps, dtypes)
     models = {impl: build(impl) for impl in impls}
     images = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 
@@ -294,9 +294,9 @@ def main() -> None:
         times, errors = time_interleaved(steps, images, mode, dtype, warmup, args.reps)
         timings.append((mode, dtype, compiled, times, errors))
         torch._inductor.config.freezing = False
-    gemm_after = gemm_benchmark(args.batch, 2, args.gemm_reps)
+    gemm_after = gemm_benchmark(args.batch, 2, args.gemm_reps, dtypes)
     gemm = {}
-    for dtype in ("fp32", "bf16"):
+    for dtype in dtypes:
         per_shape = {
             shape: max(gemm_before[dtype]["tflops_per_shape"][shape], gemm_after[dtype]["tflops_per_shape"][shape])
             for shape in gemm_shapes(args.batch)
