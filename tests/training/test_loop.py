@@ -18,6 +18,7 @@ from tests.helpers import run_ranks
 from torchflava.modules.encoders import transformer_encoder
 from torchflava.modules.layers import Linear, TransformerEncoderLayer
 from torchflava.modules.layers import linear as linear_module
+from torchflava.training import loop as loop_module
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
 from torchflava.training.loop import FitResult, StepOutput, fit
@@ -194,6 +195,16 @@ def test_after_step_hook_runs_after_every_optimiser_step(tmp_path):
     assert float(free.gain.detach()) > 1.05  # without the hook the gain keeps growing
     assert calls == [1, 2, 3, 4, 5, 6]  # once per step, after that step's forward
     assert float(clamped.gain.detach()) == pytest.approx(1.02) and all(g <= 1.02 + 1e-6 for g in seen)
+
+
+def test_the_loop_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(loop_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    kept, _ = run(tmp_path / "default", max_steps=2)
+    assert calls == [1]  # once, before the first step
+    off, _ = run(tmp_path / "off", max_steps=2, keep_freed_memory=False)
+    assert calls == [1]
+    assert torch.equal(kept.gain, off.gain)  # an allocator setting: the same training
 
 
 def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):

@@ -1,0 +1,57 @@
+"""keep_freed_memory: glibc malloc keeps what the process frees (no page faults to get it back)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from torchflava.utils import memory
+from torchflava.utils.memory import MAX_MMAP_THRESHOLD, keep_freed_memory
+
+# A child allocates and touches 24 blocks of 8 MiB, frees them all and reports how much of that its
+# resident memory still holds: glibc, left to itself, trims the heap's free top and unmaps big blocks.
+CHILD = """
+import json, sys
+from torchflava.utils.memory import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+def rss():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
+before = rss()
+blocks = [bytearray(8 << 20) for _ in range(24)]
+for block in blocks:
+    block[::4096] = b"\\x01" * len(block[::4096])  # touch every page
+held = rss()
+del blocks
+print(json.dumps({"kept": kept, "held": held - before, "after_free": rss() - before}))
+"""
+
+
+def child(mode: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(memory._mallopt() is None or not sys.platform.startswith("linux"), reason="needs glibc")
+def test_freed_memory_stays_in_the_process_only_when_asked():
+    default, keep = child("default"), child("keep")
+    assert keep["kept"] is True
+    assert default["held"] > 150 and keep["held"] > 150  # 192 MiB touched
+    assert keep["after_free"] > 150  # still resident: the next allocations reuse it without faults
+    assert default["after_free"] < 50  # glibc's own thresholds gave it back
+
+
+def test_thresholds_are_checked():
+    with pytest.raises(ValueError, match="mmap_threshold must be at most 33554432"):
+        keep_freed_memory(mmap_threshold=MAX_MMAP_THRESHOLD + 1)
+    with pytest.raises(ValueError, match="mmap_threshold must be >= 1, got 0"):
+        keep_freed_memory(mmap_threshold=0)
+    with pytest.raises(TypeError, match="trim_threshold must be an int, got float"):
+        keep_freed_memory(trim_threshold=1e9)
+    with pytest.raises(ValueError, match="trim_threshold must be below 2\\*\\*31"):
+        keep_freed_memory(trim_threshold=1 << 31)
+
+
+def test_without_glibc_nothing_is_changed(monkeypatch):
+    monkeypatch.setattr(memory, "_mallopt", lambda: None)
+    assert keep_freed_memory() is False
