@@ -25,6 +25,7 @@ from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, li
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
 from torchflava.utils.cli import run_command
+from torchflava.utils.memory import keep_freed_memory
 
 
 @torch.no_grad()
@@ -124,4 +125,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a command's own process: freed activations stay for the next batch (utils.memory)
     run_command(main)

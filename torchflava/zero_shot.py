@@ -28,6 +28,7 @@ from torchflava.data.samples import BadSample
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
 from torchflava.utils.cli import run_command
+from torchflava.utils.memory import keep_freed_memory
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 
@@ -186,4 +187,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a command's own process: freed activations stay for the next batch (utils.memory)
     run_command(main)
