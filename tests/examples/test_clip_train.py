@@ -62,7 +62,7 @@ def test_a_run_learns_exports_and_reports(tmp_path):
     ids = torch.tensor([[2, 7, 9, 3, 0], [2, 8, 3, 0, 0]])
     features = model.encode_text(ids, (ids != 0).long())
     assert features.shape == (2, kwargs["embed_dim"]) and torch.allclose(features.norm(dim=-1), torch.ones(2))
-    assert float(model.logit_scale) <= train.MAX_LOGIT_SCALE + 1e-6
+    assert float(model.logit_scale.detach()) <= train.MAX_LOGIT_SCALE + 1e-6
     assert (tmp_path / "loss_curve.png").is_file() and (tmp_path / "report.json").is_file()
 
 
