@@ -418,12 +418,19 @@ def test_the_tensor_steps_equal_torchvision_to_the_bit(photo, size):
         crop = unit[:, box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
         expected = v2.functional.resized_crop(unit, *box, list(size), antialias=True)
         assert torch.equal(resize_bilinear(crop, *size), expected)
+        boxed = pil_to_uint8(image, box=box)  # only the box converted: the same pixels and layout
+        assert torch.equal(boxed, reference[:, box[0] : box[0] + box[2], box[1] : box[1] + box[3]])
+        assert boxed.stride() == (1, box[3] * 3, 3)
+        assert torch.equal(resize_bilinear(uint8_to_unit(boxed), *size), expected)
         mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
         assert torch.equal(
             normalize_channels(expected, mean, std), v2.Normalize(list(CLIP_MEAN), list(CLIP_STD))(expected)
         )
     same = uint8_to_unit(pil_to_uint8(photo))
     assert resize_bilinear(same, photo.height, photo.width) is same  # no resize to the same size
+    for box in ((0, 0, photo.height + 1, 1), (-1, 0, 2, 2), (0, photo.width - 1, 1, 2), (0, 0, 0, 3)):
+        with pytest.raises(ValueError, match=f"box \\(top, left, height, width\\) must lie inside the {photo.width}x"):
+            pil_to_uint8(photo, box=box)
 
 
 def test_the_pretraining_transform_equals_torchvision_s_pipeline(photo):

@@ -53,6 +53,10 @@ class FLAVAPretrainingCollator:
         mlm_probability (float): share of text tokens selected for MLM / MMM-text.
         itm_negative_probability (float): chance that a pair's caption is swapped for another's.
         ignore_index (int): label of positions without a target.
+
+    Raises:
+        ValueError: if ``num_masked_patches`` or ``itm_negative_probability`` is out of range, or
+            ``mlm_probability`` is not in (0, 1] (:class:`~torchflava.modules.masking.TokenMasker`).
     """
 
     def __init__(

@@ -54,10 +54,17 @@ def pil_to_uint8(image: Image.Image, box: Optional[tuple[int, int, int, int]] = 
 
     Returns:
         Tensor: (C, H, W) uint8, strides (1, W * C, C).
+
+    Raises:
+        ValueError: if ``box`` is empty or reaches outside the image.
     """
     array = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
     if box is not None:
         top, left, height, width = box
+        if not (0 <= top and 0 <= left and 0 < height <= image.height - top and 0 < width <= image.width - left):
+            raise ValueError(
+                f"box (top, left, height, width) must lie inside the {image.width}x{image.height} image, got {box}"
+            )
         array = array[top : top + height, left : left + width]
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # a writable, C-ordered copy
 
