@@ -299,7 +299,9 @@ def test_lr_multipliers_scale_each_modules_learning_rate(tmp_path):
     frozen, _ = run(tmp_path / "frozen", max_steps=3, lr_multipliers={"linear": 0.0})
     assert_close(params(frozen)["linear.weight"], params(Toy())["linear.weight"], atol=0, rtol=0)
     assert_close(params(frozen)["linear.bias"], params(Toy())["linear.bias"], atol=0, rtol=0)
-    assert float(frozen.gain.detach()) != 1.0 and not torch.equal(params(base)["linear.weight"], params(Toy())["linear.weight"])
+    assert float(frozen.gain.detach()) != 1.0 and not torch.equal(
+        params(base)["linear.weight"], params(Toy())["linear.weight"]
+    )
 
     # The schedule scales every group from its own peak; a resumed run keeps the multipliers.
     def killed():
