@@ -16,7 +16,6 @@ and says so by returning False.
 """
 
 import ctypes
-import ctypes.util
 from typing import Optional
 
 from torchflava.utils.checks import check_int
@@ -29,12 +28,13 @@ MAX_MMAP_THRESHOLD = 32 << 20
 
 
 def _mallopt() -> Optional[object]:
-    """glibc's ``mallopt``, or None where the C library has none (not glibc)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's ``mallopt``, or None where the C library has none (not glibc).
+
+    Looked up among the symbols the process already has loaded (``CDLL(None)``): no search for the
+    library file, which ``ctypes.util.find_library`` may do by running ``ldconfig`` or a compiler.
+    """
     try:
-        return getattr(ctypes.CDLL(name), "mallopt", None)
+        return getattr(ctypes.CDLL(None), "mallopt", None)
     except OSError:
         return None
 
