@@ -15,6 +15,7 @@ the final report.
 """
 
 from dataclasses import asdict, dataclass, field
+import functools
 import json
 from pathlib import Path
 import sys
@@ -38,7 +39,7 @@ from torchflava.data.streaming import (
 from torchflava.data.tokenizer import WordPieceTokenizer, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
-from torchflava.models import FLAVAForPretraining, flava_model, flava_model_for_pretraining
+from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
 from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
@@ -225,12 +226,15 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         ]
         + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
     )
-    # every size and choice of the model sections, checked by the builders themselves (no memory used)
+    # every size and choice of the model sections, checked by the builders themselves (no memory
+    # used), then the multipliers' module names against the pretraining model around that same meta
+    # backbone (built once: cached)
+    backbone = functools.cache(lambda: flava_model(**flava_model_kwargs(m, max(d.vocab_size, 16))))
     raise_on_failed_checks(
         [
-            builds_on_meta("model", lambda: flava_model(**flava_model_kwargs(m, max(d.vocab_size, 16)))),
+            builds_on_meta("model", backbone),
             builds_on_meta("codebook", lambda: build_codebook(cfg, seeded=False)),
-            lr_multipliers_check(lambda: build_model(cfg, max(d.vocab_size, 16), pretrained=False), cfg.optim),
+            lr_multipliers_check(lambda: pretraining_model(cfg, backbone()), cfg.optim),
         ]
     )
 
@@ -355,7 +359,11 @@ def flava_model_kwargs(cfg: ModelConfig, vocab_size: int) -> dict:
 def build_model(cfg: TrainConfig, vocab_size: int, pretrained: bool = True) -> FLAVAForPretraining:
     """The model the run trains; ``pretrained=False`` leaves ``model.pretrained``'s weights unread."""
     weights = cfg.model.pretrained if pretrained else None
-    backbone = flava_model(pretrained=weights, **flava_model_kwargs(cfg.model, vocab_size))
+    return pretraining_model(cfg, flava_model(pretrained=weights, **flava_model_kwargs(cfg.model, vocab_size)))
+
+
+def pretraining_model(cfg: TrainConfig, backbone: FLAVAModel) -> FLAVAForPretraining:
+    """``cfg.pretraining``'s heads and losses around ``backbone`` (the codebook runs in the data pipeline)."""
     return flava_model_for_pretraining(backbone=backbone, build_codebook=False, **asdict(cfg.pretraining))
 
 

@@ -85,9 +85,7 @@ class FLAVAPretrainingCollator:
         self.max_text_length = max_text_length
         self.num_masked_patches = num_masked_patches
         self.min_mask_block = min_mask_block
-        self.mlm_probability = mlm_probability
         self.itm_negative_probability = itm_negative_probability
-        self.ignore_index = ignore_index
         self.token_masker = TokenMasker(
             vocab_size=tokenizer.vocab_size,
             mask_token_id=tokenizer.mask_id,

@@ -113,11 +113,9 @@ def onednn_fp32_thresholds(
 
 
 _PLAIN = (Tensor, nn.Parameter)
-_ONEDNN = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    and hasattr(torch.ops.aten, "mkldnn_linear_backward_input")
-)
+# Whether this PyTorch build runs linears through oneDNN (also read by packed_linear.py).
+ONEDNN_LINEAR_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_ONEDNN = ONEDNN_LINEAR_AVAILABLE and hasattr(torch.ops.aten, "mkldnn_linear_backward_input")
 
 
 def _onednn_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:

@@ -17,17 +17,17 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from torchflava.modules.layers.linear import ONEDNN_LINEAR_AVAILABLE
+
 PACKED_DTYPES = (torch.bfloat16,)
 
 
 @functools.lru_cache(maxsize=None)
 def onednn_packing_available(dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether this PyTorch build and CPU can run oneDNN linears on pre-packed ``dtype`` weights."""
-    ops = torch.ops.mkldnn
     return (
-        torch.backends.mkldnn.is_available()
-        and hasattr(ops, "_reorder_linear_weight")
-        and hasattr(ops, "_linear_pointwise")
+        ONEDNN_LINEAR_AVAILABLE
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and (dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported())
     )
 
