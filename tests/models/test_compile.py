@@ -100,8 +100,11 @@ def test_value_checks_hold_inside_compiled_graphs(flava, clip):
     encode = torch.compile(flava.encode_text, fullgraph=True, backend="aot_eager")
     with pytest.raises(RuntimeError, match=r"text must be in \[0, 99\) \(the vocabulary size\), got values outside it"):
         encode(ids + 200, mask)
-    with pytest.raises(RuntimeError, match="marks every token of a row as padding"):
-        encode(ids, mask * 0)
+    for bad in (mask * 0, mask * 2):  # a row without a token; a value other than 0 and 1
+        with pytest.raises(
+            RuntimeError, match="must hold 1 \\(token\\) and 0 \\(padding\\) only, with a token in every row"
+        ):
+            encode(ids, bad)
     ids, mask = captions([6, 4], 8, vocab=99, bos=96, eos=EOS)
     lacking = ids.clone()
     lacking[1, 3] = 5

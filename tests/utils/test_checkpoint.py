@@ -1,8 +1,13 @@
 """Reading and writing state dicts: file formats, Hugging Face directories, sharded indexes, atomic writes."""
 
+import functools
+import http.server
 import json
 import os
 from pathlib import Path
+import socket
+import threading
+import time
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -261,3 +266,134 @@ def test_exports_get_normal_permissions_and_a_killed_writers_temporary_is_remove
         os.umask(old_umask)
     assert not stale.exists() and live.exists()
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+# ------------------------------------------------------------------------------------- bad checkpoints
+@pytest.mark.parametrize("content", [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{}", b"PK\x03\x04 a zip, not safetensors"])
+def test_malformed_safetensors_files_raise_value_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "model.safetensors"
+    save_file(_tensors(), str(path))
+    truncated = path.read_bytes()[:-7]
+    for data in (content, truncated):
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=r"could not read .*model\.safetensors as a safetensors file") as info:
+            load_state_dict(tmp_path)
+        assert "\n" not in str(info.value)
+
+
+def test_refused_pickles_are_reported_in_one_line(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": PickleExploit(str(tmp_path / "ran"))}, path)
+    with pytest.raises(ValueError, match="weights_only=True") as info:
+        load_state_dict(path)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize(
+    "index, match",
+    [
+        ("{not json", "is not a JSON checkpoint index"),
+        (json.dumps({"weight_map": ["a.safetensors"]}), "expected a 'weight_map' of tensor names"),
+        (json.dumps({"weight_map": {"a": 3}}), "expected a 'weight_map' of tensor names"),
+        (json.dumps({"weight_map": {"a": "model.safetensors.index.json"}}), "no directories, no index"),
+        (json.dumps({"weight_map": {"a": "../outside.safetensors"}}), "no directories, no index"),
+        (json.dumps({"weight_map": {"a": "/etc/passwd"}}), "no directories, no index"),
+    ],
+)
+def test_malformed_indexes_raise_before_reading_any_shard(tmp_path, index, match):
+    save_file(_tensors(), str(tmp_path / "outside.safetensors"))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(ValueError, match=match):
+        load_state_dict(tmp_path / "d")
+
+
+def test_index_naming_a_missing_shard_names_it(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "part-1.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match="shard part-1.safetensors not found"):
+        load_state_dict(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_state_dicts_without_dense_data_or_with_odd_names_are_refused(tmp_path):
+    cases = {
+        "meta": ({"w": torch.empty(2, 2, device="meta")}, "'w' must be a dense tensor with data, got a meta"),
+        "sparse": ({"w": torch.eye(3).to_sparse()}, "'w' must be a dense tensor with data, got a torch.sparse_coo"),
+        "names": ({3: torch.ones(2)}, "expected tensor names that are strings, got 3"),
+    }
+    for name, (state, match) in cases.items():
+        torch.save(state, tmp_path / f"{name}.pt")
+        with pytest.raises(ValueError, match=match):
+            load_state_dict(tmp_path / f"{name}.pt")
+
+
+def test_tensors_sharing_memory_are_loaded_as_separate_copies(tmp_path):
+    base = torch.randn(6, 4)
+    torch.save({"tied.a": base, "tied.b": base, "view": base[2:4]}, tmp_path / "tied.pt")
+    loaded = load_state_dict(tmp_path / "tied.pt")
+    assert torch.equal(loaded["tied.a"], base) and torch.equal(loaded["tied.b"], base)
+    assert torch.equal(loaded["view"], base[2:4])
+    pointers = {t.untyped_storage().data_ptr() for t in loaded.values()}
+    assert len(pointers) == 3  # editing one parameter loaded from it cannot change another
+
+
+@pytest.mark.parametrize("path, error", [(True, TypeError), (7, TypeError), (b"/tmp", TypeError), ("", ValueError)])
+def test_checkpoint_paths_of_the_wrong_kind_are_refused(path, error):
+    with pytest.raises(error, match="checkpoint path must"):
+        load_state_dict(path)
+
+
+@pytest.mark.parametrize("url", ["ftp://host/model.safetensors", "http://host/", "http:///model.safetensors"])
+def test_malformed_urls_are_refused_before_any_download(url):
+    with pytest.raises(ValueError, match="checkpoint URLs must be"):
+        load_state_dict(url)
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+def test_urls_download_and_failures_name_the_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))  # iopath's cache, not the home directory's
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    (tmp_path / "served").mkdir()
+    tensors = _tensors()
+    save_file(tensors, str(tmp_path / "served" / "model.safetensors"))
+    handler = functools.partial(_Files, directory=str(tmp_path / "served"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        _assert_same(load_state_dict(f"{base}/model.safetensors"), tensors)
+        with pytest.raises(ConnectionError, match=rf"could not download {base}/missing.safetensors: HTTP Error 404"):
+            load_state_dict(f"{base}/missing.safetensors")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_stops_answering_ends_the_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(checkpoint, "DOWNLOAD_TIMEOUT_S", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts connections (the kernel does), never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/model.safetensors"
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"could not download {url}"):
+            load_state_dict(url)
+        assert time.monotonic() - started < 10
+        assert socket.getdefaulttimeout() is None  # the process-wide default is restored
+    finally:
+        silent.close()
+
+
+def test_read_json_object_names_the_file():
+    from torchflava.utils.checkpoint import read_json_object
+
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        read_json_object("/nonexistent/config.json")

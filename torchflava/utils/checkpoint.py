@@ -8,11 +8,13 @@ import json
 import os
 from pathlib import Path
 import re
-from typing import Callable, Union
+import socket
+from typing import Callable, Optional, Sequence, Union
 import urllib.parse
 import urllib.request
 
 from iopath.common.file_io import HTTPURLHandler, PathManager
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 import torch
 from torch import Tensor
@@ -28,46 +30,170 @@ _DIRECTORY_FILES = (
 )
 
 
-def _local_path(path: PathLike) -> Path:
-    """Resolve a path or URL to a local path; ``file://`` URLs name local files, other URLs are
-    downloaded once into iopath's cache."""
+# Seconds a download may wait for the server at any one point (connecting, or between reads).
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def local_checkpoint(path: PathLike) -> Path:
+    """Resolve a checkpoint path or URL to a local path that exists.
+
+    ``file://`` URLs name local files; http(s) URLs are downloaded once into iopath's cache.
+
+    Raises:
+        TypeError: if ``path`` is not a str or os.PathLike.
+        ValueError: if it is empty or a malformed URL.
+        FileNotFoundError: if it does not exist.
+        ConnectionError: if a URL cannot be downloaded.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(f"checkpoint path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
     text = os.fspath(path)
+    if not text.strip():
+        raise ValueError("checkpoint path must name a file, a directory or a URL, got an empty string")
     if text.startswith("file://"):
         parsed = urllib.parse.urlparse(text)
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"file URLs must name a local file (file:///path), got {text!r}")
         text = urllib.request.url2pathname(parsed.path)
     elif "://" in text:
-        manager = PathManager()  # a local manager: no process-wide registry is touched
-        manager.register_handler(HTTPURLHandler())
-        text = manager.get_local_path(text)
+        text = _download(text)
     local = Path(text).expanduser()
     if not local.exists():
         raise FileNotFoundError(f"checkpoint not found: {path!s}")
     return local
 
 
+def _download(url: str) -> str:
+    """The local copy of an http(s) URL, downloaded once into iopath's cache; a server that stops
+    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends the download with ConnectionError."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or not parsed.path.rpartition("/")[2]:
+        raise ValueError(f"checkpoint URLs must be http(s)://host/.../file or file:///path, got {url!r}")
+    manager = PathManager()  # a local manager: no process-wide registry is touched
+    manager.register_handler(HTTPURLHandler())
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib, under iopath, takes no timeout of its own
+    try:
+        return manager.get_local_path(url)
+    except OSError as error:  # refused, unreachable, timed out, HTTP errors, an empty file
+        raise ConnectionError(f"checkpoint: could not download {url}: {_first_line(error)}") from error
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _load_file(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
     if path.suffix == ".json":  # a sharded checkpoint's index
-        index = json.loads(path.read_text())
-        shards = sorted(set(index.get("weight_map", {}).values()))
-        if not shards:
-            raise ValueError(f"{path} has no 'weight_map' entries")
-        merged: dict[str, Tensor] = {}
-        for shard in shards:
-            merged.update(_load_file(path.parent / shard))
-        return merged
+        return _load_index(path)
+    if path.suffix == ".safetensors":
+        try:
+            return _checked_tensors(path, load_file(str(path)))
+        except SafetensorError as error:  # empty, truncated, or not safetensors at all
+            raise ValueError(f"could not read {path} as a safetensors file: {_first_line(error)}") from error
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # pickled code, a truncated file, or not a torch file at all
-        raise ValueError(f"could not read {path} as a state dict with weights_only=True: {err}") from err
+        raise ValueError(
+            f"could not read {path} as a state dict with weights_only=True (no pickled code is run): {_first_line(err)}"
+        ) from err
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return obj
+    return _checked_tensors(path, obj)
+
+
+def _load_index(path: Path) -> dict[str, Tensor]:
+    """The tensors of the shards a sharded checkpoint's index names, all beside it."""
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a JSON checkpoint index: {_first_line(error)}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{path}: expected a 'weight_map' of tensor names to shard file names, got {weight_map!r:.80}")
+    shards = sorted(set(weight_map.values()))
+    if not shards:
+        raise ValueError(f"{path} has no 'weight_map' entries")
+    stray = [s for s in shards if Path(s).name != s or s in (".", "..") or Path(s).suffix == ".json"]
+    if stray:
+        raise ValueError(f"{path}: expected shard files beside the index (no directories, no index), got {stray[:3]}")
+    merged: dict[str, Tensor] = {}
+    for shard in shards:
+        if not (path.parent / shard).is_file():
+            raise FileNotFoundError(f"{path}: shard {shard} not found beside the index")
+        merged.update(_load_file(path.parent / shard))
+    return merged
+
+
+def read_json_object(path: PathLike) -> dict:
+    """The JSON object (a dict) a config file holds; ValueError naming the file otherwise
+    (FileNotFoundError when there is none)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not JSON: {_first_line(error)}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(value).__name__}")
+    return value
+
+
+def without_prefix(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """``state_dict`` with ``prefix`` (e.g. DDP's ``module.``) dropped from its keys; ValueError if that
+    makes two keys one."""
+    out = {key.removeprefix(prefix): value for key, value in state_dict.items()}
+    if len(out) < len(state_dict):
+        twice = sorted(k for k in out if k in state_dict and prefix + k in state_dict)
+        raise ValueError(f"state_dict: expected each key once with or without {prefix!r}, got both for {twice[:5]}")
+    return out
+
+
+def mismatch(key: str, parts: Sequence[Tensor], target: Tensor, *, transposed: bool = False) -> Optional[str]:
+    """Why ``parts`` cannot fill the model's ``target`` tensor ``key``, or None when they can.
+
+    The parts are joined along dim 0 (a fused tensor: q, k and v), then transposed when asked (a
+    projection kept as ``x @ W``); the result must have the target's shape, where leading 1s may be
+    missing (a CLS token, a position table), and be floating point where the target is.
+    """
+    shapes = [tuple(p.shape) for p in parts]
+    joined: Optional[tuple] = shapes[0]
+    if len(parts) > 1:
+        same = all(s and s[1:] == shapes[0][1:] for s in shapes)
+        joined = (sum(s[0] for s in shapes), *shapes[0][1:]) if same else None
+    if transposed:
+        joined = joined[::-1] if joined is not None and len(joined) == 2 else None
+    allowed, squeezed = {tuple(target.shape)}, tuple(target.shape)
+    while squeezed and squeezed[0] == 1:
+        squeezed = squeezed[1:]
+        allowed.add(squeezed)
+    if joined not in allowed:
+        return f"{key} {[list(s) for s in shapes] if len(shapes) > 1 else list(shapes[0])} for {list(target.shape)}"
+    if target.is_floating_point() and not all(p.is_floating_point() for p in parts):
+        return f"{key} {parts[0].dtype} for a {target.dtype} tensor"
+    return None
+
+
+def _checked_tensors(path: Path, state: dict) -> dict[str, Tensor]:
+    """``state`` with string names and dense tensors that hold data; tensors sharing memory (tied
+    weights in a ``torch.save`` file) become copies, so that no two loaded parameters alias."""
+    seen: set[int] = set()
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{path}: expected tensor names that are strings, got {key!r}")
+        if value.layout != torch.strided or value.is_meta:
+            kind = "meta (no data)" if value.is_meta else str(value.layout)
+            raise ValueError(f"{path}: tensor {key!r} must be a dense tensor with data, got a {kind} tensor")
+        if value.numel():
+            address = value.untyped_storage().data_ptr()
+            state[key] = value.clone() if address in seen else value
+            seen.add(address)
+    return state
 
 
 def load_state_dict(path: PathLike) -> dict[str, Tensor]:
@@ -84,9 +210,12 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: if the path does not exist or a directory holds no known checkpoint file.
-        ValueError: if the file is not a state dict or cannot be read without unpickling code.
+        ValueError: if the file is not a state dict (names to dense tensors), cannot be read without
+            unpickling code, or is a malformed safetensors file or index.
+        TypeError: if ``path`` is not a str or os.PathLike.
+        ConnectionError: if a URL cannot be downloaded.
     """
-    local = _local_path(path)
+    local = local_checkpoint(path)
     if local.is_dir():
         for name in _DIRECTORY_FILES:
             if (local / name).exists():

@@ -1,7 +1,7 @@
 """Argument checks shared across the library: one-line errors naming the argument, expected and given."""
 
 import math
-from typing import Callable
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -52,11 +52,72 @@ def check_probability(name: str, value: object, *, allow_zero: bool = True) -> f
     return float(value)
 
 
+def check_finite_number(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite number (bools refused), else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def check_positive_number(name: str, value: object) -> float:
     """Return ``value`` as a float if it is a positive finite number (bools refused), else ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def check_architecture(
+    builder: str,
+    args: Mapping[str, object],
+    *,
+    sizes: Iterable[str],
+    heads: Iterable[tuple[str, str]] = (),
+    positive: Iterable[str] = (),
+    finite: Iterable[str] = (),
+    probabilities: Iterable[str] = (),
+    choices: Optional[Mapping[str, Sequence]] = None,
+    ids: Optional[Mapping[str, str]] = None,
+    source: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Check a builder's arguments before anything is built, each error naming the builder's own
+    argument (a layer deep inside would name its own, or fail inside torch).
+
+    Args:
+        builder (str): the builder's name, for the messages.
+        args (Mapping[str, object]): the arguments by name.
+        sizes (Iterable[str]): names of ints that must be >= 1.
+        heads (Iterable[tuple[str, str]]): (width, heads) name pairs: the width a multiple of the heads.
+        positive (Iterable[str]): names of positive finite numbers.
+        finite (Iterable[str]): names of finite numbers.
+        probabilities (Iterable[str]): names of numbers in [0, 1].
+        choices (Optional[Mapping[str, Sequence]]): the values allowed, by name.
+        ids (Optional[Mapping[str, str]]): names of ids (an int, or None) that must be below the size named.
+        source (Mapping[str, str]): where a value came from, by name (e.g. a config file), for the messages.
+
+    Raises:
+        TypeError: if a size is not an int.
+        ValueError: if a value is out of its range.
+    """
+    source = source or {}
+    name = lambda key: f"{builder}: {key}" + (f" (from {source[key]})" if key in source else "")  # noqa: E731
+    for key in sizes:
+        check_int(name(key), args[key], 1)
+    for width, count in heads:
+        if args[width] % args[count]:
+            raise ValueError(f"{name(width)} must be a multiple of {count} = {args[count]}, got {args[width]}")
+    for key in positive:
+        check_positive_number(name(key), args[key])
+    for key in finite:
+        check_finite_number(name(key), args[key])
+    for key in probabilities:
+        check_probability(name(key), args[key])
+    for key, allowed in (choices or {}).items():
+        if args[key] not in allowed:
+            raise ValueError(f"{name(key)} must be one of {tuple(allowed)}, got {args[key]!r}")
+    for key, size in (ids or {}).items():
+        value = args[key]
+        if value is not None and (type(value) is not int or not 0 <= value < args[size]):
+            raise ValueError(f"{name(key)} must be an int id below {size} = {args[size]}, got {value!r}")
 
 
 def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> None:

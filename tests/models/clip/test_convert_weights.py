@@ -199,7 +199,7 @@ def test_missing_and_unexpected_keys_listed_in_one_error(tmp_path):
 
 def test_wrong_shapes_and_architecture_raise(tmp_path):
     path = _hf_file(tmp_path)
-    with pytest.raises(ValueError, match=r"wrong shapes \d+ \['image_encoder.encoder.layers.0.mlp.fc1.weight"):
+    with pytest.raises(ValueError, match=r"wrong \d+ \['image_encoder.encoder.layers.0.mlp.fc1.weight"):
         clip_model(pretrained=path, **dict(SMALL, vision_mlp_dim=64))
     with pytest.raises(ValueError, match=r"missing 16 .*text_model.encoder.layers.2"):
         clip_model(pretrained=path, **dict(SMALL, text_layers=3))
@@ -230,3 +230,130 @@ def test_pickle_bearing_file_is_refused_and_not_executed(tmp_path):
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the canary works: unpickling would have run it
     assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"embed_dim": 0}, ValueError, "clip_model: embed_dim must be >= 1, got 0"),
+        ({"vision_layers": -2}, ValueError, "clip_model: vision_layers must be >= 1, got -2"),
+        ({"text_width": 24.0}, TypeError, "clip_model: text_width must be an int, got float"),
+        ({"vision_heads": True}, TypeError, "clip_model: vision_heads must be an int, got bool"),
+        ({"text_heads": 5}, ValueError, "clip_model: text_width must be a multiple of text_heads = 5, got 24"),
+        ({"norm_eps": -1.0}, ValueError, "clip_model: norm_eps must be a positive number"),
+        ({"logit_scale_init": float("nan")}, ValueError, "clip_model: logit_scale_init must be a finite number"),
+        ({"activation": "relu"}, ValueError, "clip_model: activation must be one of"),
+        ({"eos_token_id": 99}, ValueError, "clip_model: eos_token_id must be an int id below vocab_size = 99"),
+        ({"eos_token_id": "97"}, ValueError, "clip_model: eos_token_id must be an int id below vocab_size"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        clip_model(**{**SMALL, **kwargs})
+
+
+def test_the_end_token_defaults_to_the_vocabularys_last_id():
+    assert clip_model(**SMALL).eos_token_id == SMALL["vocab_size"] - 1
+    assert clip_model(**dict(SMALL, vocab_size=49408)).eos_token_id == EOS  # OpenAI's
+
+
+@pytest.mark.parametrize(
+    "edit, error, match",
+    [
+        (lambda c: "{not json", ValueError, r"config.json is not JSON"),
+        (lambda c: "[]", ValueError, r"config.json must hold a JSON object, got a list"),
+        (lambda c: json.dumps({**c, "vision_config": []}), ValueError, "expected objects vision_config, text_config"),
+        (
+            lambda c: json.dumps({**c, "vision_config": {**c["vision_config"], "hidden_size": "32"}}),
+            TypeError,
+            r"clip_model: vision_width \(from .*config.json\) must be an int, got str",
+        ),
+        (
+            lambda c: json.dumps({**c, "text_config": {**c["text_config"], "layer_norm_eps": "1e-5"}}),
+            ValueError,
+            "one hidden_act and layer_norm_eps for both towers",
+        ),
+        (
+            lambda c: json.dumps(
+                {**c, **{f"{t}_config": {**c[f"{t}_config"], "hidden_act": "relu"} for t in ("vision", "text")}}
+            ),
+            ValueError,
+            r"clip_model: activation \(from .*config.json\) must be one of",
+        ),
+    ],
+)
+def test_malformed_config_json_is_refused_naming_the_file(tmp_path, edit, error, match):
+    HFCLIPModel(_small_hf_config()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(edit(config))
+    with pytest.raises(error, match=match):
+        clip_model(pretrained=tmp_path)
+
+
+def test_a_directory_without_config_json_is_refused(tmp_path):
+    HFCLIPModel(_small_hf_config()).save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()  # open_clip's defaults (GELU) would silently miss QuickGELU
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        clip_model(pretrained=tmp_path)
+
+
+def test_hf_tanh_gelu_configs_load_exactly(tmp_path):
+    hf = _perturb(HFCLIPModel(_small_hf_config("gelu_new", eos_token_id=97, bos_token_id=96)))
+    hf.save_pretrained(tmp_path)
+    ours = clip_model(pretrained=tmp_path)
+    images, (ids, mask) = torch.randn(2, 3, 32, 32), captions([5, 16], 16, vocab=99, bos=96, eos=97)
+    for actual, reference in zip(_our_features(ours, images, ids, mask), _hf_features(hf, images, ids, mask)):
+        assert_close(actual, reference, atol=ATOL, rtol=0)
+
+
+def test_mis_shaped_and_non_float_tensors_are_listed_not_raised_from_torch(tmp_path):
+    def fused_part(state):  # a k projection of another width: q, k and v cannot be joined
+        state["text_model.encoder.layers.0.self_attn.k_proj.weight"] = torch.zeros(24, 20)
+        return state
+
+    with pytest.raises(
+        ValueError, match=r"wrong 1 \['text_encoder.encoder.layers.0.attn.qkv.weight \[\[24, 24\], \[24, 20\]"
+    ):
+        clip_model(pretrained=_hf_file(tmp_path, fused_part), **SMALL)
+    with pytest.raises(ValueError, match=r"wrong 2 \['image_encoder.embeddings.pos_embed \[17, 32\] for \[1, 5, 32\]"):
+        clip_model(pretrained=_hf_file(tmp_path), **dict(SMALL, patch_size=16))
+
+    def integer(state):
+        state["text_projection.weight"] = state["text_projection.weight"].to(torch.int8)
+        return state
+
+    with pytest.raises(ValueError, match=r"text_projection.weight torch.int8 for a torch.float32 tensor"):
+        clip_model(pretrained=_hf_file(tmp_path, integer), **SMALL)
+
+
+def test_open_clip_projection_of_the_wrong_rank_is_listed():
+    with pytest.raises(ValueError, match=r"image_projection.weight \[1, 32, 20\] for \[20, 32\]"):
+        convert_to_torchflava({"visual.proj": torch.zeros(1, 32, 20)}, clip_model(**SMALL))
+
+
+def test_a_key_with_and_without_the_ddp_prefix_is_refused():
+    model = clip_model(**SMALL)
+    state = model.state_dict()
+    with pytest.raises(ValueError, match=r"each key once with or without 'module.', got both for \['logit_scale'\]"):
+        convert_to_torchflava({**state, "module.logit_scale": state["logit_scale"]}, model)
+
+
+def test_convert_to_hf_refuses_what_is_not_our_state_dict():
+    state = clip_model(**SMALL).state_dict()
+    with pytest.raises(TypeError, match="state_dict must be a dict of tensors"):
+        convert_to_hf(clip_model(**SMALL))
+    with pytest.raises(ValueError, match="expected CLIPModel keys, got 'foo'"):
+        convert_to_hf({"foo": torch.zeros(1)})
+    qkv = "image_encoder.encoder.layers.0.attn.qkv.weight"
+    with pytest.raises(ValueError, match=f"{qkv} must hold q, k and v"):
+        convert_to_hf({**state, qkv: state[qkv][:-1]})
+
+
+@pytest.mark.parametrize("value", [2, 0.5, float("nan")])
+def test_attention_masks_hold_only_zeros_and_ones(value):
+    model = clip_model(**SMALL, eos_token_id=97).eval()
+    ids, mask = captions([5, 9], 16, vocab=99, bos=96, eos=97)
+    bad = mask.float()
+    bad[1, 2] = value
+    with pytest.raises(ValueError, match=r"text_attention_mask must hold 1 \(token\) and 0 \(padding\) only, got"):
+        model.encode_text(ids, bad)

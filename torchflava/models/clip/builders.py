@@ -1,9 +1,7 @@
 """CLIP builders: the two towers wired from ``torchflava.modules``, and the published sizes."""
 
 import contextlib
-import json
 import math
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -14,17 +12,21 @@ from torchflava.models.clip.model import CLIPModel
 from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
 from torchflava.modules.layers import PatchEmbedding
+from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.modules.layers.text_embedding import TokenEmbedding
-from torchflava.utils.checkpoint import PathLike, load_state_dict
-from torchflava.utils.checks import check_positive_number
+from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, read_json_object
+from torchflava.utils.checks import check_architecture
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
 _B16.update(vision_width=768, vision_layers=12, vision_heads=12, vision_mlp_dim=3072)
 _B16.update(text_width=512, text_layers=12, text_heads=8, text_mlp_dim=2048)
 _L14 = dict(_B16, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16)
 _L14.update(vision_mlp_dim=4096, text_width=768, text_heads=12, text_mlp_dim=3072)
-_DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07), eos_token_id=49407)
+_DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07))
 _DEFAULTS.update(init_std=0.02)
+_HEADS = [("vision_width", "vision_heads"), ("text_width", "text_heads")]
+_CHECKS = dict(sizes=_B16, heads=_HEADS, positive=["norm_eps", "init_std"], finite=["logit_scale_init"])
+_CHECKS.update(choices={"activation": ACTIVATIONS}, ids={"eos_token_id": "vocab_size"})
 
 
 def clip_model(
@@ -52,7 +54,7 @@ def clip_model(
     """CLIP: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
 
     An argument left None comes from ``pretrained``'s config.json if it is a Hugging Face directory
-    (given ones must match it), else from open_clip's ``ViT-B-16``: GELU, eps 1e-5, end token 49407.
+    (given ones must match it), else from open_clip's ``ViT-B-16``: GELU, eps 1e-5, end token the vocabulary's last id (49407).
 
     Args:
         pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` directory, or an OpenAI, open_clip
@@ -73,7 +75,7 @@ def clip_model(
         activation (Optional[str]): ``"gelu"``, or ``"quick_gelu"`` (OpenAI's weights, HF's ``CLIPConfig()``).
         norm_eps (Optional[float]): LayerNorm epsilon.
         logit_scale_init (Optional[float]): initial log-temperature.
-        eos_token_id (Optional[int]): end-of-text id, where text features are read.
+        eos_token_id (Optional[int]): end-of-text id, where text features are read (the vocabulary's last, as OpenAI's).
         init_std (Optional[float]): std of the normal initialisation (0.02; small models learn faster
             from a larger one, e.g. 0.06 at width 128).
 
@@ -81,23 +83,25 @@ def clip_model(
         CLIPModel: initialised, or holding the checkpoint's weights.
 
     Raises:
-        ValueError: if an argument contradicts config.json or the checkpoint (the mismatches listed), or
-            ``init_std`` is not a positive number.
+        ValueError: if an argument is out of range or contradicts config.json or the checkpoint (the
+            mismatches listed), or a checkpoint file is malformed.
+        TypeError: if a size is not an int, or ``pretrained`` not a path.
         FileNotFoundError: if ``pretrained`` does not exist.
     """
     given = {k: v for k, v in locals().items() if k != "pretrained" and v is not None}
-    config_file = Path(pretrained, "config.json") if pretrained is not None else None
-    config = hf_config_kwargs(json.loads(config_file.read_text())) if config_file and config_file.is_file() else {}
+    local = None if pretrained is None else local_checkpoint(pretrained)
+    config_file = local / "config.json" if local is not None and local.is_dir() else None  # HF's directory
+    config = hf_config_kwargs(read_json_object(config_file)) if config_file else {}
     clash = {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v}
     if clash:
         raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
     a = {**_DEFAULTS, **config, **given}
-    check_positive_number("clip_model: init_std", a["init_std"])
-
+    a.setdefault("eos_token_id", a["vocab_size"] - 1)  # OpenAI's end token is the vocabulary's last id
+    check_architecture("clip_model", a, **_CHECKS, source={k: str(config_file) for k in config if k not in given})
     with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(a)
-    if pretrained is not None:
-        model.load_state_dict(convert_to_torchflava(load_state_dict(pretrained), model), assign=True)
+    if local is not None:
+        model.load_state_dict(convert_to_torchflava(load_state_dict(local), model), assign=True)
     return model
 
 

@@ -7,6 +7,8 @@ import re
 import torch
 from torch import Tensor, nn
 
+from torchflava.utils.checkpoint import mismatch, without_prefix
+
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
 _ROWS = """
 image_encoder.embeddings.cls_token     vision_model.embeddings.class_embedding           visual.class_embedding
@@ -32,6 +34,7 @@ _KEYS = {ours: refs for ours, *refs in map(str.split, _ROWS.strip().splitlines()
 _LAYOUTS = {"torchflava": "image_encoder.", "hf": "vision_model.", "open_clip": "visual."}  # and a key of each
 # Buffers and metadata some checkpoints hold: recognised, not loaded.
 _IGNORED = re.compile(r"^(\w+_model\.embeddings\.position_ids|attn_mask|input_resolution|context_length|vocab_size)$")
+_ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _LAYER = re.compile(r"^((image|text)_encoder\.encoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
 
 
@@ -49,7 +52,7 @@ def _names(key: str, layout: str) -> list[str]:
         return [prefix + _KEYS[inner + ".{}"][col].format(kind)]
     base, _, kind = key.rpartition(".")
     if (row := _KEYS.get(key) or _KEYS.get(base + ".{}")) is None:
-        raise KeyError(f"state_dict: expected CLIPModel keys, got {key!r}")
+        raise ValueError(f"state_dict: expected CLIPModel keys, got {key!r}")
     return [row[col].format(kind)]
 
 
@@ -66,28 +69,29 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
     Raises:
         ValueError: if the layout is unknown, or keys are missing, unexpected or mis-shaped (all listed).
     """
-    source = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    source = without_prefix(state_dict, "module.")
     layout = next((n for n, probe in _LAYOUTS.items() if any(k.startswith(probe) for k in source)), None)
     if layout is None:
         raise ValueError(f"state_dict: expected CLIP keys ({', '.join(_LAYOUTS)}), got {sorted(source)[:5]}")
-    expected, out, used, missing = model.state_dict(), {}, set(), []
+    expected, out, used, missing, wrong = model.state_dict(), {}, set(), [], []
     for key, target in expected.items():
         names = _names(key, layout)
         used.update(n for n in names if n in source)
         missing += [n for n in names if n not in source]
-        if all(n in source for n in names):
-            value = torch.cat([source[n] for n in names]) if len(names) > 1 else source[names[0]]
-            value = value.t() if layout == "open_clip" and key.endswith("projection.weight") else value
-            value = value.reshape(target.shape) if value.dim() < target.dim() == 3 else value  # CLS, positions
-            out[key] = value.to(target.dtype).contiguous()  # OpenAI's files are float16
+        if not all(n in source for n in names):
+            continue
+        transposed = layout == "open_clip" and key.endswith("projection.weight")
+        if bad := mismatch(key, [source[n] for n in names], target, transposed=transposed):
+            wrong.append(bad)
+            continue
+        value = torch.cat([source[n] for n in names]) if len(names) > 1 else source[names[0]]
+        value = value.t() if transposed else value
+        out[key] = value.reshape(target.shape).to(target.dtype).contiguous()  # CLS, positions; fp16 files
     unexpected = sorted(k for k in source if k not in used and not _IGNORED.match(k))
-    wrong = [
-        f"{k} {list(v.shape)} for {list(expected[k].shape)}" for k, v in out.items() if v.shape != expected[k].shape
-    ]
     if missing or unexpected or wrong:
         raise ValueError(
             f"state_dict ({layout} layout): expected the model's keys and shapes, got missing {len(missing)} "
-            f"{missing[:12]}, unexpected {len(unexpected)} {unexpected[:12]}, wrong shapes {len(wrong)} {wrong[:6]} "
+            f"{missing[:12]}, unexpected {len(unexpected)} {unexpected[:12]}, wrong {len(wrong)} {wrong[:6]} "
             "(do the architecture arguments match the checkpoint?)"
         )
     return out
@@ -102,9 +106,13 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     Returns:
         dict[str, Tensor]: the tensors under HF's names, for ``CLIPModel.load_state_dict(strict=True)``.
     """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict of tensors (model.state_dict()), got {type(state_dict).__name__}")
     out = {}
     for key, value in state_dict.items():
         names = _names(key, "hf")
+        if len(names) > 1 and value.shape[0] % len(names):
+            raise ValueError(f"state_dict: {key} must hold q, k and v (rows a multiple of 3), got {list(value.shape)}")
         value = value.flatten() if key.endswith("cls_token") else value[0] if value.dim() == 3 else value
         out.update(zip(names, value.chunk(len(names)) if len(names) > 1 else [value]))
     return out
@@ -118,20 +126,23 @@ def hf_config_kwargs(config: dict) -> dict:
     """
     if config.get("model_type", "clip") != "clip":
         raise ValueError(f"config.json: expected model_type 'clip', got {config.get('model_type')!r}")
-    vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
-    acts = {c.get("hidden_act", "quick_gelu") for c in (vision, text)}
-    eps = {c.get("layer_norm_eps", 1e-5) for c in (vision, text)}
-    if len(acts) > 1 or len(eps) > 1:
+    vision, text = ({} if config.get(f"{t}_config") is None else config[f"{t}_config"] for t in ("vision", "text"))
+    if not isinstance(vision, dict) or not isinstance(text, dict):
+        raise ValueError(f"config.json: expected objects vision_config, text_config, got {vision!r:.20} {text!r:.20}")
+    acts, eps = (
+        [c.get(k, d) for c in (vision, text)] for k, d in (("hidden_act", "quick_gelu"), ("layer_norm_eps", 1e-5))
+    )
+    if acts[0] != acts[1] or eps[0] != eps[1]:
         raise ValueError(f"config.json: expected one hidden_act and layer_norm_eps for both towers, got {acts}, {eps}")
-    sizes = dict(
+    names = dict(
         hidden_size="width", num_hidden_layers="layers", num_attention_heads="heads", intermediate_size="mlp_dim"
     )
-    out = {f"vision_{ours}": vision.get(hf, d) for (hf, ours), d in zip(sizes.items(), (768, 12, 12, 3072))}
-    out.update({f"text_{ours}": text.get(hf, d) for (hf, ours), d in zip(sizes.items(), (512, 12, 8, 2048))})
+    out = {f"vision_{ours}": vision.get(hf, d) for (hf, ours), d in zip(names.items(), (768, 12, 12, 3072))}
+    out.update({f"text_{ours}": text.get(hf, d) for (hf, ours), d in zip(names.items(), (512, 12, 8, 2048))})
     out.update(
         embed_dim=config.get("projection_dim", 512), logit_scale_init=config.get("logit_scale_init_value", 2.6592)
     )
     out.update(image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 32))
     out.update(context_length=text.get("max_position_embeddings", 77), vocab_size=text.get("vocab_size", 49408))
-    eos = text.get("eos_token_id", 49407)
-    return dict(out, activation=acts.pop(), norm_eps=eps.pop(), eos_token_id=None if eos == 2 else eos)
+    eos, activation = text.get("eos_token_id", 49407), _ACTIVATIONS.get(str(acts[0]), acts[0])
+    return dict(out, activation=activation, norm_eps=eps[0], eos_token_id=None if eos == 2 else eos)

@@ -52,7 +52,8 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
 
     Raises:
         TypeError: if the mask is not a tensor.
-        ValueError: if its shape differs from ``text``'s, or a row is all padding.
+        ValueError: if its shape differs from ``text``'s, it holds a value other than 0 and 1, or a
+            row is all padding.
     """
     if text_attention_mask is None:
         return None
@@ -64,16 +65,22 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
             f"got {tuple(text_attention_mask.shape)}"
         )
     padding = text_attention_mask == 0
-    empty = padding.all(dim=1)
+    valid = (padding | (text_attention_mask == 1)).all() & ~padding.all(dim=1).any()  # one read of the device
     require(
-        ~empty.any(),
-        lambda: (
-            f"text_attention_mask marks every token of rows {empty.nonzero().flatten().tolist()} as padding; "
-            "each text needs a token"
-        ),
-        "text_attention_mask marks every token of a row as padding; each text needs a token",
+        valid,
+        lambda: _mask_fault(text_attention_mask, padding),
+        "text_attention_mask must hold 1 (token) and 0 (padding) only, with a token in every row",
     )
     return padding
+
+
+def _mask_fault(mask: Tensor, padding: Tensor) -> str:
+    """What is wrong with an attention mask that failed its check: a value, or rows without a token."""
+    other = ~padding & (mask != 1)
+    if bool(other.any()):
+        return f"text_attention_mask must hold 1 (token) and 0 (padding) only, got {mask[other][0].item()}"
+    rows = padding.all(dim=1).nonzero().flatten().tolist()
+    return f"text_attention_mask marks every token of rows {rows} as padding; each text needs a token"
 
 
 class TextEmbedding(nn.Module):
