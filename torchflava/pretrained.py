@@ -28,6 +28,7 @@ from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, EvalImageTransform, ImageTransform, ImageTransformSpec
 from torchflava.models import FLAVAModel, flava_model
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
+from torchflava.utils.checkpoint import read_json_object
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 
@@ -100,13 +101,13 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     if (path / "model" / "backbone_config.json").is_file():
         path = path / "model"
     if (path / "backbone_config.json").is_file():
-        kwargs = json.loads((path / "backbone_config.json").read_text())
+        kwargs = read_json_object(path / "backbone_config.json")
         weights = sorted(path.glob("*.safetensors"))
         if not weights:
             raise FileNotFoundError(f"checkpoint: no .safetensors weights in {path}")
         weights = weights[0]
     elif (path / "config.json").is_file():
-        kwargs = flava_kwargs_from_hf_config(json.loads((path / "config.json").read_text()))
+        kwargs = flava_kwargs_from_hf_config(read_json_object(path / "config.json"))
         weights = path
     else:
         raise FileNotFoundError(

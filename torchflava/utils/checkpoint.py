@@ -17,7 +17,7 @@ from iopath.common.file_io import HTTPURLHandler, PathManager
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 PathLike = Union[str, os.PathLike]
 
@@ -154,12 +154,15 @@ def without_prefix(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tens
     return out
 
 
-def mismatch(key: str, parts: Sequence[Tensor], target: Tensor, *, transposed: bool = False) -> Optional[str]:
+def mismatch(
+    key: str, parts: Sequence[Tensor], target: Tensor, *, transposed: bool = False, squeezable: bool = False
+) -> Optional[str]:
     """Why ``parts`` cannot fill the model's ``target`` tensor ``key``, or None when they can.
 
     The parts are joined along dim 0 (a fused tensor: q, k and v), then transposed when asked (a
-    projection kept as ``x @ W``); the result must have the target's shape, where leading 1s may be
-    missing (a CLS token, a position table), and be floating point where the target is.
+    projection kept as ``x @ W``); the result must have the target's shape (with ``squeezable``,
+    leading 1s may be missing: a CLS token, a position table) and be floating point where the
+    target is.
     """
     shapes = [tuple(p.shape) for p in parts]
     joined: Optional[tuple] = shapes[0]
@@ -169,7 +172,7 @@ def mismatch(key: str, parts: Sequence[Tensor], target: Tensor, *, transposed: b
     if transposed:
         joined = joined[::-1] if joined is not None and len(joined) == 2 else None
     allowed, squeezed = {tuple(target.shape)}, tuple(target.shape)
-    while squeezed and squeezed[0] == 1:
+    while squeezable and squeezed and squeezed[0] == 1:
         squeezed = squeezed[1:]
         allowed.add(squeezed)
     if joined not in allowed:
@@ -177,6 +180,22 @@ def mismatch(key: str, parts: Sequence[Tensor], target: Tensor, *, transposed: b
     if target.is_floating_point() and not all(p.is_floating_point() for p in parts):
         return f"{key} {parts[0].dtype} for a {target.dtype} tensor"
     return None
+
+
+def check_fits(state_dict: dict[str, Tensor], model: nn.Module) -> None:
+    """ValueError listing the tensors of ``state_dict`` whose shape or dtype cannot fill ``model``'s
+    tensor of the same name (one line, before ``load_state_dict`` would fail inside torch)."""
+    expected = model.state_dict()
+    refuse_mismatches([bad for k, v in state_dict.items() if k in expected and (bad := mismatch(k, [v], expected[k]))])
+
+
+def refuse_mismatches(wrong: list[str]) -> None:
+    """ValueError listing the :func:`mismatch` findings ``wrong``, if any."""
+    if wrong:
+        raise ValueError(
+            f"checkpoint tensor shapes or dtypes do not match the model (pass the checkpoint's architecture to "
+            f"the builder): {len(wrong)} {wrong[:10]}"
+        )
 
 
 def _checked_tensors(path: Path, state: dict) -> dict[str, Tensor]:

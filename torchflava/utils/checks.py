@@ -71,7 +71,7 @@ def check_architecture(
     args: Mapping[str, object],
     *,
     sizes: Iterable[str],
-    heads: Iterable[tuple[str, str]] = (),
+    multiples: Iterable[tuple[str, str]] = (),
     positive: Iterable[str] = (),
     finite: Iterable[str] = (),
     probabilities: Iterable[str] = (),
@@ -86,7 +86,7 @@ def check_architecture(
         builder (str): the builder's name, for the messages.
         args (Mapping[str, object]): the arguments by name.
         sizes (Iterable[str]): names of ints that must be >= 1.
-        heads (Iterable[tuple[str, str]]): (width, heads) name pairs: the width a multiple of the heads.
+        multiples (Iterable[tuple[str, str]]): (a, b) name pairs, ``a`` a multiple of ``b`` (width and heads).
         positive (Iterable[str]): names of positive finite numbers.
         finite (Iterable[str]): names of finite numbers.
         probabilities (Iterable[str]): names of numbers in [0, 1].
@@ -102,7 +102,7 @@ def check_architecture(
     name = lambda key: f"{builder}: {key}" + (f" (from {source[key]})" if key in source else "")  # noqa: E731
     for key in sizes:
         check_int(name(key), args[key], 1)
-    for width, count in heads:
+    for width, count in multiples:
         if args[width] % args[count]:
             raise ValueError(f"{name(width)} must be a multiple of {count} = {args[count]}, got {args[width]}")
     for key in positive:

@@ -454,7 +454,7 @@ def test_different_size_raises_on_shapes(tmp_path):
     with pytest.raises(ValueError, match="shape") as err:
         load_flava_weights(model, path)
 
-    assert "image_encoder.embeddings.cls_token: checkpoint (1, 1, 48) vs model (1, 1, 32)" in str(err.value)
+    assert "image_encoder.embeddings.cls_token [1, 1, 48] for [1, 1, 32]" in str(err.value)
     assert "text_encoder" not in str(err.value)  # only the image tower differs
     _assert_unchanged(model, before)
 

@@ -25,7 +25,7 @@ _L14.update(vision_mlp_dim=4096, text_width=768, text_heads=12, text_mlp_dim=307
 _DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07))
 _DEFAULTS.update(init_std=0.02)
 _HEADS = [("vision_width", "vision_heads"), ("text_width", "text_heads")]
-_CHECKS = dict(sizes=_B16, heads=_HEADS, positive=["norm_eps", "init_std"], finite=["logit_scale_init"])
+_CHECKS = dict(sizes=_B16, multiples=_HEADS, positive=["norm_eps", "init_std"], finite=["logit_scale_init"])
 _CHECKS.update(choices={"activation": ACTIVATIONS}, ids={"eos_token_id": "vocab_size"})
 
 
@@ -54,7 +54,7 @@ def clip_model(
     """CLIP: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
 
     An argument left None comes from ``pretrained``'s config.json if it is a Hugging Face directory
-    (given ones must match it), else from open_clip's ``ViT-B-16``: GELU, eps 1e-5, end token the vocabulary's last id (49407).
+    (given ones must match it), else from open_clip's ``ViT-B-16``: GELU, eps 1e-5, end token the last id (49407).
 
     Args:
         pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` directory, or an OpenAI, open_clip

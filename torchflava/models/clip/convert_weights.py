@@ -81,7 +81,7 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
         if not all(n in source for n in names):
             continue
         transposed = layout == "open_clip" and key.endswith("projection.weight")
-        if bad := mismatch(key, [source[n] for n in names], target, transposed=transposed):
+        if bad := mismatch(key, [source[n] for n in names], target, transposed=transposed, squeezable=True):
             wrong.append(bad)
             continue
         value = torch.cat([source[n] for n in names]) if len(names) > 1 else source[names[0]]

@@ -26,7 +26,7 @@ from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEn
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
-from torchflava.utils.checks import check_positive_number
+from torchflava.utils.checks import check_architecture
 from torchflava.utils.distributed import GatherGrad
 
 
@@ -180,6 +180,18 @@ def flava_multimodal_encoder(
     )
 
 
+_TOWERS = ("image", "text", "multimodal")
+_FLAVA_CHECKS = dict(
+    sizes=[f"{t}_{n}" for t in _TOWERS for n in ("embed_dim", "num_layers", "num_heads", "mlp_dim")]
+    + ["image_size", "patch_size", "in_channels", "vocab_size", "max_seq_len", "type_vocab_size", "projection_dim"],
+    multiples=[(f"{t}_embed_dim", f"{t}_num_heads") for t in _TOWERS],
+    positive=["norm_eps", "init_std"],
+    finite=["logit_scale_init"],
+    probabilities=["dropout", "attention_dropout"],
+    ids={"pad_token_id": "vocab_size"},
+)
+
+
 def flava_model(
     *,
     pretrained: Optional[Union[str, os.PathLike]] = None,
@@ -246,9 +258,11 @@ def flava_model(
         FLAVAModel: the model, with weights loaded when ``pretrained`` is given.
 
     Raises:
-        ValueError: if ``init_std`` is not a positive number.
+        ValueError: if an argument is out of its range (a size below 1, a width that its heads do not
+            divide, a dropout outside [0, 1], ``pad_token_id`` outside the vocabulary...), naming it.
+        TypeError: if a size is not an int.
     """
-    check_positive_number("init_std", init_std)
+    check_architecture("flava_model", locals(), **_FLAVA_CHECKS)
     common = dict(dropout=dropout, attention_dropout=attention_dropout, norm_eps=norm_eps)
     model = FLAVAModel(
         flava_image_encoder(

@@ -23,7 +23,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from torchflava.utils.checkpoint import PathLike, load_state_dict
+from torchflava.utils.checkpoint import PathLike, check_fits, load_state_dict
 
 CODEBOOK_LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -175,4 +175,5 @@ def load_codebook_weights(
         FileNotFoundError: if the path does not exist.
     """
     converted = convert_codebook_to_torchflava(load_state_dict(path), model, layout=layout, strict=strict)
+    check_fits(converted, model)
     model.load_state_dict(converted, strict=strict)

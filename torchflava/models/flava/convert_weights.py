@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava
-from torchflava.utils.checkpoint import PathLike, load_state_dict
+from torchflava.utils.checkpoint import PathLike, check_fits, load_state_dict, mismatch, refuse_mismatches
 
 LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -164,10 +164,14 @@ def convert_to_torchflava(
     converted: dict[str, Tensor] = {}
     used: set[str] = set()
     missing: list[str] = []
-    for key in model.state_dict():
+    wrong: list[str] = []
+    for key, target in model.state_dict().items():
         names = _reference_names(key, layout)
         if all(n in source for n in names):
-            converted[key] = source[names[0]] if len(names) == 1 else torch.cat([source[n] for n in names], dim=0)
+            if bad := mismatch(key, [source[n] for n in names], target):
+                wrong.append(bad)
+            else:
+                converted[key] = source[names[0]] if len(names) == 1 else torch.cat([source[n] for n in names])
             used.update(names)
         elif key == "logit_scale" and layout == "tmm":
             # torchmultimodal's FLAVAModel keeps no temperature (only its pretraining loss does).
@@ -175,6 +179,7 @@ def convert_to_torchflava(
         else:
             missing.extend(n for n in names if n not in source)
             used.update(n for n in names if n in source)  # parts of a fused tensor are expected, not unexpected
+    refuse_mismatches(wrong)
     skipped = sorted(k for k in source if k not in used and _SKIPPED[layout].search(k))
     unexpected = sorted(k for k in source if k not in used and not _SKIPPED[layout].search(k))
     if strict and (missing or unexpected):
@@ -223,17 +228,6 @@ def load_flava_weights(
         ValueError: on key mismatches (strict) or tensor shapes that differ from the model's.
     """
     converted, skipped = convert_to_torchflava(load_state_dict(path), model, layout=layout, strict=strict)
-    expected = model.state_dict()
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in converted.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise ValueError(
-            "checkpoint tensor shapes do not match the model (pass the checkpoint's architecture to the "
-            f"builder): {wrong[:10]}"
-        )
     model.load_state_dict(converted, strict=strict)
     return skipped
 
@@ -252,9 +246,11 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
     """
     try:
         image, text, mm = config["image_config"], config["text_config"], config["multimodal_config"]
-    except KeyError as err:
+    except (KeyError, TypeError) as err:
         raise ValueError(f"config is not a FlavaConfig: it has no {err.args[0]!r}") from err
     for name, sub in (("image_config", image), ("text_config", text), ("multimodal_config", mm)):
+        if not isinstance(sub, dict):
+            raise ValueError(f"config {name} must be an object, got {type(sub).__name__}")
         if sub.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"{name}.hidden_act must be 'gelu', got {sub['hidden_act']!r}")
     if not mm.get("use_cls_token", True):
@@ -374,5 +370,6 @@ def load_flava_pretraining_weights(model: nn.Module, path: PathLike, *, strict: 
             f"pretraining checkpoint ({layout} layout) does not match the model: missing {missing[:20]}, "
             f"unexpected {leftover[:20]}"
         )
+    check_fits(state, model)
     model.load_state_dict(state, strict=strict)
     return sorted(k for k in codebook_keys if k not in used)

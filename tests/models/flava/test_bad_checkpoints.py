@@ -1,0 +1,91 @@
+"""FLAVA builders and checkpoints refuse bad input with one-line errors naming it, before any work."""
+
+import json
+
+import pytest
+from safetensors.torch import save_file
+import torch
+
+from tests.helpers import TINY_FLAVA, write_tiny_export
+from torchflava.models import flava_model, flava_model_for_pretraining
+from torchflava.models.flava.convert_weights import convert_to_hf
+from torchflava.pretrained import load_pretrained
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"image_embed_dim": -1}, ValueError, "flava_model: image_embed_dim must be >= 1, got -1"),
+        ({"text_num_layers": 2.5}, TypeError, "flava_model: text_num_layers must be an int, got float"),
+        ({"multimodal_num_heads": 5}, ValueError, "flava_model: multimodal_embed_dim must be a multiple of"),
+        ({"norm_eps": -1.0}, ValueError, "flava_model: norm_eps must be a positive number"),
+        ({"dropout": 1.5}, ValueError, r"flava_model: dropout must be in \[0, 1\]"),
+        ({"logit_scale_init": float("inf")}, ValueError, "flava_model: logit_scale_init must be a finite number"),
+        ({"pad_token_id": 99}, ValueError, "flava_model: pad_token_id must be an int id below vocab_size = 99"),
+        ({"init_std": 0}, ValueError, "flava_model: init_std must be a positive number"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        flava_model(**{**TINY_FLAVA, **kwargs})
+
+
+def _hf_file(tmp_path, edit):
+    state = convert_to_hf(flava_model(**TINY_FLAVA).state_dict())
+    path = tmp_path / "hf.safetensors"
+    save_file({k: v.contiguous() for k, v in edit(state).items()}, str(path))
+    return path
+
+
+def test_fused_parts_that_cannot_be_joined_are_listed_not_raised_from_torch(tmp_path):
+    key = "text_model.encoder.layer.0.attention.attention.key.weight"
+
+    def narrow_key(state):
+        assert key in state
+        state[key] = torch.zeros(24, 20)
+        return state
+
+    with pytest.raises(ValueError, match=r"do not match the model .*: 1 \['text_encoder.encoder.layers.0.attn.qkv"):
+        flava_model(pretrained=_hf_file(tmp_path, narrow_key), **TINY_FLAVA)
+
+
+def test_integer_weights_are_refused(tmp_path):
+    key = "text_projection.weight"
+
+    def integer(state):
+        state[key] = state[key].to(torch.int16)
+        return state
+
+    with pytest.raises(ValueError, match=r"text_projection.weight torch.int16 for a torch.float32 tensor"):
+        flava_model(pretrained=_hf_file(tmp_path, integer), **TINY_FLAVA)
+
+
+def test_mis_shaped_pretraining_heads_are_refused_in_one_line(tmp_path):
+    model = flava_model_for_pretraining(backbone=flava_model(**TINY_FLAVA), build_codebook=False, image_vocab_size=64)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "ours.safetensors"))
+    with pytest.raises(ValueError, match=r"mim_head.decoder.weight \[64, 32\] for \[32, 32\]") as info:
+        flava_model_for_pretraining(
+            backbone=flava_model(**TINY_FLAVA),
+            build_codebook=False,
+            image_vocab_size=32,
+            pretrained=tmp_path / "ours.safetensors",
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_checkpoint_configs_name_the_file(tmp_path):
+    write_tiny_export(tmp_path / "export")
+    (tmp_path / "export" / "backbone_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"backbone_config.json must hold a JSON object, got a list"):
+        load_pretrained(tmp_path / "export")
+    (tmp_path / "export" / "backbone_config.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"backbone_config.json is not JSON"):
+        load_pretrained(tmp_path / "export")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(
+        json.dumps({"image_config": [], "text_config": {}, "multimodal_config": {}})
+    )
+    (tmp_path / "hf" / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(ValueError, match="config image_config must be an object, got list"):
+        load_pretrained(tmp_path / "hf")
