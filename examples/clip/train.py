@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageTextFolder, TarShards
-from torchflava.data.shapes import ShapesWorld
+from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.streaming import StreamingBatches, StreamingConfig, shard_texts, streaming_checks
 from torchflava.data.tokenizer import run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, RandomCropTransform
@@ -115,6 +115,13 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
+            (
+                1 <= d.shapes.num_test <= len(ALL_SCENES),
+                "data.shapes.num_test",
+                f"in [1, {len(ALL_SCENES)}]",
+                d.shapes.num_test,
+            ),
+            (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
             (2 <= d.max_text_length <= context, "data.max_text_length", f"in [2, {context}]", d.max_text_length),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (d.source != "shapes" or d.shapes.num_pairs > 0, "data.shapes.num_pairs", "> 0", d.shapes.num_pairs),

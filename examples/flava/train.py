@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
 from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
-from torchflava.data.shapes import ShapesWorld
+from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.streaming import (
     StreamedSource,
     StreamingBatches,
@@ -163,6 +163,17 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
+            (
+                1 <= d.shapes.num_test <= len(ALL_SCENES),
+                "data.shapes.num_test",
+                f"in [1, {len(ALL_SCENES)}]",
+                d.shapes.num_test,
+            ),
+            (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
+            *[
+                (getattr(d.shapes, f"num_{k}") >= 0, f"data.shapes.num_{k}", ">= 0", getattr(d.shapes, f"num_{k}"))
+                for k in ("pairs", "images", "texts")
+            ],
             (m.patch_size >= 1, "model.patch_size", ">= 1", m.patch_size),
             (grid_ok, "model.image_size", f"a positive multiple of model.patch_size ({m.patch_size})", m.image_size),
             (

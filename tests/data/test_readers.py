@@ -109,6 +109,20 @@ def jsonl(records) -> str:
     return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n"
 
 
+def test_image_text_folder_refuses_a_file_without_one_well_formed_line(tmp_path, image_root):
+    lines = [{"image": "a.png", "text": "a caption under another key"}, '{"image": "a.png", "caption": ', "[1, 2]"]
+    with pytest.raises(ValueError, match=r"none of the 3 lines of .* is \(line 1: .*caption"):
+        ImageTextFolder(image_root, write(tmp_path / "captions.jsonl", jsonl(lines)))
+    assert (
+        len(
+            ImageTextFolder(
+                image_root, write(tmp_path / "one.jsonl", jsonl([*lines, {"image": "a.png", "caption": "ok"}]))
+            )
+        )
+        == 4
+    )
+
+
 def test_image_text_folder_jsonl(tmp_path, image_root):
     lines = [
         {"image": "a.png", "caption": "  a red and green pair \n"},  # line 1 -> item 0

@@ -68,6 +68,7 @@ def files(tmp_path_factory) -> Path:
 SHARED = [
     ("training.grad_accumulation=0", "training.grad_accumulation"),
     ("training.seed=-1", "training.seed"),
+    ("training.seed=18446744073709551616", "training.seed"),
     ("optim.lr=-1", "optim.lr"),
     ("optim.eps=0", "optim.eps"),
     ("optim.clip_grad_norm=-1", "optim.clip_grad_norm"),
@@ -113,6 +114,9 @@ FLAVA_ONLY = [
     ("data.max_text_length=1", "data.max_text_length"),
     ("data.vocab=/nowhere/vocab.txt", "data.vocab"),
     ("codebook.hidden_dim=0", "codebook"),
+    ("data.shapes.num_test=1000", "data.shapes.num_test"),  # was found after training, in the evaluation
+    ("data.shapes.image_size=0", "data.shapes.image_size"),
+    ("data.shapes.num_images=-1", "data.shapes.num_images"),  # was read as 0
     # data that cannot be opened
     ((FILES, "data.files.texts=/nonexistent"), "data.files.texts"),
     ((FILES, "data.files.texts={files}/empty_dir"), "data.files.texts"),
@@ -134,6 +138,7 @@ CLIP_ONLY = [
     ("model.patch_size=0", "model"),
     ("data.max_text_length=100", "data.max_text_length"),
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
+    ("data.shapes.num_test=0", "data.shapes.num_test"),
     ((FILES,), "data.files"),
     ((FILES, "data.files.pairs_shards=/nowhere/*.tar"), "data.files.pairs_shards"),
     ((FILES, "data.files.pairs_shards={files}/not_a.tar"), "data.files.pairs_shards"),
@@ -143,8 +148,11 @@ CLIP_ONLY = [
         (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/captions.txt"),
         "data.files.pairs_captions",
     ),
-    # every caption line malformed: no text to learn a vocabulary from
-    ((FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/broken.jsonl"), "data.vocab"),
+    # every caption line malformed: the captions file is at fault (it was blamed on data.vocab, no text to learn)
+    (
+        (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/broken.jsonl"),
+        "data.files.pairs_captions",
+    ),
 ]
 IMAGE_TEXT = ("data.task=image_text", "data.train={files}/labels.jsonl", "data.val={files}/labels.jsonl")
 IMAGE_TEXT += ("data.image_root={files}", "data.labels=[red,blue]", "model.modality=multimodal")
@@ -302,6 +310,9 @@ def test_the_command_line_exits_2_with_one_line(command, expected, files, tmp_pa
 def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
     module = RECIPES["clip"]
     (tmp_path / "file").write_text("not a directory")
-    cfg = module.load_config(module.TrainConfig, [f"config={CLIP[1]}", f"training.output_dir={tmp_path / 'file'}"])
-    with pytest.raises(module.ConfigError, match="key 'training.output_dir': expected a directory path"):
-        module.main(cfg)
+    (tmp_path / "run" / "checkpoints").parent.mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("a file where the checkpoints go")
+    for out in (tmp_path / "file", tmp_path / "file" / "below", tmp_path / "run"):
+        cfg = module.load_config(module.TrainConfig, [f"config={CLIP[1]}", f"training.output_dir={out}"])
+        with pytest.raises(module.ConfigError, match="key 'training.output_dir': expected a directory this process"):
+            module.main(cfg)

@@ -84,6 +84,9 @@ def test_a_marker_rewritten_to_another_step_is_caught(tmp_path):
         ('{"step": 2', "is unreadable (JSONDecodeError)"),
         ('{"step": 2, "world_size": 1}', "with a digest manifest"),  # written by an older version
         ("\xff\xfe", "is unreadable"),
+        ('{"step": 2, "files": {}}', "with a digest manifest"),  # no world size
+        ('{"step": 2, "world_size": "2", "files": {}}', "with a digest manifest"),
+        ('{"step": 2, "world_size": 0, "files": {}}', "with a digest manifest"),
     ],
 )
 def test_unreadable_or_old_markers_are_refused_in_one_line(tmp_path, content, reason):

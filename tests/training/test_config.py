@@ -10,7 +10,7 @@ from typing import Optional, Union
 import pytest
 import torch
 
-from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
 
 
 @dataclass
@@ -93,6 +93,26 @@ def test_wrong_type_in_the_file(tmp_path):
 def test_scalar_for_a_nested_section_names_the_key():
     with pytest.raises(ConfigError, match="optim"):
         load_config(Schema, ["optim=3"])
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["optim.betas={a: 1}"], r"override 'optim.betas=\{a: 1\}': Cannot merge incompatible container types"),
+        (["optim={lr: [1, 2]}"], r"optim"),
+        (["name=["], r"override 'name=\[': the value is not valid YAML"),
+    ],
+)
+def test_containers_of_the_wrong_kind_and_bad_yaml_name_the_override(argv, match):
+    with pytest.raises(ConfigError, match=match) as error:
+        load_config(Schema, argv)
+    assert "\n" not in str(error.value)
+
+
+def test_a_list_for_a_mapping_in_a_file_names_the_file(tmp_path):
+    file = write(tmp_path / "run.yaml", "optim: [1, 2]\n")
+    with pytest.raises(ConfigError, match="run.yaml"):
+        load_config(Schema, [f"config={file}"])
 
 
 def test_argument_without_equals():
@@ -186,3 +206,22 @@ def test_builder_config_refuses_what_a_config_cannot_hold():
 
     with pytest.raises(TypeError, match=r"either\(mode\): a config cannot hold the union"):
         builder_config(either, name="Section")
+
+
+@dataclass
+class _Training:
+    output_dir: str = "runs/a"
+    seed: int = 0
+
+
+@dataclass
+class _Run:
+    training: _Training = field(default_factory=_Training)
+
+
+def test_a_resumed_run_may_spell_or_place_its_directory_otherwise(tmp_path):
+    save_config(_Run(_Training(output_dir=str(tmp_path))), tmp_path / "config.yaml")
+    for spelt in (f"{tmp_path}/", os.path.relpath(tmp_path), str(tmp_path.parent / "moved")):
+        assert check_resume_config(tmp_path / "config.yaml", _Run(_Training(output_dir=spelt))) == []
+    with pytest.raises(ConfigError, match="'training.seed' \\(0 -> 1\\)"):  # what it trains stays refused
+        check_resume_config(tmp_path / "config.yaml", _Run(_Training(output_dir=str(tmp_path), seed=1)))

@@ -241,12 +241,97 @@ def test_a_non_finite_loss_stops_naming_the_last_good_checkpoint(tmp_path):
     calls = {"n": 0}
     with pytest.raises(NonFiniteLossError, match="at step 5 .*kind toy") as error:
         run(tmp_path, step=step, max_steps=8, checkpoint_every=2)
-    assert "step_00000004" in str(error.value) and "training.resume=auto" in str(error.value)
+    last = tmp_path / "checkpoints" / "step_00000004"
+    assert f"The last good checkpoint is {last}" in str(error.value)
+    assert f"resume with training.resume={last}" in str(error.value)
     assert [p.name for p in CheckpointManager(tmp_path / "checkpoints").complete()] == [
         "step_00000002",
         "step_00000004",
     ]
     assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+
+
+class _NaNGradient(torch.autograd.Function):
+    """The identity, whose backward gives NaN: a finite loss with non-finite gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def test_non_finite_gradients_stop_the_run_without_clipping_too(tmp_path):
+    def step(model, item):
+        calls["n"] += 1
+        sums, counts = toy_sums(model, item.batch)
+        if calls["n"] == 3:
+            sums["tokens"] = _NaNGradient.apply(sums["tokens"])
+        return StepOutput(sums, counts)
+
+    calls = {"n": 0}
+    with pytest.raises(NonFiniteLossError, match=r"gradient norm nan at step 3"):
+        run(tmp_path, step=step, max_steps=4, checkpoint_every=2, clip_grad_norm=None)
+    assert sorted(losses(tmp_path)) == [1, 2]  # no step was taken with the NaN gradients
+    assert [p.name for p in CheckpointManager(tmp_path / "checkpoints").complete()] == ["step_00000002"]
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["grad_norm"] > 0  # logged unclipped as well
+
+
+def test_resuming_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
+    run(tmp_path, max_steps=6, checkpoint_every=2, keep_checkpoints=3)
+    old = tmp_path / "checkpoints" / "step_00000002"
+    run(tmp_path, max_steps=6, checkpoint_every=1, keep_checkpoints=2, resume=str(old), lr=0.02)
+    # Rotation kept the new trajectory's newest (not the abandoned run's step 4 and 6), and auto
+    # would resume from it; the abandoned checkpoints are kept aside, not deleted.
+    assert [p.name for p in CheckpointManager(tmp_path / "checkpoints").complete()] == [
+        "step_00000005",
+        "step_00000006",
+    ]
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "abandoned").iterdir()) == [
+        "step_00000004",
+        "step_00000006",
+    ]
+
+
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
+    run(tmp_path / "a", max_steps=2, checkpoint_every=2)
+    training, optim = settings(
+        tmp_path / "b", max_steps=4, resume=str(tmp_path / "a" / "checkpoints" / "step_00000002")
+    )
+    wider = Toy()
+    wider.linear = Linear(3, 5)
+    with pytest.raises(
+        ConfigError, match=r"key 'training.resume': .*step_00000002 does not load into this run's model"
+    ) as error:
+        fit(wider, toy_step, ToyData(4), training=training, optim=optim, shard_layers=())
+    assert "\n" not in str(error.value)
+
+
+def test_resuming_past_max_steps_is_refused(tmp_path):
+    run(tmp_path, max_steps=6, checkpoint_every=3)
+    with pytest.raises(
+        ConfigError, match=r"key 'training.max_steps': expected at least the step of the checkpoint .* 6"
+    ):
+        run(tmp_path, max_steps=4, resume="auto")
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"precision": "fp16"}, "training.precision"),  # was trained in fp32 without a word
+        ({"clip_grad_norm": 0.0}, "optim.clip_grad_norm"),  # was clipping switched off
+        ({"checkpoint_every": 0}, "training.checkpoint_every"),  # was a ZeroDivisionError after a step
+        ({"grad_accumulation": 0}, "training.grad_accumulation"),
+        ({"seed": 2**64}, "training.seed"),
+        ({"eps": float("inf")}, "optim.eps"),
+    ],
+)
+def test_fit_checks_its_settings_before_any_work(tmp_path, change, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        run(tmp_path, data=ToyData(6), **change)
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 class ToyEncoder(nn.Module):

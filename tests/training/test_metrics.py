@@ -61,6 +61,16 @@ def test_torn_last_line_is_ignored(tmp_path):
     assert path.read_text().endswith("}\n") and path.read_text().count("\n") == 3
 
 
+def test_lines_that_are_not_records_are_ignored_and_resume_still_works(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log_steps(path, [1, 2])
+    with path.open("a") as f:
+        f.write('[1, 2]\n{"step": "7"}\n"text"\n{"loss": 1.0}\n')  # valid JSON, but no record of a step
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    log_steps(path, [3], resume_step=2)
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+
+
 def test_plot_losses_writes_a_png(tmp_path):
     records = [{"step": s, "loss": 10.0 / s, "loss/mim": 4.0 / s, "loss/mlm": 3.0 / s, "lr": 0.1} for s in range(1, 30)]
     path = tmp_path / "losses.png"

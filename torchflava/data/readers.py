@@ -205,6 +205,12 @@ class ImageTextFolder(Dataset):
                 self._entries.append(_tsv_entry(number, line))
         if not self._entries:
             raise ValueError(f"captions must list at least one image-caption pair, {self._captions!r} has none")
+        if all(entry.error is not None for entry in self._entries):  # e.g. every line lacks text_key
+            first = self._entries[0]
+            raise ValueError(
+                f"captions must list at least one well-formed image-caption pair, none of the {len(self._entries)} "
+                f"lines of {self._captions!r} is (line {first.line}: {first.error})"
+            )
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -129,6 +129,27 @@ class CheckpointManager:
             passed_over.append(f"{path} is damaged: {reason}")
         return None, passed_over
 
+    def set_aside_newer(self, step: int) -> list[Path]:
+        """Move the complete checkpoints after ``step`` to ``<root>/abandoned/`` (rank 0 only).
+
+        A run resumed from an older checkpoint starts a new trajectory: the newer checkpoints of
+        the old one must not be kept by rotation (which keeps the newest) in place of the new
+        run's, nor picked by ``resume=auto`` after a kill. Nothing is deleted.
+
+        Returns:
+            list[Path]: where each was moved.
+        """
+        moved = []
+        for path in (p for p in self.complete() if int(p.name[5:]) > step):
+            target = self.root / "abandoned" / path.name
+            target.parent.mkdir(exist_ok=True)
+            suffix = 1
+            while target.exists():
+                target, suffix = self.root / "abandoned" / f"{path.name}.{suffix}", suffix + 1
+            os.replace(path, target)
+            moved.append(target)
+        return moved
+
     def _clean_leftovers(self) -> None:
         """Remove what killed saves and deletions left: ``.step_*.tmp`` and ``.step_*.deleting``."""
         for leftover in list(self.root.glob(".step_*.tmp")) + list(self.root.glob(".step_*.deleting")):

@@ -55,7 +55,12 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
             raise ConfigError(f"config: {file!r} must hold a mapping at the top level")
         merged = _merge(merged, loaded, f"config file {file!r}")
     for override in overrides:  # one at a time, so an error names the override at fault
-        merged = _merge(merged, OmegaConf.from_dotlist([override]), f"override {override!r}")
+        try:
+            parsed = OmegaConf.from_dotlist([override])
+        except Exception as error:  # YAML syntax errors come in several types
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"override {override!r}: the value is not valid YAML ({reason})") from None
+        merged = _merge(merged, parsed, f"override {override!r}")
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
@@ -77,6 +82,8 @@ def _merge(base, update, where: str):
         return OmegaConf.merge(base, update)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error, where)) from None
+    except (TypeError, ValueError) as error:  # e.g. a list where the schema has a mapping
+        raise ConfigError(f"{where}: {error} (a list, mapping or value where the schema has another kind)") from None
 
 
 def save_config(config: object, path: Union[str, os.PathLike]) -> None:
@@ -165,6 +172,7 @@ RESUME_APPLIED = ("optim.", "training.max_steps")
 RESUME_FIXED = ("optim.lr_multipliers.",)
 RESUME_FREE = (
     "training.resume",
+    "training.output_dir",  # the run's own directory, read from it: spelt or placed otherwise, the same run
     "training.progress_bar",
     "training.tensorboard",
     "training.log_every",

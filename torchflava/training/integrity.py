@@ -170,7 +170,10 @@ def read_marker(path: Union[str, os.PathLike]) -> dict:
         raise CheckpointIntegrityError(f"{path} is not a complete checkpoint (no {MARKER} file)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointIntegrityError(f"{marker_path} is unreadable ({type(error).__name__})") from None
-    if not isinstance(marker, dict) or not isinstance(marker.get("step"), int) or "files" not in marker:
+    counts_ok = isinstance(marker, dict) and all(
+        type(marker.get(key)) is int and marker[key] >= minimum for key, minimum in (("step", 0), ("world_size", 1))
+    )
+    if not counts_ok or "files" not in marker:
         raise CheckpointIntegrityError(
             f"{marker_path} is not a torchflava checkpoint marker with a digest manifest "
             "(written by an older version, or edited)"

@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import math
 from pathlib import Path
+import pickle
 import sys
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
@@ -57,20 +58,23 @@ from torchflava.training.config import ConfigError, check_resume_config
 from torchflava.training.distributed import (
     DistributedInfo,
     all_reduce_sum,
+    barrier,
     init_distributed,
     model_device,
     sync_replicated_grads,
 )
 from torchflava.training.metrics import MetricsLogger
-from torchflava.training.optim import clip_grad_norm, param_groups
+from torchflava.training.optim import clip_grad_norm, grad_norm, param_groups
 from torchflava.training.run_lock import RunDirectoryInUse, RunLock
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
     launch_world_size,
+    raise_on_failed_checks,
     resume_point,
     setup_training,
+    training_checks,
 )
 from torchflava.utils.memory import keep_freed_memory
 
@@ -124,8 +128,8 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
 
     Raises:
         ConfigError: if another live run holds ``training.output_dir`` (naming its pid), if
-            ``training.resume`` is none but the output directory holds checkpoints, or if it names a
-            directory that is not an intact checkpoint.
+            ``training.resume`` is none but the output directory holds checkpoints, if it names a
+            directory that is not an intact checkpoint, or one past ``training.max_steps``.
     """
     directory = Path(training.output_dir).resolve()
     if _rank() == 0 and directory not in _HELD:
@@ -135,7 +139,13 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
             _HELD[directory] = RunLock(directory).acquire()
         except RunDirectoryInUse as error:
             raise ConfigError(f"key 'training.output_dir': {error}") from None
-    return resume_point(checkpoint_manager(training), training.resume)
+    resume_from = resume_point(checkpoint_manager(training), training.resume)
+    if resume_from is not None and checkpoint_step(resume_from) > training.max_steps:
+        raise ConfigError(
+            f"key 'training.max_steps': expected at least the step of the checkpoint resumed from, "
+            f"{checkpoint_step(resume_from)} ({resume_from}), got {training.max_steps}"
+        )
+    return resume_from
 
 
 def release_run_directory(training: TrainingConfig) -> None:
@@ -236,12 +246,14 @@ def fit(
 
     Raises:
         ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
-            is malformed.
+            is malformed; ConfigError (a ValueError) naming the key if ``training`` or ``optim``
+            holds a bad value (the checks a recipe's ``validate`` runs).
         ConfigError: as :func:`resume_checkpoint`; or a streamed run resumed on other ranks or loader
             workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
     """
     t = training
+    raise_on_failed_checks(training_checks(t, optim, _world_size()))  # as a recipe's validate does
     accumulation = t.grad_accumulation
     streamed = isinstance(data, IterableDataset)
     if not streamed and len(data) < t.max_steps * accumulation:
@@ -261,9 +273,13 @@ def fit(
         compile_blocks(model, shard_layers)
     device = model_device(model)
     wrapped, optimizer, scheduler, autocast = setup_training(model, t, optim, device=device, layer_types=shard_layers)
-    start, skipped, position = 0, [], {}
+    start, skipped, position, last_saved = 0, [], {}, resume_from
     if resume_from is not None:
         start, skipped, position = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler, streamed=streamed)
+        if _rank() == 0:  # newer checkpoints of an abandoned trajectory: out of rotation's and auto's way
+            for moved in checkpoints.set_aside_newer(start):
+                print(f"resume: {moved.name} is newer than {resume_from}; moved to {moved.parent}", file=sys.stderr)
+        barrier()
         _apply_optim_config(optimizer, scheduler, optim, model)
         if streamed:
             try:
@@ -306,11 +322,15 @@ def fit(
                 for name, value in means.items():
                     parts[name] = parts.get(name, 0.0) + value / accumulation
             sync_replicated_grads(model)
-            grad_norm = clip_grad_norm(model.parameters(), optim.clip_grad_norm) if optim.clip_grad_norm else None
+            # the gradient norm, clipped or not: a non-finite one stops the run before the step
+            if optim.clip_grad_norm:
+                norm = clip_grad_norm(model.parameters(), optim.clip_grad_norm)
+            else:
+                norm = grad_norm(p.grad for p in model.parameters() if p.grad is not None)
             stacked = torch.stack(list(parts.values())).cpu()
             values, loss = dict(zip(parts, stacked.tolist())), float(stacked.sum())
-            if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(float(grad_norm))):
-                raise NonFiniteLossError(_non_finite_message(loss, grad_norm, done, kind, values, checkpoints))
+            if not math.isfinite(loss) or not math.isfinite(float(norm)):
+                raise NonFiniteLossError(_non_finite_message(loss, norm, done, kind, values, last_saved))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -326,14 +346,14 @@ def fit(
                 if kind is not None:
                     record["kind"] = kind
                 record["lr"] = scheduler.get_last_lr()[0]
-                record["grad_norm"] = None if grad_norm is None else float(grad_norm)
+                record["grad_norm"] = float(norm)
                 record["samples_per_s"] = samples_per_s
                 if logger is not None:
                     logger.log(done, record)
                 if progress is not None:
                     progress.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps:
-                checkpoints.save(done, wrapped, optimizer, _loop_state(done, scheduler, skipped, position))
+                last_saved = checkpoints.save(done, wrapped, optimizer, _loop_state(done, scheduler, skipped, position))
     finally:
         if progress is not None:
             progress.close()
@@ -369,14 +389,14 @@ def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[st
     return total, {name: means[name] for name in sums}
 
 
-def _non_finite_message(loss, grad_norm, done, kind, values, checkpoints) -> str:
-    last = checkpoints.latest()
+def _non_finite_message(loss, norm, done, kind, values, last: Optional[Path]) -> str:
+    """``last``: the checkpoint this run last wrote, or resumed from (not merely the newest on disk)."""
     where = f"step {done}" + (f" (kind {kind})" if kind is not None else "")
-    norm = "" if grad_norm is None else f", gradient norm {float(grad_norm)}"
+    resume = "training.resume=auto" if last is None else f"training.resume={last}"
     return (
-        f"loss is {loss}{norm} at {where}, parts {values}; stopping. The last good checkpoint is "
-        f"{last if last is not None else 'none (no checkpoint was written yet)'}; lower optim.lr or set "
-        "optim.clip_grad_norm, then resume with training.resume=auto"
+        f"loss is {loss}, gradient norm {float(norm)} at {where}, parts {values}; stopping. The last good "
+        f"checkpoint is {last if last is not None else 'none (no checkpoint was written yet)'}; lower optim.lr or "
+        f"set optim.clip_grad_norm, then resume with {resume}"
     )
 
 
@@ -399,7 +419,8 @@ def _resume(
     position (streamed data; empty otherwise).
 
     Raises:
-        ConfigError: if streamed data resumes on another number of ranks.
+        ConfigError: if streamed data resumes on another number of ranks, or the checkpoint does not
+            load into the model (another architecture; files refused by the integrity checks).
     """
     saved_world = checkpoint_world_size(path)
     if streamed and saved_world != _world_size():
@@ -407,7 +428,11 @@ def _resume(
             f"key 'training.resume': expected a streamed run to resume on the {saved_world} rank(s) it was started "
             f"with, got {_world_size()} (the stream's positions are per rank and loader worker)"
         )
-    local = checkpoints.load(path, wrapped, optimizer, verified=True)  # resume_checkpoint verified it
+    try:
+        local = checkpoints.load(path, wrapped, optimizer, verified=True)  # resume_checkpoint verified it
+    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as error:  # another model, forged files
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"key 'training.resume': {path} does not load into this run's model: {reason}") from None
     step = checkpoint_step(path)
     if local and saved_world == _world_size():
         scheduler.load_state_dict(local["scheduler"])

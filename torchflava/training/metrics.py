@@ -63,13 +63,16 @@ class MetricsLogger:
 
 
 def read_metrics(path: Union[str, os.PathLike]) -> list[dict]:
-    """The records of a metrics JSONL file (a torn last line, from a killed run, is ignored)."""
+    """The records of a metrics JSONL file: JSON objects with an int ``step``. Other lines (a torn
+    last line from a killed run, an edit) are ignored."""
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and type(record.get("step")) is int:
+            records.append(record)
     return records
 
 

@@ -98,6 +98,19 @@ def warmup_cosine(
 
 
 @torch.no_grad()
+def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of ``grads`` (plain tensors, FSDP2-sharded ``DTensor`` ones, or a mix: the
+    norm of the full, unsharded gradients), as a plain CPU scalar; 0 for none."""
+    grads = list(grads)
+    squares = []
+    for group in ([g for g in grads if isinstance(g, DTensor)], [g for g in grads if not isinstance(g, DTensor)]):
+        if group:
+            norm = torch.nn.utils.get_total_norm(group)
+            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+            squares.append(norm.float().cpu() ** 2)
+    return torch.stack(squares).sum().sqrt() if squares else torch.tensor(0.0)
+
+
 def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
     """Scale gradients so their global L2 norm is at most ``max_norm``; return the norm before.
 
@@ -117,15 +130,7 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> torch
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    squares = []
-    for group in ([g for g in grads if isinstance(g, DTensor)], [g for g in grads if not isinstance(g, DTensor)]):
-        if group:
-            norm = torch.nn.utils.get_total_norm(group)
-            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-            squares.append(norm.float().cpu() ** 2)
-    total = torch.stack(squares).sum().sqrt()
+    total = grad_norm(grads)
     coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for grad in grads:
         grad.mul_(coefficient.to(grad.device, grad.dtype) if not isinstance(grad, DTensor) else coefficient.item())

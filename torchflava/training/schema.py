@@ -73,6 +73,16 @@ def raise_on_failed_checks(checks: Sequence[tuple]) -> None:
             raise ConfigError(f"key '{key}': expected {expected}, got {got!r}")
 
 
+def _can_hold_a_run(path: Path) -> bool:
+    """Whether ``path`` is, or can be created as, a writable directory whose ``checkpoints`` is not a file."""
+    if path.exists():
+        return path.is_dir() and os.access(path, os.W_OK | os.X_OK) and not (path / "checkpoints").is_file()
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    return ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK)
+
+
 def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[tuple]:
     """The checks of the shared sections that types cannot express, for :func:`raise_on_failed_checks`.
 
@@ -85,6 +95,7 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     return [
         (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
         (t.device in ("auto", "cpu", "cuda"), "training.device", "auto, cpu or cuda", t.device),
+        (t.device != "cuda" or torch.cuda.is_available(), "training.device", "auto or cpu (no CUDA here)", t.device),
         (t.precision in ("fp32", "bf16"), "training.precision", "fp32 or bf16", t.precision),
         (
             t.activation_checkpointing in CHECKPOINT_MODES,
@@ -92,7 +103,12 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             f"one of {CHECKPOINT_MODES}",
             t.activation_checkpointing,
         ),
-        (bool(t.output_dir) and not output.is_file(), "training.output_dir", "a directory path", t.output_dir),
+        (
+            bool(t.output_dir) and _can_hold_a_run(output),
+            "training.output_dir",
+            "a directory this process can create or write (with no file named checkpoints in it)",
+            t.output_dir,
+        ),
         (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
         (accumulation_ok, "training.grad_accumulation", ">= 1", t.grad_accumulation),
         (
@@ -101,21 +117,21 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             f"a positive multiple of world size x grad_accumulation ({world_size} x {t.grad_accumulation})",
             t.global_batch_size,
         ),
-        (t.seed >= 0, "training.seed", ">= 0", t.seed),
+        (0 <= t.seed < 2**32, "training.seed", "in [0, 2**32)", t.seed),
         (t.log_every >= 1, "training.log_every", ">= 1", t.log_every),
         (t.checkpoint_every >= 1, "training.checkpoint_every", ">= 1", t.checkpoint_every),
         (t.keep_checkpoints >= 1, "training.keep_checkpoints", ">= 1", t.keep_checkpoints),
         (t.threads is None or t.threads >= 1, "training.threads", "null or >= 1", t.threads),
         (o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a finite number > 0", o.lr),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas),
-        (o.eps > 0, "optim.eps", "> 0", o.eps),
-        (o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay),
+        (0 < o.eps < math.inf, "optim.eps", "a finite number > 0", o.eps),
+        (0 <= o.weight_decay < math.inf, "optim.weight_decay", "a finite number >= 0", o.weight_decay),
         (0 <= o.warmup_steps < t.max_steps, "optim.warmup_steps", "in [0, training.max_steps)", o.warmup_steps),
         (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio),
         (
-            o.clip_grad_norm is None or o.clip_grad_norm > 0,
+            o.clip_grad_norm is None or 0 < o.clip_grad_norm < math.inf,
             "optim.clip_grad_norm",
-            "null or > 0",
+            "null or a finite number > 0",
             o.clip_grad_norm,
         ),
     ]
