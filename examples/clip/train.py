@@ -46,6 +46,7 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
+    checkpoint_fits,
     lr_multipliers_check,
     opened,
     pair_file_checks,
@@ -155,6 +156,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     build = functools.cache(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))
     if cfg.model.pretrained is None:
         raise_on_failed_checks([builds_on_meta("model", build)])
+    raise_on_failed_checks([checkpoint_fits("model.pretrained", cfg.model.pretrained)])  # reads no tensor data
     raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
 
 

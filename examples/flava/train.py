@@ -53,6 +53,7 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
+    checkpoint_fits,
     lr_multipliers_check,
     opened,
     pair_file_checks,
@@ -207,12 +208,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (d.vocab_training_texts >= 1, "data.vocab_training_texts", ">= 1", d.vocab_training_texts),
             (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
             (d.vocab is None or Path(d.vocab).exists(), "data.vocab", "an existing vocab.txt or directory", d.vocab),
-            (
-                cfg.model.pretrained is None or "://" in cfg.model.pretrained or Path(cfg.model.pretrained).exists(),
-                "model.pretrained",
-                "an existing checkpoint path or a URL",
-                cfg.model.pretrained,
-            ),
+            checkpoint_fits("model.pretrained", cfg.model.pretrained),  # its header read, no tensor data
         ]
         + streaming_checks(
             d.streaming, source=d.source, shards=f.pairs_shards, world_size=world_size, num_workers=d.num_workers

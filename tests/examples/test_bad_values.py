@@ -47,6 +47,7 @@ def files(tmp_path_factory) -> Path:
     (root / "header_only.tsv").write_text("question\tsentence\tlabel\n")
     (root / "latin1.tsv").write_bytes("question\tsentence\tlabel\nqu\xe9?\tb\tpos\n".encode("latin-1"))
     (root / "not_a_checkpoint").mkdir()
+    (root / "garbage.safetensors").write_bytes(b"\x10" * 64)
     for split, classes in (("train", ("red", "blue")), ("val", ("red", "green")), ("one_class", ("red",))):
         for name in classes:
             (root / "classes" / split / name).mkdir(parents=True)
@@ -114,6 +115,8 @@ FLAVA_ONLY = [
     ("data.max_text_length=1", "data.max_text_length"),
     ("data.vocab=/nowhere/vocab.txt", "data.vocab"),
     ("codebook.hidden_dim=0", "codebook"),
+    ("model.pretrained={files}/garbage.safetensors", "model.pretrained"),  # was a traceback after the vocabulary
+    ("model.pretrained={files}/not_a_checkpoint", "model.pretrained"),
     ("data.shapes.num_test=1000", "data.shapes.num_test"),  # was found after training, in the evaluation
     ("data.shapes.image_size=0", "data.shapes.image_size"),
     ("data.shapes.num_images=-1", "data.shapes.num_images"),  # was read as 0
@@ -139,6 +142,7 @@ CLIP_ONLY = [
     ("data.max_text_length=100", "data.max_text_length"),
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
     ("data.shapes.num_test=0", "data.shapes.num_test"),
+    ("model.pretrained={files}/garbage.safetensors", "model.pretrained"),
     ((FILES,), "data.files"),
     ((FILES, "data.files.pairs_shards=/nowhere/*.tar"), "data.files.pairs_shards"),
     ((FILES, "data.files.pairs_shards={files}/not_a.tar"), "data.files.pairs_shards"),

@@ -397,3 +397,30 @@ def test_read_json_object_names_the_file():
 
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         read_json_object("/nonexistent/config.json")
+
+
+@pytest.mark.parametrize("layout", ["model.safetensors", "model.pt", "legacy.pt", "index"])
+def test_peek_gives_names_shapes_and_dtypes_without_reading_data(tmp_path, layout):
+    from torchflava.utils.checkpoint import peek_state_dict
+
+    tensors = _tensors()
+    if layout == "index":
+        save_file({k: v for k, v in tensors.items() if k.startswith("a.")}, str(tmp_path / "part-1.safetensors"))
+        save_file({k: v for k, v in tensors.items() if not k.startswith("a.")}, str(tmp_path / "part-2.safetensors"))
+        weight_map = {k: "part-1.safetensors" if k.startswith("a.") else "part-2.safetensors" for k in tensors}
+        (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        path = tmp_path
+    elif layout.endswith("safetensors"):
+        path = tmp_path / layout
+        save_file(tensors, str(path))
+    else:
+        path = tmp_path / layout
+        torch.save(tensors, path, _use_new_zipfile_serialization=layout != "legacy.pt")
+    peeked = checkpoint.peek_state_dict(path)
+    assert peeked.keys() == tensors.keys()
+    for key, value in tensors.items():
+        assert peeked[key].is_meta and peeked[key].shape == value.shape, key
+        assert peeked[key].dtype == value.dtype, key
+    with pytest.raises(ValueError, match="could not read .* as a safetensors file"):
+        (tmp_path / "bad.safetensors").write_bytes(b"\x10" * 64)
+        peek_state_dict(tmp_path / "bad.safetensors")

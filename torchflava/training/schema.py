@@ -22,6 +22,7 @@ from torchflava.training.config import ConfigError
 from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
+from torchflava.utils.checkpoint import peek_state_dict
 
 T = TypeVar("T")
 
@@ -331,6 +332,27 @@ def pair_file_checks(
         path_check(f"{prefix}.pairs_root", root, "directory"),
         path_check(f"{prefix}.pairs_captions", captions, "file"),
     ]
+
+
+def checkpoint_fits(key: str, path: Optional[str], fits: Optional[Callable[[dict], object]] = None) -> tuple:
+    """A check that the local checkpoint ``path`` (None passes) reads as a state dict and, with
+    ``fits``, that ``fits(tensors)`` accepts its names and shapes (e.g. the model's converter
+    against the model built on the meta device); no tensor data is read (:func:`peek_state_dict`).
+    URLs pass (they are read when the model is built).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    if path is None or "://" in str(path) and not str(path).startswith("file:"):
+        return (True, key, "", None)
+    try:
+        tensors = peek_state_dict(path)
+        if fits is not None:
+            fits(tensors)
+    except (OSError, ValueError, TypeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return (False, key, "a checkpoint that reads and fits the model section", f"{path} ({reason})")
+    return (True, key, "", None)
 
 
 def opened(key: str, value: object, expected: str, open_source: Callable[[], T]) -> T:

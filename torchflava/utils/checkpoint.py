@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 
 from iopath.common.file_io import HTTPURLHandler, PathManager
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 import torch
 from torch import Tensor, nn
@@ -86,7 +86,7 @@ def _download(url: str) -> str:
         socket.setdefaulttimeout(previous)
 
 
-def _load_file(path: Path) -> dict[str, Tensor]:
+def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
     if path.suffix == ".json":  # a sharded checkpoint's index
         return _load_index(path)
     if path.suffix == ".safetensors":
@@ -95,7 +95,7 @@ def _load_file(path: Path) -> dict[str, Tensor]:
         except SafetensorError as error:  # empty, truncated, or not safetensors at all
             raise ValueError(f"could not read {path} as a safetensors file: {_first_line(error)}") from error
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = _torch_load(path, mmap)
     except Exception as err:  # pickled code, a truncated file, or not a torch file at all
         raise ValueError(
             f"could not read {path} as a state dict with weights_only=True (no pickled code is run): {_first_line(err)}"
@@ -107,8 +107,27 @@ def _load_file(path: Path) -> dict[str, Tensor]:
     return _checked_tensors(path, obj)
 
 
+def _torch_load(path: Path, mmap: bool) -> object:
+    """``torch.load`` with ``weights_only``; memory-mapped when asked and the file allows it."""
+    if mmap:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:  # an old non-zip file cannot be mapped: read it
+            if "mmap" not in str(error):
+                raise
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _load_index(path: Path) -> dict[str, Tensor]:
     """The tensors of the shards a sharded checkpoint's index names, all beside it."""
+    merged: dict[str, Tensor] = {}
+    for shard in _index_shards(path):
+        merged.update(_load_file(path.parent / shard))
+    return merged
+
+
+def _index_shards(path: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index names (checked: files beside it, all present)."""
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -122,12 +141,10 @@ def _load_index(path: Path) -> dict[str, Tensor]:
     stray = [s for s in shards if Path(s).name != s or s in (".", "..") or Path(s).suffix == ".json"]
     if stray:
         raise ValueError(f"{path}: expected shard files beside the index (no directories, no index), got {stray[:3]}")
-    merged: dict[str, Tensor] = {}
     for shard in shards:
         if not (path.parent / shard).is_file():
             raise FileNotFoundError(f"{path}: shard {shard} not found beside the index")
-        merged.update(_load_file(path.parent / shard))
-    return merged
+    return shards
 
 
 def read_json_object(path: PathLike) -> dict:
@@ -241,6 +258,56 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
                 return _load_file(local / name)
         raise FileNotFoundError(f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}")
     return _load_file(local)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def peek_state_dict(path: PathLike) -> dict[str, Tensor]:
+    """A local checkpoint's tensor names, shapes and dtypes, as meta tensors, reading no tensor data.
+
+    The layouts and checks of :func:`load_state_dict`; safetensors headers are read alone and torch
+    files are memory-mapped (an old non-zip torch file is read whole). For checking that a
+    checkpoint fits a model before any work (e.g. the model's converter on a meta-device model).
+
+    Raises:
+        As :func:`load_state_dict` (URLs are not peeked at: ValueError).
+    """
+    if isinstance(path, (str, os.PathLike)) and "://" in os.fspath(path) and not os.fspath(path).startswith("file:"):
+        raise ValueError(f"only local checkpoints can be peeked at, got the URL {os.fspath(path)!r}")
+    local = local_checkpoint(path)
+    if local.is_dir():
+        local = next((local / n for n in _DIRECTORY_FILES if (local / n).exists()), local)
+        if local.is_dir():
+            raise FileNotFoundError(f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}")
+    files = [local]
+    if local.suffix == ".json":
+        files = [local.parent / shard for shard in sorted(set(_index_shards(local)))]
+    out: dict[str, Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    for key in handle.keys():
+                        part = handle.get_slice(key)
+                        dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)  # rarer ones: bytes
+                        out[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+            except SafetensorError as error:
+                raise ValueError(f"could not read {file} as a safetensors file: {_first_line(error)}") from error
+        else:
+            out.update({k: v.to("meta") for k, v in _load_file(file, mmap=True).items()})
+    return out
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
