@@ -130,3 +130,22 @@ def test_errors(tmp_path):
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="has neither vocab.txt nor tokenizer.json"):
         load_pretrained(tmp_path)
+
+
+def test_a_tokenizer_larger_than_the_model_and_a_second_weights_file_are_refused(tmp_path):
+    write_tiny_export(tmp_path / "export")
+    vocab = tmp_path / "export" / "vocab.txt"
+    size = json.loads((tmp_path / "export" / "backbone_config.json").read_text())["vocab_size"]
+    tokens = vocab.read_text().split("\n")[:-1]
+    vocab.write_text("".join(f"{t}\n" for t in tokens + [f"extra{i}" for i in range(size - len(tokens) + 1)]))
+    with pytest.raises(ValueError, match=f"at most the model's vocab_size {size} tokens in .*, got {size + 1}"):
+        load_pretrained(tmp_path / "export")
+    vocab.write_text("".join(f"{t}\n" for t in tokens))
+    load_pretrained(tmp_path / "export")  # as written
+    (tmp_path / "export" / "a_stale.safetensors").write_bytes(
+        (tmp_path / "export" / "weights.safetensors").read_bytes()
+    )
+    with pytest.raises(
+        ValueError, match=r"one .safetensors weights file in .*\['a_stale.safetensors', 'weights.safetensors'\]"
+    ):
+        load_pretrained(tmp_path / "export")

@@ -135,6 +135,40 @@ def test_errors(tmp_path, export, images):
         zero_shot.main(["--checkpoint", str(export[0]), "--images", str(images)])  # neither mode given
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch-size", "0"], "argument --batch-size: expected an int >= 1, got 0"),  # was range()'s error, late
+        (["--json", "/nonexistent/dir/out.json"], "argument --json: expected a file path in a writable directory"),
+        (["--template", "a {} {colour}"], "argument --template: expected one '{}'"),  # was a KeyError traceback
+        (["--template", "a {} and a {}"], "argument --template: expected one '{}'"),
+        (["--template", "a {} }"], "argument --template: expected one '{}'"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_them_before_any_work(export, images, extra, message, capsys):
+    command = ["--checkpoint", "/nonexistent", "--images", str(images), "--classes", ",".join(CLASSES), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        zero_shot.main(command)  # the checkpoint is never opened: the arguments are refused first
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_diverged_checkpoint_is_refused_not_classified(tmp_path, images):
+    from safetensors.torch import load_file, save_file
+
+    write_tiny_export(tmp_path)
+    weights = tmp_path / "weights.safetensors"
+    state = load_file(str(weights))
+    key = next(k for k in state if k.endswith("image_projection.weight"))
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(weights))
+    out = tmp_path / "result.json"
+    with pytest.raises(ValueError, match="image_features holds NaN or infinite values"):
+        zero_shot.main(
+            ["--checkpoint", str(tmp_path), "--images", str(images), "--classes", ",".join(CLASSES), "--json", str(out)]
+        )
+    assert not out.exists()
+
+
 PHOTO_CLASSES = ["Cat", "coffee cup", "Rocket", "astronaut", "woman in space"]
 
 

@@ -12,8 +12,6 @@ task (train and validation from the training world, test = the held-out split).
 """
 
 import argparse
-import json
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -24,7 +22,7 @@ from torchflava.data.samples import BadSample
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
-from torchflava.utils.cli import run_command
+from torchflava.utils.cli import output_file, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 
 
@@ -92,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--train")
     parser.add_argument("--val")
     parser.add_argument("--test")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file, help="also write the report here")
     args = parser.parse_args(argv)
     if not args.shapes and not (args.train and args.val):
         parser.error("give --shapes, or --train and --val (and optionally --test) class folders")
@@ -120,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         + f" (chance {100 / len(classes):.1f}%)"
     )
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return report
 
 

@@ -103,8 +103,12 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     if (path / "backbone_config.json").is_file():
         kwargs = read_json_object(path / "backbone_config.json")
         weights = sorted(path.glob("*.safetensors"))
-        if not weights:
-            raise FileNotFoundError(f"checkpoint: no .safetensors weights in {path}")
+        if len(weights) != 1:  # several: which is the model's cannot be told (a stale copy beside it?)
+            if not weights:
+                raise FileNotFoundError(f"checkpoint: no .safetensors weights in {path}")
+            raise ValueError(
+                f"checkpoint: expected one .safetensors weights file in {path}, got {[w.name for w in weights]}"
+            )
         weights = weights[0]
     elif (path / "config.json").is_file():
         kwargs = flava_kwargs_from_hf_config(read_json_object(path / "config.json"))
@@ -164,10 +168,17 @@ def load_pretrained(path: Union[str, os.PathLike]) -> PretrainedFLAVA:
     Raises:
         FileNotFoundError: as :func:`checkpoint_layout`.
         ValueError: if ``tokenizer_config.json`` or ``preprocessor_config.json`` holds a bad value,
-            or the weights do not match the architecture.
+            the tokenizer has more tokens than the model's vocabulary, or the weights do not match the
+            architecture.
     """
     layout = checkpoint_layout(path)
     tokenizer = WordPieceTokenizer.from_directory(layout.directory)
+    vocab_size = layout.kwargs.get("vocab_size", 30522)
+    if tokenizer.vocab_size > vocab_size:  # its last ids would have no embedding (fewer tokens is common: padding)
+        raise ValueError(
+            f"checkpoint: expected a tokenizer of at most the model's vocab_size {vocab_size} tokens in "
+            f"{layout.directory}, got {tokenizer.vocab_size}"
+        )
     image_transform = checkpoint_image_transform(layout.directory, image_size=int(layout.kwargs.get("image_size", 224)))
     model = flava_model(pretrained=layout.weights, **layout.kwargs).eval()
     return PretrainedFLAVA(

@@ -16,7 +16,6 @@ captions are skipped and counted.
 """
 
 import argparse
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -26,8 +25,10 @@ from torch import Tensor
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
+from torchflava.evaluation.zero_shot import check_finite
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
-from torchflava.utils.cli import run_command
+from torchflava.utils.checks import is_prompt_template
+from torchflava.utils.cli import output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
@@ -110,6 +111,7 @@ def classify_folder(
         raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
     features = image_features(pretrained, [s.image for s in samples], batch_size=batch_size)
     classes = class_embeddings(pretrained, class_names, templates)
+    check_finite(image_features=features, class_embeddings=classes)  # a diverged model predicts nothing
     similarity = features @ classes.T  # (N, C) cosine similarities
     predicted = similarity.argmax(dim=1)
     probabilities = (pretrained.model.logit_scale.detach().exp() * similarity).softmax(dim=1)
@@ -160,9 +162,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument(
         "--template", action="append", dest="templates", help="prompt template with {} for the class name (repeatable)"
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--json", type=output_file, help="also write the result here")
     args = parser.parse_args(argv)
+    bad = [t for t in args.templates or () if not is_prompt_template(t)]
+    if bad:
+        parser.error(f"argument --template: expected one '{{}}' for the class name and no other braces, got {bad}")
     pretrained = load_pretrained(args.checkpoint)
     if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
@@ -182,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             k = key.split("@")[1]
             print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'R@{k}_chance']:.1f}%)")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return result
 
 

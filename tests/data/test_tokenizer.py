@@ -350,6 +350,31 @@ def test_tokenizer_json_errors(tmp_path):
         WordPieceTokenizer.from_tokenizer_json(path)
     with pytest.raises(FileNotFoundError, match="neither vocab.txt nor tokenizer.json"):
         WordPieceTokenizer.from_directory(tmp_path / "nothing")
+    specials = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    for vocab, match in (
+        ({**specials, "red": 9}, "ids 0 .. 5, each once"),  # a gap: save() would renumber it
+        ({**specials, "red": 4}, "ids 0 .. 5, each once"),  # a repeat
+        ({**specials, "red": True}, "int ids"),
+        ({**specials, "red": "5"}, "int ids"),
+    ):
+        path.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": vocab}}))
+        with pytest.raises(ValueError, match=match):
+            WordPieceTokenizer.from_tokenizer_json(path)
+    path.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": specials, "max_input_chars_per_word": None}}))
+    with pytest.raises(ValueError, match="max_input_chars_per_word must be an int >= 1, got None"):
+        WordPieceTokenizer.from_tokenizer_json(path)
+
+
+def test_vocab_lines_split_at_newlines_only(tmp_path):
+    tokens = [*VOCAB, "a\x0cb", "x\u2028y", "hello"]  # characters str.splitlines() would also split at
+    path = tmp_path / "vocab.txt"
+    path.write_bytes(("\r\n".join(tokens) + "\r\n").encode("utf-8"))  # CRLF endings too
+    tok = WordPieceTokenizer.from_vocab(path)
+    assert tok.vocab_size == len(tokens)
+    assert tok(["hello"], max_length=4)[0][0, 1].item() == len(tokens) - 1  # not shifted
+    path.write_bytes(b"\xff\xfe[PAD]\n")
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        WordPieceTokenizer.from_vocab(path)
 
 
 def test_run_vocabulary_reads_a_directory_with_its_settings_and_reloads_what_it_learnt(tmp_path, captions):

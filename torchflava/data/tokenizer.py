@@ -141,7 +141,13 @@ class WordPieceTokenizer:
             path = path / "vocab.txt"
         if not path.is_file():
             raise FileNotFoundError(f"path: no vocab.txt at {path}")
-        tokens = path.read_text(encoding="utf-8").splitlines()
+        try:  # one token a line, split at "\n" only: splitlines() would also split at \x0c, \x85, \u2028...
+            tokens = path.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"path: {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        tokens = [token.removesuffix("\r") for token in tokens]
+        if tokens and tokens[-1] == "":  # the newline that ends the last line
+            tokens.pop()
         vocab = {token: i for i, token in enumerate(tokens)}
         if len(vocab) != len(tokens):
             raise ValueError(f"path: {path} repeats tokens ({len(tokens) - len(vocab)} duplicates)")
@@ -197,14 +203,19 @@ class WordPieceTokenizer:
                 f"{model.get('unk_token')!r} and {model.get('continuing_subword_prefix')!r}"
             )
         vocab = model.get("vocab")
-        if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+        if not isinstance(vocab, dict) or any(type(i) is not int for i in vocab.values()):
             raise ValueError(f"path: {path} model.vocab must map tokens to int ids")
+        if sorted(vocab.values()) != list(range(len(vocab))):  # save() writes positions: gaps would renumber
+            raise ValueError(f"path: {path} model.vocab must give its tokens the ids 0 .. {len(vocab) - 1}, each once")
+        chars = model.get("max_input_chars_per_word", 100)
+        if type(chars) is not int or chars < 1:
+            raise ValueError(f"path: {path} model.max_input_chars_per_word must be an int >= 1, got {chars!r}")
         bare = cls._bare(
             vocab,
             lowercase=lowercase,
             strip_accents=strip_accents,
             tokenize_chinese_chars=tokenize_chinese_chars,
-            max_input_chars_per_word=int(model.get("max_input_chars_per_word", 100)),
+            max_input_chars_per_word=chars,
         )
         return cls(bare, model_max_length=model_max_length)
 

@@ -11,8 +11,11 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from torchflava.utils.checks import is_prompt_template
 
-def _check_finite(**tensors: Tensor) -> None:
+
+def check_finite(**tensors: Tensor) -> None:
+    """ValueError naming the first of ``tensors`` (by keyword) that holds NaN or infinite values."""
     for name, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{name} holds NaN or infinite values (a diverged model?)")
@@ -40,9 +43,9 @@ def zero_shot_classifier(
     """
     if len(class_names) == 0 or len(templates) == 0:
         raise ValueError("class_names and templates must not be empty")
-    bad = [t for t in templates if "{}" not in t]
+    bad = [t for t in templates if not is_prompt_template(t)]
     if bad:
-        raise ValueError(f"templates must contain '{{}}' for the class name, got {bad}")
+        raise ValueError(f"templates must contain one '{{}}' for the class name and no other braces, got {bad}")
     prompts = [template.format(name) for name in class_names for template in templates]
     with torch.no_grad():
         features = F.normalize(encode_text(*tokenize(prompts)).float(), dim=-1)
@@ -73,7 +76,7 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
         raise ValueError(f"labels must have shape ({image_features.shape[0]},), got {tuple(labels.shape)}")
     if bool(((labels < 0) | (labels >= class_embeddings.shape[0])).any()):
         raise ValueError(f"labels must be in [0, {class_embeddings.shape[0]})")
-    _check_finite(image_features=image_features, class_embeddings=class_embeddings)
+    check_finite(image_features=image_features, class_embeddings=class_embeddings)
     predictions = (image_features.float() @ class_embeddings.float().T).argmax(dim=1)
     return (predictions == labels).float().mean().item()
 
@@ -100,7 +103,7 @@ def retrieval_recall(image_features: Tensor, text_features: Tensor, ks: Sequence
     n = image_features.shape[0]
     if any(not 1 <= k <= n for k in ks):
         raise ValueError(f"ks must lie in [1, {n}], got {list(ks)}")
-    _check_finite(image_features=image_features, text_features=text_features)
+    check_finite(image_features=image_features, text_features=text_features)
     similarity = image_features.float() @ text_features.float().T
     # Rank of the right answer: how many other candidates score at least as high (ties count
     # against it, so collapsed, identical features score chance-like, not perfect, recall).

@@ -23,6 +23,7 @@ from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 from torchflava.utils.checkpoint import peek_state_dict
+from torchflava.utils.checks import is_prompt_template
 
 T = TypeVar("T")
 
@@ -269,7 +270,7 @@ def template_checks(key: str, templates: Sequence[str], batch_size: int, batch_k
     """Zero-shot prompt templates (at least one, each with one ``{}``) and an evaluation batch size >= 1."""
     return [
         (
-            len(templates) > 0 and all(isinstance(x, str) and x.count("{}") == 1 for x in templates),
+            len(templates) > 0 and all(is_prompt_template(x) for x in templates),
             key,
             "a non-empty list of templates, each with one '{}'",
             list(templates),

@@ -1,6 +1,7 @@
 """Argument checks shared across the library: one-line errors naming the argument, expected and given."""
 
 import math
+import string
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -118,6 +119,18 @@ def check_architecture(
         value = args[key]
         if value is not None and (type(value) is not int or not 0 <= value < args[size]):
             raise ValueError(f"{name(key)} must be an int id below {size} = {args[size]}, got {value!r}")
+
+
+def is_prompt_template(template: object) -> bool:
+    """Whether ``template`` is a str with exactly one replacement field, ``{}`` (for a class name),
+    and no other (``{0}``, ``{name}``, a second ``{}``, or an unbalanced brace would fail in format)."""
+    if not isinstance(template, str):
+        return False
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError:  # a single '{' or '}'
+        return False
+    return fields == [""]
 
 
 def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> None:

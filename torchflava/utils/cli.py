@@ -1,7 +1,13 @@
-"""Entry-point helper for the ``python -m torchflava.<command>`` modules."""
+"""Entry-point helpers for the ``python -m torchflava.<command>`` modules: running, argument types, output."""
 
+import argparse
+import json
+import os
+from pathlib import Path
 import sys
 from typing import Callable
+
+from torchflava.utils.checkpoint import atomic_write
 
 
 def run_command(main: Callable[[], object]) -> None:
@@ -11,3 +17,30 @@ def run_command(main: Callable[[], object]) -> None:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (argparse names the option and exits with 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file path whose directory exists and is writable (checked before any work)."""
+    path = Path(text)
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"expected a file path in a writable directory, got {text!r}")
+    return path
+
+
+def write_json(path: Path, value: object) -> None:
+    """Write ``value`` as JSON, atomically; ValueError (before writing) if it holds NaN or infinity,
+    which JSON cannot represent."""
+    text = json.dumps(value, indent=2, allow_nan=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
