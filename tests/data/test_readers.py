@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import BadSample, Sample
+from torchflava.data.streaming import StreamingBatches
 
 # A 2 x 1 RGB image with two exact pixels (PNG is lossless).
 RED_GREEN = [(255, 0, 0), (0, 255, 0)]
@@ -361,6 +362,27 @@ def shards(tmp_path) -> list[Path]:
         + [("0002.png", png_bytes()), ("0002.json", b"{oops")],
     )
     return [first, second]
+
+
+def test_tar_shards_group_members_as_the_stream_does_and_merge_nothing(tmp_path):
+    shard = write_tar(
+        tmp_path / "dup.tar",
+        [("a.png", png_bytes()), ("a.txt", b"first a")]
+        + [("b.png", png_bytes()), ("b.txt", b"b")]
+        + [("a.png", png_bytes()), ("a.txt", b"a again")]  # the key comes back: another sample
+        + [("c.png", png_bytes()), ("c.txt", b"c"), ("c.png", png_bytes()), ("c.txt", b"c twice")],  # repeated
+    )
+    dataset = TarShards(shard)
+    assert [r.text if isinstance(r, Sample) else None for r in outcomes(dataset)] == [
+        "first a",
+        "b",
+        "a again",
+        "c",
+        "c twice",
+    ]
+    texts = lambda kind, samples, seeds, another=None: [x.text for x in samples]  # noqa: E731
+    streamed = StreamingBatches(str(shard), texts, batch_size=5, shuffle_buffer=0)
+    assert next(iter(streamed)).batch == [r.text for r in outcomes(dataset)]  # the same samples, in order
 
 
 def test_tar_shards_items_and_bad_samples(tmp_path, shards):

@@ -484,9 +484,9 @@ def _tail_damage(path: str, offset: int, size: int) -> Optional[ShardDamage]:
 def _scan_shard(
     path: str, shard: int, image_extensions: tuple[str, ...], text_extensions: tuple[str, ...], json_text: bool
 ) -> tuple[list[_TarSample], Optional[ShardDamage]]:
-    """Index one shard from its headers: samples in order of their key's first member, and where the
-    shard stops being readable when it does so before its end-of-archive blocks (None otherwise)."""
-    groups: dict[str, dict[str, tuple[int, int]]] = {}  # key -> extension -> (offset, size)
+    """Index one shard from its headers: samples in the order of their members, and where the shard
+    stops being readable when it does so before its end-of-archive blocks (None otherwise)."""
+    groups: list[tuple[str, dict[str, tuple[int, int]]]] = []  # (key, extension -> (offset, size)), in order
     size = os.path.getsize(path)
     if size == 0:
         return [], ShardDamage(path, 0, 0, "the file is empty", truncated=True)
@@ -514,12 +514,16 @@ def _scan_shard(
                 head, base = posixpath.split(member.name)
                 stem, _, extension = base.partition(".")
                 if stem and extension:  # webdataset: key = path up to the basename's first dot
-                    group = groups.setdefault(posixpath.join(head, stem), {})
-                    group[extension.lower()] = (member.offset_data, member.size)  # a repeated name: last wins
+                    key, extension = posixpath.join(head, stem), extension.lower()
+                    # As webdataset groups a stream: consecutive members of one key form a sample; the
+                    # key coming back later, or a member repeated, starts another (nothing is merged away).
+                    if not groups or groups[-1][0] != key or extension in groups[-1][1]:
+                        groups.append((key, {}))
+                    groups[-1][1][extension] = (member.offset_data, member.size)
     except tarfile.TarError as error:
         raise ValueError(f"shards must be uncompressed tar files, {path!r} is not one ({error})") from None
     samples = []
-    for key, group in groups.items():
+    for key, group in groups:
         image = next((group[e] for e in image_extensions if e in group), None)
         text = next((group[e] for e in text_extensions if e in group), None)
         from_json = text is None and json_text and "json" in group
@@ -532,8 +536,10 @@ class TarShards(Dataset):
 
     Members are grouped by key, the member path up to the first dot of its basename (``dir/0001.jpg``
     and ``dir/0001.txt`` form sample ``dir/0001`` of that shard); the rest of the basename is the
-    extension, matched in any case. Samples come in shard order (shards sorted by path), then in the
-    order of each key's first member. The index holds, per sample, the data offset and size of its
+    extension, matched in any case. As webdataset groups a stream, a sample is a run of consecutive
+    members with one key: a key that comes back later, or a member name repeated within the run,
+    starts another sample (so the streaming reader sees the same samples, and none is merged away).
+    Samples come in shard order (shards sorted by path), then in the order of their members. The index holds, per sample, the data offset and size of its
     image and text members, read from the tar headers only; a read seeks to them. When a sample has
     several candidates for a modality, the extension listed first wins; a ``.json`` member supplies
     the text (under ``json_text_key``) when no text member exists. Every key is an item: one that lacks

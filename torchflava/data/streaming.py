@@ -165,6 +165,28 @@ class _Watched:
 _BLOCK = 512  # tar's block; an archive ends with two zero blocks
 
 
+def _grouped(files: Iterator[dict]) -> Iterator[dict]:
+    """The samples of a stream of tar members: runs of consecutive members with one key (the path up
+    to the basename's first dot; the rest, lower-cased, is the extension). A key that comes back, or
+    a member repeated within a run, starts another sample, as :class:`~torchflava.data.readers.TarShards`
+    indexes them (webdataset's grouping drops a repeated member and stops counting the shard's samples)."""
+    from webdataset.tariterators import base_plus_ext
+
+    current: Optional[dict] = None
+    for member in files:
+        key, extension = base_plus_ext(member["fname"])
+        if key is None:
+            continue
+        extension = extension.lower()
+        if current is None or key != current["__key__"] or extension in current:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__url__": member.get("__url__")}
+        current[extension] = member["data"]
+    if current is not None:
+        yield current
+
+
 def raw_samples(url: str, errors: list) -> Iterator[dict]:
     """The samples of one shard as webdataset groups them, in order, undecoded.
 
@@ -181,7 +203,7 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     Yields:
         dict: ``{"__key__": key, "<extension>": bytes, ...}`` per sample.
     """
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    from webdataset.tariterators import tar_file_expander
 
     given, failed = 0, []
 
@@ -199,7 +221,7 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     try:
         files = tar_file_expander([{"url": url, "stream": stream}], handler=keep_going, eof_value=None)
         previous = None
-        for sample in group_by_keys(files, handler=keep_going):
+        for sample in _grouped(files):
             if previous is not None:
                 yield previous
                 given += 1
