@@ -131,22 +131,29 @@ def classify_folder(
 
 
 def retrieval(pretrained: PretrainedFLAVA, images_dir: str, captions: str, *, batch_size: int = 64) -> dict:
-    """Image->text and text->image Recall@1/5/10 over the pairs of a captions file.
+    """Image->text and text->image Recall@1/5/10 over the pairs of a captions file; an image listed
+    with several captions is one candidate, found when any of its captions ranks within K.
 
     Raises:
-        ValueError: if fewer than two pairs are readable.
+        ValueError: if fewer than two distinct images are readable.
     """
-    pairs, _, skipped = _read(ImageTextFolder(images_dir, captions))
-    if len(pairs) < 2:
-        raise ValueError(f"captions: need at least 2 readable pairs, got {len(pairs)} ({len(skipped)} skipped)")
-    images = image_features(pretrained, [p.image for p in pairs], batch_size=batch_size)
+    folder = ImageTextFolder(images_dir, captions)
+    pairs, indices, skipped = _read(folder)
+    paths = [folder.image_path(i) for i in indices]
+    distinct = list(dict.fromkeys(paths))  # an image listed with several captions is one candidate
+    if len(distinct) < 2:
+        raise ValueError(f"captions: need at least 2 readable images, got {len(distinct)} ({len(skipped)} skipped)")
+    first = {path: pairs[paths.index(path)].image for path in distinct}
+    images = image_features(pretrained, [first[path] for path in distinct], batch_size=batch_size)
     texts = text_features(pretrained, [p.text for p in pairs])
-    ks = [k for k in (1, 5, 10) if k <= len(pairs)]
+    image_of_text = torch.tensor([distinct.index(path) for path in paths])
+    ks = [k for k in (1, 5, 10) if k <= len(distinct)]
     return {
-        **retrieval_recall(images, texts, ks=ks),
+        **retrieval_recall(images, texts, ks=ks, image_of_text=image_of_text),
         "num_pairs": len(pairs),
+        "num_images": len(distinct),
         "skipped": len(skipped),
-        **{f"R@{k}_chance": k / len(pairs) for k in ks},
+        **{f"R@{k}_chance": k / len(distinct) for k in ks},
     }
 
 

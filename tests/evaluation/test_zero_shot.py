@@ -91,6 +91,34 @@ def test_retrieval_recall_errors(images, texts, ks, match):
         retrieval_recall(images, texts, ks=ks)
 
 
+def test_retrieval_recall_with_several_captions_per_image():
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    image_of_text = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    # A perfect model: each caption's features are its image's. Listed pair by pair (each image
+    # repeated) this scored R@1 = 0, the copies of the right image tying with it.
+    perfect = retrieval_recall(images, images[image_of_text], ks=(1,), image_of_text=image_of_text)
+    assert perfect == {"image_to_text_R@1": 1.0, "text_to_image_R@1": 1.0}
+    # Random texts: against a count done by hand, text by text and image by image.
+    texts = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=-1)
+    sim = images @ texts.T
+    for k in (1, 2, 3):
+        t2i = [
+            sum(sim[i, t] >= sim[image_of_text[t], t] for i in range(4) if i != image_of_text[t]) < k for t in range(7)
+        ]
+        i2t = []
+        for i in range(4):
+            best = max(sim[i, t] for t in range(7) if image_of_text[t] == i)
+            i2t.append(sum(sim[i, t] >= best for t in range(7) if image_of_text[t] != i) < k)
+        got = retrieval_recall(images, texts, ks=(k,), image_of_text=image_of_text)
+        assert got[f"text_to_image_R@{k}"] == pytest.approx(sum(t2i) / 7)
+        assert got[f"image_to_text_R@{k}"] == pytest.approx(sum(i2t) / 4)
+    with pytest.raises(ValueError, match="every one of the 4 images at least one text"):
+        retrieval_recall(images, texts[:3], ks=(1,), image_of_text=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="ks must lie in"):
+        retrieval_recall(images, texts, ks=(5,), image_of_text=image_of_text)
+
+
 def test_classification_accuracy_exact():
     classes = torch.eye(3)  # class c points along axis c
     images = torch.tensor(

@@ -100,7 +100,7 @@ class ImageClassFolder(Dataset):
     Args:
         root (PathLike): the folder.
         classes (Optional[Sequence[str]]): class names in id order (so that a validation folder
-            uses the training ids); by default the sorted sub-folder names.
+            uses the training ids); by default the sorted sub-folder names (empty ones included).
 
     Raises:
         ValueError: if an image lies outside a class sub-folder or in a folder not in ``classes``.
@@ -114,7 +114,10 @@ class ImageClassFolder(Dataset):
         ]
         if loose:
             raise ValueError(f"root: images must lie in class sub-folders, found {loose[:3]}")
-        self.classes = sorted(set(folders)) if classes is None else list(classes)
+        if classes is None:  # every sub-folder, an empty one too: ids must not shift with the files present
+            subfolders = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+            classes = sorted(subfolders | set(folders))
+        self.classes = list(classes)
         unknown = sorted(set(folders) - set(self.classes))
         if unknown:
             raise ValueError(f"root: folders {unknown} are not among the classes {self.classes}")

@@ -253,6 +253,21 @@ class ImageTextFolder(Dataset):
             raise BadSample(index, f"{where}: {entry.error}")
         return _text(entry.text, index, where)
 
+    def image_path(self, index: int) -> str:
+        """The resolved path of item ``index``'s image, without reading it (to find the items that
+        share an image: several captions of one picture).
+
+        Raises:
+            BadSample: if the line is malformed or the path empty, absolute or outside root.
+            IndexError: if ``index`` is out of range.
+        """
+        index = _check_index(index, len(self._entries))
+        entry = self._entries[index]
+        where = f"{os.path.basename(self._captions)} line {entry.line}"
+        if entry.error is not None:
+            raise BadSample(index, f"{where}: {entry.error}")
+        return self._image_path(entry.image, index, where)
+
     def _image_path(self, relative: str, index: int, where: str) -> str:
         """Absolute path of ``relative`` under root; BadSample if it is empty, absolute or leaves root."""
         if not relative:

@@ -5,7 +5,7 @@ The functions work on features (any model that gives ``(N, D)`` normalised embed
 with a text encoder and a tokenizer passed in as callables.
 """
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -81,35 +81,61 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
     return (predictions == labels).float().mean().item()
 
 
-def retrieval_recall(image_features: Tensor, text_features: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@K of image->text and text->image retrieval where row i of each matches row i of the other.
+def retrieval_recall(
+    image_features: Tensor,
+    text_features: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    image_of_text: Optional[Tensor] = None,
+) -> dict[str, float]:
+    """Recall@K of image->text and text->image retrieval.
+
+    By default row i of each matches row i of the other. With ``image_of_text`` an image may have
+    several captions (COCO's five): text->image is right when the text's image ranks within K, and
+    image->text when one of the image's captions does. Ties count against the right answer, so
+    collapsed, identical features score chance-like, not perfect, recall.
 
     Args:
-        image_features (Tensor): (N, D) normalised.
-        text_features (Tensor): (N, D) normalised.
-        ks (Sequence[int]): the cut-offs, each in [1, N].
+        image_features (Tensor): (M, D) normalised, one row per distinct image.
+        text_features (Tensor): (T, D) normalised.
+        ks (Sequence[int]): the cut-offs, each in [1, min(M, T)].
+        image_of_text (Optional[Tensor]): (T,) the row of each text's image; None: the identity (M = T).
 
     Returns:
         dict[str, float]: ``image_to_text_R@K`` and ``text_to_image_R@K`` for each K.
 
     Raises:
-        ValueError: if the shapes differ, a K is out of range, or a feature is NaN or infinite.
+        ValueError: if the shapes disagree, an image has no text, a K is out of range, or a feature
+            is NaN or infinite.
     """
-    if image_features.shape != text_features.shape or image_features.dim() != 2:
+    if image_features.dim() != 2 or text_features.dim() != 2 or image_features.shape[1] != text_features.shape[1]:
         raise ValueError(
-            f"image_features and text_features must both be (N, D), got {tuple(image_features.shape)} "
+            f"image_features and text_features must be (M, D) and (T, D), got {tuple(image_features.shape)} "
             f"and {tuple(text_features.shape)}"
         )
-    n = image_features.shape[0]
-    if any(not 1 <= k <= n for k in ks):
-        raise ValueError(f"ks must lie in [1, {n}], got {list(ks)}")
+    m, t = image_features.shape[0], text_features.shape[0]
+    if image_of_text is None:
+        if m != t:
+            raise ValueError(
+                f"image_features and text_features must have as many rows without image_of_text, got {m} and {t}"
+            )
+        image_of_text = torch.arange(t)
+    image_of_text = image_of_text.to(image_features.device)
+    if image_of_text.shape != (t,) or image_of_text.is_floating_point() or image_of_text.dtype == torch.bool:
+        raise ValueError(
+            f"image_of_text must be ({t},) integer rows of image_features, got {tuple(image_of_text.shape)}"
+        )
+    if t and (int(image_of_text.min()) < 0 or int(image_of_text.max()) >= m or image_of_text.unique().numel() != m):
+        raise ValueError(f"image_of_text must give every one of the {m} images at least one text, in [0, {m})")
+    if any(not 1 <= k <= min(m, t) for k in ks):
+        raise ValueError(f"ks must lie in [1, {min(m, t)}], got {list(ks)}")
     check_finite(image_features=image_features, text_features=text_features)
-    similarity = image_features.float() @ text_features.float().T
-    # Rank of the right answer: how many other candidates score at least as high (ties count
-    # against it, so collapsed, identical features score chance-like, not perfect, recall).
-    others = ~torch.eye(n, dtype=torch.bool, device=similarity.device)
-    i2t_rank = ((similarity >= similarity.diagonal()[:, None]) & others).sum(dim=1)
-    t2i_rank = ((similarity.T >= similarity.diagonal()[:, None]) & others).sum(dim=1)
+    similarity = image_features.float() @ text_features.float().T  # (M, T)
+    right = image_of_text[None, :] == torch.arange(m, device=similarity.device)[:, None]  # (M, T)
+    own = similarity[image_of_text, torch.arange(t, device=similarity.device)]  # each text's score with its image
+    t2i_rank = ((similarity >= own[None, :]) & ~right).sum(dim=0)  # wrong images scoring at least as high
+    best = similarity.masked_fill(~right, float("-inf")).amax(dim=1)  # each image's best caption
+    i2t_rank = ((similarity >= best[:, None]) & ~right).sum(dim=1)  # wrong texts scoring at least as high
     out = {}
     for k in ks:
         out[f"image_to_text_R@{k}"] = (i2t_rank < k).float().mean().item()
