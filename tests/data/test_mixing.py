@@ -139,8 +139,13 @@ def test_item_seed_is_stable():
         (dict(global_batch_size=6, world_size=4), "global_batch_size"),
         (dict(num_steps=0), "num_steps"),
         (dict(rank=2, world_size=2), "rank"),
+        (dict(ratios={"odd": float("nan"), "even": 1.0}), "ratios: expected finite values"),  # NaN picked "odd"
+        (dict(ratios={"odd": float("inf"), "even": 1.0}), "ratios: expected finite values"),
+        (dict(max_attempts=0), "max_attempts must be >= 1"),
+        (dict(seed=-1), "seed must be >= 0"),
+        (dict(global_batch_size=4.0), "global_batch_size must be an int"),
     ],
 )
 def test_argument_errors(change, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         mixer(**change)

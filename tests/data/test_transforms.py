@@ -455,3 +455,19 @@ def test_importing_the_data_package_does_not_import_torchvision():
     code = "import sys, torchflava.data; print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_strip_of_extreme_aspect_ratio_is_resized_in_the_crop_box_only(monkeypatch):
+    import torchflava.data.transforms as transforms_module
+
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(rng.integers(0, 255, (3, 2000, 3), dtype=np.uint8))  # 2000 x 3 pixels
+    transform = EvalImageTransform(32)
+    boxed = transform(strip)  # would resize to 32 x 21333 first; the box path resizes 32 x 32
+    monkeypatch.setattr(transforms_module, "_MAX_RESIZE_OVER_CROP", 10**12)  # force the whole resize
+    whole = transform(strip)
+    assert boxed.shape == whole.shape == (3, 32, 32)
+    assert (boxed - whole).abs().max() < 0.03  # one 8-bit level, normalised: rounding of the filter centres
+    huge = Image.new("RGB", (200_000, 1), (10, 20, 30))  # whole, it would be 224 x 44.8M pixels (30 GB)
+    monkeypatch.setattr(transforms_module, "_MAX_RESIZE_OVER_CROP", 16)
+    assert EvalImageTransform(224)(huge).shape == (3, 224, 224)

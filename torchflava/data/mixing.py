@@ -23,6 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from torchflava.data.samples import BadSample
+from torchflava.utils.checks import check_int
 
 T = TypeVar("T")
 
@@ -100,15 +101,22 @@ class MixedBatches(Dataset):
             raise ValueError(f"ratios: expected kinds among the sources {list(sources)}, got {unknown}")
         self.kinds = list(sources)
         weights = np.array([float(ratios.get(k, 0.0)) for k in self.kinds])
-        if (weights < 0).any() or weights.sum() <= 0:
+        if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:  # NaN picked the first kind
             raise ValueError(
-                f"ratios: expected values >= 0 with a positive one for a kind that has a source, got {dict(ratios)}"
+                f"ratios: expected finite values >= 0 with a positive one for a kind that has a source, got {dict(ratios)}"
             )
         for kind, source in sources.items():
             if len(source) < 1:
                 raise ValueError(f"sources[{kind!r}] is empty")
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+        for name, value, minimum in (
+            ("global_batch_size", global_batch_size, 1),
+            ("num_steps", num_steps, 1),
+            ("seed", seed, 0),
+            ("max_attempts", max_attempts, 1),
+        ):
+            check_int(name, value, minimum)
         if global_batch_size < 1 or global_batch_size % world_size:
             raise ValueError(
                 f"global_batch_size ({global_batch_size}) must be a positive multiple of world_size ({world_size})"

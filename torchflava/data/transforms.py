@@ -275,6 +275,10 @@ def _crop_fits(crop: tuple[int, int], resize_mode: str, resize_size: Union[int, 
     return crop[0] <= smallest[0] and crop[1] <= smallest[1]
 
 
+# Resized images more than this many times the crop's area are resized in the crop's box only.
+_MAX_RESIZE_OVER_CROP = 16
+
+
 @dataclass(frozen=True)
 class ImageTransformSpec:
     """What an evaluation image transform does, in the terms of a ``preprocessor_config.json``.
@@ -494,11 +498,19 @@ class ImageTransform:
         """(3, H, W) float32 pixels of ``image`` (any PIL mode; converted with :func:`to_rgb`)."""
         image = to_rgb(image)
         height, width = self.resized_size(image.height, image.width)
-        image = image.resize((width, height), resample=self.spec.resample)
-        if self.spec.crop_size is not None:
-            crop_height, crop_width = self.spec.crop_size
-            top, left = (height - crop_height) // 2, (width - crop_width) // 2
-            image = image.crop((left, top, left + crop_width, top + crop_height))
+        crop = self.spec.crop_size
+        top, left = (0, 0) if crop is None else ((height - crop[0]) // 2, (width - crop[1]) // 2)
+        if crop is not None and min(top, left) >= 0 and height * width > _MAX_RESIZE_OVER_CROP * crop[0] * crop[1]:
+            # An extreme aspect ratio (a 50000 x 1 strip): resizing it whole would take gigabytes for
+            # a crop of a few hundred pixels. Resize only the part the crop keeps (PIL's box: the
+            # same filter centres, equal up to rounding); ordinary images take the exact path below.
+            sy, sx = image.height / height, image.width / width
+            box = (left * sx, top * sy, (left + crop[1]) * sx, (top + crop[0]) * sy)
+            image = image.resize((crop[1], crop[0]), resample=self.spec.resample, box=box)
+        else:
+            image = image.resize((width, height), resample=self.spec.resample)
+            if crop is not None:
+                image = image.crop((left, top, left + crop[1], top + crop[0]))
         pixels = pil_to_uint8(image)  # (3, H, W)
         if self.spec.rescale_factor is not None:
             pixels = (pixels.double() * self.spec.rescale_factor).float()
