@@ -43,3 +43,32 @@ def test_probe_errors():
         linear_probe((x * float("nan"), y), (x, y))
     with pytest.raises(ValueError, match="l2_values"):
         linear_probe((x, y), (x, y), l2_values=())
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(max_iter=0), ValueError, "max_iter must be >= 1"),  # returned an untrained probe
+        (dict(num_classes=1), ValueError, "num_classes must be >= 2"),  # any probe would be 100% right
+        (dict(num_classes=2.5), TypeError, "num_classes must be an int"),
+        (dict(l2_values=(float("nan"),)), ValueError, "l2_values must be non-empty finite numbers"),
+        (dict(l2_values=(float("inf"),)), ValueError, "l2_values must be non-empty finite numbers"),
+    ],
+)
+def test_probe_settings_are_refused_naming_them(change, error, match):
+    with pytest.raises(error, match=match):
+        linear_probe(_blobs(30, 0), _blobs(30, 1), **change)
+
+
+def test_probe_splits_are_checked_before_fitting():
+    x, y = _blobs(30, 0)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        linear_probe((x[:1], y[:1]), (x, y), num_classes=3)
+    with pytest.raises(ValueError, match="one width D"):
+        linear_probe((x, y), (x[:, :3], y))
+    with pytest.raises(ValueError, match="N >= 1"):
+        linear_probe((x, y), (x[:0], y[:0]))
+    with pytest.raises(ValueError, match="labels must be integer class ids"):
+        linear_probe((x, y.bool()), (x, y), num_classes=3)
+    as_int32 = linear_probe((x, y.int()), (x, y.int()), l2_values=(1.0,))  # any integer dtype works
+    assert as_int32.val_accuracy == linear_probe((x, y), (x, y), l2_values=(1.0,)).val_accuracy

@@ -1,11 +1,14 @@
 """Linear probes on frozen features: L2-regularised logistic regression with the penalty chosen on a
 validation split (the protocol of the FLAVA and CLIP papers), solved in full batch with L-BFGS."""
 
+import math
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 import torch.nn.functional as F
+
+from torchflava.utils.checks import check_int
 
 DEFAULT_L2 = tuple(10.0**e for e in range(-6, 3))
 
@@ -81,7 +84,7 @@ def _check(name: str, features: Tensor, labels: Tensor, num_classes: int) -> Non
         raise ValueError(
             f"{name}: features must be (N, D) with labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}"
         )
-    if labels.is_floating_point() or bool(((labels < 0) | (labels >= num_classes)).any()):
+    if labels.is_floating_point() or labels.dtype == torch.bool or bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(f"{name}: labels must be integer class ids in [0, {num_classes})")
     if not bool(torch.isfinite(features).all()):
         raise ValueError(f"{name}: features hold NaN or infinite values")
@@ -114,12 +117,28 @@ def linear_probe(
     Raises:
         ValueError: on mismatched shapes, bad labels, non-finite features or no/negative penalties.
     """
-    if len(l2_values) == 0 or any(v < 0 for v in l2_values):
-        raise ValueError(f"l2_values must be non-empty and >= 0, got {list(l2_values)}")
+    if len(l2_values) == 0 or not all(isinstance(v, (int, float)) and 0 <= v < math.inf for v in l2_values):
+        raise ValueError(f"l2_values must be non-empty finite numbers >= 0, got {list(l2_values)}")
+    check_int("max_iter", max_iter, 1)  # 0 returned an untrained probe
     splits = {"train": train, "val": val, **({"test": test} if test is not None else {})}
-    num_classes = num_classes or int(max(int(s[1].max()) for s in splits.values())) + 1
+    for name, (features, labels) in splits.items():
+        if features.dim() != 2 or labels.shape != (features.shape[0],) or features.shape[0] < 1:
+            raise ValueError(
+                f"{name}: features must be (N, D), N >= 1, with labels (N,), got {tuple(features.shape)} and "
+                f"{tuple(labels.shape)}"
+            )
+    if num_classes is None:
+        num_classes = int(max(int(s[1].max()) for s in splits.values())) + 1
+    check_int("num_classes", num_classes, 2)  # one class makes any probe 100% right
+    if train[0].shape[0] < 2 or len({s[0].shape[1] for s in splits.values()}) > 1:
+        raise ValueError(
+            f"train: expected at least 2 rows (for the feature std) and one width D across the splits, got "
+            f"{ {name: tuple(s[0].shape) for name, s in splits.items()} }"
+        )
     for name, (features, labels) in splits.items():
         _check(name, features, labels, num_classes)
+    train, val = (train[0], train[1].long()), (val[0], val[1].long())  # any integer dtype: cross_entropy's long
+    test = None if test is None else (test[0], test[1].long())
     mean = train[0].float().mean(dim=0)
     std = train[0].float().std(dim=0).clamp_min(1e-6)
 

@@ -111,6 +111,9 @@ def test_loss_sums_and_counts_are_the_loss_over_the_rows(loss, num_classes, labe
         (dict(num_classes=2.0), TypeError, "num_classes"),
         (dict(num_classes=2, modality="audio"), ValueError, "modality"),
         (dict(num_classes=2, loss="hinge"), ValueError, "loss"),
+        (dict(num_classes=1, loss="cross_entropy"), ValueError, "num_classes must be >= 2 for loss='cross_entropy'"),
+        (dict(num_classes=2, classifier_hidden_dim=0), ValueError, "classifier_hidden_dim must be >= 1"),
+        (dict(num_classes=2, classifier_dropout=1.5), ValueError, "classifier_dropout must be in"),
     ],
 )
 def test_builder_errors(kwargs, error, match):
@@ -130,3 +133,17 @@ def test_bad_inputs_and_labels_name_what_is_wrong():
         _model(modality="image", loss="binary_cross_entropy")(images, labels=torch.full((3, 4), 2.0))
     with pytest.raises(ValueError, match="labels must be"):
         _model(1, modality="image")(images, labels=torch.ones(3, 2))
+    nan = torch.tensor([0.5, float("nan"), 0.2])
+    with pytest.raises(ValueError, match="labels must be finite"):  # was a NaN loss under mse and bce
+        _model(1, modality="image")(images, labels=nan)
+    with pytest.raises(ValueError, match="labels must be finite"):
+        _model(modality="image", loss="binary_cross_entropy")(images, labels=nan[:, None].expand(3, 4))
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor, got list"):
+        _model(modality="image")(images, labels=[0, 1, 2])
+    with pytest.raises(ValueError, match="integer class ids"):
+        _model(modality="image")(images, labels=torch.tensor([True, False, True]))
+    model = _model(modality="image").eval()  # no dropout: two calls compare
+    expected = model(images, labels=torch.tensor([0, 3, 1])).loss
+    assert torch.equal(model(images, labels=torch.tensor([0, 3, 1], dtype=torch.int32)).loss, expected)
+    with pytest.raises(TypeError, match="backbone must be a FLAVAModel"):
+        flava_model_for_classification(2, backbone="x")

@@ -26,7 +26,7 @@ from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEn
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
-from torchflava.utils.checks import check_architecture
+from torchflava.utils.checks import check_architecture, check_int, check_probability
 from torchflava.utils.distributed import GatherGrad
 
 
@@ -433,6 +433,12 @@ def flava_model_for_classification(
     loss = default_loss(num_classes) if loss is None else loss
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "cross_entropy" and num_classes < 2:  # softmax over one class: loss 0, nothing learnt
+        raise ValueError("num_classes must be >= 2 for loss='cross_entropy' (one output: loss='mse'), got 1")
+    check_int("classifier_hidden_dim", classifier_hidden_dim, 1)
+    check_probability("classifier_dropout", classifier_dropout)
+    if backbone is not None and not isinstance(backbone, FLAVAModel):
+        raise TypeError(f"backbone must be a FLAVAModel, got {type(backbone).__name__}")
     model = flava_model() if backbone is None else backbone
     if pretrained is not None:
         load_flava_weights(model, pretrained)

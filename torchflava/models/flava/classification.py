@@ -129,8 +129,10 @@ class FLAVAForClassification(nn.Module):
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         batch, classes = logits.shape
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
         if self.loss == "cross_entropy":
-            if labels.shape != (batch,) or labels.is_floating_point():
+            if labels.shape != (batch,) or labels.is_floating_point() or labels.dtype == torch.bool:
                 raise ValueError(
                     f"labels must be ({batch},) integer class ids, got {tuple(labels.shape)} {labels.dtype}"
                 )
@@ -138,7 +140,9 @@ class FLAVAForClassification(nn.Module):
                 raise ValueError(
                     f"labels must be class ids in [0, {classes}), got min {int(labels.min())} max {int(labels.max())}"
                 )
-            return F.cross_entropy(logits, labels)
+            return F.cross_entropy(logits, labels.long())  # any integer dtype
+        if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
+            raise ValueError("labels must be finite, got NaN or infinite values")
         if self.loss == "binary_cross_entropy":
             if labels.shape != (batch, classes) or not labels.is_floating_point():
                 raise ValueError(
