@@ -471,3 +471,19 @@ def test_a_strip_of_extreme_aspect_ratio_is_resized_in_the_crop_box_only(monkeyp
     huge = Image.new("RGB", (200_000, 1), (10, 20, 30))  # whole, it would be 224 x 44.8M pixels (30 GB)
     monkeypatch.setattr(transforms_module, "_MAX_RESIZE_OVER_CROP", 16)
     assert EvalImageTransform(224)(huge).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(std=(0.2, 0.0, 0.2)), "std must be 3 finite numbers"),  # was -inf pixels
+        (dict(mean=(0.5, 0.5)), "mean must be 3 finite numbers"),  # was an error inside torch, per image
+        (dict(mean=(0.5, float("nan"), 0.5)), "mean must be 3 finite numbers"),
+        (dict(ratio=(0.75, float("inf"))), "ratio must be"),  # was an OverflowError in crop_box
+    ],
+)
+def test_training_transforms_check_their_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RandomCropTransform(32, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        PretrainingImageTransform(32, 16, **kwargs)

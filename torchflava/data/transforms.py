@@ -92,7 +92,19 @@ def resize_bilinear(pixels: Tensor, height: int, width: int) -> Tensor:
 
 
 def channel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """``mean`` and ``std`` as float32 (C, 1, 1) tensors, the shape :func:`normalize_channels` takes."""
+    """``mean`` and ``std`` as float32 (C, 1, 1) tensors, the shape :func:`normalize_channels` takes.
+
+    Raises:
+        ValueError: unless each holds 3 finite numbers (RGB), ``std`` all positive (0 gave -inf pixels).
+    """
+    for name, values in (("mean", mean), ("std", std)):
+        try:
+            floats = [float(v) for v in values]
+        except (TypeError, ValueError):
+            floats = []
+        ok = len(floats) == 3 and all(math.isfinite(v) for v in floats)
+        if not ok or (name == "std" and min(floats) <= 0):
+            raise ValueError(f"{name} must be 3 finite numbers (RGB){', > 0' if name == 'std' else ''}, got {values!r}")
     return tuple(torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (mean, std))
 
 
@@ -136,7 +148,7 @@ class RandomCropTransform:
         self.image_size = _check_size("image_size", image_size)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {tuple(scale)}")
-        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1] < math.inf:
             raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {tuple(ratio)}")
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
         self._mean, self._std = channel_stats(mean, std)

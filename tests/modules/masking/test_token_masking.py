@@ -176,6 +176,7 @@ GOOD = dict(vocab_size=VOCAB, mask_token_id=MASK, special_token_ids=SPECIAL)
         (None, dict(replace_with_random=1.1), ValueError, "replace_with_random"),
         (None, dict(replace_with_mask=0.8, replace_with_random=0.3), ValueError, "replace_with_mask \\+ replace_with"),
         (None, dict(ignore_index=None), TypeError, "ignore_index"),
+        (None, dict(ignore_index=5), ValueError, "ignore_index must lie outside the vocabulary"),  # a real id
         (None, dict(vocab_size=4, mask_token_id=3, special_token_ids=[0, 1, 2]), ValueError, "replace_with_random"),
     ],
 )

@@ -95,6 +95,8 @@ class TokenMasker:
             )
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        if 0 <= ignore_index < vocab_size:  # a selected token of that id would read as "no target"
+            raise ValueError(f"ignore_index must lie outside the vocabulary [0, {vocab_size}), got {ignore_index}")
         self.ignore_index = ignore_index
         self._special = torch.tensor(list(special_token_ids), dtype=torch.long)
         self._ordinary_ids = None
