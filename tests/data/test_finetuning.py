@@ -18,3 +18,18 @@ def test_class_ids_do_not_shift_when_a_class_folder_is_empty(tmp_path):
     assert [val[i].label for i in range(len(val))] == [0, 2]  # fox keeps id 2
     with pytest.raises(ValueError, match=r"folders \['fox'\] are not among the classes"):
         ImageClassFolder(tmp_path / "val", ["cat", "dog"])
+
+
+def test_glue_tsv_reads_a_byte_order_mark_and_refuses_non_finite_targets_and_other_encodings(tmp_path):
+    from torchflava.data.finetuning import GlueTsv
+
+    path = tmp_path / "stsb.tsv"
+    path.write_bytes("\ufeffsentence1\tsentence2\tscore\na\tb\t3.5\n".encode("utf-8"))  # a BOM, as Excel writes
+    assert GlueTsv(path, ["sentence1", "sentence2"], "score")[0].label == 3.5
+    for bad in ("nan", "inf", "-inf", "three"):
+        path.write_text(f"sentence1\tsentence2\tscore\na\tb\t{bad}\n")
+        with pytest.raises(ValueError, match=f"line 2: label '{bad}' is not a finite number"):
+            GlueTsv(path, ["sentence1", "sentence2"], "score")
+    path.write_bytes(b"sentence1\tsentence2\tscore\n\xe9t\xe9\tb\t1.0\n")  # latin-1
+    with pytest.raises(ValueError, match="stsb.tsv is not UTF-8 text"):
+        GlueTsv(path, ["sentence1", "sentence2"], "score")

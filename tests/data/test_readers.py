@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+import os
 from pathlib import Path
 import pickle
 import tarfile
@@ -666,3 +667,14 @@ def test_data_loader_worker(tiny_sources, name):
     assert [sample.text for sample in batch] == [dataset[i].text for i in indices]
     for sample in batch:
         assert_red_green(sample.image)
+
+
+def test_image_folder_follows_linked_folders_once_and_lists_regular_files_only(tmp_path):
+    root = tmp_path / "root"
+    write(root / "a.png", png_bytes())
+    write(tmp_path / "elsewhere" / "b.png", png_bytes())
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # was left out
+    (root / "linked" / "loop").symlink_to(root, target_is_directory=True)  # a loop: walked once
+    os.mkfifo(root / "fifo.png")  # reading it would block forever
+    assert [ImageFolder(root).relative_path(i) for i in range(2)] == ["a.png", "linked/b.png"]
+    assert len(ImageFolder(root)) == 2

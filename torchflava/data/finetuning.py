@@ -8,6 +8,7 @@ malformed file (missing column, unknown label) is an error at construction namin
 
 import csv
 import json
+import math
 import os
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
@@ -62,13 +63,16 @@ class GlueTsv(Dataset):
             raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
         if isinstance(text_columns, str) or len(text_columns) not in (1, 2):
             raise ValueError(f"text_columns must name 1 or 2 columns, got {text_columns!r}")
-        with open(path, encoding="utf-8", newline="") as file:
-            reader = csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = reader.fieldnames or []
-            missing = [c for c in (*text_columns, label_column) if c not in header]
-            if missing:
-                raise ValueError(f"{os.fspath(path)}: missing column(s) {missing}; the header has {header}")
-            rows = list(reader)
+        try:  # utf-8-sig: a byte-order mark is not part of the first column's name
+            with open(path, encoding="utf-8-sig", newline="") as file:
+                reader = csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
+                header = reader.fieldnames or []
+                missing = [c for c in (*text_columns, label_column) if c not in header]
+                if missing:
+                    raise ValueError(f"{os.fspath(path)}: missing column(s) {missing}; the header has {header}")
+                rows = list(reader)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{os.fspath(path)} is not UTF-8 text ({error.reason} at byte {error.start})") from None
         self.labels = None if labels is None else list(labels)
         self._items: list[tuple[list, Union[int, float]]] = []
         for line, row in enumerate(rows, start=2):
@@ -77,7 +81,9 @@ class GlueTsv(Dataset):
                 try:
                     label = float(raw)
                 except (TypeError, ValueError):
-                    raise ValueError(f"{os.fspath(path)} line {line}: label {raw!r} is not a number") from None
+                    label = math.nan
+                if not math.isfinite(label):  # "nan" and "inf" parse as floats: a NaN loss later
+                    raise ValueError(f"{os.fspath(path)} line {line}: label {raw!r} is not a finite number") from None
             elif raw in self.labels:
                 label = self.labels.index(raw)
             else:

@@ -333,8 +333,9 @@ class ImageFolder(Dataset):
     """Every image file under ``root`` (recursive); items are ``Sample(image, None)``.
 
     Files are matched by extension (any case, with or without the dot) and sorted by their relative
-    path written with ``/``, so the order does not depend on the file system. A file that does not
-    decode is an item whose read raises :class:`BadSample`.
+    path written with ``/``, so the order does not depend on the file system. Linked sub-folders are
+    followed (each real folder once); only regular files (or links to them) are items. A file that
+    does not decode is an item whose read raises :class:`BadSample`.
 
     Args:
         root (PathLike): the directory to scan.
@@ -357,12 +358,19 @@ class ImageFolder(Dataset):
         self._max_pixels = check_max_pixels(max_image_pixels)
         self._root = _existing("root", root, directory=True)
         suffixes = tuple("." + extension for extension in check_extensions("extensions", extensions))
-        files = []
-        for directory, _, names in os.walk(self._root):
+        files, seen = [], set()
+        # Linked sub-folders are followed (each real folder once: a link loop ends); only regular
+        # files count (a FIFO named x.png would block the read forever).
+        for directory, subfolders, names in os.walk(self._root, followlinks=True):
+            real = os.path.realpath(directory)
+            if real in seen:
+                subfolders[:] = []
+                continue
+            seen.add(real)
             for name in names:
-                if name.lower().endswith(suffixes):
-                    relative = os.path.relpath(os.path.join(directory, name), self._root)
-                    files.append(relative.replace(os.sep, "/"))
+                path = os.path.join(directory, name)
+                if name.lower().endswith(suffixes) and os.path.isfile(path):
+                    files.append(os.path.relpath(path, self._root).replace(os.sep, "/"))
         if not files:
             raise ValueError(f"root must hold a file ending in one of {suffixes}, {self._root!r} holds none")
         self._files: list[str] = sorted(files)
