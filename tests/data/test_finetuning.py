@@ -33,3 +33,30 @@ def test_glue_tsv_reads_a_byte_order_mark_and_refuses_non_finite_targets_and_oth
     path.write_bytes(b"sentence1\tsentence2\tscore\n\xe9t\xe9\tb\t1.0\n")  # latin-1
     with pytest.raises(ValueError, match="stsb.tsv is not UTF-8 text"):
         GlueTsv(path, ["sentence1", "sentence2"], "score")
+
+
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        ([{"image": "a.png", "text": "q", "answers": {"yes": "high"}}], "answer score 'high' is not a number in"),
+        ([{"image": "a.png", "text": "q", "answers": {"yes": None}}], "answer score None is not a number in"),
+        ([{"image": "a.png", "text": "q", "answers": ["yes"]}], "'answers' must be an object"),
+        ([{"image": 5, "text": "q", "label": "yes"}], "'image' must be a path relative to root, got 5"),
+        (
+            [{"image": "a.png", "text": "q", "label": "yes"}, {"image": "a.png", "text": "q", "answers": {"no": 1}}],
+            "'label' on every line or 'answers' on every line",  # was an error inside torch's collation
+        ),
+    ],
+)
+def test_image_text_labels_refuse_malformed_lines_naming_them(tmp_path, lines, match):
+    import json
+
+    from torchflava.data.finetuning import ImageTextLabels
+
+    path = tmp_path / "vqa.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(ValueError, match=match):
+        ImageTextLabels(tmp_path, path, ["yes", "no"])
+    path.write_bytes(b'{"image": "a.png", "text": "caf\xe9", "label": "yes"}\n')
+    with pytest.raises(ValueError, match="vqa.jsonl is not UTF-8 text"):
+        ImageTextLabels(tmp_path, path, ["yes", "no"])

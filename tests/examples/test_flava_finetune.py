@@ -146,7 +146,7 @@ def test_data_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="line 2: label 'maybe' is not one of"):
         GlueTsv(tmp_path / "b.tsv", ["sentence"], "label", ["pos", "neg"])
     (tmp_path / "c.jsonl").write_text(json.dumps({"image": "x.png", "text": "q", "answers": {"yes": 2.0}}) + "\n")
-    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"is not a number in \[0, 1\]"):
         ImageTextLabels(tmp_path, tmp_path / "c.jsonl", ["yes"])
 
 

@@ -157,20 +157,27 @@ class ImageTextLabels(Dataset):
         if len(self.labels) < 1:
             raise ValueError("labels must name at least one class")
         self._items = []
-        with open(path, encoding="utf-8") as file:
-            for line_number, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    image, text = record["image"], record["text"]
-                except (ValueError, KeyError, TypeError) as error:
-                    raise ValueError(
-                        f"{os.fspath(path)} line {line_number}: needs 'image' and 'text' ({error})"
-                    ) from None
-                self._items.append((image, text, self._target(record, f"{os.fspath(path)} line {line_number}")))
+        try:
+            with open(path, encoding="utf-8-sig") as file:
+                lines = file.read().split("\n")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{os.fspath(path)} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{os.fspath(path)} line {line_number}"
+            try:
+                record = json.loads(line)
+                image, text = record["image"], record["text"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{where}: needs 'image' and 'text' ({error})") from None
+            if not isinstance(image, str) or not image:
+                raise ValueError(f"{where}: 'image' must be a path relative to root, got {image!r}")
+            self._items.append((image, text, self._target(record, where)))
         if not self._items:
             raise ValueError(f"{os.fspath(path)} holds no items")
+        if len({isinstance(target, Tensor) for _, _, target in self._items}) > 1:  # a batch needs one kind
+            raise ValueError(f"{os.fspath(path)}: expected 'label' on every line or 'answers' on every line, got both")
 
     @property
     def soft_scores(self) -> bool:
@@ -179,10 +186,13 @@ class ImageTextLabels(Dataset):
 
     def _target(self, record: dict, where: str) -> Union[int, Tensor]:
         if "answers" in record:
+            answers = record["answers"]
+            if not isinstance(answers, dict):
+                raise ValueError(f"{where}: 'answers' must be an object of answer -> score, got {answers!r:.60}")
             scores = torch.zeros(len(self.labels))
-            for answer, score in dict(record["answers"]).items():
-                if not 0 <= float(score) <= 1:
-                    raise ValueError(f"{where}: answer score {score!r} is outside [0, 1]")
+            for answer, score in answers.items():
+                if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+                    raise ValueError(f"{where}: answer score {score!r} is not a number in [0, 1]")
                 if answer in self.labels:
                     scores[self.labels.index(answer)] = float(score)
             return scores
