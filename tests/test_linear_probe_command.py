@@ -65,3 +65,22 @@ def test_shapes_probe_runs_and_needs_data(export):
     assert set(result.val_accuracy) == {1e-3, 1.0} and 0 <= result.test_accuracy <= 1
     with pytest.raises(SystemExit):
         command.main(["--checkpoint", str(export)])
+
+
+def test_a_split_without_a_readable_image_is_refused_in_one_line(tmp_path):
+    from PIL import Image
+
+    from tests.helpers import write_tiny_export
+    from torchflava import linear_probe as command
+
+    write_tiny_export(tmp_path / "export")
+    for split in ("train", "val"):
+        for name in ("red", "blue"):
+            (tmp_path / split / name).mkdir(parents=True)
+            if split == "train":
+                Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / split / name / "0.png")
+            else:
+                (tmp_path / split / name / "0.png").write_text("not a png")
+    arguments = ["--checkpoint", str(tmp_path / "export"), "--train", str(tmp_path / "train")]
+    with pytest.raises(ValueError, match="images: none of the 2 images"):  # was torch.cat's error
+        command.main([*arguments, "--val", str(tmp_path / "val")])

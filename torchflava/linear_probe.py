@@ -54,6 +54,10 @@ def cls_features(pretrained: PretrainedFLAVA, source, *, batch_size: int = 128) 
         if len(pixels) == batch_size:
             flush()
     flush()
+    if not features:
+        raise ValueError(
+            f"images: none of the {len(source)} images of {getattr(source, 'root', 'the split')} is readable"
+        )
     return torch.cat(features), torch.tensor(labels), skipped
 
 

@@ -19,6 +19,7 @@ resize straight to 224 x 224 and CLIP's mean and std). A directory without a
 :class:`~torchflava.data.transforms.EvalImageTransform`: short side, bilinear, centre crop.
 """
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -180,6 +181,9 @@ def load_pretrained(path: Union[str, os.PathLike]) -> PretrainedFLAVA:
             f"{layout.directory}, got {tokenizer.vocab_size}"
         )
     image_transform = checkpoint_image_transform(layout.directory, image_size=int(layout.kwargs.get("image_size", 224)))
+    unknown = sorted(set(layout.kwargs) - set(inspect.signature(flava_model).parameters) - {"pretrained"})
+    if unknown:  # was flava_model's TypeError, naming no file
+        raise ValueError(f"checkpoint: {layout.directory} states arguments flava_model does not take: {unknown}")
     model = flava_model(pretrained=layout.weights, **layout.kwargs).eval()
     return PretrainedFLAVA(
         model=model, tokenizer=tokenizer, kwargs=layout.kwargs, weights=layout.weights, image_transform=image_transform

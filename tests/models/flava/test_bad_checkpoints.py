@@ -89,3 +89,11 @@ def test_malformed_checkpoint_configs_name_the_file(tmp_path):
     (tmp_path / "hf" / "vocab.txt").write_text("[PAD]\n")
     with pytest.raises(ValueError, match="config image_config must be an object, got list"):
         load_pretrained(tmp_path / "hf")
+
+
+def test_an_unknown_backbone_config_key_names_the_directory(tmp_path):
+    write_tiny_export(tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "backbone_config.json").read_text())
+    (tmp_path / "export" / "backbone_config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    with pytest.raises(ValueError, match=r"export states arguments flava_model does not take: \['hidden_act'\]"):
+        load_pretrained(tmp_path / "export")
