@@ -99,6 +99,7 @@ from torchflava.training.distributed import sync_replicated_grads, wrap_model
 from torchflava.training.loop import compile_blocks
 from torchflava.training.optim import param_groups
 from torchflava.utils.checkpoint import atomic_write
+from torchflava.utils.cli import int_at_least
 
 FLAGS = ("fsdp", "compile", "selective", "full")
 DEFAULT_CONFIGS = "eager,selective,full,fsdp,fsdp+selective,fsdp+full,compile,fsdp+compile"
@@ -207,14 +208,7 @@ def _positive(kind: type) -> Callable[[str], float]:
     return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+_non_negative_int = int_at_least(0)
 
 
 def _configs(text: str) -> list[Config]:

@@ -147,7 +147,7 @@ def test_json_holds_every_figure(run):
         ("--steps", "-2", "must be > 0, got -2"),
         ("--peak-tflops", "0", "must be > 0, got 0"),
         ("--peak-tflops", "nan", "must be > 0, got nan"),
-        ("--warmup", "-1", "must be >= 0, got -1"),
+        ("--warmup", "-1", "expected an int >= 0, got -1"),
         ("--encoder-batch", "many", "expected a positive int, got 'many'"),
         ("--encoder-modes", "jit", "got 'jit'"),
     ],

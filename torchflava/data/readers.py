@@ -229,11 +229,7 @@ class ImageTextFolder(Dataset):
             IndexError: if ``index`` is out of range.
             TypeError: if ``index`` is not an int.
         """
-        index = _check_index(index, len(self._entries))
-        entry = self._entries[index]
-        where = f"{os.path.basename(self._captions)} line {entry.line}"
-        if entry.error is not None:
-            raise BadSample(index, f"{where}: {entry.error}")
+        index, entry, where = self._entry(index)
         text = _text(entry.text, index, where)
         return Sample(
             image=read_image(self._image_path(entry.image, index, where), index, where, self._max_pixels), text=text
@@ -246,11 +242,7 @@ class ImageTextFolder(Dataset):
             BadSample: if the line is malformed or the caption blank.
             IndexError: if ``index`` is out of range.
         """
-        index = _check_index(index, len(self._entries))
-        entry = self._entries[index]
-        where = f"{os.path.basename(self._captions)} line {entry.line}"
-        if entry.error is not None:
-            raise BadSample(index, f"{where}: {entry.error}")
+        index, entry, where = self._entry(index)
         return _text(entry.text, index, where)
 
     def image_path(self, index: int) -> str:
@@ -261,12 +253,18 @@ class ImageTextFolder(Dataset):
             BadSample: if the line is malformed or the path empty, absolute or outside root.
             IndexError: if ``index`` is out of range.
         """
+        index, entry, where = self._entry(index)
+        return self._image_path(entry.image, index, where)
+
+    def _entry(self, index: int) -> tuple[int, "_Entry", str]:
+        """Item ``index`` checked, its parsed line, and where it is (for messages); BadSample if the
+        line is malformed."""
         index = _check_index(index, len(self._entries))
         entry = self._entries[index]
         where = f"{os.path.basename(self._captions)} line {entry.line}"
         if entry.error is not None:
             raise BadSample(index, f"{where}: {entry.error}")
-        return self._image_path(entry.image, index, where)
+        return index, entry, where
 
     def _image_path(self, relative: str, index: int, where: str) -> str:
         """Absolute path of ``relative`` under root; BadSample if it is empty, absolute or leaves root."""
