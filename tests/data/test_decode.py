@@ -42,6 +42,14 @@ def test_thirty_two_bit_and_float_greyscale_are_scaled():
     assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255 and abs(out[4, 0, 0] - round(32 / 63 * 255)) <= 1
 
 
+def test_a_nan_pixel_of_a_float_image_is_dark_not_the_whole_image():
+    values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    values[2, 3], values[5, 5] = np.nan, np.inf
+    out = rgb(encoded(Image.fromarray(values, mode="F"), "TIFF"))
+    assert out[2, 3, 0] == 0 and out[5, 5, 0] == 0 and out[-1, -1, 0] == 255  # the rest keeps its 0..1 scale
+    assert abs(int(out[4, 0, 0]) - round(32 / 63 * 255)) <= 1
+
+
 def test_bilevel_and_greyscale():
     bits = Image.new("1", (4, 2), 0)
     bits.putpixel((1, 0), 1)

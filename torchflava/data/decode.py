@@ -96,10 +96,13 @@ def _scaled_to_uint8(image: Image.Image) -> np.ndarray:
 
     16-bit modes use their full range 0..65535. ``I`` (32-bit int; PIL also decodes some 16-bit
     PNGs so) and ``F`` (float) use the smallest of 0..1 (floats only), 0..255 and 0..65535 that
-    holds every value, else the image's own min..max.
+    holds every value, else the image's own min..max (of its finite values: a NaN or infinite pixel
+    becomes the darkest).
     """
     values = np.asarray(image, dtype=np.float64)
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    finite = np.isfinite(values)
+    low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+    values = np.where(finite, values, low)  # a NaN or infinite pixel is dark, not the whole image
     if image.mode in _HIGH_BIT_DEPTH_RANGE:
         top = float(_HIGH_BIT_DEPTH_RANGE[image.mode])
     else:

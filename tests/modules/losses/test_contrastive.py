@@ -239,3 +239,13 @@ def test_bad_module_arguments(kwargs, error, message):
 def test_module_forward_validates():
     with pytest.raises(ValueError, match="positive_rows must have shape"):
         ContrastiveLoss()(_IMAGE, _TEXT, positive_rows=torch.ones(2, dtype=torch.bool))
+
+
+def test_features_of_two_float_dtypes_meet_in_the_wider_one():
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    scale = torch.tensor(2.0)
+    mixed = contrastive_loss(image, text.double(), scale).loss  # was a torch dtype error in the matmul
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(mixed, contrastive_loss(image.double(), text.double(), scale).loss)

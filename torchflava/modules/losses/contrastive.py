@@ -102,6 +102,8 @@ def contrastive_loss(
     _check_inputs(image_features, text_features, logit_scale, positive_rows)
     if not isinstance(gather, GatherGrad):
         raise TypeError(f"gather must be a GatherGrad, got {gather!r}")
+    common = torch.promote_types(image_features.dtype, text_features.dtype)  # e.g. one tower in bf16
+    image_features, text_features = image_features.to(common), text_features.to(common)
     all_image, offset = gather_features(image_features, gather)
     all_text, _ = gather_features(text_features, gather)
     scale = logit_scale.exp()
