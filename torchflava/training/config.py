@@ -13,6 +13,8 @@ from pathlib import Path
 import types
 from typing import Callable, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from torchflava.utils.checkpoint import first_line
+
 T = TypeVar("T")
 
 
@@ -58,8 +60,7 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         try:
             parsed = OmegaConf.from_dotlist([override])
         except Exception as error:  # YAML syntax errors come in several types
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"override {override!r}: the value is not valid YAML ({reason})") from None
+            raise ConfigError(f"override {override!r}: the value is not valid YAML ({first_line(error)})") from None
         merged = _merge(merged, parsed, f"override {override!r}")
     try:
         return OmegaConf.to_object(merged)

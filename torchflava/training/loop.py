@@ -76,6 +76,7 @@ from torchflava.training.schema import (
     setup_training,
     training_checks,
 )
+from torchflava.utils.checkpoint import first_line
 from torchflava.utils.memory import keep_freed_memory
 
 
@@ -431,7 +432,7 @@ def _resume(
     try:
         local = checkpoints.load(path, wrapped, optimizer, verified=True)  # resume_checkpoint verified it
     except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as error:  # another model, forged files
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise ConfigError(f"key 'training.resume': {path} does not load into this run's model: {reason}") from None
     step = checkpoint_step(path)
     if local and saved_world == _world_size():

@@ -22,7 +22,7 @@ from torchflava.training.config import ConfigError
 from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
-from torchflava.utils.checkpoint import peek_state_dict
+from torchflava.utils.checkpoint import first_line, peek_state_dict
 from torchflava.utils.checks import is_prompt_template
 
 T = TypeVar("T")
@@ -351,7 +351,7 @@ def checkpoint_fits(key: str, path: Optional[str], fits: Optional[Callable[[dict
         if fits is not None:
             fits(tensors)
     except (OSError, ValueError, TypeError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         return (False, key, "a checkpoint that reads and fits the model section", f"{path} ({reason})")
     return (True, key, "", None)
 

@@ -34,7 +34,8 @@ _DIRECTORY_FILES = (
 DOWNLOAD_TIMEOUT_S = 60.0
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none), for one-line errors."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -81,7 +82,7 @@ def _download(url: str) -> str:
     try:
         return manager.get_local_path(url)
     except OSError as error:  # refused, unreachable, timed out, HTTP errors, an empty file
-        raise ConnectionError(f"checkpoint: could not download {url}: {_first_line(error)}") from error
+        raise ConnectionError(f"checkpoint: could not download {url}: {first_line(error)}") from error
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -93,12 +94,12 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
         try:
             return _checked_tensors(path, load_file(str(path)))
         except SafetensorError as error:  # empty, truncated, or not safetensors at all
-            raise ValueError(f"could not read {path} as a safetensors file: {_first_line(error)}") from error
+            raise ValueError(f"could not read {path} as a safetensors file: {first_line(error)}") from error
     try:
         obj = _torch_load(path, mmap)
     except Exception as err:  # pickled code, a truncated file, or not a torch file at all
         raise ValueError(
-            f"could not read {path} as a state dict with weights_only=True (no pickled code is run): {_first_line(err)}"
+            f"could not read {path} as a state dict with weights_only=True (no pickled code is run): {first_line(err)}"
         ) from err
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -131,7 +132,7 @@ def _index_shards(path: Path) -> list[str]:
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a JSON checkpoint index: {_first_line(error)}") from None
+        raise ValueError(f"{path} is not a JSON checkpoint index: {first_line(error)}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{path}: expected a 'weight_map' of tensor names to shard file names, got {weight_map!r:.80}")
@@ -155,7 +156,7 @@ def read_json_object(path: PathLike) -> dict:
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not JSON: {_first_line(error)}") from None
+        raise ValueError(f"{path} is not JSON: {first_line(error)}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object, got a {type(value).__name__}")
     return value
@@ -304,7 +305,7 @@ def peek_state_dict(path: PathLike) -> dict[str, Tensor]:
                         dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)  # rarer ones: bytes
                         out[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
             except SafetensorError as error:
-                raise ValueError(f"could not read {file} as a safetensors file: {_first_line(error)}") from error
+                raise ValueError(f"could not read {file} as a safetensors file: {first_line(error)}") from error
         else:
             out.update({k: v.to("meta") for k, v in _load_file(file, mmap=True).items()})
     return out
