@@ -98,6 +98,34 @@ def test_retrieval_command_matches_retrieval_recall(export, images):
         assert result[key] == pytest.approx(value)
 
 
+def test_retrieval_decodes_each_listed_image_once_a_chunk_at_a_time(export, images, tmp_path, monkeypatch):
+    from torchflava.data import readers
+
+    directory, _ = export
+    files = sorted(str(p.relative_to(images)) for p in images.glob("*/*.png") if p.name != "broken.png")[:5]
+    lines = [(files[i % 5], f"caption {i} of {files[i % 5]}") for i in range(13)]  # images listed 2-3 times
+    lines += [("red circle/broken.png", "a corrupt image"), ("missing.png", "no file")]
+    text = "".join(json.dumps({"image": image, "caption": caption}) + "\n" for image, caption in lines)
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(text + '{"image": "x.png"}\n')  # a line without a caption
+    decoded, chunk_sizes = [], []
+    real_read, real_features = readers.read_image, zero_shot.image_features
+    monkeypatch.setattr(readers, "read_image", lambda path, *a, **k: decoded.append(path) or real_read(path, *a, **k))
+    monkeypatch.setattr(
+        zero_shot, "image_features", lambda p, ims, **k: chunk_sizes.append(len(ims)) or real_features(p, ims, **k)
+    )
+    pretrained = load_pretrained(directory)
+    result = zero_shot.retrieval(pretrained, str(images), str(captions), batch_size=2)
+    assert sorted(decoded) == sorted(str(images / f) for f in files + ["red circle/broken.png", "missing.png"])
+    assert chunk_sizes == [2, 2, 1]  # five readable images, never more than batch_size decoded at once
+    assert result["num_images"] == 5 and result["num_pairs"] == 13 and result["skipped"] == 3
+    monkeypatch.undo()
+    image_features = zero_shot.image_features(pretrained, [Image.open(images / f).convert("RGB") for f in files])
+    text_features = zero_shot.text_features(pretrained, [caption for _, caption in lines[:13]])
+    expected = retrieval_recall(image_features, text_features, ks=(1, 5), image_of_text=torch.arange(13) % 5)
+    assert {k: result[k] for k in expected} == pytest.approx(expected)
+
+
 def test_loaded_export_equals_the_saved_model(export):
     directory, model = export
     pretrained = load_pretrained(directory)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
-from torchflava.data.samples import BadSample
+from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
@@ -35,30 +35,17 @@ def cls_features(pretrained: PretrainedFLAVA, source, *, batch_size: int = 128) 
     """
     transform = pretrained.image_transform  # the checkpoint's own preprocessing
     encoder = pretrained.model.image_encoder
-    features, labels, pixels, skipped = [], [], [], 0
-
-    def flush() -> None:
-        if pixels:
-            states = encoder(torch.stack(pixels), output_positions=CLS_POSITION, return_pooled=False).last_hidden_state
-            features.append(states[:, 0])
-            pixels.clear()
-
-    for index in range(len(source)):
-        try:
-            sample = source[index]
-        except BadSample:
-            skipped += 1
-            continue
-        pixels.append(transform(sample.image))
-        labels.append(int(sample.label))
-        if len(pixels) == batch_size:
-            flush()
-    flush()
+    features, labels, skipped = [], [], []
+    for chunk in readable_chunks(source.__getitem__, range(len(source)), batch_size, skipped):
+        pixels = torch.stack([transform(sample.image) for _, sample in chunk])
+        states = encoder(pixels, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state
+        features.append(states[:, 0])
+        labels += [int(sample.label) for _, sample in chunk]
     if not features:
         raise ValueError(
             f"images: none of the {len(source)} images of {getattr(source, 'root', 'the split')} is readable"
         )
-    return torch.cat(features), torch.tensor(labels), skipped
+    return torch.cat(features), torch.tensor(labels), len(skipped)
 
 
 def probe_shapes(

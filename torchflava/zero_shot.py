@@ -19,11 +19,12 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from PIL import Image
 import torch
 from torch import Tensor
 
 from torchflava.data.readers import ImageFolder, ImageTextFolder
-from torchflava.data.samples import BadSample
+from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.evaluation.zero_shot import check_finite
 from torchflava.pretrained import PretrainedFLAVA, load_pretrained
@@ -72,18 +73,6 @@ def class_embeddings(
     )
 
 
-def _read(source) -> tuple[list, list[int], list[str]]:
-    """Usable samples of a reader, their indices, and the reasons of the skipped ones."""
-    samples, indices, skipped = [], [], []
-    for index in range(len(source)):
-        try:
-            samples.append(source[index])
-            indices.append(index)
-        except BadSample as bad:
-            skipped.append(bad.reason)
-    return samples, indices, skipped
-
-
 def classify_folder(
     pretrained: PretrainedFLAVA,
     images_dir: str,
@@ -106,16 +95,18 @@ def classify_folder(
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
     folder = ImageFolder(images_dir)
-    samples, indices, skipped = _read(folder)
-    if not samples:
+    files, chunks, skipped = [], [], []
+    for chunk in readable_chunks(folder.__getitem__, range(len(folder)), batch_size, skipped):
+        files += [folder.relative_path(index) for index, _ in chunk]
+        chunks.append(image_features(pretrained, [sample.image for _, sample in chunk], batch_size=batch_size))
+    if not files:
         raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
-    features = image_features(pretrained, [s.image for s in samples], batch_size=batch_size)
+    features = torch.cat(chunks)
     classes = class_embeddings(pretrained, class_names, templates)
     check_finite(image_features=features, class_embeddings=classes)  # a diverged model predicts nothing
     similarity = features @ classes.T  # (N, C) cosine similarities
     predicted = similarity.argmax(dim=1)
     probabilities = (pretrained.model.logit_scale.detach().exp() * similarity).softmax(dim=1)
-    files = [folder.relative_path(i) for i in indices]
     result = {
         "predictions": {f: class_names[int(p)] for f, p in zip(files, predicted)},
         "probabilities": {f: dict(zip(class_names, row)) for f, row in zip(files, probabilities.tolist())},
@@ -138,22 +129,39 @@ def retrieval(pretrained: PretrainedFLAVA, images_dir: str, captions: str, *, ba
         ValueError: if fewer than two distinct images are readable.
     """
     folder = ImageTextFolder(images_dir, captions)
-    pairs, indices, skipped = _read(folder)
-    paths = [folder.image_path(i) for i in indices]
-    distinct = list(dict.fromkeys(paths))  # an image listed with several captions is one candidate
-    if len(distinct) < 2:
-        raise ValueError(f"captions: need at least 2 readable images, got {len(distinct)} ({len(skipped)} skipped)")
-    first = {path: pairs[paths.index(path)].image for path in distinct}
-    images = image_features(pretrained, [first[path] for path in distinct], batch_size=batch_size)
-    texts = text_features(pretrained, [p.text for p in pairs])
-    image_of_text = torch.tensor([distinct.index(path) for path in paths])
-    ks = [k for k in (1, 5, 10) if k <= len(distinct)]
+    lines = []  # (line, (image path, caption)) of the well-formed lines
+    for index in range(len(folder)):
+        try:
+            lines.append((index, (folder.image_path(index), folder.caption(index))))
+        except BadSample:
+            continue  # counted in "skipped"
+    first_line = {}  # image path -> its first line: an image listed with several captions is one candidate
+    for index, (path, _) in lines:
+        first_line.setdefault(path, index)
+
+    def read(path: str) -> Image.Image:
+        return folder[first_line[path]].image
+
+    row, chunks = {}, []  # image path -> feature row; each image decoded once, a chunk at a time
+    for chunk in readable_chunks(read, first_line, batch_size, []):
+        for path, _ in chunk:
+            row[path] = len(row)
+        chunks.append(image_features(pretrained, [image for _, image in chunk], batch_size=batch_size))
+    pairs = [(path, text) for _, (path, text) in lines if path in row]
+    if len(row) < 2:
+        raise ValueError(
+            f"captions: need at least 2 readable images, got {len(row)} ({len(folder) - len(pairs)} caption lines skipped)"
+        )
+    images = torch.cat(chunks)
+    texts = text_features(pretrained, [text for _, text in pairs])
+    image_of_text = torch.tensor([row[path] for path, _ in pairs])
+    ks = [k for k in (1, 5, 10) if k <= len(row)]
     return {
         **retrieval_recall(images, texts, ks=ks, image_of_text=image_of_text),
         "num_pairs": len(pairs),
-        "num_images": len(distinct),
-        "skipped": len(skipped),
-        **{f"R@{k}_chance": k / len(distinct) for k in ks},
+        "num_images": len(row),
+        "skipped": len(folder) - len(pairs),
+        **{f"R@{k}_chance": k / len(row) for k in ks},
     }
 
 

@@ -67,6 +67,18 @@ def test_palette_images_give_their_colours_and_transparency_is_composited():
     assert out.tolist() == [[[255, 0, 0], [0, 255, 0]]]
 
 
+def test_the_transparent_grey_of_1_bit_and_16_bit_pngs_is_composited():
+    bits = Image.new("1", (2, 1), 0)
+    bits.putpixel((1, 0), 1)
+    out = rgb(encoded(bits, transparency=0), background=(0, 255, 0))
+    assert out.tolist() == [[[0, 255, 0], [255, 255, 255]]]  # black is the transparent value
+    deep = Image.fromarray(np.array([[0, 1000, 65535]], dtype=np.uint16))
+    assert Image.open(encoded(deep, transparency=1000)).mode.startswith("I")  # PIL decodes it 16-bit
+    out = rgb(encoded(deep, transparency=1000), background=(0, 255, 0))
+    assert out.tolist() == [[[0, 0, 0], [0, 255, 0], [255, 255, 255]]]
+    assert rgb(encoded(deep))[0, 1].tolist() == [4, 4, 4]  # no tRNS: 1000 / 65535 of white
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
 def test_alpha_is_composited_on_the_background(mode):
     values = [(200, 0), (200, 255), (200, 128)]  # (grey, alpha): transparent, opaque, half
@@ -166,3 +178,18 @@ def test_no_other_module_opens_images():
         str(p.relative_to(root.parent)) for p in sources if "Image.open(" in p.read_text() and p.name != "decode.py"
     ]
     assert opening == []
+
+
+def test_readable_chunks_skip_bad_items_and_keep_the_chunk_size():
+    from torchflava.data.samples import readable_chunks
+
+    def read(key: int) -> int:
+        if key % 3 == 0:
+            raise BadSample(key, f"item {key} is bad")
+        return key * 10
+
+    skipped: list = []
+    chunks = list(readable_chunks(read, range(10), 2, skipped))
+    assert chunks == [[(1, 10), (2, 20)], [(4, 40), (5, 50)], [(7, 70), (8, 80)]]
+    assert skipped == ["item 0 is bad", "item 3 is bad", "item 6 is bad", "item 9 is bad"]
+    assert list(readable_chunks(read, [0, 3], 4, [])) == []  # nothing readable: no chunk

@@ -211,6 +211,14 @@ def test_train_errors():
     for bad in (5, 0, 100.0):
         with pytest.raises(ValueError, match="vocab_size"):
             WordPieceTokenizer.train(["a red circle"], vocab_size=bad)
+    with pytest.raises(ValueError, match="vocab_size"):
+        WordPieceTokenizer.train(["a red circle"], vocab_size=True)
+    with pytest.raises(ValueError, match="min_frequency"):
+        WordPieceTokenizer.train(["a red circle"], min_frequency=0)
+    with pytest.raises(TypeError, match="texts must be an iterable of strings .* got one str"):
+        WordPieceTokenizer.train("a red circle")  # would learn one "text" per character
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str, got int"):
+        WordPieceTokenizer.train(["a red circle", 7])
 
 
 # ------------------------------------------------------------------ parity with transformers' BertTokenizerFast

@@ -3,8 +3,9 @@
 * Size is checked from the header before any pixel is decoded (``max_pixels``), so one 13000 x
   13000 PNG cannot take gigabytes; PIL's own decompression-bomb limit still applies on top.
 * EXIF orientation is applied (phone photos stored sideways come out upright).
-* Alpha (RGBA, LA, PA, palette transparency) is composited on ``background``, not dropped: a
-  transparent logo on black pixels stays a logo on white.
+* Alpha (RGBA, LA, PA, and the transparent colour of palette, 1-bit, 8/16-bit greyscale and RGB
+  PNGs) is composited on ``background``, not dropped: a transparent logo on black pixels stays a
+  logo on white.
 * 16- and 32-bit integer and float greyscale (I;16*, I, F) are scaled from their value range to
   0..255 (``convert("RGB")`` clips them, which turns a 16-bit photo almost white).
 * Palette images expand to their colours, CMYK and YCbCr/LAB/HSV convert to RGB, 1-bit to 0/255.
@@ -78,11 +79,17 @@ def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = WHITE) -> I
     mode = image.mode
     if mode == "RGB":
         return image
+    transparency = image.info.get("transparency")
     if mode in _HIGH_BIT_DEPTH_RANGE or mode in ("I", "F"):
-        return Image.fromarray(_scaled_to_uint8(image), mode="L").convert("RGB")
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode in ("LA", "PA", "La", "RGBa") or (mode in ("L", "RGB") and "transparency" in image.info):
+        grey = Image.fromarray(_scaled_to_uint8(image), mode="L")
+        if mode == "F" or not isinstance(transparency, int):
+            return grey.convert("RGB")
+        # A 16-bit PNG's tRNS grey value: PIL's own conversion drops it (and clips the greys).
+        alpha = np.where(np.asarray(image) == transparency, 0, 255).astype(np.uint8)
+        image = Image.merge("LA", (grey, Image.fromarray(alpha, mode="L"))).convert("RGBA")
+    elif mode == "P":
+        image = image.convert("RGBA" if transparency is not None else "RGB")
+    elif mode in ("LA", "PA", "La", "RGBa") or (mode in ("1", "L", "RGB") and transparency is not None):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         base = Image.new("RGB", image.size, background)

@@ -7,11 +7,14 @@ caption, a malformed index line) ``source[i]`` raises :class:`BadSample` with th
 sampler that reads the source skips it, counts it and takes another item.
 """
 
-from typing import NamedTuple, Optional
+from typing import Callable, Hashable, Iterable, Iterator, NamedTuple, Optional, TypeVar
 
 from PIL import Image
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+Key = TypeVar("Key", bound=Hashable)
+Item = TypeVar("Item")
 
 
 class BadSample(Exception):
@@ -76,3 +79,32 @@ def checked_text(text: object, index: int) -> str:
     if not isinstance(text, str) or not text.strip():
         raise BadSample(index, f"empty or missing text ({text!r})")
     return text.strip()
+
+
+def readable_chunks(
+    read: Callable[[Key], Item], keys: Iterable[Key], size: int, skipped: list
+) -> Iterator[list[tuple[Key, Item]]]:
+    """Read items one by one and hand them on in chunks, so that a pass over a large folder holds
+    one chunk of decoded images at a time, never the whole folder.
+
+    Args:
+        read (Callable): reads the item of a key (e.g. ``source.__getitem__``); raises BadSample.
+        keys (Iterable): the keys to read, in order.
+        size (int): items per chunk (the last one may be shorter).
+        skipped (list): the reason of every BadSample is appended here.
+
+    Yields:
+        list[tuple[Key, Item]]: up to ``size`` (key, item) pairs of readable items.
+    """
+    chunk = []
+    for key in keys:
+        try:
+            chunk.append((key, read(key)))
+        except BadSample as bad:
+            skipped.append(bad.reason)
+            continue
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -266,14 +266,19 @@ class WordPieceTokenizer:
         Raises:
             ValueError: if ``vocab_size`` cannot hold the special tokens and the alphabet, or
                 ``min_frequency`` < 1.
+            TypeError: if ``texts`` is a single string or holds something other than strings.
         """
-        if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size must be an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
-        if not isinstance(min_frequency, int) or min_frequency < 1:
+        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
             raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
+        if isinstance(texts, (str, bytes)):  # would train on its characters, one "text" each
+            raise TypeError(f"texts must be an iterable of strings (e.g. a list), got one {type(texts).__name__}")
         bare = cls._bare({token: i for i, token in enumerate(SPECIAL_TOKENS)})
         words: Counter = Counter()
-        for text in texts:
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{index}] must be a str, got {type(text).__name__}")
             normalised = bare.normalizer.normalize_str(text)
             words.update(word for word, _ in bare.pre_tokenizer.pre_tokenize_str(normalised))
         characters = sorted({c for word in words for c in word})
