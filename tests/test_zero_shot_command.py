@@ -197,6 +197,19 @@ def test_a_diverged_checkpoint_is_refused_not_classified(tmp_path, images):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("value", [float("nan"), 100.0])  # exp(100) overflows float32
+def test_a_checkpoint_whose_temperature_is_not_finite_is_refused_before_any_image(tmp_path, images, value):
+    from safetensors.torch import load_file, save_file
+
+    write_tiny_export(tmp_path)
+    weights = tmp_path / "weights.safetensors"
+    state = load_file(str(weights))
+    state["model.logit_scale"] = torch.full_like(state["model.logit_scale"], value)
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match=r"exp\(logit_scale\) holds NaN or infinite values"):
+        zero_shot.classify_folder(load_pretrained(tmp_path), str(tmp_path / "no such folder"), CLASSES)
+
+
 PHOTO_CLASSES = ["Cat", "coffee cup", "Rocket", "astronaut", "woman in space"]
 
 

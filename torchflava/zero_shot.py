@@ -94,6 +94,8 @@ def classify_folder(
     """
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
+    scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
+    check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     folder = ImageFolder(images_dir)
     files, chunks, skipped = [], [], []
     for chunk in readable_chunks(folder.__getitem__, range(len(folder)), batch_size, skipped):
@@ -106,7 +108,7 @@ def classify_folder(
     check_finite(image_features=features, class_embeddings=classes)  # a diverged model predicts nothing
     similarity = features @ classes.T  # (N, C) cosine similarities
     predicted = similarity.argmax(dim=1)
-    probabilities = (pretrained.model.logit_scale.detach().exp() * similarity).softmax(dim=1)
+    probabilities = (scale * similarity).softmax(dim=1)
     result = {
         "predictions": {f: class_names[int(p)] for f, p in zip(files, predicted)},
         "probabilities": {f: dict(zip(class_names, row)) for f, row in zip(files, probabilities.tolist())},

@@ -252,13 +252,18 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
         TypeError: if ``path`` is not a str or os.PathLike.
         ConnectionError: if a URL cannot be downloaded.
     """
+    return _load_file(_checkpoint_file(path))
+
+
+def _checkpoint_file(path: PathLike) -> Path:
+    """The local file of ``path``: the file itself, or the first of ``_DIRECTORY_FILES`` in a directory."""
     local = local_checkpoint(path)
-    if local.is_dir():
-        for name in _DIRECTORY_FILES:
-            if (local / name).exists():
-                return _load_file(local / name)
+    if not local.is_dir():
+        return local
+    name = next((name for name in _DIRECTORY_FILES if (local / name).exists()), None)
+    if name is None:
         raise FileNotFoundError(f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}")
-    return _load_file(local)
+    return local / name
 
 
 _SAFETENSORS_DTYPES = {
@@ -287,11 +292,7 @@ def peek_state_dict(path: PathLike) -> dict[str, Tensor]:
     """
     if isinstance(path, (str, os.PathLike)) and "://" in os.fspath(path) and not os.fspath(path).startswith("file:"):
         raise ValueError(f"only local checkpoints can be peeked at, got the URL {os.fspath(path)!r}")
-    local = local_checkpoint(path)
-    if local.is_dir():
-        local = next((local / n for n in _DIRECTORY_FILES if (local / n).exists()), local)
-        if local.is_dir():
-            raise FileNotFoundError(f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}")
+    local = _checkpoint_file(path)
     files = [local]
     if local.suffix == ".json":
         files = [local.parent / shard for shard in sorted(set(_index_shards(local)))]
