@@ -342,29 +342,52 @@ class WordPieceTokenizer:
             ValueError: if ``texts`` is empty, ``max_length`` < 2, or both it and
                 ``model_max_length`` are None.
         """
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be a sequence of str")
-        if len(texts) == 0:
-            raise ValueError("texts must not be empty")
+        texts = checked_texts(texts)
         if max_length is None:
             if self.model_max_length is None:
                 raise ValueError("max_length must be given: the tokenizer has no model_max_length")
             max_length = self.model_max_length
-        if not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
-        rows = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
-        rows = [row if len(row) <= max_length else row[: max_length - 1] + [self.sep_id] for row in rows]
-        length = max(len(row) for row in rows)
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        return ids, mask
+        max_length = check_max_length(max_length)
+        rows = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
+        return padded_rows(rows, max_length, end_id=self.sep_id, pad_id=self.pad_id)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of one id sequence, special tokens dropped."""
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def checked_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list; TypeError unless a sequence of strings, ValueError if empty."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts must be a sequence of str")
+    if len(texts) == 0:
+        raise ValueError("texts must not be empty")
+    return list(texts)
+
+
+def check_max_length(max_length: object) -> int:
+    """``max_length`` of a tokenizer call; ValueError unless an int >= 2 (a start and an end token)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    return max_length
+
+
+def padded_rows(rows: list[list[int]], max_length: int, *, end_id: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Id rows that start and end with their special tokens, cut to ``max_length`` (the end token
+    kept) and padded to the longest: ids (B, L) and attention mask (B, L), 1 = token.
+
+    Raises:
+        ValueError: if ``max_length`` is not an int >= 2.
+    """
+    max_length = check_max_length(max_length)
+    rows = [row if len(row) <= max_length else row[: max_length - 1] + [end_id] for row in rows]
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
 def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:

@@ -1,0 +1,149 @@
+"""CLIPTokenizer against open_clip's and transformers' tokenizers on CLIP's real vocabulary (the
+merges file open_clip ships), and its errors."""
+
+import gzip
+import json
+
+import open_clip
+import pytest
+import torch
+from transformers import CLIPTokenizer as HFSlowTokenizer
+from transformers import CLIPTokenizerFast as HFFastTokenizer
+
+from torchflava.data.clip_tokenizer import CLIP_VOCAB_SIZE, CLIPTokenizer, byte_characters
+
+BPE = open_clip.tokenizer.default_bpe()  # OpenAI's bpe_simple_vocab_16e6.txt.gz
+TEXTS = [
+    "a photo of a cat",
+    "A Photo of   the CAT's toy!!",
+    "naïve café, 123 dogs in 2024",
+    "",
+    "emoji 🐶 and 中文 text",
+    "don't stop-believing, it's 3.14 (really)",
+    "tab\tnew\nline  ",
+    "word " * 100,  # truncated: the end token is kept at position 76
+]
+
+
+@pytest.fixture(scope="module")
+def ours() -> CLIPTokenizer:
+    return CLIPTokenizer.from_bpe(BPE)
+
+
+@pytest.fixture(scope="module")
+def hf_directory(tmp_path_factory, ours):
+    """vocab.json + merges.txt + tokenizer_config.json as a transformers CLIP checkpoint holds them."""
+    directory = tmp_path_factory.mktemp("hf_clip_tokenizer")
+    merges = gzip.open(BPE).read().decode("utf-8").split("\n")[1 : CLIP_VOCAB_SIZE - 514 + 1]
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (directory / "vocab.json").write_text(json.dumps(ours._tokenizer.get_vocab()), encoding="utf-8")
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "pad_token": "<|endoftext|>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_vocabulary_is_clips(ours):
+    assert ours.vocab_size == CLIP_VOCAB_SIZE == 49408
+    assert (ours.start_id, ours.end_id, ours.pad_id) == (49406, 49407, 49407)
+    assert len(set(byte_characters().values())) == 256 and byte_characters()[ord(" ")] == "\u0120"
+
+
+def test_ids_equal_open_clips_tokenizer(ours):
+    ids, mask = ours(TEXTS)
+    reference = open_clip.tokenize(TEXTS)  # (B, 77), padded with 0
+    assert ids.shape == (len(TEXTS), 77) and int(mask[-1].sum()) == 77
+    for row, (our_ids, our_mask) in enumerate(zip(ids, mask)):
+        length = int(our_mask.sum())
+        assert our_mask[:length].all() and not our_mask[length:].any()
+        assert our_ids[:length].tolist() == reference[row][:length].tolist(), TEXTS[row]
+        assert not reference[row][length:].any()  # open_clip's row ends where ours does
+    assert ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]  # "a photo of a cat"
+
+
+@pytest.mark.parametrize("kind", [HFSlowTokenizer, HFFastTokenizer], ids=["slow", "fast"])
+def test_ids_and_mask_equal_transformers_from_vocab_and_merges(hf_directory, kind):
+    reference = kind.from_pretrained(hf_directory)
+    expected = reference(TEXTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    ids, mask = CLIPTokenizer.from_directory(hf_directory)(TEXTS)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    short_ids, _ = CLIPTokenizer.from_directory(hf_directory)(TEXTS, max_length=8)
+    short = reference(TEXTS, padding=True, truncation=True, max_length=8, return_tensors="pt")["input_ids"]
+    assert torch.equal(short_ids, short)
+
+
+def test_a_tokenizer_json_directory_equals_transformers(hf_directory, tmp_path):
+    HFFastTokenizer.from_pretrained(hf_directory).save_pretrained(tmp_path)
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).unlink()  # the tokenizer.json alone
+    texts = TEXTS + ["hello<|endoftext|>world"]  # a special token in the text is the token (as transformers)
+    expected = HFFastTokenizer.from_pretrained(tmp_path)(texts, padding=True, truncation=True, return_tensors="pt")
+    ids, mask = CLIPTokenizer.from_directory(tmp_path)(texts)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    assert ids[-1, :5].tolist() == [49406, 3306, 49407, 1002, 49407]
+
+
+def test_padding_token_and_length_come_from_tokenizer_config(hf_directory, tmp_path):
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((hf_directory / name).read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 5, "pad_token": "!"}))
+    tokenizer = CLIPTokenizer.from_directory(tmp_path)
+    ids, mask = tokenizer(["a photo of a cat", "a"])
+    assert ids.tolist() == [[49406, 320, 1125, 539, 49407], [49406, 320, 49407, 0, 0]]  # "!" is id 0
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+
+
+def test_decode_gives_the_lower_cased_words(ours):
+    ids, _ = ours(["A Photo of   the CAT's toy!! naïve 🐶"])
+    assert ours.decode(ids[0].tolist()) == "a photo of the cat 's toy !! naïve 🐶"
+
+
+def test_an_uncompressed_merges_file_reads_the_same(ours, tmp_path):
+    plain = tmp_path / "bpe.txt"
+    plain.write_bytes(gzip.open(BPE).read())
+    assert torch.equal(CLIPTokenizer.from_bpe(plain)(TEXTS)[0], ours(TEXTS)[0])
+
+
+def test_errors(ours, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("#version: 0.2\ni n\nthree parts here\n")
+    with pytest.raises(ValueError, match=r"merges: line 3 of .*bad.txt must be two pieces .* got 'three parts here'"):
+        CLIPTokenizer.from_bpe(bad)
+    bad.write_text("#version: 0.2\ni n\n")
+    with pytest.raises(ValueError, match="expected at least 48894 merges in .*, got 1"):
+        CLIPTokenizer.from_bpe(bad)
+    bad.write_bytes(b"\x1f\x8b not gzip")
+    with pytest.raises(ValueError, match="is not a \\(gzipped\\) UTF-8 merges file"):
+        CLIPTokenizer.from_bpe(bad)
+    with pytest.raises(FileNotFoundError, match="expected a CLIP merges file"):
+        CLIPTokenizer.from_bpe(tmp_path / "missing.txt.gz")
+    with pytest.raises(ValueError, match="vocab_size must be an int >= 515"):
+        CLIPTokenizer.from_bpe(BPE, vocab_size=100)
+    with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor vocab.json and merges.txt"):
+        CLIPTokenizer.from_directory(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer.json: .* does not read as a tokenizer"):
+        CLIPTokenizer.from_directory(tmp_path)
+    from torchflava.data.tokenizer import WordPieceTokenizer
+
+    WordPieceTokenizer.train(["a red circle"])._tokenizer.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="expected a BPE model \\(CLIP's\\) in .*, got WordPiece"):
+        CLIPTokenizer.from_directory(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "vocab.json").write_text(json.dumps({"a</w>": 0, "b</w>": 1}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(
+        ValueError, match="the vocabulary lacks the token\\(s\\) \\['<\\|startoftext\\|>', '<\\|endoftext\\|>'"
+    ):
+        CLIPTokenizer.from_directory(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    with pytest.raises(ValueError, match="tokenizer_class must be one of .*, got 'BertTokenizer'"):
+        CLIPTokenizer.from_directory(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1}))
+    with pytest.raises(ValueError, match="model_max_length must be an int >= 2, got 1"):
+        CLIPTokenizer.from_directory(tmp_path)
+    with pytest.raises(TypeError, match="texts must be a sequence of str"):
+        ours("a photo")
+    with pytest.raises(ValueError, match="texts must not be empty"):
+        ours([])
+    with pytest.raises(ValueError, match="max_length must be an int >= 2, got 1"):
+        ours(["a"], max_length=1)

@@ -1,0 +1,246 @@
+"""CLIP's byte-level BPE tokenisation on the ``tokenizers`` library, from the files users have.
+
+CLIP (Radford et al. 2021) lower-cases the text, splits it into words, numbers and runs of other
+symbols, spells each piece in bytes (mapped to printable characters) and merges them by rank,
+marking a word's last piece with ``</w>``. Rows are ``<|startoftext|> text <|endoftext|>``; the
+vocabulary has 49408 entries with those two at 49406 and 49407. :class:`CLIPTokenizer` reads it
+from
+
+* a Hugging Face CLIP directory (:meth:`~CLIPTokenizer.from_directory`): ``tokenizer.json``, else
+  ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length`` and
+  ``pad_token``: the ids transformers' ``CLIPTokenizerFast`` gives;
+* OpenAI's and open_clip's merges file, ``bpe_simple_vocab_16e6.txt.gz``
+  (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer on ordinary text (it also
+  repairs broken Unicode with ``ftfy``, which this one does not).
+"""
+
+import gzip
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+from torch import Tensor
+
+from torchflava.data.tokenizer import check_max_length, checked_texts, padded_rows
+from torchflava.utils.checkpoint import read_json_object
+
+PathLike = Union[str, os.PathLike]
+START, END = "<|startoftext|>", "<|endoftext|>"
+CLIP_VOCAB_SIZE = 49408  # 256 bytes, each also with </w>, 48894 merges, the two special tokens
+CLIP_CONTEXT_LENGTH = 77
+# Contractions, letter runs, single digits, runs of other non-space symbols (CLIP's word split).
+_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
+
+
+def byte_characters() -> dict[int, str]:
+    """The printable character GPT-2 and CLIP spell each byte with, in their vocabulary's order:
+    the printable Latin-1 bytes as themselves first, then the others (control characters, space,
+    NBSP, soft hyphen) as the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = sorted(set(range(256)) - set(printable))
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+class CLIPTokenizer:
+    """CLIP's tokenizer: ``<|startoftext|> text <|endoftext|>`` id rows, lower-cased.
+
+    Build it with :meth:`from_directory`, :meth:`from_vocab_and_merges`, :meth:`from_tokenizer_json`
+    or :meth:`from_bpe`.
+
+    Args:
+        tokenizer (Tokenizer): a ``tokenizers`` BPE tokenizer whose vocabulary holds both special
+            tokens (its own normaliser and pre-tokeniser are used; its post-processor is not).
+        model_max_length (Optional[int]): the default ``max_length`` of :meth:`__call__`.
+        pad_token (Optional[str]): the padding token; None: ``<|endoftext|>`` (transformers' CLIP
+            checkpoints; padding is masked out either way).
+
+    Raises:
+        ValueError: if a special or the padding token is missing, or ``model_max_length`` < 2.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        model_max_length: Optional[int] = CLIP_CONTEXT_LENGTH,
+        pad_token: Optional[str] = None,
+    ) -> None:
+        vocab = tokenizer.get_vocab()
+        missing = [token for token in (START, END, pad_token or END) if token not in vocab]
+        if missing:
+            raise ValueError(f"the vocabulary lacks the token(s) {missing}")
+        if model_max_length is not None and (
+            isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 2
+        ):
+            raise ValueError(f"model_max_length must be an int >= 2 or None, got {model_max_length!r}")
+        tokenizer.add_special_tokens([START, END])  # in the text, they are the tokens, not their spelling
+        tokenizer.post_processor = None  # __call__ adds the start and end tokens
+        self._tokenizer, self.model_max_length = tokenizer, model_max_length
+        self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token or END]
+        self.vocab_size = max(vocab.values()) + 1
+
+    @property
+    def sep_id(self) -> int:
+        """The end token (the name the recipes read, as of BERT's ``[SEP]``)."""
+        return self.end_id
+
+    @classmethod
+    def from_vocab_and_merges(
+        cls, vocab: dict[str, int], merges: Sequence[tuple[str, str]], **kwargs
+    ) -> "CLIPTokenizer":
+        """CLIP's pipeline on a vocabulary (token -> id) and merges (pairs, by rank); ``kwargs`` as
+        the constructor's."""
+        model = models.BPE(
+            vocab=vocab, merges=list(merges), continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=END
+        )
+        tokenizer = Tokenizer(model)
+        tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_WORDS), behavior="removed", invert=True),  # keep the matches only
+                pre_tokenizers.ByteLevel(add_prefix_space=False),
+            ]
+        )
+        return cls(tokenizer, **kwargs)
+
+    @classmethod
+    def from_bpe(cls, path: PathLike, *, vocab_size: int = CLIP_VOCAB_SIZE, **kwargs) -> "CLIPTokenizer":
+        """OpenAI's / open_clip's tokenizer from its merges file (``bpe_simple_vocab_16e6.txt.gz``, or
+        the same uncompressed).
+
+        The vocabulary is the 256 byte characters, the same with ``</w>``, the first
+        ``vocab_size - 514`` merges of the file (after its version line), then the two special tokens.
+
+        Raises:
+            FileNotFoundError: if the file does not exist.
+            ValueError: naming the file, if it is not text of ``a b`` merge lines or has too few of them.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"path: expected a CLIP merges file, {path} is not a file")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 515:
+            raise ValueError(f"vocab_size must be an int >= 515, got {vocab_size!r}")
+        try:
+            raw = path.read_bytes()
+            text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+        except (OSError, EOFError, UnicodeDecodeError) as error:
+            raise ValueError(f"path: {path} is not a (gzipped) UTF-8 merges file ({error})") from None
+        wanted = vocab_size - 514
+        merges = _merge_pairs(text.split("\n")[1 : wanted + 1], path)
+        if len(merges) < wanted:
+            raise ValueError(f"path: expected at least {wanted} merges in {path}, got {len(merges)}")
+        characters = list(byte_characters().values())
+        tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
+        return cls.from_vocab_and_merges({token: i for i, token in enumerate(tokens)}, merges, **kwargs)
+
+    @classmethod
+    def from_tokenizer_json(cls, path: PathLike, **kwargs) -> "CLIPTokenizer":
+        """A transformers ``tokenizer.json`` of a CLIP checkpoint (its own pipeline, as saved).
+
+        Raises:
+            ValueError: naming the file, if it does not read or is not a BPE tokenizer.
+        """
+        try:
+            tokenizer = Tokenizer.from_file(os.fspath(path))
+        except Exception as error:  # tokenizers raises its own Exception subclass for any bad file
+            raise ValueError(f"tokenizer.json: {path} does not read as a tokenizer ({error})") from None
+        if not isinstance(tokenizer.model, models.BPE):
+            raise ValueError(
+                f"tokenizer.json: expected a BPE model (CLIP's) in {path}, got {type(tokenizer.model).__name__}"
+            )
+        return cls(tokenizer, **kwargs)
+
+    @classmethod
+    def from_directory(cls, directory: PathLike) -> "CLIPTokenizer":
+        """A Hugging Face CLIP directory's tokenizer, as ``CLIPTokenizerFast`` loads it.
+
+        Raises:
+            FileNotFoundError: if it has neither ``tokenizer.json`` nor ``vocab.json`` and ``merges.txt``.
+            ValueError: naming the file and key, if a file is malformed or states another tokenizer.
+        """
+        directory = Path(directory)
+        settings = read_clip_tokenizer_config(directory / "tokenizer_config.json")
+        if (directory / "tokenizer.json").is_file():
+            return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
+        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+            vocab = read_json_object(directory / "vocab.json")
+            if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
+                raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
+            text = (directory / "merges.txt").read_text(encoding="utf-8")
+            lines = text.split("\n")
+            merges = _merge_pairs(lines[1:] if lines[0].startswith("#version") else lines, directory / "merges.txt")
+            return cls.from_vocab_and_merges(vocab, merges, **settings)
+        raise FileNotFoundError(f"directory: {directory} has neither tokenizer.json nor vocab.json and merges.txt")
+
+    def __call__(self, texts: Sequence[str], *, max_length: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """Tokenise ``texts``, truncate to ``max_length`` (the end token kept) and pad to the longest.
+
+        Args:
+            texts (Sequence[str]): B strings.
+            max_length (Optional[int]): most ids per row, start and end tokens included (>= 2); None
+                for ``model_max_length``.
+
+        Returns:
+            tuple[Tensor, Tensor]: ids (B, L) long and attention mask (B, L) long (1 = token).
+
+        Raises:
+            TypeError: if ``texts`` is not a sequence of strings.
+            ValueError: if ``texts`` is empty or ``max_length`` is not an int >= 2.
+        """
+        texts = checked_texts(texts)
+        if max_length is None and self.model_max_length is None:
+            raise ValueError("max_length must be given: the tokenizer has no model_max_length")
+        length = check_max_length(self.model_max_length if max_length is None else max_length)
+        pieces = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        rows = [[self.start_id, *encoding.ids, self.end_id] for encoding in pieces]
+        return padded_rows(rows, length, end_id=self.end_id, pad_id=self.pad_id)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of one id sequence, special tokens dropped (lower-cased, one space between words)."""
+        byte_of = {character: byte for byte, character in byte_characters().items()}
+        pieces = [self._tokenizer.id_to_token(int(i)) or "" for i in ids if int(i) not in (self.start_id, self.end_id)]
+        data = bytes(byte_of.get(c, 32) for c in "".join(pieces))  # a character no byte spells: a space
+        return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
+
+
+def _merge_pairs(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:
+    """The ``a b`` pairs of merge lines (a blank last line is the file's end); ValueError naming the line."""
+    pairs = []
+    for number, line in enumerate(lines, start=2):
+        if not line and number == len(lines) + 1:
+            break
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"merges: line {number} of {path} must be two pieces separated by a space, got {line!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def read_clip_tokenizer_config(path: Path) -> dict:
+    """``model_max_length`` and ``pad_token`` of a CLIP ``tokenizer_config.json`` (missing file: 77, None).
+
+    Raises:
+        ValueError: naming the key, if a value has the wrong type or the class is not CLIP's.
+    """
+    if not path.is_file():
+        return {}
+    config = read_json_object(path)
+    kind = config.get("tokenizer_class")
+    if kind is not None and kind not in _CLASSES:
+        raise ValueError(f"tokenizer_config.json: tokenizer_class must be one of {_CLASSES}, got {kind!r}")
+    settings = {}
+    length = config.get("model_max_length")
+    if length is not None:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+            raise ValueError(f"tokenizer_config.json: model_max_length must be an int >= 2, got {length!r}")
+        settings["model_max_length"] = length if length < int(1e30) else None  # 1e30: transformers' "no limit"
+    pad = config.get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    if pad is not None and not isinstance(pad, str):
+        raise ValueError(f"tokenizer_config.json: pad_token must be a string, got {pad!r}")
+    settings["pad_token"] = pad
+    return settings
