@@ -128,7 +128,9 @@ def test_errors(tmp_path):
         load_pretrained(tmp_path)
     (tmp_path / "vocab.txt").unlink()
     (tmp_path / "tokenizer.json").unlink()
-    with pytest.raises(FileNotFoundError, match="has neither vocab.txt nor tokenizer.json"):
+    with pytest.raises(
+        FileNotFoundError, match="has none of the tokenizer files vocab.txt, tokenizer.json, vocab.json"
+    ):
         load_pretrained(tmp_path)
 
 

@@ -141,8 +141,8 @@ def test_hugging_face_directory_loads_like_flava_model(tmp_path, export):
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         load_pretrained(tmp_path)
     (tmp_path / "vocab.txt").write_text((export[0] / "vocab.txt").read_text())
-    weights, kwargs, directory = checkpoint_layout(tmp_path)
-    assert directory == tmp_path
+    weights, kwargs, directory, family = checkpoint_layout(tmp_path)
+    assert directory == tmp_path and family == "flava"
     pretrained = load_pretrained(tmp_path)
     pixels = torch.randn(2, 3, kwargs["image_size"], kwargs["image_size"])
     with torch.no_grad():
@@ -258,3 +258,75 @@ def test_probabilities_equal_transformers_on_a_hugging_face_directory(tmp_path, 
     classes = zero_shot.class_embeddings(before, PHOTO_CLASSES)
     old = (pretrained.model.logit_scale.detach().exp() * features @ classes.T).softmax(dim=1)
     assert float((old - expected).abs().max()) > 1e-3
+
+
+def write_hf_clip(directory, *, image_size: int = 32) -> None:
+    """A Hugging Face CLIPModel directory as the Hub holds one: random tiny weights, CLIP's real
+    vocabulary (vocab.json + merges.txt from the merges file open_clip ships) and a CLIP image processor."""
+    import gzip
+
+    import open_clip
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from torchflava.data.clip_tokenizer import CLIPTokenizer as OurTokenizer
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(tower, vocab_size=49408, max_position_embeddings=77),
+        vision_config=dict(tower, image_size=image_size, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(directory)
+    bpe = open_clip.tokenizer.default_bpe()
+    vocab = OurTokenizer.from_bpe(bpe)._tokenizer.get_vocab()
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:48895]
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    CLIPTokenizer(directory / "vocab.json", directory / "merges.txt").save_pretrained(directory)
+    size = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    CLIPImageProcessor(**size).save_pretrained(directory)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+def test_clip_zero_shot_and_retrieval_equal_transformers_on_a_hugging_face_clip_directory(tmp_path):
+    from transformers import CLIPModel, CLIPProcessor
+
+    directory, folder = tmp_path / "clip", tmp_path / "photos"
+    write_hf_clip(directory)
+    folder.mkdir()
+    pictures = photos()
+    for name, photo in pictures.items():
+        photo.save(folder / f"{name}.png")
+    pretrained = load_pretrained(directory)
+    assert checkpoint_layout(directory).family == "clip" and pretrained.text_length == 77
+    templates = ("a photo of a {}.", "a {}.")
+    result = zero_shot.classify_folder(pretrained, str(folder), PHOTO_CLASSES, templates)
+    files = sorted(result["probabilities"])
+    ours = torch.tensor([[result["probabilities"][f][c] for c in PHOTO_CLASSES] for f in files])
+
+    processor, model = CLIPProcessor.from_pretrained(directory), CLIPModel.from_pretrained(directory).eval()
+    with torch.no_grad():
+        images = [Image.open(folder / f).convert("RGB") for f in files]
+        image = F.normalize(model.get_image_features(**processor(images=images, return_tensors="pt")), dim=-1)
+        classes = []
+        for name in PHOTO_CLASSES:
+            text = processor(text=[t.format(name) for t in templates], padding=True, return_tensors="pt")
+            classes.append(F.normalize(F.normalize(model.get_text_features(**text), dim=-1).mean(dim=0), dim=-1))
+        expected = (model.logit_scale.exp() * image @ torch.stack(classes).T).softmax(dim=1)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+    assert float(expected.max() - expected.min()) > 0.01  # not uniform: the comparison has teeth
+
+    captions = tmp_path / "captions.tsv"
+    captions.write_text("".join(f"{name}.png\ta picture called {name}\n" for name in pictures))
+    recall = zero_shot.retrieval(pretrained, str(folder), str(captions))
+    with torch.no_grad():
+        names = sorted(pictures)
+        image = model.get_image_features(
+            **processor(images=[Image.open(folder / f"{n}.png").convert("RGB") for n in names], return_tensors="pt")
+        )
+        text = processor(text=[f"a picture called {n}" for n in names], padding=True, return_tensors="pt")
+        reference = retrieval_recall(
+            F.normalize(image, dim=-1), F.normalize(model.get_text_features(**text), dim=-1), ks=(1, 5)
+        )
+    assert {k: recall[k] for k in reference} == pytest.approx(reference)

@@ -1,4 +1,4 @@
-"""Linear probe of a FLAVA checkpoint's frozen image features (the FLAVA/CLIP protocol).
+"""Linear probe of a FLAVA or CLIP checkpoint's frozen image features (the FLAVA/CLIP protocol).
 
     python -m torchflava.linear_probe --checkpoint runs/tiny --shapes
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
@@ -21,13 +21,13 @@ from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.modules.encoders import CLS_POSITION
-from torchflava.pretrained import PretrainedFLAVA, load_pretrained
+from torchflava.pretrained import Pretrained, load_pretrained
 from torchflava.utils.cli import output_file, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 
 
 @torch.no_grad()
-def cls_features(pretrained: PretrainedFLAVA, source, *, batch_size: int = 128) -> tuple[Tensor, Tensor, int]:
+def cls_features(pretrained: Pretrained, source, *, batch_size: int = 128) -> tuple[Tensor, Tensor, int]:
     """(N, D) frozen image CLS features and (N,) labels of a labelled image source; unusable items skipped.
 
     Returns:
@@ -49,7 +49,7 @@ def cls_features(pretrained: PretrainedFLAVA, source, *, batch_size: int = 128) 
 
 
 def probe_shapes(
-    pretrained: PretrainedFLAVA,
+    pretrained: Pretrained,
     *,
     num_train: int = 3000,
     num_val: int = 1000,

@@ -1,53 +1,67 @@
-"""Open a FLAVA checkpoint directory with its tokenizer and image preprocessing: what the commands start from.
+"""Open a FLAVA or CLIP checkpoint directory with its tokenizer and image preprocessing: what the
+commands start from.
 
 Understood layouts (all local paths; nothing is downloaded):
 
-* a run directory of ``examples/flava/train.py`` (it holds ``model/``),
+* a run directory of ``examples/flava/train.py`` or ``examples/clip/train.py`` (it holds ``model/``),
 * its ``model/`` directory: ``*.safetensors`` weights, ``backbone_config.json`` (the
-  ``flava_model`` arguments), ``vocab.txt`` with ``tokenizer_config.json``, and
-  ``preprocessor_config.json`` (the recipe's evaluation transform),
+  ``flava_model`` arguments) or ``clip_config.json`` (the ``clip_model`` arguments), ``vocab.txt``
+  with ``tokenizer_config.json``, and ``preprocessor_config.json`` (the recipe's evaluation
+  transform),
 * a Hugging Face ``facebook/flava-full``-style directory: ``config.json``, the weights
   (safetensors or ``.bin``, sharded or not), ``vocab.txt`` or ``tokenizer.json``,
-  ``tokenizer_config.json`` and ``preprocessor_config.json``.
+  ``tokenizer_config.json`` and ``preprocessor_config.json``,
+* a Hugging Face ``CLIPModel`` directory (``openai/clip-vit-base-patch32``-style): ``config.json``
+  with ``model_type`` ``clip``, the weights, ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``
+  (:class:`~torchflava.data.clip_tokenizer.CLIPTokenizer`), ``tokenizer_config.json`` and
+  ``preprocessor_config.json``.
 
 The checkpoint is used as its own users use it: the tokenizer honours ``tokenizer_config.json``
 (:meth:`~torchflava.data.tokenizer.WordPieceTokenizer.from_directory`: casing, accents,
 ``model_max_length``) and ``image_transform`` reproduces ``preprocessor_config.json``
 (:class:`~torchflava.data.transforms.ImageTransformSpec`: for ``facebook/flava-full``, a bicubic
-resize straight to 224 x 224 and CLIP's mean and std). A directory without a
-``preprocessor_config.json`` (exports written before it was recorded) gets
-:class:`~torchflava.data.transforms.EvalImageTransform`: short side, bilinear, centre crop.
+resize straight to 224 x 224 and CLIP's mean and std; for CLIP, a bicubic resize of the short side
+and a centre crop). A directory without a ``preprocessor_config.json`` (exports written before it
+was recorded) gets :class:`~torchflava.data.transforms.EvalImageTransform`: short side, bilinear,
+centre crop.
 """
 
 import inspect
 import json
 import os
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import Callable, NamedTuple, Union
 
+from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, EvalImageTransform, ImageTransform, ImageTransformSpec
-from torchflava.models import FLAVAModel, flava_model
+from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
+from torchflava.models.clip.convert_weights import hf_config_kwargs
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.utils.checkpoint import read_json_object
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
+BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
+# A torchflava export's architecture file, by family.
+_EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}
 
 
-class PretrainedFLAVA(NamedTuple):
+class Pretrained(NamedTuple):
     """A loaded checkpoint.
 
     Attributes:
-        model (FLAVAModel): the backbone, in eval mode.
-        tokenizer (WordPieceTokenizer): its tokenizer, with its ``tokenizer_config.json`` settings.
-        kwargs (dict): the ``flava_model`` arguments of its architecture.
+        model (Union[FLAVAModel, CLIPModel]): the model, in eval mode; both have ``encode_image``,
+            ``encode_text``, ``image_encoder`` and ``logit_scale``.
+        tokenizer (Union[WordPieceTokenizer, CLIPTokenizer]): its tokenizer, with its
+            ``tokenizer_config.json`` settings.
+        kwargs (dict): the builder arguments of its architecture (``flava_model`` or ``clip_model``).
         weights (Path): the weights file or directory it was loaded from.
         image_transform (ImageTransform): PIL image -> (3, image_size, image_size) pixels, the
             checkpoint's own preprocessing.
     """
 
-    model: FLAVAModel
-    tokenizer: WordPieceTokenizer
+    model: Union[FLAVAModel, CLIPModel]
+    tokenizer: Union[WordPieceTokenizer, CLIPTokenizer]
     kwargs: dict
     weights: Path
     image_transform: ImageTransform
@@ -55,11 +69,13 @@ class PretrainedFLAVA(NamedTuple):
     @property
     def image_size(self) -> int:
         """Side of the images the model was trained on."""
-        return int(self.kwargs.get("image_size", 224))
+        return int(self.kwargs.get("image_size") or 224)
 
     @property
     def max_text_length(self) -> int:
         """Most text positions the model has."""
+        if isinstance(self.model, CLIPModel):
+            return int(self.kwargs.get("context_length") or 77)
         return int(self.kwargs.get("max_seq_len", 512))
 
     @property
@@ -75,13 +91,15 @@ class CheckpointLayout(NamedTuple):
 
     Attributes:
         weights (Path): the weights file or directory.
-        kwargs (dict): ``flava_model`` keyword arguments.
+        kwargs (dict): the builder's keyword arguments.
         directory (Path): the directory holding the tokenizer and preprocessing files.
+        family (str): ``"flava"`` or ``"clip"`` (the key of :data:`BUILDERS`).
     """
 
     weights: Path
     kwargs: dict
     directory: Path
+    family: str = "flava"
 
 
 def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
@@ -91,18 +109,19 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
         path (Union[str, os.PathLike]): a run, export or Hugging Face directory (see the module doc).
 
     Returns:
-        CheckpointLayout: weights (file or directory), ``flava_model`` keyword arguments, and the
-        directory holding ``vocab.txt`` / ``tokenizer.json`` and the configs.
+        CheckpointLayout: weights (file or directory), builder keyword arguments, the directory
+        holding the tokenizer and configs, and the model family.
 
     Raises:
-        FileNotFoundError: if ``path`` is not a directory of a known layout, or has neither
-            ``vocab.txt`` nor ``tokenizer.json``.
+        FileNotFoundError: if ``path`` is not a directory of a known layout, or has no tokenizer file.
+        ValueError: if ``config.json`` states another model, or an export holds several weights files.
     """
     path = Path(path)
-    if (path / "model" / "backbone_config.json").is_file():
+    if any((path / "model" / name).is_file() for name in _EXPORT_CONFIGS):
         path = path / "model"
-    if (path / "backbone_config.json").is_file():
-        kwargs = read_json_object(path / "backbone_config.json")
+    export = next((name for name in _EXPORT_CONFIGS if (path / name).is_file()), None)
+    if export is not None:
+        family, kwargs = _EXPORT_CONFIGS[export], read_json_object(path / export)
         weights = sorted(path.glob("*.safetensors"))
         if len(weights) != 1:  # several: which is the model's cannot be told (a stale copy beside it?)
             if not weights:
@@ -112,16 +131,27 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
             )
         weights = weights[0]
     elif (path / "config.json").is_file():
-        kwargs = flava_kwargs_from_hf_config(read_json_object(path / "config.json"))
+        config = read_json_object(path / "config.json")
+        family = "clip" if config.get("model_type") == "clip" else "flava"
+        kwargs = hf_config_kwargs(config) if family == "clip" else flava_kwargs_from_hf_config(config)
         weights = path
     else:
         raise FileNotFoundError(
-            f"checkpoint: {path} is neither a torchflava run/export directory (backbone_config.json) nor a "
-            "Hugging Face FLAVA directory (config.json)"
+            f"checkpoint: {path} is neither a torchflava run/export directory (backbone_config.json or "
+            "clip_config.json) nor a Hugging Face FLAVA or CLIP directory (config.json)"
         )
-    if not (path / "vocab.txt").is_file() and not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"checkpoint: {path} has neither vocab.txt nor tokenizer.json")
-    return CheckpointLayout(weights=weights, kwargs=kwargs, directory=path)
+    tokenizer_files = ("vocab.txt", "tokenizer.json", "vocab.json")
+    if not any((path / name).is_file() for name in tokenizer_files):
+        raise FileNotFoundError(f"checkpoint: {path} has none of the tokenizer files {', '.join(tokenizer_files)}")
+    return CheckpointLayout(weights=weights, kwargs=kwargs, directory=path, family=family)
+
+
+def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
+    """The tokenizer of a checkpoint directory: BERT's WordPiece where it has a ``vocab.txt`` or is
+    FLAVA's, CLIP's byte-level BPE otherwise."""
+    if layout.family == "flava" or (layout.directory / "vocab.txt").is_file():
+        return WordPieceTokenizer.from_directory(layout.directory)
+    return CLIPTokenizer.from_directory(layout.directory)
 
 
 def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size: int) -> ImageTransform:
@@ -156,35 +186,43 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
     return ImageTransform(spec)
 
 
-def load_pretrained(path: Union[str, os.PathLike]) -> PretrainedFLAVA:
+def load_pretrained(path: Union[str, os.PathLike]) -> Pretrained:
     """Build the checkpoint's architecture, load its weights, tokenizer and image preprocessing.
 
     Args:
-        path (Union[str, os.PathLike]): a run, export or Hugging Face directory.
+        path (Union[str, os.PathLike]): a run, export or Hugging Face FLAVA or CLIP directory.
 
     Returns:
-        PretrainedFLAVA: model (eval mode), tokenizer, architecture arguments, weights path and
-        image transform.
+        Pretrained: model (eval mode), tokenizer, architecture arguments, weights path and image
+        transform.
 
     Raises:
         FileNotFoundError: as :func:`checkpoint_layout`.
         ValueError: if ``tokenizer_config.json`` or ``preprocessor_config.json`` holds a bad value,
-            the tokenizer has more tokens than the model's vocabulary, or the weights do not match the
-            architecture.
+            the tokenizer has more tokens than the model's vocabulary or another end token, or the
+            weights do not match the architecture.
     """
     layout = checkpoint_layout(path)
-    tokenizer = WordPieceTokenizer.from_directory(layout.directory)
-    vocab_size = layout.kwargs.get("vocab_size", 30522)
+    builder = BUILDERS[layout.family]
+    unknown = sorted(set(layout.kwargs) - set(inspect.signature(builder).parameters) - {"pretrained"})
+    if unknown:  # was the builder's TypeError, naming no file
+        raise ValueError(f"checkpoint: {layout.directory} states arguments {builder.__name__} does not take: {unknown}")
+    tokenizer = checkpoint_tokenizer(layout)
+    vocab_size = layout.kwargs.get("vocab_size") or (30522 if layout.family == "flava" else 49408)
     if tokenizer.vocab_size > vocab_size:  # its last ids would have no embedding (fewer tokens is common: padding)
         raise ValueError(
             f"checkpoint: expected a tokenizer of at most the model's vocab_size {vocab_size} tokens in "
             f"{layout.directory}, got {tokenizer.vocab_size}"
         )
-    image_transform = checkpoint_image_transform(layout.directory, image_size=int(layout.kwargs.get("image_size", 224)))
-    unknown = sorted(set(layout.kwargs) - set(inspect.signature(flava_model).parameters) - {"pretrained"})
-    if unknown:  # was flava_model's TypeError, naming no file
-        raise ValueError(f"checkpoint: {layout.directory} states arguments flava_model does not take: {unknown}")
-    model = flava_model(pretrained=layout.weights, **layout.kwargs).eval()
-    return PretrainedFLAVA(
+    image_size = int(layout.kwargs.get("image_size") or 224)
+    image_transform = checkpoint_image_transform(layout.directory, image_size=image_size)
+    model = builder(pretrained=layout.weights, **layout.kwargs).eval()
+    end = getattr(model, "eos_token_id", None)  # CLIP reads its text features at this token
+    if end is not None and end != tokenizer.sep_id:
+        raise ValueError(
+            f"checkpoint: expected the tokenizer in {layout.directory} to end texts with the model's "
+            f"eos_token_id {end}, got {tokenizer.sep_id}"
+        )
+    return Pretrained(
         model=model, tokenizer=tokenizer, kwargs=layout.kwargs, weights=layout.weights, image_transform=image_transform
     )

@@ -1,18 +1,20 @@
-"""Zero-shot image classification and image-text retrieval with a FLAVA checkpoint.
+"""Zero-shot image classification and image-text retrieval with a FLAVA or CLIP checkpoint.
 
     python -m torchflava.zero_shot --checkpoint runs/tiny --images DIR --classes "red circle,blue square"
     python -m torchflava.zero_shot --checkpoint /models/flava-full --images DIR --captions captions.jsonl
+    python -m torchflava.zero_shot --checkpoint /models/clip-vit-base-patch32 --images DIR --classes "cat,dog"
 
-Images go through the checkpoint's own preprocessing and text through its own tokenizer settings
-(``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`), so a
-Hugging Face ``facebook/flava-full`` directory gives the numbers its transformers users get.
+Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
+settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
+so a Hugging Face ``facebook/flava-full`` or ``CLIPModel`` directory gives the numbers its
+transformers users get.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
 is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
 ``--json``; when the images sit in sub-folders named after the classes, the accuracy is reported
-too. Retrieval: ``--captions`` (``.jsonl`` or ``.tsv``, see ``ImageTextFolder``) pairs each image
-with one caption; Recall@1/5/10 are reported in both directions. Unreadable images or empty
-captions are skipped and counted.
+too. Retrieval: ``--captions`` (``.jsonl`` or ``.tsv``, see ``ImageTextFolder``) pairs images
+with captions (an image may be listed with several); Recall@1/5/10 are reported in both
+directions. Unreadable images or empty captions are skipped and counted.
 """
 
 import argparse
@@ -27,7 +29,7 @@ from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.evaluation.zero_shot import check_finite
-from torchflava.pretrained import PretrainedFLAVA, load_pretrained
+from torchflava.pretrained import Pretrained, load_pretrained
 from torchflava.utils.checks import is_prompt_template
 from torchflava.utils.cli import output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
@@ -36,7 +38,7 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 
 
 @torch.no_grad()
-def image_features(pretrained: PretrainedFLAVA, images: Sequence, *, batch_size: int = 64) -> Tensor:
+def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int = 64) -> Tensor:
     """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing)."""
     transform = pretrained.image_transform
     chunks = []
@@ -48,10 +50,10 @@ def image_features(pretrained: PretrainedFLAVA, images: Sequence, *, batch_size:
 
 @torch.no_grad()
 def text_features(
-    pretrained: PretrainedFLAVA, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
+    pretrained: Pretrained, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
 ) -> Tensor:
     """(N, D) normalised projected text features of ``texts`` (``max_length``: default
-    :attr:`~torchflava.pretrained.PretrainedFLAVA.text_length`)."""
+    :attr:`~torchflava.pretrained.Pretrained.text_length`)."""
     max_length = max_length or pretrained.text_length
     chunks = []
     for start in range(0, len(texts), batch_size):
@@ -61,7 +63,7 @@ def text_features(
 
 
 def class_embeddings(
-    pretrained: PretrainedFLAVA, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    pretrained: Pretrained, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
 ) -> Tensor:
     """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
     max_length = pretrained.text_length
@@ -74,7 +76,7 @@ def class_embeddings(
 
 
 def classify_folder(
-    pretrained: PretrainedFLAVA,
+    pretrained: Pretrained,
     images_dir: str,
     class_names: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
@@ -123,7 +125,7 @@ def classify_folder(
     return result
 
 
-def retrieval(pretrained: PretrainedFLAVA, images_dir: str, captions: str, *, batch_size: int = 64) -> dict:
+def retrieval(pretrained: Pretrained, images_dir: str, captions: str, *, batch_size: int = 64) -> dict:
     """Image->text and text->image Recall@1/5/10 over the pairs of a captions file; an image listed
     with several captions is one candidate, found when any of its captions ranks within K.
 
@@ -171,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m torchflava.zero_shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", required=True, help="run, export or Hugging Face FLAVA directory")
+    parser.add_argument("--checkpoint", required=True, help="run, export or Hugging Face FLAVA or CLIP directory")
     parser.add_argument("--images", required=True, help="image folder")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--classes", help="comma-separated class names (classification)")

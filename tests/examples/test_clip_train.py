@@ -63,6 +63,11 @@ def test_a_run_learns_exports_and_reports(tmp_path):
     features = model.encode_text(ids, (ids != 0).long())
     assert features.shape == (2, kwargs["embed_dim"]) and torch.allclose(features.norm(dim=-1), torch.ones(2))
     assert float(model.logit_scale.detach()) <= train.MAX_LOGIT_SCALE + 1e-6
+    from torchflava.pretrained import load_pretrained  # what the zero-shot and linear-probe commands open
+
+    pretrained = load_pretrained(tmp_path)
+    assert pretrained.kwargs == kwargs and pretrained.tokenizer.sep_id == 3
+    assert torch.equal(pretrained.model.encode_text(ids, (ids != 0).long()), features)
     assert (tmp_path / "loss_curve.png").is_file() and (tmp_path / "report.json").is_file()
 
 

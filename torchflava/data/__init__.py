@@ -3,6 +3,7 @@ step-indexed mixed batches (``mixing``) and FLAVA's pretraining collator (``flav
 model code. Needs the ``data`` extra (pillow, tokenizers; webdataset, braceexpand and fsspec for
 streamed shards, ``streaming``)."""
 
+from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.finetuning import (
     ClassificationCollator,
     GlueTsv,
@@ -27,6 +28,7 @@ from torchflava.data.transforms import (
 )
 
 __all__ = [
+    "CLIPTokenizer",
     "ClassificationCollator",
     "GlueTsv",
     "ImageClassFolder",
