@@ -15,7 +15,7 @@ import torch
 
 from tests.helpers import PickleExploit
 import torchflava.utils.checkpoint as checkpoint
-from torchflava.utils.checkpoint import atomic_write, load_state_dict, save_state_dict
+from torchflava.utils.checkpoint import atomic_write, load_state_dict, peek_state_dict, save_state_dict
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -269,7 +269,7 @@ def test_exports_get_normal_permissions_and_a_killed_writers_temporary_is_remove
 
 
 # ------------------------------------------------------------------------------------- bad checkpoints
-@pytest.mark.parametrize("content", [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{}", b"PK\x03\x04 a zip, not safetensors"])
+@pytest.mark.parametrize("content", [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{}", b"\x05\x00 neither"])
 def test_malformed_safetensors_files_raise_value_error_naming_the_file(tmp_path, content):
     path = tmp_path / "model.safetensors"
     save_file(_tensors(), str(path))
@@ -281,12 +281,50 @@ def test_malformed_safetensors_files_raise_value_error_naming_the_file(tmp_path,
         assert "\n" not in str(info.value)
 
 
+def test_files_are_read_by_their_content_not_their_name(tmp_path):
+    tensors = _tensors()
+    save_file(tensors, str(tmp_path / "weights.pt"))  # safetensors under a torch name
+    torch.save(tensors, tmp_path / "blob")  # a Hub cache blob: no suffix
+    for name in ("weights.pt", "blob"):
+        _assert_same(load_state_dict(tmp_path / name), tensors)
+        assert peek_state_dict(tmp_path / name).keys() == tensors.keys()
+    (tmp_path / "zip.safetensors").write_bytes(b"PK\x03\x04 a zip, not a torch archive")
+    with pytest.raises(ValueError, match=r"could not read .*zip\.safetensors as a state dict with weights_only"):
+        load_state_dict(tmp_path / "zip.safetensors")
+
+
+def test_a_git_lfs_pointer_and_a_config_json_are_named_for_what_they_are(tmp_path):
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 605247071\n"
+    (tmp_path / "pytorch_model.bin").write_text(pointer)
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin is a Git LFS pointer, not the weights: fetch them"):
+        load_state_dict(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"config\.json is not a sharded checkpoint's \*\.index\.json: pass the"):
+        load_state_dict(tmp_path / "config.json")
+
+
+def test_wrapped_state_dicts_are_unwrapped_and_other_objects_named(tmp_path):
+    tensors = _tensors()
+    for wrapper in ("state_dict", "model"):
+        torch.save({wrapper: tensors, "epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "run.pt")
+        _assert_same(load_state_dict(tmp_path / "run.pt"), tensors)
+    torch.save({"epoch": 3, "weights": [torch.ones(1)]}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"does not hold a state dict .*, got entries \['epoch', 'weights'\]"):
+        load_state_dict(tmp_path / "other.pt")
+    torch.save([torch.ones(1)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"does not hold a state dict .*, got a list"):
+        load_state_dict(tmp_path / "list.pt")
+
+
 def test_refused_pickles_are_reported_in_one_line(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"w": PickleExploit(str(tmp_path / "ran"))}, path)
-    with pytest.raises(ValueError, match="weights_only=True") as info:
+    with pytest.raises(
+        ValueError, match=r"weights_only=True .*: Unsupported global: GLOBAL tests.helpers.pickle_canary$"
+    ) as info:
         load_state_dict(path)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
+    assert "weights_only` set to `False`" not in str(info.value)  # not torch's advice to unpickle it
     assert not (tmp_path / "ran").exists()
 
 

@@ -87,10 +87,51 @@ def _download(url: str) -> str:
         socket.setdefaulttimeout(previous)
 
 
+def _file_kind(path: Path) -> str:
+    """``"index"``, ``"safetensors"`` or ``"torch"``: by the file's first bytes where they tell (a
+    Hub cache blob has no suffix; a safetensors file may be named ``.pt``), else by its suffix.
+
+    Raises:
+        ValueError: for a Git LFS pointer (the weights were never fetched), or a ``.json`` file
+            that is not a sharded checkpoint's ``*.index.json`` (e.g. a ``config.json``).
+    """
+    if path.suffix.lower() == ".json":
+        if not path.name.lower().endswith(".index.json"):
+            raise ValueError(
+                f"{path} is not a sharded checkpoint's *.index.json: pass the checkpoint's directory or its weights file"
+            )
+        return "index"
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    if head.startswith(b"version https://git-lfs"):
+        raise ValueError(f"{path} is a Git LFS pointer, not the weights: fetch them first (git lfs pull)")
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch's zip archive, or its older pickle
+        return "torch"
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return "safetensors"
+    return "safetensors" if path.suffix.lower() == ".safetensors" else "torch"
+
+
+def _refusal(error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line: the unpickler's own reason
+    (e.g. ``Unsupported global: GLOBAL argparse.Namespace``), not torch's advice to unpickle."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()
+    reason = next(
+        (line.split("WeightsUnpickler error:", 1)[1] for line in lines if "WeightsUnpickler error:" in line), ""
+    )
+    reason = reason.strip(" |").split(" was not an allowed global")[0]
+    return reason or first_line(error)
+
+
+# Entries training scripts wrap a state dict in, beside an epoch, an optimiser state...
+_WRAPPERS = ("state_dict", "model")
+
+
 def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
-    if path.suffix == ".json":  # a sharded checkpoint's index
+    kind = _file_kind(path)
+    if kind == "index":
         return _load_index(path)
-    if path.suffix == ".safetensors":
+    if kind == "safetensors":
         try:
             return _checked_tensors(path, load_file(str(path)))
         except SafetensorError as error:  # empty, truncated, or not safetensors at all
@@ -99,12 +140,13 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
         obj = _torch_load(path, mmap)
     except Exception as err:  # pickled code, a truncated file, or not a torch file at all
         raise ValueError(
-            f"could not read {path} as a state dict with weights_only=True (no pickled code is run): {first_line(err)}"
+            f"could not read {path} as a state dict with weights_only=True (no pickled code is run): {_refusal(err)}"
         ) from err
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    wrapper = next((k for k in _WRAPPERS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+    obj = obj[wrapper] if wrapper is not None else obj
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        found = f"entries {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors), got {found}")
     return _checked_tensors(path, obj)
 
 
@@ -298,7 +340,7 @@ def peek_state_dict(path: PathLike) -> dict[str, Tensor]:
         files = [local.parent / shard for shard in sorted(set(_index_shards(local)))]
     out: dict[str, Tensor] = {}
     for file in files:
-        if file.suffix == ".safetensors":
+        if _file_kind(file) == "safetensors":
             try:
                 with safe_open(str(file), framework="pt") as handle:
                     for key in handle.keys():

@@ -43,6 +43,7 @@ SMALL = dict(
     text_heads=3,
     text_mlp_dim=40,
 )
+SMALL_HF = dict(SMALL, activation="quick_gelu")  # a lone HF-layout file does not state its activation
 
 
 def _perturb(module: nn.Module, scale: float = 0.02, *, vectors_only: bool = False) -> nn.Module:
@@ -191,7 +192,7 @@ def test_missing_and_unexpected_keys_listed_in_one_error(tmp_path):
         return state
 
     with pytest.raises(ValueError) as err:
-        clip_model(pretrained=_hf_file(tmp_path, edit), **SMALL)
+        clip_model(pretrained=_hf_file(tmp_path, edit), **SMALL_HF)
     message = str(err.value)
     assert "missing 1 ['text_model.encoder.layers.1.self_attn.k_proj.weight']" in message
     assert "unexpected 1 ['text_model.extra.weight']" in message
@@ -200,9 +201,9 @@ def test_missing_and_unexpected_keys_listed_in_one_error(tmp_path):
 def test_wrong_shapes_and_architecture_raise(tmp_path):
     path = _hf_file(tmp_path)
     with pytest.raises(ValueError, match=r"wrong \d+ \['image_encoder.encoder.layers.0.mlp.fc1.weight"):
-        clip_model(pretrained=path, **dict(SMALL, vision_mlp_dim=64))
+        clip_model(pretrained=path, **dict(SMALL_HF, vision_mlp_dim=64))
     with pytest.raises(ValueError, match=r"missing 16 .*text_model.encoder.layers.2"):
-        clip_model(pretrained=path, **dict(SMALL, text_layers=3))
+        clip_model(pretrained=path, **dict(SMALL_HF, text_layers=3))
     # A Hugging Face directory whose config.json disagrees with the arguments given.
     HFCLIPModel(_small_hf_config()).save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match=r"'patch_size': \(16, 8\)"):
@@ -314,16 +315,16 @@ def test_mis_shaped_and_non_float_tensors_are_listed_not_raised_from_torch(tmp_p
     with pytest.raises(
         ValueError, match=r"wrong 1 \['text_encoder.encoder.layers.0.attn.qkv.weight \[\[24, 24\], \[24, 20\]"
     ):
-        clip_model(pretrained=_hf_file(tmp_path, fused_part), **SMALL)
+        clip_model(pretrained=_hf_file(tmp_path, fused_part), **SMALL_HF)
     with pytest.raises(ValueError, match=r"wrong 2 \['image_encoder.embeddings.pos_embed \[17, 32\] for \[1, 5, 32\]"):
-        clip_model(pretrained=_hf_file(tmp_path), **dict(SMALL, patch_size=16))
+        clip_model(pretrained=_hf_file(tmp_path), **dict(SMALL_HF, patch_size=16))
 
     def integer(state):
         state["text_projection.weight"] = state["text_projection.weight"].to(torch.int8)
         return state
 
     with pytest.raises(ValueError, match=r"text_projection.weight torch.int8 for a torch.float32 tensor"):
-        clip_model(pretrained=_hf_file(tmp_path, integer), **SMALL)
+        clip_model(pretrained=_hf_file(tmp_path, integer), **SMALL_HF)
 
 
 def test_open_clip_projection_of_the_wrong_rank_is_listed():
@@ -357,3 +358,52 @@ def test_attention_masks_hold_only_zeros_and_ones(value):
     bad[1, 2] = value
     with pytest.raises(ValueError, match=r"text_attention_mask must hold 1 \(token\) and 0 \(padding\) only, got"):
         model.encode_text(ids, bad)
+
+
+def test_a_hugging_face_weights_file_reads_the_config_json_beside_it(tmp_path):
+    hf = _perturb(HFCLIPModel(_small_hf_config("quick_gelu", eos_token_id=97, bos_token_id=96)))  # not our GELU
+    hf.save_pretrained(tmp_path)
+    images, (ids, mask) = torch.randn(2, 3, 32, 32), captions([16, 5], 16, vocab=99, bos=96, eos=97)
+    expected = _hf_features(hf, images, ids, mask)
+    ours = clip_model(pretrained=tmp_path / "model.safetensors")  # the file, not the directory
+    assert isinstance(ours.image_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+    for actual, reference in zip(_our_features(ours, images, ids, mask), expected):
+        assert_close(actual, reference, atol=ATOL, rtol=0)
+    lone = tmp_path / "alone"
+    lone.mkdir()
+    (tmp_path / "model.safetensors").rename(lone / "weights.safetensors")
+    with pytest.raises(ValueError, match=r"expected the config.json of the Hugging Face-layout weights .* got neither"):
+        clip_model(pretrained=lone / "weights.safetensors", **SMALL)  # GELU or QuickGELU: nothing says
+    assert isinstance(clip_model(pretrained=lone / "weights.safetensors", **SMALL_HF), nn.Module)
+
+
+def test_openai_weights_default_to_quick_gelu(tmp_path):
+    reference = _perturb(open_clip.create_model("ViT-B-16-quickgelu", pretrained=None), vectors_only=True)
+    state = {k: (v.half() if v.dim() >= 2 else v) for k, v in reference.state_dict().items()}  # OpenAI's fp16
+    state.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    torch.save(state, tmp_path / "ViT-B-16.pt")
+    reference.load_state_dict({k: v.float() for k, v in state.items() if k in reference.state_dict()})
+    ours = clip_vit_b16(pretrained=tmp_path / "ViT-B-16.pt")
+    assert isinstance(ours.image_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+    ids, _ = captions([12, 77], 77)
+    with torch.no_grad():
+        expected = F.normalize(reference.eval().encode_text(ids), dim=-1)
+        assert_close(ours.eval().encode_text(ids), expected, atol=ATOL, rtol=0)
+    gelu = clip_vit_b16(pretrained=tmp_path / "ViT-B-16.pt", activation="gelu")  # an explicit choice stands
+    assert not isinstance(gelu.text_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+
+
+def test_legacy_config_dict_entries_override_as_in_transformers(tmp_path):
+    _perturb(HFCLIPModel(_small_hf_config("gelu", eos_token_id=97, bos_token_id=96))).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for tower in ("text", "vision"):
+        config[f"{tower}_config_dict"] = config[f"{tower}_config"]  # the settings in effect
+        config[f"{tower}_config"] = {**config[f"{tower}_config"], "hidden_act": "quick_gelu", "hidden_size": 8}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    hf = HFCLIPModel.from_pretrained(tmp_path).eval()
+    assert hf.config.text_config.hidden_act == "gelu"  # transformers reads the *_dict entries
+    ours = clip_model(pretrained=tmp_path)
+    assert not isinstance(ours.text_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+    images, (ids, mask) = torch.randn(2, 3, 32, 32), captions([16, 5], 16, vocab=99, bos=96, eos=97)
+    for actual, reference in zip(_our_features(ours, images, ids, mask), _hf_features(hf, images, ids, mask)):
+        assert_close(actual, reference, atol=ATOL, rtol=0)

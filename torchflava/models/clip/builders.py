@@ -7,14 +7,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from torchflava.models.clip.convert_weights import convert_to_torchflava, hf_config_kwargs
+from torchflava.models.clip.convert_weights import convert_to_torchflava, file_config, hf_config_kwargs
 from torchflava.models.clip.model import CLIPModel
 from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
 from torchflava.modules.layers import PatchEmbedding
 from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.modules.layers.text_embedding import TokenEmbedding
-from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, read_json_object
+from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, read_json_object, without_prefix
 from torchflava.utils.checks import check_architecture
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
@@ -53,8 +53,9 @@ def clip_model(
 ) -> CLIPModel:
     """CLIP: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
 
-    An argument left None comes from ``pretrained``'s config.json if it is a Hugging Face directory
-    (given ones must match it), else from open_clip's ``ViT-B-16``: GELU, eps 1e-5, end token the last id (49407).
+    An argument left None comes from ``pretrained``'s config.json if it is a Hugging Face directory or
+    file beside one (given ones must match it), else from open_clip's ``ViT-B-16``: GELU (QuickGELU for
+    OpenAI's weights), eps 1e-5, end token the last id (49407).
 
     Args:
         pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` directory, or an OpenAI, open_clip
@@ -62,16 +63,11 @@ def clip_model(
         embed_dim (Optional[int]): width P of the shared space.
         image_size (Optional[int]): image side, pixels.
         patch_size (Optional[int]): patch side, pixels.
-        vision_width (Optional[int]): image tower width.
-        vision_layers (Optional[int]): image tower depth.
-        vision_heads (Optional[int]): image tower attention heads.
-        vision_mlp_dim (Optional[int]): image tower MLP width.
+        vision_width, vision_layers, vision_heads, vision_mlp_dim (Optional[int]): the image tower's
+            width, depth, attention heads and MLP width.
         context_length (Optional[int]): learned text positions.
         vocab_size (Optional[int]): number of token ids.
-        text_width (Optional[int]): text tower width.
-        text_layers (Optional[int]): text tower depth.
-        text_heads (Optional[int]): text tower attention heads.
-        text_mlp_dim (Optional[int]): text tower MLP width.
+        text_width, text_layers, text_heads, text_mlp_dim (Optional[int]): the text tower's, likewise.
         activation (Optional[str]): ``"gelu"``, or ``"quick_gelu"`` (OpenAI's weights, HF's ``CLIPConfig()``).
         norm_eps (Optional[float]): LayerNorm epsilon.
         logit_scale_init (Optional[float]): initial log-temperature.
@@ -92,16 +88,20 @@ def clip_model(
     local = None if pretrained is None else local_checkpoint(pretrained)
     config_file = local / "config.json" if local is not None and local.is_dir() else None  # HF's directory
     config = hf_config_kwargs(read_json_object(config_file)) if config_file else {}
+    state = None if local is None else without_prefix(load_state_dict(local), "module.")
+    if local is not None and config_file is None:
+        config_file, config = file_config(local, state, given)
     clash = {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v}
     if clash:
         raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
     a = {**_DEFAULTS, **config, **given}
     a.setdefault("eos_token_id", a["vocab_size"] - 1)  # OpenAI's end token is the vocabulary's last id
-    check_architecture("clip_model", a, **_CHECKS, source={k: str(config_file) for k in config if k not in given})
+    source = {k: str(config_file or local) for k in config if k not in given}  # named in errors
+    check_architecture("clip_model", a, **_CHECKS, source=source)
     with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(a)
-    if local is not None:
-        model.load_state_dict(convert_to_torchflava(load_state_dict(local), model), assign=True)
+    if state is not None:
+        model.load_state_dict(convert_to_torchflava(state, model), assign=True)
     return model
 
 
@@ -116,24 +116,14 @@ def _build(a: dict) -> CLIPModel:
     return CLIPModel(
         VisionEncoder(patches, stack("vision"), norm(vw)),
         TextEncoder(TokenEmbedding(a["vocab_size"], tw, a["context_length"]), stack("text", True), norm(tw)),
-        nn.Linear(vw, a["embed_dim"], bias=False),
-        nn.Linear(tw, a["embed_dim"], bias=False),
-        eos_token_id=a["eos_token_id"],
-        logit_scale_init=a["logit_scale_init"],
-        init_std=a["init_std"],
+        *(nn.Linear(width, a["embed_dim"], bias=False) for width in (vw, tw)),
+        **{k: a[k] for k in ("eos_token_id", "logit_scale_init", "init_std")},
     )
 
 
 def clip_vit_b32(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
-    """CLIP ViT-B/32, the sizes of open_clip's ``ViT-B-32`` and HF's ``CLIPConfig()``; see :func:`clip_model`.
-
-    Args:
-        pretrained (Optional[PathLike]): checkpoint directory or file.
-        activation (Optional[str]): None: config.json's, else open_clip's ``"gelu"``; ``"quick_gelu"`` as HF's, OpenAI's.
-
-    Returns:
-        CLIPModel: the model.
-    """
+    """CLIP ViT-B/32, the sizes of open_clip's ``ViT-B-32`` and HF's ``CLIPConfig()``; ``pretrained``
+    and ``activation`` (None: the checkpoint's, else ``"gelu"``) as :func:`clip_model`'s."""
     return clip_model(pretrained=pretrained, activation=activation, **dict(_B16, patch_size=32))
 
 

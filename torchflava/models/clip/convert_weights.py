@@ -2,12 +2,14 @@
 ``CLIP`` and OpenAI's state dicts (``open_clip``). Our fused ``attn.qkv`` is HF's q, k, v
 concatenated (open_clip's ``in_proj``); open_clip keeps projections as ``x @ proj`` (D, P)."""
 
+from pathlib import Path
 import re
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from torchflava.utils.checkpoint import mismatch, without_prefix
+from torchflava.utils.checkpoint import mismatch, read_json_object, without_prefix
 
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
 _ROWS = """
@@ -118,6 +120,22 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
+    """The config.json and :func:`clip_model` arguments a weights file implies where ``given`` is silent:
+    a Hugging Face-layout file's config.json beside it (ValueError if there is none and no activation
+    is given: only it tells); QuickGELU for OpenAI's weights (their ``input_resolution``); else none."""
+    if "input_resolution" in state_dict:
+        return None, {} if "activation" in given else {"activation": "quick_gelu"}
+    if not any(key.startswith(_LAYOUTS["hf"]) for key in state_dict):
+        return None, {}
+    if (path.parent / "config.json").is_file():
+        return path.parent / "config.json", hf_config_kwargs(read_json_object(path.parent / "config.json"))
+    if "activation" not in given:
+        what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
+        raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
+    return None, {}
+
+
 def hf_config_kwargs(config: dict) -> dict:
     """:func:`clip_model` arguments from a transformers ``CLIPConfig`` (config.json as a dict).
 
@@ -126,22 +144,23 @@ def hf_config_kwargs(config: dict) -> dict:
     """
     if config.get("model_type", "clip") != "clip":
         raise ValueError(f"config.json: expected model_type 'clip', got {config.get('model_type')!r}")
-    vision, text = ({} if config.get(f"{t}_config") is None else config[f"{t}_config"] for t in ("vision", "text"))
-    if not isinstance(vision, dict) or not isinstance(text, dict):
-        raise ValueError(f"config.json: expected objects vision_config, text_config, got {vision!r:.20} {text!r:.20}")
+    parts = [config.get(f"{t}_config{s}") for t in ("vision", "text") for s in ("", "_dict")]
+    if not all(isinstance(part, (dict, type(None))) for part in parts):
+        raise ValueError(
+            f"config.json: expected objects vision_config, text_config, got {parts[0]!r:.20} {parts[2]!r:.20}"
+        )
+    vision, text = ({**(parts[i] or {}), **(parts[i + 1] or {})} for i in (0, 2))  # *_config_dict overrides
     acts, eps = (
         [c.get(k, d) for c in (vision, text)] for k, d in (("hidden_act", "quick_gelu"), ("layer_norm_eps", 1e-5))
     )
     if acts[0] != acts[1] or eps[0] != eps[1]:
         raise ValueError(f"config.json: expected one hidden_act and layer_norm_eps for both towers, got {acts}, {eps}")
-    names = dict(
-        hidden_size="width", num_hidden_layers="layers", num_attention_heads="heads", intermediate_size="mlp_dim"
-    )
+    names = dict(hidden_size="width", num_hidden_layers="layers", num_attention_heads="heads")
+    names.update(intermediate_size="mlp_dim")
     out = {f"vision_{ours}": vision.get(hf, d) for (hf, ours), d in zip(names.items(), (768, 12, 12, 3072))}
     out.update({f"text_{ours}": text.get(hf, d) for (hf, ours), d in zip(names.items(), (512, 12, 8, 2048))})
-    out.update(
-        embed_dim=config.get("projection_dim", 512), logit_scale_init=config.get("logit_scale_init_value", 2.6592)
-    )
+    out.update(embed_dim=config.get("projection_dim", 512))
+    out.update(logit_scale_init=config.get("logit_scale_init_value", 2.6592))
     out.update(image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 32))
     out.update(context_length=text.get("max_position_embeddings", 77), vocab_size=text.get("vocab_size", 49408))
     eos, activation = text.get("eos_token_id", 49407), _ACTIVATIONS.get(str(acts[0]), acts[0])

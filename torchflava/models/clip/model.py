@@ -32,10 +32,8 @@ class CLIPModel(nn.Module):
     never computed, nor is padding (the rows run packed, :func:`~torchflava.modules.packing.encode_packed`).
 
     Args:
-        image_encoder (VisionEncoder): the image tower.
-        text_encoder (TextEncoder): the causal text tower.
-        image_projection (nn.Module): image width to P (CLIP's has no bias).
-        text_projection (nn.Module): text width to P.
+        image_encoder, text_encoder (VisionEncoder, TextEncoder): the image tower, the causal text tower.
+        image_projection, text_projection (nn.Module): each tower's width to P (CLIP's have no bias).
         eos_token_id (Optional[int]): text features are read at its first position in each row (HF's
             rule); None: at the row's highest id (open_clip's argmax; the same for CLIP's tokenizer).
         logit_scale_init (float): initial log-temperature.
@@ -69,15 +67,8 @@ class CLIPModel(nn.Module):
         self.logit_scale.fill_(self.logit_scale_init)
 
     def encode_image(self, image: Tensor, *, normalize: bool = True) -> Tensor:
-        """Image features; the last layer computes only the CLS token.
-
-        Args:
-            image (Tensor): (B, C, H, W) float pixels.
-            normalize (bool): L2-normalise the features.
-
-        Returns:
-            Tensor: (B, P).
-        """
+        """(B, P) features of (B, C, H, W) float pixels, L2-normalised if ``normalize``; the last layer
+        computes only the CLS token."""
         cls = self.image_encoder(image, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state[:, 0]
         features = self.image_projection(cls)
         return F.normalize(features, dim=-1) if normalize else features
