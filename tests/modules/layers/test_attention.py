@@ -329,3 +329,55 @@ def test_bf16_training_attention_compiles_and_agrees_with_eager():
     compiled = run(torch.compile(attn, fullgraph=True))
     for got, want in zip(compiled, eager):
         assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+def _masked_reference(attn, x, blocked):
+    """softmax over the keys ``blocked`` (B, S, S) leaves, per head; rows with no key left are not compared."""
+    b, s, d = x.shape
+    h, hd = attn.num_heads, d // attn.num_heads
+    q, k, v = (t.reshape(b, s, h, hd).transpose(1, 2) for t in (x @ attn.qkv.weight.T + attn.qkv.bias).chunk(3, -1))
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(blocked[:, None], float("-inf"))
+    out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, s, d)
+    return out @ attn.out_proj.weight.T + attn.out_proj.bias
+
+
+def test_causal_attention_obeys_a_mask_on_the_querys_own_key():
+    attn, x = make_attention(is_causal=True), torch.randn(3, 7, 24, dtype=torch.float64)
+    future = torch.ones(7, 7, dtype=torch.bool).triu(1)
+    own = torch.eye(7, dtype=torch.bool).expand(3, 7, 7).clone()
+    own[:, 0, 0] = False  # query 0 keeps its only key
+    expected = _masked_reference(attn, x, own | future)
+    assert_close(attn(x, attn_mask=own), expected, atol=1e-10, rtol=0)  # each query blocked from itself
+    # A padded key is ignored by every query, its own query included (row 2 pads position 1).
+    expected = _masked_reference(attn, x, PADDING[:, None, :] | future)
+    out = attn(x, key_padding_mask=PADDING)
+    kept = ~(PADDING[:, None, :] | future).all(dim=-1)  # (B, S) queries with a key left
+    assert_close(out[kept], expected[kept], atol=1e-10, rtol=0)
+    blocked = torch.ones(3, 7, 7, dtype=torch.bool)
+    assert not attn(x, attn_mask=blocked).sub(attn.out_proj.bias).abs().max()  # no key at all: zeros
+
+
+def test_negative_query_positions_are_counted_from_the_end():
+    attn, x = make_attention(is_causal=True), torch.randn(3, 7, 24, dtype=torch.float64)
+    full = attn(x)
+    assert_close(attn(x, query_positions=torch.tensor([-1])), full[:, -1:], atol=1e-12, rtol=0)
+    per_row = torch.tensor([[-1], [-3], [2]])
+    assert_close(attn(x, query_positions=per_row), full[torch.arange(3)[:, None], per_row], atol=1e-12, rtol=0)
+
+
+def test_a_2d_attn_mask_applies_to_every_row_even_when_its_side_equals_the_heads():
+    attn, x = make_attention(embed_dim=24, num_heads=8), torch.randn(2, 8, 24, dtype=torch.float64)
+    prefix_lm = torch.ones(8, 8, dtype=torch.bool).triu(1)
+    prefix_lm[:3, :3] = False  # a bidirectional prefix of 3, causal after it
+    assert_close(attn(x, attn_mask=prefix_lm), attn(x, attn_mask=prefix_lm.expand(2, 8, 8)), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"attn_mask must have shape \(8, 8\) or \(2, 8, 8\) .* got \(8, 7\)"):
+        attn(x, attn_mask=prefix_lm[:, :7])
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(2, 8\) .* got \(2, 6\)"):
+        attn(x, key_padding_mask=torch.zeros(2, 6, dtype=torch.bool))
+
+
+def test_math_attention_refuses_a_second_derivative_rather_than_giving_a_wrong_one():
+    q, k, v = (t.detach().double().requires_grad_() for t in _qkv(b=1, h=2, s_q=5, s=5, hd=4))
+    (grad_q,) = torch.autograd.grad(math_attention(q, k, v).pow(2).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_q.sum().backward()

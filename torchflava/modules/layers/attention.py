@@ -5,8 +5,9 @@ fp32 scores and softmax, the backward 2-4x faster than the fused kernel's); else
 
 Shapes: x (B, S, D) -> (B, S, D); key_padding_mask (B, S) bool with ``True = padding``
 (that key is ignored by every query); attn_mask (B, S, S) bool with ``True = blocked``
-(query i may not attend to key j), e.g. block-diagonal for packed sequences. Causal attention
-(``is_causal=True``) also blocks every key after the query.
+(query i may not attend to key j), e.g. block-diagonal for packed sequences, or (S, S) for every
+row. Causal attention (``is_causal=True``) also blocks every key after the query. A query left with
+no key to attend to gets a zero output.
 
 Positions whose output alone is wanted (``query_positions``, P of them) are a slice, a (P,) long
 tensor (the same positions in every row) or a (B, P) long tensor (per-row positions, e.g. each
@@ -18,6 +19,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 from torchflava.modules.layers.linear import Linear, linear
@@ -63,7 +65,7 @@ def _query_index(positions: Optional[Positions], seq_len: int, device: torch.dev
         return index
     if isinstance(positions, slice):
         return index[positions]
-    return positions.to(device)
+    return positions.to(device) % seq_len  # -1 is the last position, as in take_positions
 
 
 # Longest key sequence for which the matmul-and-softmax path beats SDPA's fused CPU kernel when
@@ -151,6 +153,7 @@ class _MathAttention(torch.autograd.Function):
             return probs.to(v.dtype) @ v
 
     @staticmethod
+    @once_differentiable  # the backward is not itself differentiable: a gradient of it raises
     def backward(ctx, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
         q, k, v, probs = ctx.saved_tensors
         scale = q.shape[-1] ** -0.5
@@ -213,7 +216,7 @@ class MultiHeadSelfAttention(nn.Module):
         Args:
             x (Tensor): (B, S, D) input.
             key_padding_mask (Optional[Tensor]): (B, S) bool, ``True`` marks keys to ignore.
-            attn_mask (Optional[Tensor]): (B, S, S) bool, ``True`` blocks query i from key j.
+            attn_mask (Optional[Tensor]): (B, S, S) or (S, S) bool, ``True`` blocks query i from key j.
             query_positions (Optional[Positions]): a slice, (P,) or (B, P) indices of the only
                 positions whose output is wanted: queries are computed for them alone (keys and
                 values for all S).
@@ -223,11 +226,22 @@ class MultiHeadSelfAttention(nn.Module):
 
         Raises:
             TypeError: if a mask is not boolean.
+            ValueError: if a mask's shape does not fit ``x``.
         """
         b, s, d = x.shape
-        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+        for name, mask, shapes in (
+            ("key_padding_mask", key_padding_mask, [(b, s)]),
+            ("attn_mask", attn_mask, [(s, s), (b, s, s)]),
+        ):
             if mask is not None and mask.dtype != torch.bool:
                 raise TypeError(f"{name} must be a bool tensor (True = masked), got dtype {mask.dtype}")
+            if mask is not None and tuple(mask.shape) not in shapes:
+                expected = " or ".join(str(shape) for shape in shapes)
+                raise ValueError(
+                    f"{name} must have shape {expected} for x of shape {(b, s, d)}, got {tuple(mask.shape)}"
+                )
+        if attn_mask is not None and attn_mask.dim() == 2:  # one (S, S) mask for every row
+            attn_mask = attn_mask.expand(b, s, s)
         if query_positions is None:
             # (B, S, 3D) -> (3, B, H, S, hd)
             q, k, v = self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -268,12 +282,7 @@ class MultiHeadSelfAttention(nn.Module):
             query = query[None, None] if query.dim() == 2 else query[:, None]  # (1 | B, 1, S_q, 1)
             keys = torch.arange(s, device=device)
             causal = keys <= query  # (1 | B, 1, S_q, S)
-            if allowed is not None:
-                # A query whose earlier keys are all padding (left padding) still sees itself, so no
-                # row of the softmax is empty; real tokens are unaffected (their own key is real).
-                allowed = (allowed | (keys == query)) & causal
-            else:
-                allowed = causal
+            allowed = causal if allowed is None else allowed & causal  # a query left with no key gives zeros
         return allowed
 
     def _project_subset(self, x: Tensor, query_positions: Positions) -> tuple[Tensor, Tensor, Tensor]:
