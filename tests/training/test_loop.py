@@ -1,6 +1,7 @@
 """The shared training loop on a toy model: global-count means, accumulation, 2-rank parity (gloo DDP and
 FSDP2), resume (exact, and on another world size), the non-finite stop, the after-step hook, logging."""
 
+from copy import deepcopy
 from datetime import timedelta
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils.data import Dataset
 
@@ -358,10 +360,18 @@ def test_compile_trains_like_eager(tmp_path):
     # The toy has no repeated block: its whole forward is compiled.
     eager, _ = run(tmp_path / "eager")
     compiled, _ = run(tmp_path / "compiled", compile=True)
-    assert type(compiled.forward).__name__ != "method"  # really compiled
+    assert compiled.forward.__func__ is not Toy.forward  # really compiled
     for name, value in params(eager).items():
         assert_close(params(compiled)[name], value, atol=1e-6, rtol=0, msg=name)
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
+    copy = deepcopy(compiled)  # e.g. an EMA teacher: it runs its own weights, not the original's
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        before = copy(x)
+        compiled.linear.weight.add_(1.0)
+        assert_close(copy(x), before, atol=0, rtol=0)
+        copy.linear.weight.add_(1.0)
+        assert_close(copy(x), compiled(x), atol=1e-6, rtol=0)
     # Transformer layers are compiled one by one; the state dict keeps its names.
     runs = {}
     for compile_ in (False, True):
@@ -372,7 +382,7 @@ def test_compile_trains_like_eager(tmp_path):
         fit(model, encoder_step, ToyData(4), training=training, optim=optim)
         runs[compile_] = model
     layers = [m for m in runs[True].modules() if isinstance(m, TransformerEncoderLayer)]
-    assert len(layers) == 2 and all(type(m.forward).__name__ != "method" for m in layers)
+    assert len(layers) == 2 and all(m.forward.__func__ is not TransformerEncoderLayer.forward for m in layers)
     assert runs[True].state_dict().keys() == runs[False].state_dict().keys()
     for name, value in params(runs[False]).items():
         assert_close(params(runs[True])[name], value, atol=1e-5, rtol=0, msg=name)
@@ -429,6 +439,49 @@ def test_bad_arguments_are_named_before_any_work(tmp_path):
     run(tmp_path / "twice", max_steps=1, checkpoint_every=1)
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         run(tmp_path / "twice", max_steps=1)
+
+
+def _with_counts(count):
+    def step(model, item):
+        sums, counts = toy_sums(model, item.batch)
+        return StepOutput(sums, {**counts, "tokens": count})
+
+    return step
+
+
+@pytest.mark.parametrize("count", [0, -8, float("nan"), torch.tensor(float("inf"))])
+def test_a_count_that_cannot_average_its_sum_stops_the_run_naming_the_loss(tmp_path, count):
+    with pytest.raises(ValueError, match=r"counts of \['tokens'\] at step 1 must be finite and >= 0"):
+        run(tmp_path, step=_with_counts(count))
+    assert not list(tmp_path.glob("checkpoints/step_*"))  # stopped before any optimiser step
+    assert run(tmp_path / "fine", step=_with_counts(5), max_steps=1)[1].loss > 0  # any positive count averages
+
+
+def test_malformed_counts_and_detached_losses_are_named(tmp_path):
+    with pytest.raises(
+        TypeError, match=r"counts\['tokens'\] must be a number or a one-element tensor, got shape \(8,\)"
+    ):
+        run(tmp_path / "a", step=_with_counts(torch.ones(8)))
+    with pytest.raises(TypeError, match=r"counts\['tokens'\] must be a number or a one-element tensor, got str"):
+        run(tmp_path / "b", step=_with_counts("8"))
+
+    def detached(model, item):
+        sums, counts = toy_sums(model, item.batch)
+        return StepOutput({k: v.detach() for k, v in sums.items()}, counts)
+
+    with pytest.raises(ValueError, match=r"expected a loss sum that requires grad, got none of \['rows', 'tokens'\]"):
+        run(tmp_path / "c", step=detached)
+
+
+def test_a_fresh_run_seeds_torchs_rng_from_training_seed(tmp_path):
+    def dropped(model, item):  # a step that draws from torch's RNG (dropout)
+        sums, counts = toy_sums(model, {**item.batch, "x": F.dropout(item.batch["x"], 0.5)})
+        return StepOutput(sums, counts)
+
+    runs = {name: run(tmp_path / name, step=dropped, seed=seed)[0] for name, seed in (("a", 0), ("b", 0), ("c", 1))}
+    for name, value in params(runs["a"]).items():  # the run's seed decides, not the model's own
+        assert torch.equal(params(runs["b"])[name], value) and not torch.equal(params(runs["c"])[name], value)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b") != losses(tmp_path / "c")
 
 
 # ------------------------------------------------------------------------------------ two ranks (gloo)

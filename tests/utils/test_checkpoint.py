@@ -12,6 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file, save_file
 import torch
+from torch import nn
 
 from tests.helpers import PickleExploit
 import torchflava.utils.checkpoint as checkpoint
@@ -462,3 +463,15 @@ def test_peek_gives_names_shapes_and_dtypes_without_reading_data(tmp_path, layou
     with pytest.raises(ValueError, match="could not read .* as a safetensors file"):
         (tmp_path / "bad.safetensors").write_bytes(b"\x10" * 64)
         peek_state_dict(tmp_path / "bad.safetensors")
+
+
+def test_tied_weights_are_saved_under_both_names(tmp_path):
+    embedding = nn.Embedding(5, 3)
+    head = nn.Linear(3, 5, bias=False)
+    head.weight = embedding.weight  # an LM head tied to the token embedding
+    state = {"embed.weight": embedding.weight, "head.weight": head.weight, "other": torch.ones(2)}
+    for name in ("tied.safetensors", "tied.pt"):
+        save_state_dict(state, tmp_path / name)
+        loaded = load_state_dict(tmp_path / name)
+        assert loaded.keys() == state.keys()
+        assert torch.equal(loaded["embed.weight"], embedding.weight) and torch.equal(loaded["head.weight"], head.weight)

@@ -15,7 +15,10 @@ model and does the rest:
   gradient sync on the last one only; bf16 autocast; FSDP's replicated-scalar gradient sync;
   clipping; a stop on a non-finite loss or gradient norm, naming the last good checkpoint; a hook
   after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s;
-  checkpoints every ``training.checkpoint_every`` steps and at the end; exact resume.
+  checkpoints every ``training.checkpoint_every`` steps and at the end; exact resume. A fresh run
+  seeds torch's RNG (dropout) with ``training.seed`` before its first step; a resumed one restores it.
+* Counts are checked with the step's losses: one that is negative, not finite, or 0 under a sum
+  that is not 0 stops the run naming the loss (a loss absent from a step is 0 over 0).
 
 Data: ``data[i]`` is this rank's share of micro-batch ``i``, a pure function of ``i`` (see
 ``torchflava.data.mixing``), and ``len(data) >= max_steps * grad_accumulation``. The data position
@@ -39,6 +42,7 @@ from pathlib import Path
 import pickle
 import sys
 import time
+import types
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
@@ -310,25 +314,35 @@ def fit(
         if t.strategy == "fsdp":
             model.set_requires_gradient_sync(sync)
         with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext(), autocast:
-            total, means = _global_loss(step(wrapped, item), device)
+            total, means, invalid = _global_loss(step(wrapped, item), device)
         (total / accumulation).backward()
-        return means, getattr(item, "kind", None)
+        return means, invalid, getattr(item, "kind", None)
 
+    if resume_from is None:
+        torch.manual_seed(t.seed)  # dropout and any other draw of torch's RNG; a resumed run restores it
     try:
         for done in range(start + 1, t.max_steps + 1):
             wrapped.train()
             parts: dict[str, Tensor] = {}
+            invalid_counts: dict[str, Tensor] = {}
             for index in range(accumulation):
-                means, kind = micro_batch(index)
+                means, invalid, kind = micro_batch(index)
                 for name, value in means.items():
                     parts[name] = parts.get(name, 0.0) + value / accumulation
+                    invalid_counts[name] = invalid_counts.get(name, False) | invalid[name]
             sync_replicated_grads(model)
             # the gradient norm, clipped or not: a non-finite one stops the run before the step
             if optim.clip_grad_norm:
                 norm = clip_grad_norm(model.parameters(), optim.clip_grad_norm)
             else:
                 norm = grad_norm(p.grad for p in model.parameters() if p.grad is not None)
-            stacked = torch.stack(list(parts.values())).cpu()
+            stacked = torch.stack([*parts.values(), *(flag.float() for flag in invalid_counts.values())]).cpu()
+            stacked, flags = stacked[: len(parts)], stacked[len(parts) :].tolist()  # one device read
+            if any(flags):
+                wrong = [name for name, flag in zip(invalid_counts, flags) if flag]
+                raise ValueError(
+                    f"step output: counts of {wrong} at step {done} must be finite and >= 0, and 0 only under a sum of 0"
+                )
             values, loss = dict(zip(parts, stacked.tolist())), float(stacked.sum())
             if not math.isfinite(loss) or not math.isfinite(float(norm)):
                 raise NonFiniteLossError(_non_finite_message(loss, norm, done, kind, values, last_saved))
@@ -363,8 +377,9 @@ def fit(
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
 
 
-def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
-    """This rank's share of the global-batch loss (to backpropagate) and each loss's global mean."""
+def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """This rank's share of the global-batch loss (to backpropagate), each loss's global mean, and
+    whether each loss's global count is invalid (a bool tensor, read later with the losses)."""
     sums, counts = getattr(out, "loss_sums", None), getattr(out, "counts", None)
     if not isinstance(sums, Mapping) or not isinstance(counts, Mapping):
         raise TypeError(f"step output: expected a StepOutput(loss_sums, counts), got {type(out).__name__}")
@@ -377,17 +392,27 @@ def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[st
     if bad:
         raise ValueError(f"step output: loss_sums must be scalar tensors, got others for {bad}")
     names = sorted(sums)  # the same order on every rank
+    for name in names:
+        count = counts[name]
+        number = isinstance(count, (int, float)) and not isinstance(count, bool)
+        if not number and not (isinstance(count, Tensor) and count.numel() == 1 and count.dtype != torch.bool):
+            got = f"shape {tuple(count.shape)}" if isinstance(count, Tensor) else type(count).__name__
+            raise TypeError(f"step output: counts[{name!r}] must be a number or a one-element tensor, got {got}")
+    if torch.is_grad_enabled() and not any(sums[name].requires_grad for name in names):
+        raise ValueError(f"step output: expected a loss sum that requires grad, got none of {names} (detached?)")
     local = torch.stack(
         [torch.as_tensor(counts[name], dtype=torch.float32, device=device).reshape(()) for name in names]
         + [sums[name].detach().float().reshape(()) for name in names]
     )
     reduced = all_reduce_sum(local)  # global counts and sums, one collective
-    global_counts = reduced[: len(names)]
+    global_counts, global_sums = reduced[: len(names)], reduced[len(names) :]
     denominators = torch.where(global_counts > 0, global_counts, torch.ones_like(global_counts))
     scales = _world_size() / denominators
     total = torch.stack([sums[name].float() * scales[i] for i, name in enumerate(names)]).sum()
-    means = dict(zip(names, reduced[len(names) :] / denominators))
-    return total, {name: means[name] for name in sums}
+    means = dict(zip(names, global_sums / denominators))
+    # A count below 0, not finite, or 0 under a sum that is not: read with the step's losses (no sync here).
+    invalid = ~torch.isfinite(global_counts) | (global_counts < 0) | ((global_counts == 0) & (global_sums != 0))
+    return total, {name: means[name] for name in sums}, dict(zip(names, invalid))
 
 
 def _non_finite_message(loss, norm, done, kind, values, last: Optional[Path]) -> str:
@@ -455,8 +480,8 @@ def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
     own forward is compiled.
     """
     blocks = [m for m in model.modules() if block_types and isinstance(m, tuple(block_types))] or [model]
-    for block in blocks:
-        block.forward = torch.compile(block.forward)
+    for block in blocks:  # bound as a method: a deepcopy (an EMA teacher) runs its own weights
+        block.forward = types.MethodType(torch.compile(type(block).forward), block)
 
 
 def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig, model: nn.Module) -> None:

@@ -407,7 +407,14 @@ def save_state_dict(state_dict: dict[str, Tensor], path: PathLike) -> None:
         state_dict (dict[str, Tensor]): the tensors by name.
         path (PathLike): where to write.
     """
-    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    tensors, seen = {}, set()
+    for key, value in state_dict.items():
+        value = value.detach().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        # Tied weights (an LM head sharing the embedding's) are one tensor under two names: safetensors
+        # stores no aliases, so the second name gets a copy (loading ties them again, or not, as the model does).
+        tensors[key] = value.clone() if storage in seen and value.numel() else value
+        seen.add(storage)
     if Path(path).suffix == ".safetensors":
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
     else:
