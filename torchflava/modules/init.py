@@ -39,16 +39,33 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
 
     torch's leaf layers (linear, convolution, embedding, LayerNorm) get the BERT/ViT rule of
     :func:`init_transformer_weights`; every other module that defines ``reset_parameters`` (ours: CLS
-    and mask tokens, positions; a user's own blocks; torch's other layers) calls it for the raw
-    parameters it owns, with ``std=std`` where it takes that keyword (ours do). Works on meta-device
-    models once materialised with ``to_empty``.
+    and mask tokens, positions, temperatures; a user's own blocks; torch's other layers, or their
+    ``_reset_parameters`` as ``nn.MultiheadAttention`` has) calls it for the raw parameters it owns,
+    with ``std=std`` where it takes that keyword (ours do). Works on meta-device models once
+    materialised with ``to_empty``.
 
     Args:
         model (nn.Module): the model (or any module).
         std (float): standard deviation of the normal init of the leaf layers.
+
+    Raises:
+        ValueError: naming them, if modules own parameters and have no ``reset_parameters``
+            (nothing would initialise those; checked before any parameter changes).
     """
+    resets, uncovered = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, _TORCH_LEAVES):
+            continue
+        reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+        if callable(reset):
+            resets.append(reset)
+        else:
+            uncovered += [f"{name}.{key}" if name else key for key, _ in module.named_parameters(recurse=False)]
+    if uncovered:
+        raise ValueError(
+            f"init_weights: expected a reset_parameters() on the modules that own {uncovered}, got none "
+            "(nothing would initialise them)"
+        )
     model.apply(functools.partial(init_transformer_weights, std=std))
-    for module in model.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if not isinstance(module, _TORCH_LEAVES) and callable(reset):
-            reset(std=std) if "std" in inspect.signature(reset).parameters else reset()
+    for reset in resets:
+        reset(std=std) if "std" in inspect.signature(reset).parameters else reset()

@@ -136,8 +136,32 @@ def test_transformer_encoder_builder_options():
     layer = encoder.layers[1]
     assert layer.attn.is_causal and layer.attn.qkv.bias is None and layer.attn.out_proj.bias is None
     assert isinstance(layer.mlp.activation, QuickGELU) and layer.attn_norm.eps == 1e-6
-    with pytest.raises(ValueError, match="num_layers must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="transformer_encoder: num_layers must be >= 1, got 0"):
         transformer_encoder(embed_dim=8, num_layers=0, num_heads=2, mlp_dim=8)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(mlp_dim=0), ValueError, "transformer_encoder: mlp_dim must be >= 1, got 0"),  # was MLPs giving 0
+        (dict(mlp_dim=-1), ValueError, "transformer_encoder: mlp_dim must be >= 1, got -1"),
+        (dict(embed_dim=32.0), TypeError, "transformer_encoder: embed_dim must be an int, got float"),
+        (dict(num_layers=2.5), TypeError, "transformer_encoder: num_layers must be an int, got float"),
+        (dict(num_heads=3), ValueError, "transformer_encoder: embed_dim must be a multiple of num_heads = 3"),
+        (dict(norm_eps=-1.0), ValueError, "transformer_encoder: norm_eps must be"),  # was NaN outputs
+        (dict(dropout=1.5), ValueError, "transformer_encoder: dropout must be"),
+        (dict(activation="relu"), ValueError, "transformer_encoder: activation must be one of"),
+    ],
+)
+def test_transformer_encoder_names_a_bad_argument_before_building(change, error, match):
+    with pytest.raises(error, match=match):
+        transformer_encoder(**{**dict(embed_dim=32, num_layers=2, num_heads=4, mlp_dim=64), **change})
+
+
+def test_float64_pixels_embed_under_bf16_autocast_as_float32_ones_do():
+    embed, images = PatchEmbedding(32, 8, 3, 12), torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert_close(embed(images), embed(images.float()), atol=0, rtol=0)
 
 
 def test_patch_embedding_without_conv_bias_and_with_a_pre_norm():
@@ -227,3 +251,21 @@ def test_init_weights_is_generic():
     assert abs(float(model["vision"].embeddings.pos_embed.detach().std()) - 0.1) < 0.02
     assert abs(float(model["vision"].encoder.layers[0].mlp.fc1.weight.detach().std()) - 0.1) < 0.01
     assert_close(model["mine"].scale, torch.full((4,), 0.5))
+
+
+def test_init_weights_covers_the_loss_and_torch_attention_and_names_what_it_cannot():
+    from torchflava.modules.losses import ContrastiveLoss
+
+    with torch.device("meta"):
+        model = nn.ModuleDict({"loss": ContrastiveLoss(logit_scale_init=2.0), "mha": nn.MultiheadAttention(8, 2)})
+    model.to_empty(device="cpu")
+    for p in model.parameters():
+        nn.init.constant_(p, 7.0)  # what to_empty may leave
+    init_weights(model)
+    assert float(model["loss"].logit_scale.detach()) == 2.0
+    assert not model["mha"].in_proj_bias.detach().any() and float(model["mha"].in_proj_weight.detach().abs().max()) < 1
+    model["raw"] = nn.Module()
+    model["raw"].register_parameter("gain", nn.Parameter(torch.ones(3)))
+    with pytest.raises(ValueError, match=r"expected a reset_parameters\(\) on the modules that own \['raw.gain'\]"):
+        init_weights(model)
+    assert float(model["loss"].logit_scale.detach()) == 2.0  # nothing changed before the error

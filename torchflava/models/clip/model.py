@@ -59,11 +59,12 @@ class CLIPModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.empty(()))
         self.init_weights()
 
-    @torch.no_grad()
     def init_weights(self) -> None:
-        """(Re-)initialise: :func:`torchflava.modules.init.init_weights` with ``init_std``, ``logit_scale =
-        logit_scale_init``."""
+        """(Re-)initialise every parameter: :func:`torchflava.modules.init.init_weights` with ``init_std``."""
         init_weights(self, std=self.init_std)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:  # the parameter the model owns itself (init_weights calls it)
         self.logit_scale.fill_(self.logit_scale_init)
 
     def encode_image(self, image: Tensor, *, normalize: bool = True) -> Tensor:
@@ -74,15 +75,12 @@ class CLIPModel(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text: Tensor, mask: Optional[Tensor] = None, *, normalize: bool = True) -> Tensor:
-        """Text features at each row's end token; only the tokens up to it are computed.
+        """(B, P) text features at each row's end token; only the tokens up to it are computed.
 
         Args:
             text (Tensor): (B, L) token ids.
             mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding (ignored as a key).
             normalize (bool): L2-normalise the features.
-
-        Returns:
-            Tensor: (B, P).
 
         Raises:
             TypeError: if ``text`` is not an integer tensor or ``mask`` not a tensor.

@@ -88,11 +88,15 @@ class FLAVAModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.empty(()))
         self.init_weights()
 
-    @torch.no_grad()
     def init_weights(self) -> None:
         """(Re-)initialise every parameter: N(0, ``init_std``) weights, zero biases, unit norms,
-        truncated-normal tokens and positions, and ``logit_scale = logit_scale_init``."""
+        truncated-normal tokens and positions, and ``logit_scale = logit_scale_init``
+        (:func:`torchflava.modules.init.init_weights`, which calls :meth:`reset_parameters`)."""
         init_weights(self, std=self.init_std)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``logit_scale = logit_scale_init``: the one parameter the model owns itself."""
         self.logit_scale.fill_(self.logit_scale_init)
 
     def forward(

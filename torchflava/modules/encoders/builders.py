@@ -2,10 +2,12 @@
 
 from torch import nn
 
+from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.modules.layers.activation import activation as make_activation
 from torchflava.modules.layers.attention import MultiHeadSelfAttention
 from torchflava.modules.layers.mlp import MLP
 from torchflava.modules.layers.transformer import TransformerEncoder, TransformerEncoderLayer
+from torchflava.utils.checks import check_architecture
 
 
 def transformer_encoder(
@@ -43,11 +45,19 @@ def transformer_encoder(
         TransformerEncoder: the stack.
 
     Raises:
-        ValueError: if ``num_layers`` < 1 or ``activation`` is unknown (the layers raise on bad widths).
+        TypeError: if a width or count is not an int.
+        ValueError: if a width or count is < 1, ``embed_dim`` is not a multiple of ``num_heads``,
+            ``norm_eps`` is not positive, a dropout is outside [0, 1], or ``activation`` is unknown.
     """
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    make_activation(activation)  # an unknown name fails here, before anything is built
+    check_architecture(  # before anything is built, each error naming this builder's argument
+        "transformer_encoder",
+        locals(),
+        sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim"],
+        multiples=[("embed_dim", "num_heads")],
+        positive=["norm_eps"],
+        probabilities=["dropout", "attention_dropout"],
+        choices={"activation": ACTIVATIONS},
+    )
     layers = [
         TransformerEncoderLayer(
             MultiHeadSelfAttention(embed_dim, num_heads, dropout=attention_dropout, bias=bias, is_causal=is_causal),

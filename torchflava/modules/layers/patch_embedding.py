@@ -117,8 +117,10 @@ class PatchEmbedding(nn.Module):
         """
         grid_h, grid_w = self._check_images(images)
         weight = self.proj.weight
-        if images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type):
-            images = images.to(weight.dtype)  # fp16 / bf16 / fp64 pixels into a model of another dtype
+        if images.dtype != weight.dtype and (
+            not torch.is_autocast_enabled(images.device.type) or images.dtype == torch.float64
+        ):  # fp16 / bf16 / fp64 pixels into a model of another dtype (autocast casts fp32, not fp64)
+            images = images.to(weight.dtype)
         x = self.proj(images).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, N, D)
         if patch_mask is not None:
             x = self._apply_patch_mask(x, patch_mask, grid_h, grid_w)

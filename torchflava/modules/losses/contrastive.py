@@ -167,9 +167,15 @@ class ContrastiveLoss(nn.Module):
         if not isinstance(gather, GatherGrad):
             raise TypeError(f"gather must be a GatherGrad, got {gather!r}")
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        self.logit_scale_init = float(logit_scale_init)
         self.logit_scale_min = float(logit_scale_min)
         self.logit_scale_max = float(logit_scale_max)
         self.gather = gather
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``logit_scale = logit_scale_init`` (:func:`torchflava.modules.init.init_weights` calls it)."""
+        self.logit_scale.fill_(self.logit_scale_init)
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:
