@@ -6,6 +6,7 @@ swapped or dropped tensor changes the outputs.
 """
 
 import gc
+import inspect
 import json
 import math
 from pathlib import Path
@@ -33,7 +34,14 @@ from torchmultimodal.modules.losses.flava import FLAVAPretrainingLoss
 from transformers import FlavaConfig, FlavaForPreTraining, FlavaModel
 
 from tests.helpers import TINY_FLAVA, PickleExploit, padded_text, pickle_canary
-from torchflava.models.flava import convert_to_hf, convert_to_torchflava, flava_model, load_flava_weights
+from torchflava.models.flava import (
+    convert_to_hf,
+    convert_to_torchflava,
+    flava_model,
+    flava_model_for_classification,
+    flava_model_for_pretraining,
+    load_flava_weights,
+)
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.utils.checkpoint import save_state_dict
 
@@ -58,8 +66,9 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert_close(actual, expected, atol=ATOL, rtol=0)
 
 
-def _tiny_hf_config() -> FlavaConfig:
-    """A transformers ``FlavaConfig`` with TINY_FLAVA's sizes (different width per tower)."""
+def _tiny_hf_config(**encoders) -> FlavaConfig:
+    """A transformers ``FlavaConfig`` with TINY_FLAVA's sizes (different width per tower); ``encoders``
+    (e.g. ``layer_norm_eps``) go into all three encoder configs."""
     return FlavaConfig(
         image_config=dict(
             hidden_size=T["image_embed_dim"],
@@ -69,6 +78,7 @@ def _tiny_hf_config() -> FlavaConfig:
             image_size=T["image_size"],
             patch_size=T["patch_size"],
             vocab_size=16,  # size of the MIM head's codebook vocabulary (FlavaForPreTraining only)
+            **encoders,
         ),
         text_config=dict(
             hidden_size=T["text_embed_dim"],
@@ -77,12 +87,14 @@ def _tiny_hf_config() -> FlavaConfig:
             intermediate_size=T["text_mlp_dim"],
             vocab_size=T["vocab_size"],
             max_position_embeddings=T["max_seq_len"],
+            **encoders,
         ),
         multimodal_config=dict(
             hidden_size=T["multimodal_embed_dim"],
             num_hidden_layers=T["multimodal_num_layers"],
             num_attention_heads=T["multimodal_num_heads"],
             intermediate_size=T["multimodal_mlp_dim"],
+            **encoders,
         ),
         image_codebook_config=dict(hidden_size=8, vocab_size=16, num_blocks_per_group=1),
         projection_dim=T["projection_dim"],
@@ -459,10 +471,10 @@ def test_different_size_raises_on_shapes(tmp_path):
     _assert_unchanged(model, before)
 
 
-def test_unknown_layout_raises(tmp_path):
+def test_unknown_layout_raises_naming_the_top_level_keys(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"backbone.layer0.weight": torch.zeros(2, 2), "head.bias": torch.zeros(2)}, str(path))
-    with pytest.raises(ValueError, match="known layout"):
+    with pytest.raises(ValueError, match=r"known layout.*got top-level names \['backbone', 'head'\]"):
         flava_model(pretrained=path, **TINY_FLAVA)
 
 
@@ -527,3 +539,265 @@ def test_error_messages_list_names_not_regex_noise(tmp_path):
     save_file(state, str(path))
     with pytest.raises(ValueError, match=re.escape(f"missing 3 key(s) {removed}")):
         flava_model(pretrained=path, **TINY_FLAVA)
+
+
+# ------------------------------------------------------------- 6. a Hugging Face directory's config.json
+
+
+def _saved_hf(tmp_path: Path, config: FlavaConfig, model_class=FlavaModel) -> nn.Module:
+    hf = model_class(config).eval()
+    _perturb(hf)
+    hf.save_pretrained(tmp_path)
+    return hf
+
+
+def _norm_eps(model: nn.Module) -> set[float]:
+    return {m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}
+
+
+def test_hf_directory_config_gives_the_arguments_left_at_their_defaults(tmp_path):
+    hf = _saved_hf(tmp_path, _tiny_hf_config(layer_norm_eps=1e-5))
+
+    sized = flava_model(pretrained=tmp_path, **TINY_FLAVA)  # sizes given, eps left to config.json
+    bare = flava_model(pretrained=tmp_path)  # everything from config.json
+
+    for ours in (sized, bare):
+        assert _norm_eps(ours) == {1e-5}
+        _assert_matches_hf(ours, hf, *_tiny_inputs())
+    # flava_model_for_classification builds its backbone the same way.
+    classifier = flava_model_for_classification(3, pretrained=tmp_path)
+    _assert_matches_hf(classifier.model, hf, *_tiny_inputs())
+
+
+def test_hf_directory_arguments_contradicting_config_raise_listing_them(tmp_path):
+    _saved_hf(tmp_path, _tiny_hf_config(layer_norm_eps=1e-5))
+    config_file = re.escape(str(tmp_path / "config.json"))
+
+    with pytest.raises(ValueError, match=rf"flava_model: expected arguments that match {config_file}") as err:
+        flava_model(pretrained=tmp_path, **{**TINY_FLAVA, "image_num_layers": 3}, norm_eps=1e-6)
+    assert "(given, config) {'image_num_layers': (3, 2), 'norm_eps': (1e-06, 1e-05)}" in str(err.value)
+
+
+def test_hf_directory_with_another_activation_raises_naming_config_json(tmp_path):
+    _saved_hf(tmp_path, _tiny_hf_config(hidden_act="quick_gelu"))
+    message = (
+        f"{tmp_path / 'config.json'}: image_config.hidden_act must be 'gelu' (the only one we build), got 'quick_gelu'"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        flava_model(pretrained=tmp_path, **TINY_FLAVA)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_flava_weights(flava_model(**TINY_FLAVA), tmp_path)
+
+
+def test_loading_a_hf_directory_into_a_model_with_another_eps_raises(tmp_path):
+    _saved_hf(tmp_path, _tiny_hf_config(layer_norm_eps=1e-5))
+    model = flava_model(**TINY_FLAVA)  # eps 1e-12
+    before = _state(model)
+
+    with pytest.raises(
+        ValueError, match=re.escape(f"{tmp_path / 'config.json'}'s layer_norm_eps 1e-05, got eps [1e-12]")
+    ):
+        load_flava_weights(model, tmp_path)
+    _assert_unchanged(model, before)
+    with pytest.raises(ValueError, match="layer_norm_eps 1e-05"):
+        flava_model_for_classification(3, backbone=flava_model(**TINY_FLAVA), pretrained=tmp_path)
+
+
+_WIDTH_32 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+_TOWER_32 = dict(embed_dim=32, num_layers=2, num_heads=4, mlp_dim=48)  # _WIDTH_32 under our names
+_WIDTH_32_KWARGS = {f"{t}_{k}": v for t in ("image", "text", "multimodal") for k, v in _TOWER_32.items()}
+_WIDTH_32_KWARGS.update(image_size=32, patch_size=8, vocab_size=99, max_seq_len=40, projection_dim=20)
+
+
+def _hf_pretraining_config(**encoders) -> FlavaConfig:
+    """A FlavaForPreTraining config whose towers share one width (HF's MMM heads read the tower widths)."""
+    return FlavaConfig(
+        image_config=dict(_WIDTH_32, image_size=32, patch_size=8, vocab_size=16, **encoders),
+        text_config=dict(_WIDTH_32, vocab_size=99, max_position_embeddings=40, **encoders),
+        multimodal_config=dict(_WIDTH_32, **encoders),
+        hidden_size=32,
+        image_codebook_config=dict(hidden_size=8, vocab_size=16, num_blocks_per_group=1),
+        projection_dim=20,
+    )
+
+
+@torch.no_grad()
+def test_hf_pretraining_directory_gives_backbone_and_heads(tmp_path):
+    hf = _saved_hf(tmp_path, _hf_pretraining_config(layer_norm_eps=1e-5), FlavaForPreTraining)
+
+    ours = flava_model_for_pretraining(pretrained=tmp_path, build_codebook=False).eval()
+
+    assert _norm_eps(ours) == {1e-5}
+    assert ours.mim_head.decoder.out_features == 16
+    _assert_matches_hf(ours.model, hf.flava, *_tiny_inputs())
+    hidden = torch.randn(5, 32) * 0.05  # small states: the LayerNorm eps shows
+    for name in ("mlm_head", "mim_head", "mmm_text_head", "mmm_image_head"):
+        _close(getattr(ours, name)(hidden), getattr(hf, name)(hidden))
+
+
+def test_hf_pretraining_directory_refuses_contradicting_heads_and_backbone(tmp_path):
+    _saved_hf(tmp_path, _hf_pretraining_config(layer_norm_eps=1e-5), FlavaForPreTraining)
+    config_file = str(tmp_path / "config.json")
+
+    with pytest.raises(
+        ValueError, match=re.escape(f"{config_file}, got (given, config) {{'head_norm_eps': (1e-12, 1e-05)}}")
+    ):
+        flava_model_for_pretraining(pretrained=tmp_path, build_codebook=False, head_norm_eps=1e-12)
+    with pytest.raises(ValueError, match=re.escape(f"{config_file}'s layer_norm_eps 1e-05, got eps [1e-12]")):
+        flava_model_for_pretraining(pretrained=tmp_path, build_codebook=False, backbone=flava_model(**_WIDTH_32_KWARGS))
+
+
+# ---------------------------------------------------------------------------- 7. training wrappers
+
+
+@pytest.mark.parametrize("wrap", ["ddp", "ddp_under_state_dict", "under_model"])
+def test_wrapped_hf_checkpoint_loads(tmp_path, wrap):
+    hf = FlavaModel(_tiny_hf_config()).eval()
+    _perturb(hf)
+    state = hf.state_dict()
+    ddp = {"module." + k: v for k, v in state.items()}
+    saved = {
+        "ddp": ddp,
+        "ddp_under_state_dict": {"state_dict": ddp, "epoch": 3},
+        "under_model": {"model": state, "epoch": 3},
+    }
+    path = tmp_path / "wrapped.pt"
+    torch.save(saved[wrap], path)
+
+    _assert_matches_hf(flava_model(pretrained=path, **TINY_FLAVA), hf, *_tiny_inputs())
+
+
+def _tmm_pretraining() -> nn.Module:
+    """torchmultimodal's FLAVAForPreTraining, one width for all towers, perturbed."""
+    sizes = {f"{t}_{k}": v for t in ("image", "text", "multimodal") for k, v in _WIDTH_32.items()}
+    backbone = tmm_flava_model(
+        **sizes, image_size=32, patch_size=8, vocab_size=99, max_position_embeddings=40, text_and_image_proj_size=20
+    )
+    codebook = DalleVAEEncoder(image_size=32, pretrained=False)
+    codebook.encoder = DalleEncoder(n_hid=8, n_blk_per_group=1, vocab_size=16)
+    loss = FLAVAPretrainingLoss(logit_scale=1.5, hidden_size=32, text_vocab_size=99, image_vocab_size=16)
+    tmm = TmmFLAVAForPreTraining(model=backbone, image_codebook=codebook, loss=loss).eval()
+    _perturb(tmm)
+    return tmm
+
+
+def _tmm_heads(tmm: nn.Module) -> dict[str, nn.Module]:
+    loss = tmm.loss
+    return dict(
+        mlm_head=loss.mlm_loss.cls,
+        mim_head=loss.mim_loss.cls,
+        mmm_text_head=loss.mmm_loss.mlm.cls,
+        mmm_image_head=loss.mmm_loss.mim.cls,
+    )
+
+
+@torch.no_grad()
+def test_tmm_pretraining_heads_take_its_layer_norm_eps(tmp_path):
+    tmm = _tmm_pretraining()
+    torch.save(tmm.state_dict(), tmp_path / "tmm.pt")
+    hidden = torch.randn(5, 32) * 0.05  # small states: the LayerNorm eps shows
+
+    ours = flava_model_for_pretraining(
+        backbone=flava_model(**_WIDTH_32_KWARGS),
+        pretrained=tmp_path / "tmm.pt",
+        build_codebook=False,
+        image_vocab_size=16,
+    ).eval()
+    # A value given is kept (and then differs from torchmultimodal's heads).
+    given = flava_model_for_pretraining(
+        backbone=flava_model(**_WIDTH_32_KWARGS),
+        pretrained=tmp_path / "tmm.pt",
+        build_codebook=False,
+        image_vocab_size=16,
+        head_norm_eps=1e-12,
+    ).eval()
+
+    for name, head in _tmm_heads(tmm).items():
+        assert getattr(ours, name).norm.eps == 1e-5
+        assert_close(getattr(ours, name)(hidden), head(hidden), atol=1e-6, rtol=0)
+        assert getattr(given, name).norm.eps == 1e-12
+        assert (getattr(given, name)(hidden) - head(hidden)).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_lightning_wrapped_tmm_pretraining_checkpoint_loads(tmp_path):
+    tmm = _tmm_pretraining()
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {"model." + k: v for k, v in tmm.state_dict().items()}, "global_step": 10}, path)
+    hidden = torch.randn(5, 32) * 0.05
+
+    ours = flava_model_for_pretraining(
+        backbone=flava_model(**_WIDTH_32_KWARGS), pretrained=path, build_codebook=False, image_vocab_size=16
+    )
+    backbone = flava_model(pretrained=path, **_WIDTH_32_KWARGS).eval()
+
+    for name, head in _tmm_heads(tmm).items():
+        assert_close(getattr(ours.eval(), name)(hidden), head(hidden), atol=1e-6, rtol=0)
+    expected = tmm.loss.contrastive_loss.logit_scale.item()  # 1.5, perturbed
+    assert ours.model.logit_scale.item() == expected
+    assert backbone.logit_scale.item() == expected
+    images, ids, mask = _tiny_inputs()
+    ref = tmm.model(image=images, text=ids, required_embedding="mm", skip_unmasked_mm_encoder=False)
+    for model in (ours.model.eval(), backbone):
+        out = model(images, ids, text_attention_mask=mask)
+        _close(out.image_embeddings, ref.image.last_hidden_state)
+        _close(out.text_embeddings, ref.text.last_hidden_state)
+        _close(out.text_features, F.normalize(ref.projected_text_embeddings, dim=-1))
+
+
+# ------------------------------------------------------------------- 8. config.json fields and types
+
+
+_FIELDS = [  # (section, field, our argument)
+    ("image_config", "hidden_size", "image_embed_dim"),
+    ("image_config", "patch_size", "patch_size"),
+    ("text_config", "vocab_size", "vocab_size"),
+    ("text_config", "max_position_embeddings", "max_seq_len"),
+    ("text_config", "pad_token_id", "pad_token_id"),
+    ("multimodal_config", "num_hidden_layers", "multimodal_num_layers"),
+    ("multimodal_config", "intermediate_size", "multimodal_mlp_dim"),
+    ("", "projection_dim", "projection_dim"),
+]
+
+
+@pytest.mark.parametrize("section, field, ours", _FIELDS)
+def test_kwargs_from_hf_config_fill_absent_fields_as_transformers(section, field, ours):
+    config = _tiny_hf_config(layer_norm_eps=1e-5).to_dict()
+    del (config[section] if section else config)[field]
+    filled = FlavaConfig(**config)  # transformers' own reading of the same config.json
+    expected = getattr(getattr(filled, section) if section else filled, field)
+
+    kwargs = flava_kwargs_from_hf_config(config)
+
+    assert kwargs[ours] == expected
+    assert kwargs == flava_kwargs_from_hf_config(filled.to_dict())
+    assert kwargs["norm_eps"] == 1e-5
+
+
+def test_kwargs_from_an_empty_hf_config_are_flava_full():
+    kwargs = flava_kwargs_from_hf_config({})
+    assert kwargs == flava_kwargs_from_hf_config(FlavaConfig().to_dict())
+    defaults = {k: p.default for k, p in inspect.signature(flava_model).parameters.items()}
+    assert kwargs == {k: pytest.approx(defaults[k], abs=1e-4) for k in kwargs}  # logit scale: 2.6592 ~ log(1/0.07)
+
+
+@pytest.mark.parametrize(
+    "section, field, value, message",
+    [
+        ("image_config", "hidden_size", "768", "config image_config.hidden_size must be an int, got str '768'"),
+        ("text_config", "layer_norm_eps", True, "config text_config.layer_norm_eps must be a number, got bool True"),
+        ("multimodal_config", "use_cls_token", "yes", "config multimodal_config.use_cls_token must be a bool, got str"),
+        ("text_config", "hidden_act", None, "config text_config.hidden_act must be a string, got NoneType None"),
+        ("", "projection_dim", 7.5, "config projection_dim must be an int, got float 7.5"),
+    ],
+)
+def test_kwargs_from_hf_config_wrong_types_name_the_field(section, field, value, message):
+    config = _tiny_hf_config().to_dict()
+    (config[section] if section else config)[field] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        flava_kwargs_from_hf_config(config)
+
+
+def test_kwargs_from_hf_config_refuse_another_model_type():
+    with pytest.raises(ValueError, match="expected model_type 'flava', got 'clip'"):
+        flava_kwargs_from_hf_config({"model_type": "clip", "text_config": {}, "vision_config": {}})

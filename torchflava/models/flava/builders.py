@@ -5,9 +5,11 @@ images in 16 px patches (197 image tokens), BERT vocabulary 30522 with 512 posit
 LayerNorm eps 1e-12, exact GELU, contrastive projections to 768.
 """
 
+import inspect
 import math
 import os
-from typing import Optional, Union
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 from torch import nn
 
@@ -18,7 +20,14 @@ from torchflava.models.flava.classification import (
     classification_head,
     default_loss,
 )
-from torchflava.models.flava.convert_weights import load_flava_pretraining_weights, load_flava_weights
+from torchflava.models.flava.convert_weights import (
+    check_norm_eps,
+    detect_layout,
+    hf_directory_kwargs,
+    load_flava_pretraining_weights,
+    load_flava_weights,
+    without_wrapper_prefix,
+)
 from torchflava.models.flava.model import FLAVAModel
 from torchflava.models.flava.pretraining import FLAVAForPretraining, LossWeights
 from torchflava.modules.codebook import dalle_encoder
@@ -26,6 +35,7 @@ from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEn
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
+from torchflava.utils.checkpoint import load_state_dict, local_checkpoint
 from torchflava.utils.checks import check_architecture, check_int, check_probability
 from torchflava.utils.distributed import GatherGrad
 
@@ -223,10 +233,14 @@ def flava_model(
 ) -> FLAVAModel:
     """The FLAVA model; FLAVA-full by default.
 
+    With a Hugging Face directory as ``pretrained``, an argument left at its default takes the value
+    its config.json states; an argument given otherwise must match it.
+
     Args:
         pretrained (Optional[Union[str, os.PathLike]]): local path or URL of weights to load: a Hugging
             Face ``FlavaModel``/``FlavaForPreTraining`` directory or file (safetensors or .bin), a
-            torchmultimodal ``.pt`` state dict, or one of ours. The architecture arguments must match it.
+            torchmultimodal ``.pt`` state dict, or one of ours (also under DDP's ``module.`` or a
+            Lightning module's ``model.``). The architecture arguments must match it.
         image_embed_dim (int): image encoder width.
         image_num_layers (int): image encoder layers.
         image_num_heads (int): image encoder heads.
@@ -259,50 +273,67 @@ def flava_model(
 
     Raises:
         ValueError: if an argument is out of its range (a size below 1, a width that its heads do not
-            divide, a dropout outside [0, 1], ``pad_token_id`` outside the vocabulary...), naming it.
+            divide, a dropout outside [0, 1], ``pad_token_id`` outside the vocabulary...), naming it,
+            or contradicts config.json (the (given, config) pairs listed).
         TypeError: if a size is not an int.
     """
-    check_architecture("flava_model", locals(), **_FLAVA_CHECKS)
-    common = dict(dropout=dropout, attention_dropout=attention_dropout, norm_eps=norm_eps)
-    model = FLAVAModel(
+    args = {k: v for k, v in locals().items() if k != "pretrained"}
+    local = None if pretrained is None else local_checkpoint(pretrained)
+    state = None if local is None else load_state_dict(local)  # first: a directory without weights says so
+    config_file, config = (None, {}) if local is None else hf_directory_kwargs(local)
+    args = _with_config(flava_model, args, config_file, config)
+    check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
+    model = _build_flava(args)
+    if state is not None:
+        load_flava_weights(model, state)
+    return model
+
+
+def _with_config(builder: Callable, args: dict, config_file: Optional[Path], config: dict) -> dict:
+    """``args`` with those left at ``builder``'s defaults taken from ``config`` (read from ``config_file``).
+
+    Raises:
+        ValueError: listing the (given, config) pairs of the arguments given that contradict it.
+    """
+    defaults = inspect.signature(builder).parameters
+    config = {k: v for k, v in config.items() if k in args}
+    clash = {k: (args[k], v) for k, v in config.items() if args[k] != defaults[k].default and args[k] != v}
+    if clash:
+        raise ValueError(
+            f"{builder.__name__}: expected arguments that match {config_file}, got (given, config) {clash}"
+        )
+    return {**args, **config}
+
+
+def _build_flava(a: dict) -> FLAVAModel:
+    def tower(name: str) -> dict:
+        return {k: a[f"{name}_{k}"] for k in ("embed_dim", "num_layers", "num_heads", "mlp_dim")}
+
+    common = dict(dropout=a["dropout"], attention_dropout=a["attention_dropout"], norm_eps=a["norm_eps"])
+    return FLAVAModel(
         flava_image_encoder(
-            embed_dim=image_embed_dim,
-            num_layers=image_num_layers,
-            num_heads=image_num_heads,
-            mlp_dim=image_mlp_dim,
-            image_size=image_size,
-            patch_size=patch_size,
-            in_channels=in_channels,
+            **tower("image"),
+            image_size=a["image_size"],
+            patch_size=a["patch_size"],
+            in_channels=a["in_channels"],
             **common,
         ),
         flava_text_encoder(
-            embed_dim=text_embed_dim,
-            num_layers=text_num_layers,
-            num_heads=text_num_heads,
-            mlp_dim=text_mlp_dim,
-            vocab_size=vocab_size,
-            max_seq_len=max_seq_len,
-            type_vocab_size=type_vocab_size,
-            pad_token_id=pad_token_id,
+            **tower("text"),
+            vocab_size=a["vocab_size"],
+            max_seq_len=a["max_seq_len"],
+            type_vocab_size=a["type_vocab_size"],
+            pad_token_id=a["pad_token_id"],
             **common,
         ),
         flava_multimodal_encoder(
-            embed_dim=multimodal_embed_dim,
-            num_layers=multimodal_num_layers,
-            num_heads=multimodal_num_heads,
-            mlp_dim=multimodal_mlp_dim,
-            image_dim=image_embed_dim,
-            text_dim=text_embed_dim,
-            **common,
+            **tower("multimodal"), image_dim=a["image_embed_dim"], text_dim=a["text_embed_dim"], **common
         ),
-        nn.Linear(image_embed_dim, projection_dim),
-        nn.Linear(text_embed_dim, projection_dim),
-        logit_scale_init=logit_scale_init,
-        init_std=init_std,
+        nn.Linear(a["image_embed_dim"], a["projection_dim"]),
+        nn.Linear(a["text_embed_dim"], a["projection_dim"]),
+        logit_scale_init=a["logit_scale_init"],
+        init_std=a["init_std"],
     )
-    if pretrained is not None:
-        load_flava_weights(model, pretrained)
-    return model
 
 
 def flava_model_for_pretraining(
@@ -312,7 +343,7 @@ def flava_model_for_pretraining(
     build_codebook: bool = True,
     pretrained: Optional[Union[str, os.PathLike]] = None,
     image_vocab_size: int = 8192,
-    head_norm_eps: float = 1e-12,
+    head_norm_eps: Optional[float] = None,
     mim_weight: float = 1.0,
     mlm_weight: float = 1.0,
     itm_weight: float = 1.0,
@@ -326,17 +357,26 @@ def flava_model_for_pretraining(
 ) -> FLAVAForPretraining:
     """FLAVA with its pretraining heads, losses and (optionally) the dVAE codebook.
 
+    With a Hugging Face directory as ``pretrained``, its config.json gives the backbone (when none is
+    given), ``image_vocab_size`` (when left at its default) and ``head_norm_eps`` (when None); a value
+    given otherwise must match it.
+
     Args:
-        backbone (Optional[FLAVAModel]): the backbone; FLAVA-full (``flava_model()``) when None. Build
-            it with ``flava_model(...)`` for other sizes.
+        backbone (Optional[FLAVAModel]): the backbone; when None, FLAVA-full (``flava_model()``) or the
+            architecture of a Hugging Face ``pretrained`` directory. Build it with ``flava_model(...)``
+            for other sizes.
         codebook (Optional[nn.Module]): image tokenizer with ``tokens(pixels)``; when None and
             ``build_codebook``, the DALL-E dVAE encoder (8192 ids, 112 px -> 14 x 14).
         build_codebook (bool): build the default codebook when none is given. Leave it off when the
             data pipeline provides ``image_tokens`` (cheaper: the codebook is ~12% of a step).
         pretrained (Optional[Union[str, os.PathLike]]): a pretraining checkpoint (HF ``FlavaForPreTraining``,
-            torchmultimodal ``FLAVAForPreTraining``, or ours) to load.
+            torchmultimodal ``FLAVAForPreTraining``, or ours; also under DDP's ``module.`` or a Lightning
+            module's ``model.``) to load.
         image_vocab_size (int): number of codebook ids (MIM classes).
-        head_norm_eps (float): LayerNorm epsilon of the prediction heads.
+        head_norm_eps (Optional[float]): LayerNorm epsilon of the prediction heads. None: the checkpoint's
+            (config.json's ``layer_norm_eps`` for a Hugging Face directory, 1e-5 for torchmultimodal's
+            checkpoints), else Hugging Face's 1e-12. A value given is kept, also for a torchmultimodal
+            checkpoint (whose heads were trained with 1e-5).
         mim_weight (float): MIM loss weight.
         mlm_weight (float): MLM loss weight.
         itm_weight (float): ITM loss weight.
@@ -353,7 +393,8 @@ def flava_model_for_pretraining(
         FLAVAForPretraining: the model.
 
     Raises:
-        ValueError: if a loss weight is negative.
+        ValueError: if a loss weight is negative, or an argument or the backbone's LayerNorm eps
+            contradicts a Hugging Face directory's config.json.
     """
     loss_weights = LossWeights(
         mim=mim_weight,
@@ -366,7 +407,15 @@ def flava_model_for_pretraining(
     negative = [name for name, value in loss_weights._asdict().items() if value < 0]
     if negative:
         raise ValueError(f"loss weights must be >= 0, got negative {negative}")
-    model = flava_model() if backbone is None else backbone
+    local = None if pretrained is None else local_checkpoint(pretrained)
+    state = None if local is None else without_wrapper_prefix(load_state_dict(local))
+    config_file, config = (None, {}) if local is None else hf_directory_kwargs(local)
+    heads = dict(image_vocab_size=image_vocab_size, head_norm_eps=head_norm_eps)
+    heads = _with_config(flava_model_for_pretraining, heads, config_file, config)
+    if heads["head_norm_eps"] is None:  # torchmultimodal's prediction heads use 1e-5, Hugging Face's 1e-12
+        heads["head_norm_eps"] = 1e-5 if state is not None and detect_layout(state) == "tmm" else 1e-12
+    image_vocab_size, head_norm_eps = heads["image_vocab_size"], heads["head_norm_eps"]
+    model = flava_model(**{k: v for k, v in config.items() if k not in heads}) if backbone is None else backbone
     image_dim = model.image_encoder.norm.normalized_shape[0]
     text_dim = model.text_encoder.norm.normalized_shape[0]
     multimodal_dim = model.multimodal_encoder.norm.normalized_shape[0]
@@ -389,8 +438,10 @@ def flava_model_for_pretraining(
     )
     for name in ("mlm_head", "mim_head", "mmm_text_head", "mmm_image_head", "itm_head"):
         init_weights(getattr(pretraining, name), std=model.init_std)
-    if pretrained is not None:
-        load_flava_pretraining_weights(pretraining, pretrained)
+    if config_file is not None:
+        check_norm_eps(pretraining, config["norm_eps"], config_file)  # a backbone given may differ
+    if state is not None:
+        load_flava_pretraining_weights(pretraining, state)
     return pretraining
 
 
@@ -409,7 +460,8 @@ def flava_model_for_classification(
     Args:
         num_classes (int): outputs of the head, >= 1 (1 with ``loss="mse"`` for regression).
         modality (str): whose CLS the head reads: ``"text"``, ``"image"`` or ``"multimodal"``.
-        backbone (Optional[FLAVAModel]): the backbone; FLAVA-full (``flava_model()``) when None.
+        backbone (Optional[FLAVAModel]): the backbone; when None, FLAVA-full (``flava_model()``) or the
+            architecture of a Hugging Face ``pretrained`` directory (its config.json).
         pretrained (Optional[Union[str, os.PathLike]]): backbone weights to load (HF ``FlavaModel`` or
             ``FlavaForPreTraining``, torchmultimodal, or ours; pretraining heads are ignored).
         loss (Optional[str]): ``"cross_entropy"``, ``"binary_cross_entropy"`` (soft scores, VQA) or
@@ -439,8 +491,8 @@ def flava_model_for_classification(
     check_probability("classifier_dropout", classifier_dropout)
     if backbone is not None and not isinstance(backbone, FLAVAModel):
         raise TypeError(f"backbone must be a FLAVAModel, got {type(backbone).__name__}")
-    model = flava_model() if backbone is None else backbone
-    if pretrained is not None:
+    model = flava_model(pretrained=pretrained) if backbone is None else backbone
+    if backbone is not None and pretrained is not None:
         load_flava_weights(model, pretrained)
     encoder = {"text": model.text_encoder, "image": model.image_encoder, "multimodal": model.multimodal_encoder}[
         modality

@@ -13,14 +13,24 @@ returned as skipped. Our fused QKV projection is the concatenation of the refere
 and value projections.
 """
 
+from pathlib import Path
 import re
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava
-from torchflava.utils.checkpoint import PathLike, check_fits, load_state_dict, mismatch, refuse_mismatches
+from torchflava.utils.checkpoint import (
+    PathLike,
+    check_fits,
+    load_state_dict,
+    local_checkpoint,
+    mismatch,
+    read_json_object,
+    refuse_mismatches,
+    without_prefix,
+)
 
 LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -128,7 +138,36 @@ def detect_layout(state_dict: dict[str, Tensor]) -> str:
         return "hf"
     if any(k.startswith(("mm_encoder.", "image_encoder.encoder.layer.", "model.image_encoder.")) for k in keys):
         return "tmm"
-    raise ValueError(f"not a FLAVA checkpoint in a known layout (first keys: {keys[:5]})")
+    top = list(dict.fromkeys(k.split(".", 1)[0] for k in keys))
+    raise ValueError(
+        "not a FLAVA checkpoint in a known layout: expected keys under image_model/text_model/multimodal_model "
+        "(Hugging Face, also under flava.), image_encoder/text_encoder/mm_encoder (torchmultimodal, also under "
+        f"model.) or image_encoder/text_encoder/multimodal_encoder (torchflava), got top-level names {top[:8]}"
+        + (f" (first key {keys[0]!r})" if keys else "")
+    )
+
+
+def without_wrapper_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state_dict`` without the prefix a training wrapper puts on every key.
+
+    DDP's ``module.``, and the ``model.`` of a Lightning module that holds the model as ``.model``
+    (torchmultimodal's FLAVA examples: ``model.model.*`` beside ``model.loss.*``), are dropped.
+
+    Args:
+        state_dict (dict[str, Tensor]): the checkpoint.
+
+    Returns:
+        dict[str, Tensor]: the checkpoint (itself when no wrapper prefix is found).
+
+    Raises:
+        ValueError: if a key is there both with and without the prefix.
+    """
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = without_prefix(state_dict, "module.")
+    wrapped = state_dict and all(k.startswith("model.") for k in state_dict)
+    if wrapped and any(k.startswith("model.model.") for k in state_dict):
+        state_dict = without_prefix(state_dict, "model.")
+    return state_dict
 
 
 def _strip_prefix(state_dict: dict[str, Tensor], layout: str) -> dict[str, Tensor]:
@@ -145,7 +184,7 @@ def convert_to_torchflava(
     """Map a reference FLAVA state dict onto ``model``'s keys.
 
     Args:
-        state_dict (dict[str, Tensor]): the checkpoint.
+        state_dict (dict[str, Tensor]): the checkpoint (a DDP or Lightning wrapper's prefix is dropped).
         model (nn.Module): a :class:`FLAVAModel` whose keys drive the map.
         layout (Optional[str]): ``"hf"``, ``"tmm"`` or ``"torchflava"``; detected when None.
         strict (bool): raise on missing or unexpected keys.
@@ -157,6 +196,7 @@ def convert_to_torchflava(
     Raises:
         ValueError: on an unknown layout, or (strict) on missing or unexpected keys, listing them.
     """
+    state_dict = without_wrapper_prefix(state_dict)
     layout = detect_layout(state_dict) if layout is None else layout
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -210,14 +250,14 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_flava_weights(
-    model: nn.Module, path: PathLike, *, layout: Optional[str] = None, strict: bool = True
+    model: nn.Module, path: Union[PathLike, dict[str, Tensor]], *, layout: Optional[str] = None, strict: bool = True
 ) -> list[str]:
     """Load FLAVA weights from a path or URL into ``model``, whatever the checkpoint's layout.
 
     Args:
         model (nn.Module): a :class:`FLAVAModel`.
-        path (PathLike): file, Hugging Face checkpoint directory or URL (see
-            :func:`torchflava.utils.checkpoint.load_state_dict`).
+        path (Union[PathLike, dict[str, Tensor]]): file, Hugging Face checkpoint directory or URL (see
+            :func:`torchflava.utils.checkpoint.load_state_dict`), or the checkpoint's tensors already read.
         layout (Optional[str]): force a layout instead of detecting it.
         strict (bool): raise on missing or unexpected keys.
 
@@ -225,15 +265,126 @@ def load_flava_weights(
         list[str]: checkpoint keys skipped because they belong to pretraining heads or the codebook.
 
     Raises:
-        ValueError: on key mismatches (strict) or tensor shapes that differ from the model's.
+        ValueError: on key mismatches (strict), tensor shapes that differ from the model's, or a
+            Hugging Face directory whose config.json states another LayerNorm eps than the model's.
     """
-    converted, skipped = convert_to_torchflava(load_state_dict(path), model, layout=layout, strict=strict)
+    converted, skipped = convert_to_torchflava(_read_checkpoint(path, model), model, layout=layout, strict=strict)
     model.load_state_dict(converted, strict=strict)
     return skipped
 
 
+def _read_checkpoint(path: Union[PathLike, dict[str, Tensor]], model: nn.Module) -> dict[str, Tensor]:
+    """The tensors of ``path`` without a wrapper's prefix; for a Hugging Face directory, after checking
+    that every LayerNorm of ``model`` has its config.json's eps (nothing else would tell)."""
+    if isinstance(path, dict):
+        return without_wrapper_prefix(path)
+    local = local_checkpoint(path)
+    config_file, config = hf_directory_kwargs(local)
+    if config_file is not None:
+        check_norm_eps(model, config["norm_eps"], config_file)
+    return without_wrapper_prefix(load_state_dict(local))
+
+
+def check_norm_eps(model: nn.Module, eps: float, config_file: Path) -> None:
+    """ValueError if a LayerNorm of ``model`` has another eps than ``eps``, the ``layer_norm_eps`` of
+    ``config_file`` (a Hugging Face config.json)."""
+    found = sorted({m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)} - {eps})
+    if found:
+        raise ValueError(
+            f"expected a model whose LayerNorm eps is {config_file}'s layer_norm_eps {eps}, got eps {found} "
+            "(flava_model(pretrained=<directory>) builds the backbone from config.json)"
+        )
+
+
+def hf_directory_kwargs(local: Path) -> tuple[Optional[Path], dict]:
+    """The config.json of a Hugging Face FLAVA directory and the builder arguments it states.
+
+    Args:
+        local (Path): a local checkpoint file or directory.
+
+    Returns:
+        tuple[Optional[Path], dict]: config.json and the arguments of :func:`flava_kwargs_from_hf_config`
+        and :func:`flava_pretraining_kwargs_from_hf_config` together; ``(None, {})`` when ``local`` is
+        not a directory holding a config.json.
+
+    Raises:
+        ValueError: naming config.json, if it is not JSON or states what we do not build.
+    """
+    config_file = local / "config.json"
+    if not local.is_dir() or not config_file.is_file():
+        return None, {}
+    config = read_json_object(config_file)
+    try:
+        return config_file, {**flava_kwargs_from_hf_config(config), **flava_pretraining_kwargs_from_hf_config(config)}
+    except ValueError as error:
+        raise ValueError(f"{config_file}: {error}") from None
+
+
+# transformers' FlavaConfig defaults: its config.json holds only the fields that differ from them.
+_HF_ENCODER = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+)
+_HF_DEFAULTS = {
+    "image_config": dict(_HF_ENCODER, image_size=224, patch_size=16, num_channels=3, vocab_size=8192),
+    "text_config": dict(
+        _HF_ENCODER,
+        vocab_size=30522,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        pad_token_id=0,
+        position_embedding_type="absolute",
+    ),
+    "multimodal_config": dict(_HF_ENCODER, num_hidden_layers=6, use_cls_token=True),
+    "": dict(projection_dim=768, logit_scale_init_value=2.6592),
+}
+_HF_SIZES = dict(embed_dim="hidden_size", num_layers="num_hidden_layers", num_heads="num_attention_heads")
+_HF_SIZES.update(mlp_dim="intermediate_size")
+
+
+def _hf_fields(config: dict) -> dict[str, dict]:
+    """The top level (``""``) and the three encoder sub-configs of a ``FlavaConfig``, legacy
+    ``*_config_dict`` entries overriding as in transformers (an absent sub-config is all defaults)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a FlavaConfig object, got {type(config).__name__}")
+    if config.get("model_type", "flava") != "flava":
+        raise ValueError(f"config: expected model_type 'flava', got {config['model_type']!r}")
+    sections = {"": config}
+    for name in ("image_config", "text_config", "multimodal_config"):
+        parts = [config.get(key) for key in (name, f"{name}_dict")]
+        for key, part in zip((name, f"{name}_dict"), parts):
+            if part is not None and not isinstance(part, dict):
+                raise ValueError(f"config {key} must be an object, got {type(part).__name__}")
+        sections[name] = {**(parts[0] or {}), **(parts[1] or {})}
+    return sections
+
+
+def _hf_field(sections: dict[str, dict], section: str, name: str) -> object:
+    """One field of a ``FlavaConfig`` (transformers' default when absent), checked to be of the default's type."""
+    default = _HF_DEFAULTS[section][name]
+    value = sections[section].get(name, default)
+    if isinstance(default, bool):
+        fits = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        number = int if isinstance(default, int) else (int, float)
+        fits = isinstance(value, number) and not isinstance(value, bool) or (name == "pad_token_id" and value is None)
+    else:
+        fits = isinstance(value, str)
+    if not fits:
+        where = f"{section}.{name}" if section else name
+        expected = {bool: "a bool", int: "an int", float: "a number", str: "a string"}[type(default)]
+        raise ValueError(f"config {where} must be {expected}, got {type(value).__name__} {value!r}")
+    return value
+
+
 def flava_kwargs_from_hf_config(config: dict) -> dict:
     """``flava_model`` keyword arguments for a Hugging Face ``FlavaConfig`` (its ``config.json`` as a dict).
+
+    A field the config omits takes transformers' ``FlavaConfig`` default, as ``FlavaConfig(**config)`` does.
 
     Args:
         config (dict): the config, with ``image_config``, ``text_config`` and ``multimodal_config``.
@@ -242,46 +393,53 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
         dict: keyword arguments for :func:`torchflava.models.flava_model`.
 
     Raises:
-        ValueError: if a sub-config is missing, or uses an activation or layout we do not build.
+        ValueError: naming the field, if one has the wrong type, or states an activation or layout we
+            do not build; or if the config is not a FlavaConfig.
     """
-    try:
-        image, text, mm = config["image_config"], config["text_config"], config["multimodal_config"]
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"config is not a FlavaConfig: it has no {err.args[0]!r}") from err
-    for name, sub in (("image_config", image), ("text_config", text), ("multimodal_config", mm)):
-        if not isinstance(sub, dict):
-            raise ValueError(f"config {name} must be an object, got {type(sub).__name__}")
-        if sub.get("hidden_act", "gelu") != "gelu":
-            raise ValueError(f"{name}.hidden_act must be 'gelu', got {sub['hidden_act']!r}")
-    if not mm.get("use_cls_token", True):
-        raise ValueError("multimodal_config.use_cls_token=False is not supported")
-    eps = {image.get("layer_norm_eps", 1e-12), text.get("layer_norm_eps", 1e-12), mm.get("layer_norm_eps", 1e-12)}
+    sections = _hf_fields(config)
+    towers = ("image", "text", "multimodal")
+    field = lambda section, name: _hf_field(sections, section, name)  # noqa: E731
+    built = [(f"{tower}_config", "hidden_act", "gelu") for tower in towers]  # what our encoders compute
+    built += [("text_config", "position_embedding_type", "absolute"), ("multimodal_config", "use_cls_token", True)]
+    for section, name, value in built:
+        if field(section, name) != value:
+            raise ValueError(
+                f"{section}.{name} must be {value!r} (the only one we build), got {field(section, name)!r}"
+            )
+    eps = {field(f"{tower}_config", "layer_norm_eps") for tower in towers}
     if len(eps) != 1:
         raise ValueError(f"the three encoders use different layer_norm_eps {sorted(eps)}; flava_model takes one")
+    kwargs = {f"{tower}_{ours}": field(f"{tower}_config", hf) for tower in towers for ours, hf in _HF_SIZES.items()}
     return dict(
-        image_embed_dim=image["hidden_size"],
-        image_num_layers=image["num_hidden_layers"],
-        image_num_heads=image["num_attention_heads"],
-        image_mlp_dim=image["intermediate_size"],
-        image_size=image["image_size"],
-        patch_size=image["patch_size"],
-        in_channels=image.get("num_channels", 3),
-        text_embed_dim=text["hidden_size"],
-        text_num_layers=text["num_hidden_layers"],
-        text_num_heads=text["num_attention_heads"],
-        text_mlp_dim=text["intermediate_size"],
-        vocab_size=text["vocab_size"],
-        max_seq_len=text["max_position_embeddings"],
-        type_vocab_size=text.get("type_vocab_size", 2),
-        pad_token_id=text.get("pad_token_id", 0),
-        multimodal_embed_dim=mm["hidden_size"],
-        multimodal_num_layers=mm["num_hidden_layers"],
-        multimodal_num_heads=mm["num_attention_heads"],
-        multimodal_mlp_dim=mm["intermediate_size"],
-        projection_dim=config.get("projection_dim", 768),
+        kwargs,
+        image_size=field("image_config", "image_size"),
+        patch_size=field("image_config", "patch_size"),
+        in_channels=field("image_config", "num_channels"),
+        vocab_size=field("text_config", "vocab_size"),
+        max_seq_len=field("text_config", "max_position_embeddings"),
+        type_vocab_size=field("text_config", "type_vocab_size"),
+        pad_token_id=field("text_config", "pad_token_id"),
+        projection_dim=field("", "projection_dim"),
         norm_eps=eps.pop(),
-        logit_scale_init=config.get("logit_scale_init_value", 2.6592),
+        logit_scale_init=field("", "logit_scale_init_value"),
     )
+
+
+def flava_pretraining_kwargs_from_hf_config(config: dict) -> dict:
+    """``flava_model_for_pretraining``'s head arguments for a Hugging Face ``FlavaConfig``: the MIM
+    vocabulary (``image_config.vocab_size``) and the heads' LayerNorm eps (the encoders').
+
+    Args:
+        config (dict): the config (see :func:`flava_kwargs_from_hf_config`).
+
+    Returns:
+        dict: ``image_vocab_size`` and ``head_norm_eps``.
+
+    Raises:
+        ValueError: as :func:`flava_kwargs_from_hf_config`.
+    """
+    eps = flava_kwargs_from_hf_config(config)["norm_eps"]
+    return dict(image_vocab_size=_hf_field(_hf_fields(config), "image_config", "vocab_size"), head_norm_eps=eps)
 
 
 # Pretraining heads: ours -> (hf, tmm) prefixes, and the names inside one prediction head.
@@ -321,24 +479,28 @@ def _head_reference_name(key: str, layout: str) -> str:
     return f"{_HEADS[head][col]}.{_PREDICTION_HEAD[inner][col]}"
 
 
-def load_flava_pretraining_weights(model: nn.Module, path: PathLike, *, strict: bool = True) -> list[str]:
+def load_flava_pretraining_weights(
+    model: nn.Module, path: Union[PathLike, dict[str, Tensor]], *, strict: bool = True
+) -> list[str]:
     """Load a whole pretraining checkpoint (backbone, heads and, when present, the codebook).
 
     Accepts Hugging Face ``FlavaForPreTraining``, torchmultimodal ``FLAVAForPreTraining`` and our own
-    :class:`FLAVAForPretraining` state dicts.
+    :class:`FLAVAForPretraining` state dicts, also under a DDP or Lightning wrapper's prefix.
 
     Args:
         model (nn.Module): a :class:`FLAVAForPretraining`.
-        path (PathLike): file, Hugging Face directory or URL.
+        path (Union[PathLike, dict[str, Tensor]]): file, Hugging Face directory or URL, or the
+            checkpoint's tensors already read.
         strict (bool): raise on missing or unexpected keys.
 
     Returns:
         list[str]: checkpoint keys left unused (the codebook's, when the model has none).
 
     Raises:
-        ValueError: on key or shape mismatches.
+        ValueError: on key or shape mismatches, or a Hugging Face directory whose config.json states
+            another LayerNorm eps than the model's (heads included).
     """
-    source = load_state_dict(path)
+    source = _read_checkpoint(path, model)
     layout = detect_layout(source)
     backbone, outside = convert_to_torchflava(source, model.model, layout=layout, strict=strict)
     state = {f"model.{k}": v for k, v in backbone.items()}
