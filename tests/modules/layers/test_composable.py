@@ -135,6 +135,8 @@ def test_transformer_encoder_builder_options():
     )
     layer = encoder.layers[1]
     assert layer.attn.is_causal and layer.attn.qkv.bias is None and layer.attn.out_proj.bias is None
+    assert layer.mlp.fc1.bias is None and layer.mlp.fc2.bias is None and layer.attn_norm.bias is None
+    assert not [name for name, _ in encoder.named_parameters() if name.endswith("bias")]  # bias-free throughout
     assert isinstance(layer.mlp.activation, QuickGELU) and layer.attn_norm.eps == 1e-6
     with pytest.raises(ValueError, match="transformer_encoder: num_layers must be >= 1, got 0"):
         transformer_encoder(embed_dim=8, num_layers=0, num_heads=2, mlp_dim=8)

@@ -314,3 +314,36 @@ def test_checkpointing_under_autocast_with_two_passes_through_one_encoder(mode):
         assert grad is not None, name
         assert_close(grad, exact[name], atol=0, rtol=0, msg=name)
         assert_close(grad, reference[name], atol=1e-3, rtol=2e-2, msg=name)
+
+
+def test_forward_hooks_see_what_they_saw_under_no_grad_too():
+    from torchflava.modules.encoders import transformer_encoder
+
+    layer = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32).layers[0].eval()
+    x = torch.randn(2, 5, 16)
+    seen = {}
+    layer.mlp_norm.register_forward_pre_hook(lambda module, args: seen.__setitem__("residual", args[0]))
+    layer.mlp.fc1.register_forward_hook(lambda module, args, out: seen.__setitem__("fc1", out))
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            out = layer(x)
+        residual = x + layer.attn(layer.attn_norm(x))  # the post-attention residual the hook kept
+        assert torch.allclose(seen["residual"], residual, atol=1e-6), grad  # not overwritten by the MLP's add
+        assert torch.allclose(seen["fc1"], layer.mlp.fc1(layer.mlp_norm(residual)), atol=1e-6), grad  # not by GELU
+        assert not torch.allclose(seen["residual"], out)
+
+
+def test_an_attention_without_query_positions_composes_into_a_layer():
+    class TorchAttention(nn.Module):  # the documented contract, without the optional keyword
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x, *, key_padding_mask=None, attn_mask=None):
+            return self.mha(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+
+    attn = TorchAttention()
+    layer = TransformerEncoderLayer(attn, MLP(16, 32), attn_norm=nn.LayerNorm(16), mlp_norm=nn.LayerNorm(16)).eval()
+    x = torch.randn(2, 5, 16)
+    h = x + attn(layer.attn_norm(x))
+    assert torch.allclose(layer(x), h + layer.mlp(layer.mlp_norm(h)), atol=1e-6)

@@ -39,7 +39,7 @@ def transformer_encoder(
         norm_eps (float): LayerNorm epsilon.
         activation (str): the MLP's activation: ``"gelu"``, ``"gelu_tanh"`` or ``"quick_gelu"``.
         is_causal (bool): causal self-attention (each position sees itself and earlier ones).
-        bias (bool): biases in the attention projections.
+        bias (bool): biases in every linear layer and LayerNorm (False: a bias-free transformer).
 
     Returns:
         TransformerEncoder: the stack.
@@ -61,9 +61,9 @@ def transformer_encoder(
     layers = [
         TransformerEncoderLayer(
             MultiHeadSelfAttention(embed_dim, num_heads, dropout=attention_dropout, bias=bias, is_causal=is_causal),
-            MLP(embed_dim, mlp_dim, activation=make_activation(activation), dropout=dropout),
-            attn_norm=nn.LayerNorm(embed_dim, eps=norm_eps),
-            mlp_norm=nn.LayerNorm(embed_dim, eps=norm_eps),
+            MLP(embed_dim, mlp_dim, activation=make_activation(activation), dropout=dropout, bias=bias),
+            attn_norm=nn.LayerNorm(embed_dim, eps=norm_eps, bias=bias),
+            mlp_norm=nn.LayerNorm(embed_dim, eps=norm_eps, bias=bias),
             dropout=dropout,
         )
         for _ in range(num_layers)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from torchflava.modules.layers.attention import Positions, take_positions
+from torchflava.modules.layers.mlp import can_overwrite
 
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
@@ -99,7 +100,9 @@ class TransformerEncoderLayer(nn.Module):
     """Pre-norm block: ``h = x + drop(attn(attn_norm(x)))``, ``out = h + drop(mlp(mlp_norm(h)))``.
 
     Args:
-        attn (nn.Module): self-attention taking ``(x, *, key_padding_mask, attn_mask)``.
+        attn (nn.Module): self-attention called as ``attn(x, *, key_padding_mask, attn_mask)``, and
+            also with ``query_positions=`` (then returning (B, P, D)) when only some positions'
+            outputs are asked for (e.g. a CLS-only last layer); :class:`MultiHeadSelfAttention` takes both.
         mlp (nn.Module): feed-forward block.
         attn_norm (nn.Module): norm before attention.
         mlp_norm (nn.Module): norm before the MLP.
@@ -142,16 +145,15 @@ class TransformerEncoderLayer(nn.Module):
         Returns:
             Tensor: (B, S, D), or (B, P, D) with ``query_positions``.
         """
-        attended = self.attn(
-            self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask, query_positions=query_positions
-        )
+        positions = {} if query_positions is None else {"query_positions": query_positions}  # a user's attn may lack it
+        attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask, **positions)
         if query_positions is not None:
             x = take_positions(x, query_positions)
         x = x + self.dropout(attended)
         update = self.dropout(self.mlp(self.mlp_norm(x)))
-        if torch.is_grad_enabled():
-            return x + update
-        return x.add_(update)  # x is the fresh sum above and no graph saved it: reuse its memory
+        if can_overwrite(self.mlp_norm):  # x is the fresh sum above and nothing kept it: reuse its memory
+            return x.add_(update)
+        return x + update
 
 
 class TransformerEncoder(nn.Module):
