@@ -560,8 +560,10 @@ def test_hf_directory_config_gives_the_arguments_left_at_their_defaults(tmp_path
 
     sized = flava_model(pretrained=tmp_path, **TINY_FLAVA)  # sizes given, eps left to config.json
     bare = flava_model(pretrained=tmp_path)  # everything from config.json
+    weights = next(tmp_path.glob("*.safetensors"))
+    beside = flava_model(pretrained=weights)  # the weights file: the config.json beside it
 
-    for ours in (sized, bare):
+    for ours in (sized, bare, beside):
         assert _norm_eps(ours) == {1e-5}
         _assert_matches_hf(ours, hf, *_tiny_inputs())
     # flava_model_for_classification builds its backbone the same way.

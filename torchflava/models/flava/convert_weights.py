@@ -297,7 +297,8 @@ def check_norm_eps(model: nn.Module, eps: float, config_file: Path) -> None:
 
 
 def hf_directory_kwargs(local: Path) -> tuple[Optional[Path], dict]:
-    """The config.json of a Hugging Face FLAVA directory and the builder arguments it states.
+    """The config.json of a Hugging Face FLAVA directory, or of a weights file in one, and the
+    builder arguments it states.
 
     Args:
         local (Path): a local checkpoint file or directory.
@@ -305,15 +306,17 @@ def hf_directory_kwargs(local: Path) -> tuple[Optional[Path], dict]:
     Returns:
         tuple[Optional[Path], dict]: config.json and the arguments of :func:`flava_kwargs_from_hf_config`
         and :func:`flava_pretraining_kwargs_from_hf_config` together; ``(None, {})`` when ``local`` is
-        not a directory holding a config.json.
+        not a directory holding a config.json, nor a file beside a FLAVA one.
 
     Raises:
         ValueError: naming config.json, if it is not JSON or states what we do not build.
     """
-    config_file = local / "config.json"
-    if not local.is_dir() or not config_file.is_file():
+    config_file = (local if local.is_dir() else local.parent) / "config.json"
+    if not config_file.is_file():
         return None, {}
     config = read_json_object(config_file)
+    if not local.is_dir() and config.get("model_type") != "flava":  # a file beside another model's config
+        return None, {}
     try:
         return config_file, {**flava_kwargs_from_hf_config(config), **flava_pretraining_kwargs_from_hf_config(config)}
     except ValueError as error:
