@@ -407,3 +407,10 @@ def test_legacy_config_dict_entries_override_as_in_transformers(tmp_path):
     images, (ids, mask) = torch.randn(2, 3, 32, 32), captions([16, 5], 16, vocab=99, bos=96, eos=97)
     for actual, reference in zip(_our_features(ours, images, ids, mask), _hf_features(hf, images, ids, mask)):
         assert_close(actual, reference, atol=ATOL, rtol=0)
+    # The _dict replaces its sub-config whole: a field it leaves out is CLIPConfig's default, not the sub-config's.
+    for tower in ("text", "vision"):
+        config[f"{tower}_config"]["hidden_act"] = "gelu"
+        del config[f"{tower}_config_dict"]["hidden_act"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert HFCLIPModel.from_pretrained(tmp_path).config.text_config.hidden_act == "quick_gelu"
+    assert isinstance(clip_model(pretrained=tmp_path).text_encoder.encoder.layers[0].mlp.activation, QuickGELU)

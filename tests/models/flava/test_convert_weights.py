@@ -803,3 +803,14 @@ def test_kwargs_from_hf_config_wrong_types_name_the_field(section, field, value,
 def test_kwargs_from_hf_config_refuse_another_model_type():
     with pytest.raises(ValueError, match="expected model_type 'flava', got 'clip'"):
         flava_kwargs_from_hf_config({"model_type": "clip", "text_config": {}, "vision_config": {}})
+
+
+def test_a_legacy_config_dict_replaces_its_sub_config_as_in_transformers():
+    config = {
+        "text_config": {"layer_norm_eps": 1e-6, "num_hidden_layers": 3},
+        "text_config_dict": {"num_hidden_layers": 6},
+    }
+    reference = FlavaConfig(**json.loads(json.dumps(config))).text_config
+    assert (reference.num_hidden_layers, reference.layer_norm_eps) == (6, 1e-12)  # the _dict's fields, else defaults
+    kwargs = flava_kwargs_from_hf_config(config)
+    assert (kwargs["text_num_layers"], kwargs["norm_eps"]) == (6, 1e-12)

@@ -149,7 +149,7 @@ def hf_config_kwargs(config: dict) -> dict:
         raise ValueError(
             f"config.json: expected objects vision_config, text_config, got {parts[0]!r:.20} {parts[2]!r:.20}"
         )
-    vision, text = ({**(parts[i] or {}), **(parts[i + 1] or {})} for i in (0, 2))  # *_config_dict overrides
+    vision, text = ((parts[i] if parts[i + 1] is None else parts[i + 1]) or {} for i in (0, 2))  # *_dict wins
     acts, eps = (
         [c.get(k, d) for c in (vision, text)] for k, d in (("hidden_act", "quick_gelu"), ("layer_norm_eps", 1e-5))
     )

@@ -350,8 +350,9 @@ _HF_SIZES.update(mlp_dim="intermediate_size")
 
 
 def _hf_fields(config: dict) -> dict[str, dict]:
-    """The top level (``""``) and the three encoder sub-configs of a ``FlavaConfig``, legacy
-    ``*_config_dict`` entries overriding as in transformers (an absent sub-config is all defaults)."""
+    """The top level (``""``) and the three encoder sub-configs of a ``FlavaConfig``; a legacy
+    ``*_config_dict`` replaces its sub-config whole, as in transformers (its absent fields are the
+    defaults, not the sub-config's), and an absent sub-config is all defaults."""
     if not isinstance(config, dict):
         raise ValueError(f"config must be a FlavaConfig object, got {type(config).__name__}")
     if config.get("model_type", "flava") != "flava":
@@ -362,7 +363,7 @@ def _hf_fields(config: dict) -> dict[str, dict]:
         for key, part in zip((name, f"{name}_dict"), parts):
             if part is not None and not isinstance(part, dict):
                 raise ValueError(f"config {key} must be an object, got {type(part).__name__}")
-        sections[name] = {**(parts[0] or {}), **(parts[1] or {})}
+        sections[name] = (parts[0] if parts[1] is None else parts[1]) or {}  # as transformers: the _dict wins whole
     return sections
 
 
