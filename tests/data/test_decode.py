@@ -67,6 +67,13 @@ def test_palette_images_give_their_colours_and_transparency_is_composited():
     assert out.tolist() == [[[255, 0, 0], [0, 255, 0]]]
 
 
+def test_the_transparent_colour_of_an_rgb_png_is_composited():
+    image = Image.new("RGB", (2, 1), (0, 0, 0))
+    image.putpixel((1, 0), (10, 20, 30))
+    out = rgb(encoded(image, transparency=(0, 0, 0)), background=(0, 128, 0))
+    assert out.tolist() == [[[0, 128, 0], [10, 20, 30]]]
+
+
 def test_the_transparent_grey_of_1_bit_and_16_bit_pngs_is_composited():
     bits = Image.new("1", (2, 1), 0)
     bits.putpixel((1, 0), 1)

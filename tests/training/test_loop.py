@@ -8,6 +8,7 @@ from pathlib import Path
 import shutil
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -454,7 +455,8 @@ def test_a_count_that_cannot_average_its_sum_stops_the_run_naming_the_loss(tmp_p
     with pytest.raises(ValueError, match=r"counts of \['tokens'\] at step 1 must be finite and >= 0"):
         run(tmp_path, step=_with_counts(count))
     assert not list(tmp_path.glob("checkpoints/step_*"))  # stopped before any optimiser step
-    assert run(tmp_path / "fine", step=_with_counts(5), max_steps=1)[1].loss > 0  # any positive count averages
+    for fine in (5, 5.0, np.int64(5), np.float32(5), np.array(5), torch.tensor([5])):  # any positive number averages
+        assert run(tmp_path / f"fine-{type(fine).__name__}", step=_with_counts(fine), max_steps=1)[1].loss > 0
 
 
 def test_malformed_counts_and_detached_losses_are_named(tmp_path):

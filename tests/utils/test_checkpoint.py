@@ -286,7 +286,8 @@ def test_files_are_read_by_their_content_not_their_name(tmp_path):
     tensors = _tensors()
     save_file(tensors, str(tmp_path / "weights.pt"))  # safetensors under a torch name
     torch.save(tensors, tmp_path / "blob")  # a Hub cache blob: no suffix
-    for name in ("weights.pt", "blob"):
+    torch.save(tensors, tmp_path / "weights.safetensors")  # a torch file under the other name
+    for name in ("weights.pt", "blob", "weights.safetensors"):
         _assert_same(load_state_dict(tmp_path / name), tensors)
         assert peek_state_dict(tmp_path / name).keys() == tensors.keys()
     (tmp_path / "zip.safetensors").write_bytes(b"PK\x03\x04 a zip, not a torch archive")
@@ -475,3 +476,13 @@ def test_tied_weights_are_saved_under_both_names(tmp_path):
         loaded = load_state_dict(tmp_path / name)
         assert loaded.keys() == state.keys()
         assert torch.equal(loaded["embed.weight"], embedding.weight) and torch.equal(loaded["head.weight"], head.weight)
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_safetensors(tmp_path):
+    path = tmp_path / "blob"  # a Hub cache blob: only the content tells
+    for length in range(1, 300):  # a name of some length makes the header length's low byte 0x80
+        save_file({"w" * length: torch.ones(2)}, str(path))
+        if path.read_bytes()[:1] == b"\x80":  # also the first byte of a torch pickle
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert torch.equal(load_state_dict(path)["w" * length], torch.ones(2))

@@ -76,10 +76,9 @@ def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = WHITE) -> I
     Returns:
         Image.Image: mode ``"RGB"`` (the same object when it already is).
     """
-    mode = image.mode
-    if mode == "RGB":
+    mode, transparency = image.mode, image.info.get("transparency")
+    if mode == "RGB" and transparency is None:
         return image
-    transparency = image.info.get("transparency")
     if mode in _HIGH_BIT_DEPTH_RANGE or mode in ("I", "F"):
         grey = Image.fromarray(_scaled_to_uint8(image), mode="L")
         if mode == "F" or not isinstance(transparency, int):

@@ -392,11 +392,14 @@ def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[st
     if bad:
         raise ValueError(f"step output: loss_sums must be scalar tensors, got others for {bad}")
     names = sorted(sums)  # the same order on every rank
-    for name in names:
+    for name in names:  # a number: Python's, numpy's, or a one-element tensor or array
         count = counts[name]
-        number = isinstance(count, (int, float)) and not isinstance(count, bool)
-        if not number and not (isinstance(count, Tensor) and count.numel() == 1 and count.dtype != torch.bool):
-            got = f"shape {tuple(count.shape)}" if isinstance(count, Tensor) else type(count).__name__
+        try:
+            value = None if isinstance(count, (bool, str, bytes)) else torch.as_tensor(count)
+        except (TypeError, ValueError, RuntimeError):
+            value = None
+        if value is None or value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            got = f"shape {tuple(value.shape)}" if value is not None and value.numel() != 1 else type(count).__name__
             raise TypeError(f"step output: counts[{name!r}] must be a number or a one-element tensor, got {got}")
     if torch.is_grad_enabled() and not any(sums[name].requires_grad for name in names):
         raise ValueError(f"step output: expected a loss sum that requires grad, got none of {names} (detached?)")

@@ -105,10 +105,10 @@ def _file_kind(path: Path) -> str:
         head = handle.read(32)
     if head.startswith(b"version https://git-lfs"):
         raise ValueError(f"{path} is a Git LFS pointer, not the weights: fetch them first (git lfs pull)")
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header (first: the
+        return "safetensors"  # length's first byte may be 0x80; a zip or a torch pickle has no "{" there)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch's zip archive, or its older pickle
         return "torch"
-    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
-        return "safetensors"
     return "safetensors" if path.suffix.lower() == ".safetensors" else "torch"
 
 
@@ -152,6 +152,9 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
 
 def _torch_load(path: Path, mmap: bool) -> object:
     """``torch.load`` with ``weights_only``; memory-mapped when asked and the file allows it."""
+    if path.suffix.lower() == ".safetensors":  # torch.load hands such a path to safetensors: give it the bytes
+        with open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
     if mmap:
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)

@@ -333,6 +333,18 @@ def test_forward_hooks_see_what_they_saw_under_no_grad_too():
         assert not torch.allclose(seen["residual"], out)
 
 
+def test_a_hook_on_the_mlp_keeps_its_input_under_an_identity_norm():
+    layer = TransformerEncoderLayer(
+        MultiHeadSelfAttention(16, 2), MLP(16, 32), attn_norm=nn.LayerNorm(16), mlp_norm=nn.Identity()
+    ).eval()
+    x, seen = torch.randn(2, 5, 16), {}
+    layer.mlp.register_forward_pre_hook(lambda module, args: seen.__setitem__("input", args[0]))
+    with torch.no_grad():
+        out = layer(x)
+        residual = x + layer.attn(layer.attn_norm(x))  # what the MLP was given: the residual itself
+    assert torch.allclose(seen["input"], residual, atol=1e-6) and not torch.allclose(seen["input"], out)
+
+
 def test_an_attention_without_query_positions_composes_into_a_layer():
     class TorchAttention(nn.Module):  # the documented contract, without the optional keyword
         def __init__(self) -> None:

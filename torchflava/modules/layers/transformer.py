@@ -151,7 +151,8 @@ class TransformerEncoderLayer(nn.Module):
             x = take_positions(x, query_positions)
         x = x + self.dropout(attended)
         update = self.dropout(self.mlp(self.mlp_norm(x)))
-        if can_overwrite(self.mlp_norm):  # x is the fresh sum above and nothing kept it: reuse its memory
+        if can_overwrite(self.mlp_norm, *self.mlp.modules()):  # x is the fresh sum above, kept by nothing (the
+            # MLP sees x itself under an identity norm): reuse its memory
             return x.add_(update)
         return x + update
 
