@@ -52,14 +52,18 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
         ValueError: naming them, if modules own parameters and have no ``reset_parameters``
             (nothing would initialise those; checked before any parameter changes).
     """
-    resets, uncovered = [], []
+    resets, uncovered, has_reset = [], [], {}
     for name, module in model.named_modules():
-        if isinstance(module, _TORCH_LEAVES):
-            continue
+        leaf = next((kind for kind in _TORCH_LEAVES if isinstance(module, kind)), None)
         reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+        if leaf is not None and getattr(type(module), "reset_parameters", None) is leaf.reset_parameters:
+            has_reset[name] = True  # the BERT/ViT rule covers a plain leaf
+            continue  # (a subclass with its own reset_parameters, e.g. a LoRA linear, also runs it)
+        has_reset[name] = callable(reset)
         if callable(reset):
             resets.append(reset)
-        else:
+        elif not (isinstance(module, (nn.ParameterList, nn.ParameterDict)) and has_reset.get(name.rpartition(".")[0])):
+            # (a ParameterList's parameters are its owner's to initialise)
             uncovered += [f"{name}.{key}" if name else key for key, _ in module.named_parameters(recurse=False)]
     if uncovered:
         raise ValueError(

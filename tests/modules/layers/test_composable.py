@@ -271,3 +271,32 @@ def test_init_weights_covers_the_loss_and_torch_attention_and_names_what_it_cann
     with pytest.raises(ValueError, match=r"expected a reset_parameters\(\) on the modules that own \['raw.gain'\]"):
         init_weights(model)
     assert float(model["loss"].logit_scale.detach()) == 2.0  # nothing changed before the error
+
+
+def test_init_weights_runs_a_leaf_subclasss_own_reset_and_leaves_parameter_lists_to_their_owner():
+    class LoRALinear(nn.Linear):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.lora_a, self.lora_b = nn.Parameter(torch.empty(2, 4)), nn.Parameter(torch.empty(3, 2))
+
+        def reset_parameters(self) -> None:
+            super().reset_parameters()
+            if hasattr(self, "lora_a"):
+                nn.init.normal_(self.lora_a, std=0.01)
+                nn.init.zeros_(self.lora_b)
+
+    class Gains(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gains = nn.ParameterList([nn.Parameter(torch.empty(3)) for _ in range(2)])
+
+        def reset_parameters(self) -> None:
+            for gain in self.gains:
+                nn.init.ones_(gain)
+
+    model = nn.Sequential(LoRALinear(4, 3), Gains())
+    for p in model.parameters():
+        nn.init.constant_(p, float("nan"))
+    init_weights(model)
+    assert not model[0].lora_b.detach().any() and model[0].lora_a.detach().isfinite().all()
+    assert all(torch.equal(g.detach(), torch.ones(3)) for g in model[1].gains)
