@@ -512,6 +512,18 @@ def _run_rank(rank: int, init_file: str, root: str) -> None:
         model = Toy()
         fit(model, toy_step, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
         results["one_to_two"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        def other_names(model, item):  # rank 1 names its second loss otherwise: refused, not summed into "rows"
+            sums, counts = toy_sums(model, item.batch)
+            if rank == 1:
+                sums["rows2"], counts["rows2"] = sums.pop("rows"), counts.pop("rows")
+            return StepOutput(sums, counts)
+
+        training, optim = settings(root / f"names{rank}", strategy="ddp")
+        try:
+            fit(Toy(), other_names, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
+        except ValueError as error:
+            results["names"] = str(error)
         torch.save(results, root / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -526,6 +538,13 @@ def two_ranks(tmp_path_factory):
     shutil.rmtree(root / "one_to_two" / "checkpoints" / "step_00000006")  # as if stopped after step 3
     run_ranks(_worker, (str(root / "init"), str(root)), nprocs=WORLD_SIZE, timeout_s=JOIN_TIMEOUT_S)
     return root, params(single), torch.load(root / "rank0.pt", weights_only=True)
+
+
+def test_ranks_that_name_different_losses_are_refused(two_ranks, tmp_path):
+    root = two_ranks[0]
+    for rank in range(WORLD_SIZE):
+        message = torch.load(root / f"rank{rank}.pt", weights_only=True).get("names", "")
+        assert "expected every rank to name the same losses at step 1" in message, rank
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "one_to_two"])

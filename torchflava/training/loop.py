@@ -44,6 +44,7 @@ import sys
 import time
 import types
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+import zlib
 
 import torch
 from torch import Tensor, nn
@@ -329,7 +330,8 @@ def fit(
                 means, invalid, kind = micro_batch(index)
                 for name, value in means.items():
                     parts[name] = parts.get(name, 0.0) + value / accumulation
-                    invalid_counts[name] = invalid_counts.get(name, False) | invalid[name]
+                for name, flag in invalid.items():  # "": the ranks named different losses
+                    invalid_counts[name] = invalid_counts.get(name, False) | flag
             sync_replicated_grads(model)
             # the gradient norm, clipped or not: a non-finite one stops the run before the step
             if optim.clip_grad_norm:
@@ -340,6 +342,11 @@ def fit(
             stacked, flags = stacked[: len(parts)], stacked[len(parts) :].tolist()  # one device read
             if any(flags):
                 wrong = [name for name, flag in zip(invalid_counts, flags) if flag]
+                if "" in wrong:
+                    raise ValueError(
+                        f"step output: expected every rank to name the same losses at step {done}, this rank named "
+                        f"{sorted(parts)} and another differs (a loss absent on a rank is a sum of 0 over a count of 0)"
+                    )
                 raise ValueError(
                     f"step output: counts of {wrong} at step {done} must be finite and >= 0, and 0 only under a sum of 0"
                 )
@@ -377,9 +384,13 @@ def fit(
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
 
 
+_MAX_LOSSES = 32  # losses one step may return (the collective's fixed layout)
+
+
 def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """This rank's share of the global-batch loss (to backpropagate), each loss's global mean, and
-    whether each loss's global count is invalid (a bool tensor, read later with the losses)."""
+    whether each loss's global count is invalid, and under ``""`` whether the ranks named different
+    losses (bool tensors, read later with the losses: no device read here)."""
     sums, counts = getattr(out, "loss_sums", None), getattr(out, "counts", None)
     if not isinstance(sums, Mapping) or not isinstance(counts, Mapping):
         raise TypeError(f"step output: expected a StepOutput(loss_sums, counts), got {type(out).__name__}")
@@ -403,19 +414,29 @@ def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[st
             raise TypeError(f"step output: counts[{name!r}] must be a number or a one-element tensor, got {got}")
     if torch.is_grad_enabled() and not any(sums[name].requires_grad for name in names):
         raise ValueError(f"step output: expected a loss sum that requires grad, got none of {names} (detached?)")
+    if len(names) > _MAX_LOSSES:
+        raise ValueError(f"step output: expected at most {_MAX_LOSSES} losses, got {len(names)}")
+    # One collective of a fixed layout, whatever each rank names: [names' signature, counts, sums], padded.
+    signature = float(zlib.crc32("\n".join(names).encode()) % 2**16)  # sums exact in float32 up to 256 ranks
+    pad = [torch.zeros((), device=device)] * (_MAX_LOSSES - len(names))
     local = torch.stack(
-        [torch.as_tensor(counts[name], dtype=torch.float32, device=device).reshape(()) for name in names]
+        [torch.tensor(signature, device=device)]
+        + [torch.as_tensor(counts[name], dtype=torch.float32, device=device).reshape(()) for name in names]
+        + pad
         + [sums[name].detach().float().reshape(()) for name in names]
+        + pad
     )
-    reduced = all_reduce_sum(local)  # global counts and sums, one collective
-    global_counts, global_sums = reduced[: len(names)], reduced[len(names) :]
+    reduced = all_reduce_sum(local)  # global signature, counts and sums
+    n, m = len(names), _MAX_LOSSES
+    global_counts, global_sums = reduced[1 : 1 + n], reduced[1 + m : 1 + m + n]
     denominators = torch.where(global_counts > 0, global_counts, torch.ones_like(global_counts))
     scales = _world_size() / denominators
     total = torch.stack([sums[name].float() * scales[i] for i, name in enumerate(names)]).sum()
     means = dict(zip(names, global_sums / denominators))
     # A count below 0, not finite, or 0 under a sum that is not: read with the step's losses (no sync here).
     invalid = ~torch.isfinite(global_counts) | (global_counts < 0) | ((global_counts == 0) & (global_sums != 0))
-    return total, {name: means[name] for name in sums}, dict(zip(names, invalid))
+    ranks_differ = reduced[0] != signature * _world_size()  # another rank named other losses
+    return total, {name: means[name] for name in sums}, {**dict(zip(names, invalid)), "": ranks_differ}
 
 
 def _non_finite_message(loss, norm, done, kind, values, last: Optional[Path]) -> str:
