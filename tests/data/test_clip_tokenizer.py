@@ -22,6 +22,7 @@ TEXTS = [
     "don't stop-believing, it's 3.14 (really)",
     "tab\tnew\nline  ",
     "word " * 100,  # truncated: the end token is kept at position 76
+    "Tom &amp; Jerry say &quot;hi&quot;",  # web alt-text's HTML entities: OpenAI's tokenizer undoes them
 ]
 
 
@@ -51,7 +52,7 @@ def test_vocabulary_is_clips(ours):
 def test_ids_equal_open_clips_tokenizer(ours):
     ids, mask = ours(TEXTS)
     reference = open_clip.tokenize(TEXTS)  # (B, 77), padded with 0
-    assert ids.shape == (len(TEXTS), 77) and int(mask[-1].sum()) == 77
+    assert ids.shape == (len(TEXTS), 77) and int(mask[-2].sum()) == 77
     for row, (our_ids, our_mask) in enumerate(zip(ids, mask)):
         length = int(our_mask.sum())
         assert our_mask[:length].all() and not our_mask[length:].any()
@@ -65,9 +66,18 @@ def test_ids_and_mask_equal_transformers_from_vocab_and_merges(hf_directory, kin
     reference = kind.from_pretrained(hf_directory)
     expected = reference(TEXTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
     ids, mask = CLIPTokenizer.from_directory(hf_directory)(TEXTS)
-    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
-    short_ids, _ = CLIPTokenizer.from_directory(hf_directory)(TEXTS, max_length=8)
-    short = reference(TEXTS, padding=True, truncation=True, max_length=8, return_tensors="pt")["input_ids"]
+    if kind is HFFastTokenizer:  # the fast one keeps HTML entities; the slow one undoes them through ftfy
+        assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    else:
+        assert torch.equal(ids[:-1], expected["input_ids"][:-1]) and torch.equal(
+            mask[:-1], expected["attention_mask"][:-1]
+        )
+    special = ["a <|ENDOFTEXT|> b"]  # a special token in any case is the token, as transformers reads it
+    assert torch.equal(
+        CLIPTokenizer.from_directory(hf_directory)(special)[0], reference(special, return_tensors="pt")["input_ids"]
+    )
+    short_ids, _ = CLIPTokenizer.from_directory(hf_directory)(TEXTS[:-1], max_length=8)
+    short = reference(TEXTS[:-1], padding=True, truncation=True, max_length=8, return_tensors="pt")["input_ids"]
     assert torch.equal(short_ids, short)
 
 
@@ -101,6 +111,16 @@ def test_an_uncompressed_merges_file_reads_the_same(ours, tmp_path):
     plain = tmp_path / "bpe.txt"
     plain.write_bytes(gzip.open(BPE).read())
     assert torch.equal(CLIPTokenizer.from_bpe(plain)(TEXTS)[0], ours(TEXTS)[0])
+    plain.write_bytes(gzip.open(BPE).read().replace(b"\n", b"\r\n"))  # Windows line ends
+    assert torch.equal(CLIPTokenizer.from_bpe(plain)(TEXTS)[0], ours(TEXTS)[0])
+
+
+def test_a_truncated_merges_txt_is_refused_not_tokenised_otherwise(hf_directory, tmp_path):
+    (tmp_path / "vocab.json").write_bytes((hf_directory / "vocab.json").read_bytes())
+    lines = (hf_directory / "merges.txt").read_text(encoding="utf-8").split("\n")
+    (tmp_path / "merges.txt").write_text("\n".join(lines[:1000]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"merges.txt: expected len\(vocab.json\) - 514 = 48894 merges in .*, got 999"):
+        CLIPTokenizer.from_directory(tmp_path)
 
 
 def test_errors(ours, tmp_path):
@@ -129,12 +149,12 @@ def test_errors(ours, tmp_path):
     with pytest.raises(ValueError, match="expected a BPE model \\(CLIP's\\) in .*, got WordPiece"):
         CLIPTokenizer.from_directory(tmp_path)
     (tmp_path / "tokenizer.json").unlink()
-    (tmp_path / "vocab.json").write_text(json.dumps({"a</w>": 0, "b</w>": 1}))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(
         ValueError, match="the vocabulary lacks the token\\(s\\) \\['<\\|startoftext\\|>', '<\\|endoftext\\|>'"
     ):
-        CLIPTokenizer.from_directory(tmp_path)
+        CLIPTokenizer.from_vocab_and_merges({"a</w>": 0, "b</w>": 1}, [])
+    with pytest.raises(ValueError, match="merges: expected merges of pieces in the vocabulary, got"):
+        CLIPTokenizer.from_vocab_and_merges({"a</w>": 0, "b</w>": 1}, [("x", "y")])
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
     with pytest.raises(ValueError, match="tokenizer_class must be one of .*, got 'BertTokenizer'"):
         CLIPTokenizer.from_directory(tmp_path)

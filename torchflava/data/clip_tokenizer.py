@@ -10,20 +10,21 @@ from
   ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length`` and
   ``pad_token``: the ids transformers' ``CLIPTokenizerFast`` gives;
 * OpenAI's and open_clip's merges file, ``bpe_simple_vocab_16e6.txt.gz``
-  (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer on ordinary text (it also
-  repairs broken Unicode with ``ftfy``, which this one does not).
+  (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, HTML entities undone as it
+  does (it also repairs broken Unicode with ``ftfy``, which this one does not).
 """
 
 import gzip
+import html
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 from torch import Tensor
 
 from torchflava.data.tokenizer import check_max_length, checked_texts, padded_rows
-from torchflava.utils.checkpoint import read_json_object
+from torchflava.utils.checkpoint import first_line, read_json_object
 
 PathLike = Union[str, os.PathLike]
 START, END = "<|startoftext|>", "<|endoftext|>"
@@ -55,6 +56,8 @@ class CLIPTokenizer:
         model_max_length (Optional[int]): the default ``max_length`` of :meth:`__call__`.
         pad_token (Optional[str]): the padding token; None: ``<|endoftext|>`` (transformers' CLIP
             checkpoints; padding is masked out either way).
+        unescape_html (bool): undo HTML entities (``&amp;``, twice, as OpenAI's and open_clip's
+            tokenizers do; web alt-text holds them) before tokenising; transformers' fast one does not.
 
     Raises:
         ValueError: if a special or the padding token is missing, or ``model_max_length`` < 2.
@@ -66,6 +69,7 @@ class CLIPTokenizer:
         *,
         model_max_length: Optional[int] = CLIP_CONTEXT_LENGTH,
         pad_token: Optional[str] = None,
+        unescape_html: bool = False,
     ) -> None:
         vocab = tokenizer.get_vocab()
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
@@ -75,9 +79,11 @@ class CLIPTokenizer:
             isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 2
         ):
             raise ValueError(f"model_max_length must be an int >= 2 or None, got {model_max_length!r}")
-        tokenizer.add_special_tokens([START, END])  # in the text, they are the tokens, not their spelling
+        # In the text they are the tokens, not their spelling, in any case (matched after lower-casing, as
+        # transformers' CLIP tokenizers match them).
+        tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=True) for token in (START, END)])
         tokenizer.post_processor = None  # __call__ adds the start and end tokens
-        self._tokenizer, self.model_max_length = tokenizer, model_max_length
+        self._tokenizer, self.model_max_length, self.unescape_html = tokenizer, model_max_length, unescape_html
         self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token or END]
         self.vocab_size = max(vocab.values()) + 1
 
@@ -92,9 +98,12 @@ class CLIPTokenizer:
     ) -> "CLIPTokenizer":
         """CLIP's pipeline on a vocabulary (token -> id) and merges (pairs, by rank); ``kwargs`` as
         the constructor's."""
-        model = models.BPE(
-            vocab=vocab, merges=list(merges), continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=END
-        )
+        try:
+            model = models.BPE(
+                vocab=vocab, merges=list(merges), continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=END
+            )
+        except Exception as error:  # tokenizers raises its own Exception, e.g. a merge of an unknown piece
+            raise ValueError(f"merges: expected merges of pieces in the vocabulary, got {first_line(error)}") from None
         tokenizer = Tokenizer(model)
         tokenizer.normalizer = normalizers.Sequence(
             [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
@@ -135,6 +144,7 @@ class CLIPTokenizer:
             raise ValueError(f"path: expected at least {wanted} merges in {path}, got {len(merges)}")
         characters = list(byte_characters().values())
         tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
+        kwargs.setdefault("unescape_html", True)  # as OpenAI's and open_clip's tokenizers
         return cls.from_vocab_and_merges({token: i for i, token in enumerate(tokens)}, merges, **kwargs)
 
     @classmethod
@@ -170,9 +180,14 @@ class CLIPTokenizer:
             vocab = read_json_object(directory / "vocab.json")
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
-            text = (directory / "merges.txt").read_text(encoding="utf-8")
-            lines = text.split("\n")
-            merges = _merge_pairs(lines[1:] if lines[0].startswith("#version") else lines, directory / "merges.txt")
+            path = directory / "merges.txt"
+            lines = path.read_text(encoding="utf-8").split("\n")
+            merges = _merge_pairs(lines[1:] if lines[0].startswith("#version") else lines, path)
+            if len(merges) != len(vocab) - 514:  # e.g. a truncated file: it would tokenise otherwise, silently
+                raise ValueError(
+                    f"merges.txt: expected len(vocab.json) - 514 = {len(vocab) - 514} merges in {path} (the vocabulary "
+                    f"is the 256 byte pieces, each also with </w>, one token per merge and 2 special tokens), got {len(merges)}"
+                )
             return cls.from_vocab_and_merges(vocab, merges, **settings)
         raise FileNotFoundError(f"directory: {directory} has neither tokenizer.json nor vocab.json and merges.txt")
 
@@ -195,6 +210,8 @@ class CLIPTokenizer:
         if max_length is None and self.model_max_length is None:
             raise ValueError("max_length must be given: the tokenizer has no model_max_length")
         length = check_max_length(self.model_max_length if max_length is None else max_length)
+        if self.unescape_html:
+            texts = [html.unescape(html.unescape(text)) for text in texts]
         pieces = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         rows = [[self.start_id, *encoding.ids, self.end_id] for encoding in pieces]
         return padded_rows(rows, length, end_id=self.end_id, pad_id=self.pad_id)
@@ -211,6 +228,7 @@ def _merge_pairs(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:
     """The ``a b`` pairs of merge lines (a blank last line is the file's end); ValueError naming the line."""
     pairs = []
     for number, line in enumerate(lines, start=2):
+        line = line.removesuffix("\r")  # a file with Windows line ends
         if not line and number == len(lines) + 1:
             break
         parts = line.split(" ")
