@@ -2,6 +2,7 @@
 transform and tokenizer are the checkpoint's own (preprocessor_config.json, tokenizer_config.json)."""
 
 import json
+import re
 import shutil
 
 from PIL import Image
@@ -151,3 +152,12 @@ def test_a_tokenizer_larger_than_the_model_and_a_second_weights_file_are_refused
         ValueError, match=r"one .safetensors weights file in .*\['a_stale.safetensors', 'weights.safetensors'\]"
     ):
         load_pretrained(tmp_path / "export")
+
+
+def test_a_config_json_error_names_the_file(tmp_path):
+    write_hf_flava(tmp_path, lowercase=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"] = {**config.get("text_config", {}), "hidden_act": "relu"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"checkpoint: {re.escape(str(tmp_path / 'config.json'))}: .*hidden_act"):
+        load_pretrained(tmp_path)

@@ -133,7 +133,10 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     elif (path / "config.json").is_file():
         config = read_json_object(path / "config.json")
         family = "clip" if config.get("model_type") == "clip" else "flava"
-        kwargs = hf_config_kwargs(config) if family == "clip" else flava_kwargs_from_hf_config(config)
+        try:
+            kwargs = hf_config_kwargs(config) if family == "clip" else flava_kwargs_from_hf_config(config)
+        except ValueError as error:  # name the file
+            raise ValueError(f"checkpoint: {path / 'config.json'}: {error}") from None
         weights = path
     else:
         raise FileNotFoundError(
