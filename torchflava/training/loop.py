@@ -418,14 +418,10 @@ def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[st
         raise ValueError(f"step output: expected at most {_MAX_LOSSES} losses, got {len(names)}")
     # One collective of a fixed layout, whatever each rank names: [names' signature, counts, sums], padded.
     signature = float(zlib.crc32("\n".join(names).encode()) % 2**16)  # sums exact in float32 up to 256 ranks
-    pad = [torch.zeros((), device=device)] * (_MAX_LOSSES - len(names))
-    local = torch.stack(
-        [torch.tensor(signature, device=device)]
-        + [torch.as_tensor(counts[name], dtype=torch.float32, device=device).reshape(()) for name in names]
-        + pad
-        + [sums[name].detach().float().reshape(()) for name in names]
-        + pad
-    )
+    pad = torch.zeros(_MAX_LOSSES - len(names), device=device)
+    local_counts = [torch.as_tensor(counts[name], dtype=torch.float32, device=device).reshape(1) for name in names]
+    local_sums = [sums[name].detach().float().reshape(1) for name in names]
+    local = torch.cat([torch.full((1,), signature, device=device), *local_counts, pad, *local_sums, pad])
     reduced = all_reduce_sum(local)  # global signature, counts and sums
     n, m = len(names), _MAX_LOSSES
     global_counts, global_sums = reduced[1 : 1 + n], reduced[1 + m : 1 + m + n]
