@@ -301,8 +301,9 @@ def test_a_git_lfs_pointer_and_a_config_json_are_named_for_what_they_are(tmp_pat
     with pytest.raises(ValueError, match=r"pytorch_model\.bin is a Git LFS pointer, not the weights: fetch them"):
         load_state_dict(tmp_path)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"config\.json is not a sharded checkpoint's \*\.index\.json: pass the"):
-        load_state_dict(tmp_path / "config.json")
+    for read in (load_state_dict, peek_state_dict):
+        with pytest.raises(ValueError, match=r"config\.json is not a sharded checkpoint's \*\.index\.json: pass the"):
+            read(tmp_path / "config.json")
 
 
 def test_wrapped_state_dicts_are_unwrapped_and_other_objects_named(tmp_path):

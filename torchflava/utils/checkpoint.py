@@ -339,7 +339,7 @@ def peek_state_dict(path: PathLike) -> dict[str, Tensor]:
         raise ValueError(f"only local checkpoints can be peeked at, got the URL {os.fspath(path)!r}")
     local = _checkpoint_file(path)
     files = [local]
-    if local.suffix == ".json":
+    if _file_kind(local) == "index":
         files = [local.parent / shard for shard in sorted(set(_index_shards(local)))]
     out: dict[str, Tensor] = {}
     for file in files:
