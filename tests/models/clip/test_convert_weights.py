@@ -414,3 +414,14 @@ def test_legacy_config_dict_entries_override_as_in_transformers(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert HFCLIPModel.from_pretrained(tmp_path).config.text_config.hidden_act == "quick_gelu"
     assert isinstance(clip_model(pretrained=tmp_path).text_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+
+
+def test_arguments_are_checked_before_the_weights_are_read(tmp_path, monkeypatch):
+    path = _hf_file(tmp_path)
+    from torchflava.models.clip import builders
+
+    read = []
+    monkeypatch.setattr(builders, "load_state_dict", lambda p: read.append(p))
+    with pytest.raises(ValueError, match="clip_model: vision_width must be a multiple of vision_heads"):
+        clip_model(pretrained=path, **dict(SMALL_HF, vision_heads=5))
+    assert read == []  # the header was peeked at, no tensor read

@@ -14,7 +14,7 @@ from torchflava.modules.encoders.builders import transformer_encoder
 from torchflava.modules.layers import PatchEmbedding
 from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.modules.layers.text_embedding import TokenEmbedding
-from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, read_json_object, without_prefix
+from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict, read_json_object
 from torchflava.utils.checks import check_architecture
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
@@ -88,9 +88,8 @@ def clip_model(
     local = None if pretrained is None else local_checkpoint(pretrained)
     config_file = local / "config.json" if local is not None and local.is_dir() else None  # HF's directory
     config = hf_config_kwargs(read_json_object(config_file)) if config_file else {}
-    state = None if local is None else without_prefix(load_state_dict(local), "module.")
-    if local is not None and config_file is None:
-        config_file, config = file_config(local, state, given)
+    if local is not None and config_file is None:  # a file: its keys (from its header, no data read) tell
+        config_file, config = file_config(local, peek_state_dict(local), given)
     clash = {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v}
     if clash:
         raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
@@ -100,8 +99,8 @@ def clip_model(
     check_architecture("clip_model", a, **_CHECKS, source=source)
     with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(a)
-    if state is not None:
-        model.load_state_dict(convert_to_torchflava(state, model), assign=True)
+    if local is not None:  # the arguments checked first: no file is read for a model that cannot be built
+        model.load_state_dict(convert_to_torchflava(load_state_dict(local), model), assign=True)
     return model
 
 

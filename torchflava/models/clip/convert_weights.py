@@ -124,6 +124,7 @@ def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple
     """The config.json and :func:`clip_model` arguments a weights file implies where ``given`` is silent:
     a Hugging Face-layout file's config.json beside it (ValueError if there is none and no activation
     is given: only it tells); QuickGELU for OpenAI's weights (their ``input_resolution``); else none."""
+    state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only the names are read)
     if "input_resolution" in state_dict:
         return None, {} if "activation" in given else {"activation": "quick_gelu"}
     if not any(key.startswith(_LAYOUTS["hf"]) for key in state_dict):
