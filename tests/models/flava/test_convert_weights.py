@@ -814,3 +814,14 @@ def test_a_legacy_config_dict_replaces_its_sub_config_as_in_transformers():
     assert (reference.num_hidden_layers, reference.layer_norm_eps) == (6, 1e-12)  # the _dict's fields, else defaults
     kwargs = flava_kwargs_from_hf_config(config)
     assert (kwargs["text_num_layers"], kwargs["norm_eps"]) == (6, 1e-12)
+
+
+def test_flava_model_checks_its_arguments_before_reading_the_tensors(tmp_path, monkeypatch):
+    from torchflava.models.flava import builders
+
+    _saved_hf(tmp_path, _tiny_hf_config())
+    read = []
+    monkeypatch.setattr(builders, "load_state_dict", lambda path: read.append(path))
+    with pytest.raises(ValueError, match=r"flava_model: expected arguments that match .*'image_num_heads': \(5, 4\)"):
+        flava_model(pretrained=tmp_path, **{**TINY_FLAVA, "image_num_heads": 5})
+    assert read == []

@@ -35,7 +35,7 @@ from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEn
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
-from torchflava.utils.checkpoint import load_state_dict, local_checkpoint
+from torchflava.utils.checkpoint import load_state_dict, local_checkpoint, peek_state_dict
 from torchflava.utils.checks import check_architecture, check_int, check_probability
 from torchflava.utils.distributed import GatherGrad
 
@@ -279,13 +279,14 @@ def flava_model(
     """
     args = {k: v for k, v in locals().items() if k != "pretrained"}
     local = None if pretrained is None else local_checkpoint(pretrained)
-    state = None if local is None else load_state_dict(local)  # first: a directory without weights says so
+    if local is not None:
+        peek_state_dict(local)  # a directory without weights, or a malformed file, says so before any work
     config_file, config = (None, {}) if local is None else hf_directory_kwargs(local)
     args = _with_config(flava_model, args, config_file, config)
     check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
     model = _build_flava(args)
-    if state is not None:
-        load_flava_weights(model, state)
+    if local is not None:  # the tensors are read once the arguments are known to build a model
+        load_flava_weights(model, load_state_dict(local))
     return model
 
 
