@@ -172,6 +172,18 @@ def test_resume_refuses_architecture_and_data_changes_and_applies_optimiser_chan
     assert "lr: 0.5" in (tmp_path / "config.yaml").read_text()
 
 
+def test_resuming_another_runs_checkpoint_compares_with_that_runs_config(tmp_path, monkeypatch):
+    first = [f"training.output_dir={tmp_path / 'first'}", "training.max_steps=4", "eval.enabled=false"]
+    train.main(_config(*first))
+    checkpoint = next((tmp_path / "first" / "checkpoints").glob("step_*"))
+    built = []
+    monkeypatch.setattr(train, "build_pairs", lambda *a, **k: built.append(1))  # no data work before the refusal
+    second = [f"training.output_dir={tmp_path / 'second'}", "training.max_steps=6", "eval.enabled=false"]
+    with pytest.raises(train.ConfigError, match=r"keys 'model.vision_width' \(.* -> 48\): expected the values"):
+        train.main(_config(*second, f"training.resume={checkpoint}", "model.vision_width=48"))
+    assert built == [] and not (tmp_path / "second" / "config.yaml").exists()
+
+
 def test_a_truncated_shard_is_reported_with_its_partial_sample(tmp_path, capsys):
     import io
     import tarfile

@@ -194,7 +194,11 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
     info = init_distributed(t.strategy, device=t.device)
     resume_from = resume_checkpoint(t)
     if resume_from is not None:
-        for change in check_resume_config(Path(t.output_dir) / "config.yaml", config):
+        # The config the checkpoint was trained with: its own run's (training.resume may name another
+        # run's checkpoint: a model or data that differ are refused here, before any work).
+        saved = resume_from.parent.parent / "config.yaml"
+        saved = saved if saved.is_file() else Path(t.output_dir) / "config.yaml"
+        for change in check_resume_config(saved, config):
             print(f"resume: {change} (applied from here on)", file=sys.stderr)
     return RunStart(info, resume_from)
 
