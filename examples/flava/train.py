@@ -40,6 +40,7 @@ from torchflava.data.tokenizer import WordPieceTokenizer, run_vocabulary, source
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
+from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.convert_codebook import load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
@@ -440,8 +441,9 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: W
     }
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
-    (export_path.parent / "backbone_config.json").write_text(
-        json.dumps(flava_model_kwargs(cfg.model, tokenizer.vocab_size), indent=2)
+    built = flava_model_arguments(cfg.model.pretrained, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
+    (export_path.parent / "backbone_config.json").write_text(  # what was built (a config.json may fill some)
+        json.dumps(built, indent=2)
     )
     tokenizer.save(export_path.parent)
     EvalImageTransform(cfg.model.image_size).save(export_path.parent)  # preprocessor_config.json: how to evaluate it

@@ -719,6 +719,32 @@ def test_tmm_pretraining_heads_take_its_layer_norm_eps(tmp_path):
         assert_close(getattr(ours, name)(hidden), head(hidden), atol=1e-6, rtol=0)
         assert getattr(given, name).norm.eps == 1e-12
         assert (getattr(given, name)(hidden) - head(hidden)).abs().max() > 1e-3
+    # A config.json beside the file (a Hugging Face directory it was copied into) is not the file's.
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "flava", "text_config": {"layer_norm_eps": 1e-12}}))
+    beside = flava_model_for_pretraining(
+        backbone=flava_model(**_WIDTH_32_KWARGS),
+        pretrained=tmp_path / "tmm.pt",
+        build_codebook=False,
+        image_vocab_size=16,
+    )
+    assert all(getattr(beside, name).norm.eps == 1e-5 for name in _tmm_heads(tmm))
+
+
+def test_flava_model_arguments_are_what_flava_model_builds(tmp_path):
+    from torchflava.models.flava import flava_model_arguments
+
+    _saved_hf(tmp_path / "hf", _tiny_hf_config(layer_norm_eps=1e-5))
+    arguments = flava_model_arguments(tmp_path / "hf", **TINY_FLAVA)  # the recipe's export records these
+    assert arguments["norm_eps"] == 1e-5 and _norm_eps(flava_model(pretrained=tmp_path / "hf", **TINY_FLAVA)) == {1e-5}
+    assert flava_model_arguments(None, **TINY_FLAVA) == {**flava_model_arguments(), **TINY_FLAVA}
+    with pytest.raises(ValueError, match=r"expected arguments of flava_model, got \['hidden'\]"):
+        flava_model_arguments(hidden=3)
+    # Our own weights file in a directory that also holds a FLAVA config.json keeps its own arguments.
+    ours = flava_model(**TINY_FLAVA)
+    save_state_dict(ours.state_dict(), tmp_path / "hf" / "ours.safetensors")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    reloaded = flava_model(pretrained=tmp_path / "hf" / "ours.safetensors", **TINY_FLAVA)
+    assert _norm_eps(reloaded) == _norm_eps(ours) == {TINY_FLAVA.get("norm_eps", 1e-12)}
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from torchflava.models.flava.builders import (
     flava_image_encoder,
     flava_model,
+    flava_model_arguments,
     flava_model_for_classification,
     flava_model_for_pretraining,
     flava_multimodal_encoder,
@@ -20,6 +21,7 @@ from torchflava.models.flava.pretraining import (
 )
 
 __all__ = [
+    "flava_model_arguments",
     "ClassificationOutput",
     "FLAVAForClassification",
     "flava_model_for_classification",

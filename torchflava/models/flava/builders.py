@@ -279,15 +279,36 @@ def flava_model(
     """
     args = {k: v for k, v in locals().items() if k != "pretrained"}
     local = None if pretrained is None else local_checkpoint(pretrained)
-    if local is not None:
-        peek_state_dict(local)  # a directory without weights, or a malformed file, says so before any work
-    config_file, config = (None, {}) if local is None else hf_directory_kwargs(local)
-    args = _with_config(flava_model, args, config_file, config)
+    args, config_file, config = _resolved_flava_arguments(local, args)
     check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
     model = _build_flava(args)
     if local is not None:  # the tensors are read once the arguments are known to build a model
         load_flava_weights(model, load_state_dict(local))
     return model
+
+
+def flava_model_arguments(pretrained: Optional[Union[str, os.PathLike]] = None, **kwargs) -> dict:
+    """The arguments :func:`flava_model` builds with for ``pretrained`` and ``kwargs``: those left at
+    their defaults filled from a Hugging Face directory's config.json (e.g. to record the architecture
+    a run trained, as the pretraining recipe's export does).
+
+    Raises:
+        ValueError: if ``kwargs`` contradicts config.json, or names no argument of :func:`flava_model`.
+    """
+    unknown = sorted(set(kwargs) - set(inspect.signature(flava_model).parameters))
+    if unknown:
+        raise ValueError(f"flava_model_arguments: expected arguments of flava_model, got {unknown}")
+    defaults = {k: p.default for k, p in inspect.signature(flava_model).parameters.items() if k != "pretrained"}
+    local = None if pretrained is None else local_checkpoint(pretrained)
+    return _resolved_flava_arguments(local, {**defaults, **kwargs})[0]
+
+
+def _resolved_flava_arguments(local: Optional[Path], args: dict) -> tuple[dict, Optional[Path], dict]:
+    """``args`` with config.json's values (see :func:`_with_config`), the config.json and its values."""
+    if local is not None:
+        peek_state_dict(local)  # a directory without weights, or a malformed file, says so before any work
+    config_file, config = (None, {}) if local is None else hf_directory_kwargs(local)
+    return _with_config(flava_model, args, config_file, config), config_file, config
 
 
 def _with_config(builder: Callable, args: dict, config_file: Optional[Path], config: dict) -> dict:
@@ -409,12 +430,12 @@ def flava_model_for_pretraining(
     if negative:
         raise ValueError(f"loss weights must be >= 0, got negative {negative}")
     local = None if pretrained is None else local_checkpoint(pretrained)
-    state = None if local is None else without_wrapper_prefix(load_state_dict(local))
+    peeked = None if local is None else without_wrapper_prefix(peek_state_dict(local))  # names only, no data
     config_file, config = (None, {}) if local is None else hf_directory_kwargs(local)
     heads = dict(image_vocab_size=image_vocab_size, head_norm_eps=head_norm_eps)
     heads = _with_config(flava_model_for_pretraining, heads, config_file, config)
     if heads["head_norm_eps"] is None:  # torchmultimodal's prediction heads use 1e-5, Hugging Face's 1e-12
-        heads["head_norm_eps"] = 1e-5 if state is not None and detect_layout(state) == "tmm" else 1e-12
+        heads["head_norm_eps"] = 1e-5 if peeked is not None and detect_layout(peeked) == "tmm" else 1e-12
     image_vocab_size, head_norm_eps = heads["image_vocab_size"], heads["head_norm_eps"]
     model = flava_model(**{k: v for k, v in config.items() if k not in heads}) if backbone is None else backbone
     image_dim = model.image_encoder.norm.normalized_shape[0]
@@ -441,8 +462,8 @@ def flava_model_for_pretraining(
         init_weights(getattr(pretraining, name), std=model.init_std)
     if config_file is not None:
         check_norm_eps(pretraining, config["norm_eps"], config_file)  # a backbone given may differ
-    if state is not None:
-        load_flava_pretraining_weights(pretraining, state)
+    if local is not None:  # the tensors are read once the arguments are known to build the model
+        load_flava_pretraining_weights(pretraining, without_wrapper_prefix(load_state_dict(local)))
     return pretraining
 
 

@@ -27,6 +27,7 @@ from torchflava.utils.checkpoint import (
     load_state_dict,
     local_checkpoint,
     mismatch,
+    peek_state_dict,
     read_json_object,
     refuse_mismatches,
     without_prefix,
@@ -306,7 +307,7 @@ def hf_directory_kwargs(local: Path) -> tuple[Optional[Path], dict]:
     Returns:
         tuple[Optional[Path], dict]: config.json and the arguments of :func:`flava_kwargs_from_hf_config`
         and :func:`flava_pretraining_kwargs_from_hf_config` together; ``(None, {})`` when ``local`` is
-        not a directory holding a config.json, nor a file beside a FLAVA one.
+        not a directory holding a config.json, nor a Hugging Face-layout file beside a FLAVA one.
 
     Raises:
         ValueError: naming config.json, if it is not JSON or states what we do not build.
@@ -314,9 +315,14 @@ def hf_directory_kwargs(local: Path) -> tuple[Optional[Path], dict]:
     config_file = (local if local.is_dir() else local.parent) / "config.json"
     if not config_file.is_file():
         return None, {}
+    if not local.is_dir():  # a file: only Hugging Face-layout weights are what a config.json beside them states
+        try:
+            layout = detect_layout(without_wrapper_prefix(peek_state_dict(local)))
+        except ValueError:
+            return None, {}  # not FLAVA weights at all: loading them says so
+        if layout != "hf" or read_json_object(config_file).get("model_type") != "flava":
+            return None, {}  # e.g. our export or a torchmultimodal file beside an unrelated config.json
     config = read_json_object(config_file)
-    if not local.is_dir() and config.get("model_type") != "flava":  # a file beside another model's config
-        return None, {}
     try:
         return config_file, {**flava_kwargs_from_hf_config(config), **flava_pretraining_kwargs_from_hf_config(config)}
     except ValueError as error:
