@@ -198,6 +198,9 @@ def test_after_step_hook_runs_after_every_optimiser_step(tmp_path):
     assert float(free.gain.detach()) > 1.05  # without the hook the gain keeps growing
     assert calls == [1, 2, 3, 4, 5, 6]  # once per step, after that step's forward
     assert float(clamped.gain.detach()) == pytest.approx(1.02) and all(g <= 1.02 + 1e-6 for g in seen)
+    steps = []  # a hook that takes an argument gets the step just taken (an EMA's schedule needs it)
+    run(tmp_path / "steps", after_step=steps.append, max_steps=3)
+    assert steps == [1, 2, 3]
 
 
 def test_the_loop_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ ranks it was started with.
 from contextlib import nullcontext
 import dataclasses
 import functools
+import inspect
 import math
 from pathlib import Path
 import pickle
@@ -223,7 +224,7 @@ def fit(
     *,
     training: TrainingConfig,
     optim: OptimConfig,
-    after_step: Optional[Callable[[], None]] = None,
+    after_step: Optional[Callable[..., None]] = None,
     shard_layers: Sequence[type] = (TransformerEncoderLayer,),
     num_workers: int = 0,
     description: str = "training",
@@ -241,7 +242,8 @@ def fit(
             ``IterableDataset`` of them with positions and ``load_state_dict`` (streamed, see above).
         training (TrainingConfig): the loop's settings.
         optim (OptimConfig): AdamW, schedule and clipping settings.
-        after_step (Optional[Callable[[], None]]): called after every optimiser step (e.g. a clamp).
+        after_step (Optional[Callable[..., None]]): called after every optimiser step (e.g. a clamp),
+            with the step just taken (1-based) when it takes an argument (e.g. an EMA's schedule).
         shard_layers (Sequence[type]): the model's repeated blocks: FSDP2 shards them one by one,
             and ``training.compile`` compiles their forward one by one (torchtitan's choice: blocks
             of one shape share a graph, the model's data-dependent glue stays eager). A model with
@@ -323,6 +325,7 @@ def fit(
         (total / accumulation).backward()
         return means, invalid, getattr(item, "kind", None)
 
+    takes_step = after_step is not None and _takes_an_argument(after_step)
     if resume_from is None:
         torch.manual_seed(t.seed)  # dropout and any other draw of torch's RNG; a resumed run restores it
     try:
@@ -361,7 +364,7 @@ def fit(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if after_step is not None:
-                after_step()
+                after_step(done) if takes_step else after_step()
             if progress is not None:
                 progress.update(1)
             if done % t.log_every == 0 or done == t.max_steps:
@@ -386,6 +389,16 @@ def fit(
         if logger is not None:
             logger.close()
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
+
+
+def _takes_an_argument(hook: Callable) -> bool:
+    """Whether ``hook`` can be called with one positional argument (the step) and needs it, or may."""
+    try:
+        parameters = list(inspect.signature(hook).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: called bare, as before
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.kind in positional or p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters)
 
 
 _MAX_LOSSES = 32  # losses one step may return (the collective's fixed layout)
