@@ -23,7 +23,13 @@ from typing import Optional, Sequence, Union
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 from torch import Tensor
 
-from torchflava.data.tokenizer import check_max_length, checked_texts, padded_rows
+from torchflava.data.tokenizer import (
+    check_max_length,
+    check_model_max_length,
+    checked_texts,
+    config_max_length,
+    padded_rows,
+)
 from torchflava.utils.checkpoint import first_line, read_json_object
 
 PathLike = Union[str, os.PathLike]
@@ -75,15 +81,12 @@ class CLIPTokenizer:
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
         if missing:
             raise ValueError(f"the vocabulary lacks the token(s) {missing}")
-        if model_max_length is not None and (
-            isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 2
-        ):
-            raise ValueError(f"model_max_length must be an int >= 2 or None, got {model_max_length!r}")
         # In the text they are the tokens, not their spelling, in any case (matched after lower-casing, as
         # transformers' CLIP tokenizers match them).
         tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=True) for token in (START, END)])
         tokenizer.post_processor = None  # __call__ adds the start and end tokens
-        self._tokenizer, self.model_max_length, self.unescape_html = tokenizer, model_max_length, unescape_html
+        self._tokenizer, self.unescape_html = tokenizer, unescape_html
+        self.model_max_length = check_model_max_length(model_max_length)
         self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token or END]
         self.vocab_size = max(vocab.values()) + 1
 
@@ -207,9 +210,7 @@ class CLIPTokenizer:
             ValueError: if ``texts`` is empty or ``max_length`` is not an int >= 2.
         """
         texts = checked_texts(texts)
-        if max_length is None and self.model_max_length is None:
-            raise ValueError("max_length must be given: the tokenizer has no model_max_length")
-        length = check_max_length(self.model_max_length if max_length is None else max_length)
+        length = check_max_length(max_length, self.model_max_length)
         if self.unescape_html:
             texts = [html.unescape(html.unescape(text)) for text in texts]
         pieces = self._tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -251,11 +252,8 @@ def read_clip_tokenizer_config(path: Path) -> dict:
     if kind is not None and kind not in _CLASSES:
         raise ValueError(f"tokenizer_config.json: tokenizer_class must be one of {_CLASSES}, got {kind!r}")
     settings = {}
-    length = config.get("model_max_length")
-    if length is not None:
-        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-            raise ValueError(f"tokenizer_config.json: model_max_length must be an int >= 2, got {length!r}")
-        settings["model_max_length"] = length if length < int(1e30) else None  # 1e30: transformers' "no limit"
+    if config.get("model_max_length") is not None:  # absent or null: CLIP's 77
+        settings["model_max_length"] = config_max_length(config)
     pad = config.get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad
     if pad is not None and not isinstance(pad, str):

@@ -49,11 +49,7 @@ class WordPieceTokenizer:
         missing = [token for token in SPECIAL_TOKENS if token not in vocab]
         if missing:
             raise ValueError(f"the vocabulary lacks the special token(s) {missing}")
-        if model_max_length is not None and (
-            isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 2
-        ):
-            raise ValueError(f"model_max_length must be an int >= 2 or None, got {model_max_length!r}")
-        self.model_max_length = model_max_length
+        self.model_max_length = check_model_max_length(model_max_length)
         tokenizer.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocabulary: marks them special
         self._tokenizer = tokenizer
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (vocab[t] for t in SPECIAL_TOKENS)
@@ -343,11 +339,7 @@ class WordPieceTokenizer:
                 ``model_max_length`` are None.
         """
         texts = checked_texts(texts)
-        if max_length is None:
-            if self.model_max_length is None:
-                raise ValueError("max_length must be given: the tokenizer has no model_max_length")
-            max_length = self.model_max_length
-        max_length = check_max_length(max_length)
+        max_length = check_max_length(max_length, self.model_max_length)
         rows = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
         return padded_rows(rows, max_length, end_id=self.sep_id, pad_id=self.pad_id)
 
@@ -365,11 +357,34 @@ def checked_texts(texts: Sequence[str]) -> list[str]:
     return list(texts)
 
 
-def check_max_length(max_length: object) -> int:
-    """``max_length`` of a tokenizer call; ValueError unless an int >= 2 (a start and an end token)."""
+def check_max_length(max_length: object, model_max_length: Optional[int] = None) -> int:
+    """``max_length`` of a tokenizer call (``model_max_length`` when None); ValueError unless an int
+    >= 2 (a start and an end token)."""
+    if max_length is None:
+        if model_max_length is None:
+            raise ValueError("max_length must be given: the tokenizer has no model_max_length")
+        max_length = model_max_length
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
     return max_length
+
+
+def check_model_max_length(model_max_length: object) -> Optional[int]:
+    """A tokenizer's ``model_max_length``: None (no default) or an int >= 2; ValueError otherwise."""
+    if model_max_length is not None and (
+        isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 2
+    ):
+        raise ValueError(f"model_max_length must be an int >= 2 or None, got {model_max_length!r}")
+    return model_max_length
+
+
+def config_max_length(config: Mapping) -> Optional[int]:
+    """The ``model_max_length`` a ``tokenizer_config.json`` states: None when absent or transformers'
+    int(1e30) "no limit"; ValueError naming the key unless an int >= 2."""
+    length = config.get("model_max_length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
+        raise ValueError(f"{TOKENIZER_CONFIG}: model_max_length must be an int >= 2, got {length!r}")
+    return None if length is None or length >= _NO_LENGTH_LIMIT else length
 
 
 def padded_rows(rows: list[list[int]], max_length: int, *, end_id: int, pad_id: int) -> tuple[Tensor, Tensor]:
@@ -435,10 +450,7 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     if strip is not None and not isinstance(strip, bool):
         raise ValueError(f"{TOKENIZER_CONFIG}: strip_accents must be true, false or null, got {strip!r}")
     settings["strip_accents"] = strip
-    length = config.get("model_max_length")
-    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 2):
-        raise ValueError(f"{TOKENIZER_CONFIG}: model_max_length must be an int >= 2, got {length!r}")
-    settings["model_max_length"] = None if length is None or length >= _NO_LENGTH_LIMIT else length
+    settings["model_max_length"] = config_max_length(config)
     return settings
 
 

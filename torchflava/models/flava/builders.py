@@ -305,9 +305,10 @@ def flava_model_arguments(pretrained: Optional[Union[str, os.PathLike]] = None, 
 
 def _resolved_flava_arguments(local: Optional[Path], args: dict) -> tuple[dict, Optional[Path], dict]:
     """``args`` with config.json's values (see :func:`_with_config`), the config.json and its values."""
-    if local is not None:
-        peek_state_dict(local)  # a directory without weights, or a malformed file, says so before any work
-    config_file, config = (None, {}) if local is None else hf_directory_kwargs(local)
+    if local is None:
+        return args, None, {}
+    names = peek_state_dict(local)  # a directory without weights, or a malformed file, says so before any work
+    config_file, config = hf_directory_kwargs(local, names)
     return _with_config(flava_model, args, config_file, config), config_file, config
 
 
@@ -431,7 +432,7 @@ def flava_model_for_pretraining(
         raise ValueError(f"loss weights must be >= 0, got negative {negative}")
     local = None if pretrained is None else local_checkpoint(pretrained)
     peeked = None if local is None else without_wrapper_prefix(peek_state_dict(local))  # names only, no data
-    config_file, config = (None, {}) if local is None else hf_directory_kwargs(local)
+    config_file, config = (None, {}) if local is None else hf_directory_kwargs(local, peeked)
     heads = dict(image_vocab_size=image_vocab_size, head_norm_eps=head_norm_eps)
     heads = _with_config(flava_model_for_pretraining, heads, config_file, config)
     if heads["head_norm_eps"] is None:  # torchmultimodal's prediction heads use 1e-5, Hugging Face's 1e-12
@@ -463,7 +464,7 @@ def flava_model_for_pretraining(
     if config_file is not None:
         check_norm_eps(pretraining, config["norm_eps"], config_file)  # a backbone given may differ
     if local is not None:  # the tensors are read once the arguments are known to build the model
-        load_flava_pretraining_weights(pretraining, without_wrapper_prefix(load_state_dict(local)))
+        load_flava_pretraining_weights(pretraining, load_state_dict(local))  # (it drops a wrapper's prefix)
     return pretraining
 
 

@@ -297,12 +297,14 @@ def check_norm_eps(model: nn.Module, eps: float, config_file: Path) -> None:
         )
 
 
-def hf_directory_kwargs(local: Path) -> tuple[Optional[Path], dict]:
+def hf_directory_kwargs(local: Path, names: Optional[dict[str, Tensor]] = None) -> tuple[Optional[Path], dict]:
     """The config.json of a Hugging Face FLAVA directory, or of a weights file in one, and the
     builder arguments it states.
 
     Args:
         local (Path): a local checkpoint file or directory.
+        names (Optional[dict[str, Tensor]]): the file's tensors (meta ones will do) when the caller
+            has already peeked at it; else it is peeked at here (for a file beside a config.json).
 
     Returns:
         tuple[Optional[Path], dict]: config.json and the arguments of :func:`flava_kwargs_from_hf_config`
@@ -317,12 +319,12 @@ def hf_directory_kwargs(local: Path) -> tuple[Optional[Path], dict]:
         return None, {}
     if not local.is_dir():  # a file: only Hugging Face-layout weights are what a config.json beside them states
         try:
-            layout = detect_layout(without_wrapper_prefix(peek_state_dict(local)))
+            layout = detect_layout(without_wrapper_prefix(peek_state_dict(local) if names is None else names))
         except ValueError:
             return None, {}  # not FLAVA weights at all: loading them says so
-        if layout != "hf" or read_json_object(config_file).get("model_type") != "flava":
-            return None, {}  # e.g. our export or a torchmultimodal file beside an unrelated config.json
     config = read_json_object(config_file)
+    if not local.is_dir() and (layout != "hf" or config.get("model_type") != "flava"):
+        return None, {}  # e.g. our export or a torchmultimodal file beside an unrelated config.json
     try:
         return config_file, {**flava_kwargs_from_hf_config(config), **flava_pretraining_kwargs_from_hf_config(config)}
     except ValueError as error:
