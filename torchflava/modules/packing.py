@@ -44,6 +44,13 @@ class PackedBatch(NamedTuple):
     row_in_pack: Tensor
 
 
+def capturing_graph() -> bool:
+    """Whether a graph is being captured (``torch.compile``, ``torch.export``, ``torch.jit.trace``): packing's
+    shapes and indices depend on the data, and a graph would fix them at the first batch's, so models
+    run the padded batch instead (the same features)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def can_pack(padding_mask: Tensor) -> bool:
     """Whether every row's column 0 is a real token (needed to find each row's CLS in a pack).
 

@@ -50,7 +50,7 @@ class TrainingConfig:
     strategy: str = "none"  # none | ddp | fsdp
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16
-    activation_checkpointing: str = "none"  # none | selective | full (see TransformerEncoder)
+    activation_checkpointing: str = "none"  # selective | full (see TransformerEncoder); none: left as the model has it
     compile: bool = False  # torch.compile the model's repeated blocks (see torchflava.training.loop.fit)
     seed: int = 0
     log_every: int = 10

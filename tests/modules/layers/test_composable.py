@@ -193,6 +193,14 @@ def test_token_embedding_is_token_plus_position_only():
         embed(torch.tensor([[3, 50]]))
     with pytest.raises(TypeError, match="integer tensor"):
         embed(torch.zeros(1, 3))
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match=rf"position_ids must be in \[0, 10\) .*got values in \[{min(bad, 0)}, "):
+            embed(ids, position_ids=torch.tensor([[0, 1, 2, 0, 1, bad]] * 2))
+    # the range check holds in a whole compiled graph (it read Python ints before: no fullgraph)
+    compiled = torch.compile(lambda i, p: embed(i, position_ids=p), fullgraph=True, backend="eager")
+    assert_close(compiled(ids, positions), embed(ids, position_ids=positions))
+    with pytest.raises(RuntimeError, match=r"position_ids must be in \[0, 10\) .*got values outside it"):
+        compiled(ids, positions + 9)
 
 
 def test_a_clip_style_text_tower_composes_without_wrappers_and_pools_per_row():

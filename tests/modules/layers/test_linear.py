@@ -187,6 +187,20 @@ def test_func_transforms_and_tracing_use_f_linear(forced):
     assert len(forced) == 0
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_forward_mode_ad_uses_f_linear(forced, grad):
+    x, w, b = operands()
+    tangent = torch.randn_like(x)
+    with torch.set_grad_enabled(grad), torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, tangent)
+        out = torch.autograd.forward_ad.unpack_dual(linear.linear(dual, w, b))
+    assert out.tangent is not None  # oneDNN's op has no jvp: it dropped the tangent under no_grad
+    assert_close(out.tangent, F.linear(tangent, w))
+    assert len(forced) == 0
+    assert_close(linear.linear(x, w, b), F.linear(x, w, b))  # outside the dual level: oneDNN again
+    assert len(forced) == 1
+
+
 def test_linear_module_is_an_nn_linear():
     torch.manual_seed(0)
     ours = Linear(5, 4)

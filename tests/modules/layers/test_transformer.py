@@ -160,6 +160,26 @@ def test_activation_checkpointing_gives_identical_outputs_and_gradients(dropout,
     assert backward_ops[0].get(norms, 0) == 0 and backward_ops[1].get(norms, 0) == 2 * 3
 
 
+def test_selective_checkpointing_keeps_the_onednn_linear_products(monkeypatch):
+    from torchflava.modules.layers import linear
+
+    if not linear._ONEDNN:
+        pytest.skip("this PyTorch build has no oneDNN linear")
+    monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_MACS", {"inference": 0, "training": 0})
+    monkeypatch.setattr(linear, "ONEDNN_FP32_MIN_WIDTH", {"inference": 0, "training": 0})
+    product, counts = torch.ops.mkldnn._linear_pointwise.default, {}
+    for mode in ("none", "selective", "full"):
+        encoder = make_encoder(num_layers=2).train()
+        encoder.checkpoint_activations = mode
+        out = encoder(torch.randn(2, 6, D, requires_grad=True)).last_hidden_state
+        with CountOps() as ops:
+            out.sum().backward()
+        counts[mode] = ops.counts.get(product, 0)
+    # Backward's own products: the weight gradient of each of the 4 linears of each layer; full
+    # redoes the 4 forward products too, selective keeps them (it redid them all before).
+    assert counts == {"none": 8, "selective": 8, "full": 16}
+
+
 def test_checkpoint_mode_values():
     encoder = make_encoder(num_layers=1)
     for value, mode in (

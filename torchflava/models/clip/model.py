@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchflava.modules.encoders import CLS_POSITION, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
-from torchflava.modules.packing import encode_packed
+from torchflava.modules.packing import capturing_graph, encode_packed
 from torchflava.utils.checks import require
 
 OptTensor = Optional[Tensor]
@@ -101,11 +101,11 @@ class CLIPModel(nn.Module):
             drop = drop | text_padding_mask(text, mask)
             message = "text_attention_mask: expected 1 at every row's end token, got 0"
             require(~drop[torch.arange(text.shape[0]), end].any(), lambda: message, message)
-        compiling = torch.compiler.is_compiling()  # packing has data-dependent shapes: compiled, run padded
-        if not compiling and bool(drop.any()):
+        capturing = capturing_graph()  # packing's shapes depend on the data: a graph runs padded
+        if not capturing and bool(drop.any()):
             states = encode_packed(self.text_encoder, text, drop, output="last", max_tokens=self.text_pack_tokens)
         else:  # causal: what follows each end token cannot reach it; padding before it is masked
-            padding = drop if compiling and mask is not None else None
+            padding = drop if capturing and mask is not None else None
             out = self.text_encoder(text, padding_mask=padding, output_positions=end[:, None], return_pooled=False)
             states = out.last_hidden_state[:, 0]
         features = self.text_projection(states)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchflava.modules.encoders import CLS_POSITION, EncoderOutput, MultimodalEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
-from torchflava.modules.packing import can_pack, encode_packed
+from torchflava.modules.packing import can_pack, capturing_graph, encode_packed
 
 
 class FLAVAOutput(NamedTuple):
@@ -219,8 +219,7 @@ class FLAVAModel(nn.Module):
         """
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
         padding = text_padding_mask(text, text_attention_mask)
-        # Packing has data-dependent shapes; a compiled graph runs the padded batch (the same features).
-        if torch.compiler.is_compiling() or padding is None or not bool(padding.any()) or not can_pack(padding):
+        if capturing_graph() or padding is None or not bool(padding.any()) or not can_pack(padding):
             out = self.text_encoder(
                 text,
                 padding_mask=padding,

@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+import torch.autograd.forward_ad as fwAD
 from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
@@ -148,6 +149,7 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool) -> bool:
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()  # a traced graph must hold portable ops
         and not torch._C._are_functorch_transforms_active()  # vmap, torch.func.grad...: F.linear's rules
+        and not _has_tangent(x, weight)  # forward-mode AD: oneDNN's op has no jvp rule
         and not torch.is_autocast_enabled("cpu")
         and type(x) in _PLAIN  # not a subclass (DTensor, fake or functorch tensors...)
         and type(weight) in _PLAIN
@@ -161,6 +163,11 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool) -> bool:
         and min(weight.shape) >= ONEDNN_FP32_MIN_WIDTH[mode]
         and x.numel() // weight.shape[1] * weight.numel() >= ONEDNN_FP32_MIN_MACS[mode]
     )
+
+
+def _has_tangent(*tensors: Tensor) -> bool:
+    """Whether forward-mode AD is on and any of ``tensors`` carries a tangent (a dual tensor)."""
+    return fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
 
 
 class _OneDNNLinear(torch.autograd.Function):

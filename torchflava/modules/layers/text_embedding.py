@@ -179,15 +179,13 @@ def add_positions(x: Tensor, pos_embed: nn.Embedding, input_ids: Tensor, positio
             f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(position_ids.shape)}"
         )
     check_token_ids(position_ids, None, name="position_ids")
-    if not position_ids.is_meta:
-        lo, hi = int(position_ids.min()), int(position_ids.max())  # one reduction for both bounds
-        if lo < 0:
-            raise ValueError(f"position_ids must be >= 0, got values in [{lo}, {hi}]")
-        if hi >= max_seq_len:
-            raise ValueError(
-                f"position_ids reach {hi}, beyond the {max_seq_len} learned positions (max_seq_len): "
-                "a text is longer than the model's position table"
-            )
+    if not position_ids.is_meta:  # an in-graph check when compiled (no graph break)
+        expected = f"position_ids must be in [0, {max_seq_len}) (the learned positions, max_seq_len)"
+        require(
+            ((position_ids >= 0) & (position_ids < max_seq_len)).all(),
+            lambda: f"{expected}, got values in [{int(position_ids.min())}, {int(position_ids.max())}]",
+            f"{expected}, got values outside it",
+        )
     return x + pos_embed(position_ids.long())
 
 

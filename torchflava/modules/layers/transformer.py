@@ -18,20 +18,15 @@ _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
 # that is expensive to redo. Everything else in a layer (norms, GELU, residual adds, reshapes,
 # dtype casts) is recomputed in backward from those and from the layer's input.
+_ATTENTION_KERNELS = ("flash_attention_for_cpu", "flash_attention", "efficient_attention", "cudnn_attention")
 _SAVED_BY_SELECTIVE = frozenset(
-    op
-    for name in (
-        "mm",
-        "addmm",
-        "bmm",
-        "baddbmm",
-        "_scaled_dot_product_flash_attention_for_cpu",
-        "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_efficient_attention",
-        "_scaled_dot_product_cudnn_attention",
+    getattr(namespace, name).default
+    for namespace, names in (
+        (_aten, ("mm", "addmm", "bmm", "baddbmm", *(f"_scaled_dot_product_{k}" for k in _ATTENTION_KERNELS))),
+        (torch.ops.mkldnn, ("_linear_pointwise",)),  # torchflava's fp32 linear on oneDNN (layers/linear.py)
     )
-    if hasattr(_aten, name)
-    for op in (getattr(_aten, name).default,)
+    for name in names
+    if hasattr(namespace, name)
 )
 
 CHECKPOINT_MODES = ("none", "selective", "full")
