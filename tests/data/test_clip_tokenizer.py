@@ -92,6 +92,20 @@ def test_a_tokenizer_json_directory_equals_transformers(hf_directory, tmp_path):
     assert ids[-1, :5].tolist() == [49406, 3306, 49407, 1002, 49407]
 
 
+def test_padding_and_truncation_saved_in_a_tokenizer_json_are_not_applied(hf_directory, tmp_path):
+    # transformers saves the last call's padding and truncation into tokenizer.json; its tokenizer
+    # ignores them when loading, and so must ours (they padded inside the row, before the end token)
+    reference = HFFastTokenizer.from_pretrained(hf_directory)
+    reference(TEXTS, padding="max_length", truncation=True, max_length=12)
+    reference.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert saved["padding"] is not None and saved["truncation"]["max_length"] == 12
+    expected = HFFastTokenizer.from_pretrained(tmp_path)(TEXTS, padding=True, truncation=True, return_tensors="pt")
+    ids, mask = CLIPTokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")(TEXTS)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    assert ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407] and ids.shape[1] == 77
+
+
 def test_padding_token_and_length_come_from_tokenizer_config(hf_directory, tmp_path):
     for name in ("vocab.json", "merges.txt"):
         (tmp_path / name).write_bytes((hf_directory / name).read_bytes())

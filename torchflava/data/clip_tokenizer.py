@@ -152,7 +152,9 @@ class CLIPTokenizer:
 
     @classmethod
     def from_tokenizer_json(cls, path: PathLike, **kwargs) -> "CLIPTokenizer":
-        """A transformers ``tokenizer.json`` of a CLIP checkpoint (its own pipeline, as saved).
+        """A transformers ``tokenizer.json`` of a CLIP checkpoint: its own pipeline, as saved, but for
+        any padding or truncation saved in it (transformers writes the last call's; each call here pads
+        and truncates as asked, as transformers' tokenizer does).
 
         Raises:
             ValueError: naming the file, if it does not read or is not a BPE tokenizer.
@@ -161,6 +163,8 @@ class CLIPTokenizer:
             tokenizer = Tokenizer.from_file(os.fspath(path))
         except Exception as error:  # tokenizers raises its own Exception subclass for any bad file
             raise ValueError(f"tokenizer.json: {path} does not read as a tokenizer ({error})") from None
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         if not isinstance(tokenizer.model, models.BPE):
             raise ValueError(
                 f"tokenizer.json: expected a BPE model (CLIP's) in {path}, got {type(tokenizer.model).__name__}"

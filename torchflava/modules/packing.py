@@ -8,13 +8,16 @@ trailing padding slots attend only to themselves), and each token keeps its colu
 position, so every real token's output equals its output in the padded batch. A causal encoder
 (CLIP's text tower) stays causal within each row, as a row's tokens keep their order in its pack.
 :func:`encode_packed` runs an encoder that way and returns one output per row (its first or last
-real token: BERT's CLS, CLIP's end of text).
+real token: BERT's CLS, CLIP's end of text); :func:`encode_rows` does so where packing serves, and
+runs the padded batch elsewhere.
 """
 
 from typing import Literal, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
+
+from torchflava.modules.encoders.output import CLS_POSITION
 
 
 class PackedBatch(NamedTuple):
@@ -202,3 +205,40 @@ def encode_packed(
         **extra,
     )
     return out.last_hidden_state[packed.pack_of_row, packed.row_in_pack]
+
+
+def encode_rows(
+    encoder: nn.Module,
+    input_ids: Tensor,
+    leave_out: Optional[Tensor],
+    *,
+    output: Literal["first", "last"] = "first",
+    token_type_ids: Optional[Tensor] = None,
+    max_tokens: int = 256,
+) -> Tensor:
+    """One output per row, as :func:`encode_packed` gives it: packed where the batch leaves tokens out
+    (and, for ``"first"``, every row's column 0 is kept: :func:`can_pack`); else, and while a graph is
+    being captured (:func:`capturing_graph`), the padded batch with ``leave_out`` masked as keys.
+
+    Args:
+        encoder, input_ids, output, token_type_ids, max_tokens: as :func:`encode_packed`'s.
+        leave_out (Optional[Tensor]): (B, L) bool, ``True`` = leave the token out; None: none.
+
+    Returns:
+        Tensor: (B, D) the encoder's output at each row's first or last kept token.
+    """
+    capturing = capturing_graph()
+    if leave_out is not None and not capturing and bool(leave_out.any()):
+        if output == "last" or can_pack(leave_out):
+            return encode_packed(
+                encoder, input_ids, leave_out, output=output, token_type_ids=token_type_ids, max_tokens=max_tokens
+            )
+    positions = CLS_POSITION
+    if output == "last":  # each row's last kept column
+        kept = torch.ones_like(input_ids, dtype=torch.bool) if leave_out is None else ~leave_out
+        positions = (input_ids.shape[1] - 1 - kept.flip(1).int().argmax(dim=1))[:, None]
+    padding = leave_out if capturing or (leave_out is not None and bool(leave_out.any())) else None
+    out = encoder(
+        input_ids, padding_mask=padding, token_type_ids=token_type_ids, output_positions=positions, return_pooled=False
+    )
+    return out.last_hidden_state[:, 0]

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 import re
 import socket
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 import urllib.parse
 import urllib.request
 
@@ -250,6 +250,44 @@ def check_fits(state_dict: dict[str, Tensor], model: nn.Module) -> None:
     tensor of the same name (one line, before ``load_state_dict`` would fail inside torch)."""
     expected = model.state_dict()
     refuse_mismatches([bad for k, v in state_dict.items() if k in expected and (bad := mismatch(k, [v], expected[k]))])
+
+
+class MappedStateDict(NamedTuple):
+    """What :func:`map_state_dict` found: the tensors under the model's names, the reference names
+    that are absent, the mis-shaped or non-float tensors (:func:`mismatch`), and the names used."""
+
+    tensors: dict[str, Tensor]
+    missing: list[str]
+    wrong: list[str]
+    used: set[str]
+
+
+def map_state_dict(
+    source: dict[str, Tensor],
+    expected: dict[str, Tensor],
+    names: Callable[[str], list[str]],
+    *,
+    transposed: Callable[[str], bool] = lambda key: False,
+    squeezable: bool = False,
+) -> MappedStateDict:
+    """Fill each of the model's tensors ``expected`` from ``source``'s tensors ``names(key)`` (several
+    parts are joined along dim 0: q, k and v), transposed where ``transposed(key)``, reshaped (leading
+    1s) and cast to the model's tensor; what cannot be filled is listed, not raised."""
+    out, missing, wrong, used = {}, [], [], set()
+    for key, target in expected.items():
+        parts = names(key)
+        used.update(n for n in parts if n in source)  # parts of a fused tensor are expected, not unexpected
+        if not all(n in source for n in parts):
+            missing += [n for n in parts if n not in source]
+        elif bad := mismatch(
+            key, [source[n] for n in parts], target, transposed=transposed(key), squeezable=squeezable
+        ):
+            wrong.append(bad)
+        else:
+            value = torch.cat([source[n] for n in parts]) if len(parts) > 1 else source[parts[0]]
+            value = value.t() if transposed(key) else value
+            out[key] = value.reshape(target.shape).to(target.dtype).contiguous()  # CLS, positions; fp16 files
+    return MappedStateDict(out, missing, wrong, used)
 
 
 def refuse_mismatches(wrong: list[str]) -> None:

@@ -425,3 +425,82 @@ def test_arguments_are_checked_before_the_weights_are_read(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="clip_model: vision_width must be a multiple of vision_heads"):
         clip_model(pretrained=path, **dict(SMALL_HF, vision_heads=5))
     assert read == []  # the header was peeked at, no tensor read
+
+
+# open_clip's model config of a small QuickGELU CLIP (as in its open_clip_config.json on the Hub).
+OPEN_CLIP_CFG = dict(embed_dim=20, quick_gelu=True)
+OPEN_CLIP_CFG.update(vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=2, head_width=8, mlp_ratio=1.5))
+OPEN_CLIP_CFG.update(text_cfg=dict(context_length=16, vocab_size=99, width=24, heads=3, layers=2, mlp_ratio=2.0))
+
+
+def _open_clip_hub_directory(directory, cfg=OPEN_CLIP_CFG, config_json=None):
+    """open_clip's Hub layout: open_clip_config.json and open_clip_model.safetensors; the reference model."""
+    torch.manual_seed(0)
+    reference = _perturb(open_clip.model.CLIP(**cfg)).eval()
+    directory.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, directory / "open_clip_model.safetensors")
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    if config_json is not None:  # e.g. timm's Hub folders: a config.json of their own beside
+        (directory / "config.json").write_text(json.dumps(config_json))
+    return reference
+
+
+@pytest.mark.parametrize("what", ["directory", "file", "timm folder"])
+def test_open_clip_config_json_gives_the_architecture_and_quick_gelu(tmp_path, what):
+    reference = _open_clip_hub_directory(
+        tmp_path, config_json={"architecture": "vit"} if what == "timm folder" else None
+    )
+    ours = clip_model(pretrained=tmp_path / "open_clip_model.safetensors" if what == "file" else tmp_path).eval()
+    assert isinstance(ours.text_encoder.encoder.layers[0].mlp.activation, QuickGELU)  # GELU before: 1.8e-3 off
+    assert (
+        ours.image_encoder.encoder.layers[0].attn.num_heads == 4
+        and ours.text_encoder.encoder.layers[0].mlp.fc1.out_features == 48
+    )
+    images = torch.randn(2, 3, 32, 32)
+    ids, _ = captions([5, 16], 16, vocab=99, bos=97, eos=98)  # open_clip pools at the highest id
+    with torch.no_grad():
+        assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=ATOL, rtol=0)
+        assert_close(ours.encode_text(ids), reference.encode_text(ids, normalize=True), atol=ATOL, rtol=0)
+    with pytest.raises(
+        ValueError,
+        match=r"expected arguments that match .*open_clip_config.json, got .*'activation': \('gelu', 'quick_gelu'\)",
+    ):
+        clip_model(pretrained=tmp_path, activation="gelu")
+
+
+@pytest.mark.parametrize(
+    "vision, text, top",
+    [
+        ({"pool_type": "avg"}, {}, {}),  # features 0.5 off had it loaded
+        ({}, {"no_causal_mask": True, "pool_type": "last"}, {}),
+        ({"ls_init_value": 1e-5, "timm_model_name": None}, {}, {"init_logit_bias": -10.0}),  # layer scale; SigLIP
+        ({}, {"hf_model_name": "roberta-base"}, {"custom_text": True}),
+    ],
+)
+def test_open_clip_settings_ours_does_not_build_are_refused_before_reading_weights(
+    tmp_path, vision, text, top, monkeypatch
+):
+    _open_clip_hub_directory(tmp_path)
+    cfg = dict(OPEN_CLIP_CFG, **top)
+    cfg.update(vision_cfg={**cfg["vision_cfg"], **vision}, text_cfg={**cfg["text_cfg"], **text})
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    refused = {f"vision_cfg.{k}": v for k, v in vision.items() if v is not None}
+    refused.update({f"text_cfg.{k}": v for k, v in text.items()}, **top)
+    monkeypatch.setattr("torchflava.models.clip.builders.load_state_dict", lambda *_: pytest.fail("weights read"))
+    with pytest.raises(
+        ValueError, match="open_clip_config.json: expected only settings torchflava's CLIP builds"
+    ) as error:
+        clip_model(pretrained=tmp_path)
+    assert all(f"'{key}': {value!r}" in str(error.value) for key, value in refused.items()), str(error.value)
+
+
+def test_a_directory_holds_a_clip_config_json_or_open_clip_files(tmp_path):
+    _open_clip_hub_directory(tmp_path, config_json={"architecture": "vit"})
+    (tmp_path / "open_clip_model.safetensors").unlink()
+    with pytest.raises(
+        FileNotFoundError, match="expected open_clip_model.safetensors or open_clip_pytorch_model.bin beside"
+    ):
+        clip_model(pretrained=tmp_path)
+    (tmp_path / "open_clip_config.json").unlink()  # a config.json of another kind alone
+    with pytest.raises(ValueError, match="config.json: expected model_type 'clip', got None"):
+        clip_model(pretrained=tmp_path)

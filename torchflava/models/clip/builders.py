@@ -7,14 +7,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from torchflava.models.clip.convert_weights import convert_to_torchflava, file_config, hf_config_kwargs
+from torchflava.models.clip.convert_weights import convert_to_torchflava, directory_config, file_config
 from torchflava.models.clip.model import CLIPModel
 from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
 from torchflava.modules.layers import PatchEmbedding
 from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.modules.layers.text_embedding import TokenEmbedding
-from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict, read_json_object
+from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict
 from torchflava.utils.checks import check_architecture
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
@@ -53,42 +53,37 @@ def clip_model(
 ) -> CLIPModel:
     """CLIP: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
 
-    An argument left None comes from ``pretrained``'s config.json if it is a Hugging Face directory or
-    file beside one (given ones must match it), else from open_clip's ``ViT-B-16``: GELU (QuickGELU for
-    OpenAI's weights), eps 1e-5, end token the last id (49407).
+    An argument left None comes from ``pretrained``'s config (Hugging Face's config.json or open_clip's
+    open_clip_config.json, in its directory or beside its weights; given ones must match it), else from
+    open_clip's ``ViT-B-16``: GELU (QuickGELU for OpenAI's weights), eps 1e-5, end token the last id.
 
     Args:
-        pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` directory, or an OpenAI, open_clip
-            or torchflava state-dict file (.safetensors, .bin, .pt; never unpickled), loaded strictly.
-        embed_dim (Optional[int]): width P of the shared space.
-        image_size (Optional[int]): image side, pixels.
-        patch_size (Optional[int]): patch side, pixels.
+        pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` or open_clip Hub directory, or an OpenAI,
+            open_clip or torchflava weights file (.safetensors, .bin, .pt; never unpickled), loaded strictly.
+        embed_dim, image_size, patch_size (Optional[int]): width P of the shared space; image, patch side (px).
         vision_width, vision_layers, vision_heads, vision_mlp_dim (Optional[int]): the image tower's
             width, depth, attention heads and MLP width.
-        context_length (Optional[int]): learned text positions.
-        vocab_size (Optional[int]): number of token ids.
         text_width, text_layers, text_heads, text_mlp_dim (Optional[int]): the text tower's, likewise.
-        activation (Optional[str]): ``"gelu"``, or ``"quick_gelu"`` (OpenAI's weights, HF's ``CLIPConfig()``).
-        norm_eps (Optional[float]): LayerNorm epsilon.
-        logit_scale_init (Optional[float]): initial log-temperature.
-        eos_token_id (Optional[int]): end-of-text id, where text features are read (the vocabulary's last, as OpenAI's).
-        init_std (Optional[float]): std of the normal initialisation (0.02; small models learn faster
-            from a larger one, e.g. 0.06 at width 128).
+        context_length, vocab_size (Optional[int]): learned text positions; number of token ids.
+        activation (Optional[str]): ``"gelu"``, ``"quick_gelu"`` (OpenAI's weights) or ``"gelu_tanh"``.
+        norm_eps, logit_scale_init (Optional[float]): LayerNorm epsilon; initial log-temperature.
+        eos_token_id (Optional[int]): end-of-text id, where text features are read (the vocabulary's last).
+        init_std (Optional[float]): std of the normal initialisation (0.02; e.g. 0.06 at width 128).
 
     Returns:
         CLIPModel: initialised, or holding the checkpoint's weights.
 
     Raises:
-        ValueError: if an argument is out of range or contradicts config.json or the checkpoint (the
-            mismatches listed), or a checkpoint file is malformed.
-        TypeError: if a size is not an int, or ``pretrained`` not a path.
-        FileNotFoundError: if ``pretrained`` does not exist.
+        ValueError: if an argument is out of range or contradicts the config or checkpoint (all listed),
+            or a checkpoint or config file is malformed or describes a model ours does not build.
+        TypeError, FileNotFoundError: if a size is not an int or ``pretrained`` not a path; not there.
     """
     given = {k: v for k, v in locals().items() if k != "pretrained" and v is not None}
     local = None if pretrained is None else local_checkpoint(pretrained)
-    config_file = local / "config.json" if local is not None and local.is_dir() else None  # HF's directory
-    config = hf_config_kwargs(read_json_object(config_file)) if config_file else {}
-    if local is not None and config_file is None:  # a file: its keys (from its header, no data read) tell
+    config_file, config = None, {}
+    if local is not None and local.is_dir():  # HF's or open_clip's: its config, and (open_clip's) weights file
+        config_file, config, local = directory_config(local)
+    elif local is not None:  # a file: its keys (from its header, no data read) and a config beside it tell
         config_file, config = file_config(local, peek_state_dict(local), given)
     clash = {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v}
     if clash:

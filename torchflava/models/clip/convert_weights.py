@@ -6,10 +6,9 @@ from pathlib import Path
 import re
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
-from torchflava.utils.checkpoint import mismatch, read_json_object, without_prefix
+from torchflava.utils.checkpoint import map_state_dict, read_json_object, without_prefix
 
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
 _ROWS = """
@@ -37,6 +36,13 @@ _LAYOUTS = {"torchflava": "image_encoder.", "hf": "vision_model.", "open_clip": 
 # Buffers and metadata some checkpoints hold: recognised, not loaded.
 _IGNORED = re.compile(r"^(\w+_model\.embeddings\.position_ids|attn_mask|input_resolution|context_length|vocab_size)$")
 _ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+# open_clip settings (model_cfg) ours reads or that change nothing it computes; any other one must be
+# off (None, False) or at the value of _OPEN_CLIP_AS_BUILT, else it is another model (layer scale...).
+_OPEN_CLIP_READ = set("embed_dim quick_gelu layers width head_width heads mlp_ratio patch_size image_size".split())
+_OPEN_CLIP_READ |= set("context_length vocab_size init_logit_scale cast_dtype patch_dropout output_tokens".split())
+_OPEN_CLIP_READ |= set("final_ln_after_pool pad_id hf_tokenizer_name tokenizer_kwargs".split())
+_OPEN_CLIP_AS_BUILT = dict(pos_embed_type="learnable", proj_type="linear", block_type="default")
+_OPEN_CLIP_AS_BUILT.update({"vision_cfg.pool_type": "tok", "text_cfg.pool_type": "argmax"})
 _LAYER = re.compile(r"^((image|text)_encoder\.encoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
 
 
@@ -58,37 +64,24 @@ def _names(key: str, layout: str) -> list[str]:
     return [row[col].format(kind)]
 
 
+def _layout(state_dict: dict) -> Optional[str]:
+    return next((name for name, probe in _LAYOUTS.items() if any(k.startswith(probe) for k in state_dict)), None)
+
+
 def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Map an HF, open_clip/OpenAI or torchflava CLIP state dict onto ``model``'s keys, strictly.
-
-    Args:
-        state_dict (dict[str, Tensor]): the checkpoint (a DDP ``module.`` prefix is dropped).
-        model (nn.Module): the :class:`CLIPModel` whose keys and shapes drive the map.
-
-    Returns:
-        dict[str, Tensor]: a state dict that ``model.load_state_dict(strict=True)`` accepts.
+    """Map an HF, open_clip/OpenAI or torchflava CLIP state dict (a DDP ``module.`` prefix dropped) onto
+    the keys and shapes of ``model`` (a :class:`CLIPModel`), for ``model.load_state_dict(strict=True)``.
 
     Raises:
         ValueError: if the layout is unknown, or keys are missing, unexpected or mis-shaped (all listed).
     """
     source = without_prefix(state_dict, "module.")
-    layout = next((n for n, probe in _LAYOUTS.items() if any(k.startswith(probe) for k in source)), None)
-    if layout is None:
+    if (layout := _layout(source)) is None:
         raise ValueError(f"state_dict: expected CLIP keys ({', '.join(_LAYOUTS)}), got {sorted(source)[:5]}")
-    expected, out, used, missing, wrong = model.state_dict(), {}, set(), [], []
-    for key, target in expected.items():
-        names = _names(key, layout)
-        used.update(n for n in names if n in source)
-        missing += [n for n in names if n not in source]
-        if not all(n in source for n in names):
-            continue
-        transposed = layout == "open_clip" and key.endswith("projection.weight")
-        if bad := mismatch(key, [source[n] for n in names], target, transposed=transposed, squeezable=True):
-            wrong.append(bad)
-            continue
-        value = torch.cat([source[n] for n in names]) if len(names) > 1 else source[names[0]]
-        value = value.t() if transposed else value
-        out[key] = value.reshape(target.shape).to(target.dtype).contiguous()  # CLS, positions; fp16 files
+    transposed = lambda key: layout == "open_clip" and key.endswith("projection.weight")  # noqa: E731
+    out, missing, wrong, used = map_state_dict(
+        source, model.state_dict(), lambda key: _names(key, layout), transposed=transposed, squeezable=True
+    )
     unexpected = sorted(k for k in source if k not in used and not _IGNORED.match(k))
     if missing or unexpected or wrong:
         raise ValueError(
@@ -100,14 +93,8 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
 
 
 def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Map our state dict to transformers' ``CLIPModel`` keys (qkv split; CLS and positions lose leading 1s).
-
-    Args:
-        state_dict (dict[str, Tensor]): a :class:`CLIPModel` state dict.
-
-    Returns:
-        dict[str, Tensor]: the tensors under HF's names, for ``CLIPModel.load_state_dict(strict=True)``.
-    """
+    """Map our :class:`CLIPModel` state dict to transformers' ``CLIPModel`` keys, for its
+    ``load_state_dict(strict=True)`` (qkv split; CLS and positions lose leading 1s)."""
     if not isinstance(state_dict, dict):
         raise TypeError(f"state_dict must be a dict of tensors (model.state_dict()), got {type(state_dict).__name__}")
     out = {}
@@ -121,20 +108,59 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
-    """The config.json and :func:`clip_model` arguments a weights file implies where ``given`` is silent:
-    a Hugging Face-layout file's config.json beside it (ValueError if there is none and no activation
-    is given: only it tells); QuickGELU for OpenAI's weights (their ``input_resolution``); else none."""
+    """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent:
+    the config.json beside Hugging Face-layout weights (ValueError if there is none and no activation
+    is given: only it tells), the open_clip_config.json beside open_clip's; QuickGELU for OpenAI's
+    weights (their ``input_resolution``); else none (open_clip's defaults: GELU)."""
     state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only the names are read)
+    layout, configs = _layout(state_dict), {"hf": "config.json", "open_clip": "open_clip_config.json"}
+    if layout in configs and (path.parent / configs[layout]).is_file():
+        return path.parent / configs[layout], _read_config(path.parent / configs[layout])
     if "input_resolution" in state_dict:
         return None, {} if "activation" in given else {"activation": "quick_gelu"}
-    if not any(key.startswith(_LAYOUTS["hf"]) for key in state_dict):
-        return None, {}
-    if (path.parent / "config.json").is_file():
-        return path.parent / "config.json", hf_config_kwargs(read_json_object(path.parent / "config.json"))
-    if "activation" not in given:
+    if layout == "hf" and "activation" not in given:
         what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
         raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
     return None, {}
+
+
+def directory_config(directory: Path) -> tuple[Path, dict, Path]:
+    """The config file, :func:`clip_model` arguments and weights of a Hugging Face ``CLIPModel`` directory,
+    or of open_clip's (``open_clip_config.json`` and its weights) where no CLIP config.json is beside it."""
+    hf, config = directory / "config.json", directory / "open_clip_config.json"
+    if not config.is_file() or (hf.is_file() and read_json_object(hf).get("model_type") == "clip"):
+        return hf, _read_config(hf), directory
+    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    if not (weights := [directory / name for name in names if (directory / name).is_file()]):
+        raise FileNotFoundError(f"directory: expected {' or '.join(names)} beside {config}, got neither")
+    return config, _read_config(config), weights[0]
+
+
+def _read_config(path: Path) -> dict:
+    config = read_json_object(path)
+    return open_clip_config_kwargs(config, path) if path.name == "open_clip_config.json" else hf_config_kwargs(config)
+
+
+def open_clip_config_kwargs(config: dict, path: Path) -> dict:
+    """:func:`clip_model` arguments from open_clip's ``open_clip_config.json`` (its ``model_cfg``) or a
+    model config; ValueError naming each setting ours does not build (layer scale, a timm tower...)."""
+    cfg = config.get("model_cfg", config)
+    vision, text = (cfg.get(f"{tower}_cfg") if isinstance(cfg, dict) else None for tower in ("vision", "text"))
+    if not isinstance(vision, dict) or not isinstance(text, dict):
+        raise ValueError(f"{path.name}: expected a model_cfg with vision_cfg and text_cfg objects in {path}")
+    settings = {k: v for k, v in cfg.items() if k not in ("vision_cfg", "text_cfg")}
+    settings.update({f"{t}_cfg.{k}": v for t, part in (("vision", vision), ("text", text)) for k, v in part.items()})
+    as_built = lambda k: _OPEN_CLIP_AS_BUILT.get(k, _OPEN_CLIP_AS_BUILT.get(k.rpartition(".")[2]))  # noqa: E731
+    other = {k: v for k, v in settings.items() if k.rpartition(".")[2] not in _OPEN_CLIP_READ}
+    if unsupported := {k: v for k, v in other.items() if v is not None and v is not False and v != as_built(k)}:
+        raise ValueError(f"{path.name}: expected only settings torchflava's CLIP builds, got {unsupported} in {path}")
+    vw, tw = vision.get("width", 768), text.get("width", 512)
+    out = dict(embed_dim=cfg.get("embed_dim", 512), activation="quick_gelu" if cfg.get("quick_gelu") else "gelu")
+    out.update(image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 16), vision_width=vw)
+    out.update(vision_layers=vision.get("layers", 12), vision_heads=vw // vision.get("head_width", 64))
+    out.update(vision_mlp_dim=int(vw * vision.get("mlp_ratio", 4.0)), text_width=tw, text_heads=text.get("heads", 8))
+    out.update(text_layers=text.get("layers", 12), text_mlp_dim=int(tw * text.get("mlp_ratio", 4.0)))
+    return dict(out, context_length=text.get("context_length", 77), vocab_size=text.get("vocab_size", 49408))
 
 
 def hf_config_kwargs(config: dict) -> dict:
@@ -143,7 +169,7 @@ def hf_config_kwargs(config: dict) -> dict:
     Absent fields take ``CLIPConfig()``'s defaults (``save_pretrained`` writes only differences);
     ``eos_token_id`` 2 marks HF's legacy configs, which pool at each row's highest id (None).
     """
-    if config.get("model_type", "clip") != "clip":
+    if config.get("model_type") != "clip":
         raise ValueError(f"config.json: expected model_type 'clip', got {config.get('model_type')!r}")
     parts = [config.get(f"{t}_config{s}") for t in ("vision", "text") for s in ("", "_dict")]
     if not all(isinstance(part, (dict, type(None))) for part in parts):

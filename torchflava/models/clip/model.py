@@ -10,9 +10,8 @@ import torch.nn.functional as F
 
 from torchflava.modules.encoders import CLS_POSITION, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
-from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
-from torchflava.modules.packing import capturing_graph, encode_packed
-from torchflava.utils.checks import require
+from torchflava.modules.layers.text_embedding import beyond_end_token, check_token_ids
+from torchflava.modules.packing import encode_rows
 
 OptTensor = Optional[Tensor]
 
@@ -88,26 +87,8 @@ class CLIPModel(nn.Module):
                 or ``mask`` has another shape or marks an end token as padding.
         """
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
-        is_end = text == (text.amax(dim=1, keepdim=True) if self.eos_token_id is None else self.eos_token_id)
-        expected = f"text: expected the end token {self.eos_token_id} in every row"
-        require(
-            is_end.any(dim=1).all(),
-            lambda: f"{expected}, rows {(~is_end.any(dim=1)).nonzero().flatten().tolist()} lack it",
-            f"{expected}, a row lacks it",
-        )
-        end = is_end.int().argmax(dim=1)  # the first end token of each row
-        drop = torch.arange(text.shape[1], device=text.device) > end[:, None]  # (B, L) True = not computed
-        if mask is not None:
-            drop = drop | text_padding_mask(text, mask)
-            message = "text_attention_mask: expected 1 at every row's end token, got 0"
-            require(~drop[torch.arange(text.shape[0]), end].any(), lambda: message, message)
-        capturing = capturing_graph()  # packing's shapes depend on the data: a graph runs padded
-        if not capturing and bool(drop.any()):
-            states = encode_packed(self.text_encoder, text, drop, output="last", max_tokens=self.text_pack_tokens)
-        else:  # causal: what follows each end token cannot reach it; padding before it is masked
-            padding = drop if capturing and mask is not None else None
-            out = self.text_encoder(text, padding_mask=padding, output_positions=end[:, None], return_pooled=False)
-            states = out.last_hidden_state[:, 0]
+        drop = beyond_end_token(text, self.eos_token_id, mask)  # (B, L) True = not computed
+        states = encode_rows(self.text_encoder, text, drop, output="last", max_tokens=self.text_pack_tokens)
         features = self.text_projection(states)
         return F.normalize(features, dim=-1) if normalize else features
 

@@ -26,7 +26,7 @@ from torchflava.utils.checkpoint import (
     check_fits,
     load_state_dict,
     local_checkpoint,
-    mismatch,
+    map_state_dict,
     peek_state_dict,
     read_json_object,
     refuse_mismatches,
@@ -202,24 +202,12 @@ def convert_to_torchflava(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     source = _strip_prefix(state_dict, layout)
-    converted: dict[str, Tensor] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-    wrong: list[str] = []
-    for key, target in model.state_dict().items():
-        names = _reference_names(key, layout)
-        if all(n in source for n in names):
-            if bad := mismatch(key, [source[n] for n in names], target):
-                wrong.append(bad)
-            else:
-                converted[key] = source[names[0]] if len(names) == 1 else torch.cat([source[n] for n in names])
-            used.update(names)
-        elif key == "logit_scale" and layout == "tmm":
-            # torchmultimodal's FLAVAModel keeps no temperature (only its pretraining loss does).
-            converted[key] = torch.tensor(float(model.logit_scale_init))
-        else:
-            missing.extend(n for n in names if n not in source)
-            used.update(n for n in names if n in source)  # parts of a fused tensor are expected, not unexpected
+    converted, missing, wrong, used = map_state_dict(
+        source, model.state_dict(), lambda key: _reference_names(key, layout)
+    )
+    if layout == "tmm" and _OTHER["logit_scale"][1] in missing:  # torchmultimodal's FLAVAModel keeps none (its loss)
+        missing.remove(_OTHER["logit_scale"][1])
+        converted["logit_scale"] = torch.tensor(float(model.logit_scale_init))
     refuse_mismatches(wrong)
     skipped = sorted(k for k in source if k not in used and _SKIPPED[layout].search(k))
     unexpected = sorted(k for k in source if k not in used and not _SKIPPED[layout].search(k))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchflava.modules.encoders import CLS_POSITION, EncoderOutput, MultimodalEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
-from torchflava.modules.packing import can_pack, capturing_graph, encode_packed
+from torchflava.modules.packing import encode_rows
 
 
 class FLAVAOutput(NamedTuple):
@@ -219,17 +219,7 @@ class FLAVAModel(nn.Module):
         """
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
         padding = text_padding_mask(text, text_attention_mask)
-        if capturing_graph() or padding is None or not bool(padding.any()) or not can_pack(padding):
-            out = self.text_encoder(
-                text,
-                padding_mask=padding,
-                token_type_ids=token_type_ids,
-                output_positions=CLS_POSITION,
-                return_pooled=False,
-            )
-            return self._project(self.text_projection, out, normalize)
-        # One encoder pass over all packs; its last layer computes only each row's CLS slot.
-        cls_states = encode_packed(
+        cls_states = encode_rows(
             self.text_encoder, text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens
         )
         projected = self.text_projection(cls_states)

@@ -74,6 +74,37 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
     return padding
 
 
+def beyond_end_token(text: Tensor, end_token_id: Optional[int], mask: Optional[Tensor] = None) -> Tensor:
+    """The tokens a causal text tower read at each row's end token need not compute: those after a
+    row's first end token (they cannot reach it), and padding (``mask`` 0).
+
+    Args:
+        text (Tensor): (B, L) token ids (checked by the caller: :func:`check_token_ids`).
+        end_token_id (Optional[int]): the end token; None: each row's highest id (open_clip's argmax).
+        mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
+
+    Returns:
+        Tensor: (B, L) bool, ``True`` = not needed; each row's end token is its last ``False``.
+
+    Raises:
+        ValueError: if a row lacks the end token, or ``mask`` is malformed or marks an end token as padding.
+    """
+    is_end = text == (text.amax(dim=1, keepdim=True) if end_token_id is None else end_token_id)
+    expected = f"text: expected the end token {end_token_id} in every row"
+    require(
+        is_end.any(dim=1).all(),
+        lambda: f"{expected}, rows {(~is_end.any(dim=1)).nonzero().flatten().tolist()} lack it",
+        f"{expected}, a row lacks it",
+    )
+    end = is_end.int().argmax(dim=1)  # the first end token of each row
+    drop = torch.arange(text.shape[1], device=text.device) > end[:, None]
+    if mask is not None:
+        drop = drop | text_padding_mask(text, mask)
+        message = "text_attention_mask: expected 1 at every row's end token, got 0"
+        require(~drop[torch.arange(text.shape[0]), end].any(), lambda: message, message)
+    return drop
+
+
 def _mask_fault(mask: Tensor, padding: Tensor) -> str:
     """What is wrong with an attention mask that failed its check: a value, or rows without a token."""
     other = ~padding & (mask != 1)
@@ -180,7 +211,7 @@ def add_positions(x: Tensor, pos_embed: nn.Embedding, input_ids: Tensor, positio
         )
     check_token_ids(position_ids, None, name="position_ids")
     if not position_ids.is_meta:  # an in-graph check when compiled (no graph break)
-        expected = f"position_ids must be in [0, {max_seq_len}) (the learned positions, max_seq_len)"
+        expected = f"position_ids must be in [0, {max_seq_len}) (the learned positions, max_seq_len: is a text longer?)"
         require(
             ((position_ids >= 0) & (position_ids < max_seq_len)).all(),
             lambda: f"{expected}, got values in [{int(position_ids.min())}, {int(position_ids.max())}]",
