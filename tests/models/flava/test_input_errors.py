@@ -55,7 +55,7 @@ def test_rows_longer_than_the_position_table_say_so(model):
     with pytest.raises(
         ValueError,
         match=rf"position_ids must be in \[0, {TINY['max_seq_len']}\) \(the learned positions, max_seq_len: is a "
-        "text longer\?\), got values in",
+        r"text longer\?\), got values in",
     ):
         model.encode_text(ids, mask)
     with pytest.raises(ValueError, match=rf"length {length}, more than the {TINY['max_seq_len']} learned positions"):
