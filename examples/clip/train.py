@@ -16,7 +16,6 @@ accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and ret
 
 from dataclasses import asdict, dataclass, field
 import functools
-import json
 import math
 from pathlib import Path
 import sys
@@ -54,6 +53,7 @@ from torchflava.training.schema import (
     template_checks,
     training_checks,
 )
+from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
 
@@ -110,19 +110,27 @@ class TrainConfig:
 
 def validate(cfg: TrainConfig, world_size: int) -> None:
     """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError."""
-    d, m = cfg.data, cfg.model
+    d, m, t = cfg.data, cfg.model, cfg.training
     context = m.context_length if m.context_length is not None else 77
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
             (
-                1 <= d.shapes.num_test <= len(ALL_SCENES),
+                5 <= d.shapes.num_test <= len(ALL_SCENES),
                 "data.shapes.num_test",
-                f"in [1, {len(ALL_SCENES)}]",
+                f"in [5, {len(ALL_SCENES)}] (the evaluation reports retrieval R@5)",
                 d.shapes.num_test,
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
+            (
+                # the loss gathers the features over ranks: a micro-batch of one pair has no negatives (loss 0)
+                t.global_batch_size >= 2 * max(t.grad_accumulation, 1),
+                "training.global_batch_size",
+                f"at least 2 pairs per micro-batch, i.e. >= 2 x training.grad_accumulation ({t.grad_accumulation}): "
+                "the contrastive loss of one pair is 0 with no gradient",
+                t.global_batch_size,
+            ),
             (2 <= d.max_text_length <= context, "data.max_text_length", f"in [2, {context}]", d.max_text_length),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (d.source != "shapes" or d.shapes.num_pairs > 0, "data.shapes.num_pairs", "> 0", d.shapes.num_pairs),
@@ -294,7 +302,7 @@ def main(cfg: TrainConfig) -> dict:
     export_model(model, export_path)
     report = {}
     if info.is_main:
-        (export_path.parent / "clip_config.json").write_text(json.dumps(kwargs, indent=2))
+        write_json(export_path.parent / "clip_config.json", kwargs, allow_nan=True)
         tokenizer.save(export_path.parent)
         EvalImageTransform(kwargs["image_size"] or 224).save(export_path.parent)  # how to evaluate it
         report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, kwargs, tokenizer)
@@ -327,7 +335,7 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, kwargs: dict
             templates=cfg.eval.templates,
             batch_size=cfg.eval.batch_size,
         )
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out_dir / "report.json", report, allow_nan=True)
     lines = [
         f"clip training finished: {report['steps']} steps, final loss {report['final_loss']:.4f}, "
         f"temperature multiplier {report['final_logit_scale']:.1f}",

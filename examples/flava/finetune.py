@@ -34,7 +34,7 @@ from torchflava.data.shapes import ALL_SCENES
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model_for_classification
 from torchflava.models.flava.classification import LOSSES, MODALITIES
-from torchflava.pretrained import load_pretrained
+from torchflava.pretrained import checkpoint_layout, load_pretrained
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
 from torchflava.training.distributed import barrier
@@ -49,6 +49,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     training_checks,
 )
+from torchflava.utils.cli import write_json
 
 TASKS = ("glue", "image_folder", "image_text", "shapes")
 
@@ -93,6 +94,7 @@ TASK_MODALITIES = {
     "shapes": ("image",),
     "image_text": ("text", "image", "multimodal"),
 }
+PRETRAINED = "a FLAVA checkpoint directory"
 # What data.train / data.val name for each file task.
 TASK_FILES = {"glue": "file", "image_text": "file", "image_folder": "directory"}
 
@@ -143,6 +145,10 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
         ]
         + _task_checks(d)
     )
+    # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
+    layout = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(m.pretrained))
+    got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
+    raise_on_failed_checks([(layout.family == "flava", "model.pretrained", PRETRAINED, got)])
 
 
 def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tuple[str, ...]:
@@ -213,6 +219,17 @@ def build_splits(d: FinetuneDataConfig) -> tuple:
     return train, opened("data.val", d.val, expected, lambda: ImageTextLabels(d.image_root, d.val, d.labels)), d.labels
 
 
+def has_usable_item(source) -> bool:
+    """Whether an item of ``source`` reads (one read when the first does: checked before training)."""
+    for i in range(len(source)):
+        try:
+            source[i]
+            return True
+        except BadSample:
+            continue
+    return False
+
+
 @torch.no_grad()
 def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
     """Metrics of ``model`` over every usable item of ``source``, with the number of those and of the
@@ -248,10 +265,12 @@ def main(cfg: FinetuneConfig) -> dict:
     pretrained = opened(
         "model.pretrained",
         cfg.model.pretrained,
-        "a FLAVA checkpoint directory",
+        PRETRAINED,
         lambda: load_pretrained(cfg.model.pretrained),
     )
     train_source, val_source, classes = build_splits(d)
+    got = f"{d.val} (none of its {len(val_source)} items reads)"
+    raise_on_failed_checks([(has_usable_item(val_source), "data.val", "a split with a usable item to evaluate", got)])
     num_classes = 1 if classes is None else len(classes)
     losses = task_losses(d, getattr(train_source, "soft_scores", None))
     expected = f"null or {losses[0]} for the targets of {d.train}"
@@ -297,7 +316,7 @@ def main(cfg: FinetuneConfig) -> dict:
         }
         if classes is not None and loss == "cross_entropy":
             report["validation"]["chance"] = 1 / num_classes
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        write_json(out_dir / "report.json", report, allow_nan=True)
         print(json.dumps(report, indent=2))
     barrier()
     return report

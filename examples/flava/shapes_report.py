@@ -17,6 +17,7 @@ import sys
 from torchflava.linear_probe import probe_shapes
 from torchflava.pretrained import load_pretrained
 from torchflava.training.config import load_config
+from torchflava.utils.cli import write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,7 +58,7 @@ def main() -> dict:
         "fine_tuned": tuned["accuracy"],
         "test_items": zero_shot["test_items"],
     }
-    (run / "shapes_report.json").write_text(json.dumps(report, indent=2))
+    write_json(run / "shapes_report.json", report, allow_nan=True)
     print(f"held-out shapes, {report['test_items']} scenes, 30 colour-shape classes:")
     for name in ("zero_shot", "linear_probe", "fine_tuned", "chance"):
         print(f"  {name.replace('_', ' '):13s} {100 * report[name]:5.1f}%")

@@ -16,7 +16,7 @@ the final report.
 
 from dataclasses import asdict, dataclass, field
 import functools
-import json
+import math
 from pathlib import Path
 import sys
 from typing import Optional
@@ -41,7 +41,7 @@ from torchflava.data.transforms import EvalImageTransform, PretrainingImageTrans
 from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
 from torchflava.models.flava import flava_model_arguments
-from torchflava.models.flava.convert_codebook import load_codebook_weights
+from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava, load_codebook_weights
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
@@ -63,6 +63,8 @@ from torchflava.training.schema import (
     template_checks,
     training_checks,
 )
+from torchflava.utils.checkpoint import check_fits
+from torchflava.utils.cli import write_json
 
 # ----------------------------------------------------------------------------------------- config
 # flava_model's arguments (the vocabulary size comes with the tokenizer; activation checkpointing
@@ -166,9 +168,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         + [
             (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
             (
-                1 <= d.shapes.num_test <= len(ALL_SCENES),
+                5 <= d.shapes.num_test <= len(ALL_SCENES),
                 "data.shapes.num_test",
-                f"in [1, {len(ALL_SCENES)}]",
+                f"in [5, {len(ALL_SCENES)}] (the evaluation reports retrieval R@5)",
                 d.shapes.num_test,
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
@@ -184,7 +186,13 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 f"in [0, {patches}]",
                 d.num_masked_patches,
             ),
-            (d.min_mask_block >= 1, "data.min_mask_block", ">= 1", d.min_mask_block),
+            (
+                # a larger block than the budget rarely fits it: most images get no masked patch
+                d.min_mask_block >= 1 and (d.num_masked_patches == 0 or d.min_mask_block <= d.num_masked_patches),
+                "data.min_mask_block",
+                f"in [1, data.num_masked_patches = {d.num_masked_patches}]",
+                d.min_mask_block,
+            ),
             (
                 2 <= d.max_text_length <= m.max_seq_len,
                 "data.max_text_length",
@@ -193,9 +201,10 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             ),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (
-                min(r.pairs, r.images, r.texts) >= 0 and (not kinds or sum(getattr(r, k) for k in kinds) > 0),
+                all(0 <= x < math.inf for x in (r.pairs, r.images, r.texts))
+                and (not kinds or sum(getattr(r, k) for k in kinds) > 0),
                 "data.ratios",
-                f">= 0 each and > 0 for one kind the data has ({', '.join(kinds) or 'none'})",
+                f"finite and >= 0 each, and > 0 for one kind the data has ({', '.join(kinds) or 'none'})",
                 asdict(r),
             ),
             (0 < d.mlm_probability <= 1, "data.mlm_probability", "in (0, 1]", d.mlm_probability),
@@ -228,7 +237,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             path_check("data.files.texts", f.texts, "file"),
         ]
         + [
-            (value >= 0, f"pretraining.{name}", ">= 0", value)
+            (0 <= value < math.inf, f"pretraining.{name}", "a finite number >= 0", value)
             for name, value in asdict(cfg.pretraining).items()
             if name.endswith("_weight")
         ]
@@ -238,13 +247,19 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     # used), then the multipliers' module names against the pretraining model around that same meta
     # backbone (built once: cached)
     backbone = functools.cache(lambda: flava_model(**flava_model_kwargs(m, max(d.vocab_size, 16))))
+    codebook = functools.cache(lambda: build_codebook(cfg, seeded=False))
     raise_on_failed_checks(
         [
             builds_on_meta("model", backbone),
-            builds_on_meta("codebook", lambda: build_codebook(cfg, seeded=False)),
+            builds_on_meta("codebook", codebook),
             lr_multipliers_check(lambda: pretraining_model(cfg, backbone()), cfg.optim),
         ]
     )
+
+    def codebook_fits(tensors: dict) -> None:  # as load_codebook_weights checks them, on the meta codebook
+        check_fits(convert_codebook_to_torchflava(tensors, codebook()), codebook())
+
+    raise_on_failed_checks([checkpoint_fits("codebook.pretrained", cfg.codebook.pretrained, codebook_fits)])
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -442,14 +457,12 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: W
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
     built = flava_model_arguments(cfg.model.pretrained, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
-    (export_path.parent / "backbone_config.json").write_text(  # what was built (a config.json may fill some)
-        json.dumps(built, indent=2)
-    )
+    write_json(export_path.parent / "backbone_config.json", built, allow_nan=True)  # what was built
     tokenizer.save(export_path.parent)
     EvalImageTransform(cfg.model.image_size).save(export_path.parent)  # preprocessor_config.json: how to evaluate it
     if cfg.eval.enabled and cfg.data.source == "shapes":
         report["eval"] = evaluate_export(cfg, export_path, tokenizer)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out_dir / "report.json", report, allow_nan=True)
     print(format_report(report))
     return report
 

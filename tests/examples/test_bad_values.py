@@ -15,6 +15,7 @@ import pytest
 import webdataset as wds
 
 from tests.helpers import load_recipe, write_tiny_export
+from torchflava.utils.checkpoint import save_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 FLAVA = (
@@ -47,12 +48,18 @@ def files(tmp_path_factory) -> Path:
     (root / "header_only.tsv").write_text("question\tsentence\tlabel\n")
     (root / "latin1.tsv").write_bytes("question\tsentence\tlabel\nqu\xe9?\tb\tpos\n".encode("latin-1"))
     (root / "not_a_checkpoint").mkdir()
+    (root / "clip_run" / "model").mkdir(parents=True)  # what a CLIP run exports (its files not read here)
+    for name in ("clip_config.json", "clip.safetensors", "vocab.txt"):
+        (root / "clip_run" / "model" / name).write_text("{}")
     (root / "garbage.safetensors").write_bytes(b"\x10" * 64)
     for split, classes in (("train", ("red", "blue")), ("val", ("red", "green")), ("one_class", ("red",))):
         for name in classes:
             (root / "classes" / split / name).mkdir(parents=True)
             Image.new("RGB", (8, 8), (200, 0, 0)).save(root / "classes" / split / name / "0.png")
     Image.new("RGB", (8, 8), (0, 0, 200)).save(root / "0.png")
+    (root / "classes" / "unreadable" / "red").mkdir(parents=True)
+    for i in range(3):
+        (root / "classes" / "unreadable" / "red" / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (root / "labels.jsonl").write_text(json.dumps({"image": "0.png", "text": "what colour?", "label": "blue"}) + "\n")
     (root / "broken.jsonl").write_text('{"image": "0.png", "text": \n')
     (root / "empty.txt").write_text("\n  \n")
@@ -108,16 +115,22 @@ FLAVA_ONLY = [
     ("model.image_embed_dim=-32", "model"),
     ("model.text_num_heads=5", "model"),
     (NO_RATIOS, "data.ratios"),
+    ("data.ratios.pairs=inf", "data.ratios"),  # was a traceback after the vocabulary was learnt
+    ("pretraining.mlm_weight=inf", "pretraining.mlm_weight"),  # was a non-finite loss stop after training
     ("data.mlm_probability=1.5", "data.mlm_probability"),
     ("data.itm_negative_probability=-0.1", "data.itm_negative_probability"),
     ("data.vocab_size=3", "data.vocab_size"),
     ("data.num_masked_patches=999", "data.num_masked_patches"),
+    ("data.min_mask_block=7", "data.min_mask_block"),  # > num_masked_patches (6): masked almost nothing
     ("data.max_text_length=1", "data.max_text_length"),
     ("data.vocab=/nowhere/vocab.txt", "data.vocab"),
     ("codebook.hidden_dim=0", "codebook"),
+    ("codebook.pretrained=/nowhere/dvae.pt", "codebook.pretrained"),  # was a traceback after the vocabulary
+    ("codebook.pretrained={files}/garbage.safetensors", "codebook.pretrained"),
     ("model.pretrained={files}/garbage.safetensors", "model.pretrained"),  # was a traceback after the vocabulary
     ("model.pretrained={files}/not_a_checkpoint", "model.pretrained"),
     ("data.shapes.num_test=1000", "data.shapes.num_test"),  # was found after training, in the evaluation
+    ("data.shapes.num_test=4", "data.shapes.num_test"),  # as was R@5 of fewer than 5 scenes
     ("data.shapes.image_size=0", "data.shapes.image_size"),
     ("data.shapes.num_images=-1", "data.shapes.num_images"),  # was read as 0
     # data that cannot be opened
@@ -142,6 +155,10 @@ CLIP_ONLY = [
     ("data.max_text_length=100", "data.max_text_length"),
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
     ("data.shapes.num_test=0", "data.shapes.num_test"),
+    ("data.shapes.num_test=4", "data.shapes.num_test"),  # R@5 of 4 scenes: a traceback after training
+    # one pair per micro-batch: no negatives, loss 0 and no gradient (trained nothing and exited 0)
+    ("training.global_batch_size=1", "training.global_batch_size"),
+    (("training.global_batch_size=8", "training.grad_accumulation=8"), "training.global_batch_size"),
     ("model.pretrained={files}/garbage.safetensors", "model.pretrained"),
     ((FILES,), "data.files"),
     ((FILES, "data.files.pairs_shards=/nowhere/*.tar"), "data.files.pairs_shards"),
@@ -178,6 +195,7 @@ FINETUNE_ONLY = [
     ("model.pretrained=/nowhere/run", "model.pretrained"),
     ("model.pretrained={files}/train.tsv", "model.pretrained"),
     ("model.pretrained={files}/not_a_checkpoint", "model.pretrained"),
+    ("model.pretrained={files}/clip_run", "model.pretrained"),  # was a TypeError traceback, run directory taken
     ("data.train=null", "data.train"),
     ("data.val=null", "data.val"),
     ("data.train=/nowhere/train.tsv", "data.train"),
@@ -204,6 +222,7 @@ FINETUNE_ONLY = [
     ((*IMAGE_TEXT, "model.loss=binary_cross_entropy"), "model.loss"),  # the file holds class labels
     ((*IMAGE_FOLDER, "data.train={files}/train.tsv"), "data.train"),
     ((*IMAGE_FOLDER, "data.val={files}/classes/val"), "data.val"),  # 'green' is not a training class
+    ((*IMAGE_FOLDER, "data.val={files}/classes/unreadable"), "data.val"),  # was torch.cat([]) after training
     ((*IMAGE_FOLDER, "data.train={files}/classes/one_class"), "data.train"),
     ((*IMAGE_FOLDER, "data.train={files}/empty_dir"), "data.train"),
     ((*SHAPES, "data.shapes_train=0"), "data.shapes_train"),
@@ -320,3 +339,106 @@ def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
         cfg = module.load_config(module.TrainConfig, [f"config={CLIP[1]}", f"training.output_dir={out}"])
         with pytest.raises(module.ConfigError, match="key 'training.output_dir': expected a directory this process"):
             module.main(cfg)
+
+
+def test_clip_needs_two_pairs_per_micro_batch(files, tmp_path):
+    module = RECIPES["clip"]
+    cfg = _config("clip", ("training.global_batch_size=6", "training.grad_accumulation=6"), files, tmp_path / "run")
+    with pytest.raises(module.ConfigError) as caught:
+        module.validate(cfg, 1)
+    assert str(caught.value) == (
+        "key 'training.global_batch_size': expected at least 2 pairs per micro-batch, i.e. >= 2 x "
+        "training.grad_accumulation (6): the contrastive loss of one pair is 0 with no gradient, got 6"
+    )
+    # two ranks with one pair each: the loss gathers the features, so every pair has a negative
+    module.validate(_config("clip", ("training.global_batch_size=2",), files, tmp_path / "run"), 2)
+
+
+def test_a_mask_block_larger_than_the_masking_budget_is_refused(files, tmp_path):
+    module = RECIPES["flava"]
+    cfg = _config("flava", ("data.num_masked_patches=5", "data.min_mask_block=6"), files, tmp_path / "run")
+    with pytest.raises(module.ConfigError) as caught:
+        module.validate(cfg, 1)
+    assert str(caught.value) == "key 'data.min_mask_block': expected in [1, data.num_masked_patches = 5], got 6"
+    module.validate(_config("flava", ("data.num_masked_patches=5", "data.min_mask_block=5"), files, tmp_path), 1)
+    module.validate(_config("flava", ("data.num_masked_patches=0", "data.min_mask_block=6"), files, tmp_path), 1)
+
+
+@pytest.mark.parametrize("recipe", ["clip", "flava"])
+def test_an_entry_of_the_wrong_kind_in_the_output_dir_is_refused_before_any_work(recipe, files, tmp_path):
+    module = RECIPES[recipe]
+    (tmp_path / "file_model").mkdir()
+    (tmp_path / "file_model" / "model").write_text("my notes")  # the export directory goes there
+    (tmp_path / "dir_metrics" / "metrics.jsonl").mkdir(parents=True)
+    for out, entry, fault in (
+        (tmp_path / "file_model", "model", "its model is a file, where a run writes a directory"),
+        (tmp_path / "dir_metrics", "metrics.jsonl", "its metrics.jsonl is a directory, where a run writes a file"),
+    ):
+        with pytest.raises(module.ConfigError) as caught:
+            module.main(_config(recipe, [], files, out))
+        assert str(caught.value) == (
+            "key 'training.output_dir': expected a directory this process can create or write, with no entry of "
+            f"another kind where a run writes one, got '{out} ({fault})'"
+        )
+        assert [p.name for p in out.iterdir()] == [entry]  # nothing written, no lock left
+    (tmp_path / "quiet").mkdir()
+    (tmp_path / "quiet" / "tensorboard").write_text("not written by a run without TensorBoard")
+    module.validate(_config(recipe, ["training.tensorboard=false"], files, tmp_path / "quiet"), 1)
+
+
+def test_infinite_loss_weights_and_ratios_are_refused_naming_finite(files, tmp_path):
+    module = RECIPES["flava"]
+    for override, message in (
+        (
+            "pretraining.itm_weight=inf",
+            "key 'pretraining.itm_weight': expected a finite number >= 0, got inf",
+        ),
+        (
+            "data.ratios.texts=inf",
+            "key 'data.ratios': expected finite and >= 0 each, and > 0 for one kind the data has (pairs, images, "
+            "texts), got {'pairs': 0.7, 'images': 0.15, 'texts': inf}",
+        ),
+    ):
+        with pytest.raises(module.ConfigError) as caught:
+            module.validate(_config("flava", [override], files, tmp_path / "run"), 1)
+        assert str(caught.value) == message
+
+
+def test_codebook_weights_are_checked_against_the_codebook_section(files, tmp_path):
+    module = RECIPES["flava"]
+    cfg = _config("flava", [], files, tmp_path / "run")
+    path = tmp_path / "dvae.safetensors"
+    save_state_dict(module.build_codebook(cfg, seeded=False).state_dict(), path)
+    fitting = _config("flava", [f"codebook.pretrained={path}"], files, tmp_path / "run")
+    module.validate(fitting, 1)
+    assert module.build_codebook(fitting) is not None  # the weights the check passed do load
+    wider = _config("flava", [f"codebook.pretrained={path}", "codebook.hidden_dim=16"], files, tmp_path / "run")
+    with pytest.raises(module.ConfigError) as caught:
+        module.validate(wider, 1)
+    message = str(caught.value)
+    assert message.startswith(
+        f"key 'codebook.pretrained': expected a checkpoint that reads and fits the codebook section, got \"{path} ("
+    )
+    assert "groups.0.0.conv4.bias: checkpoint (8,) vs model (16,)" in message and "\n" not in message, message
+
+
+def test_finetuning_a_clip_checkpoint_is_refused_naming_its_family(files, tmp_path):
+    module = RECIPES["finetune"]
+    with pytest.raises(module.ConfigError) as caught:
+        module.validate(_config("finetune", [f"model.pretrained={files}/clip_run"], files, tmp_path / "run"), 1)
+    assert str(caught.value) == (
+        f"key 'model.pretrained': expected a FLAVA checkpoint directory, got '{files}/clip_run (a CLIP checkpoint)'"
+    )
+
+
+def test_a_validation_split_without_a_usable_item_is_refused_before_training(files, tmp_path):
+    module = RECIPES["finetune"]
+    out = tmp_path / "run"
+    cfg = _config("finetune", [*IMAGE_FOLDER, "data.val={files}/classes/unreadable"], files, out)
+    with pytest.raises(module.ConfigError) as caught:
+        module.main(cfg)
+    assert str(caught.value) == (
+        "key 'data.val': expected a split with a usable item to evaluate, got "
+        f"'{files}/classes/unreadable (none of its 3 items reads)'"
+    )
+    assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()

@@ -15,7 +15,7 @@ from PIL import Image
 import pytest
 import torch
 
-from tests.helpers import load_recipe
+from tests.helpers import load_recipe, write_tiny_export
 from torchflava.modules.layers import TransformerEncoderLayer
 from torchflava.training.checkpointing import CheckpointManager
 
@@ -352,7 +352,7 @@ def test_every_finetuning_config_loads_and_validates(path, tmp_path):
     for name in ("t", "v"):  # the data files are checked for existence only here (validate opens nothing)
         (tmp_path / name).write_text("")
     (tmp_path / "i").mkdir()
-    (tmp_path / "ckpt").mkdir()
+    write_tiny_export(tmp_path / "ckpt")  # validate reads its config files (a FLAVA one, not CLIP)
     overrides = [] if "shapes" in path.name else [f"data.train={tmp_path / 't'}", f"data.val={tmp_path / 'v'}"]
     overrides += [f"data.image_root={tmp_path / 'i'}", f"model.pretrained={tmp_path / 'ckpt'}"]
     cfg = finetune.load_config(finetune.FinetuneConfig, [f"config={path}", *overrides])

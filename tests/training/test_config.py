@@ -225,3 +225,57 @@ def test_a_resumed_run_may_spell_or_place_its_directory_otherwise(tmp_path):
         assert check_resume_config(tmp_path / "config.yaml", _Run(_Training(output_dir=spelt))) == []
     with pytest.raises(ConfigError, match="'training.seed' \\(0 -> 1\\)"):  # what it trains stays refused
         check_resume_config(tmp_path / "config.yaml", _Run(_Training(output_dir=str(tmp_path), seed=1)))
+
+
+@dataclass
+class _Shapes:
+    num_pairs: int = 100
+    num_test: int = 540
+
+
+@dataclass
+class _Data:
+    shapes: _Shapes = field(default_factory=_Shapes)
+
+
+@dataclass
+class _ShapesRun:
+    data: _Data = field(default_factory=_Data)
+
+
+def test_a_resumed_run_may_evaluate_on_another_held_out_split(tmp_path):
+    save_config(_ShapesRun(), tmp_path / "config.yaml")
+    assert check_resume_config(tmp_path / "config.yaml", _ShapesRun(_Data(_Shapes(num_test=60)))) == []
+    with pytest.raises(ConfigError, match=r"'data.shapes.num_pairs' \(100 -> 50\)"):  # the training data: refused
+        check_resume_config(tmp_path / "config.yaml", _ShapesRun(_Data(_Shapes(num_pairs=50))))
+
+
+@pytest.mark.parametrize(
+    "text, got",
+    [
+        ("", "got nothing (empty, or only comments)"),
+        ("# my settings were here\n", "got nothing (empty, or only comments)"),
+        ("{}\n", "got nothing (empty, or only comments)"),
+        ("tiny settings\n", "got a str 'tiny settings'"),  # was an unknown key 'tiny settings'
+        ("- 1\n- 2\n", "got a list [1, 2]"),
+    ],
+)
+def test_a_config_file_without_settings_is_refused(tmp_path, text, got):
+    file = write(tmp_path / "run.yaml", text)
+    with pytest.raises(ConfigError) as error:  # an empty file gave the defaults (a full-size run) in silence
+        load_config(Schema, [f"config={file}"])
+    assert str(error.value) == f"config: {file!r} must hold a mapping of sections at the top level, {got}"
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("optim:\n  lr: 1\n  lr: 2\n", "found duplicate key lr at line 3, column 3"),
+        ("optim:\n  lr: 1\n   bad: 1\n", "mapping values are not allowed in this context at line 3, column 7"),
+    ],
+)
+def test_yaml_errors_in_a_file_are_one_line_with_the_place(tmp_path, text, reason):
+    file = write(tmp_path / "run.yaml", text)
+    with pytest.raises(ConfigError) as error:
+        load_config(Schema, [f"config={file}"])
+    assert str(error.value) == f"config: {file!r} is not valid YAML ({reason})"

@@ -301,6 +301,28 @@ def test_resuming_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     ]
 
 
+def test_a_fresh_start_over_damaged_checkpoints_sets_them_aside(tmp_path, capsys):
+    run(tmp_path, max_steps=8, checkpoint_every=4)
+    root = tmp_path / "checkpoints"
+    for step in (4, 8):  # one byte changed in each: resume=auto finds nothing intact
+        metadata = root / f"step_{step:08d}" / ".metadata"
+        data = bytearray(metadata.read_bytes())
+        data[20] ^= 0xFF
+        metadata.write_bytes(bytes(data))
+    capsys.readouterr()
+    _, result = run(tmp_path, max_steps=2, checkpoint_every=2, resume="auto")
+    assert result.resumed_from is None
+    err = capsys.readouterr().err
+    assert f"starting afresh (moving them to {root / 'abandoned'})" in err
+    assert "resume: step_00000008 is newer than this fresh run's start; moved to" in err
+    # Rotation kept the fresh run's own checkpoint (not the damaged, higher-numbered ones), auto
+    # resumes from it, and the damaged ones are kept aside, not deleted.
+    assert [p.name for p in CheckpointManager(root).complete()] == ["step_00000002"]
+    assert sorted(p.name for p in (root / "abandoned").iterdir()) == ["step_00000004", "step_00000008"]
+    _, again = run(tmp_path, max_steps=2, checkpoint_every=2, resume="auto")
+    assert again.resumed_from == root / "step_00000002" and again.loss is None
+
+
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     run(tmp_path / "a", max_steps=2, checkpoint_every=2)
     training, optim = settings(

@@ -13,6 +13,8 @@ from pathlib import Path
 import types
 from typing import Callable, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
+import yaml
+
 from torchflava.utils.checkpoint import first_line
 
 T = TypeVar("T")
@@ -51,21 +53,31 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
             raise ConfigError(f"config: no such file {file!r}")
         try:
             loaded = OmegaConf.load(file)
+            top = yaml.safe_load(Path(file).read_text(encoding="utf-8"))  # OmegaConf makes a bare string a key
         except Exception as error:  # YAML syntax errors come in several types
-            raise ConfigError(f"config: {file!r} is not valid YAML ({error})") from None
-        if not OmegaConf.is_dict(loaded):
-            raise ConfigError(f"config: {file!r} must hold a mapping at the top level")
+            raise ConfigError(f"config: {file!r} is not valid YAML ({_yaml_error(error)})") from None
+        if not isinstance(top, dict) or not top:
+            got = "nothing (empty, or only comments)" if top in (None, {}) else f"a {type(top).__name__} {top!r:.60}"
+            raise ConfigError(f"config: {file!r} must hold a mapping of sections at the top level, got {got}")
         merged = _merge(merged, loaded, f"config file {file!r}")
     for override in overrides:  # one at a time, so an error names the override at fault
         try:
             parsed = OmegaConf.from_dotlist([override])
         except Exception as error:  # YAML syntax errors come in several types
-            raise ConfigError(f"override {override!r}: the value is not valid YAML ({first_line(error)})") from None
+            raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_error(error)})") from None
         merged = _merge(merged, parsed, f"override {override!r}")
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error, "the merged config")) from None
+
+
+def _yaml_error(error: Exception) -> str:
+    """A YAML error in one line: its problem and where (a parser's message spans several lines)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return first_line(error)
 
 
 def _describe(error: Exception, where: str) -> str:
@@ -184,6 +196,7 @@ RESUME_FREE = (
     "training.strategy",
     "training.device",
     "data.num_workers",
+    "data.shapes.num_test",  # the held-out split the recipes evaluate on, after training
     "eval.",
 )
 

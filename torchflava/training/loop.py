@@ -288,10 +288,14 @@ def fit(
     start, skipped, position, last_saved = 0, [], {}, resume_from
     if resume_from is not None:
         start, skipped, position = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler, streamed=streamed)
-        if _rank() == 0:  # newer checkpoints of an abandoned trajectory: out of rotation's and auto's way
-            for moved in checkpoints.set_aside_newer(start):
-                print(f"resume: {moved.name} is newer than {resume_from}; moved to {moved.parent}", file=sys.stderr)
-        barrier()
+    # Checkpoints past the start: an abandoned trajectory's, or damaged ones resume=auto passed over (a
+    # fresh run finds no others). Out of rotation's and auto's way, so both see only this run's; kept.
+    if _rank() == 0:
+        since = "this fresh run's start" if resume_from is None else str(resume_from)
+        for moved in checkpoints.set_aside_newer(start):
+            print(f"resume: {moved.name} is newer than {since}; moved to {moved.parent}", file=sys.stderr)
+    barrier()
+    if resume_from is not None:
         _apply_optim_config(optimizer, scheduler, optim, model)
         if streamed:
             try:

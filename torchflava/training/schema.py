@@ -75,14 +75,37 @@ def raise_on_failed_checks(checks: Sequence[tuple]) -> None:
             raise ConfigError(f"key '{key}': expected {expected}, got {got!r}")
 
 
-def _can_hold_a_run(path: Path) -> bool:
-    """Whether ``path`` is, or can be created as, a writable directory whose ``checkpoints`` is not a file."""
-    if path.exists():
-        return path.is_dir() and os.access(path, os.W_OK | os.X_OK) and not (path / "checkpoints").is_file()
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    return ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK)
+# What a run writes in its directory (the recipes' outputs), by kind: an entry of the other kind there
+# would be found only when it is written, after training.
+RUN_ENTRIES = {
+    "checkpoints": "directory",
+    "model": "directory",
+    "tensorboard": "directory",
+    "config.yaml": "file",
+    "metrics.jsonl": "file",
+    "report.json": "file",
+    "loss_curve.png": "file",
+    "vocab.txt": "file",
+    "tokenizer_config.json": "file",
+}
+
+
+def _run_directory_fault(path: Path, *, tensorboard: bool) -> Optional[str]:
+    """Why ``path`` cannot hold a run: it is not a directory this process can write or create, or an
+    entry a run writes there is of the other kind (a file named ``model``, a directory named
+    ``metrics.jsonl``); None when it can."""
+    if not path.exists():
+        ancestor = path.absolute().parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        return None if ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK) else "cannot be created"
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        return "not a writable directory"
+    for name, kind in RUN_ENTRIES.items():
+        entry = path / name
+        if entry.exists() and entry.is_dir() != (kind == "directory") and (tensorboard or name != "tensorboard"):
+            return f"its {name} is a {'directory' if entry.is_dir() else 'file'}, where a run writes a {kind}"
+    return None
 
 
 def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[tuple]:
@@ -93,7 +116,7 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     """
     accumulation_ok = t.grad_accumulation >= 1
     unit = world_size * t.grad_accumulation if accumulation_ok else 1
-    output = Path(t.output_dir)
+    output_fault = _run_directory_fault(Path(t.output_dir), tensorboard=t.tensorboard) if t.output_dir else "empty"
     return [
         (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
         (t.device in ("auto", "cpu", "cuda"), "training.device", "auto, cpu or cuda", t.device),
@@ -106,10 +129,10 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             t.activation_checkpointing,
         ),
         (
-            bool(t.output_dir) and _can_hold_a_run(output),
+            output_fault is None,
             "training.output_dir",
-            "a directory this process can create or write (with no file named checkpoints in it)",
-            t.output_dir,
+            "a directory this process can create or write, with no entry of another kind where a run writes one",
+            f"{t.output_dir} ({output_fault})" if output_fault else t.output_dir,
         ),
         (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
         (accumulation_ok, "training.grad_accumulation", ">= 1", t.grad_accumulation),
@@ -153,7 +176,13 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
     if resume == "auto":
         path, passed_over = checkpoints.latest_intact()
         if passed_over and (not dist.is_initialized() or dist.get_rank() == 0):
-            then = f"resuming from {path}" if path is not None else "no intact checkpoint is left: starting afresh"
+            # fit moves them aside (rotation and auto then see only the new run's), as it does any newer ones
+            aside = checkpoints.root / "abandoned"
+            then = (
+                f"resuming from {path}"
+                if path
+                else f"no intact checkpoint is left: starting afresh (moving them to {aside})"
+            )
             for line in passed_over:
                 print(f"warning: {line}; {then}", file=sys.stderr)
         return path
@@ -352,7 +381,8 @@ def checkpoint_fits(key: str, path: Optional[str], fits: Optional[Callable[[dict
             fits(tensors)
     except (OSError, ValueError, TypeError) as error:
         reason = first_line(error)
-        return (False, key, "a checkpoint that reads and fits the model section", f"{path} ({reason})")
+        section = key.rsplit(".", 1)[0]  # model.pretrained: the model section's
+        return (False, key, f"a checkpoint that reads and fits the {section} section", f"{path} ({reason})")
     return (True, key, "", None)
 
 

@@ -46,8 +46,9 @@ def output_file(text: str) -> Path:
     return path
 
 
-def write_json(path: Path, value: object) -> None:
+def write_json(path: Path, value: object, *, allow_nan: bool = False) -> None:
     """Write ``value`` as JSON, atomically; ValueError (before writing) if it holds NaN or infinity,
-    which JSON cannot represent."""
-    text = json.dumps(value, indent=2, allow_nan=False)
+    which JSON cannot represent, unless ``allow_nan`` (then written as Python's ``NaN``, ``Infinity``:
+    e.g. a report whose metric is undefined, which must not be lost)."""
+    text = json.dumps(value, indent=2, allow_nan=allow_nan)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
