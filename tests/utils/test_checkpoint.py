@@ -331,6 +331,19 @@ def test_refused_pickles_are_reported_in_one_line(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_torchscript_archive_is_refused_naming_it_and_the_way_to_its_weights(tmp_path):
+    # OpenAI's original CLIP .pt files are TorchScript archives: code, never run here
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(3, 2)), str(path))
+    with pytest.raises(
+        ValueError, match=r"it is a TorchScript archive .*, which holds code; if you trust it, save"
+    ) as info:
+        load_state_dict(path)
+    assert "\n" not in str(info.value) and "weights_only` set to `False`" not in str(info.value)
+    with pytest.raises(ValueError, match="TorchScript archive"):
+        peek_state_dict(path)
+
+
 @pytest.mark.parametrize(
     "index, match",
     [

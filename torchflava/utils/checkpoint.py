@@ -115,6 +115,11 @@ def _file_kind(path: Path) -> str:
 def _refusal(error: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in one line: the unpickler's own reason
     (e.g. ``Unsupported global: GLOBAL argparse.Namespace``), not torch's advice to unpickle."""
+    if "TorchScript archive" in str(error):  # torch names the kind, then advises unpickling
+        return (
+            "it is a TorchScript archive (e.g. OpenAI's original CLIP .pt), which holds code; if you trust it, "
+            "save torch.jit.load(path).state_dict() and load that"
+        )
     lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()
     reason = next(
         (line.split("WeightsUnpickler error:", 1)[1] for line in lines if "WeightsUnpickler error:" in line), ""
