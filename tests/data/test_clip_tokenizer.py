@@ -10,7 +10,7 @@ import torch
 from transformers import CLIPTokenizer as HFSlowTokenizer
 from transformers import CLIPTokenizerFast as HFFastTokenizer
 
-from torchflava.data.clip_tokenizer import CLIP_VOCAB_SIZE, CLIPTokenizer, byte_characters
+from torchflava.data.clip_tokenizer import CLIP_VOCAB_SIZE, CLIPTokenizer, byte_characters, fix_characters
 
 BPE = open_clip.tokenizer.default_bpe()  # OpenAI's bpe_simple_vocab_16e6.txt.gz
 TEXTS = [
@@ -59,6 +59,37 @@ def test_ids_equal_open_clips_tokenizer(ours):
         assert our_ids[:length].tolist() == reference[row][:length].tolist(), TEXTS[row]
         assert not reference[row][length:].any()  # open_clip's row ends where ours does
     assert ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]  # "a photo of a cat"
+
+
+def test_ids_equal_open_clips_where_its_ftfy_fixes_characters(ours):
+    # web captions and pasted prompts: curly quotes, ligatures, full-width forms, a BOM, terminal
+    # colours, C1 controls of mis-decoded text, control characters (ids differed on all before)
+    texts = ["don\u2019t it\u2019s \u201cquoted\u201d", "\ufb01ne \ufb02ower", "\uff21\uff22\uff23 \uff11\uff12\uff13"]
+    texts += ["\ufeffa photo", "\x1b[31mred\x1b[0m dog", "caf\x92s \x93hi\x94 \x85", "a\x1cb\x0bc\x00d", "\uff8a\uff9d"]
+    ids, mask = ours(texts)
+    reference = open_clip.tokenize(texts)
+    for row, text in enumerate(texts):
+        length = int(mask[row].sum())
+        assert ids[row, :length].tolist() == reference[row, :length].tolist(), repr(text)
+        assert not reference[row, length:].any(), repr(text)
+
+
+def test_character_fixes_equal_ftfys_fix_text():
+    import unicodedata
+
+    import ftfy
+
+    codes = [
+        *range(0x250),
+        *range(0x2000, 0x2100),
+        *range(0x3000, 0x3010),
+        *range(0xFB00, 0xFB10),
+        *range(0xFE00, 0x10000),
+    ]
+    for code in codes:
+        text = f"a{chr(code)}b"
+        assert unicodedata.normalize("NFC", fix_characters(text)) == ftfy.fix_text(text), hex(code)
+    assert fix_characters("\x1b[1;31mbold\x1b[0m") == "bold" and fix_characters("Caf\u00e9") == "Caf\u00e9"
 
 
 @pytest.mark.parametrize("kind", [HFSlowTokenizer, HFFastTokenizer], ids=["slow", "fast"])

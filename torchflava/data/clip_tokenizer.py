@@ -10,15 +10,21 @@ from
   ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length`` and
   ``pad_token``: the ids transformers' ``CLIPTokenizerFast`` gives;
 * OpenAI's and open_clip's merges file, ``bpe_simple_vocab_16e6.txt.gz``
-  (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, HTML entities undone as it
-  does (it also repairs broken Unicode with ``ftfy``, which this one does not).
+  (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, with the character fixes
+  its ``ftfy`` makes (:func:`fix_characters`: curly quotes, ligatures, full-width forms, control
+  characters...) and HTML entities undone as it does; ``ftfy``'s repair of mis-decoded text
+  (mojibake such as ``cafÃ©``) is not made.
 """
 
+import contextlib
+import functools
 import gzip
 import html
 import os
 from pathlib import Path
+import re
 from typing import Optional, Sequence, Union
+import unicodedata
 
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 from torch import Tensor
@@ -39,6 +45,32 @@ CLIP_CONTEXT_LENGTH = 77
 # Contractions, letter runs, single digits, runs of other non-space symbols (CLIP's word split).
 _WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
+_TERMINAL_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # ANSI colour and cursor codes
+
+
+@functools.cache
+def _character_fixes() -> dict[int, Optional[str]]:
+    """The ``str.translate`` table of :func:`fix_characters`."""
+    quotes = {**dict.fromkeys([0x2BC, *range(0x2018, 0x201C)], "'"), **dict.fromkeys(range(0x201C, 0x2020), '"')}
+    controls = [*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFD)]
+    table: dict[int, Optional[str]] = {**dict.fromkeys(controls), **quotes, 0x0D: "\n", 0x2028: "\n", 0x2029: "\n"}
+    for code in range(0x80, 0xA0):  # C1 controls stand for the Windows-1252 characters of mis-decoded text
+        with contextlib.suppress(UnicodeDecodeError):
+            table[code] = bytes([code]).decode("cp1252").translate(quotes)
+    # Latin ligatures (but the long s of U+FB05, and U+0149's apostrophe, uncurled), full- and half-width forms
+    forms = [0x132, 0x133, *range(0x1C4, 0x1CD), *range(0x1F1, 0x1F4), *range(0xFB00, 0xFB07), 0x3000]
+    for code in [*forms, *range(0xFF01, 0xFFEF)]:
+        if (compatible := unicodedata.normalize("NFKC", chr(code))) != chr(code):
+            table[code] = compatible
+    return {**table, 0x149: "'n", 0xFB05: "\u017ft"}
+
+
+def fix_characters(text: str) -> str:
+    """The character-level fixes ``ftfy.fix_text`` makes by default (open_clip's tokenizer applies it):
+    terminal escapes and control characters removed, line breaks made ``\\n``, C1 controls read as the
+    Windows-1252 characters they stand for, curly quotes straightened, Latin ligatures split and
+    full-width (half-width katakana) forms made normal width. Not made: its repair of mis-decoded text."""
+    return _TERMINAL_ESCAPES.sub("", text).translate(_character_fixes())
 
 
 def byte_characters() -> dict[int, str]:
@@ -64,6 +96,7 @@ class CLIPTokenizer:
             checkpoints; padding is masked out either way).
         unescape_html (bool): undo HTML entities (``&amp;``, twice, as OpenAI's and open_clip's
             tokenizers do; web alt-text holds them) before tokenising; transformers' fast one does not.
+        fix_text (bool): make :func:`fix_characters`' fixes first (open_clip's ``ftfy.fix_text``).
 
     Raises:
         ValueError: if a special or the padding token is missing, or ``model_max_length`` < 2.
@@ -76,6 +109,7 @@ class CLIPTokenizer:
         model_max_length: Optional[int] = CLIP_CONTEXT_LENGTH,
         pad_token: Optional[str] = None,
         unescape_html: bool = False,
+        fix_text: bool = False,
     ) -> None:
         vocab = tokenizer.get_vocab()
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
@@ -85,7 +119,7 @@ class CLIPTokenizer:
         # transformers' CLIP tokenizers match them).
         tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=True) for token in (START, END)])
         tokenizer.post_processor = None  # __call__ adds the start and end tokens
-        self._tokenizer, self.unescape_html = tokenizer, unescape_html
+        self._tokenizer, self.unescape_html, self.fix_text = tokenizer, unescape_html, fix_text
         self.model_max_length = check_model_max_length(model_max_length)
         self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token or END]
         self.vocab_size = max(vocab.values()) + 1
@@ -148,6 +182,7 @@ class CLIPTokenizer:
         characters = list(byte_characters().values())
         tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
         kwargs.setdefault("unescape_html", True)  # as OpenAI's and open_clip's tokenizers
+        kwargs.setdefault("fix_text", True)
         return cls.from_vocab_and_merges({token: i for i, token in enumerate(tokens)}, merges, **kwargs)
 
     @classmethod
@@ -215,6 +250,8 @@ class CLIPTokenizer:
         """
         texts = checked_texts(texts)
         length = check_max_length(max_length, self.model_max_length)
+        if self.fix_text:
+            texts = [fix_characters(text) for text in texts]
         if self.unescape_html:
             texts = [html.unescape(html.unescape(text)) for text in texts]
         pieces = self._tokenizer.encode_batch(texts, add_special_tokens=False)
