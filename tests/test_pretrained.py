@@ -161,3 +161,30 @@ def test_a_config_json_error_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=rf"checkpoint: {re.escape(str(tmp_path / 'config.json'))}: .*hidden_act"):
         load_pretrained(tmp_path)
+
+
+def test_an_open_clip_hub_directory_and_a_single_tower_one(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from tests.models.clip.test_convert_weights import OPEN_CLIP_CFG, _open_clip_hub_directory
+    from tests.test_zero_shot_command import write_hf_clip
+
+    cfg = dict(OPEN_CLIP_CFG, text_cfg=dict(OPEN_CLIP_CFG["text_cfg"], vocab_size=49408, context_length=77))
+    reference = _open_clip_hub_directory(tmp_path / "open_clip", cfg)
+    write_hf_clip(tmp_path / "hf")  # its tokenizer files, CLIP's real vocabulary
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(tmp_path / "hf" / name, tmp_path / "open_clip" / name)
+    loaded = load_pretrained(tmp_path / "open_clip")
+    assert loaded.weights.name == "open_clip_model.safetensors" and loaded.kwargs["activation"] == "quick_gelu"
+    images = torch.randn(2, 3, 32, 32)
+    ids, mask = loaded.tokenizer(["a photo of a cat", "a dog"], max_length=77)
+    with torch.no_grad():
+        padded = torch.nn.functional.pad(ids * mask, (0, 77 - ids.shape[1]))  # open_clip's rows: 77, zeros after
+        expected = reference.encode_image(images, normalize=True), reference.encode_text(padded, normalize=True)
+        assert torch.allclose(loaded.model.encode_image(images), expected[0], atol=1e-5)
+        assert torch.allclose(loaded.model.encode_text(ids, mask), expected[1], atol=1e-5)
+    tower = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPVisionConfig(**tower, image_size=32, patch_size=8, projection_dim=16)
+    CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "tower")
+    with pytest.raises(ValueError, match=r"model_type 'flava' or 'clip' \(a whole FlavaModel or CLIPModel, both"):
+        load_pretrained(tmp_path / "tower")

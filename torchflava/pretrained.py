@@ -14,7 +14,9 @@ Understood layouts (all local paths; nothing is downloaded):
 * a Hugging Face ``CLIPModel`` directory (``openai/clip-vit-base-patch32``-style): ``config.json``
   with ``model_type`` ``clip``, the weights, ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``
   (:class:`~torchflava.data.clip_tokenizer.CLIPTokenizer`), ``tokenizer_config.json`` and
-  ``preprocessor_config.json``.
+  ``preprocessor_config.json``,
+* an open_clip Hub directory: ``open_clip_config.json`` with ``open_clip_model.safetensors`` or
+  ``open_clip_pytorch_model.bin``, and the tokenizer files as above.
 
 The checkpoint is used as its own users use it: the tokenizer honours ``tokenizer_config.json``
 (:meth:`~torchflava.data.tokenizer.WordPieceTokenizer.from_directory`: casing, accents,
@@ -36,7 +38,7 @@ from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, EvalImageTransform, ImageTransform, ImageTransformSpec
 from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
-from torchflava.models.clip.convert_weights import hf_config_kwargs
+from torchflava.models.clip.convert_weights import directory_config
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.utils.checkpoint import read_json_object
 
@@ -130,14 +132,23 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
                 f"checkpoint: expected one .safetensors weights file in {path}, got {[w.name for w in weights]}"
             )
         weights = weights[0]
-    elif (path / "config.json").is_file():
-        config = read_json_object(path / "config.json")
-        family = "clip" if config.get("model_type") == "clip" else "flava"
-        try:
-            kwargs = hf_config_kwargs(config) if family == "clip" else flava_kwargs_from_hf_config(config)
+    elif (path / "config.json").is_file() or (path / "open_clip_config.json").is_file():
+        has_config = (path / "config.json").is_file()
+        model_type = read_json_object(path / "config.json").get("model_type") if has_config else None
+        if model_type not in ("flava", "clip") and not (path / "open_clip_config.json").is_file():
+            raise ValueError(
+                f"checkpoint: {path / 'config.json'}: expected model_type 'flava' or 'clip' (a whole FlavaModel "
+                f"or CLIPModel, both towers), got {model_type!r}"
+            )
+        family = "flava" if model_type == "flava" else "clip"
+        try:  # (a directory of open_clip's: its config and weights, where no CLIP config.json is beside them)
+            if family == "clip":
+                _, kwargs, weights = directory_config(path)
+            else:
+                kwargs, weights = flava_kwargs_from_hf_config(read_json_object(path / "config.json")), path
         except ValueError as error:  # name the file
-            raise ValueError(f"checkpoint: {path / 'config.json'}: {error}") from None
-        weights = path
+            config = path / ("config.json" if model_type in ("flava", "clip") else "open_clip_config.json")
+            raise ValueError(f"checkpoint: {config}: {error}") from None
     else:
         raise FileNotFoundError(
             f"checkpoint: {path} is neither a torchflava run/export directory (backbone_config.json or "
