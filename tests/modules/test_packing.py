@@ -123,3 +123,37 @@ def test_encode_packed_causal_last_and_bidirectional_first(max_tokens):
         padded = bert(ids, padding_mask=mask == 0, token_type_ids=types).last_hidden_state[:, 0]
         packed = encode_packed(bert, ids, mask == 0, token_type_ids=types, max_tokens=max_tokens)
         assert_close(packed, padded, atol=1e-5, rtol=0)
+
+
+def test_encode_rows_packs_where_it_serves_and_runs_padded_elsewhere(monkeypatch):
+    import torchflava.modules.packing as packing
+
+    causal = TextEncoder(
+        TokenEmbedding(99, 24, 20),
+        transformer_encoder(embed_dim=24, num_layers=2, num_heads=3, mlp_dim=40, is_causal=True),
+        torch.nn.LayerNorm(24),
+    ).eval()
+    bert = flava_text_encoder(embed_dim=24, num_layers=2, num_heads=3, mlp_dim=40, vocab_size=99, max_seq_len=20).eval()
+    ids, mask = padded_text(4, 20, 99, [20, 4, 11, 17])
+    left = mask.clone()
+    left[1, 0] = 0  # a row whose CLS is padding: cannot be packed, runs padded
+    packs = []
+    monkeypatch.setattr(packing, "encode_packed", lambda *a, **k: packs.append(1) or encode_packed(*a, **k))
+    last = 19 - mask.flip(1).argmax(dim=1)
+    with torch.no_grad():
+        for encoder, output, leave_out, packed in (
+            (causal, "last", mask == 0, True),
+            (causal, "last", None, False),
+            (bert, "first", mask == 0, True),
+            (bert, "first", left == 0, False),
+            (bert, "first", torch.zeros_like(mask, dtype=torch.bool), False),  # nothing to leave out
+        ):
+            packs.clear()
+            full = encoder(ids, padding_mask=leave_out).last_hidden_state
+            expected = full[torch.arange(4), last if leave_out is not None else 19] if output == "last" else full[:, 0]
+            got = packing.encode_rows(encoder, ids, leave_out, output=output, max_tokens=40)
+            assert_close(got, expected, atol=1e-5, rtol=0)
+            assert bool(packs) == packed
+        compiled = torch.compile(packing.encode_rows, fullgraph=True, backend="eager")  # a graph runs padded
+        expected = causal(ids, padding_mask=mask == 0).last_hidden_state[torch.arange(4), last]
+        assert_close(compiled(causal, ids, mask == 0, output="last"), expected, atol=1e-5, rtol=0)

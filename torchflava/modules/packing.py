@@ -228,17 +228,20 @@ def encode_rows(
         Tensor: (B, D) the encoder's output at each row's first or last kept token.
     """
     capturing = capturing_graph()
-    if leave_out is not None and not capturing and bool(leave_out.any()):
-        if output == "last" or can_pack(leave_out):
-            return encode_packed(
-                encoder, input_ids, leave_out, output=output, token_type_ids=token_type_ids, max_tokens=max_tokens
-            )
+    masked = leave_out is not None and (capturing or bool(leave_out.any()))  # (not read while capturing)
+    if masked and not capturing and (output == "last" or can_pack(leave_out)):
+        return encode_packed(
+            encoder, input_ids, leave_out, output=output, token_type_ids=token_type_ids, max_tokens=max_tokens
+        )
     positions = CLS_POSITION
     if output == "last":  # each row's last kept column
         kept = torch.ones_like(input_ids, dtype=torch.bool) if leave_out is None else ~leave_out
         positions = (input_ids.shape[1] - 1 - kept.flip(1).int().argmax(dim=1))[:, None]
-    padding = leave_out if capturing or (leave_out is not None and bool(leave_out.any())) else None
     out = encoder(
-        input_ids, padding_mask=padding, token_type_ids=token_type_ids, output_positions=positions, return_pooled=False
+        input_ids,
+        padding_mask=leave_out if masked else None,
+        token_type_ids=token_type_ids,
+        output_positions=positions,
+        return_pooled=False,
     )
     return out.last_hidden_state[:, 0]
