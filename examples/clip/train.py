@@ -52,6 +52,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     template_checks,
     training_checks,
+    vocab_checks,
 )
 from torchflava.utils.cli import write_json
 
@@ -135,7 +136,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (d.source != "shapes" or d.shapes.num_pairs > 0, "data.shapes.num_pairs", "> 0", d.shapes.num_pairs),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
-            (d.vocab is None or Path(d.vocab).exists(), "data.vocab", "an existing vocab.txt or directory", d.vocab),
+            *vocab_checks(d.vocab, d.vocab_training_texts),
         ]
         + streaming_checks(
             d.streaming,

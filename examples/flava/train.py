@@ -62,6 +62,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     template_checks,
     training_checks,
+    vocab_checks,
 )
 from torchflava.utils.checkpoint import check_fits
 from torchflava.utils.cli import write_json
@@ -215,9 +216,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.itm_negative_probability,
             ),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
-            (d.vocab_training_texts >= 1, "data.vocab_training_texts", ">= 1", d.vocab_training_texts),
+            *vocab_checks(d.vocab, d.vocab_training_texts),
             (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
-            (d.vocab is None or Path(d.vocab).exists(), "data.vocab", "an existing vocab.txt or directory", d.vocab),
             checkpoint_fits("model.pretrained", cfg.model.pretrained),  # its header read, no tensor data
         ]
         + streaming_checks(

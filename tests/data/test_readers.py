@@ -678,3 +678,11 @@ def test_image_folder_follows_linked_folders_once_and_lists_regular_files_only(t
     os.mkfifo(root / "fifo.png")  # reading it would block forever
     assert [ImageFolder(root).relative_path(i) for i in range(2)] == ["a.png", "linked/b.png"]
     assert len(ImageFolder(root)) == 2
+
+
+def test_shards_without_a_sample_holding_every_required_member_are_refused(tmp_path):
+    # images and no captions: every item would be a BadSample (the run stopped at step 1, 50 in a row)
+    shard = write_tar(tmp_path / "images.tar", [(f"{i:04d}.png", png_bytes()) for i in range(3)])
+    with pytest.raises(ValueError, match=r"^shards must hold a sample with image and text members, none of 3"):
+        TarShards(shard)
+    assert len(TarShards(shard, require=("image",))) == 3  # images alone are what this reader asks for

@@ -66,6 +66,11 @@ def files(tmp_path_factory) -> Path:
     (root / "not_a.tar").write_text("this is not a tar archive\n" * 40)
     (root / "empty_dir").mkdir()
     (root / "captions.txt").write_text("0.png\ta caption\n")
+    (root / "special_only_vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "blue", "square"]))
+    with wds.TarWriter(str(root / "images_only.tar")) as writer:  # samples with an image and no caption
+        for key in range(3):
+            writer.write({"__key__": str(key), "png": (root / "0.png").read_bytes()})
     (root / "shards").mkdir()
     for shard in range(2):
         with wds.TarWriter(str(root / "shards" / f"p-{shard}.tar")) as writer:
@@ -108,6 +113,20 @@ STREAMING = [
     ((*STREAMED, TWO_SHARDS, "data.num_workers=3"), "data.files.pairs_shards"),  # 3 slots, 2 shards
     ((*STREAMED, TWO_SHARDS, "data.num_workers=-1"), "data.num_workers"),
     ((*STREAMED, "data.files.pairs_shards={files}/not_a.tar"), "data.vocab"),  # no readable caption
+]
+TOO_LONG = "/tmp/" + "x" * 300  # a path component past the OS limit: OSError from Path.exists, not False
+VOCAB = [
+    ("data.vocab_training_texts=0", "data.vocab_training_texts"),  # CLIP blamed it on data.vocab
+    ("data.vocab_training_texts=-5", "data.vocab_training_texts"),
+    ("data.vocab={files}/special_only_vocab.txt", "data.vocab"),  # was a TokenMasker traceback (FLAVA)
+    (f"data.vocab={TOO_LONG}", "data.vocab"),
+    ((FILES, f"data.files.pairs_shards={TOO_LONG}"), "data.files.pairs_shards"),
+    # no sample has a caption: a RuntimeError at step 1 with data.vocab, else blamed on data.vocab
+    ((FILES, "data.files.pairs_shards={files}/images_only.tar"), "data.files.pairs_shards"),
+    (
+        (FILES, "data.files.pairs_shards={files}/images_only.tar", "data.vocab={files}/vocab.txt"),
+        "data.files.pairs_shards",
+    ),
 ]
 NO_RATIOS = ("data.ratios.pairs=0", "data.ratios.images=0", "data.ratios.texts=0")
 FLAVA_ONLY = [
@@ -247,8 +266,8 @@ FINETUNE_BASE = [
 ]
 BASE = {"flava": [f"config={FLAVA[1]}"], "clip": [f"config={CLIP[1]}"], "finetune": FINETUNE_BASE}
 CASES = (
-    [("flava", *c) for c in SHARED + EVAL + FLAVA_ONLY + STREAMING]
-    + [("clip", *c) for c in SHARED + EVAL + CLIP_ONLY + STREAMING]
+    [("flava", *c) for c in SHARED + EVAL + FLAVA_ONLY + STREAMING + VOCAB]
+    + [("clip", *c) for c in SHARED + EVAL + CLIP_ONLY + STREAMING + VOCAB]
     + [("finetune", *c) for c in SHARED + FINETUNE_ONLY]
 )
 
@@ -339,6 +358,18 @@ def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
         cfg = module.load_config(module.TrainConfig, [f"config={CLIP[1]}", f"training.output_dir={out}"])
         with pytest.raises(module.ConfigError, match="key 'training.output_dir': expected a directory this process"):
             module.main(cfg)
+
+
+@pytest.mark.parametrize("recipe", ["flava", "clip"])
+def test_an_output_dir_with_a_name_too_long_is_refused(recipe, tmp_path):
+    module = RECIPES[recipe]
+    config = (FLAVA if recipe == "flava" else CLIP)[1]
+    out = tmp_path / ("x" * 300)  # Path.exists raised OSError (File name too long) inside validate
+    cfg = module.load_config(module.TrainConfig, [f"config={config}", f"training.output_dir={out}"])
+    with pytest.raises(module.ConfigError) as caught:
+        module.main(cfg)
+    assert str(caught.value).startswith("key 'training.output_dir': expected a directory this process can create")
+    assert str(caught.value).endswith("(File name too long)'") and "\n" not in str(caught.value)
 
 
 def test_clip_needs_two_pairs_per_micro_batch(files, tmp_path):

@@ -587,7 +587,8 @@ class TarShards(Dataset):
     Raises:
         TypeError: if an argument has the wrong type.
         ValueError: if ``require`` is not a non-empty subset of ``("image", "text")``, the extension
-            tuples are empty or overlap, a shard is not a tar file, or the shards hold no sample.
+            tuples are empty or overlap, a shard is not a tar file, or the shards hold no sample with
+            every required member.
         FileNotFoundError: if ``shards`` names no existing file.
 
     Warns:
@@ -634,6 +635,9 @@ class TarShards(Dataset):
                     self._cut_after[len(self._samples) - 1] = damage
         if not self._samples:
             raise ValueError(f"shards must hold at least one sample, {len(self._paths)} file(s) hold none")
+        if not any(all(getattr(sample, name) is not None for name in self._require) for sample in self._samples):
+            wanted = " and ".join(self._require)  # read from the headers: no item would be usable
+            raise ValueError(f"shards must hold a sample with {wanted} members, none of {len(self)} sample(s) does")
 
     @property
     def lost_data(self) -> list[ShardDamage]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 import torch.distributed as dist
 
+from torchflava.data.tokenizer import run_vocabulary
 from torchflava.modules.layers.transformer import CHECKPOINT_MODES
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
@@ -116,7 +117,10 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     """
     accumulation_ok = t.grad_accumulation >= 1
     unit = world_size * t.grad_accumulation if accumulation_ok else 1
-    output_fault = _run_directory_fault(Path(t.output_dir), tensorboard=t.tensorboard) if t.output_dir else "empty"
+    try:
+        output_fault = _run_directory_fault(Path(t.output_dir), tensorboard=t.tensorboard) if t.output_dir else "empty"
+    except OSError as error:  # a name the OS refuses: a component longer than its limit, say
+        output_fault = error.strerror or first_line(error)
     return [
         (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
         (t.device in ("auto", "cpu", "cuda"), "training.device", "auto, cpu or cuda", t.device),
@@ -326,13 +330,37 @@ def path_check(key: str, value: Optional[str], kind: str) -> tuple:
     if value is None:
         return (True, key, "", None)
     path = Path(value)
-    if kind == "file":
-        ok = path.is_file()
-    elif kind == "directory":
-        ok = path.is_dir()
-    else:
-        ok = path.is_file() or any(Path(match).is_file() for match in glob.iglob(value, recursive=True))
+    try:
+        if kind == "file":
+            ok = path.is_file()
+        elif kind == "directory":
+            ok = path.is_dir()
+        else:
+            ok = path.is_file() or any(Path(match).is_file() for match in glob.iglob(value, recursive=True))
+    except OSError as error:  # a name the OS refuses: a component longer than its limit, say
+        return (False, key, PATH_KINDS[kind], f"{value} ({error.strerror or first_line(error)})")
     return (ok, key, PATH_KINDS[kind], value)
+
+
+def vocab_checks(vocab: Optional[str], training_texts: int) -> list[tuple]:
+    """Checks of ``data.vocab`` (None passes: a vocabulary is learnt), read as the run reads it: a BERT
+    ``vocab.txt`` or a directory holding one, with a token besides the special ones (masking draws its
+    random replacements from those; no text is spelt with special tokens alone), and of
+    ``data.vocab_training_texts`` (>= 1).
+
+    Returns:
+        list[tuple]: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    checks = [(training_texts >= 1, "data.vocab_training_texts", ">= 1", training_texts)]
+    if vocab is None:
+        return checks
+    try:  # given a vocab, run_vocabulary only reads it: no texts, no run directory
+        tokenizer = run_vocabulary(vocab, list, "", vocab_size=16, resumed=False)
+        fault = None if tokenizer.vocab_size > len(set(tokenizer.special_ids)) else "only special tokens"
+    except (OSError, ValueError, TypeError) as error:
+        fault = first_line(error)
+    expected = "a BERT vocab.txt or a directory holding one, with at least one token besides the special ones"
+    return checks + [(fault is None, "data.vocab", expected, f"{vocab} ({fault})" if fault else vocab)]
 
 
 def pair_file_checks(
