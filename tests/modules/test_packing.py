@@ -98,14 +98,19 @@ def test_pack_batch_takes_any_padding_and_rejects_bad_arguments():
         encode_packed(None, ids, mask == 0, output="middle")
 
 
-@pytest.mark.parametrize("max_tokens", [40, 9])
-def test_encode_packed_causal_last_and_bidirectional_first(max_tokens):
-    # A causal encoder (CLIP's text tower): each row's last kept token, packed, equals the padded pass.
-    causal = TextEncoder(
+def _causal_encoder() -> TextEncoder:
+    """A causal text tower (CLIP's kind): vocabulary 99, width 24, 20 positions."""
+    return TextEncoder(
         TokenEmbedding(99, 24, 20),
         transformer_encoder(embed_dim=24, num_layers=2, num_heads=3, mlp_dim=40, is_causal=True),
         torch.nn.LayerNorm(24),
     ).eval()
+
+
+@pytest.mark.parametrize("max_tokens", [40, 9])
+def test_encode_packed_causal_last_and_bidirectional_first(max_tokens):
+    # A causal encoder (CLIP's text tower): each row's last kept token, packed, equals the padded pass.
+    causal = _causal_encoder()
     ids, mask = padded_text(5, 20, 99, [20, 4, 11, 1, 17])
     mask[2, :3] = 0  # left padding in one row
     padding = mask == 0
@@ -128,11 +133,7 @@ def test_encode_packed_causal_last_and_bidirectional_first(max_tokens):
 def test_encode_rows_packs_where_it_serves_and_runs_padded_elsewhere(monkeypatch):
     import torchflava.modules.packing as packing
 
-    causal = TextEncoder(
-        TokenEmbedding(99, 24, 20),
-        transformer_encoder(embed_dim=24, num_layers=2, num_heads=3, mlp_dim=40, is_causal=True),
-        torch.nn.LayerNorm(24),
-    ).eval()
+    causal = _causal_encoder()
     bert = flava_text_encoder(embed_dim=24, num_layers=2, num_heads=3, mlp_dim=40, vocab_size=99, max_seq_len=20).eval()
     ids, mask = padded_text(4, 20, 99, [20, 4, 11, 17])
     left = mask.clone()
