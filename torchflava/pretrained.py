@@ -135,12 +135,13 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     elif (path / "config.json").is_file() or (path / "open_clip_config.json").is_file():
         has_config = (path / "config.json").is_file()
         model_type = read_json_object(path / "config.json").get("model_type") if has_config else None
-        if model_type not in ("flava", "clip") and not (path / "open_clip_config.json").is_file():
+        open_clip = (path / "open_clip_config.json").is_file()
+        if model_type not in ("flava", "clip", None) and not open_clip:
             raise ValueError(
                 f"checkpoint: {path / 'config.json'}: expected model_type 'flava' or 'clip' (a whole FlavaModel "
                 f"or CLIPModel, both towers), got {model_type!r}"
             )
-        family = "flava" if model_type == "flava" else "clip"
+        family = "clip" if model_type == "clip" or (open_clip and model_type != "flava") else "flava"
         try:  # (a directory of open_clip's: its config and weights, where no CLIP config.json is beside them)
             if family == "clip":
                 _, kwargs, weights = directory_config(path)

@@ -30,7 +30,7 @@ from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, f
 from torchflava.data.readers import ImageTextFolder, TarShards
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.streaming import StreamingBatches, StreamingConfig, shard_texts, streaming_checks
-from torchflava.data.tokenizer import run_vocabulary, source_texts
+from torchflava.data.tokenizer import read_vocabulary, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
 from torchflava.models import clip_model
@@ -136,7 +136,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (d.source != "shapes" or d.shapes.num_pairs > 0, "data.shapes.num_pairs", "> 0", d.shapes.num_pairs),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
-            *vocab_checks(d.vocab, d.vocab_training_texts),
+            *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
         ]
         + streaming_checks(
             d.streaming,

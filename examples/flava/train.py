@@ -36,7 +36,7 @@ from torchflava.data.streaming import (
     shard_texts,
     streaming_checks,
 )
-from torchflava.data.tokenizer import WordPieceTokenizer, run_vocabulary, source_texts
+from torchflava.data.tokenizer import WordPieceTokenizer, read_vocabulary, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
@@ -216,7 +216,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.itm_negative_probability,
             ),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
-            *vocab_checks(d.vocab, d.vocab_training_texts),
+            *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
             (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
             checkpoint_fits("model.pretrained", cfg.model.pretrained),  # its header read, no tensor data
         ]

@@ -470,6 +470,12 @@ def source_texts(sources: Mapping[str, Dataset], *, limit: int, kinds: Sequence[
     return [text for text in texts if text]
 
 
+def read_vocabulary(vocab: Union[str, os.PathLike]) -> WordPieceTokenizer:
+    """The tokenizer of a BERT ``vocab.txt``, or of a checkpoint directory (its ``tokenizer_config.json``
+    settings too: :meth:`WordPieceTokenizer.from_directory`)."""
+    return WordPieceTokenizer.from_directory(vocab) if Path(vocab).is_dir() else WordPieceTokenizer.from_vocab(vocab)
+
+
 def run_vocabulary(
     vocab: Optional[Union[str, os.PathLike]],
     texts: Callable[[], list[str]],
@@ -497,10 +503,8 @@ def run_vocabulary(
     Raises:
         ValueError: if there is no ``vocab`` and no text to learn from.
     """
-    if vocab is not None:  # a directory brings its tokenizer_config.json settings
-        return (
-            WordPieceTokenizer.from_directory(vocab) if Path(vocab).is_dir() else WordPieceTokenizer.from_vocab(vocab)
-        )
+    if vocab is not None:
+        return read_vocabulary(vocab)
     saved = Path(run_dir) / "vocab.txt"
     if not (resumed and saved.is_file()):
         if not dist.is_initialized() or dist.get_rank() == 0:

@@ -10,13 +10,12 @@ import math
 import os
 from pathlib import Path
 import sys
-from typing import Callable, NamedTuple, Optional, Sequence, Type, TypeVar, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Type, TypeVar, Union
 
 import torch
 from torch import nn
 import torch.distributed as dist
 
-from torchflava.data.tokenizer import run_vocabulary
 from torchflava.modules.layers.transformer import CHECKPOINT_MODES
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
@@ -342,8 +341,9 @@ def path_check(key: str, value: Optional[str], kind: str) -> tuple:
     return (ok, key, PATH_KINDS[kind], value)
 
 
-def vocab_checks(vocab: Optional[str], training_texts: int) -> list[tuple]:
-    """Checks of ``data.vocab`` (None passes: a vocabulary is learnt), read as the run reads it: a BERT
+def vocab_checks(vocab: Optional[str], training_texts: int, read: Callable[[str], Any]) -> list[tuple]:
+    """Checks of ``data.vocab`` (None passes: a vocabulary is learnt), read as the run reads it by
+    ``read`` (the recipe's reader: a tokenizer with ``vocab_size`` and ``special_ids``): a BERT
     ``vocab.txt`` or a directory holding one, with a token besides the special ones (masking draws its
     random replacements from those; no text is spelt with special tokens alone), and of
     ``data.vocab_training_texts`` (>= 1).
@@ -354,8 +354,8 @@ def vocab_checks(vocab: Optional[str], training_texts: int) -> list[tuple]:
     checks = [(training_texts >= 1, "data.vocab_training_texts", ">= 1", training_texts)]
     if vocab is None:
         return checks
-    try:  # given a vocab, run_vocabulary only reads it: no texts, no run directory
-        tokenizer = run_vocabulary(vocab, list, "", vocab_size=16, resumed=False)
+    try:
+        tokenizer = read(vocab)
         fault = None if tokenizer.vocab_size > len(set(tokenizer.special_ids)) else "only special tokens"
     except (OSError, ValueError, TypeError) as error:
         fault = first_line(error)
