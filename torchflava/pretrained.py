@@ -133,9 +133,8 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
             )
         weights = weights[0]
     elif (path / "config.json").is_file() or (path / "open_clip_config.json").is_file():
-        has_config = (path / "config.json").is_file()
-        model_type = read_json_object(path / "config.json").get("model_type") if has_config else None
-        open_clip = (path / "open_clip_config.json").is_file()
+        config = read_json_object(path / "config.json") if (path / "config.json").is_file() else {}
+        model_type, open_clip = config.get("model_type"), (path / "open_clip_config.json").is_file()
         if model_type not in ("flava", "clip", None) and not open_clip:
             raise ValueError(
                 f"checkpoint: {path / 'config.json'}: expected model_type 'flava' or 'clip' (a whole FlavaModel "
@@ -146,10 +145,10 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
             if family == "clip":
                 _, kwargs, weights = directory_config(path)
             else:
-                kwargs, weights = flava_kwargs_from_hf_config(read_json_object(path / "config.json")), path
+                kwargs, weights = flava_kwargs_from_hf_config(config), path
         except ValueError as error:  # name the file
-            config = path / ("config.json" if model_type in ("flava", "clip") else "open_clip_config.json")
-            raise ValueError(f"checkpoint: {config}: {error}") from None
+            named = path / ("config.json" if model_type in ("flava", "clip") else "open_clip_config.json")
+            raise ValueError(f"checkpoint: {named}: {error}") from None
     else:
         raise FileNotFoundError(
             f"checkpoint: {path} is neither a torchflava run/export directory (backbone_config.json or "
