@@ -22,7 +22,8 @@ and after the eager encoders, so that a run cut short keeps the quick figures): 
 - ``compile``: ``compile_blocks``, the training loop's ``training.compile`` (each transformer layer's
   forward compiled, the model's glue eager). It is applied after FSDP's ``fully_shard`` here (the
   loop compiles first): only ``forward`` is replaced, so the order does not change what runs.
-- ``selective`` or ``full``: ``set_activation_checkpointing``.
+- ``selective`` or ``full``: ``set_activation_checkpointing``. With ``compile``, selective checkpointing
+  is compiled into each layer's graph (its policy applied by the compiler, not op by op at run time).
 
 A config that raises a RuntimeError (out of memory, a compile failure, ...) is reported as failed,
 with the error's first line, and the next one runs. ``--configs none`` times only the encoders.
@@ -89,6 +90,7 @@ from typing import Callable, NamedTuple, Optional
 
 from encoders import embed_fn, make_clip_inputs, make_inputs
 from pretrain_step import loss_fn, make_batches
+from report import OneLineParser
 import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -102,7 +104,7 @@ from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.cli import int_at_least
 
 FLAGS = ("fsdp", "compile", "selective", "full")
-DEFAULT_CONFIGS = "eager,selective,full,fsdp,fsdp+selective,fsdp+full,compile,fsdp+compile"
+DEFAULT_CONFIGS = "eager,selective,full,fsdp,fsdp+selective,fsdp+full,compile,compile+selective,fsdp+compile"
 ENCODER_MODES = ("eager", "compile")
 KINDS = ("pair", "image", "text")
 COMPILED_WARMUP = 2  # the first step compiles (and recompiles the lengths it meets again as dynamic)
@@ -187,14 +189,6 @@ def datasheet_peak(device_name: str) -> tuple[Optional[float], Optional[str]]:
 
 
 # ------------------------------------------------------------------------------------------ arguments
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (no usage block), exit status 2."""
-
-    def error(self, message: str):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
 def _positive(kind: type) -> Callable[[str], float]:
     def parse(text: str):
         try:

@@ -1,13 +1,24 @@
-"""Writing a micro-benchmark's rows to JSON, with what machine and torch measured them."""
+"""Writing a micro-benchmark's rows to JSON, with what machine and torch measured them; one-line
+argument errors."""
 
+import argparse
 import json
 import os
 from pathlib import Path
 import platform
+import sys
 
 import torch
 
 from torchflava.utils.checkpoint import atomic_write
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
 
 
 def write_json(path: Path, args, rows: list[dict]) -> None:

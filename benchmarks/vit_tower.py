@@ -1,4 +1,4 @@
-"""The ViT-B/16 image tower at 224 px: torchflava against timm and open_clip, inference and train step, CPU.
+"""The ViT-B/16 image tower at 224 px: torchflava against timm and open_clip, inference and train step, CPU or GPU.
 
 Implementations (random weights; speed does not depend on their values):
 
@@ -31,14 +31,17 @@ and as % of that peak, with the model's FLOPs counted analytically (:func:`vit_f
 implementation, so ours, whose last layer computes only the CLS token, gets no credit for the
 work it skips.
 
+``--device cuda`` runs the same on the first GPU (without ``ours+packed``, a oneDNN path), every timed
+call between two device synchronisations; the GEMM peak is then cuBLAS's at the same shapes.
+
 Usage::
 
     python benchmarks/vit_tower.py                               # eager, fp32 and bf16, inference and train
     python benchmarks/vit_tower.py --compile infer,freeze,train  # also the compiled configs (slow to compile)
     python benchmarks/vit_tower.py --reps 3 --json benchmarks/results/vit-tower-....json
+    python benchmarks/vit_tower.py --device cuda --batch 128 --reps 10 --impls ours,timm,open_clip
 """
 
-import argparse
 from contextlib import nullcontext
 import copy
 import json
@@ -47,9 +50,11 @@ from pathlib import Path
 import platform
 import statistics
 import time
+from typing import Optional
 import warnings
 
 from interleave import round_order
+from report import OneLineParser
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +62,7 @@ from torchflava.models import clip_vit_b16
 from torchflava.modules.layers import linear as linear_mod
 from torchflava.modules.layers import pack_linears
 from torchflava.utils.checkpoint import atomic_write
+from torchflava.utils.cli import int_at_least
 
 IMPLS = ("ours", "ours+packed", "timm", "open_clip")
 PEERS = ("timm", "open_clip")
@@ -65,6 +71,7 @@ COMPILE_MODES = ("infer", "freeze", "train")
 
 # ViT-B/16 at 224 px
 IMAGE_SIZE, PATCH, WIDTH, LAYERS, MLP = 224, 16, 768, 12, 3072
+CPU = torch.device("cpu")
 TOKENS = (IMAGE_SIZE // PATCH) ** 2 + 1  # 196 patches + CLS
 
 
@@ -95,24 +102,30 @@ def gemm_shapes(batch: int) -> dict:
     return {"qkv": (m, WIDTH, 3 * WIDTH), "attn_out": (m, WIDTH, WIDTH), "fc1": (m, WIDTH, MLP), "fc2": (m, MLP, WIDTH)}
 
 
-def gemm_benchmark(batch: int, warmup: int, reps: int, dtypes: tuple = ("fp32", "bf16")) -> dict:
+def gemm_benchmark(
+    batch: int, warmup: int, reps: int, dtypes: tuple = ("fp32", "bf16"), device: torch.device = CPU
+) -> dict:
     """Median TFLOP/s at each shape, dtype and library, interleaved; and the best per dtype.
 
-    bf16: ``F.linear`` (oneDNN). fp32: ``F.linear`` (PyTorch's BLAS) and torchflava's ``linear``
-    (oneDNN at these shapes); the faster one's figure is the fp32 peak.
+    bf16: ``F.linear`` (oneDNN on the CPU). fp32: ``F.linear`` (PyTorch's BLAS) and, on the CPU,
+    torchflava's ``linear`` (oneDNN at these shapes); the faster one's figure is the fp32 peak. On
+    CUDA both are cuBLAS (``F.linear``; fp32 as PyTorch's default matmul precision says).
     """
     g = torch.Generator().manual_seed(0)
     out = {}
     for name, dtype in [(n, d) for n, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if n in dtypes]:
-        kernels = {"F.linear": F.linear} | ({"linear": linear_mod.linear} if name == "fp32" else {})
-        operands = gemm_operands(batch, dtype, g)
+        oneDNN = name == "fp32" and device.type == "cpu"
+        kernels = {"F.linear": F.linear} | ({"linear": linear_mod.linear} if oneDNN else {})
+        operands = {shape: (x.to(device), w.to(device)) for shape, (x, w) in gemm_operands(batch, dtype, g).items()}
         times = {(shape, kernel): [] for shape in operands for kernel in kernels}
         with torch.inference_mode():
             for rep in range(warmup + reps):
                 for (shape, kernel), t in times.items():
                     x, w = operands[shape]
+                    synchronize(device)
                     start = time.perf_counter()
                     kernels[kernel](x, w)
+                    synchronize(device)
                     elapsed = time.perf_counter() - start
                     if rep >= warmup:
                         t.append(elapsed)
@@ -163,8 +176,14 @@ def train_loss_fn(forward):
     return lambda images: forward(images).float().pow(2).mean()
 
 
-def autocast(dtype: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+def autocast(dtype: str, device: torch.device = CPU):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer brackets it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def runs_in(impl: str, mode: str, dtype: str, compiled: str) -> bool:
@@ -198,15 +217,17 @@ def time_interleaved(steps: dict, images, mode: str, dtype: str, warmup: int, re
     """Per-implementation step times (s) after warm-up, interleaved; and the failures (impl -> error)."""
     times, errors = {impl: [] for impl in steps}, {}
     grad = torch.inference_mode() if mode == "inference" else nullcontext()
-    with grad, autocast(dtype):
+    with grad, autocast(dtype, images.device):
         for rep in range(warmup + reps):
             for impl in round_order(steps, rep):
                 step = steps[impl]
                 if impl in errors:
                     continue
+                synchronize(images.device)
                 start = time.perf_counter()
                 try:
                     step(images)
+                    synchronize(images.device)
                 except Exception as e:  # a compiled config one library does not support: recorded, not fatal
                     errors[impl] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                     print(f"  {impl}: failed ({errors[impl]})")
@@ -219,16 +240,20 @@ def time_interleaved(steps: dict, images, mode: str, dtype: str, warmup: int, re
     return {impl: t for impl, t in times.items() if impl not in errors}, errors
 
 
-def machine_name() -> str:
+def machine_name(device: torch.device = CPU) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs"
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=3, help="timed batches per implementation and config")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first (compiled configs: at least 2)")
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = OneLineParser(prog="vit_tower.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int_at_least(1), default=8)
+    parser.add_argument("--reps", type=int_at_least(1), default=3, help="timed batches per implementation and config")
+    parser.add_argument(
+        "--warmup", type=int_at_least(0), default=1, help="untimed batches first (compiled configs: at least 2)"
+    )
     parser.add_argument("--dtype", choices=("fp32", "bf16", "both"), default="both")
     parser.add_argument("--mode", choices=("inference", "train", "both"), default="both")
     parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
@@ -237,9 +262,10 @@ def main() -> None:
         default="",
         help="also time compiled configs, comma-separated subset of infer,freeze,train (default: none, eager only)",
     )
-    parser.add_argument("--gemm-reps", type=int, default=10)
+    parser.add_argument("--gemm-reps", type=int_at_least(1), default=10)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the first GPU [cpu]")
     parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     impls = args.impls.split(",")
     compile_modes = [c for c in args.compile.split(",") if c]
     if bad := [i for i in impls if i not in IMPLS]:
@@ -248,13 +274,19 @@ def main() -> None:
         parser.error(f"--compile: unknown {bad}, expected a subset of {COMPILE_MODES}")
     if "ours" not in impls or not any(p in impls for p in PEERS):
         parser.error("--impls needs ours and at least one peer")
+    if args.device == "cuda" and PACKED in impls:
+        parser.error(f"--impls: {PACKED} packs weights for oneDNN, the CPU's library; leave it out with --device cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    device = torch.device(args.device)
     dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
     modes = ("inference", "train") if args.mode == "both" else (args.mode,)
 
     flops = vit_forward_flops()
     results = {
         "torch": torch.__version__,
-        "machine": machine_name(),
+        "machine": machine_name(device),
+        "device": device.type,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
@@ -271,9 +303,9 @@ def main() -> None:
         f"ViT-B/16 forward {flops['total'] / 1e9:.2f} GFLOP per image"
     )
 
-    gemm_before = gemm_benchmark(args.batch, 2, args.gemm_reps, dtypes)
-    models = {impl: build(impl) for impl in impls}
-    images = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    gemm_before = gemm_benchmark(args.batch, 2, args.gemm_reps, dtypes, device)
+    models = {impl: build(impl).to(device) for impl in impls}
+    images = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0)).to(device)
 
     configs = [(mode, dtype, "eager") for mode in modes for dtype in dtypes]
     for kind, mode in (("infer", "inference"), ("freeze", "inference"), ("train", "train")):
@@ -294,7 +326,7 @@ def main() -> None:
         times, errors = time_interleaved(steps, images, mode, dtype, warmup, args.reps)
         timings.append((mode, dtype, compiled, times, errors))
         torch._inductor.config.freezing = False
-    gemm_after = gemm_benchmark(args.batch, 2, args.gemm_reps, dtypes)
+    gemm_after = gemm_benchmark(args.batch, 2, args.gemm_reps, dtypes, device)
     gemm = {}
     for dtype in dtypes:
         per_shape = {

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 BATCH = 2  # pretrain_step.make_batches: real text lengths 52 and 35, ITM labels 1, 1
-CONFIGS = "eager,selective,full,fsdp+selective,compile"
+CONFIGS = "eager,selective,full,fsdp+selective,compile,compile+selective"
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +191,47 @@ def test_tokens_per_step_count_each_kinds_inputs_once(gpu_step):
     tokens = gpu_step.tokens_per_step(data, ["pair", "image", "text"])
     assert tokens == {"image_patches": 2 * 4 * 196, "text_tokens": 2 * 148, "total": 2 * 4 * 196 + 2 * 148}
     assert gpu_step.tokens_per_step(data, ["image"]) == {"image_patches": 784, "text_tokens": 0, "total": 784}
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--batch", "0"], "argument --batch: expected an int >= 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: expected an int >= 0, got -1"),
+        (["--impls", "ours,hf"], "--impls: unknown ['hf']"),
+        (["--device", "cuda", "--impls", "ours,timm,ours+packed"], "ours+packed packs weights for oneDNN"),
+        (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    ],
+)
+def test_vit_tower_refuses_a_bad_argument_in_one_line_before_any_work(scripts, capsys, argv, named):
+    with pytest.raises(SystemExit) as exit_info:
+        scripts[1].main(argv)
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and named in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_vit_tower_on_cuda_without_a_gpu_says_so(scripts, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        scripts[1].main(["--device", "cuda", "--impls", "ours,timm"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+
+
+def test_vit_tower_runs_and_reports_against_the_peer(scripts, tmp_path):
+    path = tmp_path / "tower.json"
+    argv = ["--batch", "1", "--reps", "1", "--warmup", "0", "--dtype", "fp32", "--mode", "inference"]
+    scripts[1].main(argv + ["--impls", "ours,timm", "--gemm-reps", "1", "--json", str(path)])
+    results = json.loads(path.read_text())
+    assert results["device"] == "cpu" and results["batch"] == 1
+    rows = {row["impl"]: row for row in results["rows"]}
+    assert set(rows) == {"ours", "timm"} and rows["ours"]["best_peer"] == "timm"
+    for row in rows.values():
+        assert row["images_per_s"] == pytest.approx(1 / row["median_s"])
+        assert row["pct_of_gemm_peak"] == pytest.approx(
+            100 * row["model_tflops"] / results["gemm"]["fp32"]["peak_tflops"]
+        )
+    assert rows["ours"]["speed_vs_best_peer_paired"] == pytest.approx(
+        rows["timm"]["median_s"] / rows["ours"]["median_s"]
+    )

@@ -98,9 +98,10 @@ def test_encoder_hidden_states_none_unless_asked():
 
 
 def count_layer_calls(encoder: TransformerEncoder) -> list[int]:
+    """How often each layer's attention was entered (the layer's own hooks fire once: it checkpoints inside)."""
     calls = [0] * len(encoder.layers)
     for i, layer in enumerate(encoder.layers):
-        layer.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        layer.attn.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
     return calls
 
 
@@ -144,7 +145,7 @@ def test_activation_checkpointing_gives_identical_outputs_and_gradients(dropout,
     for name, p in checkpointed.named_parameters():
         assert p.grad is not None and params_plain[name].grad is not None, name
         assert_close(p.grad, params_plain[name].grad, atol=1e-7, rtol=1e-6, msg=name)
-    # Checkpointing really happened: every layer was entered again during backward (a pre-hook:
+    # Checkpointing really happened: every layer's attention was entered again during backward (a pre-hook:
     # the recomputation stops early once it has what backward needs, so forward hooks never fire).
     assert calls_plain == [1, 1, 1]
     assert calls_ckpt == [2, 2, 2]
@@ -379,3 +380,66 @@ def test_an_attention_without_query_positions_composes_into_a_layer():
     x = torch.randn(2, 5, 16)
     h = x + attn(layer.attn_norm(x))
     assert torch.allclose(layer(x), h + layer.mlp(layer.mlp_norm(h)), atol=1e-6)
+
+
+def test_selective_checkpointing_compiles_with_the_layer():
+    # training.compile compiles each layer's forward; selective checkpointing runs inside it, so its
+    # policy is applied when the layer compiles (eagerly it decides op by op, a Python call per op).
+    from torchflava.training.loop import compile_blocks
+
+    reference = make_encoder(num_layers=2).train()
+    x = torch.randn(2, 6, D)
+    mask = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
+
+    def run(encoder):
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        x_ = x.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = encoder(x_, key_padding_mask=mask).last_hidden_state
+        out.pow(2).sum().backward()
+        return out, x_.grad, {n: p.grad for n, p in encoder.named_parameters()}, sum(saved)
+
+    expected = run(reference)
+    saved = {}
+    for mode in ("none", "selective"):
+        compiled = copy.deepcopy(reference)
+        compiled.zero_grad(set_to_none=True)
+        compiled.checkpoint_activations = mode
+        compile_blocks(compiled, (TransformerEncoderLayer,))
+        out, x_grad, grads, saved[mode] = run(compiled)
+        assert_close(out, expected[0], atol=1e-5, rtol=1e-5)
+        assert_close(x_grad, expected[1], atol=1e-5, rtol=1e-5)
+        for name, grad in grads.items():
+            assert_close(grad, expected[2][name], atol=1e-5, rtol=1e-5, msg=name)
+    # The compiled graph itself keeps the matmul and attention outputs and drops the norms' and GELU's
+    # (a checkpoint around the compiled layer would save only the layer's input, and decide at run time).
+    assert 0.5 * saved["none"] < saved["selective"] < 0.9 * saved["none"], saved
+    torch._dynamo.reset()
+
+
+def test_selective_checkpointing_of_a_layer_whose_forward_is_its_own():
+    # A subclass with its own forward (no ``checkpointing`` argument) is checkpointed from outside, as any layer.
+    class Scaled(TransformerEncoderLayer):
+        def forward(self, x, *, key_padding_mask=None, attn_mask=None, query_positions=None):
+            return 0.5 * super().forward(
+                x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, query_positions=query_positions
+            )
+
+    bases = [make_layer() for _ in range(2)]
+    plain = TransformerEncoder(
+        [Scaled(b.attn, b.mlp, attn_norm=b.attn_norm, mlp_norm=b.mlp_norm) for b in bases]
+    ).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.checkpoint_activations = "selective"
+    x = torch.randn(2, 5, D)
+    grads = []
+    for encoder in (plain, checkpointed):
+        x_ = x.clone().requires_grad_(True)
+        encoder(x_).last_hidden_state.pow(2).sum().backward()
+        grads.append(x_.grad)
+    assert_close(grads[1], grads[0], atol=0, rtol=0)
