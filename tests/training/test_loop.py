@@ -295,10 +295,11 @@ def test_resuming_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
         "step_00000005",
         "step_00000006",
     ]
-    assert sorted(p.name for p in (tmp_path / "checkpoints" / "abandoned").iterdir()) == [
-        "step_00000004",
-        "step_00000006",
-    ]
+    abandoned = tmp_path / "checkpoints" / "abandoned"
+    assert sorted(p.name for p in abandoned.iterdir()) == ["metrics.jsonl", "step_00000004", "step_00000006"]
+    # The abandoned trajectory's records after step 2 went with its checkpoints; the log holds the new one's.
+    assert [r["step"] for r in read_metrics(abandoned / "metrics.jsonl")] == [3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_fresh_start_over_damaged_checkpoints_sets_them_aside(tmp_path, capsys):
@@ -318,9 +319,14 @@ def test_a_fresh_start_over_damaged_checkpoints_sets_them_aside(tmp_path, capsys
     # Rotation kept the fresh run's own checkpoint (not the damaged, higher-numbered ones), auto
     # resumes from it, and the damaged ones are kept aside, not deleted.
     assert [p.name for p in CheckpointManager(root).complete()] == ["step_00000002"]
-    assert sorted(p.name for p in (root / "abandoned").iterdir()) == ["step_00000004", "step_00000008"]
+    assert sorted(p.name for p in (root / "abandoned").iterdir()) == ["metrics.jsonl", "step_00000004", "step_00000008"]
+    assert f"metrics: the earlier records not continued here moved to {root / 'abandoned' / 'metrics.jsonl'}" in err
+    assert [r["step"] for r in read_metrics(root / "abandoned" / "metrics.jsonl")] == list(range(1, 9))
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
     _, again = run(tmp_path, max_steps=2, checkpoint_every=2, resume="auto")
     assert again.resumed_from == root / "step_00000002" and again.loss is None
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]  # resuming sets nothing aside
+    assert len(list((root / "abandoned").glob("metrics.jsonl*"))) == 1
 
 
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):

@@ -82,3 +82,24 @@ def test_plot_losses_writes_a_png(tmp_path):
     plot_losses(records, chosen, keys=["loss/mim"])
     assert chosen.read_bytes()[:8] == PNG_SIGNATURE
     assert chosen.read_bytes() != data  # a different set of curves
+
+
+def test_dropped_records_are_set_aside_in_a_new_file(tmp_path):
+    path, aside = tmp_path / "metrics.jsonl", tmp_path / "abandoned"
+    log_steps(path, [1, 2, 3, 4])
+    logger = MetricsLogger(path, resume_step=2, set_aside=aside)  # a new trajectory from step 2
+    logger.close()
+    assert logger.set_aside_file == aside / "metrics.jsonl"
+    assert [r["step"] for r in read_metrics(aside / "metrics.jsonl")] == [3, 4]
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    logger = MetricsLogger(path, set_aside=aside)  # a fresh start: everything goes, into a new file
+    logger.close()
+    assert logger.set_aside_file == aside / "metrics.jsonl.1"
+    assert [r["step"] for r in read_metrics(aside / "metrics.jsonl.1")] == [1, 2]
+    assert read_metrics(path) == [] and [r["step"] for r in read_metrics(aside / "metrics.jsonl")] == [3, 4]
+    logger = MetricsLogger(path, resume_step=0, set_aside=aside)  # nothing to drop: no file
+    logger.close()
+    assert logger.set_aside_file is None and sorted(p.name for p in aside.iterdir()) == [
+        "metrics.jsonl",
+        "metrics.jsonl.1",
+    ]

@@ -290,9 +290,11 @@ def fit(
         start, skipped, position = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler, streamed=streamed)
     # Checkpoints past the start: an abandoned trajectory's, or damaged ones resume=auto passed over (a
     # fresh run finds no others). Out of rotation's and auto's way, so both see only this run's; kept.
+    abandoned = []
     if _rank() == 0:
         since = "this fresh run's start" if resume_from is None else str(resume_from)
-        for moved in checkpoints.set_aside_newer(start):
+        abandoned = checkpoints.set_aside_newer(start)
+        for moved in abandoned:
             print(f"resume: {moved.name} is newer than {since}; moved to {moved.parent}", file=sys.stderr)
     barrier()
     if resume_from is not None:
@@ -305,11 +307,17 @@ def fit(
     is_main = _rank() == 0
     logger = progress = None
     if is_main:
+        # An abandoned trajectory's records (after a resume from an older checkpoint, or a fresh start over
+        # damaged ones) go where its checkpoints went. Resuming a killed run, or restarting one killed
+        # before its first checkpoint, drops only records of steps about to be logged again.
         logger = MetricsLogger(
             Path(t.output_dir) / "metrics.jsonl",
             resume_step=start if resume_from is not None else None,
             tensorboard_dir=Path(t.output_dir) / "tensorboard" if t.tensorboard else None,
+            set_aside=checkpoints.root / "abandoned" if abandoned else None,
         )
+        if logger.set_aside_file is not None:
+            print(f"metrics: the earlier records not continued here moved to {logger.set_aside_file}", file=sys.stderr)
         if t.progress_bar and start < t.max_steps:
             from tqdm import tqdm
 

@@ -18,6 +18,13 @@ class MetricsLogger:
             a new file.
         tensorboard_dir (Optional[Union[str, os.PathLike]]): write TensorBoard events here when
             the ``tensorboard`` package is installed; None disables it.
+        set_aside (Optional[Union[str, os.PathLike]]): a directory where the dropped records are
+            kept, in a new file named like ``path`` (``.1``, ``.2``... appended if taken), written
+            before ``path`` is rewritten: an abandoned run's log goes with its checkpoints.
+
+    Attributes:
+        set_aside_file (Optional[Path]): where the dropped records were kept; None when none were
+            dropped or no ``set_aside`` directory was given.
     """
 
     def __init__(
@@ -26,12 +33,16 @@ class MetricsLogger:
         *,
         resume_step: Optional[int] = None,
         tensorboard_dir: Optional[Union[str, os.PathLike]] = None,
+        set_aside: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if resume_step is not None and self.path.is_file():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+        records = read_metrics(self.path) if self.path.is_file() else []
+        kept = [r for r in records if resume_step is not None and r["step"] <= resume_step]
+        dropped = [r for r in records if resume_step is None or r["step"] > resume_step]
+        self.set_aside_file = None
+        if dropped and set_aside is not None:
+            self.set_aside_file = _write_new(Path(set_aside), self.path.name, dropped)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
@@ -60,6 +71,18 @@ class MetricsLogger:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _write_new(directory: Path, name: str, records: list[dict]) -> Path:
+    """``records`` as JSONL in a new file ``directory/name`` (or ``name.1``, ``name.2``...), atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target, suffix = directory / name, 1
+    while target.exists():
+        target, suffix = directory / f"{name}.{suffix}", suffix + 1
+    tmp = directory / f".{target.name}.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, target)
+    return target
 
 
 def read_metrics(path: Union[str, os.PathLike]) -> list[dict]:
