@@ -443,3 +443,14 @@ def test_selective_checkpointing_of_a_layer_whose_forward_is_its_own():
         encoder(x_).last_hidden_state.pow(2).sum().backward()
         grads.append(x_.grad)
     assert_close(grads[1], grads[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("value, recomputed", [("none", False), (False, False), ("full", True), (True, True)])
+def test_a_layer_called_with_a_checkpointing_setting_recomputes_as_it_says(value, recomputed):
+    layer = make_layer().train()
+    calls = [0]
+    layer.attn.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    layer(torch.randn(2, 5, D, requires_grad=True), checkpointing=value).sum().backward()
+    assert calls[0] == (2 if recomputed else 1)
+    with pytest.raises(ValueError, match=r"^checkpointing must be a bool or one of .* got None$"):
+        layer(torch.randn(2, 5, D), checkpointing=None)

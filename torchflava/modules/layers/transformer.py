@@ -40,12 +40,14 @@ _selective_contexts = functools.partial(create_selective_checkpoint_contexts, _s
 
 
 def run_checkpointed(layer, x: Tensor, mode: str, **kwargs) -> Tensor:
-    """``layer(x, **kwargs)``, keeping for backward what ``mode`` (``"selective"`` or ``"full"``) says.
+    """``layer(x, **kwargs)``, keeping for backward what ``mode`` (one of :data:`CHECKPOINT_MODES`) says.
 
     Called inside a compiled region (a :class:`TransformerEncoderLayer`'s forward under
     ``torch.compile``), the checkpoint is traced into the graph and selective checkpointing's policy is
     applied when the graph is compiled; eagerly, selective checkpointing decides op by op at run time.
     """
+    if mode == "none":
+        return layer(x, **kwargs)
     if mode == "selective":
         return checkpoint(
             _without_autocast_cache, layer, x, use_reentrant=False, context_fn=_selective_contexts, **kwargs
@@ -68,7 +70,7 @@ def _without_autocast_cache(layer, x: Tensor, **kwargs) -> Tensor:
         return layer(x, **kwargs)
 
 
-def checkpoint_mode(value: Union[bool, str]) -> str:
+def checkpoint_mode(value: Union[bool, str], name: str = "checkpoint_activations") -> str:
     """Normalise an activation-checkpointing setting to one of :data:`CHECKPOINT_MODES`.
 
     ``False``/``"none"``: store every activation. ``"selective"``: store the outputs of the matmuls
@@ -80,6 +82,7 @@ def checkpoint_mode(value: Union[bool, str]) -> str:
 
     Args:
         value (Union[bool, str]): the setting.
+        name (str): the argument's name, for the error.
 
     Returns:
         str: one of ``CHECKPOINT_MODES``.
@@ -91,7 +94,7 @@ def checkpoint_mode(value: Union[bool, str]) -> str:
         return "full" if value else "none"
     if isinstance(value, str) and value in CHECKPOINT_MODES:
         return value
-    raise ValueError(f"checkpoint_activations must be a bool or one of {CHECKPOINT_MODES}, got {value!r}")
+    raise ValueError(f"{name} must be a bool or one of {CHECKPOINT_MODES}, got {value!r}")
 
 
 class TransformerOutput(NamedTuple):
@@ -143,7 +146,7 @@ class TransformerEncoderLayer(nn.Module):
         key_padding_mask: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
         query_positions: Optional[Positions] = None,
-        checkpointing: str = "none",
+        checkpointing: Union[bool, str] = "none",
     ) -> Tensor:
         """Run the block.
 
@@ -153,7 +156,7 @@ class TransformerEncoderLayer(nn.Module):
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
             query_positions (Optional[Positions]): a slice, (P,) or (B, P) indices: positions whose output
                 alone is computed.
-            checkpointing (str): one of :data:`CHECKPOINT_MODES`, what the block keeps for backward
+            checkpointing (Union[bool, str]): see :func:`checkpoint_mode`, what the block keeps for backward
                 (:class:`TransformerEncoder` passes its setting). Inside the forward, so that a compiled
                 block compiles its checkpointing too.
 
@@ -161,9 +164,10 @@ class TransformerEncoderLayer(nn.Module):
             Tensor: (B, S, D), or (B, P, D) with ``query_positions``.
         """
         kwargs = dict(key_padding_mask=key_padding_mask, attn_mask=attn_mask, query_positions=query_positions)
-        if checkpointing == "none":
+        mode = checkpoint_mode(checkpointing, "checkpointing")
+        if mode == "none":
             return self._block(x, **kwargs)
-        return run_checkpointed(self._block, x, checkpoint_mode(checkpointing), **kwargs)
+        return run_checkpointed(self._block, x, mode, **kwargs)
 
     def _block(
         self,
