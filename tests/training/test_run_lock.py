@@ -72,6 +72,7 @@ from torchflava.training.run_lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 child = os.fork()
 if child == 0:  # like a data-loader worker: lives on after the run is killed
+    print("ready", flush=True)  # past the fork handlers (they run in the child, after the parent goes on)
     time.sleep(60)
     os._exit(0)
 print(child, flush=True)
@@ -81,7 +82,8 @@ time.sleep(60)
 
 def test_forked_children_neither_hold_nor_release_the_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    child = int(holder.stdout.readline())
+    lines = {holder.stdout.readline().strip() for _ in range(2)}  # the child's "ready" and its pid, either order
+    child = int((lines - {"ready"}).pop())
     try:
         with pytest.raises(RunDirectoryInUse):  # the child's start did not unlock the holder's lock
             RunLock(tmp_path).acquire()
