@@ -42,7 +42,7 @@ from torchflava.training.integrity import (
     unwrap_checkpoint_error,
     write_marker,
 )
-from torchflava.utils.checkpoint import save_state_dict
+from torchflava.utils.checkpoint import save_state_dict, unused_path
 
 _MARKER = MARKER
 
@@ -141,11 +141,8 @@ class CheckpointManager:
         """
         moved = []
         for path in (p for p in self.complete() if int(p.name[5:]) > step):
-            target = self.root / "abandoned" / path.name
-            target.parent.mkdir(exist_ok=True)
-            suffix = 1
-            while target.exists():
-                target, suffix = self.root / "abandoned" / f"{path.name}.{suffix}", suffix + 1
+            (self.root / "abandoned").mkdir(exist_ok=True)
+            target = unused_path(self.root / "abandoned", path.name)
             os.replace(path, target)
             moved.append(target)
         return moved

@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
+from torchflava.utils.checkpoint import atomic_write, unused_path
+
 
 class MetricsLogger:
     """Appends one JSON object per logged step to ``path`` and mirrors scalars to TensorBoard.
@@ -42,10 +44,9 @@ class MetricsLogger:
         dropped = [r for r in records if resume_step is None or r["step"] > resume_step]
         self.set_aside_file = None
         if dropped and set_aside is not None:
-            self.set_aside_file = _write_new(Path(set_aside), self.path.name, dropped)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+            self.set_aside_file = unused_path(set_aside, self.path.name)
+            _write_records(self.set_aside_file, dropped)
+        _write_records(self.path, kept)
         self._file = self.path.open("a")
         self._writer = None
         if tensorboard_dir is not None:
@@ -73,16 +74,9 @@ class MetricsLogger:
             self._writer.close()
 
 
-def _write_new(directory: Path, name: str, records: list[dict]) -> Path:
-    """``records`` as JSONL in a new file ``directory/name`` (or ``name.1``, ``name.2``...), atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target, suffix = directory / name, 1
-    while target.exists():
-        target, suffix = directory / f"{name}.{suffix}", suffix + 1
-    tmp = directory / f".{target.name}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, target)
-    return target
+def _write_records(path: Path, records: list[dict]) -> None:
+    """``records`` as JSONL at ``path``, atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in records)))
 
 
 def read_metrics(path: Union[str, os.PathLike]) -> list[dict]:

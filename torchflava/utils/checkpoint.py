@@ -400,6 +400,15 @@ def peek_state_dict(path: PathLike) -> dict[str, Tensor]:
     return out
 
 
+def unused_path(directory: PathLike, name: str) -> Path:
+    """``directory/name``, or the first of ``name.1``, ``name.2``... that does not exist there (a file
+    or a directory set aside beside earlier ones of that name)."""
+    target, suffix = Path(directory) / name, 1
+    while target.exists():
+        target, suffix = Path(directory) / f"{name}.{suffix}", suffix + 1
+    return target
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Write a file so that it appears complete or not at all.
 

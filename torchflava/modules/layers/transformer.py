@@ -164,10 +164,7 @@ class TransformerEncoderLayer(nn.Module):
             Tensor: (B, S, D), or (B, P, D) with ``query_positions``.
         """
         kwargs = dict(key_padding_mask=key_padding_mask, attn_mask=attn_mask, query_positions=query_positions)
-        mode = checkpoint_mode(checkpointing, "checkpointing")
-        if mode == "none":
-            return self._block(x, **kwargs)
-        return run_checkpointed(self._block, x, mode, **kwargs)
+        return run_checkpointed(self._block, x, checkpoint_mode(checkpointing, "checkpointing"), **kwargs)
 
     def _block(
         self,
@@ -260,10 +257,8 @@ class TransformerEncoder(nn.Module):
                 # Full checkpointing recomputes the layer as called, compiled or not (compiling it inside
                 # failed in inductor's partitioner once lengths were dynamic: torch 2.14).
                 x = layer(x, checkpointing=mode, **kwargs)
-            elif mode != "none":
-                x = run_checkpointed(layer, x, mode, **kwargs)
             else:
-                x = layer(x, **kwargs)
+                x = run_checkpointed(layer, x, mode, **kwargs)
             if hidden_states is not None:
                 hidden_states.append(x)
         return TransformerOutput(x, None if hidden_states is None else tuple(hidden_states))
