@@ -173,15 +173,16 @@ def test_math_attention_for_a_subset_of_queries():
 @pytest.mark.parametrize("mask", ["none", "key_padding"])
 def test_math_attention_in_bfloat16_is_as_accurate_as_sdpa(mask):
     # Scores and softmax in fp32, probabilities rounded to bf16 for the product with v, as SDPA's
-    # fused kernel rounds. Peaked attention (scores of std ~9, as in trained models) is where bf16
-    # scores would show: rounding them gives errors up to 2.5e-2 here, against <= 5.5e-3 for
-    # ours and <= 1.1e-2 for SDPA (outputs and q, k, v gradients, relative to the largest value).
+    # fused kernel rounds; the backward's products in bf16 (the softmax gradient accumulated in fp32,
+    # rounded once). Peaked attention (scores of std ~9, as in trained models) is where bf16 scores
+    # would show: rounding them gives errors up to 2.5e-2 here, against <= 9.3e-3 for ours and
+    # <= 1.2e-2 for SDPA over six seeds (outputs and q, k, v gradients, relative to the largest value).
     q, k, v = _qkv(b=3, h=4, s_q=7, s=7, hd=32, dtype=torch.bfloat16)
     q, k = ((3 * t).detach().requires_grad_() for t in (q, k))
     allowed = _masks()[mask]
-    grad = torch.randn(q.shape).bfloat16()
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(2)).bfloat16()
     exact = _outputs_and_grads(_sdpa, q.double(), k.double(), v.double(), allowed, grad.double())
-    for fn, bound in ((math_attention, 8e-3), (_sdpa, 1.5e-2)):
+    for fn, bound in ((math_attention, 1e-2), (_sdpa, 1.5e-2)):
         got = _outputs_and_grads(fn, q, k, v, allowed, grad)
         assert got[0].dtype == torch.bfloat16
         for g, e in zip(got, exact):
@@ -204,13 +205,13 @@ def test_math_attention_backward_passes_gradcheck(mask):
     assert torch.autograd.gradcheck(lambda q, k, v: math_attention(q, k, v, allowed), (q, k, v))
 
 
-def test_math_attention_keeps_only_q_k_v_and_the_probabilities_for_backward():
+def test_math_attention_keeps_only_q_k_v_and_the_rounded_probabilities_for_backward():
     q, k, v = _qkv(b=2, h=2, s_q=5, s=5, hd=4, dtype=torch.bfloat16)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         math_attention(q, k, v, ~PADDING[:2, None, None, :5])
     assert sorted((tuple(t.shape), t.dtype) for t in saved) == sorted(
-        [((2, 2, 5, 4), torch.bfloat16)] * 3 + [((2, 2, 5, 5), torch.float32)]
+        [((2, 2, 5, 4), torch.bfloat16)] * 3 + [((2, 2, 5, 5), torch.bfloat16)]
     )
 
 

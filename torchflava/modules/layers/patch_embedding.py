@@ -121,11 +121,27 @@ class PatchEmbedding(nn.Module):
             not torch.is_autocast_enabled(images.device.type) or images.dtype == torch.float64
         ):  # fp16 / bf16 / fp64 pixels into a model of another dtype (autocast casts fp32, not fp64)
             images = images.to(weight.dtype)
-        x = self.proj(images).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, N, D)
+        x = self._project(images, grid_h, grid_w)
         if patch_mask is not None:
             x = self._apply_patch_mask(x, patch_mask, grid_h, grid_w)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.norm(self.dropout(x + self.position_embedding(grid_h, grid_w)))
+
+    def _project(self, images: Tensor, grid_h: int, grid_w: int) -> Tensor:
+        """(B, C, H, W) -> (B, N, D), patches in row-major grid order.
+
+        On the CPU the patchify is one GEMM over the (B N, C p p) patch matrix, the same products
+        as the strided conv (summed in another order): oneDNN's conv backward takes ~4x the GEMM's
+        time for the weight gradient (bf16 train step of a ViT-B/16 embedding, 2 cores: 16.9 against
+        3.9 ms; inference 3.2 against 1.7 ms). Elsewhere the conv, as its kernels suit the device.
+        """
+        if images.device.type != "cpu":
+            return self.proj(images).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, N, D)
+        b, c, p = images.shape[0], self.in_channels, self.patch_size
+        # (B, C, gh, p, gw, p) -> (B, gh, gw, C, p, p): each patch's pixels in the conv weight's order
+        patches = images.reshape(b, c, grid_h, p, grid_w, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(b, grid_h * grid_w, c * p * p)
+        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
     def _apply_patch_mask(self, x: Tensor, patch_mask: Tensor, grid_h: int, grid_w: int) -> Tensor:
         if self.mask_token is None:
