@@ -34,6 +34,7 @@ import sys
 import time
 
 from interleave import round_order
+from report import add_keep_freed_memory, apply_keep_freed_memory
 import torch
 
 from torchflava.models import flava_model, flava_model_for_pretraining
@@ -223,9 +224,10 @@ def peak_rss_child(impl: str, kinds: list[str], joint: bool, bf16: bool, steps: 
     print(json.dumps({"peak_rss_mib": hwm / 1024}))
 
 
-def peak_rss(impl: str, kinds: list[str], joint: bool, bf16: bool) -> float:
+def peak_rss(impl: str, kinds: list[str], joint: bool, bf16: bool, keep: bool = False) -> float:
     cmd = [sys.executable, __file__, "--child", impl, ",".join(kinds), "--backward", "joint" if joint else "per-call"]
-    out = subprocess.run(cmd + (["--bf16"] if bf16 else []), capture_output=True, text=True, check=True).stdout
+    cmd += (["--bf16"] if bf16 else []) + (["--keep-freed-memory"] if keep else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
 
@@ -245,8 +247,10 @@ def main() -> None:
     )
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json")
+    add_keep_freed_memory(parser)
     parser.add_argument("--child", nargs=2, metavar=("IMPL", "KINDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    apply_keep_freed_memory(args)
     if args.child:
         peak_rss_child(args.child[0], args.child[1].split(","), args.backward == "joint", args.bf16, steps=2)
         return
@@ -274,7 +278,13 @@ def main() -> None:
                 else None,
             )
     data = make_batches()
-    results = {"torch": torch.__version__, "bf16": args.bf16, "backward": args.backward, "rows": []}
+    results = {
+        "torch": torch.__version__,
+        "bf16": args.bf16,
+        "backward": args.backward,
+        "keep_freed_memory": args.keep_freed_memory,
+        "rows": [],
+    }
     times = {(impl, unit): [] for impl in impls for unit in units}
     fns = {
         (impl, unit): step_fn(impl, models[impl], unit_kinds, data, args.bf16)
@@ -318,7 +328,9 @@ def main() -> None:
     if not args.no_memory:
         del models, fns
         gc.collect()
-        results["peak_rss_mib"] = {impl: peak_rss(impl, kinds, joint, args.bf16) for impl in impls}
+        results["peak_rss_mib"] = {
+            impl: peak_rss(impl, kinds, joint, args.bf16, args.keep_freed_memory) for impl in impls
+        }
         print("peak RSS during the steps (MiB, each implementation alone):", results["peak_rss_mib"])
     whole = "all6" if joint else "all"
     if peers:

@@ -54,7 +54,7 @@ from typing import Optional
 import warnings
 
 from interleave import round_order
-from report import OneLineParser
+from report import OneLineParser, add_keep_freed_memory, apply_keep_freed_memory
 import torch
 import torch.nn.functional as F
 
@@ -265,6 +265,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--gemm-reps", type=int_at_least(1), default=10)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the first GPU [cpu]")
     parser.add_argument("--json", help="also write the results to this file")
+    add_keep_freed_memory(parser)
     args = parser.parse_args(argv)
     impls = args.impls.split(",")
     compile_modes = [c for c in args.compile.split(",") if c]
@@ -278,6 +279,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error(f"--impls: {PACKED} packs weights for oneDNN, the CPU's library; leave it out with --device cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    apply_keep_freed_memory(args)
     device = torch.device(args.device)
     dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
     modes = ("inference", "train") if args.mode == "both" else (args.mode,)
@@ -293,6 +295,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "batch": args.batch,
         "warmup": args.warmup,
         "reps": args.reps,
+        "keep_freed_memory": args.keep_freed_memory,
         "train_step": "forward, loss = out.float().pow(2).mean(), backward, zero_grad(set_to_none=True); no optimiser",
         "forward_flops_per_image": flops,
         "rows": [],

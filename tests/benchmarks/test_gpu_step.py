@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from torchflava.utils import memory
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 BATCH = 2  # pretrain_step.make_batches: real text lengths 52 and 35, ITM labels 1, 1
 CONFIGS = "eager,selective,full,fsdp+selective,compile,compile+selective"
@@ -211,6 +213,14 @@ def test_vit_tower_refuses_a_bad_argument_in_one_line_before_any_work(scripts, c
     assert out == "" and err.count("\n") == 1 and named in err
 
 
+def test_keep_freed_memory_where_the_c_library_is_not_glibc_stops_before_any_work(scripts, capsys, monkeypatch):
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        scripts[1].main(["--keep-freed-memory", "--impls", "ours,timm"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "--keep-freed-memory: the C library is not glibc, nothing to set\n"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_vit_tower_on_cuda_without_a_gpu_says_so(scripts, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -219,11 +229,14 @@ def test_vit_tower_on_cuda_without_a_gpu_says_so(scripts, capsys):
     assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
 
 
-def test_vit_tower_runs_and_reports_against_the_peer(scripts, tmp_path):
+def test_vit_tower_runs_and_reports_against_the_peer(scripts, tmp_path, monkeypatch):
+    kept = []  # --keep-freed-memory: set once, for every implementation (here not for the test process)
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: kept.append(True) or True)
     path = tmp_path / "tower.json"
     argv = ["--batch", "1", "--reps", "1", "--warmup", "0", "--dtype", "fp32", "--mode", "inference"]
-    scripts[1].main(argv + ["--impls", "ours,timm", "--gemm-reps", "1", "--json", str(path)])
+    scripts[1].main(argv + ["--impls", "ours,timm", "--gemm-reps", "1", "--json", str(path), "--keep-freed-memory"])
     results = json.loads(path.read_text())
+    assert kept == [True] and results["keep_freed_memory"] is True
     assert results["device"] == "cpu" and results["batch"] == 1
     rows = {row["impl"]: row for row in results["rows"]}
     assert set(rows) == {"ours", "timm"} and rows["ours"]["best_peer"] == "timm"

@@ -382,3 +382,14 @@ def test_math_attention_refuses_a_second_derivative_rather_than_giving_a_wrong_o
     (grad_q,) = torch.autograd.grad(math_attention(q, k, v).pow(2).sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_q.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_math_attention_leaves_its_inputs_as_they_were(dtype):
+    # Contiguous inputs of the scores' own dtype are used as they are, not copied: nothing may be
+    # scaled or masked in place on them.
+    q, k, v = _qkv(dtype=dtype)
+    before = [t.detach().clone() for t in (q, k, v)]
+    math_attention(q, k, v, _masks()["block"]).backward(torch.randn(q.shape).to(dtype))
+    for t, b in zip((q, k, v), before):
+        assert torch.equal(t.detach(), b) and t._version == 0

@@ -151,7 +151,10 @@ class _MathAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor]) -> Tensor:
         wide = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         with torch.autocast(q.device.type, enabled=False):
-            scores = (q.to(wide) * q.shape[-1] ** -0.5) @ k.to(wide).transpose(-2, -1)
+            # One copy each (q, k, v are usually strided views of a fused projection): every product
+            # here and in backward then reads them, or their transposes, without a copy of its own.
+            q, k, v = (t.contiguous() for t in (q, k, v))
+            scores = q.to(wide, copy=True).mul_(q.shape[-1] ** -0.5) @ k.to(wide).transpose(-2, -1)
             if allowed is not None:
                 scores.masked_fill_(~allowed, float("-inf"))
             probs = scores.softmax(dim=-1)  # not in place: selective checkpointing keeps the scores
@@ -167,7 +170,7 @@ class _MathAttention(torch.autograd.Function):
         q, k, v, probs = ctx.saved_tensors
         scale = q.shape[-1] ** -0.5
         with torch.autocast(q.device.type, enabled=False):
-            grad_out = grad_out.to(v.dtype)
+            grad_out = grad_out.to(v.dtype).contiguous()
             grad_v = (grad_out.transpose(-2, -1) @ probs).transpose(-2, -1)
             # blocked keys (and rows with no key) have probability 0, so their scores get no gradient
             grad_scores = torch.ops.aten._softmax_backward_data(grad_out @ v.transpose(-2, -1), probs, -1, probs.dtype)
