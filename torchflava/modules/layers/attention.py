@@ -154,10 +154,16 @@ class _MathAttention(torch.autograd.Function):
             # One copy each (q, k, v are usually strided views of a fused projection): every product
             # here and in backward then reads them, or their transposes, without a copy of its own.
             q, k, v = (t.contiguous() for t in (q, k, v))
-            scores = q.to(wide, copy=True).mul_(q.shape[-1] ** -0.5) @ k.to(wide).transpose(-2, -1)
+            queries = q.to(wide, copy=True).mul_(q.shape[-1] ** -0.5).flatten(0, -3)
+            keys = k.to(wide).expand(*q.shape[:-2], *k.shape[-2:]).flatten(0, -3)
+            # The scores go into a tensor of our own (bmm's out= form), which selective checkpointing
+            # does not keep (it keeps what the matmuls return), so the softmax may overwrite them:
+            # one fp32 (S_q, S) tensor per call rather than two.
+            scores = queries.new_empty(*q.shape[:-1], k.shape[-2])
+            torch.bmm(queries, keys.transpose(-2, -1), out=scores.flatten(0, -3))
             if allowed is not None:
                 scores.masked_fill_(~allowed, float("-inf"))
-            probs = scores.softmax(dim=-1)  # not in place: selective checkpointing keeps the scores
+            probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
             if allowed is not None and (torch.compiler.is_compiling() or not bool(allowed.any(dim=-1).all())):
                 probs = probs.nan_to_num_(0.0)  # a row with every key blocked: zeros, not NaN
             probs = probs.to(v.dtype)
@@ -173,7 +179,10 @@ class _MathAttention(torch.autograd.Function):
             grad_out = grad_out.to(v.dtype).contiguous()
             grad_v = (grad_out.transpose(-2, -1) @ probs).transpose(-2, -1)
             # blocked keys (and rows with no key) have probability 0, so their scores get no gradient
-            grad_scores = torch.ops.aten._softmax_backward_data(grad_out @ v.transpose(-2, -1), probs, -1, probs.dtype)
+            grad_probs = grad_out @ v.transpose(-2, -1)
+            grad_scores = torch.ops.aten._softmax_backward_data.out(  # in place on dP, row by row
+                grad_probs, probs, -1, probs.dtype, grad_input=grad_probs
+            )
             grad_q = (grad_scores @ k.to(probs.dtype)).mul_(scale).to(q.dtype)
             grad_k = (q.to(probs.dtype).transpose(-2, -1) @ grad_scores).transpose(-2, -1).mul_(scale).to(k.dtype)
         return grad_q, grad_k, grad_v, None
