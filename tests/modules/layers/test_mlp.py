@@ -1,0 +1,77 @@
+"""MLP: GELU and fc2 fused for backward (gelu(h) recomputed there, not kept) must give the same gradients."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+from torch.utils.checkpoint import checkpoint
+
+from torchflava.modules.layers import MLP
+from torchflava.modules.layers import mlp as mlp_module
+
+
+def _grads(model, x, autocast, passes=1, monkeypatch=None, fused=True):
+    model = copy.deepcopy(model)
+    x = x.clone().requires_grad_()
+    if monkeypatch is not None:
+        monkeypatch.setattr(mlp_module, "RECOMPUTE_GELU_FOR_FC2", fused)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = sum(model(x + i).float().pow(2).sum() for i in range(passes))
+    out.backward()
+    return [x.grad] + [p.grad for p in model.parameters()], out.detach()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_fused_gelu_and_fc2_give_the_same_bits_as_autograd(autocast, approximate, monkeypatch):
+    torch.manual_seed(0)
+    model = MLP(12, 40, activation=nn.GELU(approximate=approximate)).train()
+    x = torch.randn(3, 5, 12)
+    fused, fused_out = _grads(model, x, autocast, monkeypatch=monkeypatch, fused=True)
+    plain, plain_out = _grads(model, x, autocast, monkeypatch=monkeypatch, fused=False)
+    assert_close(fused_out, plain_out, atol=0, rtol=0)
+    for f, p in zip(fused, plain):
+        assert f.dtype == p.dtype
+        assert_close(f, p, atol=0, rtol=0)
+
+
+def test_fused_path_keeps_the_hidden_tensor_and_not_its_gelu():
+    torch.manual_seed(0)
+    model = MLP(12, 40).train()
+    out = model(torch.randn(3, 5, 12, requires_grad=True))
+    assert type(out.grad_fn).__name__ == "_GeluLinearBackward"
+    saved = [tuple(t.shape) for t in out.grad_fn.saved_tensors]
+    assert saved == [(3, 5, 40), (12, 40)]  # h (fc1's output) and fc2's weight: no gelu(h)
+
+
+def test_two_passes_under_autocast_sum_the_weight_gradient_in_fp32(monkeypatch):
+    # Autocast's cached weight cast sums both passes' bf16 weight gradients in bf16; the fused path
+    # casts each to fp32 first: within bf16 rounding of it, and at least as close to fp64.
+    torch.manual_seed(0)
+    model = MLP(12, 40).train()
+    x = torch.randn(3, 5, 12)
+    fused, _ = _grads(model, x, True, passes=2, monkeypatch=monkeypatch, fused=True)
+    plain, _ = _grads(model, x, True, passes=2, monkeypatch=monkeypatch, fused=False)
+    exact, _ = _grads(model.double(), x.double(), False, passes=2, monkeypatch=monkeypatch, fused=False)
+    fc2_weight = 3  # x, fc1.weight, fc1.bias, fc2.weight, fc2.bias
+    assert_close(fused[fc2_weight], plain[fc2_weight], atol=0.05, rtol=1e-2)
+    err = [(g[fc2_weight].double() - exact[fc2_weight]).abs().max() for g in (fused, plain)]
+    assert err[0] <= err[1]
+
+
+def test_checkpointing_dropout_hooks_and_no_grad_take_the_plain_path():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 12, requires_grad=True)
+    model = MLP(12, 40).train()
+    ckpt = checkpoint(model, x, use_reentrant=False)
+    assert type(ckpt.grad_fn).__name__ != "_GeluLinearBackward"
+    assert type(MLP(12, 40, dropout=0.1).train()(x).grad_fn).__name__ != "_GeluLinearBackward"
+    hooked = MLP(12, 40).train()
+    hooked.fc2.register_forward_hook(lambda m, i, o: None)
+    assert type(hooked(x).grad_fn).__name__ != "_GeluLinearBackward"
+    quick = MLP(12, 40, activation=nn.SiLU()).train()
+    assert type(quick(x).grad_fn).__name__ != "_GeluLinearBackward"
+    with torch.no_grad():
+        assert model(x).grad_fn is None
