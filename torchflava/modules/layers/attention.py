@@ -122,7 +122,7 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = 
     inside (forward and backward), so the fp32 score matmul stays fp32. For backward it keeps q, k,
     v and the rounded probabilities, nothing else; the backward's products run in the inputs'
     dtype, the softmax gradient accumulated in fp32 (as accurate as SDPA's fused kernel, and
-    3-4x faster at these lengths on AMX). No dropout: callers use SDPA when dropout is active.
+    on a 2-core AMX Xeon 1.8x (197 keys) to 4.5x (77 keys) faster forward + backward). No dropout: callers use SDPA when dropout is active.
 
     Args:
         q (Tensor): (B, H, S_q, hd) queries.
