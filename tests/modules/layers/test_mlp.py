@@ -75,3 +75,44 @@ def test_checkpointing_dropout_hooks_and_no_grad_take_the_plain_path():
     assert type(quick(x).grad_fn).__name__ != "_GeluLinearBackward"
     with torch.no_grad():
         assert model(x).grad_fn is None
+
+
+def test_fused_path_is_twice_differentiable():
+    # Gradient penalties and Hessian-vector products differentiate the backward itself.
+    torch.manual_seed(0)
+    model = MLP(4, 6).double().train()
+    x = torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True)
+    assert type(model(x).grad_fn).__name__ == "_GeluLinearBackward"
+    assert torch.autograd.gradgradcheck(lambda x: model(x), (x,))
+    (grad,) = torch.autograd.grad(model(x).pow(2).sum(), x, create_graph=True)
+    penalty = grad.pow(2).sum()
+    penalty.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_forward_ad_trace_hooks_and_fp64_under_autocast_take_the_plain_path_or_agree(monkeypatch):
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    model = MLP(4, 6).train()
+    x, tangent = torch.randn(2, 4), torch.randn(2, 4)
+    with fwAD.dual_level():  # forward-mode AD: no jvp rule in the fused function
+        out = model(fwAD.make_dual(x, tangent))
+        got = fwAD.unpack_dual(out).tangent
+    monkeypatch.setattr(mlp_module, "RECOMPUTE_GELU_FOR_FC2", False)
+    with fwAD.dual_level():
+        want = fwAD.unpack_dual(model(fwAD.make_dual(x, tangent))).tangent
+    assert_close(got, want, atol=0, rtol=0)
+    monkeypatch.setattr(mlp_module, "RECOMPUTE_GELU_FOR_FC2", True)
+    traced = torch.jit.trace(model, (x.clone().requires_grad_(),), check_trace=False)  # no Python function in it
+    assert "PythonOp" not in str(traced.graph)
+    seen = []
+    model.fc2.register_full_backward_hook(lambda m, gi, go: seen.append("fc2"))
+    model(x.clone().requires_grad_()).sum().backward()
+    assert seen == ["fc2"]
+    double = MLP(4, 6).double().train()  # autocast leaves fp64 alone: the backward must too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = double(torch.randn(2, 4, dtype=torch.double, requires_grad=True))
+    assert type(out.grad_fn).__name__ == "_GeluLinearBackward" and out.dtype == torch.double
+    out.sum().backward()
+    assert double.fc2.weight.grad.dtype == torch.double

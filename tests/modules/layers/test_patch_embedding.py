@@ -142,3 +142,46 @@ def test_float_patch_mask():
     pe = make_embedding(use_mask_token=True)
     with pytest.raises(TypeError, match="patch_mask must be a bool"):
         pe(torch.randn(B, C, SIZE, SIZE), patch_mask=torch.zeros(B, N))
+
+
+def _conv_reference(embed: PatchEmbedding, images: torch.Tensor) -> torch.Tensor:
+    x = torch.nn.functional.conv2d(images, embed.proj.weight, embed.proj.bias, stride=embed.patch_size)
+    x = torch.cat([embed.cls_token.expand(len(images), -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
+    return embed.norm(x + embed.pos_embed)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_patch_gemm_equals_the_strided_conv_with_gradients(layout):
+    torch.manual_seed(0)
+    embed = PatchEmbedding(16, 4, 3, 8)
+    images = torch.randn(2, 3, 16, 16)
+    if layout == "channels_last":
+        images = images.contiguous(memory_format=torch.channels_last)
+    got = embed(images.requires_grad_())
+    want = _conv_reference(embed, images)
+    assert_close(got, want, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(got.pow(2).sum(), [images, embed.proj.weight, embed.proj.bias])
+    want_grads = torch.autograd.grad(want.pow(2).sum(), [images, embed.proj.weight, embed.proj.bias])
+    for g, w in zip(grads, want_grads):
+        assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_and_parametrizations_on_the_projection_still_run():
+    torch.manual_seed(0)
+    embed = PatchEmbedding(16, 4, 3, 8)
+    images = torch.randn(2, 3, 16, 16, requires_grad=True)
+    calls = []
+    embed.proj.register_forward_hook(lambda m, i, o: calls.append("forward"))
+    embed.proj.register_full_backward_hook(lambda m, gi, go: calls.append("backward"))
+    embed(images).sum().backward()
+    assert calls == ["forward", "backward"]
+    zeroed = PatchEmbedding(16, 4, 3, 8)  # a hook that replaces the projection's output is obeyed
+    zeroed.proj.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    cls = zeroed.cls_token.expand(2, -1, -1)
+    assert_close(zeroed(images), torch.cat([cls, torch.zeros(2, 16, 8)], 1) + zeroed.pos_embed)
+    normed = PatchEmbedding(16, 4, 3, 8)
+    torch.nn.utils.parametrizations.weight_norm(normed.proj)  # changes the module's class
+    before = normed(images).detach()
+    with torch.no_grad():
+        normed.proj.parametrizations.weight.original0.mul_(2)
+    assert not torch.allclose(normed(images), before)

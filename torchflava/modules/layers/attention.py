@@ -121,8 +121,9 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = 
     with ``v``, and a query row with no allowed key gives zeros, as SDPA does. Autocast is off
     inside (forward and backward), so the fp32 score matmul stays fp32. For backward it keeps q, k,
     v and the rounded probabilities, nothing else; the backward's products run in the inputs'
-    dtype, the softmax gradient accumulated in fp32 (as accurate as SDPA's fused kernel, and
-    on a 2-core AMX Xeon 1.8x (197 keys) to 4.5x (77 keys) faster forward + backward). No dropout: callers use SDPA when dropout is active.
+    dtype, the softmax gradient accumulated in fp32: as accurate as SDPA's fused kernel, and on a
+    2-core AMX Xeon 1.8x (197 keys) to 4.5x (77 keys) faster forward + backward. No dropout:
+    callers use SDPA when dropout is active.
 
     Args:
         q (Tensor): (B, H, S_q, hd) queries.

@@ -149,7 +149,7 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool) -> bool:
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()  # a traced graph must hold portable ops
         and not torch._C._are_functorch_transforms_active()  # vmap, torch.func.grad...: F.linear's rules
-        and not _has_tangent(x, weight)  # forward-mode AD: oneDNN's op has no jvp rule
+        and not has_tangent(x, weight)  # forward-mode AD: oneDNN's op has no jvp rule
         and not torch.is_autocast_enabled("cpu")
         and type(x) in _PLAIN  # not a subclass (DTensor, fake or functorch tensors...)
         and type(weight) in _PLAIN
@@ -165,7 +165,7 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool) -> bool:
     )
 
 
-def _has_tangent(*tensors: Tensor) -> bool:
+def has_tangent(*tensors: Tensor) -> bool:
     """Whether forward-mode AD is on and any of ``tensors`` carries a tangent (a dual tensor)."""
     return fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
 

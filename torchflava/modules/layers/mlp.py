@@ -4,11 +4,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from torch.nn.modules import module as _torch_module
 
-from torchflava.modules.layers.linear import Linear, onednn_linear_wins
+from torchflava.modules.layers.hooks import hooked
+from torchflava.modules.layers.linear import Linear, has_tangent, onednn_linear_wins
 
 
 def can_overwrite(*modules: nn.Module) -> bool:
@@ -36,18 +36,19 @@ class _GeluLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Optional[Tensor], approximate: str) -> Tensor:
-        device = h.device.type
-        ctx.cast_to = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        ctx.approximate, ctx.has_bias = approximate, bias is not None
+        out = F.linear(F.gelu(h, approximate=approximate), weight, bias)
+        # the dtype the product ran in: autocast's where it cast (fp32 weights), else the weight's own
+        ctx.product_dtype, ctx.approximate, ctx.has_bias = out.dtype, approximate, bias is not None
         ctx.save_for_backward(h, weight)
-        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
+        return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
+        # Written with differentiable ops (no once_differentiable): a gradient of the gradient
+        # (gradient penalties, Hessian-vector products) goes through it as through autograd's own.
         h, weight = ctx.saved_tensors
         with torch.autocast(h.device.type, enabled=False):
-            w = weight if ctx.cast_to is None else weight.to(ctx.cast_to)
+            w = weight.to(ctx.product_dtype)
             activated = F.gelu(h, approximate=ctx.approximate)
             grad_out2 = grad_out.reshape(-1, grad_out.shape[-1])  # (M, out)
             grad_weight = grad_bias = grad_h = None
@@ -124,10 +125,10 @@ class MLP(nn.Module):
             and hidden.device.type == "cpu"  # where it was measured (benchmarks/README.md)
             and type(weight) in (Tensor, nn.Parameter)
             and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()  # a traced graph cannot hold a Python autograd function
             and not torch._C._are_functorch_transforms_active()
-            and not _torch_module._global_forward_hooks
-            and not _torch_module._global_forward_pre_hooks
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in (self.activation, self.dropout, fc2))
+            and not has_tangent(hidden, weight)  # forward-mode AD: no jvp rule here
+            and not hooked(self.activation, self.dropout, fc2)
             and not _saved_tensors_hooks_active()
             and not onednn_linear_wins(hidden, weight, training=True)
         )

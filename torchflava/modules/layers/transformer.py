@@ -76,10 +76,11 @@ def checkpoint_mode(value: Union[bool, str], name: str = "checkpoint_activations
     ``False``/``"none"``: store every activation. ``"selective"``: store the outputs of the matmuls
     and of attention, recompute the cheap elementwise work (norms, GELU, residual adds) in
     backward, and the CPU matmul attention's fp32 scores (its (S, S) product with the keys, which
-    kept would be a layer's largest tensor): about a third less activation memory for a few percent more time when the layer is
-    compiled (the policy goes into its graph) or the device is slow; eagerly each op is a Python
-    decision (~40 µs on a GPU's host, which made a small-batch GPU step 3.6x slower). ``True``/``"full"``:
-    store only each layer's input and recompute the whole layer (one more forward).
+    kept would be a layer's largest tensor): about a third less activation memory for a few
+    percent more time when the layer is compiled (the policy goes into its graph) or the device is
+    slow; eagerly each op is a Python decision (~40 µs on a GPU's host, which made a small-batch
+    GPU step 3.6x slower). ``True``/``"full"``: store only each layer's input and recompute the
+    whole layer (one more forward).
 
     Args:
         value (Union[bool, str]): the setting.
