@@ -5,18 +5,15 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
-from torch.nn.modules import module as _torch_module
 
-from torchflava.modules.layers.hooks import hooked
+from torchflava.modules.layers.hooks import hooked, saved_tensors_hooks_active
 from torchflava.modules.layers.linear import Linear, has_tangent, onednn_linear_wins
 
 
 def can_overwrite(*modules: nn.Module) -> bool:
     """Whether a tensor that ``modules`` saw may be overwritten in place: no graph records (no
     autograd saved it), and no forward hook on them, or a global one, may have kept it."""
-    if torch.is_grad_enabled() or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
-        return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return not torch.is_grad_enabled() and not hooked(*modules, backward=False)
 
 
 # Whether MLP.forward may use _GeluLinear (False: autograd through GELU and fc2 as they are).
@@ -129,13 +126,6 @@ class MLP(nn.Module):
             and not torch._C._are_functorch_transforms_active()
             and not has_tangent(hidden, weight)  # forward-mode AD: no jvp rule here
             and not hooked(self.activation, self.dropout, fc2)
-            and not _saved_tensors_hooks_active()
+            and not saved_tensors_hooks_active()
             and not onednn_linear_wins(hidden, weight, training=True)
         )
-
-
-def _saved_tensors_hooks_active() -> bool:
-    """Whether a ``saved_tensors_hooks`` context (checkpointing's, an offloader's) is active; True
-    where this PyTorch cannot say."""
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    return top is None or top(False) is not None
