@@ -122,6 +122,24 @@ def test_hf_default_config_vit_b32(tmp_path):
     assert_close(clip_vit_b32(pretrained=tmp_path).encode_text(ids, mask), expected[1], atol=ATOL, rtol=0)
 
 
+def test_presets_take_a_checkpoints_own_image_size(tmp_path):
+    # Like OpenAI's ViT-L/14@336px beside the 224-px preset: the preset's sizes, the checkpoint's image size.
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights():  # the weights' values do not matter here, their shapes do (and it is quick)
+        hf = HFCLIPModel(CLIPConfig(vision_config={"image_size": 64}))
+    positions = hf.vision_model.embeddings.position_embedding.weight
+    with torch.no_grad():
+        positions.copy_(torch.arange(positions.numel(), dtype=torch.float32).view_as(positions))
+    hf.save_pretrained(tmp_path)
+    ours = clip_vit_b32(pretrained=tmp_path)
+    assert_close(ours.image_encoder.embeddings.pos_embed.flatten(0, -2), positions, atol=0, rtol=0)
+    assert ours.encode_image(torch.randn(1, 3, 64, 64)).shape == (1, 512)
+    assert clip_vit_b32().image_encoder.embeddings.pos_embed.flatten(0, -2).shape == (50, 768)  # 224 px
+    with pytest.raises(ValueError, match=r"'image_size': \(224, 64\)"):  # a size given must still match
+        clip_model(pretrained=tmp_path, image_size=224)
+
+
 @pytest.mark.parametrize("eos", [97, 2])  # 2: HF's legacy configs, which pool at each row's highest id
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
 def test_hf_small_config(tmp_path, eos, weights):

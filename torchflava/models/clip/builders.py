@@ -21,7 +21,7 @@ _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, voc
 _B16.update(vision_width=768, vision_layers=12, vision_heads=12, vision_mlp_dim=3072)
 _B16.update(text_width=512, text_layers=12, text_heads=8, text_mlp_dim=2048)
 _L14 = dict(_B16, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16)
-_L14.update(vision_mlp_dim=4096, text_width=768, text_heads=12, text_mlp_dim=3072)
+_L14.update(vision_mlp_dim=4096, text_width=768, text_heads=12, text_mlp_dim=3072, image_size=None)
 _DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07))
 _DEFAULTS.update(init_std=0.02)
 _HEADS = [("vision_width", "vision_heads"), ("text_width", "text_heads")]
@@ -116,14 +116,14 @@ def _build(a: dict) -> CLIPModel:
 
 
 def clip_vit_b32(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
-    """CLIP ViT-B/32, the sizes of open_clip's ``ViT-B-32`` and HF's ``CLIPConfig()``; ``pretrained``
-    and ``activation`` (None: the checkpoint's, else ``"gelu"``) as :func:`clip_model`'s."""
-    return clip_model(pretrained=pretrained, activation=activation, **dict(_B16, patch_size=32))
+    """CLIP ViT-B/32, open_clip's ``ViT-B-32`` and HF's ``CLIPConfig()`` (224 px, or a checkpoint's own size);
+    ``pretrained`` and ``activation`` (None: the checkpoint's, else ``"gelu"``) as :func:`clip_model`'s."""
+    return clip_model(pretrained=pretrained, activation=activation, **dict(_B16, patch_size=32, image_size=None))
 
 
 def clip_vit_b16(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
     """CLIP ViT-B/16, open_clip's ``ViT-B-16``; as :func:`clip_vit_b32` otherwise."""
-    return clip_model(pretrained=pretrained, activation=activation, **_B16)
+    return clip_model(pretrained=pretrained, activation=activation, **dict(_B16, image_size=None))
 
 
 def clip_vit_l14(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
