@@ -279,7 +279,7 @@ def write_hf_clip(directory, *, image_size: int = 32) -> None:
     )
     CLIPModel(config).save_pretrained(directory)
     bpe = open_clip.tokenizer.default_bpe()
-    vocab = OurTokenizer.from_bpe(bpe)._tokenizer.get_vocab()
+    vocab = OurTokenizer.from_bpe(bpe)._tokenizer.get_vocab(with_added_tokens=False)
     (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:48895]
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")

@@ -37,7 +37,9 @@ def hf_directory(tmp_path_factory, ours):
     directory = tmp_path_factory.mktemp("hf_clip_tokenizer")
     merges = gzip.open(BPE).read().decode("utf-8").split("\n")[1 : CLIP_VOCAB_SIZE - 514 + 1]
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    (directory / "vocab.json").write_text(json.dumps(ours._tokenizer.get_vocab()), encoding="utf-8")
+    (directory / "vocab.json").write_text(
+        json.dumps(ours._tokenizer.get_vocab(with_added_tokens=False)), encoding="utf-8"
+    )
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "pad_token": "<|endoftext|>"}
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     return directory
@@ -212,3 +214,17 @@ def test_errors(ours, tmp_path):
         ours([])
     with pytest.raises(ValueError, match="max_length must be an int >= 2, got 1"):
         ours(["a"], max_length=1)
+
+
+def test_special_tokens_written_in_the_text_read_as_open_clips_do(ours, hf_directory):
+    # open_clip spells them <start_of_text> / <end_of_text> (in any case); its <|endoftext|> is text.
+    texts = ["a photo <|endoftext|> of a cat", "a <end_of_text> b", "A <START_OF_TEXT> b<|startoftext|>"]
+    ids, mask = ours(texts)
+    reference = open_clip.tokenize(texts)
+    for row in range(len(texts)):
+        length = int(mask[row].sum())
+        assert ids[row, :length].tolist() == reference[row, :length].tolist() and not reference[row, length:].any()
+    assert ids[1, :5].tolist() == [49406, 320, 49407, 321, 49407] and 49407 not in ids[0, 1:8].tolist()
+    # transformers' reading of a directory's tokenizer: <|endoftext|> is the token, <end_of_text> text
+    hf_ids, _ = CLIPTokenizer.from_directory(hf_directory)(texts[:2])
+    assert hf_ids[0, :4].tolist() == [49406, 320, 1125, 49407] and 49407 not in hf_ids[1, 1:4].tolist()

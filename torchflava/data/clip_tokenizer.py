@@ -97,6 +97,9 @@ class CLIPTokenizer:
         unescape_html (bool): undo HTML entities (``&amp;``, twice, as OpenAI's and open_clip's
             tokenizers do; web alt-text holds them) before tokenising; transformers' fast one does not.
         fix_text (bool): make :func:`fix_characters`' fixes first (open_clip's ``ftfy.fix_text``).
+        specials_in_text (tuple[str, str]): how the text itself spells the start and end tokens, in
+            any case: transformers' ``<|startoftext|>`` and ``<|endoftext|>``, or open_clip's
+            ``<start_of_text>`` and ``<end_of_text>`` (:meth:`from_bpe`); any other spelling is text.
 
     Raises:
         ValueError: if a special or the padding token is missing, or ``model_max_length`` < 2.
@@ -110,18 +113,22 @@ class CLIPTokenizer:
         pad_token: Optional[str] = None,
         unescape_html: bool = False,
         fix_text: bool = False,
+        specials_in_text: tuple[str, str] = (START, END),
     ) -> None:
         vocab = tokenizer.get_vocab()
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
         if missing:
             raise ValueError(f"the vocabulary lacks the token(s) {missing}")
         # In the text they are the tokens, not their spelling, in any case (matched after lower-casing, as
-        # transformers' CLIP tokenizers match them).
-        tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=True) for token in (START, END)])
+        # transformers' and open_clip's CLIP tokenizers match them); a spelling outside the vocabulary
+        # gets an id of its own here, read as the token's in __call__.
+        tokenizer.add_special_tokens([AddedToken(text, special=True, normalized=True) for text in specials_in_text])
         tokenizer.post_processor = None  # __call__ adds the start and end tokens
         self._tokenizer, self.unescape_html, self.fix_text = tokenizer, unescape_html, fix_text
         self.model_max_length = check_model_max_length(model_max_length)
         self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token or END]
+        spelled = zip(specials_in_text, (self.start_id, self.end_id))
+        self._in_text = {tokenizer.token_to_id(text): i for text, i in spelled if tokenizer.token_to_id(text) != i}
         self.vocab_size = max(vocab.values()) + 1
 
     @property
@@ -160,6 +167,8 @@ class CLIPTokenizer:
 
         The vocabulary is the 256 byte characters, the same with ``</w>``, the first
         ``vocab_size - 514`` merges of the file (after its version line), then the two special tokens.
+        As in open_clip, ``<start_of_text>`` and ``<end_of_text>`` in a text are those tokens and
+        ``<|endoftext|>`` is text.
 
         Raises:
             FileNotFoundError: if the file does not exist.
@@ -183,6 +192,7 @@ class CLIPTokenizer:
         tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
         kwargs.setdefault("unescape_html", True)  # as OpenAI's and open_clip's tokenizers
         kwargs.setdefault("fix_text", True)
+        kwargs.setdefault("specials_in_text", ("<start_of_text>", "<end_of_text>"))  # open_clip's spelling
         return cls.from_vocab_and_merges({token: i for i, token in enumerate(tokens)}, merges, **kwargs)
 
     @classmethod
@@ -254,8 +264,10 @@ class CLIPTokenizer:
             texts = [fix_characters(text) for text in texts]
         if self.unescape_html:
             texts = [html.unescape(html.unescape(text)) for text in texts]
-        pieces = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        rows = [[self.start_id, *encoding.ids, self.end_id] for encoding in pieces]
+        pieces = [encoding.ids for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+        if self._in_text:
+            pieces = [[self._in_text.get(i, i) for i in ids] for ids in pieces]
+        rows = [[self.start_id, *ids, self.end_id] for ids in pieces]
         return padded_rows(rows, length, end_id=self.end_id, pad_id=self.pad_id)
 
     def decode(self, ids: Sequence[int]) -> str:
