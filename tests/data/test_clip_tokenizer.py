@@ -228,3 +228,9 @@ def test_special_tokens_written_in_the_text_read_as_open_clips_do(ours, hf_direc
     # transformers' reading of a directory's tokenizer: <|endoftext|> is the token, <end_of_text> text
     hf_ids, _ = CLIPTokenizer.from_directory(hf_directory)(texts[:2])
     assert hf_ids[0, :4].tolist() == [49406, 320, 1125, 49407] and 49407 not in hf_ids[1, 1:4].tolist()
+
+
+@pytest.mark.parametrize("bad", ["<end_of_text>", ("<a>",), ("<a>", ""), ("<a>", "<a>"), ("<a>", 3)])
+def test_bad_specials_in_text_are_refused_naming_the_argument(bad):
+    with pytest.raises(ValueError, match="specials_in_text must be two different non-empty strings, got"):
+        CLIPTokenizer.from_bpe(BPE, specials_in_text=bad)

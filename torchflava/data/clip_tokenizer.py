@@ -102,7 +102,8 @@ class CLIPTokenizer:
             ``<start_of_text>`` and ``<end_of_text>`` (:meth:`from_bpe`); any other spelling is text.
 
     Raises:
-        ValueError: if a special or the padding token is missing, or ``model_max_length`` < 2.
+        ValueError: if a special or the padding token is missing, ``model_max_length`` < 2 or
+            ``specials_in_text`` is not two different non-empty strings.
     """
 
     def __init__(
@@ -115,6 +116,13 @@ class CLIPTokenizer:
         fix_text: bool = False,
         specials_in_text: tuple[str, str] = (START, END),
     ) -> None:
+        if not (
+            isinstance(specials_in_text, (tuple, list))
+            and len(specials_in_text) == 2
+            and all(isinstance(text, str) and text for text in specials_in_text)
+            and specials_in_text[0] != specials_in_text[1]
+        ):
+            raise ValueError(f"specials_in_text must be two different non-empty strings, got {specials_in_text!r}")
         vocab = tokenizer.get_vocab()
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
         if missing:
