@@ -84,3 +84,12 @@ def test_a_split_without_a_readable_image_is_refused_in_one_line(tmp_path):
     arguments = ["--checkpoint", str(tmp_path / "export"), "--train", str(tmp_path / "train")]
     with pytest.raises(ValueError, match="images: none of the 2 images"):  # was torch.cat's error
         command.main([*arguments, "--val", str(tmp_path / "val")])
+
+
+def test_bf16_cls_features_are_float_and_within_bf16_rounding(export):
+    source = ShapesClassification("test", 4, image_size=32)
+    reference, labels, _ = command.cls_features(load_pretrained(export), source)
+    features, same_labels, _ = command.cls_features(load_pretrained(export, dtype=torch.bfloat16), source)
+    assert features.dtype == torch.float32 and torch.equal(labels, same_labels)
+    scale = reference.abs().max()
+    assert (features - reference).abs().max() < 3e-2 * scale and not torch.equal(features, reference)

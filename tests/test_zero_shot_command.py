@@ -171,6 +171,7 @@ def test_errors(tmp_path, export, images):
         (["--template", "a {} {colour}"], "argument --template: expected one '{}'"),  # was a KeyError traceback
         (["--template", "a {} and a {}"], "argument --template: expected one '{}'"),
         (["--template", "a {} }"], "argument --template: expected one '{}'"),
+        (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
     ],
 )
 def test_bad_arguments_exit_2_naming_them_before_any_work(export, images, extra, message, capsys):
@@ -330,3 +331,35 @@ def test_clip_zero_shot_and_retrieval_equal_transformers_on_a_hugging_face_clip_
             F.normalize(image, dim=-1), F.normalize(model.get_text_features(**text), dim=-1), ks=(1, 5)
         )
     assert {k: recall[k] for k in reference} == pytest.approx(reference)
+
+
+def test_bf16_packs_every_linear_once_and_classifies_within_bf16_rounding_of_fp32(export, images):
+    from torchflava.modules.layers import PackedLinear
+
+    directory, _ = export
+    command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
+    fp32, bf16 = zero_shot.main(command), zero_shot.main([*command, "--dtype", "bf16"])
+    assert bf16["num_images"] == fp32["num_images"] == 12 and bf16["skipped"] == 1
+    for file, probabilities in fp32["probabilities"].items():
+        for name, p in probabilities.items():
+            assert abs(bf16["probabilities"][file][name] - p) < 0.02
+    pretrained = load_pretrained(directory, dtype=torch.bfloat16)
+    assert pretrained.dtype == torch.bfloat16 and not pretrained.model.training
+    linears = [m for m in pretrained.model.modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
+    assert linears and all(isinstance(m, PackedLinear) for m in linears)
+    pictures = [
+        Image.open(images / "red circle" / f).convert("RGB")
+        for f in sorted(os.listdir(images / "red circle"))[:3]
+        if f != "broken.png"
+    ]
+    ours = zero_shot.image_features(pretrained, pictures)
+    reference = zero_shot.image_features(load_pretrained(directory), pictures)
+    assert ours.dtype == torch.float32 and torch.allclose(ours, reference, atol=3e-2)
+    assert not torch.equal(ours, reference)  # it did run in bf16
+    texts = zero_shot.text_features(pretrained, ["a red circle", "a blue square"])
+    assert texts.dtype == torch.float32
+    assert torch.allclose(
+        texts, zero_shot.text_features(load_pretrained(directory), ["a red circle", "a blue square"]), atol=3e-2
+    )
+    with pytest.raises(ValueError, match=r"dtype must be one of \(torch.float32, torch.bfloat16\), got torch.float16"):
+        load_pretrained(directory, dtype=torch.float16)

@@ -21,7 +21,7 @@ from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.modules.encoders import CLS_POSITION
-from torchflava.pretrained import Pretrained, load_pretrained
+from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.cli import output_file, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 
@@ -38,8 +38,9 @@ def cls_features(pretrained: Pretrained, source, *, batch_size: int = 128) -> tu
     features, labels, skipped = [], [], []
     for chunk in readable_chunks(source.__getitem__, range(len(source)), batch_size, skipped):
         pixels = torch.stack([transform(sample.image) for _, sample in chunk])
-        states = encoder(pixels, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state
-        features.append(states[:, 0])
+        with pretrained.precision():
+            states = encoder(pixels, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state
+        features.append(states[:, 0].float())
         labels += [int(sample.label) for _, sample in chunk]
     if not features:
         raise ValueError(
@@ -81,11 +82,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--train")
     parser.add_argument("--val")
     parser.add_argument("--test")
+    add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the report here")
     args = parser.parse_args(argv)
     if not args.shapes and not (args.train and args.val):
         parser.error("give --shapes, or --train and --val (and optionally --test) class folders")
-    pretrained = load_pretrained(args.checkpoint)
+    pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     if args.shapes:
         result, classes = probe_shapes(pretrained), ShapesClassification.classes
     else:

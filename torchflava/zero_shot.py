@@ -29,7 +29,7 @@ from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.evaluation.zero_shot import check_finite
-from torchflava.pretrained import Pretrained, load_pretrained
+from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.checks import is_prompt_template
 from torchflava.utils.cli import output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
@@ -44,7 +44,8 @@ def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int 
     chunks = []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([transform(image) for image in images[start : start + batch_size]])
-        chunks.append(pretrained.model.encode_image(pixels))
+        with pretrained.precision():
+            chunks.append(pretrained.model.encode_image(pixels).float())
     return torch.cat(chunks)
 
 
@@ -58,7 +59,8 @@ def text_features(
     chunks = []
     for start in range(0, len(texts), batch_size):
         ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
-        chunks.append(pretrained.model.encode_text(ids, mask))
+        with pretrained.precision():
+            chunks.append(pretrained.model.encode_text(ids, mask).float())
     return torch.cat(chunks)
 
 
@@ -67,8 +69,13 @@ def class_embeddings(
 ) -> Tensor:
     """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
     max_length = pretrained.text_length
+
+    def encode_text(ids: Tensor, mask: Tensor) -> Tensor:
+        with pretrained.precision():
+            return pretrained.model.encode_text(ids, mask).float()
+
     return zero_shot_classifier(
-        lambda ids, mask: pretrained.model.encode_text(ids, mask),
+        encode_text,
         lambda texts: pretrained.tokenizer(list(texts), max_length=max_length),
         class_names,
         templates,
@@ -182,12 +189,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--template", action="append", dest="templates", help="prompt template with {} for the class name (repeatable)"
     )
     parser.add_argument("--batch-size", type=positive_int, default=64)
+    add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the result here")
     args = parser.parse_args(argv)
     bad = [t for t in args.templates or () if not is_prompt_template(t)]
     if bad:
         parser.error(f"argument --template: expected one '{{}}' for the class name and no other braces, got {bad}")
-    pretrained = load_pretrained(args.checkpoint)
+    pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         result = classify_folder(
