@@ -10,7 +10,7 @@ import torch
 from transformers import CLIPTokenizer as HFSlowTokenizer
 from transformers import CLIPTokenizerFast as HFFastTokenizer
 
-from torchflava.data.clip_tokenizer import CLIP_VOCAB_SIZE, CLIPTokenizer, byte_characters, fix_characters
+from torchflava.data.clip_tokenizer import CLIP_VOCAB_SIZE, CLIPTokenizer, byte_characters, fix_characters, ftfy_fixes
 
 BPE = open_clip.tokenizer.default_bpe()  # OpenAI's bpe_simple_vocab_16e6.txt.gz
 TEXTS = [
@@ -219,6 +219,10 @@ def test_errors(ours, tmp_path):
 def test_special_tokens_written_in_the_text_read_as_open_clips_do(ours, hf_directory):
     # open_clip spells them <start_of_text> / <end_of_text> (in any case); its <|endoftext|> is text.
     texts = ["a photo <|endoftext|> of a cat", "a <end_of_text> b", "A <START_OF_TEXT> b<|startoftext|>"]
+    # ... whole pieces of its word split only: after other symbols they are text, as there
+    texts += ["a.<end_of_text>", "<<end_of_text>>", "(<start_of_text>)", "\U0001f436<end_of_text>", "_<end_of_text>"]
+    texts += ["\u0130<end_of_text>", "<|endoftext|><end_of_text>", "x<end_of_text>y", "<end_of_text><end_of_text>"]
+    texts += ["it's<end_of_text>9", "word " * 80 + "<end_of_text>"]
     ids, mask = ours(texts)
     reference = open_clip.tokenize(texts)
     for row in range(len(texts)):
@@ -230,7 +234,25 @@ def test_special_tokens_written_in_the_text_read_as_open_clips_do(ours, hf_direc
     assert hf_ids[0, :4].tolist() == [49406, 320, 1125, 49407] and 49407 not in hf_ids[1, 1:4].tolist()
 
 
-@pytest.mark.parametrize("bad", ["<end_of_text>", ("<a>",), ("<a>", ""), ("<a>", "<a>"), ("<a>", 3)])
-def test_bad_specials_in_text_are_refused_naming_the_argument(bad):
-    with pytest.raises(ValueError, match="specials_in_text must be two different non-empty strings, got"):
-        CLIPTokenizer.from_bpe(BPE, specials_in_text=bad)
+@pytest.mark.parametrize("bad", ["open-clip", "", None, ("<a>", "<b>")])
+def test_a_bad_special_spelling_is_refused_naming_the_argument(bad):
+    with pytest.raises(ValueError, match="special_spelling must be one of \\('transformers', 'open_clip'\\), got"):
+        CLIPTokenizer.from_bpe(BPE, special_spelling=bad)
+
+
+def test_html_entities_are_decoded_as_open_clips_ftfy_does(ours):
+    # ftfy.fix_text decodes entities (to a fixpoint, before its character fixes) where a line holds no
+    # "<", then open_clip unescapes twice more: web alt-text's "don&#8217;t" is "don't" there.
+    texts = ["don&#8217;t stop &ldquo;now&rdquo;", "caf&eacute; &amp;amp;amp; bar", "a&#xFB01;ne P&EACUTE;REZ"]
+    texts += [
+        "x < y and don&#8217;t",
+        "one &amp;amp;\ntwo <b> &amp;amp;amp;\nthree &amp;amp;amp;",
+        "this&not that &amp",
+    ]
+    ids, mask = ours(texts)
+    reference = open_clip.tokenize(texts)
+    for row in range(len(texts)):
+        length = int(mask[row].sum())
+        assert ids[row, :length].tolist() == reference[row, :length].tolist(), texts[row]
+    assert ids[0, :3].tolist() == [49406, 847, 713]  # "don't"
+    assert ftfy_fixes("P&EACUTE;REZ &nTILDE; &#99999999; a\r\nb") == "P\u00c9REZ &nTILDE; \ufffd a\nb"

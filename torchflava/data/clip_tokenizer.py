@@ -20,6 +20,7 @@ import contextlib
 import functools
 import gzip
 import html
+import html.entities
 import os
 from pathlib import Path
 import re
@@ -45,6 +46,8 @@ CLIP_CONTEXT_LENGTH = 77
 # Contractions, letter runs, single digits, runs of other non-space symbols (CLIP's word split).
 _WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
+# How a text may spell the start and end tokens itself, by whose reading (CLIPTokenizer's special_spelling).
+_SPECIAL_SPELLINGS = {"transformers": (START, END), "open_clip": ("<start_of_text>", "<end_of_text>")}
 _TERMINAL_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # ANSI colour and cursor codes
 
 
@@ -70,7 +73,49 @@ def fix_characters(text: str) -> str:
     terminal escapes and control characters removed, line breaks made ``\\n``, C1 controls read as the
     Windows-1252 characters they stand for, curly quotes straightened, Latin ligatures split and
     full-width (half-width katakana) forms made normal width. Not made: its repair of mis-decoded text."""
-    return _TERMINAL_ESCAPES.sub("", text).translate(_character_fixes())
+    return _TERMINAL_ESCAPES.sub("", text).replace("\r\n", "\n").translate(_character_fixes())
+
+
+_ENTITY = re.compile(r"&#?[0-9A-Za-z]{1,24};")
+
+
+@functools.cache
+def _entities() -> dict[str, str]:
+    """The named references ``ftfy`` decodes: HTML5's that end in ";", and the upper-case spelling
+    of an all-lower-case name where that spelling is not an entity of its own (``&EACUTE;``)."""
+    table = {}
+    for name, character in html.entities.html5.items():
+        if name.endswith(";"):
+            table["&" + name] = character
+            upper = "&" + name.upper()
+            if name == name.lower() and html.unescape(upper) == upper:
+                table[upper] = character.upper()
+    return table
+
+
+def _decode_entity(match: re.Match) -> str:
+    reference = match.group(0)
+    if reference in _entities():
+        return _entities()[reference]
+    decoded = html.unescape(reference) if reference.startswith("&#") else reference
+    return reference if ";" in decoded else decoded  # a numeric reference decodes whole or not at all
+
+
+def ftfy_fixes(text: str) -> str:
+    """What ``ftfy.fix_text`` (open_clip's first cleaning step) does to ``text`` with its defaults, but
+    for its repair of mis-decoded text: line by line, HTML entities decoded (only unambiguous ones
+    ending in ";", and none from the first line holding a "<" on: it may be HTML), then
+    :func:`fix_characters`, again until nothing changes."""
+    out, entities, pieces = [], True, text.split("\n")  # ftfy's lines end at "\n" alone
+    for line in [piece + "\n" for piece in pieces[:-1]] + pieces[-1:]:
+        entities = entities and "<" not in line
+        while True:
+            fixed = fix_characters(_ENTITY.sub(_decode_entity, line) if entities else line)
+            if fixed == line:
+                break
+            line = fixed
+        out.append(line)
+    return "".join(out)
 
 
 def byte_characters() -> dict[int, str]:
@@ -96,14 +141,16 @@ class CLIPTokenizer:
             checkpoints; padding is masked out either way).
         unescape_html (bool): undo HTML entities (``&amp;``, twice, as OpenAI's and open_clip's
             tokenizers do; web alt-text holds them) before tokenising; transformers' fast one does not.
-        fix_text (bool): make :func:`fix_characters`' fixes first (open_clip's ``ftfy.fix_text``).
-        specials_in_text (tuple[str, str]): how the text itself spells the start and end tokens, in
-            any case: transformers' ``<|startoftext|>`` and ``<|endoftext|>``, or open_clip's
-            ``<start_of_text>`` and ``<end_of_text>`` (:meth:`from_bpe`); any other spelling is text.
+        fix_text (bool): make :func:`ftfy_fixes` first (open_clip's ``ftfy.fix_text``).
+        special_spelling (str): how a text's own start and end tokens are read, in any case:
+            ``"transformers"``, ``<|startoftext|>`` and ``<|endoftext|>`` wherever they stand; or
+            ``"open_clip"`` (:meth:`from_bpe`), ``<start_of_text>`` and ``<end_of_text>`` where
+            open_clip's word split reads them whole (not after other symbols: ``.<end_of_text>`` is
+            text there). Any other spelling is text.
 
     Raises:
         ValueError: if a special or the padding token is missing, ``model_max_length`` < 2 or
-            ``specials_in_text`` is not two different non-empty strings.
+            ``special_spelling`` is neither of the two.
     """
 
     def __init__(
@@ -114,30 +161,27 @@ class CLIPTokenizer:
         pad_token: Optional[str] = None,
         unescape_html: bool = False,
         fix_text: bool = False,
-        specials_in_text: tuple[str, str] = (START, END),
+        special_spelling: str = "transformers",
     ) -> None:
-        if not (
-            isinstance(specials_in_text, (tuple, list))
-            and len(specials_in_text) == 2
-            and all(isinstance(text, str) and text for text in specials_in_text)
-            and specials_in_text[0] != specials_in_text[1]
-        ):
-            raise ValueError(f"specials_in_text must be two different non-empty strings, got {specials_in_text!r}")
+        if special_spelling not in _SPECIAL_SPELLINGS:
+            raise ValueError(f"special_spelling must be one of {tuple(_SPECIAL_SPELLINGS)}, got {special_spelling!r}")
         vocab = tokenizer.get_vocab()
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
         if missing:
             raise ValueError(f"the vocabulary lacks the token(s) {missing}")
-        # In the text they are the tokens, not their spelling, in any case (matched after lower-casing, as
-        # transformers' and open_clip's CLIP tokenizers match them); a spelling outside the vocabulary
-        # gets an id of its own here, read as the token's in __call__.
-        tokenizer.add_special_tokens([AddedToken(text, special=True, normalized=True) for text in specials_in_text])
+        if special_spelling == "transformers":  # matched anywhere after lower-casing, as transformers does
+            tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=True) for token in (START, END)])
         tokenizer.post_processor = None  # __call__ adds the start and end tokens
         self._tokenizer, self.unescape_html, self.fix_text = tokenizer, unescape_html, fix_text
         self.model_max_length = check_model_max_length(model_max_length)
         self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token or END]
-        spelled = zip(specials_in_text, (self.start_id, self.end_id))
-        self._in_text = {tokenizer.token_to_id(text): i for text, i in spelled if tokenizer.token_to_id(text) != i}
         self.vocab_size = max(vocab.values()) + 1
+        self._spelled = self._split_words = None  # transformers' reading: the added tokens above
+        if special_spelling == "open_clip":  # its word split, with the two spellings as its first alternatives
+            spellings = _SPECIAL_SPELLINGS[special_spelling]
+            self._spelled = dict(zip(spellings, (self.start_id, self.end_id)))
+            words = "|".join(re.escape(spelling) for spelling in spellings) + "|" + _WORDS
+            self._split_words = pre_tokenizers.Split(Regex(words), behavior="removed", invert=True)
 
     @property
     def sep_id(self) -> int:
@@ -200,7 +244,7 @@ class CLIPTokenizer:
         tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
         kwargs.setdefault("unescape_html", True)  # as OpenAI's and open_clip's tokenizers
         kwargs.setdefault("fix_text", True)
-        kwargs.setdefault("specials_in_text", ("<start_of_text>", "<end_of_text>"))  # open_clip's spelling
+        kwargs.setdefault("special_spelling", "open_clip")
         return cls.from_vocab_and_merges({token: i for i, token in enumerate(tokens)}, merges, **kwargs)
 
     @classmethod
@@ -269,14 +313,30 @@ class CLIPTokenizer:
         texts = checked_texts(texts)
         length = check_max_length(max_length, self.model_max_length)
         if self.fix_text:
-            texts = [fix_characters(text) for text in texts]
+            texts = [ftfy_fixes(text) for text in texts]
         if self.unescape_html:
             texts = [html.unescape(html.unescape(text)) for text in texts]
         pieces = [encoding.ids for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
-        if self._in_text:
-            pieces = [[self._in_text.get(i, i) for i in ids] for ids in pieces]
+        if self._spelled is not None:
+            pieces = [self._with_spelled_specials(text, ids) for text, ids in zip(texts, pieces)]
         rows = [[self.start_id, *ids, self.end_id] for ids in pieces]
         return padded_rows(rows, length, end_id=self.end_id, pad_id=self.pad_id)
+
+    def _with_spelled_specials(self, text: str, ids: list[int]) -> list[int]:
+        """``text``'s ids with the special tokens it spells (open_clip's way) as those tokens: the text
+        around each is tokenised on its own, as open_clip's word split leaves it."""
+        normalized = self._tokenizer.normalizer.normalize_str(text)
+        if not any(spelling in normalized for spelling in self._spelled):
+            return ids
+        out, start = [], 0
+        for piece, (begin, end) in self._split_words.pre_tokenize_str(normalized):
+            if piece in self._spelled:
+                out += self._plain_ids(normalized[start:begin]) + [self._spelled[piece]]
+                start = end
+        return out + self._plain_ids(normalized[start:])
+
+    def _plain_ids(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of one id sequence, special tokens dropped (lower-cased, one space between words)."""
