@@ -51,19 +51,6 @@ DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 # The precisions the encoders can run in: fp32, or bf16 autocast over weights cast (and packed) once.
 INFERENCE_DTYPES = (torch.float32, torch.bfloat16)
 INFERENCE_DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the commands' --dtype
-
-
-def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
-    """The commands' ``--dtype`` (a name of :data:`INFERENCE_DTYPE_NAMES`; see :func:`load_pretrained`)."""
-    parser.add_argument(
-        "--dtype",
-        choices=tuple(INFERENCE_DTYPE_NAMES),
-        default="fp32",
-        help="bf16: bf16 autocast, linear weights cast and packed once (~4x fp32's speed on CPUs with "
-        "AVX512-BF16 or AMX; slower than fp32 without them); features within bf16 rounding of fp32's [fp32]",
-    )
-
-
 BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
 # A torchflava export's architecture file, by family.
 _EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}
@@ -228,6 +215,17 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
             f"got {'any size' if spec.output_size is None else spec.output_size}"
         )
     return ImageTransform(spec)
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """The commands' ``--dtype`` (a name of :data:`INFERENCE_DTYPE_NAMES`; see :func:`load_pretrained`)."""
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(INFERENCE_DTYPE_NAMES),
+        default="fp32",
+        help="bf16: bf16 autocast, linear weights cast and packed once (~4x fp32's speed on CPUs with "
+        "AVX512-BF16 or AMX; slower than fp32 without them); features within bf16 rounding of fp32's [fp32]",
+    )
 
 
 def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch.float32) -> Pretrained:
