@@ -235,9 +235,9 @@ def test_special_tokens_written_in_the_text_read_as_open_clips_do(ours, hf_direc
 
 
 @pytest.mark.parametrize("bad", ["open-clip", "", None, ("<a>", "<b>")])
-def test_a_bad_special_spelling_is_refused_naming_the_argument(bad):
-    with pytest.raises(ValueError, match="special_spelling must be one of \\('transformers', 'open_clip'\\), got"):
-        CLIPTokenizer.from_bpe(BPE, special_spelling=bad)
+def test_a_bad_reading_is_refused_naming_the_argument(bad):
+    with pytest.raises(ValueError, match="reading must be one of \\('transformers', 'open_clip'\\), got"):
+        CLIPTokenizer.from_bpe(BPE, reading=bad)
 
 
 def test_html_entities_are_decoded_as_open_clips_ftfy_does(ours):
@@ -256,3 +256,21 @@ def test_html_entities_are_decoded_as_open_clips_ftfy_does(ours):
         assert ids[row, :length].tolist() == reference[row, :length].tolist(), texts[row]
     assert ids[0, :3].tolist() == [49406, 847, 713]  # "don't"
     assert ftfy_fixes("P&EACUTE;REZ &nTILDE; &#99999999; a\r\nb") == "P\u00c9REZ &nTILDE; \ufffd a\nb"
+
+
+def test_greek_capitals_nfc_terminal_escapes_and_surrogates_as_open_clip(ours, hf_directory):
+    # Python lower-cases a word's final capital sigma to ς (tokenizers' Lowercase does not); ftfy
+    # composes (NFC) before its next round of entities, but not after open_clip's own unescaping;
+    # it widens and joins characters before it drops terminal escapes; it repairs surrogates.
+    texts = ["\u039f\u0394\u039f\u03a3 \u0391\u0398\u0397\u039d\u0391\u03a3", "&amp\u037e x", "e&#769 x"]
+    texts += ["\x1b\uff3b31m red", "\x1b[31\ufb01 red", "caf\u00e9\udc80 x", "\ud83d\ude00 a"]
+    ids, mask = ours(texts)
+    reference = open_clip.tokenize(texts)
+    for row in range(len(texts)):
+        length = int(mask[row].sum())
+        assert ids[row, :length].tolist() == reference[row, :length].tolist(), ascii(texts[row])
+    assert ftfy_fixes("e\u0301 \u037e \ud83d\ude00 \udc80") == "\u00e9 ; \U0001f600 \ufffd"
+    with pytest.raises(
+        ValueError, match=r"texts: expected Unicode text, got lone surrogate code points in texts \[1\]"
+    ):
+        CLIPTokenizer.from_directory(hf_directory)(["fine", "caf\u00e9\udc80"])

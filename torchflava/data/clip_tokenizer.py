@@ -46,17 +46,21 @@ CLIP_CONTEXT_LENGTH = 77
 # Contractions, letter runs, single digits, runs of other non-space symbols (CLIP's word split).
 _WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
-# How a text may spell the start and end tokens itself, by whose reading (CLIPTokenizer's special_spelling).
+# How a text may spell the start and end tokens itself, by whose reading (CLIPTokenizer's reading).
 _SPECIAL_SPELLINGS = {"transformers": (START, END), "open_clip": ("<start_of_text>", "<end_of_text>")}
 _TERMINAL_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # ANSI colour and cursor codes
+_LINE_BREAKS = dict.fromkeys([0x0D, 0x2028, 0x2029], "\n")
+_CONTROLS = dict.fromkeys(
+    [*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFD)]
+)
+_SURROGATE_PAIR, _SURROGATE = re.compile("[\ud800-\udbff][\udc00-\udfff]"), re.compile("[\ud800-\udfff]")
 
 
 @functools.cache
 def _character_fixes() -> dict[int, Optional[str]]:
-    """The ``str.translate`` table of :func:`fix_characters`."""
+    """The ``str.translate`` table of :func:`fix_characters`' first step: C1 controls, ligatures, widths, quotes."""
     quotes = {**dict.fromkeys([0x2BC, *range(0x2018, 0x201C)], "'"), **dict.fromkeys(range(0x201C, 0x2020), '"')}
-    controls = [*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFD)]
-    table: dict[int, Optional[str]] = {**dict.fromkeys(controls), **quotes, 0x0D: "\n", 0x2028: "\n", 0x2029: "\n"}
+    table: dict[int, Optional[str]] = dict(quotes)
     for code in range(0x80, 0xA0):  # C1 controls stand for the Windows-1252 characters of mis-decoded text
         with contextlib.suppress(UnicodeDecodeError):
             table[code] = bytes([code]).decode("cp1252").translate(quotes)
@@ -69,11 +73,19 @@ def _character_fixes() -> dict[int, Optional[str]]:
 
 
 def fix_characters(text: str) -> str:
-    """The character-level fixes ``ftfy.fix_text`` makes by default (open_clip's tokenizer applies it):
-    terminal escapes and control characters removed, line breaks made ``\\n``, C1 controls read as the
-    Windows-1252 characters they stand for, curly quotes straightened, Latin ligatures split and
-    full-width (half-width katakana) forms made normal width. Not made: its repair of mis-decoded text."""
-    return _TERMINAL_ESCAPES.sub("", text).replace("\r\n", "\n").translate(_character_fixes())
+    """The character-level fixes ``ftfy.fix_text`` makes by default (open_clip's tokenizer applies it),
+    in its order: C1 controls read as the Windows-1252 characters they stand for, Latin ligatures split,
+    full-width (half-width katakana) forms made normal width, curly quotes straightened, line breaks
+    made ``\\n``, surrogate pairs joined (a lone one made U+FFFD), terminal escapes and control
+    characters removed. Not made: its repair of mis-decoded text."""
+    text = text.translate(_character_fixes()).replace("\r\n", "\n").translate(_LINE_BREAKS)
+    text = _SURROGATE_PAIR.sub(_joined_surrogates, text)
+    return _TERMINAL_ESCAPES.sub("", _SURROGATE.sub("\ufffd", text)).translate(_CONTROLS)
+
+
+def _joined_surrogates(match: re.Match) -> str:
+    high, low = (ord(c) for c in match.group(0))
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
 
 
 _ENTITY = re.compile(r"&#?[0-9A-Za-z]{1,24};")
@@ -105,12 +117,14 @@ def ftfy_fixes(text: str) -> str:
     """What ``ftfy.fix_text`` (open_clip's first cleaning step) does to ``text`` with its defaults, but
     for its repair of mis-decoded text: line by line, HTML entities decoded (only unambiguous ones
     ending in ";", and none from the first line holding a "<" on: it may be HTML), then
-    :func:`fix_characters`, again until nothing changes."""
+    :func:`fix_characters` and NFC, again until nothing changes."""
     out, entities, pieces = [], True, text.split("\n")  # ftfy's lines end at "\n" alone
     for line in [piece + "\n" for piece in pieces[:-1]] + pieces[-1:]:
         entities = entities and "<" not in line
         while True:
-            fixed = fix_characters(_ENTITY.sub(_decode_entity, line) if entities else line)
+            fixed = unicodedata.normalize(
+                "NFC", fix_characters(_ENTITY.sub(_decode_entity, line) if entities else line)
+            )
             if fixed == line:
                 break
             line = fixed
@@ -142,15 +156,17 @@ class CLIPTokenizer:
         unescape_html (bool): undo HTML entities (``&amp;``, twice, as OpenAI's and open_clip's
             tokenizers do; web alt-text holds them) before tokenising; transformers' fast one does not.
         fix_text (bool): make :func:`ftfy_fixes` first (open_clip's ``ftfy.fix_text``).
-        special_spelling (str): how a text's own start and end tokens are read, in any case:
-            ``"transformers"``, ``<|startoftext|>`` and ``<|endoftext|>`` wherever they stand; or
-            ``"open_clip"`` (:meth:`from_bpe`), ``<start_of_text>`` and ``<end_of_text>`` where
-            open_clip's word split reads them whole (not after other symbols: ``.<end_of_text>`` is
-            text there). Any other spelling is text.
+        reading (str): whose reading of a text to reproduce. ``"transformers"`` (CLIPTokenizerFast's):
+            the tokenizer's own normaliser, and ``<|startoftext|>`` and ``<|endoftext|>`` in a text,
+            in any case, are those tokens wherever they stand. ``"open_clip"`` (:meth:`from_bpe`):
+            its cleaning, Python's ``str.lower()`` (a word's final Σ is ς) and spaces collapsed, in
+            place of the tokenizer's normaliser, and ``<start_of_text>`` and ``<end_of_text>`` in
+            any case are the tokens where its word split reads them whole (``.<end_of_text>`` is
+            text). Any other spelling is text.
 
     Raises:
         ValueError: if a special or the padding token is missing, ``model_max_length`` < 2 or
-            ``special_spelling`` is neither of the two.
+            ``reading`` is neither of the two.
     """
 
     def __init__(
@@ -161,15 +177,15 @@ class CLIPTokenizer:
         pad_token: Optional[str] = None,
         unescape_html: bool = False,
         fix_text: bool = False,
-        special_spelling: str = "transformers",
+        reading: str = "transformers",
     ) -> None:
-        if special_spelling not in _SPECIAL_SPELLINGS:
-            raise ValueError(f"special_spelling must be one of {tuple(_SPECIAL_SPELLINGS)}, got {special_spelling!r}")
+        if reading not in _SPECIAL_SPELLINGS:
+            raise ValueError(f"reading must be one of {tuple(_SPECIAL_SPELLINGS)}, got {reading!r}")
         vocab = tokenizer.get_vocab()
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
         if missing:
             raise ValueError(f"the vocabulary lacks the token(s) {missing}")
-        if special_spelling == "transformers":  # matched anywhere after lower-casing, as transformers does
+        if reading == "transformers":  # matched anywhere after lower-casing, as transformers does
             tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=True) for token in (START, END)])
         tokenizer.post_processor = None  # __call__ adds the start and end tokens
         self._tokenizer, self.unescape_html, self.fix_text = tokenizer, unescape_html, fix_text
@@ -177,8 +193,9 @@ class CLIPTokenizer:
         self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token or END]
         self.vocab_size = max(vocab.values()) + 1
         self._spelled = self._split_words = None  # transformers' reading: the added tokens above
-        if special_spelling == "open_clip":  # its word split, with the two spellings as its first alternatives
-            spellings = _SPECIAL_SPELLINGS[special_spelling]
+        if reading == "open_clip":  # its word split, with the two spellings as its first alternatives
+            tokenizer.normalizer = normalizers.Replace(Regex(r"\s+"), " ")  # __call__ lower-cases as Python does
+            spellings = _SPECIAL_SPELLINGS[reading]
             self._spelled = dict(zip(spellings, (self.start_id, self.end_id)))
             words = "|".join(re.escape(spelling) for spelling in spellings) + "|" + _WORDS
             self._split_words = pre_tokenizers.Split(Regex(words), behavior="removed", invert=True)
@@ -244,7 +261,7 @@ class CLIPTokenizer:
         tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
         kwargs.setdefault("unescape_html", True)  # as OpenAI's and open_clip's tokenizers
         kwargs.setdefault("fix_text", True)
-        kwargs.setdefault("special_spelling", "open_clip")
+        kwargs.setdefault("reading", "open_clip")
         return cls.from_vocab_and_merges({token: i for i, token in enumerate(tokens)}, merges, **kwargs)
 
     @classmethod
@@ -316,6 +333,10 @@ class CLIPTokenizer:
             texts = [ftfy_fixes(text) for text in texts]
         if self.unescape_html:
             texts = [html.unescape(html.unescape(text)) for text in texts]
+        if self._spelled is not None:  # open_clip's reading
+            texts = [text.lower() for text in texts]
+        if bad := [i for i, text in enumerate(texts) if _SURROGATE.search(text)]:
+            raise ValueError(f"texts: expected Unicode text, got lone surrogate code points in texts {bad[:10]}")
         pieces = [encoding.ids for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
         if self._spelled is not None:
             pieces = [self._with_spelled_specials(text, ids) for text, ids in zip(texts, pieces)]
