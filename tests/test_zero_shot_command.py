@@ -355,6 +355,10 @@ def test_bf16_packs_every_linear_once_and_classifies_within_bf16_rounding_of_fp3
     ours = zero_shot.image_features(pretrained, pictures)
     reference = zero_shot.image_features(load_pretrained(directory), pictures)
     assert ours.dtype == torch.float32 and torch.allclose(ours, reference, atol=3e-2)
+    assert torch.allclose(ours.norm(dim=-1), torch.ones(len(pictures)), atol=1e-6)  # normalised in fp32
+    assert not any(p.requires_grad for p in pretrained.model.parameters())  # frozen: callable with grad on
+    with pretrained.precision():
+        assert pretrained.model.encode_image(torch.randn(1, 3, 32, 32)).shape[0] == 1
     assert not torch.equal(ours, reference)  # it did run in bf16
     texts = zero_shot.text_features(pretrained, ["a red circle", "a blue square"])
     assert texts.dtype == torch.float32

@@ -235,8 +235,9 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
         path (Union[str, os.PathLike]): a run, export or Hugging Face FLAVA or CLIP directory.
         dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16
             autocast with every linear weight cast, and on CPU packed, once (:func:`pack_linears`; the
-            model can then no longer be trained). On CPUs with AVX512-BF16 or AMX, ~4x the fp32
-            throughput (benchmarks/README.md); features within bf16's rounding of fp32's.
+            model can then no longer be trained, nor moved to another device: its parameters are
+            frozen and the packed weights stay on the CPU). On CPUs with AVX512-BF16 or AMX, ~4x the
+            fp32 throughput (benchmarks/README.md); features within bf16's rounding of fp32's.
 
     Returns:
         Pretrained: model (eval mode), tokenizer, architecture arguments, weights path and image
@@ -272,8 +273,8 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
             f"checkpoint: expected the tokenizer in {layout.directory} to end texts with the model's "
             f"eos_token_id {end}, got {tokenizer.sep_id}"
         )
-    if dtype != torch.float32:
-        pack_linears(model, dtype)
+    if dtype != torch.float32:  # for inference only: no parameter takes gradients any more
+        pack_linears(model.requires_grad_(False), dtype)
     return Pretrained(
         model=model,
         tokenizer=tokenizer,

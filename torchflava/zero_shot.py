@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from PIL import Image
 import torch
 from torch import Tensor
+import torch.nn.functional as F
 
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
@@ -45,7 +46,8 @@ def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int 
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([transform(image) for image in images[start : start + batch_size]])
         with pretrained.precision():
-            chunks.append(pretrained.model.encode_image(pixels).float())
+            features = pretrained.model.encode_image(pixels, normalize=False)
+        chunks.append(F.normalize(features.float(), dim=-1))  # in fp32 whatever the precision
     return torch.cat(chunks)
 
 
@@ -59,9 +61,15 @@ def text_features(
     chunks = []
     for start in range(0, len(texts), batch_size):
         ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
-        with pretrained.precision():
-            chunks.append(pretrained.model.encode_text(ids, mask).float())
+        chunks.append(_encode_text(pretrained, ids, mask))
     return torch.cat(chunks)
+
+
+def _encode_text(pretrained: Pretrained, ids: Tensor, mask: Tensor) -> Tensor:
+    """(N, D) normalised text features, normalised in fp32 whatever the precision the encoder ran in."""
+    with pretrained.precision():
+        features = pretrained.model.encode_text(ids, mask, normalize=False)
+    return F.normalize(features.float(), dim=-1)
 
 
 def class_embeddings(
@@ -69,13 +77,8 @@ def class_embeddings(
 ) -> Tensor:
     """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
     max_length = pretrained.text_length
-
-    def encode_text(ids: Tensor, mask: Tensor) -> Tensor:
-        with pretrained.precision():
-            return pretrained.model.encode_text(ids, mask).float()
-
     return zero_shot_classifier(
-        encode_text,
+        lambda ids, mask: _encode_text(pretrained, ids, mask),
         lambda texts: pretrained.tokenizer(list(texts), max_length=max_length),
         class_names,
         templates,
