@@ -10,10 +10,10 @@ from
   ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length`` and
   ``pad_token``: the ids transformers' ``CLIPTokenizerFast`` gives;
 * OpenAI's and open_clip's merges file, ``bpe_simple_vocab_16e6.txt.gz``
-  (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, with the character fixes
-  its ``ftfy`` makes (:func:`fix_characters`: curly quotes, ligatures, full-width forms, control
-  characters...) and HTML entities undone as it does; ``ftfy``'s repair of mis-decoded text
-  (mojibake such as ``cafÃ©``) is not made.
+  (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, with what its ``ftfy``
+  does (:func:`ftfy_fixes`: HTML entities, curly quotes, ligatures, full-width forms, control
+  characters, NFC...), its lower-casing and its reading of special tokens written in a text;
+  ``ftfy``'s repair of mis-decoded text (mojibake such as ``cafÃ©``) is not made.
 """
 
 import contextlib
