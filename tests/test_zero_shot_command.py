@@ -367,3 +367,11 @@ def test_bf16_packs_every_linear_once_and_classifies_within_bf16_rounding_of_fp3
     )
     with pytest.raises(ValueError, match=r"dtype must be one of \(torch.float32, torch.bfloat16\), got torch.float16"):
         load_pretrained(directory, dtype=torch.float16)
+
+
+def test_bf16_where_the_cpu_has_no_native_bf16_warns_that_it_is_slower(export, monkeypatch):
+    from torchflava import pretrained as pretrained_module
+
+    monkeypatch.setattr(pretrained_module, "onednn_packing_available", lambda dtype: False)
+    with pytest.warns(UserWarning, match="no native torch.bfloat16 matmuls; slower than fp32"):
+        load_pretrained(export[0], dtype=torch.bfloat16)

@@ -35,6 +35,7 @@ import json
 import os
 from pathlib import Path
 from typing import Callable, ContextManager, NamedTuple, Union
+import warnings
 
 import torch
 
@@ -44,7 +45,7 @@ from torchflava.data.transforms import PREPROCESSOR_CONFIG, EvalImageTransform, 
 from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
 from torchflava.models.clip.convert_weights import directory_config
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
-from torchflava.modules.layers.packed_linear import pack_linears
+from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
 from torchflava.utils.checkpoint import read_json_object
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
@@ -274,6 +275,8 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
             f"eos_token_id {end}, got {tokenizer.sep_id}"
         )
     if dtype != torch.float32:  # for inference only: no parameter takes gradients any more
+        if not onednn_packing_available(dtype):
+            warnings.warn(f"dtype={dtype}: this CPU (or PyTorch build) has no native {dtype} matmuls; slower than fp32")
         pack_linears(model.requires_grad_(False), dtype)
     return Pretrained(
         model=model,
