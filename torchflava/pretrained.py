@@ -276,7 +276,10 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
         )
     if dtype != torch.float32:  # for inference only: no parameter takes gradients any more
         if not onednn_packing_available(dtype):
-            warnings.warn(f"dtype={dtype}: this CPU (or PyTorch build) has no native {dtype} matmuls; slower than fp32")
+            warnings.warn(
+                f"dtype={dtype}: this CPU (or PyTorch build) has no native {dtype} matmuls; slower than fp32",
+                stacklevel=2,
+            )
         pack_linears(model.requires_grad_(False), dtype)
     return Pretrained(
         model=model,
