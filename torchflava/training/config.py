@@ -52,8 +52,9 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         if not Path(file).is_file():
             raise ConfigError(f"config: no such file {file!r}")
         try:
-            loaded = OmegaConf.load(file)
-            top = yaml.safe_load(Path(file).read_text(encoding="utf-8"))  # OmegaConf makes a bare string a key
+            text = Path(file).read_text(encoding="utf-8")  # read once: both parsers see the same text
+            loaded = OmegaConf.create(text)
+            top = yaml.safe_load(text)  # OmegaConf makes a bare string a key: this tells
         except Exception as error:  # YAML syntax errors come in several types
             raise ConfigError(f"config: {file!r} is not valid YAML ({_yaml_error(error)})") from None
         if not isinstance(top, dict) or not top:
