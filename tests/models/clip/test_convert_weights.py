@@ -10,7 +10,7 @@ import json
 
 import open_clip
 import pytest
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -334,8 +334,10 @@ def test_mis_shaped_and_non_float_tensors_are_listed_not_raised_from_torch(tmp_p
         ValueError, match=r"wrong 1 \['text_encoder.encoder.layers.0.attn.qkv.weight \[\[24, 24\], \[24, 20\]"
     ):
         clip_model(pretrained=_hf_file(tmp_path, fused_part), **SMALL_HF)
+    with pytest.raises(ValueError, match=r"expected arguments that match .*hf.*'patch_size': \(16, 8\)"):
+        clip_model(pretrained=_hf_file(tmp_path), **dict(SMALL_HF, patch_size=16))  # the file's own geometry
     with pytest.raises(ValueError, match=r"wrong 2 \['image_encoder.embeddings.pos_embed \[17, 32\] for \[1, 5, 32\]"):
-        clip_model(pretrained=_hf_file(tmp_path), **dict(SMALL_HF, patch_size=16))
+        convert_to_torchflava(load_file(_hf_file(tmp_path)), clip_model(**dict(SMALL, patch_size=16)))
 
     def integer(state):
         state["text_projection.weight"] = state["text_projection.weight"].to(torch.int8)
@@ -522,3 +524,33 @@ def test_a_directory_holds_a_clip_config_json_or_open_clip_files(tmp_path):
     (tmp_path / "open_clip_config.json").unlink()  # a config.json of another kind alone
     with pytest.raises(ValueError, match="config.json: expected model_type 'clip', got None"):
         clip_model(pretrained=tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["torchflava", "hf"])
+def test_a_bare_weights_file_gives_its_own_patch_and_image_size(tmp_path, layout):
+    # No config beside it: the patch projection and the position table say the geometry (a 48-px
+    # model of 8-px patches: 1 + 36 positions), so no image_size need be given, and a wrong one clashes.
+    sizes = {k: v for k, v in SMALL.items() if k not in ("image_size", "patch_size")}
+    reference = _perturb(clip_model(**sizes, image_size=48, patch_size=8))
+    state = reference.state_dict() if layout == "torchflava" else convert_to_hf(reference.state_dict())
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    extra = {} if layout == "torchflava" else {"activation": "gelu"}
+    ours = clip_model(pretrained=path, **sizes, **extra)
+    images = torch.randn(2, 3, 48, 48)
+    assert_close(ours.encode_image(images), reference.encode_image(images), atol=1e-6, rtol=0)
+    with pytest.raises(
+        ValueError, match=r"expected arguments that match .*weights.safetensors.*'image_size': \(32, 48\)"
+    ):
+        clip_model(pretrained=path, **SMALL, **extra)
+
+
+def test_patch_geometry_only_for_a_square_grid_behind_a_cls():
+    from torchflava.modules.layers.patch_embedding import patch_geometry
+
+    proj = torch.empty(16, 3, 14, 14, device="meta")
+    assert patch_geometry(proj, torch.empty(1, 577, 16, device="meta")) == {"patch_size": 14, "image_size": 336}
+    assert patch_geometry(proj, torch.empty(257, 16)) == {"patch_size": 14, "image_size": 224}
+    for positions in (torch.empty(256, 16), torch.empty(1, 16), torch.empty(16)):  # no CLS + square, no patches
+        assert patch_geometry(proj, positions) == {}
+    assert patch_geometry(torch.empty(16, 3, 14, 7), torch.empty(257, 16)) == {} and patch_geometry(None, None) == {}

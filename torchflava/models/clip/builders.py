@@ -11,9 +11,8 @@ from torchflava.models.clip.convert_weights import convert_to_torchflava, direct
 from torchflava.models.clip.model import CLIPModel
 from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
-from torchflava.modules.layers import PatchEmbedding
+from torchflava.modules.layers import PatchEmbedding, TokenEmbedding
 from torchflava.modules.layers.activation import ACTIVATIONS
-from torchflava.modules.layers.text_embedding import TokenEmbedding
 from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict
 from torchflava.utils.checks import check_architecture
 
@@ -22,8 +21,7 @@ _B16.update(vision_width=768, vision_layers=12, vision_heads=12, vision_mlp_dim=
 _B16.update(text_width=512, text_layers=12, text_heads=8, text_mlp_dim=2048)
 _L14 = dict(_B16, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16)
 _L14.update(vision_mlp_dim=4096, text_width=768, text_heads=12, text_mlp_dim=3072, image_size=None)
-_DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07))
-_DEFAULTS.update(init_std=0.02)
+_DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07), init_std=0.02)
 _HEADS = [("vision_width", "vision_heads"), ("text_width", "text_heads")]
 _CHECKS = dict(sizes=_B16, multiples=_HEADS, positive=["norm_eps", "init_std"], finite=["logit_scale_init"])
 _CHECKS.update(choices={"activation": ACTIVATIONS}, ids={"eos_token_id": "vocab_size"})
@@ -116,8 +114,7 @@ def _build(a: dict) -> CLIPModel:
 
 
 def clip_vit_b32(*, pretrained: Optional[PathLike] = None, activation: Optional[str] = None) -> CLIPModel:
-    """CLIP ViT-B/32, open_clip's ``ViT-B-32`` and HF's ``CLIPConfig()`` (224 px, or a checkpoint's own size);
-    ``pretrained`` and ``activation`` (None: the checkpoint's, else ``"gelu"``) as :func:`clip_model`'s."""
+    """CLIP ViT-B/32 (open_clip's ``ViT-B-32``, HF's ``CLIPConfig()``; 224 px or a checkpoint's own), as :func:`clip_model`."""
     return clip_model(pretrained=pretrained, activation=activation, **dict(_B16, patch_size=32, image_size=None))
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from torchflava.modules.layers.patch_embedding import patch_geometry
 from torchflava.utils.checkpoint import map_state_dict, read_json_object, without_prefix
 
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
@@ -44,6 +45,7 @@ _OPEN_CLIP_READ |= set("final_ln_after_pool pad_id hf_tokenizer_name tokenizer_k
 _OPEN_CLIP_AS_BUILT = dict(pos_embed_type="learnable", proj_type="linear", block_type="default")
 _OPEN_CLIP_AS_BUILT.update({"vision_cfg.pool_type": "tok", "text_cfg.pool_type": "argmax"})
 _LAYER = re.compile(r"^((image|text)_encoder\.encoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
+_PATCH_KEYS = ("image_encoder.embeddings.proj.weight", "image_encoder.embeddings.pos_embed")
 
 
 def _names(key: str, layout: str) -> list[str]:
@@ -110,18 +112,19 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
     """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent:
     the config.json beside Hugging Face-layout weights (ValueError if there is none and no activation
-    is given: only it tells), the open_clip_config.json beside open_clip's; QuickGELU for OpenAI's
-    weights (their ``input_resolution``); else none (open_clip's defaults: GELU)."""
-    state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only the names are read)
+    is given: only it tells), the open_clip_config.json beside open_clip's; else the patch and image
+    size its tensors imply (the file itself returned as their source), and QuickGELU for OpenAI's weights."""
+    state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only names and shapes are read)
     layout, configs = _layout(state_dict), {"hf": "config.json", "open_clip": "open_clip_config.json"}
     if layout in configs and (path.parent / configs[layout]).is_file():
         return path.parent / configs[layout], _read_config(path.parent / configs[layout])
+    geometry = patch_geometry(*(state_dict.get(_names(key, layout)[0]) for key in _PATCH_KEYS))
     if "input_resolution" in state_dict:
-        return None, {} if "activation" in given else {"activation": "quick_gelu"}
+        return path, geometry if "activation" in given else {**geometry, "activation": "quick_gelu"}
     if layout == "hf" and "activation" not in given:
         what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
         raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
-    return None, {}
+    return path, geometry
 
 
 def directory_config(directory: Path) -> tuple[Path, dict, Path]:

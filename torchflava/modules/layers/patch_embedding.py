@@ -6,6 +6,7 @@ modelling). Images whose patch grid differs from the grid the positions were lea
 bicubically interpolated positions. An optional norm after the positions is CLIP's ``ln_pre``.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -179,3 +180,17 @@ class PatchEmbedding(nn.Module):
         if tuple(patch_mask.shape) != (b, n):
             raise ValueError(f"patch_mask must have shape (B, N) = ({b}, {n}), got {tuple(patch_mask.shape)}")
         return torch.where(patch_mask.bool().unsqueeze(-1), self.mask_token.to(x.dtype), x)
+
+
+def patch_geometry(proj: Optional[Tensor], positions: Optional[Tensor]) -> dict[str, int]:
+    """The ``patch_size`` and ``image_size`` a checkpoint's patch projection (D, C, p, p) and position
+    table (..., 1 + N, D: a CLS and a square grid of N patches) imply; {} where either is missing or
+    their shapes imply no such geometry. How a bare weights file, with no config beside it, says its
+    image size."""
+    if proj is None or positions is None or proj.dim() != 4 or proj.shape[-1] != proj.shape[-2]:
+        return {}
+    patches = positions.shape[-2] - 1 if positions.dim() >= 2 else -1
+    grid = math.isqrt(max(patches, 0))
+    return (
+        {"patch_size": proj.shape[-1], "image_size": grid * proj.shape[-1]} if grid and grid * grid == patches else {}
+    )
