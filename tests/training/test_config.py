@@ -272,6 +272,7 @@ def test_a_config_file_without_settings_is_refused(tmp_path, text, got):
     [
         ("optim:\n  lr: 1\n  lr: 2\n", "found duplicate key lr at line 3, column 3"),
         ("optim:\n  lr: 1\n   bad: 1\n", "mapping values are not allowed in this context at line 3, column 7"),
+        ("5\n", "Invalid loaded object type: int"),  # a top-level scalar: OmegaConf's own check, one line
     ],
 )
 def test_yaml_errors_in_a_file_are_one_line_with_the_place(tmp_path, text, reason):

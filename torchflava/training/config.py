@@ -8,6 +8,7 @@ an error that names the key.
 import dataclasses
 import enum
 import inspect
+import io
 import os
 from pathlib import Path
 import types
@@ -53,7 +54,7 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
             raise ConfigError(f"config: no such file {file!r}")
         try:
             text = Path(file).read_text(encoding="utf-8")  # read once: both parsers see the same text
-            loaded = OmegaConf.create(text)
+            loaded = OmegaConf.load(io.StringIO(text))  # as from the file (its checks and messages)
             top = yaml.safe_load(text)  # OmegaConf makes a bare string a key: this tells
         except Exception as error:  # YAML syntax errors come in several types
             raise ConfigError(f"config: {file!r} is not valid YAML ({_yaml_error(error)})") from None
