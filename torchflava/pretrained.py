@@ -50,8 +50,8 @@ from torchflava.utils.checkpoint import read_json_object
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 # The precisions the encoders can run in: fp32, or bf16 autocast over weights cast (and packed) once.
-INFERENCE_DTYPES = (torch.float32, torch.bfloat16)
 INFERENCE_DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the commands' --dtype
+INFERENCE_DTYPES = tuple(INFERENCE_DTYPE_NAMES.values())
 BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
 # A torchflava export's architecture file, by family.
 _EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}

@@ -19,7 +19,7 @@ directions. Unreadable images or empty captions are skipped and counted.
 
 import argparse
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from PIL import Image
 import torch
@@ -45,9 +45,7 @@ def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int 
     chunks = []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([transform(image) for image in images[start : start + batch_size]])
-        with pretrained.precision():
-            features = pretrained.model.encode_image(pixels, normalize=False)
-        chunks.append(F.normalize(features.float(), dim=-1))  # in fp32 whatever the precision
+        chunks.append(_normalised(pretrained, pretrained.model.encode_image, pixels))
     return torch.cat(chunks)
 
 
@@ -61,14 +59,15 @@ def text_features(
     chunks = []
     for start in range(0, len(texts), batch_size):
         ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
-        chunks.append(_encode_text(pretrained, ids, mask))
+        chunks.append(_normalised(pretrained, pretrained.model.encode_text, ids, mask))
     return torch.cat(chunks)
 
 
-def _encode_text(pretrained: Pretrained, ids: Tensor, mask: Tensor) -> Tensor:
-    """(N, D) normalised text features, normalised in fp32 whatever the precision the encoder ran in."""
+def _normalised(pretrained: Pretrained, encode: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    """(N, D) features of ``encode`` (an encoder of ``pretrained.model``) in its precision, normalised
+    in fp32 after the cast whatever that precision is."""
     with pretrained.precision():
-        features = pretrained.model.encode_text(ids, mask, normalize=False)
+        features = encode(*inputs, normalize=False)
     return F.normalize(features.float(), dim=-1)
 
 
@@ -78,7 +77,7 @@ def class_embeddings(
     """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
     max_length = pretrained.text_length
     return zero_shot_classifier(
-        lambda ids, mask: _encode_text(pretrained, ids, mask),
+        lambda ids, mask: _normalised(pretrained, pretrained.model.encode_text, ids, mask),
         lambda texts: pretrained.tokenizer(list(texts), max_length=max_length),
         class_names,
         templates,

@@ -338,17 +338,16 @@ class CLIPTokenizer:
         if bad := [i for i, text in enumerate(texts) if _SURROGATE.search(text)]:
             raise ValueError(f"texts: expected Unicode text, got lone surrogate code points in texts {bad[:10]}")
         pieces = [encoding.ids for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
-        if self._spelled is not None:
-            pieces = [self._with_spelled_specials(text, ids) for text, ids in zip(texts, pieces)]
+        if self._spelled is not None:  # rows that spell a special token: tokenised around it (texts are lower-cased)
+            spells = [any(spelling in text for spelling in self._spelled) for text in texts]
+            pieces = [self._with_spelled_specials(t) if s else ids for t, s, ids in zip(texts, spells, pieces)]
         rows = [[self.start_id, *ids, self.end_id] for ids in pieces]
         return padded_rows(rows, length, end_id=self.end_id, pad_id=self.pad_id)
 
-    def _with_spelled_specials(self, text: str, ids: list[int]) -> list[int]:
+    def _with_spelled_specials(self, text: str) -> list[int]:
         """``text``'s ids with the special tokens it spells (open_clip's way) as those tokens: the text
         around each is tokenised on its own, as open_clip's word split leaves it."""
         normalized = self._tokenizer.normalizer.normalize_str(text)
-        if not any(spelling in normalized for spelling in self._spelled):
-            return ids
         out, start = [], 0
         for piece, (begin, end) in self._split_words.pre_tokenize_str(normalized):
             if piece in self._spelled:

@@ -26,9 +26,9 @@ class _GeluLinear(torch.autograd.Function):
     a (..., hidden_dim) tensor less per MLP, the largest a transformer layer keeps (FLAVA-full's
     pretraining step: 490 MiB less peak memory in fp32, 400 MiB under bf16 autocast). The same ops in
     the same dtypes (under autocast the weight is cast again in backward rather than kept), so the
-    same gradients, bit for bit, for one pass, but for one: in bf16 the weight's gradient is the
-    product of a contiguous copy of dy^T, which oneDNN may sum in another order past ~1000 rows
-    (a rounding apart). For several passes through one MLP in one autocast region the weight's
+    same gradients, bit for bit, for one pass, except the weight's in bf16: it is the product of a
+    contiguous copy of dy^T, which oneDNN may sum in another order past ~1000 rows (a rounding
+    apart). For several passes through one MLP in one autocast region the weight's
     gradients are summed in its own dtype (fp32), where autocast's cached cast sums them in bf16
     before casting back.
     """

@@ -187,10 +187,10 @@ def patch_geometry(proj: Optional[Tensor], positions: Optional[Tensor]) -> dict[
     table (..., 1 + N, D: a CLS and a square grid of N patches) imply; {} where either is missing or
     their shapes imply no such geometry. How a bare weights file, with no config beside it, says its
     image size."""
-    if proj is None or positions is None or proj.dim() != 4 or proj.shape[-1] != proj.shape[-2]:
+    if proj is None or positions is None or proj.dim() != 4 or proj.shape[-1] != proj.shape[-2] or positions.dim() < 2:
         return {}
-    patches = positions.shape[-2] - 1 if positions.dim() >= 2 else -1
+    patches = positions.shape[-2] - 1  # the CLS aside
     grid = math.isqrt(max(patches, 0))
-    return (
-        {"patch_size": proj.shape[-1], "image_size": grid * proj.shape[-1]} if grid and grid * grid == patches else {}
-    )
+    if grid == 0 or grid * grid != patches:
+        return {}
+    return {"patch_size": proj.shape[-1], "image_size": grid * proj.shape[-1]}
