@@ -213,6 +213,53 @@ def test_the_loop_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch):
     assert torch.equal(kept.gain, off.gain)  # an allocator setting: the same training
 
 
+class _WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts casts of the given parameters' storage to bf16."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.pointers = {p.data_ptr() for p in model.parameters()}
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16:
+            self.count += args[0].data_ptr() in self.pointers
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "model_fn, step, checkpointing",
+    [(Toy, toy_step, "none"), (lambda: ToyEncoder(), lambda m, i: encoder_step(m, i), "full")],
+    ids=["toy", "encoder-checkpointed"],
+)
+def test_bf16_weights_are_cast_once_per_optimiser_step_not_per_micro_batch(tmp_path, model_fn, step, checkpointing):
+    """One autocast region spans a step's micro-batches (backward runs with autocast off inside it), so
+    autocast's bf16 copy of each weight serves all of them, activation checkpointing's recomputation
+    too; the same training as one region per micro-batch, which is what the loop does with autocast's
+    weight cache off."""
+    data = ToyData(2, accumulation=4, full=True)
+    changes = dict(precision="bf16", grad_accumulation=4, max_steps=2, checkpoint_every=2)
+    runs, counts = {}, {}
+    previous = torch.is_autocast_cache_enabled()
+    for cache in (True, False):  # off: every micro-batch (and recomputation) casts again
+        training, optim = settings(tmp_path / str(cache), activation_checkpointing=checkpointing, **changes)
+        torch.set_autocast_cache_enabled(cache)
+        try:
+            model = model_fn()
+            with _WeightCasts(model) as casts:
+                fit(model, step, data, training=training, optim=optim, shard_layers=())
+        finally:
+            torch.set_autocast_cache_enabled(previous)
+        runs[cache], counts[cache] = model, casts.count
+    weights = 2 * sum(isinstance(m, nn.Linear) for m in runs[True].modules())  # each linear's weight and bias
+    assert counts[True] == 2 * weights  # once in each of the 2 steps
+    assert counts[False] >= 2 * 4 * weights  # once in each micro-batch (and again in each recomputation)
+    assert losses(tmp_path / "True") == losses(tmp_path / "False")
+    for name, value in params(runs[False]).items():
+        assert torch.equal(params(runs[True])[name], value), name
+
+
 def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     reference, full = run(tmp_path / "reference", max_steps=8)
 

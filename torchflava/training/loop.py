@@ -12,7 +12,8 @@ model and does the rest:
   N ranks reproduce one process, and model code knows nothing of ranks.
 * Gradient accumulation averages the micro-batches' losses (each normalised as above; equal to one
   big batch when every micro-batch holds as many items of each loss), with DDP ``no_sync`` / FSDP2
-  gradient sync on the last one only; bf16 autocast; FSDP's replicated-scalar gradient sync;
+  gradient sync on the last one only; bf16 autocast (one region per optimiser step, so each weight
+  is cast to bf16 once a step, not once a micro-batch); FSDP's replicated-scalar gradient sync;
   clipping; a stop on a non-finite loss or gradient norm, naming the last good checkpoint; a hook
   after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s;
   checkpoints every ``training.checkpoint_every`` steps and at the end; exact resume. A fresh run
@@ -332,11 +333,17 @@ def fit(
         sync = index == accumulation - 1
         if t.strategy == "fsdp":
             model.set_requires_gradient_sync(sync)
-        with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext(), autocast:
+        with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext():
             total, means, invalid = _global_loss(step(wrapped, item), device)
-        (total / accumulation).backward()
+        with no_autocast:  # a region of its own inside the step's: the weights' bf16 copies are kept
+            (total / accumulation).backward()
         return means, invalid, getattr(item, "kind", None)
 
+    # One autocast region per optimiser step, around all its micro-batches: autocast keeps the bf16
+    # copy of each weight it casts until the region ends, so the weights are cast once a step rather
+    # than once a micro-batch (and activation checkpointing's recomputation reuses them). Backward runs
+    # with autocast off, as outside any region; the region ends before the optimiser changes the weights.
+    no_autocast = torch.autocast(device.type, enabled=False)
     takes_step = after_step is not None and _takes_an_argument(after_step)
     if resume_from is None:
         torch.manual_seed(t.seed)  # dropout and any other draw of torch's RNG; a resumed run restores it
@@ -345,12 +352,13 @@ def fit(
             wrapped.train()
             parts: dict[str, Tensor] = {}
             invalid_counts: dict[str, Tensor] = {}
-            for index in range(accumulation):
-                means, invalid, kind = micro_batch(index)
-                for name, value in means.items():
-                    parts[name] = parts.get(name, 0.0) + value / accumulation
-                for name, flag in invalid.items():  # "": the ranks named different losses
-                    invalid_counts[name] = invalid_counts.get(name, False) | flag
+            with autocast:
+                for index in range(accumulation):
+                    means, invalid, kind = micro_batch(index)
+                    for name, value in means.items():
+                        parts[name] = parts.get(name, 0.0) + value / accumulation
+                    for name, flag in invalid.items():  # "": the ranks named different losses
+                        invalid_counts[name] = invalid_counts.get(name, False) | flag
             sync_replicated_grads(model)
             # the gradient norm, clipped or not: a non-finite one stops the run before the step
             if optim.clip_grad_norm:
