@@ -326,7 +326,7 @@ def fit(
     items = iter(_loader(data, start * accumulation, num_workers))
     last_time, last_step, loss = time.perf_counter(), start, None
 
-    def micro_batch(index: int) -> tuple[dict[str, Tensor], Optional[str]]:
+    def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str]]:
         item = _to_device(next(items), device)
         skipped.extend(tuple(s) for s in getattr(item, "skipped", ()))
         position.update(getattr(item, "position", None) or {})
@@ -335,14 +335,13 @@ def fit(
             model.set_requires_gradient_sync(sync)
         with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext():
             total, means, invalid = _global_loss(step(wrapped, item), device)
-        with no_autocast:  # a region of its own inside the step's: the weights' bf16 copies are kept
-            (total / accumulation).backward()
-        return means, invalid, getattr(item, "kind", None)
+        return total / accumulation, means, invalid, getattr(item, "kind", None)
 
-    # One autocast region per optimiser step, around all its micro-batches: autocast keeps the bf16
-    # copy of each weight it casts until the region ends, so the weights are cast once a step rather
-    # than once a micro-batch (and activation checkpointing's recomputation reuses them). Backward runs
-    # with autocast off, as outside any region; the region ends before the optimiser changes the weights.
+    # One autocast region per optimiser step, around its micro-batches' forwards: autocast keeps the bf16
+    # copy of each weight it casts until the region ends, so the weights are cast once a step rather than
+    # once a micro-batch (activation checkpointing's recomputations reuse them too). The backwards run with
+    # autocast off, in a region of their own inside it, except the last micro-batch's: it runs after the
+    # region, so its weight copies are freed as it goes (peak memory as with a region per micro-batch).
     no_autocast = torch.autocast(device.type, enabled=False)
     takes_step = after_step is not None and _takes_an_argument(after_step)
     if resume_from is None:
@@ -354,11 +353,15 @@ def fit(
             invalid_counts: dict[str, Tensor] = {}
             with autocast:
                 for index in range(accumulation):
-                    means, invalid, kind = micro_batch(index)
+                    loss_part, means, invalid, kind = micro_batch(index)
                     for name, value in means.items():
                         parts[name] = parts.get(name, 0.0) + value / accumulation
                     for name, flag in invalid.items():  # "": the ranks named different losses
                         invalid_counts[name] = invalid_counts.get(name, False) | flag
+                    if index < accumulation - 1:
+                        with no_autocast:
+                            loss_part.backward()
+            loss_part.backward()
             sync_replicated_grads(model)
             # the gradient norm, clipped or not: a non-finite one stops the run before the step
             if optim.clip_grad_norm:
