@@ -1,5 +1,10 @@
 """Config checks shared by the recipes: data paths of the right kind, data that cannot be opened as a
-one-line config error naming the key, and learning-rate multipliers that name the model's modules."""
+one-line config error naming the key, learning-rate multipliers that name the model's modules, the
+strategy against the processes launched, and single-process ddp/fsdp groups that need no port."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,11 +13,13 @@ from torch import nn
 from torchflava.training.config import ConfigError
 from torchflava.training.schema import (
     OptimConfig,
+    TrainingConfig,
     lr_multipliers_check,
     opened,
     pair_file_checks,
     path_check,
     raise_on_failed_checks,
+    training_checks,
 )
 
 
@@ -112,3 +119,35 @@ def test_lr_multipliers_check_reads_the_models_module_names_before_any_work():
 
     # a model section that does not build is that section's fault, reported by its own check
     assert lr_multipliers_check(broken, OptimConfig(lr_multipliers={"head": 0.5}))[0]
+
+
+def test_several_processes_with_strategy_none_are_a_config_error_naming_the_key(tmp_path):
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), strategy="none", global_batch_size=8)
+    with pytest.raises(ConfigError, match=r"key 'training.strategy': expected ddp or fsdp for the 2 processes"):
+        raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=2))
+    raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
+    for strategy in ("ddp", "fsdp"):
+        t.strategy = strategy
+        raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=2))
+
+
+def test_single_process_runs_with_ddp_take_no_port_two_can_run_at_once(tmp_path):
+    """Without torchrun, ddp/fsdp start their one-process group on an in-process store: two such runs on
+    one machine do not collide on a TCP port (a fixed one made the second fail with EADDRINUSE)."""
+    script = (
+        "import sys, time, torch.distributed as dist\n"
+        "from torchflava.training.distributed import init_distributed\n"
+        "info = init_distributed('ddp', device='cpu')\n"
+        "assert dist.get_world_size() == 1 and info.rank == 0\n"
+        "open(sys.argv[1], 'w').close()\n"
+        "time.sleep(4)\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"up{i}")], env=env, stderr=subprocess.PIPE)
+        for i in range(2)
+    ]
+    results = [(run.wait(timeout=120), run.stderr.read().decode()) for run in runs]
+    assert [code for code, _ in results] == [0, 0], results
+    assert (tmp_path / "up0").exists() and (tmp_path / "up1").exists()

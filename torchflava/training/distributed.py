@@ -56,12 +56,11 @@ def init_distributed(strategy: str, *, device: str = "auto") -> DistributedInfo:
     if use_cuda:
         torch.cuda.set_device(torch_device)
     if strategy != "none" and not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:  # a single process asked for ddp/fsdp without torchrun
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29511")
-            os.environ.setdefault("RANK", "0")
-            os.environ.setdefault("WORLD_SIZE", "1")
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=torch_device if use_cuda else None)
+        backend, device_id = "nccl" if use_cuda else "gloo", torch_device if use_cuda else None
+        if "MASTER_ADDR" in os.environ or world_size > 1:
+            dist.init_process_group(backend, device_id=device_id)
+        else:  # one process asked for ddp/fsdp without torchrun: an in-process store, no port to collide on
+            dist.init_process_group(backend, device_id=device_id, store=dist.HashStore(), rank=0, world_size=1)
     return DistributedInfo(rank, world_size, local_rank, torch_device)
 
 

@@ -122,6 +122,12 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
         output_fault = error.strerror or first_line(error)
     return [
         (t.strategy in STRATEGIES, "training.strategy", f"one of {STRATEGIES}", t.strategy),
+        (
+            t.strategy != "none" or world_size == 1,
+            "training.strategy",
+            f"ddp or fsdp for the {world_size} processes launched (none runs one process)",
+            t.strategy,
+        ),
         (t.device in ("auto", "cpu", "cuda"), "training.device", "auto, cpu or cuda", t.device),
         (t.device != "cuda" or torch.cuda.is_available(), "training.device", "auto or cpu (no CUDA here)", t.device),
         (t.precision in ("fp32", "bf16"), "training.precision", "fp32 or bf16", t.precision),
