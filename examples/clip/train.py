@@ -184,12 +184,14 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
             f.pairs_shards,
             "uncompressed tar shards of samples",
             lambda: TarShards(f.pairs_shards),
+            usable=True,
         )
     return opened(
         "data.files.pairs_captions",
         f.pairs_captions,
         f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
         lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
+        usable=True,
     )
 
 

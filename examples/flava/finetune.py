@@ -32,7 +32,7 @@ from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.samples import BadSample
 from torchflava.data.shapes import ALL_SCENES
 from torchflava.evaluation.metrics import task_metrics
-from torchflava.models import flava_model_for_classification
+from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava.classification import LOSSES, MODALITIES
 from torchflava.pretrained import checkpoint_layout, load_pretrained
 from torchflava.training.checkpointing import export_model
@@ -48,6 +48,7 @@ from torchflava.training.schema import (
     path_check,
     raise_on_failed_checks,
     training_checks,
+    unusable_start,
 )
 from torchflava.utils.cli import write_json
 
@@ -149,6 +150,15 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
     layout = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(m.pretrained))
     got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
     raise_on_failed_checks([(layout.family == "flava", "model.pretrained", PRETRAINED, got)])
+    loss = m.loss or task_losses(d)[0]  # the module names are what is checked: any fitting head will do
+
+    def classifier() -> nn.Module:
+        kwargs = {**asdict(m), "pretrained": None, "loss": loss}
+        return flava_model_for_classification(
+            1 if loss == "mse" else 2, backbone=flava_model(**layout.kwargs), **kwargs
+        )
+
+    raise_on_failed_checks([lr_multipliers_check(classifier, cfg.optim)])
 
 
 def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tuple[str, ...]:
@@ -219,17 +229,6 @@ def build_splits(d: FinetuneDataConfig) -> tuple:
     return train, opened("data.val", d.val, expected, lambda: ImageTextLabels(d.image_root, d.val, d.labels)), d.labels
 
 
-def has_usable_item(source) -> bool:
-    """Whether an item of ``source`` reads (one read when the first does: checked before training)."""
-    for i in range(len(source)):
-        try:
-            source[i]
-            return True
-        except BadSample:
-            continue
-    return False
-
-
 @torch.no_grad()
 def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
     """Metrics of ``model`` over every usable item of ``source``, with the number of those and of the
@@ -269,8 +268,18 @@ def main(cfg: FinetuneConfig) -> dict:
         lambda: load_pretrained(cfg.model.pretrained),
     )
     train_source, val_source, classes = build_splits(d)
-    got = f"{d.val} (none of its {len(val_source)} items reads)"
-    raise_on_failed_checks([(has_usable_item(val_source), "data.val", "a split with a usable item to evaluate", got)])
+    faults = {"train": unusable_start(train_source), "val": unusable_start(val_source, limit=None)}
+    raise_on_failed_checks(
+        [
+            (
+                faults["train"] is None,
+                "data.train",
+                "a split with usable items to train on",
+                f"{d.train} ({faults['train']})",
+            ),
+            (faults["val"] is None, "data.val", "a split with a usable item to evaluate", f"{d.val} ({faults['val']})"),
+        ]
+    )
     num_classes = 1 if classes is None else len(classes)
     losses = task_losses(d, getattr(train_source, "soft_scores", None))
     expected = f"null or {losses[0]} for the targets of {d.train}"

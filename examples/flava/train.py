@@ -277,6 +277,7 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             f.pairs_shards,
             "uncompressed tar shards of samples",
             lambda: TarShards(f.pairs_shards),
+            usable=True,
         )
     elif f.pairs_root is not None and not streamed:
         sources["pairs"] = opened(
@@ -284,13 +285,20 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             f.pairs_captions,
             f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
             lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
+            usable=True,
         )
     if f.images_root is not None:
         sources["images"] = opened(
-            "data.files.images_root", f.images_root, "a directory of images", lambda: ImageFolder(f.images_root)
+            "data.files.images_root",
+            f.images_root,
+            "a directory of images",
+            lambda: ImageFolder(f.images_root),
+            usable=True,
         )
     if f.texts is not None:
-        sources["texts"] = opened("data.files.texts", f.texts, "a UTF-8 text file", lambda: TextCorpus(f.texts))
+        sources["texts"] = opened(
+            "data.files.texts", f.texts, "a UTF-8 text file", lambda: TextCorpus(f.texts), usable=True
+        )
     return sources
 
 

@@ -62,6 +62,11 @@ def files(tmp_path_factory) -> Path:
         (root / "classes" / "unreadable" / "red" / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (root / "labels.jsonl").write_text(json.dumps({"image": "0.png", "text": "what colour?", "label": "blue"}) + "\n")
     (root / "broken.jsonl").write_text('{"image": "0.png", "text": \n')
+    # captions and labels of images that are not there: every item unusable (was a RuntimeError at step 1)
+    (root / "missing_images.tsv").write_text("".join(f"nope{i}.png\ta red square\n" for i in range(3)))
+    (root / "missing_images.jsonl").write_text(
+        json.dumps({"image": "nope.png", "text": "what?", "label": "red"}) + "\n"
+    )
     (root / "empty.txt").write_text("\n  \n")
     (root / "not_a.tar").write_text("this is not a tar archive\n" * 40)
     (root / "empty_dir").mkdir()
@@ -167,6 +172,10 @@ FLAVA_ONLY = [
     ),
     ((FILES,), "data.files"),
     ((FILES, "data.files.texts={files}/train.tsv", "data.ratios.texts=0"), "data.ratios"),
+    (
+        (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/missing_images.tsv"),
+        "data.files.pairs_captions",
+    ),
 ]
 CLIP_ONLY = [
     ("model.vision_heads=5", "model"),
@@ -191,6 +200,10 @@ CLIP_ONLY = [
     # every caption line malformed: the captions file is at fault (it was blamed on data.vocab, no text to learn)
     (
         (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/broken.jsonl"),
+        "data.files.pairs_captions",
+    ),
+    (
+        (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/missing_images.tsv"),
         "data.files.pairs_captions",
     ),
 ]
@@ -237,6 +250,7 @@ FINETUNE_ONLY = [
     ((*IMAGE_TEXT, "data.image_root=null"), "data.image_root"),
     ((*IMAGE_TEXT, "data.image_root=/nowhere/images"), "data.image_root"),
     ((*IMAGE_TEXT, "data.train={files}/broken.jsonl"), "data.train"),
+    ((*IMAGE_TEXT, "data.train={files}/missing_images.jsonl"), "data.train"),  # was a RuntimeError at step 1
     ((*IMAGE_TEXT, "data.labels=[red,green]"), "data.train"),  # 'blue' is not a configured label
     ((*IMAGE_TEXT, "model.loss=binary_cross_entropy"), "model.loss"),  # the file holds class labels
     ((*IMAGE_FOLDER, "data.train={files}/train.tsv"), "data.train"),
@@ -290,6 +304,15 @@ def test_the_base_configs_are_valid(files, tmp_path):
         RECIPES[recipe].validate(_config(recipe, [], files, tmp_path / recipe), 1)
     report = RECIPES["finetune"].main(_config("finetune", [], files, tmp_path / "finetune"))
     assert report["steps"] == 2  # the base the bad values change runs
+
+
+@pytest.mark.parametrize("recipe", ["flava", "clip", "finetune"])
+def test_validate_alone_refuses_unknown_lr_multipliers(recipe, files, tmp_path):
+    """The recipe's validate (before the model, data or run directory) names the key; fine-tuning named it
+    only after loading the checkpoint and building the classifier."""
+    cfg = _config(recipe, "optim.lr_multipliers.no_such_module=0.5", files, tmp_path / "run")
+    with pytest.raises(RECIPES[recipe].ConfigError, match=r"^key 'optim.lr_multipliers': expected names of"):
+        RECIPES[recipe].validate(cfg, 1)
 
 
 @pytest.mark.parametrize("recipe, overrides, key", CASES, ids=[_id(c) for c in CASES])
@@ -382,7 +405,8 @@ def test_clip_needs_two_pairs_per_micro_batch(files, tmp_path):
         "training.grad_accumulation (6): the contrastive loss of one pair is 0 with no gradient, got 6"
     )
     # two ranks with one pair each: the loss gathers the features, so every pair has a negative
-    module.validate(_config("clip", ("training.global_batch_size=2",), files, tmp_path / "run"), 2)
+    two_ranks = ("training.global_batch_size=2", "training.strategy=ddp")
+    module.validate(_config("clip", two_ranks, files, tmp_path / "run"), 2)
 
 
 def test_a_mask_block_larger_than_the_masking_budget_is_refused(files, tmp_path):
@@ -470,6 +494,7 @@ def test_a_validation_split_without_a_usable_item_is_refused_before_training(fil
         module.main(cfg)
     assert str(caught.value) == (
         "key 'data.val': expected a split with a usable item to evaluate, got "
-        f"'{files}/classes/unreadable (none of its 3 items reads)'"
+        f"'{files}/classes/unreadable (none of its 3 items reads; the first: sample 0: red/0.png: unreadable image "
+        "(OSError: Truncated File Read))'"
     )
     assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
