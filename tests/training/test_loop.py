@@ -396,6 +396,21 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "before, after", [({}, {"linear": 0.5}), ({"linear": 0.5}, {}), ({"linear": 0.5}, {"gain": 0.5})]
+)
+def test_a_checkpoint_trained_with_other_lr_multipliers_is_refused_in_one_line(tmp_path, before, after):
+    """Other multipliers build other parameter groups: without the run's config.yaml to compare with (a
+    checkpoint copied away), loading one failed inside torch's state-dict code (or at the next scheduler
+    step, or silently gave modules another learning rate)."""
+    run(tmp_path / "a", max_steps=2, checkpoint_every=2, lr_multipliers=before)
+    resume = str(tmp_path / "a" / "checkpoints" / "step_00000002")
+    with pytest.raises(ConfigError, match=r"^key 'optim.lr_multipliers': expected the multipliers .*step_00000002 was"):
+        run(tmp_path / "b", max_steps=4, resume=resume, lr_multipliers=after)
+    model, result = run(tmp_path / "c", max_steps=4, resume=resume, lr_multipliers=before)  # the same: resumes
+    assert result.resumed_from == Path(resume) and result.step == 4
+
+
 def test_resuming_past_max_steps_is_refused(tmp_path):
     run(tmp_path, max_steps=6, checkpoint_every=3)
     with pytest.raises(

@@ -405,7 +405,9 @@ def fit(
                 if progress is not None:
                     progress.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps:
-                last_saved = checkpoints.save(done, wrapped, optimizer, _loop_state(done, scheduler, skipped, position))
+                last_saved = checkpoints.save(
+                    done, wrapped, optimizer, _loop_state(done, optimizer, scheduler, skipped, position)
+                )
     finally:
         if progress is not None:
             progress.close()
@@ -486,16 +488,40 @@ def _non_finite_message(loss, norm, done, kind, values, last: Optional[Path]) ->
     )
 
 
-def _loop_state(step: int, scheduler, skipped: list, position: dict) -> dict:
-    """This rank's part of a checkpoint: step, schedule, RNG states, unusable samples met, and the
-    position of streamed data (empty for step-indexed data)."""
+def _loop_state(step: int, optimizer, scheduler, skipped: list, position: dict) -> dict:
+    """This rank's part of a checkpoint: step, schedule, the optimiser's parameter groups (names and
+    learning-rate multiplier), RNG states, unusable samples met, and the position of streamed data
+    (empty for step-indexed data)."""
     return {
         "step": step,
         "scheduler": scheduler.state_dict(),
+        "groups": _group_layout(optimizer),
         "rng": rng_state(),
         "skipped": [list(s) for s in skipped],
         "data": dict(position),
     }
+
+
+def _group_layout(optimizer) -> list[list]:
+    """Each parameter group's ``[parameter names, lr multiplier]``: what ``optim.lr_multipliers`` shaped."""
+    return [[list(g.get("names", [])), float(g.get("lr_multiplier", 1.0))] for g in optimizer.param_groups]
+
+
+def _check_groups(path: Path, optimizer) -> None:
+    """Refuse, in one line, a checkpoint whose optimiser was built with other ``optim.lr_multipliers``
+    (other parameter groups): loading it would fail deep inside torch or mis-assign learning rates."""
+    saved = torch.load(path / "rank0.pt", weights_only=True)  # every checkpoint has it; its digest was checked
+    layout = _group_layout(optimizer)
+    # (checkpoints from before the layout was saved: the number of groups, as the schedule holds it)
+    same = saved["groups"] == layout if "groups" in saved else len(saved["scheduler"]["base_lrs"]) == len(layout)
+    if not same:
+        described = saved.get("groups") or [[[], "?"]] * len(saved["scheduler"]["base_lrs"])
+        multipliers = sorted({str(m) for _, m in described})
+        raise ConfigError(
+            f"key 'optim.lr_multipliers': expected the multipliers {path} was trained with (an optimiser of "
+            f"{len(described)} parameter groups, multipliers {', '.join(multipliers)}), got {len(layout)} groups, "
+            f"multipliers {', '.join(sorted({str(m) for _, m in layout}))}"
+        )
 
 
 def _resume(
@@ -514,6 +540,7 @@ def _resume(
             f"key 'training.resume': expected a streamed run to resume on the {saved_world} rank(s) it was started "
             f"with, got {_world_size()} (the stream's positions are per rank and loader worker)"
         )
+    _check_groups(Path(path), optimizer)
     try:
         local = checkpoints.load(path, wrapped, optimizer, verified=True)  # resume_checkpoint verified it
     except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as error:  # another model, forged files
