@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -141,8 +143,8 @@ def test_hugging_face_directory_loads_like_flava_model(tmp_path, export):
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         load_pretrained(tmp_path)
     (tmp_path / "vocab.txt").write_text((export[0] / "vocab.txt").read_text())
-    weights, kwargs, directory, family = checkpoint_layout(tmp_path)
-    assert directory == tmp_path and family == "flava"
+    weights, kwargs, directory, family, config = checkpoint_layout(tmp_path)
+    assert directory == tmp_path and family == "flava" and config == tmp_path / "config.json"
     pretrained = load_pretrained(tmp_path)
     pixels = torch.randn(2, 3, kwargs["image_size"], kwargs["image_size"])
     with torch.no_grad():
@@ -375,3 +377,82 @@ def test_bf16_where_the_cpu_has_no_native_bf16_warns_that_it_is_slower(export, m
     monkeypatch.setattr(pretrained_module, "onednn_packing_available", lambda dtype: False)
     with pytest.warns(UserWarning, match="no native torch.bfloat16 matmuls; slower than fp32"):
         load_pretrained(export[0], dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hf_clip")
+    write_hf_clip(directory)
+    return directory
+
+
+def _edited_clip(hf_clip, tmp_path, edit):
+    directory = tmp_path / "clip"
+    shutil.copytree(hf_clip, directory)
+    edit(directory)
+    return directory
+
+
+def _config_edit(tower, key, value):
+    def edit(directory):
+        config = json.loads((directory / "config.json").read_text())
+        config[tower][key] = value
+        (directory / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+CLIP_CONFIG_ERRORS = [  # (edit, the end of the message); each names config.json
+    (_config_edit("vision_config", "image_size", 32.0), "clip_model: image_size must be an int, got float"),
+    (_config_edit("text_config", "hidden_size", "32"), "clip_model: text_width must be an int, got str"),
+    (_config_edit("vision_config", "layer_norm_eps", 0), "expected one hidden_act and layer_norm_eps for both"),
+    (_config_edit("vision_config", "image_size", 0), "clip_model: image_size must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("edit, message", CLIP_CONFIG_ERRORS, ids=["float size", "str width", "eps", "size 0"])
+def test_a_bad_clip_config_value_is_one_line_naming_the_file(hf_clip, tmp_path, edit, message, capsys):
+    """Was a TypeError traceback from the commands (exit 1), or a message naming no file (through
+    load_pretrained, which passed the config's values as arguments); the image size 0 was blamed on
+    preprocessor_config.json."""
+    directory = _edited_clip(hf_clip, tmp_path, edit)
+    with pytest.raises(ValueError, match=rf"^checkpoint: {re.escape(str(directory / 'config.json'))}: .*"):
+        load_pretrained(directory)
+    with pytest.raises(ValueError) as error:
+        load_pretrained(directory)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchflava.zero_shot",
+            "--checkpoint",
+            str(directory),
+            "--images",
+            str(tmp_path),
+            "--classes",
+            "a,b",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_an_export_config_naming_pretrained_and_a_merges_file_not_utf8_are_named(hf_clip, tmp_path):
+    from torchflava.utils.checkpoint import save_state_dict
+
+    loaded, out = load_pretrained(hf_clip), tmp_path / "export"  # an export: clip_model's arguments and weights
+    out.mkdir()
+    save_state_dict(loaded.model.state_dict(), out / "clip.safetensors")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(hf_clip / name, out / name)
+    (out / "clip_config.json").write_text(json.dumps(loaded.kwargs))
+    load_pretrained(out)  # as written, it loads
+    (out / "clip_config.json").write_text(json.dumps({**loaded.kwargs, "pretrained": "elsewhere"}))
+    with pytest.raises(ValueError, match=r"^checkpoint: .*clip_config.json states arguments clip_model does not"):
+        load_pretrained(out)  # was clip_model()'s TypeError: got multiple values for keyword argument 'pretrained'
+    broken = _edited_clip(hf_clip, tmp_path, lambda d: (d / "merges.txt").write_bytes(b"#version: 0.2\n\xff\xfe a b\n"))
+    with pytest.raises(ValueError, match=rf"^merges.txt: {re.escape(str(broken / 'merges.txt'))} is not UTF-8 text"):
+        load_pretrained(broken)

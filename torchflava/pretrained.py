@@ -34,7 +34,7 @@ import inspect
 import json
 import os
 from pathlib import Path
-from typing import Callable, ContextManager, NamedTuple, Union
+from typing import Callable, ContextManager, NamedTuple, Optional, Union
 import warnings
 
 import torch
@@ -46,7 +46,7 @@ from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
 from torchflava.models.clip.convert_weights import directory_config
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
-from torchflava.utils.checkpoint import read_json_object
+from torchflava.utils.checkpoint import first_line, read_json_object
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 # The precisions the encoders can run in: fp32, or bf16 autocast over weights cast (and packed) once.
@@ -114,12 +114,14 @@ class CheckpointLayout(NamedTuple):
         kwargs (dict): the builder's keyword arguments.
         directory (Path): the directory holding the tokenizer and preprocessing files.
         family (str): ``"flava"`` or ``"clip"`` (the key of :data:`BUILDERS`).
+        config (Optional[Path]): the file ``kwargs`` were read from.
     """
 
     weights: Path
     kwargs: dict
     directory: Path
     family: str = "flava"
+    config: Optional[Path] = None
 
 
 def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
@@ -141,7 +143,8 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
         path = path / "model"
     export = next((name for name in _EXPORT_CONFIGS if (path / name).is_file()), None)
     if export is not None:
-        family, kwargs = _EXPORT_CONFIGS[export], read_json_object(path / export)
+        config_file = path / export
+        family, kwargs = _EXPORT_CONFIGS[export], read_json_object(config_file)
         weights = sorted(path.glob("*.safetensors"))
         if len(weights) != 1:  # several: which is the model's cannot be told (a stale copy beside it?)
             if not weights:
@@ -159,14 +162,14 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
                 f"or CLIPModel, both towers), got {model_type!r}"
             )
         family = "clip" if model_type == "clip" or (open_clip and model_type != "flava") else "flava"
+        config_file = path / ("config.json" if model_type in ("flava", "clip") else "open_clip_config.json")
         try:  # (a directory of open_clip's: its config and weights, where no CLIP config.json is beside them)
             if family == "clip":
                 _, kwargs, weights = directory_config(path)
             else:
                 kwargs, weights = flava_kwargs_from_hf_config(config), path
-        except ValueError as error:  # name the file
-            named = path / ("config.json" if model_type in ("flava", "clip") else "open_clip_config.json")
-            raise ValueError(f"checkpoint: {named}: {error}") from None
+        except (ValueError, TypeError) as error:  # name the file
+            raise ValueError(f"checkpoint: {config_file}: {error}") from None
     else:
         raise FileNotFoundError(
             f"checkpoint: {path} is neither a torchflava run/export directory (backbone_config.json or "
@@ -175,7 +178,7 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     tokenizer_files = ("vocab.txt", "tokenizer.json", "vocab.json")
     if not any((path / name).is_file() for name in tokenizer_files):
         raise FileNotFoundError(f"checkpoint: {path} has none of the tokenizer files {', '.join(tokenizer_files)}")
-    return CheckpointLayout(weights=weights, kwargs=kwargs, directory=path, family=family)
+    return CheckpointLayout(weights=weights, kwargs=kwargs, directory=path, family=family, config=config_file)
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
@@ -255,9 +258,14 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
     layout = checkpoint_layout(path)
     builder = BUILDERS[layout.family]
-    unknown = sorted(set(layout.kwargs) - set(inspect.signature(builder).parameters) - {"pretrained"})
+    unknown = sorted(set(layout.kwargs) - (set(inspect.signature(builder).parameters) - {"pretrained"}))
     if unknown:  # was the builder's TypeError, naming no file
-        raise ValueError(f"checkpoint: {layout.directory} states arguments {builder.__name__} does not take: {unknown}")
+        raise ValueError(f"checkpoint: {layout.config} states arguments {builder.__name__} does not take: {unknown}")
+    try:  # the stated architecture, checked by its builder on the meta device (no memory, no weights read)
+        with torch.device("meta"):
+            builder(**layout.kwargs)
+    except (TypeError, ValueError) as error:  # a value of the wrong type or range: name the file it is in
+        raise ValueError(f"checkpoint: {layout.config}: {first_line(error)}") from None
     tokenizer = checkpoint_tokenizer(layout)
     vocab_size = layout.kwargs.get("vocab_size") or (30522 if layout.family == "flava" else 49408)
     if tokenizer.vocab_size > vocab_size:  # its last ids would have no embedding (fewer tokens is common: padding)
@@ -265,7 +273,7 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
             f"checkpoint: expected a tokenizer of at most the model's vocab_size {vocab_size} tokens in "
             f"{layout.directory}, got {tokenizer.vocab_size}"
         )
-    image_size = int(layout.kwargs.get("image_size") or 224)
+    image_size = layout.kwargs.get("image_size") or 224  # (an int: the builder checked it)
     image_transform = checkpoint_image_transform(layout.directory, image_size=image_size)
     model = builder(pretrained=layout.weights, **layout.kwargs).eval()
     end = getattr(model, "eos_token_id", None)  # CLIP reads its text features at this token

@@ -1,6 +1,7 @@
 """Reading and writing state dicts: file formats, Hugging Face directories, sharded indexes, atomic writes."""
 
 import functools
+import gzip
 import http.server
 import json
 import os
@@ -127,9 +128,17 @@ def test_non_state_dict_torch_files_raise(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="state dict"):
         load_state_dict(tmp_path / "list.pt")
+    # text, gzip, random bytes: said to be neither kind (torch's own message advised unpickling them)
     (tmp_path / "garbage.pt").write_bytes(b"this is not a torch file")
+    (tmp_path / "random.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "notes.gz").write_bytes(gzip.compress(b"weights"))
+    for name in ("garbage.pt", "random.bin", "notes.gz"):
+        with pytest.raises(ValueError, match=r"is neither a safetensors file nor a torch checkpoint") as error:
+            load_state_dict(tmp_path / name)
+        assert "weights_only set to False" not in str(error.value) and "\n" not in str(error.value)
+    (tmp_path / "broken.pt").write_bytes(b"\x80\x02 not really a pickle")  # starts as one: torch's reason
     with pytest.raises(ValueError, match="weights_only"):
-        load_state_dict(tmp_path / "garbage.pt")
+        load_state_dict(tmp_path / "broken.pt")
 
 
 # A payload that records its own execution when unpickled.

@@ -302,7 +302,10 @@ class CLIPTokenizer:
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
             path = directory / "merges.txt"
-            lines = path.read_text(encoding="utf-8").split("\n")
+            try:
+                lines = path.read_text(encoding="utf-8").split("\n")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"merges.txt: {path} is not UTF-8 text ({error})") from None
             merges = _merge_pairs(lines[1:] if lines[0].startswith("#version") else lines, path)
             if len(merges) != len(vocab) - 514:  # e.g. a truncated file: it would tokenise otherwise, silently
                 raise ValueError(

@@ -92,8 +92,9 @@ def _file_kind(path: Path) -> str:
     Hub cache blob has no suffix; a safetensors file may be named ``.pt``), else by its suffix.
 
     Raises:
-        ValueError: for a Git LFS pointer (the weights were never fetched), or a ``.json`` file
-            that is not a sharded checkpoint's ``*.index.json`` (e.g. a ``config.json``).
+        ValueError: for a Git LFS pointer (the weights were never fetched), a ``.json`` file that is
+            not a sharded checkpoint's ``*.index.json`` (e.g. a ``config.json``), or a file that starts
+            as neither a torch checkpoint nor a safetensors file (text, gzip, random bytes).
     """
     if path.suffix.lower() == ".json":
         if not path.name.lower().endswith(".index.json"):
@@ -109,7 +110,12 @@ def _file_kind(path: Path) -> str:
         return "safetensors"  # length's first byte may be 0x80; a zip or a torch pickle has no "{" there)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch's zip archive, or its older pickle
         return "torch"
-    return "safetensors" if path.suffix.lower() == ".safetensors" else "torch"
+    if path.suffix.lower() == ".safetensors":
+        return "safetensors"  # (its reader says what is wrong with it)
+    raise ValueError(
+        f"{path} is neither a safetensors file nor a torch checkpoint (a zip archive or a pickle): it starts "
+        f"with {head[:8]!r}"
+    )
 
 
 def _refusal(error: BaseException) -> str:
@@ -244,7 +250,10 @@ def mismatch(
         squeezed = squeezed[1:]
         allowed.add(squeezed)
     if joined not in allowed:
-        return f"{key} {[list(s) for s in shapes] if len(shapes) > 1 else list(shapes[0])} for {list(target.shape)}"
+        got = [list(s) for s in shapes] if len(shapes) > 1 else list(shapes[0])
+        if transposed and target.dim() == 2:  # the shape the file should hold, not the model's (they differ)
+            return f"{key} {got} for {list(target.shape)[::-1]} (kept as x @ W: the model's {list(target.shape)}, transposed)"
+        return f"{key} {got} for {list(target.shape)}"
     if target.is_floating_point() and not all(p.is_floating_point() for p in parts):
         return f"{key} {parts[0].dtype} for a {target.dtype} tensor"
     return None

@@ -67,6 +67,13 @@ def check_positive_number(name: str, value: object) -> float:
     return float(value)
 
 
+def config_number(config: Mapping, key: str, default: float, where: str, *, integer: bool = True) -> float:
+    """``config[key]`` (``default`` when absent): an int >= 1 (``integer``) or a positive finite number, else
+    TypeError / ValueError naming ``where`` (e.g. a config file and section) and the key."""
+    name, value = f"{where}.{key}", config.get(key, default)
+    return check_int(name, value, 1) if integer else check_positive_number(name, value)
+
+
 def check_architecture(
     builder: str,
     args: Mapping[str, object],

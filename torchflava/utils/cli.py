@@ -11,10 +11,11 @@ from torchflava.utils.checkpoint import atomic_write
 
 
 def run_command(main: Callable[[], object]) -> None:
-    """Run ``main``; report a bad argument or a missing file as one line on stderr and exit with 2."""
+    """Run ``main``; report a bad argument, value or file (ValueError, TypeError, FileNotFoundError) as one
+    line on stderr and exit with 2."""
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

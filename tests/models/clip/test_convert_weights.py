@@ -7,6 +7,7 @@ the features.
 """
 
 import json
+import re
 
 import open_clip
 import pytest
@@ -347,9 +348,13 @@ def test_mis_shaped_and_non_float_tensors_are_listed_not_raised_from_torch(tmp_p
         clip_model(pretrained=_hf_file(tmp_path, integer), **SMALL_HF)
 
 
-def test_open_clip_projection_of_the_wrong_rank_is_listed():
-    with pytest.raises(ValueError, match=r"image_projection.weight \[1, 32, 20\] for \[20, 32\]"):
-        convert_to_torchflava({"visual.proj": torch.zeros(1, 32, 20)}, clip_model(**SMALL))
+@pytest.mark.parametrize("shape", [(1, 32, 20), (20, 32)], ids=["rank 3", "saved transposed"])
+def test_open_clip_projection_of_the_wrong_shape_is_listed_with_the_shape_the_file_should_hold(shape):
+    """open_clip keeps projections as x @ W, (D, P): the message gives that shape (it gave the model's,
+    so a projection saved as (P, D) read '[20, 32] for [20, 32]')."""
+    expected = r"\[32, 20\] \(kept as x @ W: the model's \[20, 32\], transposed\)"
+    with pytest.raises(ValueError, match=rf"image_projection.weight {re.escape(str(list(shape)))} for {expected}"):
+        convert_to_torchflava({"visual.proj": torch.zeros(shape)}, clip_model(**SMALL))
 
 
 def test_a_key_with_and_without_the_ddp_prefix_is_refused():
@@ -554,3 +559,46 @@ def test_patch_geometry_only_for_a_square_grid_behind_a_cls():
     for positions in (torch.empty(256, 16), torch.empty(1, 16), torch.empty(16)):  # no CLS + square, no patches
         assert patch_geometry(proj, positions) == {}
     assert patch_geometry(torch.empty(16, 3, 14, 7), torch.empty(257, 16)) == {} and patch_geometry(None, None) == {}
+
+
+@pytest.mark.parametrize(
+    "tower, key, value, error, match",
+    [
+        ("vision", "head_width", 0, ValueError, r"vision_cfg.head_width must be >= 1, got 0"),  # ZeroDivisionError
+        ("vision", "head_width", "8", TypeError, r"vision_cfg.head_width must be an int, got str"),
+        ("text", "width", None, TypeError, r"text_cfg.width must be an int, got NoneType"),
+        ("vision", "mlp_ratio", "1.5", ValueError, r"vision_cfg.mlp_ratio must be a positive number, got '1.5'"),
+        ("text", "mlp_ratio", "2", ValueError, r"text_cfg.mlp_ratio must be a positive number, got '2'"),  # 10^511
+        ("text", "mlp_ratio", None, ValueError, r"text_cfg.mlp_ratio must be a positive number, got None"),
+    ],
+)
+def test_open_clip_config_values_computed_with_are_checked_first_naming_file_and_key(
+    tmp_path, tower, key, value, error, match
+):
+    """Widths, head widths and MLP ratios are computed with before clip_model checks its arguments: a bad
+    one was a ZeroDivisionError, a TypeError from Python's operators, or a layer 10^511 wide."""
+    _open_clip_hub_directory(tmp_path)
+    cfg = json.loads((tmp_path / "open_clip_config.json").read_text())
+    cfg["model_cfg"][f"{tower}_cfg"][key] = value
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(error, match=rf"^open_clip_config.json: {match}"):
+        clip_model(pretrained=tmp_path)
+
+
+def test_an_hf_config_of_other_than_rgb_images_and_a_size_not_a_multiple_of_the_patch_are_refused(tmp_path):
+    """num_channels was ignored (a 1-channel config loaded 3-channel weights as RGB); an image size that
+    is not a multiple of the patch size was refused by the layer, naming no file."""
+    HFCLIPModel(_small_hf_config()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(
+        json.dumps({**config, "vision_config": {**config["vision_config"], "num_channels": 1}})
+    )
+    with pytest.raises(ValueError, match=r"^config.json: expected vision_config.num_channels 3, got 1$"):
+        clip_model(pretrained=tmp_path)
+    patch = config["vision_config"]["patch_size"]
+    vision = {**config["vision_config"], "image_size": patch * 4 - 2}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "vision_config": vision}))
+    with pytest.raises(
+        ValueError, match=rf"clip_model: image_size \(from .*config.json\) must be a multiple of patch_size = {patch}"
+    ):
+        clip_model(pretrained=tmp_path)

@@ -91,9 +91,11 @@ def test_malformed_checkpoint_configs_name_the_file(tmp_path):
         load_pretrained(tmp_path / "hf")
 
 
-def test_an_unknown_backbone_config_key_names_the_directory(tmp_path):
+def test_an_unknown_backbone_config_key_names_the_file(tmp_path):
     write_tiny_export(tmp_path / "export")
     config = json.loads((tmp_path / "export" / "backbone_config.json").read_text())
     (tmp_path / "export" / "backbone_config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
-    with pytest.raises(ValueError, match=r"export states arguments flava_model does not take: \['hidden_act'\]"):
+    with pytest.raises(
+        ValueError, match=r"export/backbone_config.json states arguments flava_model does not take: \['hidden_act'\]"
+    ):
         load_pretrained(tmp_path / "export")

@@ -22,8 +22,8 @@ _B16.update(text_width=512, text_layers=12, text_heads=8, text_mlp_dim=2048)
 _L14 = dict(_B16, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16)
 _L14.update(vision_mlp_dim=4096, text_width=768, text_heads=12, text_mlp_dim=3072, image_size=None)
 _DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07), init_std=0.02)
-_HEADS = [("vision_width", "vision_heads"), ("text_width", "text_heads")]
-_CHECKS = dict(sizes=_B16, multiples=_HEADS, positive=["norm_eps", "init_std"], finite=["logit_scale_init"])
+_MULTIPLES = [("vision_width", "vision_heads"), ("text_width", "text_heads"), ("image_size", "patch_size")]
+_CHECKS = dict(sizes=_B16, multiples=_MULTIPLES, positive=["norm_eps", "init_std"], finite=["logit_scale_init"])
 _CHECKS.update(choices={"activation": ACTIVATIONS}, ids={"eos_token_id": "vocab_size"})
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.layers.patch_embedding import patch_geometry
 from torchflava.utils.checkpoint import map_state_dict, read_json_object, without_prefix
+from torchflava.utils.checks import config_number
 
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
 _ROWS = """
@@ -72,11 +73,8 @@ def _layout(state_dict: dict) -> Optional[str]:
 
 def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Map an HF, open_clip/OpenAI or torchflava CLIP state dict (a DDP ``module.`` prefix dropped) onto
-    the keys and shapes of ``model`` (a :class:`CLIPModel`), for ``model.load_state_dict(strict=True)``.
-
-    Raises:
-        ValueError: if the layout is unknown, or keys are missing, unexpected or mis-shaped (all listed).
-    """
+    the keys and shapes of ``model`` (a :class:`CLIPModel`), for ``model.load_state_dict(strict=True)``;
+    ValueError if the layout is unknown, or keys are missing, unexpected or mis-shaped (all listed)."""
     source = without_prefix(state_dict, "module.")
     if (layout := _layout(source)) is None:
         raise ValueError(f"state_dict: expected CLIP keys ({', '.join(_LAYOUTS)}), got {sorted(source)[:5]}")
@@ -157,21 +155,21 @@ def open_clip_config_kwargs(config: dict, path: Path) -> dict:
     other = {k: v for k, v in settings.items() if k.rpartition(".")[2] not in _OPEN_CLIP_READ}
     if unsupported := {k: v for k, v in other.items() if v is not None and v is not False and v != as_built(k)}:
         raise ValueError(f"{path.name}: expected only settings torchflava's CLIP builds, got {unsupported} in {path}")
-    vw, tw = vision.get("width", 768), text.get("width", 512)
+    v, t = (f"{path.name}: {tower}_cfg" for tower in ("vision", "text"))  # values computed with: checked first
+    vw, tw = config_number(vision, "width", 768, v), config_number(text, "width", 512, t)
     out = dict(embed_dim=cfg.get("embed_dim", 512), activation="quick_gelu" if cfg.get("quick_gelu") else "gelu")
     out.update(image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 16), vision_width=vw)
-    out.update(vision_layers=vision.get("layers", 12), vision_heads=vw // vision.get("head_width", 64))
-    out.update(vision_mlp_dim=int(vw * vision.get("mlp_ratio", 4.0)), text_width=tw, text_heads=text.get("heads", 8))
-    out.update(text_layers=text.get("layers", 12), text_mlp_dim=int(tw * text.get("mlp_ratio", 4.0)))
+    out.update(vision_layers=vision.get("layers", 12), vision_heads=vw // config_number(vision, "head_width", 64, v))
+    out.update(vision_mlp_dim=int(vw * config_number(vision, "mlp_ratio", 4.0, v, integer=False)), text_width=tw)
+    out.update(text_heads=text.get("heads", 8), text_layers=text.get("layers", 12))
+    out.update(text_mlp_dim=int(tw * config_number(text, "mlp_ratio", 4.0, t, integer=False)))
     return dict(out, context_length=text.get("context_length", 77), vocab_size=text.get("vocab_size", 49408))
 
 
 def hf_config_kwargs(config: dict) -> dict:
-    """:func:`clip_model` arguments from a transformers ``CLIPConfig`` (config.json as a dict).
-
-    Absent fields take ``CLIPConfig()``'s defaults (``save_pretrained`` writes only differences);
-    ``eos_token_id`` 2 marks HF's legacy configs, which pool at each row's highest id (None).
-    """
+    """:func:`clip_model` arguments from a transformers ``CLIPConfig`` (config.json as a dict). Absent fields
+    take ``CLIPConfig()``'s defaults (``save_pretrained`` writes only differences); ``eos_token_id`` 2
+    marks HF's legacy configs, which pool at each row's highest id (None)."""
     if config.get("model_type") != "clip":
         raise ValueError(f"config.json: expected model_type 'clip', got {config.get('model_type')!r}")
     parts = [config.get(f"{t}_config{s}") for t in ("vision", "text") for s in ("", "_dict")]
@@ -185,6 +183,8 @@ def hf_config_kwargs(config: dict) -> dict:
     )
     if acts[0] != acts[1] or eps[0] != eps[1]:
         raise ValueError(f"config.json: expected one hidden_act and layer_norm_eps for both towers, got {acts}, {eps}")
+    if vision.get("num_channels", 3) != 3:  # (the patch projection's input: RGB images)
+        raise ValueError(f"config.json: expected vision_config.num_channels 3, got {vision['num_channels']!r}")
     names = dict(hidden_size="width", num_hidden_layers="layers", num_attention_heads="heads")
     names.update(intermediate_size="mlp_dim")
     out = {f"vision_{ours}": vision.get(hf, d) for (hf, ours), d in zip(names.items(), (768, 12, 12, 3072))}
