@@ -29,6 +29,7 @@ from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageTextFolder, TarShards
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
+from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.streaming import StreamingBatches, StreamingConfig, shard_texts, streaming_checks
 from torchflava.data.tokenizer import read_vocabulary, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, RandomCropTransform
@@ -134,7 +135,12 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             ),
             (2 <= d.max_text_length <= context, "data.max_text_length", f"in [2, {context}]", d.max_text_length),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
-            (d.source != "shapes" or d.shapes.num_pairs > 0, "data.shapes.num_pairs", "> 0", d.shapes.num_pairs),
+            (
+                d.source != "shapes" or 0 < d.shapes.num_pairs <= SHAPES_MAX_LENGTH,
+                "data.shapes.num_pairs",
+                f"in [1, {SHAPES_MAX_LENGTH:,}]",
+                d.shapes.num_pairs,
+            ),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
         ]

@@ -31,6 +31,7 @@ from torchflava.data.finetuning import (
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.samples import BadSample
 from torchflava.data.shapes import ALL_SCENES
+from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava.classification import LOSSES, MODALITIES
@@ -197,7 +198,12 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
         ]
     if d.task == "shapes":
         return [
-            (d.shapes_train >= 1, "data.shapes_train", ">= 1", d.shapes_train),
+            (
+                1 <= d.shapes_train <= SHAPES_MAX_LENGTH,
+                "data.shapes_train",
+                f"in [1, {SHAPES_MAX_LENGTH:,}]",
+                d.shapes_train,
+            ),
             (1 <= d.shapes_val <= len(ALL_SCENES), "data.shapes_val", f"in [1, {len(ALL_SCENES)}]", d.shapes_val),
             (d.image_size >= 8, "data.image_size", ">= 8", d.image_size),
         ]

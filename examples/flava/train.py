@@ -29,6 +29,7 @@ from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_ba
 from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
+from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.streaming import (
     StreamedSource,
     StreamingBatches,
@@ -176,7 +177,12 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
             *[
-                (getattr(d.shapes, f"num_{k}") >= 0, f"data.shapes.num_{k}", ">= 0", getattr(d.shapes, f"num_{k}"))
+                (
+                    0 <= getattr(d.shapes, f"num_{k}") <= SHAPES_MAX_LENGTH,
+                    f"data.shapes.num_{k}",
+                    f"in [0, {SHAPES_MAX_LENGTH:,}]",
+                    getattr(d.shapes, f"num_{k}"),
+                )
                 for k in ("pairs", "images", "texts")
             ],
             (m.patch_size >= 1, "model.patch_size", ">= 1", m.patch_size),

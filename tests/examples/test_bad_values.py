@@ -87,6 +87,9 @@ SHARED = [
     ("training.grad_accumulation=0", "training.grad_accumulation"),
     ("training.seed=-1", "training.seed"),
     ("training.seed=18446744073709551616", "training.seed"),
+    # sizes that asked for arrays of GiBs to TiBs, or overflowed numpy, at the first step
+    ("training.max_steps=9999999999999999999999", "training.max_steps"),
+    (("training.max_steps=20000000", "training.grad_accumulation=8"), "training.max_steps"),
     ("optim.lr=-1", "optim.lr"),
     ("optim.eps=0", "optim.eps"),
     ("optim.clip_grad_norm=-1", "optim.clip_grad_norm"),
@@ -157,6 +160,7 @@ FLAVA_ONLY = [
     ("data.shapes.num_test=4", "data.shapes.num_test"),  # as was R@5 of fewer than 5 scenes
     ("data.shapes.image_size=0", "data.shapes.image_size"),
     ("data.shapes.num_images=-1", "data.shapes.num_images"),  # was read as 0
+    ("data.shapes.num_texts=1000000000000", "data.shapes.num_texts"),
     # data that cannot be opened
     ((FILES, "data.files.texts=/nonexistent"), "data.files.texts"),
     ((FILES, "data.files.texts={files}/empty_dir"), "data.files.texts"),
@@ -182,6 +186,7 @@ CLIP_ONLY = [
     ("model.patch_size=0", "model"),
     ("data.max_text_length=100", "data.max_text_length"),
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
+    ("data.shapes.num_pairs=1000000000000", "data.shapes.num_pairs"),
     ("data.shapes.num_test=0", "data.shapes.num_test"),
     ("data.shapes.num_test=4", "data.shapes.num_test"),  # R@5 of 4 scenes: a traceback after training
     # one pair per micro-batch: no negatives, loss 0 and no gradient (trained nothing and exited 0)
@@ -259,6 +264,7 @@ FINETUNE_ONLY = [
     ((*IMAGE_FOLDER, "data.train={files}/classes/one_class"), "data.train"),
     ((*IMAGE_FOLDER, "data.train={files}/empty_dir"), "data.train"),
     ((*SHAPES, "data.shapes_train=0"), "data.shapes_train"),
+    ((*SHAPES, "data.shapes_train=1000000000000"), "data.shapes_train"),
     ((*SHAPES, "data.shapes_val=541"), "data.shapes_val"),
     ((*SHAPES, "data.image_size=4"), "data.image_size"),
     ((*SHAPES, "model.modality=text"), "model.modality"),

@@ -114,6 +114,10 @@ def render(scene: Scene, image_size: int, rng: random.Random) -> Image.Image:
     return image
 
 
+# The most items a split may have (samplers hold a permutation of a source's items: 8 bytes each).
+MAX_LENGTH = 10**8
+
+
 class ShapesWorld(Dataset):
     """One split of the shapes world as a map-style dataset of :class:`Sample`.
 
@@ -130,9 +134,9 @@ class ShapesWorld(Dataset):
     def __init__(self, split: str, length: int, *, image_size: int = 64, seed: int = 0) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        limit = len(ALL_SCENES) if split == "test" else None
-        if not isinstance(length, int) or length < 1 or (limit is not None and length > limit):
-            raise ValueError(f"length must be an int in [1, {limit or 'inf'}] for split {split!r}, got {length!r}")
+        limit = len(ALL_SCENES) if split == "test" else MAX_LENGTH
+        if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= limit:
+            raise ValueError(f"length must be an int in [1, {limit}] for split {split!r}, got {length!r}")
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
         self.split, self.length, self.image_size, self.seed = split, length, image_size, seed

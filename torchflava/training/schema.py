@@ -109,6 +109,11 @@ def _run_directory_fault(path: Path, *, tensorboard: bool) -> Optional[str]:
     return None
 
 
+# The most micro-batches a run may take (max_steps x grad_accumulation): the step-indexed data mixers
+# keep arrays of that length (a run of 10^11 steps asked for 745 GiB before its first step).
+MAX_MICRO_BATCHES = 10**8
+
+
 def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[tuple]:
     """The checks of the shared sections that types cannot express, for :func:`raise_on_failed_checks`.
 
@@ -145,6 +150,13 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             f"{t.output_dir} ({output_fault})" if output_fault else t.output_dir,
         ),
         (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
+        (
+            t.max_steps * max(t.grad_accumulation, 1) <= MAX_MICRO_BATCHES,
+            "training.max_steps",
+            f"at most {MAX_MICRO_BATCHES:,} micro-batches in all (max_steps x grad_accumulation "
+            f"{t.grad_accumulation}; the data keeps a few bytes a micro-batch)",
+            t.max_steps,
+        ),
         (accumulation_ok, "training.grad_accumulation", ">= 1", t.grad_accumulation),
         (
             t.global_batch_size > 0 and t.global_batch_size % unit == 0,
