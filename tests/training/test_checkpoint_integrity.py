@@ -74,7 +74,29 @@ def test_a_marker_rewritten_to_another_step_is_caught(tmp_path):
     marker = json.loads((newer / "COMPLETE").read_text())
     marker["step"] = 7
     (newer / "COMPLETE").write_text(json.dumps(marker))
+    assert damage(newer) == (
+        "its COMPLETE marker does not match its own SHA-256 digest (corrupted or changed after it was written)"
+    )
+    assert manager.latest_intact()[0] == older
+    del marker["sha256"]  # a marker written before it had a digest of its own: its fields are still checked
+    (newer / "COMPLETE").write_text(json.dumps(marker))
     assert damage(newer) == "its COMPLETE marker says step 7 but the directory is step_00000002"
+
+
+@pytest.mark.parametrize("digest", [True, False], ids=["marker digest", "older marker"])
+def test_a_marker_rewritten_to_another_world_size_is_caught(tmp_path, digest):
+    """One flipped bit (1 -> 3) made a resume take the other-world-size path, skip restoring the RNG
+    and train a different trajectory, with every file's digest intact."""
+    manager, older, newer = saved_pair(tmp_path)
+    marker = json.loads((newer / "COMPLETE").read_text())
+    marker["world_size"] = 3
+    if not digest:
+        del marker["sha256"]
+    (newer / "COMPLETE").write_text(json.dumps(marker))
+    expected = (
+        "does not match its own SHA-256 digest" if digest else "says 3 rank(s) wrote it, its files are ['rank0.pt']"
+    )
+    assert expected in damage(newer)
     assert manager.latest_intact()[0] == older
 
 

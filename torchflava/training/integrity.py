@@ -10,7 +10,7 @@ already read with ``weights_only=True`` by DCP.
 
 The manifest (``{"files": {name: {"bytes": n, "sha256": hex}}}`` inside the ``COMPLETE`` marker)
 catches corruption and tampering with the files after the save: flipped bytes, a truncated shard,
-a marker rewritten to another step.
+a marker rewritten to another step or world size (the marker holds a digest of its own fields too).
 """
 
 import hashlib
@@ -149,12 +149,20 @@ def write_marker(directory: Union[str, os.PathLike], step: int, world_size: int)
         if p.is_file() and p.name != MARKER
     }
     marker = {"format": MANIFEST_FORMAT, "step": step, "world_size": world_size, "files": files}
+    marker["sha256"] = _marker_digest(marker)
     tmp = directory / f".{MARKER}.tmp"
     with open(tmp, "w") as file:
         json.dump(marker, file, indent=1)
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, directory / MARKER)
+
+
+def _marker_digest(marker: dict) -> str:
+    """SHA-256 of the marker's own fields (all but this digest), as canonical JSON: the manifest's files
+    are checked against their digests, and the marker (step, world size, digests) against this one."""
+    fields = {key: value for key, value in marker.items() if key != "sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def read_marker(path: Union[str, os.PathLike]) -> dict:
@@ -197,12 +205,18 @@ def damage(path: Union[str, os.PathLike]) -> Optional[str]:
         marker = read_marker(path)
     except CheckpointIntegrityError as error:
         return str(error)
+    # (markers written before it had a digest of its own are checked by their files' digests alone)
+    if "sha256" in marker and marker["sha256"] != _marker_digest(marker):
+        return f"its {MARKER} marker does not match its own SHA-256 digest (corrupted or changed after it was written)"
     expected_step = path.name.removeprefix("step_")
     if not expected_step.isdigit() or int(expected_step) != marker["step"]:
         return f"its {MARKER} marker says step {marker['step']} but the directory is {path.name}"
     files = marker["files"]
     if not isinstance(files, dict) or ".metadata" not in files:
         return f"its {MARKER} marker lists no DCP metadata"
+    ranks = sorted(name for name in files if name.startswith("rank") and name.endswith(".pt"))
+    if ranks != sorted(f"rank{rank}.pt" for rank in range(marker["world_size"])):
+        return f"its {MARKER} marker says {marker['world_size']} rank(s) wrote it, its files are {ranks}"
     for name, entry in files.items():
         file = path / name
         if not file.is_file():
