@@ -301,7 +301,14 @@ def test_a_non_finite_loss_stops_naming_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match="at step 5 .*kind toy") as error:
         run(tmp_path, step=step, max_steps=8, checkpoint_every=2)
     last = tmp_path / "checkpoints" / "step_00000004"
-    assert f"The last good checkpoint is {last}" in str(error.value)
+    # the loss of step 5 came from the weights of step 4: resuming from there with a lower lr meets it again
+    assert f"The last good checkpoint, {last}, holds the weights this step started from" in str(error.value)
+    assert f"resume from an earlier checkpoint ({last.parent / 'step_00000002'})" in str(error.value)
+    calls["n"] = -3  # the 8th call: step 8's, two steps after the last checkpoint, whose weights may do
+    with pytest.raises(NonFiniteLossError) as error:
+        run(tmp_path / "b", step=step, max_steps=8, checkpoint_every=3)
+    last = tmp_path / "b" / "checkpoints" / "step_00000006"
+    assert f"The last good checkpoint is {last}; lower optim.lr" in str(error.value)
     assert f"resume with training.resume={last}" in str(error.value)
     assert [p.name for p in CheckpointManager(tmp_path / "checkpoints").complete()] == [
         "step_00000002",

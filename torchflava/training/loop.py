@@ -382,7 +382,11 @@ def fit(
                 )
             values, loss = dict(zip(parts, stacked.tolist())), float(stacked.sum())
             if not math.isfinite(loss) or not math.isfinite(float(norm)):
-                raise NonFiniteLossError(_non_finite_message(loss, norm, done, kind, values, last_saved))
+                earlier = [p for p in checkpoints.complete() if int(p.name.removeprefix("step_")) < done - 1]
+                message = _non_finite_message(
+                    loss, norm, done, kind, values, last_saved, earlier[-1] if earlier else None
+                )
+                raise NonFiniteLossError(message)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -477,14 +481,26 @@ def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[st
     return total, {name: means[name] for name in sums}, {**dict(zip(names, invalid)), "": ranks_differ}
 
 
-def _non_finite_message(loss, norm, done, kind, values, last: Optional[Path]) -> str:
-    """``last``: the checkpoint this run last wrote, or resumed from (not merely the newest on disk)."""
+def _non_finite_message(loss, norm, done, kind, values, last: Optional[Path], earlier: Optional[Path]) -> str:
+    """``last``: the checkpoint this run last wrote, or resumed from (not merely the newest on disk);
+    ``earlier``: the newest one on disk before step ``done - 1``."""
     where = f"step {done}" + (f" (kind {kind})" if kind is not None else "")
-    resume = "training.resume=auto" if last is None else f"training.resume={last}"
+    stop = f"loss is {loss}, gradient norm {float(norm)} at {where}, parts {values}; stopping."
+    if last is None:
+        return f"{stop} No checkpoint was written yet; lower optim.lr or set optim.clip_grad_norm, then start again"
+    if not math.isfinite(loss) and last.name == f"step_{done - 1:08d}":
+        # The loss came from the weights the last checkpoint holds: a lower lr from there meets it again.
+        other = (
+            f"an earlier checkpoint ({earlier})" if earlier is not None else "the start (no earlier checkpoint is kept)"
+        )
+        return (
+            f"{stop} The last good checkpoint, {last}, holds the weights this step started from, and they give a "
+            f"non-finite loss on its batch: resume from {other} with a lower optim.lr or optim.clip_grad_norm set, "
+            "or check this step's data"
+        )
     return (
-        f"loss is {loss}, gradient norm {float(norm)} at {where}, parts {values}; stopping. The last good "
-        f"checkpoint is {last if last is not None else 'none (no checkpoint was written yet)'}; lower optim.lr or "
-        f"set optim.clip_grad_norm, then resume with {resume}"
+        f"{stop} The last good checkpoint is {last}; lower optim.lr or set optim.clip_grad_norm, then resume with "
+        f"training.resume={last}"
     )
 
 
