@@ -67,10 +67,15 @@ def check_positive_number(name: str, value: object) -> float:
     return float(value)
 
 
-def config_number(config: Mapping, key: str, default: float, where: str, *, integer: bool = True) -> float:
+def config_number(
+    config: Mapping, key: str, default: float, where: str, *, integer: bool = True, if_list: str = ""
+) -> float:
     """``config[key]`` (``default`` when absent): an int >= 1 (``integer``) or a positive finite number, else
-    TypeError / ValueError naming ``where`` (e.g. a config file and section) and the key."""
+    TypeError / ValueError naming ``where`` (e.g. a config file and section) and the key (and saying
+    ``if_list`` where the value is a list: what such a config describes)."""
     name, value = f"{where}.{key}", config.get(key, default)
+    if if_list and isinstance(value, (list, tuple)):
+        raise ValueError(f"{name}: expected an int, got {list(value)} ({if_list})")
     return check_int(name, value, 1) if integer else check_positive_number(name, value)
 
 

@@ -570,6 +570,14 @@ def test_patch_geometry_only_for_a_square_grid_behind_a_cls():
         ("vision", "mlp_ratio", "1.5", ValueError, r"vision_cfg.mlp_ratio must be a positive number, got '1.5'"),
         ("text", "mlp_ratio", "2", ValueError, r"text_cfg.mlp_ratio must be a positive number, got '2'"),  # 10^511
         ("text", "mlp_ratio", None, ValueError, r"text_cfg.mlp_ratio must be a positive number, got None"),
+        # open_clip's RN50: 'vision_layers must be an int, got list', not saying what the config is
+        (
+            "vision",
+            "layers",
+            [3, 4, 6, 3],
+            ValueError,
+            r"vision_cfg.layers: expected an int, got \[3, 4, 6, 3\] \(a ResNet",
+        ),
     ],
 )
 def test_open_clip_config_values_computed_with_are_checked_first_naming_file_and_key(

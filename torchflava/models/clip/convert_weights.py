@@ -108,10 +108,9 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
-    """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent:
-    the config.json beside Hugging Face-layout weights (ValueError if there is none and no activation
-    is given: only it tells), the open_clip_config.json beside open_clip's; else the patch and image
-    size its tensors imply (the file itself returned as their source), and QuickGELU for OpenAI's weights."""
+    """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent: the
+    config.json beside HF-layout weights (ValueError if none and no activation: only it tells), open_clip's
+    config beside its weights; else the patch and image size its tensors imply, QuickGELU for OpenAI's."""
     state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only names and shapes are read)
     layout, configs = _layout(state_dict), {"hf": "config.json", "open_clip": "open_clip_config.json"}
     if layout in configs and (path.parent / configs[layout]).is_file():
@@ -159,9 +158,10 @@ def open_clip_config_kwargs(config: dict, path: Path) -> dict:
     vw, tw = config_number(vision, "width", 768, v), config_number(text, "width", 512, t)
     out = dict(embed_dim=cfg.get("embed_dim", 512), activation="quick_gelu" if cfg.get("quick_gelu") else "gelu")
     out.update(image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 16), vision_width=vw)
-    out.update(vision_layers=vision.get("layers", 12), vision_heads=vw // config_number(vision, "head_width", 64, v))
+    out.update(vision_layers=config_number(vision, "layers", 12, v, if_list="a ResNet tower: ours builds ViTs"))
+    out.update(vision_heads=vw // config_number(vision, "head_width", 64, v), text_heads=text.get("heads", 8))
     out.update(vision_mlp_dim=int(vw * config_number(vision, "mlp_ratio", 4.0, v, integer=False)), text_width=tw)
-    out.update(text_heads=text.get("heads", 8), text_layers=text.get("layers", 12))
+    out.update(text_layers=text.get("layers", 12))
     out.update(text_mlp_dim=int(tw * config_number(text, "mlp_ratio", 4.0, t, integer=False)))
     return dict(out, context_length=text.get("context_length", 77), vocab_size=text.get("vocab_size", 49408))
 
