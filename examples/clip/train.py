@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageTextFolder, TarShards
+from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.streaming import StreamingBatches, StreamingConfig, shard_texts, streaming_checks
@@ -190,14 +191,14 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
             f.pairs_shards,
             "uncompressed tar shards of samples",
             lambda: TarShards(f.pairs_shards),
-            usable=True,
+            usable=unusable_start,
         )
     return opened(
         "data.files.pairs_captions",
         f.pairs_captions,
         f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
         lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
-        usable=True,
+        usable=unusable_start,
     )
 
 

@@ -29,7 +29,7 @@ from torchflava.data.finetuning import (
     ShapesClassification,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
-from torchflava.data.samples import BadSample
+from torchflava.data.samples import BadSample, unusable_start
 from torchflava.data.shapes import ALL_SCENES
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.evaluation.metrics import task_metrics
@@ -49,7 +49,6 @@ from torchflava.training.schema import (
     path_check,
     raise_on_failed_checks,
     training_checks,
-    unusable_start,
 )
 from torchflava.utils.cli import write_json
 

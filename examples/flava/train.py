@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
 from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
+from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.streaming import (
@@ -283,7 +284,7 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             f.pairs_shards,
             "uncompressed tar shards of samples",
             lambda: TarShards(f.pairs_shards),
-            usable=True,
+            usable=unusable_start,
         )
     elif f.pairs_root is not None and not streamed:
         sources["pairs"] = opened(
@@ -291,7 +292,7 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             f.pairs_captions,
             f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
             lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
-            usable=True,
+            usable=unusable_start,
         )
     if f.images_root is not None:
         sources["images"] = opened(
@@ -299,11 +300,11 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             f.images_root,
             "a directory of images",
             lambda: ImageFolder(f.images_root),
-            usable=True,
+            usable=unusable_start,
         )
     if f.texts is not None:
         sources["texts"] = opened(
-            "data.files.texts", f.texts, "a UTF-8 text file", lambda: TextCorpus(f.texts), usable=True
+            "data.files.texts", f.texts, "a UTF-8 text file", lambda: TextCorpus(f.texts), usable=unusable_start
         )
     return sources
 

@@ -686,3 +686,25 @@ def test_shards_without_a_sample_holding_every_required_member_are_refused(tmp_p
     with pytest.raises(ValueError, match=r"^shards must hold a sample with image and text members, none of 3"):
         TarShards(shard)
     assert len(TarShards(shard, require=("image",))) == 3  # images alone are what this reader asks for
+
+
+def test_unusable_start_finds_a_usable_item_or_names_the_first_fault():
+    from torchflava.data.samples import BadSample, unusable_start
+
+    class Source:
+        def __init__(self, length, first_good):
+            self.length, self.first_good = length, first_good
+
+        def __len__(self):
+            return self.length
+
+        def __getitem__(self, index):
+            if index < self.first_good:
+                raise BadSample(index, f"broken {index}")
+            return index
+
+    assert unusable_start(Source(100, 63)) is None  # the 64th item reads
+    assert unusable_start(Source(100, 64)) == "none of its first 64 items reads; the first: sample 0: broken 0"
+    assert unusable_start(Source(100, 64), limit=None) is None  # every item looked at
+    assert unusable_start(Source(3, 3), limit=None) == "none of its 3 items reads; the first: sample 0: broken 0"
+    assert unusable_start(Source(0, 0)) == "no item"

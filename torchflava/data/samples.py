@@ -7,7 +7,7 @@ caption, a malformed index line) ``source[i]`` raises :class:`BadSample` with th
 sampler that reads the source skips it, counts it and takes another item.
 """
 
-from typing import Callable, Hashable, Iterable, Iterator, NamedTuple, Optional, TypeVar
+from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple, Optional, TypeVar
 
 from PIL import Image
 
@@ -108,3 +108,25 @@ def readable_chunks(
             chunk = []
     if chunk:
         yield chunk
+
+
+# How many unusable items in a row, from a source's start, mean that it has none (the training loop
+# stops a run after 50 in a row, drawn at random).
+UNUSABLE_IN_A_ROW = 64
+
+
+def unusable_start(source: Any, limit: Optional[int] = UNUSABLE_IN_A_ROW) -> Optional[str]:
+    """None when one of the first ``limit`` items of the map-style ``source`` (every item: None) reads;
+    else why not, naming the first item's fault (items raise :class:`BadSample` when unusable)."""
+    count = len(source) if limit is None else min(len(source), limit)
+    first = None
+    for index in range(count):
+        try:
+            source[index]
+            return None
+        except BadSample as bad:
+            first = first or bad
+    if first is None:
+        return "no item"
+    which = f"{count} items" if count == len(source) else f"first {count} items"
+    return f"none of its {which} reads; the first: {first}"

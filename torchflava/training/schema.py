@@ -16,7 +16,6 @@ import torch
 from torch import nn
 import torch.distributed as dist
 
-from torchflava.data.samples import BadSample
 from torchflava.modules.layers.transformer import CHECKPOINT_MODES
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
@@ -433,48 +432,34 @@ def checkpoint_fits(key: str, path: Optional[str], fits: Optional[Callable[[dict
     return (True, key, "", None)
 
 
-# How many unusable items in a row, from a source's start, mean that it has none (the loop stops a run
-# after 50 in a row, drawn at random).
-UNUSABLE_IN_A_ROW = 64
-
-
-def opened(key: str, value: object, expected: str, open_source: Callable[[], T], *, usable: bool = False) -> T:
+def opened(
+    key: str,
+    value: object,
+    expected: str,
+    open_source: Callable[[], T],
+    *,
+    usable: Optional[Callable[[T], Optional[str]]] = None,
+) -> T:
     """``open_source()``, a data source the config names; when the files cannot be read as one
     (missing, empty, malformed, not the right format), a :class:`ConfigError` in the one-line form
     ``key '<key>': expected <expected>, got <value> (<the reader's reason>)``.
 
-    With ``usable``, the source (map-style, items raising :class:`~torchflava.data.samples.BadSample`
-    when unusable) must also have a usable item among its first :data:`UNUSABLE_IN_A_ROW`: a captions
-    file whose images are all missing is refused here, before any work, not at the first step.
+    ``usable`` (e.g. :func:`torchflava.data.samples.unusable_start`) says why the opened source has no
+    usable item, or None: a captions file whose images are all missing is then refused here, before
+    any work, not at the first step.
 
     Raises:
         ConfigError: as above, for the ``OSError``, ``ValueError`` or ``TypeError`` of ``open_source``,
-            or a source with no usable item at its start.
+            or a source ``usable`` finds a fault with.
     """
     try:
         source = open_source()
     except (OSError, ValueError, TypeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"key '{key}': expected {expected}, got {value!r} ({reason})") from None
-    if usable and (fault := unusable_start(source)) is not None:
+    if usable is not None and (fault := usable(source)) is not None:
         raise ConfigError(f"key '{key}': expected {expected}, got {value!r} ({fault})")
     return source
-
-
-def unusable_start(source: Any, limit: Optional[int] = UNUSABLE_IN_A_ROW) -> Optional[str]:
-    """None when one of the first ``limit`` items of ``source`` (every item: None) reads; else why not."""
-    count = len(source) if limit is None else min(len(source), limit)
-    first = None
-    for index in range(count):
-        try:
-            source[index]
-            return None
-        except BadSample as bad:
-            first = first or bad
-    if first is None:
-        return "no item"
-    which = f"{count} items" if count == len(source) else f"first {count} items"
-    return f"none of its {which} reads; the first: {first}"
 
 
 def launch_world_size() -> int:
