@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/vit_tower.py
 	$(BIN)/python benchmarks/attention.py
 	$(BIN)/python benchmarks/linear.py
+	$(BIN)/python benchmarks/accumulation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
