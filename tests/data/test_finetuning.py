@@ -60,3 +60,28 @@ def test_image_text_labels_refuse_malformed_lines_naming_them(tmp_path, lines, m
     path.write_bytes(b'{"image": "a.png", "text": "caf\xe9", "label": "yes"}\n')
     with pytest.raises(ValueError, match="vqa.jsonl is not UTF-8 text"):
         ImageTextLabels(tmp_path, path, ["yes", "no"])
+
+
+def test_a_hidden_folder_holding_an_image_is_no_class(tmp_path):
+    """train/.thumbnails/x.png made '.thumbnails' class 0 in train only: every id shifted against val."""
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / name / "x.png")
+    (tmp_path / "train" / ".thumbnails").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / ".thumbnails" / "x.png")
+    train, val = ImageClassFolder(tmp_path / "train"), ImageClassFolder(tmp_path / "val")
+    assert train.classes == val.classes == ["cat", "dog"]
+    assert len(train) == 2 and [train[i].label for i in range(2)] == [val[i].label for i in range(2)] == [0, 1]
+
+
+def test_glue_tsv_names_the_files_own_line_and_a_field_too_long_for_csv(tmp_path):
+    from torchflava.data.finetuning import GlueTsv
+
+    path = tmp_path / "blank.tsv"
+    path.write_text("sentence\tlabel\na\t0\n\n\nb\t7\n")  # blank lines: the bad label is on line 5
+    with pytest.raises(ValueError, match=r"blank.tsv line 5: label '7' is not one of"):
+        GlueTsv(path, ["sentence"], "label", ["0", "1"])
+    path.write_text("sentence\tlabel\na\t0\n" + "x" * 200_000 + "\t1\n")
+    with pytest.raises(ValueError, match=r"blank.tsv line 3: field larger than field limit"):  # was _csv.Error
+        GlueTsv(path, ["sentence"], "label", ["0", "1"])

@@ -708,3 +708,88 @@ def test_unusable_start_finds_a_usable_item_or_names_the_first_fault():
     assert unusable_start(Source(100, 64), limit=None) is None  # every item looked at
     assert unusable_start(Source(3, 3), limit=None) == "none of its 3 items reads; the first: sample 0: broken 0"
     assert unusable_start(Source(0, 0)) == "no item"
+
+
+# A JPEG whose EXIF block is corrupt: PIL raises struct.error (found by fuzzing the decoder).
+BAD_EXIF_JPEG = (
+    "/9j/4AAQSkZJRgABAQAAAQABAI7/4QAuRXhpZgAATU0AKgAAAAgAAgEVAAIAAAAEQ2FtAAESAAMAAAABAAYAAAAAAAD/2wBDAAgG"
+    "BgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5PTgyPC4zNDL/2wBDAQkJCQwLDBgN"
+    "DRgyIRwhMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjL/wAARCAAQABADASIAAhEBAxEB"
+    "/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKB"
+    "kaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJ"
+    "ipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEB"
+    "AQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMz"
+    "UvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaX"
+    "mJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwCO4tUc"
+    "+bJEyyzMX+8JWCjcOHBBK7dxPfDEYOKvXSpbQBYvLNuHZdwJEUjAH5sjdhhjdx0zjuA1aeGaeKC2ke1kcxytLLEjcR7jkklhypCD"
+    "AIPIG3pmaFmsrQXEckmIJmUBf33mOrEFBhSeQQw9Ov8ACMAH/9k="
+)
+
+
+def test_every_reader_turns_any_decoder_failure_and_a_fifo_into_a_bad_sample(tmp_path):
+    """ImageTextLabels let struct.error through (the batch crashed); a FIFO named in a captions file
+    blocked the read forever."""
+    import base64
+    import json
+
+    from torchflava.data.finetuning import ImageTextLabels
+
+    (tmp_path / "bad_exif.jpg").write_bytes(base64.b64decode(BAD_EXIF_JPEG))
+    os.mkfifo(tmp_path / "pipe.png")
+    lines = [{"image": "bad_exif.jpg", "text": "q", "label": "yes"}, {"image": "pipe.png", "text": "q", "label": "yes"}]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "captions.tsv").write_text("bad_exif.jpg\ta cat\npipe.png\ta pipe\n")
+    labels, captions = (
+        ImageTextLabels(tmp_path, tmp_path / "labels.jsonl", ["yes"]),
+        ImageTextFolder(tmp_path, tmp_path / "captions.tsv"),
+    )
+    for source in (labels, captions):
+        with pytest.raises(BadSample, match=r"unreadable image \(error: "):
+            source[0]
+        with pytest.raises(BadSample, match=r"pipe.png is not a regular file"):
+            source[1]
+    with pytest.raises(FileNotFoundError, match=r"root: no such directory"):  # every item would be unusable
+        ImageTextLabels(tmp_path / "nowhere", tmp_path / "labels.jsonl", ["yes"])
+
+
+@pytest.mark.parametrize("caption", ["\x00", "\u200b", "\x00\x00 \x00", "\ufeff", "\u00ad", "\u3000\t"])
+def test_a_caption_of_invisible_characters_is_a_bad_sample(tmp_path, caption):
+    """It tokenised to [CLS][SEP]: an empty text trained on."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"image": "a.png", "caption": caption}) + "\n")
+    with pytest.raises(BadSample, match="empty or missing text"):
+        ImageTextFolder(tmp_path, tmp_path / "captions.jsonl")[0]
+    (tmp_path / "corpus.txt").write_text(f"{'visible ' * 8}\n{caption}x\n{caption}\n")
+    corpus = TextCorpus(tmp_path / "corpus.txt")
+    assert [corpus[0].text, corpus[1].text] == [("visible " * 8).strip(), f"{caption}x".strip()]
+    if caption.strip():  # (a whitespace-only line is not an item at all)
+        with pytest.raises(BadSample, match="empty or missing text"):
+            corpus[2]
+
+
+def test_lone_surrogates_in_json_captions_are_replaced_and_pairs_joined(tmp_path):
+    """Web alt-text cut mid-emoji: every tokenizer raised on it and the batch crashed."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    lines = ['{"image": "a.png", "caption": "a cat \\ud83d"}', '{"image": "a.png", "caption": "a cat \\ud83d\\ude00"}']
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    source = ImageTextFolder(tmp_path, tmp_path / "captions.jsonl")
+    assert [source[0].text, source[1].text] == ["a cat \ufffd", "a cat \U0001f600"]
+
+
+@pytest.mark.parametrize(
+    "content, kind",
+    [
+        ("the dog\nthe cat\n".encode("utf-16"), "UTF-16"),
+        (gzip.compress(b"the dog\n"), "gzip-compressed"),
+        (b"t\x00h\x00e\x00 \x00d\x00o\x00g\x00\n\x00", "binary"),
+        (b"\xff\xfe\xfa\n\xe9\xe9\n", "UTF-16"),
+    ],
+)
+def test_a_corpus_that_is_not_utf8_text_is_refused_naming_it(tmp_path, content, kind):
+    """A UTF-16 file gave texts of NUL-separated letters; a gzipped one, every line bad and no error."""
+    (tmp_path / "corpus.txt").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"path must be UTF-8 text, .*corpus.txt' is {kind}"):
+        TextCorpus(tmp_path / "corpus.txt")
+    (tmp_path / "corpus.txt").write_bytes(b"\xe9t\xe9\n\xff\n")  # latin-1 only: no line of UTF-8
+    with pytest.raises(ValueError, match=r"holds no line of it"):
+        TextCorpus(tmp_path / "corpus.txt")

@@ -12,6 +12,7 @@
 """
 
 import os
+import stat
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -52,6 +53,9 @@ def decode_image(
     if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
         raise ValueError(f"background must be three ints in 0..255, got {background!r}")
     try:
+        if isinstance(source, (str, os.PathLike)) and not stat.S_ISREG(os.stat(source).st_mode):
+            # a FIFO would block the read forever; a directory or a device is no image either
+            raise ImageDecodeError(f"unreadable image ({os.fspath(source)} is not a regular file)")
         with Image.open(source) as image:
             width, height = image.size
             if width * height > max_pixels:
@@ -60,9 +64,9 @@ def decode_image(
                 )
             image.load()  # decode now: a truncated file fails here, not later in a worker
             return to_rgb(ImageOps.exif_transpose(image), background=background)
-    except ImageDecodeError:
+    except (ImageDecodeError, MemoryError):
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Exception as error:  # PIL's plugins fail on malformed files in many ways (struct.error, IndexError...)
         raise ImageDecodeError(f"unreadable image ({type(error).__name__}: {error})") from None
 
 

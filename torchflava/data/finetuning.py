@@ -70,12 +70,14 @@ class GlueTsv(Dataset):
                 missing = [c for c in (*text_columns, label_column) if c not in header]
                 if missing:
                     raise ValueError(f"{os.fspath(path)}: missing column(s) {missing}; the header has {header}")
-                rows = list(reader)
+                rows = [(reader.line_num, row) for row in reader]  # the file's line numbers: blank lines count
         except UnicodeDecodeError as error:
             raise ValueError(f"{os.fspath(path)} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        except csv.Error as error:  # e.g. a field longer than the csv module's limit (131072 characters)
+            raise ValueError(f"{os.fspath(path)} line {reader.line_num + 1}: {error}") from None  # (not yet counted)
         self.labels = None if labels is None else list(labels)
         self._items: list[tuple[list, Union[int, float]]] = []
-        for line, row in enumerate(rows, start=2):
+        for line, row in rows:
             raw = row[label_column]
             if self.labels is None:
                 try:
@@ -114,10 +116,12 @@ class ImageClassFolder(Dataset):
 
     def __init__(self, root: PathLike, classes: Optional[Sequence[str]] = None) -> None:
         self._folder = ImageFolder(root)
-        folders = [self._folder.relative_path(i).split("/")[0] for i in range(len(self._folder))]
-        loose = [
-            self._folder.relative_path(i) for i in range(len(self._folder)) if "/" not in self._folder.relative_path(i)
-        ]
+        paths = [self._folder.relative_path(i) for i in range(len(self._folder))]
+        # a hidden folder (.thumbnails, .ipynb_checkpoints) is no class, here or in another split: its
+        # images are left out, so that class ids cannot shift between splits
+        self._indices = [i for i, path in enumerate(paths) if not path.startswith(".")]
+        folders = [paths[i].split("/")[0] for i in self._indices]
+        loose = [paths[i] for i in self._indices if "/" not in paths[i]]
         if loose:
             raise ValueError(f"root: images must lie in class sub-folders, found {loose[:3]}")
         if classes is None:  # every sub-folder, an empty one too: ids must not shift with the files present
@@ -133,7 +137,7 @@ class ImageClassFolder(Dataset):
         return len(self._labels)
 
     def __getitem__(self, index: int) -> LabeledSample:
-        return LabeledSample(self._folder[index].image, None, self._labels[index])
+        return LabeledSample(self._folder[self._indices[index]].image, None, self._labels[index])
 
 
 class ImageTextLabels(Dataset):
@@ -153,6 +157,8 @@ class ImageTextLabels(Dataset):
     """
 
     def __init__(self, root: PathLike, path: PathLike, labels: Sequence[str]) -> None:
+        if not os.path.isdir(root):  # (each item would be unusable)
+            raise FileNotFoundError(f"root: no such directory {os.fspath(root)!r}")
         self.root, self.labels = os.path.abspath(root), list(labels)
         if len(self.labels) < 1:
             raise ValueError("labels must name at least one class")

@@ -290,11 +290,24 @@ class TextCorpus(Dataset):
     Raises:
         TypeError: if ``path`` is not a str or PathLike.
         FileNotFoundError: if ``path`` is not a file.
-        ValueError: if ``path`` holds no non-blank line.
+        ValueError: if ``path`` holds no non-blank line, or is not UTF-8 text (UTF-16, gzip, binary).
     """
 
     def __init__(self, path: PathLike) -> None:
         self._path = _existing("path", path, directory=False)
+        with open(self._path, "rb") as file:
+            head = file.read(4096)
+        kind = (
+            "gzip-compressed"
+            if head.startswith(b"\x1f\x8b")
+            else "UTF-16"
+            if head[:2] in (b"\xff\xfe", b"\xfe\xff")
+            else None
+        )
+        if kind is None and head.count(b"\x00") > len(head) // 10:  # UTF-16 without a BOM, or not text
+            kind = "binary (one byte in ten or more is NUL)"
+        if kind is not None:  # read as UTF-8, such a file gives lines of garbage
+            raise ValueError(f"path must be UTF-8 text, {self._path!r} is {kind}")
         self._texts: list[str] = []
         self._bad: dict[int, str] = {}  # item index -> reason
         for number, line in _lines(self._path):
@@ -303,6 +316,8 @@ class TextCorpus(Dataset):
             self._texts.append("" if line is None else line.strip())
         if not self._texts:
             raise ValueError(f"path must hold at least one non-blank line, {self._path!r} holds none")
+        if len(self._bad) == len(self._texts):
+            raise ValueError(f"path must be UTF-8 text, {self._path!r} holds no line of it")
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -324,7 +339,7 @@ class TextCorpus(Dataset):
         index = _check_index(index, len(self._texts))
         if index in self._bad:
             raise BadSample(index, f"{os.path.basename(self._path)} {self._bad[index]}")
-        return Sample(image=None, text=self._texts[index])
+        return Sample(image=None, text=_text(self._texts[index], index, os.path.basename(self._path)))
 
 
 class ImageFolder(Dataset):

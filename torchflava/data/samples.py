@@ -8,6 +8,7 @@ sampler that reads the source skips it, counts it and takes another item.
 """
 
 from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple, Optional, TypeVar
+import unicodedata
 
 from PIL import Image
 
@@ -64,7 +65,10 @@ def load_rgb(data_or_path, index: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
 
 
 def checked_text(text: object, index: int) -> str:
-    """Return ``text`` stripped; raise :class:`BadSample` when it is not a non-empty string.
+    """Return ``text`` stripped; raise :class:`BadSample` when it is not a string with a visible character.
+
+    Lone UTF-16 surrogates (web text cut in the middle of an emoji, decoded from JSON) become U+FFFD
+    and surrogate pairs the character they spell, so that every tokenizer can read the text.
 
     Args:
         text (object): the raw caption.
@@ -74,11 +78,20 @@ def checked_text(text: object, index: int) -> str:
         str: the stripped text.
 
     Raises:
-        BadSample: if the text is missing, not a string or blank.
+        BadSample: if the text is missing, not a string, or holds only whitespace, control and
+            format characters (NUL, zero-width spaces, a BOM, soft hyphens: a tokenizer reads nothing).
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
         raise BadSample(index, f"empty or missing text ({text!r})")
-    return text.strip()
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # surrogates: pairs joined, lone ones replaced
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    stripped = text.strip()
+    if not any(unicodedata.category(c)[0] not in "CZ" for c in stripped):
+        raise BadSample(index, f"empty or missing text ({text!r})")
+    return stripped
 
 
 def readable_chunks(
