@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
+from torchflava.modules.layers.hooks import hooked
 from torchflava.modules.layers.linear import Linear, linear
 
 Positions = Union[Tensor, slice]
@@ -39,18 +40,32 @@ def take_positions(x: Tensor, positions: Positions) -> Tensor:
 
     Raises:
         TypeError: if ``positions`` is not a slice or an integer tensor.
-        ValueError: if a (B, P) tensor does not match the batch, or ``positions`` has more than 2 dims.
+        ValueError: if a (B, P) tensor does not match the batch, ``positions`` has more than 2 dims,
+            or (on the CPU) an index is out of range.
     """
     if isinstance(positions, slice):
         return x[:, positions]
-    if not isinstance(positions, Tensor) or positions.is_floating_point() or positions.dtype == torch.bool:
+    if (
+        not isinstance(positions, Tensor)
+        or positions.is_floating_point()
+        or positions.is_complex()
+        or positions.dtype == torch.bool
+    ):
         raise TypeError(f"positions must be a slice or an integer tensor, got {_describe(positions)}")
-    if positions.dim() == 1:
-        return x[:, positions]
-    if positions.dim() != 2 or positions.shape[0] != x.shape[0]:
+    if positions.dim() not in (1, 2) or (positions.dim() == 2 and positions.shape[0] != x.shape[0]):
         raise ValueError(
             f"positions must be (P,) or (B, P) = ({x.shape[0]}, P) indices, got shape {tuple(positions.shape)}"
         )
+    positions = positions.long()  # indices, whatever their integer dtype (torch reads uint8 as a mask)
+    if (
+        positions.device.type == "cpu"  # (on a GPU the check would wait for the device)
+        and not torch.compiler.is_compiling()
+        and positions.numel()
+        and not bool(((positions >= -x.shape[1]) & (positions < x.shape[1])).all())
+    ):
+        raise ValueError(f"positions must be indices in [-{x.shape[1]}, {x.shape[1]}), got {positions.tolist()}")
+    if positions.dim() == 1:
+        return x[:, positions]
     return x[torch.arange(x.shape[0], device=x.device)[:, None], positions]
 
 
@@ -106,6 +121,7 @@ def math_attention_wins(q: Tensor, k: Tensor, v: Tensor) -> bool:
     limit = MATH_ATTENTION_MAX_KEYS.get(q.dtype)
     return (
         limit is not None
+        and not torch._C._are_functorch_transforms_active()  # vmap, torch.func.grad: SDPA's rules
         and q.device.type == "cpu"
         and k.shape[-2] <= limit
         and torch.is_grad_enabled()
@@ -308,7 +324,7 @@ class MultiHeadSelfAttention(nn.Module):
     def _project_subset(self, x: Tensor, query_positions: Positions) -> tuple[Tensor, Tensor, Tensor]:
         """Queries for the selected positions only, keys and values for all: (B, H, P | S, hd)."""
         b, s, d = x.shape
-        if isinstance(self.qkv, nn.Linear):
+        if type(self.qkv) in (Linear, nn.Linear) and not hooked(self.qkv):  # (a subclass or a hook: call it)
             w, bias = self.qkv.weight, self.qkv.bias
             q = linear(take_positions(x, query_positions), w[:d], None if bias is None else bias[:d])
             kv = linear(x, w[d:], None if bias is None else bias[d:])

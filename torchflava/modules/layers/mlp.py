@@ -105,7 +105,7 @@ class MLP(nn.Module):
         hidden = self.fc1(x)
         if self._gelu_then_fc2_saves_hidden_only(hidden):
             return _GeluLinear.apply(hidden, self.fc2.weight, self.fc2.bias, self.activation.approximate)
-        if type(self.activation) is nn.GELU and can_overwrite(self.fc1, self.activation):
+        if type(self.activation) is nn.GELU and type(self.fc1) is Linear and can_overwrite(self.fc1, self.activation):
             # Nothing keeps it: GELU overwrites fc1's fresh output instead of allocating a second
             # (..., hidden_dim) tensor, the largest in a transformer layer. Same values.
             hidden = torch.ops.aten.gelu_(hidden, approximate=self.activation.approximate)

@@ -263,6 +263,10 @@ class TransformerEncoder(nn.Module):
                 x = run_checkpointed(layer, x, mode, **kwargs)
             if hidden_states is not None:
                 hidden_states.append(x)
+        if not self.layers and output_positions is not None:  # no last layer to restrict: the input's
+            x = take_positions(x, output_positions)
+            if hidden_states is not None:
+                hidden_states[-1] = x
         return TransformerOutput(x, None if hidden_states is None else tuple(hidden_states))
 
 
