@@ -107,3 +107,28 @@ def test_pack_linears_errors():
         pack_linears(MLP(4, 8).eval(), dtype=torch.float16)
     with pytest.raises(TypeError, match="PackedLinear.from_linear"):
         pack_linears(nn.Linear(2, 2).eval())
+
+
+def test_a_packed_model_refuses_training_copies_and_integer_inputs_in_one_line():
+    """After .train() it ran silently (dropout on) and failed in backward; deepcopy and torch.save
+    failed inside torch (NotImplementedError: Cannot access storage of OpaqueTensorImpl)."""
+    import copy
+    import io
+
+    from torchflava.modules.layers import MLP, pack_linears
+
+    model = pack_linears(MLP(16, 32).eval())
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        model(x)
+        model.train()
+        with pytest.raises(RuntimeError, match=r"^PackedLinear is for inference: a packed model cannot be trained"):
+            model(x)
+        model.eval()
+        with pytest.raises(TypeError, match=r"^x must be a floating-point tensor, got torch.int64"):
+            model.fc1(torch.ones(2, 16, dtype=torch.long))
+    for copy_it in (copy.deepcopy, lambda m: torch.save(m, io.BytesIO())):
+        with pytest.raises(
+            TypeError, match=r"^a PackedLinear \(a model after pack_linears\) cannot be copied or pickled"
+        ):
+            copy_it(model)

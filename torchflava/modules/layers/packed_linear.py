@@ -32,6 +32,13 @@ def onednn_packing_available(dtype: torch.dtype = torch.bfloat16) -> bool:
     )
 
 
+# oneDNN's packed weight has no storage to copy or pickle.
+_NOT_COPYABLE = (
+    "a PackedLinear (a model after pack_linears) cannot be copied or pickled: copy or save the model before "
+    "packing it (its state_dict and checkpoint), then pack the copy"
+)
+
+
 class PackedLinear(nn.Module):
     """An inference-only copy of an ``nn.Linear`` whose weight is stored in ``dtype``.
 
@@ -58,6 +65,7 @@ class PackedLinear(nn.Module):
             raise ValueError(
                 f"bias must be ({weight.shape[0]},) in {weight.dtype}, got {tuple(bias.shape)} in {bias.dtype}"
             )
+        self.train(False)  # for inference only: .train() later is refused when it is called
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
         self.bias = None if bias is None else bias.detach()
@@ -98,17 +106,28 @@ class PackedLinear(nn.Module):
             Tensor: (..., out_features) in ``dtype``.
 
         Raises:
+            TypeError: if ``x`` is not a floating-point tensor.
             ValueError: if the last dimension of ``x`` is not ``in_features``.
-            RuntimeError: if ``x`` requires grad (this layer is for inference only).
+            RuntimeError: if the layer is in training mode or ``x`` requires grad (it is for inference only).
         """
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x must be (..., {self.in_features}), got shape {tuple(x.shape)}")
+        if self.training:  # (.train() after pack_linears: dropout would run, and nothing could learn)
+            raise RuntimeError("PackedLinear is for inference: a packed model cannot be trained (call .eval())")
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("PackedLinear is for inference: its input must not require grad")
         x = x.to(self.dtype)
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+    def __deepcopy__(self, memo: dict) -> "PackedLinear":
+        raise TypeError(_NOT_COPYABLE)
+
+    def __reduce_ex__(self, protocol: int):
+        raise TypeError(_NOT_COPYABLE)
 
     def extra_repr(self) -> str:
         return (
