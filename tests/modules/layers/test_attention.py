@@ -98,10 +98,72 @@ def test_dropout_only_in_training():
     assert not torch.allclose(first, second, atol=1e-3)
 
 
-@pytest.mark.parametrize("embed_dim, num_heads", [(10, 3), (24, 5), (24, 0), (0, 4)])
-def test_embed_dim_must_be_divisible_by_num_heads(embed_dim, num_heads):
-    with pytest.raises(ValueError, match="embed_dim must be a positive multiple of num_heads"):
+@pytest.mark.parametrize(
+    "embed_dim, num_heads, error, match",
+    [
+        (10, 3, ValueError, "embed_dim must be a positive multiple of num_heads"),
+        (24, 5, ValueError, "embed_dim must be a positive multiple of num_heads"),
+        (24, 0, ValueError, "num_heads must be >= 1, got 0"),
+        (0, 4, ValueError, "embed_dim must be >= 1, got 0"),
+        (24, 4.0, TypeError, "num_heads must be an int, got float"),  # was accepted; forward failed in view()
+        (True, 1, TypeError, "embed_dim must be an int, got bool"),
+    ],
+)
+def test_embed_dim_must_be_divisible_by_num_heads(embed_dim, num_heads, error, match):
+    with pytest.raises(error, match=match):
         MultiHeadSelfAttention(embed_dim, num_heads)
+
+
+@pytest.mark.parametrize(
+    "x, masks, error, match",
+    [
+        (
+            torch.randn(7, 32),
+            {},
+            ValueError,
+            r"x must be a \(B, S, 32\) floating-point tensor, got torch.float32 of shape \(7, 32\)",
+        ),
+        (torch.randn(2, 7, 40), {}, ValueError, r"got torch.float32 of shape \(2, 7, 40\)"),  # was a matmul error
+        (torch.ones(2, 7, 32, dtype=torch.long), {}, ValueError, r"got torch.int64 of shape"),
+        ([[0.0] * 32] * 7, {}, ValueError, r"got list"),
+        (
+            torch.randn(2, 7, 32),
+            {"key_padding_mask": [[False] * 7] * 2},
+            TypeError,
+            r"key_padding_mask must be a bool tensor .*got list",
+        ),
+    ],
+)
+def test_bad_inputs_are_named_in_one_line(x, masks, error, match):
+    attention = MultiHeadSelfAttention(32, 4)
+    with pytest.raises(error, match=match):
+        attention(x, **masks)
+
+
+def test_bad_sizes_of_the_other_blocks_are_named_not_raised_from_torch():
+    from torchflava.modules.encoders import transformer_encoder
+    from torchflava.modules.heads import ITMHead, MaskedPredictionHead
+    from torchflava.modules.layers import MLP, PatchEmbedding, Pooler, TextEmbedding, TokenEmbedding
+
+    cases = [
+        (lambda: MLP(16, -1), ValueError, "hidden_dim must be >= 1, got -1"),
+        (lambda: MLP(16, 0), ValueError, "hidden_dim must be >= 1, got 0"),  # was accepted
+        (lambda: Pooler(-4), ValueError, "embed_dim must be >= 1, got -4"),
+        (lambda: ITMHead(0), ValueError, "embed_dim must be >= 1, got 0"),
+        (lambda: MaskedPredictionHead(16, -2), ValueError, "vocab_size must be >= 1, got -2"),
+        (lambda: PatchEmbedding(32, 8, 3, -1), ValueError, "embed_dim must be >= 1, got -1"),
+        (lambda: PatchEmbedding(-8, 8, 3, 16), ValueError, "image_size must be >= 1, got -8"),
+        (lambda: PatchEmbedding(32, 8, 0, 16), ValueError, "in_channels must be >= 1, got 0"),
+        (lambda: TextEmbedding(-1, 16, 8), ValueError, "vocab_size must be >= 1, got -1"),
+        (lambda: TextEmbedding(10, 16, 0), ValueError, "max_seq_len must be >= 1, got 0"),
+        (lambda: TextEmbedding(10, 16, 8, pad_token_id=10), ValueError, "pad_token_id must be an id below vocab_size"),
+        (lambda: TokenEmbedding(10, -3, 8), ValueError, "embed_dim must be >= 1, got -3"),
+        (lambda: transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32, attention_dropout=1.0),
+         ValueError, r"transformer_encoder: attention_dropout must be in \[0, 1\), got 1.0"),
+    ]  # fmt: skip
+    for build, error, match in cases:
+        with pytest.raises(error, match=match):
+            build()
 
 
 @pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5])

@@ -35,7 +35,7 @@ def transformer_encoder(
         num_heads (int): attention heads per layer.
         mlp_dim (int): hidden width of the MLP.
         dropout (float): dropout in the MLP and on the residual branches.
-        attention_dropout (float): dropout on attention probabilities.
+        attention_dropout (float): dropout on attention probabilities, in [0, 1).
         norm_eps (float): LayerNorm epsilon.
         activation (str): the MLP's activation: ``"gelu"``, ``"gelu_tanh"`` or ``"quick_gelu"``.
         is_causal (bool): causal self-attention (each position sees itself and earlier ones).
@@ -47,7 +47,7 @@ def transformer_encoder(
     Raises:
         TypeError: if a width or count is not an int.
         ValueError: if a width or count is < 1, ``embed_dim`` is not a multiple of ``num_heads``,
-            ``norm_eps`` is not positive, a dropout is outside [0, 1], or ``activation`` is unknown.
+            ``norm_eps`` is not positive, a dropout is outside [0, 1] (``attention_dropout``: [0, 1)), or ``activation`` is unknown.
     """
     check_architecture(  # before anything is built, each error naming this builder's argument
         "transformer_encoder",
@@ -58,6 +58,8 @@ def transformer_encoder(
         probabilities=["dropout", "attention_dropout"],
         choices={"activation": ACTIVATIONS},
     )
+    if attention_dropout == 1:  # (the layer's own check would name its dropout, not this argument)
+        raise ValueError(f"transformer_encoder: attention_dropout must be in [0, 1), got {attention_dropout}")
     layers = [
         TransformerEncoderLayer(
             MultiHeadSelfAttention(embed_dim, num_heads, dropout=attention_dropout, bias=bias, is_causal=is_causal),

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.layers.linear import Linear
 from torchflava.modules.layers.pooler import Pooler
+from torchflava.utils.checks import check_int
 
 
 class MaskedPredictionHead(nn.Module):
@@ -26,7 +27,8 @@ class MaskedPredictionHead(nn.Module):
         self, embed_dim: int, vocab_size: int, *, norm_eps: float = 1e-12, activation: Optional[nn.Module] = None
     ) -> None:
         super().__init__()
-        self.dense = Linear(embed_dim, embed_dim)
+        check_int("vocab_size", vocab_size, 1)
+        self.dense = Linear(check_int("embed_dim", embed_dim, 1), embed_dim)
         self.activation = nn.GELU() if activation is None else activation
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.decoder = Linear(embed_dim, vocab_size)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
 from torchflava.modules.layers.linear import Linear, linear
+from torchflava.utils.checks import check_int
 
 Positions = Union[Tensor, slice]
 
@@ -225,7 +226,11 @@ class MultiHeadSelfAttention(nn.Module):
         self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True, is_causal: bool = False
     ) -> None:
         super().__init__()
-        if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads != 0:
+        check_int("embed_dim", embed_dim, 1)
+        check_int("num_heads", num_heads, 1)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise TypeError(f"dropout must be a number, got {type(dropout).__name__}")
+        if embed_dim % num_heads != 0:
             raise ValueError(
                 f"embed_dim must be a positive multiple of num_heads, got embed_dim={embed_dim}, num_heads={num_heads}"
             )
@@ -261,16 +266,19 @@ class MultiHeadSelfAttention(nn.Module):
             Tensor: (B, S, D) output after the output projection; (B, P, D) with ``query_positions``.
 
         Raises:
-            TypeError: if a mask is not boolean.
-            ValueError: if a mask's shape does not fit ``x``.
+            TypeError: if a mask is not a bool tensor.
+            ValueError: if ``x`` is not a (B, S, embed_dim) floating-point tensor, or a mask's shape does not fit it.
         """
+        if not isinstance(x, Tensor) or x.dim() != 3 or not x.is_floating_point() or x.shape[-1] != self.embed_dim:
+            got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be a (B, S, {self.embed_dim}) floating-point tensor, got {got}")
         b, s, d = x.shape
         for name, mask, shapes in (
             ("key_padding_mask", key_padding_mask, [(b, s)]),
             ("attn_mask", attn_mask, [(s, s), (b, s, s)]),
         ):
-            if mask is not None and mask.dtype != torch.bool:
-                raise TypeError(f"{name} must be a bool tensor (True = masked), got dtype {mask.dtype}")
+            if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool):
+                raise TypeError(f"{name} must be a bool tensor (True = masked), got {_describe(mask)}")
             if mask is not None and tuple(mask.shape) not in shapes:
                 expected = " or ".join(str(shape) for shape in shapes)
                 raise ValueError(

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked, saved_tensors_hooks_active
 from torchflava.modules.layers.linear import Linear, has_tangent, onednn_linear_wins
+from torchflava.utils.checks import check_int
 
 
 def can_overwrite(*modules: nn.Module) -> bool:
@@ -88,6 +89,12 @@ class MLP(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
+        for name, value in (
+            ("in_dim", in_dim),
+            ("hidden_dim", hidden_dim),
+            ("out_dim", in_dim if out_dim is None else out_dim),
+        ):
+            check_int(name, value, 1)
         self.fc1 = Linear(in_dim, hidden_dim, bias=bias)
         self.activation = nn.GELU() if activation is None else activation
         self.dropout = nn.Dropout(dropout)

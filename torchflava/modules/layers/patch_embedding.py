@@ -14,6 +14,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
+from torchflava.utils.checks import check_int
 
 
 class PatchEmbedding(nn.Module):
@@ -47,7 +48,10 @@ class PatchEmbedding(nn.Module):
         norm: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
-        if patch_size <= 0 or image_size % patch_size != 0:
+        for name, value in (("image_size", image_size), ("patch_size", patch_size), ("in_channels", in_channels)):
+            check_int(name, value, 1)
+        check_int("embed_dim", embed_dim, 1)
+        if image_size % patch_size != 0:
             raise ValueError(f"patch_size must divide image_size, got patch_size={patch_size}, image_size={image_size}")
         self.image_size = image_size
         self.patch_size = patch_size

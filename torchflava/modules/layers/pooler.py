@@ -3,6 +3,7 @@
 from torch import Tensor, nn
 
 from torchflava.modules.layers.linear import Linear
+from torchflava.utils.checks import check_int
 
 
 class Pooler(nn.Module):
@@ -14,7 +15,7 @@ class Pooler(nn.Module):
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
-        self.dense = Linear(embed_dim, embed_dim)
+        self.dense = Linear(check_int("embed_dim", embed_dim, 1), embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """Pool.

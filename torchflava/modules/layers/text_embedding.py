@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from torchflava.utils.checks import require
+from torchflava.utils.checks import check_int, require
 
 
 def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str = "input_ids") -> None:
@@ -139,6 +139,11 @@ class TextEmbedding(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("max_seq_len", max_seq_len)):
+            check_int(name, value, 1)
+        check_int("type_vocab_size", type_vocab_size, 1)
+        if not 0 <= check_int("pad_token_id", pad_token_id, 0) < vocab_size:
+            raise ValueError(f"pad_token_id must be an id below vocab_size {vocab_size}, got {pad_token_id}")
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         self.type_vocab_size = type_vocab_size
@@ -232,6 +237,8 @@ class TokenEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, embed_dim: int, max_seq_len: int, *, dropout: float = 0.0) -> None:
         super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("max_seq_len", max_seq_len)):
+            check_int(name, value, 1)
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         self.word_embed = nn.Embedding(vocab_size, embed_dim)
