@@ -38,7 +38,9 @@ def test_folder_probe_equals_the_library_on_the_same_features(export, tmp_path):
     classes = ImageClassFolder(train).classes
     assert classes == ["blue", "green", "red"]
     features = [command.cls_features(pretrained, ImageClassFolder(d, classes)) for d in (train, val, test)]
-    assert features[0][2] == 1  # the broken file was skipped
+    assert len(features[0][2]) == 1 and "unreadable image" in features[0][2][0]  # the broken file, named
+    assert report["skipped"] == {"train": features[0][2], "val": [], "test": []}  # (the count was dropped)
+    assert "broken.png" in report["skipped"]["train"][0]
     expected = linear_probe(features[0][:2], features[1][:2], features[2][:2], num_classes=3)
     assert report["l2"] == expected.l2 and report["test_accuracy"] == pytest.approx(expected.test_accuracy)
     assert report["chance"] == pytest.approx(1 / 3)
@@ -55,7 +57,7 @@ def test_cls_features_are_the_image_encoder_cls(export):
     with torch.no_grad():
         expected = pretrained.model(image=pixels).image_embeddings[:, 0]
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
-    assert labels.tolist() == [source[i].label for i in range(4)] and skipped == 0
+    assert labels.tolist() == [source[i].label for i in range(4)] and skipped == []
 
 
 def test_shapes_probe_runs_and_needs_data(export):
@@ -82,7 +84,9 @@ def test_a_split_without_a_readable_image_is_refused_in_one_line(tmp_path):
             else:
                 (tmp_path / split / name / "0.png").write_text("not a png")
     arguments = ["--checkpoint", str(tmp_path / "export"), "--train", str(tmp_path / "train")]
-    with pytest.raises(ValueError, match="images: none of the 2 images"):  # was torch.cat's error
+    with pytest.raises(
+        ValueError, match=r"^--val .*val: none of its 2 images is readable \(the first: \[.blue/0.png: unreadable"
+    ):
         command.main([*arguments, "--val", str(tmp_path / "val")])
 
 
@@ -93,3 +97,21 @@ def test_bf16_cls_features_are_float_and_within_bf16_rounding(export):
     assert features.dtype == torch.float32 and torch.equal(labels, same_labels)
     scale = reference.abs().max()
     assert (features - reference).abs().max() < 3e-2 * scale and not torch.equal(features, reference)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shapes", "--train", "."], "argument --shapes: the built-in task, not with --train"),  # DIR was ignored
+        (
+            ["--train", ".", "--val", "/nowhere"],
+            "argument --val: expected a folder of class sub-folders, got '/nowhere'",
+        ),
+        (["--train", ".", "--val", ".", "--test", "/nowhere"], "argument --test: expected a folder of class"),
+    ],
+)
+def test_bad_folders_and_conflicting_options_exit_2_before_the_checkpoint_is_loaded(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(command, "load_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--checkpoint", "/unused", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -67,6 +67,7 @@ def test_classification_command_matches_the_library(export, images, tmp_path):
         ]
     )
     assert result["num_images"] == 12 and result["skipped"] == 1
+    assert len(result["skipped_reasons"]) == 1 and "unreadable image" in result["skipped_reasons"][0]  # named
     assert result["chance"] == pytest.approx(1 / 3)
     pretrained = load_pretrained(directory)
     files = sorted(result["predictions"])
@@ -121,6 +122,8 @@ def test_retrieval_decodes_each_listed_image_once_a_chunk_at_a_time(export, imag
     assert sorted(decoded) == sorted(str(images / f) for f in files + ["red circle/broken.png", "missing.png"])
     assert chunk_sizes == [2, 2, 1]  # five readable images, never more than batch_size decoded at once
     assert result["num_images"] == 5 and result["num_pairs"] == 13 and result["skipped"] == 3
+    reasons = result["skipped_reasons"]  # each named: the caption-less line, the corrupt and the missing image
+    assert len(reasons) == 3 and any("broken.png" in r for r in reasons) and any("missing.png" in r for r in reasons)
     monkeypatch.undo()
     image_features = zero_shot.image_features(pretrained, [Image.open(images / f).convert("RGB") for f in files])
     text_features = zero_shot.text_features(pretrained, [caption for _, caption in lines[:13]])
@@ -159,8 +162,8 @@ def test_hugging_face_directory_loads_like_flava_model(tmp_path, export):
 def test_errors(tmp_path, export, images):
     with pytest.raises(FileNotFoundError, match="neither"):
         load_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="at least two distinct classes"):
-        zero_shot.main(["--checkpoint", str(export[0]), "--images", str(images), "--classes", "red circle"])
+    with pytest.raises(ValueError, match="at least two distinct classes"):  # the library's own check
+        zero_shot.classify_folder(load_pretrained(export[0]), str(images), ["red circle"])
     with pytest.raises(SystemExit):
         zero_shot.main(["--checkpoint", str(export[0]), "--images", str(images)])  # neither mode given
 
@@ -174,10 +177,19 @@ def test_errors(tmp_path, export, images):
         (["--template", "a {} and a {}"], "argument --template: expected one '{}'"),
         (["--template", "a {} }"], "argument --template: expected one '{}'"),
         (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
+        # refused after the checkpoint was loaded, or (an empty name) silently dropped
+        (["--classes", "red circle"], "argument --classes: expected at least two distinct non-empty names"),
+        (["--classes", "cat,,dog"], "argument --classes: expected at least two distinct non-empty names"),
+        (["--classes", "cat,dog,cat"], "argument --classes: expected at least two distinct non-empty names"),
+        (["--images", "/nowhere"], "argument --images: expected an image folder, got '/nowhere'"),
+        (["--captions", "/nowhere.jsonl"], "argument --captions: expected a .jsonl or .tsv captions file"),
+        (["--captions", __file__, "--template", "a {}"], "argument --template: for --classes"),  # was ignored
     ],
 )
 def test_bad_arguments_exit_2_naming_them_before_any_work(export, images, extra, message, capsys):
-    command = ["--checkpoint", "/nonexistent", "--images", str(images), "--classes", ",".join(CLASSES), *extra]
+    command = ["--checkpoint", "/nonexistent", "--images", str(images)]
+    mode = [] if {"--classes", "--captions"} & set(extra) else ["--classes", ",".join(CLASSES)]
+    command += mode + extra
     with pytest.raises(SystemExit) as exit_info:
         zero_shot.main(command)  # the checkpoint is never opened: the arguments are refused first
     assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -12,6 +12,8 @@ task (train and validation from the training world, test = the held-out split).
 """
 
 import argparse
+from pathlib import Path
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -27,11 +29,13 @@ from torchflava.utils.memory import keep_freed_memory
 
 
 @torch.no_grad()
-def cls_features(pretrained: Pretrained, source, *, batch_size: int = 128) -> tuple[Tensor, Tensor, int]:
+def cls_features(
+    pretrained: Pretrained, source, *, batch_size: int = 128, where: str = "the split"
+) -> tuple[Tensor, Tensor, list[str]]:
     """(N, D) frozen image CLS features and (N,) labels of a labelled image source; unusable items skipped.
 
     Returns:
-        tuple[Tensor, Tensor, int]: features, labels, number of skipped items.
+        tuple[Tensor, Tensor, list[str]]: features, labels, and why each skipped item was (naming its file).
     """
     transform = pretrained.image_transform  # the checkpoint's own preprocessing
     encoder = pretrained.model.image_encoder
@@ -43,10 +47,8 @@ def cls_features(pretrained: Pretrained, source, *, batch_size: int = 128) -> tu
         features.append(states[:, 0].float())
         labels += [int(sample.label) for _, sample in chunk]
     if not features:
-        raise ValueError(
-            f"images: none of the {len(source)} images of {getattr(source, 'root', 'the split')} is readable"
-        )
-    return torch.cat(features), torch.tensor(labels), len(skipped)
+        raise ValueError(f"{where}: none of its {len(source)} images is readable (the first: {skipped[:1]})")
+    return torch.cat(features), torch.tensor(labels), skipped
 
 
 def probe_shapes(
@@ -85,30 +87,42 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the report here")
     args = parser.parse_args(argv)
+    folders = {name: getattr(args, name) for name in ("train", "val", "test") if getattr(args, name) is not None}
+    if args.shapes and folders:  # (the shapes task has its own splits: the folders would be ignored)
+        parser.error(f"argument --shapes: the built-in task, not with {', '.join('--' + n for n in folders)}")
     if not args.shapes and not (args.train and args.val):
         parser.error("give --shapes, or --train and --val (and optionally --test) class folders")
+    for name, folder in folders.items():  # before the checkpoint is loaded
+        if not Path(folder).is_dir():
+            parser.error(f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (not a directory)")
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
+    skipped = {}
     if args.shapes:
         result, classes = probe_shapes(pretrained), ShapesClassification.classes
     else:
         train = ImageClassFolder(args.train)
         classes = train.classes
-        splits = [
-            cls_features(pretrained, train)[:2],
-            cls_features(pretrained, ImageClassFolder(args.val, classes))[:2],
-        ]
-        test = cls_features(pretrained, ImageClassFolder(args.test, classes))[:2] if args.test else None
-        result = linear_probe(*splits, test, num_classes=len(classes))
+        split = {"train": train, **{n: ImageClassFolder(folders[n], classes) for n in ("val", "test") if n in folders}}
+        features = {}
+        for name, source in split.items():
+            vectors, labels, skipped[name] = cls_features(pretrained, source, where=f"--{name} {folders[name]}")
+            features[name] = (vectors, labels)
+        result = linear_probe(features["train"], features["val"], features.get("test"), num_classes=len(classes))
     report = {
         "l2": result.l2,
         "val_accuracy": {str(k): v for k, v in result.val_accuracy.items()},
         "test_accuracy": result.test_accuracy,
         "chance": 1 / len(classes),
+        "skipped": skipped,  # split -> why each unreadable image was left out
     }
+    for reasons in skipped.values():
+        for reason in reasons:
+            print(f"skipped: {reason}", file=sys.stderr)
     print(
         f"chosen L2 {result.l2:g}: validation accuracy {100 * result.val_accuracy[result.l2]:.1f}%"
         + ("" if result.test_accuracy is None else f", test accuracy {100 * result.test_accuracy:.1f}%")
         + f" (chance {100 / len(classes):.1f}%)"
+        + "".join(f"; {len(r)} unreadable {n} image(s) skipped" for n, r in skipped.items() if r)
     )
     if args.json:
         write_json(args.json, report)

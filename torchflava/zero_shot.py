@@ -19,6 +19,7 @@ directions. Unreadable images or empty captions are skipped and counted.
 
 import argparse
 from pathlib import Path
+import sys
 from typing import Callable, Optional, Sequence
 
 from PIL import Image
@@ -124,6 +125,7 @@ def classify_folder(
         "predictions": {f: class_names[int(p)] for f, p in zip(files, predicted)},
         "probabilities": {f: dict(zip(class_names, row)) for f, row in zip(files, probabilities.tolist())},
         "skipped": len(skipped),
+        "skipped_reasons": skipped,  # each unreadable image, named
         "num_images": len(files),
         "chance": 1 / len(class_names),
     }
@@ -142,12 +144,12 @@ def retrieval(pretrained: Pretrained, images_dir: str, captions: str, *, batch_s
         ValueError: if fewer than two distinct images are readable.
     """
     folder = ImageTextFolder(images_dir, captions)
-    lines = []  # (line, (image path, caption)) of the well-formed lines
+    lines, skipped = [], []  # (line, (image path, caption)) of the well-formed lines; why others are not
     for index in range(len(folder)):
         try:
             lines.append((index, (folder.image_path(index), folder.caption(index))))
-        except BadSample:
-            continue  # counted in "skipped"
+        except BadSample as bad:
+            skipped.append(bad.reason)
     first_line = {}  # image path -> its first line: an image listed with several captions is one candidate
     for index, (path, _) in lines:
         first_line.setdefault(path, index)
@@ -156,7 +158,7 @@ def retrieval(pretrained: Pretrained, images_dir: str, captions: str, *, batch_s
         return folder[first_line[path]].image
 
     row, chunks = {}, []  # image path -> feature row; each image decoded once, a chunk at a time
-    for chunk in readable_chunks(read, first_line, batch_size, []):
+    for chunk in readable_chunks(read, first_line, batch_size, skipped):
         for path, _ in chunk:
             row[path] = len(row)
         chunks.append(image_features(pretrained, [image for _, image in chunk], batch_size=batch_size))
@@ -174,6 +176,7 @@ def retrieval(pretrained: Pretrained, images_dir: str, captions: str, *, batch_s
         "num_pairs": len(pairs),
         "num_images": len(row),
         "skipped": len(folder) - len(pairs),
+        "skipped_reasons": skipped,  # each malformed caption line and unreadable image, named
         **{f"R@{k}_chance": k / len(row) for k in ks},
     }
 
@@ -197,9 +200,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     bad = [t for t in args.templates or () if not is_prompt_template(t)]
     if bad:
         parser.error(f"argument --template: expected one '{{}}' for the class name and no other braces, got {bad}")
+    # every argument checked before the checkpoint is loaded
+    if not Path(args.images).is_dir():
+        parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
+    if args.captions is not None and args.templates:  # retrieval embeds the captions as they are
+        parser.error("argument --template: for --classes (classification) only, not with --captions")
+    if args.captions is not None and not Path(args.captions).is_file():
+        parser.error(
+            f"argument --captions: expected a .jsonl or .tsv captions file, got {args.captions!r} (not a file)"
+        )
+    classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
+    if classes is not None and (len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes)):
+        parser.error(f"argument --classes: expected at least two distinct non-empty names, got {classes}")
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
-    if args.classes is not None:
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if classes is not None:
         result = classify_folder(
             pretrained, args.images, classes, args.templates or DEFAULT_TEMPLATES, batch_size=args.batch_size
         )
@@ -215,6 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for key in sorted(k for k in result if "R@" in k and "chance" not in k):
             k = key.split("@")[1]
             print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'R@{k}_chance']:.1f}%)")
+    for reason in result["skipped_reasons"]:
+        print(f"skipped: {reason}", file=sys.stderr)
     if args.json:
         write_json(args.json, result)
     return result
