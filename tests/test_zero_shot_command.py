@@ -468,3 +468,16 @@ def test_an_export_config_naming_pretrained_and_a_merges_file_not_utf8_are_named
     broken = _edited_clip(hf_clip, tmp_path, lambda d: (d / "merges.txt").write_bytes(b"#version: 0.2\n\xff\xfe a b\n"))
     with pytest.raises(ValueError, match=rf"^merges.txt: {re.escape(str(broken / 'merges.txt'))} is not UTF-8 text"):
         load_pretrained(broken)
+
+
+def test_feature_functions_refuse_a_string_no_input_and_a_bad_batch_size(export):
+    """A str was split into letters (12 rows for 'a red circle'); batch_size 0 failed in range(), [] in torch.cat."""
+    pretrained = load_pretrained(export[0])
+    with pytest.raises(TypeError, match="texts must be a sequence of str, got str"):
+        zero_shot.text_features(pretrained, "a red circle")
+    with pytest.raises(ValueError, match="texts must not be empty"):
+        zero_shot.text_features(pretrained, [])
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        zero_shot.text_features(pretrained, ["a red circle"], batch_size=0)
+    with pytest.raises(ValueError, match="images must not be empty"):
+        zero_shot.image_features(pretrained, [])

@@ -41,7 +41,9 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 
 @torch.no_grad()
 def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int = 64) -> Tensor:
-    """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing)."""
+    """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing);
+    ValueError for no image or a ``batch_size`` that is not an int >= 1."""
+    _check_batch("images", images, batch_size)
     transform = pretrained.image_transform
     chunks = []
     for start in range(0, len(images), batch_size):
@@ -55,13 +57,24 @@ def text_features(
     pretrained: Pretrained, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
 ) -> Tensor:
     """(N, D) normalised projected text features of ``texts`` (``max_length``: default
-    :attr:`~torchflava.pretrained.Pretrained.text_length`)."""
+    :attr:`~torchflava.pretrained.Pretrained.text_length`); TypeError unless a sequence of str (a str
+    is not split into letters), ValueError for none or a ``batch_size`` that is not an int >= 1."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}")
+    _check_batch("texts", texts, batch_size)
     max_length = max_length or pretrained.text_length
     chunks = []
     for start in range(0, len(texts), batch_size):
         ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
         chunks.append(_normalised(pretrained, pretrained.model.encode_text, ids, mask))
     return torch.cat(chunks)
+
+
+def _check_batch(name: str, items: Sequence, batch_size: object) -> None:
+    if len(items) == 0:  # (torch.cat's error otherwise)
+        raise ValueError(f"{name} must not be empty")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
 
 
 def _normalised(pretrained: Pretrained, encode: Callable[..., Tensor], *inputs: Tensor) -> Tensor:

@@ -205,3 +205,53 @@ def test_zero_shot_classifier_errors(names, templates, match):
     with pytest.raises(ValueError, match=match):
         zero_shot_classifier(fake.encode_text, fake.tokenize, names, templates=templates)
     assert fake.prompts is None  # rejected before any text is encoded
+
+
+def test_classes_tied_at_the_top_share_the_credit_whatever_the_labels():
+    """Collapsed class embeddings scored 1.0 when every label was 0 and 0.0 when every label was 2
+    (argmax took the lowest index); now 1/C either way, a random tie-break's expectation."""
+    features = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    collapsed = torch.nn.functional.normalize(torch.ones(3, 8), dim=-1)
+    for label in range(3):
+        assert classification_accuracy(features, collapsed, torch.full((4,), label)) == pytest.approx(1 / 3)
+    classes = torch.eye(8)[:3]
+    images = torch.eye(8)[[0, 1, 2, 1]]
+    assert classification_accuracy(images, classes, torch.tensor([0, 1, 2, 0])) == pytest.approx(0.75)  # no tie
+
+
+@pytest.mark.parametrize(
+    "labels, error, match",
+    [
+        (torch.tensor([0.5, 0.5]), ValueError, "labels must be \\(2,\\) integer class indices, got torch.float32"),
+        (torch.tensor([True, False]), ValueError, "integer class indices, got torch.bool"),
+        ([0, 1], TypeError, "labels must be a tensor, got list"),
+        (torch.tensor([0, 3]), ValueError, r"labels must be in \[0, 3\)"),
+    ],
+)
+def test_classification_accuracy_refuses_labels_that_are_not_class_indices(labels, error, match):
+    with pytest.raises(error, match=match):
+        classification_accuracy(torch.eye(8)[:2], torch.eye(8)[:3], labels)
+    with pytest.raises(ValueError, match="at least one row"):  # was nan
+        classification_accuracy(torch.zeros(0, 8), torch.eye(8)[:3], torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("ks", [(1.5,), (True,), ("1",), (), 1])
+def test_retrieval_ks_must_be_ints(ks):
+    """(1.5,) gave a key R@1.5 holding R@2; ("1",) a comparison error; () on no features an IndexError."""
+    features = torch.eye(4)
+    with pytest.raises(ValueError, match="ks must be a non-empty sequence of ints"):
+        retrieval_recall(features, features, ks=ks)
+
+
+def test_a_class_names_string_is_not_split_into_letters():
+    def encode(ids, mask):
+        return torch.nn.functional.one_hot(ids[:, 0], 8).float()
+
+    def tokenize(texts):
+        ids = torch.tensor([[len(t) % 8] for t in texts])
+        return ids, torch.ones_like(ids)
+
+    with pytest.raises(TypeError, match="class_names must be a sequence of str, got str"):  # was 3 classes: c, a, t
+        zero_shot_classifier(encode, tokenize, "cat")
+    with pytest.raises(ValueError, match="class_names must be distinct non-empty names"):
+        zero_shot_classifier(encode, tokenize, ["cat", "", "dog"])

@@ -39,10 +39,17 @@ def zero_shot_classifier(
         Tensor: (C, D) class embeddings.
 
     Raises:
-        ValueError: if there are no classes or templates, or a template lacks ``{}``.
+        TypeError: if ``class_names`` or ``templates`` is not a sequence of str (a str itself included).
+        ValueError: if there are no classes or templates, a class name is empty or repeated, or a
+            template lacks ``{}``.
     """
+    for name, names in (("class_names", class_names), ("templates", templates)):
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):  # a str is not split into letters
+            raise TypeError(f"{name} must be a sequence of str, got {type(names).__name__}")
     if len(class_names) == 0 or len(templates) == 0:
         raise ValueError("class_names and templates must not be empty")
+    if not all(n.strip() for n in class_names) or len(set(class_names)) != len(class_names):
+        raise ValueError(f"class_names must be distinct non-empty names, got {list(class_names)}")
     bad = [t for t in templates if not is_prompt_template(t)]
     if bad:
         raise ValueError(f"templates must contain one '{{}}' for the class name and no other braces, got {bad}")
@@ -54,7 +61,8 @@ def zero_shot_classifier(
 
 
 def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy of nearest-class-embedding classification.
+    """Top-1 accuracy of nearest-class-embedding classification; classes tied at the top share the
+    credit (1 / the number tied when the right one is among them: a random tie-break's expectation).
 
     Args:
         image_features (Tensor): (N, D) normalised image features.
@@ -67,18 +75,36 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
     Raises:
         ValueError: if the shapes disagree, a label is out of range, or a feature is NaN or infinite.
     """
+    _check_tensors(image_features=image_features, class_embeddings=class_embeddings, labels=labels)
     if image_features.dim() != 2 or class_embeddings.dim() != 2 or image_features.shape[1] != class_embeddings.shape[1]:
         raise ValueError(
             f"image_features (N, D) and class_embeddings (C, D) must share D, got {tuple(image_features.shape)} "
             f"and {tuple(class_embeddings.shape)}"
         )
-    if labels.shape != (image_features.shape[0],):
-        raise ValueError(f"labels must have shape ({image_features.shape[0]},), got {tuple(labels.shape)}")
+    if image_features.shape[0] == 0:
+        raise ValueError("image_features must hold at least one row (the accuracy of none is undefined)")
+    if labels.shape != (image_features.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be ({image_features.shape[0]},) integer class indices, got {labels.dtype} of shape "
+            f"{tuple(labels.shape)}"
+        )
     if bool(((labels < 0) | (labels >= class_embeddings.shape[0])).any()):
         raise ValueError(f"labels must be in [0, {class_embeddings.shape[0]})")
     check_finite(image_features=image_features, class_embeddings=class_embeddings)
-    predictions = (image_features.float() @ class_embeddings.float().T).argmax(dim=1)
-    return (predictions == labels).float().mean().item()
+    similarity = image_features.float() @ class_embeddings.float().T  # (N, C)
+    own = similarity.gather(1, labels.to(similarity.device)[:, None]).squeeze(1)  # each image's score with its class
+    top = similarity.amax(dim=1)
+    # classes tied at the top share the credit: a random tie-break's expected accuracy (argmax took the
+    # lowest index, so collapsed features scored 1.0 or 0.0 depending on the labels)
+    tied = (similarity >= top[:, None]).sum(dim=1)
+    return ((own >= top).float() / tied).mean().item()
+
+
+def _check_tensors(**tensors: object) -> None:
+    """TypeError naming the first argument that is not a tensor."""
+    for name, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
 
 
 def retrieval_recall(
@@ -105,9 +131,15 @@ def retrieval_recall(
         dict[str, float]: ``image_to_text_R@K`` and ``text_to_image_R@K`` for each K.
 
     Raises:
-        ValueError: if the shapes disagree, an image has no text, a K is out of range, or a feature
-            is NaN or infinite.
+        TypeError: if a feature or ``image_of_text`` is not a tensor.
+        ValueError: if the shapes disagree, an image has no text, ``ks`` is not a non-empty sequence of
+            ints in range, or a feature is NaN or infinite.
     """
+    _check_tensors(image_features=image_features, text_features=text_features)
+    if image_of_text is not None:
+        _check_tensors(image_of_text=image_of_text)
+    if isinstance(ks, (str, int)) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks) or not ks:
+        raise ValueError(f"ks must be a non-empty sequence of ints, got {ks!r}")
     if image_features.dim() != 2 or text_features.dim() != 2 or image_features.shape[1] != text_features.shape[1]:
         raise ValueError(
             f"image_features and text_features must be (M, D) and (T, D), got {tuple(image_features.shape)} "
