@@ -72,3 +72,29 @@ def test_probe_splits_are_checked_before_fitting():
         linear_probe((x, y.bool()), (x, y), num_classes=3)
     as_int32 = linear_probe((x, y.int()), (x, y.int()), l2_values=(1.0,))  # any integer dtype works
     assert as_int32.val_accuracy == linear_probe((x, y), (x, y), l2_values=(1.0,)).val_accuracy
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"l2": -1.0}, r"l2 must be a finite number >= 0, got -1.0"),  # was accepted
+        ({"max_iter": 0}, r"max_iter must be >= 1, got 0"),  # an all-zero model
+        ({"labels": torch.tensor([0, 5])}, r"labels must be integer class ids in \[0, 2\)"),  # IndexError
+        ({"features": torch.tensor([[0.0, float("nan")], [1.0, 0.0]])}, "features hold NaN"),  # NaN weights
+        ({"num_classes": 1}, r"num_classes must be >= 2"),
+    ],
+)
+def test_fit_logistic_regression_checks_what_linear_probe_checks(change, match):
+    from torchflava.evaluation.linear_probe import fit_logistic_regression
+
+    args = {"features": torch.eye(2), "labels": torch.tensor([0, 1]), "num_classes": 2, "l2": 1.0, **change}
+    with pytest.raises(ValueError, match=match):
+        fit_logistic_regression(args.pop("features"), args.pop("labels"), args.pop("num_classes"), **args)
+
+
+def test_linear_probe_refuses_a_bool_penalty():
+    from torchflava.evaluation import linear_probe
+
+    split = (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="l2_values must be"):
+        linear_probe(split, split, l2_values=(True,))

@@ -58,3 +58,12 @@ def test_an_encoder_that_knows_only_colour_scores_colour_right_and_shape_at_chan
     assert report["zero_shot_accuracy"] == pytest.approx(0.2)
     lines = format_shapes_report(report)
     assert "colour right 100.0%, shape right 20.0%" in lines[1]
+
+
+@pytest.mark.parametrize("bad", [-1, 30])
+def test_attribute_agreement_refuses_indices_that_are_not_classes(bad):
+    """-1 wrapped round to the last class (0.5 and 0.5 reported); 30 was an IndexError."""
+    from torchflava.evaluation.shapes import attribute_agreement
+
+    with pytest.raises(ValueError, match=r"labels must be integer class indices in \[0, 30\)"):
+        attribute_agreement(torch.tensor([0, 1]), torch.tensor([0, bad]))

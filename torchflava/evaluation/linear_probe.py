@@ -54,7 +54,19 @@ def fit_logistic_regression(
 
     Returns:
         tuple[Tensor, Tensor]: weight (C, D) and bias (C,).
+
+    Raises:
+        ValueError: on mismatched shapes, labels outside [0, num_classes), non-finite features, a
+            negative or non-finite ``l2``, ``max_iter`` < 1 or ``num_classes`` < 2 (what
+            :func:`linear_probe` checks, for direct callers).
     """
+    check_int("num_classes", num_classes, 2)
+    check_int("max_iter", max_iter, 1)  # 0 returned an all-zero model
+    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 <= l2 < math.inf:
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    if not isinstance(features, Tensor) or not isinstance(labels, Tensor) or features.shape[0] < 1:
+        raise ValueError("features and labels must be tensors with at least one row")
+    _check("features", features, labels, num_classes)  # (NaN features gave NaN weights; a bad label an IndexError)
     features = features.float()
     weight = torch.zeros(num_classes, features.shape[1], requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
@@ -117,7 +129,9 @@ def linear_probe(
     Raises:
         ValueError: on mismatched shapes, bad labels, non-finite features or no/negative penalties.
     """
-    if len(l2_values) == 0 or not all(isinstance(v, (int, float)) and 0 <= v < math.inf for v in l2_values):
+    if len(l2_values) == 0 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf for v in l2_values
+    ):
         raise ValueError(f"l2_values must be non-empty finite numbers >= 0, got {list(l2_values)}")
     check_int("max_iter", max_iter, 1)  # 0 returned an untrained probe
     splits = {"train": train, "val": val, **({"test": test} if test is not None else {})}

@@ -1,15 +1,52 @@
-"""Task metrics for fine-tuning: accuracy, binary F1, Pearson correlation, VQA soft accuracy."""
+"""Task metrics for fine-tuning: accuracy, binary F1, Pearson correlation, VQA soft accuracy.
 
+Each checks its inputs first (a ValueError naming the argument): labels of another shape broadcast
+silently, an empty input gives nan, an out-of-range label or a NaN logit a wrong number.
+"""
+
+import torch
 from torch import Tensor
+
+LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
+
+
+def _check_logits(logits: object, rows: int = -1) -> int:
+    """The number of rows of (N, C) finite float ``logits`` (N >= 1, and ``rows`` when given)."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point() or logits.shape[0] == 0:
+        got = f"{logits.dtype} of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a (N, C) floating-point tensor with N >= 1, got {got}")
+    if rows >= 0 and logits.shape[0] != rows:
+        raise ValueError(f"logits must have {rows} rows, got {logits.shape[0]}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits hold NaN or infinite values")
+    return logits.shape[0]
+
+
+def _check_labels(labels: object, rows: int, classes: int) -> None:
+    """(rows,) integer class ids in [0, classes)."""
+    if (
+        not isinstance(labels, Tensor)
+        or labels.shape != (rows,)
+        or labels.is_floating_point()
+        or labels.dtype == torch.bool
+    ):
+        got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be ({rows},) integer class ids, got {got}")
+    if bool(((labels < 0) | (labels >= classes)).any()):
+        raise ValueError(
+            f"labels must be class ids in [0, {classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     """Share of rows whose argmax is the label: logits (N, C), labels (N,) class ids."""
+    _check_labels(labels, _check_logits(logits), logits.shape[1])
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
 def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
     """F1 of class ``positive`` for logits (N, 2) and labels (N,) (0 when it is never predicted nor true)."""
+    _check_labels(labels, _check_logits(logits), logits.shape[1])
     predicted = logits.argmax(dim=1) == positive
     truth = labels == positive
     tp = (predicted & truth).sum().item()
@@ -19,6 +56,13 @@ def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
 
 def pearson(predictions: Tensor, targets: Tensor) -> float:
     """Pearson correlation of two (N,) vectors (0 when either is constant)."""
+    for name, value in (("predictions", predictions), ("targets", targets)):
+        if not isinstance(value, Tensor) or value.numel() < 2 or not bool(torch.isfinite(value.double()).all()):
+            raise ValueError(f"{name} must be a tensor of at least 2 finite values")
+    if predictions.numel() != targets.numel():
+        raise ValueError(
+            f"predictions and targets must have as many values, got {predictions.numel()} and {targets.numel()}"
+        )
     x, y = predictions.double().flatten(), targets.double().flatten()
     x, y = x - x.mean(), y - y.mean()
     denominator = (x.norm() * y.norm()).item()
@@ -27,6 +71,10 @@ def pearson(predictions: Tensor, targets: Tensor) -> float:
 
 def soft_accuracy(logits: Tensor, scores: Tensor) -> float:
     """VQA accuracy: mean score (N, C) of the predicted answer."""
+    _check_logits(logits)
+    if not isinstance(scores, Tensor) or scores.shape != logits.shape:
+        got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores must have the logits' shape {tuple(logits.shape)}, got {got}")
     return scores.gather(1, logits.argmax(dim=1, keepdim=True)).mean().item()
 
 
@@ -40,7 +88,12 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
 
     Returns:
         dict[str, float]: metric name -> value.
+
+    Raises:
+        ValueError: if ``loss`` is not one of :data:`LOSSES`, or an input is malformed (see above).
     """
+    if loss not in LOSSES:  # a misspelt loss returned accuracy and F1
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if loss == "mse":
         return {"pearson": pearson(logits[:, 0], labels.float())}
     if loss == "binary_cross_entropy":

@@ -29,7 +29,8 @@ def attribute_agreement(predicted: Tensor, labels: Tensor, class_names: Sequence
         dict: ``colour_right`` and ``shape_right``, shares in [0, 1].
 
     Raises:
-        ValueError: if the shapes differ, the tensors are empty, or a name is not two words.
+        ValueError: if the shapes differ, the tensors are empty, an index is not a class's, or a name is
+            not two words.
     """
     if predicted.shape != labels.shape or predicted.dim() != 1 or predicted.numel() == 0:
         raise ValueError(
@@ -38,6 +39,13 @@ def attribute_agreement(predicted: Tensor, labels: Tensor, class_names: Sequence
     parts = [name.split(" ") for name in class_names]
     if any(len(p) != 2 for p in parts):
         raise ValueError(f"class names must be '<colour> <shape>', got {list(class_names)[:3]}...")
+    for name, indices in (("predicted", predicted), ("labels", labels)):  # -1 wrapped round; 30 an IndexError
+        if (
+            indices.is_floating_point()
+            or indices.dtype == torch.bool
+            or not bool(((indices >= 0) & (indices < len(parts))).all())
+        ):
+            raise ValueError(f"{name} must be integer class indices in [0, {len(parts)})")
     colours = torch.tensor([sorted({p[0] for p in parts}).index(p[0]) for p in parts])
     shapes = torch.tensor([sorted({p[1] for p in parts}).index(p[1]) for p in parts])
     return {
