@@ -67,3 +67,23 @@ def test_attribute_agreement_refuses_indices_that_are_not_classes(bad):
 
     with pytest.raises(ValueError, match=r"labels must be integer class indices in \[0, 30\)"):
         attribute_agreement(torch.tensor([0, 1]), torch.tensor([0, bad]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_test": 3}, r"num_test must be >= 5, got 3"),  # R@5's error, after every scene was encoded
+        ({"num_test": 541}, r"num_test must be at most the 540"),
+        ({"batch_size": 2.5}, r"batch_size must be an int, got float"),  # range()'s error
+        ({"templates": ["a photo"]}, r"templates must be a non-empty sequence, each with one"),  # after encoding
+    ],
+)
+def test_evaluate_shapes_checks_its_arguments_before_encoding(kwargs, match):
+    class Untouchable(torch.nn.Module):
+        def encode_image(self, pixels):
+            pytest.fail("encoded before the arguments were checked")
+
+        encode_text = encode_image
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        evaluate_shapes(Untouchable(), lambda texts: None, lambda image: None, **kwargs)

@@ -11,8 +11,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
+from torchflava.data.shapes import ALL_SCENES, CLASS_NAMES, ShapesWorld
 from torchflava.evaluation.zero_shot import classification_accuracy, retrieval_recall, zero_shot_classifier
+from torchflava.utils.checks import check_int, is_prompt_template
 
 DEFAULT_TEMPLATES = ("a {}", "a small {}", "a large {}")
 
@@ -83,10 +84,15 @@ def evaluate_shapes(
         and 5 both ways, and the chance level of each.
 
     Raises:
-        ValueError: if ``batch_size`` < 1 or a template lacks ``{}`` (from the zero-shot classifier).
+        ValueError: if ``batch_size`` is not an int >= 1, ``num_test`` is not in [5, 540] (recall at 5
+            needs 5 scenes), or a template lacks ``{}`` — all before anything is encoded.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, 1)  # (2.5 failed inside range())
+    if check_int("num_test", num_test, 5) > len(ALL_SCENES):
+        raise ValueError(f"num_test must be at most the {len(ALL_SCENES)} held-out scenes, got {num_test}")
+    bad = [t for t in templates if not is_prompt_template(t)]
+    if isinstance(templates, str) or not templates or bad:
+        raise ValueError(f"templates must be a non-empty sequence, each with one '{{}}', got {templates!r}")
     model.eval()
     test = ShapesWorld("test", num_test, image_size=render_size, seed=seed)
     samples = [test[i] for i in range(len(test))]
