@@ -341,7 +341,8 @@ def fit(
     # copy of each weight it casts until the region ends, so the weights are cast once a step rather than
     # once a micro-batch (activation checkpointing's recomputations reuse them too). The backwards run with
     # autocast off, in a region of their own inside it, except the last micro-batch's: it runs after the
-    # region, so its weight copies are freed as it goes (peak memory as with a region per micro-batch).
+    # region, so its weight copies are freed as it goes. The copies stay between micro-batches: ViT-B/16,
+    # 4 micro-batches of 8, measured 1.035x the speed at ~3% more peak RSS (benchmarks/README.md).
     no_autocast = torch.autocast(device.type, enabled=False)
     takes_step = after_step is not None and _takes_an_argument(after_step)
     if resume_from is None:
