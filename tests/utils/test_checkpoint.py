@@ -509,3 +509,37 @@ def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_safetensors(
             break
     assert path.read_bytes()[:1] == b"\x80"
     assert torch.equal(load_state_dict(path)["w" * length], torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "state_dict, error, match",
+    [
+        ({"w": 1}, TypeError, r"state_dict must map str names to tensors, got \[\('w', 'int'\)\]"),  # 'detach'
+        ([("w", torch.zeros(1))], TypeError, "state_dict must be a mapping of names to tensors, got list"),
+        ({1: torch.zeros(1)}, TypeError, "state_dict must map str names to tensors"),
+        ({"w": torch.zeros(2, device="meta")}, ValueError, "expected dense tensors with data, got meta or sparse"),
+        ({"w": torch.eye(2).to_sparse()}, ValueError, "expected dense tensors with data, got meta or sparse"),
+    ],
+)
+def test_save_state_dict_checks_what_it_writes_first(tmp_path, state_dict, error, match):
+    with pytest.raises(error, match=match):
+        save_state_dict(state_dict, tmp_path / "w.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_state_dict_and_export_refuse_a_directory_path_before_writing(tmp_path):
+    """It wrote the whole file, then failed renaming the temporary file onto the directory."""
+    from torch import nn
+
+    from torchflava.training.checkpointing import export_model
+
+    (tmp_path / "w.safetensors").mkdir()
+    with pytest.raises(ValueError, match=r"path must be a file path, got .*w.safetensors' \(a directory\)"):
+        save_state_dict({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match=r"path must be a .safetensors file path"):
+        export_model(nn.Linear(2, 2), tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match=r"path must be a .safetensors file path, got .*model.pt"):  # a torch file
+        export_model(nn.Linear(2, 2), tmp_path / "model.pt")
+    with pytest.raises(TypeError, match="model must be an nn.Module, got dict"):  # unhashable type: 'dict'
+        export_model({"w": torch.zeros(1)}, tmp_path / "x.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]

@@ -257,7 +257,16 @@ def export_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     Args:
         model (nn.Module): the (possibly wrapped) model.
         path (Union[str, os.PathLike]): the ``.safetensors`` file written by rank 0.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``.
+        ValueError: if ``path`` does not end in ``.safetensors`` (another suffix got a torch file) or
+            is a directory — before anything is gathered or written.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if Path(path).suffix != ".safetensors" or Path(path).is_dir():
+        raise ValueError(f"path must be a .safetensors file path, got {os.fspath(path)!r}")
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if _rank() == 0:
         save_state_dict(state, path)

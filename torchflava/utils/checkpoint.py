@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 import re
 import socket
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
 import urllib.parse
 import urllib.request
 
@@ -218,9 +218,19 @@ def read_json_object(path: PathLike) -> dict:
     return value
 
 
+def check_state_dict(state_dict: object, name: str = "state_dict") -> None:
+    """TypeError, naming ``name``, unless ``state_dict`` is a mapping of str keys to tensors."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{name} must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    bad = [(k, type(v).__name__) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise TypeError(f"{name} must map str names to tensors, got {bad[:3]} (key, value type)")
+
+
 def without_prefix(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """``state_dict`` with ``prefix`` (e.g. DDP's ``module.``) dropped from its keys; ValueError if that
-    makes two keys one."""
+    """``state_dict`` with ``prefix`` (e.g. DDP's ``module.``) dropped from its keys; TypeError unless
+    a mapping of str names to tensors, ValueError if dropping the prefix makes two keys one."""
+    check_state_dict(state_dict)
     out = {key.removeprefix(prefix): value for key, value in state_dict.items()}
     if len(out) < len(state_dict):
         twice = sorted(k for k in out if k in state_dict and prefix + k in state_dict)
@@ -470,7 +480,20 @@ def save_state_dict(state_dict: dict[str, Tensor], path: PathLike) -> None:
     Args:
         state_dict (dict[str, Tensor]): the tensors by name.
         path (PathLike): where to write.
+
+    Raises:
+        TypeError: unless ``state_dict`` maps str names to tensors.
+        ValueError: for a sparse or meta tensor (nothing to write), or a ``path`` that is a directory or
+            has no file name — before anything is written.
     """
+    check_state_dict(state_dict)
+    odd = [k for k, v in state_dict.items() if v.is_meta or v.layout != torch.strided]
+    if odd:
+        raise ValueError(f"state_dict: expected dense tensors with data, got meta or sparse ones {odd[:3]}")
+    if not Path(path).name or Path(path).is_dir():
+        raise ValueError(
+            f"path must be a file path, got {os.fspath(path)!r} ({'a directory' if Path(path).name else 'no file name'})"
+        )
     tensors, seen = {}, set()
     for key, value in state_dict.items():
         value = value.detach().contiguous()

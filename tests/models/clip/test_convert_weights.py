@@ -366,7 +366,7 @@ def test_a_key_with_and_without_the_ddp_prefix_is_refused():
 
 def test_convert_to_hf_refuses_what_is_not_our_state_dict():
     state = clip_model(**SMALL).state_dict()
-    with pytest.raises(TypeError, match="state_dict must be a dict of tensors"):
+    with pytest.raises(TypeError, match="state_dict must be a mapping of names to tensors"):
         convert_to_hf(clip_model(**SMALL))
     with pytest.raises(ValueError, match="expected CLIPModel keys, got 'foo'"):
         convert_to_hf({"foo": torch.zeros(1)})

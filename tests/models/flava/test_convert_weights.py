@@ -851,3 +851,22 @@ def test_flava_model_checks_its_arguments_before_reading_the_tensors(tmp_path, m
     with pytest.raises(ValueError, match=r"flava_model: expected arguments that match .*'image_num_heads': \(5, 4\)"):
         flava_model(pretrained=tmp_path, **{**TINY_FLAVA, "image_num_heads": 5})
     assert read == []
+
+
+def test_convert_to_hf_and_back_refuse_what_is_not_a_flava_state_dict():
+    """A fused q/k/v of 95 or 2 rows was split silently (unequal parts; value dropped); other bad input
+    failed with AttributeError or KeyError from inside."""
+    from torchflava.models.flava.convert_weights import convert_to_hf, convert_to_torchflava
+
+    model = torch.nn.Linear(2, 2)  # (the types are checked before the model is read)
+    state = {"image_encoder.encoder.layers.0.attn.qkv.weight": torch.zeros(95, 32)}
+    with pytest.raises(ValueError, match=r"must hold q, k and v \(rows a multiple of 3\), got \(95, 32\)"):
+        convert_to_hf(state)
+    with pytest.raises(ValueError, match=r"'foo.bar' is not a key of a FLAVAModel state dict"):
+        convert_to_hf({"foo.bar": torch.zeros(1)})
+    with pytest.raises(TypeError, match="state_dict must map str names to tensors"):
+        convert_to_hf({"foo.bar": 1.0})
+    with pytest.raises(TypeError, match="state_dict must be a mapping of names to tensors, got list"):
+        convert_to_torchflava([("a", torch.zeros(1))], model)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        convert_to_torchflava({"a": torch.zeros(1)}, {"a": torch.zeros(1)})

@@ -249,3 +249,13 @@ def test_features_of_two_float_dtypes_meet_in_the_wider_one():
     mixed = contrastive_loss(image, text.double(), scale).loss  # was a torch dtype error in the matmul
     assert mixed.dtype == torch.float64
     torch.testing.assert_close(mixed, contrastive_loss(image.double(), text.double(), scale).loss)
+
+
+def test_inputs_on_different_devices_and_a_non_number_scale_are_named():
+    from torchflava.modules.losses.contrastive import ContrastiveLoss, contrastive_loss
+
+    features = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    with pytest.raises(ValueError, match="image_features, text_features and logit_scale must be on one device"):
+        contrastive_loss(features, features.to("meta"), torch.tensor(1.0))  # torch's error named none
+    with pytest.raises(TypeError, match="logit_scale_init must be a number, got str"):
+        ContrastiveLoss(logit_scale_init="2")

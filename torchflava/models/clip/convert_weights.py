@@ -9,7 +9,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from torchflava.modules.layers.patch_embedding import patch_geometry
-from torchflava.utils.checkpoint import map_state_dict, read_json_object, without_prefix
+from torchflava.utils.checkpoint import check_state_dict, map_state_dict, read_json_object, without_prefix
 from torchflava.utils.checks import config_number
 
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
@@ -95,8 +95,7 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
 def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Map our :class:`CLIPModel` state dict to transformers' ``CLIPModel`` keys, for its
     ``load_state_dict(strict=True)`` (qkv split; CLS and positions lose leading 1s)."""
-    if not isinstance(state_dict, dict):
-        raise TypeError(f"state_dict must be a dict of tensors (model.state_dict()), got {type(state_dict).__name__}")
+    check_state_dict(state_dict)  # a mapping of str names to tensors (TypeError)
     out = {}
     for key, value in state_dict.items():
         names = _names(key, "hf")

@@ -24,6 +24,7 @@ from torchflava.models.flava.convert_codebook import convert_codebook_to_torchfl
 from torchflava.utils.checkpoint import (
     PathLike,
     check_fits,
+    check_state_dict,
     load_state_dict,
     local_checkpoint,
     map_state_dict,
@@ -195,8 +196,12 @@ def convert_to_torchflava(
         they belong to the pretraining heads or the codebook.
 
     Raises:
+        TypeError: unless ``state_dict`` maps str names to tensors and ``model`` is an ``nn.Module``.
         ValueError: on an unknown layout, or (strict) on missing or unexpected keys, listing them.
     """
+    check_state_dict(state_dict)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module (a FLAVAModel), got {type(model).__name__}")
     state_dict = without_wrapper_prefix(state_dict)
     layout = detect_layout(state_dict) if layout is None else layout
     if layout not in LAYOUTS:
@@ -229,10 +234,21 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     Returns:
         dict[str, Tensor]: the same tensors under ``FlavaModel`` names (prefix them with ``flava.``
         for a ``FlavaForPreTraining``).
+
+    Raises:
+        TypeError: unless ``state_dict`` maps str names to tensors.
+        ValueError: for a key that is not a :class:`FLAVAModel`'s, or a fused q/k/v tensor whose rows
+            are not a multiple of 3 (it was split into unequal parts, or two).
     """
+    check_state_dict(state_dict)
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        names = _reference_names(key, "hf")
+        try:
+            names = _reference_names(key, "hf")
+        except KeyError:
+            raise ValueError(f"state_dict: {key!r} is not a key of a FLAVAModel state dict") from None
+        if len(names) > 1 and (value.dim() == 0 or value.shape[0] % len(names)):
+            raise ValueError(f"state_dict: {key} must hold q, k and v (rows a multiple of 3), got {tuple(value.shape)}")
         chunks = value.chunk(len(names), dim=0) if len(names) > 1 else (value,)
         out.update({n: c.clone() for n, c in zip(names, chunks)})
     return out

@@ -53,6 +53,10 @@ def _check_inputs(
         raise TypeError(f"logit_scale must be a Tensor, got {type(logit_scale).__name__}")
     if logit_scale.dim() != 0:
         raise ValueError(f"logit_scale must be a scalar tensor (shape ()), got shape {tuple(logit_scale.shape)}")
+    devices = {"image_features": image_features.device, "text_features": text_features.device}
+    devices["logit_scale"] = logit_scale.device
+    if len(set(devices.values())) > 1:  # (torch's own error names no argument)
+        raise ValueError(f"image_features, text_features and logit_scale must be on one device, got {devices}")
     if positive_rows is not None:
         if not isinstance(positive_rows, Tensor):
             raise TypeError(f"positive_rows must be a Tensor or None, got {type(positive_rows).__name__}")
@@ -156,6 +160,8 @@ class ContrastiveLoss(nn.Module):
             ("logit_scale_min", logit_scale_min),
             ("logit_scale_max", logit_scale_max),
         ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
         if not logit_scale_min <= logit_scale_max:
