@@ -2,6 +2,7 @@
 
 from PIL import Image
 import pytest
+import torch
 
 from torchflava.data.finetuning import ImageClassFolder
 
@@ -85,3 +86,29 @@ def test_glue_tsv_names_the_files_own_line_and_a_field_too_long_for_csv(tmp_path
     path.write_text("sentence\tlabel\na\t0\n" + "x" * 200_000 + "\t1\n")
     with pytest.raises(ValueError, match=r"blank.tsv line 3: field larger than field limit"):  # was _csv.Error
         GlueTsv(path, ["sentence"], "label", ["0", "1"])
+
+
+def test_classification_batches_keep_float_targets_and_refuse_mixed_layouts():
+    """Labels [0, 1.5] became [0, 1] (the first label's type decided); a first sample without an image
+    dropped every other row's image."""
+    from torchflava.data.finetuning import ClassificationCollator, LabeledSample
+
+    collator = ClassificationCollator(None, image_size=8)
+    batch = collator("train", [LabeledSample(None, None, 0), LabeledSample(None, None, 1.5)], [0, 1])
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [0.0, 1.5]
+    image = Image.new("RGB", (8, 8))
+    with pytest.raises(
+        ValueError, match=r"expected a image field in every sample of a batch or in none, got \[False, True\]"
+    ):
+        collator("train", [LabeledSample(None, None, 0), LabeledSample(image, None, 1)], [0, 1])
+
+
+def test_the_crop_box_is_never_empty():
+    from torchflava.data.transforms import RandomCropTransform
+
+    crop = RandomCropTransform(8, scale=(0.08, 0.5), ratio=(3.0, 4.0))
+    for height in range(1, 12):
+        for width in range(1, 12):
+            for seed in range(5):
+                top, left, h, w = crop.crop_box(height, width, seed)
+                assert h >= 1 and w >= 1 and top + h <= height and left + w <= width, (height, width, seed)

@@ -149,3 +149,19 @@ def test_item_seed_is_stable():
 def test_argument_errors(change, match):
     with pytest.raises((ValueError, TypeError), match=match):
         mixer(**change)
+
+
+def test_ratios_rank_and_types_are_checked_when_built():
+    """Ratios of 1e308 summed to inf: every step drew the kind of ratio 0; rank 0.5 failed in numpy."""
+    from torchflava.data.mixing import MixedBatches
+
+    sources = {"a": list(range(4)), "b": list(range(4)), "c": list(range(4))}
+    build = lambda ratios, **kw: MixedBatches(sources, ratios, None, global_batch_size=2, num_steps=10, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="ratios: expected finite values"):
+        build({"a": 1e308, "b": 1e308, "c": 0})
+    with pytest.raises(TypeError, match="ratios must map kinds to numbers"):
+        build({"a": "x"})
+    with pytest.raises(TypeError, match="ratios must map kinds to numbers"):
+        build(["a"])
+    with pytest.raises(TypeError, match="rank must be an int, got float"):
+        build({"a": 1}, rank=0.5, world_size=2)

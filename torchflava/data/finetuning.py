@@ -264,6 +264,13 @@ class ClassificationCollator:
     ) -> dict:
         """The batch of ``samples`` (``kind``, ``seeds`` and ``another`` are unused: no randomness here)."""
         batch = {}
+        # every sample the layout of the first (a mixed one dropped the other rows' images or texts)
+        for field in ("image", "text"):
+            given = [getattr(s, field) is not None for s in samples]
+            if any(given) and not all(given):
+                raise ValueError(
+                    f"samples: expected a {field} field in every sample of a batch or in none, got {given}"
+                )
         if samples[0].image is not None:
             batch["image"] = torch.stack([self.transform(s.image) for s in samples])
         if samples[0].text is not None:
@@ -273,7 +280,7 @@ class ClassificationCollator:
         labels = [s.label for s in samples]
         if isinstance(labels[0], Tensor):
             batch["labels"] = torch.stack(labels)
-        elif isinstance(labels[0], float):
+        elif any(isinstance(label, float) for label in labels):  # regression targets (1.5 was cast to 1)
             batch["labels"] = torch.tensor(labels, dtype=torch.float32)
         else:
             batch["labels"] = torch.tensor(labels, dtype=torch.long)

@@ -96,20 +96,26 @@ class MixedBatches(Dataset):
     ) -> None:
         if not sources:
             raise ValueError("sources: expected at least one source, got none")
+        if not isinstance(ratios, Mapping) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in ratios.values()
+        ):
+            raise TypeError(f"ratios must map kinds to numbers, got {ratios!r}")
         unknown = sorted(set(ratios) - set(sources))
         if unknown:
             raise ValueError(f"ratios: expected kinds among the sources {list(sources)}, got {unknown}")
         self.kinds = list(sources)
         weights = np.array([float(ratios.get(k, 0.0)) for k in self.kinds])
-        if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:  # NaN picked the first kind
+        with np.errstate(over="ignore"):  # a sum that overflows to inf is refused below (every step drew one kind)
+            total = weights.sum()
+        if not np.isfinite(weights).all() or (weights < 0).any() or not 0 < total < np.inf:  # NaN picked the first kind
             raise ValueError(
                 f"ratios: expected finite values >= 0 with a positive one for a kind that has a source, got {dict(ratios)}"
             )
         for kind, source in sources.items():
             if len(source) < 1:
                 raise ValueError(f"sources[{kind!r}] is empty")
-        if not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+        check_int("world_size", world_size, 1)
+        check_int("rank", rank, 0)  # (0.5 failed at the first item, inside numpy)
         for name, value, minimum in (
             ("global_batch_size", global_batch_size, 1),
             ("num_steps", num_steps, 1),

@@ -457,6 +457,11 @@ class StreamingBatches(IterableDataset):
         self.max_pixels = check_max_pixels(max_image_pixels)
         if mixed is not None and not isinstance(mixed.sources.get(kind), StreamedSource):
             raise ValueError(f"mixed: expected MixedBatches with a StreamedSource for kind {kind!r}, got {mixed!r}")
+        if mixed is not None and (mixed.rank, mixed.world_size) != (rank, world_size):  # (duplicated data)
+            raise ValueError(
+                f"mixed: expected MixedBatches of this rank {rank} of {world_size}, got rank {mixed.rank} of "
+                f"{mixed.world_size}"
+            )
         self.mixed = mixed
         self._start: dict[str, list[int]] = {}
         self._rotation = 0

@@ -170,10 +170,10 @@ class RandomCropTransform:
             if 0 < width <= image_width and 0 < height <= image_height:
                 return rng.randint(0, image_height - height), rng.randint(0, image_width - width), height, width
         aspect = image_width / image_height
-        if aspect < self.ratio[0]:
-            width, height = image_width, round(image_width / self.ratio[0])
+        if aspect < self.ratio[0]:  # (at least a pixel: a 1-2 px side rounded to an empty box)
+            width, height = image_width, max(1, round(image_width / self.ratio[0]))
         elif aspect > self.ratio[1]:
-            height, width = image_height, round(image_height * self.ratio[1])
+            height, width = image_height, max(1, round(image_height * self.ratio[1]))
         else:
             width, height = image_width, image_height
         return (image_height - height) // 2, (image_width - width) // 2, height, width
