@@ -398,3 +398,24 @@ def test_tiny_flava_gives_a_finite_loss_for_each_kind(reference, tokenizer):
                 assert abs(float(losses[name]) - math.log(classes)) < 0.6, (name, float(losses[name]))
         out.loss.backward()
         model.zero_grad()
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        ({"min_mask_block": 0}, ValueError, "min_mask_block must be >= 1, got 0"),  # 'min_block', at the first batch
+        ({"num_masked_patches": 6.0}, TypeError, "num_masked_patches must be an int, got float"),
+        ({"patch_grid": 0}, ValueError, "patch_grid must be >= 1, got 0"),
+        ({"max_text_length": 1}, ValueError, "max_text_length must be >= 2, got 1"),
+        ({"itm_negative_probability": "0.1"}, TypeError, "itm_negative_probability must be a float, got str"),
+    ],
+)
+def test_the_collator_checks_its_settings_when_built_under_their_names(change, error, match):
+    from torchflava.data.flava import FLAVAPretrainingCollator
+
+    class Tokenizer:
+        vocab_size, mask_id, special_ids = 10, 4, (0, 1, 2, 3, 4)
+
+    settings = {"codebook": None, "patch_grid": 4, "num_masked_patches": 3, "min_mask_block": 1, **change}
+    with pytest.raises(error, match=match):
+        FLAVAPretrainingCollator(Tokenizer(), None, **settings)

@@ -20,6 +20,7 @@ from torchflava.data.samples import Sample
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PretrainingImageTransform
 from torchflava.modules.masking import TokenMasker, block_mask
+from torchflava.utils.checks import check_int, check_probability
 
 KINDS = ("pairs", "images", "texts")
 
@@ -73,10 +74,14 @@ class FLAVAPretrainingCollator:
         itm_negative_probability: float = 0.1,
         ignore_index: int = -100,
     ) -> None:
-        if not 0 <= num_masked_patches <= patch_grid * patch_grid:
+        # every setting checked here, under its own name (several were checked at the first batch only,
+        # by the functions they are passed to, under theirs)
+        check_int("patch_grid", patch_grid, 1)
+        check_int("min_mask_block", min_mask_block, 1)
+        check_int("max_text_length", max_text_length, 2)  # a start and an end token
+        if not 0 <= check_int("num_masked_patches", num_masked_patches, 0) <= patch_grid * patch_grid:
             raise ValueError(f"num_masked_patches must be in [0, {patch_grid * patch_grid}], got {num_masked_patches}")
-        if not 0 <= itm_negative_probability <= 1:
-            raise ValueError(f"itm_negative_probability must be in [0, 1], got {itm_negative_probability}")
+        check_probability("itm_negative_probability", itm_negative_probability)
         self.tokenizer = tokenizer
         self.image_transform = image_transform
         # channels-last convolutions run the dVAE about twice as fast on CPUs (converted in place)
