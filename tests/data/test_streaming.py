@@ -149,6 +149,21 @@ def test_positions_of_another_worker_count_are_refused(shard_dir):
         data.load_state_dict({"0": [0, 1, 0, 3, 0, 1, 1]})
 
 
+@pytest.mark.parametrize(
+    "position, match",
+    [
+        ([0, 0, 99, 0, 0, 1, 1], r"slot 0 has \d+ shard\(s\) an epoch, its position names shard 99"),  # skipped epoch 0
+        ([0, 0, 0, -3, 0, 1, 1], r"expected positions of 7 ints >= 0"),
+        (5, r"expected positions of 7 ints >= 0, got 5"),  # len() of an int
+        ([0, 0, "a", 0, 0, 1, 1], r"expected positions of 7 ints >= 0"),
+    ],
+)
+def test_impossible_positions_are_refused(shard_dir, position, match):
+    data = stream(str(shard_dir / "shard-*.tar"))
+    with pytest.raises(ValueError, match=match):
+        data.load_state_dict({"0": position})
+
+
 def test_fewer_shards_than_slots_are_refused_unless_resampled(shard_dir):
     spec = str(shard_dir / "shard-{000..002}.tar")
     with pytest.raises(ValueError, match=r"at least ranks x loader workers = 2 x 2 = 4 shards .* got 3"):

@@ -483,6 +483,17 @@ class StreamingBatches(IterableDataset):
         """
         mine = {str(self.rank * self.workers + worker) for worker in range(self.workers)}
         for slot, position in state.items():
+            # [epoch, block, shard, offset, index, batches, slots]: ints >= 0, the shard one of the slot's
+            if not isinstance(position, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position
+            ):
+                raise ValueError(f"state: expected positions of 7 ints >= 0, got {position!r} for slot {slot!r}")
+            if len(position) == 7 and slot in mine and not self.resampled:
+                shards = len(range(int(slot), len(self.urls), self.num_slots))
+                if position[2] > shards:  # (== shards: at the end of its epoch)
+                    raise ValueError(
+                        f"state: slot {slot} has {shards} shard(s) an epoch, its position names shard {position[2]}"
+                    )
             if len(position) != 7 or position[6] != self.workers or slot not in mine:
                 slots = position[6] if len(position) == 7 else "?"
                 raise ValueError(

@@ -234,3 +234,18 @@ def test_rows_refuse_mismatched_lengths_and_generators():
         masker.rows(ids, [5, 5], [0, 1])
     with pytest.raises(ValueError, match="vocab"):  # ids outside the vocabulary
         masker.rows(torch.full((2, 5), 10**6), [5, 5], g)
+
+
+def test_ids_of_a_dtype_too_small_for_the_vocabulary_are_refused_and_uint8_ids_range_checked_right():
+    """With uint8 ids and a vocabulary of 301, special id 300 wrapped to 44 (token 44 never masked) and a
+    valid id 45 was refused as out of range."""
+    from torchflava.modules.layers.text_embedding import check_token_ids
+    from torchflava.modules.masking import TokenMasker
+
+    check_token_ids(torch.tensor([[45]], dtype=torch.uint8), 301)  # in range: no error (it was refused)
+    masker = TokenMasker(vocab_size=301, mask_token_id=4, special_token_ids=(0, 300), probability=0.5)
+    with pytest.raises(
+        TypeError, match=r"input_ids must have an integer dtype that holds ids up to 300 .* got torch.uint8"
+    ):
+        masker(torch.tensor([[43, 44]], dtype=torch.uint8), generator=torch.Generator().manual_seed(0))
+    masker(torch.tensor([[43, 44]], dtype=torch.int16), generator=torch.Generator().manual_seed(0))  # holds 300

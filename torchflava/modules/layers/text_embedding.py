@@ -33,8 +33,9 @@ def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str =
     if input_ids.is_meta or vocab_size is None:
         return  # shapes only (the meta device has no values; None: the caller checks the range itself)
     expected = f"{name} must be in [0, {vocab_size}) (the vocabulary size)"
+    ids = input_ids.long()  # (compared as uint8, a vocabulary size over 255 wrapped round)
     require(
-        ((input_ids >= 0) & (input_ids < vocab_size)).all(),
+        ((ids >= 0) & (ids < vocab_size)).all(),
         lambda: f"{expected}, got values in [{int(input_ids.min())}, {int(input_ids.max())}]",
         f"{expected}, got values outside it",
     )

@@ -135,6 +135,7 @@ class TokenMasker:
                 ``padding_mask`` shape differs.
         """
         check_token_ids(input_ids, self.vocab_size)
+        self._check_dtype(input_ids)
         if padding_mask is not None:
             if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool:
                 got = padding_mask.dtype if isinstance(padding_mask, Tensor) else type(padding_mask).__name__
@@ -173,6 +174,7 @@ class TokenMasker:
                 ``lengths`` or ``generators`` do not hold B entries, or a length is outside [0, L].
         """
         check_token_ids(input_ids, self.vocab_size)
+        self._check_dtype(input_ids)
         batch, width = input_ids.shape
         lengths = lengths.tolist() if isinstance(lengths, Tensor) else list(lengths)
         if any(isinstance(n, bool) or not isinstance(n, int) for n in lengths):
@@ -194,6 +196,15 @@ class TokenMasker:
                 index[row, :n] = torch.randint(self._ordinary_ids.numel(), (n,), generator=g)
         padding = torch.arange(width) >= torch.tensor(lengths)[:, None]
         return self._corrupt(input_ids, padding, draw, action, index)
+
+    def _check_dtype(self, input_ids: Tensor) -> None:
+        """TypeError where ``input_ids``' dtype cannot hold every id of the vocabulary (the mask and random
+        ids written into the copy, the special ids compared with: uint8 wrapped 300 round to 44)."""
+        if torch.iinfo(input_ids.dtype).max < self.vocab_size - 1:
+            raise TypeError(
+                f"input_ids must have an integer dtype that holds ids up to {self.vocab_size - 1} (the vocabulary), "
+                f"got {input_ids.dtype}"
+            )
 
     def _corrupt(
         self, input_ids: Tensor, padding: Optional[Tensor], draw: Tensor, action: Tensor, index: Optional[Tensor]
