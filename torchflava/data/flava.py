@@ -49,15 +49,18 @@ class FLAVAPretrainingCollator:
             model that carries its own codebook.
         patch_grid (int): patches per side of the encoder input.
         max_text_length (int): most text ids per row, with [CLS] and [SEP].
-        num_masked_patches (int): patches masked per image (BEiT block masking).
+        num_masked_patches (int): the most patches masked per image (BEiT block masking, which can stop a
+            few short: at FLAVA's 75 of 14 x 14 with blocks of 16 or more, a third of masks hold 67-74).
         min_mask_block (int): smallest mask rectangle, in patches.
         mlm_probability (float): share of text tokens selected for MLM / MMM-text.
         itm_negative_probability (float): chance that a pair's caption is swapped for another's.
         ignore_index (int): label of positions without a target.
 
     Raises:
-        ValueError: if ``num_masked_patches`` or ``itm_negative_probability`` is out of range, or
-            ``mlm_probability`` is not in (0, 1] (:class:`~torchflava.modules.masking.TokenMasker`).
+        TypeError: if a size is not an int or a probability not a number.
+        ValueError: if ``patch_grid``, ``min_mask_block``, ``max_text_length``, ``num_masked_patches`` or
+            ``itm_negative_probability`` is out of range, or ``mlm_probability`` is not in (0, 1]
+            (:class:`~torchflava.modules.masking.TokenMasker`).
     """
 
     def __init__(
