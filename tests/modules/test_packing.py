@@ -158,3 +158,41 @@ def test_encode_rows_packs_where_it_serves_and_runs_padded_elsewhere(monkeypatch
         compiled = torch.compile(packing.encode_rows, fullgraph=True, backend="eager")  # a graph runs padded
         expected = causal(ids, padding_mask=mask == 0).last_hidden_state[torch.arange(4), last]
         assert_close(compiled(causal, ids, mask == 0, output="last"), expected, atol=1e-5, rtol=0)
+
+
+def test_a_row_longer_than_the_budget_leaves_no_pack_empty_or_over_budget():
+    """[20, 5, 6] at a budget of 10 gave packs holding [20, 11, 0] tokens: one over budget, one empty."""
+    for lengths, budget in (([20, 5, 6], 10), ([77] + [4] * 16, 8)):
+        width = max(lengths)
+        mask = torch.arange(width)[None, :] >= torch.tensor(lengths)[:, None]  # right padding
+        packed = pack_batch(torch.ones(len(lengths), width, dtype=torch.long), mask, max_tokens=budget)
+        per_pack = packed.real.sum(dim=1).tolist()  # real tokens in each pack
+        assert all(t > 0 for t in per_pack), per_pack
+        assert all(t <= budget or t == max(lengths) for t in per_pack), per_pack
+
+
+@pytest.mark.parametrize(
+    "mask, budget, error, match",
+    [
+        (torch.tensor([[0, 0, 1]]), 8, TypeError, "padding_mask must be a bool tensor"),  # negative lengths
+        (torch.tensor([[False, False, True]]), "8", TypeError, "max_tokens must be an int"),
+        (torch.tensor([[False, False, True]]), 2.5, TypeError, "max_tokens must be an int"),
+        (torch.zeros(0, 3, dtype=torch.bool), 8, ValueError, "padding_mask must have the"),  # min() of nothing
+    ],
+)
+def test_pack_batch_names_bad_input(mask, budget, error, match):
+    with pytest.raises(error, match=match):
+        pack_batch(torch.ones(mask.shape, dtype=torch.long), mask, max_tokens=budget)
+
+
+def test_encode_rows_checks_output_on_every_path():
+    from torchflava.modules.encoders import transformer_encoder
+    from torchflava.modules.packing import encode_rows
+
+    with pytest.raises(ValueError, match="output: expected 'first' or 'last', got 'LAST'"):
+        encode_rows(
+            transformer_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16),
+            torch.ones(2, 3, dtype=torch.long),
+            None,
+            output="LAST",
+        )

@@ -543,3 +543,19 @@ def test_save_state_dict_and_export_refuse_a_directory_path_before_writing(tmp_p
     with pytest.raises(TypeError, match="model must be an nn.Module, got dict"):  # unhashable type: 'dict'
         export_model({"w": torch.zeros(1)}, tmp_path / "x.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_atomic_write_removes_a_directory_its_writer_made_and_keeps_the_writers_error(tmp_path):
+    """unlink raised IsADirectoryError, hiding the writer's error and leaving the directory, which then
+    made every later write to the path fail."""
+    from torchflava.utils.checkpoint import atomic_write
+
+    def writer(tmp):
+        os.mkdir(tmp)
+        raise RuntimeError("the writer's own error")
+
+    with pytest.raises(RuntimeError, match="the writer's own error"):
+        atomic_write(tmp_path / "out.bin", writer)
+    assert list(tmp_path.iterdir()) == []
+    atomic_write(tmp_path / "out.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
+    assert (tmp_path / "out.bin").read_bytes() == b"x"

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import CLS_POSITION
+from torchflava.utils.checks import check_int
 
 
 class PackedBatch(NamedTuple):
@@ -96,29 +97,38 @@ def pack_batch(
         PackedBatch: the packs and where each row went.
 
     Raises:
-        ValueError: if some row is all padding, the shapes differ, or ``max_tokens`` < 1.
+        TypeError: if an input is not a tensor, ``padding_mask`` not bool or ``max_tokens`` not an int.
+        ValueError: if some row is all padding, the shapes differ, there is no row, or ``max_tokens`` < 1.
     """
-    if tuple(padding_mask.shape) != tuple(input_ids.shape) or input_ids.dim() != 2:
+    for name, value in (("input_ids", input_ids), ("padding_mask", padding_mask)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    if padding_mask.dtype != torch.bool:  # (~ on 0/1 ints is a bitwise not: negative row lengths)
+        raise TypeError(f"padding_mask must be a bool tensor (True = padding), got {padding_mask.dtype}")
+    check_int("max_tokens", max_tokens, 1)
+    if tuple(padding_mask.shape) != tuple(input_ids.shape) or input_ids.dim() != 2 or input_ids.shape[0] == 0:
         raise ValueError(
             f"padding_mask must have the (B, L) shape of input_ids {tuple(input_ids.shape)}, got {tuple(padding_mask.shape)}"
         )
     if token_type_ids is not None and tuple(token_type_ids.shape) != tuple(input_ids.shape):
         raise ValueError(f"token_type_ids must have shape {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     device = input_ids.device
     real = ~padding_mask
     lengths = real.sum(dim=1).tolist()
     if min(lengths) == 0:
         empty = [row for row, length in enumerate(lengths) if length == 0]
         raise ValueError(f"padding_mask: expected a real token in every row, got rows {empty} all padding")
-    num_packs = _greedy_packs(lengths, max_tokens)[-1] + 1
-    # The smallest capacity that keeps the rows in num_packs packs (bisection over whole tokens).
-    low, high = max(lengths), max(max(lengths), max_tokens)
-    while low < high:
-        middle = (low + high) // 2
-        low, high = (low, middle) if _greedy_packs(lengths, middle)[-1] < num_packs else (middle + 1, high)
-    packs = _greedy_packs(lengths, low)
+    packs = _greedy_packs(lengths, max_tokens)
+    num_packs = packs[-1] + 1
+    if max(lengths) <= max_tokens:
+        # The smallest capacity that keeps the rows in num_packs packs (bisection over whole tokens). Not
+        # with a row longer than the budget: a capacity that fits it let the others share packs past the
+        # budget, leaving packs empty.
+        low, high = max(lengths), max_tokens
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if _greedy_packs(lengths, middle)[-1] < num_packs else (middle + 1, high)
+        packs = _greedy_packs(lengths, low)
     # Each row starts where the rows before it in the same pack end.
     first_slot, row_in_pack, filled, rows = [], [], [0] * num_packs, [0] * num_packs
     for pack, length in zip(packs, lengths):
@@ -227,6 +237,8 @@ def encode_rows(
     Returns:
         Tensor: (B, D) the encoder's output at each row's first or last kept token.
     """
+    if output not in ("first", "last"):  # (checked by encode_packed only on the packed path)
+        raise ValueError(f"output: expected 'first' or 'last', got {output!r}")
     capturing = capturing_graph()
     masked = leave_out is not None and (capturing or bool(leave_out.any()))  # (not read while capturing)
     if masked and not capturing and (output == "last" or can_pack(leave_out)):

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 import re
+import shutil
 import socket
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
 import urllib.parse
@@ -450,8 +451,16 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    """Remove a temporary file, or a directory a writer made there (unlink would raise, hiding its error)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _remove_stale_temporaries(final: Path) -> None:
@@ -459,7 +468,7 @@ def _remove_stale_temporaries(final: Path) -> None:
     for candidate in final.parent.glob(f".{final.name}.*.tmp"):
         match = pattern.match(candidate.name)
         if match and not _process_alive(int(match.group(1))):
-            candidate.unlink(missing_ok=True)
+            _remove(candidate)
 
 
 def _process_alive(pid: int) -> bool:
