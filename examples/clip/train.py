@@ -294,7 +294,7 @@ def main(cfg: TrainConfig) -> dict:
 
     @torch.no_grad()
     def clamp_logit_scale() -> None:
-        model.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
+        model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)  # a multiplier in [1, 100], as open_clip and FLAVA
 
     result = fit(
         model,
@@ -313,7 +313,8 @@ def main(cfg: TrainConfig) -> dict:
     report = {}
     if info.is_main:
         write_json(export_path.parent / "clip_config.json", kwargs, allow_nan=True)
-        tokenizer.save(export_path.parent)
+        tokenizer.model_max_length = d.max_text_length  # the length it trained and is evaluated at: the
+        tokenizer.save(export_path.parent)  # export's default (load_pretrained read the context length)
         EvalImageTransform(kwargs["image_size"] or 224).save(export_path.parent)  # how to evaluate it
         report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, kwargs, tokenizer)
     barrier()

@@ -13,10 +13,11 @@ import importlib.util
 import json
 from pathlib import Path
 import sys
+from typing import Optional
 
 from torchflava.linear_probe import probe_shapes
 from torchflava.pretrained import load_pretrained
-from torchflava.training.config import load_config
+from torchflava.training.config import ConfigError, load_config
 from torchflava.utils.cli import write_json
 
 HERE = Path(__file__).resolve().parent
@@ -30,14 +31,15 @@ def _finetune_module():
     return module
 
 
-def main() -> dict:
+def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/tiny", help="output directory of examples/flava/train.py")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the fine-tuning config")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run = Path(args.run)
+    if not (run / "report.json").is_file():
+        raise ConfigError(f"--run: expected a pretraining run directory with a report.json, got {str(run)!r}")
     zero_shot = json.loads((run / "report.json").read_text())["eval"]
-    probe = probe_shapes(load_pretrained(run))
     finetune = _finetune_module()
     cfg = load_config(
         finetune.FinetuneConfig,
@@ -49,6 +51,8 @@ def main() -> dict:
             *args.overrides,
         ],
     )
+    finetune.validate(cfg, 1)  # the overrides and the checkpoint's family, before the probe runs
+    probe = probe_shapes(load_pretrained(run))
     tuned = finetune.main(cfg)["validation"]
     report = {
         "chance": zero_shot["zero_shot_chance"],
@@ -66,4 +70,8 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as error:  # a bad override, or a run that is not a FLAVA pretraining run's
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -473,7 +473,8 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: W
         plot_losses(records, out_dir / "loss_curve.png")
     built = flava_model_arguments(cfg.model.pretrained, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
     write_json(export_path.parent / "backbone_config.json", built, allow_nan=True)  # what was built
-    tokenizer.save(export_path.parent)
+    tokenizer.model_max_length = cfg.data.max_text_length  # the length it trained and is evaluated at:
+    tokenizer.save(export_path.parent)  # the export's default
     EvalImageTransform(cfg.model.image_size).save(export_path.parent)  # preprocessor_config.json: how to evaluate it
     if cfg.eval.enabled and cfg.data.source == "shapes":
         report["eval"] = evaluate_export(cfg, export_path, tokenizer)

@@ -68,7 +68,21 @@ def test_a_run_learns_exports_and_reports(tmp_path):
     pretrained = load_pretrained(tmp_path)
     assert pretrained.kwargs == kwargs and pretrained.tokenizer.sep_id == 3
     assert torch.equal(pretrained.model.encode_text(ids, (ids != 0).long()), features)
+    assert 0 <= float(model.logit_scale.detach())  # clamped to [0, log 100]: a multiplier >= 1
     assert (tmp_path / "loss_curve.png").is_file() and (tmp_path / "report.json").is_file()
+
+
+def test_the_export_evaluates_at_the_text_length_the_run_trained_at(tmp_path):
+    """The export's tokenizer had no model_max_length, so load_pretrained (and the commands) encoded at
+    the context length: other retrieval figures than the run's report."""
+    from torchflava.pretrained import load_pretrained
+
+    train.main(
+        _config(
+            f"training.output_dir={tmp_path}", "training.max_steps=2", "optim.warmup_steps=1", "data.max_text_length=12"
+        )
+    )
+    assert load_pretrained(tmp_path / "model").text_length == 12
 
 
 def test_two_ddp_processes_match_one_process(tmp_path):
