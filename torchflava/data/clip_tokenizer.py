@@ -36,6 +36,7 @@ from torchflava.data.tokenizer import (
     checked_texts,
     config_max_length,
     padded_rows,
+    repaired_surrogates,
 )
 from torchflava.utils.checkpoint import first_line, read_json_object
 
@@ -53,7 +54,7 @@ _LINE_BREAKS = dict.fromkeys([0x0D, 0x2028, 0x2029], "\n")
 _CONTROLS = dict.fromkeys(
     [*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFD)]
 )
-_SURROGATE_PAIR, _SURROGATE = re.compile("[\ud800-\udbff][\udc00-\udfff]"), re.compile("[\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @functools.cache
@@ -79,13 +80,7 @@ def fix_characters(text: str) -> str:
     made ``\\n``, surrogate pairs joined (a lone one made U+FFFD), terminal escapes and control
     characters removed. Not made: its repair of mis-decoded text."""
     text = text.translate(_character_fixes()).replace("\r\n", "\n").translate(_LINE_BREAKS)
-    text = _SURROGATE_PAIR.sub(_joined_surrogates, text)
-    return _TERMINAL_ESCAPES.sub("", _SURROGATE.sub("\ufffd", text)).translate(_CONTROLS)
-
-
-def _joined_surrogates(match: re.Match) -> str:
-    high, low = (ord(c) for c in match.group(0))
-    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+    return _TERMINAL_ESCAPES.sub("", repaired_surrogates(text)).translate(_CONTROLS)
 
 
 _ENTITY = re.compile(r"&#?[0-9A-Za-z]{1,24};")

@@ -297,26 +297,31 @@ class TextCorpus(Dataset):
         self._path = _existing("path", path, directory=False)
         with open(self._path, "rb") as file:
             head = file.read(4096)
-        kind = (
-            "gzip-compressed"
-            if head.startswith(b"\x1f\x8b")
-            else "UTF-16"
-            if head[:2] in (b"\xff\xfe", b"\xfe\xff")
-            else None
-        )
-        if kind is None and head.count(b"\x00") > len(head) // 10:  # UTF-16 without a BOM, or not text
+        kind = None  # read as UTF-8, these give lines of garbage
+        if head.startswith(b"\x1f\x8b"):
+            kind = "gzip-compressed"
+        elif head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            kind = "UTF-16"
+        elif head.count(b"\x00") > len(head) // 10:  # UTF-16 without a BOM, or not text
             kind = "binary (one byte in ten or more is NUL)"
-        if kind is not None:  # read as UTF-8, such a file gives lines of garbage
+        if kind is not None:
             raise ValueError(f"path must be UTF-8 text, {self._path!r} is {kind}")
         self._texts: list[str] = []
         self._bad: dict[int, str] = {}  # item index -> reason
+        undecodable = 0
         for number, line in _lines(self._path):
+            index = len(self._texts)
             if line is None:
-                self._bad[len(self._texts)] = f"line {number}: not valid UTF-8"
+                self._bad[index], undecodable = f"line {number}: not valid UTF-8", undecodable + 1
+            else:  # checked once here, not at every read (a line of only control or format characters)
+                try:
+                    line = checked_text(line, index)
+                except BadSample as bad:
+                    self._bad[index] = f"line {number}: {bad.reason}"
             self._texts.append("" if line is None else line.strip())
         if not self._texts:
             raise ValueError(f"path must hold at least one non-blank line, {self._path!r} holds none")
-        if len(self._bad) == len(self._texts):
+        if undecodable == len(self._texts):
             raise ValueError(f"path must be UTF-8 text, {self._path!r} holds no line of it")
 
     def __len__(self) -> int:
@@ -339,7 +344,7 @@ class TextCorpus(Dataset):
         index = _check_index(index, len(self._texts))
         if index in self._bad:
             raise BadSample(index, f"{os.path.basename(self._path)} {self._bad[index]}")
-        return Sample(image=None, text=_text(self._texts[index], index, os.path.basename(self._path)))
+        return Sample(image=None, text=self._texts[index])
 
 
 class ImageFolder(Dataset):

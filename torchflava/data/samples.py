@@ -13,6 +13,7 @@ import unicodedata
 from PIL import Image
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from torchflava.data.tokenizer import repaired_surrogates
 
 Key = TypeVar("Key", bound=Hashable)
 Item = TypeVar("Item")
@@ -83,11 +84,7 @@ def checked_text(text: object, index: int) -> str:
     """
     if not isinstance(text, str):
         raise BadSample(index, f"empty or missing text ({text!r})")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # surrogates: pairs joined, lone ones replaced
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    text = repaired_surrogates(text)
     stripped = text.strip()
     if not any(unicodedata.category(c)[0] not in "CZ" for c in stripped):
         raise BadSample(index, f"empty or missing text ({text!r})")

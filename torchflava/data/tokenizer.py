@@ -348,6 +348,18 @@ class WordPieceTokenizer:
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
+def repaired_surrogates(text: str) -> str:
+    """``text`` with its UTF-16 surrogate code points (JSON's ``\ud83d\ude00``, web text cut mid-emoji)
+    made valid: each pair joined into the character it spells, a lone one made U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def checked_texts(texts: Sequence[str]) -> list[str]:
     """``texts`` as a list; TypeError unless a sequence of strings, ValueError if empty."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):

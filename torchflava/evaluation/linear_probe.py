@@ -67,6 +67,11 @@ def fit_logistic_regression(
     if not isinstance(features, Tensor) or not isinstance(labels, Tensor) or features.shape[0] < 1:
         raise ValueError("features and labels must be tensors with at least one row")
     _check("features", features, labels, num_classes)  # (NaN features gave NaN weights; a bad label an IndexError)
+    return _fit(features, labels, num_classes, l2=l2, max_iter=max_iter)
+
+
+def _fit(features: Tensor, labels: Tensor, num_classes: int, *, l2: float, max_iter: int) -> tuple[Tensor, Tensor]:
+    """:func:`fit_logistic_regression` on inputs already checked (:func:`linear_probe` checks each split once)."""
     features = features.float()
     weight = torch.zeros(num_classes, features.shape[1], requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
@@ -160,15 +165,14 @@ def linear_probe(
         return (x.float() - mean) / std
 
     val_accuracy = {}
+    train_x, val_x = standard(train[0]), standard(val[0])  # (the splits were checked above: _fit checks nothing)
     for l2 in l2_values:
-        weight, bias = fit_logistic_regression(standard(train[0]), train[1], num_classes, l2=l2, max_iter=max_iter)
-        predictions = (standard(val[0]) @ weight.T + bias).argmax(dim=1)
+        weight, bias = _fit(train_x, train[1], num_classes, l2=l2, max_iter=max_iter)
+        predictions = (val_x @ weight.T + bias).argmax(dim=1)
         val_accuracy[l2] = (predictions == val[1]).float().mean().item()
     best = max(l2_values, key=lambda v: (val_accuracy[v], v))  # ties: the stronger penalty
-    features = torch.cat([standard(train[0]), standard(val[0])])
-    weight, bias = fit_logistic_regression(
-        features, torch.cat([train[1], val[1]]), num_classes, l2=best, max_iter=max_iter
-    )
+    features = torch.cat([train_x, val_x])
+    weight, bias = _fit(features, torch.cat([train[1], val[1]]), num_classes, l2=best, max_iter=max_iter)
     test_accuracy = None
     if test is not None:
         test_accuracy = ((standard(test[0]) @ weight.T + bias).argmax(dim=1) == test[1]).float().mean().item()

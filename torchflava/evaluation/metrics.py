@@ -10,13 +10,11 @@ from torch import Tensor
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
 
 
-def _check_logits(logits: object, rows: int = -1) -> int:
-    """The number of rows of (N, C) finite float ``logits`` (N >= 1, and ``rows`` when given)."""
+def _check_logits(logits: object) -> int:
+    """The number of rows of (N, C) finite float ``logits`` (N >= 1)."""
     if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point() or logits.shape[0] == 0:
         got = f"{logits.dtype} of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"logits must be a (N, C) floating-point tensor with N >= 1, got {got}")
-    if rows >= 0 and logits.shape[0] != rows:
-        raise ValueError(f"logits must have {rows} rows, got {logits.shape[0]}")
     if not bool(torch.isfinite(logits).all()):
         raise ValueError("logits hold NaN or infinite values")
     return logits.shape[0]
