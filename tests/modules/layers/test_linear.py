@@ -256,3 +256,127 @@ def test_onednn_fp32_thresholds_apply_within_the_block_only_and_refuse_bad_thres
         with linear.onednn_fp32_thresholds(FORCED, {"training": 0, "inference": None}):
             pytest.fail("entered the block")
     assert (linear.ONEDNN_FP32_MIN_MACS, linear.ONEDNN_FP32_MIN_WIDTH) == before
+
+
+# bf16 autocast without autograd: oneDNN's linear with the bias in its epilogue (AUTOCAST_FUSED_BIAS)
+
+needs_bf16 = pytest.mark.skipif(not linear._ONEDNN_BF16, reason="this CPU has no native bf16 for oneDNN")
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The operand shapes of every product :func:`linear` sends to the fused bf16 path."""
+    calls = []
+    wins = linear.autocast_fused_bias_wins
+
+    def count(x, weight, bias):
+        taken = wins(x, weight, bias)
+        if taken:
+            calls.append((tuple(x.shape), tuple(weight.shape)))
+        return taken
+
+    monkeypatch.setattr(linear, "autocast_fused_bias_wins", count)
+    return calls
+
+
+def autocast_f_linear(x, w, b):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return F.linear(x, w, b)
+
+
+def bf16_linear(x, w, b):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return linear.linear(x, w, b)
+
+
+@needs_bf16
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 40, 16), (2, 3, 5, 16), (1, 16), (40, 16)],
+    ids=["3d", "4d", "one-row", "2d"],
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_bias_path_gives_autocast_f_linears_values_to_the_bit(fused_calls, shape, with_bias):
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(*shape, generator=g), torch.randn(24, 16, generator=g), torch.randn(24, generator=g)
+    b = b if with_bias else None
+    with torch.no_grad():
+        out = bf16_linear(x, w, b)
+        assert out.dtype == torch.bfloat16 and out.shape == (*shape[:-1], 24)
+        assert torch.equal(out, autocast_f_linear(x, w, b))
+    assert fused_calls == [(shape, (24, 16))]
+
+
+@needs_bf16
+def test_fused_bias_path_takes_strided_and_bf16_operands(fused_calls):
+    g = torch.Generator().manual_seed(1)
+    cases = [
+        (torch.randn(16, 30, generator=g).t(), torch.randn(8, 16, generator=g), torch.randn(8, generator=g)),
+        (
+            torch.randn(6, 17, generator=g)[:, 1:],
+            torch.randn(16, 8, generator=g).t(),
+            torch.randn(16, generator=g)[::2],
+        ),
+        (torch.randn(5, 16, generator=g).bfloat16(), torch.randn(8, 16, generator=g).bfloat16(), None),
+        (torch.randn(1, 16, generator=g).expand(7, 16), torch.randn(8, 16, generator=g), torch.randn(8, generator=g)),
+    ]
+    with torch.no_grad():
+        for x, w, b in cases:
+            assert torch.equal(bf16_linear(x, w, b), autocast_f_linear(x, w, b))
+    assert len(fused_calls) == len(cases)
+
+
+@needs_bf16
+def test_fused_bias_path_where_autocast_would_keep_its_cast_of_the_weight(fused_calls):
+    """A float32 leaf weight that requires grad keeps autocast's cast for the rest of its region:
+    fused only from twice as many rows as input features; a frozen weight and inference mode always."""
+    w = nn.Parameter(torch.randn(8, 16))
+    few, many = torch.randn(31, 16), torch.randn(32, 16)
+    with torch.no_grad():
+        for x in (few, many):
+            assert torch.equal(bf16_linear(x, w, None), autocast_f_linear(x, w, None))
+    assert fused_calls == [((32, 16), (8, 16))]
+    fused_calls.clear()
+    with torch.inference_mode():
+        bf16_linear(few, w, None)
+    w.requires_grad_(False)
+    with torch.no_grad():
+        bf16_linear(few, w, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False), torch.no_grad():
+        linear.linear(few, nn.Parameter(torch.randn(8, 16)), None)
+    assert fused_calls == [((31, 16), (8, 16))] * 3
+
+
+@needs_bf16
+def test_fused_bias_path_stays_off_with_autograd_other_dtypes_and_when_disabled(fused_calls, monkeypatch):
+    x, w, b = torch.randn(40, 16), nn.Parameter(torch.randn(8, 16)), torch.randn(8)
+    out = bf16_linear(x, w, b)  # autograd records: F.linear, whose backward autocast knows
+    out.float().sum().backward()
+    assert_close(w.grad, torch.ones(40, 8).T @ x.bfloat16().float(), atol=0.1, rtol=0.02)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.float16):  # another autocast dtype
+            assert linear.linear(x, w, b).dtype == torch.float16
+        assert bf16_linear(x.double(), w.double(), b.double()).dtype == torch.float64  # autocast leaves fp64
+        assert linear.linear(x, w, b).dtype == torch.float32  # no autocast
+        monkeypatch.setattr(linear, "AUTOCAST_FUSED_BIAS", False)
+        assert torch.equal(bf16_linear(x, w.detach(), b), autocast_f_linear(x, w.detach(), b))
+    assert fused_calls == []
+
+
+@needs_bf16
+def test_encoders_give_the_same_features_with_and_without_the_fused_bias_path(monkeypatch, fused_calls):
+    from torchflava.models import clip_model
+
+    torch.manual_seed(0)
+    model = clip_model(
+        embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, vision_mlp_dim=64,
+        context_length=12, vocab_size=64, text_width=32, text_layers=2, text_heads=2, text_mlp_dim=64,
+    ).eval()  # fmt: skip
+    pixels = torch.randn(3, 3, 32, 32)
+    results = []
+    for flag in (True, False):
+        monkeypatch.setattr(linear, "AUTOCAST_FUSED_BIAS", flag)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(model.encode_image(pixels))
+        assert len(fused_calls) == 9  # every product of the 2 layers and the projection, and none again
+    assert torch.equal(*results)

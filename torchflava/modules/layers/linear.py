@@ -1,4 +1,5 @@
-"""Linear layers whose fp32 CPU matmuls run on oneDNN where it beats PyTorch's default BLAS.
+"""Linear layers whose CPU products run on oneDNN where it beats ``F.linear``: fp32 products on
+CPUs where oneDNN beats PyTorch's default BLAS, and bf16 autocast inference with the bias fused.
 
 ``F.linear`` in fp32 on the CPU calls the BLAS PyTorch was built with (MKL in the official wheels);
 in bf16 it already calls oneDNN. Which of the two is faster depends on the CPU (benchmarks/README.md,
@@ -19,6 +20,11 @@ to ``F.linear``: other dtypes and devices, autocast (which casts to bf16 anyway)
 (where inductor picks the kernel), ``torch.jit.trace`` and ``torch.func`` transforms (vmap, grad:
 they need F.linear's batching and derivative rules). Both compute the same sums in fp32; the
 results differ by rounding (~1e-7 relative).
+
+Under the CPU's bf16 autocast with no autograd recording (inference), :func:`linear` casts the
+operands to bf16 and runs oneDNN's linear with the bias added in the product's epilogue, where
+autocast's ``F.linear`` writes the bias into the output and adds the product to it: the same values
+to the bit, a pass less (:func:`autocast_fused_bias_wins` says where).
 """
 
 from contextlib import contextmanager
@@ -165,6 +171,61 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool) -> bool:
     )
 
 
+# Under the CPU's bf16 autocast, with no autograd recording, :func:`linear` may run oneDNN's linear
+# on bf16 copies of the operands, the bias added in the product's epilogue, where autocast's F.linear
+# writes the bias into the output first and adds the product to it (a pass over the output more):
+# the same values to the bit (tests), CLIP ViT-B/16's bf16 image encoder ~10% faster
+# (benchmarks/README.md). False: F.linear for every such product.
+AUTOCAST_FUSED_BIAS = True
+_ONEDNN_BF16 = ONEDNN_LINEAR_AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+_AUTOCAST_BF16 = (torch.float32, torch.bfloat16)  # the dtypes autocast casts to bf16 that this path takes
+
+
+def autocast_keeps_cast(weight: Tensor) -> bool:
+    """Whether CPU autocast keeps its bf16 copy of ``weight`` for the rest of its region: a float32
+    leaf that requires grad, outside ``torch.inference_mode``, with autocast's cache on."""
+    return (
+        weight.dtype == torch.float32
+        and weight.requires_grad
+        and weight.is_leaf
+        and torch.is_autocast_cache_enabled()
+        and not torch.is_inference_mode_enabled()
+    )
+
+
+def autocast_fused_bias_wins(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether :func:`linear` sends a product under CPU bf16 autocast, with no autograd recording,
+    to oneDNN's linear with the bias fused (see :data:`AUTOCAST_FUSED_BIAS`).
+
+    It casts the weight on every call. Where autocast would keep its cast for later calls in the
+    region, only for products with at least twice as many rows as input features: below that, the
+    cast costs more than the bias pass it saves (measured: fc1 of ViT-B/16 at 1576 rows is even).
+
+    Args:
+        x (Tensor): (..., in).
+        weight (Tensor): (out, in).
+        bias (Optional[Tensor]): (out,) or None.
+    """
+    if not (AUTOCAST_FUSED_BIAS and _ONEDNN_BF16 and torch.is_autocast_enabled("cpu")):
+        return False
+    if x.dim() < 2 or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.numel() == 0:
+        return False
+    if x.numel() // x.shape[-1] < 2 * weight.shape[1] and autocast_keeps_cast(weight):
+        return False
+    return (
+        torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and all(
+            t is None or (type(t) in _PLAIN and t.device.type == "cpu" and t.dtype in _AUTOCAST_BF16)
+            for t in (x, weight, bias)
+        )
+        and (bias is None or bias.shape == weight.shape[:1])
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch._C._are_functorch_transforms_active()
+        and not has_tangent(x, weight)
+    )
+
+
 def has_tangent(*tensors: Tensor) -> bool:
     """Whether forward-mode AD is on and any of ``tensors`` carries a tangent (a dual tensor)."""
     return fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
@@ -207,6 +268,10 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     bias_fits = bias is None or (bias.dtype == torch.float32 and bias.device == x.device and type(bias) in _PLAIN)
+    if not training and autocast_fused_bias_wins(x, weight, bias):
+        bf16 = torch.bfloat16
+        bias = None if bias is None else bias.to(bf16)
+        return torch.ops.mkldnn._linear_pointwise(x.to(bf16), weight.to(bf16), bias, "none", [], "")
     if not (bias_fits and onednn_linear_wins(x, weight, training)):
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x, weight, bias) if training else _onednn_mm(x, weight, bias)
