@@ -174,32 +174,22 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool) -> bool:
 # Under the CPU's bf16 autocast, with no autograd recording, :func:`linear` may run oneDNN's linear
 # on bf16 copies of the operands, the bias added in the product's epilogue, where autocast's F.linear
 # writes the bias into the output first and adds the product to it (a pass over the output more):
-# the same values to the bit (tests), CLIP ViT-B/16's bf16 image encoder ~10% faster
+# the same values to the bit (tests); CLIP ViT-B/16's bf16 image encoder 1.02-1.09x faster
 # (benchmarks/README.md). False: F.linear for every such product.
 AUTOCAST_FUSED_BIAS = True
 _ONEDNN_BF16 = ONEDNN_LINEAR_AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 _AUTOCAST_BF16 = (torch.float32, torch.bfloat16)  # the dtypes autocast casts to bf16 that this path takes
 
 
-def autocast_keeps_cast(weight: Tensor) -> bool:
-    """Whether CPU autocast keeps its bf16 copy of ``weight`` for the rest of its region: a float32
-    leaf that requires grad, outside ``torch.inference_mode``, with autocast's cache on."""
-    return (
-        weight.dtype == torch.float32
-        and weight.requires_grad
-        and weight.is_leaf
-        and torch.is_autocast_cache_enabled()
-        and not torch.is_inference_mode_enabled()
-    )
-
-
 def autocast_fused_bias_wins(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     """Whether :func:`linear` sends a product under CPU bf16 autocast, with no autograd recording,
     to oneDNN's linear with the bias fused (see :data:`AUTOCAST_FUSED_BIAS`).
 
-    It casts the weight on every call. Where autocast would keep its cast for later calls in the
-    region, only for products with at least twice as many rows as input features: below that, the
-    cast costs more than the bias pass it saves (measured: fc1 of ViT-B/16 at 1576 rows is even).
+    Only products with at least twice as many rows as input features: it casts the weight on every
+    call, where autocast keeps its cast of a float32 leaf that requires grad for the rest of its
+    region, and below that the cast costs more than the pass it saves (fc1 of ViT-B/16 at 1576 rows
+    was even); in place, text encoders of 616 rows with frozen weights (no cast kept) ran 5-7%
+    slower with it (benchmarks/README.md).
 
     Args:
         x (Tensor): (..., in).
@@ -210,7 +200,7 @@ def autocast_fused_bias_wins(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
         return False
     if x.dim() < 2 or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.numel() == 0:
         return False
-    if x.numel() // x.shape[-1] < 2 * weight.shape[1] and autocast_keeps_cast(weight):
+    if x.numel() // x.shape[-1] < 2 * weight.shape[1]:
         return False
     return (
         torch.get_autocast_dtype("cpu") == torch.bfloat16
