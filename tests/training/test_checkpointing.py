@@ -1,6 +1,8 @@
 """Checkpoints in one process without a process group: layout, keep, latest, exact restore, RNG, export."""
 
 import json
+import os
+from pathlib import Path
 import random
 import warnings
 
@@ -55,6 +57,27 @@ def test_keep_one_leaves_only_the_newest(tmp_path):
     assert set(marker["files"]) == {".metadata", "__0_0.distcp", "rank0.pt"}
     assert marker["files"]["rank0.pt"]["bytes"] == (second / "rank0.pt").stat().st_size
     assert manager.complete() == [second] and manager.latest() == second
+
+
+def test_every_file_reaches_the_disk_before_the_marker_and_the_rename_after_it(tmp_path, monkeypatch):
+    """A power loss after the rename must not leave a checkpoint whose files were still in the page
+    cache: the newest checkpoint would fail its digests and the older ones are deleted by then."""
+    synced, fsync = [], os.fsync
+
+    def recording(fd):
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        synced.append((path.relative_to(tmp_path).as_posix(), (path.parent / "COMPLETE").exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    model, optimizer = build(0)
+    CheckpointManager(tmp_path / "ckpt", keep=1).save(2, model, optimizer, {"step": 2})
+    names = [name for name, _ in synced]
+    tmp = "ckpt/.step_00000002.tmp"
+    for data in (f"{tmp}/__0_0.distcp", f"{tmp}/rank0.pt"):  # dcp.save syncs its shards; ours, the rank file
+        assert (data, False) in synced
+    assert names.index(f"{tmp}/rank0.pt") < names.index(f"{tmp}/.COMPLETE.tmp") < names.index(tmp)
+    assert names[-1] == "ckpt"  # the rename, last
 
 
 def test_keep_two_and_numeric_order(tmp_path):

@@ -247,6 +247,23 @@ def test_atomic_write_writes_to_a_temporary_name_in_the_same_directory(tmp_path)
     assert _files(tmp_path) == ["out.bin"]
 
 
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    """Without the syncs a crash after the rename could leave the name pointing at an empty file."""
+    synced, fsync = [], os.fsync
+
+    def recording(fd):
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        synced.append((path.name, (tmp_path / "out.bin").exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    atomic_write(tmp_path / "out.bin", lambda tmp: Path(tmp).write_bytes(b"done"))
+    (tmp_name, final_existed), (directory, _) = synced
+    assert tmp_name.startswith(".out.bin.") and not final_existed  # the content, before the rename
+    assert directory == tmp_path.name  # then the directory's entry
+    assert (tmp_path / "out.bin").read_bytes() == b"done"
+
+
 def test_file_urls_name_local_files(tmp_path):
     tensors = {"w": torch.arange(3.0)}
     save_state_dict(tensors, tmp_path / "my weights.safetensors")

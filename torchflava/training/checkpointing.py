@@ -42,7 +42,7 @@ from torchflava.training.integrity import (
     unwrap_checkpoint_error,
     write_marker,
 )
-from torchflava.utils.checkpoint import save_state_dict, unused_path
+from torchflava.utils.checkpoint import fsync_path, save_state_dict, unused_path
 
 _MARKER = MARKER
 
@@ -174,12 +174,15 @@ class CheckpointManager:
         with _single_process_ok():
             dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
         torch.save(local_state, tmp / f"rank{_rank()}.pt")
+        fsync_path(tmp / f"rank{_rank()}.pt")  # on the disk before the marker vouches for it (dcp.save syncs its own)
         barrier()
         if _rank() == 0:
-            write_marker(tmp, step, _world_size())  # every file's digest, then the marker
+            write_marker(tmp, step, _world_size())  # every file's digest, then the marker (synced)
+            fsync_path(tmp)
             if final.exists():
                 _discard(final)
             os.replace(tmp, final)
+            fsync_path(self.root)  # the rename: a power loss after it cannot bring the old name back
             for old in self.complete()[: -self.keep]:
                 _discard(old)
         barrier()

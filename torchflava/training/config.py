@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Type, TypeVar, Union, get_args,
 
 import yaml
 
-from torchflava.utils.checkpoint import first_line
+from torchflava.utils.checkpoint import atomic_write, first_line
 
 T = TypeVar("T")
 
@@ -105,11 +105,8 @@ def save_config(config: object, path: Union[str, os.PathLike]) -> None:
     """Write ``config`` (a schema instance) as YAML, atomically."""
     from omegaconf import OmegaConf
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    os.replace(tmp, path)
+    text = OmegaConf.to_yaml(OmegaConf.structured(config))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def builder_config(builder: Callable, *, name: str, exclude: Sequence[str] = ()) -> type:

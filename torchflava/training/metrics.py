@@ -120,7 +120,7 @@ def plot_losses(records: list[dict], path: Union[str, os.PathLike], *, keys: Opt
     axis.legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format=path.suffix[1:] or None))
+    finally:
+        plt.close(figure)

@@ -432,9 +432,11 @@ def unused_path(directory: PathLike, name: str) -> Path:
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Write a file so that it appears complete or not at all.
 
-    The content goes to ``.<name>.<pid>.tmp`` beside ``path`` and is renamed over it. Temporary
-    files that killed writers left for the same path (their process is gone) are removed first.
-    The file gets the usual permissions (0666 less the umask), not a temporary file's 0600.
+    The content goes to ``.<name>.<pid>.tmp`` beside ``path``, reaches the disk (fsync) and is then
+    renamed over it, and the rename is made durable too (fsync of the directory), so that after a
+    crash or power loss the path holds the old content or the new, never an empty or partial file.
+    Temporary files that killed writers left for the same path (their process is gone) are removed
+    first. The file gets the usual permissions (0666 less the umask), not a temporary file's 0600.
 
     Args:
         path (PathLike): the final path.
@@ -449,10 +451,28 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        fsync_path(tmp)
         os.replace(tmp, final)
     except BaseException:
         _remove(tmp)
         raise
+    fsync_path(final.parent)  # the rename itself
+
+
+def fsync_path(path: PathLike) -> None:
+    """Flush a file's data, or a directory's entries (a rename, a new file), to the disk.
+
+    A directory on a file system that cannot sync directories is left as it is (the files in it
+    were synced themselves); any other error is raised.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not Path(path).is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:
