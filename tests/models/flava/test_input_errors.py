@@ -203,3 +203,15 @@ def test_mlm_labels_whose_dtype_cannot_hold_the_ignore_index_are_out_of_range(pr
     model, batch, _ = pretraining  # -100 wraps to 156 in uint8: not an id of this vocabulary
     with pytest.raises(ValueError, match=r"^mlm_labels must be in \[0, 99\) or ignore_index=-100$"):
         _outcome(model, batch, "mlm_labels", batch["mlm_labels"].to(torch.uint8))
+
+
+def test_a_bad_image_patch_mask_is_named_as_the_caller_passed_it_before_any_encoder_runs(model, monkeypatch):
+    """The image encoder's own check called it patch_mask, after it had embedded the images."""
+    image = torch.randn(2, 3, 32, 32)
+    monkeypatch.setattr(model.image_encoder, "forward", lambda *a, **k: pytest.fail("the encoder ran"))
+    with pytest.raises(ValueError, match=r"image_patch_mask must have shape \(B, N\) = \(2, 16\) or \(B, H/p, W/p\)"):
+        model(image=image, image_patch_mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="image_patch_mask must be a bool .* tensor, got torch.float32"):
+        model(image=image, image_patch_mask=torch.ones(2, 16))
+    with pytest.raises(TypeError, match="image_patch_mask must be a bool .* tensor, got list"):
+        model(image=image, image_patch_mask=[[True] * 16] * 2)

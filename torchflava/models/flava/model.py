@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.encoders import CLS_POSITION, EncoderOutput, MultimodalEncoder, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
+from torchflava.modules.layers.patch_embedding import check_patch_mask
 from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
 from torchflava.modules.packing import encode_rows
 
@@ -139,6 +140,10 @@ class FLAVAModel(nn.Module):
             raise ValueError("image_patch_mask needs image, which was None")
         if text is not None:
             check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+        embed = getattr(self.image_encoder, "embeddings", None)
+        if image_patch_mask is not None and isinstance(image, Tensor) and image.dim() == 4 and embed is not None:
+            grid = (image.shape[-2] // embed.patch_size, image.shape[-1] // embed.patch_size)
+            check_patch_mask(image_patch_mask, image.shape[0], grid, name="image_patch_mask")
         if image is not None and text is not None and isinstance(image, Tensor) and isinstance(text, Tensor):
             if image.shape[0] != text.shape[0]:
                 raise ValueError(f"image and text batch sizes differ: {image.shape[0]} vs {text.shape[0]}")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torchflava.models.flava.model import FLAVAModel, text_padding_mask
 from torchflava.modules.encoders import CLS_POSITION, EncoderOutput
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
+from torchflava.modules.layers.patch_embedding import check_patch_mask
 from torchflava.modules.losses.contrastive import contrastive_loss
 from torchflava.utils.distributed import GatherGrad
 
@@ -437,12 +438,7 @@ class FLAVAForPretraining(nn.Module):
                 raise ValueError("image_patch_mask needs image, which is None")
             embed = self.model.image_encoder.embeddings
             grid = (batch.image.shape[-2] // embed.patch_size, batch.image.shape[-1] // embed.patch_size)
-            expected = {(batch.image.shape[0], grid[0] * grid[1]), (batch.image.shape[0], *grid)}
-            if tuple(batch.image_patch_mask.shape) not in expected:
-                raise ValueError(
-                    f"image_patch_mask must have shape (B, N) = {(batch.image.shape[0], grid[0] * grid[1])} "
-                    f"for these images, got {tuple(batch.image_patch_mask.shape)}"
-                )
+            check_patch_mask(batch.image_patch_mask, batch.image.shape[0], grid, name="image_patch_mask")
         if batch.mlm_labels is not None:
             vocab = self.mlm_head.decoder.out_features
             labels = batch.mlm_labels

@@ -171,19 +171,33 @@ class PatchEmbedding(nn.Module):
     def _apply_patch_mask(self, x: Tensor, patch_mask: Tensor, grid_h: int, grid_w: int) -> Tensor:
         if self.mask_token is None:
             raise ValueError("patch_mask was given but this PatchEmbedding has no mask token (use_mask_token=False)")
-        if not isinstance(patch_mask, Tensor) or patch_mask.is_floating_point() or patch_mask.is_complex():
-            raise TypeError("patch_mask must be a bool (or 0/1 integer) tensor")
-        b, n, _ = x.shape
-        if patch_mask.dim() == 3:
-            if tuple(patch_mask.shape) != (b, grid_h, grid_w):
-                raise ValueError(
-                    f"patch_mask must have shape (B, N) = ({b}, {n}) or (B, H/p, W/p) = "
-                    f"({b}, {grid_h}, {grid_w}), got {tuple(patch_mask.shape)}"
-                )
-            patch_mask = patch_mask.flatten(1)
-        if tuple(patch_mask.shape) != (b, n):
-            raise ValueError(f"patch_mask must have shape (B, N) = ({b}, {n}), got {tuple(patch_mask.shape)}")
+        check_patch_mask(patch_mask, x.shape[0], (grid_h, grid_w))
+        patch_mask = patch_mask.reshape(x.shape[0], -1)
         return torch.where(patch_mask.bool().unsqueeze(-1), self.mask_token.to(x.dtype), x)
+
+
+def check_patch_mask(patch_mask: object, batch: int, grid: tuple[int, int], *, name: str = "patch_mask") -> None:
+    """Raise unless ``patch_mask`` masks the patches of ``batch`` images of ``grid`` (rows, columns) patches.
+
+    Args:
+        patch_mask (object): expected a bool (or 0/1 integer) tensor (B, N) or (B, H/p, W/p).
+        batch (int): B, the number of images.
+        grid (tuple[int, int]): H/p and W/p.
+        name (str): the argument's name in the messages.
+
+    Raises:
+        TypeError: if it is not a bool or integer tensor.
+        ValueError: if its shape is neither.
+    """
+    if not isinstance(patch_mask, Tensor) or patch_mask.is_floating_point() or patch_mask.is_complex():
+        got = patch_mask.dtype if isinstance(patch_mask, Tensor) else type(patch_mask).__name__
+        raise TypeError(f"{name} must be a bool (or 0/1 integer) tensor, got {got}")
+    n = grid[0] * grid[1]
+    if tuple(patch_mask.shape) not in ((batch, n), (batch, *grid)):
+        raise ValueError(
+            f"{name} must have shape (B, N) = ({batch}, {n}) or (B, H/p, W/p) = ({batch}, {grid[0]}, {grid[1]}) "
+            f"for these images, got {tuple(patch_mask.shape)}"
+        )
 
 
 def patch_geometry(proj: Optional[Tensor], positions: Optional[Tensor]) -> dict[str, int]:
