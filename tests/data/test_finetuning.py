@@ -103,6 +103,21 @@ def test_classification_batches_keep_float_targets_and_refuse_mixed_layouts():
         collator("train", [LabeledSample(None, None, 0), LabeledSample(image, None, 1)], [0, 1])
 
 
+def test_classification_collator_refuses_text_without_a_tokenizer_and_bad_settings():
+    """tokenizer=None with text samples failed with "'NoneType' object is not callable"."""
+    from torchflava.data.finetuning import ClassificationCollator, LabeledSample
+
+    collator = ClassificationCollator(None, image_size=8)
+    with pytest.raises(
+        ValueError, match="samples have text but this ClassificationCollator was built with tokenizer=None"
+    ):
+        collator("train", [LabeledSample(None, "a caption", 0)], [0])
+    with pytest.raises(TypeError, match="tokenizer must be a tokenizer .callable. or None, got str"):
+        ClassificationCollator("vocab.txt", image_size=8)
+    with pytest.raises(ValueError, match="max_text_length"):
+        ClassificationCollator(None, image_size=8, max_text_length=0)
+
+
 def test_the_crop_box_is_never_empty():
     from torchflava.data.transforms import RandomCropTransform
 

@@ -22,6 +22,7 @@ from torchflava.data.samples import BadSample, checked_text, load_rgb
 from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform
+from torchflava.utils.checks import check_int
 
 PathLike = Union[str, os.PathLike]
 
@@ -253,6 +254,9 @@ class ClassificationCollator:
     """
 
     def __init__(self, tokenizer: Optional[WordPieceTokenizer], *, image_size: int, max_text_length: int = 128):
+        if tokenizer is not None and not callable(tokenizer):
+            raise TypeError(f"tokenizer must be a tokenizer (callable) or None, got {type(tokenizer).__name__}")
+        check_int("max_text_length", max_text_length, 1)
         self.tokenizer, self.transform, self.max_text_length = (
             tokenizer,
             EvalImageTransform(image_size),
@@ -274,6 +278,8 @@ class ClassificationCollator:
         if samples[0].image is not None:
             batch["image"] = torch.stack([self.transform(s.image) for s in samples])
         if samples[0].text is not None:
+            if self.tokenizer is None:
+                raise ValueError("samples have text but this ClassificationCollator was built with tokenizer=None")
             batch["text"], batch["text_attention_mask"] = self.tokenizer(
                 [s.text for s in samples], max_length=self.max_text_length
             )
