@@ -14,7 +14,8 @@ pre-norm and no patch-conv bias), 12 layers of width 768, 12 heads, MLP 3072, 19
 
 Configs: ``inference`` (``torch.inference_mode``, model in eval mode) and ``train`` (model in train
 mode: forward, ``loss = out.float().pow(2).mean()``, backward, then ``zero_grad(set_to_none=True)``;
-no optimiser step); fp32 and bf16 (everyone under the same ``torch.autocast("cpu", bfloat16)``);
+no optimiser step); fp32 and bf16 (everyone under the same ``torch.autocast("cpu", bfloat16)``, a
+region per step, as the training loop opens one per optimiser step);
 eager and, with ``--compile``, ``torch.compile`` (default mode) of the forward (and loss), and for
 inference also with ``torch._inductor.config.freezing = True``. Timing: warm-up, then the
 implementations interleaved batch by batch, the order rotating (A B C, B C A, ...); medians; the
@@ -217,7 +218,7 @@ def time_interleaved(steps: dict, images, mode: str, dtype: str, warmup: int, re
     """Per-implementation step times (s) after warm-up, interleaved; and the failures (impl -> error)."""
     times, errors = {impl: [] for impl in steps}, {}
     grad = torch.inference_mode() if mode == "inference" else nullcontext()
-    with grad, autocast(dtype, images.device):
+    with grad:
         for rep in range(warmup + reps):
             for impl in round_order(steps, rep):
                 step = steps[impl]
@@ -226,7 +227,11 @@ def time_interleaved(steps: dict, images, mode: str, dtype: str, warmup: int, re
                 synchronize(images.device)
                 start = time.perf_counter()
                 try:
-                    step(images)
+                    # an autocast region per step, as the training loop opens one per optimiser step: in
+                    # one region for every step, autocast's cached casts of the weights (which require
+                    # grad and do not change here) would spare everyone the casts after the first step
+                    with autocast(dtype, images.device):
+                        step(images)
                     synchronize(images.device)
                 except Exception as e:  # a compiled config one library does not support: recorded, not fatal
                     errors[impl] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
