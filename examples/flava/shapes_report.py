@@ -5,7 +5,9 @@
 Zero-shot comes from the pretraining run's own report (prompt ensemble over the 30 colour-shape
 names), the linear probe from ``torchflava.linear_probe`` (frozen image CLS, L2 chosen on a
 validation split) and fine-tuning from ``finetune.py`` with ``configs/finetuning/shapes.yaml``;
-all three are scored on the same 540 held-out scenes. Writes ``<run>/shapes_report.json``.
+all three are scored on the same held-out scenes, as many as the pretraining run's zero-shot
+evaluation used (``data.shapes.num_test``, 540 by default; a ``data.shapes_val`` override changes the
+fine-tuning's, and the report then gives each figure's count). Writes ``<run>/shapes_report.json``.
 """
 
 import argparse
@@ -40,6 +42,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if not (run / "report.json").is_file():
         raise ConfigError(f"--run: expected a pretraining run directory with a report.json, got {str(run)!r}")
     zero_shot = json.loads((run / "report.json").read_text())["eval"]
+    scenes = zero_shot.get("test_items")
+    if not isinstance(scenes, int) or isinstance(scenes, bool) or scenes < 5:
+        raise ConfigError(f"--run: report.json's eval.test_items must be the zero-shot scene count, got {scenes!r}")
     finetune = _finetune_module()
     cfg = load_config(
         finetune.FinetuneConfig,
@@ -48,11 +53,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
             f"model.pretrained={run}",
             f"training.output_dir={run / 'finetune_shapes'}",
             "training.resume=auto",
+            f"data.shapes_val={scenes}",  # the zero-shot's held-out scenes
             *args.overrides,
         ],
     )
     finetune.validate(cfg, 1)  # the overrides and the checkpoint's family, before the probe runs
-    probe = probe_shapes(load_pretrained(run))
+    probe = probe_shapes(load_pretrained(run), num_test=scenes)
     tuned = finetune.main(cfg)["validation"]
     report = {
         "chance": zero_shot["zero_shot_chance"],
@@ -60,12 +66,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "linear_probe": probe.test_accuracy,
         "linear_probe_l2": probe.l2,
         "fine_tuned": tuned["accuracy"],
-        "test_items": zero_shot["test_items"],
+        "test_items": scenes,
+        "fine_tuned_test_items": cfg.data.shapes_val,
     }
     write_json(run / "shapes_report.json", report, allow_nan=True)
-    print(f"held-out shapes, {report['test_items']} scenes, 30 colour-shape classes:")
+    print(f"held-out shapes, {scenes} scenes, 30 colour-shape classes:")
     for name in ("zero_shot", "linear_probe", "fine_tuned", "chance"):
-        print(f"  {name.replace('_', ' '):13s} {100 * report[name]:5.1f}%")
+        count = f" ({cfg.data.shapes_val} scenes)" if name == "fine_tuned" and cfg.data.shapes_val != scenes else ""
+        print(f"  {name.replace('_', ' '):13s} {100 * report[name]:5.1f}%{count}")
     return report
 
 

@@ -1,10 +1,12 @@
 """examples/flava/shapes_report.py refuses a bad run directory or override in one line, exit 2, before the
 linear probe runs (it printed a traceback, exit 1, after the probe)."""
 
+import importlib.util
 import json
 from pathlib import Path
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -17,7 +19,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "flava" / "shapes_re
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     write_tiny_export(run / "model")
-    (run / "report.json").write_text(json.dumps({"eval": {"zero_shot_accuracy": 0.5, "zero_shot_chance": 1 / 30}}))
+    report = {"zero_shot_accuracy": 0.5, "zero_shot_chance": 1 / 30, "test_items": 540}
+    (run / "report.json").write_text(json.dumps({"eval": report}))
     return run
 
 
@@ -39,3 +42,40 @@ def test_bad_runs_and_overrides_exit_2_in_one_line_before_any_work(run_dir, argu
         result.stderr
     )
     assert not (run_dir / "finetune_shapes").exists() and not (run_dir / "shapes_report.json").exists()
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("shapes_report_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_probe_and_the_fine_tuning_score_as_many_held_out_scenes_as_the_zero_shot(tmp_path, monkeypatch):
+    """The report printed the zero-shot's scene count over the probe's and fine-tuning's fixed 540."""
+    run = tmp_path / "run"
+    write_tiny_export(run / "model")
+    eval_report = {"zero_shot_accuracy": 0.5, "zero_shot_chance": 1 / 30, "test_items": 120}
+    (run / "report.json").write_text(json.dumps({"eval": eval_report}))
+    script, seen = _script(), {}
+    finetune = script._finetune_module()
+
+    def probe(pretrained, num_test):
+        seen["probe"] = num_test
+        return types.SimpleNamespace(test_accuracy=0.25, l2=0.1)
+
+    def tune(cfg):
+        seen["fine_tuned"] = cfg.data.shapes_val
+        return {"validation": {"accuracy": 0.75}}
+
+    monkeypatch.setattr(script, "probe_shapes", probe)
+    monkeypatch.setattr(finetune, "main", tune)
+    monkeypatch.setattr(script, "_finetune_module", lambda: finetune)
+    report = script.main(["--run", str(run)])
+    assert seen == {"probe": 120, "fine_tuned": 120}
+    assert report["test_items"] == report["fine_tuned_test_items"] == 120
+    report = script.main(["--run", str(run), "data.shapes_val=60"])  # the user's own count, reported as such
+    assert seen["fine_tuned"] == 60 and report["fine_tuned_test_items"] == 60
+    (run / "report.json").write_text(json.dumps({"eval": {**eval_report, "test_items": None}}))
+    with pytest.raises(script.ConfigError, match="eval.test_items must be the zero-shot scene count, got None"):
+        script.main(["--run", str(run)])
