@@ -477,7 +477,9 @@ def test_feature_functions_refuse_a_string_no_input_and_a_bad_batch_size(export)
         zero_shot.text_features(pretrained, "a red circle")
     with pytest.raises(ValueError, match="texts must not be empty"):
         zero_shot.text_features(pretrained, [])
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         zero_shot.text_features(pretrained, ["a red circle"], batch_size=0)
+    with pytest.raises(TypeError, match="batch_size must be an int, got float"):
+        zero_shot.image_features(pretrained, [object()], batch_size=2.0)
     with pytest.raises(ValueError, match="images must not be empty"):
         zero_shot.image_features(pretrained, [])

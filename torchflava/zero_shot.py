@@ -32,7 +32,7 @@ from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.evaluation.zero_shot import check_finite
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
-from torchflava.utils.checks import is_prompt_template
+from torchflava.utils.checks import check_int, is_prompt_template
 from torchflava.utils.cli import output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 
@@ -73,8 +73,7 @@ def text_features(
 def _check_batch(name: str, items: Sequence, batch_size: object) -> None:
     if len(items) == 0:  # (torch.cat's error otherwise)
         raise ValueError(f"{name} must not be empty")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
 
 
 def _normalised(pretrained: Pretrained, encode: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
