@@ -372,3 +372,45 @@ def test_encoders_give_the_same_features_with_and_without_the_fused_bias_path(mo
         # the first layer's 4 products and the last one's keys and values (its other rows: 8 CLS tokens)
         assert len(fused_calls) == 5
     assert torch.equal(*results)
+
+
+@needs_bf16
+def test_fused_bias_path_keeps_a_tangent_on_the_bias(fused_calls):
+    """oneDNN's op has no jvp rule: a tangent on the bias alone was dropped without an error."""
+    x, w, b = torch.randn(3, 40, 16), torch.randn(8, 16), torch.randn(8)
+    with torch.autograd.forward_ad.dual_level(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear.linear(x, w, torch.autograd.forward_ad.make_dual(b, torch.ones(8)))
+        tangent = torch.autograd.forward_ad.unpack_dual(out).tangent
+    assert tangent is not None and torch.equal(tangent.float(), torch.ones(3, 40, 8))
+    assert fused_calls == []
+
+
+@needs_bf16
+def test_fused_bias_path_leaves_strided_inputs_of_three_dims_to_f_linear(fused_calls):
+    """F.linear multiplies a non-contiguous (.., M, in) input and adds the bias after (two roundings to
+    bf16): the fused path rounded once, ~1 ulp apart in a quarter of the outputs."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(600, 2, 256, generator=g).transpose(0, 1), torch.randn(64, 256), torch.randn(64)
+    with torch.no_grad():
+        assert torch.equal(bf16_linear(x, w, b), autocast_f_linear(x, w, b))
+        assert torch.equal(bf16_linear(x.contiguous(), w, b), autocast_f_linear(x.contiguous(), w, b))
+    assert fused_calls == [((2, 600, 256), (64, 256))]  # the contiguous one only
+
+
+@needs_bf16
+def test_onednn_paths_respect_mkldnn_off_and_dispatch_modes(fused_calls, forced):
+    """With oneDNN switched off F.linear runs PyTorch's own bf16 GEMM (other values); a dispatch mode
+    (make_fx, FlopCounterMode) should see F.linear's ops, not a oneDNN op it cannot count or export."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, w, b = torch.randn(4, 400, 768), torch.randn(768, 768), torch.randn(768)
+    with torch.no_grad():
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert torch.equal(bf16_linear(x, w, b), autocast_f_linear(x, w, b))
+            linear.linear(x, w, b)  # fp32, oneDNN forced: F.linear too
+        counter = FlopCounterMode(display=False)
+        with counter:
+            bf16_linear(x, w, b)
+            linear.linear(x, w, b)
+        assert counter.get_total_flops() == 2 * 2 * 1600 * 768 * 768
+    assert fused_calls == [] and forced == []

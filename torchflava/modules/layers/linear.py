@@ -35,6 +35,7 @@ from torch import Tensor, nn
 import torch.autograd.forward_ad as fwAD
 from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 # The smallest product (rows x in x out) and the smallest input and output width sent to oneDNN,
 # without and with autograd recording, on the CPUs where oneDNN wins. Read off benchmarks/linear.py
@@ -140,22 +141,25 @@ def _onednn_grad_input(grad_out: Tensor, weight: Tensor) -> Tensor:
     return torch.ops.aten.mkldnn_linear_backward_input(size, grad_out.to_mkldnn(), weight).to_dense()
 
 
-def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool) -> bool:
+def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool, bias: Optional[Tensor] = None) -> bool:
     """Whether :func:`linear` sends ``x @ weight.T`` to oneDNN (see the module's docstring).
 
     Args:
         x (Tensor): (..., in).
         weight (Tensor): (out, in).
         training (bool): whether autograd records the product (its backward runs on oneDNN too).
+        bias (Optional[Tensor]): the bias added to it, if any.
     """
     mode = "training" if training else "inference"
     return (
         _ONEDNN
         and ONEDNN_FP32_MIN_MACS is not None
         and not torch.compiler.is_compiling()
+        and torch._C._get_mkldnn_enabled()  # torch.backends.mkldnn.flags(enabled=False): the user's say
         and not torch.jit.is_tracing()  # a traced graph must hold portable ops
+        and not is_in_torch_dispatch_mode()  # make_fx, FlopCounterMode...: they should see F.linear's ops
         and not torch._C._are_functorch_transforms_active()  # vmap, torch.func.grad...: F.linear's rules
-        and not has_tangent(x, weight)  # forward-mode AD: oneDNN's op has no jvp rule
+        and not has_tangent(x, weight, bias)  # forward-mode AD: oneDNN's op has no jvp rule
         and not torch.is_autocast_enabled("cpu")
         and type(x) in _PLAIN  # not a subclass (DTensor, fake or functorch tensors...)
         and type(weight) in _PLAIN
@@ -200,6 +204,8 @@ def autocast_fused_bias_wins(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
         return False
     if x.dim() < 2 or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.numel() == 0:
         return False
+    if x.dim() > 2 and not x.is_contiguous():  # F.linear: a product, then the bias added (two roundings)
+        return False
     if x.numel() // x.shape[-1] < 2 * weight.shape[1]:
         return False
     return (
@@ -210,15 +216,17 @@ def autocast_fused_bias_wins(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
         )
         and (bias is None or bias.shape == weight.shape[:1])
         and not torch.compiler.is_compiling()
+        and torch._C._get_mkldnn_enabled()
         and not torch.jit.is_tracing()
+        and not is_in_torch_dispatch_mode()
         and not torch._C._are_functorch_transforms_active()
-        and not has_tangent(x, weight)
+        and not has_tangent(x, weight, bias)
     )
 
 
-def has_tangent(*tensors: Tensor) -> bool:
-    """Whether forward-mode AD is on and any of ``tensors`` carries a tangent (a dual tensor)."""
-    return fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+def has_tangent(*tensors: Optional[Tensor]) -> bool:
+    """Whether forward-mode AD is on and any of ``tensors`` (None skipped) carries a tangent (a dual tensor)."""
+    return fwAD._current_level >= 0 and any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -262,7 +270,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         bf16 = torch.bfloat16
         bias = None if bias is None else bias.to(bf16)
         return torch.ops.mkldnn._linear_pointwise(x.to(bf16), weight.to(bf16), bias, "none", [], "")
-    if not (bias_fits and onednn_linear_wins(x, weight, training)):
+    if not (bias_fits and onednn_linear_wins(x, weight, training, bias)):
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x, weight, bias) if training else _onednn_mm(x, weight, bias)
 

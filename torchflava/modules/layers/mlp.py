@@ -138,7 +138,7 @@ class MLP(nn.Module):
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()  # a traced graph cannot hold a Python autograd function
             and not torch._C._are_functorch_transforms_active()
-            and not has_tangent(hidden, weight)  # forward-mode AD: no jvp rule here
+            and not has_tangent(hidden, weight, fc2.bias)  # forward-mode AD: no jvp rule here
             and not hooked(self.activation, self.dropout, fc2)
             and not saved_tensors_hooks_active()
             and not onednn_linear_wins(hidden, weight, training=True)
