@@ -114,8 +114,9 @@ def test_classification_collator_refuses_text_without_a_tokenizer_and_bad_settin
         collator("train", [LabeledSample(None, "a caption", 0)], [0])
     with pytest.raises(TypeError, match="tokenizer must be a tokenizer .callable. or None, got str"):
         ClassificationCollator("vocab.txt", image_size=8)
-    with pytest.raises(ValueError, match="max_text_length"):
-        ClassificationCollator(None, image_size=8, max_text_length=0)
+    with pytest.raises(ValueError, match="max_text_length must be >= 2, got 1"):  # [CLS] and [SEP]
+        ClassificationCollator(None, image_size=8, max_text_length=1)
+    ClassificationCollator(None, image_size=8, max_text_length=None)  # the tokenizer's own limit
 
 
 def test_the_crop_box_is_never_empty():

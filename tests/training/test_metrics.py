@@ -82,6 +82,9 @@ def test_plot_losses_writes_a_png(tmp_path):
     plot_losses(records, chosen, keys=["loss/mim"])
     assert chosen.read_bytes()[:8] == PNG_SIGNATURE
     assert chosen.read_bytes() != data  # a different set of curves
+    bare = tmp_path / "losses"  # no suffix: a PNG still (matplotlib read the format off the temporary name)
+    plot_losses(records, bare)
+    assert bare.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_dropped_records_are_set_aside_in_a_new_file(tmp_path):

@@ -264,6 +264,23 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_directory_after(t
     assert (tmp_path / "out.bin").read_bytes() == b"done"
 
 
+def test_atomic_write_succeeds_where_the_directory_cannot_be_opened_and_the_file_is_write_only(tmp_path, monkeypatch):
+    """A drop-box directory (writable, not readable) raised after the file was in place; a file its writer
+    made write-only could not be opened to sync it."""
+    real_open, opened = os.open, []
+
+    def guarded(path, flags, *args):
+        if Path(path) == tmp_path or (Path(path).name.startswith(".out.bin.") and flags == os.O_RDONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        opened.append((Path(path).name, flags))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", guarded)
+    atomic_write(tmp_path / "out.bin", lambda tmp: Path(tmp).write_bytes(b"done"))
+    assert (tmp_path / "out.bin").read_bytes() == b"done"
+    assert [flags for name, flags in opened if name.startswith(".out.bin.")] == [os.O_WRONLY]
+
+
 def test_file_urls_name_local_files(tmp_path):
     tensors = {"w": torch.arange(3.0)}
     save_state_dict(tensors, tmp_path / "my weights.safetensors")

@@ -250,13 +250,16 @@ class ClassificationCollator:
     Args:
         tokenizer (Optional[WordPieceTokenizer]): needed for text inputs.
         image_size (int): model image size.
-        max_text_length (int): most ids per text row.
+        max_text_length (Optional[int]): most ids per text row (>= 2); None: the tokenizer's own limit.
     """
 
-    def __init__(self, tokenizer: Optional[WordPieceTokenizer], *, image_size: int, max_text_length: int = 128):
+    def __init__(
+        self, tokenizer: Optional[WordPieceTokenizer], *, image_size: int, max_text_length: Optional[int] = 128
+    ):
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(f"tokenizer must be a tokenizer (callable) or None, got {type(tokenizer).__name__}")
-        check_int("max_text_length", max_text_length, 1)
+        if max_text_length is not None:  # (None: the tokenizer's own model_max_length)
+            check_int("max_text_length", max_text_length, 2)  # [CLS] and [SEP] at least
         self.tokenizer, self.transform, self.max_text_length = (
             tokenizer,
             EvalImageTransform(image_size),

@@ -121,6 +121,6 @@ def plot_losses(records: list[dict], path: Union[str, os.PathLike], *, keys: Opt
     figure.tight_layout()
     path = Path(path)
     try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format=path.suffix[1:] or None))
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format=path.suffix[1:] or "png"))
     finally:
         plt.close(figure)

@@ -448,10 +448,10 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
         write(str(tmp))
+        fsync_path(tmp)  # (before the chmod: a umask may leave the file unreadable to its owner)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        fsync_path(tmp)
         os.replace(tmp, final)
     except BaseException:
         _remove(tmp)
@@ -462,15 +462,28 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
 def fsync_path(path: PathLike) -> None:
     """Flush a file's data, or a directory's entries (a rename, a new file), to the disk.
 
-    A directory on a file system that cannot sync directories is left as it is (the files in it
-    were synced themselves); any other error is raised.
+    A directory that cannot be opened or synced (one the process may write but not read, a file
+    system that cannot sync directories) is left as it is: the files in it were synced themselves.
+    A file that cannot be is an error.
     """
-    fd = os.open(path, os.O_RDONLY)
+    if Path(path).is_dir():
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except PermissionError:  # a file its writer made write-only
+        fd = os.open(path, os.O_WRONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        if not Path(path).is_dir():
-            raise
     finally:
         os.close(fd)
 

@@ -215,3 +215,10 @@ def test_a_bad_image_patch_mask_is_named_as_the_caller_passed_it_before_any_enco
         model(image=image, image_patch_mask=torch.ones(2, 16))
     with pytest.raises(TypeError, match="image_patch_mask must be a bool .* tensor, got list"):
         model(image=image, image_patch_mask=[[True] * 16] * 2)
+
+
+def test_an_image_of_the_wrong_size_is_named_rather_than_its_patch_mask(model):
+    with pytest.raises(
+        ValueError, match="image height and width must be positive multiples of patch_size=8, got 36x36"
+    ):
+        model(image=torch.randn(2, 3, 36, 36), image_patch_mask=torch.ones(2, 25, dtype=torch.bool))

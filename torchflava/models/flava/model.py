@@ -141,9 +141,11 @@ class FLAVAModel(nn.Module):
         if text is not None:
             check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
         embed = getattr(self.image_encoder, "embeddings", None)
-        if image_patch_mask is not None and isinstance(image, Tensor) and image.dim() == 4 and embed is not None:
-            grid = (image.shape[-2] // embed.patch_size, image.shape[-1] // embed.patch_size)
-            check_patch_mask(image_patch_mask, image.shape[0], grid, name="image_patch_mask")
+        p = getattr(embed, "patch_size", None)
+        if image_patch_mask is not None and isinstance(image, Tensor) and image.dim() == 4 and isinstance(p, int):
+            h, w = image.shape[-2:]
+            if h > 0 and w > 0 and h % p == 0 and w % p == 0:  # (else the encoder names the image)
+                check_patch_mask(image_patch_mask, image.shape[0], (h // p, w // p), name="image_patch_mask")
         if image is not None and text is not None and isinstance(image, Tensor) and isinstance(text, Tensor):
             if image.shape[0] != text.shape[0]:
                 raise ValueError(f"image and text batch sizes differ: {image.shape[0]} vs {text.shape[0]}")
