@@ -400,7 +400,8 @@ def test_fused_bias_path_leaves_strided_inputs_of_three_dims_to_f_linear(fused_c
 @needs_bf16
 def test_onednn_paths_respect_mkldnn_off_and_dispatch_modes(fused_calls, forced):
     """With oneDNN switched off F.linear runs PyTorch's own bf16 GEMM (other values); a dispatch mode
-    (make_fx, FlopCounterMode) should see F.linear's ops, not a oneDNN op it cannot count or export."""
+    (make_fx, FlopCounterMode) should see F.linear's ops, not a oneDNN op it cannot count or export
+    (the fp32 path stays on oneDNN there: selective checkpointing runs in a dispatch mode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x, w, b = torch.randn(4, 400, 768), torch.randn(768, 768), torch.randn(768)
@@ -411,6 +412,5 @@ def test_onednn_paths_respect_mkldnn_off_and_dispatch_modes(fused_calls, forced)
         counter = FlopCounterMode(display=False)
         with counter:
             bf16_linear(x, w, b)
-            linear.linear(x, w, b)
-        assert counter.get_total_flops() == 2 * 2 * 1600 * 768 * 768
+        assert counter.get_total_flops() == 2 * 1600 * 768 * 768
     assert fused_calls == [] and forced == []

@@ -157,7 +157,6 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool, bias: Optional
         and not torch.compiler.is_compiling()
         and torch._C._get_mkldnn_enabled()  # torch.backends.mkldnn.flags(enabled=False): the user's say
         and not torch.jit.is_tracing()  # a traced graph must hold portable ops
-        and not is_in_torch_dispatch_mode()  # make_fx, FlopCounterMode...: they should see F.linear's ops
         and not torch._C._are_functorch_transforms_active()  # vmap, torch.func.grad...: F.linear's rules
         and not has_tangent(x, weight, bias)  # forward-mode AD: oneDNN's op has no jvp rule
         and not torch.is_autocast_enabled("cpu")
@@ -218,7 +217,7 @@ def autocast_fused_bias_wins(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
         and not torch.compiler.is_compiling()
         and torch._C._get_mkldnn_enabled()
         and not torch.jit.is_tracing()
-        and not is_in_torch_dispatch_mode()
+        and not is_in_torch_dispatch_mode()  # make_fx, FlopCounterMode...: they should see F.linear's ops
         and not torch._C._are_functorch_transforms_active()
         and not has_tangent(x, weight, bias)
     )
