@@ -3,6 +3,7 @@ merges file open_clip ships), and its errors."""
 
 import gzip
 import json
+import shutil
 
 import open_clip
 import pytest
@@ -270,7 +271,38 @@ def test_greek_capitals_nfc_terminal_escapes_and_surrogates_as_open_clip(ours, h
         length = int(mask[row].sum())
         assert ids[row, :length].tolist() == reference[row, :length].tolist(), ascii(texts[row])
     assert ftfy_fixes("e\u0301 \u037e \ud83d\ude00 \udc80") == "\u00e9 ; \U0001f600 \ufffd"
-    with pytest.raises(
-        ValueError, match=r"texts: expected Unicode text, got lone surrogate code points in texts \[1\]"
-    ):
+    with pytest.raises(ValueError, match=r"texts: expected Unicode text, got surrogate code points in texts \[1\]"):
         CLIPTokenizer.from_directory(hf_directory)(["fine", "caf\u00e9\udc80"])
+
+
+def test_vocab_json_ids_must_be_dense_and_unique(hf_directory, tmp_path):
+    """Found by an adversarial review: ids used twice read two tokens as one; an id of 10**9 made the
+    vocabulary a billion wide."""
+    for name, change in (("duplicate", {"a</w>": "photo</w>"}), ("huge", {"<|endoftext|>": None})):
+        directory = tmp_path / name
+        shutil.copytree(hf_directory, directory)
+        vocab = json.loads((directory / "vocab.json").read_text())
+        for token, like in change.items():
+            vocab[token] = vocab[like] if like else 10**9
+        (directory / "vocab.json").write_text(json.dumps(vocab))
+        with pytest.raises(ValueError, match=r"vocab.json: .*vocab.json: expected the ids 0 \.\. 49407, each once"):
+            CLIPTokenizer.from_directory(directory)
+
+
+def test_a_repeated_merge_line_is_named(tmp_path):
+    lines = gzip.open(BPE).read().decode("utf-8").split("\n")
+    path = tmp_path / "bpe.txt"
+    path.write_text("\n".join(lines[:100] + [lines[5]] + lines[100:]), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"path: merge line 101 of .*bpe.txt repeats line 6 \({lines[5]!r}\)"):
+        CLIPTokenizer.from_bpe(path)
+
+
+def test_the_tokenizer_object_given_is_not_changed_and_flags_are_bools(ours):
+    bare = ours._tokenizer
+    before = bare.to_str()
+    first = CLIPTokenizer(bare)
+    ids = first(["A Photo of a CAT"])[0].tolist()
+    CLIPTokenizer(bare, reading="open_clip")
+    assert bare.to_str() == before and first(["A Photo of a CAT"])[0].tolist() == ids
+    with pytest.raises(TypeError, match="unescape_html must be True or False, got 'no'"):
+        CLIPTokenizer.from_bpe(BPE, unescape_html="no")

@@ -396,3 +396,56 @@ def test_run_vocabulary_reads_a_directory_with_its_settings_and_reloads_what_it_
     assert (tmp_path / "run" / "tokenizer_config.json").is_file() and learnt.vocab_size == 74  # all the text has
     again = run_vocabulary(None, never, tmp_path / "run", vocab_size=80, resumed=True)
     assert again._tokenizer.get_vocab() == learnt._tokenizer.get_vocab()
+
+
+def test_added_tokens_are_refused_and_tokenizer_json_is_read_over_vocab_txt(tmp_path):
+    """Found by an adversarial review: vocab.txt was read over tokenizer.json (transformers reads the
+    latter) and tokens added with add_tokens were split into word pieces, without an error."""
+    hf = BertTokenizerFast(vocab_file=str(write_vocab(tmp_path / "vocab.txt", VOCAB)))
+    hf.save_pretrained(tmp_path / "plain")
+    ours = WordPieceTokenizer.from_directory(tmp_path / "plain")  # its special tokens are listed as added ones
+    assert ours(["a red circle"], max_length=8)[0].tolist() == [hf(["a red circle"])["input_ids"][0]]
+    hf.add_tokens(["[IMG]"])
+    hf.save_pretrained(tmp_path / "added")
+    with pytest.raises(ValueError, match=r"tokenizer.json: .* adds tokens \['\[IMG\]'\] to the vocabulary"):
+        WordPieceTokenizer.from_directory(tmp_path / "added")
+    (tmp_path / "added" / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match=r"adds tokens \['\[IMG\]'\]"):  # also in tokenizer_config.json
+        WordPieceTokenizer.from_directory(tmp_path / "added")
+    spec = json.loads((tmp_path / "plain" / "tokenizer.json").read_text())
+    spec["model"]["max_input_chars_per_word"] = 5
+    (tmp_path / "plain" / "tokenizer.json").write_text(json.dumps(spec))
+    reread = BertTokenizerFast.from_pretrained(tmp_path / "plain")
+    assert reread(["a circles"])["input_ids"][0] == [ID["[CLS]"], ID["a"], ID["[UNK]"], ID["[SEP]"]]
+    ours = WordPieceTokenizer.from_directory(tmp_path / "plain")
+    assert ours(["a circles"], max_length=8)[0].tolist() == [reread(["a circles"])["input_ids"][0]]
+
+
+@pytest.mark.parametrize(
+    "texts, error, match",
+    [
+        (
+            {"a red circle", "blue"},
+            TypeError,
+            r"texts must be a sequence of str \(a list or tuple, in row order\), got set",
+        ),
+        ({"a": 1}, TypeError, "got dict"),
+        (None, TypeError, "got NoneType"),
+        ((t for t in ["a"]), TypeError, "got generator"),
+        ([b"a red circle"], TypeError, r"got bytes at texts\[0\]"),
+        (["fine", "caf\udce9"], ValueError, r"texts: expected Unicode text, got surrogate code points in texts \[1\]"),
+    ],
+)
+def test_unordered_texts_and_surrogates_are_refused(hand, texts, error, match):
+    """A set was tokenised in hash order (rows changed with PYTHONHASHSEED); a surrogate failed inside
+    tokenizers with a message naming nothing."""
+    with pytest.raises(error, match=match):
+        hand(texts, max_length=8)
+
+
+def test_the_tokenizer_object_given_is_not_changed(tmp_path):
+    bare = WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "vocab.txt", VOCAB))._tokenizer
+    bare.post_processor = None
+    before = bare.to_str()
+    WordPieceTokenizer(bare)
+    assert bare.to_str() == before

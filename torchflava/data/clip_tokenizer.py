@@ -31,8 +31,10 @@ from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_to
 from torch import Tensor
 
 from torchflava.data.tokenizer import (
+    check_dense_ids,
     check_max_length,
     check_model_max_length,
+    check_no_surrogates,
     checked_texts,
     config_max_length,
     padded_rows,
@@ -54,7 +56,6 @@ _LINE_BREAKS = dict.fromkeys([0x0D, 0x2028, 0x2029], "\n")
 _CONTROLS = dict.fromkeys(
     [*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFD)]
 )
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @functools.cache
@@ -176,6 +177,10 @@ class CLIPTokenizer:
     ) -> None:
         if reading not in _SPECIAL_SPELLINGS:
             raise ValueError(f"reading must be one of {tuple(_SPECIAL_SPELLINGS)}, got {reading!r}")
+        for name, value in (("unescape_html", unescape_html), ("fix_text", fix_text)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's stays as it was
         vocab = tokenizer.get_vocab()
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
         if missing:
@@ -205,7 +210,8 @@ class CLIPTokenizer:
         cls, vocab: dict[str, int], merges: Sequence[tuple[str, str]], **kwargs
     ) -> "CLIPTokenizer":
         """CLIP's pipeline on a vocabulary (token -> id) and merges (pairs, by rank); ``kwargs`` as
-        the constructor's."""
+        the constructor's. ValueError unless the ids are 0 .. len(vocab) - 1, each once."""
+        check_dense_ids(vocab, "vocab")
         try:
             model = models.BPE(
                 vocab=vocab, merges=list(merges), continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=END
@@ -254,6 +260,10 @@ class CLIPTokenizer:
             raise ValueError(f"path: expected at least {wanted} merges in {path}, got {len(merges)}")
         characters = list(byte_characters().values())
         tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
+        first = {}
+        for line, pair in enumerate(merges, start=2):  # (line 1: the version)
+            if (earlier := first.setdefault(pair, line)) != line:  # every later id would move by one
+                raise ValueError(f"path: merge line {line} of {path} repeats line {earlier} ({' '.join(pair)!r})")
         kwargs.setdefault("unescape_html", True)  # as OpenAI's and open_clip's tokenizers
         kwargs.setdefault("fix_text", True)
         kwargs.setdefault("reading", "open_clip")
@@ -296,6 +306,7 @@ class CLIPTokenizer:
             vocab = read_json_object(directory / "vocab.json")
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
+            check_dense_ids(vocab, f"vocab.json: {directory / 'vocab.json'}")
             path = directory / "merges.txt"
             try:
                 lines = path.read_text(encoding="utf-8").split("\n")
@@ -333,8 +344,7 @@ class CLIPTokenizer:
             texts = [html.unescape(html.unescape(text)) for text in texts]
         if self._spelled is not None:  # open_clip's reading
             texts = [text.lower() for text in texts]
-        if bad := [i for i, text in enumerate(texts) if _SURROGATE.search(text)]:
-            raise ValueError(f"texts: expected Unicode text, got lone surrogate code points in texts {bad[:10]}")
+        check_no_surrogates(texts)
         pieces = [encoding.ids for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
         if self._spelled is not None:  # rows that spell a special token: tokenised around it (texts are lower-cased)
             spells = [any(spelling in text for spelling in self._spelled) for text in texts]

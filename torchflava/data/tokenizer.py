@@ -8,10 +8,11 @@ settings of its ``tokenizer_config.json`` read as transformers' ``BertTokenizerF
 :meth:`WordPieceTokenizer.save` writes both files.
 """
 
-from collections import Counter
+from collections import Counter, abc
 import json
 import os
 from pathlib import Path
+import re
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -45,6 +46,7 @@ class WordPieceTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer, *, model_max_length: Optional[int] = None) -> None:
+        tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's stays as it was
         vocab = tokenizer.get_vocab()
         missing = [token for token in SPECIAL_TOKENS if token not in vocab]
         if missing:
@@ -233,10 +235,11 @@ class WordPieceTokenizer:
         """
         directory = Path(directory)
         settings = read_tokenizer_config(directory / TOKENIZER_CONFIG)
+        _refuse_added_tokens(directory)
+        if (directory / "tokenizer.json").is_file():  # transformers' fast tokenizer reads it over vocab.txt
+            return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
         if (directory / "vocab.txt").is_file():
             return cls.from_vocab(directory / "vocab.txt", **settings)
-        if (directory / "tokenizer.json").is_file():
-            return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
         raise FileNotFoundError(f"directory: {directory} has neither vocab.txt nor tokenizer.json")
 
     @classmethod
@@ -340,12 +343,65 @@ class WordPieceTokenizer:
         """
         texts = checked_texts(texts)
         max_length = check_max_length(max_length, self.model_max_length)
+        check_no_surrogates(texts)
         rows = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
         return padded_rows(rows, max_length, end_id=self.sep_id, pad_id=self.pad_id)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of one id sequence, special tokens dropped."""
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _refuse_added_tokens(directory: Path) -> None:
+    """ValueError naming the file if the directory's tokenizer has tokens added to its vocabulary
+    beyond BERT's five special ones (transformers' ``add_tokens``): they are read as whole tokens
+    there and would be split into word pieces here."""
+    found = {}
+    path = directory / "tokenizer.json"
+    if path.is_file():
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            entries = []  # from_tokenizer_json names the file's own fault
+        found[path] = [e.get("content") for e in entries if isinstance(e, dict)]
+    for name, key in (("added_tokens.json", None), (TOKENIZER_CONFIG, "added_tokens_decoder")):
+        path = directory / name
+        if path.is_file():
+            try:
+                config = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # read_tokenizer_config names a malformed tokenizer_config.json
+            entries = config.get(key) if key and isinstance(config, dict) else config
+            if isinstance(entries, dict):
+                found[path] = [e.get("content") if isinstance(e, dict) else k for k, e in entries.items()]
+    for path, tokens in found.items():
+        extra = [t for t in tokens if t not in SPECIAL_TOKENS]
+        if extra:
+            raise ValueError(
+                f"{path.name}: {path} adds tokens {extra[:5]} to the vocabulary; only BERT's special tokens "
+                f"{list(SPECIAL_TOKENS)} are supported (added tokens would be split into word pieces here)"
+            )
+
+
+def check_dense_ids(vocab: Mapping[str, int], where: str) -> None:
+    """ValueError (``where`` first) unless the vocabulary's ids are 0 .. len(vocab) - 1, each once: an
+    id used twice reads two tokens as one, a gap or a huge id sizes the embedding table wrongly."""
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        repeated = sorted({i for i, j in zip(ids, ids[1:]) if i == j})[:5]
+        detail = f"ids used twice {repeated}" if repeated else f"ids from {ids[0]} to {ids[-1]}" if ids else "none"
+        raise ValueError(f"{where}: expected the ids 0 .. {len(ids) - 1}, each once, got {detail}")
+
+
+def check_no_surrogates(texts: Sequence[str]) -> None:
+    """ValueError naming the rows if any text holds UTF-16 surrogate code points (text decoded with
+    ``errors="surrogateescape"``, or JSON's ``\\ud83d\\ude00`` read without joining): the tokenizers
+    library refuses them with a message naming nothing."""
+    if bad := [i for i, text in enumerate(texts) if _SURROGATE.search(text)]:
+        raise ValueError(f"texts: expected Unicode text, got surrogate code points in texts {bad[:10]}")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def repaired_surrogates(text: str) -> str:
@@ -361,9 +417,14 @@ def repaired_surrogates(text: str) -> str:
 
 
 def checked_texts(texts: Sequence[str]) -> list[str]:
-    """``texts`` as a list; TypeError unless a sequence of strings, ValueError if empty."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a sequence of str")
+    """``texts`` as a list; TypeError unless an ordered sequence of strings (a list, a tuple, a 1-D
+    numpy array: a set or a dict's keys would give rows in hash order), ValueError if empty."""
+    ordered = isinstance(texts, abc.Sequence) or (type(texts).__module__ == "numpy" and getattr(texts, "ndim", 0) == 1)
+    if isinstance(texts, str) or not ordered:
+        raise TypeError(f"texts must be a sequence of str (a list or tuple, in row order), got {type(texts).__name__}")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"texts must be a sequence of str, got {type(texts[bad]).__name__} at texts[{bad}]")
     if len(texts) == 0:
         raise ValueError("texts must not be empty")
     return list(texts)
