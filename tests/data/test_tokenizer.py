@@ -181,7 +181,7 @@ def test_from_vocab_with_special_tokens_elsewhere(tmp_path):
 def test_from_vocab_errors(tmp_path):
     with pytest.raises(ValueError, match=r"\[MASK\]"):
         WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "a.txt", VOCAB[:4] + VOCAB[5:]))
-    with pytest.raises(ValueError, match=r"path: .*1 duplicates"):
+    with pytest.raises(ValueError, match=r"path: .*repeats tokens \(1\)"):
         WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "b.txt", VOCAB + ["red"]))
     with pytest.raises(FileNotFoundError, match="path"):
         WordPieceTokenizer.from_vocab(tmp_path / "missing.txt")
@@ -449,3 +449,22 @@ def test_the_tokenizer_object_given_is_not_changed(tmp_path):
     before = bare.to_str()
     WordPieceTokenizer(bare)
     assert bare.to_str() == before
+
+
+def test_vocab_file_faults_and_flags_are_named(tmp_path):
+    """A repeated token was "repeats tokens (1 duplicates)" (which?), a byte-order mark "lacks [PAD]",
+    a non-bool flag a tokenizers (PyO3) message naming its own argument; decode(-1) an OverflowError."""
+    with pytest.raises(ValueError, match=r"repeats tokens \(1\): 'red' on lines 7 and 16"):
+        WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "a.txt", VOCAB + ["red"]))
+    (tmp_path / "bom.txt").write_text("\ufeff" + "".join(f"{t}\n" for t in VOCAB), encoding="utf-8")
+    with pytest.raises(ValueError, match="starts with a byte-order mark"):
+        WordPieceTokenizer.from_vocab(tmp_path / "bom.txt")
+    vocab = write_vocab(tmp_path / "vocab.txt", VOCAB)
+    for name, value in (("lowercase", "no"), ("tokenize_chinese_chars", 1), ("strip_accents", 0)):
+        with pytest.raises(TypeError, match=f"{name} must be True"):
+            WordPieceTokenizer.from_vocab(vocab, **{name: value})
+    hand = WordPieceTokenizer.from_vocab(vocab)
+    assert hand.decode([ID["a"], ID["red"], ID["[SEP]"]]) == "a red"
+    for bad in ([-1], [len(VOCAB)]):
+        with pytest.raises(ValueError, match=rf"ids must be in \[0, {len(VOCAB)}\), got \[{bad[0]}\]"):
+            hand.decode(bad)

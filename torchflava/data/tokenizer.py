@@ -96,6 +96,11 @@ class WordPieceTokenizer:
         tokenize_chinese_chars: bool = True,
         max_input_chars_per_word: int = 100,
     ) -> Tokenizer:
+        for name, value in (("lowercase", lowercase), ("tokenize_chinese_chars", tokenize_chinese_chars)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        if strip_accents is not None and not isinstance(strip_accents, bool):
+            raise TypeError(f"strip_accents must be True, False or None, got {strip_accents!r}")
         model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=max_input_chars_per_word)
         tokenizer = Tokenizer(model)
         tokenizer.normalizer = normalizers.BertNormalizer(
@@ -146,9 +151,18 @@ class WordPieceTokenizer:
         tokens = [token.removesuffix("\r") for token in tokens]
         if tokens and tokens[-1] == "":  # the newline that ends the last line
             tokens.pop()
-        vocab = {token: i for i, token in enumerate(tokens)}
-        if len(vocab) != len(tokens):
-            raise ValueError(f"path: {path} repeats tokens ({len(tokens) - len(vocab)} duplicates)")
+        if tokens and tokens[0].startswith("\ufeff"):
+            raise ValueError(
+                f"path: {path} starts with a byte-order mark: a vocab.txt has none (transformers would read it "
+                "into the first token's name)"
+            )
+        vocab, repeats = {}, []
+        for line, token in enumerate(tokens, start=1):
+            if token in vocab:
+                repeats.append(f"{token!r} on lines {vocab[token] + 1} and {line}")
+            vocab.setdefault(token, line - 1)
+        if repeats:  # transformers keeps the last line's id: a gap, and another id than ours
+            raise ValueError(f"path: {path} repeats tokens ({len(repeats)}): {', '.join(repeats[:3])}")
         bare = cls._bare(
             vocab, lowercase=lowercase, strip_accents=strip_accents, tokenize_chinese_chars=tokenize_chinese_chars
         )
@@ -348,8 +362,11 @@ class WordPieceTokenizer:
         return padded_rows(rows, max_length, end_id=self.sep_id, pad_id=self.pad_id)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of one id sequence, special tokens dropped."""
-        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        """Text of one id sequence, special tokens dropped; ValueError for an id outside the vocabulary."""
+        ids = [int(i) for i in ids]
+        if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
+            raise ValueError(f"ids must be in [0, {self.vocab_size}), got {bad[:5]}")
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _refuse_added_tokens(directory: Path) -> None:
