@@ -458,3 +458,19 @@ def test_a_layer_called_with_a_checkpointing_setting_recomputes_as_it_says(value
     assert calls[0] == (2 if recomputed else 1)
     with pytest.raises(ValueError, match=r"^checkpointing must be a bool or one of .* got None$"):
         layer(torch.randn(2, 5, D), checkpointing=None)
+
+
+def test_an_encoder_whose_weights_cannot_fit_in_memory_is_refused_before_it_is_built(monkeypatch):
+    """num_layers=10**6 allocated for minutes before the process was killed."""
+    import os
+
+    from torchflava.modules.encoders import transformer_encoder
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": (1 << 30) // 4096}  # a 1 GiB machine
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    size = dict(embed_dim=512, num_heads=8, mlp_dim=2048)  # 3.1M weights a layer, 12.6 MB in fp32
+    with pytest.raises(ValueError, match=r"num_layers=100, embed_dim=512, mlp_dim=2048 makes 3.15e\+08 weights"):
+        transformer_encoder(num_layers=100, **size)
+    assert len(transformer_encoder(num_layers=2, **size).layers) == 2
+    with torch.device("meta"):  # nothing allocated: not checked
+        assert transformer_encoder(num_layers=100, **size).layers[0].mlp.fc1.weight.is_meta
