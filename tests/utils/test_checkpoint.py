@@ -471,6 +471,53 @@ def test_urls_download_and_failures_name_the_url(tmp_path, monkeypatch):
         server.server_close()
 
 
+class _Recorded(_Files):
+    codes: list = []
+
+    def send_response(self, code, message=None):
+        self.codes.append(code)
+        super().send_response(code, message)
+
+
+def _serve(directory):
+    handler = functools.partial(_Recorded, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_downloads_are_cached_by_the_whole_url_and_revalidated(tmp_path, monkeypatch):
+    """Found by an adversarial review: iopath's cache was keyed by the URL's path alone, so two servers
+    (or ports, or queries) with the same path gave the first one's weights, a file changed on the server
+    was never downloaded again, and '..' in a URL read any cached file without connecting."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    first, second = _tensors(), {k: v + 1 for k, v in _tensors().items()}
+    for name, tensors in (("a", first), ("b", second)):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+    (server_a, base_a), (server_b, base_b) = _serve(tmp_path / "a"), _serve(tmp_path / "b")
+    try:
+        _assert_same(load_state_dict(f"{base_b}/model.safetensors"), second)
+        _assert_same(load_state_dict(f"{base_a}/model.safetensors"), first)  # same path, another server
+        _Recorded.codes.clear()
+        _assert_same(load_state_dict(f"{base_a}/model.safetensors"), first)
+        assert _Recorded.codes == [304]  # asked again, not downloaded again
+        save_file(second, str(tmp_path / "a" / "model.safetensors"))  # changed on the server
+        later = time.time() + 10
+        os.utime(tmp_path / "a" / "model.safetensors", (later, later))
+        _assert_same(load_state_dict(f"{base_a}/model.safetensors"), second)
+        assert _Recorded.codes == [304, 200]
+        with pytest.raises(ValueError, match="must not hold '..' or '.' path segments"):
+            load_state_dict(f"{base_a}/x/../model.safetensors")
+    finally:
+        for server in (server_a, server_b):
+            server.shutdown()
+            server.server_close()
+    with pytest.warns(UserWarning, match="cannot be reached .*using the copy downloaded before"):
+        _assert_same(load_state_dict(f"{base_a}/model.safetensors"), second)  # the server is gone
+
+
 def test_a_server_that_stops_answering_ends_the_download(tmp_path, monkeypatch):
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")

@@ -1,20 +1,23 @@
-"""Reading and writing state dicts: local paths or URLs (via iopath), safetensors or torch files.
+"""Reading and writing state dicts: local paths or URLs, safetensors or torch files.
 
 Loading never runs pickled code: torch files are read with ``weights_only=True``.
 Writing is atomic: a file is written under a temporary name in the same directory, then renamed.
 """
 
+import hashlib
+import http.client
 import json
 import os
 from pathlib import Path
 import re
 import shutil
-import socket
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
+import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 
-from iopath.common.file_io import HTTPURLHandler, PathManager
+from iopath.common.file_io import get_cache_dir
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 import torch
@@ -44,7 +47,7 @@ def first_line(error: BaseException) -> str:
 def local_checkpoint(path: PathLike) -> Path:
     """Resolve a checkpoint path or URL to a local path that exists.
 
-    ``file://`` URLs name local files; http(s) URLs are downloaded once into iopath's cache.
+    ``file://`` URLs name local files; http(s) URLs are downloaded into a cache (see :func:`_download`).
 
     Raises:
         TypeError: if ``path`` is not a str or os.PathLike.
@@ -71,21 +74,60 @@ def local_checkpoint(path: PathLike) -> Path:
 
 
 def _download(url: str) -> str:
-    """The local copy of an http(s) URL, downloaded once into iopath's cache; a server that stops
-    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends the download with ConnectionError."""
+    """The local copy of an http(s) URL, kept in a cache directory of its own (a hash of the whole
+    URL: host, port, path and query) under iopath's cache; revalidated with the server on every call
+    (``If-None-Match`` / ``If-Modified-Since``: a file changed at the same URL is downloaded again).
+    A server that stops answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends it with ConnectionError;
+    a server that cannot be reached leaves a copy already downloaded in use, with a warning."""
     parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc or not parsed.path.rpartition("/")[2]:
+    name = urllib.parse.unquote(parsed.path.rpartition("/")[2])
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or not name:
         raise ValueError(f"checkpoint URLs must be http(s)://host/.../file or file:///path, got {url!r}")
-    manager = PathManager()  # a local manager: no process-wide registry is touched
-    manager.register_handler(HTTPURLHandler())
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib, under iopath, takes no timeout of its own
+    if ".." in urllib.parse.unquote(parsed.path).split("/") or "/" in name or name == ".":
+        raise ValueError(f"checkpoint URLs must not hold '..' or '.' path segments, got {url!r}")
+    directory = Path(get_cache_dir()) / "torchflava" / hashlib.sha256(url.encode()).hexdigest()[:32]
+    local, validators = directory / name, directory / ".validators.json"
+    request = urllib.request.Request(url)
     try:
-        return manager.get_local_path(url)
-    except OSError as error:  # refused, unreachable, timed out, HTTP errors, an empty file
-        raise ConnectionError(f"checkpoint: could not download {url}: {first_line(error)}") from error
-    finally:
-        socket.setdefaulttimeout(previous)
+        saved = json.loads(validators.read_text()) if local.is_file() else None
+    except (OSError, ValueError):  # none, or unreadable: download again
+        saved = None
+    cached = isinstance(saved, dict)
+    for header, key in (("If-None-Match", "etag"), ("If-Modified-Since", "last_modified")):
+        if cached and isinstance(saved.get(key), str):
+            request.add_header(header, saved[key])
+    try:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            atomic_write(local, lambda tmp: _copy_response(response, tmp))
+            found = {"etag": response.headers.get("ETag"), "last_modified": response.headers.get("Last-Modified")}
+        atomic_write(validators, lambda tmp: Path(tmp).write_text(json.dumps(found)))
+    except urllib.error.HTTPError as error:
+        if error.code == 304 and cached:  # not modified
+            return str(local)
+        raise ConnectionError(
+            f"checkpoint: could not download {url}: HTTP Error {error.code}: {error.reason}"
+        ) from None
+    except (OSError, http.client.HTTPException) as error:  # refused, unreachable, timed out, cut short, empty
+        if cached and isinstance(error, urllib.error.URLError):
+            warnings.warn(
+                f"checkpoint: {url} cannot be reached ({first_line(error)}); using the copy downloaded before",
+                stacklevel=2,
+            )
+            return str(local)
+        raise ConnectionError(f"checkpoint: could not download {url}: {first_line(error)}") from None
+    return str(local)
+
+
+def _copy_response(response, path: str) -> None:
+    """The body of an HTTP response into ``path``; OSError if it is empty or shorter than announced."""
+    with open(path, "wb") as file:
+        shutil.copyfileobj(response, file, 1 << 20)
+        size = file.tell()
+    announced = response.headers.get("Content-Length")
+    if size == 0:
+        raise OSError("the server sent an empty file")
+    if announced is not None and announced.isdigit() and int(announced) != size:
+        raise OSError(f"the download stopped at {size} of {announced} bytes")
 
 
 def _file_kind(path: Path) -> str:
