@@ -64,7 +64,8 @@ def count_calls(model):
     [
         ("image", {"mim"}, {"image": 1, "text": 0, "multimodal": 0}),
         ("text", {"mlm"}, {"image": 0, "text": 1, "multimodal": 0}),
-        ("pair", {"itm", "global_contrastive", "mmm_image", "mmm_text"}, {"image": 2, "text": 2, "multimodal": 1}),
+        # a pair's masked and unmasked passes: one call each, the batch stacked on itself
+        ("pair", {"itm", "global_contrastive", "mmm_image", "mmm_text"}, {"image": 1, "text": 1, "multimodal": 1}),
     ],
 )
 def test_each_batch_kind_runs_only_its_losses_and_passes(model, kind, losses, passes):
@@ -264,6 +265,8 @@ def test_loads_a_torchmultimodal_pretraining_checkpoint(tmp_path):
 
 
 def test_recomputing_contrastive_passes_changes_nothing_but_memory(model):
+    """Also the one call for a pair's masked and unmasked passes (the reference) against two calls
+    (recomputing runs the unmasked pass on its own): same loss, same gradients."""
     data = batch("pair")
     reference = model(data)
     reference.loss.backward()

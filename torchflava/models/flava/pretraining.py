@@ -121,6 +121,23 @@ class LossWeights(NamedTuple):
     mmm_text: float = 1.0
 
 
+def _masked_and_unmasked(encoder: nn.Module, *inputs: Tensor, **paired: tuple) -> tuple[EncoderOutput, Tensor]:
+    """One call of ``encoder`` on a batch stacked on itself: the first half's output (the masked pass)
+    and the second half's CLS (the unmasked pass). ``inputs`` are the two halves' first argument (one
+    tensor: the same for both), ``paired`` keyword arguments (first half's value, second half's)."""
+    first, second = (inputs[0], inputs[0]) if len(inputs) == 1 else inputs
+    rows = first.shape[0]
+    kwargs = {k: None if a is None else torch.cat([a, b]) for k, (a, b) in paired.items()}
+    out = encoder(torch.cat([first, second]), return_pooled=False, **kwargs)
+    halves = EncoderOutput(
+        last_hidden_state=out.last_hidden_state[:rows],
+        prenorm_last_hidden_state=None
+        if out.prenorm_last_hidden_state is None
+        else out.prenorm_last_hidden_state[:rows],
+    )
+    return halves, out.last_hidden_state[rows:, 0]
+
+
 def _masked_prediction(
     head: nn.Module, states: Tensor, targets: Tensor, ignore_index: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -263,12 +280,27 @@ class FLAVAForPretraining(nn.Module):
         padding = None if b.text is None else text_padding_mask(b.text, b.text_attention_mask)
 
         losses, extra = {}, {}
-        masked_image = masked_text = None
+        masked_image = masked_text = image_cls = text_cls = None
+        # Where the contrastive loss needs an unmasked pass beside a masked one, one encoder call
+        # runs both, the batch stacked on itself: GEMMs of twice the rows run faster (FLAVA-full's
+        # image encoder, bf16: 0.99 against 1.22 s forward and backward for 4 pairs' two passes).
+        merge = want_contrastive and not self.recompute_contrastive_passes
         if b.image is not None and (want_multimodal or want_mim):
-            masked_image = self.model.image_encoder(b.image, patch_mask=b.image_patch_mask, return_pooled=False)
+            mask = b.image_patch_mask
+            if merge and mask is not None:
+                masked_image, image_cls = _masked_and_unmasked(
+                    self.model.image_encoder, b.image, patch_mask=(mask, torch.zeros_like(mask))
+                )
+            else:
+                masked_image = self.model.image_encoder(b.image, patch_mask=mask, return_pooled=False)
         if b.text is not None and (want_multimodal or want_mlm):
-            text_masked = b.text if b.text_masked is None else b.text_masked
-            masked_text = self.model.text_encoder(text_masked, padding_mask=padding, return_pooled=False)
+            if merge and b.text_masked is not None:
+                masked_text, text_cls = _masked_and_unmasked(
+                    self.model.text_encoder, b.text_masked, b.text, padding_mask=(padding, padding)
+                )
+            else:
+                text_masked = b.text if b.text_masked is None else b.text_masked
+                masked_text = self.model.text_encoder(text_masked, padding_mask=padding, return_pooled=False)
 
         if want_mim and image_targets is not None:
             losses["mim"], extra["mim_logits"], extra["mim_targets"] = _masked_prediction(
@@ -282,7 +314,7 @@ class FLAVAForPretraining(nn.Module):
         if want_multimodal:
             positives = self._multimodal_losses(b, masked_image, masked_text, padding, image_targets, losses, extra)
         if want_contrastive:
-            self._contrastive_loss(b, masked_image, masked_text, padding, positives, losses, extra)
+            self._contrastive_loss(b, masked_image, masked_text, padding, positives, losses, extra, image_cls, text_cls)
         if not losses:
             raise ValueError(
                 "the batch calls for no loss: give image + image_patch_mask (MIM), text + mlm_labels (MLM), "
@@ -341,19 +373,22 @@ class FLAVAForPretraining(nn.Module):
         positives: Optional[Tensor],
         losses: dict,
         extra: dict,
+        image_cls: Optional[Tensor] = None,
+        text_cls: Optional[Tensor] = None,
     ) -> None:
-        """Global contrastive loss on the unmasked CLS features (reusing a masked pass that had no mask)."""
+        """Global contrastive loss on the unmasked CLS features (given, from a masked pass that had no
+        mask, or computed here)."""
         model = self.model
         recompute = True if self.recompute_contrastive_passes else None
-        if masked_image is not None and b.image_patch_mask is None:
+        if image_cls is None and masked_image is not None and b.image_patch_mask is None:
             image_cls = masked_image.last_hidden_state[:, 0]
-        else:
+        elif image_cls is None:
             image_cls = model.image_encoder(
                 b.image, output_positions=CLS_POSITION, return_pooled=False, checkpoint_activations=recompute
             ).last_hidden_state[:, 0]
-        if masked_text is not None and b.text_masked is None:
+        if text_cls is None and masked_text is not None and b.text_masked is None:
             text_cls = masked_text.last_hidden_state[:, 0]
-        else:
+        elif text_cls is None:
             text_cls = model.text_encoder(
                 b.text,
                 padding_mask=padding,
