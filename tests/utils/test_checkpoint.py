@@ -640,3 +640,28 @@ def test_atomic_write_removes_a_directory_its_writer_made_and_keeps_the_writers_
     assert list(tmp_path.iterdir()) == []
     atomic_write(tmp_path / "out.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
     assert (tmp_path / "out.bin").read_bytes() == b"x"
+
+
+def test_a_damaged_torch_file_is_refused_naming_its_entry(tmp_path):
+    """Found by an adversarial review: torch.load read 200 zeroed bytes as weights (values of 3e32)."""
+    torch.save({"w": torch.randn(1000, 1000)}, tmp_path / "ok.pt")
+    data = bytearray((tmp_path / "ok.pt").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = bytes(200)
+    (tmp_path / "bad.pt").write_bytes(data)
+    with pytest.raises(ValueError, match=r"bad.pt is damaged: its entry 'ok/data/0' fails its CRC check"):
+        load_state_dict(tmp_path / "bad.pt")
+    assert load_state_dict(tmp_path / "ok.pt")["w"].shape == (1000, 1000)
+
+
+def test_a_blocked_global_is_named_without_the_advice_to_unpickle(tmp_path):
+    """A module-level callable (os.system here) gave torch's advice to re-run with weights_only=False."""
+
+    class CallsSystem:
+        def __reduce__(self):
+            return os.system, ("true",)
+
+    torch.save({"w": torch.zeros(1), "x": CallsSystem()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError) as caught:
+        load_state_dict(tmp_path / "evil.pt")
+    message = str(caught.value)
+    assert "unsupported GLOBAL posix.system" in message and "weights_only` set to `False" not in message

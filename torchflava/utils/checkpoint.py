@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+import zipfile
 
 from iopath.common.file_io import get_cache_dir
 from safetensors import SafetensorError, safe_open
@@ -174,6 +175,10 @@ def _refusal(error: BaseException) -> str:
         (line.split("WeightsUnpickler error:", 1)[1] for line in lines if "WeightsUnpickler error:" in line), ""
     )
     reason = reason.strip(" |").split(" was not an allowed global")[0]
+    if not reason:  # e.g. "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+        reason = next((line.strip().rstrip(".") for line in lines if "GLOBAL" in line), "")
+    if not reason and "weights_only" in str(error):  # never torch's advice to unpickle
+        reason = "the restricted unpickler refused it"
     return reason or first_line(error)
 
 
@@ -190,6 +195,7 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
             return _checked_tensors(path, load_file(str(path)))
         except SafetensorError as error:  # empty, truncated, or not safetensors at all
             raise ValueError(f"could not read {path} as a safetensors file: {first_line(error)}") from error
+    _check_zip_crcs(path)
     try:
         obj = _torch_load(path, mmap)
     except Exception as err:  # pickled code, a truncated file, or not a torch file at all
@@ -202,6 +208,18 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
         found = f"entries {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors), got {found}")
     return _checked_tensors(path, obj)
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """ValueError naming the entry if a zip-format torch file fails its CRC-32 checks (torch.load reads
+    damaged tensor data without a word: a few flipped bytes became weights of 3e32)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):  # not a zip (a legacy torch file), or truncated: torch.load says
+        return
+    if damaged is not None:
+        raise ValueError(f"{path} is damaged: its entry {damaged!r} fails its CRC check (download or copy it again)")
 
 
 def _torch_load(path: Path, mmap: bool) -> object:
