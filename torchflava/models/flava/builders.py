@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import torch
 from torch import nn
 
 from torchflava.models.flava.classification import (
@@ -281,6 +282,9 @@ def flava_model(
     local = None if pretrained is None else local_checkpoint(pretrained)
     args, config_file, config = _resolved_flava_arguments(local, args)
     check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
+    if local is not None:  # names and shapes checked on a meta-device model: no real one is built for a misfit
+        with torch.device("meta"):
+            load_flava_weights(_build_flava(args), peek_state_dict(local))
     model = _build_flava(args)
     if local is not None:  # the tensors are read once the arguments are known to build a model
         load_flava_weights(model, load_state_dict(local))
