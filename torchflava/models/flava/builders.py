@@ -411,8 +411,9 @@ def flava_model_for_pretraining(
         mmm_image_weight (float): MMM-image loss weight.
         mmm_text_weight (float): MMM-text loss weight.
         unimodal_losses_on_pairs (bool): also run MIM and MLM on image-text batches.
-        recompute_contrastive_passes (bool): recompute, in backward, the unmasked passes that feed only the
-            contrastive loss (saves their activations for one more forward of them).
+        recompute_contrastive_passes (bool): run the unmasked passes that feed only the contrastive loss
+            on their own, not stacked with the masked ones, and recompute them in backward (saves their
+            activations for one more forward of them).
         ignore_index (int): label of positions without a target.
         contrastive_gather (GatherGrad): gradient semantics of the cross-rank feature gather.
 
