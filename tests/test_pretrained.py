@@ -188,3 +188,13 @@ def test_an_open_clip_hub_directory_and_a_single_tower_one(tmp_path):
     CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "tower")
     with pytest.raises(ValueError, match=r"model_type 'flava' or 'clip' \(a whole FlavaModel or CLIPModel, both"):
         load_pretrained(tmp_path / "tower")
+
+
+def test_a_missing_path_or_a_file_is_named_as_such(tmp_path):
+    """A path that does not exist was 'neither a torchflava run/export directory ... nor a Hugging Face
+    directory' (found by an adversarial review)."""
+    with pytest.raises(FileNotFoundError, match=r"checkpoint: .*nowhere does not exist"):
+        checkpoint_layout(tmp_path / "nowhere")
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"weights.safetensors is a file; expected a checkpoint directory"):
+        checkpoint_layout(tmp_path / "weights.safetensors")

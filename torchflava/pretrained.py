@@ -139,6 +139,12 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
         ValueError: if ``config.json`` states another model, or an export holds several weights files.
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint: {path} does not exist")
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint: {path} is a file; expected a checkpoint directory (a run, an export, or a Hugging Face or open_clip directory)"
+        )
     if any((path / "model" / name).is_file() for name in _EXPORT_CONFIGS):
         path = path / "model"
     export = next((name for name in _EXPORT_CONFIGS if (path / name).is_file()), None)
