@@ -119,3 +119,19 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_the_real_model_is_buil
     devices.clear()
     loaded = flava_model(**TINY_FLAVA, pretrained=tmp_path / "tiny.safetensors")
     assert devices == ["meta", "cpu"] and not any(p.is_meta for p in loaded.parameters())
+
+
+def test_a_clip_checkpoint_is_named_as_one(tmp_path):
+    """Found by an adversarial review: a Hugging Face CLIP file was read as FLAVA's HF layout (both have
+    text_model.*) and refused for one mis-shaped tensor, with advice to pass the architecture."""
+    from transformers import CLIPConfig, CLIPModel
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(text_config=small, vision_config=dict(small, image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    with pytest.raises(ValueError, match="config.json: config: expected model_type 'flava', got 'clip'"):
+        flava_model(pretrained=tmp_path / "clip")  # its config.json says so
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "clip" / "model.safetensors").rename(tmp_path / "alone" / "clip.safetensors")
+    with pytest.raises(ValueError, match="CLIP checkpoint, not FLAVA's .*load it with torchflava.models.clip_model"):
+        flava_model(pretrained=tmp_path / "alone" / "clip.safetensors")  # the file alone

@@ -134,6 +134,12 @@ def detect_layout(state_dict: dict[str, Tensor]) -> str:
         ValueError: if the keys match none of them.
     """
     keys = list(state_dict)
+    clip = ("vision_model.", "visual.", "vision_tower.", "transformer.resblocks.", "clip_model.")
+    if any(k.startswith(clip) for k in keys) and not any("multimodal" in k or "mm_encoder" in k for k in keys):
+        raise ValueError(
+            f"a CLIP checkpoint, not FLAVA's (keys such as {next(k for k in keys if k.startswith(clip))!r} and no "
+            "multimodal encoder): load it with torchflava.models.clip_model"
+        )
     if any(k.startswith(("multimodal_encoder.", "model.multimodal_encoder.")) for k in keys):
         return "torchflava"
     if any(k.startswith(("image_model.", "text_model.", "multimodal_model.", "flava.")) for k in keys):
