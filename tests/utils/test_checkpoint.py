@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 from pathlib import Path
+import shutil
 import socket
 import threading
 import time
@@ -472,11 +473,18 @@ def test_urls_download_and_failures_name_the_url(tmp_path, monkeypatch):
 
 
 class _Recorded(_Files):
-    codes: list = []
+    requests: list = []  # (method, status) of every answer
+    failing: list = []  # status codes to answer with instead, one a request
 
     def send_response(self, code, message=None):
-        self.codes.append(code)
+        self.requests.append((self.command, int(code)))
         super().send_response(code, message)
+
+    def do_GET(self):
+        if self.failing:
+            self.send_error(self.failing.pop(0))
+            return
+        super().do_GET()
 
 
 def _serve(directory):
@@ -486,36 +494,100 @@ def _serve(directory):
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+def _write(path, tensors, age_s):
+    """Save ``tensors`` at ``path`` with a modification time ``age_s`` seconds ago."""
+    save_file(tensors, str(path))
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+
+
 def test_downloads_are_cached_by_the_whole_url_and_revalidated(tmp_path, monkeypatch):
-    """Found by an adversarial review: iopath's cache was keyed by the URL's path alone, so two servers
+    """Found by adversarial reviews: iopath's cache was keyed by the URL's path alone, so two servers
     (or ports, or queries) with the same path gave the first one's weights, a file changed on the server
-    was never downloaded again, and '..' in a URL read any cached file without connecting."""
+    was never downloaded again, and '..' in a URL read any cached file without connecting; then a file
+    changed within the second it was served, or replaced by an older copy, passed If-Modified-Since."""
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    first, second = _tensors(), {k: v + 1 for k, v in _tensors().items()}
+    first, second, third = (
+        _tensors(),
+        {k: v + 1 for k, v in _tensors().items()},
+        {k: v + 2 for k, v in _tensors().items()},
+    )
     for name, tensors in (("a", first), ("b", second)):
         (tmp_path / name).mkdir()
-        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+        _write(tmp_path / name / "model.safetensors", tensors, age_s=100)
     (server_a, base_a), (server_b, base_b) = _serve(tmp_path / "a"), _serve(tmp_path / "b")
+    url = f"{base_a}/model.safetensors"
     try:
         _assert_same(load_state_dict(f"{base_b}/model.safetensors"), second)
-        _assert_same(load_state_dict(f"{base_a}/model.safetensors"), first)  # same path, another server
-        _Recorded.codes.clear()
-        _assert_same(load_state_dict(f"{base_a}/model.safetensors"), first)
-        assert _Recorded.codes == [304]  # asked again, not downloaded again
-        save_file(second, str(tmp_path / "a" / "model.safetensors"))  # changed on the server
-        later = time.time() + 10
-        os.utime(tmp_path / "a" / "model.safetensors", (later, later))
-        _assert_same(load_state_dict(f"{base_a}/model.safetensors"), second)
-        assert _Recorded.codes == [304, 200]
+        _assert_same(load_state_dict(url), first)  # same path, another server
+        _Recorded.requests.clear()
+        _assert_same(load_state_dict(url), first)
+        assert _Recorded.requests == [("HEAD", 200)]  # asked again, not downloaded again
+        _write(tmp_path / "a" / "model.safetensors", second, age_s=50)  # changed on the server
+        _assert_same(load_state_dict(url), second)
+        _write(tmp_path / "a" / "model.safetensors", third, age_s=200)  # an older copy put back (cp -p)
+        _assert_same(load_state_dict(url), third)
+        _write(tmp_path / "a" / "model.safetensors", first, age_s=0)  # served in the second it changed
+        _assert_same(load_state_dict(url), first)
+        save_file(second, str(tmp_path / "a" / "model.safetensors"))  # ... and changed again in it
+        _assert_same(load_state_dict(url), second)  # a weak date is not trusted: downloaded again
+        _Recorded.failing[:] = [503]
+        with pytest.warns(UserWarning, match="HTTP Error 503.*using the copy downloaded before"):
+            _assert_same(load_state_dict(url), second)
         with pytest.raises(ValueError, match="must not hold '..' or '.' path segments"):
             load_state_dict(f"{base_a}/x/../model.safetensors")
+        with pytest.raises(ValueError, match="must not hide a '/' in the file name"):
+            load_state_dict(f"{base_a}/x%2Fmodel.safetensors")
+        with pytest.raises(ValueError, match="checkpoint URLs must be .*ASCII"):
+            load_state_dict(f"{base_a}/modèle.safetensors")
     finally:
         for server in (server_a, server_b):
             server.shutdown()
             server.server_close()
     with pytest.warns(UserWarning, match="cannot be reached .*using the copy downloaded before"):
-        _assert_same(load_state_dict(f"{base_a}/model.safetensors"), second)  # the server is gone
+        _assert_same(load_state_dict(url), second)  # the server is gone
+
+
+def test_a_damaged_download_is_fetched_again_and_threads_do_not_share_a_temporary(tmp_path, monkeypatch):
+    """Found by an adversarial review: a cached copy damaged after its download was revalidated and
+    refused forever; two threads loading one URL wrote to one temporary file and one got a truncated copy."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    (tmp_path / "served").mkdir()
+    big = {"w": torch.randn(1 << 20)}
+    torch.save(big, tmp_path / "served" / "model.pt")
+    then = time.time() - 100
+    os.utime(tmp_path / "served" / "model.pt", (then, then))
+    server, base = _serve(tmp_path / "served")
+    url = f"{base}/model.pt"
+    try:
+        _assert_same(load_state_dict(url), big)
+        (copy,) = (tmp_path / "cache" / "torchflava").glob("*/file/model.pt")
+        data = bytearray(copy.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        copy.write_bytes(data)
+        _assert_same(load_state_dict(url), big)  # damaged: dropped and downloaded again
+        shutil.rmtree(tmp_path / "cache")
+        results, errors = [], []
+
+        def load():
+            try:
+                results.append(load_state_dict(url))
+            except Exception as error:  # noqa: BLE001 (recorded for the assertion)
+                errors.append(error)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and len(results) == 4
+        for result in results:
+            _assert_same(result, big)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_server_that_stops_answering_ends_the_download(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ Loading never runs pickled code: torch files are read with ``weights_only=True``
 Writing is atomic: a file is written under a temporary name in the same directory, then renamed.
 """
 
+import email.utils
 import hashlib
 import http.client
 import json
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 import re
 import shutil
+import threading
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
 import urllib.error
 import urllib.parse
@@ -76,46 +78,88 @@ def local_checkpoint(path: PathLike) -> Path:
 
 def _download(url: str) -> str:
     """The local copy of an http(s) URL, kept in a cache directory of its own (a hash of the whole
-    URL: host, port, path and query) under iopath's cache; revalidated with the server on every call
-    (``If-None-Match`` / ``If-Modified-Since``: a file changed at the same URL is downloaded again).
-    A server that stops answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends it with ConnectionError;
-    a server that cannot be reached leaves a copy already downloaded in use, with a warning."""
+    URL: host, port, path and query) under iopath's cache, and checked with the server on every
+    call: with an ETag, a conditional GET (``If-None-Match``); with only a Last-Modified date, a HEAD
+    whose date and length must equal the copy's (a date is not trusted where the file changed in the
+    second it was served, RFC 7232's weak validator); else downloaded again. A server that stops
+    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends the download with ConnectionError; one that
+    cannot be reached or fails (5xx) leaves a copy downloaded before in use, with a warning."""
     parsed = urllib.parse.urlparse(url)
     name = urllib.parse.unquote(parsed.path.rpartition("/")[2])
-    if parsed.scheme not in ("http", "https") or not parsed.netloc or not name:
-        raise ValueError(f"checkpoint URLs must be http(s)://host/.../file or file:///path, got {url!r}")
-    if ".." in urllib.parse.unquote(parsed.path).split("/") or "/" in name or name == ".":
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or not name or not url.isascii():
+        raise ValueError(
+            f"checkpoint URLs must be http(s)://host/.../file (ASCII, percent-encoded) or file:///path, got {url!r}"
+        )
+    if ".." in urllib.parse.unquote(parsed.path).split("/") or name == ".":
         raise ValueError(f"checkpoint URLs must not hold '..' or '.' path segments, got {url!r}")
-    directory = Path(get_cache_dir()) / "torchflava" / hashlib.sha256(url.encode()).hexdigest()[:32]
-    local, validators = directory / name, directory / ".validators.json"
-    request = urllib.request.Request(url)
+    if "/" in name:
+        raise ValueError(f"checkpoint URLs must not hide a '/' in the file name (%2F), got {url!r}")
+    directory = _download_directory(url)
+    local = (
+        directory
+        / "file"
+        / (name if len(name) <= 128 else hashlib.sha256(name.encode()).hexdigest() + Path(name).suffix[:16])
+    )
+    validators = directory / "validators.json"
     try:
         saved = json.loads(validators.read_text()) if local.is_file() else None
     except (OSError, ValueError):  # none, or unreadable: download again
         saved = None
     cached = isinstance(saved, dict)
-    for header, key in (("If-None-Match", "etag"), ("If-Modified-Since", "last_modified")):
-        if cached and isinstance(saved.get(key), str):
-            request.add_header(header, saved[key])
     try:
+        if cached and _unchanged(url, saved):
+            return str(local)
+        request = urllib.request.Request(url)
+        if cached and isinstance(saved.get("etag"), str):
+            request.add_header("If-None-Match", saved["etag"])
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            validators.unlink(missing_ok=True)  # (a copy without its validators is downloaded again)
             atomic_write(local, lambda tmp: _copy_response(response, tmp))
-            found = {"etag": response.headers.get("ETag"), "last_modified": response.headers.get("Last-Modified")}
+            found = {key: response.headers.get(header) for key, header in _VALIDATORS}
         atomic_write(validators, lambda tmp: Path(tmp).write_text(json.dumps(found)))
     except urllib.error.HTTPError as error:
         if error.code == 304 and cached:  # not modified
             return str(local)
+        if error.code >= 500 and cached:
+            return _stale(url, local, f"HTTP Error {error.code}: {error.reason}")
         raise ConnectionError(
             f"checkpoint: could not download {url}: HTTP Error {error.code}: {error.reason}"
         ) from None
     except (OSError, http.client.HTTPException) as error:  # refused, unreachable, timed out, cut short, empty
-        if cached and isinstance(error, urllib.error.URLError):
-            warnings.warn(
-                f"checkpoint: {url} cannot be reached ({first_line(error)}); using the copy downloaded before",
-                stacklevel=2,
-            )
-            return str(local)
+        if cached and isinstance(error, (urllib.error.URLError, http.client.RemoteDisconnected)):
+            return _stale(url, local, first_line(error))
         raise ConnectionError(f"checkpoint: could not download {url}: {first_line(error)}") from None
+    return str(local)
+
+
+_VALIDATORS = (("etag", "ETag"), ("last_modified", "Last-Modified"), ("date", "Date"), ("length", "Content-Length"))
+
+
+def _download_directory(url: str) -> Path:
+    return Path(get_cache_dir()) / "torchflava" / hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+def _unchanged(url: str, saved: dict) -> bool:
+    """Whether a copy without an ETag is still the server's file: the same Last-Modified and length
+    (HEAD), the date strong (at least a second before the copy was served)."""
+    if isinstance(saved.get("etag"), str) or not all(isinstance(saved.get(k), str) for k in ("last_modified", "date")):
+        return False
+    try:
+        modified = email.utils.parsedate_to_datetime(saved["last_modified"])
+        served = email.utils.parsedate_to_datetime(saved["date"])
+    except (TypeError, ValueError):
+        return False
+    if (served - modified).total_seconds() < 1:  # weak: it may have changed again within that second
+        return False
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=DOWNLOAD_TIMEOUT_S) as response:
+        return (response.headers.get("Last-Modified"), response.headers.get("Content-Length")) == (
+            saved["last_modified"],
+            saved.get("length"),
+        )
+
+
+def _stale(url: str, local: Path, reason: str) -> str:
+    warnings.warn(f"checkpoint: {url} cannot be reached ({reason}); using the copy downloaded before", stacklevel=3)
     return str(local)
 
 
@@ -195,7 +239,8 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
             return _checked_tensors(path, load_file(str(path)))
         except SafetensorError as error:  # empty, truncated, or not safetensors at all
             raise ValueError(f"could not read {path} as a safetensors file: {first_line(error)}") from error
-    _check_zip_crcs(path)
+    if not mmap:  # (peek_state_dict maps the file to read names and shapes: no data is read or checked)
+        _check_zip_crcs(path)
     try:
         obj = _torch_load(path, mmap)
     except Exception as err:  # pickled code, a truncated file, or not a torch file at all
@@ -213,6 +258,9 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
 def _check_zip_crcs(path: Path) -> None:
     """ValueError naming the entry if a zip-format torch file fails its CRC-32 checks (torch.load reads
     damaged tensor data without a word: a few flipped bytes became weights of 3e32)."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # a legacy torch file (zipfile would search its end for an index)
+            return
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -420,7 +468,15 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
         TypeError: if ``path`` is not a str or os.PathLike.
         ConnectionError: if a URL cannot be downloaded.
     """
-    return _load_file(_checkpoint_file(path))
+    local = _checkpoint_file(path)
+    try:
+        return _load_file(local)
+    except ValueError:
+        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+        if not text.startswith(("http://", "https://")):
+            raise
+        shutil.rmtree(_download_directory(text), ignore_errors=True)  # a damaged copy: fetched once more
+        return _load_file(_checkpoint_file(path))
 
 
 def _checkpoint_file(path: PathLike) -> Path:
@@ -505,7 +561,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(final)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # a name per thread
     try:
         write(str(tmp))
         fsync_path(tmp)  # (before the chmod: a umask may leave the file unreadable to its owner)
@@ -557,16 +613,23 @@ def _remove(path: Path) -> None:
 
 
 def _remove_stale_temporaries(final: Path) -> None:
-    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+)\.tmp$")
+    """Remove temporaries of ``final`` whose writer is gone: another process that ended, or this
+    thread's own earlier, interrupted write (another thread of ours may be writing its own)."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+)(?:\.(\d+))?\.tmp$")
     for candidate in final.parent.glob(f".{final.name}.*.tmp"):
         match = pattern.match(candidate.name)
-        if match and not _process_alive(int(match.group(1))):
+        if match is None:
+            continue
+        pid, thread = int(match.group(1)), match.group(2)
+        if pid == os.getpid():
+            stale = thread is None or int(thread) == threading.get_ident()
+        else:
+            stale = not _process_alive(pid)
+        if stale:
             _remove(candidate)
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftover from an earlier, interrupted write
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
