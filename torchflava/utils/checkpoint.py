@@ -548,7 +548,7 @@ def unused_path(directory: PathLike, name: str) -> Path:
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Write a file so that it appears complete or not at all.
 
-    The content goes to ``.<name>.<pid>.tmp`` beside ``path``, reaches the disk (fsync) and is then
+    The content goes to ``.<name>.<pid>.<thread>.tmp`` beside ``path``, reaches the disk (fsync) and is then
     renamed over it, and the rename is made durable too (fsync of the directory), so that after a
     crash or power loss the path holds the old content or the new, never an empty or partial file.
     Temporary files that killed writers left for the same path (their process is gone) are removed
