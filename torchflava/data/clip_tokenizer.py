@@ -174,13 +174,15 @@ class CLIPTokenizer:
         unescape_html: bool = False,
         fix_text: bool = False,
         reading: str = "transformers",
+        _copy: bool = True,
     ) -> None:
         if reading not in _SPECIAL_SPELLINGS:
             raise ValueError(f"reading must be one of {tuple(_SPECIAL_SPELLINGS)}, got {reading!r}")
         for name, value in (("unescape_html", unescape_html), ("fix_text", fix_text)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
-        tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's stays as it was
+        if _copy:  # the caller's stays as it was (_copy=False: the classmethods' own, made for this one)
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
         vocab = tokenizer.get_vocab()
         missing = [token for token in (START, END, pad_token or END) if token not in vocab]
         if missing:
@@ -228,7 +230,7 @@ class CLIPTokenizer:
                 pre_tokenizers.ByteLevel(add_prefix_space=False),
             ]
         )
-        return cls(tokenizer, **kwargs)
+        return cls(tokenizer, _copy=False, **kwargs)
 
     @classmethod
     def from_bpe(cls, path: PathLike, *, vocab_size: int = CLIP_VOCAB_SIZE, **kwargs) -> "CLIPTokenizer":
@@ -288,7 +290,7 @@ class CLIPTokenizer:
             raise ValueError(
                 f"tokenizer.json: expected a BPE model (CLIP's) in {path}, got {type(tokenizer.model).__name__}"
             )
-        return cls(tokenizer, **kwargs)
+        return cls(tokenizer, _copy=False, **kwargs)
 
     @classmethod
     def from_directory(cls, directory: PathLike) -> "CLIPTokenizer":

@@ -45,8 +45,9 @@ class WordPieceTokenizer:
         ValueError: if a special token is missing from the vocabulary, or ``model_max_length`` < 2.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, model_max_length: Optional[int] = None) -> None:
-        tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's stays as it was
+    def __init__(self, tokenizer: Tokenizer, *, model_max_length: Optional[int] = None, _copy: bool = True) -> None:
+        if _copy:  # the caller's stays as it was (_copy=False: the classmethods' own, made for this one)
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
         vocab = tokenizer.get_vocab()
         missing = [token for token in SPECIAL_TOKENS if token not in vocab]
         if missing:
@@ -166,7 +167,7 @@ class WordPieceTokenizer:
         bare = cls._bare(
             vocab, lowercase=lowercase, strip_accents=strip_accents, tokenize_chinese_chars=tokenize_chinese_chars
         )
-        return cls(bare, model_max_length=model_max_length)
+        return cls(bare, model_max_length=model_max_length, _copy=False)
 
     @classmethod
     def from_tokenizer_json(
@@ -229,7 +230,7 @@ class WordPieceTokenizer:
             tokenize_chinese_chars=tokenize_chinese_chars,
             max_input_chars_per_word=chars,
         )
-        return cls(bare, model_max_length=model_max_length)
+        return cls(bare, model_max_length=model_max_length, _copy=False)
 
     @classmethod
     def from_directory(cls, directory: Union[str, os.PathLike]) -> "WordPieceTokenizer":
@@ -308,7 +309,7 @@ class WordPieceTokenizer:
             if word not in known:
                 vocab.append(word)
                 known.add(word)
-        return cls(cls._bare({token: i for i, token in enumerate(vocab)}))
+        return cls(cls._bare({token: i for i, token in enumerate(vocab)}), _copy=False)
 
     def save(self, directory: Union[str, os.PathLike]) -> Path:
         """Write ``vocab.txt`` and ``tokenizer_config.json`` into ``directory`` (atomically).

@@ -280,11 +280,14 @@ def flava_model(
     """
     args = {k: v for k, v in locals().items() if k != "pretrained"}
     local = None if pretrained is None else local_checkpoint(pretrained)
-    args, config_file, config = _resolved_flava_arguments(local, args)
+    # the checkpoint's names, shapes and dtypes (no data): a directory without weights, or a malformed file,
+    # says so before any work
+    peeked = None if local is None else peek_state_dict(local)
+    args, config_file, config = _resolved_flava_arguments(local, args, peeked)
     check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
     if local is not None:  # names and shapes checked on a meta-device model: no real one is built for a misfit
         with torch.device("meta"):
-            load_flava_weights(_build_flava(args), peek_state_dict(local))
+            load_flava_weights(_build_flava(args), peeked)
     model = _build_flava(args)
     if local is not None:  # the tensors are read once the arguments are known to build a model
         load_flava_weights(model, load_state_dict(local))
@@ -304,15 +307,18 @@ def flava_model_arguments(pretrained: Optional[Union[str, os.PathLike]] = None, 
         raise ValueError(f"flava_model_arguments: expected arguments of flava_model, got {unknown}")
     defaults = {k: p.default for k, p in inspect.signature(flava_model).parameters.items() if k != "pretrained"}
     local = None if pretrained is None else local_checkpoint(pretrained)
-    return _resolved_flava_arguments(local, {**defaults, **kwargs})[0]
+    peeked = None if local is None else peek_state_dict(local)
+    return _resolved_flava_arguments(local, {**defaults, **kwargs}, peeked)[0]
 
 
-def _resolved_flava_arguments(local: Optional[Path], args: dict) -> tuple[dict, Optional[Path], dict]:
-    """``args`` with config.json's values (see :func:`_with_config`), the config.json and its values."""
+def _resolved_flava_arguments(
+    local: Optional[Path], args: dict, peeked: Optional[dict]
+) -> tuple[dict, Optional[Path], dict]:
+    """``args`` with config.json's values (see :func:`_with_config`), the config.json and its values;
+    ``peeked``: the checkpoint's :func:`peek_state_dict`."""
     if local is None:
         return args, None, {}
-    names = peek_state_dict(local)  # a directory without weights, or a malformed file, says so before any work
-    config_file, config = hf_directory_kwargs(local, names)
+    config_file, config = hf_directory_kwargs(local, peeked)
     return _with_config(flava_model, args, config_file, config), config_file, config
 
 
