@@ -3,6 +3,7 @@
 from contextlib import nullcontext
 import functools
 import math
+import threading
 
 import pytest
 import torch
@@ -331,8 +332,9 @@ def test_training_forward_takes_the_math_path_with_sdpa_values_and_gradients(is_
     attn = MultiHeadSelfAttention(24, 3, is_causal=is_causal)
     x = torch.randn(3, 7, 24, requires_grad=True)
     calls = []
-    real = attention.math_attention
+    real, real_fused = attention.math_attention, attention._MathSelfAttention.apply
     monkeypatch.setattr(attention, "math_attention", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(attention._MathSelfAttention, "apply", lambda *a: calls.append(1) or real_fused(*a))
 
     def run(**kwargs):
         attn.zero_grad()
@@ -354,14 +356,15 @@ def test_training_forward_takes_the_math_path_with_sdpa_values_and_gradients(is_
 
 def test_dropout_in_training_keeps_sdpa(monkeypatch):
     monkeypatch.setattr(attention, "math_attention", lambda *a: pytest.fail("math path with dropout"))
+    monkeypatch.setattr(attention._MathSelfAttention, "apply", lambda *a: pytest.fail("math path with dropout"))
     attn = MultiHeadSelfAttention(24, 3, dropout=0.1).train()
     attn(torch.randn(2, 5, 24, requires_grad=True)).sum().backward()
 
 
 def test_bf16_autocast_training_takes_the_math_path(monkeypatch):
     calls = []
-    real = attention.math_attention
-    monkeypatch.setattr(attention, "math_attention", lambda *a: calls.append(a[0].dtype) or real(*a))
+    real = attention._MathSelfAttention.apply
+    monkeypatch.setattr(attention._MathSelfAttention, "apply", lambda *a: calls.append(a[0].dtype) or real(*a))
     attn = MultiHeadSelfAttention(24, 3).train()
     x = torch.randn(3, 7, 24, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -455,3 +458,77 @@ def test_math_attention_leaves_its_inputs_as_they_were(dtype):
     math_attention(q, k, v, _masks()["block"]).backward(torch.randn(q.shape).to(dtype))
     for t, b in zip((q, k, v), before):
         assert torch.equal(t.detach(), b) and t._version == 0
+
+
+def test_bf16_score_product_is_exact_and_leaves_the_process_precision_as_it_was(monkeypatch):
+    # bf16 queries and keys: their products are exact in fp32, so the score product may run on the
+    # CPU's bf16 units (oneDNN's fpmath mode) with fp32 sums and fp32 output, inside the call only.
+    q, k, v = (t.detach() for t in _qkv(b=2, h=3, s_q=9, s=9, hd=32, dtype=torch.bfloat16))
+    q, k = 3 * q, 3 * k  # peaked attention, where rounding the scores to bf16 would show
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    seen = []
+    real = torch.baddbmm
+    monkeypatch.setattr(
+        torch, "baddbmm", lambda *a, **kw: seen.append(torch.backends.mkldnn.matmul.fp32_precision) or real(*a, **kw)
+    )
+    with torch.autocast("cpu", enabled=False):
+        _, probs = attention._attend(q, k, v, None)
+    assert seen == ["bf16" if attention._BF16_UNITS and torch.backends.mkldnn.enabled else before]
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    exact = ((q.double() @ k.double().transpose(-2, -1)) / math.sqrt(32)).softmax(-1)
+    # fp32 scores: the probabilities are the exact ones rounded to bf16, to a last bit in rare ties
+    assert ((probs.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-30).all()
+    assert (probs != exact.to(torch.bfloat16)).float().mean() < 0.02
+    # an error inside the product restores the precision too
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        attention._attend(q, k, v, None)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def test_fused_projection_path_gives_the_separate_q_k_v_gradients_bit_for_bit(monkeypatch):
+    # _MathSelfAttention writes the gradient straight into the projection's (B, S, 3, H, hd) layout;
+    # through math_attention on q, k and v autograd stacks them: the same values, to the bit.
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(96, 3).train()
+    x = torch.randn(3, 7, 96)
+
+    def run():
+        attn.zero_grad()
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attn(leaf, key_padding_mask=PADDING)
+        out.float().pow(2).sum().backward()
+        return [out, leaf.grad] + [p.grad.clone() for p in attn.parameters()]
+
+    fused = run()
+
+    def separate(qkv, num_heads, allowed):
+        b, s, width = qkv.shape
+        q, k, v = qkv.view(b, s, 3, num_heads, width // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
+        return math_attention(q, k, v, allowed)
+
+    monkeypatch.setattr(attention._MathSelfAttention, "apply", separate)
+    for got, want in zip(fused, run()):
+        assert torch.equal(got, want)
+
+
+def test_bf16_score_precision_is_restored_with_threads_attending_at_once():
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    q, k, v = (t.detach() for t in _qkv(b=2, h=2, s_q=16, s=16, hd=8, dtype=torch.bfloat16))
+    want = attention._attend(q, k, v, None)[0]
+    errors = []
+
+    def work():
+        try:
+            for _ in range(50):
+                assert torch.equal(attention._attend(q, k, v, None)[0], want)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and torch.backends.mkldnn.matmul.fp32_precision == before
