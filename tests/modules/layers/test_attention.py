@@ -479,6 +479,14 @@ def test_bf16_score_product_is_exact_and_leaves_the_process_precision_as_it_was(
     # fp32 scores: the probabilities are the exact ones rounded to bf16, to a last bit in rare ties
     assert ((probs.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-30).all()
     assert (probs != exact.to(torch.bfloat16)).float().mean() < 0.02
+    # switched off: the float32 product, the setting untouched, the same scores to rounding
+    monkeypatch.setattr(attention, "BF16_SCORE_PRODUCTS", False)
+    seen.clear()
+    with torch.autocast("cpu", enabled=False):
+        _, fp32_probs = attention._attend(q, k, v, None)
+    assert seen == [before]
+    assert ((fp32_probs.double() - probs.double()).abs() <= probs.double().abs() * 2**-7).all()
+    monkeypatch.setattr(attention, "BF16_SCORE_PRODUCTS", True)
     # an error inside the product restores the precision too
     monkeypatch.setattr(torch, "baddbmm", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):

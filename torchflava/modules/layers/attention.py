@@ -155,9 +155,13 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = 
     return _MathAttention.apply(q, k, v, allowed)
 
 
-# Where oneDNN can run float32 products on bf16 units (AVX512-BF16 / AMX): the score product of
-# bf16 queries and keys then runs there, exact (the products of bf16 values are exact in fp32 and
-# accumulate in fp32, as in the float32 product), 1.7x faster than the float32 GEMM at ViT-B's shapes.
+# Whether math_attention's score product of bf16 queries and keys runs on the CPU's bf16 units
+# (AVX512-BF16 / AMX) where it has them: exact (the products of bf16 values are exact in fp32 and
+# accumulate in fp32, as in the float32 product), 2x faster than the float32 GEMM at ViT-B's shapes
+# (benchmarks/README.md). It switches oneDNN's float32 matmul precision, a process-wide setting, to
+# "bf16" for the length of that product: a float32 matmul another thread runs at that moment would
+# run on bf16 units too. False: the float32 product, with no process-wide setting touched.
+BF16_SCORE_PRODUCTS = True
 _BF16_UNITS = (
     torch.backends.mkldnn.is_available()
     and hasattr(torch.backends.mkldnn, "matmul")
@@ -171,7 +175,8 @@ def _float32_products_on_bf16_units(enabled: bool) -> Iterator[None]:
     """Within the block, oneDNN runs float32 matmuls on bf16 units (its fpmath mode ``bf16``):
     for float32 tensors holding bf16 values only, where that is exact. Restored after, also on error.
     Not while compiling (a process-wide setting is no graph op) or where the CPU has no such units."""
-    if not (enabled and _BF16_UNITS and torch.backends.mkldnn.enabled) or torch.compiler.is_compiling():
+    on = enabled and BF16_SCORE_PRODUCTS and _BF16_UNITS and torch.backends.mkldnn.enabled
+    if not on or torch.compiler.is_compiling():
         yield
         return
     with _PRECISION_LOCK:
