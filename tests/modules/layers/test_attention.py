@@ -463,6 +463,9 @@ def test_math_attention_leaves_its_inputs_as_they_were(dtype):
 def test_bf16_score_product_is_exact_and_leaves_the_process_precision_as_it_was(monkeypatch):
     # bf16 queries and keys: their products are exact in fp32, so the score product may run on the
     # CPU's bf16 units (oneDNN's fpmath mode) with fp32 sums and fp32 output, inside the call only.
+    # Off by default (the setting is process-wide: another thread's fp32 matmuls would see it).
+    assert attention.BF16_SCORE_PRODUCTS is False
+    monkeypatch.setattr(attention, "BF16_SCORE_PRODUCTS", True)
     q, k, v = (t.detach() for t in _qkv(b=2, h=3, s_q=9, s=9, hd=32, dtype=torch.bfloat16))
     q, k = 3 * q, 3 * k  # peaked attention, where rounding the scores to bf16 would show
     before = torch.backends.mkldnn.matmul.fp32_precision
@@ -521,7 +524,8 @@ def test_fused_projection_path_gives_the_separate_q_k_v_gradients_bit_for_bit(mo
         assert torch.equal(got, want)
 
 
-def test_bf16_score_precision_is_restored_with_threads_attending_at_once():
+def test_bf16_score_precision_is_restored_with_threads_attending_at_once(monkeypatch):
+    monkeypatch.setattr(attention, "BF16_SCORE_PRODUCTS", True)
     before = torch.backends.mkldnn.matmul.fp32_precision
     q, k, v = (t.detach() for t in _qkv(b=2, h=2, s_q=16, s=16, hd=8, dtype=torch.bfloat16))
     want = attention._attend(q, k, v, None)[0]
