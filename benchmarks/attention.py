@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.attention import MATH_ATTENTION_MAX_KEYS, math_attention
 
-LENGTHS = (16, 37, 64, 77, 96, 128, 160, 197, 256)
+LENGTHS = (16, 37, 64, 77, 96, 128, 160, 197, 256, 320, 400, 512)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

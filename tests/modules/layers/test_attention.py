@@ -544,3 +544,13 @@ def test_bf16_score_precision_is_restored_with_threads_attending_at_once(monkeyp
     for t in threads:
         t.join()
     assert not errors and torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def test_math_path_limit_follows_the_cpu(monkeypatch):
+    # with AMX the matmul path wins up to 400 keys (a ViT-L/14's 257 among them), without to 224
+    assert attention.default_math_attention_max_keys(True) == {torch.bfloat16: 400}
+    assert attention.default_math_attention_max_keys(False) == {torch.bfloat16: 224}
+    amx = torch.cpu._is_amx_tile_supported()
+    assert attention.MATH_ATTENTION_MAX_KEYS == attention.default_math_attention_max_keys(amx)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a PyTorch without the probe: no AMX
+    assert attention._has_amx() is False

@@ -85,12 +85,29 @@ def _query_index(positions: Optional[Positions], seq_len: int, device: torch.dev
     return positions.to(device) % seq_len  # -1 is the last position, as in take_positions
 
 
-# Longest key sequence for which the matmul-and-softmax path beats SDPA's fused CPU kernel when
-# autograd records, by input dtype (forward + backward, 2 cores, AVX-512; benchmarks/attention.py).
-# In bf16 the fused kernel's backward is the slow part: 2-4x the matmul path's up to ~200 keys.
-# fp32 is not listed: there the matmul path won 10-30% on attention alone but nothing measurable in
-# a whole training step (the tiny FLAVA recipe: 0.377 against 0.380 s per step, interleaved).
-MATH_ATTENTION_MAX_KEYS = {torch.bfloat16: 224}
+def default_math_attention_max_keys(amx: bool) -> dict[torch.dtype, int]:
+    """Longest key sequence for which the matmul-and-softmax path beats SDPA's fused CPU kernel when
+    autograd records, by input dtype (forward + backward, 2 cores; benchmarks/attention.py).
+
+    In bf16 the fused kernel's backward is the slow part: 2-4x the matmul path's up to ~200 keys on
+    an AVX-512 EPYC. With AMX (bf16 GEMMs ~2.8 TFLOP/s) the matmul path is 0.47-0.54x the fused
+    kernel's time at 197 keys, 0.60-0.70x at 256, 0.66-0.74x at 320, 0.74-0.84x at 400 and 0.91-1.40x
+    at 512 (a CLIP ViT-L/14 bf16 train step, 257 keys: 2.20-2.27 -> 1.92-1.99 s with 400 over 224).
+    fp32 is not listed: there the matmul path won 10-30% on attention alone but nothing measurable in
+    a whole training step (the tiny FLAVA recipe: 0.377 against 0.380 s per step, interleaved).
+
+    Args:
+        amx (bool): whether the CPU has AMX tiles.
+    """
+    return {torch.bfloat16: 400 if amx else 224}
+
+
+def _has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.14: absent is no
+    return bool(probe()) if probe is not None else False
+
+
+MATH_ATTENTION_MAX_KEYS = default_math_attention_max_keys(_has_amx())
 
 
 @contextmanager
