@@ -117,9 +117,10 @@ def test_checkpointing_recomputes_the_layers_forward_but_their_last_matmul(run, 
     # No checkpointing, FSDP and compiled blocks (counted before compiling) do the model's FLOPs.
     assert executed["eager"] == executed["compile"] == model_flops
     # Selective checkpointing recomputes norms, GELU, adds (work no FLOP is counted for) and, on the CPU in
-    # bf16, the matmul attention's fp32 scores (q k^T, half its two batched products; kept, they would be
-    # the largest tensor of a layer): nothing else.
-    scores = flops["Global"].get(torch.ops.aten.bmm, 0) // 2
+    # bf16, the matmul attention's fp32 scores (q k^T, its baddbmm; the other batched product, with v, is a
+    # bmm: kept, the scores would be the largest tensor of a layer): nothing else.
+    scores = flops["Global"].get(torch.ops.aten.baddbmm, 0)
+    assert scores == flops["Global"].get(torch.ops.aten.bmm, 0)  # q k^T and p v: the same FLOPs
     assert scores > 0
     assert executed["selective"] == executed["fsdp+selective"] == model_flops + scores
     # Full checkpointing recomputes each layer's forward in backward, but stops (non-reentrant checkpoint's early

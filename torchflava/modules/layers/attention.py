@@ -175,7 +175,7 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = 
 # Whether math_attention's score product of bf16 queries and keys runs on the CPU's bf16 units
 # (AVX512-BF16 / AMX) where it has them: exact (the products of bf16 values are exact in fp32 and
 # accumulate in fp32, as in the float32 product), 2x faster than the float32 GEMM at ViT-B's shapes,
-# a ViT-B/16 bf16 train step ~1.5% faster (benchmarks/README.md). Off by default: it switches
+# a ViT-B/16 bf16 train step 2.4% faster (benchmarks/README.md). Off by default: it switches
 # oneDNN's float32 matmul precision, a process-wide setting, to "bf16" for the length of that
 # product, and a float32 matmul another thread starts meanwhile runs on bf16 units too (errors
 # ~1e-2 where ~1e-6 was due), while torch.get_float32_matmul_precision() raises there. Turn it on
