@@ -19,8 +19,8 @@ backward (no optimiser step), interleaved A B C, B C A, C A B (the order rotates
 per-step ratios. ``--processes``: each implementation in a process of its own, the steps still
 interleaved (the parent tells one process at a time to step), as a user runs one model; in one
 process the implementations' steps share one heap, and each step then finds the pages the others
-freed given back (ours, in one process with HF's: 100-140 thousand page faults a step, 0.35-0.41 s
-of system time, against ~0 alone). Peak memory: each implementation alone in a fresh process, peak RSS during the timed
+freed given back (ours, in one process with HF's: 100-166 thousand page faults a step, 0.35-1.1 s
+of system time, against 2-85 thousand and under 0.14 s alone). Peak memory: each implementation alone in a fresh process, peak RSS during the timed
 steps (``/proc/self/clear_refs`` reset after building and one warm-up step).
 
 Usage::
@@ -236,6 +236,11 @@ def peak_rss(impl: str, kinds: list[str], joint: bool, bf16: bool, keep: bool = 
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
 
+def backbone_state(hf_model) -> dict:
+    """HF ``FlavaForPreTraining``'s backbone weights (its ``flava.`` keys, the prefix dropped): what ours is built from."""
+    return {k[len("flava.") :]: v for k, v in hf_model.state_dict().items() if k.startswith("flava.")}
+
+
 def step_worker(impl: str, units: dict, bf16: bool, keep: bool, conn) -> None:
     """``--processes``: build one implementation (ours from HF's weights, built here as in one
     process), then run the step named by each message and send back its seconds; None ends."""
@@ -245,7 +250,7 @@ def step_worker(impl: str, units: dict, bf16: bool, keep: bool, conn) -> None:
         keep_freed_memory()
     hf_state = None
     if impl not in ("hf", "tmm"):
-        hf_state = {k[len("flava.") :]: v for k, v in build("hf").state_dict().items() if k.startswith("flava.")}
+        hf_state = backbone_state(build("hf"))
     model = build(impl, hf_state=hf_state)
     del hf_state
     gc.collect()
@@ -268,7 +273,11 @@ class Workers:
             parent, child = spawn.Pipe()
             proc = spawn.Process(target=step_worker, args=(impl, units, bf16, keep, child), daemon=True)
             proc.start()
-            if parent.recv() != "ready":
+            try:
+                ready = parent.recv()
+            except EOFError:  # it died building (out of memory, an import error: its stderr says)
+                ready = None
+            if ready != "ready":
                 raise RuntimeError(f"the {impl} worker did not start")
             self.conns[impl] = parent
             self.procs.append(proc)
@@ -340,15 +349,10 @@ def main() -> None:
         run_step = workers.step
     else:
         models = {"hf": build("hf")} if "hf" in impls else {}
-        hf_state = models["hf"].state_dict() if "hf" in models else None
+        hf_state = backbone_state(models["hf"]) if "hf" in models else None
         for impl in impls:
             if impl not in models:
-                models[impl] = build(
-                    impl,
-                    hf_state={k[len("flava.") :]: v for k, v in hf_state.items() if k.startswith("flava.")}
-                    if hf_state
-                    else None,
-                )
+                models[impl] = build(impl, hf_state=hf_state)
         data = make_batches()
         fns = {
             (impl, unit): step_fn(impl, models[impl], unit_kinds, data, args.bf16)

@@ -1,6 +1,8 @@
 """Helpers shared by the tests: tiny configs and reference models built with random weights."""
 
 from pathlib import Path
+import threading
+from typing import Callable
 
 import torch
 
@@ -239,3 +241,21 @@ VARIED_TEXTS = [
     "Mixed CASE wOrDs",
     "",
 ]
+
+
+def run_threads(fn: Callable[[], object], n: int) -> tuple[list, list[BaseException]]:
+    """Run ``fn`` in ``n`` threads at once: (what each returned, what each raised), in finishing order."""
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(fn())
+        except Exception as error:  # noqa: BLE001 (returned for the caller's assertion)
+            errors.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import torch
 from torch import nn
 
-from tests.helpers import PickleExploit
+from tests.helpers import PickleExploit, run_threads
 import torchflava.utils.checkpoint as checkpoint
 from torchflava.utils.checkpoint import atomic_write, load_state_dict, peek_state_dict, save_state_dict
 
@@ -569,19 +569,7 @@ def test_a_damaged_download_is_fetched_again_and_threads_do_not_share_a_temporar
         copy.write_bytes(data)
         _assert_same(load_state_dict(url), big)  # damaged: dropped and downloaded again
         shutil.rmtree(tmp_path / "cache")
-        results, errors = [], []
-
-        def load():
-            try:
-                results.append(load_state_dict(url))
-            except Exception as error:  # noqa: BLE001 (recorded for the assertion)
-                errors.append(error)
-
-        threads = [threading.Thread(target=load) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results, errors = run_threads(lambda: load_state_dict(url), 4)
         assert errors == [] and len(results) == 4
         for result in results:
             _assert_same(result, big)

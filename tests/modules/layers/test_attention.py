@@ -3,12 +3,12 @@
 from contextlib import nullcontext
 import functools
 import math
-import threading
 
 import pytest
 import torch
 from torch.testing import assert_close
 
+from tests.helpers import run_threads
 from torchflava.modules.layers import MultiHeadSelfAttention, attention
 from torchflava.modules.layers.attention import MATH_ATTENTION_MAX_KEYS, math_attention, math_attention_wins
 
@@ -529,20 +529,12 @@ def test_bf16_score_precision_is_restored_with_threads_attending_at_once(monkeyp
     before = torch.backends.mkldnn.matmul.fp32_precision
     q, k, v = (t.detach() for t in _qkv(b=2, h=2, s_q=16, s=16, hd=8, dtype=torch.bfloat16))
     want = attention._attend(q, k, v, None)[0]
-    errors = []
 
     def work():
-        try:
-            for _ in range(50):
-                assert torch.equal(attention._attend(q, k, v, None)[0], want)
-        except Exception as e:  # reported below
-            errors.append(e)
+        for _ in range(50):
+            assert torch.equal(attention._attend(q, k, v, None)[0], want)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _, errors = run_threads(work, 4)
     assert not errors and torch.backends.mkldnn.matmul.fp32_precision == before
 
 
