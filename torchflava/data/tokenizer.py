@@ -218,8 +218,7 @@ class WordPieceTokenizer:
         vocab = model.get("vocab")
         if not isinstance(vocab, dict) or any(type(i) is not int for i in vocab.values()):
             raise ValueError(f"path: {path} model.vocab must map tokens to int ids")
-        if sorted(vocab.values()) != list(range(len(vocab))):  # save() writes positions: gaps would renumber
-            raise ValueError(f"path: {path} model.vocab must give its tokens the ids 0 .. {len(vocab) - 1}, each once")
+        check_dense_ids(vocab, f"path: {path} model.vocab")  # save() writes positions: gaps would renumber
         chars = model.get("max_input_chars_per_word", 100)
         if type(chars) is not int or chars < 1:
             raise ValueError(f"path: {path} model.max_input_chars_per_word must be an int >= 1, got {chars!r}")

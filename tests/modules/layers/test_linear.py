@@ -260,7 +260,7 @@ def test_onednn_fp32_thresholds_apply_within_the_block_only_and_refuse_bad_thres
 
 # bf16 autocast without autograd: oneDNN's linear with the bias in its epilogue (AUTOCAST_FUSED_BIAS)
 
-needs_bf16 = pytest.mark.skipif(not linear._ONEDNN_BF16, reason="this CPU has no native bf16 for oneDNN")
+needs_bf16 = pytest.mark.skipif(not linear.ONEDNN_BF16, reason="this CPU has no native bf16 for oneDNN")
 
 
 @pytest.fixture

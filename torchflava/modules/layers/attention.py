@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
-from torchflava.modules.layers.linear import Linear, linear
+from torchflava.modules.layers.linear import ONEDNN_BF16, Linear, linear
 from torchflava.utils.checks import check_int
 
 Positions = Union[Tensor, slice]
@@ -181,11 +181,7 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor] = 
 # ~1e-2 where ~1e-6 was due), while torch.get_float32_matmul_precision() raises there. Turn it on
 # (True) only where no other thread runs float32 matmuls during training.
 BF16_SCORE_PRODUCTS = False
-_BF16_UNITS = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.backends.mkldnn, "matmul")
-    and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-)
+_BF16_UNITS = ONEDNN_BF16 and hasattr(torch.backends.mkldnn, "matmul")
 _PRECISION_LOCK = threading.Lock()  # the precision is process-wide: one thread sets and restores it at a time
 
 

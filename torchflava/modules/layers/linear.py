@@ -180,7 +180,9 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool, bias: Optional
 # the same values to the bit (tests); CLIP ViT-B/16's bf16 image encoder 1.02-1.09x faster
 # (benchmarks/README.md). False: F.linear for every such product.
 AUTOCAST_FUSED_BIAS = True
-_ONEDNN_BF16 = ONEDNN_LINEAR_AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+# Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX): the fused-bias path here, and
+# attention's bf16 score product (attention.BF16_SCORE_PRODUCTS), need it.
+ONEDNN_BF16 = ONEDNN_LINEAR_AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 _AUTOCAST_BF16 = (torch.float32, torch.bfloat16)  # the dtypes autocast casts to bf16 that this path takes
 
 
@@ -199,7 +201,7 @@ def autocast_fused_bias_wins(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
         weight (Tensor): (out, in).
         bias (Optional[Tensor]): (out,) or None.
     """
-    if not (AUTOCAST_FUSED_BIAS and _ONEDNN_BF16 and torch.is_autocast_enabled("cpu")):
+    if not (AUTOCAST_FUSED_BIAS and ONEDNN_BF16 and torch.is_autocast_enabled("cpu")):
         return False
     if x.dim() < 2 or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.numel() == 0:
         return False
