@@ -27,3 +27,19 @@ def test_compose_your_own_model_snippet_runs_and_gives_gradients():
     assert not without_grad, f"parameters without a gradient: {without_grad}"
     assert model["text"].encoder.checkpoint_activations == "selective"
     assert model["image"].embeddings.proj.bias is None
+
+
+def test_pretraining_losses_snippet_computes_every_loss_it_names():
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(section_code("Pretraining losses"), str(README), "exec"), scope)  # our own README
+    out = scope["out"]
+    named = ("mim", "mlm", "itm", "global_contrastive", "mmm_image", "mmm_text")  # the snippet's comment
+    assert set(out.losses._fields) == set(named)
+    missing = [name for name in named if getattr(out.losses, name) is None]
+    assert not missing, f"losses the snippet names but does not compute: {missing}"
+    assert all(bool(torch.isfinite(getattr(out.losses, name))) for name in named)
+    grads = [p.grad for p in scope["model"].mim_head.parameters()] + [
+        p.grad for p in scope["model"].mlm_head.parameters()
+    ]
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in grads)

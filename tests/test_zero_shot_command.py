@@ -168,6 +168,29 @@ def test_errors(tmp_path, export, images):
         zero_shot.main(["--checkpoint", str(export[0]), "--images", str(images)])  # neither mode given
 
 
+def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
+    pretrained = load_pretrained(export[0])
+    picture = Image.open(next(images.glob("*/*[0-9].png"))).convert("RGB")
+    with pytest.raises(ValueError, match="max_length must be >= 2, got 0"):  # was read as "the default"
+        zero_shot.text_features(pretrained, ["a red circle"], max_length=0)
+    with pytest.raises(TypeError, match="max_length must be an int, got float"):
+        zero_shot.text_features(pretrained, ["a red circle"], max_length=8.0)
+    limit = pretrained.max_text_length
+    with pytest.raises(ValueError, match=f"max_length must be at most the model's {limit} text positions, got 1000"):
+        zero_shot.text_features(pretrained, ["a red circle"], max_length=1000)  # was the encoder's input_ids error
+    assert zero_shot.text_features(pretrained, ["a red circle"], max_length=limit).shape[0] == 1
+    with pytest.raises(TypeError, match="images must be a sequence of PIL images, got list holding Tensor"):
+        zero_shot.image_features(pretrained, [torch.zeros(3, 32, 32)])  # was an AttributeError
+    with pytest.raises(TypeError, match="images must be a sequence of PIL images, got list holding str"):
+        zero_shot.image_features(pretrained, ["red circle/1.png"])
+    with pytest.raises(TypeError, match="images must be a sequence of PIL images, got Image"):
+        zero_shot.image_features(pretrained, picture)
+    with pytest.raises(TypeError, match="texts must be a sequence of str, got list holding int, str"):
+        zero_shot.text_features(pretrained, ["a red circle", 3])
+    with pytest.raises(TypeError, match="checkpoint: the path must be a str or os.PathLike, got int"):
+        load_pretrained(123)  # was Python's own "expected str, bytes or os.PathLike object"
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -480,6 +503,6 @@ def test_feature_functions_refuse_a_string_no_input_and_a_bad_batch_size(export)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         zero_shot.text_features(pretrained, ["a red circle"], batch_size=0)
     with pytest.raises(TypeError, match="batch_size must be an int, got float"):
-        zero_shot.image_features(pretrained, [object()], batch_size=2.0)
+        zero_shot.image_features(pretrained, [Image.new("RGB", (32, 32))], batch_size=2.0)
     with pytest.raises(ValueError, match="images must not be empty"):
         zero_shot.image_features(pretrained, [])

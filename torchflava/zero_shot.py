@@ -42,7 +42,10 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 @torch.no_grad()
 def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int = 64) -> Tensor:
     """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing);
-    ValueError for no image or a ``batch_size`` that is not an int >= 1."""
+    TypeError unless a sequence of PIL images or ``batch_size`` is not an int, ValueError for no image
+    or a ``batch_size`` below 1."""
+    if isinstance(images, (str, bytes, Image.Image)) or not all(isinstance(i, Image.Image) for i in images):
+        raise TypeError(f"images must be a sequence of PIL images, got {_describe_items(images)}")
     _check_batch("images", images, batch_size)
     transform = pretrained.image_transform
     chunks = []
@@ -57,17 +60,33 @@ def text_features(
     pretrained: Pretrained, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
 ) -> Tensor:
     """(N, D) normalised projected text features of ``texts`` (``max_length``: default
-    :attr:`~torchflava.pretrained.Pretrained.text_length`); TypeError unless a sequence of str (a str
-    is not split into letters), ValueError for none or a ``batch_size`` that is not an int >= 1."""
+    :attr:`~torchflava.pretrained.Pretrained.text_length`, at most
+    :attr:`~torchflava.pretrained.Pretrained.max_text_length`); TypeError unless a sequence of str (a
+    str is not split into letters) or if ``batch_size`` or ``max_length`` is not an int, ValueError for
+    none, a ``batch_size`` below 1 or a ``max_length`` outside [2, max_text_length]."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}")
+        raise TypeError(f"texts must be a sequence of str, got {_describe_items(texts)}")
     _check_batch("texts", texts, batch_size)
-    max_length = max_length or pretrained.text_length
+    if max_length is None:
+        max_length = pretrained.text_length
+    else:  # past the model's positions the encoder would refuse the ids, not naming max_length
+        check_int("max_length", max_length, 2)
+        if max_length > pretrained.max_text_length:
+            raise ValueError(
+                f"max_length must be at most the model's {pretrained.max_text_length} text positions, got {max_length}"
+            )
     chunks = []
     for start in range(0, len(texts), batch_size):
         ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
         chunks.append(_normalised(pretrained, pretrained.model.encode_text, ids, mask))
     return torch.cat(chunks)
+
+
+def _describe_items(items: object) -> str:
+    """``items``' type, and the types of what it holds where it is a sequence."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        return type(items).__name__
+    return f"{type(items).__name__} holding {', '.join(sorted({type(i).__name__ for i in items}))}"
 
 
 def _check_batch(name: str, items: Sequence, batch_size: object) -> None:

@@ -72,10 +72,12 @@ from torchflava.training.run_lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 child = os.fork()
 if child == 0:  # like a data-loader worker: lives on after the run is killed
-    print("ready", flush=True)  # past the fork handlers (they run in the child, after the parent goes on)
+    # past the fork handlers (they run in the child, after the parent goes on); one write per line, as
+    # print() writes the text and its newline apart when stdout is unbuffered (PYTHONUNBUFFERED=1)
+    sys.stdout.write("ready\\n"); sys.stdout.flush()
     time.sleep(60)
     os._exit(0)
-print(child, flush=True)
+sys.stdout.write(f"{child}\\n"); sys.stdout.flush()
 time.sleep(60)
 """
 

@@ -43,6 +43,7 @@ from torchflava.training.integrity import (
     write_marker,
 )
 from torchflava.utils.checkpoint import fsync_path, save_state_dict, unused_path
+from torchflava.utils.checks import check_module
 
 _MARKER = MARKER
 
@@ -266,8 +267,7 @@ def export_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:
         ValueError: if ``path`` does not end in ``.safetensors`` (another suffix got a torch file) or
             is a directory — before anything is gathered or written.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     if Path(path).suffix != ".safetensors" or Path(path).is_dir():
         raise ValueError(f"path must be a .safetensors file path, got {os.fspath(path)!r}")
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -30,6 +30,15 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_module(name: str, value: object, *, optional: bool = False) -> None:
+    """TypeError naming ``name`` unless ``value`` is an ``nn.Module`` (or None, with ``optional``): a
+    str or a class given where a built module belongs would otherwise fail only when called."""
+    if not (isinstance(value, torch.nn.Module) or (optional and value is None)):
+        expected = "an nn.Module or None" if optional else "an nn.Module"
+        got = f"the class {value.__name__} (not an instance)" if isinstance(value, type) else type(value).__name__
+        raise TypeError(f"{name} must be {expected}, got {got}")
+
+
 def check_probability(name: str, value: object, *, allow_zero: bool = True) -> float:
     """Return ``value`` as a float if it is a number in [0, 1] ((0, 1] without ``allow_zero``).
 

@@ -7,6 +7,7 @@ from torch.testing import assert_close
 
 from tests.helpers import TINY_FLAVA as TINY
 from torchflava.models import flava_model
+from torchflava.models.flava.builders import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,24 @@ def test_an_image_of_the_wrong_size_is_named_rather_than_its_patch_mask(model):
         ValueError, match="image height and width must be positive multiples of patch_size=8, got 36x36"
     ):
         model(image=torch.randn(2, 3, 36, 36), image_patch_mask=torch.ones(2, 25, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    "builder, change, error, match",
+    [
+        (flava_multimodal_encoder, dict(image_dim=0), ValueError, "flava_multimodal_encoder: image_dim must be >= 1"),
+        (flava_multimodal_encoder, dict(image_dim=-1), ValueError, "flava_multimodal_encoder: image_dim must be >= 1"),
+        (flava_multimodal_encoder, dict(text_dim=1.5), TypeError, "flava_multimodal_encoder: text_dim must be an int"),
+        (flava_image_encoder, dict(patch_size=0), ValueError, "flava_image_encoder: patch_size must be >= 1, got 0"),
+        (flava_image_encoder, dict(norm_eps=0.0), ValueError, "flava_image_encoder: norm_eps must be a positive"),
+        (flava_text_encoder, dict(pad_token_id=5), ValueError, "flava_text_encoder: pad_token_id must be an int id"),
+        (flava_text_encoder, dict(num_heads=5), ValueError, "flava_text_encoder: embed_dim must be a multiple"),
+    ],
+)
+def test_flava_tower_builders_name_a_bad_argument_before_building(builder, change, error, match):
+    with pytest.raises(error, match=match):
+        builder(**{**dict(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16), **change}, **_tower_sizes(builder))
+
+
+def _tower_sizes(builder) -> dict:
+    return {flava_image_encoder: dict(image_size=32), flava_text_encoder: dict(vocab_size=5)}.get(builder, {})

@@ -207,8 +207,28 @@ def test_missing_targets_and_bad_arguments(model):
         model(data)
     with pytest.raises(TypeError, match="PretrainingBatch or a mapping"):
         model([1, 2, 3])
-    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+    with pytest.raises(ValueError, match="mim_weight must be >= 0, got -1.0"):
         flava_model_for_pretraining(backbone=flava_model(**TINY_FLAVA), build_codebook=False, mim_weight=-1.0)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(image_vocab_size=0), ValueError, "flava_model_for_pretraining: image_vocab_size must be >= 1, got 0"),
+        (dict(image_vocab_size=8.0), TypeError, "flava_model_for_pretraining: image_vocab_size must be an int"),
+        (dict(head_norm_eps=0.0), ValueError, "flava_model_for_pretraining: head_norm_eps must be a positive"),
+        (dict(mmm_text_weight=float("nan")), ValueError, "mmm_text_weight must be a finite number, got nan"),
+        (dict(itm_weight="1"), ValueError, "itm_weight must be a finite number, got '1'"),
+    ],
+)
+def test_bad_head_arguments_are_named_before_the_backbone_is_built(change, error, match, monkeypatch):
+    import torchflava.models.flava.builders as builders
+
+    monkeypatch.setattr(
+        builders, "flava_model", lambda **kwargs: pytest.fail("built before the arguments were checked")
+    )
+    with pytest.raises(error, match=match):
+        flava_model_for_pretraining(build_codebook=False, **change)
 
 
 def test_loads_a_torchmultimodal_pretraining_checkpoint(tmp_path):

@@ -11,6 +11,8 @@ from torch.testing import assert_close
 from torchflava.modules.encoders import TextEncoder, VisionEncoder, transformer_encoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import (
+    MLP,
+    Linear,
     MultiHeadSelfAttention,
     PatchEmbedding,
     QuickGELU,
@@ -158,6 +160,25 @@ def test_transformer_encoder_builder_options():
 def test_transformer_encoder_names_a_bad_argument_before_building(change, error, match):
     with pytest.raises(error, match=match):
         transformer_encoder(**{**dict(embed_dim=32, num_layers=2, num_heads=4, mlp_dim=64), **change})
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: MLP(4, 8, activation="gelu"), TypeError, "activation must be an nn.Module or None, got str"),
+        (
+            lambda: MLP(4, 8, activation=nn.GELU),
+            TypeError,
+            "activation must be an nn.Module or None, got the class GELU",
+        ),
+        (lambda: PatchEmbedding(32, 16, 3, 8, norm="ln"), TypeError, "norm must be an nn.Module or None, got str"),
+        (lambda: Linear(-1, 4), ValueError, "in_features must be >= 0, got -1"),
+        (lambda: Linear(4, 2.0), TypeError, "out_features must be an int, got float"),
+    ],
+)
+def test_layers_refuse_what_would_fail_only_when_called(build, error, match):
+    with pytest.raises(error, match=match):  # was accepted, then "'str' object is not callable" in forward
+        build()
 
 
 def test_float64_pixels_embed_under_bf16_autocast_as_float32_ones_do():

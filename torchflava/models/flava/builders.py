@@ -37,8 +37,13 @@ from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
 from torchflava.utils.checkpoint import load_state_dict, local_checkpoint, peek_state_dict
-from torchflava.utils.checks import check_architecture, check_int, check_probability
+from torchflava.utils.checks import check_architecture, check_finite_number, check_int, check_probability
 from torchflava.utils.distributed import GatherGrad
+
+# What every tower builder checks beside its own sizes (flava_model checks its prefixed arguments alike).
+_TOWER_CHECKS = dict(
+    multiples=[("embed_dim", "num_heads")], positive=["norm_eps"], probabilities=["dropout", "attention_dropout"]
+)
 
 
 def flava_image_encoder(
@@ -72,7 +77,17 @@ def flava_image_encoder(
 
     Returns:
         VisionEncoder: the encoder (random init).
+
+    Raises:
+        TypeError: if a size is not an int.
+        ValueError: if a value is out of its range, naming the argument.
     """
+    check_architecture(
+        "flava_image_encoder",
+        locals(),
+        sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_size", "patch_size", "in_channels"],
+        **_TOWER_CHECKS,
+    )
     return VisionEncoder(
         PatchEmbedding(image_size, patch_size, in_channels, embed_dim, use_mask_token=use_mask_token, dropout=dropout),
         transformer_encoder(
@@ -120,7 +135,18 @@ def flava_text_encoder(
 
     Returns:
         TextEncoder: the encoder (random init).
+
+    Raises:
+        TypeError: if a size is not an int.
+        ValueError: if a value is out of its range, naming the argument.
     """
+    check_architecture(
+        "flava_text_encoder",
+        locals(),
+        sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "vocab_size", "max_seq_len", "type_vocab_size"],
+        **_TOWER_CHECKS,
+        ids={"pad_token_id": "vocab_size"},
+    )
     return TextEncoder(
         TextEmbedding(
             vocab_size,
@@ -172,7 +198,17 @@ def flava_multimodal_encoder(
 
     Returns:
         MultimodalEncoder: the encoder (random init).
+
+    Raises:
+        TypeError: if a size is not an int.
+        ValueError: if a value is out of its range, naming the argument.
     """
+    check_architecture(
+        "flava_multimodal_encoder",
+        locals(),
+        sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_dim", "text_dim"],
+        **_TOWER_CHECKS,
+    )
     return MultimodalEncoder(
         Linear(image_dim, embed_dim),
         Linear(text_dim, embed_dim),
@@ -427,10 +463,11 @@ def flava_model_for_pretraining(
         FLAVAForPretraining: the model.
 
     Raises:
-        ValueError: if a loss weight is negative, or an argument or the backbone's LayerNorm eps
-            contradicts a Hugging Face directory's config.json.
+        ValueError: if a loss weight is negative or not a finite number, ``image_vocab_size`` is not an
+            int >= 1 or ``head_norm_eps`` not positive (naming the argument), or an argument or the
+            backbone's LayerNorm eps contradicts a Hugging Face directory's config.json.
     """
-    loss_weights = LossWeights(
+    weights = dict(
         mim=mim_weight,
         mlm=mlm_weight,
         itm=itm_weight,
@@ -438,9 +475,10 @@ def flava_model_for_pretraining(
         mmm_image=mmm_image_weight,
         mmm_text=mmm_text_weight,
     )
-    negative = [name for name, value in loss_weights._asdict().items() if value < 0]
-    if negative:
-        raise ValueError(f"loss weights must be >= 0, got negative {negative}")
+    for name, value in weights.items():
+        if check_finite_number(f"{name}_weight", value) < 0:
+            raise ValueError(f"{name}_weight must be >= 0, got {value!r}")
+    loss_weights = LossWeights(**weights)
     local = None if pretrained is None else local_checkpoint(pretrained)
     peeked = None if local is None else without_wrapper_prefix(peek_state_dict(local))  # names only, no data
     config_file, config = (None, {}) if local is None else hf_directory_kwargs(local, peeked)
@@ -449,6 +487,13 @@ def flava_model_for_pretraining(
     if heads["head_norm_eps"] is None:  # torchmultimodal's prediction heads use 1e-5, Hugging Face's 1e-12
         heads["head_norm_eps"] = 1e-5 if peeked is not None and detect_layout(peeked) == "tmm" else 1e-12
     image_vocab_size, head_norm_eps = heads["image_vocab_size"], heads["head_norm_eps"]
+    check_architecture(  # before the backbone is built
+        "flava_model_for_pretraining",
+        heads,
+        sizes=["image_vocab_size"],
+        positive=["head_norm_eps"],
+        source={key: str(config_file) for key in heads if key in config},
+    )
     model = flava_model(**{k: v for k, v in config.items() if k not in heads}) if backbone is None else backbone
     image_dim = model.image_encoder.norm.normalized_shape[0]
     text_dim = model.text_encoder.norm.normalized_shape[0]

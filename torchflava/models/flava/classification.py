@@ -110,7 +110,8 @@ class FLAVAForClassification(nn.Module):
         Args:
             image (Optional[Tensor]): (B, 3, H, W) normalised pixels (modalities image, multimodal).
             text (Optional[Tensor]): (B, L) token ids (modalities text, multimodal).
-            text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
+            text_attention_mask (Optional[Tensor]): (B, L), 1 (True) = token, 0 (False) = padding: Hugging Face's
+                ``attention_mask``, the inverse of a padding mask.
             labels (Optional[Tensor]): see the class's ``loss``.
 
         Returns:

@@ -116,7 +116,8 @@ class FLAVAModel(nn.Module):
         Args:
             image (Optional[Tensor]): (B, C, H, W) float pixels.
             text (Optional[Tensor]): (B, L) token ids.
-            text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding. Padding is ignored
+            text_attention_mask (Optional[Tensor]): (B, L), 1 (True) = token, 0 (False) = padding: Hugging Face's
+                ``attention_mask``, the inverse of a padding mask. Padding is ignored
                 as an attention key in the text and multimodal encoders.
             token_type_ids (Optional[Tensor]): (B, L) segment ids.
             image_patch_mask (Optional[Tensor]): (B, N) bool, ``True`` = replace the patch by the mask token.
@@ -217,7 +218,8 @@ class FLAVAModel(nn.Module):
 
         Args:
             text (Tensor): (B, L) token ids.
-            text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
+            text_attention_mask (Optional[Tensor]): (B, L), 1 (True) = token, 0 (False) = padding: Hugging Face's
+                ``attention_mask``, the inverse of a padding mask.
             token_type_ids (Optional[Tensor]): (B, L) segment ids.
             normalize (bool): L2-normalise the features.
 

@@ -45,7 +45,8 @@ class PretrainingBatch:
         text (Optional[Tensor]): (B, L) unmasked token ids (contrastive loss).
         text_masked (Optional[Tensor]): (B, L) token ids after BERT masking (MLM / MMM-text); ``text``
             is used when None.
-        text_attention_mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
+        text_attention_mask (Optional[Tensor]): (B, L), 1 (True) = token, 0 (False) = padding: Hugging Face's
+            ``attention_mask``, the inverse of a padding mask.
         mlm_labels (Optional[Tensor]): (B, L) original ids at masked positions, ``ignore_index`` elsewhere.
         itm_labels (Optional[Tensor]): (B,) 1 = matched pair, 0 = caption replaced by another's.
     """

@@ -37,6 +37,8 @@ from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from torchflava.utils.checks import check_int
+
 # The smallest product (rows x in x out) and the smallest input and output width sent to oneDNN,
 # without and with autograd recording, on the CPUs where oneDNN wins. Read off benchmarks/linear.py
 # on a 2-core AMD EPYC with AVX-512.
@@ -277,7 +279,17 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, initialisation and state dict) whose product is :func:`linear`."""
+    """``nn.Linear`` (same parameters, initialisation and state dict) whose product is :func:`linear`.
+
+    Raises:
+        TypeError: if ``in_features`` or ``out_features`` is not an int.
+        ValueError: if either is negative.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        check_int("in_features", in_features, 0)
+        check_int("out_features", out_features, 0)
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)

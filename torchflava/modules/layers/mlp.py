@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked, saved_tensors_hooks_active
 from torchflava.modules.layers.linear import Linear, has_tangent, onednn_linear_wins
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_int, check_module
 
 
 def can_overwrite(*modules: nn.Module) -> bool:
@@ -76,6 +76,10 @@ class MLP(nn.Module):
         activation (Optional[nn.Module]): activation module; exact (erf) GELU when None.
         dropout (float): dropout after the activation.
         bias (bool): whether both linear layers have biases.
+
+    Raises:
+        TypeError: if a width is not an int, or ``activation`` is neither an nn.Module nor None.
+        ValueError: if a width is below 1.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class MLP(nn.Module):
             ("out_dim", in_dim if out_dim is None else out_dim),
         ):
             check_int(name, value, 1)
+        check_module("activation", activation, optional=True)
         self.fc1 = Linear(in_dim, hidden_dim, bias=bias)
         self.activation = nn.GELU() if activation is None else activation
         self.dropout = nn.Dropout(dropout)

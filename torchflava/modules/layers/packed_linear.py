@@ -18,6 +18,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from torchflava.modules.layers.linear import ONEDNN_LINEAR_AVAILABLE
+from torchflava.utils.checks import check_module
 
 PACKED_DTYPES = (torch.bfloat16,)
 
@@ -156,8 +157,7 @@ def pack_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.M
         TypeError: if ``module`` is not an ``nn.Module``.
         ValueError: if ``dtype`` is not supported or ``module`` is in training mode.
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    check_module("module", module)
     if dtype not in PACKED_DTYPES:
         raise ValueError(f"dtype must be one of {PACKED_DTYPES}, got {dtype}")
     if module.training:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_int, check_module
 
 
 class PatchEmbedding(nn.Module):
@@ -32,7 +32,8 @@ class PatchEmbedding(nn.Module):
             none when None.
 
     Raises:
-        ValueError: if ``patch_size`` does not divide ``image_size``.
+        TypeError: if a size is not an int, or ``norm`` is neither an nn.Module nor None.
+        ValueError: if a size is below 1, or ``patch_size`` does not divide ``image_size``.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class PatchEmbedding(nn.Module):
         for name, value in (("image_size", image_size), ("patch_size", patch_size), ("in_channels", in_channels)):
             check_int(name, value, 1)
         check_int("embed_dim", embed_dim, 1)
+        check_module("norm", norm, optional=True)
         if image_size % patch_size != 0:
             raise ValueError(f"patch_size must divide image_size, got patch_size={patch_size}, image_size={image_size}")
         self.image_size = image_size

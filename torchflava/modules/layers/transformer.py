@@ -286,7 +286,7 @@ def set_activation_checkpointing(model: nn.Module, mode: Union[bool, str]) -> in
     Raises:
         ValueError: if ``mode`` is not a checkpointing mode, or ``model`` holds no TransformerEncoder.
     """
-    mode = checkpoint_mode(mode)
+    mode = checkpoint_mode(mode, "mode")
     stacks = [m for m in model.modules() if isinstance(m, TransformerEncoder)]
     if not stacks:
         raise ValueError(f"model ({type(model).__name__}) holds no TransformerEncoder to set checkpointing on")
