@@ -14,7 +14,9 @@ Ours: ``ours`` takes codebook ids from the data pipeline (``image_tokens``, how 
 the tokenizer runs once per sample in the loader, not in the step); ``+codebook`` computes them
 inside the step from the codebook pixels, as the peers do; ``+full`` / ``+selective`` turn on
 activation checkpointing in every encoder; ``+rc`` recomputes the contrastive-only passes;
-``+sdpa`` / ``+blas`` keep SDPA and F.linear everywhere (see OPTIONS). Timed: zero_grad, forward,
+``+sdpa`` / ``+blas`` keep SDPA and F.linear everywhere; ``+calls`` takes the all6 step's three
+batches in three forward calls, as the peers do, where ours by default takes them in one (a list of
+batches: each encoder runs once over all their rows, the same losses and gradients; see OPTIONS). Timed: zero_grad, forward,
 backward (no optimiser step), interleaved A B C, B C A, C A B (the order rotates), medians and
 per-step ratios. ``--processes``: each implementation in a process of its own, the steps still
 interleaved (the parent tells one process at a time to step), as a user runs one model; in one
@@ -52,8 +54,10 @@ IMPLS = ("ours", "ours+full", "ours+full+codebook", "hf", "tmm")
 # outputs, or only each layer's input) and "rc" (recompute the contrastive-only unmasked passes of
 # a pair batch), e.g. "ours+selective+rc"; "sdpa" (SDPA's fused attention kernel at every length,
 # instead of the matmul path that bf16 training takes for short sequences: the attention before #13)
-# and "blas" (every fp32 linear on F.linear, PyTorch's BLAS, instead of oneDNN for large products).
-OPTIONS = ("codebook", "selective", "full", "rc", "sdpa", "blas")
+# and "blas" (every fp32 linear on F.linear, PyTorch's BLAS, instead of oneDNN for large products);
+# "calls": the all6 step's three batches through three forward calls, as the peers take them (by
+# default ours takes them in one call, a list of batches, each encoder run once over all their rows).
+OPTIONS = ("codebook", "selective", "full", "rc", "sdpa", "blas", "calls")
 
 
 def options(impl: str) -> set[str]:
@@ -163,19 +167,7 @@ def loss_fn(impl: str, model, kind: str, d: dict):
         def loss():
             return sum(v for v in model(**args).losses.values() if v is not None)
     else:
-        batch = {}
-        if kind in ("pair", "image"):
-            batch.update(image=d["image"], image_patch_mask=d["patch_mask"])
-            if "codebook" not in options(impl):
-                batch.update(image_tokens=d["tokens"])
-            else:
-                batch.update(codebook_pixels=d["codebook_pixels"])
-        if kind in ("pair", "text"):
-            batch.update(
-                text=d["text"], text_masked=d["text_masked"], text_attention_mask=d["mask"], mlm_labels=d["mlm_labels"]
-            )
-        if kind == "pair":
-            batch.update(itm_labels=d["itm"])
+        batch = ours_batch(impl, kind, d)
 
         def loss():
             return model(batch).loss
@@ -183,12 +175,34 @@ def loss_fn(impl: str, model, kind: str, d: dict):
     return loss
 
 
+def ours_batch(impl: str, kind: str, d: dict) -> dict:
+    """Our batch of one kind: a pair's, an image-only (MIM) or a text-only (MLM) batch's fields."""
+    batch = {}
+    if kind in ("pair", "image"):
+        batch.update(image=d["image"], image_patch_mask=d["patch_mask"])
+        if "codebook" not in options(impl):
+            batch.update(image_tokens=d["tokens"])
+        else:
+            batch.update(codebook_pixels=d["codebook_pixels"])
+    if kind in ("pair", "text"):
+        batch.update(
+            text=d["text"], text_masked=d["text_masked"], text_attention_mask=d["mask"], mlm_labels=d["mlm_labels"]
+        )
+    if kind == "pair":
+        batch.update(itm_labels=d["itm"])
+    return batch
+
+
 def step_fn(impl: str, model, kinds: list[str], d: dict, bf16: bool = False):
     """A zero-argument callable doing zero_grad, the forward of every kind in ``kinds`` (under bf16
     autocast if ``bf16``), and one backward of their summed losses, outside autocast as the training
     loop runs it (one kind: a per-call step; all three: the peers' "all6" step)."""
-    losses = [loss_fn(impl, model, kind, d) for kind in kinds]
     opts = set() if impl in ("hf", "tmm") else options(impl)
+    if impl in ("hf", "tmm") or len(kinds) == 1 or "calls" in opts:
+        losses = [loss_fn(impl, model, kind, d) for kind in kinds]
+    else:  # ours takes the kinds' batches in one forward call: each encoder runs once over all their rows
+        batches = [ours_batch(impl, kind, d) for kind in kinds]
+        losses = [lambda: sum(out.loss for out in model(batches))]
 
     def step():
         model.zero_grad(set_to_none=True)

@@ -78,6 +78,101 @@ def test_each_batch_kind_runs_only_its_losses_and_passes(model, kind, losses, pa
     assert torch.isfinite(out.loss)
 
 
+def _text_batch_of_length(length: int, b: int = 3) -> dict:
+    """A text-only batch of another padded length than batch()'s 10 columns."""
+    text, attention = padded_text(b, length, 99, [length, 4, 2][:b])
+    labels = torch.full_like(text, -100)
+    labels[:, 1] = text[:, 1]
+    masked = text.clone()
+    masked[:, 1] = 3
+    return dict(text_masked=masked, text_attention_mask=attention, mlm_labels=labels)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("text_length", [10, 14, 7])
+def test_a_list_of_batches_equals_a_call_per_batch_with_each_encoder_run_once(model, recompute, text_length):
+    """The all6 step (a pair, an image and a text batch) in one call: each encoder once over all
+    their rows, texts of other lengths padded to the longest; the same losses and gradients."""
+    torch.manual_seed(0)
+    model.recompute_contrastive_passes = recompute
+    batches = [batch("pair"), batch("image", b=3), _text_batch_of_length(text_length)]
+    separate = [model(b) for b in batches]
+    sum(out.loss for out in separate).backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    calls = count_calls(model)
+    together = model(batches)
+    assert isinstance(together, list) and len(together) == 3
+    # the contrastive-only unmasked passes run on their own when they are recomputed
+    assert calls == {"image": 2 if recompute else 1, "text": 2 if recompute else 1, "multimodal": 1}
+    for one, other in zip(together, separate):
+        assert one.losses._fields == other.losses._fields
+        for name, value in one.losses._asdict().items():
+            if value is None:
+                assert getattr(other.losses, name) is None
+            else:
+                torch.testing.assert_close(value, getattr(other.losses, name), rtol=1e-5, atol=1e-6)
+        assert one.loss_counts.keys() == other.loss_counts.keys()
+        for name, count in one.loss_counts.items():
+            assert torch.equal(count, other.loss_counts[name])
+        if one.mlm_logits is not None:
+            torch.testing.assert_close(one.mlm_logits, other.mlm_logits, rtol=1e-5, atol=1e-5)
+    sum(out.loss for out in together).backward()
+    got = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_multimodal_last_layer_computes_only_the_positions_the_losses_read(model):
+    """ITM reads the fused CLS, MMM the masked positions of matched rows: the last layer computes those
+    alone, and the losses equal the heads on the full fused output."""
+    torch.manual_seed(0)
+    data = batch("pair")
+    shapes = []
+    model.model.multimodal_encoder.register_forward_hook(lambda m, a, out: shapes.append(out.last_hidden_state.shape))
+    out = model(data)
+    matched = data["itm_labels"] != 0
+    needed = 1 + data["image_patch_mask"].sum(1) + (data["mlm_labels"] != -100).sum(1)
+    assert shapes == [torch.Size([4, int(needed[matched].max()), 16])]  # of 1 + 17 + 10 = 28 positions
+
+    m = model.model  # the same losses from the full fused output, as the heads read it
+    padding = data["text_attention_mask"] == 0
+    image = m.image_encoder(data["image"], patch_mask=data["image_patch_mask"], return_pooled=False)
+    text = m.text_encoder(data["text_masked"], padding_mask=padding, return_pooled=False)
+    fused = m.multimodal_encoder(
+        image.prenorm_last_hidden_state, text.prenorm_last_hidden_state, text_padding_mask=padding, return_pooled=False
+    ).last_hidden_state
+    assert fused.shape[1] == 28
+    targets = torch.where(data["image_patch_mask"], data["image_tokens"], -100)[matched]
+    picked = targets != -100
+    expected_image = torch.nn.functional.cross_entropy(
+        model.mmm_image_head(fused[matched, 2:18][picked]), targets[picked]
+    )
+    labels = data["mlm_labels"][matched]
+    expected_text = torch.nn.functional.cross_entropy(
+        model.mmm_text_head(fused[matched, 18:][labels != -100]), labels[labels != -100]
+    )
+    expected_itm = torch.nn.functional.cross_entropy(model.itm_head(fused), data["itm_labels"])
+    torch.testing.assert_close(out.losses.mmm_image, expected_image, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.losses.mmm_text, expected_text, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.losses.itm, expected_itm, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.mmm_image_targets, targets[picked])
+
+
+def test_a_list_of_batches_is_checked_whole_before_any_encoder_runs(model):
+    calls = count_calls(model)
+    bad = batch("text")
+    bad["mlm_labels"] = bad["mlm_labels"].float()
+    with pytest.raises(TypeError, match="batch field mlm_labels must be an integer tensor"):
+        model([batch("pair"), batch("image"), bad])
+    assert calls == {"image": 0, "text": 0, "multimodal": 0}
+    with pytest.raises(ValueError, match="batch: expected a batch, or a non-empty list of batches, got an empty list"):
+        model([])
+    single = model([batch("image")])
+    assert isinstance(single, list) and len(single) == 1 and single[0].losses.mim is not None
+
+
 def test_loss_sums_and_counts_are_each_weighted_loss_over_what_it_averages(model):
     model.weights = LossWeights(mmm_text=2.0, mim=0.5)
     data = batch("pair")

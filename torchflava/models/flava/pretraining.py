@@ -8,14 +8,17 @@ Which losses run depends on what the batch holds:
   multimodal encoding of the masked image and masked text); MIM and MLM too when ``unimodal_losses_on_pairs``.
 
 Only the encoder passes some loss uses are run: the unmasked passes only for the contrastive loss
-(and then only their CLS output is computed in the last layer); a masked pass is shared with the
-unmasked one when there is no mask. Masked-prediction heads see only the masked positions.
+(and then only their CLS output is computed in the last layer, where they run on their own); a masked
+pass is shared with the unmasked one when there is no mask. Masked-prediction heads see only the
+masked positions. Passes of one encoder run as one call over their rows stacked: a pair's masked and
+unmasked passes, and, given a list of batches (the "all6" step: a pair, an image and a text batch),
+every batch's passes, with the same losses and gradients as separate calls.
 ITM negatives (``itm_labels == 0``) are left out of MMM and of the contrastive loss's rows.
 """
 
 from dataclasses import dataclass, fields
 import math
-from typing import Mapping, NamedTuple, Optional, Union
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -122,21 +125,62 @@ class LossWeights(NamedTuple):
     mmm_text: float = 1.0
 
 
-def _masked_and_unmasked(encoder: nn.Module, *inputs: Tensor, **paired: tuple) -> tuple[EncoderOutput, Tensor]:
-    """One call of ``encoder`` on a batch stacked on itself: the first half's output (the masked pass)
-    and the second half's CLS (the unmasked pass). ``inputs`` are the two halves' first argument (one
-    tensor: the same for both), ``paired`` keyword arguments (first half's value, second half's)."""
-    first, second = (inputs[0], inputs[0]) if len(inputs) == 1 else inputs
-    rows = first.shape[0]
-    kwargs = {k: None if a is None else torch.cat([a, b]) for k, (a, b) in paired.items()}
-    out = encoder(torch.cat([first, second]), return_pooled=False, **kwargs)
-    halves = EncoderOutput(
-        last_hidden_state=out.last_hidden_state[:rows],
-        prenorm_last_hidden_state=None
-        if out.prenorm_last_hidden_state is None
-        else out.prenorm_last_hidden_state[:rows],
-    )
-    return halves, out.last_hidden_state[rows:, 0]
+class _Plan(NamedTuple):
+    """What one checked batch calls for: its losses, targets and text padding, and its encoder passes."""
+
+    batch: "PretrainingBatch"
+    want_multimodal: bool
+    want_contrastive: bool
+    want_mim: bool
+    want_mlm: bool
+    image_targets: Optional[Tensor]
+    padding: Optional[Tensor]
+    merge: bool  # the contrastive loss's unmasked passes run beside the masked ones (not recomputed)
+
+
+class _Pass(NamedTuple):
+    """One encoder pass of one batch: its rows, the mask it takes (patch or padding; None: none) and
+    whether the whole output is kept (a masked pass) or only its CLS (an unmasked, contrastive one)."""
+
+    batch: int
+    whole: bool
+    inputs: Tensor
+    mask: Optional[Tensor]
+
+
+def _stacked(passes: list[_Pass], key: Callable, run: Callable) -> dict[tuple[int, bool], Union[EncoderOutput, Tensor]]:
+    """Run ``passes`` in as few encoder calls as their ``key`` allows (passes of one key stack):
+    ``run(group)`` encodes a group's rows in one call and returns what :func:`_split` gives, per pass
+    in order. Keyed (batch index, whole)."""
+    groups: dict = {}
+    for item in passes:
+        groups.setdefault(key(item), []).append(item)
+    results = {}
+    for group in groups.values():
+        for item, states in zip(group, run(group)):
+            results[item.batch, item.whole] = states
+    return results
+
+
+def _split(out: EncoderOutput, group: list[_Pass], lengths: Optional[list[int]] = None) -> list:
+    """Per pass of ``group``: its rows of a stacked call's output, as an EncoderOutput for a masked
+    pass and the CLS states for an unmasked one (cut back to each pass's own length)."""
+    results, start = [], 0
+    for i, item in enumerate(group):
+        rows = slice(start, start + item.inputs.shape[0])
+        start = rows.stop
+        columns = slice(None) if lengths is None else slice(0, lengths[i])
+        last = out.last_hidden_state[rows, columns]
+        if not item.whole:
+            results.append(last[:, 0])
+            continue
+        prenorm = out.prenorm_last_hidden_state
+        results.append(
+            EncoderOutput(
+                last_hidden_state=last, prenorm_last_hidden_state=None if prenorm is None else prenorm[rows, columns]
+            )
+        )
+    return results
 
 
 def _masked_prediction(
@@ -256,67 +300,144 @@ class FLAVAForPretraining(nn.Module):
         """Keep the contrastive log-temperature in [0, ln 100]; call after each optimiser step."""
         self.model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
 
-    def forward(self, batch: Union[PretrainingBatch, Mapping[str, Optional[Tensor]]]) -> FLAVAPretrainingOutput:
+    def forward(
+        self, batch: Union[PretrainingBatch, Mapping[str, Optional[Tensor]], Sequence]
+    ) -> Union[FLAVAPretrainingOutput, list[FLAVAPretrainingOutput]]:
         """Compute the losses the batch calls for.
 
+        Several batches at once (a list or tuple, e.g. the "all6" step: an image-text, an image-only
+        and a text-only batch) give a list of outputs, one per batch, equal to calling ``forward`` on
+        each (to rounding: GEMMs of other sizes may sum in another order), with each encoder run once
+        over the rows of every batch that needs it: GEMMs of more rows run faster (texts of other
+        lengths are padded to the longest, as padding, for that call). Their losses are summed for
+        one backward, as the separate calls' would be.
+
         Args:
-            batch (Union[PretrainingBatch, Mapping[str, Optional[Tensor]]]): see :class:`PretrainingBatch`;
-                a mapping may use any subset of its field names.
+            batch (Union[PretrainingBatch, Mapping[str, Optional[Tensor]], Sequence]): see
+                :class:`PretrainingBatch`; a mapping may use any subset of its field names; or a list or
+                tuple of such batches.
 
         Returns:
-            FLAVAPretrainingOutput: total and per-loss values, logits and targets.
+            Union[FLAVAPretrainingOutput, list[FLAVAPretrainingOutput]]: total and per-loss values,
+            logits and targets; a list of them, one per batch, for a list of batches.
 
         Raises:
             TypeError: if a mapping has an unknown field, or a field is not a tensor or has a dtype it
                 cannot hold (integer pixels; float or bool ids and labels; float patch masks), naming it.
-            ValueError: if fields disagree in batch size or shape, labels are out of range, or the
-                batch calls for no loss at all.
+            ValueError: if fields disagree in batch size or shape, labels are out of range, a batch
+                calls for no loss at all, or a list holds no batch.
         """
-        b = self._checked_batch(batch)
+        many = isinstance(batch, (list, tuple))
+        if many and not batch:
+            raise ValueError(
+                f"batch: expected a batch, or a non-empty list of batches, got an empty {type(batch).__name__}"
+            )
+        plans = [self._plan(self._checked_batch(b)) for b in (batch if many else (batch,))]
+        images = self._image_passes(plans)
+        texts = self._text_passes(plans)
+        outputs = [
+            self._losses(
+                plan, images.get((i, True)), images.get((i, False)), texts.get((i, True)), texts.get((i, False))
+            )
+            for i, plan in enumerate(plans)
+        ]
+        return outputs if many else outputs[0]
+
+    def _plan(self, b: PretrainingBatch) -> _Plan:
         w = self.weights
         pair = b.image is not None and b.text is not None
         want_multimodal = pair and (w.itm > 0 or w.mmm_image > 0 or w.mmm_text > 0)
-        want_contrastive = pair and w.global_contrastive > 0
         want_mim = b.image_patch_mask is not None and w.mim > 0 and (not pair or self.unimodal_losses_on_pairs)
         want_mlm = b.mlm_labels is not None and w.mlm > 0 and (not pair or self.unimodal_losses_on_pairs)
         image_targets = self._image_targets(b) if (want_mim or (want_multimodal and w.mmm_image > 0)) else None
         padding = None if b.text is None else text_padding_mask(b.text, b.text_attention_mask)
-
-        losses, extra = {}, {}
-        masked_image = masked_text = image_cls = text_cls = None
-        # Where the contrastive loss needs an unmasked pass beside a masked one, one encoder call
+        want_contrastive = pair and w.global_contrastive > 0
+        # Where the contrastive loss needs an unmasked pass beside a masked one, the same encoder call
         # runs both, the batch stacked on itself: GEMMs of twice the rows run faster (FLAVA-full's
         # image encoder, bf16: 0.99 against 1.22 s forward and backward for 4 pairs' two passes).
         merge = want_contrastive and not self.recompute_contrastive_passes
-        if b.image is not None and (want_multimodal or want_mim):
-            mask = b.image_patch_mask
-            if merge and mask is not None:
-                masked_image, image_cls = _masked_and_unmasked(
-                    self.model.image_encoder, b.image, patch_mask=(mask, torch.zeros_like(mask))
-                )
-            else:
-                masked_image = self.model.image_encoder(b.image, patch_mask=mask, return_pooled=False)
-        if b.text is not None and (want_multimodal or want_mlm):
-            if merge and b.text_masked is not None:
-                masked_text, text_cls = _masked_and_unmasked(
-                    self.model.text_encoder, b.text_masked, b.text, padding_mask=(padding, padding)
-                )
-            else:
-                text_masked = b.text if b.text_masked is None else b.text_masked
-                masked_text = self.model.text_encoder(text_masked, padding_mask=padding, return_pooled=False)
+        return _Plan(b, want_multimodal, want_contrastive, want_mim, want_mlm, image_targets, padding, merge)
 
-        if want_mim and image_targets is not None:
+    def _image_passes(self, plans: list[_Plan]) -> dict[tuple[int, bool], Union[EncoderOutput, Tensor]]:
+        """Every batch's masked image pass (and the unmasked one beside it), images of one shape in one
+        encoder call: keyed (batch index, True) for a masked pass's output, (index, False) for an
+        unmasked pass's CLS states."""
+        passes = []
+        for i, plan in enumerate(plans):
+            b = plan.batch
+            if b.image is not None and (plan.want_multimodal or plan.want_mim):
+                mask = None if b.image_patch_mask is None else b.image_patch_mask.flatten(1).bool()
+                passes.append(_Pass(i, True, b.image, mask))
+                if plan.merge and mask is not None:
+                    passes.append(_Pass(i, False, b.image, torch.zeros_like(mask)))
+
+        def run(group: list[_Pass]) -> list:
+            masks = None
+            if any(item.mask is not None for item in group):
+                patches = next(item.mask.shape[1] for item in group if item.mask is not None)
+                masks = torch.cat(
+                    [
+                        item.mask
+                        if item.mask is not None
+                        else torch.zeros(item.inputs.shape[0], patches, dtype=torch.bool, device=item.inputs.device)
+                        for item in group
+                    ]
+                )
+            images = torch.cat([item.inputs for item in group]) if len(group) > 1 else group[0].inputs
+            return _split(self.model.image_encoder(images, patch_mask=masks, return_pooled=False), group)
+
+        return _stacked(passes, lambda item: (tuple(item.inputs.shape[1:]), item.inputs.dtype, item.inputs.device), run)
+
+    def _text_passes(self, plans: list[_Plan]) -> dict[tuple[int, bool], Union[EncoderOutput, Tensor]]:
+        """Every batch's masked text pass (and the unmasked one beside it) in one encoder call per
+        device, shorter texts padded to the longest for it; keyed as :meth:`_image_passes`'s."""
+        passes = []
+        for i, plan in enumerate(plans):
+            b = plan.batch
+            if b.text is not None and (plan.want_multimodal or plan.want_mlm):
+                passes.append(_Pass(i, True, b.text if b.text_masked is None else b.text_masked, plan.padding))
+                if plan.merge and b.text_masked is not None:
+                    passes.append(_Pass(i, False, b.text, plan.padding))
+
+        def run(group: list[_Pass]) -> list:
+            lengths = [item.inputs.shape[1] for item in group]
+            if len(group) == 1:
+                ids, padding = group[0].inputs, group[0].mask
+            else:  # shorter texts padded to the longest, the extra columns padding (no real query reads them)
+                extra = [max(lengths) - length for length in lengths]
+                ids = torch.cat([F.pad(item.inputs, (0, n)) for item, n in zip(group, extra)])
+                padding = None
+                if any(extra) or any(item.mask is not None for item in group):
+                    masks = [torch.zeros_like(i.inputs, dtype=torch.bool) if i.mask is None else i.mask for i in group]
+                    padding = torch.cat([F.pad(mask, (0, n), value=True) for mask, n in zip(masks, extra)])
+            out = self.model.text_encoder(ids, padding_mask=padding, return_pooled=False)
+            return _split(out, group, lengths if len(set(lengths)) > 1 else None)
+
+        return _stacked(passes, lambda item: item.inputs.device, run)
+
+    def _losses(
+        self,
+        plan: _Plan,
+        masked_image: Optional[EncoderOutput],
+        image_cls: Optional[Tensor],
+        masked_text: Optional[EncoderOutput],
+        text_cls: Optional[Tensor],
+    ) -> FLAVAPretrainingOutput:
+        """One batch's losses from its encoder passes."""
+        b, w, padding, image_targets = plan.batch, self.weights, plan.padding, plan.image_targets
+        losses, extra = {}, {}
+        if plan.want_mim and image_targets is not None:
             losses["mim"], extra["mim_logits"], extra["mim_targets"] = _masked_prediction(
                 self.mim_head, masked_image.last_hidden_state[:, 1:], image_targets, self.ignore_index
             )
-        if want_mlm:
+        if plan.want_mlm:
             losses["mlm"], extra["mlm_logits"], extra["mlm_targets"] = _masked_prediction(
                 self.mlm_head, masked_text.last_hidden_state, b.mlm_labels, self.ignore_index
             )
         positives = None
-        if want_multimodal:
+        if plan.want_multimodal:
             positives = self._multimodal_losses(b, masked_image, masked_text, padding, image_targets, losses, extra)
-        if want_contrastive:
+        if plan.want_contrastive:
             self._contrastive_loss(b, masked_image, masked_text, padding, positives, losses, extra, image_cls, text_cls)
         if not losses:
             raise ValueError(
@@ -339,31 +460,53 @@ class FLAVAForPretraining(nn.Module):
         losses: dict,
         extra: dict,
     ) -> Optional[Tensor]:
-        """ITM, MMM-image and MMM-text on the multimodal encoding of the masked passes; returns the positive rows."""
-        w = self.weights
-        fused = self.model.multimodal_encoder(
-            masked_image.prenorm_last_hidden_state,
-            masked_text.prenorm_last_hidden_state,
-            text_padding_mask=padding,
-            return_pooled=False,
-        ).last_hidden_state  # (B, 1 + (1 + N) + L, D)
+        """ITM, MMM-image and MMM-text on the multimodal encoding of the masked passes; returns the positive rows.
+
+        The fused sequence is ``[CLS_M, image CLS, patches..., text...]``; the losses read only some of
+        its positions (ITM the CLS, MMM the masked positions of matched rows), so the last layer
+        computes those alone (per row, in order: the heads see the same states in the same order).
+        """
+        w, ignore = self.weights, self.ignore_index
         positives = None
         if b.itm_labels is not None:
             positives = b.itm_labels != 0
             if not bool(positives.any()):
                 positives = torch.ones_like(positives)  # no matched pair: keep every row (as the references do)
-            if w.itm > 0:
-                extra["itm_logits"] = self.itm_head(fused)
-                losses["itm"] = F.cross_entropy(extra["itm_logits"], b.itm_labels)
-        keep = slice(None) if positives is None else positives
-        num_image = masked_image.last_hidden_state.shape[1]
+        rows, num_image = masked_image.last_hidden_state.shape[:2]
+        length = masked_text.prenorm_last_hidden_state.shape[1]
+        blank = torch.full((rows, 1 + num_image + length), ignore, dtype=torch.long, device=b.image.device)
+        wanted = {}  # loss -> (B, S) targets at fused positions, ignore_index elsewhere and on unmatched rows
         if w.mmm_image > 0 and image_targets is not None:
-            losses["mmm_image"], extra["mmm_image_logits"], extra["mmm_image_targets"] = _masked_prediction(
-                self.mmm_image_head, fused[keep, 2 : 1 + num_image], image_targets[keep], self.ignore_index
-            )
+            wanted["mmm_image"] = blank.clone()
+            wanted["mmm_image"][:, 2 : 1 + num_image] = image_targets
         if w.mmm_text > 0 and b.mlm_labels is not None:
-            losses["mmm_text"], extra["mmm_text_logits"], extra["mmm_text_targets"] = _masked_prediction(
-                self.mmm_text_head, fused[keep, 1 + num_image :], b.mlm_labels[keep], self.ignore_index
+            wanted["mmm_text"] = blank.clone()
+            wanted["mmm_text"][:, 1 + num_image :] = b.mlm_labels
+        needed = torch.zeros_like(blank, dtype=torch.bool)
+        needed[:, 0] = True
+        for targets in wanted.values():
+            if positives is not None:
+                targets[~positives] = ignore
+            needed |= targets != ignore
+        counts = needed.sum(dim=1)
+        # each row's needed positions first, in order (a stable sort), cut to the longest row's count
+        positions = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, : int(counts.max())]
+        valid = torch.arange(positions.shape[1], device=positions.device) < counts[:, None]
+        fused = self.model.multimodal_encoder(
+            masked_image.prenorm_last_hidden_state,
+            masked_text.prenorm_last_hidden_state,
+            text_padding_mask=padding,
+            output_positions=positions,
+            return_pooled=False,
+        ).last_hidden_state  # (B, P, D); position 0 (CLS_M) first in every row
+        if b.itm_labels is not None and w.itm > 0:
+            extra["itm_logits"] = self.itm_head(fused)
+            losses["itm"] = F.cross_entropy(extra["itm_logits"], b.itm_labels)
+        heads = {"mmm_image": self.mmm_image_head, "mmm_text": self.mmm_text_head}
+        for name, targets in wanted.items():
+            picked = targets.gather(1, positions).masked_fill(~valid, ignore)
+            losses[name], extra[f"{name}_logits"], extra[f"{name}_targets"] = _masked_prediction(
+                heads[name], fused, picked, ignore
             )
         return positives
 

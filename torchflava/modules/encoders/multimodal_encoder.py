@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.transformer import TransformerEncoder
 
 
@@ -53,6 +54,7 @@ class MultimodalEncoder(nn.Module):
         text_states: Tensor,
         *,
         text_padding_mask: Optional[Tensor] = None,
+        output_positions: Optional[Positions] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
     ) -> EncoderOutput:
@@ -62,11 +64,15 @@ class MultimodalEncoder(nn.Module):
             image_states (Tensor): (B, S_i, D_i).
             text_states (Tensor): (B, L, D_t).
             text_padding_mask (Optional[Tensor]): (B, L) bool, ``True = padding``.
+            output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row) of the
+                fused sequence: positions whose output alone is wanted; the last layer computes only
+                those and the outputs are (B, P, D) (the pooler then reads the first of them).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
 
         Returns:
-            EncoderOutput: last_hidden_state (B, 1 + S_i + L, D) and the rest.
+            EncoderOutput: last_hidden_state (B, 1 + S_i + L, D), or (B, P, D) with
+            ``output_positions``, and the rest.
 
         Raises:
             ValueError: if the batch sizes differ or the mask does not match the text.
@@ -90,7 +96,12 @@ class MultimodalEncoder(nn.Module):
                 )
             keep_image = text_padding_mask.new_zeros(b, 1 + image.shape[1])  # CLS_M and image never padded
             key_padding_mask = torch.cat([keep_image, text_padding_mask], dim=1)
-        out = self.encoder(x, key_padding_mask=key_padding_mask, return_hidden_states=return_hidden_states)
+        out = self.encoder(
+            x,
+            key_padding_mask=key_padding_mask,
+            output_positions=output_positions,
+            return_hidden_states=return_hidden_states,
+        )
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
         return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
