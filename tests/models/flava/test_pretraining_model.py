@@ -160,17 +160,6 @@ def test_the_multimodal_last_layer_computes_only_the_positions_the_losses_read(m
     assert torch.equal(out.mmm_image_targets, targets[picked])
 
 
-def test_the_image_encoder_runs_last_so_that_backward_frees_its_activations_first(model):
-    """Backward reaches the encoder run last first: the image encoder's activations, the largest, are
-    then freed before the text encoder's gradients are allocated (a lower peak; benchmarks/README.md)."""
-    order = []
-    for name in ("text_encoder", "image_encoder", "multimodal_encoder"):
-        getattr(model.model, name).register_forward_hook(lambda *_, name=name: order.append(name))
-    model([batch("pair"), batch("image"), batch("text")])
-    model(batch("pair"))
-    assert order == ["text_encoder", "image_encoder", "multimodal_encoder"] * 2
-
-
 def test_a_list_of_batches_is_checked_whole_before_any_encoder_runs(model):
     calls = count_calls(model)
     bad = batch("text")
