@@ -16,8 +16,8 @@ inside the step from the codebook pixels, as the peers do; ``+full`` / ``+select
 activation checkpointing in every encoder; ``+rc`` recomputes the contrastive-only passes;
 ``+sdpa`` / ``+blas`` keep SDPA and F.linear everywhere; ``+calls`` takes the all6 step's three
 batches in three forward calls, as the peers do, where ours by default takes them in one (a list of
-batches: each encoder runs once over all their rows, the same losses and gradients; see OPTIONS). Timed: zero_grad, forward,
-backward (no optimiser step), interleaved A B C, B C A, C A B (the order rotates), medians and
+batches: each encoder runs once over all their rows, the same losses and gradients; see OPTIONS).
+Timed: zero_grad, forward, backward (no optimiser step), interleaved A B C, B C A, C A B (the order rotates), medians and
 per-step ratios. ``--processes``: each implementation in a process of its own, the steps still
 interleaved (the parent tells one process at a time to step), as a user runs one model; in one
 process the implementations' steps share one heap, and each step then finds the pages the others
@@ -196,7 +196,8 @@ def ours_batch(impl: str, kind: str, d: dict) -> dict:
 def step_fn(impl: str, model, kinds: list[str], d: dict, bf16: bool = False):
     """A zero-argument callable doing zero_grad, the forward of every kind in ``kinds`` (under bf16
     autocast if ``bf16``), and one backward of their summed losses, outside autocast as the training
-    loop runs it (one kind: a per-call step; all three: the peers' "all6" step)."""
+    loop runs it (one kind: a per-call step; all three: the peers' "all6" step, which ours takes in one
+    forward call, a list of the kinds' batches, unless ``+calls``)."""
     opts = set() if impl in ("hf", "tmm") else options(impl)
     if impl in ("hf", "tmm") or len(kinds) == 1 or "calls" in opts:
         losses = [loss_fn(impl, model, kind, d) for kind in kinds]

@@ -128,7 +128,7 @@ class LossWeights(NamedTuple):
 class _Plan(NamedTuple):
     """What one checked batch calls for: its losses, targets and text padding, and its encoder passes."""
 
-    batch: "PretrainingBatch"
+    batch: PretrainingBatch
     want_multimodal: bool
     want_contrastive: bool
     want_mim: bool
