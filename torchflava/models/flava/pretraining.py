@@ -332,7 +332,8 @@ class FLAVAForPretraining(nn.Module):
             raise ValueError(
                 f"batch: expected a batch, or a non-empty list of batches, got an empty {type(batch).__name__}"
             )
-        plans = [self._plan(self._checked_batch(b)) for b in (batch if many else (batch,))]
+        checked = [self._checked_batch(b) for b in (batch if many else (batch,))]  # all, before any work
+        plans = [self._plan(b) for b in checked]  # (a codebook may run here, for the image targets)
         images = self._image_passes(plans)
         texts = self._text_passes(plans)
         outputs = [
@@ -368,8 +369,8 @@ class FLAVAForPretraining(nn.Module):
             if b.image is not None and (plan.want_multimodal or plan.want_mim):
                 mask = None if b.image_patch_mask is None else b.image_patch_mask.flatten(1).bool()
                 passes.append(_Pass(i, True, b.image, mask))
-                if plan.merge and mask is not None:
-                    passes.append(_Pass(i, False, b.image, torch.zeros_like(mask)))
+                if plan.merge and mask is not None:  # no mask: run() gives it an all-False one beside the others'
+                    passes.append(_Pass(i, False, b.image, None))
 
         def run(group: list[_Pass]) -> list:
             masks = None
