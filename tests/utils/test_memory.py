@@ -14,11 +14,12 @@ from torchflava.utils.memory import MAX_MMAP_THRESHOLD, keep_freed_memory
 CHILD = """
 import json, sys
 from torchflava.utils.memory import keep_freed_memory
-kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+mode, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+kept = None if mode == "default" else keep_freed_memory(map_large_blocks=mode == "keep-mapping")
 def rss():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
 before = rss()
-blocks = [bytearray(8 << 20) for _ in range(24)]
+blocks = [bytearray(size << 20) for _ in range(count)]
 for block in blocks:
     block[::4096] = b"\\x01" * len(block[::4096])  # touch every page
 held = rss()
@@ -27,9 +28,9 @@ print(json.dumps({"kept": kept, "held": held - before, "after_free": rss() - bef
 """
 
 
-def child(mode: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True, timeout=60)
-    return json.loads(result.stdout)
+def child(mode: str, size_mib: int = 8, count: int = 24) -> dict:
+    args = [sys.executable, "-c", CHILD, mode, str(size_mib), str(count)]
+    return json.loads(subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout)
 
 
 @pytest.mark.skipif(memory._mallopt() is None or not sys.platform.startswith("linux"), reason="needs glibc")
@@ -41,6 +42,17 @@ def test_freed_memory_stays_in_the_process_only_when_asked():
     assert default["after_free"] < 50  # glibc's own thresholds gave it back
 
 
+@pytest.mark.skipif(memory._mallopt() is None or not sys.platform.startswith("linux"), reason="needs glibc")
+def test_blocks_above_the_mmap_threshold_come_from_the_heap_unless_mapping_is_asked_for():
+    """Blocks of 40 MiB (above glibc's largest mmap threshold, 32 MiB) are mapped on their own and
+    unmapped when freed, by default and with ``map_large_blocks``; kept otherwise."""
+    default, keep, mapping = (child(mode, size_mib=40, count=5) for mode in ("default", "keep", "keep-mapping"))
+    assert keep["kept"] is True and mapping["kept"] is True
+    assert all(result["held"] > 150 for result in (default, keep, mapping))  # 200 MiB touched
+    assert keep["after_free"] > 150
+    assert default["after_free"] < 50 and mapping["after_free"] < 50
+
+
 def test_thresholds_are_checked():
     with pytest.raises(ValueError, match="mmap_threshold must be at most 33554432"):
         keep_freed_memory(mmap_threshold=MAX_MMAP_THRESHOLD + 1)
@@ -50,6 +62,8 @@ def test_thresholds_are_checked():
         keep_freed_memory(trim_threshold=1e9)
     with pytest.raises(ValueError, match="trim_threshold must be below 2\\*\\*31"):
         keep_freed_memory(trim_threshold=1 << 31)
+    with pytest.raises(TypeError, match="map_large_blocks must be a bool, got int"):
+        keep_freed_memory(map_large_blocks=1)
 
 
 def test_without_glibc_nothing_is_changed(monkeypatch):

@@ -425,3 +425,23 @@ def test_own_pretraining_checkpoint_round_trips_and_is_strict(model, tmp_path):
             image_vocab_size=VOCAB_IMAGE,
             pretrained=tmp_path / "bad.safetensors",
         )
+
+
+def test_the_image_and_text_last_layers_compute_only_the_positions_the_losses_read(model):
+    """In the all6 call a pair's masked passes feed the multimodal encoder (every position), its unmasked
+    ones the contrastive loss (the CLS), an image batch MIM (its masked patches) and a text batch MLM (its
+    masked tokens): each encoder's last layer runs its MLP on those positions alone (the losses
+    themselves are checked against HF's full computation in test_pretraining.py)."""
+    torch.manual_seed(0)
+    batches = [batch("pair"), batch("image", b=3), batch("text", b=3)]
+    rows = {}
+    for name, encoder in (("image", model.model.image_encoder), ("text", model.model.text_encoder)):
+        encoder.encoder.layers[-1].mlp.fc1.register_forward_pre_hook(
+            lambda module, args, name=name: rows.__setitem__(name, tuple(args[0].shape[:-1]))
+        )
+    outputs = model(batches)
+    masked_patches = int(batches[1]["image_patch_mask"].sum())
+    assert rows["image"] == (4 * 17 + 4 + 3 + masked_patches,)  # of 10 * 17 rows
+    assert rows["text"] == (4 * 10 + 4 + 3 * 2,)  # of 10 * 10: the text batch's CLS and its one masked token
+    assert outputs[1].mim_targets.numel() == masked_patches
+    assert all(torch.isfinite(out.loss) for out in outputs)

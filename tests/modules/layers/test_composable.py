@@ -106,8 +106,12 @@ def test_per_row_output_positions_through_an_encoder_match_and_carry_gradients()
 
 def test_take_positions_refuses_bad_positions():
     x = torch.randn(2, 5, 3)
-    with pytest.raises(TypeError, match="positions must be a slice or an integer tensor, got tensor of dtype"):
+    with pytest.raises(
+        TypeError, match="positions must be a slice, an integer tensor or a bool mask, got tensor of dtype"
+    ):
         take_positions(x, torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"bool mask must have shape \(B, S\) = \(2, 5\), got \(2, 4\)"):
+        take_positions(x, torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(B, P\) = \(2, P\) indices, got shape \(3, 1\)"):
         take_positions(x, torch.zeros(3, 1, dtype=torch.long))
 

@@ -5,6 +5,7 @@ import torch
 
 from torchflava.models.flava import flava_image_encoder
 from torchflava.modules.encoders import transformer_encoder
+from torchflava.modules.layers import TransformerEncoder
 
 
 def test_encoder_output_positions_match_full_output():
@@ -130,3 +131,75 @@ def test_mlp_never_overwrites_its_input_when_fc1_returns_it():
     with torch.no_grad():
         mlp(x)
     assert torch.equal(x, before)  # GELU ran in place on fc1's "fresh" output: the caller's x
+
+
+def _mask(rows: list[list[int]], length: int) -> torch.Tensor:
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for row, positions in enumerate(rows):
+        mask[row, positions] = True
+    return mask
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_mask_of_output_positions_computes_each_rows_own_positions(causal, bf16):
+    """A (B, S) bool mask: rows with all, one or a few positions in one call; the selected outputs
+    and every gradient equal the full computation's, the others are zeros; the last layer runs its
+    projections and MLP on the selected positions alone."""
+    torch.manual_seed(0)
+    encoder = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=24, is_causal=causal).train()
+    x = torch.randn(4, 9, 16)
+    padding = torch.zeros(4, 9, dtype=torch.bool)
+    padding[3, 7:] = True
+    mask = _mask([list(range(9)), [0], [0, 3, 5, 8], []], 9)
+    weights = torch.randn(4, 9, 16)
+    rows = []
+    encoder.layers[-1].mlp.fc1.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    results = []
+    for positions in (None, mask):
+        x_ = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = encoder(x_, key_padding_mask=padding, output_positions=positions).last_hidden_state
+        loss = (out.float() * weights * mask[..., None]).sum()
+        grads = torch.autograd.grad(loss, [x_, *encoder.parameters()])
+        results.append((out.float(), grads))
+    (full, full_grads), (part, part_grads) = results
+    assert rows[-1] == int(mask.sum()) == 14  # (T, D): 9 + 1 + 4 + 0 rows
+    assert part.shape == full.shape
+    tolerance = dict(atol=2e-2, rtol=2e-2) if bf16 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part[mask], full[mask], **tolerance)
+    assert torch.equal(part[~mask], torch.zeros_like(part[~mask]))
+    for got, expected in zip(part_grads, full_grads):
+        torch.testing.assert_close(got, expected, **tolerance)
+
+
+def test_a_mask_of_output_positions_in_the_attention_and_its_checks():
+    attention, x = _attention_and_input()
+    mask = _mask([[1, 6], [0, 2, 3, 4]], 7)
+    with torch.no_grad():
+        full = attention(x)
+        part = attention(x, query_positions=mask)
+    assert part.shape == (6, 32)  # (T, D), row-major
+    torch.testing.assert_close(part, full[mask], atol=1e-6, rtol=0)
+    with pytest.raises(
+        ValueError, match=r"query_positions as a bool mask must have shape \(B, S\) = \(2, 7\), got \(2, 6\)"
+    ):
+        attention(x, query_positions=torch.ones(2, 6, dtype=torch.bool))
+    encoder = transformer_encoder(embed_dim=32, num_layers=1, num_heads=4, mlp_dim=8)
+    with pytest.raises(
+        ValueError, match=r"output_positions as a bool mask must have shape \(B, S\) = \(2, 7\), got \(7,\)"
+    ):
+        encoder(x, output_positions=torch.ones(7, dtype=torch.bool))
+
+
+def test_a_mask_of_output_positions_compiles_to_the_same_values():
+    """Compiled, the stack computes every position and zeroes the unselected ones (no data-dependent shape)."""
+    torch.manual_seed(0)
+    encoder = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=24).eval()
+    x, mask = torch.randn(3, 5, 16), _mask([[0], [1, 2, 4], list(range(5))], 5)
+    with torch.no_grad():
+        eager = encoder(x, output_positions=mask).last_hidden_state
+        compiled = torch.compile(encoder, fullgraph=True)(x, output_positions=mask).last_hidden_state
+        empty = TransformerEncoder([])(x, output_positions=mask)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    assert torch.equal(empty.last_hidden_state, x * mask[..., None])

@@ -11,7 +11,9 @@ no key to attend to gets a zero output.
 
 Positions whose output alone is wanted (``query_positions``, P of them) are a slice, a (P,) long
 tensor (the same positions in every row) or a (B, P) long tensor (per-row positions, e.g. each
-row's end-of-text token); outputs are then (B, P, D).
+row's end-of-text token); outputs are then (B, P, D). A (B, S) bool mask selects positions that
+differ in number from row to row (e.g. a row's masked tokens beside another row's CLS alone);
+outputs are then (T, D), the T selected positions in row-major order (``x[mask]``).
 """
 
 from contextlib import contextmanager
@@ -30,30 +32,42 @@ from torchflava.utils.checks import check_int
 Positions = Union[Tensor, slice]
 
 
+def is_position_mask(positions: Optional[Positions]) -> bool:
+    """Whether ``positions`` is a (B, S) bool mask of positions (see the module's docstring)."""
+    return isinstance(positions, Tensor) and positions.dtype == torch.bool
+
+
+def check_position_mask(mask: Tensor, x: Tensor, name: str = "positions") -> Tensor:
+    """``mask``, a (B, S) bool mask of x's positions; ValueError naming ``name`` when its shape is not x's (B, S)."""
+    if tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(
+            f"{name} as a bool mask must have shape (B, S) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}"
+        )
+    return mask
+
+
 def take_positions(x: Tensor, positions: Positions) -> Tensor:
-    """Rows ``positions`` of dimension 1: (B, S, ...) -> (B, P, ...).
+    """Rows ``positions`` of dimension 1: (B, S, ...) -> (B, P, ...), or (T, ...) for a mask.
 
     Args:
         x (Tensor): (B, S, ...).
-        positions (Positions): a slice, (P,) indices shared by all rows, or (B, P) per-row indices.
+        positions (Positions): a slice, (P,) indices shared by all rows, (B, P) per-row indices, or
+            a (B, S) bool mask of the positions to take (T of them in all).
 
     Returns:
-        Tensor: (B, P, ...).
+        Tensor: (B, P, ...); (T, ...) for a mask, in row-major order.
 
     Raises:
-        TypeError: if ``positions`` is not a slice or an integer tensor.
-        ValueError: if a (B, P) tensor does not match the batch, ``positions`` has more than 2 dims,
+        TypeError: if ``positions`` is not a slice, an integer tensor or a bool tensor.
+        ValueError: if a (B, P) tensor or a mask does not match x, ``positions`` has more than 2 dims,
             or (on the CPU) an index is out of range.
     """
     if isinstance(positions, slice):
         return x[:, positions]
-    if (
-        not isinstance(positions, Tensor)
-        or positions.is_floating_point()
-        or positions.is_complex()
-        or positions.dtype == torch.bool
-    ):
-        raise TypeError(f"positions must be a slice or an integer tensor, got {_describe(positions)}")
+    if is_position_mask(positions):
+        return x[check_position_mask(positions, x)]
+    if not isinstance(positions, Tensor) or positions.is_floating_point() or positions.is_complex():
+        raise TypeError(f"positions must be a slice, an integer tensor or a bool mask, got {_describe(positions)}")
     if positions.dim() not in (1, 2) or (positions.dim() == 2 and positions.shape[0] != x.shape[0]):
         raise ValueError(
             f"positions must be (P,) or (B, P) = ({x.shape[0]}, P) indices, got shape {tuple(positions.shape)}"
@@ -354,10 +368,11 @@ class MultiHeadSelfAttention(nn.Module):
             attn_mask (Optional[Tensor]): (B, S, S) or (S, S) bool, ``True`` blocks query i from key j.
             query_positions (Optional[Positions]): a slice, (P,) or (B, P) indices of the only
                 positions whose output is wanted: queries are computed for them alone (keys and
-                values for all S).
+                values for all S); or a (B, S) bool mask of them (their projections computed alone).
 
         Returns:
-            Tensor: (B, S, D) output after the output projection; (B, P, D) with ``query_positions``.
+            Tensor: (B, S, D) output after the output projection; (B, P, D) with ``query_positions``
+            ((T, D), the selected positions in row-major order, for a mask).
 
         Raises:
             TypeError: if a mask is not a bool tensor.
@@ -381,7 +396,12 @@ class MultiHeadSelfAttention(nn.Module):
         if attn_mask is not None and attn_mask.dim() == 2:  # one (S, S) mask for every row
             attn_mask = attn_mask.expand(b, s, s)
         qkv = None
-        if query_positions is None:
+        selected = query_positions if is_position_mask(query_positions) else None
+        if selected is not None:  # every query computed, the unselected ones from zeros, and dropped after
+            check_position_mask(selected, x, "query_positions")
+            query_positions = None
+            q, k, v = self._project_subset(x, selected)
+        elif query_positions is None:
             # (B, S, 3D) -> (3, B, H, S, hd)
             qkv = self.qkv(x)
             q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -402,7 +422,7 @@ class MultiHeadSelfAttention(nn.Module):
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
         out = out.transpose(1, 2).reshape(b, q.shape[2], d)  # (B, H, S_q, hd) -> (B, S_q, D)
-        return self.out_proj(out)
+        return self.out_proj(out if selected is None else out[selected])
 
     def _allowed(
         self,
@@ -428,7 +448,8 @@ class MultiHeadSelfAttention(nn.Module):
         return allowed
 
     def _project_subset(self, x: Tensor, query_positions: Positions) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries for the selected positions only, keys and values for all: (B, H, P | S, hd)."""
+        """Queries for the selected positions only, keys and values for all: (B, H, P | S, hd); for a
+        (B, S) mask, (B, H, S, hd) queries, zeros at the positions it does not select."""
         b, s, d = x.shape
         if type(self.qkv) in (Linear, nn.Linear) and not hooked(self.qkv):  # (a subclass or a hook: call it)
             w, bias = self.qkv.weight, self.qkv.bias
@@ -437,6 +458,8 @@ class MultiHeadSelfAttention(nn.Module):
         else:  # a projection whose weight cannot be sliced (e.g. PackedLinear): project all, keep some
             qkv = self.qkv(x)
             q, kv = take_positions(qkv, query_positions)[..., :d], qkv[..., d:]
+        if is_position_mask(query_positions):  # (T, D) -> (B, S, D)
+            q = q.new_zeros(b, s, d).index_put((query_positions,), q)
         q = q.reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = kv.view(b, s, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from torchflava.modules.layers.attention import Positions, take_positions
+from torchflava.modules.layers.attention import Positions, check_position_mask, is_position_mask, take_positions
 from torchflava.modules.layers.mlp import can_overwrite
 
 _aten = torch.ops.aten
@@ -156,17 +156,36 @@ class TransformerEncoderLayer(nn.Module):
             x (Tensor): (B, S, D).
             key_padding_mask (Optional[Tensor]): (B, S) bool, ``True = padding``.
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
-            query_positions (Optional[Positions]): a slice, (P,) or (B, P) indices: positions whose output
-                alone is computed.
+            query_positions (Optional[Positions]): a slice, (P,) or (B, P) indices, or a (B, S) bool
+                mask: positions whose output alone is computed.
             checkpointing (Union[bool, str]): see :func:`checkpoint_mode`, what the block keeps for backward
                 (:class:`TransformerEncoder` passes its setting). Inside the forward, so that a compiled
                 block compiles its checkpointing too.
 
         Returns:
-            Tensor: (B, S, D), or (B, P, D) with ``query_positions``.
+            Tensor: (B, S, D), or (B, P, D) with ``query_positions`` ((B, S, D) for a mask, zeros at
+            the positions it does not select: computed for the selected ones alone, or, compiled,
+            for all and then zeroed).
         """
-        kwargs = dict(key_padding_mask=key_padding_mask, attn_mask=attn_mask, query_positions=query_positions)
-        return run_checkpointed(self._block, x, checkpoint_mode(checkpointing, "checkpointing"), **kwargs)
+        mode = checkpoint_mode(checkpointing, "checkpointing")
+        selected = query_positions if is_position_mask(query_positions) else None
+        if selected is not None:
+            check_position_mask(selected, x, "query_positions")
+            if torch.compiler.is_compiling():  # a graph holds no data-dependent shape: compute all, zero some
+                out = run_checkpointed(self._block, x, mode, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+                return out.masked_fill(~selected[..., None], 0.0)
+        out = run_checkpointed(
+            self._block,
+            x,
+            mode,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            query_positions=query_positions,
+        )
+        if selected is not None:  # (T, D) -> (B, S, D), zeros where not selected (outside the checkpointed
+            # region: a recomputation then stops at fc2, as for every other layer)
+            out = out.new_zeros(*selected.shape, out.shape[-1]).index_put((selected,), out)
+        return out
 
     def _block(
         self,
@@ -174,7 +193,7 @@ class TransformerEncoderLayer(nn.Module):
         *,
         key_padding_mask: Optional[Tensor],
         attn_mask: Optional[Tensor],
-        query_positions: Optional[Positions],
+        query_positions: Optional[Positions] = None,
     ) -> Tensor:
         positions = {} if query_positions is None else {"query_positions": query_positions}  # a user's attn may lack it
         attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask, **positions)
@@ -231,7 +250,9 @@ class TransformerEncoder(nn.Module):
             output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row): positions whose final
                 output alone is wanted:
                 the last layer computes only those (e.g. the CLS token for pooled features), which
-                gives the same values for less work.
+                gives the same values for less work. Or a (B, S) bool mask of them, as many or few in
+                each row as wanted (a row's masked tokens, another row's CLS): the output is then
+                (B, S, D), zeros at the positions it does not select (not computed).
             return_hidden_states (bool): also return the input and every layer's output.
             checkpoint_activations (Optional[Union[bool, str]]): override the module's setting for this
                 call (e.g. to recompute only some of several passes through the same encoder).
@@ -239,7 +260,13 @@ class TransformerEncoder(nn.Module):
         Returns:
             TransformerOutput: the last layer's output, (B, S, D) or (B, P, D), and, if asked, all
             hidden states (the last one restricted like the output).
+
+        Raises:
+            ValueError: if a bool mask of ``output_positions`` is not (B, S).
         """
+        selected = output_positions if is_position_mask(output_positions) else None
+        if selected is not None:
+            check_position_mask(selected, x, "output_positions")
         hidden_states = [x] if return_hidden_states else None
         mode = (
             self.checkpoint_activations if checkpoint_activations is None else checkpoint_mode(checkpoint_activations)
@@ -264,7 +291,11 @@ class TransformerEncoder(nn.Module):
             if hidden_states is not None:
                 hidden_states.append(x)
         if not self.layers and output_positions is not None:  # no last layer to restrict: the input's
-            x = take_positions(x, output_positions)
+            x = (
+                x.masked_fill(~selected[..., None], 0.0)
+                if selected is not None
+                else take_positions(x, output_positions)
+            )
             if hidden_states is not None:
                 hidden_states[-1] = x
         return TransformerOutput(x, None if hidden_states is None else tuple(hidden_states))
