@@ -50,8 +50,8 @@ def keep_freed_memory(
     free. Blocks above ``mmap_threshold`` too, unless ``map_large_blocks``: glibc otherwise maps each
     of them on its own, unmaps it when freed and zero-fills it again, page by page, when the next one
     is allocated. FLAVA-full's bf16 pretraining step allocates and frees three 89 MiB gradients of
-    vocabulary-sized weights every step: with them from the heap, 3-74 thousand page faults a step
-    fewer and the step 2-5% faster, for peak RSS 60-135 MiB higher (benchmarks/README.md).
+    vocabulary-sized weights every step: with them from the heap, 2.8 thousand page faults a step
+    against 74 thousand and the step 2-5% faster, for peak RSS 60-135 MiB higher (benchmarks/README.md).
 
     Args:
         mmap_threshold (int): with ``map_large_blocks``, the largest block served from the heap, in

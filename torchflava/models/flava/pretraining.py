@@ -363,8 +363,8 @@ class FLAVAForPretraining(nn.Module):
         plans = [self._plan(b) for b in checked]  # (a codebook may run here, for the image targets)
         # The text encoder first: backward reaches the encoder run last first, so the image encoder's
         # activations (the largest) are freed before the text encoder's gradients are allocated
-        # (FLAVA-full's bf16 all6 step: peak bytes in use ~130 MiB lower, peak RSS 0.77x the fastest peer's
-        # against 0.80x; benchmarks/README.md).
+        # (FLAVA-full's bf16 all6 step: peak bytes in use 100-130 MiB lower, peak RSS 0.77x the fastest
+        # peer's against 0.78-0.80x; benchmarks/README.md).
         texts = self._text_passes(plans)
         images = self._image_passes(plans)
         outputs = [
