@@ -66,13 +66,15 @@ class MultimodalEncoder(nn.Module):
             text_padding_mask (Optional[Tensor]): (B, L) bool, ``True = padding``.
             output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row) of the
                 fused sequence: positions whose output alone is wanted; the last layer computes only
-                those and the outputs are (B, P, D) (the pooler then reads the first of them).
+                those and the outputs are (B, P, D) (the pooler then reads the first of them). Or a
+                (B, 1 + S_i + L) bool mask of them: the outputs stay full length, and at the other
+                positions hold no encoding (the final norm of zeros).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
 
         Returns:
             EncoderOutput: last_hidden_state (B, 1 + S_i + L, D), or (B, P, D) with
-            ``output_positions``, and the rest.
+            ``output_positions`` as indices, and the rest.
 
         Raises:
             ValueError: if the batch sizes differ or the mask does not match the text.

@@ -55,9 +55,10 @@ class TextEncoder(nn.Module):
             position_ids (Optional[Tensor]): (B, L) positions; 0..L-1 when None.
             attn_mask (Optional[Tensor]): (B, L, L) bool, ``True`` = query i may not attend to key j.
             output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row):
-                positions whose output alone is wanted; the last
-                layer computes only those and the outputs are (B, P, D) (the pooler then reads the
-                first of them).
+                positions whose output alone is wanted; the last layer computes only those and the
+                outputs are (B, P, D) (the pooler then reads the first of them). Or a (B, S) bool
+                mask of them: the outputs stay (B, S, D), and at the other positions hold no
+                encoding (the final norm of zeros).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
             checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation checkpointing for this call.

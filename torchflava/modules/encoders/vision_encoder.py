@@ -49,9 +49,10 @@ class VisionEncoder(nn.Module):
             images (Tensor): (B, C, H, W) float.
             patch_mask (Optional[Tensor]): (B, N) bool, ``True`` = replace that patch by the mask token.
             output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row):
-                positions whose output alone is wanted; the last
-                layer computes only those and the outputs are (B, P, D) (the pooler then reads the
-                first of them).
+                positions whose output alone is wanted; the last layer computes only those and the
+                outputs are (B, P, D) (the pooler then reads the first of them). Or a (B, S) bool
+                mask of them: the outputs stay (B, S, D), and at the other positions hold no
+                encoding (the final norm of zeros).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
             checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation checkpointing for this call.
