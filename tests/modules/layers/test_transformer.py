@@ -474,3 +474,55 @@ def test_an_encoder_whose_weights_cannot_fit_in_memory_is_refused_before_it_is_b
     assert len(transformer_encoder(num_layers=2, **size).layers) == 2
     with torch.device("meta"):  # nothing allocated: not checked
         assert transformer_encoder(num_layers=100, **size).layers[0].mlp.fc1.weight.is_meta
+
+
+def test_encoder_refuses_layers_it_cannot_call_when_built():
+    """A layer must be a module whose forward takes the stack's keywords; torch's own encoder layer
+    (``src_mask``, ``src_key_padding_mask``) is refused at construction, naming the layer and what it lacks."""
+    torch_layer = nn.TransformerEncoderLayer(D, 2, batch_first=True)
+    with pytest.raises(TypeError, match=r"layers\[1\] \(torch\.nn\.modules\.transformer\.TransformerEncoderLayer\) "):
+        TransformerEncoder([make_layer(), torch_layer])
+    with pytest.raises(TypeError, match="it lacks key_padding_mask, attn_mask, query_positions"):
+        TransformerEncoder([torch_layer])
+    with pytest.raises(TypeError, match=r"layers\[0\] must be an nn.Module, got function"):
+        TransformerEncoder([lambda x: x])
+
+    class Partial(nn.Module):  # masks but no query_positions: the last layer would fail only at run time
+        def forward(self, x, *, key_padding_mask=None, attn_mask=None):
+            return x
+
+    with pytest.raises(TypeError, match="it lacks query_positions$"):
+        TransformerEncoder([Partial()])
+
+    class Anything(nn.Module):  # **kwargs: its own business
+        def forward(self, x, **kwargs):
+            return 2 * x
+
+    x = torch.randn(2, 3, D)
+    assert_close(TransformerEncoder([Anything(), Anything()])(x).last_hidden_state, 4 * x)
+
+
+def test_layer_refuses_parts_of_different_widths_when_built():
+    with pytest.raises(
+        ValueError,
+        match=r"share one width, got attn_norm.normalized_shape 8, attn.embed_dim 8, "
+        r"mlp_norm.normalized_shape 8, mlp.fc1.in_features 12, mlp.fc2.out_features 12",
+    ):
+        TransformerEncoderLayer(
+            MultiHeadSelfAttention(8, 2), MLP(12, 16), attn_norm=nn.LayerNorm(8), mlp_norm=nn.LayerNorm(8)
+        )
+    with pytest.raises(ValueError, match="attn_norm.normalized_shape 6, attn.embed_dim 8"):
+        TransformerEncoderLayer(
+            MultiHeadSelfAttention(8, 2), MLP(8, 16), attn_norm=nn.LayerNorm(6), mlp_norm=nn.LayerNorm(8)
+        )
+    with pytest.raises(TypeError, match="mlp_norm must be an nn.Module, got builtin_function_or_method"):
+        TransformerEncoderLayer(MultiHeadSelfAttention(8, 2), MLP(8, 16), attn_norm=nn.LayerNorm(8), mlp_norm=abs)
+    # an MLP that widens the stream is refused too; parts with no readable width are trusted
+    with pytest.raises(ValueError, match="mlp.fc2.out_features 10"):
+        TransformerEncoderLayer(
+            MultiHeadSelfAttention(8, 2), MLP(8, 16, out_dim=10), attn_norm=nn.LayerNorm(8), mlp_norm=nn.LayerNorm(8)
+        )
+    layer = TransformerEncoderLayer(
+        MultiHeadSelfAttention(8, 2), nn.Sequential(nn.Linear(8, 8)), attn_norm=nn.Identity(), mlp_norm=nn.Identity()
+    )
+    assert layer(torch.randn(2, 3, 8)).shape == (2, 3, 8)

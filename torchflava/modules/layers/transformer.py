@@ -5,6 +5,7 @@ attn_mask (B, S, S) bool, ``True`` = query i may not attend to key j.
 """
 
 import functools
+import inspect
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -112,6 +113,20 @@ class TransformerOutput(NamedTuple):
     hidden_states: Optional[tuple[Tensor, ...]] = None
 
 
+def _widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
+    """The residual-stream widths ``part`` reads or writes, where its attributes tell them."""
+    found = []
+    if isinstance(getattr(part, "embed_dim", None), int):  # MultiHeadSelfAttention, nn.MultiheadAttention
+        found.append((f"{name}.embed_dim", part.embed_dim))
+    for attr, side in (("fc1", "in_features"), ("fc2", "out_features")):  # MLP
+        if isinstance(getattr(getattr(part, attr, None), side, None), int):
+            found.append((f"{name}.{attr}.{side}", getattr(getattr(part, attr), side)))
+    shape = getattr(part, "normalized_shape", None)  # LayerNorm, RMSNorm
+    if isinstance(shape, (tuple, list)) and len(shape) == 1 and isinstance(shape[0], int):
+        found.append((f"{name}.normalized_shape", shape[0]))
+    return found
+
+
 class TransformerEncoderLayer(nn.Module):
     """Pre-norm block: ``h = x + drop(attn(attn_norm(x)))``, ``out = h + drop(mlp(mlp_norm(h)))``.
 
@@ -123,6 +138,11 @@ class TransformerEncoderLayer(nn.Module):
         attn_norm (nn.Module): norm before attention.
         mlp_norm (nn.Module): norm before the MLP.
         dropout (float): dropout on both residual branches.
+
+    Raises:
+        TypeError: if a part is not a module.
+        ValueError: if the parts' widths, where they can be read (an attention's ``embed_dim``, an
+            MLP's ``fc1`` input and ``fc2`` output, a norm's ``normalized_shape``), differ.
     """
 
     def __init__(
@@ -134,6 +154,14 @@ class TransformerEncoderLayer(nn.Module):
         mlp_norm: nn.Module,
         dropout: float = 0.0,
     ) -> None:
+        parts = {"attn_norm": attn_norm, "attn": attn, "mlp_norm": mlp_norm, "mlp": mlp}
+        for name, part in parts.items():
+            if not isinstance(part, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(part).__name__}")
+        widths = {name: width for name, part in parts.items() for name, width in _widths(name, part)}
+        if len(set(widths.values())) > 1:
+            described = ", ".join(f"{name} {width}" for name, width in widths.items())
+            raise ValueError(f"TransformerEncoderLayer: the parts must share one width, got {described}")
         super().__init__()
         self.attn_norm = attn_norm
         self.attn = attn
@@ -207,19 +235,50 @@ class TransformerEncoderLayer(nn.Module):
         return x + update
 
 
+_LAYER_KEYWORDS = ("key_padding_mask", "attn_mask", "query_positions")
+
+
+def _check_layer(layer: object, index: int) -> None:
+    """TypeError naming ``layers[index]`` unless it is a module whose forward takes the keywords the
+    stack passes (or ``**kwargs``)."""
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"layers[{index}] must be an nn.Module, got {type(layer).__name__}")
+    try:
+        parameters = inspect.signature(layer.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward whose signature Python cannot read: trusted as it is
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if missing := [name for name in _LAYER_KEYWORDS if name not in names]:
+        raise TypeError(
+            f"layers[{index}] ({type(layer).__module__}.{type(layer).__qualname__}) must take the keyword "
+            f"arguments {', '.join(_LAYER_KEYWORDS)} in forward, as TransformerEncoderLayer does; it lacks "
+            f"{', '.join(missing)}"
+        )
+
+
 class TransformerEncoder(nn.Module):
     """A stack of encoder layers, with optional per-layer activation checkpointing.
 
     Args:
-        layers (Sequence[nn.Module]): the layers, applied in order.
+        layers (Sequence[nn.Module]): the layers, applied in order: :class:`TransformerEncoderLayer`
+            or any module called as ``layer(x, key_padding_mask=..., attn_mask=...,
+            query_positions=...)`` that returns the (B, S, D) output.
         checkpoint_activations (Union[bool, str]): what each layer keeps for backward (see
             :func:`checkpoint_mode`): ``False``/``"none"`` everything, ``"selective"`` only matmul and
             attention outputs, ``True``/``"full"`` only its input. Only in training with grad enabled.
             Can be changed later via the attribute.
+
+    Raises:
+        TypeError: if a layer is not a module, or its forward takes none of those keywords (e.g.
+            ``torch.nn.TransformerEncoderLayer``, called with ``src_mask``).
     """
 
     def __init__(self, layers: Sequence[nn.Module], *, checkpoint_activations: Union[bool, str] = False) -> None:
         super().__init__()
+        for index, layer in enumerate(layers):
+            _check_layer(layer, index)
         self.layers = nn.ModuleList(layers)
         self.checkpoint_activations = checkpoint_activations
 
