@@ -43,6 +43,7 @@ import argparse
 from contextlib import nullcontext
 import gc
 import json
+from pathlib import Path
 import platform
 import resource
 import statistics
@@ -219,7 +220,9 @@ def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int, 
             f.write("5")  # reset VmHWM to the current RSS
         for _ in range(reps):
             fn()
-    hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    hwm_kib = next(
+        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")
+    )
     print(
         json.dumps(
             {"peak_rss_mib": hwm_kib / 1024, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -35,6 +35,7 @@ from contextlib import ExitStack, nullcontext
 import gc
 import json
 import multiprocessing
+from pathlib import Path
 import statistics
 import subprocess
 import sys
@@ -240,7 +241,9 @@ def peak_rss_child(impl: str, kinds: list[str], joint: bool, bf16: bool, steps: 
     for _ in range(steps):
         for fn in fns:
             fn()
-    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    hwm = next(
+        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")
+    )
     print(json.dumps({"peak_rss_mib": hwm / 1024}))
 
 

@@ -248,7 +248,14 @@ def time_interleaved(steps: dict, images, mode: str, dtype: str, warmup: int, re
 def machine_name(device: torch.device = CPU) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs"
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "",
+    )
     return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
 
 

@@ -201,8 +201,9 @@ class Forker:
 
     def close(self) -> None:
         if self._server.poll() is None:
-            self._server.stdin.close()
+            self._server.stdin.close()  # the server's end of input: it exits
             self._server.wait(timeout=60)
+        self._server.stdout.close()
 
 
 if __name__ == "__main__":

@@ -26,21 +26,19 @@ def start_holder(directory):
 
 
 def test_a_second_run_is_refused_naming_the_directory_and_the_holders_pid(tmp_path):
-    holder = start_holder(tmp_path / "run")
-    try:
-        with pytest.raises(
-            RunDirectoryInUse, match=rf"{tmp_path / 'run'} is in use by another run \(pid {holder.pid} on "
-        ):
-            RunLock(tmp_path / "run").acquire()
-    finally:
-        holder.kill()
-        holder.wait()
+    with start_holder(tmp_path / "run") as holder:  # leaving closes its pipe and waits for it
+        try:
+            with pytest.raises(
+                RunDirectoryInUse, match=rf"{tmp_path / 'run'} is in use by another run \(pid {holder.pid} on "
+            ):
+                RunLock(tmp_path / "run").acquire()
+        finally:
+            holder.kill()
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
-    holder = start_holder(tmp_path)
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
+    with start_holder(tmp_path) as holder:
+        os.kill(holder.pid, signal.SIGKILL)
     with RunLock(tmp_path) as lock:  # the kernel dropped the dead process's lock
         assert f"pid {os.getpid()}" in lock.path.read_text()
 
@@ -83,16 +81,19 @@ time.sleep(60)
 
 
 def test_forked_children_neither_hold_nor_release_the_lock(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    lines = {holder.stdout.readline().strip() for _ in range(2)}  # the child's "ready" and its pid, either order
-    child = int((lines - {"ready"}).pop())
-    try:
-        with pytest.raises(RunDirectoryInUse):  # the child's start did not unlock the holder's lock
-            RunLock(tmp_path).acquire()
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
-        with RunLock(tmp_path) as lock:  # the orphaned child, still alive, does not hold the directory
-            os.kill(child, 0)
-            assert f"pid {os.getpid()}" in lock.path.read_text()
-    finally:
-        os.kill(child, signal.SIGKILL)
+    command = [sys.executable, "-c", HOLD_WITH_CHILD, str(tmp_path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as holder:  # leaving closes its pipe
+        lines = {holder.stdout.readline().strip() for _ in range(2)}  # the child's "ready" and its pid, either order
+        child = int((lines - {"ready"}).pop())
+        try:
+            try:
+                with pytest.raises(RunDirectoryInUse):  # the child's start did not unlock the holder's lock
+                    RunLock(tmp_path).acquire()
+            finally:
+                os.kill(holder.pid, signal.SIGKILL)
+                holder.wait()
+            with RunLock(tmp_path) as lock:  # the orphaned child, still alive, does not hold the directory
+                os.kill(child, 0)
+                assert f"pid {os.getpid()}" in lock.path.read_text()
+        finally:
+            os.kill(child, signal.SIGKILL)

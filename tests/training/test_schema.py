@@ -148,6 +148,7 @@ def test_single_process_runs_with_ddp_take_no_port_two_can_run_at_once(tmp_path)
         subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"up{i}")], env=env, stderr=subprocess.PIPE)
         for i in range(2)
     ]
-    results = [(run.wait(timeout=120), run.stderr.read().decode()) for run in runs]
+    errors = [run.communicate(timeout=120)[1].decode() for run in runs]  # reads and closes each pipe
+    results = [(run.returncode, error) for run, error in zip(runs, errors)]
     assert [code for code, _ in results] == [0, 0], results
     assert (tmp_path / "up0").exists() and (tmp_path / "up1").exists()

@@ -13,11 +13,12 @@ from torchflava.utils.memory import MAX_MMAP_THRESHOLD, keep_freed_memory
 # resident memory still holds: glibc, left to itself, trims the heap's free top and unmaps big blocks.
 CHILD = """
 import json, sys
+from pathlib import Path
 from torchflava.utils.memory import keep_freed_memory
 mode, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kept = None if mode == "default" else keep_freed_memory(map_large_blocks=mode == "keep-mapping")
 def rss():
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
+    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS")) / 1024
 before = rss()
 blocks = [bytearray(size << 20) for _ in range(count)]
 for block in blocks:
