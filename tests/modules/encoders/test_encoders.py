@@ -173,3 +173,38 @@ def test_multimodal_encoder_wrong_padding_mask_shape(shape):
     image_states, text_states = multimodal_inputs()
     with pytest.raises(ValueError, match=r"text_padding_mask must have shape \(2, 7\)"):
         multimodal_encoder()(image_states, text_states, text_padding_mask=torch.zeros(shape, dtype=torch.bool))
+
+
+def test_encoders_refuse_parts_of_different_widths_when_built():
+    """Composed from modules, an encoder whose embedding, stack and norm disagree on the width is refused
+    when built, naming each width, not in its first forward deep inside torch."""
+    from torch import nn
+
+    from torchflava.modules.encoders.builders import transformer_encoder
+    from torchflava.modules.layers import Linear, PatchEmbedding, TokenEmbedding
+
+    def stack(width):
+        return transformer_encoder(embed_dim=width, num_layers=1, num_heads=2, mlp_dim=2 * width)
+
+    with pytest.raises(
+        ValueError, match=r"^VisionEncoder: the parts must share one width, got embeddings.embed_dim 8, "
+    ):
+        VisionEncoder(PatchEmbedding(16, 8, 3, 8), stack(12), nn.LayerNorm(12))
+    with pytest.raises(ValueError, match=r"encoder.layers\[0\].attn.embed_dim 12, .*norm.normalized_shape 8$"):
+        VisionEncoder(PatchEmbedding(16, 8, 3, 12), stack(12), nn.LayerNorm(8))
+    with pytest.raises(ValueError, match=r"^TextEncoder: .* embeddings.embed_dim 16, encoder.layers\[0\]"):
+        TextEncoder(TokenEmbedding(50, 16, 10), stack(8), nn.LayerNorm(8))
+    with pytest.raises(TypeError, match="norm must be an nn.Module, got the class LayerNorm"):
+        TextEncoder(TokenEmbedding(50, 8, 10), stack(8), nn.LayerNorm)
+    with pytest.raises(
+        ValueError, match=r"^MultimodalEncoder: .*embed_dim 8, image_proj.out_features 8, text_proj.out_features 6"
+    ):
+        MultimodalEncoder(Linear(12, 8), Linear(10, 6), stack(8), nn.LayerNorm(8), embed_dim=8)
+    with pytest.raises(ValueError, match=r"^MultimodalEncoder: the parts must share one width, got embed_dim 16, "):
+        MultimodalEncoder(Linear(12, 8), Linear(10, 8), stack(8), nn.LayerNorm(8), embed_dim=16)
+    # consistent parts build and run; a stack with no layers and parts that tell no width are trusted
+    encoder = TextEncoder(TokenEmbedding(50, 8, 10), stack(8), nn.LayerNorm(8))
+    assert encoder(torch.randint(0, 50, (2, 5))).last_hidden_state.shape == (2, 5, 8)
+    from torchflava.modules.layers import TransformerEncoder
+
+    VisionEncoder(PatchEmbedding(16, 8, 3, 8), TransformerEncoder([]), nn.Identity())

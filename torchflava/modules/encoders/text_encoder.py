@@ -6,7 +6,8 @@ from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions
-from torchflava.modules.layers.transformer import TransformerEncoder
+from torchflava.modules.layers.transformer import TransformerEncoder, check_same_width
+from torchflava.utils.checks import check_module
 
 
 class TextEncoder(nn.Module):
@@ -18,6 +19,11 @@ class TextEncoder(nn.Module):
         encoder (TransformerEncoder): the transformer stack.
         norm (nn.Module): final norm.
         pooler (Optional[nn.Module]): maps (B, L, D) to (B, D); none when None.
+
+    Raises:
+        TypeError: if a part is not a module.
+        ValueError: if the parts' widths differ where they can be read (see
+            :func:`~torchflava.modules.layers.transformer.residual_widths`).
     """
 
     def __init__(
@@ -27,6 +33,10 @@ class TextEncoder(nn.Module):
         norm: nn.Module,
         pooler: Optional[nn.Module] = None,
     ) -> None:
+        for name, part in (("embeddings", embeddings), ("encoder", encoder), ("norm", norm)):
+            check_module(name, part)
+        check_module("pooler", pooler, optional=True)
+        check_same_width("TextEncoder", dict(embeddings=embeddings, encoder=encoder, norm=norm))
         super().__init__()
         self.embeddings = embeddings
         self.encoder = encoder

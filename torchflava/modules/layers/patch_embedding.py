@@ -58,6 +58,7 @@ class PatchEmbedding(nn.Module):
         self.image_size = image_size
         self.patch_size = patch_size
         self.in_channels = in_channels
+        self.embed_dim = embed_dim
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=conv_bias)

@@ -146,6 +146,7 @@ class TextEmbedding(nn.Module):
         if not 0 <= check_int("pad_token_id", pad_token_id, 0) < vocab_size:
             raise ValueError(f"pad_token_id must be an id below vocab_size {vocab_size}, got {pad_token_id}")
         self.vocab_size = vocab_size
+        self.embed_dim = embed_dim
         self.max_seq_len = max_seq_len
         self.type_vocab_size = type_vocab_size
         self.word_embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_token_id)
@@ -241,6 +242,7 @@ class TokenEmbedding(nn.Module):
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("max_seq_len", max_seq_len)):
             check_int(name, value, 1)
         self.vocab_size = vocab_size
+        self.embed_dim = embed_dim
         self.max_seq_len = max_seq_len
         self.word_embed = nn.Embedding(vocab_size, embed_dim)
         self.pos_embed = nn.Embedding(max_seq_len, embed_dim)

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from torchflava.modules.layers.attention import Positions, check_position_mask, is_position_mask, take_positions
 from torchflava.modules.layers.mlp import can_overwrite
+from torchflava.utils.checks import check_module
 
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
@@ -113,10 +114,17 @@ class TransformerOutput(NamedTuple):
     hidden_states: Optional[tuple[Tensor, ...]] = None
 
 
-def _widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
-    """The residual-stream widths ``part`` reads or writes, where its attributes tell them."""
+def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
+    """``(label, width)`` for each width of the residual stream that ``part`` (called ``name``) reads or
+    writes, where its attributes tell: an embedding's or attention's ``embed_dim``, an MLP's ``fc1``
+    input and ``fc2`` output, a norm's ``normalized_shape``; a stack by its first layer. Empty for a
+    part that tells none (it is trusted)."""
+    if isinstance(part, TransformerEncoder):
+        return residual_widths(f"{name}.layers[0]", part.layers[0]) if len(part.layers) else []
+    if isinstance(part, TransformerEncoderLayer):
+        return [pair for sub in _LAYER_PARTS for pair in residual_widths(f"{name}.{sub}", getattr(part, sub))]
     found = []
-    if isinstance(getattr(part, "embed_dim", None), int):  # MultiHeadSelfAttention, nn.MultiheadAttention
+    if isinstance(getattr(part, "embed_dim", None), int):  # our embeddings and attention, nn.MultiheadAttention
         found.append((f"{name}.embed_dim", part.embed_dim))
     for attr, side in (("fc1", "in_features"), ("fc2", "out_features")):  # MLP
         if isinstance(getattr(getattr(part, attr, None), side, None), int):
@@ -125,6 +133,19 @@ def _widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
     if isinstance(shape, (tuple, list)) and len(shape) == 1 and isinstance(shape[0], int):
         found.append((f"{name}.normalized_shape", shape[0]))
     return found
+
+
+def check_same_width(owner: str, parts: dict, widths: Sequence[tuple[str, int]] = ()) -> None:
+    """ValueError naming ``owner`` and every width found if ``parts`` (name -> module, see
+    :func:`residual_widths`) and the given ``widths`` do not all agree: parts composed with different
+    widths would otherwise fail only in the first forward, deep inside torch."""
+    found = [*widths, *(pair for name, part in parts.items() for pair in residual_widths(name, part))]
+    if len({width for _, width in found}) > 1:
+        described = ", ".join(f"{label} {width}" for label, width in found)
+        raise ValueError(f"{owner}: the parts must share one width, got {described}")
+
+
+_LAYER_PARTS = ("attn_norm", "attn", "mlp_norm", "mlp")
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -154,14 +175,10 @@ class TransformerEncoderLayer(nn.Module):
         mlp_norm: nn.Module,
         dropout: float = 0.0,
     ) -> None:
-        parts = {"attn_norm": attn_norm, "attn": attn, "mlp_norm": mlp_norm, "mlp": mlp}
+        parts = dict(zip(_LAYER_PARTS, (attn_norm, attn, mlp_norm, mlp)))
         for name, part in parts.items():
-            if not isinstance(part, nn.Module):
-                raise TypeError(f"{name} must be an nn.Module, got {type(part).__name__}")
-        widths = {name: width for name, part in parts.items() for name, width in _widths(name, part)}
-        if len(set(widths.values())) > 1:
-            described = ", ".join(f"{name} {width}" for name, width in widths.items())
-            raise ValueError(f"TransformerEncoderLayer: the parts must share one width, got {described}")
+            check_module(name, part)
+        check_same_width("TransformerEncoderLayer", parts)
         super().__init__()
         self.attn_norm = attn_norm
         self.attn = attn
@@ -241,8 +258,7 @@ _LAYER_KEYWORDS = ("key_padding_mask", "attn_mask", "query_positions")
 def _check_layer(layer: object, index: int) -> None:
     """TypeError naming ``layers[index]`` unless it is a module whose forward takes the keywords the
     stack passes (or ``**kwargs``)."""
-    if not isinstance(layer, nn.Module):
-        raise TypeError(f"layers[{index}] must be an nn.Module, got {type(layer).__name__}")
+    check_module(f"layers[{index}]", layer)
     try:
         parameters = inspect.signature(layer.forward).parameters.values()
     except (TypeError, ValueError):  # a forward whose signature Python cannot read: trusted as it is
