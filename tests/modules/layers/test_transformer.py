@@ -500,6 +500,7 @@ def test_encoder_refuses_layers_it_cannot_call_when_built():
 
     x = torch.randn(2, 3, D)
     assert_close(TransformerEncoder([Anything(), Anything()])(x).last_hidden_state, 4 * x)
+    assert len(TransformerEncoder(make_layer() for _ in range(3)).layers) == 3  # a generator, checked and kept
 
 
 def test_layer_refuses_parts_of_different_widths_when_built():

@@ -287,12 +287,13 @@ class TransformerEncoder(nn.Module):
             Can be changed later via the attribute.
 
     Raises:
-        TypeError: if a layer is not a module, or its forward takes none of those keywords (e.g.
+        TypeError: if a layer is not a module, or its forward lacks one of those keywords (e.g.
             ``torch.nn.TransformerEncoderLayer``, called with ``src_mask``).
     """
 
     def __init__(self, layers: Sequence[nn.Module], *, checkpoint_activations: Union[bool, str] = False) -> None:
         super().__init__()
+        layers = list(layers)  # a generator too, read once
         for index, layer in enumerate(layers):
             _check_layer(layer, index)
         self.layers = nn.ModuleList(layers)
