@@ -125,14 +125,13 @@ def test_checkpointing_recomputes_the_layers_forward_but_their_last_matmul(run, 
     assert executed["selective"] == executed["fsdp+selective"] == model_flops + scores
     # Full checkpointing recomputes each layer's forward in backward, but stops (non-reentrant checkpoint's early
     # stop) once it has what backward needs: the layer's last matmul, the MLP's fc2, is not run again; except
-    # in the three encoders' last layers, given a mask of the positions the losses read (the image and text
-    # pair's masked pass every one, its unmasked pass the CLS; the multimodal encoder its CLS and the
-    # masked positions of matched pairs), whose rows are scattered after fc2.
+    # in the image and text encoders' last layers, given a mask of the positions the losses read (the
+    # pair's masked pass every one, its unmasked pass the CLS), whose rows are scattered after fc2.
     counts = {name: sum(ops.values()) for name, ops in flops.items()}
     layers = sum(n for name, n in counts.items() if re.search(r"\.layers\.\d+$", name))
     last_matmuls = sum(n for name, n in counts.items() if re.search(r"\.layers\.\d+\.mlp\.fc2$", name))
     scattered = 0
-    for stack in ("image_encoder", "text_encoder", "multimodal_encoder"):
+    for stack in ("image_encoder", "text_encoder"):
         fc2 = {
             int(m.group(1)): n
             for name, n in counts.items()

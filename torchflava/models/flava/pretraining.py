@@ -511,7 +511,7 @@ class FLAVAForPretraining(nn.Module):
 
         The fused sequence is ``[CLS_M, image CLS, patches..., text...]``; the losses read only some of
         its positions (ITM the CLS, MMM the masked positions of matched rows), so the last layer
-        computes those alone.
+        computes those alone (per row, in order: the heads see the same states in the same order).
         """
         w, ignore = self.weights, self.ignore_index
         positives = None
@@ -535,20 +535,25 @@ class FLAVAForPretraining(nn.Module):
             if positives is not None:
                 targets[~positives] = ignore
             needed |= targets != ignore
+        counts = needed.sum(dim=1)
+        # each row's needed positions first, in order (a stable sort), cut to the longest row's count
+        positions = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, : int(counts.max())]
+        valid = torch.arange(positions.shape[1], device=positions.device) < counts[:, None]
         fused = self.model.multimodal_encoder(
             masked_image.prenorm_last_hidden_state,
             masked_text.prenorm_last_hidden_state,
             text_padding_mask=padding,
-            output_positions=needed,
+            output_positions=positions,
             return_pooled=False,
-        ).last_hidden_state  # (B, S, D), computed at the needed positions alone
+        ).last_hidden_state  # (B, P, D); position 0 (CLS_M) first in every row
         if b.itm_labels is not None and w.itm > 0:
             extra["itm_logits"] = self.itm_head(fused)
             losses["itm"] = F.cross_entropy(extra["itm_logits"], b.itm_labels)
         heads = {"mmm_image": self.mmm_image_head, "mmm_text": self.mmm_text_head}
         for name, targets in wanted.items():
+            picked = targets.gather(1, positions).masked_fill(~valid, ignore)
             losses[name], extra[f"{name}_logits"], extra[f"{name}_targets"] = _masked_prediction(
-                heads[name], fused, targets, ignore
+                heads[name], fused, picked, ignore
             )
         return positives
 
