@@ -27,7 +27,7 @@ steps (``/proc/self/clear_refs`` reset after building and one warm-up step).
 
 Usage::
 
-    python benchmarks/pretrain_step.py [--steps 5] [--warmup 1] [--impls ours,ours+full,hf,tmm] [--bf16]
+    python benchmarks/pretrain_step.py [--steps 5] [--warmup 2] [--impls ours,ours+full,hf,tmm] [--bf16]
 """
 
 import argparse
@@ -314,7 +314,9 @@ class Workers:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    # two untimed steps for everyone: after one, ours' bf16 all6 step still varied 2.4-3.6 s over the next
+    # steps (the heap still growing), after two 2.61-2.75 (benchmarks/README.md, 2026-12-05, fifth session)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--kinds", default="pair,image,text")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--bf16", action="store_true", help="run every implementation under bf16 autocast")
