@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions
-from torchflava.modules.layers.transformer import TransformerEncoder, check_same_width
+from torchflava.modules.layers.transformer import TransformerEncoder, check_parts
 from torchflava.utils.checks import check_int, check_module
 
 
@@ -41,14 +41,12 @@ class MultimodalEncoder(nn.Module):
         embed_dim: int,
         pooler: Optional[nn.Module] = None,
     ) -> None:
-        parts = dict(image_proj=image_proj, text_proj=text_proj, encoder=encoder, norm=norm)
-        for name, part in parts.items():
-            check_module(name, part)
-        check_module("pooler", pooler, optional=True)
         check_int("embed_dim", embed_dim, 1)
+        parts = dict(image_proj=image_proj, text_proj=text_proj, encoder=encoder, norm=norm)
         # the projections write the stream: their output widths (a Linear's out_features) join the check
         projected = [(f"{n}.out_features", p.out_features) for n, p in parts.items() if isinstance(p, nn.Linear)]
-        check_same_width("MultimodalEncoder", dict(encoder=encoder, norm=norm), [("embed_dim", embed_dim), *projected])
+        check_parts("MultimodalEncoder", parts, [("embed_dim", embed_dim), *projected])
+        check_module("pooler", pooler, optional=True)
         super().__init__()
         self.image_proj = image_proj
         self.text_proj = text_proj

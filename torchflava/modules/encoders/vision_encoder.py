@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
-from torchflava.modules.layers.transformer import TransformerEncoder, check_same_width
+from torchflava.modules.layers.transformer import TransformerEncoder, check_parts
 from torchflava.utils.checks import check_module
 
 
@@ -33,10 +33,8 @@ class VisionEncoder(nn.Module):
         norm: nn.Module,
         pooler: Optional[nn.Module] = None,
     ) -> None:
-        for name, part in (("embeddings", embeddings), ("encoder", encoder), ("norm", norm)):
-            check_module(name, part)
+        check_parts("VisionEncoder", dict(embeddings=embeddings, encoder=encoder, norm=norm))
         check_module("pooler", pooler, optional=True)
-        check_same_width("VisionEncoder", dict(embeddings=embeddings, encoder=encoder, norm=norm))
         super().__init__()
         self.embeddings = embeddings
         self.encoder = encoder

@@ -114,6 +114,9 @@ class TransformerOutput(NamedTuple):
     hidden_states: Optional[tuple[Tensor, ...]] = None
 
 
+_LAYER_PARTS = ("attn_norm", "attn", "mlp_norm", "mlp")
+
+
 def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
     """``(label, width)`` for each width of the residual stream that ``part`` (called ``name``) reads or
     writes, where its attributes tell: an embedding's or attention's ``embed_dim``, an MLP's ``fc1``
@@ -135,17 +138,17 @@ def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
     return found
 
 
-def check_same_width(owner: str, parts: dict, widths: Sequence[tuple[str, int]] = ()) -> None:
-    """ValueError naming ``owner`` and every width found if ``parts`` (name -> module, see
-    :func:`residual_widths`) and the given ``widths`` do not all agree: parts composed with different
-    widths would otherwise fail only in the first forward, deep inside torch."""
+def check_parts(owner: str, parts: dict, widths: Sequence[tuple[str, int]] = ()) -> None:
+    """TypeError naming a part of ``parts`` (name -> module) that is no module; ValueError naming
+    ``owner`` and every width found if the parts (see :func:`residual_widths`) and the given ``widths``
+    do not all agree: parts composed with different widths would otherwise fail only in the first
+    forward, deep inside torch."""
+    for name, part in parts.items():
+        check_module(name, part)
     found = [*widths, *(pair for name, part in parts.items() for pair in residual_widths(name, part))]
     if len({width for _, width in found}) > 1:
         described = ", ".join(f"{label} {width}" for label, width in found)
         raise ValueError(f"{owner}: the parts must share one width, got {described}")
-
-
-_LAYER_PARTS = ("attn_norm", "attn", "mlp_norm", "mlp")
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -175,10 +178,7 @@ class TransformerEncoderLayer(nn.Module):
         mlp_norm: nn.Module,
         dropout: float = 0.0,
     ) -> None:
-        parts = dict(zip(_LAYER_PARTS, (attn_norm, attn, mlp_norm, mlp)))
-        for name, part in parts.items():
-            check_module(name, part)
-        check_same_width("TransformerEncoderLayer", parts)
+        check_parts("TransformerEncoderLayer", dict(zip(_LAYER_PARTS, (attn_norm, attn, mlp_norm, mlp))))
         super().__init__()
         self.attn_norm = attn_norm
         self.attn = attn
