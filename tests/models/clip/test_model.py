@@ -143,3 +143,27 @@ def test_bad_inputs():
         model.encode_text(ids.float())
     with pytest.raises(ValueError, match=r"in \[0, 99\)"):
         model.encode_text(ids + 5)
+
+
+def test_hand_built_model_refuses_parts_that_do_not_compose():
+    """CLIPModel built from parts: a projection whose input is not its tower's width, projections into
+    spaces of different widths, or a part that is no module are refused when built, naming each width,
+    not in the first forward deep inside torch; parts that tell no width (a custom projection) are trusted."""
+    from torch import nn
+
+    m = _small()  # towers of widths 32 (image) and 24 (text), projections to 20
+    towers = (m.image_encoder, m.text_encoder)
+    with pytest.raises(
+        ValueError,
+        match=r"^CLIPModel: the parts must share one width, got text_projection.in_features 32, "
+        r"text_encoder.norm.normalized_shape 24$",
+    ):
+        CLIPModel(*towers, m.image_projection, nn.Linear(32, 20, bias=False))
+    with pytest.raises(ValueError, match=r"got image_projection.out_features 20, text_projection.out_features 8$"):
+        CLIPModel(*towers, m.image_projection, nn.Linear(24, 8, bias=False))
+    with pytest.raises(TypeError, match="^image_projection must be an nn.Module, got Tensor"):
+        CLIPModel(*towers, m.image_projection.weight.detach(), m.text_projection)
+    with pytest.raises(TypeError, match="^text_encoder must be an nn.Module, got str"):
+        CLIPModel(m.image_encoder, "text", m.image_projection, m.text_projection)
+    built = CLIPModel(*towers, nn.Sequential(nn.Linear(32, 20)), m.text_projection, eos_token_id=EOS)
+    assert built.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 20)

@@ -352,3 +352,28 @@ def test_encode_text_equals_forward_for_masks_with_gaps(model):
     changed[mask == 0] = 7
     kept = [0, 2, 3]
     assert_close(model.encode_text(changed, mask)[kept], features[kept], atol=1e-5, rtol=0)
+
+
+def test_hand_built_model_refuses_parts_that_do_not_compose(model):
+    """FLAVAModel built from parts: a contrastive projection or a multimodal input projection that does not
+    read its tower's width, or projections into spaces of different widths, are refused when built."""
+    parts = [model.image_encoder, model.text_encoder, model.multimodal_encoder, model.image_projection]
+    with pytest.raises(
+        ValueError,
+        match=r"^FLAVAModel: the parts must share one width, got text_projection.in_features 32, "
+        r"text_encoder.norm.normalized_shape 24$",
+    ):
+        FLAVAModel(*parts, nn.Linear(32, 20))
+    with pytest.raises(ValueError, match=r"got image_projection.out_features 20, text_projection.out_features 16$"):
+        FLAVAModel(*parts, nn.Linear(24, 16))
+    fusion = copy.deepcopy(model.multimodal_encoder)
+    fusion.text_proj = nn.Linear(32, 16)
+    with pytest.raises(
+        ValueError,
+        match=r"^FLAVAModel: .* got multimodal_encoder.text_proj.in_features 32, text_encoder.norm.normalized_shape 24$",
+    ):
+        FLAVAModel(parts[0], parts[1], fusion, parts[3], model.text_projection)
+    with pytest.raises(TypeError, match="^multimodal_encoder must be an nn.Module, got NoneType"):
+        FLAVAModel(parts[0], parts[1], None, parts[3], model.text_projection)
+    rebuilt = FLAVAModel(*parts, model.text_projection).eval()
+    assert rebuilt(image=images()).image_features.shape == (B, 20)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchflava.modules.encoders import CLS_POSITION, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import beyond_end_token, check_token_ids
+from torchflava.modules.layers.transformer import check_shared_space
 from torchflava.modules.packing import encode_rows
 
 OptTensor = Optional[Tensor]
@@ -32,7 +33,7 @@ class CLIPModel(nn.Module):
 
     Args:
         image_encoder, text_encoder (VisionEncoder, TextEncoder): the image tower, the causal text tower.
-        image_projection, text_projection (nn.Module): each tower's width to P (CLIP's have no bias).
+        image_projection, text_projection (nn.Module): each tower's width to P, no bias (widths checked: ValueError).
         eos_token_id (Optional[int]): text features are read at its first position in each row (HF's
             rule); None: at the row's highest id (open_clip's argmax; the same for CLIP's tokenizer).
         logit_scale_init (float): initial log-temperature.
@@ -50,6 +51,7 @@ class CLIPModel(nn.Module):
         logit_scale_init: float = math.log(1 / 0.07),
         init_std: float = 0.02,
     ) -> None:
+        check_shared_space("CLIPModel", image=(image_encoder, image_projection), text=(text_encoder, text_projection))
         super().__init__()
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.image_projection, self.text_projection = image_projection, text_projection

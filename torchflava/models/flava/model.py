@@ -15,7 +15,9 @@ from torchflava.modules.encoders import CLS_POSITION, EncoderOutput, MultimodalE
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.patch_embedding import check_patch_mask
 from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
+from torchflava.modules.layers.transformer import check_parts, check_shared_space, linear_width
 from torchflava.modules.packing import encode_rows
+from torchflava.utils.checks import check_module
 
 
 class FLAVAOutput(NamedTuple):
@@ -65,6 +67,12 @@ class FLAVAModel(nn.Module):
         text_projection (nn.Module): text CLS to the shared contrastive space.
         logit_scale_init (float): initial log of the contrastive temperature multiplier.
         init_std (float): std of the normal initialisation of weights, tokens and positions.
+
+    Raises:
+        TypeError: if a part is not a module.
+        ValueError: if a tower's width is not what its projection or the multimodal encoder's projection
+            of it reads, or the two projections' output widths differ (where the parts tell their widths:
+            :func:`~torchflava.modules.layers.transformer.check_shared_space`).
     """
 
     def __init__(
@@ -78,6 +86,12 @@ class FLAVAModel(nn.Module):
         logit_scale_init: float = math.log(1 / 0.07),
         init_std: float = 0.02,
     ) -> None:
+        check_shared_space("FLAVAModel", image=(image_encoder, image_projection), text=(text_encoder, text_projection))
+        check_module("multimodal_encoder", multimodal_encoder)
+        for name, tower in (("image", image_encoder), ("text", text_encoder)):  # the fusion reads their states
+            proj = getattr(multimodal_encoder, f"{name}_proj", None)
+            reads = linear_width(f"multimodal_encoder.{name}_proj", proj, "in_features")
+            check_parts("FLAVAModel", {f"{name}_encoder": tower}, reads)
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder

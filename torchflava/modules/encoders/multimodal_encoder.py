@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions
-from torchflava.modules.layers.transformer import TransformerEncoder, check_parts
+from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, linear_width
 from torchflava.utils.checks import check_int, check_module
 
 
@@ -44,7 +44,7 @@ class MultimodalEncoder(nn.Module):
         check_int("embed_dim", embed_dim, 1)
         parts = dict(image_proj=image_proj, text_proj=text_proj, encoder=encoder, norm=norm)
         # the projections write the stream: their output widths (a Linear's out_features) join the check
-        projected = [(f"{n}.out_features", p.out_features) for n, p in parts.items() if isinstance(p, nn.Linear)]
+        projected = [w for n, p in parts.items() for w in linear_width(n, p, "out_features")]
         check_parts("MultimodalEncoder", parts, [("embed_dim", embed_dim), *projected])
         check_module("pooler", pooler, optional=True)
         super().__init__()

@@ -120,12 +120,16 @@ _LAYER_PARTS = ("attn_norm", "attn", "mlp_norm", "mlp")
 def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
     """``(label, width)`` for each width of the residual stream that ``part`` (called ``name``) reads or
     writes, where its attributes tell: an embedding's or attention's ``embed_dim``, an MLP's ``fc1``
-    input and ``fc2`` output, a norm's ``normalized_shape``; a stack by its first layer. Empty for a
-    part that tells none (it is trusted)."""
+    input and ``fc2`` output, a norm's ``normalized_shape``; a stack by its first layer; a tower (an
+    ``encoder`` stack and a final ``norm``) by its norm. Empty for a part that tells none (it is trusted)."""
     if isinstance(part, TransformerEncoder):
         return residual_widths(f"{name}.layers[0]", part.layers[0]) if len(part.layers) else []
     if isinstance(part, TransformerEncoderLayer):
         return [pair for sub in _LAYER_PARTS for pair in residual_widths(f"{name}.{sub}", getattr(part, sub))]
+    encoder, norm = getattr(part, "encoder", None), getattr(part, "norm", None)
+    if isinstance(encoder, TransformerEncoder) and isinstance(norm, nn.Module):  # a tower (VisionEncoder,
+        # TextEncoder, MultimodalEncoder: their parts checked when built): the width its final norm outputs
+        return residual_widths(f"{name}.norm", norm) or residual_widths(f"{name}.encoder", encoder)
     found = []
     if isinstance(getattr(part, "embed_dim", None), int):  # our embeddings and attention, nn.MultiheadAttention
         found.append((f"{name}.embed_dim", part.embed_dim))
@@ -136,6 +140,25 @@ def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
     if isinstance(shape, (tuple, list)) and len(shape) == 1 and isinstance(shape[0], int):
         found.append((f"{name}.normalized_shape", shape[0]))
     return found
+
+
+def linear_width(name: str, part: object, side: str) -> list[tuple[str, int]]:
+    """``[(f"{name}.{side}", width)]`` for an ``nn.Linear`` ``part`` (``side``: ``"in_features"`` or
+    ``"out_features"``), for :func:`check_parts`; empty for anything else (trusted)."""
+    return [(f"{name}.{side}", getattr(part, side))] if isinstance(part, nn.Linear) else []
+
+
+def check_shared_space(owner: str, **towers: tuple[nn.Module, nn.Module]) -> None:
+    """Check towers projected into one shared space (CLIP's and FLAVA's image and text), each given as
+    ``name=(encoder, projection)`` and named ``{name}_encoder``, ``{name}_projection`` in errors: TypeError
+    if a part is no module; ValueError naming ``owner`` if a tower's width (see :func:`residual_widths`) is
+    not its projection's input width, or the projections' output widths differ (where they are ``nn.Linear``)."""
+    outputs = []
+    for name, (encoder, projection) in towers.items():
+        reads = linear_width(f"{name}_projection", projection, "in_features")
+        check_parts(owner, {f"{name}_encoder": encoder, f"{name}_projection": projection}, reads)
+        outputs += linear_width(f"{name}_projection", projection, "out_features")
+    check_parts(owner, {}, outputs)
 
 
 def check_parts(owner: str, parts: dict, widths: Sequence[tuple[str, int]] = ()) -> None:
