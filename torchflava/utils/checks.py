@@ -30,6 +30,14 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, else TypeError naming ``name``: a string such as ``"false"``, or a
+    number, would otherwise switch an option on by being truthy."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_module(name: str, value: object, *, optional: bool = False) -> None:
     """TypeError naming ``name`` unless ``value`` is an ``nn.Module`` (or None, with ``optional``): a
     str or a class given where a built module belongs would otherwise fail only when called."""
@@ -97,6 +105,7 @@ def check_architecture(
     positive: Iterable[str] = (),
     finite: Iterable[str] = (),
     probabilities: Iterable[str] = (),
+    bools: Iterable[str] = (),
     choices: Optional[Mapping[str, Sequence]] = None,
     ids: Optional[Mapping[str, str]] = None,
     source: Optional[Mapping[str, str]] = None,
@@ -112,12 +121,13 @@ def check_architecture(
         positive (Iterable[str]): names of positive finite numbers.
         finite (Iterable[str]): names of finite numbers.
         probabilities (Iterable[str]): names of numbers in [0, 1].
+        bools (Iterable[str]): names of bools.
         choices (Optional[Mapping[str, Sequence]]): the values allowed, by name.
         ids (Optional[Mapping[str, str]]): names of ids (an int, or None) that must be below the size named.
         source (Mapping[str, str]): where a value came from, by name (e.g. a config file), for the messages.
 
     Raises:
-        TypeError: if a size is not an int.
+        TypeError: if a size is not an int, or a bool not a bool.
         ValueError: if a value is out of its range.
     """
     source = source or {}
@@ -133,6 +143,8 @@ def check_architecture(
         check_finite_number(name(key), args[key])
     for key in probabilities:
         check_probability(name(key), args[key])
+    for key in bools:
+        check_bool(name(key), args[key])
     for key, allowed in (choices or {}).items():
         if args[key] not in allowed:
             raise ValueError(f"{name(key)} must be one of {tuple(allowed)}, got {args[key]!r}")

@@ -159,6 +159,9 @@ def test_transformer_encoder_builder_options():
         (dict(norm_eps=-1.0), ValueError, "transformer_encoder: norm_eps must be"),  # was NaN outputs
         (dict(dropout=1.5), ValueError, "transformer_encoder: dropout must be"),
         (dict(activation="relu"), ValueError, "transformer_encoder: activation must be one of"),
+        # a truthy string or None was taken as it was: "false" built a causal stack, None one without biases
+        (dict(is_causal="false"), TypeError, "transformer_encoder: is_causal must be a bool, got str 'false'"),
+        (dict(bias=None), TypeError, "transformer_encoder: bias must be a bool, got NoneType None"),
     ],
 )
 def test_transformer_encoder_names_a_bad_argument_before_building(change, error, match):

@@ -48,7 +48,7 @@ def transformer_encoder(
         TransformerEncoder: the stack.
 
     Raises:
-        TypeError: if a width or count is not an int.
+        TypeError: if a width or count is not an int, or ``is_causal`` or ``bias`` not a bool.
         ValueError: if a width or count is < 1, ``embed_dim`` is not a multiple of ``num_heads``,
             ``norm_eps`` is not positive, a dropout is outside [0, 1] (``attention_dropout``: [0, 1)), or ``activation`` is unknown.
     """
@@ -59,6 +59,7 @@ def transformer_encoder(
         multiples=[("embed_dim", "num_heads")],
         positive=["norm_eps"],
         probabilities=["dropout", "attention_dropout"],
+        bools=["is_causal", "bias"],
         choices={"activation": ACTIVATIONS},
     )
     if attention_dropout == 1:  # (the layer's own check would name its dropout, not this argument)

@@ -1,0 +1,22 @@
+"""Shared argument checks: what they accept, and the one-line errors naming the argument."""
+
+import pytest
+
+from torchflava.utils.checks import check_architecture, check_bool
+
+
+def test_check_bool_takes_bools_only():
+    assert check_bool("flag", True) is True and check_bool("flag", False) is False
+    # a string "false" is truthy: taken as it is, it would switch the option on
+    for value, shown in (("false", "str 'false'"), (0, "int 0"), (1.0, "float 1.0"), (None, "NoneType None")):
+        with pytest.raises(TypeError, match=f"^flag must be a bool, got {shown}$"):
+            check_bool("flag", value)
+
+
+def test_check_architecture_checks_bools_naming_the_builder_and_source():
+    args = dict(width=8, causal=True)
+    check_architecture("builder", args, sizes=["width"], bools=["causal"])
+    with pytest.raises(TypeError, match=r"^builder: causal \(from cfg.json\) must be a bool, got str 'no'$"):
+        check_architecture(
+            "builder", dict(args, causal="no"), sizes=["width"], bools=["causal"], source={"causal": "cfg.json"}
+        )
