@@ -20,3 +20,22 @@ def test_check_architecture_checks_bools_naming_the_builder_and_source():
         check_architecture(
             "builder", dict(args, causal="no"), sizes=["width"], bools=["causal"], source={"causal": "cfg.json"}
         )
+
+
+def test_check_architecture_refuses_names_it_does_not_know_naming_their_source():
+    check_architecture("builder", dict(width=8), sizes=["width"], known=["width", "depth"])
+    with pytest.raises(ValueError, match=r"^builder: expected only its arguments, got \['widht'\] \(from cfg.json\)$"):
+        check_architecture(
+            "builder", dict(width=8, widht=8), sizes=["width"], known=["width"], source={"widht": "cfg.json"}
+        )
+
+
+def test_check_dropout_takes_probabilities_below_one():
+    from torchflava.utils.checks import check_dropout
+
+    assert check_dropout("p", 0) == 0.0 and check_dropout("p", 0.5) == 0.5
+    for value in (1, 1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"^p must be in \[0, 1\), got"):
+            check_dropout("p", value)
+    with pytest.raises(TypeError, match="^p must be a float, got str$"):
+        check_dropout("p", "0.1")

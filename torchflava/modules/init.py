@@ -6,6 +6,8 @@ import inspect
 
 from torch import nn
 
+from torchflava.utils.checks import check_module, check_positive_number
+
 _TORCH_LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm)
 
 
@@ -49,9 +51,12 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
         std (float): standard deviation of the normal init of the leaf layers.
 
     Raises:
-        ValueError: naming them, if modules own parameters and have no ``reset_parameters``
-            (nothing would initialise those; checked before any parameter changes).
+        TypeError: if ``model`` is not a module.
+        ValueError: if ``std`` is not a positive number, or, naming them, if modules own parameters and have
+            no ``reset_parameters`` (nothing would initialise those; checked before any parameter changes).
     """
+    check_module("model", model)
+    check_positive_number("std", std)
     resets, uncovered, has_reset = [], [], {}
     for name, module in model.named_modules():
         leaf = next((kind for kind in _TORCH_LEAVES if isinstance(module, kind)), None)

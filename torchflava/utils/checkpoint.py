@@ -432,6 +432,60 @@ def refuse_mismatches(wrong: list[str]) -> None:
         )
 
 
+def refuse_unmatched(
+    what: str,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    wrong: Sequence[str] = (),
+    hint: str = "Check that the architecture arguments match the checkpoint.",
+) -> None:
+    """ValueError naming ``what`` (a checkpoint and its layout) and listing up to 20 keys the model needs
+    and it lacks, it holds and nothing maps, and (up to 10) of the wrong shape, if any."""
+    if missing or unexpected or wrong:
+        shapes = f", wrong {len(wrong)} {list(wrong[:10])}" if wrong else ""
+        raise ValueError(
+            f"{what} does not match the model: missing {len(missing)} key(s) {list(missing[:20])}, unexpected "
+            f"{len(unexpected)} key(s) {list(unexpected[:20])}{shapes}. {hint}"
+        )
+
+
+def to_reference(
+    state_dict: dict[str, Tensor],
+    names: Callable[[str], list[str]],
+    dims: Callable[[str, Tensor], int] = lambda key, value: value.dim(),
+) -> dict[str, Tensor]:
+    """``state_dict`` (str names to tensors, else TypeError) under a reference's keys ``names(key)``: a
+    tensor with several (a fused q, k, v) cut along its rows into that many, and leading 1s dropped down
+    to ``dims(key, value)`` dims; ValueError naming a key whose tensor does not cut or squeeze so."""
+    check_state_dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        parts = names(key)
+        out.update(zip(parts, _split_rows(key, _without_leading_ones(key, value, dims(key, value)), len(parts))))
+    return out
+
+
+def _split_rows(key: str, value: Tensor, parts: int) -> list[Tensor]:
+    """``value`` cut along dim 0 into ``parts`` equal tensors (a fused q, k, v into three), or ``[value]``;
+    ValueError naming ``key`` if its rows do not divide so."""
+    if parts == 1:
+        return [value]
+    if value.dim() == 0 or value.shape[0] % parts:
+        raise ValueError(
+            f"state_dict: {key} must hold q, k and v (rows a multiple of {parts}), got {tuple(value.shape)}"
+        )
+    return list(value.chunk(parts))
+
+
+def _without_leading_ones(key: str, value: Tensor, dims: int) -> Tensor:
+    """``value`` with ``dims`` dims, its extra leading ones dropped (a (1, 1, D) token to (D,)); ValueError
+    naming ``key`` if an extra one is not of size 1 (its data would be dropped with it)."""
+    extra = value.dim() - dims
+    if extra > 0 and any(size != 1 for size in value.shape[:extra]):
+        raise ValueError(f"state_dict: {key} must be {dims}-D after leading 1s, got {tuple(value.shape)}")
+    return value.reshape(value.shape[extra:]) if extra > 0 else value
+
+
 def _checked_tensors(path: Path, state: dict) -> dict[str, Tensor]:
     """``state`` with string names and dense tensors that hold data; tensors sharing memory (tied
     weights in a ``torch.save`` file) become copies, so that no two loaded parameters alias."""

@@ -70,6 +70,16 @@ def check_probability(name: str, value: object, *, allow_zero: bool = True) -> f
     return float(value)
 
 
+def check_dropout(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a dropout probability in [0, 1) (at 1 every activation would be
+    zeroed: a constant output), else TypeError (not a number; bools refused) or ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not 0 <= value < 1:  # (NaN fails too)
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
 def check_finite_number(name: str, value: object) -> float:
     """Return ``value`` as a float if it is a finite number (bools refused), else ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -105,9 +115,11 @@ def check_architecture(
     positive: Iterable[str] = (),
     finite: Iterable[str] = (),
     probabilities: Iterable[str] = (),
+    dropouts: Iterable[str] = (),
     bools: Iterable[str] = (),
     choices: Optional[Mapping[str, Sequence]] = None,
     ids: Optional[Mapping[str, str]] = None,
+    known: Optional[Iterable[str]] = None,
     source: Optional[Mapping[str, str]] = None,
 ) -> None:
     """Check a builder's arguments before anything is built, each error naming the builder's own
@@ -121,16 +133,23 @@ def check_architecture(
         positive (Iterable[str]): names of positive finite numbers.
         finite (Iterable[str]): names of finite numbers.
         probabilities (Iterable[str]): names of numbers in [0, 1].
+        dropouts (Iterable[str]): names of dropout probabilities, in [0, 1).
         bools (Iterable[str]): names of bools.
         choices (Optional[Mapping[str, Sequence]]): the values allowed, by name.
         ids (Optional[Mapping[str, str]]): names of ids (an int, or None) that must be below the size named.
+        known (Optional[Iterable[str]]): the only names ``args`` may hold (e.g. where some came from a file).
         source (Mapping[str, str]): where a value came from, by name (e.g. a config file), for the messages.
 
     Raises:
         TypeError: if a size is not an int, or a bool not a bool.
-        ValueError: if a value is out of its range.
+        ValueError: if a value is out of its range, or a name is not ``known``.
     """
     source = source or {}
+    if known is not None and (unknown := sorted(set(args) - set(known))):
+        where = {source[k] for k in unknown if k in source}
+        raise ValueError(
+            f"{builder}: expected only its arguments, got {unknown}" + (f" (from {', '.join(where)})" if where else "")
+        )
     name = lambda key: f"{builder}: {key}" + (f" (from {source[key]})" if key in source else "")  # noqa: E731
     for key in sizes:
         check_int(name(key), args[key], 1)
@@ -143,6 +162,8 @@ def check_architecture(
         check_finite_number(name(key), args[key])
     for key in probabilities:
         check_probability(name(key), args[key])
+    for key in dropouts:
+        check_dropout(name(key), args[key])
     for key in bools:
         check_bool(name(key), args[key])
     for key, allowed in (choices or {}).items():

@@ -212,9 +212,11 @@ def test_missing_and_unexpected_keys_listed_in_one_error(tmp_path):
 
     with pytest.raises(ValueError) as err:
         clip_model(pretrained=_hf_file(tmp_path, edit), **SMALL_HF)
-    message = str(err.value)
-    assert "missing 1 ['text_model.encoder.layers.1.self_attn.k_proj.weight']" in message
-    assert "unexpected 1 ['text_model.extra.weight']" in message
+    assert str(err.value) == (  # (the wording FLAVA's and the codebook's checkpoints use too)
+        "state_dict (hf layout) does not match the model: missing 1 key(s) "
+        "['text_model.encoder.layers.1.self_attn.k_proj.weight'], unexpected 1 key(s) ['text_model.extra.weight']. "
+        "Check that the architecture arguments match the checkpoint."
+    )
 
 
 def test_wrong_shapes_and_architecture_raise(tmp_path):
@@ -373,6 +375,24 @@ def test_convert_to_hf_refuses_what_is_not_our_state_dict():
     qkv = "image_encoder.encoder.layers.0.attn.qkv.weight"
     with pytest.raises(ValueError, match=f"{qkv} must hold q, k and v"):
         convert_to_hf({**state, qkv: state[qkv][:-1]})
+    # a 0-dim fused tensor (was an IndexError), a layer key of no known part (a KeyError), and positions or a
+    # CLS token whose leading dims are not 1s (were cut to the first slice or flattened, silently)
+    with pytest.raises(
+        ValueError, match=rf"^state_dict: {qkv} must hold q, k and v \(rows a multiple of 3\), got \(\)$"
+    ):
+        convert_to_hf({qkv: torch.tensor(1.0)})
+    with pytest.raises(
+        ValueError, match=r"^state_dict: expected CLIPModel keys, got 'image_encoder.encoder.layers.0.foo.weight'$"
+    ):
+        convert_to_hf({"image_encoder.encoder.layers.0.foo.weight": torch.zeros(2)})
+    pos, cls = "image_encoder.embeddings.pos_embed", "image_encoder.embeddings.cls_token"
+    with pytest.raises(ValueError, match=rf"^state_dict: {pos} must be 2-D after leading 1s, got \(2, 17, 32\)$"):
+        convert_to_hf({pos: state[pos].expand(2, -1, -1)})
+    with pytest.raises(ValueError, match=rf"^state_dict: {cls} must be 1-D after leading 1s, got \(1, 3, 32\)$"):
+        convert_to_hf({cls: torch.zeros(1, 3, 32)})
+    hf = convert_to_hf({pos: state[pos], cls: state[cls]})
+    assert hf["vision_model.embeddings.position_embedding.weight"].shape == (17, 32)
+    assert hf["vision_model.embeddings.class_embedding"].shape == (32,)
 
 
 @pytest.mark.parametrize("value", [2, 0.5, float("nan")])
@@ -400,6 +420,30 @@ def test_a_hugging_face_weights_file_reads_the_config_json_beside_it(tmp_path):
     with pytest.raises(ValueError, match=r"expected the config.json of the Hugging Face-layout weights .* got neither"):
         clip_model(pretrained=lone / "weights.safetensors", **SMALL)  # GELU or QuickGELU: nothing says
     assert isinstance(clip_model(pretrained=lone / "weights.safetensors", **SMALL_HF), nn.Module)
+
+
+def test_a_torchflava_weights_file_reads_the_clip_config_json_of_its_export(tmp_path):
+    """The CLIP recipe's export (clip.safetensors beside clip_config.json) loaded by its weights file: the
+    activation, eps and end token come from the config (they loaded as GELU, 1e-5 and the last id, silently)."""
+    from torchflava.utils.checkpoint import save_state_dict
+
+    settings = dict(activation="quick_gelu", norm_eps=1e-2, eos_token_id=97)
+    source = _perturb(clip_model(**SMALL, **settings)).eval()
+    save_state_dict(source.state_dict(), tmp_path / "clip.safetensors")
+    (tmp_path / "clip_config.json").write_text(json.dumps({**SMALL, **settings, "init_std": None}))
+    images, (ids, mask) = torch.randn(2, 3, 32, 32), captions([16, 5], 16, vocab=99, bos=96, eos=97)
+    loaded = clip_model(pretrained=tmp_path / "clip.safetensors", **SMALL).eval()
+    assert isinstance(loaded.image_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+    assert (loaded.eos_token_id, loaded.image_encoder.norm.eps) == (97, 1e-2)
+    for actual, reference in zip(_our_features(loaded, images, ids, mask), _our_features(source, images, ids, mask)):
+        assert_close(actual, reference, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"'activation': \('gelu', 'quick_gelu'\)"):  # a contradiction is named
+        clip_model(pretrained=tmp_path / "clip.safetensors", activation="gelu")
+    (tmp_path / "clip_config.json").write_text(json.dumps({**SMALL, "widht": 3}))
+    with pytest.raises(
+        ValueError, match=r"^clip_model: expected only its arguments, got \['widht'\] \(from .*clip_config.json\)$"
+    ):
+        clip_model(pretrained=tmp_path / "clip.safetensors")
 
 
 def test_openai_weights_default_to_quick_gelu(tmp_path):

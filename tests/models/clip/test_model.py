@@ -167,3 +167,23 @@ def test_hand_built_model_refuses_parts_that_do_not_compose():
         CLIPModel(m.image_encoder, "text", m.image_projection, m.text_projection)
     built = CLIPModel(*towers, nn.Sequential(nn.Linear(32, 20)), m.text_projection, eos_token_id=EOS)
     assert built.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 20)
+    # its own settings: torch's "normal expects std >= 0.0", a NaN temperature, True taken as end token 1
+    with pytest.raises(ValueError, match="^CLIPModel: init_std must be a positive number, got -1$"):
+        CLIPModel(*towers, m.image_projection, m.text_projection, init_std=-1)
+    with pytest.raises(ValueError, match="^CLIPModel: logit_scale_init must be a finite number, got nan$"):
+        CLIPModel(*towers, m.image_projection, m.text_projection, logit_scale_init=float("nan"))
+    ids, mask = captions([5, 3], 8, vocab=99, bos=96, eos=EOS)
+    with pytest.raises(TypeError, match="^end_token_id must be an int id or None, got bool True$"):
+        CLIPModel(*towers, m.image_projection, m.text_projection, eos_token_id=True).encode_text(ids, mask)
+
+
+def test_normalize_must_be_a_bool():
+    """normalize="no" was truthy: the features came back normalised."""
+    model = _small()
+    ids, mask = captions([5, 3], 8, vocab=99, bos=96, eos=EOS)
+    with pytest.raises(TypeError, match="^normalize must be a bool, got str 'no'$"):
+        model.encode_image(torch.randn(2, 3, 32, 32), normalize="no")
+    with pytest.raises(TypeError, match="^normalize must be a bool, got int 0$"):
+        model.encode_text(ids, mask, normalize=0)
+    features = model.encode_text(ids, mask, normalize=False)
+    assert not torch.allclose(features.norm(dim=-1), torch.ones(2))

@@ -377,3 +377,11 @@ def test_hand_built_model_refuses_parts_that_do_not_compose(model):
         FLAVAModel(parts[0], parts[1], None, parts[3], model.text_projection)
     rebuilt = FLAVAModel(*parts, model.text_projection).eval()
     assert rebuilt(image=images()).image_features.shape == (B, 20)
+
+
+def test_normalize_must_be_a_bool(model):
+    """normalize="no" was truthy: the features came back normalised."""
+    with pytest.raises(TypeError, match="^normalize must be a bool, got str 'no'$"):
+        model.encode_image(images(), normalize="no")
+    with pytest.raises(TypeError, match="^normalize must be a bool, got NoneType None$"):
+        model.encode_text(*text(), normalize=None)

@@ -175,6 +175,28 @@ def test_multimodal_encoder_wrong_padding_mask_shape(shape):
         multimodal_encoder()(image_states, text_states, text_padding_mask=torch.zeros(shape, dtype=torch.bool))
 
 
+def test_multimodal_encoder_refuses_states_it_cannot_project():
+    """States of another width or rank, a list, or a mask that is no tensor failed inside torch (mat1 and mat2
+    shapes, torch.cat, AttributeError)."""
+    image_states, text_states = multimodal_inputs()  # widths 32 and 24
+    encoder = multimodal_encoder().eval()
+    for kwargs, match in (
+        (dict(image_states=image_states[..., :24]), r"^image_states must be a \(B, S, 32\) floating-point tensor, got"),
+        (
+            dict(text_states=text_states[0]),
+            r"^text_states must be a \(B, S, 24\) floating-point tensor, got torch.float32",
+        ),
+        (
+            dict(image_states=image_states.tolist()),
+            r"^image_states must be a \(B, S, 32\) floating-point tensor, got list$",
+        ),
+    ):
+        with pytest.raises(ValueError, match=match):
+            encoder(**{"image_states": image_states, "text_states": text_states, **kwargs})
+    with pytest.raises(TypeError, match="^text_padding_mask must be a bool tensor \\(True = padding\\), got list$"):
+        encoder(image_states, text_states, text_padding_mask=[[False] * 7] * 2)
+
+
 def test_encoders_refuse_parts_of_different_widths_when_built():
     """Composed from modules, an encoder whose embedding, stack and norm disagree on the width is refused
     when built, naming each width, not in its first forward deep inside torch."""
@@ -202,6 +224,15 @@ def test_encoders_refuse_parts_of_different_widths_when_built():
         MultimodalEncoder(Linear(12, 8), Linear(10, 6), stack(8), nn.LayerNorm(8), embed_dim=8)
     with pytest.raises(ValueError, match=r"^MultimodalEncoder: the parts must share one width, got embed_dim 16, "):
         MultimodalEncoder(Linear(12, 8), Linear(10, 8), stack(8), nn.LayerNorm(8), embed_dim=16)
+    # a pooler or a patch embedding's pre-norm of another width failed in the first forward
+    from torchflava.modules.layers import Pooler
+
+    with pytest.raises(ValueError, match=r"^TextEncoder: .*norm.normalized_shape 8, pooler.embed_dim 6$"):
+        TextEncoder(TokenEmbedding(50, 8, 10), stack(8), nn.LayerNorm(8), Pooler(6))
+    with pytest.raises(ValueError, match=r"^PatchEmbedding: the parts must share one width, got embed_dim 8, norm"):
+        PatchEmbedding(16, 8, 3, 8, norm=nn.LayerNorm(4))
+    with pytest.raises(TypeError, match="^pooler must be an nn.Module or None, got str$"):
+        VisionEncoder(PatchEmbedding(16, 8, 3, 8), stack(8), nn.LayerNorm(8), "cls")
     # consistent parts build and run; a stack with no layers and parts that tell no width are trusted
     encoder = TextEncoder(TokenEmbedding(50, 8, 10), stack(8), nn.LayerNorm(8))
     assert encoder(torch.randint(0, 50, (2, 5))).last_hidden_state.shape == (2, 5, 8)

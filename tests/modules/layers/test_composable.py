@@ -16,7 +16,9 @@ from torchflava.modules.layers import (
     MultiHeadSelfAttention,
     PatchEmbedding,
     QuickGELU,
+    TextEmbedding,
     TokenEmbedding,
+    TransformerEncoder,
     activation,
 )
 from torchflava.modules.layers.attention import take_positions
@@ -114,6 +116,53 @@ def test_take_positions_refuses_bad_positions():
         take_positions(x, torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(B, P\) = \(2, P\) indices, got shape \(3, 1\)"):
         take_positions(x, torch.zeros(3, 1, dtype=torch.long))
+    # slices: past the end selected nothing (a (B, 0, D) output, silently), steps failed inside torch
+    with pytest.raises(
+        ValueError, match=r"^positions must select at least one of the 5 positions, got slice\(7, 9, None\)$"
+    ):
+        take_positions(x, slice(7, 9))
+    for bad in (slice(0, 1, 0), slice(None, None, -1), slice(0.0, 1)):
+        with pytest.raises(ValueError, match=r"^positions must be a slice of ints with a step >= 1, got slice"):
+            take_positions(x, bad)
+    assert take_positions(x, slice(-2, None)).shape == (2, 2, 3)
+    attn = MultiHeadSelfAttention(3, 1).eval()  # query_positions go through the same check
+    with pytest.raises(ValueError, match="positions must select at least one of the 5 positions"):
+        attn(x, query_positions=slice(5, None))
+
+
+def test_stacks_refuse_layers_of_different_widths_and_inputs_of_another_width():
+    """A stack of layers of different widths, and an input of another width, dtype or type, are refused
+    naming the widths (they failed inside LayerNorm: "Given normalized_shape=[4], expected input...")."""
+    layer = lambda width: transformer_encoder(embed_dim=width, num_layers=1, num_heads=2, mlp_dim=8).layers[0]  # noqa: E731
+    with pytest.raises(
+        ValueError,
+        match=r"^TransformerEncoder: the parts must share one width, got layers\[0\].attn_norm.normalized_shape 8, "
+        r"layers\[1\].attn_norm.normalized_shape 4$",
+    ):
+        TransformerEncoder([layer(8), layer(4)])
+    stack = transformer_encoder(embed_dim=8, num_layers=2, num_heads=2, mlp_dim=16)
+    for x, got in (
+        (torch.randn(2, 5, 4), r"torch.float32 of shape \(2, 5, 4\)"),
+        (torch.ones(2, 5, 8, dtype=torch.long), r"torch.int64 of shape \(2, 5, 8\)"),
+        (torch.randn(5, 8), r"torch.float32 of shape \(5, 8\)"),
+        ([[0.0] * 8], "list"),
+    ):
+        with pytest.raises(ValueError, match=rf"^x must be a \(B, S, 8\) floating-point tensor, got {got}$"):
+            stack(x)
+        with pytest.raises(ValueError, match=rf"^x must be a \(B, S, 8\) floating-point tensor, got {got}$"):
+            stack.layers[0](x)
+    with pytest.raises(ValueError, match=r"^x must be a \(B, S, D\) floating-point tensor, got str$"):
+        TransformerEncoder([])("x")  # (returned "x" as it was)
+    assert stack(torch.randn(2, 5, 8)).last_hidden_state.shape == (2, 5, 8)
+
+
+def test_attention_refuses_masks_on_another_device():
+    """A mask on another device than x (here the meta device) gave values of 1e24-1e35, silently."""
+    attn, x = MultiHeadSelfAttention(8, 2).eval(), torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match="^key_padding_mask must be on x's device cpu, got meta$"):
+        attn(x, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool, device="meta"))
+    with pytest.raises(ValueError, match="^attn_mask must be on x's device cpu, got meta$"):
+        attn(x, attn_mask=torch.zeros(5, 5, dtype=torch.bool, device="meta"))
 
 
 def test_activations_by_name():
@@ -162,6 +211,8 @@ def test_transformer_encoder_builder_options():
         # a truthy string or None was taken as it was: "false" built a causal stack, None one without biases
         (dict(is_causal="false"), TypeError, "transformer_encoder: is_causal must be a bool, got str 'false'"),
         (dict(bias=None), TypeError, "transformer_encoder: bias must be a bool, got NoneType None"),
+        (dict(dropout=1.0), ValueError, r"transformer_encoder: dropout must be in \[0, 1\), got 1.0"),  # zeroed all
+        (dict(attention_dropout=1), ValueError, r"transformer_encoder: attention_dropout must be in \[0, 1\), got 1"),
     ],
 )
 def test_transformer_encoder_names_a_bad_argument_before_building(change, error, match):
@@ -181,6 +232,21 @@ def test_transformer_encoder_names_a_bad_argument_before_building(change, error,
         (lambda: PatchEmbedding(32, 16, 3, 8, norm="ln"), TypeError, "norm must be an nn.Module or None, got str"),
         (lambda: Linear(-1, 4), ValueError, "in_features must be >= 0, got -1"),
         (lambda: Linear(4, 2.0), TypeError, "out_features must be an int, got float"),
+        # truthy strings and None were taken as they were ("no" kept the bias, made attention causal)
+        (lambda: MultiHeadSelfAttention(8, 2, is_causal="no"), TypeError, "is_causal must be a bool, got str 'no'"),
+        (lambda: MultiHeadSelfAttention(8, 2, bias=None), TypeError, "bias must be a bool, got NoneType None"),
+        (lambda: MLP(8, 16, bias="false"), TypeError, "bias must be a bool, got str 'false'"),
+        (lambda: PatchEmbedding(16, 8, 3, 8, conv_bias="no"), TypeError, "conv_bias must be a bool, got str 'no'"),
+        (lambda: PatchEmbedding(16, 8, 3, 8, use_mask_token=1), TypeError, "use_mask_token must be a bool, got int 1"),
+        # dropouts: a string failed inside nn.Dropout, NaN at the first training forward, 1 zeroed every output
+        (lambda: MLP(8, 16, dropout="0.1"), TypeError, "dropout must be a float, got str"),
+        (lambda: TokenEmbedding(10, 8, 4, dropout=float("nan")), ValueError, r"dropout must be in \[0, 1\), got nan"),
+        (lambda: TextEmbedding(10, 8, 4, dropout=1.0), ValueError, r"dropout must be in \[0, 1\), got 1.0"),
+        (lambda: PatchEmbedding(16, 8, 3, 8, dropout=-0.1), ValueError, r"dropout must be in \[0, 1\), got -0.1"),
+        (lambda: MultiHeadSelfAttention(8, 2, dropout=True), TypeError, "dropout must be a float, got bool"),
+        # a NaN or negative LayerNorm epsilon gave NaN outputs
+        (lambda: TextEmbedding(10, 8, 4, norm_eps=float("nan")), ValueError, "norm_eps must be a positive number"),
+        (lambda: TextEmbedding(10, 8, 4, norm_eps=-1.0), ValueError, "norm_eps must be a positive number, got -1.0"),
     ],
 )
 def test_layers_refuse_what_would_fail_only_when_called(build, error, match):
@@ -336,3 +402,18 @@ def test_init_weights_runs_a_leaf_subclasss_own_reset_and_leaves_parameter_lists
     init_weights(model)
     assert not model[0].lora_b.detach().any() and model[0].lora_a.detach().isfinite().all()
     assert all(torch.equal(g.detach(), torch.ones(3)) for g in model[1].gains)
+
+
+def test_init_weights_refuses_a_bad_std_or_model_before_changing_anything():
+    """A negative or NaN std failed inside torch ("normal expects std >= 0.0") after some layers were reset."""
+    model = MLP(4, 8)
+    before = [p.clone() for p in model.parameters()]
+    for std, match in (
+        (-1, "^std must be a positive number, got -1$"),
+        (float("nan"), "^std must be a positive number"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            init_weights(model, std=std)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(TypeError, match="^model must be an nn.Module, got NoneType$"):
+        init_weights(None)

@@ -25,6 +25,7 @@ _DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.l
 _MULTIPLES = [("vision_width", "vision_heads"), ("text_width", "text_heads"), ("image_size", "patch_size")]
 _CHECKS = dict(sizes=_B16, multiples=_MULTIPLES, positive=["norm_eps", "init_std"], finite=["logit_scale_init"])
 _CHECKS.update(choices={"activation": ACTIVATIONS}, ids={"eos_token_id": "vocab_size"})
+_CHECKS.update(known=[*_DEFAULTS, "eos_token_id"])  # a config file's other keys are refused
 
 
 def clip_model(

@@ -9,7 +9,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from torchflava.modules.layers.patch_embedding import patch_geometry
-from torchflava.utils.checkpoint import check_state_dict, map_state_dict, read_json_object, without_prefix
+from torchflava.utils.checkpoint import map_state_dict, read_json_object, refuse_unmatched, to_reference, without_prefix
 from torchflava.utils.checks import config_number
 
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
@@ -53,18 +53,16 @@ def _names(key: str, layout: str) -> list[str]:
     """The reference key(s) holding our ``key``: HF's q, k, v for a fused qkv tensor, else one."""
     if layout == "torchflava":
         return [key]
-    col = layout == "open_clip"
-    m = _LAYER.match(key)
-    if m is not None:
+    col, prefix, name = layout == "open_clip", "", key
+    if (m := _LAYER.match(key)) is not None:  # a layer's: its stack's prefix, then the layer's own name
         stack, _, index, inner, kind = m.groups()
-        prefix = _KEYS[stack + "#."][col].replace("#", index)
+        prefix, name = _KEYS[stack + "#."][col].replace("#", index), f"{inner}.{kind}"
         if inner == "attn.qkv":
             return [f"{prefix}attn.in_proj_{kind}"] if col else [f"{prefix}self_attn.{p}_proj.{kind}" for p in "qkv"]
-        return [prefix + _KEYS[inner + ".{}"][col].format(kind)]
-    base, _, kind = key.rpartition(".")
-    if (row := _KEYS.get(key) or _KEYS.get(base + ".{}")) is None:
+    base, _, kind = name.rpartition(".")
+    if (row := _KEYS.get(name) or _KEYS.get(base + ".{}")) is None:
         raise ValueError(f"state_dict: expected CLIPModel keys, got {key!r}")
-    return [row[col].format(kind)]
+    return [prefix + row[col].format(kind)]
 
 
 def _layout(state_dict: dict) -> Optional[str]:
@@ -83,35 +81,26 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
         source, model.state_dict(), lambda key: _names(key, layout), transposed=transposed, squeezable=True
     )
     unexpected = sorted(k for k in source if k not in used and not _IGNORED.match(k))
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"state_dict ({layout} layout): expected the model's keys and shapes, got missing {len(missing)} "
-            f"{missing[:12]}, unexpected {len(unexpected)} {unexpected[:12]}, wrong {len(wrong)} {wrong[:6]} "
-            "(do the architecture arguments match the checkpoint?)"
-        )
+    refuse_unmatched(f"state_dict ({layout} layout)", missing, unexpected, wrong)
     return out
 
 
 def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Map our :class:`CLIPModel` state dict to transformers' ``CLIPModel`` keys, for its
     ``load_state_dict(strict=True)`` (qkv split; CLS and positions lose leading 1s)."""
-    check_state_dict(state_dict)  # a mapping of str names to tensors (TypeError)
-    out = {}
-    for key, value in state_dict.items():
-        names = _names(key, "hf")
-        if len(names) > 1 and value.shape[0] % len(names):
-            raise ValueError(f"state_dict: {key} must hold q, k and v (rows a multiple of 3), got {list(value.shape)}")
-        value = value.flatten() if key.endswith("cls_token") else value[0] if value.dim() == 3 else value
-        out.update(zip(names, value.chunk(len(names)) if len(names) > 1 else [value]))
-    return out
+    squeezed = {"cls_token": 1, "pos_embed": 2}  # HF's CLS and positions have no leading 1s
+    dims = lambda key, value: squeezed.get(key.rpartition(".")[2], value.dim())  # noqa: E731
+    return to_reference(state_dict, lambda key: _names(key, "hf"), dims)
 
 
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
     """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent: the
     config.json beside HF-layout weights (ValueError if none and no activation: only it tells), open_clip's
-    config beside its weights; else the patch and image size its tensors imply, QuickGELU for OpenAI's."""
+    or a torchflava export's (clip_config.json) beside theirs; else the patch and image size its tensors
+    imply, QuickGELU for OpenAI's."""
     state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only names and shapes are read)
-    layout, configs = _layout(state_dict), {"hf": "config.json", "open_clip": "open_clip_config.json"}
+    layout = _layout(state_dict)
+    configs = {"hf": "config.json", "open_clip": "open_clip_config.json", "torchflava": "clip_config.json"}
     if layout in configs and (path.parent / configs[layout]).is_file():
         return path.parent / configs[layout], _read_config(path.parent / configs[layout])
     geometry = patch_geometry(*(state_dict.get(_names(key, layout)[0]) for key in _PATCH_KEYS))
@@ -137,6 +126,8 @@ def directory_config(directory: Path) -> tuple[Path, dict, Path]:
 
 def _read_config(path: Path) -> dict:
     config = read_json_object(path)
+    if path.name == "clip_config.json":  # a torchflava export's: clip_model's own arguments (None: not set)
+        return {k: v for k, v in config.items() if v is not None}
     return open_clip_config_kwargs(config, path) if path.name == "open_clip_config.json" else hf_config_kwargs(config)
 
 

@@ -13,6 +13,7 @@ from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import beyond_end_token, check_token_ids
 from torchflava.modules.layers.transformer import check_shared_space
 from torchflava.modules.packing import encode_rows
+from torchflava.utils.checks import check_architecture, check_bool
 
 OptTensor = Optional[Tensor]
 
@@ -52,6 +53,7 @@ class CLIPModel(nn.Module):
         init_std: float = 0.02,
     ) -> None:
         check_shared_space("CLIPModel", image=(image_encoder, image_projection), text=(text_encoder, text_projection))
+        check_architecture("CLIPModel", locals(), sizes=[], positive=["init_std"], finite=["logit_scale_init"])
         super().__init__()
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.image_projection, self.text_projection = image_projection, text_projection
@@ -71,6 +73,7 @@ class CLIPModel(nn.Module):
     def encode_image(self, image: Tensor, *, normalize: bool = True) -> Tensor:
         """(B, P) features of (B, C, H, W) float pixels, L2-normalised if ``normalize``; the last layer
         computes only the CLS token."""
+        check_bool("normalize", normalize)
         cls = self.image_encoder(image, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state[:, 0]
         features = self.image_projection(cls)
         return F.normalize(features, dim=-1) if normalize else features
@@ -89,6 +92,7 @@ class CLIPModel(nn.Module):
                 or ``mask`` has another shape or marks an end token as padding.
         """
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+        check_bool("normalize", normalize)
         drop = beyond_end_token(text, self.eos_token_id, mask)  # (B, L) True = not computed
         states = encode_rows(self.text_encoder, text, drop, output="last", max_tokens=self.text_pack_tokens)
         features = self.text_projection(states)

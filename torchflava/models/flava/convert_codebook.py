@@ -23,7 +23,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from torchflava.utils.checkpoint import PathLike, check_fits, load_state_dict
+from torchflava.utils.checkpoint import PathLike, check_fits, load_state_dict, refuse_unmatched
 
 CODEBOOK_LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -137,12 +137,9 @@ def convert_codebook_to_torchflava(
         else:
             missing.append(prefix + name)
     unexpected = sorted(prefix + k for k in source if k not in used)
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"codebook checkpoint ({layout} layout, prefix {prefix!r}) does not match the model: "
-            f"missing {len(missing)} key(s) {missing[:20]}, unexpected {len(unexpected)} key(s) {unexpected[:20]}. "
-            "Check hidden_dim, blocks_per_group, vocab_size and in_channels against the checkpoint."
-        )
+    if strict:
+        hint = "Check hidden_dim, blocks_per_group, vocab_size and in_channels against the checkpoint."
+        refuse_unmatched(f"codebook checkpoint ({layout} layout, prefix {prefix!r})", missing, unexpected, hint=hint)
     expected = model.state_dict()
     wrong = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"

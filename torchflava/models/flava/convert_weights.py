@@ -31,6 +31,8 @@ from torchflava.utils.checkpoint import (
     peek_state_dict,
     read_json_object,
     refuse_mismatches,
+    refuse_unmatched,
+    to_reference,
     without_prefix,
 )
 
@@ -222,12 +224,8 @@ def convert_to_torchflava(
     refuse_mismatches(wrong)
     skipped = sorted(k for k in source if k not in used and _SKIPPED[layout].search(k))
     unexpected = sorted(k for k in source if k not in used and not _SKIPPED[layout].search(k))
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"checkpoint ({layout} layout) does not match the model: "
-            f"missing {len(missing)} key(s) {missing[:20]}, unexpected {len(unexpected)} key(s) {unexpected[:20]}. "
-            "Check that the architecture arguments match the checkpoint."
-        )
+    if strict:
+        refuse_unmatched(f"checkpoint ({layout} layout)", missing, unexpected)
     return converted, skipped
 
 
@@ -246,18 +244,14 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         ValueError: for a key that is not a :class:`FLAVAModel`'s, or a fused q/k/v tensor whose rows
             are not a multiple of 3 (it was split into unequal parts, or two).
     """
-    check_state_dict(state_dict)
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
+
+    def names(key: str) -> list[str]:
         try:
-            names = _reference_names(key, "hf")
+            return _reference_names(key, "hf")
         except KeyError:
             raise ValueError(f"state_dict: {key!r} is not a key of a FLAVAModel state dict") from None
-        if len(names) > 1 and (value.dim() == 0 or value.shape[0] % len(names)):
-            raise ValueError(f"state_dict: {key} must hold q, k and v (rows a multiple of 3), got {tuple(value.shape)}")
-        chunks = value.chunk(len(names), dim=0) if len(names) > 1 else (value,)
-        out.update({n: c.clone() for n, c in zip(names, chunks)})
-    return out
+
+    return {name: value.clone() for name, value in to_reference(state_dict, names).items()}
 
 
 def load_flava_weights(
@@ -549,11 +543,8 @@ def load_flava_pretraining_weights(
         else:
             missing.append("codebook.*")
     leftover = sorted(k for k in rest if k not in used and k not in codebook_keys and not _HEAD_ALIASES.search(k))
-    if strict and (missing or leftover):
-        raise ValueError(
-            f"pretraining checkpoint ({layout} layout) does not match the model: missing {missing[:20]}, "
-            f"unexpected {leftover[:20]}"
-        )
+    if strict:
+        refuse_unmatched(f"pretraining checkpoint ({layout} layout)", missing, leftover)
     check_fits(state, model)
     model.load_state_dict(state, strict=strict)
     return sorted(k for k in codebook_keys if k not in used)

@@ -17,7 +17,7 @@ from torchflava.modules.layers.patch_embedding import check_patch_mask
 from torchflava.modules.layers.text_embedding import check_token_ids, text_padding_mask
 from torchflava.modules.layers.transformer import check_parts, check_shared_space, linear_width
 from torchflava.modules.packing import encode_rows
-from torchflava.utils.checks import check_module
+from torchflava.utils.checks import check_bool, check_module
 
 
 class FLAVAOutput(NamedTuple):
@@ -213,6 +213,7 @@ class FLAVAModel(nn.Module):
         Returns:
             Tensor: (B, P).
         """
+        check_bool("normalize", normalize)
         out = self.image_encoder(image, output_positions=CLS_POSITION, return_pooled=False)
         return self._project(self.image_projection, out, normalize)
 
@@ -241,6 +242,7 @@ class FLAVAModel(nn.Module):
             Tensor: (B, P).
         """
         check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+        check_bool("normalize", normalize)
         padding = text_padding_mask(text, text_attention_mask)
         cls_states = encode_rows(
             self.text_encoder, text, padding, token_type_ids=token_type_ids, max_tokens=self.text_pack_tokens

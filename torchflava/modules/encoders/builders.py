@@ -58,12 +58,10 @@ def transformer_encoder(
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim"],
         multiples=[("embed_dim", "num_heads")],
         positive=["norm_eps"],
-        probabilities=["dropout", "attention_dropout"],
+        dropouts=["dropout", "attention_dropout"],
         bools=["is_causal", "bias"],
         choices={"activation": ACTIVATIONS},
     )
-    if attention_dropout == 1:  # (the layer's own check would name its dropout, not this argument)
-        raise ValueError(f"transformer_encoder: attention_dropout must be in [0, 1), got {attention_dropout}")
     _check_fits_in_memory(num_layers * (4 * embed_dim * embed_dim + 2 * embed_dim * mlp_dim), locals())
     layers = [
         TransformerEncoderLayer(

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
-from torchflava.modules.layers.attention import Positions
+from torchflava.modules.layers.attention import Positions, check_hidden_states
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, linear_width
-from torchflava.utils.checks import check_int, check_module
+from torchflava.utils.checks import check_int
 
 
 class MultimodalEncoder(nn.Module):
@@ -42,11 +42,10 @@ class MultimodalEncoder(nn.Module):
         pooler: Optional[nn.Module] = None,
     ) -> None:
         check_int("embed_dim", embed_dim, 1)
-        parts = dict(image_proj=image_proj, text_proj=text_proj, encoder=encoder, norm=norm)
+        parts = dict(image_proj=image_proj, text_proj=text_proj, encoder=encoder, norm=norm, pooler=pooler)
         # the projections write the stream: their output widths (a Linear's out_features) join the check
         projected = [w for n, p in parts.items() for w in linear_width(n, p, "out_features")]
-        check_parts("MultimodalEncoder", parts, [("embed_dim", embed_dim), *projected])
-        check_module("pooler", pooler, optional=True)
+        check_parts("MultimodalEncoder", parts, [("embed_dim", embed_dim), *projected], optional=["pooler"])
         super().__init__()
         self.image_proj = image_proj
         self.text_proj = text_proj
@@ -89,9 +88,16 @@ class MultimodalEncoder(nn.Module):
             ``output_positions`` as indices, and the rest.
 
         Raises:
-            ValueError: if the batch sizes differ or the mask does not match the text.
-            TypeError: if the mask is not boolean.
+            ValueError: if the states are not (B, S, D) floating-point tensors of the widths the input
+                projections read (where they tell them), the batch sizes differ or the mask does not
+                match the text.
+            TypeError: if the mask is not a bool tensor.
         """
+        for name, states, proj in (
+            ("image_states", image_states, self.image_proj),
+            ("text_states", text_states, self.text_proj),
+        ):
+            check_hidden_states(states, getattr(proj, "in_features", None), name)
         b = image_states.shape[0]
         if text_states.shape[0] != b:
             raise ValueError(f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts")
@@ -99,14 +105,13 @@ class MultimodalEncoder(nn.Module):
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(image.dtype), image, self.text_proj(text_states)], dim=1)
         key_padding_mask = None
         if text_padding_mask is not None:
+            if not isinstance(text_padding_mask, Tensor) or text_padding_mask.dtype != torch.bool:
+                got = getattr(text_padding_mask, "dtype", type(text_padding_mask).__name__)
+                raise TypeError(f"text_padding_mask must be a bool tensor (True = padding), got {got}")
             if tuple(text_padding_mask.shape) != tuple(text_states.shape[:2]):
                 raise ValueError(
                     f"text_padding_mask must have shape {tuple(text_states.shape[:2])}, "
                     f"got {tuple(text_padding_mask.shape)}"
-                )
-            if text_padding_mask.dtype != torch.bool:
-                raise TypeError(
-                    f"text_padding_mask must be a bool tensor (True = padding), got {text_padding_mask.dtype}"
                 )
             keep_image = text_padding_mask.new_zeros(b, 1 + image.shape[1])  # CLS_M and image never padded
             key_padding_mask = torch.cat([keep_image, text_padding_mask], dim=1)

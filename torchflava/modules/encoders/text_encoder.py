@@ -7,7 +7,6 @@ from torch import Tensor, nn
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts
-from torchflava.utils.checks import check_module
 
 
 class TextEncoder(nn.Module):
@@ -33,8 +32,8 @@ class TextEncoder(nn.Module):
         norm: nn.Module,
         pooler: Optional[nn.Module] = None,
     ) -> None:
-        check_parts("TextEncoder", dict(embeddings=embeddings, encoder=encoder, norm=norm))
-        check_module("pooler", pooler, optional=True)
+        parts = dict(embeddings=embeddings, encoder=encoder, norm=norm, pooler=pooler)
+        check_parts("TextEncoder", parts, optional=["pooler"])
         super().__init__()
         self.embeddings = embeddings
         self.encoder = encoder

@@ -8,7 +8,6 @@ from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts
-from torchflava.utils.checks import check_module
 
 
 class VisionEncoder(nn.Module):
@@ -33,8 +32,8 @@ class VisionEncoder(nn.Module):
         norm: nn.Module,
         pooler: Optional[nn.Module] = None,
     ) -> None:
-        check_parts("VisionEncoder", dict(embeddings=embeddings, encoder=encoder, norm=norm))
-        check_module("pooler", pooler, optional=True)
+        parts = dict(embeddings=embeddings, encoder=encoder, norm=norm, pooler=pooler)
+        check_parts("VisionEncoder", parts, optional=["pooler"])
         super().__init__()
         self.embeddings = embeddings
         self.encoder = encoder

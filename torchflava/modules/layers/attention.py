@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
 from torchflava.modules.layers.linear import ONEDNN_BF16, Linear, linear
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_bool, check_dropout, check_int
 
 Positions = Union[Tensor, slice]
 
@@ -46,6 +46,15 @@ def check_position_mask(mask: Tensor, x: Tensor, name: str = "positions") -> Ten
     return mask
 
 
+def check_hidden_states(x: object, width: Optional[int], name: str = "x") -> None:
+    """ValueError naming ``name`` unless ``x`` is a (B, S, ``width``) floating-point tensor (any width
+    where ``width`` is None): checked where a sequence enters a block, before a norm or product that would
+    fail on it inside torch."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or not x.is_floating_point() or width not in (None, x.shape[-1]):
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a (B, S, {'D' if width is None else width}) floating-point tensor, got {got}")
+
+
 def take_positions(x: Tensor, positions: Positions) -> Tensor:
     """Rows ``positions`` of dimension 1: (B, S, ...) -> (B, P, ...), or (T, ...) for a mask.
 
@@ -60,9 +69,14 @@ def take_positions(x: Tensor, positions: Positions) -> Tensor:
     Raises:
         TypeError: if ``positions`` is not a slice, an integer tensor or a bool tensor.
         ValueError: if a (B, P) tensor or a mask does not match x, ``positions`` has more than 2 dims,
-            or (on the CPU) an index is out of range.
+            or (on the CPU) an index is out of range; if a slice's step is below 1, or it selects nothing.
     """
     if isinstance(positions, slice):
+        ends = (positions.start, positions.stop, positions.step)
+        if not all(v is None or type(v) is int for v in ends) or (positions.step is not None and positions.step < 1):
+            raise ValueError(f"positions must be a slice of ints with a step >= 1, got {positions}")
+        if not torch.compiler.is_compiling() and not range(x.shape[1])[positions]:  # (past the end: nothing)
+            raise ValueError(f"positions must select at least one of the {x.shape[1]} positions, got {positions}")
         return x[:, positions]
     if is_position_mask(positions):
         return x[check_position_mask(positions, x)]
@@ -327,6 +341,7 @@ class MultiHeadSelfAttention(nn.Module):
             decoder's or CLIP's text tower); SDPA's causal kernel runs when no other mask is given.
 
     Raises:
+        TypeError: if a size is not an int, ``dropout`` not a number, or ``bias`` or ``is_causal`` not a bool.
         ValueError: if ``embed_dim`` is not divisible by ``num_heads`` or ``dropout`` is not in [0, 1).
     """
 
@@ -336,14 +351,13 @@ class MultiHeadSelfAttention(nn.Module):
         super().__init__()
         check_int("embed_dim", embed_dim, 1)
         check_int("num_heads", num_heads, 1)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise TypeError(f"dropout must be a number, got {type(dropout).__name__}")
+        check_dropout("dropout", dropout)
+        check_bool("bias", bias)
+        check_bool("is_causal", is_causal)
         if embed_dim % num_heads != 0:
             raise ValueError(
                 f"embed_dim must be a positive multiple of num_heads, got embed_dim={embed_dim}, num_heads={num_heads}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
@@ -376,11 +390,10 @@ class MultiHeadSelfAttention(nn.Module):
 
         Raises:
             TypeError: if a mask is not a bool tensor.
-            ValueError: if ``x`` is not a (B, S, embed_dim) floating-point tensor, or a mask's shape does not fit it.
+            ValueError: if ``x`` is not a (B, S, embed_dim) floating-point tensor, or a mask's shape or
+                device does not fit it.
         """
-        if not isinstance(x, Tensor) or x.dim() != 3 or not x.is_floating_point() or x.shape[-1] != self.embed_dim:
-            got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be a (B, S, {self.embed_dim}) floating-point tensor, got {got}")
+        check_hidden_states(x, self.embed_dim)
         b, s, d = x.shape
         for name, mask, shapes in (
             ("key_padding_mask", key_padding_mask, [(b, s)]),
@@ -388,6 +401,8 @@ class MultiHeadSelfAttention(nn.Module):
         ):
             if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool):
                 raise TypeError(f"{name} must be a bool tensor (True = masked), got {_describe(mask)}")
+            if mask is not None and mask.device != x.device:  # (a meta mask gave garbage values, silently)
+                raise ValueError(f"{name} must be on x's device {x.device}, got {mask.device}")
             if mask is not None and tuple(mask.shape) not in shapes:
                 expected = " or ".join(str(shape) for shape in shapes)
                 raise ValueError(

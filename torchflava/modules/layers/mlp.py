@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked, saved_tensors_hooks_active
 from torchflava.modules.layers.linear import Linear, has_tangent, onednn_linear_wins
-from torchflava.utils.checks import check_int, check_module
+from torchflava.utils.checks import check_bool, check_dropout, check_int, check_module
 
 
 def can_overwrite(*modules: nn.Module) -> bool:
@@ -78,8 +78,9 @@ class MLP(nn.Module):
         bias (bool): whether both linear layers have biases.
 
     Raises:
-        TypeError: if a width is not an int, or ``activation`` is neither an nn.Module nor None.
-        ValueError: if a width is below 1.
+        TypeError: if a width is not an int, ``activation`` neither an nn.Module nor None, ``dropout``
+            not a number or ``bias`` not a bool.
+        ValueError: if a width is below 1, or ``dropout`` is not in [0, 1).
     """
 
     def __init__(
@@ -100,6 +101,8 @@ class MLP(nn.Module):
         ):
             check_int(name, value, 1)
         check_module("activation", activation, optional=True)
+        check_dropout("dropout", dropout)
+        check_bool("bias", bias)
         self.fc1 = Linear(in_dim, hidden_dim, bias=bias)
         self.activation = nn.GELU() if activation is None else activation
         self.dropout = nn.Dropout(dropout)

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
-from torchflava.utils.checks import check_int, check_module
+from torchflava.modules.layers.transformer import check_parts
+from torchflava.utils.checks import check_bool, check_dropout, check_int
 
 
 class PatchEmbedding(nn.Module):
@@ -32,8 +33,10 @@ class PatchEmbedding(nn.Module):
             none when None.
 
     Raises:
-        TypeError: if a size is not an int, or ``norm`` is neither an nn.Module nor None.
-        ValueError: if a size is below 1, or ``patch_size`` does not divide ``image_size``.
+        TypeError: if a size is not an int, ``norm`` neither an nn.Module nor None, ``dropout`` not a
+            number, or ``use_mask_token`` or ``conv_bias`` not a bool.
+        ValueError: if a size is below 1, ``patch_size`` does not divide ``image_size``, ``norm``'s width
+            is not ``embed_dim`` (where it tells it) or ``dropout`` is not in [0, 1).
     """
 
     def __init__(
@@ -52,7 +55,10 @@ class PatchEmbedding(nn.Module):
         for name, value in (("image_size", image_size), ("patch_size", patch_size), ("in_channels", in_channels)):
             check_int(name, value, 1)
         check_int("embed_dim", embed_dim, 1)
-        check_module("norm", norm, optional=True)
+        check_parts("PatchEmbedding", dict(norm=norm), [("embed_dim", embed_dim)], optional=["norm"])
+        check_dropout("dropout", dropout)
+        check_bool("use_mask_token", use_mask_token)
+        check_bool("conv_bias", conv_bias)
         if image_size % patch_size != 0:
             raise ValueError(f"patch_size must divide image_size, got patch_size={patch_size}, image_size={image_size}")
         self.image_size = image_size

@@ -15,7 +15,8 @@ class Pooler(nn.Module):
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
-        self.dense = Linear(check_int("embed_dim", embed_dim, 1), embed_dim)
+        self.embed_dim = check_int("embed_dim", embed_dim, 1)  # (read by the encoders' width checks)
+        self.dense = Linear(embed_dim, embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """Pool.

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from torchflava.utils.checks import check_int, require
+from torchflava.utils.checks import check_dropout, check_int, check_positive_number, require
 
 
 def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str = "input_ids") -> None:
@@ -90,6 +90,8 @@ def beyond_end_token(text: Tensor, end_token_id: Optional[int], mask: Optional[T
     Raises:
         ValueError: if a row lacks the end token, or ``mask`` is malformed or marks an end token as padding.
     """
+    if end_token_id is not None and type(end_token_id) is not int:  # (True was taken as id 1)
+        raise TypeError(f"end_token_id must be an int id or None, got {type(end_token_id).__name__} {end_token_id!r}")
     is_end = text == (text.amax(dim=1, keepdim=True) if end_token_id is None else end_token_id)
     expected = f"text: expected the end token {end_token_id} in every row"
     require(
@@ -126,6 +128,11 @@ class TextEmbedding(nn.Module):
         pad_token_id (int): id of the padding token; its embedding row starts at zero and gets no gradient.
         norm_eps (float): LayerNorm epsilon.
         dropout (float): dropout on the output.
+
+    Raises:
+        TypeError: if a size is not an int or ``dropout`` not a number.
+        ValueError: if a size is below 1, ``pad_token_id`` is not an id of the vocabulary, ``norm_eps``
+            is not a positive number (NaN gave NaN outputs) or ``dropout`` is not in [0, 1).
     """
 
     def __init__(
@@ -143,6 +150,8 @@ class TextEmbedding(nn.Module):
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("max_seq_len", max_seq_len)):
             check_int(name, value, 1)
         check_int("type_vocab_size", type_vocab_size, 1)
+        check_positive_number("norm_eps", norm_eps)
+        check_dropout("dropout", dropout)
         if not 0 <= check_int("pad_token_id", pad_token_id, 0) < vocab_size:
             raise ValueError(f"pad_token_id must be an id below vocab_size {vocab_size}, got {pad_token_id}")
         self.vocab_size = vocab_size
@@ -235,12 +244,17 @@ class TokenEmbedding(nn.Module):
         embed_dim (int): width D.
         max_seq_len (int): number of learned positions (CLIP: the context length, 77).
         dropout (float): dropout on the output.
+
+    Raises:
+        TypeError: if a size is not an int or ``dropout`` not a number.
+        ValueError: if a size is below 1 or ``dropout`` is not in [0, 1).
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, max_seq_len: int, *, dropout: float = 0.0) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("max_seq_len", max_seq_len)):
             check_int(name, value, 1)
+        check_dropout("dropout", dropout)
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
         self.max_seq_len = max_seq_len

@@ -12,9 +12,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from torchflava.modules.layers.attention import Positions, check_position_mask, is_position_mask, take_positions
+from torchflava.modules.layers.attention import (
+    Positions,
+    check_hidden_states,
+    check_position_mask,
+    is_position_mask,
+    take_positions,
+)
 from torchflava.modules.layers.mlp import can_overwrite
-from torchflava.utils.checks import check_module
+from torchflava.utils.checks import check_dropout, check_module
 
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
@@ -161,13 +167,17 @@ def check_shared_space(owner: str, **towers: tuple[nn.Module, nn.Module]) -> Non
     check_parts(owner, {}, outputs)
 
 
-def check_parts(owner: str, parts: dict, widths: Sequence[tuple[str, int]] = ()) -> None:
-    """TypeError naming a part of ``parts`` (name -> module) that is no module; ValueError naming
+def check_parts(
+    owner: str, parts: dict, widths: Sequence[tuple[str, int]] = (), *, optional: Sequence[str] = ()
+) -> None:
+    """TypeError naming a part of ``parts`` (name -> module; those named in ``optional`` may be None, and are
+    then left out) that is no module; ValueError naming
     ``owner`` and every width found if the parts (see :func:`residual_widths`) and the given ``widths``
     do not all agree: parts composed with different widths would otherwise fail only in the first
     forward, deep inside torch."""
     for name, part in parts.items():
-        check_module(name, part)
+        check_module(name, part, optional=name in optional)
+    parts = {name: part for name, part in parts.items() if part is not None}
     found = [*widths, *(pair for name, part in parts.items() for pair in residual_widths(name, part))]
     if len({width for _, width in found}) > 1:
         described = ", ".join(f"{label} {width}" for label, width in found)
@@ -187,9 +197,10 @@ class TransformerEncoderLayer(nn.Module):
         dropout (float): dropout on both residual branches.
 
     Raises:
-        TypeError: if a part is not a module.
+        TypeError: if a part is not a module, or ``dropout`` not a number.
         ValueError: if the parts' widths, where they can be read (an attention's ``embed_dim``, an
-            MLP's ``fc1`` input and ``fc2`` output, a norm's ``normalized_shape``), differ.
+            MLP's ``fc1`` input and ``fc2`` output, a norm's ``normalized_shape``), differ, or ``dropout``
+            is not in [0, 1).
     """
 
     def __init__(
@@ -201,8 +212,12 @@ class TransformerEncoderLayer(nn.Module):
         mlp_norm: nn.Module,
         dropout: float = 0.0,
     ) -> None:
-        check_parts("TransformerEncoderLayer", dict(zip(_LAYER_PARTS, (attn_norm, attn, mlp_norm, mlp))))
+        parts = dict(zip(_LAYER_PARTS, (attn_norm, attn, mlp_norm, mlp)))
+        check_parts("TransformerEncoderLayer", parts)
+        check_dropout("dropout", dropout)
         super().__init__()
+        # the stream's width where a part tells it (None: any), checked on the input before the norm sees it
+        self.embed_dim = next((w for name, part in parts.items() for _, w in residual_widths(name, part)), None)
         self.attn_norm = attn_norm
         self.attn = attn
         self.mlp_norm = mlp_norm
@@ -234,7 +249,11 @@ class TransformerEncoderLayer(nn.Module):
             Tensor: (B, S, D), or (B, P, D) with ``query_positions`` ((B, S, D) for a mask, zeros at
             the positions it does not select: computed for the selected ones alone, or, compiled,
             for all and then zeroed).
+
+        Raises:
+            ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layer's width.
         """
+        check_hidden_states(x, self.embed_dim)
         mode = checkpoint_mode(checkpointing, "checkpointing")
         selected = query_positions if is_position_mask(query_positions) else None
         if selected is not None:
@@ -312,6 +331,7 @@ class TransformerEncoder(nn.Module):
     Raises:
         TypeError: if a layer is not a module, or its forward lacks one of those keywords (e.g.
             ``torch.nn.TransformerEncoderLayer``, called with ``src_mask``).
+        ValueError: if the layers' widths, where they tell them, differ.
     """
 
     def __init__(self, layers: Sequence[nn.Module], *, checkpoint_activations: Union[bool, str] = False) -> None:
@@ -319,6 +339,9 @@ class TransformerEncoder(nn.Module):
         layers = list(layers)  # a generator too, read once
         for index, layer in enumerate(layers):
             _check_layer(layer, index)
+        # one width for all (each layer's parts were checked when built): the first width each layer tells
+        told = [residual_widths(f"layers[{i}]", layer)[:1] for i, layer in enumerate(layers)]
+        check_parts("TransformerEncoder", {}, [pair for pairs in told for pair in pairs])
         self.layers = nn.ModuleList(layers)
         self.checkpoint_activations = checkpoint_activations
 
@@ -361,8 +384,11 @@ class TransformerEncoder(nn.Module):
             hidden states (the last one restricted like the output).
 
         Raises:
-            ValueError: if a bool mask of ``output_positions`` is not (B, S).
+            ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layers' width, or a bool
+                mask of ``output_positions`` is not (B, S).
         """
+        if not self.layers:  # (a layer checks its input)
+            check_hidden_states(x, None)
         selected = output_positions if is_position_mask(output_positions) else None
         if selected is not None:
             check_position_mask(selected, x, "output_positions")
