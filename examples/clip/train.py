@@ -48,12 +48,15 @@ from torchflava.training.schema import (
     TrainingConfig,
     builds_on_meta,
     checkpoint_fits,
+    contrastive_batch_check,
+    logit_scale_check,
     lr_multipliers_check,
     opened,
     pair_file_checks,
     raise_on_failed_checks,
     template_checks,
     training_checks,
+    unread_section_checks,
     vocab_checks,
 )
 from torchflava.utils.cli import write_json
@@ -126,14 +129,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.shapes.num_test,
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
-            (
-                # the loss gathers the features over ranks: a micro-batch of one pair has no negatives (loss 0)
-                t.global_batch_size >= 2 * max(t.grad_accumulation, 1),
-                "training.global_batch_size",
-                f"at least 2 pairs per micro-batch, i.e. >= 2 x training.grad_accumulation ({t.grad_accumulation}): "
-                "the contrastive loss of one pair is 0 with no gradient",
-                t.global_batch_size,
-            ),
+            contrastive_batch_check(t),
+            logit_scale_check("model.logit_scale_init", m.logit_scale_init, MAX_LOGIT_SCALE),
             (2 <= d.max_text_length <= context, "data.max_text_length", f"in [2, {context}]", d.max_text_length),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (
@@ -145,6 +142,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
         ]
+        + unread_section_checks("data.files", d.files, d.source == "files", f"data.source={d.source} reads no files")
         + streaming_checks(
             d.streaming,
             source=d.source,

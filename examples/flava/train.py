@@ -44,6 +44,7 @@ from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava, load_codebook_weights
+from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
@@ -57,6 +58,8 @@ from torchflava.training.schema import (
     TrainingConfig,
     builds_on_meta,
     checkpoint_fits,
+    contrastive_batch_check,
+    logit_scale_check,
     lr_multipliers_check,
     opened,
     pair_file_checks,
@@ -64,6 +67,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     template_checks,
     training_checks,
+    unread_section_checks,
     vocab_checks,
 )
 from torchflava.utils.checkpoint import check_fits
@@ -170,6 +174,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
+            *unread_section_checks("data.files", f, d.source == "files", f"data.source={d.source} reads no files"),
             (
                 5 <= d.shapes.num_test <= len(ALL_SCENES),
                 "data.shapes.num_test",
@@ -226,7 +231,14 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
             (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
             checkpoint_fits("model.pretrained", cfg.model.pretrained),  # its header read, no tensor data
+            logit_scale_check("model.logit_scale_init", m.logit_scale_init, LOGIT_SCALE_MAX),
         ]
+        # the contrastive loss runs on the pair batches
+        + (
+            [contrastive_batch_check(cfg.training)]
+            if cfg.pretraining.global_contrastive_weight > 0 and "pairs" in kinds
+            else []
+        )
         + streaming_checks(
             d.streaming, source=d.source, shards=f.pairs_shards, world_size=world_size, num_workers=d.num_workers
         )
@@ -254,12 +266,14 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     # used), then the multipliers' module names against the pretraining model around that same meta
     # backbone (built once: cached)
     backbone = functools.cache(lambda: flava_model(**flava_model_kwargs(m, max(d.vocab_size, 16))))
+    pretraining = functools.cache(lambda: pretraining_model(cfg, backbone()))
     codebook = functools.cache(lambda: build_codebook(cfg, seeded=False))
     raise_on_failed_checks(
         [
             builds_on_meta("model", backbone),
+            builds_on_meta("pretraining", pretraining),
             builds_on_meta("codebook", codebook),
-            lr_multipliers_check(lambda: pretraining_model(cfg, backbone()), cfg.optim),
+            lr_multipliers_check(pretraining, cfg.optim),
         ]
     )
 
