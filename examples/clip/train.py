@@ -260,7 +260,7 @@ def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
     start = start_run(cfg, validate)  # validate, process group, run directory, resume point
-    info, resume_from = start
+    info, resume_from = start.info, start.resume_from
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
 

@@ -429,7 +429,7 @@ def pretraining_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
     start = start_run(cfg, validate)  # validate, process group, run directory, resume point
-    info, resume_from = start
+    info, resume_from = start.info, start.resume_from
     t = cfg.training
     out_dir = Path(t.output_dir)
 
