@@ -31,7 +31,14 @@ from torchflava.data.readers import ImageTextFolder, TarShards
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
-from torchflava.data.streaming import StreamingBatches, StreamingConfig, shard_texts, streaming_checks
+from torchflava.data.streaming import (
+    BrokenStream,
+    StreamingBatches,
+    StreamingConfig,
+    broken_stream_reason,
+    shard_texts,
+    streaming_checks,
+)
 from torchflava.data.tokenizer import read_vocabulary, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
@@ -229,6 +236,7 @@ def build_batches(
                 shuffle_buffer=d.streaming.shuffle_buffer,
                 resampled=d.streaming.resampled,
             ),
+            usable=StreamingBatches.unusable_start,
         )
     return MixedBatches(
         {"pairs": pairs},
@@ -294,17 +302,23 @@ def main(cfg: TrainConfig) -> dict:
     def clamp_logit_scale() -> None:
         model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)  # a multiplier in [1, 100], as open_clip and FLAVA
 
-    result = fit(
-        model,
-        contrastive_step,
-        data,
-        training=t,
-        optim=cfg.optim,
-        after_step=clamp_logit_scale,
-        num_workers=d.num_workers,
-        description="clip",
-        start=start,
-    )
+    try:
+        result = fit(
+            model,
+            contrastive_step,
+            data,
+            training=t,
+            optim=cfg.optim,
+            after_step=clamp_logit_scale,
+            num_workers=d.num_workers,
+            description="clip",
+            start=start,
+        )
+    except BrokenStream as error:  # shards whose first samples read, broken further on
+        raise ConfigError(
+            f"key 'data.files.pairs_shards': expected shards with usable samples, got "
+            f"{d.files.pairs_shards!r} ({broken_stream_reason(error)})"
+        ) from None
 
     export_path = out_dir / "model" / "clip.safetensors"
     export_model(model, export_path)

@@ -32,9 +32,11 @@ from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.streaming import (
+    BrokenStream,
     StreamedSource,
     StreamingBatches,
     StreamingConfig,
+    broken_stream_reason,
     shard_texts,
     streaming_checks,
 )
@@ -397,6 +399,7 @@ def build_data(
             resampled=d.streaming.resampled,
             mixed=mixed,
         ),
+        usable=StreamingBatches.unusable_start,
     )
 
 
@@ -455,17 +458,23 @@ def main(cfg: TrainConfig) -> dict:
     if info.is_main:
         tokenizer.save(out_dir)
         save_config(cfg, out_dir / "config.yaml")
-    result = fit(
-        model,
-        pretraining_step,
-        data,
-        training=t,
-        optim=cfg.optim,
-        after_step=model.clamp_logit_scale_,
-        num_workers=cfg.data.num_workers,
-        description="pretraining",
-        start=start,
-    )
+    try:
+        result = fit(
+            model,
+            pretraining_step,
+            data,
+            training=t,
+            optim=cfg.optim,
+            after_step=model.clamp_logit_scale_,
+            num_workers=cfg.data.num_workers,
+            description="pretraining",
+            start=start,
+        )
+    except BrokenStream as error:  # shards whose first samples read, broken further on
+        raise ConfigError(
+            f"key 'data.files.pairs_shards': expected shards with usable samples, got "
+            f"{cfg.data.files.pairs_shards!r} ({broken_stream_reason(error)})"
+        ) from None
 
     export_path = out_dir / "model" / "flava_pretraining.safetensors"
     export_model(model, export_path)
