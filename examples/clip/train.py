@@ -31,7 +31,14 @@ from torchflava.data.readers import ImageTextFolder, TarShards
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
-from torchflava.data.streaming import StreamingBatches, StreamingConfig, shard_texts, streaming_checks
+from torchflava.data.streaming import (
+    BrokenStream,
+    StreamingBatches,
+    StreamingConfig,
+    broken_stream_reason,
+    shard_texts,
+    streaming_checks,
+)
 from torchflava.data.tokenizer import read_vocabulary, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
@@ -48,12 +55,15 @@ from torchflava.training.schema import (
     TrainingConfig,
     builds_on_meta,
     checkpoint_fits,
+    contrastive_batch_check,
+    logit_scale_check,
     lr_multipliers_check,
     opened,
     pair_file_checks,
     raise_on_failed_checks,
     template_checks,
     training_checks,
+    unread_section_checks,
     vocab_checks,
 )
 from torchflava.utils.cli import write_json
@@ -126,14 +136,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.shapes.num_test,
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
-            (
-                # the loss gathers the features over ranks: a micro-batch of one pair has no negatives (loss 0)
-                t.global_batch_size >= 2 * max(t.grad_accumulation, 1),
-                "training.global_batch_size",
-                f"at least 2 pairs per micro-batch, i.e. >= 2 x training.grad_accumulation ({t.grad_accumulation}): "
-                "the contrastive loss of one pair is 0 with no gradient",
-                t.global_batch_size,
-            ),
+            contrastive_batch_check(t),
+            logit_scale_check("model.logit_scale_init", m.logit_scale_init, MAX_LOGIT_SCALE),
             (2 <= d.max_text_length <= context, "data.max_text_length", f"in [2, {context}]", d.max_text_length),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (
@@ -145,6 +149,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
         ]
+        + unread_section_checks("data.files", d.files, d.source == "files", f"data.source={d.source} reads no files")
         + streaming_checks(
             d.streaming,
             source=d.source,
@@ -231,6 +236,7 @@ def build_batches(
                 shuffle_buffer=d.streaming.shuffle_buffer,
                 resampled=d.streaming.resampled,
             ),
+            usable=StreamingBatches.unusable_start,
         )
     return MixedBatches(
         {"pairs": pairs},
@@ -262,7 +268,7 @@ def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
     start = start_run(cfg, validate)  # validate, process group, run directory, resume point
-    info, resume_from = start
+    info, resume_from = start.info, start.resume_from
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
 
@@ -296,17 +302,23 @@ def main(cfg: TrainConfig) -> dict:
     def clamp_logit_scale() -> None:
         model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)  # a multiplier in [1, 100], as open_clip and FLAVA
 
-    result = fit(
-        model,
-        contrastive_step,
-        data,
-        training=t,
-        optim=cfg.optim,
-        after_step=clamp_logit_scale,
-        num_workers=d.num_workers,
-        description="clip",
-        start=start,
-    )
+    try:
+        result = fit(
+            model,
+            contrastive_step,
+            data,
+            training=t,
+            optim=cfg.optim,
+            after_step=clamp_logit_scale,
+            num_workers=d.num_workers,
+            description="clip",
+            start=start,
+        )
+    except BrokenStream as error:  # shards whose first samples read, broken further on
+        raise ConfigError(
+            f"key 'data.files.pairs_shards': expected shards with usable samples, got "
+            f"{d.files.pairs_shards!r} ({broken_stream_reason(error)})"
+        ) from None
 
     export_path = out_dir / "model" / "clip.safetensors"
     export_model(model, export_path)

@@ -32,9 +32,11 @@ from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.streaming import (
+    BrokenStream,
     StreamedSource,
     StreamingBatches,
     StreamingConfig,
+    broken_stream_reason,
     shard_texts,
     streaming_checks,
 )
@@ -44,6 +46,7 @@ from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava, load_codebook_weights
+from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
@@ -57,6 +60,8 @@ from torchflava.training.schema import (
     TrainingConfig,
     builds_on_meta,
     checkpoint_fits,
+    contrastive_batch_check,
+    logit_scale_check,
     lr_multipliers_check,
     opened,
     pair_file_checks,
@@ -64,6 +69,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     template_checks,
     training_checks,
+    unread_section_checks,
     vocab_checks,
 )
 from torchflava.utils.checkpoint import check_fits
@@ -170,6 +176,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
+            *unread_section_checks("data.files", f, d.source == "files", f"data.source={d.source} reads no files"),
             (
                 5 <= d.shapes.num_test <= len(ALL_SCENES),
                 "data.shapes.num_test",
@@ -226,7 +233,14 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
             (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
             checkpoint_fits("model.pretrained", cfg.model.pretrained),  # its header read, no tensor data
+            logit_scale_check("model.logit_scale_init", m.logit_scale_init, LOGIT_SCALE_MAX),
         ]
+        # the contrastive loss runs on the pair batches
+        + (
+            [contrastive_batch_check(cfg.training)]
+            if cfg.pretraining.global_contrastive_weight > 0 and "pairs" in kinds
+            else []
+        )
         + streaming_checks(
             d.streaming, source=d.source, shards=f.pairs_shards, world_size=world_size, num_workers=d.num_workers
         )
@@ -254,12 +268,14 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     # used), then the multipliers' module names against the pretraining model around that same meta
     # backbone (built once: cached)
     backbone = functools.cache(lambda: flava_model(**flava_model_kwargs(m, max(d.vocab_size, 16))))
+    pretraining = functools.cache(lambda: pretraining_model(cfg, backbone()))
     codebook = functools.cache(lambda: build_codebook(cfg, seeded=False))
     raise_on_failed_checks(
         [
             builds_on_meta("model", backbone),
+            builds_on_meta("pretraining", pretraining),
             builds_on_meta("codebook", codebook),
-            lr_multipliers_check(lambda: pretraining_model(cfg, backbone()), cfg.optim),
+            lr_multipliers_check(pretraining, cfg.optim),
         ]
     )
 
@@ -383,6 +399,7 @@ def build_data(
             resampled=d.streaming.resampled,
             mixed=mixed,
         ),
+        usable=StreamingBatches.unusable_start,
     )
 
 
@@ -415,7 +432,7 @@ def pretraining_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
     start = start_run(cfg, validate)  # validate, process group, run directory, resume point
-    info, resume_from = start
+    info, resume_from = start.info, start.resume_from
     t = cfg.training
     out_dir = Path(t.output_dir)
 
@@ -441,17 +458,23 @@ def main(cfg: TrainConfig) -> dict:
     if info.is_main:
         tokenizer.save(out_dir)
         save_config(cfg, out_dir / "config.yaml")
-    result = fit(
-        model,
-        pretraining_step,
-        data,
-        training=t,
-        optim=cfg.optim,
-        after_step=model.clamp_logit_scale_,
-        num_workers=cfg.data.num_workers,
-        description="pretraining",
-        start=start,
-    )
+    try:
+        result = fit(
+            model,
+            pretraining_step,
+            data,
+            training=t,
+            optim=cfg.optim,
+            after_step=model.clamp_logit_scale_,
+            num_workers=cfg.data.num_workers,
+            description="pretraining",
+            start=start,
+        )
+    except BrokenStream as error:  # shards whose first samples read, broken further on
+        raise ConfigError(
+            f"key 'data.files.pairs_shards': expected shards with usable samples, got "
+            f"{cfg.data.files.pairs_shards!r} ({broken_stream_reason(error)})"
+        ) from None
 
     export_path = out_dir / "model" / "flava_pretraining.safetensors"
     export_model(model, export_path)

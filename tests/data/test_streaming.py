@@ -20,7 +20,14 @@ import webdataset as wds
 
 from torchflava.data.mixing import MixedBatches, data_loss_report
 from torchflava.data.samples import Sample
-from torchflava.data.streaming import StreamedSource, StreamingBatches, expand_shards, url_scheme
+from torchflava.data.streaming import (
+    BrokenStream,
+    StreamedSource,
+    StreamingBatches,
+    broken_stream_reason,
+    expand_shards,
+    url_scheme,
+)
 
 
 def png(index: int, size: int = 8) -> bytes:
@@ -333,3 +340,40 @@ def test_streamed_pairs_mixed_with_a_step_indexed_source_by_ratio(shard_dir, num
     assert [(item.kind, item.batch) for item in rest] == [(item.kind, item.batch) for item in reference[7:]]
     with pytest.raises(ValueError, match="mixed: expected MixedBatches with a StreamedSource for kind 'texts'"):
         stream(spec, kind="texts", mixed=mixed)
+
+
+def _no_caption_shard(path: Path, *, good: int, bad: int) -> str:
+    """A shard of ``good`` usable samples followed by ``bad`` samples without a caption."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as writer:
+        for index in range(good + bad):
+            sample = {"__key__": f"s{index:03d}", "png": png(index)}
+            writer.write({**sample, "txt": f"caption {index}"} if index < good else sample)
+    return str(path)
+
+
+def test_a_stream_without_a_usable_sample_is_found_before_it_is_iterated(tmp_path, shard_dir):
+    """Shards with no usable sample failed after the run's work began, with a 27-line traceback."""
+    shard = _no_caption_shard(tmp_path / "bad.tar", good=0, bad=5)
+    assert stream(shard, max_bad_in_a_row=3).unusable_start() == (
+        f"none of the first 3 samples of slot 0's shards decodes; the first: {shard}:s000: no text member"
+    )
+    assert stream(shard).unusable_start() == (  # the shards end before max_bad_in_a_row samples
+        f"none of the first 5 samples of slot 0's shards decodes; the first: {shard}:s000: no text member"
+    )
+    empty = tmp_path / "empty.tar"
+    with wds.TarWriter(str(empty)):
+        pass
+    assert stream(str(empty)).unusable_start().startswith("slot 0's shards gave no sample")
+    assert stream(str(shard_dir / "shard-{000..003}.tar")).unusable_start() is None
+    # usable at first, broken further on: the stream's own one-line reason, also from a loader worker
+    late = _no_caption_shard(tmp_path / "late.tar", good=1, bad=8)
+    for num_workers in (0, 1):
+        data = stream(late, batch_size=2, shuffle_buffer=0, max_bad_in_a_row=4)
+        assert data.unusable_start() is None
+        with pytest.raises(BrokenStream) as caught:
+            items(data, 1, num_workers=num_workers)
+        assert broken_stream_reason(caught.value) == (
+            f"the pairs stream gave 4 unusable samples in a row (last: {late}:s004: no text member); the data "
+            "looks broken"
+        )

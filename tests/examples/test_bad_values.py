@@ -180,6 +180,21 @@ FLAVA_ONLY = [
         (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/missing_images.tsv"),
         "data.files.pairs_captions",
     ),
+    # accepted, and trained a model whose output is a constant, or image losses that are always 0
+    ("model.dropout=1.0", "model"),
+    ("pretraining.image_vocab_size=1", "pretraining"),
+    # one pair per micro-batch: a contrastive loss of 0 at every step (no negatives)
+    (("training.global_batch_size=8", "training.grad_accumulation=8"), "training.global_batch_size"),
+    ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
+]
+# data settings that were silently ignored: files under data.source=shapes, or both forms of pairs
+IGNORED = [
+    ("data.files.pairs_shards=/nowhere/*.tar", "data.files.pairs_shards"),
+    ("data.files.pairs_captions={files}/captions.txt", "data.files.pairs_captions"),
+    (
+        (FILES, "data.files.pairs_shards={files}/shards/p-0.tar", "data.files.pairs_captions={files}/captions.txt"),
+        "data.files.pairs_shards",
+    ),
 ]
 CLIP_ONLY = [
     ("model.vision_heads=5", "model"),
@@ -198,6 +213,7 @@ CLIP_ONLY = [
     ((FILES, "data.files.pairs_shards={files}/not_a.tar"), "data.files.pairs_shards"),
     ((FILES, "data.files.pairs_captions={files}/labels.jsonl"), "data.files.pairs_root"),
     ((FILES, "data.files.pairs_root={files}", "data.files.pairs_captions=/nowhere.jsonl"), "data.files.pairs_captions"),
+    ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
     (
         (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/captions.txt"),
         "data.files.pairs_captions",
@@ -286,8 +302,8 @@ FINETUNE_BASE = [
 ]
 BASE = {"flava": [f"config={FLAVA[1]}"], "clip": [f"config={CLIP[1]}"], "finetune": FINETUNE_BASE}
 CASES = (
-    [("flava", *c) for c in SHARED + EVAL + FLAVA_ONLY + STREAMING + VOCAB]
-    + [("clip", *c) for c in SHARED + EVAL + CLIP_ONLY + STREAMING + VOCAB]
+    [("flava", *c) for c in SHARED + EVAL + FLAVA_ONLY + IGNORED + STREAMING + VOCAB]
+    + [("clip", *c) for c in SHARED + EVAL + CLIP_ONLY + IGNORED + STREAMING + VOCAB]
     + [("finetune", *c) for c in SHARED + FINETUNE_ONLY]
 )
 
@@ -413,6 +429,59 @@ def test_clip_needs_two_pairs_per_micro_batch(files, tmp_path):
     # two ranks with one pair each: the loss gathers the features, so every pair has a negative
     two_ranks = ("training.global_batch_size=2", "training.strategy=ddp")
     module.validate(_config("clip", two_ranks, files, tmp_path / "run"), 2)
+
+
+def test_flava_needs_two_pairs_per_micro_batch_when_the_contrastive_loss_counts(files, tmp_path):
+    """The check CLIP makes, shared: FLAVA trained with a global_contrastive loss of 0.0 every step."""
+    module = RECIPES["flava"]
+    one_pair = ("training.global_batch_size=8", "training.grad_accumulation=8")
+    with pytest.raises(module.ConfigError) as caught:
+        module.validate(_config("flava", one_pair, files, tmp_path / "run"), 1)
+    assert str(caught.value) == (
+        "key 'training.global_batch_size': expected at least 2 pairs per micro-batch, i.e. >= 2 x "
+        "training.grad_accumulation (8): the contrastive loss of one pair is 0 with no gradient, got 8"
+    )
+    # without the contrastive loss, or without pairs, one item per micro-batch trains the other losses
+    module.validate(_config("flava", (*one_pair, "pretraining.global_contrastive_weight=0"), files, tmp_path), 1)
+    module.validate(_config("flava", (*one_pair, "data.shapes.num_pairs=0"), files, tmp_path), 1)
+
+
+UNREAD = "expected its default, null, since data.source=shapes reads no files"
+BOTH_FORMS = (
+    "key 'data.files.pairs_shards': expected null when data.files.pairs_root or data.files.pairs_captions is set "
+    "(one form of pairs: the shards, or the image folder with its captions), got '{files}/shards/p-0.tar'"
+)
+PAST_CLAMP = (
+    "key 'model.logit_scale_init': expected in [0, 4.60517] (the range the learnt log temperature multiplier is "
+    "clamped to), got 4.7"
+)
+
+
+@pytest.mark.parametrize(
+    "recipe, overrides, message",
+    [
+        ("flava", ("data.files.texts=/nowhere.txt",), f"key 'data.files.texts': {UNREAD}, got '/nowhere.txt'"),
+        ("clip", ("data.files.pairs_root=/nowhere",), f"key 'data.files.pairs_root': {UNREAD}, got '/nowhere'"),
+        (
+            "flava",
+            (FILES, "data.files.pairs_shards={files}/shards/p-0.tar", "data.files.pairs_root={files}"),
+            BOTH_FORMS,
+        ),
+        (
+            "clip",
+            (FILES, "data.files.pairs_shards={files}/shards/p-0.tar", "data.files.pairs_root={files}"),
+            BOTH_FORMS,
+        ),
+        ("flava", ("model.logit_scale_init=4.7",), PAST_CLAMP),
+        ("clip", ("model.logit_scale_init=4.7",), PAST_CLAMP),
+    ],
+)
+def test_ignored_data_settings_and_an_init_past_the_clamp_are_refused(recipe, overrides, message, files, tmp_path):
+    module = RECIPES[recipe]
+    with pytest.raises(module.ConfigError) as caught:
+        module.validate(_config(recipe, overrides, files, tmp_path / "run"), 1)
+    assert str(caught.value) == message.format(files=files)
+    module.validate(_config(recipe, ["model.logit_scale_init=4.6"], files, tmp_path / "run"), 1)  # tiny.yaml's
 
 
 def test_a_mask_block_larger_than_the_masking_budget_is_refused(files, tmp_path):

@@ -200,3 +200,35 @@ def test_two_ranks_with_two_workers_each_resume_their_own_stream_positions(shard
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert _losses(run) == whole  # steps 5-8 again, from the restored positions
+
+
+def _shard(path: Path, *, good: int, bad: int) -> Path:
+    """``good`` shapes pairs, then ``bad`` pairs whose image does not decode."""
+    world = ShapesWorld("pairs", good + bad, image_size=32, seed=1)
+    with wds.TarWriter(str(path)) as writer:
+        for index in range(good + bad):
+            buffer = io.BytesIO()
+            world[index].image.save(buffer, format="PNG")
+            image = buffer.getvalue() if index < good else b"\x89PNG broken"
+            writer.write({"__key__": f"{index:05d}", "png": image, "txt": world.caption(index)})
+    return path
+
+
+def test_shards_without_usable_samples_are_a_one_line_error_naming_the_key(tmp_path):
+    """Found at the start when the first samples are all unusable, else when the stream gives up (was a
+    27-line traceback ending in RuntimeError after the run's work had started)."""
+    for good, found in ((0, "none of the first 50 samples of slot 0's shards decodes; the first: "), (2, "the ")):
+        shard = _shard(tmp_path / f"good{good}.tar", good=good, bad=60)
+        cfg = CLIP.load_config(
+            CLIP.TrainConfig,
+            [f"config={CLIP_DEBUG}", *STREAM, f"data.files.pairs_shards={shard}", "data.streaming.shuffle_buffer=0"]
+            + [f"training.output_dir={tmp_path / f'run{good}'}", "training.max_steps=2", "optim.warmup_steps=0"],
+        )
+        with pytest.raises(CLIP.ConfigError) as caught:
+            CLIP.main(cfg)
+        message = str(caught.value)
+        expected = "shards to stream" if good == 0 else "shards with usable samples"
+        assert message.startswith(f"key 'data.files.pairs_shards': expected {expected}, got '{shard}' ({found}")
+        assert "\n" not in message and "unreadable image" in message
+    assert message.endswith("); the data looks broken)")
+    assert not (tmp_path / "run0" / "checkpoints").exists() and not (tmp_path / "run0" / "config.yaml").exists()

@@ -2,6 +2,7 @@
 FSDP2), resume (exact, and on another world size), the non-finite stop, the after-step hook, logging."""
 
 from copy import deepcopy
+from dataclasses import dataclass
 from datetime import timedelta
 import json
 from pathlib import Path
@@ -23,8 +24,9 @@ from torchflava.modules.layers import Linear, TransformerEncoderLayer
 from torchflava.modules.layers import linear as linear_module
 from torchflava.training import loop as loop_module
 from torchflava.training.checkpointing import CheckpointManager
-from torchflava.training.config import ConfigError
-from torchflava.training.loop import FitResult, StepOutput, fit
+from torchflava.training.config import ConfigError, save_config
+from torchflava.training.integrity import write_marker
+from torchflava.training.loop import FitResult, RunStart, StepOutput, fit, release_run_directory, start_run
 from torchflava.training.metrics import read_metrics
 from torchflava.training.schema import NonFiniteLossError, OptimConfig, TrainingConfig
 
@@ -416,6 +418,134 @@ def test_a_checkpoint_trained_with_other_lr_multipliers_is_refused_in_one_line(t
         run(tmp_path / "b", max_steps=4, resume=resume, lr_multipliers=after)
     model, result = run(tmp_path / "c", max_steps=4, resume=resume, lr_multipliers=before)  # the same: resumes
     assert result.resumed_from == Path(resume) and result.step == 4
+
+
+@dataclass
+class _Model:
+    activation: str = "gelu"
+
+
+@dataclass
+class _Run:
+    model: _Model
+    training: TrainingConfig
+    optim: OptimConfig
+
+
+def _started(out, activation="gelu", **changes) -> tuple[_Run, RunStart]:
+    """A recipe's start (:func:`start_run`) for a toy config: the run directory taken, the resume point
+    found, and for a resumed run the config compared and the loop states read."""
+    config = _Run(_Model(activation), *settings(out, **changes))
+    try:
+        return config, start_run(config, lambda config, world_size: None)
+    finally:
+        release_run_directory(config.training)
+
+
+def test_a_checkpoint_records_its_config_and_a_resume_is_checked_against_it_alone(tmp_path):
+    """A run directory without config.yaml (deleted, or a checkpoint copied alone) was resumed with
+    another model or data and no complaint; the checkpoint now holds the config it was trained with."""
+    config, start = _started(tmp_path / "a", max_steps=2, checkpoint_every=2)
+    fit(Toy(), toy_step, ToyData(2), training=config.training, optim=config.optim, shard_layers=(), start=start)
+    checkpoint = tmp_path / "a" / "checkpoints" / "step_00000002"
+    assert (checkpoint / "config.yaml").read_text() == start.config
+    assert "activation: gelu" in start.config
+    assert "config.yaml" in json.loads((checkpoint / "COMPLETE").read_text())["files"]  # under the digest
+    assert not (tmp_path / "a" / "config.yaml").exists()  # (a recipe writes it; the loop alone does not)
+    shutil.copytree(checkpoint, tmp_path / "copied" / "step_00000002")
+    for out, resume in ((tmp_path / "a", "auto"), (tmp_path / "b", str(tmp_path / "copied" / "step_00000002"))):
+        recorded = Path(resume if resume != "auto" else checkpoint) / "config.yaml"
+        with pytest.raises(ConfigError) as caught:
+            _started(out, activation="relu", max_steps=4, resume=resume)
+        assert str(caught.value) == (
+            f"keys 'model.activation' ('gelu' -> 'relu'): expected the values the checkpoint was trained with "
+            f"({recorded}), since a resumed run cannot change what it trains; start a new run in another "
+            "training.output_dir"
+        )
+        _, again = _started(out, max_steps=4, resume=resume)  # the same model: resumes
+        assert again.resume_from == recorded.parent and len(again.loop_states) == 1
+
+
+def test_a_checkpoint_that_records_no_config_is_refused_without_its_runs_config(tmp_path):
+    run(tmp_path / "a", max_steps=2, checkpoint_every=2)  # fit without a recipe's start: no config recorded
+    checkpoint = tmp_path / "a" / "checkpoints" / "step_00000002"
+    assert not (checkpoint / "config.yaml").exists()
+    with pytest.raises(ConfigError) as caught:
+        _started(tmp_path / "a", max_steps=4, resume="auto")
+    assert str(caught.value) == (
+        "key 'training.resume': expected a checkpoint whose config can be compared with this run's, but "
+        f"{checkpoint / 'config.yaml'} is missing, so what it was trained with cannot be verified; start a new "
+        "run in another training.output_dir"
+    )
+    # a checkpoint written before checkpoints recorded their config is checked against its run's config.yaml
+    save_config(_Run(_Model("gelu"), *settings(tmp_path / "a", max_steps=2)), tmp_path / "a" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"^keys 'model.activation' \('gelu' -> 'relu'\): expected the values"):
+        _started(tmp_path / "a", activation="relu", max_steps=4, resume="auto")
+    assert _started(tmp_path / "a", max_steps=4, resume="auto")[1].resume_from == checkpoint
+
+
+class _Code:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def _set(state: dict, key: str, value) -> dict:
+    state = dict(state)
+    state[key] = value
+    return state
+
+
+@pytest.mark.parametrize(
+    "tamper, fault",
+    [
+        (
+            lambda s: _set(s, "evil", _Code()),
+            "holds a value that is not plain data (it would need code to be unpickled)",
+        ),
+        (lambda s: torch.zeros(1), "holds a Tensor, not the training loop's state (a dict)"),
+        (lambda s: {k: v for k, v in s.items() if k != "rng"}, "lacks ['rng']"),
+        (
+            lambda s: _set(s, "rng", {**s["rng"], "torch": torch.zeros(3)}),
+            "rng is not the random states it saves (TypeError: RNG state must be a torch.ByteTensor)",
+        ),
+        (
+            lambda s: _set(s, "rng", {**s["rng"], "python": (3, (1, 2), None)}),
+            "rng is not the random states it saves (ValueError: state vector is the wrong size)",
+        ),
+        (
+            lambda s: _set(s, "scheduler", {"foo": 1}),
+            "scheduler is not a learning-rate schedule's state (base_lrs and last_epoch)",
+        ),
+        (lambda s: _set(s, "skipped", 5), "skipped is not a list of unusable samples, got int"),
+        (lambda s: _set(s, "step", 5), "says step 5, the checkpoint is of step 3"),
+        (
+            lambda s: _set(s, "groups", [[["linear.weight"], 1.0]] * 7),
+            "groups are not one [names, multiplier] per scheduled group (2)",
+        ),
+    ],
+)
+def test_a_malformed_loop_state_is_refused_in_one_line_before_anything_is_written(tmp_path, tamper, fault, capsys):
+    """A rank0.pt changed after the save (its COMPLETE marker recomputed) gave a traceback from deep in the
+    loop or torch (with torch's advice to load it with weights_only=False), after work had started."""
+    config, start = _started(tmp_path, max_steps=3, checkpoint_every=3)
+    fit(Toy(), toy_step, ToyData(3), training=config.training, optim=config.optim, shard_layers=(), start=start)
+    checkpoint = tmp_path / "checkpoints" / "step_00000003"
+    torch.save(tamper(torch.load(checkpoint / "rank0.pt", weights_only=True)), checkpoint / "rank0.pt")
+    write_marker(checkpoint, 3, 1)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    for resume in (
+        lambda: _started(tmp_path, max_steps=6, resume="auto"),
+        lambda: run(tmp_path, max_steps=6, resume="auto"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            resume()
+        assert (
+            str(caught.value)
+            == f"key 'training.resume': {checkpoint} does not load into this run: its rank0.pt {fault}"
+        )
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics  # nothing rewritten
+    assert capsys.readouterr().out == ""  # no code ran
 
 
 def test_resuming_past_max_steps_is_refused(tmp_path):

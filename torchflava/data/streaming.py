@@ -277,6 +277,17 @@ def shard_texts(
     return texts
 
 
+class BrokenStream(RuntimeError):
+    """A stream's data looks broken: many unusable samples, or shards without a sample, in a row."""
+
+
+def broken_stream_reason(error: BrokenStream) -> str:
+    """The stream's own one-line reason for ``error``, also when a loader worker raised it (the loader
+    raises it again with the worker's traceback in its message, the reason on the last line)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1].split(f"{BrokenStream.__name__}: ", 1)[-1] if lines else BrokenStream.__name__
+
+
 @dataclass
 class StreamingConfig:
     """A recipe's ``data.streaming`` section (see :func:`streaming_checks`)."""
@@ -529,7 +540,7 @@ class StreamingBatches(IterableDataset):
                     yield number, place, url, raw
             empty_in_a_row = 0 if given else empty_in_a_row + 1
             if self.resampled and empty_in_a_row >= self.max_bad_in_a_row:
-                raise RuntimeError(f"{self.kind}: {empty_in_a_row} shards in a row gave no sample ({_errors(errors)})")
+                raise BrokenStream(f"{self.kind}: {empty_in_a_row} shards in a row gave no sample ({_errors(errors)})")
 
     def _samples(self, slot: int, position: list, errors: list) -> Iterator[_Read]:
         """The slot's raw samples in block-shuffled order, from ``position`` on, without end."""
@@ -554,10 +565,29 @@ class StreamingBatches(IterableDataset):
                     yield _Read(after, url, raw, item_seed(self.seed, self.kind, epoch, slot, block, place))
                 block, shard, offset, index = block + 1, last_shard, last_offset + 1, 0
             if not found and (block, shard, offset) == (0, 0, 0):
-                raise RuntimeError(
+                raise BrokenStream(
                     f"{self.kind}: slot {slot}'s shards of epoch {epoch} gave no sample ({_errors(errors)})"
                 )
             epoch, block, shard, offset, index = epoch + 1, 0, 0, 0, 0
+
+    def unusable_start(self) -> Optional[str]:
+        """None when one of the first ``max_bad_in_a_row`` samples of this rank's first slot decodes
+        (reading its first shards until one does); else why not, naming the first sample's fault: a
+        stream without a usable sample is refused before any work, not after its first steps."""
+        slot, errors, first, count = self.rank * self.workers, [], None, 0
+        try:
+            for _, _, url, raw in itertools.islice(self._reads(slot, 0, 0, 0, errors), self.max_bad_in_a_row):
+                count += 1
+                try:
+                    self.decode(url, raw)
+                    return None
+                except BadSample as bad:
+                    first = first or bad
+        except BrokenStream as error:
+            return str(error)
+        if first is None:
+            return f"slot {slot}'s shards gave no sample ({_errors(errors)})"
+        return f"none of the first {count} samples of slot {slot}'s shards decodes; the first: {first.reason}"
 
     # ------------------------------------------------------------------------------------ samples
     def decode(self, url: str, raw: dict) -> Sample:
@@ -598,7 +628,7 @@ class StreamingBatches(IterableDataset):
 
         Raises:
             ValueError: if the loader has another number of workers than ``num_workers``.
-            RuntimeError: if the data looks broken (``max_bad_in_a_row`` unusable samples, or an epoch
+            BrokenStream: if the data looks broken (``max_bad_in_a_row`` unusable samples, or an epoch
                 of the slot's shards without a single sample).
         """
         info = get_worker_info()
@@ -638,7 +668,7 @@ class StreamingBatches(IterableDataset):
                     skipped.append(SkippedSample(self.kind, bad.index, bad.reason))
                     bad_in_a_row += 1
                     if bad_in_a_row >= self.max_bad_in_a_row:
-                        raise RuntimeError(
+                        raise BrokenStream(
                             f"the {self.kind} stream gave {bad_in_a_row} unusable samples in a row (last: "
                             f"{bad.reason}); the data looks broken"
                         ) from None

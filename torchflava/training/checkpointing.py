@@ -2,8 +2,9 @@
 
 Layout of ``<root>/step_<N>/``: the DCP shards of ``{"model", "optim"}`` (written by every rank
 in parallel, loadable on another world size), ``rank<R>.pt`` per rank (the training loop's own
-state: schedule, step, RNG states; plain tensors and numbers, loaded with ``weights_only=True``), and
-``COMPLETE`` (JSON: step, world size and the size and SHA-256 of every file). Everything is first
+state: schedule, step, RNG states; plain tensors and numbers, loaded with ``weights_only=True``),
+the caller's text files (``config.yaml``: the config it was trained under, so that a resume can
+verify its own config against the checkpoint alone), and ``COMPLETE`` (JSON: step, world size and the size and SHA-256 of every file). Everything is first
 written to ``.step_<N>.tmp/`` and renamed when every rank has finished, so a killed run never leaves
 a checkpoint that looks complete; old checkpoints are renamed away before they are deleted. Loading
 verifies every digest first and never runs code from the files (:mod:`torchflava.training.integrity`).
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 import random
 import shutil
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 import warnings
 
 import numpy as np
@@ -42,10 +43,11 @@ from torchflava.training.integrity import (
     unwrap_checkpoint_error,
     write_marker,
 )
-from torchflava.utils.checkpoint import fsync_path, save_state_dict, unused_path
+from torchflava.utils.checkpoint import first_line, fsync_path, save_state_dict, unused_path
 from torchflava.utils.checks import check_module
 
 _MARKER = MARKER
+CONFIG = "config.yaml"  # the config a checkpoint was trained under, when the caller records it
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,6 +71,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_state_fault(state: object) -> Optional[str]:
+    """Why ``state`` is not what :func:`rng_state` returns, or None: each part is set on a fresh
+    generator of its kind (the process's own states are left as they are)."""
+    if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= set(state):
+        return f"expected a dict of python, numpy and torch states, got {type(state).__name__}"
+    try:
+        random.Random().setstate(state["python"])
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        np.random.RandomState().set_state((kind, keys.numpy(), position, has_gauss, cached))
+        torch.Generator().set_state(state["torch"])
+        cuda = state.get("cuda", [])
+        if not isinstance(cuda, list) or not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda):
+            raise TypeError("cuda: expected a list of uint8 tensors")
+    except Exception as error:  # each library's own error types, for each malformed part
+        return f"{type(error).__name__}: {first_line(error)}"
+    return None
 
 
 def _rank() -> int:
@@ -153,7 +173,15 @@ class CheckpointManager:
         for leftover in list(self.root.glob(".step_*.tmp")) + list(self.root.glob(".step_*.deleting")):
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, local_state: dict) -> Path:
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        local_state: dict,
+        *,
+        texts: Optional[Mapping[str, str]] = None,
+    ) -> Path:
         """Write checkpoint ``step`` (collective: every rank calls it).
 
         Args:
@@ -161,6 +189,8 @@ class CheckpointManager:
             model (nn.Module): the (possibly DDP- or FSDP-wrapped) model.
             optimizer (torch.optim.Optimizer): its optimiser.
             local_state (dict): this rank's own state (tensors, numbers, strings, containers).
+            texts (Optional[Mapping[str, str]]): text files rank 0 writes into the checkpoint by name
+                (e.g. :data:`CONFIG`, the config it was trained under), in the manifest with the rest.
 
         Returns:
             Path: the complete checkpoint's directory.
@@ -176,6 +206,9 @@ class CheckpointManager:
             dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
         torch.save(local_state, tmp / f"rank{_rank()}.pt")
         fsync_path(tmp / f"rank{_rank()}.pt")  # on the disk before the marker vouches for it (dcp.save syncs its own)
+        for name, text in (texts or {}).items() if _rank() == 0 else ():
+            (tmp / name).write_text(text)
+            fsync_path(tmp / name)
         barrier()
         if _rank() == 0:
             write_marker(tmp, step, _world_size())  # every file's digest, then the marker (synced)
@@ -196,6 +229,7 @@ class CheckpointManager:
         optimizer: torch.optim.Optimizer,
         *,
         verified: bool = False,
+        read_local: bool = True,
     ) -> dict:
         """Restore model and optimiser from checkpoint ``path``; return this rank's own state.
 
@@ -206,6 +240,8 @@ class CheckpointManager:
             verified (bool): the caller has just checked every digest (e.g. with
                 :meth:`latest_intact`): skip reading the whole checkpoint a second time. The metadata
                 allow-list and ``weights_only`` reading apply either way.
+            read_local (bool): read this rank's own state; False when the caller has read it already
+                (an empty dict is returned).
 
         Returns:
             dict: the ``local_state`` this rank saved (empty when the checkpoint was written by
@@ -242,7 +278,7 @@ class CheckpointManager:
             if name.removeprefix("module.") in stateless:
                 optimizer.state.pop(param, None)
         local = path / f"rank{_rank()}.pt"
-        return torch.load(local, weights_only=True) if local.is_file() else {}
+        return torch.load(local, weights_only=True) if read_local and local.is_file() else {}
 
 
 def checkpoint_step(path: Union[str, os.PathLike]) -> int:

@@ -101,11 +101,17 @@ def _merge(base, update, where: str):
         raise ConfigError(f"{where}: {error} (a list, mapping or value where the schema has another kind)") from None
 
 
-def save_config(config: object, path: Union[str, os.PathLike]) -> None:
-    """Write ``config`` (a schema instance) as YAML, atomically."""
+def config_yaml(config: object) -> str:
+    """``config`` (a schema instance) as the YAML text :func:`save_config` writes and
+    :func:`check_resume_config` reads."""
     from omegaconf import OmegaConf
 
-    text = OmegaConf.to_yaml(OmegaConf.structured(config))
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def save_config(config: object, path: Union[str, os.PathLike]) -> None:
+    """Write ``config`` (a schema instance) as YAML, atomically."""
+    text = config_yaml(config)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -214,7 +220,7 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
 
 
 def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[str]:
-    """Compare a resumed run's config with the one it was started with (its ``config.yaml``).
+    """Compare a resumed run's config with the one its checkpoint was trained with (a ``config.yaml``).
 
     Call it before the new config is written. Changes to the model, the data or anything else
     that would silently change what is being trained are refused; optimiser settings and
@@ -222,20 +228,25 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
     checkpoint); logging, checkpoint cadence, threads, compile, strategy and evaluation keys are free.
 
     Args:
-        saved (Union[str, os.PathLike]): the run's ``config.yaml`` (a missing file means nothing to compare).
+        saved (Union[str, os.PathLike]): the ``config.yaml`` the checkpoint records (or its run's).
         config (object): the new config (a schema instance).
 
     Returns:
         list[str]: one line per applied change, ``key: old -> new``.
 
     Raises:
-        ConfigError: listing every refused key with its old and new value.
+        ConfigError: listing every refused key with its old and new value; or if ``saved`` is missing
+            (nothing to compare with: the resumed config cannot be verified).
     """
     from omegaconf import OmegaConf
 
     path = Path(saved)
     if not path.is_file():
-        return []
+        raise ConfigError(
+            f"key 'training.resume': expected a checkpoint whose config can be compared with this run's, but "
+            f"{path} is missing, so what it was trained with cannot be verified; start a new run in another "
+            "training.output_dir"
+        )
     try:
         before = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     except Exception as error:  # an unreadable or hand-broken config.yaml
@@ -250,7 +261,7 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
     if refused:
         listed = ", ".join(f"'{k}' ({old!r} -> {new!r})" for k, (old, new) in refused.items())
         raise ConfigError(
-            f"keys {listed}: expected the values the run in {path.parent} was started with, since a resumed "
+            f"keys {listed}: expected the values the checkpoint was trained with ({path}), since a resumed "
             "run cannot change what it trains; start a new run in another training.output_dir"
         )
     return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items() if _matches(k, RESUME_APPLIED)]

@@ -55,13 +55,15 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from torchflava.modules.layers import TransformerEncoderLayer, set_activation_checkpointing
 from torchflava.training.checkpointing import (
+    CONFIG,
     CheckpointManager,
     checkpoint_step,
     checkpoint_world_size,
     rng_state,
+    rng_state_fault,
     set_rng_state,
 )
-from torchflava.training.config import ConfigError, check_resume_config
+from torchflava.training.config import ConfigError, check_resume_config, config_yaml
 from torchflava.training.distributed import (
     DistributedInfo,
     all_reduce_sum,
@@ -167,10 +169,20 @@ _HELD: dict[Path, RunLock] = {}  # run directories this process holds, by resolv
 
 
 class RunStart(NamedTuple):
-    """What :func:`start_run` gives a recipe."""
+    """What :func:`start_run` gives a recipe (and :func:`fit`).
+
+    Attributes:
+        info (DistributedInfo): this process's rank, world size and device.
+        resume_from (Optional[Path]): the checkpoint to resume from.
+        config (Optional[str]): the run's config as YAML, recorded in every checkpoint it writes.
+        loop_states (Optional[list[dict]]): the training-loop states this rank resumes from, read and
+            checked (see :func:`read_loop_states`).
+    """
 
     info: DistributedInfo
     resume_from: Optional[Path]
+    config: Optional[str] = None
+    loop_states: Optional[list[dict]] = None
 
 
 def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
@@ -178,8 +190,9 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
 
     It validates the whole config (with the launcher's world size), starts the process group, takes
     the run directory and finds the checkpoint to resume from. For a resumed run it also compares
-    the config with the one the run was started with, before that is rewritten: refused changes
-    raise, applied ones are reported on stderr.
+    the config with the one the checkpoint was trained with (:func:`trained_config`), before the
+    run's is rewritten: refused changes raise, applied ones are reported on stderr; and it reads and
+    checks the checkpoint's training-loop states. :func:`fit` records the config in every checkpoint.
 
     Args:
         config (Any): the recipe's config; ``config.training`` is a :class:`TrainingConfig`.
@@ -189,20 +202,98 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
         RunStart: this process's rank, world size and device, and the checkpoint to resume from.
 
     Raises:
-        ConfigError: from ``validate``, :func:`resume_checkpoint` or the config comparison.
+        ConfigError: from ``validate``, :func:`resume_checkpoint`, the config comparison (also when
+            the checkpoint's config cannot be found) or :func:`read_loop_states`.
     """
     t = config.training
     validate(config, launch_world_size())
     info = init_distributed(t.strategy, device=t.device)
     resume_from = resume_checkpoint(t)
+    states = None
     if resume_from is not None:
-        # The config the checkpoint was trained with: its own run's (training.resume may name another
-        # run's checkpoint: a model or data that differ are refused here, before any work).
-        saved = resume_from.parent.parent / "config.yaml"
-        saved = saved if saved.is_file() else Path(t.output_dir) / "config.yaml"
-        for change in check_resume_config(saved, config):
+        # training.resume may name another run's checkpoint, or one copied alone: a model or data that
+        # differ from what it was trained with are refused here, before any work
+        changes = check_resume_config(trained_config(resume_from), config)
+        states = read_loop_states(resume_from)
+        for change in changes:
             print(f"resume: {change} (applied from here on)", file=sys.stderr)
-    return RunStart(info, resume_from)
+    return RunStart(info, resume_from, config_yaml(config), states)
+
+
+def trained_config(checkpoint: Path) -> Path:
+    """The ``config.yaml`` a checkpoint was trained with: the one it records (written and digested
+    with it); for a checkpoint from before checkpoints recorded theirs, its run's
+    (``<run>/checkpoints/step_<N>``: ``<run>/config.yaml``). When neither exists, the former: the
+    comparison refuses a missing file (the config cannot be verified)."""
+    recorded, run = checkpoint / CONFIG, checkpoint.parent.parent / "config.yaml"
+    return run if not recorded.is_file() and run.is_file() else recorded
+
+
+def read_loop_states(path: Path) -> list[dict]:
+    """The training-loop states this rank resumes from in checkpoint ``path``, each checked to be what
+    the loop writes: its own ``rank<R>.pt``; when another number of ranks wrote it, rank 0's (on rank 0
+    every saved rank's). Collective: a fault found on any rank is raised on every rank.
+
+    Raises:
+        ConfigError: in one line naming the file and its fault (code in the pickle, not a dict, a part
+            missing or malformed), before anything is loaded or written.
+    """
+    saved_world, step = checkpoint_world_size(path), checkpoint_step(path)
+    ranks = [_rank()] if saved_world == _world_size() else range(saved_world) if _rank() == 0 else [0]
+    states, fault = [], None
+    for rank in ranks:
+        state, fault = _read_loop_state(path / f"rank{rank}.pt", step)
+        if fault is not None:
+            fault = f"rank{rank}.pt {fault}"
+            break
+        states.append(state)
+    faults = [fault]
+    if dist.is_initialized():
+        faults = [None] * dist.get_world_size()
+        dist.all_gather_object(faults, fault)
+    fault = next((f for f in faults if f is not None), None)
+    if fault is not None:
+        raise ConfigError(f"key 'training.resume': {path} does not load into this run: its {fault}")
+    return states
+
+
+def _read_loop_state(file: Path, step: int) -> tuple[Optional[dict], Optional[str]]:
+    """The state :func:`_loop_state` wrote at ``step`` to ``file``, or why ``file`` does not hold one."""
+    try:
+        state = torch.load(file, weights_only=True)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never that
+        return None, "holds a value that is not plain data (it would need code to be unpickled)"
+    except Exception as error:  # a truncated or garbled file: each reader's error types
+        return None, f"does not read ({type(error).__name__}: {first_line(error)})"
+    if not isinstance(state, dict):
+        return None, f"holds a {type(state).__name__}, not the training loop's state (a dict)"
+    missing = [key for key in ("step", "scheduler", "rng", "skipped") if key not in state]
+    if missing:
+        return None, f"lacks {missing}"
+    if type(state["step"]) is not int or state["step"] != step:
+        return None, f"says step {state['step']!r}, the checkpoint is of step {step}"
+    scheduler = state["scheduler"]
+    base_lrs = scheduler.get("base_lrs") if isinstance(scheduler, dict) else None
+    if not (
+        isinstance(base_lrs, list)
+        and base_lrs
+        and all(isinstance(lr, (int, float)) and not isinstance(lr, bool) for lr in base_lrs)
+        and type(scheduler.get("last_epoch")) is int
+    ):
+        return None, "scheduler is not a learning-rate schedule's state (base_lrs and last_epoch)"
+    groups = state.get("groups", [[[], 1.0]] * len(base_lrs))
+    if not (
+        isinstance(groups, list)
+        and len(groups) == len(base_lrs)
+        and all(isinstance(g, list) and len(g) == 2 and isinstance(g[0], list) for g in groups)
+    ):
+        return None, f"groups are not one [names, multiplier] per scheduled group ({len(base_lrs)})"
+    if not isinstance(state["skipped"], list) or not all(isinstance(s, (list, tuple)) for s in state["skipped"]):
+        return None, f"skipped is not a list of unusable samples, got {type(state['skipped']).__name__}"
+    if not isinstance(state.get("data", {}), dict):
+        return None, f"data is not a data position (a dict), got {type(state['data']).__name__}"
+    fault = rng_state_fault(state["rng"])
+    return (state, None) if fault is None else (None, f"rng is not the random states it saves ({fault})")
 
 
 def holds_run_directory(main: Callable[[Any], dict]) -> Callable[[Any], dict]:
@@ -279,7 +370,11 @@ def fit(
     if t.keep_freed_memory:
         keep_freed_memory()  # fewer page faults in every step (torchflava.utils.memory); no-op off glibc
     checkpoints = checkpoint_manager(t)
+    recorded = None if start is None or start.config is None else {CONFIG: start.config}
     resume_from = resume_checkpoint(t) if start is None else start.resume_from
+    states = None if start is None else start.loop_states
+    if resume_from is not None and states is None:
+        states = read_loop_states(resume_from)
     if t.activation_checkpointing != "none":
         set_activation_checkpointing(model, t.activation_checkpointing)
     if t.compile:
@@ -288,7 +383,9 @@ def fit(
     wrapped, optimizer, scheduler, autocast = setup_training(model, t, optim, device=device, layer_types=shard_layers)
     start, skipped, position, last_saved = 0, [], {}, resume_from
     if resume_from is not None:
-        start, skipped, position = _resume(checkpoints, resume_from, wrapped, optimizer, scheduler, streamed=streamed)
+        start, skipped, position = _resume(
+            checkpoints, resume_from, states, wrapped, optimizer, scheduler, streamed=streamed
+        )
     # Checkpoints past the start: an abandoned trajectory's, or damaged ones resume=auto passed over (a
     # fresh run finds no others). Out of rotation's and auto's way, so both see only this run's; kept.
     abandoned = []
@@ -411,7 +508,7 @@ def fit(
                     progress.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps:
                 last_saved = checkpoints.save(
-                    done, wrapped, optimizer, _loop_state(done, optimizer, scheduler, skipped, position)
+                    done, wrapped, optimizer, _loop_state(done, optimizer, scheduler, skipped, position), texts=recorded
                 )
     finally:
         if progress is not None:
@@ -524,10 +621,10 @@ def _group_layout(optimizer) -> list[list]:
     return [[list(g.get("names", [])), float(g.get("lr_multiplier", 1.0))] for g in optimizer.param_groups]
 
 
-def _check_groups(path: Path, optimizer) -> None:
+def _check_groups(path: Path, saved: dict, optimizer) -> None:
     """Refuse, in one line, a checkpoint whose optimiser was built with other ``optim.lr_multipliers``
-    (other parameter groups): loading it would fail deep inside torch or mis-assign learning rates."""
-    saved = torch.load(path / "rank0.pt", weights_only=True)  # every checkpoint has it; its digest was checked
+    (other parameter groups): loading it would fail deep inside torch or mis-assign learning rates.
+    ``saved``: a training-loop state of the checkpoint (:func:`read_loop_states`)."""
     layout = _group_layout(optimizer)
     # (checkpoints from before the layout was saved: the number of groups, as the schedule holds it)
     same = saved["groups"] == layout if "groups" in saved else len(saved["scheduler"]["base_lrs"]) == len(layout)
@@ -542,10 +639,11 @@ def _check_groups(path: Path, optimizer) -> None:
 
 
 def _resume(
-    checkpoints: CheckpointManager, path: Path, wrapped, optimizer, scheduler, *, streamed: bool
+    checkpoints: CheckpointManager, path: Path, states: list[dict], wrapped, optimizer, scheduler, *, streamed: bool
 ) -> tuple[int, list, dict]:
-    """Load checkpoint ``path``; return its step, this rank's unusable samples so far and its data
-    position (streamed data; empty otherwise).
+    """Load checkpoint ``path`` with this rank's training-loop ``states`` (:func:`read_loop_states`);
+    return its step, this rank's unusable samples so far and its data position (streamed data;
+    empty otherwise).
 
     Raises:
         ConfigError: if streamed data resumes on another number of ranks, or the checkpoint does not
@@ -557,22 +655,20 @@ def _resume(
             f"key 'training.resume': expected a streamed run to resume on the {saved_world} rank(s) it was started "
             f"with, got {_world_size()} (the stream's positions are per rank and loader worker)"
         )
-    _check_groups(Path(path), optimizer)
-    try:
-        local = checkpoints.load(path, wrapped, optimizer, verified=True)  # resume_checkpoint verified it
+    _check_groups(Path(path), states[0], optimizer)
+    try:  # resume_checkpoint verified it; this rank's state was read with the others
+        checkpoints.load(path, wrapped, optimizer, verified=True, read_local=False)
     except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as error:  # another model, forged files
         reason = first_line(error)
         raise ConfigError(f"key 'training.resume': {path} does not load into this run's model: {reason}") from None
     step = checkpoint_step(path)
-    if local and saved_world == _world_size():
-        scheduler.load_state_dict(local["scheduler"])
-        set_rng_state(local["rng"])
-        return step, [tuple(s) for s in local["skipped"]], dict(local.get("data", {}))
-    # Written by another number of ranks: the schedule is every rank's, the RNG streams are per rank
-    # (left as they are), and rank 0 takes over the unusable samples every saved rank met.
-    saved = [torch.load(p, weights_only=True) for p in sorted(Path(path).glob("rank*.pt"))]
-    scheduler.load_state_dict(saved[0]["scheduler"])
-    return step, [tuple(s) for state in saved for s in state["skipped"]] if _rank() == 0 else [], {}
+    scheduler.load_state_dict(states[0]["scheduler"])  # every rank's schedule is the same
+    if saved_world == _world_size():
+        set_rng_state(states[0]["rng"])
+        return step, [tuple(s) for s in states[0]["skipped"]], dict(states[0].get("data", {}))
+    # Written by another number of ranks: the RNG streams are per rank (left as they are), and rank 0
+    # takes over the unusable samples every saved rank met.
+    return step, [tuple(s) for state in states for s in state["skipped"]] if _rank() == 0 else [], {}
 
 
 def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:

@@ -4,6 +4,7 @@ Recipes compose them with their own model and data sections and load the whole w
 :func:`torchflava.training.config.load_config`.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 import glob
 import math
@@ -316,6 +317,56 @@ def builds_on_meta(key: str, build: Callable[[], object]) -> tuple:
     return (True, key, "", None)
 
 
+def contrastive_batch_check(t: TrainingConfig) -> tuple:
+    """A check that every micro-batch holds at least 2 image-text pairs over all ranks (a contrastive
+    loss gathers the features over ranks; a pair's negatives are the others): with one pair the loss
+    is 0 with no gradient, and the run trains nothing of it.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    return (
+        t.global_batch_size >= 2 * max(t.grad_accumulation, 1),
+        "training.global_batch_size",
+        f"at least 2 pairs per micro-batch, i.e. >= 2 x training.grad_accumulation ({t.grad_accumulation}): "
+        "the contrastive loss of one pair is 0 with no gradient",
+        t.global_batch_size,
+    )
+
+
+def logit_scale_check(key: str, value: Optional[float], maximum: float) -> tuple:
+    """A check that an initial log temperature multiplier (None passes: the builder's default or the
+    checkpoint's) lies in [0, ``maximum``], the range a recipe clamps the learnt one to after every
+    step: above it the first step's logits are scaled past what training allows (``exp(1000)`` gives
+    a NaN loss at once), below it the clamp moves it after the first step.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    expected = f"in [0, {maximum:.6g}] (the range the learnt log temperature multiplier is clamped to)"
+    return (value is None or 0 <= value <= maximum, key, expected, value)
+
+
+def unread_section_checks(key: str, section: object, read: bool, why: str) -> list[tuple]:
+    """Checks that a config section the run does not ``read`` holds only its schema defaults: a value
+    set there would be silently ignored. One check per field set otherwise, naming it; ``why`` says
+    why the section is not read (e.g. ``"data.source=shapes reads no files"``).
+
+    Returns:
+        list[tuple]: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    if read:
+        return []
+    defaults = type(section)()
+    checks = []
+    for name in (f.name for f in dataclasses.fields(section)):
+        value, default = getattr(section, name), getattr(defaults, name)
+        if value != default:
+            shown = "null" if default is None else repr(default)
+            checks.append((False, f"{key}.{name}", f"its default, {shown}, since {why}", value))
+    return checks
+
+
 def template_checks(key: str, templates: Sequence[str], batch_size: int, batch_key: str) -> list[tuple]:
     """Zero-shot prompt templates (at least one, each with one ``{}``) and an evaluation batch size >= 1."""
     return [
@@ -393,11 +444,20 @@ def pair_file_checks(
     """Checks of image-text pair files given as ``<prefix>.pairs_shards`` (tar shards), or as
     ``<prefix>.pairs_root`` (an image folder) with ``<prefix>.pairs_captions``: one of the two forms
     when ``required``, root and captions together, and each path naming what will be opened (the
-    shards only when they are local files to index, not ``streamed``: the stream's checks do that)."""
+    shards only when they are local files to index, not ``streamed``: the stream's checks do that). Both
+    forms at once are refused (one would be ignored)."""
     given = {"pairs_shards": shards, "pairs_root": root, "pairs_captions": captions}
     missing = "pairs_captions" if root is not None else "pairs_root"
+    both = shards is not None and (root is not None or captions is not None)
     return [
         (not required or any(given.values()), prefix, "pairs_shards, or pairs_root with pairs_captions", given),
+        (
+            not both,
+            f"{prefix}.pairs_shards",
+            f"null when {prefix}.pairs_root or {prefix}.pairs_captions is set (one form of pairs: the shards, or "
+            "the image folder with its captions)",
+            shards,
+        ),
         (
             shards is not None or (root is None) == (captions is None),
             f"{prefix}.{missing}",

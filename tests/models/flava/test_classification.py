@@ -114,6 +114,11 @@ def test_loss_sums_and_counts_are_the_loss_over_the_rows(loss, num_classes, labe
         (dict(num_classes=1, loss="cross_entropy"), ValueError, "num_classes must be >= 2 for loss='cross_entropy'"),
         (dict(num_classes=2, classifier_hidden_dim=0), ValueError, "classifier_hidden_dim must be >= 1"),
         (dict(num_classes=2, classifier_dropout=1.5), ValueError, "classifier_dropout must be in"),
+        (
+            dict(num_classes=2, classifier_dropout=1.0),  # the head's output would not depend on its input
+            ValueError,
+            r"^classifier_dropout must be in \[0, 1\) \(a dropout of 1 zeroes everything it drops\), got 1.0$",
+        ),
     ],
 )
 def test_builder_errors(kwargs, error, match):

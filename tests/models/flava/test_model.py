@@ -10,6 +10,7 @@ from torch.testing import assert_close
 
 from tests.helpers import TINY_FLAVA, padded_text
 from torchflava.models import FLAVAModel, FLAVAOutput, flava_model
+from torchflava.models.flava.builders import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
 from torchflava.modules.layers import pack_linears
 
 T = TINY_FLAVA
@@ -255,6 +256,29 @@ def test_init_std_sets_every_normal_init(std):
 def test_init_std_must_be_positive(std):
     with pytest.raises(ValueError, match=f"init_std must be a positive number, got {std!r}"):
         flava_model(**T, init_std=std)
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs",
+    [
+        (flava_model, dict(T)),
+        (flava_image_encoder, dict(embed_dim=32, num_layers=1, num_heads=2, mlp_dim=64, image_size=16, patch_size=8)),
+        (flava_text_encoder, dict(embed_dim=32, num_layers=1, num_heads=2, mlp_dim=64, vocab_size=50)),
+        (
+            flava_multimodal_encoder,
+            dict(embed_dim=32, num_layers=1, num_heads=2, mlp_dim=64, image_dim=32, text_dim=32),
+        ),
+    ],
+)
+@pytest.mark.parametrize("name", ["dropout", "attention_dropout"])
+def test_a_dropout_of_one_is_refused_naming_the_argument(builder, kwargs, name):
+    """A dropout of 1 zeroes all it drops (flava_model(dropout=1.0) built a model with a constant output)."""
+    with pytest.raises(ValueError) as caught:
+        builder(**kwargs, **{name: 1.0})
+    assert str(caught.value) == (
+        f"{builder.__name__}: {name} must be in [0, 1) (a dropout of 1 zeroes everything it drops), got 1.0"
+    )
+    builder(**kwargs, **{name: 0.9})
 
 
 def test_init_weights_restores_the_init(model):

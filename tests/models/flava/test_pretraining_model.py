@@ -310,6 +310,12 @@ def test_missing_targets_and_bad_arguments(model):
     "change, error, match",
     [
         (dict(image_vocab_size=0), ValueError, "flava_model_for_pretraining: image_vocab_size must be >= 1, got 0"),
+        (
+            dict(image_vocab_size=1),  # one codebook id: MIM and MMM-image losses of 0 at every step
+            ValueError,
+            r"^flava_model_for_pretraining: image_vocab_size must be >= 2 \(one codebook id: the image losses are "
+            r"always 0\), got 1$",
+        ),
         (dict(image_vocab_size=8.0), TypeError, "flava_model_for_pretraining: image_vocab_size must be an int"),
         (dict(head_norm_eps=0.0), ValueError, "flava_model_for_pretraining: head_norm_eps must be a positive"),
         (dict(mmm_text_weight=float("nan")), ValueError, "mmm_text_weight must be a finite number, got nan"),

@@ -9,7 +9,7 @@ import inspect
 import math
 import os
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -44,6 +44,20 @@ from torchflava.utils.distributed import GatherGrad
 _TOWER_CHECKS = dict(
     multiples=[("embed_dim", "num_heads")], positive=["norm_eps"], probabilities=["dropout", "attention_dropout"]
 )
+
+
+def _check_flava_architecture(builder: str, args: Mapping[str, object], **checks) -> None:
+    """``check_architecture``, with every dropout (its ``probabilities``) in [0, 1): a dropout of 1 zeroes
+    what it drops, so the model's output would not depend on its input."""
+    check_architecture(builder, args, **checks)
+    for key in checks.get("probabilities", ()):
+        _check_dropout(f"{builder}: {key}", args[key])
+
+
+def _check_dropout(name: str, value: float) -> None:
+    """ValueError naming ``name`` unless ``value`` (a probability, already checked) is below 1."""
+    if value >= 1:
+        raise ValueError(f"{name} must be in [0, 1) (a dropout of 1 zeroes everything it drops), got {value}")
 
 
 def flava_image_encoder(
@@ -82,7 +96,7 @@ def flava_image_encoder(
         TypeError: if a size is not an int.
         ValueError: if a value is out of its range, naming the argument.
     """
-    check_architecture(
+    _check_flava_architecture(
         "flava_image_encoder",
         locals(),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_size", "patch_size", "in_channels"],
@@ -140,7 +154,7 @@ def flava_text_encoder(
         TypeError: if a size is not an int.
         ValueError: if a value is out of its range, naming the argument.
     """
-    check_architecture(
+    _check_flava_architecture(
         "flava_text_encoder",
         locals(),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "vocab_size", "max_seq_len", "type_vocab_size"],
@@ -203,7 +217,7 @@ def flava_multimodal_encoder(
         TypeError: if a size is not an int.
         ValueError: if a value is out of its range, naming the argument.
     """
-    check_architecture(
+    _check_flava_architecture(
         "flava_multimodal_encoder",
         locals(),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_dim", "text_dim"],
@@ -310,7 +324,7 @@ def flava_model(
 
     Raises:
         ValueError: if an argument is out of its range (a size below 1, a width that its heads do not
-            divide, a dropout outside [0, 1], ``pad_token_id`` outside the vocabulary...), naming it,
+            divide, a dropout outside [0, 1), ``pad_token_id`` outside the vocabulary...), naming it,
             or contradicts config.json (the (given, config) pairs listed).
         TypeError: if a size is not an int.
     """
@@ -320,7 +334,7 @@ def flava_model(
     # says so before any work
     peeked = None if local is None else peek_state_dict(local)
     args, config_file, config = _resolved_flava_arguments(local, args, peeked)
-    check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
+    _check_flava_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
     if local is not None:  # names and shapes checked on a meta-device model: no real one is built for a misfit
         with torch.device("meta"):
             load_flava_weights(_build_flava(args), peeked)
@@ -464,7 +478,7 @@ def flava_model_for_pretraining(
 
     Raises:
         ValueError: if a loss weight is negative or not a finite number, ``image_vocab_size`` is not an
-            int >= 1 or ``head_norm_eps`` not positive (naming the argument), or an argument or the
+            int >= 2 or ``head_norm_eps`` not positive (naming the argument), or an argument or the
             backbone's LayerNorm eps contradicts a Hugging Face directory's config.json.
     """
     weights = dict(
@@ -494,6 +508,11 @@ def flava_model_for_pretraining(
         positive=["head_norm_eps"],
         source={key: str(config_file) for key in heads if key in config},
     )
+    if image_vocab_size < 2:  # MIM and MMM-image over one class: a loss of 0, nothing learnt
+        raise ValueError(
+            f"flava_model_for_pretraining: image_vocab_size must be >= 2 (one codebook id: the image losses are "
+            f"always 0), got {image_vocab_size}"
+        )
     model = flava_model(**{k: v for k, v in config.items() if k not in heads}) if backbone is None else backbone
     image_dim = model.image_encoder.norm.normalized_shape[0]
     text_dim = model.text_encoder.norm.normalized_shape[0]
@@ -553,7 +572,8 @@ def flava_model_for_classification(
 
     Raises:
         TypeError: if ``num_classes`` is not an int.
-        ValueError: if ``num_classes`` < 1, or ``modality`` or ``loss`` is unknown.
+        ValueError: if ``num_classes`` < 1, ``modality`` or ``loss`` is unknown, or ``classifier_dropout``
+            is outside [0, 1).
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool):
         raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
@@ -567,7 +587,7 @@ def flava_model_for_classification(
     if loss == "cross_entropy" and num_classes < 2:  # softmax over one class: loss 0, nothing learnt
         raise ValueError("num_classes must be >= 2 for loss='cross_entropy' (one output: loss='mse'), got 1")
     check_int("classifier_hidden_dim", classifier_hidden_dim, 1)
-    check_probability("classifier_dropout", classifier_dropout)
+    _check_dropout("classifier_dropout", check_probability("classifier_dropout", classifier_dropout))
     if backbone is not None and not isinstance(backbone, FLAVAModel):
         raise TypeError(f"backbone must be a FLAVAModel, got {type(backbone).__name__}")
     model = flava_model(pretrained=pretrained) if backbone is None else backbone
