@@ -19,7 +19,7 @@ from torchflava.pretrained import load_pretrained
         ({"text_num_layers": 2.5}, TypeError, "flava_model: text_num_layers must be an int, got float"),
         ({"multimodal_num_heads": 5}, ValueError, "flava_model: multimodal_embed_dim must be a multiple of"),
         ({"norm_eps": -1.0}, ValueError, "flava_model: norm_eps must be a positive number"),
-        ({"dropout": 1.5}, ValueError, r"flava_model: dropout must be in \[0, 1\]"),
+        ({"dropout": 1.5}, ValueError, r"flava_model: dropout must be in \[0, 1\), got 1.5"),
         ({"logit_scale_init": float("inf")}, ValueError, "flava_model: logit_scale_init must be a finite number"),
         ({"pad_token_id": 99}, ValueError, "flava_model: pad_token_id must be an int id below vocab_size = 99"),
         ({"init_std": 0}, ValueError, "flava_model: init_std must be a positive number"),

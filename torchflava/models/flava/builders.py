@@ -9,7 +9,7 @@ import inspect
 import math
 import os
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -37,27 +37,13 @@ from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
 from torchflava.utils.checkpoint import load_state_dict, local_checkpoint, peek_state_dict
-from torchflava.utils.checks import check_architecture, check_finite_number, check_int, check_probability
+from torchflava.utils.checks import check_architecture, check_dropout, check_finite_number, check_int
 from torchflava.utils.distributed import GatherGrad
 
 # What every tower builder checks beside its own sizes (flava_model checks its prefixed arguments alike).
 _TOWER_CHECKS = dict(
-    multiples=[("embed_dim", "num_heads")], positive=["norm_eps"], probabilities=["dropout", "attention_dropout"]
+    multiples=[("embed_dim", "num_heads")], positive=["norm_eps"], dropouts=["dropout", "attention_dropout"]
 )
-
-
-def _check_flava_architecture(builder: str, args: Mapping[str, object], **checks) -> None:
-    """``check_architecture``, with every dropout (its ``probabilities``) in [0, 1): a dropout of 1 zeroes
-    what it drops, so the model's output would not depend on its input."""
-    check_architecture(builder, args, **checks)
-    for key in checks.get("probabilities", ()):
-        _check_dropout(f"{builder}: {key}", args[key])
-
-
-def _check_dropout(name: str, value: float) -> None:
-    """ValueError naming ``name`` unless ``value`` (a probability, already checked) is below 1."""
-    if value >= 1:
-        raise ValueError(f"{name} must be in [0, 1) (a dropout of 1 zeroes everything it drops), got {value}")
 
 
 def flava_image_encoder(
@@ -96,7 +82,7 @@ def flava_image_encoder(
         TypeError: if a size is not an int.
         ValueError: if a value is out of its range, naming the argument.
     """
-    _check_flava_architecture(
+    check_architecture(
         "flava_image_encoder",
         locals(),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_size", "patch_size", "in_channels"],
@@ -154,7 +140,7 @@ def flava_text_encoder(
         TypeError: if a size is not an int.
         ValueError: if a value is out of its range, naming the argument.
     """
-    _check_flava_architecture(
+    check_architecture(
         "flava_text_encoder",
         locals(),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "vocab_size", "max_seq_len", "type_vocab_size"],
@@ -217,7 +203,7 @@ def flava_multimodal_encoder(
         TypeError: if a size is not an int.
         ValueError: if a value is out of its range, naming the argument.
     """
-    _check_flava_architecture(
+    check_architecture(
         "flava_multimodal_encoder",
         locals(),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_dim", "text_dim"],
@@ -248,7 +234,7 @@ _FLAVA_CHECKS = dict(
     multiples=[(f"{t}_embed_dim", f"{t}_num_heads") for t in _TOWERS],
     positive=["norm_eps", "init_std"],
     finite=["logit_scale_init"],
-    probabilities=["dropout", "attention_dropout"],
+    dropouts=["dropout", "attention_dropout"],
     ids={"pad_token_id": "vocab_size"},
 )
 
@@ -334,7 +320,7 @@ def flava_model(
     # says so before any work
     peeked = None if local is None else peek_state_dict(local)
     args, config_file, config = _resolved_flava_arguments(local, args, peeked)
-    _check_flava_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
+    check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
     if local is not None:  # names and shapes checked on a meta-device model: no real one is built for a misfit
         with torch.device("meta"):
             load_flava_weights(_build_flava(args), peeked)
@@ -587,7 +573,7 @@ def flava_model_for_classification(
     if loss == "cross_entropy" and num_classes < 2:  # softmax over one class: loss 0, nothing learnt
         raise ValueError("num_classes must be >= 2 for loss='cross_entropy' (one output: loss='mse'), got 1")
     check_int("classifier_hidden_dim", classifier_hidden_dim, 1)
-    _check_dropout("classifier_dropout", check_probability("classifier_dropout", classifier_dropout))
+    check_dropout("classifier_dropout", classifier_dropout)
     if backbone is not None and not isinstance(backbone, FLAVAModel):
         raise TypeError(f"backbone must be a FLAVAModel, got {type(backbone).__name__}")
     model = flava_model(pretrained=pretrained) if backbone is None else backbone
