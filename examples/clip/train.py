@@ -35,7 +35,7 @@ from torchflava.data.streaming import (
     BrokenStream,
     StreamingBatches,
     StreamingConfig,
-    broken_stream_reason,
+    broken_stream_message,
     shard_texts,
     streaming_checks,
 )
@@ -315,10 +315,7 @@ def main(cfg: TrainConfig) -> dict:
             start=start,
         )
     except BrokenStream as error:  # shards whose first samples read, broken further on
-        raise ConfigError(
-            f"key 'data.files.pairs_shards': expected shards with usable samples, got "
-            f"{d.files.pairs_shards!r} ({broken_stream_reason(error)})"
-        ) from None
+        raise ConfigError(broken_stream_message(error, d.files.pairs_shards)) from None
 
     export_path = out_dir / "model" / "clip.safetensors"
     export_model(model, export_path)

@@ -36,7 +36,7 @@ from torchflava.data.streaming import (
     StreamedSource,
     StreamingBatches,
     StreamingConfig,
-    broken_stream_reason,
+    broken_stream_message,
     shard_texts,
     streaming_checks,
 )
@@ -471,10 +471,7 @@ def main(cfg: TrainConfig) -> dict:
             start=start,
         )
     except BrokenStream as error:  # shards whose first samples read, broken further on
-        raise ConfigError(
-            f"key 'data.files.pairs_shards': expected shards with usable samples, got "
-            f"{cfg.data.files.pairs_shards!r} ({broken_stream_reason(error)})"
-        ) from None
+        raise ConfigError(broken_stream_message(error, cfg.data.files.pairs_shards)) from None
 
     export_path = out_dir / "model" / "flava_pretraining.safetensors"
     export_model(model, export_path)

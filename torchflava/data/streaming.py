@@ -288,6 +288,13 @@ def broken_stream_reason(error: BrokenStream) -> str:
     return lines[-1].split(f"{BrokenStream.__name__}: ", 1)[-1] if lines else BrokenStream.__name__
 
 
+def broken_stream_message(error: BrokenStream, shards: object) -> str:
+    """The recipes' one-line error, naming ``data.files.pairs_shards``, for streamed ``shards`` whose first
+    samples read but that broke further on (``error``)."""
+    reason = broken_stream_reason(error)
+    return f"key 'data.files.pairs_shards': expected shards with usable samples, got {shards!r} ({reason})"
+
+
 @dataclass
 class StreamingConfig:
     """A recipe's ``data.streaming`` section (see :func:`streaming_checks`)."""
