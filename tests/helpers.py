@@ -1,8 +1,11 @@
 """Helpers shared by the tests: tiny configs and reference models built with random weights."""
 
+import contextlib
+import os
 from pathlib import Path
+import subprocess
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -259,3 +262,23 @@ def run_threads(fn: Callable[[], object], n: int) -> tuple[list, list[BaseExcept
     for thread in threads:
         thread.join()
     return results, errors
+
+
+@contextlib.contextmanager
+def fifo_that_cannot_hang(path: Path) -> Iterator[Path]:
+    """A FIFO at ``path`` for a test of code that must refuse it without opening it. Should the code open
+    it for reading after all (a regression), it would wait for a writer forever: a shell opens and
+    closes the write end, again and again, so that every open and read ends (at EOF) and the test fails
+    on what the code then raises instead of hanging the suite; and it fails at the end of the block
+    even if the code raised what the test expects. (A process, not a thread: a reader that blocks
+    holding the GIL, as safetensors' does, would stop a thread too.)"""
+    os.mkfifo(path)
+    writer = subprocess.Popen(  # each `: >` waits in open() until a reader comes, then closes at once
+        ["sh", "-c", 'while :; do : > "$1" && echo opened; done', "sh", str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield path
+    finally:
+        writer.kill()
+        opened = writer.communicate()[0]
+    assert not opened, f"{path} was opened for reading"

@@ -7,10 +7,11 @@ import shutil
 
 from PIL import Image
 import pytest
+from safetensors.torch import load_file, save_file
 import torch
 from transformers import BertTokenizerFast, FlavaImageProcessor
 
-from tests.helpers import VARIED_TEXTS, photos, write_hf_flava, write_tiny_export
+from tests.helpers import VARIED_TEXTS, fifo_that_cannot_hang, photos, write_hf_flava, write_tiny_export
 from torchflava.data.transforms import CLIP_STD, EvalImageTransform, ImageTransform
 from torchflava.pretrained import checkpoint_image_transform, checkpoint_layout, load_pretrained
 
@@ -198,3 +199,44 @@ def test_a_missing_path_or_a_file_is_named_as_such(tmp_path):
     (tmp_path / "weights.safetensors").write_bytes(b"x")
     with pytest.raises(FileNotFoundError, match=r"weights.safetensors is a file; expected a checkpoint directory"):
         checkpoint_layout(tmp_path / "weights.safetensors")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["weights.safetensors", "model/weights.safetensors", "model/backbone_config.json", "preprocessor_config.json"]
+    + ["tokenizer_config.json", "vocab.txt"],
+)
+def test_a_fifo_in_the_checkpoint_directory_is_refused_before_any_work(tmp_path, name):
+    """A FIFO as the weights waited forever; as preprocessor_config.json or tokenizer_config.json it
+    was taken for a missing file (the default transform, the default tokenizer settings); as the run
+    directory's model/backbone_config.json, the directory was "neither a run/export directory..."."""
+    directory = tmp_path / "run" if name.startswith("model/") else tmp_path / "export"
+    write_tiny_export(directory / "model" if name.startswith("model/") else directory)
+    (directory / name).unlink(missing_ok=True)
+    with fifo_that_cannot_hang(directory / name) as fifo:
+        with pytest.raises(ValueError) as caught:
+            load_pretrained(directory)
+        assert str(caught.value) == (
+            f"{fifo} is a FIFO (named pipe), not a regular file: expected a config, tokenizer or weights file"
+        )
+        if name == "preprocessor_config.json":
+            with pytest.raises(ValueError) as caught:
+                checkpoint_image_transform(directory, image_size=32)
+            assert str(caught.value) == (
+                f"{fifo} is a FIFO (named pipe), not a regular file: expected a JSON preprocessor_config.json"
+            )
+
+
+def test_an_export_whose_weights_hold_nan_is_refused(tmp_path):
+    """It loaded a model with NaN parameters (every feature NaN) without a word."""
+    write_tiny_export(tmp_path)
+    weights = load_file(tmp_path / "weights.safetensors")
+    key = next(k for k in weights if "image_encoder" in k and weights[k].is_floating_point())
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, tmp_path / "weights.safetensors")
+    with pytest.raises(ValueError) as caught:
+        load_pretrained(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'weights.safetensors'}: expected finite weights, got NaN or +inf values in 1 tensors, "
+        f"first [{key!r}] (a damaged or diverged checkpoint)"
+    )

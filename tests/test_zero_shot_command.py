@@ -225,17 +225,22 @@ def test_a_diverged_checkpoint_is_refused_not_classified(tmp_path, images):
     weights = tmp_path / "weights.safetensors"
     state = load_file(str(weights))
     key = next(k for k in state if k.endswith("image_projection.weight"))
-    state[key] = torch.full_like(state[key], float("nan"))
-    save_file(state, str(weights))
+    args = ["--checkpoint", str(tmp_path), "--images", str(images), "--classes", ",".join(CLASSES)]
     out = tmp_path / "result.json"
+    state[key] = torch.full_like(state[key], float("nan"))  # refused as the weights load
+    save_file(state, str(weights))
+    with pytest.raises(
+        ValueError, match=rf"expected finite weights, got NaN or \+inf values in 1 tensors, first \['{key}'\]"
+    ):
+        zero_shot.main([*args, "--json", str(out)])
+    state[key] = torch.full_like(state[key], 3e38)  # finite weights whose features overflow
+    save_file(state, str(weights))
     with pytest.raises(ValueError, match="image_features holds NaN or infinite values"):
-        zero_shot.main(
-            ["--checkpoint", str(tmp_path), "--images", str(images), "--classes", ",".join(CLASSES), "--json", str(out)]
-        )
+        zero_shot.main([*args, "--json", str(out)])
     assert not out.exists()
 
 
-@pytest.mark.parametrize("value", [float("nan"), 100.0])  # exp(100) overflows float32
+@pytest.mark.parametrize("value", [1e10, 100.0])  # exp(100) overflows float32 (a NaN is refused as it loads)
 def test_a_checkpoint_whose_temperature_is_not_finite_is_refused_before_any_image(tmp_path, images, value):
     from safetensors.torch import load_file, save_file
 

@@ -46,7 +46,7 @@ from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
 from torchflava.models.clip.convert_weights import directory_config
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
-from torchflava.utils.checkpoint import first_line, read_json_object
+from torchflava.utils.checkpoint import check_regular_file, first_line, read_json_object
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 # The precisions the encoders can run in: fp32, or bf16 autocast over weights cast (and packed) once.
@@ -55,6 +55,8 @@ INFERENCE_DTYPES = tuple(INFERENCE_DTYPE_NAMES.values())
 BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
 # A torchflava export's architecture file, by family.
 _EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}
+# The files of a checkpoint directory that loading it reads: configs, tokenizer files, weights and shards.
+_READ_PATTERNS = ("*.json", "*.txt", "*.safetensors", "*.bin")
 
 
 class Pretrained(NamedTuple):
@@ -137,7 +139,9 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     Raises:
         TypeError: if ``path`` is not a str or os.PathLike.
         FileNotFoundError: if ``path`` is not a directory of a known layout, or has no tokenizer file.
-        ValueError: if ``config.json`` states another model, or an export holds several weights files.
+        ValueError: if ``config.json`` states another model, an export holds several weights files, or
+            a file that loading reads (``*.json``, ``*.txt``, ``*.safetensors``, ``*.bin``) is no
+            regular file (a FIFO would make the read wait forever).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint: the path must be a str or os.PathLike, got {type(path).__name__}")
@@ -148,8 +152,11 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
         raise FileNotFoundError(
             f"checkpoint: {path} is a file; expected a checkpoint directory (a run, an export, or a Hugging Face or open_clip directory)"
         )
-    if any((path / "model" / name).is_file() for name in _EXPORT_CONFIGS):
+    if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS):
         path = path / "model"
+    for pattern in _READ_PATTERNS:  # (the loaders would not see a FIFO config, or wait on a FIFO's read)
+        for file in sorted(path.glob(pattern)):
+            check_regular_file(file, "a config, tokenizer or weights file")
     export = next((name for name in _EXPORT_CONFIGS if (path / name).is_file()), None)
     if export is not None:
         config_file = path / export
@@ -211,11 +218,13 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
 
     Raises:
         ValueError: naming the key, if the file is not JSON, holds a malformed or unsupported
-            value, or gives images of another size than ``image_size``.
+            value, or gives images of another size than ``image_size``; naming the file, if it is
+            no regular file (a FIFO is not read: it would wait forever).
     """
     path = Path(directory) / PREPROCESSOR_CONFIG
-    if not path.is_file():
+    if not path.exists():
         return EvalImageTransform(image_size)
+    check_regular_file(path, f"a JSON {PREPROCESSOR_CONFIG}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 from pathlib import Path
+import re
 import shutil
 import socket
 import threading
@@ -16,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import torch
 from torch import nn
 
-from tests.helpers import PickleExploit, run_threads
+from tests.helpers import PickleExploit, fifo_that_cannot_hang, run_threads
 import torchflava.utils.checkpoint as checkpoint
 from torchflava.utils.checkpoint import atomic_write, load_state_dict, peek_state_dict, save_state_dict
 
@@ -335,8 +336,8 @@ def test_files_are_read_by_their_content_not_their_name(tmp_path):
         _assert_same(load_state_dict(tmp_path / name), tensors)
         assert peek_state_dict(tmp_path / name).keys() == tensors.keys()
     (tmp_path / "zip.safetensors").write_bytes(b"PK\x03\x04 a zip, not a torch archive")
-    with pytest.raises(ValueError, match=r"could not read .*zip\.safetensors as a state dict with weights_only"):
-        load_state_dict(tmp_path / "zip.safetensors")
+    with pytest.raises(ValueError, match=r"zip\.safetensors is truncated or damaged: not a valid torch checkpoint"):
+        load_state_dict(tmp_path / "zip.safetensors")  # (a zip archive that cannot be read, not a safetensors file)
 
 
 def test_a_git_lfs_pointer_and_a_config_json_are_named_for_what_they_are(tmp_path):
@@ -725,3 +726,135 @@ def test_a_blocked_global_is_named_without_the_advice_to_unpickle(tmp_path):
         load_state_dict(tmp_path / "evil.pt")
     message = str(caught.value)
     assert "unsupported GLOBAL posix.system" in message and "weights_only` set to `False" not in message
+
+
+# ------------------------------------------------------------------------- FIFOs, NaN, truncated files
+
+CHECKPOINT_FILE = "a checkpoint file (safetensors, torch or *.index.json)"
+
+
+@pytest.mark.parametrize(
+    "name", ["w.safetensors", "w.pt", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+)
+def test_a_fifo_is_refused_without_being_opened(tmp_path, name):
+    """A FIFO given as the weights (or found in the checkpoint's directory) blocked the read forever."""
+    with fifo_that_cannot_hang(tmp_path / name) as fifo:
+        given = tmp_path if name.startswith(("model.", "pytorch_model")) else fifo
+        expected = f"{fifo} is a FIFO (named pipe), not a regular file: expected {CHECKPOINT_FILE}"
+        for load in (load_state_dict, peek_state_dict):
+            with pytest.raises(ValueError) as caught:
+                load(given)
+            assert str(caught.value) == expected
+
+
+def test_a_fifo_shard_or_config_and_a_device_are_refused_without_being_opened(tmp_path):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "part-1.safetensors"}}))
+    with fifo_that_cannot_hang(tmp_path / "part-1.safetensors") as shard:
+        with pytest.raises(ValueError) as caught:
+            load_state_dict(tmp_path)
+        expected = f"{shard} is a FIFO (named pipe), not a regular file: expected a shard of the checkpoint {index}"
+        assert str(caught.value) == expected
+    with fifo_that_cannot_hang(tmp_path / "config.json") as config:
+        with pytest.raises(ValueError) as caught:
+            checkpoint.read_json_object(config)
+        assert str(caught.value) == f"{config} is a FIFO (named pipe), not a regular file: expected a JSON file"
+    with pytest.raises(ValueError) as caught:  # was read as an empty file: "neither a safetensors file nor..."
+        load_state_dict("/dev/null")
+    assert str(caught.value) == f"/dev/null is a character device, not a regular file: expected {CHECKPOINT_FILE}"
+    with pytest.raises(ValueError, match=rf"^{tmp_path} is a directory, not a regular file: expected a JSON file$"):
+        checkpoint.read_json_object(tmp_path)  # was FileNotFoundError: "... not found"
+
+
+def test_every_weights_loader_refuses_a_fifo_before_building_anything(tmp_path):
+    """flava_model, clip_model (a directory holding a FIFO model.safetensors) and the codebook's loader
+    (the FLAVA recipe's codebook.pretrained) all waited forever on the FIFO."""
+    from torchflava.models import clip_model, flava_model
+    from torchflava.models.flava.convert_codebook import load_codebook_weights
+    from torchflava.modules.codebook import dalle_encoder
+
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with (
+        fifo_that_cannot_hang(tmp_path / "w.safetensors") as fifo,
+        fifo_that_cannot_hang(tmp_path / "clip" / "model.safetensors") as clip_fifo,
+    ):
+        calls = [
+            (fifo, lambda: flava_model(pretrained=fifo)),
+            (clip_fifo, lambda: clip_model(pretrained=tmp_path / "clip")),
+            (fifo, lambda: load_codebook_weights(dalle_encoder(hidden_dim=4, blocks_per_group=1, vocab_size=16), fifo)),
+        ]
+        for path, call in calls:
+            with pytest.raises(ValueError) as caught:
+                call()
+            assert str(caught.value) == f"{path} is a FIFO (named pipe), not a regular file: expected {CHECKPOINT_FILE}"
+    # a FLAVA directory whose config.json is a FIFO: it was passed over, and the model built with defaults
+    (tmp_path / "flava").mkdir()
+    save_state_dict({"w": torch.zeros(1)}, tmp_path / "flava" / "model.safetensors")
+    with fifo_that_cannot_hang(tmp_path / "flava" / "config.json") as config:
+        with pytest.raises(
+            ValueError, match=f"^{re.escape(str(config))} is a FIFO \\(named pipe\\), not a regular file"
+        ):
+            flava_model(pretrained=tmp_path / "flava")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn])
+def test_weights_with_nan_or_infinity_are_refused_naming_the_file_and_tensors(tmp_path, suffix, dtype):
+    """A tensor of NaN loaded without a word: the model's outputs were all NaN."""
+    tensors = {
+        "a.weight": torch.randn(3, 4),
+        "b.weight": torch.randn(5),
+        "c.ids": torch.arange(4),
+        "d.bias": torch.ones(2),
+    }
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    path = tmp_path / f"w{suffix}"
+    save_state_dict(tensors, path)
+    assert load_state_dict(path).keys() == tensors.keys()
+    tensors["b.weight"][4] = float("nan")
+    tensors["d.bias"][0] = float("inf") if dtype != torch.float8_e4m3fn else float("nan")  # (e4m3fn has no inf)
+    save_state_dict(tensors, path)
+    with pytest.raises(ValueError) as caught:
+        load_state_dict(path)
+    assert str(caught.value) == (
+        f"{path}: expected finite weights, got NaN or +inf values in 2 tensors, first ['b.weight', 'd.bias'] "
+        "(a damaged or diverged checkpoint)"
+    )
+    assert peek_state_dict(path)["b.weight"].shape == (5,)  # names and shapes only: no data read
+    # -inf alone is how an attention mask blocks a position (some CLIP checkpoints hold one): loaded
+    masked = {"attn_mask": torch.full((3, 3), float("-inf")).triu(1), "w": torch.ones(2)}
+    save_state_dict(masked, path)
+    assert torch.equal(load_state_dict(path)["attn_mask"], masked["attn_mask"])
+
+
+def test_a_shard_with_an_infinity_is_named(tmp_path):
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "part-1.safetensors"))
+    save_file({"b": torch.tensor([1.0, float("inf")])}, str(tmp_path / "part-2.safetensors"))
+    weight_map = {"a": "part-1.safetensors", "b": "part-2.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError) as caught:
+        load_state_dict(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'part-2.safetensors'}: expected finite weights, got NaN or +inf values in 1 tensors, "
+        "first ['b'] (a damaged or diverged checkpoint)"
+    )
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+@pytest.mark.parametrize("keep", [0.5, 0.99, 100])
+def test_a_truncated_torch_file_is_named_as_truncated(tmp_path, zip_format, keep):
+    """A zip-format file cut short gave "... : [Errno 22] Invalid argument"."""
+    torch.save({"w": torch.randn(100, 100)}, tmp_path / "ok.pt", _use_new_zipfile_serialization=zip_format)
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    expected = (
+        f"{tmp_path / 'cut.pt'} is truncated or damaged: not a valid torch checkpoint (its zip archive cannot be "
+        "read; download or copy it again)"
+        if zip_format
+        else f"{tmp_path / 'cut.pt'} is truncated: not a valid torch checkpoint (download or copy it again)"
+    )
+    for load in (load_state_dict, peek_state_dict):
+        with pytest.raises(ValueError) as caught:
+            load(tmp_path / "cut.pt")
+        assert str(caught.value) == expected

@@ -12,11 +12,12 @@
 """
 
 import os
-import stat
 from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from torchflava.utils.checkpoint import special_file_kind
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: e.g. 8660 x 5774; larger images are refused (counted as bad samples)
 WHITE = (255, 255, 255)
@@ -53,9 +54,9 @@ def decode_image(
     if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
         raise ValueError(f"background must be three ints in 0..255, got {background!r}")
     try:
-        if isinstance(source, (str, os.PathLike)) and not stat.S_ISREG(os.stat(source).st_mode):
+        if isinstance(source, (str, os.PathLike)) and (kind := special_file_kind(source)) is not None:
             # a FIFO would block the read forever; a directory or a device is no image either
-            raise ImageDecodeError(f"unreadable image ({os.fspath(source)} is not a regular file)")
+            raise ImageDecodeError(f"unreadable image ({os.fspath(source)} is not a regular file: {kind})")
         with Image.open(source) as image:
             width, height = image.size
             if width * height > max_pixels:

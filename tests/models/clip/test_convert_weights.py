@@ -131,6 +131,8 @@ def test_presets_take_a_checkpoints_own_image_size(tmp_path):
         hf = HFCLIPModel(CLIPConfig(vision_config={"image_size": 64}))
     positions = hf.vision_model.embeddings.position_embedding.weight
     with torch.no_grad():
+        for parameter in hf.parameters():  # uninitialised memory may hold NaN, which loading refuses
+            parameter.zero_()
         positions.copy_(torch.arange(positions.numel(), dtype=torch.float32).view_as(positions))
     hf.save_pretrained(tmp_path)
     ours = clip_vit_b32(pretrained=tmp_path)

@@ -319,7 +319,7 @@ def hf_directory_kwargs(local: Path, names: Optional[dict[str, Tensor]] = None) 
         ValueError: naming config.json, if it is not JSON or states what we do not build.
     """
     config_file = (local if local.is_dir() else local.parent) / "config.json"
-    if not config_file.is_file():
+    if not config_file.exists():  # (one that is no regular file, a FIFO, is refused when read, not passed over)
         return None, {}
     if not local.is_dir():  # a file: only Hugging Face-layout weights are what a config.json beside them states
         try:
