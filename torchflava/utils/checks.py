@@ -1,6 +1,7 @@
 """Argument checks shared across the library: one-line errors naming the argument, expected and given."""
 
 import math
+import os
 import string
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
@@ -173,6 +174,26 @@ def check_architecture(
         value = args[key]
         if value is not None and (type(value) is not int or not 0 <= value < args[size]):
             raise ValueError(f"{name(key)} must be an int id below {size} = {args[size]}, got {value!r}")
+
+
+def check_fits_in_memory(owner: str, num_params: int, sizes: Mapping[str, int]) -> None:
+    """ValueError naming ``owner`` and its ``sizes`` if ``num_params`` weights would not fit in this
+    machine's memory, when built there (the default device is the CPU): a mistyped size
+    (``num_layers=1200``, ``vocab_size=10**11``) otherwise allocates for minutes before the process is
+    killed, or fails inside torch's allocator. A meta or GPU build is not checked."""
+    if torch.get_default_device().type != "cpu":
+        return
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that says
+        return
+    needed = num_params * torch.get_default_dtype().itemsize
+    if needed > memory:
+        described = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ValueError(
+            f"{owner}: {described} makes {num_params:.3g} weights, {needed / 2**30:.3g} GiB, more than this "
+            f"machine's {memory / 2**30:.3g} GiB of memory"
+        )
 
 
 def is_prompt_template(template: object) -> bool:

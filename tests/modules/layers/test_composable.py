@@ -417,3 +417,23 @@ def test_init_weights_refuses_a_bad_std_or_model_before_changing_anything():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(TypeError, match="^model must be an nn.Module, got NoneType$"):
         init_weights(None)
+
+
+def test_sizes_beyond_memory_and_a_stack_that_is_no_sequence_are_refused_when_built():
+    """An embedding table or position grid too large for the machine failed in torch's allocator; a
+    stack given a number said "'int' object is not iterable"."""
+    with pytest.raises(
+        ValueError, match=r"^TokenEmbedding: vocab_size=100000000000, max_seq_len=4, embed_dim=8 makes 8e\+11 weights"
+    ):
+        TokenEmbedding(10**11, 8, 4)
+    with pytest.raises(
+        ValueError, match=r"^TextEmbedding: vocab_size=10, max_seq_len=100000000000, .* more than this machine's"
+    ):
+        TextEmbedding(10, 8, 10**11)
+    with pytest.raises(ValueError, match=r"^PatchEmbedding: image_size=8000000, patch_size=8, embed_dim=768 makes"):
+        PatchEmbedding(8 * 10**6, 8, 3, 768)
+    with torch.device("meta"):  # built where no memory is taken: not checked
+        assert TokenEmbedding(10**11, 8, 4).word_embed.weight.is_meta
+    for layers, got in ((5, "int"), ("ab", "str"), (MLP(4, 8), "MLP")):
+        with pytest.raises(TypeError, match=f"^layers must be a sequence of layer modules, got {got}$"):
+            TransformerEncoder(layers)

@@ -185,3 +185,17 @@ def test_hooks_and_parametrizations_on_the_projection_still_run():
     with torch.no_grad():
         normed.proj.parametrizations.weight.original0.mul_(2)
     assert not torch.allclose(normed(images), before)
+
+
+def test_integer_patch_mask_holds_only_zeros_and_ones():
+    """A 0/1 integer mask is a mask; 2 or -1 were taken as "masked", silently."""
+    pe = make_embedding(use_mask_token=True).eval()
+    images, mask = torch.randn(B, C, SIZE, SIZE), torch.zeros(B, N, dtype=torch.long)
+    mask[0, 3] = 1
+    assert torch.equal(pe(images, patch_mask=mask), pe(images, patch_mask=mask.bool()))
+    for bad in (2, -1):
+        mask[1, 5] = bad
+        with pytest.raises(
+            ValueError, match=rf"^patch_mask must hold only 0 and 1, got the values \[{min(0, bad)}, .*\]$"
+        ):
+            pe(images, patch_mask=mask)

@@ -1,8 +1,5 @@
 """The generic encoder builder: a stack of pre-norm transformer layers from the modules of ``layers``."""
 
-import os
-
-import torch
 from torch import nn
 
 from torchflava.modules.layers.activation import ACTIVATIONS
@@ -10,7 +7,7 @@ from torchflava.modules.layers.activation import activation as make_activation
 from torchflava.modules.layers.attention import MultiHeadSelfAttention
 from torchflava.modules.layers.mlp import MLP
 from torchflava.modules.layers.transformer import TransformerEncoder, TransformerEncoderLayer
-from torchflava.utils.checks import check_architecture
+from torchflava.utils.checks import check_architecture, check_fits_in_memory
 
 
 def transformer_encoder(
@@ -62,7 +59,10 @@ def transformer_encoder(
         bools=["is_causal", "bias"],
         choices={"activation": ACTIVATIONS},
     )
-    _check_fits_in_memory(num_layers * (4 * embed_dim * embed_dim + 2 * embed_dim * mlp_dim), locals())
+    weights = num_layers * (4 * embed_dim * embed_dim + 2 * embed_dim * mlp_dim)
+    check_fits_in_memory(
+        "transformer_encoder", weights, dict(num_layers=num_layers, embed_dim=embed_dim, mlp_dim=mlp_dim)
+    )
     layers = [
         TransformerEncoderLayer(
             MultiHeadSelfAttention(embed_dim, num_heads, dropout=attention_dropout, bias=bias, is_causal=is_causal),
@@ -74,22 +74,3 @@ def transformer_encoder(
         for _ in range(num_layers)
     ]
     return TransformerEncoder(layers)
-
-
-def _check_fits_in_memory(num_params: int, arguments: dict) -> None:
-    """ValueError if the stack's weights alone would not fit in this machine's memory, when it is
-    built there (the default device is the CPU): a mistyped size (``num_layers=1200``) otherwise
-    allocates for minutes before the process is killed. A meta or GPU build is not checked."""
-    if torch.get_default_device().type != "cpu":
-        return
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system that says
-        return
-    needed = num_params * torch.get_default_dtype().itemsize
-    if needed > memory:
-        sizes = ", ".join(f"{k}={arguments[k]}" for k in ("num_layers", "embed_dim", "mlp_dim"))
-        raise ValueError(
-            f"transformer_encoder: {sizes} makes {num_params:.3g} weights, {needed / 2**30:.3g} GiB, more than "
-            f"this machine's {memory / 2**30:.3g} GiB of memory"
-        )

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
 from torchflava.modules.layers.transformer import check_parts
-from torchflava.utils.checks import check_bool, check_dropout, check_int
+from torchflava.utils.checks import check_bool, check_dropout, check_fits_in_memory, check_int, require
 
 
 class PatchEmbedding(nn.Module):
@@ -61,6 +61,9 @@ class PatchEmbedding(nn.Module):
         check_bool("conv_bias", conv_bias)
         if image_size % patch_size != 0:
             raise ValueError(f"patch_size must divide image_size, got patch_size={patch_size}, image_size={image_size}")
+        positions = (image_size // patch_size) ** 2 + 1
+        sizes = dict(image_size=image_size, patch_size=patch_size, embed_dim=embed_dim)
+        check_fits_in_memory("PatchEmbedding", (positions + in_channels * patch_size**2) * embed_dim, sizes)
         self.image_size = image_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -196,7 +199,7 @@ def check_patch_mask(patch_mask: object, batch: int, grid: tuple[int, int], *, n
 
     Raises:
         TypeError: if it is not a bool or integer tensor.
-        ValueError: if its shape is neither.
+        ValueError: if its shape is neither, or (on the CPU) an integer one holds other values than 0 and 1.
     """
     if not isinstance(patch_mask, Tensor) or patch_mask.is_floating_point() or patch_mask.is_complex():
         got = patch_mask.dtype if isinstance(patch_mask, Tensor) else type(patch_mask).__name__
@@ -206,6 +209,12 @@ def check_patch_mask(patch_mask: object, batch: int, grid: tuple[int, int], *, n
         raise ValueError(
             f"{name} must have shape (B, N) = ({batch}, {n}) or (B, H/p, W/p) = ({batch}, {grid[0]}, {grid[1]}) "
             f"for these images, got {tuple(patch_mask.shape)}"
+        )
+    if patch_mask.dtype != torch.bool and patch_mask.numel() and patch_mask.device.type == "cpu":  # (a GPU would wait)
+        require(  # (2 or -1 were taken as masked)
+            ((patch_mask == 0) | (patch_mask == 1)).all(),
+            lambda: f"{name} must hold only 0 and 1, got the values {sorted(set(patch_mask.unique().tolist()))}",
+            f"{name} must hold only 0 and 1",
         )
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from torchflava.utils.checks import check_dropout, check_int, check_positive_number, require
+from torchflava.utils.checks import check_dropout, check_fits_in_memory, check_int, check_positive_number, require
 
 
 def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str = "input_ids") -> None:
@@ -150,6 +150,8 @@ class TextEmbedding(nn.Module):
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("max_seq_len", max_seq_len)):
             check_int(name, value, 1)
         check_int("type_vocab_size", type_vocab_size, 1)
+        sizes = dict(vocab_size=vocab_size, max_seq_len=max_seq_len, embed_dim=embed_dim)
+        check_fits_in_memory("TextEmbedding", (vocab_size + max_seq_len + type_vocab_size) * embed_dim, sizes)
         check_positive_number("norm_eps", norm_eps)
         check_dropout("dropout", dropout)
         if not 0 <= check_int("pad_token_id", pad_token_id, 0) < vocab_size:
@@ -255,6 +257,8 @@ class TokenEmbedding(nn.Module):
         for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("max_seq_len", max_seq_len)):
             check_int(name, value, 1)
         check_dropout("dropout", dropout)
+        sizes = dict(vocab_size=vocab_size, max_seq_len=max_seq_len, embed_dim=embed_dim)
+        check_fits_in_memory("TokenEmbedding", (vocab_size + max_seq_len) * embed_dim, sizes)
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
         self.max_seq_len = max_seq_len

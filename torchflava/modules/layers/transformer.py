@@ -6,7 +6,7 @@ attn_mask (B, S, S) bool, ``True`` = query i may not attend to key j.
 
 import functools
 import inspect
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -336,6 +336,8 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, layers: Sequence[nn.Module], *, checkpoint_activations: Union[bool, str] = False) -> None:
         super().__init__()
+        if not isinstance(layers, Iterable) or isinstance(layers, (str, bytes)):  # (a lone layer is no Iterable)
+            raise TypeError(f"layers must be a sequence of layer modules, got {type(layers).__name__}")
         layers = list(layers)  # a generator too, read once
         for index, layer in enumerate(layers):
             _check_layer(layer, index)
