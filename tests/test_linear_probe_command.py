@@ -115,3 +115,42 @@ def test_bad_folders_and_conflicting_options_exit_2_before_the_checkpoint_is_loa
     with pytest.raises(SystemExit) as exit_info:
         command.main(["--checkpoint", "/unused", *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        # "num_classes must be >= 2, got 1", after the features of every split, naming no option
+        (
+            {"train": ["red"], "val": ["red"]},
+            "argument --train: expected at least 2 class sub-folders, got 1 (['red'] in '{train}')",
+        ),
+        # "root: folders ['green'] are not among ...", after the checkpoint was loaded
+        (
+            {"train": ["blue", "red"], "val": ["green", "red"]},
+            "argument --val: folders ['green'] are not among the classes ['blue', 'red']",
+        ),
+        (
+            {"train": ["blue", "red"], "val": ["red"], "test": ["blue", "purple"]},
+            "argument --test: folders ['purple'] are not among the classes ['blue', 'red']",
+        ),
+    ],
+)
+def test_class_folders_that_cannot_be_probed_exit_2_naming_the_option_before_any_work(
+    layout, message, tmp_path, capsys, monkeypatch
+):
+    from PIL import Image
+
+    monkeypatch.setattr(command, "load_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    monkeypatch.setattr(command, "cls_features", lambda *a, **k: pytest.fail("extracted features"))
+    arguments = ["--checkpoint", "/unused"]
+    for split, classes in layout.items():
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / name / "0.png")
+        arguments += [f"--{split}", str(tmp_path / split)]
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(arguments)
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert error == "python -m torchflava.linear_probe: error: " + message.format(train=tmp_path / "train")

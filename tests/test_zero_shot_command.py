@@ -511,3 +511,38 @@ def test_feature_functions_refuse_a_string_no_input_and_a_bad_batch_size(export)
         zero_shot.image_features(pretrained, [Image.new("RGB", (32, 32))], batch_size=2.0)
     with pytest.raises(ValueError, match="images must not be empty"):
         zero_shot.image_features(pretrained, [])
+
+
+@pytest.mark.parametrize(
+    "class_names, templates, error, message",
+    [
+        (
+            ["red circle", ""],
+            ("a {}",),
+            ValueError,
+            "class_names must be distinct non-empty names, got ['red circle', '']",
+        ),
+        (
+            ["red circle", "blue square"],
+            ["a photo"],
+            ValueError,
+            "templates must contain one '{}' for the class name and no other braces, got ['a photo']",
+        ),
+        ("ab", ("a {}",), TypeError, "class_names must be a sequence of str (a list or tuple, in order), got str"),
+        (
+            {"red circle", "blue square"},
+            ("a {}",),
+            TypeError,
+            "class_names must be a sequence of str (a list or tuple, in order), got set",
+        ),
+    ],
+)
+def test_classify_folder_checks_classes_and_templates_before_any_image_is_encoded(
+    export, images, monkeypatch, class_names, templates, error, message
+):
+    """These were zero_shot_classifier's errors, raised after every image had been encoded."""
+    pretrained = load_pretrained(export[0])
+    monkeypatch.setattr(zero_shot, "image_features", lambda *a, **k: pytest.fail("encoded the images"))
+    with pytest.raises(error) as info:
+        zero_shot.classify_folder(pretrained, str(images), class_names, templates)
+    assert str(info.value) == message

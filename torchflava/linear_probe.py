@@ -95,14 +95,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for name, folder in folders.items():  # before the checkpoint is loaded
         if not Path(folder).is_dir():
             parser.error(f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (not a directory)")
+    split = {}  # the class folders, listed (not read) before the checkpoint is loaded and any feature extracted
+    for name, folder in folders.items():
+        try:
+            split[name] = ImageClassFolder(folder, None if name == "train" else split["train"].classes)
+        except ValueError as error:  # (it names its argument, root: the option is what the user gave)
+            parser.error(f"argument --{name}: {str(error).removeprefix('root: ')}")
+        if name == "train" and len(split[name].classes) < 2:  # (num_classes' error, after every split's features)
+            parser.error(
+                f"argument --train: expected at least 2 class sub-folders, got {len(split[name].classes)} "
+                f"({split[name].classes} in {folder!r})"
+            )
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     skipped = {}
     if args.shapes:
         result, classes = probe_shapes(pretrained), ShapesClassification.classes
     else:
-        train = ImageClassFolder(args.train)
-        classes = train.classes
-        split = {"train": train, **{n: ImageClassFolder(folders[n], classes) for n in ("val", "test") if n in folders}}
+        classes = split["train"].classes
         features = {}
         for name, source in split.items():
             vectors, labels, skipped[name] = cls_features(pretrained, source, where=f"--{name} {folders[name]}")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
-from torchflava.evaluation.zero_shot import check_finite
+from torchflava.evaluation.zero_shot import check_class_prompts, check_finite
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.checks import check_int, is_prompt_template
 from torchflava.utils.cli import output_file, positive_int, run_command, write_json
@@ -133,9 +133,12 @@ def classify_folder(
         the classes.
 
     Raises:
-        ValueError: if there are fewer than two classes or duplicated class names.
+        TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
+        ValueError: if there are fewer than two classes, an empty or duplicated class name, or a
+            template without one ``{}`` (all before any image is read).
     """
-    if len(class_names) < 2 or len(set(class_names)) != len(class_names):
+    check_class_prompts(class_names, templates)  # zero_shot_classifier's checks, before the images are encoded
+    if len(class_names) < 2:
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
     scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})

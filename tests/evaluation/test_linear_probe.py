@@ -98,3 +98,80 @@ def test_linear_probe_refuses_a_bool_penalty():
     split = (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(ValueError, match="l2_values must be"):
         linear_probe(split, split, l2_values=(True,))
+
+
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        # NaN rows were given a class
+        (torch.full((2, 4), float("nan")), "features hold NaN or infinite values"),
+        (torch.tensor([[0.0, float("inf"), 0.0, 0.0]]), "features hold NaN or infinite values"),
+        # a RuntimeError of broadcasting, deep inside
+        (
+            torch.randn(2, 5),
+            "features must be a (N, 4) floating-point tensor (the probe's width), got torch.float32 of shape (2, 5)",
+        ),
+        (  # an IndexError of argmax(dim=1)
+            torch.randn(4),
+            "features must be a (N, 4) floating-point tensor (the probe's width), got torch.float32 of shape (4,)",
+        ),
+        (
+            torch.ones(2, 4, dtype=torch.long),
+            "features must be a (N, 4) floating-point tensor (the probe's width), got torch.int64 of shape (2, 4)",
+        ),
+        ([[0.0] * 4], "features must be a (N, 4) floating-point tensor (the probe's width), got list"),
+    ],
+)
+def test_predict_refuses_features_that_are_not_finite_rows_of_the_probe_width(features, message):
+    result = linear_probe(_blobs(30, 0), _blobs(30, 1), l2_values=(1.0,), max_iter=20)
+    with pytest.raises(ValueError) as info:
+        result.predict(features)
+    assert str(info.value) == message
+    x, y = _blobs(30, 2)
+    assert result.predict(x.half()).tolist() == result.predict(x.half().float()).tolist()
+
+
+def test_fit_logistic_regression_takes_labels_of_any_integer_dtype():
+    """int32 labels failed inside F.cross_entropy (expected Long)."""
+    x, y = _blobs(60, 0)
+    weight, bias = fit_logistic_regression(x, y, 3, l2=0.1)
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        other_weight, other_bias = fit_logistic_regression(x, y.to(dtype), 3, l2=0.1)
+        assert torch.equal(other_weight, weight) and torch.equal(other_bias, bias)
+    with pytest.raises(ValueError) as info:  # an IndexError (tuple index out of range)
+        fit_logistic_regression(torch.tensor(1.0), torch.tensor([0]), 2, l2=0.1)
+    assert str(info.value) == "features: features must be (N, D) with labels (N,), got () and (1,)"
+
+
+@pytest.mark.parametrize(
+    "train, error, message",
+    [
+        # AttributeError: 'numpy.ndarray' object has no attribute 'dim'
+        (
+            lambda x, y: (x.numpy(), y.numpy()),
+            TypeError,
+            "train must be a (features, labels) pair of tensors, got tuple of ndarray, ndarray",
+        ),
+        # ValueError: too many values to unpack (expected 2)
+        (
+            lambda x, y: (x, y, 1),
+            TypeError,
+            "train must be a (features, labels) pair of tensors, got tuple of Tensor, Tensor, int",
+        ),
+        (lambda x, y: x, TypeError, "train must be a (features, labels) pair of tensors, got Tensor"),
+        # ValueError: cannot convert float NaN to integer (num_classes read off the labels)
+        (
+            lambda x, y: (x, torch.cat([y[:-1].float(), torch.tensor([float("nan")])])),
+            ValueError,
+            "train: labels must be integer class ids, got torch.float32",
+        ),
+    ],
+)
+def test_probe_refuses_a_split_that_is_not_a_pair_of_tensors_naming_it(train, error, message):
+    x, y = _blobs(30, 0)
+    with pytest.raises(error) as info:
+        linear_probe(train(x, y), (x, y))
+    assert str(info.value) == message
+    with pytest.raises(error) as info:
+        linear_probe((x, y), (x, y), train(x, y))
+    assert str(info.value) == message.replace("train", "test", 1)

@@ -38,3 +38,68 @@ def test_values_equal_a_direct_count():
 def test_malformed_inputs_are_refused_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        # 2-D logits of a regression task: the Pearson of column 0 was returned
+        (
+            lambda: task_metrics(torch.randn(5, 3), torch.randn(5), "mse"),
+            "logits must be (N, 1) for loss 'mse' (one regression output), got (5, 3)",
+        ),
+        (  # an IndexError
+            lambda: task_metrics(torch.randn(5), torch.randn(5), "mse"),
+            "logits must be a (N, C) floating-point tensor with N >= 1, got torch.float32 of shape (5,)",
+        ),
+        (  # a TypeError of list indices
+            lambda: task_metrics([[1.0], [2.0]], torch.randn(2), "mse"),
+            "logits must be a (N, C) floating-point tensor with N >= 1, got list",
+        ),
+        (  # an AttributeError ('list' object has no attribute 'float')
+            lambda: task_metrics(torch.randn(5, 1), [1.0, 2.0, 3.0, 4.0, 5.0], "mse"),
+            "labels must be (5,) real regression targets for loss 'mse', got list",
+        ),
+        (
+            lambda: task_metrics(torch.randn(5, 1), torch.randn(5, 1), "mse"),
+            "labels must be (5,) real regression targets for loss 'mse', got torch.float32 of shape (5, 1)",
+        ),
+        (
+            lambda: task_metrics(torch.randn(5, 1), torch.ones(5, dtype=torch.bool), "mse"),
+            "labels must be (5,) real regression targets for loss 'mse', got torch.bool of shape (5,)",
+        ),
+        (  # nan
+            lambda: soft_accuracy(LOGITS, torch.full((4, 2), float("nan"))),
+            "scores hold NaN or infinite values",
+        ),
+        (
+            lambda: soft_accuracy(LOGITS, torch.ones(4, 2, dtype=torch.bool)),
+            "scores must be floating-point or integer, got torch.bool",
+        ),
+        (  # only the number of values was compared: 0.714
+            lambda: pearson(torch.arange(6.0).view(2, 3), torch.arange(6.0).view(3, 2).T.contiguous()),
+            "predictions must be a (N,) real tensor with N >= 2, got torch.float32 of shape (2, 3)",
+        ),
+        (
+            lambda: pearson(torch.arange(3.0), torch.arange(4.0)),
+            "predictions and targets must have one shape, got (3,) and (4,)",
+        ),
+        (
+            lambda: pearson(torch.arange(3.0), torch.tensor([1.0, float("inf"), 2.0])),
+            "targets must be a tensor of finite values, got NaN or infinite ones",
+        ),
+    ],
+)
+def test_inputs_that_do_not_fit_the_metric_are_refused_in_one_line(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_integer_scores_and_regression_targets_are_read_as_numbers():
+    """Integer VQA scores failed in mean(); integer regression targets are the floats they hold."""
+    assert soft_accuracy(LOGITS, torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]])) == pytest.approx(0.5)
+    predictions = torch.tensor([[0.5], [1.0], [2.5], [2.0]])
+    expected = pearson(predictions[:, 0], torch.tensor([1.0, 2.0, 4.0, 3.0]))
+    assert task_metrics(predictions, torch.tensor([1, 2, 4, 3]), "mse") == {"pearson": pytest.approx(expected)}
+    assert expected == pytest.approx(0.9899495, abs=1e-6)  # numpy.corrcoef

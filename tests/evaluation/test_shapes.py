@@ -69,6 +69,17 @@ def test_attribute_agreement_refuses_indices_that_are_not_classes(bad):
         attribute_agreement(torch.tensor([0, 1]), torch.tensor([0, bad]))
 
 
+def test_attribute_agreement_reads_uint8_indices_as_indices_not_a_mask():
+    """A uint8 index tensor was a boolean mask: it picked the classes where it was non-zero."""
+    labels = torch.tensor([index("red circle"), index("blue square"), index("green cross")])
+    predicted = torch.tensor([index("red square"), index("blue square"), index("red cross")])
+    expected = {"colour_right": pytest.approx(2 / 3), "shape_right": pytest.approx(2 / 3)}
+    assert attribute_agreement(predicted, labels) == expected
+    assert attribute_agreement(predicted.to(torch.uint8), labels.to(torch.uint8)) == expected
+    with pytest.raises(ValueError, match=r"^predicted must be integer class indices in \[0, 30\)$"):
+        attribute_agreement(predicted.to(torch.complex64), labels)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -20,13 +20,17 @@ SIMILARITY = torch.tensor(
 
 
 def features() -> tuple[torch.Tensor, torch.Tensor]:
-    """Image features e_i and text features whose dot products are SIMILARITY."""
-    return torch.eye(4), SIMILARITY.T.contiguous()
+    """L2-normalised image features e_i and text features whose dot products are SIMILARITY / 2: text j is
+    column j halved (norm < 1, same rankings), completed to norm 1 along a fifth axis no image uses."""
+    texts = SIMILARITY.T / 2
+    texts = torch.cat([texts, (1 - texts.pow(2).sum(dim=1, keepdim=True)).sqrt()], dim=1)
+    return torch.eye(4, 5), texts
 
 
 def test_retrieval_recall_exact_values():
     images, texts = features()
-    assert torch.allclose(images @ texts.T, SIMILARITY)
+    assert torch.equal(images @ texts.T, SIMILARITY / 2)
+    torch.testing.assert_close(texts.norm(dim=1), torch.ones(4))
     recall = retrieval_recall(images, texts, ks=(1, 2, 3, 4))
     assert recall == {
         "image_to_text_R@1": 0.25,
@@ -64,7 +68,7 @@ def test_retrieval_recall_accepts_half_precision():
 
 def test_nan_features_are_an_error_not_perfect_recall():
     nan = torch.full((4, 3), float("nan"))
-    with pytest.raises(ValueError, match="image_features holds NaN"):
+    with pytest.raises(ValueError, match="image_features holds NaN"):  # not "not normalised": NaN is named first
         retrieval_recall(nan, nan, ks=(1,))
     with pytest.raises(ValueError, match="image_features holds NaN"):
         classification_accuracy(nan, torch.eye(3), torch.zeros(4, dtype=torch.long))
@@ -133,6 +137,7 @@ def test_classification_accuracy_exact():
             [0.2, 0.5, 0.3],
         ]
     )
+    images = torch.nn.functional.normalize(images, dim=-1)  # (scaling a row changes none of its rankings)
     # nearest classes: 0, 1, 2, 0, 2, 2, 0, 1
     labels = torch.tensor([0, 1, 2, 1, 2, 0, 0, 1])
     assert classification_accuracy(images, classes, labels) == 0.75  # 6 of 8
@@ -185,7 +190,7 @@ def test_zero_shot_classifier_averages_normalised_prompts():
     torch.testing.assert_close(classes, expected, rtol=0, atol=1e-6)
     assert classes.dtype == torch.float32 and not classes.requires_grad
     # The class embeddings plug straight into classification_accuracy.
-    images = torch.tensor([[0.1, 0.9], [-0.7, -0.7], [0.9, 0.0]])
+    images = torch.nn.functional.normalize(torch.tensor([[0.1, 0.9], [-0.7, -0.7], [0.9, 0.0]]), dim=-1)
     assert classification_accuracy(images, classes, torch.tensor([0, 1, 0])) == 1.0
 
 
@@ -251,7 +256,183 @@ def test_a_class_names_string_is_not_split_into_letters():
         ids = torch.tensor([[len(t) % 8] for t in texts])
         return ids, torch.ones_like(ids)
 
-    with pytest.raises(TypeError, match="class_names must be a sequence of str, got str"):  # was 3 classes: c, a, t
+    with pytest.raises(
+        TypeError, match=r"^class_names must be a sequence of str \(a list or tuple, in order\), got str$"
+    ):  # was 3 classes: c, a, t
         zero_shot_classifier(encode, tokenize, "cat")
     with pytest.raises(ValueError, match="class_names must be distinct non-empty names"):
         zero_shot_classifier(encode, tokenize, ["cat", "", "dog"])
+
+
+def _tokenize(texts):
+    ids = torch.arange(len(texts))[:, None]
+    return ids, torch.ones_like(ids)
+
+
+@pytest.mark.parametrize(
+    "encode_text, error, message",
+    [
+        # 2 rows for the 4 prompts were reshaped into a (2, 2) result; 5 rows into garbage; (4,) into (2, 1)
+        (
+            lambda ids, mask: torch.randn(2, 3),
+            ValueError,
+            "encode_text must return (4, D) features, one row per prompt, got shape (2, 3)",
+        ),
+        (
+            lambda ids, mask: torch.randn(5, 3),
+            ValueError,
+            "encode_text must return (4, D) features, one row per prompt, got shape (5, 3)",
+        ),
+        (
+            lambda ids, mask: torch.randn(4),
+            ValueError,
+            "encode_text must return (4, D) features, one row per prompt, got shape (4,)",
+        ),
+        (
+            lambda ids, mask: torch.zeros(4, 0),
+            ValueError,
+            "encode_text must return (4, D) features, one row per prompt, got shape (4, 0)",
+        ),
+        (
+            lambda ids, mask: torch.ones(4, 3, dtype=torch.long),
+            ValueError,
+            "encode_text must return floating-point features, got torch.int64",
+        ),
+        (lambda ids, mask: [[1.0]] * 4, TypeError, "encode_text must return a tensor, got list"),
+        # NaN embeddings were returned as the classifier
+        (
+            lambda ids, mask: torch.full((4, 3), float("nan")),
+            ValueError,
+            "encode_text's output holds NaN or infinite values (a diverged model?)",
+        ),
+        (
+            lambda ids, mask: torch.full((4, 3), float("inf")),
+            ValueError,
+            "encode_text's output holds NaN or infinite values (a diverged model?)",
+        ),
+    ],
+)
+def test_zero_shot_classifier_refuses_what_encode_text_returns_unless_one_finite_row_per_prompt(
+    encode_text, error, message
+):
+    with pytest.raises(error) as info:
+        zero_shot_classifier(encode_text, _tokenize, ["cat", "dog"], ("a {}", "the {}"))
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "tokenize, message",
+    [
+        # a (2, L) tensor unpacked into two rows, read as ids and mask
+        (
+            lambda texts: torch.zeros(2, 3, dtype=torch.long),
+            "tokenize must return a pair (ids, attention mask), got Tensor",
+        ),
+        (lambda texts: (*_tokenize(texts), None), "tokenize must return a pair (ids, attention mask), got tuple of 3"),
+        (
+            lambda texts: {"input_ids": _tokenize(texts)[0]},
+            "tokenize must return a pair (ids, attention mask), got dict",
+        ),
+    ],
+)
+def test_zero_shot_classifier_refuses_a_tokenize_that_does_not_return_a_pair(tokenize, message):
+    encoded = []
+
+    def encode_text(ids, mask):
+        encoded.append(ids)
+        return torch.randn(ids.shape[0], 3)
+
+    with pytest.raises(TypeError) as info:
+        zero_shot_classifier(encode_text, tokenize, ["cat", "dog"])
+    assert str(info.value) == message and encoded == []
+
+
+@pytest.mark.parametrize("names", [{"cat", "dog"}, frozenset({"cat", "dog"}), {"cat": 0, "dog": 1}.keys()])
+def test_zero_shot_classifier_refuses_an_unordered_set_of_class_names(names):
+    """The class embeddings' rows followed the set's iteration order (the hash seed), not the caller's."""
+    fake = FakeTextModel()
+    with pytest.raises(TypeError) as info:
+        zero_shot_classifier(fake.encode_text, fake.tokenize, names)
+    assert str(info.value) == (
+        f"class_names must be a sequence of str (a list or tuple, in order), got {type(names).__name__}"
+    )
+    assert fake.prompts is None
+
+
+def test_uint8_and_int32_indices_are_indices_not_a_mask():
+    """A uint8 image_of_text was read as a boolean mask: a wrong R@1 silently (2 texts), an IndexError
+    (3 texts); uint8 labels failed inside gather."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    texts = torch.nn.functional.normalize(images[[0, 1, 2, 2]] + 0.3 * torch.randn(4, 8, generator=g), dim=-1)
+    rows = torch.tensor([0, 1, 2, 2])
+    expected = retrieval_recall(images, texts, ks=(1, 2), image_of_text=rows)
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        assert retrieval_recall(images, texts, ks=(1, 2), image_of_text=rows.to(dtype)) == expected
+    two = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=-1)
+    assert retrieval_recall(two, two, ks=(1,), image_of_text=torch.tensor([0, 1], dtype=torch.uint8)) == {
+        "image_to_text_R@1": 1.0,
+        "text_to_image_R@1": 1.0,
+    }
+    labels = torch.tensor([0, 1, 2, 1])
+    expected = classification_accuracy(texts, images, labels)
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        assert classification_accuracy(texts, images, labels.to(dtype)) == expected
+    for bad in (rows.bool(), rows.float(), rows.to(torch.complex64)):
+        with pytest.raises(ValueError) as info:
+            retrieval_recall(images, texts, ks=(1,), image_of_text=bad)
+        assert (
+            str(info.value)
+            == f"image_of_text must be (4,) integer rows of image_features, got {bad.dtype} of shape (4,)"
+        )
+    with pytest.raises(ValueError, match=r"^labels must be \(4,\) integer class indices, got torch.complex64"):
+        classification_accuracy(texts, images, labels.to(torch.complex64))
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5, 1.02, 0.0])
+def test_features_that_are_not_l2_normalised_are_refused_naming_them(scale):
+    """A longer row ranked first whatever its direction: wrong recall and accuracy, silently."""
+    images = torch.eye(3)
+    longer = images.clone()
+    longer[1] *= scale
+    lo, hi = min(scale, 1.0), max(scale, 1.0)
+    expected = "{} must hold L2-normalised rows (norm 1 within a relative 0.01), got norms in [{:.4g}, {:.4g}] (torch.nn.functional.normalize(x, dim=-1))"
+    for call, name in (
+        (lambda: retrieval_recall(longer, images, ks=(1,)), "image_features"),
+        (lambda: retrieval_recall(images, longer, ks=(1,)), "text_features"),
+        (lambda: classification_accuracy(longer, images, torch.tensor([0, 1, 2])), "image_features"),
+        (lambda: classification_accuracy(images, longer, torch.tensor([0, 1, 2])), "class_embeddings"),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert str(info.value) == expected.format(name, lo, hi)
+
+
+def test_features_normalised_in_half_precision_pass_the_norm_check():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 512, generator=g)
+    for dtype in (torch.bfloat16, torch.float16):
+        low = torch.nn.functional.normalize(x.to(dtype), dim=-1)  # normalised in the low precision itself
+        assert (low.float().norm(dim=-1) - 1).abs().max() > 1e-4  # (not exactly 1)
+        reference = retrieval_recall(
+            torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(x, dim=-1), ks=(1,)
+        )
+        assert retrieval_recall(low, low, ks=(1,)) == reference
+        assert classification_accuracy(low, low[:8], torch.arange(64) % 8) == classification_accuracy(
+            low.float(), low[:8].float(), torch.arange(64) % 8
+        )
+
+
+def test_retrieval_ks_may_be_any_iterable_read_once():
+    """A generator was consumed by the checks: the result was {}."""
+    images, texts = features()
+    expected = retrieval_recall(images, texts, ks=[1, 2])
+    assert len(expected) == 4
+    assert retrieval_recall(images, texts, ks=(k for k in [1, 2])) == expected
+    assert retrieval_recall(images, texts, ks=range(1, 3)) == expected
+    with pytest.raises(ValueError) as info:
+        retrieval_recall(images, texts, ks=(k for k in [1, 7]))
+    assert str(info.value) == "ks must lie in [1, 4], got [1, 7]"
+    with pytest.raises(ValueError) as info:
+        retrieval_recall(images, texts, ks=iter([]))
+    assert str(info.value) == "ks must be a non-empty sequence of ints, got []"

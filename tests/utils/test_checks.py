@@ -39,3 +39,24 @@ def test_check_dropout_takes_probabilities_below_one():
             check_dropout("p", value)
     with pytest.raises(TypeError, match="^p must be a float, got str$"):
         check_dropout("p", "0.1")
+
+
+def test_is_integer_tensor_and_describe_tensor():
+    import torch
+
+    from torchflava.utils.checks import describe_tensor, is_integer_tensor
+
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        assert is_integer_tensor(torch.zeros(2, dtype=dtype))
+    for value in (
+        torch.zeros(2, dtype=torch.bool),
+        torch.zeros(2),
+        torch.zeros(2).half(),
+        torch.zeros(2, dtype=torch.complex64),
+        [0, 1],
+        3,
+    ):
+        assert not is_integer_tensor(value)
+    assert describe_tensor(torch.zeros(2, 3, dtype=torch.int32)) == "torch.int32 of shape (2, 3)"
+    assert describe_tensor(torch.tensor(1.0)) == "torch.float32 of shape ()"
+    assert describe_tensor([1.0]) == "list"

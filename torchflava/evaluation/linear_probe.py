@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 DEFAULT_L2 = tuple(10.0**e for e in range(-6, 3))
 
@@ -36,7 +36,16 @@ class LinearProbeResult(NamedTuple):
     std: Tensor
 
     def predict(self, features: Tensor) -> Tensor:
-        """(N,) predicted classes of raw (unstandardised) ``features``."""
+        """(N,) predicted classes of raw (unstandardised) ``features``, (N, D) finite floating-point with
+        the probe's D; ValueError naming ``features`` otherwise (NaN rows were given a class)."""
+        width = self.weight.shape[1]
+        if not isinstance(features, Tensor) or not features.is_floating_point() or features.shape[1:] != (width,):
+            raise ValueError(
+                f"features must be a (N, {width}) floating-point tensor (the probe's width), got "
+                f"{describe_tensor(features)}"
+            )
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("features hold NaN or infinite values")
         return (((features.float() - self.mean) / self.std) @ self.weight.T + self.bias).argmax(dim=1)
 
 
@@ -47,7 +56,7 @@ def fit_logistic_regression(
 
     Args:
         features (Tensor): (N, D) float.
-        labels (Tensor): (N,) class ids in [0, num_classes).
+        labels (Tensor): (N,) class ids in [0, num_classes), of any integer dtype.
         num_classes (int): C.
         l2 (float): penalty on the weights (not the bias), >= 0.
         max_iter (int): L-BFGS iterations.
@@ -64,10 +73,12 @@ def fit_logistic_regression(
     check_int("max_iter", max_iter, 1)  # 0 returned an all-zero model
     if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 <= l2 < math.inf:
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
-    if not isinstance(features, Tensor) or not isinstance(labels, Tensor) or features.shape[0] < 1:
+    if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
         raise ValueError("features and labels must be tensors with at least one row")
     _check("features", features, labels, num_classes)  # (NaN features gave NaN weights; a bad label an IndexError)
-    return _fit(features, labels, num_classes, l2=l2, max_iter=max_iter)
+    if features.shape[0] < 1:
+        raise ValueError("features and labels must be tensors with at least one row")
+    return _fit(features, labels.long(), num_classes, l2=l2, max_iter=max_iter)  # (cross_entropy takes long)
 
 
 def _fit(features: Tensor, labels: Tensor, num_classes: int, *, l2: float, max_iter: int) -> tuple[Tensor, Tensor]:
@@ -101,7 +112,7 @@ def _check(name: str, features: Tensor, labels: Tensor, num_classes: int) -> Non
         raise ValueError(
             f"{name}: features must be (N, D) with labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}"
         )
-    if labels.is_floating_point() or labels.dtype == torch.bool or bool(((labels < 0) | (labels >= num_classes)).any()):
+    if not is_integer_tensor(labels) or bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(f"{name}: labels must be integer class ids in [0, {num_classes})")
     if not bool(torch.isfinite(features).all()):
         raise ValueError(f"{name}: features hold NaN or infinite values")
@@ -132,6 +143,7 @@ def linear_probe(
         LinearProbeResult: the chosen penalty, accuracies and the final model.
 
     Raises:
+        TypeError: if a split is not a (features, labels) pair of tensors.
         ValueError: on mismatched shapes, bad labels, non-finite features or no/negative penalties.
     """
     if len(l2_values) == 0 or not all(
@@ -140,12 +152,22 @@ def linear_probe(
         raise ValueError(f"l2_values must be non-empty finite numbers >= 0, got {list(l2_values)}")
     check_int("max_iter", max_iter, 1)  # 0 returned an untrained probe
     splits = {"train": train, "val": val, **({"test": test} if test is not None else {})}
-    for name, (features, labels) in splits.items():
+    for name, split in splits.items():
+        if not isinstance(split, (tuple, list)) or len(split) != 2 or not all(isinstance(v, Tensor) for v in split):
+            got = (
+                f"{type(split).__name__} of {', '.join(type(v).__name__ for v in split)}"
+                if isinstance(split, (tuple, list))
+                else type(split).__name__
+            )
+            raise TypeError(f"{name} must be a (features, labels) pair of tensors, got {got}")
+        features, labels = split
         if features.dim() != 2 or labels.shape != (features.shape[0],) or features.shape[0] < 1:
             raise ValueError(
                 f"{name}: features must be (N, D), N >= 1, with labels (N,), got {tuple(features.shape)} and "
                 f"{tuple(labels.shape)}"
             )
+        if not is_integer_tensor(labels):  # (before num_classes is read off them: a NaN label failed in int())
+            raise ValueError(f"{name}: labels must be integer class ids, got {labels.dtype}")
     if num_classes is None:
         num_classes = int(max(int(s[1].max()) for s in splits.values())) + 1
     check_int("num_classes", num_classes, 2)  # one class makes any probe 100% right

@@ -7,29 +7,29 @@ silently, an empty input gives nan, an out-of-range label or a NaN logit a wrong
 import torch
 from torch import Tensor
 
+from torchflava.utils.checks import describe_tensor, is_integer_tensor
+
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
 
 
 def _check_logits(logits: object) -> int:
     """The number of rows of (N, C) finite float ``logits`` (N >= 1)."""
     if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point() or logits.shape[0] == 0:
-        got = f"{logits.dtype} of shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be a (N, C) floating-point tensor with N >= 1, got {got}")
+        raise ValueError(f"logits must be a (N, C) floating-point tensor with N >= 1, got {describe_tensor(logits)}")
     if not bool(torch.isfinite(logits).all()):
         raise ValueError("logits hold NaN or infinite values")
     return logits.shape[0]
 
 
+def _is_real(value: object) -> bool:
+    """Whether ``value`` is a tensor of real numbers: floating-point or integer (not bool nor complex)."""
+    return isinstance(value, Tensor) and (value.is_floating_point() or is_integer_tensor(value))
+
+
 def _check_labels(labels: object, rows: int, classes: int) -> None:
     """(rows,) integer class ids in [0, classes)."""
-    if (
-        not isinstance(labels, Tensor)
-        or labels.shape != (rows,)
-        or labels.is_floating_point()
-        or labels.dtype == torch.bool
-    ):
-        got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"labels must be ({rows},) integer class ids, got {got}")
+    if not is_integer_tensor(labels) or labels.shape != (rows,):
+        raise ValueError(f"labels must be ({rows},) integer class ids, got {describe_tensor(labels)}")
     if bool(((labels < 0) | (labels >= classes)).any()):
         raise ValueError(
             f"labels must be class ids in [0, {classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
@@ -55,33 +55,40 @@ def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
 def pearson(predictions: Tensor, targets: Tensor) -> float:
     """Pearson correlation of two (N,) vectors (0 when either is constant)."""
     for name, value in (("predictions", predictions), ("targets", targets)):
-        if not isinstance(value, Tensor) or value.numel() < 2 or not bool(torch.isfinite(value.double()).all()):
-            raise ValueError(f"{name} must be a tensor of at least 2 finite values")
-    if predictions.numel() != targets.numel():
+        if not _is_real(value) or value.dim() != 1 or value.numel() < 2:
+            raise ValueError(f"{name} must be a (N,) real tensor with N >= 2, got {describe_tensor(value)}")
+        if not bool(torch.isfinite(value.double()).all()):
+            raise ValueError(f"{name} must be a tensor of finite values, got NaN or infinite ones")
+    if predictions.shape != targets.shape:  # (a (2, 3) and a (3, 2) were paired value by value)
         raise ValueError(
-            f"predictions and targets must have as many values, got {predictions.numel()} and {targets.numel()}"
+            f"predictions and targets must have one shape, got {tuple(predictions.shape)} and {tuple(targets.shape)}"
         )
-    x, y = predictions.double().flatten(), targets.double().flatten()
+    x, y = predictions.double(), targets.double()
     x, y = x - x.mean(), y - y.mean()
     denominator = (x.norm() * y.norm()).item()
     return (x @ y).item() / denominator if denominator > 0 else 0.0
 
 
 def soft_accuracy(logits: Tensor, scores: Tensor) -> float:
-    """VQA accuracy: mean score (N, C) of the predicted answer."""
+    """VQA accuracy: mean score (N, C) of the predicted answer (scores floating-point or integer)."""
     _check_logits(logits)
     if not isinstance(scores, Tensor) or scores.shape != logits.shape:
         got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must have the logits' shape {tuple(logits.shape)}, got {got}")
-    return scores.gather(1, logits.argmax(dim=1, keepdim=True)).mean().item()
+    if not _is_real(scores):
+        raise ValueError(f"scores must be floating-point or integer, got {scores.dtype}")
+    if not bool(torch.isfinite(scores).all()):  # (the mean was nan)
+        raise ValueError("scores hold NaN or infinite values")
+    return scores.gather(1, logits.argmax(dim=1, keepdim=True)).double().mean().item()
 
 
 def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
     """The metrics that fit a loss: accuracy (+ F1 for 2 classes), soft accuracy, or Pearson.
 
     Args:
-        logits (Tensor): (N, C) outputs.
-        labels (Tensor): the targets in the loss's format.
+        logits (Tensor): (N, C) outputs; (N, 1) for ``mse`` (one regression output).
+        labels (Tensor): the targets in the loss's format: (N,) class ids, (N, C) soft scores, or (N,)
+            real regression targets for ``mse``.
         loss (str): ``cross_entropy``, ``binary_cross_entropy`` or ``mse``.
 
     Returns:
@@ -93,7 +100,14 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
     if loss not in LOSSES:  # a misspelt loss returned accuracy and F1
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if loss == "mse":
-        return {"pearson": pearson(logits[:, 0], labels.float())}
+        rows = _check_logits(logits)
+        if logits.shape[1] != 1:  # (the Pearson of column 0 was returned)
+            raise ValueError(f"logits must be (N, 1) for loss 'mse' (one regression output), got {tuple(logits.shape)}")
+        if not _is_real(labels) or labels.shape != (rows,):
+            raise ValueError(
+                f"labels must be ({rows},) real regression targets for loss 'mse', got {describe_tensor(labels)}"
+            )
+        return {"pearson": pearson(logits[:, 0], labels)}
     if loss == "binary_cross_entropy":
         return {"vqa_accuracy": soft_accuracy(logits, labels)}
     out = {"accuracy": accuracy(logits, labels)}

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from torchflava.data.shapes import ALL_SCENES, CLASS_NAMES, ShapesWorld
 from torchflava.evaluation.zero_shot import classification_accuracy, retrieval_recall, zero_shot_classifier
-from torchflava.utils.checks import check_int, is_prompt_template
+from torchflava.utils.checks import check_int, is_integer_tensor, is_prompt_template
 
 DEFAULT_TEMPLATES = ("a {}", "a small {}", "a large {}")
 
@@ -41,12 +41,9 @@ def attribute_agreement(predicted: Tensor, labels: Tensor, class_names: Sequence
     if any(len(p) != 2 for p in parts):
         raise ValueError(f"class names must be '<colour> <shape>', got {list(class_names)[:3]}...")
     for name, indices in (("predicted", predicted), ("labels", labels)):  # -1 wrapped round; 30 an IndexError
-        if (
-            indices.is_floating_point()
-            or indices.dtype == torch.bool
-            or not bool(((indices >= 0) & (indices < len(parts))).all())
-        ):
+        if not is_integer_tensor(indices) or not bool(((indices >= 0) & (indices < len(parts))).all()):
             raise ValueError(f"{name} must be integer class indices in [0, {len(parts)})")
+    predicted, labels = predicted.long(), labels.long()  # a uint8 index would be read as a mask
     colours = torch.tensor([sorted({p[0] for p in parts}).index(p[0]) for p in parts])
     shapes = torch.tensor([sorted({p[1] for p in parts}).index(p[1]) for p in parts])
     return {

@@ -5,13 +5,16 @@ The functions work on features (any model that gives ``(N, D)`` normalised embed
 with a text encoder and a tokenizer passed in as callables.
 """
 
-from typing import Callable, Optional, Sequence
+from collections import abc
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from torchflava.utils.checks import is_prompt_template
+from torchflava.utils.checks import is_integer_tensor, is_prompt_template
+
+NORM_TOLERANCE = 1e-2  # relative: bf16 features normalised in bf16 have norms within ~4e-3 of 1
 
 
 def check_finite(**tensors: Tensor) -> None:
@@ -19,6 +22,35 @@ def check_finite(**tensors: Tensor) -> None:
     for name, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{name} holds NaN or infinite values (a diverged model?)")
+
+
+def check_normalised(**tensors: Tensor) -> None:
+    """ValueError naming the first of ``tensors`` (by keyword, each (N, D) and finite) whose rows are not
+    L2-normalised, within a relative :data:`NORM_TOLERANCE` (the rankings compare dot products: a
+    longer row would rank first whatever its direction)."""
+    for name, tensor in tensors.items():
+        norms = tensor.float().norm(dim=-1)
+        if bool(((norms - 1).abs() > NORM_TOLERANCE).any()):
+            raise ValueError(
+                f"{name} must hold L2-normalised rows (norm 1 within a relative {NORM_TOLERANCE:g}), got norms in "
+                f"[{float(norms.min()):.4g}, {float(norms.max()):.4g}] (torch.nn.functional.normalize(x, dim=-1))"
+            )
+
+
+def check_class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> None:
+    """The checks of :func:`zero_shot_classifier`'s ``class_names`` and ``templates``, for callers that
+    want them before any other work (see there for the errors)."""
+    for name, names in (("class_names", class_names), ("templates", templates)):
+        # a str is not split into letters; a set's (or a dict's) order follows the hash seed, not the caller
+        if isinstance(names, str) or not isinstance(names, abc.Sequence) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"{name} must be a sequence of str (a list or tuple, in order), got {type(names).__name__}")
+    if len(class_names) == 0 or len(templates) == 0:
+        raise ValueError("class_names and templates must not be empty")
+    if not all(n.strip() for n in class_names) or len(set(class_names)) != len(class_names):
+        raise ValueError(f"class_names must be distinct non-empty names, got {list(class_names)}")
+    bad = [t for t in templates if not is_prompt_template(t)]
+    if bad:
+        raise ValueError(f"templates must contain one '{{}}' for the class name and no other braces, got {bad}")
 
 
 def zero_shot_classifier(
@@ -39,23 +71,32 @@ def zero_shot_classifier(
         Tensor: (C, D) class embeddings.
 
     Raises:
-        TypeError: if ``class_names`` or ``templates`` is not a sequence of str (a str itself included).
-        ValueError: if there are no classes or templates, a class name is empty or repeated, or a
-            template lacks ``{}``.
+        TypeError: if ``class_names`` or ``templates`` is not an ordered sequence of str (a str itself
+            or a set included), ``tokenize`` does not return a pair or ``encode_text`` not a tensor.
+        ValueError: if there are no classes or templates, a class name is empty or repeated, a
+            template lacks ``{}``, or ``encode_text`` does not return (P, D) finite floating-point
+            features for the P prompts.
     """
-    for name, names in (("class_names", class_names), ("templates", templates)):
-        if isinstance(names, str) or not all(isinstance(n, str) for n in names):  # a str is not split into letters
-            raise TypeError(f"{name} must be a sequence of str, got {type(names).__name__}")
-    if len(class_names) == 0 or len(templates) == 0:
-        raise ValueError("class_names and templates must not be empty")
-    if not all(n.strip() for n in class_names) or len(set(class_names)) != len(class_names):
-        raise ValueError(f"class_names must be distinct non-empty names, got {list(class_names)}")
-    bad = [t for t in templates if not is_prompt_template(t)]
-    if bad:
-        raise ValueError(f"templates must contain one '{{}}' for the class name and no other braces, got {bad}")
+    check_class_prompts(class_names, templates)
     prompts = [template.format(name) for name in class_names for template in templates]
+    tokens = tokenize(prompts)
+    if not isinstance(tokens, (tuple, list)) or len(tokens) != 2:  # a (2, L) tensor would unpack into two rows
+        got = (
+            f"{type(tokens).__name__} of {len(tokens)}" if isinstance(tokens, (tuple, list)) else type(tokens).__name__
+        )
+        raise TypeError(f"tokenize must return a pair (ids, attention mask), got {got}")
     with torch.no_grad():
-        features = F.normalize(encode_text(*tokenize(prompts)).float(), dim=-1)
+        features = encode_text(*tokens)
+    if not isinstance(features, Tensor):
+        raise TypeError(f"encode_text must return a tensor, got {type(features).__name__}")
+    if features.dim() != 2 or features.shape[0] != len(prompts) or features.shape[1] == 0:
+        raise ValueError(
+            f"encode_text must return ({len(prompts)}, D) features, one row per prompt, got shape {tuple(features.shape)}"
+        )
+    if not features.is_floating_point():
+        raise ValueError(f"encode_text must return floating-point features, got {features.dtype}")
+    check_finite(**{"encode_text's output": features})
+    features = F.normalize(features.detach().float(), dim=-1)
     per_class = features.view(len(class_names), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1)
 
@@ -73,7 +114,8 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
         float: accuracy in [0, 1].
 
     Raises:
-        ValueError: if the shapes disagree, a label is out of range, or a feature is NaN or infinite.
+        ValueError: if the shapes disagree, ``labels`` are not integers in range, or a feature is NaN,
+            infinite or not normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
     """
     _check_tensors(image_features=image_features, class_embeddings=class_embeddings, labels=labels)
     if image_features.dim() != 2 or class_embeddings.dim() != 2 or image_features.shape[1] != class_embeddings.shape[1]:
@@ -83,7 +125,7 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
         )
     if image_features.shape[0] == 0:
         raise ValueError("image_features must hold at least one row (the accuracy of none is undefined)")
-    if labels.shape != (image_features.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
+    if labels.shape != (image_features.shape[0],) or not is_integer_tensor(labels):
         raise ValueError(
             f"labels must be ({image_features.shape[0]},) integer class indices, got {labels.dtype} of shape "
             f"{tuple(labels.shape)}"
@@ -91,8 +133,11 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
     if bool(((labels < 0) | (labels >= class_embeddings.shape[0])).any()):
         raise ValueError(f"labels must be in [0, {class_embeddings.shape[0]})")
     check_finite(image_features=image_features, class_embeddings=class_embeddings)
+    check_normalised(image_features=image_features, class_embeddings=class_embeddings)
     similarity = image_features.float() @ class_embeddings.float().T  # (N, C)
-    own = similarity.gather(1, labels.to(similarity.device)[:, None]).squeeze(1)  # each image's score with its class
+    own = similarity.gather(1, labels.long().to(similarity.device)[:, None]).squeeze(
+        1
+    )  # (gather takes long)  # each image's score with its class
     top = similarity.amax(dim=1)
     # classes tied at the top share the credit: a random tie-break's expected accuracy (argmax took the
     # lowest index, so collapsed features scored 1.0 or 0.0 depending on the labels)
@@ -110,7 +155,7 @@ def _check_tensors(**tensors: object) -> None:
 def retrieval_recall(
     image_features: Tensor,
     text_features: Tensor,
-    ks: Sequence[int] = (1, 5, 10),
+    ks: Iterable[int] = (1, 5, 10),
     *,
     image_of_text: Optional[Tensor] = None,
 ) -> dict[str, float]:
@@ -124,21 +169,25 @@ def retrieval_recall(
     Args:
         image_features (Tensor): (M, D) normalised, one row per distinct image.
         text_features (Tensor): (T, D) normalised.
-        ks (Sequence[int]): the cut-offs, each in [1, min(M, T)].
-        image_of_text (Optional[Tensor]): (T,) the row of each text's image; None: the identity (M = T).
+        ks (Iterable[int]): the cut-offs, each in [1, min(M, T)] (read once: a generator works).
+        image_of_text (Optional[Tensor]): (T,) integer rows of each text's image; None: the identity (M = T).
 
     Returns:
         dict[str, float]: ``image_to_text_R@K`` and ``text_to_image_R@K`` for each K.
 
     Raises:
         TypeError: if a feature or ``image_of_text`` is not a tensor.
-        ValueError: if the shapes disagree, an image has no text, ``ks`` is not a non-empty sequence of
-            ints in range, or a feature is NaN or infinite.
+        ValueError: if the shapes disagree, an image has no text, ``image_of_text`` is not integer,
+            ``ks`` is not a non-empty sequence of ints in range, or a feature is NaN, infinite or not
+            normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
     """
     _check_tensors(image_features=image_features, text_features=text_features)
     if image_of_text is not None:
         _check_tensors(image_of_text=image_of_text)
-    if isinstance(ks, (str, int)) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks) or not ks:
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, abc.Iterable):
+        raise ValueError(f"ks must be a non-empty sequence of ints, got {ks!r}")
+    ks = list(ks)  # once: a generator would be empty by the time the results are made
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
         raise ValueError(f"ks must be a non-empty sequence of ints, got {ks!r}")
     if image_features.dim() != 2 or text_features.dim() != 2 or image_features.shape[1] != text_features.shape[1]:
         raise ValueError(
@@ -152,16 +201,18 @@ def retrieval_recall(
                 f"image_features and text_features must have as many rows without image_of_text, got {m} and {t}"
             )
         image_of_text = torch.arange(t)
-    image_of_text = image_of_text.to(image_features.device)
-    if image_of_text.shape != (t,) or image_of_text.is_floating_point() or image_of_text.dtype == torch.bool:
+    if image_of_text.shape != (t,) or not is_integer_tensor(image_of_text):
         raise ValueError(
-            f"image_of_text must be ({t},) integer rows of image_features, got {tuple(image_of_text.shape)}"
+            f"image_of_text must be ({t},) integer rows of image_features, got {image_of_text.dtype} of shape "
+            f"{tuple(image_of_text.shape)}"
         )
+    image_of_text = image_of_text.long().to(image_features.device)  # a uint8 index would be read as a mask
     if t and (int(image_of_text.min()) < 0 or int(image_of_text.max()) >= m or image_of_text.unique().numel() != m):
         raise ValueError(f"image_of_text must give every one of the {m} images at least one text, in [0, {m})")
     if any(not 1 <= k <= min(m, t) for k in ks):
-        raise ValueError(f"ks must lie in [1, {min(m, t)}], got {list(ks)}")
+        raise ValueError(f"ks must lie in [1, {min(m, t)}], got {ks}")
     check_finite(image_features=image_features, text_features=text_features)
+    check_normalised(image_features=image_features, text_features=text_features)
     similarity = image_features.float() @ text_features.float().T  # (M, T)
     right = image_of_text[None, :] == torch.arange(m, device=similarity.device)[:, None]  # (M, T)
     own = similarity[image_of_text, torch.arange(t, device=similarity.device)]  # each text's score with its image

@@ -225,3 +225,18 @@ def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> No
         torch._assert_async(ok, compiled_message)
     elif not bool(ok):
         raise ValueError(message())
+
+
+def is_integer_tensor(value: object) -> bool:
+    """Whether ``value`` is a tensor of an integer dtype: ids and class indices (bool, floating-point and
+    complex tensors are not; a uint8 one is, though indexing with it would mask rather than gather, so
+    cast what passes to long before using it as an index)."""
+    return isinstance(value, Tensor) and not (
+        value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
+    )
+
+
+def describe_tensor(value: object) -> str:
+    """What a message says was given: a tensor's dtype and shape (``torch.float32 of shape (2, 3)``), or
+    the type of anything else (``list``)."""
+    return f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
