@@ -135,9 +135,8 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
     check_finite(image_features=image_features, class_embeddings=class_embeddings)
     check_normalised(image_features=image_features, class_embeddings=class_embeddings)
     similarity = image_features.float() @ class_embeddings.float().T  # (N, C)
-    own = similarity.gather(1, labels.long().to(similarity.device)[:, None]).squeeze(
-        1
-    )  # (gather takes long)  # each image's score with its class
+    labels = labels.long().to(similarity.device)  # (gather takes long indices)
+    own = similarity.gather(1, labels[:, None]).squeeze(1)  # each image's score with its class
     top = similarity.amax(dim=1)
     # classes tied at the top share the credit: a random tie-break's expected accuracy (argmax took the
     # lowest index, so collapsed features scored 1.0 or 0.0 depending on the labels)
