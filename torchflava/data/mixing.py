@@ -37,6 +37,13 @@ def item_seed(*parts: object) -> int:
     return random.Random("/".join(map(str, parts))).getrandbits(63)
 
 
+def check_seeds(samples: Sequence, seeds: Sequence[int]) -> None:
+    """ValueError unless ``seeds`` holds one seed per sample of ``samples`` (a collator pairs them with
+    ``zip``, which stops at the shorter: rows would be dropped from some fields and not others)."""
+    if len(seeds) != len(samples):
+        raise ValueError(f"seeds: expected one per sample ({len(samples)}), got {len(seeds)}")
+
+
 class SkippedSample(NamedTuple):
     """An unusable item met while building a batch."""
 
