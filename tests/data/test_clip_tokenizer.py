@@ -306,3 +306,12 @@ def test_the_tokenizer_object_given_is_not_changed_and_flags_are_bools(ours):
     assert bare.to_str() == before and first(["A Photo of a CAT"])[0].tolist() == ids
     with pytest.raises(TypeError, match="unescape_html must be True or False, got 'no'"):
         CLIPTokenizer.from_bpe(BPE, unescape_html="no")
+
+
+def test_a_path_that_is_no_path_is_named():
+    """from_directory(5) raised Python's bare "expected str, bytes or os.PathLike object, not int"."""
+    with pytest.raises(TypeError, match="^directory must be a str or os.PathLike path, got int$"):
+        CLIPTokenizer.from_directory(5)
+    for load in (CLIPTokenizer.from_bpe, CLIPTokenizer.from_tokenizer_json):
+        with pytest.raises(TypeError, match="^path must be a str or os.PathLike path, got list$"):
+            load(["bpe.txt.gz"])

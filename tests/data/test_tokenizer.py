@@ -468,3 +468,12 @@ def test_vocab_file_faults_and_flags_are_named(tmp_path):
     for bad in ([-1], [len(VOCAB)]):
         with pytest.raises(ValueError, match=rf"ids must be in \[0, {len(VOCAB)}\), got \[{bad[0]}\]"):
             hand.decode(bad)
+
+
+def test_a_path_that_is_no_path_is_named():
+    """from_directory(5) raised Python's bare "expected str, bytes or os.PathLike object, not int"."""
+    with pytest.raises(TypeError, match="^directory must be a str or os.PathLike path, got int$"):
+        WordPieceTokenizer.from_directory(5)
+    for load in (WordPieceTokenizer.from_vocab, WordPieceTokenizer.from_tokenizer_json):
+        with pytest.raises(TypeError, match="^path must be a str or os.PathLike path, got NoneType$"):
+            load(None)

@@ -41,6 +41,7 @@ from torchflava.data.tokenizer import (
     repaired_surrogates,
 )
 from torchflava.utils.checkpoint import first_line, read_json_object
+from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
 START, END = "<|startoftext|>", "<|endoftext|>"
@@ -246,7 +247,7 @@ class CLIPTokenizer:
             FileNotFoundError: if the file does not exist.
             ValueError: naming the file, if it is not text of ``a b`` merge lines or has too few of them.
         """
-        path = Path(path)
+        path = Path(check_path("path", path))
         if not path.is_file():
             raise FileNotFoundError(f"path: expected a CLIP merges file, {path} is not a file")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 515:
@@ -280,8 +281,9 @@ class CLIPTokenizer:
         Raises:
             ValueError: naming the file, if it does not read or is not a BPE tokenizer.
         """
+        path = check_path("path", path)
         try:
-            tokenizer = Tokenizer.from_file(os.fspath(path))
+            tokenizer = Tokenizer.from_file(path)
         except Exception as error:  # tokenizers raises its own Exception subclass for any bad file
             raise ValueError(f"tokenizer.json: {path} does not read as a tokenizer ({error})") from None
         tokenizer.no_padding()
@@ -300,7 +302,7 @@ class CLIPTokenizer:
             FileNotFoundError: if it has neither ``tokenizer.json`` nor ``vocab.json`` and ``merges.txt``.
             ValueError: naming the file and key, if a file is malformed or states another tokenizer.
         """
-        directory = Path(directory)
+        directory = Path(check_path("directory", directory))
         settings = read_clip_tokenizer_config(directory / "tokenizer_config.json")
         if (directory / "tokenizer.json").is_file():
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)

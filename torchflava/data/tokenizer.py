@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from torchflava.utils.checkpoint import atomic_write
+from torchflava.utils.checks import check_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -140,7 +141,7 @@ class WordPieceTokenizer:
             FileNotFoundError: if there is no such file.
             ValueError: if the vocabulary lacks a special token or repeats a token.
         """
-        path = Path(path)
+        path = Path(check_path("path", path))
         if path.is_dir():
             path = path / "vocab.txt"
         if not path.is_file():
@@ -200,7 +201,7 @@ class WordPieceTokenizer:
             ValueError: if the file is not JSON, its model is not a WordPiece one with ``[UNK]`` and
                 ``##`` continuations, or the vocabulary lacks a special token.
         """
-        path = Path(path)
+        path = Path(check_path("path", path))
         if not path.is_file():
             raise FileNotFoundError(f"path: no tokenizer.json at {path}")
         try:
@@ -247,7 +248,7 @@ class WordPieceTokenizer:
             ValueError: naming the key, if ``tokenizer_config.json`` holds a malformed or unsupported
                 value; as :meth:`from_vocab` / :meth:`from_tokenizer_json` for the vocabulary.
         """
-        directory = Path(directory)
+        directory = Path(check_path("directory", directory))
         settings = read_tokenizer_config(directory / TOKENIZER_CONFIG)
         _refuse_added_tokens(directory)
         if (directory / "tokenizer.json").is_file():  # transformers' fast tokenizer reads it over vocab.txt
@@ -322,7 +323,7 @@ class WordPieceTokenizer:
         Returns:
             Path: the ``vocab.txt`` written.
         """
-        directory = Path(directory)
+        directory = Path(check_path("directory", directory))
         by_id = sorted(self._tokenizer.get_vocab().items(), key=lambda item: item[1])
         vocab = "".join(f"{token}\n" for token, _ in by_id)
         config = {

@@ -1,6 +1,7 @@
 """Argument checks shared across the library: one-line errors naming the argument, expected and given."""
 
 import math
+import os
 import string
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
@@ -204,3 +205,12 @@ def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> No
         torch._assert_async(ok, compiled_message)
     elif not bool(ok):
         raise ValueError(message())
+
+
+def check_path(name: str, value: object) -> str:
+    """``value`` as a str path if it is a str or ``os.PathLike`` (of a str), else TypeError naming ``name``
+    (``Path(5)`` and ``open(5)`` raise Python's "expected str, bytes or os.PathLike", naming nothing)."""
+    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TypeError(f"{name} must be a str or os.PathLike path, got {type(value).__name__}")
+    return path
