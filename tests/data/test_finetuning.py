@@ -212,3 +212,61 @@ def test_image_text_labels_refuse_repeated_or_str_labels_and_a_path_that_is_no_f
         ImageTextLabels(tmp_path, tmp_path / "nowhere.jsonl", ["yes"])
     with pytest.raises(FileNotFoundError, match=f"^path must be an existing file, got '{tmp_path}'$"):
         ImageTextLabels(tmp_path, tmp_path, ["yes"])
+
+
+@pytest.mark.parametrize(
+    "labels, error, message",
+    [
+        ([float("nan"), 1.0], ValueError, r"samples\[0\].label must be finite, got nan"),
+        ([0.5, float("inf")], ValueError, r"samples\[1\].label must be finite, got inf"),
+        ([1, -3], ValueError, r"samples\[1\].label must be a class id >= 0, got -3"),
+        (
+            [1, torch.zeros(3)],
+            ValueError,
+            r"samples: expected score tensors for every label of a batch or for none, got \['int', 'Tensor'\]",
+        ),
+        (
+            [torch.zeros(3), torch.zeros(4)],
+            ValueError,
+            r"samples\[1\].label must be a 1-D score tensor of the shape of samples\[0\]'s \(3,\), got shape \(4,\)",
+        ),
+        (
+            [torch.tensor([0.0, float("nan")])],
+            ValueError,
+            r"samples\[0\].label must hold finite scores, got \[0.0, nan\]",
+        ),
+        (
+            [1, "cat"],
+            TypeError,
+            r"samples\[1\].label must be a class id \(int\), a target \(float\) or a score tensor, got str 'cat'",
+        ),
+        (
+            [True],
+            TypeError,
+            r"samples\[0\].label must be a class id \(int\), a target \(float\) or a score tensor, got bool True",
+        ),
+    ],
+)
+def test_classification_labels_are_checked(labels, error, message):
+    """A NaN target and a class id of -3 passed into the batch; int and tensor labels mixed raised a
+    TypeError from inside torch."""
+    from torchflava.data.finetuning import ClassificationCollator, LabeledSample
+
+    collator = ClassificationCollator(None, image_size=8)
+    with pytest.raises(error, match=f"^{message}$"):
+        collator("train", [LabeledSample(None, None, label) for label in labels], [0] * len(labels))
+
+
+def test_classification_batches_of_each_label_kind_and_none_refused():
+    from torchflava.data.finetuning import ClassificationCollator, LabeledSample
+
+    collator = ClassificationCollator(None, image_size=8)
+    collate = lambda labels: collator("train", [LabeledSample(None, None, x) for x in labels], [0] * len(labels))  # noqa: E731
+    ids = collate([2, 0])["labels"]
+    assert ids.dtype == torch.long and ids.tolist() == [2, 0]
+    targets = collate([-1.5, 2])["labels"]  # regression targets may be negative
+    assert targets.dtype == torch.float32 and targets.tolist() == [-1.5, 2.0]
+    scores = collate([torch.tensor([0.0, 1.0]), torch.tensor([0.3, 0.0])])["labels"]
+    assert torch.equal(scores, torch.tensor([[0.0, 1.0], [0.3, 0.0]]))
+    with pytest.raises(ValueError, match="^samples: expected at least one sample, got none$"):  # was IndexError
+        collator("train", [], [])

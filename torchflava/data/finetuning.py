@@ -300,7 +300,16 @@ class ClassificationCollator:
     def __call__(
         self, kind: str, samples: Sequence[LabeledSample], seeds: Sequence[int], *, another: Optional[Callable] = None
     ) -> dict:
-        """The batch of ``samples`` (``kind``, ``seeds`` and ``another`` are unused: no randomness here)."""
+        """The batch of ``samples`` (``kind``, ``seeds`` and ``another`` are unused: no randomness here).
+
+        Raises:
+            TypeError: if a label is not an int, a float or a tensor.
+            ValueError: if there are no samples, some have an image or a text and others not, a batch
+                mixes score tensors with numbers, or a label is not finite, a class id below 0, or a
+                score tensor not 1-D of the shape of the others.
+        """
+        if not samples:
+            raise ValueError("samples: expected at least one sample, got none")
         batch = {}
         # every sample the layout of the first (a mixed one dropped the other rows' images or texts)
         for field in ("image", "text"):
@@ -317,11 +326,38 @@ class ClassificationCollator:
             batch["text"], batch["text_attention_mask"] = self.tokenizer(
                 [s.text for s in samples], max_length=self.max_text_length
             )
-        labels = [s.label for s in samples]
-        if isinstance(labels[0], Tensor):
-            batch["labels"] = torch.stack(labels)
-        elif any(isinstance(label, float) for label in labels):  # regression targets (1.5 was cast to 1)
-            batch["labels"] = torch.tensor(labels, dtype=torch.float32)
-        else:
-            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        batch["labels"] = _label_tensor([s.label for s in samples])
         return batch
+
+
+def _label_tensor(labels: list) -> Tensor:
+    """The labels of a batch as one tensor: (B, C) score vectors, (B,) float regression targets (any float
+    among them: 1.5 was cast to 1) or (B,) long class ids; TypeError / ValueError naming the sample whose
+    label is not one of those kinds, breaks the batch's kind or shape, is not finite or is a class id < 0."""
+    for row, label in enumerate(labels):
+        if isinstance(label, bool) or not isinstance(label, (int, float, Tensor)):
+            raise TypeError(
+                f"samples[{row}].label must be a class id (int), a target (float) or a score tensor, "
+                f"got {type(label).__name__} {label!r:.40}"
+            )
+    if any(isinstance(label, Tensor) for label in labels):
+        if not all(isinstance(label, Tensor) for label in labels):  # (a deep TypeError in torch.tensor)
+            kinds = [type(label).__name__ for label in labels]
+            raise ValueError(f"samples: expected score tensors for every label of a batch or for none, got {kinds}")
+        for row, label in enumerate(labels):
+            if label.dim() != 1 or label.shape != labels[0].shape:
+                raise ValueError(
+                    f"samples[{row}].label must be a 1-D score tensor of the shape of samples[0]'s "
+                    f"{tuple(labels[0].shape)}, got shape {tuple(label.shape)}"
+                )
+            if not torch.isfinite(label).all():
+                raise ValueError(f"samples[{row}].label must hold finite scores, got {label.tolist()}")
+        return torch.stack(labels)
+    for row, label in enumerate(labels):
+        if isinstance(label, float) and not math.isfinite(label):  # a NaN target makes every loss NaN
+            raise ValueError(f"samples[{row}].label must be finite, got {label}")
+    if any(isinstance(label, float) for label in labels):
+        return torch.tensor(labels, dtype=torch.float32)
+    if bad := [(row, label) for row, label in enumerate(labels) if label < 0]:
+        raise ValueError(f"samples[{bad[0][0]}].label must be a class id >= 0, got {bad[0][1]}")
+    return torch.tensor(labels, dtype=torch.long)
