@@ -528,8 +528,7 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
             f"{TOKENIZER_CONFIG}: tokenizer_class must be BertTokenizer or BertTokenizerFast, got {kind!r}"
         )
     for key, expected in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS):
-        token = config.get(key)
-        token = token.get("content") if isinstance(token, dict) else token
+        token = config_token(config, key)
         if token is not None and token != expected:
             raise ValueError(f"{TOKENIZER_CONFIG}: {key} must be {expected} (BERT's special tokens), got {token!r}")
     for key, name in (("do_lower_case", "lowercase"), ("tokenize_chinese_chars", "tokenize_chinese_chars")):
@@ -543,6 +542,13 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     settings["strip_accents"] = strip
     settings["model_max_length"] = config_max_length(config)
     return settings
+
+
+def config_token(config: Mapping, key: str) -> object:
+    """A special token of a ``tokenizer_config.json`` (its ``key``): the string, the ``content`` of an
+    ``{"content": ...}`` entry (transformers writes both forms), or whatever else is there (None if absent)."""
+    token = config.get(key)
+    return token.get("content") if isinstance(token, dict) else token
 
 
 def source_texts(sources: Mapping[str, Dataset], *, limit: int, kinds: Sequence[str] = ("texts", "pairs")) -> list[str]:
