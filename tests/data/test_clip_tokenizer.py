@@ -380,3 +380,19 @@ def test_a_vocab_json_too_small_for_the_byte_pieces_is_named(tmp_path):
         r"each also with </w>, and 2 special tokens\), got 2$",
     ):
         CLIPTokenizer.from_directory(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "ids, error, message",
+    [
+        ([-1], ValueError, r"ids must be in \[0, 49408\), got \[-1\]"),  # OverflowError
+        ([320, 49408], ValueError, r"ids must be in \[0, 49408\), got \[49408\]"),  # decoded to '' silently
+        ([65.7], TypeError, r"ids\[0\] must be an int id, got float 65.7"),
+        ("65", TypeError, "ids must be a sequence of int ids, got str '65'"),
+        (torch.tensor([[320]]), ValueError, r"ids must be one sequence of ids \(1-D\), got a tensor of shape \(1, 1\)"),
+    ],
+)
+def test_decode_refuses_ids_outside_the_vocabulary_and_what_is_not_ids(ours, ids, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        ours.decode(ids)
+    assert ours.decode(torch.tensor([49406, 320, 1125, 49407])) == "a photo"

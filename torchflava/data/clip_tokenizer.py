@@ -35,6 +35,7 @@ from torchflava.data.tokenizer import (
     check_max_length,
     check_model_max_length,
     check_no_surrogates,
+    checked_ids,
     checked_texts,
     config_max_length,
     config_token,
@@ -386,9 +387,11 @@ class CLIPTokenizer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of one id sequence, special tokens dropped (lower-cased, one space between words)."""
+        """Text of one id sequence (a list, tuple or 1-D tensor of ints), special tokens dropped (lower-cased,
+        one space between words); TypeError / ValueError as :func:`~torchflava.data.tokenizer.checked_ids`."""
+        ids = checked_ids(ids, self.vocab_size)  # (an id past the vocabulary decoded to "", -1 overflowed)
         byte_of = {character: byte for byte, character in byte_characters().items()}
-        pieces = [self._tokenizer.id_to_token(int(i)) or "" for i in ids if int(i) not in (self.start_id, self.end_id)]
+        pieces = [self._tokenizer.id_to_token(i) for i in ids if i not in (self.start_id, self.end_id)]
         data = bytes(byte_of.get(c, 32) for c in "".join(pieces))  # a character no byte spells: a space
         return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 

@@ -10,9 +10,11 @@ settings of its ``tokenizer_config.json`` read as transformers' ``BertTokenizerF
 
 from collections import Counter, abc
 import json
+import numbers
 import os
 from pathlib import Path
 import re
+import sys
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -221,8 +223,10 @@ class WordPieceTokenizer:
             raise ValueError(f"path: {path} model.vocab must map tokens to int ids")
         check_dense_ids(vocab, f"path: {path} model.vocab")  # save() writes positions: gaps would renumber
         chars = model.get("max_input_chars_per_word", 100)
-        if type(chars) is not int or chars < 1:
-            raise ValueError(f"path: {path} model.max_input_chars_per_word must be an int >= 1, got {chars!r}")
+        if type(chars) is not int or not 1 <= chars <= sys.maxsize:  # (the library's usize: 10**20 overflowed)
+            raise ValueError(
+                f"path: {path} model.max_input_chars_per_word must be an int in [1, {sys.maxsize}], got {chars!r}"
+            )
         bare = cls._bare(
             vocab,
             lowercase=lowercase,
@@ -363,11 +367,9 @@ class WordPieceTokenizer:
         return padded_rows(rows, max_length, end_id=self.sep_id, pad_id=self.pad_id)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of one id sequence, special tokens dropped; ValueError for an id outside the vocabulary."""
-        ids = [int(i) for i in ids]
-        if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
-            raise ValueError(f"ids must be in [0, {self.vocab_size}), got {bad[:5]}")
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+        """Text of one id sequence (a list, tuple or 1-D tensor of ints), special tokens dropped; TypeError /
+        ValueError as :func:`checked_ids`."""
+        return self._tokenizer.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=True)
 
 
 def _refuse_added_tokens(directory: Path) -> None:
@@ -409,6 +411,26 @@ def check_dense_ids(vocab: Mapping[str, int], where: str) -> None:
         repeated = sorted({i for i, j in zip(ids, ids[1:]) if i == j})[:5]
         detail = f"ids used twice {repeated}" if repeated else f"ids from {ids[0]} to {ids[-1]}" if ids else "none"
         raise ValueError(f"{where}: expected the ids 0 .. {len(ids) - 1}, each once, got {detail}")
+
+
+def checked_ids(ids: object, vocab_size: int) -> list[int]:
+    """``ids`` as a list of ints if it is one sequence (a list, tuple or 1-D tensor) of integer ids in
+    [0, vocab_size); else TypeError (a str, read as ids character by character; a float, which int()
+    truncated; a bool, read as 0 or 1) or ValueError (a tensor that is not 1-D, an id out of range)."""
+    if isinstance(ids, Tensor):
+        if ids.dim() != 1:
+            raise ValueError(f"ids must be one sequence of ids (1-D), got a tensor of shape {tuple(ids.shape)}")
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, abc.Iterable):
+        raise TypeError(f"ids must be a sequence of int ids, got {type(ids).__name__} {ids!r:.40}")
+    ids = list(ids)
+    for position, value in enumerate(ids):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"ids[{position}] must be an int id, got {type(value).__name__} {value!r:.40}")
+    ids = [int(value) for value in ids]
+    if bad := [value for value in ids if not 0 <= value < vocab_size]:
+        raise ValueError(f"ids must be in [0, {vocab_size}), got {bad[:5]}")
+    return ids
 
 
 def check_no_surrogates(texts: Sequence[str]) -> None:
