@@ -220,3 +220,17 @@ def test_readable_chunks_skip_bad_items_and_keep_the_chunk_size():
     assert chunks == [[(1, 10), (2, 20)], [(4, 40), (5, 50)], [(7, 70), (8, 80)]]
     assert skipped == ["item 0 is bad", "item 3 is bad", "item 6 is bad", "item 9 is bad"]
     assert list(readable_chunks(read, [0, 3], 4, [])) == []  # nothing readable: no chunk
+
+
+@pytest.mark.parametrize(
+    "size, error, message",
+    [(0, ValueError, "size must be >= 1, got 0"), (2.0, TypeError, "size must be an int, got float")],
+)
+def test_readable_chunks_check_the_chunk_size_when_called(size, error, message):
+    """A size of 0 gave one chunk of every item (a whole folder decoded at once)."""
+    from torchflava.data.samples import readable_chunks
+
+    read = []
+    with pytest.raises(error, match=f"^{message}$"):
+        readable_chunks(read.append, range(5), size, [])  # not at the first chunk: when called
+    assert read == []

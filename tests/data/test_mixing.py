@@ -156,7 +156,7 @@ def test_ratios_rank_and_types_are_checked_when_built():
     from torchflava.data.mixing import MixedBatches
 
     sources = {"a": list(range(4)), "b": list(range(4)), "c": list(range(4))}
-    build = lambda ratios, **kw: MixedBatches(sources, ratios, None, global_batch_size=2, num_steps=10, **kw)  # noqa: E731
+    build = lambda ratios, **kw: MixedBatches(sources, ratios, listing, global_batch_size=2, num_steps=10, **kw)  # noqa: E731
     with pytest.raises(ValueError, match="ratios: expected finite values"):
         build({"a": 1e308, "b": 1e308, "c": 0})
     with pytest.raises(TypeError, match="ratios must map kinds to numbers"):
@@ -165,3 +165,19 @@ def test_ratios_rank_and_types_are_checked_when_built():
         build(["a"])
     with pytest.raises(TypeError, match="rank must be an int, got float"):
         build({"a": 1}, rank=0.5, world_size=2)
+
+
+def test_sources_collator_and_steps_are_checked():
+    """A list of sources raised "unhashable type: 'list'", collator=None failed at the first item, and a
+    step of 0.5 raised numpy's IndexError."""
+    with pytest.raises(TypeError, match="^sources must map kind names to map-style datasets, got list$"):
+        MixedBatches([Numbers(4)], {}, listing, global_batch_size=2, num_steps=2)
+    with pytest.raises(TypeError, match="^collator must be callable, got NoneType$"):
+        MixedBatches({"odd": Numbers(4)}, {"odd": 1}, None, global_batch_size=2, num_steps=2)
+    data = mixer()
+    for step, kind in ((0.5, "float"), ("1", "str"), (True, "bool")):
+        with pytest.raises(TypeError, match=f"^step must be an int, got {kind}$"):
+            data[step]
+    import numpy as np
+
+    assert data[np.int64(3)].batch == data[3].batch

@@ -16,6 +16,7 @@ never the cause of a lost epoch. Data lost outside any item (a tar shard cut sho
 run's report.
 """
 
+import operator
 import random
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, TypeVar
 
@@ -84,6 +85,8 @@ class MixedBatches(Dataset):
         max_attempts (int): replacement draws for one slot before the data is declared broken.
 
     Raises:
+        TypeError: if ``sources`` or ``ratios`` is not a mapping, ``collator`` is not callable, or a
+            size, rank or seed is not an int.
         ValueError: if a ratio names no source, a ratio is negative or none is positive, a source
             is empty, or a size or rank is invalid.
     """
@@ -101,8 +104,12 @@ class MixedBatches(Dataset):
         seed: int = 0,
         max_attempts: int = 50,
     ) -> None:
+        if not isinstance(sources, Mapping):  # (a list raised "unhashable type: 'list'")
+            raise TypeError(f"sources must map kind names to map-style datasets, got {type(sources).__name__}")
         if not sources:
             raise ValueError("sources: expected at least one source, got none")
+        if not callable(collator):  # (None failed at the first item)
+            raise TypeError(f"collator must be callable, got {type(collator).__name__}")
         if not isinstance(ratios, Mapping) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in ratios.values()
         ):
@@ -210,6 +217,12 @@ class MixedBatches(Dataset):
         return None
 
     def __getitem__(self, step: int) -> MixedBatch:
+        if isinstance(step, bool):
+            raise TypeError("step must be an int, got bool")
+        try:
+            step = operator.index(step)
+        except TypeError:  # (0.5 raised numpy's IndexError)
+            raise TypeError(f"step must be an int, got {type(step).__name__}") from None
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} out of range [0, {self.num_steps})")
         kind = self.kind(step)
