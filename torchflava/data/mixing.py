@@ -76,7 +76,8 @@ class MixedBatches(Dataset):
             the stream of kinds.
         ratios (Mapping[str, float]): relative share of steps of each kind (a kind without a ratio,
             or with ratio 0, is never drawn).
-        collator (Callable): samples -> batch, as above.
+        collator (Optional[Callable]): samples -> batch, as above; None builds only the schedule, whose
+            :meth:`kind` of each step can be read (reading an item is then a TypeError).
         global_batch_size (int): items per step over all ranks.
         num_steps (int): number of steps (the dataset's length).
         rank (int): this rank.
@@ -85,8 +86,8 @@ class MixedBatches(Dataset):
         max_attempts (int): replacement draws for one slot before the data is declared broken.
 
     Raises:
-        TypeError: if ``sources`` or ``ratios`` is not a mapping, ``collator`` is not callable, or a
-            size, rank or seed is not an int.
+        TypeError: if ``sources`` or ``ratios`` is not a mapping, ``collator`` is neither callable nor
+            None, or a size, rank or seed is not an int.
         ValueError: if a ratio names no source, a ratio is negative or none is positive, a source
             is empty, or a size or rank is invalid.
     """
@@ -95,7 +96,7 @@ class MixedBatches(Dataset):
         self,
         sources: Mapping[str, Dataset],
         ratios: Mapping[str, float],
-        collator: Callable,
+        collator: Optional[Callable],
         *,
         global_batch_size: int,
         num_steps: int,
@@ -108,8 +109,8 @@ class MixedBatches(Dataset):
             raise TypeError(f"sources must map kind names to map-style datasets, got {type(sources).__name__}")
         if not sources:
             raise ValueError("sources: expected at least one source, got none")
-        if not callable(collator):  # (None failed at the first item)
-            raise TypeError(f"collator must be callable, got {type(collator).__name__}")
+        if collator is not None and not callable(collator):  # (it failed at the first item)
+            raise TypeError(f"collator must be callable (or None for the schedule only), got {type(collator).__name__}")
         if not isinstance(ratios, Mapping) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in ratios.values()
         ):
@@ -225,6 +226,8 @@ class MixedBatches(Dataset):
             raise TypeError(f"step must be an int, got {type(step).__name__}") from None
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} out of range [0, {self.num_steps})")
+        if self.collator is None:
+            raise TypeError("collator is None: these MixedBatches give the kind of each step only, not batches")
         kind = self.kind(step)
         local = self.global_batch_size // self.world_size
         first = int(self._rank_of_kind[step]) * self.global_batch_size + self.rank * local
