@@ -306,3 +306,93 @@ def test_the_tokenizer_object_given_is_not_changed_and_flags_are_bools(ours):
     assert bare.to_str() == before and first(["A Photo of a CAT"])[0].tolist() == ids
     with pytest.raises(TypeError, match="unescape_html must be True or False, got 'no'"):
         CLIPTokenizer.from_bpe(BPE, unescape_html="no")
+
+
+def test_a_path_that_is_no_path_is_named():
+    """from_directory(5) raised Python's bare "expected str, bytes or os.PathLike object, not int"."""
+    with pytest.raises(TypeError, match="^directory must be a str or os.PathLike path, got int$"):
+        CLIPTokenizer.from_directory(5)
+    for load in (CLIPTokenizer.from_bpe, CLIPTokenizer.from_tokenizer_json):
+        with pytest.raises(TypeError, match="^path must be a str or os.PathLike path, got list$"):
+            load(["bpe.txt.gz"])
+
+
+@pytest.mark.parametrize(
+    "vocab, detail",
+    [
+        ({"<|startoftext|>": 0, "<|endoftext|>": 0, "a": 1}, r"ids used twice \[0\]"),
+        ({"<|startoftext|>": 0, "<|endoftext|>": 100000, "a": 1}, "ids from 0 to 100000"),
+    ],
+)
+def test_tokenizer_json_ids_must_be_dense_and_unique(tmp_path, vocab, detail):
+    """Found by a review: the start and end tokens sharing id 0 loaded (the end read as the start); a
+    sparse id gave a vocab_size of 100001. vocab.json was checked, tokenizer.json was not."""
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": []}}))
+    message = (
+        rf"^tokenizer.json: {path} model.vocab and added_tokens: expected the ids 0 \.\. 2, each once, got {detail}$"
+    )
+    with pytest.raises(ValueError, match=message):
+        CLIPTokenizer.from_tokenizer_json(path)
+    with pytest.raises(ValueError, match=message):
+        CLIPTokenizer.from_directory(tmp_path)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 2, "a": 1}
+    path.write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": []}}))
+    tokenizer = CLIPTokenizer.from_tokenizer_json(path)
+    assert (tokenizer.vocab_size, tokenizer.start_id, tokenizer.end_id) == (3, 0, 2)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"pad_token": ""}, "pad_token must be a non-empty string or null, got ''"),
+        ({"pad_token": {"content": ""}}, "pad_token must be a non-empty string or null, got ''"),
+        ({"bos_token": "<s>"}, r"bos_token must be <\|startoftext\|> \(CLIP's\), got '<s>'"),
+        ({"eos_token": {"content": "</s>"}}, r"eos_token must be <\|endoftext\|> \(CLIP's\), got '</s>'"),
+        ({"unk_token": "<unk>"}, r"unk_token must be <\|endoftext\|> \(CLIP's\), got '<unk>'"),
+    ],
+)
+def test_tokenizer_config_special_tokens_other_than_clips_are_refused(hf_directory, tmp_path, config, message):
+    """ "pad_token": "" padded with <|endoftext|>; other start and end tokens were ignored (the WordPiece
+    loader refuses BERT's others)."""
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((hf_directory / name).read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"^tokenizer_config.json: {message}$"):
+        CLIPTokenizer.from_directory(tmp_path)
+    clip = {"bos_token": "<|startoftext|>", "eos_token": {"content": "<|endoftext|>"}, "unk_token": "<|endoftext|>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(clip))
+    assert CLIPTokenizer.from_directory(tmp_path).pad_id == 49407
+
+
+def test_an_empty_pad_token_is_refused_by_the_constructor(ours):
+    with pytest.raises(ValueError, match="^pad_token must be a token of the vocabulary or None, got ''$"):
+        CLIPTokenizer(ours._tokenizer, pad_token="")
+
+
+def test_a_vocab_json_too_small_for_the_byte_pieces_is_named(tmp_path):
+    """It said "expected len(vocab.json) - 514 = -512 merges"."""
+    (tmp_path / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(
+        ValueError,
+        match=rf"^vocab.json: expected at least 514 tokens in {tmp_path / 'vocab.json'} \(the 256 byte pieces, "
+        r"each also with </w>, and 2 special tokens\), got 2$",
+    ):
+        CLIPTokenizer.from_directory(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "ids, error, message",
+    [
+        ([-1], ValueError, r"ids must be in \[0, 49408\), got \[-1\]"),  # OverflowError
+        ([320, 49408], ValueError, r"ids must be in \[0, 49408\), got \[49408\]"),  # decoded to '' silently
+        ([65.7], TypeError, r"ids\[0\] must be an int id, got float 65.7"),
+        ("65", TypeError, "ids must be a sequence of int ids, got str '65'"),
+        (torch.tensor([[320]]), ValueError, r"ids must be one sequence of ids \(1-D\), got a tensor of shape \(1, 1\)"),
+    ],
+)
+def test_decode_refuses_ids_outside_the_vocabulary_and_what_is_not_ids(ours, ids, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        ours.decode(ids)
+    assert ours.decode(torch.tensor([49406, 320, 1125, 49407])) == "a photo"

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 import pytest
+import torch
 
 from torchflava.data.decode import ImageDecodeError, decode_image, to_rgb
 from torchflava.data.samples import BadSample, load_rgb
@@ -147,6 +148,7 @@ MODES = {  # mode -> (a 2 x 2 image, its right RGB at the top-left pixel)
     "P": (Image.new("P", (2, 2), 1), [200, 30, 90]),
     "LA": (Image.new("LA", (2, 2), (200, 128)), [227, 227, 227]),  # 200 at half alpha on white
     "RGBA": (Image.new("RGBA", (2, 2), (0, 0, 255, 0)), [255, 255, 255]),  # transparent: the background
+    "La": (Image.new("La", (2, 2), (100, 128)), [227, 227, 227]),  # premultiplied: LA (199, 128) on white
     "CMYK": (Image.new("CMYK", (2, 2), (0, 255, 0, 0)), [255, 0, 255]),  # magenta
     "I;16": (Image.fromarray(np.full((2, 2), 32896, dtype=np.uint16)), [128, 128, 128]),  # 32896 / 257
     "I;16B": (Image.frombytes("I;16B", (2, 2), (4112).to_bytes(2, "big") * 4), [16, 16, 16]),
@@ -164,6 +166,24 @@ def test_to_rgb_gives_the_right_colour_for_every_mode(mode):
     assert out.mode == "RGB" and out.size == image.size
     assert np.abs(np.asarray(out).astype(int) - colour).max() <= 1  # alpha blending rounds either way
     assert to_rgb(out) is out  # RGB is returned as it is
+
+
+@pytest.mark.parametrize("mode", sorted(Image.MODES))
+def test_to_rgb_converts_every_mode_pil_has(mode):
+    """La raised PIL's "conversion from La to L not supported"."""
+    out = to_rgb(Image.new(mode, (3, 2)))
+    assert out.mode == "RGB" and out.size == (3, 2)
+
+
+def test_to_rgb_refuses_what_is_no_image_and_an_image_without_pixels():
+    """A tensor raised AttributeError 'info'; a 0-wide image failed later, in each transform its own way."""
+    with pytest.raises(TypeError, match=r"^image must be a PIL image \(PIL.Image.Image\), got Tensor$"):
+        to_rgb(torch.zeros(3, 4, 4))
+    with pytest.raises(TypeError, match=r"^image must be a PIL image \(PIL.Image.Image\), got ndarray$"):
+        to_rgb(np.zeros((4, 4, 3), np.uint8))
+    for size in ((0, 5), (5, 0)):
+        with pytest.raises(ValueError, match=rf"^image must have at least one pixel, got a {size[0]}x{size[1]} image$"):
+            to_rgb(Image.new("RGB", size))
 
 
 def test_to_rgb_keeps_the_brightness_of_a_sixteen_bit_gradient():
@@ -200,3 +220,17 @@ def test_readable_chunks_skip_bad_items_and_keep_the_chunk_size():
     assert chunks == [[(1, 10), (2, 20)], [(4, 40), (5, 50)], [(7, 70), (8, 80)]]
     assert skipped == ["item 0 is bad", "item 3 is bad", "item 6 is bad", "item 9 is bad"]
     assert list(readable_chunks(read, [0, 3], 4, [])) == []  # nothing readable: no chunk
+
+
+@pytest.mark.parametrize(
+    "size, error, message",
+    [(0, ValueError, "size must be >= 1, got 0"), (2.0, TypeError, "size must be an int, got float")],
+)
+def test_readable_chunks_check_the_chunk_size_when_called(size, error, message):
+    """A size of 0 gave one chunk of every item (a whole folder decoded at once)."""
+    from torchflava.data.samples import readable_chunks
+
+    read = []
+    with pytest.raises(error, match=f"^{message}$"):
+        readable_chunks(read.append, range(5), size, [])  # not at the first chunk: when called
+    assert read == []

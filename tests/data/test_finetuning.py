@@ -128,3 +128,145 @@ def test_the_crop_box_is_never_empty():
             for seed in range(5):
                 top, left, h, w = crop.crop_box(height, width, seed)
                 assert h >= 1 and w >= 1 and top + h <= height and left + w <= width, (height, width, seed)
+
+
+@pytest.mark.parametrize(
+    "labels, error, message",
+    [
+        (["pos", "pos", "neg"], ValueError, r"labels must name each label once, got \['pos'\] more than once"),
+        ("posneg", TypeError, "labels must be a list of label names, got str 'posneg'"),
+        (5, TypeError, "labels must be a list of label names, got int 5"),
+        ([], ValueError, "labels must name at least one label, got none"),
+    ],
+)
+def test_glue_tsv_label_names_are_a_list_naming_each_label_once(tmp_path, labels, error, message):
+    """["pos", "pos", "neg"] gave the ids [0, 2]: id 1 named no class."""
+    from torchflava.data.finetuning import GlueTsv
+
+    path = tmp_path / "sst.tsv"
+    path.write_text("sentence\tlabel\nhello\tpos\nbye\tneg\n")
+    assert [item.label for item in GlueTsv(path, ["sentence"], "label", ["pos", "neg"])] == [0, 1]
+    with pytest.raises(error, match=f"^{message}$"):
+        GlueTsv(path, ["sentence"], "label", labels)
+
+
+def test_glue_tsv_refuses_the_label_as_input_repeated_columns_and_paths_that_are_no_path(tmp_path):
+    """The label column given as the text was the model's input; a header naming "label" twice read the last."""
+    from torchflava.data.finetuning import GlueTsv
+
+    path = tmp_path / "sst.tsv"
+    path.write_text("sentence\tlabel\nhello\tpos\n")
+    with pytest.raises(ValueError, match=r"^text_columns must not hold the label_column 'label', got \['label'\]$"):
+        GlueTsv(path, ["label"], "label", ["pos"])
+    with pytest.raises(
+        ValueError, match=r"^text_columns must name each column once, got \['sentence'\] more than once$"
+    ):
+        GlueTsv(path, ["sentence", "sentence"], "label", ["pos"])
+    with pytest.raises(TypeError, match="^text_columns must be a list of column names, got int 5$"):
+        GlueTsv(path, 5, "label", ["pos"])
+    with pytest.raises(TypeError, match="^path must be a str or os.PathLike path, got int$"):
+        GlueTsv(5, ["sentence"], "label", ["pos"])
+    with pytest.raises(FileNotFoundError, match="^path must be an existing file, got .*nowhere.tsv'$"):
+        GlueTsv(tmp_path / "nowhere.tsv", ["sentence"], "label", ["pos"])
+    path.write_text("sentence\tlabel\tlabel\nhello\t1\t2\n")
+    with pytest.raises(ValueError, match=r"sst.tsv: the header names column\(s\) \['label'\] more than once$"):
+        GlueTsv(path, ["sentence"], "label")
+    path.write_text("sentence\tsentence\tlabel\nhello\tbye\t1\n")  # a text column too
+    with pytest.raises(ValueError, match=r"sst.tsv: the header names column\(s\) \['sentence'\] more than once$"):
+        GlueTsv(path, ["sentence"], "label")
+    path.write_text("sentence\tx\tx\tlabel\nhello\t\t\t1\n")  # a column not read may repeat its name
+    assert GlueTsv(path, ["sentence"], "label")[0] == (None, "hello", 1.0)
+
+
+def test_class_folder_names_are_a_list_naming_each_class_once(tmp_path):
+    """["a", "a", "b"] gave labels 0 and 2 and 3 classes; "ab" was read as the classes "a" and "b"."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "x.png")
+    folder = ImageClassFolder(tmp_path, ("b", "a"))
+    assert folder.classes == ["b", "a"] and [folder[i].label for i in range(2)] == [1, 0]
+    with pytest.raises(ValueError, match=r"^classes must name each class once, got \['a'\] more than once$"):
+        ImageClassFolder(tmp_path, ["a", "a", "b"])
+    with pytest.raises(TypeError, match="^classes must be a list of class names, got str 'ab'$"):
+        ImageClassFolder(tmp_path, "ab")
+    with pytest.raises(ValueError, match="^classes must name at least one class, got none$"):
+        ImageClassFolder(tmp_path, [])
+
+
+def test_image_text_labels_refuse_repeated_or_str_labels_and_a_path_that_is_no_file(tmp_path):
+    """["no", "yes", "yes"] scored "yes" under id 1 and left id 2 at 0; "yes" was read letter by letter
+    (every target 0); a missing path raised a bare Errno error."""
+    import json
+
+    from torchflava.data.finetuning import ImageTextLabels
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    path = tmp_path / "vqa.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "text": "q", "answers": {"yes": 1.0}}) + "\n")
+    assert ImageTextLabels(tmp_path, path, ["no", "yes"])[0].label.tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match=r"^labels must name each label once, got \['yes'\] more than once$"):
+        ImageTextLabels(tmp_path, path, ["no", "yes", "yes"])
+    with pytest.raises(TypeError, match="^labels must be a list of label names, got str 'yes'$"):
+        ImageTextLabels(tmp_path, path, "yes")
+    with pytest.raises(FileNotFoundError, match="^path must be an existing file, got .*nowhere.jsonl'$"):
+        ImageTextLabels(tmp_path, tmp_path / "nowhere.jsonl", ["yes"])
+    with pytest.raises(FileNotFoundError, match=f"^path must be an existing file, got '{tmp_path}'$"):
+        ImageTextLabels(tmp_path, tmp_path, ["yes"])
+
+
+@pytest.mark.parametrize(
+    "labels, error, message",
+    [
+        ([float("nan"), 1.0], ValueError, r"samples\[0\].label must be finite, got nan"),
+        ([0.5, float("inf")], ValueError, r"samples\[1\].label must be finite, got inf"),
+        ([1, -3], ValueError, r"samples\[1\].label must be a class id >= 0, got -3"),
+        (
+            [1, torch.zeros(3)],
+            ValueError,
+            r"samples: expected score tensors for every label of a batch or for none, got \['int', 'Tensor'\]",
+        ),
+        (
+            [torch.zeros(3), torch.zeros(4)],
+            ValueError,
+            r"samples\[1\].label must be a 1-D score tensor of the shape of samples\[0\]'s \(3,\), got shape \(4,\)",
+        ),
+        (
+            [torch.tensor([0.0, float("nan")])],
+            ValueError,
+            r"samples\[0\].label must hold finite scores, got \[0.0, nan\]",
+        ),
+        (
+            [1, "cat"],
+            TypeError,
+            r"samples\[1\].label must be a class id \(int\), a target \(float\) or a score tensor, got str 'cat'",
+        ),
+        (
+            [True],
+            TypeError,
+            r"samples\[0\].label must be a class id \(int\), a target \(float\) or a score tensor, got bool True",
+        ),
+    ],
+)
+def test_classification_labels_are_checked(labels, error, message):
+    """A NaN target and a class id of -3 passed into the batch; int and tensor labels mixed raised a
+    TypeError from inside torch."""
+    from torchflava.data.finetuning import ClassificationCollator, LabeledSample
+
+    collator = ClassificationCollator(None, image_size=8)
+    with pytest.raises(error, match=f"^{message}$"):
+        collator("train", [LabeledSample(None, None, label) for label in labels], [0] * len(labels))
+
+
+def test_classification_batches_of_each_label_kind_and_none_refused():
+    from torchflava.data.finetuning import ClassificationCollator, LabeledSample
+
+    collator = ClassificationCollator(None, image_size=8)
+    collate = lambda labels: collator("train", [LabeledSample(None, None, x) for x in labels], [0] * len(labels))  # noqa: E731
+    ids = collate([2, 0])["labels"]
+    assert ids.dtype == torch.long and ids.tolist() == [2, 0]
+    targets = collate([-1.5, 2])["labels"]  # regression targets may be negative
+    assert targets.dtype == torch.float32 and targets.tolist() == [-1.5, 2.0]
+    scores = collate([torch.tensor([0.0, 1.0]), torch.tensor([0.3, 0.0])])["labels"]
+    assert torch.equal(scores, torch.tensor([[0.0, 1.0], [0.3, 0.0]]))
+    with pytest.raises(ValueError, match="^samples: expected at least one sample, got none$"):  # was IndexError
+        collator("train", [], [])

@@ -341,6 +341,12 @@ def test_collator_argument_errors(tokenizer, codebook):
         collator(tokenizer, codebook, itm_negative_probability=1.5)
 
 
+def test_the_collator_wants_one_seed_per_sample(tokenizer, codebook):
+    samples = [shapes_sources()["pairs"][i] for i in range(2)]
+    with pytest.raises(ValueError, match=r"^seeds: expected one per sample \(2\), got 1$"):  # (zip dropped a row)
+        collator(tokenizer, codebook)("pairs", samples, [0])
+
+
 def test_without_a_codebook_the_batch_carries_codebook_pixels(tokenizer):
     collate = FLAVAPretrainingCollator(
         tokenizer,

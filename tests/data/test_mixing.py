@@ -165,3 +165,25 @@ def test_ratios_rank_and_types_are_checked_when_built():
         build(["a"])
     with pytest.raises(TypeError, match="rank must be an int, got float"):
         build({"a": 1}, rank=0.5, world_size=2)
+
+
+def test_sources_collator_and_steps_are_checked():
+    """A list of sources raised "unhashable type: 'list'", a collator that is not callable failed at the
+    first item, and a step of 0.5 raised numpy's IndexError."""
+    with pytest.raises(TypeError, match="^sources must map kind names to map-style datasets, got list$"):
+        MixedBatches([Numbers(4)], {}, listing, global_batch_size=2, num_steps=2)
+    with pytest.raises(TypeError, match=r"^collator must be callable \(or None for the schedule only\), got str$"):
+        MixedBatches({"odd": Numbers(4)}, {"odd": 1}, "listing", global_batch_size=2, num_steps=2)
+    schedule = MixedBatches({"odd": Numbers(4)}, {"odd": 1}, None, global_batch_size=2, num_steps=2)
+    assert [schedule.kind(step) for step in range(2)] == ["odd", "odd"]
+    with pytest.raises(
+        TypeError, match="^collator is None: these MixedBatches give the kind of each step only, not batches$"
+    ):
+        schedule[0]  # was "'NoneType' object is not callable"
+    data = mixer()
+    for step, kind in ((0.5, "float"), ("1", "str"), (True, "bool")):
+        with pytest.raises(TypeError, match=f"^step must be an int, got {kind}$"):
+            data[step]
+    import numpy as np
+
+    assert data[np.int64(3)].batch == data[3].batch

@@ -3,6 +3,7 @@ equal to transformers' BertTokenizerFast's (cased and uncased, vocab.txt or toke
 
 import json
 from pathlib import Path
+import sys
 
 import pytest
 from tokenizers import normalizers, pre_tokenizers
@@ -94,6 +95,31 @@ def test_decode_merges_word_pieces(hand):
 
 def test_decode_drops_special_tokens(hand):
     assert hand.decode([2, ID["a"], ID["blue"], ID["circle"], ID["##s"], 3, 0, 0]) == "a blue circles"
+
+
+@pytest.mark.parametrize(
+    "ids, error, message",
+    [
+        ([5.9], TypeError, r"ids\[0\] must be an int id, got float 5.9"),  # int() read 5
+        ([ID["a"], True], TypeError, r"ids\[1\] must be an int id, got bool True"),  # read as id 1
+        ("56", TypeError, "ids must be a sequence of int ids, got str '56'"),  # read character by character
+        (
+            torch.tensor([[5, 6]]),
+            ValueError,
+            r"ids must be one sequence of ids \(1-D\), got a tensor of shape \(1, 2\)",
+        ),
+        (torch.tensor(5), ValueError, r"ids must be one sequence of ids \(1-D\), got a tensor of shape \(\)"),
+        (torch.tensor([5.0]), TypeError, r"ids\[0\] must be an int id, got float 5.0"),
+        (5, TypeError, "ids must be a sequence of int ids, got int 5"),
+        ([-1, 15], ValueError, r"ids must be in \[0, 15\), got \[-1, 15\]"),
+    ],
+)
+def test_decode_refuses_what_is_not_one_sequence_of_ids(hand, ids, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        hand.decode(ids)
+    assert (
+        hand.decode(torch.tensor([ID["red"], ID["circle"]])) == hand.decode((ID["red"], ID["circle"])) == "red circle"
+    )
 
 
 def test_train_puts_special_tokens_first(trained, captions):
@@ -369,8 +395,25 @@ def test_tokenizer_json_errors(tmp_path):
         with pytest.raises(ValueError, match=match):
             WordPieceTokenizer.from_tokenizer_json(path)
     path.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": specials, "max_input_chars_per_word": None}}))
-    with pytest.raises(ValueError, match="max_input_chars_per_word must be an int >= 1, got None"):
+    with pytest.raises(ValueError, match=r"max_input_chars_per_word must be an int in \[1, \d+\], got None"):
         WordPieceTokenizer.from_tokenizer_json(path)
+
+
+@pytest.mark.parametrize("chars, accepted", [(0, False), (10**20, False), (sys.maxsize, True), (1, True)])
+def test_max_input_chars_per_word_is_bounded(tmp_path, chars, accepted):
+    """10**20 raised the library's OverflowError "int too big to convert", naming nothing."""
+    path = tmp_path / "tokenizer.json"
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, "red", "##d"])}
+    path.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": vocab, "max_input_chars_per_word": chars}}))
+    if accepted:  # a word longer than the limit is [UNK]
+        ids, _ = WordPieceTokenizer.from_tokenizer_json(path)(["red redd"], max_length=8)
+        assert ids.tolist() == ([[2, 1, 1, 3]] if chars == 1 else [[2, 5, 5, 6, 3]])
+    else:
+        with pytest.raises(
+            ValueError,
+            match=rf"^path: {path} model.max_input_chars_per_word must be an int in \[1, {sys.maxsize}\], got {chars}$",
+        ):
+            WordPieceTokenizer.from_tokenizer_json(path)
 
 
 def test_vocab_lines_split_at_newlines_only(tmp_path):
@@ -468,3 +511,12 @@ def test_vocab_file_faults_and_flags_are_named(tmp_path):
     for bad in ([-1], [len(VOCAB)]):
         with pytest.raises(ValueError, match=rf"ids must be in \[0, {len(VOCAB)}\), got \[{bad[0]}\]"):
             hand.decode(bad)
+
+
+def test_a_path_that_is_no_path_is_named():
+    """from_directory(5) raised Python's bare "expected str, bytes or os.PathLike object, not int"."""
+    with pytest.raises(TypeError, match="^directory must be a str or os.PathLike path, got int$"):
+        WordPieceTokenizer.from_directory(5)
+    for load in (WordPieceTokenizer.from_vocab, WordPieceTokenizer.from_tokenizer_json):
+        with pytest.raises(TypeError, match="^path must be a str or os.PathLike path, got NoneType$"):
+            load(None)

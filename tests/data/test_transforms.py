@@ -3,6 +3,7 @@ preprocessing (preprocessor_config.json) against transformers' image processors 
 
 import json
 import random
+import re
 
 import numpy as np
 from PIL import Image
@@ -371,6 +372,7 @@ def _every_mode() -> list[tuple[str, Image.Image, tuple[int, int, int]]]:
         ("P", palette, (200, 30, 90)),
         ("P+transparency", transparent_palette, (255, 255, 255)),  # on white
         ("LA", Image.new("LA", (12, 8), (77, 0)), (255, 255, 255)),  # fully transparent: white
+        ("La", Image.new("La", (12, 8), (0, 0)), (255, 255, 255)),  # premultiplied (PIL converts it to LA only)
         ("RGBA", Image.new("RGBA", (12, 8), (200, 30, 90, 255)), (200, 30, 90)),
         ("RGBA half", Image.new("RGBA", (12, 8), (0, 0, 0, 128)), (127, 127, 127)),  # black at half alpha on white
         ("CMYK", Image.new("CMYK", (12, 8), (255, 0, 0, 0)), (0, 255, 255)),
@@ -487,3 +489,54 @@ def test_training_transforms_check_their_settings(kwargs, match):
         RandomCropTransform(32, **kwargs)
     with pytest.raises(ValueError, match=match):
         PretrainingImageTransform(32, 16, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(scale=0.5), "scale must be a (low, high) pair of numbers, got 0.5"),  # was "has no len()"
+        (dict(scale=("a", "b")), "scale must be a (low, high) pair of numbers, got ('a', 'b')"),  # "'<' not supported"
+        (dict(scale=(0.5, True)), "scale must be a (low, high) pair of numbers, got (0.5, True)"),
+        (dict(ratio=None), "ratio must be a (low, high) pair of numbers, got None"),
+    ],
+)
+def test_crop_scale_and_ratio_must_be_pairs_of_numbers(kwargs, message):
+    for build in (lambda: RandomCropTransform(32, **kwargs), lambda: PretrainingImageTransform(32, 16, **kwargs)):
+        with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+            build()
+    with pytest.raises(ValueError, match=r"^ratio must be a \(low, high\) pair of numbers, got \(1.0,\)$"):
+        RandomCropTransform(32, ratio=(1.0,))
+    assert RandomCropTransform(32, scale=[0.5, 1], ratio=np.array([0.5, 2.0])).scale == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, "x", True, torch.tensor(3)])
+def test_a_crop_needs_an_int_seed(photo, seed):
+    """seed=None drew each crop from the clock (another crop at each call); 1.5 and "x" were hashed."""
+    transform = RandomCropTransform(16)
+    with pytest.raises(
+        TypeError, match=rf"^seed must be an int \(the crop's only randomness\), got {type(seed).__name__}$"
+    ):
+        transform.crop_box(100, 100, seed)
+    with pytest.raises(TypeError, match="^seed must be an int"):
+        transform(photo, seed)
+    assert transform.crop_box(100, 100, np.int64(7)) == transform.crop_box(100, 100, 7)
+
+
+def test_an_image_without_pixels_or_that_is_no_pil_image_is_refused():
+    """A 0-wide image raised ZeroDivisionError (resized_size) or a numpy reshape error (the random crop);
+    a tensor raised AttributeError 'info'."""
+    empty = Image.new("RGB", (0, 5))
+    transforms = (
+        EvalImageTransform(16),
+        lambda im: RandomCropTransform(16)(im, 0),
+        lambda im: PretrainingImageTransform(16, 8)(im, 0),
+    )
+    for transform in transforms:
+        with pytest.raises(ValueError, match=r"^image must have at least one pixel, got a 0x5 image$"):
+            transform(empty)
+        with pytest.raises(TypeError, match=r"^image must be a PIL image \(PIL.Image.Image\), got Tensor$"):
+            transform(torch.rand(3, 20, 20))
+    with pytest.raises(ValueError, match="^height must be >= 1, got 0$"):
+        EvalImageTransform(16).resized_size(0, 5)
+    with pytest.raises(ValueError, match="^image_width must be >= 1, got 0$"):
+        RandomCropTransform(16).crop_box(5, 0, 0)

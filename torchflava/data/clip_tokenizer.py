@@ -35,12 +35,15 @@ from torchflava.data.tokenizer import (
     check_max_length,
     check_model_max_length,
     check_no_surrogates,
+    checked_ids,
     checked_texts,
     config_max_length,
+    config_token,
     padded_rows,
     repaired_surrogates,
 )
 from torchflava.utils.checkpoint import first_line, read_json_object
+from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
 START, END = "<|startoftext|>", "<|endoftext|>"
@@ -181,18 +184,22 @@ class CLIPTokenizer:
         for name, value in (("unescape_html", unescape_html), ("fix_text", fix_text)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
+        if pad_token is not None and (not isinstance(pad_token, str) or not pad_token):  # ("" padded with END)
+            raise ValueError(f"pad_token must be a token of the vocabulary or None, got {pad_token!r}")
+        pad_token = END if pad_token is None else pad_token
         if _copy:  # the caller's stays as it was (_copy=False: the classmethods' own, made for this one)
             tokenizer = Tokenizer.from_str(tokenizer.to_str())
         vocab = tokenizer.get_vocab()
-        missing = [token for token in (START, END, pad_token or END) if token not in vocab]
+        missing = [token for token in (START, END, pad_token) if token not in vocab]
         if missing:
             raise ValueError(f"the vocabulary lacks the token(s) {missing}")
+        check_dense_ids(vocab, "tokenizer: the vocabulary")  # (from_tokenizer_json names the file first)
         if reading == "transformers":  # matched anywhere after lower-casing, as transformers does
             tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=True) for token in (START, END)])
         tokenizer.post_processor = None  # __call__ adds the start and end tokens
         self._tokenizer, self.unescape_html, self.fix_text = tokenizer, unescape_html, fix_text
         self.model_max_length = check_model_max_length(model_max_length)
-        self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token or END]
+        self.start_id, self.end_id, self.pad_id = vocab[START], vocab[END], vocab[pad_token]
         self.vocab_size = max(vocab.values()) + 1
         self._spelled = self._split_words = None  # transformers' reading: the added tokens above
         if reading == "open_clip":  # its word split, with the two spellings as its first alternatives
@@ -246,7 +253,7 @@ class CLIPTokenizer:
             FileNotFoundError: if the file does not exist.
             ValueError: naming the file, if it is not text of ``a b`` merge lines or has too few of them.
         """
-        path = Path(path)
+        path = Path(check_path("path", path))
         if not path.is_file():
             raise FileNotFoundError(f"path: expected a CLIP merges file, {path} is not a file")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 515:
@@ -278,10 +285,13 @@ class CLIPTokenizer:
         and truncates as asked, as transformers' tokenizer does).
 
         Raises:
-            ValueError: naming the file, if it does not read or is not a BPE tokenizer.
+            TypeError: if ``path`` is not a path.
+            ValueError: naming the file, if it does not read, is not a BPE tokenizer or its ids are not
+                0 .. size - 1, each once.
         """
+        path = check_path("path", path)
         try:
-            tokenizer = Tokenizer.from_file(os.fspath(path))
+            tokenizer = Tokenizer.from_file(path)
         except Exception as error:  # tokenizers raises its own Exception subclass for any bad file
             raise ValueError(f"tokenizer.json: {path} does not read as a tokenizer ({error})") from None
         tokenizer.no_padding()
@@ -290,6 +300,9 @@ class CLIPTokenizer:
             raise ValueError(
                 f"tokenizer.json: expected a BPE model (CLIP's) in {path}, got {type(tokenizer.model).__name__}"
             )
+        # as vocab.json's: an id used twice read two tokens as one (the start and end tokens, say), a gap
+        # or a huge id sized the embedding table wrongly
+        check_dense_ids(tokenizer.get_vocab(), f"tokenizer.json: {path} model.vocab and added_tokens")
         return cls(tokenizer, _copy=False, **kwargs)
 
     @classmethod
@@ -300,7 +313,7 @@ class CLIPTokenizer:
             FileNotFoundError: if it has neither ``tokenizer.json`` nor ``vocab.json`` and ``merges.txt``.
             ValueError: naming the file and key, if a file is malformed or states another tokenizer.
         """
-        directory = Path(directory)
+        directory = Path(check_path("directory", directory))
         settings = read_clip_tokenizer_config(directory / "tokenizer_config.json")
         if (directory / "tokenizer.json").is_file():
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
@@ -309,6 +322,11 @@ class CLIPTokenizer:
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
             check_dense_ids(vocab, f"vocab.json: {directory / 'vocab.json'}")
+            if len(vocab) < 514:  # (the merges count below would be negative)
+                raise ValueError(
+                    f"vocab.json: expected at least 514 tokens in {directory / 'vocab.json'} (the 256 byte pieces, "
+                    f"each also with </w>, and 2 special tokens), got {len(vocab)}"
+                )
             path = directory / "merges.txt"
             try:
                 lines = path.read_text(encoding="utf-8").split("\n")
@@ -369,9 +387,11 @@ class CLIPTokenizer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of one id sequence, special tokens dropped (lower-cased, one space between words)."""
+        """Text of one id sequence (a list, tuple or 1-D tensor of ints), special tokens dropped (lower-cased,
+        one space between words); TypeError / ValueError as :func:`~torchflava.data.tokenizer.checked_ids`."""
+        ids = checked_ids(ids, self.vocab_size)  # (an id past the vocabulary decoded to "", -1 overflowed)
         byte_of = {character: byte for byte, character in byte_characters().items()}
-        pieces = [self._tokenizer.id_to_token(int(i)) or "" for i in ids if int(i) not in (self.start_id, self.end_id)]
+        pieces = [self._tokenizer.id_to_token(i) for i in ids if i not in (self.start_id, self.end_id)]
         data = bytes(byte_of.get(c, 32) for c in "".join(pieces))  # a character no byte spells: a space
         return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
@@ -394,7 +414,8 @@ def read_clip_tokenizer_config(path: Path) -> dict:
     """``model_max_length`` and ``pad_token`` of a CLIP ``tokenizer_config.json`` (missing file: 77, None).
 
     Raises:
-        ValueError: naming the key, if a value has the wrong type or the class is not CLIP's.
+        ValueError: naming the key, if a value has the wrong type, the class is not CLIP's, the padding
+            token is an empty string, or the start, end or unknown token is not CLIP's.
     """
     if not path.is_file():
         return {}
@@ -405,9 +426,12 @@ def read_clip_tokenizer_config(path: Path) -> dict:
     settings = {}
     if config.get("model_max_length") is not None:  # absent or null: CLIP's 77
         settings["model_max_length"] = config_max_length(config)
-    pad = config.get("pad_token")
-    pad = pad.get("content") if isinstance(pad, dict) else pad
-    if pad is not None and not isinstance(pad, str):
-        raise ValueError(f"tokenizer_config.json: pad_token must be a string, got {pad!r}")
+    for key, expected in (("bos_token", START), ("eos_token", END), ("unk_token", END)):  # (no others are read)
+        token = config_token(config, key)
+        if token is not None and token != expected:
+            raise ValueError(f"tokenizer_config.json: {key} must be {expected} (CLIP's), got {token!r}")
+    pad = config_token(config, "pad_token")
+    if pad is not None and (not isinstance(pad, str) or not pad):  # ("" padded with the end token)
+        raise ValueError(f"tokenizer_config.json: pad_token must be a non-empty string or null, got {pad!r}")
     settings["pad_token"] = pad
     return settings

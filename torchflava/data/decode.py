@@ -8,7 +8,8 @@
   logo on white.
 * 16- and 32-bit integer and float greyscale (I;16*, I, F) are scaled from their value range to
   0..255 (``convert("RGB")`` clips them, which turns a 16-bit photo almost white).
-* Palette images expand to their colours, CMYK and YCbCr/LAB/HSV convert to RGB, 1-bit to 0/255.
+* Palette images expand to their colours, CMYK and YCbCr/LAB/HSV convert to RGB, 1-bit to 0/255,
+  premultiplied alpha (La, RGBa) is un-premultiplied first.
 """
 
 import os
@@ -80,8 +81,19 @@ def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = WHITE) -> I
 
     Returns:
         Image.Image: mode ``"RGB"`` (the same object when it already is).
+
+    Raises:
+        TypeError: if ``image`` is not a PIL image (a tensor or an array: convert it with
+            ``Image.fromarray``).
+        ValueError: if it has no pixel, or a mode PIL cannot convert to RGB.
     """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image (PIL.Image.Image), got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:  # (a ZeroDivisionError or a reshape error further on)
+        raise ValueError(f"image must have at least one pixel, got a {image.width}x{image.height} image")
     mode, transparency = image.mode, image.info.get("transparency")
+    if mode == "La":  # premultiplied alpha: PIL converts it to LA only (which un-premultiplies it)
+        image, mode = image.convert("LA"), "LA"
     if mode == "RGB" and transparency is None:
         return image
     if mode in _HIGH_BIT_DEPTH_RANGE or mode in ("I", "F"):
@@ -93,13 +105,16 @@ def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = WHITE) -> I
         image = Image.merge("LA", (grey, Image.fromarray(alpha, mode="L"))).convert("RGBA")
     elif mode == "P":
         image = image.convert("RGBA" if transparency is not None else "RGB")
-    elif mode in ("LA", "PA", "La", "RGBa") or (mode in ("1", "L", "RGB") and transparency is not None):
+    elif mode in ("LA", "PA", "RGBa") or (mode in ("1", "L", "RGB") and transparency is not None):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         base = Image.new("RGB", image.size, background)
         base.paste(image, mask=image.getchannel("A"))
         return base
-    return image.convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError:  # a mode this PIL version has and cannot convert
+        raise ValueError(f"image mode {mode!r} cannot be converted to RGB") from None
 
 
 def _scaled_to_uint8(image: Image.Image) -> np.ndarray:

@@ -6,6 +6,7 @@ Every source is a map-style dataset of :class:`LabeledSample`; an unusable item 
 malformed file (missing column, unknown label) is an error at construction naming what is wrong.
 """
 
+from collections import Counter
 import csv
 import json
 import math
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from torchflava.data.readers import ImageFolder
+from torchflava.data.readers import ImageFolder, existing_path
 from torchflava.data.samples import BadSample, checked_text, load_rgb
 from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
@@ -25,6 +26,24 @@ from torchflava.data.transforms import EvalImageTransform
 from torchflava.utils.checks import check_int
 
 PathLike = Union[str, os.PathLike]
+
+
+def _names(name: str, values: object, what: str) -> list:
+    """``values`` as a list if it is a sequence (in id order) of at least one distinct name; else TypeError
+    (a str, read letter by letter, or not a sequence) or ValueError (empty, or repeating a name, which
+    left an id without a class) naming ``name`` and ``what`` it lists."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a list of {what} names, got {type(values).__name__} {values!r:.80}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} must name at least one {what}, got none")
+    try:
+        repeated = [value for value, count in Counter(values).items() if count > 1]
+    except TypeError:  # an unhashable entry
+        raise TypeError(f"{name} must hold {what} names, got {values!r:.80}") from None
+    if repeated:
+        raise ValueError(f"{name} must name each {what} once, got {repeated} more than once")
+    return values
 
 
 class LabeledSample(NamedTuple):
@@ -48,22 +67,27 @@ class GlueTsv(Dataset):
         path (PathLike): the ``.tsv`` file.
         text_columns (Sequence[str]): one column, or two (a sentence pair, joined by ``[SEP]``).
         label_column (str): the label column.
-        labels (Optional[Sequence[str]]): label names in class-id order; None reads the labels as
-            float regression targets (e.g. STS-B).
+        labels (Optional[Sequence[str]]): distinct label names in class-id order; None reads the labels
+            as float regression targets (e.g. STS-B).
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: if a column is missing, ``text_columns`` has not 1 or 2 names, or a label is
-            unknown (classification) or not a number (regression) — naming the line.
+        FileNotFoundError: if ``path`` is not an existing file.
+        TypeError: if ``path`` is not a path, ``labels`` or ``text_columns`` not a list of names.
+        ValueError: if a column is missing or named twice in the header, ``text_columns`` has not 1 or 2
+            distinct names or holds the label column, ``labels`` is empty or repeats a name, or a label
+            is unknown (classification) or not a number (regression) — naming the line.
     """
 
     def __init__(
         self, path: PathLike, text_columns: Sequence[str], label_column: str, labels: Optional[Sequence[str]] = None
     ) -> None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
-        if isinstance(text_columns, str) or len(text_columns) not in (1, 2):
+        path = existing_path("path", path, directory=False)
+        text_columns = _names("text_columns", text_columns, "column")
+        if len(text_columns) > 2:
             raise ValueError(f"text_columns must name 1 or 2 columns, got {text_columns!r}")
+        if label_column in text_columns:  # the label would be the input
+            raise ValueError(f"text_columns must not hold the label_column {label_column!r}, got {text_columns}")
+        self.labels = None if labels is None else _names("labels", labels, "label")
         try:  # utf-8-sig: a byte-order mark is not part of the first column's name
             with open(path, encoding="utf-8-sig", newline="") as file:
                 reader = csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -71,12 +95,14 @@ class GlueTsv(Dataset):
                 missing = [c for c in (*text_columns, label_column) if c not in header]
                 if missing:
                     raise ValueError(f"{os.fspath(path)}: missing column(s) {missing}; the header has {header}")
+                repeated = [c for c in (*text_columns, label_column) if header.count(c) > 1]
+                if repeated:  # (the reader kept the last of them)
+                    raise ValueError(f"{os.fspath(path)}: the header names column(s) {repeated} more than once")
                 rows = [(reader.line_num, row) for row in reader]  # the file's line numbers: blank lines count
         except UnicodeDecodeError as error:
             raise ValueError(f"{os.fspath(path)} is not UTF-8 text ({error.reason} at byte {error.start})") from None
         except csv.Error as error:  # e.g. a field longer than the csv module's limit (131072 characters)
             raise ValueError(f"{os.fspath(path)} line {reader.line_num + 1}: {error}") from None  # (not yet counted)
-        self.labels = None if labels is None else list(labels)
         self._items: list[tuple[list, Union[int, float]]] = []
         for line, row in rows:
             raw = row[label_column]
@@ -108,14 +134,18 @@ class ImageClassFolder(Dataset):
 
     Args:
         root (PathLike): the folder.
-        classes (Optional[Sequence[str]]): class names in id order (so that a validation folder
-            uses the training ids); by default the sorted sub-folder names (empty ones included).
+        classes (Optional[Sequence[str]]): distinct class names in id order (so that a validation
+            folder uses the training ids); by default the sorted sub-folder names (empty ones included).
 
     Raises:
-        ValueError: if an image lies outside a class sub-folder or in a folder not in ``classes``.
+        TypeError: if ``classes`` is not a list of names.
+        ValueError: if ``classes`` is empty or repeats a name, or an image lies outside a class
+            sub-folder or in a folder not in ``classes``.
     """
 
     def __init__(self, root: PathLike, classes: Optional[Sequence[str]] = None) -> None:
+        if classes is not None:
+            classes = _names("classes", classes, "class")
         self._folder = ImageFolder(root)
         paths = [self._folder.relative_path(i) for i in range(len(self._folder))]
         # a hidden folder (.thumbnails, .ipynb_checkpoints) is no class, here or in another split: its
@@ -151,18 +181,19 @@ class ImageTextLabels(Dataset):
     Args:
         root (PathLike): image directory.
         path (PathLike): the jsonl file.
-        labels (Sequence[str]): class or answer names in id order.
+        labels (Sequence[str]): distinct class or answer names in id order.
 
     Raises:
-        ValueError: on malformed lines, unknown labels or scores outside [0, 1], naming the line.
+        FileNotFoundError: if ``root`` is not an existing directory or ``path`` an existing file.
+        TypeError: if ``labels`` is not a list of names.
+        ValueError: if ``labels`` is empty or repeats a name; on malformed lines, unknown labels or
+            scores outside [0, 1], naming the line.
     """
 
     def __init__(self, root: PathLike, path: PathLike, labels: Sequence[str]) -> None:
-        if not os.path.isdir(root):  # (each item would be unusable)
-            raise FileNotFoundError(f"root: no such directory {os.fspath(root)!r}")
-        self.root, self.labels = os.path.abspath(root), list(labels)
-        if len(self.labels) < 1:
-            raise ValueError("labels must name at least one class")
+        self.root = existing_path("root", root, directory=True)  # (each item would be unusable)
+        path = existing_path("path", path, directory=False)
+        self.labels = _names("labels", labels, "label")
         self._items = []
         try:
             with open(path, encoding="utf-8-sig") as file:
@@ -269,7 +300,16 @@ class ClassificationCollator:
     def __call__(
         self, kind: str, samples: Sequence[LabeledSample], seeds: Sequence[int], *, another: Optional[Callable] = None
     ) -> dict:
-        """The batch of ``samples`` (``kind``, ``seeds`` and ``another`` are unused: no randomness here)."""
+        """The batch of ``samples`` (``kind``, ``seeds`` and ``another`` are unused: no randomness here).
+
+        Raises:
+            TypeError: if a label is not an int, a float or a tensor.
+            ValueError: if there are no samples, some have an image or a text and others not, a batch
+                mixes score tensors with numbers, or a label is not finite, a class id below 0, or a
+                score tensor not 1-D of the shape of the others.
+        """
+        if not samples:
+            raise ValueError("samples: expected at least one sample, got none")
         batch = {}
         # every sample the layout of the first (a mixed one dropped the other rows' images or texts)
         for field in ("image", "text"):
@@ -286,11 +326,38 @@ class ClassificationCollator:
             batch["text"], batch["text_attention_mask"] = self.tokenizer(
                 [s.text for s in samples], max_length=self.max_text_length
             )
-        labels = [s.label for s in samples]
-        if isinstance(labels[0], Tensor):
-            batch["labels"] = torch.stack(labels)
-        elif any(isinstance(label, float) for label in labels):  # regression targets (1.5 was cast to 1)
-            batch["labels"] = torch.tensor(labels, dtype=torch.float32)
-        else:
-            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        batch["labels"] = _label_tensor([s.label for s in samples])
         return batch
+
+
+def _label_tensor(labels: list) -> Tensor:
+    """The labels of a batch as one tensor: (B, C) score vectors, (B,) float regression targets (any float
+    among them: 1.5 was cast to 1) or (B,) long class ids; TypeError / ValueError naming the sample whose
+    label is not one of those kinds, breaks the batch's kind or shape, is not finite or is a class id < 0."""
+    for row, label in enumerate(labels):
+        if isinstance(label, bool) or not isinstance(label, (int, float, Tensor)):
+            raise TypeError(
+                f"samples[{row}].label must be a class id (int), a target (float) or a score tensor, "
+                f"got {type(label).__name__} {label!r:.40}"
+            )
+    if any(isinstance(label, Tensor) for label in labels):
+        if not all(isinstance(label, Tensor) for label in labels):  # (a deep TypeError in torch.tensor)
+            kinds = [type(label).__name__ for label in labels]
+            raise ValueError(f"samples: expected score tensors for every label of a batch or for none, got {kinds}")
+        for row, label in enumerate(labels):
+            if label.dim() != 1 or label.shape != labels[0].shape:
+                raise ValueError(
+                    f"samples[{row}].label must be a 1-D score tensor of the shape of samples[0]'s "
+                    f"{tuple(labels[0].shape)}, got shape {tuple(label.shape)}"
+                )
+            if not torch.isfinite(label).all():
+                raise ValueError(f"samples[{row}].label must hold finite scores, got {label.tolist()}")
+        return torch.stack(labels)
+    for row, label in enumerate(labels):
+        if isinstance(label, float) and not math.isfinite(label):  # a NaN target makes every loss NaN
+            raise ValueError(f"samples[{row}].label must be finite, got {label}")
+    if any(isinstance(label, float) for label in labels):
+        return torch.tensor(labels, dtype=torch.float32)
+    if bad := [(row, label) for row, label in enumerate(labels) if label < 0]:
+        raise ValueError(f"samples[{bad[0][0]}].label must be a class id >= 0, got {bad[0][1]}")
+    return torch.tensor(labels, dtype=torch.long)

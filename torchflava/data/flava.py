@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from torchflava.data.mixing import Another, MixedBatches, item_seed
+from torchflava.data.mixing import Another, MixedBatches, check_seeds, item_seed
 from torchflava.data.samples import Sample
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PretrainingImageTransform
@@ -149,10 +149,11 @@ class FLAVAPretrainingCollator:
             dict[str, Tensor]: the batch.
 
         Raises:
-            ValueError: if ``kind`` is not one of :data:`KINDS`.
+            ValueError: if ``kind`` is not one of :data:`KINDS`, or there is not one seed per sample.
         """
         if kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+        check_seeds(samples, seeds)
         fields: dict[str, Tensor] = {}
         if kind in ("pairs", "images"):
             fields.update(self.images([s.image for s in samples], seeds))

@@ -9,10 +9,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from torchflava.data.mixing import Another
+from torchflava.data.mixing import Another, check_seeds
 from torchflava.data.samples import Sample
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import RandomCropTransform
+from torchflava.utils.checks import check_int
 
 
 class ImageTextCollator:
@@ -27,12 +28,15 @@ class ImageTextCollator:
         max_text_length (int): most ids per caption.
 
     Raises:
-        ValueError: if ``max_text_length`` < 2.
+        TypeError: if ``max_text_length`` is not an int, or the tokenizer or transform not callable.
+        ValueError: if ``max_text_length`` < 2 (the start and end tokens).
     """
 
     def __init__(self, tokenizer: WordPieceTokenizer, image_transform: RandomCropTransform, *, max_text_length: int):
-        if max_text_length < 2:
-            raise ValueError(f"max_text_length must be >= 2 (start and end tokens), got {max_text_length}")
+        for name, value in (("tokenizer", tokenizer), ("image_transform", image_transform)):
+            if not callable(value):
+                raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+        check_int("max_text_length", max_text_length, 2)  # a start and an end token
         self.tokenizer, self.image_transform, self.max_text_length = tokenizer, image_transform, max_text_length
 
     def __call__(
@@ -41,8 +45,12 @@ class ImageTextCollator:
         """Build the batch of ``samples``, one seed each (``kind`` and ``another`` are not used).
 
         Raises:
-            ValueError: if a sample lacks its image or its caption.
+            ValueError: if there are no samples, not one seed per sample, or a sample lacks its image or
+                its caption.
         """
+        if not samples:
+            raise ValueError("samples: expected at least one sample, got none")
+        check_seeds(samples, seeds)
         if any(s.image is None or s.text is None for s in samples):
             raise ValueError(f"ImageTextCollator needs image-text pairs; source {kind!r} gave a sample without both")
         ids, mask = self.tokenizer([s.text for s in samples], max_length=self.max_text_length)

@@ -16,6 +16,7 @@ never the cause of a lost epoch. Data lost outside any item (a tar shard cut sho
 run's report.
 """
 
+import operator
 import random
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, TypeVar
 
@@ -35,6 +36,13 @@ Another = Callable[[int, int, Callable[[Dataset, int], T]], Optional[T]]
 def item_seed(*parts: object) -> int:
     """A 63-bit seed derived from ``parts`` (stable across processes and Python runs)."""
     return random.Random("/".join(map(str, parts))).getrandbits(63)
+
+
+def check_seeds(samples: Sequence, seeds: Sequence[int]) -> None:
+    """ValueError unless ``seeds`` holds one seed per sample of ``samples`` (a collator pairs them with
+    ``zip``, which stops at the shorter: rows would be dropped from some fields and not others)."""
+    if len(seeds) != len(samples):
+        raise ValueError(f"seeds: expected one per sample ({len(samples)}), got {len(seeds)}")
 
 
 class SkippedSample(NamedTuple):
@@ -68,7 +76,8 @@ class MixedBatches(Dataset):
             the stream of kinds.
         ratios (Mapping[str, float]): relative share of steps of each kind (a kind without a ratio,
             or with ratio 0, is never drawn).
-        collator (Callable): samples -> batch, as above.
+        collator (Optional[Callable]): samples -> batch, as above; None builds only the schedule, whose
+            :meth:`kind` of each step can be read (reading an item is then a TypeError).
         global_batch_size (int): items per step over all ranks.
         num_steps (int): number of steps (the dataset's length).
         rank (int): this rank.
@@ -77,6 +86,8 @@ class MixedBatches(Dataset):
         max_attempts (int): replacement draws for one slot before the data is declared broken.
 
     Raises:
+        TypeError: if ``sources`` or ``ratios`` is not a mapping, ``collator`` is neither callable nor
+            None, or a size, rank or seed is not an int.
         ValueError: if a ratio names no source, a ratio is negative or none is positive, a source
             is empty, or a size or rank is invalid.
     """
@@ -85,7 +96,7 @@ class MixedBatches(Dataset):
         self,
         sources: Mapping[str, Dataset],
         ratios: Mapping[str, float],
-        collator: Callable,
+        collator: Optional[Callable],
         *,
         global_batch_size: int,
         num_steps: int,
@@ -94,8 +105,12 @@ class MixedBatches(Dataset):
         seed: int = 0,
         max_attempts: int = 50,
     ) -> None:
+        if not isinstance(sources, Mapping):  # (a list raised "unhashable type: 'list'")
+            raise TypeError(f"sources must map kind names to map-style datasets, got {type(sources).__name__}")
         if not sources:
             raise ValueError("sources: expected at least one source, got none")
+        if collator is not None and not callable(collator):  # (it failed at the first item)
+            raise TypeError(f"collator must be callable (or None for the schedule only), got {type(collator).__name__}")
         if not isinstance(ratios, Mapping) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in ratios.values()
         ):
@@ -203,8 +218,16 @@ class MixedBatches(Dataset):
         return None
 
     def __getitem__(self, step: int) -> MixedBatch:
+        if isinstance(step, bool):
+            raise TypeError("step must be an int, got bool")
+        try:
+            step = operator.index(step)
+        except TypeError:  # (0.5 raised numpy's IndexError)
+            raise TypeError(f"step must be an int, got {type(step).__name__}") from None
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} out of range [0, {self.num_steps})")
+        if self.collator is None:
+            raise TypeError("collator is None: these MixedBatches give the kind of each step only, not batches")
         kind = self.kind(step)
         local = self.global_batch_size // self.world_size
         first = int(self._rank_of_kind[step]) * self.global_batch_size + self.rank * local

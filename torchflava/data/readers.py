@@ -25,23 +25,16 @@ from torch.utils.data import Dataset
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.samples import BadSample, Sample, checked_text, load_rgb
+from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
 
-def _fspath(name: str, value: object) -> str:
-    """``value`` as a str path; raise TypeError naming ``name`` when it is not a str or PathLike."""
-    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
-    if not isinstance(path, str):
-        raise TypeError(f"{name} must be a str or os.PathLike path, got {type(value).__name__}")
-    return path
-
-
-def _existing(name: str, value: object, *, directory: bool) -> str:
+def existing_path(name: str, value: object, *, directory: bool) -> str:
     """Absolute path of an existing file (or directory); raise naming ``name`` otherwise."""
-    path = _fspath(name, value)
+    path = check_path(name, value)
     exists = os.path.isdir(path) if directory else os.path.isfile(path)
     if not exists:
         kind = "directory" if directory else "file"
@@ -185,11 +178,11 @@ class ImageTextFolder(Dataset):
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self._max_pixels = check_max_pixels(max_image_pixels)
-        self._root = _existing("root", root, directory=True)
-        suffix = os.path.splitext(_fspath("captions", captions))[1].lower()
+        self._root = existing_path("root", root, directory=True)
+        suffix = os.path.splitext(check_path("captions", captions))[1].lower()
         if suffix not in (".jsonl", ".tsv"):
             raise ValueError(f"captions must be a .jsonl or .tsv file, got {os.fspath(captions)!r}")
-        self._captions = _existing("captions", captions, directory=False)
+        self._captions = existing_path("captions", captions, directory=False)
         for name, key in (("image_key", image_key), ("text_key", text_key)):
             if not isinstance(key, str):
                 raise TypeError(f"{name} must be a str, got {type(key).__name__}")
@@ -294,7 +287,7 @@ class TextCorpus(Dataset):
     """
 
     def __init__(self, path: PathLike) -> None:
-        self._path = _existing("path", path, directory=False)
+        self._path = existing_path("path", path, directory=False)
         with open(self._path, "rb") as file:
             head = file.read(4096)
         kind = None  # read as UTF-8, these give lines of garbage
@@ -374,7 +367,7 @@ class ImageFolder(Dataset):
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self._max_pixels = check_max_pixels(max_image_pixels)
-        self._root = _existing("root", root, directory=True)
+        self._root = existing_path("root", root, directory=True)
         suffixes = tuple("." + extension for extension in check_extensions("extensions", extensions))
         files, seen = [], set()
         # Linked sub-folders are followed (each real folder once: a link loop ends); only regular
@@ -456,7 +449,7 @@ class _TarSample(NamedTuple):
 def _shard_paths(shards: object) -> list[str]:
     """Resolve a path, glob pattern or iterable of paths to the sorted absolute paths of the files."""
     if isinstance(shards, (str, os.PathLike)):
-        pattern = _fspath("shards", shards)
+        pattern = check_path("shards", shards)
         if os.path.isfile(pattern):
             paths = [pattern]
         elif any(char in pattern for char in "*?["):
@@ -466,7 +459,7 @@ def _shard_paths(shards: object) -> list[str]:
         if not paths:
             raise FileNotFoundError(f"shards must name at least one file, no file matches {pattern!r}")
     elif isinstance(shards, Iterable) and not isinstance(shards, bytes):
-        paths = [_fspath("shards", path) for path in shards]
+        paths = [check_path("shards", path) for path in shards]
         for path in paths:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"shards must list existing files, {path!r} is not one")

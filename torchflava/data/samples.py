@@ -14,6 +14,7 @@ from PIL import Image
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from torchflava.data.tokenizer import repaired_surrogates
+from torchflava.utils.checks import check_int
 
 Key = TypeVar("Key", bound=Hashable)
 Item = TypeVar("Item")
@@ -103,21 +104,30 @@ def readable_chunks(
         size (int): items per chunk (the last one may be shorter).
         skipped (list): the reason of every BadSample is appended here.
 
-    Yields:
-        list[tuple[Key, Item]]: up to ``size`` (key, item) pairs of readable items.
+    Returns:
+        Iterator[list[tuple[Key, Item]]]: lists of up to ``size`` (key, item) pairs of readable items.
+
+    Raises:
+        TypeError: if ``size`` is not an int (here, when called, not at the first chunk).
+        ValueError: if ``size`` < 1 (0 gave one chunk of every item).
     """
-    chunk = []
-    for key in keys:
-        try:
-            chunk.append((key, read(key)))
-        except BadSample as bad:
-            skipped.append(bad.reason)
-            continue
-        if len(chunk) == size:
+    check_int("size", size, 1)
+
+    def chunks() -> Iterator[list[tuple[Key, Item]]]:
+        chunk = []
+        for key in keys:
+            try:
+                chunk.append((key, read(key)))
+            except BadSample as bad:
+                skipped.append(bad.reason)
+                continue
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
             yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+
+    return chunks()
 
 
 # How many unusable items in a row, from a source's start, mean that it has none (the training loop

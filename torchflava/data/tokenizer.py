@@ -10,9 +10,11 @@ settings of its ``tokenizer_config.json`` read as transformers' ``BertTokenizerF
 
 from collections import Counter, abc
 import json
+import numbers
 import os
 from pathlib import Path
 import re
+import sys
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -22,6 +24,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from torchflava.utils.checkpoint import atomic_write
+from torchflava.utils.checks import check_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -140,7 +143,7 @@ class WordPieceTokenizer:
             FileNotFoundError: if there is no such file.
             ValueError: if the vocabulary lacks a special token or repeats a token.
         """
-        path = Path(path)
+        path = Path(check_path("path", path))
         if path.is_dir():
             path = path / "vocab.txt"
         if not path.is_file():
@@ -200,7 +203,7 @@ class WordPieceTokenizer:
             ValueError: if the file is not JSON, its model is not a WordPiece one with ``[UNK]`` and
                 ``##`` continuations, or the vocabulary lacks a special token.
         """
-        path = Path(path)
+        path = Path(check_path("path", path))
         if not path.is_file():
             raise FileNotFoundError(f"path: no tokenizer.json at {path}")
         try:
@@ -220,8 +223,10 @@ class WordPieceTokenizer:
             raise ValueError(f"path: {path} model.vocab must map tokens to int ids")
         check_dense_ids(vocab, f"path: {path} model.vocab")  # save() writes positions: gaps would renumber
         chars = model.get("max_input_chars_per_word", 100)
-        if type(chars) is not int or chars < 1:
-            raise ValueError(f"path: {path} model.max_input_chars_per_word must be an int >= 1, got {chars!r}")
+        if type(chars) is not int or not 1 <= chars <= sys.maxsize:  # (the library's usize: 10**20 overflowed)
+            raise ValueError(
+                f"path: {path} model.max_input_chars_per_word must be an int in [1, {sys.maxsize}], got {chars!r}"
+            )
         bare = cls._bare(
             vocab,
             lowercase=lowercase,
@@ -247,7 +252,7 @@ class WordPieceTokenizer:
             ValueError: naming the key, if ``tokenizer_config.json`` holds a malformed or unsupported
                 value; as :meth:`from_vocab` / :meth:`from_tokenizer_json` for the vocabulary.
         """
-        directory = Path(directory)
+        directory = Path(check_path("directory", directory))
         settings = read_tokenizer_config(directory / TOKENIZER_CONFIG)
         _refuse_added_tokens(directory)
         if (directory / "tokenizer.json").is_file():  # transformers' fast tokenizer reads it over vocab.txt
@@ -322,7 +327,7 @@ class WordPieceTokenizer:
         Returns:
             Path: the ``vocab.txt`` written.
         """
-        directory = Path(directory)
+        directory = Path(check_path("directory", directory))
         by_id = sorted(self._tokenizer.get_vocab().items(), key=lambda item: item[1])
         vocab = "".join(f"{token}\n" for token, _ in by_id)
         config = {
@@ -362,11 +367,9 @@ class WordPieceTokenizer:
         return padded_rows(rows, max_length, end_id=self.sep_id, pad_id=self.pad_id)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of one id sequence, special tokens dropped; ValueError for an id outside the vocabulary."""
-        ids = [int(i) for i in ids]
-        if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
-            raise ValueError(f"ids must be in [0, {self.vocab_size}), got {bad[:5]}")
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+        """Text of one id sequence (a list, tuple or 1-D tensor of ints), special tokens dropped; TypeError /
+        ValueError as :func:`checked_ids`."""
+        return self._tokenizer.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=True)
 
 
 def _refuse_added_tokens(directory: Path) -> None:
@@ -408,6 +411,26 @@ def check_dense_ids(vocab: Mapping[str, int], where: str) -> None:
         repeated = sorted({i for i, j in zip(ids, ids[1:]) if i == j})[:5]
         detail = f"ids used twice {repeated}" if repeated else f"ids from {ids[0]} to {ids[-1]}" if ids else "none"
         raise ValueError(f"{where}: expected the ids 0 .. {len(ids) - 1}, each once, got {detail}")
+
+
+def checked_ids(ids: object, vocab_size: int) -> list[int]:
+    """``ids`` as a list of ints if it is one sequence (a list, tuple or 1-D tensor) of integer ids in
+    [0, vocab_size); else TypeError (a str, read as ids character by character; a float, which int()
+    truncated; a bool, read as 0 or 1) or ValueError (a tensor that is not 1-D, an id out of range)."""
+    if isinstance(ids, Tensor):
+        if ids.dim() != 1:
+            raise ValueError(f"ids must be one sequence of ids (1-D), got a tensor of shape {tuple(ids.shape)}")
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, abc.Iterable):
+        raise TypeError(f"ids must be a sequence of int ids, got {type(ids).__name__} {ids!r:.40}")
+    ids = list(ids)
+    for position, value in enumerate(ids):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"ids[{position}] must be an int id, got {type(value).__name__} {value!r:.40}")
+    ids = [int(value) for value in ids]
+    if bad := [value for value in ids if not 0 <= value < vocab_size]:
+        raise ValueError(f"ids must be in [0, {vocab_size}), got {bad[:5]}")
+    return ids
 
 
 def check_no_surrogates(texts: Sequence[str]) -> None:
@@ -527,8 +550,7 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
             f"{TOKENIZER_CONFIG}: tokenizer_class must be BertTokenizer or BertTokenizerFast, got {kind!r}"
         )
     for key, expected in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS):
-        token = config.get(key)
-        token = token.get("content") if isinstance(token, dict) else token
+        token = config_token(config, key)
         if token is not None and token != expected:
             raise ValueError(f"{TOKENIZER_CONFIG}: {key} must be {expected} (BERT's special tokens), got {token!r}")
     for key, name in (("do_lower_case", "lowercase"), ("tokenize_chinese_chars", "tokenize_chinese_chars")):
@@ -542,6 +564,13 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     settings["strip_accents"] = strip
     settings["model_max_length"] = config_max_length(config)
     return settings
+
+
+def config_token(config: Mapping, key: str) -> object:
+    """A special token of a ``tokenizer_config.json`` (its ``key``): the string, the ``content`` of an
+    ``{"content": ...}`` entry (transformers writes both forms), or whatever else is there (None if absent)."""
+    token = config.get(key)
+    return token.get("content") if isinstance(token, dict) else token
 
 
 def source_texts(sources: Mapping[str, Dataset], *, limit: int, kinds: Sequence[str] = ("texts", "pairs")) -> list[str]:

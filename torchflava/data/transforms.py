@@ -24,10 +24,11 @@ e.g. a spawned data worker).
 from dataclasses import dataclass
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 import random
-from typing import Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torchflava.data.decode import to_rgb
 from torchflava.modules.codebook import map_pixels
 from torchflava.utils.checkpoint import atomic_write
-from torchflava.utils.checks import check_positive_number
+from torchflava.utils.checks import check_int, check_positive_number
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -119,6 +120,24 @@ def _check_size(name: str, value: object) -> int:
     return value
 
 
+def _number_pair(name: str, value: object) -> tuple[float, float]:
+    """``value`` as a (low, high) pair of floats, else TypeError (not numbers: 0.5 raised "object of type
+    'float' has no len()", ("a", "b") "'<' not supported") or ValueError (not two) naming ``name``."""
+    message = f"{name} must be a (low, high) pair of numbers, got {value!r}"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(message)
+    values = list(value)
+    try:
+        if any(isinstance(v, (bool, str, bytes)) for v in values):
+            raise TypeError
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(message) from None
+    if len(floats) != 2:
+        raise ValueError(message)
+    return floats[0], floats[1]
+
+
 class RandomCropTransform:
     """Seeded RandomResizedCrop to ``image_size``, CLIP-normalised (contrastive training, fine-tuning).
 
@@ -133,7 +152,9 @@ class RandomCropTransform:
         std (Sequence[float]): per-channel normalisation std.
 
     Raises:
-        ValueError: if ``image_size`` is not a positive int, or ``scale`` / ``ratio`` are out of range.
+        TypeError: if ``scale`` or ``ratio`` does not hold numbers.
+        ValueError: if ``image_size`` is not a positive int, or ``scale`` / ``ratio`` are not two numbers
+            in range.
     """
 
     def __init__(
@@ -146,11 +167,11 @@ class RandomCropTransform:
         std: Sequence[float] = CLIP_STD,
     ) -> None:
         self.image_size = _check_size("image_size", image_size)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        self.scale, self.ratio = _number_pair("scale", scale), _number_pair("ratio", ratio)
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {tuple(scale)}")
-        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1] < math.inf:
+        if not 0 < self.ratio[0] <= self.ratio[1] < math.inf:
             raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {tuple(ratio)}")
-        self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
         self._mean, self._std = channel_stats(mean, std)
 
     def crop_box(self, image_height: int, image_width: int, seed: int) -> tuple[int, int, int, int]:
@@ -158,8 +179,17 @@ class RandomCropTransform:
 
         Ten tries at an area in ``scale`` and a log-uniform aspect ratio in ``ratio`` that fits the
         image; otherwise the largest centred box within ``ratio``.
+
+        Raises:
+            TypeError: if ``seed`` is not an int (None drew from the clock: another crop at each call),
+                or a size not an int.
+            ValueError: if a size is below 1.
         """
-        rng = random.Random(seed)
+        check_int("image_height", image_height, 1)
+        check_int("image_width", image_width, 1)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int (the crop's only randomness), got {type(seed).__name__}")
+        rng = random.Random(int(seed))
         area = image_height * image_width
         log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
         for _ in range(10):
@@ -498,7 +528,10 @@ class ImageTransform:
         return self.spec.output_size
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) an image of that size is resized to (before the crop)."""
+        """(height, width) an image of that size is resized to (before the crop); TypeError / ValueError
+        unless both are ints >= 1."""
+        check_int("height", height, 1)
+        check_int("width", width, 1)
         if self.spec.resize_mode == "squash":
             return self.spec.resize_size
         side = self.spec.resize_size

@@ -240,3 +240,12 @@ def describe_tensor(value: object) -> str:
     """What a message says was given: a tensor's dtype and shape (``torch.float32 of shape (2, 3)``), or
     the type of anything else (``list``)."""
     return f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def check_path(name: str, value: object) -> str:
+    """``value`` as a str path if it is a str or ``os.PathLike`` (of a str), else TypeError naming ``name``
+    (``Path(5)`` and ``open(5)`` raise Python's "expected str, bytes or os.PathLike", naming nothing)."""
+    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise TypeError(f"{name} must be a str or os.PathLike path, got {type(value).__name__}")
+    return path
