@@ -4,10 +4,11 @@ Layout of ``<root>/step_<N>/``: the DCP shards of ``{"model", "optim"}`` (writte
 in parallel, loadable on another world size), ``rank<R>.pt`` per rank (the training loop's own
 state: schedule, step, RNG states; plain tensors and numbers, loaded with ``weights_only=True``),
 the caller's text files (``config.yaml``: the config it was trained under, so that a resume can
-verify its own config against the checkpoint alone), and ``COMPLETE`` (JSON: step, world size and the size and SHA-256 of every file). Everything is first
-written to ``.step_<N>.tmp/`` and renamed when every rank has finished, so a killed run never leaves
-a checkpoint that looks complete; old checkpoints are renamed away before they are deleted. Loading
-verifies every digest first and never runs code from the files (:mod:`torchflava.training.integrity`).
+verify its own config against the checkpoint alone), and ``COMPLETE`` (JSON: step, world size and
+the size and SHA-256 of every file). Everything is first written to ``.step_<N>.tmp/`` and renamed
+when every rank has finished, so a killed run never leaves a checkpoint that looks complete; old
+checkpoints are renamed away before they are deleted. Loading verifies every digest first and never
+runs code from the files (:mod:`torchflava.training.integrity`).
 """
 
 from contextlib import contextmanager
