@@ -396,3 +396,21 @@ def test_decode_refuses_ids_outside_the_vocabulary_and_what_is_not_ids(ours, ids
     with pytest.raises(error, match=f"^{message}$"):
         ours.decode(ids)
     assert ours.decode(torch.tensor([49406, 320, 1125, 49407])) == "a photo"
+
+
+def test_a_tokenizer_file_that_is_no_regular_file_is_refused_not_passed_over(tmp_path, hf_directory):
+    """A FIFO named tokenizer_config.json or tokenizer.json was taken as absent (its settings' defaults,
+    or vocab.json and merges.txt, stood in for it, silently)."""
+    import shutil
+
+    from tests.helpers import fifo_that_cannot_hang
+
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        copy = tmp_path / name.replace(".", "_")
+        shutil.copytree(hf_directory, copy)
+        (copy / name).unlink(missing_ok=True)
+        with fifo_that_cannot_hang(copy / name) as fifo:
+            with pytest.raises(
+                ValueError, match=f"^{fifo} is a FIFO \\(named pipe\\), not a regular file: expected a tokenizer"
+            ):
+                CLIPTokenizer.from_directory(copy)

@@ -520,3 +520,22 @@ def test_a_path_that_is_no_path_is_named():
     for load in (WordPieceTokenizer.from_vocab, WordPieceTokenizer.from_tokenizer_json):
         with pytest.raises(TypeError, match="^path must be a str or os.PathLike path, got NoneType$"):
             load(None)
+
+
+def test_a_tokenizer_file_that_is_no_regular_file_is_refused_not_passed_over(tmp_path):
+    """A FIFO (or a directory) named tokenizer_config.json or tokenizer.json was taken as absent: the
+    settings' defaults (lowercase...) or vocab.txt stood in for it, silently."""
+    from tests.helpers import fifo_that_cannot_hang
+
+    given = tmp_path / "given"
+    WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "vocab.txt", VOCAB), lowercase=False).save(given)
+    (given / "tokenizer.json").unlink(missing_ok=True)
+    (given / "tokenizer_config.json").unlink()
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        with fifo_that_cannot_hang(given / name) as fifo:
+            with pytest.raises(
+                ValueError, match=f"^{fifo} is a FIFO \\(named pipe\\), not a regular file: expected a tokenizer"
+            ):
+                WordPieceTokenizer.from_directory(given)
+        fifo.unlink()
+    assert WordPieceTokenizer.from_directory(given).vocab_size == len(VOCAB)  # both absent: vocab.txt, defaults

@@ -42,7 +42,7 @@ from torchflava.data.tokenizer import (
     padded_rows,
     repaired_surrogates,
 )
-from torchflava.utils.checkpoint import first_line, read_json_object
+from torchflava.utils.checkpoint import first_line, present_file, read_json_object
 from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
@@ -315,9 +315,11 @@ class CLIPTokenizer:
         """
         directory = Path(check_path("directory", directory))
         settings = read_clip_tokenizer_config(directory / "tokenizer_config.json")
-        if (directory / "tokenizer.json").is_file():
+        if present_file(directory / "tokenizer.json", "a tokenizer file"):
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
-        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        if present_file(directory / "vocab.json", "a vocabulary file") and present_file(
+            directory / "merges.txt", "a merges file"
+        ):
             vocab = read_json_object(directory / "vocab.json")
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
@@ -417,7 +419,7 @@ def read_clip_tokenizer_config(path: Path) -> dict:
         ValueError: naming the key, if a value has the wrong type, the class is not CLIP's, the padding
             token is an empty string, or the start, end or unknown token is not CLIP's.
     """
-    if not path.is_file():
+    if not present_file(path, "a tokenizer config file"):
         return {}
     config = read_json_object(path)
     kind = config.get("tokenizer_class")

@@ -23,7 +23,7 @@ from torch import Tensor
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from torchflava.utils.checkpoint import atomic_write
+from torchflava.utils.checkpoint import atomic_write, present_file
 from torchflava.utils.checks import check_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -255,9 +255,9 @@ class WordPieceTokenizer:
         directory = Path(check_path("directory", directory))
         settings = read_tokenizer_config(directory / TOKENIZER_CONFIG)
         _refuse_added_tokens(directory)
-        if (directory / "tokenizer.json").is_file():  # transformers' fast tokenizer reads it over vocab.txt
+        if present_file(directory / "tokenizer.json", "a tokenizer file"):  # the fast tokenizer reads it over vocab.txt
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
-        if (directory / "vocab.txt").is_file():
+        if present_file(directory / "vocab.txt", "a vocabulary file"):
             return cls.from_vocab(directory / "vocab.txt", **settings)
         raise FileNotFoundError(f"directory: {directory} has neither vocab.txt nor tokenizer.json")
 
@@ -378,7 +378,7 @@ def _refuse_added_tokens(directory: Path) -> None:
     there and would be split into word pieces here."""
     found = {}
     path = directory / "tokenizer.json"
-    if path.is_file():
+    if present_file(path, "a tokenizer file"):
         try:
             entries = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
@@ -386,7 +386,7 @@ def _refuse_added_tokens(directory: Path) -> None:
         found[path] = [e.get("content") for e in entries if isinstance(e, dict)]
     for name, key in (("added_tokens.json", None), (TOKENIZER_CONFIG, "added_tokens_decoder")):
         path = directory / name
-        if path.is_file():
+        if present_file(path, "a tokenizer config file"):
             try:
                 config = json.loads(path.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -536,7 +536,7 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     """
     path = Path(path)
     settings = dict(lowercase=True, strip_accents=None, tokenize_chinese_chars=True, model_max_length=None)
-    if not path.is_file():
+    if not present_file(path, "a tokenizer config file"):
         return settings
     try:
         config = json.loads(path.read_text(encoding="utf-8"))

@@ -208,6 +208,16 @@ def check_regular_file(path: PathLike, expected: str) -> None:
         raise ValueError(f"{os.fspath(path)} is {kind}, not a regular file: expected {expected}")
 
 
+def present_file(path: PathLike, expected: str) -> bool:
+    """Whether ``path`` is a regular file: False when nothing is there (an optional file), ValueError (see
+    :func:`check_regular_file`) when something else is (a FIFO, a directory...), which ``is_file()``
+    would pass over as absent, so that defaults would stand in for it silently."""
+    if not os.path.lexists(path):
+        return False
+    check_regular_file(path, expected)
+    return True
+
+
 def _file_kind(path: Path) -> str:
     """``"index"``, ``"safetensors"`` or ``"torch"``: by the file's first bytes where they tell (a
     Hub cache blob has no suffix; a safetensors file may be named ``.pt``), else by its suffix.
