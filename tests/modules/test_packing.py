@@ -196,3 +196,30 @@ def test_encode_rows_checks_output_on_every_path():
             None,
             output="LAST",
         )
+
+
+def test_encode_rows_names_a_bad_leave_out_encoder_or_budget_on_every_path():
+    """A leave_out narrower than the batch that left nothing out ran the padded batch and returned each row's
+    output at the wrong column, silently; the budget was checked on the packed path only."""
+    from torchflava.modules.encoders import transformer_encoder
+    from torchflava.modules.packing import encode_rows
+
+    encoder = transformer_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16)
+    ids = torch.ones(2, 6, dtype=torch.long)
+    narrow = torch.zeros(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"^leave_out must have the shape of input_ids torch.int64 of shape \(2, 6\), got \(2, 3\)$"):
+        encode_rows(encoder, ids, narrow, output="last")
+    with pytest.raises(TypeError, match=r"^leave_out must be a bool tensor \(True = leave out\) or None, got torch.int64 of"):
+        encode_rows(encoder, ids, torch.zeros(2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="^max_tokens must be >= 1, got 0$"):
+        encode_rows(encoder, ids, None, max_tokens=0)
+    with pytest.raises(TypeError, match="^encoder must be an nn.Module, got NoneType$"):
+        encode_rows(None, ids, None)
+
+
+def test_pack_batch_names_float_ids_and_token_type_ids_that_are_no_tensor():
+    ids, mask = padded_text(2, 6, 50, [6, 3])
+    with pytest.raises(TypeError, match="^input_ids must be an integer tensor of token ids, got torch.float32$"):
+        pack_batch(ids.float(), mask == 0)  # packed as floats before
+    with pytest.raises(TypeError, match="^token_type_ids must be an integer tensor or None, got list$"):
+        pack_batch(ids, mask == 0, token_type_ids=[[0] * 6] * 2)  # AttributeError before

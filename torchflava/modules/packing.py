@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import CLS_POSITION
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_int, check_module, describe_tensor, is_integer_tensor
 
 
 class PackedBatch(NamedTuple):
@@ -97,7 +97,8 @@ def pack_batch(
         PackedBatch: the packs and where each row went.
 
     Raises:
-        TypeError: if an input is not a tensor, ``padding_mask`` not bool or ``max_tokens`` not an int.
+        TypeError: if an input is not a tensor, the ids not integer, ``padding_mask`` not bool or ``max_tokens``
+            not an int.
         ValueError: if some row is all padding, the shapes differ, there is no row, or ``max_tokens`` < 1.
     """
     for name, value in (("input_ids", input_ids), ("padding_mask", padding_mask)):
@@ -110,6 +111,10 @@ def pack_batch(
         raise ValueError(
             f"padding_mask must have the (B, L) shape of input_ids {tuple(input_ids.shape)}, got {tuple(padding_mask.shape)}"
         )
+    if not is_integer_tensor(input_ids):  # (float ids were packed as they came)
+        raise TypeError(f"input_ids must be an integer tensor of token ids, got {input_ids.dtype}")
+    if token_type_ids is not None and not is_integer_tensor(token_type_ids):
+        raise TypeError(f"token_type_ids must be an integer tensor or None, got {describe_tensor(token_type_ids)}")
     if token_type_ids is not None and tuple(token_type_ids.shape) != tuple(input_ids.shape):
         raise ValueError(f"token_type_ids must have shape {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
     device = input_ids.device
@@ -197,10 +202,12 @@ def encode_packed(
         Tensor: (B, D) the encoder's output (after its final norm) at each row's chosen token.
 
     Raises:
+        TypeError: see :func:`pack_batch`, or if ``encoder`` is not an ``nn.Module``.
         ValueError: see :func:`pack_batch`, or if ``output`` is not "first" or "last".
     """
     if output not in ("first", "last"):
         raise ValueError(f"output: expected 'first' or 'last', got {output!r}")
+    check_module("encoder", encoder)
     packed = pack_batch(input_ids, padding_mask, token_type_ids=token_type_ids, max_tokens=max_tokens)
     slots = packed.first_slot if output == "first" else packed.last_slot
     positions = slots.new_zeros(packed.input_ids.shape[0], int(packed.row_in_pack.max()) + 1)  # (P, rows per pack)
@@ -236,9 +243,24 @@ def encode_rows(
 
     Returns:
         Tensor: (B, D) the encoder's output at each row's first or last kept token.
+
+    Raises:
+        TypeError: if ``encoder`` is not an ``nn.Module``, ``max_tokens`` not an int or ``leave_out`` not a
+            bool tensor.
+        ValueError: if ``output`` is not "first" or "last", ``max_tokens`` < 1, ``leave_out`` differs in
+            shape from ``input_ids``, or as :func:`encode_packed`.
     """
     if output not in ("first", "last"):  # (checked by encode_packed only on the packed path)
         raise ValueError(f"output: expected 'first' or 'last', got {output!r}")
+    check_module("encoder", encoder)
+    check_int("max_tokens", max_tokens, 1)  # (checked by pack_batch only on the packed path)
+    if leave_out is not None:  # (a narrower mask that left nothing out ran the padded batch, positions wrong)
+        if not isinstance(leave_out, Tensor) or leave_out.dtype != torch.bool:
+            raise TypeError(f"leave_out must be a bool tensor (True = leave out) or None, got {describe_tensor(leave_out)}")
+        if not isinstance(input_ids, Tensor) or leave_out.shape != input_ids.shape:
+            raise ValueError(
+                f"leave_out must have the shape of input_ids {describe_tensor(input_ids)}, got {tuple(leave_out.shape)}"
+            )
     capturing = capturing_graph()
     masked = leave_out is not None and (capturing or bool(leave_out.any()))  # (not read while capturing)
     if masked and not capturing and (output == "last" or can_pack(leave_out)):

@@ -249,3 +249,13 @@ def check_path(name: str, value: object) -> str:
     if not isinstance(path, str):
         raise TypeError(f"{name} must be a str or os.PathLike path, got {type(value).__name__}")
     return path
+
+
+def check_generator(name: str, value: object) -> None:
+    """TypeError naming ``name`` unless ``value`` is a ``torch.Generator`` or None: a seed (an int) given
+    where a generator belongs would otherwise fail inside torch, or on a missing ``.device``."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(
+            f"{name} must be a torch.Generator or None, got {type(value).__name__} {value!r}"
+            + (" (seed one with torch.Generator().manual_seed(seed))" if isinstance(value, int) else "")
+        )

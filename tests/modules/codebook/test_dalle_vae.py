@@ -63,7 +63,7 @@ def test_token_grid_of_a_112_px_image_is_14_by_14():
 def test_properties():
     encoder = _tiny(in_channels=1)
     assert (encoder.in_channels, encoder.vocab_size, encoder.downsample) == (1, 40, 8)
-    assert encoder.tokens(torch.rand(1, 1, 8, 16)).shape == (1, 2)
+    assert encoder.tokens(map_pixels(torch.rand(1, 1, 8, 16))).shape == (1, 2)
 
 
 # ----------------------------------------------------------------------------------- architecture
@@ -272,3 +272,39 @@ def test_map_pixels_is_affine_and_keeps_shape_and_dtype():
 def test_map_pixels_rejects_non_float_input(pixels, message):
     with pytest.raises(TypeError, match=message):
         map_pixels(pixels)
+
+
+@pytest.mark.parametrize(
+    "pixels, got",
+    [
+        (torch.full((1, 3, 16, 16), 200.0), r"\[200.0, 200.0\]"),  # [0, 255] pixels, not divided nor mapped
+        (torch.full((1, 3, 16, 16), -1.5), r"\[-1.5, -1.5\]"),  # normalised with a mean and std
+        (torch.full((1, 3, 16, 16), float("nan")), r"\[nan, nan\]"),
+    ],
+)
+def test_tokens_name_pixels_that_were_not_mapped(pixels, got):
+    """Each was tokenised without a word before."""
+    expected = r"^pixels must be finite and mapped into \[0.1, 0.9\] with map_pixels, got values in "
+    with pytest.raises(ValueError, match=expected + got + "$"):
+        _tiny().tokens(pixels)
+
+
+def test_tokens_take_mapped_pixels_rounded_in_bfloat16():
+    pixels = map_pixels(torch.tensor([0.0, 1.0]).repeat(8 * 16 * 3).view(1, 3, 16, 16).bfloat16())
+    assert float(pixels.max()) > 0.9  # (0.8 * 1 + 0.1 rounds up)
+    assert _tiny().to(torch.bfloat16).tokens(pixels).shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(hidden_dim="16"), TypeError, "^hidden_dim must be an int, got str$"),
+        (dict(vocab_size=40.0), TypeError, "^vocab_size must be an int, got float$"),
+        (dict(blocks_per_group=None), TypeError, "^blocks_per_group must be an int, got NoneType$"),
+        (dict(freeze="no"), TypeError, "^freeze must be a bool, got str 'no'$"),
+    ],
+)
+def test_builder_names_arguments_of_the_wrong_type(kwargs, error, message):
+    """A str or None failed on '<', a float inside torch, and freeze='no' froze the encoder."""
+    with pytest.raises(error, match=message):
+        _tiny(**kwargs)

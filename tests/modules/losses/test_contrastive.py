@@ -259,3 +259,35 @@ def test_inputs_on_different_devices_and_a_non_number_scale_are_named():
         contrastive_loss(features, features.to("meta"), torch.tensor(1.0))  # torch's error named none
     with pytest.raises(TypeError, match="logit_scale_init must be a number, got str"):
         ContrastiveLoss(logit_scale_init="2")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            dict(logit_scale=torch.tensor(math.nan)),
+            ValueError,
+            "^image_features, text_features and logit_scale must be finite, got non-finite values in logit_scale$",
+        ),
+        (dict(logit_scale=torch.tensor(math.inf)), ValueError, "got non-finite values in logit_scale$"),
+        (
+            dict(image_features=_IMAGE * math.nan, text_features=_TEXT / 0),
+            ValueError,
+            "must be finite, got non-finite values in image_features, text_features$",
+        ),
+        (dict(logit_scale=torch.tensor(2)), TypeError, "^logit_scale must be a floating-point tensor, got torch.int64$"),
+        (
+            dict(image_features=_IMAGE[:, :0], text_features=_TEXT[:, :0]),  # every logit 0: a loss of log B
+            ValueError,
+            r"^image_features must have shape \(B, P\) with B >= 1 and P >= 1, got \(5, 0\)$",
+        ),
+    ],
+)
+def test_non_finite_values_an_integer_scale_and_empty_features_are_named(kwargs, error, message):
+    """Each was accepted before: a NaN loss, or log B from features of width 0."""
+    test_bad_inputs(kwargs, error, message)
+
+
+def test_module_forward_names_non_finite_features():
+    with pytest.raises(ValueError, match="must be finite, got non-finite values in text_features$"):
+        ContrastiveLoss()(_IMAGE, torch.full_like(_TEXT, math.inf))

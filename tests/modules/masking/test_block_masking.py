@@ -179,3 +179,14 @@ def test_bad_batch_size():
         block_masks(0)
     with pytest.raises(TypeError, match="batch_size"):
         block_masks(2.0)
+
+
+def test_a_seed_for_the_generator_and_no_min_aspect_are_named():
+    """Both failed inside: 'int' object has no attribute 'device', and math's 'must be real number'."""
+    seed = "^generator must be a torch.Generator or None, got int 0 \\(seed one with torch.Generator\\(\\).manual_seed\\(seed\\)\\)$"
+    with pytest.raises(TypeError, match=seed):
+        block_mask(14, generator=0)
+    with pytest.raises(TypeError, match=seed):
+        block_masks(2, 14, generator=0)
+    with pytest.raises(TypeError, match="^min_aspect must be a float, got NoneType$"):
+        block_mask(14, min_aspect=None)

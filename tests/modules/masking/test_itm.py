@@ -71,3 +71,10 @@ def test_deterministic_given_the_generator_seed():
 def test_bad_arguments(batch_size, probability, error, match):
     with pytest.raises(error, match=match):
         itm_negatives(batch_size, probability=probability)
+
+
+@pytest.mark.parametrize("generator, got", [(7, "int 7 \\(seed one with"), ("seed", "str 'seed'$")])
+def test_a_generator_that_is_not_one_is_named(generator, got):
+    """It failed on a missing ``.device``, naming no argument."""
+    with pytest.raises(TypeError, match=f"^generator must be a torch.Generator or None, got {got}"):
+        itm_negatives(4, generator=generator)

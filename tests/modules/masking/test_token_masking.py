@@ -249,3 +249,13 @@ def test_ids_of_a_dtype_too_small_for_the_vocabulary_are_refused_and_uint8_ids_r
     ):
         masker(torch.tensor([[43, 44]], dtype=torch.uint8), generator=torch.Generator().manual_seed(0))
     masker(torch.tensor([[43, 44]], dtype=torch.int16), generator=torch.Generator().manual_seed(0))  # holds 300
+
+
+def test_a_seed_for_the_generator_and_one_generator_for_all_rows_are_named():
+    """torch's rand() listed its signatures for the first; len() of a Generator failed for the second."""
+    ids = torch.randint(3, 30, (2, 6))
+    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int 5 \(seed one with"):
+        mask_tokens(ids, vocab_size=30, mask_token_id=1, special_token_ids=[0], generator=5)
+    masker = TokenMasker(vocab_size=30, mask_token_id=1, special_token_ids=[0])
+    with pytest.raises(TypeError, match="^generators must be a sequence of torch.Generator, one per row, got Generator$"):
+        masker.rows(ids, [6, 6], torch.Generator())

@@ -21,9 +21,13 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from torchflava.utils.checks import check_bool, check_int, require
+
 # DALL-E's logit-Laplace epsilon: pixels in [0, 1] are squeezed into [eps, 1 - eps].
 _PIXEL_EPS = 0.1
 _NUM_GROUPS = 4
+# How far outside [eps, 1 - eps] tokens() accepts pixels: rounding of map_pixels in bf16 (0.9 -> 0.902).
+_PIXEL_SLACK = 0.01
 
 
 def map_pixels(pixels: Tensor) -> Tensor:
@@ -199,8 +203,18 @@ class DalleEncoder(nn.Module):
 
         Raises:
             TypeError: if ``pixels`` is not a floating-point tensor.
-            ValueError: as :meth:`forward`.
+            ValueError: as :meth:`forward`, or if a pixel is NaN or outside [0.09, 0.91] (not mapped
+                with :func:`map_pixels`; 0.01 of slack for rounding).
         """
+        self._check_pixels(pixels)
+        if not pixels.is_meta:  # (unmapped [0, 255] or normalised pixels, or NaN, were tokenised silently)
+            low, high = _PIXEL_EPS - _PIXEL_SLACK, 1 - _PIXEL_EPS + _PIXEL_SLACK
+            expected = f"pixels must be finite and mapped into [{_PIXEL_EPS}, {1 - _PIXEL_EPS}] with map_pixels"
+            require(
+                ((pixels >= low) & (pixels <= high)).all(),  # (NaN fails both)
+                lambda: f"{expected}, got values in [{float(pixels.min())}, {float(pixels.max())}]",
+                f"{expected}, got values outside it",
+            )
         return self(pixels).argmax(dim=1).flatten(1)
 
 
@@ -237,14 +251,15 @@ def dalle_encoder(
         DalleEncoder: (B, C, H, W) -> logits (B, V, H/8, W/8); ``tokens`` gives (B, H/8 * W/8).
 
     Raises:
+        TypeError: if a size is not an int or ``freeze`` not a bool.
         ValueError: if ``hidden_dim`` < 4 or another size is < 1.
     """
-    if hidden_dim < 4:
+    if check_int("hidden_dim", hidden_dim, 1) < 4:
         raise ValueError(f"hidden_dim must be >= 4 (residual paths are hidden_dim // 4 wide), got {hidden_dim}")
     sizes = {"blocks_per_group": blocks_per_group, "vocab_size": vocab_size, "in_channels": in_channels}
     for name, value in sizes.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+        check_int(name, value, 1)
+    check_bool("freeze", freeze)  # (a str such as "no" froze the encoder by being truthy)
     post_gain = 1 / (_NUM_GROUPS * blocks_per_group) ** 2
     widths = [hidden_dim * 2**i for i in range(_NUM_GROUPS)]  # 1, 2, 4, 8 x hidden_dim
     groups = []

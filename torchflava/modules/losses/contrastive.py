@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from torchflava.utils.checks import require
 from torchflava.utils.distributed import GatherGrad, gather_features
 
 
@@ -42,8 +43,8 @@ def _check_inputs(
             raise TypeError(f"{name} must be a Tensor, got {type(value).__name__}")
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-        if value.dim() != 2 or value.shape[0] == 0:
-            raise ValueError(f"{name} must have shape (B, P) with B >= 1, got {tuple(value.shape)}")
+        if value.dim() != 2 or value.shape[0] == 0 or value.shape[1] == 0:  # (P = 0: every logit 0, loss log B)
+            raise ValueError(f"{name} must have shape (B, P) with B >= 1 and P >= 1, got {tuple(value.shape)}")
     if image_features.shape != text_features.shape:
         raise ValueError(
             f"text_features must have the shape of image_features {tuple(image_features.shape)}, "
@@ -57,6 +58,8 @@ def _check_inputs(
     devices["logit_scale"] = logit_scale.device
     if len(set(devices.values())) > 1:  # (torch's own error names no argument)
         raise ValueError(f"image_features, text_features and logit_scale must be on one device, got {devices}")
+    if not logit_scale.is_floating_point():
+        raise TypeError(f"logit_scale must be a floating-point tensor, got {logit_scale.dtype}")
     if positive_rows is not None:
         if not isinstance(positive_rows, Tensor):
             raise TypeError(f"positive_rows must be a Tensor or None, got {type(positive_rows).__name__}")
@@ -66,6 +69,16 @@ def _check_inputs(
             raise ValueError(
                 f"positive_rows must have shape ({image_features.shape[0]},), got {tuple(positive_rows.shape)}"
             )
+    values = {"image_features": image_features, "text_features": text_features, "logit_scale": logit_scale}
+    if not any(value.is_meta for value in values.values()):  # (the meta device has no values)
+        # One check, one host read, for the three: a NaN or infinite value would make the loss NaN.
+        finite = torch.stack([torch.isfinite(value).all() for value in values.values()])
+        require(
+            finite.all(),
+            lambda: "image_features, text_features and logit_scale must be finite, got non-finite values in "
+            + ", ".join(name for name, ok in zip(values, finite.tolist()) if not ok),
+            "image_features, text_features and logit_scale must be finite, got non-finite values",
+        )
 
 
 def contrastive_loss(
@@ -98,10 +111,10 @@ def contrastive_loss(
         ContrastiveOutput: the loss, (B, B_global) logits in both directions and the (B,) labels.
 
     Raises:
-        TypeError: if an input is not a Tensor, the features are not floating point, ``positive_rows`` is
-            not bool or ``gather`` not a GatherGrad.
-        ValueError: if the features are not both (B, P) with B >= 1, ``logit_scale`` is not a
-            scalar, or ``positive_rows`` is not (B,).
+        TypeError: if an input is not a Tensor, the features or ``logit_scale`` are not floating point,
+            ``positive_rows`` is not bool or ``gather`` not a GatherGrad.
+        ValueError: if the features are not both (B, P) with B, P >= 1, ``logit_scale`` is not a
+            scalar, ``positive_rows`` is not (B,), or a feature or ``logit_scale`` is NaN or infinite.
     """
     _check_inputs(image_features, text_features, logit_scale, positive_rows)
     if not isinstance(gather, GatherGrad):

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_generator, check_int
 
 #: Placement attempts per rectangle before a round gives up (as in BEiT).
 MAX_ATTEMPTS = 10
@@ -48,7 +48,7 @@ def _check_block_args(
         if max_block < min_block:
             raise ValueError(f"max_block must be >= min_block = {min_block}, got {max_block}")
     for name, value in (("min_aspect", min_aspect), ("max_aspect", max_aspect)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if (value is not None or name == "min_aspect") and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     if not (math.isfinite(min_aspect) and min_aspect > 0):
         raise ValueError(f"min_aspect must be > 0, got {min_aspect}")
@@ -137,7 +137,7 @@ def block_mask(
         Tensor: (H, W) bool on the CPU, ``True = masked``.
 
     Raises:
-        TypeError: if an argument has the wrong type.
+        TypeError: if an argument has the wrong type (``generator`` not a ``torch.Generator`` or None).
         ValueError: if ``grid_size`` is not positive, ``num_masked`` lies outside [0, H * W],
             ``min_block`` < 1, ``max_block`` < ``min_block``, ``min_aspect`` <= 0 or
             ``max_aspect`` < ``min_aspect``.
@@ -145,6 +145,7 @@ def block_mask(
     height, width, max_block, min_aspect, max_aspect = _check_block_args(
         grid_size, num_masked, min_block, max_block, min_aspect, max_aspect
     )
+    check_generator("generator", generator)
     return _block_mask(height, width, num_masked, min_block, max_block, min_aspect, max_aspect, generator)
 
 
@@ -201,7 +202,7 @@ def block_masks(
         (the ``patch_mask`` layout of :class:`~torchflava.modules.layers.PatchEmbedding`).
 
     Raises:
-        TypeError: if an argument has the wrong type.
+        TypeError: if an argument has the wrong type (``generator`` not a ``torch.Generator`` or None).
         ValueError: if ``batch_size`` < 1 or another argument is out of range (see
             :func:`block_mask`).
     """
@@ -209,6 +210,7 @@ def block_masks(
     height, width, max_block, min_aspect, max_aspect = _check_block_args(
         grid_size, num_masked, min_block, max_block, min_aspect, max_aspect
     )
+    check_generator("generator", generator)
     masks = [
         _block_mask(height, width, num_masked, min_block, max_block, min_aspect, max_aspect, generator).flatten()
         for _ in range(batch_size)

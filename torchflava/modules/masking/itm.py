@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from torchflava.utils.checks import check_int, check_probability
+from torchflava.utils.checks import check_generator, check_int, check_probability
 
 
 class ItmSample(NamedTuple):
@@ -45,11 +45,13 @@ def itm_negatives(
         ItmSample: ``source`` (B,) long and ``labels`` (B,) long.
 
     Raises:
-        TypeError: if ``batch_size`` is not an int or ``probability`` not a number.
+        TypeError: if ``batch_size`` is not an int, ``probability`` not a number or ``generator`` not a
+            ``torch.Generator``.
         ValueError: if ``batch_size`` < 1 or ``probability`` is outside [0, 1].
     """
     check_int("batch_size", batch_size, 1)
     probability = check_probability("probability", probability)
+    check_generator("generator", generator)
 
     device = generator.device if generator is not None else torch.device("cpu")
     rows = torch.arange(batch_size, device=device)

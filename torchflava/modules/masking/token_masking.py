@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from torchflava.modules.layers.text_embedding import check_token_ids
-from torchflava.utils.checks import check_int, check_probability
+from torchflava.utils.checks import check_generator, check_int, check_probability
 
 
 class MaskedTokens(NamedTuple):
@@ -130,9 +130,10 @@ class TokenMasker:
             MaskedTokens: ``input_ids`` (B, L), the corrupted copy, and ``labels`` (B, L) long.
 
         Raises:
-            TypeError: if ``input_ids`` is not an integer tensor or ``padding_mask`` not a bool tensor.
-            ValueError: if ``input_ids`` is not (B, L) or holds ids outside [0, vocab_size), or the
-                ``padding_mask`` shape differs.
+            TypeError: if ``input_ids`` is not an integer tensor, ``padding_mask`` not a bool tensor or
+                ``generator`` not a ``torch.Generator``.
+            ValueError: if ``input_ids`` is not (B, L) or holds ids outside [0, vocab_size), the
+                ``padding_mask`` shape differs, or ``generator`` lives on another device.
         """
         check_token_ids(input_ids, self.vocab_size)
         self._check_dtype(input_ids)
@@ -145,6 +146,11 @@ class TokenMasker:
                     f"padding_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                     f"got {tuple(padding_mask.shape)}"
                 )
+        check_generator("generator", generator)
+        if generator is not None and generator.device.type != input_ids.device.type:  # (torch's error names neither)
+            raise ValueError(
+                f"generator must live on input_ids' device ({input_ids.device}), got a generator on {generator.device}"
+            )
         device, shape = input_ids.device, input_ids.shape
         draw = torch.rand(shape, generator=generator, device=device)
         action = torch.rand(shape, generator=generator, device=device)
@@ -176,6 +182,9 @@ class TokenMasker:
         check_token_ids(input_ids, self.vocab_size)
         self._check_dtype(input_ids)
         batch, width = input_ids.shape
+        if isinstance(generators, torch.Generator) or not isinstance(generators, Sequence):
+            got = type(generators).__name__
+            raise TypeError(f"generators must be a sequence of torch.Generator, one per row, got {got}")
         lengths = lengths.tolist() if isinstance(lengths, Tensor) else list(lengths)
         if any(isinstance(n, bool) or not isinstance(n, int) for n in lengths):
             raise TypeError(f"lengths must be ints (or an integer tensor), got {lengths}")
