@@ -207,9 +207,13 @@ def test_encode_rows_names_a_bad_leave_out_encoder_or_budget_on_every_path():
     encoder = transformer_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16)
     ids = torch.ones(2, 6, dtype=torch.long)
     narrow = torch.zeros(2, 3, dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"^leave_out must have the shape of input_ids torch.int64 of shape \(2, 6\), got \(2, 3\)$"):
+    with pytest.raises(
+        ValueError, match=r"^leave_out must have the shape of input_ids torch.int64 of shape \(2, 6\), got \(2, 3\)$"
+    ):
         encode_rows(encoder, ids, narrow, output="last")
-    with pytest.raises(TypeError, match=r"^leave_out must be a bool tensor \(True = leave out\) or None, got torch.int64 of"):
+    with pytest.raises(
+        TypeError, match=r"^leave_out must be a bool tensor \(True = leave out\) or None, got torch.int64 of"
+    ):
         encode_rows(encoder, ids, torch.zeros(2, 6, dtype=torch.long))
     with pytest.raises(ValueError, match="^max_tokens must be >= 1, got 0$"):
         encode_rows(encoder, ids, None, max_tokens=0)

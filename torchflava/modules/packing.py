@@ -256,7 +256,9 @@ def encode_rows(
     check_int("max_tokens", max_tokens, 1)  # (checked by pack_batch only on the packed path)
     if leave_out is not None:  # (a narrower mask that left nothing out ran the padded batch, positions wrong)
         if not isinstance(leave_out, Tensor) or leave_out.dtype != torch.bool:
-            raise TypeError(f"leave_out must be a bool tensor (True = leave out) or None, got {describe_tensor(leave_out)}")
+            raise TypeError(
+                f"leave_out must be a bool tensor (True = leave out) or None, got {describe_tensor(leave_out)}"
+            )
         if not isinstance(input_ids, Tensor) or leave_out.shape != input_ids.shape:
             raise ValueError(
                 f"leave_out must have the shape of input_ids {describe_tensor(input_ids)}, got {tuple(leave_out.shape)}"

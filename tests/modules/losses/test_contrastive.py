@@ -265,17 +265,10 @@ def test_inputs_on_different_devices_and_a_non_number_scale_are_named():
     "kwargs, error, message",
     [
         (
-            dict(logit_scale=torch.tensor(math.nan)),
-            ValueError,
-            "^image_features, text_features and logit_scale must be finite, got non-finite values in logit_scale$",
+            dict(logit_scale=torch.tensor(2)),
+            TypeError,
+            "^logit_scale must be a floating-point tensor, got torch.int64$",
         ),
-        (dict(logit_scale=torch.tensor(math.inf)), ValueError, "got non-finite values in logit_scale$"),
-        (
-            dict(image_features=_IMAGE * math.nan, text_features=_TEXT / 0),
-            ValueError,
-            "must be finite, got non-finite values in image_features, text_features$",
-        ),
-        (dict(logit_scale=torch.tensor(2)), TypeError, "^logit_scale must be a floating-point tensor, got torch.int64$"),
         (
             dict(image_features=_IMAGE[:, :0], text_features=_TEXT[:, :0]),  # every logit 0: a loss of log B
             ValueError,
@@ -283,11 +276,13 @@ def test_inputs_on_different_devices_and_a_non_number_scale_are_named():
         ),
     ],
 )
-def test_non_finite_values_an_integer_scale_and_empty_features_are_named(kwargs, error, message):
-    """Each was accepted before: a NaN loss, or log B from features of width 0."""
+def test_an_integer_scale_and_empty_features_are_named(kwargs, error, message):
+    """Each was accepted before: log B from features of width 0."""
     test_bad_inputs(kwargs, error, message)
 
 
-def test_module_forward_names_non_finite_features():
-    with pytest.raises(ValueError, match="must be finite, got non-finite values in text_features$"):
-        ContrastiveLoss()(_IMAGE, torch.full_like(_TEXT, math.inf))
+def test_non_finite_values_give_a_non_finite_loss_for_the_loop_to_stop_on():
+    """A diverging run's NaN features are not a caller's mistake: the loss is NaN (not an exception), and
+    the training loop stops on it naming the last good checkpoint."""
+    loss = contrastive_loss(_IMAGE * math.nan, _TEXT, torch.tensor(1.0)).loss
+    assert torch.isnan(loss)

@@ -257,5 +257,7 @@ def test_a_seed_for_the_generator_and_one_generator_for_all_rows_are_named():
     with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int 5 \(seed one with"):
         mask_tokens(ids, vocab_size=30, mask_token_id=1, special_token_ids=[0], generator=5)
     masker = TokenMasker(vocab_size=30, mask_token_id=1, special_token_ids=[0])
-    with pytest.raises(TypeError, match="^generators must be a sequence of torch.Generator, one per row, got Generator$"):
+    with pytest.raises(
+        TypeError, match="^generators must be a sequence of torch.Generator, one per row, got Generator$"
+    ):
         masker.rows(ids, [6, 6], torch.Generator())

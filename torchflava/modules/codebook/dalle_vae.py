@@ -203,11 +203,12 @@ class DalleEncoder(nn.Module):
 
         Raises:
             TypeError: if ``pixels`` is not a floating-point tensor.
-            ValueError: as :meth:`forward`, or if a pixel is NaN or outside [0.09, 0.91] (not mapped
-                with :func:`map_pixels`; 0.01 of slack for rounding).
+            ValueError: as :meth:`forward`, or (on the CPU) if a pixel is NaN or outside [0.09, 0.91] (not
+                mapped with :func:`map_pixels`; 0.01 of slack for rounding).
         """
         self._check_pixels(pixels)
-        if not pixels.is_meta:  # (unmapped [0, 255] or normalised pixels, or NaN, were tokenised silently)
+        if pixels.device.type == "cpu":  # (unmapped [0, 255] or normalised pixels, or NaN, were tokenised
+            # silently; on a GPU the check would wait for the device, and meta tensors hold no values)
             low, high = _PIXEL_EPS - _PIXEL_SLACK, 1 - _PIXEL_EPS + _PIXEL_SLACK
             expected = f"pixels must be finite and mapped into [{_PIXEL_EPS}, {1 - _PIXEL_EPS}] with map_pixels"
             require(

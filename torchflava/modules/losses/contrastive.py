@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.utils.checks import require
 from torchflava.utils.distributed import GatherGrad, gather_features
 
 
@@ -69,16 +68,8 @@ def _check_inputs(
             raise ValueError(
                 f"positive_rows must have shape ({image_features.shape[0]},), got {tuple(positive_rows.shape)}"
             )
-    values = {"image_features": image_features, "text_features": text_features, "logit_scale": logit_scale}
-    if not any(value.is_meta for value in values.values()):  # (the meta device has no values)
-        # One check, one host read, for the three: a NaN or infinite value would make the loss NaN.
-        finite = torch.stack([torch.isfinite(value).all() for value in values.values()])
-        require(
-            finite.all(),
-            lambda: "image_features, text_features and logit_scale must be finite, got non-finite values in "
-            + ", ".join(name for name, ok in zip(values, finite.tolist()) if not ok),
-            "image_features, text_features and logit_scale must be finite, got non-finite values",
-        )
+    # (NaN or infinite values are not refused here: they give a non-finite loss, which the training
+    # loop stops on, naming the last good checkpoint; a loss that raised would bypass that)
 
 
 def contrastive_loss(
@@ -114,7 +105,8 @@ def contrastive_loss(
         TypeError: if an input is not a Tensor, the features or ``logit_scale`` are not floating point,
             ``positive_rows`` is not bool or ``gather`` not a GatherGrad.
         ValueError: if the features are not both (B, P) with B, P >= 1, ``logit_scale`` is not a
-            scalar, ``positive_rows`` is not (B,), or a feature or ``logit_scale`` is NaN or infinite.
+            scalar, or ``positive_rows`` is not (B,). (NaN or infinite values give a non-finite loss,
+            which the training loop stops on.)
     """
     _check_inputs(image_features, text_features, logit_scale, positive_rows)
     if not isinstance(gather, GatherGrad):

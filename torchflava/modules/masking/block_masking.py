@@ -48,7 +48,9 @@ def _check_block_args(
         if max_block < min_block:
             raise ValueError(f"max_block must be >= min_block = {min_block}, got {max_block}")
     for name, value in (("min_aspect", min_aspect), ("max_aspect", max_aspect)):
-        if (value is not None or name == "min_aspect") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if (value is not None or name == "min_aspect") and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
             raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     if not (math.isfinite(min_aspect) and min_aspect > 0):
         raise ValueError(f"min_aspect must be > 0, got {min_aspect}")
