@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
 from torchflava.modules.layers.linear import ONEDNN_BF16, Linear, linear
-from torchflava.utils.checks import check_bool, check_dropout, check_int
+from torchflava.utils.checks import check_bool, check_dropout, check_int, describe_tensor
 
 Positions = Union[Tensor, slice]
 
@@ -51,8 +51,8 @@ def check_hidden_states(x: object, width: Optional[int], name: str = "x") -> Non
     where ``width`` is None): checked where a sequence enters a block, before a norm or product that would
     fail on it inside torch."""
     if not isinstance(x, Tensor) or x.dim() != 3 or not x.is_floating_point() or width not in (None, x.shape[-1]):
-        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a (B, S, {'D' if width is None else width}) floating-point tensor, got {got}")
+        expected = f"a (B, S, {'D' if width is None else width}) floating-point tensor"
+        raise ValueError(f"{name} must be {expected}, got {describe_tensor(x)}")
 
 
 def take_positions(x: Tensor, positions: Positions) -> Tensor:

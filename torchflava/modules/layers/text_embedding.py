@@ -9,7 +9,14 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from torchflava.utils.checks import check_dropout, check_fits_in_memory, check_int, check_positive_number, require
+from torchflava.utils.checks import (
+    check_dropout,
+    check_fits_in_memory,
+    check_int,
+    check_positive_number,
+    is_integer_tensor,
+    require,
+)
 
 
 def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str = "input_ids") -> None:
@@ -26,7 +33,7 @@ def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str =
     """
     if not isinstance(input_ids, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+    if not is_integer_tensor(input_ids):
         raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(f"{name} must have shape (B, L) with B >= 1 and L >= 1, got {tuple(input_ids.shape)}")
