@@ -414,3 +414,26 @@ def test_a_tokenizer_file_that_is_no_regular_file_is_refused_not_passed_over(tmp
                 ValueError, match=f"^{fifo} is a FIFO \\(named pipe\\), not a regular file: expected a tokenizer"
             ):
                 CLIPTokenizer.from_directory(copy)
+
+
+def test_word_split_is_open_clips_case_insensitive_one(ours, hf_directory):
+    """Found by a fuzz against open_clip: its word split matches case-insensitively, so on its lower-cased
+    text "'ſ" (long s, U+017F, also from the ligature U+FB05) is the contraction "'s", "<ſtart_of_text>" is
+    one piece, and U+0345 (combining ypogegrammeni, whose capital is the letter Ι) matches nothing and
+    separates words as a space does. Ours split them otherwise, e.g. "a\\u0345b": [49406, 320, 137, 483, 321,
+    49407] where open_clip gives [49406, 320, 321, 49407]. transformers' split (and reading) is unchanged."""
+    texts = ["\u0345", "a\u0345b", "a\u0345's", "#\u0345?{", "x\u0345<end_of_text>", "\u0345\u0301$"]
+    texts += ["it'\u017f", "it'\u017fs", "don'\ufb05", "<\u017ftart_of_text> a", "'\u017ftart_of_text>", "\u017f's"]
+    ids, mask = ours(texts)
+    reference = open_clip.tokenize(texts)
+    for row in range(len(texts)):
+        length = int(mask[row].sum())
+        assert ids[row, :length].tolist() == reference[row, :length].tolist(), ascii(texts[row])
+        assert not reference[row, length:].any(), ascii(texts[row])
+    assert ids[1, :4].tolist() == [49406, 320, 321, 49407] and ids[6, :6].tolist() == [49406, 585, 6, 129, 379, 49407]
+    assert ids[4, :4].tolist() == [49406, 343, 49407, 49407]  # the end token it spells, after U+0345
+    hf = HFFastTokenizer.from_pretrained(hf_directory)
+    expected = hf(texts, padding=True, return_tensors="pt")
+    hf_ids, hf_mask = CLIPTokenizer.from_directory(hf_directory)(texts)
+    assert torch.equal(hf_ids, expected["input_ids"]) and torch.equal(hf_mask, expected["attention_mask"])
+    assert hf_ids[1, :5].tolist() == [49406, 320, 137, 483, 321]  # transformers keeps U+0345 as a symbol

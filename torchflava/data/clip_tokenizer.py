@@ -13,7 +13,9 @@ from
   (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, with what its ``ftfy``
   does (:func:`ftfy_fixes`: HTML entities, curly quotes, ligatures, full-width forms, control
   characters, NFC...), its lower-casing and its reading of special tokens written in a text;
-  ``ftfy``'s repair of mis-decoded text (mojibake such as ``cafÃ©``) is not made.
+  ``ftfy``'s repair of mis-decoded text (mojibake such as ``cafÃ©``) is not made. Letters that
+  Unicode assigned after the ``tokenizers`` library's tables are split as there; open_clip's split
+  of them follows the installed ``regex`` package's Unicode version.
 """
 
 import contextlib
@@ -51,6 +53,12 @@ CLIP_VOCAB_SIZE = 49408  # 256 bytes, each also with </w>, 48894 merges, the two
 CLIP_CONTEXT_LENGTH = 77
 # Contractions, letter runs, single digits, runs of other non-space symbols (CLIP's word split).
 _WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# open_clip's word split, which matches case-insensitively (its text is lower-cased first): there "'\u017f"
+# (long s) is the contraction "'s" and "<\u017ftart_of_text>" one piece (text, not the token), and U+0345
+# (combining ypogegrammeni, whose capital is the letter U+0399) is matched by no alternative: a word break.
+_OPEN_CLIP_WORDS = (
+    "<[s\u017f]tart_of_text>|<end_of_text>|'[s\u017f]|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}\u0345]+"
+)
 _CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
 # How a text may spell the start and end tokens itself, by whose reading (CLIPTokenizer's reading).
 _SPECIAL_SPELLINGS = {"transformers": (START, END), "open_clip": ("<start_of_text>", "<end_of_text>")}
@@ -159,9 +167,10 @@ class CLIPTokenizer:
             the tokenizer's own normaliser, and ``<|startoftext|>`` and ``<|endoftext|>`` in a text,
             in any case, are those tokens wherever they stand. ``"open_clip"`` (:meth:`from_bpe`):
             its cleaning, Python's ``str.lower()`` (a word's final Σ is ς) and spaces collapsed, in
-            place of the tokenizer's normaliser, and ``<start_of_text>`` and ``<end_of_text>`` in
-            any case are the tokens where its word split reads them whole (``.<end_of_text>`` is
-            text). Any other spelling is text.
+            place of the tokenizer's normaliser, its case-insensitive word split in place of the
+            pre-tokeniser (``'ſ`` is the contraction ``'s``; U+0345 breaks words as a space does),
+            and ``<start_of_text>`` and ``<end_of_text>`` in any case are the tokens where its word
+            split reads them whole (``.<end_of_text>`` is text). Any other spelling is text.
 
     Raises:
         ValueError: if a special or the padding token is missing, ``model_max_length`` < 2 or
@@ -204,10 +213,11 @@ class CLIPTokenizer:
         self._spelled = self._split_words = None  # transformers' reading: the added tokens above
         if reading == "open_clip":  # its word split, with the two spellings as its first alternatives
             tokenizer.normalizer = normalizers.Replace(Regex(r"\s+"), " ")  # __call__ lower-cases as Python does
-            spellings = _SPECIAL_SPELLINGS[reading]
-            self._spelled = dict(zip(spellings, (self.start_id, self.end_id)))
-            words = "|".join(re.escape(spelling) for spelling in spellings) + "|" + _WORDS
-            self._split_words = pre_tokenizers.Split(Regex(words), behavior="removed", invert=True)
+            self._spelled = dict(zip(_SPECIAL_SPELLINGS[reading], (self.start_id, self.end_id)))
+            self._split_words = pre_tokenizers.Split(Regex(_OPEN_CLIP_WORDS), behavior="removed", invert=True)
+            # (bytes only: ByteLevel's own GPT-2 split would cut "'\u017f" and "<\u017ftart_of_text>" again)
+            byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([self._split_words, byte_level])
 
     @property
     def sep_id(self) -> int:
