@@ -302,6 +302,25 @@ def test_image_folder_extensions(folder):
         assert_red_green(dataset[1].image)
 
 
+def test_image_folder_reads_tiff_images_by_default(tmp_path):
+    """.tif and .tiff files (scanners, microscopes, satellites), which decode_image decodes, were left out
+    without a word: a class folder of TIFFs was an empty class, a mixed folder lost its TIFFs."""
+    from torchflava.data.finetuning import ImageClassFolder
+
+    photo = Image.new("RGB", (3, 2), (10, 20, 30))
+    photo.putpixel((2, 1), (200, 100, 0))
+    for name in ("cat/a.tif", "cat/b.TIFF", "dog/c.png"):
+        buffer = io.BytesIO()
+        photo.save(buffer, format="TIFF" if "tif" in name.lower() else "PNG")
+        write(tmp_path / name, buffer.getvalue())
+    dataset = ImageFolder(tmp_path)
+    assert [dataset.relative_path(i) for i in range(len(dataset))] == ["cat/a.tif", "cat/b.TIFF", "dog/c.png"]
+    for index in range(len(dataset)):
+        assert dataset[index].image.tobytes() == photo.tobytes()
+    classes = ImageClassFolder(tmp_path)
+    assert classes.classes == ["cat", "dog"] and [classes[i].label for i in range(len(classes))] == [0, 0, 1]
+
+
 def test_image_folder_argument_errors(tmp_path, folder):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="root"):

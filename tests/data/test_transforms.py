@@ -465,13 +465,13 @@ def test_a_strip_of_extreme_aspect_ratio_is_resized_in_the_crop_box_only(monkeyp
     rng = np.random.default_rng(0)
     strip = Image.fromarray(rng.integers(0, 255, (3, 2000, 3), dtype=np.uint8))  # 2000 x 3 pixels
     transform = EvalImageTransform(32)
-    boxed = transform(strip)  # would resize to 32 x 21333 first; the box path resizes 32 x 32
-    monkeypatch.setattr(transforms_module, "_MAX_RESIZE_OVER_CROP", 10**12)  # force the whole resize
-    whole = transform(strip)
+    whole = transform(strip)  # resized to 32 x 21333 (682,656 pixels), then cropped
+    monkeypatch.setattr(transforms_module, "_MAX_WHOLE_RESIZE_PIXELS", 32 * 32)  # force the box path
+    boxed = transform(strip)  # resizes 32 x 32 only
     assert boxed.shape == whole.shape == (3, 32, 32)
     assert (boxed - whole).abs().max() < 0.03  # one 8-bit level, normalised: rounding of the filter centres
     huge = Image.new("RGB", (200_000, 1), (10, 20, 30))  # whole, it would be 224 x 44.8M pixels (30 GB)
-    monkeypatch.setattr(transforms_module, "_MAX_RESIZE_OVER_CROP", 16)
+    monkeypatch.setattr(transforms_module, "_MAX_WHOLE_RESIZE_PIXELS", 1 << 24)
     assert EvalImageTransform(224)(huge).shape == (3, 224, 224)
 
 
@@ -540,3 +540,17 @@ def test_an_image_without_pixels_or_that_is_no_pil_image_is_refused():
         EvalImageTransform(16).resized_size(0, 5)
     with pytest.raises(ValueError, match="^image_width must be >= 1, got 0$"):
         RandomCropTransform(16).crop_box(5, 0, 0)
+
+
+@pytest.mark.parametrize("size", [(20, 400), (10, 512), (60, 1500), (3, 600), (1000, 4), (512, 20)])
+def test_an_elongated_image_gives_the_image_processor_s_pixels_exactly(size):
+    """Images over 16 times as long as wide were resized in the crop's box only, which PIL resamples in
+    another order than the whole image (vertical pass first): up to 2 8-bit levels off on a 20 x 400
+    photo strip, 17 on noise, for CLIPImageProcessor's bicubic filter."""
+    width, height = size
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    processor = CLIPImageProcessor()  # short side 224, bicubic, centre crop 224
+    transform = ImageTransform(ImageTransformSpec.from_preprocessor_config(processor.to_dict()))
+    # (channels_last: a 3-pixel side reads as the channel axis to transformers otherwise)
+    expected = processor(images=strip, return_tensors="pt", input_data_format="channels_last")["pixel_values"][0]
+    assert torch.equal(transform(strip), expected)

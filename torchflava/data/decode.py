@@ -2,7 +2,8 @@
 
 * Size is checked from the header before any pixel is decoded (``max_pixels``), so one 13000 x
   13000 PNG cannot take gigabytes; PIL's own decompression-bomb limit still applies on top.
-* EXIF orientation is applied (phone photos stored sideways come out upright).
+* EXIF orientation is applied (phone photos stored sideways come out upright), as transformers'
+  ``load_image`` does; an image processor given ``Image.open(path)`` itself sees the stored pixels.
 * Alpha (RGBA, LA, PA, and the transparent colour of palette, 1-bit, 8/16-bit greyscale and RGB
   PNGs) is composited on ``background``, not dropped: a transparent logo on black pixels stays a
   logo on white.

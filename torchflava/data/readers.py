@@ -29,7 +29,8 @@ from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+# (every format decode_image reads that image folders hold; a file left out here is left out silently)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 def existing_path(name: str, value: object, *, directory: bool) -> str:

@@ -317,8 +317,8 @@ def _crop_fits(crop: tuple[int, int], resize_mode: str, resize_size: Union[int, 
     return crop[0] <= smallest[0] and crop[1] <= smallest[1]
 
 
-# Resized images more than this many times the crop's area are resized in the crop's box only.
-_MAX_RESIZE_OVER_CROP = 16
+# Resized images of more pixels than this (64 MiB as PIL holds RGB) are resized in the crop's box only.
+_MAX_WHOLE_RESIZE_PIXELS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -507,7 +507,9 @@ class ImageTransform:
     ``CLIPImageProcessor``), so a checkpoint's own preprocessing is reproduced: :func:`to_rgb`; PIL
     resize of the 8-bit image with ``spec.resample``; centre crop with its top-left corner at
     ((H - h) // 2, (W - w) // 2); values times ``rescale_factor`` (in float64, then float32); then
-    (x - mean) / std in float32.
+    (x - mean) / std in float32. The pixels equal the processor's to the bit, except for strips whose
+    resized image would exceed 2**24 pixels (over 334 times as long as wide, at 224): only the crop's
+    part of them is resized (the whole takes 64 MiB and up), a few 8-bit levels from the processor.
 
     Args:
         spec (ImageTransformSpec): what to do.
@@ -545,10 +547,13 @@ class ImageTransform:
         height, width = self.resized_size(image.height, image.width)
         crop = self.spec.crop_size
         top, left = (0, 0) if crop is None else ((height - crop[0]) // 2, (width - crop[1]) // 2)
-        if crop is not None and min(top, left) >= 0 and height * width > _MAX_RESIZE_OVER_CROP * crop[0] * crop[1]:
+        if crop is not None and min(top, left) >= 0 and height * width > _MAX_WHOLE_RESIZE_PIXELS:
             # An extreme aspect ratio (a 50000 x 1 strip): resizing it whole would take gigabytes for
             # a crop of a few hundred pixels. Resize only the part the crop keeps (PIL's box: the
-            # same filter centres, equal up to rounding); ordinary images take the exact path below.
+            # same filter centres, but PIL may then run its two passes in the other order, and a
+            # bicubic or lanczos filter's overshoot is clipped to 8 bits between them: a few levels
+            # off). Every image whose resize fits in 2**24 pixels (aspect ratios up to 334:1 at 224)
+            # takes the exact path below: a box path for smaller ones was 2 levels off on photos.
             sy, sx = image.height / height, image.width / width
             box = (left * sx, top * sy, (left + crop[1]) * sx, (top + crop[0]) * sy)
             image = image.resize((crop[1], crop[0]), resample=self.spec.resample, box=box)
