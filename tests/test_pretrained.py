@@ -1,6 +1,7 @@
 """load_pretrained on Hugging Face FLAVA directories saved as transformers' users save them: the image
 transform and tokenizer are the checkpoint's own (preprocessor_config.json, tokenizer_config.json)."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -240,3 +241,83 @@ def test_an_export_whose_weights_hold_nan_is_refused(tmp_path):
         f"{tmp_path / 'weights.safetensors'}: expected finite weights, got NaN or +inf values in 1 tensors, "
         f"first [{key!r}] (a damaged or diverged checkpoint)"
     )
+
+
+OPEN_CLIP_PREPROCESSING = [
+    {},  # open_clip's defaults: bicubic, the short side, a centre crop, CLIP's mean and std
+    {"interpolation": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    {"resize_mode": "squash", "interpolation": "random", "size": 999, "fill_color": 7, "mode": None},
+]
+
+
+@pytest.mark.parametrize("preprocess_cfg", OPEN_CLIP_PREPROCESSING)
+@pytest.mark.parametrize("image_size", [224, 48])
+def test_an_open_clip_hub_directory_preprocesses_images_as_open_clip_does(
+    tmp_path, real_photos, preprocess_cfg, image_size
+):
+    """Such a directory (no preprocessor_config.json) was given the bilinear EvalImageTransform with
+    transformers' crop placement: 21-34 8-bit levels off open_clip's bicubic transform on photos, and
+    a pixel's shift where the crop's margin is odd (the rocket at 224: torchvision's CenterCrop rounds
+    the half up to even, transformers down). Found by an adversarial review."""
+    from open_clip.transform import image_transform
+
+    config = {"model_cfg": {"vision_cfg": {"image_size": image_size}}, "preprocess_cfg": preprocess_cfg}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    transform = checkpoint_image_transform(tmp_path, image_size=image_size)
+    settings = {k: v for k, v in preprocess_cfg.items() if k in ("mean", "std", "resize_mode", "interpolation")}
+    reference = image_transform(image_size, is_train=False, **settings)  # size: the model's, as open_clip sets it
+    for name, photo in real_photos.items():
+        expected = reference(photo.convert("RGB"))
+        got = transform(photo)
+        assert got.shape == expected.shape == (3, image_size, image_size), name
+        assert torch.equal(got, expected), (name, float((got - expected).abs().max()))
+
+
+@pytest.mark.parametrize(
+    "preprocess_cfg, message",
+    [
+        (
+            {"resize_mode": "longest"},
+            r"preprocess_cfg.resize_mode must be 'shortest' or 'squash' \('longest', a padded",
+        ),
+        (
+            {"interpolation": "lanczos"},
+            r"preprocess_cfg.interpolation must be one of \['bicubic', 'bilinear', 'random'\]",
+        ),
+        ({"mean": [0.5, 0.5]}, r"preprocess_cfg.mean must be three finite numbers"),
+        ({"std": [0.5, 0.0, 0.5]}, r"preprocess_cfg.std must be three positive numbers"),
+        ({"mode": "L"}, r"preprocess_cfg.mode must be 'RGB', got 'L'"),
+        (["bicubic"], r"preprocess_cfg must be a JSON object, got \['bicubic'\]"),
+    ],
+)
+def test_bad_open_clip_preprocessing_is_named(tmp_path, preprocess_cfg, message):
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}, "preprocess_cfg": preprocess_cfg}))
+    with pytest.raises(ValueError, match=rf"^open_clip_config.json: {message}"):
+        checkpoint_image_transform(tmp_path, image_size=224)
+    (tmp_path / "open_clip_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"open_clip_config.json: .* is not JSON"):
+        checkpoint_image_transform(tmp_path, image_size=224)
+
+
+def test_the_crop_rounding_survives_a_saved_preprocessor_config(tmp_path, real_photos):
+    """An open_clip transform saved as preprocessor_config.json (an export of it) reads back the same."""
+    from transformers import CLIPImageProcessor
+
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"preprocess_cfg": {}}))
+    transform = checkpoint_image_transform(tmp_path, image_size=224)
+    (tmp_path / "export").mkdir()
+    transform.save(tmp_path / "export")
+    again = checkpoint_image_transform(tmp_path / "export", image_size=224)
+    assert again.spec == transform.spec and again.spec.crop_rounding == "half_even"
+    rocket = real_photos["rocket"]  # odd margin at 224: the two roundings are a pixel apart
+    assert torch.equal(again(rocket), transform(rocket))
+    hf = CLIPImageProcessor.from_pretrained(tmp_path / "export")  # transformers reads the file (its own crop)
+    floor = ImageTransform(dataclasses.replace(transform.spec, crop_rounding="floor"))
+    assert torch.equal(hf(images=rocket, return_tensors="pt")["pixel_values"][0], floor(rocket))
+    assert not torch.equal(floor(rocket), transform(rocket))
+    with pytest.raises(
+        ValueError, match=r"preprocessor_config.json: crop_rounding must be one of \('floor', 'half_even'\), got 'up'"
+    ):
+        config = json.loads((tmp_path / "export" / "preprocessor_config.json").read_text())
+        (tmp_path / "export" / "preprocessor_config.json").write_text(json.dumps({**config, "crop_rounding": "up"}))
+        checkpoint_image_transform(tmp_path / "export", image_size=224)

@@ -23,9 +23,10 @@ The checkpoint is used as its own users use it: the tokenizer honours ``tokenize
 ``model_max_length``) and ``image_transform`` reproduces ``preprocessor_config.json``
 (:class:`~torchflava.data.transforms.ImageTransformSpec`: for ``facebook/flava-full``, a bicubic
 resize straight to 224 x 224 and CLIP's mean and std; for CLIP, a bicubic resize of the short side
-and a centre crop). A directory without a ``preprocessor_config.json`` (exports written before it
-was recorded) gets :class:`~torchflava.data.transforms.EvalImageTransform`: short side, bilinear,
-centre crop.
+and a centre crop; for an open_clip Hub directory without one, ``open_clip_config.json``'s
+``preprocess_cfg``, as open_clip applies it). A directory with neither (exports written before it was
+recorded) gets :class:`~torchflava.data.transforms.EvalImageTransform`: short side, bilinear, centre
+crop.
 """
 
 import argparse
@@ -41,7 +42,13 @@ import torch
 
 from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.tokenizer import WordPieceTokenizer
-from torchflava.data.transforms import PREPROCESSOR_CONFIG, EvalImageTransform, ImageTransform, ImageTransformSpec
+from torchflava.data.transforms import (
+    OPEN_CLIP_CONFIG,
+    PREPROCESSOR_CONFIG,
+    EvalImageTransform,
+    ImageTransform,
+    ImageTransformSpec,
+)
 from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
 from torchflava.models.clip.convert_weights import directory_config
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
@@ -206,7 +213,8 @@ def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, 
 
 
 def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size: int) -> ImageTransform:
-    """The image transform a checkpoint directory's ``preprocessor_config.json`` states.
+    """The image transform a checkpoint directory's ``preprocessor_config.json`` states (an open_clip Hub
+    directory without one: its ``open_clip_config.json``'s ``preprocess_cfg``).
 
     Args:
         directory (Union[str, os.PathLike]): the checkpoint directory (see :func:`checkpoint_layout`).
@@ -214,22 +222,19 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
 
     Returns:
         ImageTransform: the checkpoint's preprocessing, or ``EvalImageTransform(image_size)`` when
-        the directory has no ``preprocessor_config.json``.
+        the directory has neither file.
 
     Raises:
         ValueError: naming the key, if the file is not JSON, holds a malformed or unsupported
             value, or gives images of another size than ``image_size``; naming the file, if it is
             no regular file (a FIFO is not read: it would wait forever).
     """
-    path = Path(directory) / PREPROCESSOR_CONFIG
+    path, open_clip = Path(directory) / PREPROCESSOR_CONFIG, Path(directory) / OPEN_CLIP_CONFIG
     if not path.exists():
+        if open_clip.exists():  # an open_clip Hub directory: open_clip's own preprocessing
+            return ImageTransform(ImageTransformSpec.from_open_clip_config(_json_object(open_clip), image_size))
         return EvalImageTransform(image_size)
-    check_regular_file(path, f"a JSON {PREPROCESSOR_CONFIG}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{PREPROCESSOR_CONFIG}: {path} is not JSON ({error})") from None
-    spec = ImageTransformSpec.from_preprocessor_config(config)
+    spec = ImageTransformSpec.from_preprocessor_config(_json_object(path))
     if spec.output_size != (image_size, image_size):
         key = "size" if spec.crop_size is None else "crop_size"
         raise ValueError(
@@ -237,6 +242,15 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
             f"got {'any size' if spec.output_size is None else spec.output_size}"
         )
     return ImageTransform(spec)
+
+
+def _json_object(path: Path) -> object:
+    """The parsed JSON of ``path``; ValueError naming it if it is no regular file or not JSON."""
+    check_regular_file(path, f"a JSON {path.name}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path.name}: {path} is not JSON ({error})") from None
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:

@@ -280,7 +280,13 @@ class PretrainingImageTransform:
 RESAMPLE_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 BILINEAR, BICUBIC = 2, 3
 RESIZE_MODES = ("squash", "short_side")
+# Where a centre crop's top-left corner goes when the margin is odd: "floor" ((H - h) // 2, transformers'
+# processors), "half_even" (round((H - h) / 2), halves to even: torchvision's CenterCrop, so open_clip's).
+CROP_ROUNDINGS = ("floor", "half_even")
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+# open_clip's interpolation names, as PIL filter codes.
+OPEN_CLIP_INTERPOLATIONS = {"bicubic": BICUBIC, "bilinear": BILINEAR, "random": BICUBIC}  # random: bicubic at inference
 
 
 def _size_pair(name: str, value: object) -> tuple[int, int]:
@@ -311,6 +317,11 @@ def _filter_code(name: str, value: object) -> int:
     return int(value)
 
 
+def crop_offset(margin: int, rounding: str) -> int:
+    """Offset of a centre crop that leaves ``margin`` pixels of a side out, by ``rounding`` (:data:`CROP_ROUNDINGS`)."""
+    return margin // 2 if rounding == "floor" else round(margin / 2)  # (Python's round: halves to even)
+
+
 def _crop_fits(crop: tuple[int, int], resize_mode: str, resize_size: Union[int, tuple[int, int]]) -> bool:
     """Whether a centre crop fits in every image resized so (the short side is the smallest one)."""
     smallest = resize_size if resize_mode == "squash" else (resize_size, resize_size)
@@ -336,6 +347,9 @@ class ImageTransformSpec:
         rescale_factor (Optional[float]): factor on the 0..255 values (1/255 gives 0..1), None for none.
         mean (Optional[tuple[float, float, float]]): per-channel normalisation mean, None for none.
         std (Optional[tuple[float, float, float]]): per-channel normalisation std, None with ``mean``.
+        crop_rounding (str): where the crop goes when its margin is odd (:data:`CROP_ROUNDINGS`):
+            ``"floor"`` as transformers' processors, ``"half_even"`` as torchvision's ``CenterCrop``
+            (open_clip's transform); one pixel apart.
 
     Raises:
         ValueError: if a field is out of range, or the crop does not fit in every resized image.
@@ -348,11 +362,14 @@ class ImageTransformSpec:
     rescale_factor: Optional[float] = 1 / 255
     mean: Optional[tuple[float, float, float]] = CLIP_MEAN
     std: Optional[tuple[float, float, float]] = CLIP_STD
+    crop_rounding: str = "floor"
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen: fields are normalised (lists to tuples) once, here
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.crop_rounding not in CROP_ROUNDINGS:
+            raise ValueError(f"crop_rounding must be one of {CROP_ROUNDINGS}, got {self.crop_rounding!r}")
         if self.resize_mode == "squash":
             set_field(self, "resize_size", _size_pair("resize_size", self.resize_size))
         else:
@@ -389,7 +406,8 @@ class ImageTransformSpec:
         side; an int: square, or the short side for CLIP processors, as transformers reads it),
         ``resample`` (default bicubic), ``do_center_crop`` and ``crop_size`` (an int is square),
         ``do_rescale`` and ``rescale_factor``, ``do_normalize``, ``image_mean`` and ``image_std`` (a
-        number applies to every channel). Other keys (codebook and masking settings) are not about
+        number applies to every channel), and torchflava's own ``crop_rounding`` (``"floor"`` where
+        absent: transformers ignores the key). Other keys (codebook and masking settings) are not about
         evaluation and are ignored. Images are always converted to RGB. Every config is read with the
         PIL arithmetic of the slow processors; transformers' ``...Fast`` processors resize with
         torchvision instead, about one 8-bit level away.
@@ -457,6 +475,9 @@ class ImageTransformSpec:
             mean, std = ([v] * 3 if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in (mean, std))
             mean = _channels(f"{PREPROCESSOR_CONFIG}: image_mean", mean, positive=False)
             std = _channels(f"{PREPROCESSOR_CONFIG}: image_std", std, positive=True)
+        rounding = get("crop_rounding", "floor")
+        if rounding not in CROP_ROUNDINGS:
+            raise ValueError(f"{PREPROCESSOR_CONFIG}: crop_rounding must be one of {CROP_ROUNDINGS}, got {rounding!r}")
         return cls(
             resize_mode=mode,
             resize_size=resize,
@@ -465,6 +486,74 @@ class ImageTransformSpec:
             rescale_factor=factor,
             mean=mean,
             std=std,
+            crop_rounding=rounding,
+        )
+
+    @classmethod
+    def from_open_clip_config(cls, config: Mapping, image_size: int) -> "ImageTransformSpec":
+        """Read open_clip's evaluation preprocessing (a parsed ``open_clip_config.json``).
+
+        Its ``preprocess_cfg`` over open_clip's defaults, as open_clip's inference transform applies
+        them: ``resize_mode`` ``"shortest"`` (the default: the short side to ``image_size``, the long
+        side in proportion rounded down, a centre crop of ``image_size`` placed as torchvision's
+        ``CenterCrop`` places it) or ``"squash"`` (straight to ``image_size`` squared);
+        ``interpolation`` ``"bicubic"`` (the default; ``"random"`` is bicubic at inference) or
+        ``"bilinear"``; ``mean`` and ``std`` (default CLIP's); values divided by 255. The size is the
+        model's ``image_size``, whatever ``size`` says (open_clip sets it from the model, too); a null
+        value is an absent one; ``fill_color`` and keys open_clip does not know are not read. The
+        pixels equal open_clip's for RGB images (other modes: :func:`to_rgb` before the resize, where
+        open_clip converts after it).
+
+        Args:
+            config (Mapping): the parsed JSON object (``model_cfg``, ``preprocess_cfg``).
+            image_size (int): the model's image side.
+
+        Returns:
+            ImageTransformSpec: the transform it states.
+
+        Raises:
+            TypeError: if ``config`` is not a mapping.
+            ValueError: naming the key, if ``preprocess_cfg`` is no object or a value is malformed or
+                not supported (``resize_mode`` ``"longest"``: a padded resize; a ``mode`` other than RGB).
+        """
+        if not isinstance(config, Mapping):
+            raise TypeError(f"{OPEN_CLIP_CONFIG} must hold a JSON object, got {type(config).__name__}")
+        where = f"{OPEN_CLIP_CONFIG}: preprocess_cfg"
+        preprocess = config.get("preprocess_cfg") or {}
+        if not isinstance(preprocess, Mapping):
+            raise ValueError(f"{where} must be a JSON object, got {preprocess!r}")
+
+        def get(key: str, default: object) -> object:
+            return default if preprocess.get(key) is None else preprocess[key]
+
+        side = _check_size("image_size", image_size)
+        if get("mode", "RGB") != "RGB":
+            raise ValueError(f"{where}.mode must be 'RGB', got {preprocess['mode']!r}")
+        interpolation = get("interpolation", "bicubic")
+        if interpolation not in OPEN_CLIP_INTERPOLATIONS:
+            raise ValueError(
+                f"{where}.interpolation must be one of {list(OPEN_CLIP_INTERPOLATIONS)}, got {interpolation!r}"
+            )
+        resize_mode = get("resize_mode", "shortest")
+        if resize_mode not in ("shortest", "squash"):
+            raise ValueError(
+                f"{where}.resize_mode must be 'shortest' or 'squash' ('longest', a padded resize, is not "
+                f"supported), got {resize_mode!r}"
+            )
+        mean, std = (
+            [v] * 3 if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for v in (get("mean", CLIP_MEAN), get("std", CLIP_STD))
+        )
+        shortest = resize_mode == "shortest"
+        return cls(
+            resize_mode="short_side" if shortest else "squash",
+            resize_size=side if shortest else (side, side),
+            resample=OPEN_CLIP_INTERPOLATIONS[interpolation],
+            crop_size=(side, side) if shortest else None,
+            rescale_factor=1 / 255,
+            mean=_channels(f"{where}.mean", mean, positive=False),
+            std=_channels(f"{where}.std", std, positive=True),
+            crop_rounding="half_even",
         )
 
     def to_preprocessor_config(self) -> dict:
@@ -497,6 +586,8 @@ class ImageTransformSpec:
             config["rescale_factor"] = self.rescale_factor
         if self.mean is not None:
             config["image_mean"], config["image_std"] = list(self.mean), list(self.std)
+        if self.crop_rounding != "floor":
+            config["crop_rounding"] = self.crop_rounding
         return config
 
 
@@ -506,7 +597,7 @@ class ImageTransform:
     The steps are those of transformers' PIL-based image processors (``FlavaImageProcessor``,
     ``CLIPImageProcessor``), so a checkpoint's own preprocessing is reproduced: :func:`to_rgb`; PIL
     resize of the 8-bit image with ``spec.resample``; centre crop with its top-left corner at
-    ((H - h) // 2, (W - w) // 2); values times ``rescale_factor`` (in float64, then float32); then
+    ((H - h) // 2, (W - w) // 2) (or rounded halves to even: ``spec.crop_rounding``); values times ``rescale_factor`` (in float64, then float32); then
     (x - mean) / std in float32. The pixels equal the processor's to the bit, except for strips whose
     resized image would exceed 2**24 pixels (over 334 times as long as wide, at 224): only the crop's
     part of them is resized (the whole takes 64 MiB and up), a few 8-bit levels from the processor.
@@ -546,7 +637,12 @@ class ImageTransform:
         image = to_rgb(image)
         height, width = self.resized_size(image.height, image.width)
         crop = self.spec.crop_size
-        top, left = (0, 0) if crop is None else ((height - crop[0]) // 2, (width - crop[1]) // 2)
+        rounding = self.spec.crop_rounding
+        top, left = (
+            (0, 0)
+            if crop is None
+            else (crop_offset(height - crop[0], rounding), crop_offset(width - crop[1], rounding))
+        )
         if crop is not None and min(top, left) >= 0 and height * width > _MAX_WHOLE_RESIZE_PIXELS:
             # An extreme aspect ratio (a 50000 x 1 strip): resizing it whole would take gigabytes for
             # a crop of a few hundred pixels. Resize only the part the crop keeps (PIL's box: the
