@@ -404,8 +404,9 @@ def test_recomputing_contrastive_passes_changes_nothing_but_memory(model):
     assert calls["layers"] == 3  # masked pass, unmasked pass, and the unmasked pass again in backward
     torch.testing.assert_close(out.loss, reference.loss)
     for name, p in model.named_parameters():
-        if name in grads:
-            torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5)
+        if name in grads:  # fp32 sums over other row counts (one call of 2B rows or two of B): rounding apart,
+            scale = float(grads[name].abs().max())  # ~3e-6 of the largest entry on an AVX-512 EPYC's oneDNN
+            torch.testing.assert_close(p.grad, grads[name], atol=2e-5 * scale, rtol=1e-5)
 
 
 def test_own_pretraining_checkpoint_round_trips_and_is_strict(model, tmp_path):
