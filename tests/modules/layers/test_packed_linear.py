@@ -53,6 +53,21 @@ def test_packed_layer_matches_autocast(shape):
     assert not torch.allclose(out.float(), F.linear(x, linear.weight, linear.bias), atol=1e-4)  # bf16, not fp32
 
 
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_layer_from_a_bf16_linear_with_a_strided_bias(layout):
+    # from_linear keeps a bf16 bias as it is; oneDNN read a strided or expanded one as dense
+    linear = make_linear().bfloat16()
+    bias = torch.randn(160).bfloat16()[::2] if layout == "strided" else torch.randn(1).bfloat16().expand(80)
+    linear.bias = nn.Parameter(bias)
+    layer = PackedLinear.from_linear(linear)
+    x = torch.randn(2, 9, 48)
+    with torch.inference_mode():
+        out = layer(x)
+    exact = x.bfloat16().double() @ linear.weight.double().T + bias.double()
+    assert out.dtype == torch.bfloat16
+    assert_close(out.double(), exact, **BF16)
+
+
 def test_layer_takes_strided_input_and_runs_without_autocast():
     linear = make_linear()
     layer = PackedLinear.from_linear(linear)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.modules.layers.linear import ONEDNN_LINEAR_AVAILABLE
+from torchflava.modules.layers.linear import ONEDNN_LINEAR_AVAILABLE, dense_bias
 from torchflava.utils.checks import check_module
 
 PACKED_DTYPES = (torch.bfloat16,)
@@ -69,7 +69,7 @@ class PackedLinear(nn.Module):
         self.train(False)  # for inference only: .train() later is refused when it is called
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
-        self.bias = None if bias is None else bias.detach()
+        self.bias = dense_bias(None if bias is None else bias.detach())  # (oneDNN reads a strided one wrongly)
         self.packed = pack and weight.device.type == "cpu"
         # oneDNN's opaque blocked layout, or the plain (out_features, in_features) weight.
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach()) if self.packed else weight.detach()
