@@ -112,6 +112,19 @@ def test_strided_bias_gives_f_linears_values_and_gradients(forced, layout):
         assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(0, 5), (2, 0, 5), (3, 0)], ids=["no-rows", "no-rows-3d", "no-features"])
+def test_empty_products_go_to_f_linear(forced, shape):
+    # thresholds of 0 admitted them: oneDNN refused the empty weight-gradient product, and zero input
+    # features divided by zero when the product's size was counted
+    x = torch.randn(*shape, requires_grad=True)
+    w, b = torch.randn(4, shape[-1], requires_grad=True), torch.randn(4, requires_grad=True)
+    out = linear.linear(x, w, b)
+    out.backward(torch.randn(out.shape))
+    assert_close(out, F.linear(x, w, b), atol=0, rtol=0)
+    assert out.shape == (*shape[:-1], 4) and x.grad.shape == shape and w.grad.shape == w.shape
+    assert forced == []
+
+
 def test_inference_mode_and_no_grad(forced):
     x, w, b = operands()
     with torch.inference_mode():

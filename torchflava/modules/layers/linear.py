@@ -178,6 +178,8 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool, bias: Optional
         and x.dim() >= 2
         and weight.dim() == 2
         and x.shape[-1] == weight.shape[1]
+        and x.numel() > 0  # (oneDNN has no empty product; and no division by zero features below)
+        and weight.numel() > 0
         and min(weight.shape) >= ONEDNN_FP32_MIN_WIDTH[mode]
         and x.numel() // weight.shape[1] * weight.numel() >= ONEDNN_FP32_MIN_MACS[mode]
     )
