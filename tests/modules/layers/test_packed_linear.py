@@ -68,6 +68,20 @@ def test_layer_from_a_bf16_linear_with_a_strided_bias(layout):
     assert_close(out.double(), exact, **BF16)
 
 
+@pytest.mark.parametrize("features", [(0, 8), (8, 0)], ids=["no-input-features", "no-output-features"])
+def test_layer_without_features_is_autocast_linear(features):
+    # oneDNN has no empty product: packing such a weight failed inside torch
+    linear = nn.Linear(*features).eval()
+    layer = PackedLinear.from_linear(linear)
+    x = torch.randn(3, features[0])
+    with torch.inference_mode():
+        out = layer(x)
+        with autocast_bf16():
+            expected = linear(x)
+    assert not layer.packed and out.shape == (3, features[1])
+    assert_close(out, expected, atol=0, rtol=0)
+
+
 def test_layer_takes_strided_input_and_runs_without_autocast():
     linear = make_linear()
     layer = PackedLinear.from_linear(linear)

@@ -52,7 +52,7 @@ class PackedLinear(nn.Module):
     Args:
         weight (Tensor): (out_features, in_features), already in ``dtype``.
         bias (Optional[Tensor]): (out_features,) in ``dtype``, or None.
-        pack (bool): reorder the weight for oneDNN (CPU tensors only).
+        pack (bool): reorder the weight for oneDNN (CPU tensors with a feature in and out only).
 
     Raises:
         ValueError: if ``weight`` is not 2-D, ``bias`` does not match it, or the dtypes differ.
@@ -70,7 +70,7 @@ class PackedLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
         self.bias = dense_bias(None if bias is None else bias.detach())  # (oneDNN reads a strided one wrongly)
-        self.packed = pack and weight.device.type == "cpu"
+        self.packed = pack and weight.device.type == "cpu" and weight.numel() > 0  # (oneDNN has no empty product)
         # oneDNN's opaque blocked layout, or the plain (out_features, in_features) weight.
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach()) if self.packed else weight.detach()
 
