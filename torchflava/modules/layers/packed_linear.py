@@ -69,8 +69,9 @@ class PackedLinear(nn.Module):
         self.train(False)  # for inference only: .train() later is refused when it is called
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
-        self.bias = dense_bias(None if bias is None else bias.detach())  # (oneDNN reads a strided one wrongly)
         self.packed = pack and weight.device.type == "cpu" and weight.numel() > 0  # (oneDNN has no empty product)
+        bias = None if bias is None else bias.detach()
+        self.bias = dense_bias(bias) if self.packed else bias  # (oneDNN reads a strided one as dense)
         # oneDNN's opaque blocked layout, or the plain (out_features, in_features) weight.
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach()) if self.packed else weight.detach()
 
