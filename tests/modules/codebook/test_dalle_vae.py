@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.testing import assert_close
 
 from torchflava.modules.codebook import DalleEncoder, DalleResidualBlock, dalle_encoder, map_pixels
 
@@ -32,6 +33,28 @@ def test_logits_shape_and_dtype():
     logits = encoder(_pixels(2, 32, 48))
     assert logits.shape == (2, 40, 4, 6)
     assert logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "encoder_dtype, pixel_dtype",
+    [(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float64, torch.float32)]
+    + [(torch.float32, torch.float64), (torch.float32, torch.bfloat16)],
+)
+def test_pixels_of_another_dtype_are_cast_to_the_encoder(encoder_dtype, pixel_dtype):
+    # a data pipeline's fp32 pixels into a model cast with .to(bfloat16): the conv refused them
+    encoder, pixels = _tiny().to(encoder_dtype), _pixels(2, 16, 24).to(pixel_dtype)
+    logits = encoder(pixels)
+    assert logits.dtype == encoder_dtype
+    assert_close(logits, encoder(pixels.to(encoder_dtype)), atol=0, rtol=0)
+    assert torch.equal(encoder.tokens(pixels), encoder.tokens(pixels.to(encoder_dtype)))
+
+
+def test_float64_pixels_under_autocast_give_the_float32_ones_logits():
+    encoder, pixels = _tiny(), _pixels(2, 16, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = encoder(pixels.double())  # autocast casts no fp64 tensor: fp32 first, then bf16
+        assert_close(logits, encoder(pixels), atol=0, rtol=0)
+    assert logits.dtype == torch.bfloat16
 
 
 def test_tokens_are_row_major_argmax_of_logits():

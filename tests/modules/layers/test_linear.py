@@ -95,6 +95,36 @@ def test_non_contiguous_input_and_output_gradient(forced):
     assert len(forced) == 4
 
 
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_strided_bias_gives_f_linears_values_and_gradients(forced, layout):
+    # oneDNN reads a bias as a dense vector: a strided one gave other elements, an expanded one memory past it
+    x, w, b = operands()
+    bias = torch.randn(8)[::2] if layout == "strided" else torch.randn(1).expand(4)
+    assert not bias.is_contiguous()
+    with torch.no_grad():
+        assert_close(linear.linear(x, w, bias), F.linear(x, w, bias), atol=1e-5, rtol=1e-5)
+    grad = torch.randn(2, 6, 4)
+    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_(), bias.detach().requires_grad_()]
+    out = linear.linear(*leaves)
+    out.backward(grad)
+    assert len(forced) == 4  # inference, then forward, grad of x, grad of weight
+    for got, want in zip([out] + [t.grad for t in leaves], fp64_reference(x, w, bias, grad)):
+        assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (2, 0, 5), (3, 0)], ids=["no-rows", "no-rows-3d", "no-features"])
+def test_empty_products_go_to_f_linear(forced, shape):
+    # thresholds of 0 admitted them: oneDNN refused the empty weight-gradient product, and zero input
+    # features divided by zero when the product's size was counted
+    x = torch.randn(*shape, requires_grad=True)
+    w, b = torch.randn(4, shape[-1], requires_grad=True), torch.randn(4, requires_grad=True)
+    out = linear.linear(x, w, b)
+    out.backward(torch.randn(out.shape))
+    assert_close(out, F.linear(x, w, b), atol=0, rtol=0)
+    assert out.shape == (*shape[:-1], 4) and x.grad.shape == shape and w.grad.shape == w.shape
+    assert forced == []
+
+
 def test_inference_mode_and_no_grad(forced):
     x, w, b = operands()
     with torch.inference_mode():
@@ -324,6 +354,21 @@ def test_fused_bias_path_takes_strided_and_bf16_operands(fused_calls):
         for x, w, b in cases:
             assert torch.equal(bf16_linear(x, w, b), autocast_f_linear(x, w, b))
     assert len(fused_calls) == len(cases)
+
+
+@needs_bf16
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_fused_bias_path_leaves_a_strided_bf16_bias_to_f_linear(fused_calls, layout):
+    # autocast casts no bf16 tensor: the bias reaches the product as it is, and oneDNN read it as dense
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(3, 40, 8, generator=g), torch.randn(24, 8, generator=g)
+    b = torch.randn(48, generator=g).bfloat16()[::2] if layout == "strided" else torch.randn(1).bfloat16().expand(24)
+    with torch.no_grad():
+        out = bf16_linear(x, w, b)
+        assert torch.equal(out, autocast_f_linear(x, w, b))
+        exact = x.double() @ w.bfloat16().double().T + b.double()
+        assert (out.double() - exact).abs().max() <= 2**-7 * exact.abs().max()
+    assert fused_calls == []
 
 
 @needs_bf16

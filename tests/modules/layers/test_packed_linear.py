@@ -53,6 +53,35 @@ def test_packed_layer_matches_autocast(shape):
     assert not torch.allclose(out.float(), F.linear(x, linear.weight, linear.bias), atol=1e-4)  # bf16, not fp32
 
 
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_layer_from_a_bf16_linear_with_a_strided_bias(layout):
+    # from_linear keeps a bf16 bias as it is; oneDNN read a strided or expanded one as dense
+    linear = make_linear().bfloat16()
+    bias = torch.randn(160).bfloat16()[::2] if layout == "strided" else torch.randn(1).bfloat16().expand(80)
+    linear.bias = nn.Parameter(bias)
+    layer = PackedLinear.from_linear(linear)
+    x = torch.randn(2, 9, 48)
+    with torch.inference_mode():
+        out = layer(x)
+    exact = x.bfloat16().double() @ linear.weight.double().T + bias.double()
+    assert out.dtype == torch.bfloat16
+    assert_close(out.double(), exact, **BF16)
+
+
+@pytest.mark.parametrize("features", [(0, 8), (8, 0)], ids=["no-input-features", "no-output-features"])
+def test_layer_without_features_is_autocast_linear(features):
+    # oneDNN has no empty product: packing such a weight failed inside torch
+    linear = nn.Linear(*features).eval()
+    layer = PackedLinear.from_linear(linear)
+    x = torch.randn(3, features[0])
+    with torch.inference_mode():
+        out = layer(x)
+        with autocast_bf16():
+            expected = linear(x)
+    assert not layer.packed and out.shape == (3, features[1])
+    assert_close(out, expected, atol=0, rtol=0)
+
+
 def test_layer_takes_strided_input_and_runs_without_autocast():
     linear = make_linear()
     layer = PackedLinear.from_linear(linear)

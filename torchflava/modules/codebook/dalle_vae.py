@@ -169,7 +169,8 @@ class DalleEncoder(nn.Module):
 
         Args:
             pixels (Tensor): (B, C, H, W) float, mapped into [0.1, 0.9] with :func:`map_pixels`
-                (not checked); H and W multiples of :attr:`downsample`.
+                (not checked); H and W multiples of :attr:`downsample`. Of another floating dtype than
+                the encoder's, they are cast to it (under autocast, fp64 ones to the encoder's dtype first).
 
         Returns:
             Tensor: logits (B, V, H / 8, W / 8) (for four groups).
@@ -180,6 +181,11 @@ class DalleEncoder(nn.Module):
                 :attr:`downsample`.
         """
         self._check_pixels(pixels)
+        weight = self.stem.weight
+        if pixels.dtype != weight.dtype and (
+            not torch.is_autocast_enabled(pixels.device.type) or pixels.dtype == torch.float64
+        ):  # fp32 pixels into a bf16 / fp16 / fp64 encoder (autocast casts fp32, not fp64): the conv refused them
+            pixels = pixels.to(weight.dtype)
         x = self.stem(pixels)
         last = len(self.groups) - 1
         for i, group in enumerate(self.groups):

@@ -130,7 +130,14 @@ _ONEDNN = ONEDNN_LINEAR_AVAILABLE and hasattr(torch.ops.aten, "mkldnn_linear_bac
 
 def _onednn_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``x @ weight.T + bias`` by oneDNN: x (..., in), weight (out, in)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, dense_bias(bias), "none", [], "")
+
+
+def dense_bias(bias: Optional[Tensor]) -> Optional[Tensor]:
+    """``bias`` as oneDNN's linear must be given it: contiguous (it reads a bias as a dense vector
+    whatever its strides, so a strided or expanded one, e.g. ``b[::2]``, gave wrong sums or read past
+    its end). A copy of ``out`` values where it is not already; None stays None."""
+    return None if bias is None else bias.contiguous()
 
 
 def _onednn_grad_input(grad_out: Tensor, weight: Tensor) -> Tensor:
@@ -171,6 +178,8 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool, bias: Optional
         and x.dim() >= 2
         and weight.dim() == 2
         and x.shape[-1] == weight.shape[1]
+        and x.numel() > 0  # (oneDNN has no empty product; and no division by zero features below)
+        and weight.numel() > 0
         and min(weight.shape) >= ONEDNN_FP32_MIN_WIDTH[mode]
         and x.numel() // weight.shape[1] * weight.numel() >= ONEDNN_FP32_MIN_MACS[mode]
     )
@@ -218,6 +227,9 @@ def autocast_fused_bias_wins(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
             for t in (x, weight, bias)
         )
         and (bias is None or bias.shape == weight.shape[:1])
+        # a strided bf16 bias (autocast casts no bf16 tensor): F.linear adds it after the product
+        # (two roundings) and oneDNN would read it as dense; an fp32 one is cast to a dense copy
+        and (bias is None or bias.dtype != torch.bfloat16 or bias.is_contiguous())
         and not torch.compiler.is_compiling()
         and torch._C._get_mkldnn_enabled()
         and not torch.jit.is_tracing()

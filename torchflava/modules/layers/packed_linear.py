@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.modules.layers.linear import ONEDNN_LINEAR_AVAILABLE
+from torchflava.modules.layers.linear import ONEDNN_LINEAR_AVAILABLE, dense_bias
 from torchflava.utils.checks import check_module
 
 PACKED_DTYPES = (torch.bfloat16,)
@@ -52,7 +52,7 @@ class PackedLinear(nn.Module):
     Args:
         weight (Tensor): (out_features, in_features), already in ``dtype``.
         bias (Optional[Tensor]): (out_features,) in ``dtype``, or None.
-        pack (bool): reorder the weight for oneDNN (CPU tensors only).
+        pack (bool): reorder the weight for oneDNN (CPU tensors with a feature in and out only).
 
     Raises:
         ValueError: if ``weight`` is not 2-D, ``bias`` does not match it, or the dtypes differ.
@@ -69,8 +69,9 @@ class PackedLinear(nn.Module):
         self.train(False)  # for inference only: .train() later is refused when it is called
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
-        self.bias = None if bias is None else bias.detach()
-        self.packed = pack and weight.device.type == "cpu"
+        self.packed = pack and weight.device.type == "cpu" and weight.numel() > 0  # (oneDNN has no empty product)
+        bias = None if bias is None else bias.detach()
+        self.bias = dense_bias(bias) if self.packed else bias  # (oneDNN reads a strided one as dense)
         # oneDNN's opaque blocked layout, or the plain (out_features, in_features) weight.
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach()) if self.packed else weight.detach()
 
