@@ -136,7 +136,7 @@ def _onednn_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
 def dense_bias(bias: Optional[Tensor]) -> Optional[Tensor]:
     """``bias`` as oneDNN's linear must be given it: contiguous (it reads a bias as a dense vector
     whatever its strides, so a strided or expanded one, e.g. ``b[::2]``, gave wrong sums or read past
-    its end). A copy of ``out`` values where it is not already; None stays None."""
+    its end). A copy where it is not contiguous already; None stays None."""
     return None if bias is None else bias.contiguous()
 
 
