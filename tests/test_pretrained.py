@@ -287,6 +287,8 @@ def test_an_open_clip_hub_directory_preprocesses_images_as_open_clip_does(
         ({"mean": [0.5, 0.5]}, r"preprocess_cfg.mean must be three finite numbers"),
         ({"std": [0.5, 0.0, 0.5]}, r"preprocess_cfg.std must be three positive numbers"),
         ({"mode": "L"}, r"preprocess_cfg.mode must be 'RGB', got 'L'"),
+        ({"interpolation": ["bicubic"]}, r"preprocess_cfg.interpolation must be one of .*, got \['bicubic'\]"),
+        ({"mean": 0.5, "std": "wide"}, r"preprocess_cfg.std must be three positive numbers .*, got 'wide'"),
         (["bicubic"], r"preprocess_cfg must be a JSON object, got \['bicubic'\]"),
     ],
 )

@@ -310,6 +310,11 @@ def _channels(name: str, value: object, *, positive: bool) -> tuple[float, float
     return float(numbers[0]), float(numbers[1]), float(numbers[2])
 
 
+def _per_channel(value: object) -> object:
+    """A number as the same value for each of the three channels; anything else as given."""
+    return [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 def _filter_code(name: str, value: object) -> int:
     """A PIL filter code (PIL's Resampling enum reads as its code), or raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value not in RESAMPLE_FILTERS:
@@ -472,7 +477,7 @@ class ImageTransformSpec:
         mean = std = None
         if flag("do_normalize"):
             mean, std = get("image_mean", CLIP_MEAN), get("image_std", CLIP_STD)
-            mean, std = ([v] * 3 if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in (mean, std))
+            mean, std = _per_channel(mean), _per_channel(std)
             mean = _channels(f"{PREPROCESSOR_CONFIG}: image_mean", mean, positive=False)
             std = _channels(f"{PREPROCESSOR_CONFIG}: image_std", std, positive=True)
         rounding = get("crop_rounding", "floor")
@@ -530,7 +535,7 @@ class ImageTransformSpec:
         if get("mode", "RGB") != "RGB":
             raise ValueError(f"{where}.mode must be 'RGB', got {preprocess['mode']!r}")
         interpolation = get("interpolation", "bicubic")
-        if interpolation not in OPEN_CLIP_INTERPOLATIONS:
+        if not isinstance(interpolation, str) or interpolation not in OPEN_CLIP_INTERPOLATIONS:
             raise ValueError(
                 f"{where}.interpolation must be one of {list(OPEN_CLIP_INTERPOLATIONS)}, got {interpolation!r}"
             )
@@ -540,10 +545,7 @@ class ImageTransformSpec:
                 f"{where}.resize_mode must be 'shortest' or 'squash' ('longest', a padded resize, is not "
                 f"supported), got {resize_mode!r}"
             )
-        mean, std = (
-            [v] * 3 if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-            for v in (get("mean", CLIP_MEAN), get("std", CLIP_STD))
-        )
+        mean, std = _per_channel(get("mean", CLIP_MEAN)), _per_channel(get("std", CLIP_STD))
         shortest = resize_mode == "shortest"
         return cls(
             resize_mode="short_side" if shortest else "squash",
