@@ -5,6 +5,7 @@ from copy import deepcopy
 from dataclasses import dataclass
 from datetime import timedelta
 import json
+import math
 from pathlib import Path
 import shutil
 from typing import NamedTuple
@@ -117,7 +118,9 @@ def settings(out, **changes):
         tensorboard=False,
         device="cpu",
     )
-    optim = dict(lr=0.05, warmup_steps=0, weight_decay=0.0, clip_grad_norm=1.0, eps=1e-8, lr_multipliers={})
+    optim = dict(
+        lr=0.05, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.0, clip_grad_norm=1.0, eps=1e-8, lr_multipliers={}
+    )
     for key, value in changes.items():
         (optim if key in optim else training)[key] = value
     return TrainingConfig(**training), OptimConfig(**optim)
@@ -151,7 +154,7 @@ def test_the_loss_is_each_sum_over_its_global_count(tmp_path):
     assert record["loss/rows"] == pytest.approx(expected["rows"], rel=1e-6)
     assert record["loss"] == pytest.approx(sum(expected.values()), rel=1e-6) == result.loss
     assert record["kind"] == "toy" and record["samples_per_s"] > 0 and record["grad_norm"] > 0
-    assert record["lr"] == pytest.approx(0.0)  # one step: the cosine has reached its end
+    assert record["lr"] == 0.05  # the lr its one step trained with (the cosine's end, 0, is no step's)
     assert result.step == 1 and result.resumed_from is None
     assert result.skipped == [("toy", 0, "step 0 met a bad item")]
 
@@ -651,6 +654,37 @@ def test_lr_multipliers_scale_each_modules_learning_rate(tmp_path):
     expected = r"key 'optim.lr_multipliers': expected names of the model's modules .* \(\['head'\] name no module"
     with pytest.raises(ConfigError, match=expected):
         run(tmp_path / "bad", lr_multipliers={"head": 0.1})
+
+
+def scheduled_lr(step: int, *, peak: float, warmup: int, total: int, floor: float = 0.0) -> float:
+    """The lr optimiser step ``step`` (1-based) trains with: ``peak x step / warmup`` up to the warmup's
+    end, then half a cosine from the peak (step ``warmup + 1``) towards ``floor x peak`` at ``total + 1``."""
+    if step <= warmup:
+        return peak * step / warmup
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - 1 - warmup) / (total - warmup))))
+
+
+def test_the_logged_lr_is_the_one_each_step_trained_with(tmp_path):
+    """A record's lr is the lr of the update it reports (with its loss and gradient norm), not the
+    next step's: the first step's warmup lr is logged, the cosine's end (which no step uses) is not,
+    and a resume that changes the schedule logs the lr its first step takes."""
+    first = dict(max_steps=4, warmup_steps=2, min_lr_ratio=0.2, checkpoint_every=4)
+    model, _ = run(tmp_path, **first)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    expected = [scheduled_lr(s, peak=0.05, warmup=2, total=4, floor=0.2) for s in range(1, 5)]
+    assert expected == pytest.approx([0.025, 0.05, 0.05, 0.03], rel=1e-12)
+    assert [r["lr"] for r in records] == pytest.approx(expected, rel=1e-12)
+    # Independently: Adam's first update moves each weight by its lr (times g / (|g| + eps), g ~ 1 here).
+    one, _ = run(tmp_path / "one", max_steps=1, warmup_steps=0)
+    moved = (params(one)["linear.weight"] - params(Toy())["linear.weight"]).abs()
+    assert read_metrics(tmp_path / "one" / "metrics.jsonl")[0]["lr"] == pytest.approx(float(moved.max()), rel=1e-5)
+    # A finished run continued with a longer schedule and another peak: step 5 trains with the new schedule's lr.
+    run(tmp_path, max_steps=8, lr=0.1, warmup_steps=2, min_lr_ratio=0.2, checkpoint_every=4, resume="auto")
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 9))
+    resumed = [scheduled_lr(s, peak=0.1, warmup=2, total=8, floor=0.2) for s in range(5, 9)]
+    assert [r["lr"] for r in records] == pytest.approx(expected + resumed, rel=1e-12)
+    assert resumed[0] == pytest.approx(0.1 * (0.2 + 0.8 * 0.75), rel=1e-12)  # cos(pi / 3): a third of the way down
 
 
 def test_progress_bar_and_samples_per_second(tmp_path, capsys):

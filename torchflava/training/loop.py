@@ -15,7 +15,8 @@ model and does the rest:
   gradient sync on the last one only; bf16 autocast (one region per optimiser step, so each weight
   is cast to bf16 once a step, not once a micro-batch); FSDP's replicated-scalar gradient sync;
   clipping; a stop on a non-finite loss or gradient norm, naming the last good checkpoint; a hook
-  after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s;
+  after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s
+  (a step's record holds its loss, its gradient norm before clipping and the lr its update used);
   checkpoints every ``training.checkpoint_every`` steps and at the end; exact resume. A fresh run
   seeds torch's RNG (dropout) with ``training.seed`` before its first step; a resumed one restores it.
 * Counts are checked with the step's losses: one that is negative, not finite, or 0 under a sum
@@ -485,8 +486,9 @@ def fit(
                     loss, norm, done, kind, values, last_saved, earlier[-1] if earlier else None
                 )
                 raise NonFiniteLossError(message)
+            lr = float(optimizer.param_groups[0]["lr"])  # this step's (multiplier 1), logged with its loss
             optimizer.step()
-            scheduler.step()
+            scheduler.step()  # the next step's lr: not this record's
             optimizer.zero_grad(set_to_none=True)
             if after_step is not None:
                 after_step(done) if takes_step else after_step()
@@ -499,7 +501,7 @@ def fit(
                 record = {"loss": loss, **{f"loss/{name}": value for name, value in values.items()}}
                 if kind is not None:
                     record["kind"] = kind
-                record["lr"] = scheduler.get_last_lr()[0]
+                record["lr"] = lr
                 record["grad_norm"] = float(norm)
                 record["samples_per_s"] = samples_per_s
                 if logger is not None:

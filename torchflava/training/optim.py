@@ -71,6 +71,12 @@ def warmup_cosine(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0 over ``warmup_steps``, then half a cosine down to ``min_ratio`` x lr.
 
+    Optimiser step k (1-based) trains at ``k / warmup_steps`` x lr up to ``warmup_steps`` (the first
+    step at lr / ``warmup_steps``, not at 0 as in transformers' ``get_cosine_schedule_with_warmup``),
+    then at ``min_ratio + (1 - min_ratio) (1 + cos(pi p)) / 2`` x lr with ``p = (k - 1 - warmup_steps)
+    / (total_steps - warmup_steps)``: the peak again at step ``warmup_steps + 1``, and ``min_ratio`` x lr
+    reached after the last step (held by any step past it).
+
     Args:
         optimizer (torch.optim.Optimizer): the optimiser; its lr is the peak.
         warmup_steps (int): steps of linear warmup, >= 0.
