@@ -57,9 +57,10 @@ def check_distinct_tokens(class_names: Sequence[str], num_templates: int, ids: o
     """ValueError naming the first two of ``class_names`` whose prompts (``num_templates`` each, class
     after class) the tokenizer turned into the same ids and attention mask: the model sees one name
     twice (an uncased tokenizer reads ``Cat`` as ``cat``, a BERT one ``red  circle`` as ``red circle``;
-    two names of characters outside the vocabulary are both unknown tokens), so the two classes got one embedding, every image of either was given the first, and the accuracy
-    counted each as a tie. Nothing is checked unless ``ids`` and ``mask`` are tensors of one row per
-    prompt (a tokenizer of another kind is left to ``encode_text``)."""
+    two names of characters outside the vocabulary are both unknown tokens), so the two classes got
+    one embedding, every image of either was given the first, and the accuracy counted each as a tie.
+    Nothing is checked unless ``ids`` and ``mask`` are tensors of one row per prompt (a tokenizer of
+    another kind is left to ``encode_text``)."""
     prompts = len(class_names) * num_templates
     if not all(isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == prompts for t in (ids, mask)):
         return
