@@ -567,6 +567,14 @@ def test_feature_functions_refuse_a_string_no_input_and_a_bad_batch_size(export)
             "templates must contain one '{}' for the class name and no other braces, got ['a photo']",
         ),
         ("ab", ("a {}",), TypeError, "class_names must be a sequence of str (a list or tuple, in order), got str"),
+        (  # one embedding for both: every red circle went to the first, and the accuracy counted a tie
+            ["red circle", "blue square", "Red  Circle"],
+            ("a {}", "a large {}"),
+            ValueError,
+            "class_names must differ in what the tokenizer keeps, got 'red circle' and 'Red  Circle': their prompts "
+            "are the same tokens (the tokenizer's case, spacing, unknown characters or truncation), so no image could "
+            "be told apart between them",
+        ),
         (
             {"red circle", "blue square"},
             ("a {}",),

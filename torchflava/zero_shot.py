@@ -134,8 +134,9 @@ def classify_folder(
 
     Raises:
         TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
-        ValueError: if there are fewer than two classes, an empty or duplicated class name, or a
-            template without one ``{}`` (all before any image is read).
+        ValueError: if there are fewer than two classes, an empty or duplicated class name, two
+            names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), or a template
+            without one ``{}`` (all before any image is read).
     """
     check_class_prompts(class_names, templates)  # zero_shot_classifier's checks, before the images are encoded
     if len(class_names) < 2:
@@ -143,6 +144,7 @@ def classify_folder(
     scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     folder = ImageFolder(images_dir)
+    classes = class_embeddings(pretrained, class_names, templates)  # (names the tokenizer merges: before any image)
     files, chunks, skipped = [], [], []
     for chunk in readable_chunks(folder.__getitem__, range(len(folder)), batch_size, skipped):
         files += [folder.relative_path(index) for index, _ in chunk]
@@ -150,7 +152,6 @@ def classify_folder(
     if not files:
         raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
     features = torch.cat(chunks)
-    classes = class_embeddings(pretrained, class_names, templates)
     check_finite(image_features=features, class_embeddings=classes)  # a diverged model predicts nothing
     similarity = features @ classes.T  # (N, C) cosine similarities
     predicted = similarity.argmax(dim=1)

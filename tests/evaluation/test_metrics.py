@@ -1,6 +1,8 @@
 """Fine-tuning metrics: values against a direct count, and malformed inputs refused (they broadcast,
 gave nan, or a wrong number)."""
 
+import math
+
 import pytest
 import torch
 
@@ -103,3 +105,14 @@ def test_integer_scores_and_regression_targets_are_read_as_numbers():
     expected = pearson(predictions[:, 0], torch.tensor([1.0, 2.0, 4.0, 3.0]))
     assert task_metrics(predictions, torch.tensor([1, 2, 4, 3]), "mse") == {"pearson": pytest.approx(expected)}
     assert expected == pytest.approx(0.9899495, abs=1e-6)  # numpy.corrcoef
+
+
+def test_pearson_of_a_constant_vector_is_nan_as_in_scipy_not_zero():
+    """A collapsed regressor (one prediction for every row) or constant targets leave the correlation
+    undefined: scipy.stats.pearsonr gives nan; 0.0 was reported, which reads as a measured value."""
+    targets = torch.tensor([1.0, 2.0, 4.0, 3.0])
+    assert math.isnan(pearson(torch.full((4,), 2.5), targets))  # scipy.stats.pearsonr: nan
+    assert math.isnan(pearson(targets, torch.full((4,), 3, dtype=torch.long)))  # scipy.stats.pearsonr: nan
+    assert math.isnan(task_metrics(torch.full((4, 1), -0.7), targets, "mse")["pearson"])
+    # ties are not constant: scipy.stats.pearsonr([1, 1, 2, 2], [1, 2, 4, 3]) = 0.8944271909999159
+    assert pearson(torch.tensor([1.0, 1.0, 2.0, 2.0]), targets) == pytest.approx(0.8944271909999159, abs=1e-12)

@@ -35,7 +35,8 @@ class Oracle(torch.nn.Module):
         return F.one_hot(colour, len(COLOURS) + len(SHAPES)).float()
 
     def encode_text(self, ids, mask):
-        # ids carry the class index in column 0 (see tokenize below); the text feature knows colour only
+        # ids carry the colour in column 0 and the shape in column 1 (see tokenize below); the text
+        # feature knows colour only (the tokens keep both: classes the tokenizer merges are refused)
         return F.one_hot(ids[:, 0] % len(COLOURS), len(COLOURS) + len(SHAPES)).float()
 
 
@@ -45,7 +46,8 @@ def test_an_encoder_that_knows_only_colour_scores_colour_right_and_shape_at_chan
         for text in texts:
             words = text.split()
             colour = next(w for w in words if w in COLOURS)
-            rows.append([list(COLOURS).index(colour)])
+            shape = next(w for w in words if w in SHAPES)
+            rows.append([list(COLOURS).index(colour), SHAPES.index(shape)])
         ids = torch.tensor(rows)
         return ids, torch.ones_like(ids)
 

@@ -436,3 +436,30 @@ def test_retrieval_ks_may_be_any_iterable_read_once():
     with pytest.raises(ValueError) as info:
         retrieval_recall(images, texts, ks=iter([]))
     assert str(info.value) == "ks must be a non-empty sequence of ints, got []"
+
+
+def test_class_names_the_tokenizer_reads_as_one_are_refused_before_any_text_is_encoded():
+    """An uncased tokenizer gave 'Dog' and 'dog' one embedding: every dog image was predicted 'Dog',
+    and the accuracy counted each as a two-way tie (0.5), with no sign that a class was unreachable."""
+    vocabulary = {"a": 1, "the": 2, "cat": 3, "dog": 4}
+
+    def tokenize(texts):  # lower-cases and splits on spaces, as an uncased tokenizer does
+        ids = torch.tensor([[vocabulary[w] for w in t.lower().split()] for t in texts])
+        return ids, torch.ones_like(ids)
+
+    encoded = []
+
+    def encode_text(ids, mask):
+        encoded.append(ids)
+        return torch.randn(ids.shape[0], 3)
+
+    with pytest.raises(ValueError) as info:
+        zero_shot_classifier(encode_text, tokenize, ["Dog", "cat", "dog"], ("a {}", "the {}"))
+    assert str(info.value) == (
+        "class_names must differ in what the tokenizer keeps, got 'Dog' and 'dog': their prompts are the same "
+        "tokens (the tokenizer's case, spacing, unknown characters or truncation), so no image could be told "
+        "apart between them"
+    )
+    assert encoded == []
+    # a class whose prompts share only some tokens with another's (one template each) is a class of its own
+    assert zero_shot_classifier(encode_text, tokenize, ["Dog", "cat"], ("a {}", "the {}")).shape == (2, 3)

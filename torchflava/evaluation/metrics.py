@@ -4,6 +4,8 @@ Each checks its inputs first (a ValueError naming the argument): labels of anoth
 silently, an empty input gives nan, an out-of-range label or a NaN logit a wrong number.
 """
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -53,7 +55,9 @@ def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
 
 
 def pearson(predictions: Tensor, targets: Tensor) -> float:
-    """Pearson correlation of two (N,) vectors (0 when either is constant)."""
+    """Pearson correlation of two (N,) vectors; nan when either is constant (the correlation is
+    undefined there, as in ``scipy.stats.pearsonr``: a collapsed regressor that predicts one value for
+    every row reported 0.0, which reads as a measured absence of correlation)."""
     for name, value in (("predictions", predictions), ("targets", targets)):
         if not _is_real(value) or value.dim() != 1 or value.numel() < 2:
             raise ValueError(f"{name} must be a (N,) real tensor with N >= 2, got {describe_tensor(value)}")
@@ -66,7 +70,7 @@ def pearson(predictions: Tensor, targets: Tensor) -> float:
     x, y = predictions.double(), targets.double()
     x, y = x - x.mean(), y - y.mean()
     denominator = (x.norm() * y.norm()).item()
-    return (x @ y).item() / denominator if denominator > 0 else 0.0
+    return (x @ y).item() / denominator if denominator > 0 else math.nan
 
 
 def soft_accuracy(logits: Tensor, scores: Tensor) -> float:
@@ -92,7 +96,8 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         loss (str): ``cross_entropy``, ``binary_cross_entropy`` or ``mse``.
 
     Returns:
-        dict[str, float]: metric name -> value.
+        dict[str, float]: metric name -> value (``pearson`` is nan where the predictions or the
+        targets are constant: see :func:`pearson`).
 
     Raises:
         ValueError: if ``loss`` is not one of :data:`LOSSES`, or an input is malformed (see above).

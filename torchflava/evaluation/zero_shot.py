@@ -53,6 +53,32 @@ def check_class_prompts(class_names: Sequence[str], templates: Sequence[str]) ->
         raise ValueError(f"templates must contain one '{{}}' for the class name and no other braces, got {bad}")
 
 
+def check_distinct_tokens(class_names: Sequence[str], num_templates: int, ids: object, mask: object) -> None:
+    """ValueError naming the first two of ``class_names`` whose prompts (``num_templates`` each, class
+    after class) the tokenizer turned into the same ids and attention mask: the model sees one name
+    twice (an uncased tokenizer reads ``Cat`` as ``cat``, a BERT one ``red  circle`` as ``red circle``;
+    two names of characters outside the vocabulary are both unknown tokens), so the two classes got
+    one embedding, every image of either was given the first, and the accuracy counted each as a tie.
+    Nothing is checked unless ``ids`` and ``mask`` are tensors of one row per prompt (a tokenizer of
+    another kind is left to ``encode_text``)."""
+    prompts = len(class_names) * num_templates
+    if not all(isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == prompts for t in (ids, mask)):
+        return
+    rows = torch.cat([ids.reshape(prompts, -1).long(), mask.reshape(prompts, -1).long()], dim=1)
+    rows = rows.reshape(len(class_names), -1)  # (C, the ids and masks of the class's prompts)
+    _, first = torch.unique(rows, dim=0, return_inverse=True)
+    seen: dict[int, int] = {}
+    for index, group in enumerate(first.tolist()):
+        if group in seen:
+            a, b = class_names[seen[group]], class_names[index]
+            raise ValueError(
+                f"class_names must differ in what the tokenizer keeps, got {a!r} and {b!r}: their prompts are "
+                "the same tokens (the tokenizer's case, spacing, unknown characters or truncation), so no image could "
+                "be told apart between them"
+            )
+        seen[group] = index
+
+
 def zero_shot_classifier(
     encode_text: Callable[[Tensor, Tensor], Tensor],
     tokenize: Callable[[Sequence[str]], tuple[Tensor, Tensor]],
@@ -74,8 +100,9 @@ def zero_shot_classifier(
         TypeError: if ``class_names`` or ``templates`` is not an ordered sequence of str (a str itself
             or a set included), ``tokenize`` does not return a pair or ``encode_text`` not a tensor.
         ValueError: if there are no classes or templates, a class name is empty or repeated, a
-            template lacks ``{}``, or ``encode_text`` does not return (P, D) finite floating-point
-            features for the P prompts.
+            template lacks ``{}``, two class names give the same prompt tokens (see
+            :func:`check_distinct_tokens`; before any text is encoded), or ``encode_text`` does not
+            return (P, D) finite floating-point features for the P prompts.
     """
     check_class_prompts(class_names, templates)
     prompts = [template.format(name) for name in class_names for template in templates]
@@ -85,6 +112,7 @@ def zero_shot_classifier(
             f"{type(tokens).__name__} of {len(tokens)}" if isinstance(tokens, (tuple, list)) else type(tokens).__name__
         )
         raise TypeError(f"tokenize must return a pair (ids, attention mask), got {got}")
+    check_distinct_tokens(class_names, len(templates), *tokens)
     with torch.no_grad():
         features = encode_text(*tokens)
     if not isinstance(features, Tensor):
