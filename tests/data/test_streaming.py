@@ -221,6 +221,24 @@ def test_tar_gz_and_pipe_cat_shards(tmp_path, shard_dir):
     assert texts(items(piped, 8)) == [f"caption {i}" for i in range(40)]
 
 
+@pytest.mark.parametrize("suffix", [".tar.bz2", ".tar.xz"])
+def test_bz2_and_xz_shards_keep_their_last_sample(tmp_path, suffix):
+    """webdataset writes .tar.bz2 and .tar.xz shards; their tail is compressed data, not tar's zero
+    blocks: each shard's last sample was counted as cut and dropped, the shard reported as cut short."""
+    whole = write_shards(tmp_path / "whole", shards=2, per_shard=3, suffix=suffix)
+    assert Path(whole[0]).read_bytes()[:3] in (b"BZh", b"\xfd7z")  # compressed, as the name says
+    batches = items(stream(whole, shuffle_buffer=0, batch_size=3), 3)
+    assert texts(batches) == [f"caption {i}" for i in range(6)] + ["caption 0", "caption 1", "caption 2"]
+    assert [item.skipped for item in batches] == [[], [], []]
+    data = Path(whole[1]).read_bytes()
+    Path(whole[1]).write_bytes(data[: len(data) // 2])  # a download cut in the middle: still told
+    batches = items(stream(whole, shuffle_buffer=0, batch_size=1), 4)
+    assert texts(batches) == ["caption 0", "caption 1", "caption 2", "caption 0"]
+    skipped = [(index, reason) for item in batches for _, index, reason in item.skipped]
+    assert [index for index, _ in skipped] == [whole[1]]
+    assert skipped[0][1].startswith("shard unreadable after 0 sample(s): ReadError: ")
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass

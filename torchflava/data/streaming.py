@@ -1,9 +1,10 @@
 """Streamed tar shards (webdataset): local, ``pipe:``, http(s) and fsspec (``s3://``, ``gs://``) shards.
 
 :class:`StreamingBatches` is an ``IterableDataset`` of micro-batches for the training loop, read
-front to back from webdataset-style shards (``.tar`` or ``.tar.gz``) with the webdataset library:
-no process indexes or opens every shard. Its stream is cut into *slots*, one per (rank, loader
-worker): ``slot = rank * K + worker`` with ``K = max(1, num_workers)`` workers per rank.
+front to back from webdataset-style shards (``.tar``, or compressed as webdataset writes them:
+``.tar.gz``, ``.tar.bz2``, ``.tar.xz``) with the webdataset library: no process indexes or opens
+every shard. Its stream is cut into *slots*, one per (rank, loader worker): ``slot = rank * K +
+worker`` with ``K = max(1, num_workers)`` workers per rank.
 
 Order. Epoch ``e`` permutes the shard list with a generator seeded from (seed, e) and gives slot
 ``s`` the shards at positions ``s, s + R*K, s + 2*R*K ...`` (R ranks), so within an epoch every
@@ -150,19 +151,30 @@ class _Watched:
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
-        if len(self.head) < 2:
-            self.head = (self.head + data)[:2]
+        if len(self.head) < _HEAD:
+            self.head = (self.head + data)[:_HEAD]
         self.tail = (self.tail + data)[-2 * _BLOCK :]
         return data
 
     def cut_short(self) -> bool:
-        """Read what tarfile left and say whether an uncompressed tar lacks its end-of-archive blocks."""
+        """Read what tarfile left and say whether an uncompressed tar lacks its end-of-archive blocks
+        (a compressed one ends with compressed data: its decompressor tells a cut)."""
         while self.read(1 << 20):
             pass
-        return self.head != b"\x1f\x8b" and (len(self.tail) < 2 * _BLOCK or self.tail.strip(b"\0") != b"")
+        if _compressed(self.head):
+            return False
+        return len(self.tail) < 2 * _BLOCK or self.tail.strip(b"\0") != b""
+
+
+def _compressed(head: bytes) -> bool:
+    """Whether a shard starting with the bytes ``head`` (10 or more) is compressed as tarfile's
+    streaming mode reads it (gzip, bzip2, xz or lzma), by the magic numbers tarfile checks."""
+    bzip2 = head[:3] == b"BZh" and head[4:10] == b"1AY&SY"  # "BZh" alone may start a member's name
+    return head.startswith((b"\x1f\x8b\x08", b"\xfd7zXZ", b"\x5d\x00\x00\x80")) or bzip2
 
 
 _BLOCK = 512  # tar's block; an archive ends with two zero blocks
+_HEAD = 10  # bytes of a shard's start that tell a compressed one
 
 
 def _grouped(files: Iterator[dict]) -> Iterator[dict]:
