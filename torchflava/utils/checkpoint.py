@@ -581,7 +581,9 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
         path (PathLike): a ``.safetensors`` file, a torch file (``.pt``, ``.pth``, ``.bin``), a sharded
             index (``*.index.json``), a directory holding one of ``model.safetensors``,
             ``model.safetensors.index.json``, ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``,
-            or an http(s) URL of a file.
+            or an http(s) URL of a file. A torch file may hold the state dict under a ``"state_dict"``
+            or ``"model"`` entry, as training scripts save it (beside an epoch, an optimiser's state...):
+            that entry is read, its keys as saved (the models' loaders drop a DDP ``module.`` prefix).
 
     Returns:
         dict[str, Tensor]: the tensors by name, on CPU.
