@@ -12,6 +12,7 @@ from pathlib import Path
 import shutil
 import threading
 
+import numpy as np
 from PIL import Image
 import pytest
 import torch
@@ -395,3 +396,43 @@ def test_a_stream_without_a_usable_sample_is_found_before_it_is_iterated(tmp_pat
             f"the pairs stream gave 4 unusable samples in a row (last: {late}:s004: no text member); the data "
             "looks broken"
         )
+
+
+def _shards_some_empty(root: Path, sizes: list[int]) -> list[str]:
+    """One shard per size (0: an empty tar), captions ``"<shard>/<sample>"``."""
+    root.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for number, size in enumerate(sizes):
+        url = str(root / f"part-{number}.tar")
+        with wds.TarWriter(url) as writer:
+            for index in range(size):
+                writer.write({"__key__": f"k{number}_{index}", "png": png(index), "txt": f"{number}/{index}"})
+        urls.append(url)
+    return urls
+
+
+def test_a_slot_whose_shards_of_an_epoch_are_all_empty_goes_on_to_its_next_epoch(tmp_path):
+    """A valid dataset with empty shards stopped a run: slot 0 drew only the empty ones in epoch 0, so the
+    stream was refused before any work ("slot 0's shards gave no sample") and raised BrokenStream when
+    iterated. Found by the streaming review."""
+    sizes = [3, 0, 2, 0]
+    urls = _shards_some_empty(tmp_path / "some", sizes)
+    seed = next(s for s in range(100) if set(np.random.default_rng([s, 0]).permutation(4)[0::2]) == {1, 3})
+    options = dict(batch_size=1, shuffle_buffer=1, seed=seed, rank=0, world_size=2)
+    data = stream(urls, **options)
+    assert data.unusable_start() is None
+    expected = []  # the slot's shards (every second of each epoch's permutation), their samples in order
+    for epoch in range(6):
+        for number in np.random.default_rng([seed, epoch]).permutation(4)[0::2]:
+            expected += [f"{number}/{index}" for index in range(sizes[number])]
+    assert texts(items(data, 8)) == expected[:8]
+    assert texts(items(stream(urls, **options), 8)) == expected[:8]  # (and again: the same seed)
+
+    empty = _shards_some_empty(tmp_path / "none", [0, 0, 0])
+    for world_size in (1, 2):  # every shard read empty: nothing to wait for, in epoch 0 or after a few
+        data = stream(empty, batch_size=1, rank=0, world_size=world_size)
+        assert data.unusable_start().startswith("slot 0's shards gave no sample")
+        with pytest.raises(BrokenStream, match=r"slot 0's shards of epoch \d+ gave no sample"):
+            items(data, 1)
+    unshuffled = stream(urls, batch_size=1, shuffle_buffer=0, rank=1, world_size=2)  # always shards 1 and 3
+    assert unshuffled.unusable_start().startswith("slot 1's shards gave no sample")

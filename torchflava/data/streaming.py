@@ -42,7 +42,10 @@ skipped and reported in its batch's ``skipped`` list as ``(kind, "<url>:<key>", 
 that cannot be opened or breaks off (a cut file, a failed command or download, an uncompressed tar
 without its end-of-archive blocks) keeps the samples read before the break, counts its last one as
 bad (it may be partial), and is reported once per reading as ``(kind, "<url>", "shard unreadable
-after <n> sample(s): ...")``.
+after <n> sample(s): ...")``. An empty shard is no error: a slot whose shards of an epoch are all
+empty goes on to its next epoch (shuffled, another draw of shards); it raises :class:`BrokenStream`
+only when no later epoch can give a sample (unshuffled, the same shards again; or every shard of
+the stream read empty in epochs in a row).
 """
 
 from dataclasses import dataclass
@@ -544,6 +547,23 @@ class StreamingBatches(IterableDataset):
         mine = order[slot :: self.num_slots]
         return self.urls[int(mine[number])] if number < len(mine) else None
 
+    def _epoch_shards(self, slot: int, epoch: int) -> list[str]:
+        """URLs of the slot's shards of ``epoch``, in its order."""
+        urls: list[str] = []
+        while (url := self._shard(slot, epoch, len(urls))) is not None:
+            urls.append(url)
+        return urls
+
+    def _nothing_to_wait_for(self, slot: int, epoch: int, silent: set) -> bool:
+        """After the slot's ``epoch`` gave no sample (its shards all empty): whether a later epoch cannot
+        give one either. ``silent`` gathers the shards such epochs in a row read; a later epoch may
+        draw another shard unless the order never changes (``shuffle_buffer=0``) or every shard of
+        the stream was read empty."""
+        if self.resampled:  # (no epochs: its reads end only by max_bad_in_a_row empty shards in a row)
+            return True
+        silent.update(self._epoch_shards(slot, epoch))
+        return not self.shuffle_buffer or len(silent) == len(set(self.urls))
+
     def _reads(self, slot: int, epoch: int, shard: int, offset: int, errors: list) -> Iterator[tuple]:
         """``(shard, offset, url, raw)`` of the slot's samples of ``epoch`` from the ``offset``-th
         sample of its ``shard``-th shard on (the skipped ones read but not decoded)."""
@@ -564,6 +584,7 @@ class StreamingBatches(IterableDataset):
     def _samples(self, slot: int, position: list, errors: list) -> Iterator[_Read]:
         """The slot's raw samples in block-shuffled order, from ``position`` on, without end."""
         epoch, block, shard, offset, index = position[:5]
+        silent: set = set()  # shards read by whole epochs in a row that gave no sample
         while True:
             reads = self._reads(slot, epoch, shard, offset, errors)
             found = False
@@ -583,7 +604,9 @@ class StreamingBatches(IterableDataset):
                         after = (epoch, block + 1, last_shard, last_offset + 1, 0)
                     yield _Read(after, url, raw, item_seed(self.seed, self.kind, epoch, slot, block, place))
                 block, shard, offset, index = block + 1, last_shard, last_offset + 1, 0
-            if not found and (block, shard, offset) == (0, 0, 0):
+            if found:
+                silent.clear()
+            elif (block, shard, offset) == (0, 0, 0) and self._nothing_to_wait_for(slot, epoch, silent):
                 raise BrokenStream(
                     f"{self.kind}: slot {slot}'s shards of epoch {epoch} gave no sample ({_errors(errors)})"
                 )
@@ -594,14 +617,18 @@ class StreamingBatches(IterableDataset):
         (reading its first shards until one does); else why not, naming the first sample's fault: a
         stream without a usable sample is refused before any work, not after its first steps."""
         slot, errors, first, count = self.rank * self.workers, [], None, 0
+        silent: set = set()
         try:
-            for _, _, url, raw in itertools.islice(self._reads(slot, 0, 0, 0, errors), self.max_bad_in_a_row):
-                count += 1
-                try:
-                    self.decode(url, raw)
-                    return None
-                except BadSample as bad:
-                    first = first or bad
+            for epoch in itertools.count():  # past epochs of empty shards only, while another may follow
+                for _, _, url, raw in itertools.islice(self._reads(slot, epoch, 0, 0, errors), self.max_bad_in_a_row):
+                    count += 1
+                    try:
+                        self.decode(url, raw)
+                        return None
+                    except BadSample as bad:
+                        first = first or bad
+                if count or self._nothing_to_wait_for(slot, epoch, silent):
+                    break
         except BrokenStream as error:
             return str(error)
         if first is None:
@@ -647,8 +674,8 @@ class StreamingBatches(IterableDataset):
 
         Raises:
             ValueError: if the loader has another number of workers than ``num_workers``.
-            BrokenStream: if the data looks broken (``max_bad_in_a_row`` unusable samples, or an epoch
-                of the slot's shards without a single sample).
+            BrokenStream: if the data looks broken (``max_bad_in_a_row`` unusable samples, or the
+                slot's epochs give no sample when no later epoch can: see the module's "Bad data").
         """
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
