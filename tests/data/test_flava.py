@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
 from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample
-from torchflava.data.samples import BadSample
+from torchflava.data.samples import BadSample, Sample
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PretrainingImageTransform
@@ -273,6 +273,57 @@ def test_itm_negatives_replace_the_caption_with_another(tokenizer, codebook):
         for row in range(4):
             own, other = text_of(tokenizer, pos, row), text_of(tokenizer, neg, row)
             assert own in captions and other in captions and other != own
+
+
+class Captions(Dataset):
+    """Pairs of a plain image and a given caption."""
+
+    def __init__(self, captions):
+        self.captions = captions
+
+    def __len__(self):
+        return len(self.captions)
+
+    def __getitem__(self, index):
+        return Sample(ShapesWorld("pairs", 1, image_size=32, seed=index)[0].image, self.captions[index])
+
+
+LONG = "a red cross on the left " * 7  # 42 tokens: [CLS] + 38 of them + [SEP] fill max_text_length=40
+
+
+@pytest.mark.parametrize(
+    "captions",
+    [
+        ["a red cross at the top, large", "A Red Cross at the TOP, large", "a red  cross at the top ,large"],
+        [LONG + "small", LONG + "large", LONG + "in the middle"],  # differ only past the truncation
+    ],
+)
+def test_an_itm_negative_that_tokenizes_as_the_own_caption_stays_a_match(tokenizer, codebook, captions):
+    # Every other caption gives the model the ids of the pair's own: a "negative" would be a matched
+    # pair labelled 0 (raw strings were compared: the three rows were all labelled 0, each time).
+    ids, _ = tokenizer(captions, max_length=40)
+    assert all(torch.equal(ids[0], row) for row in ids)
+    collate = collator(tokenizer, codebook, itm_negative_probability=1.0)
+    data = dataset(collate, sources={"pairs": Captions(captions)}, ratios={"pairs": 1.0}, batch=3, num_steps=4)
+    for step in range(4):
+        batch = data[step].batch
+        assert batch["itm_labels"].tolist() == [1, 1, 1]
+        assert torch.equal(batch["text"], ids)
+
+
+def test_itm_labels_are_0_exactly_where_the_caption_ids_changed(tokenizer, codebook):
+    captions = ["a small red circle on the right", "A small RED circle on the right", "a blue square, large"]
+    kwargs = dict(sources={"pairs": Captions(captions)}, ratios={"pairs": 1.0}, batch=3, num_steps=12)
+    negative = dataset(collator(tokenizer, codebook, itm_negative_probability=1.0), **kwargs)
+    positive = dataset(collator(tokenizer, codebook, itm_negative_probability=0.0), **kwargs)
+    labels = []
+    for step in range(12):
+        neg, pos = negative[step].batch, positive[step].batch
+        for row in range(3):
+            same = text_of(tokenizer, neg, row) == text_of(tokenizer, pos, row)
+            assert neg["itm_labels"][row].item() == int(same)
+            labels.append(int(same))
+    assert 0 < sum(labels) < len(labels)  # both cases met
 
 
 def test_unusable_items_are_replaced_and_reported(tokenizer, codebook):

@@ -53,7 +53,8 @@ class FLAVAPretrainingCollator:
             few short: at FLAVA's 75 of 14 x 14 with blocks of 16 or more, a third of masks hold 67-74).
         min_mask_block (int): smallest mask rectangle, in patches.
         mlm_probability (float): share of text tokens selected for MLM / MMM-text.
-        itm_negative_probability (float): chance that a pair's caption is swapped for another's.
+        itm_negative_probability (float): chance that a pair's caption is swapped for another's
+            (the pair stays a match, label 1, when the other caption tokenizes to the same ids).
         ignore_index (int): label of positions without a target.
 
     Raises:
@@ -132,6 +133,15 @@ class FLAVAPretrainingCollator:
         masked, labels = self.token_masker.rows(ids, attention.sum(1).tolist(), generators)
         return {"text": ids, "text_attention_mask": attention, "text_masked": masked, "mlm_labels": labels}
 
+    def _same_ids(self, text: str, other: str) -> bool:
+        """Whether ``text`` and ``other`` give the model the same ids (after lower-casing, accent
+        stripping, white-space splitting and truncation to ``max_text_length``): such a caption
+        drawn as a pair's negative is the pair's own text, a match."""
+        if text == other:
+            return True
+        ids, _ = self.tokenizer([text, other], max_length=self.max_text_length)
+        return torch.equal(ids[0], ids[1])
+
     def __call__(
         self, kind: str, samples: Sequence[Sample], seeds: Sequence[int], *, another: Optional[Another] = None
     ) -> dict[str, Tensor]:
@@ -164,7 +174,7 @@ class FLAVAPretrainingCollator:
                 for row, seed in enumerate(seeds):
                     if random.Random(item_seed(seed, "itm")).random() < self.itm_negative_probability:
                         other = None if another is None else another(row, item_seed(seed, "itm-source"), _caption)
-                        if other is not None and other != texts[row]:
+                        if other is not None and not self._same_ids(other, texts[row]):
                             texts[row], labels[row] = other, 0
                 fields["itm_labels"] = labels
             fields.update(self.texts(texts, seeds))
