@@ -96,6 +96,15 @@ def test_another_is_another_item_of_the_same_source_and_reports_unusable_ones():
     assert single[0].batch["others"] == [None, None]
 
 
+def test_another_is_never_the_replacement_that_stands_in_for_an_unusable_item():
+    # Item 2 is replaced by item 0 or 1 in its slot; the other item drawn for that row must not be the
+    # replacement itself (the stream position's item 2 was excluded instead: 200 of the 600 rows got
+    # their own item back, an ITM "negative" with the pair's own caption).
+    data = mixer(sources={"only": Numbers(3, bad={2})}, ratios={"only": 1.0}, global_batch_size=3, num_steps=200)
+    pairs = [pair for step in range(200) for pair in zip(data[step].batch["samples"], data[step].batch["others"])]
+    assert len(pairs) == 600 and all(other in (0, 1) and other != own for own, other in pairs)
+
+
 class Cut(Numbers):
     """Numbers whose source file lost a tail that no item covers."""
 

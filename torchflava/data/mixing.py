@@ -68,7 +68,8 @@ class MixedBatches(Dataset):
     seeded permutation per pass over it. The batch is
     ``collator(kind, samples, seeds, another=another)``: the usable samples of this rank's slots,
     one seed per sample, and ``another(row, seed, read)``, which reads (``read(source, index)``) an
-    item of the same source other than row ``row``'s own, drawn from ``seed`` (e.g. for negatives),
+    item of the same source other than row ``row``'s own (the item in the batch, a replacement
+    where the drawn one was unusable), drawn from ``seed`` (e.g. for negatives),
     or gives None when the source has one item; unusable ones met there are skipped and reported too.
 
     Args:
@@ -185,15 +186,15 @@ class MixedBatches(Dataset):
             self._permutations[key] = generator.permutation(size)
         return int(self._permutations[key][offset])
 
-    def _load(self, kind: str, position: int, skipped: list) -> tuple[Any, int]:
-        """The usable sample for stream ``position`` (replacing unusable ones) and its seed."""
+    def _load(self, kind: str, position: int, skipped: list) -> tuple[Any, int, int]:
+        """The usable sample for stream ``position`` (replacing unusable ones), its seed and its index."""
         source = self.sources[kind]
         index = self._index(kind, position)
         for attempt in range(self.max_attempts):
             if attempt:
                 index = random.Random(item_seed(self.seed, kind, position, attempt)).randrange(len(source))
             try:
-                return source[index], item_seed(self.seed, kind, position, attempt)
+                return source[index], item_seed(self.seed, kind, position, attempt), index
             except BadSample as bad:
                 skipped.append(SkippedSample(kind, index, bad.reason))
         raise RuntimeError(
@@ -201,12 +202,12 @@ class MixedBatches(Dataset):
             f"{skipped[-1].reason}); the data looks broken"
         )
 
-    def _another(self, kind: str, position: int, seed: int, read: Callable, skipped: list) -> Optional[Any]:
-        """``read`` of an item of ``kind``'s source other than the one at stream ``position``."""
+    def _another(self, kind: str, own: int, seed: int, read: Callable, skipped: list) -> Optional[Any]:
+        """``read`` of an item of ``kind``'s source other than item ``own`` (the row's usable item: the
+        replacement when the item of its stream position was unusable)."""
         source = self.sources[kind]
         if len(source) < 2:
             return None
-        own = self._index(kind, position)
         rng = random.Random(seed)
         for _ in range(self.max_attempts):
             index = rng.randrange(len(source) - 1)
@@ -235,9 +236,9 @@ class MixedBatches(Dataset):
         loaded = [self._load(kind, first + slot, skipped) for slot in range(local)]
         batch = self.collator(
             kind,
-            [sample for sample, _ in loaded],
-            [seed for _, seed in loaded],
-            another=lambda row, seed, read: self._another(kind, first + row, seed, read, skipped),
+            [sample for sample, _, _ in loaded],
+            [seed for _, seed, _ in loaded],
+            another=lambda row, seed, read: self._another(kind, loaded[row][2], seed, read, skipped),
         )
         return MixedBatch(batch, kind, skipped)
 
