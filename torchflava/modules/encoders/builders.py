@@ -47,7 +47,8 @@ def transformer_encoder(
     Raises:
         TypeError: if a width or count is not an int, or ``is_causal`` or ``bias`` not a bool.
         ValueError: if a width or count is < 1, ``embed_dim`` is not a multiple of ``num_heads``,
-            ``norm_eps`` is not positive, a dropout is outside [0, 1] (``attention_dropout``: [0, 1)), or ``activation`` is unknown.
+            ``norm_eps`` is not positive, a dropout is not in [0, 1) (at 1 every activation is zeroed), or
+            ``activation`` is unknown.
     """
     check_architecture(  # before anything is built, each error naming this builder's argument
         "transformer_encoder",
