@@ -134,9 +134,10 @@ class FLAVAPretrainingCollator:
         return {"text": ids, "text_attention_mask": attention, "text_masked": masked, "mlm_labels": labels}
 
     def _same_ids(self, text: str, other: str) -> bool:
-        """Whether ``text`` and ``other`` give the model the same ids (after lower-casing, accent
-        stripping, white-space splitting and truncation to ``max_text_length``): such a caption
-        drawn as a pair's negative is the pair's own text, a match."""
+        """Whether ``text`` and ``other`` give the model the same ids (after the tokenizer's own
+        normalisation, e.g. an uncased one's lower-casing and accent stripping, its white-space
+        splitting, and truncation to ``max_text_length``): such a caption drawn as a pair's negative is
+        the pair's own text, a match."""
         if text == other:
             return True
         ids, _ = self.tokenizer([text, other], max_length=self.max_text_length)
