@@ -176,16 +176,16 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
                 f"checkpoint: expected one .safetensors weights file in {path}, got {[w.name for w in weights]}"
             )
         weights = weights[0]
-    elif (path / "config.json").is_file() or (path / "open_clip_config.json").is_file():
+    elif (path / "config.json").is_file() or (path / OPEN_CLIP_CONFIG).is_file():
         config = read_json_object(path / "config.json") if (path / "config.json").is_file() else {}
-        model_type, open_clip = config.get("model_type"), (path / "open_clip_config.json").is_file()
+        model_type, open_clip = config.get("model_type"), (path / OPEN_CLIP_CONFIG).is_file()
         if model_type not in ("flava", "clip", None) and not open_clip:
             raise ValueError(
                 f"checkpoint: {path / 'config.json'}: expected model_type 'flava' or 'clip' (a whole FlavaModel "
                 f"or CLIPModel, both towers), got {model_type!r}"
             )
         family = "clip" if model_type == "clip" or (open_clip and model_type != "flava") else "flava"
-        config_file = path / ("config.json" if model_type in ("flava", "clip") else "open_clip_config.json")
+        config_file = path / ("config.json" if model_type in ("flava", "clip") else OPEN_CLIP_CONFIG)
         try:  # (a directory of open_clip's: its config and weights, where no CLIP config.json is beside them)
             if family == "clip":
                 _, kwargs, weights = directory_config(path)

@@ -133,15 +133,20 @@ class FLAVAPretrainingCollator:
         masked, labels = self.token_masker.rows(ids, attention.sum(1).tolist(), generators)
         return {"text": ids, "text_attention_mask": attention, "text_masked": masked, "mlm_labels": labels}
 
-    def _same_ids(self, text: str, other: str) -> bool:
-        """Whether ``text`` and ``other`` give the model the same ids (after the tokenizer's own
-        normalisation, e.g. an uncased one's lower-casing and accent stripping, its white-space
-        splitting, and truncation to ``max_text_length``): such a caption drawn as a pair's negative is
-        the pair's own text, a match."""
-        if text == other:
-            return True
-        ids, _ = self.tokenizer([text, other], max_length=self.max_text_length)
-        return torch.equal(ids[0], ids[1])
+    def _same_ids(self, texts: Sequence[str], others: Sequence[str]) -> list[bool]:
+        """Whether each of ``others`` gives the model the same ids as the text beside it (after the
+        tokenizer's own normalisation, e.g. an uncased one's lower-casing and accent stripping, its
+        white-space splitting, and truncation to ``max_text_length``): such a caption drawn as a pair's
+        negative is the pair's own text, a match. One tokenizer call for all the unequal strings."""
+        differ = [i for i, (text, other) in enumerate(zip(texts, others)) if text != other]
+        same = [True] * len(texts)
+        if differ:
+            ids, _ = self.tokenizer(
+                [texts[i] for i in differ] + [others[i] for i in differ], max_length=self.max_text_length
+            )
+            for place, i in enumerate(differ):  # (padded to the longest of the call: equal rows, equal tokens)
+                same[i] = torch.equal(ids[place], ids[len(differ) + place])
+        return same
 
     def __call__(
         self, kind: str, samples: Sequence[Sample], seeds: Sequence[int], *, another: Optional[Another] = None
@@ -172,11 +177,16 @@ class FLAVAPretrainingCollator:
             texts = [s.text for s in samples]
             if kind == "pairs":
                 labels = torch.ones(len(samples), dtype=torch.long)
+                drawn = {}  # row -> the caption drawn for its negative
                 for row, seed in enumerate(seeds):
                     if random.Random(item_seed(seed, "itm")).random() < self.itm_negative_probability:
                         other = None if another is None else another(row, item_seed(seed, "itm-source"), _caption)
-                        if other is not None and not self._same_ids(other, texts[row]):
-                            texts[row], labels[row] = other, 0
+                        if other is not None:
+                            drawn[row] = other
+                rows = list(drawn)
+                for row, same in zip(rows, self._same_ids([texts[r] for r in rows], [drawn[r] for r in rows])):
+                    if not same:
+                        texts[row], labels[row] = drawn[row], 0
                 fields["itm_labels"] = labels
             fields.update(self.texts(texts, seeds))
         return fields

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from torchflava.modules.layers.patch_embedding import in_weight_dtype
 from torchflava.utils.checks import check_bool, check_int, require
 
 # DALL-E's logit-Laplace epsilon: pixels in [0, 1] are squeezed into [eps, 1 - eps].
@@ -181,12 +182,7 @@ class DalleEncoder(nn.Module):
                 :attr:`downsample`.
         """
         self._check_pixels(pixels)
-        weight = self.stem.weight
-        if pixels.dtype != weight.dtype and (
-            not torch.is_autocast_enabled(pixels.device.type) or pixels.dtype == torch.float64
-        ):  # fp32 pixels into a bf16 / fp16 / fp64 encoder (autocast casts fp32, not fp64): the conv refused them
-            pixels = pixels.to(weight.dtype)
-        x = self.stem(pixels)
+        x = self.stem(in_weight_dtype(pixels, self.stem.weight))  # (the conv refused another dtype)
         last = len(self.groups) - 1
         for i, group in enumerate(self.groups):
             x = group(x)

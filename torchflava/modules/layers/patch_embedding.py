@@ -18,6 +18,17 @@ from torchflava.modules.layers.transformer import check_parts
 from torchflava.utils.checks import check_bool, check_dropout, check_fits_in_memory, check_int, require
 
 
+def in_weight_dtype(pixels: Tensor, weight: Tensor) -> Tensor:
+    """``pixels`` in ``weight``'s floating dtype, for a conv that takes them: fp32 pixels into a bf16,
+    fp16 or fp64 model, fp16 / bf16 / fp64 ones into an fp32 one. Under autocast fp32 pixels stay (autocast
+    casts them) and only fp64 ones are cast (autocast leaves fp64 alone)."""
+    if pixels.dtype != weight.dtype and (
+        not torch.is_autocast_enabled(pixels.device.type) or pixels.dtype == torch.float64
+    ):
+        return pixels.to(weight.dtype)
+    return pixels
+
+
 class PatchEmbedding(nn.Module):
     """Conv patchify, CLS token, learned positions, optional mask token.
 
@@ -135,12 +146,7 @@ class PatchEmbedding(nn.Module):
                 of the wrong shape, or a ``patch_mask`` without a mask token.
         """
         grid_h, grid_w = self._check_images(images)
-        weight = self.proj.weight
-        if images.dtype != weight.dtype and (
-            not torch.is_autocast_enabled(images.device.type) or images.dtype == torch.float64
-        ):  # fp16 / bf16 / fp64 pixels into a model of another dtype (autocast casts fp32, not fp64)
-            images = images.to(weight.dtype)
-        x = self._project(images, grid_h, grid_w)
+        x = self._project(in_weight_dtype(images, self.proj.weight), grid_h, grid_w)
         if patch_mask is not None:
             x = self._apply_patch_mask(x, patch_mask, grid_h, grid_w)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
