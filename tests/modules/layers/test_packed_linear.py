@@ -161,3 +161,25 @@ def test_a_packed_model_refuses_training_copies_and_integer_inputs_in_one_line()
             TypeError, match=r"^a PackedLinear \(a model after pack_linears\) cannot be copied or pickled"
         ):
             copy_it(model)
+
+
+def test_a_packed_model_refuses_conversions_its_weights_would_miss():
+    """.half() and .to(float64) left the packed bf16 weights as they were and the next LayerNorm failed
+    inside torch ("mixed dtype (CPU): expect parameter to have scalar type of Float"); .to("meta") left
+    them on the CPU. Conversions that keep the dtype and device still run."""
+    model = pack_linears(nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16), nn.Linear(16, 4)).eval())
+    x = torch.randn(3, 16)
+    with torch.inference_mode(), autocast_bf16():
+        expected = model(x)
+    message = r"^a PackedLinear keeps its torch.bfloat16 weight on cpu: convert or move the model before pack_linears"
+    for convert, got in (
+        (lambda m: m.half(), "torch.float16 on cpu"),
+        (lambda m: m.to(torch.float64), "torch.float64 on cpu"),
+        (lambda m: m.float(), "torch.float32 on cpu"),
+        (lambda m: m.to("meta"), "torch.bfloat16 on meta"),
+    ):
+        with pytest.raises(TypeError, match=message + r".*got a conversion to " + got):
+            convert(model)
+    model.to("cpu").to(torch.device("cpu")).requires_grad_(False)
+    with torch.inference_mode(), autocast_bf16():
+        assert torch.equal(model(x), expected)

@@ -125,6 +125,18 @@ class PackedLinear(nn.Module):
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
+    def _apply(self, fn, recurse: bool = True) -> "PackedLinear":
+        # ``.half()``, ``.double()``, ``.to(dtype or device)`` reach the layer here, but its weight is no
+        # parameter or buffer: left as it was, the next norm failed inside torch ("mixed dtype (CPU)").
+        # A probe in the weight's dtype and on its device says what the conversion would do.
+        probe = fn(torch.empty(0, dtype=self.dtype, device=self.weight.device))
+        if probe.dtype != self.dtype or probe.device != self.weight.device:
+            raise TypeError(
+                f"a PackedLinear keeps its {self.dtype} weight on {self.weight.device}: convert or move the model "
+                f"before pack_linears (or the unpacked original), got a conversion to {probe.dtype} on {probe.device}"
+            )
+        return super()._apply(fn, recurse)
+
     def __deepcopy__(self, memo: dict) -> "PackedLinear":
         raise TypeError(_NOT_COPYABLE)
 
@@ -145,7 +157,8 @@ def pack_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.M
     computed under autocast before, without casting and reordering every weight on every call.
     Everything that is not a linear layer (norms, embeddings, convolutions) is left as it is. The
     converted model cannot be trained and its ``state_dict`` no longer holds the linear weights:
-    keep the original (or its checkpoint) for that. Move the model to its device first.
+    keep the original (or its checkpoint) for that. Move the model to its device first: converting
+    it afterwards to another dtype or device (``.half()``, ``.to(...)``) is refused (a TypeError).
 
     Args:
         module (nn.Module): the model, e.g. a ``FLAVAModel`` in eval mode.
