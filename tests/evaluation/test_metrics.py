@@ -6,7 +6,15 @@ import math
 import pytest
 import torch
 
-from torchflava.evaluation.metrics import accuracy, binary_f1, pearson, soft_accuracy, task_metrics
+from torchflava.evaluation.metrics import (
+    accuracy,
+    binary_f1,
+    matthews,
+    pearson,
+    soft_accuracy,
+    spearman,
+    task_metrics,
+)
 
 LOGITS = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])  # predicts 0, 1, 1, 0
 LABELS = torch.tensor([0, 1, 1, 1])
@@ -15,7 +23,9 @@ LABELS = torch.tensor([0, 1, 1, 1])
 def test_values_equal_a_direct_count():
     assert accuracy(LOGITS, LABELS) == pytest.approx(0.75)
     assert binary_f1(LOGITS, LABELS) == pytest.approx(2 * 2 / (2 + 3))  # tp 2, predicted 2, true 3
-    assert task_metrics(LOGITS, LABELS, "cross_entropy") == pytest.approx({"accuracy": 0.75, "f1": 0.8})
+    assert task_metrics(LOGITS, LABELS, "cross_entropy") == pytest.approx(
+        {"accuracy": 0.75, "f1": 0.8, "matthews": 1 / math.sqrt(3)}  # tp 2, tn 1, fp 0, fn 1: 2 / sqrt(2*3*1*2)
+    )
     scores = torch.tensor([[1.0, 0.0], [0.0, 0.3], [0.6, 0.9], [0.0, 1.0]])
     assert soft_accuracy(LOGITS, scores) == pytest.approx((1.0 + 0.3 + 0.9 + 0.0) / 4)
     assert pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 6.5])) == pytest.approx(
@@ -35,6 +45,9 @@ def test_values_equal_a_direct_count():
         (lambda: soft_accuracy(LOGITS, torch.zeros(4, 3)), r"scores must have the logits' shape \(4, 2\)"),
         (lambda: pearson(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0])), "predictions must be"),  # 0.0
         (lambda: task_metrics(LOGITS, LABELS, "crossentropy"), "loss must be one of"),  # accuracy and F1 silently
+        (lambda: matthews(LOGITS, torch.tensor([0, 1, 2, 1])), r"labels must be class ids in \[0, 2\)"),
+        (lambda: matthews(LOGITS, LABELS[:, None]), r"labels must be \(4,\) integer class ids"),
+        (lambda: spearman(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0])), "predictions must be"),
     ],
 )
 def test_malformed_inputs_are_refused_naming_the_argument(call, match):
@@ -90,6 +103,14 @@ def test_malformed_inputs_are_refused_naming_the_argument(call, match):
             lambda: pearson(torch.arange(3.0), torch.tensor([1.0, float("inf"), 2.0])),
             "targets must be a tensor of finite values, got NaN or infinite ones",
         ),
+        (
+            lambda: spearman(torch.arange(3.0), torch.arange(4.0)),
+            "predictions and targets must have one shape, got (3,) and (4,)",
+        ),
+        (
+            lambda: spearman(torch.ones(3, dtype=torch.bool), torch.arange(3.0)),
+            "predictions must be a (N,) real tensor with N >= 2, got torch.bool of shape (3,)",
+        ),
     ],
 )
 def test_inputs_that_do_not_fit_the_metric_are_refused_in_one_line(call, message):
@@ -103,7 +124,10 @@ def test_integer_scores_and_regression_targets_are_read_as_numbers():
     assert soft_accuracy(LOGITS, torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]])) == pytest.approx(0.5)
     predictions = torch.tensor([[0.5], [1.0], [2.5], [2.0]])
     expected = pearson(predictions[:, 0], torch.tensor([1.0, 2.0, 4.0, 3.0]))
-    assert task_metrics(predictions, torch.tensor([1, 2, 4, 3]), "mse") == {"pearson": pytest.approx(expected)}
+    assert task_metrics(predictions, torch.tensor([1, 2, 4, 3]), "mse") == {
+        "pearson": pytest.approx(expected),
+        "spearman": pytest.approx(1.0),  # one order: ranks 1, 2, 4, 3 on both sides
+    }
     assert expected == pytest.approx(0.9899495, abs=1e-6)  # numpy.corrcoef
 
 
@@ -113,6 +137,47 @@ def test_pearson_of_a_constant_vector_is_nan_as_in_scipy_not_zero():
     targets = torch.tensor([1.0, 2.0, 4.0, 3.0])
     assert math.isnan(pearson(torch.full((4,), 2.5), targets))  # scipy.stats.pearsonr: nan
     assert math.isnan(pearson(targets, torch.full((4,), 3, dtype=torch.long)))  # scipy.stats.pearsonr: nan
-    assert math.isnan(task_metrics(torch.full((4, 1), -0.7), targets, "mse")["pearson"])
+    collapsed = task_metrics(torch.full((4, 1), -0.7), targets, "mse")
+    assert math.isnan(collapsed["pearson"]) and math.isnan(collapsed["spearman"])
     # ties are not constant: scipy.stats.pearsonr([1, 1, 2, 2], [1, 2, 4, 3]) = 0.8944271909999159
     assert pearson(torch.tensor([1.0, 1.0, 2.0, 2.0]), targets) == pytest.approx(0.8944271909999159, abs=1e-12)
+
+
+def test_matthews_correlation_for_any_number_of_classes():
+    """GLUE's CoLA metric, in the multi-class form of sklearn.metrics.matthews_corrcoef: with t_k / p_k
+    the rows labelled / predicted k and c the correct ones, (c N - sum t_k p_k) / sqrt((N^2 - sum p_k^2)
+    (N^2 - sum t_k^2))."""
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = 2 * torch.eye(3)[torch.tensor([0, 1, 1, 1, 2, 0])]  # c = 4, p = (2, 3, 1), t = (2, 2, 2)
+    expected = (4 * 6 - (2 * 2 + 3 * 2 + 1 * 2)) / math.sqrt((36 - (4 + 9 + 1)) * (36 - 12))  # 12 / sqrt(528)
+    assert matthews(logits, labels) == pytest.approx(0.5222329678670935, abs=1e-12)
+    assert expected == pytest.approx(0.5222329678670935, abs=1e-12)
+    assert task_metrics(logits, labels, "cross_entropy") == pytest.approx({"accuracy": 4 / 6, "matthews": expected})
+    assert matthews(logits, torch.tensor([0, 1, 1, 1, 2, 0])) == pytest.approx(1.0)  # every row right
+    assert matthews(LOGITS, 1 - LOGITS.argmax(dim=1)) == pytest.approx(-1.0)  # every row wrong, 2 classes
+    assert matthews(logits, labels.to(torch.uint8)) == pytest.approx(expected)  # any integer dtype
+
+
+def test_matthews_is_zero_where_its_denominator_is_as_in_sklearn():
+    """One class predicted for every row, or one class in the labels: the denominator is 0 and
+    sklearn.metrics.matthews_corrcoef returns 0.0 (not nan), even when every row is right."""
+    one_class = torch.tensor([[0.0, 1.0, 0.0]]).repeat(4, 1)  # predicts 1 everywhere
+    assert matthews(one_class, torch.tensor([0, 1, 2, 1])) == 0.0
+    assert matthews(one_class, torch.tensor([1, 1, 1, 1])) == 0.0  # all right
+    assert matthews(LOGITS, torch.tensor([1, 1, 1, 1])) == 0.0  # the labels one class, the predictions not
+
+
+def test_spearman_ranks_ties_by_their_average_as_scipy():
+    # ranks (1, 2.5, 2.5, 4) and (1, 3, 2, 4): 4.5 / sqrt(4.5 * 5) = sqrt(0.9); scipy.stats.spearmanr agrees
+    assert spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(
+        math.sqrt(0.9), abs=1e-12
+    )
+    # ranks (1, 4, 2, 3) and (1, 2, 3, 4): 1 - 6 * 6 / (4 * 15) = 0.4, where Pearson is -0.24 (the outlier)
+    predictions = torch.tensor([0.1, 10.0, 0.2, 0.3], dtype=torch.float64)  # the values scipy was given
+    targets = torch.tensor([1, 2, 3, 4])
+    assert spearman(predictions, targets) == pytest.approx(0.4, abs=1e-12)
+    assert pearson(predictions, targets) == pytest.approx(-0.24235715009596281, abs=1e-12)  # scipy.stats.pearsonr
+    report = task_metrics(predictions[:, None], targets.float(), "mse")
+    assert report == pytest.approx({"pearson": -0.24235715009596281, "spearman": 0.4}, abs=1e-12)
+    assert math.isnan(spearman(torch.full((4,), 2.5), targets))  # constant: undefined, as pearson
+    assert math.isnan(spearman(targets, torch.full((4,), 3, dtype=torch.long)))

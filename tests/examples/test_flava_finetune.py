@@ -74,15 +74,17 @@ def test_glue_sentence_pair_classification_learns(export, tmp_path):
         "training.max_steps=120",
     )
     assert report["loss"] == "cross_entropy" and report["num_classes"] == 2
-    assert set(report["validation"]) == {"accuracy", "f1", "items", "skipped", "chance"}
+    assert set(report["validation"]) == {"accuracy", "f1", "matthews", "items", "skipped", "chance"}
     assert report["validation"]["skipped"] == 0
     assert report["validation"]["items"] == len(rows) - 200 > 20
     majority = max(sum(r[3] == "red" for r in rows[200:]), sum(r[3] == "blue" for r in rows[200:])) / (len(rows) - 200)
     assert report["validation"]["accuracy"] > max(0.75, majority)
+    assert report["validation"]["matthews"] > 0.5  # 0.0 for a majority-class guess
+    assert json.loads((tmp_path / "run" / "report.json").read_text()) == report
     assert (tmp_path / "run" / "model" / "flava_classification.safetensors").is_file()
 
 
-def test_glue_regression_reports_pearson(export, tmp_path):
+def test_glue_regression_reports_pearson_and_spearman(export, tmp_path):
     scenes, texts = _sentences(200, 3)
     rows = [(t, 5.0 if s.size == "large" else 1.0) for s, t in zip(scenes, texts)]
     _write_glue(tmp_path / "train.tsv", rows[:160], ["sentence", "score"])
@@ -100,6 +102,8 @@ def test_glue_regression_reports_pearson(export, tmp_path):
     )
     assert report["loss"] == "mse" and report["num_classes"] == 1
     assert report["validation"]["pearson"] > 0.5
+    assert report["validation"]["spearman"] > 0.5
+    assert json.loads((tmp_path / "run" / "report.json").read_text()) == report
 
 
 def test_vqa_style_soft_scores(export, tmp_path):

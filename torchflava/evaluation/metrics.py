@@ -1,4 +1,5 @@
-"""Task metrics for fine-tuning: accuracy, binary F1, Pearson correlation, VQA soft accuracy.
+"""Task metrics for fine-tuning: accuracy, binary F1, Matthews correlation, Pearson and Spearman
+correlations, VQA soft accuracy.
 
 Each checks its inputs first (a ValueError naming the argument): labels of another shape broadcast
 silently, an empty input gives nan, an out-of-range label or a NaN logit a wrong number.
@@ -54,10 +55,30 @@ def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
     return 2 * tp / denominator if denominator else 0.0
 
 
-def pearson(predictions: Tensor, targets: Tensor) -> float:
-    """Pearson correlation of two (N,) vectors; nan when either is constant (the correlation is
-    undefined there, as in ``scipy.stats.pearsonr``: a collapsed regressor that predicts one value for
-    every row reported 0.0, which reads as a measured absence of correlation)."""
+def matthews(logits: Tensor, labels: Tensor) -> float:
+    """Matthews correlation coefficient of the argmax of logits (N, C) and labels (N,) class ids, for any
+    number of classes (Gorodkin's multi-class form, which is the phi coefficient for two; GLUE's CoLA
+    metric), as ``sklearn.metrics.matthews_corrcoef``: with t_k and p_k the rows labelled and predicted
+    k, c the correct ones, (c N - sum t_k p_k) / sqrt((N^2 - sum p_k^2) (N^2 - sum t_k^2)).
+
+    0.0 where the denominator is 0 (every row predicted as one class, or every label one class, right
+    or wrong): what ``matthews_corrcoef`` returns there by default, and so what GLUE evaluation code
+    built on it reports; :func:`pearson` gives nan in the like case."""
+    _check_labels(labels, _check_logits(logits), logits.shape[1])
+    classes, rows = logits.shape[1], logits.shape[0]
+    predicted = logits.argmax(dim=1)
+    truth = labels.long()
+    # Python ints: N^4 overflows int64 from N ~ 55,000 (sklearn counts in float64)
+    p = torch.bincount(predicted, minlength=classes).tolist()
+    t = torch.bincount(truth, minlength=classes).tolist()
+    correct = int((predicted == truth).sum())
+    covariance = correct * rows - sum(pk * tk for pk, tk in zip(p, t))
+    variances = (rows * rows - sum(pk * pk for pk in p)) * (rows * rows - sum(tk * tk for tk in t))
+    return covariance / math.sqrt(variances) if variances else 0.0
+
+
+def _check_pair(predictions: object, targets: object) -> None:
+    """Two (N,) finite real vectors of one shape, N >= 2."""
     for name, value in (("predictions", predictions), ("targets", targets)):
         if not _is_real(value) or value.dim() != 1 or value.numel() < 2:
             raise ValueError(f"{name} must be a (N,) real tensor with N >= 2, got {describe_tensor(value)}")
@@ -67,10 +88,39 @@ def pearson(predictions: Tensor, targets: Tensor) -> float:
         raise ValueError(
             f"predictions and targets must have one shape, got {tuple(predictions.shape)} and {tuple(targets.shape)}"
         )
-    x, y = predictions.double(), targets.double()
+
+
+def _correlation(x: Tensor, y: Tensor) -> float:
+    """Pearson correlation of two checked (N,) vectors; nan when either is constant."""
+    x, y = x.double(), y.double()
     x, y = x - x.mean(), y - y.mean()
     denominator = (x.norm() * y.norm()).item()
     return (x @ y).item() / denominator if denominator > 0 else math.nan
+
+
+def pearson(predictions: Tensor, targets: Tensor) -> float:
+    """Pearson correlation of two (N,) vectors; nan when either is constant (the correlation is
+    undefined there, as in ``scipy.stats.pearsonr``: a collapsed regressor that predicts one value for
+    every row reported 0.0, which reads as a measured absence of correlation)."""
+    _check_pair(predictions, targets)
+    return _correlation(predictions, targets)
+
+
+def _average_ranks(values: Tensor) -> Tensor:
+    """1-based float64 ranks of a (N,) vector, tied values sharing the mean of their positions."""
+    ordered, order = values.double().sort(stable=True)
+    _, counts = torch.unique_consecutive(ordered, return_counts=True)
+    ends = counts.cumsum(0).double()  # a run of equal values fills positions ends - counts + 1 .. ends
+    shared = torch.repeat_interleave(ends - (counts.double() - 1) / 2, counts)
+    return torch.empty_like(shared).scatter_(0, order, shared)
+
+
+def spearman(predictions: Tensor, targets: Tensor) -> float:
+    """Spearman rank correlation of two (N,) vectors (GLUE's second STS-B metric): the Pearson
+    correlation of their ranks, ties given the average of the ranks they span, as
+    ``scipy.stats.spearmanr``; nan when either is constant, as :func:`pearson`."""
+    _check_pair(predictions, targets)
+    return _correlation(_average_ranks(predictions), _average_ranks(targets))
 
 
 def soft_accuracy(logits: Tensor, scores: Tensor) -> float:
@@ -87,7 +137,8 @@ def soft_accuracy(logits: Tensor, scores: Tensor) -> float:
 
 
 def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
-    """The metrics that fit a loss: accuracy (+ F1 for 2 classes), soft accuracy, or Pearson.
+    """The metrics that fit a loss: accuracy and Matthews correlation (+ F1 for 2 classes), soft
+    accuracy, or Pearson and Spearman correlations.
 
     Args:
         logits (Tensor): (N, C) outputs; (N, 1) for ``mse`` (one regression output).
@@ -96,8 +147,9 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         loss (str): ``cross_entropy``, ``binary_cross_entropy`` or ``mse``.
 
     Returns:
-        dict[str, float]: metric name -> value (``pearson`` is nan where the predictions or the
-        targets are constant: see :func:`pearson`).
+        dict[str, float]: metric name -> value: ``accuracy``, ``matthews`` and, for 2 classes, ``f1``
+        (``cross_entropy``); ``vqa_accuracy`` (``binary_cross_entropy``); ``pearson`` and ``spearman``
+        (``mse``; nan where the predictions or the targets are constant: see :func:`pearson`).
 
     Raises:
         ValueError: if ``loss`` is not one of :data:`LOSSES`, or an input is malformed (see above).
@@ -106,16 +158,16 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if loss == "mse":
         rows = _check_logits(logits)
-        if logits.shape[1] != 1:  # (the Pearson of column 0 was returned)
+        if logits.shape[1] != 1:  # (the correlations of column 0 were returned)
             raise ValueError(f"logits must be (N, 1) for loss 'mse' (one regression output), got {tuple(logits.shape)}")
         if not _is_real(labels) or labels.shape != (rows,):
             raise ValueError(
                 f"labels must be ({rows},) real regression targets for loss 'mse', got {describe_tensor(labels)}"
             )
-        return {"pearson": pearson(logits[:, 0], labels)}
+        return {"pearson": pearson(logits[:, 0], labels), "spearman": spearman(logits[:, 0], labels)}
     if loss == "binary_cross_entropy":
         return {"vqa_accuracy": soft_accuracy(logits, labels)}
-    out = {"accuracy": accuracy(logits, labels)}
+    out = {"accuracy": accuracy(logits, labels), "matthews": matthews(logits, labels)}
     if logits.shape[1] == 2:
         out["f1"] = binary_f1(logits, labels)
     return out
