@@ -116,3 +116,21 @@ def test_pearson_of_a_constant_vector_is_nan_as_in_scipy_not_zero():
     assert math.isnan(task_metrics(torch.full((4, 1), -0.7), targets, "mse")["pearson"])
     # ties are not constant: scipy.stats.pearsonr([1, 1, 2, 2], [1, 2, 4, 3]) = 0.8944271909999159
     assert pearson(torch.tensor([1.0, 1.0, 2.0, 2.0]), targets) == pytest.approx(0.8944271909999159, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "positive, error, message",
+    [
+        (2, ValueError, "positive must be a class id in [0, 2), got 2"),  # a class that cannot occur: F1 0.0
+        (-1, ValueError, "positive must be >= 0, got -1"),
+        (1.0, TypeError, "positive must be an int, got float"),
+        (True, TypeError, "positive must be an int, got bool"),
+    ],
+)
+def test_binary_f1_refuses_a_positive_class_the_logits_do_not_have(positive, error, message):
+    logits, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 1, 0])
+    assert binary_f1(logits, labels, positive=1) == pytest.approx(2 / 3)
+    assert binary_f1(logits, labels, positive=0) == pytest.approx(2 / 3)
+    with pytest.raises(error) as info:
+        binary_f1(logits, labels, positive=positive)
+    assert str(info.value) == message
