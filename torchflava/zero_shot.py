@@ -128,9 +128,9 @@ def classify_folder(
 
     Returns:
         dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
-        softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped``,
-        ``num_images``, ``chance``, and ``accuracy`` when the images lie in sub-folders named after
-        the classes.
+        softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped`` and
+        ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, and
+        ``accuracy`` when the images lie in sub-folders named after the classes.
 
     Raises:
         TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
@@ -174,6 +174,11 @@ def classify_folder(
 def retrieval(pretrained: Pretrained, images_dir: str, captions: str, *, batch_size: int = 64) -> dict:
     """Image->text and text->image Recall@1/5/10 over the pairs of a captions file; an image listed
     with several captions is one candidate, found when any of its captions ranks within K.
+
+    Returns:
+        dict: ``image_to_text_R@K``, ``text_to_image_R@K`` and ``R@K_chance`` for each K of 1, 5 and 10
+        up to the number of readable images, ``num_pairs``, ``num_images``, ``skipped`` and
+        ``skipped_reasons`` (each malformed caption line and unreadable image, named).
 
     Raises:
         ValueError: if fewer than two distinct images are readable.

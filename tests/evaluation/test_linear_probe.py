@@ -175,3 +175,56 @@ def test_probe_refuses_a_split_that_is_not_a_pair_of_tensors_naming_it(train, er
     with pytest.raises(error) as info:
         linear_probe((x, y), (x, y), train(x, y))
     assert str(info.value) == message.replace("train", "test", 1)
+
+
+def test_features_still_in_an_encoder_graph_are_fitted_as_values():
+    """Features computed with grad enabled failed in L-BFGS's second backward ("Trying to backward
+    through the graph a second time"); a leaf that required grad was given a .grad by the fit."""
+    x, y = _blobs(60, 0)
+    weight, bias = fit_logistic_regression(x, y, 3, l2=0.1, max_iter=50)
+    projection = torch.eye(4, requires_grad=True)
+    in_graph = x @ projection  # x's values, in a graph back to `projection`
+    assert torch.equal(fit_logistic_regression(in_graph, y, 3, l2=0.1, max_iter=50)[0], weight)
+    leaf = x.clone().requires_grad_()
+    got = fit_logistic_regression(leaf, y, 3, l2=0.1, max_iter=50)
+    assert torch.equal(got[0], weight) and torch.equal(got[1], bias) and leaf.grad is None
+    expected = linear_probe(_blobs(60, 0), _blobs(30, 1), _blobs(30, 2), l2_values=(0.1, 1.0), max_iter=50)
+    split = _blobs(60, 0)
+    result = linear_probe(
+        (split[0] @ projection, split[1]), _blobs(30, 1), _blobs(30, 2), l2_values=(0.1, 1.0), max_iter=50
+    )
+    assert result.val_accuracy == expected.val_accuracy and result.test_accuracy == expected.test_accuracy
+    assert not result.mean.requires_grad and not result.std.requires_grad and projection.grad is None
+
+
+@pytest.mark.parametrize(
+    "l2_values, message",
+    [
+        (None, "l2_values must be a sequence of numbers, got NoneType"),  # len()'s "no len()" TypeError
+        (1.0, "l2_values must be a sequence of numbers, got float"),
+        ((v for v in (1.0,)), "l2_values must be a sequence of numbers, got generator"),
+        ("1.0", "l2_values must be a sequence of numbers, got str"),
+    ],
+)
+def test_l2_values_that_are_not_a_sequence_are_refused_naming_them(l2_values, message):
+    split = _blobs(30, 0)
+    with pytest.raises(TypeError) as info:
+        linear_probe(split, split, l2_values=l2_values)
+    assert str(info.value) == message
+
+
+def test_zero_width_and_complex_features_are_refused_naming_the_split():
+    """(N, 0) features gave a bias-only probe and its accuracy; complex ones lost their imaginary
+    part in the cast to float, with only a warning."""
+    x, y = _blobs(30, 0)
+    with pytest.raises(ValueError) as info:
+        linear_probe((x[:, :0], y), (x[:, :0], y), l2_values=(1.0,))
+    assert str(info.value) == (
+        "train: features must be (N, D), N >= 1 and D >= 1, with labels (N,), got (30, 0) and (30,)"
+    )
+    with pytest.raises(ValueError) as info:
+        linear_probe((x, y), (x.to(torch.complex64), y), l2_values=(1.0,))
+    assert str(info.value) == "val: features must be real (floating-point or integer), got torch.complex64"
+    with pytest.raises(ValueError) as info:
+        fit_logistic_regression(x.to(torch.complex64), y, 3, l2=0.1)
+    assert str(info.value) == "features: features must be real (floating-point or integer), got torch.complex64"

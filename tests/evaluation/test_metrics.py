@@ -181,3 +181,21 @@ def test_spearman_ranks_ties_by_their_average_as_scipy():
     assert report == pytest.approx({"pearson": -0.24235715009596281, "spearman": 0.4}, abs=1e-12)
     assert math.isnan(spearman(torch.full((4,), 2.5), targets))  # constant: undefined, as pearson
     assert math.isnan(spearman(targets, torch.full((4,), 3, dtype=torch.long)))
+
+
+@pytest.mark.parametrize(
+    "positive, error, message",
+    [
+        (2, ValueError, "positive must be a class id in [0, 2), got 2"),  # a class that cannot occur: F1 0.0
+        (-1, ValueError, "positive must be >= 0, got -1"),
+        (1.0, TypeError, "positive must be an int, got float"),
+        (True, TypeError, "positive must be an int, got bool"),
+    ],
+)
+def test_binary_f1_refuses_a_positive_class_the_logits_do_not_have(positive, error, message):
+    logits, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 1, 0])
+    assert binary_f1(logits, labels, positive=1) == pytest.approx(2 / 3)
+    assert binary_f1(logits, labels, positive=0) == pytest.approx(2 / 3)
+    with pytest.raises(error) as info:
+        binary_f1(logits, labels, positive=positive)
+    assert str(info.value) == message

@@ -100,3 +100,65 @@ def test_evaluate_shapes_checks_its_arguments_before_encoding(kwargs, match):
 
     with pytest.raises((ValueError, TypeError), match=match):
         evaluate_shapes(Untouchable(), lambda texts: None, lambda image: None, **kwargs)
+
+
+def _colour_tokenize(texts):
+    rows = []
+    for text in texts:
+        words = text.split()
+        rows.append(
+            [
+                list(COLOURS).index(next(w for w in words if w in COLOURS)),
+                SHAPES.index(next(w for w in words if w in SHAPES)),
+            ]
+        )
+    ids = torch.tensor(rows)
+    return ids, torch.ones_like(ids)
+
+
+def _to_tensor(image):
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def test_evaluate_shapes_runs_in_eval_mode_and_gives_each_module_its_mode_back():
+    """The model was left in eval mode: a recipe evaluating mid-training went on with dropout off."""
+
+    class Recorded(Oracle):
+        def __init__(self):
+            super().__init__()
+            self.dropout = torch.nn.Dropout(0.1)
+            self.frozen = torch.nn.Dropout(0.1).eval()  # a submodule the caller keeps in eval mode
+            self.seen = set()
+
+        def encode_image(self, pixels):
+            self.seen.add((self.training, self.dropout.training, torch.is_grad_enabled()))
+            return super().encode_image(pixels)
+
+    model = Recorded().train()
+    model.frozen.eval()
+    evaluate_shapes(model, _colour_tokenize, _to_tensor, num_test=10)
+    assert model.seen == {(False, False, False)}
+    assert model.training and model.dropout.training and not model.frozen.training
+    model.eval()
+    evaluate_shapes(model, _colour_tokenize, _to_tensor, num_test=10)
+    assert not model.training and not model.dropout.training
+
+
+def test_evaluate_shapes_of_a_bfloat16_model_equals_its_float32_result():
+    """bf16 image features met the fp32 class embeddings in a matmul that failed inside torch."""
+
+    class Half(Oracle):
+        def encode_image(self, pixels):
+            return super().encode_image(pixels).bfloat16()
+
+        def encode_text(self, ids, mask):
+            return super().encode_text(ids, mask).bfloat16()
+
+    expected = evaluate_shapes(Oracle(), _colour_tokenize, _to_tensor, num_test=10)
+    assert evaluate_shapes(Half(), _colour_tokenize, _to_tensor, num_test=10) == expected
+
+
+def test_evaluate_shapes_refuses_a_model_that_is_not_a_module():
+    with pytest.raises(TypeError) as info:
+        evaluate_shapes(object(), _colour_tokenize, _to_tensor, num_test=10)
+    assert str(info.value) == "model must be an nn.Module, got object"

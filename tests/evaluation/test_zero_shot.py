@@ -463,3 +463,62 @@ def test_class_names_the_tokenizer_reads_as_one_are_refused_before_any_text_is_e
     assert encoded == []
     # a class whose prompts share only some tokens with another's (one template each) is a class of its own
     assert zero_shot_classifier(encode_text, tokenize, ["Dog", "cat"], ("a {}", "the {}")).shape == (2, 3)
+
+
+def test_features_that_are_not_floating_point_are_refused_naming_them():
+    """Complex features lost their imaginary part in the cast to float, with only a warning: R@1 0.0
+    where the real features give 1.0."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.nn.functional.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    twisted = (real * 1j).to(torch.complex64)  # the same rankings as `real`; its real part is all zero
+    with pytest.raises(ValueError) as info:
+        retrieval_recall(twisted, twisted, ks=(1,))
+    assert str(info.value) == "image_features must be floating-point features, got torch.complex64"
+    with pytest.raises(ValueError) as info:
+        retrieval_recall(real, real.to(torch.int64), ks=(1,))
+    assert str(info.value) == "text_features must be floating-point features, got torch.int64"
+    with pytest.raises(ValueError) as info:
+        classification_accuracy(real, twisted[:2], torch.tensor([0, 1, 0, 1]))
+    assert str(info.value) == "class_embeddings must be floating-point features, got torch.complex64"
+
+
+def test_features_on_two_devices_are_refused_naming_both():
+    """The similarity's matmul failed inside torch (a cuda image feature against cpu text ones);
+    the meta device stands in for another device on a machine without a GPU."""
+    features = torch.eye(4)
+    elsewhere = torch.empty(4, 4, device="meta")
+    with pytest.raises(ValueError) as info:
+        retrieval_recall(features, elsewhere, ks=(1,))
+    assert str(info.value) == "image_features and text_features must be on one device, got cpu and meta"
+    with pytest.raises(ValueError) as info:
+        classification_accuracy(elsewhere, features[:2], torch.tensor([0, 1, 0, 1]))
+    assert str(info.value) == "image_features and class_embeddings must be on one device, got meta and cpu"
+
+
+def test_half_and_single_precision_features_may_be_compared():
+    images, texts = features()
+    expected = retrieval_recall(images, texts, ks=(1, 2))
+    assert retrieval_recall(images.bfloat16(), texts, ks=(1, 2)) == expected
+    assert classification_accuracy(images.bfloat16(), torch.eye(4, 5), torch.arange(4)) == 1.0
+
+
+def test_accuracy_over_a_single_class_is_refused_not_perfect():
+    """With one class every image was right: 1.0 whatever the features."""
+    images = torch.nn.functional.normalize(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    for classes in (images[:1], images[:0]):  # (no class at all read "labels must be in [0, 0)")
+        with pytest.raises(ValueError) as info:
+            classification_accuracy(images, classes, torch.zeros(4, dtype=torch.long))
+        assert str(info.value) == (
+            f"class_embeddings must hold at least 2 classes (with one every image is right), got {classes.shape[0]}"
+        )
+
+
+def test_retrieval_over_no_image_or_no_text_names_the_features_not_ks():
+    """It read "ks must lie in [1, 0], got [1]": the empty features went unnamed."""
+    images = torch.eye(3)
+    with pytest.raises(ValueError) as info:
+        retrieval_recall(images[:0], images[:0], ks=(1,))
+    assert str(info.value) == "image_features and text_features must hold at least one row each, got 0 and 0"
+    with pytest.raises(ValueError) as info:
+        retrieval_recall(images, images[:0], ks=(1,), image_of_text=torch.zeros(0, dtype=torch.long))
+    assert str(info.value) == "image_features and text_features must hold at least one row each, got 3 and 0"

@@ -1,6 +1,7 @@
 """Linear probes on frozen features: L2-regularised logistic regression with the penalty chosen on a
 validation split (the protocol of the FLAVA and CLIP papers), solved in full batch with L-BFGS."""
 
+from collections import abc
 import math
 from typing import NamedTuple, Optional, Sequence
 
@@ -65,8 +66,8 @@ def fit_logistic_regression(
         tuple[Tensor, Tensor]: weight (C, D) and bias (C,).
 
     Raises:
-        ValueError: on mismatched shapes, labels outside [0, num_classes), non-finite features, a
-            negative or non-finite ``l2``, ``max_iter`` < 1 or ``num_classes`` < 2 (what
+        ValueError: on mismatched shapes, labels outside [0, num_classes), complex or non-finite
+            features, a negative or non-finite ``l2``, ``max_iter`` < 1 or ``num_classes`` < 2 (what
             :func:`linear_probe` checks, for direct callers).
     """
     check_int("num_classes", num_classes, 2)
@@ -83,7 +84,9 @@ def fit_logistic_regression(
 
 def _fit(features: Tensor, labels: Tensor, num_classes: int, *, l2: float, max_iter: int) -> tuple[Tensor, Tensor]:
     """:func:`fit_logistic_regression` on inputs already checked (:func:`linear_probe` checks each split once)."""
-    features = features.float()
+    # detached: features still in an encoder's graph failed in the second backward, and a leaf that
+    # required grad was given one
+    features = features.detach().float()
     weight = torch.zeros(num_classes, features.shape[1], requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -114,6 +117,8 @@ def _check(name: str, features: Tensor, labels: Tensor, num_classes: int) -> Non
         )
     if not is_integer_tensor(labels) or bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(f"{name}: labels must be integer class ids in [0, {num_classes})")
+    if features.is_complex():  # (the cast to float dropped the imaginary part, with only a warning)
+        raise ValueError(f"{name}: features must be real (floating-point or integer), got {features.dtype}")
     if not bool(torch.isfinite(features).all()):
         raise ValueError(f"{name}: features hold NaN or infinite values")
 
@@ -143,9 +148,13 @@ def linear_probe(
         LinearProbeResult: the chosen penalty, accuracies and the final model.
 
     Raises:
-        TypeError: if a split is not a (features, labels) pair of tensors.
-        ValueError: on mismatched shapes, bad labels, non-finite features or no/negative penalties.
+        TypeError: if a split is not a (features, labels) pair of tensors, ``l2_values`` not a sequence,
+            or ``num_classes`` or ``max_iter`` not an int.
+        ValueError: on mismatched shapes, an empty split or zero-width features, bad labels, fewer
+            than 2 classes, complex or non-finite features, ``max_iter`` < 1, or no/negative penalties.
     """
+    if isinstance(l2_values, str) or not isinstance(l2_values, abc.Sequence):  # (len()'s TypeError)
+        raise TypeError(f"l2_values must be a sequence of numbers, got {type(l2_values).__name__}")
     if len(l2_values) == 0 or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf for v in l2_values
     ):
@@ -161,10 +170,10 @@ def linear_probe(
             )
             raise TypeError(f"{name} must be a (features, labels) pair of tensors, got {got}")
         features, labels = split
-        if features.dim() != 2 or labels.shape != (features.shape[0],) or features.shape[0] < 1:
+        if features.dim() != 2 or labels.shape != (features.shape[0],) or min(features.shape) < 1:
             raise ValueError(
-                f"{name}: features must be (N, D), N >= 1, with labels (N,), got {tuple(features.shape)} and "
-                f"{tuple(labels.shape)}"
+                f"{name}: features must be (N, D), N >= 1 and D >= 1, with labels (N,), got "
+                f"{tuple(features.shape)} and {tuple(labels.shape)}"
             )
         if not is_integer_tensor(labels):  # (before num_classes is read off them: a NaN label failed in int())
             raise ValueError(f"{name}: labels must be integer class ids, got {labels.dtype}")
@@ -178,8 +187,9 @@ def linear_probe(
         )
     for name, (features, labels) in splits.items():
         _check(name, features, labels, num_classes)
-    train, val = (train[0], train[1].long()), (val[0], val[1].long())  # any integer dtype: cross_entropy's long
-    test = None if test is None else (test[0], test[1].long())
+    # any integer dtype: cross_entropy's long; features detached (the mean and std kept no encoder graph)
+    train, val = (train[0].detach(), train[1].long()), (val[0].detach(), val[1].long())
+    test = None if test is None else (test[0].detach(), test[1].long())
     mean = train[0].float().mean(dim=0)
     std = train[0].float().std(dim=0).clamp_min(1e-6)
 

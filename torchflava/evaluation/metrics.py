@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from torchflava.utils.checks import describe_tensor, is_integer_tensor
+from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
 
@@ -46,8 +46,11 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
 
 
 def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
-    """F1 of class ``positive`` for logits (N, 2) and labels (N,) (0 when it is never predicted nor true)."""
+    """F1 of class ``positive`` for logits (N, 2) and labels (N,) (0 when it is never predicted nor true);
+    TypeError unless ``positive`` is an int, ValueError unless it is one of the logits' classes."""
     _check_labels(labels, _check_logits(logits), logits.shape[1])
+    if check_int("positive", positive, 0) >= logits.shape[1]:  # (a class that cannot occur scored 0.0)
+        raise ValueError(f"positive must be a class id in [0, {logits.shape[1]}), got {positive}")
     predicted = logits.argmax(dim=1) == positive
     truth = labels == positive
     tp = (predicted & truth).sum().item()

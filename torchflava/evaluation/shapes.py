@@ -6,14 +6,15 @@ colour-shape classes it reports how often the predicted class has the right colo
 shape, since the two are learnt at different speeds.
 """
 
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from torchflava.data.shapes import ALL_SCENES, CLASS_NAMES, ShapesWorld
 from torchflava.evaluation.zero_shot import classification_accuracy, retrieval_recall, zero_shot_classifier
-from torchflava.utils.checks import check_int, is_integer_tensor, is_prompt_template
+from torchflava.utils.checks import check_int, check_module, is_integer_tensor, is_prompt_template
 
 DEFAULT_TEMPLATES = ("a {}", "a small {}", "a large {}")
 
@@ -66,6 +67,8 @@ def evaluate_shapes(
 ) -> dict:
     """Zero-shot colour-shape classification and image-text retrieval on the held-out shapes split.
 
+    The model runs in eval mode under ``torch.no_grad``; each of its modules gets its own mode back.
+
     Args:
         model (nn.Module): has ``encode_image(pixels)`` and ``encode_text(ids, mask)``, normalised.
         tokenize (Callable[[Sequence[str]], tuple[Tensor, Tensor]]): texts -> (ids, attention mask).
@@ -77,12 +80,14 @@ def evaluate_shapes(
         batch_size (int): encoder batch size.
 
     Returns:
-        dict: ``zero_shot_accuracy``, ``zero_shot_colour_right``, ``zero_shot_shape_right``, recall at 1
-        and 5 both ways, and the chance level of each.
+        dict: ``test_items``, ``zero_shot_accuracy``, ``zero_shot_colour_right``,
+        ``zero_shot_shape_right``, ``num_classes``, recall at 1 and 5 both ways, and the chance level of
+        each.
 
     Raises:
-        ValueError: if ``batch_size`` is not an int >= 1, ``num_test`` is not in [5, 540] (recall at 5
-            needs 5 scenes), or a template lacks ``{}`` — all before anything is encoded.
+        TypeError: if ``model`` is not an ``nn.Module``, or ``batch_size`` or ``num_test`` not an int.
+        ValueError: if ``batch_size`` is below 1, ``num_test`` is not in [5, 540] (recall at 5 needs 5
+            scenes), or a template lacks ``{}`` — all before anything is encoded.
     """
     check_int("batch_size", batch_size, 1)  # (2.5 failed inside range())
     if check_int("num_test", num_test, 5) > len(ALL_SCENES):
@@ -90,7 +95,35 @@ def evaluate_shapes(
     bad = [t for t in templates if not is_prompt_template(t)]
     if isinstance(templates, str) or not templates or bad:
         raise ValueError(f"templates must be a non-empty sequence, each with one '{{}}', got {templates!r}")
+    check_module("model", model)
+    with _eval_mode(model):
+        return _evaluate(model, tokenize, image_transform, num_test, render_size, seed, templates, batch_size)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode, each of its modules given back the mode it had (a model evaluated during
+    training went on training with dropout off; a frozen submodule in eval mode stays so)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _evaluate(
+    model: nn.Module,
+    tokenize: Callable[[Sequence[str]], tuple[Tensor, Tensor]],
+    image_transform: Callable,
+    num_test: int,
+    render_size: int,
+    seed: int,
+    templates: Sequence[str],
+    batch_size: int,
+) -> dict:
+    """:func:`evaluate_shapes` on checked arguments, the model in eval mode."""
     test = ShapesWorld("test", num_test, image_size=render_size, seed=seed)
     samples = [test[i] for i in range(len(test))]
     images = torch.stack([image_transform(s.image) for s in samples])
@@ -109,7 +142,8 @@ def evaluate_shapes(
     text_features = encode_text(*tokenize([s.text for s in samples]))
     classes = zero_shot_classifier(encode_text, tokenize, CLASS_NAMES, templates)
     labels = torch.tensor([CLASS_NAMES.index(test.scene(i).label) for i in range(len(test))])
-    agreement = attribute_agreement((image_features @ classes.T).argmax(dim=1), labels)
+    # (fp32 as classes are: bf16 features failed inside the matmul)
+    agreement = attribute_agreement((image_features.float() @ classes.T).argmax(dim=1), labels)
     n = len(test)
     return {
         "test_items": n,

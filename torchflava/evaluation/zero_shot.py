@@ -142,10 +142,13 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
         float: accuracy in [0, 1].
 
     Raises:
-        ValueError: if the shapes disagree, ``labels`` are not integers in range, or a feature is NaN,
-            infinite or not normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
+        TypeError: if an argument is not a tensor.
+        ValueError: if the shapes disagree, there are no images or fewer than 2 classes, ``labels`` are
+            not integers in range, the features are not floating-point or not on one device, or a
+            feature is NaN, infinite or not normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
     """
     _check_tensors(image_features=image_features, class_embeddings=class_embeddings, labels=labels)
+    _check_features(image_features=image_features, class_embeddings=class_embeddings)
     if image_features.dim() != 2 or class_embeddings.dim() != 2 or image_features.shape[1] != class_embeddings.shape[1]:
         raise ValueError(
             f"image_features (N, D) and class_embeddings (C, D) must share D, got {tuple(image_features.shape)} "
@@ -153,6 +156,11 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
         )
     if image_features.shape[0] == 0:
         raise ValueError("image_features must hold at least one row (the accuracy of none is undefined)")
+    if class_embeddings.shape[0] < 2:  # (one class: every image is right, whatever the model)
+        raise ValueError(
+            "class_embeddings must hold at least 2 classes (with one every image is right), got "
+            f"{class_embeddings.shape[0]}"
+        )
     if labels.shape != (image_features.shape[0],) or not is_integer_tensor(labels):
         raise ValueError(
             f"labels must be ({image_features.shape[0]},) integer class indices, got {labels.dtype} of shape "
@@ -177,6 +185,18 @@ def _check_tensors(**tensors: object) -> None:
     for name, value in tensors.items():
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+
+
+def _check_features(**features: Tensor) -> None:
+    """ValueError naming the first of two feature tensors that is not floating-point (a complex one lost
+    its imaginary part in the cast to float, silently), or both where they are on different devices
+    (the similarity's matmul failed inside torch)."""
+    for name, tensor in features.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{name} must be floating-point features, got {tensor.dtype}")
+    (a, x), (b, y) = features.items()
+    if x.device != y.device:
+        raise ValueError(f"{a} and {b} must be on one device, got {x.device} and {y.device}")
 
 
 def retrieval_recall(
@@ -204,11 +224,13 @@ def retrieval_recall(
 
     Raises:
         TypeError: if a feature or ``image_of_text`` is not a tensor.
-        ValueError: if the shapes disagree, an image has no text, ``image_of_text`` is not integer,
-            ``ks`` is not a non-empty sequence of ints in range, or a feature is NaN, infinite or not
+        ValueError: if the shapes disagree, there are no images or no texts, an image has no text,
+            ``image_of_text`` is not integer, ``ks`` is not a non-empty sequence of ints in range, the
+            features are not floating-point or not on one device, or a feature is NaN, infinite or not
             normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
     """
     _check_tensors(image_features=image_features, text_features=text_features)
+    _check_features(image_features=image_features, text_features=text_features)
     if image_of_text is not None:
         _check_tensors(image_of_text=image_of_text)
     if isinstance(ks, (str, bytes)) or not isinstance(ks, abc.Iterable):
@@ -222,6 +244,8 @@ def retrieval_recall(
             f"and {tuple(text_features.shape)}"
         )
     m, t = image_features.shape[0], text_features.shape[0]
+    if m == 0 or t == 0:  # (ks' error, "in [1, 0]", named the wrong argument)
+        raise ValueError(f"image_features and text_features must hold at least one row each, got {m} and {t}")
     if image_of_text is None:
         if m != t:
             raise ValueError(
