@@ -257,6 +257,27 @@ def test_encoder_rejects_bad_parts():
         DalleResidualBlock(8, 3, post_gain=1.0)
 
 
+def test_encoder_and_block_name_arguments_of_the_wrong_type():
+    """A str freeze froze the encoder by being truthy; None groups failed on len(); a str group met
+    ModuleList's "str is not a Module subclass"; block widths of the wrong type failed inside nn.Conv2d
+    or on a comparison, and a str post_gain in forward."""
+    stem, head = nn.Conv2d(3, 8, 7, padding=3), nn.Conv2d(8, 5, 1)
+    with pytest.raises(TypeError, match=r"^freeze must be a bool, got str 'no'$"):
+        DalleEncoder(stem, [nn.Identity()], head, freeze="no")
+    with pytest.raises(TypeError, match=r"^groups must be a sequence of nn.Module, got NoneType$"):
+        DalleEncoder(stem, None, head)
+    with pytest.raises(TypeError, match=r"^groups\[1\] must be an nn.Module, got str$"):
+        DalleEncoder(stem, [nn.Identity(), "block"], head)
+    for groups in ((nn.Identity(),), nn.ModuleList([nn.Identity()]), nn.Sequential(nn.Identity())):
+        assert len(DalleEncoder(stem, groups, head).groups) == 1
+    with pytest.raises(TypeError, match=r"^in_dim must be an int, got float$"):
+        DalleResidualBlock(8.0, 8, post_gain=1.0)
+    with pytest.raises(TypeError, match=r"^out_dim must be an int, got str$"):
+        DalleResidualBlock(8, "8", post_gain=1.0)
+    with pytest.raises(ValueError, match=r"^post_gain must be a finite number, got 'a'$"):
+        DalleResidualBlock(8, 8, post_gain="a")
+
+
 def test_injected_parts_set_downsampling():
     """Two groups pool once: a downsampling factor of 2."""
     stem, head = nn.Conv2d(3, 8, 7, padding=3), nn.Conv2d(8, 5, 1)

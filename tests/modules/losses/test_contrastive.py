@@ -236,6 +236,20 @@ def test_bad_module_arguments(kwargs, error, message):
         ContrastiveLoss(**kwargs)
 
 
+def test_module_refuses_a_maximum_whose_exp_overflows_float32():
+    """logit_scale_max is a log: 100 (the multiplier CLIP caps at) was accepted, and once the parameter
+    grew past 88.72 exp() overflowed and the loss was NaN, with clamp_logit_scale_ keeping it there."""
+    with pytest.raises(
+        ValueError, match=r"^logit_scale_max must be <= 88.72 \(exp overflows float32 beyond it\); .* got 100.0$"
+    ):
+        ContrastiveLoss(logit_scale_max=100.0)
+    module = ContrastiveLoss(logit_scale_max=88.72)  # the largest accepted
+    with torch.no_grad():
+        module.logit_scale.fill_(100.0)  # clamped to 88.72 in forward
+    image, text = _features()
+    assert not torch.isnan(module(image, text).loss)
+
+
 def test_module_forward_validates():
     with pytest.raises(ValueError, match="positive_rows must have shape"):
         ContrastiveLoss()(_IMAGE, _TEXT, positive_rows=torch.ones(2, dtype=torch.bool))

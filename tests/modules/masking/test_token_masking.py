@@ -261,3 +261,20 @@ def test_a_seed_for_the_generator_and_one_generator_for_all_rows_are_named():
         TypeError, match="^generators must be a sequence of torch.Generator, one per row, got Generator$"
     ):
         masker.rows(ids, [6, 6], torch.Generator())
+
+
+def test_rows_refuse_ids_off_the_cpu():
+    """rows() draws on the CPU: ids elsewhere met the draws inside torch ("Tensor on device cpu is not on the
+    expected device meta!")."""
+    masker = TokenMasker(**GOOD)
+    ids = torch.zeros(2, 5, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match=r"^input_ids must be on the CPU, got a tensor on meta$"):
+        masker.rows(ids, [5, 5], [torch.Generator(), torch.Generator()])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA generator")
+def test_rows_refuse_generators_off_the_cpu():
+    masker = TokenMasker(**GOOD)
+    generators = [torch.Generator(), torch.Generator(device="cuda")]
+    with pytest.raises(ValueError, match=r"^generators must be CPU generators, got generators on \['cpu', 'cuda"):
+        masker.rows(torch.zeros(2, 5, dtype=torch.long), [5, 5], generators)

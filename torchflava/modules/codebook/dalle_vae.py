@@ -22,7 +22,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from torchflava.modules.layers.patch_embedding import in_weight_dtype
-from torchflava.utils.checks import check_bool, check_int, require
+from torchflava.utils.checks import check_bool, check_finite_number, check_int, check_module, require
 
 # DALL-E's logit-Laplace epsilon: pixels in [0, 1] are squeezed into [eps, 1 - eps].
 _PIXEL_EPS = 0.1
@@ -65,17 +65,17 @@ class DalleResidualBlock(nn.Module):
         post_gain (float): scale of the residual path (``1 / num_blocks**2`` in DALL-E).
 
     Raises:
-        ValueError: if a width is not positive or ``out_dim`` < 4.
+        TypeError: if a width is not an int.
+        ValueError: if a width is not positive, ``out_dim`` < 4 or ``post_gain`` is not a finite number.
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, post_gain: float) -> None:
         super().__init__()
-        if in_dim < 1:
-            raise ValueError(f"in_dim must be >= 1, got {in_dim}")
-        if out_dim < 4:
+        check_int("in_dim", in_dim, 1)  # (a float failed inside nn.Conv2d, a str on the comparison)
+        if check_int("out_dim", out_dim, 1) < 4:
             raise ValueError(f"out_dim must be >= 4 (the residual path is out_dim // 4 wide), got {out_dim}")
         hidden = out_dim // 4
-        self.post_gain = post_gain
+        self.post_gain = check_finite_number("post_gain", post_gain)  # (a str failed in forward)
         self.skip = nn.Conv2d(in_dim, out_dim, kernel_size=1) if in_dim != out_dim else nn.Identity()
         self.conv1 = nn.Conv2d(in_dim, hidden, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
@@ -118,7 +118,8 @@ class DalleEncoder(nn.Module):
         freeze (bool): set ``requires_grad=False`` on every parameter.
 
     Raises:
-        TypeError: if ``stem`` or ``head`` is not an ``nn.Conv2d``.
+        TypeError: if ``stem`` or ``head`` is not an ``nn.Conv2d``, ``groups`` not a sequence of
+            ``nn.Module`` or ``freeze`` not a bool.
         ValueError: if ``groups`` is empty.
     """
 
@@ -127,8 +128,13 @@ class DalleEncoder(nn.Module):
         for name, conv in (("stem", stem), ("head", head)):
             if not isinstance(conv, nn.Conv2d):
                 raise TypeError(f"{name} must be an nn.Conv2d, got {type(conv).__name__}")
+        if not isinstance(groups, (Sequence, nn.ModuleList, nn.Sequential)):  # (None failed on len())
+            raise TypeError(f"groups must be a sequence of nn.Module, got {type(groups).__name__}")
         if len(groups) == 0:
             raise ValueError("groups must hold at least one group")
+        for i, group in enumerate(groups):
+            check_module(f"groups[{i}]", group)
+        check_bool("freeze", freeze)  # (a str such as "no" froze the encoder by being truthy)
         self.stem = stem
         self.groups = nn.ModuleList(groups)
         self.head = head

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.layers.linear import Linear
 from torchflava.modules.layers.pooler import Pooler
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_int, check_module, check_positive_number, describe_tensor
 
 
 class MaskedPredictionHead(nn.Module):
@@ -21,6 +21,10 @@ class MaskedPredictionHead(nn.Module):
         vocab_size (int): number of classes V.
         norm_eps (float): LayerNorm epsilon.
         activation (Optional[nn.Module]): activation; exact GELU when None.
+
+    Raises:
+        TypeError: if a width is not an int, ``activation`` neither an nn.Module nor None.
+        ValueError: if a width is < 1 or ``norm_eps`` is not a positive finite number.
     """
 
     def __init__(
@@ -28,7 +32,10 @@ class MaskedPredictionHead(nn.Module):
     ) -> None:
         super().__init__()
         check_int("vocab_size", vocab_size, 1)
-        self.dense = Linear(check_int("embed_dim", embed_dim, 1), embed_dim)
+        self.embed_dim = check_int("embed_dim", embed_dim, 1)
+        check_positive_number("norm_eps", norm_eps)  # (a negative or NaN one gave NaN logits; a str failed in forward)
+        check_module("activation", activation, optional=True)  # (nn.GELU, the class, failed in forward)
+        self.dense = Linear(embed_dim, embed_dim)
         self.activation = nn.GELU() if activation is None else activation
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.decoder = Linear(embed_dim, vocab_size)
@@ -41,7 +48,12 @@ class MaskedPredictionHead(nn.Module):
 
         Returns:
             Tensor: (..., V) logits.
+
+        Raises:
+            ValueError: if ``x`` is not a floating-point tensor of width ``embed_dim`` (last dimension).
         """
+        if not isinstance(x, Tensor) or x.dim() == 0 or not x.is_floating_point() or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"x must be a (..., {self.embed_dim}) floating-point tensor, got {describe_tensor(x)}")
         return self.decoder(self.norm(self.activation(self.dense(x))))
 
 
@@ -65,5 +77,8 @@ class ITMHead(nn.Module):
 
         Returns:
             Tensor: (B, 2) logits, index 1 = matched pair.
+
+        Raises:
+            ValueError: if ``x`` is not a (B, S, D) floating-point tensor with S >= 1 (see :class:`Pooler`).
         """
         return self.classifier(self.pooler(x))

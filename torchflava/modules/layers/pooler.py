@@ -2,6 +2,7 @@
 
 from torch import Tensor, nn
 
+from torchflava.modules.layers.attention import check_hidden_states
 from torchflava.modules.layers.linear import Linear
 from torchflava.utils.checks import check_int
 
@@ -26,5 +27,12 @@ class Pooler(nn.Module):
 
         Returns:
             Tensor: (B, D).
+
+        Raises:
+            ValueError: if ``x`` is not a (B, S, D) floating-point tensor with S >= 1.
         """
+        # (a (B, S, T, D) input pooled into (B, T, D) silently; a (B, D) one failed inside torch)
+        check_hidden_states(x, self.embed_dim)
+        if x.shape[1] == 0:
+            raise ValueError(f"x must hold at least one position to pool, got shape {tuple(x.shape)}")
         return self.dense(x[:, 0]).tanh()

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 
 from torchflava.utils.distributed import GatherGrad, gather_features
 
+#: Largest log multiplier ContrastiveLoss accepts, 88.72: ``exp`` of it, rounded to float32, is finite;
+#: past ln(float32 max) = 88.7228 it is inf and the loss NaN.
+LOGIT_SCALE_LIMIT = math.floor(100 * math.log(torch.finfo(torch.float32).max)) / 100
+
 
 class ContrastiveOutput(NamedTuple):
     """What the contrastive loss returns, B local rows against B_global gathered columns.
@@ -89,7 +93,10 @@ def contrastive_loss(
     Args:
         image_features (Tensor): (B, P) this rank's image embeddings.
         text_features (Tensor): (B, P) this rank's text embeddings; row i is paired with image row i.
-        logit_scale (Tensor): () log of the multiplier applied to the cosine similarities.
+        logit_scale (Tensor): () log of the multiplier applied to the cosine similarities, used as
+            given: not clamped here (:class:`ContrastiveLoss` clamps it into its range, ln 100 at most
+            by default, as CLIP and FLAVA do). Near 88.7 the loss overflows to inf, and past
+            ln(float32 max) = 88.7228 ``exp(logit_scale)`` does and the loss is NaN.
         positive_rows (Optional[Tensor]): (B,) bool, ``True = this row is a positive pair and contributes a
             loss term`` (a selection, unlike the ``True = masked`` padding masks elsewhere). FLAVA
             passes the matched ITM pairs. Columns always include every gathered sample. When no row
@@ -147,7 +154,8 @@ class ContrastiveLoss(nn.Module):
 
     Raises:
         ValueError: if the bounds are not finite with ``logit_scale_min <= logit_scale_init <=
-            logit_scale_max``.
+            logit_scale_max``, or ``logit_scale_max`` exceeds :data:`LOGIT_SCALE_LIMIT` (88.72: ``exp``
+            overflows float32 just past it; the bounds are logs, ln 100 = 4.605 for a multiplier of 100).
         TypeError: if ``gather`` is not a GatherGrad.
     """
 
@@ -169,6 +177,11 @@ class ContrastiveLoss(nn.Module):
                 raise TypeError(f"{name} must be a number, got {type(value).__name__}")
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
+        if logit_scale_max > LOGIT_SCALE_LIMIT:  # (a logit_scale that grew past it gave a NaN loss)
+            raise ValueError(
+                f"logit_scale_max must be <= {LOGIT_SCALE_LIMIT} (exp overflows float32 beyond it); it is the log "
+                f"of the largest multiplier, ln(100) = {math.log(100):.3f} for a multiplier of 100, got {logit_scale_max}"
+            )
         if not logit_scale_min <= logit_scale_max:
             raise ValueError(f"logit_scale_min ({logit_scale_min}) must be <= logit_scale_max ({logit_scale_max})")
         if not logit_scale_min <= logit_scale_init <= logit_scale_max:

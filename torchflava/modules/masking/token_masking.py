@@ -176,11 +176,14 @@ class TokenMasker:
         Raises:
             TypeError: if ``input_ids`` is not an integer tensor, a length not an int or a
                 generator not a ``torch.Generator``.
-            ValueError: if ``input_ids`` is not (B, L) or holds ids outside [0, vocab_size), or
-                ``lengths`` or ``generators`` do not hold B entries, or a length is outside [0, L].
+            ValueError: if ``input_ids`` is not (B, L) on the CPU or holds ids outside [0, vocab_size),
+                ``lengths`` or ``generators`` do not hold B entries, a length is outside [0, L], or a
+                generator is not a CPU one.
         """
         check_token_ids(input_ids, self.vocab_size)
         self._check_dtype(input_ids)
+        if input_ids.device.type != "cpu":  # (the CPU draws met it inside torch: "Expected all tensors ...")
+            raise ValueError(f"input_ids must be on the CPU, got a tensor on {input_ids.device}")
         batch, width = input_ids.shape
         if isinstance(generators, torch.Generator) or not isinstance(generators, Sequence):
             got = type(generators).__name__
@@ -196,6 +199,10 @@ class TokenMasker:
             raise ValueError(f"lengths must be in [0, {width}] (the row width), got {lengths}")
         if any(not isinstance(g, torch.Generator) for g in generators):
             raise TypeError("generators must be torch.Generator objects")
+        if any(g.device.type != "cpu" for g in generators):
+            raise ValueError(
+                f"generators must be CPU generators, got generators on {[str(g.device) for g in generators]}"
+            )
         draw, action = torch.zeros(batch, width), torch.zeros(batch, width)
         index = None if self._ordinary_ids is None else torch.zeros(batch, width, dtype=torch.long)
         for row, (n, g) in enumerate(zip(lengths, generators)):
