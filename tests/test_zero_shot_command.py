@@ -483,7 +483,10 @@ def _config_edit(tower, key, value):
 CLIP_CONFIG_ERRORS = [  # (edit, the end of the message); each names config.json
     (_config_edit("vision_config", "image_size", 32.0), "clip_model: image_size must be an int, got float"),
     (_config_edit("text_config", "hidden_size", "32"), "clip_model: text_width must be an int, got str"),
-    (_config_edit("vision_config", "layer_norm_eps", 0), "expected one hidden_act and layer_norm_eps for both"),
+    (
+        _config_edit("vision_config", "layer_norm_eps", 0),
+        "expected one hidden_act, layer_norm_eps, attention_dropout for",
+    ),
     (_config_edit("vision_config", "image_size", 0), "clip_model: image_size must be >= 1, got 0"),
 ]
 

@@ -858,3 +858,13 @@ def test_a_truncated_torch_file_is_named_as_truncated(tmp_path, zip_format, keep
         with pytest.raises(ValueError) as caught:
             load(tmp_path / "cut.pt")
         assert str(caught.value) == expected
+
+
+@pytest.mark.parametrize("save", ["safetensors", "torch"])
+def test_peek_reads_the_data_of_one_element_tensors_only_when_asked(tmp_path, save):
+    tensors = {"w": torch.randn(3, 2), "size": torch.tensor(224), "scale": torch.tensor([2.5])}
+    save_file(tensors, str(tmp_path / "f")) if save == "safetensors" else torch.save(tensors, tmp_path / "f")
+    assert all(value.is_meta for value in peek_state_dict(tmp_path / "f").values())
+    peeked = peek_state_dict(tmp_path / "f", scalars=True)
+    assert peeked["w"].is_meta and peeked["w"].shape == (3, 2)
+    assert peeked["size"].item() == 224 and peeked["scale"].tolist() == [2.5] and not peeked["size"].is_meta

@@ -1,8 +1,16 @@
 """Shared argument checks: what they accept, and the one-line errors naming the argument."""
 
 import pytest
+import torch
 
-from torchflava.utils.checks import check_architecture, check_bool
+from torchflava.utils.checks import (
+    check_architecture,
+    check_bool,
+    check_entries,
+    hf_sub_configs,
+    shared_values,
+    unsupported_settings,
+)
 
 
 def test_check_bool_takes_bools_only():
@@ -60,3 +68,35 @@ def test_is_integer_tensor_and_describe_tensor():
     assert describe_tensor(torch.zeros(2, 3, dtype=torch.int32)) == "torch.int32 of shape (2, 3)"
     assert describe_tensor(torch.tensor(1.0)) == "torch.float32 of shape ()"
     assert describe_tensor([1.0]) == "list"
+
+
+def test_check_entries_compares_the_entries_that_hold_data():
+    expected = dict(size=224, length=77)
+    check_entries({"size": torch.tensor(224), "w": torch.zeros(3)}, expected, "f.pt")  # absent: not checked
+    check_entries({"size": torch.empty((), device="meta"), "length": torch.tensor([77])}, expected, "f.pt")
+    with pytest.raises(ValueError, match=r"^f.pt: expected size 224 \(the model's\), got 336$"):
+        check_entries({"size": torch.tensor(336)}, expected, "f.pt")
+    with pytest.raises(ValueError, match=r"^f.pt: expected length 77 \(the model's\), got a tensor of shape \[2\]$"):
+        check_entries({"length": torch.tensor([77, 77])}, expected, "f.pt")
+
+
+def test_hf_sub_configs_take_a_legacy_dict_whole():
+    config = {"text_config": {"a": 1, "b": 2}, "text_config_dict": {"a": 3}, "vision_config": None}
+    assert hf_sub_configs(config, ["text_config", "vision_config", "other_config"]) == [{"a": 3}, {}, {}]
+    with pytest.raises(ValueError, match="^config.json vision_config_dict must be an object, got list$"):
+        hf_sub_configs({"vision_config_dict": []}, ["vision_config"], "config.json")
+
+
+def test_shared_values_must_agree_between_sections():
+    parts = dict(a={"eps": 1e-5}, b={"eps": 1e-5, "act": "gelu"})
+    assert shared_values(parts, dict(eps=1e-6, act="gelu"), "cfg") == {"eps": 1e-5, "act": "gelu"}
+    with pytest.raises(
+        ValueError, match=r"^cfg: expected one eps, act for a and b, got \(a, b\) \{'act': \['quick', 'gelu'\]\}$"
+    ):
+        shared_values(parts, dict(eps=1e-6, act="quick"), "cfg")
+
+
+def test_unsupported_settings_are_those_neither_read_nor_off_nor_as_built():
+    config = {"width": 8, "ls": 0.1, "off": None, "no": False, "pool": "tok", "sub": {"pool": "avg", "layers": 2}}
+    assert unsupported_settings(config, ["sub"], ["width", "layers"], {"pool": "tok"}) == {"ls": 0.1, "sub.pool": "avg"}
+    assert unsupported_settings(config, ["sub"], ["width", "layers", "ls"], {"pool": "tok", "sub.pool": "avg"}) == {}

@@ -631,8 +631,9 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def peek_state_dict(path: PathLike) -> dict[str, Tensor]:
-    """A local checkpoint's tensor names, shapes and dtypes, as meta tensors, reading no tensor data.
+def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tensor]:
+    """A local checkpoint's tensor names, shapes and dtypes, as meta tensors, reading no tensor data
+    (with ``scalars``, but that of one-element tensors: metadata some checkpoints hold beside the weights).
 
     The layouts and checks of :func:`load_state_dict`; safetensors headers are read alone and torch
     files are memory-mapped (an old non-zip torch file is read whole). For checking that a
@@ -655,11 +656,13 @@ def peek_state_dict(path: PathLike) -> dict[str, Tensor]:
                     for key in handle.keys():
                         part = handle.get_slice(key)
                         dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)  # rarer ones: bytes
-                        out[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+                        meta = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+                        out[key] = handle.get_tensor(key) if scalars and meta.numel() == 1 else meta
             except SafetensorError as error:
                 raise ValueError(f"could not read {file} as a safetensors file: {first_line(error)}") from error
         else:
-            out.update({k: v.to("meta") for k, v in _load_file(file, mmap=True).items()})
+            tensors = _load_file(file, mmap=True).items()
+            out.update({k: v.clone() if scalars and v.numel() == 1 else v.to("meta") for k, v in tensors})
     return out
 
 

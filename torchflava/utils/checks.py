@@ -107,6 +107,54 @@ def config_number(
     return check_int(name, value, 1) if integer else check_positive_number(name, value)
 
 
+def check_entries(state_dict: Mapping[str, Tensor], expected: Mapping[str, object], where: str) -> None:
+    """ValueError naming ``where``, the key, its value and the expected one, unless each entry of
+    ``expected`` that ``state_dict`` holds with data (a peeked meta tensor has none) is a one-element
+    tensor of that value: the metadata some checkpoints hold beside their weights (an image size...)."""
+    for key, value in expected.items():
+        found = state_dict.get(key)
+        if found is None or found.is_meta:
+            continue
+        if found.numel() != 1 or found.item() != value:
+            got = repr(found.item()) if found.numel() == 1 else f"a tensor of shape {list(found.shape)}"
+            raise ValueError(f"{where}: expected {key} {value!r} (the model's), got {got}")
+
+
+def unsupported_settings(config: Mapping, sections: Iterable[str], read: Iterable[str], as_built: Mapping) -> dict:
+    """The settings of ``config`` (those of its ``sections`` as ``section.key``) that a reader does not ``read`` (by
+    last key part) and that are not off (None, False) nor at their ``as_built`` value (by full key, else last part)."""
+    sections, read = tuple(sections), set(read)  # (the sections in their order: the result's)
+    settings = {k: v for k, v in config.items() if k not in sections}
+    settings.update({f"{name}.{k}": v for name in sections for k, v in config[name].items()})
+    built = lambda key: as_built.get(key, as_built.get(key.rpartition(".")[2]))  # noqa: E731
+    other = {k: v for k, v in settings.items() if k.rpartition(".")[2] not in read}
+    return {k: v for k, v in other.items() if v is not None and v is not False and v != built(k)}
+
+
+def hf_sub_configs(config: Mapping, names: Sequence[str], where: str = "config") -> list[dict]:
+    """The sub-configs ``names`` of a transformers composite config (``text_config``...; {} where absent): a
+    legacy ``{name}_dict`` replaces its sub-config whole, as in transformers (its absent fields are the
+    defaults, not the sub-config's). ValueError naming ``where`` and the key if one is not an object."""
+    out = []
+    for name in names:
+        parts = [config.get(key) for key in (name, f"{name}_dict")]
+        for key, part in zip((name, f"{name}_dict"), parts):
+            if part is not None and not isinstance(part, dict):
+                raise ValueError(f"{where} {key} must be an object, got {type(part).__name__}")
+        out.append((parts[0] if parts[1] is None else parts[1]) or {})  # as transformers: the _dict wins whole
+    return out
+
+
+def shared_values(parts: Mapping[str, Mapping], defaults: Mapping[str, object], where: str) -> dict:
+    """The value of each key of ``defaults`` (its default where a part lacks it), which every one of ``parts``
+    (config sections by name) must hold alike; ValueError naming ``where``, the keys and values otherwise."""
+    found = {key: [part.get(key, default) for part in parts.values()] for key, default in defaults.items()}
+    if differ := {key: values for key, values in found.items() if any(value != values[0] for value in values)}:
+        got = f"got ({', '.join(parts)}) {differ}"
+        raise ValueError(f"{where}: expected one {', '.join(defaults)} for {' and '.join(parts)}, {got}")
+    return {key: values[0] for key, values in found.items()}
+
+
 def check_architecture(
     builder: str,
     args: Mapping[str, object],

@@ -286,7 +286,11 @@ def test_the_end_token_defaults_to_the_vocabularys_last_id():
     [
         (lambda c: "{not json", ValueError, r"config.json is not JSON"),
         (lambda c: "[]", ValueError, r"config.json must hold a JSON object, got a list"),
-        (lambda c: json.dumps({**c, "vision_config": []}), ValueError, "expected objects vision_config, text_config"),
+        (
+            lambda c: json.dumps({**c, "vision_config": []}),
+            ValueError,
+            "config.json vision_config must be an object, got list",
+        ),
         (
             lambda c: json.dumps({**c, "vision_config": {**c["vision_config"], "hidden_size": "32"}}),
             TypeError,
@@ -295,7 +299,8 @@ def test_the_end_token_defaults_to_the_vocabularys_last_id():
         (
             lambda c: json.dumps({**c, "text_config": {**c["text_config"], "layer_norm_eps": "1e-5"}}),
             ValueError,
-            "one hidden_act and layer_norm_eps for both towers",
+            r"^config.json: expected one hidden_act, layer_norm_eps, attention_dropout for vision_config and "
+            r"text_config, got \(vision_config, text_config\) \{'layer_norm_eps': \[1e-05, '1e-5'\]\}$",
         ),
         (
             lambda c: json.dumps(
@@ -460,8 +465,106 @@ def test_openai_weights_default_to_quick_gelu(tmp_path):
     with torch.no_grad():
         expected = F.normalize(reference.eval().encode_text(ids), dim=-1)
         assert_close(ours.eval().encode_text(ids), expected, atol=ATOL, rtol=0)
-    gelu = clip_vit_b16(pretrained=tmp_path / "ViT-B-16.pt", activation="gelu")  # an explicit choice stands
-    assert not isinstance(gelu.text_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+    with pytest.raises(ValueError, match=r"were trained with QuickGELU: build with activation='quick_gelu', got"):
+        clip_vit_b16(pretrained=tmp_path / "ViT-B-16.pt", activation="gelu")  # (it loaded as GELU, silently)
+
+
+# A small CLIP as OpenAI's released state dicts hold it: open_clip's keys (OpenAI's layout) and three entries.
+OPENAI_SMALL = dict(SMALL, text_mlp_dim=48, vision_mlp_dim=48)  # the sizes of OPEN_CLIP_CFG's towers
+OPENAI_ENTRIES = dict(input_resolution=32, context_length=16, vocab_size=99)
+
+
+def _openai_file(path, **entries):
+    """OpenAI's QuickGELU weights of OPEN_CLIP_CFG's sizes saved with the entries (``entries`` replace values)."""
+    torch.manual_seed(0)
+    reference = _perturb(open_clip.model.CLIP(**OPEN_CLIP_CFG)).eval()
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    state.update({k: torch.tensor(v) for k, v in {**OPENAI_ENTRIES, **entries}.items()})
+    save_file(state, path) if path.suffix == ".safetensors" else torch.save(state, path)
+    return reference, state
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("key, value", [("input_resolution", 224), ("context_length", 77), ("vocab_size", 49408)])
+def test_openai_entries_must_hold_the_models_sizes(tmp_path, monkeypatch, suffix, key, value):
+    """Matching entries load (the features are open_clip's); one that disagrees with the model is refused, naming
+    the key, the file's value and the model's, before the weights are read (they were ignored, whatever they held)."""
+    reference, _ = _openai_file(tmp_path / f"good{suffix}")
+    ours = clip_model(pretrained=tmp_path / f"good{suffix}", **OPENAI_SMALL).eval()
+    assert isinstance(ours.text_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+    images, (ids, _) = torch.randn(2, 3, 32, 32), captions([5, 16], 16, vocab=99, bos=97, eos=98)
+    with torch.no_grad():
+        assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=ATOL, rtol=0)
+        assert_close(ours.encode_text(ids), reference.encode_text(ids, normalize=True), atol=ATOL, rtol=0)
+    _, state = _openai_file(tmp_path / f"bad{suffix}", **{key: value})
+    with pytest.raises(
+        ValueError, match=rf"^state_dict: expected {key} {OPENAI_ENTRIES[key]} \(the model's\), got {value}$"
+    ):
+        convert_to_torchflava(state, ours)
+    monkeypatch.setattr("torchflava.models.clip.builders.load_state_dict", lambda *_: pytest.fail("weights read"))
+    path = re.escape(str(tmp_path / f"bad{suffix}"))
+    with pytest.raises(
+        ValueError, match=rf"^{path}: expected {key} {OPENAI_ENTRIES[key]} \(the model's\), got {value}$"
+    ):
+        clip_model(pretrained=tmp_path / f"bad{suffix}", **OPENAI_SMALL)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_openai_weights_refuse_a_model_without_quick_gelu(tmp_path, monkeypatch, activation):
+    """OpenAI's weights were trained with QuickGELU: a model built with another activation is refused, by
+    clip_model before the weights are read and by convert_to_torchflava (they loaded, silently wrong)."""
+    _, state = _openai_file(tmp_path / "openai.safetensors")
+    expected = (
+        r"OpenAI's CLIP weights \(input_resolution, context_length, vocab_size\) were trained with QuickGELU: build "
+        rf"with activation='quick_gelu', got activation '{activation}'$"
+    )
+    with pytest.raises(ValueError, match=rf"^state_dict: {expected}"):
+        convert_to_torchflava(state, clip_model(**OPENAI_SMALL, activation=activation))
+    monkeypatch.setattr("torchflava.models.clip.builders.load_state_dict", lambda *_: pytest.fail("weights read"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'openai.safetensors'))}: {expected}"):
+        clip_model(pretrained=tmp_path / "openai.safetensors", **OPENAI_SMALL, activation=activation)
+    del state["input_resolution"], state["vocab_size"]  # any of the three marks OpenAI's weights
+    with pytest.raises(ValueError, match=r"^state_dict: OpenAI's CLIP weights \(context_length\) were trained"):
+        convert_to_torchflava(state, clip_model(**OPENAI_SMALL, activation=activation))
+
+
+def test_hf_attention_dropout_is_read_into_both_towers(tmp_path):
+    """config.json's attention_dropout was ignored: the model fine-tuned without it."""
+    hf = _perturb(HFCLIPModel(_small_hf_config(eos_token_id=97, bos_token_id=96, attention_dropout=0.25)))
+    assert hf.config.vision_config.attention_dropout == 0.0  # (the text tower's only, so far)
+    hf.config.vision_config.attention_dropout = 0.25
+    hf.save_pretrained(tmp_path)
+    ours = clip_model(pretrained=tmp_path)
+    towers = (ours.image_encoder, ours.text_encoder)
+    assert [layer.attn.dropout for tower in towers for layer in tower.encoder.layers] == [0.25] * 4
+    hf = HFCLIPModel.from_pretrained(tmp_path).eval()  # evaluation: no dropout, HF's features
+    images, (ids, mask) = torch.randn(2, 3, 32, 32), captions([5, 16], 16, vocab=99, bos=96, eos=97)
+    for actual, reference in zip(_our_features(ours, images, ids, mask), _hf_features(hf, images, ids, mask)):
+        assert_close(actual, reference, atol=ATOL, rtol=0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        first, second = (ours.train().encode_image(images) for _ in range(2))
+    assert (first - second).abs().max() > 1e-3  # training: attention probabilities dropped
+    with pytest.raises(ValueError, match=r"'attention_dropout': \(0.0, 0.25\)"):
+        clip_model(pretrained=tmp_path, attention_dropout=0.0)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["vision_config"]["attention_dropout"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError,
+        match=r"^config.json: expected one hidden_act, layer_norm_eps, attention_dropout for vision_config and "
+        r"text_config, got \(vision_config, text_config\) \{'attention_dropout': \[0.5, 0.25\]\}$",
+    ):
+        clip_model(pretrained=tmp_path)
+
+
+def test_attention_dropout_is_checked_naming_the_argument():
+    with pytest.raises(ValueError, match=r"^clip_model: attention_dropout must be in \[0, 1\), got 1.0"):
+        clip_model(**SMALL, attention_dropout=1.0)
+    model = clip_model(**SMALL, attention_dropout=0.1, eos_token_id=97)
+    assert {layer.attn.dropout for t in (model.image_encoder, model.text_encoder) for layer in t.encoder.layers} == {
+        0.1
+    }
 
 
 def test_legacy_config_dict_entries_override_as_in_transformers(tmp_path):

@@ -10,6 +10,8 @@ from torch.utils.checkpoint import checkpoint
 
 from torchflava.modules.layers import MLP
 from torchflava.modules.layers import mlp as mlp_module
+from torchflava.modules.layers.activation import QuickGELU, activation_name
+from torchflava.modules.layers.mlp import check_activations, mlp_activations
 
 
 def _grads(model, x, autocast, passes=1, monkeypatch=None, fused=True):
@@ -134,3 +136,17 @@ def test_bf16_weight_gradient_from_a_contiguous_dy_transpose_stays_within_roundi
     assert errs[0] <= 1.5 * errs[1] and errs[0] < 2**-6
     for f, p in zip(fused[:3] + fused[4:], plain[:3] + plain[4:]):  # everything else: the same bits
         assert_close(f, p, atol=0, rtol=0)
+
+
+def test_activations_are_named_and_checked():
+    assert [activation_name(m) for m in (nn.GELU(), nn.GELU(approximate="tanh"), QuickGELU(), nn.ReLU())] == [
+        "gelu",
+        "gelu_tanh",
+        "quick_gelu",
+        "ReLU",
+    ]
+    model = nn.Sequential(MLP(4, 8, activation=QuickGELU()), MLP(4, 8), nn.GELU())  # the lone GELU: no MLP's
+    assert mlp_activations(model) == {"quick_gelu", "gelu"}
+    check_activations(model[:1], "quick_gelu", "why")
+    with pytest.raises(ValueError, match=r"^why: build with activation='quick_gelu', got activation 'gelu'$"):
+        check_activations(model, "quick_gelu", "why")

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from torchflava.models.clip.convert_weights import convert_to_torchflava, directory_config, file_config
+from torchflava.models.clip.convert_weights import check_openai, convert_to_torchflava, directory_config, file_config
 from torchflava.models.clip.model import CLIPModel
 from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
@@ -22,9 +22,10 @@ _B16.update(text_width=512, text_layers=12, text_heads=8, text_mlp_dim=2048)
 _L14 = dict(_B16, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16)
 _L14.update(vision_mlp_dim=4096, text_width=768, text_heads=12, text_mlp_dim=3072, image_size=None)
 _DEFAULTS = dict(_B16, activation="gelu", norm_eps=1e-5, logit_scale_init=math.log(1 / 0.07), init_std=0.02)
+_DEFAULTS.update(attention_dropout=0.0)
 _MULTIPLES = [("vision_width", "vision_heads"), ("text_width", "text_heads"), ("image_size", "patch_size")]
 _CHECKS = dict(sizes=_B16, multiples=_MULTIPLES, positive=["norm_eps", "init_std"], finite=["logit_scale_init"])
-_CHECKS.update(choices={"activation": ACTIVATIONS}, ids={"eos_token_id": "vocab_size"})
+_CHECKS.update(choices={"activation": ACTIVATIONS}, ids={"eos_token_id": "vocab_size"}, dropouts=["attention_dropout"])
 _CHECKS.update(known=[*_DEFAULTS, "eos_token_id"])  # a config file's other keys are refused
 
 
@@ -46,6 +47,7 @@ def clip_model(
     text_mlp_dim: Optional[int] = None,
     activation: Optional[str] = None,
     norm_eps: Optional[float] = None,
+    attention_dropout: Optional[float] = None,
     logit_scale_init: Optional[float] = None,
     eos_token_id: Optional[int] = None,
     init_std: Optional[float] = None,
@@ -54,7 +56,7 @@ def clip_model(
 
     An argument left None comes from ``pretrained``'s config (Hugging Face's config.json or open_clip's
     open_clip_config.json, in its directory or beside its weights; given ones must match it), else from
-    open_clip's ``ViT-B-16``: GELU (QuickGELU for OpenAI's weights), eps 1e-5, end token the last id.
+    open_clip's ``ViT-B-16``: GELU (QuickGELU for OpenAI's weights: no other), eps 1e-5, end token the last id.
 
     Args:
         pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` or open_clip Hub directory, or an OpenAI,
@@ -66,6 +68,7 @@ def clip_model(
         context_length, vocab_size (Optional[int]): learned text positions; number of token ids.
         activation (Optional[str]): ``"gelu"``, ``"quick_gelu"`` (OpenAI's weights) or ``"gelu_tanh"``.
         norm_eps, logit_scale_init (Optional[float]): LayerNorm epsilon; initial log-temperature.
+        attention_dropout (Optional[float]): dropout on both towers' attention probabilities, in [0, 1) (0).
         eos_token_id (Optional[int]): end-of-text id, where text features are read (the vocabulary's last).
         init_std (Optional[float]): std of the normal initialisation (0.02; e.g. 0.06 at width 128).
 
@@ -79,11 +82,11 @@ def clip_model(
     """
     given = {k: v for k, v in locals().items() if k != "pretrained" and v is not None}
     local = None if pretrained is None else local_checkpoint(pretrained)
-    config_file, config = None, {}
+    config_file, config, peeked = None, {}, {}
     if local is not None and local.is_dir():  # HF's or open_clip's: its config, and (open_clip's) weights file
         config_file, config, local = directory_config(local)
     elif local is not None:  # a file: its keys (from its header, no data read) and a config beside it tell
-        config_file, config = file_config(local, peek_state_dict(local), given)
+        config_file, config = file_config(local, peeked := peek_state_dict(local, scalars=True), given)  # (+ OpenAI's)
     if clash := {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v}:
         raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
     a = {**_DEFAULTS, **config, **given}
@@ -93,6 +96,7 @@ def clip_model(
     with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(a)
     if local is not None:  # the arguments checked first: no file is read for a model that cannot be built
+        check_openai(peeked, model, str(local))
         model.load_state_dict(convert_to_torchflava(load_state_dict(local), model), assign=True)
     return model
 
@@ -100,8 +104,8 @@ def clip_model(
 def _build(a: dict) -> CLIPModel:
     def stack(tower: str, is_causal: bool = False) -> nn.Module:
         names = dict(embed_dim="width", num_layers="layers", num_heads="heads", mlp_dim="mlp_dim")
-        sizes = {k: a[f"{tower}_{v}"] for k, v in names.items()}
-        return transformer_encoder(**sizes, norm_eps=a["norm_eps"], activation=a["activation"], is_causal=is_causal)
+        shared = {k: a[k] for k in ("norm_eps", "activation", "attention_dropout")}
+        return transformer_encoder(**{k: a[f"{tower}_{v}"] for k, v in names.items()}, **shared, is_causal=is_causal)
 
     vw, tw, norm = a["vision_width"], a["text_width"], lambda width: nn.LayerNorm(width, eps=a["norm_eps"])
     patches = PatchEmbedding(a["image_size"], a["patch_size"], 3, vw, conv_bias=False, norm=norm(vw))

@@ -8,9 +8,10 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from torchflava.modules.layers.mlp import check_activations
 from torchflava.modules.layers.patch_embedding import patch_geometry
 from torchflava.utils.checkpoint import map_state_dict, read_json_object, refuse_unmatched, to_reference, without_prefix
-from torchflava.utils.checks import config_number
+from torchflava.utils.checks import check_entries, config_number, hf_sub_configs, shared_values, unsupported_settings
 
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
 _ROWS = """
@@ -35,8 +36,9 @@ mlp.fc2.{}                             mlp.fc2.{}                               
 """
 _KEYS = {ours: refs for ours, *refs in map(str.split, _ROWS.strip().splitlines())}
 _LAYOUTS = {"torchflava": "image_encoder.", "hf": "vision_model.", "open_clip": "visual."}  # and a key of each
+OPENAI_ENTRIES = ("input_resolution", "context_length", "vocab_size")  # beside OpenAI's released weights
 # Buffers and metadata some checkpoints hold: recognised, not loaded.
-_IGNORED = re.compile(r"^(\w+_model\.embeddings\.position_ids|attn_mask|input_resolution|context_length|vocab_size)$")
+_IGNORED = re.compile(rf"^(\w+_model\.embeddings\.position_ids|attn_mask|{'|'.join(OPENAI_ENTRIES)})$")
 _ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 # open_clip settings (model_cfg) ours reads or that change nothing it computes; any other one must be
 # off (None, False) or at the value of _OPEN_CLIP_AS_BUILT, else it is another model (layer scale...).
@@ -80,9 +82,18 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
     out, missing, wrong, used = map_state_dict(
         source, model.state_dict(), lambda key: _names(key, layout), transposed=transposed, squeezable=True
     )
+    check_openai(source, model)
     unexpected = sorted(k for k in source if k not in used and not _IGNORED.match(k))
     refuse_unmatched(f"state_dict ({layout} layout)", missing, unexpected, wrong)
     return out
+
+
+def check_openai(state_dict: dict[str, Tensor], model: nn.Module, where: str = "state_dict") -> None:
+    """ValueError if ``state_dict`` holds OpenAI's :data:`OPENAI_ENTRIES` but ``model`` lacks their sizes, QuickGELU."""
+    image, text = model.image_encoder.embeddings, model.text_encoder.embeddings
+    check_entries(state_dict, dict(zip(OPENAI_ENTRIES, (image.image_size, text.max_seq_len, text.vocab_size))), where)
+    if held := ", ".join(key for key in OPENAI_ENTRIES if key in state_dict):
+        check_activations(model, "quick_gelu", f"{where}: OpenAI's CLIP weights ({held}) were trained with QuickGELU")
 
 
 def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -104,7 +115,7 @@ def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple
     if layout in configs and (path.parent / configs[layout]).is_file():
         return path.parent / configs[layout], _read_config(path.parent / configs[layout])
     geometry = patch_geometry(*(state_dict.get(_names(key, layout)[0]) for key in _PATCH_KEYS))
-    if "input_resolution" in state_dict:
+    if any(key in state_dict for key in OPENAI_ENTRIES):
         return path, geometry if "activation" in given else {**geometry, "activation": "quick_gelu"}
     if layout == "hf" and "activation" not in given:
         what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
@@ -138,11 +149,7 @@ def open_clip_config_kwargs(config: dict, path: Path) -> dict:
     vision, text = (cfg.get(f"{tower}_cfg") if isinstance(cfg, dict) else None for tower in ("vision", "text"))
     if not isinstance(vision, dict) or not isinstance(text, dict):
         raise ValueError(f"{path.name}: expected a model_cfg with vision_cfg and text_cfg objects in {path}")
-    settings = {k: v for k, v in cfg.items() if k not in ("vision_cfg", "text_cfg")}
-    settings.update({f"{t}_cfg.{k}": v for t, part in (("vision", vision), ("text", text)) for k, v in part.items()})
-    as_built = lambda k: _OPEN_CLIP_AS_BUILT.get(k, _OPEN_CLIP_AS_BUILT.get(k.rpartition(".")[2]))  # noqa: E731
-    other = {k: v for k, v in settings.items() if k.rpartition(".")[2] not in _OPEN_CLIP_READ}
-    if unsupported := {k: v for k, v in other.items() if v is not None and v is not False and v != as_built(k)}:
+    if unsupported := unsupported_settings(cfg, ("vision_cfg", "text_cfg"), _OPEN_CLIP_READ, _OPEN_CLIP_AS_BUILT):
         raise ValueError(f"{path.name}: expected only settings torchflava's CLIP builds, got {unsupported} in {path}")
     v, t = (f"{path.name}: {tower}_cfg" for tower in ("vision", "text"))  # values computed with: checked first
     vw, tw = config_number(vision, "width", 768, v), config_number(text, "width", 512, t)
@@ -159,29 +166,21 @@ def open_clip_config_kwargs(config: dict, path: Path) -> dict:
 def hf_config_kwargs(config: dict) -> dict:
     """:func:`clip_model` arguments from a transformers ``CLIPConfig`` (config.json as a dict). Absent fields
     take ``CLIPConfig()``'s defaults (``save_pretrained`` writes only differences); ``eos_token_id`` 2
-    marks HF's legacy configs, which pool at each row's highest id (None)."""
+    marks HF's legacy configs, which pool at each row's highest id (None). Not read, as transformers' CLIPModel
+    does not compute with them: ``dropout``, the towers' ``projection_dim``, ``initializer_*`` (initialisation)."""
     if config.get("model_type") != "clip":
         raise ValueError(f"config.json: expected model_type 'clip', got {config.get('model_type')!r}")
-    parts = [config.get(f"{t}_config{s}") for t in ("vision", "text") for s in ("", "_dict")]
-    if not all(isinstance(part, (dict, type(None))) for part in parts):
-        raise ValueError(
-            f"config.json: expected objects vision_config, text_config, got {parts[0]!r:.20} {parts[2]!r:.20}"
-        )
-    vision, text = ((parts[i] if parts[i + 1] is None else parts[i + 1]) or {} for i in (0, 2))  # *_dict wins
-    acts, eps = (
-        [c.get(k, d) for c in (vision, text)] for k, d in (("hidden_act", "quick_gelu"), ("layer_norm_eps", 1e-5))
-    )
-    if acts[0] != acts[1] or eps[0] != eps[1]:
-        raise ValueError(f"config.json: expected one hidden_act and layer_norm_eps for both towers, got {acts}, {eps}")
+    vision, text = hf_sub_configs(config, ("vision_config", "text_config"), "config.json")
+    shared = dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, attention_dropout=0.0)  # clip_model takes one each
+    act, eps, dropout = shared_values(dict(vision_config=vision, text_config=text), shared, "config.json").values()
     if vision.get("num_channels", 3) != 3:  # (the patch projection's input: RGB images)
         raise ValueError(f"config.json: expected vision_config.num_channels 3, got {vision['num_channels']!r}")
     names = dict(hidden_size="width", num_hidden_layers="layers", num_attention_heads="heads")
     names.update(intermediate_size="mlp_dim")
     out = {f"vision_{ours}": vision.get(hf, d) for (hf, ours), d in zip(names.items(), (768, 12, 12, 3072))}
     out.update({f"text_{ours}": text.get(hf, d) for (hf, ours), d in zip(names.items(), (512, 12, 8, 2048))})
-    out.update(embed_dim=config.get("projection_dim", 512))
-    out.update(logit_scale_init=config.get("logit_scale_init_value", 2.6592))
-    out.update(image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 32))
+    out.update(embed_dim=config.get("projection_dim", 512), image_size=vision.get("image_size", 224))
+    out.update(logit_scale_init=config.get("logit_scale_init_value", 2.6592), patch_size=vision.get("patch_size", 32))
     out.update(context_length=text.get("max_position_embeddings", 77), vocab_size=text.get("vocab_size", 49408))
-    eos, activation = text.get("eos_token_id", 49407), _ACTIVATIONS.get(str(acts[0]), acts[0])
-    return dict(out, activation=activation, norm_eps=eps[0], eos_token_id=None if eos == 2 else eos)
+    out.update(activation=_ACTIVATIONS.get(str(act), act), norm_eps=eps, attention_dropout=dropout)
+    return dict(out, eos_token_id=None if (eos := text.get("eos_token_id", 49407)) == 2 else eos)

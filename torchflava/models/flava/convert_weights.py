@@ -35,6 +35,7 @@ from torchflava.utils.checkpoint import (
     to_reference,
     without_prefix,
 )
+from torchflava.utils.checks import hf_sub_configs
 
 LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -369,14 +370,8 @@ def _hf_fields(config: dict) -> dict[str, dict]:
         raise ValueError(f"config must be a FlavaConfig object, got {type(config).__name__}")
     if config.get("model_type", "flava") != "flava":
         raise ValueError(f"config: expected model_type 'flava', got {config['model_type']!r}")
-    sections = {"": config}
-    for name in ("image_config", "text_config", "multimodal_config"):
-        parts = [config.get(key) for key in (name, f"{name}_dict")]
-        for key, part in zip((name, f"{name}_dict"), parts):
-            if part is not None and not isinstance(part, dict):
-                raise ValueError(f"config {key} must be an object, got {type(part).__name__}")
-        sections[name] = (parts[0] if parts[1] is None else parts[1]) or {}  # as transformers: the _dict wins whole
-    return sections
+    names = ("image_config", "text_config", "multimodal_config")
+    return {"": config, **dict(zip(names, hf_sub_configs(config, names)))}
 
 
 def _hf_field(sections: dict[str, dict], section: str, name: str) -> object:

@@ -40,3 +40,12 @@ def activation(name: str) -> nn.Module:
     if name == "quick_gelu":
         return QuickGELU()
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def activation_name(module: nn.Module) -> str:
+    """The name in :data:`ACTIVATIONS` of an activation module :func:`activation` builds, else its class name."""
+    if isinstance(module, QuickGELU):
+        return "quick_gelu"
+    if type(module) is nn.GELU:
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    return type(module).__name__

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from torchflava.modules.layers.activation import activation_name
 from torchflava.modules.layers.hooks import hooked, saved_tensors_hooks_active
 from torchflava.modules.layers.linear import Linear, has_tangent, onednn_linear_wins
 from torchflava.utils.checks import check_bool, check_dropout, check_int, check_module
@@ -151,3 +152,14 @@ class MLP(nn.Module):
             and not saved_tensors_hooks_active()
             and not onednn_linear_wins(hidden, weight, training=True)
         )
+
+
+def mlp_activations(model: nn.Module) -> set[str]:
+    """The activations of ``model``'s :class:`MLP` modules, by name (:func:`.activation.activation_name`)."""
+    return {activation_name(module.activation) for module in model.modules() if isinstance(module, MLP)}
+
+
+def check_activations(model: nn.Module, name: str, why: str) -> None:
+    """ValueError (``why``: build with ``activation=name``) unless every :class:`MLP` of ``model`` uses ``name``."""
+    if others := " and ".join(map(repr, sorted(mlp_activations(model) - {name}))):
+        raise ValueError(f"{why}: build with activation={name!r}, got activation {others}")
