@@ -545,8 +545,13 @@ def test_hf_attention_dropout_is_read_into_both_towers(tmp_path):
     with torch.no_grad():
         first, second = (ours.train().encode_image(images) for _ in range(2))
     assert (first - second).abs().max() > 1e-3  # training: attention probabilities dropped
-    with pytest.raises(ValueError, match=r"'attention_dropout': \(0.0, 0.25\)"):
-        clip_model(pretrained=tmp_path, attention_dropout=0.0)
+    # a training setting: one given overrides the config's (as transformers' from_pretrained(..., attention_dropout=))
+    tuned = clip_model(pretrained=tmp_path, attention_dropout=0.0)
+    assert {
+        layer.attn.dropout for tower in (tuned.image_encoder, tuned.text_encoder) for layer in tower.encoder.layers
+    } == {0.0}
+    with pytest.raises(ValueError, match=r"^clip_model: expected arguments that match .*'text_width': \(32, 24\)"):
+        clip_model(pretrained=tmp_path, text_width=32)  # (the network's own sizes must still match)
     config = json.loads((tmp_path / "config.json").read_text())
     config["vision_config"]["attention_dropout"] = 0.5
     (tmp_path / "config.json").write_text(json.dumps(config))

@@ -55,8 +55,9 @@ def clip_model(
     """CLIP: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
 
     An argument left None comes from ``pretrained``'s config (Hugging Face's config.json or open_clip's
-    open_clip_config.json, in its directory or beside its weights; given ones must match it), else from
-    open_clip's ``ViT-B-16``: GELU (QuickGELU for OpenAI's weights: no other), eps 1e-5, end token the last id.
+    open_clip_config.json, in its directory or beside its weights; given ones must match it, but a training
+    setting, ``attention_dropout``, overrides it), else from open_clip's ``ViT-B-16``: GELU (QuickGELU for
+    OpenAI's weights: no other), eps 1e-5, end token the last id.
 
     Args:
         pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` or open_clip Hub directory, or an OpenAI,
@@ -87,7 +88,7 @@ def clip_model(
         config_file, config, local = directory_config(local)
     elif local is not None:  # a file: its keys (from its header, no data read) and a config beside it tell
         config_file, config = file_config(local, peeked := peek_state_dict(local, scalars=True), given)  # (+ OpenAI's)
-    if clash := {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v}:
+    if clash := {k: (v, config[k]) for k, v in given.items() if config.get(k, v) != v and k != "attention_dropout"}:
         raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
     a = {**_DEFAULTS, **config, **given}
     a.setdefault("eos_token_id", a["vocab_size"] - 1)  # OpenAI's end token is the vocabulary's last id
