@@ -88,7 +88,7 @@ def clip_model(
         config_file, config, local = directory_config(local)
     elif local is not None:  # a file: its keys (from its header, no data read) and a config beside it tell
         config_file, config = file_config(local, peeked := peek_state_dict(local, scalars=True), given)  # (+ OpenAI's)
-    if clash := {k: (v, config[k]) for k, v in given.items() if config.get(k, v) != v and k != "attention_dropout"}:
+    if clash := {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v and "dropout" not in k}:
         raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
     a = {**_DEFAULTS, **config, **given}
     a.setdefault("eos_token_id", a["vocab_size"] - 1)  # OpenAI's end token is the vocabulary's last id
