@@ -2,11 +2,19 @@
 
 import pytest
 import torch
+from torch import nn
 from torch.testing import assert_close
 
 from tests.helpers import TINY_FLAVA, padded_text
 from torchflava.models.flava import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
-from torchflava.modules.encoders import EncoderOutput, MultimodalEncoder, TextEncoder, VisionEncoder
+from torchflava.modules.encoders import (
+    EncoderOutput,
+    MultimodalEncoder,
+    TextEncoder,
+    VisionEncoder,
+    transformer_encoder,
+)
+from torchflava.modules.layers import PatchEmbedding, TokenEmbedding
 
 T = TINY_FLAVA
 IMAGE_TOKENS = 1 + (T["image_size"] // T["patch_size"]) ** 2  # 17
@@ -239,3 +247,74 @@ def test_encoders_refuse_parts_of_different_widths_when_built():
     from torchflava.modules.layers import TransformerEncoder
 
     VisionEncoder(PatchEmbedding(16, 8, 3, 8), TransformerEncoder([]), nn.Identity())
+
+
+def test_text_encoder_names_its_padding_mask_and_refuses_an_attention_mask_given_as_one():
+    """A Hugging Face attention_mask (1 = token) given as ``padding_mask``: as integers the error named the
+    attention's ``key_padding_mask``; as bools it ran, every unpadded row then all padding, its tokens
+    encoded without attention to any (a batch without padding: every row)."""
+    encoder = text_encoder()
+    ids, mask = padded_text(2, 9, T["vocab_size"], [5, 9])
+    with pytest.raises(
+        TypeError,
+        match=r"^padding_mask must be a bool tensor \(True = padding\), got torch.int64; a Hugging Face "
+        r"attention_mask \(1 = token\) is its inverse: pass attention_mask == 0$",
+    ):
+        encoder(ids, padding_mask=mask)
+    with pytest.raises(
+        ValueError, match=r"^padding_mask \(True = padding\) must leave a token in every row, got rows \[1\]"
+    ):
+        encoder(ids, padding_mask=mask.bool())
+    with pytest.raises(ValueError, match=r"^padding_mask must have shape \(2, 9\), got \(2, 8\)$"):
+        encoder(ids, padding_mask=torch.zeros(2, 8, dtype=torch.bool))
+    assert_close(
+        encoder(ids, padding_mask=mask == 0).last_hidden_state[0, :5], encoder(ids[:1, :5]).last_hidden_state[0]
+    )
+
+
+def test_multimodal_encoder_refuses_a_text_row_all_padding():
+    image_states, text_states = multimodal_inputs()
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[0] = True  # (an attention_mask given as the padding mask: the unpadded row all True)
+    with pytest.raises(
+        ValueError, match=r"^text_padding_mask \(True = padding\) must leave a token in every row, got rows \[0\]"
+    ):
+        multimodal_encoder()(image_states, text_states, text_padding_mask=padding)
+
+
+def test_a_vision_encoder_without_a_cls_token_pools_its_patches():
+    torch.manual_seed(0)
+    stack = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
+    encoder = VisionEncoder(PatchEmbedding(16, 4, 3, 16, use_cls_token=False), stack, nn.LayerNorm(16)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    out = encoder(images).last_hidden_state
+    assert out.shape == (2, 16, 16)
+    assert_close(out, encoder.norm(stack(encoder.embeddings(images)).last_hidden_state))
+    assert_close(encoder(images, output_positions=slice(0, 4)).last_hidden_state, out[:, :4])
+    pooled = out.mean(dim=1)  # mean pooling over the patches, a gradient reaching every parameter
+    pooled.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [
+        lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, batch_first=True), 2),
+        lambda: nn.TransformerEncoderLayer(16, 2, batch_first=True),
+        lambda: transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32).layers[0],
+        lambda: nn.Sequential(*transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32).layers),
+    ],
+)
+def test_towers_refuse_an_encoder_that_is_no_stack_when_built(stack):
+    """Before, these built and failed in the first forward in torch's words ("TransformerEncoder.forward()
+    got an unexpected keyword argument 'key_padding_mask'", naming torch's class beside ours)."""
+    builds = {
+        "TextEncoder": lambda: TextEncoder(TokenEmbedding(10, 16, 8), stack(), nn.LayerNorm(16)),
+        "VisionEncoder": lambda: VisionEncoder(PatchEmbedding(8, 4, 3, 16), stack(), nn.LayerNorm(16)),
+        "MultimodalEncoder": lambda: MultimodalEncoder(
+            nn.Linear(8, 16), nn.Linear(8, 16), stack(), nn.LayerNorm(16), 16
+        ),
+    }
+    for owner, build in builds.items():
+        with pytest.raises(TypeError, match=rf"^{owner}: encoder \([\w.]+\) must be a stack whose forward"):
+            build()

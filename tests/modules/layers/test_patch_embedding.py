@@ -199,3 +199,27 @@ def test_integer_patch_mask_holds_only_zeros_and_ones():
             ValueError, match=rf"^patch_mask must hold only 0 and 1, got the values \[{min(0, bad)}, .*\]$"
         ):
             pe(images, patch_mask=mask)
+
+
+def test_without_a_cls_token_the_patches_alone_are_embedded_at_any_grid():
+    """A ViT pooled over its patches (no CLS): before, every PatchEmbedding prepended a CLS token, which
+    the patches then attended to (a learnt extra token, not the model asked for)."""
+    torch.manual_seed(0)
+    pe = make_embedding(use_cls_token=False, use_mask_token=True)
+    assert pe.cls_token is None and pe.pos_embed.shape == (1, N, D)
+    assert sorted(name for name, _ in pe.named_parameters()) == ["mask_token", "pos_embed", "proj.bias", "proj.weight"]
+    images = torch.randn(B, C, SIZE, SIZE)
+    assert_close(pe(images), patches(pe, images) + pe.pos_embed)
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    mask[0, 3] = True
+    assert_close(pe(images, patch_mask=mask)[0, 3], pe.mask_token[0, 0] + pe.pos_embed[0, 3])
+    # another grid: the patch positions interpolated as with a CLS token
+    with_cls = make_embedding()
+    with torch.no_grad():
+        with_cls.pos_embed[:, 1:] = pe.pos_embed
+        with_cls.proj.load_state_dict(pe.proj.state_dict())
+    wide = torch.randn(B, C, SIZE, 2 * SIZE)
+    assert pe(wide).shape == (B, 2 * N, D)
+    assert_close(pe(wide), with_cls(wide)[:, 1:])
+    with pytest.raises(TypeError, match="use_cls_token"):
+        make_embedding(use_cls_token=1)

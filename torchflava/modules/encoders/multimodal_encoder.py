@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions, check_hidden_states
-from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, linear_width
+from torchflava.modules.layers.text_embedding import check_padding_mask
+from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack, linear_width
 from torchflava.utils.checks import check_int
 
 
@@ -27,7 +28,8 @@ class MultimodalEncoder(nn.Module):
         pooler (Optional[nn.Module]): maps (B, S, D) to (B, D); none when None.
 
     Raises:
-        TypeError: if a part is not a module.
+        TypeError: if a part is not a module, or ``encoder``'s forward does not take the keyword arguments
+            a :class:`TransformerEncoder`'s does that the tower passes (a single layer, torch's encoder).
         ValueError: if the parts' widths differ where they can be read (see
             :func:`~torchflava.modules.layers.transformer.residual_widths`).
     """
@@ -46,6 +48,7 @@ class MultimodalEncoder(nn.Module):
         # the projections write the stream: their output widths (a Linear's out_features) join the check
         projected = [w for n, p in parts.items() for w in linear_width(n, p, "out_features")]
         check_parts("MultimodalEncoder", parts, [("embed_dim", embed_dim), *projected], optional=["pooler"])
+        check_stack("MultimodalEncoder", encoder, ("key_padding_mask", "output_positions", "return_hidden_states"))
         super().__init__()
         self.image_proj = image_proj
         self.text_proj = text_proj
@@ -89,8 +92,8 @@ class MultimodalEncoder(nn.Module):
 
         Raises:
             ValueError: if the states are not (B, S, D) floating-point tensors of the widths the input
-                projections read (where they tell them), the batch sizes differ or the mask does not
-                match the text.
+                projections read (where they tell them), the batch sizes differ, the mask does not
+                match the text or a row of it is all padding.
             TypeError: if the mask is not a bool tensor.
         """
         for name, states, proj in (
@@ -105,14 +108,7 @@ class MultimodalEncoder(nn.Module):
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(image.dtype), image, self.text_proj(text_states)], dim=1)
         key_padding_mask = None
         if text_padding_mask is not None:
-            if not isinstance(text_padding_mask, Tensor) or text_padding_mask.dtype != torch.bool:
-                got = getattr(text_padding_mask, "dtype", type(text_padding_mask).__name__)
-                raise TypeError(f"text_padding_mask must be a bool tensor (True = padding), got {got}")
-            if tuple(text_padding_mask.shape) != tuple(text_states.shape[:2]):
-                raise ValueError(
-                    f"text_padding_mask must have shape {tuple(text_states.shape[:2])}, "
-                    f"got {tuple(text_padding_mask.shape)}"
-                )
+            check_padding_mask(text_padding_mask, text_states.shape[:2], "text_padding_mask")
             keep_image = text_padding_mask.new_zeros(b, 1 + image.shape[1])  # CLS_M and image never padded
             key_padding_mask = torch.cat([keep_image, text_padding_mask], dim=1)
         out = self.encoder(

@@ -6,7 +6,8 @@ from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions
-from torchflava.modules.layers.transformer import TransformerEncoder, check_parts
+from torchflava.modules.layers.text_embedding import check_padding_mask
+from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack
 
 
 class TextEncoder(nn.Module):
@@ -20,7 +21,8 @@ class TextEncoder(nn.Module):
         pooler (Optional[nn.Module]): maps (B, L, D) to (B, D); none when None.
 
     Raises:
-        TypeError: if a part is not a module.
+        TypeError: if a part is not a module, or ``encoder``'s forward does not take the keyword arguments
+            a :class:`TransformerEncoder`'s does that the tower passes (a single layer, torch's encoder).
         ValueError: if the parts' widths differ where they can be read (see
             :func:`~torchflava.modules.layers.transformer.residual_widths`).
     """
@@ -34,6 +36,11 @@ class TextEncoder(nn.Module):
     ) -> None:
         parts = dict(embeddings=embeddings, encoder=encoder, norm=norm, pooler=pooler)
         check_parts("TextEncoder", parts, optional=["pooler"])
+        check_stack(
+            "TextEncoder",
+            encoder,
+            ("key_padding_mask", "attn_mask", "output_positions", "return_hidden_states", "checkpoint_activations"),
+        )
         super().__init__()
         self.embeddings = embeddings
         self.encoder = encoder
@@ -57,7 +64,9 @@ class TextEncoder(nn.Module):
 
         Args:
             input_ids (Tensor): (B, L) integer ids.
-            padding_mask (Optional[Tensor]): (B, L) bool, ``True = padding`` (ignored as a key).
+            padding_mask (Optional[Tensor]): (B, L) bool, ``True = padding`` (ignored as a key), with a
+                token in every row; a Hugging Face ``attention_mask`` (1 = token) is its inverse
+                (:func:`~torchflava.modules.layers.text_embedding.text_padding_mask` converts it).
             token_type_ids (Optional[Tensor]): (B, L) segment ids.
             position_ids (Optional[Tensor]): (B, L) positions; 0..L-1 when None.
             attn_mask (Optional[Tensor]): (B, L, L) bool, ``True`` = query i may not attend to key j.
@@ -72,10 +81,17 @@ class TextEncoder(nn.Module):
 
         Returns:
             EncoderOutput: last_hidden_state (B, L, D) and the rest.
+
+        Raises:
+            TypeError: if ``padding_mask`` is not a bool tensor (or as the embeddings and the stack raise).
+            ValueError: if ``padding_mask`` is not (B, L) or marks a whole row as padding (or as the
+                embeddings and the stack raise).
         """
         # token types only when given: a token + position embedding (CLIP's) has none
         types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         x = self.embeddings(input_ids, position_ids=position_ids, **types)
+        if padding_mask is not None:  # (named as given here, and an inverted attention_mask refused)
+            check_padding_mask(padding_mask, x.shape[:2])
         out = self.encoder(
             x,
             key_padding_mask=padding_mask,

@@ -1,4 +1,4 @@
-"""Vision transformer: (B, C, H, W) -> (B, 1 + N, D)."""
+"""Vision transformer: (B, C, H, W) -> (B, 1 + N, D), or (B, N, D) for an embedding without a CLS token."""
 
 from typing import Optional, Union
 
@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
-from torchflava.modules.layers.transformer import TransformerEncoder, check_parts
+from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack
 
 
 class VisionEncoder(nn.Module):
@@ -20,7 +20,8 @@ class VisionEncoder(nn.Module):
         pooler (Optional[nn.Module]): maps (B, S, D) to (B, D); none when None.
 
     Raises:
-        TypeError: if a part is not a module.
+        TypeError: if a part is not a module, or ``encoder``'s forward does not take the keyword arguments
+            a :class:`TransformerEncoder`'s does that the tower passes (a single layer, torch's encoder).
         ValueError: if the parts' widths differ where they can be read (see
             :func:`~torchflava.modules.layers.transformer.residual_widths`).
     """
@@ -34,6 +35,7 @@ class VisionEncoder(nn.Module):
     ) -> None:
         parts = dict(embeddings=embeddings, encoder=encoder, norm=norm, pooler=pooler)
         check_parts("VisionEncoder", parts, optional=["pooler"])
+        check_stack("VisionEncoder", encoder, ("output_positions", "return_hidden_states", "checkpoint_activations"))
         super().__init__()
         self.embeddings = embeddings
         self.encoder = encoder
@@ -65,7 +67,8 @@ class VisionEncoder(nn.Module):
             checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation checkpointing for this call.
 
         Returns:
-            EncoderOutput: last_hidden_state (B, 1 + N, D) and the rest.
+            EncoderOutput: last_hidden_state (B, 1 + N, D) ((B, N, D) for an embedding without a CLS
+            token) and the rest.
         """
         x = self.embeddings(images, patch_mask=patch_mask)
         out = self.encoder(

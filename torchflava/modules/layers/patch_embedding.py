@@ -1,4 +1,5 @@
-"""ViT patch embedding: (B, C, H, W) -> (B, 1 + N, D) with a CLS token and learned positions.
+"""ViT patch embedding: (B, C, H, W) -> (B, 1 + N, D) with a CLS token and learned positions, or
+(B, N, D) without the CLS token (a ViT pooled over its patches, e.g. by their mean).
 
 N = (H / patch_size) * (W / patch_size). An optional boolean patch mask (B, N), ``True = masked``,
 replaces those patch embeddings by a learned mask token before positions are added (masked image
@@ -38,6 +39,8 @@ class PatchEmbedding(nn.Module):
         in_channels (int): image channels C.
         embed_dim (int): width D.
         use_mask_token (bool): create a learned mask token so ``patch_mask`` can be given.
+        use_cls_token (bool): prepend a learned CLS token (with a position of its own); without it the
+            output is the N patch embeddings alone.
         dropout (float): dropout on the embeddings (after the positions are added).
         conv_bias (bool): whether the patch projection has a bias (CLIP's has none).
         norm (Optional[nn.Module]): applied last, to the (B, 1 + N, D) embeddings (CLIP's pre-norm);
@@ -45,7 +48,7 @@ class PatchEmbedding(nn.Module):
 
     Raises:
         TypeError: if a size is not an int, ``norm`` neither an nn.Module nor None, ``dropout`` not a
-            number, or ``use_mask_token`` or ``conv_bias`` not a bool.
+            number, or ``use_mask_token``, ``use_cls_token`` or ``conv_bias`` not a bool.
         ValueError: if a size is below 1, ``patch_size`` does not divide ``image_size``, ``norm``'s width
             is not ``embed_dim`` (where it tells it) or ``dropout`` is not in [0, 1).
     """
@@ -58,6 +61,7 @@ class PatchEmbedding(nn.Module):
         embed_dim: int,
         *,
         use_mask_token: bool = False,
+        use_cls_token: bool = True,
         dropout: float = 0.0,
         conv_bias: bool = True,
         norm: Optional[nn.Module] = None,
@@ -69,10 +73,11 @@ class PatchEmbedding(nn.Module):
         check_parts("PatchEmbedding", dict(norm=norm), [("embed_dim", embed_dim)], optional=["norm"])
         check_dropout("dropout", dropout)
         check_bool("use_mask_token", use_mask_token)
+        check_bool("use_cls_token", use_cls_token)
         check_bool("conv_bias", conv_bias)
         if image_size % patch_size != 0:
             raise ValueError(f"patch_size must divide image_size, got patch_size={patch_size}, image_size={image_size}")
-        positions = (image_size // patch_size) ** 2 + 1
+        positions = (image_size // patch_size) ** 2 + int(use_cls_token)
         sizes = dict(image_size=image_size, patch_size=patch_size, embed_dim=embed_dim)
         check_fits_in_memory("PatchEmbedding", (positions + in_channels * patch_size**2) * embed_dim, sizes)
         self.image_size = image_size
@@ -82,8 +87,9 @@ class PatchEmbedding(nn.Module):
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=conv_bias)
-        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.empty(1, 1 + self.num_patches, embed_dim))
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if use_cls_token else None
+        self.num_prefix_tokens = int(use_cls_token)  # positions before the patches' (0 or 1)
+        self.pos_embed = nn.Parameter(torch.empty(1, self.num_prefix_tokens + self.num_patches, embed_dim))
         self.mask_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if use_mask_token else None
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.Identity() if norm is None else norm
@@ -119,11 +125,12 @@ class PatchEmbedding(nn.Module):
             grid_w (int): patch columns.
 
         Returns:
-            Tensor: (1, 1 + grid_h * grid_w, D).
+            Tensor: (1, 1 + grid_h * grid_w, D); (1, grid_h * grid_w, D) without the CLS token.
         """
         if grid_h == grid_w == self.grid_size:
             return self.pos_embed
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        prefix = self.num_prefix_tokens
+        cls_pos, patch_pos = self.pos_embed[:, :prefix], self.pos_embed[:, prefix:]
         d = patch_pos.shape[-1]
         # (1, N, D) -> (1, D, g, g) -> (1, D, gh, gw) -> (1, gh * gw, D)
         grid = patch_pos.reshape(1, self.grid_size, self.grid_size, d).permute(0, 3, 1, 2)
@@ -138,7 +145,7 @@ class PatchEmbedding(nn.Module):
             patch_mask (Optional[Tensor]): (B, N) or (B, H/p, W/p) bool, ``True = masked``.
 
         Returns:
-            Tensor: (B, 1 + N, D).
+            Tensor: (B, 1 + N, D); (B, N, D) without the CLS token.
 
         Raises:
             TypeError: if ``images`` is not a float tensor or ``patch_mask`` is not boolean/integer.
@@ -149,7 +156,8 @@ class PatchEmbedding(nn.Module):
         x = self._project(in_weight_dtype(images, self.proj.weight), grid_h, grid_w)
         if patch_mask is not None:
             x = self._apply_patch_mask(x, patch_mask, grid_h, grid_w)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.norm(self.dropout(x + self.position_embedding(grid_h, grid_w)))
 
     def _project(self, images: Tensor, grid_h: int, grid_w: int) -> Tensor:

@@ -82,6 +82,47 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
     return padding
 
 
+def check_padding_mask(padding_mask: object, shape: tuple[int, ...], name: str = "padding_mask") -> Tensor:
+    """``padding_mask``, checked: a (B, L) bool tensor of ``shape``, ``True = padding``, with a token in
+    every row. A row all padding is refused: attention over it has no key, and it is what a Hugging Face
+    ``attention_mask`` (1 or True = token) given here, inverted, makes of every unpadded row; its
+    conversion is :func:`text_padding_mask`.
+
+    Args:
+        padding_mask (object): the mask given.
+        shape (tuple[int, ...]): (B, L) of the text it masks.
+        name (str): the argument's name in the messages.
+
+    Returns:
+        Tensor: ``padding_mask``.
+
+    Raises:
+        TypeError: if it is not a bool tensor (an integer or float one says how to convert an attention_mask).
+        ValueError: if its shape is not ``shape``, or (not on the meta device) a row is all padding.
+    """
+    if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool:
+        got = getattr(padding_mask, "dtype", type(padding_mask).__name__)
+        hint = (
+            "; a Hugging Face attention_mask (1 = token) is its inverse: pass attention_mask == 0"
+            if isinstance(padding_mask, Tensor)
+            else ""
+        )
+        raise TypeError(f"{name} must be a bool tensor (True = padding), got {got}{hint}")
+    if tuple(padding_mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(padding_mask.shape)}")
+    if not padding_mask.is_meta:
+        expected = f"{name} (True = padding) must leave a token in every row"
+        require(
+            ~padding_mask.all(dim=1).any(),
+            lambda: (
+                f"{expected}, got rows {padding_mask.all(dim=1).nonzero().flatten().tolist()} all padding (a "
+                "Hugging Face attention_mask, 1 = token, is its inverse: pass attention_mask == 0)"
+            ),
+            f"{expected}, got a row all padding",
+        )
+    return padding_mask
+
+
 def beyond_end_token(text: Tensor, end_token_id: Optional[int], mask: Optional[Tensor] = None) -> Tensor:
     """The tokens a causal text tower read at each row's end token need not compute: those after a
     row's first end token (they cannot reach it), and padding (``mask`` 0).

@@ -297,22 +297,41 @@ class TransformerEncoderLayer(nn.Module):
 _LAYER_KEYWORDS = ("key_padding_mask", "attn_mask", "query_positions")
 
 
+def missing_keywords(module: nn.Module, names: Sequence[str]) -> list[str]:
+    """The keyword arguments of ``names`` that ``module``'s forward does not take (none when it takes
+    ``**kwargs``, or when Python cannot read its signature: trusted as it is)."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    taken = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return [name for name in names if name not in taken]
+
+
 def _check_layer(layer: object, index: int) -> None:
     """TypeError naming ``layers[index]`` unless it is a module whose forward takes the keywords the
     stack passes (or ``**kwargs``)."""
     check_module(f"layers[{index}]", layer)
-    try:
-        parameters = inspect.signature(layer.forward).parameters.values()
-    except (TypeError, ValueError):  # a forward whose signature Python cannot read: trusted as it is
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return
-    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    if missing := [name for name in _LAYER_KEYWORDS if name not in names]:
+    if missing := missing_keywords(layer, _LAYER_KEYWORDS):
         raise TypeError(
             f"layers[{index}] ({type(layer).__module__}.{type(layer).__qualname__}) must take the keyword "
             f"arguments {', '.join(_LAYER_KEYWORDS)} in forward, as TransformerEncoderLayer does; it lacks "
             f"{', '.join(missing)}"
+        )
+
+
+def check_stack(owner: str, encoder: nn.Module, keywords: Sequence[str]) -> None:
+    """TypeError naming ``owner``'s ``encoder`` unless its forward takes the ``keywords`` the tower passes, as
+    :class:`TransformerEncoder` does: a single layer, ``nn.Sequential`` or torch's own encoder failed only in
+    the first forward, in torch's words (``TransformerEncoder.forward() got an unexpected keyword argument``)."""
+    if missing := missing_keywords(encoder, keywords):
+        raise TypeError(
+            f"{owner}: encoder ({type(encoder).__module__}.{type(encoder).__qualname__}) must be a stack whose "
+            f"forward takes the keyword arguments {', '.join(keywords)}, as "
+            "torchflava.modules.layers.TransformerEncoder does (transformer_encoder(...) builds one, "
+            f"TransformerEncoder([layer, ...]) wraps layers); it lacks {', '.join(missing)}"
         )
 
 
