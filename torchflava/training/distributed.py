@@ -94,11 +94,20 @@ def wrap_model(
 
     Raises:
         ValueError: if ``strategy`` is unknown or needs a process group that is not running.
+        TypeError: if ``strategy`` is ``"ddp"`` or ``"fsdp"`` and ``model`` has no forward of its own
+            (an ``nn.ModuleDict`` of towers): both work through the wrapped model's forward.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "none":
         return model
+    # (DDP's wrapper was then indexed in the step, "'DistributedDataParallel' object is not subscriptable",
+    # or skipped, its gradient hooks with it; fully_shard refused the container from inside torch)
+    if type(model).forward is nn.Module.forward:
+        raise TypeError(
+            f"model: strategy={strategy!r} trains a model through its forward (DDP and FSDP2 hook it), got a "
+            f"{type(model).__name__} without one: put the parts in a module whose forward the step calls"
+        )
     if not dist.is_initialized():
         raise ValueError(f"strategy={strategy!r} needs a process group; call init_distributed first")
     if strategy == "ddp":
