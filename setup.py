@@ -35,7 +35,7 @@ setup(
     ],
     extras_require={
         "data": ["pillow>=10", "tokenizers>=0.19", "webdataset>=0.2.86", "fsspec>=2023.1"],
-        "recipes": ["omegaconf>=2.3", "tqdm>=4.66", "matplotlib>=3.8", "fvcore>=0.1.5"],
+        "recipes": ["omegaconf>=2.3", "pyyaml>=6", "tqdm>=4.66", "matplotlib>=3.8", "fvcore>=0.1.5"],
         "tensorboard": ["tensorboard>=2.15"],
         "test": ["pytest>=8", "expecttest>=0.2", "transformers>=4.40,<5", "scikit-image>=0.22", "torchvision>=0.19"],
     },
