@@ -23,7 +23,7 @@ from torch import Tensor
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from torchflava.utils.checkpoint import atomic_write, present_file
+from torchflava.utils.checkpoint import atomic_write, present_file, read_json_object
 from torchflava.utils.checks import check_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -522,7 +522,9 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     """The :meth:`WordPieceTokenizer.from_vocab` settings a ``tokenizer_config.json`` states.
 
     A missing file gives ``BertTokenizerFast``'s defaults. ``model_max_length`` = int(1e30) (what
-    transformers writes for "no limit") gives None.
+    transformers writes for "no limit") gives None. The special tokens are checked where transformers
+    reads them: a ``special_tokens_map.json`` beside the file names them over it when the file has no
+    ``added_tokens_decoder`` (see :func:`with_special_tokens_map`).
 
     Args:
         path (Union[str, os.PathLike]): the file (it need not exist).
@@ -531,28 +533,30 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
         dict: ``lowercase``, ``strip_accents``, ``tokenize_chinese_chars``, ``model_max_length``.
 
     Raises:
-        ValueError: naming the key, if the file is not a JSON object, a value has the wrong type, or
-            it names another tokenizer class or other special tokens.
+        ValueError: naming the key (and the file), if a file is not a JSON object, a value has the wrong
+            type, or it names another tokenizer class or other special tokens.
     """
     path = Path(path)
     settings = dict(lowercase=True, strip_accents=None, tokenize_chinese_chars=True, model_max_length=None)
-    if not present_file(path, "a tokenizer config file"):
-        return settings
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{TOKENIZER_CONFIG}: {path} is not JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{TOKENIZER_CONFIG}: {path} must hold a JSON object, got {type(config).__name__}")
+    config = {}
+    if present_file(path, "a tokenizer config file"):
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{TOKENIZER_CONFIG}: {path} is not JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{TOKENIZER_CONFIG}: {path} must hold a JSON object, got {type(config).__name__}")
+    keys = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+    config, where = with_special_tokens_map(config, path, keys)
     kind = config.get("tokenizer_class")
     if kind is not None and kind not in ("BertTokenizer", "BertTokenizerFast"):
         raise ValueError(
             f"{TOKENIZER_CONFIG}: tokenizer_class must be BertTokenizer or BertTokenizerFast, got {kind!r}"
         )
-    for key, expected in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS):
+    for key, expected in zip(keys, SPECIAL_TOKENS):
         token = config_token(config, key)
         if token is not None and token != expected:
-            raise ValueError(f"{TOKENIZER_CONFIG}: {key} must be {expected} (BERT's special tokens), got {token!r}")
+            raise ValueError(f"{where[key]}: {key} must be {expected} (BERT's special tokens), got {token!r}")
     for key, name in (("do_lower_case", "lowercase"), ("tokenize_chinese_chars", "tokenize_chinese_chars")):
         value = config.get(key, settings[name])
         if not isinstance(value, bool):
@@ -564,6 +568,19 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     settings["strip_accents"] = strip
     settings["model_max_length"] = config_max_length(config)
     return settings
+
+
+def with_special_tokens_map(config: dict, path: Path, keys: Sequence[str]) -> tuple[dict, dict[str, str]]:
+    """``config`` (the ``tokenizer_config.json`` at ``path``, {} if none) with the special tokens (``keys``)
+    of the ``special_tokens_map.json`` beside it over its own, as transformers reads them where the config
+    has no ``added_tokens_decoder`` (files written before transformers 4.34); and the file naming each key.
+    ValueError naming the map if it is not a JSON object."""
+    where = dict.fromkeys(keys, TOKENIZER_CONFIG)
+    tokens = path.with_name("special_tokens_map.json")
+    if "added_tokens_decoder" not in config and present_file(tokens, "a special tokens file"):
+        named = {key: value for key, value in read_json_object(tokens).items() if key in keys}
+        config, where = {**config, **named}, {**where, **dict.fromkeys(named, tokens.name)}
+    return config, where
 
 
 def config_token(config: Mapping, key: str) -> object:
