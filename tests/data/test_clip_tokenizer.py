@@ -208,6 +208,41 @@ def test_a_special_token_of_special_tokens_map_json_is_checked_naming_that_file(
         CLIPTokenizer.from_directory(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "files, refused",
+    [
+        ({"added_tokens.json": {"<|pad|>": 49408}}, True),
+        ({"tokenizer_config.json": {"added_tokens_decoder": {"49408": {"content": "<|pad|>", "special": True}}}}, True),
+        (
+            {
+                "tokenizer_config.json": {
+                    "pad_token": "!",
+                    "added_tokens_decoder": {"0": {"content": "!"}, **_ADDED["added_tokens_decoder"]},
+                }
+            },
+            False,
+        ),
+    ],
+    ids=["added_tokens.json", "added_tokens_decoder", "laion-padding"],
+)
+def test_tokens_added_to_a_vocab_json_directory_are_refused(hf_directory, tmp_path, files, refused):
+    """Found by a review after the fuzz: transformers reads "a <|pad|> b" as [49406, 320, 49408, 321, 49407]
+    where a vocab.json directory's added_tokens.json (or config's added_tokens_decoder) adds <|pad|>; ours
+    ignored them and spelt it in 5 pieces. Refused, as WordPieceTokenizer refuses them; CLIP's own
+    special tokens (and the padding token) are fine."""
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((hf_directory / name).read_bytes())
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    if refused:
+        with pytest.raises(ValueError, match=r"adds tokens \['<\|pad\|>'\] to the vocabulary; only CLIP's special"):
+            CLIPTokenizer.from_directory(tmp_path)
+    else:
+        texts = ["a ! b", "a"]
+        expected = HFFastTokenizer.from_pretrained(tmp_path)(texts, padding=True, return_tensors="pt")["input_ids"]
+        assert torch.equal(CLIPTokenizer.from_directory(tmp_path)(texts)[0], expected)
+
+
 def test_decode_gives_the_lower_cased_words(ours):
     ids, _ = ours(["A Photo of   the CAT's toy!! naïve 🐶"])
     assert ours.decode(ids[0].tolist()) == "a photo of the cat 's toy !! naïve 🐶"

@@ -44,6 +44,7 @@ from torchflava.data.tokenizer import (
     config_max_length,
     config_token,
     padded_rows,
+    refuse_added_tokens,
     repaired_surrogates,
     with_special_tokens_map,
 )
@@ -329,7 +330,9 @@ class CLIPTokenizer:
 
         Raises:
             FileNotFoundError: if it has neither ``tokenizer.json`` nor ``vocab.json`` and ``merges.txt``.
-            ValueError: naming the file and key, if a file is malformed or states another tokenizer.
+            ValueError: naming the file and key, if a file is malformed or states another tokenizer, or
+                (without a ``tokenizer.json``) if ``added_tokens.json`` or ``tokenizer_config.json`` adds
+                tokens other than CLIP's start, end and padding ones.
         """
         directory = Path(check_path("directory", directory))
         settings = read_clip_tokenizer_config(directory / "tokenizer_config.json")
@@ -337,7 +340,8 @@ class CLIPTokenizer:
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
         if present_file(directory / "vocab.json", "a vocabulary file") and present_file(
             directory / "merges.txt", "a merges file"
-        ):
+        ):  # (a tokenizer.json holds its added tokens: read as transformers reads them)
+            refuse_added_tokens(directory, (START, END, settings.get("pad_token") or END), "CLIP's special tokens")
             vocab = read_json_object(directory / "vocab.json")
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")

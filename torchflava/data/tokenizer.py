@@ -254,7 +254,7 @@ class WordPieceTokenizer:
         """
         directory = Path(check_path("directory", directory))
         settings = read_tokenizer_config(directory / TOKENIZER_CONFIG)
-        _refuse_added_tokens(directory)
+        refuse_added_tokens(directory)
         if present_file(directory / "tokenizer.json", "a tokenizer file"):  # the fast tokenizer reads it over vocab.txt
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
         if present_file(directory / "vocab.txt", "a vocabulary file"):
@@ -372,10 +372,12 @@ class WordPieceTokenizer:
         return self._tokenizer.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=True)
 
 
-def _refuse_added_tokens(directory: Path) -> None:
+def refuse_added_tokens(
+    directory: Path, allowed: Sequence[str] = SPECIAL_TOKENS, what: str = "BERT's special tokens"
+) -> None:
     """ValueError naming the file if the directory's tokenizer has tokens added to its vocabulary
-    beyond BERT's five special ones (transformers' ``add_tokens``): they are read as whole tokens
-    there and would be split into word pieces here."""
+    beyond the ``allowed`` ones (``what`` they are; transformers' ``add_tokens``): they are read as
+    whole tokens there and would be split into pieces here."""
     found = {}
     path = directory / "tokenizer.json"
     if present_file(path, "a tokenizer file"):
@@ -395,11 +397,11 @@ def _refuse_added_tokens(directory: Path) -> None:
             if isinstance(entries, dict):
                 found[path] = [e.get("content") if isinstance(e, dict) else k for k, e in entries.items()]
     for path, tokens in found.items():
-        extra = [t for t in tokens if t not in SPECIAL_TOKENS]
+        extra = [t for t in tokens if t not in allowed]
         if extra:
             raise ValueError(
-                f"{path.name}: {path} adds tokens {extra[:5]} to the vocabulary; only BERT's special tokens "
-                f"{list(SPECIAL_TOKENS)} are supported (added tokens would be split into word pieces here)"
+                f"{path.name}: {path} adds tokens {extra[:5]} to the vocabulary; only {what} "
+                f"{list(allowed)} are supported (added tokens would be split into pieces here)"
             )
 
 
