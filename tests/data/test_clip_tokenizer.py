@@ -150,6 +150,99 @@ def test_padding_token_and_length_come_from_tokenizer_config(hf_directory, tmp_p
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
 
 
+_ADDED = {  # transformers >= 4.34 writes these; then it reads no special_tokens_map.json
+    "added_tokens_decoder": {
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i, t in ((49406, "<|startoftext|>"), (49407, "<|endoftext|>"))
+    }
+}
+
+
+@pytest.mark.parametrize(
+    "config, special_tokens_map",
+    [
+        ({"pad_token": "!"}, None),
+        ({"pad_token": "<|endoftext|>"}, {"pad_token": "!"}),  # the map's over the config's
+        ({}, {"pad_token": {"content": "!", "normalized": False}}),
+        ({"pad_token": "<|endoftext|>", **_ADDED}, {"pad_token": "!"}),  # the map is not read
+    ],
+    ids=["config", "map-over-config", "map-only", "map-ignored"],
+)
+def test_a_padding_token_in_the_vocabulary_is_a_special_token_as_transformers_reads_it(
+    hf_directory, tmp_path, config, special_tokens_map
+):
+    """Found by a differential fuzz against CLIPTokenizerFast: LAION's CLIP checkpoints pad with "!", which
+    transformers makes a special token, split out of the text wherever it stands ("a ! b": [49406, 320,
+    0, 321, 49407], where ours gave "!</w>" 256), and it reads the padding token of a special_tokens_map.json
+    over the config's where the config has no added_tokens_decoder (ours read only the config)."""
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((hf_directory / name).read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer", **config}))
+    if special_tokens_map is not None:
+        (tmp_path / "special_tokens_map.json").write_text(json.dumps(special_tokens_map))
+    texts = ["a ! b", "a!b", "hi!!", "x !", "!", "a"]
+    ours = CLIPTokenizer.from_directory(tmp_path)
+    ids, mask = ours(texts)
+    for kind in (HFFastTokenizer, HFSlowTokenizer):  # (the two agree here)
+        expected = kind.from_pretrained(tmp_path)(texts, padding=True, return_tensors="pt")
+        assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"]), kind
+    full_width = ["\uff01 a"]  # not "!" in the raw text: fast (the slow one's ftfy narrows it first)
+    assert ours(full_width)[0].tolist() == HFFastTokenizer.from_pretrained(tmp_path)(full_width)["input_ids"]
+    pad = 49407 if "added_tokens_decoder" in config else 0
+    assert ids[0].tolist() == ([49406, 320, 256, 321, 49407] if pad else [49406, 320, 0, 321, 49407])
+    assert ids[-1].tolist() == [49406, 320, 49407, pad, pad]
+
+
+def test_a_special_token_of_special_tokens_map_json_is_checked_naming_that_file(hf_directory, tmp_path):
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((hf_directory / name).read_bytes())
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
+    with pytest.raises(ValueError, match=r"special_tokens_map.json: eos_token must be <\|endoftext\|> \(CLIP's\)"):
+        CLIPTokenizer.from_directory(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "files, refused",
+    [
+        ({"added_tokens.json": {"<|pad|>": 49408}}, True),
+        ({"tokenizer_config.json": {"added_tokens_decoder": {"49408": {"content": "<|pad|>", "special": True}}}}, True),
+        (
+            {
+                "tokenizer_config.json": {
+                    "pad_token": "!",
+                    "added_tokens_decoder": {"0": {"content": "!"}, **_ADDED["added_tokens_decoder"]},
+                }
+            },
+            False,
+        ),
+    ],
+    ids=["added_tokens.json", "added_tokens_decoder", "laion-padding"],
+)
+def test_tokens_added_to_a_vocab_json_directory_are_refused(hf_directory, tmp_path, files, refused):
+    """Found by a review after the fuzz: transformers reads "a <|pad|> b" as [49406, 320, 49408, 321, 49407]
+    where a vocab.json directory's added_tokens.json (or config's added_tokens_decoder) adds <|pad|>; ours
+    ignored them and spelt it in 5 pieces. Refused, as WordPieceTokenizer refuses them; CLIP's own
+    special tokens (and the padding token) are fine."""
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((hf_directory / name).read_bytes())
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    if refused:
+        with pytest.raises(ValueError, match=r"adds tokens \['<\|pad\|>'\] to the vocabulary; only CLIP's special"):
+            CLIPTokenizer.from_directory(tmp_path)
+    else:
+        texts = ["a ! b", "a"]
+        expected = HFFastTokenizer.from_pretrained(tmp_path)(texts, padding=True, return_tensors="pt")["input_ids"]
+        assert torch.equal(CLIPTokenizer.from_directory(tmp_path)(texts)[0], expected)
+
+
 def test_decode_gives_the_lower_cased_words(ours):
     ids, _ = ours(["A Photo of   the CAT's toy!! naïve 🐶"])
     assert ours.decode(ids[0].tolist()) == "a photo of the cat 's toy !! naïve 🐶"

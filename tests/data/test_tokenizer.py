@@ -371,6 +371,30 @@ def test_tokenizer_config_errors(tmp_path, config, match):
         WordPieceTokenizer.from_directory(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "config, refused",
+    [({"do_lower_case": True}, True), ({}, True), (None, True), ({"added_tokens_decoder": {}}, False)],
+    ids=["config", "empty-config", "no-config", "config-with-added-tokens-decoder"],
+)
+def test_special_tokens_of_special_tokens_map_json_are_read_as_transformers_reads_them(tmp_path, config, refused):
+    """Found by a differential review against BertTokenizerFast: where tokenizer_config.json has no
+    added_tokens_decoder, transformers reads the special tokens of special_tokens_map.json over it ("a <mask>"
+    gave [2, 5, 7, 3] there, with the mask token 7, and [2, 5, 1, 1, 1, 3] here, with [MASK]'s id 4): refused
+    as the config's own are."""
+    write_vocab(tmp_path / "vocab.txt", VOCAB + ["<mask>"])
+    if config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"mask_token": "<mask>"}))
+    assert BertTokenizerFast.from_pretrained(tmp_path).mask_token == ("<mask>" if refused else "[MASK]")
+    if refused:
+        with pytest.raises(ValueError, match=r"special_tokens_map.json: mask_token must be \[MASK\] \(BERT's"):
+            WordPieceTokenizer.from_directory(tmp_path)
+    else:
+        assert WordPieceTokenizer.from_directory(tmp_path).mask_id == ID["[MASK]"]
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"mask_token": "[MASK]", "pad_token": "[PAD]"}))
+    assert WordPieceTokenizer.from_directory(tmp_path)(["a red"], max_length=8)[0].tolist() == [[2, 5, 6, 3]]
+
+
 def test_tokenizer_json_errors(tmp_path):
     path = tmp_path / "tokenizer.json"
     path.write_text("{not json")

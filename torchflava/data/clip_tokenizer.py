@@ -8,7 +8,9 @@ from
 
 * a Hugging Face CLIP directory (:meth:`~CLIPTokenizer.from_directory`): ``tokenizer.json``, else
   ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length`` and
-  ``pad_token``: the ids transformers' ``CLIPTokenizerFast`` gives;
+  ``pad_token`` (``special_tokens_map.json``'s where transformers reads it): the ids transformers'
+  ``CLIPTokenizerFast`` gives (the one ``AutoTokenizer`` and ``CLIPProcessor`` load; the slow
+  ``CLIPTokenizer`` cleans text with ``ftfy`` and differs on controls, quotes, entities, widths...);
 * OpenAI's and open_clip's merges file, ``bpe_simple_vocab_16e6.txt.gz``
   (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, with what its ``ftfy``
   does (:func:`ftfy_fixes`: HTML entities, curly quotes, ligatures, full-width forms, control
@@ -42,7 +44,9 @@ from torchflava.data.tokenizer import (
     config_max_length,
     config_token,
     padded_rows,
+    refuse_added_tokens,
     repaired_surrogates,
+    with_special_tokens_map,
 )
 from torchflava.utils.checkpoint import first_line, present_file, read_json_object
 from torchflava.utils.checks import check_path
@@ -60,6 +64,7 @@ _OPEN_CLIP_WORDS = (
     "<[s\u017f]tart_of_text>|<end_of_text>|'[s\u017f]|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}\u0345]+"
 )
 _CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
+_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")  # the special tokens a tokenizer config names
 # How a text may spell the start and end tokens itself, by whose reading (CLIPTokenizer's reading).
 _SPECIAL_SPELLINGS = {"transformers": (START, END), "open_clip": ("<start_of_text>", "<end_of_text>")}
 _TERMINAL_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # ANSI colour and cursor codes
@@ -159,7 +164,8 @@ class CLIPTokenizer:
             tokens (its own normaliser and pre-tokeniser are used; its post-processor is not).
         model_max_length (Optional[int]): the default ``max_length`` of :meth:`__call__`.
         pad_token (Optional[str]): the padding token; None: ``<|endoftext|>`` (transformers' CLIP
-            checkpoints; padding is masked out either way).
+            checkpoints; padding is masked out either way). In transformers' reading another one
+            (LAION's ``!``) is a special token, as there: split out of the text wherever it stands.
         unescape_html (bool): undo HTML entities (``&amp;``, twice, as OpenAI's and open_clip's
             tokenizers do; web alt-text holds them) before tokenising; transformers' fast one does not.
         fix_text (bool): make :func:`ftfy_fixes` first (open_clip's ``ftfy.fix_text``).
@@ -204,7 +210,10 @@ class CLIPTokenizer:
             raise ValueError(f"the vocabulary lacks the token(s) {missing}")
         check_dense_ids(vocab, "tokenizer: the vocabulary")  # (from_tokenizer_json names the file first)
         if reading == "transformers":  # matched anywhere after lower-casing, as transformers does
-            tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=True) for token in (START, END)])
+            specials = [AddedToken(token, special=True, normalized=True) for token in (START, END)]
+            if pad_token not in (START, END):  # (LAION's "!"): a special token there, split out of the raw text
+                specials.append(AddedToken(pad_token, special=True, normalized=False))
+            tokenizer.add_special_tokens(specials)
         tokenizer.post_processor = None  # __call__ adds the start and end tokens
         self._tokenizer, self.unescape_html, self.fix_text = tokenizer, unescape_html, fix_text
         self.model_max_length = check_model_max_length(model_max_length)
@@ -321,7 +330,9 @@ class CLIPTokenizer:
 
         Raises:
             FileNotFoundError: if it has neither ``tokenizer.json`` nor ``vocab.json`` and ``merges.txt``.
-            ValueError: naming the file and key, if a file is malformed or states another tokenizer.
+            ValueError: naming the file and key, if a file is malformed or states another tokenizer, or
+                (without a ``tokenizer.json``) if ``added_tokens.json`` or ``tokenizer_config.json`` adds
+                tokens other than CLIP's start, end and padding ones.
         """
         directory = Path(check_path("directory", directory))
         settings = read_clip_tokenizer_config(directory / "tokenizer_config.json")
@@ -329,7 +340,8 @@ class CLIPTokenizer:
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
         if present_file(directory / "vocab.json", "a vocabulary file") and present_file(
             directory / "merges.txt", "a merges file"
-        ):
+        ):  # (a tokenizer.json holds its added tokens: read as transformers reads them)
+            refuse_added_tokens(directory, (START, END, settings.get("pad_token") or END), "CLIP's special tokens")
             vocab = read_json_object(directory / "vocab.json")
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
@@ -425,25 +437,29 @@ def _merge_pairs(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:
 def read_clip_tokenizer_config(path: Path) -> dict:
     """``model_max_length`` and ``pad_token`` of a CLIP ``tokenizer_config.json`` (missing file: 77, None).
 
+    As transformers reads them: where the config has no ``added_tokens_decoder`` (files written before
+    transformers 4.34), the ``special_tokens_map.json`` beside it names the special tokens over the config.
+
     Raises:
         ValueError: naming the key, if a value has the wrong type, the class is not CLIP's, the padding
             token is an empty string, or the start, end or unknown token is not CLIP's.
     """
-    if not present_file(path, "a tokenizer config file"):
+    config = read_json_object(path) if present_file(path, "a tokenizer config file") else {}
+    config, where = with_special_tokens_map(config, path, _TOKEN_KEYS)
+    if not config:
         return {}
-    config = read_json_object(path)
     kind = config.get("tokenizer_class")
     if kind is not None and kind not in _CLASSES:
         raise ValueError(f"tokenizer_config.json: tokenizer_class must be one of {_CLASSES}, got {kind!r}")
     settings = {}
     if config.get("model_max_length") is not None:  # absent or null: CLIP's 77
         settings["model_max_length"] = config_max_length(config)
-    for key, expected in (("bos_token", START), ("eos_token", END), ("unk_token", END)):  # (no others are read)
+    for key, expected in zip(_TOKEN_KEYS[:3], (START, END, END)):  # (no others are read)
         token = config_token(config, key)
         if token is not None and token != expected:
-            raise ValueError(f"tokenizer_config.json: {key} must be {expected} (CLIP's), got {token!r}")
+            raise ValueError(f"{where[key]}: {key} must be {expected} (CLIP's), got {token!r}")
     pad = config_token(config, "pad_token")
     if pad is not None and (not isinstance(pad, str) or not pad):  # ("" padded with the end token)
-        raise ValueError(f"tokenizer_config.json: pad_token must be a non-empty string or null, got {pad!r}")
+        raise ValueError(f"{where['pad_token']}: pad_token must be a non-empty string or null, got {pad!r}")
     settings["pad_token"] = pad
     return settings

@@ -23,7 +23,7 @@ from torch import Tensor
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from torchflava.utils.checkpoint import atomic_write, present_file
+from torchflava.utils.checkpoint import atomic_write, present_file, read_json_object
 from torchflava.utils.checks import check_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -254,7 +254,7 @@ class WordPieceTokenizer:
         """
         directory = Path(check_path("directory", directory))
         settings = read_tokenizer_config(directory / TOKENIZER_CONFIG)
-        _refuse_added_tokens(directory)
+        refuse_added_tokens(directory)
         if present_file(directory / "tokenizer.json", "a tokenizer file"):  # the fast tokenizer reads it over vocab.txt
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
         if present_file(directory / "vocab.txt", "a vocabulary file"):
@@ -372,10 +372,12 @@ class WordPieceTokenizer:
         return self._tokenizer.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=True)
 
 
-def _refuse_added_tokens(directory: Path) -> None:
+def refuse_added_tokens(
+    directory: Path, allowed: Sequence[str] = SPECIAL_TOKENS, what: str = "BERT's special tokens"
+) -> None:
     """ValueError naming the file if the directory's tokenizer has tokens added to its vocabulary
-    beyond BERT's five special ones (transformers' ``add_tokens``): they are read as whole tokens
-    there and would be split into word pieces here."""
+    beyond the ``allowed`` ones (``what`` they are; transformers' ``add_tokens``): they are read as
+    whole tokens there and would be split into pieces here."""
     found = {}
     path = directory / "tokenizer.json"
     if present_file(path, "a tokenizer file"):
@@ -395,11 +397,11 @@ def _refuse_added_tokens(directory: Path) -> None:
             if isinstance(entries, dict):
                 found[path] = [e.get("content") if isinstance(e, dict) else k for k, e in entries.items()]
     for path, tokens in found.items():
-        extra = [t for t in tokens if t not in SPECIAL_TOKENS]
+        extra = [t for t in tokens if t not in allowed]
         if extra:
             raise ValueError(
-                f"{path.name}: {path} adds tokens {extra[:5]} to the vocabulary; only BERT's special tokens "
-                f"{list(SPECIAL_TOKENS)} are supported (added tokens would be split into word pieces here)"
+                f"{path.name}: {path} adds tokens {extra[:5]} to the vocabulary; only {what} "
+                f"{list(allowed)} are supported (added tokens would be split into pieces here)"
             )
 
 
@@ -522,7 +524,9 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     """The :meth:`WordPieceTokenizer.from_vocab` settings a ``tokenizer_config.json`` states.
 
     A missing file gives ``BertTokenizerFast``'s defaults. ``model_max_length`` = int(1e30) (what
-    transformers writes for "no limit") gives None.
+    transformers writes for "no limit") gives None. The special tokens are checked where transformers
+    reads them: a ``special_tokens_map.json`` beside the file names them over it when the file has no
+    ``added_tokens_decoder`` (see :func:`with_special_tokens_map`).
 
     Args:
         path (Union[str, os.PathLike]): the file (it need not exist).
@@ -531,28 +535,30 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
         dict: ``lowercase``, ``strip_accents``, ``tokenize_chinese_chars``, ``model_max_length``.
 
     Raises:
-        ValueError: naming the key, if the file is not a JSON object, a value has the wrong type, or
-            it names another tokenizer class or other special tokens.
+        ValueError: naming the key (and the file), if a file is not a JSON object, a value has the wrong
+            type, or it names another tokenizer class or other special tokens.
     """
     path = Path(path)
     settings = dict(lowercase=True, strip_accents=None, tokenize_chinese_chars=True, model_max_length=None)
-    if not present_file(path, "a tokenizer config file"):
-        return settings
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{TOKENIZER_CONFIG}: {path} is not JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{TOKENIZER_CONFIG}: {path} must hold a JSON object, got {type(config).__name__}")
+    config = {}
+    if present_file(path, "a tokenizer config file"):
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{TOKENIZER_CONFIG}: {path} is not JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{TOKENIZER_CONFIG}: {path} must hold a JSON object, got {type(config).__name__}")
+    keys = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+    config, where = with_special_tokens_map(config, path, keys)
     kind = config.get("tokenizer_class")
     if kind is not None and kind not in ("BertTokenizer", "BertTokenizerFast"):
         raise ValueError(
             f"{TOKENIZER_CONFIG}: tokenizer_class must be BertTokenizer or BertTokenizerFast, got {kind!r}"
         )
-    for key, expected in zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS):
+    for key, expected in zip(keys, SPECIAL_TOKENS):
         token = config_token(config, key)
         if token is not None and token != expected:
-            raise ValueError(f"{TOKENIZER_CONFIG}: {key} must be {expected} (BERT's special tokens), got {token!r}")
+            raise ValueError(f"{where[key]}: {key} must be {expected} (BERT's special tokens), got {token!r}")
     for key, name in (("do_lower_case", "lowercase"), ("tokenize_chinese_chars", "tokenize_chinese_chars")):
         value = config.get(key, settings[name])
         if not isinstance(value, bool):
@@ -564,6 +570,19 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     settings["strip_accents"] = strip
     settings["model_max_length"] = config_max_length(config)
     return settings
+
+
+def with_special_tokens_map(config: dict, path: Path, keys: Sequence[str]) -> tuple[dict, dict[str, str]]:
+    """``config`` (the ``tokenizer_config.json`` at ``path``, {} if none) with the special tokens (``keys``)
+    of the ``special_tokens_map.json`` beside it over its own, as transformers reads them where the config
+    has no ``added_tokens_decoder`` (files written before transformers 4.34); and the file naming each key.
+    ValueError naming the map if it is not a JSON object."""
+    where = dict.fromkeys(keys, TOKENIZER_CONFIG)
+    tokens = path.with_name("special_tokens_map.json")
+    if "added_tokens_decoder" not in config and present_file(tokens, "a special tokens file"):
+        named = {key: value for key, value in read_json_object(tokens).items() if key in keys}
+        config, where = {**config, **named}, {**where, **dict.fromkeys(named, tokens.name)}
+    return config, where
 
 
 def config_token(config: Mapping, key: str) -> object:
