@@ -72,6 +72,23 @@ def test_frozen_parameters_are_left_out():
     assert no_decay["names"] == ["0.bias", "1.weight", "1.bias", "2.bias"]
 
 
+def test_a_word_table_tied_to_an_output_projection_is_not_decayed():
+    """Embedding tables are not decayed; one that a linear layer shares (a language model's tied output
+    projection) was, as a linear weight. The untied projection of the same model still is."""
+    embed, head, untied = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False), nn.Linear(4, 4)
+    head.weight = embed.weight
+    for model in (
+        nn.ModuleDict(dict(embed=embed, head=head, proj=untied)),
+        nn.ModuleDict(dict(head=head, embed=embed)),
+    ):
+        decay, no_decay = param_groups(model, weight_decay=0.1)
+        assert all(p is not embed.weight for p in decay["params"])
+        assert sum(p is embed.weight for p in no_decay["params"]) == 1  # once, under its first name
+    assert decay["names"] == [] and no_decay["names"] == ["head.weight"]
+    decay, _ = param_groups(nn.ModuleDict(dict(embed=embed, head=head, proj=untied)), weight_decay=0.1)
+    assert decay["names"] == ["proj.weight"]
+
+
 def test_negative_weight_decay():
     with pytest.raises(ValueError, match="weight_decay"):
         param_groups(nn.Linear(2, 2), weight_decay=-0.1)

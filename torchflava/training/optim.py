@@ -18,7 +18,8 @@ def param_groups(
 
     Only the weights of linear and convolution layers (the patch projection included) are
     decayed. Biases, norms, embedding tables, position embeddings, CLS and mask tokens and the
-    logit scale are not.
+    logit scale are not; nor is an embedding table that a linear layer shares (a language model's
+    output projection tied to its word table).
 
     Args:
         model (nn.Module): the model.
@@ -43,6 +44,7 @@ def param_groups(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ValueError(f"lr_multipliers[{key!r}] must be a number >= 0, got {value!r}")
     decayed = {id(m.weight) for m in model.modules() if isinstance(m, _DECAYED_MODULES)}
+    decayed -= {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}  # (a tied word table)
     factors = sorted(set(multipliers.values()) - {1.0}, key=list(multipliers.values()).index)
     groups = {(d, f): ([], []) for f in [1.0, *factors] for d in (True, False)}
     used = set()
