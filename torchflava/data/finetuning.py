@@ -2,8 +2,9 @@
 jsonl (class labels or VQA-style soft answer scores), and the built-in shapes classification task.
 
 Every source is a map-style dataset of :class:`LabeledSample`; an unusable item raises
-:class:`~torchflava.data.samples.BadSample` (skipped and counted by the batch builder), while a
-malformed file (missing column, unknown label) is an error at construction naming what is wrong.
+:class:`~torchflava.data.samples.BadSample` (skipped and counted by the batch builder), a TSV row of
+the wrong number of fields included, while a malformed file (missing column, unknown label) is an
+error at construction naming what is wrong.
 """
 
 from collections import Counter
