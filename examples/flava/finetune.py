@@ -70,6 +70,7 @@ class FinetuneDataConfig:
     text_columns: list[str] = field(default_factory=lambda: ["sentence"])
     label_column: str = "label"
     labels: Optional[list[str]] = None  # class / answer names in id order; none for regression
+    columns: Optional[list[str]] = None  # glue: a TSV's column names in order if it has no header row (CoLA)
     max_text_length: int = 128
     shapes_train: int = 3000
     shapes_val: int = 540
@@ -189,6 +190,17 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
                 "a column other than the text",
                 d.label_column,
             ),
+            (
+                d.columns is None
+                or (
+                    all(d.columns)
+                    and len(set(d.columns)) == len(d.columns)
+                    and {*columns, d.label_column} <= set(d.columns)
+                ),
+                "data.columns",
+                f"null (a header row names them) or distinct column names holding {[*columns, d.label_column]}",
+                d.columns,
+            ),
         ]
     if d.task == "image_text":
         return [
@@ -216,13 +228,17 @@ def build_splits(d: FinetuneDataConfig) -> tuple:
         train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
         return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
     if d.task == "glue":
-        columns = f"a TSV file with a header holding {[*d.text_columns, d.label_column]}"
+        read = [*d.text_columns, d.label_column]
+        columns = f"a TSV file of the columns {d.columns}"
+        if d.columns is None:
+            columns = f"a TSV file with a header holding {read} (data.columns names those of a file without one)"
         expected = f"{columns} and labels in {d.labels}" if d.labels else f"{columns} and numeric labels"
-        train = opened(
-            "data.train", d.train, expected, lambda: GlueTsv(d.train, d.text_columns, d.label_column, d.labels)
-        )
-        val = opened("data.val", d.val, expected, lambda: GlueTsv(d.val, d.text_columns, d.label_column, d.labels))
-        return train, val, d.labels
+
+        def tsv(path: str) -> GlueTsv:
+            return GlueTsv(path, d.text_columns, d.label_column, d.labels, columns=d.columns)
+
+        train = opened("data.train", d.train, expected, lambda: tsv(d.train))
+        return train, opened("data.val", d.val, expected, lambda: tsv(d.val)), d.labels
     if d.task == "image_folder":
         expected = "a folder of class sub-folders of images"
         train = opened("data.train", d.train, expected, lambda: ImageClassFolder(d.train, d.labels))

@@ -270,3 +270,61 @@ def test_classification_batches_of_each_label_kind_and_none_refused():
     assert torch.equal(scores, torch.tensor([[0.0, 1.0], [0.3, 0.0]]))
     with pytest.raises(ValueError, match="^samples: expected at least one sample, got none$"):  # was IndexError
         collator("train", [], [])
+
+
+def test_glue_tsv_reads_a_file_without_a_header_row_by_its_columns(tmp_path):
+    """CoLA's train.tsv and dev.tsv have no header: their first row was read as one, and refused as
+    "missing column(s)" without saying why."""
+    from torchflava.data.finetuning import GlueTsv
+
+    cola, columns = tmp_path / "cola.tsv", ["source", "label", "original_label", "sentence"]
+    cola.write_text('gj04\t1\t\tThe dog "barked.\ngj04\t0\t*\tDog the barked.\n')  # a lone quote is a character
+    source = GlueTsv(cola, ["sentence"], "label", ["0", "1"], columns=columns)
+    assert [source[i] for i in range(len(source))] == [(None, 'The dog "barked.', 1), (None, "Dog the barked.", 0)]
+    with pytest.raises(
+        ValueError,
+        match=r"cola.tsv: missing column\(s\) \['sentence', 'label'\]; the header has \['gj04', '1', '', 'The dog "
+        r"\"barked.'\]; line 1 reads as data: a file without a header row needs its columns named$",
+    ):
+        GlueTsv(cola, ["sentence"], "label", ["0", "1"])
+    with pytest.raises(
+        ValueError,
+        match=r"^columns must hold the text and label columns, \['label'\] are not among \['source', 'sentence'\]$",
+    ):
+        GlueTsv(cola, ["sentence"], "label", ["0", "1"], columns=["source", "sentence"])
+    with pytest.raises(TypeError, match="^columns must be a list of column names, got str 'sentence'$"):
+        GlueTsv(cola, ["sentence"], "label", ["0", "1"], columns="sentence")
+    sst = tmp_path / "sst.tsv"
+    sst.write_text("sentence\tlabel\nhello\t1\n")
+    with pytest.raises(
+        ValueError,
+        match=r"sst.tsv line 1: \['sentence', 'label'\] is a header row; columns name the columns of a file without one$",
+    ):
+        GlueTsv(sst, ["sentence"], "label", ["0", "1"], columns=["sentence", "label"])
+    with pytest.raises(
+        ValueError, match=r"sst.tsv: missing column\(s\) \['text'\]; the header has \['sentence', 'label'\]$"
+    ):
+        GlueTsv(sst, ["text"], "label", ["0", "1"])  # a header that reads as one: no word of data
+
+
+def test_glue_tsv_rows_of_another_width_are_unusable_items_naming_their_line(tmp_path):
+    """QQP's train.tsv has rows missing fields: the first of them refused the whole file ("label None
+    is not one of ['0', '1']"); a row split by a stray tab misplaced its label."""
+    from torchflava.data.finetuning import GlueTsv
+    from torchflava.data.samples import BadSample, unusable_start
+
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+    path = tmp_path / "qqp.tsv"
+    path.write_text(
+        header + "1\t1\t2\tWhy?\tHow?\t0\n2\t3\t4\tWhat is it?\n\n3\t5\t6\ta\tb\tc\t1\n4\t7\t8\tWho?\tWhom?\t1\n"
+    )
+    qqp = GlueTsv(path, ["question1", "question2"], "is_duplicate", ["0", "1"])
+    assert len(qqp) == 4 and (qqp[0], qqp[3]) == ((None, "Why? [SEP] How?", 0), (None, "Who? [SEP] Whom?", 1))
+    columns = r"\['id', 'qid1', 'qid2', 'question1', 'question2', 'is_duplicate'\]"
+    with pytest.raises(BadSample, match=rf"^sample 1: .*qqp.tsv line 3: expected 6 fields {columns}, got 4$"):
+        qqp[1]
+    with pytest.raises(BadSample, match=rf"^sample 2: .*qqp.tsv line 5: expected 6 fields {columns}, got 7$"):
+        qqp[2]  # (after a blank line, which is no row)
+    path.write_text(header + "1\t2\n")
+    fault = unusable_start(GlueTsv(path, ["question1", "question2"], "is_duplicate", ["0", "1"]))
+    assert fault.startswith("none of its 1 items reads; the first: sample 0: ") and fault.endswith("got 2")

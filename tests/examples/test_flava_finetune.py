@@ -306,3 +306,270 @@ def test_two_ddp_processes_match_one_and_resume_on_one(export, tmp_path):
     for step in one:
         assert resumed[step]["loss"] == pytest.approx(one[step]["loss"], rel=1e-5), step
         assert resumed[step]["lr"] == pytest.approx(one[step]["lr"], rel=1e-12), step
+
+
+# --------------------------------------------------------------------------- GLUE's files as distributed
+# Each task's train and dev files line for line in the format of GLUE's download: CoLA's train/dev
+# without a header, MRPC with the MSR corpus' one, MNLI's dev_matched with five annotators' labels, a
+# row of QQP's train missing fields (the real one has a few), an unbalanced double quote in a field of
+# each (read as a character: GLUE's files are read without quoting). Then what the task's config
+# reads from each file: (text, label) per row, None for an unusable row.
+MNLI_TRAIN = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse"
+MNLI_TRAIN += "\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"
+MNLI_DEV = MNLI_TRAIN.replace("label1\t", "label1\tlabel2\tlabel3\tlabel4\tlabel5\t")
+PAIRS = "index\tsentence1\tsentence2\tlabel"  # RTE's and WNLI's header
+GLUE_TASKS = {
+    "cola": (
+        ['gj04\t1\t\tThe dog "barked at the mail carrier.', "bc01\t0\t*\tMail the carrier barked dog."],
+        ["cj99\t0\t*\tQuickly the of ran.", "cj99\t1\t\tShe ran quickly."],
+        [('The dog "barked at the mail carrier.', 1), ("Mail the carrier barked dog.", 0)],
+        [("Quickly the of ran.", 0), ("She ran quickly.", 1)],
+    ),
+    "sst2": (
+        ["sentence\tlabel", 'a warm , funny " film \t1', "the plot goes nowhere \t0"],
+        ["sentence\tlabel", "it 's a dull mess . \t0", "a gem of a movie . \t1"],
+        [('a warm , funny " film', 1), ("the plot goes nowhere", 0)],
+        [("it 's a dull mess .", 0), ("a gem of a movie .", 1)],
+    ),
+    "mrpc": (
+        [
+            "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+            '1\t10\t11\tHe said " the plan was fine .\tThe plan was fine , he said .',
+            "0\t12\t13\tShares rose 5 percent .\tThe company hired a new chief .",
+        ],
+        [
+            "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+            "0\t20\t21\tIt rained all day .\tSales fell in May .",
+            "1\t22\t23\tA cat sat .\tA cat was sitting .",
+        ],
+        [
+            ('He said " the plan was fine . [SEP] The plan was fine , he said .', 1),
+            ("Shares rose 5 percent . [SEP] The company hired a new chief .", 0),
+        ],
+        [("It rained all day . [SEP] Sales fell in May .", 0), ("A cat sat . [SEP] A cat was sitting .", 1)],
+    ),
+    "qqp": (
+        [
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+            '5\t11\t12\tHow do I learn "Python?\tWhat is the best way to learn Python?\t1',
+            "6\t13\t14\tWhy is the sky blue?",
+            "7\t15\t16\tWhat is a black hole?\tHow tall is Everest?\t0",
+        ],
+        [
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+            "8\t17\t18\tIs tea healthy?\tIs green tea good for you?\t1",
+            "9\t19\t20\tWho won?\tWhere is Rome?\t0",
+        ],
+        [
+            ('How do I learn "Python? [SEP] What is the best way to learn Python?', 1),
+            None,
+            ("What is a black hole? [SEP] How tall is Everest?", 0),
+        ],
+        [("Is tea healthy? [SEP] Is green tea good for you?", 1), ("Who won? [SEP] Where is Rome?", 0)],
+    ),
+    "mnli": (
+        [
+            MNLI_TRAIN,
+            '0\t31\t31e\tfiction\t( ( A man ) sleeps )\t( ( A man ) rests )\t(ROOT (S))\t(ROOT (S))\tA man "sleeps.\tA man rests.\tentailment\tentailment',
+            "1\t32\t32c\ttravel\t( Rome )\t( Paris )\t(ROOT (NP))\t(ROOT (NP))\tThe city is Rome.\tThe city is Paris.\tcontradiction\tcontradiction",
+            "2\t33\t33n\tslate\t( It )\t( It )\t(ROOT (S))\t(ROOT (S))\tIt snowed.\tIt snowed a lot.\tneutral\tneutral",
+        ],
+        [
+            MNLI_DEV,
+            "9\t41\t41n\tfiction\t( x )\t( y )\t(ROOT (S))\t(ROOT (S))\tShe sang.\tShe sang well.\tneutral\tneutral\tentailment\tneutral\tneutral\tneutral",
+            "10\t42\t42e\ttravel\t( x )\t( y )\t(ROOT (S))\t(ROOT (S))\tWe flew.\tWe travelled.\tentailment\tentailment\tentailment\tentailment\tneutral\tentailment",
+        ],
+        [
+            ('A man "sleeps. [SEP] A man rests.', 0),
+            ("The city is Rome. [SEP] The city is Paris.", 2),
+            ("It snowed. [SEP] It snowed a lot.", 1),
+        ],
+        [("She sang. [SEP] She sang well.", 1), ("We flew. [SEP] We travelled.", 0)],
+    ),
+    "qnli": (
+        [
+            "index\tquestion\tsentence\tlabel",
+            '0\tWho wrote "Hamlet?\tHamlet was written by Shakespeare.\tentailment',
+            "1\tHow old is it?\tIt is red.\tnot_entailment",
+        ],
+        [
+            "index\tquestion\tsentence\tlabel",
+            "0\tWhen did it end?\tThe war was long.\tnot_entailment",
+            "1\tWhere is Oslo?\tOslo is in Norway.\tentailment",
+        ],
+        [('Who wrote "Hamlet? [SEP] Hamlet was written by Shakespeare.', 0), ("How old is it? [SEP] It is red.", 1)],
+        [("When did it end? [SEP] The war was long.", 1), ("Where is Oslo? [SEP] Oslo is in Norway.", 0)],
+    ),
+    "rte": (
+        [
+            PAIRS,
+            '0\tThe "bank closed at noon.\tThe bank closed.\tentailment',
+            "1\tIt rained.\tIt was dry.\tnot_entailment",
+        ],
+        [PAIRS, "0\tOil prices rose.\tOil got cheaper.\tnot_entailment", "1\tAnn won.\tAnn took part.\tentailment"],
+        [('The "bank closed at noon. [SEP] The bank closed.', 0), ("It rained. [SEP] It was dry.", 1)],
+        [("Oil prices rose. [SEP] Oil got cheaper.", 1), ("Ann won. [SEP] Ann took part.", 0)],
+    ),
+    "wnli": (
+        [
+            PAIRS,
+            '0\tThe cup fell because "it was tipped.\tThe cup was tipped.\t1',
+            "1\tI met Jo; she waved.\tI waved.\t0",
+        ],
+        [
+            PAIRS,
+            "0\tTom thanked Bob because he helped.\tTom helped.\t0",
+            "1\tThe box held the ball; it was big.\tThe box was big.\t1",
+        ],
+        [
+            ('The cup fell because "it was tipped. [SEP] The cup was tipped.', 1),
+            ("I met Jo; she waved. [SEP] I waved.", 0),
+        ],
+        [
+            ("Tom thanked Bob because he helped. [SEP] Tom helped.", 0),
+            ("The box held the ball; it was big. [SEP] The box was big.", 1),
+        ],
+    ),
+    "stsb": (
+        [
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+            '0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane "takes off.\tA jet takes off.\t5.000',
+            "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man plays a flute.\tA man plays a drum.\t1.750",
+        ],
+        [
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+            "0\tmain-news\theadlines\t2015\t0002\tnone\tnone\tStocks fell.\tA man sings.\t0.250",
+            "1\tmain-news\theadlines\t2015\t0003\tnone\tnone\tRates rose.\tRates went up.\t4.800",
+        ],
+        [('A plane "takes off. [SEP] A jet takes off.', 5.0), ("A man plays a flute. [SEP] A man plays a drum.", 1.75)],
+        [("Stocks fell. [SEP] A man sings.", 0.25), ("Rates rose. [SEP] Rates went up.", 4.8)],
+    ),
+}
+# What each task's report holds (GLUE's metrics: Matthews for CoLA, F1 for MRPC and QQP, ...).
+GLUE_METRICS = {
+    **dict.fromkeys(["cola", "sst2", "mrpc", "qqp", "qnli", "rte", "wnli"], {"accuracy", "matthews", "f1"}),
+    "mnli": {"accuracy", "matthews"},
+    "stsb": {"pearson", "spearman"},
+}
+
+
+def _write_glue_task(root: Path, task: str) -> tuple[Path, Path]:
+    """The task's train.tsv and dev.tsv (MNLI's dev_matched.tsv) under ``root``."""
+    paths = root / "train.tsv", root / ("dev_matched.tsv" if task == "mnli" else "dev.tsv")
+    for path, lines in zip(paths, GLUE_TASKS[task][:2]):
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return paths
+
+
+def test_every_glue_task_reads_its_distributed_files_through_its_config(export, tmp_path):
+    from dataclasses import asdict
+
+    from torchflava.data.samples import BadSample
+    from torchflava.models import flava_model_for_classification
+    from torchflava.pretrained import load_pretrained
+
+    pretrained = load_pretrained(export)
+    assert set(GLUE_TASKS) == {p.stem for p in (REPO / "examples/flava/configs/finetuning").glob("*.yaml")} - {
+        "shapes",
+        "vqa",
+    }
+    for task, (_, _, train_items, dev_items) in GLUE_TASKS.items():
+        (tmp_path / task).mkdir()
+        train_path, dev_path = _write_glue_task(tmp_path / task, task)
+        config = REPO / "examples/flava/configs/finetuning" / f"{task}.yaml"
+        cfg = finetune.load_config(
+            finetune.FinetuneConfig,
+            [f"config={config}", f"data.train={train_path}", f"data.val={dev_path}", f"model.pretrained={export}"],
+        )
+        finetune.validate(cfg, world_size=1)
+        train, val, classes = finetune.build_splits(cfg.data)
+        for source, expected in ((train, train_items), (val, dev_items)):
+            assert len(source) == len(expected), task
+            for index, item in enumerate(expected):
+                if item is None:  # the row missing fields: an unusable item naming its line
+                    with pytest.raises(BadSample, match=rf"train.tsv line {index + 2}: expected 6 fields .*, got 4$"):
+                        source[index]
+                else:
+                    assert source[index] == (None, *item), task
+        loss = finetune.task_losses(cfg.data)[0]
+        kwargs = {**asdict(cfg.model), "pretrained": None, "loss": loss}
+        model = flava_model_for_classification(
+            1 if classes is None else len(classes), backbone=pretrained.model, **kwargs
+        )
+        collator = finetune.ClassificationCollator(
+            pretrained.tokenizer, image_size=pretrained.image_size, max_text_length=pretrained.max_text_length
+        )
+        for source, items in ((train, train_items), (val, dev_items)):
+            report = finetune.evaluate(model, source, collator, loss)
+            assert set(report) == GLUE_METRICS[task] | {"items", "skipped"}, task
+            assert (report["items"], report["skipped"]) == (sum(i is not None for i in items), items.count(None))
+
+
+def test_cola_fine_tunes_on_its_headerless_files_counting_a_damaged_row(export, tmp_path):
+    """CoLA's train.tsv and dev.tsv have no header row: data.columns names their columns."""
+    scenes, texts = _sentences(60, 5)
+    rows = [
+        ("src", "1" if s.size == "large" else "0", "" if s.size == "large" else "*", t) for s, t in zip(scenes, texts)
+    ]
+    rows[3] = ("src", "1", "", 'a "quoted caption')
+    lines = ["\t".join(r) for r in rows]
+    (tmp_path / "train.tsv").write_text("\n".join([*lines[:40], "src\t1\ta row cut short"]) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join(lines[40:]) + "\n")
+    config = REPO / "examples/flava/configs/finetuning/cola.yaml"
+    report = _run(
+        export,
+        tmp_path / "run",
+        f"config={config}",
+        f"data.train={tmp_path / 'train.tsv'}",
+        f"data.val={tmp_path / 'dev.tsv'}",
+    )
+    assert (report["task"], report["loss"], report["num_classes"], report["steps"]) == ("glue", "cross_entropy", 2, 30)
+    assert report["skipped_samples"] == 1  # the row cut short, drawn in 30 steps of 16 over 41 rows
+    assert report["skipped_examples"][0].startswith("train[40]: ")
+    assert report["skipped_examples"][0].endswith(
+        "train.tsv line 41: expected 4 fields ['source', 'label', 'original_label', 'sentence'], got 3"
+    )
+    assert set(report["validation"]) == {"accuracy", "matthews", "f1", "items", "skipped", "chance"}
+    assert (report["validation"]["items"], report["validation"]["skipped"]) == (20, 0)
+
+
+def test_mnli_fine_tunes_on_its_many_column_files_with_three_classes(export, tmp_path):
+    """MNLI's train.tsv has 12 columns, dev_matched.tsv 16 (five annotators' labels before gold_label)."""
+    _, texts = _sentences(60, 6)
+    labels = ["entailment", "neutral", "contradiction"]
+    rows = [
+        (str(i), str(i), f"{i}x", "fiction", "( x )", "( y )", "(ROOT)", "(ROOT)", t, "a shape", labels[i % 3])
+        for i, t in enumerate(texts)
+    ]
+    train = [MNLI_TRAIN] + ["\t".join((*r, r[-1])) for r in rows[:40]]
+    dev = [MNLI_DEV] + ["\t".join((*r, r[-1], r[-1], r[-1], r[-1], r[-1])) for r in rows[40:]]
+    (tmp_path / "train.tsv").write_text("\n".join(train) + "\n")
+    (tmp_path / "dev_matched.tsv").write_text("\n".join(dev) + "\n")
+    config = REPO / "examples/flava/configs/finetuning/mnli.yaml"
+    report = _run(
+        export,
+        tmp_path / "run",
+        f"config={config}",
+        f"data.train={tmp_path / 'train.tsv'}",
+        f"data.val={tmp_path / 'dev_matched.tsv'}",
+    )
+    assert (report["loss"], report["num_classes"], report["skipped_samples"]) == ("cross_entropy", 3, 0)
+    assert set(report["validation"]) == {"accuracy", "matthews", "items", "skipped", "chance"}  # no F1: 3 classes
+    assert (report["validation"]["items"], report["validation"]["chance"]) == (20, 1 / 3)
+
+
+def test_glue_column_errors_name_the_key(export, tmp_path):
+    train, dev = _write_glue_task(tmp_path, "cola")
+    files = [f"data.train={train}", f"data.val={dev}", "data.text_columns=[sentence]", "data.labels=['0','1']"]
+    files += ["model.modality=text"]
+    with pytest.raises(
+        finetune.ConfigError,
+        match=r"^key 'data.columns': expected null \(a header row names them\) or distinct column names holding "
+        r"\['sentence', 'label'\], got \['source', 'sentence'\]$",
+    ):
+        _run(export, tmp_path / "r1", *files, "data.columns=[source,sentence]")
+    with pytest.raises(
+        finetune.ConfigError,
+        match=r"^key 'data.train': expected a TSV file with a header holding .*line 1 reads as data",
+    ):  # CoLA's file read as if it had a header
+        _run(export, tmp_path / "r2", *files)

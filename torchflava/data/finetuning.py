@@ -2,8 +2,9 @@
 jsonl (class labels or VQA-style soft answer scores), and the built-in shapes classification task.
 
 Every source is a map-style dataset of :class:`LabeledSample`; an unusable item raises
-:class:`~torchflava.data.samples.BadSample` (skipped and counted by the batch builder), while a
-malformed file (missing column, unknown label) is an error at construction naming what is wrong.
+:class:`~torchflava.data.samples.BadSample` (skipped and counted by the batch builder), a TSV row of
+the wrong number of fields included, while a malformed file (missing column, unknown label) is an
+error at construction naming what is wrong.
 """
 
 from collections import Counter
@@ -61,7 +62,12 @@ class LabeledSample(NamedTuple):
 
 
 class GlueTsv(Dataset):
-    """A GLUE-format TSV file (header row, tab-separated): one or two text columns and a label column.
+    """A GLUE-format TSV file (tab-separated, no quoting): one or two text columns and a label column,
+    named by a header row or, for a file without one (CoLA's train.tsv and dev.tsv), by ``columns``.
+
+    A row with another number of fields than the header (or ``columns``) names is unusable: its item
+    raises :class:`~torchflava.data.samples.BadSample` naming the line (QQP's train.tsv has a few),
+    to be skipped and counted like any unusable item. Blank lines are no rows.
 
     Args:
         path (PathLike): the ``.tsv`` file.
@@ -69,17 +75,26 @@ class GlueTsv(Dataset):
         label_column (str): the label column.
         labels (Optional[Sequence[str]]): distinct label names in class-id order; None reads the labels
             as float regression targets (e.g. STS-B).
+        columns (Optional[Sequence[str]]): the names of the file's columns in order, for a file
+            without a header row; None: the first row is the header.
 
     Raises:
         FileNotFoundError: if ``path`` is not an existing file.
-        TypeError: if ``path`` is not a path, ``labels`` or ``text_columns`` not a list of names.
-        ValueError: if a column is missing or named twice in the header, ``text_columns`` has not 1 or 2
-            distinct names or holds the label column, ``labels`` is empty or repeats a name, or a label
-            is unknown (classification) or not a number (regression) — naming the line.
+        TypeError: if ``path`` is not a path, ``labels``, ``text_columns`` or ``columns`` not a list of names.
+        ValueError: if a column is missing from or named twice in the header (or ``columns``),
+            ``text_columns`` has not 1 or 2 distinct names or holds the label column, ``labels`` is
+            empty or repeats a name, the first row of a file read with ``columns`` is a header, or a
+            label is unknown (classification) or not a number (regression) — naming the line.
     """
 
     def __init__(
-        self, path: PathLike, text_columns: Sequence[str], label_column: str, labels: Optional[Sequence[str]] = None
+        self,
+        path: PathLike,
+        text_columns: Sequence[str],
+        label_column: str,
+        labels: Optional[Sequence[str]] = None,
+        *,
+        columns: Optional[Sequence[str]] = None,
     ) -> None:
         path = existing_path("path", path, directory=False)
         text_columns = _names("text_columns", text_columns, "column")
@@ -87,45 +102,70 @@ class GlueTsv(Dataset):
             raise ValueError(f"text_columns must name 1 or 2 columns, got {text_columns!r}")
         if label_column in text_columns:  # the label would be the input
             raise ValueError(f"text_columns must not hold the label_column {label_column!r}, got {text_columns}")
+        if columns is not None:
+            columns = _names("columns", columns, "column")
+            if missing := [c for c in (*text_columns, label_column) if c not in columns]:
+                raise ValueError(f"columns must hold the text and label columns, {missing} are not among {columns}")
         self.labels = None if labels is None else _names("labels", labels, "label")
+        where = os.fspath(path)
         try:  # utf-8-sig: a byte-order mark is not part of the first column's name
             with open(path, encoding="utf-8-sig", newline="") as file:
-                reader = csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
-                header = reader.fieldnames or []
-                missing = [c for c in (*text_columns, label_column) if c not in header]
-                if missing:
-                    raise ValueError(f"{os.fspath(path)}: missing column(s) {missing}; the header has {header}")
-                repeated = [c for c in (*text_columns, label_column) if header.count(c) > 1]
-                if repeated:  # (the reader kept the last of them)
-                    raise ValueError(f"{os.fspath(path)}: the header names column(s) {repeated} more than once")
-                rows = [(reader.line_num, row) for row in reader]  # the file's line numbers: blank lines count
+                reader = csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
+                rows = [(reader.line_num, row) for row in reader if row]  # the file's line numbers: blank lines count
         except UnicodeDecodeError as error:
-            raise ValueError(f"{os.fspath(path)} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+            raise ValueError(f"{where} is not UTF-8 text ({error.reason} at byte {error.start})") from None
         except csv.Error as error:  # e.g. a field longer than the csv module's limit (131072 characters)
-            raise ValueError(f"{os.fspath(path)} line {reader.line_num + 1}: {error}") from None  # (not yet counted)
-        self._items: list[tuple[list, Union[int, float]]] = []
+            raise ValueError(f"{where} line {reader.line_num}: {error}") from None
+        wanted = (*text_columns, label_column)
+        if columns is None:
+            first, header = rows.pop(0) if rows else (1, [])
+            if missing := [c for c in wanted if c not in header]:
+                hint = ""
+                if any(self._parses(field) is not None for field in header):  # a label for a column name
+                    hint = f"; line {first} reads as data: a file without a header row needs its columns named"
+                raise ValueError(f"{where}: missing column(s) {missing}; the header has {header}{hint}")
+            if repeated := [c for c in wanted if header.count(c) > 1]:  # which one would be read?
+                raise ValueError(f"{where}: the header names column(s) {repeated} more than once")
+            columns = header
+        elif rows and len(rows[0][1]) == len(columns) and rows[0][1][columns.index(label_column)] == label_column:
+            raise ValueError(
+                f"{where} line {rows[0][0]}: {rows[0][1]} is a header row; columns name the columns of a file without one"
+            )
+        position = {c: columns.index(c) for c in wanted}
+        # (text fields, label) of each usable row; the reason an unusable row cannot be used
+        self._items: list[Union[tuple[list, Union[int, float]], str]] = []
         for line, row in rows:
-            raw = row[label_column]
-            if self.labels is None:
-                try:
-                    label = float(raw)
-                except (TypeError, ValueError):
-                    label = math.nan
-                if not math.isfinite(label):  # "nan" and "inf" parse as floats: a NaN loss later
-                    raise ValueError(f"{os.fspath(path)} line {line}: label {raw!r} is not a finite number") from None
-            elif raw in self.labels:
-                label = self.labels.index(raw)
-            else:
-                raise ValueError(f"{os.fspath(path)} line {line}: label {raw!r} is not one of {self.labels}")
-            self._items.append(([row[c] for c in text_columns], label))
+            if len(row) != len(columns):  # fields lost or split by a stray tab: none can be trusted
+                self._items.append(f"{where} line {line}: expected {len(columns)} fields {columns}, got {len(row)}")
+                continue
+            raw = row[position[label_column]]
+            label = self._parses(raw)
+            if label is None:
+                if self.labels is None:  # ("nan" and "inf" parse as floats: a NaN loss later)
+                    raise ValueError(f"{where} line {line}: label {raw!r} is not a finite number")
+                raise ValueError(f"{where} line {line}: label {raw!r} is not one of {self.labels}")
+            self._items.append(([row[position[c]] for c in text_columns], label))
         if not self._items:
-            raise ValueError(f"{os.fspath(path)} holds no rows")
+            raise ValueError(f"{where} holds no rows")
+
+    def _parses(self, raw: str) -> Optional[Union[int, float]]:
+        """The label ``raw`` names (a class id, or a finite regression target), or None."""
+        if self.labels is not None:
+            return self.labels.index(raw) if raw in self.labels else None
+        try:
+            label = float(raw)
+        except ValueError:
+            return None
+        return label if math.isfinite(label) else None
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __getitem__(self, index: int) -> LabeledSample:
-        texts, label = self._items[index]
+        item = self._items[index]
+        if isinstance(item, str):
+            raise BadSample(index, item)
+        texts, label = item
         return LabeledSample(None, " [SEP] ".join(checked_text(t, index) for t in texts), label)
 
 
