@@ -1,7 +1,9 @@
 """CLIP builders: the two towers wired from ``torchflava.modules``, and the published sizes."""
 
 import contextlib
+import inspect
 import math
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -82,6 +84,33 @@ def clip_model(
         TypeError, FileNotFoundError: if a size is not an int or ``pretrained`` not a path; not there.
     """
     given = {k: v for k, v in locals().items() if k != "pretrained" and v is not None}
+    a, local, peeked = _arguments(pretrained, given)
+    with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
+        model = _build(a)
+    if local is not None:  # the arguments checked first: no file is read for a model that cannot be built
+        check_openai(peeked, model, str(local))
+        model.load_state_dict(convert_to_torchflava(load_state_dict(local), model), assign=True)
+    return model
+
+
+def clip_model_arguments(pretrained: Optional[PathLike] = None, **kwargs) -> dict:
+    """The arguments :func:`clip_model` builds with for ``pretrained`` and ``kwargs`` (None: not given):
+    those not given filled from the checkpoint's config, else the defaults, checked as there; no tensor
+    data is read (e.g. to record the architecture a run trained, as the CLIP recipe's export does).
+
+    Raises:
+        ValueError: as :func:`clip_model`, or if ``kwargs`` names no argument of it.
+        TypeError, FileNotFoundError: as :func:`clip_model`.
+    """
+    unknown = sorted(set(kwargs) - set(inspect.signature(clip_model).parameters) - {"pretrained"})
+    if unknown:
+        raise ValueError(f"clip_model_arguments: expected arguments of clip_model, got {unknown}")
+    return _arguments(pretrained, {k: v for k, v in kwargs.items() if v is not None})[0]
+
+
+def _arguments(pretrained: Optional[PathLike], given: dict) -> tuple[dict, Optional[Path], dict]:
+    """The checked arguments, the local weights file or directory (None without ``pretrained``) and the
+    names and shapes of a weights file's tensors (a directory's: {})."""
     local = None if pretrained is None else local_checkpoint(pretrained)
     config_file, config, peeked = None, {}, {}
     if local is not None and local.is_dir():  # HF's or open_clip's: its config, and (open_clip's) weights file
@@ -94,12 +123,7 @@ def clip_model(
     a.setdefault("eos_token_id", a["vocab_size"] - 1)  # OpenAI's end token is the vocabulary's last id
     source = {k: str(config_file or local) for k in config if k not in given}  # named in errors
     check_architecture("clip_model", a, **_CHECKS, source=source)
-    with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
-        model = _build(a)
-    if local is not None:  # the arguments checked first: no file is read for a model that cannot be built
-        check_openai(peeked, model, str(local))
-        model.load_state_dict(convert_to_torchflava(load_state_dict(local), model), assign=True)
-    return model
+    return a, local, peeked
 
 
 def _build(a: dict) -> CLIPModel:

@@ -88,6 +88,16 @@ def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> di
     return out
 
 
+def checkpoint_vocab_size(state_dict: dict[str, Tensor]) -> Optional[int]:
+    """Rows of the token embedding of an HF, open_clip/OpenAI or torchflava CLIP state dict (meta tensors
+    will do: e.g. :func:`~torchflava.utils.checkpoint.peek_state_dict`'s), or None if it has none."""
+    source = without_prefix(state_dict, "module.")
+    if (layout := _layout(source)) is None:
+        return None
+    embedding = source.get(_names("text_encoder.embeddings.word_embed.weight", layout)[0])
+    return None if embedding is None or embedding.dim() != 2 else int(embedding.shape[0])
+
+
 def check_openai(state_dict: dict[str, Tensor], model: nn.Module, where: str = "state_dict") -> None:
     """ValueError if ``state_dict`` holds OpenAI's :data:`OPENAI_ENTRIES` but ``model`` lacks their sizes, QuickGELU."""
     image, text = model.image_encoder.embeddings, model.text_encoder.embeddings
