@@ -2,15 +2,20 @@
 
     python examples/clip/train.py config=examples/clip/configs/tiny.yaml
     torchrun --nproc_per_node 8 examples/clip/train.py config=examples/clip/configs/vit_b16.yaml \
-        data.source=files data.files.pairs_shards='/data/pairs/shard-*.tar' training.strategy=fsdp
+        data.files.pairs_shards='/data/pairs/shard-*.tar'
     torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 examples/clip/train.py \
         config=... data.source=files data.streaming.enabled=true data.num_workers=4 \
         data.files.pairs_shards='pipe:aws s3 cp s3://bucket/pairs/shard-{000000..006999}.tar -'
+    python examples/clip/train.py config=examples/clip/configs/finetune.yaml \
+        model.pretrained=/models/clip-vit-base-patch16 data.files.pairs_shards='/data/pairs/shard-*.tar'
 
 Reads top to bottom: config -> process group -> data (image-text pairs: the built-in shapes world,
 an image folder + captions, or tar shards, indexed or streamed) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
 accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and retrieval report
-(``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments.
+(``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments; with
+``model.pretrained`` (a Hugging Face, open_clip Hub or torchflava checkpoint directory, or a weights
+file) those left null come from the checkpoint, and so do the tokenizer (unless ``data.vocab``), the
+vocabulary size, the end token and the image mean and std.
 ``main(cfg)`` is importable; it returns the report.
 """
 
@@ -297,6 +302,10 @@ def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
     raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))
     kwargs = opened(
         "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: model_kwargs(cfg, tokenizer, checkpoint)
+    )
+    context, length = kwargs["context_length"], cfg.data.max_text_length
+    raise_on_failed_checks(
+        [(length <= context, "data.max_text_length", f"in [2, {context}] (model.pretrained's)", length)]
     )
     opened(
         "model.pretrained",

@@ -268,8 +268,8 @@ class CLIPTokenizer:
             "do_lower_case": True,
             "errors": "replace",
         }
-        if self.model_max_length is not None:
-            config["model_max_length"] = self.model_max_length
+        # None: transformers' "no limit" (read back as None; an absent key reads as CLIP's 77)
+        config["model_max_length"] = int(1e30) if self.model_max_length is None else self.model_max_length
         files = {
             "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
             "merges.txt": "#version: 0.2\n" + "".join(f"{m}\n" for m in merges),

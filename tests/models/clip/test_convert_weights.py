@@ -764,3 +764,34 @@ def test_an_hf_config_of_other_than_rgb_images_and_a_size_not_a_multiple_of_the_
         ValueError, match=rf"clip_model: image_size \(from .*config.json\) must be a multiple of patch_size = {patch}"
     ):
         clip_model(pretrained=tmp_path)
+
+
+def test_clip_model_arguments_are_what_clip_model_builds_and_the_vocabulary_is_the_embeddings(tmp_path):
+    from torchflava.models.clip import checkpoint_vocab_size, clip_model_arguments
+    from torchflava.utils.checkpoint import peek_state_dict
+
+    hf = HFCLIPModel(_small_hf_config("gelu", eos_token_id=97, bos_token_id=96))
+    hf.save_pretrained(tmp_path)
+    arguments = clip_model_arguments(tmp_path, attention_dropout=0.1)  # the config's, and what is given
+    assert arguments == {
+        **SMALL,
+        "activation": "gelu",
+        "norm_eps": 1e-5,
+        "logit_scale_init": pytest.approx(2.6592),
+        "attention_dropout": 0.1,
+        "init_std": 0.02,
+        "eos_token_id": 97,
+    }
+    loaded, built = clip_model(pretrained=tmp_path, attention_dropout=0.1), clip_model(**arguments)
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    assert built.eos_token_id == loaded.eos_token_id
+    assert clip_model_arguments(None, vocab_size=99)["eos_token_id"] == 98  # the vocabulary's last id
+    with pytest.raises(ValueError, match=r"clip_model: expected arguments that match .*'vision_width': \(48, "):
+        clip_model_arguments(tmp_path, vision_width=48)
+    with pytest.raises(ValueError, match=r"^clip_model_arguments: expected arguments of clip_model, got \['width'\]$"):
+        clip_model_arguments(None, width=3)
+    assert checkpoint_vocab_size(peek_state_dict(tmp_path)) == SMALL["vocab_size"]  # HF's layout
+    assert checkpoint_vocab_size(peek_state_dict(tmp_path)) == hf.text_model.embeddings.token_embedding.num_embeddings
+    save_file(built.state_dict(), tmp_path / "ours.safetensors")  # ours
+    assert checkpoint_vocab_size(peek_state_dict(tmp_path / "ours.safetensors")) == SMALL["vocab_size"]
+    assert checkpoint_vocab_size({"something.else": torch.zeros(2)}) is None
