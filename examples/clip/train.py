@@ -45,7 +45,7 @@ from torchflava.data.streaming import (
     shard_texts,
     streaming_checks,
 )
-from torchflava.data.tokenizer import run_vocabulary, source_texts
+from torchflava.data.tokenizer import SPECIAL_TOKENS, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, ImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
 from torchflava.models import clip_model
@@ -288,16 +288,16 @@ def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
     if checkpoint is None:
         return []
     source, key = tokenizer_source(cfg, checkpoint)
-    if source is None:
-        d, rows = cfg.data, checkpoint.vocab_size
+    if source is None:  # learnt: its size is data.vocab_size's at most, its end token [SEP]
+        d, rows, learnt_end = cfg.data, checkpoint.vocab_size, SPECIAL_TOKENS.index("[SEP]")
+        end_fits = checkpoint.stated.get("eos_token_id", learnt_end) == learnt_end
         expected = (
             f"a tokenizer for model.pretrained's {rows} token embeddings ({TOKENIZER}; {cfg.model.pretrained} has "
-            "none beside it, and a vocabulary learnt from the captions cannot match pretrained embeddings), or "
-            f"data.vocab_size {rows}"
+            "none beside it, and a vocabulary learnt from the captions cannot match pretrained embeddings)"
         )
-        return [
-            (rows is None or d.vocab_size == rows, "data.vocab", expected, f"null (data.vocab_size {d.vocab_size})")
-        ]
+        expected += f", or data.vocab_size {rows}" if end_fits else ""
+        ok = end_fits and (rows is None or d.vocab_size == rows)
+        return [(ok, "data.vocab", expected, f"null (data.vocab_size {d.vocab_size})")]
     tokenizer = opened(key, source, TOKENIZER, lambda: read_tokenizer(source))
     raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))
     kwargs = opened(

@@ -354,9 +354,28 @@ def test_weights_with_no_tokenizer_need_data_vocab_unless_the_sizes_match(hf_cli
     assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]  # refused before any work
     train.validate(_config(*base, "data.vocab_size=49408"), 1)  # the sizes match
     train.validate(_config(*base, f"data.vocab={hf_clip}"), 1)  # a CLIP tokenizer directory
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(49405))]
+    (tmp_path / "vocab.txt").write_text("".join(f"{w}\n" for w in words))  # 49410 tokens: 2 without an embedding
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(*base, f"data.vocab={tmp_path / 'vocab.txt'}"), 1)
+    assert str(caught.value) == (
+        "key 'data.vocab': expected a tokenizer of at most the 49408 tokens model.pretrained embeds, got "
+        f"'{tmp_path / 'vocab.txt'} (49410 tokens)'"
+    )
     for name in ("vocab.json", "merges.txt"):  # or the tokenizer beside the weights
         shutil.copy(hf_clip / name, lone / name)
     train.validate(_config(*base), 1)
+    # A Hugging Face directory without its tokenizer files: its config states the end token 49407, which a
+    # learnt vocabulary's [SEP] (3) is not, whatever its size.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(hf_clip / name, bare / name)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(f"model.pretrained={bare}", *FROM_CHECKPOINT, "data.vocab_size=49408"), 1)
+    assert str(caught.value).startswith("key 'data.vocab': expected a tokenizer for model.pretrained's 49408 token")
+    assert str(caught.value).endswith("cannot match pretrained embeddings), got 'null (data.vocab_size 49408)'")
+    train.validate(_config(f"model.pretrained={bare}", *FROM_CHECKPOINT, f"data.vocab={hf_clip}"), 1)
 
 
 def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused_naming_its_key(hf_clip, tmp_path):
