@@ -49,7 +49,7 @@ from torchflava.data.tokenizer import SPECIAL_TOKENS, run_vocabulary, source_tex
 from torchflava.data.transforms import EvalImageTransform, ImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
 from torchflava.models import clip_model
-from torchflava.models.clip import checkpoint_vocab_size, clip_model_arguments
+from torchflava.models.clip import clip_model_arguments
 from torchflava.models.clip.convert_weights import directory_config, file_config
 from torchflava.modules.losses import contrastive_loss
 from torchflava.pretrained import (
@@ -216,8 +216,9 @@ class Checkpoint(NamedTuple):
 
     Attributes:
         weights (Path): what ``clip_model`` loads (a torchflava export: its weights file).
-        stated (dict): the ``clip_model`` arguments its config states.
-        vocab_size (Optional[int]): its token embedding rows (None: not told).
+        stated (dict): the ``clip_model`` arguments its config states (a weights file without one: its
+            tensors, e.g. the token embedding's rows as ``vocab_size``).
+        vocab_size (Optional[int]): its token embedding rows, as stated (None: not told).
         directory (Path): where its tokenizer and preprocessing files would be.
     """
 
@@ -248,8 +249,7 @@ def read_checkpoint(cfg: TrainConfig) -> Optional[Checkpoint]:
     else:  # a weights file: its keys, and a config beside it, tell
         given = {k: v for k, v in section_kwargs(cfg).items() if v is not None}
         weights, stated = path, file_config(path, peek_state_dict(path, scalars=True), given)[1]
-    rows = stated.get("vocab_size") or checkpoint_vocab_size(peek_state_dict(weights))
-    return Checkpoint(weights=weights, stated=stated, vocab_size=rows, directory=directory)
+    return Checkpoint(weights=weights, stated=stated, vocab_size=stated.get("vocab_size"), directory=directory)
 
 
 def tokenizer_source(cfg: TrainConfig, checkpoint: Optional[Checkpoint]) -> tuple[Optional[str], str]:
