@@ -64,6 +64,7 @@ BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
 _EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}
 # The files of a checkpoint directory that loading it reads: configs, tokenizer files, weights and shards.
 _READ_PATTERNS = ("*.json", "*.txt", "*.safetensors", "*.bin")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "vocab.json")  # a checkpoint directory's tokenizer: any of these
 
 
 class Pretrained(NamedTuple):
@@ -198,10 +199,23 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
             f"checkpoint: {path} is neither a torchflava run/export directory (backbone_config.json or "
             "clip_config.json) nor a Hugging Face FLAVA or CLIP directory (config.json)"
         )
-    tokenizer_files = ("vocab.txt", "tokenizer.json", "vocab.json")
-    if not any((path / name).is_file() for name in tokenizer_files):
-        raise FileNotFoundError(f"checkpoint: {path} has none of the tokenizer files {', '.join(tokenizer_files)}")
+    if not holds_tokenizer(path):
+        raise FileNotFoundError(f"checkpoint: {path} has none of the tokenizer files {', '.join(TOKENIZER_FILES)}")
     return CheckpointLayout(weights=weights, kwargs=kwargs, directory=path, family=family, config=config_file)
+
+
+def holds_tokenizer(directory: Union[str, os.PathLike]) -> bool:
+    """Whether ``directory`` holds one of the :data:`TOKENIZER_FILES`."""
+    return any((Path(directory) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
+    """The directory that holds the tokenizer and preprocessing files of a checkpoint: ``path`` itself for
+    a checkpoint directory (its ``model/`` for a run directory), the folder of a weights file."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.parent
+    return path / "model" if any((path / "model" / name).is_file() for name in _EXPORT_CONFIGS) else path
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:

@@ -2,15 +2,20 @@
 
     python examples/clip/train.py config=examples/clip/configs/tiny.yaml
     torchrun --nproc_per_node 8 examples/clip/train.py config=examples/clip/configs/vit_b16.yaml \
-        data.source=files data.files.pairs_shards='/data/pairs/shard-*.tar' training.strategy=fsdp
+        data.files.pairs_shards='/data/pairs/shard-*.tar'
     torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 examples/clip/train.py \
         config=... data.source=files data.streaming.enabled=true data.num_workers=4 \
         data.files.pairs_shards='pipe:aws s3 cp s3://bucket/pairs/shard-{000000..006999}.tar -'
+    python examples/clip/train.py config=examples/clip/configs/finetune.yaml \
+        model.pretrained=/models/clip-vit-base-patch16 data.files.pairs_shards='/data/pairs/shard-*.tar'
 
 Reads top to bottom: config -> process group -> data (image-text pairs: the built-in shapes world,
 an image folder + captions, or tar shards, indexed or streamed) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
 accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and retrieval report
-(``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments.
+(``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments; with
+``model.pretrained`` (a Hugging Face, open_clip Hub or torchflava checkpoint directory, or a weights
+file) those left null come from the checkpoint, and so do the tokenizer (unless ``data.vocab``), the
+vocabulary size, the end token and the image mean and std.
 ``main(cfg)`` is importable; it returns the report.
 """
 
@@ -19,12 +24,13 @@ import functools
 import math
 from pathlib import Path
 import sys
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 import torch.distributed as dist
 
+from torchflava.data.clip_tokenizer import read_tokenizer
 from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageTextFolder, TarShards
@@ -39,11 +45,20 @@ from torchflava.data.streaming import (
     shard_texts,
     streaming_checks,
 )
-from torchflava.data.tokenizer import read_vocabulary, run_vocabulary, source_texts
-from torchflava.data.transforms import EvalImageTransform, RandomCropTransform
+from torchflava.data.tokenizer import SPECIAL_TOKENS, run_vocabulary, source_texts
+from torchflava.data.transforms import EvalImageTransform, ImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
 from torchflava.models import clip_model
+from torchflava.models.clip import clip_model_arguments
+from torchflava.models.clip.convert_weights import directory_config, file_config
 from torchflava.modules.losses import contrastive_loss
+from torchflava.pretrained import (
+    checkpoint_directory,
+    checkpoint_image_transform,
+    checkpoint_layout,
+    holds_tokenizer,
+    load_pretrained,
+)
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
 from torchflava.training.distributed import barrier
@@ -66,6 +81,7 @@ from torchflava.training.schema import (
     unread_section_checks,
     vocab_checks,
 )
+from torchflava.utils.checkpoint import local_checkpoint, peek_state_dict
 from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
@@ -97,7 +113,9 @@ class DataConfig:
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
-    vocab: Optional[str] = None  # BERT vocab.txt (or a directory holding one); else learnt from the captions
+    # BERT vocab.txt (or a directory holding one) or a CLIP tokenizer directory (tokenizer.json, or vocab.json +
+    # merges.txt); else model.pretrained's tokenizer where its directory holds one; else learnt from the captions
+    vocab: Optional[str] = None
     vocab_size: int = 30522  # size of a learnt vocabulary
     vocab_training_texts: int = 20_000
     max_text_length: int = 77
@@ -147,7 +165,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.shapes.num_pairs,
             ),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
-            *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
+            *vocab_checks(d.vocab, d.vocab_training_texts, read_tokenizer, expected=TOKENIZER),
         ]
         + unread_section_checks("data.files", d.files, d.source == "files", f"data.source={d.source} reads no files")
         + streaming_checks(
@@ -178,7 +196,156 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     if cfg.model.pretrained is None:
         raise_on_failed_checks([builds_on_meta("model", build)])
     raise_on_failed_checks([checkpoint_fits("model.pretrained", cfg.model.pretrained)])  # reads no tensor data
+    raise_on_failed_checks(pretrained_checks(cfg))
     raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
+
+
+# ------------------------------------------------------------------------------------- pretrained
+TOKENIZER = (
+    "a BERT vocab.txt or a directory holding one, or a CLIP tokenizer directory (tokenizer.json, or vocab.json "
+    "+ merges.txt)"
+)
+PRETRAINED = (
+    "a CLIP checkpoint: a Hugging Face CLIPModel, open_clip Hub or torchflava run or export directory, or a "
+    "weights file"
+)
+
+
+class Checkpoint(NamedTuple):
+    """What ``model.pretrained`` brings, read without its tensor data.
+
+    Attributes:
+        weights (Path): what ``clip_model`` loads (a torchflava export: its weights file).
+        stated (dict): the ``clip_model`` arguments its config states (a weights file without one: its
+            tensors, e.g. the token embedding's rows as ``vocab_size``).
+        vocab_size (Optional[int]): its token embedding rows, as stated (None: not told).
+        directory (Path): where its tokenizer and preprocessing files would be.
+    """
+
+    weights: Path
+    stated: dict
+    vocab_size: Optional[int]
+    directory: Path
+
+
+def section_kwargs(cfg: TrainConfig) -> dict:
+    """The model section: ``clip_model``'s arguments but ``pretrained`` (None: from the checkpoint or default)."""
+    return {k: v for k, v in asdict(cfg.model).items() if k != "pretrained"}
+
+
+def read_checkpoint(cfg: TrainConfig) -> Optional[Checkpoint]:
+    """``model.pretrained``'s :class:`Checkpoint`; None without one, or for an http(s) URL (downloaded when
+    the model is built: its config is read then, and no tokenizer or preprocessing comes with it)."""
+    pretrained = cfg.model.pretrained
+    if pretrained is None or "://" in pretrained and not pretrained.startswith("file:"):
+        return None
+    path = local_checkpoint(pretrained)
+    directory = checkpoint_directory(path)
+    if path.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
+        layout = checkpoint_layout(path)
+        weights, stated = layout.weights, {k: v for k, v in layout.kwargs.items() if v is not None}
+    elif path.is_dir():  # Hugging Face's or open_clip's
+        weights, stated = path, directory_config(path)[1]
+    else:  # a weights file: its keys, and a config beside it, tell
+        given = {k: v for k, v in section_kwargs(cfg).items() if v is not None}
+        weights, stated = path, file_config(path, peek_state_dict(path, scalars=True), given)[1]
+    return Checkpoint(weights=weights, stated=stated, vocab_size=stated.get("vocab_size"), directory=directory)
+
+
+def tokenizer_source(cfg: TrainConfig, checkpoint: Optional[Checkpoint]) -> tuple[Optional[str], str]:
+    """Where the run's tokenizer comes from and the key naming it: ``data.vocab``; else the checkpoint's
+    directory when it holds tokenizer files; else (None, ``data.vocab``): learnt from the captions."""
+    if cfg.data.vocab is not None:
+        return cfg.data.vocab, "data.vocab"
+    if checkpoint is not None and holds_tokenizer(checkpoint.directory):
+        return str(checkpoint.directory), "model.pretrained"
+    return None, "data.vocab"
+
+
+def tokenizer_checks(checkpoint: Optional[Checkpoint], tokenizer, source: Optional[str], key: str) -> list[tuple]:
+    """That ``tokenizer`` suits the checkpoint: no more tokens than its embeddings, and its end token where
+    the checkpoint's config states one (pooling at each row's highest id: the tokenizer's last id)."""
+    if checkpoint is None:
+        return []
+    got = source or "a vocabulary learnt from the captions"
+    rows, checks = checkpoint.vocab_size, []
+    if rows is not None:
+        expected = f"a tokenizer of at most the {rows} tokens model.pretrained embeds"
+        checks.append((tokenizer.vocab_size <= rows, key, expected, f"{got} ({tokenizer.vocab_size} tokens)"))
+    if "eos_token_id" in checkpoint.stated:
+        end = checkpoint.stated["eos_token_id"]
+        ok = tokenizer.sep_id == (tokenizer.vocab_size - 1 if end is None else end)
+        what = "its last id (model.pretrained pools at each row's highest id)" if end is None else f"{end}"
+        expected = f"a tokenizer whose end token is model.pretrained's eos_token_id {what}"
+        checks.append((ok, key, expected, f"{got} (end token {tokenizer.sep_id})"))
+    return checks
+
+
+def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
+    """``model.pretrained`` against the tokenizer the run will use and the model section, and its
+    preprocessing: read before any work (no tensor data; a learnt vocabulary is checked by its size)."""
+    checkpoint = opened("model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: read_checkpoint(cfg))
+    if checkpoint is None:
+        return []
+    source, key = tokenizer_source(cfg, checkpoint)
+    if source is None:  # learnt: its size is data.vocab_size's at most, its end token [SEP]
+        d, rows, learnt_end = cfg.data, checkpoint.vocab_size, SPECIAL_TOKENS.index("[SEP]")
+        end_fits = checkpoint.stated.get("eos_token_id", learnt_end) == learnt_end
+        expected = (
+            f"a tokenizer for model.pretrained's {rows} token embeddings ({TOKENIZER}; {cfg.model.pretrained} has "
+            "none beside it, and a vocabulary learnt from the captions cannot match pretrained embeddings)"
+        )
+        expected += f", or data.vocab_size {rows}" if end_fits else ""
+        ok = end_fits and (rows is None or d.vocab_size == rows)
+        return [(ok, "data.vocab", expected, f"null (data.vocab_size {d.vocab_size})")]
+    tokenizer = opened(key, source, TOKENIZER, lambda: read_tokenizer(source))
+    raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))
+    kwargs = opened(
+        "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: model_kwargs(cfg, tokenizer, checkpoint)
+    )
+    context, length = kwargs["context_length"], cfg.data.max_text_length
+    raise_on_failed_checks(
+        [(length <= context, "data.max_text_length", f"in [2, {context}] (model.pretrained's)", length)]
+    )
+    opened(
+        "model.pretrained",
+        cfg.model.pretrained,
+        f"{PRETRAINED}, whose preprocessing gives the model's images",
+        lambda: image_transforms(kwargs["image_size"], cfg.data, checkpoint),
+    )
+    return []
+
+
+def model_kwargs(cfg: TrainConfig, tokenizer, checkpoint: Optional[Checkpoint]) -> dict:
+    """``clip_model``'s arguments for this run, every one stated (they are written next to the export): the
+    model section, and the tokenizer's vocabulary size and end token; with a checkpoint, what its config
+    states fills the rest, and its embedding rows are the vocabulary size."""
+    vocab = {"vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.sep_id}
+    weights = cfg.model.pretrained
+    if checkpoint is not None:
+        weights = checkpoint.weights
+        vocab = {**vocab, "vocab_size": checkpoint.vocab_size or tokenizer.vocab_size}
+        vocab = {k: v for k, v in vocab.items() if k not in checkpoint.stated}
+    return clip_model_arguments(weights, **section_kwargs(cfg), **vocab)
+
+
+def image_transforms(
+    image_size: int, d: DataConfig, checkpoint: Optional[Checkpoint]
+) -> tuple[RandomCropTransform, ImageTransform]:
+    """The training crop (RandomResizedCrop to the model's image size) and the evaluation transform.
+
+    From scratch: CLIP's mean and std, and :class:`EvalImageTransform`. From a checkpoint: its own
+    preprocessing (``preprocessor_config.json``, open_clip's ``preprocess_cfg``; else
+    :class:`EvalImageTransform`) evaluates, and the crops are normalised with its mean and std (none:
+    0 and 1), as the weights were trained.
+    """
+    if checkpoint is None:
+        evaluation = EvalImageTransform(image_size)
+    else:
+        evaluation = checkpoint_image_transform(checkpoint.directory, image_size=image_size)
+    spec = evaluation.spec
+    mean, std = (spec.mean, spec.std) if spec.mean is not None else ((0.0,) * 3, (1.0,) * 3)
+    return RandomCropTransform(image_size, scale=(d.crop_scale_min, 1.0), mean=mean, std=std), evaluation
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -250,12 +417,6 @@ def build_batches(
     )
 
 
-def model_kwargs(cfg: TrainConfig, vocab_size: int, eos_token_id: int) -> dict:
-    """``clip_model``'s arguments for this run (also written next to the export)."""
-    kwargs = {k: v for k, v in asdict(cfg.model).items() if k != "pretrained"}
-    return {**kwargs, "vocab_size": vocab_size, "eos_token_id": eos_token_id}
-
-
 def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
     """One micro-batch: CLIP's loss (features gathered over ranks), summed over this rank's pairs."""
     out = model(**item.batch)
@@ -273,27 +434,33 @@ def main(cfg: TrainConfig) -> dict:
     out_dir = Path(t.output_dir)
 
     pairs = build_pairs(d)
-    tokenizer = opened(  # a vocab.txt that does not read, or data without a usable text, names data.vocab
-        "data.vocab",
-        d.vocab,
-        "a BERT vocab.txt, or null and data with text to learn one from",
-        lambda: run_vocabulary(
-            d.vocab,
-            lambda: pair_texts(d, pairs),
-            out_dir,
-            vocab_size=d.vocab_size,
-            resumed=resume_from is not None,
+    checkpoint = read_checkpoint(cfg)  # (validate read it)
+    source, key = tokenizer_source(cfg, checkpoint)  # data.vocab, else model.pretrained's, else learnt
+    tokenizer = opened(  # a tokenizer that does not read, or data without a usable text, names its key
+        key,
+        source,
+        f"{TOKENIZER}, or null and data with text to learn one from",
+        lambda: (
+            read_tokenizer(source)
+            if source is not None
+            else run_vocabulary(
+                None,
+                lambda: pair_texts(d, pairs),
+                out_dir,
+                vocab_size=d.vocab_size,
+                resumed=resume_from is not None,
+            )
         ),
     )
-    image_size = cfg.model.image_size if cfg.model.image_size is not None else 224
-    collator = ImageTextCollator(
-        tokenizer, RandomCropTransform(image_size, scale=(d.crop_scale_min, 1.0)), max_text_length=d.max_text_length
-    )
+    raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))  # (a learnt one: checked now)
+    kwargs = model_kwargs(cfg, tokenizer, checkpoint)
+    train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
+    collator = ImageTextCollator(tokenizer, train_transform, max_text_length=d.max_text_length)
     data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
 
     torch.manual_seed(t.seed)
-    kwargs = model_kwargs(cfg, tokenizer.vocab_size, tokenizer.sep_id)
-    model = clip_model(pretrained=cfg.model.pretrained, **kwargs).to(info.device)
+    weights = checkpoint.weights if checkpoint is not None else cfg.model.pretrained
+    model = clip_model(pretrained=weights, **kwargs).to(info.device)
     if info.is_main:
         tokenizer.save(out_dir)
         save_config(cfg, out_dir / "config.yaml")
@@ -324,13 +491,13 @@ def main(cfg: TrainConfig) -> dict:
         write_json(export_path.parent / "clip_config.json", kwargs, allow_nan=True)
         tokenizer.model_max_length = d.max_text_length  # the length it trained and is evaluated at: the
         tokenizer.save(export_path.parent)  # export's default (load_pretrained read the context length)
-        EvalImageTransform(kwargs["image_size"] or 224).save(export_path.parent)  # how to evaluate it
-        report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, kwargs, tokenizer)
+        eval_transform.save(export_path.parent)  # how to evaluate it: preprocessor_config.json
+        report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, tokenizer)
     barrier()
     return report
 
 
-def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, kwargs: dict, tokenizer) -> dict:
+def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer) -> dict:
     out_dir = Path(cfg.training.output_dir)
     records = read_metrics(out_dir / "metrics.jsonl")
     report = {
@@ -341,14 +508,14 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, kwargs: dict
     }
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
-    exported = clip_model(pretrained=export_path, **kwargs)  # what a user loads
-    report["final_logit_scale"] = float(exported.logit_scale.detach().exp())
+    exported = load_pretrained(export_path.parent)  # what a user loads: weights, architecture, tokenizer, transform
+    report["final_logit_scale"] = float(exported.model.logit_scale.detach().exp())
     if cfg.eval.enabled and cfg.data.source == "shapes":
         s = cfg.data.shapes
         report["eval"] = evaluate_shapes(
-            exported,
+            exported.model,
             lambda texts: tokenizer(list(texts), max_length=cfg.data.max_text_length),
-            EvalImageTransform(kwargs["image_size"] or 224),
+            exported.image_transform,
             num_test=s.num_test,
             render_size=s.image_size,
             seed=s.seed,

@@ -530,3 +530,53 @@ def test_word_split_is_open_clips_case_insensitive_one(ours, hf_directory):
     hf_ids, hf_mask = CLIPTokenizer.from_directory(hf_directory)(texts)
     assert torch.equal(hf_ids, expected["input_ids"]) and torch.equal(hf_mask, expected["attention_mask"])
     assert hf_ids[1, :5].tolist() == [49406, 320, 137, 483, 321]  # transformers keeps U+0345 as a symbol
+
+
+@pytest.mark.parametrize("source", ["vocab_and_merges", "tokenizer_json"])
+def test_save_writes_files_that_it_and_transformers_read_back_to_the_same_ids(hf_directory, source, tmp_path):
+    if source == "tokenizer_json":  # a directory holding transformers' tokenizer.json alone
+        HFFastTokenizer.from_pretrained(hf_directory).save_pretrained(tmp_path / "json")
+        for name in ("vocab.json", "merges.txt"):
+            (tmp_path / "json" / name).unlink()
+    tokenizer = CLIPTokenizer.from_directory(hf_directory if source == "vocab_and_merges" else tmp_path / "json")
+    tokenizer.model_max_length = 20
+    assert tokenizer.save(tmp_path / "saved") == tmp_path / "saved" / "vocab.json"
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "merges.txt",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
+    expected_ids, expected_mask = tokenizer(TEXTS)
+    again = CLIPTokenizer.from_directory(tmp_path / "saved")
+    ids, mask = again(TEXTS)
+    assert ids.shape == (len(TEXTS), 20) and torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask)
+    assert (again.vocab_size, again.sep_id, again.pad_id, again.model_max_length) == (CLIP_VOCAB_SIZE, 49407, 49407, 20)
+    for kind in (HFSlowTokenizer, HFFastTokenizer):
+        reference = kind.from_pretrained(tmp_path / "saved")
+        assert reference.model_max_length == 20
+        plain = [text for text in TEXTS if "&" not in text]  # (ours unescapes no HTML either: transformers' reading)
+        got = reference(plain, padding=True, truncation=True, return_tensors="pt")
+        assert torch.equal(got["input_ids"], again(plain)[0]), kind.__name__
+    again.model_max_length = None  # transformers' "no limit" is written, and read back as no limit
+    again.save(tmp_path / "unlimited")
+    assert CLIPTokenizer.from_directory(tmp_path / "unlimited").model_max_length is None
+
+
+def test_save_refuses_open_clips_reading_rather_than_write_another(ours, tmp_path):
+    with pytest.raises(ValueError, match=r"^save: expected transformers' reading of texts"):
+        ours.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_tokenizer_tells_wordpiece_from_clips_bpe(hf_directory, tmp_path):
+    from torchflava.data.clip_tokenizer import read_tokenizer
+    from torchflava.data.tokenizer import WordPieceTokenizer
+
+    (tmp_path / "vocab.txt").write_text("".join(f"{t}\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
+    for path in (tmp_path / "vocab.txt", tmp_path):
+        assert isinstance(read_tokenizer(path), WordPieceTokenizer) and read_tokenizer(path).sep_id == 3
+    clip = read_tokenizer(hf_directory)
+    assert isinstance(clip, CLIPTokenizer) and clip.special_ids == (49406, 49407)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has neither tokenizer.json nor vocab.json and merges.txt"):
+        read_tokenizer(tmp_path / "empty")

@@ -1,9 +1,11 @@
 """The CLIP recipe on the shared loop: learns, exports what clip_model loads, 2 DDP ranks equal 1 process,
 a killed run resumes to the uninterrupted loss sequence, config errors name the key."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,8 @@ import pytest
 import torch
 
 from tests.helpers import load_recipe
-from torchflava.data.transforms import EvalImageTransform, ImageTransformSpec
+from tests.test_zero_shot_command import write_hf_clip
+from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, ImageTransformSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "clip" / "train.py"
@@ -137,9 +140,28 @@ def test_config_errors_name_the_key(override, key, tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_clip_config_loads_and_validates(path):
+def test_every_clip_config_loads_and_validates(path, hf_clip, tmp_path):
     cfg = train.load_config(train.TrainConfig, [f"config={path}"])
-    train.validate(cfg, world_size=1)
+    if cfg.data.source == "files":  # a config for your data: point it at some
+        _write_shard(tmp_path / "pairs.tar", 2)
+        cfg.data.files.pairs_shards = str(tmp_path / "pairs.tar")
+    if path.name.startswith("finetune"):  # a config for your checkpoint: a Hugging Face CLIP directory
+        cfg.model.pretrained = str(hf_clip)
+    train.validate(cfg, world_size=8 if cfg.training.strategy != "none" else 1)
+
+
+def test_the_vit_b16_config_is_openais_vit_b16_with_its_optimiser():
+    cfg = train.load_config(train.TrainConfig, [f"config={REPO / 'examples' / 'clip' / 'configs' / 'vit_b16.yaml'}"])
+    from torchflava.models import clip_vit_b16
+
+    with torch.device("meta"):
+        model, reference = train.clip_model(**train.section_kwargs(cfg), vocab_size=49408), clip_vit_b16()
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    o, t = cfg.optim, cfg.training
+    assert (o.lr, o.betas, o.eps, o.weight_decay, o.warmup_steps) == (5e-4, [0.9, 0.98], 1e-6, 0.2, 2000)
+    assert (t.global_batch_size, t.strategy, t.precision, t.activation_checkpointing) == (32768, "fsdp", "bf16", "full")
 
 
 def test_a_second_run_in_the_same_directory_is_refused_and_the_first_finishes_intact(tmp_path):
@@ -198,21 +220,28 @@ def test_resuming_another_runs_checkpoint_compares_with_that_runs_config(tmp_pat
     assert built == [] and not (tmp_path / "second" / "config.yaml").exists()
 
 
-def test_a_truncated_shard_is_reported_with_its_partial_sample(tmp_path, capsys):
+def _write_shard(path, count):
+    """A tar shard of ``count`` shapes pairs (``NNNN.png`` + ``NNNN.txt``)."""
     import io
     import tarfile
 
     from torchflava.data.shapes import ShapesWorld
 
-    world = ShapesWorld("pairs", 20, image_size=32)
-    with tarfile.open(tmp_path / "full.tar", "w") as tar:
-        for i in range(20):
+    world = ShapesWorld("pairs", count, image_size=32)
+    with tarfile.open(path, "w") as tar:
+        for i in range(count):
             buffer = io.BytesIO()
             world[i].image.save(buffer, format="PNG")
             for extension, data in (("png", buffer.getvalue()), ("txt", world.caption(i).encode())):
                 info = tarfile.TarInfo(f"{i:04d}.{extension}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_truncated_shard_is_reported_with_its_partial_sample(tmp_path, capsys):
+    import tarfile
+
+    _write_shard(tmp_path / "full.tar", 20)
     with tarfile.open(tmp_path / "full.tar") as tar:
         text = tar.getmember("0013.txt")
     end = text.offset_data + 3  # 13 whole pairs, then 3 bytes of the 14th pair's caption
@@ -233,3 +262,130 @@ def test_a_truncated_shard_is_reported_with_its_partial_sample(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert f"data lost outside any sample (not in the count above): 1 source file(s)\n  {lost}" in printed
     assert json.loads((tmp_path / "run" / "report.json").read_text())["lost_data"] == [lost]
+
+
+# ------------------------------------------------------------------------------ a public checkpoint
+# The debug config's model sizes left out: a checkpoint brings its own.
+FROM_CHECKPOINT = [f"model.{f.name}=null" for f in dataclasses.fields(train.ModelConfig) if f.name != "pretrained"]
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)  # the checkpoint's preprocessing: not CLIP's
+CAPTION = ["A red circle above a blue Square, 2 of them!"]
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory):
+    """A Hugging Face CLIPModel directory (tiny random weights, CLIP's real vocabulary in vocab.json +
+    merges.txt) whose preprocessor_config.json states its own mean and std."""
+    directory = tmp_path_factory.mktemp("hf_clip")
+    write_hf_clip(directory)
+    config = json.loads((directory / "preprocessor_config.json").read_text())
+    config.update(image_mean=list(MEAN), image_std=list(STD))
+    (directory / "preprocessor_config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+def test_fine_tuning_a_hugging_face_clip_checkpoint_uses_its_tokenizer_weights_and_mean_std(hf_clip, tmp_path):
+    from transformers import CLIPModel as HFCLIPModel
+
+    from torchflava.data.clip_tokenizer import CLIPTokenizer
+    from torchflava.data.image_text import ImageTextCollator
+    from torchflava.data.transforms import RandomCropTransform
+    from torchflava.pretrained import load_pretrained
+
+    run = tmp_path / "run"
+    overrides = [f"training.output_dir={run}", f"model.pretrained={hf_clip}", *FROM_CHECKPOINT]
+    overrides += ["training.max_steps=2", "optim.warmup_steps=1", "training.log_every=1", "training.checkpoint_every=2"]
+    report = train.main(_config(*overrides))
+    ids = CLIPTokenizer.from_directory(hf_clip)(CAPTION, max_length=77)[0]
+    assert ids[0, 0] == 49406 and ids[0, -1] == 49407 and ids.shape[1] > 10  # CLIP's BPE, not a learnt WordPiece
+    for directory in (run, run / "model"):  # the run's tokenizer, saved beside its config and in the export
+        assert torch.equal(CLIPTokenizer.from_directory(directory)(CAPTION, max_length=77)[0], ids)
+
+    # Step 1's loss is transformers' CLIPModel's on the run's first batch, the checkpoint's tokenizer
+    # and mean and std: the weights were loaded; with CLIP's mean and std the loss is another.
+    cfg = _config(*overrides)
+    hf = HFCLIPModel.from_pretrained(hf_clip).eval()
+
+    def first_loss(mean, std):
+        crop = RandomCropTransform(32, scale=(cfg.data.crop_scale_min, 1.0), mean=mean, std=std)
+        collator = ImageTextCollator(CLIPTokenizer.from_directory(hf_clip), crop, max_text_length=24)
+        batch = train.build_batches(cfg, train.build_pairs(cfg.data), collator, 0, 1)[0].batch
+        with torch.no_grad():
+            out = hf(
+                input_ids=batch["text"],
+                attention_mask=batch["text_attention_mask"],
+                pixel_values=batch["image"],
+                return_loss=True,
+            )
+        return float(out.loss)
+
+    losses = _losses(run)
+    assert losses[1] == pytest.approx(first_loss(MEAN, STD), abs=1e-4)
+    assert abs(losses[1] - first_loss(CLIP_MEAN, CLIP_STD)) > 1e-3
+
+    # The export loads as the commands load it: the checkpoint's architecture, tokenizer and preprocessing.
+    exported, original = load_pretrained(run), load_pretrained(hf_clip)
+    assert torch.equal(exported.tokenizer(CAPTION, max_length=77)[0], ids) and exported.text_length == 24
+    assert exported.image_transform.spec == original.image_transform.spec and exported.image_transform.spec.mean == MEAN
+    assert {k: exported.kwargs[k] for k in original.kwargs} == original.kwargs
+    assert report["eval"]["test_items"] == 60
+
+    # Resumed: the same tokenizer, the loss sequence continued.
+    train.main(_config(*overrides, "training.max_steps=3", "training.resume=auto"))
+    assert {s: v for s, v in _losses(run).items() if s <= 2} == losses and max(_losses(run)) == 3
+    assert torch.equal(load_pretrained(run).tokenizer(CAPTION, max_length=77)[0], ids)
+
+
+def test_weights_with_no_tokenizer_need_data_vocab_unless_the_sizes_match(hf_clip, tmp_path):
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(hf_clip / "model.safetensors", lone / "weights.safetensors")  # no config, no tokenizer
+    sizes = ["model.vision_layers=2", "model.vision_heads=4", "model.text_layers=2", "model.text_heads=4"]
+    base = [f"model.pretrained={lone / 'weights.safetensors'}", *sizes, "model.context_length=77"]
+    out = tmp_path / "run"
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(f"training.output_dir={out}", *base))
+    assert str(caught.value) == (
+        "key 'data.vocab': expected a tokenizer for model.pretrained's 49408 token embeddings (a BERT vocab.txt or "
+        "a directory holding one, or a CLIP tokenizer directory (tokenizer.json, or vocab.json + merges.txt); "
+        f"{lone / 'weights.safetensors'} has none beside it, and a vocabulary learnt from the captions cannot match "
+        "pretrained embeddings), or data.vocab_size 49408, got 'null (data.vocab_size 120)'"
+    )
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]  # refused before any work
+    train.validate(_config(*base, "data.vocab_size=49408"), 1)  # the sizes match
+    train.validate(_config(*base, f"data.vocab={hf_clip}"), 1)  # a CLIP tokenizer directory
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(49405))]
+    (tmp_path / "vocab.txt").write_text("".join(f"{w}\n" for w in words))  # 49410 tokens: 2 without an embedding
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(*base, f"data.vocab={tmp_path / 'vocab.txt'}"), 1)
+    assert str(caught.value) == (
+        "key 'data.vocab': expected a tokenizer of at most the 49408 tokens model.pretrained embeds, got "
+        f"'{tmp_path / 'vocab.txt'} (49410 tokens)'"
+    )
+    for name in ("vocab.json", "merges.txt"):  # or the tokenizer beside the weights
+        shutil.copy(hf_clip / name, lone / name)
+    train.validate(_config(*base), 1)
+    # A Hugging Face directory without its tokenizer files: its config states the end token 49407, which a
+    # learnt vocabulary's [SEP] (3) is not, whatever its size.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(hf_clip / name, bare / name)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(f"model.pretrained={bare}", *FROM_CHECKPOINT, "data.vocab_size=49408"), 1)
+    assert str(caught.value).startswith("key 'data.vocab': expected a tokenizer for model.pretrained's 49408 token")
+    assert str(caught.value).endswith("cannot match pretrained embeddings), got 'null (data.vocab_size 49408)'")
+    train.validate(_config(f"model.pretrained={bare}", *FROM_CHECKPOINT, f"data.vocab={hf_clip}"), 1)
+
+
+def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused_naming_its_key(hf_clip, tmp_path):
+    (tmp_path / "vocab.txt").write_text("".join(f"{t}\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
+    base = [f"model.pretrained={hf_clip}", *FROM_CHECKPOINT]
+    with pytest.raises(train.ConfigError) as caught:  # BERT's [SEP] (3) is not the checkpoint's end token
+        train.validate(_config(*base, f"data.vocab={tmp_path / 'vocab.txt'}"), 1)
+    assert str(caught.value) == (
+        "key 'data.vocab': expected a tokenizer whose end token is model.pretrained's eos_token_id 49407, got "
+        f"'{tmp_path / 'vocab.txt'} (end token 3)'"
+    )
+    with pytest.raises(train.ConfigError, match=r"^key 'data\.vocab': expected a BERT vocab\.txt or a directory"):
+        train.validate(_config(*base, f"data.vocab={tmp_path}/nowhere"), 1)

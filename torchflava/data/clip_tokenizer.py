@@ -25,6 +25,7 @@ import functools
 import gzip
 import html
 import html.entities
+import json
 import os
 from pathlib import Path
 import re
@@ -35,6 +36,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_to
 from torch import Tensor
 
 from torchflava.data.tokenizer import (
+    WordPieceTokenizer,
     check_dense_ids,
     check_max_length,
     check_model_max_length,
@@ -44,11 +46,12 @@ from torchflava.data.tokenizer import (
     config_max_length,
     config_token,
     padded_rows,
+    read_vocabulary,
     refuse_added_tokens,
     repaired_surrogates,
     with_special_tokens_map,
 )
-from torchflava.utils.checkpoint import first_line, present_file, read_json_object
+from torchflava.utils.checkpoint import atomic_write, first_line, present_file, read_json_object
 from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
@@ -232,6 +235,59 @@ class CLIPTokenizer:
     def sep_id(self) -> int:
         """The end token (the name the recipes read, as of BERT's ``[SEP]``)."""
         return self.end_id
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """The start, end and padding ids (no text is spelt with these alone)."""
+        return tuple(dict.fromkeys((self.start_id, self.end_id, self.pad_id)))
+
+    def save(self, directory: PathLike) -> Path:
+        """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` into ``directory``
+        (atomically), in Hugging Face's format: :meth:`from_directory` (and transformers'
+        ``CLIPTokenizer`` / ``CLIPTokenizerFast``) read them back to CLIP's pipeline on this vocabulary
+        and these merges, with this ``model_max_length`` and padding token.
+
+        Only transformers' reading is written: a tokenizer of :meth:`from_bpe` (open_clip's reading,
+        its text fixes) is refused rather than saved as another one.
+
+        Args:
+            directory (PathLike): where (created if missing).
+
+        Returns:
+            Path: the ``vocab.json`` written.
+
+        Raises:
+            ValueError: if this tokenizer reads texts as open_clip does, or unescapes or fixes them.
+        """
+        directory = Path(check_path("directory", directory))
+        if self._spelled is not None or self.unescape_html or self.fix_text:
+            raise ValueError(
+                "save: expected transformers' reading of texts (no HTML unescaping, no text fixes); files in "
+                "Hugging Face's format cannot state open_clip's"
+            )
+        model = json.loads(self._tokenizer.to_str())["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]  # (either, by version)
+        vocab = dict(sorted(self._tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1]))
+        config = {
+            "tokenizer_class": "CLIPTokenizer",
+            "bos_token": START,
+            "eos_token": END,
+            "unk_token": END,
+            "pad_token": self._tokenizer.id_to_token(self.pad_id),
+            "do_lower_case": True,
+            "errors": "replace",
+        }
+        # None: transformers' "no limit" (read back as None; an absent key reads as CLIP's 77)
+        config["model_max_length"] = int(1e30) if self.model_max_length is None else self.model_max_length
+        files = {
+            "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+            "merges.txt": "#version: 0.2\n" + "".join(f"{m}\n" for m in merges),
+            "vocab.json": json.dumps(vocab, ensure_ascii=False) + "\n",
+        }
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            atomic_write(directory / name, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+        return directory / "vocab.json"
 
     @classmethod
     def from_vocab_and_merges(
@@ -418,6 +474,22 @@ class CLIPTokenizer:
         pieces = [self._tokenizer.id_to_token(i) for i in ids if i not in (self.start_id, self.end_id)]
         data = bytes(byte_of.get(c, 32) for c in "".join(pieces))  # a character no byte spells: a space
         return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
+
+
+def read_tokenizer(path: PathLike) -> Union[WordPieceTokenizer, CLIPTokenizer]:
+    """The tokenizer of a BERT ``vocab.txt``, of a directory holding one (WordPiece:
+    :func:`~torchflava.data.tokenizer.read_vocabulary`), else of a CLIP tokenizer directory
+    (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``: :meth:`CLIPTokenizer.from_directory`).
+
+    Raises:
+        TypeError: if ``path`` is not a path.
+        FileNotFoundError: if it is not there, or a directory holds no tokenizer files.
+        ValueError: naming the file, if a file is malformed.
+    """
+    path = Path(check_path("path", path))
+    if not path.is_dir() or (path / "vocab.txt").is_file():
+        return read_vocabulary(path)
+    return CLIPTokenizer.from_directory(path)
 
 
 def _merge_pairs(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:

@@ -410,10 +410,16 @@ def path_check(key: str, value: Optional[str], kind: str) -> tuple:
     return (ok, key, PATH_KINDS[kind], value)
 
 
-def vocab_checks(vocab: Optional[str], training_texts: int, read: Callable[[str], Any]) -> list[tuple]:
+def vocab_checks(
+    vocab: Optional[str],
+    training_texts: int,
+    read: Callable[[str], Any],
+    *,
+    expected: str = "a BERT vocab.txt or a directory holding one",
+) -> list[tuple]:
     """Checks of ``data.vocab`` (None passes: a vocabulary is learnt), read as the run reads it by
     ``read`` (the recipe's reader: a tokenizer with ``vocab_size`` and ``special_ids``): a BERT
-    ``vocab.txt`` or a directory holding one, with a token besides the special ones (masking draws its
+    ``vocab.txt`` or a directory holding one (or what ``expected`` says ``read`` reads), with a token besides the special ones (masking draws its
     random replacements from those; no text is spelt with special tokens alone), and of
     ``data.vocab_training_texts`` (>= 1).
 
@@ -428,7 +434,7 @@ def vocab_checks(vocab: Optional[str], training_texts: int, read: Callable[[str]
         fault = None if tokenizer.vocab_size > len(set(tokenizer.special_ids)) else "only special tokens"
     except (OSError, ValueError, TypeError) as error:
         fault = first_line(error)
-    expected = "a BERT vocab.txt or a directory holding one, with at least one token besides the special ones"
+    expected = f"{expected}, with at least one token besides the special ones"
     return checks + [(fault is None, "data.vocab", expected, f"{vocab} ({fault})" if fault else vocab)]
 
 

@@ -1,5 +1,6 @@
 """Argument checks shared across the library: one-line errors naming the argument, expected and given."""
 
+import inspect
 import math
 import os
 import string
@@ -105,6 +106,25 @@ def config_number(
     if if_list and isinstance(value, (list, tuple)):
         raise ValueError(f"{name}: expected an int, got {list(value)} ({if_list})")
     return check_int(name, value, 1) if integer else check_positive_number(name, value)
+
+
+def check_builder_arguments(owner: str, builder: Callable, kwargs: Mapping[str, object]) -> None:
+    """ValueError naming ``owner`` and each name in ``kwargs`` that is no parameter of ``builder``."""
+    if unknown := sorted(set(kwargs) - set(inspect.signature(builder).parameters)):
+        raise ValueError(f"{owner}: expected arguments of {builder.__name__}, got {unknown}")
+
+
+def with_config(
+    owner: str, defaults: Mapping, config: Mapping, given: Mapping, where: object, *, settings: Iterable[str] = ()
+) -> tuple[dict, dict]:
+    """``defaults`` updated with ``config`` (read from ``where``), then ``given``; and ``where`` by the name of each
+    value taken from ``config`` (for :func:`check_architecture`'s ``source``). ValueError naming ``owner`` and
+    ``where`` and listing the (given, config) pairs where ``given`` contradicts ``config``, but for ``settings``
+    (e.g. training settings such as a dropout, which a given value overrides)."""
+    settings = set(settings)
+    if clash := {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v and k not in settings}:
+        raise ValueError(f"{owner}: expected arguments that match {where}, got (given, config) {clash}")
+    return {**defaults, **config, **given}, {k: str(where) for k in config if k not in given}
 
 
 def check_entries(state_dict: Mapping[str, Tensor], expected: Mapping[str, object], where: str) -> None:

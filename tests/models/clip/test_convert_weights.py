@@ -704,6 +704,33 @@ def test_a_bare_weights_file_gives_its_own_patch_and_image_size(tmp_path, layout
         clip_model(pretrained=path, **SMALL, **extra)
 
 
+@pytest.mark.parametrize("layout", ["torchflava", "open_clip"])
+def test_a_bare_weights_file_gives_its_own_vocabulary_size_and_context_length(tmp_path, layout):
+    """No config beside it: the rows of the token and position tables say them (the defaults, 49408 and 77,
+    were built and the weights refused as mis-shaped); a clashing one is refused naming the file."""
+    from torchflava.models.clip import clip_model_arguments
+
+    torch.manual_seed(0)
+    if layout == "torchflava":
+        reference = _perturb(clip_model(**OPENAI_SMALL, activation="quick_gelu"))
+    else:
+        reference = _perturb(open_clip.model.CLIP(**OPEN_CLIP_CFG))
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
+    sizes = {k: v for k, v in OPENAI_SMALL.items() if k not in ("vocab_size", "context_length")}
+    arguments = clip_model_arguments(path, **sizes)
+    assert (arguments["vocab_size"], arguments["context_length"], arguments["eos_token_id"]) == (99, 16, 98)
+    ours = clip_model(pretrained=path, **sizes, activation="quick_gelu").eval()
+    ids, _ = captions([5, 16], 16, vocab=99, bos=97, eos=98)
+    with torch.no_grad():
+        assert_close(ours.encode_text(ids), reference.encode_text(ids, normalize=True), atol=ATOL, rtol=0)
+    clash = r"\(given, config\) \{'context_length': \(77, 16\), 'vocab_size': \(49408, 99\)\}$"
+    with pytest.raises(
+        ValueError, match=rf"^clip_model: expected arguments that match {re.escape(str(path))}, got {clash}"
+    ):
+        clip_model(pretrained=path, **sizes, vocab_size=49408, context_length=77)
+
+
 def test_patch_geometry_only_for_a_square_grid_behind_a_cls():
     from torchflava.modules.layers.patch_embedding import patch_geometry
 
@@ -764,3 +791,31 @@ def test_an_hf_config_of_other_than_rgb_images_and_a_size_not_a_multiple_of_the_
         ValueError, match=rf"clip_model: image_size \(from .*config.json\) must be a multiple of patch_size = {patch}"
     ):
         clip_model(pretrained=tmp_path)
+
+
+def test_clip_model_arguments_are_what_clip_model_builds_and_the_vocabulary_is_the_embeddings(tmp_path):
+    from torchflava.models.clip import clip_model_arguments
+
+    hf = HFCLIPModel(_small_hf_config("gelu", eos_token_id=97, bos_token_id=96))
+    hf.save_pretrained(tmp_path)
+    arguments = clip_model_arguments(tmp_path, attention_dropout=0.1)  # the config's, and what is given
+    assert arguments == {
+        **SMALL,
+        "activation": "gelu",
+        "norm_eps": 1e-5,
+        "logit_scale_init": pytest.approx(2.6592),
+        "attention_dropout": 0.1,
+        "init_std": 0.02,
+        "eos_token_id": 97,
+    }
+    loaded, built = clip_model(pretrained=tmp_path, attention_dropout=0.1), clip_model(**arguments)
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    assert built.eos_token_id == loaded.eos_token_id
+    assert clip_model_arguments(None, vocab_size=99)["eos_token_id"] == 98  # the vocabulary's last id
+    with pytest.raises(ValueError, match=r"clip_model: expected arguments that match .*'vision_width': \(48, "):
+        clip_model_arguments(tmp_path, vision_width=48)
+    with pytest.raises(ValueError, match=r"^clip_model_arguments: expected arguments of clip_model, got \['width'\]$"):
+        clip_model_arguments(None, width=3)
+    assert arguments["vocab_size"] == hf.text_model.embeddings.token_embedding.num_embeddings
+    save_file(built.state_dict(), tmp_path / "ours.safetensors")  # ours, no config: its embeddings' rows
+    assert clip_model_arguments(tmp_path / "ours.safetensors")["vocab_size"] == SMALL["vocab_size"]

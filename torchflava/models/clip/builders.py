@@ -14,7 +14,7 @@ from torchflava.modules.encoders.builders import transformer_encoder
 from torchflava.modules.layers import PatchEmbedding, TokenEmbedding
 from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict
-from torchflava.utils.checks import check_architecture
+from torchflava.utils.checks import check_architecture, check_builder_arguments, with_config
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
 _B16.update(vision_width=768, vision_layers=12, vision_heads=12, vision_mlp_dim=3072)
@@ -52,20 +52,19 @@ def clip_model(
     eos_token_id: Optional[int] = None,
     init_std: Optional[float] = None,
 ) -> CLIPModel:
-    """CLIP: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
+    """CLIP, initialised or loaded: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
 
     An argument left None comes from ``pretrained``'s config (Hugging Face's config.json or open_clip's
-    open_clip_config.json, in its directory or beside its weights; given ones must match it, but a training
-    setting, ``attention_dropout``, overrides it), else from open_clip's ``ViT-B-16``: GELU (QuickGELU for
-    OpenAI's weights: no other), eps 1e-5, end token the last id.
+    open_clip_config.json, in its directory or beside its weights; else a weights file's own patch, image, vocabulary
+    and context sizes; given ones must match, but a training setting, ``attention_dropout``, overrides), else from
+    open_clip's ``ViT-B-16``: GELU (QuickGELU for OpenAI's weights: no other), eps 1e-5, end token the last id.
 
     Args:
         pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` or open_clip Hub directory, or an OpenAI,
             open_clip or torchflava weights file (.safetensors, .bin, .pt; never unpickled), loaded strictly.
         embed_dim, image_size, patch_size (Optional[int]): width P of the shared space; image, patch side (px).
-        vision_width, vision_layers, vision_heads, vision_mlp_dim (Optional[int]): the image tower's
-            width, depth, attention heads and MLP width.
-        text_width, text_layers, text_heads, text_mlp_dim (Optional[int]): the text tower's, likewise.
+        vision_width, vision_layers, vision_heads, vision_mlp_dim, text_width, text_layers, text_heads,
+            text_mlp_dim (Optional[int]): each tower's width, depth, attention heads and MLP width.
         context_length, vocab_size (Optional[int]): learned text positions; number of token ids.
         activation (Optional[str]): ``"gelu"``, ``"quick_gelu"`` (OpenAI's weights) or ``"gelu_tanh"``.
         norm_eps, logit_scale_init (Optional[float]): LayerNorm epsilon; initial log-temperature.
@@ -73,33 +72,37 @@ def clip_model(
         eos_token_id (Optional[int]): end-of-text id, where text features are read (the vocabulary's last).
         init_std (Optional[float]): std of the normal initialisation (0.02; e.g. 0.06 at width 128).
 
-    Returns:
-        CLIPModel: initialised, or holding the checkpoint's weights.
-
     Raises:
         ValueError: if an argument is out of range or contradicts the config or checkpoint (all listed),
             or a checkpoint or config file is malformed or describes a model ours does not build.
         TypeError, FileNotFoundError: if a size is not an int or ``pretrained`` not a path; not there.
     """
-    given = {k: v for k, v in locals().items() if k != "pretrained" and v is not None}
-    local = None if pretrained is None else local_checkpoint(pretrained)
-    config_file, config, peeked = None, {}, {}
-    if local is not None and local.is_dir():  # HF's or open_clip's: its config, and (open_clip's) weights file
-        config_file, config, local = directory_config(local)
-    elif local is not None:  # a file: its keys (from its header, no data read) and a config beside it tell
-        config_file, config = file_config(local, peeked := peek_state_dict(local, scalars=True), given)  # (+ OpenAI's)
-    if clash := {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v and "dropout" not in k}:
-        raise ValueError(f"clip_model: expected arguments that match {config_file}, got (given, config) {clash}")
-    a = {**_DEFAULTS, **config, **given}
-    a.setdefault("eos_token_id", a["vocab_size"] - 1)  # OpenAI's end token is the vocabulary's last id
-    source = {k: str(config_file or local) for k in config if k not in given}  # named in errors
-    check_architecture("clip_model", a, **_CHECKS, source=source)
+    kwargs = dict(locals(), pretrained=None if pretrained is None else local_checkpoint(pretrained))  # (fetched once)
+    a = clip_model_arguments(**kwargs)
     with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(a)
-    if local is not None:  # the arguments checked first: no file is read for a model that cannot be built
-        check_openai(peeked, model, str(local))
-        model.load_state_dict(convert_to_torchflava(load_state_dict(local), model), assign=True)
+    if (local := kwargs["pretrained"]) is not None:  # the arguments checked first: no tensor data read before
+        weights = directory_config(local)[2] if local.is_dir() else local  # (a directory of HF's: itself)
+        check_openai(peek_state_dict(weights, scalars=True), model, str(weights))
+        model.load_state_dict(convert_to_torchflava(load_state_dict(weights), model), assign=True)
     return model
+
+
+def clip_model_arguments(pretrained: Optional[PathLike] = None, **kwargs) -> dict:
+    """The checked arguments :func:`clip_model` builds with for ``pretrained`` and ``kwargs`` (None: not given), no
+    tensor data read (the CLIP recipe's export records them); its errors, or ValueError for a name not its."""
+    check_builder_arguments("clip_model_arguments", clip_model, kwargs)
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    local = None if pretrained is None else local_checkpoint(pretrained)
+    config_file, config = None, {}
+    if local is not None and local.is_dir():  # HF's or open_clip's: its config
+        config_file, config, _ = directory_config(local)
+    elif local is not None:  # a file: its keys (from its header, no data read) and a config beside it tell
+        config_file, config = file_config(local, peek_state_dict(local, scalars=True), given)  # (+ OpenAI's)
+    a, source = with_config("clip_model", _DEFAULTS, config, given, config_file, settings=["attention_dropout"])
+    a.setdefault("eos_token_id", a["vocab_size"] - 1)  # OpenAI's end token is the vocabulary's last id
+    check_architecture("clip_model", a, **_CHECKS, source=source)  # (errors name where a value came from)
+    return a
 
 
 def _build(a: dict) -> CLIPModel:

@@ -40,8 +40,7 @@ OPENAI_ENTRIES = ("input_resolution", "context_length", "vocab_size")  # beside 
 # Buffers and metadata some checkpoints hold: recognised, not loaded.
 _IGNORED = re.compile(rf"^(\w+_model\.embeddings\.position_ids|attn_mask|{'|'.join(OPENAI_ENTRIES)})$")
 _ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
-# open_clip settings (model_cfg) ours reads or that change nothing it computes; any other one must be
-# off (None, False) or at the value of _OPEN_CLIP_AS_BUILT, else it is another model (layer scale...).
+# open_clip settings (model_cfg) read or not changing what ours computes; others: off or as _OPEN_CLIP_AS_BUILT.
 _OPEN_CLIP_READ = set("embed_dim quick_gelu layers width head_width heads mlp_ratio patch_size image_size".split())
 _OPEN_CLIP_READ |= set("context_length vocab_size init_logit_scale cast_dtype patch_dropout output_tokens".split())
 _OPEN_CLIP_READ |= set("final_ln_after_pool pad_id hf_tokenizer_name tokenizer_kwargs".split())
@@ -49,6 +48,7 @@ _OPEN_CLIP_AS_BUILT = dict(pos_embed_type="learnable", proj_type="linear", block
 _OPEN_CLIP_AS_BUILT.update({"vision_cfg.pool_type": "tok", "text_cfg.pool_type": "argmax"})
 _LAYER = re.compile(r"^((image|text)_encoder\.encoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
 _PATCH_KEYS = ("image_encoder.embeddings.proj.weight", "image_encoder.embeddings.pos_embed")
+_TEXT_KEYS = ("text_encoder.embeddings.word_embed.weight", "text_encoder.embeddings.pos_embed.weight")
 
 
 def _names(key: str, layout: str) -> list[str]:
@@ -107,20 +107,22 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
     """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent: the
     config.json beside HF-layout weights (ValueError if none and no activation: only it tells), open_clip's
-    or a torchflava export's (clip_config.json) beside theirs; else the patch and image size its tensors
-    imply, QuickGELU for OpenAI's."""
+    or a torchflava export's (clip_config.json) beside theirs; else the patch and image size, vocabulary
+    size and context length its tensors imply (rows of the token and position tables), QuickGELU for OpenAI's."""
     state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only names and shapes are read)
     layout = _layout(state_dict)
     configs = {"hf": "config.json", "open_clip": "open_clip_config.json", "torchflava": "clip_config.json"}
     if layout in configs and (path.parent / configs[layout]).is_file():
         return path.parent / configs[layout], _read_config(path.parent / configs[layout])
-    geometry = patch_geometry(*(state_dict.get(_names(key, layout)[0]) for key in _PATCH_KEYS))
+    sizes = patch_geometry(*(state_dict.get(_names(key, layout)[0]) for key in _PATCH_KEYS))
+    tables = dict(zip(("vocab_size", "context_length"), (state_dict.get(_names(k, layout)[0]) for k in _TEXT_KEYS)))
+    sizes.update({name: t.shape[0] for name, t in tables.items() if t is not None and t.dim() == 2})  # their rows
     if any(key in state_dict for key in OPENAI_ENTRIES):
-        return path, geometry if "activation" in given else {**geometry, "activation": "quick_gelu"}
+        return path, sizes if "activation" in given else {**sizes, "activation": "quick_gelu"}
     if layout == "hf" and "activation" not in given:
         what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
         raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
-    return path, geometry
+    return path, sizes
 
 
 def directory_config(directory: Path) -> tuple[Path, dict, Path]:

@@ -37,8 +37,7 @@ class CLIPModel(nn.Module):
         image_projection, text_projection (nn.Module): each tower's width to P, no bias (widths checked: ValueError).
         eos_token_id (Optional[int]): text features are read at its first position in each row (HF's
             rule); None: at the row's highest id (open_clip's argmax; the same for CLIP's tokenizer).
-        logit_scale_init (float): initial log-temperature.
-        init_std (float): std of the normal initialisation of weights, tokens and positions.
+        logit_scale_init, init_std (float): initial log-temperature; std of the weights' normal initialisation.
     """
 
     def __init__(
@@ -71,8 +70,7 @@ class CLIPModel(nn.Module):
         self.logit_scale.fill_(self.logit_scale_init)
 
     def encode_image(self, image: Tensor, *, normalize: bool = True) -> Tensor:
-        """(B, P) features of (B, C, H, W) float pixels, L2-normalised if ``normalize``; the last layer
-        computes only the CLS token."""
+        """(B, P) features of (B, C, H, W) float pixels, L2-normalised if ``normalize`` (last layer: the CLS only)."""
         check_bool("normalize", normalize)
         cls = self.image_encoder(image, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state[:, 0]
         features = self.image_projection(cls)
@@ -101,15 +99,12 @@ class CLIPModel(nn.Module):
     def forward(
         self, image: OptTensor = None, text: OptTensor = None, text_attention_mask: OptTensor = None
     ) -> CLIPOutput:
-        """Normalised features of an image batch, a text batch (its size may differ), or both.
+        """Normalised features of an image batch, a text batch (its size may differ), or both: a
+        :class:`CLIPOutput` of those given, and ``logit_scale``.
 
         Args:
-            image (Optional[Tensor]): (B, C, H, W) float pixels.
-            text (Optional[Tensor]): (B', L) token ids.
+            image, text (Optional[Tensor]): (B, C, H, W) float pixels; (B', L) token ids.
             text_attention_mask (Optional[Tensor]): (B', L), 1 = token, 0 = padding.
-
-        Returns:
-            CLIPOutput: the features of what was given, and ``logit_scale``.
 
         Raises:
             ValueError: if neither input is given, a mask comes without text, or see :meth:`encode_text`.

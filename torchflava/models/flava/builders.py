@@ -37,7 +37,13 @@ from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
 from torchflava.utils.checkpoint import load_state_dict, local_checkpoint, peek_state_dict
-from torchflava.utils.checks import check_architecture, check_dropout, check_finite_number, check_int
+from torchflava.utils.checks import (
+    check_architecture,
+    check_builder_arguments,
+    check_dropout,
+    check_finite_number,
+    check_int,
+)
 from torchflava.utils.distributed import GatherGrad
 
 # What every tower builder checks beside its own sizes (flava_model checks its prefixed arguments alike).
@@ -338,9 +344,7 @@ def flava_model_arguments(pretrained: Optional[Union[str, os.PathLike]] = None, 
     Raises:
         ValueError: if ``kwargs`` contradicts config.json, or names no argument of :func:`flava_model`.
     """
-    unknown = sorted(set(kwargs) - set(inspect.signature(flava_model).parameters))
-    if unknown:
-        raise ValueError(f"flava_model_arguments: expected arguments of flava_model, got {unknown}")
+    check_builder_arguments("flava_model_arguments", flava_model, kwargs)
     defaults = {k: p.default for k, p in inspect.signature(flava_model).parameters.items() if k != "pretrained"}
     local = None if pretrained is None else local_checkpoint(pretrained)
     peeked = None if local is None else peek_state_dict(local)
