@@ -370,8 +370,8 @@ COMMANDS = [
     ),
     (
         [str(FINETUNE), *FINETUNE_BASE, "data.train={files}/no_label_column.tsv"],
-        "error: key 'data.train': expected a TSV file with a header holding ['question', 'sentence', 'label'] and "
-        "labels in ['neg', 'pos'], got '{files}/no_label_column.tsv' ({files}/no_label_column.tsv: missing "
+        "error: key 'data.train': expected a TSV file with a header holding ['question', 'sentence', 'label'] "
+        "(data.columns names those of a file without one) and labels in ['neg', 'pos'], got '{files}/no_label_column.tsv' ({files}/no_label_column.tsv: missing "
         "column(s) ['label']; the header has ['question', 'sentence'])",
     ),
 ]
