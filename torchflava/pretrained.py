@@ -160,8 +160,7 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
         raise FileNotFoundError(
             f"checkpoint: {path} is a file; expected a checkpoint directory (a run, an export, or a Hugging Face or open_clip directory)"
         )
-    if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS):
-        path = path / "model"
+    path = checkpoint_directory(path)  # a run directory: its model/ export
     for pattern in _READ_PATTERNS:  # (the loaders would not see a FIFO config, or wait on a FIFO's read)
         for file in sorted(path.glob(pattern)):
             check_regular_file(file, "a config, tokenizer or weights file")
@@ -215,7 +214,8 @@ def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path.parent
-    return path / "model" if any((path / "model" / name).is_file() for name in _EXPORT_CONFIGS) else path
+    # (exists, not is_file: a FIFO or folder named so is refused as such by checkpoint_layout)
+    return path / "model" if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS) else path
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
