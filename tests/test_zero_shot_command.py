@@ -595,3 +595,27 @@ def test_classify_folder_checks_classes_and_templates_before_any_image_is_encode
     with pytest.raises(error) as info:
         zero_shot.classify_folder(pretrained, str(images), class_names, templates)
     assert str(info.value) == message
+
+
+def test_feature_functions_run_a_training_model_in_eval_mode_and_give_its_modes_back(hf_clip, tmp_path):
+    """Features of a model being fine-tuned (dropout on) are its eval-mode features: they were drawn through
+    the attention dropout, different on every call."""
+    directory = _edited_clip(hf_clip, tmp_path, _config_edit("vision_config", "attention_dropout", 0.5))
+    _config_edit("text_config", "attention_dropout", 0.5)(directory)
+    reference = load_pretrained(directory)
+    pretrained = load_pretrained(directory)
+    pretrained.model.train()
+    frozen = next(m for m in pretrained.model.modules() if m is not pretrained.model)
+    frozen.eval()
+    modes = [m.training for m in pretrained.model.modules()]
+    pictures = [Image.new("RGB", (40, 36), colour) for colour in ("red", "navy", "olive")]
+    texts = ["a red circle", "a photo of a blue square"]
+    for _ in range(2):
+        torch.testing.assert_close(
+            zero_shot.image_features(pretrained, pictures), zero_shot.image_features(reference, pictures)
+        )
+        torch.testing.assert_close(
+            zero_shot.text_features(pretrained, texts), zero_shot.text_features(reference, texts)
+        )
+    assert [m.training for m in pretrained.model.modules()] == modes
+    assert pretrained.model.training and not frozen.training

@@ -35,13 +35,15 @@ from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_a
 from torchflava.utils.checks import check_int, is_prompt_template
 from torchflava.utils.cli import output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
+from torchflava.utils.modes import eval_mode
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 
 
 @torch.no_grad()
 def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int = 64) -> Tensor:
-    """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing);
+    """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing; the
+    model in eval mode, each module's mode given back);
     TypeError unless a sequence of PIL images or ``batch_size`` is not an int, ValueError for no image
     or a ``batch_size`` below 1."""
     if isinstance(images, (str, bytes, Image.Image)) or not all(isinstance(i, Image.Image) for i in images):
@@ -59,7 +61,7 @@ def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int 
 def text_features(
     pretrained: Pretrained, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
 ) -> Tensor:
-    """(N, D) normalised projected text features of ``texts`` (``max_length``: default
+    """(N, D) normalised projected text features of ``texts``, the model in eval mode (``max_length``: default
     :attr:`~torchflava.pretrained.Pretrained.text_length`, at most
     :attr:`~torchflava.pretrained.Pretrained.max_text_length`); TypeError unless a sequence of str (a
     str is not split into letters) or if ``batch_size`` or ``max_length`` is not an int, ValueError for
@@ -98,7 +100,7 @@ def _check_batch(name: str, items: Sequence, batch_size: object) -> None:
 def _normalised(pretrained: Pretrained, encode: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
     """(N, D) features of ``encode`` (an encoder of ``pretrained.model``) in its precision, normalised
     in fp32 after the cast whatever that precision is."""
-    with pretrained.precision():
+    with pretrained.precision(), eval_mode(pretrained.model):  # (a model being trained: no dropout here)
         features = encode(*inputs, normalize=False)
     return F.normalize(features.float(), dim=-1)
 

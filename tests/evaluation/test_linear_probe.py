@@ -109,17 +109,26 @@ def test_linear_probe_refuses_a_bool_penalty():
         # a RuntimeError of broadcasting, deep inside
         (
             torch.randn(2, 5),
-            "features must be a (N, 4) floating-point tensor (the probe's width), got torch.float32 of shape (2, 5)",
+            "features must be a (N, 4) real (floating-point or integer) tensor (the probe's width), got torch.float32 of shape (2, 5)",
         ),
         (  # an IndexError of argmax(dim=1)
             torch.randn(4),
-            "features must be a (N, 4) floating-point tensor (the probe's width), got torch.float32 of shape (4,)",
+            "features must be a (N, 4) real (floating-point or integer) tensor (the probe's width), got torch.float32 of shape (4,)",
         ),
         (
-            torch.ones(2, 4, dtype=torch.long),
-            "features must be a (N, 4) floating-point tensor (the probe's width), got torch.int64 of shape (2, 4)",
+            torch.ones(2, 4, dtype=torch.bool),
+            "features must be a (N, 4) real (floating-point or integer) tensor (the probe's width), got torch.bool "
+            "of shape (2, 4)",
         ),
-        ([[0.0] * 4], "features must be a (N, 4) floating-point tensor (the probe's width), got list"),
+        (
+            torch.ones(2, 4, dtype=torch.complex64),
+            "features must be a (N, 4) real (floating-point or integer) tensor (the probe's width), got "
+            "torch.complex64 of shape (2, 4)",
+        ),
+        (
+            [[0.0] * 4],
+            "features must be a (N, 4) real (floating-point or integer) tensor (the probe's width), got list",
+        ),
     ],
 )
 def test_predict_refuses_features_that_are_not_finite_rows_of_the_probe_width(features, message):
@@ -228,3 +237,21 @@ def test_zero_width_and_complex_features_are_refused_naming_the_split():
     with pytest.raises(ValueError) as info:
         fit_logistic_regression(x.to(torch.complex64), y, 3, l2=0.1)
     assert str(info.value) == "features: features must be real (floating-point or integer), got torch.complex64"
+
+
+def test_predict_takes_the_integer_features_linear_probe_takes():
+    """A probe fitted on integer features (counts, quantised codes) refused them at predict."""
+    x, y = _blobs(40, 0)
+    counts = (x * 3).round().to(torch.int32)
+    result = linear_probe((counts, y), (counts, y), l2_values=(1.0,), max_iter=30)
+    for dtype in (torch.int32, torch.int64, torch.uint8):
+        features = counts.clamp(min=0).to(dtype)
+        assert result.predict(features).tolist() == result.predict(features.float()).tolist()
+
+
+@pytest.mark.parametrize("features, labels", [([[0.0, 1.0]], torch.tensor([0])), (torch.eye(2), [0, 1])])
+def test_fit_logistic_regression_refuses_what_is_not_a_tensor_with_a_type_error(features, labels):
+    with pytest.raises(TypeError) as info:
+        fit_logistic_regression(features, labels, 2, l2=1.0)
+    got = f"{type(features).__name__} and {type(labels).__name__}"
+    assert str(info.value) == f"features and labels must be tensors with at least one row, got {got}"

@@ -37,13 +37,15 @@ class LinearProbeResult(NamedTuple):
     std: Tensor
 
     def predict(self, features: Tensor) -> Tensor:
-        """(N,) predicted classes of raw (unstandardised) ``features``, (N, D) finite floating-point with
-        the probe's D; ValueError naming ``features`` otherwise (NaN rows were given a class)."""
+        """(N,) predicted classes of raw (unstandardised) ``features``, (N, D) finite and real
+        (floating-point or integer, as :func:`linear_probe` takes) with the probe's D; ValueError naming
+        ``features`` otherwise (NaN rows were given a class)."""
         width = self.weight.shape[1]
-        if not isinstance(features, Tensor) or not features.is_floating_point() or features.shape[1:] != (width,):
+        real = isinstance(features, Tensor) and (features.is_floating_point() or is_integer_tensor(features))
+        if not real or features.shape[1:] != (width,):
             raise ValueError(
-                f"features must be a (N, {width}) floating-point tensor (the probe's width), got "
-                f"{describe_tensor(features)}"
+                f"features must be a (N, {width}) real (floating-point or integer) tensor (the probe's width), "
+                f"got {describe_tensor(features)}"
             )
         if not bool(torch.isfinite(features).all()):
             raise ValueError("features hold NaN or infinite values")
@@ -66,6 +68,7 @@ def fit_logistic_regression(
         tuple[Tensor, Tensor]: weight (C, D) and bias (C,).
 
     Raises:
+        TypeError: if ``features`` or ``labels`` is not a tensor.
         ValueError: on mismatched shapes, labels outside [0, num_classes), complex or non-finite
             features, a negative or non-finite ``l2``, ``max_iter`` < 1 or ``num_classes`` < 2 (what
             :func:`linear_probe` checks, for direct callers).
@@ -75,7 +78,8 @@ def fit_logistic_regression(
     if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 <= l2 < math.inf:
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
     if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
-        raise ValueError("features and labels must be tensors with at least one row")
+        got = f"{type(features).__name__} and {type(labels).__name__}"
+        raise TypeError(f"features and labels must be tensors with at least one row, got {got}")
     _check("features", features, labels, num_classes)  # (NaN features gave NaN weights; a bad label an IndexError)
     if features.shape[0] < 1:
         raise ValueError("features and labels must be tensors with at least one row")

@@ -6,8 +6,7 @@ colour-shape classes it reports how often the predicted class has the right colo
 shape, since the two are learnt at different speeds.
 """
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from torchflava.data.shapes import ALL_SCENES, CLASS_NAMES, ShapesWorld
 from torchflava.evaluation.zero_shot import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.utils.checks import check_int, check_module, is_integer_tensor, is_prompt_template
+from torchflava.utils.modes import eval_mode
 
 DEFAULT_TEMPLATES = ("a {}", "a small {}", "a large {}")
 
@@ -96,21 +96,8 @@ def evaluate_shapes(
     if isinstance(templates, str) or not templates or bad:
         raise ValueError(f"templates must be a non-empty sequence, each with one '{{}}', got {templates!r}")
     check_module("model", model)
-    with _eval_mode(model):
+    with eval_mode(model):
         return _evaluate(model, tokenize, image_transform, num_test, render_size, seed, templates, batch_size)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode, each of its modules given back the mode it had (a model evaluated during
-    training went on training with dropout off; a frozen submodule in eval mode stays so)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _evaluate(
