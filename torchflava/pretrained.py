@@ -27,6 +27,10 @@ and a centre crop; for an open_clip Hub directory without one, ``open_clip_confi
 ``preprocess_cfg``, as open_clip applies it). A directory with neither (exports written before it was
 recorded) gets :class:`~torchflava.data.transforms.EvalImageTransform`: short side, bilinear, centre
 crop.
+
+To train from a CLIP checkpoint, :func:`read_clip_checkpoint` reads what it brings without its tensor
+data (a directory above, or a weights file alone): the ``clip_model`` arguments it states, its
+vocabulary size and end token, where its tokenizer is, and how a tokenizer does not fit it.
 """
 
 import argparse

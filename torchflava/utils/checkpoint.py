@@ -78,14 +78,26 @@ def local_checkpoint(path: PathLike) -> Path:
 
 
 def is_remote(path: object) -> bool:
-    """Whether ``path`` is a URL that :func:`local_checkpoint` downloads (any ``scheme://`` but ``file:``)."""
+    """Whether ``path`` is a URL that :func:`local_checkpoint` downloads.
+
+    Args:
+        path (object): a checkpoint path or URL (anything else: False).
+
+    Returns:
+        bool: whether it is a ``scheme://`` URL of any scheme but ``file:`` (which names a local file).
+    """
     text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
     return isinstance(text, str) and "://" in text and not text.startswith("file:")
 
 
 def check_url(url: str) -> str:
-    """The file name of a checkpoint URL that :func:`local_checkpoint` can download, checked without
-    any connection.
+    """Check a checkpoint URL that :func:`local_checkpoint` is to download, without any connection.
+
+    Args:
+        url (str): the URL.
+
+    Returns:
+        str: the name of the file it downloads (percent-decoded).
 
     Raises:
         ValueError: unless ``url`` is ``http(s)://host/.../file`` (ASCII, percent-encoded) without
