@@ -27,6 +27,10 @@ and a centre crop; for an open_clip Hub directory without one, ``open_clip_confi
 ``preprocess_cfg``, as open_clip applies it). A directory with neither (exports written before it was
 recorded) gets :class:`~torchflava.data.transforms.EvalImageTransform`: short side, bilinear, centre
 crop.
+
+To train from a CLIP checkpoint, :func:`read_clip_checkpoint` reads what it brings without its tensor
+data (a directory above, or a weights file alone): the ``clip_model`` arguments it states, its
+vocabulary size and end token, where its tokenizer is, and how a tokenizer does not fit it.
 """
 
 import argparse
@@ -50,10 +54,18 @@ from torchflava.data.transforms import (
     ImageTransformSpec,
 )
 from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
-from torchflava.models.clip.convert_weights import directory_config
+from torchflava.models.clip import clip_model_arguments
+from torchflava.models.clip.convert_weights import directory_config, file_config
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
-from torchflava.utils.checkpoint import check_regular_file, first_line, read_json_object
+from torchflava.utils.checkpoint import (
+    check_regular_file,
+    first_line,
+    is_remote,
+    local_checkpoint,
+    peek_state_dict,
+    read_json_object,
+)
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 # The precisions the encoders can run in: fp32, or bf16 autocast over weights cast (and packed) once.
@@ -256,6 +268,148 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
             f"got {'any size' if spec.output_size is None else spec.output_size}"
         )
     return ImageTransform(spec)
+
+
+class TokenizerMisfit(NamedTuple):
+    """A way a tokenizer does not fit a CLIP checkpoint (:meth:`CLIPCheckpoint.tokenizer_misfits`).
+
+    Attributes:
+        name (str): ``"vocab_size"``: the tokenizer has more tokens than the checkpoint's token
+            embedding rows (its last ids would have no embedding); ``"eos_token_id"``: it ends texts
+            with another token than the one the checkpoint reads its text features at.
+        expected (int): the checkpoint's: its embedding rows, or the end token id it needs of this tokenizer.
+        got (int): the tokenizer's: its number of tokens, or its end token id.
+    """
+
+    name: str
+    expected: int
+    got: int
+
+
+class CLIPCheckpoint(NamedTuple):
+    """What a CLIP checkpoint brings to a run that trains from it, read without its tensor data
+    (:func:`read_clip_checkpoint`).
+
+    Attributes:
+        weights (Path): what ``clip_model(pretrained=...)`` loads: the checkpoint directory (Hugging
+            Face's or open_clip's), a torchflava run's or export's weights file, or the weights file given.
+        stated (dict): the ``clip_model`` arguments its config states (a weights file without one:
+            those its tensors imply, e.g. the token embedding's rows as ``vocab_size``, the position
+            table's as ``context_length``); ``eos_token_id`` None: the model reads its text features at
+            each row's highest id.
+        directory (Path): the directory where its tokenizer and preprocessing files are, or would be
+            (:func:`checkpoint_directory`).
+    """
+
+    weights: Path
+    stated: dict
+    directory: Path
+
+    @property
+    def vocab_size(self) -> Optional[int]:
+        """Its token embedding rows, as stated (None: not told)."""
+        return self.stated.get("vocab_size")
+
+    @property
+    def holds_tokenizer(self) -> bool:
+        """Whether its :attr:`directory` holds one of the :data:`TOKENIZER_FILES`."""
+        return holds_tokenizer(self.directory)
+
+    def end_token(self, vocab_size: int) -> Optional[int]:
+        """The id a tokenizer of ``vocab_size`` tokens must end its texts with to fit the checkpoint.
+
+        Args:
+            vocab_size (int): the tokenizer's number of tokens.
+
+        Returns:
+            Optional[int]: the stated ``eos_token_id``; ``vocab_size - 1`` where the config states None
+            (OpenAI's and open_clip's pooling at each row's highest id: the tokenizer's last id); None
+            where the checkpoint states none (any end token fits).
+        """
+        if "eos_token_id" not in self.stated:
+            return None
+        end = self.stated["eos_token_id"]
+        return vocab_size - 1 if end is None else end
+
+    def tokenizer_misfits(self, tokenizer: Union[WordPieceTokenizer, CLIPTokenizer]) -> list[TokenizerMisfit]:
+        """How ``tokenizer`` does not fit the checkpoint: more tokens than its embedding rows (where
+        stated), another end token than :meth:`end_token` (where stated).
+
+        Args:
+            tokenizer (Union[WordPieceTokenizer, CLIPTokenizer]): the tokenizer to train or encode with
+                (its ``vocab_size`` and ``sep_id``, the end token, are read).
+
+        Returns:
+            list[TokenizerMisfit]: the size's misfit, then the end token's; empty when it fits.
+        """
+        misfits = []
+        if self.vocab_size is not None and tokenizer.vocab_size > self.vocab_size:
+            misfits.append(TokenizerMisfit("vocab_size", self.vocab_size, tokenizer.vocab_size))
+        end = self.end_token(tokenizer.vocab_size)
+        if end is not None and tokenizer.sep_id != end:
+            misfits.append(TokenizerMisfit("eos_token_id", end, tokenizer.sep_id))
+        return misfits
+
+    def model_arguments(self, tokenizer: Union[WordPieceTokenizer, CLIPTokenizer], **given) -> dict:
+        """``clip_model``'s arguments for training the checkpoint with ``tokenizer``, every one stated
+        (:func:`~torchflava.models.clip.clip_model_arguments`; no tensor data is read).
+
+        Args:
+            tokenizer (Union[WordPieceTokenizer, CLIPTokenizer]): the run's tokenizer: its number of
+                tokens is the vocabulary size, and its end token the ``eos_token_id``, where the
+                checkpoint states neither (its embedding rows, where it states them, are the vocabulary
+                size).
+            **given: ``clip_model`` arguments the caller sets (None: not set; the checkpoint's config
+                fills them, else ``clip_model``'s defaults).
+
+        Returns:
+            dict: ``clip_model``'s keyword arguments but ``pretrained`` (:attr:`weights`).
+
+        Raises:
+            ValueError, TypeError: as :func:`~torchflava.models.clip.clip_model_arguments`, e.g. for a
+                given value the checkpoint's config states otherwise.
+        """
+        vocab = {"vocab_size": self.vocab_size or tokenizer.vocab_size, "eos_token_id": tokenizer.sep_id}
+        return clip_model_arguments(self.weights, **given, **{k: v for k, v in vocab.items() if k not in self.stated})
+
+
+def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict] = None) -> CLIPCheckpoint:
+    """Read what a local CLIP checkpoint brings, without its tensor data: to check a run's tokenizer and
+    settings against it before any work.
+
+    Args:
+        path (Union[str, os.PathLike]): a Hugging Face ``CLIPModel`` or open_clip Hub directory, a
+            torchflava CLIP run or export directory, or a weights file (HF, open_clip or OpenAI
+            state dict; its config is read from beside it where there is one); a ``file://`` URL names one.
+        given (Optional[dict]): the ``clip_model`` arguments the caller sets (None values: not set);
+            a weights file without a config beside it needs ``activation`` among them where its keys
+            are Hugging Face's (only the config tells).
+
+    Returns:
+        CLIPCheckpoint: its weights, the ``clip_model`` arguments it states, and its tokenizer directory.
+
+    Raises:
+        ValueError: for an http(s) URL (its file is read when it is downloaded, when the model is built;
+            and no tokenizer or preprocessing comes with it), a config stating what ``clip_model`` does
+            not build, weights that do not read as a state dict, or Hugging Face-layout weights with
+            neither their ``config.json`` nor ``activation`` given.
+        FileNotFoundError: if ``path`` does not exist, or is a torchflava export without a tokenizer or
+            an open_clip directory without its weights.
+        TypeError: if ``path`` is not a str or os.PathLike.
+    """
+    if is_remote(path):
+        raise ValueError(f"checkpoint: only local checkpoints are read before the model is built, got the URL {path!r}")
+    local = local_checkpoint(path)
+    directory = checkpoint_directory(local)
+    if local.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
+        layout = checkpoint_layout(local)
+        weights, stated = layout.weights, {k: v for k, v in layout.kwargs.items() if v is not None}
+    elif local.is_dir():  # Hugging Face's or open_clip's
+        weights, stated = local, directory_config(local)[1]
+    else:  # a weights file: its keys, and a config beside it, tell
+        set_here = {k: v for k, v in (given or {}).items() if v is not None}
+        weights, stated = local, file_config(local, peek_state_dict(local, scalars=True), set_here)[1]
+    return CLIPCheckpoint(weights=weights, stated=stated, directory=directory)
 
 
 def _json_object(path: Path) -> object:

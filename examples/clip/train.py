@@ -14,8 +14,9 @@ an image folder + captions, or tar shards, indexed or streamed) -> ``clip_model`
 accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and retrieval report
 (``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments; with
 ``model.pretrained`` (a Hugging Face, open_clip Hub or torchflava checkpoint directory, or a weights
-file) those left null come from the checkpoint, and so do the tokenizer (unless ``data.vocab``), the
-vocabulary size, the end token and the image mean and std.
+file; an http(s) URL of one needs ``data.vocab``) those left null come from the checkpoint, and so do the
+tokenizer (unless ``data.vocab``), the vocabulary size, the end token and the image mean and std (read by
+:func:`torchflava.pretrained.read_clip_checkpoint`).
 ``main(cfg)`` is importable; it returns the report.
 """
 
@@ -24,7 +25,7 @@ import functools
 import math
 from pathlib import Path
 import sys
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -50,15 +51,8 @@ from torchflava.data.transforms import EvalImageTransform, ImageTransform, Rando
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
 from torchflava.models import clip_model
 from torchflava.models.clip import clip_model_arguments
-from torchflava.models.clip.convert_weights import directory_config, file_config
 from torchflava.modules.losses import contrastive_loss
-from torchflava.pretrained import (
-    checkpoint_directory,
-    checkpoint_image_transform,
-    checkpoint_layout,
-    holds_tokenizer,
-    load_pretrained,
-)
+from torchflava.pretrained import CLIPCheckpoint, checkpoint_image_transform, load_pretrained, read_clip_checkpoint
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
 from torchflava.training.distributed import barrier
@@ -81,7 +75,7 @@ from torchflava.training.schema import (
     unread_section_checks,
     vocab_checks,
 )
-from torchflava.utils.checkpoint import local_checkpoint, peek_state_dict
+from torchflava.utils.checkpoint import check_url, is_remote
 from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
@@ -211,79 +205,56 @@ PRETRAINED = (
 )
 
 
-class Checkpoint(NamedTuple):
-    """What ``model.pretrained`` brings, read without its tensor data.
-
-    Attributes:
-        weights (Path): what ``clip_model`` loads (a torchflava export: its weights file).
-        stated (dict): the ``clip_model`` arguments its config states (a weights file without one: its
-            tensors, e.g. the token embedding's rows as ``vocab_size``).
-        vocab_size (Optional[int]): its token embedding rows, as stated (None: not told).
-        directory (Path): where its tokenizer and preprocessing files would be.
-    """
-
-    weights: Path
-    stated: dict
-    vocab_size: Optional[int]
-    directory: Path
-
-
 def section_kwargs(cfg: TrainConfig) -> dict:
     """The model section: ``clip_model``'s arguments but ``pretrained`` (None: from the checkpoint or default)."""
     return {k: v for k, v in asdict(cfg.model).items() if k != "pretrained"}
 
 
-def read_checkpoint(cfg: TrainConfig) -> Optional[Checkpoint]:
-    """``model.pretrained``'s :class:`Checkpoint`; None without one, or for an http(s) URL (downloaded when
-    the model is built: its config is read then, and no tokenizer or preprocessing comes with it)."""
-    pretrained = cfg.model.pretrained
-    if pretrained is None or "://" in pretrained and not pretrained.startswith("file:"):
+def read_checkpoint(cfg: TrainConfig) -> Optional[CLIPCheckpoint]:
+    """What ``model.pretrained`` brings; None without one, or for an http(s) URL (downloaded when the model
+    is built: its config is read then, and no tokenizer or preprocessing comes with it)."""
+    if cfg.model.pretrained is None or is_remote(cfg.model.pretrained):
         return None
-    path = local_checkpoint(pretrained)
-    directory = checkpoint_directory(path)
-    if path.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
-        layout = checkpoint_layout(path)
-        weights, stated = layout.weights, {k: v for k, v in layout.kwargs.items() if v is not None}
-    elif path.is_dir():  # Hugging Face's or open_clip's
-        weights, stated = path, directory_config(path)[1]
-    else:  # a weights file: its keys, and a config beside it, tell
-        given = {k: v for k, v in section_kwargs(cfg).items() if v is not None}
-        weights, stated = path, file_config(path, peek_state_dict(path, scalars=True), given)[1]
-    return Checkpoint(weights=weights, stated=stated, vocab_size=stated.get("vocab_size"), directory=directory)
+    return read_clip_checkpoint(cfg.model.pretrained, given=section_kwargs(cfg))
 
 
-def tokenizer_source(cfg: TrainConfig, checkpoint: Optional[Checkpoint]) -> tuple[Optional[str], str]:
+def tokenizer_source(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> tuple[Optional[str], str]:
     """Where the run's tokenizer comes from and the key naming it: ``data.vocab``; else the checkpoint's
     directory when it holds tokenizer files; else (None, ``data.vocab``): learnt from the captions."""
     if cfg.data.vocab is not None:
         return cfg.data.vocab, "data.vocab"
-    if checkpoint is not None and holds_tokenizer(checkpoint.directory):
+    if checkpoint is not None and checkpoint.holds_tokenizer:
         return str(checkpoint.directory), "model.pretrained"
     return None, "data.vocab"
 
 
-def tokenizer_checks(checkpoint: Optional[Checkpoint], tokenizer, source: Optional[str], key: str) -> list[tuple]:
-    """That ``tokenizer`` suits the checkpoint: no more tokens than its embeddings, and its end token where
-    the checkpoint's config states one (pooling at each row's highest id: the tokenizer's last id)."""
-    if checkpoint is None:
-        return []
-    got = source or "a vocabulary learnt from the captions"
-    rows, checks = checkpoint.vocab_size, []
-    if rows is not None:
-        expected = f"a tokenizer of at most the {rows} tokens model.pretrained embeds"
-        checks.append((tokenizer.vocab_size <= rows, key, expected, f"{got} ({tokenizer.vocab_size} tokens)"))
-    if "eos_token_id" in checkpoint.stated:
-        end = checkpoint.stated["eos_token_id"]
-        ok = tokenizer.sep_id == (tokenizer.vocab_size - 1 if end is None else end)
-        what = "its last id (model.pretrained pools at each row's highest id)" if end is None else f"{end}"
-        expected = f"a tokenizer whose end token is model.pretrained's eos_token_id {what}"
-        checks.append((ok, key, expected, f"{got} (end token {tokenizer.sep_id})"))
+def tokenizer_checks(checkpoint: Optional[CLIPCheckpoint], tokenizer, source: Optional[str], key: str) -> list[tuple]:
+    """That ``tokenizer`` suits the checkpoint (:meth:`CLIPCheckpoint.tokenizer_misfits`), naming ``key``."""
+    got, checks = source or "a vocabulary learnt from the captions", []
+    for misfit in [] if checkpoint is None else checkpoint.tokenizer_misfits(tokenizer):
+        if misfit.name == "vocab_size":
+            expected = f"a tokenizer of at most the {misfit.expected} tokens model.pretrained embeds"
+            checks.append((False, key, expected, f"{got} ({misfit.got} tokens)"))
+        else:
+            stated = checkpoint.stated["eos_token_id"]
+            what = "its last id (model.pretrained pools at each row's highest id)" if stated is None else f"{stated}"
+            expected = f"a tokenizer whose end token is model.pretrained's eos_token_id {what}"
+            checks.append((False, key, expected, f"{got} (end token {misfit.got})"))
     return checks
 
 
 def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
     """``model.pretrained`` against the tokenizer the run will use and the model section, and its
-    preprocessing: read before any work (no tensor data; a learnt vocabulary is checked by its size)."""
+    preprocessing: read before any work (no tensor data; a learnt vocabulary is checked by its size). An
+    http(s) URL, downloaded when the model is built, brings no tokenizer: it needs ``data.vocab``."""
+    pretrained = cfg.model.pretrained
+    if pretrained is not None and is_remote(pretrained):
+        opened("model.pretrained", pretrained, PRETRAINED, lambda: check_url(pretrained))
+        expected = (
+            f"a tokenizer for the embeddings of the checkpoint model.pretrained downloads ({TOKENIZER}; a URL "
+            "brings none, and a vocabulary learnt from the captions cannot match pretrained embeddings)"
+        )
+        return [(cfg.data.vocab is not None, "data.vocab", expected, "null")]
     checkpoint = opened("model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: read_checkpoint(cfg))
     if checkpoint is None:
         return []
@@ -316,21 +287,18 @@ def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
     return []
 
 
-def model_kwargs(cfg: TrainConfig, tokenizer, checkpoint: Optional[Checkpoint]) -> dict:
+def model_kwargs(cfg: TrainConfig, tokenizer, checkpoint: Optional[CLIPCheckpoint]) -> dict:
     """``clip_model``'s arguments for this run, every one stated (they are written next to the export): the
-    model section, and the tokenizer's vocabulary size and end token; with a checkpoint, what its config
-    states fills the rest, and its embedding rows are the vocabulary size."""
-    vocab = {"vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.sep_id}
-    weights = cfg.model.pretrained
+    model section, the tokenizer's vocabulary size and end token; with a checkpoint, what it states
+    (:meth:`CLIPCheckpoint.model_arguments`)."""
     if checkpoint is not None:
-        weights = checkpoint.weights
-        vocab = {**vocab, "vocab_size": checkpoint.vocab_size or tokenizer.vocab_size}
-        vocab = {k: v for k, v in vocab.items() if k not in checkpoint.stated}
-    return clip_model_arguments(weights, **section_kwargs(cfg), **vocab)
+        return checkpoint.model_arguments(tokenizer, **section_kwargs(cfg))
+    vocab = {"vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.sep_id}
+    return clip_model_arguments(cfg.model.pretrained, **section_kwargs(cfg), **vocab)
 
 
 def image_transforms(
-    image_size: int, d: DataConfig, checkpoint: Optional[Checkpoint]
+    image_size: int, d: DataConfig, checkpoint: Optional[CLIPCheckpoint]
 ) -> tuple[RandomCropTransform, ImageTransform]:
     """The training crop (RandomResizedCrop to the model's image size) and the evaluation transform.
 

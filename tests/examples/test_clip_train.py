@@ -389,3 +389,32 @@ def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused_naming_its_key(
     )
     with pytest.raises(train.ConfigError, match=r"^key 'data\.vocab': expected a BERT vocab\.txt or a directory"):
         train.validate(_config(*base, f"data.vocab={tmp_path}/nowhere"), 1)
+
+
+def test_a_url_checkpoint_needs_data_vocab_and_a_well_formed_url_before_any_work(hf_clip, tmp_path):
+    """An http(s) model.pretrained (downloaded when the model is built) was not checked: with no data.vocab the
+    run learnt a WordPiece vocabulary from the captions, which cannot match the checkpoint's embeddings, and
+    failed when the weights were fetched; a malformed URL failed there too, as a traceback."""
+    url = "http://127.0.0.1:9/clip.safetensors"  # the discard port: nothing answers there (and nothing is asked)
+    out = tmp_path / "run"
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(f"training.output_dir={out}", f"model.pretrained={url}", *FROM_CHECKPOINT))
+    needs_vocab = (
+        "key 'data.vocab': expected a tokenizer for the embeddings of the checkpoint model.pretrained downloads (a "
+        "BERT vocab.txt or a directory holding one, or a CLIP tokenizer directory (tokenizer.json, or vocab.json + "
+        "merges.txt); a URL brings none, and a vocabulary learnt from the captions cannot match pretrained "
+        "embeddings), got 'null'"
+    )
+    assert str(caught.value) == needs_vocab
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]  # refused before any work
+    train.validate(_config(f"model.pretrained={url}", *FROM_CHECKPOINT, f"data.vocab={hf_clip}"), 1)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config("model.pretrained=ftp://host/clip.safetensors", f"data.vocab={hf_clip}"), 1)
+    assert str(caught.value) == (
+        f"key 'model.pretrained': expected {train.PRETRAINED}, got 'ftp://host/clip.safetensors' (checkpoint URLs "
+        "must be http(s)://host/.../file (ASCII, percent-encoded) or file:///path, got 'ftp://host/clip.safetensors')"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # the command line: one line, exit 2
+    command = [sys.executable, str(SCRIPT), f"config={DEBUG}", f"training.output_dir={out}", f"model.pretrained={url}"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {needs_vocab}", result.stderr[-2000:]

@@ -77,14 +77,32 @@ def local_checkpoint(path: PathLike) -> Path:
     return local
 
 
-def _download(url: str) -> str:
-    """The local copy of an http(s) URL, kept in a cache directory of its own (a hash of the whole
-    URL: host, port, path and query) under iopath's cache, and checked with the server on every
-    call: with an ETag, a conditional GET (``If-None-Match``); with only a Last-Modified date, a HEAD
-    whose date and length must equal the copy's (a date is not trusted where the file changed in the
-    second it was served, RFC 7232's weak validator); else downloaded again. A server that stops
-    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends the download with ConnectionError; one that
-    cannot be reached or fails (5xx) leaves a copy downloaded before in use, with a warning."""
+def is_remote(path: object) -> bool:
+    """Whether ``path`` is a URL that :func:`local_checkpoint` downloads.
+
+    Args:
+        path (object): a checkpoint path or URL (anything else: False).
+
+    Returns:
+        bool: whether it is a ``scheme://`` URL of any scheme but ``file:`` (which names a local file).
+    """
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    return isinstance(text, str) and "://" in text and not text.startswith("file:")
+
+
+def check_url(url: str) -> str:
+    """Check a checkpoint URL that :func:`local_checkpoint` is to download, without any connection.
+
+    Args:
+        url (str): the URL.
+
+    Returns:
+        str: the name of the file it downloads (percent-decoded).
+
+    Raises:
+        ValueError: unless ``url`` is ``http(s)://host/.../file`` (ASCII, percent-encoded) without
+            ``..`` or ``.`` path segments or a ``/`` hidden in the file name (``%2F``).
+    """
     parsed = urllib.parse.urlparse(url)
     name = urllib.parse.unquote(parsed.path.rpartition("/")[2])
     if parsed.scheme not in ("http", "https") or not parsed.netloc or not name or not url.isascii():
@@ -95,6 +113,18 @@ def _download(url: str) -> str:
         raise ValueError(f"checkpoint URLs must not hold '..' or '.' path segments, got {url!r}")
     if "/" in name:
         raise ValueError(f"checkpoint URLs must not hide a '/' in the file name (%2F), got {url!r}")
+    return name
+
+
+def _download(url: str) -> str:
+    """The local copy of an http(s) URL, kept in a cache directory of its own (a hash of the whole
+    URL: host, port, path and query) under iopath's cache, and checked with the server on every
+    call: with an ETag, a conditional GET (``If-None-Match``); with only a Last-Modified date, a HEAD
+    whose date and length must equal the copy's (a date is not trusted where the file changed in the
+    second it was served, RFC 7232's weak validator); else downloaded again. A server that stops
+    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends the download with ConnectionError; one that
+    cannot be reached or fails (5xx) leaves a copy downloaded before in use, with a warning."""
+    name = check_url(url)
     directory = _download_directory(url)
     local = (
         directory
@@ -642,7 +672,7 @@ def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tenso
     Raises:
         As :func:`load_state_dict` (URLs are not peeked at: ValueError).
     """
-    if isinstance(path, (str, os.PathLike)) and "://" in os.fspath(path) and not os.fspath(path).startswith("file:"):
+    if is_remote(path):
         raise ValueError(f"only local checkpoints can be peeked at, got the URL {os.fspath(path)!r}")
     local = _checkpoint_file(path)
     files = [local]

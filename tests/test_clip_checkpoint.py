@@ -1,0 +1,170 @@
+"""read_clip_checkpoint on the CLIP checkpoints a fine-tuning run starts from: a Hugging Face CLIPModel
+directory saved by transformers, open_clip's Hub directory and bare weights files (open_clip's, OpenAI's),
+a torchflava run and its export: the clip_model arguments each states, its vocabulary size and end token,
+its tokenizer directory, and which tokenizers fit it."""
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import save_file
+import torch
+
+from tests.models.clip.test_convert_weights import _open_clip_hub_directory
+from tests.test_zero_shot_command import write_hf_clip
+from torchflava.data.clip_tokenizer import CLIPTokenizer, read_tokenizer
+from torchflava.data.tokenizer import WordPieceTokenizer
+from torchflava.models.clip import clip_model, clip_model_arguments
+from torchflava.pretrained import CLIPCheckpoint, TokenizerMisfit, read_clip_checkpoint
+from torchflava.utils.checkpoint import check_url, is_remote
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# What write_hf_clip's CLIPConfig states, as clip_model's arguments.
+HF_STATED = dict(
+    vision_width=32,
+    vision_layers=2,
+    vision_heads=4,
+    vision_mlp_dim=64,
+    text_width=32,
+    text_layers=2,
+    text_heads=4,
+    text_mlp_dim=64,
+    embed_dim=16,
+    image_size=32,
+    patch_size=8,
+    context_length=77,
+    vocab_size=49408,
+    eos_token_id=49407,
+    activation="quick_gelu",
+    norm_eps=1e-5,
+    attention_dropout=0.0,
+)
+
+
+def _vocab(path, size: int) -> WordPieceTokenizer:
+    """A BERT vocab.txt of ``size`` tokens ([SEP] is 3)."""
+    path.write_text("".join(f"{w}\n" for w in [*SPECIAL, *(f"w{i}" for i in range(size - len(SPECIAL)))]))
+    return read_tokenizer(str(path))
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hf_clip")
+    write_hf_clip(directory)
+    return directory
+
+
+def test_a_hugging_face_clip_directory_states_its_architecture_vocabulary_and_end_token(hf_clip, tmp_path):
+    checkpoint = read_clip_checkpoint(hf_clip)
+    assert isinstance(checkpoint, CLIPCheckpoint)
+    assert checkpoint.weights == hf_clip and checkpoint.directory == hf_clip and checkpoint.holds_tokenizer
+    assert {k: checkpoint.stated[k] for k in HF_STATED} == HF_STATED
+    assert checkpoint.vocab_size == 49408 and checkpoint.end_token(49408) == 49407 == checkpoint.end_token(100)
+    tokenizer = CLIPTokenizer.from_directory(hf_clip)
+    assert checkpoint.tokenizer_misfits(tokenizer) == []  # its own tokenizer fits
+    # every argument stated: what clip_model builds from the directory, with its own vocabulary
+    kwargs = checkpoint.model_arguments(tokenizer, text_layers=None, init_std=0.01)  # (None: not given)
+    assert kwargs == clip_model_arguments(hf_clip, init_std=0.01) and kwargs["init_std"] == 0.01
+    assert {k: kwargs[k] for k in HF_STATED} == HF_STATED
+    with pytest.raises(ValueError, match="text_layers"):  # a given value its config states otherwise
+        checkpoint.model_arguments(tokenizer, text_layers=3)
+
+    bare = tmp_path / "bare"  # its config and weights without the tokenizer files
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(hf_clip / name, bare / name)
+    checkpoint = read_clip_checkpoint(f"file://{bare}")
+    assert checkpoint.directory == bare and not checkpoint.holds_tokenizer and checkpoint.vocab_size == 49408
+
+
+def test_a_tokenizer_with_more_tokens_or_another_end_token_does_not_fit(hf_clip, tmp_path):
+    checkpoint = read_clip_checkpoint(hf_clip)
+    assert checkpoint.tokenizer_misfits(_vocab(tmp_path / "small.txt", 6)) == [
+        TokenizerMisfit("eos_token_id", 49407, 3)  # BERT's [SEP], not CLIP's end token
+    ]
+    assert checkpoint.tokenizer_misfits(_vocab(tmp_path / "large.txt", 49410)) == [
+        TokenizerMisfit("vocab_size", 49408, 49410),  # its last 2 ids would have no embedding
+        TokenizerMisfit("eos_token_id", 49407, 3),
+    ]
+    # a config stating eos_token_id None (OpenAI's pooling at each row's highest id): the tokenizer's last id
+    legacy = CLIPCheckpoint(checkpoint.weights, {**checkpoint.stated, "eos_token_id": None}, checkpoint.directory)
+    assert legacy.end_token(49408) == 49407 and legacy.end_token(6) == 5
+    assert legacy.tokenizer_misfits(CLIPTokenizer.from_directory(hf_clip)) == []
+    assert legacy.tokenizer_misfits(_vocab(tmp_path / "small.txt", 6)) == [TokenizerMisfit("eos_token_id", 5, 3)]
+
+
+def test_open_clip_weights_state_their_sizes_and_no_end_token(tmp_path):
+    hub = tmp_path / "hub"
+    reference = _open_clip_hub_directory(hub)
+    checkpoint = read_clip_checkpoint(hub)  # its open_clip_config.json
+    assert checkpoint.weights == hub and checkpoint.directory == hub and not checkpoint.holds_tokenizer
+    expected = dict(vision_width=32, vision_layers=2, vision_heads=4, vision_mlp_dim=48, text_width=24)
+    expected.update(text_layers=2, text_heads=3, text_mlp_dim=48, embed_dim=20, image_size=32, patch_size=8)
+    expected.update(context_length=16, vocab_size=99, activation="quick_gelu")
+    assert checkpoint.stated == expected
+    assert checkpoint.vocab_size == 99 and checkpoint.end_token(99) is None  # open_clip's config states none
+    assert checkpoint.tokenizer_misfits(_vocab(tmp_path / "v99.txt", 99)) == []  # any end token
+    assert checkpoint.tokenizer_misfits(_vocab(tmp_path / "v100.txt", 100)) == [TokenizerMisfit("vocab_size", 99, 100)]
+
+    lone = tmp_path / "lone"  # the weights file alone: its tensors tell the sizes (the activation: not)
+    lone.mkdir()
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, lone / "weights.safetensors")
+    checkpoint = read_clip_checkpoint(lone / "weights.safetensors")
+    assert checkpoint.weights == lone / "weights.safetensors" and checkpoint.directory == lone
+    assert checkpoint.stated == dict(image_size=32, patch_size=8, vocab_size=99, context_length=16)
+    assert not checkpoint.holds_tokenizer and checkpoint.end_token(99) is None
+
+    # OpenAI's state dict: its metadata entries beside the weights, which were trained with QuickGELU
+    openai = {
+        **reference.state_dict(),
+        **{k: torch.tensor(v) for k, v in (("input_resolution", 32), ("vocab_size", 99))},
+    }
+    torch.save({**openai, "context_length": torch.tensor(16)}, lone / "openai.pt")
+    stated = dict(image_size=32, patch_size=8, vocab_size=99, context_length=16, activation="quick_gelu")
+    assert read_clip_checkpoint(lone / "openai.pt").stated == stated
+    given = {"activation": "gelu", "text_layers": None}  # a given activation is the caller's
+    assert "activation" not in read_clip_checkpoint(lone / "openai.pt", given=given).stated
+
+
+def test_hugging_face_weights_alone_need_their_config_or_an_activation(hf_clip, tmp_path):
+    shutil.copy(hf_clip / "model.safetensors", tmp_path / "weights.safetensors")
+    with pytest.raises(ValueError, match="config.json of the Hugging Face-layout weights"):
+        read_clip_checkpoint(tmp_path / "weights.safetensors")
+    checkpoint = read_clip_checkpoint(tmp_path / "weights.safetensors", given={"activation": "quick_gelu"})
+    assert checkpoint.stated == dict(image_size=32, patch_size=8, vocab_size=49408, context_length=77)
+
+
+def test_a_torchflava_run_and_its_export_state_the_arguments_the_run_recorded(tmp_path):
+    export = tmp_path / "run" / "model"
+    export.mkdir(parents=True)
+    tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square above it"], vocab_size=40)
+    kwargs = dict(clip_model_arguments(**dict(EXPORT, vocab_size=tokenizer.vocab_size, eos_token_id=3)))
+    save_file({k: v.contiguous() for k, v in clip_model(**kwargs).state_dict().items()}, export / "clip.safetensors")
+    (export / "clip_config.json").write_text(json.dumps({**kwargs, "init_std": None}))
+    tokenizer.save(export)
+    stated = {k: v for k, v in kwargs.items() if k != "init_std"}
+    for path in (tmp_path / "run", export, export / "clip.safetensors"):
+        checkpoint = read_clip_checkpoint(path)
+        assert checkpoint.weights == export / "clip.safetensors" and checkpoint.directory == export, path
+        assert checkpoint.stated == stated and checkpoint.holds_tokenizer, path
+        assert checkpoint.vocab_size == tokenizer.vocab_size and checkpoint.end_token(tokenizer.vocab_size) == 3
+        assert checkpoint.tokenizer_misfits(WordPieceTokenizer.from_directory(export)) == []
+    assert checkpoint.model_arguments(tokenizer) == {**kwargs, "init_std": 0.02}
+
+
+EXPORT = dict(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2)
+EXPORT.update(vision_mlp_dim=24, text_width=16, text_layers=1, text_heads=2, text_mlp_dim=24, context_length=12)
+
+
+def test_an_http_url_is_not_read_and_a_malformed_one_is_told_without_a_connection():
+    url = "http://127.0.0.1:9/clip.safetensors"  # the discard port: nothing answers there
+    assert is_remote(url) and is_remote("https://host/w.bin") and is_remote("ftp://host/w.bin")
+    assert not is_remote("file:///tmp/w.bin") and not is_remote("/tmp/w.bin") and not is_remote(None)
+    with pytest.raises(ValueError, match=r"^checkpoint: only local checkpoints are read .* got the URL 'http://127"):
+        read_clip_checkpoint(url)
+    assert check_url(url) == "clip.safetensors" and check_url("https://host/a/w%20b.bin") == "w b.bin"
+    for bad in ("ftp://host/w.bin", "http://host/", "http://host/a/../w.bin", "http://host/a%2Fw.bin"):
+        with pytest.raises(ValueError, match="^checkpoint URLs must"):
+            check_url(bad)
