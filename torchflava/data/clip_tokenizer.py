@@ -10,8 +10,9 @@ from
   ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length``,
   ``pad_token`` (``special_tokens_map.json``'s where transformers reads it) and
   ``clean_up_tokenization_spaces`` (:meth:`~CLIPTokenizer.decode`'s, default false): the ids and
-  decoded texts transformers' ``CLIPTokenizerFast`` gives (the one ``AutoTokenizer`` and ``CLIPProcessor`` load; the slow
-  ``CLIPTokenizer`` cleans text with ``ftfy`` and differs on controls, quotes, entities, widths...);
+  decoded texts transformers' ``CLIPTokenizerFast`` gives (the one ``AutoTokenizer`` and
+  ``CLIPProcessor`` load; the slow ``CLIPTokenizer`` cleans text with ``ftfy`` and differs on
+  controls, quotes, entities, widths...);
 * OpenAI's and open_clip's merges file, ``bpe_simple_vocab_16e6.txt.gz``
   (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, with what its ``ftfy``
   does (:func:`ftfy_fixes`: HTML entities, curly quotes, ligatures, full-width forms, control
