@@ -580,3 +580,72 @@ def test_read_tokenizer_tells_wordpiece_from_clips_bpe(hf_directory, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has neither tokenizer.json nor vocab.json and merges.txt"):
         read_tokenizer(tmp_path / "empty")
+
+
+# Texts whose decoding transformers' clean-up changes, and LAION's "!" padding (a special token there).
+CLEAN_UP_TEXTS = ["don't stop , he said . hello!", "it 's a ' ' b ?! x !", "rock'n'roll , we 've I'm"]
+
+
+@pytest.mark.parametrize("setting", ["absent", True, False])
+@pytest.mark.parametrize("pad", ["<|endoftext|>", "!"])
+@pytest.mark.parametrize("source", ["vocab_and_merges", "tokenizer_json"])
+def test_decode_equals_clip_tokenizer_fast_with_its_clean_up_setting_and_padding(
+    hf_directory, tmp_path, source, pad, setting
+):
+    """Found by a differential fuzz against CLIPTokenizerFast: decode ignored tokenizer_config.json's
+    clean_up_tokenization_spaces (transformers' default for CLIP is false) and kept a "!" padding token
+    (LAION's), which transformers drops as a special token wherever it stands; our save kept neither setting."""
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        (directory / name).write_bytes((hf_directory / name).read_bytes())
+    config = {"tokenizer_class": "CLIPTokenizer", "pad_token": pad}
+    if setting != "absent":
+        config["clean_up_tokenization_spaces"] = setting
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    if source == "tokenizer_json":
+        HFFastTokenizer.from_pretrained(directory).save_pretrained(tmp_path / "json")
+        directory = tmp_path / "json"
+        for name in ("vocab.json", "merges.txt"):
+            (directory / name).unlink()
+    hf, ours = HFFastTokenizer.from_pretrained(directory), CLIPTokenizer.from_directory(directory)
+    clean_up = setting is True
+    assert hf.clean_up_tokenization_spaces is ours.clean_up_tokenization_spaces is clean_up
+    ids, _ = ours(CLEAN_UP_TEXTS + ["a photo"], max_length=77)
+    assert torch.equal(ids, hf(CLEAN_UP_TEXTS + ["a photo"], padding=True, return_tensors="pt")["input_ids"])
+    decoded = [ours.decode(row) for row in ids]
+    assert decoded == [hf.decode(row, skip_special_tokens=True) for row in ids]
+    expected = {  # (the padding dropped, the end token or "!"; transformers drops "!" wherever it stands)
+        ("<|endoftext|>", True): ["don 't stop, he said. hello!", "it's a'' b?! x!", "rock'n'roll, we've i'm"],
+        ("<|endoftext|>", False): [
+            "don 't stop , he said . hello !",
+            "it 's a ' ' b ?! x !",
+            "rock ' n ' roll , we 've i 'm",
+        ],
+        ("!", True): ["don 't stop, he said. hello", "it's a'' b? x", "rock'n'roll, we've i'm"],
+        ("!", False): ["don 't stop , he said . hello", "it 's a ' ' b ? x", "rock ' n ' roll , we 've i 'm"],
+    }
+    assert decoded == expected[pad, clean_up] + ["a photo"]
+    again_directory = tmp_path / "ours"
+    ours.save(again_directory)
+    again, hf_again = CLIPTokenizer.from_directory(again_directory), HFFastTokenizer.from_pretrained(again_directory)
+    assert again.clean_up_tokenization_spaces is hf_again.clean_up_tokenization_spaces is clean_up
+    assert (
+        [again.decode(row) for row in ids] == [hf_again.decode(row, skip_special_tokens=True) for row in ids] == decoded
+    )
+
+
+def test_clean_up_setting_errors(hf_directory, tmp_path):
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((hf_directory / name).read_bytes())
+    for value in ("true", 1, None):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"clean_up_tokenization_spaces": value}))
+        with pytest.raises(
+            ValueError,
+            match=f"tokenizer_config.json: clean_up_tokenization_spaces must be true or false, got {value!r}",
+        ):
+            CLIPTokenizer.from_directory(tmp_path)
+    with pytest.raises(TypeError, match="clean_up_tokenization_spaces must be True or False, got 1"):
+        CLIPTokenizer.from_bpe(BPE, clean_up_tokenization_spaces=1)
+    cleaned = CLIPTokenizer.from_bpe(BPE, clean_up_tokenization_spaces=True)
+    assert cleaned.decode(cleaned(["Hello , world !"])[0][0]) == "hello, world!"

@@ -185,6 +185,7 @@ def test_save_then_from_vocab_gives_identical_ids(trained, captions, tmp_path):
         "do_lower_case": True,
         "strip_accents": None,
         "tokenize_chinese_chars": True,
+        "clean_up_tokenization_spaces": True,
     }
     texts = captions[:40] + ["a zebra in the middle!", "the YELLOW Diamond"]
     expected = trained(texts, max_length=12)
@@ -337,7 +338,11 @@ def test_tokenizer_config_is_read_and_written(tmp_path):
     write_vocab(tmp_path / "vocab.txt", VOCAB)
     config = tmp_path / "tokenizer_config.json"
     assert read_tokenizer_config(config) == dict(
-        lowercase=True, strip_accents=None, tokenize_chinese_chars=True, model_max_length=None
+        lowercase=True,
+        strip_accents=None,
+        tokenize_chinese_chars=True,
+        model_max_length=None,
+        clean_up_tokenization_spaces=None,  # the default of the file read: vocab.txt or tokenizer.json
     )  # no file: BertTokenizerFast's defaults
     config.write_text(json.dumps({"do_lower_case": False, "model_max_length": 5, "strip_accents": True}))
     tok = WordPieceTokenizer.from_directory(tmp_path)
@@ -359,6 +364,12 @@ def test_tokenizer_config_is_read_and_written(tmp_path):
         ({"model_max_length": 1}, "tokenizer_config.json: model_max_length must be an int >= 2, got 1"),
         ({"model_max_length": 64.0}, "tokenizer_config.json: model_max_length must be an int >= 2, got 64.0"),
         ({"tokenizer_class": "CLIPTokenizer"}, "tokenizer_class must be BertTokenizer or BertTokenizerFast"),
+        (
+            {"clean_up_tokenization_spaces": "yes"},
+            r"tokenizer_config.json: clean_up_tokenization_spaces must be true or false, got 'yes' \(in .*tokenizer_config",
+        ),
+        ({"clean_up_tokenization_spaces": 1}, "clean_up_tokenization_spaces must be true or false, got 1"),
+        ({"clean_up_tokenization_spaces": None}, "clean_up_tokenization_spaces must be true or false, got None"),
         ({"unk_token": "<unk>"}, r"unk_token must be \[UNK\] \(BERT's special tokens\), got '<unk>'"),
         ({"mask_token": {"content": "<mask>"}}, r"mask_token must be \[MASK\]"),
         ([1, 2], "must hold a JSON object, got list"),
@@ -369,6 +380,101 @@ def test_tokenizer_config_errors(tmp_path, config, match):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=match):
         WordPieceTokenizer.from_directory(tmp_path)
+
+
+# Texts whose decoding transformers cleans up (clean_up_tokenization_spaces): spaces before punctuation and
+# contractions, a lone apostrophe's spaces; its replacements run one after the other, left to right.
+CLEAN_UP_TEXTS = [
+    "hello, world! don't a.",
+    "it's we've they're I'm can't ...",
+    "rock'n'roll o'clock",
+    "a ' ' b",
+    "x '' y 's 'S",
+    "U.S.A. e.g. ?! ,",
+    "do not n't N'T",
+]
+CLEAN_UP_VOCAB = (
+    list(SPECIAL_TOKENS)
+    + list(dict.fromkeys("helowrdntaicsyvmgbuxNTSUAE,.!?'"))
+    + [
+        "hello",
+        "world",
+        "don",
+        "it",
+        "we",
+        "ve",
+        "they",
+        "re",
+        "can",
+        "rock",
+        "roll",
+        "clock",
+        "do",
+        "not",
+    ]
+)
+# What BertTokenizerFast.decode(ids, skip_special_tokens=True) gives for CLEAN_UP_TEXTS on the uncased
+# vocabulary above, without and with the clean-up (transformers 4.57).
+DECODED = [
+    ("hello, world! don ' t a.", "hello, world! don't a."),
+    ("it ' s we ' ve they ' re i ' m can ' t...", "it's we've they're i'm can't..."),
+    ("rock ' n ' roll o ' clock", "rock'n'roll o'clock"),
+    ("a ' ' b", "a'' b"),
+    ("x ' ' y ' s ' s", "x'' y's's"),
+    ("u. s. a. e. g.?!,", "u. s. a. e. g.?!,"),
+    ("do not n ' t n ' t", "do notn'tn't"),
+]
+
+
+@pytest.mark.parametrize("setting", ["absent", True, False])
+@pytest.mark.parametrize("source", ["vocab.txt", "tokenizer.json", "both"])
+def test_decode_equals_bert_tokenizer_fast_with_its_clean_up_setting(tmp_path, source, setting):
+    """Found by a differential fuzz: decode never made transformers' clean-up of spaces ("don ' t" for
+    "don't"), which BertTokenizerFast makes by default for a vocab.txt (not for a tokenizer.json without
+    the key) and as tokenizer_config.json's clean_up_tokenization_spaces says; our save kept it neither."""
+    vocab = write_vocab(tmp_path / "vocab.txt", CLEAN_UP_VOCAB)
+    directory = tmp_path / "checkpoint"
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(directory)
+    if source == "vocab.txt":
+        (directory / "tokenizer.json").unlink()
+    elif source == "tokenizer.json":
+        (directory / "vocab.txt").unlink()
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    del config["clean_up_tokenization_spaces"]
+    if setting != "absent":
+        config["clean_up_tokenization_spaces"] = setting
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    hf = BertTokenizerFast.from_pretrained(directory)
+    ours = WordPieceTokenizer.from_directory(directory)
+    clean_up = source == "vocab.txt" if setting == "absent" else setting  # transformers' default by file read
+    assert hf.clean_up_tokenization_spaces is ours.clean_up_tokenization_spaces is clean_up
+    for text, decoded in zip(CLEAN_UP_TEXTS, DECODED):
+        ids = hf(text)["input_ids"]
+        assert ours([text], max_length=64)[0][0].tolist() == ids
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True) == decoded[clean_up], text
+    # our save states the setting: it and transformers read it back
+    ours.save(tmp_path / "ours")
+    again, hf_again = (
+        WordPieceTokenizer.from_directory(tmp_path / "ours"),
+        BertTokenizerFast.from_pretrained(tmp_path / "ours"),
+    )
+    assert again.clean_up_tokenization_spaces is hf_again.clean_up_tokenization_spaces is clean_up
+    for text, decoded in zip(CLEAN_UP_TEXTS, DECODED):
+        ids = hf(text)["input_ids"]
+        assert again.decode(ids) == hf_again.decode(ids, skip_special_tokens=True) == decoded[clean_up]
+
+
+def test_clean_up_defaults_of_the_constructors_are_transformers(tmp_path):
+    vocab = write_vocab(tmp_path / "vocab.txt", CLEAN_UP_VOCAB)
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path / "saved")
+    ids = BertTokenizerFast(vocab_file=str(vocab))("don't")["input_ids"]
+    from_json = WordPieceTokenizer.from_tokenizer_json(tmp_path / "saved" / "tokenizer.json")
+    hf_json = BertTokenizerFast(tokenizer_file=str(tmp_path / "saved" / "tokenizer.json"))
+    assert from_json.decode(ids) == hf_json.decode(ids, skip_special_tokens=True) == "don ' t"
+    assert WordPieceTokenizer.from_vocab(vocab).decode(ids) == "don't"
+    assert WordPieceTokenizer.from_vocab(vocab, clean_up_tokenization_spaces=False).decode(ids) == "don ' t"
+    with pytest.raises(TypeError, match="clean_up_tokenization_spaces must be True or False, got 'yes'"):
+        WordPieceTokenizer.from_vocab(vocab, clean_up_tokenization_spaces="yes")
 
 
 @pytest.mark.parametrize(

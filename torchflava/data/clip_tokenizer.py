@@ -7,10 +7,12 @@ vocabulary has 49408 entries with those two at 49406 and 49407. :class:`CLIPToke
 from
 
 * a Hugging Face CLIP directory (:meth:`~CLIPTokenizer.from_directory`): ``tokenizer.json``, else
-  ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length`` and
-  ``pad_token`` (``special_tokens_map.json``'s where transformers reads it): the ids transformers'
-  ``CLIPTokenizerFast`` gives (the one ``AutoTokenizer`` and ``CLIPProcessor`` load; the slow
-  ``CLIPTokenizer`` cleans text with ``ftfy`` and differs on controls, quotes, entities, widths...);
+  ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length``,
+  ``pad_token`` (``special_tokens_map.json``'s where transformers reads it) and
+  ``clean_up_tokenization_spaces`` (:meth:`~CLIPTokenizer.decode`'s, default false): the ids and
+  decoded texts transformers' ``CLIPTokenizerFast`` gives (the one ``AutoTokenizer`` and
+  ``CLIPProcessor`` load; the slow ``CLIPTokenizer`` cleans text with ``ftfy`` and differs on
+  controls, quotes, entities, widths...);
 * OpenAI's and open_clip's merges file, ``bpe_simple_vocab_16e6.txt.gz``
   (:meth:`~CLIPTokenizer.from_bpe`): the ids of open_clip's tokenizer, with what its ``ftfy``
   does (:func:`ftfy_fixes`: HTML entities, curly quotes, ligatures, full-width forms, control
@@ -37,12 +39,15 @@ from torch import Tensor
 
 from torchflava.data.tokenizer import (
     WordPieceTokenizer,
+    check_clean_up,
     check_dense_ids,
     check_max_length,
     check_model_max_length,
     check_no_surrogates,
     checked_ids,
     checked_texts,
+    clean_up_spaces,
+    config_clean_up,
     config_max_length,
     config_token,
     padded_rows,
@@ -172,6 +177,9 @@ class CLIPTokenizer:
         unescape_html (bool): undo HTML entities (``&amp;``, twice, as OpenAI's and open_clip's
             tokenizers do; web alt-text holds them) before tokenising; transformers' fast one does not.
         fix_text (bool): make :func:`ftfy_fixes` first (open_clip's ``ftfy.fix_text``).
+        clean_up_tokenization_spaces (bool): whether :meth:`decode` removes the spaces before punctuation
+            and contractions (:func:`~torchflava.data.tokenizer.clean_up_spaces`), as transformers'
+            setting of that name (false for CLIP's tokenizers).
         reading (str): whose reading of a text to reproduce. ``"transformers"`` (CLIPTokenizerFast's):
             the tokenizer's own normaliser, and ``<|startoftext|>`` and ``<|endoftext|>`` in a text,
             in any case, are those tokens wherever they stand. ``"open_clip"`` (:meth:`from_bpe`):
@@ -184,6 +192,7 @@ class CLIPTokenizer:
     Raises:
         ValueError: if a special or the padding token is missing, ``model_max_length`` < 2 or
             ``reading`` is neither of the two.
+        TypeError: if ``unescape_html``, ``fix_text`` or ``clean_up_tokenization_spaces`` is not a bool.
     """
 
     def __init__(
@@ -194,9 +203,11 @@ class CLIPTokenizer:
         pad_token: Optional[str] = None,
         unescape_html: bool = False,
         fix_text: bool = False,
+        clean_up_tokenization_spaces: bool = False,
         reading: str = "transformers",
         _copy: bool = True,
     ) -> None:
+        self.clean_up_tokenization_spaces = check_clean_up(clean_up_tokenization_spaces)
         if reading not in _SPECIAL_SPELLINGS:
             raise ValueError(f"reading must be one of {tuple(_SPECIAL_SPELLINGS)}, got {reading!r}")
         for name, value in (("unescape_html", unescape_html), ("fix_text", fix_text)):
@@ -245,7 +256,7 @@ class CLIPTokenizer:
         """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` into ``directory``
         (atomically), in Hugging Face's format: :meth:`from_directory` (and transformers'
         ``CLIPTokenizer`` / ``CLIPTokenizerFast``) read them back to CLIP's pipeline on this vocabulary
-        and these merges, with this ``model_max_length`` and padding token.
+        and these merges, with this ``model_max_length``, padding token and ``clean_up_tokenization_spaces``.
 
         Only transformers' reading is written: a tokenizer of :meth:`from_bpe` (open_clip's reading,
         its text fixes) is refused rather than saved as another one.
@@ -276,6 +287,7 @@ class CLIPTokenizer:
             "pad_token": self._tokenizer.id_to_token(self.pad_id),
             "do_lower_case": True,
             "errors": "replace",
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
         }
         # None: transformers' "no limit" (read back as None; an absent key reads as CLIP's 77)
         config["model_max_length"] = int(1e30) if self.model_max_length is None else self.model_max_length
@@ -467,13 +479,19 @@ class CLIPTokenizer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of one id sequence (a list, tuple or 1-D tensor of ints), special tokens dropped (lower-cased,
-        one space between words); TypeError / ValueError as :func:`~torchflava.data.tokenizer.checked_ids`."""
+        """Text of one id sequence (a list, tuple or 1-D tensor of ints): the start, end and padding ids
+        dropped (LAION's ``!`` padding too, wherever it stands, as transformers drops its special tokens),
+        lower-cased, one space after each word and, when ``clean_up_tokenization_spaces``, the spaces
+        before punctuation and contractions removed
+        (:func:`~torchflava.data.tokenizer.clean_up_spaces`): the text ``CLIPTokenizerFast``'s
+        ``decode(ids, skip_special_tokens=True)`` gives for the same directory. TypeError / ValueError
+        as :func:`~torchflava.data.tokenizer.checked_ids`."""
         ids = checked_ids(ids, self.vocab_size)  # (an id past the vocabulary decoded to "", -1 overflowed)
         byte_of = {character: byte for byte, character in byte_characters().items()}
-        pieces = [self._tokenizer.id_to_token(i) for i in ids if i not in (self.start_id, self.end_id)]
+        pieces = [self._tokenizer.id_to_token(i) for i in ids if i not in self.special_ids]
         data = bytes(byte_of.get(c, 32) for c in "".join(pieces))  # a character no byte spells: a space
-        return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
+        text = data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
+        return clean_up_spaces(text) if self.clean_up_tokenization_spaces else text
 
 
 def read_tokenizer(path: PathLike) -> Union[WordPieceTokenizer, CLIPTokenizer]:
@@ -507,14 +525,16 @@ def _merge_pairs(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:
 
 
 def read_clip_tokenizer_config(path: Path) -> dict:
-    """``model_max_length`` and ``pad_token`` of a CLIP ``tokenizer_config.json`` (missing file: 77, None).
+    """``model_max_length``, ``pad_token`` and ``clean_up_tokenization_spaces`` of a CLIP
+    ``tokenizer_config.json`` (missing file or key: 77, None, false).
 
     As transformers reads them: where the config has no ``added_tokens_decoder`` (files written before
     transformers 4.34), the ``special_tokens_map.json`` beside it names the special tokens over the config.
 
     Raises:
-        ValueError: naming the key, if a value has the wrong type, the class is not CLIP's, the padding
-            token is an empty string, or the start, end or unknown token is not CLIP's.
+        ValueError: naming the key, if a value has the wrong type (``clean_up_tokenization_spaces``: not
+            true or false), the class is not CLIP's, the padding token is an empty string, or the start,
+            end or unknown token is not CLIP's.
     """
     config = read_json_object(path) if present_file(path, "a tokenizer config file") else {}
     config, where = with_special_tokens_map(config, path, _TOKEN_KEYS)
@@ -534,4 +554,6 @@ def read_clip_tokenizer_config(path: Path) -> dict:
     if pad is not None and (not isinstance(pad, str) or not pad):  # ("" padded with the end token)
         raise ValueError(f"{where['pad_token']}: pad_token must be a non-empty string or null, got {pad!r}")
     settings["pad_token"] = pad
+    if (clean_up := config_clean_up(config, path)) is not None:
+        settings["clean_up_tokenization_spaces"] = clean_up
     return settings

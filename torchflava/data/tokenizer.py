@@ -4,8 +4,10 @@ A checkpoint directory's tokenizer (:meth:`WordPieceTokenizer.from_directory`) i
 or the WordPiece vocabulary of its ``tokenizer.json`` when there is no ``vocab.txt``, with the
 settings of its ``tokenizer_config.json`` read as transformers' ``BertTokenizerFast`` reads them:
 ``do_lower_case`` (default true), ``strip_accents`` (default: as ``do_lower_case``),
-``tokenize_chinese_chars`` (default true) and ``model_max_length`` (the default ``max_length``).
-:meth:`WordPieceTokenizer.save` writes both files.
+``tokenize_chinese_chars`` (default true), ``model_max_length`` (the default ``max_length``) and
+``clean_up_tokenization_spaces`` (:meth:`WordPieceTokenizer.decode`'s clean-up of spaces before
+punctuation and contractions; default as transformers': true for a ``vocab.txt``, false for a
+``tokenizer.json``). :meth:`WordPieceTokenizer.save` writes both files.
 """
 
 from collections import Counter, abc
@@ -43,12 +45,24 @@ class WordPieceTokenizer:
         tokenizer (Tokenizer): a ``tokenizers`` WordPiece tokenizer whose vocabulary holds the
             five BERT special tokens (its normaliser decides casing, accents and CJK splitting).
         model_max_length (Optional[int]): the default ``max_length`` of :meth:`__call__`.
+        clean_up_tokenization_spaces (bool): whether :meth:`decode` removes the spaces before
+            punctuation and contractions (:func:`clean_up_spaces`), as transformers' setting of that
+            name (true for BERT's ``BertTokenizer`` and a ``vocab.txt``).
 
     Raises:
         ValueError: if a special token is missing from the vocabulary, or ``model_max_length`` < 2.
+        TypeError: if ``clean_up_tokenization_spaces`` is not a bool.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, model_max_length: Optional[int] = None, _copy: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        model_max_length: Optional[int] = None,
+        clean_up_tokenization_spaces: bool = True,
+        _copy: bool = True,
+    ) -> None:
+        self.clean_up_tokenization_spaces = check_clean_up(clean_up_tokenization_spaces)
         if _copy:  # the caller's stays as it was (_copy=False: the classmethods' own, made for this one)
             tokenizer = Tokenizer.from_str(tokenizer.to_str())
         vocab = tokenizer.get_vocab()
@@ -126,6 +140,7 @@ class WordPieceTokenizer:
         strip_accents: Optional[bool] = None,
         tokenize_chinese_chars: bool = True,
         model_max_length: Optional[int] = None,
+        clean_up_tokenization_spaces: bool = True,
     ) -> "WordPieceTokenizer":
         """Load a BERT ``vocab.txt`` (one token per line, the line number is the id).
 
@@ -135,6 +150,8 @@ class WordPieceTokenizer:
             strip_accents (Optional[bool]): strip accents; None strips them when lower-casing.
             tokenize_chinese_chars (bool): make every CJK character a word of its own.
             model_max_length (Optional[int]): the default ``max_length``.
+            clean_up_tokenization_spaces (bool): :meth:`decode`'s clean-up (true: as ``BertTokenizerFast``
+                loads a ``vocab.txt``).
 
         Returns:
             WordPieceTokenizer: the tokenizer.
@@ -170,7 +187,12 @@ class WordPieceTokenizer:
         bare = cls._bare(
             vocab, lowercase=lowercase, strip_accents=strip_accents, tokenize_chinese_chars=tokenize_chinese_chars
         )
-        return cls(bare, model_max_length=model_max_length, _copy=False)
+        return cls(
+            bare,
+            model_max_length=model_max_length,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            _copy=False,
+        )
 
     @classmethod
     def from_tokenizer_json(
@@ -181,6 +203,7 @@ class WordPieceTokenizer:
         strip_accents: Optional[bool] = None,
         tokenize_chinese_chars: bool = True,
         model_max_length: Optional[int] = None,
+        clean_up_tokenization_spaces: bool = False,
     ) -> "WordPieceTokenizer":
         """Load the WordPiece vocabulary of a ``tokenizers`` ``tokenizer.json`` (a BERT one).
 
@@ -194,6 +217,8 @@ class WordPieceTokenizer:
             strip_accents (Optional[bool]): strip accents; None strips them when lower-casing.
             tokenize_chinese_chars (bool): make every CJK character a word of its own.
             model_max_length (Optional[int]): the default ``max_length``.
+            clean_up_tokenization_spaces (bool): :meth:`decode`'s clean-up (false: as ``BertTokenizerFast``
+                loads a ``tokenizer.json`` with no ``tokenizer_config.json`` key saying otherwise).
 
         Returns:
             WordPieceTokenizer: the tokenizer.
@@ -234,7 +259,12 @@ class WordPieceTokenizer:
             tokenize_chinese_chars=tokenize_chinese_chars,
             max_input_chars_per_word=chars,
         )
-        return cls(bare, model_max_length=model_max_length, _copy=False)
+        return cls(
+            bare,
+            model_max_length=model_max_length,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            _copy=False,
+        )
 
     @classmethod
     def from_directory(cls, directory: Union[str, os.PathLike]) -> "WordPieceTokenizer":
@@ -254,6 +284,8 @@ class WordPieceTokenizer:
         """
         directory = Path(check_path("directory", directory))
         settings = read_tokenizer_config(directory / TOKENIZER_CONFIG)
+        if settings["clean_up_tokenization_spaces"] is None:  # not stated: the default of the file read below
+            del settings["clean_up_tokenization_spaces"]
         refuse_added_tokens(directory)
         if present_file(directory / "tokenizer.json", "a tokenizer file"):  # the fast tokenizer reads it over vocab.txt
             return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
@@ -335,6 +367,7 @@ class WordPieceTokenizer:
             "do_lower_case": self.lowercase,
             "strip_accents": self.strip_accents,
             "tokenize_chinese_chars": self.tokenize_chinese_chars,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
         }
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
@@ -367,9 +400,13 @@ class WordPieceTokenizer:
         return padded_rows(rows, max_length, end_id=self.sep_id, pad_id=self.pad_id)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of one id sequence (a list, tuple or 1-D tensor of ints), special tokens dropped; TypeError /
-        ValueError as :func:`checked_ids`."""
-        return self._tokenizer.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=True)
+        """Text of one id sequence (a list, tuple or 1-D tensor of ints), special tokens dropped, ``##``
+        pieces joined to the word before and, when ``clean_up_tokenization_spaces``, the spaces before
+        punctuation and contractions removed (:func:`clean_up_spaces`): the text ``BertTokenizerFast``'s
+        ``decode(ids, skip_special_tokens=True)`` gives for the same directory. TypeError / ValueError as
+        :func:`checked_ids`."""
+        text = self._tokenizer.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=True)
+        return clean_up_spaces(text) if self.clean_up_tokenization_spaces else text
 
 
 def refuse_added_tokens(
@@ -493,6 +530,51 @@ def check_model_max_length(model_max_length: object) -> Optional[int]:
     return model_max_length
 
 
+# What transformers' ``clean_up_tokenization_spaces`` replaces, in its order: the space before . ? ! , and
+# before English contractions, and both spaces around a lone apostrophe.
+_SPACE_CLEAN_UPS = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
+
+
+def clean_up_spaces(text: str) -> str:
+    """``text`` as transformers' ``clean_up_tokenization_spaces`` leaves a decoded text: the space before
+    . ? ! , n't 'm 's 've 're dropped and " ' " made "'", one replacement after the other in that order
+    (``"don ' t , ok"`` gives ``"don't, ok"``; ``"it ' s"`` gives ``"it's"``)."""
+    for spaced, joined in _SPACE_CLEAN_UPS:
+        text = text.replace(spaced, joined)
+    return text
+
+
+def check_clean_up(value: object) -> bool:
+    """A tokenizer's ``clean_up_tokenization_spaces``; TypeError unless True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(f"clean_up_tokenization_spaces must be True or False, got {value!r}")
+    return value
+
+
+def config_clean_up(config: Mapping, path: Union[str, os.PathLike]) -> Optional[bool]:
+    """The ``clean_up_tokenization_spaces`` a ``tokenizer_config.json`` (at ``path``) states: None when
+    absent (the tokenizer's default); ValueError naming the key and the file unless true or false."""
+    if "clean_up_tokenization_spaces" not in config:
+        return None
+    value = config["clean_up_tokenization_spaces"]
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{TOKENIZER_CONFIG}: clean_up_tokenization_spaces must be true or false, got {value!r} (in {path})"
+        )
+    return value
+
+
 def config_max_length(config: Mapping) -> Optional[int]:
     """The ``model_max_length`` a ``tokenizer_config.json`` states: None when absent or transformers'
     int(1e30) "no limit"; ValueError naming the key unless an int >= 2."""
@@ -532,7 +614,9 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
         path (Union[str, os.PathLike]): the file (it need not exist).
 
     Returns:
-        dict: ``lowercase``, ``strip_accents``, ``tokenize_chinese_chars``, ``model_max_length``.
+        dict: ``lowercase``, ``strip_accents``, ``tokenize_chinese_chars``, ``model_max_length`` and
+        ``clean_up_tokenization_spaces`` (None when not stated: the default of the file the tokenizer is
+        read from, true for a ``vocab.txt`` and false for a ``tokenizer.json``, as transformers').
 
     Raises:
         ValueError: naming the key (and the file), if a file is not a JSON object, a value has the wrong
@@ -569,6 +653,7 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
         raise ValueError(f"{TOKENIZER_CONFIG}: strip_accents must be true, false or null, got {strip!r}")
     settings["strip_accents"] = strip
     settings["model_max_length"] = config_max_length(config)
+    settings["clean_up_tokenization_spaces"] = config_clean_up(config, path)
     return settings
 
 
