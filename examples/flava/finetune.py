@@ -189,7 +189,10 @@ def _extra_val_checks(d: FinetuneDataConfig, kind: Optional[str]) -> list[tuple]
     for name, path in extra.items() if kind is not None else ():
         key = f"data.extra_val.{name}"
         expected = f"a {kind} for data.task={d.task} (validation set {name!r}; data.extra_val=null drops the sets)"
-        checks += [(path is not None, key, expected, path), path_check(key, path, kind)]
+        if path is not None and not isinstance(path, str):  # data.extra_val.a.b=... nests a mapping
+            checks.append((False, key, f"a path (the name {name!r} without dots)", path))
+        else:
+            checks += [(path is not None, key, expected, path), path_check(key, path, kind)]
     return checks
 
 

@@ -284,6 +284,7 @@ FINETUNE_ONLY = [
     ("data.extra_val.dev2={files}/unknown_label.tsv", "data.extra_val.dev2"),
     ("data.extra_val.val={files}/dev.tsv", "data.extra_val"),  # data.val's name
     ("data.val_name=''", "data.val_name"),
+    ("data.extra_val.dev.2={files}/dev.tsv", "data.extra_val.dev"),  # a dotted name nests a mapping
     ((*IMAGE_FOLDER, "data.extra_val.dev2={files}/classes/val"), "data.extra_val.dev2"),
     ((*IMAGE_FOLDER, "data.extra_val.dev2={files}/classes/unreadable"), "data.extra_val.dev2"),
     ((*SHAPES, "data.extra_val.dev2={files}/dev.tsv"), "data.extra_val"),
