@@ -8,7 +8,8 @@ Reads top to bottom: config -> process group -> data (step-indexed batches of th
 ``MixedBatches`` with one source) -> ``flava_model_for_classification`` (the ``model`` section holds
 its arguments; ``model.pretrained`` is a checkpoint directory that brings the vocabulary) -> ``fit``
 (the training loop the pretraining recipe uses: DDP/FSDP2, exact resume, also on another number
-of ranks, metrics) -> validation report. ``main(cfg)`` returns the report (validation metrics).
+of ranks, metrics) -> validation report: the final model on ``data.val`` and on each named set of
+``data.extra_val`` (MNLI's matched and mismatched dev sets in one run). ``main(cfg)`` returns the report.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,10 @@ class FinetuneDataConfig:
     task: str = "glue"  # glue (TSV) | image_folder | image_text (jsonl + images) | shapes (built in)
     train: Optional[str] = None  # TSV / jsonl file, or image folder
     val: Optional[str] = None
+    val_name: str = "val"  # data.val's name in the report's validation_sets
+    # more validation sets, name -> path as data.val (a null path: give it), evaluated after data.val;
+    # data.extra_val=null drops those a config names
+    extra_val: Optional[dict[str, Optional[str]]] = field(default_factory=dict)
     image_root: Optional[str] = None  # images of an image_text task
     text_columns: list[str] = field(default_factory=lambda: ["sentence"])
     label_column: str = "label"
@@ -146,6 +151,7 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
             (2 <= d.max_text_length, "data.max_text_length", ">= 2", d.max_text_length),
         ]
         + _task_checks(d)
+        + _extra_val_checks(d, kind)
     )
     # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
     layout = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(m.pretrained))
@@ -160,6 +166,34 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
         )
 
     raise_on_failed_checks([lr_multipliers_check(classifier, cfg.optim)])
+
+
+def _extra_val_checks(d: FinetuneDataConfig, kind: Optional[str]) -> list[tuple]:
+    """data.val_name and data.extra_val: distinct names, and each set a path like data.val's."""
+    extra = d.extra_val or {}
+    checks = [
+        (bool(d.val_name), "data.val_name", "a non-empty name", d.val_name),
+        (
+            all(extra) and d.val_name not in extra,
+            "data.extra_val",
+            f"non-empty names other than data.val_name ({d.val_name!r})",
+            list(extra),
+        ),
+        (
+            kind is not None or not extra,
+            "data.extra_val",
+            f"no sets for data.task={d.task} (its one held-out split is data.shapes_val)",
+            dict(extra),
+        ),
+    ]
+    for name, path in extra.items() if kind is not None else ():
+        key = f"data.extra_val.{name}"
+        expected = f"a {kind} for data.task={d.task} (validation set {name!r}; data.extra_val=null drops the sets)"
+        if path is not None and not isinstance(path, str):  # data.extra_val.a.b=... nests a mapping
+            checks.append((False, key, f"a path (the name {name!r} without dots)", path))
+        else:
+            checks += [(path is not None, key, expected, path), path_check(key, path, kind)]
+    return checks
 
 
 def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tuple[str, ...]:
@@ -222,32 +256,49 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
 
 
 def build_splits(d: FinetuneDataConfig) -> tuple:
-    """Train and validation sources and the class names (None for regression); a file that does not
-    read as the task's data is a ConfigError naming its key."""
+    """Train and validation (data.val) sources and the class names (None for regression); a file that
+    does not read as the task's data is a ConfigError naming its key. :func:`open_val_set` opens the
+    sets of data.extra_val."""
     if d.task == "shapes":
         train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
         return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
     if d.task == "glue":
-        read = [*d.text_columns, d.label_column]
-        columns = f"a TSV file of the columns {d.columns}"
-        if d.columns is None:
-            columns = f"a TSV file with a header holding {read} (data.columns names those of a file without one)"
-        expected = f"{columns} and labels in {d.labels}" if d.labels else f"{columns} and numeric labels"
-
-        def tsv(path: str) -> GlueTsv:
-            return GlueTsv(path, d.text_columns, d.label_column, d.labels, columns=d.columns)
-
-        train = opened("data.train", d.train, expected, lambda: tsv(d.train))
-        return train, opened("data.val", d.val, expected, lambda: tsv(d.val)), d.labels
+        train = opened("data.train", d.train, _glue_expected(d), lambda: _glue_tsv(d, d.train))
+        return train, open_val_set(d, d.labels, "data.val", d.val), d.labels
     if d.task == "image_folder":
         expected = "a folder of class sub-folders of images"
         train = opened("data.train", d.train, expected, lambda: ImageClassFolder(d.train, d.labels))
         raise_on_failed_checks([(len(train.classes) >= 2, "data.train", "a folder of at least 2 classes", d.train)])
-        expected = f"a folder of sub-folders among the classes {train.classes}"
-        return train, opened("data.val", d.val, expected, lambda: ImageClassFolder(d.val, train.classes)), train.classes
+        return train, open_val_set(d, train.classes, "data.val", d.val), train.classes
     expected = f"a jsonl file of image, text and labels in {d.labels}"
     train = opened("data.train", d.train, expected, lambda: ImageTextLabels(d.image_root, d.train, d.labels))
-    return train, opened("data.val", d.val, expected, lambda: ImageTextLabels(d.image_root, d.val, d.labels)), d.labels
+    return train, open_val_set(d, d.labels, "data.val", d.val), d.labels
+
+
+def open_val_set(d: FinetuneDataConfig, classes: Optional[list[str]], key: str, path: str):
+    """The validation source at ``path`` (data.val or a set of data.extra_val, named by ``key``) read
+    as the task's data, with the training split's ``classes`` (a file task's); a ConfigError naming
+    ``key`` when it does not read so."""
+    if d.task == "glue":
+        return opened(key, path, _glue_expected(d), lambda: _glue_tsv(d, path))
+    if d.task == "image_folder":
+        expected = f"a folder of sub-folders among the classes {classes}"
+        return opened(key, path, expected, lambda: ImageClassFolder(path, classes))
+    expected = f"a jsonl file of image, text and labels in {d.labels}"
+    return opened(key, path, expected, lambda: ImageTextLabels(d.image_root, path, d.labels))
+
+
+def _glue_tsv(d: FinetuneDataConfig, path: str) -> GlueTsv:
+    return GlueTsv(path, d.text_columns, d.label_column, d.labels, columns=d.columns)
+
+
+def _glue_expected(d: FinetuneDataConfig) -> str:
+    """What data.train, data.val and the data.extra_val sets of a glue task must be."""
+    read = [*d.text_columns, d.label_column]
+    columns = f"a TSV file of the columns {d.columns}"
+    if d.columns is None:
+        columns = f"a TSV file with a header holding {read} (data.columns names those of a file without one)"
+    return f"{columns} and labels in {d.labels}" if d.labels else f"{columns} and numeric labels"
 
 
 @torch.no_grad()
@@ -289,7 +340,13 @@ def main(cfg: FinetuneConfig) -> dict:
         lambda: load_pretrained(cfg.model.pretrained),
     )
     train_source, val_source, classes = build_splits(d)
-    faults = {"train": unusable_start(train_source), "val": unusable_start(val_source, limit=None)}
+    # every validation set by name, data.val's first: the report's "validation" is that one's
+    val_sets = {d.val_name: ("data.val", d.val, val_source)}
+    for name, path in (d.extra_val or {}).items():
+        key = f"data.extra_val.{name}"
+        val_sets[name] = (key, path, open_val_set(d, classes, key, path))
+    faults = {"train": unusable_start(train_source)}
+    val_faults = {name: unusable_start(source, limit=None) for name, (_, _, source) in val_sets.items()}
     raise_on_failed_checks(
         [
             (
@@ -298,7 +355,15 @@ def main(cfg: FinetuneConfig) -> dict:
                 "a split with usable items to train on",
                 f"{d.train} ({faults['train']})",
             ),
-            (faults["val"] is None, "data.val", "a split with a usable item to evaluate", f"{d.val} ({faults['val']})"),
+            *(
+                (
+                    val_faults[name] is None,
+                    key,
+                    "a split with a usable item to evaluate",
+                    f"{path} ({val_faults[name]})",
+                )
+                for name, (key, path, _) in val_sets.items()
+            ),
         ]
     )
     num_classes = 1 if classes is None else len(classes)
@@ -331,8 +396,8 @@ def main(cfg: FinetuneConfig) -> dict:
     result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
 
     export_model(model, out_dir / "model" / "flava_classification.safetensors")
-    # every rank evaluates (an FSDP forward needs all of them); rank 0 reports
-    validation = evaluate(model, val_source, collator, loss)
+    # every rank evaluates (an FSDP forward needs all of them), set after set; rank 0 reports
+    validation = {name: evaluate(model, source, collator, loss) for name, (_, _, source) in val_sets.items()}
     report = {}
     if info.is_main:
         report = {
@@ -342,10 +407,12 @@ def main(cfg: FinetuneConfig) -> dict:
             "num_classes": num_classes,
             "steps": result.step,
             **data_loss_report(result.skipped, data.lost_data),
-            "validation": validation,
+            "validation": validation[d.val_name],  # data.val's (the primary set's)
+            "validation_sets": validation,  # every set by name, data.val's first
         }
         if classes is not None and loss == "cross_entropy":
-            report["validation"]["chance"] = 1 / num_classes
+            for metrics in validation.values():
+                metrics["chance"] = 1 / num_classes
         write_json(out_dir / "report.json", report, allow_nan=True)
         print(json.dumps(report, indent=2))
     barrier()

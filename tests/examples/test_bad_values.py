@@ -278,6 +278,16 @@ FINETUNE_ONLY = [
     ((*IMAGE_FOLDER, "data.val={files}/classes/val"), "data.val"),  # 'green' is not a training class
     ((*IMAGE_FOLDER, "data.val={files}/classes/unreadable"), "data.val"),  # was torch.cat([]) after training
     ((*IMAGE_FOLDER, "data.train={files}/classes/one_class"), "data.train"),
+    # the validation sets after data.val, each checked as it is
+    ("data.extra_val.dev2=null", "data.extra_val.dev2"),
+    ("data.extra_val.dev2=/nowhere/dev.tsv", "data.extra_val.dev2"),
+    ("data.extra_val.dev2={files}/unknown_label.tsv", "data.extra_val.dev2"),
+    ("data.extra_val.val={files}/dev.tsv", "data.extra_val"),  # data.val's name
+    ("data.val_name=''", "data.val_name"),
+    ("data.extra_val.dev.2={files}/dev.tsv", "data.extra_val.dev"),  # a dotted name nests a mapping
+    ((*IMAGE_FOLDER, "data.extra_val.dev2={files}/classes/val"), "data.extra_val.dev2"),
+    ((*IMAGE_FOLDER, "data.extra_val.dev2={files}/classes/unreadable"), "data.extra_val.dev2"),
+    ((*SHAPES, "data.extra_val.dev2={files}/dev.tsv"), "data.extra_val"),
     ((*IMAGE_FOLDER, "data.train={files}/empty_dir"), "data.train"),
     ((*SHAPES, "data.shapes_train=0"), "data.shapes_train"),
     ((*SHAPES, "data.shapes_train=1000000000000"), "data.shapes_train"),

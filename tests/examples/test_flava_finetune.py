@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -445,6 +446,21 @@ GLUE_TASKS = {
         [("Stocks fell. [SEP] A man sings.", 0.25), ("Rates rose. [SEP] Rates went up.", 4.8)],
     ),
 }
+# MNLI's dev_mismatched.tsv (genres absent from its train.tsv), in dev_matched.tsv's format, and what
+# mnli.yaml's data.extra_val.mismatched reads from it.
+MNLI_MISMATCHED = (
+    [
+        MNLI_DEV,
+        "20\t51\t51c\tletters\t( x )\t( y )\t(ROOT (S))\t(ROOT (S))\tDear Sir, we won.\tWe lost.\tcontradiction\tcontradiction\tcontradiction\tneutral\tcontradiction\tcontradiction",
+        '21\t52\t52e\tverbatim\t( x )\t( y )\t(ROOT (S))\t(ROOT (S))\tHe "said it twice.\tHe said it.\tentailment\tentailment\tentailment\tentailment\tentailment\tentailment',
+        "22\t53\t53n\toup\t( x )\t( y )\t(ROOT (S))\t(ROOT (S))\tThe book sold.\tThe book sold well.\tneutral\tneutral\tneutral\tcontradiction\tneutral\tneutral",
+    ],
+    [
+        ("Dear Sir, we won. [SEP] We lost.", 2),
+        ('He "said it twice. [SEP] He said it.', 0),
+        ("The book sold. [SEP] The book sold well.", 1),
+    ],
+)
 # What each task's report holds (GLUE's metrics: Matthews for CoLA, F1 for MRPC and QQP, ...).
 GLUE_METRICS = {
     **dict.fromkeys(["cola", "sst2", "mrpc", "qqp", "qnli", "rte", "wnli"], {"accuracy", "matthews", "f1"}),
@@ -454,10 +470,12 @@ GLUE_METRICS = {
 
 
 def _write_glue_task(root: Path, task: str) -> tuple[Path, Path]:
-    """The task's train.tsv and dev.tsv (MNLI's dev_matched.tsv) under ``root``."""
+    """The task's train.tsv and dev.tsv (MNLI's dev_matched.tsv, and its dev_mismatched.tsv) under ``root``."""
     paths = root / "train.tsv", root / ("dev_matched.tsv" if task == "mnli" else "dev.tsv")
     for path, lines in zip(paths, GLUE_TASKS[task][:2]):
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    if task == "mnli":
+        (root / "dev_mismatched.tsv").write_text("".join(line + "\n" for line in MNLI_MISMATCHED[0]), encoding="utf-8")
     return paths
 
 
@@ -477,13 +495,24 @@ def test_every_glue_task_reads_its_distributed_files_through_its_config(export, 
         (tmp_path / task).mkdir()
         train_path, dev_path = _write_glue_task(tmp_path / task, task)
         config = REPO / "examples/flava/configs/finetuning" / f"{task}.yaml"
+        extra = [f"data.extra_val.mismatched={tmp_path / task / 'dev_mismatched.tsv'}"] if task == "mnli" else []
         cfg = finetune.load_config(
             finetune.FinetuneConfig,
-            [f"config={config}", f"data.train={train_path}", f"data.val={dev_path}", f"model.pretrained={export}"],
+            [
+                f"config={config}",
+                f"data.train={train_path}",
+                f"data.val={dev_path}",
+                f"model.pretrained={export}",
+                *extra,
+            ],
         )
         finetune.validate(cfg, world_size=1)
         train, val, classes = finetune.build_splits(cfg.data)
-        for source, expected in ((train, train_items), (val, dev_items)):
+        sets = [(train, train_items), (val, dev_items)]
+        for name, path in (cfg.data.extra_val or {}).items():  # MNLI's mismatched dev set, read as the matched one
+            sets.append((finetune.open_val_set(cfg.data, classes, f"data.extra_val.{name}", path), MNLI_MISMATCHED[1]))
+        assert len(sets) == (3 if task == "mnli" else 2)
+        for source, expected in sets:
             assert len(source) == len(expected), task
             for index, item in enumerate(expected):
                 if item is None:  # the row missing fields: an unusable item naming its line
@@ -499,7 +528,7 @@ def test_every_glue_task_reads_its_distributed_files_through_its_config(export, 
         collator = finetune.ClassificationCollator(
             pretrained.tokenizer, image_size=pretrained.image_size, max_text_length=pretrained.max_text_length
         )
-        for source, items in ((train, train_items), (val, dev_items)):
+        for source, items in sets:
             report = finetune.evaluate(model, source, collator, loss)
             assert set(report) == GLUE_METRICS[task] | {"items", "skipped"}, task
             assert (report["items"], report["skipped"]) == (sum(i is not None for i in items), items.count(None))
@@ -533,29 +562,143 @@ def test_cola_fine_tunes_on_its_headerless_files_counting_a_damaged_row(export, 
     assert (report["validation"]["items"], report["validation"]["skipped"]) == (20, 0)
 
 
+MNLI_CONFIG = REPO / "examples/flava/configs/finetuning/mnli.yaml"
+
+
+def _write_mnli(root: Path) -> None:
+    """train.tsv (40 rows), dev_matched.tsv (20) and dev_mismatched.tsv (13, other genres and texts) under
+    ``root``, in MNLI's formats: 12 columns for train.tsv, 16 for the dev sets (five annotators' labels
+    before gold_label), a double quote in a dev_mismatched.tsv field."""
+    labels = ["entailment", "neutral", "contradiction"]
+
+    def rows(texts, genre):
+        return [
+            (str(i), str(i), f"{i}x", genre, "( x )", "( y )", "(ROOT)", "(ROOT)", t, "a shape", labels[i % 3])
+            for i, t in enumerate(texts)
+        ]
+
+    matched, mismatched = rows(_sentences(60, 6)[1], "fiction"), rows(_sentences(13, 7)[1], "letters")
+    mismatched[4] = (*mismatched[4][:8], 'a "quoted caption', *mismatched[4][9:])
+    train = [MNLI_TRAIN] + ["\t".join((*r, r[-1])) for r in matched[:40]]
+    (root / "train.tsv").write_text("\n".join(train) + "\n")
+    for name, dev in (("dev_matched.tsv", matched[40:]), ("dev_mismatched.tsv", mismatched)):
+        lines = [MNLI_DEV] + ["\t".join((*r, r[-1], r[-1], r[-1], r[-1], r[-1])) for r in dev]
+        (root / name).write_text("\n".join(lines) + "\n")
+
+
 def test_mnli_fine_tunes_on_its_many_column_files_with_three_classes(export, tmp_path):
     """MNLI's train.tsv has 12 columns, dev_matched.tsv 16 (five annotators' labels before gold_label)."""
-    _, texts = _sentences(60, 6)
-    labels = ["entailment", "neutral", "contradiction"]
-    rows = [
-        (str(i), str(i), f"{i}x", "fiction", "( x )", "( y )", "(ROOT)", "(ROOT)", t, "a shape", labels[i % 3])
-        for i, t in enumerate(texts)
-    ]
-    train = [MNLI_TRAIN] + ["\t".join((*r, r[-1])) for r in rows[:40]]
-    dev = [MNLI_DEV] + ["\t".join((*r, r[-1], r[-1], r[-1], r[-1], r[-1])) for r in rows[40:]]
-    (tmp_path / "train.tsv").write_text("\n".join(train) + "\n")
-    (tmp_path / "dev_matched.tsv").write_text("\n".join(dev) + "\n")
-    config = REPO / "examples/flava/configs/finetuning/mnli.yaml"
+    _write_mnli(tmp_path)
     report = _run(
         export,
         tmp_path / "run",
-        f"config={config}",
+        f"config={MNLI_CONFIG}",
         f"data.train={tmp_path / 'train.tsv'}",
         f"data.val={tmp_path / 'dev_matched.tsv'}",
+        f"data.extra_val.mismatched={tmp_path / 'dev_mismatched.tsv'}",
     )
     assert (report["loss"], report["num_classes"], report["skipped_samples"]) == ("cross_entropy", 3, 0)
     assert set(report["validation"]) == {"accuracy", "matthews", "items", "skipped", "chance"}  # no F1: 3 classes
     assert (report["validation"]["items"], report["validation"]["chance"]) == (20, 1 / 3)
+
+
+def test_mnli_reports_matched_and_mismatched_in_one_run_as_two_single_set_runs_would(export, tmp_path):
+    """mnli.yaml evaluates dev_matched.tsv (data.val, the primary set) and dev_mismatched.tsv
+    (data.extra_val.mismatched) after one training run; each set's metrics equal those of a run with
+    the same seed that evaluates that set alone."""
+    _write_mnli(tmp_path)
+    files = [f"config={MNLI_CONFIG}", f"data.train={tmp_path / 'train.tsv'}"]
+    matched, mismatched = f"data.val={tmp_path / 'dev_matched.tsv'}", tmp_path / "dev_mismatched.tsv"
+    report = _run(export, tmp_path / "both", *files, matched, f"data.extra_val.mismatched={mismatched}")
+    sets = report["validation_sets"]
+    assert list(sets) == ["matched", "mismatched"]  # data.val's first, by the names mnli.yaml gives
+    assert report["validation"] == sets["matched"]  # the primary set's
+    assert (sets["matched"]["items"], sets["mismatched"]["items"]) == (20, 13)
+    assert sets["matched"]["skipped"] == sets["mismatched"]["skipped"] == 0
+    for metrics in sets.values():
+        assert set(metrics) == {"accuracy", "matthews", "items", "skipped", "chance"} and metrics["chance"] == 1 / 3
+    assert json.loads((tmp_path / "both" / "report.json").read_text()) == report
+    # data.extra_val=null drops the config's further sets: one set a run, the same training
+    alone = {
+        "matched": _run(export, tmp_path / "matched", *files, matched, "data.extra_val=null"),
+        "mismatched": _run(
+            export,
+            tmp_path / "mismatched",
+            *files,
+            f"data.val={mismatched}",
+            "data.val_name=mismatched",
+            "data.extra_val=null",
+        ),
+    }
+    for name, single in alone.items():
+        assert list(single["validation_sets"]) == [name]
+        assert single["validation"] == single["validation_sets"][name] == sets[name], name  # exactly
+        assert single["steps"] == report["steps"] == 30
+    assert sets["matched"] != sets["mismatched"]
+    losses = {run: {s: r["loss"] for s, r in _records(tmp_path / run).items()} for run in ("both", *alone)}
+    assert losses["matched"] == losses["mismatched"] == losses["both"]  # the same training, step for step
+
+
+def test_a_missing_extra_validation_set_exits_2_with_one_line_before_any_work(export, tmp_path):
+    _write_mnli(tmp_path)
+    common = [
+        f"config={MNLI_CONFIG}",
+        f"model.pretrained={export}",
+        f"data.train={tmp_path / 'train.tsv'}",
+        f"data.val={tmp_path / 'dev_matched.tsv'}",
+        f"training.output_dir={tmp_path / 'run'}",
+        "training.max_steps=2",  # were the set not checked, a short run, not mnli.yaml's
+        "optim.warmup_steps=1",
+        "training.global_batch_size=4",
+        "training.progress_bar=false",
+        "training.tensorboard=false",
+    ]
+    expected = {
+        # mnli.yaml names the set; its path is the user's, as data.val's is
+        "": "error: key 'data.extra_val.mismatched': expected a file for data.task=glue (validation set "
+        "'mismatched'; data.extra_val=null drops the sets), got None",
+        f"data.extra_val.mismatched={tmp_path / 'nowhere.tsv'}": "error: key 'data.extra_val.mismatched': expected "
+        f"an existing file, got '{tmp_path / 'nowhere.tsv'}'",
+    }
+    for override, line in expected.items():
+        result = subprocess.run(
+            [sys.executable, FINETUNE, *common, *([override] if override else [])],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+            timeout=120,
+        )
+        assert (result.returncode, result.stderr.strip()) == (2, line), result.stderr[-3000:]
+        assert not (tmp_path / "run").exists() or [p.name for p in (tmp_path / "run").iterdir()] == [".run.lock"]
+    # a set whose rows do not read as the task's (the labels of another task) is named before training
+    (tmp_path / "other.tsv").write_text("index\tsentence1\tsentence2\tgold_label\n0\ta\tb\tnot_entailment\n")
+    with pytest.raises(
+        finetune.ConfigError, match=r"^key 'data.extra_val.mismatched': expected a TSV file with a header"
+    ):
+        _run(export, tmp_path / "run", *common[:4], f"data.extra_val.mismatched={tmp_path / 'other.tsv'}")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_run_from_before_validation_sets_resumes_and_may_add_one(tmp_path):
+    """data.val_name and data.extra_val change only what is evaluated after training: a run whose
+    config.yaml predates them (or lists other sets) resumes."""
+    from torchflava.training.config import check_resume_config
+
+    _write_mnli(tmp_path)
+    files = [f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'dev_matched.tsv'}", "data.task=glue"]
+    cfg = finetune.load_config(finetune.FinetuneConfig, files)
+    finetune.save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    old = "".join(line for line in text.splitlines(keepends=True) if "val_name" not in line and "extra_val" not in line)
+    assert old != text
+    (tmp_path / "config.yaml").write_text(old)
+    more = [*files, "data.val_name=matched", f"data.extra_val.mismatched={tmp_path / 'dev_mismatched.tsv'}"]
+    assert check_resume_config(tmp_path / "config.yaml", finetune.load_config(finetune.FinetuneConfig, more)) == []
+    with pytest.raises(finetune.ConfigError, match="data.train"):
+        check_resume_config(
+            tmp_path / "config.yaml", finetune.load_config(finetune.FinetuneConfig, [*more, "data.train=x"])
+        )
 
 
 def test_glue_column_errors_name_the_key(export, tmp_path):

@@ -356,4 +356,7 @@ def test_every_finetuning_config_loads_and_validates(path, tmp_path):
     overrides = [] if "shapes" in path.name else [f"data.train={tmp_path / 't'}", f"data.val={tmp_path / 'v'}"]
     overrides += [f"data.image_root={tmp_path / 'i'}", f"model.pretrained={tmp_path / 'ckpt'}"]
     cfg = finetune.load_config(finetune.FinetuneConfig, [f"config={path}", *overrides])
+    for name, val in (cfg.data.extra_val or {}).items():  # a set the config names for your file (MNLI's mismatched)
+        assert val is None, name
+        cfg.data.extra_val[name] = str(tmp_path / "v")
     finetune.validate(cfg, world_size=1)

@@ -202,6 +202,9 @@ RESUME_FREE = (
     "training.device",
     "data.num_workers",
     "data.shapes.num_test",  # the held-out split the recipes evaluate on, after training
+    "data.val_name",  # fine-tuning: data.val's name in the report, and the more sets it evaluates after training
+    "data.extra_val",
+    "data.extra_val.",
     "eval.",
 )
 
