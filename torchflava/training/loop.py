@@ -160,10 +160,12 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
 
 
 def release_run_directory(training: TrainingConfig) -> None:
-    """Give up the run directory :func:`resume_checkpoint` took (a no-op where none is held)."""
+    """Give up the run directory :func:`resume_checkpoint` took (a no-op where none is held). A run that
+    wrote nothing there (refused after taking it, e.g. for data that does not read) leaves it as it was:
+    without the lock file, and gone if taking it created it."""
     lock = _HELD.pop(Path(training.output_dir).resolve(), None)
     if lock is not None:
-        lock.release()
+        lock.release(tidy=True)
 
 
 _HELD: dict[Path, RunLock] = {}  # run directories this process holds, by resolved path
