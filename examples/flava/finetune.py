@@ -146,6 +146,7 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
             (2 <= d.max_text_length, "data.max_text_length", ">= 2", d.max_text_length),
         ]
         + _task_checks(d)
+        + _unread_checks(d)
     )
     # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
     layout = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(m.pretrained))
@@ -171,6 +172,23 @@ def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tu
     if d.task != "image_text" or soft_scores is False:
         return ("cross_entropy",)
     return ("binary_cross_entropy",) if soft_scores else ("cross_entropy", "binary_cross_entropy")
+
+
+def _unread_checks(d: FinetuneDataConfig) -> list[tuple]:
+    """The data keys the task does not read hold null: a value set there would be silently ignored (the
+    shapes task trained on its own scenes with data.train naming a file)."""
+    unread = {
+        "train": d.task == "shapes" and "reads no files (it renders its scenes)",
+        "val": d.task == "shapes" and "reads no files (it renders its scenes)",
+        "labels": d.task == "shapes" and "names its own classes",
+        "image_root": d.task != "image_text" and "reads no images named in a file (only image_text does)",
+        "columns": d.task != "glue" and "reads no TSV file (only glue does)",
+    }
+    return [
+        (getattr(d, name) is None, f"data.{name}", f"null, since data.task={d.task} {why}", getattr(d, name))
+        for name, why in unread.items()
+        if why and d.task in TASKS
+    ]
 
 
 def _task_checks(d: FinetuneDataConfig) -> list[tuple]:

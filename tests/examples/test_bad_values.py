@@ -284,6 +284,11 @@ FINETUNE_ONLY = [
     ((*SHAPES, "data.shapes_val=541"), "data.shapes_val"),
     ((*SHAPES, "data.image_size=4"), "data.image_size"),
     ((*SHAPES, "model.modality=text"), "model.modality"),
+    # keys the task does not read: the shapes task trained on its scenes, data.train and data.labels ignored
+    (SHAPES, "data.train"),
+    ((*SHAPES, "data.train=null", "data.val=null"), "data.labels"),
+    ("data.image_root={files}", "data.image_root"),
+    ((*IMAGE_FOLDER, "data.columns=[question,sentence,label]"), "data.columns"),
 ]
 FINETUNE_BASE = [
     "model.pretrained={files}/export",
@@ -589,4 +594,9 @@ def test_training_data_without_a_usable_row_leaves_no_run_directory(files, tmp_p
     with pytest.raises(module.ConfigError, match="^key 'data.train': expected a split with usable items"):
         module.main(_config("finetune", [f"data.train={tmp_path / 'bad_rows.tsv'}"], files, tmp_path / "mine"))
     assert list((tmp_path / "mine").iterdir()) == []
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("the user's")  # and one holding the user's files, only those
+    with pytest.raises(module.ConfigError, match="^key 'data.train': expected a split with usable items"):
+        module.main(_config("finetune", [f"data.train={tmp_path / 'bad_rows.tsv'}"], files, tmp_path / "notes"))
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["notes.txt"]
     module.main(_config("finetune", [], files, tmp_path / "mine"))  # and holds the next run

@@ -108,6 +108,9 @@ def test_a_tidy_release_of_a_run_that_wrote_nothing_leaves_the_directory_as_it_w
     (tmp_path / "mine").mkdir()
     RunLock(tmp_path / "mine").acquire().release(tidy=True)
     assert (tmp_path / "mine").is_dir() and list((tmp_path / "mine").iterdir()) == []  # made by the user: kept
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    RunLock(tmp_path / "mine").acquire().release(tidy=True)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     with RunLock(tmp_path / "run") as lock:
         (tmp_path / "run" / "config.yaml").write_text("written")
         lock.release(tidy=True)

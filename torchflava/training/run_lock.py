@@ -8,7 +8,7 @@ file never blocks a later run. Forked children (data-loader workers) close their
 once, so a killed run's orphaned workers, still shutting down, do not hold the directory. A run that
 wrote nothing (refused after it took the directory, e.g. for data that does not read) leaves the
 directory as it found it: :meth:`RunLock.release` with ``tidy=True`` removes the lock file and the
-directories that acquiring created, when the lock file is all they hold.
+directories that acquiring created, when the directory holds the entries it held then and no other.
 """
 
 import fcntl
@@ -55,7 +55,7 @@ class RunLock:
         self.path = self.directory / LOCK_NAME
         self._fd: Optional[int] = None
         self._created: list[Path] = []  # the directories acquire made, outermost first
-        self._created_file = False  # whether acquire made the lock file
+        self._found: Optional[set[str]] = None  # the directory's entries when acquire made the lock file
 
     def acquire(self) -> "RunLock":
         """Take the lock without waiting; raise if another process has it."""
@@ -82,7 +82,8 @@ class RunLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # a holder that wrote nothing removed the file we locked as it left: lock anew
-        self._created, self._created_file = missing[::-1], created_file
+        self._created = missing[::-1]
+        self._found = _entries(self.directory) - {LOCK_NAME} if created_file else None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
@@ -90,14 +91,12 @@ class RunLock:
         return self
 
     def release(self, tidy: bool = False) -> None:
-        """Give the lock up. The lock file stays (it is only a handle), unless ``tidy`` and it is all the
-        directory holds: then the lock file, if acquiring made it, and the directories acquiring made go,
-        leaving the directory as it was found."""
-        if self._fd is not None and tidy and self._created_file:
+        """Give the lock up. The lock file stays (it is only a handle), unless ``tidy``, acquiring made it
+        and the directory holds the entries it held then and no other (the run wrote nothing there): then
+        the lock file and the directories acquiring made go, leaving the directory as it was found."""
+        if self._fd is not None and tidy and self._found is not None:
             try:
-                if [entry.name for entry in self.directory.iterdir()] == [LOCK_NAME] and _same_file(
-                    self._fd, self.path
-                ):
+                if _entries(self.directory) == self._found | {LOCK_NAME} and _same_file(self._fd, self.path):
                     self.path.unlink()  # while held: a run that opened it meanwhile locks it, sees it gone, retries
                     for directory in reversed(self._created):
                         directory.rmdir()  # innermost first; one that now holds an entry stays (OSError)
@@ -123,3 +122,8 @@ def _same_file(fd: int, path: Path) -> bool:
     except FileNotFoundError:
         return False
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _entries(directory: Path) -> set[str]:
+    """The names in ``directory``."""
+    return {entry.name for entry in directory.iterdir()}
