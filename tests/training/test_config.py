@@ -157,6 +157,13 @@ def test_missing_or_malformed_file(tmp_path):
         load_config(Schema, [f"config={listing}"])
 
 
+def test_a_directory_or_device_given_as_the_config_file_is_named_so(tmp_path):
+    for path, kind in ((tmp_path, "a directory"), ("/dev/null", "not a regular file")):
+        with pytest.raises(ConfigError) as error:
+            load_config(Schema, [f"config={path}"])
+        assert str(error.value) == f"config: expected a YAML file, got {str(path)!r} ({kind})"  # was 'no such file'
+
+
 def test_save_config_round_trip(tmp_path):
     config = Schema(name="run-7", max_steps=3, optim=Optim(lr=0.5, betas=[0.1, 0.2]))
     path = tmp_path / "saved" / "config.yaml"  # the directory is created

@@ -51,6 +51,9 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
     merged = OmegaConf.structured(schema)
     for file in files:
         if not Path(file).is_file():
+            if Path(file).exists():  # (a directory was 'no such file')
+                kind = "a directory" if Path(file).is_dir() else "not a regular file"
+                raise ConfigError(f"config: expected a YAML file, got {file!r} ({kind})")
             raise ConfigError(f"config: no such file {file!r}")
         try:
             text = Path(file).read_text(encoding="utf-8")  # read once: both parsers see the same text
