@@ -175,19 +175,15 @@ def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tu
 
 
 def _unread_checks(d: FinetuneDataConfig) -> list[tuple]:
-    """The data keys the task does not read hold null: a value set there would be silently ignored (the
-    shapes task trained on its own scenes with data.train naming a file)."""
-    unread = {
-        "train": d.task == "shapes" and "reads no files (it renders its scenes)",
-        "val": d.task == "shapes" and "reads no files (it renders its scenes)",
-        "labels": d.task == "shapes" and "names its own classes",
-        "image_root": d.task != "image_text" and "reads no images named in a file (only image_text does)",
-        "columns": d.task != "glue" and "reads no TSV file (only glue does)",
-    }
+    """The shapes task's data and classes are its own: data.train, data.val and data.labels set there
+    would be silently ignored (it trained on its scenes with data.train naming a file)."""
+    if d.task != "shapes":
+        return []
+    why = {"train": "reads no files (it renders its scenes)", "labels": "names its own classes"}
+    why["val"] = why["train"]
     return [
-        (getattr(d, name) is None, f"data.{name}", f"null, since data.task={d.task} {why}", getattr(d, name))
-        for name, why in unread.items()
-        if why and d.task in TASKS
+        (getattr(d, name) is None, f"data.{name}", f"null, since data.task=shapes {why[name]}", getattr(d, name))
+        for name in ("train", "val", "labels")
     ]
 
 
@@ -300,13 +296,7 @@ def main(cfg: FinetuneConfig) -> dict:
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
 
-    pretrained = opened(
-        "model.pretrained",
-        cfg.model.pretrained,
-        PRETRAINED,
-        lambda: load_pretrained(cfg.model.pretrained),
-    )
-    train_source, val_source, classes = build_splits(d)
+    train_source, val_source, classes = build_splits(d)  # the data checked before the weights are loaded
     faults = {"train": unusable_start(train_source), "val": unusable_start(val_source, limit=None)}
     raise_on_failed_checks(
         [
@@ -324,6 +314,12 @@ def main(cfg: FinetuneConfig) -> dict:
     expected = f"null or {losses[0]} for the targets of {d.train}"
     raise_on_failed_checks([(cfg.model.loss in (None, *losses), "model.loss", expected, cfg.model.loss)])
     loss = cfg.model.loss or losses[0]
+    pretrained = opened(
+        "model.pretrained",
+        cfg.model.pretrained,
+        PRETRAINED,
+        lambda: load_pretrained(cfg.model.pretrained),
+    )
     collator = ClassificationCollator(
         pretrained.tokenizer,
         image_size=pretrained.image_size,

@@ -284,11 +284,10 @@ FINETUNE_ONLY = [
     ((*SHAPES, "data.shapes_val=541"), "data.shapes_val"),
     ((*SHAPES, "data.image_size=4"), "data.image_size"),
     ((*SHAPES, "model.modality=text"), "model.modality"),
-    # keys the task does not read: the shapes task trained on its scenes, data.train and data.labels ignored
+    # keys the shapes task does not read: it trained on its scenes, data.train and data.labels ignored
     (SHAPES, "data.train"),
+    ((*SHAPES, "data.train=null"), "data.val"),
     ((*SHAPES, "data.train=null", "data.val=null"), "data.labels"),
-    ("data.image_root={files}", "data.image_root"),
-    ((*IMAGE_FOLDER, "data.columns=[question,sentence,label]"), "data.columns"),
 ]
 FINETUNE_BASE = [
     "model.pretrained={files}/export",
@@ -580,16 +579,19 @@ def test_a_validation_split_without_a_usable_item_is_refused_before_training(fil
     assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
 
 
-def test_training_data_without_a_usable_row_leaves_no_run_directory(files, tmp_path):
+def test_training_data_without_a_usable_row_leaves_no_run_directory(files, tmp_path, monkeypatch):
     """data.train passes validate (an existing file) but none of its rows reads: the run took its directory
-    before reading the data, and left it behind (holding only .run.lock), parents and all."""
+    before reading the data, and left it behind (holding only .run.lock), parents and all; and it had loaded
+    the pretrained weights first."""
     module = RECIPES["finetune"]
+    loaded, load = [], module.load_pretrained
+    monkeypatch.setattr(module, "load_pretrained", lambda *a, **k: loaded.append(a) or load(*a, **k))
     (tmp_path / "bad_rows.tsv").write_text("question\tsentence\tlabel\n" + "one field\n" * 3)
     for train, key in ((tmp_path / "bad_rows.tsv", "data.train"), (files / "header_only.tsv", "data.train")):
         out = tmp_path / "runs" / "glue" / "run"
         with pytest.raises(module.ConfigError, match=f"^key '{key}': expected "):
             module.main(_config("finetune", [f"data.train={train}"], files, out))
-        assert not (tmp_path / "runs").exists()  # the directories the run made are gone
+        assert not (tmp_path / "runs").exists() and loaded == []  # the directories the run made are gone
     (tmp_path / "mine").mkdir()  # a directory the user made stays, as empty as it was
     with pytest.raises(module.ConfigError, match="^key 'data.train': expected a split with usable items"):
         module.main(_config("finetune", [f"data.train={tmp_path / 'bad_rows.tsv'}"], files, tmp_path / "mine"))
