@@ -108,9 +108,17 @@ def test_bf16_cls_features_are_float_and_within_bf16_rounding(export):
             "argument --val: expected a folder of class sub-folders, got '/nowhere'",
         ),
         (["--train", ".", "--val", ".", "--test", "/nowhere"], "argument --test: expected a folder of class"),
+        # was 'argument --train: root must hold a file ending in ...'
+        (
+            ["--train", "{empty}", "--val", "."],
+            "argument --train: expected a folder of class sub-folders, got '{empty}' (no",
+        ),
     ],
 )
-def test_bad_folders_and_conflicting_options_exit_2_before_the_checkpoint_is_loaded(argv, message, capsys, monkeypatch):
+def test_bad_folders_and_conflicting_options_exit_2_before_the_checkpoint_is_loaded(
+    argv, message, capsys, monkeypatch, tmp_path
+):
+    argv, message = [a.replace("{empty}", str(tmp_path)) for a in argv], message.replace("{empty}", str(tmp_path))
     monkeypatch.setattr(command, "load_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
     with pytest.raises(SystemExit) as exit_info:
         command.main(["--checkpoint", "/unused", *argv])

@@ -207,9 +207,15 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         (["--images", "/nowhere"], "argument --images: expected an image folder, got '/nowhere'"),
         (["--captions", "/nowhere.jsonl"], "argument --captions: expected a .jsonl or .tsv captions file"),
         (["--captions", __file__, "--template", "a {}"], "argument --template: for --classes"),  # was ignored
+        # found after the checkpoint was loaded, naming root or captions
+        (["--images", "{empty}"], "argument --images: expected an image folder, got '{empty}' (no file ending in"),
+        (["--captions", "{empty}/c.tsv"], "argument --captions: captions must list at least one image-caption pair"),
+        (["--captions", __file__], "argument --captions: captions must be a .jsonl or .tsv file"),
     ],
 )
-def test_bad_arguments_exit_2_naming_them_before_any_work(export, images, extra, message, capsys):
+def test_bad_arguments_exit_2_naming_them_before_any_work(export, images, extra, message, capsys, tmp_path):
+    (tmp_path / "c.tsv").write_text("\n")  # a folder without images, a captions file without pairs
+    extra, message = [e.replace("{empty}", str(tmp_path)) for e in extra], message.replace("{empty}", str(tmp_path))
     command = ["--checkpoint", "/nonexistent", "--images", str(images)]
     mode = [] if {"--classes", "--captions"} & set(extra) else ["--classes", ",".join(CLASSES)]
     command += mode + extra
@@ -502,6 +508,8 @@ def test_a_bad_clip_config_value_is_one_line_naming_the_file(hf_clip, tmp_path, 
     with pytest.raises(ValueError) as error:
         load_pretrained(directory)
     assert message in str(error.value) and "\n" not in str(error.value)
+    (tmp_path / "images").mkdir()  # a folder with an image: one without is refused before the checkpoint is read
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "0.png")
     result = subprocess.run(
         [
             sys.executable,
@@ -510,7 +518,7 @@ def test_a_bad_clip_config_value_is_one_line_naming_the_file(hf_clip, tmp_path, 
             "--checkpoint",
             str(directory),
             "--images",
-            str(tmp_path),
+            str(tmp_path / "images"),
             "--classes",
             "a,b",
         ],

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
+from torchflava.data.readers import IMAGE_EXTENSIONS
 from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.modules.encoders import CLS_POSITION
@@ -100,6 +101,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         try:
             split[name] = ImageClassFolder(folder, None if name == "train" else split["train"].classes)
         except ValueError as error:  # (it names its argument, root: the option is what the user gave)
+            if str(error).startswith("root must hold a file ending in"):  # (it named root, as the folder's reason)
+                parser.error(
+                    f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (no file ending in "
+                    f"one of {', '.join(IMAGE_EXTENSIONS)} under it)"
+                )
             parser.error(f"argument --{name}: {str(error).removeprefix('root: ')}")
         if name == "train" and len(split[name].classes) < 2:  # (num_classes' error, after every split's features)
             parser.error(

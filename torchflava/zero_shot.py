@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from torchflava.data.readers import ImageFolder, ImageTextFolder
+from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.evaluation.zero_shot import check_class_prompts, check_finite
@@ -254,6 +254,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     if classes is not None and (len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes)):
         parser.error(f"argument --classes: expected at least two distinct non-empty names, got {classes}")
+    try:  # the images (or captions) listed, not read, before the checkpoint is loaded
+        if classes is not None:
+            ImageFolder(args.images)
+        else:
+            ImageTextFolder(args.images, args.captions)
+    except ValueError as error:  # (named after their argument, root or captions: the option is what was given)
+        if classes is None:
+            parser.error(f"argument --captions: {error}")
+        parser.error(
+            f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
+            f"{', '.join(IMAGE_EXTENSIONS)} under it)"
+        )
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     if classes is not None:
         result = classify_folder(

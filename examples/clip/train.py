@@ -56,7 +56,7 @@ from torchflava.pretrained import CLIPCheckpoint, checkpoint_image_transform, lo
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
 from torchflava.training.distributed import barrier
-from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
+from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
     NonFiniteLossError,
@@ -425,6 +425,7 @@ def main(cfg: TrainConfig) -> dict:
     train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
     collator = ImageTextCollator(tokenizer, train_transform, max_text_length=d.max_text_length)
     data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
+    restore_data_position(data, start)  # a refused stream position: before the run directory is written
 
     torch.manual_seed(t.seed)
     weights = checkpoint.weights if checkpoint is not None else cfg.model.pretrained

@@ -152,6 +152,7 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
         ]
         + _task_checks(d)
         + _extra_val_checks(d, kind)
+        + _unread_checks(d)
     )
     # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
     layout = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(m.pretrained))
@@ -205,6 +206,19 @@ def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tu
     if d.task != "image_text" or soft_scores is False:
         return ("cross_entropy",)
     return ("binary_cross_entropy",) if soft_scores else ("cross_entropy", "binary_cross_entropy")
+
+
+def _unread_checks(d: FinetuneDataConfig) -> list[tuple]:
+    """The shapes task's data and classes are its own: data.train, data.val and data.labels set there
+    would be silently ignored (it trained on its scenes with data.train naming a file)."""
+    if d.task != "shapes":
+        return []
+    why = {"train": "reads no files (it renders its scenes)", "labels": "names its own classes"}
+    why["val"] = why["train"]
+    return [
+        (getattr(d, name) is None, f"data.{name}", f"null, since data.task=shapes {why[name]}", getattr(d, name))
+        for name in ("train", "val", "labels")
+    ]
 
 
 def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
@@ -333,13 +347,7 @@ def main(cfg: FinetuneConfig) -> dict:
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
 
-    pretrained = opened(
-        "model.pretrained",
-        cfg.model.pretrained,
-        PRETRAINED,
-        lambda: load_pretrained(cfg.model.pretrained),
-    )
-    train_source, val_source, classes = build_splits(d)
+    train_source, val_source, classes = build_splits(d)  # the data checked before the weights are loaded
     # every validation set by name, data.val's first: the report's "validation" is that one's
     val_sets = {d.val_name: ("data.val", d.val, val_source)}
     for name, path in (d.extra_val or {}).items():
@@ -371,6 +379,12 @@ def main(cfg: FinetuneConfig) -> dict:
     expected = f"null or {losses[0]} for the targets of {d.train}"
     raise_on_failed_checks([(cfg.model.loss in (None, *losses), "model.loss", expected, cfg.model.loss)])
     loss = cfg.model.loss or losses[0]
+    pretrained = opened(
+        "model.pretrained",
+        cfg.model.pretrained,
+        PRETRAINED,
+        lambda: load_pretrained(cfg.model.pretrained),
+    )
     collator = ClassificationCollator(
         pretrained.tokenizer,
         image_size=pretrained.image_size,

@@ -52,7 +52,7 @@ from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config, save_config
 from torchflava.training.distributed import barrier
-from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
+from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
     NonFiniteLossError,
@@ -452,6 +452,7 @@ def main(cfg: TrainConfig) -> dict:
         ),
     )
     data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
+    restore_data_position(data, start)  # a refused stream position: before the run directory is written
 
     torch.manual_seed(t.seed)
     model = build_model(cfg, tokenizer.vocab_size).to(info.device)

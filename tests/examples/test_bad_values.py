@@ -294,6 +294,10 @@ FINETUNE_ONLY = [
     ((*SHAPES, "data.shapes_val=541"), "data.shapes_val"),
     ((*SHAPES, "data.image_size=4"), "data.image_size"),
     ((*SHAPES, "model.modality=text"), "model.modality"),
+    # keys the shapes task does not read: it trained on its scenes, data.train and data.labels ignored
+    (SHAPES, "data.train"),
+    ((*SHAPES, "data.train=null"), "data.val"),
+    ((*SHAPES, "data.train=null", "data.val=null"), "data.labels"),
 ]
 FINETUNE_BASE = [
     "model.pretrained={files}/export",
@@ -356,7 +360,7 @@ def test_a_bad_value_is_refused_before_any_work(recipe, overrides, key, files, t
         module.main(cfg)
     message = str(caught.value)
     assert message.startswith(f"key '{key}'") and ": expected " in message and "\n" not in message, message
-    assert not out.exists() or [p.name for p in out.iterdir()] in ([], [".run.lock"])  # nothing written
+    assert not out.exists()  # nothing written: the run directory taken is given back as it was (none)
 
 
 COMMANDS = [
@@ -401,7 +405,7 @@ def test_the_command_line_exits_2_with_one_line(command, expected, files, tmp_pa
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip() == expected.format(files=files)
-    assert not (tmp_path / "run").exists() or [p.name for p in (tmp_path / "run").iterdir()] == [".run.lock"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
@@ -583,3 +587,28 @@ def test_a_validation_split_without_a_usable_item_is_refused_before_training(fil
         "(OSError: Truncated File Read))'"
     )
     assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
+
+
+def test_training_data_without_a_usable_row_leaves_no_run_directory(files, tmp_path, monkeypatch):
+    """data.train passes validate (an existing file) but none of its rows reads: the run took its directory
+    before reading the data, and left it behind (holding only .run.lock), parents and all; and it had loaded
+    the pretrained weights first."""
+    module = RECIPES["finetune"]
+    loaded, load = [], module.load_pretrained
+    monkeypatch.setattr(module, "load_pretrained", lambda *a, **k: loaded.append(a) or load(*a, **k))
+    (tmp_path / "bad_rows.tsv").write_text("question\tsentence\tlabel\n" + "one field\n" * 3)
+    for train, key in ((tmp_path / "bad_rows.tsv", "data.train"), (files / "header_only.tsv", "data.train")):
+        out = tmp_path / "runs" / "glue" / "run"
+        with pytest.raises(module.ConfigError, match=f"^key '{key}': expected "):
+            module.main(_config("finetune", [f"data.train={train}"], files, out))
+        assert not (tmp_path / "runs").exists() and loaded == []  # the directories the run made are gone
+    (tmp_path / "mine").mkdir()  # a directory the user made stays, as empty as it was
+    with pytest.raises(module.ConfigError, match="^key 'data.train': expected a split with usable items"):
+        module.main(_config("finetune", [f"data.train={tmp_path / 'bad_rows.tsv'}"], files, tmp_path / "mine"))
+    assert list((tmp_path / "mine").iterdir()) == []
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("the user's")  # and one holding the user's files, only those
+    with pytest.raises(module.ConfigError, match="^key 'data.train': expected a split with usable items"):
+        module.main(_config("finetune", [f"data.train={tmp_path / 'bad_rows.tsv'}"], files, tmp_path / "notes"))
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["notes.txt"]
+    module.main(_config("finetune", [], files, tmp_path / "mine"))  # and holds the next run

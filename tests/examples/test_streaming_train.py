@@ -173,6 +173,22 @@ def test_a_streamed_run_resumes_only_with_its_loader_workers(shards, tmp_path):
     assert "for 1 loader worker slot(s) per rank" in str(caught.value)
 
 
+def test_a_refused_stream_resume_leaves_the_run_directory_as_it_was(shards, tmp_path):
+    """Refused only inside fit: the run's config.yaml was rewritten with the refused config first, and the
+    checkpoints newer than the one resumed from were moved aside."""
+    base = [f"config={CLIP_DEBUG}", *STREAM, f"data.files.pairs_shards={shards}/pairs-*.tar"]
+    base += [f"training.output_dir={tmp_path}", "training.max_steps=4", "training.checkpoint_every=2"]
+    CLIP.main(CLIP.load_config(CLIP.TrainConfig, base))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".run.lock"}
+    older = tmp_path / "checkpoints" / "step_00000002"
+    again = CLIP.load_config(CLIP.TrainConfig, [*base, f"training.resume={older}", "training.max_steps=6"])
+    again.data.num_workers = 2
+    with pytest.raises(CLIP.ConfigError, match="^key 'data.num_workers': "):
+        CLIP.main(again)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".run.lock"}
+    assert after == before  # config.yaml as the run wrote it, step_00000004 where it was
+
+
 def test_two_ranks_with_two_workers_each_resume_their_own_stream_positions(shards, tmp_path):
     """torchrun with 2 ranks x 2 loader workers (8 shards, one epoch in 8 steps): the step-8 checkpoint is
     removed as if the run had died after step 4's, and the resumed ranks, each restoring its own workers'

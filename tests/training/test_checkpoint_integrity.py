@@ -189,6 +189,14 @@ def test_resume_auto_falls_back_with_one_line_and_an_explicit_damaged_path_is_a_
     with pytest.raises(ConfigError, match=r"got '.*nowhere' \(.*nowhere is not a complete checkpoint"):
         resume_point(manager, str(tmp_path / "nowhere"))
     assert resume_point(manager, str(older)) == older
+    (tmp_path / "notes.txt").write_text("not a checkpoint")  # were 'no COMPLETE file' and 'COMPLETE is unreadable'
+    for path, kind in ((tmp_path / "nowhere", "no such directory"), (tmp_path / "notes.txt", "not a directory")):
+        with pytest.raises(ConfigError) as error:
+            resume_point(manager, str(path))
+        assert str(error.value) == (
+            f"key 'training.resume': expected an intact checkpoint directory, got {str(path)!r} ({path} is not a "
+            f"complete checkpoint ({kind}))"
+        )
 
 
 def _fsdp_worker(rank: int, init_file: str, root: str) -> None:

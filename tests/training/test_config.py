@@ -109,6 +109,34 @@ def test_containers_of_the_wrong_kind_and_bad_yaml_name_the_override(argv, match
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["optim=3"], "override 'optim=3': key 'optim': expected a section (key: value, ...), got 3"),
+        (["optim=null"], "override 'optim=null': key 'optim': expected a section (key: value, ...), got None"),
+        (["optim.betas=0.9"], "override 'optim.betas=0.9': key 'optim.betas': expected a list ([a, b, ...]), got 0.9"),
+        (
+            ["optim.betas={a: 1}"],
+            "override 'optim.betas={a: 1}': Cannot merge incompatible container types (key 'optim.betas': expected a "
+            "list ([a, b, ...]), got {'a': 1})",
+        ),
+    ],
+)
+def test_a_value_of_another_kind_than_a_section_or_list_names_both_kinds(argv, message):
+    """These named the override only: 'ValidationError: the value does not fit the schema there', or
+    OmegaConf's 'AnyNode is not a ListConfig, TupleConfig, list, or tuple'."""
+    with pytest.raises(ConfigError) as error:
+        load_config(Schema, argv)
+    assert str(error.value) == message
+
+
+def test_a_value_for_a_section_in_a_file_names_the_file_and_the_key(tmp_path):
+    file = write(tmp_path / "run.yaml", "optim: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(Schema, [f"config={file}"])
+    assert str(error.value) == f"config file {str(file)!r}: key 'optim': expected a section (key: value, ...), got 3"
+
+
 def test_a_list_for_a_mapping_in_a_file_names_the_file(tmp_path):
     file = write(tmp_path / "run.yaml", "optim: [1, 2]\n")
     with pytest.raises(ConfigError, match="run.yaml"):
@@ -127,6 +155,13 @@ def test_missing_or_malformed_file(tmp_path):
     listing = write(tmp_path / "list.yaml", "- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Schema, [f"config={listing}"])
+
+
+def test_a_directory_or_device_given_as_the_config_file_is_named_so(tmp_path):
+    for path, kind in ((tmp_path, "a directory"), ("/dev/null", "not a regular file")):
+        with pytest.raises(ConfigError) as error:
+            load_config(Schema, [f"config={path}"])
+        assert str(error.value) == f"config: expected a YAML file, got {str(path)!r} ({kind})"  # was 'no such file'
 
 
 def test_save_config_round_trip(tmp_path):

@@ -97,3 +97,49 @@ def test_forked_children_neither_hold_nor_release_the_lock(tmp_path):
                 assert f"pid {os.getpid()}" in lock.path.read_text()
         finally:
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_tidy_release_of_a_run_that_wrote_nothing_leaves_the_directory_as_it_was(tmp_path):
+    """A run refused after it took its directory (e.g. for data that does not read) left the directory and
+    its .run.lock behind: a directory that looked like a run's, in the way of nothing but confusing."""
+    lock = RunLock(tmp_path / "a" / "b").acquire()
+    lock.release(tidy=True)
+    assert list(tmp_path.iterdir()) == []  # the directories it made are gone with the lock file
+    (tmp_path / "mine").mkdir()
+    RunLock(tmp_path / "mine").acquire().release(tidy=True)
+    assert (tmp_path / "mine").is_dir() and list((tmp_path / "mine").iterdir()) == []  # made by the user: kept
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    RunLock(tmp_path / "mine").acquire().release(tidy=True)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    with RunLock(tmp_path / "run") as lock:
+        (tmp_path / "run" / "config.yaml").write_text("written")
+        lock.release(tidy=True)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".run.lock", "config.yaml"]  # a run's: kept
+    RunLock(tmp_path / "old").acquire().release()
+    RunLock(tmp_path / "old").acquire().release(tidy=True)  # a lock file it did not make is left alone
+    assert [p.name for p in (tmp_path / "old").iterdir()] == [".run.lock"]
+
+
+def test_a_run_that_locks_a_file_a_tidy_holder_removed_locks_anew(tmp_path, monkeypatch):
+    """Between a second run's open and its flock, the holder leaves tidily (unlinking the lock file): the
+    second run must not hold the unlinked file (a third would then create and lock another)."""
+    from torchflava.training import run_lock
+
+    first = RunLock(tmp_path / "run").acquire()
+    real_flock, calls = run_lock.fcntl.flock, []
+
+    def flock(fd, operation):
+        if operation & run_lock.fcntl.LOCK_EX and not calls:
+            calls.append(fd)
+            first.release(tidy=True)  # the holder leaves: it wrote nothing
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", flock)
+    second = RunLock(tmp_path / "run").acquire()
+    monkeypatch.setattr(run_lock.fcntl, "flock", real_flock)
+    try:
+        assert calls and second.path.is_file()  # it holds the file at the path, created anew
+        with pytest.raises(RunDirectoryInUse):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        second.release()

@@ -51,6 +51,9 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
     merged = OmegaConf.structured(schema)
     for file in files:
         if not Path(file).is_file():
+            if Path(file).exists():  # (a directory was 'no such file')
+                kind = "a directory" if Path(file).is_dir() else "not a regular file"
+                raise ConfigError(f"config: expected a YAML file, got {file!r} ({kind})")
             raise ConfigError(f"config: no such file {file!r}")
         try:
             text = Path(file).read_text(encoding="utf-8")  # read once: both parsers see the same text
@@ -95,10 +98,47 @@ def _merge(base, update, where: str):
 
     try:
         return OmegaConf.merge(base, update)
-    except OmegaConfBaseException as error:
-        raise ConfigError(_describe(error, where)) from None
-    except (TypeError, ValueError) as error:  # e.g. a list where the schema has a mapping
+    except (OmegaConfBaseException, TypeError, ValueError) as error:
+        try:  # OmegaConf's words for these name neither kind
+            mismatch = _kind_mismatch(base, update)
+        except Exception:  # (a node it cannot walk: OmegaConf's own message, as before)
+            mismatch = None
+        if mismatch is not None:
+            key, expected, got = mismatch
+            named = f"key '{key}': expected {expected}, got {got!r}"
+            if isinstance(error, OmegaConfBaseException):
+                raise ConfigError(f"{where}: {named}") from None
+            raise ConfigError(f"{where}: {error} ({named})") from None
+        if isinstance(error, OmegaConfBaseException):
+            raise ConfigError(_describe(error, where)) from None
         raise ConfigError(f"{where}: {error} (a list, mapping or value where the schema has another kind)") from None
+
+
+def _kind_mismatch(base, update, prefix: str = "") -> Optional[tuple[str, str, object]]:
+    """The first key of ``update`` whose value is of another kind than the schema's section, mapping
+    or list there (null included, where that is not optional): ``(key, expected, given)``; None when
+    every kind fits (unknown keys and a list or mapping for a single value OmegaConf names well)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    for name in update.keys() if isinstance(update, DictConfig) else ():
+        node = base._get_node(name) if isinstance(base, DictConfig) else None
+        if node is None:
+            continue
+        value = update._get_node(name)
+        key = f"{prefix}{name}"
+        given = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value._value()
+        if isinstance(node, DictConfig):
+            if isinstance(value, DictConfig):
+                inner = None if node._is_none() or value._is_none() else _kind_mismatch(node, value, f"{key}.")
+                if inner is not None:
+                    return inner
+            elif given is not None or not node._is_optional():
+                kind = "a section" if node._is_none() or OmegaConf.get_type(node) is not dict else "a mapping"
+                return key, f"{kind} (key: value, ...)", given
+        elif isinstance(node, ListConfig):
+            if not isinstance(value, ListConfig) and (given is not None or not node._is_optional()):
+                return key, "a list ([a, b, ...])", given
+    return None
 
 
 def config_yaml(config: object) -> str:

@@ -172,6 +172,9 @@ def read_marker(path: Union[str, os.PathLike]) -> dict:
         CheckpointIntegrityError: if it is missing or not a marker.
     """
     marker_path = Path(path) / MARKER
+    if not Path(path).is_dir():  # (it was 'no COMPLETE file', or its read's NotADirectoryError)
+        kind = "no such directory" if not Path(path).exists() else "not a directory"
+        raise CheckpointIntegrityError(f"{path} is not a complete checkpoint ({kind})")
     try:
         marker = json.loads(marker_path.read_text())
     except FileNotFoundError:

@@ -160,10 +160,12 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
 
 
 def release_run_directory(training: TrainingConfig) -> None:
-    """Give up the run directory :func:`resume_checkpoint` took (a no-op where none is held)."""
+    """Give up the run directory :func:`resume_checkpoint` took (a no-op where none is held). A run that
+    wrote nothing there (refused after taking it, e.g. for data that does not read) leaves it as it was:
+    without the lock file, and gone if taking it created it."""
     lock = _HELD.pop(Path(training.output_dir).resolve(), None)
     if lock is not None:
-        lock.release()
+        lock.release(tidy=True)
 
 
 _HELD: dict[Path, RunLock] = {}  # run directories this process holds, by resolved path
@@ -387,6 +389,8 @@ def fit(
         start, skipped, position = _resume(
             checkpoints, resume_from, states, wrapped, optimizer, scheduler, streamed=streamed
         )
+        if streamed:  # checked before anything in the run directory is moved or rewritten
+            _restore_position(data, position)
     # Checkpoints past the start: an abandoned trajectory's, or damaged ones resume=auto passed over (a
     # fresh run finds no others). Out of rotation's and auto's way, so both see only this run's; kept.
     abandoned = []
@@ -398,11 +402,6 @@ def fit(
     barrier()
     if resume_from is not None:
         _apply_optim_config(optimizer, scheduler, optim, model)
-        if streamed:
-            try:
-                data.load_state_dict(position)
-            except ValueError as error:
-                raise ConfigError(f"key 'data.num_workers': {str(error).removeprefix('num_workers: ')}") from None
     is_main = _rank() == 0
     logger = progress = None
     if is_main:
@@ -652,11 +651,8 @@ def _resume(
             load into the model (another architecture; files refused by the integrity checks).
     """
     saved_world = checkpoint_world_size(path)
-    if streamed and saved_world != _world_size():
-        raise ConfigError(
-            f"key 'training.resume': expected a streamed run to resume on the {saved_world} rank(s) it was started "
-            f"with, got {_world_size()} (the stream's positions are per rank and loader worker)"
-        )
+    if streamed:
+        _check_stream_world(path)
     _check_groups(Path(path), states[0], optimizer)
     try:  # resume_checkpoint verified it; this rank's state was read with the others
         checkpoints.load(path, wrapped, optimizer, verified=True, read_local=False)
@@ -671,6 +667,39 @@ def _resume(
     # Written by another number of ranks: the RNG streams are per rank (left as they are), and rank 0
     # takes over the unusable samples every saved rank met.
     return step, [tuple(s) for state in states for s in state["skipped"]] if _rank() == 0 else [], {}
+
+
+def restore_data_position(data: Dataset, start: RunStart) -> None:
+    """Start streamed ``data`` where the checkpoint ``start`` resumes from left this rank's stream,
+    checked as :func:`fit` checks it (which does it too): a recipe calls it before it writes in the run
+    directory, so that a resume refused for its ranks or loader workers leaves the directory as it was.
+    A no-op for a fresh run or step-indexed data.
+
+    Raises:
+        ConfigError: naming ``training.resume`` (another number of ranks) or ``data.num_workers``.
+    """
+    if start.resume_from is None or not start.loop_states or not isinstance(data, IterableDataset):
+        return
+    _check_stream_world(start.resume_from)
+    _restore_position(data, dict(start.loop_states[0].get("data", {})))
+
+
+def _check_stream_world(path: Path) -> None:
+    """Refuse to resume a streamed run from checkpoint ``path`` on another number of ranks."""
+    saved_world = checkpoint_world_size(path)
+    if saved_world != _world_size():
+        raise ConfigError(
+            f"key 'training.resume': expected a streamed run to resume on the {saved_world} rank(s) it was started "
+            f"with, got {_world_size()} (the stream's positions are per rank and loader worker)"
+        )
+
+
+def _restore_position(data: IterableDataset, position: dict) -> None:
+    """``data.load_state_dict(position)``, a refusal named as the key at fault."""
+    try:
+        data.load_state_dict(position)
+    except ValueError as error:
+        raise ConfigError(f"key 'data.num_workers': {str(error).removeprefix('num_workers: ')}") from None
 
 
 def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:

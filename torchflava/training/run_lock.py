@@ -5,7 +5,10 @@ checkpoints, metrics and exports. The first run holds ``<output_dir>/.run.lock``
 at once with a one-line error naming the directory and the holder's pid. The lock belongs to the
 process: it is released when the run ends, however it ends (even ``kill -9``), so a stale lock
 file never blocks a later run. Forked children (data-loader workers) close their copy of the lock at
-once, so a killed run's orphaned workers, still shutting down, do not hold the directory.
+once, so a killed run's orphaned workers, still shutting down, do not hold the directory. A run that
+wrote nothing (refused after it took the directory, e.g. for data that does not read) leaves the
+directory as it found it: :meth:`RunLock.release` with ``tidy=True`` removes the lock file and the
+directories that acquiring created, when the directory holds the entries it held then and no other.
 """
 
 import fcntl
@@ -51,30 +54,54 @@ class RunLock:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
         self._fd: Optional[int] = None
+        self._created: list[Path] = []  # the directories acquire made, outermost first
+        self._found: Optional[set[str]] = None  # the directory's entries when acquire made the lock file
 
     def acquire(self) -> "RunLock":
         """Take the lock without waiting; raise if another process has it."""
         if self._fd is not None:
             return self
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunDirectoryInUse(
-                f"{self.directory} is in use by another run ({holder}); wait for it to finish or choose another "
-                "training.output_dir"
-            ) from None
+        while True:
+            missing = [d for d in (self.directory, *self.directory.parents) if not d.exists()]
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                created_file = True
+            except FileExistsError:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                created_file = False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirectoryInUse(
+                    f"{self.directory} is in use by another run ({holder}); wait for it to finish or choose "
+                    "another training.output_dir"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # a holder that wrote nothing removed the file we locked as it left: lock anew
+        self._created = missing[::-1]
+        self._found = _entries(self.directory) - {LOCK_NAME} if created_file else None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
         _HELD.add(self)
         return self
 
-    def release(self) -> None:
-        """Give the lock up (the lock file stays; it is only a handle)."""
+    def release(self, tidy: bool = False) -> None:
+        """Give the lock up. The lock file stays (it is only a handle), unless ``tidy``, acquiring made it
+        and the directory holds the entries it held then and no other (the run wrote nothing there): then
+        the lock file and the directories acquiring made go, leaving the directory as it was found."""
+        if self._fd is not None and tidy and self._found is not None:
+            try:
+                if _entries(self.directory) == self._found | {LOCK_NAME} and _same_file(self._fd, self.path):
+                    self.path.unlink()  # while held: a run that opened it meanwhile locks it, sees it gone, retries
+                    for directory in reversed(self._created):
+                        directory.rmdir()  # innermost first; one that now holds an entry stays (OSError)
+            except OSError:
+                pass
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -86,3 +113,17 @@ class RunLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is the file at ``path`` (not one removed or replaced since it was opened)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _entries(directory: Path) -> set[str]:
+    """The names in ``directory``."""
+    return {entry.name for entry in directory.iterdir()}
