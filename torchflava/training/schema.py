@@ -23,7 +23,7 @@ from torchflava.training.config import ConfigError
 from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
-from torchflava.utils.checkpoint import first_line, peek_state_dict
+from torchflava.utils.checkpoint import first_line, is_remote, peek_state_dict
 from torchflava.utils.checks import is_prompt_template
 
 T = TypeVar("T")
@@ -485,7 +485,7 @@ def checkpoint_fits(key: str, path: Optional[str], fits: Optional[Callable[[dict
     Returns:
         tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
     """
-    if path is None or "://" in str(path) and not str(path).startswith("file:"):
+    if path is None or is_remote(path):
         return (True, key, "", None)
     try:
         tensors = peek_state_dict(path)
