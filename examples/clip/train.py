@@ -75,7 +75,7 @@ from torchflava.training.schema import (
     unread_section_checks,
     vocab_checks,
 )
-from torchflava.utils.checkpoint import check_url, is_remote
+from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint
 from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
@@ -210,12 +210,13 @@ def section_kwargs(cfg: TrainConfig) -> dict:
     return {k: v for k, v in asdict(cfg.model).items() if k != "pretrained"}
 
 
-def read_checkpoint(cfg: TrainConfig) -> Optional[CLIPCheckpoint]:
-    """What ``model.pretrained`` brings; None without one, or for an http(s) URL (downloaded when the model
-    is built: its config is read then, and no tokenizer or preprocessing comes with it)."""
-    if cfg.model.pretrained is None or is_remote(cfg.model.pretrained):
+def read_checkpoint(cfg: TrainConfig, *, download: bool = False) -> Optional[CLIPCheckpoint]:
+    """What ``model.pretrained`` brings; None without one, or for an http(s) URL unless ``download`` (the
+    run downloads it; validation does not: no tokenizer or preprocessing comes with it, only its weights)."""
+    pretrained = cfg.model.pretrained
+    if pretrained is None or is_remote(pretrained) and not download:
         return None
-    return read_clip_checkpoint(cfg.model.pretrained, given=section_kwargs(cfg))
+    return read_clip_checkpoint(local_checkpoint(pretrained), given=section_kwargs(cfg))
 
 
 def tokenizer_source(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> tuple[Optional[str], str]:
@@ -246,7 +247,8 @@ def tokenizer_checks(checkpoint: Optional[CLIPCheckpoint], tokenizer, source: Op
 def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
     """``model.pretrained`` against the tokenizer the run will use and the model section, and its
     preprocessing: read before any work (no tensor data; a learnt vocabulary is checked by its size). An
-    http(s) URL, downloaded when the model is built, brings no tokenizer: it needs ``data.vocab``."""
+    http(s) URL brings no tokenizer: it needs ``data.vocab`` (``main`` downloads its weights and checks them
+    as a local file's, before the data or the model is built)."""
     pretrained = cfg.model.pretrained
     if pretrained is not None and is_remote(pretrained):
         opened("model.pretrained", pretrained, PRETRAINED, lambda: check_url(pretrained))
@@ -270,14 +272,7 @@ def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
         ok = end_fits and (rows is None or d.vocab_size == rows)
         return [(ok, "data.vocab", expected, f"null (data.vocab_size {d.vocab_size})")]
     tokenizer = opened(key, source, TOKENIZER, lambda: read_tokenizer(source))
-    raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))
-    kwargs = opened(
-        "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: model_kwargs(cfg, tokenizer, checkpoint)
-    )
-    context, length = kwargs["context_length"], cfg.data.max_text_length
-    raise_on_failed_checks(
-        [(length <= context, "data.max_text_length", f"in [2, {context}] (model.pretrained's)", length)]
-    )
+    kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)
     opened(
         "model.pretrained",
         cfg.model.pretrained,
@@ -285,6 +280,21 @@ def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
         lambda: image_transforms(kwargs["image_size"], cfg.data, checkpoint),
     )
     return []
+
+
+def fitted_model_kwargs(
+    cfg: TrainConfig, tokenizer, checkpoint: Optional[CLIPCheckpoint], source: Optional[str], key: str
+) -> dict:
+    """:func:`model_kwargs`, once the tokenizer (from ``source``, named by ``key``) is found to fit the
+    checkpoint and the checkpoint's context to hold ``data.max_text_length``; ConfigError otherwise."""
+    raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))
+    kwargs = opened(
+        "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: model_kwargs(cfg, tokenizer, checkpoint)
+    )
+    context, length = kwargs["context_length"], cfg.data.max_text_length
+    expected = f"in [2, {context}] (model.pretrained's)"
+    raise_on_failed_checks([(checkpoint is None or length <= context, "data.max_text_length", expected, length)])
+    return kwargs
 
 
 def model_kwargs(cfg: TrainConfig, tokenizer, checkpoint: Optional[CLIPCheckpoint]) -> dict:
@@ -402,7 +412,10 @@ def main(cfg: TrainConfig) -> dict:
     out_dir = Path(t.output_dir)
 
     pairs = build_pairs(d)
-    checkpoint = read_checkpoint(cfg)  # (validate read it)
+    # (validate read a local one; a URL's weights are downloaded here, and checked as a local file's)
+    checkpoint = opened(
+        "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: read_checkpoint(cfg, download=True)
+    )
     source, key = tokenizer_source(cfg, checkpoint)  # data.vocab, else model.pretrained's, else learnt
     tokenizer = opened(  # a tokenizer that does not read, or data without a usable text, names its key
         key,
@@ -420,15 +433,14 @@ def main(cfg: TrainConfig) -> dict:
             )
         ),
     )
-    raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))  # (a learnt one: checked now)
-    kwargs = model_kwargs(cfg, tokenizer, checkpoint)
+    kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)  # (a learnt or downloaded one: now)
     train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
     collator = ImageTextCollator(tokenizer, train_transform, max_text_length=d.max_text_length)
     data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
 
     torch.manual_seed(t.seed)
-    weights = checkpoint.weights if checkpoint is not None else cfg.model.pretrained
+    weights = checkpoint.weights if checkpoint is not None else None
     model = clip_model(pretrained=weights, **kwargs).to(info.device)
     if info.is_main:
         tokenizer.save(out_dir)

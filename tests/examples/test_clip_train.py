@@ -2,6 +2,8 @@
 a killed run resumes to the uninterrupted loss sequence, config errors name the key."""
 
 import dataclasses
+import functools
+import http.server
 import json
 import os
 from pathlib import Path
@@ -9,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -418,3 +421,64 @@ def test_a_url_checkpoint_needs_data_vocab_and_a_well_formed_url_before_any_work
     command = [sys.executable, str(SCRIPT), f"config={DEBUG}", f"training.output_dir={out}", f"model.pretrained={url}"]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.strip() == f"error: {needs_vocab}", result.stderr[-2000:]
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A loopback HTTP server of ``tmp_path / 'served'``; yields the folder and its base URL."""
+    root = tmp_path / "served"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_downloaded_checkpoint_is_checked_as_a_local_file_and_trains_as_one(hf_clip, served, tmp_path):
+    """A URL's weights were loaded unchecked: a tokenizer with more tokens than its embeddings was a
+    ValueError naming the download cache, a failed download a ConnectionError, both tracebacks mid-run."""
+    root, base = served
+    shutil.copy(hf_clip / "model.safetensors", root / "weights.safetensors")
+    sizes = ["model.vision_layers=2", "model.vision_heads=4", "model.text_layers=2", "model.text_heads=4"]
+    sizes += ["model.context_length=77", "training.max_steps=1", "optim.warmup_steps=0", "training.log_every=1"]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(49405))]
+    (tmp_path / "vocab.txt").write_text("".join(f"{w}\n" for w in words))  # 49410 tokens: 2 without an embedding
+    out, url = tmp_path / "run", f"{base}/weights.safetensors"
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(
+            _config(f"training.output_dir={out}", f"model.pretrained={url}", *sizes, f"data.vocab={tmp_path}/vocab.txt")
+        )
+    assert str(caught.value) == (
+        "key 'data.vocab': expected a tokenizer of at most the 49408 tokens model.pretrained embeds, got "
+        f"'{tmp_path / 'vocab.txt'} (49410 tokens)'"
+    )
+    assert not out.exists()  # refused before anything was written
+    missing = f"{base}/nothere.safetensors"
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(
+            _config(f"training.output_dir={out}", f"model.pretrained={missing}", *sizes, f"data.vocab={hf_clip}")
+        )
+    assert str(caught.value) == (
+        f"key 'model.pretrained': expected {train.PRETRAINED}, got '{missing}' (checkpoint: could not download "
+        f"{missing}: HTTP Error 404: File not found)"
+    )
+    assert not out.exists()
+    # Downloaded, the weights train as the same file given locally: the same first loss.
+    local = tmp_path / "lone"
+    local.mkdir()
+    shutil.copy(hf_clip / "model.safetensors", local / "weights.safetensors")
+    train.main(_config(f"training.output_dir={out}", f"model.pretrained={url}", *sizes, f"data.vocab={hf_clip}"))
+    again = tmp_path / "local_run"
+    weights = local / "weights.safetensors"
+    train.main(_config(f"training.output_dir={again}", f"model.pretrained={weights}", *sizes, f"data.vocab={hf_clip}"))
+    assert _losses(out) == _losses(again) and set(_losses(out)) == {1}
