@@ -109,6 +109,7 @@ def test_a_marker_rewritten_to_another_world_size_is_caught(tmp_path, digest):
         ('{"step": 2, "files": {}}', "with a digest manifest"),  # no world size
         ('{"step": 2, "world_size": "2", "files": {}}', "with a digest manifest"),
         ('{"step": 2, "world_size": 0, "files": {}}', "with a digest manifest"),
+        ("[" * 100_000 + "]" * 100_000, "is unreadable (RecursionError)"),  # nested too deeply for json
     ],
 )
 def test_unreadable_or_old_markers_are_refused_in_one_line(tmp_path, content, reason):
@@ -229,3 +230,25 @@ def test_sharded_fsdp_checkpoints_verify_and_load_through_the_allow_list(tmp_pat
     CheckpointManager(root).load(saved, model, optimizer)
     reference, _ = build(0)
     assert not torch.equal(model[0].weight, reference[0].weight)  # trained one step further than build(0)
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent"])
+def test_metadata_pointing_at_data_outside_the_checkpoint_is_refused_even_with_a_forged_manifest(tmp_path, where):
+    manager, _, newer = saved_pair(tmp_path)
+    model, optimizer = build(5)
+    other = CheckpointManager(tmp_path / "other").save(2, model, optimizer, {"step": 2})
+    metadata = read_dcp_metadata(newer)
+    for info in metadata.storage_data.values():  # DCP joins the directory and this name
+        info.relative_path = (
+            str(other / info.relative_path) if where == "absolute" else f"../../other/{other.name}/{info.relative_path}"
+        )
+    (newer / ".metadata").write_bytes(pickle.dumps(metadata))
+    write_marker(newer, 2, 1)
+    assert damage(newer) is None  # the manifest lists the files in the directory alone
+    with pytest.raises(CheckpointIntegrityError, match=r"expected tensor data in files of the checkpoint directory"):
+        manager.load(newer, *build(1))  # (it loaded the other run's weights)
+    metadata = read_dcp_metadata(other)
+    next(iter(metadata.storage_data.values())).offset = -8
+    (other / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointIntegrityError, match=r"expected a non-negative int offset and length"):
+        read_dcp_metadata(other)

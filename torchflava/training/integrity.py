@@ -94,10 +94,34 @@ def read_dcp_metadata(path: Union[str, os.PathLike]) -> Metadata:
         except CheckpointIntegrityError:
             raise
         except Exception as error:  # truncated or garbled: every pickle error type
-            raise CheckpointIntegrityError(f"{path}/.metadata is not readable DCP metadata ({error})") from None
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # (a MemoryError has no text)
+            raise CheckpointIntegrityError(f"{path}/.metadata is not readable DCP metadata ({reason})") from None
     if not isinstance(metadata, Metadata):
         raise CheckpointIntegrityError(f"{path}/.metadata holds a {type(metadata).__name__}, not DCP metadata")
+    _check_storage_data(path, metadata)
     return metadata
+
+
+def _check_storage_data(path: Union[str, os.PathLike], metadata: Metadata) -> None:
+    """CheckpointIntegrityError unless every place the metadata reads data from is a file in the
+    checkpoint directory (DCP joins the directory and the name: an absolute name, or one with ``..``,
+    would read another checkpoint's tensors, outside the manifest) at a non-negative offset and length."""
+    storage = metadata.storage_data
+    if storage is None:
+        return
+    if not isinstance(storage, dict):
+        raise CheckpointIntegrityError(f"{path}/.metadata: expected its storage_data to be a dict, got {storage!r:.80}")
+    for info in storage.values():
+        name, offset, length = (getattr(info, key, None) for key in ("relative_path", "offset", "length"))
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            raise CheckpointIntegrityError(
+                f"{path}/.metadata: expected tensor data in files of the checkpoint directory, got the path {name!r}; "
+                "refusing to read it"
+            )
+        if not all(type(value) is int and value >= 0 for value in (offset, length)):
+            raise CheckpointIntegrityError(
+                f"{path}/.metadata: expected a non-negative int offset and length for {name}, got {offset!r}, {length!r}"
+            )
 
 
 class SafeFileSystemReader(dcp.FileSystemReader):
@@ -176,7 +200,7 @@ def read_marker(path: Union[str, os.PathLike]) -> dict:
         marker = json.loads(marker_path.read_text())
     except FileNotFoundError:
         raise CheckpointIntegrityError(f"{path} is not a complete checkpoint (no {MARKER} file)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # (nested too deeply)
         raise CheckpointIntegrityError(f"{marker_path} is unreadable ({type(error).__name__})") from None
     counts_ok = isinstance(marker, dict) and all(
         type(marker.get(key)) is int and marker[key] >= minimum for key, minimum in (("step", 0), ("world_size", 1))

@@ -113,6 +113,8 @@ def check_url(url: str) -> str:
         raise ValueError(f"checkpoint URLs must not hold '..' or '.' path segments, got {url!r}")
     if "/" in name:
         raise ValueError(f"checkpoint URLs must not hide a '/' in the file name (%2F), got {url!r}")
+    if not name.isprintable():  # a NUL (%00) or a newline is no file name
+        raise ValueError(f"checkpoint URLs must not hide control characters in the file name, got {url!r}")
     return name
 
 
@@ -134,7 +136,7 @@ def _download(url: str) -> str:
     validators = directory / "validators.json"
     try:
         saved = json.loads(validators.read_text()) if local.is_file() else None
-    except (OSError, ValueError):  # none, or unreadable: download again
+    except (OSError, ValueError, RecursionError):  # none, or unreadable: download again
         saved = None
     cached = isinstance(saved, dict)
     try:
@@ -332,6 +334,12 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
     return _checked_tensors(path, obj, values=not mmap)
 
 
+# How many times its own size a torch zip's entries may expand to: torch.save stores them uncompressed,
+# and weights compress little; a compressed archive that expands further (a zip bomb) would have
+# torch.load allocate every entry's full size.
+_MAX_ZIP_EXPANSION = 4
+
+
 def _check_zip(path: Path, *, crcs: bool) -> None:
     """ValueError naming the file if a zip-format torch file is truncated or otherwise not a readable
     zip archive (torch said ``[Errno 22] Invalid argument``), or, with ``crcs``, naming the entry that
@@ -342,6 +350,12 @@ def _check_zip(path: Path, *, crcs: bool) -> None:
             return
     try:
         with zipfile.ZipFile(path) as archive:  # reads the archive's directory, at the end of the file
+            expanded = sum(info.file_size for info in archive.infolist())
+            if expanded > _MAX_ZIP_EXPANSION * path.stat().st_size + (1 << 20):
+                raise ValueError(
+                    f"{path}: expected a torch checkpoint (whose entries torch.save stores uncompressed), got a zip "
+                    f"archive whose entries expand to {expanded} bytes from {path.stat().st_size}: refusing to read it"
+                )
             damaged = archive.testzip() if crcs else None
     except (zipfile.BadZipFile, EOFError):  # (zipfile finds no archive directory in a file cut short)
         raise ValueError(
@@ -367,23 +381,50 @@ def _torch_load(path: Path, mmap: bool) -> object:
 
 
 def _load_index(path: Path) -> dict[str, Tensor]:
-    """The tensors of the shards a sharded checkpoint's index names, all beside it."""
+    """The tensors of the shards a sharded checkpoint's index names, all beside it (checked against
+    the index by :func:`_check_shard_keys`)."""
     merged: dict[str, Tensor] = {}
+    weight_map, found_in = _index_weight_map(path), {}
     for shard in _index_shards(path):
-        merged.update(_load_file(path.parent / shard))
+        tensors = _load_file(path.parent / shard)
+        _check_shard_keys(path, shard, list(tensors), weight_map, found_in)
+        merged.update(tensors)
     return merged
 
 
-def _index_shards(path: Path) -> list[str]:
-    """The shard files a sharded checkpoint's index names (checked: files beside it, all present)."""
+def _check_shard_keys(index: Path, shard: str, keys: list[str], weight_map: dict, found_in: dict[str, str]) -> None:
+    """ValueError naming the ``index`` unless ``shard`` holds every tensor its ``weight_map`` puts
+    there and none that an earlier shard held (``found_in``: tensor name -> shard, updated): a merge
+    would silently keep one of two tensors of a name, or lack one the index lists."""
+    twice = [key for key in keys if key in found_in]
+    if twice:
+        raise ValueError(
+            f"{index}: expected each tensor in one shard, got {twice[0]!r} in both {found_in[twice[0]]} and {shard} "
+            f"({len(twice)} such tensor(s))"
+        )
+    absent = sorted(set(key for key, name in weight_map.items() if name == shard) - set(keys))
+    if absent:
+        raise ValueError(
+            f"{index}: its weight_map puts {len(absent)} tensor(s) in {shard}, which does not hold them: {absent[:5]}"
+        )
+    found_in.update(dict.fromkeys(keys, shard))
+
+
+def _index_weight_map(path: Path) -> dict[str, str]:
+    """A sharded checkpoint index's ``weight_map`` (tensor name -> shard file name), its types checked."""
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # (nested too deeply)
         raise ValueError(f"{path} is not a JSON checkpoint index: {first_line(error)}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{path}: expected a 'weight_map' of tensor names to shard file names, got {weight_map!r:.80}")
-    shards = sorted(set(weight_map.values()))
+    return weight_map
+
+
+def _index_shards(path: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index names (checked: files beside it, all present)."""
+    shards = sorted(set(_index_weight_map(path).values()))
     if not shards:
         raise ValueError(f"{path} has no 'weight_map' entries")
     stray = [s for s in shards if Path(s).name != s or s in (".", "..") or Path(s).suffix == ".json"]
@@ -404,7 +445,7 @@ def read_json_object(path: PathLike) -> dict:
     check_regular_file(path, "a JSON file")
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # (nested too deeply)
         raise ValueError(f"{path} is not JSON: {first_line(error)}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object, got a {type(value).__name__}")
@@ -675,11 +716,13 @@ def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tenso
     if is_remote(path):
         raise ValueError(f"only local checkpoints can be peeked at, got the URL {os.fspath(path)!r}")
     local = _checkpoint_file(path)
-    files = [local]
+    files, index = [local], None
     if _file_kind(local) == "index":
+        index, weight_map, found_in = local, _index_weight_map(local), {}
         files = [local.parent / shard for shard in sorted(set(_index_shards(local)))]
     out: dict[str, Tensor] = {}
     for file in files:
+        part_out: dict[str, Tensor] = {}
         if _file_kind(file) == "safetensors":
             try:
                 with safe_open(str(file), framework="pt") as handle:
@@ -687,12 +730,15 @@ def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tenso
                         part = handle.get_slice(key)
                         dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)  # rarer ones: bytes
                         meta = torch.empty(part.get_shape(), dtype=dtype, device="meta")
-                        out[key] = handle.get_tensor(key) if scalars and meta.numel() == 1 else meta
+                        part_out[key] = handle.get_tensor(key) if scalars and meta.numel() == 1 else meta
             except SafetensorError as error:
                 raise ValueError(f"could not read {file} as a safetensors file: {first_line(error)}") from error
         else:
             tensors = _load_file(file, mmap=True).items()
-            out.update({k: v.clone() if scalars and v.numel() == 1 else v.to("meta") for k, v in tensors})
+            part_out = {k: v.clone() if scalars and v.numel() == 1 else v.to("meta") for k, v in tensors}
+        if index is not None:
+            _check_shard_keys(index, file.name, list(part_out), weight_map, found_in)
+        out.update(part_out)
     return out
 
 
