@@ -814,3 +814,25 @@ def test_a_corpus_that_is_not_utf8_text_is_refused_naming_it(tmp_path, content, 
     (tmp_path / "corpus.txt").write_bytes(b"\xe9t\xe9\n\xff\n")  # latin-1 only: no line of UTF-8
     with pytest.raises(ValueError, match=r"holds no line of it"):
         TextCorpus(tmp_path / "corpus.txt")
+
+
+def _shard_with_a_member_claiming(path: Path, size: int) -> None:
+    """A shard whose sample ``big`` has a text member and an image member whose (GNU base-256)
+    header claims ``size`` bytes, with one PNG's worth of data after it."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("big.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+        info = tarfile.TarInfo("big.png")
+        info.size = size
+        tar.fileobj.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        tar.fileobj.write(png_bytes().ljust(512, b"\0"))
+
+
+@pytest.mark.parametrize("size", [2**40, 2**80])
+def test_a_member_claiming_more_than_the_shard_holds_is_a_truncated_bad_sample(tmp_path, size):
+    _shard_with_a_member_claiming(tmp_path / "a.tar", size)
+    with pytest.warns(UserWarning, match="a.tar is truncated: the file ends at byte .* inside the data of member"):
+        shards = TarShards(tmp_path / "a.tar")  # (2**80: tarfile's seek raised a bare ValueError)
+    with pytest.raises(BadSample, match=rf"a.tar:big: image member truncated \(\d+ of {size} bytes\)"):
+        shards[0]  # (read() allocated the claimed size first: MemoryError)

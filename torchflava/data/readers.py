@@ -531,7 +531,8 @@ def _scan_shard(
             while True:
                 try:
                     following = tar.next()
-                except tarfile.ReadError as error:  # a member's data or a later header is cut
+                except (tarfile.ReadError, ValueError, OverflowError) as error:  # a member's data or a later header
+                    # is cut (ValueError: a member claiming more bytes than a seek can reach, 2**80 in base-256)
                     if member is not None and tar.offset > size:  # the next header would start past the end
                         where = "data" if member.offset_data + member.size > size else "padding"
                         reason = f"the file ends at byte {size}, inside the {where} of member {member.name!r}"
@@ -702,8 +703,14 @@ class TarShards(Dataset):
         data = {}
         try:
             with open(self._paths[sample.shard], "rb") as file:
+                length = os.fstat(file.fileno()).st_size
                 for name in self._require:
                     offset, size = getattr(sample, name)
+                    if (
+                        offset + size > length
+                    ):  # a header claiming more than the file holds: read() would allocate it all
+                        got = max(0, length - offset)
+                        raise BadSample(index, f"{where}: {name} member truncated ({got} of {size} bytes)")
                     file.seek(offset)
                     data[name] = file.read(size)
                     if len(data[name]) != size:

@@ -148,12 +148,19 @@ class _Watched:
 
     def __init__(self, stream, url: str) -> None:
         self.stream, self.url, self.head, self.tail = stream, url, b"", b""
+        self.reads_at_end = 0
 
     def __str__(self) -> str:  # webdataset names the stream in its errors
         return self.url
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
+        if not data and size != 0:
+            # tarfile skips a member by reading its claimed size block by block, on past the end: a header
+            # claiming 2**40 bytes (or 2**80: base-256 sizes) kept it reading nothing for hours
+            self.reads_at_end += 1
+            if self.reads_at_end > _READS_AT_END:
+                raise EOFError("the shard ends before the data its last member header claims")
         if len(self.head) < _HEAD:
             self.head = (self.head + data)[:_HEAD]
         self.tail = (self.tail + data)[-2 * _BLOCK :]
@@ -178,6 +185,7 @@ def _compressed(head: bytes) -> bool:
 
 _BLOCK = 512  # tar's block; an archive ends with two zero blocks
 _HEAD = 10  # bytes of a shard's start that tell a compressed one
+_READS_AT_END = 64  # reads past a shard's end before it counts as cut short (tarfile reads a few there)
 
 
 def _grouped(files: Iterator[dict]) -> Iterator[dict]:
