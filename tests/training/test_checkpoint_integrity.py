@@ -252,3 +252,41 @@ def test_metadata_pointing_at_data_outside_the_checkpoint_is_refused_even_with_a
     (other / ".metadata").write_bytes(pickle.dumps(metadata))
     with pytest.raises(CheckpointIntegrityError, match=r"expected a non-negative int offset and length"):
         read_dcp_metadata(other)
+
+
+def _zip_bomb(value: object) -> bytes:
+    """``torch.save(value)`` with its first storage replaced by 64 MiB of zeros, deflated (~64 KB)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    entries[next(name for name in entries if name.endswith("data/0"))] = bytes(64 << 20)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return out.getvalue()
+
+
+def test_a_zip_bomb_in_a_shard_or_a_rank_file_is_refused_before_torch_load_allocates_it(tmp_path):
+    manager, _, newer = saved_pair(tmp_path)
+    (newer / "rank0.pt").write_bytes(_zip_bomb({"step": 2, "t": torch.zeros(4)}))
+    write_marker(newer, 2, 1)
+    with pytest.raises(CheckpointIntegrityError, match=r"rank0.pt: expected a torch checkpoint .* expand to \d+ bytes"):
+        manager.load(newer, *build(1))
+    metadata = read_dcp_metadata(newer)
+    index, info = next((i, s) for i, s in metadata.storage_data.items() if i.fqn == "model.0.weight")
+    shard = newer / info.relative_path
+    info.offset, bomb = shard.stat().st_size, _zip_bomb(torch.zeros(8, 4))
+    info.length = len(bomb)
+    shard.write_bytes(shard.read_bytes() + bomb)
+    (newer / ".metadata").write_bytes(pickle.dumps(metadata))
+    (newer / "rank0.pt").write_bytes(pickle.dumps({"step": 2}))
+    write_marker(newer, 2, 1)
+    with pytest.raises(
+        CheckpointIntegrityError, match=r"__0_0.distcp: expected a torch checkpoint .* \(the entry at byte"
+    ):
+        manager.load(newer, *build(1))

@@ -28,6 +28,8 @@ from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
+from torchflava.utils.checkpoint import check_zip_expansion
+
 MARKER = "COMPLETE"
 MANIFEST_FORMAT = 1
 
@@ -125,7 +127,15 @@ def _check_storage_data(path: Union[str, os.PathLike], metadata: Metadata) -> No
 
 
 class SafeFileSystemReader(dcp.FileSystemReader):
-    """DCP's file reader with the metadata unpickled through the allow-list."""
+    """DCP's file reader with the metadata unpickled through the allow-list, and each entry's data
+    checked before DCP's ``torch.load`` reads it (:func:`~torchflava.utils.checkpoint.check_zip_expansion`)."""
+
+    def _slice_file(self, file, sinfo):  # DCP's hook for the bytes of one entry: tensor or value
+        try:
+            check_zip_expansion(_Slice(file, sinfo.offset, sinfo.length), f"{self.path}/{sinfo.relative_path}")
+        except ValueError as error:
+            raise CheckpointIntegrityError(f"{error} (the entry at byte {sinfo.offset})") from None
+        return super()._slice_file(file, sinfo)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         metadata = read_dcp_metadata(self.path)
@@ -133,6 +143,39 @@ class SafeFileSystemReader(dcp.FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+class _Slice(io.RawIOBase):
+    """``length`` bytes of the seekable ``file`` from ``offset``, as a file of their own (DCP's view
+    seeks from the end the wrong way, and tells the underlying file's position)."""
+
+    def __init__(self, file, offset: int, length: int) -> None:
+        super().__init__()
+        self.file, self.offset, self.length, self.position = file, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        position = offset + {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
+        if position < 0:
+            raise OSError(f"cannot seek to {position}, before the start")
+        self.position = position
+        return position
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self.length - self.position))
+        self.file.seek(self.offset + self.position)
+        data = self.file.read(count)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):

@@ -14,7 +14,7 @@ import re
 import shutil
 import stat
 import threading
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import BinaryIO, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -350,12 +350,7 @@ def _check_zip(path: Path, *, crcs: bool) -> None:
             return
     try:
         with zipfile.ZipFile(path) as archive:  # reads the archive's directory, at the end of the file
-            expanded = sum(info.file_size for info in archive.infolist())
-            if expanded > _MAX_ZIP_EXPANSION * path.stat().st_size + (1 << 20):
-                raise ValueError(
-                    f"{path}: expected a torch checkpoint (whose entries torch.save stores uncompressed), got a zip "
-                    f"archive whose entries expand to {expanded} bytes from {path.stat().st_size}: refusing to read it"
-                )
+            _refuse_expansion(archive, path.stat().st_size, str(path))
             damaged = archive.testzip() if crcs else None
     except (zipfile.BadZipFile, EOFError):  # (zipfile finds no archive directory in a file cut short)
         raise ValueError(
@@ -364,6 +359,33 @@ def _check_zip(path: Path, *, crcs: bool) -> None:
         ) from None
     if damaged is not None:
         raise ValueError(f"{path} is damaged: its entry {damaged!r} fails its CRC check (download or copy it again)")
+
+
+def _refuse_expansion(archive: zipfile.ZipFile, size: int, what: str) -> None:
+    expanded = sum(info.file_size for info in archive.infolist())
+    if expanded > _MAX_ZIP_EXPANSION * size + (1 << 20):
+        raise ValueError(
+            f"{what}: expected a torch checkpoint (whose entries torch.save stores uncompressed), got a zip "
+            f"archive whose entries expand to {expanded} bytes from {size}: refusing to read it"
+        )
+
+
+def check_zip_expansion(file: BinaryIO, what: str) -> None:
+    """ValueError naming ``what`` if the seekable binary ``file`` is a zip archive (a torch file, from
+    its start) whose entries expand to more than 4 times its size (compressed entries, which
+    ``torch.save`` never writes: a zip bomb, whose every entry ``torch.load`` would allocate whole).
+    Anything else, a damaged archive included, is left to ``torch.load`` to read or refuse; ``file``
+    is left at its start. Call it before ``torch.load`` of a file someone else may have written."""
+    file.seek(0)
+    if file.read(4) == b"PK\x03\x04":
+        size = file.seek(0, os.SEEK_END)
+        file.seek(0)
+        try:
+            with zipfile.ZipFile(file) as archive:
+                _refuse_expansion(archive, size, what)
+        except (zipfile.BadZipFile, EOFError, OSError):
+            pass
+    file.seek(0)
 
 
 def _torch_load(path: Path, mmap: bool) -> object:
