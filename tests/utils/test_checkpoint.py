@@ -910,3 +910,20 @@ def test_a_zip_bomb_is_refused_before_torch_allocates_its_entries(tmp_path, read
 def test_urls_hiding_control_characters_in_the_file_name_are_refused():
     with pytest.raises(ValueError, match="must not hide control characters"):
         load_state_dict("http://127.0.0.1:9/model%00.safetensors")
+
+
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+@pytest.mark.parametrize("kind", ["expanded", "many names"])
+def test_tensors_spanning_far_more_than_the_file_are_refused(tmp_path, read, kind):
+    base = torch.zeros(2**16)
+    if kind == "expanded":  # 1.6 KB on disk, 1 GiB to scan (the finiteness check) or copy
+        state = {"w": torch.zeros(1).expand(2**14, 2**14)}
+    else:  # one 256 KiB storage under 64 names: each would be copied (tied tensors become copies)
+        state = {f"w{i}": base for i in range(64)}
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"w.pt: expected tensors the file holds, got \d+ bytes of tensors from a"):
+        read(tmp_path / "w.pt")
+    # Hugging Face's position_ids (stride 0 on a dim of size 1: nothing repeated) and tied weights still load
+    ok = {"position_ids": torch.arange(64).expand(1, -1), "tied.a": base, "tied.b": base}
+    torch.save(ok, tmp_path / "ok.pt")
+    assert {key: value.shape for key, value in read(tmp_path / "ok.pt").items()} == {k: v.shape for k, v in ok.items()}

@@ -331,7 +331,23 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         found = f"entries {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors), got {found}")
+    _refuse_repeated_storage(path, obj)
     return _checked_tensors(path, obj, values=not mmap)
+
+
+def _refuse_repeated_storage(path: Path, tensors: dict[str, Tensor]) -> None:
+    """ValueError naming the file if its tensors span more than 4 times its size: strides that repeat a
+    storage (``expand``: a (2**20, 2**20) tensor over 4 bytes) or many names for one storage, which the
+    finiteness check would scan, and copies of shared tensors or ``contiguous()`` would allocate, whole."""
+    spanned = sum(value.numel() * value.element_size() for value in tensors.values())
+    size = path.stat().st_size
+    if spanned > _MAX_ZIP_EXPANSION * size + (1 << 20):
+        largest = max(tensors, key=lambda key: tensors[key].numel() * tensors[key].element_size())
+        value = tensors[largest]
+        raise ValueError(
+            f"{path}: expected tensors the file holds, got {spanned} bytes of tensors from a {size}-byte file (tensors "
+            f"repeating their storage: e.g. {largest!r} of shape {list(value.shape)}, strides {list(value.stride())})"
+        )
 
 
 # How many times its own size a torch zip's entries may expand to: torch.save stores them uncompressed,
