@@ -290,3 +290,31 @@ def test_a_zip_bomb_in_a_shard_or_a_rank_file_is_refused_before_torch_load_alloc
         CheckpointIntegrityError, match=r"__0_0.distcp: expected a torch checkpoint .* \(the entry at byte"
     ):
         manager.load(newer, *build(1))
+
+
+def _forge_manifest(checkpoint, name, entry) -> None:
+    """Add ``name: entry`` to the checkpoint's manifest, its marker digest made to match."""
+    from torchflava.training.integrity import _marker_digest
+
+    marker = json.loads((checkpoint / "COMPLETE").read_text())
+    marker["files"][name] = entry
+    marker.pop("sha256")
+    marker["sha256"] = _marker_digest(marker)
+    (checkpoint / "COMPLETE").write_text(json.dumps(marker))
+
+
+@pytest.mark.parametrize(
+    "name, entry, reason",
+    [
+        ("/proc/self/mem", {"bytes": 0, "sha256": "0"}, "lists '/proc/self/mem', not a file of the checkpoint"),
+        ("../../x", {"bytes": 0, "sha256": "0"}, "lists '../../x', not a file of the checkpoint directory"),
+        ("link", {"bytes": 0, "sha256": "0"}, "file link cannot be read (OSError"),  # (a link to /proc/self/mem)
+        ("rank0.pt", [1, 2], "lists file rank0.pt with [1, 2], not its bytes and SHA-256"),
+    ],
+)
+def test_a_manifest_naming_files_outside_or_unreadable_gives_a_reason_not_an_error(tmp_path, name, entry, reason):
+    manager, older, newer = saved_pair(tmp_path)
+    (newer / "link").symlink_to("/proc/self/mem")  # a regular file of 0 bytes whose read fails (EIO)
+    _forge_manifest(newer, name, entry)
+    assert reason in damage(newer)  # (an OSError or AttributeError came out of damage, and out of the resume)
+    assert manager.latest_intact()[0] == older

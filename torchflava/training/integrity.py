@@ -285,12 +285,20 @@ def damage(path: Union[str, os.PathLike]) -> Optional[str]:
     if ranks != sorted(f"rank{rank}.pt" for rank in range(marker["world_size"])):
         return f"its {MARKER} marker says {marker['world_size']} rank(s) wrote it, its files are {ranks}"
     for name, entry in files.items():
+        if not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"its {MARKER} marker lists {name!r}, not a file of the checkpoint directory"  # (as it writes them)
         file = path / name
         if not file.is_file():
             return f"file {name} is missing"
-        if not isinstance(entry, dict) or file.stat().st_size != entry.get("bytes"):
+        if not isinstance(entry, dict):
+            return f"its {MARKER} marker lists file {name} with {entry!r:.80}, not its bytes and SHA-256"
+        if file.stat().st_size != entry.get("bytes"):
             return f"file {name} has {file.stat().st_size} bytes, the manifest says {entry.get('bytes')}"
-        if file_digest(file) != entry.get("sha256"):
+        try:
+            digest = file_digest(file)
+        except OSError as error:  # (a link to a file that cannot be read: /proc/self/mem, no permission)
+            return f"file {name} cannot be read ({type(error).__name__}: {error})"
+        if digest != entry.get("sha256"):
             return f"file {name} does not match its SHA-256 digest (corrupted or changed after it was written)"
     return None
 
