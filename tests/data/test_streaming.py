@@ -469,3 +469,31 @@ def test_a_member_claiming_more_than_the_shard_holds_ends_the_shard_at_once(tmp_
         signal.signal(signal.SIGALRM, previous)
     assert [sample["__key__"] for sample in samples] == ["ok"] and "__cut__" in samples[0]
     assert len(errors) == 1 and errors[0][:2] == (str(tmp_path / "a.tar"), 0)
+
+
+def test_a_member_larger_than_max_member_bytes_is_not_read_into_memory(tmp_path, monkeypatch):
+    import tarfile
+
+    import torchflava.data.streaming as streaming
+
+    monkeypatch.setattr(streaming, "MAX_MEMBER_BYTES", 1 << 20)
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as tar:  # ~8 KB: a gzip bomb in small
+        for name, data in [
+            ("a.png", png(0)),
+            ("a.txt", b"x"),
+            ("b.png", bytes(8 << 20)),
+            ("b.txt", b"y"),
+            ("c.txt", b"z"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    errors = []
+    samples = list(raw_samples(str(tmp_path / "a.tar.gz"), errors))
+    assert [sorted(sample) for sample in samples] == [
+        ["__key__", "__url__", "png", "txt"],
+        ["__key__", "__url__", "txt"],  # its png is not read: the sample has no image
+        ["__key__", "__url__", "txt"],
+    ]
+    assert len(errors) == 1
+    assert str(errors[0][2]).startswith("member 'b.png' holds 8388608 bytes, more than 1048576 (MAX_MEMBER_BYTES")

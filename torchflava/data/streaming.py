@@ -226,14 +226,12 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     Yields:
         dict: ``{"__key__": key, "<extension>": bytes, ...}`` per sample.
     """
-    from webdataset.tariterators import tar_file_expander
-
     given, failed = 0, []
 
     def keep_going(error: Exception) -> bool:
         if not failed:
-            failed.append(error)
             errors.append((url, given, error))
+        failed.append(error)  # (a refused member may come before the break: each is looked at)
         return True
 
     try:
@@ -242,7 +240,7 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
         keep_going(error)
         return
     try:
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=keep_going, eof_value=None)
+        files = _tar_members(stream, url, keep_going)
         previous = None
         for sample in _grouped(files):
             if previous is not None:
@@ -251,7 +249,9 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
             previous = sample
         if not failed and stream.cut_short():
             keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
-        if previous is not None and failed and isinstance(failed[0], (tarfile.TarError, EOFError, OSError, zlib.error)):
+        if previous is not None and any(
+            isinstance(e, (tarfile.TarError, EOFError, OSError, zlib.error)) for e in failed
+        ):
             # the stream broke off (a cut file or download, a failed command): the last sample may be partial
             previous = {"__key__": previous["__key__"], "__cut__": "the shard breaks off in or after this sample"}
         if previous is not None:
@@ -261,6 +261,44 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
             stream.stream.close()
         except Exception as error:  # a command that exits with an error status (pipe:, curl)
             keep_going(error)
+
+
+# Most bytes a tar member may hold: each is read whole into memory, and a compressed shard's member
+# may expand a thousandfold (1 MB of .tar.gz held 1 GiB of zeros). Larger members are not read.
+MAX_MEMBER_BYTES = 1 << 30
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as it skips them
+
+
+def _tar_members(stream: "_Watched", url: str, handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """webdataset's ``tar_file_expander`` over one shard (its members as ``{"fname", "data", "__url__"}``,
+    its errors to ``handler`` as it gives them), but a member claiming more than
+    :data:`MAX_MEMBER_BYTES` is refused from its header (ValueError to ``handler``) before any of it is
+    read into memory."""
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for info in tar:
+            name = info.name
+            try:
+                if not info.isreg() or name is None or _META_MEMBER.match(name):
+                    continue
+                if "/" not in name and name.startswith("__") and name.endswith("__"):
+                    continue
+                if info.size > MAX_MEMBER_BYTES:
+                    raise ValueError(
+                        f"member {name!r} holds {info.size} bytes, more than {MAX_MEMBER_BYTES} (MAX_MEMBER_BYTES: a "
+                        "member is read whole into memory); it is not read"
+                    )
+                data = tar.extractfile(info).read()
+                yield {"fname": name, "data": data, "__url__": url}
+                tar.members = []  # (stream mode keeps every member's header otherwise)
+            except Exception as error:
+                if error.args:
+                    error.args = (f"{error.args[0]} @ {stream}",) + error.args[1:]
+                if not handler(error):
+                    return
+    except Exception as error:  # opening the shard, or reading a header
+        error.args = error.args + (stream, url)
+        handler(error)
 
 
 def _text_of(members: dict, text_extensions: tuple, json_text_key: Optional[str]) -> tuple:
