@@ -252,6 +252,11 @@ def test_metadata_pointing_at_data_outside_the_checkpoint_is_refused_even_with_a
     (other / ".metadata").write_bytes(pickle.dumps(metadata))
     with pytest.raises(CheckpointIntegrityError, match=r"expected a non-negative int offset and length"):
         read_dcp_metadata(other)
+    info = next(iter(metadata.storage_data.values()))
+    info.offset, info.transform_descriptors = 0, ["zstandard/1"]  # (decompressed past any check of the bytes)
+    (other / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointIntegrityError, match=r"stored as written .* got \['zstandard/1'\]"):
+        read_dcp_metadata(other)
 
 
 def _zip_bomb(value: object) -> bytes:

@@ -107,7 +107,8 @@ def read_dcp_metadata(path: Union[str, os.PathLike]) -> Metadata:
 def _check_storage_data(path: Union[str, os.PathLike], metadata: Metadata) -> None:
     """CheckpointIntegrityError unless every place the metadata reads data from is a file in the
     checkpoint directory (DCP joins the directory and the name: an absolute name, or one with ``..``,
-    would read another checkpoint's tensors, outside the manifest) at a non-negative offset and length."""
+    would read another checkpoint's tensors, outside the manifest) at a non-negative offset and length,
+    stored without DCP's stream transforms (e.g. zstd compression: a decompression bomb)."""
     storage = metadata.storage_data
     if storage is None:
         return
@@ -123,6 +124,11 @@ def _check_storage_data(path: Union[str, os.PathLike], metadata: Metadata) -> No
         if not all(type(value) is int and value >= 0 for value in (offset, length)):
             raise CheckpointIntegrityError(
                 f"{path}/.metadata: expected a non-negative int offset and length for {name}, got {offset!r}, {length!r}"
+            )
+        if getattr(info, "transform_descriptors", None):  # (a decompressor's output is past any check of the bytes)
+            raise CheckpointIntegrityError(
+                f"{path}/.metadata: expected entries stored as written (checkpoints here are saved without DCP's "
+                f"stream transforms), got {info.transform_descriptors!r:.80} for data in {name}"
             )
 
 
