@@ -8,12 +8,15 @@ file never blocks a later run. Forked children (data-loader workers) close their
 once, so a killed run's orphaned workers, still shutting down, do not hold the directory.
 """
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 import socket
 from typing import Optional, Union
 import weakref
+
+from torchflava.utils.checkpoint import check_regular_file
 
 LOCK_NAME = ".run.lock"
 
@@ -45,6 +48,8 @@ class RunLock:
 
     Raises:
         RunDirectoryInUse: from :meth:`acquire`, if another process holds the directory.
+        ValueError: from :meth:`acquire`, if ``.run.lock`` is a symbolic link or no regular file (the
+            lock file is emptied and written: a link would have it truncate the file it points at).
     """
 
     def __init__(self, directory: Union[str, os.PathLike]) -> None:
@@ -57,7 +62,19 @@ class RunLock:
         if self._fd is not None:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # (never through a link: the file is truncated and written below)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise ValueError(
+                f"{self.path} is a symbolic link, not a regular file: expected the run's own lock file (remove the link)"
+            ) from None
+        try:
+            check_regular_file(self.path, "the run's own lock file")
+        except ValueError:
+            os.close(fd)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
