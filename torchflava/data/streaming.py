@@ -49,7 +49,6 @@ the stream read empty in epochs in a row).
 """
 
 from dataclasses import dataclass
-import glob
 import io
 import itertools
 import os
@@ -64,7 +63,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.mixing import MixedBatches, SkippedSample, item_seed
-from torchflava.data.readers import check_extensions, check_max_pixels, read_image, text_member
+from torchflava.data.readers import check_extensions, check_max_pixels, glob_files, read_image, text_member
 from torchflava.data.samples import BadSample, Sample
 
 # Opened with fsspec; every other scheme (none: a local path; file:, pipe:, http:, https:, ...) with
@@ -108,7 +107,7 @@ def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
         if url_scheme(url):
             urls.append(url)
         elif any(char in url for char in "*?["):
-            matches = sorted(path for path in glob.glob(url, recursive=True) if os.path.isfile(path))
+            matches = glob_files(url)  # (each real folder once: a linked folder's loop ends)
             if not matches:
                 raise FileNotFoundError(f"shards: no file matches {url!r}")
             urls.extend(matches)
