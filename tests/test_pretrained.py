@@ -323,3 +323,11 @@ def test_the_crop_rounding_survives_a_saved_preprocessor_config(tmp_path, real_p
         config = json.loads((tmp_path / "export" / "preprocessor_config.json").read_text())
         (tmp_path / "export" / "preprocessor_config.json").write_text(json.dumps({**config, "crop_rounding": "up"}))
         checkpoint_image_transform(tmp_path / "export", image_size=224)
+
+
+def test_a_preprocessor_config_nested_too_deeply_is_a_value_error_naming_it(tmp_path):
+    from torchflava import pretrained
+
+    (tmp_path / "preprocessor_config.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    with pytest.raises(ValueError, match="preprocessor_config.json: .* is not JSON"):
+        pretrained._json_object(tmp_path / "preprocessor_config.json")

@@ -417,7 +417,7 @@ def _json_object(path: Path) -> object:
     check_regular_file(path, f"a JSON {path.name}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # (nested too deeply)
         raise ValueError(f"{path.name}: {path} is not JSON ({error})") from None
 
 

@@ -649,3 +649,21 @@ def test_clean_up_setting_errors(hf_directory, tmp_path):
         CLIPTokenizer.from_bpe(BPE, clean_up_tokenization_spaces=1)
     cleaned = CLIPTokenizer.from_bpe(BPE, clean_up_tokenization_spaces=True)
     assert cleaned.decode(cleaned(["Hello , world !"])[0][0]) == "hello, world!"
+
+
+def test_a_gzip_bomb_merges_file_is_read_only_as_far_as_its_merges_go(tmp_path):
+    import tracemalloc
+
+    bomb = tmp_path / "bpe.txt.gz"
+    bomb.write_bytes(gzip.compress(b"#version: 0.2\n" + b"a" * (64 << 20), compresslevel=9))  # ~64 KB
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"expected at least 1 merges in .*bpe.txt.gz, got 0"):
+            CLIPTokenizer.from_bpe(bomb, vocab_size=515)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # (the whole file was decompressed: 64 MiB)
+    bomb.write_bytes(gzip.compress(b"#version: 0.2\n" + b"a" * (1 << 20) + b"\n"))  # a line within what is read
+    with pytest.raises(ValueError, match=r"line 2 of .* got 'a{200}'... \(1048576 characters\)$"):
+        CLIPTokenizer.from_bpe(bomb)  # (the whole line was the message)

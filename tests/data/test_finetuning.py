@@ -328,3 +328,12 @@ def test_glue_tsv_rows_of_another_width_are_unusable_items_naming_their_line(tmp
     path.write_text(header + "1\t2\n")
     fault = unusable_start(GlueTsv(path, ["question1", "question2"], "is_duplicate", ["0", "1"]))
     assert fault.startswith("none of its 1 items reads; the first: sample 0: ") and fault.endswith("got 2")
+
+
+def test_a_line_nested_too_deeply_is_refused_naming_it(tmp_path):
+    from torchflava.data.finetuning import ImageTextLabels
+
+    path = tmp_path / "vqa.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # json.loads: RecursionError
+    with pytest.raises(ValueError, match=r"vqa.jsonl line 1: needs 'image' and 'text' \(maximum recursion depth"):
+        ImageTextLabels(tmp_path, path, ["yes", "no"])

@@ -814,3 +814,62 @@ def test_a_corpus_that_is_not_utf8_text_is_refused_naming_it(tmp_path, content, 
     (tmp_path / "corpus.txt").write_bytes(b"\xe9t\xe9\n\xff\n")  # latin-1 only: no line of UTF-8
     with pytest.raises(ValueError, match=r"holds no line of it"):
         TextCorpus(tmp_path / "corpus.txt")
+
+
+def _shard_with_a_member_claiming(path: Path, size: int) -> None:
+    """A shard whose sample ``big`` has a text member and an image member whose (GNU base-256)
+    header claims ``size`` bytes, with one PNG's worth of data after it."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("big.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+        info = tarfile.TarInfo("big.png")
+        info.size = size
+        tar.fileobj.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        tar.fileobj.write(png_bytes().ljust(512, b"\0"))
+
+
+@pytest.mark.parametrize("size", [2**40, 2**80])
+def test_a_member_claiming_more_than_the_shard_holds_is_a_truncated_bad_sample(tmp_path, size):
+    _shard_with_a_member_claiming(tmp_path / "a.tar", size)
+    with pytest.warns(UserWarning, match="a.tar is truncated: the file ends at byte .* inside the data of member"):
+        shards = TarShards(tmp_path / "a.tar")  # (2**80: tarfile's seek raised a bare ValueError)
+    with pytest.raises(BadSample, match=rf"a.tar:big: image member truncated \(\d+ of {size} bytes\)"):
+        shards[0]  # (read() allocated the claimed size first: MemoryError)
+
+
+def test_shard_globs_end_at_linked_folder_loops(tmp_path):
+    import glob
+    import signal
+
+    from torchflava.data.readers import glob_files
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ["x.tar", "a/x.tar", "a/b/x.tar", "a/.hidden.tar"]:
+        (tmp_path / name).write_bytes(b"")
+    loop_free = [glob_files(str(tmp_path / pattern)) for pattern in ("**/*.tar", "a/**", "*/**/x.tar", "**/b/*")]
+    assert loop_free == [
+        sorted(p for p in glob.glob(str(tmp_path / pattern), recursive=True) if os.path.isfile(p))
+        for pattern in ("**/*.tar", "a/**", "*/**/x.tar", "**/b/*")
+    ]
+    (tmp_path / "a" / "up").symlink_to("..")  # glob: each shard 41 times; with a second link, 2**40 paths
+    (tmp_path / "a" / "up2").symlink_to("..")
+
+    class TooLong(BaseException):
+        pass
+
+    def too_long(*args):
+        raise TooLong("still globbing after 20 s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(20)
+    try:
+        from torchflava.data.readers import _shard_paths
+        from torchflava.data.streaming import expand_shards
+
+        indexed = _shard_paths(str(tmp_path / "**" / "*.tar"))  # TarShards' shards
+        streamed = expand_shards(str(tmp_path / "**" / "*.tar"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert indexed == streamed == loop_free[0]

@@ -27,6 +27,7 @@ from torchflava.data.streaming import (
     StreamingBatches,
     broken_stream_reason,
     expand_shards,
+    raw_samples,
     url_scheme,
 )
 
@@ -436,3 +437,63 @@ def test_a_slot_whose_shards_of_an_epoch_are_all_empty_goes_on_to_its_next_epoch
             items(data, 1)
     unshuffled = stream(urls, batch_size=1, shuffle_buffer=0, rank=1, world_size=2)  # always shards 1 and 3
     assert unshuffled.unusable_start().startswith("slot 1's shards gave no sample")
+
+
+@pytest.mark.parametrize("size", [2**40, 2**80])
+def test_a_member_claiming_more_than_the_shard_holds_ends_the_shard_at_once(tmp_path, size):
+    import signal
+    import tarfile
+
+    with tarfile.open(tmp_path / "a.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("ok.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+        info = tarfile.TarInfo("big.png")
+        info.size = size  # (base-256 in the header)
+        tar.fileobj.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        tar.fileobj.write(png(0).ljust(512, b"\0"))
+
+    class TooLong(BaseException):  # (webdataset's handler takes every Exception for a shard's error)
+        pass
+
+    def too_long(*args):
+        raise TooLong("still reading the shard after 20 s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(20)  # tarfile skipped the member by reading it block by block past the end: hours, or forever
+    try:
+        errors = []
+        samples = list(raw_samples(str(tmp_path / "a.tar"), errors))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [sample["__key__"] for sample in samples] == ["ok"] and "__cut__" in samples[0]
+    assert len(errors) == 1 and errors[0][:2] == (str(tmp_path / "a.tar"), 0)
+
+
+def test_a_member_larger_than_max_member_bytes_is_not_read_into_memory(tmp_path, monkeypatch):
+    import tarfile
+
+    import torchflava.data.streaming as streaming
+
+    monkeypatch.setattr(streaming, "MAX_MEMBER_BYTES", 1 << 20)
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as tar:  # ~8 KB: a gzip bomb in small
+        for name, data in [
+            ("a.png", png(0)),
+            ("a.txt", b"x"),
+            ("b.png", bytes(8 << 20)),
+            ("b.txt", b"y"),
+            ("c.txt", b"z"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    errors = []
+    samples = list(raw_samples(str(tmp_path / "a.tar.gz"), errors))
+    assert [sorted(sample) for sample in samples] == [
+        ["__key__", "__url__", "png", "txt"],
+        ["__key__", "__url__", "txt"],  # its png is not read: the sample has no image
+        ["__key__", "__url__", "txt"],
+    ]
+    assert len(errors) == 1
+    assert str(errors[0][2]).startswith("member 'b.png' holds 8388608 bytes, more than 1048576 (MAX_MEMBER_BYTES")

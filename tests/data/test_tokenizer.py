@@ -669,3 +669,18 @@ def test_a_tokenizer_file_that_is_no_regular_file_is_refused_not_passed_over(tmp
                 WordPieceTokenizer.from_directory(given)
         fifo.unlink()
     assert WordPieceTokenizer.from_directory(given).vocab_size == len(VOCAB)  # both absent: vocab.txt, defaults
+
+
+def test_json_nested_too_deeply_or_added_tokens_of_the_wrong_type_are_value_errors_naming_the_file(tmp_path):
+    from torchflava.data.tokenizer import refuse_added_tokens
+
+    (tmp_path / "tokenizer.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    with pytest.raises(ValueError, match="tokenizer.json is not a tokenizer.json object"):
+        WordPieceTokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="tokenizer_config.json: .*tokenizer_config.json is not JSON"):
+        read_tokenizer_config(tmp_path / "tokenizer_config.json")
+    (tmp_path / "tokenizer_config.json").unlink()
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": 5}))  # (iterating it: TypeError)
+    with pytest.raises(ValueError, match="tokenizer.json: .*tokenizer.json added_tokens must be a list, got int"):
+        refuse_added_tokens(tmp_path)

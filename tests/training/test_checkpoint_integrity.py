@@ -109,6 +109,7 @@ def test_a_marker_rewritten_to_another_world_size_is_caught(tmp_path, digest):
         ('{"step": 2, "files": {}}', "with a digest manifest"),  # no world size
         ('{"step": 2, "world_size": "2", "files": {}}', "with a digest manifest"),
         ('{"step": 2, "world_size": 0, "files": {}}', "with a digest manifest"),
+        ("[" * 100_000 + "]" * 100_000, "is unreadable (RecursionError)"),  # nested too deeply for json
     ],
 )
 def test_unreadable_or_old_markers_are_refused_in_one_line(tmp_path, content, reason):
@@ -237,3 +238,96 @@ def test_sharded_fsdp_checkpoints_verify_and_load_through_the_allow_list(tmp_pat
     CheckpointManager(root).load(saved, model, optimizer)
     reference, _ = build(0)
     assert not torch.equal(model[0].weight, reference[0].weight)  # trained one step further than build(0)
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent"])
+def test_metadata_pointing_at_data_outside_the_checkpoint_is_refused_even_with_a_forged_manifest(tmp_path, where):
+    manager, _, newer = saved_pair(tmp_path)
+    model, optimizer = build(5)
+    other = CheckpointManager(tmp_path / "other").save(2, model, optimizer, {"step": 2})
+    metadata = read_dcp_metadata(newer)
+    for info in metadata.storage_data.values():  # DCP joins the directory and this name
+        info.relative_path = (
+            str(other / info.relative_path) if where == "absolute" else f"../../other/{other.name}/{info.relative_path}"
+        )
+    (newer / ".metadata").write_bytes(pickle.dumps(metadata))
+    write_marker(newer, 2, 1)
+    assert damage(newer) is None  # the manifest lists the files in the directory alone
+    with pytest.raises(CheckpointIntegrityError, match=r"expected tensor data in files of the checkpoint directory"):
+        manager.load(newer, *build(1))  # (it loaded the other run's weights)
+    metadata = read_dcp_metadata(other)
+    next(iter(metadata.storage_data.values())).offset = -8
+    (other / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointIntegrityError, match=r"expected a non-negative int offset and length"):
+        read_dcp_metadata(other)
+    info = next(iter(metadata.storage_data.values()))
+    info.offset, info.transform_descriptors = 0, ["zstandard/1"]  # (decompressed past any check of the bytes)
+    (other / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointIntegrityError, match=r"stored as written .* got \['zstandard/1'\]"):
+        read_dcp_metadata(other)
+
+
+def _zip_bomb(value: object) -> bytes:
+    """``torch.save(value)`` with its first storage replaced by 64 MiB of zeros, deflated (~64 KB)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    entries[next(name for name in entries if name.endswith("data/0"))] = bytes(64 << 20)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return out.getvalue()
+
+
+def test_a_zip_bomb_in_a_shard_or_a_rank_file_is_refused_before_torch_load_allocates_it(tmp_path):
+    manager, _, newer = saved_pair(tmp_path)
+    (newer / "rank0.pt").write_bytes(_zip_bomb({"step": 2, "t": torch.zeros(4)}))
+    write_marker(newer, 2, 1)
+    with pytest.raises(CheckpointIntegrityError, match=r"rank0.pt: expected a torch checkpoint .* expand to \d+ bytes"):
+        manager.load(newer, *build(1))
+    metadata = read_dcp_metadata(newer)
+    index, info = next((i, s) for i, s in metadata.storage_data.items() if i.fqn == "model.0.weight")
+    shard = newer / info.relative_path
+    info.offset, bomb = shard.stat().st_size, _zip_bomb(torch.zeros(8, 4))
+    info.length = len(bomb)
+    shard.write_bytes(shard.read_bytes() + bomb)
+    (newer / ".metadata").write_bytes(pickle.dumps(metadata))
+    (newer / "rank0.pt").write_bytes(pickle.dumps({"step": 2}))
+    write_marker(newer, 2, 1)
+    with pytest.raises(
+        CheckpointIntegrityError, match=r"__0_0.distcp: expected a torch checkpoint .* \(the entry at byte"
+    ):
+        manager.load(newer, *build(1))
+
+
+def _forge_manifest(checkpoint, name, entry) -> None:
+    """Add ``name: entry`` to the checkpoint's manifest, its marker digest made to match."""
+    from torchflava.training.integrity import _marker_digest
+
+    marker = json.loads((checkpoint / "COMPLETE").read_text())
+    marker["files"][name] = entry
+    marker.pop("sha256")
+    marker["sha256"] = _marker_digest(marker)
+    (checkpoint / "COMPLETE").write_text(json.dumps(marker))
+
+
+@pytest.mark.parametrize(
+    "name, entry, reason",
+    [
+        ("/proc/self/mem", {"bytes": 0, "sha256": "0"}, "lists '/proc/self/mem', not a file of the checkpoint"),
+        ("../../x", {"bytes": 0, "sha256": "0"}, "lists '../../x', not a file of the checkpoint directory"),
+        ("link", {"bytes": 0, "sha256": "0"}, "file link cannot be read (OSError"),  # (a link to /proc/self/mem)
+        ("rank0.pt", [1, 2], "lists file rank0.pt with [1, 2], not its bytes and SHA-256"),
+    ],
+)
+def test_a_manifest_naming_files_outside_or_unreadable_gives_a_reason_not_an_error(tmp_path, name, entry, reason):
+    manager, older, newer = saved_pair(tmp_path)
+    (newer / "link").symlink_to("/proc/self/mem")  # a regular file of 0 bytes whose read fails (EIO)
+    _forge_manifest(newer, name, entry)
+    assert reason in damage(newer)  # (an OSError or AttributeError came out of damage, and out of the resume)
+    assert manager.latest_intact()[0] == older

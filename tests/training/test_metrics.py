@@ -106,3 +106,9 @@ def test_dropped_records_are_set_aside_in_a_new_file(tmp_path):
         "metrics.jsonl",
         "metrics.jsonl.1",
     ]
+
+
+def test_a_line_nested_too_deeply_is_ignored_as_other_unreadable_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert read_metrics(path) == [{"step": 1, "loss": 2.0}]  # (json.loads raised RecursionError)

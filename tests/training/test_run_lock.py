@@ -143,3 +143,17 @@ def test_a_run_that_locks_a_file_a_tidy_holder_removed_locks_anew(tmp_path, monk
             RunLock(tmp_path / "run").acquire()
     finally:
         second.release()
+
+
+def test_a_lock_file_that_is_a_link_or_a_fifo_is_refused_and_nothing_it_points_at_is_written(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".run.lock").symlink_to(victim)  # (the lock truncated and wrote the file it points at)
+    with pytest.raises(ValueError, match=r"run/.run.lock is a symbolic link, not a regular file: expected the run's"):
+        RunLock(tmp_path / "run").acquire()
+    assert victim.read_text() == "precious"
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / ".run.lock")  # (ftruncate raised a bare OSError: Invalid argument)
+    with pytest.raises(ValueError, match=r"fifo/.run.lock is a FIFO \(named pipe\), not a regular file"):
+        RunLock(tmp_path / "fifo").acquire()

@@ -868,3 +868,62 @@ def test_peek_reads_the_data_of_one_element_tensors_only_when_asked(tmp_path, sa
     peeked = peek_state_dict(tmp_path / "f", scalars=True)
     assert peeked["w"].is_meta and peeked["w"].shape == (3, 2)
     assert peeked["size"].item() == 224 and peeked["scale"].tolist() == [2.5] and not peeked["size"].is_meta
+
+
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+def test_an_index_and_its_shards_must_agree_on_every_tensor(tmp_path, read):
+    save_file({"a": torch.ones(2)}, str(tmp_path / "s1.safetensors"))
+    save_file({"a": torch.full((2,), 7.0), "b": torch.ones(3)}, str(tmp_path / "s2.safetensors"))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
+    with pytest.raises(ValueError, match=r"expected each tensor in one shard, got 'a' in both s1.safetensors and s2"):
+        read(tmp_path)  # (merging kept s2's 'a', silently, where the index names s1's)
+    index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "gone": "s1.safetensors"}}))
+    with pytest.raises(ValueError, match=r"weight_map puts 1 tensor\(s\) in s1.safetensors, which does not hold them"):
+        read(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors.index.json", "config.json"])
+def test_json_nested_too_deeply_is_a_value_error_naming_the_file(tmp_path, name):
+    (tmp_path / name).write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    read = load_state_dict if name.endswith("index.json") else checkpoint.read_json_object
+    with pytest.raises(ValueError, match=f"{name} is not (a )?JSON"):
+        read(tmp_path / name)
+
+
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+def test_a_zip_bomb_is_refused_before_torch_allocates_its_entries(tmp_path, read):
+    import zipfile
+
+    torch.save({"w": torch.zeros(4)}, tmp_path / "w.pt")
+    with zipfile.ZipFile(tmp_path / "w.pt") as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    data = next(name for name in entries if name.endswith("data/0"))
+    entries[data] = bytes(64 << 20)  # deflates to ~64 KB; torch.load would allocate all of it
+    with zipfile.ZipFile(tmp_path / "bomb.pt", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    with pytest.raises(ValueError, match=r"bomb.pt: expected a torch checkpoint .* entries expand to \d+ bytes from"):
+        read(tmp_path / "bomb.pt")
+
+
+def test_urls_hiding_control_characters_in_the_file_name_are_refused():
+    with pytest.raises(ValueError, match="must not hide control characters"):
+        load_state_dict("http://127.0.0.1:9/model%00.safetensors")
+
+
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+@pytest.mark.parametrize("kind", ["expanded", "many names"])
+def test_tensors_spanning_far_more_than_the_file_are_refused(tmp_path, read, kind):
+    base = torch.zeros(2**16)
+    if kind == "expanded":  # 1.6 KB on disk, 1 GiB to scan (the finiteness check) or copy
+        state = {"w": torch.zeros(1).expand(2**14, 2**14)}
+    else:  # one 256 KiB storage under 64 names: each would be copied (tied tensors become copies)
+        state = {f"w{i}": base for i in range(64)}
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"w.pt: expected tensors the file holds, got \d+ bytes of tensors from a"):
+        read(tmp_path / "w.pt")
+    # Hugging Face's position_ids (stride 0 on a dim of size 1: nothing repeated) and tied weights still load
+    ok = {"position_ids": torch.arange(64).expand(1, -1), "tied.a": base, "tied.b": base}
+    torch.save(ok, tmp_path / "ok.pt")
+    assert {key: value.shape for key, value in read(tmp_path / "ok.pt").items()} == {k: v.shape for k, v in ok.items()}

@@ -63,6 +63,7 @@ PathLike = Union[str, os.PathLike]
 START, END = "<|startoftext|>", "<|endoftext|>"
 CLIP_VOCAB_SIZE = 49408  # 256 bytes, each also with </w>, 48894 merges, the two special tokens
 CLIP_CONTEXT_LENGTH = 77
+_MERGE_LINE_BYTES = 256  # most bytes read per merge line wanted from a merges file (its lines are ~10)
 # Contractions, letter runs, single digits, runs of other non-space symbols (CLIP's word split).
 _WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 # open_clip's word split, which matches case-insensitively (its text is lower-cased first): there "'\u017f"
@@ -345,12 +346,20 @@ class CLIPTokenizer:
             raise FileNotFoundError(f"path: expected a CLIP merges file, {path} is not a file")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 515:
             raise ValueError(f"vocab_size must be an int >= 515, got {vocab_size!r}")
+        wanted = vocab_size - 514
+        # Only the lines used are read, _MERGE_LINE_BYTES a line on average: a gzip bomb (1000 times its
+        # size) or a file without newlines cannot take more memory than the merges it should hold.
+        limit = (wanted + 1) * _MERGE_LINE_BYTES
         try:
-            raw = path.read_bytes()
-            text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+            with open(path, "rb") as file:
+                compressed = file.read(2) == b"\x1f\x8b"
+            with (gzip.open if compressed else open)(path, "rb") as file:
+                raw = file.read(limit + 1)
+            if len(raw) > limit:  # (the cut may fall inside a line, even inside a character: drop that line)
+                raw = raw[: raw.rfind(b"\n") + 1]
+            text = raw.decode("utf-8")
         except (OSError, EOFError, UnicodeDecodeError) as error:
             raise ValueError(f"path: {path} is not a (gzipped) UTF-8 merges file ({error})") from None
-        wanted = vocab_size - 514
         merges = _merge_pairs(text.split("\n")[1 : wanted + 1], path)
         if len(merges) < wanted:
             raise ValueError(f"path: expected at least {wanted} merges in {path}, got {len(merges)}")
@@ -519,7 +528,8 @@ def _merge_pairs(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:
             break
         parts = line.split(" ")
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"merges: line {number} of {path} must be two pieces separated by a space, got {line!r}")
+            got = repr(line) if len(line) <= 200 else f"{line[:200]!r}... ({len(line)} characters)"  # (one line)
+            raise ValueError(f"merges: line {number} of {path} must be two pieces separated by a space, got {got}")
         pairs.append((parts[0], parts[1]))
     return pairs
 

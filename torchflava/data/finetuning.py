@@ -247,7 +247,7 @@ class ImageTextLabels(Dataset):
             try:
                 record = json.loads(line)
                 image, text = record["image"], record["text"]
-            except (ValueError, KeyError, TypeError) as error:
+            except (ValueError, KeyError, TypeError, RecursionError) as error:  # (RecursionError: nested too deeply)
                 raise ValueError(f"{where}: needs 'image' and 'text' ({error})") from None
             if not isinstance(image, str) or not image:
                 raise ValueError(f"{where}: 'image' must be a path relative to root, got {image!r}")

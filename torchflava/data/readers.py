@@ -10,6 +10,7 @@ files per read, so they pickle into ``DataLoader`` workers. Image decoding is
 """
 
 from collections.abc import Iterable, Iterator
+import fnmatch
 import glob
 import io
 import json
@@ -447,6 +448,47 @@ class _TarSample(NamedTuple):
     text_is_json: bool
 
 
+def glob_files(pattern: str) -> list[str]:
+    """The regular files matching ``pattern``, sorted: ``glob.glob(pattern, recursive=True)``'s, but under
+    ``**`` each real folder is searched once, so that a linked folder leading back up (a loop) ends
+    (glob followed it 40 levels deep: the same shard 41 times, and with two such links 2**40 paths, a
+    hang). Several links to one folder give its files once, under the first path walked."""
+    if "**" not in pattern:
+        return sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
+    parts = pattern.split("/")
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = "/".join(parts[:first]) or ("/" if pattern.startswith("/") else ".")
+    found, seen = [], set()
+    for directory, subfolders, names in os.walk(base, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders.sort()  # (walked in name order: which of two links to a folder names it does not vary)
+        relative = os.path.relpath(directory, base)
+        where = [] if relative == "." else relative.split(os.sep)
+        for name in names:
+            path = os.path.join(directory, name)
+            if _glob_match(where + [name], parts[first:]) and os.path.isfile(path):
+                found.append(path[2:] if base == "." else path)  # (glob gives "a/x.tar", not "./a/x.tar")
+    return sorted(found)
+
+
+def _glob_match(names: list[str], pattern: list[str]) -> bool:
+    """Whether path components ``names`` match glob components ``pattern`` as glob matches them (``**``:
+    any number of folders; a wildcard matches no name starting with a dot)."""
+    if not pattern:
+        return not names
+    if pattern[0] == "**":
+        return _glob_match(names, pattern[1:]) or (
+            bool(names) and not names[0].startswith(".") and _glob_match(names[1:], pattern)
+        )
+    if not names or (names[0].startswith(".") and glob.has_magic(pattern[0]) and not pattern[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], pattern[0]) and _glob_match(names[1:], pattern[1:])
+
+
 def _shard_paths(shards: object) -> list[str]:
     """Resolve a path, glob pattern or iterable of paths to the sorted absolute paths of the files."""
     if isinstance(shards, (str, os.PathLike)):
@@ -454,7 +496,7 @@ def _shard_paths(shards: object) -> list[str]:
         if os.path.isfile(pattern):
             paths = [pattern]
         elif any(char in pattern for char in "*?["):
-            paths = [path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path)]
+            paths = glob_files(pattern)
         else:
             paths = []
         if not paths:
@@ -531,7 +573,8 @@ def _scan_shard(
             while True:
                 try:
                     following = tar.next()
-                except tarfile.ReadError as error:  # a member's data or a later header is cut
+                except (tarfile.ReadError, ValueError, OverflowError) as error:  # a member's data or a later header
+                    # is cut (ValueError: a member claiming more bytes than a seek can reach, 2**80 in base-256)
                     if member is not None and tar.offset > size:  # the next header would start past the end
                         where = "data" if member.offset_data + member.size > size else "padding"
                         reason = f"the file ends at byte {size}, inside the {where} of member {member.name!r}"
@@ -702,8 +745,14 @@ class TarShards(Dataset):
         data = {}
         try:
             with open(self._paths[sample.shard], "rb") as file:
+                length = os.fstat(file.fileno()).st_size
                 for name in self._require:
                     offset, size = getattr(sample, name)
+                    if (
+                        offset + size > length
+                    ):  # a header claiming more than the file holds: read() would allocate it all
+                        got = max(0, length - offset)
+                        raise BadSample(index, f"{where}: {name} member truncated ({got} of {size} bytes)")
                     file.seek(offset)
                     data[name] = file.read(size)
                     if len(data[name]) != size:

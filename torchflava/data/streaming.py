@@ -49,7 +49,6 @@ the stream read empty in epochs in a row).
 """
 
 from dataclasses import dataclass
-import glob
 import io
 import itertools
 import os
@@ -64,7 +63,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.mixing import MixedBatches, SkippedSample, item_seed
-from torchflava.data.readers import check_extensions, check_max_pixels, read_image, text_member
+from torchflava.data.readers import check_extensions, check_max_pixels, glob_files, read_image, text_member
 from torchflava.data.samples import BadSample, Sample
 
 # Opened with fsspec; every other scheme (none: a local path; file:, pipe:, http:, https:, ...) with
@@ -108,7 +107,7 @@ def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
         if url_scheme(url):
             urls.append(url)
         elif any(char in url for char in "*?["):
-            matches = sorted(path for path in glob.glob(url, recursive=True) if os.path.isfile(path))
+            matches = glob_files(url)  # (each real folder once: a linked folder's loop ends)
             if not matches:
                 raise FileNotFoundError(f"shards: no file matches {url!r}")
             urls.extend(matches)
@@ -148,12 +147,19 @@ class _Watched:
 
     def __init__(self, stream, url: str) -> None:
         self.stream, self.url, self.head, self.tail = stream, url, b"", b""
+        self.reads_at_end = 0
 
     def __str__(self) -> str:  # webdataset names the stream in its errors
         return self.url
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
+        if not data and size != 0:
+            # tarfile skips a member by reading its claimed size block by block, on past the end: a header
+            # claiming 2**40 bytes (or 2**80: base-256 sizes) kept it reading nothing for hours
+            self.reads_at_end += 1
+            if self.reads_at_end > _READS_AT_END:
+                raise EOFError("the shard ends before the data its last member header claims")
         if len(self.head) < _HEAD:
             self.head = (self.head + data)[:_HEAD]
         self.tail = (self.tail + data)[-2 * _BLOCK :]
@@ -178,6 +184,7 @@ def _compressed(head: bytes) -> bool:
 
 _BLOCK = 512  # tar's block; an archive ends with two zero blocks
 _HEAD = 10  # bytes of a shard's start that tell a compressed one
+_READS_AT_END = 64  # reads past a shard's end before it counts as cut short (tarfile reads a few there)
 
 
 def _grouped(files: Iterator[dict]) -> Iterator[dict]:
@@ -218,14 +225,12 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     Yields:
         dict: ``{"__key__": key, "<extension>": bytes, ...}`` per sample.
     """
-    from webdataset.tariterators import tar_file_expander
-
     given, failed = 0, []
 
     def keep_going(error: Exception) -> bool:
         if not failed:
-            failed.append(error)
             errors.append((url, given, error))
+        failed.append(error)  # (a refused member may come before the break: each is looked at)
         return True
 
     try:
@@ -234,7 +239,7 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
         keep_going(error)
         return
     try:
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=keep_going, eof_value=None)
+        files = _tar_members(stream, url, keep_going)
         previous = None
         for sample in _grouped(files):
             if previous is not None:
@@ -243,7 +248,9 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
             previous = sample
         if not failed and stream.cut_short():
             keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
-        if previous is not None and failed and isinstance(failed[0], (tarfile.TarError, EOFError, OSError, zlib.error)):
+        if previous is not None and any(
+            isinstance(e, (tarfile.TarError, EOFError, OSError, zlib.error)) for e in failed
+        ):
             # the stream broke off (a cut file or download, a failed command): the last sample may be partial
             previous = {"__key__": previous["__key__"], "__cut__": "the shard breaks off in or after this sample"}
         if previous is not None:
@@ -253,6 +260,44 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
             stream.stream.close()
         except Exception as error:  # a command that exits with an error status (pipe:, curl)
             keep_going(error)
+
+
+# Most bytes a tar member may hold: each is read whole into memory, and a compressed shard's member
+# may expand a thousandfold (1 MB of .tar.gz held 1 GiB of zeros). Larger members are not read.
+MAX_MEMBER_BYTES = 1 << 30
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as it skips them
+
+
+def _tar_members(stream: "_Watched", url: str, handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """webdataset's ``tar_file_expander`` over one shard (its members as ``{"fname", "data", "__url__"}``,
+    its errors to ``handler`` as it gives them), but a member claiming more than
+    :data:`MAX_MEMBER_BYTES` is refused from its header (ValueError to ``handler``) before any of it is
+    read into memory."""
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for info in tar:
+            name = info.name
+            try:
+                if not info.isreg() or name is None or _META_MEMBER.match(name):
+                    continue
+                if "/" not in name and name.startswith("__") and name.endswith("__"):
+                    continue
+                if info.size > MAX_MEMBER_BYTES:
+                    raise ValueError(
+                        f"member {name!r} holds {info.size} bytes, more than {MAX_MEMBER_BYTES} (MAX_MEMBER_BYTES: a "
+                        "member is read whole into memory); it is not read"
+                    )
+                data = tar.extractfile(info).read()
+                yield {"fname": name, "data": data, "__url__": url}
+                tar.members = []  # (stream mode keeps every member's header otherwise)
+            except Exception as error:
+                if error.args:
+                    error.args = (f"{error.args[0]} @ {stream}",) + error.args[1:]
+                if not handler(error):
+                    return
+    except Exception as error:  # opening the shard, or reading a header
+        error.args = error.args + (stream, url)
+        handler(error)
 
 
 def _text_of(members: dict, text_extensions: tuple, json_text_key: Optional[str]) -> tuple:

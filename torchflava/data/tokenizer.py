@@ -233,7 +233,7 @@ class WordPieceTokenizer:
             raise FileNotFoundError(f"path: no tokenizer.json at {path}")
         try:
             model = json.loads(path.read_text(encoding="utf-8")).get("model")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError) as error:  # (too deep)
             raise ValueError(f"path: {path} is not a tokenizer.json object ({error})") from None
         if not isinstance(model, dict) or model.get("type") != "WordPiece":
             found = model.get("type") if isinstance(model, dict) else model
@@ -420,15 +420,17 @@ def refuse_added_tokens(
     if present_file(path, "a tokenizer file"):
         try:
             entries = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError):
             entries = []  # from_tokenizer_json names the file's own fault
+        if not isinstance(entries, list):  # (an int was iterated: TypeError)
+            raise ValueError(f"{path.name}: {path} added_tokens must be a list, got {type(entries).__name__}")
         found[path] = [e.get("content") for e in entries if isinstance(e, dict)]
     for name, key in (("added_tokens.json", None), (TOKENIZER_CONFIG, "added_tokens_decoder")):
         path = directory / name
         if present_file(path, "a tokenizer config file"):
             try:
                 config = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 continue  # read_tokenizer_config names a malformed tokenizer_config.json
             entries = config.get(key) if key and isinstance(config, dict) else config
             if isinstance(entries, dict):
@@ -628,7 +630,7 @@ def read_tokenizer_config(path: Union[str, os.PathLike]) -> dict:
     if present_file(path, "a tokenizer config file"):
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # (nested too deeply)
             raise ValueError(f"{TOKENIZER_CONFIG}: {path} is not JSON ({error})") from None
         if not isinstance(config, dict):
             raise ValueError(f"{TOKENIZER_CONFIG}: {path} must hold a JSON object, got {type(config).__name__}")

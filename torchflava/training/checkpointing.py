@@ -44,7 +44,7 @@ from torchflava.training.integrity import (
     unwrap_checkpoint_error,
     write_marker,
 )
-from torchflava.utils.checkpoint import first_line, fsync_path, save_state_dict, unused_path
+from torchflava.utils.checkpoint import check_zip_expansion, first_line, fsync_path, save_state_dict, unused_path
 from torchflava.utils.checks import check_module
 
 _MARKER = MARKER
@@ -279,7 +279,14 @@ class CheckpointManager:
             if name.removeprefix("module.") in stateless:
                 optimizer.state.pop(param, None)
         local = path / f"rank{_rank()}.pt"
-        return torch.load(local, weights_only=True) if read_local and local.is_file() else {}
+        if not (read_local and local.is_file()):
+            return {}
+        with open(local, "rb") as file:
+            try:
+                check_zip_expansion(file, str(local))
+            except ValueError as error:
+                raise CheckpointIntegrityError(str(error)) from None
+        return torch.load(local, weights_only=True)
 
 
 def checkpoint_step(path: Union[str, os.PathLike]) -> int:

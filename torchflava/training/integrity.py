@@ -28,6 +28,8 @@ from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
+from torchflava.utils.checkpoint import check_zip_expansion
+
 MARKER = "COMPLETE"
 MANIFEST_FORMAT = 1
 
@@ -94,14 +96,52 @@ def read_dcp_metadata(path: Union[str, os.PathLike]) -> Metadata:
         except CheckpointIntegrityError:
             raise
         except Exception as error:  # truncated or garbled: every pickle error type
-            raise CheckpointIntegrityError(f"{path}/.metadata is not readable DCP metadata ({error})") from None
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # (a MemoryError has no text)
+            raise CheckpointIntegrityError(f"{path}/.metadata is not readable DCP metadata ({reason})") from None
     if not isinstance(metadata, Metadata):
         raise CheckpointIntegrityError(f"{path}/.metadata holds a {type(metadata).__name__}, not DCP metadata")
+    _check_storage_data(path, metadata)
     return metadata
 
 
+def _check_storage_data(path: Union[str, os.PathLike], metadata: Metadata) -> None:
+    """CheckpointIntegrityError unless every place the metadata reads data from is a file in the
+    checkpoint directory (DCP joins the directory and the name: an absolute name, or one with ``..``,
+    would read another checkpoint's tensors, outside the manifest) at a non-negative offset and length,
+    stored without DCP's stream transforms (e.g. zstd compression: a decompression bomb)."""
+    storage = metadata.storage_data
+    if storage is None:
+        return
+    if not isinstance(storage, dict):
+        raise CheckpointIntegrityError(f"{path}/.metadata: expected its storage_data to be a dict, got {storage!r:.80}")
+    for info in storage.values():
+        name, offset, length = (getattr(info, key, None) for key in ("relative_path", "offset", "length"))
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            raise CheckpointIntegrityError(
+                f"{path}/.metadata: expected tensor data in files of the checkpoint directory, got the path {name!r}; "
+                "refusing to read it"
+            )
+        if not all(type(value) is int and value >= 0 for value in (offset, length)):
+            raise CheckpointIntegrityError(
+                f"{path}/.metadata: expected a non-negative int offset and length for {name}, got {offset!r}, {length!r}"
+            )
+        if getattr(info, "transform_descriptors", None):  # (a decompressor's output is past any check of the bytes)
+            raise CheckpointIntegrityError(
+                f"{path}/.metadata: expected entries stored as written (checkpoints here are saved without DCP's "
+                f"stream transforms), got {info.transform_descriptors!r:.80} for data in {name}"
+            )
+
+
 class SafeFileSystemReader(dcp.FileSystemReader):
-    """DCP's file reader with the metadata unpickled through the allow-list."""
+    """DCP's file reader with the metadata unpickled through the allow-list, and each entry's data
+    checked before DCP's ``torch.load`` reads it (:func:`~torchflava.utils.checkpoint.check_zip_expansion`)."""
+
+    def _slice_file(self, file, sinfo):  # DCP's hook for the bytes of one entry: tensor or value
+        try:
+            check_zip_expansion(_Slice(file, sinfo.offset, sinfo.length), f"{self.path}/{sinfo.relative_path}")
+        except ValueError as error:
+            raise CheckpointIntegrityError(f"{error} (the entry at byte {sinfo.offset})") from None
+        return super()._slice_file(file, sinfo)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         metadata = read_dcp_metadata(self.path)
@@ -109,6 +149,39 @@ class SafeFileSystemReader(dcp.FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+class _Slice(io.RawIOBase):
+    """``length`` bytes of the seekable ``file`` from ``offset``, as a file of their own (DCP's view
+    seeks from the end the wrong way, and tells the underlying file's position)."""
+
+    def __init__(self, file, offset: int, length: int) -> None:
+        super().__init__()
+        self.file, self.offset, self.length, self.position = file, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        position = offset + {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
+        if position < 0:
+            raise OSError(f"cannot seek to {position}, before the start")
+        self.position = position
+        return position
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self.length - self.position))
+        self.file.seek(self.offset + self.position)
+        data = self.file.read(count)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):
@@ -179,7 +252,7 @@ def read_marker(path: Union[str, os.PathLike]) -> dict:
         marker = json.loads(marker_path.read_text())
     except FileNotFoundError:
         raise CheckpointIntegrityError(f"{path} is not a complete checkpoint (no {MARKER} file)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # (nested too deeply)
         raise CheckpointIntegrityError(f"{marker_path} is unreadable ({type(error).__name__})") from None
     counts_ok = isinstance(marker, dict) and all(
         type(marker.get(key)) is int and marker[key] >= minimum for key, minimum in (("step", 0), ("world_size", 1))
@@ -221,12 +294,20 @@ def damage(path: Union[str, os.PathLike]) -> Optional[str]:
     if ranks != sorted(f"rank{rank}.pt" for rank in range(marker["world_size"])):
         return f"its {MARKER} marker says {marker['world_size']} rank(s) wrote it, its files are {ranks}"
     for name, entry in files.items():
+        if not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"its {MARKER} marker lists {name!r}, not a file of the checkpoint directory"  # (as it writes them)
         file = path / name
         if not file.is_file():
             return f"file {name} is missing"
-        if not isinstance(entry, dict) or file.stat().st_size != entry.get("bytes"):
+        if not isinstance(entry, dict):
+            return f"its {MARKER} marker lists file {name} with {entry!r:.80}, not its bytes and SHA-256"
+        if file.stat().st_size != entry.get("bytes"):
             return f"file {name} has {file.stat().st_size} bytes, the manifest says {entry.get('bytes')}"
-        if file_digest(file) != entry.get("sha256"):
+        try:
+            digest = file_digest(file)
+        except OSError as error:  # (a link to a file that cannot be read: /proc/self/mem, no permission)
+            return f"file {name} cannot be read ({type(error).__name__}: {error})"
+        if digest != entry.get("sha256"):
             return f"file {name} does not match its SHA-256 digest (corrupted or changed after it was written)"
     return None
 

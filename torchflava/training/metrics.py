@@ -86,7 +86,7 @@ def read_metrics(path: Union[str, os.PathLike]) -> list[dict]:
     for line in Path(path).read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # (a line nested too deeply)
             continue
         if isinstance(record, dict) and type(record.get("step")) is int:
             records.append(record)

@@ -11,12 +11,15 @@ directory as it found it: :meth:`RunLock.release` with ``tidy=True`` removes the
 directories that acquiring created, when the directory holds the entries it held then and no other.
 """
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 import socket
 from typing import Optional, Union
 import weakref
+
+from torchflava.utils.checkpoint import check_regular_file
 
 LOCK_NAME = ".run.lock"
 
@@ -48,6 +51,8 @@ class RunLock:
 
     Raises:
         RunDirectoryInUse: from :meth:`acquire`, if another process holds the directory.
+        ValueError: from :meth:`acquire`, if ``.run.lock`` is a symbolic link or no regular file (the
+            lock file is emptied and written: a link would have it truncate the file it points at).
     """
 
     def __init__(self, directory: Union[str, os.PathLike]) -> None:
@@ -64,12 +69,7 @@ class RunLock:
         while True:
             missing = [d for d in (self.directory, *self.directory.parents) if not d.exists()]
             self.directory.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-                created_file = True
-            except FileExistsError:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                created_file = False
+            fd, created_file = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -89,6 +89,28 @@ class RunLock:
         self._fd = fd
         _HELD.add(self)
         return self
+
+    def _open(self) -> tuple[int, bool]:
+        """The lock file's descriptor, and whether this call created the file; never opened through a link
+        (the file is truncated and written), and only a regular file (ValueError naming it otherwise)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            try:
+                return os.open(self.path, flags | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                fd = os.open(self.path, flags, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise ValueError(
+                f"{self.path} is a symbolic link, not a regular file: expected the run's own lock file (remove the link)"
+            ) from None
+        try:
+            check_regular_file(self.path, "the run's own lock file")
+        except ValueError:
+            os.close(fd)
+            raise
+        return fd, False
 
     def release(self, tidy: bool = False) -> None:
         """Give the lock up. The lock file stays (it is only a handle), unless ``tidy``, acquiring made it

@@ -14,7 +14,7 @@ import re
 import shutil
 import stat
 import threading
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import BinaryIO, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -113,6 +113,8 @@ def check_url(url: str) -> str:
         raise ValueError(f"checkpoint URLs must not hold '..' or '.' path segments, got {url!r}")
     if "/" in name:
         raise ValueError(f"checkpoint URLs must not hide a '/' in the file name (%2F), got {url!r}")
+    if not name.isprintable():  # a NUL (%00) or a newline is no file name
+        raise ValueError(f"checkpoint URLs must not hide control characters in the file name, got {url!r}")
     return name
 
 
@@ -134,7 +136,7 @@ def _download(url: str) -> str:
     validators = directory / "validators.json"
     try:
         saved = json.loads(validators.read_text()) if local.is_file() else None
-    except (OSError, ValueError):  # none, or unreadable: download again
+    except (OSError, ValueError, RecursionError):  # none, or unreadable: download again
         saved = None
     cached = isinstance(saved, dict)
     try:
@@ -329,7 +331,29 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         found = f"entries {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors), got {found}")
+    _refuse_repeated_storage(path, obj)
     return _checked_tensors(path, obj, values=not mmap)
+
+
+def _refuse_repeated_storage(path: Path, tensors: dict[str, Tensor]) -> None:
+    """ValueError naming the file if its tensors span more than 4 times its size: strides that repeat a
+    storage (``expand``: a (2**20, 2**20) tensor over 4 bytes) or many names for one storage, which the
+    finiteness check would scan, and copies of shared tensors or ``contiguous()`` would allocate, whole."""
+    spanned = sum(value.numel() * value.element_size() for value in tensors.values())
+    size = path.stat().st_size
+    if spanned > _MAX_ZIP_EXPANSION * size + (1 << 20):
+        largest = max(tensors, key=lambda key: tensors[key].numel() * tensors[key].element_size())
+        value = tensors[largest]
+        raise ValueError(
+            f"{path}: expected tensors the file holds, got {spanned} bytes of tensors from a {size}-byte file (tensors "
+            f"repeating their storage: e.g. {largest!r} of shape {list(value.shape)}, strides {list(value.stride())})"
+        )
+
+
+# How many times its own size a torch zip's entries may expand to: torch.save stores them uncompressed,
+# and weights compress little; a compressed archive that expands further (a zip bomb) would have
+# torch.load allocate every entry's full size.
+_MAX_ZIP_EXPANSION = 4
 
 
 def _check_zip(path: Path, *, crcs: bool) -> None:
@@ -342,6 +366,7 @@ def _check_zip(path: Path, *, crcs: bool) -> None:
             return
     try:
         with zipfile.ZipFile(path) as archive:  # reads the archive's directory, at the end of the file
+            _refuse_expansion(archive, path.stat().st_size, str(path))
             damaged = archive.testzip() if crcs else None
     except (zipfile.BadZipFile, EOFError):  # (zipfile finds no archive directory in a file cut short)
         raise ValueError(
@@ -350,6 +375,33 @@ def _check_zip(path: Path, *, crcs: bool) -> None:
         ) from None
     if damaged is not None:
         raise ValueError(f"{path} is damaged: its entry {damaged!r} fails its CRC check (download or copy it again)")
+
+
+def _refuse_expansion(archive: zipfile.ZipFile, size: int, what: str) -> None:
+    expanded = sum(info.file_size for info in archive.infolist())
+    if expanded > _MAX_ZIP_EXPANSION * size + (1 << 20):
+        raise ValueError(
+            f"{what}: expected a torch checkpoint (whose entries torch.save stores uncompressed), got a zip "
+            f"archive whose entries expand to {expanded} bytes from {size}: refusing to read it"
+        )
+
+
+def check_zip_expansion(file: BinaryIO, what: str) -> None:
+    """ValueError naming ``what`` if the seekable binary ``file`` is a zip archive (a torch file, from
+    its start) whose entries expand to more than 4 times its size (compressed entries, which
+    ``torch.save`` never writes: a zip bomb, whose every entry ``torch.load`` would allocate whole).
+    Anything else, a damaged archive included, is left to ``torch.load`` to read or refuse; ``file``
+    is left at its start. Call it before ``torch.load`` of a file someone else may have written."""
+    file.seek(0)
+    if file.read(4) == b"PK\x03\x04":
+        size = file.seek(0, os.SEEK_END)
+        file.seek(0)
+        try:
+            with zipfile.ZipFile(file) as archive:
+                _refuse_expansion(archive, size, what)
+        except (zipfile.BadZipFile, EOFError, OSError):
+            pass
+    file.seek(0)
 
 
 def _torch_load(path: Path, mmap: bool) -> object:
@@ -367,23 +419,50 @@ def _torch_load(path: Path, mmap: bool) -> object:
 
 
 def _load_index(path: Path) -> dict[str, Tensor]:
-    """The tensors of the shards a sharded checkpoint's index names, all beside it."""
+    """The tensors of the shards a sharded checkpoint's index names, all beside it (checked against
+    the index by :func:`_check_shard_keys`)."""
     merged: dict[str, Tensor] = {}
+    weight_map, found_in = _index_weight_map(path), {}
     for shard in _index_shards(path):
-        merged.update(_load_file(path.parent / shard))
+        tensors = _load_file(path.parent / shard)
+        _check_shard_keys(path, shard, list(tensors), weight_map, found_in)
+        merged.update(tensors)
     return merged
 
 
-def _index_shards(path: Path) -> list[str]:
-    """The shard files a sharded checkpoint's index names (checked: files beside it, all present)."""
+def _check_shard_keys(index: Path, shard: str, keys: list[str], weight_map: dict, found_in: dict[str, str]) -> None:
+    """ValueError naming the ``index`` unless ``shard`` holds every tensor its ``weight_map`` puts
+    there and none that an earlier shard held (``found_in``: tensor name -> shard, updated): a merge
+    would silently keep one of two tensors of a name, or lack one the index lists."""
+    twice = [key for key in keys if key in found_in]
+    if twice:
+        raise ValueError(
+            f"{index}: expected each tensor in one shard, got {twice[0]!r} in both {found_in[twice[0]]} and {shard} "
+            f"({len(twice)} such tensor(s))"
+        )
+    absent = sorted(set(key for key, name in weight_map.items() if name == shard) - set(keys))
+    if absent:
+        raise ValueError(
+            f"{index}: its weight_map puts {len(absent)} tensor(s) in {shard}, which does not hold them: {absent[:5]}"
+        )
+    found_in.update(dict.fromkeys(keys, shard))
+
+
+def _index_weight_map(path: Path) -> dict[str, str]:
+    """A sharded checkpoint index's ``weight_map`` (tensor name -> shard file name), its types checked."""
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # (nested too deeply)
         raise ValueError(f"{path} is not a JSON checkpoint index: {first_line(error)}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{path}: expected a 'weight_map' of tensor names to shard file names, got {weight_map!r:.80}")
-    shards = sorted(set(weight_map.values()))
+    return weight_map
+
+
+def _index_shards(path: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index names (checked: files beside it, all present)."""
+    shards = sorted(set(_index_weight_map(path).values()))
     if not shards:
         raise ValueError(f"{path} has no 'weight_map' entries")
     stray = [s for s in shards if Path(s).name != s or s in (".", "..") or Path(s).suffix == ".json"]
@@ -404,7 +483,7 @@ def read_json_object(path: PathLike) -> dict:
     check_regular_file(path, "a JSON file")
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # (nested too deeply)
         raise ValueError(f"{path} is not JSON: {first_line(error)}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object, got a {type(value).__name__}")
@@ -675,11 +754,13 @@ def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tenso
     if is_remote(path):
         raise ValueError(f"only local checkpoints can be peeked at, got the URL {os.fspath(path)!r}")
     local = _checkpoint_file(path)
-    files = [local]
+    files, index = [local], None
     if _file_kind(local) == "index":
+        index, weight_map, found_in = local, _index_weight_map(local), {}
         files = [local.parent / shard for shard in sorted(set(_index_shards(local)))]
     out: dict[str, Tensor] = {}
     for file in files:
+        part_out: dict[str, Tensor] = {}
         if _file_kind(file) == "safetensors":
             try:
                 with safe_open(str(file), framework="pt") as handle:
@@ -687,12 +768,15 @@ def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tenso
                         part = handle.get_slice(key)
                         dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8)  # rarer ones: bytes
                         meta = torch.empty(part.get_shape(), dtype=dtype, device="meta")
-                        out[key] = handle.get_tensor(key) if scalars and meta.numel() == 1 else meta
+                        part_out[key] = handle.get_tensor(key) if scalars and meta.numel() == 1 else meta
             except SafetensorError as error:
                 raise ValueError(f"could not read {file} as a safetensors file: {first_line(error)}") from error
         else:
             tensors = _load_file(file, mmap=True).items()
-            out.update({k: v.clone() if scalars and v.numel() == 1 else v.to("meta") for k, v in tensors})
+            part_out = {k: v.clone() if scalars and v.numel() == 1 else v.to("meta") for k, v in tensors}
+        if index is not None:
+            _check_shard_keys(index, file.name, list(part_out), weight_map, found_in)
+        out.update(part_out)
     return out
 
 
