@@ -280,7 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("argument --template: for --classes (classification) only, not with --captions")
     if args.captions is not None and not Path(args.captions).is_file():
         parser.error(
-            f"argument --captions: expected a .jsonl, .json, .csv or .tsv captions file, got {args.captions!r} (not a file)"
+            f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's or COCO's .json, or a .csv, "
+            f"got {args.captions!r} (not a file)"
         )
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     if classes is not None and (len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes)):

@@ -561,7 +561,7 @@ class ImageTextFolder(Dataset):
             example = well_formed[0].image
             raise ValueError(
                 f"captions: every image path of {self._captions!r} is absolute (e.g. {example!r}); give no root "
-                "(root=None) to read a file of absolute paths"
+                "(root=None; the retrieval command without --images) to read a file of absolute paths"
                 if absolute
                 else f"captions: every image path of {self._captions!r} is relative (e.g. {example!r}); give the root "
                 "folder they are relative to"
