@@ -249,6 +249,13 @@ def test_csv_and_tsv_columns_named_by_the_keys_in_any_order_and_case(tmp_path):
     ]
     ignored = write(tmp_path / "f.csv", b"image,note,caption\na.png,\xff,ok\n")  # (in a column not read)
     assert pairs(ImageTextFolder(tmp_path, ignored)) == [(str(tmp_path / "a.png"), "ok")]
+    blank_rows = write(tmp_path / "g.csv", "\ufeff,,\n\nimage,caption,\n,,\na.png,x,\n")  # (pandas' index column)
+    assert pairs(ImageTextFolder(tmp_path, blank_rows)) == [(str(tmp_path / "a.png"), "x")]
+    legacy = write(tmp_path / "h.tsv", 'a.png\t"an open quote\nb.png\tx\n')  # no header: quotes are text, as before
+    assert pairs(ImageTextFolder(tmp_path, legacy)) == [
+        (str(tmp_path / "a.png"), '"an open quote'),
+        (str(tmp_path / "b.png"), "x"),
+    ]
 
 
 def test_files_of_the_wrong_shape_are_refused_naming_them(tmp_path):

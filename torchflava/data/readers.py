@@ -334,18 +334,29 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
     """The entries of a ``.csv`` or ``.tsv`` file: a header row naming the columns (read as open_clip's
     pandas reads them: quoted fields, extra columns ignored), or a TSV of exactly ``image<TAB>caption``
     (header ``image<TAB>caption`` optional; split on tabs, quotes kept, as before)."""
-    first = next(_lines(path), None)
+    tsv = delimiter == "\t"
+    first, header = None, None  # the first line that is not blank nor a row of blank fields, and its columns
+    for number, line in _lines(path):
+        if line is None:  # not UTF-8: no header
+            first = (number, line)
+            break
+        try:
+            row = next(csv.reader([line], delimiter=delimiter, strict=True), [])
+        except csv.Error:  # a quote not closed on its line, or misplaced: no header
+            first = (number, line)
+            break
+        if any(field.strip() for field in row):
+            first, header = (number, line), row
+            break
     if first is None:
         return []
     number, line = first
-    tsv = delimiter == "\t"
     if tsv and line is not None and line.strip().lower() == "image\tcaption" and keys in (None, ("image", "caption")):
         return _legacy_tsv_entries(path)
-    header = None if line is None else next(csv.reader([line], delimiter=delimiter), [])
     columns = None
     for image_key, text_key in [keys] if keys else _DEFAULT_COLUMNS:
         found = (_column(header, image_key), _column(header, text_key)) if header is not None else (None, None)
-        if None not in found:
+        if None not in found and found[0] != found[1]:
             columns = found
             break
     if columns is None:
@@ -354,7 +365,7 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
         wanted = (
             f"{keys[0]!r} and {keys[1]!r}" if keys else "'image' and 'caption' (or open_clip's 'filepath' and 'title')"
         )
-        got = "not UTF-8" if header is None else repr(header)
+        got = "not UTF-8" if line is None else repr(header if header is not None else line.rstrip("\r\n"))
         name = "tab" if tsv else "comma"
         raise ValueError(
             f"captions must start with a {name}-separated header row naming the columns {wanted}; line {number} of "
@@ -399,7 +410,7 @@ def _csv_entries(path: str, delimiter: str, columns: tuple[int, int]) -> list[_E
                 start = reader.line_num + 1
                 continue
             number, start = start, reader.line_num + 1
-            if not row or (len(row) == 1 and not row[0].strip()):  # a blank line
+            if not any(field.strip() for field in row):  # a blank line, or a row of blank fields: no item
                 continue
             if width is None:
                 width = len(row)
