@@ -1,7 +1,8 @@
-"""Map-style sources on local files: captioned image folders, text corpora, image folders, tar shards.
+"""Map-style sources on local files: captioned image folders (JSON lines, Karpathy's and COCO's
+captions JSON, open_clip's CSV/TSV), text corpora, image folders, tar shards.
 
 Each source is a ``torch.utils.data.Dataset`` of :class:`~torchflava.data.samples.Sample` items. An
-item that cannot be used (malformed index line, missing or corrupt image, blank or undecodable text,
+item that cannot be used (malformed index entry, missing or corrupt image, blank or undecodable text,
 missing tar member) raises :class:`~torchflava.data.samples.BadSample` and nothing else, so one bad
 item costs one item and ``len(source)`` counts it honestly. An index outside ``[0, len)`` raises
 ``IndexError``; negative indices do not wrap around. Sources hold paths and plain lists only and open
