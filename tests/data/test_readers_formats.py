@@ -312,8 +312,13 @@ def test_files_of_the_wrong_shape_are_refused_naming_them(tmp_path):
         ImageTextFolder(tmp_path, write(tmp_path / "c.txt", "a.png\tx\n"))
     with pytest.raises(ValueError, match="^image_key and text_key are for .jsonl, .csv and .tsv files"):
         ImageTextFolder(tmp_path, karpathy_coco(tmp_path), image_key="a", text_key="b")
-    with pytest.raises(ValueError, match="^image_key and text_key must be given together"):
+    with pytest.raises(ValueError, match="'path' and 'caption'; line 1 of"):  # one key given: the other's default
         ImageTextFolder(tmp_path, tsv, image_key="path")
+    assert pairs(ImageTextFolder(tmp_path, tsv, image_key="path", text_key="text")) == [(str(tmp_path / "a.png"), "x")]
+    headerless = write(tmp_path / "h.tsv", "a.png\tx\n")  # the default keys, given: image<TAB>caption as before
+    assert pairs(ImageTextFolder(tmp_path, headerless, image_key="image")) == [(str(tmp_path / "a.png"), "x")]
+    with pytest.raises(ValueError, match="^image_key and text_key must differ, got 'caption' for both$"):
+        ImageTextFolder(tmp_path, tsv, image_key="caption")
 
 
 def test_absolute_paths_only_without_a_root_and_relative_ones_only_under_it(tmp_path):

@@ -361,7 +361,7 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
             columns = found
             break
     if columns is None:
-        if tsv and keys is None:  # no header: image<TAB>caption lines
+        if tsv and keys in (None, ("image", "caption")):  # no header: image<TAB>caption lines
             return _legacy_tsv_entries(path)
         wanted = (
             f"{keys[0]!r} and {keys[1]!r}" if keys else "'image' and 'caption' (or open_clip's 'filepath' and 'title')"
@@ -499,8 +499,10 @@ class ImageTextFolder(Dataset):
     Args:
         root (Optional[PathLike]): directory the image paths are relative to; None for absolute paths.
         captions (PathLike): the ``.jsonl``, ``.json``, ``.csv`` or ``.tsv`` file.
-        image_key (Optional[str]): JSON key or column of the image path (None: the defaults above).
-        text_key (Optional[str]): JSON key or column of the caption (None: the defaults above).
+        image_key (Optional[str]): JSON key or column of the image path (None: ``image``, or
+            open_clip's ``filepath`` where ``text_key`` is None too).
+        text_key (Optional[str]): JSON key or column of the caption (None: ``caption``, or open_clip's
+            ``title`` where ``image_key`` is None too).
         split (Union[None, str, Iterable[str]]): Karpathy splits to keep (Karpathy files only).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
@@ -530,28 +532,28 @@ class ImageTextFolder(Dataset):
         for name, key in (("image_key", image_key), ("text_key", text_key)):
             if key is not None and not isinstance(key, str):
                 raise TypeError(f"image_key and text_key must be str or None, got {type(key).__name__} for {name}")
-        if (image_key is None) != (text_key is None):
-            raise ValueError("image_key and text_key must be given together (or neither, for the defaults)")
-        if image_key is not None and image_key == text_key:
-            raise ValueError(f"image_key and text_key must differ, got {image_key!r} for both")
+        keys = None  # neither given: the defaults, open_clip's columns among them
+        if image_key is not None or text_key is not None:  # one given: "image" or "caption" for the other
+            keys = (image_key if image_key is not None else "image", text_key if text_key is not None else "caption")
+            if keys[0] == keys[1]:
+                raise ValueError(f"image_key and text_key must differ, got {keys[0]!r} for both")
         wanted = _check_split(split)
         if wanted is not None and suffix != ".json":
             raise ValueError(f"split is for Karpathy's split files (.json), {self._captions!r} is not one")
         self._format = "lines"  # how entries are named: "lines", "karpathy" or "coco"
         if suffix == ".jsonl":
-            keys = (image_key or "image", text_key or "caption")
+            keys = keys or ("image", "caption")
             with _collection_paused():
                 self._entries = [
                     _Entry(number, "", "", "not valid UTF-8") if line is None else _jsonl_entry(number, line, *keys)
                     for number, line in _lines(self._captions)
                 ]
         elif suffix == ".json":
-            if image_key is not None:
+            if keys is not None:
                 raise ValueError(f"image_key and text_key are for .jsonl, .csv and .tsv files, not {self._captions!r}")
             with _collection_paused():
                 self._format, self._entries = _json_entries(self._captions, wanted)
         else:
-            keys = None if image_key is None else (image_key, text_key)
             with _collection_paused():
                 self._entries = _table_entries(self._captions, "," if suffix == ".csv" else "\t", keys)
         if not self._entries:
