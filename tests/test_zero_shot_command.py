@@ -704,5 +704,8 @@ def test_a_captions_file_of_the_wrong_shape_is_refused_before_the_checkpoint_loa
         zero_shot.main([*command, "--split", "tset"])  # (the checkpoint, which does not exist, is never opened)
     absolute = tmp_path / "absolute.csv"
     absolute.write_text(f"filepath,title\n{images / 'red circle' / 'x.png'},a caption\n")
-    with pytest.raises(ValueError, match=r"is absolute \(e\.g\. .*\); give no root \(root=None\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"is absolute \(e\.g\. .*\); give no root \(root=None; the retrieval command without --images\)",
+    ):
         zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(images), "--captions", str(absolute)])
