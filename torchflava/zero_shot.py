@@ -195,7 +195,7 @@ def retrieval(
     Returns:
         dict: ``image_to_text_R@K``, ``text_to_image_R@K`` and ``R@K_chance`` for each K of 1, 5 and 10
         up to the number of readable images, ``num_pairs``, ``num_images``, ``skipped`` and
-        ``skipped_reasons`` (each malformed caption line and unreadable image, named).
+        ``skipped_reasons`` (each malformed captions entry and unreadable image, named).
 
     Raises:
         ValueError: if the captions file is refused (before any image is read) or fewer than two
@@ -234,7 +234,7 @@ def retrieval(
         "num_pairs": len(pairs),
         "num_images": len(row),
         "skipped": len(folder) - len(pairs),
-        "skipped_reasons": skipped,  # each malformed caption line and unreadable image, named
+        "skipped_reasons": skipped,  # each malformed captions entry and unreadable image, named
         **{f"R@{k}_chance": k / len(row) for k in ks},
     }
 
