@@ -210,7 +210,7 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         # found after the checkpoint was loaded, naming root or captions
         (["--images", "{empty}"], "argument --images: expected an image folder, got '{empty}' (no file ending in"),
         (["--captions", "{empty}/c.tsv"], "argument --captions: captions must list at least one image-caption pair"),
-        (["--captions", __file__], "argument --captions: captions must be a .jsonl or .tsv file"),
+        (["--captions", __file__], "argument --captions: captions must be a .jsonl, .json, .csv or .tsv file"),
     ],
 )
 def test_bad_arguments_exit_2_naming_them_before_any_work(export, images, extra, message, capsys, tmp_path):
@@ -627,3 +627,99 @@ def test_feature_functions_run_a_training_model_in_eval_mode_and_give_its_modes_
         )
     assert [m.training for m in pretrained.model.modules()] == modes
     assert pretrained.model.training and not frozen.training
+
+
+def karpathy_file(images, tmp_path, splits) -> tuple:
+    """dataset_coco.json-style split file over the fixture's images: one image per split given, five
+    sentences each; (the file, the images of split "test", their captions in order)."""
+    files = sorted(p.relative_to(images) for p in images.glob("*/*.png") if p.name != "broken.png")[: len(splits)]
+    entries, test_files, test_captions = [], [], []
+    for number, (file, split) in enumerate(zip(files, splits)):
+        raws = [f"caption {k} of {file.parent.name} number {number}" for k in range(5)]
+        sentences = [{"tokens": raw.split(), "raw": raw, "imgid": number} for raw in raws]
+        entries.append({"filepath": file.parent.name, "filename": file.name, "split": split, "sentences": sentences})
+        if split == "test":
+            test_files.append(images / file)
+            test_captions += raws
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    return path, test_files, test_captions
+
+
+def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five_captions(export, images, tmp_path):
+    directory, _ = export
+    captions, files, texts = karpathy_file(images, tmp_path, ["test", "train", "test", "val", "test", "test"])
+    pretrained = load_pretrained(directory)
+    result = zero_shot.retrieval(pretrained, str(images), str(captions), split="test", batch_size=3)
+    assert result["num_images"] == 4 and result["num_pairs"] == 20 and result["skipped"] == 0
+    image_features = zero_shot.image_features(pretrained, [Image.open(f).convert("RGB") for f in files])
+    text_features = zero_shot.text_features(pretrained, texts)
+    expected = retrieval_recall(image_features, text_features, ks=(1,), image_of_text=torch.arange(20) // 5)
+    assert {k: result[k] for k in expected} == pytest.approx(expected)
+    command = ["--checkpoint", str(directory), "--images", str(images), "--captions", str(captions)]
+    assert zero_shot.main([*command, "--split", "test"]) == result
+    everything = zero_shot.main(command)  # no --split: every split
+    assert everything["num_images"] == 6 and everything["num_pairs"] == 30
+
+
+def test_retrieval_on_an_open_clip_csv_of_absolute_paths_without_images(export, images, tmp_path):
+    directory, _ = export
+    files = sorted(p for p in images.glob("*/*.png") if p.name != "broken.png")[:4]
+    rows = [f'{i},"a shape, number {i}\nof {f.parent.name}",{f}' for i, f in enumerate(files)]
+    captions = tmp_path / "train.csv"
+    captions.write_text("key,title,filepath\n" + "\n".join(rows) + "\n")
+    result = zero_shot.main(["--checkpoint", str(directory), "--captions", str(captions)])  # no --images
+    assert result["num_images"] == 4 and result["num_pairs"] == 4 and result["skipped"] == 0
+    pretrained = load_pretrained(directory)
+    image_features = zero_shot.image_features(pretrained, [Image.open(f).convert("RGB") for f in files])
+    texts = [f"a shape, number {i}\nof {f.parent.name}" for i, f in enumerate(files)]
+    expected = retrieval_recall(image_features, zero_shot.text_features(pretrained, texts), ks=(1,))
+    assert {k: result[k] for k in expected} == pytest.approx(expected)
+    tsv = tmp_path / "pairs.tsv"  # custom columns, named on the command line
+    tsv.write_text("caption text\tpath\n" + "".join(f"{t.replace(chr(10), ' ')}\t{f}\n" for t, f in zip(texts, files)))
+    command = [
+        "--checkpoint",
+        str(directory),
+        "--captions",
+        str(tsv),
+        "--image-key",
+        "path",
+        "--text-key",
+        "caption text",
+    ]
+    assert zero_shot.main(command)["num_pairs"] == 4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--classes", "a,b", "--split", "test"], "arguments --split, --image-key and --text-key: for --captions"),
+        (["--classes", "a,b", "--image-key", "x"], "arguments --split, --image-key and --text-key: for --captions"),
+        (["--classes", "a,b", "--no-images"], "argument --images: required for --classes (classification)"),
+    ],
+)
+def test_retrieval_arguments_are_refused_with_classification_before_any_work(images, extra, message, capsys):
+    command = ["--checkpoint", "/nonexistent"] + ([] if "--no-images" in extra else ["--images", str(images)])
+    with pytest.raises(SystemExit) as exit_info:
+        zero_shot.main(command + [e for e in extra if e != "--no-images"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_captions_file_of_the_wrong_shape_is_refused_before_the_checkpoint_loads(images, tmp_path, capsys):
+    captions, _, _ = karpathy_file(images, tmp_path, ["test", "train"])
+    command = ["--checkpoint", "/nonexistent", "--images", str(images), "--captions", str(captions)]
+    with pytest.raises(SystemExit) as exit_info:
+        zero_shot.main([*command, "--split", "tset"])  # (the checkpoint, which does not exist, is never opened)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert error.startswith("python -m torchflava.zero_shot: error: argument --captions: split must name splits of")
+    assert "none of ['tset'] is a split of" in error
+    absolute = tmp_path / "absolute.csv"
+    absolute.write_text(f"filepath,title\n{images / 'red circle' / 'x.png'},a caption\n")
+    with pytest.raises(SystemExit):
+        zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(images), "--captions", str(absolute)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m torchflava.zero_shot: error: argument --captions: ")
+    assert re.search(
+        r"is absolute \(e\.g\. .*\); give no root \(root=None; the retrieval command without --images\)", error
+    )

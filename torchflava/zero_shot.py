@@ -2,6 +2,7 @@
 
     python -m torchflava.zero_shot --checkpoint runs/tiny --images DIR --classes "red circle,blue square"
     python -m torchflava.zero_shot --checkpoint /models/flava-full --images DIR --captions captions.jsonl
+    python -m torchflava.zero_shot --checkpoint /models/flava-full --images coco --captions dataset_coco.json --split test
     python -m torchflava.zero_shot --checkpoint /models/clip-vit-base-patch32 --images DIR --classes "cat,dog"
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
@@ -12,15 +13,18 @@ transformers users get.
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
 is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
 ``--json``; when the images sit in sub-folders named after the classes, the accuracy is reported
-too. Retrieval: ``--captions`` (``.jsonl`` or ``.tsv``, see ``ImageTextFolder``) pairs images
-with captions (an image may be listed with several); Recall@1/5/10 are reported in both
-directions. Unreadable images or empty captions are skipped and counted.
+too. Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
+``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets),
+COCO's captions ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
+name its columns), see ``ImageTextFolder``; without ``--images`` the file's image paths must be
+absolute. Recall@1/5/10 are reported in both directions. Unreadable images or empty captions are
+skipped and counted.
 """
 
 import argparse
 from pathlib import Path
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from PIL import Image
 import torch
@@ -173,20 +177,32 @@ def classify_folder(
     return result
 
 
-def retrieval(pretrained: Pretrained, images_dir: str, captions: str, *, batch_size: int = 64) -> dict:
-    """Image->text and text->image Recall@1/5/10 over the pairs of a captions file; an image listed
-    with several captions is one candidate, found when any of its captions ranks within K.
+def retrieval(
+    pretrained: Pretrained,
+    images_dir: Optional[str],
+    captions: str,
+    *,
+    split: Union[None, str, Sequence[str]] = None,
+    image_key: Optional[str] = None,
+    text_key: Optional[str] = None,
+    batch_size: int = 64,
+) -> dict:
+    """Image->text and text->image Recall@1/5/10 over the pairs of a captions file (any format of
+    :class:`~torchflava.data.readers.ImageTextFolder`: ``images_dir`` None for absolute image paths,
+    ``split`` the Karpathy splits, ``image_key``/``text_key`` the JSON keys or columns); an image
+    listed with several captions is one candidate, found when any of its captions ranks within K.
 
     Returns:
         dict: ``image_to_text_R@K``, ``text_to_image_R@K`` and ``R@K_chance`` for each K of 1, 5 and 10
         up to the number of readable images, ``num_pairs``, ``num_images``, ``skipped`` and
-        ``skipped_reasons`` (each malformed caption line and unreadable image, named).
+        ``skipped_reasons`` (each malformed captions entry and unreadable image, named).
 
     Raises:
-        ValueError: if fewer than two distinct images are readable.
+        ValueError: if the captions file is refused (before any image is read) or fewer than two
+            distinct images are readable.
     """
-    folder = ImageTextFolder(images_dir, captions)
-    lines, skipped = [], []  # (line, (image path, caption)) of the well-formed lines; why others are not
+    folder = ImageTextFolder(images_dir, captions, image_key=image_key, text_key=text_key, split=split)
+    lines, skipped = [], []  # (item, (image path, caption)) of the well-formed entries; why others are not
     for index in range(len(folder)):
         try:
             lines.append((index, (folder.image_path(index), folder.caption(index))))
@@ -207,7 +223,7 @@ def retrieval(pretrained: Pretrained, images_dir: str, captions: str, *, batch_s
     pairs = [(path, text) for _, (path, text) in lines if path in row]
     if len(row) < 2:
         raise ValueError(
-            f"captions: need at least 2 readable images, got {len(row)} ({len(folder) - len(pairs)} caption lines skipped)"
+            f"captions: need at least 2 readable images, got {len(row)} ({len(folder) - len(pairs)} captions skipped)"
         )
     images = torch.cat(chunks)
     texts = text_features(pretrained, [text for _, text in pairs])
@@ -218,7 +234,7 @@ def retrieval(pretrained: Pretrained, images_dir: str, captions: str, *, batch_s
         "num_pairs": len(pairs),
         "num_images": len(row),
         "skipped": len(folder) - len(pairs),
-        "skipped_reasons": skipped,  # each malformed caption line and unreadable image, named
+        "skipped_reasons": skipped,  # each malformed captions entry and unreadable image, named
         **{f"R@{k}_chance": k / len(row) for k in ks},
     }
 
@@ -228,10 +244,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         prog="python -m torchflava.zero_shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", required=True, help="run, export or Hugging Face FLAVA or CLIP directory")
-    parser.add_argument("--images", required=True, help="image folder")
+    parser.add_argument(
+        "--images",
+        help="image folder (retrieval: the folder of the captions' image paths; leave out for absolute paths)",
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--classes", help="comma-separated class names (classification)")
-    mode.add_argument("--captions", help="captions .jsonl/.tsv pairing the images with text (retrieval)")
+    mode.add_argument(
+        "--captions",
+        help="captions pairing the images with text (retrieval): .jsonl, Karpathy's or COCO's .json, .csv or .tsv",
+    )
+    parser.add_argument(
+        "--split", help="Karpathy split(s) to keep, comma-separated (retrieval on a Karpathy .json: test, or val)"
+    )
+    parser.add_argument("--image-key", help="JSON key or CSV/TSV column of the image paths (retrieval)")
+    parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the captions (retrieval)")
     parser.add_argument(
         "--template", action="append", dest="templates", help="prompt template with {} for the class name (repeatable)"
     )
@@ -243,22 +270,28 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if bad:
         parser.error(f"argument --template: expected one '{{}}' for the class name and no other braces, got {bad}")
     # every argument checked before the checkpoint is loaded
-    if not Path(args.images).is_dir():
+    if args.images is None and args.classes is not None:
+        parser.error("argument --images: required for --classes (classification)")
+    if args.captions is None and (args.split or args.image_key or args.text_key):
+        parser.error("arguments --split, --image-key and --text-key: for --captions (retrieval) only")
+    if args.images is not None and not Path(args.images).is_dir():
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
     if args.captions is not None and args.templates:  # retrieval embeds the captions as they are
         parser.error("argument --template: for --classes (classification) only, not with --captions")
     if args.captions is not None and not Path(args.captions).is_file():
         parser.error(
-            f"argument --captions: expected a .jsonl or .tsv captions file, got {args.captions!r} (not a file)"
+            f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's or COCO's .json, or a .csv, "
+            f"got {args.captions!r} (not a file)"
         )
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     if classes is not None and (len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes)):
         parser.error(f"argument --classes: expected at least two distinct non-empty names, got {classes}")
-    try:  # the images (or captions) listed, not read, before the checkpoint is loaded
+    split = None if args.split is None else [name.strip() for name in args.split.split(",")]
+    try:  # the images (or captions) listed, not read, before the checkpoint is loaded (read again below)
         if classes is not None:
             ImageFolder(args.images)
         else:
-            ImageTextFolder(args.images, args.captions)
+            ImageTextFolder(args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split)
     except ValueError as error:  # (named after their argument, root or captions: the option is what was given)
         if classes is None:
             parser.error(f"argument --captions: {error}")
@@ -278,7 +311,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
         print(summary)
     else:
-        result = retrieval(pretrained, args.images, args.captions, batch_size=args.batch_size)
+        result = retrieval(
+            pretrained,
+            args.images,
+            args.captions,
+            split=split,
+            image_key=args.image_key,
+            text_key=args.text_key,
+            batch_size=args.batch_size,
+        )
         print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")
         for key in sorted(k for k in result if "R@" in k and "chance" not in k):
             k = key.split("@")[1]

@@ -1,7 +1,8 @@
-"""Map-style sources on local files: captioned image folders, text corpora, image folders, tar shards.
+"""Map-style sources on local files: captioned image folders (JSON lines, Karpathy's and COCO's
+captions JSON, open_clip's CSV/TSV), text corpora, image folders, tar shards.
 
 Each source is a ``torch.utils.data.Dataset`` of :class:`~torchflava.data.samples.Sample` items. An
-item that cannot be used (malformed index line, missing or corrupt image, blank or undecodable text,
+item that cannot be used (malformed index entry, missing or corrupt image, blank or undecodable text,
 missing tar member) raises :class:`~torchflava.data.samples.BadSample` and nothing else, so one bad
 item costs one item and ``len(source)`` counts it honestly. An index outside ``[0, len)`` raises
 ``IndexError``; negative indices do not wrap around. Sources hold paths and plain lists only and open
@@ -10,13 +11,17 @@ files per read, so they pickle into ``DataLoader`` workers. Image decoding is
 """
 
 from collections.abc import Iterable, Iterator
+import contextlib
+import csv
 import fnmatch
+import gc
 import glob
 import io
 import json
 import operator
 import os
 import posixpath
+import re
 import tarfile
 from typing import BinaryIO, NamedTuple, Optional, Union
 import warnings
@@ -114,12 +119,17 @@ def _lines(path: str) -> Iterator[tuple[int, Optional[str]]]:
 
 
 class _Entry(NamedTuple):
-    """One line of a captions file: image path and caption as written, or why the line is malformed."""
+    """One caption of a captions file: image path and caption as written, or why the entry is malformed.
 
-    line: int
+    ``place`` is the line number (JSON lines, TSV, CSV) or the index in the JSON file's ``images``
+    (Karpathy) or ``annotations`` (COCO) list; ``sentence`` the index in a Karpathy image's
+    ``sentences`` (-1 otherwise)."""
+
+    place: int
     image: str
     text: str
     error: Optional[str] = None
+    sentence: int = -1
 
 
 def _jsonl_entry(number: int, line: str, image_key: str, text_key: str) -> _Entry:
@@ -146,65 +156,430 @@ def _tsv_entry(number: int, line: str) -> _Entry:
     return _Entry(number, columns[0], columns[1])
 
 
-class ImageTextFolder(Dataset):
-    """Image-caption pairs listed in a ``.jsonl`` or ``.tsv`` file, images under ``root``.
+_JSON_SHAPES = (
+    "Karpathy's split file ({'images': [{'filepath', 'filename', 'split', 'sentences': [{'raw'}]}]}) or COCO's "
+    "captions file ({'images': [{'id', 'file_name'}], 'annotations': [{'image_id', 'caption'}]})"
+)
 
-    ``captions`` is either JSON lines (one object per line, the image path relative to ``root`` under
-    ``image_key`` and the caption under ``text_key``) or TSV (``image<TAB>caption`` per line; a first
-    line ``image<TAB>caption``, in any case, is a header and skipped). Blank lines are not items. A
-    malformed line (bad JSON or UTF-8, missing key, non-string value, wrong column count) is still an
-    item, whose read raises :class:`BadSample` naming the line. So are a blank caption, a missing or
-    corrupt image, and an image path that is absolute or leaves ``root`` through ``..`` (checked on
-    the path text; symbolic links inside ``root`` are followed).
+
+def _json_type(value: object) -> str:
+    """The JSON name of ``value``'s type."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _dropping_tokens(record: dict) -> dict:
+    """JSON object hook: Karpathy's per-sentence ``tokens`` lists are dropped as they are parsed (they
+    hold most of the file and are never read)."""
+    record.pop("tokens", None)
+    return record
+
+
+def _json_entries(path: str, split: Optional[frozenset]) -> tuple[str, list[_Entry]]:
+    """("karpathy" or "coco", the entries) of a ``.json`` captions file; ValueError naming the file, the
+    shapes expected and what it holds when it is neither."""
+    try:
+        with open(path, encoding="utf-8-sig") as file:  # (text mode: the bytes are never held whole beside it)
+            text = file.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"captions must be {_JSON_SHAPES}; {path!r} is not UTF-8 ({error})") from None
+    try:
+        data = json.loads(text, object_hook=_dropping_tokens)
+    except (ValueError, RecursionError) as error:
+        hint = " (JSON lines belong in a .jsonl file)" if "Extra data" in str(error) else ""
+        raise ValueError(f"captions must be {_JSON_SHAPES}; {path!r} is not valid JSON ({error}){hint}") from None
+    del text
+    images = data.get("images") if isinstance(data, dict) else None
+    if isinstance(data, dict) and isinstance(images, list):
+        if "annotations" in data:
+            annotations = data["annotations"]
+            if not isinstance(annotations, list):
+                got = f"an 'annotations' {_json_type(annotations)}, not a list"
+            elif annotations and not any(isinstance(a, dict) and "caption" in a for a in annotations):
+                got = "annotations without 'caption' (COCO instances or keypoints, not captions?)"
+            elif split is not None:
+                raise ValueError(f"split is for Karpathy's split files, {path!r} is a COCO captions file")
+            else:
+                return "coco", _coco_entries(images, annotations)
+        elif any(isinstance(image, dict) and "sentences" in image for image in images):
+            return "karpathy", _karpathy_entries(path, images, split)
+        else:
+            got = f"'images' ({len(images)}) without 'sentences' and no 'annotations'"
+    elif isinstance(data, dict):
+        keys = sorted(data)
+        shown = ", ".join(repr(k) for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+        got = f"an object of keys {shown}" if keys else "an empty object"
+        if images is not None:
+            got += f", its 'images' a {_json_type(images)}"
+    else:
+        got = f"a JSON {_json_type(data)}"
+    raise ValueError(f"captions must be {_JSON_SHAPES}; {path!r} holds {got}")
+
+
+def _karpathy_entries(path: str, images: list, split: Optional[frozenset]) -> list[_Entry]:
+    """One entry per sentence of each image (of the wanted splits): path ``filepath/filename``."""
+    entries: list[_Entry] = []
+    found: set[str] = set()  # the splits in the file
+    kept = 0  # images of the wanted splits
+    for number, image in enumerate(images):
+        if not isinstance(image, dict):
+            entries.append(_Entry(number, "", "", f"expected a JSON object, got {_json_type(image)}"))
+            continue
+        if split is not None:
+            name = image.get("split")
+            if not isinstance(name, str):
+                problem = (
+                    "missing key 'split'"
+                    if "split" not in image
+                    else f"'split' must be a string, got {_json_type(name)}"
+                )
+                entries.append(_Entry(number, "", "", problem))
+                continue
+            found.add(name)
+            if name not in split:
+                continue
+        kept += 1
+        problem = None
+        for key in ("filename", "filepath", "sentences"):
+            kind = list if key == "sentences" else str
+            if key not in image and key != "filepath":  # (Flickr30k's images have no filepath)
+                problem = f"missing key {key!r}"
+            elif key in image and not isinstance(image[key], kind):
+                problem = f"{key!r} must be a {_json_type(kind())}, got {_json_type(image[key])}"
+            if problem:
+                break
+        if problem is None and not image["sentences"]:
+            problem = "no sentences"
+        if problem is not None:
+            entries.append(_Entry(number, "", "", problem))
+            continue
+        folder = image.get("filepath", "")
+        file = posixpath.join(folder, image["filename"]) if folder else image["filename"]  # one str per image
+        for position, sentence in enumerate(image["sentences"]):
+            if not isinstance(sentence, dict):
+                entries.append(_Entry(number, "", "", f"expected a JSON object, got {_json_type(sentence)}", position))
+            elif not isinstance(sentence.get("raw"), str):
+                problem = (
+                    "missing key 'raw'"
+                    if "raw" not in sentence
+                    else f"'raw' must be a string, got {_json_type(sentence['raw'])}"
+                )
+                entries.append(_Entry(number, "", "", problem, position))
+            else:
+                entries.append(_Entry(number, file, sentence["raw"], None, position))
+    if split is not None and not kept:
+        raise ValueError(
+            f"split must name splits of the file, none of {sorted(split)} is a split of {path!r} "
+            f"(its splits: {sorted(found)})"
+        )
+    return entries
+
+
+def _coco_entries(images: list, annotations: list) -> list[_Entry]:
+    """One entry per annotation, its image's ``file_name`` found by ``image_id``."""
+    files: dict[Union[int, str], Union[str, _Entry]] = {}  # image id -> file name, or why it has none
+    for number, image in enumerate(images):
+        if (
+            not isinstance(image, dict)
+            or isinstance(image.get("id"), bool)
+            or not isinstance(image.get("id"), (int, str))
+        ):
+            continue  # no id: no annotation can name it, so no caption is lost
+        key, name = image["id"], image.get("file_name")
+        if key in files:
+            files[key] = _Entry(number, "", "", f"image id {key!r} is listed twice in 'images'")
+        elif not isinstance(name, str):
+            problem = "no 'file_name'" if "file_name" not in image else f"a {_json_type(name)} 'file_name'"
+            files[key] = _Entry(number, "", "", f"image id {key!r} (images[{number}]) has {problem}")
+        else:
+            files[key] = name
+    entries = []
+    for number, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict):
+            entries.append(_Entry(number, "", "", f"expected a JSON object, got {_json_type(annotation)}"))
+            continue
+        problem = None
+        for key in ("image_id", "caption"):
+            if key not in annotation:
+                problem = f"missing key {key!r}"
+                break
+        if problem is None and not isinstance(annotation["caption"], str):
+            problem = f"'caption' must be a string, got {_json_type(annotation['caption'])}"
+        if problem is None:
+            key = annotation["image_id"]
+            file = files.get(key) if isinstance(key, (int, str)) and not isinstance(key, bool) else None
+            if file is None:
+                problem = f"image_id {key!r} is not the id of an image in 'images'"
+            elif isinstance(file, _Entry):
+                problem = file.error
+        if problem is not None:
+            entries.append(_Entry(number, "", "", problem))
+        else:
+            entries.append(_Entry(number, file, annotation["caption"]))
+    return entries
+
+
+# the columns of a CSV or TSV header when image_key and text_key are not given: ours, then open_clip's defaults
+_DEFAULT_COLUMNS = (("image", "caption"), ("filepath", "title"))
+
+
+def _column(header: list[str], name: str) -> Optional[int]:
+    """Index of column ``name``: the one spelled exactly so, else the only one equal to it in any case
+    and surrounding spaces; None if there is no such column."""
+    if header.count(name) == 1:
+        return header.index(name)
+    loose = [i for i, column in enumerate(header) if column.strip().lower() == name.lower()]
+    return loose[0] if len(loose) == 1 else None
+
+
+def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> list[_Entry]:
+    """The entries of a ``.csv`` or ``.tsv`` file: a header row naming the columns (read as open_clip's
+    pandas reads them: quoted fields, extra columns ignored), or a TSV of exactly ``image<TAB>caption``
+    (header ``image<TAB>caption`` optional; split on tabs, quotes kept, as before)."""
+    tsv = delimiter == "\t"
+    first, header = None, None  # the first line that is not blank nor a row of blank fields, and its columns
+    for number, line in _lines(path):
+        if line is None:  # not UTF-8: no header
+            first = (number, line)
+            break
+        try:
+            row = next(csv.reader([line], delimiter=delimiter, strict=True), [])
+        except csv.Error:  # a quote not closed on its line, or misplaced: no header
+            first = (number, line)
+            break
+        if any(field.strip() for field in row):
+            first, header = (number, line), row
+            break
+    if first is None:
+        return []
+    number, line = first
+    if tsv and line is not None and line.strip().lower() == "image\tcaption" and keys in (None, ("image", "caption")):
+        return _legacy_tsv_entries(path)
+    columns = None
+    for image_key, text_key in [keys] if keys else _DEFAULT_COLUMNS:
+        found = (_column(header, image_key), _column(header, text_key)) if header is not None else (None, None)
+        if None not in found and found[0] != found[1]:
+            columns = found
+            break
+    if columns is None:
+        if tsv and keys in (None, ("image", "caption")):  # no header: image<TAB>caption lines
+            return _legacy_tsv_entries(path)
+        wanted = (
+            f"{keys[0]!r} and {keys[1]!r}" if keys else "'image' and 'caption' (or open_clip's 'filepath' and 'title')"
+        )
+        got = "not UTF-8" if line is None else repr(header if header is not None else line.rstrip("\r\n"))
+        name = "tab" if tsv else "comma"
+        raise ValueError(
+            f"captions must start with a {name}-separated header row naming the columns {wanted}; line {number} of "
+            f"{path!r} is {got}"
+        )
+    return _csv_entries(path, delimiter, columns)
+
+
+def _legacy_tsv_entries(path: str) -> list[_Entry]:
+    """``image<TAB>caption`` lines, a first line ``image<TAB>caption`` (any case) skipped as a header."""
+    entries: list[_Entry] = []
+    for number, line in _lines(path):
+        if line is None:
+            entries.append(_Entry(number, "", "", "not valid UTF-8"))
+        elif entries or line.strip().lower() != "image\tcaption":
+            entries.append(_tsv_entry(number, line))
+    return entries
+
+
+def _csv_entries(path: str, delimiter: str, columns: tuple[int, int]) -> list[_Entry]:
+    """Rows after the header, each an entry (a record spanning lines is named by its first); a quote
+    left open at the end of the file is a ValueError (the rest of the file would be one field)."""
+    kind = "tab-separated" if delimiter == "\t" else "comma-separated"
+    entries: list[_Entry] = []
+    width = None  # the header's number of columns
+    # (undecodable bytes kept as lone surrogates: that row is a bad sample, not the file refused)
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
+        reader = csv.reader(file, delimiter=delimiter, strict=True)
+        start = 1  # the line the next record starts on
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                if str(error) == "unexpected end of data":
+                    raise ValueError(
+                        f"captions must close every quoted field; the quote of the record starting on line {start} of "
+                        f"{path!r} is still open at the end of the file (line {reader.line_num})"
+                    ) from None
+                entries.append(_Entry(start, "", "", f"malformed {kind} record ({error})"))
+                start = reader.line_num + 1
+                continue
+            number, start = start, reader.line_num + 1
+            if not any(field.strip() for field in row):  # a blank line, or a row of blank fields: no item
+                continue
+            if width is None:
+                width = len(row)
+                continue
+            if len(row) != width:
+                entries.append(
+                    _Entry(number, "", "", f"expected {width} {kind} columns as in the header, got {len(row)}")
+                )
+                continue
+            image, text = row[columns[0]], row[columns[1]]
+            if _SURROGATE_ESCAPES.search(image) or _SURROGATE_ESCAPES.search(text):
+                entries.append(_Entry(number, "", "", "not valid UTF-8"))
+            else:
+                entries.append(_Entry(number, image, text))
+    return entries
+
+
+_SURROGATE_ESCAPES = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of bytes that are not UTF-8
+
+
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused: reading a file of 600k captions creates millions of
+    objects and no cycle, and each collection would walk them all (half the time of a Karpathy file)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _check_split(split: object) -> Optional[frozenset]:
+    """``split`` as a set of split names: None, a name, or names (e.g. ("train", "restval"))."""
+    if split is None:
+        return None
+    names = [split] if isinstance(split, str) else split
+    if isinstance(names, (bytes, dict)) or not isinstance(names, Iterable):
+        raise TypeError(f"split must be None, a split name or names, got {type(split).__name__}")
+    names = list(names)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(
+            f"split must be None, a split name or non-empty names like ('train', 'restval'), got {split!r}"
+        )
+    return frozenset(names)
+
+
+class ImageTextFolder(Dataset):
+    """Image-caption pairs listed in a captions file, in the formats researchers have them.
+
+    ``captions`` is read by its extension (in any case), one item per caption:
+
+    * ``.jsonl``: one JSON object per line, the image path under ``image_key`` (default ``"image"``)
+      and the caption under ``text_key`` (default ``"caption"``).
+    * ``.json``: Karpathy's split file (``dataset_coco.json``, ``dataset_flickr30k.json``: each of
+      ``images`` gives ``filepath``/``filename``, absent ``filepath`` for Flickr30k, and its
+      ``sentences``' ``raw`` captions) or COCO's captions file (``captions_val2017.json``: each of
+      ``annotations`` gives a ``caption`` of the image whose ``id`` is its ``image_id``, at that
+      image's ``file_name``), told apart by their structure; ``split`` keeps the Karpathy images of
+      those splits (``"test"``, or ``("train", "restval")``; None keeps all). Karpathy's
+      ``tokens`` are dropped as the file is parsed.
+    * ``.csv`` / ``.tsv``: a header row naming the columns, read as open_clip's pandas reads them
+      (comma or tab separated, quoted fields that may hold separators and newlines, other columns
+      ignored, any order): ``image_key`` and ``text_key``, by default ``image`` and ``caption`` or
+      open_clip's ``filepath`` and ``title``, matched exactly or else in any case. A ``.tsv`` whose
+      first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
+      line, split on tabs (quotes are text), as always.
+
+    Image paths are relative to ``root`` (Karpathy's COCO paths ``root/filepath/filename``). With
+    ``root=None`` they must be absolute instead: a CSV of absolute paths (open_clip's usual form) is
+    the user's own list of files, while a data file read under a root is not trusted to leave it.
+    So each item is refused that is absolute under a root, leaves the root through ``..`` (checked
+    on the path text; symbolic links inside root are followed), or is relative without a root; a
+    file whose paths are all of the wrong kind is refused whole, naming the other setting.
+
+    Blank lines are not items. A malformed entry (bad JSON, CSV quoting or UTF-8, a missing key or
+    column, a non-string value, a wrong column count, a COCO ``image_id`` of no image) is still an
+    item, whose read raises :class:`BadSample` naming the file and the entry (``line 7``,
+    ``images[12].sentences[3]``, ``annotations[5]``). So are a blank caption, a missing or corrupt
+    image and a refused path. A file of the wrong shape (other JSON, a ``.csv`` without the header,
+    a quote open at the end, no well-formed entry) is a ValueError naming it, before any image is
+    read; no image is read at construction.
 
     Args:
-        root (PathLike): directory the image paths are relative to.
-        captions (PathLike): the ``.jsonl`` or ``.tsv`` file (extension in any case).
-        image_key (str): JSON key of the image path (JSON lines only).
-        text_key (str): JSON key of the caption (JSON lines only).
+        root (Optional[PathLike]): directory the image paths are relative to; None for absolute paths.
+        captions (PathLike): the ``.jsonl``, ``.json``, ``.csv`` or ``.tsv`` file.
+        image_key (Optional[str]): JSON key or column of the image path (None: ``image``, or
+            open_clip's ``filepath`` where ``text_key`` is None too).
+        text_key (Optional[str]): JSON key or column of the caption (None: ``caption``, or open_clip's
+            ``title`` where ``image_key`` is None too).
+        split (Union[None, str, Iterable[str]]): Karpathy splits to keep (Karpathy files only).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
     Raises:
-        TypeError: if a path is not a str or PathLike, or a key is not a str.
-        ValueError: if ``captions`` is not ``.jsonl``/``.tsv``, holds no item, or the keys are equal.
+        TypeError: if a path is not a str or PathLike, or a key or split not a str.
+        ValueError: if ``captions`` has another extension or the wrong shape, holds no item, the keys
+            are equal, or ``split`` is given for another format or names no split of the file.
         FileNotFoundError: if ``root`` is not a directory or ``captions`` not a file.
     """
 
     def __init__(
         self,
-        root: PathLike,
+        root: Optional[PathLike],
         captions: PathLike,
         *,
-        image_key: str = "image",
-        text_key: str = "caption",
+        image_key: Optional[str] = None,
+        text_key: Optional[str] = None,
+        split: Union[None, str, Iterable[str]] = None,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self._max_pixels = check_max_pixels(max_image_pixels)
-        self._root = existing_path("root", root, directory=True)
+        self._root = None if root is None else existing_path("root", root, directory=True)
         suffix = os.path.splitext(check_path("captions", captions))[1].lower()
-        if suffix not in (".jsonl", ".tsv"):
-            raise ValueError(f"captions must be a .jsonl or .tsv file, got {os.fspath(captions)!r}")
+        if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+            raise ValueError(f"captions must be a .jsonl, .json, .csv or .tsv file, got {os.fspath(captions)!r}")
         self._captions = existing_path("captions", captions, directory=False)
         for name, key in (("image_key", image_key), ("text_key", text_key)):
-            if not isinstance(key, str):
-                raise TypeError(f"{name} must be a str, got {type(key).__name__}")
-        if image_key == text_key:
-            raise ValueError(f"image_key and text_key must differ, got {image_key!r} for both")
-        self._entries: list[_Entry] = []
-        for number, line in _lines(self._captions):
-            if line is None:
-                self._entries.append(_Entry(number, "", "", "not valid UTF-8"))
-            elif suffix == ".jsonl":
-                self._entries.append(_jsonl_entry(number, line, image_key, text_key))
-            elif self._entries or line.strip().lower() != "image\tcaption":
-                self._entries.append(_tsv_entry(number, line))
+            if key is not None and not isinstance(key, str):
+                raise TypeError(f"image_key and text_key must be str or None, got {type(key).__name__} for {name}")
+        keys = None  # neither given: the defaults, open_clip's columns among them
+        if image_key is not None or text_key is not None:  # one given: "image" or "caption" for the other
+            keys = (image_key if image_key is not None else "image", text_key if text_key is not None else "caption")
+            if keys[0] == keys[1]:
+                raise ValueError(f"image_key and text_key must differ, got {keys[0]!r} for both")
+        wanted = _check_split(split)
+        if wanted is not None and suffix != ".json":
+            raise ValueError(f"split is for Karpathy's split files (.json), {self._captions!r} is not one")
+        self._format = "lines"  # how entries are named: "lines", "karpathy" or "coco"
+        if suffix == ".jsonl":
+            keys = keys or ("image", "caption")
+            with _collection_paused():
+                self._entries = [
+                    _Entry(number, "", "", "not valid UTF-8") if line is None else _jsonl_entry(number, line, *keys)
+                    for number, line in _lines(self._captions)
+                ]
+        elif suffix == ".json":
+            if keys is not None:
+                raise ValueError(f"image_key and text_key are for .jsonl, .csv and .tsv files, not {self._captions!r}")
+            with _collection_paused():
+                self._format, self._entries = _json_entries(self._captions, wanted)
+        else:
+            with _collection_paused():
+                self._entries = _table_entries(self._captions, "," if suffix == ".csv" else "\t", keys)
         if not self._entries:
             raise ValueError(f"captions must list at least one image-caption pair, {self._captions!r} has none")
         if all(entry.error is not None for entry in self._entries):  # e.g. every line lacks text_key
             first = self._entries[0]
+            unit = "lines" if self._format == "lines" else "entries"
             raise ValueError(
                 f"captions must list at least one well-formed image-caption pair, none of the {len(self._entries)} "
-                f"lines of {self._captions!r} is (line {first.line}: {first.error})"
+                f"{unit} of {self._captions!r} is ({self._place(first)}: {first.error})"
+            )
+        well_formed = [entry for entry in self._entries if entry.error is None and entry.image]
+        absolute = bool(well_formed) and os.path.isabs(well_formed[0].image)
+        if (
+            well_formed
+            and absolute == (self._root is not None)
+            and all(os.path.isabs(e.image) == absolute for e in well_formed)
+        ):
+            example = well_formed[0].image
+            raise ValueError(
+                f"captions: every image path of {self._captions!r} is absolute (e.g. {example!r}); give no root "
+                "(root=None; the retrieval command without --images) to read a file of absolute paths"
+                if absolute
+                else f"captions: every image path of {self._captions!r} is relative (e.g. {example!r}); give the root "
+                "folder they are relative to"
             )
 
     def __len__(self) -> int:
@@ -220,7 +595,7 @@ class ImageTextFolder(Dataset):
             Sample: the decoded RGB image and the stripped caption.
 
         Raises:
-            BadSample: if the line is malformed, the caption blank or the image unusable.
+            BadSample: if the entry is malformed, the caption blank or the image unusable.
             IndexError: if ``index`` is out of range.
             TypeError: if ``index`` is not an int.
         """
@@ -234,7 +609,7 @@ class ImageTextFolder(Dataset):
         """The caption of item ``index`` without reading its image (for ITM negatives).
 
         Raises:
-            BadSample: if the line is malformed or the caption blank.
+            BadSample: if the entry is malformed or the caption blank.
             IndexError: if ``index`` is out of range.
         """
         index, entry, where = self._entry(index)
@@ -245,31 +620,48 @@ class ImageTextFolder(Dataset):
         share an image: several captions of one picture).
 
         Raises:
-            BadSample: if the line is malformed or the path empty, absolute or outside root.
+            BadSample: if the entry is malformed or the path empty or refused (see the class).
             IndexError: if ``index`` is out of range.
         """
         index, entry, where = self._entry(index)
         return self._image_path(entry.image, index, where)
 
-    def _entry(self, index: int) -> tuple[int, "_Entry", str]:
-        """Item ``index`` checked, its parsed line, and where it is (for messages); BadSample if the
-        line is malformed."""
+    def _where(self, entry: _Entry) -> str:
+        """The file and the entry, for messages: ``c.tsv line 3``, ``dataset_coco.json images[2].sentences[4]``."""
+        return f"{os.path.basename(self._captions)} {self._place(entry)}"
+
+    def _place(self, entry: _Entry) -> str:
+        """The entry in its file: ``line 3``, ``images[2].sentences[4]`` (Karpathy), ``annotations[5]`` (COCO)."""
+        if self._format == "lines":
+            return f"line {entry.place}"
+        if self._format == "coco":
+            return f"annotations[{entry.place}]"
+        return f"images[{entry.place}]" + (f".sentences[{entry.sentence}]" if entry.sentence >= 0 else "")
+
+    def _entry(self, index: int) -> tuple[int, _Entry, str]:
+        """Item ``index`` checked, its entry, and where it is (for messages); BadSample if the entry is
+        malformed."""
         index = _check_index(index, len(self._entries))
         entry = self._entries[index]
-        where = f"{os.path.basename(self._captions)} line {entry.line}"
+        where = self._where(entry)
         if entry.error is not None:
             raise BadSample(index, f"{where}: {entry.error}")
         return index, entry, where
 
-    def _image_path(self, relative: str, index: int, where: str) -> str:
-        """Absolute path of ``relative`` under root; BadSample if it is empty, absolute or leaves root."""
-        if not relative:
+    def _image_path(self, written: str, index: int, where: str) -> str:
+        """Absolute path of ``written``: under root, or absolute without a root; BadSample if it is empty,
+        absolute under a root, relative without one, or leaves root."""
+        if not written:
             raise BadSample(index, f"{where}: empty image path")
-        if os.path.isabs(relative):
-            raise BadSample(index, f"{where}: image path {relative!r} is absolute, not relative to root")
-        path = os.path.normpath(os.path.join(self._root, relative))
+        if self._root is None:
+            if not os.path.isabs(written):
+                raise BadSample(index, f"{where}: image path {written!r} is relative, and no root was given")
+            return os.path.normpath(written)
+        if os.path.isabs(written):
+            raise BadSample(index, f"{where}: image path {written!r} is absolute, not relative to root")
+        path = os.path.normpath(os.path.join(self._root, written))
         if os.path.commonpath([self._root, path]) != self._root:
-            raise BadSample(index, f"{where}: image path {relative!r} leaves root")
+            raise BadSample(index, f"{where}: image path {written!r} leaves root")
         return path
 
 
