@@ -97,7 +97,7 @@ class ShapesConfig:
 @dataclass
 class FilesConfig:
     pairs_root: Optional[str] = None  # image folder ...
-    pairs_captions: Optional[str] = None  # ... and its captions (.jsonl or .tsv)
+    pairs_captions: Optional[str] = None  # ... and its captions (.jsonl, .tsv, .csv, Karpathy or COCO .json)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
 
 
@@ -346,7 +346,7 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
     return opened(
         "data.files.pairs_captions",
         f.pairs_captions,
-        f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
+        f"a captions file (.jsonl, .tsv, .csv, or Karpathy's or COCO's .json) of images under {f.pairs_root}",
         lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
         usable=unusable_start,
     )

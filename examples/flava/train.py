@@ -105,7 +105,7 @@ class ShapesConfig:
 @dataclass
 class FilesConfig:
     pairs_root: Optional[str] = None  # image folder of the pairs ...
-    pairs_captions: Optional[str] = None  # ... and its captions (.jsonl or .tsv)
+    pairs_captions: Optional[str] = None  # ... and its captions (.jsonl, .tsv, .csv, Karpathy or COCO .json)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
     images_root: Optional[str] = None  # images without captions
     texts: Optional[str] = None  # text corpus, one text per line
@@ -306,7 +306,7 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
         sources["pairs"] = opened(
             "data.files.pairs_captions",
             f.pairs_captions,
-            f"a .jsonl or .tsv file of captions of images under {f.pairs_root}",
+            f"a captions file (.jsonl, .tsv, .csv, or Karpathy's or COCO's .json) of images under {f.pairs_root}",
             lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
             usable=unusable_start,
         )
