@@ -846,3 +846,31 @@ def test_a_two_rank_run_resumes_on_one_process(two_ranks, tmp_path):
         torch.testing.assert_close(params(model)[name], value, rtol=1e-5, atol=1e-6)
     # the unusable samples both ranks met before the stop, and the ones met after it
     assert result.skipped == [("toy", s, f"step {s} met a bad item") for s in (0, 3)]
+
+
+def test_a_loop_state_that_is_a_zip_bomb_is_refused_before_torch_load_allocates_it(tmp_path):
+    """rank<R>.pt was read with torch.load at once: a deflated archive of a few KB made it allocate 64 MiB
+    (any size a forged file claims) before its contents were checked."""
+    import io
+    import zipfile
+
+    config, start = _started(tmp_path, max_steps=3, checkpoint_every=3)
+    fit(Toy(), toy_step, ToyData(3), training=config.training, optim=config.optim, shard_layers=(), start=start)
+    checkpoint = tmp_path / "checkpoints" / "step_00000003"
+    with zipfile.ZipFile(checkpoint / "rank0.pt") as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    storage = max((name for name in entries if "/data/" in name), key=lambda name: len(entries[name]))
+    entries[storage] += bytes(64 << 20)  # the storage's own bytes first: the state still reads as before
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    (checkpoint / "rank0.pt").write_bytes(bomb.getvalue())
+    assert (checkpoint / "rank0.pt").stat().st_size < 1 << 20
+    write_marker(checkpoint, 3, 1)
+    with pytest.raises(ConfigError) as caught:
+        _started(tmp_path, max_steps=6, resume="auto")
+    assert str(caught.value).startswith(
+        f"key 'training.resume': {checkpoint} does not load into this run: its rank0.pt does not read (expected a "
+        "torch checkpoint (whose entries torch.save stores uncompressed), got a zip archive whose entries expand to "
+    )

@@ -86,7 +86,7 @@ from torchflava.training.schema import (
     setup_training,
     training_checks,
 )
-from torchflava.utils.checkpoint import first_line
+from torchflava.utils.checkpoint import check_zip_expansion, first_line
 from torchflava.utils.memory import keep_freed_memory
 
 
@@ -262,6 +262,13 @@ def read_loop_states(path: Path) -> list[dict]:
 
 def _read_loop_state(file: Path, step: int) -> tuple[Optional[dict], Optional[str]]:
     """The state :func:`_loop_state` wrote at ``step`` to ``file``, or why ``file`` does not hold one."""
+    try:
+        with open(file, "rb") as handle:  # (a compressed archive torch.load would allocate whole: a zip bomb)
+            check_zip_expansion(handle, file.name)
+    except ValueError as error:
+        return None, f"does not read ({first_line(error).removeprefix(file.name + ': ')})"
+    except OSError as error:
+        return None, f"does not read ({type(error).__name__}: {first_line(error)})"
     try:
         state = torch.load(file, weights_only=True)
     except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never that
