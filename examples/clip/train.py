@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torchflava.data.clip_tokenizer import read_tokenizer
 from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
-from torchflava.data.readers import ImageTextFolder, TarShards
+from torchflava.data.readers import TarShards
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
@@ -68,6 +68,7 @@ from torchflava.training.schema import (
     logit_scale_check,
     lr_multipliers_check,
     opened,
+    opened_pairs,
     pair_file_checks,
     raise_on_failed_checks,
     template_checks,
@@ -96,8 +97,11 @@ class ShapesConfig:
 
 @dataclass
 class FilesConfig:
-    pairs_root: Optional[str] = None  # image folder ...
-    pairs_captions: Optional[str] = None  # ... and its captions (.jsonl, .tsv, .csv, Karpathy or COCO .json)
+    pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
+    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy or COCO .json)
+    pairs_split: Optional[list[str]] = None  # Karpathy .json: the splits to train on, e.g. [train, restval]
+    pairs_image_key: Optional[str] = None  # .jsonl key or .csv/.tsv column of the image paths (null: image or
+    pairs_text_key: Optional[str] = None  # ... open_clip's filepath) and of the captions (null: caption or title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
 
 
@@ -177,6 +181,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.files.pairs_captions,
                 required=True,
                 streamed=d.streaming.enabled,
+                split=d.files.pairs_split,
+                image_key=d.files.pairs_image_key,
+                text_key=d.files.pairs_text_key,
             )
             if d.source == "files"
             else []
@@ -343,11 +350,13 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
             lambda: TarShards(f.pairs_shards),
             usable=unusable_start,
         )
-    return opened(
-        "data.files.pairs_captions",
+    return opened_pairs(
+        "data.files",
+        f.pairs_root,
         f.pairs_captions,
-        f"a captions file (.jsonl, .tsv, .csv, or Karpathy's or COCO's .json) of images under {f.pairs_root}",
-        lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
+        split=f.pairs_split,
+        image_key=f.pairs_image_key,
+        text_key=f.pairs_text_key,
         usable=unusable_start,
     )
 

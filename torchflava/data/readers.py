@@ -72,6 +72,16 @@ def check_max_pixels(value: object) -> int:
     return value
 
 
+class CaptionsError(ValueError):
+    """A refusal of :class:`ImageTextFolder` that one argument other than ``captions`` answers for:
+    ``argument`` is ``"root"``, ``"split"``, ``"image_key"`` or ``"text_key"`` (a config naming them
+    otherwise names its own key, e.g. a split that is no split of the file)."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
 def _check_index(index: object, length: int) -> int:
     """``index`` as an int in ``[0, length)``: TypeError if not an integer, IndexError if out of range."""
     if isinstance(index, bool):
@@ -175,9 +185,10 @@ def _dropping_tokens(record: dict) -> dict:
     return record
 
 
-def _json_entries(path: str, split: Optional[frozenset]) -> tuple[str, list[_Entry]]:
+def _json_entries(path: str, split: Optional[frozenset], found: set[str]) -> tuple[str, list[_Entry]]:
     """("karpathy" or "coco", the entries) of a ``.json`` captions file; ValueError naming the file, the
-    shapes expected and what it holds when it is neither."""
+    shapes expected and what it holds when it is neither. ``found`` receives a Karpathy file's splits
+    (when ``split`` is given)."""
     try:
         with open(path, encoding="utf-8-sig") as file:  # (text mode: the bytes are never held whole beside it)
             text = file.read()
@@ -198,11 +209,11 @@ def _json_entries(path: str, split: Optional[frozenset]) -> tuple[str, list[_Ent
             elif annotations and not any(isinstance(a, dict) and "caption" in a for a in annotations):
                 got = "annotations without 'caption' (COCO instances or keypoints, not captions?)"
             elif split is not None:
-                raise ValueError(f"split is for Karpathy's split files, {path!r} is a COCO captions file")
+                raise CaptionsError("split", f"split is for Karpathy's split files, {path!r} is a COCO captions file")
             else:
                 return "coco", _coco_entries(images, annotations)
         elif any(isinstance(image, dict) and "sentences" in image for image in images):
-            return "karpathy", _karpathy_entries(path, images, split)
+            return "karpathy", _karpathy_entries(path, images, split, found)
         else:
             got = f"'images' ({len(images)}) without 'sentences' and no 'annotations'"
     elif isinstance(data, dict):
@@ -216,10 +227,10 @@ def _json_entries(path: str, split: Optional[frozenset]) -> tuple[str, list[_Ent
     raise ValueError(f"captions must be {_JSON_SHAPES}; {path!r} holds {got}")
 
 
-def _karpathy_entries(path: str, images: list, split: Optional[frozenset]) -> list[_Entry]:
-    """One entry per sentence of each image (of the wanted splits): path ``filepath/filename``."""
+def _karpathy_entries(path: str, images: list, split: Optional[frozenset], found: set[str]) -> list[_Entry]:
+    """One entry per sentence of each image (of the wanted splits): path ``filepath/filename``; ``found``
+    receives the splits of the file (when ``split`` is given)."""
     entries: list[_Entry] = []
-    found: set[str] = set()  # the splits in the file
     kept = 0  # images of the wanted splits
     for number, image in enumerate(images):
         if not isinstance(image, dict):
@@ -268,9 +279,10 @@ def _karpathy_entries(path: str, images: list, split: Optional[frozenset]) -> li
             else:
                 entries.append(_Entry(number, file, sentence["raw"], None, position))
     if split is not None and not kept:
-        raise ValueError(
+        raise CaptionsError(
+            "split",
             f"split must name splits of the file, none of {sorted(split)} is a split of {path!r} "
-            f"(its splits: {sorted(found)})"
+            f"(its splits: {sorted(found)})",
         )
     return entries
 
@@ -369,10 +381,13 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
         )
         got = "not UTF-8" if line is None else repr(header if header is not None else line.rstrip("\r\n"))
         name = "tab" if tsv else "comma"
-        raise ValueError(
+        message = (
             f"captions must start with a {name}-separated header row naming the columns {wanted}; line {number} of "
             f"{path!r} is {got}"
         )
+        if keys and header is not None:  # a header without the columns named: the key that names none is at fault
+            raise CaptionsError("image_key" if _column(header, keys[0]) is None else "text_key", message)
+        raise ValueError(message)
     return _csv_entries(path, delimiter, columns)
 
 
@@ -507,10 +522,19 @@ class ImageTextFolder(Dataset):
         split (Union[None, str, Iterable[str]]): Karpathy splits to keep (Karpathy files only).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
+    Attributes:
+        splits (Optional[tuple[str, ...]]): with ``split`` given, every split of the Karpathy file,
+            sorted (a name of ``split`` it lacks keeps nothing); None without ``split``.
+
     Raises:
         TypeError: if a path is not a str or PathLike, or a key or split not a str.
         ValueError: if ``captions`` has another extension or the wrong shape, holds no item, the keys
-            are equal, or ``split`` is given for another format or names no split of the file.
+            are equal, or ``split`` is given for another format or names no split of the file. A
+            :class:`CaptionsError` (a ValueError) where another argument answers for it, named in its
+            ``argument``: ``split`` (given for another format, naming no split of the file),
+            ``image_key`` or ``text_key`` (given for a ``.json`` file, equal, a column no header has,
+            a key no line of a ``.jsonl`` has), ``root`` (given for absolute paths, or missing for
+            relative ones).
         FileNotFoundError: if ``root`` is not a directory or ``captions`` not a file.
     """
 
@@ -537,11 +561,15 @@ class ImageTextFolder(Dataset):
         if image_key is not None or text_key is not None:  # one given: "image" or "caption" for the other
             keys = (image_key if image_key is not None else "image", text_key if text_key is not None else "caption")
             if keys[0] == keys[1]:
-                raise ValueError(f"image_key and text_key must differ, got {keys[0]!r} for both")
+                raise CaptionsError(
+                    "text_key" if text_key is not None else "image_key",
+                    f"image_key and text_key must differ, got {keys[0]!r} for both",
+                )
         wanted = _check_split(split)
         if wanted is not None and suffix != ".json":
-            raise ValueError(f"split is for Karpathy's split files (.json), {self._captions!r} is not one")
+            raise CaptionsError("split", f"split is for Karpathy's split files (.json), {self._captions!r} is not one")
         self._format = "lines"  # how entries are named: "lines", "karpathy" or "coco"
+        found: set[str] = set()  # the splits of a Karpathy file, when split is given
         if suffix == ".jsonl":
             keys = keys or ("image", "caption")
             with _collection_paused():
@@ -551,21 +579,30 @@ class ImageTextFolder(Dataset):
                 ]
         elif suffix == ".json":
             if keys is not None:
-                raise ValueError(f"image_key and text_key are for .jsonl, .csv and .tsv files, not {self._captions!r}")
+                raise CaptionsError(
+                    "image_key" if image_key is not None else "text_key",
+                    f"image_key and text_key are for .jsonl, .csv and .tsv files, not {self._captions!r}",
+                )
             with _collection_paused():
-                self._format, self._entries = _json_entries(self._captions, wanted)
+                self._format, self._entries = _json_entries(self._captions, wanted, found)
         else:
             with _collection_paused():
                 self._entries = _table_entries(self._captions, "," if suffix == ".csv" else "\t", keys)
         if not self._entries:
             raise ValueError(f"captions must list at least one image-caption pair, {self._captions!r} has none")
+        # the splits the file holds, when split is given (a Karpathy file): to tell a split name it lacks
+        self.splits: Optional[tuple[str, ...]] = tuple(sorted(found)) if wanted is not None else None
         if all(entry.error is not None for entry in self._entries):  # e.g. every line lacks text_key
             first = self._entries[0]
             unit = "lines" if self._format == "lines" else "entries"
-            raise ValueError(
+            message = (
                 f"captions must list at least one well-formed image-caption pair, none of the {len(self._entries)} "
                 f"{unit} of {self._captions!r} is ({self._place(first)}: {first.error})"
             )
+            given = {f"missing key {k!r}": n for n, k in (("image_key", image_key), ("text_key", text_key)) if k}
+            if suffix == ".jsonl" and len({e.error for e in self._entries}) == 1 and first.error in given:
+                raise CaptionsError(given[first.error], message)  # every line lacks the key named: the key is wrong
+            raise ValueError(message)
         well_formed = [entry for entry in self._entries if entry.error is None and entry.image]
         absolute = bool(well_formed) and os.path.isabs(well_formed[0].image)
         if (
@@ -574,12 +611,13 @@ class ImageTextFolder(Dataset):
             and all(os.path.isabs(e.image) == absolute for e in well_formed)
         ):
             example = well_formed[0].image
-            raise ValueError(
+            raise CaptionsError(
+                "root",
                 f"captions: every image path of {self._captions!r} is absolute (e.g. {example!r}); give no root "
                 "(root=None; the retrieval command without --images) to read a file of absolute paths"
                 if absolute
                 else f"captions: every image path of {self._captions!r} is relative (e.g. {example!r}); give the root "
-                "folder they are relative to"
+                "folder they are relative to",
             )
 
     def __len__(self) -> int:
