@@ -8,9 +8,13 @@
         data.files.pairs_shards='pipe:aws s3 cp s3://bucket/pairs/shard-{000000..006999}.tar -'
     python examples/clip/train.py config=examples/clip/configs/finetune.yaml \
         model.pretrained=/models/clip-vit-base-patch16 data.files.pairs_shards='/data/pairs/shard-*.tar'
+    python examples/clip/train.py config=... data.source=files data.files.pairs_captions=/data/train.csv
+    python examples/clip/train.py config=... data.source=files data.files.pairs_root=/data/coco \
+        data.files.pairs_captions=/data/dataset_coco.json data.files.pairs_split=[train,restval]
 
 Reads top to bottom: config -> process group -> data (image-text pairs: the built-in shapes world,
-an image folder + captions, or tar shards, indexed or streamed) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
+a captions file (open_clip's CSV of absolute paths, Karpathy's split file, ...) with
+the folder its relative image paths are under, or tar shards, indexed or streamed) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
 accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and retrieval report
 (``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments; with
 ``model.pretrained`` (a Hugging Face, open_clip Hub or torchflava checkpoint directory, or a weights
