@@ -106,10 +106,10 @@ class ShapesConfig:
 @dataclass
 class FilesConfig:
     pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
-    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy or COCO .json)
+    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json)
     pairs_split: Optional[list[str]] = None  # Karpathy .json: the splits to train on, e.g. [train, restval]
-    pairs_image_key: Optional[str] = None  # .jsonl key or .csv/.tsv column of the image paths (null: image or
-    pairs_text_key: Optional[str] = None  # ... open_clip's filepath) and of the captions (null: caption or title)
+    pairs_image_key: Optional[str] = None  # key (.jsonl, BLIP .json) or column (.csv, .tsv) of the image paths
+    pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
     images_root: Optional[str] = None  # images without captions
     texts: Optional[str] = None  # text corpus, one text per line

@@ -82,6 +82,7 @@ def files(tmp_path_factory) -> Path:
         for split in ("train", "restval", "val", "test")
     ]
     (root / "dataset_coco.json").write_text(json.dumps({"images": karpathy, "dataset": "coco"}))
+    (root / "coco_karpathy_test.json").write_text(json.dumps([{"image": "0.png", "caption": ["a blue square"]}]))
     (root / "absolute.csv").write_text(f"filepath,title\n{root / '0.png'},a blue square\n")
     (root / "shards").mkdir()
     for shard in range(2):
@@ -623,9 +624,17 @@ def test_training_data_without_a_usable_row_leaves_no_run_directory(files, tmp_p
 
 KARPATHY = ("data.source=files", "data.files.pairs_captions={files}/dataset_coco.json", "data.files.pairs_root={files}")
 ABSOLUTE = ("data.source=files", "data.files.pairs_captions={files}/absolute.csv")
+BLIP = (
+    "data.source=files",
+    "data.files.pairs_captions={files}/coco_karpathy_test.json",
+    "data.files.pairs_root={files}",
+)
 SPLIT = "expected null, or a non-empty list of names of splits data.files.pairs_captions holds (a Karpathy split file"
 SPLITS = "its splits: ['restval', 'test', 'train', 'val']"
-COLUMN = "expected null, or the key or column of the {} in data.files.pairs_captions (a .jsonl, .csv or .tsv)"
+COLUMN = (
+    "expected null, or the key or column of the {} in data.files.pairs_captions (a .jsonl, .csv or .tsv, or a .json "
+    "list of captions)"
+)
 
 
 @pytest.mark.parametrize(
@@ -656,9 +665,23 @@ COLUMN = "expected null, or the key or column of the {} in data.files.pairs_capt
         ),
         (
             "clip",
+            (*BLIP, "data.files.pairs_split=[test]"),
+            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['test'] (split is for Karpathy's split files, "
+            "'{files}/coco_karpathy_test.json' is a list of captions)",
+        ),
+        (
+            "flava",
+            (*BLIP, "data.files.pairs_text_key=text"),  # no object has it
+            f"key 'data.files.pairs_text_key': {COLUMN.format('captions')}, got 'text' (captions must list at least one "
+            "well-formed image-caption pair, none of the 1 entries of '{files}/coco_karpathy_test.json' is ([0]: "
+            "missing key 'text'))",
+        ),
+        (
+            "clip",
             (*KARPATHY, "data.files.pairs_text_key=raw"),
-            "key 'data.files.pairs_text_key': expected null for {files}/dataset_coco.json (Karpathy's and COCO's .json "
-            "name their own keys), got 'raw'",
+            f"key 'data.files.pairs_text_key': {COLUMN.format('captions')}, got 'raw' (image_key and text_key are for "
+            ".jsonl, .csv and .tsv files and JSON lists of captions, '{files}/dataset_coco.json' is Karpathy's split "
+            "file)",
         ),
         (
             "clip",

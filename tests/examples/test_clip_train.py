@@ -532,11 +532,12 @@ def test_an_open_clip_csv_of_absolute_paths_trains_with_no_root(tmp_path):
 
 def test_a_karpathy_split_file_trains_on_the_splits_named(tmp_path):
     """dataset_coco.json with data.files.pairs_split=[train, restval]: the sentences of those images, in
-    the file's order, as the same pairs written as .jsonl (val and test images left out)."""
+    the file's order, as the same pairs written as .jsonl (val and test images left out), or as BLIP's
+    caption list."""
     root = tmp_path / "coco"
     captions = _scenes(root / "train2014", 24)
     splits = ["train", "val", "restval", "test"]
-    images, pairs = [], []
+    images, pairs, blip = [], [], []  # (and BLIP's list of the same: one object per image, its captions a list)
     for i, caption in enumerate(captions):
         sentences = [caption, f"there is {caption}"]
         split = splits[i % 4]
@@ -551,6 +552,7 @@ def test_a_karpathy_split_file_trains_on_the_splits_named(tmp_path):
         )
         if split in ("train", "restval"):
             pairs += [(f"train2014/{i:02d}.png", s) for s in sentences]
+            blip.append({"image": f"train2014/{i:02d}.png", "caption": sentences, "image_id": f"coco_{i}"})
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
     karpathy = _first_loss(
         tmp_path / "karpathy",
@@ -563,7 +565,13 @@ def test_a_karpathy_split_file_trains_on_the_splits_named(tmp_path):
         f"data.files.pairs_captions={_jsonl(tmp_path / 'pairs.jsonl', pairs)}",
         f"data.files.pairs_root={root}",
     )
-    assert len(pairs) == 24 and karpathy == jsonl
+    (tmp_path / "coco_karpathy_train.json").write_text(json.dumps(blip))
+    from_blip = _first_loss(
+        tmp_path / "blip",
+        f"data.files.pairs_captions={tmp_path / 'coco_karpathy_train.json'}",
+        f"data.files.pairs_root={root}",
+    )
+    assert len(pairs) == 24 and karpathy == jsonl == from_blip
     every = _first_loss(
         tmp_path / "every",
         f"data.files.pairs_captions={tmp_path / 'dataset_coco.json'}",

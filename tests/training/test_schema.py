@@ -108,16 +108,14 @@ def test_pair_file_checks_of_the_captions_keys(tmp_path):
         "[train, restval], got []"
     )
     assert failure(karpathy, split=["train", "train"]).startswith("key 'data.files.pairs_split': expected null, or")
-    assert failure(karpathy, image_key="img") == (
-        f"key 'data.files.pairs_image_key': expected null for {karpathy} (Karpathy's and COCO's .json name their own "
-        "keys), got 'img'"
-    )
+    # (keys for a .json: a list of captions names them, Karpathy's and COCO's files are refused as they are read)
+    raise_on_failed_checks(pair_file_checks("data.files", None, None, karpathy, required=True, image_key="img"))
     assert failure(csv, text_key="image") == (
         "key 'data.files.pairs_text_key': expected a key other than data.files.pairs_image_key's ('image'), got 'image'"
     )
     assert failure(csv, image_key="") == (
         "key 'data.files.pairs_image_key': expected null, or the key or column of the image paths in "
-        "data.files.pairs_captions (a .jsonl, .csv or .tsv), got ''"
+        "data.files.pairs_captions (a .jsonl, .csv or .tsv, or a .json list of captions), got ''"
     )
     shards = str(tmp_path / "p.tar")
     assert failure(None, shards, split=["train"]) == (

@@ -438,7 +438,8 @@ def vocab_checks(
     return checks + [(fault is None, "data.vocab", expected, f"{vocab} ({fault})" if fault else vocab)]
 
 
-CAPTIONS = "a captions file (.jsonl, .tsv, .csv, or Karpathy's or COCO's .json)"
+CAPTIONS = "a captions file (.jsonl, .tsv, .csv, or Karpathy's, COCO's or BLIP's .json)"
+KEYED = "a .jsonl, .csv or .tsv, or a .json list of captions"  # the formats whose keys are named
 # ImageTextFolder's arguments -> the files section's keys naming them
 PAIR_KEYS = {
     "root": "pairs_root",
@@ -455,8 +456,8 @@ def _pair_key_expectations(prefix: str) -> dict[str, str]:
     return {
         "pairs_root": f"the folder the image paths of {captions} are relative to, or null when they are absolute",
         "pairs_split": f"null, or a non-empty list of names of splits {captions} holds (a Karpathy split file, .json)",
-        "pairs_image_key": f"null, or the key or column of the image paths in {captions} (a .jsonl, .csv or .tsv)",
-        "pairs_text_key": f"null, or the key or column of the captions in {captions} (a .jsonl, .csv or .tsv)",
+        "pairs_image_key": f"null, or the key or column of the image paths in {captions} ({KEYED})",
+        "pairs_text_key": f"null, or the key or column of the captions in {captions} ({KEYED})",
     }
 
 
@@ -479,7 +480,8 @@ def pair_file_checks(
     ``<prefix>.pairs_image_key`` / ``pairs_text_key`` its keys or columns: one of the two forms when
     ``required``, each path naming what will be opened (the shards only when they are local files to
     index, not ``streamed``: the stream's checks do that), and the captions keys fitting the file's
-    format (by its extension; what the file holds is checked as :func:`opened_pairs` reads it). Both
+    format (by its extension: a split for a .json; what the file holds, Karpathy's or COCO's file for
+    keys, BLIP's list for a split, is checked as :func:`opened_pairs` reads it). Both
     forms at once are refused (one would be ignored), as are captions keys without a captions file."""
     given = {"pairs_shards": shards, "pairs_root": root, "pairs_captions": captions}
     expected = _pair_key_expectations(prefix)
@@ -527,15 +529,7 @@ def pair_file_checks(
         ),
     ]
     for key, value in (("pairs_image_key", image_key), ("pairs_text_key", text_key)):
-        checks += [
-            (value is None or value != "", f"{prefix}.{key}", expected[key], value),
-            (
-                value is None or captions is None or suffix != ".json",
-                f"{prefix}.{key}",
-                f"null for {captions} (Karpathy's and COCO's .json name their own keys)",
-                value,
-            ),
-        ]
+        checks.append((value is None or value != "", f"{prefix}.{key}", expected[key], value))
     keys = (image_key if image_key is not None else "image", text_key if text_key is not None else "caption")
     if (image_key is not None or text_key is not None) and keys[0] == keys[1]:  # one given: the other's default
         key, other = (
