@@ -15,7 +15,7 @@ is closest, and the class probabilities softmax(exp(logit_scale) x cosine simila
 ``--json``; when the images sit in sub-folders named after the classes, the accuracy is reported
 too. Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
 ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets),
-COCO's captions ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
+COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
 name its columns), see ``ImageTextFolder``; without ``--images`` the file's image paths must be
 absolute. Recall@1/5/10 are reported in both directions. Unreadable images or empty captions are
 skipped and counted.
@@ -252,7 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     mode.add_argument("--classes", help="comma-separated class names (classification)")
     mode.add_argument(
         "--captions",
-        help="captions pairing the images with text (retrieval): .jsonl, Karpathy's or COCO's .json, .csv or .tsv",
+        help="captions pairing the images with text (retrieval): .jsonl, Karpathy's, COCO's or BLIP's .json, .csv or .tsv",
     )
     parser.add_argument(
         "--split", help="Karpathy split(s) to keep, comma-separated (retrieval on a Karpathy .json: test, or val)"
@@ -280,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("argument --template: for --classes (classification) only, not with --captions")
     if args.captions is not None and not Path(args.captions).is_file():
         parser.error(
-            f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's or COCO's .json, or a .csv, "
+            f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's, COCO's or BLIP's .json, or a .csv, "
             f"got {args.captions!r} (not a file)"
         )
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]

@@ -8,9 +8,13 @@
         data.files.pairs_shards='pipe:aws s3 cp s3://bucket/pairs/shard-{000000..006999}.tar -'
     python examples/clip/train.py config=examples/clip/configs/finetune.yaml \
         model.pretrained=/models/clip-vit-base-patch16 data.files.pairs_shards='/data/pairs/shard-*.tar'
+    python examples/clip/train.py config=... data.source=files data.files.pairs_captions=/data/train.csv
+    python examples/clip/train.py config=... data.source=files data.files.pairs_root=/data/coco \
+        data.files.pairs_captions=/data/dataset_coco.json data.files.pairs_split=[train,restval]
 
 Reads top to bottom: config -> process group -> data (image-text pairs: the built-in shapes world,
-an image folder + captions, or tar shards, indexed or streamed) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
+a captions file (open_clip's CSV of absolute paths, Karpathy's split file, ...) with
+the folder its relative image paths are under, or tar shards, indexed or streamed) -> ``clip_model`` -> ``fit`` (the shared loop: wrapping,
 accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and retrieval report
 (``torchflava.evaluation``). The ``model`` section holds ``clip_model``'s own arguments; with
 ``model.pretrained`` (a Hugging Face, open_clip Hub or torchflava checkpoint directory, or a weights
@@ -34,7 +38,7 @@ import torch.distributed as dist
 from torchflava.data.clip_tokenizer import read_tokenizer
 from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
-from torchflava.data.readers import ImageTextFolder, TarShards
+from torchflava.data.readers import TarShards
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
@@ -68,6 +72,7 @@ from torchflava.training.schema import (
     logit_scale_check,
     lr_multipliers_check,
     opened,
+    opened_pairs,
     pair_file_checks,
     raise_on_failed_checks,
     template_checks,
@@ -96,8 +101,11 @@ class ShapesConfig:
 
 @dataclass
 class FilesConfig:
-    pairs_root: Optional[str] = None  # image folder ...
-    pairs_captions: Optional[str] = None  # ... and its captions (.jsonl, .tsv, .csv, Karpathy or COCO .json)
+    pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
+    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json)
+    pairs_split: Optional[list[str]] = None  # Karpathy .json: the splits to train on, e.g. [train, restval]
+    pairs_image_key: Optional[str] = None  # key (.jsonl, BLIP .json) or column (.csv, .tsv) of the image paths
+    pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
 
 
@@ -177,6 +185,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.files.pairs_captions,
                 required=True,
                 streamed=d.streaming.enabled,
+                split=d.files.pairs_split,
+                image_key=d.files.pairs_image_key,
+                text_key=d.files.pairs_text_key,
             )
             if d.source == "files"
             else []
@@ -343,11 +354,13 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
             lambda: TarShards(f.pairs_shards),
             usable=unusable_start,
         )
-    return opened(
-        "data.files.pairs_captions",
+    return opened_pairs(
+        "data.files",
+        f.pairs_root,
         f.pairs_captions,
-        f"a captions file (.jsonl, .tsv, .csv, or Karpathy's or COCO's .json) of images under {f.pairs_root}",
-        lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
+        split=f.pairs_split,
+        image_key=f.pairs_image_key,
+        text_key=f.pairs_text_key,
         usable=unusable_start,
     )
 

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
 from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
-from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
+from torchflava.data.readers import ImageFolder, TarShards, TextCorpus
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
@@ -64,6 +64,7 @@ from torchflava.training.schema import (
     logit_scale_check,
     lr_multipliers_check,
     opened,
+    opened_pairs,
     pair_file_checks,
     path_check,
     raise_on_failed_checks,
@@ -104,8 +105,11 @@ class ShapesConfig:
 
 @dataclass
 class FilesConfig:
-    pairs_root: Optional[str] = None  # image folder of the pairs ...
-    pairs_captions: Optional[str] = None  # ... and its captions (.jsonl, .tsv, .csv, Karpathy or COCO .json)
+    pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
+    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json)
+    pairs_split: Optional[list[str]] = None  # Karpathy .json: the splits to train on, e.g. [train, restval]
+    pairs_image_key: Optional[str] = None  # key (.jsonl, BLIP .json) or column (.csv, .tsv) of the image paths
+    pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
     images_root: Optional[str] = None  # images without captions
     texts: Optional[str] = None  # text corpus, one text per line
@@ -159,7 +163,7 @@ def data_kinds(d: DataConfig) -> list[str]:
     """The kinds of data (pairs, images, texts) the data section gives a source."""
     if d.source == "files":
         f = d.files
-        given = {"pairs": f.pairs_shards or f.pairs_root, "images": f.images_root, "texts": f.texts}
+        given = {"pairs": f.pairs_shards or f.pairs_captions, "images": f.images_root, "texts": f.texts}
     else:
         given = {"pairs": d.shapes.num_pairs > 0, "images": d.shapes.num_images > 0, "texts": d.shapes.num_texts > 0}
     return [kind for kind, present in given.items() if present]
@@ -245,13 +249,21 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             d.streaming, source=d.source, shards=f.pairs_shards, world_size=world_size, num_workers=d.num_workers
         )
         + pair_file_checks(
-            "data.files", f.pairs_shards, f.pairs_root, f.pairs_captions, required=False, streamed=d.streaming.enabled
+            "data.files",
+            f.pairs_shards,
+            f.pairs_root,
+            f.pairs_captions,
+            required=False,
+            streamed=d.streaming.enabled,
+            split=f.pairs_split,
+            image_key=f.pairs_image_key,
+            text_key=f.pairs_text_key,
         )
         + [
             (
                 d.source != "files" or bool(kinds),
                 "data.files",
-                "pairs_shards, pairs_root with pairs_captions, images_root or texts",
+                "pairs_shards, pairs_captions (with pairs_root for relative image paths), images_root or texts",
                 asdict(f),
             ),
             path_check("data.files.images_root", f.images_root, "directory"),
@@ -302,12 +314,14 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             lambda: TarShards(f.pairs_shards),
             usable=unusable_start,
         )
-    elif f.pairs_root is not None and not streamed:
-        sources["pairs"] = opened(
-            "data.files.pairs_captions",
+    elif f.pairs_captions is not None and not streamed:
+        sources["pairs"] = opened_pairs(
+            "data.files",
+            f.pairs_root,
             f.pairs_captions,
-            f"a captions file (.jsonl, .tsv, .csv, or Karpathy's or COCO's .json) of images under {f.pairs_root}",
-            lambda: ImageTextFolder(f.pairs_root, f.pairs_captions),
+            split=f.pairs_split,
+            image_key=f.pairs_image_key,
+            text_key=f.pairs_text_key,
             usable=unusable_start,
         )
     if f.images_root is not None:

@@ -260,11 +260,13 @@ def test_csv_and_tsv_columns_named_by_the_keys_in_any_order_and_case(tmp_path):
 
 def test_files_of_the_wrong_shape_are_refused_naming_them(tmp_path):
     expected = (
-        "Karpathy's split file ({'images': [{'filepath', 'filename', 'split', 'sentences': [{'raw'}]}]}) or COCO's "
-        "captions file ({'images': [{'id', 'file_name'}], 'annotations': [{'image_id', 'caption'}]})"
+        "Karpathy's split file ({'images': [{'filepath', 'filename', 'split', 'sentences': [{'raw'}]}]}), COCO's "
+        "captions file ({'images': [{'id', 'file_name'}], 'annotations': [{'image_id', 'caption'}]}) or a list of "
+        "captions as BLIP's ([{'image', 'caption'}], the caption a string or a list of them)"
     )
     cases = [
-        ("list.json", "[1, 2]", "holds a JSON list"),
+        ("list.json", "[1, 2]", "holds a JSON list of 2 item(s) (number), no object with 'image'"),
+        ("lists.json", '[["a.png", "x"], {"file": "a.png"}]', "holds a JSON list of 2 item(s) (list, object), no object with 'image'"),
         ("other.json", '{"data": [], "version": 2}', "holds an object of keys 'data', 'version'"),
         ("images.json", '{"images": {"a": 1}}', "holds an object of keys 'images', its 'images' a object"),
         ("plain.json", '{"images": [{"file_name": "a.png"}]}', "holds 'images' (1) without 'sentences' and no 'annotations'"),
@@ -310,8 +312,12 @@ def test_files_of_the_wrong_shape_are_refused_naming_them(tmp_path):
     )
     with pytest.raises(ValueError, match=r"^captions must be a .jsonl, .json, .csv or .tsv file, got '.*c.txt'$"):
         ImageTextFolder(tmp_path, write(tmp_path / "c.txt", "a.png\tx\n"))
-    with pytest.raises(ValueError, match="^image_key and text_key are for .jsonl, .csv and .tsv files"):
+    with pytest.raises(ValueError) as error:
         ImageTextFolder(tmp_path, karpathy_coco(tmp_path), image_key="a", text_key="b")
+    assert str(error.value) == (
+        "image_key and text_key are for .jsonl, .csv and .tsv files and JSON lists of captions, "
+        f"{str(tmp_path / 'dataset_coco.json')!r} is Karpathy's split file"
+    )
     with pytest.raises(ValueError, match="'path' and 'caption'; line 1 of"):  # one key given: the other's default
         ImageTextFolder(tmp_path, tsv, image_key="path")
     assert pairs(ImageTextFolder(tmp_path, tsv, image_key="path", text_key="text")) == [(str(tmp_path / "a.png"), "x")]
@@ -349,3 +355,84 @@ def test_absolute_paths_only_without_a_root_and_relative_ones_only_under_it(tmp_
         tmp_path / "out.jsonl", '{"image": "../a.png", "caption": "x"}\n{"image": "a.png", "caption": "y"}\n'
     )
     assert pairs(ImageTextFolder(tmp_path / ".", outside))[0] == "out.jsonl line 1: image path '../a.png' leaves root"
+
+
+# BLIP's (and LAVIS's) caption files: coco_karpathy_train.json holds one object per caption, its val and
+# test files one object per image with the captions in a list
+BLIP_TRAIN = [
+    {"caption": "A woman wearing a net on her head cutting a cake. ", "image": "val2014/COCO_val2014_000000522418.jpg", "image_id": "coco_522418"},
+    {"caption": "A woman cutting a large white sheet cake.", "image": "val2014/COCO_val2014_000000522418.jpg", "image_id": "coco_522418"},
+    {"caption": "A child holding a flowered umbrella.", "image": "train2014/COCO_train2014_000000000049.jpg", "image_id": "coco_49"},
+]  # fmt: skip
+BLIP_TEST = [
+    {"image": "val2014/COCO_val2014_000000391895.jpg", "caption": ["A man with a red helmet on a small moped on a dirt road. ", "Man riding a motor bike on a dirt road on the countryside."]},
+    {"image": "val2014/COCO_val2014_000000060623.jpg", "caption": ["A young girl inhales with the intent of blowing out a candle. "]},
+]  # fmt: skip
+
+
+def test_blip_caption_lists_give_one_item_per_caption(tmp_path):
+    root = tmp_path / "coco"
+    write(root / "val2014" / "COCO_val2014_000000522418.jpg", png_bytes())
+    train = ImageTextFolder(root, write(tmp_path / "coco_karpathy_train.json", json.dumps(BLIP_TRAIN)))
+    cake, umbrella = str(root / BLIP_TRAIN[0]["image"]), str(root / BLIP_TRAIN[2]["image"])
+    assert pairs(train) == [
+        (cake, "A woman wearing a net on her head cutting a cake."),
+        (cake, "A woman cutting a large white sheet cake."),
+        (umbrella, "A child holding a flowered umbrella."),
+    ]
+    assert_red_green(train[1].image)
+    test = ImageTextFolder(root, write(tmp_path / "coco_karpathy_test.json", json.dumps(BLIP_TEST)))
+    moped, candle = (str(root / item["image"]) for item in BLIP_TEST)
+    assert pairs(test) == [
+        (moped, "A man with a red helmet on a small moped on a dirt road."),
+        (moped, "Man riding a motor bike on a dirt road on the countryside."),
+        (candle, "A young girl inhales with the intent of blowing out a candle."),
+    ]
+    with pytest.raises(BadSample, match=r"^sample 2: coco_karpathy_test.json \[1\].caption\[0\]: unreadable image"):
+        test[2]  # (no image was written)
+    # other keys named by image_key and text_key (LAVIS-style annotations), one caption or several
+    renamed = [{"img": item["image"], "text": item["caption"]} for item in BLIP_TEST]
+    captions = write(tmp_path / "renamed.json", json.dumps(renamed))
+    assert pairs(ImageTextFolder(root, captions, image_key="img", text_key="text")) == pairs(test)
+
+
+def test_malformed_entries_of_a_caption_list_are_bad_samples_naming_file_and_index(tmp_path):
+    items = [
+        {"image": "a.png", "caption": "fine"},
+        "not an object",
+        {"caption": "no image"},
+        {"image": "a.png"},
+        {"image": 7, "caption": "x"},
+        {"image": "a.png", "caption": None},
+        {"image": "a.png", "caption": []},
+        {"image": "a.png", "caption": ["one", 2, "  "]},
+    ]
+    dataset = ImageTextFolder(tmp_path, write(tmp_path / "c.json", json.dumps(items)))
+    assert pairs(dataset) == [
+        (str(tmp_path / "a.png"), "fine"),
+        "c.json [1]: expected a JSON object, got string",
+        "c.json [2]: missing key 'image'",
+        "c.json [3]: missing key 'caption'",
+        "c.json [4]: 'image' must be a string, got number",
+        "c.json [5]: 'caption' must be a string or a list of strings, got null",
+        "c.json [6]: 'caption' is an empty list",
+        (str(tmp_path / "a.png"), "one"),
+        "c.json [7].caption[1]: expected a string, got number",
+        "c.json [7].caption[2]: empty or missing text ('  ')",
+    ]
+    with pytest.raises(BadSample) as bad:
+        dataset[3]
+    assert bad.value.reason == "c.json [3]: missing key 'caption'"
+    none = write(tmp_path / "none.json", json.dumps([{"image": "a.png", "text": "x"}]))
+    with pytest.raises(ValueError) as error:
+        ImageTextFolder(tmp_path, none)
+    assert str(error.value) == (
+        "captions must list at least one well-formed image-caption pair, none of the 1 entries of "
+        f"{str(none)!r} is ([0]: missing key 'caption')"
+    )
+    with pytest.raises(ValueError) as error:
+        ImageTextFolder(tmp_path, none, split="train")
+    assert str(error.value) == f"split is for Karpathy's split files, {str(none)!r} is a list of captions"
+    empty = write(tmp_path / "empty.json", "[]")
+    with pytest.raises(ValueError, match="^captions must list at least one image-caption pair, .* has none$"):
+        ImageTextFolder(tmp_path, empty)

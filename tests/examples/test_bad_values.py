@@ -76,6 +76,14 @@ def files(tmp_path_factory) -> Path:
     with wds.TarWriter(str(root / "images_only.tar")) as writer:  # samples with an image and no caption
         for key in range(3):
             writer.write({"__key__": str(key), "png": (root / "0.png").read_bytes()})
+    # captions files as researchers have them: a Karpathy split file, open_clip's CSV of absolute paths
+    karpathy = [
+        {"filepath": ".", "filename": "0.png", "split": split, "sentences": [{"raw": f"a {split} square"}]}
+        for split in ("train", "restval", "val", "test")
+    ]
+    (root / "dataset_coco.json").write_text(json.dumps({"images": karpathy, "dataset": "coco"}))
+    (root / "coco_karpathy_test.json").write_text(json.dumps([{"image": "0.png", "caption": ["a blue square"]}]))
+    (root / "absolute.csv").write_text(f"filepath,title\n{root / '0.png'},a blue square\n")
     (root / "shards").mkdir()
     for shard in range(2):
         with wds.TarWriter(str(root / "shards" / f"p-{shard}.tar")) as writer:
@@ -211,7 +219,7 @@ CLIP_ONLY = [
     ((FILES,), "data.files"),
     ((FILES, "data.files.pairs_shards=/nowhere/*.tar"), "data.files.pairs_shards"),
     ((FILES, "data.files.pairs_shards={files}/not_a.tar"), "data.files.pairs_shards"),
-    ((FILES, "data.files.pairs_captions={files}/labels.jsonl"), "data.files.pairs_root"),
+    ((FILES, "data.files.pairs_captions={files}/missing_images.tsv"), "data.files.pairs_root"),  # relative paths
     ((FILES, "data.files.pairs_root={files}", "data.files.pairs_captions=/nowhere.jsonl"), "data.files.pairs_captions"),
     ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
     (
@@ -463,7 +471,7 @@ def test_flava_needs_two_pairs_per_micro_batch_when_the_contrastive_loss_counts(
 UNREAD = "expected its default, null, since data.source=shapes reads no files"
 BOTH_FORMS = (
     "key 'data.files.pairs_shards': expected null when data.files.pairs_root or data.files.pairs_captions is set "
-    "(one form of pairs: the shards, or the image folder with its captions), got '{files}/shards/p-0.tar'"
+    "(one form of pairs: the shards, or the captions file with the folder of its images), got '{files}/shards/p-0.tar'"
 )
 PAST_CLAMP = (
     "key 'model.logit_scale_init': expected in [0, 4.60517] (the range the learnt log temperature multiplier is "
@@ -612,3 +620,109 @@ def test_training_data_without_a_usable_row_leaves_no_run_directory(files, tmp_p
         module.main(_config("finetune", [f"data.train={tmp_path / 'bad_rows.tsv'}"], files, tmp_path / "notes"))
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["notes.txt"]
     module.main(_config("finetune", [], files, tmp_path / "mine"))  # and holds the next run
+
+
+KARPATHY = ("data.source=files", "data.files.pairs_captions={files}/dataset_coco.json", "data.files.pairs_root={files}")
+ABSOLUTE = ("data.source=files", "data.files.pairs_captions={files}/absolute.csv")
+BLIP = (
+    "data.source=files",
+    "data.files.pairs_captions={files}/coco_karpathy_test.json",
+    "data.files.pairs_root={files}",
+)
+SPLIT = "expected null, or a non-empty list of names of splits data.files.pairs_captions holds (a Karpathy split file"
+SPLITS = "its splits: ['restval', 'test', 'train', 'val']"
+COLUMN = (
+    "expected null, or the key or column of the {} in data.files.pairs_captions (a .jsonl, .csv or .tsv, or a .json "
+    "list of captions)"
+)
+
+
+@pytest.mark.parametrize(
+    "recipe, overrides, message",
+    [
+        (
+            "clip",
+            (
+                FILES,
+                "data.files.pairs_root={files}",
+                "data.files.pairs_captions={files}/labels.jsonl",
+                "data.files.pairs_split=[train]",
+            ),
+            "key 'data.files.pairs_split': expected null for {files}/labels.jsonl (splits are those of Karpathy's split "
+            "files, .json), got ['train']",
+        ),
+        (
+            "clip",
+            (*KARPATHY, "data.files.pairs_split=[train,restvl]"),  # one name the file lacks: its images were dropped
+            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['train', 'restvl'] ({{files}}/dataset_coco.json has "
+            f"no split 'restvl'; {SPLITS})",
+        ),
+        (
+            "flava",
+            (*KARPATHY, "data.files.pairs_split=[training]"),
+            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['training'] (split must name splits of the file, none "
+            f"of ['training'] is a split of '{{files}}/dataset_coco.json' ({SPLITS}))",
+        ),
+        (
+            "clip",
+            (*BLIP, "data.files.pairs_split=[test]"),
+            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['test'] (split is for Karpathy's split files, "
+            "'{files}/coco_karpathy_test.json' is a list of captions)",
+        ),
+        (
+            "flava",
+            (*BLIP, "data.files.pairs_text_key=text"),  # no object has it
+            f"key 'data.files.pairs_text_key': {COLUMN.format('captions')}, got 'text' (captions must list at least one "
+            "well-formed image-caption pair, none of the 1 entries of '{files}/coco_karpathy_test.json' is ([0]: "
+            "missing key 'text'))",
+        ),
+        (
+            "clip",
+            (*KARPATHY, "data.files.pairs_text_key=raw"),
+            f"key 'data.files.pairs_text_key': {COLUMN.format('captions')}, got 'raw' (image_key and text_key are for "
+            ".jsonl, .csv and .tsv files and JSON lists of captions, '{files}/dataset_coco.json' is Karpathy's split "
+            "file)",
+        ),
+        (
+            "clip",
+            (*ABSOLUTE, "data.files.pairs_image_key=filepath", "data.files.pairs_text_key=caption"),
+            f"key 'data.files.pairs_text_key': {COLUMN.format('captions')}, got 'caption' (captions must start with a "
+            "comma-separated header row naming the columns 'filepath' and 'caption'; line 1 of "
+            "'{files}/absolute.csv' is ['filepath', 'title'])",
+        ),
+        (
+            "flava",
+            (*ABSOLUTE, "data.files.pairs_text_key=image"),  # the image column's default name
+            "key 'data.files.pairs_text_key': expected a key other than data.files.pairs_image_key's ('image'), got "
+            "'image'",
+        ),
+        (
+            "flava",
+            (*ABSOLUTE, "data.files.pairs_root={files}"),  # every path absolute: no root wanted
+            "key 'data.files.pairs_root': expected the folder the image paths of data.files.pairs_captions are "
+            "relative to, or null when they are absolute, got '{files}' (captions: every image path of "
+            "'{files}/absolute.csv' is absolute (e.g. '{files}/0.png'); give no root (root=None; the retrieval "
+            "command without --images) to read a file of absolute paths)",
+        ),
+        (
+            "clip",
+            (FILES, "data.files.pairs_shards={files}/shards/p-0.tar", "data.files.pairs_split=[train]"),
+            "key 'data.files.pairs_split': expected null without data.files.pairs_captions, got ['train']",
+        ),
+        (
+            "clip",
+            ("data.files.pairs_image_key=url",),  # data.source=shapes
+            "key 'data.files.pairs_image_key': expected its default, null, since data.source=shapes reads no files, "
+            "got 'url'",
+        ),
+    ],
+)
+def test_the_captions_keys_are_refused_naming_the_key_at_fault(recipe, overrides, message, files, tmp_path):
+    """pairs_split, pairs_image_key, pairs_text_key and pairs_root against the captions file they apply to,
+    refused before any work in the recipes' one line naming the key that answers for it."""
+    module = RECIPES[recipe]
+    out = tmp_path / "run"
+    with pytest.raises(module.ConfigError) as caught:
+        module.main(_config(recipe, overrides, files, out))
+    assert str(caught.value) == message.format(files=files)
+    assert not out.exists()

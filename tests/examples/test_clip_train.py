@@ -482,3 +482,120 @@ def test_a_downloaded_checkpoint_is_checked_as_a_local_file_and_trains_as_one(hf
     weights = local / "weights.safetensors"
     train.main(_config(f"training.output_dir={again}", f"model.pretrained={weights}", *sizes, f"data.vocab={hf_clip}"))
     assert _losses(out) == _losses(again) and set(_losses(out)) == {1}
+
+
+# ------------------------------------------------------------------------- captions files as researchers have them
+PAIRS_RUN = ["data.source=files", "training.max_steps=1", "optim.warmup_steps=0", "training.log_every=1"]
+PAIRS_RUN += ["eval.enabled=false"]
+
+
+def _scenes(folder: Path, count: int) -> list[str]:
+    """``count`` shapes scenes saved as ``folder/NN.png``; their captions."""
+    from torchflava.data.shapes import ShapesWorld
+
+    world = ShapesWorld("pairs", count, image_size=32)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        world[i].image.save(folder / f"{i:02d}.png")
+    return [world.caption(i) for i in range(count)]
+
+
+def _first_loss(out: Path, *overrides: str) -> float:
+    train.main(_config(f"training.output_dir={out}", *PAIRS_RUN, *overrides))
+    return _losses(out)[1]
+
+
+def _jsonl(path: Path, pairs) -> Path:
+    path.write_text("".join(json.dumps({"image": image, "caption": caption}) + "\n" for image, caption in pairs))
+    return path
+
+
+def test_an_open_clip_csv_of_absolute_paths_trains_with_no_root(tmp_path):
+    """open_clip's train.csv (filepath, title; absolute paths, quoted captions, other columns): no
+    pairs_root, and the same pairs as the .jsonl of relative paths under a root, in the same order."""
+    images = tmp_path / "images"
+    captions = _scenes(images, 20)
+    rows = [f'{i},"{images / f"{i:02d}.png"}","{caption}, seen from above"\n' for i, caption in enumerate(captions)]
+    (tmp_path / "train.csv").write_text("id,filepath,title\n" + "".join(rows))
+    pairs = [(f"{i:02d}.png", f"{caption}, seen from above") for i, caption in enumerate(captions)]
+    jsonl = _jsonl(tmp_path / "train.jsonl", pairs)
+    from_csv = _first_loss(tmp_path / "csv", f"data.files.pairs_captions={tmp_path / 'train.csv'}")
+    from_jsonl = _first_loss(
+        tmp_path / "jsonl", f"data.files.pairs_captions={jsonl}", f"data.files.pairs_root={images}"
+    )
+    assert from_csv == from_jsonl
+    # (the first loss tells the pairs apart: the same pairs in another order give another)
+    shuffled = _jsonl(tmp_path / "shuffled.jsonl", pairs[1:] + pairs[:1])
+    moved = _first_loss(tmp_path / "moved", f"data.files.pairs_captions={shuffled}", f"data.files.pairs_root={images}")
+    assert moved != from_jsonl
+
+
+def test_a_karpathy_split_file_trains_on_the_splits_named(tmp_path):
+    """dataset_coco.json with data.files.pairs_split=[train, restval]: the sentences of those images, in
+    the file's order, as the same pairs written as .jsonl (val and test images left out), or as BLIP's
+    caption list."""
+    root = tmp_path / "coco"
+    captions = _scenes(root / "train2014", 24)
+    splits = ["train", "val", "restval", "test"]
+    images, pairs, blip = [], [], []  # (and BLIP's list of the same: one object per image, its captions a list)
+    for i, caption in enumerate(captions):
+        sentences = [caption, f"there is {caption}"]
+        split = splits[i % 4]
+        images.append(
+            {
+                "filepath": "train2014",
+                "filename": f"{i:02d}.png",
+                "imgid": i,
+                "split": split,
+                "sentences": [{"raw": s, "tokens": s.split(), "imgid": i} for s in sentences],
+            }
+        )
+        if split in ("train", "restval"):
+            pairs += [(f"train2014/{i:02d}.png", s) for s in sentences]
+            blip.append({"image": f"train2014/{i:02d}.png", "caption": sentences, "image_id": f"coco_{i}"})
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    karpathy = _first_loss(
+        tmp_path / "karpathy",
+        f"data.files.pairs_captions={tmp_path / 'dataset_coco.json'}",
+        f"data.files.pairs_root={root}",
+        "data.files.pairs_split=[train,restval]",
+    )
+    jsonl = _first_loss(
+        tmp_path / "jsonl",
+        f"data.files.pairs_captions={_jsonl(tmp_path / 'pairs.jsonl', pairs)}",
+        f"data.files.pairs_root={root}",
+    )
+    (tmp_path / "coco_karpathy_train.json").write_text(json.dumps(blip))
+    from_blip = _first_loss(
+        tmp_path / "blip",
+        f"data.files.pairs_captions={tmp_path / 'coco_karpathy_train.json'}",
+        f"data.files.pairs_root={root}",
+    )
+    assert len(pairs) == 24 and karpathy == jsonl == from_blip
+    every = _first_loss(
+        tmp_path / "every",
+        f"data.files.pairs_captions={tmp_path / 'dataset_coco.json'}",
+        f"data.files.pairs_root={root}",
+    )
+    assert every != karpathy  # (without the split: all 48 sentences)
+
+
+def test_a_resumed_run_may_not_change_which_pairs_it_reads(tmp_path):
+    """The captions keys choose the pairs trained on: refused on resume like the files themselves; a run
+    saved before they existed resumes with them unset."""
+    from torchflava.training.config import check_resume_config
+
+    base = ["data.source=files", f"data.files.pairs_captions={tmp_path / 'dataset_coco.json'}"]
+    base += ["data.files.pairs_split=[train]"]
+    train.save_config(_config(*base), tmp_path / "config.yaml")
+    for change in ("data.files.pairs_split=[train,restval]", "data.files.pairs_image_key=image"):
+        key = change.split("=")[0]
+        with pytest.raises(train.ConfigError, match=rf"^keys '{key}' \(.* -> .*\): expected the values"):
+            check_resume_config(tmp_path / "config.yaml", _config(*base, change))
+    saved = (tmp_path / "config.yaml").read_text()
+    new_keys = ("    pairs_split:\n    - train\n", "    pairs_image_key: null\n", "    pairs_text_key: null\n")
+    assert all(line in saved for line in new_keys)
+    for line in new_keys:
+        saved = saved.replace(line, "")
+    (tmp_path / "older.yaml").write_text(saved)  # as a run saved it before these keys
+    assert check_resume_config(tmp_path / "older.yaml", _config("data.source=files", base[1])) == []

@@ -257,6 +257,35 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     assert "unreadable image" in reasons and "empty" in reasons
 
 
+def test_an_open_clip_csv_of_absolute_paths_needs_no_pairs_root(tmp_path):
+    """data.files.pairs_captions alone (open_clip's filepath/title CSV of absolute paths) trains on the
+    pairs the .jsonl of relative paths under pairs_root lists, with the same losses."""
+    _write_pairs(tmp_path / "data")
+    images = tmp_path / "data" / "images"
+    lines = [json.loads(line) for line in (tmp_path / "data" / "captions.jsonl").read_text().splitlines()]
+    rows = [f'"{images / line["image"]}","{line["caption"]}"\n' for line in lines]
+    (tmp_path / "data" / "train.csv").write_text("filepath,title\n" + "".join(rows))
+    run = ["training.max_steps=2", "optim.warmup_steps=1", "data.source=files", "data.ratios.pairs=1"]
+    run += ["data.ratios.images=0", "data.ratios.texts=0", "eval.enabled=false", "training.log_every=1"]
+    from_csv = train.main(
+        _config(
+            f"training.output_dir={tmp_path / 'csv'}",
+            *run,
+            f"data.files.pairs_captions={tmp_path / 'data' / 'train.csv'}",
+        )
+    )
+    train.main(
+        _config(
+            f"training.output_dir={tmp_path / 'jsonl'}",
+            *run,
+            f"data.files.pairs_captions={tmp_path / 'data' / 'captions.jsonl'}",
+            f"data.files.pairs_root={images}",
+        )
+    )
+    assert _losses(tmp_path / "csv") == _losses(tmp_path / "jsonl") and len(_losses(tmp_path / "csv")) == 2
+    assert from_csv["steps"] == 2
+
+
 # ---------------------------------------------------------------------------------------- NaN stop
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     original = train.flava_model_for_pretraining

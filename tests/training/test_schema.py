@@ -72,19 +72,54 @@ def test_pair_file_checks(tmp_path):
     captions, root = str(tmp_path / "c.jsonl"), str(tmp_path)
     raise_on_failed_checks(pair_file_checks("data.files", None, None, None, required=False))
     raise_on_failed_checks(pair_file_checks("data.files", None, root, captions, required=True))
+    raise_on_failed_checks(pair_file_checks("data.files", None, None, captions, required=True))  # absolute paths
     assert _first_failure(pair_file_checks("data.files", None, None, None, required=True)) == (
-        "key 'data.files': expected pairs_shards, or pairs_root with pairs_captions, got "
-        "{'pairs_shards': None, 'pairs_root': None, 'pairs_captions': None}"
+        "key 'data.files': expected pairs_shards, or pairs_captions (with pairs_root when its image paths are "
+        "relative), got {'pairs_shards': None, 'pairs_root': None, 'pairs_captions': None}"
     )
     assert _first_failure(pair_file_checks("data.files", None, root, None, required=False)) == (
-        "key 'data.files.pairs_captions': expected set together with the other of pairs_root and pairs_captions, "
+        "key 'data.files.pairs_captions': expected a captions file listing the images of data.files.pairs_root, "
         "got None"
-    )
-    assert _first_failure(pair_file_checks("data.files", None, None, captions, required=True)).startswith(
-        "key 'data.files.pairs_root': expected set together"
     )
     assert _first_failure(pair_file_checks("data.files", str(tmp_path / "*.tar"), None, None, required=True)) == (
         f"key 'data.files.pairs_shards': expected a file or a glob matching files, got '{tmp_path / '*.tar'}'"
+    )
+
+
+def test_pair_file_checks_of_the_captions_keys(tmp_path):
+    """pairs_split, pairs_image_key and pairs_text_key: for a captions file of the format they apply to."""
+    for name in ("c.jsonl", "c.json", "c.csv"):
+        (tmp_path / name).write_text("")
+    jsonl, karpathy, csv = (str(tmp_path / name) for name in ("c.jsonl", "c.json", "c.csv"))
+
+    def failure(captions, shards=None, **keys):
+        return _first_failure(pair_file_checks("data.files", shards, None, captions, required=True, **keys))
+
+    raise_on_failed_checks(pair_file_checks("data.files", None, None, karpathy, required=True, split=["train"]))
+    raise_on_failed_checks(
+        pair_file_checks("data.files", None, None, csv, required=True, image_key="url", text_key="text")
+    )
+    assert failure(jsonl, split=["train"]) == (
+        f"key 'data.files.pairs_split': expected null for {jsonl} (splits are those of Karpathy's split files, "
+        ".json), got ['train']"
+    )
+    assert failure(karpathy, split=[]) == (
+        "key 'data.files.pairs_split': expected null, or a non-empty list of distinct split names like "
+        "[train, restval], got []"
+    )
+    assert failure(karpathy, split=["train", "train"]).startswith("key 'data.files.pairs_split': expected null, or")
+    # (keys for a .json: a list of captions names them, Karpathy's and COCO's files are refused as they are read)
+    raise_on_failed_checks(pair_file_checks("data.files", None, None, karpathy, required=True, image_key="img"))
+    assert failure(csv, text_key="image") == (
+        "key 'data.files.pairs_text_key': expected a key other than data.files.pairs_image_key's ('image'), got 'image'"
+    )
+    assert failure(csv, image_key="") == (
+        "key 'data.files.pairs_image_key': expected null, or the key or column of the image paths in "
+        "data.files.pairs_captions (a .jsonl, .csv or .tsv, or a .json list of captions), got ''"
+    )
+    shards = str(tmp_path / "p.tar")
+    assert failure(None, shards, split=["train"]) == (
+        "key 'data.files.pairs_split': expected null without data.files.pairs_captions, got ['train']"
     )
 
 

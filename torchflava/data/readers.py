@@ -1,4 +1,4 @@
-"""Map-style sources on local files: captioned image folders (JSON lines, Karpathy's and COCO's
+"""Map-style sources on local files: captioned image folders (JSON lines, Karpathy's, COCO's and BLIP's
 captions JSON, open_clip's CSV/TSV), text corpora, image folders, tar shards.
 
 Each source is a ``torch.utils.data.Dataset`` of :class:`~torchflava.data.samples.Sample` items. An
@@ -70,6 +70,16 @@ def check_max_pixels(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"max_image_pixels must be a positive int, got {value!r}")
     return value
+
+
+class CaptionsError(ValueError):
+    """A refusal of :class:`ImageTextFolder` that one argument other than ``captions`` answers for:
+    ``argument`` is ``"root"``, ``"split"``, ``"image_key"`` or ``"text_key"`` (a config naming them
+    otherwise names its own key, e.g. a split that is no split of the file)."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 def _check_index(index: object, length: int) -> int:
@@ -157,8 +167,9 @@ def _tsv_entry(number: int, line: str) -> _Entry:
 
 
 _JSON_SHAPES = (
-    "Karpathy's split file ({'images': [{'filepath', 'filename', 'split', 'sentences': [{'raw'}]}]}) or COCO's "
-    "captions file ({'images': [{'id', 'file_name'}], 'annotations': [{'image_id', 'caption'}]})"
+    "Karpathy's split file ({'images': [{'filepath', 'filename', 'split', 'sentences': [{'raw'}]}]}), COCO's "
+    "captions file ({'images': [{'id', 'file_name'}], 'annotations': [{'image_id', 'caption'}]}) or a list of "
+    "captions as BLIP's ([{'image', 'caption'}], the caption a string or a list of them)"
 )
 
 
@@ -175,9 +186,18 @@ def _dropping_tokens(record: dict) -> dict:
     return record
 
 
-def _json_entries(path: str, split: Optional[frozenset]) -> tuple[str, list[_Entry]]:
-    """("karpathy" or "coco", the entries) of a ``.json`` captions file; ValueError naming the file, the
-    shapes expected and what it holds when it is neither."""
+def _json_entries(
+    path: str,
+    split: Optional[frozenset],
+    found: set[str],
+    keys: Optional[tuple[str, str]],
+    key_argument: str = "image_key",
+) -> tuple[str, list[_Entry]]:
+    """("karpathy", "coco" or "list", the entries) of a ``.json`` captions file; ValueError naming the
+    file, the shapes expected and what it holds when it is none of them. ``found`` receives a Karpathy
+    file's splits (when ``split`` is given); ``keys`` (image, text) name those of a list of captions
+    (None: ``image`` and ``caption``), and are refused for the other shapes (a
+    :class:`CaptionsError` of ``key_argument``, the key the caller gave)."""
     try:
         with open(path, encoding="utf-8-sig") as file:  # (text mode: the bytes are never held whole beside it)
             text = file.read()
@@ -190,6 +210,19 @@ def _json_entries(path: str, split: Optional[frozenset]) -> tuple[str, list[_Ent
         raise ValueError(f"captions must be {_JSON_SHAPES}; {path!r} is not valid JSON ({error}){hint}") from None
     del text
     images = data.get("images") if isinstance(data, dict) else None
+    if isinstance(data, list):  # BLIP's and LAVIS's caption files: [{"image": path, "caption": text(s)}, ...]
+        image_key, text_key = keys or ("image", "caption")
+        if data and not any(isinstance(item, dict) and image_key in item for item in data):
+            kinds = sorted({_json_type(item) for item in data})
+            raise ValueError(
+                f"captions must be {_JSON_SHAPES}; {path!r} holds a JSON list of {len(data)} item(s) "
+                f"({', '.join(kinds)}), no object with {image_key!r}"
+            )
+        if split is not None:
+            raise CaptionsError("split", f"split is for Karpathy's split files, {path!r} is a list of captions")
+        return "list", _caption_list_entries(data, image_key, text_key)
+    # (keys for Karpathy's or COCO's file: refused once its shape is known; another shape is named as such)
+    keyed = f"image_key and text_key are for .jsonl, .csv and .tsv files and JSON lists of captions, {path!r} is"
     if isinstance(data, dict) and isinstance(images, list):
         if "annotations" in data:
             annotations = data["annotations"]
@@ -198,11 +231,15 @@ def _json_entries(path: str, split: Optional[frozenset]) -> tuple[str, list[_Ent
             elif annotations and not any(isinstance(a, dict) and "caption" in a for a in annotations):
                 got = "annotations without 'caption' (COCO instances or keypoints, not captions?)"
             elif split is not None:
-                raise ValueError(f"split is for Karpathy's split files, {path!r} is a COCO captions file")
+                raise CaptionsError("split", f"split is for Karpathy's split files, {path!r} is a COCO captions file")
+            elif keys is not None:
+                raise CaptionsError(key_argument, f"{keyed} a COCO captions file")
             else:
                 return "coco", _coco_entries(images, annotations)
         elif any(isinstance(image, dict) and "sentences" in image for image in images):
-            return "karpathy", _karpathy_entries(path, images, split)
+            if keys is not None:
+                raise CaptionsError(key_argument, f"{keyed} Karpathy's split file")
+            return "karpathy", _karpathy_entries(path, images, split, found)
         else:
             got = f"'images' ({len(images)}) without 'sentences' and no 'annotations'"
     elif isinstance(data, dict):
@@ -216,10 +253,10 @@ def _json_entries(path: str, split: Optional[frozenset]) -> tuple[str, list[_Ent
     raise ValueError(f"captions must be {_JSON_SHAPES}; {path!r} holds {got}")
 
 
-def _karpathy_entries(path: str, images: list, split: Optional[frozenset]) -> list[_Entry]:
-    """One entry per sentence of each image (of the wanted splits): path ``filepath/filename``."""
+def _karpathy_entries(path: str, images: list, split: Optional[frozenset], found: set[str]) -> list[_Entry]:
+    """One entry per sentence of each image (of the wanted splits): path ``filepath/filename``; ``found``
+    receives the splits of the file (when ``split`` is given)."""
     entries: list[_Entry] = []
-    found: set[str] = set()  # the splits in the file
     kept = 0  # images of the wanted splits
     for number, image in enumerate(images):
         if not isinstance(image, dict):
@@ -268,10 +305,43 @@ def _karpathy_entries(path: str, images: list, split: Optional[frozenset]) -> li
             else:
                 entries.append(_Entry(number, file, sentence["raw"], None, position))
     if split is not None and not kept:
-        raise ValueError(
+        raise CaptionsError(
+            "split",
             f"split must name splits of the file, none of {sorted(split)} is a split of {path!r} "
-            f"(its splits: {sorted(found)})"
+            f"(its splits: {sorted(found)})",
         )
+    return entries
+
+
+def _caption_list_entries(items: list, image_key: str, text_key: str) -> list[_Entry]:
+    """One entry per caption of each object of a list of captions (BLIP's ``coco_karpathy_train.json``:
+    one object per caption; its val and test files: one per image, ``caption`` a list)."""
+    entries: list[_Entry] = []
+    for number, item in enumerate(items):
+        problem = None
+        if not isinstance(item, dict):
+            problem = f"expected a JSON object, got {_json_type(item)}"
+        else:
+            missing = [key for key in (image_key, text_key) if key not in item]
+            image, caption = item.get(image_key), item.get(text_key)
+            if missing:
+                problem = f"missing key {missing[0]!r}"
+            elif not isinstance(image, str):
+                problem = f"{image_key!r} must be a string, got {_json_type(image)}"
+            elif not isinstance(caption, (str, list)):
+                problem = f"{text_key!r} must be a string or a list of strings, got {_json_type(caption)}"
+            elif not caption and isinstance(caption, list):
+                problem = f"{text_key!r} is an empty list"
+        if problem is not None:
+            entries.append(_Entry(number, "", "", problem))
+        elif isinstance(caption, str):
+            entries.append(_Entry(number, image, caption))
+        else:
+            for position, text in enumerate(caption):
+                if isinstance(text, str):
+                    entries.append(_Entry(number, image, text, None, position))
+                else:
+                    entries.append(_Entry(number, "", "", f"expected a string, got {_json_type(text)}", position))
     return entries
 
 
@@ -369,10 +439,13 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
         )
         got = "not UTF-8" if line is None else repr(header if header is not None else line.rstrip("\r\n"))
         name = "tab" if tsv else "comma"
-        raise ValueError(
+        message = (
             f"captions must start with a {name}-separated header row naming the columns {wanted}; line {number} of "
             f"{path!r} is {got}"
         )
+        if keys and header is not None:  # a header without the columns named: the key that names none is at fault
+            raise CaptionsError("image_key" if _column(header, keys[0]) is None else "text_key", message)
+        raise ValueError(message)
     return _csv_entries(path, delimiter, columns)
 
 
@@ -472,9 +545,12 @@ class ImageTextFolder(Dataset):
       ``images`` gives ``filepath``/``filename``, absent ``filepath`` for Flickr30k, and its
       ``sentences``' ``raw`` captions) or COCO's captions file (``captions_val2017.json``: each of
       ``annotations`` gives a ``caption`` of the image whose ``id`` is its ``image_id``, at that
-      image's ``file_name``), told apart by their structure; ``split`` keeps the Karpathy images of
-      those splits (``"test"``, or ``("train", "restval")``; None keeps all). Karpathy's
-      ``tokens`` are dropped as the file is parsed.
+      image's ``file_name``), or a list of captions as BLIP and LAVIS write them (``[{"image": path,
+      "caption": text}, ...]``: ``coco_karpathy_train.json`` has an object per caption, its val and
+      test files an object per image whose ``caption`` is a list; the keys are ``image_key`` and
+      ``text_key``, default ``"image"`` and ``"caption"``), told apart by their structure; ``split``
+      keeps the Karpathy images of those splits (``"test"``, or ``("train", "restval")``; None keeps
+      all). Karpathy's ``tokens`` are dropped as the file is parsed.
     * ``.csv`` / ``.tsv``: a header row naming the columns, read as open_clip's pandas reads them
       (comma or tab separated, quoted fields that may hold separators and newlines, other columns
       ignored, any order): ``image_key`` and ``text_key``, by default ``image`` and ``caption`` or
@@ -492,25 +568,34 @@ class ImageTextFolder(Dataset):
     Blank lines are not items. A malformed entry (bad JSON, CSV quoting or UTF-8, a missing key or
     column, a non-string value, a wrong column count, a COCO ``image_id`` of no image) is still an
     item, whose read raises :class:`BadSample` naming the file and the entry (``line 7``,
-    ``images[12].sentences[3]``, ``annotations[5]``). So are a blank caption, a missing or corrupt
-    image and a refused path. A file of the wrong shape (other JSON, a ``.csv`` without the header,
+    ``images[12].sentences[3]``, ``annotations[5]``, ``[4]`` or ``[4].caption[1]`` in a list of
+    captions). So are a blank caption, a missing or corrupt image and a refused path. A file of the wrong shape (other JSON, a ``.csv`` without the header,
     a quote open at the end, no well-formed entry) is a ValueError naming it, before any image is
     read; no image is read at construction.
 
     Args:
         root (Optional[PathLike]): directory the image paths are relative to; None for absolute paths.
         captions (PathLike): the ``.jsonl``, ``.json``, ``.csv`` or ``.tsv`` file.
-        image_key (Optional[str]): JSON key or column of the image path (None: ``image``, or
-            open_clip's ``filepath`` where ``text_key`` is None too).
+        image_key (Optional[str]): JSON key (JSON lines, a list of captions) or column of the image
+            path (None: ``image``, or open_clip's ``filepath`` where ``text_key`` is None too).
         text_key (Optional[str]): JSON key or column of the caption (None: ``caption``, or open_clip's
             ``title`` where ``image_key`` is None too).
         split (Union[None, str, Iterable[str]]): Karpathy splits to keep (Karpathy files only).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
+    Attributes:
+        splits (Optional[tuple[str, ...]]): with ``split`` given, every split of the Karpathy file,
+            sorted (a name of ``split`` it lacks keeps nothing); None without ``split``.
+
     Raises:
         TypeError: if a path is not a str or PathLike, or a key or split not a str.
         ValueError: if ``captions`` has another extension or the wrong shape, holds no item, the keys
-            are equal, or ``split`` is given for another format or names no split of the file.
+            are equal, or ``split`` is given for another format or names no split of the file. A
+            :class:`CaptionsError` (a ValueError) where another argument answers for it, named in its
+            ``argument``: ``split`` (given for another format, naming no split of the file),
+            ``image_key`` or ``text_key`` (given for Karpathy's or COCO's file, equal, a column no
+            header has, a key no line of a ``.jsonl`` or object of a list of captions has), ``root`` (given for absolute paths, or missing for
+            relative ones).
         FileNotFoundError: if ``root`` is not a directory or ``captions`` not a file.
     """
 
@@ -537,11 +622,16 @@ class ImageTextFolder(Dataset):
         if image_key is not None or text_key is not None:  # one given: "image" or "caption" for the other
             keys = (image_key if image_key is not None else "image", text_key if text_key is not None else "caption")
             if keys[0] == keys[1]:
-                raise ValueError(f"image_key and text_key must differ, got {keys[0]!r} for both")
+                raise CaptionsError(
+                    "text_key" if text_key is not None else "image_key",
+                    f"image_key and text_key must differ, got {keys[0]!r} for both",
+                )
         wanted = _check_split(split)
         if wanted is not None and suffix != ".json":
-            raise ValueError(f"split is for Karpathy's split files (.json), {self._captions!r} is not one")
-        self._format = "lines"  # how entries are named: "lines", "karpathy" or "coco"
+            raise CaptionsError("split", f"split is for Karpathy's split files (.json), {self._captions!r} is not one")
+        self._format = "lines"  # how entries are named: "lines", "karpathy", "coco" or "list"
+        self._text_key = keys[1] if keys else "caption"  # (a list of captions names its captions by it)
+        found: set[str] = set()  # the splits of a Karpathy file, when split is given
         if suffix == ".jsonl":
             keys = keys or ("image", "caption")
             with _collection_paused():
@@ -550,22 +640,28 @@ class ImageTextFolder(Dataset):
                     for number, line in _lines(self._captions)
                 ]
         elif suffix == ".json":
-            if keys is not None:
-                raise ValueError(f"image_key and text_key are for .jsonl, .csv and .tsv files, not {self._captions!r}")
             with _collection_paused():
-                self._format, self._entries = _json_entries(self._captions, wanted)
+                given_key = "image_key" if image_key is not None else "text_key"
+                self._format, self._entries = _json_entries(self._captions, wanted, found, keys, given_key)
         else:
             with _collection_paused():
                 self._entries = _table_entries(self._captions, "," if suffix == ".csv" else "\t", keys)
         if not self._entries:
             raise ValueError(f"captions must list at least one image-caption pair, {self._captions!r} has none")
+        # the splits the file holds, when split is given (a Karpathy file): to tell a split name it lacks
+        self.splits: Optional[tuple[str, ...]] = tuple(sorted(found)) if wanted is not None else None
         if all(entry.error is not None for entry in self._entries):  # e.g. every line lacks text_key
             first = self._entries[0]
             unit = "lines" if self._format == "lines" else "entries"
-            raise ValueError(
+            message = (
                 f"captions must list at least one well-formed image-caption pair, none of the {len(self._entries)} "
                 f"{unit} of {self._captions!r} is ({self._place(first)}: {first.error})"
             )
+            given = {f"missing key {k!r}": n for n, k in (("image_key", image_key), ("text_key", text_key)) if k}
+            one_fault = len({e.error for e in self._entries}) == 1
+            if (suffix == ".jsonl" or self._format == "list") and one_fault and first.error in given:
+                raise CaptionsError(given[first.error], message)  # every line lacks the key named: the key is wrong
+            raise ValueError(message)
         well_formed = [entry for entry in self._entries if entry.error is None and entry.image]
         absolute = bool(well_formed) and os.path.isabs(well_formed[0].image)
         if (
@@ -574,12 +670,13 @@ class ImageTextFolder(Dataset):
             and all(os.path.isabs(e.image) == absolute for e in well_formed)
         ):
             example = well_formed[0].image
-            raise ValueError(
+            raise CaptionsError(
+                "root",
                 f"captions: every image path of {self._captions!r} is absolute (e.g. {example!r}); give no root "
                 "(root=None; the retrieval command without --images) to read a file of absolute paths"
                 if absolute
                 else f"captions: every image path of {self._captions!r} is relative (e.g. {example!r}); give the root "
-                "folder they are relative to"
+                "folder they are relative to",
             )
 
     def __len__(self) -> int:
@@ -631,11 +728,14 @@ class ImageTextFolder(Dataset):
         return f"{os.path.basename(self._captions)} {self._place(entry)}"
 
     def _place(self, entry: _Entry) -> str:
-        """The entry in its file: ``line 3``, ``images[2].sentences[4]`` (Karpathy), ``annotations[5]`` (COCO)."""
+        """The entry in its file: ``line 3``, ``images[2].sentences[4]`` (Karpathy), ``annotations[5]`` (COCO),
+        ``[7]`` or ``[7].caption[2]`` (a list of captions)."""
         if self._format == "lines":
             return f"line {entry.place}"
         if self._format == "coco":
             return f"annotations[{entry.place}]"
+        if self._format == "list":
+            return f"[{entry.place}]" + (f".{self._text_key}[{entry.sentence}]" if entry.sentence >= 0 else "")
         return f"images[{entry.place}]" + (f".sentences[{entry.sentence}]" if entry.sentence >= 0 else "")
 
     def _entry(self, index: int) -> tuple[int, _Entry, str]:

@@ -247,6 +247,10 @@ RESUME_FREE = (
     "data.extra_val.",
     "eval.",
 )
+# Not here, so refused on resume like every data key: ``data.files.pairs_split``, ``pairs_image_key`` and
+# ``pairs_text_key`` choose which pairs of the captions file are trained on (other splits, another column),
+# and the step-indexed data draws by item index; a run saved before they existed reads them as null, its
+# behaviour then, so it resumes with them unset.
 
 
 def _flat(node, prefix: str = "") -> dict:

@@ -438,6 +438,29 @@ def vocab_checks(
     return checks + [(fault is None, "data.vocab", expected, f"{vocab} ({fault})" if fault else vocab)]
 
 
+CAPTIONS = "a captions file (.jsonl, .tsv, .csv, or Karpathy's, COCO's or BLIP's .json)"
+KEYED = "a .jsonl, .csv or .tsv, or a .json list of captions"  # the formats whose keys are named
+# ImageTextFolder's arguments -> the files section's keys naming them
+PAIR_KEYS = {
+    "root": "pairs_root",
+    "captions": "pairs_captions",
+    "split": "pairs_split",
+    "image_key": "pairs_image_key",
+    "text_key": "pairs_text_key",
+}
+
+
+def _pair_key_expectations(prefix: str) -> dict[str, str]:
+    """What each of the captions keys of ``prefix`` expects, for the one-line refusals."""
+    captions = f"{prefix}.pairs_captions"
+    return {
+        "pairs_root": f"the folder the image paths of {captions} are relative to, or null when they are absolute",
+        "pairs_split": f"null, or a non-empty list of names of splits {captions} holds (a Karpathy split file, .json)",
+        "pairs_image_key": f"null, or the key or column of the image paths in {captions} ({KEYED})",
+        "pairs_text_key": f"null, or the key or column of the captions in {captions} ({KEYED})",
+    }
+
+
 def pair_file_checks(
     prefix: str,
     shards: Optional[str],
@@ -446,34 +469,130 @@ def pair_file_checks(
     *,
     required: bool,
     streamed: bool = False,
+    split: Optional[Sequence[str]] = None,
+    image_key: Optional[str] = None,
+    text_key: Optional[str] = None,
 ) -> list[tuple]:
     """Checks of image-text pair files given as ``<prefix>.pairs_shards`` (tar shards), or as
-    ``<prefix>.pairs_root`` (an image folder) with ``<prefix>.pairs_captions``: one of the two forms
-    when ``required``, root and captions together, and each path naming what will be opened (the
-    shards only when they are local files to index, not ``streamed``: the stream's checks do that). Both
-    forms at once are refused (one would be ignored)."""
+    ``<prefix>.pairs_captions`` (a captions file :class:`~torchflava.data.readers.ImageTextFolder`
+    reads), with ``<prefix>.pairs_root`` the folder its image paths are relative to (null for a file of
+    absolute paths, open_clip's CSV), ``<prefix>.pairs_split`` its Karpathy splits and
+    ``<prefix>.pairs_image_key`` / ``pairs_text_key`` its keys or columns: one of the two forms when
+    ``required``, each path naming what will be opened (the shards only when they are local files to
+    index, not ``streamed``: the stream's checks do that), and the captions keys fitting the file's
+    format (by its extension: a split for a .json; what the file holds, Karpathy's or COCO's file for
+    keys, BLIP's list for a split, is checked as :func:`opened_pairs` reads it). Both
+    forms at once are refused (one would be ignored), as are captions keys without a captions file."""
     given = {"pairs_shards": shards, "pairs_root": root, "pairs_captions": captions}
-    missing = "pairs_captions" if root is not None else "pairs_root"
+    expected = _pair_key_expectations(prefix)
+    captions_keys = {"pairs_split": split, "pairs_image_key": image_key, "pairs_text_key": text_key}
     both = shards is not None and (root is not None or captions is not None)
-    return [
-        (not required or any(given.values()), prefix, "pairs_shards, or pairs_root with pairs_captions", given),
+    suffix = os.path.splitext(captions)[1].lower() if captions is not None else ""
+    names = list(split) if split is not None else []
+    checks = [
+        (
+            not required or shards is not None or captions is not None,
+            prefix,
+            "pairs_shards, or pairs_captions (with pairs_root when its image paths are relative)",
+            given,
+        ),
         (
             not both,
             f"{prefix}.pairs_shards",
             f"null when {prefix}.pairs_root or {prefix}.pairs_captions is set (one form of pairs: the shards, or "
-            "the image folder with its captions)",
+            "the captions file with the folder of its images)",
             shards,
         ),
         (
-            shards is not None or (root is None) == (captions is None),
-            f"{prefix}.{missing}",
-            "set together with the other of pairs_root and pairs_captions",
+            root is None or captions is not None,
+            f"{prefix}.pairs_captions",
+            f"a captions file listing the images of {prefix}.pairs_root",
             None,
         ),
+    ]
+    for key, value in captions_keys.items():  # (with shards: no captions file to apply them to)
+        checks.append(
+            (value is None or captions is not None, f"{prefix}.{key}", f"null without {prefix}.pairs_captions", value)
+        )
+    checks += [
+        (
+            split is None or (bool(names) and all(names) and len(set(names)) == len(names)),
+            f"{prefix}.pairs_split",
+            "null, or a non-empty list of distinct split names like [train, restval]",
+            names if split is not None else None,
+        ),
+        (
+            split is None or captions is None or suffix == ".json",
+            f"{prefix}.pairs_split",
+            f"null for {captions} (splits are those of Karpathy's split files, .json)",
+            names if split is not None else None,
+        ),
+    ]
+    for key, value in (("pairs_image_key", image_key), ("pairs_text_key", text_key)):
+        checks.append((value is None or value != "", f"{prefix}.{key}", expected[key], value))
+    keys = (image_key if image_key is not None else "image", text_key if text_key is not None else "caption")
+    if (image_key is not None or text_key is not None) and keys[0] == keys[1]:  # one given: the other's default
+        key, other = (
+            ("pairs_text_key", "pairs_image_key") if text_key is not None else ("pairs_image_key", "pairs_text_key")
+        )
+        checks.append((False, f"{prefix}.{key}", f"a key other than {prefix}.{other}'s ({keys[0]!r})", keys[0]))
+    return checks + [
         path_check(f"{prefix}.pairs_shards", None if streamed else shards, "files"),
         path_check(f"{prefix}.pairs_root", root, "directory"),
         path_check(f"{prefix}.pairs_captions", captions, "file"),
     ]
+
+
+def opened_pairs(
+    prefix: str,
+    root: Optional[str],
+    captions: str,
+    *,
+    split: Optional[Sequence[str]] = None,
+    image_key: Optional[str] = None,
+    text_key: Optional[str] = None,
+    usable: Optional[Callable[[Any], Optional[str]]] = None,
+):
+    """The :class:`~torchflava.data.readers.ImageTextFolder` the captions keys of ``prefix`` (checked by
+    :func:`pair_file_checks`) name, read as :func:`opened` reads a source: a file that cannot be read as
+    one is a :class:`ConfigError` naming ``<prefix>.pairs_captions``, or the key that answers for it (a
+    split the file does not hold: ``pairs_split``; a column its header lacks: ``pairs_image_key`` or
+    ``pairs_text_key``; every path absolute under a root, or relative without one: ``pairs_root``).
+    Every split name must be a split of the file (one it lacks would keep none of its images, silently).
+
+    Raises:
+        ConfigError: as above.
+    """
+    from torchflava.data.readers import CaptionsError, ImageTextFolder
+
+    values = {"pairs_root": root, "pairs_split": None if split is None else list(split)}
+    values.update(pairs_image_key=image_key, pairs_text_key=text_key)
+    expected = _pair_key_expectations(prefix)
+
+    def refused(key: str, reason: str) -> ConfigError:
+        return ConfigError(f"key '{prefix}.{key}': expected {expected[key]}, got {values[key]!r} ({reason})")
+
+    faults: list[CaptionsError] = []  # (kept apart: opened names the captions key for any ValueError)
+
+    def read():
+        try:
+            return ImageTextFolder(root, captions, split=split, image_key=image_key, text_key=text_key)
+        except CaptionsError as error:
+            if PAIR_KEYS.get(error.argument) not in expected:
+                raise
+            faults.append(error)
+            return None
+
+    where = f"of images under {root}" if root is not None else "of absolute image paths"
+    folder = opened(f"{prefix}.pairs_captions", captions, f"{CAPTIONS} {where}", read)
+    if faults:
+        raise refused(PAIR_KEYS[faults[0].argument], first_line(faults[0]))
+    lacking = sorted(set(split or ()) - set(folder.splits or ()))
+    if lacking:
+        raise refused("pairs_split", f"{captions} has no split {lacking[0]!r}; its splits: {list(folder.splits)}")
+    if usable is not None and (fault := usable(folder)) is not None:
+        raise ConfigError(f"key '{prefix}.pairs_captions': expected {CAPTIONS} {where}, got {captions!r} ({fault})")
+    return folder
 
 
 def checkpoint_fits(key: str, path: Optional[str], fits: Optional[Callable[[dict], object]] = None) -> tuple:
