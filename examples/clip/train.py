@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torchflava.data.clip_tokenizer import read_tokenizer
 from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
-from torchflava.data.readers import TarShards
+from torchflava.data.readers import ImageTextFolder, TarShards
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
@@ -356,6 +356,7 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
         )
     return opened_pairs(
         "data.files",
+        ImageTextFolder,
         f.pairs_root,
         f.pairs_captions,
         split=f.pairs_split,

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
 from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
-from torchflava.data.readers import ImageFolder, TarShards, TextCorpus
+from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
@@ -317,6 +317,7 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
     elif f.pairs_captions is not None and not streamed:
         sources["pairs"] = opened_pairs(
             "data.files",
+            ImageTextFolder,
             f.pairs_root,
             f.pairs_captions,
             split=f.pairs_split,

@@ -545,6 +545,7 @@ def pair_file_checks(
 
 def opened_pairs(
     prefix: str,
+    read_pairs: Callable[..., Any],
     root: Optional[str],
     captions: str,
     *,
@@ -553,8 +554,10 @@ def opened_pairs(
     text_key: Optional[str] = None,
     usable: Optional[Callable[[Any], Optional[str]]] = None,
 ):
-    """The :class:`~torchflava.data.readers.ImageTextFolder` the captions keys of ``prefix`` (checked by
-    :func:`pair_file_checks`) name, read as :func:`opened` reads a source: a file that cannot be read as
+    """The pairs ``read_pairs(root, captions, split=, image_key=, text_key=)`` reads
+    (:class:`~torchflava.data.readers.ImageTextFolder`, given by the recipe: the training loop imports no
+    data pipeline) from the captions keys of ``prefix`` (checked by :func:`pair_file_checks`), read as
+    :func:`opened` reads a source: a file that cannot be read as
     one is a :class:`ConfigError` naming ``<prefix>.pairs_captions``, or the key that answers for it (a
     split the file does not hold: ``pairs_split``; a column its header lacks: ``pairs_image_key`` or
     ``pairs_text_key``; every path absolute under a root, or relative without one: ``pairs_root``).
@@ -563,8 +566,6 @@ def opened_pairs(
     Raises:
         ConfigError: as above.
     """
-    from torchflava.data.readers import CaptionsError, ImageTextFolder
-
     values = {"pairs_root": root, "pairs_split": None if split is None else list(split)}
     values.update(pairs_image_key=image_key, pairs_text_key=text_key)
     expected = _pair_key_expectations(prefix)
@@ -572,13 +573,13 @@ def opened_pairs(
     def refused(key: str, reason: str) -> ConfigError:
         return ConfigError(f"key '{prefix}.{key}': expected {expected[key]}, got {values[key]!r} ({reason})")
 
-    faults: list[CaptionsError] = []  # (kept apart: opened names the captions key for any ValueError)
+    faults: list[ValueError] = []  # (kept apart: opened names the captions key for any ValueError)
 
     def read():
         try:
-            return ImageTextFolder(root, captions, split=split, image_key=image_key, text_key=text_key)
-        except CaptionsError as error:
-            if PAIR_KEYS.get(error.argument) not in expected:
+            return read_pairs(root, captions, split=split, image_key=image_key, text_key=text_key)
+        except ValueError as error:  # a CaptionsError names the argument that answers for it
+            if PAIR_KEYS.get(getattr(error, "argument", None)) not in expected:
                 raise
             faults.append(error)
             return None
