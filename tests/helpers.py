@@ -1,6 +1,8 @@
 """Helpers shared by the tests: tiny configs and reference models built with random weights."""
 
 import contextlib
+import functools
+import http.server
 import os
 from pathlib import Path
 import subprocess
@@ -282,3 +284,27 @@ def fifo_that_cannot_hang(path: Path) -> Iterator[Path]:
         writer.kill()
         opened = writer.communicate()[0]
     assert not opened, f"{path} was opened for reading"
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # (no request lines in the test output)
+        pass
+
+
+@contextlib.contextmanager
+def served_directory(root: Path, monkeypatch=None) -> Iterator[str]:
+    """``root`` served over HTTP on 127.0.0.1 by a thread of the test; yields its base URL. With pytest's
+    ``monkeypatch``, proxies are unset for the test (curl, which streams shards, must not use one)."""
+    if monkeypatch is not None:
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -4,13 +4,10 @@ workers reads every sample exactly once per epoch; a restarted stream continues 
 broken shards are counted."""
 
 import collections
-import functools
 import gzip
-import http.server
 import io
 from pathlib import Path
 import shutil
-import threading
 
 import numpy as np
 from PIL import Image
@@ -19,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 import webdataset as wds
 
+from tests.helpers import served_directory
 from torchflava.data.mixing import MixedBatches, data_loss_report
 from torchflava.data.samples import Sample
 from torchflava.data.streaming import (
@@ -241,27 +239,13 @@ def test_bz2_and_xz_shards_keep_their_last_sample(tmp_path, suffix):
     assert skipped[0][1].startswith("shard unreadable after 0 sample(s): ReadError: ")
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def http_root(tmp_path, monkeypatch):
     """A directory served over HTTP on 127.0.0.1 by a thread of the test (curl must not use a proxy)."""
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     root = tmp_path / "served"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with served_directory(root, monkeypatch) as url:
+        yield root, url
 
 
 def test_http_shards_with_a_brace_pattern_and_a_missing_one(http_root, shard_dir):

@@ -2,8 +2,6 @@
 a killed run resumes to the uninterrupted loss sequence, config errors name the key."""
 
 import dataclasses
-import functools
-import http.server
 import json
 import os
 from pathlib import Path
@@ -11,13 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import torch
 
-from tests.helpers import load_recipe
+from tests.helpers import load_recipe, served_directory
 from tests.test_zero_shot_command import write_hf_clip
 from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, ImageTransformSpec
 
@@ -423,25 +420,13 @@ def test_a_url_checkpoint_needs_data_vocab_and_a_well_formed_url_before_any_work
     assert result.returncode == 2 and result.stderr.strip() == f"error: {needs_vocab}", result.stderr[-2000:]
 
 
-class _QuietFiles(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def served(tmp_path):
     """A loopback HTTP server of ``tmp_path / 'served'``; yields the folder and its base URL."""
     root = tmp_path / "served"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with served_directory(root) as url:
+        yield root, url
 
 
 def test_a_downloaded_checkpoint_is_checked_as_a_local_file_and_trains_as_one(hf_clip, served, tmp_path):

@@ -3,8 +3,6 @@ served over loopback HTTP by the test and read through `pipe:cat`, named by brac
 counted in the report; a streamed CLIP run killed with SIGKILL resumes to exactly the uninterrupted losses;
 a resume on other loader workers is refused."""
 
-import functools
-import http.server
 import io
 import os
 from pathlib import Path
@@ -12,13 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import webdataset as wds
 
-from tests.helpers import load_recipe
+from tests.helpers import load_recipe, served_directory
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.streaming import StreamedSource
 
@@ -44,24 +41,11 @@ def shards(tmp_path_factory) -> Path:
     return root
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def served(shards, monkeypatch):
     """The shards over HTTP on 127.0.0.1, from a thread of this test (curl told not to use a proxy)."""
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(shards)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with served_directory(shards, monkeypatch) as url:
+        yield url
 
 
 def _losses(output_dir: Path) -> dict:
