@@ -402,9 +402,20 @@ def _column(header: list[str], name: str) -> Optional[int]:
     return loose[0] if len(loose) == 1 else None
 
 
+def _header_columns(header: Optional[list[str]], keys: Optional[tuple[str, str]]) -> Optional[tuple[int, int]]:
+    """The (image, text) column indices ``header`` names: those of ``keys``, else the first pair of
+    :data:`_DEFAULT_COLUMNS` it has; None when it has none."""
+    for image_key, text_key in [keys] if keys else _DEFAULT_COLUMNS:
+        found = (_column(header, image_key), _column(header, text_key)) if header is not None else (None, None)
+        if None not in found and found[0] != found[1]:
+            return found
+    return None
+
+
 def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> list[_Entry]:
     """The entries of a ``.csv`` or ``.tsv`` file: a header row naming the columns (read as open_clip's
-    pandas reads them: quoted fields, extra columns ignored), or a TSV of exactly ``image<TAB>caption``
+    pandas reads them: quoted fields, extra columns ignored; a ``.csv`` whose header names the columns
+    only when split on tabs is tab-separated, open_clip's default), or a TSV of exactly ``image<TAB>caption``
     (header ``image<TAB>caption`` optional; split on tabs, quotes kept, as before)."""
     tsv = delimiter == "\t"
     first, header = None, None  # the first line that is not blank nor a row of blank fields, and its columns
@@ -425,12 +436,15 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
     number, line = first
     if tsv and line is not None and line.strip().lower() == "image\tcaption" and keys in (None, ("image", "caption")):
         return _legacy_tsv_entries(path)
-    columns = None
-    for image_key, text_key in [keys] if keys else _DEFAULT_COLUMNS:
-        found = (_column(header, image_key), _column(header, text_key)) if header is not None else (None, None)
-        if None not in found and found[0] != found[1]:
-            columns = found
-            break
+    columns = _header_columns(header, keys)
+    if columns is None and not tsv and line is not None and "\t" in line:
+        # open_clip's --csv-separator is a tab by default: its train.csv files are tab-separated
+        try:
+            tabbed = next(csv.reader([line], delimiter="\t", strict=True), [])
+        except csv.Error:
+            tabbed = None
+        if tabbed is not None and _header_columns(tabbed, keys) is not None:
+            delimiter, columns = "\t", _header_columns(tabbed, keys)
     if columns is None:
         if tsv and keys in (None, ("image", "caption")):  # no header: image<TAB>caption lines
             return _legacy_tsv_entries(path)
@@ -554,7 +568,9 @@ class ImageTextFolder(Dataset):
     * ``.csv`` / ``.tsv``: a header row naming the columns, read as open_clip's pandas reads them
       (comma or tab separated, quoted fields that may hold separators and newlines, other columns
       ignored, any order): ``image_key`` and ``text_key``, by default ``image`` and ``caption`` or
-      open_clip's ``filepath`` and ``title``, matched exactly or else in any case. A ``.tsv`` whose
+      open_clip's ``filepath`` and ``title``, matched exactly or else in any case. A ``.csv`` whose
+      header names them only when split on tabs is tab-separated (open_clip's ``--csv-separator``
+      default: its ``train.csv`` files are tab-separated). A ``.tsv`` whose
       first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
       line, split on tabs (quotes are text), as always.
 
