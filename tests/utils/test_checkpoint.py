@@ -878,9 +878,29 @@ def test_an_index_and_its_shards_must_agree_on_every_tensor(tmp_path, read):
     index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
     with pytest.raises(ValueError, match=r"expected each tensor in one shard, got 'a' in both s1.safetensors and s2"):
         read(tmp_path)  # (merging kept s2's 'a', silently, where the index names s1's)
-    index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "gone": "s1.safetensors"}}))
-    with pytest.raises(ValueError, match=r"weight_map puts 1 tensor\(s\) in s1.safetensors, which does not hold them"):
-        read(tmp_path)
+    torch.save({"a": torch.ones(2)}, tmp_path / "s1.bin")  # (a torch file keeps every name: one absent is lost)
+    (tmp_path / "s1.safetensors").unlink()
+    index.write_text(json.dumps({"weight_map": {"a": "s1.bin", "gone": "s1.bin"}}))
+    with pytest.raises(ValueError, match=r"weight_map puts 1 tensor\(s\) in s1.bin, which does not hold them"):
+        read(index)
+
+
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+def test_a_converted_safetensors_shard_lacking_a_tied_name_its_index_lists_reads(tmp_path, read):
+    """Found by an adversarial review: safetensors' convert (the Hub's conversion bot) drops a tied weight's
+    second name from each shard (safetensors stores no aliases) and writes the .bin index's names over the
+    shards: such a checkpoint, which transformers loads, was refused ("weight_map puts 1 tensor(s) in ...")."""
+    embedding = torch.randn(5, 3)
+    shard = {"embeddings.weight": embedding, "head.bias": torch.zeros(5)}  # head.weight: tied, dropped
+    save_file(shard, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"layer.weight": torch.ones(2)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    weight_map = dict.fromkeys(["embeddings.weight", "head.weight", "head.bias"], "model-00001-of-00002.safetensors")
+    weight_map["layer.weight"] = "model-00002-of-00002.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    tensors = read(tmp_path)
+    assert sorted(tensors) == ["embeddings.weight", "head.bias", "layer.weight"]
+    if read is load_state_dict:
+        assert torch.equal(tensors["embeddings.weight"], embedding)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors.index.json", "config.json"])

@@ -431,16 +431,21 @@ def _load_index(path: Path) -> dict[str, Tensor]:
 
 
 def _check_shard_keys(index: Path, shard: str, keys: list[str], weight_map: dict, found_in: dict[str, str]) -> None:
-    """ValueError naming the ``index`` unless ``shard`` holds every tensor its ``weight_map`` puts
-    there and none that an earlier shard held (``found_in``: tensor name -> shard, updated): a merge
-    would silently keep one of two tensors of a name, or lack one the index lists."""
+    """ValueError naming the ``index`` unless ``shard`` holds none that an earlier shard held
+    (``found_in``: tensor name -> shard, updated) and, a torch file, every tensor its ``weight_map``
+    puts there: a merge would silently keep one of two tensors of a name, or lack one the index lists.
+    A safetensors shard may lack names the index lists: safetensors stores no aliases, so a tied
+    weight's second name is dropped from the file while the index keeps it (safetensors' ``convert``,
+    the Hub's conversion bot, writes the ``.bin`` index's names over the converted shards); the
+    models' loaders name any tensor they need that is missing."""
     twice = [key for key in keys if key in found_in]
     if twice:
         raise ValueError(
             f"{index}: expected each tensor in one shard, got {twice[0]!r} in both {found_in[twice[0]]} and {shard} "
             f"({len(twice)} such tensor(s))"
         )
-    absent = sorted(set(key for key, name in weight_map.items() if name == shard) - set(keys))
+    aliases_dropped = _file_kind(index.parent / shard) == "safetensors"
+    absent = [] if aliases_dropped else sorted(set(k for k, name in weight_map.items() if name == shard) - set(keys))
     if absent:
         raise ValueError(
             f"{index}: its weight_map puts {len(absent)} tensor(s) in {shard}, which does not hold them: {absent[:5]}"
