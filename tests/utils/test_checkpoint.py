@@ -427,6 +427,16 @@ def test_state_dicts_without_dense_data_or_with_odd_names_are_refused(tmp_path):
             load_state_dict(tmp_path / f"{name}.pt")
 
 
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+def test_a_model_sized_meta_state_dict_is_refused_as_meta_not_as_repeated_storage(tmp_path, read):
+    """Found by an adversarial review: a state dict saved from a model built on the meta device (no data),
+    of a real model's size, was refused as "tensors repeating their storage" (its tensors span more than 4
+    times the file): the refusal of small ones, naming the meta tensor, is the one that says what happened."""
+    torch.save({"w": torch.empty(4096, 4096, device="meta")}, tmp_path / "meta.pt")
+    with pytest.raises(ValueError, match="'w' must be a dense tensor with data, got a meta"):
+        read(tmp_path / "meta.pt")
+
+
 def test_tensors_sharing_memory_are_loaded_as_separate_copies(tmp_path):
     base = torch.randn(6, 4)
     torch.save({"tied.a": base, "tied.b": base, "view": base[2:4]}, tmp_path / "tied.pt")

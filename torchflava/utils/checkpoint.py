@@ -339,11 +339,12 @@ def _refuse_repeated_storage(path: Path, tensors: dict[str, Tensor]) -> None:
     """ValueError naming the file if its tensors span more than 4 times its size: strides that repeat a
     storage (``expand``: a (2**20, 2**20) tensor over 4 bytes) or many names for one storage, which the
     finiteness check would scan, and copies of shared tensors or ``contiguous()`` would allocate, whole."""
-    spanned = sum(value.numel() * value.element_size() for value in tensors.values())
+    dense = {key: value for key, value in tensors.items() if value.layout == torch.strided and not value.is_meta}
+    spanned = sum(value.numel() * value.element_size() for value in dense.values())  # (meta, sparse: refused after)
     size = path.stat().st_size
     if spanned > _MAX_ZIP_EXPANSION * size + (1 << 20):
-        largest = max(tensors, key=lambda key: tensors[key].numel() * tensors[key].element_size())
-        value = tensors[largest]
+        largest = max(dense, key=lambda key: dense[key].numel() * dense[key].element_size())
+        value = dense[largest]
         raise ValueError(
             f"{path}: expected tensors the file holds, got {spanned} bytes of tensors from a {size}-byte file (tensors "
             f"repeating their storage: e.g. {largest!r} of shape {list(value.shape)}, strides {list(value.stride())})"
