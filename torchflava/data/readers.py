@@ -973,14 +973,32 @@ def glob_files(pattern: str) -> list[str]:
             subfolders[:] = []
             continue
         seen.add(real)
-        subfolders.sort()  # (walked in name order: which of two links to a folder names it does not vary)
         relative = os.path.relpath(directory, base)
         where = [] if relative == "." else relative.split(os.sep)
+        # (walked in name order: which of two links to a folder names it does not vary; and only into the
+        # folders a match can lie under: "/mnt/shards-*/**" walks the shards' folders, not all of /mnt)
+        subfolders[:] = [name for name in sorted(subfolders) if _glob_prefix(where + [name], parts[first:])]
         for name in names:
             path = os.path.join(directory, name)
             if _glob_match(where + [name], parts[first:]) and os.path.isfile(path):
                 found.append(path[2:] if base == "." else path)  # (glob gives "a/x.tar", not "./a/x.tar")
     return sorted(found)
+
+
+def _glob_prefix(names: list[str], pattern: list[str]) -> bool:
+    """Whether folder components ``names`` may lead to a match of glob components ``pattern`` (they match
+    its first components, up to a ``**``, under which any folder may)."""
+    for position, name in enumerate(names):
+        if position < len(pattern) and pattern[position] == "**":
+            return True
+        if position >= len(pattern) - 1:  # (the last component names files, not the folders above them)
+            return False
+        part = pattern[position]
+        if name.startswith(".") and glob.has_magic(part) and not part.startswith("."):
+            return False
+        if not fnmatch.fnmatchcase(name, part):
+            return False
+    return True
 
 
 def _glob_match(names: list[str], pattern: list[str]) -> bool:
@@ -993,6 +1011,8 @@ def _glob_match(names: list[str], pattern: list[str]) -> bool:
             bool(names) and not names[0].startswith(".") and _glob_match(names[1:], pattern)
         )
     if not names or (names[0].startswith(".") and glob.has_magic(pattern[0]) and not pattern[0].startswith(".")):
+        return False
+    if len(names) == 1 and len(pattern) > 1:  # the file: glob matches the components before the last to folders
         return False
     return fnmatch.fnmatchcase(names[0], pattern[0]) and _glob_match(names[1:], pattern[1:])
 
