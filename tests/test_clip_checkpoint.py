@@ -168,3 +168,17 @@ def test_an_http_url_is_not_read_and_a_malformed_one_is_told_without_a_connectio
     for bad in ("ftp://host/w.bin", "http://host/", "http://host/a/../w.bin", "http://host/a%2Fw.bin"):
         with pytest.raises(ValueError, match="^checkpoint URLs must"):
             check_url(bad)
+
+
+def test_model_arguments_take_the_vocabulary_keys_given_or_none(tmp_path):
+    """Found by an adversarial review: model_arguments(tokenizer, eos_token_id=None) (None: not set, as
+    documented; e.g. a whole clip_model section passed) raised TypeError "got multiple values for keyword
+    argument 'eos_token_id'", and so did any vocab_size or eos_token_id the checkpoint does not state."""
+    hub = tmp_path / "hub"
+    _open_clip_hub_directory(hub)  # states vocab_size 99, no end token
+    checkpoint = read_clip_checkpoint(hub)
+    tokenizer = _vocab(tmp_path / "v99.txt", 99)  # [SEP] is 3
+    plain = checkpoint.model_arguments(tokenizer)
+    assert (plain["vocab_size"], plain["eos_token_id"]) == (99, 3)
+    assert checkpoint.model_arguments(tokenizer, eos_token_id=None, vocab_size=None, text_layers=None) == plain
+    assert checkpoint.model_arguments(tokenizer, eos_token_id=98)["eos_token_id"] == 98  # the caller's

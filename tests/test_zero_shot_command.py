@@ -723,3 +723,20 @@ def test_a_captions_file_of_the_wrong_shape_is_refused_before_the_checkpoint_loa
     assert re.search(
         r"is absolute \(e\.g\. .*\); give no root \(root=None; the retrieval command without --images\)", error
     )
+
+
+def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(images, tmp_path, capsys):
+    """Found by an adversarial review: --split test,tset (a typo) evaluated the test images alone, silently
+    (only a --split of no name the file holds was refused); the recipes refuse such a name."""
+    captions, _, _ = karpathy_file(images, tmp_path, ["test", "train", "val"])
+    command = ["--checkpoint", "/nonexistent", "--images", str(images), "--captions", str(captions)]
+    with pytest.raises(SystemExit) as exit_info:
+        zero_shot.main([*command, "--split", "test,tset"])  # (the checkpoint, which does not exist, is never opened)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert error == (
+        f"python -m torchflava.zero_shot: error: argument --split: expected splits of {captions}, got 'tset', which "
+        "it does not hold (its splits: test, train, val)"
+    )
+    with pytest.raises(ValueError, match=r"split: .* has no split 'tset' \(its splits: \['test', 'train', 'val'\]\)"):
+        zero_shot.retrieval(None, str(images), str(captions), split=["test", "tset"])

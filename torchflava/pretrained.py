@@ -370,7 +370,9 @@ class CLIPCheckpoint(NamedTuple):
                 given value the checkpoint's config states otherwise.
         """
         vocab = {"vocab_size": self.vocab_size or tokenizer.vocab_size, "eos_token_id": tokenizer.sep_id}
-        return clip_model_arguments(self.weights, **given, **{k: v for k, v in vocab.items() if k not in self.stated})
+        set_here = {key for key, value in given.items() if value is not None}  # (None: not set, as documented)
+        vocab = {k: v for k, v in vocab.items() if k not in self.stated and k not in set_here}
+        return clip_model_arguments(self.weights, **{**given, **vocab})
 
 
 def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict] = None) -> CLIPCheckpoint:

@@ -198,10 +198,13 @@ def retrieval(
         ``skipped_reasons`` (each malformed captions entry and unreadable image, named).
 
     Raises:
-        ValueError: if the captions file is refused (before any image is read) or fewer than two
-            distinct images are readable.
+        ValueError: if the captions file is refused (before any image is read), ``split`` names a split
+            it does not hold, or fewer than two distinct images are readable.
     """
     folder = ImageTextFolder(images_dir, captions, image_key=image_key, text_key=text_key, split=split)
+    lacking = sorted(set([split] if isinstance(split, str) else split or ()) - set(folder.splits or ()))
+    if lacking:  # (a name that keeps nothing beside one that keeps some: a typo, evaluated silently)
+        raise ValueError(f"split: {captions} has no split {lacking[0]!r} (its splits: {list(folder.splits)})")
     lines, skipped = [], []  # (item, (image path, caption)) of the well-formed entries; why others are not
     for index in range(len(folder)):
         try:
@@ -291,7 +294,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if classes is not None:
             ImageFolder(args.images)
         else:
-            ImageTextFolder(args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split)
+            folder = ImageTextFolder(
+                args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split
+            )
+            lacking = sorted(set(split or ()) - set(folder.splits or ()))
+            if lacking:  # (one name kept nothing: the others, a typo among them, would be evaluated silently)
+                parser.error(
+                    f"argument --split: expected splits of {args.captions}, got {lacking[0]!r}, which it does not "
+                    f"hold (its splits: {', '.join(folder.splits)})"
+                )
     except ValueError as error:  # (named after their argument, root or captions: the option is what was given)
         if classes is None:
             parser.error(f"argument --captions: {error}")

@@ -873,3 +873,32 @@ def test_shard_globs_end_at_linked_folder_loops(tmp_path):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert indexed == streamed == loop_free[0]
+
+
+def test_shard_globs_walk_only_the_folders_a_match_lies_under_and_match_as_glob(tmp_path, monkeypatch):
+    """Found by an adversarial review: "shards-*/**/*.tar" walked every folder beside the shards' (all of
+    /mnt for "/mnt/shards-*/**", links followed: hours on a big mount), and "a/*/**" took the files of a/
+    itself (glob matches the components before the last to folders: a README there became a shard)."""
+    import glob
+
+    from torchflava.data import readers
+
+    for name in ["shards-1/x.tar", "shards-2/sub/y.tar", "images/0/a.jpg", "a/b/z.tar", "a/README.md"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    real_walk, walked = os.walk, []
+
+    def walk(top, **kwargs):
+        for entry in real_walk(top, **kwargs):
+            walked.append(os.path.relpath(entry[0], tmp_path))
+            yield entry
+
+    monkeypatch.setattr(readers.os, "walk", walk)
+    assert readers.glob_files(str(tmp_path / "shards-*" / "**" / "*.tar")) == [
+        str(tmp_path / "shards-1" / "x.tar"),
+        str(tmp_path / "shards-2" / "sub" / "y.tar"),
+    ]
+    assert not [folder for folder in walked if folder.startswith(("images", "a"))]
+    for pattern in ("a/*/**", "*/**", "shards-*/**/*.tar", "**/*.tar"):
+        expected = sorted(p for p in glob.glob(str(tmp_path / pattern), recursive=True) if os.path.isfile(p))
+        assert readers.glob_files(str(tmp_path / pattern)) == expected, pattern

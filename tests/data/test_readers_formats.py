@@ -436,3 +436,18 @@ def test_malformed_entries_of_a_caption_list_are_bad_samples_naming_file_and_ind
     empty = write(tmp_path / "empty.json", "[]")
     with pytest.raises(ValueError, match="^captions must list at least one image-caption pair, .* has none$"):
         ImageTextFolder(tmp_path, empty)
+
+
+def test_open_clips_default_train_csv_is_tab_separated(tmp_path):
+    """Found by an adversarial review: open_clip's --csv-separator defaults to a tab, so its train.csv is
+    ``filepath<TAB>title`` rows; that .csv was refused ("comma-separated header row ... is ['filepath\\ttitle']")."""
+    write(tmp_path / "a.png", png_bytes())
+    image = str(tmp_path / "a.png")
+    oc = write(tmp_path / "train.csv", f'\ufefffilepath\ttitle\r\n{image}\t"a dog, sitting"\r\n{image}\tcat\r\n')
+    assert pairs(ImageTextFolder(None, oc)) == [(image, "a dog, sitting"), (image, "cat")]
+    keyed = write(tmp_path / "k.csv", f"path\ttext\n{image}\tx\n")
+    assert pairs(ImageTextFolder(None, keyed, image_key="path", text_key="text")) == [(image, "x")]
+    comma = write(tmp_path / "c.csv", f'filepath,title\n{image},"tab\there"\n')  # a comma header: commas, as before
+    assert pairs(ImageTextFolder(None, comma)) == [(image, "tab\there")]
+    with pytest.raises(ValueError, match="comma-separated header row"):  # neither: refused as before
+        ImageTextFolder(None, write(tmp_path / "n.csv", f"path\ttext\n{image}\tx\n"))

@@ -157,3 +157,28 @@ def test_a_lock_file_that_is_a_link_or_a_fifo_is_refused_and_nothing_it_points_a
     os.mkfifo(tmp_path / "fifo" / ".run.lock")  # (ftruncate raised a bare OSError: Invalid argument)
     with pytest.raises(ValueError, match=r"fifo/.run.lock is a FIFO \(named pipe\), not a regular file"):
         RunLock(tmp_path / "fifo").acquire()
+
+
+def test_a_run_whose_directory_a_tidy_holder_removed_before_its_open_takes_it_anew(tmp_path, monkeypatch):
+    """Found by an adversarial review: between a second run's mkdir and its open, the holder (which had made
+    the directory and wrote nothing) left tidily, removing the directory: the open raised FileNotFoundError,
+    a traceback instead of taking the now free directory."""
+    first = RunLock(tmp_path / "run").acquire()
+    real_open, calls = RunLock._open, []
+
+    def racing_open(self):
+        if not calls:
+            calls.append(self)
+            first.release(tidy=True)  # the holder leaves: the lock file and the directory it made go
+            assert not (tmp_path / "run").exists()
+        return real_open(self)
+
+    monkeypatch.setattr(RunLock, "_open", racing_open)
+    second = RunLock(tmp_path / "run").acquire()
+    monkeypatch.setattr(RunLock, "_open", real_open)
+    try:
+        assert calls and second.path.is_file()
+        with pytest.raises(RunDirectoryInUse):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        second.release()

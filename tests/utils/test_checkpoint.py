@@ -427,6 +427,16 @@ def test_state_dicts_without_dense_data_or_with_odd_names_are_refused(tmp_path):
             load_state_dict(tmp_path / f"{name}.pt")
 
 
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+def test_a_model_sized_meta_state_dict_is_refused_as_meta_not_as_repeated_storage(tmp_path, read):
+    """Found by an adversarial review: a state dict saved from a model built on the meta device (no data),
+    of a real model's size, was refused as "tensors repeating their storage" (its tensors span more than 4
+    times the file): the refusal of small ones, naming the meta tensor, is the one that says what happened."""
+    torch.save({"w": torch.empty(4096, 4096, device="meta")}, tmp_path / "meta.pt")
+    with pytest.raises(ValueError, match="'w' must be a dense tensor with data, got a meta"):
+        read(tmp_path / "meta.pt")
+
+
 def test_tensors_sharing_memory_are_loaded_as_separate_copies(tmp_path):
     base = torch.randn(6, 4)
     torch.save({"tied.a": base, "tied.b": base, "view": base[2:4]}, tmp_path / "tied.pt")
@@ -878,9 +888,29 @@ def test_an_index_and_its_shards_must_agree_on_every_tensor(tmp_path, read):
     index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
     with pytest.raises(ValueError, match=r"expected each tensor in one shard, got 'a' in both s1.safetensors and s2"):
         read(tmp_path)  # (merging kept s2's 'a', silently, where the index names s1's)
-    index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "gone": "s1.safetensors"}}))
-    with pytest.raises(ValueError, match=r"weight_map puts 1 tensor\(s\) in s1.safetensors, which does not hold them"):
-        read(tmp_path)
+    torch.save({"a": torch.ones(2)}, tmp_path / "s1.bin")  # (a torch file keeps every name: one absent is lost)
+    (tmp_path / "s1.safetensors").unlink()
+    index.write_text(json.dumps({"weight_map": {"a": "s1.bin", "gone": "s1.bin"}}))
+    with pytest.raises(ValueError, match=r"weight_map puts 1 tensor\(s\) in s1.bin, which does not hold them"):
+        read(index)
+
+
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+def test_a_converted_safetensors_shard_lacking_a_tied_name_its_index_lists_reads(tmp_path, read):
+    """Found by an adversarial review: safetensors' convert (the Hub's conversion bot) drops a tied weight's
+    second name from each shard (safetensors stores no aliases) and writes the .bin index's names over the
+    shards: such a checkpoint, which transformers loads, was refused ("weight_map puts 1 tensor(s) in ...")."""
+    embedding = torch.randn(5, 3)
+    shard = {"embeddings.weight": embedding, "head.bias": torch.zeros(5)}  # head.weight: tied, dropped
+    save_file(shard, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"layer.weight": torch.ones(2)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    weight_map = dict.fromkeys(["embeddings.weight", "head.weight", "head.bias"], "model-00001-of-00002.safetensors")
+    weight_map["layer.weight"] = "model-00002-of-00002.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    tensors = read(tmp_path)
+    assert sorted(tensors) == ["embeddings.weight", "head.bias", "layer.weight"]
+    if read is load_state_dict:
+        assert torch.equal(tensors["embeddings.weight"], embedding)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors.index.json", "config.json"])

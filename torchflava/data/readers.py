@@ -402,9 +402,20 @@ def _column(header: list[str], name: str) -> Optional[int]:
     return loose[0] if len(loose) == 1 else None
 
 
+def _header_columns(header: Optional[list[str]], keys: Optional[tuple[str, str]]) -> Optional[tuple[int, int]]:
+    """The (image, text) column indices ``header`` names: those of ``keys``, else the first pair of
+    :data:`_DEFAULT_COLUMNS` it has; None when it has none."""
+    for image_key, text_key in [keys] if keys else _DEFAULT_COLUMNS:
+        found = (_column(header, image_key), _column(header, text_key)) if header is not None else (None, None)
+        if None not in found and found[0] != found[1]:
+            return found
+    return None
+
+
 def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> list[_Entry]:
     """The entries of a ``.csv`` or ``.tsv`` file: a header row naming the columns (read as open_clip's
-    pandas reads them: quoted fields, extra columns ignored), or a TSV of exactly ``image<TAB>caption``
+    pandas reads them: quoted fields, extra columns ignored; a ``.csv`` whose header names the columns
+    only when split on tabs is tab-separated, open_clip's default), or a TSV of exactly ``image<TAB>caption``
     (header ``image<TAB>caption`` optional; split on tabs, quotes kept, as before)."""
     tsv = delimiter == "\t"
     first, header = None, None  # the first line that is not blank nor a row of blank fields, and its columns
@@ -425,12 +436,15 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
     number, line = first
     if tsv and line is not None and line.strip().lower() == "image\tcaption" and keys in (None, ("image", "caption")):
         return _legacy_tsv_entries(path)
-    columns = None
-    for image_key, text_key in [keys] if keys else _DEFAULT_COLUMNS:
-        found = (_column(header, image_key), _column(header, text_key)) if header is not None else (None, None)
-        if None not in found and found[0] != found[1]:
-            columns = found
-            break
+    columns = _header_columns(header, keys)
+    if columns is None and not tsv and line is not None and "\t" in line:
+        # open_clip's --csv-separator is a tab by default: its train.csv files are tab-separated
+        try:
+            tabbed = next(csv.reader([line], delimiter="\t", strict=True), [])
+        except csv.Error:
+            tabbed = None
+        if tabbed is not None and _header_columns(tabbed, keys) is not None:
+            delimiter, columns = "\t", _header_columns(tabbed, keys)
     if columns is None:
         if tsv and keys in (None, ("image", "caption")):  # no header: image<TAB>caption lines
             return _legacy_tsv_entries(path)
@@ -554,7 +568,9 @@ class ImageTextFolder(Dataset):
     * ``.csv`` / ``.tsv``: a header row naming the columns, read as open_clip's pandas reads them
       (comma or tab separated, quoted fields that may hold separators and newlines, other columns
       ignored, any order): ``image_key`` and ``text_key``, by default ``image`` and ``caption`` or
-      open_clip's ``filepath`` and ``title``, matched exactly or else in any case. A ``.tsv`` whose
+      open_clip's ``filepath`` and ``title``, matched exactly or else in any case. A ``.csv`` whose
+      header names them only when split on tabs is tab-separated (open_clip's ``--csv-separator``
+      default: its ``train.csv`` files are tab-separated). A ``.tsv`` whose
       first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
       line, split on tabs (quotes are text), as always.
 
@@ -957,14 +973,32 @@ def glob_files(pattern: str) -> list[str]:
             subfolders[:] = []
             continue
         seen.add(real)
-        subfolders.sort()  # (walked in name order: which of two links to a folder names it does not vary)
         relative = os.path.relpath(directory, base)
         where = [] if relative == "." else relative.split(os.sep)
+        # (walked in name order: which of two links to a folder names it does not vary; and only into the
+        # folders a match can lie under: "/mnt/shards-*/**" walks the shards' folders, not all of /mnt)
+        subfolders[:] = [name for name in sorted(subfolders) if _glob_prefix(where + [name], parts[first:])]
         for name in names:
             path = os.path.join(directory, name)
             if _glob_match(where + [name], parts[first:]) and os.path.isfile(path):
                 found.append(path[2:] if base == "." else path)  # (glob gives "a/x.tar", not "./a/x.tar")
     return sorted(found)
+
+
+def _glob_prefix(names: list[str], pattern: list[str]) -> bool:
+    """Whether folder components ``names`` may lead to a match of glob components ``pattern`` (they match
+    its first components, up to a ``**``, under which any folder may)."""
+    for position, name in enumerate(names):
+        if position < len(pattern) and pattern[position] == "**":
+            return True
+        if position >= len(pattern) - 1:  # (the last component names files, not the folders above them)
+            return False
+        part = pattern[position]
+        if name.startswith(".") and glob.has_magic(part) and not part.startswith("."):
+            return False
+        if not fnmatch.fnmatchcase(name, part):
+            return False
+    return True
 
 
 def _glob_match(names: list[str], pattern: list[str]) -> bool:
@@ -977,6 +1011,8 @@ def _glob_match(names: list[str], pattern: list[str]) -> bool:
             bool(names) and not names[0].startswith(".") and _glob_match(names[1:], pattern)
         )
     if not names or (names[0].startswith(".") and glob.has_magic(pattern[0]) and not pattern[0].startswith(".")):
+        return False
+    if len(names) == 1 and len(pattern) > 1:  # the file: glob matches the components before the last to folders
         return False
     return fnmatch.fnmatchcase(names[0], pattern[0]) and _glob_match(names[1:], pattern[1:])
 

@@ -69,7 +69,10 @@ class RunLock:
         while True:
             missing = [d for d in (self.directory, *self.directory.parents) if not d.exists()]
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, created_file = self._open()
+            try:
+                fd, created_file = self._open()
+            except FileNotFoundError:  # a holder that wrote nothing removed the directory as it left: make it anew
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -107,7 +110,7 @@ class RunLock:
             ) from None
         try:
             check_regular_file(self.path, "the run's own lock file")
-        except ValueError:
+        except Exception:  # (FileNotFoundError too: a holder that left removed it; the caller opens anew)
             os.close(fd)
             raise
         return fd, False

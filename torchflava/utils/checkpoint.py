@@ -339,11 +339,12 @@ def _refuse_repeated_storage(path: Path, tensors: dict[str, Tensor]) -> None:
     """ValueError naming the file if its tensors span more than 4 times its size: strides that repeat a
     storage (``expand``: a (2**20, 2**20) tensor over 4 bytes) or many names for one storage, which the
     finiteness check would scan, and copies of shared tensors or ``contiguous()`` would allocate, whole."""
-    spanned = sum(value.numel() * value.element_size() for value in tensors.values())
+    dense = {key: value for key, value in tensors.items() if value.layout == torch.strided and not value.is_meta}
+    spanned = sum(value.numel() * value.element_size() for value in dense.values())  # (meta, sparse: refused after)
     size = path.stat().st_size
     if spanned > _MAX_ZIP_EXPANSION * size + (1 << 20):
-        largest = max(tensors, key=lambda key: tensors[key].numel() * tensors[key].element_size())
-        value = tensors[largest]
+        largest = max(dense, key=lambda key: dense[key].numel() * dense[key].element_size())
+        value = dense[largest]
         raise ValueError(
             f"{path}: expected tensors the file holds, got {spanned} bytes of tensors from a {size}-byte file (tensors "
             f"repeating their storage: e.g. {largest!r} of shape {list(value.shape)}, strides {list(value.stride())})"
@@ -431,16 +432,21 @@ def _load_index(path: Path) -> dict[str, Tensor]:
 
 
 def _check_shard_keys(index: Path, shard: str, keys: list[str], weight_map: dict, found_in: dict[str, str]) -> None:
-    """ValueError naming the ``index`` unless ``shard`` holds every tensor its ``weight_map`` puts
-    there and none that an earlier shard held (``found_in``: tensor name -> shard, updated): a merge
-    would silently keep one of two tensors of a name, or lack one the index lists."""
+    """ValueError naming the ``index`` unless ``shard`` holds none that an earlier shard held
+    (``found_in``: tensor name -> shard, updated) and, a torch file, every tensor its ``weight_map``
+    puts there: a merge would silently keep one of two tensors of a name, or lack one the index lists.
+    A safetensors shard may lack names the index lists: safetensors stores no aliases, so a tied
+    weight's second name is dropped from the file while the index keeps it (safetensors' ``convert``,
+    the Hub's conversion bot, writes the ``.bin`` index's names over the converted shards); the
+    models' loaders name any tensor they need that is missing."""
     twice = [key for key in keys if key in found_in]
     if twice:
         raise ValueError(
             f"{index}: expected each tensor in one shard, got {twice[0]!r} in both {found_in[twice[0]]} and {shard} "
             f"({len(twice)} such tensor(s))"
         )
-    absent = sorted(set(key for key, name in weight_map.items() if name == shard) - set(keys))
+    aliases_dropped = _file_kind(index.parent / shard) == "safetensors"
+    absent = [] if aliases_dropped else sorted(set(k for k, name in weight_map.items() if name == shard) - set(keys))
     if absent:
         raise ValueError(
             f"{index}: its weight_map puts {len(absent)} tensor(s) in {shard}, which does not hold them: {absent[:5]}"
