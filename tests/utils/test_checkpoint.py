@@ -957,3 +957,74 @@ def test_tensors_spanning_far_more_than_the_file_are_refused(tmp_path, read, kin
     ok = {"position_ids": torch.arange(64).expand(1, -1), "tied.a": base, "tied.b": base}
     torch.save(ok, tmp_path / "ok.pt")
     assert {key: value.shape for key, value in read(tmp_path / "ok.pt").items()} == {k: v.shape for k, v in ok.items()}
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a body of no announced length: 1 MiB chunks until 48 MiB, or the reader leaves."""
+
+    sent: list = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Connection", "close")  # (no Content-Length: the body ends when the connection does)
+        self.end_headers()
+        try:
+            for _ in range(48):
+                self.wfile.write(bytes(1 << 20))
+                self.sent.append(1 << 20)
+        except OSError:
+            pass
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # (the reader leaving mid-body: expected here)
+        pass
+
+
+def test_a_download_that_would_fill_the_disk_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    """A body larger than the disk, or one that never ends, was written until the disk was full (the disk
+    the run's own checkpoints go to); only then did the download fail."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FVCORE_CACHE", str(cache))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    budget = 8 << 20  # what the disk holds beyond the space a download must leave
+    monkeypatch.setattr(checkpoint, "MIN_FREE_BYTES", 1 << 30)
+    monkeypatch.setattr(checkpoint, "_SPACE_CHECK_BYTES", 1 << 20)
+    written = lambda: sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())  # noqa: E731
+    monkeypatch.setattr(checkpoint, "_free_bytes", lambda directory: (1 << 30) + budget - written())
+    server = _QuietServer(("127.0.0.1", 0), _Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/model.safetensors"
+    try:
+        with pytest.raises(ConnectionError) as caught:
+            load_state_dict(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(caught.value).startswith(
+        f"checkpoint: could not download {url}: the download would leave less than 1073741824 bytes (MIN_FREE_BYTES) "
+        "free on the disk of "
+    )
+    assert sum(_Endless.sent) < 24 << 20 and written() == 0  # stopped near the budget; no partial file kept
+    # An announced length that does not fit is refused before the first byte is written.
+    (tmp_path / "served").mkdir()
+    save_file({"w": torch.zeros(1 << 20)}, str(tmp_path / "served" / "model.safetensors"))  # 4 MiB
+    budget = 2 << 20
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Files, directory=str(tmp_path / "served"))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/model.safetensors"
+    try:
+        size = (tmp_path / "served" / "model.safetensors").stat().st_size
+        with pytest.raises(ConnectionError, match=rf"\(\d+ free, {size} more announced\)$"):
+            load_state_dict(url)
+        assert written() == 0
+        budget = 64 << 20
+        assert torch.equal(load_state_dict(url)["w"], torch.zeros(1 << 20))  # with room, as before
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -40,6 +40,10 @@ _DIRECTORY_FILES = (
 
 # Seconds a download may wait for the server at any one point (connecting, or between reads).
 DOWNLOAD_TIMEOUT_S = 60.0
+# Bytes a download leaves free on the disk it writes to, at the least: a file larger than the disk, or a
+# server that never ends its body, is refused rather than filling the disk the run's checkpoints go to.
+MIN_FREE_BYTES = 1 << 30
+_SPACE_CHECK_BYTES = 64 << 20  # how often (bytes written) a download of no announced length looks again
 
 
 def first_line(error: BaseException) -> str:
@@ -124,8 +128,10 @@ def _download(url: str) -> str:
     call: with an ETag, a conditional GET (``If-None-Match``); with only a Last-Modified date, a HEAD
     whose date and length must equal the copy's (a date is not trusted where the file changed in the
     second it was served, RFC 7232's weak validator); else downloaded again. A server that stops
-    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends the download with ConnectionError; one that
-    cannot be reached or fails (5xx) leaves a copy downloaded before in use, with a warning."""
+    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends the download with ConnectionError, and so does
+    a file that would leave less than :data:`MIN_FREE_BYTES` free on the cache's disk (nothing of it
+    kept); a server that cannot be reached or fails (5xx) leaves a copy downloaded before in use, with a
+    warning."""
     name = check_url(url)
     directory = _download_directory(url)
     local = (
@@ -196,12 +202,36 @@ def _stale(url: str, local: Path, reason: str) -> str:
     return str(local)
 
 
+def _free_bytes(directory: str) -> int:
+    """Bytes free for this process on the disk of ``directory``."""
+    return shutil.disk_usage(directory).free
+
+
 def _copy_response(response, path: str) -> None:
-    """The body of an HTTP response into ``path``; OSError if it is empty or shorter than announced."""
-    with open(path, "wb") as file:
-        shutil.copyfileobj(response, file, 1 << 20)
-        size = file.tell()
+    """The body of an HTTP response into ``path``; OSError if it is empty or shorter than announced, or
+    if writing it would leave less than :data:`MIN_FREE_BYTES` free on its disk (told before the first
+    byte from an announced length; without one, looked at every 64 MiB as it is written)."""
     announced = response.headers.get("Content-Length")
+    directory = os.path.dirname(os.path.abspath(path))
+
+    def check_space(to_write: int) -> None:
+        free = _free_bytes(directory)
+        if free - to_write < MIN_FREE_BYTES:
+            raise OSError(
+                f"the download would leave less than {MIN_FREE_BYTES} bytes (MIN_FREE_BYTES) free on the disk of "
+                f"{directory} ({free} free, {to_write} more announced)"
+            )
+
+    if announced is not None and announced.isdigit():
+        check_space(int(announced))
+    with open(path, "wb") as file:
+        size = checked = 0
+        while chunk := response.read(1 << 20):
+            file.write(chunk)
+            size += len(chunk)
+            if announced is None and size - checked >= _SPACE_CHECK_BYTES:
+                checked = size
+                check_space(0)
     if size == 0:
         raise OSError("the server sent an empty file")
     if announced is not None and announced.isdigit() and int(announced) != size:
