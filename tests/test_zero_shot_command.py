@@ -712,17 +712,25 @@ def test_a_captions_file_of_the_wrong_shape_is_refused_before_the_checkpoint_loa
         zero_shot.main([*command, "--split", "tset"])  # (the checkpoint, which does not exist, is never opened)
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2
-    assert error.startswith("python -m torchflava.zero_shot: error: argument --captions: split must name splits of")
+    assert error.startswith("python -m torchflava.zero_shot: error: argument --split: split must name splits of")
     assert "none of ['tset'] is a split of" in error
     absolute = tmp_path / "absolute.csv"
     absolute.write_text(f"filepath,title\n{images / 'red circle' / 'x.png'},a caption\n")
     with pytest.raises(SystemExit):
         zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(images), "--captions", str(absolute)])
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("python -m torchflava.zero_shot: error: argument --captions: ")
+    assert error.startswith("python -m torchflava.zero_shot: error: argument --images: ")  # (what to leave out)
     assert re.search(
         r"is absolute \(e\.g\. .*\); give no root \(root=None; the retrieval command without --images\)", error
     )
+    columns = tmp_path / "columns.csv"
+    columns.write_text("path,text\nred circle/x.png,a caption\n")
+    with pytest.raises(SystemExit):  # a column the header lacks: named after the option that gave it
+        zero_shot.main(
+            ["--checkpoint", "/nonexistent", "--images", str(images), "--captions", str(columns), "--image-key", "file"]
+        )
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m torchflava.zero_shot: error: argument --image-key: "), error
 
 
 def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(images, tmp_path, capsys):

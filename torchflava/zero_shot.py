@@ -242,6 +242,10 @@ def retrieval(
     }
 
 
+# ImageTextFolder's arguments -> the options of the retrieval command that give them
+_CAPTIONS_OPTIONS = {"root": "--images", "split": "--split", "image_key": "--image-key", "text_key": "--text-key"}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m torchflava.zero_shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -304,8 +308,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     f"hold (its splits: {', '.join(folder.splits)})"
                 )
     except ValueError as error:  # (named after their argument, root or captions: the option is what was given)
-        if classes is None:
-            parser.error(f"argument --captions: {error}")
+        if classes is None:  # a CaptionsError names the argument that answers for it
+            option = _CAPTIONS_OPTIONS.get(getattr(error, "argument", None), "--captions")
+            parser.error(f"argument {option}: {error}")
         parser.error(
             f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
             f"{', '.join(IMAGE_EXTENSIONS)} under it)"
