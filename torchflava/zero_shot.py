@@ -205,6 +205,11 @@ def retrieval(
     lacking = sorted(set([split] if isinstance(split, str) else split or ()) - set(folder.splits or ()))
     if lacking:  # (a name that keeps nothing beside one that keeps some: a typo, evaluated silently)
         raise ValueError(f"split: {captions} has no split {lacking[0]!r} (its splits: {list(folder.splits)})")
+    return _folder_retrieval(pretrained, folder, batch_size)
+
+
+def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_size: int) -> dict:
+    """:func:`retrieval` over an opened, checked captions file."""
     lines, skipped = [], []  # (item, (image path, caption)) of the well-formed entries; why others are not
     for index in range(len(folder)):
         try:
@@ -294,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if classes is not None and (len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes)):
         parser.error(f"argument --classes: expected at least two distinct non-empty names, got {classes}")
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
-    try:  # the images (or captions) listed, not read, before the checkpoint is loaded (read again below)
+    try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if classes is not None:
             ImageFolder(args.images)
         else:
@@ -327,15 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
         print(summary)
     else:
-        result = retrieval(
-            pretrained,
-            args.images,
-            args.captions,
-            split=split,
-            image_key=args.image_key,
-            text_key=args.text_key,
-            batch_size=args.batch_size,
-        )
+        result = _folder_retrieval(pretrained, folder, args.batch_size)  # (the file read and checked above)
         print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")
         for key in sorted(k for k in result if "R@" in k and "chance" not in k):
             k = key.split("@")[1]
