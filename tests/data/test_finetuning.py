@@ -231,6 +231,12 @@ def test_image_text_labels_refuse_repeated_or_str_labels_and_a_path_that_is_no_f
             r"samples\[1\].label must be a 1-D score tensor of the shape of samples\[0\]'s \(3,\), got shape \(4,\)",
         ),
         (
+            [torch.tensor(2)],
+            ValueError,
+            r"samples\[0\].label must be a 1-D score tensor or a class id \(int, e.g. tensor.item\(\)\), "
+            r"got a 0-D tensor of shape \(\)",
+        ),
+        (
             [torch.tensor([0.0, float("nan")])],
             ValueError,
             r"samples\[0\].label must hold finite scores, got \[0.0, nan\]",

@@ -389,7 +389,12 @@ def _label_tensor(labels: list) -> Tensor:
             kinds = [type(label).__name__ for label in labels]
             raise ValueError(f"samples: expected score tensors for every label of a batch or for none, got {kinds}")
         for row, label in enumerate(labels):
-            if label.dim() != 1 or label.shape != labels[0].shape:
+            if label.dim() != 1:  # (a 0-d class id was told to have the shape of samples[0]'s, ())
+                raise ValueError(
+                    f"samples[{row}].label must be a 1-D score tensor or a class id (int, e.g. "
+                    f"tensor.item()), got a {label.dim()}-D tensor of shape {tuple(label.shape)}"
+                )
+            if label.shape != labels[0].shape:
                 raise ValueError(
                     f"samples[{row}].label must be a 1-D score tensor of the shape of samples[0]'s "
                     f"{tuple(labels[0].shape)}, got shape {tuple(label.shape)}"
