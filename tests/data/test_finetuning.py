@@ -231,6 +231,12 @@ def test_image_text_labels_refuse_repeated_or_str_labels_and_a_path_that_is_no_f
             r"samples\[1\].label must be a 1-D score tensor of the shape of samples\[0\]'s \(3,\), got shape \(4,\)",
         ),
         (
+            [torch.tensor(2)],
+            ValueError,
+            r"samples\[0\].label must be a 1-D score tensor or a class id \(int, e.g. tensor.item\(\)\), "
+            r"got a 0-D tensor of shape \(\)",
+        ),
+        (
             [torch.tensor([0.0, float("nan")])],
             ValueError,
             r"samples\[0\].label must hold finite scores, got \[0.0, nan\]",
@@ -337,3 +343,31 @@ def test_a_line_nested_too_deeply_is_refused_naming_it(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # json.loads: RecursionError
     with pytest.raises(ValueError, match=r"vqa.jsonl line 1: needs 'image' and 'text' \(maximum recursion depth"):
         ImageTextLabels(tmp_path, path, ["yes", "no"])
+
+
+def test_label_and_class_names_must_be_strings_as_files_hold_them(tmp_path):
+    """With int names, a JSON label true or 1.0 was the class 1 (True == 1.0 == 1), an answer (a JSON
+    key, a str) matched none (every score 0) and a TSV label (a str) no name (each row refused)."""
+    import json
+
+    from torchflava.data.finetuning import GlueTsv, ImageTextLabels
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    path = tmp_path / "memes.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "text": "q", "label": True}) + "\n")
+    with pytest.raises(TypeError, match=r"^labels must hold label names \(str\), got int 0 at position 0$"):
+        ImageTextLabels(tmp_path, path, [0, 1])
+    with pytest.raises(ValueError, match=r"memes.jsonl line 1: label True is not one of \['0', '1'\]$"):
+        ImageTextLabels(tmp_path, path, ["0", "1"])
+    path.write_text(json.dumps({"image": "a.png", "text": "q", "answers": {"1": 1.0}}) + "\n")
+    assert ImageTextLabels(tmp_path, path, ["0", "1"])[0].label.tolist() == [0.0, 1.0]
+    with pytest.raises(TypeError, match=r"^labels must hold label names \(str\), got float 1.0 at position 1$"):
+        ImageTextLabels(tmp_path, path, ["0", 1.0])
+    tsv = tmp_path / "sst.tsv"
+    tsv.write_text("sentence\tlabel\nhello\t1\n")
+    with pytest.raises(TypeError, match=r"^labels must hold label names \(str\), got int 1 at position 1$"):
+        GlueTsv(tsv, ["sentence"], "label", ["0", 1])
+    with pytest.raises(TypeError, match=r"^classes must hold class names \(str\), got NoneType None at position 0$"):
+        ImageClassFolder(tmp_path, [None])
+    with pytest.raises(TypeError, match=r"^text_columns must hold column names \(str\), got int 0 at position 0$"):
+        GlueTsv(tsv, [0], "label")

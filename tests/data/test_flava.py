@@ -326,6 +326,39 @@ def test_itm_labels_are_0_exactly_where_the_caption_ids_changed(tokenizer, codeb
     assert 0 < sum(labels) < len(labels)  # both cases met
 
 
+class CountingTokenizer:
+    """Wraps a tokenizer: counts its calls and the texts they tokenize."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.texts = inner, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, texts, **kwargs):
+        self.calls, self.texts = self.calls + 1, self.texts + len(texts)
+        return self.inner(texts, **kwargs)
+
+
+def test_a_pair_batch_tokenizes_each_text_once_into_the_batch_of_its_final_captions(tokenizer):
+    # The captions compared for an ITM negative were tokenized, then the chosen ones again for the
+    # batch: 2 calls over 7 texts here. Row 0 takes a longer caption, row 1 a shorter one (the own
+    # caption, the longest of the call, is left out: its padding must go), row 2 draws its own text.
+    own = ["a red cross", "a small blue circle on the left at the top, large", "a green square on the right"]
+    drawn = ["a green square on the right", "a red cross", own[2]]
+    counting = CountingTokenizer(tokenizer)
+    collate = collator(counting, None, itm_negative_probability=1.0)
+    samples = [Sample(ShapesWorld("pairs", 1, image_size=32, seed=i)[0].image, text) for i, text in enumerate(own)]
+    seeds = [11, 12, 13]
+    batch = collate("pairs", samples, seeds, another=lambda row, seed, read: drawn[row])
+    assert (counting.calls, counting.texts) == (1, 5)  # the 3 own captions and the 2 other ones
+    assert batch["itm_labels"].tolist() == [0, 0, 1]
+    expected = collate.texts(drawn, seeds)  # the batch of the captions the rows hold, tokenized alone
+    assert batch["text"].shape == (3, len(tokenizer([drawn[2]], max_length=40)[0][0]))
+    for name, value in expected.items():
+        assert torch.equal(batch[name], value), name
+
+
 def test_unusable_items_are_replaced_and_reported(tokenizer, codebook):
     source = Recording(ShapesWorld("pairs", 8, image_size=32), bad={1, 5})
     data = dataset(collator(tokenizer, codebook), sources={"pairs": source}, ratios={"pairs": 1.0}, batch=8)

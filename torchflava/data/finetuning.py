@@ -30,18 +30,22 @@ PathLike = Union[str, os.PathLike]
 
 
 def _names(name: str, values: object, what: str) -> list:
-    """``values`` as a list if it is a sequence (in id order) of at least one distinct name; else TypeError
-    (a str, read letter by letter, or not a sequence) or ValueError (empty, or repeating a name, which
-    left an id without a class) naming ``name`` and ``what`` it lists."""
+    """``values`` as a list if it is a sequence (in id order) of at least one distinct name (a str); else
+    TypeError (a str, read letter by letter, not a sequence, or holding another type) or ValueError
+    (empty, or repeating a name, which left an id without a class) naming ``name`` and ``what`` it lists."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a list of {what} names, got {type(values).__name__} {values!r:.80}")
     values = list(values)
     if not values:
         raise ValueError(f"{name} must name at least one {what}, got none")
-    try:
-        repeated = [value for value, count in Counter(values).items() if count > 1]
-    except TypeError:  # an unhashable entry
-        raise TypeError(f"{name} must hold {what} names, got {values!r:.80}") from None
+    # names, as files hold them: an int one matched no TSV field or JSON answer key (each row refused, or
+    # every score 0), and a JSON label true or 1.0 was taken for the class 1
+    for position, value in enumerate(values):
+        if not isinstance(value, str):
+            raise TypeError(
+                f"{name} must hold {what} names (str), got {type(value).__name__} {value!r:.40} at position {position}"
+            )
+    repeated = [value for value, count in Counter(values).items() if count > 1]
     if repeated:
         raise ValueError(f"{name} must name each {what} once, got {repeated} more than once")
     return values
@@ -385,7 +389,12 @@ def _label_tensor(labels: list) -> Tensor:
             kinds = [type(label).__name__ for label in labels]
             raise ValueError(f"samples: expected score tensors for every label of a batch or for none, got {kinds}")
         for row, label in enumerate(labels):
-            if label.dim() != 1 or label.shape != labels[0].shape:
+            if label.dim() != 1:  # (a 0-d class id was told to have the shape of samples[0]'s, ())
+                raise ValueError(
+                    f"samples[{row}].label must be a 1-D score tensor or a class id (int, e.g. "
+                    f"tensor.item()), got a {label.dim()}-D tensor of shape {tuple(label.shape)}"
+                )
+            if label.shape != labels[0].shape:
                 raise ValueError(
                     f"samples[{row}].label must be a 1-D score tensor of the shape of samples[0]'s "
                     f"{tuple(labels[0].shape)}, got shape {tuple(label.shape)}"

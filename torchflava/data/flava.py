@@ -129,24 +129,45 @@ class FLAVAPretrainingCollator:
     def texts(self, texts: Sequence[str], seeds: Sequence[int]) -> dict[str, Tensor]:
         """Ids, attention mask, BERT-masked ids and MLM labels of ``texts`` (padded to the longest)."""
         ids, attention = self.tokenizer(list(texts), max_length=self.max_text_length)
+        return self._masked_texts(ids, attention, seeds)
+
+    def _masked_texts(self, ids: Tensor, attention: Tensor, seeds: Sequence[int]) -> dict[str, Tensor]:
+        """The text fields of tokenized rows: ``ids`` and ``attention`` (B, L) with their BERT masks."""
         generators = [torch.Generator().manual_seed(item_seed(seed, "mlm")) for seed in seeds]
         masked, labels = self.token_masker.rows(ids, attention.sum(1).tolist(), generators)
         return {"text": ids, "text_attention_mask": attention, "text_masked": masked, "mlm_labels": labels}
 
-    def _same_ids(self, texts: Sequence[str], others: Sequence[str]) -> list[bool]:
-        """Whether each of ``others`` gives the model the same ids as the text beside it (after the
-        tokenizer's own normalisation, e.g. an uncased one's lower-casing and accent stripping, its
-        white-space splitting, and truncation to ``max_text_length``): such a caption drawn as a pair's
-        negative is the pair's own text, a match. One tokenizer call for all the unequal strings."""
-        differ = [i for i, (text, other) in enumerate(zip(texts, others)) if text != other]
-        same = [True] * len(texts)
-        if differ:
-            ids, _ = self.tokenizer(
-                [texts[i] for i in differ] + [others[i] for i in differ], max_length=self.max_text_length
-            )
-            for place, i in enumerate(differ):  # (padded to the longest of the call: equal rows, equal tokens)
-                same[i] = torch.equal(ids[place], ids[len(differ) + place])
-        return same
+    def _drawn_captions(self, seeds: Sequence[int], another: Optional[Another]) -> dict[int, str]:
+        """Row -> the caption drawn for it as an ITM negative (rows not drawn, or drawn with no other
+        item to read, are absent)."""
+        drawn = {}
+        for row, seed in enumerate(seeds):
+            if random.Random(item_seed(seed, "itm")).random() < self.itm_negative_probability:
+                other = None if another is None else another(row, item_seed(seed, "itm-source"), _caption)
+                if other is not None:
+                    drawn[row] = other
+        return drawn
+
+    def _pair_texts(self, texts: Sequence[str], drawn: Mapping[int, str]) -> tuple[Tensor, Tensor, Tensor]:
+        """ITM labels (B,), ids and attention mask (B, L) of a pair batch whose ``drawn`` rows take
+        another caption, from one tokenizer call over the own captions and the drawn ones.
+
+        A drawn caption that gives the model the ids of the row's own (after the tokenizer's
+        normalisation, e.g. an uncased one's lower-casing, its white-space splitting, and truncation
+        to ``max_text_length``) is the pair's own text: the row stays a match, label 1. The batch is
+        the one the final captions tokenize to alone; each text is tokenized once, in one call.
+        """
+        differ = [row for row, other in drawn.items() if other != texts[row]]  # equal strings, equal ids
+        ids, attention = self.tokenizer(list(texts) + [drawn[row] for row in differ], max_length=self.max_text_length)
+        labels = torch.ones(len(texts), dtype=torch.long)
+        chosen = list(range(len(texts)))
+        for place, row in enumerate(differ, start=len(texts)):
+            # (padded to the longest of the call: equal rows, equal tokens)
+            if not torch.equal(ids[row], ids[place]):
+                chosen[row], labels[row] = place, 0
+        # the tokenizer pads on the right to the longest row: cut the padding only the rows left out needed
+        width = int(attention[chosen].sum(1).max())
+        return labels, ids[chosen, :width], attention[chosen, :width]
 
     def __call__(
         self, kind: str, samples: Sequence[Sample], seeds: Sequence[int], *, another: Optional[Another] = None
@@ -173,22 +194,12 @@ class FLAVAPretrainingCollator:
         fields: dict[str, Tensor] = {}
         if kind in ("pairs", "images"):
             fields.update(self.images([s.image for s in samples], seeds))
-        if kind in ("pairs", "texts"):
-            texts = [s.text for s in samples]
-            if kind == "pairs":
-                labels = torch.ones(len(samples), dtype=torch.long)
-                drawn = {}  # row -> the caption drawn for its negative
-                for row, seed in enumerate(seeds):
-                    if random.Random(item_seed(seed, "itm")).random() < self.itm_negative_probability:
-                        other = None if another is None else another(row, item_seed(seed, "itm-source"), _caption)
-                        if other is not None:
-                            drawn[row] = other
-                rows = list(drawn)
-                for row, same in zip(rows, self._same_ids([texts[r] for r in rows], [drawn[r] for r in rows])):
-                    if not same:
-                        texts[row], labels[row] = drawn[row], 0
-                fields["itm_labels"] = labels
-            fields.update(self.texts(texts, seeds))
+        if kind == "pairs":
+            labels, ids, attention = self._pair_texts([s.text for s in samples], self._drawn_captions(seeds, another))
+            fields["itm_labels"] = labels
+            fields.update(self._masked_texts(ids, attention, seeds))
+        elif kind == "texts":
+            fields.update(self.texts([s.text for s in samples], seeds))
         return fields
 
 

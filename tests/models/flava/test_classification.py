@@ -132,6 +132,10 @@ def test_bad_inputs_and_labels_name_what_is_wrong():
         _model(modality="multimodal")(images)
     with pytest.raises(ValueError, match="labels must be class ids in \\[0, 4\\)"):
         _model(modality="image")(images, labels=torch.tensor([0, 4, 1]))
+    # the label and its row (min and max were named, not where the bad one was)
+    at_row_2 = r"^labels must be class ids in \[0, 4\) \(num_classes=4\), got 7 at row 2 of the batch$"
+    with pytest.raises(ValueError, match=at_row_2):
+        _model(modality="image")(images, labels=torch.tensor([3, 0, 7]))
     with pytest.raises(ValueError, match="integer class ids"):
         _model(modality="image")(images, labels=torch.tensor([0.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="scores in \\[0, 1\\]"):

@@ -68,6 +68,23 @@ def test_layer_from_a_bf16_linear_with_a_strided_bias(layout):
     assert_close(out.double(), exact, **BF16)
 
 
+@pytest.mark.parametrize("pack", [False, pytest.param(True, marks=pytest.mark.skipif(not ONEDNN, reason="no oneDNN"))])
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_a_strided_bias_gives_the_bits_of_f_linear_on_a_contiguous_one(pack, layout):
+    # Unpacked, the bias was kept strided: F.linear on a (B, S, D) input then rounds the product to
+    # bf16 before adding it (one ulp, 0.125 here, off the single rounding of a contiguous bias).
+    torch.manual_seed(0)
+    weight = torch.randn(80, 48).bfloat16()
+    bias = torch.randn(160).bfloat16()[::2] if layout == "strided" else torch.randn(1).bfloat16().expand(80)
+    x = torch.randn(2, 9, 48)
+    layer = PackedLinear(weight, bias, pack=pack)
+    with torch.inference_mode():
+        out = layer(x)
+        expected = F.linear(x.bfloat16(), weight, bias.contiguous())
+    assert layer.bias.is_contiguous() and torch.equal(layer.bias, bias)
+    assert_close(out, expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("features", [(0, 8), (8, 0)], ids=["no-input-features", "no-output-features"])
 def test_layer_without_features_is_autocast_linear(features):
     # oneDNN has no empty product: packing such a weight failed inside torch

@@ -137,9 +137,12 @@ class FLAVAForClassification(nn.Module):
                 raise ValueError(
                     f"labels must be ({batch},) integer class ids, got {tuple(labels.shape)} {labels.dtype}"
                 )
-            if bool(((labels < 0) | (labels >= classes)).any()):
+            outside = (labels < 0) | (labels >= classes)
+            if bool(outside.any()):  # (cross_entropy's own error on CUDA is a device-side assert)
+                row = int(outside.nonzero()[0, 0])
                 raise ValueError(
-                    f"labels must be class ids in [0, {classes}), got min {int(labels.min())} max {int(labels.max())}"
+                    f"labels must be class ids in [0, {classes}) (num_classes={classes}), got {int(labels[row])} "
+                    f"at row {row} of the batch"
                 )
             return F.cross_entropy(logits, labels.long())  # any integer dtype
         if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):

@@ -70,8 +70,9 @@ class PackedLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
         self.packed = pack and weight.device.type == "cpu" and weight.numel() > 0  # (oneDNN has no empty product)
-        bias = None if bias is None else bias.detach()
-        self.bias = dense_bias(bias) if self.packed else bias  # (oneDNN reads a strided one as dense)
+        # contiguous on both paths: oneDNN reads a strided bias as dense (wrong sums), and F.linear on a
+        # (B, S, D) input adds a strided one after rounding the product to bf16 (two roundings, not one)
+        self.bias = None if bias is None else dense_bias(bias.detach())
         # oneDNN's opaque blocked layout, or the plain (out_features, in_features) weight.
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach()) if self.packed else weight.detach()
 
