@@ -27,7 +27,7 @@ def test_glue_tsv_reads_a_byte_order_mark_and_refuses_non_finite_targets_and_oth
     path = tmp_path / "stsb.tsv"
     path.write_bytes("\ufeffsentence1\tsentence2\tscore\na\tb\t3.5\n".encode("utf-8"))  # a BOM, as Excel writes
     assert GlueTsv(path, ["sentence1", "sentence2"], "score")[0].label == 3.5
-    for bad in ("nan", "inf", "-inf", "three"):
+    for bad in ("nan", "inf", "-inf", "three", "1_000"):  # (float reads "1_000" as 1000.0)
         path.write_text(f"sentence1\tsentence2\tscore\na\tb\t{bad}\n")
         with pytest.raises(ValueError, match=f"line 2: label '{bad}' is not a finite number"):
             GlueTsv(path, ["sentence1", "sentence2"], "score")
@@ -271,6 +271,11 @@ def test_classification_batches_of_each_label_kind_and_none_refused():
     ids = collate([2, 0])["labels"]
     assert ids.dtype == torch.long and ids.tolist() == [2, 0]
     targets = collate([-1.5, 2])["labels"]  # regression targets may be negative
+    assert targets.dtype == torch.float32 and targets.tolist() == [-1.5, 2.0]
+    numpy = pytest.importorskip("numpy")  # labels read from an array: numpy scalars, as Python's numbers
+    ids = collate([numpy.int64(2), numpy.int32(0)])["labels"]
+    assert ids.dtype == torch.long and ids.tolist() == [2, 0]
+    targets = collate([numpy.float32(-1.5), numpy.int64(2)])["labels"]
     assert targets.dtype == torch.float32 and targets.tolist() == [-1.5, 2.0]
     scores = collate([torch.tensor([0.0, 1.0]), torch.tensor([0.3, 0.0])])["labels"]
     assert torch.equal(scores, torch.tensor([[0.0, 1.0], [0.3, 0.0]]))

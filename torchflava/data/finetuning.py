@@ -11,6 +11,7 @@ from collections import Counter
 import csv
 import json
 import math
+import numbers
 import os
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
@@ -156,6 +157,8 @@ class GlueTsv(Dataset):
         """The label ``raw`` names (a class id, or a finite regression target), or None."""
         if self.labels is not None:
             return self.labels.index(raw) if raw in self.labels else None
+        if "_" in raw:  # (float reads "1_000" as 1000.0: a typo in a score column, not a number)
+            return None
         try:
             label = float(raw)
         except ValueError:
@@ -378,6 +381,9 @@ def _label_tensor(labels: list) -> Tensor:
     """The labels of a batch as one tensor: (B, C) score vectors, (B,) float regression targets (any float
     among them: 1.5 was cast to 1) or (B,) long class ids; TypeError / ValueError naming the sample whose
     label is not one of those kinds, breaks the batch's kind or shape, is not finite or is a class id < 0."""
+    # (numpy's integer and float scalars are numbers.Integral / numbers.Real: a label from an array)
+    labels = [int(x) if isinstance(x, numbers.Integral) and not isinstance(x, bool) else x for x in labels]
+    labels = [float(x) if isinstance(x, numbers.Real) and not isinstance(x, (int, bool)) else x for x in labels]
     for row, label in enumerate(labels):
         if isinstance(label, bool) or not isinstance(label, (int, float, Tensor)):
             raise TypeError(
