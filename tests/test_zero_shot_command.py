@@ -743,8 +743,10 @@ def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(ima
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2
     assert error == (
-        f"python -m torchflava.zero_shot: error: argument --split: expected splits of {captions}, got 'tset', which "
-        "it does not hold (its splits: test, train, val)"
+        "python -m torchflava.zero_shot: error: argument --split: split must name splits of the file, 'tset' is not a "
+        f"split of {str(captions)!r} (its splits: ['test', 'train', 'val'])"
     )
-    with pytest.raises(ValueError, match=r"split: .* has no split 'tset' \(its splits: \['test', 'train', 'val'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"^split must .* 'tset' is not a split of .* \(its splits: \['test', 'train', 'val'\]\)"
+    ):
         zero_shot.retrieval(None, str(images), str(captions), split=["test", "tset"])

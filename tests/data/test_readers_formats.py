@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.data.test_readers import assert_red_green, png_bytes, write
-from torchflava.data.readers import ImageTextFolder
+from torchflava.data.readers import CaptionsError, ImageTextFolder
 from torchflava.data.samples import BadSample
 
 
@@ -118,6 +118,16 @@ def test_karpathy_split_keeps_the_images_of_those_splits(tmp_path):
         f"split must name splits of the file, none of ['tset'] is a split of {str(captions)!r} "
         "(its splits: ['restval', 'test', 'train', 'val'])"
     )
+    for wanted, named in (
+        (["test", "tset"], "'tset' is not a split"),
+        (["tset", "test", "x"], "'tset', 'x' are not splits"),
+    ):
+        with pytest.raises(CaptionsError) as error:  # one name lacking beside one kept: refused, not left out silently
+            ImageTextFolder(tmp_path, captions, split=wanted)
+        assert error.value.argument == "split" and str(error.value) == (
+            f"split must name splits of the file, {named} of {str(captions)!r} "
+            "(its splits: ['restval', 'test', 'train', 'val'])"
+        )
     tsv = write(tmp_path / "c.tsv", "a.png\tx\n")
     with pytest.raises(ValueError) as error:
         ImageTextFolder(tmp_path, tsv, split="test")

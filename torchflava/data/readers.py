@@ -75,7 +75,7 @@ def check_max_pixels(value: object) -> int:
 class CaptionsError(ValueError):
     """A refusal of :class:`ImageTextFolder` that one argument other than ``captions`` answers for:
     ``argument`` is ``"root"``, ``"split"``, ``"image_key"`` or ``"text_key"`` (a config naming them
-    otherwise names its own key, e.g. a split that is no split of the file)."""
+    otherwise names its own key, e.g. a split the file lacks: the one check of split names)."""
 
     def __init__(self, argument: str, message: str) -> None:
         super().__init__(message)
@@ -255,7 +255,8 @@ def _json_entries(
 
 def _karpathy_entries(path: str, images: list, split: Optional[frozenset], found: set[str]) -> list[_Entry]:
     """One entry per sentence of each image (of the wanted splits): path ``filepath/filename``; ``found``
-    receives the splits of the file (when ``split`` is given)."""
+    receives the splits of the file (when ``split`` is given). A :class:`CaptionsError` of ``split`` when
+    a name of ``split`` is no split of the file, naming the file's splits."""
     entries: list[_Entry] = []
     kept = 0  # images of the wanted splits
     for number, image in enumerate(images):
@@ -304,11 +305,16 @@ def _karpathy_entries(path: str, images: list, split: Optional[frozenset], found
                 entries.append(_Entry(number, "", "", problem, position))
             else:
                 entries.append(_Entry(number, file, sentence["raw"], None, position))
-    if split is not None and not kept:
+    lacking = sorted(split - found) if split is not None else []
+    if lacking:  # (one name lacking beside others kept: a typo whose images would be left out silently)
+        if not kept:
+            named = f"none of {sorted(split)} is a split"
+        else:
+            named = ", ".join(repr(name) for name in lacking) + (
+                " is not a split" if len(lacking) == 1 else " are not splits"
+            )
         raise CaptionsError(
-            "split",
-            f"split must name splits of the file, none of {sorted(split)} is a split of {path!r} "
-            f"(its splits: {sorted(found)})",
+            "split", f"split must name splits of the file, {named} of {path!r} (its splits: {sorted(found)})"
         )
     return entries
 
@@ -601,14 +607,15 @@ class ImageTextFolder(Dataset):
 
     Attributes:
         splits (Optional[tuple[str, ...]]): with ``split`` given, every split of the Karpathy file,
-            sorted (a name of ``split`` it lacks keeps nothing); None without ``split``.
+            sorted; None without ``split``.
 
     Raises:
         TypeError: if a path is not a str or PathLike, or a key or split not a str.
         ValueError: if ``captions`` has another extension or the wrong shape, holds no item, the keys
-            are equal, or ``split`` is given for another format or names no split of the file. A
+            are equal, or ``split`` is given for another format or names a split the file lacks. A
             :class:`CaptionsError` (a ValueError) where another argument answers for it, named in its
-            ``argument``: ``split`` (given for another format, naming no split of the file),
+            ``argument``: ``split`` (given for another format, naming a split the file lacks: the
+            message names the file's splits),
             ``image_key`` or ``text_key`` (given for Karpathy's or COCO's file, equal, a column no
             header has, a key no line of a ``.jsonl`` or object of a list of captions has), ``root`` (given for absolute paths, or missing for
             relative ones).
