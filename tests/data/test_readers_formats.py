@@ -1,12 +1,14 @@
 """ImageTextFolder on captions files as researchers have them: Karpathy's split JSON, COCO's captions
 JSON, open_clip's CSV/TSV; image paths under a root or absolute without one."""
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from tests.data.test_readers import assert_red_green, png_bytes, write
+from torchflava.data import readers
 from torchflava.data.readers import CaptionsError, ImageTextFolder
 from torchflava.data.samples import BadSample
 
@@ -231,12 +233,58 @@ def test_open_clip_csv_with_absolute_paths_and_quoted_fields(tmp_path):
         (str(root / "sub/b.png"), 'She said "hi"'),
         (str(root / "a.png"), "two\r\nlines"),
         (str(root / "c.png"), "plain caption"),
-        "train.csv line 8: malformed comma-separated record (',' expected after '\"')",
+        (str(root / "a.png"), "closed then text"),  # as pandas reads it (it was a bad sample)
         "train.csv line 9: expected 3 comma-separated columns as in the header, got 4",
         (str(root / "a.png"), "last"),
     ]
     assert dataset[2].text == "two\r\nlines" and dataset[6].text == "last"
     assert_red_green(dataset[6].image)
+
+
+def test_captions_longer_than_the_csv_modules_default_field_limit_are_read(tmp_path, monkeypatch):
+    """Found by a review: a caption over 131072 characters (csv.field_size_limit's default) was a bad
+    sample in a CSV or a headed TSV; the limit is raised to MAX_FIELD_CHARS for the read only."""
+    limit = csv.field_size_limit()
+    long = "a dense description " * 10_000 + "end"  # 200003 characters
+    for name, text in (
+        ("long.csv", f'image,caption\na.png,{long}\nb.png,"{long}"\nc.png,short\n'),
+        ("long.tsv", f"filepath\ttitle\na.png\t{long}\nb.png\t{long}\nc.png\tshort\n"),
+        ("legacy.tsv", f"a.png\t{long}\nb.png\t{long}\nc.png\tshort\n"),
+    ):
+        dataset = ImageTextFolder(tmp_path, write(tmp_path / name, text))
+        assert [dataset.caption(i) for i in range(3)] == [long, long, "short"], name
+        assert csv.field_size_limit() == limit  # (other code's csv reading keeps its limit)
+    monkeypatch.setattr(readers, "MAX_FIELD_CHARS", 1000)  # a quote left open in a large file: refused
+    unclosed = write(tmp_path / "open.csv", 'image,caption\na.png,fine\nb.png,"never closed\n' + "c.png,x\n" * 200)
+    with pytest.raises(ValueError) as error:
+        ImageTextFolder(tmp_path, unclosed)
+    assert str(error.value) == (
+        "captions must hold fields of at most 1000 characters; the record starting on line 3 of "
+        f"{str(unclosed)!r} holds a longer one (a quote left open?)"
+    )
+    assert csv.field_size_limit() == limit
+
+
+def test_a_quoted_field_followed_by_text_is_read_as_pandas_reads_it(tmp_path):
+    """Found by a review: a caption starting with a quoted word (``"Hello" she said``) was a bad sample;
+    pandas' read_csv (open_clip's reader) and Python's csv without strict give ``Hello she said``."""
+    captions = write(tmp_path / "c.csv", 'caption,image\n"Hello" she said,a.png\nplain,"b".png\n')
+    assert pairs(ImageTextFolder(tmp_path, captions)) == [
+        (str(tmp_path / "a.png"), "Hello she said"),
+        (str(tmp_path / "b.png"), "plain"),
+    ]
+
+
+def test_a_tsv_without_header_written_by_the_csv_module_is_read_unquoted(tmp_path):
+    """Found by a review: a caption the csv module (or pandas) quoted in a tab-separated file kept its
+    quotes, doubled ones included; a quote that opens no quoted field stays text (files written by hand)."""
+    captions = ['She said "hi"', "a\ttab", '"quoted"', "plain, with a comma"]
+    path = tmp_path / "written.tsv"
+    with open(path, "w", newline="") as file:
+        csv.writer(file, delimiter="\t").writerows((f"{i}.png", caption) for i, caption in enumerate(captions))
+    assert [text for _, text in pairs(ImageTextFolder(tmp_path, path))] == captions
+    by_hand = write(tmp_path / "hand.tsv", 'a.png\t"Hello" she said\nb.png\t5" tall\nc.png\t"open\n')
+    assert [text for _, text in pairs(ImageTextFolder(tmp_path, by_hand))] == ['"Hello" she said', '5" tall', '"open']
 
 
 def test_csv_and_tsv_columns_named_by_the_keys_in_any_order_and_case(tmp_path):

@@ -17,12 +17,14 @@ import fnmatch
 import gc
 import glob
 import io
+import itertools
 import json
 import operator
 import os
 import posixpath
 import re
 import tarfile
+import threading
 from typing import BinaryIO, NamedTuple, Optional, Union
 import warnings
 
@@ -159,8 +161,14 @@ def _jsonl_entry(number: int, line: str, image_key: str, text_key: str) -> _Entr
 
 
 def _tsv_entry(number: int, line: str) -> _Entry:
-    """Parse one ``image<TAB>caption`` line into an :class:`_Entry`."""
-    columns = line.rstrip("\r\n").split("\t")
+    """Parse one ``image<TAB>caption`` line into an :class:`_Entry`: a field quoted as Python's csv
+    module and pandas write one with a tab delimiter (wrapped in quotes, its quotes doubled: a caption
+    holding a quote or a tab) is read unquoted; any other quote is text, as a file written by hand has it."""
+    text = line.rstrip("\r\n")
+    try:
+        columns = next(csv.reader([text], delimiter="\t", strict=True))
+    except csv.Error:  # a quote that opens no well-formed quoted field on this line: the line as written
+        columns = text.split("\t")
     if len(columns) != 2:
         return _Entry(number, "", "", f"expected 2 tab-separated columns (image, caption), got {len(columns)}")
     return _Entry(number, columns[0], columns[1])
@@ -418,11 +426,38 @@ def _header_columns(header: Optional[list[str]], keys: Optional[tuple[str, str]]
     return None
 
 
+# The longest field (characters) a CSV or TSV captions file may hold: far above any caption (dense
+# descriptions run to some thousands), Python's csv default (131072) is not; it bounds what a quote left
+# open takes in before the file is refused (4 bytes a character as the csv module gathers a field).
+MAX_FIELD_CHARS = 1 << 24
+_END_OF_FILE = "\0end of the captions file\0"  # fed to the csv reader after the last line (no caption holds NUL)
+_FIELD_LIMIT_LOCK = threading.Lock()  # (two readers restoring in turn must not leave the other's limit)
+
+
+@contextlib.contextmanager
+def _csv_field_limit() -> Iterator[None]:
+    """Python's process-wide ``csv.field_size_limit`` set to :data:`MAX_FIELD_CHARS` for the block, then
+    restored (unless other code set its own meanwhile), so that other code's csv reading keeps its limit."""
+    with _FIELD_LIMIT_LOCK:
+        previous = csv.field_size_limit(MAX_FIELD_CHARS)
+        try:
+            yield
+        finally:
+            if csv.field_size_limit() == MAX_FIELD_CHARS:
+                csv.field_size_limit(previous)
+
+
 def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> list[_Entry]:
+    """:func:`_read_table` under :func:`_csv_field_limit`."""
+    with _csv_field_limit():
+        return _read_table(path, delimiter, keys)
+
+
+def _read_table(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> list[_Entry]:
     """The entries of a ``.csv`` or ``.tsv`` file: a header row naming the columns (read as open_clip's
     pandas reads them: quoted fields, extra columns ignored; a ``.csv`` whose header names the columns
     only when split on tabs is tab-separated, open_clip's default), or a TSV of exactly ``image<TAB>caption``
-    (header ``image<TAB>caption`` optional; split on tabs, quotes kept, as before)."""
+    (header ``image<TAB>caption`` optional; split on tabs per line, see :func:`_tsv_entry`)."""
     tsv = delimiter == "\t"
     first, header = None, None  # the first line that is not blank nor a row of blank fields, and its columns
     for number, line in _lines(path):
@@ -481,14 +516,18 @@ def _legacy_tsv_entries(path: str) -> list[_Entry]:
 
 
 def _csv_entries(path: str, delimiter: str, columns: tuple[int, int]) -> list[_Entry]:
-    """Rows after the header, each an entry (a record spanning lines is named by its first); a quote
-    left open at the end of the file is a ValueError (the rest of the file would be one field)."""
+    """Rows after the header, each an entry (a record spanning lines is named by its first), read as
+    pandas reads them: a quoted field followed by more text is that text unquoted and the rest
+    (``"Hello" she said`` is ``Hello she said``). A quote left open at the end of the file, or a field
+    longer than :data:`MAX_FIELD_CHARS`, is a ValueError (the rest of the file would be one field)."""
     kind = "tab-separated" if delimiter == "\t" else "comma-separated"
     entries: list[_Entry] = []
     width = None  # the header's number of columns
     # (undecodable bytes kept as lone surrogates: that row is a bad sample, not the file refused)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-        reader = csv.reader(file, delimiter=delimiter, strict=True)
+        # strict=False reads a quote left open to the end of the file as a field: the marker after the
+        # last line ends up inside it then, and is a row of its own otherwise
+        reader = csv.reader(itertools.chain(file, [_END_OF_FILE]), delimiter=delimiter, strict=False)
         start = 1  # the line the next record starts on
         while True:
             try:
@@ -496,14 +535,21 @@ def _csv_entries(path: str, delimiter: str, columns: tuple[int, int]) -> list[_E
             except StopIteration:
                 break
             except csv.Error as error:
-                if str(error) == "unexpected end of data":
+                if "field limit" in str(error):  # (the reader would go on from inside the field)
                     raise ValueError(
-                        f"captions must close every quoted field; the quote of the record starting on line {start} of "
-                        f"{path!r} is still open at the end of the file (line {reader.line_num})"
+                        f"captions must hold fields of at most {MAX_FIELD_CHARS} characters; the record starting on "
+                        f"line {start} of {path!r} holds a longer one (a quote left open?)"
                     ) from None
                 entries.append(_Entry(start, "", "", f"malformed {kind} record ({error})"))
                 start = reader.line_num + 1
                 continue
+            if row and row[-1].endswith(_END_OF_FILE):
+                if row == [_END_OF_FILE]:
+                    break
+                raise ValueError(
+                    f"captions must close every quoted field; the quote of the record starting on line {start} of "
+                    f"{path!r} is still open at the end of the file (line {reader.line_num - 1})"
+                )
             number, start = start, reader.line_num + 1
             if not any(field.strip() for field in row):  # a blank line, or a row of blank fields: no item
                 continue
@@ -572,13 +618,15 @@ class ImageTextFolder(Dataset):
       keeps the Karpathy images of those splits (``"test"``, or ``("train", "restval")``; None keeps
       all). Karpathy's ``tokens`` are dropped as the file is parsed.
     * ``.csv`` / ``.tsv``: a header row naming the columns, read as open_clip's pandas reads them
-      (comma or tab separated, quoted fields that may hold separators and newlines, other columns
-      ignored, any order): ``image_key`` and ``text_key``, by default ``image`` and ``caption`` or
+      (comma or tab separated, quoted fields that may hold separators and newlines, a quoted field
+      followed by text read as pandas does, fields up to :data:`MAX_FIELD_CHARS` characters, other
+      columns ignored, any order): ``image_key`` and ``text_key``, by default ``image`` and ``caption`` or
       open_clip's ``filepath`` and ``title``, matched exactly or else in any case. A ``.csv`` whose
       header names them only when split on tabs is tab-separated (open_clip's ``--csv-separator``
       default: its ``train.csv`` files are tab-separated). A ``.tsv`` whose
       first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
-      line, split on tabs (quotes are text), as always.
+      line, split on tabs; a field quoted as the csv module writes one (wrapped in quotes, its quotes
+      doubled) is read unquoted, any other quote is text.
 
     Image paths are relative to ``root`` (Karpathy's COCO paths ``root/filepath/filename``). With
     ``root=None`` they must be absolute instead: a CSV of absolute paths (open_clip's usual form) is
