@@ -731,6 +731,16 @@ def test_a_captions_file_of_the_wrong_shape_is_refused_before_the_checkpoint_loa
         )
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("python -m torchflava.zero_shot: error: argument --image-key: "), error
+    with pytest.raises(SystemExit):  # --text-key alone: the image column, no default of which the header has
+        zero_shot.main(
+            ["--checkpoint", "/nonexistent", "--images", str(images), "--captions", str(columns), "--text-key", "text"]
+        )
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        "python -m torchflava.zero_shot: error: argument --image-key: captions must start with a comma-separated "
+        f"header row naming the columns 'image' (or open_clip's 'filepath') and 'text'; line 1 of {str(columns)!r} "
+        "is ['path', 'text']"
+    )
 
 
 def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(images, tmp_path, capsys):

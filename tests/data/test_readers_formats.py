@@ -376,13 +376,35 @@ def test_files_of_the_wrong_shape_are_refused_naming_them(tmp_path):
         "image_key and text_key are for .jsonl, .csv and .tsv files and JSON lists of captions, "
         f"{str(tmp_path / 'dataset_coco.json')!r} is Karpathy's split file"
     )
-    with pytest.raises(ValueError, match="'path' and 'caption'; line 1 of"):  # one key given: the other's default
+    with pytest.raises(ValueError, match=r"'path' and 'caption' \(or open_clip's 'title'\); line 1 of"):  # the defaults
         ImageTextFolder(tmp_path, tsv, image_key="path")
     assert pairs(ImageTextFolder(tmp_path, tsv, image_key="path", text_key="text")) == [(str(tmp_path / "a.png"), "x")]
     headerless = write(tmp_path / "h.tsv", "a.png\tx\n")  # the default keys, given: image<TAB>caption as before
     assert pairs(ImageTextFolder(tmp_path, headerless, image_key="image")) == [(str(tmp_path / "a.png"), "x")]
     with pytest.raises(ValueError, match="^image_key and text_key must differ, got 'caption' for both$"):
         ImageTextFolder(tmp_path, tsv, image_key="caption")
+
+
+def test_one_key_given_the_other_column_is_ours_or_open_clips_default(tmp_path):
+    """Found by a review: text_key="title" alone on open_clip's CSV (filepath,title) was refused, the
+    image column taken to be "image" only; a header lacking both names is refused naming image_key."""
+    write(tmp_path / "a.png", png_bytes())
+    open_clip = write(tmp_path / "train.csv", "filepath,title,text\na.png,a title,a text\n")
+    for keys, caption in (({"text_key": "title"}, "a title"), ({"text_key": "text"}, "a text"), ({}, "a title")):
+        assert pairs(ImageTextFolder(tmp_path, open_clip, **keys)) == [(str(tmp_path / "a.png"), caption)], keys
+    mixed = write(tmp_path / "mixed.tsv", "filepath\tcaption\na.png\tx\n")  # ours and open_clip's
+    assert pairs(ImageTextFolder(tmp_path, mixed)) == [(str(tmp_path / "a.png"), "x")]
+    assert pairs(ImageTextFolder(tmp_path, mixed, image_key="filepath")) == [(str(tmp_path / "a.png"), "x")]
+    other = write(tmp_path / "other.csv", "path,title\na.png,x\n")
+    with pytest.raises(CaptionsError) as error:
+        ImageTextFolder(tmp_path, other, text_key="title")
+    assert error.value.argument == "image_key" and str(error.value) == (
+        "captions must start with a comma-separated header row naming the columns 'image' (or open_clip's "
+        f"'filepath') and 'title'; line 1 of {str(other)!r} is ['path', 'title']"
+    )
+    with pytest.raises(CaptionsError) as error:  # the key given names no column: it answers for it
+        ImageTextFolder(tmp_path, other, text_key="text")
+    assert error.value.argument == "text_key"
 
 
 def test_absolute_paths_only_without_a_root_and_relative_ones_only_under_it(tmp_path):

@@ -403,8 +403,10 @@ def _coco_entries(images: list, annotations: list) -> list[_Entry]:
     return entries
 
 
-# the columns of a CSV or TSV header when image_key and text_key are not given: ours, then open_clip's defaults
-_DEFAULT_COLUMNS = (("image", "caption"), ("filepath", "title"))
+# the names of a CSV or TSV header's image and text columns that image_key or text_key left unnamed
+# (None), in order of preference: ours, then open_clip's defaults
+_DEFAULT_COLUMNS = (("image", "filepath"), ("caption", "title"))
+_Keys = tuple[Optional[str], Optional[str]]  # (image_key, text_key) as given, None where not
 
 
 def _column(header: list[str], name: str) -> Optional[int]:
@@ -416,14 +418,36 @@ def _column(header: list[str], name: str) -> Optional[int]:
     return loose[0] if len(loose) == 1 else None
 
 
-def _header_columns(header: Optional[list[str]], keys: Optional[tuple[str, str]]) -> Optional[tuple[int, int]]:
-    """The (image, text) column indices ``header`` names: those of ``keys``, else the first pair of
-    :data:`_DEFAULT_COLUMNS` it has; None when it has none."""
-    for image_key, text_key in [keys] if keys else _DEFAULT_COLUMNS:
-        found = (_column(header, image_key), _column(header, text_key)) if header is not None else (None, None)
-        if None not in found and found[0] != found[1]:
-            return found
-    return None
+def _found_columns(header: Optional[list[str]], keys: _Keys) -> tuple[Optional[int], Optional[int]]:
+    """The (image, text) column indices of ``header``: those ``keys`` name, and for a key not given the
+    first of its :data:`_DEFAULT_COLUMNS` it has (apart from the other column); None for one it lacks."""
+    if header is None:
+        return None, None
+    found = [None if key is None else _column(header, key) for key in keys]
+    for side, names in enumerate(_DEFAULT_COLUMNS):
+        if keys[side] is None:  # (so text_key="title" alone reads open_clip's filepath,title header)
+            taken = found[1 - side]
+            indices = (_column(header, name) for name in names)
+            found[side] = next((i for i in indices if i is not None and i != taken), None)
+    return found[0], found[1]
+
+
+def _header_columns(header: Optional[list[str]], keys: _Keys) -> Optional[tuple[int, int]]:
+    """:func:`_found_columns` when it finds two distinct columns; None otherwise."""
+    image, text = _found_columns(header, keys)
+    return (image, text) if image is not None and text is not None and image != text else None
+
+
+def _missing_column_error(header: Optional[list[str]], keys: _Keys, message: str) -> ValueError:
+    """The refusal of a header without the columns: a :class:`CaptionsError` of the key that answers for
+    it (the one given that names no column before one left to its defaults), a ValueError of the file
+    when no key was given or no header read."""
+    if keys == (None, None) or header is None:
+        return ValueError(message)
+    found = _found_columns(header, keys)
+    missing = [name for name, column in zip(("image_key", "text_key"), found) if column is None] or ["text_key"]
+    given = [name for name, key in zip(("image_key", "text_key"), keys) if key is not None]
+    return CaptionsError(next((name for name in missing if name in given), missing[0]), message)
 
 
 # The longest field (characters) a CSV or TSV captions file may hold: far above any caption (dense
@@ -447,13 +471,13 @@ def _csv_field_limit() -> Iterator[None]:
                 csv.field_size_limit(previous)
 
 
-def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> list[_Entry]:
+def _table_entries(path: str, delimiter: str, keys: _Keys) -> list[_Entry]:
     """:func:`_read_table` under :func:`_csv_field_limit`."""
     with _csv_field_limit():
         return _read_table(path, delimiter, keys)
 
 
-def _read_table(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> list[_Entry]:
+def _read_table(path: str, delimiter: str, keys: _Keys) -> list[_Entry]:
     """The entries of a ``.csv`` or ``.tsv`` file: a header row naming the columns (read as open_clip's
     pandas reads them: quoted fields, extra columns ignored; a ``.csv`` whose header names the columns
     only when split on tabs is tab-separated, open_clip's default), or a TSV of exactly ``image<TAB>caption``
@@ -475,7 +499,8 @@ def _read_table(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> l
     if first is None:
         return []
     number, line = first
-    if tsv and line is not None and line.strip().lower() == "image\tcaption" and keys in (None, ("image", "caption")):
+    legacy = tsv and keys[0] in (None, "image") and keys[1] in (None, "caption")  # image<TAB>caption lines may be
+    if legacy and line is not None and line.strip().lower() == "image\tcaption":
         return _legacy_tsv_entries(path)
     columns = _header_columns(header, keys)
     if columns is None and not tsv and line is not None and "\t" in line:
@@ -487,20 +512,21 @@ def _read_table(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> l
         if tabbed is not None and _header_columns(tabbed, keys) is not None:
             delimiter, columns = "\t", _header_columns(tabbed, keys)
     if columns is None:
-        if tsv and keys in (None, ("image", "caption")):  # no header: image<TAB>caption lines
+        if legacy:  # no header: image<TAB>caption lines
             return _legacy_tsv_entries(path)
-        wanted = (
-            f"{keys[0]!r} and {keys[1]!r}" if keys else "'image' and 'caption' (or open_clip's 'filepath' and 'title')"
+        wanted = " and ".join(
+            repr(key) if key is not None else f"{names[0]!r} (or open_clip's {names[1]!r})"
+            for key, names in zip(keys, _DEFAULT_COLUMNS)
         )
+        if keys == (None, None):
+            wanted = "'image' and 'caption' (or open_clip's 'filepath' and 'title')"
         got = "not UTF-8" if line is None else repr(header if header is not None else line.rstrip("\r\n"))
         name = "tab" if tsv else "comma"
         message = (
             f"captions must start with a {name}-separated header row naming the columns {wanted}; line {number} of "
             f"{path!r} is {got}"
         )
-        if keys and header is not None:  # a header without the columns named: the key that names none is at fault
-            raise CaptionsError("image_key" if _column(header, keys[0]) is None else "text_key", message)
-        raise ValueError(message)
+        raise _missing_column_error(header, keys, message)
     return _csv_entries(path, delimiter, columns)
 
 
@@ -620,8 +646,9 @@ class ImageTextFolder(Dataset):
     * ``.csv`` / ``.tsv``: a header row naming the columns, read as open_clip's pandas reads them
       (comma or tab separated, quoted fields that may hold separators and newlines, a quoted field
       followed by text read as pandas does, fields up to :data:`MAX_FIELD_CHARS` characters, other
-      columns ignored, any order): ``image_key`` and ``text_key``, by default ``image`` and ``caption`` or
-      open_clip's ``filepath`` and ``title``, matched exactly or else in any case. A ``.csv`` whose
+      columns ignored, any order): ``image_key`` and ``text_key``, matched exactly or else in any
+      case; a key not given names ``image`` (``caption``), or where the header has no such column
+      open_clip's ``filepath`` (``title``), so ``text_key="title"`` alone reads open_clip's file. A ``.csv`` whose
       header names them only when split on tabs is tab-separated (open_clip's ``--csv-separator``
       default: its ``train.csv`` files are tab-separated). A ``.tsv`` whose
       first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
@@ -647,9 +674,9 @@ class ImageTextFolder(Dataset):
         root (Optional[PathLike]): directory the image paths are relative to; None for absolute paths.
         captions (PathLike): the ``.jsonl``, ``.json``, ``.csv`` or ``.tsv`` file.
         image_key (Optional[str]): JSON key (JSON lines, a list of captions) or column of the image
-            path (None: ``image``, or open_clip's ``filepath`` where ``text_key`` is None too).
-        text_key (Optional[str]): JSON key or column of the caption (None: ``caption``, or open_clip's
-            ``title`` where ``image_key`` is None too).
+            path (None: ``image``, or in a header without that column open_clip's ``filepath``).
+        text_key (Optional[str]): JSON key or column of the caption (None: ``caption``, or in a header
+            without that column open_clip's ``title``).
         split (Union[None, str, Iterable[str]]): Karpathy splits to keep (Karpathy files only).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
@@ -714,9 +741,10 @@ class ImageTextFolder(Dataset):
             with _collection_paused():
                 given_key = "image_key" if image_key is not None else "text_key"
                 self._format, self._entries = _json_entries(self._captions, wanted, found, keys, given_key)
-        else:
+        else:  # (a key not given: the first of its defaults the header has, open_clip's among them)
             with _collection_paused():
-                self._entries = _table_entries(self._captions, "," if suffix == ".csv" else "\t", keys)
+                delimiter = "," if suffix == ".csv" else "\t"
+                self._entries = _table_entries(self._captions, delimiter, (image_key, text_key))
         if not self._entries:
             raise ValueError(f"captions must list at least one image-caption pair, {self._captions!r} has none")
         # the splits the file holds, when split is given (a Karpathy file): to tell a split name it lacks
