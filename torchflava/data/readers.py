@@ -454,7 +454,7 @@ def _missing_column_error(header: Optional[list[str]], keys: _Keys, message: str
 # descriptions run to some thousands), Python's csv default (131072) is not; it bounds what a quote left
 # open takes in before the file is refused (4 bytes a character as the csv module gathers a field).
 MAX_FIELD_CHARS = 1 << 24
-_END_OF_FILE = "\0end of the captions file\0"  # fed to the csv reader after the last line (no caption holds NUL)
+_END_OF_FILE = "\0end of the captions file\0"  # fed to the csv reader after the last line (no caption ends so)
 _FIELD_LIMIT_LOCK = threading.Lock()  # (two readers restoring in turn must not leave the other's limit)
 
 
@@ -499,7 +499,8 @@ def _read_table(path: str, delimiter: str, keys: _Keys) -> list[_Entry]:
     if first is None:
         return []
     number, line = first
-    legacy = tsv and keys[0] in (None, "image") and keys[1] in (None, "caption")  # image<TAB>caption lines may be
+    # (the keys that image<TAB>caption lines, with or without that header, answer to)
+    legacy = tsv and keys[0] in (None, "image") and keys[1] in (None, "caption")
     if legacy and line is not None and line.strip().lower() == "image\tcaption":
         return _legacy_tsv_entries(path)
     columns = _header_columns(header, keys)
@@ -648,9 +649,9 @@ class ImageTextFolder(Dataset):
       followed by text read as pandas does, fields up to :data:`MAX_FIELD_CHARS` characters, other
       columns ignored, any order): ``image_key`` and ``text_key``, matched exactly or else in any
       case; a key not given names ``image`` (``caption``), or where the header has no such column
-      open_clip's ``filepath`` (``title``), so ``text_key="title"`` alone reads open_clip's file. A ``.csv`` whose
-      header names them only when split on tabs is tab-separated (open_clip's ``--csv-separator``
-      default: its ``train.csv`` files are tab-separated). A ``.tsv`` whose
+      open_clip's ``filepath`` (``title``), so ``text_key="title"`` alone reads open_clip's file. A
+      ``.csv`` whose header names them only when split on tabs is tab-separated (open_clip's
+      ``--csv-separator`` default: its ``train.csv`` files are tab-separated). A ``.tsv`` whose
       first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
       line, split on tabs; a field quoted as the csv module writes one (wrapped in quotes, its quotes
       doubled) is read unquoted, any other quote is text.
