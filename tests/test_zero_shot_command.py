@@ -731,6 +731,16 @@ def test_a_captions_file_of_the_wrong_shape_is_refused_before_the_checkpoint_loa
         )
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("python -m torchflava.zero_shot: error: argument --image-key: "), error
+    with pytest.raises(SystemExit):  # --text-key alone: the image column, no default of which the header has
+        zero_shot.main(
+            ["--checkpoint", "/nonexistent", "--images", str(images), "--captions", str(columns), "--text-key", "text"]
+        )
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        "python -m torchflava.zero_shot: error: argument --image-key: captions must start with a comma-separated "
+        f"header row naming the columns 'image' (or open_clip's 'filepath') and 'text'; line 1 of {str(columns)!r} "
+        "is ['path', 'text']"
+    )
 
 
 def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(images, tmp_path, capsys):
@@ -743,8 +753,10 @@ def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(ima
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2
     assert error == (
-        f"python -m torchflava.zero_shot: error: argument --split: expected splits of {captions}, got 'tset', which "
-        "it does not hold (its splits: test, train, val)"
+        "python -m torchflava.zero_shot: error: argument --split: split must name splits of the file, 'tset' is not a "
+        f"split of {str(captions)!r} (its splits: ['test', 'train', 'val'])"
     )
-    with pytest.raises(ValueError, match=r"split: .* has no split 'tset' \(its splits: \['test', 'train', 'val'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"^split must .* 'tset' is not a split of .* \(its splits: \['test', 'train', 'val'\]\)"
+    ):
         zero_shot.retrieval(None, str(images), str(captions), split=["test", "tset"])

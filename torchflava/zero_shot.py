@@ -202,9 +202,6 @@ def retrieval(
             it does not hold, or fewer than two distinct images are readable.
     """
     folder = ImageTextFolder(images_dir, captions, image_key=image_key, text_key=text_key, split=split)
-    lacking = sorted(set([split] if isinstance(split, str) else split or ()) - set(folder.splits or ()))
-    if lacking:  # (a name that keeps nothing beside one that keeps some: a typo, evaluated silently)
-        raise ValueError(f"split: {captions} has no split {lacking[0]!r} (its splits: {list(folder.splits)})")
     return _folder_retrieval(pretrained, folder, batch_size)
 
 
@@ -306,12 +303,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             folder = ImageTextFolder(
                 args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split
             )
-            lacking = sorted(set(split or ()) - set(folder.splits or ()))
-            if lacking:  # (one name kept nothing: the others, a typo among them, would be evaluated silently)
-                parser.error(
-                    f"argument --split: expected splits of {args.captions}, got {lacking[0]!r}, which it does not "
-                    f"hold (its splits: {', '.join(folder.splits)})"
-                )
     except ValueError as error:  # (named after their argument, root or captions: the option is what was given)
         if classes is None:  # a CaptionsError names the argument that answers for it
             option = _CAPTIONS_OPTIONS.get(getattr(error, "argument", None), "--captions")

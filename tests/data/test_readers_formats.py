@@ -1,13 +1,15 @@
 """ImageTextFolder on captions files as researchers have them: Karpathy's split JSON, COCO's captions
 JSON, open_clip's CSV/TSV; image paths under a root or absolute without one."""
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from tests.data.test_readers import assert_red_green, png_bytes, write
-from torchflava.data.readers import ImageTextFolder
+from torchflava.data import readers
+from torchflava.data.readers import CaptionsError, ImageTextFolder
 from torchflava.data.samples import BadSample
 
 
@@ -118,6 +120,16 @@ def test_karpathy_split_keeps_the_images_of_those_splits(tmp_path):
         f"split must name splits of the file, none of ['tset'] is a split of {str(captions)!r} "
         "(its splits: ['restval', 'test', 'train', 'val'])"
     )
+    for wanted, named in (
+        (["test", "tset"], "'tset' is not a split"),
+        (["tset", "test", "x"], "'tset', 'x' are not splits"),
+    ):
+        with pytest.raises(CaptionsError) as error:  # one name lacking beside one kept: refused, not left out silently
+            ImageTextFolder(tmp_path, captions, split=wanted)
+        assert error.value.argument == "split" and str(error.value) == (
+            f"split must name splits of the file, {named} of {str(captions)!r} "
+            "(its splits: ['restval', 'test', 'train', 'val'])"
+        )
     tsv = write(tmp_path / "c.tsv", "a.png\tx\n")
     with pytest.raises(ValueError) as error:
         ImageTextFolder(tmp_path, tsv, split="test")
@@ -221,12 +233,58 @@ def test_open_clip_csv_with_absolute_paths_and_quoted_fields(tmp_path):
         (str(root / "sub/b.png"), 'She said "hi"'),
         (str(root / "a.png"), "two\r\nlines"),
         (str(root / "c.png"), "plain caption"),
-        "train.csv line 8: malformed comma-separated record (',' expected after '\"')",
+        (str(root / "a.png"), "closed then text"),  # as pandas reads it (it was a bad sample)
         "train.csv line 9: expected 3 comma-separated columns as in the header, got 4",
         (str(root / "a.png"), "last"),
     ]
     assert dataset[2].text == "two\r\nlines" and dataset[6].text == "last"
     assert_red_green(dataset[6].image)
+
+
+def test_captions_longer_than_the_csv_modules_default_field_limit_are_read(tmp_path, monkeypatch):
+    """Found by a review: a caption over 131072 characters (csv.field_size_limit's default) was a bad
+    sample in a CSV or a headed TSV; the limit is raised to MAX_FIELD_CHARS for the read only."""
+    limit = csv.field_size_limit()
+    long = "a dense description " * 10_000 + "end"  # 200003 characters
+    for name, text in (
+        ("long.csv", f'image,caption\na.png,{long}\nb.png,"{long}"\nc.png,short\n'),
+        ("long.tsv", f"filepath\ttitle\na.png\t{long}\nb.png\t{long}\nc.png\tshort\n"),
+        ("legacy.tsv", f"a.png\t{long}\nb.png\t{long}\nc.png\tshort\n"),
+    ):
+        dataset = ImageTextFolder(tmp_path, write(tmp_path / name, text))
+        assert [dataset.caption(i) for i in range(3)] == [long, long, "short"], name
+        assert csv.field_size_limit() == limit  # (other code's csv reading keeps its limit)
+    monkeypatch.setattr(readers, "MAX_FIELD_CHARS", 1000)  # a quote left open in a large file: refused
+    unclosed = write(tmp_path / "open.csv", 'image,caption\na.png,fine\nb.png,"never closed\n' + "c.png,x\n" * 200)
+    with pytest.raises(ValueError) as error:
+        ImageTextFolder(tmp_path, unclosed)
+    assert str(error.value) == (
+        "captions must hold fields of at most 1000 characters; the record starting on line 3 of "
+        f"{str(unclosed)!r} holds a longer one (a quote left open?)"
+    )
+    assert csv.field_size_limit() == limit
+
+
+def test_a_quoted_field_followed_by_text_is_read_as_pandas_reads_it(tmp_path):
+    """Found by a review: a caption starting with a quoted word (``"Hello" she said``) was a bad sample;
+    pandas' read_csv (open_clip's reader) and Python's csv without strict give ``Hello she said``."""
+    captions = write(tmp_path / "c.csv", 'caption,image\n"Hello" she said,a.png\nplain,"b".png\n')
+    assert pairs(ImageTextFolder(tmp_path, captions)) == [
+        (str(tmp_path / "a.png"), "Hello she said"),
+        (str(tmp_path / "b.png"), "plain"),
+    ]
+
+
+def test_a_tsv_without_header_written_by_the_csv_module_is_read_unquoted(tmp_path):
+    """Found by a review: a caption the csv module (or pandas) quoted in a tab-separated file kept its
+    quotes, doubled ones included; a quote that opens no quoted field stays text (files written by hand)."""
+    captions = ['She said "hi"', "a\ttab", '"quoted"', "plain, with a comma"]
+    path = tmp_path / "written.tsv"
+    with open(path, "w", newline="") as file:
+        csv.writer(file, delimiter="\t").writerows((f"{i}.png", caption) for i, caption in enumerate(captions))
+    assert [text for _, text in pairs(ImageTextFolder(tmp_path, path))] == captions
+    by_hand = write(tmp_path / "hand.tsv", 'a.png\t"Hello" she said\nb.png\t5" tall\nc.png\t"open\n')
+    assert [text for _, text in pairs(ImageTextFolder(tmp_path, by_hand))] == ['"Hello" she said', '5" tall', '"open']
 
 
 def test_csv_and_tsv_columns_named_by_the_keys_in_any_order_and_case(tmp_path):
@@ -318,13 +376,35 @@ def test_files_of_the_wrong_shape_are_refused_naming_them(tmp_path):
         "image_key and text_key are for .jsonl, .csv and .tsv files and JSON lists of captions, "
         f"{str(tmp_path / 'dataset_coco.json')!r} is Karpathy's split file"
     )
-    with pytest.raises(ValueError, match="'path' and 'caption'; line 1 of"):  # one key given: the other's default
+    with pytest.raises(ValueError, match=r"'path' and 'caption' \(or open_clip's 'title'\); line 1 of"):  # the defaults
         ImageTextFolder(tmp_path, tsv, image_key="path")
     assert pairs(ImageTextFolder(tmp_path, tsv, image_key="path", text_key="text")) == [(str(tmp_path / "a.png"), "x")]
     headerless = write(tmp_path / "h.tsv", "a.png\tx\n")  # the default keys, given: image<TAB>caption as before
     assert pairs(ImageTextFolder(tmp_path, headerless, image_key="image")) == [(str(tmp_path / "a.png"), "x")]
     with pytest.raises(ValueError, match="^image_key and text_key must differ, got 'caption' for both$"):
         ImageTextFolder(tmp_path, tsv, image_key="caption")
+
+
+def test_one_key_given_the_other_column_is_ours_or_open_clips_default(tmp_path):
+    """Found by a review: text_key="title" alone on open_clip's CSV (filepath,title) was refused, the
+    image column taken to be "image" only; a header lacking both names is refused naming image_key."""
+    write(tmp_path / "a.png", png_bytes())
+    open_clip = write(tmp_path / "train.csv", "filepath,title,text\na.png,a title,a text\n")
+    for keys, caption in (({"text_key": "title"}, "a title"), ({"text_key": "text"}, "a text"), ({}, "a title")):
+        assert pairs(ImageTextFolder(tmp_path, open_clip, **keys)) == [(str(tmp_path / "a.png"), caption)], keys
+    mixed = write(tmp_path / "mixed.tsv", "filepath\tcaption\na.png\tx\n")  # ours and open_clip's
+    assert pairs(ImageTextFolder(tmp_path, mixed)) == [(str(tmp_path / "a.png"), "x")]
+    assert pairs(ImageTextFolder(tmp_path, mixed, image_key="filepath")) == [(str(tmp_path / "a.png"), "x")]
+    other = write(tmp_path / "other.csv", "path,title\na.png,x\n")
+    with pytest.raises(CaptionsError) as error:
+        ImageTextFolder(tmp_path, other, text_key="title")
+    assert error.value.argument == "image_key" and str(error.value) == (
+        "captions must start with a comma-separated header row naming the columns 'image' (or open_clip's "
+        f"'filepath') and 'title'; line 1 of {str(other)!r} is ['path', 'title']"
+    )
+    with pytest.raises(CaptionsError) as error:  # the key given names no column: it answers for it
+        ImageTextFolder(tmp_path, other, text_key="text")
+    assert error.value.argument == "text_key"
 
 
 def test_absolute_paths_only_without_a_root_and_relative_ones_only_under_it(tmp_path):

@@ -654,8 +654,8 @@ COLUMN = (
         (
             "clip",
             (*KARPATHY, "data.files.pairs_split=[train,restvl]"),  # one name the file lacks: its images were dropped
-            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['train', 'restvl'] ({{files}}/dataset_coco.json has "
-            f"no split 'restvl'; {SPLITS})",
+            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['train', 'restvl'] (split must name splits of the "
+            f"file, 'restvl' is not a split of '{{files}}/dataset_coco.json' ({SPLITS}))",
         ),
         (
             "flava",

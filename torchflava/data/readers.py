@@ -17,12 +17,14 @@ import fnmatch
 import gc
 import glob
 import io
+import itertools
 import json
 import operator
 import os
 import posixpath
 import re
 import tarfile
+import threading
 from typing import BinaryIO, NamedTuple, Optional, Union
 import warnings
 
@@ -75,7 +77,7 @@ def check_max_pixels(value: object) -> int:
 class CaptionsError(ValueError):
     """A refusal of :class:`ImageTextFolder` that one argument other than ``captions`` answers for:
     ``argument`` is ``"root"``, ``"split"``, ``"image_key"`` or ``"text_key"`` (a config naming them
-    otherwise names its own key, e.g. a split that is no split of the file)."""
+    otherwise names its own key, e.g. a split the file lacks: the one check of split names)."""
 
     def __init__(self, argument: str, message: str) -> None:
         super().__init__(message)
@@ -159,8 +161,14 @@ def _jsonl_entry(number: int, line: str, image_key: str, text_key: str) -> _Entr
 
 
 def _tsv_entry(number: int, line: str) -> _Entry:
-    """Parse one ``image<TAB>caption`` line into an :class:`_Entry`."""
-    columns = line.rstrip("\r\n").split("\t")
+    """Parse one ``image<TAB>caption`` line into an :class:`_Entry`: a field quoted as Python's csv
+    module and pandas write one with a tab delimiter (wrapped in quotes, its quotes doubled: a caption
+    holding a quote or a tab) is read unquoted; any other quote is text, as a file written by hand has it."""
+    text = line.rstrip("\r\n")
+    try:
+        columns = next(csv.reader([text], delimiter="\t", strict=True))
+    except csv.Error:  # a quote that opens no well-formed quoted field on this line: the line as written
+        columns = text.split("\t")
     if len(columns) != 2:
         return _Entry(number, "", "", f"expected 2 tab-separated columns (image, caption), got {len(columns)}")
     return _Entry(number, columns[0], columns[1])
@@ -255,7 +263,8 @@ def _json_entries(
 
 def _karpathy_entries(path: str, images: list, split: Optional[frozenset], found: set[str]) -> list[_Entry]:
     """One entry per sentence of each image (of the wanted splits): path ``filepath/filename``; ``found``
-    receives the splits of the file (when ``split`` is given)."""
+    receives the splits of the file (when ``split`` is given). A :class:`CaptionsError` of ``split`` when
+    a name of ``split`` is no split of the file, naming the file's splits."""
     entries: list[_Entry] = []
     kept = 0  # images of the wanted splits
     for number, image in enumerate(images):
@@ -304,11 +313,16 @@ def _karpathy_entries(path: str, images: list, split: Optional[frozenset], found
                 entries.append(_Entry(number, "", "", problem, position))
             else:
                 entries.append(_Entry(number, file, sentence["raw"], None, position))
-    if split is not None and not kept:
+    lacking = sorted(split - found) if split is not None else []
+    if lacking:  # (one name lacking beside others kept: a typo whose images would be left out silently)
+        if not kept:
+            named = f"none of {sorted(split)} is a split"
+        else:
+            named = ", ".join(repr(name) for name in lacking) + (
+                " is not a split" if len(lacking) == 1 else " are not splits"
+            )
         raise CaptionsError(
-            "split",
-            f"split must name splits of the file, none of {sorted(split)} is a split of {path!r} "
-            f"(its splits: {sorted(found)})",
+            "split", f"split must name splits of the file, {named} of {path!r} (its splits: {sorted(found)})"
         )
     return entries
 
@@ -389,8 +403,10 @@ def _coco_entries(images: list, annotations: list) -> list[_Entry]:
     return entries
 
 
-# the columns of a CSV or TSV header when image_key and text_key are not given: ours, then open_clip's defaults
-_DEFAULT_COLUMNS = (("image", "caption"), ("filepath", "title"))
+# the names of a CSV or TSV header's image and text columns that image_key or text_key left unnamed
+# (None), in order of preference: ours, then open_clip's defaults
+_DEFAULT_COLUMNS = (("image", "filepath"), ("caption", "title"))
+_Keys = tuple[Optional[str], Optional[str]]  # (image_key, text_key) as given, None where not
 
 
 def _column(header: list[str], name: str) -> Optional[int]:
@@ -402,21 +418,70 @@ def _column(header: list[str], name: str) -> Optional[int]:
     return loose[0] if len(loose) == 1 else None
 
 
-def _header_columns(header: Optional[list[str]], keys: Optional[tuple[str, str]]) -> Optional[tuple[int, int]]:
-    """The (image, text) column indices ``header`` names: those of ``keys``, else the first pair of
-    :data:`_DEFAULT_COLUMNS` it has; None when it has none."""
-    for image_key, text_key in [keys] if keys else _DEFAULT_COLUMNS:
-        found = (_column(header, image_key), _column(header, text_key)) if header is not None else (None, None)
-        if None not in found and found[0] != found[1]:
-            return found
-    return None
+def _found_columns(header: Optional[list[str]], keys: _Keys) -> tuple[Optional[int], Optional[int]]:
+    """The (image, text) column indices of ``header``: those ``keys`` name, and for a key not given the
+    first of its :data:`_DEFAULT_COLUMNS` it has (apart from the other column); None for one it lacks."""
+    if header is None:
+        return None, None
+    found = [None if key is None else _column(header, key) for key in keys]
+    for side, names in enumerate(_DEFAULT_COLUMNS):
+        if keys[side] is None:  # (so text_key="title" alone reads open_clip's filepath,title header)
+            taken = found[1 - side]
+            indices = (_column(header, name) for name in names)
+            found[side] = next((i for i in indices if i is not None and i != taken), None)
+    return found[0], found[1]
 
 
-def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -> list[_Entry]:
+def _header_columns(header: Optional[list[str]], keys: _Keys) -> Optional[tuple[int, int]]:
+    """:func:`_found_columns` when it finds two distinct columns; None otherwise."""
+    image, text = _found_columns(header, keys)
+    return (image, text) if image is not None and text is not None and image != text else None
+
+
+def _missing_column_error(header: Optional[list[str]], keys: _Keys, message: str) -> ValueError:
+    """The refusal of a header without the columns: a :class:`CaptionsError` of the key that answers for
+    it (the one given that names no column before one left to its defaults), a ValueError of the file
+    when no key was given or no header read."""
+    if keys == (None, None) or header is None:
+        return ValueError(message)
+    found = _found_columns(header, keys)
+    missing = [name for name, column in zip(("image_key", "text_key"), found) if column is None] or ["text_key"]
+    given = [name for name, key in zip(("image_key", "text_key"), keys) if key is not None]
+    return CaptionsError(next((name for name in missing if name in given), missing[0]), message)
+
+
+# The longest field (characters) a CSV or TSV captions file may hold: far above any caption (dense
+# descriptions run to some thousands), Python's csv default (131072) is not; it bounds what a quote left
+# open takes in before the file is refused (4 bytes a character as the csv module gathers a field).
+MAX_FIELD_CHARS = 1 << 24
+_END_OF_FILE = "\0end of the captions file\0"  # fed to the csv reader after the last line (no caption ends so)
+_FIELD_LIMIT_LOCK = threading.Lock()  # (two readers restoring in turn must not leave the other's limit)
+
+
+@contextlib.contextmanager
+def _csv_field_limit() -> Iterator[None]:
+    """Python's process-wide ``csv.field_size_limit`` set to :data:`MAX_FIELD_CHARS` for the block, then
+    restored (unless other code set its own meanwhile), so that other code's csv reading keeps its limit."""
+    with _FIELD_LIMIT_LOCK:
+        previous = csv.field_size_limit(MAX_FIELD_CHARS)
+        try:
+            yield
+        finally:
+            if csv.field_size_limit() == MAX_FIELD_CHARS:
+                csv.field_size_limit(previous)
+
+
+def _table_entries(path: str, delimiter: str, keys: _Keys) -> list[_Entry]:
+    """:func:`_read_table` under :func:`_csv_field_limit`."""
+    with _csv_field_limit():
+        return _read_table(path, delimiter, keys)
+
+
+def _read_table(path: str, delimiter: str, keys: _Keys) -> list[_Entry]:
     """The entries of a ``.csv`` or ``.tsv`` file: a header row naming the columns (read as open_clip's
     pandas reads them: quoted fields, extra columns ignored; a ``.csv`` whose header names the columns
     only when split on tabs is tab-separated, open_clip's default), or a TSV of exactly ``image<TAB>caption``
-    (header ``image<TAB>caption`` optional; split on tabs, quotes kept, as before)."""
+    (header ``image<TAB>caption`` optional; split on tabs per line, see :func:`_tsv_entry`)."""
     tsv = delimiter == "\t"
     first, header = None, None  # the first line that is not blank nor a row of blank fields, and its columns
     for number, line in _lines(path):
@@ -434,7 +499,9 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
     if first is None:
         return []
     number, line = first
-    if tsv and line is not None and line.strip().lower() == "image\tcaption" and keys in (None, ("image", "caption")):
+    # (the keys that image<TAB>caption lines, with or without that header, answer to)
+    legacy = tsv and keys[0] in (None, "image") and keys[1] in (None, "caption")
+    if legacy and line is not None and line.strip().lower() == "image\tcaption":
         return _legacy_tsv_entries(path)
     columns = _header_columns(header, keys)
     if columns is None and not tsv and line is not None and "\t" in line:
@@ -446,20 +513,21 @@ def _table_entries(path: str, delimiter: str, keys: Optional[tuple[str, str]]) -
         if tabbed is not None and _header_columns(tabbed, keys) is not None:
             delimiter, columns = "\t", _header_columns(tabbed, keys)
     if columns is None:
-        if tsv and keys in (None, ("image", "caption")):  # no header: image<TAB>caption lines
+        if legacy:  # no header: image<TAB>caption lines
             return _legacy_tsv_entries(path)
-        wanted = (
-            f"{keys[0]!r} and {keys[1]!r}" if keys else "'image' and 'caption' (or open_clip's 'filepath' and 'title')"
+        wanted = " and ".join(
+            repr(key) if key is not None else f"{names[0]!r} (or open_clip's {names[1]!r})"
+            for key, names in zip(keys, _DEFAULT_COLUMNS)
         )
+        if keys == (None, None):
+            wanted = "'image' and 'caption' (or open_clip's 'filepath' and 'title')"
         got = "not UTF-8" if line is None else repr(header if header is not None else line.rstrip("\r\n"))
         name = "tab" if tsv else "comma"
         message = (
             f"captions must start with a {name}-separated header row naming the columns {wanted}; line {number} of "
             f"{path!r} is {got}"
         )
-        if keys and header is not None:  # a header without the columns named: the key that names none is at fault
-            raise CaptionsError("image_key" if _column(header, keys[0]) is None else "text_key", message)
-        raise ValueError(message)
+        raise _missing_column_error(header, keys, message)
     return _csv_entries(path, delimiter, columns)
 
 
@@ -475,14 +543,18 @@ def _legacy_tsv_entries(path: str) -> list[_Entry]:
 
 
 def _csv_entries(path: str, delimiter: str, columns: tuple[int, int]) -> list[_Entry]:
-    """Rows after the header, each an entry (a record spanning lines is named by its first); a quote
-    left open at the end of the file is a ValueError (the rest of the file would be one field)."""
+    """Rows after the header, each an entry (a record spanning lines is named by its first), read as
+    pandas reads them: a quoted field followed by more text is that text unquoted and the rest
+    (``"Hello" she said`` is ``Hello she said``). A quote left open at the end of the file, or a field
+    longer than :data:`MAX_FIELD_CHARS`, is a ValueError (the rest of the file would be one field)."""
     kind = "tab-separated" if delimiter == "\t" else "comma-separated"
     entries: list[_Entry] = []
     width = None  # the header's number of columns
     # (undecodable bytes kept as lone surrogates: that row is a bad sample, not the file refused)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-        reader = csv.reader(file, delimiter=delimiter, strict=True)
+        # strict=False reads a quote left open to the end of the file as a field: the marker after the
+        # last line ends up inside it then, and is a row of its own otherwise
+        reader = csv.reader(itertools.chain(file, [_END_OF_FILE]), delimiter=delimiter, strict=False)
         start = 1  # the line the next record starts on
         while True:
             try:
@@ -490,14 +562,21 @@ def _csv_entries(path: str, delimiter: str, columns: tuple[int, int]) -> list[_E
             except StopIteration:
                 break
             except csv.Error as error:
-                if str(error) == "unexpected end of data":
+                if "field limit" in str(error):  # (the reader would go on from inside the field)
                     raise ValueError(
-                        f"captions must close every quoted field; the quote of the record starting on line {start} of "
-                        f"{path!r} is still open at the end of the file (line {reader.line_num})"
+                        f"captions must hold fields of at most {MAX_FIELD_CHARS} characters; the record starting on "
+                        f"line {start} of {path!r} holds a longer one (a quote left open?)"
                     ) from None
                 entries.append(_Entry(start, "", "", f"malformed {kind} record ({error})"))
                 start = reader.line_num + 1
                 continue
+            if row and row[-1].endswith(_END_OF_FILE):
+                if row == [_END_OF_FILE]:
+                    break
+                raise ValueError(
+                    f"captions must close every quoted field; the quote of the record starting on line {start} of "
+                    f"{path!r} is still open at the end of the file (line {reader.line_num - 1})"
+                )
             number, start = start, reader.line_num + 1
             if not any(field.strip() for field in row):  # a blank line, or a row of blank fields: no item
                 continue
@@ -566,13 +645,16 @@ class ImageTextFolder(Dataset):
       keeps the Karpathy images of those splits (``"test"``, or ``("train", "restval")``; None keeps
       all). Karpathy's ``tokens`` are dropped as the file is parsed.
     * ``.csv`` / ``.tsv``: a header row naming the columns, read as open_clip's pandas reads them
-      (comma or tab separated, quoted fields that may hold separators and newlines, other columns
-      ignored, any order): ``image_key`` and ``text_key``, by default ``image`` and ``caption`` or
-      open_clip's ``filepath`` and ``title``, matched exactly or else in any case. A ``.csv`` whose
-      header names them only when split on tabs is tab-separated (open_clip's ``--csv-separator``
-      default: its ``train.csv`` files are tab-separated). A ``.tsv`` whose
+      (comma or tab separated, quoted fields that may hold separators and newlines, a quoted field
+      followed by text read as pandas does, fields up to :data:`MAX_FIELD_CHARS` characters, other
+      columns ignored, any order): ``image_key`` and ``text_key``, matched exactly or else in any
+      case; a key not given names ``image`` (``caption``), or where the header has no such column
+      open_clip's ``filepath`` (``title``), so ``text_key="title"`` alone reads open_clip's file. A
+      ``.csv`` whose header names them only when split on tabs is tab-separated (open_clip's
+      ``--csv-separator`` default: its ``train.csv`` files are tab-separated). A ``.tsv`` whose
       first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
-      line, split on tabs (quotes are text), as always.
+      line, split on tabs; a field quoted as the csv module writes one (wrapped in quotes, its quotes
+      doubled) is read unquoted, any other quote is text.
 
     Image paths are relative to ``root`` (Karpathy's COCO paths ``root/filepath/filename``). With
     ``root=None`` they must be absolute instead: a CSV of absolute paths (open_clip's usual form) is
@@ -593,22 +675,23 @@ class ImageTextFolder(Dataset):
         root (Optional[PathLike]): directory the image paths are relative to; None for absolute paths.
         captions (PathLike): the ``.jsonl``, ``.json``, ``.csv`` or ``.tsv`` file.
         image_key (Optional[str]): JSON key (JSON lines, a list of captions) or column of the image
-            path (None: ``image``, or open_clip's ``filepath`` where ``text_key`` is None too).
-        text_key (Optional[str]): JSON key or column of the caption (None: ``caption``, or open_clip's
-            ``title`` where ``image_key`` is None too).
+            path (None: ``image``, or in a header without that column open_clip's ``filepath``).
+        text_key (Optional[str]): JSON key or column of the caption (None: ``caption``, or in a header
+            without that column open_clip's ``title``).
         split (Union[None, str, Iterable[str]]): Karpathy splits to keep (Karpathy files only).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
     Attributes:
         splits (Optional[tuple[str, ...]]): with ``split`` given, every split of the Karpathy file,
-            sorted (a name of ``split`` it lacks keeps nothing); None without ``split``.
+            sorted; None without ``split``.
 
     Raises:
         TypeError: if a path is not a str or PathLike, or a key or split not a str.
         ValueError: if ``captions`` has another extension or the wrong shape, holds no item, the keys
-            are equal, or ``split`` is given for another format or names no split of the file. A
+            are equal, or ``split`` is given for another format or names a split the file lacks. A
             :class:`CaptionsError` (a ValueError) where another argument answers for it, named in its
-            ``argument``: ``split`` (given for another format, naming no split of the file),
+            ``argument``: ``split`` (given for another format, naming a split the file lacks: the
+            message names the file's splits),
             ``image_key`` or ``text_key`` (given for Karpathy's or COCO's file, equal, a column no
             header has, a key no line of a ``.jsonl`` or object of a list of captions has), ``root`` (given for absolute paths, or missing for
             relative ones).
@@ -659,9 +742,10 @@ class ImageTextFolder(Dataset):
             with _collection_paused():
                 given_key = "image_key" if image_key is not None else "text_key"
                 self._format, self._entries = _json_entries(self._captions, wanted, found, keys, given_key)
-        else:
+        else:  # (a key not given: the first of its defaults the header has, open_clip's among them)
             with _collection_paused():
-                self._entries = _table_entries(self._captions, "," if suffix == ".csv" else "\t", keys)
+                delimiter = "," if suffix == ".csv" else "\t"
+                self._entries = _table_entries(self._captions, delimiter, (image_key, text_key))
         if not self._entries:
             raise ValueError(f"captions must list at least one image-caption pair, {self._captions!r} has none")
         # the splits the file holds, when split is given (a Karpathy file): to tell a split name it lacks

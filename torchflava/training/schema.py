@@ -561,7 +561,7 @@ def opened_pairs(
     one is a :class:`ConfigError` naming ``<prefix>.pairs_captions``, or the key that answers for it (a
     split the file does not hold: ``pairs_split``; a column its header lacks: ``pairs_image_key`` or
     ``pairs_text_key``; every path absolute under a root, or relative without one: ``pairs_root``).
-    Every split name must be a split of the file (one it lacks would keep none of its images, silently).
+    ``read_pairs`` checks that every split name is a split of the file (it names ``split``).
 
     Raises:
         ConfigError: as above.
@@ -588,9 +588,6 @@ def opened_pairs(
     folder = opened(f"{prefix}.pairs_captions", captions, f"{CAPTIONS} {where}", read)
     if faults:
         raise refused(PAIR_KEYS[faults[0].argument], first_line(faults[0]))
-    lacking = sorted(set(split or ()) - set(folder.splits or ()))
-    if lacking:
-        raise refused("pairs_split", f"{captions} has no split {lacking[0]!r}; its splits: {list(folder.splits)}")
     if usable is not None and (fault := usable(folder)) is not None:
         raise ConfigError(f"key '{prefix}.pairs_captions': expected {CAPTIONS} {where}, got {captions!r} ({fault})")
     return folder
