@@ -1250,3 +1250,24 @@ def test_an_answer_that_is_not_the_whole_file_as_it_is_is_refused(tmp_path, monk
         assert str(caught.value) == f"checkpoint: could not download {url}: {refusal}"
         assert _cached_files(tmp_path / "cache") == []
         assert checkpoint.local_checkpoint(f"{base}/identity/model.safetensors").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("etag", ["v1\nX-Injected: 1", "\u0100", 5, None])
+def test_a_damaged_saved_etag_is_not_sent_back_and_the_file_is_downloaded_again(tmp_path, monkeypatch, etag):
+    """A saved ETag with a newline or a character beyond latin-1 (a damaged validators.json) made
+    http.client raise a bare ValueError or UnicodeEncodeError naming no URL, on every later load."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    asked = []  # the If-None-Match of every request
+
+    def answer(handler):
+        asked.append(handler.headers.get("If-None-Match"))
+        _answer(handler, b"weights", headers={"ETag": '"v1"'})
+
+    with scripted_server(answer, monkeypatch) as base:
+        url = f"{base}/model.safetensors"
+        local = checkpoint.local_checkpoint(url)
+        assert checkpoint.local_checkpoint(url) == local and asked == [None, '"v1"']  # sent back as saved
+        validators = local.parent.parent / "validators.json"
+        validators.write_text(json.dumps({**json.loads(validators.read_text()), "etag": etag}))
+        assert checkpoint.local_checkpoint(url).read_bytes() == b"weights"
+    assert asked == [None, '"v1"', None]

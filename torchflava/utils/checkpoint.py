@@ -163,8 +163,8 @@ def _download(url: str) -> str:
         if cached and _unchanged(url, saved):
             return str(local)
         request = urllib.request.Request(url)
-        if cached and isinstance(saved.get("etag"), str):
-            request.add_header("If-None-Match", saved["etag"])
+        if cached and _saved_etag(saved) is not None:
+            request.add_header("If-None-Match", _saved_etag(saved))
         with _Watch() as watch, _open(request, watch) as response:
             _check_answer(response)
             validators.unlink(missing_ok=True)  # (a copy without its validators is downloaded again)
@@ -192,10 +192,18 @@ def _download_directory(url: str) -> Path:
     return Path(get_cache_dir()) / "torchflava" / hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
+def _saved_etag(saved: dict) -> Optional[str]:
+    """The ETag saved with a copy, if it is one that can be sent back (RFC 9110's characters: visible
+    ASCII and obs-text); None for none, or for a damaged one (not a string, a newline or a character
+    beyond latin-1 in it: http.client would raise on sending it, naming no URL)."""
+    etag = saved.get("etag")
+    return etag if isinstance(etag, str) and re.fullmatch(r"[\x21-\x7e\x80-\xff]+", etag) else None
+
+
 def _unchanged(url: str, saved: dict) -> bool:
     """Whether a copy without an ETag is still the server's file: the same Last-Modified and length
     (a HEAD answered 200), the date strong (at least a second before the copy was served)."""
-    if isinstance(saved.get("etag"), str) or not all(isinstance(saved.get(k), str) for k in ("last_modified", "date")):
+    if _saved_etag(saved) is not None or not all(isinstance(saved.get(k), str) for k in ("last_modified", "date")):
         return False
     try:
         modified = email.utils.parsedate_to_datetime(saved["last_modified"])
