@@ -420,8 +420,9 @@ def _copy_response(response, path: str, watch: _Watch) -> None:
     size = checked = 0
     try:
         with open(path, "wb") as file:
-            # read1: one read of the socket at a time, so that the watch sees a slow body arrive
-            while chunk := response.read1(1 << 20):
+            # read1: one read of the socket at a time, so that the watch sees a slow body arrive (read()
+            # waits for the whole chunk); 64 KiB, as a TLS read gives 16 KiB at most, a plain one what is there
+            while chunk := response.read1(1 << 16):
                 file.write(chunk)
                 size += len(chunk)
                 watch.received = size
