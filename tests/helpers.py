@@ -295,12 +295,51 @@ class _QuietFiles(http.server.SimpleHTTPRequestHandler):
 def served_directory(root: Path, monkeypatch=None) -> Iterator[str]:
     """``root`` served over HTTP on 127.0.0.1 by a thread of the test; yields its base URL. With pytest's
     ``monkeypatch``, proxies are unset for the test (curl, which streams shards, must not use one)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(root)))
+    with _serving(server, monkeypatch) as base:
+        yield base
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    answer: Callable[[http.server.BaseHTTPRequestHandler], None]
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        try:
+            type(self).answer(self)
+        except OSError:  # the client left (a download the test expects to be refused or cut short)
+            self.close_connection = True
+
+    do_HEAD = do_GET
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # (a client that left mid-answer: expected)
+        pass
+
+
+@contextlib.contextmanager
+def scripted_server(answer: Callable[[http.server.BaseHTTPRequestHandler], None], monkeypatch=None) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1, run by a thread of the test, that answers every GET and HEAD by calling
+    ``answer(handler)`` (``handler.command``, ``handler.path``; it writes the status line, the headers and
+    the body itself, to ``handler.wfile``, as a hostile server may); yields its base URL. ``answer`` should
+    end within a few seconds even when the client stays (the server waits for it on closing); proxies are
+    unset as by :func:`served_directory`."""
+    server = _QuietServer(("127.0.0.1", 0), type("Answer", (_Scripted,), {"answer": answer}))
+    with _serving(server, monkeypatch) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def _serving(server: http.server.ThreadingHTTPServer, monkeypatch=None) -> Iterator[str]:
     if monkeypatch is not None:
         for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # (polled every 50 ms: shutdown waits for the poll, 0.5 s by default, at the end of every test)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

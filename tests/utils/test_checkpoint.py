@@ -1,8 +1,10 @@
 """Reading and writing state dicts: file formats, Hugging Face directories, sharded indexes, atomic writes."""
 
+import email.utils
 import functools
 import gzip
 import http.server
+import io
 import json
 import os
 from pathlib import Path
@@ -11,13 +13,14 @@ import shutil
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 from safetensors.torch import load_file, save_file
 import torch
 from torch import nn
 
-from tests.helpers import PickleExploit, fifo_that_cannot_hang, run_threads
+from tests.helpers import PickleExploit, fifo_that_cannot_hang, run_threads, scripted_server
 import torchflava.utils.checkpoint as checkpoint
 from torchflava.utils.checkpoint import atomic_write, load_state_dict, peek_state_dict, save_state_dict
 
@@ -1028,3 +1031,243 @@ def test_a_download_that_would_fill_the_disk_is_refused_and_leaves_nothing(tmp_p
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------------------------- hostile servers
+
+
+def _answer(handler, body: bytes, status: int = 200, headers: dict | None = None, gap_s: float = 0.0) -> None:
+    """Write a raw HTTP/1.0 answer: status line, ``headers`` (Content-Length of ``body`` unless given),
+    then ``body``, a ``gap_s`` pause before each of its 100-byte pieces when ``gap_s`` is set."""
+    headers = {"Content-Length": str(len(body)), **(headers or {})}
+    lines = [f"HTTP/1.0 {status} Answer"] + [f"{key}: {value}" for key, value in headers.items()]
+    handler.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    if handler.command == "HEAD":
+        return
+    pieces = [body[i : i + 100] for i in range(0, len(body), 100)] if gap_s else [body]
+    for piece in pieces:
+        time.sleep(gap_s)
+        handler.wfile.write(piece)
+        handler.wfile.flush()
+
+
+def _trickle(handler, data: bytes, limit_s: float = 3.0) -> None:
+    """Write ``data`` a byte every 20 ms (for ``limit_s`` at most, so that a test that fails still ends)."""
+    for byte in data[: int(limit_s / 0.02)]:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(0.02)
+
+
+def _cached_files(cache: Path) -> list[Path]:
+    return [path for path in cache.rglob("*") if path.is_file()] if cache.exists() else []
+
+
+@pytest.fixture
+def stall_fast(tmp_path, monkeypatch):
+    """Downloads into ``tmp_path / "cache"`` that stall below 1000 bytes/s over 0.2 s."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoint, "DOWNLOAD_STALL_S", 0.2)
+    monkeypatch.setattr(checkpoint, "DOWNLOAD_MIN_BYTES_PER_S", 1000)
+    return tmp_path / "cache"
+
+
+def test_a_body_that_trickles_stalls_and_nothing_of_it_is_kept(stall_fast, monkeypatch):
+    """A server that sent a byte now and then never let the socket timeout (a silent gap) fire: the
+    download could hang for days. A slow body that keeps up the least rate still downloads."""
+    body = bytes(range(256)) * 8  # 2048 bytes
+
+    def answer(handler):
+        if handler.path.startswith("/trickle"):
+            handler.wfile.write(f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            _trickle(handler, body)
+        else:  # 5000 bytes/s, over two stall windows: slow, not stalled
+            _answer(handler, body, gap_s=0.02)
+
+    with scripted_server(answer, monkeypatch) as base:
+        url = f"{base}/trickle/model.safetensors"
+        started = time.monotonic()
+        with pytest.raises(ConnectionError) as caught:
+            checkpoint.local_checkpoint(url)
+        assert time.monotonic() - started < 1
+        assert re.fullmatch(
+            rf"checkpoint: could not download {url}: the download stalled: \d+ bytes in 0\.2\d* s, fewer than "
+            r"1000 bytes/s \(DOWNLOAD_MIN_BYTES_PER_S\) over 0\.2 s \(DOWNLOAD_STALL_S\)",
+            str(caught.value),
+        )
+        assert _cached_files(stall_fast) == []  # no partial file, no temporary
+        started = time.monotonic()
+        assert checkpoint.local_checkpoint(f"{base}/slow/model.safetensors").read_bytes() == body
+        assert time.monotonic() - started > 0.3
+
+
+def test_headers_that_trickle_stall_the_head_and_the_get(stall_fast, monkeypatch):
+    """The headers had no deadline either: a HEAD revalidating a copy, or a GET, whose answer trickled
+    in hung; now the answer must begin within DOWNLOAD_STALL_S (a copy downloaded before stands in)."""
+    body, trickling = b"weights" * 100, []
+    served = email.utils.formatdate(time.time(), usegmt=True)
+    modified = email.utils.formatdate(time.time() - 100, usegmt=True)
+
+    def answer(handler):
+        if trickling:
+            _trickle(handler, b"HTTP/1.0 200 OK\r\n" + b"X-Padding: x\r\n" * 20)
+        else:
+            _answer(handler, body, headers={"Last-Modified": modified, "Date": served})
+
+    with scripted_server(answer, monkeypatch) as base:
+        url = f"{base}/model.safetensors"
+        local = checkpoint.local_checkpoint(url)
+        trickling.append(True)
+        started = time.monotonic()
+        with pytest.warns(UserWarning) as warned:
+            assert checkpoint.local_checkpoint(url) == local and local.read_bytes() == body
+        assert time.monotonic() - started < 1
+        assert [str(w.message) for w in warned] == [
+            f"checkpoint: {url} cannot be reached (the server did not answer within 0.2 s (DOWNLOAD_STALL_S)); "
+            "using the copy downloaded before"
+        ]
+        shutil.rmtree(stall_fast)
+        with pytest.raises(ConnectionError) as caught:
+            checkpoint.local_checkpoint(url)
+        assert str(caught.value) == (
+            f"checkpoint: could not download {url}: the server did not answer within 0.2 s (DOWNLOAD_STALL_S)"
+        )
+        assert time.monotonic() - started < 2 and _cached_files(stall_fast) == []
+
+
+def test_a_head_answered_with_another_status_than_200_does_not_vouch_for_the_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    bodies = [b"old weights", b"new weights"]
+    served = email.utils.formatdate(time.time(), usegmt=True)
+    modified = email.utils.formatdate(time.time() - 100, usegmt=True)
+
+    def answer(handler):  # (the same length and date for both: only the HEAD's status tells)
+        status = 204 if handler.command == "HEAD" else 200
+        _answer(handler, bodies[0], status, {"Last-Modified": modified, "Date": served})
+
+    with scripted_server(answer, monkeypatch) as base:
+        url = f"{base}/model.safetensors"
+        assert checkpoint.local_checkpoint(url).read_bytes() == b"old weights"
+        bodies.pop(0)
+        assert checkpoint.local_checkpoint(url).read_bytes() == b"new weights"
+
+
+def _redirect(handler, location: str) -> None:
+    _answer(handler, b"", 302, {"Location": location})
+
+
+def test_redirects_lead_to_http_urls_only_and_end(tmp_path, monkeypatch):
+    """urllib followed a redirect to ftp:// (a checkpoint fetched from anywhere), and its redirect-loop
+    error spanned three lines."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+
+    def answer(handler):
+        kind, _, rest = handler.path.strip("/").partition("/")
+        if kind == "ftp":
+            _redirect(handler, "ftp://127.0.0.1:9/model.safetensors")
+        elif kind == "file":
+            _redirect(handler, "file:///etc/hostname")
+        elif kind == "hops":  # /hops/N/...: N more redirects, then the file
+            hops, _, name = rest.partition("/")
+            if int(hops):
+                _redirect(handler, f"/hops/{int(hops) - 1}/{name}")
+            else:
+                _answer(handler, b"weights")
+
+    with scripted_server(answer, monkeypatch) as base:
+        with pytest.raises(ConnectionError) as caught:
+            checkpoint.local_checkpoint(f"{base}/ftp/model.safetensors")
+        assert str(caught.value) == (
+            f"checkpoint: could not download {base}/ftp/model.safetensors: the server redirected to a 'ftp' URL; "
+            "checkpoints are downloaded over http(s) only"
+        )
+        with pytest.raises(ConnectionError) as caught:
+            checkpoint.local_checkpoint(f"{base}/file/model.safetensors")
+        assert str(caught.value) == (
+            f"checkpoint: could not download {base}/file/model.safetensors: HTTP Error 302: Answer - Redirection "
+            "to url 'file:///etc/hostname' is not allowed"
+        )
+        assert checkpoint.local_checkpoint(f"{base}/hops/10/model.safetensors").read_bytes() == b"weights"
+        with pytest.raises(ConnectionError) as caught:
+            checkpoint.local_checkpoint(f"{base}/hops/11/model.safetensors")  # urllib's limit: 10 redirects
+        assert str(caught.value) == (
+            f"checkpoint: could not download {base}/hops/11/model.safetensors: HTTP Error 302: The HTTP server "
+            "returned a redirect error that would lead to an infinite loop. The last 30x error message was: Answer"
+        )
+    # only the download that came through redirects within the limit is kept
+    assert sorted(p.name for p in _cached_files(tmp_path / "cache")) == ["model.safetensors", "validators.json"]
+
+
+def test_a_redirect_from_https_down_to_http_is_refused():
+    """No https server here: the redirect handler the downloads use is given the redirect itself."""
+    redirects, secure = checkpoint._Redirects(), urllib.request.Request("https://host/model.safetensors")
+    answer = io.BytesIO(b"")
+    with pytest.raises(ConnectionError, match=r"^the server redirected from https down to http \(unencrypted\)"):
+        redirects.redirect_request(secure, answer, 302, "Found", {}, "http://host/model.safetensors")
+    assert answer.closed
+    for allowed, target in (
+        (secure, "https://cdn/x.safetensors"),
+        (urllib.request.Request("http://h/m"), "http://cdn/x"),
+    ):
+        assert redirects.redirect_request(allowed, io.BytesIO(), 302, "Found", {}, target).full_url == target
+
+
+@pytest.mark.parametrize(
+    "status, headers, refusal",
+    [
+        (
+            200,
+            {"Content-Encoding": "gzip"},
+            "the server sent the file with Content-Encoding 'gzip', expected it as it is (identity)",
+        ),
+        (206, {"Content-Range": "bytes 0-9/100"}, "the server answered 206 Answer, expected 200 with the whole file"),
+        (200, {"Content-Length": "-1"}, "the server announced a Content-Length of '-1', not a number of bytes"),
+        (200, {"Content-Length": "\u00b2"}, "the server announced a Content-Length of '\u00b2', not a number of bytes"),
+        (
+            200,
+            {"Transfer-Encoding": "gzip, chunked"},
+            "the server sent the file with Transfer-Encoding 'gzip, chunked', expected chunked or none",
+        ),
+    ],
+)
+def test_an_answer_that_is_not_the_whole_file_as_it_is_is_refused(tmp_path, monkeypatch, status, headers, refusal):
+    """urllib decodes no Content-Encoding: a gzip body was saved as the checkpoint; a 206 part of the file
+    was saved as the file; a Content-Length of '²' raised a bare ValueError naming no URL, one of '-1' let a
+    body of any length be written unchecked; a Transfer-Encoding http.client does not decode was saved raw."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    body = gzip.compress(b"weights") if "Content-Encoding" in headers else b"weights"
+
+    def answer(handler):
+        if "identity" in handler.path:
+            _answer(handler, b"weights", 200, {"Content-Encoding": "identity"})
+        else:
+            _answer(handler, body, status, headers)
+
+    with scripted_server(answer, monkeypatch) as base:
+        url = f"{base}/model.safetensors"
+        with pytest.raises(ConnectionError) as caught:
+            checkpoint.local_checkpoint(url)
+        assert str(caught.value) == f"checkpoint: could not download {url}: {refusal}"
+        assert _cached_files(tmp_path / "cache") == []
+        assert checkpoint.local_checkpoint(f"{base}/identity/model.safetensors").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("etag", ["v1\nX-Injected: 1", "\u0100", 5, None])
+def test_a_damaged_saved_etag_is_not_sent_back_and_the_file_is_downloaded_again(tmp_path, monkeypatch, etag):
+    """A saved ETag with a newline or a character beyond latin-1 (a damaged validators.json) made
+    http.client raise a bare ValueError or UnicodeEncodeError naming no URL, on every later load."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    asked = []  # the If-None-Match of every request
+
+    def answer(handler):
+        asked.append(handler.headers.get("If-None-Match"))
+        _answer(handler, b"weights", headers={"ETag": '"v1"'})
+
+    with scripted_server(answer, monkeypatch) as base:
+        url = f"{base}/model.safetensors"
+        local = checkpoint.local_checkpoint(url)
+        assert checkpoint.local_checkpoint(url) == local and asked == [None, '"v1"']  # sent back as saved
+        validators = local.parent.parent / "validators.json"
+        validators.write_text(json.dumps({**json.loads(validators.read_text()), "etag": etag}))
+        assert checkpoint.local_checkpoint(url).read_bytes() == b"weights"
+    assert asked == [None, '"v1"', None]

@@ -4,6 +4,7 @@ Loading never runs pickled code: torch files are read with ``weights_only=True``
 Writing is atomic: a file is written under a temporary name in the same directory, then renamed.
 """
 
+import collections
 import email.utils
 import hashlib
 import http.client
@@ -12,8 +13,10 @@ import os
 from pathlib import Path
 import re
 import shutil
+import socket
 import stat
 import threading
+import time
 from typing import BinaryIO, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 import urllib.error
 import urllib.parse
@@ -40,6 +43,12 @@ _DIRECTORY_FILES = (
 
 # Seconds a download may wait for the server at any one point (connecting, or between reads).
 DOWNLOAD_TIMEOUT_S = 60.0
+# A download (or a HEAD) stalls, and ends, when fewer than DOWNLOAD_MIN_BYTES_PER_S bytes a second of the file
+# arrive averaged over any DOWNLOAD_STALL_S seconds from its request (curl's --speed-limit/--speed-time): a
+# server that trickles a byte now and then never lets DOWNLOAD_TIMEOUT_S fire. The headers count as no bytes,
+# so the answer (its redirects included) must begin within DOWNLOAD_STALL_S seconds.
+DOWNLOAD_MIN_BYTES_PER_S = 1024
+DOWNLOAD_STALL_S = 60.0
 # Bytes a download leaves free on the disk it writes to, at the least: a file larger than the disk, or a
 # server that never ends its body, is refused rather than filling the disk the run's checkpoints go to.
 MIN_FREE_BYTES = 1 << 30
@@ -127,11 +136,16 @@ def _download(url: str) -> str:
     URL: host, port, path and query) under iopath's cache, and checked with the server on every
     call: with an ETag, a conditional GET (``If-None-Match``); with only a Last-Modified date, a HEAD
     whose date and length must equal the copy's (a date is not trusted where the file changed in the
-    second it was served, RFC 7232's weak validator); else downloaded again. A server that stops
-    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds ends the download with ConnectionError, and so does
-    a file that would leave less than :data:`MIN_FREE_BYTES` free on the cache's disk (nothing of it
-    kept); a server that cannot be reached or fails (5xx) leaves a copy downloaded before in use, with a
-    warning."""
+    second it was served, RFC 7232's weak validator); else downloaded again.
+
+    The download ends with ConnectionError naming the URL, nothing of the file kept, when the server stops
+    answering for :data:`DOWNLOAD_TIMEOUT_S` seconds or stalls (fewer than :data:`DOWNLOAD_MIN_BYTES_PER_S`
+    bytes a second over any :data:`DOWNLOAD_STALL_S` seconds, see :class:`_Watch`); when the file would leave
+    less than :data:`MIN_FREE_BYTES` free on the cache's disk; when the answer is not the whole file as it is
+    (see :func:`_check_answer`: a 206 part, a gzip Content-Encoding...); and when a redirect leads off http(s)
+    or from https down to http (see :class:`_Redirects`). A server that cannot be reached, does not begin
+    to answer within :data:`DOWNLOAD_STALL_S` seconds or fails (5xx) leaves a copy downloaded before in use,
+    with a warning."""
     name = check_url(url)
     directory = _download_directory(url)
     local = (
@@ -149,23 +163,23 @@ def _download(url: str) -> str:
         if cached and _unchanged(url, saved):
             return str(local)
         request = urllib.request.Request(url)
-        if cached and isinstance(saved.get("etag"), str):
-            request.add_header("If-None-Match", saved["etag"])
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        if cached and _saved_etag(saved) is not None:
+            request.add_header("If-None-Match", _saved_etag(saved))
+        with _Watch() as watch, _open(request, watch) as response:
+            _check_answer(response)
             validators.unlink(missing_ok=True)  # (a copy without its validators is downloaded again)
-            atomic_write(local, lambda tmp: _copy_response(response, tmp))
+            atomic_write(local, lambda tmp: _copy_response(response, tmp, watch))
             found = {key: response.headers.get(header) for key, header in _VALIDATORS}
         atomic_write(validators, lambda tmp: Path(tmp).write_text(json.dumps(found)))
     except urllib.error.HTTPError as error:
+        reason = " ".join(str(error.reason).split())  # (urllib's redirect-loop reason spans three lines)
         if error.code == 304 and cached:  # not modified
             return str(local)
         if error.code >= 500 and cached:
-            return _stale(url, local, f"HTTP Error {error.code}: {error.reason}")
-        raise ConnectionError(
-            f"checkpoint: could not download {url}: HTTP Error {error.code}: {error.reason}"
-        ) from None
+            return _stale(url, local, f"HTTP Error {error.code}: {reason}")
+        raise ConnectionError(f"checkpoint: could not download {url}: HTTP Error {error.code}: {reason}") from None
     except (OSError, http.client.HTTPException) as error:  # refused, unreachable, timed out, cut short, empty
-        if cached and isinstance(error, (urllib.error.URLError, http.client.RemoteDisconnected)):
+        if cached and isinstance(error, (urllib.error.URLError, http.client.RemoteDisconnected, _NoAnswer)):
             return _stale(url, local, first_line(error))
         raise ConnectionError(f"checkpoint: could not download {url}: {first_line(error)}") from None
     return str(local)
@@ -178,10 +192,18 @@ def _download_directory(url: str) -> Path:
     return Path(get_cache_dir()) / "torchflava" / hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
+def _saved_etag(saved: dict) -> Optional[str]:
+    """The ETag saved with a copy, if it is one that can be sent back (RFC 9110's characters: visible
+    ASCII and obs-text); None for none, or for a damaged one (not a string, a newline or a character
+    beyond latin-1 in it: http.client would raise on sending it, naming no URL)."""
+    etag = saved.get("etag")
+    return etag if isinstance(etag, str) and re.fullmatch(r"[\x21-\x7e\x80-\xff]+", etag) else None
+
+
 def _unchanged(url: str, saved: dict) -> bool:
     """Whether a copy without an ETag is still the server's file: the same Last-Modified and length
-    (HEAD), the date strong (at least a second before the copy was served)."""
-    if isinstance(saved.get("etag"), str) or not all(isinstance(saved.get(k), str) for k in ("last_modified", "date")):
+    (a HEAD answered 200), the date strong (at least a second before the copy was served)."""
+    if _saved_etag(saved) is not None or not all(isinstance(saved.get(k), str) for k in ("last_modified", "date")):
         return False
     try:
         modified = email.utils.parsedate_to_datetime(saved["last_modified"])
@@ -190,11 +212,154 @@ def _unchanged(url: str, saved: dict) -> bool:
         return False
     if (served - modified).total_seconds() < 1:  # weak: it may have changed again within that second
         return False
-    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=DOWNLOAD_TIMEOUT_S) as response:
-        return (response.headers.get("Last-Modified"), response.headers.get("Content-Length")) == (
-            saved["last_modified"],
-            saved.get("length"),
-        )
+    with _Watch() as watch, _open(urllib.request.Request(url, method="HEAD"), watch) as response:
+        return response.status == 200 and (
+            response.headers.get("Last-Modified"),
+            response.headers.get("Content-Length"),
+        ) == (saved["last_modified"], saved.get("length"))
+
+
+class _NoAnswer(TimeoutError):
+    """A server that did not begin its answer within :data:`DOWNLOAD_STALL_S` seconds (as one that cannot
+    be reached, a copy downloaded before stands in for its file)."""
+
+
+class _Watch:
+    """Watches one HTTP exchange, its redirects included, for a stall: fewer than
+    :data:`DOWNLOAD_MIN_BYTES_PER_S` bytes a second of the body (``received``, counted by the reader)
+    averaged over any :data:`DOWNLOAD_STALL_S` seconds from the request. The headers count as no bytes,
+    so the answer must begin within that time. A thread of its own looks every eighth of the window and,
+    on a stall, shuts the exchange's sockets down: that ends a read blocked on them, where a socket
+    timeout (:data:`DOWNLOAD_TIMEOUT_S`) fires only on a silence and never on a trickle; ``stalled`` then
+    says why, in one line. Use it as a context manager around the exchange."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.answered = False
+        self.stalled: Optional[str] = None
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpoint-download-watch", daemon=True)
+
+    def __enter__(self) -> "_Watch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+    def stop(self) -> None:
+        """Stop watching (``stalled`` stays as it is from then on)."""
+        self._done.set()
+        self._thread.join()
+
+    def connection(self, kind: type) -> Callable[..., http.client.HTTPConnection]:
+        """A maker of ``kind`` (an http.client connection class) whose sockets are watched."""
+
+        def make(host: str, **kwargs) -> http.client.HTTPConnection:
+            made = kind(host, **kwargs)
+            create = made._create_connection  # (http.client opens every socket it uses through this)
+
+            def watched(*args, **create_kwargs):
+                sock = create(*args, **create_kwargs)
+                self._add(sock)
+                return sock
+
+            made._create_connection = watched
+            return made
+
+        return make
+
+    def _add(self, sock) -> None:
+        # Shut down through a descriptor of our own: TLS detaches the connection's, and shutdown acts on
+        # the socket that every descriptor of it shares.
+        with self._lock:
+            self._sockets.append(sock.dup())
+        if self.stalled is not None:
+            self._shut()
+
+    def _shut(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # (closed at the other end already)
+                    pass
+
+    def _run(self) -> None:
+        window, least = DOWNLOAD_STALL_S, DOWNLOAD_MIN_BYTES_PER_S * DOWNLOAD_STALL_S
+        samples = collections.deque([(time.monotonic(), 0)])  # (when, bytes received by then)
+        while not self._done.wait(window / 8):
+            now, received = time.monotonic(), self.received
+            samples.append((now, received))
+            while samples[1][0] <= now - window:  # the first sample: the newest a whole window old
+                samples.popleft()
+            since, before = samples[0]
+            if now - since < window or received - before >= least:
+                continue
+            if not self.answered:
+                self.stalled = f"the server did not answer within {window:g} s (DOWNLOAD_STALL_S)"
+            else:
+                self.stalled = (
+                    f"the download stalled: {received - before} bytes in {now - since:.3g} s, fewer than "
+                    f"{DOWNLOAD_MIN_BYTES_PER_S} bytes/s (DOWNLOAD_MIN_BYTES_PER_S) over {window:g} s (DOWNLOAD_STALL_S)"
+                )
+            self._shut()
+            return
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watch: _Watch) -> None:
+        super().__init__()
+        self._watch = watch
+
+    def http_open(self, req):
+        return self.do_open(self._watch.connection(http.client.HTTPConnection), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watch: _Watch) -> None:
+        super().__init__()
+        self._watch = watch
+
+    def https_open(self, req):
+        return self.do_open(self._watch.connection(http.client.HTTPSConnection), req, context=self._context)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects (at most 10, 4 to one URL; it refuses ``file:`` and ``data:`` targets itself),
+    to http(s) URLs only: not to ``ftp:``, which it would follow, and not from https down to http, where
+    the file would come unencrypted and unauthenticated from a server the user never named."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        source, target = urllib.parse.urlparse(req.full_url).scheme, urllib.parse.urlparse(newurl).scheme
+        if target not in ("http", "https"):
+            refusal = f"the server redirected to a {target!r} URL; checkpoints are downloaded over http(s) only"
+        elif (source, target) == ("https", "http"):
+            refusal = "the server redirected from https down to http (unencrypted), which is refused"
+        else:
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+        fp.close()
+        raise ConnectionError(refusal)
+
+
+def _open(request: urllib.request.Request, watch: _Watch):
+    """``urlopen(request)`` with :data:`DOWNLOAD_TIMEOUT_S`, redirects by :class:`_Redirects`, its sockets
+    watched by ``watch``; :class:`_NoAnswer` where ``watch`` found no answer in time."""
+    opener = urllib.request.build_opener(_WatchedHTTPHandler(watch), _WatchedHTTPSHandler(watch), _Redirects())
+    try:
+        response = opener.open(request, timeout=DOWNLOAD_TIMEOUT_S)
+    except (OSError, http.client.HTTPException):
+        if watch.stalled is None:
+            raise
+        raise _NoAnswer(watch.stalled) from None
+    watch.answered = True
+    return response
 
 
 def _stale(url: str, local: Path, reason: str) -> str:
@@ -207,11 +372,39 @@ def _free_bytes(directory: str) -> int:
     return shutil.disk_usage(directory).free
 
 
-def _copy_response(response, path: str) -> None:
-    """The body of an HTTP response into ``path``; OSError if it is empty or shorter than announced, or
-    if writing it would leave less than :data:`MIN_FREE_BYTES` free on its disk (told before the first
-    byte from an announced length; without one, looked at every 64 MiB as it is written)."""
-    announced = response.headers.get("Content-Length")
+def _announced_length(response) -> Optional[int]:
+    """The Content-Length of ``response``, or None without one; OSError for one that is no number of
+    bytes (``-1``, ``abc``, ``²``: http.client reads such a body to its end, of any length)."""
+    value = response.headers.get("Content-Length")
+    if value is None:
+        return None
+    if re.fullmatch(r"[0-9]+", value.strip()) is None:
+        raise OSError(f"the server announced a Content-Length of {value!r}, not a number of bytes")
+    return int(value)
+
+
+def _check_answer(response) -> None:
+    """OSError unless ``response`` to a plain GET holds the whole file as it is: status 200 (a 206 is a
+    part of it), no Content-Encoding but identity (urllib decodes none: a gzip body would be saved as
+    the checkpoint), no Transfer-Encoding that http.client leaves undecoded (anything but chunked) and
+    a Content-Length, if any, that is a number."""
+    if response.status != 200:
+        raise OSError(f"the server answered {response.status} {response.reason}, expected 200 with the whole file")
+    encoding = response.headers.get("Content-Encoding", "identity")
+    if encoding.strip().lower() != "identity":
+        raise OSError(f"the server sent the file with Content-Encoding {encoding!r}, expected it as it is (identity)")
+    transfer = response.headers.get("Transfer-Encoding")
+    if transfer is not None and not response.chunked:
+        raise OSError(f"the server sent the file with Transfer-Encoding {transfer!r}, expected chunked or none")
+    _announced_length(response)
+
+
+def _copy_response(response, path: str, watch: _Watch) -> None:
+    """The body of an HTTP response into ``path``, each read counted in ``watch``; OSError if it is
+    empty or shorter than announced, if writing it would leave less than :data:`MIN_FREE_BYTES` free on
+    its disk (told before the first byte from an announced length; without one, looked at every 64 MiB
+    as it is written), or (TimeoutError) if ``watch`` found it stalled."""
+    announced = _announced_length(response)
     directory = os.path.dirname(os.path.abspath(path))
 
     def check_space(to_write: int) -> None:
@@ -222,19 +415,29 @@ def _copy_response(response, path: str) -> None:
                 f"{directory} ({free} free, {to_write} more announced)"
             )
 
-    if announced is not None and announced.isdigit():
-        check_space(int(announced))
-    with open(path, "wb") as file:
-        size = checked = 0
-        while chunk := response.read(1 << 20):
-            file.write(chunk)
-            size += len(chunk)
-            if announced is None and size - checked >= _SPACE_CHECK_BYTES:
-                checked = size
-                check_space(0)
+    if announced is not None:
+        check_space(announced)
+    size = checked = 0
+    try:
+        with open(path, "wb") as file:
+            # read1: one read of the socket at a time, so that the watch sees a slow body arrive (read()
+            # waits for the whole chunk); 64 KiB, as a TLS read gives 16 KiB at most, a plain one what is there
+            while chunk := response.read1(1 << 16):
+                file.write(chunk)
+                size += len(chunk)
+                watch.received = size
+                if announced is None and size - checked >= _SPACE_CHECK_BYTES:
+                    checked = size
+                    check_space(0)
+    except (OSError, http.client.HTTPException):
+        if watch.stalled is None:
+            raise
+    watch.stop()  # (a stalled watch shut the socket: the body ended early, or its read failed)
+    if watch.stalled is not None:
+        raise TimeoutError(watch.stalled)
     if size == 0:
         raise OSError("the server sent an empty file")
-    if announced is not None and announced.isdigit() and int(announced) != size:
+    if announced is not None and announced != size:
         raise OSError(f"the download stopped at {size} of {announced} bytes")
 
 
