@@ -6,6 +6,7 @@ import gzip
 import http.server
 import io
 import json
+import math
 import os
 from pathlib import Path
 import re
@@ -1081,6 +1082,9 @@ def test_a_body_that_trickles_stalls_and_nothing_of_it_is_kept(stall_fast, monke
         if handler.path.startswith("/trickle"):
             handler.wfile.write(f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
             _trickle(handler, body)
+        elif handler.path.startswith("/short"):  # 20 bytes in 0.4 s: stalled, by the rule
+            handler.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Length: 20\r\n\r\n")
+            _trickle(handler, body[:20])
         else:  # 5000 bytes/s, over two stall windows: slow, not stalled
             _answer(handler, body, gap_s=0.02)
 
@@ -1099,6 +1103,12 @@ def test_a_body_that_trickles_stalls_and_nothing_of_it_is_kept(stall_fast, monke
         started = time.monotonic()
         assert checkpoint.local_checkpoint(f"{base}/slow/model.safetensors").read_bytes() == body
         assert time.monotonic() - started > 0.3
+        # the rule switched off: the trickle is waited for (its thread once raised on an infinite window)
+        monkeypatch.setattr(checkpoint, "DOWNLOAD_STALL_S", math.inf)
+        raised = []
+        monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+        assert checkpoint.local_checkpoint(f"{base}/short/model.safetensors").read_bytes() == body[:20]
+        assert raised == []
 
 
 def test_headers_that_trickle_stall_the_head_and_the_get(stall_fast, monkeypatch):

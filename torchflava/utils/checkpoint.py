@@ -9,6 +9,7 @@ import email.utils
 import hashlib
 import http.client
 import json
+import math
 import os
 from pathlib import Path
 import re
@@ -293,6 +294,8 @@ class _Watch:
 
     def _run(self) -> None:
         window, least = DOWNLOAD_STALL_S, DOWNLOAD_MIN_BYTES_PER_S * DOWNLOAD_STALL_S
+        if not 0 < window < math.inf or not least > 0:  # the rule switched off (e.g. DOWNLOAD_STALL_S = inf)
+            return
         samples = collections.deque([(time.monotonic(), 0)])  # (when, bytes received by then)
         while not self._done.wait(window / 8):
             now, received = time.monotonic(), self.received
