@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 DEFAULT_L2 = tuple(10.0**e for e in range(-6, 3))
+# a training feature whose std is at most this share of its largest magnitude is constant (float32
+# features vary by ~6e-8 of their size from rounding alone: an encoder's dead unit computed in another
+# batch size); it is centred but not scaled
+CONSTANT_FEATURE_RTOL = 1e-6
 
 
 class LinearProbeResult(NamedTuple):
@@ -24,8 +28,9 @@ class LinearProbeResult(NamedTuple):
             train + validation with the chosen penalty (None without a test split).
         weight (Tensor): (C, D) of the final model (on standardised features).
         bias (Tensor): (C,).
-        mean (Tensor): (D,) feature mean used for standardising.
-        std (Tensor): (D,) feature std used for standardising.
+        mean (Tensor): (D,) training feature mean used for standardising.
+        std (Tensor): (D,) training feature population std used for standardising (1 for a feature
+            constant on train).
     """
 
     l2: float
@@ -127,6 +132,20 @@ def _check(name: str, features: Tensor, labels: Tensor, num_classes: int) -> Non
         raise ValueError(f"{name}: features hold NaN or infinite values")
 
 
+def _standardisation(features: Tensor) -> tuple[Tensor, Tensor]:
+    """(D,) float32 mean and scale of (N, D) training ``features``: the population std (as
+    ``sklearn.preprocessing.StandardScaler``), and 1 for a feature constant on train (a dead unit, or one
+    that varies only by rounding, within a relative :data:`CONSTANT_FEATURE_RTOL` of its largest
+    magnitude). Dividing such a feature by its ~0 std (clamped at 1e-6) multiplied whatever it held in
+    validation or test rows by up to a million: the refit on train + val saw those rows as outliers of
+    that size and collapsed to ~0 weights (test accuracy at chance)."""
+    x = features.double()  # (float32 sums of many rows lose the digits a small std lives in)
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, correction=0)
+    constant = std <= CONSTANT_FEATURE_RTOL * x.abs().amax(dim=0)  # (an all-zero column: 0 <= 0)
+    return mean.float(), torch.where(constant, torch.ones_like(std), std).float()
+
+
 def linear_probe(
     train: tuple[Tensor, Tensor],
     val: tuple[Tensor, Tensor],
@@ -138,7 +157,11 @@ def linear_probe(
 ) -> LinearProbeResult:
     """Fit a logistic-regression probe for each penalty, keep the best on ``val``, refit, test.
 
-    Features are standardised with the mean and std of the training features.
+    Features are standardised with the mean and population std of the training features only (never
+    validation or test), a feature constant on train being centred but not scaled (see
+    :data:`CONSTANT_FEATURE_RTOL`), as ``sklearn.preprocessing.StandardScaler`` fitted on train does.
+    A class absent from train can still be given by ``num_classes`` or a later split's labels: the probe
+    never predicts it, and its validation and test items count as wrong.
 
     Args:
         train (tuple[Tensor, Tensor]): features (N, D) and labels (N,).
@@ -194,8 +217,7 @@ def linear_probe(
     # any integer dtype: cross_entropy's long; features detached (the mean and std kept no encoder graph)
     train, val = (train[0].detach(), train[1].long()), (val[0].detach(), val[1].long())
     test = None if test is None else (test[0].detach(), test[1].long())
-    mean = train[0].float().mean(dim=0)
-    std = train[0].float().std(dim=0).clamp_min(1e-6)
+    mean, std = _standardisation(train[0])
 
     def standard(x: Tensor) -> Tensor:
         return (x.float() - mean) / std
