@@ -634,3 +634,57 @@ def test_a_prompt_encoded_as_a_zero_feature_is_refused_naming_it():
 
     with pytest.raises(ValueError, match="encode_text returned a zero feature .* for the prompt 'the cat'"):
         zero_shot_classifier(encode_text, fake.tokenize, ["cat", "dog"], templates=("a {}", "the {}"))
+
+
+def _first_right_position(scores, right):
+    """0-based position of the first right candidate once the candidates are ordered by descending score,
+    the wrong ones before the right ones among equal scores (ties never in the query's favour)."""
+    order = sorted(range(len(scores)), key=lambda c: (-scores[c], right[c]))
+    return next(position for position, c in enumerate(order) if right[c])
+
+
+def test_retrieval_recall_equals_a_sort_by_score_with_ties_against_the_query():
+    g = torch.Generator().manual_seed(5)
+    image_of_text = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 4, 5, 5, 6])  # COCO's 5
+    # features from a few directions, so that many similarities tie exactly
+    directions = torch.nn.functional.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    images = directions[torch.randint(0, 4, (7,), generator=g)]
+    texts = directions[torch.randint(0, 4, (24,), generator=g)]
+    sim = (images @ texts.T).tolist()
+    m, t = 7, 24
+    assert len({round(v, 6) for row in sim for v in row}) < m * t / 4  # (ties are the point)
+    for k in range(1, m + 1):
+        got = retrieval_recall(images, texts, ks=(k,), image_of_text=image_of_text)
+        i2t = [_first_right_position(sim[i], [int(image_of_text[c]) == i for c in range(t)]) < k for i in range(m)]
+        t2i = [
+            _first_right_position([sim[i][c] for i in range(m)], [i == int(image_of_text[c]) for i in range(m)]) < k
+            for c in range(t)
+        ]
+        assert got[f"image_to_text_R@{k}"] == pytest.approx(sum(i2t) / m)
+        assert got[f"text_to_image_R@{k}"] == pytest.approx(sum(t2i) / t)
+
+
+def test_an_image_listed_twice_under_two_rows_ties_with_itself_against_its_texts():
+    # the same picture as rows 0 and 1 (two ids of one file, one caption each): each caption finds the
+    # other copy level with its own image, and the tie counts against it, so text->image R@1 is lost for
+    # both; each copy sees the other's caption level with (or above) its own, so image->text R@1 too
+    images = torch.eye(4)[[0, 0, 2, 3]]
+    image_of_text = torch.tensor([0, 1, 2, 3])
+    texts = torch.eye(4)[[0, 0, 2, 3]]
+    got = retrieval_recall(images, texts, ks=(1, 2), image_of_text=image_of_text)
+    assert got["text_to_image_R@1"] == 0.5 and got["text_to_image_R@2"] == 1.0
+    assert got["image_to_text_R@1"] == 0.5 and got["image_to_text_R@2"] == 1.0
+
+
+def test_a_caption_shared_by_two_images_counts_for_each_as_its_own_row():
+    # "a dog" is caption 1 of image 0 and caption 2 of image 1 (identical features): for image 0, the
+    # copy listed under image 1 is a wrong text level with its right one, and ranks before it
+    images = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=-1)
+    dog = torch.nn.functional.normalize(torch.tensor([1.0, 1.0, 0.0]), dim=-1)
+    texts = torch.stack([torch.tensor([0.0, 0.0, 1.0]), dog, dog, torch.tensor([0.0, 0.0, 1.0])])
+    image_of_text = torch.tensor([2, 0, 1, 2])
+    got = retrieval_recall(images, texts, ks=(1, 2), image_of_text=image_of_text)
+    # image 0 and 1 each see their "a dog" level with the other's: R@1 lost, R@2 found; image 2 has its two
+    assert got["image_to_text_R@1"] == pytest.approx(1 / 3) and got["image_to_text_R@2"] == 1.0
+    # text->image: the two "a dog" rows each find images 0 and 1 level: R@1 lost for both
+    assert got["text_to_image_R@1"] == 0.5 and got["text_to_image_R@2"] == 1.0

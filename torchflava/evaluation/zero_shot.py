@@ -258,8 +258,11 @@ def retrieval_recall(
 
     By default row i of each matches row i of the other. With ``image_of_text`` an image may have
     several captions (COCO's five): text->image is right when the text's image ranks within K, and
-    image->text when one of the image's captions does. Ties count against the right answer, so
-    collapsed, identical features score chance-like, not perfect, recall.
+    image->text when one of the image's captions does. Ties count against the right answer (a right
+    candidate ranks after every wrong one level with it), so collapsed, identical features score no
+    better than last, not perfect, recall. So do exact duplicates: one picture under two rows (two ids
+    of one file) ties with itself, and a caption listed under two images (two rows of one text) with
+    itself, each costing the other its R@1; give a file one row, and its captions one ``image_of_text``.
 
     Args:
         image_features (Tensor): (M, D) normalised, one row per distinct image.
