@@ -345,3 +345,16 @@ def test_a_class_absent_from_train_is_never_predicted_and_its_test_items_count_a
     assert result.weight.shape == (3, 3) and not (predicted == 2).any()
     assert result.test_accuracy == pytest.approx((predicted == test_y).float().mean().item())
     assert result.test_accuracy == pytest.approx((predicted[4:] == test_y[4:]).float().sum().item() / 30)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_probe_of_gpu_features_with_cpu_labels_runs_on_the_gpu_as_on_the_cpu():
+    splits = [_two_class(60, 0), _two_class(30, 1), _two_class(30, 2)]
+    on_cpu = linear_probe(*splits, l2_values=(0.1, 1.0))
+    on_gpu = linear_probe(*((x.cuda(), y) for x, y in splits), l2_values=(0.1, 1.0))  # failed in the matmul
+    assert on_gpu.weight.is_cuda and on_gpu.l2 == on_cpu.l2
+    torch.testing.assert_close(on_gpu.weight.cpu(), on_cpu.weight, atol=1e-3, rtol=1e-3)
+    w, _ = fit_logistic_regression(splits[0][0].cuda(), splits[0][1], 2, l2=0.1)
+    assert w.is_cuda
+    with pytest.raises(ValueError, match="the features of every split must be on one device"):
+        linear_probe(splits[0], (splits[1][0].cuda(), splits[1][1]))

@@ -96,8 +96,10 @@ def _fit(features: Tensor, labels: Tensor, num_classes: int, *, l2: float, max_i
     # detached: features still in an encoder's graph failed in the second backward, and a leaf that
     # required grad was given one
     features = features.detach().float()
-    weight = torch.zeros(num_classes, features.shape[1], requires_grad=True)
-    bias = torch.zeros(num_classes, requires_grad=True)
+    labels = labels.to(features.device)  # (labels built on the CPU for features on a GPU)
+    # on the features' device: CPU parameters failed on GPU features inside the first matmul
+    weight = torch.zeros(num_classes, features.shape[1], device=features.device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=features.device, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -157,7 +159,8 @@ def linear_probe(
 ) -> LinearProbeResult:
     """Fit a logistic-regression probe for each penalty, keep the best on ``val``, refit, test.
 
-    Features are standardised with the mean and population std of the training features only (never
+    The fits run on the features' device (the labels may be anywhere). Features are standardised with
+    the mean and population std of the training features only (never
     validation or test), a feature constant on train being centred but not scaled (see
     :data:`CONSTANT_FEATURE_RTOL`), as ``sklearn.preprocessing.StandardScaler`` fitted on train does.
     A class absent from train can still be given by ``num_classes`` or a later split's labels: the probe
@@ -178,7 +181,8 @@ def linear_probe(
         TypeError: if a split is not a (features, labels) pair of tensors, ``l2_values`` not a sequence,
             or ``num_classes`` or ``max_iter`` not an int.
         ValueError: on mismatched shapes, an empty split or zero-width features, bad labels, fewer
-            than 2 classes, complex or non-finite features, ``max_iter`` < 1, or no/negative penalties.
+            than 2 classes, complex or non-finite features, features of two splits on two devices,
+            ``max_iter`` < 1, or no/negative penalties.
     """
     if isinstance(l2_values, str) or not isinstance(l2_values, abc.Sequence):  # (len()'s TypeError)
         raise TypeError(f"l2_values must be a sequence of numbers, got {type(l2_values).__name__}")
@@ -214,9 +218,13 @@ def linear_probe(
         )
     for name, (features, labels) in splits.items():
         _check(name, features, labels, num_classes)
+    devices = {name: s[0].device for name, s in splits.items()}
+    if len(set(devices.values())) > 1:  # (the standardisation failed inside torch on the second split)
+        raise ValueError(f"the features of every split must be on one device, got {devices}")
     # any integer dtype: cross_entropy's long; features detached (the mean and std kept no encoder graph)
-    train, val = (train[0].detach(), train[1].long()), (val[0].detach(), val[1].long())
-    test = None if test is None else (test[0].detach(), test[1].long())
+    device = train[0].device  # labels go where the features are (accuracies compare the two)
+    train, val = (train[0].detach(), train[1].long().to(device)), (val[0].detach(), val[1].long().to(device))
+    test = None if test is None else (test[0].detach(), test[1].long().to(device))
     mean, std = _standardisation(train[0])
 
     def standard(x: Tensor) -> Tensor:
