@@ -60,7 +60,10 @@ class LinearProbeResult(NamedTuple):
 def fit_logistic_regression(
     features: Tensor, labels: Tensor, num_classes: int, *, l2: float, max_iter: int = 300
 ) -> tuple[Tensor, Tensor]:
-    """Multinomial logistic regression minimising mean cross-entropy + ``l2`` * ||W||^2 / 2.
+    """Multinomial logistic regression minimising mean cross-entropy + ``l2`` * ||W||^2 / 2: scikit-learn's
+    ``LogisticRegression(C=..., solver="lbfgs")`` objective (summed cross-entropy + ||W||^2 / (2 C), bias
+    unpenalised)
+    divided by N, so ``l2`` = 1 / (C N).
 
     Args:
         features (Tensor): (N, D) float.
