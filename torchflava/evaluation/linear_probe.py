@@ -62,8 +62,7 @@ def fit_logistic_regression(
 ) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression minimising mean cross-entropy + ``l2`` * ||W||^2 / 2: scikit-learn's
     ``LogisticRegression(C=..., solver="lbfgs")`` objective (summed cross-entropy + ||W||^2 / (2 C), bias
-    unpenalised)
-    divided by N, so ``l2`` = 1 / (C N).
+    unpenalised) divided by N, so ``l2`` = 1 / (C N).
 
     Args:
         features (Tensor): (N, D) float.
