@@ -255,3 +255,106 @@ def test_fit_logistic_regression_refuses_what_is_not_a_tensor_with_a_type_error(
         fit_logistic_regression(features, labels, 2, l2=1.0)
     got = f"{type(features).__name__} and {type(labels).__name__}"
     assert str(info.value) == f"features and labels must be tensors with at least one row, got {got}"
+
+
+def _two_class(n, seed, dead_value=None):
+    """Two classes told apart by feature 0; feature 1 is noise, feature 2 noise or ``dead_value``."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    features = torch.randn(n, 3, generator=g)
+    features[:, 0] += 3.0 * labels
+    if dead_value is not None:
+        features[:, 2] = dead_value
+    return features, labels
+
+
+def _reference_fit(x, y, num_classes, l2):
+    """The penalised logistic regression solved in float64 to a far tighter tolerance."""
+    x = x.double()
+    w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b], max_iter=1000, tolerance_grad=1e-12, tolerance_change=1e-16, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w.T + b, y) + 0.5 * l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+@pytest.mark.parametrize("l2", [1e-3, 0.1, 1.0])
+def test_fit_on_overlapping_classes_equals_a_float64_reference(l2):
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(80, 5, generator=g), torch.randint(0, 3, (80,), generator=g)  # not separable
+    w, b = fit_logistic_regression(x, y, 3, l2=l2)
+    w_ref, b_ref = _reference_fit(x, y, 3, l2)
+    assert (w.double() - w_ref).abs().max() < 1e-3 and (b.double() - b_ref).abs().max() < 1e-3
+
+
+def test_separable_classes_without_penalty_give_finite_weights_that_separate_them():
+    x, y = torch.tensor([[-2.0], [-1.0], [1.0], [2.0]]), torch.tensor([0, 0, 1, 1])
+    w, b = fit_logistic_regression(x, y, 2, l2=0.0)
+    assert bool(torch.isfinite(w).all()) and bool(torch.isfinite(b).all())
+    assert ((x @ w.T + b).argmax(dim=1) == y).all()
+    assert (w[1] - w[0]).item() > 5  # the margin keeps growing (no minimiser): far from the l2=1 weights
+
+
+def test_standardisation_is_the_population_statistics_of_train_alone():
+    train, val, test = _two_class(40, 0), _two_class(20, 1), _two_class(20, 2)
+    result = linear_probe(train, val, test, l2_values=(1.0,))
+    # the population std, as StandardScaler (the sample std scaled every feature by sqrt(N / (N - 1)))
+    torch.testing.assert_close(result.mean, train[0].mean(dim=0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.std, train[0].std(dim=0, correction=0), atol=1e-6, rtol=1e-6)
+    shifted = linear_probe(train, (val[0] * 5 + 7, val[1]), (test[0] - 100, test[1]), l2_values=(1.0,))
+    assert torch.equal(shifted.mean, result.mean) and torch.equal(shifted.std, result.std)  # nothing from val/test
+
+
+def test_a_feature_constant_on_train_is_centred_not_blown_up_by_its_zero_std():
+    # a dead unit (all zero on train) that holds noise in validation and test: its ~0 std was clamped
+    # at 1e-6, so those rows carried values ~1e6, the refit on train + val collapsed and the test
+    # accuracy fell from ~0.93 to chance (0.51)
+    train, val, test = _two_class(200, 0, dead_value=0.0), _two_class(200, 1), _two_class(200, 2)
+    result = linear_probe(train, val, test, l2_values=(0.01, 1.0))
+    assert result.mean[2].item() == 0.0 and result.std[2].item() == 1.0
+    assert result.test_accuracy > 0.85
+    alive = linear_probe(
+        *((x[:, :2], y) for x, y in (train, val, test)), l2_values=(0.01, 1.0)
+    )  # without the dead unit at all
+    assert abs(result.test_accuracy - alive.test_accuracy) <= 0.02
+
+
+def test_a_feature_varying_only_by_rounding_on_train_is_constant():
+    train = _two_class(40, 0, dead_value=0.5)
+    train[0][::2, 2] = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0))  # one ulp of jitter
+    result = linear_probe(train, _two_class(20, 1), l2_values=(1.0,))
+    assert result.std[2].item() == 1.0 and result.mean[2].item() == pytest.approx(0.5)
+
+
+def test_a_class_absent_from_train_is_never_predicted_and_its_test_items_count_as_wrong():
+    train, val = _two_class(60, 0), _two_class(30, 1)
+    test_x, test_y = _two_class(30, 2)
+    test_y = test_y.clone()
+    test_y[:4] = 2  # a third class only the test split holds
+    result = linear_probe(train, val, (test_x, test_y), l2_values=(1.0,))
+    predicted = result.predict(test_x)
+    assert result.weight.shape == (3, 3) and not (predicted == 2).any()
+    assert result.test_accuracy == pytest.approx((predicted == test_y).float().mean().item())
+    assert result.test_accuracy == pytest.approx((predicted[4:] == test_y[4:]).float().sum().item() / 30)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_probe_of_gpu_features_with_cpu_labels_runs_on_the_gpu_as_on_the_cpu():
+    splits = [_two_class(60, 0), _two_class(30, 1), _two_class(30, 2)]
+    on_cpu = linear_probe(*splits, l2_values=(0.1, 1.0))
+    on_gpu = linear_probe(*((x.cuda(), y) for x, y in splits), l2_values=(0.1, 1.0))  # failed in the matmul
+    assert on_gpu.weight.is_cuda and on_gpu.l2 == on_cpu.l2
+    torch.testing.assert_close(on_gpu.weight.cpu(), on_cpu.weight, atol=1e-3, rtol=1e-3)
+    w, _ = fit_logistic_regression(splits[0][0].cuda(), splits[0][1], 2, l2=0.1)
+    assert w.is_cuda
+    with pytest.raises(ValueError, match="the features of every split must be on one device"):
+        linear_probe(splits[0], (splits[1][0].cuda(), splits[1][1]))

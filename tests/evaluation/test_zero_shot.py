@@ -1,11 +1,17 @@
 """Zero-shot evaluation on hand-built features with known answers."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
+from torchflava.evaluation import (
+    classification_accuracy,
+    mean_per_class_accuracy,
+    retrieval_recall,
+    zero_shot_classifier,
+)
 
 # similarity[i, j] = score of image i against text j; row i's right answer is column i.
 SIMILARITY = torch.tensor(
@@ -522,3 +528,163 @@ def test_retrieval_over_no_image_or_no_text_names_the_features_not_ks():
     with pytest.raises(ValueError) as info:
         retrieval_recall(images, images[:0], ks=(1,), image_of_text=torch.zeros(0, dtype=torch.long))
     assert str(info.value) == "image_features and text_features must hold at least one row each, got 3 and 0"
+
+
+def _tie_break_expectation(similarity, labels, k):
+    """Per image: the share of the orders a random tie-break can give (every permutation of the classes
+    that keeps the scores descending) in which the label is among the first k."""
+    credits = []
+    for row, label in zip(similarity.tolist(), labels.tolist()):
+        orders = [p for p in itertools.permutations(range(len(row))) if all(row[a] >= row[b] for a, b in zip(p, p[1:]))]
+        credits.append(sum(label in p[:k] for p in orders) / len(orders))
+    return torch.tensor(credits, dtype=torch.float64)
+
+
+# four classes along the axes; images level with two or three of them, or with none
+_CLASSES = torch.eye(4)
+_IMAGES = torch.nn.functional.normalize(
+    torch.tensor(
+        [
+            [1.0, 1.0, 0.0, 0.0],  # 0 and 1 tied first, 2 and 3 tied last
+            [0.0, 0.5, 0.5, 0.5],  # 1, 2, 3 tied first
+            [0.9, 0.1, 0.3, 0.2],  # 0, 2, 3, 1
+            [0.0, 0.0, 0.0, 1.0],  # 3 first, the rest tied
+            [0.4, 0.3, 0.2, 0.1],  # 0, 1, 2, 3
+        ]
+    ),
+    dim=-1,
+)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3, 3], [2, 0, 1, 0, 2], [3, 3, 3, 2, 1]])
+def test_top_k_accuracy_is_the_expectation_over_random_tie_breaks(k, labels):
+    labels = torch.tensor(labels)
+    expected = _tie_break_expectation(_IMAGES @ _CLASSES.T, labels, k)
+    assert classification_accuracy(_IMAGES, _CLASSES, labels, k=k) == pytest.approx(expected.mean().item(), abs=1e-6)
+
+
+def test_top_k_accuracy_by_hand():
+    labels = torch.tensor([2, 0, 1, 0, 2])
+    # k=2: row 0's class 2 is behind 2 classes (0); row 1's 0 is behind 3 (0); row 2's 1 is last (0);
+    # row 3's 0 is tied with 1 and 2 for the one place behind 3 (1/3); row 4's 2 is third (0)
+    assert classification_accuracy(_IMAGES, _CLASSES, labels, k=2) == pytest.approx((1 / 3) / 5)
+    # k=3: row 0: one place left for 2 and 3 (1/2); row 1: 0 is last (0); row 2: 1 is fourth (0);
+    # row 3: two places for three tied (2/3); row 4: third (1)
+    assert classification_accuracy(_IMAGES, _CLASSES, labels, k=3) == pytest.approx((1 / 2 + 2 / 3 + 1) / 5)
+    collapsed = torch.nn.functional.normalize(torch.ones(4, 4), dim=-1)
+    assert classification_accuracy(_IMAGES, collapsed, labels, k=2) == pytest.approx(0.5)  # 2 places of 4
+
+
+@pytest.mark.parametrize(
+    "classes, k, error, message",
+    [
+        (
+            3,
+            3,
+            ValueError,
+            "k must be below the number of classes, 3 (top-3 of them is right whatever the model), got 3",
+        ),
+        (3, 5, ValueError, "k must be below the number of classes, 3 (top-5 of them"),  # top-5 of 3 classes
+        (3, 0, ValueError, "k must be >= 1, got 0"),
+        (3, 1.0, TypeError, "k must be an int, got float"),
+        (3, True, TypeError, "k must be an int, got bool"),
+    ],
+)
+def test_top_k_at_or_beyond_the_number_of_classes_is_refused_not_perfect(classes, k, error, message):
+    images, labels = torch.eye(4)[:2], torch.tensor([0, 1])
+    for metric in (classification_accuracy, mean_per_class_accuracy):
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+            metric(images, torch.eye(4)[:classes], labels, k=k)
+
+
+def test_mean_per_class_accuracy_averages_the_classes_that_have_images():
+    classes = torch.eye(3)
+    images = torch.eye(3)[[0, 0, 1, 0, 1]]  # predicted 0, 0, 1, 0, 1
+    labels = torch.tensor([0, 0, 0, 1, 1])  # class 0: 2 of 3 right; class 1: 1 of 2; class 2: no image
+    assert classification_accuracy(images, classes, labels) == pytest.approx(3 / 5)
+    # class 2 is left out of the mean (not a 0/0 nan, nor a 0 or a 1 that moves it)
+    assert mean_per_class_accuracy(images, classes, labels) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # k=2: the second place is shared by the two classes level at 0: class 0 (1 + 1 + 1/2) / 3, class 1
+    # (1/2 + 1) / 2
+    assert mean_per_class_accuracy(images, classes, labels, k=2) == pytest.approx((5 / 6 + 3 / 4) / 2)
+    # with ties the per-image credits are averaged within each class first
+    collapsed = torch.nn.functional.normalize(torch.ones(3, 3), dim=-1)
+    assert mean_per_class_accuracy(images, collapsed, labels) == pytest.approx(1 / 3)
+    assert isinstance(mean_per_class_accuracy(images, classes, labels), float)
+
+
+def test_mean_per_class_accuracy_weighs_a_rare_class_as_a_common_one():
+    classes = torch.eye(2)
+    images = torch.eye(2)[[0] * 9 + [0]]  # every image predicted 0
+    labels = torch.tensor([0] * 9 + [1])
+    assert classification_accuracy(images, classes, labels) == pytest.approx(0.9)
+    assert mean_per_class_accuracy(images, classes, labels) == pytest.approx(0.5)
+
+
+def test_a_prompt_encoded_as_a_zero_feature_is_refused_naming_it():
+    # F.normalize left the zero row zero, so "cat" was the mean of one unit vector and a zero: the
+    # other prompt's direction alone, without a word
+    fake = FakeTextModel()
+
+    def encode_text(ids, mask):
+        features = fake.encode_text(ids, mask).detach().clone()
+        features[1] = 0.0
+        return features
+
+    with pytest.raises(ValueError, match="encode_text returned a zero feature .* for the prompt 'the cat'"):
+        zero_shot_classifier(encode_text, fake.tokenize, ["cat", "dog"], templates=("a {}", "the {}"))
+
+
+def _first_right_position(scores, right):
+    """0-based position of the first right candidate once the candidates are ordered by descending score,
+    the wrong ones before the right ones among equal scores (ties never in the query's favour)."""
+    order = sorted(range(len(scores)), key=lambda c: (-scores[c], right[c]))
+    return next(position for position, c in enumerate(order) if right[c])
+
+
+def test_retrieval_recall_equals_a_sort_by_score_with_ties_against_the_query():
+    g = torch.Generator().manual_seed(5)
+    image_of_text = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 4, 5, 5, 6])  # COCO's 5
+    # features from a few directions, so that many similarities tie exactly
+    directions = torch.nn.functional.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    images = directions[torch.randint(0, 4, (7,), generator=g)]
+    texts = directions[torch.randint(0, 4, (24,), generator=g)]
+    sim = (images @ texts.T).tolist()
+    m, t = 7, 24
+    assert len({round(v, 6) for row in sim for v in row}) < m * t / 4  # (ties are the point)
+    for k in range(1, m + 1):
+        got = retrieval_recall(images, texts, ks=(k,), image_of_text=image_of_text)
+        i2t = [_first_right_position(sim[i], [int(image_of_text[c]) == i for c in range(t)]) < k for i in range(m)]
+        t2i = [
+            _first_right_position([sim[i][c] for i in range(m)], [i == int(image_of_text[c]) for i in range(m)]) < k
+            for c in range(t)
+        ]
+        assert got[f"image_to_text_R@{k}"] == pytest.approx(sum(i2t) / m)
+        assert got[f"text_to_image_R@{k}"] == pytest.approx(sum(t2i) / t)
+
+
+def test_an_image_listed_twice_under_two_rows_ties_with_itself_against_its_texts():
+    # the same picture as rows 0 and 1 (two ids of one file, one caption each): each caption finds the
+    # other copy level with its own image, and the tie counts against it, so text->image R@1 is lost for
+    # both; each copy sees the other's caption level with (or above) its own, so image->text R@1 too
+    images = torch.eye(4)[[0, 0, 2, 3]]
+    image_of_text = torch.tensor([0, 1, 2, 3])
+    texts = torch.eye(4)[[0, 0, 2, 3]]
+    got = retrieval_recall(images, texts, ks=(1, 2), image_of_text=image_of_text)
+    assert got["text_to_image_R@1"] == 0.5 and got["text_to_image_R@2"] == 1.0
+    assert got["image_to_text_R@1"] == 0.5 and got["image_to_text_R@2"] == 1.0
+
+
+def test_a_caption_shared_by_two_images_counts_for_each_as_its_own_row():
+    # "a dog" is caption 1 of image 0 and caption 2 of image 1 (identical features): for image 0, the
+    # copy listed under image 1 is a wrong text level with its right one, and ranks before it
+    images = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=-1)
+    dog = torch.nn.functional.normalize(torch.tensor([1.0, 1.0, 0.0]), dim=-1)
+    texts = torch.stack([torch.tensor([0.0, 0.0, 1.0]), dog, dog, torch.tensor([0.0, 0.0, 1.0])])
+    image_of_text = torch.tensor([2, 0, 1, 2])
+    got = retrieval_recall(images, texts, ks=(1, 2), image_of_text=image_of_text)
+    # image 0 and 1 each see their "a dog" level with the other's: R@1 lost, R@2 found; image 2 has its two
+    assert got["image_to_text_R@1"] == pytest.approx(1 / 3) and got["image_to_text_R@2"] == 1.0
+    # text->image: the two "a dog" rows each find images 0 and 1 level: R@1 lost for both
+    assert got["text_to_image_R@1"] == 0.5 and got["text_to_image_R@2"] == 1.0

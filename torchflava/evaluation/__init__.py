@@ -3,6 +3,7 @@
 from torchflava.evaluation.linear_probe import LinearProbeResult, fit_logistic_regression, linear_probe
 from torchflava.evaluation.zero_shot import (
     classification_accuracy,
+    mean_per_class_accuracy,
     retrieval_recall,
     zero_shot_classifier,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "fit_logistic_regression",
     "linear_probe",
     "classification_accuracy",
+    "mean_per_class_accuracy",
     "retrieval_recall",
     "zero_shot_classifier",
 ]

@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 DEFAULT_L2 = tuple(10.0**e for e in range(-6, 3))
+# a training feature whose std is at most this share of its largest magnitude is constant (float32
+# features vary by ~6e-8 of their size from rounding alone: an encoder's dead unit computed in another
+# batch size); it is centred but not scaled
+CONSTANT_FEATURE_RTOL = 1e-6
 
 
 class LinearProbeResult(NamedTuple):
@@ -24,8 +28,9 @@ class LinearProbeResult(NamedTuple):
             train + validation with the chosen penalty (None without a test split).
         weight (Tensor): (C, D) of the final model (on standardised features).
         bias (Tensor): (C,).
-        mean (Tensor): (D,) feature mean used for standardising.
-        std (Tensor): (D,) feature std used for standardising.
+        mean (Tensor): (D,) training feature mean used for standardising.
+        std (Tensor): (D,) training feature population std used for standardising (1 for a feature
+            constant on train).
     """
 
     l2: float
@@ -55,7 +60,9 @@ class LinearProbeResult(NamedTuple):
 def fit_logistic_regression(
     features: Tensor, labels: Tensor, num_classes: int, *, l2: float, max_iter: int = 300
 ) -> tuple[Tensor, Tensor]:
-    """Multinomial logistic regression minimising mean cross-entropy + ``l2`` * ||W||^2 / 2.
+    """Multinomial logistic regression minimising mean cross-entropy + ``l2`` * ||W||^2 / 2: scikit-learn's
+    ``LogisticRegression(C=..., solver="lbfgs")`` objective (summed cross-entropy + ||W||^2 / (2 C), bias
+    unpenalised) divided by N, so ``l2`` = 1 / (C N).
 
     Args:
         features (Tensor): (N, D) float.
@@ -91,8 +98,10 @@ def _fit(features: Tensor, labels: Tensor, num_classes: int, *, l2: float, max_i
     # detached: features still in an encoder's graph failed in the second backward, and a leaf that
     # required grad was given one
     features = features.detach().float()
-    weight = torch.zeros(num_classes, features.shape[1], requires_grad=True)
-    bias = torch.zeros(num_classes, requires_grad=True)
+    labels = labels.to(features.device)  # (labels built on the CPU for features on a GPU)
+    # on the features' device: CPU parameters failed on GPU features inside the first matmul
+    weight = torch.zeros(num_classes, features.shape[1], device=features.device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=features.device, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -127,6 +136,20 @@ def _check(name: str, features: Tensor, labels: Tensor, num_classes: int) -> Non
         raise ValueError(f"{name}: features hold NaN or infinite values")
 
 
+def _standardisation(features: Tensor) -> tuple[Tensor, Tensor]:
+    """(D,) float32 mean and scale of (N, D) training ``features``: the population std (as
+    ``sklearn.preprocessing.StandardScaler``), and 1 for a feature constant on train (a dead unit, or one
+    that varies only by rounding, within a relative :data:`CONSTANT_FEATURE_RTOL` of its largest
+    magnitude). Dividing such a feature by its ~0 std (clamped at 1e-6) multiplied whatever it held in
+    validation or test rows by up to a million: the refit on train + val saw those rows as outliers of
+    that size and collapsed to ~0 weights (test accuracy at chance)."""
+    x = features.double()  # (float32 sums of many rows lose the digits a small std lives in)
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, correction=0)
+    constant = std <= CONSTANT_FEATURE_RTOL * x.abs().amax(dim=0)  # (an all-zero column: 0 <= 0)
+    return mean.float(), torch.where(constant, torch.ones_like(std), std).float()
+
+
 def linear_probe(
     train: tuple[Tensor, Tensor],
     val: tuple[Tensor, Tensor],
@@ -138,7 +161,12 @@ def linear_probe(
 ) -> LinearProbeResult:
     """Fit a logistic-regression probe for each penalty, keep the best on ``val``, refit, test.
 
-    Features are standardised with the mean and std of the training features.
+    The fits run on the features' device (the labels may be anywhere). Features are standardised with
+    the mean and population std of the training features only (never
+    validation or test), a feature constant on train being centred but not scaled (see
+    :data:`CONSTANT_FEATURE_RTOL`), as ``sklearn.preprocessing.StandardScaler`` fitted on train does.
+    A class absent from train can still be given by ``num_classes`` or a later split's labels: the probe
+    never predicts it, and its validation and test items count as wrong.
 
     Args:
         train (tuple[Tensor, Tensor]): features (N, D) and labels (N,).
@@ -155,7 +183,8 @@ def linear_probe(
         TypeError: if a split is not a (features, labels) pair of tensors, ``l2_values`` not a sequence,
             or ``num_classes`` or ``max_iter`` not an int.
         ValueError: on mismatched shapes, an empty split or zero-width features, bad labels, fewer
-            than 2 classes, complex or non-finite features, ``max_iter`` < 1, or no/negative penalties.
+            than 2 classes, complex or non-finite features, features of two splits on two devices,
+            ``max_iter`` < 1, or no/negative penalties.
     """
     if isinstance(l2_values, str) or not isinstance(l2_values, abc.Sequence):  # (len()'s TypeError)
         raise TypeError(f"l2_values must be a sequence of numbers, got {type(l2_values).__name__}")
@@ -191,11 +220,14 @@ def linear_probe(
         )
     for name, (features, labels) in splits.items():
         _check(name, features, labels, num_classes)
+    devices = {name: s[0].device for name, s in splits.items()}
+    if len(set(devices.values())) > 1:  # (the standardisation failed inside torch on the second split)
+        raise ValueError(f"the features of every split must be on one device, got {devices}")
     # any integer dtype: cross_entropy's long; features detached (the mean and std kept no encoder graph)
-    train, val = (train[0].detach(), train[1].long()), (val[0].detach(), val[1].long())
-    test = None if test is None else (test[0].detach(), test[1].long())
-    mean = train[0].float().mean(dim=0)
-    std = train[0].float().std(dim=0).clamp_min(1e-6)
+    device = train[0].device  # labels go where the features are (accuracies compare the two)
+    train, val = (train[0].detach(), train[1].long().to(device)), (val[0].detach(), val[1].long().to(device))
+    test = None if test is None else (test[0].detach(), test[1].long().to(device))
+    mean, std = _standardisation(train[0])
 
     def standard(x: Tensor) -> Tensor:
         return (x.float() - mean) / std

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from torchflava.utils.checks import is_integer_tensor, is_prompt_template
+from torchflava.utils.checks import check_int, is_integer_tensor, is_prompt_template
 
 NORM_TOLERANCE = 1e-2  # relative: bf16 features normalised in bf16 have norms within ~4e-3 of 1
 
@@ -102,7 +102,7 @@ def zero_shot_classifier(
         ValueError: if there are no classes or templates, a class name is empty or repeated, a
             template lacks ``{}``, two class names give the same prompt tokens (see
             :func:`check_distinct_tokens`; before any text is encoded), or ``encode_text`` does not
-            return (P, D) finite floating-point features for the P prompts.
+            return (P, D) finite floating-point features for the P prompts, none of them all zero.
     """
     check_class_prompts(class_names, templates)
     prompts = [template.format(name) for name in class_names for template in templates]
@@ -124,29 +124,74 @@ def zero_shot_classifier(
     if not features.is_floating_point():
         raise ValueError(f"encode_text must return floating-point features, got {features.dtype}")
     check_finite(**{"encode_text's output": features})
+    zero = (features.detach().double().norm(dim=-1) == 0).nonzero().flatten().tolist()
+    if zero:  # (F.normalize leaves a zero row zero: its class's mean was then of the other prompts, silently)
+        raise ValueError(
+            f"encode_text returned a zero feature (no direction to normalise) for the prompt {prompts[zero[0]]!r}"
+        )
     features = F.normalize(features.detach().float(), dim=-1)
     per_class = features.view(len(class_names), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1)
 
 
-def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy of nearest-class-embedding classification; classes tied at the top share the
-    credit (1 / the number tied when the right one is among them: a random tie-break's expectation).
+def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int = 1) -> float:
+    """Top-``k`` accuracy of nearest-class-embedding classification. An image counts 1 when its class is
+    among the ``k`` best, 0 when ``k`` classes score strictly higher, and, where its class is tied with
+    others at the cut-off, the share of them that fits in the places left ((k - classes strictly higher)
+    / classes tied, its own included): a random tie-break's expectation, so that collapsed features
+    score 1/C at top-1 whatever the labels (argmax took the lowest index: 1.0 or 0.0).
 
     Args:
         image_features (Tensor): (N, D) normalised image features.
         class_embeddings (Tensor): (C, D) normalised class embeddings.
         labels (Tensor): (N,) class indices in [0, C).
+        k (int): how many of the best classes may hold the right one, in [1, C - 1] (1: top-1).
 
     Returns:
         float: accuracy in [0, 1].
 
     Raises:
-        TypeError: if an argument is not a tensor.
-        ValueError: if the shapes disagree, there are no images or fewer than 2 classes, ``labels`` are
-            not integers in range, the features are not floating-point or not on one device, or a
-            feature is NaN, infinite or not normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
+        TypeError: if an argument is not a tensor, or ``k`` not an int.
+        ValueError: if the shapes disagree, there are no images or fewer than 2 classes, ``k`` is not
+            below the number of classes (top-5 of 5 classes or fewer is right whatever the model),
+            ``labels`` are not integers in range, the features are not floating-point or not on one
+            device, or a feature is NaN, infinite or not normalised (norm 1 within a relative
+            :data:`NORM_TOLERANCE`).
     """
+    return _class_credit(image_features, class_embeddings, labels, k=k).mean().item()
+
+
+def mean_per_class_accuracy(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int = 1) -> float:
+    """Top-``k`` accuracy of each class over its own images, averaged over the classes that have images
+    (the CLIP paper's metric for its unbalanced sets: Pets, Caltech-101, Flowers, Aircraft). A class with
+    no image in ``labels`` has no accuracy and is left out of the mean (not counted as 0 or 1), though it
+    still competes as a prediction; ties as :func:`classification_accuracy`.
+
+    Args:
+        image_features (Tensor): (N, D) normalised image features.
+        class_embeddings (Tensor): (C, D) normalised class embeddings.
+        labels (Tensor): (N,) class indices in [0, C).
+        k (int): how many of the best classes may hold the right one, in [1, C - 1].
+
+    Returns:
+        float: the mean over the classes present in ``labels``, in [0, 1].
+
+    Raises:
+        TypeError: if an argument is not a tensor, or ``k`` not an int.
+        ValueError: as :func:`classification_accuracy`.
+    """
+    credit = _class_credit(image_features, class_embeddings, labels, k=k).double()
+    labels = labels.long().to(credit.device)
+    classes = class_embeddings.shape[0]
+    counts = torch.bincount(labels, minlength=classes)
+    sums = torch.zeros(classes, dtype=torch.float64, device=credit.device).index_add_(0, labels, credit)
+    present = counts > 0  # (a class without images would divide 0 by 0)
+    return (sums[present] / counts[present]).mean().item()
+
+
+def _class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int) -> Tensor:
+    """(N,) float32 credit of each image under top-``k`` classification (the rule and the errors of
+    :func:`classification_accuracy`), on the features' device."""
     _check_tensors(image_features=image_features, class_embeddings=class_embeddings, labels=labels)
     _check_features(image_features=image_features, class_embeddings=class_embeddings)
     if image_features.dim() != 2 or class_embeddings.dim() != 2 or image_features.shape[1] != class_embeddings.shape[1]:
@@ -161,6 +206,11 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
             "class_embeddings must hold at least 2 classes (with one every image is right), got "
             f"{class_embeddings.shape[0]}"
         )
+    if check_int("k", k, 1) >= class_embeddings.shape[0]:  # (the right class is always among the best k)
+        raise ValueError(
+            f"k must be below the number of classes, {class_embeddings.shape[0]} (top-{k} of them is right "
+            f"whatever the model), got {k}"
+        )
     if labels.shape != (image_features.shape[0],) or not is_integer_tensor(labels):
         raise ValueError(
             f"labels must be ({image_features.shape[0]},) integer class indices, got {labels.dtype} of shape "
@@ -172,12 +222,10 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
     check_normalised(image_features=image_features, class_embeddings=class_embeddings)
     similarity = image_features.float() @ class_embeddings.float().T  # (N, C)
     labels = labels.long().to(similarity.device)  # (gather takes long indices)
-    own = similarity.gather(1, labels[:, None]).squeeze(1)  # each image's score with its class
-    top = similarity.amax(dim=1)
-    # classes tied at the top share the credit: a random tie-break's expected accuracy (argmax took the
-    # lowest index, so collapsed features scored 1.0 or 0.0 depending on the labels)
-    tied = (similarity >= top[:, None]).sum(dim=1)
-    return ((own >= top).float() / tied).mean().item()
+    own = similarity.gather(1, labels[:, None])  # (N, 1) each image's score with its class
+    above = (similarity > own).sum(dim=1)  # classes that certainly rank first
+    tied = (similarity == own).sum(dim=1)  # its own class and those level with it (>= 1)
+    return ((k - above).clamp_min(0).float() / tied).clamp_max(1.0)
 
 
 def _check_tensors(**tensors: object) -> None:
@@ -210,8 +258,11 @@ def retrieval_recall(
 
     By default row i of each matches row i of the other. With ``image_of_text`` an image may have
     several captions (COCO's five): text->image is right when the text's image ranks within K, and
-    image->text when one of the image's captions does. Ties count against the right answer, so
-    collapsed, identical features score chance-like, not perfect, recall.
+    image->text when one of the image's captions does. Ties count against the right answer (a right
+    candidate ranks after every wrong one level with it), so collapsed, identical features score no
+    better than last, not perfect, recall. So do exact duplicates: one picture under two rows (two ids
+    of one file) ties with itself, and a caption listed under two images (two rows of one text) with
+    itself, each costing the other its R@1; give a file one row, and its captions one ``image_of_text``.
 
     Args:
         image_features (Tensor): (M, D) normalised, one row per distinct image.
