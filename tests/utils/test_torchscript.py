@@ -173,6 +173,18 @@ def test_a_pickle_calling_a_function_is_refused_before_anything_runs(tmp_path, t
         (_value((1, 2)), {}, r"expected a TorchScript module in its data.pkl, got a tuple"),
         (_tensor(), {"byteorder": b"big"}, r"expected tensors stored little-endian, got b'big'"),
     ],
+    ids=[
+        "short entry",
+        "huge numel",
+        "missing entry",
+        "key with a path",
+        "past its storage",
+        "negative stride",
+        "other global",
+        "C++ class",
+        "no module",
+        "big-endian",
+    ],
 )
 def test_a_malformed_archive_is_refused_naming_the_file_and_what_is_wrong(tmp_path, data_pkl, entries, match):
     if data_pkl.startswith(b"ctorch._utils"):  # a tensor: as a module's attribute
