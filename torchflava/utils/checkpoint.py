@@ -785,7 +785,7 @@ def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tenso
     (with ``scalars``, but that of one-element tensors: metadata some checkpoints hold beside the weights).
 
     The layouts and checks of :func:`load_state_dict`; safetensors headers are read alone and torch
-    files are memory-mapped (an old non-zip torch file is read whole). For checking that a
+    files are memory-mapped (an old non-zip torch file or a TorchScript archive is read whole). For checking that a
     checkpoint fits a model before any work (e.g. the model's converter on a meta-device model).
 
     Raises:
