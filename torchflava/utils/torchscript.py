@@ -110,7 +110,7 @@ def torchscript_state_dict(path: str) -> dict[str, Tensor]:
             the archive is malformed.
     """
     with zipfile.ZipFile(path) as archive:
-        top = archive.namelist()[0].split("/")[0]
+        top = next(iter(archive.namelist()), "").split("/")[0]  # (an empty zip: data.pkl is missing)
         root = _Unpickler(archive, top, path).load_root()
         declared = _declarations(archive, top, path)
     return _flatten(root, declared, path)
@@ -170,7 +170,7 @@ class _Unpickler(pickle.Unpickler):
 
     def _read(self, entry: str, dtype: torch.dtype, numel: int) -> Tensor:
         info = _stored_entry(self.archive, entry, self.path)
-        claimed = numel * torch.empty((), dtype=dtype).element_size()
+        claimed = numel * dtype.itemsize
         if info.file_size != claimed:  # (told before anything is read or allocated)
             raise ValueError(
                 f"{self.path}: its entry {entry!r} holds {info.file_size} bytes, but its storage claims {numel} "
