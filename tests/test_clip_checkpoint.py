@@ -3,14 +3,24 @@ directory saved by transformers, open_clip's Hub directory and bare weights file
 a torchflava run and its export: the clip_model arguments each states, its vocabulary size and end token,
 its tokenizer directory, and which tokenizers fit it."""
 
+import copy
 import json
 import shutil
 
+import open_clip
 import pytest
 from safetensors.torch import save_file
 import torch
+from torch.testing import assert_close
 
-from tests.models.clip.test_convert_weights import _open_clip_hub_directory
+from tests.models.clip.test_convert_weights import (
+    OPEN_CLIP_CFG,
+    OPENAI_ENTRIES,
+    OPENAI_SMALL,
+    _open_clip_hub_directory,
+    _perturb,
+    captions,
+)
 from tests.test_zero_shot_command import write_hf_clip
 from torchflava.data.clip_tokenizer import CLIPTokenizer, read_tokenizer
 from torchflava.data.tokenizer import WordPieceTokenizer
@@ -126,6 +136,35 @@ def test_open_clip_weights_state_their_sizes_and_no_end_token(tmp_path):
     assert read_clip_checkpoint(lone / "openai.pt").stated == stated
     given = {"activation": "gelu", "text_layers": None}  # a given activation is the caller's
     assert "activation" not in read_clip_checkpoint(lone / "openai.pt", given=given).stated
+
+
+def test_openai_torchscript_archive_loads_as_open_clip_computes_with_its_fp16_weights(tmp_path):
+    """OpenAI's released .pt files are TorchScript archives of an fp16 model with its three entries as buffers
+    (they were refused, naming torch.jit.load): their weights are read without running their code, and the
+    fp32 model's features are open_clip's on the same fp16-rounded weights (open_clip loads OpenAI's and casts)."""
+    torch.manual_seed(0)
+    reference = _perturb(open_clip.model.CLIP(**OPEN_CLIP_CFG))
+    for key, value in OPENAI_ENTRIES.items():  # (open_clip keeps two as ints, read by no forward)
+        reference.__dict__.pop(key, None)
+        reference.register_buffer(key, torch.tensor(value))
+    path = tmp_path / "ViT-tiny.pt"
+    torch.jit.save(torch.jit.script(copy.deepcopy(reference).half()), str(path))
+    reference = reference.half().float().eval()  # the weights the archive holds, in fp32
+
+    checkpoint = read_clip_checkpoint(path)  # its tensors' sizes, QuickGELU for OpenAI's entries
+    assert checkpoint.weights == path and not checkpoint.holds_tokenizer
+    assert checkpoint.stated == dict(
+        image_size=32, patch_size=8, vocab_size=99, context_length=16, activation="quick_gelu"
+    )
+    ours = clip_model(pretrained=path, **OPENAI_SMALL).eval()
+    assert ours.logit_scale.dtype == torch.float32
+    images, (ids, _) = torch.randn(2, 3, 32, 32), captions([5, 16], 16, vocab=99, bos=97, eos=98)
+    with torch.no_grad():
+        assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=1e-4, rtol=0)
+        assert_close(ours.encode_text(ids), reference.encode_text(ids, normalize=True), atol=1e-4, rtol=0)
+    assert_close(ours.logit_scale, reference.logit_scale, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"were trained with QuickGELU: build with activation='quick_gelu'"):
+        clip_model(pretrained=path, **OPENAI_SMALL, activation="gelu")
 
 
 def test_hugging_face_weights_alone_need_their_config_or_an_activation(hf_clip, tmp_path):

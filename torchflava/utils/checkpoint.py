@@ -1,6 +1,7 @@
 """Reading and writing state dicts: local paths or URLs, safetensors or torch files.
 
-Loading never runs pickled code: torch files are read with ``weights_only=True``.
+Loading never runs pickled code: torch files are read with ``weights_only=True``, TorchScript archives
+(OpenAI's CLIP ``.pt``) by :mod:`torchflava.utils.torchscript`, their weights alone.
 Writing is atomic: a file is written under a temporary name in the same directory, then renamed.
 """
 
@@ -30,6 +31,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 import torch
 from torch import Tensor, nn
+
+from torchflava.utils.torchscript import is_torchscript, torchscript_state_dict
 
 PathLike = Union[str, os.PathLike]
 
@@ -522,11 +525,6 @@ def _file_kind(path: Path) -> str:
 def _refusal(error: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in one line: the unpickler's own reason
     (e.g. ``Unsupported global: GLOBAL argparse.Namespace``), not torch's advice to unpickle."""
-    if "TorchScript archive" in str(error):  # torch names the kind, then advises unpickling
-        return (
-            "it is a TorchScript archive (e.g. OpenAI's original CLIP .pt), which holds code; if you trust it, "
-            "save torch.jit.load(path).state_dict() and load that"
-        )
     lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()
     reason = next(
         (line.split("WeightsUnpickler error:", 1)[1] for line in lines if "WeightsUnpickler error:" in line), ""
@@ -554,14 +552,7 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
             raise ValueError(f"could not read {path} as a safetensors file: {first_line(error)}") from error
     # (peek_state_dict maps the file to read names and shapes: no tensor data is read or checked)
     _check_zip(path, crcs=not mmap)
-    try:
-        obj = _torch_load(path, mmap)
-    except Exception as err:  # pickled code, a truncated file, or not a torch file at all
-        if isinstance(err, EOFError) or "unexpected EOF" in str(err):  # a legacy (pickle) file cut short
-            raise ValueError(f"{path} is truncated: not a valid torch checkpoint (download or copy it again)") from err
-        raise ValueError(
-            f"could not read {path} as a state dict with weights_only=True (no pickled code is run): {_refusal(err)}"
-        ) from err
+    obj = torchscript_state_dict(str(path)) if is_torchscript(str(path)) else _torch_file(path, mmap)
     wrapper = next((k for k in _WRAPPERS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
     obj = obj[wrapper] if wrapper is not None else obj
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -569,6 +560,18 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors), got {found}")
     _refuse_repeated_storage(path, obj)
     return _checked_tensors(path, obj, values=not mmap)
+
+
+def _torch_file(path: Path, mmap: bool) -> object:
+    """What a torch file holds, read with ``weights_only`` (ValueError naming it if refused or cut short)."""
+    try:
+        return _torch_load(path, mmap)
+    except Exception as err:  # pickled code, a truncated file, or not a torch file at all
+        if isinstance(err, EOFError) or "unexpected EOF" in str(err):  # a legacy (pickle) file cut short
+            raise ValueError(f"{path} is truncated: not a valid torch checkpoint (download or copy it again)") from err
+        raise ValueError(
+            f"could not read {path} as a state dict with weights_only=True (no pickled code is run): {_refusal(err)}"
+        ) from err
 
 
 def _refuse_repeated_storage(path: Path, tensors: dict[str, Tensor]) -> None:
@@ -935,6 +938,7 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
             or an http(s) URL of a file. A torch file may hold the state dict under a ``"state_dict"``
             or ``"model"`` entry, as training scripts save it (beside an epoch, an optimiser's state...):
             that entry is read, its keys as saved (the models' loaders drop a DDP ``module.`` prefix).
+            A TorchScript archive (``torch.jit.save``) gives its module's state dict, none of its code run.
 
     Returns:
         dict[str, Tensor]: the tensors by name, on CPU.
@@ -987,7 +991,7 @@ def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tenso
     (with ``scalars``, but that of one-element tensors: metadata some checkpoints hold beside the weights).
 
     The layouts and checks of :func:`load_state_dict`; safetensors headers are read alone and torch
-    files are memory-mapped (an old non-zip torch file is read whole). For checking that a
+    files are memory-mapped (an old non-zip torch file or a TorchScript archive is read whole). For checking that a
     checkpoint fits a model before any work (e.g. the model's converter on a meta-device model).
 
     Raises:
