@@ -394,6 +394,28 @@ def test_a_fresh_start_over_damaged_checkpoints_sets_them_aside(tmp_path, capsys
     assert len(list((root / "abandoned").glob("metrics.jsonl*"))) == 1
 
 
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_or_link_named_like_a_checkpoint_is_refused_at_the_start_and_left_as_it_was(tmp_path, kind):
+    """A plain file checkpoints/step_<N> was renamed to .step_<N>.deleting when the run saved step N, and
+    kept there for good (rmtree cannot remove a file): now the run refuses to start, naming it."""
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    stray = root / "step_00000003"
+    if kind == "file":
+        stray.write_text("notes")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        stray.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError) as caught:
+        run(tmp_path, max_steps=6, checkpoint_every=3, resume="auto")
+    assert str(caught.value) == (
+        f"key 'training.output_dir': expected only checkpoint directories named step_<N> in {root}, got 1 "
+        f"file(s) or link(s) of such a name ({stray}); move them elsewhere"
+    )
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000003"] and stray.is_symlink() == (kind == "link")
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     run(tmp_path / "a", max_steps=2, checkpoint_every=2)
     training, optim = settings(

@@ -140,7 +140,8 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
     Raises:
         ConfigError: if another live run holds ``training.output_dir`` (naming its pid), if
             ``training.resume`` is none but the output directory holds checkpoints, if it names a
-            directory that is not an intact checkpoint, or one past ``training.max_steps``.
+            directory that is not an intact checkpoint, or one past ``training.max_steps``; or if
+            ``checkpoints/`` holds a file or link named like a checkpoint (``step_<N>``).
     """
     directory = Path(training.output_dir).resolve()
     if _rank() == 0 and directory not in _HELD:
@@ -150,7 +151,15 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
             _HELD[directory] = RunLock(directory).acquire()
         except RunDirectoryInUse as error:
             raise ConfigError(f"key 'training.output_dir': {error}") from None
-    resume_from = resume_point(checkpoint_manager(training), training.resume)
+    checkpoints = checkpoint_manager(training)
+    strays = checkpoints.strays()
+    if strays:  # a save of its step, or rotation, would rename it and leave it behind as .step_<N>.deleting
+        raise ConfigError(
+            f"key 'training.output_dir': expected only checkpoint directories named step_<N> in {checkpoints.root}, "
+            f"got {len(strays)} file(s) or link(s) of such a name ({', '.join(str(p) for p in strays[:3])}); "
+            "move them elsewhere"
+        )
+    resume_from = resume_point(checkpoints, training.resume)
     if resume_from is not None and checkpoint_step(resume_from) > training.max_steps:
         raise ConfigError(
             f"key 'training.max_steps': expected at least the step of the checkpoint resumed from, "
