@@ -683,12 +683,12 @@ def test_a_missing_extra_validation_set_exits_2_with_one_line_before_any_work(ex
 def test_a_run_from_before_validation_sets_resumes_and_may_add_one(tmp_path):
     """data.val_name and data.extra_val change only what is evaluated after training: a run whose
     config.yaml predates them (or lists other sets) resumes."""
-    from torchflava.training.config import check_resume_config
+    from torchflava.training.config import check_resume_config, save_config
 
     _write_mnli(tmp_path)
     files = [f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'dev_matched.tsv'}", "data.task=glue"]
     cfg = finetune.load_config(finetune.FinetuneConfig, files)
-    finetune.save_config(cfg, tmp_path / "config.yaml")
+    save_config(cfg, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
     old = "".join(line for line in text.splitlines(keepends=True) if "val_name" not in line and "extra_val" not in line)
     assert old != text

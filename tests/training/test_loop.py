@@ -476,7 +476,7 @@ def test_a_checkpoint_records_its_config_and_a_resume_is_checked_against_it_alon
     assert (checkpoint / "config.yaml").read_text() == start.config
     assert "activation: gelu" in start.config
     assert "config.yaml" in json.loads((checkpoint / "COMPLETE").read_text())["files"]  # under the digest
-    assert not (tmp_path / "a" / "config.yaml").exists()  # (a recipe writes it; the loop alone does not)
+    assert (tmp_path / "a" / "config.yaml").read_text() == start.config  # the run's, written by the loop
     shutil.copytree(checkpoint, tmp_path / "copied" / "step_00000002")
     for out, resume in ((tmp_path / "a", "auto"), (tmp_path / "b", str(tmp_path / "copied" / "step_00000002"))):
         recorded = Path(resume if resume != "auto" else checkpoint) / "config.yaml"
@@ -489,6 +489,58 @@ def test_a_checkpoint_records_its_config_and_a_resume_is_checked_against_it_alon
         )
         _, again = _started(out, max_steps=4, resume=resume)  # the same model: resumes
         assert again.resume_from == recorded.parent and len(again.loop_states) == 1
+
+
+def test_a_resume_refused_inside_fit_leaves_the_runs_config_and_files_as_they_were(tmp_path):
+    """The recipes wrote config.yaml (and their vocabulary) before fit, whose loading of the checkpoint could
+    still refuse the resume: config.yaml then described a run (here lr 0.5) its checkpoints do not belong
+    to. fit writes both now, once the checkpoint has loaded."""
+    written = []
+
+    def run_files(directory: Path) -> None:
+        written.append(directory)
+        (directory / "vocab.txt").write_text(f"vocab of run {len(written)}\n")
+
+    config, start = _started(tmp_path, max_steps=2, checkpoint_every=2)
+    fit(
+        Toy(),
+        toy_step,
+        ToyData(2),
+        training=config.training,
+        optim=config.optim,
+        shard_layers=(),
+        start=start,
+        run_files=run_files,
+    )
+    assert written == [tmp_path] and (tmp_path / "config.yaml").read_text() == start.config
+    saved = {name: (tmp_path / name).read_text() for name in ("config.yaml", "vocab.txt", "metrics.jsonl")}
+    config, start = _started(tmp_path, max_steps=4, resume="auto", lr=0.5)  # an applied change: start_run passes it
+    wider = Toy()
+    wider.linear = Linear(3, 5)  # a checkpoint that does not load: refused inside fit
+    with pytest.raises(ConfigError, match=r"^key 'training.resume': .*step_00000002 does not load into this run's"):
+        fit(
+            wider,
+            toy_step,
+            ToyData(4),
+            training=config.training,
+            optim=config.optim,
+            shard_layers=(),
+            start=start,
+            run_files=run_files,
+        )
+    assert written == [tmp_path]  # not called
+    assert {name: (tmp_path / name).read_text() for name in saved} == saved
+    fit(
+        Toy(),
+        toy_step,
+        ToyData(4),
+        training=config.training,
+        optim=config.optim,
+        shard_layers=(),
+        start=start,
+        run_files=run_files,
+    )
+    assert "lr: 0.5" in (tmp_path / "config.yaml").read_text() and written == [tmp_path, tmp_path]
 
 
 def test_a_checkpoint_that_records_no_config_is_refused_without_its_runs_config(tmp_path):

@@ -86,7 +86,7 @@ from torchflava.training.schema import (
     setup_training,
     training_checks,
 )
-from torchflava.utils.checkpoint import check_zip_expansion, first_line
+from torchflava.utils.checkpoint import atomic_write, check_zip_expansion, first_line
 from torchflava.utils.memory import keep_freed_memory
 
 
@@ -340,6 +340,7 @@ def fit(
     num_workers: int = 0,
     description: str = "training",
     start: Optional[RunStart] = None,
+    run_files: Optional[Callable[[Path], None]] = None,
 ) -> FitResult:
     """Train ``model`` for ``training.max_steps`` optimiser steps (collective: every rank calls it).
 
@@ -362,7 +363,13 @@ def fit(
         num_workers (int): data-loader worker processes.
         description (str): the progress bar's label.
         start (Optional[RunStart]): what the recipe's :func:`start_run` found (its resume point is
-            used as is, not looked up and verified again); None looks it up here.
+            used as is, not looked up and verified again); None looks it up here. Its config is
+            written to ``<output_dir>/config.yaml`` (rank 0) once every check of a resume has passed.
+        run_files (Optional[Callable[[Path], None]]): writes the recipe's own files into the run
+            directory it is given (e.g. a learnt vocabulary), on rank 0, at that same point: after
+            the checkpoint resumed from has loaded into the model, before the loop writes anything.
+            A recipe writes nothing there itself before ``fit``, so that a refused resume (a
+            checkpoint that does not load) leaves the directory as it was.
 
     Returns:
         FitResult: final step and loss, unusable samples, the checkpoint resumed from.
@@ -407,6 +414,12 @@ def fit(
         )
         if streamed:  # checked before anything in the run directory is moved or rewritten
             _restore_position(data, position)
+    # Every refusal is behind us: the run directory now describes this run.
+    if _rank() == 0:
+        if recorded is not None:  # the config start_run compared and every checkpoint records
+            atomic_write(Path(t.output_dir) / "config.yaml", lambda tmp: Path(tmp).write_text(recorded[CONFIG]))
+        if run_files is not None:
+            run_files(Path(t.output_dir))
     # Checkpoints past the start: an abandoned trajectory's, or damaged ones resume=auto passed over (a
     # fresh run finds no others). Out of rotation's and auto's way, so both see only this run's; kept.
     abandoned = []
