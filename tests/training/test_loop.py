@@ -294,6 +294,37 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     assert again.loss is None and again.step == 8 and again.skipped == full.skipped
 
 
+def test_a_record_holds_the_mean_losses_since_the_last_one_also_across_a_resume(tmp_path):
+    """With training.log_every > 1 the record held the logged step's own loss (one step in ten, say),
+    not the mean over the steps it stands for; the window's sums travel in the checkpoint, so a run
+    resumed inside a window logs what the uninterrupted one does."""
+    run(tmp_path / "every", max_steps=7, log_every=1)
+    each = read_metrics(tmp_path / "every" / "metrics.jsonl")
+    run(tmp_path / "windows", max_steps=7, log_every=4, checkpoint_every=3)
+    windows = read_metrics(tmp_path / "windows" / "metrics.jsonl")
+    assert [r["step"] for r in windows] == [4, 7]
+    for record, steps in zip(windows, (each[0:4], each[4:7])):
+        for key in ("loss", "loss/tokens", "loss/rows"):
+            assert record[key] == sum(r[key] for r in steps) / len(steps), key
+        assert record["grad_norm"] == steps[-1]["grad_norm"] and record["lr"] == steps[-1]["lr"]
+    assert windows[0]["loss"] != each[3]["loss"]
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 5:  # after step 5's update: step 4 was logged, the last checkpoint is step 3
+            raise Killed
+
+    calls = {"n": 0}
+    with pytest.raises(Killed):
+        run(tmp_path / "stopped", max_steps=7, log_every=4, checkpoint_every=3, after_step=killed)
+    run(tmp_path / "stopped", max_steps=7, log_every=4, checkpoint_every=3, resume="auto")  # from step 3's
+    resumed = read_metrics(tmp_path / "stopped" / "metrics.jsonl")
+    drop = ("samples_per_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in drop} for r in windows
+    ]
+
+
 def test_a_non_finite_loss_stops_naming_the_last_good_checkpoint(tmp_path):
     def step(model, item):
         calls["n"] += 1
@@ -599,6 +630,15 @@ def _set(state: dict, key: str, value) -> dict:
             lambda s: _set(s, "groups", [[["linear.weight"], 1.0]] * 7),
             "groups are not one [names, multiplier] per scheduled group (2)",
         ),
+        (
+            lambda s: _set(s, "window", {"steps": 2, "loss": 1.0, "parts": {"tokens": [1.0, 3]}}),
+            "window parts are not [sum, steps] per loss name",
+        ),
+        (
+            lambda s: _set(s, "window", {"steps": -1, "loss": "x", "parts": {}}),
+            "window has steps -1 and loss 'x', expected a count >= 0 and a number",
+        ),
+        (lambda s: _set(s, "window", [1]), "window is not the logged window's sums (steps, loss and parts)"),
     ],
 )
 def test_a_malformed_loop_state_is_refused_in_one_line_before_anything_is_written(tmp_path, tamper, fault, capsys):
