@@ -50,7 +50,7 @@ from torchflava.data.streaming import (
     shard_texts,
     streaming_checks,
 )
-from torchflava.data.tokenizer import SPECIAL_TOKENS, run_vocabulary, source_texts
+from torchflava.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, source_texts
 from torchflava.data.transforms import EvalImageTransform, ImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
 from torchflava.models import clip_model
@@ -58,8 +58,8 @@ from torchflava.models.clip import clip_model_arguments
 from torchflava.modules.losses import contrastive_loss
 from torchflava.pretrained import CLIPCheckpoint, checkpoint_image_transform, load_pretrained, read_clip_checkpoint
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, load_config, save_config
-from torchflava.training.distributed import barrier
+from torchflava.training.config import ConfigError, builder_config, load_config
+from torchflava.training.distributed import barrier, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
@@ -373,6 +373,24 @@ def pair_texts(cfg: DataConfig, pairs: Optional[torch.utils.data.Dataset]) -> li
     return source_texts({"pairs": pairs}, limit=cfg.vocab_training_texts)
 
 
+def learnt_tokenizer(
+    cfg: DataConfig, pairs: Optional[torch.utils.data.Dataset], out_dir: Path, *, resumed: bool
+) -> WordPieceTokenizer:
+    """The vocabulary a resumed run learnt (its ``vocab.txt``); else one learnt now from the captions rank 0
+    reads, on every rank, in memory: ``fit`` writes it into the run directory once every check has passed,
+    so a run refused before (shards that do not stream) leaves none.
+
+    Raises:
+        ValueError: if the data holds no caption.
+    """
+    if resumed and (out_dir / "vocab.txt").is_file():
+        return WordPieceTokenizer.from_directory(out_dir)
+    texts = rank0_value(lambda: pair_texts(cfg, pairs))
+    if not texts:
+        raise ValueError("vocab: none given and the data holds no text to learn a vocabulary from")
+    return WordPieceTokenizer.train(texts, vocab_size=cfg.vocab_size)
+
+
 def build_batches(
     cfg: TrainConfig, pairs: Optional[torch.utils.data.Dataset], collator, rank: int, world_size: int
 ) -> torch.utils.data.Dataset:
@@ -438,13 +456,7 @@ def main(cfg: TrainConfig) -> dict:
         lambda: (
             read_tokenizer(source)
             if source is not None
-            else run_vocabulary(
-                None,
-                lambda: pair_texts(d, pairs),
-                out_dir,
-                vocab_size=d.vocab_size,
-                resumed=resume_from is not None,
-            )
+            else learnt_tokenizer(d, pairs, out_dir, resumed=resume_from is not None)
         ),
     )
     kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)  # (a learnt or downloaded one: now)
@@ -456,9 +468,6 @@ def main(cfg: TrainConfig) -> dict:
     torch.manual_seed(t.seed)
     weights = checkpoint.weights if checkpoint is not None else None
     model = clip_model(pretrained=weights, **kwargs).to(info.device)
-    if info.is_main:
-        tokenizer.save(out_dir)
-        save_config(cfg, out_dir / "config.yaml")
 
     @torch.no_grad()
     def clamp_logit_scale() -> None:
@@ -475,6 +484,7 @@ def main(cfg: TrainConfig) -> dict:
             num_workers=d.num_workers,
             description="clip",
             start=start,
+            run_files=tokenizer.save,  # with config.yaml, once the resume is checked: nothing written before
         )
     except BrokenStream as error:  # shards whose first samples read, broken further on
         raise ConfigError(broken_stream_message(error, d.files.pairs_shards)) from None

@@ -38,7 +38,7 @@ from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava.classification import LOSSES, MODALITIES
 from torchflava.pretrained import checkpoint_layout, load_pretrained
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, load_config, save_config
+from torchflava.training.config import ConfigError, builder_config, load_config
 from torchflava.training.distributed import barrier
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.schema import (
@@ -405,8 +405,7 @@ def main(cfg: FinetuneConfig) -> dict:
     kwargs = {**asdict(cfg.model), "pretrained": None, "loss": loss}  # the backbone comes loaded
     model = flava_model_for_classification(num_classes, backbone=pretrained.model, **kwargs).to(info.device)
     raise_on_failed_checks([lr_multipliers_check(model, cfg.optim)])  # before the run directory is written
-    if info.is_main:
-        save_config(cfg, out_dir / "config.yaml")
+    # fit writes config.yaml once the resume is checked: nothing is written in the run directory before
     result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
 
     export_model(model, out_dir / "model" / "flava_classification.safetensors")

@@ -16,6 +16,7 @@ import torch
 
 from tests.helpers import load_recipe, served_directory
 from tests.test_zero_shot_command import write_hf_clip
+from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, ImageTransformSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,6 +207,24 @@ def test_resume_refuses_architecture_and_data_changes_and_applies_optimiser_chan
     assert [records[s]["lr"] for s in range(1, 7)] == [lr_before[s] for s in range(1, 7)]
     assert records[7]["lr"] > 100 * lr_before[6]  # the new peak lr, on the schedule of the longer run
     assert "lr: 0.5" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_resume_refused_by_the_checkpoint_leaves_the_run_directory_as_it_was(tmp_path):
+    """data.vocab's file grew a token since the run began (the same config): the checkpoint no longer loads
+    into the model, which fit alone can find; the recipe had rewritten config.yaml (here with the new lr)
+    and the run's vocabulary before it, so both described a run its checkpoints do not belong to."""
+    vocab = tmp_path / "vocab.txt"
+    WordPieceTokenizer.train(["a red square", "a blue circle"], vocab_size=60).save(tmp_path)
+    out = tmp_path / "run"
+    base = [f"training.output_dir={out}", "training.max_steps=2", "training.checkpoint_every=2", "optim.warmup_steps=0"]
+    base += ["eval.enabled=false"]
+    train.main(_config(*base, f"data.vocab={vocab}"))
+    saved = {name: (out / name).read_text() for name in ("config.yaml", "vocab.txt", "metrics.jsonl")}
+    vocab.write_text(vocab.read_text() + "zebra\n")
+    resumed = _config(*base, f"data.vocab={vocab}", "training.resume=auto", "training.max_steps=4", "optim.lr=0.5")
+    with pytest.raises(train.ConfigError, match=r"^key 'training.resume': .*step_00000002 does not load into this"):
+        train.main(resumed)
+    assert {name: (out / name).read_text() for name in saved} == saved
 
 
 def test_resuming_another_runs_checkpoint_compares_with_that_runs_config(tmp_path, monkeypatch):
@@ -568,11 +587,11 @@ def test_a_karpathy_split_file_trains_on_the_splits_named(tmp_path):
 def test_a_resumed_run_may_not_change_which_pairs_it_reads(tmp_path):
     """The captions keys choose the pairs trained on: refused on resume like the files themselves; a run
     saved before they existed resumes with them unset."""
-    from torchflava.training.config import check_resume_config
+    from torchflava.training.config import check_resume_config, save_config
 
     base = ["data.source=files", f"data.files.pairs_captions={tmp_path / 'dataset_coco.json'}"]
     base += ["data.files.pairs_split=[train]"]
-    train.save_config(_config(*base), tmp_path / "config.yaml")
+    save_config(_config(*base), tmp_path / "config.yaml")
     for change in ("data.files.pairs_split=[train,restval]", "data.files.pairs_image_key=image"):
         key = change.split("=")[0]
         with pytest.raises(train.ConfigError, match=rf"^keys '{key}' \(.* -> .*\): expected the values"):

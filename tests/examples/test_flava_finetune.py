@@ -214,6 +214,46 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(export, tmp_p
     assert {s: r["loss"] for s, r in after.items()} == {s: r["loss"] for s, r in before.items()}  # exactly
 
 
+def test_a_resumed_run_may_evaluate_on_another_validation_set_and_trains_exactly_as_before(
+    export, tmp_path, monkeypatch
+):
+    """data.val (and data.shapes_val) is read only after training, to evaluate the final model: a run that
+    resumed with another validation set was refused, though its training stream is the same."""
+    from torchflava.training.config import check_resume_config, config_yaml
+
+    scenes, texts = _sentences(120, 5)
+    rows = [(t, "red" if s.colour == "red" else "other") for s, t in zip(scenes, texts)]
+    _write_glue(tmp_path / "train.tsv", rows[:80], ["sentence", "label"])
+    _write_glue(tmp_path / "dev.tsv", rows[80:100], ["sentence", "label"])
+    _write_glue(tmp_path / "other_dev.tsv", rows[80:], ["sentence", "label"])
+    common = ["data.task=glue", f"data.train={tmp_path / 'train.tsv'}", "data.labels=[other,red]"]
+    common += ["model.modality=text", "training.log_every=1", "training.checkpoint_every=2", "optim.warmup_steps=0"]
+    common += ["model.classifier_dropout=0.3", "training.max_steps=4"]  # the RNG stream matters too
+    dev, other = f"data.val={tmp_path / 'dev.tsv'}", f"data.val={tmp_path / 'other_dev.tsv'}"
+    assert _run(export, tmp_path / "reference", *common, dev)["validation"]["items"] == 20
+    fit, calls = finetune.fit, {"n": 0}
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 3:  # after step 3's update: the last checkpoint is step 2's
+            raise _Killed
+
+    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
+    with pytest.raises(_Killed):
+        _run(export, tmp_path / "run", *common, dev)
+    monkeypatch.undo()
+    report = _run(export, tmp_path / "run", *common, other, "training.resume=auto")
+    assert report["validation"]["items"] == 40  # the new set's
+    after, before = _records(tmp_path / "run"), _records(tmp_path / "reference")
+    assert sorted(after) == [1, 2, 3, 4]
+    assert {s: r["loss"] for s, r in after.items()} == {s: r["loss"] for s, r in before.items()}  # exactly
+    assert f"val: {tmp_path / 'other_dev.tsv'}" in (tmp_path / "run" / "config.yaml").read_text()
+    shapes = finetune.load_config(finetune.FinetuneConfig, SHAPES)
+    (tmp_path / "shapes.yaml").write_text(config_yaml(shapes))
+    held_out = finetune.load_config(finetune.FinetuneConfig, [*SHAPES, "data.shapes_val=60"])
+    assert check_resume_config(tmp_path / "shapes.yaml", held_out) == []
+
+
 KILLED = [*SHAPES, "training.max_steps=10", "training.checkpoint_every=4", "model.classifier_dropout=0.3"]
 KILLED += ["training.global_batch_size=16", "training.progress_bar=false", "training.tensorboard=false"]
 KILLED += ["optim.lr=3e-3", "optim.warmup_steps=3", "model.classifier_hidden_dim=32", "training.resume=auto"]
@@ -683,12 +723,12 @@ def test_a_missing_extra_validation_set_exits_2_with_one_line_before_any_work(ex
 def test_a_run_from_before_validation_sets_resumes_and_may_add_one(tmp_path):
     """data.val_name and data.extra_val change only what is evaluated after training: a run whose
     config.yaml predates them (or lists other sets) resumes."""
-    from torchflava.training.config import check_resume_config
+    from torchflava.training.config import check_resume_config, save_config
 
     _write_mnli(tmp_path)
     files = [f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'dev_matched.tsv'}", "data.task=glue"]
     cfg = finetune.load_config(finetune.FinetuneConfig, files)
-    finetune.save_config(cfg, tmp_path / "config.yaml")
+    save_config(cfg, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
     old = "".join(line for line in text.splitlines(keepends=True) if "val_name" not in line and "extra_val" not in line)
     assert old != text

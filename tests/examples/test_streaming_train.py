@@ -231,4 +231,16 @@ def test_shards_without_usable_samples_are_a_one_line_error_naming_the_key(tmp_p
         assert message.startswith(f"key 'data.files.pairs_shards': expected {expected}, got '{shard}' ({found}")
         assert "\n" not in message and "unreadable image" in message
     assert message.endswith("); the data looks broken)")
-    assert not (tmp_path / "run0" / "checkpoints").exists() and not (tmp_path / "run0" / "config.yaml").exists()
+    assert not (tmp_path / "run0").exists()  # nothing written: not the vocabulary learnt from the captions either
+
+
+def test_a_flava_run_refused_for_its_shards_leaves_no_learnt_vocabulary(tmp_path):
+    """The vocabulary learnt from the captions was written into the run directory before the streamed data
+    was built; shards whose images do not decode then refused the run, leaving a run directory holding
+    only the vocabulary of a run that never started."""
+    shard = _shard(tmp_path / "bad.tar", good=0, bad=60)
+    overrides = [f"config={FLAVA_DEBUG}", *STREAM, f"data.files.pairs_shards={shard}", "training.max_steps=2"]
+    overrides += ["data.streaming.shuffle_buffer=0", "optim.warmup_steps=0", f"training.output_dir={tmp_path / 'run'}"]
+    with pytest.raises(FLAVA.ConfigError, match=r"^key 'data.files.pairs_shards': expected shards to stream"):
+        FLAVA.main(FLAVA.load_config(FLAVA.TrainConfig, overrides))
+    assert not (tmp_path / "run").exists()

@@ -229,3 +229,17 @@ def test_bad_arguments(tmp_path):
     manager = CheckpointManager(tmp_path)
     with pytest.raises(CheckpointIntegrityError, match="not a complete checkpoint"):
         manager.load(tmp_path, *build(0))
+
+
+def test_a_file_under_a_checkpoints_name_is_refused_never_renamed(tmp_path):
+    """Saving step N over a plain file step_<N> renamed it to .step_<N>.deleting and left it there."""
+    model, optimizer = build(0)
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    (root / "step_00000002").write_text("notes")
+    manager = CheckpointManager(root, keep=1)
+    assert manager.strays() == [root / "step_00000002"] and manager.complete() == []
+    with pytest.raises(ValueError, match=r"step_00000002: expected a checkpoint directory to delete, got a file"):
+        manager.save(2, model, optimizer, {"step": 2})
+    assert (root / "step_00000002").read_text() == "notes"
+    assert not (root / ".step_00000002.deleting").exists()

@@ -294,6 +294,37 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     assert again.loss is None and again.step == 8 and again.skipped == full.skipped
 
 
+def test_a_record_holds_the_mean_losses_since_the_last_one_also_across_a_resume(tmp_path):
+    """With training.log_every > 1 the record held the logged step's own loss (one step in ten, say),
+    not the mean over the steps it stands for; the window's sums travel in the checkpoint, so a run
+    resumed inside a window logs what the uninterrupted one does."""
+    run(tmp_path / "every", max_steps=7, log_every=1)
+    each = read_metrics(tmp_path / "every" / "metrics.jsonl")
+    run(tmp_path / "windows", max_steps=7, log_every=4, checkpoint_every=3)
+    windows = read_metrics(tmp_path / "windows" / "metrics.jsonl")
+    assert [r["step"] for r in windows] == [4, 7]
+    for record, steps in zip(windows, (each[0:4], each[4:7])):
+        for key in ("loss", "loss/tokens", "loss/rows"):
+            assert record[key] == sum(r[key] for r in steps) / len(steps), key
+        assert record["grad_norm"] == steps[-1]["grad_norm"] and record["lr"] == steps[-1]["lr"]
+    assert windows[0]["loss"] != each[3]["loss"]
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 5:  # after step 5's update: step 4 was logged, the last checkpoint is step 3
+            raise Killed
+
+    calls = {"n": 0}
+    with pytest.raises(Killed):
+        run(tmp_path / "stopped", max_steps=7, log_every=4, checkpoint_every=3, after_step=killed)
+    run(tmp_path / "stopped", max_steps=7, log_every=4, checkpoint_every=3, resume="auto")  # from step 3's
+    resumed = read_metrics(tmp_path / "stopped" / "metrics.jsonl")
+    drop = ("samples_per_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in drop} for r in windows
+    ]
+
+
 def test_a_non_finite_loss_stops_naming_the_last_good_checkpoint(tmp_path):
     def step(model, item):
         calls["n"] += 1
@@ -394,6 +425,28 @@ def test_a_fresh_start_over_damaged_checkpoints_sets_them_aside(tmp_path, capsys
     assert len(list((root / "abandoned").glob("metrics.jsonl*"))) == 1
 
 
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_or_link_named_like_a_checkpoint_is_refused_at_the_start_and_left_as_it_was(tmp_path, kind):
+    """A plain file checkpoints/step_<N> was renamed to .step_<N>.deleting when the run saved step N, and
+    kept there for good (rmtree cannot remove a file): now the run refuses to start, naming it."""
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    stray = root / "step_00000003"
+    if kind == "file":
+        stray.write_text("notes")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        stray.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError) as caught:
+        run(tmp_path, max_steps=6, checkpoint_every=3, resume="auto")
+    assert str(caught.value) == (
+        f"key 'training.output_dir': expected only checkpoint directories named step_<N> in {root}, got 1 "
+        f"file(s) or link(s) of such a name ({stray}); move them elsewhere"
+    )
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000003"] and stray.is_symlink() == (kind == "link")
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     run(tmp_path / "a", max_steps=2, checkpoint_every=2)
     training, optim = settings(
@@ -454,7 +507,7 @@ def test_a_checkpoint_records_its_config_and_a_resume_is_checked_against_it_alon
     assert (checkpoint / "config.yaml").read_text() == start.config
     assert "activation: gelu" in start.config
     assert "config.yaml" in json.loads((checkpoint / "COMPLETE").read_text())["files"]  # under the digest
-    assert not (tmp_path / "a" / "config.yaml").exists()  # (a recipe writes it; the loop alone does not)
+    assert (tmp_path / "a" / "config.yaml").read_text() == start.config  # the run's, written by the loop
     shutil.copytree(checkpoint, tmp_path / "copied" / "step_00000002")
     for out, resume in ((tmp_path / "a", "auto"), (tmp_path / "b", str(tmp_path / "copied" / "step_00000002"))):
         recorded = Path(resume if resume != "auto" else checkpoint) / "config.yaml"
@@ -467,6 +520,58 @@ def test_a_checkpoint_records_its_config_and_a_resume_is_checked_against_it_alon
         )
         _, again = _started(out, max_steps=4, resume=resume)  # the same model: resumes
         assert again.resume_from == recorded.parent and len(again.loop_states) == 1
+
+
+def test_a_resume_refused_inside_fit_leaves_the_runs_config_and_files_as_they_were(tmp_path):
+    """The recipes wrote config.yaml (and their vocabulary) before fit, whose loading of the checkpoint could
+    still refuse the resume: config.yaml then described a run (here lr 0.5) its checkpoints do not belong
+    to. fit writes both now, once the checkpoint has loaded."""
+    written = []
+
+    def run_files(directory: Path) -> None:
+        written.append(directory)
+        (directory / "vocab.txt").write_text(f"vocab of run {len(written)}\n")
+
+    config, start = _started(tmp_path, max_steps=2, checkpoint_every=2)
+    fit(
+        Toy(),
+        toy_step,
+        ToyData(2),
+        training=config.training,
+        optim=config.optim,
+        shard_layers=(),
+        start=start,
+        run_files=run_files,
+    )
+    assert written == [tmp_path] and (tmp_path / "config.yaml").read_text() == start.config
+    saved = {name: (tmp_path / name).read_text() for name in ("config.yaml", "vocab.txt", "metrics.jsonl")}
+    config, start = _started(tmp_path, max_steps=4, resume="auto", lr=0.5)  # an applied change: start_run passes it
+    wider = Toy()
+    wider.linear = Linear(3, 5)  # a checkpoint that does not load: refused inside fit
+    with pytest.raises(ConfigError, match=r"^key 'training.resume': .*step_00000002 does not load into this run's"):
+        fit(
+            wider,
+            toy_step,
+            ToyData(4),
+            training=config.training,
+            optim=config.optim,
+            shard_layers=(),
+            start=start,
+            run_files=run_files,
+        )
+    assert written == [tmp_path]  # not called
+    assert {name: (tmp_path / name).read_text() for name in saved} == saved
+    fit(
+        Toy(),
+        toy_step,
+        ToyData(4),
+        training=config.training,
+        optim=config.optim,
+        shard_layers=(),
+        start=start,
+        run_files=run_files,
+    )
+    assert "lr: 0.5" in (tmp_path / "config.yaml").read_text() and written == [tmp_path, tmp_path]
 
 
 def test_a_checkpoint_that_records_no_config_is_refused_without_its_runs_config(tmp_path):
@@ -525,6 +630,15 @@ def _set(state: dict, key: str, value) -> dict:
             lambda s: _set(s, "groups", [[["linear.weight"], 1.0]] * 7),
             "groups are not one [names, multiplier] per scheduled group (2)",
         ),
+        (
+            lambda s: _set(s, "window", {"steps": 2, "loss": 1.0, "parts": {"tokens": [1.0, 3]}}),
+            "window parts are not [sum, steps] per loss name",
+        ),
+        (
+            lambda s: _set(s, "window", {"steps": -1, "loss": "x", "parts": {}}),
+            "window has steps -1 and loss 'x', expected a count >= 0 and a number",
+        ),
+        (lambda s: _set(s, "window", [1]), "window is not the logged window's sums (steps, loss and parts)"),
     ],
 )
 def test_a_malformed_loop_state_is_refused_in_one_line_before_anything_is_written(tmp_path, tamper, fault, capsys):

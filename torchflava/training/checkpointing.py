@@ -131,6 +131,14 @@ class CheckpointManager:
         found = [p for p in self.root.glob("step_*") if p.name[5:].isdigit() and p.is_dir() and (p / _MARKER).is_file()]
         return sorted(found, key=lambda p: int(p.name[5:]))
 
+    def strays(self) -> list[Path]:
+        """Entries of ``root`` named like a checkpoint (``step_<N>``) that are not directories, or are
+        links: no checkpoint, yet a save of step ``N`` or rotation would take them for one. Sorted."""
+        if not self.root.is_dir():
+            return []
+        found = self.root.glob("step_*")
+        return sorted(p for p in found if p.name[5:].isdigit() and (p.is_symlink() or not p.is_dir()))
+
     def latest(self) -> Optional[Path]:
         """The newest complete checkpoint, or None (not verified: see :meth:`latest_intact`)."""
         found = self.complete()
@@ -324,8 +332,14 @@ def _discard(path: Path) -> None:
     """Delete a checkpoint so that a kill midway never leaves a marker beside missing shards.
 
     The directory is first renamed out of the ``step_*`` namespace (atomic), then removed; a later
-    save removes whatever a kill left of it.
+    save removes whatever a kill left of it. Anything else under that name (a file, a link) is no
+    checkpoint of the run's: refused, never renamed (``rmtree`` would leave it, renamed, behind).
+
+    Raises:
+        ValueError: if ``path`` is not a directory, or is a link.
     """
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"{path}: expected a checkpoint directory to delete, got a file or link of that name")
     doomed = path.with_name(f".{path.name}.deleting")
     shutil.rmtree(doomed, ignore_errors=True)
     os.replace(path, doomed)

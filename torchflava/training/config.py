@@ -242,9 +242,13 @@ RESUME_FREE = (
     "training.device",
     "data.num_workers",
     "data.shapes.num_test",  # the held-out split the recipes evaluate on, after training
-    "data.val_name",  # fine-tuning: data.val's name in the report, and the more sets it evaluates after training
+    # fine-tuning's validation sets: read only after training, to evaluate the final model (the training
+    # stream, its data position and RNG, never sees them); data.val's name in the report; the held-out shapes
+    "data.val",
+    "data.val_name",
     "data.extra_val",
     "data.extra_val.",
+    "data.shapes_val",
     "eval.",
 )
 # Not here, so refused on resume like every data key: ``data.files.pairs_split``, ``pairs_image_key`` and

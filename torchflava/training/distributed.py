@@ -5,13 +5,15 @@ Launch with ``torchrun``: ranks come from its environment (``RANK``, ``WORLD_SIZ
 """
 
 import os
-from typing import Iterable, NamedTuple, Optional, Type
+import pickle
+from typing import Callable, Iterable, NamedTuple, Optional, Type, TypeVar
 
 import torch
 from torch import nn
 import torch.distributed as dist
 
 STRATEGIES = ("none", "ddp", "fsdp")
+T = TypeVar("T")
 
 
 class DistributedInfo(NamedTuple):
@@ -159,3 +161,34 @@ def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def rank0_value(compute: Callable[[], T]) -> T:
+    """``compute()`` run on rank 0 alone, its value given to every rank (collective; ``compute()`` without
+    a process group). What it raised is raised on every rank: the others would wait for it for good.
+
+    Args:
+        compute (Callable[[], T]): makes a picklable value (e.g. reads texts from the data).
+
+    Returns:
+        T: rank 0's value.
+    """
+    if not dist.is_initialized():
+        return compute()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, compute())
+        except Exception as error:
+            try:  # (an exception whose arguments do not pickle: its type and message)
+                pickle.dumps(error)
+                box[0] = (False, error)
+            except Exception:
+                box[0] = (False, RuntimeError(f"{type(error).__name__}: {error}"))
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value

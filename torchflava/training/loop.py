@@ -16,7 +16,10 @@ model and does the rest:
   is cast to bf16 once a step, not once a micro-batch); FSDP's replicated-scalar gradient sync;
   clipping; a stop on a non-finite loss or gradient norm, naming the last good checkpoint; a hook
   after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s
-  (a step's record holds its loss, its gradient norm before clipping and the lr its update used);
+  (a record every ``training.log_every`` steps holds the mean loss of the steps since the last record,
+  each named loss's mean over those of them that computed it, and the logged step's gradient norm
+  before clipping, the lr its update used and its kind; the window's sums go into checkpoints, so a
+  resumed run logs what the uninterrupted one does);
   checkpoints every ``training.checkpoint_every`` steps and at the end; exact resume. A fresh run
   seeds torch's RNG (dropout) with ``training.seed`` before its first step; a resumed one restores it.
 * Counts are checked with the step's losses: one that is negative, not finite, or 0 under a sum
@@ -86,7 +89,7 @@ from torchflava.training.schema import (
     setup_training,
     training_checks,
 )
-from torchflava.utils.checkpoint import check_zip_expansion, first_line
+from torchflava.utils.checkpoint import atomic_write, check_zip_expansion, first_line
 from torchflava.utils.memory import keep_freed_memory
 
 
@@ -140,7 +143,8 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
     Raises:
         ConfigError: if another live run holds ``training.output_dir`` (naming its pid), if
             ``training.resume`` is none but the output directory holds checkpoints, if it names a
-            directory that is not an intact checkpoint, or one past ``training.max_steps``.
+            directory that is not an intact checkpoint, or one past ``training.max_steps``; or if
+            ``checkpoints/`` holds a file or link named like a checkpoint (``step_<N>``).
     """
     directory = Path(training.output_dir).resolve()
     if _rank() == 0 and directory not in _HELD:
@@ -150,7 +154,15 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
             _HELD[directory] = RunLock(directory).acquire()
         except RunDirectoryInUse as error:
             raise ConfigError(f"key 'training.output_dir': {error}") from None
-    resume_from = resume_point(checkpoint_manager(training), training.resume)
+    checkpoints = checkpoint_manager(training)
+    strays = checkpoints.strays()
+    if strays:  # a save of its step, or rotation, would rename it and leave it behind as .step_<N>.deleting
+        raise ConfigError(
+            f"key 'training.output_dir': expected only checkpoint directories named step_<N> in {checkpoints.root}, "
+            f"got {len(strays)} file(s) or link(s) of such a name ({', '.join(str(p) for p in strays[:3])}); "
+            "move them elsewhere"
+        )
+    resume_from = resume_point(checkpoints, training.resume)
     if resume_from is not None and checkpoint_step(resume_from) > training.max_steps:
         raise ConfigError(
             f"key 'training.max_steps': expected at least the step of the checkpoint resumed from, "
@@ -302,6 +314,9 @@ def _read_loop_state(file: Path, step: int) -> tuple[Optional[dict], Optional[st
         return None, f"skipped is not a list of unusable samples, got {type(state['skipped']).__name__}"
     if not isinstance(state.get("data", {}), dict):
         return None, f"data is not a data position (a dict), got {type(state['data']).__name__}"
+    fault = None if "window" not in state else _window_fault(state["window"])
+    if fault is not None:
+        return None, f"window {fault}"
     fault = rng_state_fault(state["rng"])
     return (state, None) if fault is None else (None, f"rng is not the random states it saves ({fault})")
 
@@ -331,6 +346,7 @@ def fit(
     num_workers: int = 0,
     description: str = "training",
     start: Optional[RunStart] = None,
+    run_files: Optional[Callable[[Path], None]] = None,
 ) -> FitResult:
     """Train ``model`` for ``training.max_steps`` optimiser steps (collective: every rank calls it).
 
@@ -353,7 +369,13 @@ def fit(
         num_workers (int): data-loader worker processes.
         description (str): the progress bar's label.
         start (Optional[RunStart]): what the recipe's :func:`start_run` found (its resume point is
-            used as is, not looked up and verified again); None looks it up here.
+            used as is, not looked up and verified again); None looks it up here. Its config is
+            written to ``<output_dir>/config.yaml`` (rank 0) once every check of a resume has passed.
+        run_files (Optional[Callable[[Path], None]]): writes the recipe's own files into the run
+            directory it is given (e.g. a learnt vocabulary), on rank 0, at that same point: after
+            the checkpoint resumed from has loaded into the model, before the loop writes anything.
+            A recipe writes nothing there itself before ``fit``, so that a refused resume (a
+            checkpoint that does not load) leaves the directory as it was.
 
     Returns:
         FitResult: final step and loss, unusable samples, the checkpoint resumed from.
@@ -391,13 +413,20 @@ def fit(
         compile_blocks(model, shard_layers)
     device = model_device(model)
     wrapped, optimizer, scheduler, autocast = setup_training(model, t, optim, device=device, layer_types=shard_layers)
-    start, skipped, position, last_saved = 0, [], {}, resume_from
+    start, skipped, position, last_saved, window = 0, [], {}, resume_from, _Window()
     if resume_from is not None:
         start, skipped, position = _resume(
             checkpoints, resume_from, states, wrapped, optimizer, scheduler, streamed=streamed
         )
+        window = _Window.from_state(states[0].get("window"))  # global values: rank 0's, as every rank's
         if streamed:  # checked before anything in the run directory is moved or rewritten
             _restore_position(data, position)
+    # Every refusal is behind us: the run directory now describes this run.
+    if _rank() == 0:
+        if recorded is not None:  # the config start_run compared and every checkpoint records
+            atomic_write(Path(t.output_dir) / "config.yaml", lambda tmp: Path(tmp).write_text(recorded[CONFIG]))
+        if run_files is not None:
+            run_files(Path(t.output_dir))
     # Checkpoints past the start: an abandoned trajectory's, or damaged ones resume=auto passed over (a
     # fresh run finds no others). Out of rotation's and auto's way, so both see only this run's; kept.
     abandoned = []
@@ -492,6 +521,7 @@ def fit(
                     loss, norm, done, kind, values, last_saved, earlier[-1] if earlier else None
                 )
                 raise NonFiniteLossError(message)
+            window.add(loss, values)
             lr = float(optimizer.param_groups[0]["lr"])  # this step's (multiplier 1), logged with its loss
             optimizer.step()
             scheduler.step()  # the next step's lr: not this record's
@@ -504,7 +534,8 @@ def fit(
                 now = time.perf_counter()
                 samples_per_s = (done - last_step) * t.global_batch_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, done
-                record = {"loss": loss, **{f"loss/{name}": value for name, value in values.items()}}
+                record = window.record()  # the mean loss since the last record (and each named loss's)
+                window = _Window()
                 if kind is not None:
                     record["kind"] = kind
                 record["lr"] = lr
@@ -513,11 +544,10 @@ def fit(
                 if logger is not None:
                     logger.log(done, record)
                 if progress is not None:
-                    progress.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{samples_per_s:.0f}")
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps:
-                last_saved = checkpoints.save(
-                    done, wrapped, optimizer, _loop_state(done, optimizer, scheduler, skipped, position), texts=recorded
-                )
+                state = _loop_state(done, optimizer, scheduler, skipped, position, window)
+                last_saved = checkpoints.save(done, wrapped, optimizer, state, texts=recorded)
     finally:
         if progress is not None:
             progress.close()
@@ -610,10 +640,61 @@ def _non_finite_message(loss, norm, done, kind, values, last: Optional[Path], ea
     )
 
 
-def _loop_state(step: int, optimizer, scheduler, skipped: list, position: dict) -> dict:
+class _Window:
+    """The losses of the steps since the last logged record: how many, the sum of their losses, and each
+    named loss's ``[sum, steps that computed it]`` (a loss of one data kind is absent from the others')."""
+
+    def __init__(self, steps: int = 0, loss: float = 0.0, parts: Optional[dict] = None) -> None:
+        self.steps, self.loss = steps, loss
+        self.parts = {name: [float(total), int(count)] for name, (total, count) in (parts or {}).items()}
+
+    def add(self, loss: float, values: Mapping[str, float]) -> None:
+        self.steps += 1
+        self.loss += loss
+        for name, value in values.items():
+            total, count = self.parts.get(name, (0.0, 0))
+            self.parts[name] = [total + value, count + 1]
+
+    def record(self) -> dict:
+        """``loss`` and ``loss/<name>``: the means (one step's values as they are)."""
+        means = {f"loss/{name}": total / count for name, (total, count) in self.parts.items()}
+        return {"loss": self.loss / self.steps, **means}
+
+    def state(self) -> dict:
+        return {"steps": self.steps, "loss": self.loss, "parts": {name: list(v) for name, v in self.parts.items()}}
+
+    @classmethod
+    def from_state(cls, state: Optional[dict]) -> "_Window":
+        """The window a checkpoint saved (:func:`_window_fault` checked it); an empty one from a checkpoint
+        written before windows were saved."""
+        return cls() if state is None else cls(state["steps"], state["loss"], state["parts"])
+
+
+def _window_fault(window: object) -> Optional[str]:
+    """Why ``window`` is not what :meth:`_Window.state` saves; None when it is."""
+    number = (int, float)
+    if not isinstance(window, dict) or set(window) != {"steps", "loss", "parts"}:
+        return "is not the logged window's sums (steps, loss and parts)"
+    steps, loss, parts = window["steps"], window["loss"], window["parts"]
+    if type(steps) is not int or steps < 0 or not isinstance(loss, number) or isinstance(loss, bool):
+        return f"has steps {steps!r} and loss {loss!r}, expected a count >= 0 and a number"
+    well_formed = isinstance(parts, dict) and all(
+        isinstance(name, str)
+        and isinstance(part, list)
+        and len(part) == 2
+        and isinstance(part[0], number)
+        and not isinstance(part[0], bool)
+        and type(part[1]) is int
+        and 1 <= part[1] <= steps
+        for name, part in parts.items()
+    )
+    return None if well_formed else "parts are not [sum, steps] per loss name"
+
+
+def _loop_state(step: int, optimizer, scheduler, skipped: list, position: dict, window: _Window) -> dict:
     """This rank's part of a checkpoint: step, schedule, the optimiser's parameter groups (names and
-    learning-rate multiplier), RNG states, unusable samples met, and the position of streamed data
-    (empty for step-indexed data)."""
+    learning-rate multiplier), RNG states, unusable samples met, the position of streamed data
+    (empty for step-indexed data) and the losses of the steps not logged yet."""
     return {
         "step": step,
         "scheduler": scheduler.state_dict(),
@@ -621,6 +702,7 @@ def _loop_state(step: int, optimizer, scheduler, skipped: list, position: dict) 
         "rng": rng_state(),
         "skipped": [list(s) for s in skipped],
         "data": dict(position),
+        "window": window.state(),
     }
 
 
