@@ -49,6 +49,27 @@ def test_a_scripted_clip_reads_as_torch_jit_load_gives_its_state_dict(scripted_c
     assert {k: (v.shape, v.dtype) for k, v in peeked.items()} == {k: (v.shape, v.dtype) for k, v in expected.items()}
 
 
+def test_a_mapped_read_views_the_file_and_reads_no_tensor_entry(scripted_clip, monkeypatch):
+    """A peek (clip_model peeks twice before it loads) read every storage of the archive whole: three
+    full reads of a ViT-L/14 file. Mapped, the tensors are views of the file, equal to the ones read."""
+    expected = torchscript_state_dict(str(scripted_clip))
+    read, entries = zipfile.ZipFile.read, []
+
+    def recorded(self, name, *args, **kwargs):
+        entries.append(name if isinstance(name, str) else name.filename)
+        return read(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", recorded)
+    _assert_identical(torchscript_state_dict(str(scripted_clip), mmap=True), expected)
+    peeked = peek_state_dict(scripted_clip)
+    assert [(k, v.shape, v.dtype) for k, v in peeked.items()] == [(k, v.shape, v.dtype) for k, v in expected.items()]
+    assert entries and not [name for name in entries if "/data/" in name]
+    torchscript_state_dict(str(scripted_clip))  # (the reads the record would show)
+    assert len([name for name in entries if "/data/" in name]) == len(
+        {v.untyped_storage().data_ptr() for v in expected.values()}
+    )
+
+
 class _Parts(nn.Module):
     """Parameters, buffers (an int one), a None bias, a plain tensor attribute and a module held twice."""
 

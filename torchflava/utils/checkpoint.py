@@ -552,7 +552,7 @@ def _load_file(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
             raise ValueError(f"could not read {path} as a safetensors file: {first_line(error)}") from error
     # (peek_state_dict maps the file to read names and shapes: no tensor data is read or checked)
     _check_zip(path, crcs=not mmap)
-    obj = torchscript_state_dict(str(path)) if is_torchscript(str(path)) else _torch_file(path, mmap)
+    obj = torchscript_state_dict(str(path), mmap=mmap) if is_torchscript(str(path)) else _torch_file(path, mmap)
     wrapper = next((k for k in _WRAPPERS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
     obj = obj[wrapper] if wrapper is not None else obj
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -991,7 +991,7 @@ def peek_state_dict(path: PathLike, *, scalars: bool = False) -> dict[str, Tenso
     (with ``scalars``, but that of one-element tensors: metadata some checkpoints hold beside the weights).
 
     The layouts and checks of :func:`load_state_dict`; safetensors headers are read alone and torch
-    files are memory-mapped (an old non-zip torch file or a TorchScript archive is read whole). For checking that a
+    files (TorchScript archives too) are memory-mapped (an old non-zip torch file is read whole). For checking that a
     checkpoint fits a model before any work (e.g. the model's converter on a meta-device model).
 
     Raises:

@@ -12,8 +12,11 @@ and ``__buffers__ = [...]`` lines of ``code/``, as text; a class that declares n
 """
 
 import collections
+import mmap as mmap_module
+import os
 import pickle
 import re
+import struct
 import sys
 from typing import Any, BinaryIO, Callable, NamedTuple, Optional
 import zipfile
@@ -89,7 +92,7 @@ def is_torchscript(path: str) -> bool:
     return f"{top}/constants.pkl" in names
 
 
-def torchscript_state_dict(path: str) -> dict[str, Tensor]:
+def torchscript_state_dict(path: str, *, mmap: bool = False) -> dict[str, Tensor]:
     """The state dict of the module a TorchScript archive holds (``torch.jit.load(path).state_dict()``'s
     names, order and values: parameters and buffers, a submodule's under its dotted name; a submodule
     held twice, under its first name alone), none of its code run.
@@ -99,6 +102,8 @@ def torchscript_state_dict(path: str) -> dict[str, Tensor]:
 
     Args:
         path (str): the archive.
+        mmap (bool): map the file (copy on write) and view the tensors in it, reading no tensor data
+            until it is used (what ``peek_state_dict`` needs: names and shapes); else each storage is read.
 
     Returns:
         dict[str, Tensor]: the tensors by name, on CPU, in the archive's dtypes.
@@ -111,7 +116,11 @@ def torchscript_state_dict(path: str) -> dict[str, Tensor]:
     """
     with zipfile.ZipFile(path) as archive:
         top = next(iter(archive.namelist()), "").split("/")[0]  # (an empty zip: data.pkl is missing)
-        root = _Unpickler(archive, top, path).load_root()
+        mapped = None
+        if mmap and os.path.getsize(path) > 0:
+            with open(path, "rb") as file:  # (the map outlives the file object, as long as a tensor uses it)
+                mapped = mmap_module.mmap(file.fileno(), 0, access=mmap_module.ACCESS_COPY)
+        root = _Unpickler(archive, top, path, mapped).load_root()
         declared = _declarations(archive, top, path)
     return _flatten(root, declared, path)
 
@@ -119,8 +128,8 @@ def torchscript_state_dict(path: str) -> dict[str, Tensor]:
 class _Unpickler(pickle.Unpickler):
     """Unpickles an archive's ``data.pkl`` knowing the names of :data:`_ALLOWED` alone, storages read from its entries."""
 
-    def __init__(self, archive: zipfile.ZipFile, top: str, path: str) -> None:
-        self.archive, self.top, self.path = archive, top, path
+    def __init__(self, archive: zipfile.ZipFile, top: str, path: str, mapped: Optional[mmap_module.mmap]) -> None:
+        self.archive, self.top, self.path, self.mapped = archive, top, path, mapped
         self.storages: dict[str, _Storage] = {}
         self.classes: dict[str, type] = {}
         super().__init__(_data_pickle(archive, top, path))
@@ -178,7 +187,23 @@ class _Unpickler(pickle.Unpickler):
             )
         if numel == 0:
             return torch.empty(0, dtype=dtype)
-        return torch.frombuffer(bytearray(self.archive.read(info)), dtype=dtype)
+        start = None if self.mapped is None else _data_start(self.mapped, info, self.path)
+        if start is None or start % dtype.itemsize:  # (torch.jit.save aligns its entries to 64 bytes)
+            return torch.frombuffer(bytearray(self.archive.read(info)), dtype=dtype)
+        return torch.frombuffer(self.mapped, dtype=dtype, count=numel, offset=start)
+
+
+def _data_start(mapped: mmap_module.mmap, info: zipfile.ZipInfo, path: str) -> int:
+    """Where a stored entry's bytes begin in the file: after its local header (30 bytes, its name and its
+    own extra field, which may differ from the central directory's)."""
+    header = mapped[info.header_offset : info.header_offset + 30]
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"{path}: expected a zip local header for the entry {info.filename!r}, got none there")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + 30 + name_length + extra_length
+    if start + info.file_size > len(mapped):
+        raise ValueError(f"{path}: its entry {info.filename!r} reaches past the end of the file (cut short?)")
+    return start
 
 
 def _stored_entry(archive: zipfile.ZipFile, entry: str, path: str) -> zipfile.ZipInfo:
