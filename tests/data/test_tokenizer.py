@@ -682,5 +682,62 @@ def test_json_nested_too_deeply_or_added_tokens_of_the_wrong_type_are_value_erro
         read_tokenizer_config(tmp_path / "tokenizer_config.json")
     (tmp_path / "tokenizer_config.json").unlink()
     (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": 5}))  # (iterating it: TypeError)
-    with pytest.raises(ValueError, match="tokenizer.json: .*tokenizer.json added_tokens must be a list, got int"):
+    with pytest.raises(ValueError, match="tokenizer.json: .*tokenizer.json added_tokens must be a list, got int 5"):
         refuse_added_tokens(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("added_tokens.json", "{not json", r"is not JSON: Expecting property name .* \(char 1\)"),
+        ("added_tokens.json", '["[IMG]"]', "must hold a JSON object, got a list"),
+        ("added_tokens.json", '{"[IMG]": "15"}', r"must map each token to an int id, got '\[IMG\]': str \"15\""),
+        (
+            "tokenizer_config.json",
+            '{"added_tokens_decoder": ["[IMG]"]}',
+            r"added_tokens_decoder must be an object of id -> token entries, got list \[\"\[IMG\]\"\]",
+        ),
+        (
+            "tokenizer_config.json",
+            '{"added_tokens_decoder": null}',
+            "added_tokens_decoder must be an object of id -> token entries, got NoneType null",
+        ),
+        (
+            "tokenizer_config.json",
+            '{"added_tokens_decoder": {"15": "[IMG]"}}',
+            r"added_tokens_decoder\['15'\] must be an object with a string content, got str \"\[IMG\]\"",
+        ),
+        (
+            "tokenizer_config.json",
+            '{"added_tokens_decoder": {"x": {"content": "[IMG]"}}}',
+            "added_tokens_decoder keys must be token ids, got 'x'",
+        ),
+    ],
+)
+def test_a_malformed_added_tokens_file_is_refused_naming_it_not_passed_over(tmp_path, name, text, match):
+    """Found by a review: such a file was skipped, so the tokens it adds (whole tokens for transformers,
+    which raises on each of these files) would have been split into pieces here, silently."""
+    write_vocab(tmp_path / "vocab.txt", VOCAB)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(
+        (ValueError, TypeError, AttributeError)
+    ):  # the reference refuses the file too (with errors of its own)
+        BertTokenizerFast.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"^({name}: )?{tmp_path / name} {match}$"):
+        WordPieceTokenizer.from_directory(tmp_path)
+
+
+def test_malformed_added_tokens_of_a_tokenizer_json_are_refused(tmp_path):
+    """An added_tokens entry that is no object, or null in place of the list, was passed over (tokenizers,
+    hence transformers, refuses the file)."""
+    hf = BertTokenizerFast(vocab_file=str(write_vocab(tmp_path / "vocab.txt", VOCAB)))
+    hf.save_pretrained(tmp_path / "saved")
+    path = tmp_path / "saved" / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    for added, match in (
+        (["[IMG]"], r"added_tokens\[0\] must be an object with a string content, got str"),
+        (None, "added_tokens must be a list, got NoneType null"),
+    ):
+        path.write_text(json.dumps({**spec, "added_tokens": added}))
+        with pytest.raises(ValueError, match=f"^tokenizer.json: {path} {match}"):
+            WordPieceTokenizer.from_directory(tmp_path / "saved")

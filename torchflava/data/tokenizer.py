@@ -414,34 +414,63 @@ def refuse_added_tokens(
 ) -> None:
     """ValueError naming the file if the directory's tokenizer has tokens added to its vocabulary
     beyond the ``allowed`` ones (``what`` they are; transformers' ``add_tokens``): they are read as
-    whole tokens there and would be split into pieces here."""
-    found = {}
-    path = directory / "tokenizer.json"
-    if present_file(path, "a tokenizer file"):
-        try:
-            entries = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError):
-            entries = []  # from_tokenizer_json names the file's own fault
-        if not isinstance(entries, list):  # (an int was iterated: TypeError)
-            raise ValueError(f"{path.name}: {path} added_tokens must be a list, got {type(entries).__name__}")
-        found[path] = [e.get("content") for e in entries if isinstance(e, dict)]
-    for name, key in (("added_tokens.json", None), (TOKENIZER_CONFIG, "added_tokens_decoder")):
-        path = directory / name
-        if present_file(path, "a tokenizer config file"):
-            try:
-                config = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                continue  # read_tokenizer_config names a malformed tokenizer_config.json
-            entries = config.get(key) if key and isinstance(config, dict) else config
-            if isinstance(entries, dict):
-                found[path] = [e.get("content") if isinstance(e, dict) else k for k, e in entries.items()]
-    for path, tokens in found.items():
+    whole tokens there and would be split into pieces here. A file that lists added tokens and does
+    not read as such is refused too (:func:`added_tokens`): passing over it would hide them."""
+    for path, tokens in added_tokens(directory).items():
         extra = [t for t in tokens if t not in allowed]
         if extra:
             raise ValueError(
                 f"{path.name}: {path} adds tokens {extra[:5]} to the vocabulary; only {what} "
                 f"{list(allowed)} are supported (added tokens would be split into pieces here)"
             )
+
+
+def added_tokens(directory: Path) -> dict[Path, list[str]]:
+    """The tokens each file of ``directory`` that transformers reads added tokens from lists, by file:
+    ``tokenizer.json``'s ``added_tokens``, ``added_tokens.json`` and ``tokenizer_config.json``'s
+    ``added_tokens_decoder`` (only the files there).
+
+    Raises:
+        ValueError: naming the file and the key, what was expected and what it holds, if one is not a
+            JSON object or its entries are of the wrong type (transformers and tokenizers raise there).
+    """
+    found = {}
+    path = directory / "tokenizer.json"
+    if present_file(path, "a tokenizer file"):
+        entries = read_json_object(path).get("added_tokens", [])
+        if not isinstance(entries, list):  # (null too: tokenizers expects a sequence)
+            raise ValueError(f"{path.name}: {path} added_tokens must be a list, got {_found(entries)}")
+        found[path] = [_token_content(entry, path, f"added_tokens[{i}]") for i, entry in enumerate(entries)]
+    path = directory / "added_tokens.json"
+    if present_file(path, "an added tokens file"):
+        entries = read_json_object(path)
+        if bad := next(((k, v) for k, v in entries.items() if isinstance(v, bool) or not isinstance(v, int)), None):
+            raise ValueError(f"{path.name}: {path} must map each token to an int id, got {bad[0]!r}: {_found(bad[1])}")
+        found[path] = list(entries)
+    path = directory / TOKENIZER_CONFIG
+    if present_file(path, "a tokenizer config file") and "added_tokens_decoder" in (config := read_json_object(path)):
+        entries = config["added_tokens_decoder"]
+        if not isinstance(entries, dict):
+            raise ValueError(
+                f"{path.name}: {path} added_tokens_decoder must be an object of id -> token entries, got {_found(entries)}"
+            )
+        if bad := next((key for key in entries if not re.fullmatch(r"[0-9]+", key)), None):  # transformers: int(key)
+            raise ValueError(f"{path.name}: {path} added_tokens_decoder keys must be token ids, got {bad!r}")
+        found[path] = [_token_content(e, path, f"added_tokens_decoder[{k!r}]") for k, e in entries.items()]
+    return found
+
+
+def _token_content(entry: object, path: Path, key: str) -> str:
+    """The ``content`` of an added token's entry (``key`` of the file at ``path``); ValueError naming
+    both unless the entry is an object with a string ``content``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+        raise ValueError(f"{path.name}: {path} {key} must be an object with a string content, got {_found(entry)}")
+    return entry["content"]
+
+
+def _found(value: object) -> str:
+    """What a file holds where something else was expected, for a one-line message: type and start."""
+    return f"{type(value).__name__} {json.dumps(value)[:60]}"
 
 
 def check_dense_ids(vocab: Mapping[str, int], where: str) -> None:
