@@ -365,10 +365,6 @@ class CLIPTokenizer:
             raise ValueError(f"path: expected at least {wanted} merges in {path}, got {len(merges)}")
         characters = list(byte_characters().values())
         tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
-        first = {}
-        for line, pair in enumerate(merges, start=2):  # (line 1: the version)
-            if (earlier := first.setdefault(pair, line)) != line:  # every later id would move by one
-                raise ValueError(f"path: merge line {line} of {path} repeats line {earlier} ({' '.join(pair)!r})")
         kwargs.setdefault("unescape_html", True)  # as OpenAI's and open_clip's tokenizers
         kwargs.setdefault("fix_text", True)
         kwargs.setdefault("reading", "open_clip")
@@ -433,7 +429,13 @@ class CLIPTokenizer:
                 lines = path.read_text(encoding="utf-8").split("\n")
             except UnicodeDecodeError as error:
                 raise ValueError(f"merges.txt: {path} is not UTF-8 text ({error})") from None
-            merges = _merge_pairs(lines[1:] if lines[0].startswith("#version") else lines, path)
+            if not lines[0].startswith("#version"):  # transformers skips line 1 whatever it holds: a merge lost
+                raise ValueError(
+                    f"merges.txt: line 1 of {path} must be the '#version: ...' header (transformers skips that line), "
+                    f"got {lines[0][:80]!r}"
+                )
+            merges = _merge_pairs(lines[1:], path)
+            _check_merged_tokens(merges, vocab, path)
             if len(merges) != len(vocab) - 514:  # e.g. a truncated file: it would tokenise otherwise, silently
                 raise ValueError(
                     f"merges.txt: expected len(vocab.json) - 514 = {len(vocab) - 514} merges in {path} (the vocabulary "
@@ -520,18 +522,39 @@ def read_tokenizer(path: PathLike) -> Union[WordPieceTokenizer, CLIPTokenizer]:
 
 
 def _merge_pairs(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:
-    """The ``a b`` pairs of merge lines (a blank last line is the file's end); ValueError naming the line."""
-    pairs = []
+    """The pairs of merge lines (line 2 on), by rank: two pieces split at white space, as transformers and
+    open_clip split them (blank lines at the end are the file's end, as transformers strips it).
+
+    Raises:
+        ValueError: naming the line, if one is not two pieces or repeats an earlier one (transformers ranks
+            a repeated merge at its first line, the tokenizers library at its last: and the tokens of
+            every later merge move by one).
+    """
+    lines = list(lines)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    pairs, first = [], {}
     for number, line in enumerate(lines, start=2):
-        line = line.removesuffix("\r")  # a file with Windows line ends
-        if not line and number == len(lines) + 1:
-            break
-        parts = line.split(" ")
-        if len(parts) != 2 or not all(parts):
+        parts = line.split()  # (no byte's character is white space: a piece holds none)
+        if len(parts) != 2:
             got = repr(line) if len(line) <= 200 else f"{line[:200]!r}... ({len(line)} characters)"  # (one line)
-            raise ValueError(f"merges: line {number} of {path} must be two pieces separated by a space, got {got}")
-        pairs.append((parts[0], parts[1]))
+            raise ValueError(f"merges: line {number} of {path} must be two pieces separated by white space, got {got}")
+        pair = (parts[0], parts[1])
+        if (earlier := first.setdefault(pair, number)) != number:
+            raise ValueError(f"merges: line {number} of {path} repeats line {earlier} ({' '.join(pair)!r})")
+        pairs.append(pair)
     return pairs
+
+
+def _check_merged_tokens(merges: Sequence[tuple[str, str]], vocab: dict[str, int], path: Path) -> None:
+    """ValueError naming the line of the merges file at ``path`` if a merge's pieces or its result are not
+    tokens of ``vocab`` (the tokenizers library refuses it too, naming neither the file nor the line)."""
+    for number, (left, right) in enumerate(merges, start=2):
+        if missing := [token for token in (left, right, left + right) if token not in vocab]:
+            raise ValueError(
+                f"merges.txt: line {number} of {path} merges {left!r} and {right!r}: expected the pieces and "
+                f"{left + right!r} in vocab.json, which lacks {missing}"
+            )
 
 
 def read_clip_tokenizer_config(path: Path) -> dict:
