@@ -724,3 +724,26 @@ def test_merge_lines_split_at_any_white_space_and_trailing_blank_lines_are_read_
         == reference
         == [[514, 512, 66, 323, 515], [514, 513, 320, 515, 515]]
     )
+
+
+def test_a_token_only_tokenizer_config_adds_to_a_tokenizer_json_directory_is_refused(tmp_path):
+    """Found by a review: beside a tokenizer.json, tokenizer_config.json's added_tokens_decoder was not
+    read, though transformers adds the tokens it lists (reading "a zq b" as [514, 320, 516, 321, 515],
+    where ours spelt "zq" in two pieces). The tokens tokenizer.json adds itself are read with it."""
+    write_small_clip(tmp_path / "src", ["a b", "b c"])
+    HFFastTokenizer.from_pretrained(tmp_path / "src").save_pretrained(tmp_path / "fast")
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "fast" / name).unlink()
+    config_path = tmp_path / "fast" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["added_tokens_decoder"]["516"] = {"content": "zq", "special": False, "normalized": True}
+    config_path.write_text(json.dumps(config))
+    assert HFFastTokenizer.from_pretrained(tmp_path / "fast")(["a zq b"])["input_ids"] == [[514, 320, 516, 321, 515]]
+    with pytest.raises(
+        ValueError, match=r"^tokenizer_config.json: .* adds tokens \['zq'\] to the vocabulary; only CLIP's"
+    ):
+        CLIPTokenizer.from_directory(tmp_path / "fast")
+    HFFastTokenizer.from_pretrained(tmp_path / "fast").save_pretrained(tmp_path / "both")  # now in tokenizer.json too
+    assert CLIPTokenizer.from_directory(tmp_path / "both")(["a zq b"], max_length=9)[0].tolist() == [
+        [514, 320, 516, 321, 515]
+    ]

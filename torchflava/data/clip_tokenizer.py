@@ -39,6 +39,7 @@ from torch import Tensor
 
 from torchflava.data.tokenizer import (
     WordPieceTokenizer,
+    added_tokens,
     check_clean_up,
     check_dense_ids,
     check_max_length,
@@ -404,17 +405,22 @@ class CLIPTokenizer:
         Raises:
             FileNotFoundError: if it has neither ``tokenizer.json`` nor ``vocab.json`` and ``merges.txt``.
             ValueError: naming the file and key, if a file is malformed or states another tokenizer, or
-                (without a ``tokenizer.json``) if ``added_tokens.json`` or ``tokenizer_config.json`` adds
-                tokens other than CLIP's start, end and padding ones.
+                if ``added_tokens.json`` or ``tokenizer_config.json`` adds tokens other than CLIP's start,
+                end and padding ones (and those the ``tokenizer.json``, if any, adds itself).
         """
         directory = Path(check_path("directory", directory))
         settings = read_clip_tokenizer_config(directory / "tokenizer_config.json")
+        specials = (START, END, settings.get("pad_token") or END)
         if present_file(directory / "tokenizer.json", "a tokenizer file"):
-            return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
+            tokenizer = cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
+            # Its own added tokens are read with it; those only the other files list, transformers adds too.
+            own = added_tokens(directory)[directory / "tokenizer.json"]
+            refuse_added_tokens(directory, (*specials, *own), "CLIP's special tokens and tokenizer.json's added ones")
+            return tokenizer
         if present_file(directory / "vocab.json", "a vocabulary file") and present_file(
             directory / "merges.txt", "a merges file"
         ):  # (a tokenizer.json holds its added tokens: read as transformers reads them)
-            refuse_added_tokens(directory, (START, END, settings.get("pad_token") or END), "CLIP's special tokens")
+            refuse_added_tokens(directory, specials, "CLIP's special tokens")
             vocab = read_json_object(directory / "vocab.json")
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
