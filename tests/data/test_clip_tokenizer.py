@@ -430,7 +430,10 @@ def test_tokenizer_json_ids_must_be_dense_and_unique(tmp_path, vocab, detail):
     with pytest.raises(ValueError, match=message):
         CLIPTokenizer.from_directory(tmp_path)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 2, "a": 1}
-    path.write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": []}}))
+    split = {"type": "Sequence", "pretokenizers": []}  # (transformers refuses another pre-tokeniser)
+    path.write_text(
+        json.dumps({"version": "1.0", "pre_tokenizer": split, "model": {"type": "BPE", "vocab": vocab, "merges": []}})
+    )
     tokenizer = CLIPTokenizer.from_tokenizer_json(path)
     assert (tokenizer.vocab_size, tokenizer.start_id, tokenizer.end_id) == (3, 0, 2)
 
@@ -747,3 +750,31 @@ def test_a_token_only_tokenizer_config_adds_to_a_tokenizer_json_directory_is_ref
     assert CLIPTokenizer.from_directory(tmp_path / "both")(["a zq b"], max_length=9)[0].tolist() == [
         [514, 320, 516, 321, 515]
     ]
+
+
+def test_a_tokenizer_json_of_transformers_before_4_17_is_refused(tmp_path):
+    """Its pre-tokeniser (ByteLevel alone, not CLIP's word split then bytes) was run as it stood; transformers'
+    CLIPTokenizerFast refuses such a file, as CLIP's tokenisation differs there."""
+    write_small_clip(tmp_path / "src", ["a b", "b c"])
+    HFFastTokenizer.from_pretrained(tmp_path / "src").save_pretrained(tmp_path / "old")
+    path = tmp_path / "old" / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    path.write_text(
+        json.dumps(
+            {
+                **spec,
+                "pre_tokenizer": {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": True,
+                    "use_regex": True,
+                },
+            }
+        )
+    )
+    with pytest.raises(TypeError, match="does not match the expected format"):
+        HFFastTokenizer.from_pretrained(tmp_path / "old")
+    with pytest.raises(
+        ValueError, match=rf"^tokenizer.json: pre_tokenizer in {path} must be a Sequence .*, got ByteLevel$"
+    ):
+        CLIPTokenizer.from_directory(tmp_path / "old")

@@ -379,8 +379,8 @@ class CLIPTokenizer:
 
         Raises:
             TypeError: if ``path`` is not a path.
-            ValueError: naming the file, if it does not read, is not a BPE tokenizer or its ids are not
-                0 .. size - 1, each once.
+            ValueError: naming the file, if it does not read, is not a BPE tokenizer, has the word split of
+                transformers before 4.17 (not a Sequence) or its ids are not 0 .. size - 1, each once.
         """
         path = check_path("path", path)
         try:
@@ -396,6 +396,12 @@ class CLIPTokenizer:
         # as vocab.json's: an id used twice read two tokens as one (the start and end tokens, say), a gap
         # or a huge id sized the embedding table wrongly
         check_dense_ids(tokenizer.get_vocab(), f"tokenizer.json: {path} model.vocab and added_tokens")
+        if not isinstance(tokenizer.pre_tokenizer, pre_tokenizers.Sequence):  # transformers refuses it too
+            raise ValueError(
+                f"tokenizer.json: pre_tokenizer in {path} must be a Sequence (CLIP's word split, then bytes; files "
+                "written before transformers 4.17 split otherwise: re-save with from_slow=True), got "
+                f"{type(tokenizer.pre_tokenizer).__name__}"
+            )
         return cls(tokenizer, _copy=False, **kwargs)
 
     @classmethod
