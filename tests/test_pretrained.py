@@ -361,3 +361,20 @@ def test_the_tokenizer_checks_are_read_checkpoint_s_and_come_before_the_weights_
     tokenizer = pretrained.checkpoint_tokenizer(checkpoint_layout(tmp_path))
     assert checkpoint.tokenizer_misfits(tokenizer) == [pretrained.TokenizerMisfit("eos_token_id", 49406, 49407)]
     assert re.fullmatch(message[1:-1], pretrained.misfit_message(checkpoint.tokenizer_misfits(tokenizer)[0], tmp_path))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+def test_a_clip_config_pooling_at_the_highest_id_needs_the_tokenizer_s_last_id_as_end_token(tmp_path):
+    """A config's eos_token_id 2 (transformers' legacy: the model pools at each row's highest id) is None
+    for the model built from the checkpoint; the check must read it so (not as the vocabulary's last id,
+    the builder's default without the checkpoint), as CLIPCheckpoint.tokenizer_misfits does."""
+    from tests.test_zero_shot_command import write_hf_clip
+    import torchflava.pretrained as pretrained
+
+    write_hf_clip(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["eos_token_id"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert pretrained.built_vocabulary(checkpoint_layout(tmp_path)) == {"vocab_size": 49408, "eos_token_id": None}
+    loaded = load_pretrained(tmp_path)
+    assert loaded.model.eos_token_id is None and loaded.tokenizer.sep_id == 49407

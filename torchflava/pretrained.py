@@ -454,8 +454,8 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
 def built_vocabulary(layout: CheckpointLayout) -> dict:
     """The ``vocab_size`` (and, for CLIP, ``eos_token_id``: where it reads its text features) of the model
     :func:`load_pretrained` builds for ``layout``, its arguments filled as the builder fills them."""
-    if layout.family == "clip":  # (no tensor data read: the arguments the builder checked on the meta device)
-        built = clip_model_arguments(**layout.kwargs)
+    if layout.family == "clip":  # (no tensor data read; with the weights' path: a config's null eos_token_id
+        built = clip_model_arguments(layout.weights, **layout.kwargs)  # stays None, pooling at the highest id)
         return {"vocab_size": built["vocab_size"], "eos_token_id": built["eos_token_id"]}
     default = inspect.signature(flava_model).parameters["vocab_size"].default
     return {"vocab_size": layout.kwargs.get("vocab_size") or default}
