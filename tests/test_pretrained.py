@@ -2,6 +2,7 @@
 transform and tokenizer are the checkpoint's own (preprocessor_config.json, tokenizer_config.json)."""
 
 import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -331,3 +332,49 @@ def test_a_preprocessor_config_nested_too_deeply_is_a_value_error_naming_it(tmp_
     (tmp_path / "preprocessor_config.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
     with pytest.raises(ValueError, match="preprocessor_config.json: .* is not JSON"):
         pretrained._json_object(tmp_path / "preprocessor_config.json")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+def test_the_tokenizer_checks_are_read_checkpoint_s_and_come_before_the_weights_are_read(tmp_path, monkeypatch):
+    """load_pretrained checked the end token with logic of its own (beside CLIPCheckpoint.tokenizer_misfits)
+    and only after the model was built and its weights read; both now share tokenizer_misfits, and a
+    tokenizer that does not fit is refused before any tensor data is read."""
+    from tests.test_zero_shot_command import write_hf_clip
+    import torchflava.pretrained as pretrained
+
+    write_hf_clip(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["eos_token_id"] = 49406  # the model reads its text features at <|startoftext|>
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    build = pretrained.BUILDERS["clip"]
+
+    @functools.wraps(build)  # (its signature: load_pretrained checks the config's names against it)
+    def no_weights(pretrained=None, **kwargs):
+        assert pretrained is None, "the weights were read before the tokenizer was checked"
+        return build(**kwargs)
+
+    monkeypatch.setitem(pretrained.BUILDERS, "clip", no_weights)
+    message = f"^checkpoint: expected the tokenizer in {tmp_path} to end texts with the model's eos_token_id 49406, got 49407$"
+    with pytest.raises(ValueError, match=message):
+        load_pretrained(tmp_path)
+    checkpoint = pretrained.read_clip_checkpoint(tmp_path)
+    tokenizer = pretrained.checkpoint_tokenizer(checkpoint_layout(tmp_path))
+    assert checkpoint.tokenizer_misfits(tokenizer) == [pretrained.TokenizerMisfit("eos_token_id", 49406, 49407)]
+    assert re.fullmatch(message[1:-1], pretrained.misfit_message(checkpoint.tokenizer_misfits(tokenizer)[0], tmp_path))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+def test_a_clip_config_pooling_at_the_highest_id_needs_the_tokenizer_s_last_id_as_end_token(tmp_path):
+    """A config's eos_token_id 2 (transformers' legacy: the model pools at each row's highest id) is None
+    for the model built from the checkpoint; the check must read it so (not as the vocabulary's last id,
+    the builder's default without the checkpoint), as CLIPCheckpoint.tokenizer_misfits does."""
+    from tests.test_zero_shot_command import write_hf_clip
+    import torchflava.pretrained as pretrained
+
+    write_hf_clip(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["eos_token_id"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert pretrained.built_vocabulary(checkpoint_layout(tmp_path)) == {"vocab_size": 49408, "eos_token_id": None}
+    loaded = load_pretrained(tmp_path)
+    assert loaded.model.eos_token_id is None and loaded.tokenizer.sep_id == 49407

@@ -286,6 +286,52 @@ class TokenizerMisfit(NamedTuple):
     got: int
 
 
+def required_end_token(stated: dict, vocab_size: int) -> Optional[int]:
+    """The id a tokenizer of ``vocab_size`` tokens must end its texts with to fit a checkpoint stating
+    the ``stated`` model arguments: its ``eos_token_id``; ``vocab_size - 1`` where it states None (pooling
+    at each row's highest id: the tokenizer's last id); None where it states none (any end token fits)."""
+    if "eos_token_id" not in stated:
+        return None
+    end = stated["eos_token_id"]
+    return vocab_size - 1 if end is None else end
+
+
+def tokenizer_misfits(stated: dict, tokenizer: Union[WordPieceTokenizer, CLIPTokenizer]) -> list[TokenizerMisfit]:
+    """How ``tokenizer`` does not fit a checkpoint stating the ``stated`` model arguments: more tokens than
+    its ``vocab_size`` embedding rows (where stated), another end token than :func:`required_end_token`
+    (where stated). One rule for :func:`load_pretrained` and :meth:`CLIPCheckpoint.tokenizer_misfits`.
+
+    Args:
+        stated (dict): the checkpoint's ``vocab_size`` and ``eos_token_id``, where it states them.
+        tokenizer (Union[WordPieceTokenizer, CLIPTokenizer]): its ``vocab_size`` and ``sep_id`` (the end
+            token) are read.
+
+    Returns:
+        list[TokenizerMisfit]: the size's misfit, then the end token's; empty when it fits.
+    """
+    misfits = []
+    size = stated.get("vocab_size")
+    if size is not None and tokenizer.vocab_size > size:  # its last ids would have no embedding (fewer: padding)
+        misfits.append(TokenizerMisfit("vocab_size", size, tokenizer.vocab_size))
+    end = required_end_token(stated, tokenizer.vocab_size)
+    if end is not None and tokenizer.sep_id != end:
+        misfits.append(TokenizerMisfit("eos_token_id", end, tokenizer.sep_id))
+    return misfits
+
+
+def misfit_message(misfit: TokenizerMisfit, directory: Path) -> str:
+    """The one-line error of a tokenizer in ``directory`` that does not fit its checkpoint's model."""
+    if misfit.name == "vocab_size":
+        return (
+            f"checkpoint: expected a tokenizer of at most the model's vocab_size {misfit.expected} tokens in "
+            f"{directory}, got {misfit.got}"
+        )
+    return (
+        f"checkpoint: expected the tokenizer in {directory} to end texts with the model's eos_token_id "
+        f"{misfit.expected}, got {misfit.got}"
+    )
+
+
 class CLIPCheckpoint(NamedTuple):
     """What a CLIP checkpoint brings to a run that trains from it, read without its tensor data
     (:func:`read_clip_checkpoint`).
@@ -316,7 +362,8 @@ class CLIPCheckpoint(NamedTuple):
         return holds_tokenizer(self.directory)
 
     def end_token(self, vocab_size: int) -> Optional[int]:
-        """The id a tokenizer of ``vocab_size`` tokens must end its texts with to fit the checkpoint.
+        """The id a tokenizer of ``vocab_size`` tokens must end its texts with to fit the checkpoint
+        (:func:`required_end_token` of what it states).
 
         Args:
             vocab_size (int): the tokenizer's number of tokens.
@@ -326,14 +373,10 @@ class CLIPCheckpoint(NamedTuple):
             (OpenAI's and open_clip's pooling at each row's highest id: the tokenizer's last id); None
             where the checkpoint states none (any end token fits).
         """
-        if "eos_token_id" not in self.stated:
-            return None
-        end = self.stated["eos_token_id"]
-        return vocab_size - 1 if end is None else end
+        return required_end_token(self.stated, vocab_size)
 
     def tokenizer_misfits(self, tokenizer: Union[WordPieceTokenizer, CLIPTokenizer]) -> list[TokenizerMisfit]:
-        """How ``tokenizer`` does not fit the checkpoint: more tokens than its embedding rows (where
-        stated), another end token than :meth:`end_token` (where stated).
+        """How ``tokenizer`` does not fit the checkpoint (:func:`tokenizer_misfits` of what it states).
 
         Args:
             tokenizer (Union[WordPieceTokenizer, CLIPTokenizer]): the tokenizer to train or encode with
@@ -342,13 +385,7 @@ class CLIPCheckpoint(NamedTuple):
         Returns:
             list[TokenizerMisfit]: the size's misfit, then the end token's; empty when it fits.
         """
-        misfits = []
-        if self.vocab_size is not None and tokenizer.vocab_size > self.vocab_size:
-            misfits.append(TokenizerMisfit("vocab_size", self.vocab_size, tokenizer.vocab_size))
-        end = self.end_token(tokenizer.vocab_size)
-        if end is not None and tokenizer.sep_id != end:
-            misfits.append(TokenizerMisfit("eos_token_id", end, tokenizer.sep_id))
-        return misfits
+        return tokenizer_misfits(self.stated, tokenizer)
 
     def model_arguments(self, tokenizer: Union[WordPieceTokenizer, CLIPTokenizer], **given) -> dict:
         """``clip_model``'s arguments for training the checkpoint with ``tokenizer``, every one stated
@@ -414,6 +451,16 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     return CLIPCheckpoint(weights=weights, stated=stated, directory=directory)
 
 
+def built_vocabulary(layout: CheckpointLayout) -> dict:
+    """The ``vocab_size`` (and, for CLIP, ``eos_token_id``: where it reads its text features) of the model
+    :func:`load_pretrained` builds for ``layout``, its arguments filled as the builder fills them."""
+    if layout.family == "clip":  # (no tensor data read; with the weights' path: a config's null eos_token_id
+        built = clip_model_arguments(layout.weights, **layout.kwargs)  # stays None, pooling at the highest id)
+        return {"vocab_size": built["vocab_size"], "eos_token_id": built["eos_token_id"]}
+    default = inspect.signature(flava_model).parameters["vocab_size"].default
+    return {"vocab_size": layout.kwargs.get("vocab_size") or default}
+
+
 def _json_object(path: Path) -> object:
     """The parsed JSON of ``path``; ValueError naming it if it is no regular file or not JSON."""
     check_regular_file(path, f"a JSON {path.name}")
@@ -470,21 +517,11 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     except (TypeError, ValueError) as error:  # a value of the wrong type or range: name the file it is in
         raise ValueError(f"checkpoint: {layout.config}: {first_line(error)}") from None
     tokenizer = checkpoint_tokenizer(layout)
-    vocab_size = layout.kwargs.get("vocab_size") or (30522 if layout.family == "flava" else 49408)
-    if tokenizer.vocab_size > vocab_size:  # its last ids would have no embedding (fewer tokens is common: padding)
-        raise ValueError(
-            f"checkpoint: expected a tokenizer of at most the model's vocab_size {vocab_size} tokens in "
-            f"{layout.directory}, got {tokenizer.vocab_size}"
-        )
+    if misfits := tokenizer_misfits(built_vocabulary(layout), tokenizer):  # (before the weights are read)
+        raise ValueError(misfit_message(misfits[0], layout.directory))
     image_size = layout.kwargs.get("image_size") or 224  # (an int: the builder checked it)
     image_transform = checkpoint_image_transform(layout.directory, image_size=image_size)
     model = builder(pretrained=layout.weights, **layout.kwargs).eval()
-    end = getattr(model, "eos_token_id", None)  # CLIP reads its text features at this token
-    if end is not None and end != tokenizer.sep_id:
-        raise ValueError(
-            f"checkpoint: expected the tokenizer in {layout.directory} to end texts with the model's "
-            f"eos_token_id {end}, got {tokenizer.sep_id}"
-        )
     if dtype != torch.float32:  # for inference only: no parameter takes gradients any more
         if not onednn_packing_available(dtype):
             warnings.warn(

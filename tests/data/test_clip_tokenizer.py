@@ -386,7 +386,7 @@ def test_a_repeated_merge_line_is_named(tmp_path):
     lines = gzip.open(BPE).read().decode("utf-8").split("\n")
     path = tmp_path / "bpe.txt"
     path.write_text("\n".join(lines[:100] + [lines[5]] + lines[100:]), encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"path: merge line 101 of .*bpe.txt repeats line 6 \({lines[5]!r}\)"):
+    with pytest.raises(ValueError, match=rf"merges: line 101 of .*bpe.txt repeats line 6 \({lines[5]!r}\)"):
         CLIPTokenizer.from_bpe(path)
 
 
@@ -430,7 +430,10 @@ def test_tokenizer_json_ids_must_be_dense_and_unique(tmp_path, vocab, detail):
     with pytest.raises(ValueError, match=message):
         CLIPTokenizer.from_directory(tmp_path)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 2, "a": 1}
-    path.write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": []}}))
+    split = {"type": "Sequence", "pretokenizers": []}  # (transformers refuses another pre-tokeniser)
+    path.write_text(
+        json.dumps({"version": "1.0", "pre_tokenizer": split, "model": {"type": "BPE", "vocab": vocab, "merges": []}})
+    )
     tokenizer = CLIPTokenizer.from_tokenizer_json(path)
     assert (tokenizer.vocab_size, tokenizer.start_id, tokenizer.end_id) == (3, 0, 2)
 
@@ -667,3 +670,111 @@ def test_a_gzip_bomb_merges_file_is_read_only_as_far_as_its_merges_go(tmp_path):
     bomb.write_bytes(gzip.compress(b"#version: 0.2\n" + b"a" * (1 << 20) + b"\n"))  # a line within what is read
     with pytest.raises(ValueError, match=r"line 2 of .* got 'a{200}'... \(1048576 characters\)$"):
         CLIPTokenizer.from_bpe(bomb)  # (the whole line was the message)
+
+
+def write_small_clip(
+    directory, merges: list[str], extra: tuple[str, ...] = (), header: str = "#version: 0.2\n"
+) -> None:
+    """vocab.json (the byte pieces, each merge's result once, ``extra`` tokens, the two special tokens)
+    and merges.txt (``header``, then ``merges``, a line each)."""
+    pieces = list(byte_characters().values())
+    merged = list(dict.fromkeys("".join(m.split()) for m in merges))
+    tokens = pieces + [p + "</w>" for p in pieces] + merged + list(extra) + ["<|startoftext|>", "<|endoftext|>"]
+    directory.mkdir(exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (directory / "merges.txt").write_text(header + "".join(f"{m}\n" for m in merges))
+
+
+def test_a_merges_txt_read_otherwise_by_transformers_is_refused_naming_the_line(tmp_path):
+    """Found by a review: without its '#version' line a merges.txt was read whole, while transformers skips
+    its first line whatever it holds (losing a merge); a repeated merge, where the vocabulary's size let it
+    through, took the rank of its last line (the tokenizers library's) where transformers keeps its first;
+    a merge into a token vocab.json lacks was the library's error, naming neither file nor line."""
+    ids = lambda tok: (
+        tok(["abcd"])["input_ids"][0] if isinstance(tok, HFFastTokenizer) else tok(["abcd"])[0][0].tolist()
+    )  # noqa: E731
+    write_small_clip(tmp_path / "plain", ["a b", "b c"])
+    write_small_clip(tmp_path / "headless", ["a b", "b c"], header="")
+    reference = {name: ids(HFFastTokenizer.from_pretrained(tmp_path / name)) for name in ("plain", "headless")}
+    assert reference["plain"] != reference["headless"]  # "a b" lost: "bc" merged first
+    assert ids(CLIPTokenizer.from_directory(tmp_path / "plain")) == reference["plain"] == [514, 512, 66, 323, 515]
+    with pytest.raises(
+        ValueError, match=r"^merges.txt: line 1 of .*merges.txt must be the '#version: ...' header .*, got 'a b'$"
+    ):
+        CLIPTokenizer.from_directory(tmp_path / "headless")
+    write_small_clip(tmp_path / "repeat", ["a b", "b c", "a b"], extra=("zz",))  # 3 merges, 3 tokens
+    assert ids(HFFastTokenizer.from_pretrained(tmp_path / "repeat"))[1:-1] == [512, 66, 323]  # "ab": ranked at line 2
+    with pytest.raises(ValueError, match=r"^merges: line 4 of .*merges.txt repeats line 2 \('a b'\)$"):
+        CLIPTokenizer.from_directory(tmp_path / "repeat")
+    write_small_clip(tmp_path / "lacking", ["a b", "b c"])
+    (tmp_path / "lacking" / "merges.txt").write_text("#version: 0.2\na b\nb x\n")
+    with pytest.raises(Exception, match=r"Token `bx` out of vocabulary"):  # (the library's own Exception)
+        HFFastTokenizer.from_pretrained(tmp_path / "lacking")
+    with pytest.raises(
+        ValueError, match=r"^merges.txt: line 3 of .*merges.txt merges 'b' and 'x': expected .* lacks \['bx'\]$"
+    ):
+        CLIPTokenizer.from_directory(tmp_path / "lacking")
+
+
+def test_merge_lines_split_at_any_white_space_and_trailing_blank_lines_are_read_as_transformers_reads_them(tmp_path):
+    """A tab between the pieces, or blank lines at the end, were refused; transformers (and open_clip)
+    split each line at white space and strip the file."""
+    write_small_clip(tmp_path, ["a b", "b c"])
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na\tb\nb  c\n\n\n")
+    reference = HFFastTokenizer.from_pretrained(tmp_path)(["abcd", "bca"], padding=True)["input_ids"]
+    assert (
+        CLIPTokenizer.from_directory(tmp_path)(["abcd", "bca"])[0].tolist()
+        == reference
+        == [[514, 512, 66, 323, 515], [514, 513, 320, 515, 515]]
+    )
+
+
+def test_a_token_only_tokenizer_config_adds_to_a_tokenizer_json_directory_is_refused(tmp_path):
+    """Found by a review: beside a tokenizer.json, tokenizer_config.json's added_tokens_decoder was not
+    read, though transformers adds the tokens it lists (reading "a zq b" as [514, 320, 516, 321, 515],
+    where ours spelt "zq" in two pieces). The tokens tokenizer.json adds itself are read with it."""
+    write_small_clip(tmp_path / "src", ["a b", "b c"])
+    HFFastTokenizer.from_pretrained(tmp_path / "src").save_pretrained(tmp_path / "fast")
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "fast" / name).unlink()
+    config_path = tmp_path / "fast" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["added_tokens_decoder"]["516"] = {"content": "zq", "special": False, "normalized": True}
+    config_path.write_text(json.dumps(config))
+    assert HFFastTokenizer.from_pretrained(tmp_path / "fast")(["a zq b"])["input_ids"] == [[514, 320, 516, 321, 515]]
+    with pytest.raises(
+        ValueError, match=r"^tokenizer_config.json: .* adds tokens \['zq'\] to the vocabulary; only CLIP's"
+    ):
+        CLIPTokenizer.from_directory(tmp_path / "fast")
+    HFFastTokenizer.from_pretrained(tmp_path / "fast").save_pretrained(tmp_path / "both")  # now in tokenizer.json too
+    assert CLIPTokenizer.from_directory(tmp_path / "both")(["a zq b"], max_length=9)[0].tolist() == [
+        [514, 320, 516, 321, 515]
+    ]
+
+
+def test_a_tokenizer_json_of_transformers_before_4_17_is_refused(tmp_path):
+    """Its pre-tokeniser (ByteLevel alone, not CLIP's word split then bytes) was run as it stood; transformers'
+    CLIPTokenizerFast refuses such a file, as CLIP's tokenisation differs there."""
+    write_small_clip(tmp_path / "src", ["a b", "b c"])
+    HFFastTokenizer.from_pretrained(tmp_path / "src").save_pretrained(tmp_path / "old")
+    path = tmp_path / "old" / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    path.write_text(
+        json.dumps(
+            {
+                **spec,
+                "pre_tokenizer": {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": True,
+                    "use_regex": True,
+                },
+            }
+        )
+    )
+    with pytest.raises(TypeError, match="does not match the expected format"):
+        HFFastTokenizer.from_pretrained(tmp_path / "old")
+    with pytest.raises(
+        ValueError, match=rf"^tokenizer.json: pre_tokenizer in {path} must be a Sequence .*, got ByteLevel$"
+    ):
+        CLIPTokenizer.from_directory(tmp_path / "old")

@@ -40,6 +40,12 @@ def write_vocab(path: Path, tokens) -> Path:
     return path
 
 
+def bert_tokenizer_json(tmp_path: Path, tokens) -> dict:
+    """The JSON of the tokenizer.json transformers' BertTokenizerFast writes for a vocabulary of ``tokens``."""
+    BertTokenizerFast(vocab_file=str(write_vocab(tmp_path / "for_json.txt", tokens))).save_pretrained(tmp_path / "json")
+    return json.loads((tmp_path / "json" / "tokenizer.json").read_text())
+
+
 @pytest.fixture
 def hand(tmp_path) -> WordPieceTokenizer:
     return WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "vocab.txt", VOCAB))
@@ -533,8 +539,8 @@ def test_tokenizer_json_errors(tmp_path):
 def test_max_input_chars_per_word_is_bounded(tmp_path, chars, accepted):
     """10**20 raised the library's OverflowError "int too big to convert", naming nothing."""
     path = tmp_path / "tokenizer.json"
-    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, "red", "##d"])}
-    path.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": vocab, "max_input_chars_per_word": chars}}))
+    spec = bert_tokenizer_json(tmp_path, [*SPECIAL_TOKENS, "red", "##d"])
+    path.write_text(json.dumps({**spec, "model": {**spec["model"], "max_input_chars_per_word": chars}}))
     if accepted:  # a word longer than the limit is [UNK]
         ids, _ = WordPieceTokenizer.from_tokenizer_json(path)(["red redd"], max_length=8)
         assert ids.tolist() == ([[2, 1, 1, 3]] if chars == 1 else [[2, 5, 5, 6, 3]])
@@ -682,5 +688,106 @@ def test_json_nested_too_deeply_or_added_tokens_of_the_wrong_type_are_value_erro
         read_tokenizer_config(tmp_path / "tokenizer_config.json")
     (tmp_path / "tokenizer_config.json").unlink()
     (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": 5}))  # (iterating it: TypeError)
-    with pytest.raises(ValueError, match="tokenizer.json: .*tokenizer.json added_tokens must be a list, got int"):
+    with pytest.raises(ValueError, match="tokenizer.json: .*tokenizer.json added_tokens must be a list, got int 5"):
         refuse_added_tokens(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("added_tokens.json", "{not json", r"is not JSON: Expecting property name .* \(char 1\)"),
+        ("added_tokens.json", '["[IMG]"]', "must hold a JSON object, got a list"),
+        ("added_tokens.json", '{"[IMG]": "15"}', r"must map each token to an int id, got '\[IMG\]': str \"15\""),
+        (
+            "tokenizer_config.json",
+            '{"added_tokens_decoder": ["[IMG]"]}',
+            r"added_tokens_decoder must be an object of id -> token entries, got list \[\"\[IMG\]\"\]",
+        ),
+        (
+            "tokenizer_config.json",
+            '{"added_tokens_decoder": null}',
+            "added_tokens_decoder must be an object of id -> token entries, got NoneType null",
+        ),
+        (
+            "tokenizer_config.json",
+            '{"added_tokens_decoder": {"15": "[IMG]"}}',
+            r"added_tokens_decoder\['15'\] must be an object with a string content, got str \"\[IMG\]\"",
+        ),
+        (
+            "tokenizer_config.json",
+            '{"added_tokens_decoder": {"x": {"content": "[IMG]"}}}',
+            "added_tokens_decoder keys must be token ids, got 'x'",
+        ),
+    ],
+)
+def test_a_malformed_added_tokens_file_is_refused_naming_it_not_passed_over(tmp_path, name, text, match):
+    """Found by a review: such a file was skipped, so the tokens it adds (whole tokens for transformers,
+    which raises on each of these files) would have been split into pieces here, silently."""
+    write_vocab(tmp_path / "vocab.txt", VOCAB)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(
+        (ValueError, TypeError, AttributeError)
+    ):  # the reference refuses the file too (with errors of its own)
+        BertTokenizerFast.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"^({name}: )?{tmp_path / name} {match}$"):
+        WordPieceTokenizer.from_directory(tmp_path)
+
+
+def test_malformed_added_tokens_of_a_tokenizer_json_are_refused(tmp_path):
+    """An added_tokens entry that is no object, or null in place of the list, was passed over (tokenizers,
+    hence transformers, refuses the file)."""
+    hf = BertTokenizerFast(vocab_file=str(write_vocab(tmp_path / "vocab.txt", VOCAB)))
+    hf.save_pretrained(tmp_path / "saved")
+    path = tmp_path / "saved" / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    for added, match in (
+        (["[IMG]"], r"added_tokens\[0\] must be an object with a string content, got str"),
+        (None, "added_tokens must be a list, got NoneType null"),
+    ):
+        path.write_text(json.dumps({**spec, "added_tokens": added}))
+        with pytest.raises(ValueError, match=f"^tokenizer.json: {path} {match}"):
+            WordPieceTokenizer.from_directory(tmp_path / "saved")
+
+
+# Pipelines a tokenizer.json may state that BertTokenizerFast runs (the model and vocabulary being BERT's).
+_OTHER_PIPELINES = [
+    ("decoder", {"type": "WordPiece", "prefix": "##", "cleanup": False}),
+    ("decoder", {"type": "WordPiece", "prefix": "@@", "cleanup": True}),
+    ("decoder", None),
+    (
+        "normalizer",
+        {
+            "type": "BertNormalizer",
+            "clean_text": False,
+            "handle_chinese_chars": True,
+            "strip_accents": None,
+            "lowercase": True,
+        },
+    ),
+    ("normalizer", {"type": "Lowercase"}),
+    ("pre_tokenizer", {"type": "Whitespace"}),
+    ("pre_tokenizer", None),
+    ("post_processor", None),
+    ("post_processor", {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[MASK]", 4]}),
+]
+
+
+@pytest.mark.parametrize("key, value", _OTHER_PIPELINES)
+def test_a_tokenizer_json_pipeline_other_than_berts_is_refused_naming_the_key(tmp_path, key, value):
+    """Found by a review: only the vocabulary of a tokenizer.json was read, and BERT's pipeline built over
+    it, so a file stating another decoder, normaliser, pre-tokeniser or post-processor was tokenised or
+    decoded otherwise than transformers (which runs the file's) does, silently. The reference reads each
+    such file otherwise than BERT's (shown on a text and on ids); ours is now refused, naming the key."""
+    spec = bert_tokenizer_json(tmp_path, VOCAB)
+    (tmp_path / "bert.json").write_text(json.dumps(spec))
+    (tmp_path / "tokenizer.json").write_text(json.dumps({**spec, key: value}))
+    bert = BertTokenizerFast(tokenizer_file=str(tmp_path / "bert.json"))
+    reference = BertTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    ids = [ID["a"], ID["red"], ID["##s"], ID[","], ID["##s"]]
+    read = lambda tok: (tok(["red\x00s a_red"])["input_ids"][0], tok.decode(ids))  # noqa: E731
+    assert read(reference) != read(bert)
+    with pytest.raises(ValueError, match=rf"^path: {tmp_path / 'tokenizer.json'} {key} must .* \(BERT's\), got "):
+        WordPieceTokenizer.from_directory(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))  # BERT's own: read as the reference reads it
+    ours = WordPieceTokenizer.from_directory(tmp_path)
+    assert (ours(["red\x00s a_red"], max_length=12)[0][0].tolist(), ours.decode(ids)) == read(bert)

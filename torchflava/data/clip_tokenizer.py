@@ -39,6 +39,7 @@ from torch import Tensor
 
 from torchflava.data.tokenizer import (
     WordPieceTokenizer,
+    added_tokens,
     check_clean_up,
     check_dense_ids,
     check_max_length,
@@ -365,10 +366,6 @@ class CLIPTokenizer:
             raise ValueError(f"path: expected at least {wanted} merges in {path}, got {len(merges)}")
         characters = list(byte_characters().values())
         tokens = characters + [c + "</w>" for c in characters] + ["".join(pair) for pair in merges] + [START, END]
-        first = {}
-        for line, pair in enumerate(merges, start=2):  # (line 1: the version)
-            if (earlier := first.setdefault(pair, line)) != line:  # every later id would move by one
-                raise ValueError(f"path: merge line {line} of {path} repeats line {earlier} ({' '.join(pair)!r})")
         kwargs.setdefault("unescape_html", True)  # as OpenAI's and open_clip's tokenizers
         kwargs.setdefault("fix_text", True)
         kwargs.setdefault("reading", "open_clip")
@@ -382,8 +379,8 @@ class CLIPTokenizer:
 
         Raises:
             TypeError: if ``path`` is not a path.
-            ValueError: naming the file, if it does not read, is not a BPE tokenizer or its ids are not
-                0 .. size - 1, each once.
+            ValueError: naming the file, if it does not read, is not a BPE tokenizer, has the word split of
+                transformers before 4.17 (not a Sequence) or its ids are not 0 .. size - 1, each once.
         """
         path = check_path("path", path)
         try:
@@ -399,6 +396,12 @@ class CLIPTokenizer:
         # as vocab.json's: an id used twice read two tokens as one (the start and end tokens, say), a gap
         # or a huge id sized the embedding table wrongly
         check_dense_ids(tokenizer.get_vocab(), f"tokenizer.json: {path} model.vocab and added_tokens")
+        if not isinstance(tokenizer.pre_tokenizer, pre_tokenizers.Sequence):  # transformers refuses it too
+            raise ValueError(
+                f"tokenizer.json: pre_tokenizer in {path} must be a Sequence (CLIP's word split, then bytes; files "
+                "written before transformers 4.17 split otherwise: re-save with from_slow=True), got "
+                f"{type(tokenizer.pre_tokenizer).__name__}"
+            )
         return cls(tokenizer, _copy=False, **kwargs)
 
     @classmethod
@@ -408,17 +411,22 @@ class CLIPTokenizer:
         Raises:
             FileNotFoundError: if it has neither ``tokenizer.json`` nor ``vocab.json`` and ``merges.txt``.
             ValueError: naming the file and key, if a file is malformed or states another tokenizer, or
-                (without a ``tokenizer.json``) if ``added_tokens.json`` or ``tokenizer_config.json`` adds
-                tokens other than CLIP's start, end and padding ones.
+                if ``added_tokens.json`` or ``tokenizer_config.json`` adds tokens other than CLIP's start,
+                end and padding ones (and those the ``tokenizer.json``, if any, adds itself).
         """
         directory = Path(check_path("directory", directory))
         settings = read_clip_tokenizer_config(directory / "tokenizer_config.json")
+        specials = (START, END, settings.get("pad_token") or END)
         if present_file(directory / "tokenizer.json", "a tokenizer file"):
-            return cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
+            tokenizer = cls.from_tokenizer_json(directory / "tokenizer.json", **settings)
+            # Its own added tokens are read with it; those only the other files list, transformers adds too.
+            own = added_tokens(directory)[directory / "tokenizer.json"]
+            refuse_added_tokens(directory, (*specials, *own), "CLIP's special tokens and tokenizer.json's added ones")
+            return tokenizer
         if present_file(directory / "vocab.json", "a vocabulary file") and present_file(
             directory / "merges.txt", "a merges file"
         ):  # (a tokenizer.json holds its added tokens: read as transformers reads them)
-            refuse_added_tokens(directory, (START, END, settings.get("pad_token") or END), "CLIP's special tokens")
+            refuse_added_tokens(directory, specials, "CLIP's special tokens")
             vocab = read_json_object(directory / "vocab.json")
             if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
                 raise ValueError(f"vocab.json: expected token -> int id entries in {directory / 'vocab.json'}")
@@ -433,7 +441,13 @@ class CLIPTokenizer:
                 lines = path.read_text(encoding="utf-8").split("\n")
             except UnicodeDecodeError as error:
                 raise ValueError(f"merges.txt: {path} is not UTF-8 text ({error})") from None
-            merges = _merge_pairs(lines[1:] if lines[0].startswith("#version") else lines, path)
+            if not lines[0].startswith("#version"):  # transformers skips line 1 whatever it holds: a merge lost
+                raise ValueError(
+                    f"merges.txt: line 1 of {path} must be the '#version: ...' header (transformers skips that line), "
+                    f"got {lines[0][:80]!r}"
+                )
+            merges = _merge_pairs(lines[1:], path)
+            _check_merged_tokens(merges, vocab, path)
             if len(merges) != len(vocab) - 514:  # e.g. a truncated file: it would tokenise otherwise, silently
                 raise ValueError(
                     f"merges.txt: expected len(vocab.json) - 514 = {len(vocab) - 514} merges in {path} (the vocabulary "
@@ -520,18 +534,39 @@ def read_tokenizer(path: PathLike) -> Union[WordPieceTokenizer, CLIPTokenizer]:
 
 
 def _merge_pairs(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:
-    """The ``a b`` pairs of merge lines (a blank last line is the file's end); ValueError naming the line."""
-    pairs = []
+    """The pairs of merge lines (line 2 on), by rank: two pieces split at white space, as transformers and
+    open_clip split them (blank lines at the end are the file's end, as transformers strips it).
+
+    Raises:
+        ValueError: naming the line, if one is not two pieces or repeats an earlier one (transformers ranks
+            a repeated merge at its first line, the tokenizers library at its last: and the tokens of
+            every later merge move by one).
+    """
+    lines = list(lines)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    pairs, first = [], {}
     for number, line in enumerate(lines, start=2):
-        line = line.removesuffix("\r")  # a file with Windows line ends
-        if not line and number == len(lines) + 1:
-            break
-        parts = line.split(" ")
-        if len(parts) != 2 or not all(parts):
+        parts = line.split()  # (no byte's character is white space: a piece holds none)
+        if len(parts) != 2:
             got = repr(line) if len(line) <= 200 else f"{line[:200]!r}... ({len(line)} characters)"  # (one line)
-            raise ValueError(f"merges: line {number} of {path} must be two pieces separated by a space, got {got}")
-        pairs.append((parts[0], parts[1]))
+            raise ValueError(f"merges: line {number} of {path} must be two pieces separated by white space, got {got}")
+        pair = (parts[0], parts[1])
+        if (earlier := first.setdefault(pair, number)) != number:
+            raise ValueError(f"merges: line {number} of {path} repeats line {earlier} ({' '.join(pair)!r})")
+        pairs.append(pair)
     return pairs
+
+
+def _check_merged_tokens(merges: Sequence[tuple[str, str]], vocab: dict[str, int], path: Path) -> None:
+    """ValueError naming the line of the merges file at ``path`` if a merge's pieces or its result are not
+    tokens of ``vocab`` (the tokenizers library refuses it too, naming neither the file nor the line)."""
+    for number, (left, right) in enumerate(merges, start=2):
+        if missing := [token for token in (left, right, left + right) if token not in vocab]:
+            raise ValueError(
+                f"merges.txt: line {number} of {path} merges {left!r} and {right!r}: expected the pieces and "
+                f"{left + right!r} in vocab.json, which lacks {missing}"
+            )
 
 
 def read_clip_tokenizer_config(path: Path) -> dict:

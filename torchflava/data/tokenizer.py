@@ -1,8 +1,9 @@
 """BERT WordPiece tokenisation on the ``tokenizers`` library: load a checkpoint's, or train one.
 
-A checkpoint directory's tokenizer (:meth:`WordPieceTokenizer.from_directory`) is its ``vocab.txt``,
-or the WordPiece vocabulary of its ``tokenizer.json`` when there is no ``vocab.txt``, with the
-settings of its ``tokenizer_config.json`` read as transformers' ``BertTokenizerFast`` reads them:
+A checkpoint directory's tokenizer (:meth:`WordPieceTokenizer.from_directory`) is the WordPiece
+vocabulary of its ``tokenizer.json`` (whose pipeline must be BERT's), read over its ``vocab.txt`` as
+transformers does, else its ``vocab.txt``, with the settings of its ``tokenizer_config.json`` read as
+transformers' ``BertTokenizerFast`` reads them:
 ``do_lower_case`` (default true), ``strip_accents`` (default: as ``do_lower_case``),
 ``tokenize_chinese_chars`` (default true), ``model_max_length`` (the default ``max_length``) and
 ``clean_up_tokenization_spaces`` (:meth:`WordPieceTokenizer.decode`'s clean-up of spaces before
@@ -209,7 +210,8 @@ class WordPieceTokenizer:
 
         Only the vocabulary and ``max_input_chars_per_word`` are read from the file; the casing and
         accent settings come from the arguments, as ``BertTokenizerFast`` takes them from
-        ``tokenizer_config.json`` over the file's normaliser.
+        ``tokenizer_config.json`` over the file's normaliser. The rest of its pipeline must be BERT's
+        (:func:`check_bert_pipeline`), the one built here.
 
         Args:
             path (Union[str, os.PathLike]): the file.
@@ -226,13 +228,14 @@ class WordPieceTokenizer:
         Raises:
             FileNotFoundError: if there is no such file.
             ValueError: if the file is not JSON, its model is not a WordPiece one with ``[UNK]`` and
-                ``##`` continuations, or the vocabulary lacks a special token.
+                ``##`` continuations, its pipeline is not BERT's, or the vocabulary lacks a special token.
         """
         path = Path(check_path("path", path))
         if not path.is_file():
             raise FileNotFoundError(f"path: no tokenizer.json at {path}")
         try:
-            model = json.loads(path.read_text(encoding="utf-8")).get("model")
+            spec = json.loads(path.read_text(encoding="utf-8"))
+            model = spec.get("model")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError) as error:  # (too deep)
             raise ValueError(f"path: {path} is not a tokenizer.json object ({error})") from None
         if not isinstance(model, dict) or model.get("type") != "WordPiece":
@@ -252,6 +255,7 @@ class WordPieceTokenizer:
             raise ValueError(
                 f"path: {path} model.max_input_chars_per_word must be an int in [1, {sys.maxsize}], got {chars!r}"
             )
+        check_bert_pipeline(spec, path, vocab)
         bare = cls._bare(
             vocab,
             lowercase=lowercase,
@@ -409,39 +413,121 @@ class WordPieceTokenizer:
         return clean_up_spaces(text) if self.clean_up_tokenization_spaces else text
 
 
+# A BERT tokenizer.json's pipeline, as transformers' converter writes it: what WordPieceTokenizer builds.
+_BERT_PRE_TOKENIZER = {"type": "BertPreTokenizer"}
+_BERT_DECODER = {"type": "WordPiece", "prefix": "##", "cleanup": True}
+
+
+def check_bert_pipeline(spec: Mapping, path: Path, vocab: Mapping[str, int]) -> None:
+    """ValueError naming the key of the ``tokenizer.json`` at ``path`` (``spec``, its JSON) and its value
+    unless its pipeline is the one :class:`WordPieceTokenizer` builds, which ``BertTokenizerFast`` would
+    run from the file: a ``BertNormalizer`` cleaning text (its casing, accent and CJK settings are
+    ``tokenizer_config.json``'s there as here), the ``BertPreTokenizer``, the ``WordPiece`` decoder with
+    ``##`` and its clean-up, and a post-processor making ``[CLS] text [SEP]`` with ``vocab``'s ids.
+    Another would tokenise or decode otherwise, silently (absent or null: transformers fails, or keeps no
+    such step)."""
+    normalizer = spec.get("normalizer")
+    if (
+        not isinstance(normalizer, dict)
+        or normalizer.get("type") != "BertNormalizer"
+        or normalizer.get("clean_text") is not True
+    ):
+        expected = "a BertNormalizer with clean_text true"
+        raise ValueError(f"path: {path} normalizer must be {expected} (BERT's), got {_found(normalizer)}")
+    for key, expected in (("pre_tokenizer", _BERT_PRE_TOKENIZER), ("decoder", _BERT_DECODER)):
+        if spec.get(key) != expected:
+            raise ValueError(f"path: {path} {key} must be {json.dumps(expected)} (BERT's), got {_found(spec.get(key))}")
+    if not _bert_post_processor(spec.get("post_processor"), vocab):
+        raise ValueError(
+            f"path: {path} post_processor must make [CLS] $A [SEP] with the ids {vocab['[CLS]']} and "
+            f"{vocab['[SEP]']} (BERT's), got {_found(spec.get('post_processor'))}"
+        )
+
+
+def _bert_post_processor(processor: object, vocab: Mapping[str, int]) -> bool:
+    """Whether a tokenizer.json's post-processor makes ``[CLS] text [SEP]`` with ``vocab``'s ids of those
+    tokens: transformers writes a ``TemplateProcessing``, older files a ``BertProcessing``."""
+    cls, sep = ["[CLS]", vocab["[CLS]"]], ["[SEP]", vocab["[SEP]"]]
+    if not isinstance(processor, dict):
+        return False
+    if processor.get("type") == "BertProcessing":
+        return processor.get("cls") == cls and processor.get("sep") == sep
+    single = [
+        {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+        {"Sequence": {"id": "A", "type_id": 0}},
+        {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+    ]
+    tokens = processor.get("special_tokens")
+    return (
+        processor.get("type") == "TemplateProcessing"
+        and processor.get("single") == single
+        and isinstance(tokens, dict)
+        and all(tokens.get(name) == {"id": name, "ids": [i], "tokens": [name]} for name, i in (cls, sep))
+    )
+
+
 def refuse_added_tokens(
     directory: Path, allowed: Sequence[str] = SPECIAL_TOKENS, what: str = "BERT's special tokens"
 ) -> None:
     """ValueError naming the file if the directory's tokenizer has tokens added to its vocabulary
     beyond the ``allowed`` ones (``what`` they are; transformers' ``add_tokens``): they are read as
-    whole tokens there and would be split into pieces here."""
-    found = {}
-    path = directory / "tokenizer.json"
-    if present_file(path, "a tokenizer file"):
-        try:
-            entries = json.loads(path.read_text(encoding="utf-8")).get("added_tokens") or []
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError):
-            entries = []  # from_tokenizer_json names the file's own fault
-        if not isinstance(entries, list):  # (an int was iterated: TypeError)
-            raise ValueError(f"{path.name}: {path} added_tokens must be a list, got {type(entries).__name__}")
-        found[path] = [e.get("content") for e in entries if isinstance(e, dict)]
-    for name, key in (("added_tokens.json", None), (TOKENIZER_CONFIG, "added_tokens_decoder")):
-        path = directory / name
-        if present_file(path, "a tokenizer config file"):
-            try:
-                config = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                continue  # read_tokenizer_config names a malformed tokenizer_config.json
-            entries = config.get(key) if key and isinstance(config, dict) else config
-            if isinstance(entries, dict):
-                found[path] = [e.get("content") if isinstance(e, dict) else k for k, e in entries.items()]
-    for path, tokens in found.items():
+    whole tokens there and would be split into pieces here. A file that lists added tokens and does
+    not read as such is refused too (:func:`added_tokens`): passing over it would hide them."""
+    for path, tokens in added_tokens(directory).items():
         extra = [t for t in tokens if t not in allowed]
         if extra:
             raise ValueError(
                 f"{path.name}: {path} adds tokens {extra[:5]} to the vocabulary; only {what} "
                 f"{list(allowed)} are supported (added tokens would be split into pieces here)"
             )
+
+
+def added_tokens(directory: Path) -> dict[Path, list[str]]:
+    """The tokens each file of ``directory`` that transformers reads added tokens from lists, by file:
+    ``tokenizer.json``'s ``added_tokens``, ``added_tokens.json`` and ``tokenizer_config.json``'s
+    ``added_tokens_decoder`` (only the files there).
+
+    Raises:
+        ValueError: naming the file and the key, what was expected and what it holds, if one is not a
+            JSON object or its entries are of the wrong type (transformers and tokenizers raise there).
+    """
+    found = {}
+    path = directory / "tokenizer.json"
+    if present_file(path, "a tokenizer file"):
+        entries = read_json_object(path).get("added_tokens", [])
+        if not isinstance(entries, list):  # (null too: tokenizers expects a sequence)
+            raise ValueError(f"{path.name}: {path} added_tokens must be a list, got {_found(entries)}")
+        found[path] = [_token_content(entry, path, f"added_tokens[{i}]") for i, entry in enumerate(entries)]
+    path = directory / "added_tokens.json"
+    if present_file(path, "an added tokens file"):
+        entries = read_json_object(path)
+        if bad := next(((k, v) for k, v in entries.items() if isinstance(v, bool) or not isinstance(v, int)), None):
+            raise ValueError(f"{path.name}: {path} must map each token to an int id, got {bad[0]!r}: {_found(bad[1])}")
+        found[path] = list(entries)
+    path = directory / TOKENIZER_CONFIG
+    if present_file(path, "a tokenizer config file") and "added_tokens_decoder" in (config := read_json_object(path)):
+        entries = config["added_tokens_decoder"]
+        if not isinstance(entries, dict):
+            raise ValueError(
+                f"{path.name}: {path} added_tokens_decoder must be an object of id -> token entries, got {_found(entries)}"
+            )
+        if bad := next((key for key in entries if not re.fullmatch(r"[0-9]+", key)), None):  # transformers: int(key)
+            raise ValueError(f"{path.name}: {path} added_tokens_decoder keys must be token ids, got {bad!r}")
+        found[path] = [_token_content(e, path, f"added_tokens_decoder[{k!r}]") for k, e in entries.items()]
+    return found
+
+
+def _token_content(entry: object, path: Path, key: str) -> str:
+    """The ``content`` of an added token's entry (``key`` of the file at ``path``); ValueError naming
+    both unless the entry is an object with a string ``content``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+        raise ValueError(f"{path.name}: {path} {key} must be an object with a string content, got {_found(entry)}")
+    return entry["content"]
+
+
+def _found(value: object) -> str:
+    """What a file holds where something else was expected, for a one-line message: type and start."""
+    return f"{type(value).__name__} {json.dumps(value)[:60]}"
 
 
 def check_dense_ids(vocab: Mapping[str, int], where: str) -> None:
