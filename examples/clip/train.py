@@ -50,7 +50,7 @@ from torchflava.data.streaming import (
     shard_texts,
     streaming_checks,
 )
-from torchflava.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, source_texts
+from torchflava.data.tokenizer import SPECIAL_TOKENS, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, ImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
 from torchflava.models import clip_model
@@ -373,24 +373,6 @@ def pair_texts(cfg: DataConfig, pairs: Optional[torch.utils.data.Dataset]) -> li
     return source_texts({"pairs": pairs}, limit=cfg.vocab_training_texts)
 
 
-def learnt_tokenizer(
-    cfg: DataConfig, pairs: Optional[torch.utils.data.Dataset], out_dir: Path, *, resumed: bool
-) -> WordPieceTokenizer:
-    """The vocabulary a resumed run learnt (its ``vocab.txt``); else one learnt now from the captions rank 0
-    reads, on every rank, in memory: ``fit`` writes it into the run directory once every check has passed,
-    so a run refused before (shards that do not stream) leaves none.
-
-    Raises:
-        ValueError: if the data holds no caption.
-    """
-    if resumed and (out_dir / "vocab.txt").is_file():
-        return WordPieceTokenizer.from_directory(out_dir)
-    texts = rank0_value(lambda: pair_texts(cfg, pairs))
-    if not texts:
-        raise ValueError("vocab: none given and the data holds no text to learn a vocabulary from")
-    return WordPieceTokenizer.train(texts, vocab_size=cfg.vocab_size)
-
-
 def build_batches(
     cfg: TrainConfig, pairs: Optional[torch.utils.data.Dataset], collator, rank: int, world_size: int
 ) -> torch.utils.data.Dataset:
@@ -456,7 +438,13 @@ def main(cfg: TrainConfig) -> dict:
         lambda: (
             read_tokenizer(source)
             if source is not None
-            else learnt_tokenizer(d, pairs, out_dir, resumed=resume_from is not None)
+            else run_vocabulary(  # (in memory: fit writes it, once every check has passed)
+                None,
+                lambda: rank0_value(lambda: pair_texts(d, pairs)),  # rank 0's texts, on every rank
+                out_dir,
+                vocab_size=d.vocab_size,
+                resumed=resume_from is not None,
+            )
         ),
     )
     kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)  # (a learnt or downloaded one: now)

@@ -40,7 +40,7 @@ from torchflava.data.streaming import (
     shard_texts,
     streaming_checks,
 )
-from torchflava.data.tokenizer import WordPieceTokenizer, read_vocabulary, source_texts
+from torchflava.data.tokenizer import WordPieceTokenizer, read_vocabulary, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
 from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
@@ -348,22 +348,6 @@ def run_texts(cfg: DataConfig, sources: dict[str, torch.utils.data.Dataset]) -> 
     return texts
 
 
-def run_tokenizer(cfg: DataConfig, sources: dict, out_dir: Path, *, resumed: bool) -> WordPieceTokenizer:
-    """``data.vocab``'s tokenizer; else the one a resumed run learnt (its ``vocab.txt``); else a vocabulary
-    learnt now from the texts rank 0 reads, on every rank, in memory: ``fit`` writes it into the run
-    directory once every check has passed, so a run refused before (data that does not build) leaves none.
-
-    Raises:
-        ValueError: if a vocabulary is to be learnt and the data holds no text.
-    """
-    if cfg.vocab is not None or (resumed and (out_dir / "vocab.txt").is_file()):
-        return read_vocabulary(cfg.vocab if cfg.vocab is not None else out_dir)
-    texts = rank0_value(lambda: run_texts(cfg, sources))
-    if not texts:
-        raise ValueError("vocab: none given and the data holds no text to learn a vocabulary from")
-    return WordPieceTokenizer.train(texts, vocab_size=cfg.vocab_size)
-
-
 def build_codebook(cfg: TrainConfig, *, seeded: bool = True) -> nn.Module:
     """The dVAE that turns the codebook view into MIM targets (in the data pipeline, fp32)."""
     with torch.random.fork_rng(devices=[]):
@@ -474,7 +458,13 @@ def main(cfg: TrainConfig) -> dict:
         "data.vocab",
         cfg.data.vocab,
         "a BERT vocab.txt, or null and data with text to learn one from",
-        lambda: run_tokenizer(cfg.data, sources, out_dir, resumed=resume_from is not None),
+        lambda: run_vocabulary(  # (in memory: fit writes it, once every check has passed)
+            cfg.data.vocab,
+            lambda: rank0_value(lambda: run_texts(cfg.data, sources)),  # rank 0's texts, on every rank
+            out_dir,
+            vocab_size=cfg.data.vocab_size,
+            resumed=resume_from is not None,
+        ),
     )
     data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
     restore_data_position(data, start)  # a refused stream position: before the run directory is written

@@ -572,9 +572,12 @@ def test_run_vocabulary_reads_a_directory_with_its_settings_and_reloads_what_it_
     assert tok.lowercase is False and tok(["Red red"], max_length=8)[0].tolist() == [[2, 1, ID["red"], 3]]
     assert run_vocabulary(given / "vocab.txt", never, tmp_path / "run", vocab_size=50, resumed=False).lowercase
     learnt = run_vocabulary(None, lambda: captions, tmp_path / "run", vocab_size=80, resumed=False)
-    assert (tmp_path / "run" / "tokenizer_config.json").is_file() and learnt.vocab_size == 74  # all the text has
+    assert not (tmp_path / "run").exists() and learnt.vocab_size == 74  # all the text has; nothing written
+    learnt.save(tmp_path / "run")  # (as fit's run_files does, once the run's checks have passed)
     again = run_vocabulary(None, never, tmp_path / "run", vocab_size=80, resumed=True)
     assert again._tokenizer.get_vocab() == learnt._tokenizer.get_vocab()
+    with pytest.raises(ValueError, match="^vocab: none given and the data holds no text to learn a vocabulary from$"):
+        run_vocabulary(None, lambda: [], tmp_path / "other", vocab_size=80, resumed=True)
 
 
 def test_added_tokens_are_refused_and_tokenizer_json_is_read_over_vocab_txt(tmp_path):

@@ -23,7 +23,6 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 import torch
 from torch import Tensor
-import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from torchflava.utils.checkpoint import atomic_write, present_file, read_json_object
@@ -795,16 +794,17 @@ def run_vocabulary(
     vocab_size: int,
     resumed: bool,
 ) -> WordPieceTokenizer:
-    """A run's tokenizer: ``vocab`` if given, else the vocabulary rank 0 learns into ``run_dir``.
-
-    A resumed run reloads the vocabulary it learnt. Collective under torch.distributed: every rank
-    calls it and every rank gets the same vocabulary.
+    """A run's tokenizer, nothing written: ``vocab`` if given; else the vocabulary a resumed run learnt
+    (``run_dir/vocab.txt``); else one learnt now from ``texts()`` (deterministic: under
+    torch.distributed, every rank that is given the same texts, e.g. rank 0's, learns the same one). The
+    run writes it with its config once every check has passed (``fit``'s ``run_files``), so that a run
+    refused before leaves no vocabulary behind.
 
     Args:
         vocab (Optional[Union[str, os.PathLike]]): a BERT ``vocab.txt``, or a checkpoint directory
             (read with :meth:`WordPieceTokenizer.from_directory`: its ``tokenizer_config.json`` too).
-        texts (Callable[[], list[str]]): the texts to learn from (called on rank 0 only, when needed).
-        run_dir (Union[str, os.PathLike]): the run's output directory (``vocab.txt`` goes there).
+        texts (Callable[[], list[str]]): the texts to learn from (called only when needed).
+        run_dir (Union[str, os.PathLike]): the run's output directory (where a resumed run's ``vocab.txt`` is).
         vocab_size (int): size of a learnt vocabulary.
         resumed (bool): whether the run resumes (then a saved vocabulary is reused).
 
@@ -816,13 +816,9 @@ def run_vocabulary(
     """
     if vocab is not None:
         return read_vocabulary(vocab)
-    saved = Path(run_dir) / "vocab.txt"
-    if not (resumed and saved.is_file()):
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            learnt = texts()
-            if not learnt:
-                raise ValueError("vocab: none given and the data holds no text to learn a vocabulary from")
-            WordPieceTokenizer.train(learnt, vocab_size=vocab_size).save(saved.parent)
-        if dist.is_initialized():
-            dist.barrier()
-    return WordPieceTokenizer.from_directory(saved.parent)
+    if resumed and (Path(run_dir) / "vocab.txt").is_file():
+        return WordPieceTokenizer.from_directory(run_dir)
+    learnt = texts()
+    if not learnt:
+        raise ValueError("vocab: none given and the data holds no text to learn a vocabulary from")
+    return WordPieceTokenizer.train(learnt, vocab_size=vocab_size)
