@@ -108,6 +108,7 @@ def test_bf16_cls_features_are_float_and_within_bf16_rounding(export):
             "argument --val: expected a folder of class sub-folders, got '/nowhere'",
         ),
         (["--train", ".", "--val", ".", "--test", "/nowhere"], "argument --test: expected a folder of class"),
+        (["--shapes", "--batch-size", "0"], "argument --batch-size: expected an int >= 1, got 0"),
         # was 'argument --train: root must hold a file ending in ...'
         (
             ["--train", "{empty}", "--val", "."],
@@ -162,3 +163,39 @@ def test_class_folders_that_cannot_be_probed_exit_2_naming_the_option_before_any
     error = capsys.readouterr().err.splitlines()[-1]
     assert exit_info.value.code == 2
     assert error == "python -m torchflava.linear_probe: error: " + message.format(train=tmp_path / "train")
+
+
+def test_batch_size_sets_the_images_encoded_at_a_time_and_a_file_url_names_the_checkpoint(
+    export, tmp_path, monkeypatch
+):
+    """There was no --batch-size (128 images a time, whatever the memory), and a file:// URL of the
+    checkpoint was 'checkpoint: file:/... does not exist'."""
+    train, val = (_folders(tmp_path / name, "pairs", seed, 40) for name, seed in (("train", 1), ("val", 2)))
+    arguments = ["--checkpoint", export.as_uri(), "--train", str(train), "--val", str(val)]
+    chunks = []
+
+    def recorded(read, indices, batch_size, skipped):
+        for chunk in command_chunks(read, indices, batch_size, skipped):
+            chunks.append(len(chunk))
+            yield chunk
+
+    class Fitted(Exception):
+        """Raised where the probe would be fitted: the features are what this test checks (the fit is slow)."""
+
+    def features_to_fit(*splits, **settings):
+        probed.append(splits[:2])  # (train, val): no --test
+        raise Fitted
+
+    command_chunks, probed = command.readable_chunks, []
+    monkeypatch.setattr(command, "readable_chunks", recorded)
+    monkeypatch.setattr(command, "linear_probe", features_to_fit)
+    with pytest.raises(Fitted):
+        command.main(arguments)
+    assert max(chunks) > 7
+    chunks.clear()
+    with pytest.raises(Fitted):
+        command.main([*arguments, "--batch-size", "7"])
+    assert max(chunks) == 7 and sum(chunks) == len(ImageClassFolder(train)) + len(ImageClassFolder(val))
+    for (default, default_labels), (batched, labels) in zip(*probed):
+        torch.testing.assert_close(batched, default, atol=1e-5, rtol=1e-5)
+        assert torch.equal(labels, default_labels)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import torch
 from transformers import BertTokenizerFast, FlavaImageProcessor
 
-from tests.helpers import VARIED_TEXTS, fifo_that_cannot_hang, photos, write_hf_flava, write_tiny_export
+from tests.helpers import TINY_FLAVA, VARIED_TEXTS, fifo_that_cannot_hang, photos, write_hf_flava, write_tiny_export
 from torchflava.data.transforms import CLIP_STD, EvalImageTransform, ImageTransform
 from torchflava.pretrained import checkpoint_image_transform, checkpoint_layout, load_pretrained
 
@@ -61,7 +61,8 @@ def test_flava_full_preprocessing_at_224(tmp_path, real_photos):
 def test_tokenizer_ids_equal_bert_tokenizer_fast(hf_directory, tmp_path):
     directory, lowercase = hf_directory
     tokenizer = load_pretrained(directory).tokenizer
-    assert (tokenizer.lowercase, tokenizer.model_max_length) == (lowercase, None)  # transformers' 1e30: no limit
+    # transformers' 1e30 (no limit): the model's text positions, what it takes (it was None: no default)
+    assert (tokenizer.lowercase, tokenizer.model_max_length) == (lowercase, TINY_FLAVA["max_seq_len"])
     hf = BertTokenizerFast.from_pretrained(directory)
     expected = hf(TEXTS, padding=True, truncation=True, max_length=40, return_tensors="pt")
     ids, mask = tokenizer(TEXTS, max_length=40)
@@ -378,3 +379,47 @@ def test_a_clip_config_pooling_at_the_highest_id_needs_the_tokenizer_s_last_id_a
     assert pretrained.built_vocabulary(checkpoint_layout(tmp_path)) == {"vocab_size": 49408, "eos_token_id": None}
     loaded = load_pretrained(tmp_path)
     assert loaded.model.eos_token_id is None and loaded.tokenizer.sep_id == 49407
+
+
+def test_a_tokenizer_stating_no_limit_truncates_to_the_model_s_text_positions(tmp_path):
+    """A tokenizer_config.json without model_max_length: tokenizer(texts) raised "max_length must be given"
+    although the model's text length is known (transformers' would not truncate: the model then fails)."""
+    write_hf_flava(tmp_path, lowercase=True)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.pop("model_max_length", None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    pretrained = load_pretrained(tmp_path)
+    positions = TINY_FLAVA["max_seq_len"]
+    assert pretrained.tokenizer.model_max_length == pretrained.max_text_length == positions
+    ids, mask = pretrained.tokenizer(["a photo of a cat", " ".join(["cat"] * 3 * positions)])
+    assert ids.shape == mask.shape == (2, positions)  # the long one truncated to what the model takes
+    assert int(ids[1, -1]) == pretrained.tokenizer.sep_id and int(mask[0].sum()) < positions
+    with torch.no_grad():
+        assert pretrained.model.encode_text(ids, mask).shape[0] == 2
+    assert pretrained.text_length == positions
+    config["model_max_length"] = 8  # a stated limit is kept
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert load_pretrained(tmp_path).tokenizer.model_max_length == 8
+
+
+def test_a_file_url_names_a_checkpoint_directory(tmp_path):
+    """file:// URLs worked in the builders but not here: "checkpoint: file:/... does not exist" (the
+    URL mangled into a path, the message false)."""
+    write_hf_flava(tmp_path / "hf", lowercase=True)
+    by_path, by_url = load_pretrained(tmp_path / "hf"), load_pretrained((tmp_path / "hf").as_uri())
+    assert by_url.weights == by_path.weights == tmp_path / "hf" and by_url.kwargs == by_path.kwargs
+    for name, value in by_path.model.state_dict().items():
+        assert torch.equal(by_url.model.state_dict()[name], value), name
+    weights = next((tmp_path / "hf").glob("*.safetensors"))
+    with pytest.raises(
+        FileNotFoundError, match=rf"checkpoint: {re.escape(str(weights))} is a file; expected a checkpoint"
+    ):
+        load_pretrained(weights.as_uri())
+    with pytest.raises(FileNotFoundError, match=r"^checkpoint not found: file://.*/nowhere$"):
+        load_pretrained((tmp_path / "nowhere").as_uri())
+    with pytest.raises(
+        ValueError, match=r"^checkpoint: expected a local checkpoint directory or a file:// URL of one "
+    ):
+        load_pretrained("https://example.com/flava")
+    with pytest.raises(ValueError, match=r"^file URLs must name a local file \(file:///path\), got 'file://host/x'$"):
+        load_pretrained("file://host/x")

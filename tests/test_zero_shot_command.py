@@ -760,3 +760,53 @@ def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(ima
         ValueError, match=r"^split must .* 'tset' is not a split of .* \(its splits: \['test', 'train', 'val'\]\)"
     ):
         zero_shot.retrieval(None, str(images), str(captions), split=["test", "tset"])
+
+
+def test_classes_from_a_file_and_folders_matched_to_them_case_and_spaces_aside(export, images, tmp_path, capsys):
+    """Folders named as the classes but for case gave no accuracy, silently; --classes @FILE (names one a
+    line, so they may hold commas) did not exist; a file:// URL of the checkpoint was a false 'does not exist'."""
+    directory, _ = export
+    names = tmp_path / "classes.txt"
+    names.write_text("\ufeff Red Circle \n\nBLUE SQUARE\ngreen triangle\n\n", encoding="utf-8")  # a BOM, blanks
+    command = ["--checkpoint", directory.as_uri(), "--images", str(images), "--classes", f"@{names}"]
+    result = zero_shot.main(command)
+    assert [list(p) for p in result["probabilities"].values()] == [["Red Circle", "BLUE SQUARE", "green triangle"]] * 12
+    right = [name.casefold() == file.split("/")[0] for file, name in result["predictions"].items()]
+    assert result["accuracy"] == pytest.approx(sum(right) / len(right))
+    out, err = capsys.readouterr()
+    assert f"accuracy {100 * result['accuracy']:.1f}%" in out and "warning" not in err
+    names.write_text("red circle, large\nblue square\n", encoding="utf-8")  # a comma inside a name
+    result = zero_shot.main(command)
+    assert set(result["predictions"].values()) <= {"red circle, large", "blue square"} and "accuracy" not in result
+
+
+def test_folders_matching_no_class_are_warned_of_in_one_line(export, images, capsys):
+    """--classes "cat,dog" on folders named otherwise printed no accuracy line and no reason."""
+    directory, _ = export
+    result = zero_shot.main(["--checkpoint", str(directory), "--images", str(images), "--classes", "cat,dog"])
+    assert "accuracy" not in result and result["num_images"] == 12
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == [
+        "warning: no accuracy: the image sub-folders ['blue square', 'green triangle', 'red circle'] match none of "
+        "the classes ['cat', 'dog'] (each image should lie in a sub-folder named after its class)"
+    ]
+    assert zero_shot.folder_class("CAT ", ["cat", "dog"]) == 0 and zero_shot.folder_class("dog", ["Dog", "dog"]) == 1
+    assert zero_shot.folder_class("DOG", ["Dog", "dog"]) is None  # two classes: neither is taken
+    assert zero_shot.unmatched_folders_warning(["a.png", "b.png"], ["cat", "dog"]) is None  # no sub-folders at all
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\n  \n", "argument --classes: {file} holds no class name (expected one a line)"),
+        (b"caf\xe9\ndog\n", "argument --classes: cannot read {file} as UTF-8 text (UnicodeDecodeError"),
+        (None, "argument --classes: expected @FILE naming a file of class names, got '@{file}' (not a file)"),
+    ],
+)
+def test_a_classes_file_that_names_no_class_exits_2_naming_it(images, tmp_path, content, message, capsys):
+    file = tmp_path / "classes.txt"
+    if content is not None:
+        file.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(images), "--classes", f"@{file}"])
+    assert exit_info.value.code == 2 and message.format(file=file) in capsys.readouterr().err

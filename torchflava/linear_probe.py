@@ -2,13 +2,15 @@
 
     python -m torchflava.linear_probe --checkpoint runs/tiny --shapes
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
+    python -m torchflava.linear_probe --checkpoint file:///models/flava-full --shapes --batch-size 32
 
 The feature is the image encoder's CLS after its final LayerNorm (no projection), of images
 preprocessed as the checkpoint states (``preprocessor_config.json``, see
 :mod:`torchflava.pretrained`). A logistic regression is fitted for each L2 penalty on ``--train``,
 the penalty with the best ``--val`` accuracy is kept, the probe is refitted on train + val and
 scored on ``--test``. Folders hold one sub-folder per class; ``--shapes`` uses the built-in shapes
-task (train and validation from the training world, test = the held-out split).
+task (train and validation from the training world, test = the held-out split). Images are encoded
+``--batch-size`` at a time (the features do not depend on it).
 """
 
 import argparse
@@ -25,13 +27,15 @@ from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
-from torchflava.utils.cli import output_file, run_command, write_json
+from torchflava.utils.cli import output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
+
+DEFAULT_BATCH_SIZE = 128  # images encoded at a time (--batch-size)
 
 
 @torch.no_grad()
 def cls_features(
-    pretrained: Pretrained, source, *, batch_size: int = 128, where: str = "the split"
+    pretrained: Pretrained, source, *, batch_size: int = DEFAULT_BATCH_SIZE, where: str = "the split"
 ) -> tuple[Tensor, Tensor, list[str]]:
     """(N, D) frozen image CLS features and (N,) labels of a labelled image source; unusable items skipped.
 
@@ -60,11 +64,15 @@ def probe_shapes(
     num_test: int = 540,
     image_size: int = 64,
     l2_values: Sequence[float] = DEFAULT_L2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> LinearProbeResult:
-    """Linear probe on the built-in shapes task (train/val drawn from the training world, test held out)."""
+    """Linear probe on the built-in shapes task (train/val drawn from the training world, test held out),
+    the images encoded ``batch_size`` at a time."""
     train = ShapesClassification("pairs", num_train + num_val, image_size=image_size)
-    features, labels, _ = cls_features(pretrained, train)
-    test = cls_features(pretrained, ShapesClassification("test", num_test, image_size=image_size))
+    features, labels, _ = cls_features(pretrained, train, batch_size=batch_size)
+    test = cls_features(
+        pretrained, ShapesClassification("test", num_test, image_size=image_size), batch_size=batch_size
+    )
     return linear_probe(
         (features[:num_train], labels[:num_train]),
         (features[num_train:], labels[num_train:]),
@@ -80,11 +88,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run, export or Hugging Face FLAVA or CLIP directory (or a file:// URL of one)",
+    )
     parser.add_argument("--shapes", action="store_true", help="the built-in shapes task")
     parser.add_argument("--train")
     parser.add_argument("--val")
     parser.add_argument("--test")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images encoded at a time [{DEFAULT_BATCH_SIZE}]",
+    )
     add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the report here")
     args = parser.parse_args(argv)
@@ -115,12 +133,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     skipped = {}
     if args.shapes:
-        result, classes = probe_shapes(pretrained), ShapesClassification.classes
+        result, classes = probe_shapes(pretrained, batch_size=args.batch_size), ShapesClassification.classes
     else:
         classes = split["train"].classes
         features = {}
         for name, source in split.items():
-            vectors, labels, skipped[name] = cls_features(pretrained, source, where=f"--{name} {folders[name]}")
+            where = f"--{name} {folders[name]}"
+            vectors, labels, skipped[name] = cls_features(pretrained, source, batch_size=args.batch_size, where=where)
             features[name] = (vectors, labels)
         result = linear_probe(features["train"], features["val"], features.get("test"), num_classes=len(classes))
     report = {

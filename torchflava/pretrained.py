@@ -116,9 +116,7 @@ class Pretrained(NamedTuple):
     @property
     def max_text_length(self) -> int:
         """Most text positions the model has."""
-        if isinstance(self.model, CLIPModel):
-            return int(self.kwargs.get("context_length") or 77)
-        return int(self.kwargs.get("max_seq_len", 512))
+        return text_positions("clip" if isinstance(self.model, CLIPModel) else "flava", self.kwargs)
 
     @property
     def text_length(self) -> int:
@@ -126,6 +124,14 @@ class Pretrained(NamedTuple):
         :attr:`max_text_length`."""
         length = self.tokenizer.model_max_length
         return min(DEFAULT_TEXT_LENGTH if length is None else length, self.max_text_length)
+
+
+def text_positions(family: str, kwargs: dict) -> int:
+    """Most text positions of a ``family`` model (a key of :data:`BUILDERS`) built with ``kwargs``: its
+    ``context_length`` (CLIP; 77 where unstated) or ``max_seq_len`` (FLAVA; 512, the builder's default)."""
+    if family == "clip":
+        return int(kwargs.get("context_length") or 77)
+    return int(kwargs.get("max_seq_len") or 512)
 
 
 class CheckpointLayout(NamedTuple):
@@ -218,6 +224,25 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
 def holds_tokenizer(directory: Union[str, os.PathLike]) -> bool:
     """Whether ``directory`` holds one of the :data:`TOKENIZER_FILES`."""
     return any((Path(directory) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def local_directory(path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
+    """``path`` with a ``file://`` URL resolved as the builders resolve one (:func:`local_checkpoint`);
+    a path as it is (:func:`checkpoint_layout` names what is wrong with it).
+
+    Raises:
+        ValueError: for a URL of another scheme (http, ...): a checkpoint directory with its tokenizer
+            and preprocessing is local, nothing is downloaded; or a malformed ``file://`` URL.
+        FileNotFoundError: for a ``file://`` URL naming nothing (the URL named).
+    """
+    if is_remote(path):  # (else taken for a relative path that does not exist, the URL mangled)
+        raise ValueError(
+            f"checkpoint: expected a local checkpoint directory or a file:// URL of one (nothing is downloaded), "
+            f"got the URL {os.fspath(path)!r}"
+        )
+    if isinstance(path, str) and path.startswith("file:"):  # (a Path collapses the URL's slashes: str only)
+        return local_checkpoint(path)
+    return path
 
 
 def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
@@ -485,7 +510,8 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     """Build the checkpoint's architecture, load its weights, tokenizer and image preprocessing.
 
     Args:
-        path (Union[str, os.PathLike]): a run, export or Hugging Face FLAVA or CLIP directory.
+        path (Union[str, os.PathLike]): a run, export or Hugging Face FLAVA or CLIP directory, or a
+            ``file://`` URL naming one (as the builders' ``pretrained`` takes it).
         dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16
             autocast with every linear weight cast, and on CPU packed, once (:func:`pack_linears`; the
             model can then no longer be trained, nor moved to another device: its parameters are
@@ -495,18 +521,24 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
 
     Returns:
         Pretrained: model (eval mode), tokenizer, architecture arguments, weights path and image
-        transform.
+        transform. A tokenizer whose ``tokenizer_config.json`` states no ``model_max_length`` (or
+        transformers' "no limit") gets the model's number of text positions
+        (:attr:`Pretrained.max_text_length`) as its default ``max_length``: transformers' would not
+        truncate, and the model would then fail on a long text.
 
     Raises:
-        TypeError, FileNotFoundError: as :func:`checkpoint_layout`.
-        ValueError: if ``dtype`` is not one of :data:`INFERENCE_DTYPES`, if ``tokenizer_config.json`` or
+        TypeError, FileNotFoundError: as :func:`checkpoint_layout` (FileNotFoundError naming the URL for
+            a ``file://`` URL of nothing).
+        ValueError: if ``path`` is a URL of another scheme than ``file:`` (nothing is downloaded: the
+            tokenizer and preprocessing files are read from the directory), a malformed ``file://``
+            URL, if ``dtype`` is not one of :data:`INFERENCE_DTYPES`, if ``tokenizer_config.json`` or
             ``preprocessor_config.json`` holds a bad value,
             the tokenizer has more tokens than the model's vocabulary or another end token, or the
             weights do not match the architecture.
     """
     if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
-    layout = checkpoint_layout(path)
+    layout = checkpoint_layout(local_directory(path))
     builder = BUILDERS[layout.family]
     unknown = sorted(set(layout.kwargs) - (set(inspect.signature(builder).parameters) - {"pretrained"}))
     if unknown:  # was the builder's TypeError, naming no file
@@ -517,6 +549,8 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     except (TypeError, ValueError) as error:  # a value of the wrong type or range: name the file it is in
         raise ValueError(f"checkpoint: {layout.config}: {first_line(error)}") from None
     tokenizer = checkpoint_tokenizer(layout)
+    if tokenizer.model_max_length is None:  # no stated limit: what the model takes, not an error on each call
+        tokenizer.model_max_length = text_positions(layout.family, layout.kwargs)
     if misfits := tokenizer_misfits(built_vocabulary(layout), tokenizer):  # (before the weights are read)
         raise ValueError(misfit_message(misfits[0], layout.directory))
     image_size = layout.kwargs.get("image_size") or 224  # (an int: the builder checked it)

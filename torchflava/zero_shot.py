@@ -4,6 +4,7 @@
     python -m torchflava.zero_shot --checkpoint /models/flava-full --images DIR --captions captions.jsonl
     python -m torchflava.zero_shot --checkpoint /models/flava-full --images coco --captions dataset_coco.json --split test
     python -m torchflava.zero_shot --checkpoint /models/clip-vit-base-patch32 --images DIR --classes "cat,dog"
+    python -m torchflava.zero_shot --checkpoint file:///models/flava-full --images DIR --classes @classes.txt
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
@@ -12,8 +13,10 @@ transformers users get.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
 is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
-``--json``; when the images sit in sub-folders named after the classes, the accuracy is reported
-too. Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
+``--json``; when the images sit in sub-folders named after the classes (case and surrounding
+spaces aside, where that names one class), the accuracy is reported too, else a warning says which
+folders match no class. ``--classes @FILE`` reads the class names from a UTF-8 file, one a line
+(names may hold commas; blank lines are ignored). Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
 ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets),
 COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
 name its columns), see ``ImageTextFolder``; without ``--images`` the file's image paths must be
@@ -136,7 +139,7 @@ def classify_folder(
         dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
         softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped`` and
         ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, and
-        ``accuracy`` when the images lie in sub-folders named after the classes.
+        ``accuracy`` when the images lie in sub-folders named after the classes (:func:`folder_labels`).
 
     Raises:
         TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
@@ -170,11 +173,50 @@ def classify_folder(
         "num_images": len(files),
         "chance": 1 / len(class_names),
     }
-    folders = [Path(f).parts[0] if len(Path(f).parts) > 1 else None for f in files]
-    if all(name in class_names for name in folders):
-        labels = torch.tensor([class_names.index(name) for name in folders])
-        result["accuracy"] = classification_accuracy(features, classes, labels)
+    labels = folder_labels(files, class_names)
+    if labels is not None:
+        result["accuracy"] = classification_accuracy(features, classes, torch.tensor(labels))
     return result
+
+
+def image_folder(file: str) -> Optional[str]:
+    """The sub-folder of ``images`` a file (its relative path) lies in; None for one at the top."""
+    parts = Path(file).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def folder_class(folder: Optional[str], class_names: Sequence[str]) -> Optional[int]:
+    """The index of the class a sub-folder is named after: the class of its very name, else the one
+    class equal to it with case and surrounding spaces aside (``cat/`` for ``Cat``); None for none, or
+    where several are (``Cat`` and ``cat`` both classes, ``CAT/`` naming neither)."""
+    if folder is None:
+        return None
+    if folder in class_names:
+        return list(class_names).index(folder)
+    key = folder.strip().casefold()
+    found = [i for i, name in enumerate(class_names) if name.strip().casefold() == key]
+    return found[0] if len(found) == 1 else None
+
+
+def folder_labels(files: Sequence[str], class_names: Sequence[str]) -> Optional[list[int]]:
+    """The class index of each file (its path relative to the images folder) from the sub-folder it lies
+    in (:func:`folder_class`), or None unless every file's folder names a class."""
+    labels = [folder_class(image_folder(file), class_names) for file in files]
+    return None if any(label is None for label in labels) else labels
+
+
+def unmatched_folders_warning(files: Sequence[str], class_names: Sequence[str]) -> Optional[str]:
+    """The one-line warning of a classification without accuracy whose images lie in sub-folders: which
+    folders name no class (None where every image lies at the top: no folder to match)."""
+    folders = {image_folder(file) for file in files}
+    if folders == {None}:
+        return None
+    unmatched = sorted(f for f in folders - {None} if folder_class(f, class_names) is None)
+    top = " and images outside any sub-folder" if None in folders else ""
+    return (
+        f"warning: no accuracy: the image sub-folders {unmatched}{top} match none of the classes "
+        f"{list(class_names)} (each image should lie in a sub-folder named after its class)"
+    )
 
 
 def retrieval(
@@ -248,17 +290,42 @@ def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_siz
 _CAPTIONS_OPTIONS = {"root": "--images", "split": "--split", "image_key": "--image-key", "text_key": "--text-key"}
 
 
+def class_names_argument(value: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The class names ``--classes`` gives: comma-separated, or ``@FILE``'s lines (UTF-8; names stripped,
+    blank lines ignored); exits 2 naming the option and the file where it cannot be read or names none."""
+    if not value.startswith("@"):
+        return [name.strip() for name in value.split(",")]
+    path = Path(value[1:])
+    if not path.is_file():  # (a FIFO is no file here: reading it would wait forever)
+        parser.error(f"argument --classes: expected @FILE naming a file of class names, got {value!r} (not a file)")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # (a BOM is no part of a name)
+    except (OSError, UnicodeDecodeError) as error:
+        parser.error(f"argument --classes: cannot read {path} as UTF-8 text ({type(error).__name__}: {error})")
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        parser.error(f"argument --classes: {path} holds no class name (expected one a line)")
+    return names
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m torchflava.zero_shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", required=True, help="run, export or Hugging Face FLAVA or CLIP directory")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run, export or Hugging Face FLAVA or CLIP directory (or a file:// URL of one)",
+    )
     parser.add_argument(
         "--images",
         help="image folder (retrieval: the folder of the captions' image paths; leave out for absolute paths)",
     )
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--classes", help="comma-separated class names (classification)")
+    mode.add_argument(
+        "--classes",
+        help="comma-separated class names, or @FILE: a UTF-8 file of one class name a line (classification)",
+    )
     mode.add_argument(
         "--captions",
         help="captions pairing the images with text (retrieval): .jsonl, Karpathy's, COCO's or BLIP's .json, .csv or .tsv",
@@ -292,7 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's, COCO's or BLIP's .json, or a .csv, "
             f"got {args.captions!r} (not a file)"
         )
-    classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
+    classes = None if args.classes is None else class_names_argument(args.classes, parser)
     if classes is not None and (len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes)):
         parser.error(f"argument --classes: expected at least two distinct non-empty names, got {classes}")
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
@@ -322,6 +389,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if "accuracy" in result:
             summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
         print(summary)
+        if "accuracy" not in result and (warning := unmatched_folders_warning(result["predictions"], classes)):
+            print(warning, file=sys.stderr)
     else:
         result = _folder_retrieval(pretrained, folder, args.batch_size)  # (the file read and checked above)
         print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")

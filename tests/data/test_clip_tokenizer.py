@@ -566,9 +566,21 @@ def test_save_writes_files_that_it_and_transformers_read_back_to_the_same_ids(hf
 
 
 def test_save_refuses_open_clips_reading_rather_than_write_another(ours, tmp_path):
-    with pytest.raises(ValueError, match=r"^save: expected transformers' reading of texts"):
+    """The refusal did not say how to get a tokenizer that saves: it names the settings and from_bpe's."""
+    remedy = "CLIPTokenizer.from_bpe(path, reading='transformers', unescape_html=False, fix_text=False) gives one"
+    with pytest.raises(ValueError, match=r"^save: expected transformers' reading of texts") as error:
         ours.save(tmp_path)
+    assert "got reading='open_clip', unescape_html=True, fix_text=True; " + remedy in str(error.value)
+    with pytest.raises(ValueError, match=r", got fix_text=True; CLIPTokenizer.from_bpe\("):
+        CLIPTokenizer.from_bpe(BPE, reading="transformers", unescape_html=False).save(tmp_path)
     assert list(tmp_path.iterdir()) == []
+    # The remedy named: it saves, and reads back (here and in transformers) to its own ids.
+    saveable = CLIPTokenizer.from_bpe(BPE, reading="transformers", unescape_html=False, fix_text=False)
+    saveable.save(tmp_path / "saved")
+    plain = [text for text in TEXTS if "&" not in text]
+    assert torch.equal(CLIPTokenizer.from_directory(tmp_path / "saved")(TEXTS)[0], saveable(TEXTS)[0])
+    got = HFFastTokenizer.from_pretrained(tmp_path / "saved")(plain, padding=True, truncation=True, return_tensors="pt")
+    assert torch.equal(got["input_ids"], saveable(plain)[0])
 
 
 def test_read_tokenizer_tells_wordpiece_from_clips_bpe(hf_directory, tmp_path):

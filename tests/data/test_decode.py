@@ -1,4 +1,5 @@
-"""decode_image: every PIL mode to the right RGB, alpha composited, 16-bit scaled, EXIF applied, size bounded."""
+"""decode_image: every PIL mode to the right RGB, alpha dropped as PIL's convert("RGB") drops it (or composited on a
+background given), 16-bit scaled, EXIF applied, size bounded."""
 
 import io
 from pathlib import Path
@@ -66,6 +67,7 @@ def test_palette_images_give_their_colours_and_transparency_is_composited():
     assert rgb(encoded(palette)).tolist() == [[[255, 0, 0], [0, 0, 255]]]  # colours, not grey indices
     out = rgb(encoded(palette, transparency=1), background=(0, 255, 0))
     assert out.tolist() == [[[255, 0, 0], [0, 255, 0]]]
+    assert rgb(encoded(palette, transparency=1)).tolist() == [[[255, 0, 0], [0, 0, 255]]]  # by default: dropped
 
 
 def test_the_transparent_colour_of_an_rgb_png_is_composited():
@@ -73,6 +75,7 @@ def test_the_transparent_colour_of_an_rgb_png_is_composited():
     image.putpixel((1, 0), (10, 20, 30))
     out = rgb(encoded(image, transparency=(0, 0, 0)), background=(0, 128, 0))
     assert out.tolist() == [[[0, 128, 0], [10, 20, 30]]]
+    assert rgb(encoded(image, transparency=(0, 0, 0))).tolist() == [[[0, 0, 0], [10, 20, 30]]]  # by default: dropped
 
 
 def test_the_transparent_grey_of_1_bit_and_16_bit_pngs_is_composited():
@@ -84,6 +87,7 @@ def test_the_transparent_grey_of_1_bit_and_16_bit_pngs_is_composited():
     assert Image.open(encoded(deep, transparency=1000)).mode.startswith("I")  # PIL decodes it 16-bit
     out = rgb(encoded(deep, transparency=1000), background=(0, 255, 0))
     assert out.tolist() == [[[0, 0, 0], [0, 255, 0], [255, 255, 255]]]
+    assert rgb(encoded(deep, transparency=1000)).tolist() == [[[0, 0, 0], [4, 4, 4], [255, 255, 255]]]  # dropped
     assert rgb(encoded(deep))[0, 1].tolist() == [4, 4, 4]  # no tRNS: 1000 / 65535 of white
 
 
@@ -97,7 +101,8 @@ def test_alpha_is_composited_on_the_background(mode):
     out = rgb(encoded(image), background=(0, 0, 0))
     assert out[0, 0].tolist() == [0, 0, 0] and out[0, 1].tolist() == [200] * 3
     assert abs(out[0, 2, 0] - 100) <= 1
-    assert rgb(encoded(image))[0, 0].tolist() == [255, 255, 255]  # white by default
+    # By default alpha is dropped, as PIL's convert("RGB") (and so the peers) drops it: the stored grey.
+    assert rgb(encoded(image)).tolist() == [[[200] * 3] * 3]
 
 
 def test_cmyk_converts_to_rgb():
@@ -135,7 +140,7 @@ def test_broken_inputs_and_bad_arguments():
         decode_image(io.BytesIO(b"not an image at all"))
     with pytest.raises(ValueError, match="max_pixels must be a positive int, got 0"):
         decode_image(io.BytesIO(png), max_pixels=0)
-    with pytest.raises(ValueError, match="background must be three ints"):
+    with pytest.raises(ValueError, match=r"^background must be None or three ints in 0..255, got \(0, 0\)$"):
         decode_image(io.BytesIO(png), background=(0, 0))
     with pytest.raises(BadSample, match="sample 7: image is 64x64"):
         load_rgb(io.BytesIO(png), 7, max_pixels=100)
@@ -146,9 +151,9 @@ MODES = {  # mode -> (a 2 x 2 image, its right RGB at the top-left pixel)
     "1": (Image.new("1", (2, 2), 1), [255, 255, 255]),
     "L": (Image.new("L", (2, 2), 77), [77, 77, 77]),
     "P": (Image.new("P", (2, 2), 1), [200, 30, 90]),
-    "LA": (Image.new("LA", (2, 2), (200, 128)), [227, 227, 227]),  # 200 at half alpha on white
-    "RGBA": (Image.new("RGBA", (2, 2), (0, 0, 255, 0)), [255, 255, 255]),  # transparent: the background
-    "La": (Image.new("La", (2, 2), (100, 128)), [227, 227, 227]),  # premultiplied: LA (199, 128) on white
+    "LA": (Image.new("LA", (2, 2), (200, 128)), [200, 200, 200]),  # alpha dropped: the stored grey
+    "RGBA": (Image.new("RGBA", (2, 2), (0, 0, 255, 0)), [0, 0, 255]),  # transparent: its stored colour
+    "La": (Image.new("La", (2, 2), (100, 128)), [199, 199, 199]),  # premultiplied: LA (199, 128), alpha dropped
     "CMYK": (Image.new("CMYK", (2, 2), (0, 255, 0, 0)), [255, 0, 255]),  # magenta
     "I;16": (Image.fromarray(np.full((2, 2), 32896, dtype=np.uint16)), [128, 128, 128]),  # 32896 / 257
     "I;16B": (Image.frombytes("I;16B", (2, 2), (4112).to_bytes(2, "big") * 4), [16, 16, 16]),
@@ -173,6 +178,34 @@ def test_to_rgb_converts_every_mode_pil_has(mode):
     """La raised PIL's "conversion from La to L not supported"."""
     out = to_rgb(Image.new(mode, (3, 2)))
     assert out.mode == "RGB" and out.size == (3, 2)
+
+
+# Every mode but those PIL clips (16/32-bit and float greyscale: scaled here) or cannot convert (La).
+PIL_CONVERTED_MODES = sorted(m for m in Image.MODES if m not in ("La", "I", "F") and not m.startswith("I;16"))
+
+
+@pytest.mark.parametrize("mode", PIL_CONVERTED_MODES)
+def test_to_rgb_converts_as_pil_s_convert_rgb_does(mode):
+    """The peers' pixels (transformers' convert_to_rgb, open_clip, timm: convert("RGB")): alpha used to be
+    composited on white, a half-transparent red becoming (255, 127, 127) where they see (255, 0, 0)."""
+    size = len(Image.new(mode, (5, 3)).tobytes())  # random bytes: every channel, alpha included, varies
+    image = Image.frombytes(mode, (5, 3), np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+    assert np.array_equal(np.asarray(to_rgb(image)), np.asarray(image.convert("RGB")))
+    half_red = Image.new("RGBA", (2, 2), (255, 0, 0, 128))
+    assert to_rgb(half_red).getpixel((0, 0)) == (255, 0, 0)
+    assert to_rgb(half_red, background=(255, 255, 255)).getpixel((0, 0)) == (255, 127, 127)  # on request
+
+
+def test_transparent_palette_images_convert_as_pil_does_without_its_warning(recwarn):
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = bytes([255, 0])  # index 1 transparent, as a tRNS chunk gives it
+    with pytest.warns(UserWarning, match="Transparency expressed in bytes"):
+        expected = np.asarray(palette.convert("RGB"))
+    recwarn.clear()
+    assert np.array_equal(np.asarray(to_rgb(palette)), expected) and expected.tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    assert not recwarn.list
 
 
 def test_to_rgb_refuses_what_is_no_image_and_an_image_without_pixels():

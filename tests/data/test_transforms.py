@@ -370,11 +370,11 @@ def _every_mode() -> list[tuple[str, Image.Image, tuple[int, int, int]]]:
         ("1", Image.new("1", (12, 8), 1), (255, 255, 255)),
         ("L", Image.new("L", (12, 8), 77), (77, 77, 77)),
         ("P", palette, (200, 30, 90)),
-        ("P+transparency", transparent_palette, (255, 255, 255)),  # on white
-        ("LA", Image.new("LA", (12, 8), (77, 0)), (255, 255, 255)),  # fully transparent: white
-        ("La", Image.new("La", (12, 8), (0, 0)), (255, 255, 255)),  # premultiplied (PIL converts it to LA only)
+        ("P+transparency", transparent_palette, (200, 30, 90)),  # transparency dropped, as convert("RGB") drops it
+        ("LA", Image.new("LA", (12, 8), (77, 0)), (77, 77, 77)),  # fully transparent: its stored grey
+        ("La", Image.new("La", (12, 8), (0, 0)), (0, 0, 0)),  # premultiplied (PIL converts it to LA only)
         ("RGBA", Image.new("RGBA", (12, 8), (200, 30, 90, 255)), (200, 30, 90)),
-        ("RGBA half", Image.new("RGBA", (12, 8), (0, 0, 0, 128)), (127, 127, 127)),  # black at half alpha on white
+        ("RGBA half", Image.new("RGBA", (12, 8), (0, 0, 0, 128)), (0, 0, 0)),  # black at half alpha: black
         ("CMYK", Image.new("CMYK", (12, 8), (255, 0, 0, 0)), (0, 255, 255)),
         ("I;16", Image.fromarray(np.full((8, 12), 65535, dtype=np.uint16)), (255, 255, 255)),
         ("I", Image.fromarray(np.full((8, 12), 51 * 257, dtype=np.int32), mode="I"), (51, 51, 51)),
@@ -396,12 +396,37 @@ def test_every_transform_takes_every_mode_as_the_right_rgb(mode, image, colour):
     for name, transform in transforms.items():
         out = transform(image)
         assert out.shape == (3, 6, 6), name
-        # One 8-bit level of slack: half alpha composites to 127 or 128.
+        # One 8-bit level of slack (rounding of the premultiplied La).
         torch.testing.assert_close(out, expected.expand(3, 6, 6), rtol=0, atol=1.01 / 255 / min(CLIP_STD), msg=name)
     codebook = PretrainingImageTransform(6, 4)(image, seed=0)[1]
     torch.testing.assert_close(
         codebook, (0.1 + 0.8 * torch.tensor(colour) / 255)[:, None, None].expand(3, 4, 4), rtol=0, atol=0.8 / 255 + 1e-6
     )
+
+
+def _half_transparent() -> Image.Image:
+    """A 70 x 33 RGBA image of colours at every alpha: a red half-transparent band, the rest random."""
+    values = np.random.default_rng(0).integers(0, 256, (33, 70, 4), dtype=np.uint8)
+    values[:, :20] = (255, 0, 0, 128)
+    return Image.fromarray(values, mode="RGBA")
+
+
+def test_a_transparent_image_gives_the_image_processors_pixels_exactly():
+    """Alpha was composited on white, a half-transparent red becoming (255, 127, 127); CLIPImageProcessor
+    (convert_to_rgb: convert("RGB")), open_clip and timm drop it, giving (255, 0, 0)."""
+    image = _half_transparent()
+    clip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    expected = clip(images=image, return_tensors="pt")["pixel_values"][0]  # given the RGBA image itself
+    got = ImageTransform(ImageTransformSpec.from_preprocessor_config(clip.to_dict()))(image)
+    assert torch.equal(got, expected)
+    red = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    torch.testing.assert_close(got[:, 16, 0], red)  # the band's left edge, untouched by the resize
+    # FlavaImageProcessor refuses RGBA ("Unable to infer channel dimension format"): its users convert("RGB").
+    flava = FlavaImageProcessor(size=32, crop_size=32)
+    with pytest.raises(ValueError, match="channel dimension"):
+        flava(images=image, return_tensors="pt")
+    got = ImageTransform(ImageTransformSpec.from_preprocessor_config(flava.to_dict()))(image)
+    assert torch.equal(got, _hf_pixels(flava, image))
 
 
 @pytest.mark.parametrize("size", [(48, 48), (224, 224), (37, 53), (64, 64), (80, 96)])

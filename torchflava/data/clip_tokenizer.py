@@ -261,7 +261,9 @@ class CLIPTokenizer:
         and these merges, with this ``model_max_length``, padding token and ``clean_up_tokenization_spaces``.
 
         Only transformers' reading is written: a tokenizer of :meth:`from_bpe` (open_clip's reading,
-        its text fixes) is refused rather than saved as another one.
+        its text fixes) is refused rather than saved as another one; ``from_bpe(path,
+        reading="transformers", unescape_html=False, fix_text=False)`` gives one that saves (reading
+        texts as transformers' ``CLIPTokenizerFast`` does, not as open_clip does).
 
         Args:
             directory (PathLike): where (created if missing).
@@ -273,10 +275,16 @@ class CLIPTokenizer:
             ValueError: if this tokenizer reads texts as open_clip does, or unescapes or fixes them.
         """
         directory = Path(check_path("directory", directory))
-        if self._spelled is not None or self.unescape_html or self.fix_text:
+        reading = "transformers" if self._spelled is None else "open_clip"
+        settings = {"reading": (reading, "transformers"), "unescape_html": (self.unescape_html, False)}
+        settings["fix_text"] = (self.fix_text, False)  # (this tokenizer's value, the one the files state)
+        differing = [f"{name}={value!r}" for name, (value, saved) in settings.items() if value != saved]
+        if differing:
             raise ValueError(
-                "save: expected transformers' reading of texts (no HTML unescaping, no text fixes); files in "
-                "Hugging Face's format cannot state open_clip's"
+                "save: expected transformers' reading of texts (reading='transformers', unescape_html=False, "
+                f"fix_text=False: Hugging Face's files cannot state open_clip's), got {', '.join(differing)}; "
+                "CLIPTokenizer.from_bpe(path, reading='transformers', unescape_html=False, fix_text=False) "
+                "gives one that saves (it reads texts as transformers' CLIPTokenizerFast does)"
             )
         model = json.loads(self._tokenizer.to_str())["model"]
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]  # (either, by version)

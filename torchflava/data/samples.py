@@ -54,7 +54,7 @@ def load_rgb(data_or_path, index: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
         max_pixels (int): most pixels an image may have (checked before decoding).
 
     Returns:
-        Image.Image: the decoded RGB image (any mode converted, alpha composited on white, EXIF
+        Image.Image: the decoded RGB image (any mode converted, alpha dropped, EXIF
         orientation applied).
 
     Raises:

@@ -12,7 +12,8 @@ a seeded random crop (CLIP, fine-tuning) and the same crop also at codebook size
 
 Every transform accepts a PIL image of any mode (RGBA, LA, P, CMYK, I;16, ...): it is converted
 with :func:`~torchflava.data.decode.to_rgb` first, as :func:`~torchflava.data.decode.decode_image`
-does, so alpha is composited on white and 16-bit values are scaled rather than clipped.
+does: alpha is dropped as PIL's ``convert("RGB")`` (and so transformers' ``CLIPImageProcessor``,
+open_clip and timm) drops it, and 16-bit values are scaled rather than clipped.
 
 The tensor steps (PIL to uint8, uint8 to [0, 1], bilinear antialiased resize, normalisation) are
 written here on ``torch.nn.functional.interpolate`` with the arithmetic of torchvision's
