@@ -36,7 +36,7 @@ from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava.classification import LOSSES, MODALITIES
-from torchflava.pretrained import checkpoint_layout, load_pretrained
+from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config
 from torchflava.training.distributed import barrier
@@ -106,6 +106,14 @@ PRETRAINED = "a FLAVA checkpoint directory"
 TASK_FILES = {"glue": "file", "image_text": "file", "image_folder": "directory"}
 
 
+def is_checkpoint_directory(value: Optional[str]) -> bool:
+    """Whether ``model.pretrained`` names a directory: a path, or a ``file://`` URL of one."""
+    try:
+        return value is not None and Path(local_directory(value)).is_dir()
+    except (ValueError, FileNotFoundError):  # another URL, or a file:// URL of nothing
+        return False
+
+
 def validate(cfg: FinetuneConfig, world_size: int) -> None:
     """Check every key types cannot, before any work: choices, ranges, the task's files and whether
     the model, loss and labels fit the task. Raises ConfigError naming the key."""
@@ -131,9 +139,9 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
             (m.classifier_hidden_dim >= 1, "model.classifier_hidden_dim", ">= 1", m.classifier_hidden_dim),
             (0 <= m.classifier_dropout < 1, "model.classifier_dropout", "in [0, 1)", m.classifier_dropout),
             (
-                m.pretrained is not None and Path(m.pretrained).is_dir(),
+                is_checkpoint_directory(m.pretrained),
                 "model.pretrained",
-                "a checkpoint directory (it brings the vocabulary)",
+                "a checkpoint directory, or a file:// URL of one (it brings the vocabulary)",
                 m.pretrained,
             ),
             (
@@ -155,7 +163,9 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
         + _unread_checks(d)
     )
     # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
-    layout = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(m.pretrained))
+    layout = opened(
+        "model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(local_directory(m.pretrained))
+    )
     got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
     raise_on_failed_checks([(layout.family == "flava", "model.pretrained", PRETRAINED, got)])
     loss = m.loss or task_losses(d)[0]  # the module names are what is checked: any fitting head will do

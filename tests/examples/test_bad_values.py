@@ -574,6 +574,18 @@ def test_codebook_weights_are_checked_against_the_codebook_section(files, tmp_pa
     assert "groups.0.0.conv4.bias: checkpoint (8,) vs model (16,)" in message and "\n" not in message, message
 
 
+def test_finetuning_takes_a_file_url_of_a_checkpoint_directory(files, tmp_path):
+    """load_pretrained took one, and the recipe's check refused it as no directory."""
+    module = RECIPES["finetune"]
+    url = (Path(files) / "export").as_uri()
+    module.validate(_config("finetune", [f"model.pretrained={url}"], files, tmp_path / "run"), 1)
+    for bad in ("http://127.0.0.1:9/export", (Path(files) / "nowhere").as_uri()):
+        with pytest.raises(
+            module.ConfigError, match="^key 'model.pretrained': expected a checkpoint directory, or a file:// URL"
+        ):
+            module.validate(_config("finetune", [f"model.pretrained={bad}"], files, tmp_path / "run"), 1)
+
+
 def test_finetuning_a_clip_checkpoint_is_refused_naming_its_family(files, tmp_path):
     module = RECIPES["finetune"]
     with pytest.raises(module.ConfigError) as caught:
