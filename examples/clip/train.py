@@ -56,7 +56,13 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, for
 from torchflava.models import clip_model
 from torchflava.models.clip import clip_model_arguments
 from torchflava.modules.losses import contrastive_loss
-from torchflava.pretrained import CLIPCheckpoint, checkpoint_image_transform, load_pretrained, read_clip_checkpoint
+from torchflava.pretrained import (
+    CLIPCheckpoint,
+    SizeMisfit,
+    checkpoint_image_transform,
+    load_pretrained,
+    read_clip_checkpoint,
+)
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config
 from torchflava.training.distributed import barrier, rank0_value
@@ -319,35 +325,39 @@ def fitted_model_kwargs(
 
 
 def weight_checks(cfg: TrainConfig, checkpoint: CLIPCheckpoint, kwargs: dict) -> list[tuple]:
-    """That the checkpoint's weights load into the model ``kwargs`` build (their names and shapes, no data
-    read). A size their shapes tell otherwise names its key: the model section's where it sets it, or is
-    silent and the checkpoint states none (the others told are listed: set them all at once); else
-    ``model.pretrained``, whose config states it."""
-    misfits = checkpoint.size_misfits(kwargs)
-    if misfits:
-        first, others = misfits[0], ", ".join(f"{m.name} {m.expected}" for m in misfits[1:])
-        also = f"; its weights also hold {others}" if others else ""
-        heads = [
-            k for k in ("vision_heads", "text_heads") if k not in checkpoint.stated and getattr(cfg.model, k) is None
-        ]
-        also += f"; no shape tells the heads: set {' and '.join(f'model.{k}' for k in heads)} too" if heads else ""
-        if first.name.endswith("_layers"):
-            told = f"the checkpoint's layers end at {first.tensor}"
-        else:
-            told = f"the checkpoint's {first.tensor} is {first.shape}"
-        if first.name in checkpoint.stated or not hasattr(cfg.model, first.name):  # its config's, or the vocabulary's
-            expected = f"weights of the {first.name} {first.got} its config states ({told}{also})"
-            return [(False, "model.pretrained", expected, cfg.model.pretrained)]
-        got = getattr(cfg.model, first.name)
-        got = f"null (the default, {first.got})" if got is None else got
-        return [(False, f"model.{first.name}", f"{first.expected} ({told}{also})", got)]
-    opened(  # what the sizes do not tell: every key and shape, as clip_model will load them
+    """That the checkpoint's weights load into the model ``kwargs`` build, as ``clip_model`` will load them
+    (their names and shapes, no data read): a size their shapes tell otherwise named by its key
+    (:func:`size_check`), anything else by ``model.pretrained``."""
+    if misfits := checkpoint.size_misfits(kwargs):
+        return [size_check(cfg, checkpoint, misfits)]
+    opened(  # what the sizes do not tell: every key and shape
         "model.pretrained",
         cfg.model.pretrained,
         "a checkpoint whose weights fit the model section",
         lambda: checkpoint.check_weights(kwargs),
     )
     return []
+
+
+def size_check(cfg: TrainConfig, checkpoint: CLIPCheckpoint, misfits: list[SizeMisfit]) -> tuple:
+    """The failed check of the first size the checkpoint's weights hold otherwise than the model, with the
+    others they tell and the heads left to set (no shape tells them): set them all at once. Named by the
+    model section's key where the section sets that size or leaves it to the default; by
+    ``model.pretrained`` where its config states it (or it is the vocabulary's)."""
+    first, others = misfits[0], ", ".join(f"{m.name} {m.expected}" for m in misfits[1:])
+    if first.name.endswith("_layers"):
+        told = f"the checkpoint's layers end at {first.tensor}"
+    else:
+        told = f"the checkpoint's {first.tensor} is {first.shape}"
+    told += f"; its weights also hold {others}" if others else ""
+    unset = [k for k in ("vision_heads", "text_heads") if k not in checkpoint.stated and getattr(cfg.model, k) is None]
+    told += f"; no shape tells the heads: set {' and '.join('model.' + k for k in unset)} too" if unset else ""
+    if first.name in checkpoint.stated or not hasattr(cfg.model, first.name):
+        expected = f"weights of the {first.name} {first.got} its config states ({told})"
+        return (False, "model.pretrained", expected, cfg.model.pretrained)
+    got = getattr(cfg.model, first.name)
+    got = f"null (the default, {first.got})" if got is None else got
+    return (False, f"model.{first.name}", f"{first.expected} ({told})", got)
 
 
 def model_kwargs(cfg: TrainConfig, tokenizer, checkpoint: Optional[CLIPCheckpoint]) -> dict:
