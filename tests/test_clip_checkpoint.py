@@ -25,7 +25,7 @@ from tests.test_zero_shot_command import write_hf_clip
 from torchflava.data.clip_tokenizer import CLIPTokenizer, read_tokenizer
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.models.clip import clip_model, clip_model_arguments
-from torchflava.pretrained import CLIPCheckpoint, TokenizerMisfit, read_clip_checkpoint
+from torchflava.pretrained import CLIPCheckpoint, SizeMisfit, TokenizerMisfit, read_clip_checkpoint, told_sizes
 from torchflava.utils.checkpoint import check_url, is_remote
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
@@ -221,3 +221,42 @@ def test_model_arguments_take_the_vocabulary_keys_given_or_none(tmp_path):
     assert (plain["vocab_size"], plain["eos_token_id"]) == (99, 3)
     assert checkpoint.model_arguments(tokenizer, eos_token_id=None, vocab_size=None, text_layers=None) == plain
     assert checkpoint.model_arguments(tokenizer, eos_token_id=98)["eos_token_id"] == 98  # the caller's
+
+
+TOLD = ("vision_width", "patch_size", "vision_layers", "vision_mlp_dim", "text_width", "text_layers", "text_mlp_dim")
+TOLD += ("vocab_size", "context_length", "embed_dim", "image_size")
+
+
+def test_the_sizes_the_weights_hold_are_told_by_their_shapes_in_each_layout(hf_clip, tmp_path):
+    """What the CLIP recipe checks a model section against before any work: each layout's names, the
+    projections' orientation (open_clip's (D, P)), the layer counts; the heads are not told."""
+    hub = tmp_path / "hub"
+    _open_clip_hub_directory(hub)
+    checkpoint = read_clip_checkpoint(hub)  # the weights file clip_model reads, its header peeked
+    assert tuple(checkpoint.tensors["visual.conv1.weight"].shape) == (32, 3, 8, 8)
+    assert checkpoint.tensors["visual.conv1.weight"].is_meta
+    told = told_sizes(checkpoint.tensors)
+    assert {k: told[k][0] for k in TOLD} == dict(zip(TOLD, (32, 8, 2, 48, 24, 2, 48, 99, 16, 20, 32)))
+    assert told["embed_dim"][1:] == ("visual.proj", (32, 20)) and "vision_heads" not in told
+    assert told["text_layers"][1] == "transformer.resblocks.1.ln_1.weight"  # the last layer's
+
+    checkpoint = read_clip_checkpoint(hf_clip)  # Hugging Face's names, (P, D) projections
+    told = told_sizes(checkpoint.tensors)
+    assert {k: told[k][0] for k in TOLD} == {k: HF_STATED[k] for k in TOLD}
+    assert told["vision_width"][1:] == ("vision_model.embeddings.patch_embedding.weight", (32, 3, 8, 8))
+    kwargs = checkpoint.model_arguments(CLIPTokenizer.from_directory(hf_clip))
+    assert checkpoint.size_misfits(kwargs) == []
+    checkpoint.check_weights(kwargs)  # every key and shape maps onto the model built on the meta device
+    assert checkpoint.size_misfits({**kwargs, "vision_width": 64, "text_layers": 3}) == [
+        SizeMisfit("vision_width", 32, 64, "vision_model.embeddings.patch_embedding.weight", (32, 3, 8, 8)),
+        SizeMisfit("text_layers", 2, 3, "text_model.encoder.layers.1.layer_norm1.weight", (32,)),
+    ]
+    with pytest.raises(ValueError, match=r"^state_dict \(hf layout\) does not match the model: missing 16 key"):
+        checkpoint.check_weights({**kwargs, "text_layers": 3})
+    assert CLIPCheckpoint(checkpoint.weights, checkpoint.stated, hf_clip).size_misfits({"vision_width": 64}) == []
+
+    with torch.device("meta"):  # ours, under DDP's prefix
+        ours = clip_model(**EXPORT, vocab_size=40).state_dict()
+    told = told_sizes({f"module.{k}": v for k, v in ours.items()})
+    assert {k: told[k][0] for k in TOLD} == {**{k: EXPORT[k] for k in TOLD if k != "vocab_size"}, "vocab_size": 40}
+    assert told_sizes({"encoder.weight": torch.zeros(2)}) == {}  # not CLIP's: nothing told

@@ -30,7 +30,8 @@ crop.
 
 To train from a CLIP checkpoint, :func:`read_clip_checkpoint` reads what it brings without its tensor
 data (a directory above, or a weights file alone): the ``clip_model`` arguments it states, its
-vocabulary size and end token, where its tokenizer is, and how a tokenizer does not fit it.
+vocabulary size and end token, where its tokenizer is, how a tokenizer does not fit it, and which
+sizes of a model its weights do not fit (their names and shapes).
 """
 
 import argparse
@@ -55,9 +56,10 @@ from torchflava.data.transforms import (
 )
 from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
 from torchflava.models.clip import clip_model_arguments
-from torchflava.models.clip.convert_weights import directory_config, file_config
+from torchflava.models.clip.convert_weights import _layout, _names, convert_to_torchflava, directory_config, file_config
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
+from torchflava.modules.layers.patch_embedding import patch_geometry
 from torchflava.utils.checkpoint import (
     check_regular_file,
     first_line,
@@ -65,6 +67,7 @@ from torchflava.utils.checkpoint import (
     local_checkpoint,
     peek_state_dict,
     read_json_object,
+    without_prefix,
 )
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
@@ -357,6 +360,82 @@ def misfit_message(misfit: TokenizerMisfit, directory: Path) -> str:
     )
 
 
+class SizeMisfit(NamedTuple):
+    """A ``clip_model`` size argument a CLIP checkpoint's weights hold another value of
+    (:meth:`CLIPCheckpoint.size_misfits`).
+
+    Attributes:
+        name (str): the argument, e.g. ``"vision_width"``.
+        expected (int): the checkpoint's, as its tensor's shape tells.
+        got (int): the model's.
+        tensor (str): the checkpoint's tensor that tells it (its own name, e.g. ``visual.conv1.weight``;
+            for a layer count, its last layer's first tensor).
+        shape (tuple[int, ...]): that tensor's shape.
+    """
+
+    name: str
+    expected: int
+    got: int
+    tensor: str
+    shape: tuple[int, ...]
+
+
+# The clip_model sizes a CLIP state dict's shapes tell, in the order they are reported: the argument, our
+# tensor holding it and the dim (None: a layer count, of the tower's layers holding that tensor, "#" the
+# index). The heads cannot be told: they split a width without changing any shape.
+_TOLD_SIZES = (
+    ("vision_width", "image_encoder.embeddings.proj.weight", 0),
+    ("patch_size", "image_encoder.embeddings.proj.weight", 2),
+    ("vision_layers", "image_encoder.encoder.layers.#.attn_norm.weight", None),
+    ("vision_mlp_dim", "image_encoder.encoder.layers.0.mlp.fc1.weight", 0),
+    ("text_width", "text_encoder.embeddings.word_embed.weight", 1),
+    ("text_layers", "text_encoder.encoder.layers.#.attn_norm.weight", None),
+    ("text_mlp_dim", "text_encoder.encoder.layers.0.mlp.fc1.weight", 0),
+    ("vocab_size", "text_encoder.embeddings.word_embed.weight", 0),
+    ("context_length", "text_encoder.embeddings.pos_embed.weight", 0),
+    ("embed_dim", "image_projection.weight", 0),
+)
+
+
+def told_sizes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, str, tuple[int, ...]]]:
+    """The ``clip_model`` sizes a CLIP state dict's shapes tell (:data:`_TOLD_SIZES`, and the image size
+    its position table's rows tell): each argument's value, the tensor telling it and its shape; none
+    for a layout that is not CLIP's, or a tensor it lacks.
+
+    Args:
+        tensors (dict[str, torch.Tensor]): a Hugging Face, open_clip/OpenAI or torchflava CLIP state dict
+            (meta tensors will do: only names and shapes are read; a DDP ``module.`` prefix is dropped).
+
+    Returns:
+        dict[str, tuple[int, str, tuple[int, ...]]]: argument -> (value, tensor name, its shape).
+    """
+    tensors = without_prefix(tensors, "module.")
+    if (layout := _layout(tensors)) is None:
+        return {}
+    name = lambda ours: _names(ours, layout)[0]  # noqa: E731  (the checkpoint's name of our tensor)
+    told = {}
+    for argument, ours, dim in _TOLD_SIZES:
+        if dim is None:  # a layer count: the layers 0, 1, ... it holds
+            count = 0
+            while name(ours.replace("#", str(count))) in tensors:
+                count += 1
+            if count:
+                last = name(ours.replace("#", str(count - 1)))
+                told[argument] = (count, last, tuple(tensors[last].shape))
+            continue
+        if (tensor := tensors.get(name(ours))) is None:
+            continue
+        if layout == "open_clip" and ours.endswith("projection.weight"):  # open_clip's (D, P): x @ proj
+            dim = 1
+        if tensor.dim() > dim:
+            told[argument] = (tensor.shape[dim], name(ours), tuple(tensor.shape))
+    positions = name("image_encoder.embeddings.pos_embed")
+    proj, table = tensors.get(name("image_encoder.embeddings.proj.weight")), tensors.get(positions)
+    if "image_size" in (geometry := patch_geometry(proj, table)):
+        told["image_size"] = (geometry["image_size"], positions, tuple(table.shape))
+    return told
+
+
 class CLIPCheckpoint(NamedTuple):
     """What a CLIP checkpoint brings to a run that trains from it, read without its tensor data
     (:func:`read_clip_checkpoint`).
@@ -370,11 +449,14 @@ class CLIPCheckpoint(NamedTuple):
             each row's highest id.
         directory (Path): the directory where its tokenizer and preprocessing files are, or would be
             (:func:`checkpoint_directory`).
+        tensors (Optional[dict]): its tensors' names, shapes and dtypes as meta tensors (one-element ones
+            with their values), from the weights file ``clip_model`` reads; None: not read.
     """
 
     weights: Path
     stated: dict
     directory: Path
+    tensors: Optional[dict] = None
 
     @property
     def vocab_size(self) -> Optional[int]:
@@ -436,6 +518,41 @@ class CLIPCheckpoint(NamedTuple):
         vocab = {k: v for k, v in vocab.items() if k not in self.stated and k not in set_here}
         return clip_model_arguments(self.weights, **{**given, **vocab})
 
+    def size_misfits(self, kwargs: dict) -> list[SizeMisfit]:
+        """The sizes in ``kwargs`` (``clip_model``'s arguments) its weights hold others of, as their shapes
+        tell (:func:`told_sizes`; the heads cannot be told); empty where its tensors were not read.
+
+        Args:
+            kwargs (dict): the arguments the model is built with, e.g. :meth:`model_arguments`'.
+
+        Returns:
+            list[SizeMisfit]: in the order of :data:`_TOLD_SIZES`, then the image size.
+        """
+        told = {} if self.tensors is None else told_sizes(self.tensors)
+        return [
+            SizeMisfit(name, value, kwargs[name], tensor, shape)
+            for name, (value, tensor, shape) in told.items()
+            if name in kwargs and kwargs[name] != value
+        ]
+
+    def check_weights(self, kwargs: dict) -> None:
+        """That its weights load into ``clip_model(**kwargs)`` as ``clip_model(pretrained=...)`` loads them
+        (every key, shape and OpenAI entry), with no tensor data read: the model is built on the meta
+        device and its tensors' names and shapes are mapped onto it. Nothing is checked where its
+        tensors were not read.
+
+        Args:
+            kwargs (dict): ``clip_model``'s arguments but ``pretrained``.
+
+        Raises:
+            ValueError: as ``clip_model`` would when loading them (:func:`convert_to_torchflava`).
+        """
+        if self.tensors is None:
+            return
+        with torch.device("meta"):
+            model = clip_model(**kwargs)
+        convert_to_torchflava(self.tensors, model)
+
 
 def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict] = None) -> CLIPCheckpoint:
     """Read what a local CLIP checkpoint brings, without its tensor data: to check a run's tokenizer and
@@ -450,7 +567,8 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
             are Hugging Face's (only the config tells).
 
     Returns:
-        CLIPCheckpoint: its weights, the ``clip_model`` arguments it states, and its tokenizer directory.
+        CLIPCheckpoint: its weights, the ``clip_model`` arguments it states, its tokenizer directory, and
+        the names and shapes of the tensors ``clip_model`` would load (their header alone read).
 
     Raises:
         ValueError: for an http(s) URL (its file is read when it is downloaded, when the model is built;
@@ -465,15 +583,20 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
         raise ValueError(f"checkpoint: only local checkpoints are read before the model is built, got the URL {path!r}")
     local = local_checkpoint(path)
     directory = checkpoint_directory(local)
+    # the weights file clip_model reads is the one peeked at (one reading path: directory_config's for a
+    # directory of Hugging Face's or open_clip's), its header alone
     if local.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
         layout = checkpoint_layout(local)
         weights, stated = layout.weights, {k: v for k, v in layout.kwargs.items() if v is not None}
+        tensors = peek_state_dict(weights, scalars=True)
     elif local.is_dir():  # Hugging Face's or open_clip's
-        weights, stated = local, directory_config(local)[1]
+        _, stated, file = directory_config(local)
+        weights, tensors = local, peek_state_dict(file, scalars=True)
     else:  # a weights file: its keys, and a config beside it, tell
         set_here = {k: v for k, v in (given or {}).items() if v is not None}
-        weights, stated = local, file_config(local, peek_state_dict(local, scalars=True), set_here)[1]
-    return CLIPCheckpoint(weights=weights, stated=stated, directory=directory)
+        weights, tensors = local, peek_state_dict(local, scalars=True)
+        stated = file_config(local, tensors, set_here)[1]
+    return CLIPCheckpoint(weights=weights, stated=stated, directory=directory, tensors=tensors)
 
 
 def built_vocabulary(layout: CheckpointLayout) -> dict:

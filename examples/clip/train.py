@@ -56,7 +56,13 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, for
 from torchflava.models import clip_model
 from torchflava.models.clip import clip_model_arguments
 from torchflava.modules.losses import contrastive_loss
-from torchflava.pretrained import CLIPCheckpoint, checkpoint_image_transform, load_pretrained, read_clip_checkpoint
+from torchflava.pretrained import (
+    CLIPCheckpoint,
+    SizeMisfit,
+    checkpoint_image_transform,
+    load_pretrained,
+    read_clip_checkpoint,
+)
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config
 from torchflava.training.distributed import barrier, rank0_value
@@ -67,7 +73,6 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
-    checkpoint_fits,
     contrastive_batch_check,
     logit_scale_check,
     lr_multipliers_check,
@@ -141,8 +146,9 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def validate(cfg: TrainConfig, world_size: int) -> None:
-    """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError."""
+def validate(cfg: TrainConfig, world_size: int) -> Optional[CLIPCheckpoint]:
+    """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError. Returns
+    what a local ``model.pretrained`` brings (None: none, or a URL's), read once: ``main`` trains from it."""
     d, m, t = cfg.data, cfg.model, cfg.training
     context = m.context_length if m.context_length is not None else 77
     raise_on_failed_checks(
@@ -200,9 +206,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     build = functools.cache(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))
     if cfg.model.pretrained is None:
         raise_on_failed_checks([builds_on_meta("model", build)])
-    raise_on_failed_checks([checkpoint_fits("model.pretrained", cfg.model.pretrained)])  # reads no tensor data
-    raise_on_failed_checks(pretrained_checks(cfg))
+    checkpoint = checked_checkpoint(cfg)  # its header read, no tensor data
     raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
+    return checkpoint
 
 
 # ------------------------------------------------------------------------------------- pretrained
@@ -255,11 +261,16 @@ def tokenizer_checks(checkpoint: Optional[CLIPCheckpoint], tokenizer, source: Op
     return checks
 
 
-def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
-    """``model.pretrained`` against the tokenizer the run will use and the model section, and its
-    preprocessing: read before any work (no tensor data; a learnt vocabulary is checked by its size). An
-    http(s) URL brings no tokenizer: it needs ``data.vocab`` (``main`` downloads its weights and checks them
-    as a local file's, before the data or the model is built)."""
+def checked_checkpoint(cfg: TrainConfig) -> Optional[CLIPCheckpoint]:
+    """``model.pretrained`` read and checked against the tokenizer the run will use, the model section
+    (the weights' shapes) and its preprocessing, before any work (no tensor data; with a vocabulary
+    learnt from the captions, its size now and the rest once it is learnt). An http(s) URL brings no
+    tokenizer: it needs ``data.vocab`` (``main`` downloads its weights and checks them as a local
+    file's, before the data or the model is built). ConfigError, naming the key, otherwise.
+
+    Returns:
+        Optional[CLIPCheckpoint]: what a local checkpoint brings; None without one, or for a URL.
+    """
     pretrained = cfg.model.pretrained
     if pretrained is not None and is_remote(pretrained):
         opened("model.pretrained", pretrained, PRETRAINED, lambda: check_url(pretrained))
@@ -267,10 +278,11 @@ def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
             f"a tokenizer for the embeddings of the checkpoint model.pretrained downloads ({TOKENIZER}; a URL "
             "brings none, and a vocabulary learnt from the captions cannot match pretrained embeddings)"
         )
-        return [(cfg.data.vocab is not None, "data.vocab", expected, "null")]
+        raise_on_failed_checks([(cfg.data.vocab is not None, "data.vocab", expected, "null")])
+        return None
     checkpoint = opened("model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: read_checkpoint(cfg))
     if checkpoint is None:
-        return []
+        return None
     source, key = tokenizer_source(cfg, checkpoint)
     if source is None:  # learnt: its size is data.vocab_size's at most, its end token [SEP]
         d, rows, learnt_end = cfg.data, checkpoint.vocab_size, SPECIAL_TOKENS.index("[SEP]")
@@ -281,7 +293,8 @@ def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
         )
         expected += f", or data.vocab_size {rows}" if end_fits else ""
         ok = end_fits and (rows is None or d.vocab_size == rows)
-        return [(ok, "data.vocab", expected, f"null (data.vocab_size {d.vocab_size})")]
+        raise_on_failed_checks([(ok, "data.vocab", expected, f"null (data.vocab_size {d.vocab_size})")])
+        return checkpoint
     tokenizer = opened(key, source, TOKENIZER, lambda: read_tokenizer(source))
     kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)
     opened(
@@ -290,14 +303,15 @@ def pretrained_checks(cfg: TrainConfig) -> list[tuple]:
         f"{PRETRAINED}, whose preprocessing gives the model's images",
         lambda: image_transforms(kwargs["image_size"], cfg.data, checkpoint),
     )
-    return []
+    return checkpoint
 
 
 def fitted_model_kwargs(
     cfg: TrainConfig, tokenizer, checkpoint: Optional[CLIPCheckpoint], source: Optional[str], key: str
 ) -> dict:
     """:func:`model_kwargs`, once the tokenizer (from ``source``, named by ``key``) is found to fit the
-    checkpoint and the checkpoint's context to hold ``data.max_text_length``; ConfigError otherwise."""
+    checkpoint, the checkpoint's context to hold ``data.max_text_length`` and its weights to fit the model
+    (:func:`weight_checks`); ConfigError otherwise."""
     raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))
     kwargs = opened(
         "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: model_kwargs(cfg, tokenizer, checkpoint)
@@ -305,7 +319,45 @@ def fitted_model_kwargs(
     context, length = kwargs["context_length"], cfg.data.max_text_length
     expected = f"in [2, {context}] (model.pretrained's)"
     raise_on_failed_checks([(checkpoint is None or length <= context, "data.max_text_length", expected, length)])
+    if checkpoint is not None:
+        raise_on_failed_checks(weight_checks(cfg, checkpoint, kwargs))
     return kwargs
+
+
+def weight_checks(cfg: TrainConfig, checkpoint: CLIPCheckpoint, kwargs: dict) -> list[tuple]:
+    """That the checkpoint's weights load into the model ``kwargs`` build, as ``clip_model`` will load them
+    (their names and shapes, no data read): a size their shapes tell otherwise named by its key
+    (:func:`size_check`), anything else by ``model.pretrained``."""
+    if misfits := checkpoint.size_misfits(kwargs):
+        return [size_check(cfg, checkpoint, misfits)]
+    opened(  # what the sizes do not tell: every key and shape
+        "model.pretrained",
+        cfg.model.pretrained,
+        "a checkpoint whose weights fit the model section",
+        lambda: checkpoint.check_weights(kwargs),
+    )
+    return []
+
+
+def size_check(cfg: TrainConfig, checkpoint: CLIPCheckpoint, misfits: list[SizeMisfit]) -> tuple:
+    """The failed check of the first size the checkpoint's weights hold otherwise than the model, with the
+    others they tell and the heads left to set (no shape tells them): set them all at once. Named by the
+    model section's key where the section sets that size or leaves it to the default; by
+    ``model.pretrained`` where its config states it (or it is the vocabulary's)."""
+    first, others = misfits[0], ", ".join(f"{m.name} {m.expected}" for m in misfits[1:])
+    if first.name.endswith("_layers"):
+        told = f"the checkpoint's layers end at {first.tensor}"
+    else:
+        told = f"the checkpoint's {first.tensor} is {first.shape}"
+    told += f"; its weights also hold {others}" if others else ""
+    unset = [k for k in ("vision_heads", "text_heads") if k not in checkpoint.stated and getattr(cfg.model, k) is None]
+    told += f"; no shape tells the heads: set {' and '.join('model.' + k for k in unset)} too" if unset else ""
+    if first.name in checkpoint.stated or not hasattr(cfg.model, first.name):
+        expected = f"weights of the {first.name} {first.got} its config states ({told})"
+        return (False, "model.pretrained", expected, cfg.model.pretrained)
+    got = getattr(cfg.model, first.name)
+    got = f"null (the default, {first.got})" if got is None else got
+    return (False, f"model.{first.name}", f"{first.expected} ({told})", got)
 
 
 def model_kwargs(cfg: TrainConfig, tokenizer, checkpoint: Optional[CLIPCheckpoint]) -> dict:
@@ -420,16 +472,22 @@ def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    start = start_run(cfg, validate)  # validate, process group, run directory, resume point
+    checkpoint = None  # what validate read of a local model.pretrained: not read again
+
+    def validated(config: TrainConfig, world_size: int) -> None:
+        nonlocal checkpoint
+        checkpoint = validate(config, world_size)
+
+    start = start_run(cfg, validated)  # validate, process group, run directory, resume point
     info, resume_from = start.info, start.resume_from
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
 
     pairs = build_pairs(d)
-    # (validate read a local one; a URL's weights are downloaded here, and checked as a local file's)
-    checkpoint = opened(
-        "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: read_checkpoint(cfg, download=True)
-    )
+    if checkpoint is None and cfg.model.pretrained is not None:  # a URL's weights: downloaded, read as a file's
+        checkpoint = opened(
+            "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: read_checkpoint(cfg, download=True)
+        )
     source, key = tokenizer_source(cfg, checkpoint)  # data.vocab, else model.pretrained's, else learnt
     tokenizer = opened(  # a tokenizer that does not read, or data without a usable text, names its key
         key,

@@ -603,3 +603,131 @@ def test_a_resumed_run_may_not_change_which_pairs_it_reads(tmp_path):
         saved = saved.replace(line, "")
     (tmp_path / "older.yaml").write_text(saved)  # as a run saved it before these keys
     assert check_resume_config(tmp_path / "older.yaml", _config("data.source=files", base[1])) == []
+
+
+# ------------------------------------------------------------------------------ open_clip checkpoints
+OPEN_CLIP_RUN = [*FROM_CHECKPOINT, "data.max_text_length=16", "training.max_steps=2", "optim.warmup_steps=0"]
+OPEN_CLIP_RUN += ["training.log_every=1", "eval.enabled=false"]
+# What the sizes of the open_clip checkpoint below are refused with when the model section builds the defaults.
+OTHER_SIZES = (
+    "its weights also hold vision_layers 2, vision_mlp_dim 48, text_width 24, text_layers 2, text_mlp_dim 48, "
+    "embed_dim 20; no shape tells the heads: set model.vision_heads and model.text_heads too"
+)
+
+
+@pytest.fixture(scope="module")
+def open_clip_hub(tmp_path_factory):
+    """An open_clip Hub directory (open_clip_config.json and open_clip_model.safetensors of a tiny perturbed
+    open_clip CLIP: 99 token ids, 16 positions, QuickGELU) with a WordPiece vocabulary of at most 99 tokens
+    learnt from shapes captions beside it, and the same weights as a bare open_clip state dict (.bin)."""
+    from tests.models.clip.test_convert_weights import _open_clip_hub_directory
+    from torchflava.data.shapes import ShapesWorld
+
+    root = tmp_path_factory.mktemp("open_clip")
+    reference = _open_clip_hub_directory(root / "hub")
+    world = ShapesWorld("pairs", 200, image_size=32)
+    tokenizer = WordPieceTokenizer.train([world.caption(i) for i in range(200)], vocab_size=99)
+    assert tokenizer.vocab_size <= 99
+    tokenizer.save(root / "hub")
+    torch.save(reference.state_dict(), root / "open_clip_sd.bin")
+    return root / "hub", root / "open_clip_sd.bin"
+
+
+def test_fine_tuning_an_open_clip_hub_directory_loads_its_weights_reading_it_once(open_clip_hub, tmp_path, monkeypatch):
+    """The recipe refused open_clip's Hub directory, which clip_model loads: its start-up check peeked at the
+    directory for Hugging Face's weights file names only. And main read the checkpoint again after validate."""
+    from torchflava.data.image_text import ImageTextCollator
+    from torchflava.pretrained import read_clip_checkpoint
+
+    hub, _ = open_clip_hub
+    reads = []
+    monkeypatch.setattr(train, "read_clip_checkpoint", lambda *a, **k: reads.append(a) or read_clip_checkpoint(*a, **k))
+    run = tmp_path / "run"
+    cfg = _config(f"training.output_dir={run}", f"model.pretrained={hub}", *OPEN_CLIP_RUN)
+    train.main(cfg)
+    assert reads == [(hub,)]  # validate's reading, trained from
+    kwargs = json.loads((run / "model" / "clip_config.json").read_text())
+    sizes = ("vision_width", "vision_heads", "text_width", "text_heads", "vocab_size", "context_length", "activation")
+    assert [kwargs[k] for k in sizes] == [32, 4, 24, 3, 99, 16, "quick_gelu"]  # its open_clip_config.json's
+    # Step 1's loss is the checkpoint's own model's on the run's first batch, with its tokenizer and preprocessing.
+    tokenizer = WordPieceTokenizer.from_directory(hub)
+    crop, _ = train.image_transforms(32, cfg.data, read_clip_checkpoint(hub))
+    batch = train.build_batches(
+        cfg, train.build_pairs(cfg.data), ImageTextCollator(tokenizer, crop, max_text_length=16), 0, 1
+    )[0]
+    model = train.clip_model(pretrained=hub, **kwargs)
+    with torch.no_grad():
+        step = train.contrastive_step(model, batch)
+    first = float(step.loss_sums["contrastive"]) / step.counts["contrastive"]
+    assert _losses(run)[1] == pytest.approx(first, abs=1e-5)
+
+
+def test_a_weights_file_of_other_sizes_is_refused_in_one_line_naming_the_key_before_any_work(open_clip_hub, tmp_path):
+    """A bare open_clip state dict whose sizes the model section does not build was a ~1,900-character
+    ValueError traceback (exit 1) from clip_model, after the data was opened."""
+    from tests.examples.test_fault_injection import run_with_fault
+
+    hub, bare = open_clip_hub
+    out = tmp_path / "run"
+    overrides = [f"config={DEBUG}", f"training.output_dir={out}", f"model.pretrained={bare}", f"data.vocab={hub}"]
+    result = run_with_fault("examples/clip/train.py", [*overrides, *FROM_CHECKPOINT, "data.max_text_length=16"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr == (
+        f"error: key 'model.vision_width': expected 32 (the checkpoint's visual.conv1.weight is (32, 3, 8, 8); "
+        f"{OTHER_SIZES}), got 'null (the default, 768)'\n"
+    )
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]  # nothing written
+
+
+def test_the_size_the_checkpoint_disagrees_with_is_named_where_it_is_set(open_clip_hub, tmp_path):
+    hub, bare = open_clip_hub
+    sizes = dict(embed_dim=20, vision_width=32, vision_layers=2, vision_heads=4, vision_mlp_dim=48, text_width=24)
+    sizes.update(text_layers=2, text_heads=3, text_mlp_dim=48, activation="quick_gelu")
+    base = [
+        f"model.pretrained={bare}",
+        f"data.vocab={hub}",
+        *OPEN_CLIP_RUN,
+        *(f"model.{k}={v}" for k, v in sizes.items()),
+    ]
+    train.validate(_config(*base), 1)  # the sizes it holds
+    for override, message in [
+        (
+            "model.text_width=30",
+            "key 'model.text_width': expected 24 (the checkpoint's token_embedding.weight is (99, 24)), got 30",
+        ),
+        (
+            "model.text_layers=3",
+            "key 'model.text_layers': expected 2 (the checkpoint's layers end at transformer.resblocks.1.ln_1.weight), got 3",
+        ),
+        ("model.embed_dim=16", "key 'model.embed_dim': expected 20 (the checkpoint's visual.proj is (32, 20)), got 16"),
+    ]:
+        with pytest.raises(train.ConfigError) as caught:
+            train.validate(_config(*base, override), 1)
+        assert str(caught.value) == message
+
+
+def test_weights_that_do_not_fit_their_own_config_name_model_pretrained(open_clip_hub, tmp_path):
+    hub, bare = open_clip_hub
+    other = tmp_path / "other"  # a directory whose config states another size than its weights hold
+    shutil.copytree(hub, other)
+    config = json.loads((other / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["width"] = 30
+    (other / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(f"model.pretrained={other}", *OPEN_CLIP_RUN), 1)
+    assert str(caught.value) == (
+        "key 'model.pretrained': expected weights of the text_width 30 its config states (the checkpoint's "
+        f"token_embedding.weight is (99, 24); its weights also hold text_mlp_dim 48), got '{other}'"
+    )
+    # what the sizes do not tell (a tensor missing): as clip_model would refuse it, in one line
+    weights = torch.load(bare)
+    del weights["ln_final.weight"]
+    torch.save(weights, other / "open_clip_pytorch_model.bin")
+    (other / "open_clip_model.safetensors").unlink()
+    (other / "open_clip_config.json").write_text((hub / "open_clip_config.json").read_text())
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(f"model.pretrained={other}", *OPEN_CLIP_RUN), 1)
+    message = str(caught.value)
+    assert message.startswith("key 'model.pretrained': expected a checkpoint whose weights fit the model section, got ")
+    assert "(state_dict (open_clip layout) does not match the model: missing 1 key(s) ['ln_final.weight']" in message
+    assert "\n" not in message
