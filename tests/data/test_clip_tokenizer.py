@@ -3,6 +3,7 @@ merges file open_clip ships), and its errors."""
 
 import gzip
 import json
+import re
 import shutil
 
 import open_clip
@@ -417,7 +418,7 @@ def test_a_path_that_is_no_path_is_named():
         ({"<|startoftext|>": 0, "<|endoftext|>": 100000, "a": 1}, "ids from 0 to 100000"),
     ],
 )
-def test_tokenizer_json_ids_must_be_dense_and_unique(tmp_path, vocab, detail):
+def test_tokenizer_json_ids_must_be_dense_and_unique(tmp_path, vocab, detail, small_clip_json):
     """Found by a review: the start and end tokens sharing id 0 loaded (the end read as the start); a
     sparse id gave a vocab_size of 100001. vocab.json was checked, tokenizer.json was not."""
     path = tmp_path / "tokenizer.json"
@@ -430,10 +431,8 @@ def test_tokenizer_json_ids_must_be_dense_and_unique(tmp_path, vocab, detail):
     with pytest.raises(ValueError, match=message):
         CLIPTokenizer.from_directory(tmp_path)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 2, "a": 1}
-    split = {"type": "Sequence", "pretokenizers": []}  # (transformers refuses another pre-tokeniser)
-    path.write_text(
-        json.dumps({"version": "1.0", "pre_tokenizer": split, "model": {"type": "BPE", "vocab": vocab, "merges": []}})
-    )
+    spec = with_post_processor_ids(small_clip_json, 0, 2)  # CLIP's pipeline on these ids
+    path.write_text(json.dumps({**spec, "added_tokens": [], "model": {**spec["model"], "vocab": vocab, "merges": []}}))
     tokenizer = CLIPTokenizer.from_tokenizer_json(path)
     assert (tokenizer.vocab_size, tokenizer.start_id, tokenizer.end_id) == (3, 0, 2)
 
@@ -790,3 +789,159 @@ def test_a_tokenizer_json_of_transformers_before_4_17_is_refused(tmp_path):
         ValueError, match=rf"^tokenizer.json: pre_tokenizer in {path} must be a Sequence .*, got ByteLevel$"
     ):
         CLIPTokenizer.from_directory(tmp_path / "old")
+
+
+@pytest.fixture(scope="module")
+def small_clip_json(tmp_path_factory) -> dict:
+    """The tokenizer.json transformers 4.57's CLIPTokenizerFast writes for a small vocabulary (write_small_clip's,
+    merges "a b" and "b c"; the start and end tokens are 514 and 515)."""
+    directory = tmp_path_factory.mktemp("small_clip")
+    write_small_clip(directory / "src", ["a b", "b c"])
+    HFFastTokenizer.from_pretrained(directory / "src").save_pretrained(directory / "fast")
+    return json.loads((directory / "fast" / "tokenizer.json").read_text())
+
+
+def with_post_processor_ids(spec: dict, start_id: int, end_id: int) -> dict:
+    """``spec`` with its RobertaProcessing making <|startoftext|> text <|endoftext|> with these ids."""
+    processor = {**spec["post_processor"], "cls": ["<|startoftext|>", start_id], "sep": ["<|endoftext|>", end_id]}
+    return {**spec, "post_processor": processor}
+
+
+def tokenizer_json_directory(directory, spec: dict):
+    """A directory holding the tokenizer.json ``spec`` alone (transformers reads it without a config)."""
+    directory.mkdir()
+    (directory / "tokenizer.json").write_text(json.dumps(spec))
+    return directory
+
+
+def reference_ids_and_texts(directory, texts: list[str]) -> tuple[list[list[int]], list[str]]:
+    """CLIPTokenizerFast's ids of ``texts`` (padded to the longest) and its decoding of each row."""
+    reference = HFFastTokenizer.from_pretrained(directory)
+    ids = reference(texts, padding=True)["input_ids"]
+    return ids, [reference.decode(row, skip_special_tokens=True) for row in ids]
+
+
+SMALL_TEXTS = ["Abcd  BCA", "e\u0301 ab's", "a.b!!c 12"]  # (e and a combining acute: "é" after NFC)
+TEMPLATE = {
+    "type": "TemplateProcessing",
+    "single": [
+        {"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}},
+        {"Sequence": {"id": "A", "type_id": 0}},
+        {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+    ],
+    "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+    "special_tokens": {
+        name: {"id": name, "ids": [i], "tokens": [name]}
+        for name, i in (("<|startoftext|>", 514), ("<|endoftext|>", 515))
+    },
+}
+
+
+def older_layout(spec: dict) -> dict:
+    """``spec`` as older tokenizers versions wrote it: no use_regex in the ByteLevel steps, no fuse_unk,
+    byte_fallback or ignore_merges in the model, a null continuing_subword_prefix."""
+    spec = json.loads(json.dumps(spec))
+    for step in (spec["pre_tokenizer"]["pretokenizers"][1], spec["decoder"]):
+        del step["use_regex"]
+    for key in ("fuse_unk", "byte_fallback", "ignore_merges"):
+        del spec["model"][key]
+    spec["model"]["continuing_subword_prefix"] = None
+    return spec
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda spec: spec,
+        lambda spec: {**spec, "post_processor": TEMPLATE},
+        older_layout,
+        lambda spec: {**spec, "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False}},
+    ],
+    ids=["transformers-4.57", "template-processing", "older-layout", "byte-level-decoder-options"],
+)
+def test_a_clip_tokenizer_json_in_each_layout_reads_as_transformers_reads_it(small_clip_json, tmp_path, layout):
+    directory = tokenizer_json_directory(tmp_path / "clip", layout(small_clip_json))
+    ids, texts = reference_ids_and_texts(directory, SMALL_TEXTS)
+    assert (ids, texts) == reference_ids_and_texts(
+        tokenizer_json_directory(tmp_path / "plain", small_clip_json), SMALL_TEXTS
+    )
+    ours = CLIPTokenizer.from_directory(directory)
+    assert ours(SMALL_TEXTS, max_length=20)[0].tolist() == ids
+    assert [ours.decode(row) for row in ids] == texts == ["abcd bca", "é ab 's", "a . b !! c 1 2"]
+    assert ids[0] == [514, 512, 66, 323, 513, 320, 515, 515, 515, 515]
+
+
+def _edit(path: str, value):
+    """A change of ``spec`` at the dotted ``path`` (list indices as numbers; None as the value deletes)."""
+
+    def edit(spec: dict) -> dict:
+        spec = json.loads(json.dumps(spec))
+        *parents, last = [int(key) if key.isdigit() else key for key in path.split(".")]
+        node = spec
+        for key in parents:
+            node = node[key]
+        if value is None and isinstance(node, list):
+            del node[last]
+        else:
+            node[last] = value
+        return spec
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, key, found",
+    [
+        (_edit("post_processor", None), "post_processor", None),  # transformers adds no start and end tokens
+        (lambda spec: with_post_processor_ids(spec, 515, 514), "post_processor", None),  # the two swapped
+        (_edit("normalizer.normalizers.2", None), "normalizer", None),  # no lower-casing
+        (_edit("normalizer.normalizers.0", None), "normalizer", None),  # no NFC
+        (_edit("normalizer", None), "normalizer", None),
+        (_edit("pre_tokenizer.pretokenizers.0.pattern.Regex", r"\S+"), "pre_tokenizer", None),  # another word split
+        (_edit("pre_tokenizer.pretokenizers.1.add_prefix_space", True), "pre_tokenizer", None),
+        (_edit("decoder", None), "decoder", None),  # the byte characters left as they are
+        (
+            _edit("decoder", {"type": "Metaspace", "replacement": "a", "prepend_scheme": "never", "split": True}),
+            "decoder",
+            None,
+        ),
+        (_edit("model.end_of_word_suffix", "</x>"), "model.end_of_word_suffix", "'</x>'"),
+        (_edit("model.ignore_merges", True), "model.ignore_merges", "True"),
+        (_edit("model.dropout", 1.0), "model.dropout", "1.0"),  # every merge dropped (below 1: at random)
+    ],
+    ids=[
+        "no-post-processor",
+        "post-processor-ids",
+        "no-lowercase",
+        "no-nfc",
+        "no-normalizer",
+        "word-split",
+        "prefix-space",
+        "no-decoder",
+        "metaspace-decoder",
+        "end-of-word-suffix",
+        "ignore-merges",
+        "dropout",
+    ],
+)
+def test_a_tokenizer_json_whose_pipeline_is_not_clips_is_refused_naming_the_key(
+    small_clip_json, tmp_path, edit, key, found
+):
+    """Found by a review: the file's post-processor and decoder were replaced by CLIP's (transformers runs the
+    file's: with none it adds no start and end tokens, or leaves the byte characters), its normaliser,
+    pre-tokeniser and BPE options run as they stood (as transformers runs them) though :meth:`save` writes the
+    vocabulary and merges alone, read back with CLIP's. Transformers reads each altered file otherwise
+    than CLIP's."""
+    clip = reference_ids_and_texts(tokenizer_json_directory(tmp_path / "clip", small_clip_json), SMALL_TEXTS)
+    altered = edit(small_clip_json)
+    directory = tokenizer_json_directory(tmp_path / "altered", altered)
+    assert reference_ids_and_texts(directory, SMALL_TEXTS) != clip
+    path = directory / "tokenizer.json"
+    found = json.dumps(altered[key]) if found is None else found  # (the file's value, as the message shows it)
+    message = (
+        rf"^tokenizer.json: {re.escape(key)} in {re.escape(str(path))} must .* \(CLIP's\), got {re.escape(found)}$"
+    )
+    with pytest.raises(ValueError, match=message):
+        CLIPTokenizer.from_tokenizer_json(path)
+    with pytest.raises(ValueError, match=message):
+        CLIPTokenizer.from_directory(directory)

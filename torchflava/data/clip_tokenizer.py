@@ -6,8 +6,8 @@ marking a word's last piece with ``</w>``. Rows are ``<|startoftext|> text <|end
 vocabulary has 49408 entries with those two at 49406 and 49407. :class:`CLIPTokenizer` reads it
 from
 
-* a Hugging Face CLIP directory (:meth:`~CLIPTokenizer.from_directory`): ``tokenizer.json``, else
-  ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length``,
+* a Hugging Face CLIP directory (:meth:`~CLIPTokenizer.from_directory`): ``tokenizer.json`` (whose
+  pipeline must be CLIP's), else ``vocab.json`` + ``merges.txt``, with ``tokenizer_config.json``'s ``model_max_length``,
   ``pad_token`` (``special_tokens_map.json``'s where transformers reads it) and
   ``clean_up_tokenization_spaces`` (:meth:`~CLIPTokenizer.decode`'s, default false): the ids and
   decoded texts transformers' ``CLIPTokenizerFast`` gives (the one ``AutoTokenizer`` and
@@ -325,15 +325,7 @@ class CLIPTokenizer:
         except Exception as error:  # tokenizers raises its own Exception, e.g. a merge of an unknown piece
             raise ValueError(f"merges: expected merges of pieces in the vocabulary, got {first_line(error)}") from None
         tokenizer = Tokenizer(model)
-        tokenizer.normalizer = normalizers.Sequence(
-            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-        )
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(_WORDS), behavior="removed", invert=True),  # keep the matches only
-                pre_tokenizers.ByteLevel(add_prefix_space=False),
-            ]
-        )
+        tokenizer.normalizer, tokenizer.pre_tokenizer = _clip_normalizer(), _clip_pre_tokenizer()
         return cls(tokenizer, _copy=False, **kwargs)
 
     @classmethod
@@ -381,14 +373,16 @@ class CLIPTokenizer:
 
     @classmethod
     def from_tokenizer_json(cls, path: PathLike, **kwargs) -> "CLIPTokenizer":
-        """A transformers ``tokenizer.json`` of a CLIP checkpoint: its own pipeline, as saved, but for
-        any padding or truncation saved in it (transformers writes the last call's; each call here pads
-        and truncates as asked, as transformers' tokenizer does).
+        """A transformers ``tokenizer.json`` of a CLIP checkpoint: its vocabulary and merges, with the
+        pipeline it states, which must be CLIP's (:func:`check_clip_pipeline`), the one built here. Any
+        padding or truncation saved in it is not applied (transformers writes the last call's; each call
+        here pads and truncates as asked, as transformers' tokenizer does).
 
         Raises:
             TypeError: if ``path`` is not a path.
             ValueError: naming the file, if it does not read, is not a BPE tokenizer, has the word split of
-                transformers before 4.17 (not a Sequence) or its ids are not 0 .. size - 1, each once.
+                transformers before 4.17 (not a Sequence), its ids are not 0 .. size - 1, each once, or, naming
+                the key and its value, its pipeline or BPE options are not CLIP's.
         """
         path = check_path("path", path)
         try:
@@ -410,6 +404,7 @@ class CLIPTokenizer:
                 "written before transformers 4.17 split otherwise: re-save with from_slow=True), got "
                 f"{type(tokenizer.pre_tokenizer).__name__}"
             )
+        check_clip_pipeline(tokenizer, path)
         return cls(tokenizer, _copy=False, **kwargs)
 
     @classmethod
@@ -523,6 +518,113 @@ class CLIPTokenizer:
         data = bytes(byte_of.get(c, 32) for c in "".join(pieces))  # a character no byte spells: a space
         text = data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
         return clean_up_spaces(text) if self.clean_up_tokenization_spaces else text
+
+
+def _clip_normalizer() -> normalizers.Normalizer:
+    """CLIP's normaliser (transformers' conversion of its tokenizer): NFC, white space runs made one space,
+    lower-casing."""
+    return normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+
+
+def _clip_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """CLIP's word split (the matches kept, the rest dropped), then each word spelt in byte characters."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_WORDS), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+
+
+# The BPE options transformers' conversion of CLIP's tokenizer writes (the tokenizers library reads a key an
+# older file lacks as these defaults).
+_CLIP_BPE_OPTIONS = {
+    "dropout": None,  # (any other: random merges, ids that no seed reproduces)
+    "continuing_subword_prefix": "",
+    "unk_token": END,
+    "end_of_word_suffix": "</w>",
+    "fuse_unk": False,
+    "byte_fallback": False,
+    "ignore_merges": False,
+}
+
+
+def _pipeline(tokenizer: Tokenizer) -> dict:
+    """``tokenizer``'s normaliser, pre-tokeniser, post-processor and decoder as JSON, as the installed
+    tokenizers library writes them: a key an older file lacks holds the default it was read with."""
+    probe = Tokenizer(models.BPE())  # (the steps alone: the whole tokenizer's JSON holds the vocabulary)
+    probe.normalizer, probe.pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+    probe.post_processor, probe.decoder = tokenizer.post_processor, tokenizer.decoder
+    spec = json.loads(probe.to_str())
+    return {key: spec[key] for key in ("normalizer", "pre_tokenizer", "post_processor", "decoder")}
+
+
+def _shown(value: object) -> str:
+    """A JSON value of a file, for a one-line message (whole where short: a difference may be at its end)."""
+    text = json.dumps(value)
+    return text if len(text) <= 400 else text[:400] + "..."
+
+
+def check_clip_pipeline(tokenizer: Tokenizer, path: PathLike) -> None:
+    """ValueError naming the key of the ``tokenizer.json`` at ``path`` (read as ``tokenizer``) and its value
+    unless its pipeline is the one :meth:`CLIPTokenizer.from_vocab_and_merges` builds, which transformers'
+    ``CLIPTokenizerFast`` would run from the file: CLIP's normaliser and pre-tokeniser, a ``ByteLevel``
+    decoder, a post-processor making ``<|startoftext|> text <|endoftext|>`` with the vocabulary's ids and
+    CLIP's BPE options. Another would tokenise or decode otherwise there (a null post-processor adds no
+    start and end tokens, a null decoder leaves the byte characters), or read otherwise once
+    :meth:`CLIPTokenizer.save` writes it as CLIP's vocabulary and merges.
+
+    Args:
+        tokenizer (Tokenizer): the file as the tokenizers library reads it (a BPE model).
+        path (PathLike): the file, for the message.
+
+    Raises:
+        ValueError: naming the first key (``normalizer``, ``pre_tokenizer``, ``decoder``, ``model.<option>``,
+            ``post_processor``) whose value is not CLIP's, and that value.
+    """
+    found, vocab = _pipeline(tokenizer), tokenizer.get_vocab()
+    clip = Tokenizer(models.BPE())
+    clip.normalizer, clip.pre_tokenizer = _clip_normalizer(), _clip_pre_tokenizer()
+    clip_steps = _pipeline(clip)
+    for key in ("normalizer", "pre_tokenizer"):
+        if found[key] != (expected := clip_steps[key]):
+            raise ValueError(
+                f"tokenizer.json: {key} in {path} must be {_shown(expected)} (CLIP's), got {_shown(found[key])}"
+            )
+    decoder = found["decoder"]  # (a ByteLevel decoder's options change nothing in decoding)
+    if not isinstance(decoder, dict) or decoder.get("type") != "ByteLevel":
+        raise ValueError(f"tokenizer.json: decoder in {path} must be a ByteLevel one (CLIP's), got {_shown(decoder)}")
+    options = {name: getattr(tokenizer.model, name) for name in _CLIP_BPE_OPTIONS}
+    options["continuing_subword_prefix"] = options["continuing_subword_prefix"] or ""  # (null splits as "")
+    for name, expected in _CLIP_BPE_OPTIONS.items():
+        if options[name] != expected:
+            raise ValueError(
+                f"tokenizer.json: model.{name} in {path} must be {expected!r} (CLIP's), got {options[name]!r}"
+            )
+    ids = (vocab.get(START), vocab.get(END))  # (a missing one: the constructor names it)
+    if None not in ids and not _clip_post_processor(found["post_processor"], *ids):
+        raise ValueError(
+            f"tokenizer.json: post_processor in {path} must make {START} $A {END} with the ids {ids[0]} and "
+            f"{ids[1]} (CLIP's), got {_shown(found['post_processor'])}"
+        )
+
+
+def _clip_post_processor(processor: object, start_id: int, end_id: int) -> bool:
+    """Whether a tokenizer.json's post-processor makes ``<|startoftext|> text <|endoftext|>`` of one text with
+    these ids: transformers writes a ``RobertaProcessing`` (its other options move offsets only), other
+    tools a ``TemplateProcessing`` (CLIP has no token types: theirs are not compared)."""
+    start, end = [START, start_id], [END, end_id]
+    if not isinstance(processor, dict):
+        return False
+    if processor.get("type") == "RobertaProcessing":
+        return processor.get("cls") == start and processor.get("sep") == end
+    if processor.get("type") != "TemplateProcessing":
+        return False
+    single = [{kind: piece.get("id") for kind, piece in item.items()} for item in processor.get("single", [])]
+    tokens = processor.get("special_tokens", {})
+    return single == [{"SpecialToken": START}, {"Sequence": "A"}, {"SpecialToken": END}] and all(
+        tokens.get(name) == {"id": name, "ids": [i], "tokens": [name]} for name, i in (start, end)
+    )
 
 
 def read_tokenizer(path: PathLike) -> Union[WordPieceTokenizer, CLIPTokenizer]:
