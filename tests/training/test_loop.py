@@ -532,45 +532,30 @@ def test_a_resume_refused_inside_fit_leaves_the_runs_config_and_files_as_they_we
         written.append(directory)
         (directory / "vocab.txt").write_text(f"vocab of run {len(written)}\n")
 
-    config, start = _started(tmp_path, max_steps=2, checkpoint_every=2)
-    fit(
-        Toy(),
-        toy_step,
-        ToyData(2),
-        training=config.training,
-        optim=config.optim,
-        shard_layers=(),
-        start=start,
-        run_files=run_files,
-    )
-    assert written == [tmp_path] and (tmp_path / "config.yaml").read_text() == start.config
-    saved = {name: (tmp_path / name).read_text() for name in ("config.yaml", "vocab.txt", "metrics.jsonl")}
-    config, start = _started(tmp_path, max_steps=4, resume="auto", lr=0.5)  # an applied change: start_run passes it
-    wider = Toy()
-    wider.linear = Linear(3, 5)  # a checkpoint that does not load: refused inside fit
-    with pytest.raises(ConfigError, match=r"^key 'training.resume': .*step_00000002 does not load into this run's"):
+    def fitted(model, steps: int, config, start):
         fit(
-            wider,
+            model,
             toy_step,
-            ToyData(4),
+            ToyData(steps),
             training=config.training,
             optim=config.optim,
             shard_layers=(),
             start=start,
             run_files=run_files,
         )
+
+    config, start = _started(tmp_path, max_steps=2, checkpoint_every=2)
+    fitted(Toy(), 2, config, start)
+    assert written == [tmp_path] and (tmp_path / "config.yaml").read_text() == start.config
+    saved = {name: (tmp_path / name).read_text() for name in ("config.yaml", "vocab.txt", "metrics.jsonl")}
+    config, start = _started(tmp_path, max_steps=4, resume="auto", lr=0.5)  # an applied change: start_run passes it
+    wider = Toy()
+    wider.linear = Linear(3, 5)  # a checkpoint that does not load: refused inside fit
+    with pytest.raises(ConfigError, match=r"^key 'training.resume': .*step_00000002 does not load into this run's"):
+        fitted(wider, 4, config, start)
     assert written == [tmp_path]  # not called
     assert {name: (tmp_path / name).read_text() for name in saved} == saved
-    fit(
-        Toy(),
-        toy_step,
-        ToyData(4),
-        training=config.training,
-        optim=config.optim,
-        shard_layers=(),
-        start=start,
-        run_files=run_files,
-    )
+    fitted(Toy(), 4, config, start)
     assert "lr: 0.5" in (tmp_path / "config.yaml").read_text() and written == [tmp_path, tmp_path]
 
 
