@@ -118,12 +118,14 @@ def test_open_clip_weights_state_their_sizes_and_no_end_token(tmp_path):
     assert checkpoint.tokenizer_misfits(_vocab(tmp_path / "v99.txt", 99)) == []  # any end token
     assert checkpoint.tokenizer_misfits(_vocab(tmp_path / "v100.txt", 100)) == [TokenizerMisfit("vocab_size", 99, 100)]
 
-    lone = tmp_path / "lone"  # the weights file alone: its tensors tell the sizes (the activation: not)
-    lone.mkdir()
+    lone = tmp_path / "lone"  # the weights file alone: its tensors tell the sizes (the activation: not; the heads:
+    lone.mkdir()  # only 64 wide, so these widths' are given)
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, lone / "weights.safetensors")
-    checkpoint = read_clip_checkpoint(lone / "weights.safetensors")
+    heads = dict(vision_heads=4, text_heads=3)
+    checkpoint = read_clip_checkpoint(lone / "weights.safetensors", given=heads)
     assert checkpoint.weights == lone / "weights.safetensors" and checkpoint.directory == lone
-    assert checkpoint.stated == dict(image_size=32, patch_size=8, vocab_size=99, context_length=16)
+    sizes = {k: v for k, v in expected.items() if k not in ("vision_heads", "text_heads", "activation")}
+    assert checkpoint.stated == sizes
     assert not checkpoint.holds_tokenizer and checkpoint.end_token(99) is None
 
     # OpenAI's state dict: its metadata entries beside the weights, which were trained with QuickGELU
@@ -132,9 +134,8 @@ def test_open_clip_weights_state_their_sizes_and_no_end_token(tmp_path):
         **{k: torch.tensor(v) for k, v in (("input_resolution", 32), ("vocab_size", 99))},
     }
     torch.save({**openai, "context_length": torch.tensor(16)}, lone / "openai.pt")
-    stated = dict(image_size=32, patch_size=8, vocab_size=99, context_length=16, activation="quick_gelu")
-    assert read_clip_checkpoint(lone / "openai.pt").stated == stated
-    given = {"activation": "gelu", "text_layers": None}  # a given activation is the caller's
+    assert read_clip_checkpoint(lone / "openai.pt", given=heads).stated == dict(sizes, activation="quick_gelu")
+    given = {"activation": "gelu", "text_layers": None, **heads}  # a given activation is the caller's
     assert "activation" not in read_clip_checkpoint(lone / "openai.pt", given=given).stated
 
 
@@ -151,11 +152,10 @@ def test_openai_torchscript_archive_loads_as_open_clip_computes_with_its_fp16_we
     torch.jit.save(torch.jit.script(copy.deepcopy(reference).half()), str(path))
     reference = reference.half().float().eval()  # the weights the archive holds, in fp32
 
-    checkpoint = read_clip_checkpoint(path)  # its tensors' sizes, QuickGELU for OpenAI's entries
+    checkpoint = read_clip_checkpoint(path, given=dict(vision_heads=4, text_heads=3))  # (widths of no 64-wide heads)
     assert checkpoint.weights == path and not checkpoint.holds_tokenizer
-    assert checkpoint.stated == dict(
-        image_size=32, patch_size=8, vocab_size=99, context_length=16, activation="quick_gelu"
-    )
+    sizes = {k: v for k, v in OPENAI_SMALL.items() if k not in ("vision_heads", "text_heads")}
+    assert checkpoint.stated == dict(sizes, activation="quick_gelu")  # its tensors' sizes, QuickGELU for OpenAI's
     ours = clip_model(pretrained=path, **OPENAI_SMALL).eval()
     assert ours.logit_scale.dtype == torch.float32
     images, (ids, _) = torch.randn(2, 3, 32, 32), captions([5, 16], 16, vocab=99, bos=97, eos=98)
@@ -171,8 +171,10 @@ def test_hugging_face_weights_alone_need_their_config_or_an_activation(hf_clip, 
     shutil.copy(hf_clip / "model.safetensors", tmp_path / "weights.safetensors")
     with pytest.raises(ValueError, match="config.json of the Hugging Face-layout weights"):
         read_clip_checkpoint(tmp_path / "weights.safetensors")
-    checkpoint = read_clip_checkpoint(tmp_path / "weights.safetensors", given={"activation": "quick_gelu"})
-    assert checkpoint.stated == dict(image_size=32, patch_size=8, vocab_size=49408, context_length=77)
+    given = dict(activation="quick_gelu", vision_heads=4, text_heads=4)  # (widths of no 64-wide heads)
+    checkpoint = read_clip_checkpoint(tmp_path / "weights.safetensors", given=given)
+    told = "vision_width vision_layers vision_mlp_dim text_width text_layers text_mlp_dim embed_dim image_size"
+    assert checkpoint.stated == {k: HF_STATED[k] for k in [*told.split(), "patch_size", "context_length", "vocab_size"]}
 
 
 def test_a_torchflava_run_and_its_export_state_the_arguments_the_run_recorded(tmp_path):

@@ -846,14 +846,22 @@ def refuse_unmatched(
     unexpected: Sequence[str],
     wrong: Sequence[str] = (),
     hint: str = "Check that the architecture arguments match the checkpoint.",
+    *,
+    disagree: Optional[Mapping[str, tuple[object, object]]] = None,
 ) -> None:
-    """ValueError naming ``what`` (a checkpoint and its layout) and listing up to 20 keys the model needs
-    and it lacks, it holds and nothing maps, and (up to 10) of the wrong shape, if any."""
+    """ValueError naming ``what`` (a checkpoint and its layout) and listing, on one line, up to 5 keys the model
+    needs and it lacks, it holds and nothing maps, and (up to 3) of the wrong shape, if any; then the builder
+    arguments ``disagree`` names with their (built, checkpoint's) values (those its shapes tell), else ``hint``."""
     if missing or unexpected or wrong:
-        shapes = f", wrong {len(wrong)} {list(wrong[:10])}" if wrong else ""
+        shapes = f", wrong {len(wrong)} {list(wrong[:3])}" if wrong else ""
+        if disagree:  # what to change, where the shapes tell it: the keys alone name no argument
+            pairs = ", ".join(
+                f"{name}={built!r} (checkpoint: {implied!r})" for name, (built, implied) in disagree.items()
+            )
+            hint = f"Arguments that disagree with the checkpoint's shapes: {pairs}."
         raise ValueError(
-            f"{what} does not match the model: missing {len(missing)} key(s) {list(missing[:20])}, unexpected "
-            f"{len(unexpected)} key(s) {list(unexpected[:20])}{shapes}. {hint}"
+            f"{what} does not match the model: missing {len(missing)} key(s) {list(missing[:5])}, unexpected "
+            f"{len(unexpected)} key(s) {list(unexpected[:5])}{shapes}. {hint}"
         )
 
 

@@ -8,6 +8,7 @@ the features.
 
 import json
 import re
+import shutil
 
 import open_clip
 import pytest
@@ -222,10 +223,11 @@ def test_missing_and_unexpected_keys_listed_in_one_error(tmp_path):
 
 
 def test_wrong_shapes_and_architecture_raise(tmp_path):
+    # A bare file's shapes state its sizes: one given otherwise is refused before the weights are read.
     path = _hf_file(tmp_path)
-    with pytest.raises(ValueError, match=r"wrong \d+ \['image_encoder.encoder.layers.0.mlp.fc1.weight"):
+    with pytest.raises(ValueError, match=r"hf.safetensors, got \(given, config\) \{'vision_mlp_dim': \(64, 48\)\}$"):
         clip_model(pretrained=path, **dict(SMALL_HF, vision_mlp_dim=64))
-    with pytest.raises(ValueError, match=r"missing 16 .*text_model.encoder.layers.2"):
+    with pytest.raises(ValueError, match=r"hf.safetensors, got \(given, config\) \{'text_layers': \(3, 2\)\}$"):
         clip_model(pretrained=path, **dict(SMALL_HF, text_layers=3))
     # A Hugging Face directory whose config.json disagrees with the arguments given.
     HFCLIPModel(_small_hf_config()).save_pretrained(tmp_path / "hf")
@@ -818,4 +820,109 @@ def test_clip_model_arguments_are_what_clip_model_builds_and_the_vocabulary_is_t
         clip_model_arguments(None, width=3)
     assert arguments["vocab_size"] == hf.text_model.embeddings.token_embedding.num_embeddings
     save_file(built.state_dict(), tmp_path / "ours.safetensors")  # ours, no config: its embeddings' rows
-    assert clip_model_arguments(tmp_path / "ours.safetensors")["vocab_size"] == SMALL["vocab_size"]
+    heads = dict(vision_heads=SMALL["vision_heads"], text_heads=SMALL["text_heads"])  # (widths of no 64-wide heads)
+    assert clip_model_arguments(tmp_path / "ours.safetensors", **heads)["vocab_size"] == SMALL["vocab_size"]
+
+
+# A CLIP export as examples/clip/train.py writes it: none of its sizes, nor its activation, eps or end token, is
+# clip_model's default, so that only its clip_config.json can give them.
+EXPORT_CLIP = dict(SMALL, activation="quick_gelu", norm_eps=1e-6, eos_token_id=97)
+
+
+def _export_clip(run):
+    """``run``/model/: clip.safetensors (written by the recipes' export_model) beside clip_config.json."""
+    from torchflava.models.clip import clip_model_arguments
+    from torchflava.training.checkpointing import export_model
+
+    torch.manual_seed(0)
+    model = _perturb(clip_model(**EXPORT_CLIP))
+    (run / "model").mkdir(parents=True)
+    export_model(model, run / "model" / "clip.safetensors")
+    (run / "model" / "clip_config.json").write_text(json.dumps(clip_model_arguments(None, **EXPORT_CLIP)))
+    return model
+
+
+def test_an_export_rebuilds_from_its_directory_or_weights_file_with_no_size_arguments(tmp_path):
+    """Found by a new-user review: clip_model(pretrained=<run>/model) looked for a config.json and failed."""
+    source = _export_clip(tmp_path)
+    images, (ids, mask) = torch.randn(2, 3, 32, 32), captions([16, 5], 16, vocab=99, bos=96, eos=97)
+    expected = _our_features(source, images, ids, mask)
+    for pretrained in (tmp_path / "model", tmp_path, tmp_path / "model" / "clip.safetensors"):  # export, run, file
+        loaded = clip_model(pretrained=pretrained)
+        assert isinstance(loaded.image_encoder.encoder.layers[0].mlp.activation, QuickGELU)
+        assert (loaded.eos_token_id, loaded.image_encoder.norm.eps) == (97, 1e-6)
+        for actual, reference in zip(_our_features(loaded, images, ids, mask), expected):
+            assert torch.equal(actual, reference)
+    assert clip_model(pretrained=tmp_path / "model", vision_layers=2, attention_dropout=0.1) is not None  # agreeing
+    with pytest.raises(ValueError, match=r"clip_config.json, got \(given, config\) \{'vision_layers': \(3, 2\)\}$"):
+        clip_model(pretrained=tmp_path / "model", vision_layers=3)
+    shutil.copy(tmp_path / "model" / "clip.safetensors", tmp_path / "model" / "old.safetensors")
+    with pytest.raises(ValueError, match=r"expected one .safetensors weights file, got \['clip.safetensors', 'old"):
+        clip_model(pretrained=tmp_path / "model")  # which is the model's cannot be told
+
+
+def test_a_strict_load_names_the_arguments_the_shapes_disagree_with():
+    """Found by a new-user review: the error listed up to 50 keys on one huge line and named no argument."""
+    state = clip_model(**SMALL).state_dict()
+    with pytest.raises(ValueError) as err:
+        convert_to_torchflava(state, clip_model(**dict(SMALL, vision_width=48)))
+    assert str(err.value) == (
+        "state_dict (torchflava layout) does not match the model: missing 0 key(s) [], unexpected 0 key(s) [], "
+        "wrong 30 ['image_encoder.embeddings.cls_token [1, 1, 32] for [1, 1, 48]', "
+        "'image_encoder.embeddings.pos_embed [1, 17, 32] for [1, 17, 48]', "
+        "'image_encoder.embeddings.proj.weight [32, 3, 8, 8] for [48, 3, 8, 8]']. "
+        "Arguments that disagree with the checkpoint's shapes: vision_width=48 (checkpoint: 32)."
+    )
+    hf = convert_to_hf(state)  # in Hugging Face's layout, a tower one layer short and another context
+    with pytest.raises(ValueError) as err:
+        convert_to_torchflava(hf, clip_model(**dict(SMALL, text_layers=3, context_length=20)))
+    assert str(err.value) == (
+        "state_dict (hf layout) does not match the model: missing 16 key(s) "
+        "['text_model.encoder.layers.2.layer_norm1.weight', 'text_model.encoder.layers.2.layer_norm1.bias', "
+        "'text_model.encoder.layers.2.self_attn.q_proj.weight', 'text_model.encoder.layers.2.self_attn.k_proj.weight', "
+        "'text_model.encoder.layers.2.self_attn.v_proj.weight'], unexpected 0 key(s) [], "
+        "wrong 1 ['text_encoder.embeddings.pos_embed.weight [16, 24] for [20, 24]']. "
+        "Arguments that disagree with the checkpoint's shapes: text_layers=3 (checkpoint: 2), "
+        "context_length=20 (checkpoint: 16)."
+    )
+
+
+def test_open_clip_shapes_imply_embed_dim_through_the_transposed_projection_and_layers_by_resblocks():
+    from torchflava.models.clip.convert_weights import clip_sizes
+
+    state = open_clip.model.CLIP(**OPEN_CLIP_CFG).state_dict()  # visual.proj: (32, 20), kept as x @ W
+    assert clip_sizes(state, "open_clip") == {k: v for k, v in OPENAI_SMALL.items() if not k.endswith("_heads")}
+    assert clip_sizes({"visual.proj": torch.zeros(2, 3, 4)}, "open_clip") == {}  # no such shape: nothing told
+
+
+# OpenAI's released CLIP, small: widths of 64-wide heads (2 and 1), QuickGELU, the entries beside the weights.
+OPENAI_64 = dict(embed_dim=20, quick_gelu=True)
+OPENAI_64.update(vision_cfg=dict(image_size=32, patch_size=8, width=128, layers=2, head_width=64, mlp_ratio=1.5))
+OPENAI_64.update(text_cfg=dict(context_length=16, vocab_size=99, width=64, heads=1, layers=3, mlp_ratio=2.0))
+
+
+def test_a_bare_weights_file_builds_the_model_its_shapes_state_with_64_wide_heads(tmp_path):
+    """As OpenAI's loader builds its CLIP from a state dict (heads = width // 64): ViT-B-32.pt and the like
+    load with no argument (they built ViT-B/16's sizes and were refused as mis-shaped)."""
+    torch.manual_seed(0)
+    reference = _perturb(open_clip.model.CLIP(**OPENAI_64)).eval()
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    torch.save({**state, **{k: torch.tensor(v) for k, v in OPENAI_ENTRIES.items()}}, tmp_path / "ViT-tiny.pt")
+    ours = clip_model(pretrained=tmp_path / "ViT-tiny.pt").eval()
+    assert (
+        ours.image_encoder.encoder.layers[0].attn.num_heads,
+        ours.text_encoder.encoder.layers[0].attn.num_heads,
+    ) == (2, 1)
+    assert isinstance(ours.text_encoder.encoder.layers[0].mlp.activation, QuickGELU)  # OpenAI's entries tell
+    images, (ids, _) = torch.randn(2, 3, 32, 32), captions([5, 16], 16, vocab=99, bos=97, eos=98)
+    with torch.no_grad():
+        assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=ATOL, rtol=0)
+        assert_close(ours.encode_text(ids), reference.encode_text(ids, normalize=True), atol=ATOL, rtol=0)
+    # No head count is told by a width of no 64-wide heads: it must be given (it was 12, silently).
+    save_file({k: v.contiguous() for k, v in clip_model(**SMALL).state_dict().items()}, tmp_path / "small.safetensors")
+    with pytest.raises(ValueError) as err:
+        clip_model(pretrained=tmp_path / "small.safetensors")
+    assert str(err.value) == (
+        f"{tmp_path / 'small.safetensors'}: expected vision_heads (its vision_width 32 tells no 64-wide heads), got none"
+    )
+    assert clip_model(pretrained=tmp_path / "small.safetensors", vision_heads=4, text_heads=3) is not None

@@ -870,3 +870,78 @@ def test_convert_to_hf_and_back_refuse_what_is_not_a_flava_state_dict():
         convert_to_torchflava([("a", torch.zeros(1))], model)
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         convert_to_torchflava({"a": torch.zeros(1)}, {"a": torch.zeros(1)})
+
+
+# ------------------------------------------------------------- 7. a torchflava export (the pretraining recipe's)
+
+
+EXPORT_FLAVA = dict(TINY_FLAVA, norm_eps=1e-6, type_vocab_size=3, pad_token_id=1)  # none of them the default
+
+
+def _export_flava(run: Path) -> nn.Module:
+    """``run``/model/ as examples/flava/train.py writes it: the whole pretraining model, heads included, in
+    flava_pretraining.safetensors (by export_model), beside backbone_config.json (flava_model's arguments)."""
+    from torchflava.models.flava import flava_model_arguments
+    from torchflava.training.checkpointing import export_model
+
+    torch.manual_seed(0)
+    pretraining = flava_model_for_pretraining(
+        backbone=flava_model(**EXPORT_FLAVA), build_codebook=False, image_vocab_size=64
+    )
+    _perturb(pretraining)
+    (run / "model").mkdir(parents=True)
+    export_model(pretraining, run / "model" / "flava_pretraining.safetensors")
+    (run / "model" / "backbone_config.json").write_text(json.dumps(flava_model_arguments(**EXPORT_FLAVA)))
+    return pretraining.eval()
+
+
+def test_an_export_rebuilds_from_its_directory_or_weights_file_with_no_size_arguments(tmp_path):
+    """Found by a new-user review: flava_model(pretrained=<run>/model) found no model.safetensors, and its
+    weights file ignored the backbone_config.json beside it (FLAVA-full's sizes were built and refused)."""
+    source = _export_flava(tmp_path)
+    images, (text, mask) = torch.randn(2, 3, 32, 32), padded_text(2, 8, TINY_FLAVA["vocab_size"], [8, 5])
+    with torch.no_grad():
+        expected = source.model.encode_image(images), source.model.encode_text(text, mask)
+    for pretrained in (tmp_path / "model", tmp_path, tmp_path / "model" / "flava_pretraining.safetensors"):
+        loaded = flava_model(pretrained=pretrained).eval()
+        assert _norm_eps(loaded) == {1e-6}
+        with torch.no_grad():
+            assert torch.equal(loaded.encode_image(images), expected[0])
+            assert torch.equal(loaded.encode_text(text, mask), expected[1])
+    heads = flava_model_for_pretraining(pretrained=tmp_path / "model", build_codebook=False)  # its MIM classes: 64
+    assert heads.mim_head.decoder.out_features == 64
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in heads.state_dict().items())
+    with pytest.raises(
+        ValueError, match=r"backbone_config.json, got \(given, config\) \{'image_num_layers': \(3, 2\)\}$"
+    ):
+        flava_model(pretrained=tmp_path / "model", image_num_layers=3)
+    config = json.loads((tmp_path / "model" / "backbone_config.json").read_text())
+    (tmp_path / "model" / "backbone_config.json").write_text(json.dumps({**config, "hidden": 3}))
+    with pytest.raises(ValueError, match=r"backbone_config.json: expected arguments of flava_model, got \['hidden'\]$"):
+        flava_model(pretrained=tmp_path / "model")
+
+
+def test_a_strict_load_names_the_arguments_the_shapes_disagree_with(tmp_path):
+    """Found by a new-user review: the error listed up to 50 keys on one huge line and named no argument."""
+    state = convert_to_hf(flava_model(**TINY_FLAVA).state_dict())
+    with pytest.raises(ValueError) as err:
+        load_flava_weights(flava_model(**dict(TINY_FLAVA, image_embed_dim=48, image_mlp_dim=64)), state)
+    assert str(err.value) == (
+        "checkpoint (hf layout) does not match the model: missing 0 key(s) [], unexpected 0 key(s) [], wrong 35 "
+        "['image_encoder.embeddings.cls_token [1, 1, 32] for [1, 1, 48]', "
+        "'image_encoder.embeddings.pos_embed [1, 17, 32] for [1, 17, 48]', "
+        "'image_encoder.embeddings.mask_token [1, 1, 32] for [1, 1, 48]']. "
+        "Arguments that disagree with the checkpoint's shapes: image_embed_dim=48 (checkpoint: 32), "
+        "image_mlp_dim=64 (checkpoint: 48)."
+    )
+    with pytest.raises(ValueError) as err:
+        load_flava_weights(flava_model(**dict(TINY_FLAVA, multimodal_num_layers=1)), state)
+    assert str(err.value) == (
+        "checkpoint (hf layout) does not match the model: missing 0 key(s) [], unexpected 16 key(s) "
+        "['multimodal_model.encoder.layer.1.attention.attention.key.bias', "
+        "'multimodal_model.encoder.layer.1.attention.attention.key.weight', "
+        "'multimodal_model.encoder.layer.1.attention.attention.query.bias', "
+        "'multimodal_model.encoder.layer.1.attention.attention.query.weight', "
+        "'multimodal_model.encoder.layer.1.attention.attention.value.bias']. "
+        "Arguments that disagree with the checkpoint's shapes: multimodal_num_layers=1 (checkpoint: 2)."
+    )

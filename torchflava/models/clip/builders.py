@@ -54,14 +54,14 @@ def clip_model(
 ) -> CLIPModel:
     """CLIP, initialised or loaded: a pre-norm ViT (no conv bias, ``ln_pre``, CLS pooled) and a causal text transformer.
 
-    An argument left None comes from ``pretrained``'s config (Hugging Face's config.json or open_clip's
-    open_clip_config.json, in its directory or beside its weights; else a weights file's own patch, image, vocabulary
-    and context sizes; given ones must match, but a training setting, ``attention_dropout``, overrides), else from
-    open_clip's ``ViT-B-16``: GELU (QuickGELU for OpenAI's weights: no other), eps 1e-5, end token the last id.
+    An argument left None comes from ``pretrained``'s config (HF's config.json, open_clip's or a torchflava export's
+    clip_config.json, in its directory or beside its weights; else the sizes a weights file's shapes tell, heads 64
+    wide; given ones must match, but ``attention_dropout`` overrides), else from open_clip's ``ViT-B-16``: GELU (no
+    shape tells it; QuickGELU for OpenAI's weights, told by their entries), eps 1e-5, end token the vocabulary's last.
 
     Args:
-        pretrained (Optional[PathLike]): a Hugging Face ``CLIPModel`` or open_clip Hub directory, or an OpenAI,
-            open_clip or torchflava weights file (.safetensors, .bin, .pt; never unpickled), loaded strictly.
+        pretrained (Optional[PathLike]): a torchflava export (or its run), HF ``CLIPModel`` or open_clip directory, or
+            an OpenAI, open_clip or torchflava weights file (.safetensors, .bin, .pt; never unpickled), loaded strictly.
         embed_dim, image_size, patch_size (Optional[int]): width P of the shared space; image, patch side (px).
         vision_width, vision_layers, vision_heads, vision_mlp_dim, text_width, text_layers, text_heads,
             text_mlp_dim (Optional[int]): each tower's width, depth, attention heads and MLP width.
@@ -73,8 +73,8 @@ def clip_model(
         init_std (Optional[float]): std of the normal initialisation (0.02; e.g. 0.06 at width 128).
 
     Raises:
-        ValueError: if an argument is out of range or contradicts the config or checkpoint (all listed),
-            or a checkpoint or config file is malformed or describes a model ours does not build.
+        ValueError: if an argument is out of range or contradicts the config or checkpoint's shapes (all named),
+            or a checkpoint or config file is malformed, describes a model ours does not build or tells no head count.
         TypeError, FileNotFoundError: if a size is not an int or ``pretrained`` not a path; not there.
     """
     kwargs = dict(locals(), pretrained=None if pretrained is None else local_checkpoint(pretrained))  # (fetched once)
@@ -94,10 +94,9 @@ def clip_model_arguments(pretrained: Optional[PathLike] = None, **kwargs) -> dic
     check_builder_arguments("clip_model_arguments", clip_model, kwargs)
     given = {k: v for k, v in kwargs.items() if v is not None}
     local = None if pretrained is None else local_checkpoint(pretrained)
-    config_file, config = None, {}
-    if local is not None and local.is_dir():  # HF's or open_clip's: its config
-        config_file, config, _ = directory_config(local)
-    elif local is not None:  # a file: its keys (from its header, no data read) and a config beside it tell
+    if local is None or local.is_dir():  # an export's, HF's or open_clip's directory: its config
+        config_file, config, _ = (None, {}, None) if local is None else directory_config(local)
+    else:  # a file: its keys and shapes (from its header, no data read), or a config beside it, tell
         config_file, config = file_config(local, peek_state_dict(local, scalars=True), given)  # (+ OpenAI's)
     a, source = with_config("clip_model", _DEFAULTS, config, given, config_file, settings=["attention_dropout"])
     a.setdefault("eos_token_id", a["vocab_size"] - 1)  # OpenAI's end token is the vocabulary's last id

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.layers.mlp import check_activations
 from torchflava.modules.layers.patch_embedding import patch_geometry
+from torchflava.utils.architecture import disagreeing, export_files, first_file, implied_heads, implied_sizes, layout_of
 from torchflava.utils.checkpoint import map_state_dict, read_json_object, refuse_unmatched, to_reference, without_prefix
 from torchflava.utils.checks import check_entries, config_number, hf_sub_configs, shared_values, unsupported_settings
 
@@ -37,8 +38,7 @@ mlp.fc2.{}                             mlp.fc2.{}                               
 _KEYS = {ours: refs for ours, *refs in map(str.split, _ROWS.strip().splitlines())}
 _LAYOUTS = {"torchflava": "image_encoder.", "hf": "vision_model.", "open_clip": "visual."}  # and a key of each
 OPENAI_ENTRIES = ("input_resolution", "context_length", "vocab_size")  # beside OpenAI's released weights
-# Buffers and metadata some checkpoints hold: recognised, not loaded.
-_IGNORED = re.compile(rf"^(\w+_model\.embeddings\.position_ids|attn_mask|{'|'.join(OPENAI_ENTRIES)})$")
+_IGNORED = re.compile(rf"^(\w+_model\.embeddings\.position_ids|attn_mask|{'|'.join(OPENAI_ENTRIES)})$")  # not loaded
 _ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 # open_clip settings (model_cfg) read or not changing what ours computes; others: off or as _OPEN_CLIP_AS_BUILT.
 _OPEN_CLIP_READ = set("embed_dim quick_gelu layers width head_width heads mlp_ratio patch_size image_size".split())
@@ -47,8 +47,11 @@ _OPEN_CLIP_READ |= set("final_ln_after_pool pad_id hf_tokenizer_name tokenizer_k
 _OPEN_CLIP_AS_BUILT = dict(pos_embed_type="learnable", proj_type="linear", block_type="default")
 _OPEN_CLIP_AS_BUILT.update({"vision_cfg.pool_type": "tok", "text_cfg.pool_type": "argmax"})
 _LAYER = re.compile(r"^((image|text)_encoder\.encoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
-_PATCH_KEYS = ("image_encoder.embeddings.proj.weight", "image_encoder.embeddings.pos_embed")
-_TEXT_KEYS = ("text_encoder.embeddings.word_embed.weight", "text_encoder.embeddings.pos_embed.weight")
+_BY_LAYER = (("mlp_dim", 0), ("layers", None))  # (an MLP's rows; how many layers hold one: see implied_sizes)
+_WORDS, _MLP = "text_encoder.embeddings.word_embed.weight", "_encoder.encoder.layers.{}.mlp.fc1.weight"
+_SIZES = dict(vision_width=("image_encoder.embeddings.cls_token", -1), text_width=(_WORDS, 1), vocab_size=(_WORDS, 0))
+_SIZES.update({f"{t}_{n}": (i + _MLP, d) for t, i in (("vision", "image"), ("text", "text")) for n, d in _BY_LAYER})
+_SIZES.update(context_length=("text_encoder.embeddings.pos_embed.weight", 0), embed_dim=("image_projection.weight", 0))
 
 
 def _names(key: str, layout: str) -> list[str]:
@@ -67,25 +70,27 @@ def _names(key: str, layout: str) -> list[str]:
     return [prefix + row[col].format(kind)]
 
 
-def _layout(state_dict: dict) -> Optional[str]:
-    return next((name for name, probe in _LAYOUTS.items() if any(k.startswith(probe) for k in state_dict)), None)
-
-
 def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Map an HF, open_clip/OpenAI or torchflava CLIP state dict (a DDP ``module.`` prefix dropped) onto
-    the keys and shapes of ``model`` (a :class:`CLIPModel`), for ``model.load_state_dict(strict=True)``;
-    ValueError if the layout is unknown, or keys are missing, unexpected or mis-shaped (all listed)."""
+    the keys and shapes of ``model`` (a :class:`CLIPModel`), for ``model.load_state_dict(strict=True)``; ValueError if
+    the layout is unknown, or keys are missing, unexpected or mis-shaped (naming arguments its shapes contradict)."""
     source = without_prefix(state_dict, "module.")
-    if (layout := _layout(source)) is None:
-        raise ValueError(f"state_dict: expected CLIP keys ({', '.join(_LAYOUTS)}), got {sorted(source)[:5]}")
-    transposed = lambda key: layout == "open_clip" and key.endswith("projection.weight")  # noqa: E731
-    out, missing, wrong, used = map_state_dict(
-        source, model.state_dict(), lambda key: _names(key, layout), transposed=transposed, squeezable=True
-    )
+    layout = layout_of(source, _LAYOUTS, "state_dict: expected CLIP keys")
+    name = lambda key: _names(key, layout)
+    flip = lambda key: layout == "open_clip" and key.endswith("projection.weight")  # kept as x @ W
+    out, missing, wrong, used = map_state_dict(source, model.state_dict(), name, transposed=flip, squeezable=True)
     check_openai(source, model)
     unexpected = sorted(k for k in source if k not in used and not _IGNORED.match(k))
-    refuse_unmatched(f"state_dict ({layout} layout)", missing, unexpected, wrong)
+    disagree = disagreeing(clip_sizes(model.state_dict(), "torchflava"), clip_sizes(source, layout))
+    refuse_unmatched(f"state_dict ({layout} layout)", missing, unexpected, wrong, disagree=disagree)
     return out
+
+
+def clip_sizes(tensors: dict[str, Tensor], layout: str) -> dict[str, int]:
+    """The :func:`clip_model` sizes the shapes of ``tensors`` (in ``layout``) imply: all but heads and activation."""
+    name, flip = lambda key: _names(key, layout)[0], ["image_projection.weight"] if layout == "open_clip" else []
+    grid = patch_geometry(*(tensors.get(name(f"image_encoder.embeddings.{k}")) for k in ("proj.weight", "pos_embed")))
+    return {**implied_sizes(tensors, _SIZES, name, transposed=flip), **grid}
 
 
 def check_openai(state_dict: dict[str, Tensor], model: nn.Module, where: str = "state_dict") -> None:
@@ -99,42 +104,37 @@ def check_openai(state_dict: dict[str, Tensor], model: nn.Module, where: str = "
 def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Map our :class:`CLIPModel` state dict to transformers' ``CLIPModel`` keys, for its
     ``load_state_dict(strict=True)`` (qkv split; CLS and positions lose leading 1s)."""
-    squeezed = {"cls_token": 1, "pos_embed": 2}  # HF's CLS and positions have no leading 1s
-    dims = lambda key, value: squeezed.get(key.rpartition(".")[2], value.dim())  # noqa: E731
+    dims = lambda key, value: {"cls_token": 1, "pos_embed": 2}.get(key.rpartition(".")[2], value.dim())
     return to_reference(state_dict, lambda key: _names(key, "hf"), dims)
 
 
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
-    """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent: the
-    config.json beside HF-layout weights (ValueError if none and no activation: only it tells), open_clip's
-    or a torchflava export's (clip_config.json) beside theirs; else the patch and image size, vocabulary
-    size and context length its tensors imply (rows of the token and position tables), QuickGELU for OpenAI's."""
+    """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent: the config
+    beside it of its layout (HF's config.json, open_clip's, a torchflava export's clip_config.json: ValueError if HF's
+    is not there nor an activation given), else :func:`clip_sizes`, heads 64 wide (ValueError for other widths)."""
     state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only names and shapes are read)
-    layout = _layout(state_dict)
-    configs = {"hf": "config.json", "open_clip": "open_clip_config.json", "torchflava": "clip_config.json"}
-    if layout in configs and (path.parent / configs[layout]).is_file():
-        return path.parent / configs[layout], _read_config(path.parent / configs[layout])
-    sizes = patch_geometry(*(state_dict.get(_names(key, layout)[0]) for key in _PATCH_KEYS))
-    tables = dict(zip(("vocab_size", "context_length"), (state_dict.get(_names(k, layout)[0]) for k in _TEXT_KEYS)))
-    sizes.update({name: t.shape[0] for name, t in tables.items() if t is not None and t.dim() == 2})  # their rows
-    if any(key in state_dict for key in OPENAI_ENTRIES):
-        return path, sizes if "activation" in given else {**sizes, "activation": "quick_gelu"}
+    layout = layout_of(state_dict, _LAYOUTS, f"{path}: expected CLIP keys")
+    beside = path.parent / {"hf": "config.json", "open_clip": "open_clip_config.json"}.get(layout, "clip_config.json")
+    if beside.is_file():
+        return beside, _read_config(beside)
     if layout == "hf" and "activation" not in given:
         what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
         raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
-    return path, sizes
+    sizes = implied_heads(clip_sizes(state_dict, layout), ("vision", "text"), given, path)
+    openai = any(key in state_dict for key in OPENAI_ENTRIES) and "activation" not in given  # (their QuickGELU)
+    return path, {**sizes, "activation": "quick_gelu"} if openai else sizes
 
 
 def directory_config(directory: Path) -> tuple[Path, dict, Path]:
-    """The config file, :func:`clip_model` arguments and weights of a Hugging Face ``CLIPModel`` directory,
-    or of open_clip's (``open_clip_config.json`` and its weights) where no CLIP config.json is beside it."""
+    """The config file, :func:`clip_model` arguments and weights of a torchflava export (clip_config.json, one
+    .safetensors; or its run), a Hugging Face ``CLIPModel`` or open_clip's (where no CLIP config.json is beside)."""
+    if (export := export_files(directory, "clip_config.json")) is not None:
+        return export[0], _read_config(export[0]), export[1]
     hf, config = directory / "config.json", directory / "open_clip_config.json"
     if not config.is_file() or (hf.is_file() and read_json_object(hf).get("model_type") == "clip"):
         return hf, _read_config(hf), directory
     names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-    if not (weights := [directory / name for name in names if (directory / name).is_file()]):
-        raise FileNotFoundError(f"directory: expected {' or '.join(names)} beside {config}, got neither")
-    return config, _read_config(config), weights[0]
+    return config, _read_config(config), first_file(directory, names, f"beside {config}")
 
 
 def _read_config(path: Path) -> dict:

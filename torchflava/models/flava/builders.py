@@ -27,6 +27,7 @@ from torchflava.models.flava.convert_weights import (
     hf_directory_kwargs,
     load_flava_pretraining_weights,
     load_flava_weights,
+    local_flava_checkpoint,
     without_wrapper_prefix,
 )
 from torchflava.models.flava.model import FLAVAModel
@@ -36,7 +37,7 @@ from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEn
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
-from torchflava.utils.checkpoint import load_state_dict, local_checkpoint, peek_state_dict
+from torchflava.utils.checkpoint import load_state_dict, peek_state_dict
 from torchflava.utils.checks import (
     check_architecture,
     check_builder_arguments,
@@ -276,14 +277,17 @@ def flava_model(
 ) -> FLAVAModel:
     """The FLAVA model; FLAVA-full by default.
 
-    With a Hugging Face directory as ``pretrained``, an argument left at its default takes the value
-    its config.json states; an argument given otherwise must match it.
+    With a Hugging Face directory as ``pretrained`` (or a weights file in it), an argument left at its
+    default takes the value its config.json states; an argument given otherwise must match it. A
+    torchflava export (the pretraining recipe's ``model/`` directory, its run directory, or the weights
+    file in it) is read alike, its ``backbone_config.json`` standing for config.json.
 
     Args:
         pretrained (Optional[Union[str, os.PathLike]]): local path or URL of weights to load: a Hugging
             Face ``FlavaModel``/``FlavaForPreTraining`` directory or file (safetensors or .bin), a
             torchmultimodal ``.pt`` state dict, or one of ours (also under DDP's ``module.`` or a
-            Lightning module's ``model.``). The architecture arguments must match it.
+            Lightning module's ``model.``), or a torchflava export. The architecture arguments must
+            match it (a mismatch names the arguments whose sizes the tensors' shapes tell otherwise).
         image_embed_dim (int): image encoder width.
         image_num_layers (int): image encoder layers.
         image_num_heads (int): image encoder heads.
@@ -317,11 +321,11 @@ def flava_model(
     Raises:
         ValueError: if an argument is out of its range (a size below 1, a width that its heads do not
             divide, a dropout outside [0, 1), ``pad_token_id`` outside the vocabulary...), naming it,
-            or contradicts config.json (the (given, config) pairs listed).
+            or contradicts config.json (the (given, config) pairs listed), or the checkpoint does not fit.
         TypeError: if a size is not an int.
     """
     args = {k: v for k, v in locals().items() if k != "pretrained"}
-    local = None if pretrained is None else local_checkpoint(pretrained)
+    local = None if pretrained is None else local_flava_checkpoint(pretrained)
     # the checkpoint's names, shapes and dtypes (no data): a directory without weights, or a malformed file,
     # says so before any work
     peeked = None if local is None else peek_state_dict(local)
@@ -338,15 +342,16 @@ def flava_model(
 
 def flava_model_arguments(pretrained: Optional[Union[str, os.PathLike]] = None, **kwargs) -> dict:
     """The arguments :func:`flava_model` builds with for ``pretrained`` and ``kwargs``: those left at
-    their defaults filled from a Hugging Face directory's config.json (e.g. to record the architecture
-    a run trained, as the pretraining recipe's export does).
+    their defaults filled from a Hugging Face directory's config.json or a torchflava export's
+    backbone_config.json (e.g. to record the architecture a run trained, as the pretraining recipe's
+    export does).
 
     Raises:
-        ValueError: if ``kwargs`` contradicts config.json, or names no argument of :func:`flava_model`.
+        ValueError: if ``kwargs`` contradicts that file, or names no argument of :func:`flava_model`.
     """
     check_builder_arguments("flava_model_arguments", flava_model, kwargs)
     defaults = {k: p.default for k, p in inspect.signature(flava_model).parameters.items() if k != "pretrained"}
-    local = None if pretrained is None else local_checkpoint(pretrained)
+    local = None if pretrained is None else local_flava_checkpoint(pretrained)
     peeked = None if local is None else peek_state_dict(local)
     return _resolved_flava_arguments(local, {**defaults, **kwargs}, peeked)[0]
 
@@ -358,8 +363,17 @@ def _resolved_flava_arguments(
     ``peeked``: the checkpoint's :func:`peek_state_dict`."""
     if local is None:
         return args, None, {}
-    config_file, config = hf_directory_kwargs(local, peeked)
+    config_file, config = _checkpoint_config(local, peeked)
     return _with_config(flava_model, args, config_file, config), config_file, config
+
+
+def _checkpoint_config(local: Path, peeked: Optional[dict]) -> tuple[Optional[Path], dict]:
+    """:func:`hf_directory_kwargs`; ValueError naming a torchflava export's backbone_config.json if it holds a
+    name that is no argument of :func:`flava_model` (what it holds is passed to it)."""
+    config_file, config = hf_directory_kwargs(local, peeked)
+    if config_file is not None and config_file.name == "backbone_config.json":
+        check_builder_arguments(str(config_file), flava_model, config)
+    return config_file, config
 
 
 def _with_config(builder: Callable, args: dict, config_file: Optional[Path], config: dict) -> dict:
@@ -432,7 +446,8 @@ def flava_model_for_pretraining(
 
     With a Hugging Face directory as ``pretrained``, its config.json gives the backbone (when none is
     given), ``image_vocab_size`` (when left at its default) and ``head_norm_eps`` (when None); a value
-    given otherwise must match it.
+    given otherwise must match it. A torchflava export gives the backbone (its backbone_config.json) and
+    ``image_vocab_size`` (its MIM head's rows) alike.
 
     Args:
         backbone (Optional[FLAVAModel]): the backbone; when None, FLAVA-full (``flava_model()``) or the
@@ -483,9 +498,11 @@ def flava_model_for_pretraining(
         if check_finite_number(f"{name}_weight", value) < 0:
             raise ValueError(f"{name}_weight must be >= 0, got {value!r}")
     loss_weights = LossWeights(**weights)
-    local = None if pretrained is None else local_checkpoint(pretrained)
+    local = None if pretrained is None else local_flava_checkpoint(pretrained)
     peeked = None if local is None else without_wrapper_prefix(peek_state_dict(local))  # names only, no data
-    config_file, config = (None, {}) if local is None else hf_directory_kwargs(local, peeked)
+    config_file, config = (None, {}) if local is None else _checkpoint_config(local, peeked)
+    if config_file is not None and config_file.name == "backbone_config.json" and "mim_head.decoder.bias" in peeked:
+        config = {**config, "image_vocab_size": peeked["mim_head.decoder.bias"].shape[0]}  # (an export's: its rows)
     heads = dict(image_vocab_size=image_vocab_size, head_norm_eps=head_norm_eps)
     heads = _with_config(flava_model_for_pretraining, heads, config_file, config)
     if heads["head_norm_eps"] is None:  # torchmultimodal's prediction heads use 1e-5, Hugging Face's 1e-12
@@ -526,7 +543,7 @@ def flava_model_for_pretraining(
     )
     for name in ("mlm_head", "mim_head", "mmm_text_head", "mmm_image_head", "itm_head"):
         init_weights(getattr(pretraining, name), std=model.init_std)
-    if config_file is not None:
+    if config_file is not None and config_file.name == "config.json":  # (an export's states no head eps)
         check_norm_eps(pretraining, config["norm_eps"], config_file)  # a backbone given may differ
     if local is not None:  # the tensors are read once the arguments are known to build the model
         load_flava_pretraining_weights(pretraining, load_state_dict(local))  # (it drops a wrapper's prefix)

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava
+from torchflava.modules.layers.patch_embedding import patch_geometry
+from torchflava.utils.architecture import disagreeing, export_files, implied_sizes
 from torchflava.utils.checkpoint import (
     PathLike,
     check_fits,
@@ -101,6 +103,22 @@ _SKIPPED = {
     "tmm": re.compile(r"^(image_codebook|loss|classifier)\.|^text_encoder\.embeddings\.position_ids$"),
     "torchflava": re.compile(r"^(codebook|mlm_head|mim_head|mmm_text_head|mmm_image_head|itm_head)\."),
 }
+# flava_model's sizes, by the key and dim of our state dict that holds each (dim None: a count of layers).
+_SIZES = dict(
+    image_embed_dim=("image_encoder.embeddings.cls_token", -1),
+    patch_size=("image_encoder.embeddings.proj.weight", -1),
+    in_channels=("image_encoder.embeddings.proj.weight", 1),
+    text_embed_dim=("text_encoder.embeddings.word_embed.weight", 1),
+    vocab_size=("text_encoder.embeddings.word_embed.weight", 0),
+    max_seq_len=("text_encoder.embeddings.pos_embed.weight", 0),
+    type_vocab_size=("text_encoder.embeddings.type_embed.weight", 0),
+    multimodal_embed_dim=("multimodal_encoder.cls_token", -1),
+    projection_dim=("image_projection.weight", 0),
+)
+for _tower in ("image", "text", "multimodal"):
+    _SIZES[f"{_tower}_mlp_dim"] = (f"{_tower}_encoder.encoder.layers.{{}}.mlp.fc1.weight", 0)
+    _SIZES[f"{_tower}_num_layers"] = (f"{_tower}_encoder.encoder.layers.{{}}.mlp.fc1.weight", None)
+_POS = "image_encoder.embeddings.pos_embed"
 _LAYER_RE = re.compile(r"^(\w+)\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _OTHER_RE = re.compile(r"^(.+)\.(weight|bias)$")
 
@@ -206,7 +224,8 @@ def convert_to_torchflava(
 
     Raises:
         TypeError: unless ``state_dict`` maps str names to tensors and ``model`` is an ``nn.Module``.
-        ValueError: on an unknown layout, or (strict) on missing or unexpected keys, listing them.
+        ValueError: on an unknown layout, or on mis-shaped tensors or (strict) missing or unexpected keys,
+            listing them (strict: and naming the arguments whose sizes the shapes tell otherwise).
     """
     check_state_dict(state_dict)
     if not isinstance(model, nn.Module):
@@ -222,12 +241,21 @@ def convert_to_torchflava(
     if layout == "tmm" and _OTHER["logit_scale"][1] in missing:  # torchmultimodal's FLAVAModel keeps none (its loss)
         missing.remove(_OTHER["logit_scale"][1])
         converted["logit_scale"] = torch.tensor(float(model.logit_scale_init))
-    refuse_mismatches(wrong)
     skipped = sorted(k for k in source if k not in used and _SKIPPED[layout].search(k))
     unexpected = sorted(k for k in source if k not in used and not _SKIPPED[layout].search(k))
-    if strict:
-        refuse_unmatched(f"checkpoint ({layout} layout)", missing, unexpected)
+    if strict:  # the arguments whose sizes the shapes tell otherwise named, the keys alone name none
+        disagree = disagreeing(_implied_sizes(model.state_dict(), "torchflava"), _implied_sizes(source, layout))
+        refuse_unmatched(f"checkpoint ({layout} layout)", missing, unexpected, wrong, disagree=disagree)
+    refuse_mismatches(wrong)  # (not strict: keys may be missing, but no tensor may be mis-shaped)
     return converted, skipped
+
+
+def _implied_sizes(state_dict: dict[str, Tensor], layout: str) -> dict[str, int]:
+    """The :func:`flava_model` sizes the shapes of ``state_dict`` (in ``layout``, prefixes stripped) imply: each
+    tower's width, depth and MLP width, the patch and image size, vocabularies, positions, ``projection_dim``."""
+    name = lambda key: _reference_names(key, layout)[0]
+    geometry = patch_geometry(*(state_dict.get(name(key)) for key in (_SIZES["patch_size"][0], _POS)))
+    return {**implied_sizes(state_dict, _SIZES, name), **geometry}
 
 
 def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -262,8 +290,9 @@ def load_flava_weights(
 
     Args:
         model (nn.Module): a :class:`FLAVAModel`.
-        path (Union[PathLike, dict[str, Tensor]]): file, Hugging Face checkpoint directory or URL (see
-            :func:`torchflava.utils.checkpoint.load_state_dict`), or the checkpoint's tensors already read.
+        path (Union[PathLike, dict[str, Tensor]]): file, Hugging Face checkpoint directory, torchflava
+            export directory or URL (see :func:`torchflava.utils.checkpoint.load_state_dict`), or the
+            checkpoint's tensors already read.
         layout (Optional[str]): force a layout instead of detecting it.
         strict (bool): raise on missing or unexpected keys.
 
@@ -271,8 +300,9 @@ def load_flava_weights(
         list[str]: checkpoint keys skipped because they belong to pretraining heads or the codebook.
 
     Raises:
-        ValueError: on key mismatches (strict), tensor shapes that differ from the model's, or a
-            Hugging Face directory whose config.json states another LayerNorm eps than the model's.
+        ValueError: on key mismatches (strict), tensor shapes that differ from the model's (naming the
+            arguments the shapes contradict), or a Hugging Face directory whose config.json states another
+            LayerNorm eps than the model's.
     """
     converted, skipped = convert_to_torchflava(_read_checkpoint(path, model), model, layout=layout, strict=strict)
     model.load_state_dict(converted, strict=strict)
@@ -284,11 +314,19 @@ def _read_checkpoint(path: Union[PathLike, dict[str, Tensor]], model: nn.Module)
     that every LayerNorm of ``model`` has its config.json's eps (nothing else would tell)."""
     if isinstance(path, dict):
         return without_wrapper_prefix(path)
-    local = local_checkpoint(path)
+    local = local_flava_checkpoint(path)
     config_file, config = hf_directory_kwargs(local)
-    if config_file is not None:
+    if config_file is not None and config_file.name == "config.json":  # (an export's states no head eps)
         check_norm_eps(model, config["norm_eps"], config_file)
     return without_wrapper_prefix(load_state_dict(local))
+
+
+def local_flava_checkpoint(path: PathLike) -> Path:
+    """:func:`~torchflava.utils.checkpoint.local_checkpoint` of ``path``; for a torchflava export directory (its
+    ``backbone_config.json`` beside one .safetensors file; or a run holding it in ``model/``), that file."""
+    local = local_checkpoint(path)
+    export = export_files(local, "backbone_config.json") if local.is_dir() else None
+    return local if export is None else export[1]
 
 
 def check_norm_eps(model: nn.Module, eps: float, config_file: Path) -> None:
@@ -304,7 +342,8 @@ def check_norm_eps(model: nn.Module, eps: float, config_file: Path) -> None:
 
 def hf_directory_kwargs(local: Path, names: Optional[dict[str, Tensor]] = None) -> tuple[Optional[Path], dict]:
     """The config.json of a Hugging Face FLAVA directory, or of a weights file in one, and the
-    builder arguments it states.
+    builder arguments it states; or the ``backbone_config.json`` beside a torchflava export's weights
+    file (:func:`local_flava_checkpoint`) and the :func:`flava_model` arguments it holds (None: not set).
 
     Args:
         local (Path): a local checkpoint file or directory.
@@ -313,20 +352,26 @@ def hf_directory_kwargs(local: Path, names: Optional[dict[str, Tensor]] = None) 
 
     Returns:
         tuple[Optional[Path], dict]: config.json and the arguments of :func:`flava_kwargs_from_hf_config`
-        and :func:`flava_pretraining_kwargs_from_hf_config` together; ``(None, {})`` when ``local`` is
-        not a directory holding a config.json, nor a Hugging Face-layout file beside a FLAVA one.
+        and :func:`flava_pretraining_kwargs_from_hf_config` together (or an export's, above); ``(None, {})``
+        when ``local`` is not a directory holding a config.json, nor a Hugging Face-layout file beside a
+        FLAVA one, nor a torchflava-layout file beside a backbone_config.json.
 
     Raises:
         ValueError: naming config.json, if it is not JSON or states what we do not build.
     """
     config_file = (local if local.is_dir() else local.parent) / "config.json"
-    if not config_file.exists():  # (one that is no regular file, a FIFO, is refused when read, not passed over)
+    export = local.parent / "backbone_config.json"  # (beside a weights file: a torchflava export's)
+    if not config_file.exists() and (local.is_dir() or not export.exists()):  # (a FIFO is refused when read)
         return None, {}
     if not local.is_dir():  # a file: only Hugging Face-layout weights are what a config.json beside them states
         try:
             layout = detect_layout(without_wrapper_prefix(peek_state_dict(local) if names is None else names))
         except ValueError:
             return None, {}  # not FLAVA weights at all: loading them says so
+        if layout == "torchflava" and export.exists():  # our export's weights: flava_model's own arguments
+            return export, {k: v for k, v in read_json_object(export).items() if v is not None}
+        if not config_file.exists():
+            return None, {}
     config = read_json_object(config_file)
     if not local.is_dir() and (layout != "hf" or config.get("model_type") != "flava"):
         return None, {}  # e.g. our export or a torchmultimodal file beside an unrelated config.json
