@@ -240,18 +240,18 @@ def test_the_sizes_the_weights_hold_are_told_by_their_shapes_in_each_layout(hf_c
     told = told_sizes(checkpoint.tensors)
     assert {k: told[k][0] for k in TOLD} == dict(zip(TOLD, (32, 8, 2, 48, 24, 2, 48, 99, 16, 20, 32)))
     assert told["embed_dim"][1:] == ("visual.proj", (32, 20)) and "vision_heads" not in told
-    assert told["text_layers"][1] == "transformer.resblocks.1.ln_1.weight"  # the last layer's
+    assert told["text_layers"][1:] == ("transformer.resblocks.1.mlp.c_fc.weight", (48, 24))  # the last layer's
 
     checkpoint = read_clip_checkpoint(hf_clip)  # Hugging Face's names, (P, D) projections
     told = told_sizes(checkpoint.tensors)
     assert {k: told[k][0] for k in TOLD} == {k: HF_STATED[k] for k in TOLD}
-    assert told["vision_width"][1:] == ("vision_model.embeddings.patch_embedding.weight", (32, 3, 8, 8))
+    assert told["vision_width"][1:] == ("vision_model.embeddings.class_embedding", (32,))
     kwargs = checkpoint.model_arguments(CLIPTokenizer.from_directory(hf_clip))
     assert checkpoint.size_misfits(kwargs) == []
     checkpoint.check_weights(kwargs)  # every key and shape maps onto the model built on the meta device
     assert checkpoint.size_misfits({**kwargs, "vision_width": 64, "text_layers": 3}) == [
-        SizeMisfit("vision_width", 32, 64, "vision_model.embeddings.patch_embedding.weight", (32, 3, 8, 8)),
-        SizeMisfit("text_layers", 2, 3, "text_model.encoder.layers.1.layer_norm1.weight", (32,)),
+        SizeMisfit("vision_width", 32, 64, "vision_model.embeddings.class_embedding", (32,)),
+        SizeMisfit("text_layers", 2, 3, "text_model.encoder.layers.1.mlp.fc1.weight", (64, 32)),
     ]
     with pytest.raises(ValueError, match=r"^state_dict \(hf layout\) does not match the model: missing 16 key"):
         checkpoint.check_weights({**kwargs, "text_layers": 3})

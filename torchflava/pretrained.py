@@ -56,10 +56,16 @@ from torchflava.data.transforms import (
 )
 from torchflava.models import CLIPModel, FLAVAModel, clip_model, flava_model
 from torchflava.models.clip import clip_model_arguments
-from torchflava.models.clip.convert_weights import _layout, _names, convert_to_torchflava, directory_config, file_config
+from torchflava.models.clip.convert_weights import (
+    LAYOUTS,
+    clip_sizes,
+    convert_to_torchflava,
+    directory_config,
+    file_config,
+)
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
-from torchflava.modules.layers.patch_embedding import patch_geometry
+from torchflava.utils.architecture import layout_of
 from torchflava.utils.checkpoint import (
     check_regular_file,
     first_line,
@@ -380,27 +386,10 @@ class SizeMisfit(NamedTuple):
     shape: tuple[int, ...]
 
 
-# The clip_model sizes a CLIP state dict's shapes tell, in the order they are reported: the argument, our
-# tensor holding it and the dim (None: a layer count, of the tower's layers holding that tensor, "#" the
-# index). The heads cannot be told: they split a width without changing any shape.
-_TOLD_SIZES = (
-    ("vision_width", "image_encoder.embeddings.proj.weight", 0),
-    ("patch_size", "image_encoder.embeddings.proj.weight", 2),
-    ("vision_layers", "image_encoder.encoder.layers.#.attn_norm.weight", None),
-    ("vision_mlp_dim", "image_encoder.encoder.layers.0.mlp.fc1.weight", 0),
-    ("text_width", "text_encoder.embeddings.word_embed.weight", 1),
-    ("text_layers", "text_encoder.encoder.layers.#.attn_norm.weight", None),
-    ("text_mlp_dim", "text_encoder.encoder.layers.0.mlp.fc1.weight", 0),
-    ("vocab_size", "text_encoder.embeddings.word_embed.weight", 0),
-    ("context_length", "text_encoder.embeddings.pos_embed.weight", 0),
-    ("embed_dim", "image_projection.weight", 0),
-)
-
-
 def told_sizes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, str, tuple[int, ...]]]:
-    """The ``clip_model`` sizes a CLIP state dict's shapes tell (:data:`_TOLD_SIZES`, and the image size
-    its position table's rows tell): each argument's value, the tensor telling it and its shape; none
-    for a layout that is not CLIP's, or a tensor it lacks.
+    """The ``clip_model`` sizes a CLIP state dict's shapes tell (all but the heads, which split a width without
+    changing any shape, and the activation): each argument's value, the tensor telling it and its shape
+    (:func:`~torchflava.models.clip.convert_weights.clip_sizes`); none for a layout that is not CLIP's.
 
     Args:
         tensors (dict[str, torch.Tensor]): a Hugging Face, open_clip/OpenAI or torchflava CLIP state dict
@@ -410,30 +399,11 @@ def told_sizes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, str, tu
         dict[str, tuple[int, str, tuple[int, ...]]]: argument -> (value, tensor name, its shape).
     """
     tensors = without_prefix(tensors, "module.")
-    if (layout := _layout(tensors)) is None:
+    try:
+        layout = layout_of(tensors, LAYOUTS, "tensors: expected CLIP keys")
+    except ValueError:  # not CLIP's: no size told
         return {}
-    name = lambda ours: _names(ours, layout)[0]  # noqa: E731  (the checkpoint's name of our tensor)
-    told = {}
-    for argument, ours, dim in _TOLD_SIZES:
-        if dim is None:  # a layer count: the layers 0, 1, ... it holds
-            count = 0
-            while name(ours.replace("#", str(count))) in tensors:
-                count += 1
-            if count:
-                last = name(ours.replace("#", str(count - 1)))
-                told[argument] = (count, last, tuple(tensors[last].shape))
-            continue
-        if (tensor := tensors.get(name(ours))) is None:
-            continue
-        if layout == "open_clip" and ours.endswith("projection.weight"):  # open_clip's (D, P): x @ proj
-            dim = 1
-        if tensor.dim() > dim:
-            told[argument] = (tensor.shape[dim], name(ours), tuple(tensor.shape))
-    positions = name("image_encoder.embeddings.pos_embed")
-    proj, table = tensors.get(name("image_encoder.embeddings.proj.weight")), tensors.get(positions)
-    if "image_size" in (geometry := patch_geometry(proj, table)):
-        told["image_size"] = (geometry["image_size"], positions, tuple(table.shape))
-    return told
+    return clip_sizes(tensors, layout)
 
 
 class CLIPCheckpoint(NamedTuple):
@@ -451,12 +421,15 @@ class CLIPCheckpoint(NamedTuple):
             (:func:`checkpoint_directory`).
         tensors (Optional[dict]): its tensors' names, shapes and dtypes as meta tensors (one-element ones
             with their values), from the weights file ``clip_model`` reads; None: not read.
+        config (Optional[Path]): the config file ``stated`` comes from; None where a weights file's shapes
+            tell it (no config beside it).
     """
 
     weights: Path
     stated: dict
     directory: Path
     tensors: Optional[dict] = None
+    config: Optional[Path] = None
 
     @property
     def vocab_size(self) -> Optional[int]:
@@ -526,7 +499,7 @@ class CLIPCheckpoint(NamedTuple):
             kwargs (dict): the arguments the model is built with, e.g. :meth:`model_arguments`'.
 
         Returns:
-            list[SizeMisfit]: in the order of :data:`_TOLD_SIZES`, then the image size.
+            list[SizeMisfit]: in the order :func:`told_sizes` tells them.
         """
         told = {} if self.tensors is None else told_sizes(self.tensors)
         return [
@@ -588,15 +561,16 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     if local.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
         layout = checkpoint_layout(local)
         weights, stated = layout.weights, {k: v for k, v in layout.kwargs.items() if v is not None}
-        tensors = peek_state_dict(weights, scalars=True)
+        tensors, config = peek_state_dict(weights, scalars=True), layout.config
     elif local.is_dir():  # Hugging Face's or open_clip's
-        _, stated, file = directory_config(local)
+        config, stated, file = directory_config(local)
         weights, tensors = local, peek_state_dict(file, scalars=True)
     else:  # a weights file: its keys, and a config beside it, tell
         set_here = {k: v for k, v in (given or {}).items() if v is not None}
         weights, tensors = local, peek_state_dict(local, scalars=True)
-        stated = file_config(local, tensors, set_here)[1]
-    return CLIPCheckpoint(weights=weights, stated=stated, directory=directory, tensors=tensors)
+        config, stated = file_config(local, tensors, set_here)
+        config = None if config == local else config  # (its shapes told)
+    return CLIPCheckpoint(weights=weights, stated=stated, directory=directory, tensors=tensors, config=config)
 
 
 def built_vocabulary(layout: CheckpointLayout) -> dict:

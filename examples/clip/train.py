@@ -85,6 +85,7 @@ from torchflava.training.schema import (
     unread_section_checks,
     vocab_checks,
 )
+from torchflava.utils.architecture import UntoldArgument
 from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint
 from torchflava.utils.cli import write_json
 
@@ -227,13 +228,32 @@ def section_kwargs(cfg: TrainConfig) -> dict:
     return {k: v for k, v in asdict(cfg.model).items() if k != "pretrained"}
 
 
+def given_kwargs(cfg: TrainConfig) -> dict:
+    """The arguments the model section sets (not None)."""
+    return {k: v for k, v in section_kwargs(cfg).items() if v is not None}
+
+
 def read_checkpoint(cfg: TrainConfig, *, download: bool = False) -> Optional[CLIPCheckpoint]:
     """What ``model.pretrained`` brings; None without one, or for an http(s) URL unless ``download`` (the
-    run downloads it; validation does not: no tokenizer or preprocessing comes with it, only its weights)."""
+    run downloads it; validation does not: no tokenizer or preprocessing comes with it, only its weights).
+    A ConfigError naming ``model.pretrained`` if it does not read, or the section's key of a size its
+    weights do not tell (the head count of a weights file's width that is no multiple of 64)."""
     pretrained = cfg.model.pretrained
     if pretrained is None or is_remote(pretrained) and not download:
         return None
-    return read_clip_checkpoint(local_checkpoint(pretrained), given=section_kwargs(cfg))
+    try:
+        return opened(
+            "model.pretrained",
+            pretrained,
+            PRETRAINED,
+            lambda: read_clip_checkpoint(local_checkpoint(pretrained), given=section_kwargs(cfg)),
+        )
+    except ConfigError as error:  # (opened raises from None: the reader's own error is its context)
+        untold = error.__context__
+        if isinstance(untold, UntoldArgument) and hasattr(cfg.model, untold.argument):
+            expected = f"a value, which the weights of model.pretrained do not tell ({untold})"
+            raise ConfigError(f"key 'model.{untold.argument}': expected {expected}, got null") from None
+        raise
 
 
 def tokenizer_source(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> tuple[Optional[str], str]:
@@ -280,7 +300,7 @@ def checked_checkpoint(cfg: TrainConfig) -> Optional[CLIPCheckpoint]:
         )
         raise_on_failed_checks([(cfg.data.vocab is not None, "data.vocab", expected, "null")])
         return None
-    checkpoint = opened("model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: read_checkpoint(cfg))
+    checkpoint = read_checkpoint(cfg)
     if checkpoint is None:
         return None
     source, key = tokenizer_source(cfg, checkpoint)
@@ -313,6 +333,8 @@ def fitted_model_kwargs(
     checkpoint, the checkpoint's context to hold ``data.max_text_length`` and its weights to fit the model
     (:func:`weight_checks`); ConfigError otherwise."""
     raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))
+    if checkpoint is not None and (misfits := checkpoint.size_misfits(given_kwargs(cfg))):
+        raise_on_failed_checks([size_check(cfg, checkpoint, misfits)])  # (a size set here that its weights refute)
     kwargs = opened(
         "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: model_kwargs(cfg, tokenizer, checkpoint)
     )
@@ -352,7 +374,7 @@ def size_check(cfg: TrainConfig, checkpoint: CLIPCheckpoint, misfits: list[SizeM
     told += f"; its weights also hold {others}" if others else ""
     unset = [k for k in ("vision_heads", "text_heads") if k not in checkpoint.stated and getattr(cfg.model, k) is None]
     told += f"; no shape tells the heads: set {' and '.join('model.' + k for k in unset)} too" if unset else ""
-    if first.name in checkpoint.stated or not hasattr(cfg.model, first.name):
+    if first.name in checkpoint.stated and checkpoint.config is not None or not hasattr(cfg.model, first.name):
         expected = f"weights of the {first.name} {first.got} its config states ({told})"
         return (False, "model.pretrained", expected, cfg.model.pretrained)
     got = getattr(cfg.model, first.name)
@@ -485,9 +507,7 @@ def main(cfg: TrainConfig) -> dict:
 
     pairs = build_pairs(d)
     if checkpoint is None and cfg.model.pretrained is not None:  # a URL's weights: downloaded, read as a file's
-        checkpoint = opened(
-            "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: read_checkpoint(cfg, download=True)
-        )
+        checkpoint = read_checkpoint(cfg, download=True)
     source, key = tokenizer_source(cfg, checkpoint)  # data.vocab, else model.pretrained's, else learnt
     tokenizer = opened(  # a tokenizer that does not read, or data without a usable text, names its key
         key,

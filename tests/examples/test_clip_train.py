@@ -608,11 +608,6 @@ def test_a_resumed_run_may_not_change_which_pairs_it_reads(tmp_path):
 # ------------------------------------------------------------------------------ open_clip checkpoints
 OPEN_CLIP_RUN = [*FROM_CHECKPOINT, "data.max_text_length=16", "training.max_steps=2", "optim.warmup_steps=0"]
 OPEN_CLIP_RUN += ["training.log_every=1", "eval.enabled=false"]
-# What the sizes of the open_clip checkpoint below are refused with when the model section builds the defaults.
-OTHER_SIZES = (
-    "its weights also hold vision_layers 2, vision_mlp_dim 48, text_width 24, text_layers 2, text_mlp_dim 48, "
-    "embed_dim 20; no shape tells the heads: set model.vision_heads and model.text_heads too"
-)
 
 
 @pytest.fixture(scope="module")
@@ -672,11 +667,22 @@ def test_a_weights_file_of_other_sizes_is_refused_in_one_line_naming_the_key_bef
     overrides = [f"config={DEBUG}", f"training.output_dir={out}", f"model.pretrained={bare}", f"data.vocab={hub}"]
     result = run_with_fault("examples/clip/train.py", [*overrides, *FROM_CHECKPOINT, "data.max_text_length=16"])
     assert result.returncode == 2, result.stderr[-3000:]
+    # the sizes its shapes tell are taken; its width of 32 tells no 64-wide heads: the head count is to set
     assert result.stderr == (
-        f"error: key 'model.vision_width': expected 32 (the checkpoint's visual.conv1.weight is (32, 3, 8, 8); "
-        f"{OTHER_SIZES}), got 'null (the default, 768)'\n"
+        "error: key 'model.vision_heads': expected a value, which the weights of model.pretrained do not tell "
+        f"({bare}: expected vision_heads (its vision_width 32 tells no 64-wide heads), got none), got null\n"
     )
     assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]  # nothing written
+    width = run_with_fault(  # a size the section sets that the weights refute: named by its key
+        "examples/clip/train.py",
+        [*overrides, *FROM_CHECKPOINT, "data.max_text_length=16", "model.vision_heads=4", "model.text_heads=3"]
+        + ["model.vision_width=768"],
+    )
+    assert width.returncode == 2, width.stderr[-3000:]
+    assert width.stderr == (
+        "error: key 'model.vision_width': expected 32 (the checkpoint's visual.class_embedding is (32,)), got 768\n"
+    )
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]
 
 
 def test_the_size_the_checkpoint_disagrees_with_is_named_where_it_is_set(open_clip_hub, tmp_path):
@@ -697,7 +703,7 @@ def test_the_size_the_checkpoint_disagrees_with_is_named_where_it_is_set(open_cl
         ),
         (
             "model.text_layers=3",
-            "key 'model.text_layers': expected 2 (the checkpoint's layers end at transformer.resblocks.1.ln_1.weight), got 3",
+            "key 'model.text_layers': expected 2 (the checkpoint's layers end at transformer.resblocks.1.mlp.c_fc.weight), got 3",
         ),
         ("model.embed_dim=16", "key 'model.embed_dim': expected 20 (the checkpoint's visual.proj is (32, 20)), got 16"),
     ]:

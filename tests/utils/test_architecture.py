@@ -22,6 +22,18 @@ def test_implied_sizes_read_dims_count_layers_and_flip_transposed_tensors():
     sizes = implied_sizes(state, RULES, lambda key: "ref." + key, transposed=["proj"])
     assert sizes == dict(width=8, depth=3, mlp=16, out=4)
     assert implied_sizes({"cls": torch.zeros(())}, RULES) == {}  # no such dim, no such keys: nothing told
+    told = implied_sizes(state, RULES, lambda key: "ref." + key, transposed=["proj"], sources=True)
+    assert told == dict(  # each with the tensor that tells it, as the checkpoint holds it (a layer count: the last)
+        width=(8, "ref.cls", (1, 1, 8)),
+        depth=(3, "ref.blocks.2.fc.weight", (16, 8)),
+        mlp=(16, "ref.blocks.0.fc.weight", (16, 8)),
+        out=(4, "ref.proj", (8, 4)),
+    )
+    assert disagreeing(dict(width=8, depth=3), told) == {}  # values and triples compare by value
+    assert disagreeing(dict(width=4), told) == {"width": (4, 8)}
+    assert implied_heads({"vision_width": (128, "cls", (1, 1, 128))}, ("vision",), {}, "w.pt") == dict(
+        vision_width=128, vision_heads=2
+    )
 
 
 def test_implied_heads_are_64_wide_and_a_width_of_no_64_wide_heads_must_be_given():

@@ -17,7 +17,8 @@ def implied_sizes(
     name_of: Callable[[str], str] = lambda key: key,
     *,
     transposed: Iterable[str] = (),
-) -> dict[str, int]:
+    sources: bool = False,
+) -> dict:
     """The builder arguments the shapes of ``state_dict`` imply, read off its tensors and key names alone (meta
     tensors will do): where the dim of a tensor would not tell, the argument is left out.
 
@@ -28,21 +29,46 @@ def implied_sizes(
             count of layers (1 + the highest index the checkpoint holds). ``{}`` in a key is layer 0's.
         name_of (Callable[[str], str]): the checkpoint's key for one of the model's (the same by default).
         transposed (Iterable[str]): the model's keys of 2-D tensors the checkpoint holds transposed.
+        sources (bool): give each argument as :func:`sourced` gives it: (value, the checkpoint's key that tells
+            it, that tensor's shape; for a layer count, the last layer's), to name the evidence in an error.
+
+    Returns:
+        dict: argument -> its value (or, with ``sources``, the triple).
     """
-    out, transposed = {}, set(transposed)
+    out, keys, transposed = {}, {}, set(transposed)
     for name, (key, dim) in rules.items():
         if dim is None:
             head, _, tail = name_of(key.format(_INDEX)).partition(_INDEX)
             pattern = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail))
             indices = [int(m.group(1)) for k in state_dict if (m := pattern.fullmatch(k)) is not None]
-            out.update({name: max(indices) + 1} if indices else {})
+            if indices:
+                out[name], keys[name] = max(indices) + 1, f"{head}{max(indices)}{tail}"
             continue
-        tensor = state_dict.get(name_of(key.format(0)))
+        tensor = state_dict.get(keys.setdefault(name, name_of(key.format(0))))
         if tensor is not None and key in transposed:  # (kept as x @ W)
             tensor = tensor.mT if tensor.dim() == 2 else None
         if tensor is not None and -tensor.dim() <= dim < tensor.dim():
             out[name] = tensor.shape[dim]
-    return out
+    return sourced(out, keys, state_dict) if sources else out
+
+
+def sourced(sizes: Mapping[str, int], keys: Mapping[str, str], state_dict: Mapping[str, Tensor]) -> dict:
+    """Each of ``sizes`` as (its value, ``keys``' tensor of ``state_dict`` that tells it, that tensor's shape)."""
+    return {name: (value, keys[name], tuple(state_dict[keys[name]].shape)) for name, value in sizes.items()}
+
+
+def size_value(told: object) -> object:
+    """A size as a value: the first of a :func:`sourced` triple, or the value itself."""
+    return told[0] if isinstance(told, tuple) else told
+
+
+class UntoldArgument(ValueError):
+    """A builder argument a checkpoint does not tell and the caller must give (``argument``: its name), so that
+    a caller naming its arguments otherwise (a recipe's config key) can name it."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 def implied_heads(sizes: Mapping[str, int], towers: Iterable[str], given: Mapping, where: object) -> dict:
@@ -50,16 +76,18 @@ def implied_heads(sizes: Mapping[str, int], towers: Iterable[str], given: Mappin
     ``given`` states none, each head 64 wide: the rule OpenAI's CLIP loader applies to a bare state dict.
 
     Raises:
-        ValueError: naming ``where`` (the weights) and the argument, for a width that is no multiple of 64: no
+        UntoldArgument: (a ValueError) naming ``where`` (the weights) and the argument, for a width that is no multiple of 64: no
             count is told, and a default one would load, silently wrong, wherever the width is its multiple.
     """
-    out = dict(sizes)
+    out = {name: size_value(told) for name, told in sizes.items()}
     for tower in towers:
         head, width = f"{tower}_heads", f"{tower}_width"
-        if head in given or (value := sizes.get(width)) is None:
+        if head in given or (value := size_value(sizes.get(width))) is None:
             continue
         if value % 64:
-            raise ValueError(f"{where}: expected {head} (its {width} {value} tells no 64-wide heads), got none")
+            raise UntoldArgument(
+                head, f"{where}: expected {head} (its {width} {value} tells no 64-wide heads), got none"
+            )
         out[head] = value // 64
     return out
 
@@ -86,7 +114,9 @@ def first_file(directory: Path, names: Iterable[str], where: str) -> Path:
 
 def disagreeing(built: Mapping[str, object], implied: Mapping[str, object]) -> dict[str, tuple[object, object]]:
     """The (built, implied) pair of each argument that ``implied`` (a checkpoint's sizes) gives otherwise than
-    ``built`` (the model's own sizes, told alike): what a strict load's error names."""
+    ``built`` (the model's own sizes, told alike): what a strict load's error names. Sizes are values or
+    :func:`sourced` triples (their values compared and given)."""
+    built, implied = ({name: size_value(told) for name, told in sizes.items()} for sizes in (built, implied))
     return {name: (built[name], value) for name, value in implied.items() if name in built and built[name] != value}
 
 

@@ -891,7 +891,10 @@ def test_open_clip_shapes_imply_embed_dim_through_the_transposed_projection_and_
     from torchflava.models.clip.convert_weights import clip_sizes
 
     state = open_clip.model.CLIP(**OPEN_CLIP_CFG).state_dict()  # visual.proj: (32, 20), kept as x @ W
-    assert clip_sizes(state, "open_clip") == {k: v for k, v in OPENAI_SMALL.items() if not k.endswith("_heads")}
+    told = clip_sizes(state, "open_clip")
+    assert {k: v[0] for k, v in told.items()} == {k: v for k, v in OPENAI_SMALL.items() if not k.endswith("_heads")}
+    assert told["embed_dim"] == (20, "visual.proj", (32, 20))  # the tensor that tells, as the checkpoint holds it
+    assert told["text_layers"][1] == "transformer.resblocks.1.mlp.c_fc.weight"  # the last layer's
     assert clip_sizes({"visual.proj": torch.zeros(2, 3, 4)}, "open_clip") == {}  # no such shape: nothing told
 
 

@@ -61,7 +61,7 @@ def clip_model(
 
     Args:
         pretrained (Optional[PathLike]): a torchflava export (or its run), HF ``CLIPModel`` or open_clip directory, or
-            an OpenAI, open_clip or torchflava weights file (.safetensors, .bin, .pt; never unpickled), loaded strictly.
+            an OpenAI (TorchScript too), open_clip or torchflava weights file (.safetensors, .bin, .pt; no code run), strictly.
         embed_dim, image_size, patch_size (Optional[int]): width P of the shared space; image, patch side (px).
         vision_width, vision_layers, vision_heads, vision_mlp_dim, text_width, text_layers, text_heads,
             text_mlp_dim (Optional[int]): each tower's width, depth, attention heads and MLP width.

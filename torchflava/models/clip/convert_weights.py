@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.layers.mlp import check_activations
 from torchflava.modules.layers.patch_embedding import patch_geometry
-from torchflava.utils.architecture import disagreeing, export_files, first_file, implied_heads, implied_sizes, layout_of
+from torchflava.utils import architecture as arch
 from torchflava.utils.checkpoint import map_state_dict, read_json_object, refuse_unmatched, to_reference, without_prefix
 from torchflava.utils.checks import check_entries, config_number, hf_sub_configs, shared_values, unsupported_settings
 
@@ -36,7 +36,7 @@ mlp.fc1.{}                             mlp.fc1.{}                               
 mlp.fc2.{}                             mlp.fc2.{}                                        mlp.c_proj.{}
 """
 _KEYS = {ours: refs for ours, *refs in map(str.split, _ROWS.strip().splitlines())}
-_LAYOUTS = {"torchflava": "image_encoder.", "hf": "vision_model.", "open_clip": "visual."}  # and a key of each
+LAYOUTS = {"torchflava": "image_encoder.", "hf": "vision_model.", "open_clip": "visual."}  # and a key of each
 OPENAI_ENTRIES = ("input_resolution", "context_length", "vocab_size")  # beside OpenAI's released weights
 _IGNORED = re.compile(rf"^(\w+_model\.embeddings\.position_ids|attn_mask|{'|'.join(OPENAI_ENTRIES)})$")  # not loaded
 _ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -71,26 +71,27 @@ def _names(key: str, layout: str) -> list[str]:
 
 
 def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Map an HF, open_clip/OpenAI or torchflava CLIP state dict (a DDP ``module.`` prefix dropped) onto
-    the keys and shapes of ``model`` (a :class:`CLIPModel`), for ``model.load_state_dict(strict=True)``; ValueError if
-    the layout is unknown, or keys are missing, unexpected or mis-shaped (naming arguments its shapes contradict)."""
+    """Map an HF, open_clip/OpenAI or torchflava CLIP state dict (``module.`` dropped) onto ``model``'s keys and shapes,
+    for a strict load; ValueError for an unknown layout, keys missing, unexpected or mis-shaped (and the sizes told)."""
     source = without_prefix(state_dict, "module.")
-    layout = layout_of(source, _LAYOUTS, "state_dict: expected CLIP keys")
+    layout = arch.layout_of(source, LAYOUTS, "state_dict: expected CLIP keys")
     name = lambda key: _names(key, layout)
     flip = lambda key: layout == "open_clip" and key.endswith("projection.weight")  # kept as x @ W
     out, missing, wrong, used = map_state_dict(source, model.state_dict(), name, transposed=flip, squeezable=True)
     check_openai(source, model)
     unexpected = sorted(k for k in source if k not in used and not _IGNORED.match(k))
-    disagree = disagreeing(clip_sizes(model.state_dict(), "torchflava"), clip_sizes(source, layout))
+    disagree = arch.disagreeing(clip_sizes(model.state_dict(), "torchflava"), clip_sizes(source, layout))
     refuse_unmatched(f"state_dict ({layout} layout)", missing, unexpected, wrong, disagree=disagree)
     return out
 
 
-def clip_sizes(tensors: dict[str, Tensor], layout: str) -> dict[str, int]:
-    """The :func:`clip_model` sizes the shapes of ``tensors`` (in ``layout``) imply: all but heads and activation."""
+def clip_sizes(tensors: dict[str, Tensor], layout: str) -> dict[str, tuple[int, str, tuple[int, ...]]]:
+    """The :func:`clip_model` sizes ``tensors``' shapes (in ``layout``) imply (not heads, activation), ``sourced``."""
     name, flip = lambda key: _names(key, layout)[0], ["image_projection.weight"] if layout == "open_clip" else []
-    grid = patch_geometry(*(tensors.get(name(f"image_encoder.embeddings.{k}")) for k in ("proj.weight", "pos_embed")))
-    return {**implied_sizes(tensors, _SIZES, name, transposed=flip), **grid}
+    proj, table = (name(f"image_encoder.embeddings.{k}") for k in ("proj.weight", "pos_embed"))
+    keys = dict(patch_size=proj, image_size=table)
+    geo = arch.sourced(patch_geometry(tensors.get(proj), tensors.get(table)), keys, tensors)
+    return {**arch.implied_sizes(tensors, _SIZES, name, transposed=flip, sources=True), **geo}
 
 
 def check_openai(state_dict: dict[str, Tensor], model: nn.Module, where: str = "state_dict") -> None:
@@ -113,14 +114,14 @@ def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple
     beside it of its layout (HF's config.json, open_clip's, a torchflava export's clip_config.json: ValueError if HF's
     is not there nor an activation given), else :func:`clip_sizes`, heads 64 wide (ValueError for other widths)."""
     state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only names and shapes are read)
-    layout = layout_of(state_dict, _LAYOUTS, f"{path}: expected CLIP keys")
+    layout = arch.layout_of(state_dict, LAYOUTS, f"{path}: expected CLIP keys")
     beside = path.parent / {"hf": "config.json", "open_clip": "open_clip_config.json"}.get(layout, "clip_config.json")
     if beside.is_file():
         return beside, _read_config(beside)
     if layout == "hf" and "activation" not in given:
         what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
         raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
-    sizes = implied_heads(clip_sizes(state_dict, layout), ("vision", "text"), given, path)
+    sizes = arch.implied_heads(clip_sizes(state_dict, layout), ("vision", "text"), given, path)
     openai = any(key in state_dict for key in OPENAI_ENTRIES) and "activation" not in given  # (their QuickGELU)
     return path, {**sizes, "activation": "quick_gelu"} if openai else sizes
 
@@ -128,13 +129,13 @@ def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple
 def directory_config(directory: Path) -> tuple[Path, dict, Path]:
     """The config file, :func:`clip_model` arguments and weights of a torchflava export (clip_config.json, one
     .safetensors; or its run), a Hugging Face ``CLIPModel`` or open_clip's (where no CLIP config.json is beside)."""
-    if (export := export_files(directory, "clip_config.json")) is not None:
+    if (export := arch.export_files(directory, "clip_config.json")) is not None:
         return export[0], _read_config(export[0]), export[1]
     hf, config = directory / "config.json", directory / "open_clip_config.json"
     if not config.is_file() or (hf.is_file() and read_json_object(hf).get("model_type") == "clip"):
         return hf, _read_config(hf), directory
     names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-    return config, _read_config(config), first_file(directory, names, f"beside {config}")
+    return config, _read_config(config), arch.first_file(directory, names, f"beside {config}")
 
 
 def _read_config(path: Path) -> dict:
