@@ -59,6 +59,18 @@ class Killed(Exception):
     """Stands for a kill in the middle of a run."""
 
 
+def killed_after(calls: int):
+    """An ``after_step`` hook that raises :class:`Killed` at its ``calls``-th call (after that step's update)."""
+    count = [0]
+
+    def hook():
+        count[0] += 1
+        if count[0] == calls:
+            raise Killed
+
+    return hook
+
+
 class ToyItem(NamedTuple):
     batch: dict
     kind: str
@@ -274,12 +286,7 @@ def test_bf16_weights_are_cast_once_per_optimiser_step_not_per_micro_batch(tmp_p
 def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     reference, full = run(tmp_path / "reference", max_steps=8)
 
-    def killed():
-        calls["n"] += 1
-        if calls["n"] == 5:  # after step 5's update: step 4 was logged, the last checkpoint is step 3
-            raise Killed
-
-    calls = {"n": 0}
+    killed = killed_after(5)  # after step 5's update: step 4 was logged, the last checkpoint is step 3
     with pytest.raises(Killed):
         run(tmp_path / "stopped", max_steps=8, after_step=killed)
     assert max(losses(tmp_path / "stopped")) == 4
@@ -309,12 +316,7 @@ def test_a_record_holds_the_mean_losses_since_the_last_one_also_across_a_resume(
         assert record["grad_norm"] == steps[-1]["grad_norm"] and record["lr"] == steps[-1]["lr"]
     assert windows[0]["loss"] != each[3]["loss"]
 
-    def killed():
-        calls["n"] += 1
-        if calls["n"] == 5:  # after step 5's update: step 4 was logged, the last checkpoint is step 3
-            raise Killed
-
-    calls = {"n": 0}
+    killed = killed_after(5)  # after step 5's update: step 4 was logged, the last checkpoint is step 3
     with pytest.raises(Killed):
         run(tmp_path / "stopped", max_steps=7, log_every=4, checkpoint_every=3, after_step=killed)
     run(tmp_path / "stopped", max_steps=7, log_every=4, checkpoint_every=3, resume="auto")  # from step 3's
@@ -738,12 +740,7 @@ def test_lr_multipliers_scale_each_modules_learning_rate(tmp_path):
     )
 
     # The schedule scales every group from its own peak; a resumed run keeps the multipliers.
-    def killed():
-        calls["n"] += 1
-        if calls["n"] == 4:  # the last checkpoint is step 3
-            raise Killed
-
-    calls, half = {"n": 0}, {"linear": 0.5}
+    killed, half = killed_after(4), {"linear": 0.5}  # the last checkpoint is step 3
     with pytest.raises(Killed):
         run(tmp_path / "resumed", lr_multipliers=half, warmup_steps=2, after_step=killed)
     resumed, _ = run(tmp_path / "resumed", lr_multipliers=half, warmup_steps=2, resume="auto")
