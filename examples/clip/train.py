@@ -334,7 +334,7 @@ def fitted_model_kwargs(
     (:func:`weight_checks`); ConfigError otherwise."""
     raise_on_failed_checks(tokenizer_checks(checkpoint, tokenizer, source, key))
     if checkpoint is not None and (misfits := checkpoint.size_misfits(given_kwargs(cfg))):
-        raise_on_failed_checks([size_check(cfg, checkpoint, misfits)])  # (a size set here that its weights refute)
+        raise_on_failed_checks([size_check(cfg, checkpoint, misfits, set_here=True)])  # a size its weights refute
     kwargs = opened(
         "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: model_kwargs(cfg, tokenizer, checkpoint)
     )
@@ -361,11 +361,13 @@ def weight_checks(cfg: TrainConfig, checkpoint: CLIPCheckpoint, kwargs: dict) ->
     return []
 
 
-def size_check(cfg: TrainConfig, checkpoint: CLIPCheckpoint, misfits: list[SizeMisfit]) -> tuple:
+def size_check(
+    cfg: TrainConfig, checkpoint: CLIPCheckpoint, misfits: list[SizeMisfit], *, set_here: bool = False
+) -> tuple:
     """The failed check of the first size the checkpoint's weights hold otherwise than the model, with the
     others they tell and the heads left to set (no shape tells them): set them all at once. Named by the
-    model section's key where the section sets that size or leaves it to the default; by
-    ``model.pretrained`` where its config states it (or it is the vocabulary's)."""
+    model section's key where the section sets that size (``set_here``: every one of ``misfits``) or leaves
+    it to the default; by ``model.pretrained`` where its config states it (or it is the vocabulary's)."""
     first, others = misfits[0], ", ".join(f"{m.name} {m.expected}" for m in misfits[1:])
     if first.name.endswith("_layers"):
         told = f"the checkpoint's layers end at {first.tensor}"
@@ -374,7 +376,8 @@ def size_check(cfg: TrainConfig, checkpoint: CLIPCheckpoint, misfits: list[SizeM
     told += f"; its weights also hold {others}" if others else ""
     unset = [k for k in ("vision_heads", "text_heads") if k not in checkpoint.stated and getattr(cfg.model, k) is None]
     told += f"; no shape tells the heads: set {' and '.join('model.' + k for k in unset)} too" if unset else ""
-    if first.name in checkpoint.stated and checkpoint.config is not None or not hasattr(cfg.model, first.name):
+    stated = first.name in checkpoint.stated and checkpoint.config is not None and not set_here
+    if stated or not hasattr(cfg.model, first.name):
         expected = f"weights of the {first.name} {first.got} its config states ({told})"
         return (False, "model.pretrained", expected, cfg.model.pretrained)
     got = getattr(cfg.model, first.name)

@@ -710,6 +710,13 @@ def test_the_size_the_checkpoint_disagrees_with_is_named_where_it_is_set(open_cl
         with pytest.raises(train.ConfigError) as caught:
             train.validate(_config(*base, override), 1)
         assert str(caught.value) == message
+    # a size the section sets against the checkpoint's own config: named by the section's key (it was told to be
+    # model.pretrained's "weights of the text_width 30 its config states", which states 24)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(f"model.pretrained={hub}", *OPEN_CLIP_RUN, "model.text_width=30"), 1)
+    assert str(caught.value) == (
+        "key 'model.text_width': expected 24 (the checkpoint's token_embedding.weight is (99, 24)), got 30"
+    )
 
 
 def test_weights_that_do_not_fit_their_own_config_name_model_pretrained(open_clip_hub, tmp_path):
