@@ -188,7 +188,9 @@ def test_a_pickle_calling_a_function_is_refused_before_anything_runs(tmp_path, t
         (_tensor(key="7"), {}, r"expected the entry 'top/data/7' in this TorchScript archive, got none"),
         (_tensor(key="../0"), {}, r"expected a storage key \(letters, digits\)"),
         (_tensor(size=(3, 2)), {}, r"got one needing 6 elements of storage '0', which holds 4"),
-        (_tensor(size=(2, 2), stride=(2, -1)), {}, r"sizes and strides >= 0"),
+        (_tensor(size=(2, 2), stride=(2, -1)), {}, r"sizes and strides in \[0, 2\*\*62\)"),
+        (_tensor(size=(2**63,), stride=(0,)), {}, r"sizes and strides in \[0, 2\*\*62\)"),  # (as_strided overflowed)
+        (_tensor(size=(2**32, 2**32), stride=(0, 0)), {}, r"expected a tensor of fewer than 2\*\*62 elements"),
         (_tensor(storage="torch.Tensor"), {}, r"got the global 'torch.Tensor'"),
         (_global("__torch__.torch.classes.quantized.LinearPackedParams"), {}, r"got the global '__torch__.torch"),
         (_value((1, 2)), {}, r"expected a TorchScript module in its data.pkl, got a tuple"),
@@ -201,6 +203,8 @@ def test_a_pickle_calling_a_function_is_refused_before_anything_runs(tmp_path, t
         "key with a path",
         "past its storage",
         "negative stride",
+        "size past int64",
+        "numel past int64",
         "other global",
         "C++ class",
         "no module",
@@ -222,6 +226,36 @@ def test_a_build_into_a_tensor_is_refused(tmp_path):
     path = _archive(tmp_path / "build.pt", b"\x80\x02" + _module({"w": attack}) + b".")
     with pytest.raises(ValueError, match=rf"^{path}: its data.pkl is not a TorchScript module's pickle: "):
         torchscript_state_dict(str(path))
+
+
+def test_a_build_into_our_functions_is_refused_and_leaves_them_as_they_were(tmp_path):
+    """The pickle was given our module's own functions: a BUILD set their __defaults__ and __name__, which
+    lasted for every later load of the process."""
+    from torchflava.utils import torchscript
+
+    state = _value((None, {"__defaults__": (0, 0, 0, 0, 0, 0), "__name__": "changed"}))
+    attack = _global("torch._utils._rebuild_tensor_v2") + state + b"b0"  # BUILD into it, then pop it
+    path = _archive(tmp_path / "build.pt", b"\x80\x02" + attack + _module({"w": _tensor()}) + b".")
+    with pytest.raises(
+        ValueError, match=rf"^{path}: .*expected nothing set on a builder of the pickle, got '__defaults__'"
+    ):
+        torchscript_state_dict(str(path))
+    assert (
+        torchscript._rebuild_tensor.__defaults__ is None and torchscript._rebuild_tensor.__name__ == "_rebuild_tensor"
+    )
+
+
+def test_a_memo_index_far_beyond_the_pickle_allocates_nothing(tmp_path):
+    """The C unpickler sized its memo by the index a pickle stored at: a 183-byte data.pkl storing at 2**30
+    made it write 16 GiB. Read by Python's own unpickler (a dict memo), it costs nothing."""
+    import resource
+    import struct
+
+    far = _value(0) + b"r" + struct.pack("<I", 2**26) + b"0"  # LONG_BINPUT at index 2**26 (1 GiB there), then pop
+    path = _archive(tmp_path / "memo.pt", b"\x80\x02" + far + _module({"w": _tensor()}) + b".")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert list(torchscript_state_dict(str(path))) == ["w"]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KiB: well under 1 GiB
 
 
 def test_compressed_tensor_data_is_refused(tmp_path):

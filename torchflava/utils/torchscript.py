@@ -12,6 +12,7 @@ and ``__buffers__ = [...]`` lines of ``code/``, as text; a class that declares n
 """
 
 import collections
+import math
 import mmap as mmap_module
 import os
 import pickle
@@ -40,6 +41,7 @@ _STORAGES = {
         ("Bool", torch.bool),
     )
 }
+_MAX_INDEX = 1 << 62  # sizes, strides and element counts below int64's range
 _KEY = re.compile(r"^\w+$")  # a storage's entry name under data/ (TorchScript numbers them)
 _CLASS = re.compile(r"^class ([\w.]+)\(Module\):\n((?:  \S.*\n)*)", re.MULTILINE)
 _DECLARED = re.compile(r"^  __(parameters|buffers)__ = \[(.*)\]$", re.MULTILINE)
@@ -125,7 +127,9 @@ def torchscript_state_dict(path: str, *, mmap: bool = False) -> dict[str, Tensor
     return _flatten(root, declared, path)
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):  # noqa: SLF001 (Python's own: its memo is a dict, see below)
+    # Python's pure unpickler, not the C one: the C one sizes its memo by the largest index a pickle puts
+    # there (a 183-byte data.pkl storing at index 2**30 made it write 16 GiB); this one keeps a dict.
     """Unpickles an archive's ``data.pkl`` knowing the names of :data:`_ALLOWED` alone, storages read from its entries."""
 
     def __init__(self, archive: zipfile.ZipFile, top: str, path: str, mapped: Optional[mmap_module.mmap]) -> None:
@@ -159,7 +163,7 @@ class _Unpickler(pickle.Unpickler):
                 f"{self.path}: expected a TorchScript archive of modules and tensors, got the global {qualified!r} "
                 "in its data.pkl; refusing to read it (nothing in it was run)"
             )
-        return _ALLOWED[qualified]
+        return _ALLOWED[qualified]  # (a _Builder: a BUILD cannot set attributes on our functions)
 
     def persistent_load(self, pid: object) -> _Storage:
         """The storage a ``('storage', <type>, key, location, numel)`` id names, read from ``data/<key>``."""
@@ -231,11 +235,16 @@ def _rebuild_tensor(
     storage: object, offset: object, size: object, stride: object, requires_grad: object, hooks: object, *metadata
 ) -> _TensorRecord:
     """A tensor's place in a storage that :meth:`_Unpickler.persistent_load` read, checked to lie in it."""
-    ints = lambda value: isinstance(value, tuple) and all(type(n) is int and n >= 0 for n in value)  # noqa: E731
+    # (int64 bounds: torch's as_strided overflowed with a multi-line TypeError or RuntimeError past them)
+    ints = lambda value: isinstance(value, tuple) and all(type(n) is int and 0 <= n < _MAX_INDEX for n in value)  # noqa: E731
     if not isinstance(storage, _Storage) or type(offset) is not int or offset < 0 or not ints(size) or not ints(stride):
-        raise ValueError(f"expected a storage, an offset, sizes and strides >= 0, got {offset!r}, {size!r}, {stride!r}")
+        raise ValueError(
+            f"expected a storage, an offset, sizes and strides in [0, 2**62), got {offset!r}, {size!r:.100}, {stride!r:.100}"
+        )
     if len(size) != len(stride):
         raise ValueError(f"expected as many strides as sizes, got sizes {size} and strides {stride}")
+    if math.prod(size) >= _MAX_INDEX:
+        raise ValueError(f"expected a tensor of fewer than 2**62 elements, got sizes {size}")
     end = offset + sum((n - 1) * step for n, step in zip(size, stride)) + 1 if all(size) else 0  # (empty: none)
     if end > storage.data.numel():
         raise ValueError(
@@ -261,14 +270,32 @@ def _restore_type_tag(value: object, type_name: object) -> object:
     return value  # (a typed list's or dict's element type: nothing to do in Python)
 
 
-# The only globals a data.pkl may name besides __torch__ classes and storage types, each ours.
+class _Builder:
+    """One of our functions as the pickle gets it: callable, and nothing else. A pickle's BUILD sets the
+    attributes of what it is given (a function's ``__defaults__``, ``__name__``...), which on the function
+    itself would last for every later load; this has no attribute to set."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Callable) -> None:
+        object.__setattr__(self, "_function", function)
+
+    def __call__(self, *args: object) -> object:
+        return self._function(*args)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"expected nothing set on a builder of the pickle, got {name!r}")
+
+
+# The only globals a data.pkl may name besides __torch__ classes and storage types, each ours (OrderedDict:
+# a built-in type, whose attributes cannot be set).
 _ALLOWED: dict[str, Callable] = {
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._utils._rebuild_tensor_v2": _Builder(_rebuild_tensor),
+    "torch._utils._rebuild_parameter": _Builder(_rebuild_parameter),
+    "torch._utils._rebuild_parameter_with_state": _Builder(_rebuild_parameter),
     "collections.OrderedDict": collections.OrderedDict,
-    **{f"torch.jit._pickle.build_{kind}list": _list for kind in ("int", "double", "bool", "tensor")},
-    "torch.jit._pickle.restore_type_tag": _restore_type_tag,
+    **{f"torch.jit._pickle.build_{kind}list": _Builder(_list) for kind in ("int", "double", "bool", "tensor")},
+    "torch.jit._pickle.restore_type_tag": _Builder(_restore_type_tag),
 }
 
 
