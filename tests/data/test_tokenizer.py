@@ -794,3 +794,21 @@ def test_a_tokenizer_json_pipeline_other_than_berts_is_refused_naming_the_key(tm
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))  # BERT's own: read as the reference reads it
     ours = WordPieceTokenizer.from_directory(tmp_path)
     assert (ours(["red\x00s a_red"], max_length=12)[0][0].tolist(), ours.decode(ids)) == read(bert)
+
+
+def test_a_tokenizer_json_of_tokenizers_before_0_10_reads_as_transformers_reads_it(tmp_path):
+    """Files written before tokenizers 0.10 (e.g. the Hub's 2020 bert-base-uncased) name no model type: the
+    library tells WordPiece by its fields and transformers reads them; ours refused them ("model.type must be
+    WordPiece, got None"), and a model with merges stays refused."""
+    BertTokenizerFast(vocab_file=str(write_vocab(tmp_path / "vocab.txt", VOCAB))).save_pretrained(tmp_path / "old")
+    spec = json.loads((tmp_path / "old" / "tokenizer.json").read_text())
+    del spec["model"]["type"]
+    (tmp_path / "old" / "tokenizer.json").write_text(json.dumps(spec))
+    hf = BertTokenizerFast.from_pretrained(tmp_path / "old")
+    ours = WordPieceTokenizer.from_directory(tmp_path / "old")
+    for text in ("a red circle", "Red circles!"):
+        assert ours([text], max_length=16)[0].tolist() == [hf(text)["input_ids"]]
+    spec["model"]["merges"] = []  # (a BPE's field: no WordPiece)
+    (tmp_path / "old" / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"model.type must be WordPiece, got None"):
+        WordPieceTokenizer.from_directory(tmp_path / "old")

@@ -237,7 +237,7 @@ class WordPieceTokenizer:
             model = spec.get("model")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError) as error:  # (too deep)
             raise ValueError(f"path: {path} is not a tokenizer.json object ({error})") from None
-        if not isinstance(model, dict) or model.get("type") != "WordPiece":
+        if not isinstance(model, dict) or model.get("type", _untagged_type(model)) != "WordPiece":
             found = model.get("type") if isinstance(model, dict) else model
             raise ValueError(f"path: {path} model.type must be WordPiece, got {found!r}")
         if model.get("unk_token", "[UNK]") != "[UNK]" or model.get("continuing_subword_prefix", "##") != "##":
@@ -410,6 +410,14 @@ class WordPieceTokenizer:
         :func:`checked_ids`."""
         text = self._tokenizer.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=True)
         return clean_up_spaces(text) if self.clean_up_tokenization_spaces else text
+
+
+def _untagged_type(model: dict) -> Optional[str]:
+    """The model type of a tokenizer.json written before tokenizers 0.10 (no ``type``: the library tells
+    the kind by its fields, as it still reads such files, e.g. the Hub's 2020 ``bert-base-uncased``):
+    ``"WordPiece"`` for a vocabulary with WordPiece's word limit and no merges; None otherwise."""
+    wordpiece = "vocab" in model and "max_input_chars_per_word" in model and "merges" not in model
+    return "WordPiece" if wordpiece else None
 
 
 # A BERT tokenizer.json's pipeline, as transformers' converter writes it: what WordPieceTokenizer builds.
