@@ -153,7 +153,8 @@ def test_a_tokenizer_larger_than_the_model_and_a_second_weights_file_are_refused
         (tmp_path / "export" / "weights.safetensors").read_bytes()
     )
     with pytest.raises(
-        ValueError, match=r"one .safetensors weights file in .*\['a_stale.safetensors', 'weights.safetensors'\]"
+        ValueError,
+        match=r": expected one .safetensors weights file, got \['a_stale.safetensors', 'weights.safetensors'\]",
     ):
         load_pretrained(tmp_path / "export")
 

@@ -65,7 +65,7 @@ from torchflava.models.clip.convert_weights import (
 )
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
-from torchflava.utils.architecture import layout_of
+from torchflava.utils.architecture import export_files, layout_of
 from torchflava.utils.checkpoint import (
     check_regular_file,
     first_line,
@@ -192,17 +192,9 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
         for file in sorted(path.glob(pattern)):
             check_regular_file(file, "a config, tokenizer or weights file")
     export = next((name for name in _EXPORT_CONFIGS if (path / name).is_file()), None)
-    if export is not None:
-        config_file = path / export
+    if export is not None:  # (the builders' reading of an export: its config and its one weights file)
+        config_file, weights = export_files(path, export)
         family, kwargs = _EXPORT_CONFIGS[export], read_json_object(config_file)
-        weights = sorted(path.glob("*.safetensors"))
-        if len(weights) != 1:  # several: which is the model's cannot be told (a stale copy beside it?)
-            if not weights:
-                raise FileNotFoundError(f"checkpoint: no .safetensors weights in {path}")
-            raise ValueError(
-                f"checkpoint: expected one .safetensors weights file in {path}, got {[w.name for w in weights]}"
-            )
-        weights = weights[0]
     elif (path / "config.json").is_file() or (path / OPEN_CLIP_CONFIG).is_file():
         config = read_json_object(path / "config.json") if (path / "config.json").is_file() else {}
         model_type, open_clip = config.get("model_type"), (path / OPEN_CLIP_CONFIG).is_file()
