@@ -47,6 +47,10 @@ def test_glue_tsv_reads_a_byte_order_mark_and_refuses_non_finite_targets_and_oth
             [{"image": "a.png", "text": "q", "label": "yes"}, {"image": "a.png", "text": "q", "answers": {"no": 1}}],
             "'label' on every line or 'answers' on every line",  # was an error inside torch's collation
         ),
+        (  # every answer outside the labels (YAML's yes/no as True/False): every target zero, silently
+            [{"image": "a.png", "text": "q", "answers": {"maybe": 1.0}}] * 2,
+            r"expected answers among the labels \['yes', 'no'\], got none on any line",
+        ),
     ],
 )
 def test_image_text_labels_refuse_malformed_lines_naming_them(tmp_path, lines, match):

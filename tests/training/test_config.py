@@ -315,3 +315,34 @@ def test_yaml_errors_in_a_file_are_one_line_with_the_place(tmp_path, text, reaso
     with pytest.raises(ConfigError) as error:
         load_config(Schema, [f"config={file}"])
     assert str(error.value) == f"config: {file!r} is not valid YAML ({reason})"
+
+
+@dataclass
+class _Answers:
+    labels: Optional[list[str]] = None
+    name: str = "vqa"
+    shuffle: bool = True
+
+
+@dataclass
+class _Task:
+    data: _Answers = field(default_factory=_Answers)
+
+
+def test_yaml_booleans_where_text_is_taken_are_refused_naming_the_key(tmp_path):
+    """YAML reads yes/no/on/off unquoted as booleans and OmegaConf made them the text 'True'/'False': vqa.yaml's
+    answers [yes, no] became labels no answer matched (every target zero, the run 'trained' silently)."""
+    path = tmp_path / "task.yaml"
+    path.write_text("data:\n  labels: [yes, no, '1']\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(_Task, [f"config={path}"])
+    assert str(caught.value) == (
+        f"config file '{path}': key 'data.labels': expected text (quote yes, no, on, off, true and false in YAML: "
+        '"yes"), got the boolean True'
+    )
+    with pytest.raises(
+        ConfigError, match=r"^override 'data.name=off': key 'data.name': expected text .*got the boolean False$"
+    ):
+        load_config(_Task, ["data.name=off"])
+    quoted = load_config(_Task, ["data.labels=['yes','no']", "data.name='on'", "data.shuffle=no"])  # a bool takes no
+    assert quoted.data.labels == ["yes", "no"] and quoted.data.name == "on" and quoted.data.shuffle is False

@@ -263,6 +263,11 @@ class ImageTextLabels(Dataset):
             raise ValueError(f"{os.fspath(path)} holds no items")
         if len({isinstance(target, Tensor) for _, _, target in self._items}) > 1:  # a batch needs one kind
             raise ValueError(f"{os.fspath(path)}: expected 'label' on every line or 'answers' on every line, got both")
+        if self.soft_scores and not any(bool(target.any()) for _, _, target in self._items):
+            # (answers outside labels are dropped: with none kept, every target is zero and the run learns nothing)
+            raise ValueError(
+                f"{os.fspath(path)}: expected answers among the labels {self.labels[:10]}, got none on any line"
+            )
 
     @property
     def soft_scores(self) -> bool:

@@ -64,17 +64,49 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         if not isinstance(top, dict) or not top:
             got = "nothing (empty, or only comments)" if top in (None, {}) else f"a {type(top).__name__} {top!r:.60}"
             raise ConfigError(f"config: {file!r} must hold a mapping of sections at the top level, got {got}")
+        _refuse_booleans_as_text(schema, top, f"config file {file!r}")
         merged = _merge(merged, loaded, f"config file {file!r}")
     for override in overrides:  # one at a time, so an error names the override at fault
         try:
             parsed = OmegaConf.from_dotlist([override])
         except Exception as error:  # YAML syntax errors come in several types
             raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_error(error)})") from None
+        _refuse_booleans_as_text(schema, OmegaConf.to_container(parsed), f"override {override!r}")
         merged = _merge(merged, parsed, f"override {override!r}")
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error, "the merged config")) from None
+
+
+def _refuse_booleans_as_text(schema: type, raw: object, where: str, prefix: str = "") -> None:
+    """ConfigError naming the key if ``raw`` (a file's or an override's values, as YAML parsed them) gives a
+    boolean where ``schema`` takes text: YAML reads ``yes``, ``no``, ``on``, ``off`` unquoted as true and
+    false, which OmegaConf then turns into the text 'True' and 'False' (VQA's answers yes and no became
+    labels no answer matched: every target zero, silently)."""
+    if not (dataclasses.is_dataclass(schema) and isinstance(raw, dict)):
+        return
+    hints = get_type_hints(schema)
+    for name, value in raw.items():
+        kind, key = hints.get(name), f"{prefix}{name}"
+        if kind is None:
+            continue
+        section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
+        if section is not None:
+            _refuse_booleans_as_text(section, value, where, f"{key}.")
+        elif str in _flat_types(kind) and bool not in _flat_types(kind):
+            found = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, bool)]
+            if found:
+                raise ConfigError(
+                    f"{where}: key '{key}': expected text (quote yes, no, on, off, true and false in YAML: \"yes\"), "
+                    f"got the boolean {found[0]}"
+                )
+
+
+def _flat_types(kind: object) -> set:
+    """The types a type hint names, through Optional, Union and list[...] (list[str] -> {list, str})."""
+    args = get_args(kind)
+    return {kind} if not args else {get_origin(kind)} | set().union(*(_flat_types(a) for a in args))
 
 
 def _yaml_error(error: Exception) -> str:
