@@ -43,8 +43,8 @@ that cannot be opened or breaks off (a cut file, a failed command or download, a
 without its end-of-archive blocks) keeps the samples read before the break, counts its last one as
 bad (it may be partial), and is reported once (by the first reading in each loader worker; it is
 read again every epoch) as ``(kind, "<url>", "shard unreadable after <n> sample(s): ...")`` with
-<n> the samples read before the break, the one counted bad included. An empty shard is no error: a slot whose shards of an epoch are all
-empty goes on to its next epoch (shuffled, another draw of shards); it raises :class:`BrokenStream`
+<n> the samples read before the break, the one counted bad included. An empty shard is no error:
+a slot whose shards of an epoch are all empty goes on to its next epoch (shuffled, another draw of shards); it raises :class:`BrokenStream`
 only when no later epoch can give a sample (unshuffled, the same shards again; or every shard of
 the stream read empty in epochs in a row).
 """
@@ -222,7 +222,8 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     error)`` is appended to ``errors`` (once per reading; the samples begun before that point, the
     one given as cut included) and the samples before that point are still given; nothing is raised.
     When the stream broke off (a cut file or download, a failed command, an uncompressed tar
-    without its end-of-archive blocks) the last sample may be incomplete: it is given as ``{"__key__": key, "__cut__": reason}`` instead.
+    without its end-of-archive blocks) the last sample may be incomplete: it is given as
+    ``{"__key__": key, "__cut__": reason}`` instead.
 
     Args:
         url (str): the shard (see :func:`open_shard`).
