@@ -44,9 +44,9 @@ without its end-of-archive blocks) keeps the samples read before the break, coun
 bad (it may be partial), and is reported once (by the first reading in each loader worker; it is
 read again every epoch) as ``(kind, "<url>", "shard unreadable after <n> sample(s): ...")`` with
 <n> the samples read before the break, the one counted bad included. An empty shard is no error:
-a slot whose shards of an epoch are all empty goes on to its next epoch (shuffled, another draw of shards); it raises :class:`BrokenStream`
-only when no later epoch can give a sample (unshuffled, the same shards again; or every shard of
-the stream read empty in epochs in a row).
+a slot whose shards of an epoch are all empty goes on to its next epoch (shuffled, another draw of
+shards); it raises :class:`BrokenStream` only when no later epoch can give a sample (unshuffled, the
+same shards again; or every shard of the stream read empty in epochs in a row).
 """
 
 from dataclasses import dataclass
