@@ -199,7 +199,8 @@ def test_bad_samples_and_a_cut_shard_are_counted(tmp_path):
     assert "a.tar:broken" in reasons and "unreadable image" in reasons["a.tar:broken"]
     assert reasons["a.tar:notext"].endswith("no text member")
     assert "empty or missing text" in reasons["a.tar:blank"]
-    assert reasons["b.tar"].startswith("shard unreadable after 4 sample(s): EOFError: the shard ends without")
+    # (5 read: the 4 whole ones and the cut one, counted bad below)
+    assert reasons["b.tar"].startswith("shard unreadable after 5 sample(s): EOFError: the shard ends without")
     assert texts(batches)[2:] == ["caption 0", "caption 1", "caption 2", "caption 3", "caption 0", "caption 3"]
     assert reasons["b.tar:s00004"].endswith("the shard breaks off in or after this sample")
     assert data_loss_report(skipped, [])["skipped_samples"] == 5
@@ -219,6 +220,61 @@ def test_tar_gz_and_pipe_cat_shards(tmp_path, shard_dir):
     assert len(cut) == 1 and cut[0].endswith("the shard breaks off in or after this sample")
     piped = stream(f"pipe:cat {shard_dir}/shard-{{000..007}}.tar", shuffle_buffer=0)
     assert texts(items(piped, 8)) == [f"caption {i}" for i in range(40)]
+
+
+def cut_in_a_header(root: Path, *, samples: int) -> Path:
+    """A pax tar of 4 samples (as webdataset's shards: an extended header before each member), cut
+    inside the headers of the member after the ``samples``-th sample's last one."""
+    import tarfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "cut.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for index in range(4):
+            for name, data in ((f"s{index}.png", png(index)), (f"s{index}.txt", f"caption {index}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.pax_headers = len(data), {"comment": "x"}
+                tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:
+        next_member = tar.getmembers()[2 * samples]
+    path.write_bytes(path.read_bytes()[: next_member.offset + 808])  # (in the extended header's data block)
+    return path
+
+
+def test_a_shard_cut_in_a_header_is_reported_once_in_one_line_with_the_samples_read(tmp_path):
+    """A shard cut in a header after 2 whole samples: it was reported as "after 0 sample(s)" (the
+    count lagged the reading), with the stream object's repr and address in the text, and again in
+    every epoch (the address differed, so the run's de-duplication kept each)."""
+    write_shards(tmp_path / "ok", shards=1, per_shard=2)
+    cut = str(cut_in_a_header(tmp_path / "bad", samples=2))
+    errors = []
+    samples = list(raw_samples(cut, errors))
+    assert [sample["__key__"] for sample in samples] == ["s0", "s1"] and "__cut__" in samples[1]
+    assert [(url, count) for url, count, _ in errors] == [(cut, 2)]
+    data = stream([str(tmp_path / "ok" / "shard-000.tar"), cut], batch_size=1, shuffle_buffer=0)
+    batches = items(data, 8)  # 4 epochs of: 2 good samples, s0, s1 counted bad
+    assert texts(batches) == ["caption 0", "caption 1", "caption 0"] * 2 + ["caption 0", "caption 1"]
+    shard_lines = [reason for item in batches for _, index, reason in item.skipped if index == cut]
+    assert shard_lines == [f"shard unreadable after 2 sample(s): ReadError: empty header @ {cut}"]
+    skipped = [entry for item in batches for entry in item.skipped]
+    report = data_loss_report(sorted(set(skipped)), [])
+    assert report["skipped_samples"] == len(report["skipped_examples"]) == 2
+
+
+def test_the_data_loss_report_quotes_each_counted_sample_once():
+    """One shard reported with two reasons (two loader workers whose readings broke at different
+    places): it counted once but was quoted twice, so the examples outnumbered the count."""
+    skipped = [
+        ("pairs", "a.tar", "shard unreadable after 1 sample(s): ReadError: empty header @ a.tar"),
+        ("pairs", "a.tar", "shard unreadable after 3 sample(s): ReadError: empty header @ a.tar"),
+        ("pairs", "a.tar:s1", "a.tar:s1: no text member"),
+    ]
+    report = data_loss_report(skipped, [])
+    assert report["skipped_samples"] == 2
+    assert report["skipped_examples"] == [
+        "pairs[a.tar]: shard unreadable after 1 sample(s): ReadError: empty header @ a.tar",
+        "pairs[a.tar:s1]: a.tar:s1: no text member",
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".tar.bz2", ".tar.xz"])
@@ -452,7 +508,7 @@ def test_a_member_claiming_more_than_the_shard_holds_ends_the_shard_at_once(tmp_
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert [sample["__key__"] for sample in samples] == ["ok"] and "__cut__" in samples[0]
-    assert len(errors) == 1 and errors[0][:2] == (str(tmp_path / "a.tar"), 0)
+    assert len(errors) == 1 and errors[0][:2] == (str(tmp_path / "a.tar"), 1)  # (after "ok", read)
 
 
 def test_a_member_larger_than_max_member_bytes_is_not_read_into_memory(tmp_path, monkeypatch):

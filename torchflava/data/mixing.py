@@ -254,14 +254,17 @@ def data_loss_report(skipped: Sequence[tuple], lost_data: Sequence[object], *, e
         examples (int): how many skipped samples to quote.
 
     Returns:
-        dict: ``skipped_samples`` (distinct samples), ``skipped_examples`` (``"kind[index]: reason"``)
-        and ``lost_data`` (one line each).
+        dict: ``skipped_samples`` (distinct samples), ``skipped_examples`` (``"kind[index]: reason"``,
+        one per distinct sample, its first reason) and ``lost_data`` (one line each).
     """
+    # one entry per counted sample: the same sample (or shard) may come with several reasons (two
+    # readings of a shard that broke at different places); the first is quoted
+    first: dict = {}
+    for kind, index, reason in skipped:
+        first.setdefault((kind, index if isinstance(index, str) else int(index)), (kind, index, reason))
     return {
-        "skipped_samples": len(
-            {(kind, index if isinstance(index, str) else int(index)) for kind, index, *_ in skipped}
-        ),
-        "skipped_examples": [f"{kind}[{index}]: {reason}" for kind, index, reason in list(skipped)[:examples]],
+        "skipped_samples": len(first),
+        "skipped_examples": [f"{kind}[{index}]: {reason}" for kind, index, reason in list(first.values())[:examples]],
         "lost_data": [str(lost) for lost in lost_data],
     }
 

@@ -41,11 +41,12 @@ Bad data. A sample without a required member, or whose image or text does not de
 skipped and reported in its batch's ``skipped`` list as ``(kind, "<url>:<key>", reason)``. A shard
 that cannot be opened or breaks off (a cut file, a failed command or download, an uncompressed tar
 without its end-of-archive blocks) keeps the samples read before the break, counts its last one as
-bad (it may be partial), and is reported once per reading as ``(kind, "<url>", "shard unreadable
-after <n> sample(s): ...")``. An empty shard is no error: a slot whose shards of an epoch are all
-empty goes on to its next epoch (shuffled, another draw of shards); it raises :class:`BrokenStream`
-only when no later epoch can give a sample (unshuffled, the same shards again; or every shard of
-the stream read empty in epochs in a row).
+bad (it may be partial), and is reported once (by the first reading in each loader worker; it is
+read again every epoch) as ``(kind, "<url>", "shard unreadable after <n> sample(s): ...")`` with
+<n> the samples read before the break, the one counted bad included. An empty shard is no error:
+a slot whose shards of an epoch are all empty goes on to its next epoch (shuffled, another draw of
+shards); it raises :class:`BrokenStream` only when no later epoch can give a sample (unshuffled, the
+same shards again; or every shard of the stream read empty in epochs in a row).
 """
 
 from dataclasses import dataclass
@@ -187,11 +188,14 @@ _HEAD = 10  # bytes of a shard's start that tell a compressed one
 _READS_AT_END = 64  # reads past a shard's end before it counts as cut short (tarfile reads a few there)
 
 
-def _grouped(files: Iterator[dict]) -> Iterator[dict]:
+def _grouped(files: Iterator[dict], started: Optional[list] = None) -> Iterator[dict]:
     """The samples of a stream of tar members: runs of consecutive members with one key (the path up
     to the basename's first dot; the rest, lower-cased, is the extension). A key that comes back, or
     a member repeated within a run, starts another sample, as :class:`~torchflava.data.readers.TarShards`
-    indexes them (webdataset's grouping drops a repeated member and stops counting the shard's samples)."""
+    indexes them (webdataset's grouping drops a repeated member and stops counting the shard's samples).
+
+    ``started[0]``, when given, counts the samples begun so far: a sample is given only once the
+    next one begins, so when ``files`` fails this is how many samples were read before the failure."""
     from webdataset.tariterators import base_plus_ext
 
     current: Optional[dict] = None
@@ -204,6 +208,8 @@ def _grouped(files: Iterator[dict]) -> Iterator[dict]:
             if current is not None:
                 yield current
             current = {"__key__": key, "__url__": member.get("__url__")}
+            if started is not None:
+                started[0] += 1
         current[extension] = member["data"]
     if current is not None:
         yield current
@@ -212,11 +218,12 @@ def _grouped(files: Iterator[dict]) -> Iterator[dict]:
 def raw_samples(url: str, errors: list) -> Iterator[dict]:
     """The samples of one shard as webdataset groups them, in order, undecoded.
 
-    When the shard cannot be read, from the start or from some point on, ``(url, samples given,
-    error)`` is appended to ``errors`` (once per reading) and the samples before that point are
-    still given; nothing is raised. When the stream broke off (a cut file or download, a failed
-    command, an uncompressed tar without its end-of-archive blocks) the last sample may be
-    incomplete: it is given as ``{"__key__": key, "__cut__": reason}`` instead.
+    When the shard cannot be read, from the start or from some point on, ``(url, samples read,
+    error)`` is appended to ``errors`` (once per reading; the samples begun before that point, the
+    one given as cut included) and the samples before that point are still given; nothing is raised.
+    When the stream broke off (a cut file or download, a failed command, an uncompressed tar
+    without its end-of-archive blocks) the last sample may be incomplete: it is given as
+    ``{"__key__": key, "__cut__": reason}`` instead.
 
     Args:
         url (str): the shard (see :func:`open_shard`).
@@ -225,11 +232,13 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     Yields:
         dict: ``{"__key__": key, "<extension>": bytes, ...}`` per sample.
     """
-    given, failed = 0, []
+    # (counted where the members are grouped: this generator holds a sample back, and the grouping
+    # one more, so the samples given lag the samples read when a member fails)
+    started, failed = [0], []
 
     def keep_going(error: Exception) -> bool:
         if not failed:
-            errors.append((url, given, error))
+            errors.append((url, started[0], error))
         failed.append(error)  # (a refused member may come before the break: each is looked at)
         return True
 
@@ -241,10 +250,9 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     try:
         files = _tar_members(stream, url, keep_going)
         previous = None
-        for sample in _grouped(files):
+        for sample in _grouped(files, started):
             if previous is not None:
                 yield previous
-                given += 1
             previous = sample
         if not failed and stream.cut_short():
             keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
@@ -295,8 +303,7 @@ def _tar_members(stream: "_Watched", url: str, handler: Callable[[Exception], bo
                     error.args = (f"{error.args[0]} @ {stream}",) + error.args[1:]
                 if not handler(error):
                     return
-    except Exception as error:  # opening the shard, or reading a header
-        error.args = error.args + (stream, url)
+    except Exception as error:  # opening the shard, or reading a header (the report names the shard)
         handler(error)
 
 
@@ -733,7 +740,7 @@ class StreamingBatches(IterableDataset):
         position = self._start.get(str(slot), [0, 0, 0, 0, 0, 0, self.workers])
         batches, where = position[5], tuple(position[:5])
         errors: list = []
-        reported = 0
+        reported, shards_reported = 0, set()
         reads = self._samples(slot, position, errors)
         while True:
             step = batches * self.workers + local  # the loader takes its workers' batches in turn
@@ -763,9 +770,10 @@ class StreamingBatches(IterableDataset):
                             f"the {self.kind} stream gave {bad_in_a_row} unusable samples in a row (last: "
                             f"{bad.reason}); the data looks broken"
                         ) from None
-                for url, given, error in errors[reported:]:
-                    reason = f"shard unreadable after {given} sample(s): {type(error).__name__}: {error}"
-                    skipped.append(SkippedSample(self.kind, url, reason))
+                for url, count, error in errors[reported:]:
+                    if url not in shards_reported:  # (read again every epoch: reported by its first reading)
+                        shards_reported.add(url)
+                        skipped.append(SkippedSample(self.kind, url, _shard_fault(url, count, error)))
                 reported = len(errors)
             batches, where = batches + 1, read.position
             batch = self.collator(
@@ -782,6 +790,15 @@ def _another(rows: list, row: int, seed: int, read: Callable) -> Optional[Any]:
     return read(rows, other + (other >= row))
 
 
+def _shard_fault(url: str, count: int, error: BaseException) -> str:
+    """One line for shard ``url`` that broke off after ``count`` samples read: the error's type and
+    text, its whitespace folded (a command's or a server's message may span lines), then the shard
+    (``@ <url>``, as webdataset names it) unless the text names it already."""
+    text = " ".join(str(error).split())
+    where = "" if url in text else f" @ {url}"
+    return f"shard unreadable after {count} sample(s): {type(error).__name__}: {text}{where}"
+
+
 def _errors(errors: list) -> str:
     """The last few shard errors, for a message."""
-    return "; ".join(f"{url}: {error}" for url, _, error in errors[-3:]) or "no readable sample"
+    return "; ".join(_shard_fault(url, count, error) for url, count, error in errors[-3:]) or "no readable sample"
