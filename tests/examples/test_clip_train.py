@@ -193,9 +193,7 @@ def test_resume_refuses_architecture_and_data_changes_and_applies_optimiser_chan
         "training.seed=3",
         "optim.lr_multipliers.text_encoder=0.1",
     ):
-        with pytest.raises(
-            train.ConfigError, match=rf"keys '{change.split('=')[0]}' \(.* -> .*\): expected the values"
-        ):
+        with pytest.raises(train.ConfigError, match=rf"key '{change.split('=')[0]}' \(.* -> .*\): expected the values"):
             train.main(_config(*base, "training.resume=auto", "training.max_steps=8", change))
         assert (tmp_path / "config.yaml").read_text() == saved  # nothing rewritten
     capsys.readouterr()
@@ -234,7 +232,7 @@ def test_resuming_another_runs_checkpoint_compares_with_that_runs_config(tmp_pat
     built = []
     monkeypatch.setattr(train, "build_pairs", lambda *a, **k: built.append(1))  # no data work before the refusal
     second = [f"training.output_dir={tmp_path / 'second'}", "training.max_steps=6", "eval.enabled=false"]
-    with pytest.raises(train.ConfigError, match=r"keys 'model.vision_width' \(.* -> 48\): expected the values"):
+    with pytest.raises(train.ConfigError, match=r"key 'model.vision_width' \(.* -> 48\): expected the values"):
         train.main(_config(*second, f"training.resume={checkpoint}", "model.vision_width=48"))
     assert built == [] and not (tmp_path / "second" / "config.yaml").exists()
 
@@ -594,7 +592,7 @@ def test_a_resumed_run_may_not_change_which_pairs_it_reads(tmp_path):
     save_config(_config(*base), tmp_path / "config.yaml")
     for change in ("data.files.pairs_split=[train,restval]", "data.files.pairs_image_key=image"):
         key = change.split("=")[0]
-        with pytest.raises(train.ConfigError, match=rf"^keys '{key}' \(.* -> .*\): expected the values"):
+        with pytest.raises(train.ConfigError, match=rf"^key '{key}' \(.* -> .*\): expected the values"):
             check_resume_config(tmp_path / "config.yaml", _config(*base, change))
     saved = (tmp_path / "config.yaml").read_text()
     new_keys = ("    pairs_split:\n    - train\n", "    pairs_image_key: null\n", "    pairs_text_key: null\n")

@@ -254,11 +254,27 @@ class _Run:
     training: _Training = field(default_factory=_Training)
 
 
+@dataclass
+class _TwoSeeds:
+    training: _Training = field(default_factory=_Training)
+    data_seed: int = 0
+
+
+def test_a_refused_resume_says_key_for_one_and_keys_for_several(tmp_path):
+    save_config(_TwoSeeds(), tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match=r"^key 'data_seed' \(0 -> 1\): expected the values"):
+        check_resume_config(tmp_path / "config.yaml", _TwoSeeds(data_seed=1))
+    with pytest.raises(
+        ConfigError, match=r"^keys 'data_seed' \(0 -> 1\), 'training.seed' \(0 -> 2\): expected the values"
+    ):
+        check_resume_config(tmp_path / "config.yaml", _TwoSeeds(_Training(seed=2), data_seed=1))
+
+
 def test_a_resumed_run_may_spell_or_place_its_directory_otherwise(tmp_path):
     save_config(_Run(_Training(output_dir=str(tmp_path))), tmp_path / "config.yaml")
     for spelt in (f"{tmp_path}/", os.path.relpath(tmp_path), str(tmp_path.parent / "moved")):
         assert check_resume_config(tmp_path / "config.yaml", _Run(_Training(output_dir=spelt))) == []
-    with pytest.raises(ConfigError, match="'training.seed' \\(0 -> 1\\)"):  # what it trains stays refused
+    with pytest.raises(ConfigError, match="^key 'training.seed' \\(0 -> 1\\): "):  # what it trains stays refused
         check_resume_config(tmp_path / "config.yaml", _Run(_Training(output_dir=str(tmp_path), seed=1)))
 
 

@@ -516,7 +516,7 @@ def test_a_checkpoint_records_its_config_and_a_resume_is_checked_against_it_alon
         with pytest.raises(ConfigError) as caught:
             _started(out, activation="relu", max_steps=4, resume=resume)
         assert str(caught.value) == (
-            f"keys 'model.activation' ('gelu' -> 'relu'): expected the values the checkpoint was trained with "
+            f"key 'model.activation' ('gelu' -> 'relu'): expected the values the checkpoint was trained with "
             f"({recorded}), since a resumed run cannot change what it trains; start a new run in another "
             "training.output_dir"
         )
@@ -574,7 +574,7 @@ def test_a_checkpoint_that_records_no_config_is_refused_without_its_runs_config(
     )
     # a checkpoint written before checkpoints recorded their config is checked against its run's config.yaml
     save_config(_Run(_Model("gelu"), *settings(tmp_path / "a", max_steps=2)), tmp_path / "a" / "config.yaml")
-    with pytest.raises(ConfigError, match=r"^keys 'model.activation' \('gelu' -> 'relu'\): expected the values"):
+    with pytest.raises(ConfigError, match=r"^key 'model.activation' \('gelu' -> 'relu'\): expected the values"):
         _started(tmp_path / "a", activation="relu", max_steps=4, resume="auto")
     assert _started(tmp_path / "a", max_steps=4, resume="auto")[1].resume_from == checkpoint
 

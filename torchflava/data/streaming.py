@@ -582,7 +582,7 @@ class StreamingBatches(IterableDataset):
             if len(position) != 7 or position[6] != self.workers or slot not in mine:
                 slots = position[6] if len(position) == 7 else "?"
                 raise ValueError(
-                    f"data.num_workers: the checkpoint's stream positions are for {slots} loader worker slot(s) per "
+                    f"num_workers: the checkpoint's stream positions are for {slots} loader worker slot(s) per "
                     f"rank (slot {slot}), this run has {self.workers} on rank {self.rank}; a streamed run resumes "
                     "with the ranks and loader workers it was started with"
                 )

@@ -344,7 +344,8 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
     if refused:
         listed = ", ".join(f"'{k}' ({old!r} -> {new!r})" for k, (old, new) in refused.items())
         raise ConfigError(
-            f"keys {listed}: expected the values the checkpoint was trained with ({path}), since a resumed "
+            f"key{'s' if len(refused) > 1 else ''} {listed}: expected the values the checkpoint was trained with ({path}), "
+            "since a resumed "
             "run cannot change what it trains; start a new run in another training.output_dir"
         )
     return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items() if _matches(k, RESUME_APPLIED)]
