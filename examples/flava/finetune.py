@@ -12,6 +12,7 @@ of ranks, metrics) -> validation report: the final model on ``data.val`` and on 
 ``data.extra_val`` (MNLI's matched and mismatched dev sets in one run). ``main(cfg)`` returns the report.
 """
 
+import copy
 from dataclasses import asdict, dataclass, field
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 import torch.distributed as dist
 
+from torchflava.classify import export_classifier
 from torchflava.data.finetuning import (
     ClassificationCollator,
     GlueTsv,
@@ -35,12 +37,13 @@ from torchflava.data.shapes import ALL_SCENES
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
+from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES
 from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory
-from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config, load_config
 from torchflava.training.distributed import barrier
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
+from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
@@ -418,7 +421,18 @@ def main(cfg: FinetuneConfig) -> dict:
     # fit writes config.yaml once the resume is checked: nothing is written in the run directory before
     result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
 
-    export_model(model, out_dir / "model" / "flava_classification.safetensors")
+    tokenizer = copy.copy(pretrained.tokenizer)
+    tokenizer.model_max_length = collator.max_text_length  # the length it trained at: the export's default
+    backbone = flava_model_arguments(**pretrained.kwargs)  # every argument stated
+    # the weights, both architectures, class names, tokenizer and preprocessing: load_classifier's directory
+    export_classifier(
+        model,
+        out_dir / "model",
+        backbone_kwargs=backbone,
+        tokenizer=tokenizer,
+        image_transform=collator.transform,
+        labels=classes,
+    )
     # every rank evaluates (an FSDP forward needs all of them), set after set; rank 0 reports
     validation = {name: evaluate(model, source, collator, loss) for name, (_, _, source) in val_sets.items()}
     report = {}
@@ -436,6 +450,8 @@ def main(cfg: FinetuneConfig) -> dict:
         if classes is not None and loss == "cross_entropy":
             for metrics in validation.values():
                 metrics["chance"] = 1 / num_classes
+        if records := read_metrics(out_dir / "metrics.jsonl"):
+            plot_losses(records, out_dir / "loss_curve.png")
         write_json(out_dir / "report.json", report, allow_nan=True)
         print(json.dumps(report, indent=2))
     barrier()

@@ -101,7 +101,7 @@ _SKIPPED = {
         r"|^text_model\.embeddings\.(position_ids|token_type_ids)$"
     ),
     "tmm": re.compile(r"^(image_codebook|loss|classifier)\.|^text_encoder\.embeddings\.position_ids$"),
-    "torchflava": re.compile(r"^(codebook|mlm_head|mim_head|mmm_text_head|mmm_image_head|itm_head)\."),
+    "torchflava": re.compile(r"^(codebook|mlm_head|mim_head|mmm_text_head|mmm_image_head|itm_head|classifier)\."),
 }
 # flava_model's sizes, by the key and dim of our state dict that holds each (dim None: a count of layers).
 _SIZES = dict(

@@ -1,0 +1,324 @@
+"""Fine-tuned classifiers: the recipe's export, load_classifier, and the ``torchflava.classify`` command."""
+
+import json
+from pathlib import Path
+import shutil
+
+import pytest
+import torch
+
+from tests.helpers import load_recipe, write_tiny_export
+from torchflava.classify import (
+    CLASSIFIER_CONFIG,
+    LABELS_FILE,
+    export_classifier,
+    load_classifier,
+    main,
+)
+from torchflava.data.finetuning import ShapesClassification
+from torchflava.data.shapes import ShapesWorld
+from torchflava.data.tokenizer import WordPieceTokenizer
+from torchflava.data.transforms import EvalImageTransform
+from torchflava.models import flava_model
+from torchflava.models.flava import flava_model_for_classification
+from torchflava.pretrained import load_pretrained
+
+finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe_for_classify")
+
+
+def _finetune(export: Path, out: Path, *overrides: str) -> dict:
+    cfg = finetune.load_config(
+        finetune.FinetuneConfig,
+        [
+            f"model.pretrained={export}",
+            f"training.output_dir={out}",
+            "training.max_steps=12",
+            "training.global_batch_size=16",
+            "training.log_every=4",
+            "training.checkpoint_every=12",
+            "training.progress_bar=false",
+            "training.tensorboard=false",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=2",
+            "model.classifier_hidden_dim=16",
+            "model.classifier_dropout=0.0",
+            *overrides,
+        ],
+    )
+    return finetune.main(cfg)
+
+
+SHAPES = (
+    "data.task=shapes",
+    "data.shapes_train=64",
+    "data.shapes_val=40",
+    "data.image_size=32",
+    "model.modality=image",
+)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
+    write_tiny_export(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_run(pretrained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("image_run")
+    return out, _finetune(pretrained, out, *SHAPES)
+
+
+@pytest.fixture(scope="module")
+def text_run(pretrained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("text_run")
+    world = ShapesWorld("texts", 60, image_size=32, seed=2)
+    rows = [(world.caption(i), world.scene(i).size) for i in range(60)]
+    tsv = "sentence\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows)
+    (out / "train.tsv").write_text(tsv)
+    (out / "dev.tsv").write_text(tsv)
+    report = _finetune(
+        pretrained,
+        out / "run",
+        "data.task=glue",
+        f"data.train={out / 'train.tsv'}",
+        f"data.val={out / 'dev.tsv'}",
+        "data.labels=[large,small]",
+        "model.modality=text",
+        "data.max_text_length=20",
+    )
+    return out / "run", report, [t for t, _ in rows]
+
+
+def test_a_fine_tuned_run_loads_back_and_predicts_as_its_validation_did(image_run):
+    out, report = image_run
+    classifier = load_classifier(out)  # the run directory: its model/ export
+    val = ShapesClassification("test", 40, image_size=32)
+    assert classifier.labels == list(val.classes) and len(classifier.labels) == 30
+    assert classifier.kwargs == {
+        "num_classes": 30,
+        "modality": "image",
+        "loss": "cross_entropy",
+        "classifier_hidden_dim": 16,
+        "classifier_dropout": 0.0,
+    }
+    assert not classifier.model.training
+    scores = classifier.scores([val[i].image for i in range(len(val))])
+    assert scores.shape == (40, 30)
+    torch.testing.assert_close(scores.sum(dim=1), torch.ones(40))  # probabilities
+    labels = torch.tensor([val[i].label for i in range(len(val))])
+    accuracy = (scores.argmax(dim=1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(report["validation"]["accuracy"], abs=1e-6)
+    assert (out / "loss_curve.png").stat().st_size > 0  # fine-tuning draws its curve, as pretraining does
+
+
+def test_the_export_is_also_a_backbone_for_load_pretrained_and_flava_model(image_run):
+    out, _ = image_run
+    classifier = load_classifier(out / "model")
+    backbone = load_pretrained(out).model  # the classifier's head skipped, as a pretraining head is
+    rebuilt = flava_model(pretrained=out / "model")
+    for name, value in classifier.model.model.state_dict().items():
+        assert torch.equal(backbone.state_dict()[name], value), name
+        assert torch.equal(rebuilt.state_dict()[name], value), name
+
+
+def test_a_fine_tuned_run_fine_tunes_again_from_its_export(image_run, tmp_path):
+    out, _ = image_run
+    report = _finetune(
+        out, tmp_path / "again", *SHAPES, "training.max_steps=2", "training.checkpoint_every=2", "optim.warmup_steps=0"
+    )
+    assert report["steps"] == 2 and report["num_classes"] == 30
+
+
+def test_the_text_export_keeps_the_trained_text_length_and_the_command_classifies_texts(text_run, tmp_path, capsys):
+    run, report, texts = text_run
+    classifier = load_classifier(run)
+    assert classifier.tokenizer.model_max_length == 20
+    assert classifier.labels == ["large", "small"]
+    (tmp_path / "more.txt").write_text("\n".join(texts[1:4]) + "\n\n")
+    result = main(
+        ["--checkpoint", str(run), "--text", texts[0], f"@{tmp_path / 'more.txt'}", "--json", str(tmp_path / "r.json")]
+    )
+    assert [p["text"] for p in result["predictions"]] == texts[:4]
+    expected = classifier.scores(texts=texts[:4])
+    for record, row in zip(result["predictions"], expected):
+        assert [name for name, _ in record["top"]] == [classifier.labels[i] for i in row.argsort(descending=True)]
+        assert [score for _, score in record["top"]] == pytest.approx(sorted(row.tolist(), reverse=True), abs=1e-6)
+    assert json.loads((tmp_path / "r.json").read_text()) == result
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{texts[0]}\t") and printed[-1] == "4 inputs, 0 unreadable skipped"
+
+
+def test_the_command_reports_accuracy_on_class_folders_and_skips_unreadable_images(image_run, tmp_path):
+    out, _ = image_run
+    classifier = load_classifier(out)
+    val = ShapesClassification("test", 12, image_size=32)
+    for i in range(12):
+        folder = tmp_path / "images" / classifier.labels[val[i].label]
+        folder.mkdir(parents=True, exist_ok=True)
+        val[i].image.save(folder / f"{i}.png")
+    (tmp_path / "images" / classifier.labels[0]).mkdir(exist_ok=True)
+    (tmp_path / "images" / classifier.labels[0] / "broken.png").write_bytes(b"not a png")
+    result = main(["--checkpoint", str(out), "--images", str(tmp_path / "images"), "--top-k", "2", "--batch-size", "5"])
+    assert result["num_inputs"] == 12 and result["skipped"] == 1 and "broken.png" in result["skipped_reasons"][0]
+    assert all(len(record["top"]) == 2 for record in result["predictions"])
+    images = [val[i].image for i in range(12)]
+    predicted = classifier.scores(images).argmax(dim=1)
+    truth = torch.tensor([val[i].label for i in range(12)])
+    assert result["accuracy"] == pytest.approx((predicted == truth).float().mean().item())
+    assert result["chance"] == pytest.approx(1 / 30)
+
+
+def test_bf16_classifier_agrees_with_fp32(image_run):
+    out, _ = image_run
+    images = [ShapesClassification("test", 8, image_size=32)[i].image for i in range(8)]
+    fp32 = load_classifier(out).scores(images)
+    bf16 = load_classifier(out, dtype=torch.bfloat16).scores(images)
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, atol=0.03, rtol=0)
+
+
+def _tiny_classifier(**kwargs):
+    from tests.helpers import TINY_FLAVA
+
+    return flava_model_for_classification(3, backbone=flava_model(**TINY_FLAVA), classifier_hidden_dim=8, **kwargs)
+
+
+def test_export_refuses_a_head_no_config_rebuilds_and_labels_that_do_not_name_each_class(tmp_path):
+    model = _tiny_classifier(modality="image")
+    tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=40)
+    args = dict(backbone_kwargs={}, tokenizer=tokenizer, image_transform=EvalImageTransform(32))
+    with pytest.raises(ValueError, match=r"^labels must name each of the head's 3 classes once, got 2 names"):
+        export_classifier(model, tmp_path / "a", labels=["x", "y"], **args)
+    with pytest.raises(ValueError, match=r"1 repeated"):
+        export_classifier(model, tmp_path / "a", labels=["x", "y", "x"], **args)
+    with pytest.raises(TypeError, match=r"^labels must be a list of non-empty str"):
+        export_classifier(model, tmp_path / "a", labels=["x", "", "z"], **args)
+    model.classifier = torch.nn.Linear(32, 3)
+    with pytest.raises(ValueError, match=r"^model.classifier must be classification_head's .* got \['Linear'\]"):
+        export_classifier(model, tmp_path / "a", labels=["x", "y", "z"], **args)
+    assert not (tmp_path / "a").exists()  # nothing written
+
+
+def test_load_classifier_names_what_is_wrong_before_reading_weights(image_run, pretrained, tmp_path, monkeypatch):
+    out, _ = image_run
+    with pytest.raises(FileNotFoundError, match=r"holds no classification_config.json; expected a fine-tuned"):
+        load_classifier(pretrained)  # a pretraining export
+    with pytest.raises(ValueError, match=r"^dtype must be one of"):
+        load_classifier(out, dtype=torch.float16)
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "model", copy)
+    monkeypatch.setattr("torchflava.classify.load_state_dict", lambda path: pytest.fail("weights read"))
+    monkeypatch.setattr("torchflava.classify.load_pretrained", lambda path: pytest.fail("weights read"))
+    config = json.loads((copy / CLASSIFIER_CONFIG).read_text())
+    cases = [
+        (CLASSIFIER_CONFIG, {**config, "classifier_dropout": 1.5}, r"classification_config.json: classifier_dropout"),
+        (CLASSIFIER_CONFIG, {**config, "hidden": 3}, r"classification_config.json: expected the arguments num_classes"),
+        (CLASSIFIER_CONFIG, {**config, "modality": "audio"}, r"classification_config.json: modality must be one of"),
+        (LABELS_FILE, ["a", "b"], r"labels.json must name each of the head's 30 classes once, got 2 names"),
+        (LABELS_FILE, {"0": "a"}, r"labels.json must be a list of non-empty str"),
+    ]
+    for name, value, message in cases:
+        saved = (copy / name).read_text()
+        (copy / name).write_text(json.dumps(value))
+        with pytest.raises(ValueError, match=message):
+            load_classifier(copy)
+        (copy / name).write_text(saved)
+    (copy / LABELS_FILE).write_text("[not json")
+    with pytest.raises(ValueError, match=r"labels.json is not a JSON list of class names"):
+        load_classifier(copy)
+
+
+def test_head_weights_that_do_not_fit_the_config_are_refused_naming_both_files(image_run, tmp_path):
+    out, _ = image_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "model", copy)
+    config = json.loads((copy / CLASSIFIER_CONFIG).read_text())
+    (copy / CLASSIFIER_CONFIG).write_text(json.dumps({**config, "classifier_hidden_dim": 24}))
+    with pytest.raises(
+        ValueError, match=r"flava_classification.safetensors: the head's weights do not fit .*classification_config"
+    ):
+        load_classifier(copy)
+
+
+def test_the_command_refuses_inputs_the_classifier_does_not_read_before_loading_it(
+    image_run, text_run, tmp_path, monkeypatch, capsys
+):
+    out, _ = image_run
+    run, _, _ = text_run
+    monkeypatch.setattr("torchflava.classify.load_classifier", lambda *a, **k: pytest.fail("loaded"))
+    (tmp_path / "images").mkdir()
+    cases = [
+        (
+            ["--checkpoint", str(out), "--text", "a red circle"],
+            "this classifier (modality 'image') reads --images DIR, got --text",
+        ),
+        (
+            ["--checkpoint", str(run), "--images", str(tmp_path / "images")],
+            "(modality 'text') reads --text, got --images DIR",
+        ),
+        (["--checkpoint", str(run), "--text", "x", "--images", str(tmp_path)], "argument --text: not with --images"),
+        (["--checkpoint", str(run)], "arguments --images or --text: one is required"),
+        (["--checkpoint", str(run), "--text", "@" + str(tmp_path / "none.txt")], "argument --text: expected @FILE"),
+        (["--checkpoint", str(run), "--text", " "], "argument --text: expected non-empty texts"),
+        (["--checkpoint", str(out), "--images", str(tmp_path / "images")], "argument --images: "),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_vqa_style_multimodal_classifier_scores_each_answer_by_sigmoid_through_the_command(pretrained, tmp_path):
+    world = ShapesWorld("pairs", 24, image_size=32, seed=5)
+    (tmp_path / "images").mkdir()
+    answers = ["red", "green", "blue", "yellow", "purple", "orange"]
+    lines = []
+    for i in range(24):
+        world[i].image.save(tmp_path / "images" / f"{i}.png")
+        lines.append({"image": f"{i}.png", "text": "what colour?", "answers": {world.scene(i).colour: 1.0}})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = _finetune(
+        pretrained,
+        tmp_path / "run",
+        "data.task=image_text",
+        f"data.train={tmp_path / 'train.jsonl'}",
+        f"data.val={tmp_path / 'train.jsonl'}",
+        f"data.image_root={tmp_path / 'images'}",
+        f"data.labels=[{','.join(answers)}]",
+        "model.modality=multimodal",
+    )
+    assert report["loss"] == "binary_cross_entropy"
+    argv = ["--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path / "images")]
+    result = main([*argv, "--captions", str(tmp_path / "train.jsonl"), "--text-key", "text", "--top-k", "6"])
+    assert [(r["image"], r["text"]) for r in result["predictions"]] == [(f"{i}.png", "what colour?") for i in range(24)]
+    classifier = load_classifier(tmp_path / "run")
+    scores = classifier.scores([world[i].image for i in range(3)], ["what colour?"] * 3)
+    assert bool(((scores > 0) & (scores < 1)).all()) and not torch.allclose(scores.sum(dim=1), torch.ones(3))
+    for record, row in zip(result["predictions"], scores):
+        assert dict(record["top"]) == pytest.approx(dict(zip(answers, row.tolist())), abs=1e-6)
+    with pytest.raises(ValueError, match=r"expected as many images as texts, at least one, got \[2, 3\]"):
+        classifier.scores([world[i].image for i in range(3)], ["a", "b"])
+    with pytest.raises(ValueError, match=r"reads images and texts, got images"):
+        classifier.scores([world[0].image])
+    with pytest.raises(TypeError, match=r"^texts must be a sequence of str, got str$"):
+        classifier.scores([world[0].image], "what colour?")
+
+
+def test_a_regression_exports_no_class_names_and_the_command_prints_its_values(pretrained, tmp_path, capsys):
+    world = ShapesWorld("texts", 40, image_size=32, seed=6)
+    rows = "".join(f"{world.caption(i)}\t{5.0 if world.scene(i).size == 'large' else 1.0}\n" for i in range(40))
+    (tmp_path / "train.tsv").write_text("sentence\tscore\n" + rows)
+    args = (f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'train.tsv'}", "data.label_column=score")
+    report = _finetune(pretrained, tmp_path / "run", "data.task=glue", *args, "data.labels=null", "model.modality=text")
+    assert report["loss"] == "mse"
+    assert not (tmp_path / "run" / "model" / LABELS_FILE).exists()
+    classifier = load_classifier(tmp_path / "run")
+    assert classifier.labels is None and classifier.kwargs["num_classes"] == 1
+    capsys.readouterr()  # (the recipe's report)
+    result = main(["--checkpoint", str(tmp_path / "run"), "--text", world.caption(0), world.caption(1)])
+    values = classifier.scores(texts=[world.caption(0), world.caption(1)])
+    assert [r["prediction"][0] for r in result["predictions"]] == pytest.approx(values[:, 0].tolist(), abs=1e-6)
+    assert capsys.readouterr().out.splitlines()[0] == f"{world.caption(0)}\t{values[0, 0].item():.4g}"

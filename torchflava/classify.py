@@ -1,0 +1,508 @@
+"""Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs.
+
+    python -m torchflava.classify --checkpoint runs/finetune --images photos/
+    python -m torchflava.classify --checkpoint runs/qnli --text "Is it red? [SEP] The ball is red." @more.txt
+    python -m torchflava.classify --checkpoint runs/vqa --images coco/ --captions questions.jsonl --top-k 3
+
+A fine-tuning run (``examples/flava/finetune.py``) exports its model with :func:`export_classifier`
+into ``model/``: the weights (``flava_classification.safetensors``), the backbone's architecture
+(``backbone_config.json``), the head's (``classification_config.json``: the arguments of
+:func:`~torchflava.models.flava_model_for_classification`), the class names (``labels.json``, one
+per output; none for a regression), the tokenizer with the text length it was trained at, and the
+image preprocessing it was trained with. :func:`load_classifier` builds it back from that directory
+(or the run directory above it). The directory is also a FLAVA export for everything that takes one
+(``load_pretrained``, ``flava_model(pretrained=...)``, the zero-shot command, a further fine-tuning):
+the backbone loads from it, the head's weights are skipped as a pretraining head's are.
+
+The command feeds the encoder the head reads: images (``--images DIR``), texts (``--text``, a text or
+``@FILE`` of one a line; a sentence pair as its two sentences joined by `` [SEP] ``, as fine-tuning
+read it) or image-text pairs
+(``--images DIR --captions FILE``: any captions file the zero-shot command reads). It prints each
+input's top classes with their probabilities (softmax; a sigmoid per class for a multi-label head such
+as VQA's; the predicted values of a regression) and, when images lie in sub-folders named after the
+classes, the accuracy. ``--json`` also writes them.
+"""
+
+import argparse
+import contextlib
+import inspect
+import json
+from pathlib import Path
+import sys
+from typing import ContextManager, NamedTuple, Optional, Sequence, Union
+
+from PIL import Image
+import torch
+from torch import Tensor, nn
+
+from torchflava.data.readers import ImageFolder, ImageTextFolder
+from torchflava.data.samples import readable_chunks
+from torchflava.data.tokenizer import WordPieceTokenizer
+from torchflava.data.transforms import ImageTransform
+from torchflava.models import flava_model, flava_model_for_classification
+from torchflava.models.flava.classification import FLAVAForClassification, default_loss
+from torchflava.modules.layers.packed_linear import pack_linears
+from torchflava.pretrained import (
+    INFERENCE_DTYPE_NAMES,
+    INFERENCE_DTYPES,
+    CheckpointLayout,
+    add_dtype_argument,
+    checkpoint_layout,
+    load_pretrained,
+    local_directory,
+)
+from torchflava.training.checkpointing import export_model
+from torchflava.training.distributed import barrier
+from torchflava.utils.checkpoint import first_line, load_state_dict, read_json_object
+from torchflava.utils.cli import output_file, positive_int, run_command, write_json
+from torchflava.utils.memory import keep_freed_memory
+from torchflava.utils.modes import eval_mode
+from torchflava.zero_shot import folder_labels
+
+CLASSIFIER_CONFIG = "classification_config.json"  # flava_model_for_classification's arguments
+LABELS_FILE = "labels.json"  # the class names, in output order
+CLASSIFIER_WEIGHTS = "flava_classification.safetensors"
+# the arguments the config holds: the backbone has its own file, and comes loaded
+_ARGUMENTS = tuple(
+    name
+    for name in inspect.signature(flava_model_for_classification).parameters
+    if name not in ("backbone", "pretrained")
+)
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def classifier_arguments(model: FLAVAForClassification) -> dict:
+    """The :func:`~torchflava.models.flava_model_for_classification` arguments that build ``model``'s head.
+
+    Raises:
+        TypeError: if ``model`` is not a FLAVAForClassification.
+        ValueError: if its head is not the builder's (Linear, ReLU, Dropout, Linear): no config can rebuild it.
+    """
+    if not isinstance(model, FLAVAForClassification):
+        raise TypeError(f"model must be a FLAVAForClassification, got {type(model).__name__}")
+    head = model.classifier
+    kinds = [type(m) for m in head] if isinstance(head, nn.Sequential) else [type(head)]
+    if kinds != [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]:
+        raise ValueError(
+            "model.classifier must be classification_head's Linear, ReLU, Dropout, Linear to be exported with a "
+            f"config, got {[kind.__name__ for kind in kinds]}"
+        )
+    return {
+        "num_classes": head[3].out_features,
+        "modality": model.modality,
+        "loss": model.loss,
+        "classifier_hidden_dim": head[0].out_features,
+        "classifier_dropout": head[2].p,
+    }
+
+
+def _check_labels(labels: object, num_classes: int, loss: str, name: str) -> Optional[list[str]]:
+    """``labels`` as a list: None, or one distinct non-empty str per class (none for a regression)."""
+    if labels is None:
+        return None
+    if loss == "mse":
+        raise ValueError(f"{name}: a regression head (loss 'mse') has no class names, got {labels!r:.80}")
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) and label for label in labels):
+        raise TypeError(f"{name} must be a list of non-empty str (the class names), got {labels!r:.80}")
+    if len(labels) != num_classes or len(set(labels)) != len(labels):
+        raise ValueError(
+            f"{name} must name each of the head's {num_classes} classes once, got {len(labels)} names "
+            f"({len(labels) - len(set(labels))} repeated)"
+        )
+    return list(labels)
+
+
+def export_classifier(
+    model: FLAVAForClassification,
+    directory: Union[str, Path],
+    *,
+    backbone_kwargs: dict,
+    tokenizer: WordPieceTokenizer,
+    image_transform: ImageTransform,
+    labels: Optional[Sequence[str]] = None,
+) -> Path:
+    """Write a fine-tuned classifier that :func:`load_classifier` builds back (collective: every rank calls it).
+
+    Args:
+        model (FLAVAForClassification): the classifier (possibly wrapped for data parallelism in place,
+            as FSDP2 does), with :func:`~torchflava.models.flava.classification.classification_head`'s head.
+        directory (Union[str, Path]): the export directory, made if missing.
+        backbone_kwargs (dict): the :func:`~torchflava.models.flava_model` arguments of its backbone.
+        tokenizer (WordPieceTokenizer): its tokenizer; its ``model_max_length`` is the text length the
+            command tokenises at.
+        image_transform (ImageTransform): the preprocessing of its training images.
+        labels (Optional[Sequence[str]]): the class names in output order (None: ids only; a regression).
+
+    Returns:
+        Path: ``directory``.
+
+    Raises:
+        TypeError, ValueError: for a model without the builder's head, or labels that do not name each
+            class once — before anything is written.
+    """
+    kwargs = classifier_arguments(model)
+    labels = _check_labels(labels, kwargs["num_classes"], kwargs["loss"], "labels")
+    directory = Path(directory)
+    if _rank() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CLASSIFIER_CONFIG).unlink(missing_ok=True)  # (its presence marks a finished export)
+    barrier()
+    export_model(model, directory / CLASSIFIER_WEIGHTS)
+    if _rank() == 0:
+        write_json(directory / "backbone_config.json", backbone_kwargs, allow_nan=True)
+        tokenizer.save(directory)
+        image_transform.save(directory)
+        if labels is None:
+            (directory / LABELS_FILE).unlink(missing_ok=True)  # (an earlier export's names are not this head's)
+        else:
+            write_json(directory / LABELS_FILE, labels)
+        write_json(directory / CLASSIFIER_CONFIG, kwargs, allow_nan=True)  # last: the export is whole
+    barrier()
+    return directory
+
+
+class Classifier(NamedTuple):
+    """A loaded fine-tuned classifier.
+
+    Attributes:
+        model (FLAVAForClassification): the model, in eval mode.
+        labels (Optional[list[str]]): the class names in output order (None: none were exported).
+        tokenizer (WordPieceTokenizer): its tokenizer (``model_max_length``: the text length).
+        image_transform (ImageTransform): PIL image -> pixels, as in its training.
+        kwargs (dict): the :func:`~torchflava.models.flava_model_for_classification` arguments.
+        backbone_kwargs (dict): the :func:`~torchflava.models.flava_model` arguments.
+        weights (Path): the weights file.
+        dtype (torch.dtype): the precision it runs in (:meth:`precision`).
+    """
+
+    model: FLAVAForClassification
+    labels: Optional[list[str]]
+    tokenizer: WordPieceTokenizer
+    image_transform: ImageTransform
+    kwargs: dict
+    backbone_kwargs: dict
+    weights: Path
+    dtype: torch.dtype = torch.float32
+
+    def precision(self) -> ContextManager:
+        """bf16 autocast for a bf16 classifier, else nothing."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.dtype)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The inputs the head's encoder reads: ``("image",)``, ``("text",)`` or both."""
+        return {"image": ("image",), "text": ("text",), "multimodal": ("image", "text")}[self.model.modality]
+
+    def class_name(self, index: int) -> str:
+        """The name of output ``index`` (its number where no names were exported)."""
+        return str(index) if self.labels is None else self.labels[index]
+
+    @torch.no_grad()
+    def scores(self, images: Optional[Sequence] = None, texts: Optional[Sequence[str]] = None) -> Tensor:
+        """(N, num_classes) fp32 scores of N inputs, one batch: class probabilities (softmax) for a
+        cross-entropy head, each class's probability (sigmoid) for a binary-cross-entropy one, the
+        predicted values for a regression.
+
+        Args:
+            images (Optional[Sequence]): PIL images (modalities image and multimodal).
+            texts (Optional[Sequence[str]]): texts (modalities text and multimodal), the i-th paired with
+                the i-th image; a sentence pair as its sentences joined by `` [SEP] `` (as fine-tuning reads
+                one), tokenised at the tokenizer's ``model_max_length``.
+
+        Raises:
+            TypeError: if ``images`` are not PIL images or ``texts`` not str.
+            ValueError: if an input the head needs is missing or one it does not read is given, none is
+                given, or images and texts differ in number.
+        """
+        given = {"image": images, "text": texts}
+        for name, values in given.items():
+            if values is None:
+                continue
+            kind, what = (Image.Image, "PIL images") if name == "image" else (str, "str")
+            if isinstance(values, (str, bytes, Image.Image)) or not all(isinstance(v, kind) for v in values):
+                held = sorted({type(v).__name__ for v in values}) if isinstance(values, (list, tuple)) else []
+                raise TypeError(
+                    f"{name}s must be a sequence of {what}, got {type(values).__name__}"
+                    + (f" holding {', '.join(held)}" if held else "")
+                )
+        wanted = {name for name, values in given.items() if values is not None}
+        if wanted != set(self.needs):
+            raise ValueError(
+                f"this classifier (modality {self.model.modality!r}) reads {' and '.join(n + 's' for n in self.needs)}, "
+                f"got {' and '.join(sorted(n + 's' for n in wanted)) or 'neither'}"
+            )
+        counts = {len(values) for values in given.values() if values is not None}
+        if len(counts) != 1 or 0 in counts:
+            raise ValueError(f"expected as many images as texts, at least one, got {sorted(counts)}")
+        inputs = {}
+        if images is not None:
+            inputs["image"] = torch.stack([self.image_transform(image) for image in images])
+        if texts is not None:
+            inputs["text"], inputs["text_attention_mask"] = self.tokenizer(list(texts))
+        with self.precision(), eval_mode(self.model):
+            logits = self.model(**inputs).logits.float()
+        if self.model.loss == "cross_entropy":
+            return logits.softmax(dim=-1)
+        return logits.sigmoid() if self.model.loss == "binary_cross_entropy" else logits
+
+
+class ClassifierConfig(NamedTuple):
+    """What a classifier export states, read and checked without its weights (:func:`classifier_config`)."""
+
+    layout: CheckpointLayout  # the backbone's: weights, its arguments, the directory
+    file: Path  # classification_config.json
+    kwargs: dict  # flava_model_for_classification's arguments
+    labels: Optional[list[str]]  # labels.json's class names, None without one
+
+    @property
+    def modality(self) -> str:
+        return self.kwargs.get("modality") or "multimodal"
+
+
+def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
+    """Read and check a classifier export's configs (:func:`load_classifier`'s first step: no weights read).
+
+    Raises:
+        TypeError, FileNotFoundError, ValueError: as :func:`load_classifier`.
+    """
+    layout = checkpoint_layout(local_directory(path))
+    config_file = layout.directory / CLASSIFIER_CONFIG
+    if layout.family != "flava" or not config_file.is_file():
+        raise FileNotFoundError(
+            f"classifier: {layout.directory} holds no {CLASSIFIER_CONFIG}; expected a fine-tuned classifier's "
+            "export (a fine-tuning run or its model/ directory), got a pretrained checkpoint"
+        )
+    kwargs = read_json_object(config_file)
+    unknown = sorted(set(kwargs) - set(_ARGUMENTS))
+    if unknown or "num_classes" not in kwargs:
+        raise ValueError(
+            f"classifier: {config_file}: expected the arguments num_classes and any of {list(_ARGUMENTS[1:])}, "
+            f"got {sorted(kwargs)}"
+        )
+    try:  # the head's arguments checked on the meta device (no memory, no weights read)
+        with torch.device("meta"):
+            flava_model_for_classification(backbone=flava_model(**layout.kwargs), **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"classifier: {config_file}: {first_line(error)}") from None
+    labels_file = layout.directory / LABELS_FILE
+    labels = _read_labels(labels_file, kwargs) if labels_file.exists() else None
+    return ClassifierConfig(layout=layout, file=config_file, kwargs=kwargs, labels=labels)
+
+
+def load_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float32) -> Classifier:
+    """Build a fine-tuned classifier from its export (:func:`export_classifier`) or its run directory.
+
+    Args:
+        path (Union[str, Path]): the export directory, the run directory holding it in ``model/``, or a
+            ``file://`` URL of either.
+        dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16 autocast
+            with the linear weights cast and packed once (see :func:`~torchflava.pretrained.load_pretrained`).
+
+    Returns:
+        Classifier: the model (eval mode), class names, tokenizer, preprocessing and arguments.
+
+    Raises:
+        TypeError, FileNotFoundError: as :func:`~torchflava.pretrained.checkpoint_layout`; FileNotFoundError
+            too for a FLAVA checkpoint without ``classification_config.json`` (not a fine-tuned classifier).
+        ValueError: if ``dtype`` is unknown, the config or ``labels.json`` holds a bad value (the file
+            named), or the weights do not fit the architecture — before the weights are read.
+    """
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+    config = classifier_config(path)
+    layout, kwargs = config.layout, config.kwargs
+    backbone = load_pretrained(layout.directory)  # its tokenizer, preprocessing and backbone, checked
+    model = flava_model_for_classification(backbone=backbone.model, **kwargs)
+    head = {
+        k.removeprefix("classifier."): v
+        for k, v in load_state_dict(layout.weights).items()
+        if k.startswith("classifier.")
+    }
+    try:
+        model.classifier.load_state_dict(head)
+    except RuntimeError as error:  # a head of other sizes than the config's
+        raise ValueError(
+            f"classifier: {layout.weights}: the head's weights do not fit {config.file}: {first_line(error)}"
+        ) from None
+    model.eval()
+    if dtype != torch.float32:
+        pack_linears(model.requires_grad_(False), dtype)
+    return Classifier(
+        model=model,
+        labels=config.labels,
+        tokenizer=backbone.tokenizer,
+        image_transform=backbone.image_transform,
+        kwargs=kwargs,
+        backbone_kwargs=layout.kwargs,
+        weights=layout.weights,
+        dtype=dtype,
+    )
+
+
+def _read_labels(path: Path, kwargs: dict) -> list[str]:
+    """The class names of ``labels.json``; ValueError naming it unless a JSON list naming each class once."""
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+        raise ValueError(f"classifier: {path} is not a JSON list of class names ({first_line(error)})") from None
+    try:
+        loss = kwargs.get("loss") or default_loss(kwargs["num_classes"])
+        return _check_labels(labels, kwargs["num_classes"], loss, str(path))
+    except TypeError as error:
+        raise ValueError(f"classifier: {error}") from None
+
+
+def _chunks(classifier: Classifier, args: argparse.Namespace, skipped: list):
+    """(records, images, texts) chunks of ``--batch-size`` inputs: each record names its input (an image
+    path relative to ``--images``, a text); unreadable images and malformed captions are added to ``skipped``."""
+    size = args.batch_size
+    if args.captions is not None:  # image-text pairs
+        folder = ImageTextFolder(args.images, args.captions, image_key=args.image_key, text_key=args.text_key)
+        root = Path(args.images)
+        for chunk in readable_chunks(folder.__getitem__, range(len(folder)), size, skipped):
+            records = [{"image": _relative(folder.image_path(i), root), "text": s.text} for i, s in chunk]
+            yield records, [s.image for _, s in chunk], [s.text for _, s in chunk]
+    elif args.images is not None:
+        folder = ImageFolder(args.images)
+        for chunk in readable_chunks(folder.__getitem__, range(len(folder)), size, skipped):
+            yield [{"image": folder.relative_path(i)} for i, _ in chunk], [s.image for _, s in chunk], None
+    else:
+        for start in range(0, len(args.text), size):
+            texts = args.text[start : start + size]
+            yield [{"text": text} for text in texts], None, texts
+
+
+def _relative(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies under it, else as it is."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
+    """The command's result: ``predictions`` (each input's record with its ``top`` classes and scores, or
+    ``prediction``: the values of a regression), ``num_inputs``, ``skipped`` and ``skipped_reasons``, and
+    ``accuracy`` and ``chance`` where every image lies in a sub-folder named after its class."""
+    predictions, skipped, hits = [], [], []
+    regression = classifier.model.loss == "mse"
+    top_k = min(args.top_k, classifier.kwargs["num_classes"])
+    for records, images, texts in _chunks(classifier, args, skipped):
+        scores = classifier.scores(images, texts)
+        for record, row in zip(records, scores):
+            if regression:
+                record["prediction"] = row.tolist()
+            else:
+                values, indices = row.topk(top_k)
+                record["top"] = [[classifier.class_name(int(i)), float(v)] for v, i in zip(values, indices)]
+                hits.append(int(indices[0]))
+            predictions.append(record)
+    if not predictions:
+        raise ValueError(f"no readable input ({len(skipped)} unreadable)")
+    result = {
+        "predictions": predictions,
+        "num_inputs": len(predictions),
+        "skipped": len(skipped),
+        "skipped_reasons": skipped,
+    }
+    single_label = classifier.model.loss == "cross_entropy" and classifier.labels is not None
+    if single_label and args.captions is None and args.images is not None:
+        labels = folder_labels([record["image"] for record in predictions], classifier.labels)
+        if labels is not None:
+            result["accuracy"] = sum(p == t for p, t in zip(hits, labels)) / len(labels)
+            result["chance"] = 1 / len(classifier.labels)
+    return result
+
+
+def _texts(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--text``'s texts: each value a text, or ``@FILE``: a UTF-8 file's non-blank lines."""
+    texts = []
+    for value in values:
+        if not value.startswith("@"):
+            texts.append(value)
+            continue
+        try:
+            lines = Path(value[1:]).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} ({error})")
+        texts += [line for line in lines if line.strip()]
+    if not texts or not all(text.strip() for text in texts):
+        parser.error(f"argument --text: expected non-empty texts, got {texts!r:.80}")
+    return texts
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m torchflava.classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="fine-tuning run or its model/ export directory (or a file:// URL of one)"
+    )
+    parser.add_argument("--images", help="image folder (image classifiers; with --captions: the pairs' images)")
+    parser.add_argument("--text", nargs="+", help="texts to classify, or @FILE: a UTF-8 file of one text a line")
+    parser.add_argument(
+        "--captions", help="image-text pairs (multimodal classifiers): any captions file the zero-shot command reads"
+    )
+    parser.add_argument("--image-key", help="JSON key or CSV/TSV column of the image paths (--captions)")
+    parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the texts (--captions)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="classes listed per input [5]")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    add_dtype_argument(parser)
+    parser.add_argument("--json", type=output_file, help="also write the result here")
+    args = parser.parse_args(argv)
+    # every argument checked, and the classifier's configs read, before its weights are
+    if args.text is not None and (args.images is not None or args.captions is not None):
+        parser.error("argument --text: not with --images or --captions (image-text pairs come from --captions)")
+    if args.text is None and args.images is None:
+        parser.error("arguments --images or --text: one is required (the inputs to classify)")
+    if args.captions is None and (args.image_key or args.text_key):
+        parser.error("arguments --image-key and --text-key: for --captions only")
+    if args.images is not None and not Path(args.images).is_dir():
+        parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
+    if args.captions is not None and not Path(args.captions).is_file():
+        parser.error(f"argument --captions: expected a captions file, got {args.captions!r} (not a file)")
+    args.text = None if args.text is None else _texts(args.text, parser)
+    config = classifier_config(args.checkpoint)
+    reads = {"image": "--images DIR", "text": "--text", "multimodal": "--images DIR --captions FILE"}
+    given = "multimodal" if args.captions is not None else ("image" if args.images is not None else "text")
+    if given != config.modality:
+        parser.error(
+            f"argument --checkpoint: this classifier (modality {config.modality!r}) reads {reads[config.modality]}, "
+            f"got {reads[given]}"
+        )
+    try:  # the inputs listed, not read, before the weights are loaded
+        if args.captions is not None:
+            ImageTextFolder(args.images, args.captions, image_key=args.image_key, text_key=args.text_key)
+        elif args.images is not None:
+            ImageFolder(args.images)
+    except ValueError as error:
+        option = "--captions" if args.captions is not None else "--images"
+        parser.error(f"argument {option}: {first_line(error)}")
+    classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
+    result = classify(classifier, args)
+    for record in result["predictions"]:
+        name = "\t".join(record[key] for key in ("image", "text") if key in record)
+        if "prediction" in record:
+            shown = ", ".join(f"{value:.4g}" for value in record["prediction"])
+        else:
+            shown = ", ".join(f"{label} {score:.3f}" for label, score in record["top"])
+        print(f"{name}\t{shown}")
+    summary = f"{result['num_inputs']} inputs, {result['skipped']} unreadable skipped"
+    if "accuracy" in result:
+        summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
+    print(summary)
+    for reason in result["skipped_reasons"]:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if args.json:
+        write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    keep_freed_memory()  # a command's own process: freed activations stay for the next batch (utils.memory)
+    run_command(main)
