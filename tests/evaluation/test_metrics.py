@@ -199,3 +199,62 @@ def test_binary_f1_refuses_a_positive_class_the_logits_do_not_have(positive, err
     with pytest.raises(error) as info:
         binary_f1(logits, labels, positive=positive)
     assert str(info.value) == message
+
+
+SCORES = torch.tensor([[1.0, 0.0], [0.0, 0.3], [0.6, 0.9], [0.0, 1.0]])
+PREDICTIONS, TARGETS = torch.tensor([0.1, 10.0, 0.2, 0.3]), torch.tensor([1.0, 2.0, 3.0, 4.0])
+# every public metric, with its two tensor arguments' names and its value on LOGITS / LABELS and the
+# regression pair (the values asserted in the tests above)
+METRICS = [
+    ("accuracy", accuracy, ("logits", "labels"), (LOGITS, LABELS), 0.75),
+    ("binary_f1", binary_f1, ("logits", "labels"), (LOGITS, LABELS), 0.8),
+    ("matthews", matthews, ("logits", "labels"), (LOGITS, LABELS), 1 / math.sqrt(3)),
+    ("pearson", pearson, ("predictions", "targets"), (PREDICTIONS, TARGETS), -0.24235715009596281),
+    ("spearman", spearman, ("predictions", "targets"), (PREDICTIONS, TARGETS), 0.4),
+    ("soft_accuracy", soft_accuracy, ("logits", "scores"), (LOGITS, SCORES), (1.0 + 0.3 + 0.9 + 0.0) / 4),
+    (
+        "task_metrics",
+        lambda logits, labels: task_metrics(logits, labels, "cross_entropy"),
+        ("logits", "labels"),
+        (LOGITS, LABELS),
+        {"accuracy": 0.75, "f1": 0.8, "matthews": 1 / math.sqrt(3)},
+    ),
+    (
+        "task_metrics_mse",
+        lambda logits, labels: task_metrics(logits, labels, "mse"),
+        ("logits", "labels"),
+        (PREDICTIONS[:, None], TARGETS),
+        {"pearson": -0.24235715009596281, "spearman": 0.4},
+    ),
+    (
+        "task_metrics_bce",
+        lambda logits, labels: task_metrics(logits, labels, "binary_cross_entropy"),
+        ("logits", "labels"),
+        (LOGITS, SCORES),
+        {"vqa_accuracy": 0.55},
+    ),
+]
+
+
+@pytest.mark.parametrize("metric, names, inputs, expected", [m[1:] for m in METRICS], ids=[m[0] for m in METRICS])
+@pytest.mark.parametrize("meta", [0, 1], ids=["first_on_meta", "second_on_meta"])
+def test_a_meta_tensor_is_refused_in_one_line_naming_it(metric, names, inputs, expected, meta):
+    """A meta tensor has a shape but no values: every metric failed deep inside with torch's "Tensor.item()
+    cannot be called on meta tensors"; now the argument is named, with the devices expected and given."""
+    assert metric(*inputs) == pytest.approx(expected, abs=1e-6)  # both on the CPU
+    moved = [value.to("meta") if i == meta else value for i, value in enumerate(inputs)]
+    with pytest.raises(ValueError) as info:
+        metric(*moved)
+    assert str(info.value) == (
+        f"{names[meta]} must be a tensor with values (on cpu or an accelerator), got one on the meta device"
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("metric, names, inputs, expected", [m[1:] for m in METRICS], ids=[m[0] for m in METRICS])
+def test_cpu_labels_with_cuda_logits_are_moved_to_the_logits_device(metric, names, inputs, expected):
+    """CUDA logits and CPU labels (and the reverse) raised torch's device-mismatch error; the labels are
+    copied to the logits' device, which is exact."""
+    first, second = inputs
+    assert metric(first.cuda(), second) == pytest.approx(expected, abs=1e-6)
+    assert metric(first, second.cuda()) == pytest.approx(expected, abs=1e-6)

@@ -2,7 +2,10 @@
 correlations, VQA soft accuracy.
 
 Each checks its inputs first (a ValueError naming the argument): labels of another shape broadcast
-silently, an empty input gives nan, an out-of-range label or a NaN logit a wrong number.
+silently, an empty input gives nan, an out-of-range label or a NaN logit a wrong number. Labels (or
+scores, targets) on another device than the logits (predictions) are copied to theirs, as most
+libraries do for CPU labels and CUDA logits (a copy of N values, exact); a tensor on the meta device
+holds no values to score and is refused.
 """
 
 import math
@@ -13,6 +16,20 @@ from torch import Tensor
 from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
+
+
+def _on_one_device(first: object, second: object, names: tuple[str, str]) -> object:
+    """``second`` on ``first``'s device, after refusing a meta tensor on either side (ValueError naming
+    it): the metrics compare the two elementwise, which torch refuses across devices. Anything that is
+    not a tensor is returned as it is, for the checks that follow to refuse."""
+    for name, value in zip(names, (first, second)):
+        if isinstance(value, Tensor) and value.is_meta:
+            raise ValueError(
+                f"{name} must be a tensor with values (on cpu or an accelerator), got one on the meta device"
+            )
+    if isinstance(first, Tensor) and isinstance(second, Tensor) and second.device != first.device:
+        return second.to(first.device)
+    return second
 
 
 def _check_logits(logits: object) -> int:
@@ -41,6 +58,7 @@ def _check_labels(labels: object, rows: int, classes: int) -> None:
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     """Share of rows whose argmax is the label: logits (N, C), labels (N,) class ids."""
+    labels = _on_one_device(logits, labels, ("logits", "labels"))
     _check_labels(labels, _check_logits(logits), logits.shape[1])
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
@@ -48,6 +66,7 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
 def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
     """F1 of class ``positive`` for logits (N, 2) and labels (N,) (0 when it is never predicted nor true);
     TypeError unless ``positive`` is an int, ValueError unless it is one of the logits' classes."""
+    labels = _on_one_device(logits, labels, ("logits", "labels"))
     _check_labels(labels, _check_logits(logits), logits.shape[1])
     if check_int("positive", positive, 0) >= logits.shape[1]:  # (a class that cannot occur scored 0.0)
         raise ValueError(f"positive must be a class id in [0, {logits.shape[1]}), got {positive}")
@@ -67,6 +86,7 @@ def matthews(logits: Tensor, labels: Tensor) -> float:
     0.0 where the denominator is 0 (every row predicted as one class, or every label one class, right
     or wrong): what ``matthews_corrcoef`` returns there by default, and so what GLUE evaluation code
     built on it reports; :func:`pearson` gives nan in the like case."""
+    labels = _on_one_device(logits, labels, ("logits", "labels"))
     _check_labels(labels, _check_logits(logits), logits.shape[1])
     classes, rows = logits.shape[1], logits.shape[0]
     predicted = logits.argmax(dim=1)
@@ -105,6 +125,7 @@ def pearson(predictions: Tensor, targets: Tensor) -> float:
     """Pearson correlation of two (N,) vectors; nan when either is constant (the correlation is
     undefined there, as in ``scipy.stats.pearsonr``: a collapsed regressor that predicts one value for
     every row reported 0.0, which reads as a measured absence of correlation)."""
+    targets = _on_one_device(predictions, targets, ("predictions", "targets"))
     _check_pair(predictions, targets)
     return _correlation(predictions, targets)
 
@@ -122,12 +143,14 @@ def spearman(predictions: Tensor, targets: Tensor) -> float:
     """Spearman rank correlation of two (N,) vectors (GLUE's second STS-B metric): the Pearson
     correlation of their ranks, ties given the average of the ranks they span, as
     ``scipy.stats.spearmanr``; nan when either is constant, as :func:`pearson`."""
+    targets = _on_one_device(predictions, targets, ("predictions", "targets"))
     _check_pair(predictions, targets)
     return _correlation(_average_ranks(predictions), _average_ranks(targets))
 
 
 def soft_accuracy(logits: Tensor, scores: Tensor) -> float:
     """VQA accuracy: mean score (N, C) of the predicted answer (scores floating-point or integer)."""
+    scores = _on_one_device(logits, scores, ("logits", "scores"))
     _check_logits(logits)
     if not isinstance(scores, Tensor) or scores.shape != logits.shape:
         got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
@@ -155,10 +178,12 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         (``mse``; nan where the predictions or the targets are constant: see :func:`pearson`).
 
     Raises:
-        ValueError: if ``loss`` is not one of :data:`LOSSES`, or an input is malformed (see above).
+        ValueError: if ``loss`` is not one of :data:`LOSSES`, an input is malformed (see above) or on
+            the meta device (``labels`` on another device are copied to the logits' one).
     """
     if loss not in LOSSES:  # a misspelt loss returned accuracy and F1
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    labels = _on_one_device(logits, labels, ("logits", "labels"))
     if loss == "mse":
         rows = _check_logits(logits)
         if logits.shape[1] != 1:  # (the correlations of column 0 were returned)

@@ -1,12 +1,14 @@
 """CLIPModel: packed text equal to the padded pass, end-token pooling, outputs, loss, gradients, bad input."""
 
+import math
+
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from tests.models.clip.test_convert_weights import SMALL, captions
+from tests.models.clip.test_convert_weights import SMALL, HFCLIPModel, _perturb, _small_hf_config, captions
 from torchflava.models import CLIPModel, clip_model, clip_vit_b16, clip_vit_b32, clip_vit_l14
 from torchflava.models.clip import CLIPOutput, convert_to_torchflava
 from torchflava.modules.layers.activation import QuickGELU
@@ -187,3 +189,38 @@ def test_normalize_must_be_a_bool():
         model.encode_text(ids, mask, normalize=0)
     features = model.encode_text(ids, mask, normalize=False)
     assert not torch.allclose(features.norm(dim=-1), torch.ones(2))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_logits_per_image_and_per_text_equal_hugging_faces(tmp_path):
+    """CLIPOutput had the features and the log-temperature but not the logits every Hugging Face CLIP user
+    reads; they are exp(logit_scale) times the cosine similarities, (images, texts) and its transpose."""
+    hf = _perturb(HFCLIPModel(_small_hf_config("quick_gelu", eos_token_id=EOS, bos_token_id=96)))
+    with torch.no_grad():
+        hf.logit_scale.fill_(1.7)  # not the initial value: the loaded one must be used
+    hf.save_pretrained(tmp_path)
+    model = clip_model(pretrained=tmp_path).eval()
+    images = torch.randn(2, 3, 32, 32)
+    ids, mask = captions([16, 5, 11], 16, vocab=99, bos=96, eos=EOS)  # 2 images, 3 texts: the order shows
+    with torch.no_grad():
+        expected = hf(input_ids=ids, pixel_values=images, attention_mask=mask)
+        out = model(images, ids, mask)
+    assert out.logits_per_image.shape == (2, 3) and out.logits_per_text.shape == (3, 2)
+    assert_close(out.logits_per_image, expected.logits_per_image, atol=1e-4, rtol=0)
+    assert_close(out.logits_per_text, expected.logits_per_text, atol=1e-4, rtol=0)
+    assert_close(out.logits_per_image, math.exp(1.7) * out.image_features @ out.text_features.T, atol=1e-5, rtol=0)
+
+
+def test_logits_without_both_modalities_are_refused_naming_the_missing_features():
+    model = _small()
+    images, (ids, _) = torch.randn(2, 3, 32, 32), captions([6, 4], 16, vocab=99, bos=96, eos=EOS)
+    with torch.no_grad():
+        image_only, text_only = model(images), model(text=ids)
+    for out, missing in ((image_only, "text_features"), (text_only, "image_features")):
+        for name in ("logits_per_image", "logits_per_text"):
+            with pytest.raises(ValueError) as info:
+                getattr(out, name)
+            assert str(info.value) == f"CLIPOutput logits: expected image and text features, got {missing}=None"
+    neither = CLIPOutput(None, None, torch.tensor(0.0))
+    with pytest.raises(ValueError, match="got image_features and text_features=None$"):
+        _ = neither.logits_per_text

@@ -25,12 +25,21 @@ class CLIPOutput(NamedTuple):
     text_features: Optional[Tensor]
     logit_scale: Tensor
 
+    @property
+    def logits_per_image(self) -> Tensor:
+        """(B, B') image-text cosine similarities times exp(logit_scale), as Hugging Face's CLIPModel returns them."""
+        if missing := [name for name in ("image_features", "text_features") if getattr(self, name) is None]:
+            raise ValueError(f"CLIPOutput logits: expected image and text features, got {' and '.join(missing)}=None")
+        return self.logit_scale.exp() * (self.image_features @ self.text_features.T)
+
+    @property
+    def logits_per_text(self) -> Tensor:
+        """(B', B): :attr:`logits_per_image` transposed (ValueError as there if features are None)."""
+        return self.logits_per_image.T
+
 
 class CLIPModel(nn.Module):
     """CLIP: features are the projected CLS (image) and end-of-text (text) tokens after the final norms.
-
-    The text tower is causal: what follows a row's end token cannot reach its feature, so it is
-    never computed, nor is padding (the rows run packed, :func:`~torchflava.modules.packing.encode_packed`).
 
     Args:
         image_encoder, text_encoder (VisionEncoder, TextEncoder): the image tower, the causal text tower.
@@ -77,7 +86,8 @@ class CLIPModel(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text: Tensor, mask: Optional[Tensor] = None, *, normalize: bool = True) -> Tensor:
-        """(B, P) text features at each row's end token; only the tokens up to it are computed.
+        """(B, P) text features at each row's end token; the tower is causal, so the tokens after it are never
+        computed, nor is padding (the rows run packed, :func:`~torchflava.modules.packing.encode_packed`).
 
         Args:
             text (Tensor): (B, L) token ids.
@@ -99,8 +109,7 @@ class CLIPModel(nn.Module):
     def forward(
         self, image: OptTensor = None, text: OptTensor = None, text_attention_mask: OptTensor = None
     ) -> CLIPOutput:
-        """Normalised features of an image batch, a text batch (its size may differ), or both: a
-        :class:`CLIPOutput` of those given, and ``logit_scale``.
+        """The :class:`CLIPOutput` of an image batch, a text batch (its size may differ), or both.
 
         Args:
             image, text (Optional[Tensor]): (B, C, H, W) float pixels; (B', L) token ids.
