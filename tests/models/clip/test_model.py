@@ -220,7 +220,7 @@ def test_logits_without_both_modalities_are_refused_naming_the_missing_features(
         for name in ("logits_per_image", "logits_per_text"):
             with pytest.raises(ValueError) as info:
                 getattr(out, name)
-            assert str(info.value) == f"CLIPOutput logits: expected image and text features, got {missing}=None"
+            assert str(info.value) == f"logits: expected image and text features, got {missing}=None"
     neither = CLIPOutput(None, None, torch.tensor(0.0))
     with pytest.raises(ValueError, match="got image_features and text_features=None$"):
         _ = neither.logits_per_text

@@ -2,7 +2,7 @@
 (B, L) with 1 = token, 0 = padding (Hugging Face's convention); P the width of the shared space."""
 
 import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -12,30 +12,15 @@ from torchflava.modules.encoders import CLS_POSITION, TextEncoder, VisionEncoder
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers.text_embedding import beyond_end_token, check_token_ids
 from torchflava.modules.layers.transformer import check_shared_space
+from torchflava.modules.outputs import DualEncoderOutput
 from torchflava.modules.packing import encode_rows
 from torchflava.utils.checks import check_architecture, check_bool
 
 OptTensor = Optional[Tensor]
 
 
-class CLIPOutput(NamedTuple):
-    """Output of :meth:`CLIPModel.forward`: (B, P) normalised features (None if not given), log-temperature."""
-
-    image_features: Optional[Tensor]
-    text_features: Optional[Tensor]
-    logit_scale: Tensor
-
-    @property
-    def logits_per_image(self) -> Tensor:
-        """(B, B') image-text cosine similarities times exp(logit_scale), as Hugging Face's CLIPModel returns them."""
-        if missing := [name for name in ("image_features", "text_features") if getattr(self, name) is None]:
-            raise ValueError(f"CLIPOutput logits: expected image and text features, got {' and '.join(missing)}=None")
-        return self.logit_scale.exp() * (self.image_features @ self.text_features.T)
-
-    @property
-    def logits_per_text(self) -> Tensor:
-        """(B', B): :attr:`logits_per_image` transposed (ValueError as there if features are None)."""
-        return self.logits_per_image.T
+# Output of CLIPModel.forward: normalised image and text features, log-temperature, and HF's logits.
+CLIPOutput = DualEncoderOutput
 
 
 class CLIPModel(nn.Module):
