@@ -124,3 +124,10 @@ def test_data_imports_no_model_code(path):
 def test_data_files_are_found():
     names = {p.relative_to(PACKAGE_ROOT).as_posix() for p in (PACKAGE_ROOT / "data").rglob("*.py")}
     assert {"data/mixing.py", "data/flava.py", "data/finetuning.py"} <= names
+
+
+def test_the_clip_package_is_wiring_of_modules_in_at_most_450_lines():
+    # issue 11: CLIP is built from torchflava.modules; its package holds builders, conversion and the model's wiring
+    package = Path(__file__).resolve().parents[1] / "torchflava" / "models" / "clip"
+    lines = sum(len(path.read_text().splitlines()) for path in package.glob("*.py"))
+    assert 100 < lines <= 450, lines
