@@ -28,7 +28,6 @@ import contextlib
 import inspect
 import json
 from pathlib import Path
-import sys
 from typing import ContextManager, NamedTuple, Optional, Sequence, Union
 
 from PIL import Image
@@ -54,7 +53,7 @@ from torchflava.pretrained import (
 from torchflava.training.checkpointing import export_model
 from torchflava.training.distributed import barrier
 from torchflava.utils.checkpoint import first_line, load_state_dict, read_json_object
-from torchflava.utils.cli import output_file, positive_int, run_command, write_json
+from torchflava.utils.cli import finish_command, output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 from torchflava.zero_shot import folder_labels
@@ -496,11 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if "accuracy" in result:
         summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
     print(summary)
-    for reason in result["skipped_reasons"]:
-        print(f"skipped: {reason}", file=sys.stderr)
-    if args.json:
-        write_json(args.json, result)
-    return result
+    return finish_command(result, result["skipped_reasons"], args.json)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ task (train and validation from the training world, test = the held-out split). 
 
 import argparse
 from pathlib import Path
-import sys
 from typing import Optional, Sequence
 
 import torch
@@ -27,7 +26,7 @@ from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
-from torchflava.utils.cli import output_file, positive_int, run_command, write_json
+from torchflava.utils.cli import finish_command, output_file, positive_int, run_command
 from torchflava.utils.memory import keep_freed_memory
 
 DEFAULT_BATCH_SIZE = 128  # images encoded at a time (--batch-size)
@@ -149,18 +148,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "chance": 1 / len(classes),
         "skipped": skipped,  # split -> why each unreadable image was left out
     }
-    for reasons in skipped.values():
-        for reason in reasons:
-            print(f"skipped: {reason}", file=sys.stderr)
     print(
         f"chosen L2 {result.l2:g}: validation accuracy {100 * result.val_accuracy[result.l2]:.1f}%"
         + ("" if result.test_accuracy is None else f", test accuracy {100 * result.test_accuracy:.1f}%")
         + f" (chance {100 / len(classes):.1f}%)"
         + "".join(f"; {len(r)} unreadable {n} image(s) skipped" for n, r in skipped.items() if r)
     )
-    if args.json:
-        write_json(args.json, report)
-    return report
+    return finish_command(report, [reason for reasons in skipped.values() for reason in reasons], args.json)
 
 
 if __name__ == "__main__":

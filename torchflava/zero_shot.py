@@ -40,7 +40,7 @@ from torchflava.evaluation import classification_accuracy, retrieval_recall, zer
 from torchflava.evaluation.zero_shot import check_class_prompts, check_finite
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.checks import check_int, is_prompt_template
-from torchflava.utils.cli import output_file, positive_int, run_command, write_json
+from torchflava.utils.cli import finish_command, output_file, positive_int, run_command
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 
@@ -397,11 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for key in sorted(k for k in result if "R@" in k and "chance" not in k):
             k = key.split("@")[1]
             print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'R@{k}_chance']:.1f}%)")
-    for reason in result["skipped_reasons"]:
-        print(f"skipped: {reason}", file=sys.stderr)
-    if args.json:
-        write_json(args.json, result)
-    return result
+    return finish_command(result, result["skipped_reasons"], args.json)
 
 
 if __name__ == "__main__":

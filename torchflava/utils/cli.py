@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from torchflava.utils.checkpoint import atomic_write
 
@@ -53,3 +53,13 @@ def write_json(path: Path, value: object, *, allow_nan: bool = False) -> None:
     e.g. a report whose metric is undefined, which must not be lost)."""
     text = json.dumps(value, indent=2, allow_nan=allow_nan)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def finish_command(result: dict, reasons: list[str], json_path: Optional[Path]) -> dict:
+    """A command's last step: each skipped input's reason on stderr, ``result`` written to ``json_path``
+    (when given); returns ``result``."""
+    for reason in reasons:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if json_path:
+        write_json(json_path, result)
+    return result
