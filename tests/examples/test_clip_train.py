@@ -801,3 +801,14 @@ def test_a_null_max_text_length_trains_at_the_context_of_a_shorter_checkpoint(tm
     with pytest.raises(train.ConfigError) as caught:  # a length set is checked as before
         train.validate(_config(*base, "data.max_text_length=77"), 1)
     assert str(caught.value) == "key 'data.max_text_length': expected in [2, 64] (model.pretrained's), got 77"
+
+
+def test_a_length_set_is_bounded_by_the_checkpoints_context_not_77(tmp_path):
+    """With model.pretrained and no model.context_length, a length set was first checked against 77, the
+    default context: a checkpoint of 96 positions could not train at 90."""
+    hub = tmp_path / "hub"
+    _open_clip_hub(hub, context_length=96)
+    train.validate(_config(f"model.pretrained={hub}", *FROM_CHECKPOINT, "data.max_text_length=90"), 1)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(f"model.pretrained={hub}", *FROM_CHECKPOINT, "data.max_text_length=97"), 1)
+    assert str(caught.value) == "key 'data.max_text_length': expected in [2, 96] (model.pretrained's), got 97"
