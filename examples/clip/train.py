@@ -24,12 +24,12 @@ tokenizer (unless ``data.vocab``), the vocabulary size, the end token and the im
 ``main(cfg)`` is importable; it returns the report.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 import functools
 import math
 from pathlib import Path
 import sys
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -90,6 +90,7 @@ from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint
 from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
+CONTEXT_LENGTH = 77  # clip_model's text context where neither the model section nor a checkpoint states one
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -126,7 +127,7 @@ class DataConfig:
     vocab: Optional[str] = None
     vocab_size: int = 30522  # size of a learnt vocabulary
     vocab_training_texts: int = 20_000
-    max_text_length: int = 77
+    max_text_length: Optional[int] = None  # null: the model's text context (model.pretrained's, or the section's)
     crop_scale_min: float = 0.9
     num_workers: int = 0
 
@@ -147,11 +148,11 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def validate(cfg: TrainConfig, world_size: int) -> Optional[CLIPCheckpoint]:
+def validate(cfg: TrainConfig, world_size: int) -> Optional["FromCheckpoint"]:
     """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError. Returns
-    what a local ``model.pretrained`` brings (None: none, or a URL's), read once: ``main`` trains from it."""
+    what a local ``model.pretrained`` brings and was checked with (None: none, or a URL's), read once:
+    ``main`` trains from it."""
     d, m, t = cfg.data, cfg.model, cfg.training
-    context = m.context_length if m.context_length is not None else 77
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
         + [
@@ -165,7 +166,7 @@ def validate(cfg: TrainConfig, world_size: int) -> Optional[CLIPCheckpoint]:
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
             contrastive_batch_check(t),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, MAX_LOGIT_SCALE),
-            (2 <= d.max_text_length <= context, "data.max_text_length", f"in [2, {context}]", d.max_text_length),
+            text_length_check(cfg, text_context(cfg, None)),  # (model.pretrained's context: once it is read)
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (
                 d.source != "shapes" or 0 < d.shapes.num_pairs <= SHAPES_MAX_LENGTH,
@@ -207,9 +208,43 @@ def validate(cfg: TrainConfig, world_size: int) -> Optional[CLIPCheckpoint]:
     build = functools.cache(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))
     if cfg.model.pretrained is None:
         raise_on_failed_checks([builds_on_meta("model", build)])
-    checkpoint = checked_checkpoint(cfg)  # its header read, no tensor data
-    raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
-    return checkpoint
+    checked = checked_checkpoint(cfg)  # its header read, no tensor data
+    raise_on_failed_checks(
+        [
+            text_length_check(cfg, text_context(cfg, None if checked is None else checked.checkpoint)),
+            lr_multipliers_check(build, cfg.optim),
+        ]
+    )
+    return checked
+
+
+def text_context(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> Optional[int]:
+    """The model's text context: ``model.context_length``; else ``model.pretrained``'s (``checkpoint``,
+    what it states; None while a URL's is not downloaded); else ``clip_model``'s default."""
+    if cfg.model.context_length is not None:  # (a checkpoint stating another is refused by its size checks)
+        return cfg.model.context_length
+    if cfg.model.pretrained is None:
+        return CONTEXT_LENGTH
+    return None if checkpoint is None else checkpoint.stated.get("context_length", CONTEXT_LENGTH)
+
+
+def text_length_check(cfg: TrainConfig, context: Optional[int]) -> tuple:
+    """The check of a set ``data.max_text_length``: room for the start and end tokens, within the model's
+    text ``context`` (:func:`text_context`; None: not known yet, the lower bound alone). Null passes: the
+    run takes the context itself (:func:`resolve_text_length`)."""
+    length = cfg.data.max_text_length
+    if context is None:
+        return (length is None or length >= 2, "data.max_text_length", "in [2, model.pretrained's context]", length)
+    whose = " (model.pretrained's)" if cfg.model.pretrained is not None and cfg.model.context_length is None else ""
+    return (length is None or 2 <= length <= context, "data.max_text_length", f"in [2, {context}]{whose}", length)
+
+
+def resolve_text_length(cfg: TrainConfig, context: Optional[int]) -> None:
+    """Set a null ``data.max_text_length`` to the model's text ``context`` (None: not known yet), so that the
+    collator, the export's tokenizer, the evaluation prompts and the run's config.yaml (which a resume
+    compares with) all hold the length the run trains at."""
+    if cfg.data.max_text_length is None:
+        cfg.data.max_text_length = context
 
 
 # ------------------------------------------------------------------------------------- pretrained
@@ -281,7 +316,24 @@ def tokenizer_checks(checkpoint: Optional[CLIPCheckpoint], tokenizer, source: Op
     return checks
 
 
-def checked_checkpoint(cfg: TrainConfig) -> Optional[CLIPCheckpoint]:
+class FromCheckpoint(NamedTuple):
+    """What validation read of a local ``model.pretrained`` and checked the run against, which ``main``
+    trains from as it is: neither the checkpoint nor the tokenizer is read, nor checked, again.
+
+    Attributes:
+        checkpoint (CLIPCheckpoint): its header and config (no tensor data).
+        tokenizer: the run's tokenizer, found to fit it; None where the run learns one from the captions
+            (``main`` checks it once learnt).
+        kwargs (Optional[dict]): ``clip_model``'s arguments, found to fit its weights; None with a learnt
+            tokenizer.
+    """
+
+    checkpoint: CLIPCheckpoint
+    tokenizer: object = None
+    kwargs: Optional[dict] = None
+
+
+def checked_checkpoint(cfg: TrainConfig) -> Optional[FromCheckpoint]:
     """``model.pretrained`` read and checked against the tokenizer the run will use, the model section
     (the weights' shapes) and its preprocessing, before any work (no tensor data; with a vocabulary
     learnt from the captions, its size now and the rest once it is learnt). An http(s) URL brings no
@@ -289,7 +341,8 @@ def checked_checkpoint(cfg: TrainConfig) -> Optional[CLIPCheckpoint]:
     file's, before the data or the model is built). ConfigError, naming the key, otherwise.
 
     Returns:
-        Optional[CLIPCheckpoint]: what a local checkpoint brings; None without one, or for a URL.
+        Optional[FromCheckpoint]: what a local checkpoint brings, with the tokenizer and ``clip_model``
+        arguments checked against it; None without one, or for a URL.
     """
     pretrained = cfg.model.pretrained
     if pretrained is not None and is_remote(pretrained):
@@ -314,7 +367,7 @@ def checked_checkpoint(cfg: TrainConfig) -> Optional[CLIPCheckpoint]:
         expected += f", or data.vocab_size {rows}" if end_fits else ""
         ok = end_fits and (rows is None or d.vocab_size == rows)
         raise_on_failed_checks([(ok, "data.vocab", expected, f"null (data.vocab_size {d.vocab_size})")])
-        return checkpoint
+        return FromCheckpoint(checkpoint)
     tokenizer = opened(key, source, TOKENIZER, lambda: read_tokenizer(source))
     kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)
     opened(
@@ -323,7 +376,7 @@ def checked_checkpoint(cfg: TrainConfig) -> Optional[CLIPCheckpoint]:
         f"{PRETRAINED}, whose preprocessing gives the model's images",
         lambda: image_transforms(kwargs["image_size"], cfg.data, checkpoint),
     )
-    return checkpoint
+    return FromCheckpoint(checkpoint, tokenizer, kwargs)
 
 
 def fitted_model_kwargs(
@@ -338,9 +391,7 @@ def fitted_model_kwargs(
     kwargs = opened(
         "model.pretrained", cfg.model.pretrained, PRETRAINED, lambda: model_kwargs(cfg, tokenizer, checkpoint)
     )
-    context, length = kwargs["context_length"], cfg.data.max_text_length
-    expected = f"in [2, {context}] (model.pretrained's)"
-    raise_on_failed_checks([(checkpoint is None or length <= context, "data.max_text_length", expected, length)])
+    raise_on_failed_checks([text_length_check(cfg, kwargs["context_length"])])
     if checkpoint is not None:
         raise_on_failed_checks(weight_checks(cfg, checkpoint, kwargs))
     return kwargs
@@ -486,6 +537,29 @@ def build_batches(
     )
 
 
+def run_tokenizer(cfg: TrainConfig, source: Optional[str], key: str, pairs, *, resumed: bool):
+    """The run's tokenizer: read from ``source`` (:func:`tokenizer_source`), else learnt from the captions of
+    ``pairs`` (rank 0's, on every rank; in memory: ``fit`` writes it once every check has passed). A
+    tokenizer that does not read, or data without a usable text, names its ``key``."""
+    d = cfg.data
+    return opened(
+        key,
+        source,
+        f"{TOKENIZER}, or null and data with text to learn one from",
+        lambda: (
+            read_tokenizer(source)
+            if source is not None
+            else run_vocabulary(
+                None,
+                lambda: rank0_value(lambda: pair_texts(d, pairs)),
+                Path(cfg.training.output_dir),
+                vocab_size=d.vocab_size,
+                resumed=resumed,
+            )
+        ),
+    )
+
+
 def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
     """One micro-batch: CLIP's loss (features gathered over ranks), summed over this rank's pairs."""
     out = model(**item.batch)
@@ -497,11 +571,14 @@ def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    checkpoint = None  # what validate read of a local model.pretrained: not read again
+    cfg = replace(cfg, data=replace(cfg.data))  # (data.max_text_length is resolved here, not in the caller's)
+    checked = None  # what validate read of a local model.pretrained and checked: neither done again
 
     def validated(config: TrainConfig, world_size: int) -> None:
-        nonlocal checkpoint
-        checkpoint = validate(config, world_size)
+        nonlocal checked
+        checked = validate(config, world_size)
+        # before start_run compares the config with a resumed checkpoint's and records it
+        resolve_text_length(config, text_context(config, None if checked is None else checked.checkpoint))
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point
     info, resume_from = start.info, start.resume_from
@@ -509,26 +586,16 @@ def main(cfg: TrainConfig) -> dict:
     out_dir = Path(t.output_dir)
 
     pairs = build_pairs(d)
+    checkpoint = None if checked is None else checked.checkpoint
     if checkpoint is None and cfg.model.pretrained is not None:  # a URL's weights: downloaded, read as a file's
         checkpoint = read_checkpoint(cfg, download=True)
-    source, key = tokenizer_source(cfg, checkpoint)  # data.vocab, else model.pretrained's, else learnt
-    tokenizer = opened(  # a tokenizer that does not read, or data without a usable text, names its key
-        key,
-        source,
-        f"{TOKENIZER}, or null and data with text to learn one from",
-        lambda: (
-            read_tokenizer(source)
-            if source is not None
-            else run_vocabulary(  # (in memory: fit writes it, once every check has passed)
-                None,
-                lambda: rank0_value(lambda: pair_texts(d, pairs)),  # rank 0's texts, on every rank
-                out_dir,
-                vocab_size=d.vocab_size,
-                resumed=resume_from is not None,
-            )
-        ),
-    )
-    kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)  # (a learnt or downloaded one: now)
+    if checked is not None and checked.kwargs is not None:  # validate's tokenizer and arguments, checked
+        tokenizer, kwargs = checked.tokenizer, checked.kwargs
+    else:  # a learnt or downloaded one, or none: now
+        source, key = tokenizer_source(cfg, checkpoint)  # data.vocab, else model.pretrained's, else learnt
+        tokenizer = run_tokenizer(cfg, source, key, pairs, resumed=resume_from is not None)
+        kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)
+    resolve_text_length(cfg, kwargs["context_length"])  # (a URL's checkpoint: known only now)
     train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
     collator = ImageTextCollator(tokenizer, train_transform, max_text_length=d.max_text_length)
     data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
@@ -577,13 +644,16 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer) -
     report = {
         "steps": cfg.training.max_steps,
         "final_loss": records[-1]["loss"] if records else None,
-        "final_logit_scale": None,
+        "final_logit_scale": None,  # the learnt log-temperature, as model.logit_scale holds it
+        "final_temperature_multiplier": None,  # exp of it: the factor the similarities are scaled by
         **data_losses,
     }
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
     exported = load_pretrained(export_path.parent)  # what a user loads: weights, architecture, tokenizer, transform
-    report["final_logit_scale"] = float(exported.model.logit_scale.detach().exp())
+    logit_scale = exported.model.logit_scale.detach()
+    report["final_logit_scale"] = float(logit_scale)
+    report["final_temperature_multiplier"] = float(logit_scale.exp())
     if cfg.eval.enabled and cfg.data.source == "shapes":
         s = cfg.data.shapes
         report["eval"] = evaluate_shapes(
@@ -599,7 +669,7 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer) -
     write_json(out_dir / "report.json", report, allow_nan=True)
     lines = [
         f"clip training finished: {report['steps']} steps, final loss {report['final_loss']:.4f}, "
-        f"temperature multiplier {report['final_logit_scale']:.1f}",
+        f"temperature multiplier {report['final_temperature_multiplier']:.1f}",
         *format_data_losses(report),
     ]
     if "eval" in report:

@@ -3,6 +3,7 @@ a killed run resumes to the uninterrupted loss sequence, config errors name the 
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 import shutil
@@ -67,6 +68,9 @@ def test_a_run_learns_exports_and_reports(tmp_path):
     features = model.encode_text(ids, (ids != 0).long())
     assert features.shape == (2, kwargs["embed_dim"]) and torch.allclose(features.norm(dim=-1), torch.ones(2))
     assert float(model.logit_scale.detach()) <= train.MAX_LOGIT_SCALE + 1e-6
+    # the report names the parameter as every CLIP does (it held the multiplier exp(logit_scale) under that name)
+    assert report["final_logit_scale"] == float(model.logit_scale.detach()) != 0.0
+    assert report["final_temperature_multiplier"] == pytest.approx(math.exp(report["final_logit_scale"]), rel=1e-6)
     from torchflava.pretrained import load_pretrained  # what the zero-shot and linear-probe commands open
 
     pretrained = load_pretrained(tmp_path)
@@ -608,20 +612,27 @@ OPEN_CLIP_RUN = [*FROM_CHECKPOINT, "data.max_text_length=16", "training.max_step
 OPEN_CLIP_RUN += ["training.log_every=1", "eval.enabled=false"]
 
 
-@pytest.fixture(scope="module")
-def open_clip_hub(tmp_path_factory):
+def _open_clip_hub(directory: Path, *, context_length: int = 16):
     """An open_clip Hub directory (open_clip_config.json and open_clip_model.safetensors of a tiny perturbed
-    open_clip CLIP: 99 token ids, 16 positions, QuickGELU) with a WordPiece vocabulary of at most 99 tokens
-    learnt from shapes captions beside it, and the same weights as a bare open_clip state dict (.bin)."""
-    from tests.models.clip.test_convert_weights import _open_clip_hub_directory
+    open_clip CLIP: 99 token ids, ``context_length`` positions, QuickGELU) with a WordPiece vocabulary of at
+    most 99 tokens learnt from shapes captions beside it; the reference open_clip model."""
+    from tests.models.clip.test_convert_weights import OPEN_CLIP_CFG, _open_clip_hub_directory
     from torchflava.data.shapes import ShapesWorld
 
-    root = tmp_path_factory.mktemp("open_clip")
-    reference = _open_clip_hub_directory(root / "hub")
+    cfg = dict(OPEN_CLIP_CFG, text_cfg=dict(OPEN_CLIP_CFG["text_cfg"], context_length=context_length))
+    reference = _open_clip_hub_directory(directory, cfg)
     world = ShapesWorld("pairs", 200, image_size=32)
     tokenizer = WordPieceTokenizer.train([world.caption(i) for i in range(200)], vocab_size=99)
     assert tokenizer.vocab_size <= 99
-    tokenizer.save(root / "hub")
+    tokenizer.save(directory)
+    return reference
+
+
+@pytest.fixture(scope="module")
+def open_clip_hub(tmp_path_factory):
+    """:func:`_open_clip_hub` of 16 positions, and the same weights as a bare open_clip state dict (.bin)."""
+    root = tmp_path_factory.mktemp("open_clip")
+    reference = _open_clip_hub(root / "hub")
     torch.save(reference.state_dict(), root / "open_clip_sd.bin")
     return root / "hub", root / "open_clip_sd.bin"
 
@@ -630,15 +641,24 @@ def test_fine_tuning_an_open_clip_hub_directory_loads_its_weights_reading_it_onc
     """The recipe refused open_clip's Hub directory, which clip_model loads: its start-up check peeked at the
     directory for Hugging Face's weights file names only. And main read the checkpoint again after validate."""
     from torchflava.data.image_text import ImageTextCollator
+    import torchflava.pretrained
     from torchflava.pretrained import read_clip_checkpoint
 
     hub, _ = open_clip_hub
-    reads = []
+    reads, calls = [], {"model_arguments": 0, "told_sizes": 0}
     monkeypatch.setattr(train, "read_clip_checkpoint", lambda *a, **k: reads.append(a) or read_clip_checkpoint(*a, **k))
+    for owner, name in ((train.CLIPCheckpoint, "model_arguments"), (torchflava.pretrained, "told_sizes")):
+        counted = getattr(owner, name)
+        monkeypatch.setattr(
+            owner, name, lambda *a, _f=counted, _n=name, **k: calls.update({_n: calls[_n] + 1}) or _f(*a, **k)
+        )
     run = tmp_path / "run"
     cfg = _config(f"training.output_dir={run}", f"model.pretrained={hub}", *OPEN_CLIP_RUN)
     train.main(cfg)
     assert reads == [(hub,)]  # validate's reading, trained from
+    # and main trained from validate's checks: it read the checkpoint's config and told its weights' sizes
+    # again (model_arguments 2, told_sizes 4); told once for the sizes the section sets, once for the arguments
+    assert calls == {"model_arguments": 1, "told_sizes": 2}
     kwargs = json.loads((run / "model" / "clip_config.json").read_text())
     sizes = ("vision_width", "vision_heads", "text_width", "text_heads", "vocab_size", "context_length", "activation")
     assert [kwargs[k] for k in sizes] == [32, 4, 24, 3, 99, 16, "quick_gelu"]  # its open_clip_config.json's
@@ -742,3 +762,53 @@ def test_weights_that_do_not_fit_their_own_config_name_model_pretrained(open_cli
     assert message.startswith("key 'model.pretrained': expected a checkpoint whose weights fit the model section, got ")
     assert "(state_dict (open_clip layout) does not match the model: missing 1 key(s) ['ln_final.weight']" in message
     assert "\n" not in message
+
+
+def test_a_null_max_text_length_trains_at_the_context_of_a_shorter_checkpoint(tmp_path, monkeypatch):
+    """data.max_text_length was an int, 77 by default and in finetune.yaml: a checkpoint of 64 positions was
+    refused (exit 2) unless the user looked its context up and set it. Null (now the default) is the model's
+    context: every consumer, and the config a resume compares with, hold the resolved 64."""
+    from torchflava.pretrained import load_pretrained
+
+    hub = tmp_path / "hub"
+    _open_clip_hub(hub, context_length=64)
+    images = tmp_path / "images"
+    captions = _scenes(images, 20)  # captions of well over 64 tokens: truncated to the context
+    jsonl = _jsonl(tmp_path / "pairs.jsonl", [(f"{i:02d}.png", " ".join([c] * 20)) for i, c in enumerate(captions)])
+    widths, step = [], train.contrastive_step
+    monkeypatch.setattr(
+        train, "contrastive_step", lambda m, item: widths.append(item.batch["text"].shape[1]) or step(m, item)
+    )
+    run = tmp_path / "run"
+    data = [f"data.files.pairs_captions={jsonl}", f"data.files.pairs_root={images}"]
+    base = [f"training.output_dir={run}", f"model.pretrained={hub}", *FROM_CHECKPOINT, *PAIRS_RUN, *data]
+    cfg = _config(*base, "data.max_text_length=null")
+    report = train.main(cfg)
+    assert cfg.data.max_text_length is None  # (resolved in the run's own copy)
+    assert widths == [64] and report["steps"] == 1
+    assert load_pretrained(run / "model").text_length == 64  # the export's tokenizer, as the report evaluates
+    assert "  max_text_length: 64\n" in (run / "config.yaml").read_text()
+
+    class Resumed(Exception):
+        pass
+
+    def resumed(*args):
+        raise Resumed
+
+    monkeypatch.setattr(train, "build_pairs", resumed)  # (past the resume's config comparison: no need to train)
+    with pytest.raises(Resumed):  # resumed with null: it resolves to the 64 recorded, which the comparison accepts
+        train.main(_config(*base, "data.max_text_length=null", "training.max_steps=2", "training.resume=auto"))
+    with pytest.raises(train.ConfigError) as caught:  # a length set is checked as before
+        train.validate(_config(*base, "data.max_text_length=77"), 1)
+    assert str(caught.value) == "key 'data.max_text_length': expected in [2, 64] (model.pretrained's), got 77"
+
+
+def test_a_length_set_is_bounded_by_the_checkpoints_context_not_77(tmp_path):
+    """With model.pretrained and no model.context_length, a length set was first checked against 77, the
+    default context: a checkpoint of 96 positions could not train at 90."""
+    hub = tmp_path / "hub"
+    _open_clip_hub(hub, context_length=96)
+    train.validate(_config(f"model.pretrained={hub}", *FROM_CHECKPOINT, "data.max_text_length=90"), 1)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(f"model.pretrained={hub}", *FROM_CHECKPOINT, "data.max_text_length=97"), 1)
+    assert str(caught.value) == "key 'data.max_text_length': expected in [2, 96] (model.pretrained's), got 97"
