@@ -261,6 +261,49 @@ def test_a_shard_cut_in_a_header_is_reported_once_in_one_line_with_the_samples_r
     assert report["skipped_samples"] == len(report["skipped_examples"]) == 2
 
 
+def _cut_and_whole(root: Path) -> list[str]:
+    """A whole shard of 6 samples and a shard cut inside its 5th sample's members (4 whole samples)."""
+    whole = write_shards(root / "whole", shards=1, per_shard=6)[0]
+    cut = root / "cut.tar"
+    data = Path(write_shards(root / "to_cut", shards=1, per_shard=6)[0]).read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # (as in test_bad_samples_and_a_cut_shard_are_counted)
+    return [whole, str(cut)]
+
+
+def _recorded(batches) -> dict:
+    """How many times each unusable sample or shard is recorded, by slot."""
+    counts: dict = collections.Counter()
+    for item in batches:
+        (slot,) = item.position
+        counts.update((slot, index) for _, index, _ in item.skipped)
+    return counts
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_cut_shard_is_recorded_once_per_run_over_epochs_and_across_a_restart(tmp_path, num_workers):
+    """The cut shard and its last (partial) sample were recorded again every epoch: the loop's checkpointed
+    list grew by two entries an epoch. Each is now recorded once per slot for the run, and a stream
+    restarted from any batch's position records neither again nor loses either."""
+    whole, cut = _cut_and_whole(tmp_path)
+    assert [sample["__key__"] for sample in raw_samples(cut, [])] == [f"s0000{i}" for i in range(5)]
+    options = dict(batch_size=2, shuffle_buffer=3, num_workers=num_workers)
+    reference = items(stream([whole, cut], **options), 24, num_workers=num_workers)
+    assert len({key for item in reference for key in item.keys}) == 10  # 4 epochs or more
+    counts = _recorded(reference)
+    assert set(index for _, index in counts) == {cut, f"{cut}:s00004"} and set(counts.values()) == {1}
+    if num_workers == 0:  # one slot: each recorded exactly once, in its first epoch
+        assert sorted(counts) == [("0", cut), ("0", f"{cut}:s00004")]
+    for done in range(1, 24) if num_workers == 0 else (3, 4, 9, 10, 12):  # (loader workers start slowly)
+        position: dict = {}
+        for item in reference[:done]:
+            position.update(item.position)
+        restarted = stream([whole, cut], **options)
+        restarted.load_state_dict(position)
+        rest = items(restarted, 24 - done, num_workers=num_workers)
+        assert [item.batch for item in rest] == [item.batch for item in reference[done:]]
+        assert _recorded(reference[:done] + rest) == counts, done
+
+
 def test_the_data_loss_report_quotes_each_counted_sample_once():
     """One shard reported with two reasons (two loader workers whose readings broke at different
     places): it counted once but was quoted twice, so the examples outnumbered the count."""
