@@ -580,3 +580,42 @@ def test_a_member_larger_than_max_member_bytes_is_not_read_into_memory(tmp_path,
     ]
     assert len(errors) == 1
     assert str(errors[0][2]).startswith("member 'b.png' holds 8388608 bytes, more than 1048576 (MAX_MEMBER_BYTES")
+
+
+class _ExitsWithAnError:
+    """What webdataset's ``pipe:`` gives for a command that wrote a whole shard and then exited with
+    status 3: its exit status raised by the first read after the command ended."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.data.read(size)
+        if not chunk and size != 0:
+            raise OSError("('cat shard.tar; exit 3',): exit 3 (read)")
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_command_whose_exit_status_comes_past_the_tar_end_is_reported_not_raised(tmp_path, monkeypatch):
+    """The status came with the read past the tar's end (looking for its end-of-archive blocks): the
+    OSError left the stream, a traceback from the loader instead of the shard reported."""
+    import torchflava.data.streaming as streaming
+
+    (shard,) = write_shards(tmp_path, shards=1, per_shard=3)
+    monkeypatch.setattr(streaming, "open_shard", lambda url: _ExitsWithAnError(Path(shard).read_bytes()))
+    errors = []
+    samples = list(raw_samples("pipe:cat shard.tar; exit 3", errors))
+    assert [sample["__key__"] for sample in samples] == ["s00000", "s00001", "s00002"]
+    assert "__cut__" in samples[2]  # (a failed command: its last sample may be partial)
+    assert [(url, count, str(error)) for url, count, error in errors] == [
+        ("pipe:cat shard.tar; exit 3", 3, "('cat shard.tar; exit 3',): exit 3 (read)")
+    ]
+    batches = items(stream("pipe:cat shard.tar; exit 3", batch_size=2, shuffle_buffer=0), 2)
+    assert texts(batches) == ["caption 0", "caption 1"] * 2
+    assert [index for item in batches for _, index, _ in item.skipped] == [
+        "pipe:cat shard.tar; exit 3:s00002",
+        "pipe:cat shard.tar; exit 3",
+    ]

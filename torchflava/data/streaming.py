@@ -258,7 +258,12 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
             if previous is not None:
                 yield previous
             previous = sample
-        if not failed and stream.cut_short():
+        try:
+            cut = not failed and stream.cut_short()
+        except Exception as error:  # a command's exit status, raised by a read once it ended (pipe:)
+            keep_going(error)
+            cut = False
+        if cut:
             keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
         if previous is not None and any(
             isinstance(e, (tarfile.TarError, EOFError, OSError, zlib.error)) for e in failed
