@@ -61,9 +61,12 @@ def stream(spec, **kwargs) -> StreamingBatches:
 def items(data: StreamingBatches, count: int, *, num_workers: int = 0) -> list:
     loader = DataLoader(data, batch_size=None, num_workers=num_workers, collate_fn=lambda item: item)
     iterator = iter(loader)
-    taken = [next(iterator) for _ in range(count)]
-    del iterator
-    return taken
+    try:
+        return [next(iterator) for _ in range(count)]
+    except Exception as error:  # its traceback held the loader's workers until a collection (5 s to stop)
+        raise error.with_traceback(None) from None
+    finally:
+        del iterator
 
 
 def texts(batches) -> list[str]:
