@@ -115,11 +115,17 @@ class FilesConfig:
     texts: Optional[str] = None  # text corpus, one text per line
 
 
+# Each kind's share of steps when its ratio is left unset (null) and the data has that kind.
+DEFAULT_RATIOS = {"pairs": 0.7, "images": 0.15, "texts": 0.15}
+
+
 @dataclass
 class RatiosConfig:
-    pairs: float = 0.7
-    images: float = 0.15
-    texts: float = 0.15
+    # null: DEFAULT_RATIOS where the data has the kind, else 0; a value > 0 for a kind the data lacks
+    # is refused (it was dropped without a word, and the run trained on the other kinds only)
+    pairs: Optional[float] = None
+    images: Optional[float] = None
+    texts: Optional[float] = None
 
 
 @dataclass
@@ -169,10 +175,41 @@ def data_kinds(d: DataConfig) -> list[str]:
     return [kind for kind, present in given.items() if present]
 
 
+def source_keys(d: DataConfig) -> dict[str, str]:
+    """For each kind, the key(s) of the data section that give it a source (for the messages)."""
+    if d.source != "files":
+        return {kind: f"data.shapes.num_{kind} > 0" for kind in DEFAULT_RATIOS}
+    pairs = "data.files.pairs_shards" if d.streaming.enabled else "data.files.pairs_shards or data.files.pairs_captions"
+    return {"pairs": pairs, "images": "data.files.images_root", "texts": "data.files.texts"}
+
+
+def run_ratios(d: DataConfig) -> dict[str, float]:
+    """Each kind's share of steps: as set, else its default where the data has the kind and 0 where not."""
+    kinds = data_kinds(d)
+    return {
+        kind: (DEFAULT_RATIOS[kind] if kind in kinds else 0.0) if value is None else value
+        for kind, value in asdict(d.ratios).items()
+    }
+
+
+def ratio_source_checks(d: DataConfig) -> list[tuple]:
+    """A ratio set > 0 for a kind the data section gives no source, as ``(ok, key, expected, got)``."""
+    kinds, keys = data_kinds(d), source_keys(d)
+    return [
+        (
+            not value or kind in kinds,  # (NaN and inf fail the data.ratios check before this one)
+            f"data.ratios.{kind}",
+            f"a source of {kind} for a ratio > 0 (none is configured: set {keys[kind]}), or 0",
+            value,
+        )
+        for kind, value in asdict(d.ratios).items()
+    ]
+
+
 def validate(cfg: TrainConfig, world_size: int) -> None:
     """Check what types cannot, before any work: choices, ranges, sizes that must agree, the model
     sections built on the meta device, the data files. Raises ConfigError naming the key."""
-    m, d, r = cfg.model, cfg.data, cfg.data.ratios
+    m, d, r = cfg.model, cfg.data, run_ratios(cfg.data)
     grid_ok = m.patch_size >= 1 and m.image_size >= m.patch_size and m.image_size % m.patch_size == 0
     patches = (m.image_size // m.patch_size) ** 2 if grid_ok else 0
     f, kinds = d.files, data_kinds(d)
@@ -220,12 +257,12 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             ),
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (
-                all(0 <= x < math.inf for x in (r.pairs, r.images, r.texts))
-                and (not kinds or sum(getattr(r, k) for k in kinds) > 0),
+                all(0 <= x < math.inf for x in r.values()) and (not kinds or sum(r[k] for k in kinds) > 0),
                 "data.ratios",
                 f"finite and >= 0 each, and > 0 for one kind the data has ({', '.join(kinds) or 'none'})",
-                asdict(r),
+                r,
             ),
+            *ratio_source_checks(d),
             (0 < d.mlm_probability <= 1, "data.mlm_probability", "in (0, 1]", d.mlm_probability),
             (
                 0 <= d.itm_negative_probability <= 1,
@@ -385,7 +422,7 @@ def build_data(
     def step_indexed(kinds: dict) -> torch.utils.data.Dataset:
         return flava_pretraining_batches(
             kinds,
-            asdict(d.ratios),
+            run_ratios(d),
             collator,
             global_batch_size=micro_batch,
             num_steps=t.max_steps * t.grad_accumulation,

@@ -61,9 +61,12 @@ def stream(spec, **kwargs) -> StreamingBatches:
 def items(data: StreamingBatches, count: int, *, num_workers: int = 0) -> list:
     loader = DataLoader(data, batch_size=None, num_workers=num_workers, collate_fn=lambda item: item)
     iterator = iter(loader)
-    taken = [next(iterator) for _ in range(count)]
-    del iterator
-    return taken
+    try:
+        return [next(iterator) for _ in range(count)]
+    except Exception as error:  # its traceback held the loader's workers until a collection (5 s to stop)
+        raise error.with_traceback(None) from None
+    finally:
+        del iterator
 
 
 def texts(batches) -> list[str]:
@@ -259,6 +262,49 @@ def test_a_shard_cut_in_a_header_is_reported_once_in_one_line_with_the_samples_r
     skipped = [entry for item in batches for entry in item.skipped]
     report = data_loss_report(sorted(set(skipped)), [])
     assert report["skipped_samples"] == len(report["skipped_examples"]) == 2
+
+
+def _cut_and_whole(root: Path) -> list[str]:
+    """A whole shard of 6 samples and a shard cut inside its 5th sample's members (4 whole samples)."""
+    whole = write_shards(root / "whole", shards=1, per_shard=6)[0]
+    cut = root / "cut.tar"
+    data = Path(write_shards(root / "to_cut", shards=1, per_shard=6)[0]).read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # (as in test_bad_samples_and_a_cut_shard_are_counted)
+    return [whole, str(cut)]
+
+
+def _recorded(batches) -> dict:
+    """How many times each unusable sample or shard is recorded, by slot."""
+    counts: dict = collections.Counter()
+    for item in batches:
+        (slot,) = item.position
+        counts.update((slot, index) for _, index, _ in item.skipped)
+    return counts
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_cut_shard_is_recorded_once_per_run_over_epochs_and_across_a_restart(tmp_path, num_workers):
+    """The cut shard and its last (partial) sample were recorded again every epoch: the loop's checkpointed
+    list grew by two entries an epoch. Each is now recorded once per slot for the run, and a stream
+    restarted from any batch's position records neither again nor loses either."""
+    whole, cut = _cut_and_whole(tmp_path)
+    assert [sample["__key__"] for sample in raw_samples(cut, [])] == [f"s0000{i}" for i in range(5)]
+    options = dict(batch_size=2, shuffle_buffer=3, num_workers=num_workers)
+    reference = items(stream([whole, cut], **options), 24, num_workers=num_workers)
+    assert len({key for item in reference for key in item.keys}) == 10  # 4 epochs or more
+    counts = _recorded(reference)
+    assert set(index for _, index in counts) == {cut, f"{cut}:s00004"} and set(counts.values()) == {1}
+    if num_workers == 0:  # one slot: each recorded exactly once, in its first epoch
+        assert sorted(counts) == [("0", cut), ("0", f"{cut}:s00004")]
+    for done in range(1, 24) if num_workers == 0 else (3, 4, 9, 10, 12):  # (loader workers start slowly)
+        position: dict = {}
+        for item in reference[:done]:
+            position.update(item.position)
+        restarted = stream([whole, cut], **options)
+        restarted.load_state_dict(position)
+        rest = items(restarted, 24 - done, num_workers=num_workers)
+        assert [item.batch for item in rest] == [item.batch for item in reference[done:]]
+        assert _recorded(reference[:done] + rest) == counts, done
 
 
 def test_the_data_loss_report_quotes_each_counted_sample_once():
@@ -537,3 +583,42 @@ def test_a_member_larger_than_max_member_bytes_is_not_read_into_memory(tmp_path,
     ]
     assert len(errors) == 1
     assert str(errors[0][2]).startswith("member 'b.png' holds 8388608 bytes, more than 1048576 (MAX_MEMBER_BYTES")
+
+
+class _ExitsWithAnError:
+    """What webdataset's ``pipe:`` gives for a command that wrote a whole shard and then exited with
+    status 3: its exit status raised by the first read after the command ended."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.data.read(size)
+        if not chunk and size != 0:
+            raise OSError("('cat shard.tar; exit 3',): exit 3 (read)")
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_command_whose_exit_status_comes_past_the_tar_end_is_reported_not_raised(tmp_path, monkeypatch):
+    """The status came with the read past the tar's end (looking for its end-of-archive blocks): the
+    OSError left the stream, a traceback from the loader instead of the shard reported."""
+    import torchflava.data.streaming as streaming
+
+    (shard,) = write_shards(tmp_path, shards=1, per_shard=3)
+    monkeypatch.setattr(streaming, "open_shard", lambda url: _ExitsWithAnError(Path(shard).read_bytes()))
+    errors = []
+    samples = list(raw_samples("pipe:cat shard.tar; exit 3", errors))
+    assert [sample["__key__"] for sample in samples] == ["s00000", "s00001", "s00002"]
+    assert "__cut__" in samples[2]  # (a failed command: its last sample may be partial)
+    assert [(url, count, str(error)) for url, count, error in errors] == [
+        ("pipe:cat shard.tar; exit 3", 3, "('cat shard.tar; exit 3',): exit 3 (read)")
+    ]
+    batches = items(stream("pipe:cat shard.tar; exit 3", batch_size=2, shuffle_buffer=0), 2)
+    assert texts(batches) == ["caption 0", "caption 1"] * 2
+    assert [index for item in batches for _, index, _ in item.skipped] == [
+        "pipe:cat shard.tar; exit 3:s00002",
+        "pipe:cat shard.tar; exit 3",
+    ]

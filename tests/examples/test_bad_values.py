@@ -184,6 +184,8 @@ FLAVA_ONLY = [
     ),
     ((FILES,), "data.files"),
     ((FILES, "data.files.texts={files}/train.tsv", "data.ratios.texts=0"), "data.ratios"),
+    # a ratio of a kind without a source: the run trained on the other kinds, without a word
+    (("data.shapes.num_images=0", "data.ratios.images=0.3"), "data.ratios.images"),
     (
         (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/missing_images.tsv"),
         "data.files.pairs_captions",
@@ -554,6 +556,46 @@ def test_infinite_loss_weights_and_ratios_are_refused_naming_finite(files, tmp_p
         with pytest.raises(module.ConfigError) as caught:
             module.validate(_config("flava", [override], files, tmp_path / "run"), 1)
         assert str(caught.value) == message
+
+
+def test_a_ratio_of_a_kind_without_a_source_is_refused_naming_the_keys_that_give_one(files, tmp_path):
+    """It was dropped: the run drew its steps from the other kinds only. A ratio of 0, or one left unset
+    (null: its default where the data has the kind, else 0), stays fine."""
+    module = RECIPES["flava"]
+    streamed = (
+        *STREAMED,
+        "data.files.pairs_shards={files}/shards/p-{{0..1}}.tar",
+        "data.files.texts={files}/train.tsv",
+    )
+    for overrides, message in (
+        (
+            ("data.shapes.num_images=0", "data.ratios.images=0.3"),
+            "key 'data.ratios.images': expected a source of images for a ratio > 0 (none is configured: set "
+            "data.shapes.num_images > 0), or 0, got 0.3",
+        ),
+        (
+            (*streamed, "data.ratios.images=0.3"),
+            "key 'data.ratios.images': expected a source of images for a ratio > 0 (none is configured: set "
+            "data.files.images_root), or 0, got 0.3",
+        ),
+        (
+            (FILES, "data.files.texts={files}/train.tsv", "data.ratios.pairs=1"),
+            "key 'data.ratios.pairs': expected a source of pairs for a ratio > 0 (none is configured: set "
+            "data.files.pairs_shards or data.files.pairs_captions), or 0, got 1.0",
+        ),
+    ):
+        with pytest.raises(module.ConfigError) as caught:
+            module.validate(_config("flava", overrides, files, tmp_path / "run"), 1)
+        assert str(caught.value) == message
+    for overrides, ratios in (
+        (("data.shapes.num_images=0", "data.ratios.images=0"), {"pairs": 0.7, "images": 0.0, "texts": 0.15}),
+        (("data.shapes.num_images=0",), {"pairs": 0.7, "images": 0.0, "texts": 0.15}),
+        ((), {"pairs": 0.7, "images": 0.15, "texts": 0.15}),
+        ((*streamed, "data.ratios.texts=0.5"), {"pairs": 0.7, "images": 0.0, "texts": 0.5}),
+    ):
+        cfg = _config("flava", overrides, files, tmp_path / "run")
+        module.validate(cfg, 1)
+        assert module.run_ratios(cfg.data) == ratios
 
 
 def test_codebook_weights_are_checked_against_the_codebook_section(files, tmp_path):

@@ -41,9 +41,13 @@ Bad data. A sample without a required member, or whose image or text does not de
 skipped and reported in its batch's ``skipped`` list as ``(kind, "<url>:<key>", reason)``. A shard
 that cannot be opened or breaks off (a cut file, a failed command or download, an uncompressed tar
 without its end-of-archive blocks) keeps the samples read before the break, counts its last one as
-bad (it may be partial), and is reported once (by the first reading in each loader worker; it is
-read again every epoch) as ``(kind, "<url>", "shard unreadable after <n> sample(s): ...")`` with
-<n> the samples read before the break, the one counted bad included. An empty shard is no error:
+bad (it may be partial), and is reported as ``(kind, "<url>", "shard unreadable after <n> sample(s):
+...")`` with <n> the samples read before the break, the one counted bad included, with the first
+sample of the block read past the break. Each slot reports each unusable sample and shard once per
+run, though it may read them every epoch, so what the training loop checkpoints does not grow with
+the epochs; a slot restarted at a position does not report again what it met before it (the shards
+it read whole, the samples it used of those it had begun), so a resumed run reports what an
+uninterrupted one does (with unchanged shards). An empty shard is no error:
 a slot whose shards of an epoch are all empty goes on to its next epoch (shuffled, another draw of
 shards); it raises :class:`BrokenStream` only when no later epoch can give a sample (unshuffled, the
 same shards again; or every shard of the stream read empty in epochs in a row).
@@ -254,7 +258,12 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
             if previous is not None:
                 yield previous
             previous = sample
-        if not failed and stream.cut_short():
+        try:
+            cut = not failed and stream.cut_short()
+        except Exception as error:  # a command's exit status, raised by a read once it ended (pipe:)
+            keep_going(error)
+            cut = False
+        if cut:
             keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
         if previous is not None and any(
             isinstance(e, (tarfile.TarError, EOFError, OSError, zlib.error)) for e in failed
@@ -440,12 +449,16 @@ class StreamBatch(NamedTuple):
 
 
 class _Read(NamedTuple):
-    """One raw sample of a slot's stream and the slot's position after it."""
+    """One raw sample of a slot's stream and the slot's position after it; ``report``: whether to record it
+    if it is unusable (False: the slot recorded it before a restart), ``faults``: the ``(url, count,
+    error)`` shard faults to record with it."""
 
     position: tuple
     url: str
     raw: dict
     seed: int
+    report: bool
+    faults: tuple
 
 
 class StreamingBatches(IterableDataset):
@@ -593,18 +606,36 @@ class StreamingBatches(IterableDataset):
         """URL of the slot's ``number``-th shard of ``epoch``; None past its last."""
         if self.resampled:
             return self.urls[int(np.random.default_rng([self.seed, slot, number]).integers(len(self.urls)))]
+        mine = self._slot_order(slot, epoch)
+        return self.urls[int(mine[number])] if number < len(mine) else None
+
+    def _slot_order(self, slot: int, epoch: int) -> np.ndarray:
+        """Indices (into ``urls``) of the slot's shards of ``epoch``, in its order (not resampled)."""
         order = np.arange(len(self.urls))
         if self.shuffle_buffer:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.urls))
-        mine = order[slot :: self.num_slots]
-        return self.urls[int(mine[number])] if number < len(mine) else None
+        return order[slot :: self.num_slots]
 
     def _epoch_shards(self, slot: int, epoch: int) -> list[str]:
-        """URLs of the slot's shards of ``epoch``, in its order."""
-        urls: list[str] = []
-        while (url := self._shard(slot, epoch, len(urls))) is not None:
-            urls.append(url)
-        return urls
+        """URLs of the slot's shards of ``epoch``, in its order (not resampled: that stream has no epochs)."""
+        return [self.urls[int(i)] for i in self._slot_order(slot, epoch)]
+
+    def _read_before(self, slot: int, epoch: int, shard: int) -> set:
+        """URLs of the shards the slot read whole before its ``shard``-th of ``epoch`` (where a restarted
+        slot starts): what they hold was recorded before the restart."""
+        urls: set = set()
+        every = len(set(self.urls))
+        if self.resampled:  # (one endless epoch of draws)
+            for number in range(shard):
+                urls.add(self._shard(slot, epoch, number))
+                if len(urls) == every:
+                    break
+            return urls
+        for past in range(epoch) if self.shuffle_buffer else range(min(epoch, 1)):  # (unshuffled: all alike)
+            urls.update(self._epoch_shards(slot, past))
+            if len(urls) == every:
+                return urls
+        return urls | set(self._epoch_shards(slot, epoch)[:shard])
 
     def _nothing_to_wait_for(self, slot: int, epoch: int, silent: set) -> bool:
         """After the slot's ``epoch`` gave no sample (its shards all empty): whether a later epoch cannot
@@ -616,45 +647,73 @@ class StreamingBatches(IterableDataset):
         silent.update(self._epoch_shards(slot, epoch))
         return not self.shuffle_buffer or len(silent) == len(set(self.urls))
 
-    def _reads(self, slot: int, epoch: int, shard: int, offset: int, errors: list) -> Iterator[tuple]:
+    def _reads(
+        self, slot: int, epoch: int, shard: int, offset: int, errors: list, passed: Optional[set] = None
+    ) -> Iterator[tuple]:
         """``(shard, offset, url, raw)`` of the slot's samples of ``epoch`` from the ``offset``-th
-        sample of its ``shard``-th shard on (the skipped ones read but not decoded)."""
+        sample of its ``shard``-th shard on (the skipped ones read but not decoded, their names added to
+        ``passed`` when given), and after the samples of a shard whose reading failed, ``(shard, None,
+        url, fault)`` with its ``(url, count, error)``: a fault has a place in the stream, as a sample
+        has, however the shard is read (from its start, or past an offset in a restart)."""
         empty_in_a_row = 0
         for number in itertools.count(shard):
             url = self._shard(slot, epoch, number)
             if url is None:
                 return
-            start, given = (offset if number == shard else 0), False
+            start, given, failed = (offset if number == shard else 0), False, len(errors)
             for place, raw in enumerate(raw_samples(url, errors)):
                 given = True
                 if place >= start:
                     yield number, place, url, raw
+                elif passed is not None:
+                    passed.add(_sample_name(url, raw))
+            for fault in errors[failed:]:
+                yield number, None, url, fault
             empty_in_a_row = 0 if given else empty_in_a_row + 1
             if self.resampled and empty_in_a_row >= self.max_bad_in_a_row:
                 raise BrokenStream(f"{self.kind}: {empty_in_a_row} shards in a row gave no sample ({_errors(errors)})")
 
     def _samples(self, slot: int, position: list, errors: list) -> Iterator[_Read]:
-        """The slot's raw samples in block-shuffled order, from ``position`` on, without end."""
+        """The slot's raw samples in block-shuffled order, from ``position`` on, without end.
+
+        The shard faults read with a block go with its first sample given. What a slot restarted at
+        ``position`` met before was recorded then, and is marked not to report: the shards it read whole
+        (:meth:`_read_before`), and the samples it used of those it had begun (the start shard's before
+        ``offset``, the block's first ``index``) wherever they come again."""
         epoch, block, shard, offset, index = position[:5]
         silent: set = set()  # shards read by whole epochs in a row that gave no sample
+        before, used = self._read_before(slot, epoch, shard), set()
+        faulted = set(before)  # shards whose fault was recorded
+        faults: list = []  # faults to record, with the next sample given
         while True:
-            reads = self._reads(slot, epoch, shard, offset, errors)
+            reads = self._reads(slot, epoch, shard, offset, errors, used)
             found = False
             while True:
-                chunk = list(itertools.islice(reads, max(1, self.shuffle_buffer)))
-                if not chunk:
-                    break
-                found = True
+                chunk, read_faults, trailing = _block(reads, max(1, self.shuffle_buffer))
                 order = np.arange(len(chunk))
                 if self.shuffle_buffer:
                     order = np.random.default_rng([self.seed, epoch, slot, block]).permutation(len(chunk))
+                if index:  # restarted inside this block: its first samples, and the faults given with them, used
+                    used.update(_sample_name(url, raw) for _, _, url, raw in (chunk[i] for i in order[:index]))
+                    faulted.update(url for _, _, url, _ in read_faults)
+                    read_faults = []
+                faults += [fault for _, _, url, fault in read_faults if url not in faulted]
+                later = [fault for _, _, url, fault in trailing if url not in faulted]  # the next block's
+                if not chunk:
+                    faults += later
+                    break
+                found = True
                 last_shard, last_offset = chunk[-1][:2]
                 for place in range(index, len(chunk)):
                     _, _, url, raw = chunk[order[place]]
                     after = (epoch, block, shard, offset, place + 1)
                     if place + 1 == len(chunk):  # the next block starts after this one's last sample
                         after = (epoch, block + 1, last_shard, last_offset + 1, 0)
-                    yield _Read(after, url, raw, item_seed(self.seed, self.kind, epoch, slot, block, place))
+                    seed = item_seed(self.seed, self.kind, epoch, slot, block, place)
+                    report = url not in before and _sample_name(url, raw) not in used
+                    given, faults = tuple(faults), []
+                    yield _Read(after, url, raw, seed, report, given)
+                faults += later
                 block, shard, offset, index = block + 1, last_shard, last_offset + 1, 0
             if found:
                 silent.clear()
@@ -672,7 +731,8 @@ class StreamingBatches(IterableDataset):
         silent: set = set()
         try:
             for epoch in itertools.count():  # past epochs of empty shards only, while another may follow
-                for _, _, url, raw in itertools.islice(self._reads(slot, epoch, 0, 0, errors), self.max_bad_in_a_row):
+                samples = (read for read in self._reads(slot, epoch, 0, 0, errors) if read[1] is not None)
+                for _, _, url, raw in itertools.islice(samples, self.max_bad_in_a_row):
                     count += 1
                     try:
                         self.decode(url, raw)
@@ -702,7 +762,7 @@ class StreamingBatches(IterableDataset):
             BadSample: naming ``<url>:<key>``, if a required member is missing or does not decode, or
                 the sample was cut.
         """
-        where = f"{url}:{raw.get('__key__')}"
+        where = _sample_name(url, raw)
         if "__cut__" in raw:
             raise BadSample(where, f"{where}: {raw['__cut__']}")
         members = {name.lower(): value for name, value in raw.items() if not name.startswith("__")}
@@ -740,8 +800,14 @@ class StreamingBatches(IterableDataset):
         position = self._start.get(str(slot), [0, 0, 0, 0, 0, 0, self.workers])
         batches, where = position[5], tuple(position[:5])
         errors: list = []
-        reported, shards_reported = 0, set()
+        recorded: set = set()  # each unusable sample and shard once per run (shards are read every epoch)
         reads = self._samples(slot, position, errors)
+
+        def record(skipped: list, index: str, reason: str) -> None:
+            if index not in recorded:
+                recorded.add(index)
+                skipped.append(SkippedSample(self.kind, index, reason))
+
         while True:
             step = batches * self.workers + local  # the loader takes its workers' batches in turn
             if self.mixed is not None:
@@ -760,26 +826,48 @@ class StreamingBatches(IterableDataset):
                 try:
                     samples.append(self.decode(read.url, read.raw))
                     seeds.append(read.seed)
-                    keys.append(f"{read.url}:{read.raw.get('__key__')}")
+                    keys.append(_sample_name(read.url, read.raw))
                     bad_in_a_row = 0
                 except BadSample as bad:
-                    skipped.append(SkippedSample(self.kind, bad.index, bad.reason))
+                    if read.report:
+                        record(skipped, bad.index, bad.reason)
                     bad_in_a_row += 1
                     if bad_in_a_row >= self.max_bad_in_a_row:
                         raise BrokenStream(
                             f"the {self.kind} stream gave {bad_in_a_row} unusable samples in a row (last: "
                             f"{bad.reason}); the data looks broken"
                         ) from None
-                for url, count, error in errors[reported:]:
-                    if url not in shards_reported:  # (read again every epoch: reported by its first reading)
-                        shards_reported.add(url)
-                        skipped.append(SkippedSample(self.kind, url, _shard_fault(url, count, error)))
-                reported = len(errors)
+                for url, count, error in read.faults:
+                    record(skipped, url, _shard_fault(url, count, error))
             batches, where = batches + 1, read.position
             batch = self.collator(
                 self.kind, samples, seeds, another=lambda row, seed, read, rows=samples: _another(rows, row, seed, read)
             )
             yield StreamBatch(batch, self.kind, skipped, {str(slot): [*where, batches, self.workers]}, keys)
+
+
+def _sample_name(url: str, raw: dict) -> str:
+    """``"<url>:<key>"``: a sample's name in batches' keys and skipped samples."""
+    return f"{url}:{raw.get('__key__')}"
+
+
+def _block(reads: Iterator[tuple], size: int) -> tuple[list, list, list]:
+    """The next ``size`` samples of a slot's ``reads`` (fewer at the end of its epoch), the shard faults
+    read before its last sample, and those after it (at the end of the epoch: the next block's, as a
+    restart in this block or after it reads them too, so each fault goes with the block of the sample
+    that follows it)."""
+    samples: list = []
+    faults: list = []
+    within = 0
+    for read in reads:
+        if read[1] is None:
+            faults.append(read)
+            continue
+        samples.append(read)
+        within = len(faults)
+        if len(samples) == size:
+            break
+    return samples, faults[:within], faults[within:]
 
 
 def _another(rows: list, row: int, seed: int, read: Callable) -> Optional[Any]:
