@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 import torch
 
-from tests.helpers import load_recipe, write_tiny_export
+from tests.helpers import TINY_FLAVA, load_recipe, write_tiny_export
 from torchflava.classify import (
     CLASSIFIER_CONFIG,
     LABELS_FILE,
@@ -181,15 +181,13 @@ def test_bf16_classifier_agrees_with_fp32(image_run):
 
 
 def _tiny_classifier(**kwargs):
-    from tests.helpers import TINY_FLAVA
-
     return flava_model_for_classification(3, backbone=flava_model(**TINY_FLAVA), classifier_hidden_dim=8, **kwargs)
 
 
 def test_export_refuses_a_head_no_config_rebuilds_and_labels_that_do_not_name_each_class(tmp_path):
     model = _tiny_classifier(modality="image")
     tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=40)
-    args = dict(backbone_kwargs={}, tokenizer=tokenizer, image_transform=EvalImageTransform(32))
+    args = dict(backbone_kwargs=TINY_FLAVA, tokenizer=tokenizer, image_transform=EvalImageTransform(32))
     with pytest.raises(ValueError, match=r"^labels must name each of the head's 3 classes once, got 2 names"):
         export_classifier(model, tmp_path / "a", labels=["x", "y"], **args)
     with pytest.raises(ValueError, match=r"1 repeated"):
@@ -200,6 +198,33 @@ def test_export_refuses_a_head_no_config_rebuilds_and_labels_that_do_not_name_ea
     with pytest.raises(ValueError, match=r"^model.classifier must be classification_head's .* got \['Linear'\]"):
         export_classifier(model, tmp_path / "a", labels=["x", "y", "z"], **args)
     assert not (tmp_path / "a").exists()  # nothing written
+
+
+def test_export_refuses_backbone_kwargs_that_do_not_build_the_models_backbone(tmp_path):
+    model = _tiny_classifier(modality="image")
+    tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=40)
+    args = dict(tokenizer=tokenizer, image_transform=EvalImageTransform(32), labels=["x", "y", "z"])
+    cases = [  # each was written, and the export then failed to load
+        ({**TINY_FLAVA, "image_num_layers": 1}, r"whose 12 tensors differ, first image_encoder.encoder.layers.1.attn"),
+        (
+            {},
+            r"whose \d+ tensors differ, first image_encoder.embeddings.cls_token: \(1, 1, 768\) for the model's \(1, 1, 32\)$",
+        ),
+    ]
+    for backbone_kwargs, message in cases:
+        with pytest.raises(
+            ValueError, match=r"^backbone_kwargs must be the flava_model arguments of the model's backbone .*" + message
+        ):
+            export_classifier(model, tmp_path / "a", backbone_kwargs=backbone_kwargs, **args)
+    with pytest.raises(
+        ValueError, match=r"^backbone_kwargs: flava_model\(\) got an unexpected keyword argument 'bogus'$"
+    ):
+        export_classifier(model, tmp_path / "a", backbone_kwargs={**TINY_FLAVA, "bogus": 1}, **args)
+    with pytest.raises(TypeError, match=r"^backbone_kwargs must be a dict of flava_model arguments, got list$"):
+        export_classifier(model, tmp_path / "a", backbone_kwargs=[], **args)
+    assert not (tmp_path / "a").exists()  # nothing written
+    export_classifier(model, tmp_path / "a", backbone_kwargs=TINY_FLAVA, **args)
+    assert load_classifier(tmp_path / "a").labels == ["x", "y", "z"]
 
 
 def test_load_classifier_names_what_is_wrong_before_reading_weights(image_run, pretrained, tmp_path, monkeypatch):

@@ -148,11 +148,13 @@ def export_classifier(
         Path: ``directory``.
 
     Raises:
-        TypeError, ValueError: for a model without the builder's head, or labels that do not name each
-            class once — before anything is written.
+        TypeError, ValueError: for a model without the builder's head, ``backbone_kwargs`` that do not build
+            its backbone (the export would not load), or labels that do not name each class once — before
+            anything is written.
     """
     kwargs = classifier_arguments(model)
     labels = _check_labels(labels, kwargs["num_classes"], kwargs["loss"], "labels")
+    _check_backbone_kwargs(backbone_kwargs, model.model)
     directory = Path(directory)
     if _rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
@@ -170,6 +172,33 @@ def export_classifier(
         write_json(directory / CLASSIFIER_CONFIG, kwargs, allow_nan=True)  # last: the export is whole
     barrier()
     return directory
+
+
+def _check_backbone_kwargs(backbone_kwargs: object, backbone: nn.Module) -> None:
+    """TypeError/ValueError naming ``backbone_kwargs`` unless flava_model builds from them (on the meta device)
+    a backbone with ``backbone``'s tensors: same names and shapes (an FSDP2-sharded one's are its whole shapes)."""
+    if not isinstance(backbone_kwargs, dict):
+        raise TypeError(
+            f"backbone_kwargs must be a dict of flava_model arguments, got {type(backbone_kwargs).__name__}"
+        )
+    try:
+        with torch.device("meta"):
+            built = flava_model(**backbone_kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"backbone_kwargs: {first_line(error)}") from None
+
+    def shapes(module: nn.Module) -> dict[str, tuple]:
+        return {name: tuple(t.shape) for name, t in [*module.named_parameters(), *module.named_buffers()]}
+
+    stated, actual = shapes(built), shapes(backbone)
+    differ = sorted(name for name in stated.keys() | actual.keys() if stated.get(name) != actual.get(name))
+    if differ:
+        first = differ[0]
+        raise ValueError(
+            f"backbone_kwargs must be the flava_model arguments of the model's backbone (the export would not "
+            f"load), got a build whose {len(differ)} tensors differ, first {first}: {stated.get(first)} for "
+            f"the model's {actual.get(first)}"
+        )
 
 
 class Classifier(NamedTuple):
