@@ -1,8 +1,10 @@
 """Fine-tuned classifiers: the recipe's export, load_classifier, and the ``torchflava.classify`` command."""
 
 import json
+import os
 from pathlib import Path
 import shutil
+import signal
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -429,3 +431,27 @@ def test_a_stated_text_length_beyond_the_models_positions_truncates_at_its_posit
     ids = classifier.tokenizer([long])[0]
     assert ids.shape == (1, 32)
     assert classifier.scores(texts=[long]).shape == (1, 2)
+
+
+def test_text_at_file_refuses_a_fifo_without_waiting_and_drops_a_bom(text_run, tmp_path, capsys):
+    run, _, texts = text_run
+    os.mkfifo(tmp_path / "fifo")
+
+    def waited(signum, frame):
+        raise TimeoutError("read the FIFO: waited for a writer")
+
+    previous = signal.signal(signal.SIGALRM, waited)  # (a guard: the old code waited forever)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(run), "--text", f"@{tmp_path / 'fifo'}"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert exit_.value.code == 2
+    assert f"argument --text: expected @FILE to name a UTF-8 text file, got '@{tmp_path / 'fifo'}' (not a file)" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "bom.txt").write_text(f"{texts[0]}\n{texts[1]}\n", encoding="utf-8-sig")  # as Windows' Notepad saves
+    result = main(["--checkpoint", str(run), "--text", f"@{tmp_path / 'bom.txt'}"])
+    assert [record["text"] for record in result["predictions"]] == texts[:2]

@@ -497,14 +497,16 @@ def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
 
 
 def _texts(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
-    """``--text``'s texts: each value a text, or ``@FILE``: a UTF-8 file's non-blank lines."""
+    """``--text``'s texts: each value a text, or ``@FILE``: a UTF-8 file's non-blank lines (a BOM dropped)."""
     texts = []
     for value in values:
         if not value.startswith("@"):
             texts.append(value)
             continue
-        try:
-            lines = Path(value[1:]).read_text(encoding="utf-8").splitlines()
+        if not Path(value[1:]).is_file():  # (a FIFO is no file here: reading it would wait forever)
+            parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} (not a file)")
+        try:  # (utf-8-sig: a BOM is no part of the first text, as zero_shot reads --classes @FILE)
+            lines = Path(value[1:]).read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as error:
             parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} ({error})")
         texts += [line for line in lines if line.strip()]
