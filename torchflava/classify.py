@@ -313,7 +313,8 @@ class ClassifierConfig(NamedTuple):
 
 
 def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
-    """Read and check a classifier export's configs (:func:`load_classifier`'s first step: no weights read).
+    """Read and check a classifier export's configs, and the head's tensor names and shapes against them from
+    the weights file's header (:func:`load_classifier`'s first step: no tensor read).
 
     Raises:
         TypeError, FileNotFoundError, ValueError: as :func:`load_classifier`.
