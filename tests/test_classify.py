@@ -1,13 +1,16 @@
 """Fine-tuned classifiers: the recipe's export, load_classifier, and the ``torchflava.classify`` command."""
 
 import json
+import os
 from pathlib import Path
 import shutil
+import signal
 
 import pytest
+from safetensors.torch import load_file, save_file
 import torch
 
-from tests.helpers import load_recipe, write_tiny_export
+from tests.helpers import TINY_FLAVA, load_recipe, write_tiny_export
 from torchflava.classify import (
     CLASSIFIER_CONFIG,
     LABELS_FILE,
@@ -180,15 +183,13 @@ def test_bf16_classifier_agrees_with_fp32(image_run):
 
 
 def _tiny_classifier(**kwargs):
-    from tests.helpers import TINY_FLAVA
-
     return flava_model_for_classification(3, backbone=flava_model(**TINY_FLAVA), classifier_hidden_dim=8, **kwargs)
 
 
 def test_export_refuses_a_head_no_config_rebuilds_and_labels_that_do_not_name_each_class(tmp_path):
     model = _tiny_classifier(modality="image")
     tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=40)
-    args = dict(backbone_kwargs={}, tokenizer=tokenizer, image_transform=EvalImageTransform(32))
+    args = dict(backbone_kwargs=TINY_FLAVA, tokenizer=tokenizer, image_transform=EvalImageTransform(32))
     with pytest.raises(ValueError, match=r"^labels must name each of the head's 3 classes once, got 2 names"):
         export_classifier(model, tmp_path / "a", labels=["x", "y"], **args)
     with pytest.raises(ValueError, match=r"1 repeated"):
@@ -199,6 +200,33 @@ def test_export_refuses_a_head_no_config_rebuilds_and_labels_that_do_not_name_ea
     with pytest.raises(ValueError, match=r"^model.classifier must be classification_head's .* got \['Linear'\]"):
         export_classifier(model, tmp_path / "a", labels=["x", "y", "z"], **args)
     assert not (tmp_path / "a").exists()  # nothing written
+
+
+def test_export_refuses_backbone_kwargs_that_do_not_build_the_models_backbone(tmp_path):
+    model = _tiny_classifier(modality="image")
+    tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=40)
+    args = dict(tokenizer=tokenizer, image_transform=EvalImageTransform(32), labels=["x", "y", "z"])
+    cases = [  # each was written, and the export then failed to load
+        ({**TINY_FLAVA, "image_num_layers": 1}, r"whose 12 tensors differ, first image_encoder.encoder.layers.1.attn"),
+        (
+            {},
+            r"whose \d+ tensors differ, first image_encoder.embeddings.cls_token: \(1, 1, 768\) for the model's \(1, 1, 32\)$",
+        ),
+    ]
+    for backbone_kwargs, message in cases:
+        with pytest.raises(
+            ValueError, match=r"^backbone_kwargs must be the flava_model arguments of the model's backbone .*" + message
+        ):
+            export_classifier(model, tmp_path / "a", backbone_kwargs=backbone_kwargs, **args)
+    with pytest.raises(
+        ValueError, match=r"^backbone_kwargs: flava_model\(\) got an unexpected keyword argument 'bogus'$"
+    ):
+        export_classifier(model, tmp_path / "a", backbone_kwargs={**TINY_FLAVA, "bogus": 1}, **args)
+    with pytest.raises(TypeError, match=r"^backbone_kwargs must be a dict of flava_model arguments, got list$"):
+        export_classifier(model, tmp_path / "a", backbone_kwargs=[], **args)
+    assert not (tmp_path / "a").exists()  # nothing written
+    export_classifier(model, tmp_path / "a", backbone_kwargs=TINY_FLAVA, **args)
+    assert load_classifier(tmp_path / "a").labels == ["x", "y", "z"]
 
 
 def test_load_classifier_names_what_is_wrong_before_reading_weights(image_run, pretrained, tmp_path, monkeypatch):
@@ -230,16 +258,39 @@ def test_load_classifier_names_what_is_wrong_before_reading_weights(image_run, p
         load_classifier(copy)
 
 
-def test_head_weights_that_do_not_fit_the_config_are_refused_naming_both_files(image_run, tmp_path):
+def test_head_weights_that_do_not_fit_the_config_are_refused_naming_the_keys_before_reading_them(
+    image_run, tmp_path, monkeypatch
+):
     out, _ = image_run
     copy = tmp_path / "copy"
     shutil.copytree(out / "model", copy)
     config = json.loads((copy / CLASSIFIER_CONFIG).read_text())
-    (copy / CLASSIFIER_CONFIG).write_text(json.dumps({**config, "classifier_hidden_dim": 24}))
-    with pytest.raises(
-        ValueError, match=r"flava_classification.safetensors: the head's weights do not fit .*classification_config"
-    ):
-        load_classifier(copy)
+    weights = copy / "flava_classification.safetensors"
+    tensors = load_file(weights)
+    monkeypatch.setattr("torchflava.classify.load_state_dict", lambda path: pytest.fail("weights read"))
+    monkeypatch.setattr("torchflava.classify.load_pretrained", lambda path: pytest.fail("weights read"))
+    head = r"missing 0 key\(s\) \[\], unexpected 0 key\(s\) \[\], wrong "
+    cases = [  # (classification_config.json, the weights' head, the message after the weights file's name)
+        ({**config, "classifier_hidden_dim": 24}, {}, head + r"3 \['classifier.0.bias \[16\] for \[24\]'"),
+        # a head far too large to build: refused from the file's header, not by the allocator
+        (
+            {**config, "classifier_hidden_dim": 10**12},
+            {},
+            head + r"3 \['classifier.0.bias \[16\] for \[1000000000000\]'",
+        ),
+        (config, {"classifier.5.weight": torch.zeros(3)}, r"unexpected 1 key\(s\) \['classifier.5.weight'\]"),
+        (config, {"classifier.3.bias": None}, r"missing 1 key\(s\) \['classifier.3.bias'\]"),
+        (config, {"classifier.3.bias": torch.zeros(30, dtype=torch.int64)}, r"classifier.3.bias torch.int64 for a"),
+    ]
+    for kwargs, change, message in cases:
+        (copy / CLASSIFIER_CONFIG).write_text(json.dumps(kwargs))
+        changed = {k: v for k, v in {**tensors, **change}.items() if v is not None}
+        save_file(changed, weights)
+        with pytest.raises(
+            ValueError, match=r"^classifier: .*flava_classification.safetensors does not match the model: .*" + message
+        ) as error:
+            load_classifier(copy)
+        assert str(error.value).endswith(f"The head is built from {copy / CLASSIFIER_CONFIG}.")
 
 
 def test_the_command_refuses_inputs_the_classifier_does_not_read_before_loading_it(
@@ -322,3 +373,85 @@ def test_a_regression_exports_no_class_names_and_the_command_prints_its_values(p
     values = classifier.scores(texts=[world.caption(0), world.caption(1)])
     assert [r["prediction"][0] for r in result["predictions"]] == pytest.approx(values[:, 0].tolist(), abs=1e-6)
     assert capsys.readouterr().out.splitlines()[0] == f"{world.caption(0)}\t{values[0, 0].item():.4g}"
+
+
+def test_a_bad_backbone_config_is_named_not_the_head_config(image_run, tmp_path):
+    out, _ = image_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "model", copy)
+    backbone = json.loads((copy / "backbone_config.json").read_text())
+    (copy / "backbone_config.json").write_text(json.dumps({**backbone, "image_num_heads": 5}))
+    with pytest.raises(ValueError, match=r"^classifier: .*/backbone_config.json: flava_model: image_embed_dim must be"):
+        load_classifier(copy)
+
+
+def test_labels_json_nested_too_deeply_or_null_is_refused_naming_it(image_run, tmp_path):
+    out, _ = image_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "model", copy)
+    (copy / LABELS_FILE).write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError
+    with pytest.raises(ValueError, match=r"labels.json is not a JSON list of class names \(maximum recursion"):
+        load_classifier(copy)
+    (copy / LABELS_FILE).write_text("null")  # was read as no labels.json: class ids instead of the names
+    with pytest.raises(ValueError, match=r"labels.json must be a list of non-empty str \(the class names\), got null$"):
+        load_classifier(copy)
+
+
+def test_scores_takes_any_ordered_iterable_and_names_the_argument_otherwise(image_run, text_run):
+    out, _ = image_run
+    images = [ShapesClassification("test", 3, image_size=32)[i].image for i in range(3)]
+    classifier = load_classifier(out)
+    torch.testing.assert_close(classifier.scores(image for image in images), classifier.scores(images))
+    run, _, texts = text_run
+    classifier = load_classifier(run)
+    torch.testing.assert_close(classifier.scores(texts=iter(texts[:2])), classifier.scores(texts=texts[:2]))
+    for value, got in [(5, "int"), ({"a": 1}, "dict"), ({"a", "b"}, "set"), ([b"a"], "list holding bytes")]:
+        with pytest.raises(TypeError, match=rf"^texts must be a sequence of str, got {got}$"):
+            classifier.scores(texts=value)
+
+
+def test_the_command_names_why_when_no_input_is_readable(image_run, tmp_path):
+    out, _ = image_run
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"^no readable input \(1 unreadable: broken.png: .+\)$"):
+        main(["--checkpoint", str(out), "--images", str(tmp_path / "images")])
+
+
+def test_a_stated_text_length_beyond_the_models_positions_truncates_at_its_positions(text_run, tmp_path):
+    run, _, _ = text_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run / "model", copy)
+    tokenizer_config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "model_max_length": 100_000}))
+    classifier = load_classifier(copy)
+    positions = json.loads((copy / "backbone_config.json").read_text())["max_seq_len"]
+    assert classifier.tokenizer.model_max_length == positions == 32
+    long = "a red circle " * 200  # was: "input_ids has length 602, more than the 32 learned positions"
+    ids = classifier.tokenizer([long])[0]
+    assert ids.shape == (1, 32)
+    assert classifier.scores(texts=[long]).shape == (1, 2)
+
+
+def test_text_at_file_refuses_a_fifo_without_waiting_and_drops_a_bom(text_run, tmp_path, capsys):
+    run, _, texts = text_run
+    os.mkfifo(tmp_path / "fifo")
+
+    def waited(signum, frame):
+        raise TimeoutError("read the FIFO: waited for a writer")
+
+    previous = signal.signal(signal.SIGALRM, waited)  # (a guard: the old code waited forever)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(run), "--text", f"@{tmp_path / 'fifo'}"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert exit_.value.code == 2
+    assert f"argument --text: expected @FILE to name a UTF-8 text file, got '@{tmp_path / 'fifo'}' (not a file)" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "bom.txt").write_text(f"{texts[0]}\n{texts[1]}\n", encoding="utf-8-sig")  # as Windows' Notepad saves
+    result = main(["--checkpoint", str(run), "--text", f"@{tmp_path / 'bom.txt'}"])
+    assert [record["text"] for record in result["predictions"]] == texts[:2]

@@ -24,6 +24,7 @@ classes, the accuracy. ``--json`` also writes them.
 """
 
 import argparse
+from collections.abc import Iterable, Mapping, Set
 import contextlib
 import inspect
 import json
@@ -39,6 +40,7 @@ from torchflava.data.samples import readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import ImageTransform
 from torchflava.models import flava_model, flava_model_for_classification
+from torchflava.models.flava import FLAVAModel
 from torchflava.models.flava.classification import FLAVAForClassification, default_loss
 from torchflava.modules.layers.packed_linear import pack_linears
 from torchflava.pretrained import (
@@ -52,7 +54,14 @@ from torchflava.pretrained import (
 )
 from torchflava.training.checkpointing import export_model
 from torchflava.training.distributed import barrier
-from torchflava.utils.checkpoint import first_line, load_state_dict, read_json_object
+from torchflava.utils.checkpoint import (
+    first_line,
+    load_state_dict,
+    mismatch,
+    peek_state_dict,
+    read_json_object,
+    refuse_unmatched,
+)
 from torchflava.utils.cli import finish_command, output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
@@ -139,11 +148,13 @@ def export_classifier(
         Path: ``directory``.
 
     Raises:
-        TypeError, ValueError: for a model without the builder's head, or labels that do not name each
-            class once — before anything is written.
+        TypeError, ValueError: for a model without the builder's head, ``backbone_kwargs`` that do not build
+            its backbone (the export would not load), or labels that do not name each class once — before
+            anything is written.
     """
     kwargs = classifier_arguments(model)
     labels = _check_labels(labels, kwargs["num_classes"], kwargs["loss"], "labels")
+    _check_backbone_kwargs(backbone_kwargs, model.model)
     directory = Path(directory)
     if _rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
@@ -161,6 +172,33 @@ def export_classifier(
         write_json(directory / CLASSIFIER_CONFIG, kwargs, allow_nan=True)  # last: the export is whole
     barrier()
     return directory
+
+
+def _check_backbone_kwargs(backbone_kwargs: object, backbone: nn.Module) -> None:
+    """TypeError/ValueError naming ``backbone_kwargs`` unless flava_model builds from them (on the meta device)
+    a backbone with ``backbone``'s tensors: same names and shapes (an FSDP2-sharded one's are its whole shapes)."""
+    if not isinstance(backbone_kwargs, dict):
+        raise TypeError(
+            f"backbone_kwargs must be a dict of flava_model arguments, got {type(backbone_kwargs).__name__}"
+        )
+    try:
+        with torch.device("meta"):
+            built = flava_model(**backbone_kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"backbone_kwargs: {first_line(error)}") from None
+
+    def shapes(module: nn.Module) -> dict[str, tuple]:
+        return {name: tuple(t.shape) for name, t in [*module.named_parameters(), *module.named_buffers()]}
+
+    stated, actual = shapes(built), shapes(backbone)
+    differ = sorted(name for name in stated.keys() | actual.keys() if stated.get(name) != actual.get(name))
+    if differ:
+        first = differ[0]
+        raise ValueError(
+            f"backbone_kwargs must be the flava_model arguments of the model's backbone (the export would not "
+            f"load), got a build whose {len(differ)} tensors differ, first {first}: {stated.get(first)} for "
+            f"the model's {actual.get(first)}"
+        )
 
 
 class Classifier(NamedTuple):
@@ -202,33 +240,28 @@ class Classifier(NamedTuple):
         return str(index) if self.labels is None else self.labels[index]
 
     @torch.no_grad()
-    def scores(self, images: Optional[Sequence] = None, texts: Optional[Sequence[str]] = None) -> Tensor:
+    def scores(self, images: Optional[Iterable] = None, texts: Optional[Iterable[str]] = None) -> Tensor:
         """(N, num_classes) fp32 scores of N inputs, one batch: class probabilities (softmax) for a
         cross-entropy head, each class's probability (sigmoid) for a binary-cross-entropy one, the
         predicted values for a regression.
 
         Args:
-            images (Optional[Sequence]): PIL images (modalities image and multimodal).
-            texts (Optional[Sequence[str]]): texts (modalities text and multimodal), the i-th paired with
+            images (Optional[Iterable]): PIL images (modalities image and multimodal): a list, a tuple, a
+                generator... (not a set: the order pairs images with texts).
+            texts (Optional[Iterable[str]]): texts (modalities text and multimodal), the i-th paired with
                 the i-th image; a sentence pair as its sentences joined by `` [SEP] `` (as fine-tuning reads
                 one), tokenised at the tokenizer's ``model_max_length``.
 
         Raises:
-            TypeError: if ``images`` are not PIL images or ``texts`` not str.
+            TypeError: if ``images`` are not an ordered iterable of PIL images or ``texts`` of str.
             ValueError: if an input the head needs is missing or one it does not read is given, none is
                 given, or images and texts differ in number.
         """
-        given = {"image": images, "text": texts}
-        for name, values in given.items():
-            if values is None:
-                continue
-            kind, what = (Image.Image, "PIL images") if name == "image" else (str, "str")
-            if isinstance(values, (str, bytes, Image.Image)) or not all(isinstance(v, kind) for v in values):
-                held = sorted({type(v).__name__ for v in values}) if isinstance(values, (list, tuple)) else []
-                raise TypeError(
-                    f"{name}s must be a sequence of {what}, got {type(values).__name__}"
-                    + (f" holding {', '.join(held)}" if held else "")
-                )
+        given = {
+            "image": _inputs("images", images, Image.Image, "PIL images"),
+            "text": _inputs("texts", texts, str, "str"),
+        }
+        images, texts = given["image"], given["text"]
         wanted = {name for name, values in given.items() if values is not None}
         if wanted != set(self.needs):
             raise ValueError(
@@ -242,12 +275,28 @@ class Classifier(NamedTuple):
         if images is not None:
             inputs["image"] = torch.stack([self.image_transform(image) for image in images])
         if texts is not None:
-            inputs["text"], inputs["text_attention_mask"] = self.tokenizer(list(texts))
+            inputs["text"], inputs["text_attention_mask"] = self.tokenizer(texts)
         with self.precision(), eval_mode(self.model):
             logits = self.model(**inputs).logits.float()
         if self.model.loss == "cross_entropy":
             return logits.softmax(dim=-1)
         return logits.sigmoid() if self.model.loss == "binary_cross_entropy" else logits
+
+
+def _inputs(name: str, values: Optional[Iterable], kind: type, what: str) -> Optional[list]:
+    """``values`` as a list (None stays None); TypeError naming ``name`` unless an ordered iterable of ``kind``:
+    a str, bytes or PIL image is one input, not several, and a mapping or set has no order to pair inputs by."""
+    if values is None:
+        return None
+    one = isinstance(values, (str, bytes, Image.Image, Mapping, Set)) or not isinstance(values, Iterable)
+    listed = [] if one else list(values)  # (a generator is read once: here)
+    if one or not all(isinstance(v, kind) for v in listed):
+        held = sorted({type(v).__name__ for v in listed})
+        raise TypeError(
+            f"{name} must be a sequence of {what}, got {type(values).__name__}"
+            + (f" holding {', '.join(held)}" if held else "")
+        )
+    return listed
 
 
 class ClassifierConfig(NamedTuple):
@@ -264,7 +313,8 @@ class ClassifierConfig(NamedTuple):
 
 
 def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
-    """Read and check a classifier export's configs (:func:`load_classifier`'s first step: no weights read).
+    """Read and check a classifier export's configs, and the head's tensor names and shapes against them from
+    the weights file's header (:func:`load_classifier`'s first step: no tensor read).
 
     Raises:
         TypeError, FileNotFoundError, ValueError: as :func:`load_classifier`.
@@ -283,14 +333,42 @@ def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
             f"classifier: {config_file}: expected the arguments num_classes and any of {list(_ARGUMENTS[1:])}, "
             f"got {sorted(kwargs)}"
         )
+    backbone = _meta_backbone(layout)
     try:  # the head's arguments checked on the meta device (no memory, no weights read)
         with torch.device("meta"):
-            flava_model_for_classification(backbone=flava_model(**layout.kwargs), **kwargs)
+            head = flava_model_for_classification(backbone=backbone, **kwargs).classifier
     except (TypeError, ValueError) as error:
         raise ValueError(f"classifier: {config_file}: {first_line(error)}") from None
+    _check_head_weights(layout.weights, head, config_file)
     labels_file = layout.directory / LABELS_FILE
     labels = _read_labels(labels_file, kwargs) if labels_file.exists() else None
     return ClassifierConfig(layout=layout, file=config_file, kwargs=kwargs, labels=labels)
+
+
+def _meta_backbone(layout: CheckpointLayout) -> FLAVAModel:
+    """The backbone ``backbone_config.json`` states, built on the meta device; ValueError naming that file
+    (not the head's config) for an argument flava_model does not take or a bad value."""
+    try:
+        with torch.device("meta"):
+            return flava_model(**layout.kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"classifier: {layout.config}: {first_line(error)}") from None
+
+
+def _check_head_weights(weights: Path, head: nn.Module, config_file: Path) -> None:
+    """ValueError naming ``weights`` and the ``classifier.*`` keys it lacks, holds beyond ``head``'s, or holds
+    with another shape or a non-float dtype; read from the file's header alone, so that a head of other sizes
+    than the config's is refused before anything is read or allocated (a huge hidden_dim included)."""
+    stored = {key: value for key, value in peek_state_dict(weights).items() if key.startswith("classifier.")}
+    expected = {f"classifier.{key}": value for key, value in head.state_dict().items()}
+    wrong = [bad for key, value in stored.items() if key in expected and (bad := mismatch(key, [value], expected[key]))]
+    refuse_unmatched(
+        f"classifier: {weights}",
+        sorted(set(expected) - set(stored)),
+        sorted(set(stored) - set(expected)),
+        wrong,
+        hint=f"The head is built from {config_file}.",
+    )
 
 
 def load_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float32) -> Classifier:
@@ -316,18 +394,16 @@ def load_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float3
     config = classifier_config(path)
     layout, kwargs = config.layout, config.kwargs
     backbone = load_pretrained(layout.directory)  # its tokenizer, preprocessing and backbone, checked
+    # a tokenizer_config.json stating more than the model's text positions (an edited or foreign one) would
+    # make every long text fail in the model: texts are truncated at its positions instead
+    backbone.tokenizer.model_max_length = backbone.text_length
     model = flava_model_for_classification(backbone=backbone.model, **kwargs)
     head = {
         k.removeprefix("classifier."): v
         for k, v in load_state_dict(layout.weights).items()
         if k.startswith("classifier.")
     }
-    try:
-        model.classifier.load_state_dict(head)
-    except RuntimeError as error:  # a head of other sizes than the config's
-        raise ValueError(
-            f"classifier: {layout.weights}: the head's weights do not fit {config.file}: {first_line(error)}"
-        ) from None
+    model.classifier.load_state_dict(head)  # (its keys and shapes checked by classifier_config)
     model.eval()
     if dtype != torch.float32:
         pack_linears(model.requires_grad_(False), dtype)
@@ -347,8 +423,10 @@ def _read_labels(path: Path, kwargs: dict) -> list[str]:
     """The class names of ``labels.json``; ValueError naming it unless a JSON list naming each class once."""
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as error:  # (nested too deeply)
         raise ValueError(f"classifier: {path} is not a JSON list of class names ({first_line(error)})") from None
+    if labels is None:  # (a file that states null names no class: not the same as no labels.json)
+        raise ValueError(f"classifier: {path} must be a list of non-empty str (the class names), got null")
     try:
         loss = kwargs.get("loss") or default_loss(kwargs["num_classes"])
         return _check_labels(labels, kwargs["num_classes"], loss, str(path))
@@ -402,7 +480,8 @@ def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
                 hits.append(int(indices[0]))
             predictions.append(record)
     if not predictions:
-        raise ValueError(f"no readable input ({len(skipped)} unreadable)")
+        first = f": {skipped[0]}" if skipped else ""  # (finish_command, which lists them all, is not reached)
+        raise ValueError(f"no readable input ({len(skipped)} unreadable{first})")
     result = {
         "predictions": predictions,
         "num_inputs": len(predictions),
@@ -419,14 +498,16 @@ def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
 
 
 def _texts(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
-    """``--text``'s texts: each value a text, or ``@FILE``: a UTF-8 file's non-blank lines."""
+    """``--text``'s texts: each value a text, or ``@FILE``: a UTF-8 file's non-blank lines (a BOM dropped)."""
     texts = []
     for value in values:
         if not value.startswith("@"):
             texts.append(value)
             continue
-        try:
-            lines = Path(value[1:]).read_text(encoding="utf-8").splitlines()
+        if not Path(value[1:]).is_file():  # (a FIFO is no file here: reading it would wait forever)
+            parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} (not a file)")
+        try:  # (utf-8-sig: a BOM is no part of the first text, as zero_shot reads --classes @FILE)
+            lines = Path(value[1:]).read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as error:
             parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} ({error})")
         texts += [line for line in lines if line.strip()]
