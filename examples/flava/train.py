@@ -14,7 +14,7 @@ section holds ``flava_model``'s arguments and ``pretraining`` those of ``flava_m
 the final report.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 import functools
 import math
 from pathlib import Path
@@ -483,7 +483,15 @@ def pretraining_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    start = start_run(cfg, validate)  # validate, process group, run directory, resume point
+    cfg = replace(cfg, data=replace(cfg.data))  # (the ratios are resolved here, not in the caller's config)
+
+    def validated(config: TrainConfig, world_size: int) -> None:
+        validate(config, world_size)
+        # the shares the run trains with, as config.yaml records them and a resume compares them: a run
+        # recorded before unset ratios existed (0.7 / 0.15 / 0.15 stated) resumes with them unset
+        config.data.ratios = RatiosConfig(**run_ratios(config.data))
+
+    start = start_run(cfg, validated)  # validate, process group, run directory, resume point
     info, resume_from = start.info, start.resume_from
     t = cfg.training
     out_dir = Path(t.output_dir)

@@ -14,6 +14,7 @@ import time
 from PIL import Image
 import pytest
 import torch
+import yaml
 
 from tests.helpers import load_recipe, write_tiny_export
 from torchflava.modules.layers import TransformerEncoderLayer
@@ -389,3 +390,24 @@ def test_every_finetuning_config_loads_and_validates(path, tmp_path):
         assert val is None, name
         cfg.data.extra_val[name] = str(tmp_path / "v")
     finetune.validate(cfg, world_size=1)
+
+
+def test_unset_ratios_are_recorded_as_trained_and_resume_a_run_that_stated_them(tmp_path):
+    """A run recorded before ratios could be left unset (0.7 / 0.15 / 0.15 stated) resumes with them unset:
+    config.yaml holds the shares the run trains with, not null (which a resume would read as a change)."""
+    common = [
+        f"training.output_dir={tmp_path}",
+        "eval.enabled=false",
+        "training.checkpoint_every=2",
+        "training.progress_bar=false",
+        "optim.warmup_steps=1",
+    ]
+    stated = ["data.ratios.pairs=0.7", "data.ratios.images=0.15", "data.ratios.texts=0.15"]
+    train.main(_config(*common, "training.max_steps=2", *stated))
+    cfg = _config(*common, "training.max_steps=4", "training.resume=auto")
+    assert cfg.data.ratios == train.RatiosConfig(None, None, None)
+    train.main(cfg)
+    assert max(_losses(tmp_path)) == 4
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]["ratios"]
+    assert recorded == {"pairs": 0.7, "images": 0.15, "texts": 0.15}
+    assert cfg.data.ratios == train.RatiosConfig(None, None, None)  # the caller's config left as given
