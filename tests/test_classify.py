@@ -7,6 +7,7 @@ import shutil
 import signal
 
 import pytest
+import safetensors.torch
 from safetensors.torch import load_file, save_file
 import torch
 
@@ -455,3 +456,23 @@ def test_text_at_file_refuses_a_fifo_without_waiting_and_drops_a_bom(text_run, t
     (tmp_path / "bom.txt").write_text(f"{texts[0]}\n{texts[1]}\n", encoding="utf-8-sig")  # as Windows' Notepad saves
     result = main(["--checkpoint", str(run), "--text", f"@{tmp_path / 'bom.txt'}"])
     assert [record["text"] for record in result["predictions"]] == texts[:2]
+
+
+def test_the_head_alone_is_read_a_second_time_and_a_non_finite_head_is_refused_by_the_first(
+    image_run, tmp_path, monkeypatch
+):
+    out, _ = image_run
+    reference = load_classifier(out).scores([ShapesClassification("test", 2, image_size=32)[i].image for i in range(2)])
+    with monkeypatch.context() as patch:  # the backbone is read by load_pretrained, the head from the header on
+        patch.setattr("torchflava.classify.load_state_dict", lambda path: pytest.fail("whole weights read again"))
+        again = load_classifier(out).scores([ShapesClassification("test", 2, image_size=32)[i].image for i in range(2)])
+    assert torch.equal(again, reference)
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "model", copy)
+    tensors = safetensors.torch.load_file(copy / "flava_classification.safetensors")
+    tensors["classifier.3.bias"][1] = float("nan")
+    safetensors.torch.save_file(tensors, copy / "flava_classification.safetensors")
+    with pytest.raises(
+        ValueError, match=r"safetensors: expected finite weights, got NaN .* first \['classifier.3.bias'\]"
+    ):
+        load_classifier(copy)

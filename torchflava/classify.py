@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import ContextManager, NamedTuple, Optional, Sequence, Union
 
 from PIL import Image
+from safetensors import safe_open
 import torch
 from torch import Tensor, nn
 
@@ -276,8 +277,10 @@ class Classifier(NamedTuple):
             inputs["image"] = torch.stack([self.image_transform(image) for image in images])
         if texts is not None:
             inputs["text"], inputs["text_attention_mask"] = self.tokenizer(texts)
+        device = next(self.model.parameters()).device  # (a model moved to an accelerator: its inputs follow)
+        inputs = {name: value.to(device) for name, value in inputs.items()}
         with self.precision(), eval_mode(self.model):
-            logits = self.model(**inputs).logits.float()
+            logits = self.model(**inputs).logits.float().cpu()
         if self.model.loss == "cross_entropy":
             return logits.softmax(dim=-1)
         return logits.sigmoid() if self.model.loss == "binary_cross_entropy" else logits
@@ -398,12 +401,7 @@ def load_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float3
     # make every long text fail in the model: texts are truncated at its positions instead
     backbone.tokenizer.model_max_length = backbone.text_length
     model = flava_model_for_classification(backbone=backbone.model, **kwargs)
-    head = {
-        k.removeprefix("classifier."): v
-        for k, v in load_state_dict(layout.weights).items()
-        if k.startswith("classifier.")
-    }
-    model.classifier.load_state_dict(head)  # (its keys and shapes checked by classifier_config)
+    model.classifier.load_state_dict(_head_tensors(layout.weights))  # (keys and shapes checked by classifier_config)
     model.eval()
     if dtype != torch.float32:
         pack_linears(model.requires_grad_(False), dtype)
@@ -417,6 +415,17 @@ def load_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float3
         weights=layout.weights,
         dtype=dtype,
     )
+
+
+def _head_tensors(weights: Path) -> dict[str, Tensor]:
+    """The head's tensors (``classifier.*``, the prefix dropped) of the weights file: from a ``.safetensors``
+    file those alone are read (the whole file was, its values checked finite, by :func:`load_pretrained`)."""
+    if weights.suffix != ".safetensors":
+        tensors = load_state_dict(weights)
+    else:
+        with safe_open(str(weights), framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith("classifier.")}
+    return {key.removeprefix("classifier."): v for key, v in tensors.items() if key.startswith("classifier.")}
 
 
 def _read_labels(path: Path, kwargs: dict) -> list[str]:
