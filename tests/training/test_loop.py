@@ -970,3 +970,23 @@ def test_a_loop_state_that_is_a_zip_bomb_is_refused_before_torch_load_allocates_
         f"key 'training.resume': {checkpoint} does not load into this run: its rank0.pt does not read (expected a "
         "torch checkpoint (whose entries torch.save stores uncompressed), got a zip archive whose entries expand to "
     )
+
+
+class OneBadItemEveryStep(ToyData):
+    """Every micro-batch meets the same unusable item (as a small source does, epoch after epoch)."""
+
+    def __getitem__(self, index: int) -> ToyItem:
+        item = super().__getitem__(index)
+        return item._replace(skipped=[("toy", 7, "item 7 is broken")])
+
+
+def test_an_unusable_item_met_every_step_is_checkpointed_once(tmp_path):
+    """The loop's checkpointed list of unusable samples grew by one entry each time one was met again."""
+    _, result = run(tmp_path, data=OneBadItemEveryStep(6), max_steps=6, checkpoint_every=3)
+    assert result.skipped == [("toy", 7, "item 7 is broken")]
+    for step in (3, 6):
+        state = torch.load(tmp_path / "checkpoints" / f"step_{step:08d}" / "rank0.pt", weights_only=True)
+        assert state["skipped"] == [["toy", 7, "item 7 is broken"]]
+    _, resumed = run(tmp_path, data=OneBadItemEveryStep(9), max_steps=9, checkpoint_every=3, resume="auto")
+    state = torch.load(tmp_path / "checkpoints" / "step_00000009" / "rank0.pt", weights_only=True)
+    assert state["skipped"] == [["toy", 7, "item 7 is broken"]] and resumed.skipped == result.skipped

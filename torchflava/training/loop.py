@@ -421,6 +421,7 @@ def fit(
         window = _Window.from_state(states[0].get("window"))  # global values: rank 0's, as every rank's
         if streamed:  # checked before anything in the run directory is moved or rewritten
             _restore_position(data, position)
+    met = set(skipped)  # each unusable sample once: one met every epoch would grow the checkpoint each time
     # Every refusal is behind us: the run directory now describes this run.
     if _rank() == 0:
         if recorded is not None:  # the config start_run compared and every checkpoint records
@@ -461,7 +462,10 @@ def fit(
 
     def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str]]:
         item = _to_device(next(items), device)
-        skipped.extend(tuple(s) for s in getattr(item, "skipped", ()))
+        for entry in map(tuple, getattr(item, "skipped", ())):
+            if entry not in met:
+                met.add(entry)
+                skipped.append(entry)
         position.update(getattr(item, "position", None) or {})
         sync = index == accumulation - 1
         if t.strategy == "fsdp":
