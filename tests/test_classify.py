@@ -351,8 +351,10 @@ def test_a_vqa_style_multimodal_classifier_scores_each_answer_by_sigmoid_through
     assert bool(((scores > 0) & (scores < 1)).all()) and not torch.allclose(scores.sum(dim=1), torch.ones(3))
     for record, row in zip(result["predictions"], scores):
         assert dict(record["top"]) == pytest.approx(dict(zip(answers, row.tolist())), abs=1e-6)
-    with pytest.raises(ValueError, match=r"expected as many images as texts, at least one, got \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"^expected as many images as texts \(pairs\), got 3 and 2$"):
         classifier.scores([world[i].image for i in range(3)], ["a", "b"])
+    with pytest.raises(ValueError, match=r"^images and texts: expected at least one input, got none$"):
+        classifier.scores([], [])
     with pytest.raises(ValueError, match=r"reads images and texts, got images"):
         classifier.scores([world[0].image])
     with pytest.raises(TypeError, match=r"^texts must be a sequence of str, got str$"):
@@ -476,3 +478,22 @@ def test_the_head_alone_is_read_a_second_time_and_a_non_finite_head_is_refused_b
         ValueError, match=r"safetensors: expected finite weights, got NaN .* first \['classifier.3.bias'\]"
     ):
         load_classifier(copy)
+
+
+def test_a_text_holding_a_tab_or_line_break_is_printed_quoted_on_one_line(text_run, capsys):
+    run, _, texts = text_run
+    capsys.readouterr()
+    result = main(["--checkpoint", str(run), "--text", f"{texts[0]}\twith a tab", f"two\nlines {texts[1]}"])
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3  # two inputs and the summary
+    assert printed[0].startswith(repr(f"{texts[0]}\twith a tab") + "\t")
+    assert printed[1].startswith(repr(f"two\nlines {texts[1]}") + "\t")
+    assert result["predictions"][1]["text"] == f"two\nlines {texts[1]}"  # the JSON keeps the text as given
+
+
+def test_an_interrupted_export_reads_as_not_a_classifier_saying_so(image_run, tmp_path):
+    out, _ = image_run
+    shutil.copytree(out / "model", tmp_path / "cut")
+    (tmp_path / "cut" / CLASSIFIER_CONFIG).unlink()  # written last: a kill before it leaves the rest
+    with pytest.raises(FileNotFoundError, match=r"got a pretrained FLAVA checkpoint \(or an export cut short before"):
+        load_classifier(tmp_path / "cut")

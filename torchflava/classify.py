@@ -269,9 +269,11 @@ class Classifier(NamedTuple):
                 f"this classifier (modality {self.model.modality!r}) reads {' and '.join(n + 's' for n in self.needs)}, "
                 f"got {' and '.join(sorted(n + 's' for n in wanted)) or 'neither'}"
             )
-        counts = {len(values) for values in given.values() if values is not None}
-        if len(counts) != 1 or 0 in counts:
-            raise ValueError(f"expected as many images as texts, at least one, got {sorted(counts)}")
+        counts = {name: len(values) for name, values in given.items() if values is not None}
+        if 0 in counts.values():
+            raise ValueError(f"{' and '.join(n + 's' for n in counts)}: expected at least one input, got none")
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"expected as many images as texts (pairs), got {counts['image']} and {counts['text']}")
         inputs = {}
         if images is not None:
             inputs["image"] = torch.stack([self.image_transform(image) for image in images])
@@ -327,7 +329,8 @@ def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
     if layout.family != "flava" or not config_file.is_file():
         raise FileNotFoundError(
             f"classifier: {layout.directory} holds no {CLASSIFIER_CONFIG}; expected a fine-tuned classifier's "
-            "export (a fine-tuning run or its model/ directory), got a pretrained checkpoint"
+            f"export (a fine-tuning run or its model/ directory), got a pretrained {layout.family.upper()} checkpoint "
+            "(or an export cut short before its config was written)"
         )
     kwargs = read_json_object(config_file)
     unknown = sorted(set(kwargs) - set(_ARGUMENTS))
@@ -575,7 +578,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     result = classify(classifier, args)
     for record in result["predictions"]:
-        name = "\t".join(record[key] for key in ("image", "text") if key in record)
+        # (a text holding a tab or a line break would break the columns: such a text is shown quoted)
+        shown_inputs = [record[key] for key in ("image", "text") if key in record]
+        name = "\t".join(repr(text) if any(c in text for c in "\t\r\n") else text for text in shown_inputs)
         if "prediction" in record:
             shown = ", ".join(f"{value:.4g}" for value in record["prediction"])
         else:
