@@ -106,7 +106,8 @@ def _check_batch(name: str, items: Sequence, batch_size: object) -> None:
 
 def _normalised(pretrained: Pretrained, encode: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
     """(N, D) features of ``encode`` (an encoder of ``pretrained.model``) in its precision, normalised
-    in fp32 after the cast whatever that precision is; on the CPU, the inputs moved to the model's device."""
+    in fp32 after the cast whatever that precision is; the inputs are moved to the model's device, the
+    features come back on the CPU."""
     device = next(pretrained.model.parameters()).device  # (a model moved to an accelerator: inputs follow)
     with pretrained.precision(), eval_mode(pretrained.model):  # (a model being trained: no dropout here)
         features = encode(*(x.to(device) for x in inputs), normalize=False)
