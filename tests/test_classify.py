@@ -351,10 +351,14 @@ def test_a_vqa_style_multimodal_classifier_scores_each_answer_by_sigmoid_through
     assert bool(((scores > 0) & (scores < 1)).all()) and not torch.allclose(scores.sum(dim=1), torch.ones(3))
     for record, row in zip(result["predictions"], scores):
         assert dict(record["top"]) == pytest.approx(dict(zip(answers, row.tolist())), abs=1e-6)
-    with pytest.raises(ValueError, match=r"^expected as many images as texts \(pairs\), got 3 and 2$"):
+    with pytest.raises(
+        ValueError, match=r"^images and texts: expected as many images as texts \(pairs\), got 3 and 2$"
+    ):
         classifier.scores([world[i].image for i in range(3)], ["a", "b"])
     with pytest.raises(ValueError, match=r"^images and texts: expected at least one input, got none$"):
         classifier.scores([], [])
+    with pytest.raises(ValueError, match=r"^images: expected at least one input, got none$"):  # (texts has one)
+        classifier.scores([], ["what colour?"])
     with pytest.raises(ValueError, match=r"reads images and texts, got images"):
         classifier.scores([world[0].image])
     with pytest.raises(TypeError, match=r"^texts must be a sequence of str, got str$"):

@@ -270,10 +270,12 @@ class Classifier(NamedTuple):
                 f"got {' and '.join(sorted(n + 's' for n in wanted)) or 'neither'}"
             )
         counts = {name: len(values) for name, values in given.items() if values is not None}
-        if 0 in counts.values():
-            raise ValueError(f"{' and '.join(n + 's' for n in counts)}: expected at least one input, got none")
+        if empty := [name + "s" for name, count in counts.items() if count == 0]:  # (only those given none)
+            raise ValueError(f"{' and '.join(empty)}: expected at least one input, got none")
         if len(set(counts.values())) > 1:
-            raise ValueError(f"expected as many images as texts (pairs), got {counts['image']} and {counts['text']}")
+            raise ValueError(
+                f"images and texts: expected as many images as texts (pairs), got {counts['image']} and {counts['text']}"
+            )
         inputs = {}
         if images is not None:
             inputs["image"] = torch.stack([self.image_transform(image) for image in images])
