@@ -456,7 +456,7 @@ def test_text_at_file_refuses_a_fifo_without_waiting_and_drops_a_bom(text_run, t
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert exit_.value.code == 2
-    assert f"argument --text: expected @FILE to name a UTF-8 text file, got '@{tmp_path / 'fifo'}' (not a file)" in (
+    assert f"argument --text: expected @FILE naming a UTF-8 text file, got '@{tmp_path / 'fifo'}' (not a file)" in (
         capsys.readouterr().err
     )
     (tmp_path / "bom.txt").write_text(f"{texts[0]}\n{texts[1]}\n", encoding="utf-8-sig")  # as Windows' Notepad saves

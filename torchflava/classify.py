@@ -63,7 +63,7 @@ from torchflava.utils.checkpoint import (
     read_json_object,
     refuse_unmatched,
 )
-from torchflava.utils.cli import finish_command, output_file, positive_int, run_command, write_json
+from torchflava.utils.cli import at_file_lines, finish_command, output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 from torchflava.zero_shot import folder_labels
@@ -518,12 +518,7 @@ def _texts(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
         if not value.startswith("@"):
             texts.append(value)
             continue
-        if not Path(value[1:]).is_file():  # (a FIFO is no file here: reading it would wait forever)
-            parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} (not a file)")
-        try:  # (utf-8-sig: a BOM is no part of the first text, as zero_shot reads --classes @FILE)
-            lines = Path(value[1:]).read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} ({error})")
+        lines = at_file_lines(parser, "--text", value, "a UTF-8 text file")
         texts += [line for line in lines if line.strip()]
     if not texts or not all(text.strip() for text in texts):
         parser.error(f"argument --text: expected non-empty texts, got {texts!r:.80}")
