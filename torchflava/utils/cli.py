@@ -74,6 +74,6 @@ def finish_command(result: dict, reasons: list[str], json_path: Optional[Path]) 
     (when given); returns ``result``."""
     for reason in reasons:
         print(f"skipped: {reason}", file=sys.stderr)
-    if json_path:
+    if json_path is not None:
         write_json(json_path, result)
     return result
