@@ -421,7 +421,9 @@ def test_the_command_names_why_when_no_input_is_readable(image_run, tmp_path):
     out, _ = image_run
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"^no readable input \(1 unreadable: broken.png: .+\)$"):
+    with pytest.raises(
+        ValueError, match=r"^argument --images: expected a readable input, got none \(1 unreadable: broken.png: .+\)$"
+    ):
         main(["--checkpoint", str(out), "--images", str(tmp_path / "images")])
 
 

@@ -495,7 +495,8 @@ def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
             predictions.append(record)
     if not predictions:
         first = f": {skipped[0]}" if skipped else ""  # (finish_command, which lists them all, is not reached)
-        raise ValueError(f"no readable input ({len(skipped)} unreadable{first})")
+        option = "--captions" if args.captions is not None else "--images"  # (texts are never unreadable)
+        raise ValueError(f"argument {option}: expected a readable input, got none ({len(skipped)} unreadable{first})")
     result = {
         "predictions": predictions,
         "num_inputs": len(predictions),
