@@ -351,10 +351,14 @@ def test_a_vqa_style_multimodal_classifier_scores_each_answer_by_sigmoid_through
     assert bool(((scores > 0) & (scores < 1)).all()) and not torch.allclose(scores.sum(dim=1), torch.ones(3))
     for record, row in zip(result["predictions"], scores):
         assert dict(record["top"]) == pytest.approx(dict(zip(answers, row.tolist())), abs=1e-6)
-    with pytest.raises(ValueError, match=r"^expected as many images as texts \(pairs\), got 3 and 2$"):
+    with pytest.raises(
+        ValueError, match=r"^images and texts: expected as many images as texts \(pairs\), got 3 and 2$"
+    ):
         classifier.scores([world[i].image for i in range(3)], ["a", "b"])
     with pytest.raises(ValueError, match=r"^images and texts: expected at least one input, got none$"):
         classifier.scores([], [])
+    with pytest.raises(ValueError, match=r"^images: expected at least one input, got none$"):  # (texts has one)
+        classifier.scores([], ["what colour?"])
     with pytest.raises(ValueError, match=r"reads images and texts, got images"):
         classifier.scores([world[0].image])
     with pytest.raises(TypeError, match=r"^texts must be a sequence of str, got str$"):
@@ -417,7 +421,9 @@ def test_the_command_names_why_when_no_input_is_readable(image_run, tmp_path):
     out, _ = image_run
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"^no readable input \(1 unreadable: broken.png: .+\)$"):
+    with pytest.raises(
+        ValueError, match=r"^argument --images: expected a readable input, got none \(1 unreadable: broken.png: .+\)$"
+    ):
         main(["--checkpoint", str(out), "--images", str(tmp_path / "images")])
 
 
@@ -452,7 +458,7 @@ def test_text_at_file_refuses_a_fifo_without_waiting_and_drops_a_bom(text_run, t
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert exit_.value.code == 2
-    assert f"argument --text: expected @FILE to name a UTF-8 text file, got '@{tmp_path / 'fifo'}' (not a file)" in (
+    assert f"argument --text: expected @FILE naming a UTF-8 text file, got '@{tmp_path / 'fifo'}' (not a file)" in (
         capsys.readouterr().err
     )
     (tmp_path / "bom.txt").write_text(f"{texts[0]}\n{texts[1]}\n", encoding="utf-8-sig")  # as Windows' Notepad saves

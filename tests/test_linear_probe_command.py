@@ -99,6 +99,17 @@ def test_bf16_cls_features_are_float_and_within_bf16_rounding(export):
     assert (features - reference).abs().max() < 3e-2 * scale and not torch.equal(features, reference)
 
 
+def test_cls_features_encode_on_the_model_s_device(export):
+    # the meta device stands in for an accelerator (none here): CPU pixels failed in the patch embedding
+    pretrained = load_pretrained(export)
+    pretrained.model.to("meta")
+    seen = []
+    pretrained.model.image_encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].device))
+    features, labels, skipped = command.cls_features(pretrained, ShapesClassification("test", 4, image_size=32))
+    assert [d.type for d in seen] == ["meta"] and features.device.type == "meta"
+    assert tuple(features.shape) == (4, 32) and labels.device.type == "cpu" and len(labels) == 4 and skipped == []
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

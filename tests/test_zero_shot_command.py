@@ -799,8 +799,12 @@ def test_folders_matching_no_class_are_warned_of_in_one_line(export, images, cap
     "content, message",
     [
         (b"\n  \n", "argument --classes: {file} holds no class name (expected one a line)"),
-        (b"caf\xe9\ndog\n", "argument --classes: cannot read {file} as UTF-8 text (UnicodeDecodeError"),
-        (None, "argument --classes: expected @FILE naming a file of class names, got '@{file}' (not a file)"),
+        # (was 'cannot read {file} as UTF-8 text (...)', not the expected/got shape --text @FILE's refusal has)
+        (
+            b"caf\xe9\ndog\n",
+            "argument --classes: expected @FILE naming a UTF-8 file of class names, got '@{file}' (UnicodeDecodeError",
+        ),
+        (None, "argument --classes: expected @FILE naming a UTF-8 file of class names, got '@{file}' (not a file)"),
     ],
 )
 def test_a_classes_file_that_names_no_class_exits_2_naming_it(images, tmp_path, content, message, capsys):

@@ -63,7 +63,7 @@ from torchflava.utils.checkpoint import (
     read_json_object,
     refuse_unmatched,
 )
-from torchflava.utils.cli import finish_command, output_file, positive_int, run_command, write_json
+from torchflava.utils.cli import at_file_lines, finish_command, output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 from torchflava.zero_shot import folder_labels
@@ -270,10 +270,12 @@ class Classifier(NamedTuple):
                 f"got {' and '.join(sorted(n + 's' for n in wanted)) or 'neither'}"
             )
         counts = {name: len(values) for name, values in given.items() if values is not None}
-        if 0 in counts.values():
-            raise ValueError(f"{' and '.join(n + 's' for n in counts)}: expected at least one input, got none")
+        if empty := [name + "s" for name, count in counts.items() if count == 0]:  # (only those given none)
+            raise ValueError(f"{' and '.join(empty)}: expected at least one input, got none")
         if len(set(counts.values())) > 1:
-            raise ValueError(f"expected as many images as texts (pairs), got {counts['image']} and {counts['text']}")
+            raise ValueError(
+                f"images and texts: expected as many images as texts (pairs), got {counts['image']} and {counts['text']}"
+            )
         inputs = {}
         if images is not None:
             inputs["image"] = torch.stack([self.image_transform(image) for image in images])
@@ -493,7 +495,8 @@ def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
             predictions.append(record)
     if not predictions:
         first = f": {skipped[0]}" if skipped else ""  # (finish_command, which lists them all, is not reached)
-        raise ValueError(f"no readable input ({len(skipped)} unreadable{first})")
+        option = "--captions" if args.captions is not None else "--images"  # (texts are never unreadable)
+        raise ValueError(f"argument {option}: expected a readable input, got none ({len(skipped)} unreadable{first})")
     result = {
         "predictions": predictions,
         "num_inputs": len(predictions),
@@ -516,12 +519,7 @@ def _texts(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
         if not value.startswith("@"):
             texts.append(value)
             continue
-        if not Path(value[1:]).is_file():  # (a FIFO is no file here: reading it would wait forever)
-            parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} (not a file)")
-        try:  # (utf-8-sig: a BOM is no part of the first text, as zero_shot reads --classes @FILE)
-            lines = Path(value[1:]).read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            parser.error(f"argument --text: expected @FILE to name a UTF-8 text file, got {value!r} ({error})")
+        lines = at_file_lines(parser, "--text", value, "a UTF-8 text file")
         texts += [line for line in lines if line.strip()]
     if not texts or not all(text.strip() for text in texts):
         parser.error(f"argument --text: expected non-empty texts, got {texts!r:.80}")

@@ -37,15 +37,17 @@ def cls_features(
     pretrained: Pretrained, source, *, batch_size: int = DEFAULT_BATCH_SIZE, where: str = "the split"
 ) -> tuple[Tensor, Tensor, list[str]]:
     """(N, D) frozen image CLS features and (N,) labels of a labelled image source; unusable items skipped.
+    The images are encoded on the model's device, and the features stay there (the probe fits on them).
 
     Returns:
         tuple[Tensor, Tensor, list[str]]: features, labels, and why each skipped item was (naming its file).
     """
     transform = pretrained.image_transform  # the checkpoint's own preprocessing
     encoder = pretrained.model.image_encoder
+    device = next(encoder.parameters()).device  # (a model moved to an accelerator: its inputs follow)
     features, labels, skipped = [], [], []
     for chunk in readable_chunks(source.__getitem__, range(len(source)), batch_size, skipped):
-        pixels = torch.stack([transform(sample.image) for _, sample in chunk])
+        pixels = torch.stack([transform(sample.image) for _, sample in chunk]).to(device)
         with pretrained.precision():
             states = encoder(pixels, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state
         features.append(states[:, 0].float())

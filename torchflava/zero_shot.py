@@ -40,7 +40,7 @@ from torchflava.evaluation import classification_accuracy, retrieval_recall, zer
 from torchflava.evaluation.zero_shot import check_class_prompts, check_finite
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.checks import check_int, is_prompt_template
-from torchflava.utils.cli import finish_command, output_file, positive_int, run_command
+from torchflava.utils.cli import at_file_lines, finish_command, output_file, positive_int, run_command
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 
@@ -106,7 +106,8 @@ def _check_batch(name: str, items: Sequence, batch_size: object) -> None:
 
 def _normalised(pretrained: Pretrained, encode: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
     """(N, D) features of ``encode`` (an encoder of ``pretrained.model``) in its precision, normalised
-    in fp32 after the cast whatever that precision is; on the CPU, the inputs moved to the model's device."""
+    in fp32 after the cast whatever that precision is; the inputs are moved to the model's device, the
+    features come back on the CPU."""
     device = next(pretrained.model.parameters()).device  # (a model moved to an accelerator: inputs follow)
     with pretrained.precision(), eval_mode(pretrained.model):  # (a model being trained: no dropout here)
         features = encode(*(x.to(device) for x in inputs), normalize=False)
@@ -297,12 +298,7 @@ def class_names_argument(value: str, parser: argparse.ArgumentParser) -> list[st
     if not value.startswith("@"):
         return [name.strip() for name in value.split(",")]
     path = Path(value[1:])
-    if not path.is_file():  # (a FIFO is no file here: reading it would wait forever)
-        parser.error(f"argument --classes: expected @FILE naming a file of class names, got {value!r} (not a file)")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # (a BOM is no part of a name)
-    except (OSError, UnicodeDecodeError) as error:
-        parser.error(f"argument --classes: cannot read {path} as UTF-8 text ({type(error).__name__}: {error})")
+    lines = at_file_lines(parser, "--classes", value, "a UTF-8 file of class names")
     names = [line.strip() for line in lines if line.strip()]
     if not names:
         parser.error(f"argument --classes: {path} holds no class name (expected one a line)")

@@ -38,6 +38,20 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 
 
+def at_file_lines(parser: argparse.ArgumentParser, option: str, value: str, what: str) -> list[str]:
+    """The lines of the UTF-8 file an ``@FILE`` value of ``option`` names (a BOM dropped: it is no part of
+    the first line); exits 2 (``parser.error``) with ``expected @FILE naming <what>`` unless it reads."""
+    path = Path(value[1:])
+    if not path.is_file():  # (a FIFO is no file here: reading it would wait forever)
+        parser.error(f"argument {option}: expected @FILE naming {what}, got {value!r} (not a file)")
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        parser.error(
+            f"argument {option}: expected @FILE naming {what}, got {value!r} ({type(error).__name__}: {error})"
+        )
+
+
 def output_file(text: str) -> Path:
     """An argparse type: a file path whose directory exists and is writable (checked before any work)."""
     path = Path(text)
@@ -60,6 +74,6 @@ def finish_command(result: dict, reasons: list[str], json_path: Optional[Path]) 
     (when given); returns ``result``."""
     for reason in reasons:
         print(f"skipped: {reason}", file=sys.stderr)
-    if json_path:
+    if json_path is not None:
         write_json(json_path, result)
     return result
