@@ -36,5 +36,5 @@ def test_gradients_reach_the_features_and_the_temperature():
 )
 def test_logits_without_both_towers_name_what_is_missing(images, texts, missing):
     with pytest.raises(ValueError) as caught:
-        getattr(DualEncoderOutput(images, texts, torch.tensor(0.0)), "logits_per_text")
+        _ = DualEncoderOutput(images, texts, torch.tensor(0.0)).logits_per_text
     assert str(caught.value) == f"logits: expected image and text features, got {missing}=None"
