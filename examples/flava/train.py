@@ -164,6 +164,12 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def resume_ignored(self) -> set[str]:
+        """Keys a resumed run may find changed without a change in what it trains: the ratios of the kinds its
+        data gives no source (a run recorded before ratios could be unset states 0.15 for such a kind, which
+        drew nothing; it now resolves to 0, and a value > 0 is refused)."""
+        return {f"data.ratios.{kind}" for kind in DEFAULT_RATIOS if kind not in data_kinds(self.data)}
+
 
 def data_kinds(d: DataConfig) -> list[str]:
     """The kinds of data (pairs, images, texts) the data section gives a source."""

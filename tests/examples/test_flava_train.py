@@ -411,3 +411,25 @@ def test_unset_ratios_are_recorded_as_trained_and_resume_a_run_that_stated_them(
     recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]["ratios"]
     assert recorded == {"pairs": 0.7, "images": 0.15, "texts": 0.15}
     assert cfg.data.ratios == train.RatiosConfig(None, None, None)  # the caller's config left as given
+
+
+def test_a_run_recorded_with_a_ratio_for_a_kind_it_had_no_source_of_resumes(tmp_path):
+    """Before ratios could be unset, a run whose data lacked a kind recorded the default 0.15 for it (the
+    mixer drew nothing of it). Unset now, that ratio resolves to 0, and 0.15 is refused: the resume is still
+    the same training, so the comparison lets that key differ (and no other)."""
+    from omegaconf import OmegaConf
+
+    from torchflava.training.config import check_resume_config
+
+    old = _config("data.shapes.num_images=0")
+    old.data.ratios = train.RatiosConfig(0.7, 0.15, 0.15)  # as the recipe recorded it then
+    saved = tmp_path / "config.yaml"
+    saved.write_text(OmegaConf.to_yaml(OmegaConf.structured(old)))
+    new = _config("data.shapes.num_images=0")
+    new.data.ratios = train.RatiosConfig(**train.run_ratios(new.data))  # as main resolves it
+    assert new.data.ratios.images == 0.0
+    assert check_resume_config(saved, new) == []
+    changed = _config("data.shapes.num_images=0", "data.ratios.texts=0.3")
+    changed.data.ratios = train.RatiosConfig(**train.run_ratios(changed.data))
+    with pytest.raises(train.ConfigError, match=r"^key 'data.ratios.texts' \(0.15 -> 0.3\): expected the values"):
+        check_resume_config(saved, changed)  # a kind the data has: its share is what it trains

@@ -308,7 +308,8 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
     Call it before the new config is written. Changes to the model, the data or anything else
     that would silently change what is being trained are refused; optimiser settings and
     ``training.max_steps`` may change (the training loop applies the new values after loading the
-    checkpoint); logging, checkpoint cadence, threads, compile, strategy and evaluation keys are free.
+    checkpoint); logging, checkpoint cadence, threads, compile, strategy and evaluation keys are free, and
+    so are the keys a config's ``resume_ignored()`` method names, where it has one.
 
     Args:
         saved (Union[str, os.PathLike]): the ``config.yaml`` the checkpoint records (or its run's).
@@ -338,9 +339,10 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
     changed = {
         k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)
     }
-    refused = {
-        k: v for k, v in changed.items() if _matches(k, RESUME_FIXED) or not _matches(k, RESUME_APPLIED + RESUME_FREE)
-    }
+    # a recipe's config may name keys whose change trains nothing differently (e.g. the ratio of a data kind
+    # without a source): free for it
+    free = RESUME_FREE + tuple(getattr(config, "resume_ignored", set)())
+    refused = {k: v for k, v in changed.items() if _matches(k, RESUME_FIXED) or not _matches(k, RESUME_APPLIED + free)}
     if refused:
         listed = ", ".join(f"'{k}' ({old!r} -> {new!r})" for k, (old, new) in refused.items())
         raise ConfigError(
