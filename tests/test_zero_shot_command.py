@@ -814,3 +814,59 @@ def test_a_classes_file_that_names_no_class_exits_2_naming_it(images, tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(images), "--classes", f"@{file}"])
     assert exit_info.value.code == 2 and message.format(file=file) in capsys.readouterr().err
+
+
+def test_folder_order_maps_synset_folders_to_the_classes_in_sorted_order(export, images, tmp_path, capsys):
+    """ImageNet's validation folders are synsets (n01440764, ...) with the class names listed in their sorted
+    order (torchvision's ImageFolder numbering): no folder names a class, so there was no accuracy."""
+    directory, _ = export
+    synsets = {"red circle": "n03", "blue square": "n01", "green triangle": "n02"}  # sorted: blue, green, red
+    ordered = ["blue square", "green triangle", "red circle"]
+    root = tmp_path / "val"
+    for name, synset in synsets.items():
+        shutil.copytree(images / name, root / synset)
+    (root / "n04_empty").mkdir()  # an empty class folder still takes its place in the order
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join([*ordered, "yellow cross"]) + "\n")
+    command = ["--checkpoint", str(directory), "--images", str(root), "--classes", f"@{names}", "--template", "a {}"]
+    result = zero_shot.main([*command, "--folder-order"])
+    by_name = zero_shot.main([*command[:3], str(images), *command[4:]])  # the same images in named folders
+    assert result["accuracy"] == pytest.approx(by_name["accuracy"])
+    truth = {synset: name for name, synset in synsets.items()}
+    right = [truth[file.split("/")[0]] == name for file, name in result["predictions"].items()]
+    assert result["accuracy"] == pytest.approx(sum(right) / len(right)) and len(right) == 12
+    assert "accuracy" not in zero_shot.main(command)  # without the flag: the folders name no class
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ({"n01": 1, "n02": 1}, "argument --folder-order: expected one sub-folder of {root} per class (3), got 2"),
+        (
+            {"n01": 1, "n02": 1, "n03": 1, ".": 1},
+            "argument --folder-order: expected every image in a class sub-folder, got 1 at the top of {root}",
+        ),
+        ({"n01": 1, "n02": 1, "n03": 1}, None),
+    ],
+)
+def test_folder_order_is_checked_before_the_checkpoint_loads(images, tmp_path, layout, message, capsys, monkeypatch):
+    root = tmp_path / "val"
+    for folder, count in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            shutil.copy(next((images / "red circle").glob("[0-9]*.png")), root / folder / f"{i}.png")
+    monkeypatch.setattr(zero_shot, "load_pretrained", lambda *a, **k: pytest.fail("loaded") if message else None)
+    command = ["--checkpoint", "unused", "--images", str(root), "--classes", "a,b,c", "--folder-order"]
+    if message is None:  # a fitting layout gets as far as loading the checkpoint
+        with pytest.raises(AttributeError):
+            zero_shot.main(command)
+        return
+    with pytest.raises(SystemExit) as caught:
+        zero_shot.main(command)
+    assert caught.value.code == 2 and message.format(root=root) in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        zero_shot.main(
+            ["--checkpoint", "x", "--images", str(root), "--captions", str(images / "captions.jsonl"), "--folder-order"]
+        )
+    assert "argument --folder-order: for --classes (classification) only" in capsys.readouterr().err

@@ -5,6 +5,7 @@
     python -m torchflava.zero_shot --checkpoint /models/flava-full --images coco --captions dataset_coco.json --split test
     python -m torchflava.zero_shot --checkpoint /models/clip-vit-base-patch32 --images DIR --classes "cat,dog"
     python -m torchflava.zero_shot --checkpoint file:///models/flava-full --images DIR --classes @classes.txt
+    python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @imagenet_classes.txt --folder-order
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
@@ -15,7 +16,9 @@ Classification: every image under ``--images`` gets the class whose prompts' mea
 is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
 ``--json``; when the images sit in sub-folders named after the classes (case and surrounding
 spaces aside, where that names one class), the accuracy is reported too, else a warning says which
-folders match no class. ``--classes @FILE`` reads the class names from a UTF-8 file, one a line
+folders match no class; with ``--folder-order`` the i-th class is the i-th sub-folder in sorted order
+instead (torchvision's ``ImageFolder`` numbering: ImageNet's synset folders, with the class names listed
+in that order). ``--classes @FILE`` reads the class names from a UTF-8 file, one a line
 (names may hold commas; blank lines are ignored). Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
 ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets),
 COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
@@ -25,6 +28,7 @@ skipped and counted.
 """
 
 import argparse
+import os
 from pathlib import Path
 import sys
 from typing import Callable, Optional, Sequence, Union
@@ -134,24 +138,34 @@ def classify_folder(
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     *,
     batch_size: int = 64,
+    folder_order: bool = False,
 ) -> dict:
     """Zero-shot classification of every image under ``images_dir``.
+
+    Args:
+        folder_order (bool): the i-th class is the i-th sub-folder of ``images_dir`` in sorted order (as
+            torchvision's ``ImageFolder`` numbers them: ImageNet's synset folders ``n01440764``... with
+            their class names listed in that order); every image must lie in one. False: a sub-folder is
+            the class it is named after (:func:`folder_labels`).
 
     Returns:
         dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
         softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped`` and
         ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, and
-        ``accuracy`` when the images lie in sub-folders named after the classes (:func:`folder_labels`).
+        ``accuracy`` when the images lie in sub-folders named after the classes (:func:`folder_labels`),
+        or with ``folder_order``.
 
     Raises:
         TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
         ValueError: if there are fewer than two classes, an empty or duplicated class name, two
-            names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), or a template
-            without one ``{}`` (all before any image is read).
+            names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), a template
+            without one ``{}``, or with ``folder_order`` not one sub-folder per class or an image outside
+            them (all before any image is read).
     """
     check_class_prompts(class_names, templates)  # zero_shot_classifier's checks, before the images are encoded
     if len(class_names) < 2:
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
+    ordered = ordered_folders(images_dir, len(class_names)) if folder_order else None
     scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     folder = ImageFolder(images_dir)
@@ -175,10 +189,30 @@ def classify_folder(
         "num_images": len(files),
         "chance": 1 / len(class_names),
     }
-    labels = folder_labels(files, class_names)
+    labels = folder_labels(files, class_names) if ordered is None else [ordered[image_folder(f)] for f in files]
     if labels is not None:
         result["accuracy"] = classification_accuracy(features, classes, torch.tensor(labels))
     return result
+
+
+def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int) -> dict[str, int]:
+    """Each sub-folder of ``images_dir`` -> its index in sorted order (torchvision's ``ImageFolder`` classes:
+    every sub-folder, images in it or not); ValueError unless there are ``num_classes`` of them and no image
+    lies outside them."""
+    folders = sorted(entry.name for entry in os.scandir(images_dir) if entry.is_dir())
+    if len(folders) != num_classes:
+        raise ValueError(
+            f"folder_order: expected one sub-folder of {images_dir} per class ({num_classes}), got {len(folders)} "
+            f"sub-folders"
+        )
+    listed = ImageFolder(images_dir)  # (the files listed, none read)
+    outside = [f for f in map(listed.relative_path, range(len(listed))) if image_folder(f) is None]
+    if outside:
+        raise ValueError(
+            f"folder_order: expected every image in a class sub-folder, got {len(outside)} at the top of "
+            f"{images_dir} (first {outside[0]!r})"
+        )
+    return {folder: index for index, folder in enumerate(folders)}
 
 
 def image_folder(file: str) -> Optional[str]:
@@ -335,6 +369,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument(
         "--template", action="append", dest="templates", help="prompt template with {} for the class name (repeatable)"
     )
+    parser.add_argument(
+        "--folder-order",
+        action="store_true",
+        help="the i-th class is the i-th image sub-folder in sorted order (ImageNet's synset folders with "
+        "--classes @FILE of their names in that order), for the accuracy",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=64)
     add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the result here")
@@ -359,6 +399,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     classes = None if args.classes is None else class_names_argument(args.classes, parser)
     if classes is not None and (len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes)):
         parser.error(f"argument --classes: expected at least two distinct non-empty names, got {classes}")
+    if args.folder_order and classes is None:
+        parser.error("argument --folder-order: for --classes (classification) only")
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if classes is not None:
@@ -375,10 +417,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
             f"{', '.join(IMAGE_EXTENSIONS)} under it)"
         )
+    if args.folder_order:  # the folders counted against the classes, before the checkpoint is loaded
+        try:
+            ordered_folders(args.images, len(classes))
+        except ValueError as error:
+            parser.error(f"argument --folder-order: {str(error).removeprefix('folder_order: ')}")
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     if classes is not None:
         result = classify_folder(
-            pretrained, args.images, classes, args.templates or DEFAULT_TEMPLATES, batch_size=args.batch_size
+            pretrained,
+            args.images,
+            classes,
+            args.templates or DEFAULT_TEMPLATES,
+            batch_size=args.batch_size,
+            folder_order=args.folder_order,
         )
         for file, name in sorted(result["predictions"].items()):
             print(f"{file}\t{name}")
