@@ -870,3 +870,23 @@ def test_folder_order_is_checked_before_the_checkpoint_loads(images, tmp_path, l
             ["--checkpoint", "x", "--images", str(root), "--captions", str(images / "captions.jsonl"), "--folder-order"]
         )
     assert "argument --folder-order: for --classes (classification) only" in capsys.readouterr().err
+
+
+def test_classification_reports_the_class_balanced_and_top5_accuracy(export, images, capsys):
+    directory, _ = export
+    names = [*CLASSES, "yellow cross", "purple star", "orange heart"]  # six: top-5 is not right by count alone
+    result = zero_shot.main(["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(names)])
+    pretrained = load_pretrained(directory)
+    from PIL import Image
+
+    files = list(result["predictions"])
+    features = zero_shot.image_features(pretrained, [Image.open(images / f).convert("RGB") for f in files])
+    scores = features @ zero_shot.class_embeddings(pretrained, names).T
+    truth = [names.index(f.split("/")[0]) for f in files]
+    ranks = [int((row > row[t]).sum()) for row, t in zip(scores, truth)]  # (random features: no ties)
+    assert result["top5_accuracy"] == pytest.approx(sum(r < 5 for r in ranks) / len(ranks))
+    per_class = [sum(r == 0 for r, t in zip(ranks, truth) if t == c) / truth.count(c) for c in sorted(set(truth))]
+    assert result["mean_per_class_accuracy"] == pytest.approx(sum(per_class) / len(per_class))
+    assert f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%, top-5 " in capsys.readouterr().out
+    three = zero_shot.main(["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)])
+    assert "top5_accuracy" not in three and "mean_per_class_accuracy" in three

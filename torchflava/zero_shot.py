@@ -40,7 +40,12 @@ import torch.nn.functional as F
 
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
-from torchflava.evaluation import classification_accuracy, retrieval_recall, zero_shot_classifier
+from torchflava.evaluation import (
+    classification_accuracy,
+    mean_per_class_accuracy,
+    retrieval_recall,
+    zero_shot_classifier,
+)
 from torchflava.evaluation.zero_shot import check_class_prompts, check_finite
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.checks import check_int, is_prompt_template
@@ -152,8 +157,9 @@ def classify_folder(
         dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
         softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped`` and
         ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, and
-        ``accuracy`` when the images lie in sub-folders named after the classes (:func:`folder_labels`),
-        or with ``folder_order``.
+        ``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5 classes)
+        when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with
+        ``folder_order``.
 
     Raises:
         TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
@@ -191,7 +197,12 @@ def classify_folder(
     }
     labels = folder_labels(files, class_names) if ordered is None else [ordered[image_folder(f)] for f in files]
     if labels is not None:
-        result["accuracy"] = classification_accuracy(features, classes, torch.tensor(labels))
+        truth = torch.tensor(labels)
+        result["accuracy"] = classification_accuracy(features, classes, truth)
+        # the class-balanced figure (some benchmarks report it), and top-5 where it is not right by count alone
+        result["mean_per_class_accuracy"] = mean_per_class_accuracy(features, classes, truth)
+        if len(class_names) > 5:
+            result["top5_accuracy"] = classification_accuracy(features, classes, truth, k=5)
     return result
 
 
@@ -437,6 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         summary = f"{result['num_images']} images, {result['skipped']} unreadable skipped"
         if "accuracy" in result:
             summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
+            summary += f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%"
+            if "top5_accuracy" in result:
+                summary += f", top-5 {100 * result['top5_accuracy']:.1f}%"
         print(summary)
         if "accuracy" not in result and (warning := unmatched_folders_warning(result["predictions"], classes)):
             print(warning, file=sys.stderr)
