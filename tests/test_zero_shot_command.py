@@ -202,8 +202,15 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
         # refused after the checkpoint was loaded, or (an empty name) silently dropped
         (["--classes", "red circle"], "argument --classes: expected at least two distinct non-empty names"),
-        (["--classes", "cat,,dog"], "argument --classes: expected at least two distinct non-empty names"),
-        (["--classes", "cat,dog,cat"], "argument --classes: expected at least two distinct non-empty names"),
+        (
+            ["--classes", "cat,,dog"],
+            "argument --classes: expected non-empty names, got an empty one at position 1 of 3",
+        ),
+        # (was the whole list, 1000 names for ImageNet's, without saying which repeat)
+        (
+            ["--classes", "cat,dog,cat,crane,crane"],
+            "argument --classes: expected distinct names, got 2 repeated of the 5: ['cat', 'crane']",
+        ),
         (["--images", "/nowhere"], "argument --images: expected an image folder, got '/nowhere'"),
         (["--captions", "/nowhere.jsonl"], "argument --captions: expected a .jsonl or .tsv captions file"),
         (["--captions", __file__, "--template", "a {}"], "argument --template: for --classes"),  # was ignored
@@ -890,3 +897,36 @@ def test_classification_reports_the_class_balanced_and_top5_accuracy(export, ima
     assert f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%, top-5 " in capsys.readouterr().out
     three = zero_shot.main(["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)])
     assert "top5_accuracy" not in three and "mean_per_class_accuracy" in three
+
+
+def test_long_class_lists_are_shortened_in_the_warning_which_suggests_folder_order(export, images, tmp_path, capsys):
+    """A thousand ImageNet names were all printed in the one-line warning; synset folders, as many as the
+    classes, get the hint to number them with --folder-order."""
+    directory, _ = export
+    root = tmp_path / "val"
+    for synset, name in zip(("n01", "n02", "n03"), CLASSES):
+        shutil.copytree(images / name, root / synset)
+    names = ["red", "blue", "green"]  # (words the tiny tokenizer knows)
+    zero_shot.main(["--checkpoint", str(directory), "--images", str(root), "--classes", ",".join(names)])
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warning == [
+        "warning: no accuracy: the image sub-folders ['n01', 'n02', 'n03'] match none of the classes ['red', "
+        "'blue', 'green'] (each image should lie in a sub-folder named after its class; or --folder-order, if "
+        "the i-th class is the i-th sub-folder in sorted order (ImageNet's synsets))"
+    ]
+    many = [f"class {i}" for i in range(1000)]
+    text = zero_shot.unmatched_folders_warning(["n01/a.png"], many)
+    assert (
+        "['class 0', 'class 1', 'class 2', 'class 3', 'class 4', 'class 5', 'class 6', 'class 7', 'class 8', '...'] (1000 in all)"
+        in text
+    )
+    assert "folder-order" not in text  # (one folder for 1000 classes; and no hint unless asked)
+
+
+def test_retrieval_recalls_print_in_k_order(export, images, capsys):
+    directory, _ = export
+    zero_shot.main(
+        ["--checkpoint", str(directory), "--images", str(images), "--captions", str(images / "captions.jsonl")]
+    )
+    printed = [line.split(":")[0].strip() for line in capsys.readouterr().out.splitlines() if "R@" in line]
+    assert printed == [f"{d}_R@{k}" for k in (1, 5, 10) for d in ("image_to_text", "text_to_image")]

@@ -28,6 +28,7 @@ skipped and counted.
 """
 
 import argparse
+import collections
 import os
 from pathlib import Path
 import sys
@@ -252,17 +253,42 @@ def folder_labels(files: Sequence[str], class_names: Sequence[str]) -> Optional[
     return None if any(label is None for label in labels) else labels
 
 
-def unmatched_folders_warning(files: Sequence[str], class_names: Sequence[str]) -> Optional[str]:
+def class_names_fault(names: Sequence[str]) -> Optional[str]:
+    """What is wrong with a command's class names (fewer than two, an empty one, repeated ones, named), or None."""
+    if len(names) < 2:
+        return f"expected at least two distinct non-empty names, got {list(names)}"
+    if not all(names):
+        return f"expected non-empty names, got an empty one at position {list(names).index('')} of {len(names)}"
+    repeated = sorted({name for name, count in collections.Counter(names).items() if count > 1})
+    if repeated:
+        return f"expected distinct names, got {len(repeated)} repeated of the {len(names)}: {_listed(repeated)}"
+    return None
+
+
+def _listed(names: Sequence[str], limit: int = 10) -> str:
+    """``names`` as a list, its first ``limit`` and how many in all where there are more (1000 ImageNet classes)."""
+    shown = list(names)[:limit]
+    return f"{shown}" if len(names) <= limit else f"{shown[:-1] + ['...']} ({len(names)} in all)"
+
+
+def unmatched_folders_warning(
+    files: Sequence[str], class_names: Sequence[str], *, folder_order_hint: bool = False
+) -> Optional[str]:
     """The one-line warning of a classification without accuracy whose images lie in sub-folders: which
-    folders name no class (None where every image lies at the top: no folder to match)."""
+    folders name no class (None where every image lies at the top: no folder to match); with
+    ``folder_order_hint``, where there are as many sub-folders as classes and every image lies in one, that
+    ``--folder-order`` would number them."""
     folders = {image_folder(file) for file in files}
     if folders == {None}:
         return None
     unmatched = sorted(f for f in folders - {None} if folder_class(f, class_names) is None)
     top = " and images outside any sub-folder" if None in folders else ""
+    hint = ""
+    if folder_order_hint and None not in folders and len(folders) == len(class_names):
+        hint = "; or --folder-order, if the i-th class is the i-th sub-folder in sorted order (ImageNet's synsets)"
     return (
-        f"warning: no accuracy: the image sub-folders {unmatched}{top} match none of the classes "
-        f"{list(class_names)} (each image should lie in a sub-folder named after its class)"
+        f"warning: no accuracy: the image sub-folders {_listed(unmatched)}{top} match none of the classes "
+        f"{_listed(class_names)} (each image should lie in a sub-folder named after its class{hint})"
     )
 
 
@@ -408,8 +434,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"got {args.captions!r} (not a file)"
         )
     classes = None if args.classes is None else class_names_argument(args.classes, parser)
-    if classes is not None and (len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes)):
-        parser.error(f"argument --classes: expected at least two distinct non-empty names, got {classes}")
+    if classes is not None and (fault := class_names_fault(classes)):
+        parser.error(f"argument --classes: {fault}")
     if args.folder_order and classes is None:
         parser.error("argument --folder-order: for --classes (classification) only")
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
@@ -452,12 +478,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             if "top5_accuracy" in result:
                 summary += f", top-5 {100 * result['top5_accuracy']:.1f}%"
         print(summary)
-        if "accuracy" not in result and (warning := unmatched_folders_warning(result["predictions"], classes)):
+        warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
+        if "accuracy" not in result and warning:
             print(warning, file=sys.stderr)
     else:
         result = _folder_retrieval(pretrained, folder, args.batch_size)  # (the file read and checked above)
         print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")
-        for key in sorted(k for k in result if "R@" in k and "chance" not in k):
+        recalls = [k for k in result if "R@" in k and "chance" not in k]
+        for key in sorted(recalls, key=lambda k: (int(k.split("@")[1]), k)):  # R@1, R@5, R@10 (not R@10 first)
             k = key.split("@")[1]
             print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'R@{k}_chance']:.1f}%)")
     return finish_command(result, result["skipped_reasons"], args.json)
