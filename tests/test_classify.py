@@ -503,3 +503,33 @@ def test_an_interrupted_export_reads_as_not_a_classifier_saying_so(image_run, tm
     (tmp_path / "cut" / CLASSIFIER_CONFIG).unlink()  # written last: a kill before it leaves the rest
     with pytest.raises(FileNotFoundError, match=r"got a pretrained FLAVA checkpoint \(or an export cut short before"):
         load_classifier(tmp_path / "cut")
+
+
+def test_folders_naming_no_class_get_a_warning_and_named_ones_a_mean_per_class_accuracy(image_run, tmp_path, capsys):
+    """Folders named otherwise than the classes (red_circle for 'red circle') gave no accuracy and no reason."""
+    out, _ = image_run
+    classifier = load_classifier(out)
+    val = ShapesClassification("test", 6, image_size=32)
+    for i in range(6):
+        (tmp_path / "odd" / f"folder_{i % 2}").mkdir(parents=True, exist_ok=True)
+        val[i].image.save(tmp_path / "odd" / f"folder_{i % 2}" / f"{i}.png")
+    capsys.readouterr()
+    result = main(["--checkpoint", str(out), "--images", str(tmp_path / "odd")])
+    assert "accuracy" not in result
+    assert result["warning"].startswith(
+        "warning: no accuracy: the image sub-folders ['folder_0', 'folder_1'] match none"
+    )
+    assert result["warning"] in capsys.readouterr().err
+    named = tmp_path / "named"
+    for i in range(6):
+        (named / classifier.labels[val[i].label]).mkdir(parents=True, exist_ok=True)
+        val[i].image.save(named / classifier.labels[val[i].label] / f"{i}.png")
+    result = main(["--checkpoint", str(out), "--images", str(named)])
+    predicted = classifier.scores([val[i].image for i in range(6)]).argmax(dim=1).tolist()
+    truth = [val[i].label for i in range(6)]
+    per_class = [sum(p == t for p, t in zip(predicted, truth) if t == c) / truth.count(c) for c in sorted(set(truth))]
+    assert result["mean_per_class_accuracy"] == pytest.approx(sum(per_class) / len(per_class))
+    assert (
+        "warning" not in result
+        and f"mean per class {100 * result['mean_per_class_accuracy']:.1f}%" in capsys.readouterr().out
+    )

@@ -29,6 +29,7 @@ import contextlib
 import inspect
 import json
 from pathlib import Path
+import sys
 from typing import ContextManager, NamedTuple, Optional, Sequence, Union
 
 from PIL import Image
@@ -66,7 +67,7 @@ from torchflava.utils.checkpoint import (
 from torchflava.utils.cli import at_file_lines, finish_command, output_file, positive_int, run_command, write_json
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
-from torchflava.zero_shot import folder_labels
+from torchflava.zero_shot import folder_labels, unmatched_folders_warning
 
 CLASSIFIER_CONFIG = "classification_config.json"  # flava_model_for_classification's arguments
 LABELS_FILE = "labels.json"  # the class names, in output order
@@ -479,7 +480,8 @@ def _relative(path: str, root: Path) -> str:
 def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
     """The command's result: ``predictions`` (each input's record with its ``top`` classes and scores, or
     ``prediction``: the values of a regression), ``num_inputs``, ``skipped`` and ``skipped_reasons``, and
-    ``accuracy`` and ``chance`` where every image lies in a sub-folder named after its class."""
+    ``accuracy``, ``mean_per_class_accuracy`` and ``chance`` where every image lies in a sub-folder named
+    after its class, else a ``warning`` naming the sub-folders that name no class (where there are any)."""
     predictions, skipped, hits = [], [], []
     regression = classifier.model.loss == "mse"
     top_k = min(args.top_k, classifier.kwargs["num_classes"])
@@ -505,10 +507,16 @@ def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
     }
     single_label = classifier.model.loss == "cross_entropy" and classifier.labels is not None
     if single_label and args.captions is None and args.images is not None:
-        labels = folder_labels([record["image"] for record in predictions], classifier.labels)
+        files = [record["image"] for record in predictions]
+        labels = folder_labels(files, classifier.labels)
         if labels is not None:
-            result["accuracy"] = sum(p == t for p, t in zip(hits, labels)) / len(labels)
+            right = [p == t for p, t in zip(hits, labels)]
+            result["accuracy"] = sum(right) / len(labels)
+            per_class = [[r for r, t in zip(right, labels) if t == c] for c in sorted(set(labels))]
+            result["mean_per_class_accuracy"] = sum(sum(c) / len(c) for c in per_class) / len(per_class)
             result["chance"] = 1 / len(classifier.labels)
+        elif warning := unmatched_folders_warning(files, classifier.labels):  # (zero_shot's: which folders, why)
+            result["warning"] = warning
     return result
 
 
@@ -587,7 +595,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     summary = f"{result['num_inputs']} inputs, {result['skipped']} unreadable skipped"
     if "accuracy" in result:
         summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
+        summary += f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%"
     print(summary)
+    if "warning" in result:
+        print(result["warning"], file=sys.stderr)
     return finish_command(result, result["skipped_reasons"], args.json)
 
 
