@@ -74,11 +74,13 @@ from torchflava.training.schema import (
     TrainingConfig,
     builds_on_meta,
     contrastive_batch_check,
+    contrastive_data_check,
     logit_scale_check,
     lr_multipliers_check,
     opened,
     opened_pairs,
     pair_file_checks,
+    pair_source_key,
     raise_on_failed_checks,
     template_checks,
     training_checks,
@@ -586,6 +588,8 @@ def main(cfg: TrainConfig) -> dict:
     out_dir = Path(t.output_dir)
 
     pairs = build_pairs(d)
+    num_pairs = None if pairs is None else len(pairs)  # (streamed: not known)
+    raise_on_failed_checks([contrastive_data_check(t, num_pairs, pair_source_key(d))])
     checkpoint = None if checked is None else checked.checkpoint
     if checkpoint is None and cfg.model.pretrained is not None:  # a URL's weights: downloaded, read as a file's
         checkpoint = read_checkpoint(cfg, download=True)

@@ -61,11 +61,13 @@ from torchflava.training.schema import (
     builds_on_meta,
     checkpoint_fits,
     contrastive_batch_check,
+    contrastive_data_check,
     logit_scale_check,
     lr_multipliers_check,
     opened,
     opened_pairs,
     pair_file_checks,
+    pair_source_key,
     path_check,
     raise_on_failed_checks,
     template_checks,
@@ -505,6 +507,8 @@ def main(cfg: TrainConfig) -> dict:
     # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
     # codebook from the seed).
     sources = build_sources(cfg.data)
+    if "pairs" in sources and cfg.data.ratios.pairs > 0:  # (streamed pairs: not counted)
+        raise_on_failed_checks([contrastive_data_check(t, len(sources["pairs"]), pair_source_key(cfg.data))])
     tokenizer = opened(  # a vocab.txt that does not read, or data without a usable text, names data.vocab
         "data.vocab",
         cfg.data.vocab,

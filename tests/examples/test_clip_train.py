@@ -269,7 +269,15 @@ def test_a_truncated_shard_is_reported_with_its_partial_sample(tmp_path, capsys)
     (tmp_path / "cut.tar").write_bytes((tmp_path / "full.tar").read_bytes()[:end])
     overrides = ["data.source=files", f"data.files.pairs_shards={tmp_path / 'cut.tar'}", "eval.enabled=false"]
     with pytest.warns(UserWarning, match="cut.tar is truncated"):
-        report = train.main(_config(f"training.output_dir={tmp_path / 'run'}", "training.max_steps=4", *overrides))
+        # (8 a batch: at most the 14 pairs the shard holds; 64 draws as before)
+        report = train.main(
+            _config(
+                f"training.output_dir={tmp_path / 'run'}",
+                "training.max_steps=8",
+                "training.global_batch_size=8",
+                *overrides,
+            )
+        )
     lost = (
         f"pairs: cut.tar is truncated: the file ends at byte {end}, inside the data of member '0013.txt'; any "
         "samples after that are lost, and how many cannot be known from the file"
@@ -812,3 +820,21 @@ def test_a_length_set_is_bounded_by_the_checkpoints_context_not_77(tmp_path):
     with pytest.raises(train.ConfigError) as caught:
         train.validate(_config(f"model.pretrained={hub}", *FROM_CHECKPOINT, "data.max_text_length=97"), 1)
     assert str(caught.value) == "key 'data.max_text_length': expected in [2, 96] (model.pretrained's), got 97"
+
+
+def test_a_contrastive_batch_larger_than_the_data_is_refused_before_any_work(tmp_path):
+    """finetune.yaml's batch of 256 on 18 pairs repeated each pair ~14 times a batch: its copies are negatives
+    of it, the loss sat at ln 256 and nothing said why."""
+    _write_shard(tmp_path / "pairs.tar", 10)
+    overrides = ["data.source=files", f"data.files.pairs_shards={tmp_path / 'pairs.tar'}", "eval.enabled=false"]
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(f"training.output_dir={tmp_path / 'run'}", "training.global_batch_size=16", *overrides))
+    assert str(caught.value) == (
+        "key 'training.global_batch_size': expected at most the 10 training pairs of data.files.pairs_shards per "
+        "contrastive micro-batch (global_batch_size / grad_accumulation = 16): a larger batch repeats pairs, each "
+        "copy a false negative of its own, got 16"
+    )
+    assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    accumulated = (*overrides, "training.global_batch_size=16", "training.grad_accumulation=2", "training.max_steps=3")
+    report = train.main(_config(f"training.output_dir={tmp_path / 'run2'}", *accumulated))  # 8 a micro-batch: fits
+    assert report["steps"] == 3

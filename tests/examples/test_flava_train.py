@@ -433,3 +433,15 @@ def test_a_run_recorded_with_a_ratio_for_a_kind_it_had_no_source_of_resumes(tmp_
     changed.data.ratios = train.RatiosConfig(**train.run_ratios(changed.data))
     with pytest.raises(train.ConfigError, match=r"^key 'data.ratios.texts' \(0.15 -> 0.3\): expected the values"):
         check_resume_config(saved, changed)  # a kind the data has: its share is what it trains
+
+
+def test_a_pairs_batch_larger_than_the_pairs_is_refused_before_any_work(tmp_path):
+    """A contrastive batch over more pairs than the data has repeats them, each copy a negative of its own."""
+    cfg = _config(f"training.output_dir={tmp_path}", "data.shapes.num_pairs=12", "training.global_batch_size=16")
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(cfg)
+    assert str(caught.value).startswith(
+        "key 'training.global_batch_size': expected at most the 12 training pairs of data.shapes.num_pairs per "
+        "contrastive micro-batch (global_batch_size / grad_accumulation = 16)"
+    )
+    assert not (tmp_path / "config.yaml").exists()

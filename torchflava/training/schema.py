@@ -334,6 +334,34 @@ def contrastive_batch_check(t: TrainingConfig) -> tuple:
     )
 
 
+def contrastive_data_check(t: TrainingConfig, num_pairs: Optional[int], key: str) -> tuple:
+    """A check that a contrastive micro-batch over all ranks (``global_batch_size / grad_accumulation``) holds
+    no more pairs than the data has (``num_pairs``, read from the source named by ``key``; None: streamed,
+    not known): a larger one repeats pairs, and each copy is a negative of its own pair, so the loss cannot
+    fall below log(copies) and the model is pushed apart from what it should match.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`, naming
+        ``training.global_batch_size``.
+    """
+    micro = t.global_batch_size // max(t.grad_accumulation, 1)
+    return (
+        num_pairs is None or micro <= num_pairs,
+        "training.global_batch_size",
+        f"at most the {num_pairs} training pairs of {key} per contrastive micro-batch (global_batch_size / "
+        f"grad_accumulation = {micro}): a larger batch repeats pairs, each copy a false negative of its own",
+        t.global_batch_size,
+    )
+
+
+def pair_source_key(data: Any) -> str:
+    """The key naming where a recipe's data section (``source``, ``files.pairs_shards``) takes its pairs
+    from, for messages: ``data.shapes.num_pairs``, ``data.files.pairs_shards`` or ``data.files.pairs_captions``."""
+    if data.source == "shapes":
+        return "data.shapes.num_pairs"
+    return "data.files.pairs_shards" if data.files.pairs_shards is not None else "data.files.pairs_captions"
+
+
 def logit_scale_check(key: str, value: Optional[float], maximum: float) -> tuple:
     """A check that an initial log temperature multiplier (None passes: the builder's default or the
     checkpoint's) lies in [0, ``maximum``], the range a recipe clamps the learnt one to after every
