@@ -214,7 +214,7 @@ def validate(cfg: FinetuneConfig, world_size: int) -> int:
             (
                 d.max_text_length is None or d.max_text_length <= positions,
                 "data.max_text_length",
-                f"null (128, at most the checkpoint's positions) or at most {positions}, the text positions of "
+                f"null ({DEFAULT_TEXT_LENGTH}, at most the checkpoint's positions) or at most {positions}, the text positions of "
                 f"model.pretrained ({m.pretrained})",
                 d.max_text_length,
             )

@@ -160,7 +160,7 @@ def test_config_errors(export, tmp_path):
         _run(export, tmp_path / "r1", "data.task=audio")
     with pytest.raises(finetune.ConfigError, match="data.train"):
         _run(export, tmp_path / "r2", "data.task=glue")
-    with pytest.raises(finetune.ConfigError, match=r"key 'model\.modality': expected one of .*got 'video'"):
+    with pytest.raises(finetune.ConfigError, match=r"key 'model\.modality': expected null or one of .*got 'video'"):
         _run(
             export,
             tmp_path / "r3",
