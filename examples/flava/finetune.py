@@ -88,7 +88,9 @@ class FinetuneDataConfig:
     image_root: Optional[str] = None  # images of an image_text task
     text_columns: list[str] = field(default_factory=lambda: ["sentence"])
     label_column: str = "label"
-    labels: Optional[list[str]] = None  # class / answer names in id order; none for regression
+    # class / answer names in id order; null: glue labels are regression targets (labels all written as
+    # integers are refused then, unless model.loss=mse)
+    labels: Optional[list[str]] = None
     columns: Optional[list[str]] = None  # glue: a TSV's column names in order if it has no header row (CoLA)
     # null: 128, at most the checkpoint's text positions (set so before the run's config is recorded);
     # a set value must fit those positions
@@ -136,7 +138,7 @@ def is_checkpoint_directory(value: Optional[str]) -> bool:
         return False
 
 
-def task_modality(cfg: FinetuneConfig) -> Optional[str]:
+def task_modality(cfg: FinetuneConfig) -> str:
     """``model.modality``, or for null the task's only one (image_text: the builder's default, multimodal)."""
     if cfg.model.modality is not None:
         return cfg.model.modality
