@@ -13,7 +13,7 @@ of ranks, metrics) -> validation report: the final model on ``data.val`` and on 
 """
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 import json
 from pathlib import Path
 import sys
@@ -39,10 +39,10 @@ from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES
-from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory
+from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory, text_positions
 from torchflava.training.config import ConfigError, builder_config, load_config
 from torchflava.training.distributed import barrier
-from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
+from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.schema import (
     NonFiniteLossError,
@@ -60,9 +60,20 @@ TASKS = ("glue", "image_folder", "image_text", "shapes")
 
 # flava_model_for_classification's arguments; num_classes follows from the data, the backbone from
 # ``pretrained`` (a run, export or Hugging Face directory, loaded with its vocabulary).
-FinetuneModelConfig = builder_config(
+_ModelArguments = builder_config(
     flava_model_for_classification, name="FinetuneModelConfig", exclude=("num_classes", "backbone")
 )
+
+
+@dataclass
+class FinetuneModelConfig(_ModelArguments):
+    # null: the task's one modality (glue: text; image_folder and shapes: image), or image_text's
+    # multimodal (the builder's default); set so before the run's config is recorded
+    modality: Optional[str] = None
+
+
+DEFAULT_TEXT_LENGTH = 128  # data.max_text_length's null, at most the checkpoint's text positions
+MAX_LISTED_LABELS = 10  # the integer labels a refusal shows (data.labels=[...])
 
 
 @dataclass
@@ -77,9 +88,13 @@ class FinetuneDataConfig:
     image_root: Optional[str] = None  # images of an image_text task
     text_columns: list[str] = field(default_factory=lambda: ["sentence"])
     label_column: str = "label"
-    labels: Optional[list[str]] = None  # class / answer names in id order; none for regression
+    # class / answer names in id order; null: glue labels are regression targets (labels all written as
+    # integers are refused then, unless model.loss=mse)
+    labels: Optional[list[str]] = None
     columns: Optional[list[str]] = None  # glue: a TSV's column names in order if it has no header row (CoLA)
-    max_text_length: int = 128
+    # null: 128, at most the checkpoint's text positions (set so before the run's config is recorded);
+    # a set value must fit those positions
+    max_text_length: Optional[int] = None
     shapes_train: int = 3000
     shapes_val: int = 540
     image_size: int = 64  # shapes rendering size
@@ -95,6 +110,12 @@ class FinetuneConfig:
             output_dir="runs/finetune", max_steps=1000, global_batch_size=32, checkpoint_every=500
         )
     )
+
+    def resume_ignored(self) -> set[str]:
+        """Keys the training loop's resume comparison leaves to the recipe: ``data.max_text_length``, which
+        :func:`text_length_resume_check` compares knowing the checkpoint's text positions (a run recorded
+        before the length was resolved states 128 where it trained at the checkpoint's fewer positions)."""
+        return {"data.max_text_length"}
 
 
 # Which encoder's CLS each task can feed: its inputs are text (glue), images (image_folder, shapes) or both.
@@ -117,11 +138,24 @@ def is_checkpoint_directory(value: Optional[str]) -> bool:
         return False
 
 
-def validate(cfg: FinetuneConfig, world_size: int) -> None:
+def task_modality(cfg: FinetuneConfig) -> str:
+    """``model.modality``, or for null the task's only one (image_text: the builder's default, multimodal)."""
+    if cfg.model.modality is not None:
+        return cfg.model.modality
+    fitting = TASK_MODALITIES.get(cfg.data.task, ())
+    return fitting[0] if len(fitting) == 1 else "multimodal"
+
+
+def validate(cfg: FinetuneConfig, world_size: int) -> int:
     """Check every key types cannot, before any work: choices, ranges, the task's files and whether
-    the model, loss and labels fit the task. Raises ConfigError naming the key."""
+    the model, loss and labels fit the task. Raises ConfigError naming the key.
+
+    Returns:
+        int: the text positions of ``model.pretrained`` (what a null ``data.max_text_length`` is capped at).
+    """
     d, m = cfg.data, cfg.model
     labels = d.labels
+    modality = task_modality(cfg)
     kind = TASK_FILES.get(d.task)
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
@@ -130,15 +164,15 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
             (kind is None or d.train is not None, "data.train", f"a {kind} for data.task={d.task}", d.train),
             (kind is None or d.val is not None, "data.val", f"a {kind} for data.task={d.task}", d.val),
             *([path_check("data.train", d.train, kind), path_check("data.val", d.val, kind)] if kind else []),
-            (m.modality in MODALITIES, "model.modality", f"one of {MODALITIES}", m.modality),
+            (modality in MODALITIES, "model.modality", f"null or one of {MODALITIES}", m.modality),
             (
-                m.modality in TASK_MODALITIES.get(d.task, MODALITIES),
+                modality in TASK_MODALITIES.get(d.task, MODALITIES),
                 "model.modality",
-                f"one of {TASK_MODALITIES.get(d.task)} for data.task={d.task}",
+                f"null or one of {TASK_MODALITIES.get(d.task)} for data.task={d.task}",
                 m.modality,
             ),
             (m.loss in (None, *LOSSES), "model.loss", f"null or one of {LOSSES}", m.loss),
-            (m.loss in (None, *task_losses(d)), "model.loss", f"null or one of {task_losses(d)} for this task", m.loss),
+            (m.loss in (None, *task_losses(d)), "model.loss", _task_loss_expected(d), m.loss),
             (m.classifier_hidden_dim >= 1, "model.classifier_hidden_dim", ">= 1", m.classifier_hidden_dim),
             (0 <= m.classifier_dropout < 1, "model.classifier_dropout", "in [0, 1)", m.classifier_dropout),
             (
@@ -159,7 +193,12 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
                 "the class / answer names for image_text",
                 labels,
             ),
-            (2 <= d.max_text_length, "data.max_text_length", ">= 2", d.max_text_length),
+            (
+                d.max_text_length is None or 2 <= d.max_text_length,
+                "data.max_text_length",
+                "null or >= 2",
+                d.max_text_length,
+            ),
         ]
         + _task_checks(d)
         + _extra_val_checks(d, kind)
@@ -171,15 +210,67 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
     )
     got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
     raise_on_failed_checks([(layout.family == "flava", "model.pretrained", PRETRAINED, got)])
+    positions = text_positions("flava", layout.kwargs)
+    raise_on_failed_checks(
+        [
+            (
+                d.max_text_length is None or d.max_text_length <= positions,
+                "data.max_text_length",
+                f"null ({DEFAULT_TEXT_LENGTH}, at most the checkpoint's positions) or at most {positions}, the text positions of "
+                f"model.pretrained ({m.pretrained})",
+                d.max_text_length,
+            )
+        ]
+    )
     loss = m.loss or task_losses(d)[0]  # the module names are what is checked: any fitting head will do
 
     def classifier() -> nn.Module:
-        kwargs = {**asdict(m), "pretrained": None, "loss": loss}
+        kwargs = {**asdict(m), "modality": modality, "pretrained": None, "loss": loss}
         return flava_model_for_classification(
             1 if loss == "mse" else 2, backbone=flava_model(**layout.kwargs), **kwargs
         )
 
     raise_on_failed_checks([lr_multipliers_check(classifier, cfg.optim)])
+    return positions
+
+
+def resolve_defaults(cfg: FinetuneConfig, positions: int) -> None:
+    """Set the nulls that follow from the task and the checkpoint (its text ``positions``): the model's
+    modality (:func:`task_modality`) and the text length (128, at most ``positions``), so that the model,
+    the collator, the export's tokenizer, the report and the run's config.yaml (which a resume compares
+    with) all hold what the run trains with."""
+    cfg.model.modality = task_modality(cfg)
+    if cfg.data.max_text_length is None:
+        cfg.data.max_text_length = min(DEFAULT_TEXT_LENGTH, positions)
+
+
+def text_length_resume_check(saved: Path, cfg: FinetuneConfig, positions: int) -> None:
+    """Refuse a resumed run whose text length differs from the one the checkpoint trained at. The
+    ``saved`` config.yaml may state a length above the checkpoint's text ``positions`` (recorded before
+    the length was resolved, while it was capped silently): that run trained at ``positions``.
+
+    Raises:
+        ConfigError: in the training loop's form for a refused resume change, naming data.max_text_length.
+    """
+    from omegaconf import OmegaConf
+
+    recorded = OmegaConf.select(OmegaConf.load(saved), "data.max_text_length")
+    length = cfg.data.max_text_length
+    trained_at = positions if isinstance(recorded, int) and recorded > positions else recorded
+    if trained_at != length:
+        raise ConfigError(
+            f"key 'data.max_text_length' ({recorded!r} -> {length!r}): expected the value the checkpoint was trained "
+            f"with ({saved}), since a resumed run cannot change what it trains; start a new run in another "
+            "training.output_dir"
+        )
+
+
+def _task_loss_expected(d: FinetuneDataConfig) -> str:
+    """What model.loss must be for the task's targets (what a glue task without data.labels needs to classify)."""
+    expected = f"null or one of {task_losses(d)} for this task"
+    if d.task == "glue" and d.labels is None:  # read as numbers: regression targets
+        expected += " (its labels are read as regression targets; cross_entropy needs the class names in data.labels)"
+    return expected
 
 
 def _extra_val_checks(d: FinetuneDataConfig, kind: Optional[str]) -> list[tuple]:
@@ -282,15 +373,18 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
     return []
 
 
-def build_splits(d: FinetuneDataConfig) -> tuple:
+def build_splits(d: FinetuneDataConfig, loss: Optional[str] = None) -> tuple:
     """Train and validation (data.val) sources and the class names (None for regression); a file that
     does not read as the task's data is a ConfigError naming its key. :func:`open_val_set` opens the
-    sets of data.extra_val."""
+    sets of data.extra_val. With ``loss`` (model.loss) null, a glue task without data.labels whose
+    training labels are all integers is refused (:func:`integer_labels_check`)."""
     if d.task == "shapes":
         train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
         return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
     if d.task == "glue":
         train = opened("data.train", d.train, _glue_expected(d), lambda: _glue_tsv(d, d.train))
+        if d.labels is None and loss is None:
+            raise_on_failed_checks([integer_labels_check(d, train)])
         return train, open_val_set(d, d.labels, "data.val", d.val), d.labels
     if d.task == "image_folder":
         expected = "a folder of class sub-folders of images"
@@ -315,6 +409,49 @@ def open_val_set(d: FinetuneDataConfig, classes: Optional[list[str]], key: str, 
     return opened(key, path, expected, lambda: ImageTextLabels(d.image_root, path, d.labels))
 
 
+def integer_labels_check(d: FinetuneDataConfig, train: GlueTsv) -> tuple:
+    """The check that a glue task read without data.labels (as regression targets) is not a
+    classification by mistake: training labels all written as integers (SST-2's 0 and 1, ratings 1 to
+    5) fail it, to be named as classes in data.labels or trained as a regression with model.loss=mse.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    values = _integer_labels(d, train)
+    if values is None:
+        return (True, "data.labels", "", None)
+    listed = ",".join(str(v) for v in values[:MAX_LISTED_LABELS])
+    found = f"the {len(values)} values found"
+    if len(values) > MAX_LISTED_LABELS:
+        listed, found = f"{listed},...", f"the first {MAX_LISTED_LABELS} of the {len(values)} values found"
+    expected = (
+        f"the class names, since every label of {d.train} is an integer: data.labels=[{listed}] ({found}, "
+        "sorted) to classify, or model.loss=mse for a regression on integer targets"
+    )
+    return (False, "data.labels", expected, None)
+
+
+def _integer_labels(d: FinetuneDataConfig, train: GlueTsv) -> Optional[list[int]]:
+    """The distinct labels of ``train`` (read as numbers), sorted, when there are at least 2 and every one
+    is written as an integer, without a decimal point or exponent ("0", "5", not STS-B's "5.000"); else None."""
+    values = set()
+    for index in range(len(train)):
+        try:
+            label = train[index].label
+        except BadSample:  # an unusable row: skipped in training, so no evidence either way
+            continue
+        if not float(label).is_integer():
+            return None
+        values.add(int(label))
+    if len(values) < 2:
+        return None
+    try:  # read again naming the values as written integers: "1.0" or "1e0" is not among them
+        _glue_tsv(replace(d, labels=[str(v) for v in sorted(values)]), d.train)
+    except ValueError:
+        return None
+    return sorted(values)
+
+
 def _glue_tsv(d: FinetuneDataConfig, path: str) -> GlueTsv:
     return GlueTsv(path, d.text_columns, d.label_column, d.labels, columns=d.columns)
 
@@ -325,7 +462,10 @@ def _glue_expected(d: FinetuneDataConfig) -> str:
     columns = f"a TSV file of the columns {d.columns}"
     if d.columns is None:
         columns = f"a TSV file with a header holding {read} (data.columns names those of a file without one)"
-    return f"{columns} and labels in {d.labels}" if d.labels else f"{columns} and numeric labels"
+    if d.labels:
+        return f"{columns} and labels in {d.labels}"
+    # data.labels null reads the labels as regression targets: class names must be listed
+    return f"{columns} and numeric labels (regression targets; to classify, list the class names in data.labels)"
 
 
 @torch.no_grad()
@@ -347,6 +487,30 @@ def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
     return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items), "skipped": skipped}
 
 
+def format_report(report: dict, out_dir: Path) -> str:
+    """The one human line after the report: steps, each validation set's metrics, where the classifier is."""
+    sets = "; ".join(
+        f"validation {name} ({metrics['items']} items) {_format_metrics(metrics)}"
+        for name, metrics in report["validation_sets"].items()
+    )
+    return (
+        f"fine-tuning finished: {report['steps']} steps; {sets}; classifier exported to {out_dir / 'model'} "
+        f"(python -m torchflava.classify --checkpoint {out_dir})"
+    )
+
+
+def _format_metrics(metrics: dict) -> str:
+    """Fractions (accuracy, F1, VQA accuracy) as percentages, correlations as they are, chance last."""
+    shown = []
+    for name, value in metrics.items():
+        if name in ("accuracy", "f1", "vqa_accuracy"):
+            shown.append(f"{name} {100 * value:.1f}%")
+        elif name in ("matthews", "pearson", "spearman"):
+            shown.append(f"{name} {value:.3f}")
+    chance = f" (chance {100 * metrics['chance']:.1f}%)" if "chance" in metrics else ""
+    return ", ".join(shown) + chance
+
+
 def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
     """One micro-batch: the task loss summed over its rows, and the row count."""
     out = model(**item.batch)
@@ -355,12 +519,22 @@ def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: FinetuneConfig) -> dict:
-    start = start_run(cfg, validate)  # validate, process group, run directory, resume point
+    positions = None
+
+    def validated(config: FinetuneConfig, world_size: int) -> None:
+        nonlocal positions
+        positions = validate(config, world_size)
+        resolve_defaults(config, positions)  # before start_run compares the config with a resumed one's and records it
+
+    start = start_run(cfg, validated)  # validate, process group, run directory, resume point
     info = start.info
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
+    if start.resume_from is not None:
+        text_length_resume_check(trained_config(start.resume_from), cfg, positions)
 
-    train_source, val_source, classes = build_splits(d)  # the data checked before the weights are loaded
+    # the data checked before the weights are loaded
+    train_source, val_source, classes = build_splits(d, cfg.model.loss)
     # every validation set by name, data.val's first: the report's "validation" is that one's
     val_sets = {d.val_name: ("data.val", d.val, val_source)}
     for name, path in (d.extra_val or {}).items():
@@ -401,7 +575,7 @@ def main(cfg: FinetuneConfig) -> dict:
     collator = ClassificationCollator(
         pretrained.tokenizer,
         image_size=pretrained.image_size,
-        max_text_length=min(d.max_text_length, pretrained.max_text_length),
+        max_text_length=d.max_text_length,  # resolved, within the checkpoint's positions (validate)
     )
     data = MixedBatches(
         {"train": train_source},
@@ -454,6 +628,7 @@ def main(cfg: FinetuneConfig) -> dict:
             plot_losses(records, out_dir / "loss_curve.png")
         write_json(out_dir / "report.json", report, allow_nan=True)
         print(json.dumps(report, indent=2))
+        print(format_report(report, out_dir))
     barrier()
     return report
 

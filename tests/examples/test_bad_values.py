@@ -46,6 +46,7 @@ def files(tmp_path_factory) -> Path:
     (root / "no_label_column.tsv").write_text("question\tsentence\n" + "a?\tb\n")
     (root / "unknown_label.tsv").write_text("question\tsentence\tlabel\n" + "a?\tb\tmaybe\n")
     (root / "header_only.tsv").write_text("question\tsentence\tlabel\n")
+    (root / "integer_labels.tsv").write_text(tsv.replace("\tpos", "\t1").replace("\tneg", "\t0"))
     (root / "latin1.tsv").write_bytes("question\tsentence\tlabel\nqu\xe9?\tb\tpos\n".encode("latin-1"))
     (root / "not_a_checkpoint").mkdir()
     (root / "clip_run" / "model").mkdir(parents=True)  # what a CLIP run exports (its files not read here)
@@ -277,6 +278,9 @@ FINETUNE_ONLY = [
     ("data.labels=[pos,pos]", "data.labels"),
     ("data.labels=[]", "data.labels"),
     ("data.max_text_length=1", "data.max_text_length"),
+    ("data.max_text_length=33", "data.max_text_length"),  # the export's 32 text positions: was capped silently
+    # labels 0 and 1 read as numbers: was a regression (loss mse, one output) without a word
+    (("data.labels=null", "data.train={files}/integer_labels.tsv"), "data.labels"),
     ((*IMAGE_TEXT, "data.labels=null"), "data.labels"),
     ((*IMAGE_TEXT, "data.image_root=null"), "data.image_root"),
     ((*IMAGE_TEXT, "data.image_root=/nowhere/images"), "data.image_root"),

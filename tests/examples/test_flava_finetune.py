@@ -160,7 +160,7 @@ def test_config_errors(export, tmp_path):
         _run(export, tmp_path / "r1", "data.task=audio")
     with pytest.raises(finetune.ConfigError, match="data.train"):
         _run(export, tmp_path / "r2", "data.task=glue")
-    with pytest.raises(finetune.ConfigError, match=r"key 'model\.modality': expected one of .*got 'video'"):
+    with pytest.raises(finetune.ConfigError, match=r"key 'model\.modality': expected null or one of .*got 'video'"):
         _run(
             export,
             tmp_path / "r3",
@@ -756,3 +756,163 @@ def test_glue_column_errors_name_the_key(export, tmp_path):
         match=r"^key 'data.train': expected a TSV file with a header holding .*line 1 reads as data",
     ):  # CoLA's file read as if it had a header
         _run(export, tmp_path / "r2", *files)
+
+
+def _glue_files(tmp_path, labels, n=24):
+    """train.tsv and dev.tsv of ``n`` sentences with ``labels`` (as written) in turn; their overrides, with
+    data.labels left null."""
+    rows = [(f"sentence {i}", labels[i % len(labels)]) for i in range(n)]
+    _write_glue(tmp_path / "train.tsv", rows, ["sentence", "label"])
+    _write_glue(tmp_path / "dev.tsv", rows[: n // 2], ["sentence", "label"])
+    return ["data.task=glue", f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'dev.tsv'}"]
+
+
+def test_integer_glue_labels_without_data_labels_exit_2_naming_both_ways_out(export, tmp_path):
+    """SST-2's header and 0/1 labels with data.labels null trained a regression (mse, Pearson) without a word."""
+    files = _glue_files(tmp_path, ["0", "1"])
+    out = tmp_path / "run"
+    result = run_with_fault(FINETUNE, [*files, f"model.pretrained={export}", f"training.output_dir={out}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == (
+        f"error: key 'data.labels': expected the class names, since every label of {tmp_path / 'train.tsv'} is an "
+        "integer: data.labels=[0,1] (the 2 values found, sorted) to classify, or model.loss=mse for a regression on "
+        "integer targets, got None"
+    )
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]
+
+
+def test_integer_glue_labels_list_at_most_ten_values_sorted(export, tmp_path):
+    (tmp_path / "ratings").mkdir()
+    files = _glue_files(tmp_path / "ratings", ["3", "1", "5", "2", "4"])
+    with pytest.raises(finetune.ConfigError, match=r"data\.labels=\[1,2,3,4,5\] \(the 5 values found, sorted\)"):
+        _run(export, tmp_path / "r1", *files)
+    files = _glue_files(tmp_path, [str(v) for v in range(-2, 10)])
+    with pytest.raises(
+        finetune.ConfigError, match=r"data\.labels=\[-2,-1,0,1,2,3,4,5,6,7,\.\.\.\] \(the first 10 of the 12 values"
+    ):
+        _run(export, tmp_path / "r2", *files)
+
+
+def test_integer_glue_labels_train_a_regression_with_model_loss_mse_and_decimals_stay_one(export, tmp_path):
+    (tmp_path / "ints").mkdir()
+    files = _glue_files(tmp_path / "ints", ["1", "5"])
+    report = _run(export, tmp_path / "r1", *files, "model.loss=mse", "training.max_steps=2", "optim.warmup_steps=1")
+    assert (report["loss"], report["num_classes"], report["modality"]) == ("mse", 1, "text")
+    assert set(report["validation"]) == {"pearson", "spearman", "items", "skipped"}
+    # a label written with a decimal point or an exponent is a number, not a class: read as regression targets
+    for name, labels in (("decimals", ["1.0", "5.0"]), ("exponent", ["1", "5e0"]), ("scores", ["3.800", "1"])):
+        (tmp_path / name).mkdir()
+        files = _glue_files(tmp_path / name, labels)
+        cfg = finetune.load_config(finetune.FinetuneConfig, [*files, f"model.pretrained={export}"])
+        train, _, classes = finetune.build_splits(cfg.data)
+        assert classes is None and {train[i].label for i in range(2)} == {float(v) for v in labels}, name
+
+
+def test_numeric_glue_labels_listed_in_data_labels_are_classes(export, tmp_path):
+    files = _glue_files(tmp_path, ["0", "1"])
+    cfg = finetune.load_config(finetune.FinetuneConfig, [*files, "data.labels=[0,1]", f"model.pretrained={export}"])
+    assert cfg.data.labels == ["0", "1"]
+    train, val, classes = finetune.build_splits(cfg.data)
+    assert classes == ["0", "1"] and [train[i].label for i in range(4)] == [0, 1, 0, 1]
+    report = _run(export, tmp_path / "run", *files, "data.labels=[0,1]", "training.max_steps=2", "optim.warmup_steps=1")
+    assert (report["loss"], report["num_classes"], report["validation"]["chance"]) == ("cross_entropy", 2, 0.5)
+    assert json.loads((tmp_path / "run" / "model" / "labels.json").read_text()) == ["0", "1"]
+
+
+def test_glue_errors_without_data_labels_say_how_to_classify(export, tmp_path):
+    files = _glue_files(tmp_path, ["negative", "positive"])
+    with pytest.raises(
+        finetune.ConfigError,
+        match=r"^key 'data.train': expected .*and numeric labels \(regression targets; to classify, list the class "
+        r"names in data.labels\), got .*label 'negative' is not a finite number\)$",
+    ):
+        _run(export, tmp_path / "r1", *files)
+    with pytest.raises(
+        finetune.ConfigError,
+        match=r"^key 'model.loss': expected null or one of \('mse',\) for this task \(its labels are read as "
+        r"regression targets; cross_entropy needs the class names in data.labels\), got 'cross_entropy'$",
+    ):
+        _run(export, tmp_path / "r2", *files, "model.loss=cross_entropy")
+
+
+def test_model_modality_null_is_the_tasks_only_one_and_a_wrong_one_is_still_refused(export, tmp_path):
+    files = _glue_files(tmp_path, ["neg", "pos"])
+    report = _run(
+        export, tmp_path / "glue", *files, "data.labels=[neg,pos]", "training.max_steps=2", "optim.warmup_steps=1"
+    )
+    assert report["modality"] == "text"
+    assert "modality: text" in (tmp_path / "glue" / "config.yaml").read_text()
+    shapes = ["data.task=shapes", "data.shapes_train=16", "data.shapes_val=8", "data.image_size=32"]
+    report = _run(export, tmp_path / "shapes", *shapes, "training.max_steps=2", "optim.warmup_steps=1")
+    assert report["modality"] == "image"
+    for task, modality in (("image_folder", "image"), ("image_text", "multimodal")):
+        cfg = finetune.load_config(finetune.FinetuneConfig, [f"data.task={task}"])
+        assert (cfg.model.modality, finetune.task_modality(cfg)) == (None, modality)
+    with pytest.raises(
+        finetune.ConfigError, match=r"^key 'model.modality': expected null or one of \('text',\) for data.task=glue"
+    ):
+        _run(export, tmp_path / "wrong", *files, "data.labels=[neg,pos]", "model.modality=image")
+
+
+def test_max_text_length_null_is_128_at_most_the_checkpoints_positions_and_recorded(export, tmp_path):
+    files = [*_glue_files(tmp_path, ["neg", "pos"]), "data.labels=[neg,pos]"]
+    _run(export, tmp_path / "run", *files, "training.max_steps=2", "optim.warmup_steps=1")
+    assert "max_text_length: 32\n" in (tmp_path / "run" / "config.yaml").read_text()  # the export has 32 positions
+    tokenizer = json.loads((tmp_path / "run" / "model" / "tokenizer_config.json").read_text())
+    assert tokenizer["model_max_length"] == 32
+    _run(export, tmp_path / "short", *files, "data.max_text_length=12", "training.max_steps=2", "optim.warmup_steps=1")
+    assert "max_text_length: 12\n" in (tmp_path / "short" / "config.yaml").read_text()
+    with pytest.raises(
+        finetune.ConfigError,
+        match=rf"^key 'data.max_text_length': expected null \(128, at most the checkpoint's positions\) or at most 32, "
+        rf"the text positions of model.pretrained \({export}\), got 64$",
+    ):
+        _run(export, tmp_path / "long", *files, "data.max_text_length=64")
+    assert not (tmp_path / "long").exists()
+
+
+def test_a_run_recorded_with_128_above_the_checkpoints_positions_resumes_with_the_default(export, tmp_path):
+    """A run recorded before the length was resolved states 128 where it trained at the checkpoint's 32
+    positions: the default (null, now 32) resumes it; a recorded length it did train at is compared as it is."""
+    from torchflava.training.config import check_resume_config, save_config
+
+    files = [*_glue_files(tmp_path, ["neg", "pos"]), "data.labels=[neg,pos]", f"model.pretrained={export}"]
+    for recorded, given, ok in ((128, None, True), (40, 32, True), (16, None, False), (32, 16, False)):
+        # (a run recorded then states its modality: there was no null)
+        old = finetune.load_config(
+            finetune.FinetuneConfig, [*files, "model.modality=text", f"data.max_text_length={recorded}"]
+        )
+        save_config(old, tmp_path / "config.yaml")
+        cfg = finetune.load_config(finetune.FinetuneConfig, [*files, f"data.max_text_length={given or 'null'}"])
+        positions = finetune.validate(cfg, 1)
+        finetune.resolve_defaults(cfg, positions)
+        assert positions == 32 and cfg.data.max_text_length == (given or 32)
+        assert check_resume_config(tmp_path / "config.yaml", cfg) == []  # the recipe compares the length
+        if ok:
+            finetune.text_length_resume_check(tmp_path / "config.yaml", cfg, positions)
+        else:
+            with pytest.raises(
+                finetune.ConfigError,
+                match=rf"^key 'data.max_text_length' \({recorded} -> {given or 32}\): expected the value the checkpoint",
+            ):
+                finetune.text_length_resume_check(tmp_path / "config.yaml", cfg, positions)
+
+
+def test_the_report_ends_with_one_human_line(export, tmp_path, capsys):
+    files = [*_glue_files(tmp_path, ["neg", "pos"]), "data.labels=[neg,pos]"]
+    report = _run(export, tmp_path / "run", *files, "training.max_steps=2", "optim.warmup_steps=1")
+    printed = capsys.readouterr().out.strip().splitlines()
+    v = report["validation"]
+    assert json.loads("\n".join(printed[:-1])) == report
+    assert printed[-1] == (
+        f"fine-tuning finished: 2 steps; validation val (12 items) accuracy {100 * v['accuracy']:.1f}%, matthews "
+        f"{v['matthews']:.3f}, f1 {100 * v['f1']:.1f}% (chance 50.0%); classifier exported to {tmp_path / 'run' / 'model'} "
+        f"(python -m torchflava.classify --checkpoint {tmp_path / 'run'})"
+    )
+    assert finetune.format_report(
+        {"steps": 5, "validation_sets": {"dev": {"pearson": 0.91234, "spearman": float("nan"), "items": 3}}},
+        Path("runs/stsb"),
+    ) == (
+        "fine-tuning finished: 5 steps; validation dev (3 items) pearson 0.912, spearman nan; classifier exported to "
+        "runs/stsb/model (python -m torchflava.classify --checkpoint runs/stsb)"
+    )
