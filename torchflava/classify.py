@@ -25,7 +25,6 @@ classes, the accuracy. ``--json`` also writes them.
 
 import argparse
 from collections.abc import Iterable, Mapping, Set
-import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -51,6 +50,7 @@ from torchflava.pretrained import (
     CheckpointLayout,
     add_dtype_argument,
     checkpoint_layout,
+    inference_precision,
     load_pretrained,
     local_directory,
 )
@@ -65,6 +65,7 @@ from torchflava.utils.checkpoint import (
     refuse_unmatched,
 )
 from torchflava.utils.cli import at_file_lines, finish_command, output_file, positive_int, run_command, write_json
+from torchflava.utils.distributed import get_rank
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 from torchflava.zero_shot import folder_labels, unmatched_folders_warning
@@ -78,10 +79,6 @@ _ARGUMENTS = tuple(
     for name in inspect.signature(flava_model_for_classification).parameters
     if name not in ("backbone", "pretrained")
 )
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def classifier_arguments(model: FLAVAForClassification) -> dict:
@@ -158,12 +155,12 @@ def export_classifier(
     labels = _check_labels(labels, kwargs["num_classes"], kwargs["loss"], "labels")
     _check_backbone_kwargs(backbone_kwargs, model.model)
     directory = Path(directory)
-    if _rank() == 0:
+    if get_rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CLASSIFIER_CONFIG).unlink(missing_ok=True)  # (its presence marks a finished export)
     barrier()
     export_model(model, directory / CLASSIFIER_WEIGHTS)
-    if _rank() == 0:
+    if get_rank() == 0:
         write_json(directory / "backbone_config.json", backbone_kwargs, allow_nan=True)
         tokenizer.save(directory)
         image_transform.save(directory)
@@ -228,9 +225,7 @@ class Classifier(NamedTuple):
 
     def precision(self) -> ContextManager:
         """bf16 autocast for a bf16 classifier, else nothing."""
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.dtype)
+        return inference_precision(self.model, self.dtype)
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -449,18 +444,24 @@ def _read_labels(path: Path, kwargs: dict) -> list[str]:
         raise ValueError(f"classifier: {error}") from None
 
 
-def _chunks(classifier: Classifier, args: argparse.Namespace, skipped: list):
-    """(records, images, texts) chunks of ``--batch-size`` inputs: each record names its input (an image
-    path relative to ``--images``, a text); unreadable images and malformed captions are added to ``skipped``."""
+def _listed_inputs(args: argparse.Namespace) -> Optional[Union[ImageFolder, ImageTextFolder]]:
+    """The image folder or image-text pairs the arguments name, listed (none read); None for texts."""
+    if args.captions is not None:
+        return ImageTextFolder(args.images, args.captions, image_key=args.image_key, text_key=args.text_key)
+    return None if args.images is None else ImageFolder(args.images)
+
+
+def _chunks(args: argparse.Namespace, folder: Optional[Union[ImageFolder, ImageTextFolder]], skipped: list):
+    """(records, images, texts) chunks of ``--batch-size`` inputs of ``folder`` (:func:`_listed_inputs`), or of
+    the texts: each record names its input (an image path relative to ``--images``, a text); unreadable
+    images and malformed captions are added to ``skipped``."""
     size = args.batch_size
-    if args.captions is not None:  # image-text pairs
-        folder = ImageTextFolder(args.images, args.captions, image_key=args.image_key, text_key=args.text_key)
+    if isinstance(folder, ImageTextFolder):  # image-text pairs
         root = Path(args.images)
         for chunk in readable_chunks(folder.__getitem__, range(len(folder)), size, skipped):
             records = [{"image": _relative(folder.image_path(i), root), "text": s.text} for i, s in chunk]
             yield records, [s.image for _, s in chunk], [s.text for _, s in chunk]
-    elif args.images is not None:
-        folder = ImageFolder(args.images)
+    elif folder is not None:
         for chunk in readable_chunks(folder.__getitem__, range(len(folder)), size, skipped):
             yield [{"image": folder.relative_path(i)} for i, _ in chunk], [s.image for _, s in chunk], None
     else:
@@ -477,15 +478,21 @@ def _relative(path: str, root: Path) -> str:
         return path
 
 
-def classify(classifier: Classifier, args: argparse.Namespace) -> dict:
+def classify(
+    classifier: Classifier,
+    args: argparse.Namespace,
+    folder: Optional[Union[ImageFolder, ImageTextFolder]] = None,
+) -> dict:
     """The command's result: ``predictions`` (each input's record with its ``top`` classes and scores, or
     ``prediction``: the values of a regression), ``num_inputs``, ``skipped`` and ``skipped_reasons``, and
     ``accuracy``, ``mean_per_class_accuracy`` and ``chance`` where every image lies in a sub-folder named
-    after its class, else a ``warning`` naming the sub-folders that name no class (where there are any)."""
+    after its class, else a ``warning`` naming the sub-folders that name no class (where there are any).
+    ``folder``: the inputs ``args`` name as :func:`_listed_inputs` lists them (listed here when None)."""
+    folder = _listed_inputs(args) if folder is None else folder
     predictions, skipped, hits = [], [], []
     regression = classifier.model.loss == "mse"
     top_k = min(args.top_k, classifier.kwargs["num_classes"])
-    for records, images, texts in _chunks(classifier, args, skipped):
+    for records, images, texts in _chunks(args, folder, skipped):
         scores = classifier.scores(images, texts)
         for record, row in zip(records, scores):
             if regression:
@@ -574,15 +581,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"got {reads[given]}"
         )
     try:  # the inputs listed, not read, before the weights are loaded
-        if args.captions is not None:
-            ImageTextFolder(args.images, args.captions, image_key=args.image_key, text_key=args.text_key)
-        elif args.images is not None:
-            ImageFolder(args.images)
+        folder = _listed_inputs(args)
     except ValueError as error:
         option = "--captions" if args.captions is not None else "--images"
         parser.error(f"argument {option}: {first_line(error)}")
     classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
-    result = classify(classifier, args)
+    result = classify(classifier, args, folder)
     for record in result["predictions"]:
         # (a text holding a tab or a line break would break the columns: such a text is shown quoted)
         shown_inputs = [record[key] for key in ("image", "text") if key in record]

@@ -113,9 +113,7 @@ class Pretrained(NamedTuple):
     def precision(self) -> ContextManager:
         """The region to call the model's encoders in: bf16 autocast for a bf16 checkpoint (its
         features then come out in bf16: make them float before comparing them), else nothing."""
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.dtype)
+        return inference_precision(self.model, self.dtype)
 
     @property
     def image_size(self) -> int:
@@ -133,6 +131,13 @@ class Pretrained(NamedTuple):
         :attr:`max_text_length`."""
         length = self.tokenizer.model_max_length
         return min(DEFAULT_TEXT_LENGTH if length is None else length, self.max_text_length)
+
+
+def inference_precision(model: torch.nn.Module, dtype: torch.dtype) -> ContextManager:
+    """The region to run ``model`` in at ``dtype``: autocast on its device for bf16, nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
 
 
 def text_positions(family: str, kwargs: dict) -> int:

@@ -172,10 +172,10 @@ def classify_folder(
     check_class_prompts(class_names, templates)  # zero_shot_classifier's checks, before the images are encoded
     if len(class_names) < 2:
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
-    ordered = ordered_folders(images_dir, len(class_names)) if folder_order else None
     scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
-    folder = ImageFolder(images_dir)
+    folder = ImageFolder(images_dir)  # (listed: no image read)
+    ordered = ordered_folders(images_dir, len(class_names), folder) if folder_order else None
     classes = class_embeddings(pretrained, class_names, templates)  # (names the tokenizer merges: before any image)
     files, chunks, skipped = [], [], []
     for chunk in readable_chunks(folder.__getitem__, range(len(folder)), batch_size, skipped):
@@ -207,17 +207,16 @@ def classify_folder(
     return result
 
 
-def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int) -> dict[str, int]:
+def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int, listed: ImageFolder) -> dict[str, int]:
     """Each sub-folder of ``images_dir`` -> its index in sorted order (torchvision's ``ImageFolder`` classes:
     every sub-folder, images in it or not); ValueError unless there are ``num_classes`` of them and no image
-    lies outside them."""
+    of ``listed`` (``images_dir``'s images, listed) lies outside them."""
     folders = sorted(entry.name for entry in os.scandir(images_dir) if entry.is_dir())
     if len(folders) != num_classes:
         raise ValueError(
             f"folder_order: expected one sub-folder of {images_dir} per class ({num_classes}), got {len(folders)} "
             f"sub-folders"
         )
-    listed = ImageFolder(images_dir)  # (the files listed, none read)
     outside = [f for f in map(listed.relative_path, range(len(listed))) if image_folder(f) is None]
     if outside:
         raise ValueError(
@@ -441,7 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if classes is not None:
-            ImageFolder(args.images)
+            listed = ImageFolder(args.images)
         else:
             folder = ImageTextFolder(
                 args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split
@@ -456,7 +455,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         )
     if args.folder_order:  # the folders counted against the classes, before the checkpoint is loaded
         try:
-            ordered_folders(args.images, len(classes))
+            ordered_folders(args.images, len(classes), listed)
         except ValueError as error:
             parser.error(f"argument --folder-order: {str(error).removeprefix('folder_order: ')}")
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
