@@ -8,13 +8,14 @@ from torch.testing import assert_close
 from tests.helpers import TINY_FLAVA, padded_text
 from torchflava.models.flava import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
 from torchflava.modules.encoders import (
+    CLS_POSITION,
     EncoderOutput,
     MultimodalEncoder,
     TextEncoder,
     VisionEncoder,
     transformer_encoder,
 )
-from torchflava.modules.layers import PatchEmbedding, TokenEmbedding
+from torchflava.modules.layers import PatchEmbedding, Pooler, TokenEmbedding
 
 T = TINY_FLAVA
 IMAGE_TOKENS = 1 + (T["image_size"] // T["patch_size"]) ** 2  # 17
@@ -318,3 +319,23 @@ def test_towers_refuse_an_encoder_that_is_no_stack_when_built(stack):
     for owner, build in builds.items():
         with pytest.raises(TypeError, match=rf"^{owner}: encoder \([\w.]+\) must be a stack whose forward"):
             build()
+
+
+def test_a_vision_encoder_without_a_cls_token_refuses_what_would_read_the_first_patch_as_one():
+    """Before, both quietly gave the first patch's encoding where a CLS encoding was asked for."""
+    torch.manual_seed(0)
+    stack = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
+    patches = PatchEmbedding(16, 4, 3, 16, use_cls_token=False)
+    with pytest.raises(ValueError, match=r"^VisionEncoder: pooler \(Pooler\) reads the first token, and embeddings"):
+        VisionEncoder(patches, stack, nn.LayerNorm(16), Pooler(16))
+    encoder = VisionEncoder(patches, stack, nn.LayerNorm(16)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"^output_positions is CLS_POSITION, but this VisionEncoder's embeddings"):
+        encoder(images, output_positions=CLS_POSITION)
+    # the first patch asked for as such, and a CLS embedding's CLS_POSITION, still select position 0
+    first = encoder(images).last_hidden_state[:, :1]
+    assert_close(encoder(images, output_positions=slice(0, 1)).last_hidden_state, first)
+    with_cls = VisionEncoder(PatchEmbedding(16, 4, 3, 16), stack, nn.LayerNorm(16), Pooler(16)).eval()
+    out = with_cls(images, output_positions=CLS_POSITION)
+    assert out.last_hidden_state.shape == (2, 1, 16)
+    assert_close(out.last_hidden_state, with_cls(images).last_hidden_state[:, :1])
