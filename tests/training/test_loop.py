@@ -808,6 +808,38 @@ def test_bad_arguments_are_named_before_any_work(tmp_path):
         run(tmp_path / "twice", max_steps=1)
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """A stream of the toy's micro-batches with no position to restart from."""
+
+    def __iter__(self):
+        return (ToyData(6)[i] for i in range(6))
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (
+            dict(data=torch.utils.data.DataLoader(ToyData(6), batch_size=None)),
+            "data must be a dataset of micro-batches .* got a DataLoader",
+        ),
+        (dict(data=(ToyData(6)[i] for i in range(6))), "data must be a step-indexed dataset .* got generator"),
+        (dict(data=_Stream()), r"data \(_Stream\) is an IterableDataset without load_state_dict"),
+        (dict(training={"max_steps": 6}), "training must be a TrainingConfig, got dict"),
+        (dict(optim=None), "optim must be an OptimConfig, got NoneType"),
+        (dict(model=lambda x: x), "model must be an nn.Module, got function"),
+        (dict(step="toy_step"), r"step must be a function step\(model, item\) -> StepOutput, got str"),
+    ],
+)
+def test_fit_names_an_argument_of_the_wrong_kind_before_any_work(tmp_path, change, error):
+    # each failed later in torch's or Python's words ('DataLoader' object is not subscriptable, 'dict'
+    # object has no attribute 'grad_accumulation'), after the run directory was taken
+    training, optim = settings(tmp_path / "run")
+    arguments = {**dict(model=Toy(), step=toy_step, data=ToyData(6), training=training, optim=optim), **change}
+    with pytest.raises(TypeError, match=error):
+        fit(arguments.pop("model"), arguments.pop("step"), arguments.pop("data"), **arguments)
+    assert not (tmp_path / "run").exists()
+
+
 def _with_counts(count):
     def step(model, item):
         sums, counts = toy_sums(model, item.batch)

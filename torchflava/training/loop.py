@@ -90,6 +90,7 @@ from torchflava.training.schema import (
     training_checks,
 )
 from torchflava.utils.checkpoint import atomic_write, check_zip_expansion, first_line
+from torchflava.utils.checks import check_module
 from torchflava.utils.memory import keep_freed_memory
 
 
@@ -381,6 +382,9 @@ def fit(
         FitResult: final step and loss, unusable samples, the checkpoint resumed from.
 
     Raises:
+        TypeError: before any work, if ``model`` is no module, ``step`` not callable, ``training`` or
+            ``optim`` not the dataclass named, or ``data`` neither indexable with a length nor an
+            ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``: pass its dataset of micro-batches).
         ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
             is malformed; ConfigError (a ValueError) naming the key if ``training`` or ``optim``
             holds a bad value (the checks a recipe's ``validate`` runs).
@@ -388,6 +392,7 @@ def fit(
             workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
     """
+    _check_fit_arguments(model, step, data, training, optim)
     t = training
     raise_on_failed_checks(training_checks(t, optim, _world_size()))  # as a recipe's validate does
     accumulation = t.grad_accumulation
@@ -558,6 +563,35 @@ def fit(
         if logger is not None:
             logger.close()
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
+
+
+def _check_fit_arguments(model: object, step: object, data: object, training: object, optim: object) -> None:
+    """TypeError naming the first argument of :func:`fit` that is not of the kind it takes: each failed
+    only later, inside torch or the loop (``'DataLoader' object is not subscriptable``, ``'dict' object has
+    no attribute 'grad_accumulation'``), after the run directory was taken."""
+    check_module("model", model)
+    if not callable(step):
+        raise TypeError(f"step must be a function step(model, item) -> StepOutput, got {type(step).__name__}")
+    for name, value, kind in (("training", training, "a TrainingConfig"), ("optim", optim, "an OptimConfig")):
+        if not isinstance(value, TrainingConfig if name == "training" else OptimConfig):
+            raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    if isinstance(data, DataLoader):  # the loop makes the loader itself (in order, from the resumed step)
+        raise TypeError(
+            "data must be a dataset of micro-batches (data[i] = micro-batch i), got a DataLoader: pass the "
+            "dataset it would batch, each item a whole micro-batch (fit loads the items in order itself)"
+        )
+    if isinstance(data, IterableDataset):
+        if not callable(getattr(data, "load_state_dict", None)):  # a resumed run restarts the stream with it
+            raise TypeError(
+                f"data ({type(data).__name__}) is an IterableDataset without load_state_dict(position): a streamed "
+                "dataset must restart where a checkpoint left it (see torchflava.data.streaming), or give fit "
+                "a step-indexed dataset (data[i], len(data))"
+            )
+    elif not (callable(getattr(data, "__getitem__", None)) and callable(getattr(data, "__len__", None))):
+        raise TypeError(
+            f"data must be a step-indexed dataset (data[i] and len(data)) or a streamed IterableDataset, "
+            f"got {type(data).__name__}"
+        )
 
 
 def _takes_an_argument(hook: Callable) -> bool:
