@@ -339,3 +339,31 @@ def test_a_vision_encoder_without_a_cls_token_refuses_what_would_read_the_first_
     out = with_cls(images, output_positions=CLS_POSITION)
     assert out.last_hidden_state.shape == (2, 1, 16)
     assert_close(out.last_hidden_state, with_cls(images).last_hidden_state[:, :1])
+
+
+def test_a_bf16_multimodal_encoder_takes_fp32_tower_states():
+    """fp32 towers' states into a bf16 fusion failed inside torch (mat1 and mat2 must have the same dtype);
+    they are now cast to the projections' dtype, as a patch embedding casts its pixels."""
+    image_states, text_states = multimodal_inputs()
+    encoder = multimodal_encoder().to(torch.bfloat16)
+    out = encoder(image_states, text_states).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    expected = encoder(image_states.bfloat16(), text_states.bfloat16()).last_hidden_state
+    assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_multimodal_encoder_overrides_the_stacks_checkpointing_for_one_call():
+    """Vision and text towers took checkpoint_activations for one call; the multimodal encoder raised
+    TypeError (unexpected keyword argument)."""
+    image_states, text_states = multimodal_inputs()
+    encoder = multimodal_encoder().train()
+    encoder.encoder.checkpoint_activations = "full"
+    calls = []
+    encoder.encoder.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    for override, forwards in ((None, 2), ("none", 1), (False, 1)):  # full: the layer runs again in backward
+        calls.clear()
+        kwargs = {} if override is None else {"checkpoint_activations": override}
+        encoder(image_states, text_states, **kwargs).last_hidden_state.sum().backward()
+        assert len(calls) == forwards, override
+    with pytest.raises(ValueError, match=r"checkpoint_activations must be a bool or one of"):
+        encoder(image_states, text_states, checkpoint_activations="some")
