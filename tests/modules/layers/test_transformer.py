@@ -527,3 +527,45 @@ def test_layer_refuses_parts_of_different_widths_when_built():
         MultiHeadSelfAttention(8, 2), nn.Sequential(nn.Linear(8, 8)), attn_norm=nn.Identity(), mlp_norm=nn.Identity()
     )
     assert layer(torch.randn(2, 3, 8)).shape == (2, 3, 8)
+
+
+def test_a_layer_refuses_torchs_multihead_attention_when_built():
+    """Built, it failed in the first forward in torch's words (forward() missing 2 required positional
+    arguments: 'key' and 'value'); so did an attention without the masks' keywords."""
+    mlp = lambda: MLP(8, 16)  # noqa: E731
+    with pytest.raises(
+        TypeError,
+        match=r"^attn \(torch.nn.modules.activation.MultiheadAttention\) must be a self-attention called as "
+        r"attn\(x, key_padding_mask=..., attn_mask=...\) .* its forward requires key, value too$",
+    ):
+        TransformerEncoderLayer(
+            nn.MultiheadAttention(8, 2, batch_first=True), mlp(), attn_norm=nn.LayerNorm(8), mlp_norm=nn.LayerNorm(8)
+        )
+
+    class Unmasked(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"its forward lacks key_padding_mask, attn_mask$"):
+        TransformerEncoderLayer(Unmasked(), mlp(), attn_norm=nn.LayerNorm(8), mlp_norm=nn.LayerNorm(8))
+
+
+def test_a_layer_reads_the_widths_of_an_mlp_written_as_a_sequential():
+    """open_clip's MLP (c_fc, gelu, c_proj) as an nn.Sequential that narrows the stream was built and failed
+    in the first forward inside torch (the size of tensor a (8) must match the size of tensor b (6))."""
+    with pytest.raises(ValueError, match=r"share one width, got mlp\[0\].in_features 8, mlp\[2\].out_features 6"):
+        TransformerEncoderLayer(
+            MultiHeadSelfAttention(8, 2),
+            nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 6)),
+            attn_norm=nn.LayerNorm(8),
+            mlp_norm=nn.LayerNorm(8),
+        )
+    good = TransformerEncoderLayer(
+        MultiHeadSelfAttention(8, 2),
+        nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)),
+        attn_norm=nn.LayerNorm(8),
+        mlp_norm=nn.LayerNorm(8),
+    ).eval()
+    x = torch.randn(2, 3, 8)
+    h = x + good.attn(good.attn_norm(x))
+    assert torch.allclose(good(x), h + good.mlp(good.mlp_norm(h)), atol=1e-6)
