@@ -367,3 +367,27 @@ def test_multimodal_encoder_overrides_the_stacks_checkpointing_for_one_call():
         assert len(calls) == forwards, override
     with pytest.raises(ValueError, match=r"checkpoint_activations must be a bool or one of"):
         encoder(image_states, text_states, checkpoint_activations="some")
+
+
+def test_a_causal_text_encoder_refuses_what_would_read_its_first_token_as_the_sentence():
+    """Before, a Pooler over a causal stack, or CLS_POSITION, quietly gave the first token's encoding, which
+    has seen only itself (the same for every caption that starts alike)."""
+    torch.manual_seed(0)
+    stack = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32, is_causal=True)
+    with pytest.raises(ValueError, match=r"^TextEncoder: pooler \(Pooler\) reads the first token, and the stack's"):
+        TextEncoder(TokenEmbedding(50, 16, 8), stack, nn.LayerNorm(16), Pooler(16))
+    encoder = TextEncoder(TokenEmbedding(50, 16, 8), stack, nn.LayerNorm(16)).eval()
+    ids = torch.tensor([[3, 4, 5, 49], [3, 7, 49, 0]])
+    with pytest.raises(ValueError, match=r"^output_positions is CLS_POSITION, but this TextEncoder's attention is"):
+        encoder(ids, output_positions=CLS_POSITION)
+    end = ids.argmax(dim=-1, keepdim=True)  # each row's end token: what a causal tower is read at
+    full = encoder(ids).last_hidden_state
+    assert_close(encoder(ids, output_positions=end).last_hidden_state[:, 0], full[torch.arange(2), end[:, 0]])
+    # a bidirectional stack keeps its Pooler and CLS_POSITION
+    bert = TextEncoder(
+        TokenEmbedding(50, 16, 8),
+        transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32),
+        nn.LayerNorm(16),
+        Pooler(16),
+    ).eval()
+    assert_close(bert(ids, output_positions=CLS_POSITION).last_hidden_state, bert(ids).last_hidden_state[:, :1])
