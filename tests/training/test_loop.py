@@ -1022,3 +1022,26 @@ def test_an_unusable_item_met_every_step_is_checkpointed_once(tmp_path):
     _, resumed = run(tmp_path, data=OneBadItemEveryStep(9), max_steps=9, checkpoint_every=3, resume="auto")
     state = torch.load(tmp_path / "checkpoints" / "step_00000009" / "rank0.pt", weights_only=True)
     assert state["skipped"] == [["toy", 7, "item 7 is broken"]] and resumed.skipped == result.skipped
+
+
+class _Half(nn.Module):
+    """fp16 weights whose gradients are finite in fp16 (10^4 each) but of norm 10^5, beyond its range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(100, dtype=torch.float16))
+
+    def forward(self) -> torch.Tensor:
+        return (self.weight.float() * 1e4).sum()
+
+
+def test_an_fp16_model_with_finite_gradients_of_a_large_norm_trains(tmp_path):
+    """Each gradient norm was rounded to fp16: 10^5 became inf, and the run stopped as on a NaN."""
+    training, optim = settings(tmp_path, max_steps=2, clip_grad_norm=1.0, lr=0.01)
+    model = _Half()
+    result = fit(
+        model, lambda m, item: StepOutput({"sum": m()}, {"sum": 1}), ToyData(2), training=training, optim=optim
+    )
+    assert result.step == 2
+    assert [round(r["grad_norm"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [100000, 100000]
+    assert bool((model.weight < 0).all())  # descended
