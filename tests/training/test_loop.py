@@ -1045,3 +1045,29 @@ def test_an_fp16_model_with_finite_gradients_of_a_large_norm_trains(tmp_path):
     assert result.step == 2
     assert [round(r["grad_norm"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [100000, 100000]
     assert bool((model.weight < 0).all())  # descended
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(max_steps=6.0), "key 'training.max_steps': expected an int, got 6.0"),  # 'float' object cannot be ...
+        (dict(grad_accumulation=1.0), "key 'training.grad_accumulation': expected an int, got 1.0"),
+        (dict(log_every=1.5), "key 'training.log_every': expected an int, got 1.5"),  # logged at steps 3 and 6
+        (dict(lr="1e-3"), "key 'optim.lr': expected a float, got '1e-3'"),  # '>' not supported ... 'str'
+        (dict(clip_grad_norm="1"), "key 'optim.clip_grad_norm': expected a float or null, got '1'"),
+        (dict(progress_bar="false"), "key 'training.progress_bar': expected a bool, got 'false'"),
+        (
+            dict(lr_multipliers=["linear"]),
+            r"key 'optim.lr_multipliers': expected a dict of str, float, got \['linear'\]",
+        ),
+    ],
+)
+def test_fit_checks_the_types_of_configs_built_in_python_before_any_work(tmp_path, change, message):
+    """load_config types a recipe's config; one built in Python was not checked: each of these failed inside
+    the loop or a comparison after the run directory was taken, or (log_every) logged other steps silently."""
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        run(tmp_path / "run", **change)
+    assert not (tmp_path / "run").exists()
+    # an int where a float is meant, a path as the output directory: as intended
+    model, result = run(tmp_path / "fine", lr=1, clip_grad_norm=1, output_dir=tmp_path / "fine", max_steps=2)
+    assert result.step == 2 and len(losses(tmp_path / "fine")) == 2

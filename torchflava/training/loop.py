@@ -44,11 +44,13 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 from pathlib import Path
 import pickle
 import sys
 import time
 import types
+import typing
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import zlib
 
@@ -394,6 +396,7 @@ def fit(
     """
     _check_fit_arguments(model, step, data, training, optim)
     t = training
+    raise_on_failed_checks(_type_checks("training", t) + _type_checks("optim", optim))  # (as load_config's types)
     raise_on_failed_checks(training_checks(t, optim, _world_size()))  # as a recipe's validate does
     accumulation = t.grad_accumulation
     streamed = isinstance(data, IterableDataset)
@@ -592,6 +595,55 @@ def _check_fit_arguments(model: object, step: object, data: object, training: ob
             f"data must be a step-indexed dataset (data[i] and len(data)) or a streamed IterableDataset, "
             f"got {type(data).__name__}"
         )
+
+
+def _type_checks(section: str, config: Any) -> list[tuple]:
+    """A check per field of the dataclass ``config`` that its value is of the annotated type, for
+    :func:`raise_on_failed_checks` (named ``<section>.<field>``). A recipe's config is typed by
+    ``load_config``; one built in Python is not: ``max_steps=1e4`` (a float) failed after the run
+    directory was taken (``'float' object cannot be interpreted as an integer``), ``lr="1e-3"`` inside a
+    comparison, and ``log_every=1.5`` logged only at multiples of 3, silently."""
+    hints = typing.get_type_hints(type(config))
+    checks = []
+    for field in dataclasses.fields(config):
+        value, kind = getattr(config, field.name), hints.get(field.name)
+        if kind is not None:
+            expected = _type_name(kind)
+            checks.append((_is_of_type(value, kind), f"{section}.{field.name}", expected, value))
+    return checks
+
+
+def _is_of_type(value: Any, kind: Any) -> bool:
+    """Whether ``value`` is of the config annotation ``kind`` (an int is a float; no bool is a number;
+    a path is text; a tuple is a list); True for annotations this does not know (trusted)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union:
+        return any(_is_of_type(value, arg) for arg in args)
+    if kind is type(None):
+        return value is None
+    if kind in (int, float):
+        numbers = (int,) if kind is int else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    if kind in (bool, str):
+        return isinstance(value, kind) or (kind is str and isinstance(value, os.PathLike))
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_is_of_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, Mapping) and all(
+            _is_of_type(k, args[0]) and _is_of_type(v, args[1]) for k, v in value.items()
+        )
+    return True
+
+
+def _type_name(kind: Any) -> str:
+    """``kind`` as a message says it: ``an int``, ``null or a float``, ``a list of float``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union:
+        return " or ".join("null" if arg is type(None) else _type_name(arg) for arg in args)
+    if origin in (list, dict):
+        return f"a {origin.__name__} of {', '.join(getattr(arg, '__name__', str(arg)) for arg in args)}"
+    name = getattr(kind, "__name__", str(kind))
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _takes_an_argument(hook: Callable) -> bool:
