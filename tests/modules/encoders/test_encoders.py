@@ -391,3 +391,21 @@ def test_a_causal_text_encoder_refuses_what_would_read_its_first_token_as_the_se
         Pooler(16),
     ).eval()
     assert_close(bert(ids, output_positions=CLS_POSITION).last_hidden_state, bert(ids).last_hidden_state[:, :1])
+
+
+def test_multimodal_encoder_names_a_projection_that_does_not_reach_its_width():
+    """An nn.Identity over a tower of another width, or a Sequential ending in another width, failed in
+    torch.cat (sizes of tensors must match except in dimension 1)."""
+    stack = transformer_encoder(embed_dim=48, num_layers=1, num_heads=4, mlp_dim=96)
+    for image_proj, got in (
+        (nn.Identity(), r"\(2, 5, 64\)"),
+        (nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 40)), r"\(2, 5, 40\)"),
+    ):
+        encoder = MultimodalEncoder(image_proj, nn.Linear(32, 48), stack, nn.LayerNorm(48), 48)
+        with pytest.raises(ValueError, match=rf"^image_proj\(image_states\) must be a \(B, S, 48\) .*{got}"):
+            encoder(torch.randn(2, 5, 64), torch.randn(2, 3, 32))
+    identity = MultimodalEncoder(nn.Identity(), nn.Linear(32, 48), stack, nn.LayerNorm(48), 48).eval()
+    image, text = torch.randn(2, 5, 48), torch.randn(2, 3, 32)
+    out = identity(image, text, return_hidden_states=True)
+    assert out.last_hidden_state.shape == (2, 9, 48)
+    assert_close(out.hidden_states[0][:, 1:6], image, atol=0, rtol=0)  # the image states as they are

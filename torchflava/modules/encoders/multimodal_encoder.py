@@ -100,8 +100,9 @@ class MultimodalEncoder(nn.Module):
 
         Raises:
             ValueError: if the states are not (B, S, D) floating-point tensors of the widths the input
-                projections read (where they tell them), the batch sizes differ, the mask does not
-                match the text or a row of it is all padding.
+                projections read (where they tell them), a projection's output is not of width D (an
+                ``nn.Identity`` over a tower of another width), the batch sizes differ, the mask does
+                not match the text or a row of it is all padding.
             TypeError: if the mask is not a bool tensor.
         """
         for name, states, proj in (
@@ -114,6 +115,9 @@ class MultimodalEncoder(nn.Module):
             raise ValueError(f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts")
         image = self.image_proj(_in_dtype_of(image_states, self.image_proj))
         text = self.text_proj(_in_dtype_of(text_states, self.text_proj))
+        for name, projected in (("image_proj(image_states)", image), ("text_proj(text_states)", text)):
+            # a projection that tells no width (nn.Identity, a Sequential) failed in torch.cat otherwise
+            check_hidden_states(projected, self.cls_token.shape[-1], name)
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(image.dtype), image, text], dim=1)
         key_padding_mask = None
         if text_padding_mask is not None:
