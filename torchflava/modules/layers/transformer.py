@@ -269,8 +269,11 @@ class TransformerEncoderLayer(nn.Module):
 
         Raises:
             ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layer's width.
+            TypeError: if ``x`` is not of the dtype of the attention's parameters (an fp32 input into a
+                bf16 layer), except under autocast over fp32 parameters.
         """
         check_hidden_states(x, self.embed_dim)
+        _check_stream_dtype(x, self.attn)
         mode = checkpoint_mode(checkpointing, "checkpointing")
         selected = query_positions if is_position_mask(query_positions) else None
         if selected is not None:
@@ -312,6 +315,23 @@ class TransformerEncoderLayer(nn.Module):
 
 
 _LAYER_KEYWORDS = ("key_padding_mask", "attn_mask", "query_positions")
+
+
+def _check_stream_dtype(x: Tensor, attn: nn.Module) -> None:
+    """TypeError unless ``x`` is of the dtype of ``attn``'s (a layer's attention's) parameters, or autocast
+    is on over fp32 ones (it casts them). An fp32 stream into a bf16 model (e.g. a user's fp32 position
+    table added to bf16 tokens), or a bf16 one into an fp32 model outside autocast, failed inside torch,
+    naming nothing (mixed dtype (CPU): expect parameter to have scalar type of Float; mat1 and mat2 must
+    have the same dtype)."""
+    weight = next((p for p in attn.parameters() if p.is_floating_point()), None)
+    if weight is None or x.dtype == weight.dtype:
+        return
+    if weight.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+        return
+    raise TypeError(
+        f"x must be {weight.dtype}, the dtype of the layer's parameters (cast it, or run fp32 parameters under "
+        f"torch.autocast), got {x.dtype}"
+    )
 
 
 def _check_self_attention(attn: nn.Module) -> None:
