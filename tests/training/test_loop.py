@@ -808,6 +808,38 @@ def test_bad_arguments_are_named_before_any_work(tmp_path):
         run(tmp_path / "twice", max_steps=1)
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """A stream of the toy's micro-batches with no position to restart from."""
+
+    def __iter__(self):
+        return (ToyData(6)[i] for i in range(6))
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (
+            dict(data=torch.utils.data.DataLoader(ToyData(6), batch_size=None)),
+            "data must be a dataset of micro-batches .* got a DataLoader",
+        ),
+        (dict(data=(ToyData(6)[i] for i in range(6))), "data must be a step-indexed dataset .* got generator"),
+        (dict(data=_Stream()), r"data \(_Stream\) is an IterableDataset without load_state_dict"),
+        (dict(training={"max_steps": 6}), "training must be a TrainingConfig, got dict"),
+        (dict(optim=None), "optim must be an OptimConfig, got NoneType"),
+        (dict(model=lambda x: x), "model must be an nn.Module, got function"),
+        (dict(step="toy_step"), r"step must be a function step\(model, item\) -> StepOutput, got str"),
+    ],
+)
+def test_fit_names_an_argument_of_the_wrong_kind_before_any_work(tmp_path, change, error):
+    # each failed later in torch's or Python's words ('DataLoader' object is not subscriptable, 'dict'
+    # object has no attribute 'grad_accumulation'), after the run directory was taken
+    training, optim = settings(tmp_path / "run")
+    arguments = {**dict(model=Toy(), step=toy_step, data=ToyData(6), training=training, optim=optim), **change}
+    with pytest.raises(TypeError, match=error):
+        fit(arguments.pop("model"), arguments.pop("step"), arguments.pop("data"), **arguments)
+    assert not (tmp_path / "run").exists()
+
+
 def _with_counts(count):
     def step(model, item):
         sums, counts = toy_sums(model, item.batch)
@@ -990,3 +1022,52 @@ def test_an_unusable_item_met_every_step_is_checkpointed_once(tmp_path):
     _, resumed = run(tmp_path, data=OneBadItemEveryStep(9), max_steps=9, checkpoint_every=3, resume="auto")
     state = torch.load(tmp_path / "checkpoints" / "step_00000009" / "rank0.pt", weights_only=True)
     assert state["skipped"] == [["toy", 7, "item 7 is broken"]] and resumed.skipped == result.skipped
+
+
+class _Half(nn.Module):
+    """fp16 weights whose gradients are finite in fp16 (10^4 each) but of norm 10^5, beyond its range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(100, dtype=torch.float16))
+
+    def forward(self) -> torch.Tensor:
+        return (self.weight.float() * 1e4).sum()
+
+
+def test_an_fp16_model_with_finite_gradients_of_a_large_norm_trains(tmp_path):
+    """Each gradient norm was rounded to fp16: 10^5 became inf, and the run stopped as on a NaN."""
+    training, optim = settings(tmp_path, max_steps=2, clip_grad_norm=1.0, lr=0.01)
+    model = _Half()
+    result = fit(
+        model, lambda m, item: StepOutput({"sum": m()}, {"sum": 1}), ToyData(2), training=training, optim=optim
+    )
+    assert result.step == 2
+    assert [round(r["grad_norm"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [100000, 100000]
+    assert bool((model.weight < 0).all())  # descended
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(max_steps=6.0), "key 'training.max_steps': expected an int, got 6.0"),  # 'float' object cannot be ...
+        (dict(grad_accumulation=1.0), "key 'training.grad_accumulation': expected an int, got 1.0"),
+        (dict(log_every=1.5), "key 'training.log_every': expected an int, got 1.5"),  # logged at steps 3 and 6
+        (dict(lr="1e-3"), "key 'optim.lr': expected a float, got '1e-3'"),  # '>' not supported ... 'str'
+        (dict(clip_grad_norm="1"), "key 'optim.clip_grad_norm': expected a float or null, got '1'"),
+        (dict(progress_bar="false"), "key 'training.progress_bar': expected a bool, got 'false'"),
+        (
+            dict(lr_multipliers=["linear"]),
+            r"key 'optim.lr_multipliers': expected a dict of str, float, got \['linear'\]",
+        ),
+    ],
+)
+def test_fit_checks_the_types_of_configs_built_in_python_before_any_work(tmp_path, change, message):
+    """load_config types a recipe's config; one built in Python was not checked: each of these failed inside
+    the loop or a comparison after the run directory was taken, or (log_every) logged other steps silently."""
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        run(tmp_path / "run", **change)
+    assert not (tmp_path / "run").exists()
+    # an int where a float is meant, a path as the output directory: as intended
+    model, result = run(tmp_path / "fine", lr=1, clip_grad_norm=1, output_dir=tmp_path / "fine", max_steps=2)
+    assert result.step == 2 and len(losses(tmp_path / "fine")) == 2

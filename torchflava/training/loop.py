@@ -44,11 +44,13 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 from pathlib import Path
 import pickle
 import sys
 import time
 import types
+import typing
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import zlib
 
@@ -90,6 +92,7 @@ from torchflava.training.schema import (
     training_checks,
 )
 from torchflava.utils.checkpoint import atomic_write, check_zip_expansion, first_line
+from torchflava.utils.checks import check_module
 from torchflava.utils.memory import keep_freed_memory
 
 
@@ -381,6 +384,9 @@ def fit(
         FitResult: final step and loss, unusable samples, the checkpoint resumed from.
 
     Raises:
+        TypeError: before any work, if ``model`` is no module, ``step`` not callable, ``training`` or
+            ``optim`` not the dataclass named, or ``data`` neither indexable with a length nor an
+            ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``: pass its dataset of micro-batches).
         ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
             is malformed; ConfigError (a ValueError) naming the key if ``training`` or ``optim``
             holds a bad value (the checks a recipe's ``validate`` runs).
@@ -388,7 +394,9 @@ def fit(
             workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
     """
+    _check_fit_arguments(model, step, data, training, optim)
     t = training
+    raise_on_failed_checks(_type_checks("training", t) + _type_checks("optim", optim))  # (as load_config's types)
     raise_on_failed_checks(training_checks(t, optim, _world_size()))  # as a recipe's validate does
     accumulation = t.grad_accumulation
     streamed = isinstance(data, IterableDataset)
@@ -558,6 +566,87 @@ def fit(
         if logger is not None:
             logger.close()
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
+
+
+def _check_fit_arguments(model: object, step: object, data: object, training: object, optim: object) -> None:
+    """TypeError naming the first argument of :func:`fit` that is not of the kind it takes: each failed
+    only later, inside torch or the loop (``'DataLoader' object is not subscriptable``, ``'dict' object has
+    no attribute 'grad_accumulation'``), after the run directory was taken."""
+    check_module("model", model)
+    if not callable(step):
+        raise TypeError(f"step must be a function step(model, item) -> StepOutput, got {type(step).__name__}")
+    for name, value, kind in (("training", training, "a TrainingConfig"), ("optim", optim, "an OptimConfig")):
+        if not isinstance(value, TrainingConfig if name == "training" else OptimConfig):
+            raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    if isinstance(data, DataLoader):  # the loop makes the loader itself (in order, from the resumed step)
+        raise TypeError(
+            "data must be a dataset of micro-batches (data[i] = micro-batch i), got a DataLoader: pass the "
+            "dataset it would batch, each item a whole micro-batch (fit loads the items in order itself)"
+        )
+    if isinstance(data, IterableDataset):
+        if not callable(getattr(data, "load_state_dict", None)):  # a resumed run restarts the stream with it
+            raise TypeError(
+                f"data ({type(data).__name__}) is an IterableDataset without load_state_dict(position): a streamed "
+                "dataset must restart where a checkpoint left it (see torchflava.data.streaming), or give fit "
+                "a step-indexed dataset (data[i], len(data))"
+            )
+    elif not (callable(getattr(data, "__getitem__", None)) and callable(getattr(data, "__len__", None))):
+        raise TypeError(
+            f"data must be a step-indexed dataset (data[i] and len(data)) or a streamed IterableDataset, "
+            f"got {type(data).__name__}"
+        )
+
+
+def _type_checks(section: str, config: Any) -> list[tuple]:
+    """A check per field of the dataclass ``config`` that its value is of the annotated type, for
+    :func:`raise_on_failed_checks` (named ``<section>.<field>``). A recipe's config is typed by
+    ``load_config``; one built in Python is not: ``max_steps=1e4`` (a float) failed after the run
+    directory was taken (``'float' object cannot be interpreted as an integer``), ``lr="1e-3"`` inside a
+    comparison, and ``log_every=1.5`` logged only at multiples of 3, silently."""
+    try:
+        hints = typing.get_type_hints(type(config))
+    except (NameError, TypeError):  # a subclass annotated with names that do not resolve: trusted
+        hints = {}
+    checks = []
+    for field in dataclasses.fields(config):
+        value, kind = getattr(config, field.name), hints.get(field.name)
+        if kind is not None:
+            expected = _type_name(kind)
+            checks.append((_is_of_type(value, kind), f"{section}.{field.name}", expected, value))
+    return checks
+
+
+def _is_of_type(value: Any, kind: Any) -> bool:
+    """Whether ``value`` is of the config annotation ``kind`` (an int is a float; no bool is a number;
+    a path is text; a tuple is a list); True for annotations this does not know (trusted)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union:
+        return any(_is_of_type(value, arg) for arg in args)
+    if kind is type(None):
+        return value is None
+    if kind in (int, float):
+        numbers = (int,) if kind is int else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    if kind in (bool, str):
+        return isinstance(value, kind) or (kind is str and isinstance(value, os.PathLike))
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_is_of_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, Mapping) and all(
+            _is_of_type(k, args[0]) and _is_of_type(v, args[1]) for k, v in value.items()
+        )
+    return True
+
+
+def _type_name(kind: Any) -> str:
+    """``kind`` as a message says it: ``an int``, ``null or a float``, ``a list of float``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union:
+        return " or ".join("null" if arg is type(None) else _type_name(arg) for arg in args)
+    if origin in (list, dict):
+        return f"a {origin.__name__} of {', '.join(getattr(arg, '__name__', str(arg)) for arg in args)}"
+    name = getattr(kind, "__name__", str(kind))
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _takes_an_argument(hook: Callable) -> bool:

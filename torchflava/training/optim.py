@@ -108,14 +108,25 @@ def warmup_cosine(
 @torch.no_grad()
 def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
     """The global L2 norm of ``grads`` (plain tensors, FSDP2-sharded ``DTensor`` ones, or a mix: the
-    norm of the full, unsharded gradients), as a plain CPU scalar; 0 for none."""
+    norm of the full, unsharded gradients), as a plain CPU scalar; 0 for none.
+
+    Plain gradients' norms are accumulated in float32 whatever their dtype: a model whose parameters
+    are fp16 (or bf16) had each norm rounded to that dtype, so finite fp16 gradients of norm over 65504
+    gave an infinite norm (the loop stopped as on a NaN, and clipping zeroed them)."""
     grads = list(grads)
     squares = []
-    for group in ([g for g in grads if isinstance(g, DTensor)], [g for g in grads if not isinstance(g, DTensor)]):
-        if group:
-            norm = torch.nn.utils.get_total_norm(group)
-            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-            squares.append(norm.float().cpu() ** 2)
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    if sharded:
+        norm = torch.nn.utils.get_total_norm(sharded)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        squares.append(norm.float().cpu() ** 2)
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for g in grads:
+        if not isinstance(g, DTensor):
+            by_device.setdefault(g.device, []).append(g)
+    for group in by_device.values():
+        norms = torch._foreach_norm(group, 2, dtype=torch.float32)  # (torch's own clipping uses it too)
+        squares.append(torch.linalg.vector_norm(torch.stack(norms)).cpu() ** 2)
     return torch.stack(squares).sum().sqrt() if squares else torch.tensor(0.0)
 
 

@@ -8,13 +8,14 @@ from torch.testing import assert_close
 from tests.helpers import TINY_FLAVA, padded_text
 from torchflava.models.flava import flava_image_encoder, flava_multimodal_encoder, flava_text_encoder
 from torchflava.modules.encoders import (
+    CLS_POSITION,
     EncoderOutput,
     MultimodalEncoder,
     TextEncoder,
     VisionEncoder,
     transformer_encoder,
 )
-from torchflava.modules.layers import PatchEmbedding, TokenEmbedding
+from torchflava.modules.layers import PatchEmbedding, Pooler, TokenEmbedding
 
 T = TINY_FLAVA
 IMAGE_TOKENS = 1 + (T["image_size"] // T["patch_size"]) ** 2  # 17
@@ -318,3 +319,93 @@ def test_towers_refuse_an_encoder_that_is_no_stack_when_built(stack):
     for owner, build in builds.items():
         with pytest.raises(TypeError, match=rf"^{owner}: encoder \([\w.]+\) must be a stack whose forward"):
             build()
+
+
+def test_a_vision_encoder_without_a_cls_token_refuses_what_would_read_the_first_patch_as_one():
+    """Before, both quietly gave the first patch's encoding where a CLS encoding was asked for."""
+    torch.manual_seed(0)
+    stack = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
+    patches = PatchEmbedding(16, 4, 3, 16, use_cls_token=False)
+    with pytest.raises(ValueError, match=r"^VisionEncoder: pooler \(Pooler\) reads the first token, and embeddings"):
+        VisionEncoder(patches, stack, nn.LayerNorm(16), Pooler(16))
+    encoder = VisionEncoder(patches, stack, nn.LayerNorm(16)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"^output_positions is CLS_POSITION, but this VisionEncoder's embeddings"):
+        encoder(images, output_positions=CLS_POSITION)
+    # the first patch asked for as such, and a CLS embedding's CLS_POSITION, still select position 0
+    first = encoder(images).last_hidden_state[:, :1]
+    assert_close(encoder(images, output_positions=slice(0, 1)).last_hidden_state, first)
+    with_cls = VisionEncoder(PatchEmbedding(16, 4, 3, 16), stack, nn.LayerNorm(16), Pooler(16)).eval()
+    out = with_cls(images, output_positions=CLS_POSITION)
+    assert out.last_hidden_state.shape == (2, 1, 16)
+    assert_close(out.last_hidden_state, with_cls(images).last_hidden_state[:, :1])
+
+
+def test_a_bf16_multimodal_encoder_takes_fp32_tower_states():
+    """fp32 towers' states into a bf16 fusion failed inside torch (mat1 and mat2 must have the same dtype);
+    they are now cast to the projections' dtype, as a patch embedding casts its pixels."""
+    image_states, text_states = multimodal_inputs()
+    encoder = multimodal_encoder().to(torch.bfloat16)
+    out = encoder(image_states, text_states).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    expected = encoder(image_states.bfloat16(), text_states.bfloat16()).last_hidden_state
+    assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_multimodal_encoder_overrides_the_stacks_checkpointing_for_one_call():
+    """Vision and text towers took checkpoint_activations for one call; the multimodal encoder raised
+    TypeError (unexpected keyword argument)."""
+    image_states, text_states = multimodal_inputs()
+    encoder = multimodal_encoder().train()
+    encoder.encoder.checkpoint_activations = "full"
+    calls = []
+    encoder.encoder.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    for override, forwards in ((None, 2), ("none", 1), (False, 1)):  # full: the layer runs again in backward
+        calls.clear()
+        kwargs = {} if override is None else {"checkpoint_activations": override}
+        encoder(image_states, text_states, **kwargs).last_hidden_state.sum().backward()
+        assert len(calls) == forwards, override
+    with pytest.raises(ValueError, match=r"checkpoint_activations must be a bool or one of"):
+        encoder(image_states, text_states, checkpoint_activations="some")
+
+
+def test_a_causal_text_encoder_refuses_what_would_read_its_first_token_as_the_sentence():
+    """Before, a Pooler over a causal stack, or CLS_POSITION, quietly gave the first token's encoding, which
+    has seen only itself (the same for every caption that starts alike)."""
+    torch.manual_seed(0)
+    stack = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32, is_causal=True)
+    with pytest.raises(ValueError, match=r"^TextEncoder: pooler \(Pooler\) reads the first token, and the stack's"):
+        TextEncoder(TokenEmbedding(50, 16, 8), stack, nn.LayerNorm(16), Pooler(16))
+    encoder = TextEncoder(TokenEmbedding(50, 16, 8), stack, nn.LayerNorm(16)).eval()
+    ids = torch.tensor([[3, 4, 5, 49], [3, 7, 49, 0]])
+    with pytest.raises(ValueError, match=r"^output_positions is CLS_POSITION, but this TextEncoder's attention is"):
+        encoder(ids, output_positions=CLS_POSITION)
+    end = ids.argmax(dim=-1, keepdim=True)  # each row's end token: what a causal tower is read at
+    full = encoder(ids).last_hidden_state
+    assert_close(encoder(ids, output_positions=end).last_hidden_state[:, 0], full[torch.arange(2), end[:, 0]])
+    # a bidirectional stack keeps its Pooler and CLS_POSITION
+    bert = TextEncoder(
+        TokenEmbedding(50, 16, 8),
+        transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32),
+        nn.LayerNorm(16),
+        Pooler(16),
+    ).eval()
+    assert_close(bert(ids, output_positions=CLS_POSITION).last_hidden_state, bert(ids).last_hidden_state[:, :1])
+
+
+def test_multimodal_encoder_names_a_projection_that_does_not_reach_its_width():
+    """An nn.Identity over a tower of another width, or a Sequential ending in another width, failed in
+    torch.cat (sizes of tensors must match except in dimension 1)."""
+    stack = transformer_encoder(embed_dim=48, num_layers=1, num_heads=4, mlp_dim=96)
+    for image_proj, got in (
+        (nn.Identity(), r"\(2, 5, 64\)"),
+        (nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 40)), r"\(2, 5, 40\)"),
+    ):
+        encoder = MultimodalEncoder(image_proj, nn.Linear(32, 48), stack, nn.LayerNorm(48), 48)
+        with pytest.raises(ValueError, match=rf"^image_proj\(image_states\) must be a \(B, S, 48\) .*{got}"):
+            encoder(torch.randn(2, 5, 64), torch.randn(2, 3, 32))
+    identity = MultimodalEncoder(nn.Identity(), nn.Linear(32, 48), stack, nn.LayerNorm(48), 48).eval()
+    image, text = torch.randn(2, 5, 48), torch.randn(2, 3, 32)
+    out = identity(image, text, return_hidden_states=True)
+    assert out.last_hidden_state.shape == (2, 9, 48)
+    assert_close(out.hidden_states[0][:, 1:6], image, atol=0, rtol=0)  # the image states as they are

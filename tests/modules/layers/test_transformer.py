@@ -527,3 +527,72 @@ def test_layer_refuses_parts_of_different_widths_when_built():
         MultiHeadSelfAttention(8, 2), nn.Sequential(nn.Linear(8, 8)), attn_norm=nn.Identity(), mlp_norm=nn.Identity()
     )
     assert layer(torch.randn(2, 3, 8)).shape == (2, 3, 8)
+
+
+def test_a_layer_refuses_torchs_multihead_attention_when_built():
+    """Built, it failed in the first forward in torch's words (forward() missing 2 required positional
+    arguments: 'key' and 'value'); so did an attention without the masks' keywords."""
+    mlp = lambda: MLP(8, 16)  # noqa: E731
+    with pytest.raises(
+        TypeError,
+        match=r"^attn \(torch.nn.modules.activation.MultiheadAttention\) must be a self-attention called as "
+        r"attn\(x, key_padding_mask=..., attn_mask=...\) .* its forward requires key, value too$",
+    ):
+        TransformerEncoderLayer(
+            nn.MultiheadAttention(8, 2, batch_first=True), mlp(), attn_norm=nn.LayerNorm(8), mlp_norm=nn.LayerNorm(8)
+        )
+
+    class Unmasked(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"its forward lacks key_padding_mask, attn_mask$"):
+        TransformerEncoderLayer(Unmasked(), mlp(), attn_norm=nn.LayerNorm(8), mlp_norm=nn.LayerNorm(8))
+
+
+def test_a_layer_reads_the_widths_of_an_mlp_written_as_a_sequential():
+    """open_clip's MLP (c_fc, gelu, c_proj) as an nn.Sequential that narrows the stream was built and failed
+    in the first forward inside torch (the size of tensor a (8) must match the size of tensor b (6))."""
+    with pytest.raises(ValueError, match=r"share one width, got mlp\[0\].in_features 8, mlp\[2\].out_features 6"):
+        TransformerEncoderLayer(
+            MultiHeadSelfAttention(8, 2),
+            nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 6)),
+            attn_norm=nn.LayerNorm(8),
+            mlp_norm=nn.LayerNorm(8),
+        )
+    good = TransformerEncoderLayer(
+        MultiHeadSelfAttention(8, 2),
+        nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)),
+        attn_norm=nn.LayerNorm(8),
+        mlp_norm=nn.LayerNorm(8),
+    ).eval()
+    x = torch.randn(2, 3, 8)
+    h = x + good.attn(good.attn_norm(x))
+    assert torch.allclose(good(x), h + good.mlp(good.mlp_norm(h)), atol=1e-6)
+
+
+def test_a_layer_names_a_stream_of_another_dtype_than_its_parameters():
+    """An fp32 stream into a bf16 stack (a user's fp32 position table added to bf16 tokens), or a bf16 one
+    into an fp32 stack outside autocast, failed inside torch naming nothing (mixed dtype (CPU): expect
+    parameter to have scalar type of Float; mat1 and mat2 must have the same dtype)."""
+    from torchflava.modules.encoders import transformer_encoder  # (as the tests above: modules.layers first)
+
+    torch.manual_seed(0)
+    stack = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(
+        TypeError, match=r"^x must be torch.float32, the dtype of the layer's parameters .* got torch.bfloat16$"
+    ):
+        stack(x.bfloat16())
+    with torch.autocast("cpu", torch.bfloat16):  # autocast casts fp32 parameters: either stream runs
+        bf16, fp32 = stack(x.bfloat16()).last_hidden_state, stack(x.bfloat16().float()).last_hidden_state
+        assert_close(bf16.float(), fp32, atol=0.1, rtol=0)
+    half = copy.deepcopy(stack).bfloat16()
+    for autocast in (False, True):  # bf16 parameters: autocast does not cast an fp32 stream for them
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            with pytest.raises(TypeError, match=r"^x must be torch.bfloat16, .* got torch.float32$"):
+                half(x)
+    assert half(x.bfloat16()).last_hidden_state.dtype == torch.bfloat16
+    for norm in (m for m in half.modules() if isinstance(m, nn.LayerNorm)):  # fp32 norms in a bf16 model run
+        norm.float()
+    assert half(x.bfloat16()).last_hidden_state.dtype == torch.bfloat16

@@ -4,13 +4,14 @@ Both inputs are linearly projected to width D, concatenated as ``[CLS_M, image..
 run through a transformer stack. Text padding is carried into the fused attention as a key mask.
 """
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from torchflava.modules.encoders.output import EncoderOutput
 from torchflava.modules.layers.attention import Positions, check_hidden_states
+from torchflava.modules.layers.patch_embedding import in_weight_dtype
 from torchflava.modules.layers.text_embedding import check_padding_mask
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack, linear_width
 from torchflava.utils.checks import check_int
@@ -48,7 +49,11 @@ class MultimodalEncoder(nn.Module):
         # the projections write the stream: their output widths (a Linear's out_features) join the check
         projected = [w for n, p in parts.items() for w in linear_width(n, p, "out_features")]
         check_parts("MultimodalEncoder", parts, [("embed_dim", embed_dim), *projected], optional=["pooler"])
-        check_stack("MultimodalEncoder", encoder, ("key_padding_mask", "output_positions", "return_hidden_states"))
+        check_stack(
+            "MultimodalEncoder",
+            encoder,
+            ("key_padding_mask", "output_positions", "return_hidden_states", "checkpoint_activations"),
+        )
         super().__init__()
         self.image_proj = image_proj
         self.text_proj = text_proj
@@ -71,6 +76,7 @@ class MultimodalEncoder(nn.Module):
         output_positions: Optional[Positions] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
+        checkpoint_activations: Optional[Union[bool, str]] = None,
     ) -> EncoderOutput:
         """Fuse image and text states.
 
@@ -85,6 +91,8 @@ class MultimodalEncoder(nn.Module):
                 positions hold no encoding (the final norm of zeros).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
+            checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation
+                checkpointing for this call (e.g. for one of several passes through the encoder).
 
         Returns:
             EncoderOutput: last_hidden_state (B, 1 + S_i + L, D), or (B, P, D) with
@@ -92,8 +100,9 @@ class MultimodalEncoder(nn.Module):
 
         Raises:
             ValueError: if the states are not (B, S, D) floating-point tensors of the widths the input
-                projections read (where they tell them), the batch sizes differ, the mask does not
-                match the text or a row of it is all padding.
+                projections read (where they tell them), a projection's output is not of width D (an
+                ``nn.Identity`` over a tower of another width), the batch sizes differ, the mask does
+                not match the text or a row of it is all padding.
             TypeError: if the mask is not a bool tensor.
         """
         for name, states, proj in (
@@ -104,8 +113,12 @@ class MultimodalEncoder(nn.Module):
         b = image_states.shape[0]
         if text_states.shape[0] != b:
             raise ValueError(f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts")
-        image = self.image_proj(image_states)
-        x = torch.cat([self.cls_token.expand(b, -1, -1).to(image.dtype), image, self.text_proj(text_states)], dim=1)
+        image = self.image_proj(_in_dtype_of(image_states, self.image_proj))
+        text = self.text_proj(_in_dtype_of(text_states, self.text_proj))
+        for name, projected in (("image_proj(image_states)", image), ("text_proj(text_states)", text)):
+            # a projection that tells no width (nn.Identity, a Sequential) failed in torch.cat otherwise
+            check_hidden_states(projected, self.cls_token.shape[-1], name)
+        x = torch.cat([self.cls_token.expand(b, -1, -1).to(image.dtype), image, text], dim=1)
         key_padding_mask = None
         if text_padding_mask is not None:
             check_padding_mask(text_padding_mask, text_states.shape[:2], "text_padding_mask")
@@ -116,7 +129,16 @@ class MultimodalEncoder(nn.Module):
             key_padding_mask=key_padding_mask,
             output_positions=output_positions,
             return_hidden_states=return_hidden_states,
+            checkpoint_activations=checkpoint_activations,
         )
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
         return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
+
+
+def _in_dtype_of(states: Tensor, proj: nn.Module) -> Tensor:
+    """``states`` in the floating dtype of ``proj``'s weight, where it has one (see
+    :func:`~torchflava.modules.layers.patch_embedding.in_weight_dtype`): a tower's fp32 output into a bf16
+    fusion failed inside torch (``mat1 and mat2 must have the same dtype``)."""
+    weight = getattr(proj, "weight", None)
+    return in_weight_dtype(states, weight) if isinstance(weight, Tensor) and weight.is_floating_point() else states

@@ -4,8 +4,9 @@ from typing import Optional, Union
 
 from torch import Tensor, nn
 
-from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput
 from torchflava.modules.layers.attention import Positions
+from torchflava.modules.layers.pooler import Pooler
 from torchflava.modules.layers.text_embedding import check_padding_mask
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack
 
@@ -24,7 +25,9 @@ class TextEncoder(nn.Module):
         TypeError: if a part is not a module, or ``encoder``'s forward does not take the keyword arguments
             a :class:`TransformerEncoder`'s does that the tower passes (a single layer, torch's encoder).
         ValueError: if the parts' widths differ where they can be read (see
-            :func:`~torchflava.modules.layers.transformer.residual_widths`).
+            :func:`~torchflava.modules.layers.transformer.residual_widths`), or ``pooler`` is a
+            :class:`~torchflava.modules.layers.Pooler` (it reads the first token) over a causal stack
+            (where the first token sees only itself).
     """
 
     def __init__(
@@ -41,6 +44,12 @@ class TextEncoder(nn.Module):
             encoder,
             ("key_padding_mask", "attn_mask", "output_positions", "return_hidden_states", "checkpoint_activations"),
         )
+        if isinstance(pooler, Pooler) and _is_causal(encoder):
+            raise ValueError(
+                "TextEncoder: pooler (Pooler) reads the first token, and the stack's attention is causal (the "
+                "first token sees only itself): pool at each row's end token instead (output_positions=(B, 1) "
+                "indices of it) and leave pooler None"
+            )
         super().__init__()
         self.embeddings = embeddings
         self.encoder = encoder
@@ -84,9 +93,15 @@ class TextEncoder(nn.Module):
 
         Raises:
             TypeError: if ``padding_mask`` is not a bool tensor (or as the embeddings and the stack raise).
-            ValueError: if ``padding_mask`` is not (B, L) or marks a whole row as padding (or as the
-                embeddings and the stack raise).
+            ValueError: if ``padding_mask`` is not (B, L) or marks a whole row as padding, or
+                ``output_positions`` is :data:`CLS_POSITION` over a causal stack (the first token sees
+                only itself) (or as the embeddings and the stack raise).
         """
+        if output_positions is CLS_POSITION and _is_causal(self.encoder):
+            raise ValueError(
+                "output_positions is CLS_POSITION, but this TextEncoder's attention is causal: the first token "
+                "sees only itself; select each row's end token ((B, 1) indices, e.g. (lengths - 1)[:, None])"
+            )
         # token types only when given: a token + position embedding (CLIP's) has none
         types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         x = self.embeddings(input_ids, position_ids=position_ids, **types)
@@ -103,3 +118,8 @@ class TextEncoder(nn.Module):
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
         return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
+
+
+def _is_causal(encoder: nn.Module) -> bool:
+    """Whether a layer of ``encoder`` has causal attention (an attention's ``is_causal``, where it tells)."""
+    return any(getattr(module, "is_causal", False) is True for module in encoder.modules())

@@ -4,9 +4,10 @@ from typing import Optional, Union
 
 from torch import Tensor, nn
 
-from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput
 from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
+from torchflava.modules.layers.pooler import Pooler
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack
 
 
@@ -23,7 +24,9 @@ class VisionEncoder(nn.Module):
         TypeError: if a part is not a module, or ``encoder``'s forward does not take the keyword arguments
             a :class:`TransformerEncoder`'s does that the tower passes (a single layer, torch's encoder).
         ValueError: if the parts' widths differ where they can be read (see
-            :func:`~torchflava.modules.layers.transformer.residual_widths`).
+            :func:`~torchflava.modules.layers.transformer.residual_widths`), or ``pooler`` is a
+            :class:`~torchflava.modules.layers.Pooler` (it reads the first token) over ``embeddings``
+            without a CLS token (it would pool the first patch alone).
     """
 
     def __init__(
@@ -36,6 +39,12 @@ class VisionEncoder(nn.Module):
         parts = dict(embeddings=embeddings, encoder=encoder, norm=norm, pooler=pooler)
         check_parts("VisionEncoder", parts, optional=["pooler"])
         check_stack("VisionEncoder", encoder, ("output_positions", "return_hidden_states", "checkpoint_activations"))
+        if isinstance(pooler, Pooler) and not _has_cls_token(embeddings):
+            raise ValueError(
+                "VisionEncoder: pooler (Pooler) reads the first token, and embeddings has no CLS token "
+                "(use_cls_token=False): it would pool the first patch alone; pool over the patches instead "
+                "(last_hidden_state.mean(dim=1)) and leave pooler None"
+            )
         super().__init__()
         self.embeddings = embeddings
         self.encoder = encoder
@@ -69,7 +78,17 @@ class VisionEncoder(nn.Module):
         Returns:
             EncoderOutput: last_hidden_state (B, 1 + N, D) ((B, N, D) for an embedding without a CLS
             token) and the rest.
+
+        Raises:
+            ValueError: if ``output_positions`` is :data:`CLS_POSITION` and the embedding has no CLS
+                token (the output would be the first patch's), or as the embeddings and the stack raise.
         """
+        if output_positions is CLS_POSITION and not _has_cls_token(self.embeddings):
+            raise ValueError(
+                "output_positions is CLS_POSITION, but this VisionEncoder's embeddings have no CLS token "
+                "(use_cls_token=False): it would select the first patch; pool over the patches "
+                "(last_hidden_state.mean(dim=1)), or pass slice(0, 1) for the first patch"
+            )
         x = self.embeddings(images, patch_mask=patch_mask)
         out = self.encoder(
             x,
@@ -80,3 +99,8 @@ class VisionEncoder(nn.Module):
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
         return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
+
+
+def _has_cls_token(embeddings: nn.Module) -> bool:
+    """Whether ``embeddings`` puts a CLS token first; True for an embedding that does not say (trusted)."""
+    return getattr(embeddings, "num_prefix_tokens", 1) > 0

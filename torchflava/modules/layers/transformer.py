@@ -126,12 +126,14 @@ _LAYER_PARTS = ("attn_norm", "attn", "mlp_norm", "mlp")
 def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
     """``(label, width)`` for each width of the residual stream that ``part`` (called ``name``) reads or
     writes, where its attributes tell: an embedding's or attention's ``embed_dim``, an MLP's ``fc1``
-    input and ``fc2`` output, a norm's ``normalized_shape``; a stack by its first layer; a tower (an
+    input and ``fc2`` output, a norm's ``normalized_shape``; a stack by its first layer (with
+    :func:`sequential_mlp_widths`); a tower (an
     ``encoder`` stack and a final ``norm``) by its norm. Empty for a part that tells none (it is trusted)."""
     if isinstance(part, TransformerEncoder):
         return residual_widths(f"{name}.layers[0]", part.layers[0]) if len(part.layers) else []
     if isinstance(part, TransformerEncoderLayer):
-        return [pair for sub in _LAYER_PARTS for pair in residual_widths(f"{name}.{sub}", getattr(part, sub))]
+        found = [pair for sub in _LAYER_PARTS for pair in residual_widths(f"{name}.{sub}", getattr(part, sub))]
+        return found + sequential_mlp_widths(f"{name}.mlp", part.mlp)
     encoder, norm = getattr(part, "encoder", None), getattr(part, "norm", None)
     if isinstance(encoder, TransformerEncoder) and isinstance(norm, nn.Module):  # a tower (VisionEncoder,
         # TextEncoder, MultimodalEncoder: their parts checked when built): the width its final norm outputs
@@ -146,6 +148,18 @@ def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
     if isinstance(shape, (tuple, list)) and len(shape) == 1 and isinstance(shape[0], int):
         found.append((f"{name}.normalized_shape", shape[0]))
     return found
+
+
+def sequential_mlp_widths(name: str, mlp: object) -> list[tuple[str, int]]:
+    """The residual stream's widths that a layer's ``mlp`` written as an ``nn.Sequential`` (open_clip's
+    ``c_fc``, ``gelu``, ``c_proj``) reads and writes: its first ``nn.Linear``'s input and its last one's
+    output; empty for anything else. (Only a layer's MLP: a projection head may change the width.)"""
+    if not isinstance(mlp, nn.Sequential) or not len(mlp):
+        return []
+    last = len(mlp) - 1
+    return linear_width(f"{name}[0]", mlp[0], "in_features") + linear_width(
+        f"{name}[{last}]", mlp[last], "out_features"
+    )
 
 
 def linear_width(name: str, part: object, side: str) -> list[tuple[str, int]]:
@@ -197,9 +211,11 @@ class TransformerEncoderLayer(nn.Module):
         dropout (float): dropout on both residual branches.
 
     Raises:
-        TypeError: if a part is not a module, or ``dropout`` not a number.
+        TypeError: if a part is not a module, ``attn``'s forward cannot be called as above (torch's
+            ``nn.MultiheadAttention`` requires key and value too), or ``dropout`` not a number.
         ValueError: if the parts' widths, where they can be read (an attention's ``embed_dim``, an
-            MLP's ``fc1`` input and ``fc2`` output, a norm's ``normalized_shape``), differ, or ``dropout``
+            MLP's ``fc1`` input and ``fc2`` output, or an ``nn.Sequential`` MLP's first and last linear
+            layer's, a norm's ``normalized_shape``), differ, or ``dropout``
             is not in [0, 1).
     """
 
@@ -213,7 +229,8 @@ class TransformerEncoderLayer(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         parts = dict(zip(_LAYER_PARTS, (attn_norm, attn, mlp_norm, mlp)))
-        check_parts("TransformerEncoderLayer", parts)
+        check_parts("TransformerEncoderLayer", parts, sequential_mlp_widths("mlp", mlp))
+        _check_self_attention(attn)
         check_dropout("dropout", dropout)
         super().__init__()
         # the stream's width where a part tells it (None: any), checked on the input before the norm sees it
@@ -252,8 +269,11 @@ class TransformerEncoderLayer(nn.Module):
 
         Raises:
             ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layer's width.
+            TypeError: if ``x`` is not of the dtype of the attention's parameters (an fp32 input into a
+                bf16 layer), except under autocast over fp32 parameters.
         """
         check_hidden_states(x, self.embed_dim)
+        _check_stream_dtype(x, self.attn)
         mode = checkpoint_mode(checkpointing, "checkpointing")
         selected = query_positions if is_position_mask(query_positions) else None
         if selected is not None:
@@ -295,6 +315,43 @@ class TransformerEncoderLayer(nn.Module):
 
 
 _LAYER_KEYWORDS = ("key_padding_mask", "attn_mask", "query_positions")
+
+
+def _check_stream_dtype(x: Tensor, attn: nn.Module) -> None:
+    """TypeError unless ``x`` is of the dtype of ``attn``'s (a layer's attention's) parameters, or autocast
+    is on over fp32 ones (it casts them). An fp32 stream into a bf16 model (e.g. a user's fp32 position
+    table added to bf16 tokens), or a bf16 one into an fp32 model outside autocast, failed inside torch,
+    naming nothing (mixed dtype (CPU): expect parameter to have scalar type of Float; mat1 and mat2 must
+    have the same dtype)."""
+    weight = next((p for p in attn.parameters() if p.is_floating_point()), None)
+    if weight is None or x.dtype == weight.dtype:
+        return
+    if weight.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+        return
+    raise TypeError(
+        f"x must be {weight.dtype}, the dtype of the layer's parameters (cast it, or run fp32 parameters under "
+        f"torch.autocast), got {x.dtype}"
+    )
+
+
+def _check_self_attention(attn: nn.Module) -> None:
+    """TypeError naming ``attn`` unless its forward can be called as a layer calls it, ``attn(x,
+    key_padding_mask=..., attn_mask=...)``: torch's ``nn.MultiheadAttention`` (query, key, value) was built
+    and failed in the first forward, in torch's words (missing 2 required positional arguments)."""
+    try:
+        parameters = list(inspect.signature(attn.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: trusted
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p.name for p in parameters if p.kind in positional and p.default is inspect.Parameter.empty]
+    missing = missing_keywords(attn, _LAYER_KEYWORDS[:2])
+    if len(required) > 1 or missing:
+        lacks = f"requires {', '.join(required[1:])} too" if len(required) > 1 else f"lacks {', '.join(missing)}"
+        raise TypeError(
+            f"attn ({type(attn).__module__}.{type(attn).__qualname__}) must be a self-attention called as "
+            f"attn(x, key_padding_mask=..., attn_mask=...) returning (B, S, D), as "
+            f"torchflava.modules.layers.MultiHeadSelfAttention is; its forward {lacks}"
+        )
 
 
 def missing_keywords(module: nn.Module, names: Sequence[str]) -> list[str]:
