@@ -35,6 +35,7 @@ from transformers import FlavaConfig, FlavaForPreTraining, FlavaModel
 
 from tests.helpers import TINY_FLAVA, PickleExploit, padded_text, pickle_canary
 from torchflava.models.flava import (
+    FLAVAModel,
     convert_to_hf,
     convert_to_torchflava,
     flava_model,
@@ -605,6 +606,96 @@ def test_loading_a_hf_directory_into_a_model_with_another_eps_raises(tmp_path):
         flava_model_for_classification(3, backbone=flava_model(**TINY_FLAVA), pretrained=tmp_path)
 
 
+_HF_TOWERS = {"image": "image_model", "text": "text_model", "multimodal": "multimodal_model"}
+
+
+def _dropout_sites(model: nn.Module) -> dict[str, float]:
+    """The dropout probability at each place transformers' FLAVA drops, and after the MLP's activation,
+    by tower: ours (a FLAVAModel) or transformers' FlavaModel, read from their modules."""
+    sites = {}
+    for tower, (ours, hf) in {
+        "image": ("image_encoder", "image_model"),
+        "text": ("text_encoder", "text_model"),
+    }.items():
+        part = getattr(model, ours if isinstance(model, FLAVAModel) else hf)
+        sites[f"{tower}.embeddings"] = part.embeddings.dropout.p
+    towers = {"image": "image_encoder", "text": "text_encoder", "multimodal": "multimodal_encoder"}
+    for tower, ours in towers.items():
+        if isinstance(model, FLAVAModel):
+            layer = getattr(model, ours).encoder.layers[0]
+            found = dict(attention=layer.attn.dropout, attention_output=layer.dropout.p, output=layer.dropout.p)
+            found["mlp_hidden"] = layer.mlp.dropout.p
+        else:
+            layer = getattr(model, _HF_TOWERS[tower]).encoder.layer[0]
+            found = dict(
+                attention=layer.attention.attention.dropout.p, attention_output=layer.attention.output.dropout.p
+            )
+            found.update(output=layer.output.dropout.p, mlp_hidden=0.0)  # FlavaIntermediate: dense + activation only
+        sites.update({f"{tower}.{k}": v for k, v in found.items()})
+    return sites
+
+
+def test_hf_config_dropouts_are_trained_with_where_transformers_drops(tmp_path):
+    """config.json's hidden_dropout_prob and attention_probs_dropout_prob were not read: a model fine-tuned
+    from a checkpoint that sets them trained without dropout. Now each place transformers' FlavaModel drops
+    at in training mode drops alike, and the MLP's hidden activations (where it has none) not at all."""
+    hf = _saved_hf(tmp_path, _tiny_hf_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2))
+    expected = _dropout_sites(hf)
+    assert set(expected.values()) == {0.0, 0.1, 0.2}
+    loaded = flava_model(pretrained=tmp_path)
+    classifier = flava_model_for_classification(3, pretrained=tmp_path, modality="text")
+    for ours in (loaded, classifier.model, flava_model(pretrained=next(tmp_path.glob("*.safetensors")))):
+        assert _dropout_sites(ours) == expected
+    assert flava_kwargs_from_hf_config(json.loads((tmp_path / "config.json").read_text()))["dropout"] == 0.1
+    images, ids, mask = _tiny_inputs()
+    loaded.train()
+    first, second = (loaded.encode_text(ids, text_attention_mask=mask) for _ in range(2))
+    assert (first - second).abs().max() > 1e-3  # dropout is on in training
+    _assert_matches_hf(loaded, hf, images, ids, mask)  # and off in eval mode: the same features
+
+
+def test_a_dropout_given_overrides_the_hf_configs(tmp_path):
+    """A training setting, as transformers' from_pretrained(..., hidden_dropout_prob=...): no clash."""
+    _saved_hf(tmp_path, _tiny_hf_config(hidden_dropout_prob=0.1))
+    sites = _dropout_sites(flava_model(pretrained=tmp_path, dropout=0.3, attention_dropout=0.05))
+    assert sites["text.embeddings"] == sites["multimodal.output"] == 0.3
+    assert sites["image.attention"] == 0.05 and sites["image.mlp_hidden"] == 0.0  # (config.json's placement)
+    sites = _dropout_sites(flava_model(pretrained=tmp_path, mlp_dropout=0.25))
+    assert sites["text.mlp_hidden"] == 0.25 and sites["text.output"] == 0.1
+
+
+def test_hf_towers_with_different_dropouts_are_refused_naming_the_key(tmp_path):
+    config = _tiny_hf_config()
+    config.text_config.hidden_dropout_prob = 0.1
+    _saved_hf(tmp_path, config)
+    message = f"{tmp_path / 'config.json'}: the three encoders use different hidden_dropout_prob [0.0, 0.1]"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "; flava_model takes one$"):
+        flava_model(pretrained=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "section, key", [("image_config", "qkv_bias"), ("text_config", "qkv_bias"), ("image_config", "mask_token")]
+)
+def test_hf_config_without_qkv_biases_or_mask_token_is_refused_naming_the_key(tmp_path, section, key):
+    """Such a FlavaModel lacks tensors ours has: the refusal listed missing keys and asked to check the
+    architecture arguments, none of which says so."""
+    config = _tiny_hf_config()
+    setattr(getattr(config, section), key, False)
+    _saved_hf(tmp_path, config)
+    message = f"{tmp_path / 'config.json'}: {section}.{key} must be True (the only one we build), got False"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        flava_model(pretrained=tmp_path)
+
+
+def test_mlp_dropout_defaults_to_dropout_and_is_checked():
+    """Without a checkpoint, ``dropout`` still drops after the MLP's activation (torchmultimodal's placement)."""
+    assert _dropout_sites(flava_model(**TINY_FLAVA, dropout=0.1))["image.mlp_hidden"] == 0.1
+    sites = _dropout_sites(flava_model(**TINY_FLAVA, dropout=0.1, mlp_dropout=0.0))
+    assert sites["multimodal.mlp_hidden"] == 0.0 and sites["multimodal.output"] == 0.1
+    with pytest.raises(ValueError, match=r"^flava_model: mlp_dropout must be in \[0, 1\), got 1.0"):
+        flava_model(**TINY_FLAVA, mlp_dropout=1.0)
+
+
 _WIDTH_32 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
 _TOWER_32 = dict(embed_dim=32, num_layers=2, num_heads=4, mlp_dim=48)  # _WIDTH_32 under our names
 _WIDTH_32_KWARGS = {f"{t}_{k}": v for t in ("image", "text", "multimodal") for k, v in _TOWER_32.items()}
@@ -806,6 +897,7 @@ def test_kwargs_from_an_empty_hf_config_are_flava_full():
     kwargs = flava_kwargs_from_hf_config({})
     assert kwargs == flava_kwargs_from_hf_config(FlavaConfig().to_dict())
     defaults = {k: p.default for k, p in inspect.signature(flava_model).parameters.items()}
+    defaults["mlp_dropout"] = 0.0  # (transformers' FLAVA drops nothing after the MLP's activation)
     assert kwargs == {k: pytest.approx(defaults[k], abs=1e-4) for k in kwargs}  # logit scale: 2.6592 ~ log(1/0.07)
 
 

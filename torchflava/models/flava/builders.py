@@ -49,8 +49,15 @@ from torchflava.utils.distributed import GatherGrad
 
 # What every tower builder checks beside its own sizes (flava_model checks its prefixed arguments alike).
 _TOWER_CHECKS = dict(
-    multiples=[("embed_dim", "num_heads")], positive=["norm_eps"], dropouts=["dropout", "attention_dropout"]
+    multiples=[("embed_dim", "num_heads")],
+    positive=["norm_eps"],
+    dropouts=["dropout", "attention_dropout", "mlp_dropout"],
 )
+
+
+def _mlp_dropout_resolved(args: dict) -> dict:
+    """``args`` with a ``mlp_dropout`` of None (the MLP takes ``dropout``) replaced by ``dropout``, to check it."""
+    return {**args, "mlp_dropout": args["dropout"] if args["mlp_dropout"] is None else args["mlp_dropout"]}
 
 
 def flava_image_encoder(
@@ -66,6 +73,7 @@ def flava_image_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
+    mlp_dropout: Optional[float] = None,
 ) -> VisionEncoder:
     """FLAVA's ViT image encoder: (B, 3, 224, 224) -> (B, 197, 768) by default.
 
@@ -81,6 +89,7 @@ def flava_image_encoder(
         dropout (float): dropout on embeddings, MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
+        mlp_dropout (Optional[float]): dropout after the MLP's activation; None: ``dropout``.
 
     Returns:
         VisionEncoder: the encoder (random init).
@@ -91,7 +100,7 @@ def flava_image_encoder(
     """
     check_architecture(
         "flava_image_encoder",
-        locals(),
+        _mlp_dropout_resolved(locals()),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_size", "patch_size", "in_channels"],
         **_TOWER_CHECKS,
     )
@@ -105,6 +114,7 @@ def flava_image_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
+            mlp_dropout=mlp_dropout,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         Pooler(embed_dim),
@@ -124,6 +134,7 @@ def flava_text_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
+    mlp_dropout: Optional[float] = None,
 ) -> TextEncoder:
     """FLAVA's BERT-style text encoder: (B, L) ids -> (B, L, 768) by default.
 
@@ -139,6 +150,7 @@ def flava_text_encoder(
         dropout (float): dropout on embeddings, MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
+        mlp_dropout (Optional[float]): dropout after the MLP's activation; None: ``dropout``.
 
     Returns:
         TextEncoder: the encoder (random init).
@@ -149,7 +161,7 @@ def flava_text_encoder(
     """
     check_architecture(
         "flava_text_encoder",
-        locals(),
+        _mlp_dropout_resolved(locals()),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "vocab_size", "max_seq_len", "type_vocab_size"],
         **_TOWER_CHECKS,
         ids={"pad_token_id": "vocab_size"},
@@ -172,6 +184,7 @@ def flava_text_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
+            mlp_dropout=mlp_dropout,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         Pooler(embed_dim),
@@ -189,6 +202,7 @@ def flava_multimodal_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
+    mlp_dropout: Optional[float] = None,
 ) -> MultimodalEncoder:
     """FLAVA's multimodal encoder over projected image and text states.
 
@@ -202,6 +216,7 @@ def flava_multimodal_encoder(
         dropout (float): dropout in the MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
+        mlp_dropout (Optional[float]): dropout after the MLP's activation; None: ``dropout``.
 
     Returns:
         MultimodalEncoder: the encoder (random init).
@@ -212,7 +227,7 @@ def flava_multimodal_encoder(
     """
     check_architecture(
         "flava_multimodal_encoder",
-        locals(),
+        _mlp_dropout_resolved(locals()),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_dim", "text_dim"],
         **_TOWER_CHECKS,
     )
@@ -227,6 +242,7 @@ def flava_multimodal_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
+            mlp_dropout=mlp_dropout,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         embed_dim,
@@ -241,9 +257,11 @@ _FLAVA_CHECKS = dict(
     multiples=[(f"{t}_embed_dim", f"{t}_num_heads") for t in _TOWERS],
     positive=["norm_eps", "init_std"],
     finite=["logit_scale_init"],
-    dropouts=["dropout", "attention_dropout"],
+    dropouts=["dropout", "attention_dropout", "mlp_dropout"],
     ids={"pad_token_id": "vocab_size"},
 )
+# Training settings, not architecture: a value given (other than the default) overrides the checkpoint's.
+_SETTINGS = ("dropout", "attention_dropout", "mlp_dropout")
 
 
 def flava_model(
@@ -271,6 +289,7 @@ def flava_model(
     projection_dim: int = 768,
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
+    mlp_dropout: Optional[float] = None,
     norm_eps: float = 1e-12,
     logit_scale_init: float = math.log(1 / 0.07),
     init_std: float = 0.02,
@@ -278,9 +297,15 @@ def flava_model(
     """The FLAVA model; FLAVA-full by default.
 
     With a Hugging Face directory as ``pretrained`` (or a weights file in it), an argument left at its
-    default takes the value its config.json states; an argument given otherwise must match it. A
+    default takes the value its config.json states; an argument given otherwise must match it, but a
+    dropout given (other than its default) overrides the checkpoint's, as a training setting. A
     torchflava export (the pretraining recipe's ``model/`` directory, its run directory, or the weights
     file in it) is read alike, its ``backbone_config.json`` standing for config.json.
+
+    A Hugging Face config's ``hidden_dropout_prob`` is ``dropout`` and its ``attention_probs_dropout_prob``
+    ``attention_dropout`` (one value each for the three towers), with ``mlp_dropout`` 0: transformers'
+    FLAVA drops the embeddings, the attention probabilities and both residual branches, not the MLP's
+    hidden activations.
 
     Args:
         pretrained (Optional[Union[str, os.PathLike]]): local path or URL of weights to load: a Hugging
@@ -308,8 +333,11 @@ def flava_model(
         multimodal_num_heads (int): multimodal encoder heads.
         multimodal_mlp_dim (int): multimodal encoder MLP width.
         projection_dim (int): width P of the contrastive features.
-        dropout (float): dropout everywhere but attention probabilities.
+        dropout (float): dropout on the embeddings and both residual branches of every layer (and in
+            the MLP, where ``mlp_dropout`` is None).
         attention_dropout (float): dropout on attention probabilities.
+        mlp_dropout (Optional[float]): dropout after each MLP's activation; None: ``dropout``
+            (torchmultimodal's placement).
         norm_eps (float): LayerNorm epsilon.
         logit_scale_init (float): initial contrastive log temperature multiplier.
         init_std (float): std of the normal initialisation (0.02, BERT's, suits FLAVA's width; small
@@ -330,7 +358,8 @@ def flava_model(
     # says so before any work
     peeked = None if local is None else peek_state_dict(local)
     args, config_file, config = _resolved_flava_arguments(local, args, peeked)
-    check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
+    source = {k: str(config_file) for k, v in config.items() if args.get(k) == v}
+    check_architecture("flava_model", _mlp_dropout_resolved(args), **_FLAVA_CHECKS, source=source)
     if local is not None:  # names and shapes checked on a meta-device model: no real one is built for a misfit
         with torch.device("meta"):
             load_flava_weights(_build_flava(args), peeked)
@@ -364,7 +393,7 @@ def _resolved_flava_arguments(
     if local is None:
         return args, None, {}
     config_file, config = _checkpoint_config(local, peeked)
-    return _with_config(flava_model, args, config_file, config), config_file, config
+    return _with_config(flava_model, args, config_file, config, settings=_SETTINGS), config_file, config
 
 
 def _checkpoint_config(local: Path, peeked: Optional[dict]) -> tuple[Optional[Path], dict]:
@@ -376,27 +405,32 @@ def _checkpoint_config(local: Path, peeked: Optional[dict]) -> tuple[Optional[Pa
     return config_file, config
 
 
-def _with_config(builder: Callable, args: dict, config_file: Optional[Path], config: dict) -> dict:
-    """``args`` with those left at ``builder``'s defaults taken from ``config`` (read from ``config_file``).
+def _with_config(
+    builder: Callable, args: dict, config_file: Optional[Path], config: dict, *, settings: tuple[str, ...] = ()
+) -> dict:
+    """``args`` with those left at ``builder``'s defaults taken from ``config`` (read from ``config_file``);
+    those of ``settings`` given (not at their defaults) are kept over ``config``'s.
 
     Raises:
-        ValueError: listing the (given, config) pairs of the arguments given that contradict it.
+        ValueError: listing the (given, config) pairs of the arguments given that contradict it (but
+            ``settings``).
     """
     defaults = inspect.signature(builder).parameters
     config = {k: v for k, v in config.items() if k in args}
-    clash = {k: (args[k], v) for k, v in config.items() if args[k] != defaults[k].default and args[k] != v}
+    given = [k for k in config if args[k] != defaults[k].default]
+    clash = {k: (args[k], config[k]) for k in given if args[k] != config[k] and k not in settings}
     if clash:
         raise ValueError(
             f"{builder.__name__}: expected arguments that match {config_file}, got (given, config) {clash}"
         )
-    return {**args, **config}
+    return {**args, **{k: v for k, v in config.items() if k not in given}}
 
 
 def _build_flava(a: dict) -> FLAVAModel:
     def tower(name: str) -> dict:
         return {k: a[f"{name}_{k}"] for k in ("embed_dim", "num_layers", "num_heads", "mlp_dim")}
 
-    common = dict(dropout=a["dropout"], attention_dropout=a["attention_dropout"], norm_eps=a["norm_eps"])
+    common = {k: a[k] for k in ("dropout", "attention_dropout", "mlp_dropout", "norm_eps")}
     return FLAVAModel(
         flava_image_encoder(
             **tower("image"),
