@@ -38,6 +38,7 @@ from torchflava.models.flava import (
     FLAVAModel,
     convert_to_hf,
     convert_to_torchflava,
+    flava_image_encoder,
     flava_model,
     flava_model_for_classification,
     flava_model_for_pretraining,
@@ -685,6 +686,20 @@ def test_hf_config_without_qkv_biases_or_mask_token_is_refused_naming_the_key(tm
     message = f"{tmp_path / 'config.json'}: {section}.{key} must be True (the only one we build), got False"
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         flava_model(pretrained=tmp_path)
+
+
+def test_an_image_its_patches_do_not_tile_is_refused_naming_the_builder_and_config_json(tmp_path):
+    """PatchEmbedding refused it naming its own arguments: neither flava_model nor config.json was named."""
+    config = _tiny_hf_config()
+    config.image_config.image_size = 36  # patch_size 8
+    _saved_hf(tmp_path, config)
+    message = f"flava_model: image_size (from {tmp_path / 'config.json'}) must be a multiple of patch_size = 8, got 36"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        flava_model(pretrained=tmp_path)
+    with pytest.raises(
+        ValueError, match=r"^flava_image_encoder: image_size must be a multiple of patch_size = 16, got 40$"
+    ):
+        flava_image_encoder(image_size=40, patch_size=16)
 
 
 def test_mlp_dropout_defaults_to_dropout_and_is_checked():

@@ -102,7 +102,7 @@ def flava_image_encoder(
         "flava_image_encoder",
         _mlp_dropout_resolved(locals()),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_size", "patch_size", "in_channels"],
-        **_TOWER_CHECKS,
+        **{**_TOWER_CHECKS, "multiples": [*_TOWER_CHECKS["multiples"], ("image_size", "patch_size")]},
     )
     return VisionEncoder(
         PatchEmbedding(image_size, patch_size, in_channels, embed_dim, use_mask_token=use_mask_token, dropout=dropout),
@@ -254,7 +254,8 @@ _TOWERS = ("image", "text", "multimodal")
 _FLAVA_CHECKS = dict(
     sizes=[f"{t}_{n}" for t in _TOWERS for n in ("embed_dim", "num_layers", "num_heads", "mlp_dim")]
     + ["image_size", "patch_size", "in_channels", "vocab_size", "max_seq_len", "type_vocab_size", "projection_dim"],
-    multiples=[(f"{t}_embed_dim", f"{t}_num_heads") for t in _TOWERS],
+    # (a patch grid that does not tile the image: PatchEmbedding's refusal named neither builder nor config.json)
+    multiples=[(f"{t}_embed_dim", f"{t}_num_heads") for t in _TOWERS] + [("image_size", "patch_size")],
     positive=["norm_eps", "init_std"],
     finite=["logit_scale_init"],
     dropouts=["dropout", "attention_dropout", "mlp_dropout"],
