@@ -45,7 +45,9 @@ from torchflava.models.flava import (
     load_flava_weights,
 )
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
+from torchflava.models.flava.pretraining import LossWeights
 from torchflava.utils.checkpoint import save_state_dict
+from torchflava.utils.distributed import GatherGrad
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
 
@@ -727,6 +729,22 @@ def _hf_pretraining_config(**encoders) -> FlavaConfig:
         image_codebook_config=dict(hidden_size=8, vocab_size=16, num_blocks_per_group=1),
         projection_dim=20,
     )
+
+
+def test_hf_pretraining_directory_gives_its_loss_settings(tmp_path):
+    """FlavaConfig's loss weights, ce_ignore_index and global_backprop_contrastive (what FlavaForPreTraining
+    computes its loss with) were not read: pretraining from such a checkpoint weighed every loss 1."""
+    config = _hf_pretraining_config()
+    config.mlm_weight, config.itm_weight, config.mmm_text_weight = 0.5, 0.0, 2.0
+    config.ce_ignore_index, config.global_backprop_contrastive = -1, False
+    _saved_hf(tmp_path, config, FlavaForPreTraining)
+
+    ours = flava_model_for_pretraining(pretrained=tmp_path, build_codebook=False)
+    assert ours.weights == LossWeights(mim=1.0, mlm=0.5, itm=0.0, global_contrastive=1.0, mmm_image=1.0, mmm_text=2.0)
+    assert (ours.ignore_index, ours.contrastive_gather) == (-1, GatherGrad.LOCAL)
+    # training settings: one given overrides the config's
+    given = flava_model_for_pretraining(pretrained=tmp_path, build_codebook=False, mlm_weight=0.25, ignore_index=-7)
+    assert (given.weights.mlm, given.weights.mmm_text, given.ignore_index) == (0.25, 2.0, -7)
 
 
 @torch.no_grad()

@@ -481,7 +481,9 @@ def flava_model_for_pretraining(
 
     With a Hugging Face directory as ``pretrained``, its config.json gives the backbone (when none is
     given), ``image_vocab_size`` (when left at its default) and ``head_norm_eps`` (when None); a value
-    given otherwise must match it. A torchflava export gives the backbone (its backbone_config.json) and
+    given otherwise must match it. It also gives the loss settings ``FlavaForPreTraining`` trained with
+    (``*_weight``, ``ce_ignore_index`` as ``ignore_index``, ``global_backprop_contrastive`` false as
+    ``GatherGrad.LOCAL``) to those left at their defaults; one given otherwise overrides it. A torchflava export gives the backbone (its backbone_config.json) and
     ``image_vocab_size`` (its MIM head's rows) alike.
 
     Args:
@@ -521,23 +523,21 @@ def flava_model_for_pretraining(
             int >= 2 or ``head_norm_eps`` not positive (naming the argument), or an argument or the
             backbone's LayerNorm eps contradicts a Hugging Face directory's config.json.
     """
-    weights = dict(
-        mim=mim_weight,
-        mlm=mlm_weight,
-        itm=itm_weight,
-        global_contrastive=global_contrastive_weight,
-        mmm_image=mmm_image_weight,
-        mmm_text=mmm_text_weight,
-    )
-    for name, value in weights.items():
-        if check_finite_number(f"{name}_weight", value) < 0:
-            raise ValueError(f"{name}_weight must be >= 0, got {value!r}")
-    loss_weights = LossWeights(**weights)
     local = None if pretrained is None else local_flava_checkpoint(pretrained)
     peeked = None if local is None else without_wrapper_prefix(peek_state_dict(local))  # names only, no data
     config_file, config = (None, {}) if local is None else _checkpoint_config(local, peeked)
     if config_file is not None and config_file.name == "backbone_config.json" and "mim_head.decoder.bias" in peeked:
         config = {**config, "image_vocab_size": peeked["mim_head.decoder.bias"].shape[0]}  # (an export's: its rows)
+    # the loss settings a Hugging Face config.json states (FlavaForPreTraining trained with them), else those given
+    names = ("mim", "mlm", "itm", "global_contrastive", "mmm_image", "mmm_text")
+    losses = {f"{name}_weight": value for name, value in zip(names, (mim_weight, mlm_weight, itm_weight))}
+    losses.update(global_contrastive_weight=global_contrastive_weight, mmm_image_weight=mmm_image_weight)
+    losses.update(mmm_text_weight=mmm_text_weight, ignore_index=ignore_index, contrastive_gather=contrastive_gather)
+    losses = _with_config(flava_model_for_pretraining, losses, config_file, config, settings=tuple(losses))
+    for name in names:
+        if check_finite_number(f"{name}_weight", losses[f"{name}_weight"]) < 0:
+            raise ValueError(f"{name}_weight must be >= 0, got {losses[f'{name}_weight']!r}")
+    loss_weights = LossWeights(**{name: losses[f"{name}_weight"] for name in names})
     heads = dict(image_vocab_size=image_vocab_size, head_norm_eps=head_norm_eps)
     heads = _with_config(flava_model_for_pretraining, heads, config_file, config)
     if heads["head_norm_eps"] is None:  # torchmultimodal's prediction heads use 1e-5, Hugging Face's 1e-12
@@ -555,7 +555,8 @@ def flava_model_for_pretraining(
             f"flava_model_for_pretraining: image_vocab_size must be >= 2 (one codebook id: the image losses are "
             f"always 0), got {image_vocab_size}"
         )
-    model = flava_model(**{k: v for k, v in config.items() if k not in heads}) if backbone is None else backbone
+    backbone_config = {k: v for k, v in config.items() if k in inspect.signature(flava_model).parameters}
+    model = flava_model(**backbone_config) if backbone is None else backbone
     image_dim = model.image_encoder.norm.normalized_shape[0]
     text_dim = model.text_encoder.norm.normalized_shape[0]
     multimodal_dim = model.multimodal_encoder.norm.normalized_shape[0]
@@ -573,8 +574,8 @@ def flava_model_for_pretraining(
         weights=loss_weights,
         unimodal_losses_on_pairs=unimodal_losses_on_pairs,
         recompute_contrastive_passes=recompute_contrastive_passes,
-        ignore_index=ignore_index,
-        contrastive_gather=contrastive_gather,
+        ignore_index=losses["ignore_index"],
+        contrastive_gather=losses["contrastive_gather"],
     )
     for name in ("mlm_head", "mim_head", "mmm_text_head", "mmm_image_head", "itm_head"):
         init_weights(getattr(pretraining, name), std=model.init_std)

@@ -38,6 +38,7 @@ from torchflava.utils.checkpoint import (
     without_prefix,
 )
 from torchflava.utils.checks import hf_sub_configs
+from torchflava.utils.distributed import GatherGrad
 
 LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -404,8 +405,10 @@ _HF_DEFAULTS = {
         position_embedding_type="absolute",
     ),
     "multimodal_config": dict(_HF_ENCODER, num_hidden_layers=6, use_cls_token=True),
-    "": dict(projection_dim=768, logit_scale_init_value=2.6592),
+    "": dict(projection_dim=768, logit_scale_init_value=2.6592, ce_ignore_index=-100, global_backprop_contrastive=True),
 }
+_HF_LOSS_WEIGHTS = ("mim", "mlm", "itm", "global_contrastive", "mmm_image", "mmm_text")  # FlavaConfig's *_weight
+_HF_DEFAULTS[""].update({f"{name}_weight": 1.0 for name in _HF_LOSS_WEIGHTS})
 _HF_SIZES = dict(embed_dim="hidden_size", num_layers="num_hidden_layers", num_heads="num_attention_heads")
 # What each of our encoders computes: transformers' default (another activation, or no q/k/v biases, is refused).
 _HF_AS_BUILT = dict(hidden_act="gelu", qkv_bias=True)
@@ -457,10 +460,11 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
     ``mask_token`` (true). Not read, as nothing ``FlavaModel`` computes depends on them: the
     ``initializer_range`` fields (initialisation), the top-level ``layer_norm_eps`` (unused) and
     ``hidden_size`` (``FlavaForPreTraining``'s ITM head width, which its weights' shapes tell), the image
-    ``vocab_size`` (the MIM head's, :func:`flava_pretraining_kwargs_from_hf_config`), the pretraining loss
-    settings (``*_weight``, ``ce_ignore_index``, ``global_backprop_contrastive``,
-    ``skip_unmasked_multimodal_encoder``: ``flava_model_for_pretraining`` takes its own) and
-    ``image_codebook_config``.
+    ``vocab_size`` and the pretraining loss settings (``*_weight``, ``ce_ignore_index``,
+    ``global_backprop_contrastive``: ``flava_model_for_pretraining``'s, read by
+    :func:`flava_pretraining_kwargs_from_hf_config`), ``skip_unmasked_multimodal_encoder`` (whether
+    ``FlavaForPreTraining`` also returns an unmasked multimodal pass no loss reads), ``return_loss``,
+    ``init_codebook`` and ``image_codebook_config`` (the codebook's, whose weights tell its sizes).
 
     Args:
         config (dict): the config, with ``image_config``, ``text_config`` and ``multimodal_config``.
@@ -508,20 +512,34 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
 
 
 def flava_pretraining_kwargs_from_hf_config(config: dict) -> dict:
-    """``flava_model_for_pretraining``'s head arguments for a Hugging Face ``FlavaConfig``: the MIM
-    vocabulary (``image_config.vocab_size``) and the heads' LayerNorm eps (the encoders').
+    """``flava_model_for_pretraining``'s head and loss arguments for a Hugging Face ``FlavaConfig``: the MIM
+    vocabulary (``image_config.vocab_size``), the heads' LayerNorm eps (the encoders'), and the loss
+    settings ``FlavaForPreTraining`` computes with: the six ``*_weight``, ``ce_ignore_index``
+    (``ignore_index``) and ``global_backprop_contrastive`` (``contrastive_gather``: true
+    ``GatherGrad.GLOBAL``; false ``GatherGrad.LOCAL``, transformers' gather without autograd, where only
+    each rank's own rows carry gradient).
 
     Args:
         config (dict): the config (see :func:`flava_kwargs_from_hf_config`).
 
     Returns:
-        dict: ``image_vocab_size`` and ``head_norm_eps``.
+        dict: ``image_vocab_size``, ``head_norm_eps``, the ``*_weight``, ``ignore_index`` and
+        ``contrastive_gather``.
 
     Raises:
         ValueError: as :func:`flava_kwargs_from_hf_config`.
     """
     eps = flava_kwargs_from_hf_config(config)["norm_eps"]
-    return dict(image_vocab_size=_hf_field(_hf_fields(config), "image_config", "vocab_size"), head_norm_eps=eps)
+    sections = _hf_fields(config)
+    losses = {f"{name}_weight": _hf_field(sections, "", f"{name}_weight") for name in _HF_LOSS_WEIGHTS}
+    backprop = _hf_field(sections, "", "global_backprop_contrastive")
+    return dict(
+        image_vocab_size=_hf_field(sections, "image_config", "vocab_size"),
+        head_norm_eps=eps,
+        **losses,
+        ignore_index=_hf_field(sections, "", "ce_ignore_index"),
+        contrastive_gather=GatherGrad.GLOBAL if backprop else GatherGrad.LOCAL,
+    )
 
 
 # Pretraining heads: ours -> (hf, tmm) prefixes, and the names inside one prediction head.
