@@ -576,6 +576,7 @@ def main(cfg: FinetuneConfig) -> dict:
         pretrained.tokenizer,
         image_size=pretrained.image_size,
         max_text_length=d.max_text_length,  # resolved, within the checkpoint's positions (validate)
+        image_transform=pretrained.image_transform,  # the checkpoint's own (a Hugging Face one's mean, std, resize)
     )
     data = MixedBatches(
         {"train": train_source},

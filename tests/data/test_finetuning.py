@@ -380,3 +380,27 @@ def test_label_and_class_names_must_be_strings_as_files_hold_them(tmp_path):
         ImageClassFolder(tmp_path, [None])
     with pytest.raises(TypeError, match=r"^text_columns must hold column names \(str\), got int 0 at position 0$"):
         GlueTsv(tsv, [0], "label")
+
+
+def test_classification_collator_uses_the_image_transform_given():
+    """The fine-tuning batches took EvalImageTransform whatever the checkpoint's preprocessing stated."""
+    from transformers import FlavaImageProcessor
+
+    from torchflava.data.finetuning import ClassificationCollator, LabeledSample
+    from torchflava.data.transforms import ImageTransform, ImageTransformSpec
+
+    size = {"height": 8, "width": 8}
+    processor = FlavaImageProcessor(size=size, crop_size=size, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    spec = ImageTransformSpec.from_preprocessor_config(processor.to_dict())
+    image = Image.effect_mandelbrot((13, 10), (-2, -1, 1, 1), 50).convert("RGB")
+    batch = ClassificationCollator(None, image_size=8, image_transform=ImageTransform(spec))(
+        "train", [LabeledSample(image, None, 0)], [0]
+    )
+    expected = processor(images=image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(batch["image"], expected, atol=1e-6, rtol=0)
+    default = ClassificationCollator(None, image_size=8)("train", [LabeledSample(image, None, 0)], [0])
+    assert (default["image"] - expected).abs().max() > 0.1  # (CLIP's mean and std, bilinear short side)
+    with pytest.raises(ValueError, match=r"^image_transform must give 16 x 16 images \(image_size\), got output"):
+        ClassificationCollator(None, image_size=16, image_transform=ImageTransform(spec))
+    with pytest.raises(TypeError, match="^image_transform must be an ImageTransform or None, got function$"):
+        ClassificationCollator(None, image_size=8, image_transform=lambda image: image)

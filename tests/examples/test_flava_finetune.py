@@ -6,7 +6,9 @@ import signal
 import subprocess
 import sys
 
+from PIL import Image
 import pytest
+import torch
 
 from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import load_recipe, write_tiny_export
@@ -916,3 +918,39 @@ def test_the_report_ends_with_one_human_line(export, tmp_path, capsys):
         "fine-tuning finished: 5 steps; validation dev (3 items) pearson 0.912, spearman nan; classifier exported to "
         "runs/stsb/model (python -m torchflava.classify --checkpoint runs/stsb)"
     )
+
+
+def test_a_hugging_face_checkpoint_fine_tunes_with_its_own_preprocessing_and_dropout(tmp_path):
+    """From a Hugging Face FLAVA directory the recipe trained on EvalImageTransform's pixels (CLIP's mean
+    and std, bilinear short side) whatever its preprocessor_config.json stated, exported that as the
+    classifier's preprocessing, and trained without the dropout its config.json set."""
+    from transformers import FlavaImageProcessor
+
+    from tests.helpers import write_hf_flava
+    from torchflava.classify import load_classifier
+
+    hf = tmp_path / "hf"
+    write_hf_flava(hf, lowercase=True)
+    stats = dict(image_mean=[0.5, 0.25, 0.75], image_std=[0.2, 0.3, 0.4])
+    preprocessor = json.loads((hf / "preprocessor_config.json").read_text())
+    (hf / "preprocessor_config.json").write_text(json.dumps({**preprocessor, **stats}))
+    config = json.loads((hf / "config.json").read_text())
+    for tower in ("image_config", "text_config", "multimodal_config"):
+        config[tower]["hidden_dropout_prob"] = 0.1
+    (hf / "config.json").write_text(json.dumps(config))
+    for split in ("train", "val"):
+        for name, colour in (("red", (250, 10, 10)), ("blue", (10, 10, 250))):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40 + 3 * i, 30), colour).save(tmp_path / split / name / f"{i}.png")
+    run = tmp_path / "run"
+    image_folder = ["data.task=image_folder", f"data.train={tmp_path / 'train'}", f"data.val={tmp_path / 'val'}"]
+    _run(hf, run, *image_folder, "training.max_steps=2", "optim.warmup_steps=1", "training.global_batch_size=4")
+
+    exported = json.loads((run / "model" / "preprocessor_config.json").read_text())
+    assert {k: exported[k] for k in stats} == stats
+    image = Image.new("RGB", (45, 31), (120, 200, 30))
+    expected = FlavaImageProcessor.from_pretrained(hf)(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(load_classifier(run).image_transform(image), expected, atol=1e-6, rtol=0)
+    backbone = json.loads((run / "model" / "backbone_config.json").read_text())
+    assert (backbone["dropout"], backbone["attention_dropout"], backbone["mlp_dropout"]) == (0.1, 0.0, 0.0)

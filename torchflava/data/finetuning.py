@@ -24,7 +24,7 @@ from torchflava.data.readers import ImageFolder, existing_path
 from torchflava.data.samples import BadSample, checked_text, load_rgb
 from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
-from torchflava.data.transforms import EvalImageTransform
+from torchflava.data.transforms import EvalImageTransform, ImageTransform
 from torchflava.utils.checks import check_int
 
 PathLike = Union[str, os.PathLike]
@@ -326,28 +326,45 @@ class ShapesClassification(Dataset):
 class ClassificationCollator:
     """Samples -> ``{"image", "text", "text_attention_mask", "labels"}`` tensors (absent inputs omitted).
 
-    Images go through :class:`EvalImageTransform` (resize, centre crop, CLIP normalisation); text
-    is padded to the longest row. Called as the collator of
-    :class:`~torchflava.data.mixing.MixedBatches` (with one source).
+    Images go through ``image_transform`` (the checkpoint's own preprocessing, e.g.
+    :attr:`~torchflava.pretrained.Pretrained.image_transform`), else :class:`EvalImageTransform`
+    (resize, centre crop, CLIP normalisation); text is padded to the longest row. Called as the
+    collator of :class:`~torchflava.data.mixing.MixedBatches` (with one source).
 
     Args:
         tokenizer (Optional[WordPieceTokenizer]): needed for text inputs.
         image_size (int): model image size.
         max_text_length (Optional[int]): most ids per text row (>= 2); None: the tokenizer's own limit.
+        image_transform (Optional[ImageTransform]): PIL image -> (3, image_size, image_size) pixels;
+            None: ``EvalImageTransform(image_size)``.
+
+    Raises:
+        TypeError: if ``tokenizer`` is not callable, or ``image_transform`` not an ImageTransform.
+        ValueError: if ``max_text_length`` < 2, or ``image_transform`` gives images of another size.
     """
 
     def __init__(
-        self, tokenizer: Optional[WordPieceTokenizer], *, image_size: int, max_text_length: Optional[int] = 128
+        self,
+        tokenizer: Optional[WordPieceTokenizer],
+        *,
+        image_size: int,
+        max_text_length: Optional[int] = 128,
+        image_transform: Optional[ImageTransform] = None,
     ):
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(f"tokenizer must be a tokenizer (callable) or None, got {type(tokenizer).__name__}")
         if max_text_length is not None:  # (None: the tokenizer's own model_max_length)
             check_int("max_text_length", max_text_length, 2)  # [CLS] and [SEP] at least
-        self.tokenizer, self.transform, self.max_text_length = (
-            tokenizer,
-            EvalImageTransform(image_size),
-            max_text_length,
-        )
+        if image_transform is None:
+            image_transform = EvalImageTransform(image_size)
+        elif not isinstance(image_transform, ImageTransform):
+            raise TypeError(f"image_transform must be an ImageTransform or None, got {type(image_transform).__name__}")
+        elif image_transform.output_size != (image_size, image_size):  # (the model's positions: its error, deep)
+            raise ValueError(
+                f"image_transform must give {image_size} x {image_size} images (image_size), got output size "
+                f"{image_transform.output_size}"
+            )
+        self.tokenizer, self.transform, self.max_text_length = tokenizer, image_transform, max_text_length
 
     def __call__(
         self, kind: str, samples: Sequence[LabeledSample], seeds: Sequence[int], *, another: Optional[Callable] = None

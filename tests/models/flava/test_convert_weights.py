@@ -35,15 +35,19 @@ from transformers import FlavaConfig, FlavaForPreTraining, FlavaModel
 
 from tests.helpers import TINY_FLAVA, PickleExploit, padded_text, pickle_canary
 from torchflava.models.flava import (
+    FLAVAModel,
     convert_to_hf,
     convert_to_torchflava,
+    flava_image_encoder,
     flava_model,
     flava_model_for_classification,
     flava_model_for_pretraining,
     load_flava_weights,
 )
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
+from torchflava.models.flava.pretraining import LossWeights
 from torchflava.utils.checkpoint import save_state_dict
+from torchflava.utils.distributed import GatherGrad
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
 
@@ -605,6 +609,110 @@ def test_loading_a_hf_directory_into_a_model_with_another_eps_raises(tmp_path):
         flava_model_for_classification(3, backbone=flava_model(**TINY_FLAVA), pretrained=tmp_path)
 
 
+_HF_TOWERS = {"image": "image_model", "text": "text_model", "multimodal": "multimodal_model"}
+
+
+def _dropout_sites(model: nn.Module) -> dict[str, float]:
+    """The dropout probability at each place transformers' FLAVA drops, and after the MLP's activation,
+    by tower: ours (a FLAVAModel) or transformers' FlavaModel, read from their modules."""
+    sites = {}
+    for tower, (ours, hf) in {
+        "image": ("image_encoder", "image_model"),
+        "text": ("text_encoder", "text_model"),
+    }.items():
+        part = getattr(model, ours if isinstance(model, FLAVAModel) else hf)
+        sites[f"{tower}.embeddings"] = part.embeddings.dropout.p
+    towers = {"image": "image_encoder", "text": "text_encoder", "multimodal": "multimodal_encoder"}
+    for tower, ours in towers.items():
+        if isinstance(model, FLAVAModel):
+            layer = getattr(model, ours).encoder.layers[0]
+            found = dict(attention=layer.attn.dropout, attention_output=layer.dropout.p, output=layer.dropout.p)
+            found["mlp_hidden"] = layer.mlp.dropout.p
+        else:
+            layer = getattr(model, _HF_TOWERS[tower]).encoder.layer[0]
+            found = dict(
+                attention=layer.attention.attention.dropout.p, attention_output=layer.attention.output.dropout.p
+            )
+            found.update(output=layer.output.dropout.p, mlp_hidden=0.0)  # FlavaIntermediate: dense + activation only
+        sites.update({f"{tower}.{k}": v for k, v in found.items()})
+    return sites
+
+
+def test_hf_config_dropouts_are_trained_with_where_transformers_drops(tmp_path):
+    """config.json's hidden_dropout_prob and attention_probs_dropout_prob were not read: a model fine-tuned
+    from a checkpoint that sets them trained without dropout. Now each place transformers' FlavaModel drops
+    at in training mode drops alike, and the MLP's hidden activations (where it has none) not at all."""
+    hf = _saved_hf(tmp_path, _tiny_hf_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2))
+    expected = _dropout_sites(hf)
+    assert set(expected.values()) == {0.0, 0.1, 0.2}
+    loaded = flava_model(pretrained=tmp_path)
+    classifier = flava_model_for_classification(3, pretrained=tmp_path, modality="text")
+    for ours in (loaded, classifier.model, flava_model(pretrained=next(tmp_path.glob("*.safetensors")))):
+        assert _dropout_sites(ours) == expected
+    assert flava_kwargs_from_hf_config(json.loads((tmp_path / "config.json").read_text()))["dropout"] == 0.1
+    images, ids, mask = _tiny_inputs()
+    loaded.train()
+    first, second = (loaded.encode_text(ids, text_attention_mask=mask) for _ in range(2))
+    assert (first - second).abs().max() > 1e-3  # dropout is on in training
+    _assert_matches_hf(loaded, hf, images, ids, mask)  # and off in eval mode: the same features
+
+
+def test_a_dropout_given_overrides_the_hf_configs(tmp_path):
+    """A training setting, as transformers' from_pretrained(..., hidden_dropout_prob=...): no clash."""
+    _saved_hf(tmp_path, _tiny_hf_config(hidden_dropout_prob=0.1))
+    sites = _dropout_sites(flava_model(pretrained=tmp_path, dropout=0.3, attention_dropout=0.05))
+    assert sites["text.embeddings"] == sites["multimodal.output"] == 0.3
+    assert sites["image.attention"] == 0.05 and sites["image.mlp_hidden"] == 0.0  # (config.json's placement)
+    sites = _dropout_sites(flava_model(pretrained=tmp_path, mlp_dropout=0.25))
+    assert sites["text.mlp_hidden"] == 0.25 and sites["text.output"] == 0.1
+
+
+def test_hf_towers_with_different_dropouts_are_refused_naming_the_key(tmp_path):
+    config = _tiny_hf_config()
+    config.text_config.hidden_dropout_prob = 0.1
+    _saved_hf(tmp_path, config)
+    message = f"{tmp_path / 'config.json'}: the three encoders use different hidden_dropout_prob [0.0, 0.1]"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "; flava_model takes one$"):
+        flava_model(pretrained=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "section, key", [("image_config", "qkv_bias"), ("text_config", "qkv_bias"), ("image_config", "mask_token")]
+)
+def test_hf_config_without_qkv_biases_or_mask_token_is_refused_naming_the_key(tmp_path, section, key):
+    """Such a FlavaModel lacks tensors ours has: the refusal listed missing keys and asked to check the
+    architecture arguments, none of which says so."""
+    config = _tiny_hf_config()
+    setattr(getattr(config, section), key, False)
+    _saved_hf(tmp_path, config)
+    message = f"{tmp_path / 'config.json'}: {section}.{key} must be True (the only one we build), got False"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        flava_model(pretrained=tmp_path)
+
+
+def test_an_image_its_patches_do_not_tile_is_refused_naming_the_builder_and_config_json(tmp_path):
+    """PatchEmbedding refused it naming its own arguments: neither flava_model nor config.json was named."""
+    config = _tiny_hf_config()
+    config.image_config.image_size = 36  # patch_size 8
+    _saved_hf(tmp_path, config)
+    message = f"flava_model: image_size (from {tmp_path / 'config.json'}) must be a multiple of patch_size = 8, got 36"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        flava_model(pretrained=tmp_path)
+    with pytest.raises(
+        ValueError, match=r"^flava_image_encoder: image_size must be a multiple of patch_size = 16, got 40$"
+    ):
+        flava_image_encoder(image_size=40, patch_size=16)
+
+
+def test_mlp_dropout_defaults_to_dropout_and_is_checked():
+    """Without a checkpoint, ``dropout`` still drops after the MLP's activation (torchmultimodal's placement)."""
+    assert _dropout_sites(flava_model(**TINY_FLAVA, dropout=0.1))["image.mlp_hidden"] == 0.1
+    sites = _dropout_sites(flava_model(**TINY_FLAVA, dropout=0.1, mlp_dropout=0.0))
+    assert sites["multimodal.mlp_hidden"] == 0.0 and sites["multimodal.output"] == 0.1
+    with pytest.raises(ValueError, match=r"^flava_model: mlp_dropout must be in \[0, 1\), got 1.0"):
+        flava_model(**TINY_FLAVA, mlp_dropout=1.0)
+
+
 _WIDTH_32 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
 _TOWER_32 = dict(embed_dim=32, num_layers=2, num_heads=4, mlp_dim=48)  # _WIDTH_32 under our names
 _WIDTH_32_KWARGS = {f"{t}_{k}": v for t in ("image", "text", "multimodal") for k, v in _TOWER_32.items()}
@@ -621,6 +729,22 @@ def _hf_pretraining_config(**encoders) -> FlavaConfig:
         image_codebook_config=dict(hidden_size=8, vocab_size=16, num_blocks_per_group=1),
         projection_dim=20,
     )
+
+
+def test_hf_pretraining_directory_gives_its_loss_settings(tmp_path):
+    """FlavaConfig's loss weights, ce_ignore_index and global_backprop_contrastive (what FlavaForPreTraining
+    computes its loss with) were not read: pretraining from such a checkpoint weighed every loss 1."""
+    config = _hf_pretraining_config()
+    config.mlm_weight, config.itm_weight, config.mmm_text_weight = 0.5, 0.0, 2.0
+    config.ce_ignore_index, config.global_backprop_contrastive = -1, False
+    _saved_hf(tmp_path, config, FlavaForPreTraining)
+
+    ours = flava_model_for_pretraining(pretrained=tmp_path, build_codebook=False)
+    assert ours.weights == LossWeights(mim=1.0, mlm=0.5, itm=0.0, global_contrastive=1.0, mmm_image=1.0, mmm_text=2.0)
+    assert (ours.ignore_index, ours.contrastive_gather) == (-1, GatherGrad.LOCAL)
+    # training settings: one given overrides the config's
+    given = flava_model_for_pretraining(pretrained=tmp_path, build_codebook=False, mlm_weight=0.25, ignore_index=-7)
+    assert (given.weights.mlm, given.weights.mmm_text, given.ignore_index) == (0.25, 2.0, -7)
 
 
 @torch.no_grad()
@@ -806,6 +930,7 @@ def test_kwargs_from_an_empty_hf_config_are_flava_full():
     kwargs = flava_kwargs_from_hf_config({})
     assert kwargs == flava_kwargs_from_hf_config(FlavaConfig().to_dict())
     defaults = {k: p.default for k, p in inspect.signature(flava_model).parameters.items()}
+    defaults["mlp_dropout"] = 0.0  # (transformers' FLAVA drops nothing after the MLP's activation)
     assert kwargs == {k: pytest.approx(defaults[k], abs=1e-4) for k in kwargs}  # logit scale: 2.6592 ~ log(1/0.07)
 
 

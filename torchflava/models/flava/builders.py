@@ -49,8 +49,15 @@ from torchflava.utils.distributed import GatherGrad
 
 # What every tower builder checks beside its own sizes (flava_model checks its prefixed arguments alike).
 _TOWER_CHECKS = dict(
-    multiples=[("embed_dim", "num_heads")], positive=["norm_eps"], dropouts=["dropout", "attention_dropout"]
+    multiples=[("embed_dim", "num_heads")],
+    positive=["norm_eps"],
+    dropouts=["dropout", "attention_dropout", "mlp_dropout"],
 )
+
+
+def _mlp_dropout_resolved(args: dict) -> dict:
+    """``args`` with a ``mlp_dropout`` of None (the MLP takes ``dropout``) replaced by ``dropout``, to check it."""
+    return {**args, "mlp_dropout": args["dropout"] if args["mlp_dropout"] is None else args["mlp_dropout"]}
 
 
 def flava_image_encoder(
@@ -66,6 +73,7 @@ def flava_image_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
+    mlp_dropout: Optional[float] = None,
 ) -> VisionEncoder:
     """FLAVA's ViT image encoder: (B, 3, 224, 224) -> (B, 197, 768) by default.
 
@@ -81,6 +89,7 @@ def flava_image_encoder(
         dropout (float): dropout on embeddings, MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
+        mlp_dropout (Optional[float]): dropout after the MLP's activation; None: ``dropout``.
 
     Returns:
         VisionEncoder: the encoder (random init).
@@ -91,9 +100,9 @@ def flava_image_encoder(
     """
     check_architecture(
         "flava_image_encoder",
-        locals(),
+        _mlp_dropout_resolved(locals()),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_size", "patch_size", "in_channels"],
-        **_TOWER_CHECKS,
+        **{**_TOWER_CHECKS, "multiples": [*_TOWER_CHECKS["multiples"], ("image_size", "patch_size")]},
     )
     return VisionEncoder(
         PatchEmbedding(image_size, patch_size, in_channels, embed_dim, use_mask_token=use_mask_token, dropout=dropout),
@@ -105,6 +114,7 @@ def flava_image_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
+            mlp_dropout=mlp_dropout,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         Pooler(embed_dim),
@@ -124,6 +134,7 @@ def flava_text_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
+    mlp_dropout: Optional[float] = None,
 ) -> TextEncoder:
     """FLAVA's BERT-style text encoder: (B, L) ids -> (B, L, 768) by default.
 
@@ -139,6 +150,7 @@ def flava_text_encoder(
         dropout (float): dropout on embeddings, MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
+        mlp_dropout (Optional[float]): dropout after the MLP's activation; None: ``dropout``.
 
     Returns:
         TextEncoder: the encoder (random init).
@@ -149,7 +161,7 @@ def flava_text_encoder(
     """
     check_architecture(
         "flava_text_encoder",
-        locals(),
+        _mlp_dropout_resolved(locals()),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "vocab_size", "max_seq_len", "type_vocab_size"],
         **_TOWER_CHECKS,
         ids={"pad_token_id": "vocab_size"},
@@ -172,6 +184,7 @@ def flava_text_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
+            mlp_dropout=mlp_dropout,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         Pooler(embed_dim),
@@ -189,6 +202,7 @@ def flava_multimodal_encoder(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     norm_eps: float = 1e-12,
+    mlp_dropout: Optional[float] = None,
 ) -> MultimodalEncoder:
     """FLAVA's multimodal encoder over projected image and text states.
 
@@ -202,6 +216,7 @@ def flava_multimodal_encoder(
         dropout (float): dropout in the MLP and residual branches.
         attention_dropout (float): dropout on attention probabilities.
         norm_eps (float): LayerNorm epsilon.
+        mlp_dropout (Optional[float]): dropout after the MLP's activation; None: ``dropout``.
 
     Returns:
         MultimodalEncoder: the encoder (random init).
@@ -212,7 +227,7 @@ def flava_multimodal_encoder(
     """
     check_architecture(
         "flava_multimodal_encoder",
-        locals(),
+        _mlp_dropout_resolved(locals()),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim", "image_dim", "text_dim"],
         **_TOWER_CHECKS,
     )
@@ -227,6 +242,7 @@ def flava_multimodal_encoder(
             dropout=dropout,
             attention_dropout=attention_dropout,
             norm_eps=norm_eps,
+            mlp_dropout=mlp_dropout,
         ),
         nn.LayerNorm(embed_dim, eps=norm_eps),
         embed_dim,
@@ -238,12 +254,15 @@ _TOWERS = ("image", "text", "multimodal")
 _FLAVA_CHECKS = dict(
     sizes=[f"{t}_{n}" for t in _TOWERS for n in ("embed_dim", "num_layers", "num_heads", "mlp_dim")]
     + ["image_size", "patch_size", "in_channels", "vocab_size", "max_seq_len", "type_vocab_size", "projection_dim"],
-    multiples=[(f"{t}_embed_dim", f"{t}_num_heads") for t in _TOWERS],
+    # (a patch grid that does not tile the image: PatchEmbedding's refusal named neither builder nor config.json)
+    multiples=[(f"{t}_embed_dim", f"{t}_num_heads") for t in _TOWERS] + [("image_size", "patch_size")],
     positive=["norm_eps", "init_std"],
     finite=["logit_scale_init"],
-    dropouts=["dropout", "attention_dropout"],
+    dropouts=["dropout", "attention_dropout", "mlp_dropout"],
     ids={"pad_token_id": "vocab_size"},
 )
+# Training settings, not architecture: a value given (other than the default) overrides the checkpoint's.
+_SETTINGS = ("dropout", "attention_dropout", "mlp_dropout")
 
 
 def flava_model(
@@ -271,6 +290,7 @@ def flava_model(
     projection_dim: int = 768,
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
+    mlp_dropout: Optional[float] = None,
     norm_eps: float = 1e-12,
     logit_scale_init: float = math.log(1 / 0.07),
     init_std: float = 0.02,
@@ -278,9 +298,15 @@ def flava_model(
     """The FLAVA model; FLAVA-full by default.
 
     With a Hugging Face directory as ``pretrained`` (or a weights file in it), an argument left at its
-    default takes the value its config.json states; an argument given otherwise must match it. A
+    default takes the value its config.json states; an argument given otherwise must match it, but a
+    dropout given (other than its default) overrides the checkpoint's, as a training setting. A
     torchflava export (the pretraining recipe's ``model/`` directory, its run directory, or the weights
     file in it) is read alike, its ``backbone_config.json`` standing for config.json.
+
+    A Hugging Face config's ``hidden_dropout_prob`` is ``dropout`` and its ``attention_probs_dropout_prob``
+    ``attention_dropout`` (one value each for the three towers), with ``mlp_dropout`` 0: transformers'
+    FLAVA drops the embeddings, the attention probabilities and both residual branches, not the MLP's
+    hidden activations.
 
     Args:
         pretrained (Optional[Union[str, os.PathLike]]): local path or URL of weights to load: a Hugging
@@ -308,8 +334,11 @@ def flava_model(
         multimodal_num_heads (int): multimodal encoder heads.
         multimodal_mlp_dim (int): multimodal encoder MLP width.
         projection_dim (int): width P of the contrastive features.
-        dropout (float): dropout everywhere but attention probabilities.
+        dropout (float): dropout on the embeddings and both residual branches of every layer (and in
+            the MLP, where ``mlp_dropout`` is None).
         attention_dropout (float): dropout on attention probabilities.
+        mlp_dropout (Optional[float]): dropout after each MLP's activation; None: ``dropout``
+            (torchmultimodal's placement).
         norm_eps (float): LayerNorm epsilon.
         logit_scale_init (float): initial contrastive log temperature multiplier.
         init_std (float): std of the normal initialisation (0.02, BERT's, suits FLAVA's width; small
@@ -330,7 +359,8 @@ def flava_model(
     # says so before any work
     peeked = None if local is None else peek_state_dict(local)
     args, config_file, config = _resolved_flava_arguments(local, args, peeked)
-    check_architecture("flava_model", args, **_FLAVA_CHECKS, source={k: str(config_file) for k in config})
+    source = {k: str(config_file) for k, v in config.items() if args.get(k) == v}
+    check_architecture("flava_model", _mlp_dropout_resolved(args), **_FLAVA_CHECKS, source=source)
     if local is not None:  # names and shapes checked on a meta-device model: no real one is built for a misfit
         with torch.device("meta"):
             load_flava_weights(_build_flava(args), peeked)
@@ -364,7 +394,7 @@ def _resolved_flava_arguments(
     if local is None:
         return args, None, {}
     config_file, config = _checkpoint_config(local, peeked)
-    return _with_config(flava_model, args, config_file, config), config_file, config
+    return _with_config(flava_model, args, config_file, config, settings=_SETTINGS), config_file, config
 
 
 def _checkpoint_config(local: Path, peeked: Optional[dict]) -> tuple[Optional[Path], dict]:
@@ -376,27 +406,32 @@ def _checkpoint_config(local: Path, peeked: Optional[dict]) -> tuple[Optional[Pa
     return config_file, config
 
 
-def _with_config(builder: Callable, args: dict, config_file: Optional[Path], config: dict) -> dict:
-    """``args`` with those left at ``builder``'s defaults taken from ``config`` (read from ``config_file``).
+def _with_config(
+    builder: Callable, args: dict, config_file: Optional[Path], config: dict, *, settings: tuple[str, ...] = ()
+) -> dict:
+    """``args`` with those left at ``builder``'s defaults taken from ``config`` (read from ``config_file``);
+    those of ``settings`` given (not at their defaults) are kept over ``config``'s.
 
     Raises:
-        ValueError: listing the (given, config) pairs of the arguments given that contradict it.
+        ValueError: listing the (given, config) pairs of the arguments given that contradict it (but
+            ``settings``).
     """
     defaults = inspect.signature(builder).parameters
     config = {k: v for k, v in config.items() if k in args}
-    clash = {k: (args[k], v) for k, v in config.items() if args[k] != defaults[k].default and args[k] != v}
+    given = [k for k in config if args[k] != defaults[k].default]
+    clash = {k: (args[k], config[k]) for k in given if args[k] != config[k] and k not in settings}
     if clash:
         raise ValueError(
             f"{builder.__name__}: expected arguments that match {config_file}, got (given, config) {clash}"
         )
-    return {**args, **config}
+    return {**args, **{k: v for k, v in config.items() if k not in given}}
 
 
 def _build_flava(a: dict) -> FLAVAModel:
     def tower(name: str) -> dict:
         return {k: a[f"{name}_{k}"] for k in ("embed_dim", "num_layers", "num_heads", "mlp_dim")}
 
-    common = dict(dropout=a["dropout"], attention_dropout=a["attention_dropout"], norm_eps=a["norm_eps"])
+    common = {k: a[k] for k in ("dropout", "attention_dropout", "mlp_dropout", "norm_eps")}
     return FLAVAModel(
         flava_image_encoder(
             **tower("image"),
@@ -446,7 +481,9 @@ def flava_model_for_pretraining(
 
     With a Hugging Face directory as ``pretrained``, its config.json gives the backbone (when none is
     given), ``image_vocab_size`` (when left at its default) and ``head_norm_eps`` (when None); a value
-    given otherwise must match it. A torchflava export gives the backbone (its backbone_config.json) and
+    given otherwise must match it. It also gives the loss settings ``FlavaForPreTraining`` trained with
+    (``*_weight``, ``ce_ignore_index`` as ``ignore_index``, ``global_backprop_contrastive`` false as
+    ``GatherGrad.LOCAL``) to those left at their defaults; one given otherwise overrides it. A torchflava export gives the backbone (its backbone_config.json) and
     ``image_vocab_size`` (its MIM head's rows) alike.
 
     Args:
@@ -486,23 +523,21 @@ def flava_model_for_pretraining(
             int >= 2 or ``head_norm_eps`` not positive (naming the argument), or an argument or the
             backbone's LayerNorm eps contradicts a Hugging Face directory's config.json.
     """
-    weights = dict(
-        mim=mim_weight,
-        mlm=mlm_weight,
-        itm=itm_weight,
-        global_contrastive=global_contrastive_weight,
-        mmm_image=mmm_image_weight,
-        mmm_text=mmm_text_weight,
-    )
-    for name, value in weights.items():
-        if check_finite_number(f"{name}_weight", value) < 0:
-            raise ValueError(f"{name}_weight must be >= 0, got {value!r}")
-    loss_weights = LossWeights(**weights)
     local = None if pretrained is None else local_flava_checkpoint(pretrained)
     peeked = None if local is None else without_wrapper_prefix(peek_state_dict(local))  # names only, no data
     config_file, config = (None, {}) if local is None else _checkpoint_config(local, peeked)
     if config_file is not None and config_file.name == "backbone_config.json" and "mim_head.decoder.bias" in peeked:
         config = {**config, "image_vocab_size": peeked["mim_head.decoder.bias"].shape[0]}  # (an export's: its rows)
+    # the loss settings a Hugging Face config.json states (FlavaForPreTraining trained with them), else those given
+    names = ("mim", "mlm", "itm", "global_contrastive", "mmm_image", "mmm_text")
+    losses = {f"{name}_weight": value for name, value in zip(names, (mim_weight, mlm_weight, itm_weight))}
+    losses.update(global_contrastive_weight=global_contrastive_weight, mmm_image_weight=mmm_image_weight)
+    losses.update(mmm_text_weight=mmm_text_weight, ignore_index=ignore_index, contrastive_gather=contrastive_gather)
+    losses = _with_config(flava_model_for_pretraining, losses, config_file, config, settings=tuple(losses))
+    for name in names:
+        if check_finite_number(f"{name}_weight", losses[f"{name}_weight"]) < 0:
+            raise ValueError(f"{name}_weight must be >= 0, got {losses[f'{name}_weight']!r}")
+    loss_weights = LossWeights(**{name: losses[f"{name}_weight"] for name in names})
     heads = dict(image_vocab_size=image_vocab_size, head_norm_eps=head_norm_eps)
     heads = _with_config(flava_model_for_pretraining, heads, config_file, config)
     if heads["head_norm_eps"] is None:  # torchmultimodal's prediction heads use 1e-5, Hugging Face's 1e-12
@@ -520,7 +555,8 @@ def flava_model_for_pretraining(
             f"flava_model_for_pretraining: image_vocab_size must be >= 2 (one codebook id: the image losses are "
             f"always 0), got {image_vocab_size}"
         )
-    model = flava_model(**{k: v for k, v in config.items() if k not in heads}) if backbone is None else backbone
+    backbone_config = {k: v for k, v in config.items() if k in inspect.signature(flava_model).parameters}
+    model = flava_model(**backbone_config) if backbone is None else backbone
     image_dim = model.image_encoder.norm.normalized_shape[0]
     text_dim = model.text_encoder.norm.normalized_shape[0]
     multimodal_dim = model.multimodal_encoder.norm.normalized_shape[0]
@@ -538,8 +574,8 @@ def flava_model_for_pretraining(
         weights=loss_weights,
         unimodal_losses_on_pairs=unimodal_losses_on_pairs,
         recompute_contrastive_passes=recompute_contrastive_passes,
-        ignore_index=ignore_index,
-        contrastive_gather=contrastive_gather,
+        ignore_index=losses["ignore_index"],
+        contrastive_gather=losses["contrastive_gather"],
     )
     for name in ("mlm_head", "mim_head", "mmm_text_head", "mmm_image_head", "itm_head"):
         init_weights(getattr(pretraining, name), std=model.init_std)

@@ -38,6 +38,7 @@ from torchflava.utils.checkpoint import (
     without_prefix,
 )
 from torchflava.utils.checks import hf_sub_configs
+from torchflava.utils.distributed import GatherGrad
 
 LAYOUTS = ("torchflava", "hf", "tmm")
 
@@ -389,9 +390,12 @@ _HF_ENCODER = dict(
     intermediate_size=3072,
     hidden_act="gelu",
     layer_norm_eps=1e-12,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    qkv_bias=True,
 )
 _HF_DEFAULTS = {
-    "image_config": dict(_HF_ENCODER, image_size=224, patch_size=16, num_channels=3, vocab_size=8192),
+    "image_config": dict(_HF_ENCODER, image_size=224, patch_size=16, num_channels=3, vocab_size=8192, mask_token=True),
     "text_config": dict(
         _HF_ENCODER,
         vocab_size=30522,
@@ -401,9 +405,16 @@ _HF_DEFAULTS = {
         position_embedding_type="absolute",
     ),
     "multimodal_config": dict(_HF_ENCODER, num_hidden_layers=6, use_cls_token=True),
-    "": dict(projection_dim=768, logit_scale_init_value=2.6592),
+    "": dict(projection_dim=768, logit_scale_init_value=2.6592, ce_ignore_index=-100, global_backprop_contrastive=True),
 }
+_HF_LOSS_WEIGHTS = ("mim", "mlm", "itm", "global_contrastive", "mmm_image", "mmm_text")  # FlavaConfig's *_weight
+_HF_DEFAULTS[""].update({f"{name}_weight": 1.0 for name in _HF_LOSS_WEIGHTS})
 _HF_SIZES = dict(embed_dim="hidden_size", num_layers="num_hidden_layers", num_heads="num_attention_heads")
+# What each of our encoders computes: transformers' default (another activation, or no q/k/v biases, is refused).
+_HF_AS_BUILT = dict(hidden_act="gelu", qkv_bias=True)
+# Each encoder's dropouts (transformers' places: embeddings and both residual branches; attention
+# probabilities), by flava_model's names.
+_HF_DROPOUTS = dict(hidden_dropout_prob="dropout", attention_probs_dropout_prob="attention_dropout")
 _HF_SIZES.update(mlp_dim="intermediate_size")
 
 
@@ -441,6 +452,19 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
     """``flava_model`` keyword arguments for a Hugging Face ``FlavaConfig`` (its ``config.json`` as a dict).
 
     A field the config omits takes transformers' ``FlavaConfig`` default, as ``FlavaConfig(**config)`` does.
+    Read: each encoder's sizes, ``layer_norm_eps``, ``hidden_dropout_prob`` and
+    ``attention_probs_dropout_prob`` (one value each for the three encoders), the image and patch size,
+    channels, text vocabulary, positions, token types, ``pad_token_id``, ``projection_dim`` and
+    ``logit_scale_init_value``. Refused unless at what we build: ``hidden_act`` (``"gelu"``),
+    ``qkv_bias`` (true), ``position_embedding_type`` (``"absolute"``), ``use_cls_token`` and the image
+    ``mask_token`` (true). Not read, as nothing ``FlavaModel`` computes depends on them: the
+    ``initializer_range`` fields (initialisation), the top-level ``layer_norm_eps`` (unused) and
+    ``hidden_size`` (``FlavaForPreTraining``'s ITM head width, which its weights' shapes tell), the image
+    ``vocab_size`` and the pretraining loss settings (``*_weight``, ``ce_ignore_index``,
+    ``global_backprop_contrastive``: ``flava_model_for_pretraining``'s, read by
+    :func:`flava_pretraining_kwargs_from_hf_config`), ``skip_unmasked_multimodal_encoder`` (whether
+    ``FlavaForPreTraining`` also returns an unmasked multimodal pass no loss reads), ``return_loss``,
+    ``init_codebook`` and ``image_codebook_config`` (the codebook's, whose weights tell its sizes).
 
     Args:
         config (dict): the config, with ``image_config``, ``text_config`` and ``multimodal_config``.
@@ -450,21 +474,26 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
 
     Raises:
         ValueError: naming the field, if one has the wrong type, or states an activation or layout we
-            do not build; or if the config is not a FlavaConfig.
+            do not build, or the encoders state different eps or dropouts; or if the config is not a
+            FlavaConfig.
     """
     sections = _hf_fields(config)
     towers = ("image", "text", "multimodal")
     field = lambda section, name: _hf_field(sections, section, name)  # noqa: E731
-    built = [(f"{tower}_config", "hidden_act", "gelu") for tower in towers]  # what our encoders compute
+    built = [(f"{tower}_config", name, value) for tower in towers for name, value in _HF_AS_BUILT.items()]
     built += [("text_config", "position_embedding_type", "absolute"), ("multimodal_config", "use_cls_token", True)]
+    built += [("image_config", "mask_token", True)]  # (without it, a FlavaModel holds no mask token we could load)
     for section, name, value in built:
         if field(section, name) != value:
             raise ValueError(
                 f"{section}.{name} must be {value!r} (the only one we build), got {field(section, name)!r}"
             )
-    eps = {field(f"{tower}_config", "layer_norm_eps") for tower in towers}
-    if len(eps) != 1:
-        raise ValueError(f"the three encoders use different layer_norm_eps {sorted(eps)}; flava_model takes one")
+    shared = {}  # flava_model takes one value of each for the three towers
+    for hf, ours in (("layer_norm_eps", "norm_eps"), *_HF_DROPOUTS.items()):
+        values = {field(f"{tower}_config", hf) for tower in towers}
+        if len(values) != 1:
+            raise ValueError(f"the three encoders use different {hf} {sorted(values)}; flava_model takes one")
+        shared[ours] = values.pop()
     kwargs = {f"{tower}_{ours}": field(f"{tower}_config", hf) for tower in towers for ours, hf in _HF_SIZES.items()}
     return dict(
         kwargs,
@@ -476,26 +505,41 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
         type_vocab_size=field("text_config", "type_vocab_size"),
         pad_token_id=field("text_config", "pad_token_id"),
         projection_dim=field("", "projection_dim"),
-        norm_eps=eps.pop(),
+        **shared,
+        mlp_dropout=0.0,  # transformers' FlavaIntermediate has no dropout after the activation
         logit_scale_init=field("", "logit_scale_init_value"),
     )
 
 
 def flava_pretraining_kwargs_from_hf_config(config: dict) -> dict:
-    """``flava_model_for_pretraining``'s head arguments for a Hugging Face ``FlavaConfig``: the MIM
-    vocabulary (``image_config.vocab_size``) and the heads' LayerNorm eps (the encoders').
+    """``flava_model_for_pretraining``'s head and loss arguments for a Hugging Face ``FlavaConfig``: the MIM
+    vocabulary (``image_config.vocab_size``), the heads' LayerNorm eps (the encoders'), and the loss
+    settings ``FlavaForPreTraining`` computes with: the six ``*_weight``, ``ce_ignore_index``
+    (``ignore_index``) and ``global_backprop_contrastive`` (``contrastive_gather``: true
+    ``GatherGrad.GLOBAL``; false ``GatherGrad.LOCAL``, transformers' gather without autograd, where only
+    each rank's own rows carry gradient).
 
     Args:
         config (dict): the config (see :func:`flava_kwargs_from_hf_config`).
 
     Returns:
-        dict: ``image_vocab_size`` and ``head_norm_eps``.
+        dict: ``image_vocab_size``, ``head_norm_eps``, the ``*_weight``, ``ignore_index`` and
+        ``contrastive_gather``.
 
     Raises:
         ValueError: as :func:`flava_kwargs_from_hf_config`.
     """
     eps = flava_kwargs_from_hf_config(config)["norm_eps"]
-    return dict(image_vocab_size=_hf_field(_hf_fields(config), "image_config", "vocab_size"), head_norm_eps=eps)
+    sections = _hf_fields(config)
+    losses = {f"{name}_weight": _hf_field(sections, "", f"{name}_weight") for name in _HF_LOSS_WEIGHTS}
+    backprop = _hf_field(sections, "", "global_backprop_contrastive")
+    return dict(
+        image_vocab_size=_hf_field(sections, "image_config", "vocab_size"),
+        head_norm_eps=eps,
+        **losses,
+        ignore_index=_hf_field(sections, "", "ce_ignore_index"),
+        contrastive_gather=GatherGrad.GLOBAL if backprop else GatherGrad.LOCAL,
+    )
 
 
 # Pretraining heads: ours -> (hf, tmm) prefixes, and the names inside one prediction head.

@@ -1,5 +1,7 @@
 """The generic encoder builder: a stack of pre-norm transformer layers from the modules of ``layers``."""
 
+from typing import Optional
+
 from torch import nn
 
 from torchflava.modules.layers.activation import ACTIVATIONS
@@ -22,6 +24,7 @@ def transformer_encoder(
     activation: str = "gelu",
     is_causal: bool = False,
     bias: bool = True,
+    mlp_dropout: Optional[float] = None,
 ) -> TransformerEncoder:
     """A stack of pre-norm layers: fused-QKV SDPA attention, a two-layer MLP, LayerNorms.
 
@@ -40,6 +43,8 @@ def transformer_encoder(
         activation (str): the MLP's activation: ``"gelu"``, ``"gelu_tanh"`` or ``"quick_gelu"``.
         is_causal (bool): causal self-attention (each position sees itself and earlier ones).
         bias (bool): biases in every linear layer and LayerNorm (False: a bias-free transformer).
+        mlp_dropout (Optional[float]): dropout after the MLP's activation; None: ``dropout``
+            (torchmultimodal's placement; transformers' BERT-style layers have none there: 0).
 
     Returns:
         TransformerEncoder: the stack.
@@ -50,13 +55,14 @@ def transformer_encoder(
             ``norm_eps`` is not positive, a dropout is not in [0, 1) (at 1 every activation is zeroed), or
             ``activation`` is unknown.
     """
+    mlp_dropout = dropout if mlp_dropout is None else mlp_dropout
     check_architecture(  # before anything is built, each error naming this builder's argument
         "transformer_encoder",
         locals(),
         sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim"],
         multiples=[("embed_dim", "num_heads")],
         positive=["norm_eps"],
-        dropouts=["dropout", "attention_dropout"],
+        dropouts=["dropout", "attention_dropout", "mlp_dropout"],
         bools=["is_causal", "bias"],
         choices={"activation": ACTIVATIONS},
     )
@@ -67,7 +73,7 @@ def transformer_encoder(
     layers = [
         TransformerEncoderLayer(
             MultiHeadSelfAttention(embed_dim, num_heads, dropout=attention_dropout, bias=bias, is_causal=is_causal),
-            MLP(embed_dim, mlp_dim, activation=make_activation(activation), dropout=dropout, bias=bias),
+            MLP(embed_dim, mlp_dim, activation=make_activation(activation), dropout=mlp_dropout, bias=bias),
             attn_norm=nn.LayerNorm(embed_dim, eps=norm_eps, bias=bias),
             mlp_norm=nn.LayerNorm(embed_dim, eps=norm_eps, bias=bias),
             dropout=dropout,
