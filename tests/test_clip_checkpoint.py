@@ -105,6 +105,34 @@ def test_a_tokenizer_with_more_tokens_or_another_end_token_does_not_fit(hf_clip,
     assert legacy.tokenizer_misfits(_vocab(tmp_path / "small.txt", 6)) == [TokenizerMisfit("eos_token_id", 5, 3)]
 
 
+def test_model_arguments_read_neither_the_config_nor_the_weights_again(hf_clip, tmp_path, monkeypatch):
+    """model_arguments read the config.json (or a lone file's header) read_clip_checkpoint had read a second time."""
+    import torchflava.models.clip.builders as builders
+    import torchflava.models.clip.convert_weights as convert_weights
+
+    reads = []
+    read_json, peek = convert_weights.read_json_object, builders.peek_state_dict
+    monkeypatch.setattr(convert_weights, "read_json_object", lambda path: reads.append(path) or read_json(path))
+    monkeypatch.setattr(builders, "peek_state_dict", lambda path, **kw: reads.append(path) or peek(path, **kw))
+    tokenizer = CLIPTokenizer.from_directory(hf_clip)
+    checkpoint = read_clip_checkpoint(hf_clip)
+    assert reads == [hf_clip / "config.json"]
+    kwargs = checkpoint.model_arguments(tokenizer, init_std=0.01)
+    assert reads == [hf_clip / "config.json"] and kwargs == dict(clip_model_arguments(hf_clip), init_std=0.01)
+    lone = tmp_path / "lone"  # a weights file alone: its shapes, read from its header once
+    lone.mkdir()
+    shutil.copy(hf_clip / "model.safetensors", lone / "weights.safetensors")
+    checkpoint = read_clip_checkpoint(
+        lone / "weights.safetensors", given=dict(activation="gelu", vision_heads=4, text_heads=4)
+    )
+    reads.clear()
+    kwargs = checkpoint.model_arguments(tokenizer, activation="gelu", vision_heads=4, text_heads=4)
+    assert reads == [] and {k: kwargs[k] for k in ("vision_width", "text_layers", "context_length")} == dict(
+        vision_width=32, text_layers=2, context_length=77
+    )
+    assert kwargs == clip_model_arguments(lone / "weights.safetensors", activation="gelu", vision_heads=4, text_heads=4)
+
+
 def test_open_clip_weights_state_their_sizes_and_no_end_token(tmp_path):
     hub = tmp_path / "hub"
     reference = _open_clip_hub_directory(hub)
