@@ -133,6 +133,32 @@ def test_model_arguments_read_neither_the_config_nor_the_weights_again(hf_clip, 
     assert kwargs == clip_model_arguments(lone / "weights.safetensors", activation="gelu", vision_heads=4, text_heads=4)
 
 
+@pytest.mark.parametrize("safe", [True, False])
+def test_one_shard_of_a_sharded_hugging_face_checkpoint_is_refused_naming_its_index(hf_clip, tmp_path, safe):
+    """A shard given alone (save_pretrained's max_shard_size) was read as the whole checkpoint: its few tensors
+    were refused as 'expected CLIP keys', or as dozens of missing keys with sizes blamed on the config."""
+    from transformers import CLIPModel as HFCLIPModel
+
+    sharded = tmp_path / "sharded"
+    HFCLIPModel.from_pretrained(hf_clip).save_pretrained(sharded, max_shard_size="100KB", safe_serialization=safe)
+    index = sharded / ("model.safetensors.index.json" if safe else "pytorch_model.bin.index.json")
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    assert len(shards) > 2
+    for shard in (shards[0], shards[-1]):
+        expected = (
+            f"{sharded / shard} is one of the {len(shards)} shards of the checkpoint indexed by {index}: expected "
+            f"the whole checkpoint, its directory {sharded} or that index, got one shard"
+        )
+        for read in (clip_model, read_clip_checkpoint):
+            with pytest.raises(ValueError) as caught:
+                read(pretrained=sharded / shard) if read is clip_model else read(sharded / shard)
+            assert str(caught.value) == expected
+    images = torch.randn(2, 3, 32, 32)
+    reference = clip_model(pretrained=hf_clip).eval().encode_image(images)
+    for whole in (sharded, index):  # the directory and its index read whole, as before
+        assert_close(clip_model(pretrained=whole).eval().encode_image(images), reference, rtol=0, atol=1e-6)
+
+
 def test_open_clip_weights_state_their_sizes_and_no_end_token(tmp_path):
     hub = tmp_path / "hub"
     reference = _open_clip_hub_directory(hub)
