@@ -93,6 +93,7 @@ from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
 CONTEXT_LENGTH = 77  # clip_model's text context where neither the model section nor a checkpoint states one
+LOGIT_SCALE_TOLERANCE = 1e-4  # a config's rounded log(1 / 0.07), 2.6592, is the 2.65926 weights hold
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -222,9 +223,24 @@ def validate(cfg: TrainConfig, world_size: int) -> Optional["FromCheckpoint"]:
         [
             text_length_check(cfg, text_context(cfg, None if checked is None else checked.checkpoint)),
             lr_multipliers_check(build, cfg.optim),
+            *loaded_logit_scale_checks(cfg, None if checked is None else checked.checkpoint),
         ]
     )
     return checked
+
+
+def loaded_logit_scale_checks(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> list[tuple]:
+    """That a set ``model.logit_scale_init`` is the log temperature ``model.pretrained``'s weights hold: they
+    are loaded over the initial value, so another one would be silently ignored (and written to the export's
+    clip_config.json as if the run had started from it). None passes, as does a checkpoint holding none."""
+    given = cfg.model.logit_scale_init
+    held = None if checkpoint is None or checkpoint.tensors is None else checkpoint.tensors.get("logit_scale")
+    held = checkpoint.tensors.get("module.logit_scale") if held is None and checkpoint is not None else held
+    if given is None or held is None or held.is_meta:  # (a one-element tensor is peeked with its value)
+        return []
+    value = float(held)
+    expected = f"null or the {value:.6g} model.pretrained's weights hold (they are loaded over the initial value)"
+    return [(abs(given - value) <= LOGIT_SCALE_TOLERANCE, "model.logit_scale_init", expected, given)]
 
 
 def text_context(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> Optional[int]:
@@ -414,6 +430,7 @@ def downloaded_checkpoint(cfg: TrainConfig) -> Optional[FromCheckpoint]:
     if cfg.model.pretrained is None or not is_remote(cfg.model.pretrained):
         return None
     checkpoint = read_checkpoint(cfg, download=True)
+    raise_on_failed_checks(loaded_logit_scale_checks(cfg, checkpoint))
     return checked_with_tokenizer(cfg, checkpoint, cfg.data.vocab, "data.vocab")
 
 

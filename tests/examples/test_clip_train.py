@@ -498,6 +498,29 @@ def test_a_downloaded_checkpoint_is_checked_as_a_local_file_and_trains_as_one(hf
     assert _losses(out) == _losses(again) and set(_losses(out)) == {1}
 
 
+def test_a_logit_scale_init_the_loaded_weights_override_is_refused(hf_clip, tmp_path):
+    """model.logit_scale_init with a weights file whose config does not state it was silently ignored: the
+    weights' logit_scale was loaded over it, and the export's clip_config.json recorded the value given."""
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(hf_clip / "model.safetensors", lone / "weights.safetensors")
+    sizes = ["model.vision_layers=2", "model.vision_heads=4", "model.text_layers=2", "model.text_heads=4"]
+    base = [
+        f"model.pretrained={lone / 'weights.safetensors'}",
+        *sizes,
+        "model.context_length=77",
+        f"data.vocab={hf_clip}",
+    ]
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(*base, "model.logit_scale_init=4.0"), 1)
+    assert str(caught.value) == (
+        "key 'model.logit_scale_init': expected null or the 2.6592 model.pretrained's weights hold (they are loaded "
+        "over the initial value), got 4.0"
+    )
+    train.validate(_config(*base, "model.logit_scale_init=2.65926"), 1)  # the value they hold, within 1e-4
+    train.validate(_config(*base, "model.logit_scale_init=null"), 1)
+
+
 def _recorded(run: Path) -> dict:
     from omegaconf import OmegaConf
 
