@@ -562,6 +562,17 @@ def test_a_fine_tuning_run_records_its_tokenizers_vocabulary_size(hf_clip, tmp_p
     train.main(_config(*overrides, "training.max_steps=2", "training.resume=auto"))
     assert set(_losses(run)) == {1, 2}
     assert train.TrainConfig().resume_ignored() == set()  # learnt from scratch: its size is what it trains with
+    scratch = tmp_path / "scratch"  # from scratch on a CLIP tokenizer: debug.yaml's 120 was recorded
+    train.main(
+        _config(
+            f"training.output_dir={scratch}",
+            f"data.vocab={hf_clip}",
+            "training.max_steps=1",
+            "optim.warmup_steps=0",
+            "eval.enabled=false",
+        )
+    )
+    assert _recorded(scratch)["data"]["vocab_size"] == 49408
 
 
 # ------------------------------------------------------------------------- captions files as researchers have them
