@@ -105,6 +105,60 @@ def test_a_tokenizer_with_more_tokens_or_another_end_token_does_not_fit(hf_clip,
     assert legacy.tokenizer_misfits(_vocab(tmp_path / "small.txt", 6)) == [TokenizerMisfit("eos_token_id", 5, 3)]
 
 
+def test_model_arguments_read_neither_the_config_nor_the_weights_again(hf_clip, tmp_path, monkeypatch):
+    """model_arguments read the config.json (or a lone file's header) read_clip_checkpoint had read a second time."""
+    import torchflava.models.clip.builders as builders
+    import torchflava.models.clip.convert_weights as convert_weights
+
+    reads = []
+    read_json, peek = convert_weights.read_json_object, builders.peek_state_dict
+    monkeypatch.setattr(convert_weights, "read_json_object", lambda path: reads.append(path) or read_json(path))
+    monkeypatch.setattr(builders, "peek_state_dict", lambda path, **kw: reads.append(path) or peek(path, **kw))
+    tokenizer = CLIPTokenizer.from_directory(hf_clip)
+    checkpoint = read_clip_checkpoint(hf_clip)
+    assert reads == [hf_clip / "config.json"]
+    kwargs = checkpoint.model_arguments(tokenizer, init_std=0.01)
+    assert reads == [hf_clip / "config.json"] and kwargs == dict(clip_model_arguments(hf_clip), init_std=0.01)
+    lone = tmp_path / "lone"  # a weights file alone: its shapes, read from its header once
+    lone.mkdir()
+    shutil.copy(hf_clip / "model.safetensors", lone / "weights.safetensors")
+    checkpoint = read_clip_checkpoint(
+        lone / "weights.safetensors", given=dict(activation="gelu", vision_heads=4, text_heads=4)
+    )
+    reads.clear()
+    kwargs = checkpoint.model_arguments(tokenizer, activation="gelu", vision_heads=4, text_heads=4)
+    assert reads == [] and {k: kwargs[k] for k in ("vision_width", "text_layers", "context_length")} == dict(
+        vision_width=32, text_layers=2, context_length=77
+    )
+    assert kwargs == clip_model_arguments(lone / "weights.safetensors", activation="gelu", vision_heads=4, text_heads=4)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_one_shard_of_a_sharded_hugging_face_checkpoint_is_refused_naming_its_index(hf_clip, tmp_path, safe):
+    """A shard given alone (save_pretrained's max_shard_size) was read as the whole checkpoint: its few tensors
+    were refused as 'expected CLIP keys', or as dozens of missing keys with sizes blamed on the config."""
+    from transformers import CLIPModel as HFCLIPModel
+
+    sharded = tmp_path / "sharded"
+    HFCLIPModel.from_pretrained(hf_clip).save_pretrained(sharded, max_shard_size="100KB", safe_serialization=safe)
+    index = sharded / ("model.safetensors.index.json" if safe else "pytorch_model.bin.index.json")
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    assert len(shards) > 2
+    for shard in (shards[0], shards[-1]):
+        expected = (
+            f"{sharded / shard} is one of the {len(shards)} shards of the checkpoint indexed by {index}: expected "
+            f"the whole checkpoint, its directory {sharded} or that index, got one shard"
+        )
+        for read in (clip_model, read_clip_checkpoint):
+            with pytest.raises(ValueError) as caught:
+                read(pretrained=sharded / shard) if read is clip_model else read(sharded / shard)
+            assert str(caught.value) == expected
+    images = torch.randn(2, 3, 32, 32)
+    reference = clip_model(pretrained=hf_clip).eval().encode_image(images)
+    for whole in (sharded, index):  # the directory and its index read whole, as before
+        assert_close(clip_model(pretrained=whole).eval().encode_image(images), reference, rtol=0, atol=1e-6)
+
+
 def test_open_clip_weights_state_their_sizes_and_no_end_token(tmp_path):
     hub = tmp_path / "hub"
     reference = _open_clip_hub_directory(hub)

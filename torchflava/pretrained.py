@@ -486,7 +486,7 @@ class CLIPCheckpoint(NamedTuple):
         vocab = {"vocab_size": self.vocab_size or tokenizer.vocab_size, "eos_token_id": tokenizer.sep_id}
         set_here = {key for key, value in given.items() if value is not None}  # (None: not set, as documented)
         vocab = {k: v for k, v in vocab.items() if k not in self.stated and k not in set_here}
-        return clip_model_arguments(self.weights, **{**given, **vocab})
+        return clip_model_arguments(self.weights, stated=(self.config or self.weights, self.stated), **given | vocab)
 
     def size_misfits(self, kwargs: dict) -> list[SizeMisfit]:
         """The sizes in ``kwargs`` (``clip_model``'s arguments) its weights hold others of, as their shapes

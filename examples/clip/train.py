@@ -93,6 +93,7 @@ from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
 CONTEXT_LENGTH = 77  # clip_model's text context where neither the model section nor a checkpoint states one
+LOGIT_SCALE_TOLERANCE = 1e-4  # a config's rounded log(1 / 0.07), 2.6592, is the 2.65926 weights hold
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -127,7 +128,7 @@ class DataConfig:
     # BERT vocab.txt (or a directory holding one) or a CLIP tokenizer directory (tokenizer.json, or vocab.json +
     # merges.txt); else model.pretrained's tokenizer where its directory holds one; else learnt from the captions
     vocab: Optional[str] = None
-    vocab_size: int = 30522  # size of a learnt vocabulary
+    vocab_size: int = 30522  # size of a learnt vocabulary (a tokenizer read gives its own: recorded as the run's)
     vocab_training_texts: int = 20_000
     max_text_length: Optional[int] = None  # null: the model's text context (model.pretrained's, or the section's)
     crop_scale_min: float = 0.9
@@ -148,6 +149,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir="runs/clip"))
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def resume_ignored(self) -> set[str]:
+        """Keys a resumed run may find changed without a change in what it trains: ``data.vocab_size`` where
+        the tokenizer is read (``data.vocab``, or ``model.pretrained``'s), not learnt: the run records the
+        tokenizer's size there (a run recorded before that states the unused 30522); a learnt one is sized
+        by it, and read back from the run directory when resumed."""
+        return {"data.vocab_size"} if self.data.vocab is not None or self.model.pretrained is not None else set()
 
 
 def validate(cfg: TrainConfig, world_size: int) -> Optional["FromCheckpoint"]:
@@ -215,9 +223,24 @@ def validate(cfg: TrainConfig, world_size: int) -> Optional["FromCheckpoint"]:
         [
             text_length_check(cfg, text_context(cfg, None if checked is None else checked.checkpoint)),
             lr_multipliers_check(build, cfg.optim),
+            *loaded_logit_scale_checks(cfg, None if checked is None else checked.checkpoint),
         ]
     )
     return checked
+
+
+def loaded_logit_scale_checks(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> list[tuple]:
+    """That a set ``model.logit_scale_init`` is the log temperature ``model.pretrained``'s weights hold: they
+    are loaded over the initial value, so another one would be silently ignored (and written to the export's
+    clip_config.json as if the run had started from it). None passes, as does a checkpoint holding none."""
+    given = cfg.model.logit_scale_init
+    held = None if checkpoint is None or checkpoint.tensors is None else checkpoint.tensors.get("logit_scale")
+    held = checkpoint.tensors.get("module.logit_scale") if held is None and checkpoint is not None else held
+    if given is None or held is None or held.is_meta:  # (a one-element tensor is peeked with its value)
+        return []
+    value = float(held)
+    expected = f"null or the {value:.6g} model.pretrained's weights hold (they are loaded over the initial value)"
+    return [(abs(given - value) <= LOGIT_SCALE_TOLERANCE, "model.logit_scale_init", expected, given)]
 
 
 def text_context(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> Optional[int]:
@@ -239,6 +262,13 @@ def text_length_check(cfg: TrainConfig, context: Optional[int]) -> tuple:
         return (length is None or length >= 2, "data.max_text_length", "in [2, model.pretrained's context]", length)
     whose = " (model.pretrained's)" if cfg.model.pretrained is not None and cfg.model.context_length is None else ""
     return (length is None or 2 <= length <= context, "data.max_text_length", f"in [2, {context}]{whose}", length)
+
+
+def resolve_vocab_size(cfg: TrainConfig, tokenizer) -> None:
+    """Record a read ``tokenizer``'s size (None: learnt, sized by ``data.vocab_size``) as ``data.vocab_size``, so
+    that the run's config.yaml states the vocabulary it trains with, not the unused size of a learnt one."""
+    if tokenizer is not None:
+        cfg.data.vocab_size = tokenizer.vocab_size
 
 
 def resolve_text_length(cfg: TrainConfig, context: Optional[int]) -> None:
@@ -319,8 +349,9 @@ def tokenizer_checks(checkpoint: Optional[CLIPCheckpoint], tokenizer, source: Op
 
 
 class FromCheckpoint(NamedTuple):
-    """What validation read of a local ``model.pretrained`` and checked the run against, which ``main``
-    trains from as it is: neither the checkpoint nor the tokenizer is read, nor checked, again.
+    """What validation read of ``model.pretrained`` (a URL's: once downloaded, :func:`downloaded_checkpoint`)
+    and checked the run against, which ``main`` trains from as it is: neither the checkpoint, nor the
+    tokenizer, nor its preprocessing is read, nor checked, again.
 
     Attributes:
         checkpoint (CLIPCheckpoint): its header and config (no tensor data).
@@ -328,11 +359,14 @@ class FromCheckpoint(NamedTuple):
             (``main`` checks it once learnt).
         kwargs (Optional[dict]): ``clip_model``'s arguments, found to fit its weights; None with a learnt
             tokenizer.
+        transforms (Optional[tuple]): the training crop and evaluation transform (:func:`image_transforms`)
+            for ``kwargs``' image size; None with a learnt tokenizer.
     """
 
     checkpoint: CLIPCheckpoint
     tokenizer: object = None
     kwargs: Optional[dict] = None
+    transforms: Optional[tuple] = None
 
 
 def checked_checkpoint(cfg: TrainConfig) -> Optional[FromCheckpoint]:
@@ -340,7 +374,8 @@ def checked_checkpoint(cfg: TrainConfig) -> Optional[FromCheckpoint]:
     (the weights' shapes) and its preprocessing, before any work (no tensor data; with a vocabulary
     learnt from the captions, its size now and the rest once it is learnt). An http(s) URL brings no
     tokenizer: it needs ``data.vocab`` (``main`` downloads its weights and checks them as a local
-    file's, before the data or the model is built). ConfigError, naming the key, otherwise.
+    file's right after, before the run records its config: :func:`downloaded_checkpoint`). ConfigError,
+    naming the key, otherwise.
 
     Returns:
         Optional[FromCheckpoint]: what a local checkpoint brings, with the tokenizer and ``clip_model``
@@ -370,15 +405,33 @@ def checked_checkpoint(cfg: TrainConfig) -> Optional[FromCheckpoint]:
         ok = end_fits and (rows is None or d.vocab_size == rows)
         raise_on_failed_checks([(ok, "data.vocab", expected, f"null (data.vocab_size {d.vocab_size})")])
         return FromCheckpoint(checkpoint)
+    return checked_with_tokenizer(cfg, checkpoint, source, key)
+
+
+def checked_with_tokenizer(cfg: TrainConfig, checkpoint: CLIPCheckpoint, source: str, key: str) -> FromCheckpoint:
+    """The checkpoint with the tokenizer read from ``source`` (named by ``key``), the ``clip_model`` arguments
+    and the image transforms, each checked against it (:func:`fitted_model_kwargs`); ConfigError otherwise."""
     tokenizer = opened(key, source, TOKENIZER, lambda: read_tokenizer(source))
     kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)
-    opened(
+    transforms = opened(  # (preprocessor_config.json read here once: main trains with these)
         "model.pretrained",
         cfg.model.pretrained,
         f"{PRETRAINED}, whose preprocessing gives the model's images",
         lambda: image_transforms(kwargs["image_size"], cfg.data, checkpoint),
     )
-    return FromCheckpoint(checkpoint, tokenizer, kwargs)
+    return FromCheckpoint(checkpoint, tokenizer, kwargs, transforms)
+
+
+def downloaded_checkpoint(cfg: TrainConfig) -> Optional[FromCheckpoint]:
+    """An http(s) ``model.pretrained`` downloaded and checked as a local file's with ``data.vocab`` (which
+    :func:`validate` requires of a URL), so that its text context resolves ``data.max_text_length`` before
+    the run records its config; None for any other ``model.pretrained``. ConfigError, naming the key, for
+    a failed download or a tokenizer or section that does not fit the weights."""
+    if cfg.model.pretrained is None or not is_remote(cfg.model.pretrained):
+        return None
+    checkpoint = read_checkpoint(cfg, download=True)
+    raise_on_failed_checks(loaded_logit_scale_checks(cfg, checkpoint))
+    return checked_with_tokenizer(cfg, checkpoint, cfg.data.vocab, "data.vocab")
 
 
 def fitted_model_kwargs(
@@ -573,14 +626,19 @@ def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    cfg = replace(cfg, data=replace(cfg.data))  # (data.max_text_length is resolved here, not in the caller's)
-    checked = None  # what validate read of a local model.pretrained and checked: neither done again
+    cfg = replace(cfg, data=replace(cfg.data))  # (data.max_text_length and vocab_size resolve here, not the caller's)
+    checked = None  # what validate read of model.pretrained (a URL's: downloaded) and checked: neither done again
+    tokenizer = None  # a tokenizer read (data.vocab, model.pretrained's) by then; None: not yet, or learnt later
 
     def validated(config: TrainConfig, world_size: int) -> None:
-        nonlocal checked
-        checked = validate(config, world_size)
+        nonlocal checked, tokenizer
+        checked = validate(config, world_size) or downloaded_checkpoint(config)
+        tokenizer = None if checked is None else checked.tokenizer
+        if checked is None and config.data.vocab is not None:  # from scratch with a tokenizer: read once, here
+            tokenizer = run_tokenizer(config, config.data.vocab, "data.vocab", None, resumed=False)
         # before start_run compares the config with a resumed checkpoint's and records it
         resolve_text_length(config, text_context(config, None if checked is None else checked.checkpoint))
+        resolve_vocab_size(config, tokenizer)
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point
     info, resume_from = start.info, start.resume_from
@@ -591,16 +649,15 @@ def main(cfg: TrainConfig) -> dict:
     num_pairs = None if pairs is None else len(pairs)  # (streamed: not known)
     raise_on_failed_checks([contrastive_data_check(t, num_pairs, pair_source_key(d))])
     checkpoint = None if checked is None else checked.checkpoint
-    if checkpoint is None and cfg.model.pretrained is not None:  # a URL's weights: downloaded, read as a file's
-        checkpoint = read_checkpoint(cfg, download=True)
-    if checked is not None and checked.kwargs is not None:  # validate's tokenizer and arguments, checked
-        tokenizer, kwargs = checked.tokenizer, checked.kwargs
-    else:  # a learnt or downloaded one, or none: now
-        source, key = tokenizer_source(cfg, checkpoint)  # data.vocab, else model.pretrained's, else learnt
-        tokenizer = run_tokenizer(cfg, source, key, pairs, resumed=resume_from is not None)
+    if checked is not None and checked.kwargs is not None:  # validate's tokenizer, arguments and transforms, checked
+        kwargs, (train_transform, eval_transform) = checked.kwargs, checked.transforms
+    else:  # a learnt tokenizer (from scratch or for a weights file alone), or data.vocab from scratch: now
+        source, key = tokenizer_source(cfg, checkpoint)  # data.vocab, else learnt
+        if tokenizer is None:
+            tokenizer = run_tokenizer(cfg, source, key, pairs, resumed=resume_from is not None)
         kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)
-    resolve_text_length(cfg, kwargs["context_length"])  # (a URL's checkpoint: known only now)
-    train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
+        train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
+    assert d.max_text_length is not None  # (resolved by validated, before the config was recorded)
     collator = ImageTextCollator(tokenizer, train_transform, max_text_length=d.max_text_length)
     data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
     restore_data_position(data, start)  # a refused stream position: before the run directory is written

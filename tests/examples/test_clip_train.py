@@ -498,6 +498,83 @@ def test_a_downloaded_checkpoint_is_checked_as_a_local_file_and_trains_as_one(hf
     assert _losses(out) == _losses(again) and set(_losses(out)) == {1}
 
 
+def test_a_logit_scale_init_the_loaded_weights_override_is_refused(hf_clip, tmp_path):
+    """model.logit_scale_init with a weights file whose config does not state it was silently ignored: the
+    weights' logit_scale was loaded over it, and the export's clip_config.json recorded the value given."""
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(hf_clip / "model.safetensors", lone / "weights.safetensors")
+    sizes = ["model.vision_layers=2", "model.vision_heads=4", "model.text_layers=2", "model.text_heads=4"]
+    base = [
+        f"model.pretrained={lone / 'weights.safetensors'}",
+        *sizes,
+        "model.context_length=77",
+        f"data.vocab={hf_clip}",
+    ]
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(*base, "model.logit_scale_init=4.0"), 1)
+    assert str(caught.value) == (
+        "key 'model.logit_scale_init': expected null or the 2.6592 model.pretrained's weights hold (they are loaded "
+        "over the initial value), got 4.0"
+    )
+    train.validate(_config(*base, "model.logit_scale_init=2.65926"), 1)  # the value they hold, within 1e-4
+    train.validate(_config(*base, "model.logit_scale_init=null"), 1)
+
+
+def _recorded(run: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+
+
+def test_a_url_checkpoints_text_length_and_vocabulary_are_recorded_resolved_and_resume(hf_clip, served, tmp_path):
+    """A URL's weights were downloaded after the run had recorded its config: data.max_text_length null
+    stayed null in config.yaml (the run trained at the weights' 77 positions), and data.vocab_size stated a
+    learnt vocabulary's 30522 (debug.yaml's 120 here) for a run on CLIP's 49408-token tokenizer."""
+    root, base = served
+    shutil.copy(hf_clip / "model.safetensors", root / "weights.safetensors")
+    sizes = ["model.vision_layers=2", "model.vision_heads=4", "model.text_layers=2", "model.text_heads=4"]
+    sizes += ["model.context_length=null", "data.max_text_length=null", "optim.warmup_steps=0", "training.log_every=1"]
+    run = tmp_path / "run"
+    overrides = [f"training.output_dir={run}", f"model.pretrained={base}/weights.safetensors", f"data.vocab={hf_clip}"]
+    train.main(_config(*overrides, *sizes, "training.max_steps=1", "training.checkpoint_every=1"))
+    recorded = _recorded(run)["data"]
+    assert (recorded["max_text_length"], recorded["vocab_size"]) == (77, 49408)
+    checkpoint = next((run / "checkpoints").iterdir()) / "config.yaml"  # what a resume compares with
+    assert "max_text_length: 77" in checkpoint.read_text() and "vocab_size: 49408" in checkpoint.read_text()
+    train.main(_config(*overrides, *sizes, "training.max_steps=2", "training.resume=auto"))  # not refused
+    assert set(_losses(run)) == {1, 2} and _recorded(run)["data"]["max_text_length"] == 77
+
+
+def test_a_fine_tuning_run_records_its_tokenizers_vocabulary_size(hf_clip, tmp_path, monkeypatch):
+    """config.yaml stated data.vocab_size 30522 (a learnt vocabulary's default, unused) for a run on the
+    checkpoint's 49408-token CLIP tokenizer; a run recorded so still resumes (the key is free then). The
+    checkpoint's preprocessor_config.json was read twice at start-up (validation's check, then main's)."""
+    reads, read = [], train.checkpoint_image_transform
+    monkeypatch.setattr(train, "checkpoint_image_transform", lambda *a, **kw: reads.append(a) or read(*a, **kw))
+    run = tmp_path / "run"
+    overrides = [f"training.output_dir={run}", f"model.pretrained={hf_clip}", *FROM_CHECKPOINT, "data.vocab_size=30522"]
+    overrides += ["optim.warmup_steps=0", "training.checkpoint_every=1", "training.log_every=1"]
+    train.main(_config(*overrides, "training.max_steps=1"))
+    assert _recorded(run)["data"]["vocab_size"] == 49408 and reads == [(hf_clip,)]
+    for saved in (run / "config.yaml", next((run / "checkpoints").iterdir()) / "config.yaml"):  # as before the fix
+        saved.write_text(saved.read_text().replace("vocab_size: 49408", "vocab_size: 30522"))
+    train.main(_config(*overrides, "training.max_steps=2", "training.resume=auto"))
+    assert set(_losses(run)) == {1, 2}
+    assert train.TrainConfig().resume_ignored() == set()  # learnt from scratch: its size is what it trains with
+    scratch = tmp_path / "scratch"  # from scratch on a CLIP tokenizer: debug.yaml's 120 was recorded
+    train.main(
+        _config(
+            f"training.output_dir={scratch}",
+            f"data.vocab={hf_clip}",
+            "training.max_steps=1",
+            "optim.warmup_steps=0",
+            "eval.enabled=false",
+        )
+    )
+    assert _recorded(scratch)["data"]["vocab_size"] == 49408
+
+
 # ------------------------------------------------------------------------- captions files as researchers have them
 PAIRS_RUN = ["data.source=files", "training.max_steps=1", "optim.warmup_steps=0", "training.log_every=1"]
 PAIRS_RUN += ["eval.enabled=false"]

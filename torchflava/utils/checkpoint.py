@@ -954,7 +954,8 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
     Raises:
         FileNotFoundError: if the path does not exist or a directory holds no known checkpoint file.
         ValueError: if the file is not a state dict (names to dense tensors), cannot be read without
-            unpickling code, or is a malformed safetensors file or index.
+            unpickling code, is a malformed safetensors file or index, or is one shard of a sharded
+            checkpoint whose ``*.index.json`` is beside it (pass the index or the directory).
         TypeError: if ``path`` is not a str or os.PathLike.
         ConnectionError: if a URL cannot be downloaded.
     """
@@ -973,11 +974,29 @@ def _checkpoint_file(path: PathLike) -> Path:
     """The local file of ``path``: the file itself, or the first of ``_DIRECTORY_FILES`` in a directory."""
     local = local_checkpoint(path)
     if not local.is_dir():
+        _refuse_shard(local)
         return local
     name = next((name for name in _DIRECTORY_FILES if (local / name).exists()), None)
     if name is None:
         raise FileNotFoundError(f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}")
     return local / name
+
+
+def _refuse_shard(file: Path) -> None:
+    """ValueError if ``file`` is one shard of a sharded checkpoint whose index is beside it (``save_pretrained``'s
+    ``max_shard_size``): read alone, its tensors are a fraction of the model's, refused later as missing keys."""
+    if file.name.lower().endswith(".index.json"):
+        return
+    for index in sorted(file.parent.glob("*.index.json")):
+        try:
+            shards = set(_index_weight_map(index).values())
+        except (OSError, ValueError):  # an unreadable index of another checkpoint: not this file's concern
+            continue
+        if file.name in shards:
+            raise ValueError(
+                f"{file} is one of the {len(shards)} shards of the checkpoint indexed by {index}: expected the "
+                f"whole checkpoint, its directory {file.parent} or that index, got one shard"
+            )
 
 
 _SAFETENSORS_DTYPES = {

@@ -88,13 +88,16 @@ def clip_model(
     return model
 
 
-def clip_model_arguments(pretrained: Optional[PathLike] = None, **kwargs) -> dict:
+def clip_model_arguments(pretrained: Optional[PathLike] = None, *, stated: Optional[tuple] = None, **kwargs) -> dict:
     """The checked arguments :func:`clip_model` builds with for ``pretrained`` and ``kwargs`` (None: not given), no
-    tensor data read (the CLIP recipe's export records them); its errors, or ValueError for a name not its."""
+    tensor data read (the CLIP recipe's export records them); its errors, or ValueError for a name not its.
+    ``stated``: (config file, arguments) already read from ``pretrained`` (e.g. ``read_clip_checkpoint``'s), not again."""
     check_builder_arguments("clip_model_arguments", clip_model, kwargs)
     given = {k: v for k, v in kwargs.items() if v is not None}
     local = None if pretrained is None else local_checkpoint(pretrained)
-    if local is None or local.is_dir():  # an export's, HF's or open_clip's directory: its config
+    if stated is not None:  # read by the caller
+        config_file, config = stated
+    elif local is None or local.is_dir():  # an export's, HF's or open_clip's directory: its config
         config_file, config, _ = (None, {}, None) if local is None else directory_config(local)
     else:  # a file: its keys and shapes (from its header, no data read), or a config beside it, tell
         config_file, config = file_config(local, peek_state_dict(local, scalars=True), given)  # (+ OpenAI's)
