@@ -234,8 +234,8 @@ def loaded_logit_scale_checks(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpo
     are loaded over the initial value, so another one would be silently ignored (and written to the export's
     clip_config.json as if the run had started from it). None passes, as does a checkpoint holding none."""
     given = cfg.model.logit_scale_init
-    held = None if checkpoint is None or checkpoint.tensors is None else checkpoint.tensors.get("logit_scale")
-    held = checkpoint.tensors.get("module.logit_scale") if held is None and checkpoint is not None else held
+    tensors = {} if checkpoint is None or checkpoint.tensors is None else checkpoint.tensors
+    held = tensors.get("logit_scale", tensors.get("module.logit_scale"))  # (an open_clip DDP run's prefix)
     if given is None or held is None or held.is_meta:  # (a one-element tensor is peeked with its value)
         return []
     value = float(held)
