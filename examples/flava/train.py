@@ -26,7 +26,7 @@ from torch import nn
 import torch.distributed as dist
 
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
-from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
+from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
@@ -463,6 +463,32 @@ def build_data(
     )
 
 
+def resumed_data_checks(d: DataConfig, data: torch.utils.data.Dataset, loop_states: Optional[list]) -> None:
+    """Refuse to resume on step-indexed sources whose number of items changed since the checkpoint (the
+    same files grown or shrunk: a caption file appended to, images added to the folder). Every pass over a
+    source is a permutation seeded by its size, so the resumed run would draw other items than the run it
+    continues, seeing some of the pass twice and others never, without a word. Raises ConfigError naming
+    the key of the source."""
+    mixed = getattr(data, "mixed", data)  # (streamed pairs: the kinds mixed in by ratio)
+    if not loop_states or not isinstance(mixed, MixedBatches):
+        return
+    changed = mixed.changed_sizes(loop_states[0].get("data", {}))
+    keys = {"pairs": pair_source_key(d), "images": "data.files.images_root", "texts": "data.files.texts"}
+    raise_on_failed_checks(
+        [
+            (
+                False,
+                keys[kind],
+                f"the {was} {kind} the checkpoint was trained on, since a resumed run draws each pass over "
+                "its data in an order seeded by its size (items of the pass would be seen twice, others never); "
+                "restore the data, or start a new run in another training.output_dir",
+                f"{now} items",
+            )
+            for kind, (was, now) in changed.items()
+        ]
+    )
+
+
 # ------------------------------------------------------------------------------------------ model
 def flava_model_kwargs(cfg: ModelConfig, vocab_size: int) -> dict:
     """``flava_model`` arguments of the configured architecture (also written next to the export)."""
@@ -522,6 +548,7 @@ def main(cfg: TrainConfig) -> dict:
         ),
     )
     data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
+    resumed_data_checks(cfg.data, data, start.loop_states)  # before the run directory is written, too
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
 
     torch.manual_seed(t.seed)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 import webdataset as wds
 
 from tests.helpers import served_directory
-from torchflava.data.mixing import MixedBatches, data_loss_report
+from torchflava.data.mixing import SOURCE_SIZES, MixedBatches, data_loss_report
 from torchflava.data.samples import Sample
 from torchflava.data.streaming import (
     BrokenStream,
@@ -440,8 +440,12 @@ def test_streamed_pairs_mixed_with_a_step_indexed_source_by_ratio(shard_dir, num
     position: dict = {}
     for item in reference[:7]:
         position.update(item.position)
+    # the mixed-in source's size goes with every position (a run's first steps may all be streamed), for a
+    # resumed run to find it changed
+    assert all(item.position[SOURCE_SIZES] == {"pairs": 1, "texts": 50} for item in reference)
+    assert mixed.changed_sizes(position) == {}
     restarted = stream(spec, mixed=_mixed(20), num_workers=num_workers)
-    restarted.load_state_dict(position)
+    restarted.load_state_dict(position)  # (the sizes are no slot's position)
     rest = items(restarted, 13, num_workers=num_workers)
     assert [(item.kind, item.batch) for item in rest] == [(item.kind, item.batch) for item in reference[7:]]
     with pytest.raises(ValueError, match="mixed: expected MixedBatches with a StreamedSource for kind 'texts'"):

@@ -258,6 +258,32 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     assert "unreadable image" in reasons and "empty" in reasons
 
 
+def test_a_resume_on_a_source_that_grew_is_refused_naming_its_key(tmp_path):
+    """Each pass over a source is a permutation seeded by its size: resumed on a captions file with more
+    lines, the run drew other pairs than the one it continues (some twice, others never) without a word."""
+    _write_pairs(tmp_path / "data")
+    captions = tmp_path / "data" / "captions.jsonl"
+    common = [
+        f"training.output_dir={tmp_path / 'run'}",
+        "data.source=files",
+        f"data.files.pairs_root={tmp_path / 'data' / 'images'}",
+        f"data.files.pairs_captions={captions}",
+        "eval.enabled=false",
+        "training.checkpoint_every=2",
+        "optim.warmup_steps=1",
+    ]
+    train.main(_config(*common, "training.max_steps=2"))
+    written = captions.read_text()
+    captions.write_text(written + written.splitlines(keepends=True)[0] * 3)
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(*common, "training.max_steps=4", "training.resume=auto"))
+    assert str(caught.value).startswith(
+        "key 'data.files.pairs_captions': expected the 20 pairs the checkpoint was trained on, since a resumed run"
+    )
+    assert str(caught.value).endswith("got '23 items'")
+    assert max(_losses(tmp_path / "run")) == 2  # nothing trained
+
+
 def test_an_open_clip_csv_of_absolute_paths_needs_no_pairs_root(tmp_path):
     """data.files.pairs_captions alone (open_clip's filepath/title CSV of absolute paths) trains on the
     pairs the .jsonl of relative paths under pairs_root lists, with the same losses."""

@@ -67,7 +67,7 @@ import numpy as np
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
-from torchflava.data.mixing import MixedBatches, SkippedSample, item_seed
+from torchflava.data.mixing import SOURCE_SIZES, MixedBatches, SkippedSample, item_seed
 from torchflava.data.readers import check_extensions, check_max_pixels, glob_files, read_image, text_member
 from torchflava.data.samples import BadSample, Sample
 
@@ -437,7 +437,8 @@ class StreamBatch(NamedTuple):
         kind (str): the source's kind name.
         skipped (list): :class:`~torchflava.data.mixing.SkippedSample` entries met building it.
         position (dict): ``{str(slot): [epoch, block, shard, offset, index, batches, slots]}``, the
-            slot's position after this batch (what the training loop checkpoints).
+            slot's position after this batch (what the training loop checkpoints); with ``mixed``, also
+            ``{SOURCE_SIZES: mixed.sizes}`` (:meth:`~torchflava.data.mixing.MixedBatches.changed_sizes`).
         keys (list[str]): ``"<url>:<key>"`` of each row.
     """
 
@@ -573,13 +574,15 @@ class StreamingBatches(IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         """Start each slot of this rank where a checkpoint left it (the loop's merged batch positions).
 
-        Call before iterating. An empty state starts from the beginning.
+        Call before iterating. An empty state starts from the beginning; the mixed sources' sizes
+        (:data:`~torchflava.data.mixing.SOURCE_SIZES`) are not a position (a recipe checks them).
 
         Raises:
             ValueError: if the positions are for another number of slots per rank, or for slots of
                 another rank.
         """
         mine = {str(self.rank * self.workers + worker) for worker in range(self.workers)}
+        state = {key: value for key, value in state.items() if key != SOURCE_SIZES}  # (the mixed sources')
         for slot, position in state.items():
             # [epoch, block, shard, offset, index, batches, slots]: ints >= 0, the shard one of the slot's
             if not isinstance(position, (list, tuple)) or not all(
@@ -802,6 +805,8 @@ class StreamingBatches(IterableDataset):
         errors: list = []
         recorded: set = set()  # each unusable sample and shard once per run (shards are read every epoch)
         reads = self._samples(slot, position, errors)
+        # every batch gives the mixed-in sources' sizes, which a resumed run checks (MixedBatches.changed_sizes)
+        sizes = {} if self.mixed is None else {SOURCE_SIZES: self.mixed.sizes}
 
         def record(skipped: list, index: str, reason: str) -> None:
             if index not in recorded:
@@ -816,9 +821,8 @@ class StreamingBatches(IterableDataset):
                 if self.mixed.kind(step) != self.kind:  # a step of a step-indexed kind
                     item = self.mixed[step]
                     batches += 1
-                    yield StreamBatch(
-                        item.batch, item.kind, item.skipped, {str(slot): [*where, batches, self.workers]}, []
-                    )
+                    position = {**sizes, str(slot): [*where, batches, self.workers]}
+                    yield StreamBatch(item.batch, item.kind, item.skipped, position, [])
                     continue
             samples, seeds, keys, skipped, bad_in_a_row = [], [], [], [], 0
             while len(samples) < self.batch_size:
@@ -843,7 +847,7 @@ class StreamingBatches(IterableDataset):
             batch = self.collator(
                 self.kind, samples, seeds, another=lambda row, seed, read, rows=samples: _another(rows, row, seed, read)
             )
-            yield StreamBatch(batch, self.kind, skipped, {str(slot): [*where, batches, self.workers]}, keys)
+            yield StreamBatch(batch, self.kind, skipped, {**sizes, str(slot): [*where, batches, self.workers]}, keys)
 
 
 def _sample_name(url: str, raw: dict) -> str:
