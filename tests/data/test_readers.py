@@ -8,6 +8,7 @@ from pathlib import Path
 import pickle
 import tarfile
 
+import numpy as np
 from PIL import Image
 import pytest
 import torch
@@ -319,6 +320,21 @@ def test_image_folder_reads_tiff_images_by_default(tmp_path):
         assert dataset[index].image.tobytes() == photo.tobytes()
     classes = ImageClassFolder(tmp_path)
     assert classes.classes == ["cat", "dog"] and [classes[i].label for i in range(len(classes))] == [0, 0, 1]
+
+
+def test_image_folder_reads_jfif_jpe_and_avif_images_by_default(tmp_path):
+    """JPEGs as browsers save them (.jfif, .jpe) and AVIF photos, which decode_image decodes, were left out
+    of an image folder without a word (an images source lost them, a class folder of them was empty)."""
+    photo = Image.new("RGB", (16, 8), (200, 40, 10))
+    for name, kind in (("a.jfif", "JPEG"), ("b.JPE", "JPEG"), ("c.avif", "AVIF"), ("d.png", "PNG")):
+        buffer = io.BytesIO()
+        photo.save(buffer, format=kind, quality=95)
+        write(tmp_path / name, buffer.getvalue())
+    dataset = ImageFolder(tmp_path)
+    assert [dataset.relative_path(i) for i in range(len(dataset))] == ["a.jfif", "b.JPE", "c.avif", "d.png"]
+    for index in range(len(dataset)):  # (lossy formats: within a few levels of the colour)
+        pixels = np.asarray(dataset[index].image, dtype=np.int16)
+        assert pixels.shape == (8, 16, 3) and np.abs(pixels - np.array([200, 40, 10])).max() <= 6
 
 
 def test_image_folder_argument_errors(tmp_path, folder):

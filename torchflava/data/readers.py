@@ -37,8 +37,10 @@ from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
 
-# (every format decode_image reads that image folders hold; a file left out here is left out silently)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# (every format decode_image reads that image folders hold; a file left out here is left out silently:
+# .jfif and .jpe are JPEGs as browsers save them, .avif what phones and the web now use; a PIL built
+# without AVIF makes such files counted bad samples rather than files nobody hears of)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".avif", ".gif", ".tif", ".tiff")
 
 
 def existing_path(name: str, value: object, *, directory: bool) -> str:
