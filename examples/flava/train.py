@@ -465,28 +465,41 @@ def build_data(
 
 def resumed_data_checks(d: DataConfig, data: torch.utils.data.Dataset, loop_states: Optional[list]) -> None:
     """Refuse to resume on step-indexed sources whose number of items changed since the checkpoint (the
-    same files grown or shrunk: a caption file appended to, images added to the folder). Every pass over a
-    source is a permutation seeded by its size, so the resumed run would draw other items than the run it
-    continues, seeing some of the pass twice and others never, without a word. Raises ConfigError naming
-    the key of the source."""
-    mixed = getattr(data, "mixed", data)  # (streamed pairs: the kinds mixed in by ratio)
-    if not loop_states or not isinstance(mixed, MixedBatches):
+    same files grown or shrunk: a caption file appended to, images added to the folder), or on streamed
+    shards whose number changed (a glob that matches more). Every pass over a source is a permutation
+    seeded by its size, and every epoch's deal of shards one seeded by their number, so the resumed run
+    would draw other items than the run it continues, seeing some of the pass twice and others never,
+    without a word. Raises ConfigError naming the key of the source."""
+    if not loop_states:
         return
-    changed = mixed.changed_sizes(loop_states[0].get("data", {}))
+    position = loop_states[0].get("data", {})
+    mixed = getattr(data, "mixed", data)  # (streamed pairs: the kinds mixed in by ratio)
+    changed = mixed.changed_sizes(position) if isinstance(mixed, MixedBatches) else {}
     keys = {"pairs": pair_source_key(d), "images": "data.files.images_root", "texts": "data.files.texts"}
-    raise_on_failed_checks(
-        [
+    shards = data.changed_shards(position) if isinstance(data, StreamingBatches) else None
+    restore = "restore the data, or start a new run in another training.output_dir"
+    checks = [
+        (
+            False,
+            keys[kind],
+            f"the {was} {kind} the checkpoint was trained on, since a resumed run draws each pass over its data "
+            f"in an order seeded by its size (items of the pass would be seen twice, others never); {restore}",
+            f"{now} items",
+        )
+        for kind, (was, now) in changed.items()
+    ]
+    if shards is not None:
+        checks.append(
             (
                 False,
-                keys[kind],
-                f"the {was} {kind} the checkpoint was trained on, since a resumed run draws each pass over "
-                "its data in an order seeded by its size (items of the pass would be seen twice, others never); "
-                "restore the data, or start a new run in another training.output_dir",
-                f"{now} items",
+                "data.files.pairs_shards",
+                f"the {shards[0]} shards the checkpoint's stream was dealt from, since each epoch deals a "
+                f"permutation of them seeded by their number (shards of the epoch would be read twice, others "
+                f"never); {restore}",
+                f"{shards[1]} shards",
             )
-            for kind, (was, now) in changed.items()
-        ]
-    )
+        )
+    raise_on_failed_checks(checks)
 
 
 # ------------------------------------------------------------------------------------------ model

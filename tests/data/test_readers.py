@@ -421,6 +421,29 @@ def test_tar_shards_group_members_as_the_stream_does_and_merge_nothing(tmp_path)
     assert next(iter(streamed)).batch == [r.text for r in outcomes(dataset)]  # the same samples, in order
 
 
+def test_samples_whose_keys_hold_a_dot_name_the_members_found(tmp_path):
+    """``photo.v2.jpg`` is key ``photo`` with extension ``v2.jpg`` (as webdataset splits a name): a shard
+    whose keys hold dots has no usable sample, and the refusal said only that none had the members."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    path = write_tar(
+        tmp_path / "dots.tar",
+        [("photo.v2.png", buffer.getvalue()), ("photo.v2.txt", b"a cat"), ("plain.png", buffer.getvalue())],
+    )
+    hint = "a key ends at the member name's first dot, so a key with a dot gives such extensions"
+    with pytest.raises(ValueError) as caught:
+        TarShards(path)
+    assert str(caught.value) == (
+        "shards must hold a sample with image and text members, none of 2 sample(s) does (the first, "
+        f"dots.tar:photo: no image and no text member (its other members' extensions: v2.png, v2.txt; {hint}))"
+    )
+    images = TarShards(path, require=("image",))  # the sample with a plain key reads
+    assert [getattr(r, "reason", None) for r in outcomes(images)] == [
+        f"dots.tar:photo: no image member (its other members' extensions: v2.png, v2.txt; {hint})",
+        None,
+    ]
+
+
 def test_tar_shards_items_and_bad_samples(tmp_path, shards):
     dataset = TarShards(str(tmp_path / "shard-*.tar"))
     assert len(dataset) == 9

@@ -1040,6 +1040,20 @@ class _TarSample(NamedTuple):
     image: Optional[tuple[int, int]]
     text: Optional[tuple[int, int]]
     text_is_json: bool
+    others: tuple[str, ...] = ()  # extensions of its members that are neither image, text nor json
+
+
+def missing_members(missing: list[str], others: Iterable[str]) -> str:
+    """A sample's reason for lacking the ``missing`` members, naming its ``others`` (extensions the reader
+    does not know): ``photo.v2.jpg`` is key ``photo`` with extension ``v2.jpg``, as webdataset splits it."""
+    reason = f"no {' and no '.join(missing)} member"
+    others = sorted(others)
+    if others:
+        reason += (
+            f" (its other members' extensions: {', '.join(others)}; a key ends at the member name's first dot, "
+            "so a key with a dot gives such extensions)"
+        )
+    return reason
 
 
 def glob_files(pattern: str) -> list[str]:
@@ -1219,7 +1233,8 @@ def _scan_shard(
         image = next((group[e] for e in image_extensions if e in group), None)
         text = next((group[e] for e in text_extensions if e in group), None)
         from_json = text is None and json_text and "json" in group
-        samples.append(_TarSample(shard, key, image, group["json"] if from_json else text, from_json))
+        others = tuple(e for e in group if e not in image_extensions and e not in text_extensions and e != "json")
+        samples.append(_TarSample(shard, key, image, group["json"] if from_json else text, from_json, others))
     return samples, damage
 
 
@@ -1308,7 +1323,12 @@ class TarShards(Dataset):
             raise ValueError(f"shards must hold at least one sample, {len(self._paths)} file(s) hold none")
         if not any(all(getattr(sample, name) is not None for name in self._require) for sample in self._samples):
             wanted = " and ".join(self._require)  # read from the headers: no item would be usable
-            raise ValueError(f"shards must hold a sample with {wanted} members, none of {len(self)} sample(s) does")
+            first = self._samples[0]
+            missing = [name for name in self._require if getattr(first, name) is None]
+            raise ValueError(
+                f"shards must hold a sample with {wanted} members, none of {len(self)} sample(s) does (the first, "
+                f"{os.path.basename(self._paths[first.shard])}:{first.key}: {missing_members(missing, first.others)})"
+            )
 
     @property
     def lost_data(self) -> list[ShardDamage]:
@@ -1347,7 +1367,7 @@ class TarShards(Dataset):
         where = f"{os.path.basename(self._paths[sample.shard])}:{sample.key}"
         missing = [name for name in self._require if getattr(sample, name) is None]
         if missing:
-            raise BadSample(index, f"{where}: no {' and no '.join(missing)} member")
+            raise BadSample(index, f"{where}: {missing_members(missing, sample.others)}")
         data = self._read(sample, index, where)
         image = read_image(io.BytesIO(data["image"]), index, where, self._max_pixels) if "image" in data else None
         json_key = self._json_text_key if sample.text_is_json else None
