@@ -102,6 +102,27 @@ def test_semantic_validation_names_the_key(override, key):
         train.validate(cfg, world_size=1)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "data.streaming.shuffle_buffer=5",
+            "'data.streaming.shuffle_buffer': expected its default, 1000, since {}, got 5",
+        ),
+        (
+            "data.streaming.resampled=true",
+            "'data.streaming.resampled': expected its default, False, since {}, got True",
+        ),
+    ],
+)
+def test_streaming_settings_without_streaming_are_refused(override, message):
+    """Local tar shards are indexed and sampled by step: a shuffle buffer or resampling set without
+    data.streaming.enabled was ignored without a word."""
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config("data.source=files", "data.files.texts=README.md", override), world_size=1)
+    assert str(caught.value) == "key " + message.format("data.streaming.enabled=false")
+
+
 def test_config_sections_hold_the_builders_own_arguments():
     def arguments(builder, supplied):
         return set(inspect.signature(builder).parameters) - set(supplied)

@@ -393,7 +393,8 @@ def streaming_checks(
     """The checks of a recipe's ``data.streaming`` section against ``data.source``,
     ``data.files.pairs_shards`` and ``data.num_workers``, as ``(ok, key, expected, got)`` tuples: put
     them before the shard path checks. Without streaming, shards that only a stream reads (URLs,
-    brace patterns, ``.tar.gz``) are refused with a pointer to ``data.streaming.enabled``."""
+    brace patterns, ``.tar.gz``) are refused with a pointer to ``data.streaming.enabled``, and so are
+    ``shuffle_buffer`` and ``resampled`` set to other than their defaults (nothing would read them)."""
     key = "data.files.pairs_shards"
     checks = [
         (streaming.shuffle_buffer >= 0, "data.streaming.shuffle_buffer", ">= 0", streaming.shuffle_buffer),
@@ -407,7 +408,18 @@ def streaming_checks(
             "local uncompressed tar files (a path or glob); URLs, brace patterns and .tar.gz need "
             "data.streaming.enabled=true"
         )
-        return checks + [(not only_streamed, key, expected, shards)]
+        # (a shuffle buffer or resampling set for a run that streams nothing was ignored without a word:
+        # local tar shards are indexed and sampled by step)
+        defaults = StreamingConfig()
+        unread = [
+            (False, f"data.streaming.{name}", f"its default, {default!r}, since data.streaming.enabled=false", value)
+            for name, value, default in (
+                ("shuffle_buffer", streaming.shuffle_buffer, defaults.shuffle_buffer),
+                ("resampled", streaming.resampled, defaults.resampled),
+            )
+            if value != default
+        ]
+        return checks + [(not only_streamed, key, expected, shards)] + unread
     checks.append((source == "files", "data.streaming.enabled", "false unless data.source=files", True))
     checks.append((shards is not None, key, "shards to stream, since data.streaming.enabled=true", None))
     if shards is None or num_workers < 0:
