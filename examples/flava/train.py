@@ -114,7 +114,7 @@ class FilesConfig:
     pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
     images_root: Optional[str] = None  # images without captions
-    texts: Optional[str] = None  # text corpus, one text per line
+    texts: Optional[str] = None  # text corpus: one text per line, or a .jsonl of {"text": ...} objects
 
 
 # Each kind's share of steps when its ratio is left unset (null) and the data has that kind.
@@ -380,7 +380,11 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
         )
     if f.texts is not None:
         sources["texts"] = opened(
-            "data.files.texts", f.texts, "a UTF-8 text file", lambda: TextCorpus(f.texts), usable=unusable_start
+            "data.files.texts",
+            f.texts,
+            "a UTF-8 text file of one text per line, or a .jsonl of objects with a 'text' key",
+            lambda: TextCorpus(f.texts),
+            usable=unusable_start,
         )
     return sources
 

@@ -250,6 +250,50 @@ def test_text_corpus(tmp_path):
     assert_index_errors(dataset)
 
 
+def test_a_jsonl_text_corpus_reads_each_line_s_text(tmp_path):
+    """Language-model corpora come as JSON lines of {"text": ...}: read line by line as plain text, every
+    item was the JSON record itself, braces, key and escapes trained on as words."""
+    lines = [
+        json.dumps({"text": " caf\u00e9 au lait ", "id": 1}),
+        json.dumps({"text": "second", "meta": {"source": "web"}}),
+        "{not json",
+        json.dumps({"title": "no text key"}),
+        json.dumps({"text": 3}),
+        json.dumps({"text": "   "}),
+        json.dumps(["a", "list"]),
+    ]
+    dataset = TextCorpus(write(tmp_path / "corpus.jsonl", "\n".join(lines) + "\n"))
+    results = outcomes(dataset)
+    assert [r.text for r in results[:2]] == ["caf\u00e9 au lait", "second"]
+    assert [r.reason for r in results[2:]] == [
+        "corpus.jsonl line 3: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1))",
+        "corpus.jsonl line 4: missing key 'text'",
+        "corpus.jsonl line 5: 'text' must be a string, got number",
+        "corpus.jsonl line 6: empty or missing text ('   ')",
+        "corpus.jsonl line 7: expected a JSON object, got list",
+    ]
+    assert TextCorpus(tmp_path / "corpus.jsonl", text_key="title")[3].text == "no text key"
+    with pytest.raises(ValueError) as caught:
+        TextCorpus(tmp_path / "corpus.jsonl", text_key="body")
+    assert str(caught.value) == (
+        f"path must be a .jsonl of objects with a string under text_key='body', none of the 7 lines of "
+        f"{str(tmp_path / 'corpus.jsonl')!r} is one (line 1: missing key 'body')"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".json", ".CSV", ".parquet"])
+def test_a_file_of_records_is_no_text_corpus(tmp_path, suffix):
+    """A captions .tsv given as the text corpus trained on 'images/0001.jpg<TAB>a cat' lines, paths and all."""
+    path = write(tmp_path / f"captions{suffix}", "images/0001.jpg\ta cat on a mat\n")
+    with pytest.raises(ValueError) as caught:
+        TextCorpus(path)
+    assert str(caught.value) == (
+        f"path must be a text file of one text per line, or a .jsonl of objects with a 'text' key, got {str(path)!r} "
+        f"(a {suffix.lower()} file: its lines hold records, not texts)"
+    )
+
+
 def test_text_corpus_argument_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="path"):
         TextCorpus(tmp_path / "absent.txt")
@@ -259,6 +303,8 @@ def test_text_corpus_argument_errors(tmp_path):
         TextCorpus(None)
     with pytest.raises(ValueError, match="path"):
         TextCorpus(write(tmp_path / "blank.txt", "\n \n\t\n"))
+    with pytest.raises(TypeError, match="^text_key must be a str, got int$"):
+        TextCorpus(write(tmp_path / "one.jsonl", '{"text": "x"}\n'), text_key=1)
 
 
 # ------------------------------------------------------------------ ImageFolder

@@ -305,6 +305,22 @@ def test_a_resume_on_a_source_that_grew_is_refused_naming_its_key(tmp_path):
     assert max(_losses(tmp_path / "run")) == 2  # nothing trained
 
 
+def test_a_jsonl_text_corpus_trains_on_its_texts_and_a_captions_tsv_is_refused(tmp_path):
+    """data.files.texts=corpus.jsonl trained on the JSON records as text; a captions .tsv on its image paths."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a red square", "id": 0}\n{"text": "two blue circles", "id": 1}\n')
+    sources = train.build_sources(_config("data.source=files", f"data.files.texts={corpus}").data)
+    assert [sources["texts"][i].text for i in range(2)] == ["a red square", "two blue circles"]
+    captions = tmp_path / "captions.tsv"
+    captions.write_text("images/0.png\ta red square\n")
+    with pytest.raises(train.ConfigError) as caught:
+        train.build_sources(_config("data.source=files", f"data.files.texts={captions}").data)
+    assert str(caught.value).startswith(
+        "key 'data.files.texts': expected a UTF-8 text file of one text per line, or a .jsonl of objects with a "
+        "'text' key, got"
+    )
+
+
 def test_an_open_clip_csv_of_absolute_paths_needs_no_pairs_root(tmp_path):
     """data.files.pairs_captions alone (open_clip's filepath/title CSV of absolute paths) trains on the
     pairs the .jsonl of relative paths under pairs_root lists, with the same losses."""

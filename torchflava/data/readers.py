@@ -867,23 +867,42 @@ class ImageTextFolder(Dataset):
         return path
 
 
-class TextCorpus(Dataset):
-    """A UTF-8 text file, one text per non-blank line (stripped); items are ``Sample(None, text)``.
+# Files of records, not of texts: read line by line, their columns or markup would be trained on as words.
+_NOT_TEXT_LINES = (".json", ".csv", ".tsv", ".parquet", ".arrow")
 
-    The lines are loaded at construction. A line that is not valid UTF-8 is an item whose read raises
-    :class:`BadSample`; a leading byte-order mark is dropped.
+
+class TextCorpus(Dataset):
+    """A UTF-8 text file, one text per non-blank line (stripped), or a ``.jsonl`` file of one JSON object
+    per line holding the text under ``text_key`` (the language-model corpora's form: ``{"text": ...}``);
+    items are ``Sample(None, text)``.
+
+    The lines are loaded at construction. A line that is not valid UTF-8 (in a ``.jsonl``: not a JSON
+    object with a string under ``text_key``) is an item whose read raises :class:`BadSample`; a leading
+    byte-order mark is dropped.
 
     Args:
-        path (PathLike): the text file.
+        path (PathLike): the text file, or the ``.jsonl`` file.
+        text_key (str): the key of the text in each object of a ``.jsonl`` file.
 
     Raises:
-        TypeError: if ``path`` is not a str or PathLike.
+        TypeError: if ``path`` is not a str or PathLike, or ``text_key`` not a str.
         FileNotFoundError: if ``path`` is not a file.
-        ValueError: if ``path`` holds no non-blank line, or is not UTF-8 text (UTF-16, gzip, binary).
+        ValueError: if ``path`` holds no non-blank line, is not UTF-8 text (UTF-16, gzip, binary), is a
+            file of records (``.json``, ``.csv``, ``.tsv``, ``.parquet``, ``.arrow``: read line by line, a
+            caption file's image paths or a table's columns were trained on as text), or is a ``.jsonl``
+            none of whose lines holds a string under ``text_key``.
     """
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, *, text_key: str = "text") -> None:
         self._path = existing_path("path", path, directory=False)
+        if not isinstance(text_key, str):
+            raise TypeError(f"text_key must be a str, got {type(text_key).__name__}")
+        suffix = os.path.splitext(self._path)[1].lower()
+        if suffix in _NOT_TEXT_LINES:
+            raise ValueError(
+                f"path must be a text file of one text per line, or a .jsonl of objects with a {text_key!r} key, "
+                f"got {self._path!r} (a {suffix} file: its lines hold records, not texts)"
+            )
         with open(self._path, "rb") as file:
             head = file.read(4096)
         kind = None  # read as UTF-8, these give lines of garbage
@@ -897,14 +916,16 @@ class TextCorpus(Dataset):
             raise ValueError(f"path must be UTF-8 text, {self._path!r} is {kind}")
         self._texts: list[str] = []
         self._bad: dict[int, str] = {}  # item index -> reason
-        undecodable = 0
+        undecodable = malformed = 0
         for number, line in _lines(self._path):
             index = len(self._texts)
             if line is None:
                 self._bad[index], undecodable = f"line {number}: not valid UTF-8", undecodable + 1
             else:  # checked once here, not at every read (a line of only control or format characters)
                 try:
-                    line = checked_text(line, index)
+                    line = checked_text(_json_text(line, text_key) if suffix == ".jsonl" else line, index)
+                except _MalformedLine as error:
+                    self._bad[index], malformed, line = f"line {number}: {error}", malformed + 1, None
                 except BadSample as bad:
                     self._bad[index] = f"line {number}: {bad.reason}"
             self._texts.append("" if line is None else line.strip())
@@ -912,6 +933,12 @@ class TextCorpus(Dataset):
             raise ValueError(f"path must hold at least one non-blank line, {self._path!r} holds none")
         if undecodable == len(self._texts):
             raise ValueError(f"path must be UTF-8 text, {self._path!r} holds no line of it")
+        if malformed + undecodable == len(self._texts):
+            first = next(iter(self._bad.values()))
+            raise ValueError(
+                f"path must be a .jsonl of objects with a string under text_key={text_key!r}, none of the "
+                f"{len(self._texts)} lines of {self._path!r} is one ({first})"
+            )
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -934,6 +961,25 @@ class TextCorpus(Dataset):
         if index in self._bad:
             raise BadSample(index, f"{os.path.basename(self._path)} {self._bad[index]}")
         return Sample(image=None, text=self._texts[index])
+
+
+class _MalformedLine(ValueError):
+    """A ``.jsonl`` corpus line that holds no text (the reason says why)."""
+
+
+def _json_text(line: str, key: str) -> object:
+    """The value under ``key`` of the JSON object on ``line`` (checked as a text afterwards)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as error:
+        raise _MalformedLine(f"not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise _MalformedLine(f"expected a JSON object, got {_json_type(record)}")
+    if key not in record:
+        raise _MalformedLine(f"missing key {key!r}")
+    if not isinstance(record[key], str):
+        raise _MalformedLine(f"{key!r} must be a string, got {_json_type(record[key])}")
+    return record[key]
 
 
 class ImageFolder(Dataset):
