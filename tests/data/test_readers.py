@@ -446,6 +446,41 @@ def shards(tmp_path) -> list[Path]:
     return [first, second]
 
 
+def test_tar_shards_give_a_caption_without_decoding_its_image(tmp_path, shards, monkeypatch):
+    """ITM negatives and a learnt vocabulary need only captions: read through ``self[index]``, each decoded a
+    whole image (a FLAVA-full image per negative), and a caption whose image was corrupt was lost to both."""
+    import torchflava.data.readers as readers
+    from torchflava.data.tokenizer import source_texts
+
+    dataset = TarShards(str(tmp_path / "shard-*.tar"))
+    decoded = []
+    monkeypatch.setattr(readers, "read_image", lambda *args: decoded.append(args) or Image.new("RGB", (1, 1)))
+    captions = []
+    for index in range(len(dataset)):
+        try:
+            captions.append(dataset.caption(index))
+        except BadSample as bad:
+            captions.append(bad.reason)
+    assert captions == [
+        "first caption",
+        "shard-000.tar:s/0002: no text member",
+        "third",  # its image is corrupt
+        "from json",
+        "no image",  # (no image member: an unusable pair, but a caption)
+        "shard-000.tar:s/0006: text member is not valid UTF-8",
+        "caf\u00e9",
+        "second shard",
+        "shard-001.tar:0002: json member is not valid JSON (Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1))",
+    ]
+    assert source_texts({"pairs": dataset}, limit=100) == [c for c in captions if not c.startswith("shard-")]
+    assert decoded == []  # no image read
+    with pytest.raises(ValueError, match=r"^caption: these shards read no text \(require=\('image',\)\)$"):
+        TarShards(str(tmp_path / "shard-*.tar"), require=("image",)).caption(0)
+    with pytest.raises(IndexError):
+        dataset.caption(9)
+
+
 def test_tar_shards_group_members_as_the_stream_does_and_merge_nothing(tmp_path):
     shard = write_tar(
         tmp_path / "dup.tar",

@@ -1398,35 +1398,53 @@ class TarShards(Dataset):
             IndexError: if ``index`` is out of range.
             TypeError: if ``index`` is not an int.
         """
-        index = _check_index(index, len(self._samples))
+        return self._sample(_check_index(index, len(self._samples)), self._require)
+
+    def caption(self, index: int) -> str:
+        """The text of item ``index`` without reading its image: an ITM negative or a learnt vocabulary
+        needs only the text (reading it through ``self[index]`` decoded a whole image for it).
+
+        Raises:
+            BadSample: if the text member is missing, unreadable, truncated, not UTF-8 or blank.
+            IndexError: if ``index`` is out of range.
+            TypeError: if ``index`` is not an int.
+            ValueError: if these shards read no text (``require`` without ``"text"``).
+        """
+        if "text" not in self._require:
+            raise ValueError(f"caption: these shards read no text (require={self._require!r})")
+        return self._sample(_check_index(index, len(self._samples)), ("text",)).text
+
+    def _sample(self, index: int, names: tuple[str, ...]) -> Sample:
+        """The ``names`` modalities of item ``index`` (in range) read from its shard, or :class:`BadSample`
+        (saying so when the shard breaks off after the item)."""
         try:
-            return self._sample(index)
+            return self._members(index, names)
         except BadSample as bad:
             if index not in self._cut_after:
                 raise
             damage = self._cut_after[index]
             raise BadSample(index, f"{bad.reason} (the shard breaks off after it, at byte {damage.offset})") from None
 
-    def _sample(self, index: int) -> Sample:
-        """Item ``index`` (in range) read from its shard, or :class:`BadSample`."""
+    def _members(self, index: int, names: tuple[str, ...]) -> Sample:
+        """The ``names`` modalities of item ``index`` (in range), or :class:`BadSample`."""
         sample = self._samples[index]
         where = f"{os.path.basename(self._paths[sample.shard])}:{sample.key}"
-        missing = [name for name in self._require if getattr(sample, name) is None]
+        missing = [name for name in names if getattr(sample, name) is None]
         if missing:
             raise BadSample(index, f"{where}: {missing_members(missing, sample.others)}")
-        data = self._read(sample, index, where)
+        data = self._read(sample, names, index, where)
         image = read_image(io.BytesIO(data["image"]), index, where, self._max_pixels) if "image" in data else None
         json_key = self._json_text_key if sample.text_is_json else None
         text = text_member(data["text"], json_key, index, where) if "text" in data else None
         return Sample(image=image, text=text)
 
-    def _read(self, sample: _TarSample, index: int, where: str) -> dict[str, bytes]:
-        """The bytes of the required members, read at their offsets in one opening of the shard."""
+    def _read(self, sample: _TarSample, names: tuple[str, ...], index: int, where: str) -> dict[str, bytes]:
+        """The bytes of the ``names`` members, read at their offsets in one opening of the shard."""
         data = {}
         try:
             with open(self._paths[sample.shard], "rb") as file:
                 length = os.fstat(file.fileno()).st_size
-                for name in self._require:
+                for name in names:
                     offset, size = getattr(sample, name)
                     if (
                         offset + size > length
