@@ -370,6 +370,12 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             text_key=f.pairs_text_key,
             usable=unusable_start,
         )
+        if sources["pairs"].format == "karpathy" and f.pairs_split is None:
+            # (every split was trained on, the test images the retrieval benchmarks score among them)
+            raise ConfigError(
+                "key 'data.files.pairs_split': expected the splits of the Karpathy file to train on, e.g. [train, "
+                "restval] (null trained on every split, the test images included: name them all to mean it), got None"
+            )
     if f.images_root is not None:
         sources["images"] = opened(
             "data.files.images_root",
@@ -382,7 +388,7 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
         sources["texts"] = opened(
             "data.files.texts",
             f.texts,
-            "a UTF-8 text file of one text per line, or a .jsonl of objects with a 'text' key",
+            "a UTF-8 text file",  # (what a .jsonl corpus holds is said by the reason)
             lambda: TextCorpus(f.texts),
             usable=unusable_start,
         )

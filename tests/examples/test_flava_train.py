@@ -315,10 +315,38 @@ def test_a_jsonl_text_corpus_trains_on_its_texts_and_a_captions_tsv_is_refused(t
     captions.write_text("images/0.png\ta red square\n")
     with pytest.raises(train.ConfigError) as caught:
         train.build_sources(_config("data.source=files", f"data.files.texts={captions}").data)
-    assert str(caught.value).startswith(
-        "key 'data.files.texts': expected a UTF-8 text file of one text per line, or a .jsonl of objects with a "
-        "'text' key, got"
+    assert str(caught.value) == (
+        f"key 'data.files.texts': expected a UTF-8 text file, got {str(captions)!r} (path must be a text file of one "
+        f"text per line, or a .jsonl of objects with a 'text' key, got {str(captions)!r} (a .tsv file: its lines "
+        "hold records, not texts))"
     )
+
+
+def test_a_karpathy_file_without_pairs_split_is_refused(tmp_path):
+    """null kept every split: pretraining on dataset_coco.json trained on the Karpathy test images that the
+    retrieval benchmarks score, without a word."""
+    images = [
+        {"filepath": "", "filename": f"{i}.png", "split": split, "sentences": [{"raw": f"a square number {i}"}]}
+        for i, split in enumerate(["train", "restval", "val", "test"])
+    ]
+    for image in images:
+        Image.new("RGB", (8, 8)).save(tmp_path / image["filename"])
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    files = [
+        "data.source=files",
+        f"data.files.pairs_root={tmp_path}",
+        f"data.files.pairs_captions={tmp_path}/dataset_coco.json",
+    ]
+    with pytest.raises(train.ConfigError) as caught:
+        train.build_sources(_config(*files).data)
+    assert str(caught.value) == (
+        "key 'data.files.pairs_split': expected the splits of the Karpathy file to train on, e.g. [train, restval] "
+        "(null trained on every split, the test images included: name them all to mean it), got None"
+    )
+    pairs = train.build_sources(_config(*files, "data.files.pairs_split=[train,restval]").data)["pairs"]
+    assert [pairs[i].text for i in range(len(pairs))] == ["a square number 0", "a square number 1"]
+    everything = train.build_sources(_config(*files, "data.files.pairs_split=[train,restval,val,test]").data)
+    assert len(everything["pairs"]) == 4
 
 
 def test_an_open_clip_csv_of_absolute_paths_needs_no_pairs_root(tmp_path):

@@ -784,6 +784,12 @@ class ImageTextFolder(Dataset):
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def format(self) -> str:
+        """How the captions file was read: ``"lines"`` (JSON lines, CSV, TSV), ``"karpathy"`` (a split
+        file), ``"coco"`` (a captions file) or ``"list"`` (a list of captions)."""
+        return self._format
+
     def __getitem__(self, index: int) -> Sample:
         """Read item ``index``.
 
