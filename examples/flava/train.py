@@ -26,7 +26,7 @@ from torch import nn
 import torch.distributed as dist
 
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
-from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
+from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
@@ -114,7 +114,7 @@ class FilesConfig:
     pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
     images_root: Optional[str] = None  # images without captions
-    texts: Optional[str] = None  # text corpus, one text per line
+    texts: Optional[str] = None  # text corpus: one text per line, or a .jsonl of {"text": ...} objects
 
 
 # Each kind's share of steps when its ratio is left unset (null) and the data has that kind.
@@ -370,6 +370,12 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             text_key=f.pairs_text_key,
             usable=unusable_start,
         )
+        if sources["pairs"].format == "karpathy" and f.pairs_split is None:
+            # (every split was trained on, the test images the retrieval benchmarks score among them)
+            raise ConfigError(
+                "key 'data.files.pairs_split': expected the splits of the Karpathy file to train on, e.g. [train, "
+                "restval] (null trained on every split, the test images included: name them all to mean it), got None"
+            )
     if f.images_root is not None:
         sources["images"] = opened(
             "data.files.images_root",
@@ -380,7 +386,11 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
         )
     if f.texts is not None:
         sources["texts"] = opened(
-            "data.files.texts", f.texts, "a UTF-8 text file", lambda: TextCorpus(f.texts), usable=unusable_start
+            "data.files.texts",
+            f.texts,
+            "a UTF-8 text file",  # (what a .jsonl corpus holds is said by the reason)
+            lambda: TextCorpus(f.texts),
+            usable=unusable_start,
         )
     return sources
 
@@ -463,6 +473,45 @@ def build_data(
     )
 
 
+def resumed_data_checks(d: DataConfig, data: torch.utils.data.Dataset, loop_states: Optional[list]) -> None:
+    """Refuse to resume on step-indexed sources whose number of items changed since the checkpoint (the
+    same files grown or shrunk: a caption file appended to, images added to the folder), or on streamed
+    shards whose number changed (a glob that matches more). Every pass over a source is a permutation
+    seeded by its size, and every epoch's deal of shards one seeded by their number, so the resumed run
+    would draw other items than the run it continues, seeing some of the pass twice and others never,
+    without a word. Raises ConfigError naming the key of the source."""
+    if not loop_states:
+        return
+    position = loop_states[0].get("data", {})
+    mixed = getattr(data, "mixed", data)  # (streamed pairs: the kinds mixed in by ratio)
+    changed = mixed.changed_sizes(position) if isinstance(mixed, MixedBatches) else {}
+    keys = {"pairs": pair_source_key(d), "images": "data.files.images_root", "texts": "data.files.texts"}
+    shards = data.changed_shards(position) if isinstance(data, StreamingBatches) else None
+    restore = "restore the data, or start a new run in another training.output_dir"
+    checks = [
+        (
+            False,
+            keys[kind],
+            f"the {was} {kind} the checkpoint was trained on, since a resumed run draws each pass over its data "
+            f"in an order seeded by its size (items of the pass would be seen twice, others never); {restore}",
+            f"{now} items",
+        )
+        for kind, (was, now) in changed.items()
+    ]
+    if shards is not None:
+        checks.append(
+            (
+                False,
+                "data.files.pairs_shards",
+                f"the {shards[0]} shards the checkpoint's stream was dealt from, since each epoch deals a "
+                f"permutation of them seeded by their number (shards of the epoch would be read twice, others "
+                f"never); {restore}",
+                f"{shards[1]} shards",
+            )
+        )
+    raise_on_failed_checks(checks)
+
+
 # ------------------------------------------------------------------------------------------ model
 def flava_model_kwargs(cfg: ModelConfig, vocab_size: int) -> dict:
     """``flava_model`` arguments of the configured architecture (also written next to the export)."""
@@ -522,6 +571,7 @@ def main(cfg: TrainConfig) -> dict:
         ),
     )
     data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
+    resumed_data_checks(cfg.data, data, start.loop_states)  # before the run directory is written, too
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
 
     torch.manual_seed(t.seed)

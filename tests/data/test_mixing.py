@@ -6,6 +6,7 @@ import pytest
 from torch.utils.data import Dataset
 
 from torchflava.data.mixing import (
+    SOURCE_SIZES,
     MixedBatch,
     MixedBatches,
     SkippedSample,
@@ -54,6 +55,19 @@ def test_items_are_step_indexed_and_seeded():
     # the seeds are per (seed, kind, stream position): distinct within a batch and across steps
     seeds = [seed for step in range(30) for seed in data[step].batch["seeds"]]
     assert len(set(seeds)) == len(seeds)
+
+
+def test_batches_give_their_sources_sizes_and_a_resume_finds_a_source_that_changed():
+    """Each pass is a permutation seeded by the source's size: a source that grew between a checkpoint and
+    its resume gives other items for the same steps, so the sizes go with the position a loop checkpoints."""
+    item = mixer()[3]
+    assert item.position == {SOURCE_SIZES: {"odd": 10, "even": 6}}
+    grown = mixer(sources={"odd": Numbers(12, 1000), "even": Numbers(6, 2000)})
+    assert [grown[s].batch["samples"] for s in range(30)] != [mixer()[s].batch["samples"] for s in range(30)]
+    assert grown.changed_sizes(item.position) == {"odd": (10, 12)}
+    assert mixer().changed_sizes(item.position) == {}
+    assert mixer().changed_sizes({}) == {}  # a checkpoint written before batches gave their sizes
+    assert mixer().changed_sizes({SOURCE_SIZES: {"odd": 10}}) == {}  # a kind it does not record
 
 
 def test_each_pass_over_a_source_reads_every_item_once():

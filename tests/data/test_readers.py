@@ -8,6 +8,7 @@ from pathlib import Path
 import pickle
 import tarfile
 
+import numpy as np
 from PIL import Image
 import pytest
 import torch
@@ -249,6 +250,50 @@ def test_text_corpus(tmp_path):
     assert_index_errors(dataset)
 
 
+def test_a_jsonl_text_corpus_reads_each_line_s_text(tmp_path):
+    """Language-model corpora come as JSON lines of {"text": ...}: read line by line as plain text, every
+    item was the JSON record itself, braces, key and escapes trained on as words."""
+    lines = [
+        json.dumps({"text": " caf\u00e9 au lait ", "id": 1}),
+        json.dumps({"text": "second", "meta": {"source": "web"}}),
+        "{not json",
+        json.dumps({"title": "no text key"}),
+        json.dumps({"text": 3}),
+        json.dumps({"text": "   "}),
+        json.dumps(["a", "list"]),
+    ]
+    dataset = TextCorpus(write(tmp_path / "corpus.jsonl", "\n".join(lines) + "\n"))
+    results = outcomes(dataset)
+    assert [r.text for r in results[:2]] == ["caf\u00e9 au lait", "second"]
+    assert [r.reason for r in results[2:]] == [
+        "corpus.jsonl line 3: not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1))",
+        "corpus.jsonl line 4: missing key 'text'",
+        "corpus.jsonl line 5: 'text' must be a string, got number",
+        "corpus.jsonl line 6: empty or missing text ('   ')",
+        "corpus.jsonl line 7: expected a JSON object, got list",
+    ]
+    assert TextCorpus(tmp_path / "corpus.jsonl", text_key="title")[3].text == "no text key"
+    with pytest.raises(ValueError) as caught:
+        TextCorpus(tmp_path / "corpus.jsonl", text_key="body")
+    assert str(caught.value) == (
+        f"path must be a .jsonl of objects with a string under text_key='body', none of the 7 lines of "
+        f"{str(tmp_path / 'corpus.jsonl')!r} is one (line 1: missing key 'body')"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".json", ".CSV", ".parquet"])
+def test_a_file_of_records_is_no_text_corpus(tmp_path, suffix):
+    """A captions .tsv given as the text corpus trained on 'images/0001.jpg<TAB>a cat' lines, paths and all."""
+    path = write(tmp_path / f"captions{suffix}", "images/0001.jpg\ta cat on a mat\n")
+    with pytest.raises(ValueError) as caught:
+        TextCorpus(path)
+    assert str(caught.value) == (
+        f"path must be a text file of one text per line, or a .jsonl of objects with a 'text' key, got {str(path)!r} "
+        f"(a {suffix.lower()} file: its lines hold records, not texts)"
+    )
+
+
 def test_text_corpus_argument_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="path"):
         TextCorpus(tmp_path / "absent.txt")
@@ -258,6 +303,8 @@ def test_text_corpus_argument_errors(tmp_path):
         TextCorpus(None)
     with pytest.raises(ValueError, match="path"):
         TextCorpus(write(tmp_path / "blank.txt", "\n \n\t\n"))
+    with pytest.raises(TypeError, match="^text_key must be a str, got int$"):
+        TextCorpus(write(tmp_path / "one.jsonl", '{"text": "x"}\n'), text_key=1)
 
 
 # ------------------------------------------------------------------ ImageFolder
@@ -319,6 +366,21 @@ def test_image_folder_reads_tiff_images_by_default(tmp_path):
         assert dataset[index].image.tobytes() == photo.tobytes()
     classes = ImageClassFolder(tmp_path)
     assert classes.classes == ["cat", "dog"] and [classes[i].label for i in range(len(classes))] == [0, 0, 1]
+
+
+def test_image_folder_reads_jfif_jpe_and_avif_images_by_default(tmp_path):
+    """JPEGs as browsers save them (.jfif, .jpe) and AVIF photos, which decode_image decodes, were left out
+    of an image folder without a word (an images source lost them, a class folder of them was empty)."""
+    photo = Image.new("RGB", (16, 8), (200, 40, 10))
+    for name, kind in (("a.jfif", "JPEG"), ("b.JPE", "JPEG"), ("c.avif", "AVIF"), ("d.png", "PNG")):
+        buffer = io.BytesIO()
+        photo.save(buffer, format=kind, quality=95)
+        write(tmp_path / name, buffer.getvalue())
+    dataset = ImageFolder(tmp_path)
+    assert [dataset.relative_path(i) for i in range(len(dataset))] == ["a.jfif", "b.JPE", "c.avif", "d.png"]
+    for index in range(len(dataset)):  # (lossy formats: within a few levels of the colour)
+        pixels = np.asarray(dataset[index].image, dtype=np.int16)
+        assert pixels.shape == (8, 16, 3) and np.abs(pixels - np.array([200, 40, 10])).max() <= 6
 
 
 def test_image_folder_argument_errors(tmp_path, folder):
@@ -384,6 +446,41 @@ def shards(tmp_path) -> list[Path]:
     return [first, second]
 
 
+def test_tar_shards_give_a_caption_without_decoding_its_image(tmp_path, shards, monkeypatch):
+    """ITM negatives and a learnt vocabulary need only captions: read through ``self[index]``, each decoded a
+    whole image (a FLAVA-full image per negative), and a caption whose image was corrupt was lost to both."""
+    import torchflava.data.readers as readers
+    from torchflava.data.tokenizer import source_texts
+
+    dataset = TarShards(str(tmp_path / "shard-*.tar"))
+    decoded = []
+    monkeypatch.setattr(readers, "read_image", lambda *args: decoded.append(args) or Image.new("RGB", (1, 1)))
+    captions = []
+    for index in range(len(dataset)):
+        try:
+            captions.append(dataset.caption(index))
+        except BadSample as bad:
+            captions.append(bad.reason)
+    assert captions == [
+        "first caption",
+        "shard-000.tar:s/0002: no text member",
+        "third",  # its image is corrupt
+        "from json",
+        "no image",  # (no image member: an unusable pair, but a caption)
+        "shard-000.tar:s/0006: text member is not valid UTF-8",
+        "caf\u00e9",
+        "second shard",
+        "shard-001.tar:0002: json member is not valid JSON (Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1))",
+    ]
+    assert source_texts({"pairs": dataset}, limit=100) == [c for c in captions if not c.startswith("shard-")]
+    assert decoded == []  # no image read
+    with pytest.raises(ValueError, match=r"^caption: these shards read no text \(require=\('image',\)\)$"):
+        TarShards(str(tmp_path / "shard-*.tar"), require=("image",)).caption(0)
+    with pytest.raises(IndexError):
+        dataset.caption(9)
+
+
 def test_tar_shards_group_members_as_the_stream_does_and_merge_nothing(tmp_path):
     shard = write_tar(
         tmp_path / "dup.tar",
@@ -403,6 +500,29 @@ def test_tar_shards_group_members_as_the_stream_does_and_merge_nothing(tmp_path)
     texts = lambda kind, samples, seeds, another=None: [x.text for x in samples]  # noqa: E731
     streamed = StreamingBatches(str(shard), texts, batch_size=5, shuffle_buffer=0)
     assert next(iter(streamed)).batch == [r.text for r in outcomes(dataset)]  # the same samples, in order
+
+
+def test_samples_whose_keys_hold_a_dot_name_the_members_found(tmp_path):
+    """``photo.v2.jpg`` is key ``photo`` with extension ``v2.jpg`` (as webdataset splits a name): a shard
+    whose keys hold dots has no usable sample, and the refusal said only that none had the members."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    path = write_tar(
+        tmp_path / "dots.tar",
+        [("photo.v2.png", buffer.getvalue()), ("photo.v2.txt", b"a cat"), ("plain.png", buffer.getvalue())],
+    )
+    hint = "a key ends at the member name's first dot, so a key with a dot gives such extensions"
+    with pytest.raises(ValueError) as caught:
+        TarShards(path)
+    assert str(caught.value) == (
+        "shards must hold a sample with image and text members, none of 2 sample(s) does (the first, "
+        f"dots.tar:photo: no image and no text member (its other members' extensions: v2.png, v2.txt; {hint}))"
+    )
+    images = TarShards(path, require=("image",))  # the sample with a plain key reads
+    assert [getattr(r, "reason", None) for r in outcomes(images)] == [
+        f"dots.tar:photo: no image member (its other members' extensions: v2.png, v2.txt; {hint})",
+        None,
+    ]
 
 
 def test_tar_shards_items_and_bad_samples(tmp_path, shards):

@@ -17,15 +17,17 @@ from torch.utils.data import DataLoader
 import webdataset as wds
 
 from tests.helpers import served_directory
-from torchflava.data.mixing import MixedBatches, data_loss_report
+from torchflava.data.mixing import SOURCE_SIZES, MixedBatches, data_loss_report
 from torchflava.data.samples import Sample
 from torchflava.data.streaming import (
+    STREAM_SHARDS,
     BrokenStream,
     StreamedSource,
     StreamingBatches,
     broken_stream_reason,
     expand_shards,
     raw_samples,
+    slot_positions,
     url_scheme,
 )
 
@@ -106,7 +108,9 @@ def test_unshuffled_stream_reads_the_shards_in_order(shard_dir):
     first = items(data, 9)  # 45 samples: the 40 of epoch 0, then epoch 1 starts again at the first
     assert texts(first) == [f"caption {i}" for i in range(40)] + [f"caption {i}" for i in range(5)]
     assert first[0].keys == [f"{shard_dir}/shard-000.tar:s{i:05d}" for i in range(5)]
-    assert first[-1].position == {"0": [1, 5, 0, 5, 0, 9, 1]}  # epoch 1, next block: shard 0 from its 6th sample
+    assert slot_positions(first[-1].position) == {"0": [1, 5, 0, 5, 0, 9, 1]}  # epoch 1, next block: shard 0 from
+    # its 6th sample; and the number of shards the epochs are dealt from (for a resume to check)
+    assert first[-1].position[STREAM_SHARDS] == 8
     assert [item.skipped for item in first] == [[]] * 9
 
 
@@ -125,7 +129,7 @@ def test_two_ranks_by_two_workers_read_each_sample_once_per_epoch(shard_dir):
     seen = {0: collections.Counter(), 1: collections.Counter()}
     for rank in (0, 1):
         batches = items(stream(spec, rank=rank, world_size=2, num_workers=2), 8, num_workers=2)
-        slots = [next(iter(item.position)) for item in batches]
+        slots = [next(iter(slot_positions(item.position))) for item in batches]
         assert slots == [str(2 * rank + w) for w in (0, 1)] * 4  # the loader alternates its workers
         epoch_of = [0, 0, 0, 0, 1, 1, 1, 1]  # batches 1-2 of each worker are epoch 0, 3-4 epoch 1
         for item, epoch in zip(batches, epoch_of):
@@ -151,6 +155,43 @@ def test_a_restarted_stream_continues_exactly(shard_dir, resampled, num_workers)
         rest = items(restarted, 23 - done, num_workers=num_workers)
         assert [item.batch for item in rest] == [item.batch for item in reference[done:]]  # texts and seeds
         assert [item.keys for item in rest] == [item.keys for item in reference[done:]]
+
+
+def test_a_sample_whose_key_holds_a_dot_names_the_members_found(tmp_path):
+    """webdataset keys end at a member name's first dot: ``photo.v2.png`` is extension ``v2.png``. The stream's
+    refusal of such shards said only "no image and no text member"; it names what the sample holds."""
+    root = tmp_path / "dots"
+    root.mkdir()
+    with wds.TarWriter(str(root / "a.tar")) as writer:
+        for index in range(3):
+            writer.write({"__key__": f"photo{index}", "v2.png": png(index), "v2.txt": f"caption {index}"})
+    data = stream(str(root / "a.tar"), batch_size=1)
+    assert data.unusable_start() == (
+        f"none of the first 3 samples of slot 0's shards decodes; the first: {root}/a.tar:photo0: no image and no "
+        "text member (its other members' extensions: v2.png, v2.txt; a key ends at the member name's first dot, "
+        "so a key with a dot gives such extensions)"
+    )
+
+
+def test_a_restart_on_more_shards_is_told_apart(shard_dir, tmp_path):
+    """Each epoch deals a permutation seeded by the number of shards: restarted from the same positions on a
+    glob that now matches one more shard, the stream read other samples (some of the epoch twice) unseen.
+    The positions carry the number, and changed_shards tells the change (a recipe refuses the resume)."""
+    spec = str(shard_dir / "shard-*.tar")
+    reference = items(stream(spec, batch_size=3, shuffle_buffer=7), 10)
+    position: dict = {}
+    for item in reference[:4]:
+        position.update(item.position)
+    assert position[STREAM_SHARDS] == 8 and stream(spec).changed_shards(position) is None
+    grown = tmp_path / "grown"
+    shutil.copytree(shard_dir, grown)
+    write_shards(tmp_path / "extra", shards=1, per_shard=5)
+    shutil.copy(tmp_path / "extra" / "shard-000.tar", grown / "shard-008.tar")
+    restarted = stream(str(grown / "shard-*.tar"), batch_size=3, shuffle_buffer=7)
+    assert restarted.changed_shards(position) == (8, 9)
+    restarted.load_state_dict(position)  # (what the check is for: the positions load, and read other samples)
+    assert [item.keys for item in items(restarted, 6)] != [item.keys for item in reference[4:]]
+    assert restarted.changed_shards({}) is None  # a checkpoint from before positions gave the number
 
 
 def test_positions_of_another_worker_count_are_refused(shard_dir):
@@ -277,7 +318,7 @@ def _recorded(batches) -> dict:
     """How many times each unusable sample or shard is recorded, by slot."""
     counts: dict = collections.Counter()
     for item in batches:
-        (slot,) = item.position
+        (slot,) = slot_positions(item.position)
         counts.update((slot, index) for _, index, _ in item.skipped)
     return counts
 
@@ -440,8 +481,12 @@ def test_streamed_pairs_mixed_with_a_step_indexed_source_by_ratio(shard_dir, num
     position: dict = {}
     for item in reference[:7]:
         position.update(item.position)
+    # the mixed-in source's size goes with every position (a run's first steps may all be streamed), for a
+    # resumed run to find it changed
+    assert all(item.position[SOURCE_SIZES] == {"pairs": 1, "texts": 50} for item in reference)
+    assert mixed.changed_sizes(position) == {}
     restarted = stream(spec, mixed=_mixed(20), num_workers=num_workers)
-    restarted.load_state_dict(position)
+    restarted.load_state_dict(position)  # (the sizes are no slot's position)
     rest = items(restarted, 13, num_workers=num_workers)
     assert [(item.kind, item.batch) for item in rest] == [(item.kind, item.batch) for item in reference[7:]]
     with pytest.raises(ValueError, match="mixed: expected MixedBatches with a StreamedSource for kind 'texts'"):

@@ -102,6 +102,27 @@ def test_semantic_validation_names_the_key(override, key):
         train.validate(cfg, world_size=1)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "data.streaming.shuffle_buffer=5",
+            "'data.streaming.shuffle_buffer': expected its default, 1000, since {}, got 5",
+        ),
+        (
+            "data.streaming.resampled=true",
+            "'data.streaming.resampled': expected its default, False, since {}, got True",
+        ),
+    ],
+)
+def test_streaming_settings_without_streaming_are_refused(override, message):
+    """Local tar shards are indexed and sampled by step: a shuffle buffer or resampling set without
+    data.streaming.enabled was ignored without a word."""
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config("data.source=files", "data.files.texts=README.md", override), world_size=1)
+    assert str(caught.value) == "key " + message.format("data.streaming.enabled=false")
+
+
 def test_config_sections_hold_the_builders_own_arguments():
     def arguments(builder, supplied):
         return set(inspect.signature(builder).parameters) - set(supplied)
@@ -256,6 +277,76 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     assert len(_losses(tmp_path / "run")) == 10
     reasons = " ".join(report["skipped_examples"])
     assert "unreadable image" in reasons and "empty" in reasons
+
+
+def test_a_resume_on_a_source_that_grew_is_refused_naming_its_key(tmp_path):
+    """Each pass over a source is a permutation seeded by its size: resumed on a captions file with more
+    lines, the run drew other pairs than the one it continues (some twice, others never) without a word."""
+    _write_pairs(tmp_path / "data")
+    captions = tmp_path / "data" / "captions.jsonl"
+    common = [
+        f"training.output_dir={tmp_path / 'run'}",
+        "data.source=files",
+        f"data.files.pairs_root={tmp_path / 'data' / 'images'}",
+        f"data.files.pairs_captions={captions}",
+        "eval.enabled=false",
+        "training.checkpoint_every=2",
+        "optim.warmup_steps=1",
+    ]
+    train.main(_config(*common, "training.max_steps=2"))
+    written = captions.read_text()
+    captions.write_text(written + written.splitlines(keepends=True)[0] * 3)
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(*common, "training.max_steps=4", "training.resume=auto"))
+    assert str(caught.value).startswith(
+        "key 'data.files.pairs_captions': expected the 20 pairs the checkpoint was trained on, since a resumed run"
+    )
+    assert str(caught.value).endswith("got '23 items'")
+    assert max(_losses(tmp_path / "run")) == 2  # nothing trained
+
+
+def test_a_jsonl_text_corpus_trains_on_its_texts_and_a_captions_tsv_is_refused(tmp_path):
+    """data.files.texts=corpus.jsonl trained on the JSON records as text; a captions .tsv on its image paths."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a red square", "id": 0}\n{"text": "two blue circles", "id": 1}\n')
+    sources = train.build_sources(_config("data.source=files", f"data.files.texts={corpus}").data)
+    assert [sources["texts"][i].text for i in range(2)] == ["a red square", "two blue circles"]
+    captions = tmp_path / "captions.tsv"
+    captions.write_text("images/0.png\ta red square\n")
+    with pytest.raises(train.ConfigError) as caught:
+        train.build_sources(_config("data.source=files", f"data.files.texts={captions}").data)
+    assert str(caught.value) == (
+        f"key 'data.files.texts': expected a UTF-8 text file, got {str(captions)!r} (path must be a text file of one "
+        f"text per line, or a .jsonl of objects with a 'text' key, got {str(captions)!r} (a .tsv file: its lines "
+        "hold records, not texts))"
+    )
+
+
+def test_a_karpathy_file_without_pairs_split_is_refused(tmp_path):
+    """null kept every split: pretraining on dataset_coco.json trained on the Karpathy test images that the
+    retrieval benchmarks score, without a word."""
+    images = [
+        {"filepath": "", "filename": f"{i}.png", "split": split, "sentences": [{"raw": f"a square number {i}"}]}
+        for i, split in enumerate(["train", "restval", "val", "test"])
+    ]
+    for image in images:
+        Image.new("RGB", (8, 8)).save(tmp_path / image["filename"])
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    files = [
+        "data.source=files",
+        f"data.files.pairs_root={tmp_path}",
+        f"data.files.pairs_captions={tmp_path}/dataset_coco.json",
+    ]
+    with pytest.raises(train.ConfigError) as caught:
+        train.build_sources(_config(*files).data)
+    assert str(caught.value) == (
+        "key 'data.files.pairs_split': expected the splits of the Karpathy file to train on, e.g. [train, restval] "
+        "(null trained on every split, the test images included: name them all to mean it), got None"
+    )
+    pairs = train.build_sources(_config(*files, "data.files.pairs_split=[train,restval]").data)["pairs"]
+    assert [pairs[i].text for i in range(len(pairs))] == ["a square number 0", "a square number 1"]
+    everything = train.build_sources(_config(*files, "data.files.pairs_split=[train,restval,val,test]").data)
+    assert len(everything["pairs"]) == 4
 
 
 def test_an_open_clip_csv_of_absolute_paths_needs_no_pairs_root(tmp_path):

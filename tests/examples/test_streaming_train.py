@@ -17,7 +17,7 @@ import webdataset as wds
 
 from tests.helpers import load_recipe, served_directory
 from torchflava.data.shapes import ShapesWorld
-from torchflava.data.streaming import StreamedSource
+from torchflava.data.streaming import STREAM_SHARDS, StreamedSource, StreamingBatches
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = load_recipe("examples/clip/train.py", "streaming_clip_recipe")
@@ -245,3 +245,20 @@ def test_a_flava_run_refused_for_its_shards_leaves_no_learnt_vocabulary(tmp_path
     with pytest.raises(FLAVA.ConfigError, match=r"^key 'data.files.pairs_shards': expected shards to stream"):
         FLAVA.main(FLAVA.load_config(FLAVA.TrainConfig, overrides))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_flava_resume_on_another_number_of_shards_is_refused_naming_the_key(shards):
+    """A glob that matches more shards than at the checkpoint deals each epoch's shards in another order:
+    the resumed stream would read other samples (some twice) without a word."""
+    cfg = FLAVA.load_config(
+        FLAVA.TrainConfig, [f"config={FLAVA_DEBUG}", *STREAM, f"data.files.pairs_shards={shards}/pairs-*.tar"]
+    )
+    data = StreamingBatches(cfg.data.files.pairs_shards, lambda *args, **kwargs: None, batch_size=1)
+    FLAVA.resumed_data_checks(cfg.data, data, [{"data": {STREAM_SHARDS: 8, "0": [0, 0, 0, 3, 0, 1, 1]}}])
+    with pytest.raises(FLAVA.ConfigError) as caught:
+        FLAVA.resumed_data_checks(cfg.data, data, [{"data": {STREAM_SHARDS: 7, "0": [0, 0, 0, 3, 0, 1, 1]}}])
+    assert str(caught.value).startswith(
+        "key 'data.files.pairs_shards': expected the 7 shards the checkpoint's stream was dealt from, since each "
+        "epoch deals a permutation of them seeded by their number"
+    )
+    assert str(caught.value).endswith("got '8 shards'")

@@ -14,6 +14,10 @@ the same slot and reported in the batch's ``skipped`` list, so they are counted,
 never the cause of a lost epoch. Data lost outside any item (a tar shard cut short: see a source's
 ``lost_data``) is listed by :attr:`MixedBatches.lost_data`; :func:`data_loss_report` puts both in a
 run's report.
+
+A run resumes exactly only on the sources it was checkpointed with: each item's ``position`` gives the
+sources' sizes, which the training loop saves, and :meth:`MixedBatches.changed_sizes` finds a source
+that grew or shrank since (the same files with lines or images added).
 """
 
 import operator
@@ -53,12 +57,19 @@ class SkippedSample(NamedTuple):
     reason: str
 
 
+# Key of a batch's ``position`` under which it gives the sizes of the sources it was drawn from (the
+# training loop saves positions in every checkpoint; see :meth:`MixedBatches.changed_sizes`).
+SOURCE_SIZES = "source_sizes"
+
+
 class MixedBatch(NamedTuple):
-    """Item of :class:`MixedBatches`: the collated batch, the source it came from, the items it skipped."""
+    """Item of :class:`MixedBatches`: the collated batch, the source it came from, the items it skipped,
+    and ``position`` (``{SOURCE_SIZES: {kind: len(source)}}``, which the training loop checkpoints)."""
 
     batch: Any
     kind: str
     skipped: list
+    position: Optional[dict] = None
 
 
 class MixedBatches(Dataset):
@@ -170,6 +181,29 @@ class MixedBatches(Dataset):
         attribute, when it has one: a truncated tar shard's tail, say), in the order of the kinds."""
         return [f"{kind}: {lost}" for kind in self.kinds for lost in getattr(self.sources[kind], "lost_data", ())]
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The number of items of each source, by kind."""
+        return {kind: len(source) for kind, source in self.sources.items()}
+
+    def changed_sizes(self, position: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+        """The sources whose size differs from the one a checkpointed ``position`` (the merged positions of
+        a run's batches) records, as ``{kind: (recorded, now)}``; empty when none does or nothing is
+        recorded (a checkpoint written before batches gave their sizes).
+
+        Each pass over a source is a permutation seeded by its size, so a run resumed on a source that
+        grew or shrank draws other items than the run it continues: some of the current pass again,
+        others never. A recipe refuses such a resume with this.
+        """
+        recorded = position.get(SOURCE_SIZES) if isinstance(position, Mapping) else None
+        if not isinstance(recorded, Mapping):
+            return {}
+        return {
+            kind: (recorded[kind], size)
+            for kind, size in self.sizes.items()
+            if kind in recorded and recorded[kind] != size
+        }
+
     def kind(self, step: int) -> str:
         """Which source step ``step`` draws from."""
         return self.kinds[int(self._kinds[step])]
@@ -240,7 +274,7 @@ class MixedBatches(Dataset):
             [seed for _, seed, _ in loaded],
             another=lambda row, seed, read: self._another(kind, loaded[row][2], seed, read, skipped),
         )
-        return MixedBatch(batch, kind, skipped)
+        return MixedBatch(batch, kind, skipped, {SOURCE_SIZES: self.sizes})
 
 
 def data_loss_report(skipped: Sequence[tuple], lost_data: Sequence[object], *, examples: int = 10) -> dict:

@@ -37,8 +37,10 @@ from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
 
-# (every format decode_image reads that image folders hold; a file left out here is left out silently)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# (every format decode_image reads that image folders hold; a file left out here is left out silently:
+# .jfif and .jpe are JPEGs as browsers save them, .avif what phones and the web now use; a PIL built
+# without AVIF makes such files counted bad samples rather than files nobody hears of)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".avif", ".gif", ".tif", ".tiff")
 
 
 def existing_path(name: str, value: object, *, directory: bool) -> str:
@@ -782,6 +784,12 @@ class ImageTextFolder(Dataset):
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def format(self) -> str:
+        """How the captions file was read: ``"lines"`` (JSON lines, CSV, TSV), ``"karpathy"`` (a split
+        file), ``"coco"`` (a captions file) or ``"list"`` (a list of captions)."""
+        return self._format
+
     def __getitem__(self, index: int) -> Sample:
         """Read item ``index``.
 
@@ -865,23 +873,42 @@ class ImageTextFolder(Dataset):
         return path
 
 
-class TextCorpus(Dataset):
-    """A UTF-8 text file, one text per non-blank line (stripped); items are ``Sample(None, text)``.
+# Files of records, not of texts: read line by line, their columns or markup would be trained on as words.
+_NOT_TEXT_LINES = (".json", ".csv", ".tsv", ".parquet", ".arrow")
 
-    The lines are loaded at construction. A line that is not valid UTF-8 is an item whose read raises
-    :class:`BadSample`; a leading byte-order mark is dropped.
+
+class TextCorpus(Dataset):
+    """A UTF-8 text file, one text per non-blank line (stripped), or a ``.jsonl`` file of one JSON object
+    per line holding the text under ``text_key`` (the language-model corpora's form: ``{"text": ...}``);
+    items are ``Sample(None, text)``.
+
+    The lines are loaded at construction. A line that is not valid UTF-8 (in a ``.jsonl``: not a JSON
+    object with a string under ``text_key``) is an item whose read raises :class:`BadSample`; a leading
+    byte-order mark is dropped.
 
     Args:
-        path (PathLike): the text file.
+        path (PathLike): the text file, or the ``.jsonl`` file.
+        text_key (str): the key of the text in each object of a ``.jsonl`` file.
 
     Raises:
-        TypeError: if ``path`` is not a str or PathLike.
+        TypeError: if ``path`` is not a str or PathLike, or ``text_key`` not a str.
         FileNotFoundError: if ``path`` is not a file.
-        ValueError: if ``path`` holds no non-blank line, or is not UTF-8 text (UTF-16, gzip, binary).
+        ValueError: if ``path`` holds no non-blank line, is not UTF-8 text (UTF-16, gzip, binary), is a
+            file of records (``.json``, ``.csv``, ``.tsv``, ``.parquet``, ``.arrow``: read line by line, a
+            caption file's image paths or a table's columns were trained on as text), or is a ``.jsonl``
+            none of whose lines holds a string under ``text_key``.
     """
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, *, text_key: str = "text") -> None:
         self._path = existing_path("path", path, directory=False)
+        if not isinstance(text_key, str):
+            raise TypeError(f"text_key must be a str, got {type(text_key).__name__}")
+        suffix = os.path.splitext(self._path)[1].lower()
+        if suffix in _NOT_TEXT_LINES:
+            raise ValueError(
+                f"path must be a text file of one text per line, or a .jsonl of objects with a {text_key!r} key, "
+                f"got {self._path!r} (a {suffix} file: its lines hold records, not texts)"
+            )
         with open(self._path, "rb") as file:
             head = file.read(4096)
         kind = None  # read as UTF-8, these give lines of garbage
@@ -895,14 +922,16 @@ class TextCorpus(Dataset):
             raise ValueError(f"path must be UTF-8 text, {self._path!r} is {kind}")
         self._texts: list[str] = []
         self._bad: dict[int, str] = {}  # item index -> reason
-        undecodable = 0
+        undecodable = malformed = 0
         for number, line in _lines(self._path):
             index = len(self._texts)
             if line is None:
                 self._bad[index], undecodable = f"line {number}: not valid UTF-8", undecodable + 1
             else:  # checked once here, not at every read (a line of only control or format characters)
                 try:
-                    line = checked_text(line, index)
+                    line = checked_text(_json_text(line, text_key) if suffix == ".jsonl" else line, index)
+                except _MalformedLine as error:
+                    self._bad[index], malformed, line = f"line {number}: {error}", malformed + 1, None
                 except BadSample as bad:
                     self._bad[index] = f"line {number}: {bad.reason}"
             self._texts.append("" if line is None else line.strip())
@@ -910,6 +939,12 @@ class TextCorpus(Dataset):
             raise ValueError(f"path must hold at least one non-blank line, {self._path!r} holds none")
         if undecodable == len(self._texts):
             raise ValueError(f"path must be UTF-8 text, {self._path!r} holds no line of it")
+        if malformed + undecodable == len(self._texts):
+            first = next(iter(self._bad.values()))
+            raise ValueError(
+                f"path must be a .jsonl of objects with a string under text_key={text_key!r}, none of the "
+                f"{len(self._texts)} lines of {self._path!r} is one ({first})"
+            )
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -932,6 +967,25 @@ class TextCorpus(Dataset):
         if index in self._bad:
             raise BadSample(index, f"{os.path.basename(self._path)} {self._bad[index]}")
         return Sample(image=None, text=self._texts[index])
+
+
+class _MalformedLine(ValueError):
+    """A ``.jsonl`` corpus line that holds no text (the reason says why)."""
+
+
+def _json_text(line: str, key: str) -> object:
+    """The value under ``key`` of the JSON object on ``line`` (checked as a text afterwards)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as error:
+        raise _MalformedLine(f"not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise _MalformedLine(f"expected a JSON object, got {_json_type(record)}")
+    if key not in record:
+        raise _MalformedLine(f"missing key {key!r}")
+    if not isinstance(record[key], str):
+        raise _MalformedLine(f"{key!r} must be a string, got {_json_type(record[key])}")
+    return record[key]
 
 
 class ImageFolder(Dataset):
@@ -1038,6 +1092,20 @@ class _TarSample(NamedTuple):
     image: Optional[tuple[int, int]]
     text: Optional[tuple[int, int]]
     text_is_json: bool
+    others: tuple[str, ...] = ()  # extensions of its members that are neither image, text nor json
+
+
+def missing_members(missing: list[str], others: Iterable[str]) -> str:
+    """A sample's reason for lacking the ``missing`` members, naming its ``others`` (extensions the reader
+    does not know): ``photo.v2.jpg`` is key ``photo`` with extension ``v2.jpg``, as webdataset splits it."""
+    reason = f"no {' and no '.join(missing)} member"
+    others = sorted(others)
+    if others:
+        reason += (
+            f" (its other members' extensions: {', '.join(others)}; a key ends at the member name's first dot, "
+            "so a key with a dot gives such extensions)"
+        )
+    return reason
 
 
 def glob_files(pattern: str) -> list[str]:
@@ -1217,7 +1285,8 @@ def _scan_shard(
         image = next((group[e] for e in image_extensions if e in group), None)
         text = next((group[e] for e in text_extensions if e in group), None)
         from_json = text is None and json_text and "json" in group
-        samples.append(_TarSample(shard, key, image, group["json"] if from_json else text, from_json))
+        others = tuple(e for e in group if e not in image_extensions and e not in text_extensions and e != "json")
+        samples.append(_TarSample(shard, key, image, group["json"] if from_json else text, from_json, others))
     return samples, damage
 
 
@@ -1306,7 +1375,12 @@ class TarShards(Dataset):
             raise ValueError(f"shards must hold at least one sample, {len(self._paths)} file(s) hold none")
         if not any(all(getattr(sample, name) is not None for name in self._require) for sample in self._samples):
             wanted = " and ".join(self._require)  # read from the headers: no item would be usable
-            raise ValueError(f"shards must hold a sample with {wanted} members, none of {len(self)} sample(s) does")
+            first = self._samples[0]
+            missing = [name for name in self._require if getattr(first, name) is None]
+            raise ValueError(
+                f"shards must hold a sample with {wanted} members, none of {len(self)} sample(s) does (the first, "
+                f"{os.path.basename(self._paths[first.shard])}:{first.key}: {missing_members(missing, first.others)})"
+            )
 
     @property
     def lost_data(self) -> list[ShardDamage]:
@@ -1330,35 +1404,53 @@ class TarShards(Dataset):
             IndexError: if ``index`` is out of range.
             TypeError: if ``index`` is not an int.
         """
-        index = _check_index(index, len(self._samples))
+        return self._sample(_check_index(index, len(self._samples)), self._require)
+
+    def caption(self, index: int) -> str:
+        """The text of item ``index`` without reading its image: an ITM negative or a learnt vocabulary
+        needs only the text (reading it through ``self[index]`` decoded a whole image for it).
+
+        Raises:
+            BadSample: if the text member is missing, unreadable, truncated, not UTF-8 or blank.
+            IndexError: if ``index`` is out of range.
+            TypeError: if ``index`` is not an int.
+            ValueError: if these shards read no text (``require`` without ``"text"``).
+        """
+        if "text" not in self._require:
+            raise ValueError(f"caption: these shards read no text (require={self._require!r})")
+        return self._sample(_check_index(index, len(self._samples)), ("text",)).text
+
+    def _sample(self, index: int, names: tuple[str, ...]) -> Sample:
+        """The ``names`` modalities of item ``index`` (in range) read from its shard, or :class:`BadSample`
+        (saying so when the shard breaks off after the item)."""
         try:
-            return self._sample(index)
+            return self._members(index, names)
         except BadSample as bad:
             if index not in self._cut_after:
                 raise
             damage = self._cut_after[index]
             raise BadSample(index, f"{bad.reason} (the shard breaks off after it, at byte {damage.offset})") from None
 
-    def _sample(self, index: int) -> Sample:
-        """Item ``index`` (in range) read from its shard, or :class:`BadSample`."""
+    def _members(self, index: int, names: tuple[str, ...]) -> Sample:
+        """The ``names`` modalities of item ``index`` (in range), or :class:`BadSample`."""
         sample = self._samples[index]
         where = f"{os.path.basename(self._paths[sample.shard])}:{sample.key}"
-        missing = [name for name in self._require if getattr(sample, name) is None]
+        missing = [name for name in names if getattr(sample, name) is None]
         if missing:
-            raise BadSample(index, f"{where}: no {' and no '.join(missing)} member")
-        data = self._read(sample, index, where)
+            raise BadSample(index, f"{where}: {missing_members(missing, sample.others)}")
+        data = self._read(sample, names, index, where)
         image = read_image(io.BytesIO(data["image"]), index, where, self._max_pixels) if "image" in data else None
         json_key = self._json_text_key if sample.text_is_json else None
         text = text_member(data["text"], json_key, index, where) if "text" in data else None
         return Sample(image=image, text=text)
 
-    def _read(self, sample: _TarSample, index: int, where: str) -> dict[str, bytes]:
-        """The bytes of the required members, read at their offsets in one opening of the shard."""
+    def _read(self, sample: _TarSample, names: tuple[str, ...], index: int, where: str) -> dict[str, bytes]:
+        """The bytes of the ``names`` members, read at their offsets in one opening of the shard."""
         data = {}
         try:
             with open(self._paths[sample.shard], "rb") as file:
                 length = os.fstat(file.fileno()).st_size
-                for name in self._require:
+                for name in names:
                     offset, size = getattr(sample, name)
                     if (
                         offset + size > length

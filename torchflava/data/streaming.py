@@ -67,8 +67,15 @@ import numpy as np
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
-from torchflava.data.mixing import MixedBatches, SkippedSample, item_seed
-from torchflava.data.readers import check_extensions, check_max_pixels, glob_files, read_image, text_member
+from torchflava.data.mixing import SOURCE_SIZES, MixedBatches, SkippedSample, item_seed
+from torchflava.data.readers import (
+    check_extensions,
+    check_max_pixels,
+    glob_files,
+    missing_members,
+    read_image,
+    text_member,
+)
 from torchflava.data.samples import BadSample, Sample
 
 # Opened with fsspec; every other scheme (none: a local path; file:, pipe:, http:, https:, ...) with
@@ -386,7 +393,8 @@ def streaming_checks(
     """The checks of a recipe's ``data.streaming`` section against ``data.source``,
     ``data.files.pairs_shards`` and ``data.num_workers``, as ``(ok, key, expected, got)`` tuples: put
     them before the shard path checks. Without streaming, shards that only a stream reads (URLs,
-    brace patterns, ``.tar.gz``) are refused with a pointer to ``data.streaming.enabled``."""
+    brace patterns, ``.tar.gz``) are refused with a pointer to ``data.streaming.enabled``, and so are
+    ``shuffle_buffer`` and ``resampled`` set to other than their defaults (nothing would read them)."""
     key = "data.files.pairs_shards"
     checks = [
         (streaming.shuffle_buffer >= 0, "data.streaming.shuffle_buffer", ">= 0", streaming.shuffle_buffer),
@@ -400,7 +408,18 @@ def streaming_checks(
             "local uncompressed tar files (a path or glob); URLs, brace patterns and .tar.gz need "
             "data.streaming.enabled=true"
         )
-        return checks + [(not only_streamed, key, expected, shards)]
+        # (a shuffle buffer or resampling set for a run that streams nothing was ignored without a word:
+        # local tar shards are indexed and sampled by step)
+        defaults = StreamingConfig()
+        unread = [
+            (False, f"data.streaming.{name}", f"its default, {default!r}, since data.streaming.enabled=false", value)
+            for name, value, default in (
+                ("shuffle_buffer", streaming.shuffle_buffer, defaults.shuffle_buffer),
+                ("resampled", streaming.resampled, defaults.resampled),
+            )
+            if value != default
+        ]
+        return checks + [(not only_streamed, key, expected, shards)] + unread
     checks.append((source == "files", "data.streaming.enabled", "false unless data.source=files", True))
     checks.append((shards is not None, key, "shards to stream, since data.streaming.enabled=true", None))
     if shards is None or num_workers < 0:
@@ -416,6 +435,11 @@ def streaming_checks(
         "slot), or data.streaming.resampled=true"
     )
     return checks + [(streaming.resampled or count >= slots, key, expected, f"{count} shard(s) from {shards}")]
+
+
+# Key of a batch's position under which it gives the number of shards its stream was dealt from (each
+# epoch's permutation of them is seeded by that number: see :meth:`StreamingBatches.changed_shards`).
+STREAM_SHARDS = "stream_shards"
 
 
 class StreamedSource(Dataset):
@@ -437,7 +461,11 @@ class StreamBatch(NamedTuple):
         kind (str): the source's kind name.
         skipped (list): :class:`~torchflava.data.mixing.SkippedSample` entries met building it.
         position (dict): ``{str(slot): [epoch, block, shard, offset, index, batches, slots]}``, the
-            slot's position after this batch (what the training loop checkpoints).
+            slot's position after this batch (what the training loop checkpoints), with the number of
+            shards under :data:`STREAM_SHARDS` (:meth:`StreamingBatches.changed_shards`) and, with
+            ``mixed``, ``mixed.sizes`` under :data:`~torchflava.data.mixing.SOURCE_SIZES`
+            (:meth:`~torchflava.data.mixing.MixedBatches.changed_sizes`); :func:`slot_positions` keeps
+            the slots'.
         keys (list[str]): ``"<url>:<key>"`` of each row.
     """
 
@@ -573,13 +601,15 @@ class StreamingBatches(IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         """Start each slot of this rank where a checkpoint left it (the loop's merged batch positions).
 
-        Call before iterating. An empty state starts from the beginning.
+        Call before iterating. An empty state starts from the beginning; the sizes batches give with
+        their positions are no slot's (a recipe checks them: :meth:`changed_shards`).
 
         Raises:
             ValueError: if the positions are for another number of slots per rank, or for slots of
                 another rank.
         """
         mine = {str(self.rank * self.workers + worker) for worker in range(self.workers)}
+        state = slot_positions(state)
         for slot, position in state.items():
             # [epoch, block, shard, offset, index, batches, slots]: ints >= 0, the shard one of the slot's
             if not isinstance(position, (list, tuple)) or not all(
@@ -601,6 +631,19 @@ class StreamingBatches(IterableDataset):
                 )
         self._start = {slot: list(position) for slot, position in state.items()}
         self._rotation = sum(position[5] for position in self._start.values()) % self.workers
+
+    def changed_shards(self, state: dict) -> Optional[tuple[int, int]]:
+        """``(recorded, now)`` when the number of shards differs from the one a checkpointed ``state`` (the
+        loop's merged batch positions) records; None when it does not or nothing is recorded.
+
+        Every epoch deals a permutation of the shards seeded by their number, and positions name a slot's
+        shards by their place in it: on a shard list that grew or shrank, a restarted slot would read other
+        shards from other offsets (some twice in the epoch, others never). A recipe refuses such a resume.
+        """
+        recorded = state.get(STREAM_SHARDS) if isinstance(state, dict) else None
+        if not isinstance(recorded, int) or recorded == len(self.urls):
+            return None
+        return recorded, len(self.urls)
 
     def _shard(self, slot: int, epoch: int, number: int) -> Optional[str]:
         """URL of the slot's ``number``-th shard of ``epoch``; None past its last."""
@@ -770,7 +813,8 @@ class StreamingBatches(IterableDataset):
         text, json_key = _text_of(members, self.text_extensions, self.json_text_key)
         missing = [name for name, data in (("image", image), ("text", text)) if name in self.require and data is None]
         if missing:
-            raise BadSample(where, f"{where}: no {' and no '.join(missing)} member")
+            known = {*self.image_extensions, *self.text_extensions, "json"}
+            raise BadSample(where, f"{where}: {missing_members(missing, (e for e in members if e not in known))}")
         return Sample(
             image=read_image(io.BytesIO(image), where, where, self.max_pixels) if "image" in self.require else None,
             text=text_member(text, json_key, where, where) if "text" in self.require else None,
@@ -802,6 +846,9 @@ class StreamingBatches(IterableDataset):
         errors: list = []
         recorded: set = set()  # each unusable sample and shard once per run (shards are read every epoch)
         reads = self._samples(slot, position, errors)
+        # every batch gives the number of shards and the mixed-in sources' sizes, which a resumed run checks
+        # (changed_shards, MixedBatches.changed_sizes)
+        sizes = {STREAM_SHARDS: len(self.urls), **({} if self.mixed is None else {SOURCE_SIZES: self.mixed.sizes})}
 
         def record(skipped: list, index: str, reason: str) -> None:
             if index not in recorded:
@@ -816,9 +863,8 @@ class StreamingBatches(IterableDataset):
                 if self.mixed.kind(step) != self.kind:  # a step of a step-indexed kind
                     item = self.mixed[step]
                     batches += 1
-                    yield StreamBatch(
-                        item.batch, item.kind, item.skipped, {str(slot): [*where, batches, self.workers]}, []
-                    )
+                    position = {**sizes, str(slot): [*where, batches, self.workers]}
+                    yield StreamBatch(item.batch, item.kind, item.skipped, position, [])
                     continue
             samples, seeds, keys, skipped, bad_in_a_row = [], [], [], [], 0
             while len(samples) < self.batch_size:
@@ -843,7 +889,13 @@ class StreamingBatches(IterableDataset):
             batch = self.collator(
                 self.kind, samples, seeds, another=lambda row, seed, read, rows=samples: _another(rows, row, seed, read)
             )
-            yield StreamBatch(batch, self.kind, skipped, {str(slot): [*where, batches, self.workers]}, keys)
+            yield StreamBatch(batch, self.kind, skipped, {**sizes, str(slot): [*where, batches, self.workers]}, keys)
+
+
+def slot_positions(position: dict) -> dict:
+    """The slots' positions of a batch's (or a checkpoint's merged) ``position``, without the sizes it
+    gives (:data:`STREAM_SHARDS`, :data:`~torchflava.data.mixing.SOURCE_SIZES`)."""
+    return {key: value for key, value in position.items() if key not in (STREAM_SHARDS, SOURCE_SIZES)}
 
 
 def _sample_name(url: str, raw: dict) -> str:
