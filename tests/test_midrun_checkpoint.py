@@ -97,3 +97,55 @@ def test_bad_checkpoints_are_refused_in_one_line(run, tmp_path):
     (empty / "checkpoints").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="has no export \\(model/\\) and no complete, intact checkpoint"):
         load_pretrained(empty)
+
+
+# the other family's model section (debug sizes), to give a checkpoint the config of a model its weights are not
+_TOWERS = {"layers": 1, "heads": 2, "mlp_dim": 64}
+OTHER_SECTION = {
+    "flava": {
+        "embed_dim": 16,
+        "image_size": 32,
+        "patch_size": 8,
+        "context_length": 24,
+        "vision_width": 32,
+        "text_width": 32,
+        **{f"{t}_{k}": v for t in ("vision", "text") for k, v in _TOWERS.items()},
+    },
+    "clip": {
+        "image_size": 32,
+        "patch_size": 8,
+        "max_seq_len": 32,
+        "projection_dim": 32,
+        **{
+            f"{t}_{k}": v
+            for t in ("image", "text", "multimodal")
+            for k, v in {"embed_dim": 32, "num_layers": 1, "num_heads": 2, "mlp_dim": 64}.items()
+        },
+    },
+}
+
+
+def _with_config(run, tmp_path, edit) -> object:
+    """A copy of ``run``'s last checkpoint whose recorded config ``edit`` changed, its manifest rewritten."""
+    import yaml
+
+    from torchflava.training.integrity import write_marker
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("model"))
+    checkpoint = copy / "checkpoints" / STEP
+    config = yaml.safe_load((checkpoint / "config.yaml").read_text())
+    edit(config)
+    (checkpoint / "config.yaml").write_text(yaml.safe_dump(config))
+    write_marker(checkpoint, 2, 1)
+    return checkpoint
+
+
+def test_a_checkpoint_of_another_model_or_recipe_is_refused_naming_it(run, tmp_path):
+    family = "clip" if "vision_width" in (run / "config.yaml").read_text() else "flava"
+    checkpoint = _with_config(run, tmp_path / "other", lambda c: c.update(model=OTHER_SECTION[family]))
+    with pytest.raises(ValueError, match=rf"^checkpoint: {checkpoint}: its weights do not fit its run's \w+ model \("):
+        load_pretrained(checkpoint)
+    finetune = _with_config(run, tmp_path / "finetune", lambda c: c["model"].update(modality="text"))
+    with pytest.raises(ValueError, match=r"expected the model section of a FLAVA or CLIP pretraining run .*'modality'"):
+        load_pretrained(finetune)

@@ -695,16 +695,29 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
         )
     tokenizer = checkpoint_tokenizer(CheckpointLayout(weights=checkpoint, kwargs={}, directory=run, family=family))
     tokenizer.model_max_length = data.get("max_text_length")  # the length it trained at: the export's default
+    try:  # a value the builder refuses: named with the file that states it
+        kwargs, image_transform = _run_arguments(family, section, tokenizer)
+        with torch.device("meta"):  # and checked by the builder, no memory used
+            BUILDERS[family](**kwargs)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"checkpoint: {config_file}: {first_line(error)}") from None
+    return family, kwargs, tokenizer, image_transform
+
+
+def _run_arguments(family: str, section: dict, tokenizer) -> tuple[dict, ImageTransform]:
+    """The builder's arguments and the evaluation transform of a run whose config's model section is
+    ``section`` and whose tokenizer is ``tokenizer``, as the recipe's export records them."""
+    stated = {k: v for k, v in section.items() if k != "pretrained"}
     pretrained = section.get("pretrained")
     if family == "flava":
         kwargs = flava_model_arguments(pretrained, **stated, vocab_size=tokenizer.vocab_size)
-        return family, kwargs, tokenizer, EvalImageTransform(kwargs["image_size"])
+        return kwargs, EvalImageTransform(kwargs["image_size"])
     if pretrained is None:
         kwargs = clip_model_arguments(None, **stated, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.sep_id)
-        return family, kwargs, tokenizer, EvalImageTransform(kwargs["image_size"])
+        return kwargs, EvalImageTransform(kwargs["image_size"])
     started = read_clip_checkpoint(pretrained)  # the run's own start: its arguments and preprocessing
     kwargs = started.model_arguments(tokenizer, **stated)
-    return family, kwargs, tokenizer, checkpoint_image_transform(started.directory, image_size=kwargs["image_size"])
+    return kwargs, checkpoint_image_transform(started.directory, image_size=kwargs["image_size"])
 
 
 def load_training_checkpoint(checkpoint: Path) -> Pretrained:
