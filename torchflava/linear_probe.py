@@ -1,6 +1,7 @@
 """Linear probe of a FLAVA or CLIP checkpoint's frozen image features (the FLAVA/CLIP protocol).
 
     python -m torchflava.linear_probe --checkpoint runs/tiny --shapes
+    python -m torchflava.linear_probe --checkpoint runs/tiny/checkpoints/step_2000 --shapes  # a run's step-2000 checkpoint
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
     python -m torchflava.linear_probe --checkpoint file:///models/flava-full --shapes --batch-size 32
 
@@ -92,7 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="run, export or Hugging Face FLAVA or CLIP directory (or a file:// URL of one)",
+        help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
+        "export: its latest complete checkpoint); or a file:// URL of one",
     )
     parser.add_argument("--shapes", action="store_true", help="the built-in shapes task")
     parser.add_argument("--train")

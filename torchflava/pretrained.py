@@ -3,7 +3,12 @@ commands start from.
 
 Understood layouts (all local paths; nothing is downloaded):
 
-* a run directory of ``examples/flava/train.py`` or ``examples/clip/train.py`` (it holds ``model/``),
+* a run directory of ``examples/flava/train.py`` or ``examples/clip/train.py`` (it holds ``model/``;
+  a run without it, e.g. killed before its export: its newest complete and intact training checkpoint),
+* one of its training checkpoints, ``<run>/checkpoints/step_<N>`` (``step_<N>`` with N unpadded will do):
+  the model weights alone, verified as a resume verifies them (no pickle runs; the shards of every rank
+  gathered), built with the architecture, tokenizer, text length and preprocessing its export would have
+  (the run's ``config.yaml`` and the tokenizer files the run writes at its start),
 * its ``model/`` directory: ``*.safetensors`` weights, ``backbone_config.json`` (the
   ``flava_model`` arguments) or ``clip_config.json`` (the ``clip_model`` arguments), ``vocab.txt``
   with ``tokenizer_config.json``, and ``preprocessor_config.json`` (the recipe's evaluation
@@ -40,10 +45,12 @@ import inspect
 import json
 import os
 from pathlib import Path
+import sys
 from typing import Callable, ContextManager, NamedTuple, Optional, Union
 import warnings
 
 import torch
+import yaml
 
 from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.tokenizer import WordPieceTokenizer
@@ -63,8 +70,11 @@ from torchflava.models.clip.convert_weights import (
     directory_config,
     file_config,
 )
+from torchflava.models.flava import flava_model_arguments, load_flava_weights
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
+from torchflava.training.checkpointing import CONFIG, CheckpointManager, read_model_weights
+from torchflava.training.integrity import MARKER, CheckpointIntegrityError, damage
 from torchflava.utils.architecture import export_files, layout_of
 from torchflava.utils.checkpoint import (
     check_regular_file,
@@ -259,6 +269,52 @@ def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
         return path.parent
     # (exists, not is_file: a FIFO or folder named so is refused as such by checkpoint_layout)
     return path / "model" if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS) else path
+
+
+def training_checkpoint(path: Path) -> Optional[Path]:
+    """The training checkpoint (``<run>/checkpoints/step_<N>``) that ``path`` names, or None where it names none.
+
+    A ``step_<N>`` directory, or a directory holding DCP's ``.metadata`` or a ``COMPLETE`` marker, is one
+    (``step_<N>`` with N unpadded names the checkpoint of that step); a run directory without an export
+    (``model/``) but with ``checkpoints/`` names its newest complete checkpoint whose files all match their
+    manifest, said in one line on stderr (with any newer one passed over as damaged).
+
+    Raises:
+        FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), or a run
+            directory without an export whose checkpoints are all incomplete or damaged.
+    """
+    step = path.name.removeprefix("step_")
+    if path.name.startswith("step_") and step.isdigit() and not path.exists():
+        found = CheckpointManager(path.parent).complete()
+        padded = next((p for p in found if int(p.name[5:]) == int(step)), None)
+        if padded is None:
+            steps = ", ".join(str(int(p.name[5:])) for p in found) or "none"
+            raise FileNotFoundError(
+                f"checkpoint: {path} does not exist (complete checkpoints in {path.parent}: {steps})"
+            )
+        return padded
+    if not path.is_dir():
+        return None
+    if (path.name.startswith("step_") and step.isdigit()) or any(
+        (path / name).exists() for name in (".metadata", MARKER)
+    ):
+        return path
+    exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
+    if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _EXPORT_CONFIGS):
+        return None
+    latest, passed_over = CheckpointManager(path / "checkpoints").latest_intact()
+    if latest is None:
+        reasons = f" ({'; '.join(passed_over)})" if passed_over else ""
+        raise FileNotFoundError(
+            f"checkpoint: {path} has no export (model/) and no complete, intact checkpoint in {path / 'checkpoints'}"
+            f"{reasons}"
+        )
+    skipped = f", passing over {len(passed_over)} damaged newer one(s): {passed_over[0]}" if passed_over else ""
+    print(
+        f"checkpoint: {path} has no export (model/); evaluating its latest complete checkpoint {latest}{skipped}",
+        file=sys.stderr,
+    )
+    return latest
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
@@ -600,12 +656,105 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:
+    """What the export of the run that wrote training ``checkpoint`` would hold, from the run's files alone:
+    the model family, the builder's arguments, the tokenizer (at the text length the run trained at) and
+    the evaluation transform, as the recipes' exports write them.
+
+    The config is the one ``checkpoint`` records (digested with it), else the run's ``config.yaml``; the
+    tokenizer is the one the run writes into its directory at its start.
+
+    Raises:
+        FileNotFoundError: if neither config is there, or the run directory holds no tokenizer file.
+        ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
+            ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
+    """
+    run = checkpoint.parent.parent
+    config_file = next((f for f in (checkpoint / CONFIG, run / CONFIG) if f.is_file()), None)
+    if config_file is None:
+        raise FileNotFoundError(f"checkpoint: {checkpoint} records no {CONFIG}, and its run {run} has none either")
+    check_regular_file(config_file, f"a run's {CONFIG}")
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"checkpoint: {config_file} is not YAML ({first_line(error)})") from None
+    section = config.get("model") if isinstance(config, dict) else None
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(section, dict) or not isinstance(data, dict):
+        raise ValueError(f"checkpoint: {config_file}: expected a recipe's config with model and data sections")
+    stated = {k: v for k, v in section.items() if k != "pretrained"}
+    family = next((f for f, b in BUILDERS.items() if set(stated) <= set(inspect.signature(b).parameters)), None)
+    if family is None:
+        raise ValueError(
+            f"checkpoint: {config_file}: expected the model section of a FLAVA or CLIP pretraining run "
+            f"(flava_model's or clip_model's arguments), got keys {sorted(stated)}"
+        )
+    if not holds_tokenizer(run):
+        raise FileNotFoundError(
+            f"checkpoint: {run} (the run of {checkpoint}) has none of the tokenizer files {', '.join(TOKENIZER_FILES)}"
+        )
+    tokenizer = checkpoint_tokenizer(CheckpointLayout(weights=checkpoint, kwargs={}, directory=run, family=family))
+    tokenizer.model_max_length = data.get("max_text_length")  # the length it trained at: the export's default
+    try:  # a value the builder refuses: named with the file that states it
+        kwargs, image_transform = _run_arguments(family, section, tokenizer)
+        with torch.device("meta"):  # and checked by the builder, no memory used
+            BUILDERS[family](**kwargs)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"checkpoint: {config_file}: {first_line(error)}") from None
+    return family, kwargs, tokenizer, image_transform
+
+
+def _run_arguments(family: str, section: dict, tokenizer) -> tuple[dict, ImageTransform]:
+    """The builder's arguments and the evaluation transform of a run whose config's model section is
+    ``section`` and whose tokenizer is ``tokenizer``, as the recipe's export records them."""
+    stated = {k: v for k, v in section.items() if k != "pretrained"}
+    pretrained = section.get("pretrained")
+    if family == "flava":
+        kwargs = flava_model_arguments(pretrained, **stated, vocab_size=tokenizer.vocab_size)
+        return kwargs, EvalImageTransform(kwargs["image_size"])
+    if pretrained is None:
+        kwargs = clip_model_arguments(None, **stated, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.sep_id)
+        return kwargs, EvalImageTransform(kwargs["image_size"])
+    started = read_clip_checkpoint(pretrained)  # the run's own start: its arguments and preprocessing
+    kwargs = started.model_arguments(tokenizer, **stated)
+    return kwargs, checkpoint_image_transform(started.directory, image_size=kwargs["image_size"])
+
+
+def load_training_checkpoint(checkpoint: Path) -> Pretrained:
+    """A run's training checkpoint as :func:`load_pretrained` loads its export (fp32; :func:`run_parts`):
+    its model weights alone (:func:`~torchflava.training.checkpointing.read_model_weights`: verified,
+    every rank's shards gathered, no optimiser state read).
+
+    Raises:
+        CheckpointIntegrityError: (a ValueError) if it is incomplete, damaged or holds code.
+        FileNotFoundError, ValueError: as :func:`run_parts`, or if its weights do not fit the model.
+    """
+    reason = damage(checkpoint)  # an incomplete or damaged checkpoint is named as such, before anything is read
+    if reason is not None:
+        raise CheckpointIntegrityError(f"checkpoint: cannot read {checkpoint}: {reason}")
+    family, kwargs, tokenizer, image_transform = run_parts(checkpoint)
+    weights = read_model_weights(checkpoint, verified=True)
+    model = BUILDERS[family](**kwargs)
+    try:
+        if family == "flava":
+            load_flava_weights(model, weights)
+        else:
+            model.load_state_dict(convert_to_torchflava(weights, model))
+    except ValueError as error:
+        raise ValueError(
+            f"checkpoint: {checkpoint}: its weights do not fit its run's {family} model ({first_line(error)})"
+        ) from None
+    return Pretrained(model.eval(), tokenizer, kwargs, checkpoint, image_transform)
+
+
 def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch.float32) -> Pretrained:
     """Build the checkpoint's architecture, load its weights, tokenizer and image preprocessing.
 
     Args:
-        path (Union[str, os.PathLike]): a run, export or Hugging Face FLAVA or CLIP directory, or a
-            ``file://`` URL naming one (as the builders' ``pretrained`` takes it).
+        path (Union[str, os.PathLike]): a run, export or Hugging Face FLAVA or CLIP directory, a run's
+            training checkpoint (``<run>/checkpoints/step_<N>``: :func:`load_training_checkpoint`), or a
+            ``file://`` URL naming one (as the builders' ``pretrained`` takes it). A run directory without
+            an export is read from its newest complete, intact checkpoint (:func:`training_checkpoint`).
         dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16
             autocast with every linear weight cast, and on CPU packed, once (:func:`pack_linears`; the
             model can then no longer be trained, nor moved to another device: its parameters are
@@ -632,7 +781,11 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     """
     if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
-    layout = checkpoint_layout(local_directory(path))
+    local = local_directory(path)
+    checkpoint = training_checkpoint(Path(local)) if isinstance(local, (str, os.PathLike)) else None
+    if checkpoint is not None:
+        return inference_ready(load_training_checkpoint(checkpoint), dtype)
+    layout = checkpoint_layout(local)
     builder = BUILDERS[layout.family]
     unknown = sorted(set(layout.kwargs) - (set(inspect.signature(builder).parameters) - {"pretrained"}))
     if unknown:  # was the builder's TypeError, naming no file
@@ -650,18 +803,17 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     image_size = layout.kwargs.get("image_size") or 224  # (an int: the builder checked it)
     image_transform = checkpoint_image_transform(layout.directory, image_size=image_size)
     model = builder(pretrained=layout.weights, **layout.kwargs).eval()
+    loaded = Pretrained(model, tokenizer, layout.kwargs, layout.weights, image_transform)
+    return inference_ready(loaded, dtype)
+
+
+def inference_ready(loaded: Pretrained, dtype: torch.dtype) -> Pretrained:
+    """``loaded`` to run at ``dtype``: as it is for fp32; for bf16, every linear weight cast (and packed) once."""
     if dtype != torch.float32:  # for inference only: no parameter takes gradients any more
         if not onednn_packing_available(dtype):
             warnings.warn(
                 f"dtype={dtype}: this CPU (or PyTorch build) has no native {dtype} matmuls; slower than fp32",
-                stacklevel=2,
+                stacklevel=3,
             )
-        pack_linears(model.requires_grad_(False), dtype)
-    return Pretrained(
-        model=model,
-        tokenizer=tokenizer,
-        kwargs=layout.kwargs,
-        weights=layout.weights,
-        image_transform=image_transform,
-        dtype=dtype,
-    )
+        pack_linears(loaded.model.requires_grad_(False), dtype)
+    return loaded._replace(dtype=dtype)

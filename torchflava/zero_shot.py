@@ -1,6 +1,7 @@
 """Zero-shot image classification and image-text retrieval with a FLAVA or CLIP checkpoint.
 
     python -m torchflava.zero_shot --checkpoint runs/tiny --images DIR --classes "red circle,blue square"
+    python -m torchflava.zero_shot --checkpoint runs/tiny/checkpoints/step_2000 --images DIR --classes @classes.txt
     python -m torchflava.zero_shot --checkpoint /models/flava-full --images DIR --captions captions.jsonl
     python -m torchflava.zero_shot --checkpoint /models/flava-full --images coco --captions dataset_coco.json --split test
     python -m torchflava.zero_shot --checkpoint /models/clip-vit-base-patch32 --images DIR --classes "cat,dog"
@@ -382,7 +383,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="run, export or Hugging Face FLAVA or CLIP directory (or a file:// URL of one)",
+        help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
+        "export: its latest complete checkpoint); or a file:// URL of one",
     )
     parser.add_argument(
         "--images",

@@ -25,6 +25,7 @@ from torch import nn
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -38,6 +39,7 @@ from torchflava.training.integrity import (
     CheckpointIntegrityError,
     SafeFileSystemReader,
     SafeLoadPlanner,
+    damage,
     damage_on_every_rank,
     read_dcp_metadata,
     read_marker,
@@ -305,6 +307,46 @@ def checkpoint_step(path: Union[str, os.PathLike]) -> int:
 def checkpoint_world_size(path: Union[str, os.PathLike]) -> int:
     """The number of ranks that wrote a complete checkpoint."""
     return int(read_marker(path)["world_size"])
+
+
+def read_model_weights(path: Union[str, os.PathLike], *, verified: bool = False) -> dict[str, torch.Tensor]:
+    """The full (unsharded) model weights of checkpoint ``path``, without its optimiser state: to evaluate
+    a run at that step. Verified as a resume verifies it (every digest, DCP's metadata through the
+    allow-list, no pickle run); the shards of every rank that wrote it (DDP's copies, FSDP's slices) are
+    read into whole tensors, by DCP's own resharding. Not collective: one process reads it all.
+
+    Args:
+        path (Union[str, os.PathLike]): a ``step_<N>`` checkpoint directory.
+        verified (bool): the caller has just checked every digest (:func:`damage`): skip reading the whole
+            checkpoint a second time. The metadata allow-list and ``weights_only`` reading apply either way.
+
+    Returns:
+        dict[str, torch.Tensor]: the model's state dict (names as ``get_state_dict`` gives them, without
+        a DDP or FSDP wrapper's prefix), on the CPU.
+
+    Raises:
+        CheckpointIntegrityError: if ``path`` is not a complete checkpoint, a file does not match its
+            manifest, its metadata refers to anything but DCP's classes, or it holds no model tensors.
+    """
+    path = Path(path)
+    reason = None if verified else damage(path)
+    if reason is not None:
+        raise CheckpointIntegrityError(f"cannot read {path}: {reason}")
+    state = {}
+    for key, entry in read_dcp_metadata(path).state_dict_metadata.items():
+        if not key.startswith("model."):  # the optimiser's state is never read
+            continue
+        if not isinstance(entry, TensorStorageMetadata):
+            raise CheckpointIntegrityError(f"cannot read {path}: its model entry {key!r} is not a tensor")
+        state[key] = torch.empty(entry.size, dtype=entry.properties.dtype)  # whole: DCP fills it from every shard
+    if not state:
+        raise CheckpointIntegrityError(f"cannot read {path}: it holds no model weights")
+    with _single_process_ok():
+        try:
+            dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(allow_partial_load=True))
+        except CheckpointException as error:
+            raise unwrap_checkpoint_error(error, path) from None
+    return {key.removeprefix("model."): tensor for key, tensor in state.items()}
 
 
 def export_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:
