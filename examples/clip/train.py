@@ -35,6 +35,7 @@ import torch
 from torch import nn
 import torch.distributed as dist
 
+from torchflava.data import run_checks
 from torchflava.data.clip_tokenizer import read_tokenizer
 from torchflava.data.image_text import ImageTextCollator
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
@@ -137,7 +138,9 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    enabled: bool = True  # zero-shot and retrieval on the held-out shapes split after training
+    # zero-shot and retrieval on the held-out shapes split after training: data.source=shapes only (a run on
+    # files says so as its training starts)
+    enabled: bool = True
     batch_size: int = 128
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
 
@@ -660,7 +663,11 @@ def main(cfg: TrainConfig) -> dict:
     assert d.max_text_length is not None  # (resolved by validated, before the config was recorded)
     collator = ImageTextCollator(tokenizer, train_transform, max_text_length=d.max_text_length)
     data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
+    # a captions file or shard set that changed size since the checkpoint: refused before anything is written
+    raise_on_failed_checks(run_checks.resumed_data_checks(data, start.loop_states, {"pairs": pair_source_key(d)}))
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
+    if info.is_main and (note := run_checks.evaluation_note(d.source, cfg.eval.enabled)) is not None:
+        print(note, file=sys.stderr)  # (the evaluation scores the shapes world only: said as training starts)
 
     torch.manual_seed(t.seed)
     weights = checkpoint.weights if checkpoint is not None else None

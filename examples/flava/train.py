@@ -25,8 +25,9 @@ import torch
 from torch import nn
 import torch.distributed as dist
 
+from torchflava.data import run_checks
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
-from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report, format_data_losses
+from torchflava.data.mixing import MixedBatch, data_loss_report, format_data_losses
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import unusable_start
 from torchflava.data.shapes import ALL_SCENES, ShapesWorld
@@ -151,7 +152,9 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    enabled: bool = True  # zero-shot and retrieval on the held-out shapes split after training
+    # zero-shot and retrieval on the held-out shapes split after training: data.source=shapes only (a run on
+    # files says so as its training starts)
+    enabled: bool = True
     batch_size: int = 128
     templates: list[str] = field(default_factory=lambda: ["a {}", "a small {}", "a large {}"])
 
@@ -474,42 +477,11 @@ def build_data(
 
 
 def resumed_data_checks(d: DataConfig, data: torch.utils.data.Dataset, loop_states: Optional[list]) -> None:
-    """Refuse to resume on step-indexed sources whose number of items changed since the checkpoint (the
-    same files grown or shrunk: a caption file appended to, images added to the folder), or on streamed
-    shards whose number changed (a glob that matches more). Every pass over a source is a permutation
-    seeded by its size, and every epoch's deal of shards one seeded by their number, so the resumed run
-    would draw other items than the run it continues, seeing some of the pass twice and others never,
-    without a word. Raises ConfigError naming the key of the source."""
-    if not loop_states:
-        return
-    position = loop_states[0].get("data", {})
-    mixed = getattr(data, "mixed", data)  # (streamed pairs: the kinds mixed in by ratio)
-    changed = mixed.changed_sizes(position) if isinstance(mixed, MixedBatches) else {}
+    """Refuse to resume on sources whose number of items changed since the checkpoint, or on another
+    number of streamed shards (:func:`torchflava.data.run_checks.resumed_data_checks`: the resumed run
+    would draw other items without a word). Raises ConfigError naming the key of the source."""
     keys = {"pairs": pair_source_key(d), "images": "data.files.images_root", "texts": "data.files.texts"}
-    shards = data.changed_shards(position) if isinstance(data, StreamingBatches) else None
-    restore = "restore the data, or start a new run in another training.output_dir"
-    checks = [
-        (
-            False,
-            keys[kind],
-            f"the {was} {kind} the checkpoint was trained on, since a resumed run draws each pass over its data "
-            f"in an order seeded by its size (items of the pass would be seen twice, others never); {restore}",
-            f"{now} items",
-        )
-        for kind, (was, now) in changed.items()
-    ]
-    if shards is not None:
-        checks.append(
-            (
-                False,
-                "data.files.pairs_shards",
-                f"the {shards[0]} shards the checkpoint's stream was dealt from, since each epoch deals a "
-                f"permutation of them seeded by their number (shards of the epoch would be read twice, others "
-                f"never); {restore}",
-                f"{shards[1]} shards",
-            )
-        )
-    raise_on_failed_checks(checks)
+    raise_on_failed_checks(run_checks.resumed_data_checks(data, loop_states, keys))
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -573,6 +545,8 @@ def main(cfg: TrainConfig) -> dict:
     data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
     resumed_data_checks(cfg.data, data, start.loop_states)  # before the run directory is written, too
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
+    if info.is_main and (note := run_checks.evaluation_note(cfg.data.source, cfg.eval.enabled)) is not None:
+        print(note, file=sys.stderr)  # (the evaluation scores the shapes world only: said as training starts)
 
     torch.manual_seed(t.seed)
     model = build_model(cfg, tokenizer.vocab_size).to(info.device)

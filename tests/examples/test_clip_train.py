@@ -692,6 +692,54 @@ def test_a_resumed_run_may_not_change_which_pairs_it_reads(tmp_path):
     assert check_resume_config(tmp_path / "older.yaml", _config("data.source=files", base[1])) == []
 
 
+RESUMED = ["training.checkpoint_every=2", "optim.warmup_steps=1", "training.log_every=1"]
+
+
+def test_a_resume_on_a_captions_file_that_grew_is_refused_naming_its_key(tmp_path, capsys):
+    """Each pass over the pairs is a permutation seeded by their number: resumed on a captions file with
+    more lines, the run drew other pairs than the one it continues (some twice, others never) without a
+    word. The evaluation, which scores the shapes world only, is said to be off at the start."""
+    captions = _scenes(tmp_path / "images", 20)
+    jsonl = _jsonl(tmp_path / "pairs.jsonl", [(f"{i:02d}.png", caption) for i, caption in enumerate(captions)])
+    common = [f"training.output_dir={tmp_path / 'run'}", "data.source=files", f"data.files.pairs_captions={jsonl}"]
+    common += [f"data.files.pairs_root={tmp_path / 'images'}", *RESUMED]
+    train.main(_config(*common, "training.max_steps=2"))
+    assert capsys.readouterr().err.startswith(
+        "eval: no evaluation after this run: eval.* scores the held-out split of the built-in shapes world "
+        "(data.source=shapes), and data.source=files trains on your files (set eval.enabled=false to drop this line)\n"
+    )
+    written = jsonl.read_text()
+    jsonl.write_text(written + written.splitlines(keepends=True)[0] * 3)
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(*common, "training.max_steps=4", "training.resume=auto"))
+    assert str(caught.value).startswith(
+        "key 'data.files.pairs_captions': expected the 20 pairs the checkpoint was trained on, since a resumed run"
+    )
+    assert str(caught.value).endswith("got '23 items'")
+    assert max(_losses(tmp_path / "run")) == 2  # nothing trained
+
+
+def test_a_streamed_resume_on_more_shards_is_refused_naming_the_key(tmp_path, capsys):
+    """Each epoch deals the shards in a permutation seeded by their number: resumed on a glob that matches
+    one more, the stream read other shards from other offsets (some twice, others never) without a word."""
+    (tmp_path / "shards").mkdir()
+    for index in range(2):
+        _write_shard(tmp_path / "shards" / f"pairs-{index}.tar", 20)
+    common = [f"training.output_dir={tmp_path / 'run'}", "data.source=files", "data.streaming.enabled=true"]
+    common += [f"data.files.pairs_shards={tmp_path / 'shards'}/pairs-*.tar", "eval.enabled=false", *RESUMED]
+    train.main(_config(*common, "training.max_steps=2"))
+    assert "eval:" not in capsys.readouterr().err  # (the evaluation turned off: nothing to say)
+    _write_shard(tmp_path / "shards" / "pairs-2.tar", 20)
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(*common, "training.max_steps=4", "training.resume=auto"))
+    assert str(caught.value).startswith(
+        "key 'data.files.pairs_shards': expected the 2 shards the checkpoint's stream was dealt from, since each "
+        "epoch deals a permutation of them seeded by their number"
+    )
+    assert str(caught.value).endswith("got '3 shards'")
+    assert max(_losses(tmp_path / "run")) == 2  # nothing trained
+
+
 # ------------------------------------------------------------------------------ open_clip checkpoints
 OPEN_CLIP_RUN = [*FROM_CHECKPOINT, "data.max_text_length=16", "training.max_steps=2", "optim.warmup_steps=0"]
 OPEN_CLIP_RUN += ["training.log_every=1", "eval.enabled=false"]

@@ -536,3 +536,22 @@ def test_a_pairs_batch_larger_than_the_pairs_is_refused_before_any_work(tmp_path
         "contrastive micro-batch (global_batch_size / grad_accumulation = 16)"
     )
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_a_run_on_files_says_as_it_starts_training_that_it_is_not_evaluated(tmp_path, capsys, monkeypatch):
+    """The evaluation scores the built-in shapes world's held-out split: after a run on files it was skipped
+    without a word, eval.* keys and all. Said as training starts: not by a run refused before (its batch)."""
+    _write_pairs(tmp_path / "data")
+    files = ["data.source=files", f"data.files.pairs_root={tmp_path / 'data' / 'images'}"]
+    files += [f"data.files.pairs_captions={tmp_path / 'data' / 'captions.jsonl'}", "training.max_steps=1"]
+    files += ["optim.warmup_steps=0"]
+    with pytest.raises(train.ConfigError, match="^key 'training.global_batch_size': expected at most the 20"):
+        train.main(_config(f"training.output_dir={tmp_path / 'refused'}", *files, "training.global_batch_size=32"))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(train, "fit", lambda *args, **kwargs: pytest.fail("stopped where training starts"))
+    with pytest.raises(pytest.fail.Exception, match="stopped where training starts"):  # (the run itself: not needed)
+        train.main(_config(f"training.output_dir={tmp_path / 'run'}", *files))
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "eval: no evaluation after this run: eval.* scores the held-out split of the built-in shapes world "
+        "(data.source=shapes), and data.source=files trains on your files (set eval.enabled=false to drop this line)"
+    )

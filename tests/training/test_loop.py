@@ -840,6 +840,51 @@ def test_fit_names_an_argument_of_the_wrong_kind_before_any_work(tmp_path, chang
     assert not (tmp_path / "run").exists()
 
 
+class _RefusingStream(_Stream):
+    """A stream whose ``load_state_dict`` refuses every position with ``message``, as a stream's own does."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def load_state_dict(self, state: dict) -> None:
+        raise ValueError(self.message)
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        (  # loader workers: the one key the stream names
+            "num_workers: the checkpoint's stream positions are for 1 loader worker slot(s) per rank",
+            "key 'data.num_workers': the checkpoint's stream positions are for 1 loader worker slot(s) per rank",
+        ),
+        (  # a shard list shorter than the checkpoint's (was reported as data.num_workers, 'state: ...' kept)
+            "state: slot 0 has 3 shard(s) an epoch, its position names shard 5",
+            "key 'training.resume': expected a checkpoint whose stream positions this run's stream starts from (a "
+            "streamed run resumes on the shards and loader workers it was started with), got '{path}': slot 0 has "
+            "3 shard(s) an epoch, its position names shard 5",
+        ),
+        (  # malformed positions: the checkpoint's, not the workers'
+            "state: expected positions of 7 ints >= 0, got 5 for slot '0'",
+            "key 'training.resume': expected a checkpoint whose stream positions this run's stream starts from (a "
+            "streamed run resumes on the shards and loader workers it was started with), got '{path}': expected "
+            "positions of 7 ints >= 0, got 5 for slot '0'",
+        ),
+        (  # a stream of the user's own, its words whole
+            "bad position",
+            "key 'training.resume': expected a checkpoint whose stream positions this run's stream starts from (a "
+            "streamed run resumes on the shards and loader workers it was started with), got '{path}': bad position",
+        ),
+    ],
+)
+def test_a_refused_stream_position_names_the_key_at_fault(tmp_path, monkeypatch, message, expected):
+    monkeypatch.setattr(loop_module, "checkpoint_world_size", lambda path: 1)  # (saved by this one process)
+    path = tmp_path / "checkpoints" / "step_00000004"
+    start = RunStart(None, path, loop_states=[{"data": {"0": [0, 0, 5, 0, 0, 1, 1]}}])
+    with pytest.raises(ConfigError) as caught:
+        loop_module.restore_data_position(_RefusingStream(message), start)
+    assert str(caught.value) == expected.format(path=path)
+
+
 def _with_counts(count):
     def step(model, item):
         sums, counts = toy_sums(model, item.batch)

@@ -428,7 +428,7 @@ def fit(
         )
         window = _Window.from_state(states[0].get("window"))  # global values: rank 0's, as every rank's
         if streamed:  # checked before anything in the run directory is moved or rewritten
-            _restore_position(data, position)
+            _restore_position(data, position, resume_from)
     met = set(skipped)  # each unusable sample once: one met every epoch would grow the checkpoint each time
     # Every refusal is behind us: the run directory now describes this run.
     if _rank() == 0:
@@ -858,12 +858,13 @@ def restore_data_position(data: Dataset, start: RunStart) -> None:
     A no-op for a fresh run or step-indexed data.
 
     Raises:
-        ConfigError: naming ``training.resume`` (another number of ranks) or ``data.num_workers``.
+        ConfigError: naming ``training.resume`` (another number of ranks, or positions the stream refuses:
+            malformed, or for a shorter shard list) or ``data.num_workers`` (another number of workers).
     """
     if start.resume_from is None or not start.loop_states or not isinstance(data, IterableDataset):
         return
     _check_stream_world(start.resume_from)
-    _restore_position(data, dict(start.loop_states[0].get("data", {})))
+    _restore_position(data, dict(start.loop_states[0].get("data", {})), start.resume_from)
 
 
 def _check_stream_world(path: Path) -> None:
@@ -876,12 +877,26 @@ def _check_stream_world(path: Path) -> None:
         )
 
 
-def _restore_position(data: IterableDataset, position: dict) -> None:
-    """``data.load_state_dict(position)``, a refusal named as the key at fault."""
+def _restore_position(data: IterableDataset, position: dict, path: Path) -> None:
+    """``data.load_state_dict(position)`` (the position of checkpoint ``path``), a refusal named as the key
+    at fault.
+
+    A stream's ValueError names the argument it refuses first: ``num_workers`` (positions for another
+    number of loader workers) is ``data.num_workers``; anything else (``state``: positions that are
+    malformed, or name a shard past a slot's last, as on a shard list shorter than the checkpoint's) is
+    the checkpoint, ``training.resume``, with the stream's reason.
+    """
     try:
         data.load_state_dict(position)
     except ValueError as error:
-        raise ConfigError(f"key 'data.num_workers': {str(error).removeprefix('num_workers: ')}") from None
+        argument, _, reason = str(error).partition(": ")
+        if argument == "num_workers":
+            raise ConfigError(f"key 'data.num_workers': {reason}") from None
+        reason = reason if argument == "state" else str(error)
+        raise ConfigError(
+            f"key 'training.resume': expected a checkpoint whose stream positions this run's stream starts from "
+            f"(a streamed run resumes on the shards and loader workers it was started with), got '{path}': {reason}"
+        ) from None
 
 
 def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
