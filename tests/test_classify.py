@@ -622,3 +622,16 @@ def test_an_export_from_before_the_inputs_file_reads_single_texts_and_a_bad_one_
         ValueError, match=r"classifier_inputs.json: expected the key sentence_pairs alone, got \['pairs'\]"
     ):
         load_classifier(copy)
+
+
+def test_an_export_refuses_sentence_pairs_that_are_no_bool_or_for_a_head_reading_no_text(image_run, tmp_path):
+    out, _ = image_run
+    c = load_classifier(out)
+    kwargs = dict(backbone_kwargs=c.backbone_kwargs, tokenizer=c.tokenizer, image_transform=c.image_transform)
+    with pytest.raises(
+        ValueError, match="^sentence_pairs: a head of modality 'image' reads no text, got sentence_pairs=True$"
+    ):
+        export_classifier(c.model, tmp_path / "a", sentence_pairs=True, **kwargs)
+    with pytest.raises(TypeError, match="^sentence_pairs must be True or False, got int 1$"):
+        export_classifier(c.model, tmp_path / "b", sentence_pairs=1, **kwargs)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
