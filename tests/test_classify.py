@@ -554,6 +554,9 @@ def pair_run(pretrained, tmp_path_factory):
         "data.text_columns=[question,sentence]",
         "data.labels=[large,small]",
         "data.max_text_length=16",
+        "training.max_steps=4",
+        "training.checkpoint_every=4",
+        "optim.warmup_steps=1",
     )
     return out / "run", report, pairs, labels
 
