@@ -533,3 +533,108 @@ def test_folders_naming_no_class_get_a_warning_and_named_ones_a_mean_per_class_a
         "warning" not in result
         and f"mean per class {100 * result['mean_per_class_accuracy']:.1f}%" in capsys.readouterr().out
     )
+
+
+@pytest.fixture(scope="module")
+def pair_run(pretrained, tmp_path_factory):
+    """A sentence-pair task (is the first caption's shape large?) fine-tuned on BERT's two segments."""
+    out = tmp_path_factory.mktemp("pair_run")
+    world = ShapesWorld("texts", 40, image_size=32, seed=3)
+    pairs = [(world.caption(i), world.caption(39 - i)) for i in range(40)]
+    labels = [world.scene(i).size for i in range(40)]
+    tsv = "question\tsentence\tlabel\n" + "".join(f"{a}\t{b}\t{y}\n" for (a, b), y in zip(pairs, labels))
+    (out / "train.tsv").write_text(tsv)
+    (out / "dev.tsv").write_text(tsv)
+    report = _finetune(
+        pretrained,
+        out / "run",
+        "data.task=glue",
+        f"data.train={out / 'train.tsv'}",
+        f"data.val={out / 'dev.tsv'}",
+        "data.text_columns=[question,sentence]",
+        "data.labels=[large,small]",
+        "data.max_text_length=16",
+        "training.max_steps=4",
+        "training.checkpoint_every=4",
+        "optim.warmup_steps=1",
+    )
+    return out / "run", report, pairs, labels
+
+
+def test_a_sentence_pair_classifier_records_its_pairs_and_scores_them_as_fine_tuning_read_them(pair_run, text_run):
+    """The export of a pair task read pairs as one text joined by " [SEP] " (token type 0): now it records
+    them and encodes each pair as the collator did, so its scores give the run's validation accuracy."""
+    run, report, pairs, labels = pair_run
+    assert json.loads((run / "model" / "classifier_inputs.json").read_text()) == {"sentence_pairs": True}
+    assert "sentence_pairs: true\n" in (run / "config.yaml").read_text()
+    classifier = load_classifier(run)
+    assert classifier.sentence_pairs and classifier.tokenizer.model_max_length == 16
+    scores = classifier.scores(texts=pairs)
+    truth = torch.tensor([classifier.labels.index(y) for y in labels])
+    accuracy = (scores.argmax(dim=1) == truth).float().mean().item()
+    assert accuracy == pytest.approx(report["validation"]["accuracy"], abs=1e-6)
+    ids, mask, types = classifier.tokenizer.encode_pairs([a for a, _ in pairs], [b for _, b in pairs])
+    assert types.sum() > 0 and ids.shape[1] <= 16
+    with torch.no_grad():
+        logits = classifier.model(text=ids, text_attention_mask=mask, token_type_ids=types).logits
+        joined_ids, joined_mask = classifier.tokenizer([f"{a} [SEP] {b}" for a, b in pairs])
+        joined = classifier.model.cls_state(text=joined_ids, text_attention_mask=joined_mask)
+        paired = classifier.model.cls_state(text=ids, text_attention_mask=mask, token_type_ids=types)
+    torch.testing.assert_close(scores, logits.softmax(dim=-1))
+    assert (joined - paired).abs().max() > 1e-3  # the old encoding (token types 0) reads other states
+    with pytest.raises(TypeError, match=r"got a single text 'a red circle' at texts\[0\]"):
+        classifier.scores(texts=["a red circle"])
+    single_run, _, texts = text_run
+    assert json.loads((single_run / "model" / "classifier_inputs.json").read_text()) == {"sentence_pairs": False}
+    assert not load_classifier(single_run).sentence_pairs
+
+
+def test_the_command_reads_a_pair_as_two_tab_separated_sentences_and_refuses_a_single_text(pair_run, tmp_path, capsys):
+    run, _, pairs, _ = pair_run
+    (tmp_path / "more.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs[1:3]))
+    capsys.readouterr()
+    result = main(["--checkpoint", str(run), "--text", "\t".join(pairs[0]), f"@{tmp_path / 'more.tsv'}"])
+    assert [(p["text"], p["text_pair"]) for p in result["predictions"]] == pairs[:3]
+    expected = load_classifier(run).scores(texts=pairs[:3])
+    for record, row in zip(result["predictions"], expected):
+        assert record["top"][0][1] == pytest.approx(float(row.max()), abs=1e-6)
+    assert capsys.readouterr().out.splitlines()[0].startswith("\t".join(pairs[0]) + "\t")
+    for text, fields in ((pairs[0][0], "1 field"), ("a\tb\tc", "3 fields"), ("a\t ", "2 fields")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(run), "--text", text])
+        assert exit_.value.code == 2
+        assert (
+            "argument --text: this classifier was fine-tuned on sentence pairs: expected each text as its two "
+            f"sentences separated by a tab, got {text!r} ({fields})"
+        ) in capsys.readouterr().err
+
+
+def test_an_export_from_before_the_inputs_file_reads_single_texts_and_a_bad_one_is_named(pair_run, tmp_path):
+    run, _, _, _ = pair_run
+    copy = tmp_path / "model"
+    shutil.copytree(run / "model", copy)
+    (copy / "classifier_inputs.json").unlink()  # an export from before: trained on pairs joined by [SEP]
+    assert not load_classifier(copy).sentence_pairs
+    (copy / "classifier_inputs.json").write_text('{"sentence_pairs": "yes"}')
+    with pytest.raises(
+        ValueError, match=r"classifier_inputs.json: sentence_pairs must be True or False, got str 'yes'"
+    ):
+        load_classifier(copy)
+    (copy / "classifier_inputs.json").write_text('{"pairs": true}')
+    with pytest.raises(
+        ValueError, match=r"classifier_inputs.json: expected the key sentence_pairs alone, got \['pairs'\]"
+    ):
+        load_classifier(copy)
+
+
+def test_an_export_refuses_sentence_pairs_that_are_no_bool_or_for_a_head_reading_no_text(image_run, tmp_path):
+    out, _ = image_run
+    c = load_classifier(out)
+    kwargs = dict(backbone_kwargs=c.backbone_kwargs, tokenizer=c.tokenizer, image_transform=c.image_transform)
+    with pytest.raises(
+        ValueError, match="^sentence_pairs: a head of modality 'image' reads no text, got sentence_pairs=True$"
+    ):
+        export_classifier(c.model, tmp_path / "a", sentence_pairs=True, **kwargs)
+    with pytest.raises(TypeError, match="^sentence_pairs must be True or False, got int 1$"):
+        export_classifier(c.model, tmp_path / "b", sentence_pairs=1, **kwargs)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written

@@ -1,7 +1,7 @@
 """Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs.
 
     python -m torchflava.classify --checkpoint runs/finetune --images photos/
-    python -m torchflava.classify --checkpoint runs/qnli --text "Is it red? [SEP] The ball is red." @more.txt
+    python -m torchflava.classify --checkpoint runs/qnli --text $'Is it red?\tThe ball is red.' @more.tsv
     python -m torchflava.classify --checkpoint runs/vqa --images coco/ --captions questions.jsonl --top-k 3
 
 A fine-tuning run (``examples/flava/finetune.py``) exports its model with :func:`export_classifier`
@@ -9,14 +9,15 @@ into ``model/``: the weights (``flava_classification.safetensors``), the backbon
 (``backbone_config.json``), the head's (``classification_config.json``: the arguments of
 :func:`~torchflava.models.flava_model_for_classification`), the class names (``labels.json``, one
 per output; none for a regression), the tokenizer with the text length it was trained at, and the
-image preprocessing it was trained with. :func:`load_classifier` builds it back from that directory
+image preprocessing it was trained with, and whether its texts are sentence pairs
+(``classifier_inputs.json``). :func:`load_classifier` builds it back from that directory
 (or the run directory above it). The directory is also a FLAVA export for everything that takes one
 (``load_pretrained``, ``flava_model(pretrained=...)``, the zero-shot command, a further fine-tuning):
 the backbone loads from it, the head's weights are skipped as a pretraining head's are.
 
 The command feeds the encoder the head reads: images (``--images DIR``), texts (``--text``, a text or
-``@FILE`` of one a line; a sentence pair as its two sentences joined by `` [SEP] ``, as fine-tuning
-read it) or image-text pairs
+``@FILE`` of one a line; for a classifier fine-tuned on sentence pairs, each its two sentences separated
+by a tab, encoded as fine-tuning read them: BERT's two segments) or image-text pairs
 (``--images DIR --captions FILE``: any captions file the zero-shot command reads). It prints each
 input's top classes with their probabilities (softmax; a sigmoid per class for a multi-label head such
 as VQA's; the predicted values of a regression) and, when images lie in sub-folders named after the
@@ -72,6 +73,9 @@ from torchflava.zero_shot import folder_labels, unmatched_folders_warning
 
 CLASSIFIER_CONFIG = "classification_config.json"  # flava_model_for_classification's arguments
 LABELS_FILE = "labels.json"  # the class names, in output order
+# what its text inputs are: {"sentence_pairs": true} for a head fine-tuned on sentence pairs; none (an
+# export from before the file) reads single texts
+INPUTS_FILE = "classifier_inputs.json"
 CLASSIFIER_WEIGHTS = "flava_classification.safetensors"
 # the arguments the config holds: the backbone has its own file, and comes loaded
 _ARGUMENTS = tuple(
@@ -130,6 +134,7 @@ def export_classifier(
     tokenizer: WordPieceTokenizer,
     image_transform: ImageTransform,
     labels: Optional[Sequence[str]] = None,
+    sentence_pairs: bool = False,
 ) -> Path:
     """Write a fine-tuned classifier that :func:`load_classifier` builds back (collective: every rank calls it).
 
@@ -142,16 +147,19 @@ def export_classifier(
             command tokenises at.
         image_transform (ImageTransform): the preprocessing of its training images.
         labels (Optional[Sequence[str]]): the class names in output order (None: ids only; a regression).
+        sentence_pairs (bool): whether it was fine-tuned on sentence pairs (two segments, token types 0
+            and 1): :meth:`Classifier.scores` then reads pairs, and refuses single texts.
 
     Returns:
         Path: ``directory``.
 
     Raises:
         TypeError, ValueError: for a model without the builder's head, ``backbone_kwargs`` that do not build
-            its backbone (the export would not load), or labels that do not name each class once — before
-            anything is written.
+            its backbone (the export would not load), labels that do not name each class once, or
+            ``sentence_pairs`` not a bool or true for a head that reads no text — before anything is written.
     """
     kwargs = classifier_arguments(model)
+    _check_sentence_pairs(sentence_pairs, kwargs["modality"], "sentence_pairs")
     labels = _check_labels(labels, kwargs["num_classes"], kwargs["loss"], "labels")
     _check_backbone_kwargs(backbone_kwargs, model.model)
     directory = Path(directory)
@@ -168,9 +176,19 @@ def export_classifier(
             (directory / LABELS_FILE).unlink(missing_ok=True)  # (an earlier export's names are not this head's)
         else:
             write_json(directory / LABELS_FILE, labels)
+        write_json(directory / INPUTS_FILE, {"sentence_pairs": sentence_pairs})
         write_json(directory / CLASSIFIER_CONFIG, kwargs, allow_nan=True)  # last: the export is whole
     barrier()
     return directory
+
+
+def _check_sentence_pairs(value: object, modality: str, name: str) -> bool:
+    """``value``; TypeError naming ``name`` unless a bool, ValueError if true for a head that reads no text."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r:.40}")
+    if value and modality == "image":
+        raise ValueError(f"{name}: a head of modality 'image' reads no text, got sentence_pairs=True")
+    return value
 
 
 def _check_backbone_kwargs(backbone_kwargs: object, backbone: nn.Module) -> None:
@@ -212,6 +230,7 @@ class Classifier(NamedTuple):
         backbone_kwargs (dict): the :func:`~torchflava.models.flava_model` arguments.
         weights (Path): the weights file.
         dtype (torch.dtype): the precision it runs in (:meth:`precision`).
+        sentence_pairs (bool): whether its texts are sentence pairs (fine-tuned on two segments).
     """
 
     model: FLAVAForClassification
@@ -222,6 +241,7 @@ class Classifier(NamedTuple):
     backbone_kwargs: dict
     weights: Path
     dtype: torch.dtype = torch.float32
+    sentence_pairs: bool = False
 
     def precision(self) -> ContextManager:
         """bf16 autocast for a bf16 classifier, else nothing."""
@@ -245,18 +265,20 @@ class Classifier(NamedTuple):
         Args:
             images (Optional[Iterable]): PIL images (modalities image and multimodal): a list, a tuple, a
                 generator... (not a set: the order pairs images with texts).
-            texts (Optional[Iterable[str]]): texts (modalities text and multimodal), the i-th paired with
-                the i-th image; a sentence pair as its sentences joined by `` [SEP] `` (as fine-tuning reads
-                one), tokenised at the tokenizer's ``model_max_length``.
+            texts (Optional[Iterable]): texts (modalities text and multimodal), the i-th paired with the
+                i-th image, tokenised at the tokenizer's ``model_max_length``: str, or for a classifier
+                fine-tuned on sentence pairs (:attr:`sentence_pairs`) (first, second) tuples of str, encoded
+                as fine-tuning read them (BERT's two segments, truncated longest first).
 
         Raises:
-            TypeError: if ``images`` are not an ordered iterable of PIL images or ``texts`` of str.
+            TypeError: if ``images`` are not an ordered iterable of PIL images, or ``texts`` of str (of
+                pairs of str for a sentence-pair classifier).
             ValueError: if an input the head needs is missing or one it does not read is given, none is
                 given, or images and texts differ in number.
         """
         given = {
             "image": _inputs("images", images, Image.Image, "PIL images"),
-            "text": _inputs("texts", texts, str, "str"),
+            "text": self._texts(texts),
         }
         images, texts = given["image"], given["text"]
         wanted = {name for name, values in given.items() if values is not None}
@@ -275,7 +297,12 @@ class Classifier(NamedTuple):
         inputs = {}
         if images is not None:
             inputs["image"] = torch.stack([self.image_transform(image) for image in images])
-        if texts is not None:
+        if texts is not None and self.sentence_pairs:
+            firsts, seconds = [first for first, _ in texts], [second for _, second in texts]
+            inputs["text"], inputs["text_attention_mask"], inputs["token_type_ids"] = self.tokenizer.encode_pairs(
+                firsts, seconds
+            )
+        elif texts is not None:
             inputs["text"], inputs["text_attention_mask"] = self.tokenizer(texts)
         device = next(self.model.parameters()).device  # (a model moved to an accelerator: its inputs follow)
         inputs = {name: value.to(device) for name, value in inputs.items()}
@@ -284,6 +311,21 @@ class Classifier(NamedTuple):
         if self.model.loss == "cross_entropy":
             return logits.softmax(dim=-1)
         return logits.sigmoid() if self.model.loss == "binary_cross_entropy" else logits
+
+    def _texts(self, texts: Optional[Iterable]) -> Optional[list]:
+        """``texts`` as a list (:func:`_inputs`), each a (first, second) tuple of str for a sentence-pair
+        classifier: TypeError naming the first that is not (a single text the classifier never read)."""
+        if not self.sentence_pairs:
+            return _inputs("texts", texts, str, "str")
+        texts = _inputs("texts", texts, object, "(first, second) sentence pairs")
+        for index, pair in enumerate(texts or ()):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                what = "a single text" if isinstance(pair, str) else type(pair).__name__
+                raise TypeError(
+                    f"texts must be (first, second) tuples of str (this classifier was fine-tuned on sentence "
+                    f"pairs), got {what} {pair!r:.60} at texts[{index}]"
+                )
+        return texts
 
 
 def _inputs(name: str, values: Optional[Iterable], kind: type, what: str) -> Optional[list]:
@@ -309,6 +351,7 @@ class ClassifierConfig(NamedTuple):
     file: Path  # classification_config.json
     kwargs: dict  # flava_model_for_classification's arguments
     labels: Optional[list[str]]  # labels.json's class names, None without one
+    sentence_pairs: bool = False  # classifier_inputs.json's: its texts are sentence pairs
 
     @property
     def modality(self) -> str:
@@ -346,7 +389,8 @@ def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
     _check_head_weights(layout.weights, head, config_file)
     labels_file = layout.directory / LABELS_FILE
     labels = _read_labels(labels_file, kwargs) if labels_file.exists() else None
-    return ClassifierConfig(layout=layout, file=config_file, kwargs=kwargs, labels=labels)
+    pairs = _read_sentence_pairs(layout.directory / INPUTS_FILE, kwargs.get("modality") or "multimodal")
+    return ClassifierConfig(layout=layout, file=config_file, kwargs=kwargs, labels=labels, sentence_pairs=pairs)
 
 
 def _meta_backbone(layout: CheckpointLayout) -> FLAVAModel:
@@ -415,6 +459,7 @@ def load_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float3
         backbone_kwargs=layout.kwargs,
         weights=layout.weights,
         dtype=dtype,
+        sentence_pairs=config.sentence_pairs,
     )
 
 
@@ -427,6 +472,20 @@ def _head_tensors(weights: Path) -> dict[str, Tensor]:
         with safe_open(str(weights), framework="pt") as handle:
             tensors = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith("classifier.")}
     return {key.removeprefix("classifier."): v for key, v in tensors.items() if key.startswith("classifier.")}
+
+
+def _read_sentence_pairs(path: Path, modality: str) -> bool:
+    """``classifier_inputs.json``'s ``sentence_pairs`` (false without the file: an export from before it,
+    whose texts were single, a pair joined by [SEP]); ValueError naming the file for another content."""
+    if not path.exists():
+        return False
+    inputs = read_json_object(path)
+    if set(inputs) != {"sentence_pairs"}:
+        raise ValueError(f"classifier: {path}: expected the key sentence_pairs alone, got {sorted(inputs)}")
+    try:
+        return _check_sentence_pairs(inputs["sentence_pairs"], modality, f"classifier: {path}: sentence_pairs")
+    except TypeError as error:
+        raise ValueError(first_line(error)) from None
 
 
 def _read_labels(path: Path, kwargs: dict) -> list[str]:
@@ -467,7 +526,9 @@ def _chunks(args: argparse.Namespace, folder: Optional[Union[ImageFolder, ImageT
     else:
         for start in range(0, len(args.text), size):
             texts = args.text[start : start + size]
-            yield [{"text": text} for text in texts], None, texts
+            # (a sentence pair: a tuple, recorded as its two sentences)
+            records = [{"text": t} if isinstance(t, str) else {"text": t[0], "text_pair": t[1]} for t in texts]
+            yield records, None, texts
 
 
 def _relative(path: str, root: Path) -> str:
@@ -541,6 +602,21 @@ def _texts(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
     return texts
 
 
+def _sentence_pairs(texts: list[str], parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """``--text``'s texts for a classifier fine-tuned on sentence pairs: each two non-blank sentences
+    separated by a tab (a TSV line of two columns); a parser error naming the first that is not."""
+    pairs = []
+    for text in texts:
+        fields = text.split("\t")
+        if len(fields) != 2 or not all(field.strip() for field in fields):
+            parser.error(
+                "argument --text: this classifier was fine-tuned on sentence pairs: expected each text as its two "
+                f"sentences separated by a tab, got {text!r:.80} ({len(fields)} field{'s' * (len(fields) != 1)})"
+            )
+        pairs.append((fields[0], fields[1]))
+    return pairs
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m torchflava.classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -549,7 +625,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--checkpoint", required=True, help="fine-tuning run or its model/ export directory (or a file:// URL of one)"
     )
     parser.add_argument("--images", help="image folder (image classifiers; with --captions: the pairs' images)")
-    parser.add_argument("--text", nargs="+", help="texts to classify, or @FILE: a UTF-8 file of one text a line")
+    parser.add_argument(
+        "--text",
+        nargs="+",
+        help="texts to classify, or @FILE: a UTF-8 file of one text a line (a sentence-pair classifier: each its "
+        "two sentences separated by a tab)",
+    )
     parser.add_argument(
         "--captions", help="image-text pairs (multimodal classifiers): any captions file the zero-shot command reads"
     )
@@ -573,6 +654,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"argument --captions: expected a captions file, got {args.captions!r} (not a file)")
     args.text = None if args.text is None else _texts(args.text, parser)
     config = classifier_config(args.checkpoint)
+    if args.text is not None and config.sentence_pairs:
+        args.text = _sentence_pairs(args.text, parser)
     reads = {"image": "--images DIR", "text": "--text", "multimodal": "--images DIR --captions FILE"}
     given = "multimodal" if args.captions is not None else ("image" if args.images is not None else "text")
     if given != config.modality:
@@ -589,7 +672,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result = classify(classifier, args, folder)
     for record in result["predictions"]:
         # (a text holding a tab or a line break would break the columns: such a text is shown quoted)
-        shown_inputs = [record[key] for key in ("image", "text") if key in record]
+        shown_inputs = [record[key] for key in ("image", "text", "text_pair") if key in record]
         name = "\t".join(repr(text) if any(c in text for c in "\t\r\n") else text for text in shown_inputs)
         if "prediction" in record:
             shown = ", ".join(f"{value:.4g}" for value in record["prediction"])

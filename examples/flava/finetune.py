@@ -95,6 +95,11 @@ class FinetuneDataConfig:
     # null: 128, at most the checkpoint's text positions (set so before the run's config is recorded);
     # a set value must fit those positions
     max_text_length: Optional[int] = None
+    # null: whether data.text_columns names two columns (a glue sentence pair, encoded as BERT's two segments
+    # [CLS] a [SEP] b [SEP] with token types 0 and 1), set so before the run's config is recorded; a set
+    # value must say the same. Recorded so that a run from before pairs were so encoded (joined by [SEP] into
+    # one segment) is not resumed on the other encoding
+    sentence_pairs: Optional[bool] = None
     shapes_train: int = 3000
     shapes_val: int = 540
     image_size: int = 64  # shapes rendering size
@@ -114,8 +119,10 @@ class FinetuneConfig:
     def resume_ignored(self) -> set[str]:
         """Keys the training loop's resume comparison leaves to the recipe: ``data.max_text_length``, which
         :func:`text_length_resume_check` compares knowing the checkpoint's text positions (a run recorded
-        before the length was resolved states 128 where it trained at the checkpoint's fewer positions)."""
-        return {"data.max_text_length"}
+        before the length was resolved states 128 where it trained at the checkpoint's fewer positions), and
+        ``data.sentence_pairs``, which :func:`sentence_pairs_resume_check` compares (a run recorded before the
+        key existed states none: a single-text one resumes, a sentence-pair one trained on another encoding)."""
+        return {"data.max_text_length", "data.sentence_pairs"}
 
 
 # Which encoder's CLS each task can feed: its inputs are text (glue), images (image_folder, shapes) or both.
@@ -199,6 +206,19 @@ def validate(cfg: FinetuneConfig, world_size: int) -> int:
                 "null or >= 2",
                 d.max_text_length,
             ),
+            (
+                d.max_text_length is None or 3 <= d.max_text_length or not reads_sentence_pairs(d),
+                "data.max_text_length",
+                "null or >= 3 for sentence pairs ([CLS] and two [SEP])",
+                d.max_text_length,
+            ),
+            (
+                d.sentence_pairs in (None, reads_sentence_pairs(d)),
+                "data.sentence_pairs",
+                f"null or {reads_sentence_pairs(d)} (whether data.task=glue with two data.text_columns: "
+                f"{list(d.text_columns)})",
+                d.sentence_pairs,
+            ),
         ]
         + _task_checks(d)
         + _extra_val_checks(d, kind)
@@ -240,6 +260,7 @@ def resolve_defaults(cfg: FinetuneConfig, positions: int) -> None:
     the collator, the export's tokenizer, the report and the run's config.yaml (which a resume compares
     with) all hold what the run trains with."""
     cfg.model.modality = task_modality(cfg)
+    cfg.data.sentence_pairs = reads_sentence_pairs(cfg.data)
     if cfg.data.max_text_length is None:
         cfg.data.max_text_length = min(DEFAULT_TEXT_LENGTH, positions)
 
@@ -263,6 +284,38 @@ def text_length_resume_check(saved: Path, cfg: FinetuneConfig, positions: int) -
             f"with ({saved}), since a resumed run cannot change what it trains; start a new run in another "
             "training.output_dir"
         )
+
+
+def reads_sentence_pairs(d: FinetuneDataConfig) -> bool:
+    """Whether the task's items are sentence pairs: a glue task with two data.text_columns."""
+    return d.task == "glue" and len(d.text_columns) == 2
+
+
+def sentence_pairs_resume_check(saved: Path, cfg: FinetuneConfig) -> None:
+    """Refuse a resumed run whose sentence pairs the checkpoint trained on another encoding: a ``saved``
+    config.yaml without ``data.sentence_pairs`` is a run from before pairs were encoded as two segments,
+    which trained a pair task on the two sentences joined by ``[SEP]`` into one segment.
+
+    Raises:
+        ConfigError: in the training loop's form for a refused resume change, naming data.sentence_pairs.
+    """
+    from omegaconf import OmegaConf
+
+    recorded = OmegaConf.select(OmegaConf.load(saved), "data.sentence_pairs")
+    pairs = cfg.data.sentence_pairs
+    if recorded == pairs or (recorded is None and not pairs):  # (a single-text run from before: the same inputs)
+        return
+    why = ""
+    if recorded is None:
+        why = (
+            " (it was recorded before sentence pairs were encoded as two segments with token types: it trained "
+            "on each pair joined by [SEP] into one)"
+        )
+    raise ConfigError(
+        f"key 'data.sentence_pairs' ({recorded!r} -> {pairs!r}): expected the value the checkpoint was trained "
+        f"with ({saved}){why}, since a resumed run cannot change what it trains; start a new run in another "
+        "training.output_dir"
+    )
 
 
 def _task_loss_expected(d: FinetuneDataConfig) -> str:
@@ -532,6 +585,7 @@ def main(cfg: FinetuneConfig) -> dict:
     out_dir = Path(t.output_dir)
     if start.resume_from is not None:
         text_length_resume_check(trained_config(start.resume_from), cfg, positions)
+        sentence_pairs_resume_check(trained_config(start.resume_from), cfg)
 
     # the data checked before the weights are loaded
     train_source, val_source, classes = build_splits(d, cfg.model.loss)
@@ -607,6 +661,7 @@ def main(cfg: FinetuneConfig) -> dict:
         tokenizer=tokenizer,
         image_transform=collator.transform,
         labels=classes,
+        sentence_pairs=d.sentence_pairs,
     )
     # every rank evaluates (an FSDP forward needs all of them), set after set; rank 0 reports
     validation = {name: evaluate(model, source, collator, loss) for name, (_, _, source) in val_sets.items()}

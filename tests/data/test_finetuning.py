@@ -334,7 +334,7 @@ def test_glue_tsv_rows_of_another_width_are_unusable_items_naming_their_line(tmp
         header + "1\t1\t2\tWhy?\tHow?\t0\n2\t3\t4\tWhat is it?\n\n3\t5\t6\ta\tb\tc\t1\n4\t7\t8\tWho?\tWhom?\t1\n"
     )
     qqp = GlueTsv(path, ["question1", "question2"], "is_duplicate", ["0", "1"])
-    assert len(qqp) == 4 and (qqp[0], qqp[3]) == ((None, "Why? [SEP] How?", 0), (None, "Who? [SEP] Whom?", 1))
+    assert len(qqp) == 4 and (qqp[0], qqp[3]) == ((None, ("Why?", "How?"), 0), (None, ("Who?", "Whom?"), 1))
     columns = r"\['id', 'qid1', 'qid2', 'question1', 'question2', 'is_duplicate'\]"
     with pytest.raises(BadSample, match=rf"^sample 1: .*qqp.tsv line 3: expected 6 fields {columns}, got 4$"):
         qqp[1]
@@ -404,3 +404,48 @@ def test_classification_collator_uses_the_image_transform_given():
         ClassificationCollator(None, image_size=16, image_transform=ImageTransform(spec))
     with pytest.raises(TypeError, match="^image_transform must be an ImageTransform or None, got function$"):
         ClassificationCollator(None, image_size=8, image_transform=lambda image: image)
+
+
+def test_glue_sentence_pairs_batch_as_bert_tokenizer_fast_encodes_text_with_text_pair(tmp_path):
+    """A pair was one text joined by " [SEP] ": every token type 0, and a long pair cut at the end of the
+    second sentence (not longest first). Single texts keep their batch (no token types) and ids."""
+    from transformers import BertTokenizerFast
+
+    from torchflava.data.finetuning import ClassificationCollator, GlueTsv, LabeledSample
+    from torchflava.data.tokenizer import WordPieceTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "is", "it", "red", "?", "the", "ball", "a", "very", "big"]
+    (tmp_path / "vocab.txt").write_text("".join(f"{w}\n" for w in words))
+    hf = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    rows = [("is it red ?", "the ball is red"), ("is it a very very very big ball ?", "it is"), ("red", "a ball")]
+    (tmp_path / "dev.tsv").write_text("question\tsentence\tlabel\n" + "".join(f"{a}\t{b}\t1\n" for a, b in rows))
+    pairs = GlueTsv(tmp_path / "dev.tsv", ["question", "sentence"], "label", ["0", "1"])
+    assert pairs[0] == LabeledSample(None, ("is it red ?", "the ball is red"), 1)
+    collator = ClassificationCollator(
+        WordPieceTokenizer.from_vocab(tmp_path / "vocab.txt"), image_size=8, max_text_length=9
+    )
+    batch = collator("train", [pairs[i] for i in range(3)], [0, 1, 2])
+    ref = hf([a for a, _ in rows], [b for _, b in rows], truncation=True, max_length=9, padding=True)
+    assert batch["text"].tolist() == ref["input_ids"]
+    assert batch["text_attention_mask"].tolist() == ref["attention_mask"]
+    assert batch["token_type_ids"].tolist() == ref["token_type_ids"]
+    # the long first question gave up its tokens, the short answer kept "it is" (longest first)
+    assert hf.convert_ids_to_tokens(batch["text"][1].tolist()) == [
+        "[CLS]",
+        "is",
+        "it",
+        "a",
+        "very",
+        "[SEP]",
+        "it",
+        "is",
+        "[SEP]",
+    ]
+    assert batch["token_type_ids"][1].tolist() == [0] * 6 + [1] * 3
+    single = collator("train", [LabeledSample(None, a, 0) for a, _ in rows], [0, 1, 2])
+    assert set(single) == {"text", "text_attention_mask", "labels"}
+    assert single["text"].tolist() == hf([a for a, _ in rows], truncation=True, max_length=9, padding=True)["input_ids"]
+    with pytest.raises(
+        ValueError, match=r"expected a sentence pair \(2 str\) as every text of a batch or none, got \[2, 'str'\]"
+    ):
+        collator("train", [pairs[0], LabeledSample(None, "red", 0)], [0, 1])

@@ -812,3 +812,56 @@ def test_a_tokenizer_json_of_tokenizers_before_0_10_reads_as_transformers_reads_
     (tmp_path / "old" / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=r"model.type must be WordPiece, got None"):
         WordPieceTokenizer.from_directory(tmp_path / "old")
+
+
+# ------------------------------------------------------------------ sentence pairs as BERT's two segments
+
+
+def test_a_literal_sep_in_one_text_is_the_special_id_with_every_token_of_type_zero(tmp_path):
+    """What pair fine-tuning did before: the two sentences joined by " [SEP] " read as one text. The
+    literal is the special id (not "[", "sep", "]"), so only the token types (all 0) and the truncation
+    (of the joined tail) differ from BERT's pair encoding."""
+    tokenizer = WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "vocab.txt", VOCAB))
+    ids, _ = tokenizer(["a red circle [SEP] the blue circles"], max_length=32)
+    expected = ["[CLS]", "a", "red", "circle", "[SEP]", "the", "blue", "circle", "##s", "[SEP]"]
+    assert ids.tolist() == [[ID[t] for t in expected]]
+
+
+def test_sentence_pairs_are_the_ids_masks_and_token_types_bert_tokenizer_fast_gives(tmp_path):
+    vocab = write_vocab(tmp_path / "vocab.txt", VOCAB)
+    ours, hf = WordPieceTokenizer.from_vocab(vocab), BertTokenizerFast(vocab_file=str(vocab))
+    ids, mask, types = ours.encode_pairs(["a red circle"], ["the blue circles"], max_length=32)
+    expected = ["[CLS]", "a", "red", "circle", "[SEP]", "the", "blue", "circle", "##s", "[SEP]"]
+    assert ids.tolist() == [[ID[t] for t in expected]]
+    assert types.tolist() == [[0] * 5 + [1] * 5] and mask.tolist() == [[1] * 10]
+    # longest first, over lengths and limits: which side loses a token at a tie, and padding (type 0)
+    words = ["red", "blue circle", "a large red circle", "the blue circles in the middle", "a , red , blue , circle"]
+    firsts, seconds = zip(*[(a, b) for a in words for b in words])
+    for max_length in (3, 4, 5, 6, 7, 9, 12, 64):
+        ids, mask, types = ours.encode_pairs(list(firsts), list(seconds), max_length=max_length)
+        ref = hf(list(firsts), list(seconds), truncation="longest_first", max_length=max_length, padding=True)
+        assert ids.tolist() == ref["input_ids"], max_length
+        assert mask.tolist() == ref["attention_mask"], max_length
+        assert types.tolist() == ref["token_type_ids"], max_length
+    # the default length is model_max_length, and single texts stay untruncated by the pairs' encoder
+    ours.model_max_length = 6
+    assert ours.encode_pairs(["a red circle"], ["blue"])[0].tolist() == [
+        hf("a red circle", "blue", max_length=6, truncation=True)["input_ids"]
+    ]
+    assert ours(["a red circle in the middle"], max_length=32)[0].shape == (1, 8)
+
+
+@pytest.mark.parametrize(
+    "firsts, seconds, max_length, error, message",
+    [
+        (["a"], ["red"], 2, ValueError, "max_length must be an int >= 3 for sentence pairs, got 2"),
+        (["a", "red"], ["blue"], 8, ValueError, "firsts and seconds must pair up, got 2 and 1 sentences"),
+        ("a", ["red"], 8, TypeError, "firsts must be a sequence of str"),
+        (["a"], [3], 8, TypeError, r"seconds must be a sequence of str, got int at seconds\[0\]"),
+        ([], [], 8, ValueError, "firsts must not be empty"),
+    ],
+)
+def test_sentence_pairs_refuse_bad_input_naming_the_argument(tmp_path, firsts, seconds, max_length, error, message):
+    tokenizer = WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "vocab.txt", VOCAB))
+    with pytest.raises(error, match=message):
+        tokenizer.encode_pairs(firsts, seconds, max_length=max_length)

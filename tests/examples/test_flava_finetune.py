@@ -560,8 +560,10 @@ def test_every_glue_task_reads_its_distributed_files_through_its_config(export, 
                 if item is None:  # the row missing fields: an unusable item naming its line
                     with pytest.raises(BadSample, match=rf"train.tsv line {index + 2}: expected 6 fields .*, got 4$"):
                         source[index]
-                else:
-                    assert source[index] == (None, *item), task
+                else:  # (a pair's two sentences, written below as one text joined by " [SEP] ")
+                    text, label = item
+                    text = tuple(text.split(" [SEP] ")) if " [SEP] " in text else text
+                    assert source[index] == (None, text, label), task
         loss = finetune.task_losses(cfg.data)[0]
         kwargs = {**asdict(cfg.model), "pretrained": None, "loss": loss}
         model = flava_model_for_classification(
@@ -954,3 +956,49 @@ def test_a_hugging_face_checkpoint_fine_tunes_with_its_own_preprocessing_and_dro
     torch.testing.assert_close(load_classifier(run).image_transform(image), expected, atol=1e-6, rtol=0)
     backbone = json.loads((run / "model" / "backbone_config.json").read_text())
     assert (backbone["dropout"], backbone["attention_dropout"], backbone["mlp_dropout"]) == (0.1, 0.0, 0.0)
+
+
+def test_a_pair_run_recorded_before_sentence_pairs_were_two_segments_is_not_resumed_on_them(export, tmp_path):
+    """data.sentence_pairs is recorded; a config.yaml without it resumes a single-text run, and refuses a
+    pair run (it trained on the pair joined by [SEP] into one segment), naming the key; a set value must say
+    what the text columns do."""
+    from torchflava.training.config import check_resume_config, save_config
+
+    rows = [(i, f"sentence {i}", f"other {i}", "ab"[i % 2]) for i in range(12)]
+    _write_glue(tmp_path / "train.tsv", rows, ["index", "question", "sentence", "label"])
+    files = ["data.task=glue", f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'train.tsv'}"]
+    files += ["data.labels=[a,b]", f"model.pretrained={export}"]
+    for columns, pairs in (("[sentence]", False), ("[question,sentence]", True)):
+        cfg = finetune.load_config(finetune.FinetuneConfig, [*files, f"data.text_columns={columns}"])
+        finetune.resolve_defaults(cfg, finetune.validate(cfg, 1))
+        assert cfg.data.sentence_pairs is pairs
+        save_config(cfg, tmp_path / "config.yaml")
+        assert f"sentence_pairs: {str(pairs).lower()}\n" in (tmp_path / "config.yaml").read_text()
+        finetune.sentence_pairs_resume_check(tmp_path / "config.yaml", cfg)  # recorded with the key: the same
+        text = (tmp_path / "config.yaml").read_text()
+        (tmp_path / "config.yaml").write_text(
+            "".join(line for line in text.splitlines(True) if "sentence_pairs" not in line)
+        )
+        assert check_resume_config(tmp_path / "config.yaml", cfg) == []  # the recipe compares the key
+        if not pairs:
+            finetune.sentence_pairs_resume_check(tmp_path / "config.yaml", cfg)
+            continue
+        with pytest.raises(
+            finetune.ConfigError,
+            match=r"^key 'data.sentence_pairs' \(None -> True\): expected the value the checkpoint was trained with "
+            r".* \(it was recorded before sentence pairs were encoded as two segments with token types: it trained "
+            r"on each pair joined by \[SEP\] into one\)",
+        ):
+            finetune.sentence_pairs_resume_check(tmp_path / "config.yaml", cfg)
+    bad = [*files, "data.text_columns=[sentence]", "data.sentence_pairs=true"]
+    with pytest.raises(
+        finetune.ConfigError,
+        match=r"key 'data.sentence_pairs': expected null or False \(whether data.task=glue with two "
+        r"data.text_columns: \['sentence'\]\), got True",
+    ):
+        finetune.validate(finetune.load_config(finetune.FinetuneConfig, bad), 1)
+    short = [*files, "data.text_columns=[question,sentence]", "data.max_text_length=2"]
+    with pytest.raises(
+        finetune.ConfigError, match=r"key 'data.max_text_length': expected null or >= 3 for sentence pairs"
+    ):
+        finetune.validate(finetune.load_config(finetune.FinetuneConfig, short), 1)

@@ -57,12 +57,13 @@ class LabeledSample(NamedTuple):
 
     Attributes:
         image (Optional[Image.Image]): RGB image, or None.
-        text (Optional[str]): text (pairs joined by `` [SEP] ``), or None.
+        text (Optional[Union[str, tuple[str, str]]]): a text, a sentence pair (its two sentences, encoded
+            as BERT's two segments), or None.
         label (Union[int, float, Tensor]): class id, regression target, or (C,) soft scores.
     """
 
     image: Optional[Image.Image]
-    text: Optional[str]
+    text: Optional[Union[str, tuple[str, str]]]
     label: Union[int, float, Tensor]
 
 
@@ -76,7 +77,8 @@ class GlueTsv(Dataset):
 
     Args:
         path (PathLike): the ``.tsv`` file.
-        text_columns (Sequence[str]): one column, or two (a sentence pair, joined by ``[SEP]``).
+        text_columns (Sequence[str]): one column (the item's text a str), or two (a sentence pair: the
+            item's text a tuple of the two sentences).
         label_column (str): the label column.
         labels (Optional[Sequence[str]]): distinct label names in class-id order; None reads the labels
             as float regression targets (e.g. STS-B).
@@ -173,7 +175,8 @@ class GlueTsv(Dataset):
         if isinstance(item, str):
             raise BadSample(index, item)
         texts, label = item
-        return LabeledSample(None, " [SEP] ".join(checked_text(t, index) for t in texts), label)
+        texts = tuple(checked_text(t, index) for t in texts)
+        return LabeledSample(None, texts if len(texts) == 2 else texts[0], label)
 
 
 class ImageClassFolder(Dataset):
@@ -324,17 +327,21 @@ class ShapesClassification(Dataset):
 
 
 class ClassificationCollator:
-    """Samples -> ``{"image", "text", "text_attention_mask", "labels"}`` tensors (absent inputs omitted).
+    """Samples -> ``{"image", "text", "text_attention_mask", "token_type_ids", "labels"}`` tensors (absent
+    inputs omitted; ``token_type_ids`` for sentence pairs only).
 
     Images go through ``image_transform`` (the checkpoint's own preprocessing, e.g.
     :attr:`~torchflava.pretrained.Pretrained.image_transform`), else :class:`EvalImageTransform`
-    (resize, centre crop, CLIP normalisation); text is padded to the longest row. Called as the
+    (resize, centre crop, CLIP normalisation); text is padded to the longest row, a sentence pair encoded
+    as BERT's ``[CLS] a [SEP] b [SEP]`` with token types 0 and 1 and truncated longest first (what
+    ``BertTokenizerFast`` gives for ``text_pair``). Called as the
     collator of :class:`~torchflava.data.mixing.MixedBatches` (with one source).
 
     Args:
         tokenizer (Optional[WordPieceTokenizer]): needed for text inputs.
         image_size (int): model image size.
-        max_text_length (Optional[int]): most ids per text row (>= 2); None: the tokenizer's own limit.
+        max_text_length (Optional[int]): most ids per text row (>= 2; >= 3 for sentence pairs); None: the
+            tokenizer's own limit.
         image_transform (Optional[ImageTransform]): PIL image -> (3, image_size, image_size) pixels;
             None: ``EvalImageTransform(image_size)``.
 
@@ -374,7 +381,7 @@ class ClassificationCollator:
         Raises:
             TypeError: if a label is not an int, a float or a tensor.
             ValueError: if there are no samples, some have an image or a text and others not, a batch
-                mixes score tensors with numbers, or a label is not finite, a class id below 0, or a
+                mixes sentence pairs with single texts, or score tensors with numbers, or a label is not finite, a class id below 0, or a
                 score tensor not 1-D of the shape of the others.
         """
         if not samples:
@@ -392,11 +399,25 @@ class ClassificationCollator:
         if samples[0].text is not None:
             if self.tokenizer is None:
                 raise ValueError("samples have text but this ClassificationCollator was built with tokenizer=None")
-            batch["text"], batch["text_attention_mask"] = self.tokenizer(
-                [s.text for s in samples], max_length=self.max_text_length
-            )
+            batch.update(self._text(samples))
         batch["labels"] = _label_tensor([s.label for s in samples])
         return batch
+
+    def _text(self, samples: Sequence[LabeledSample]) -> dict:
+        """The text inputs of ``samples``: ids and attention mask, and token types for sentence pairs."""
+        pairs = [isinstance(s.text, tuple) for s in samples]
+        if not any(pairs):  # (no token types: a single text's numerics are those of every earlier run)
+            ids, mask = self.tokenizer([s.text for s in samples], max_length=self.max_text_length)
+            return {"text": ids, "text_attention_mask": mask}
+        if not all(pairs) or any(len(s.text) != 2 for s in samples):
+            shapes = [len(s.text) if isinstance(s.text, tuple) else "str" for s in samples]
+            raise ValueError(
+                f"samples: expected a sentence pair (2 str) as every text of a batch or none, got {shapes}"
+            )
+        ids, mask, types = self.tokenizer.encode_pairs(
+            [s.text[0] for s in samples], [s.text[1] for s in samples], max_length=self.max_text_length
+        )
+        return {"text": ids, "text_attention_mask": mask, "token_type_ids": types}
 
 
 def _label_tensor(labels: list) -> Tensor:

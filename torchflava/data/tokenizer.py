@@ -402,6 +402,63 @@ class WordPieceTokenizer:
         rows = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
         return padded_rows(rows, max_length, end_id=self.sep_id, pad_id=self.pad_id)
 
+    def encode_pairs(
+        self, firsts: Sequence[str], seconds: Sequence[str], *, max_length: Optional[int] = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Tokenise sentence pairs as BERT's two segments, ``[CLS] a [SEP] b [SEP]``, truncated longest
+        first to ``max_length`` and padded to the longest row: the ids, attention mask and token types
+        that ``BertTokenizerFast(firsts, seconds, truncation=True, max_length=..., padding=True)`` gives.
+
+        Args:
+            firsts (Sequence[str]): B first sentences (segment 0, with ``[CLS]`` and the first ``[SEP]``).
+            seconds (Sequence[str]): B second sentences (segment 1, with the last ``[SEP]``).
+            max_length (Optional[int]): most ids per row, the three special tokens included (>= 3);
+                None for ``model_max_length``.
+
+        Returns:
+            tuple[Tensor, Tensor, Tensor]: ids (B, L) long, attention mask (B, L) long (1 = token) and
+            token types (B, L) long (0 for ``[CLS] a [SEP]`` and padding, 1 for ``b [SEP]``).
+
+        Raises:
+            TypeError: if ``firsts`` or ``seconds`` is not a sequence of strings.
+            ValueError: if they are empty or differ in length, ``max_length`` < 3, or both it and
+                ``model_max_length`` are None.
+        """
+        firsts, seconds = checked_texts(firsts, "firsts"), checked_texts(seconds, "seconds")
+        if len(firsts) != len(seconds):
+            raise ValueError(f"firsts and seconds must pair up, got {len(firsts)} and {len(seconds)} sentences")
+        max_length = check_max_length(max_length, self.model_max_length)
+        if max_length < 3:  # [CLS] and two [SEP]
+            raise ValueError(f"max_length must be an int >= 3 for sentence pairs, got {max_length}")
+        check_no_surrogates(firsts + seconds)
+        encodings = self._pair_encoder(max_length).encode_batch(list(zip(firsts, seconds)))
+        # padded, not cut again: the library's truncation is transformers' (which keeps one token past
+        # max_length where a sentence reads as nothing)
+        length = max(len(e.ids) for e in encodings)
+        ids = torch.full((len(encodings), length), self.pad_id, dtype=torch.long)
+        mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            ids[row, :n] = torch.tensor(encoding.ids, dtype=torch.long)
+            types[row, :n] = torch.tensor(encoding.type_ids, dtype=torch.long)
+            mask[row, :n] = 1
+        return ids, mask, types
+
+    def _pair_encoder(self, max_length: int) -> Tokenizer:
+        """A copy of the tokenizer that makes BERT's pair template and truncates longest first to
+        ``max_length`` (made once: the library's own truncation is the one transformers applies, its
+        ties and empty sentences included; the single-text tokenizer stays untruncated)."""
+        if getattr(self, "_pairs", None) is None:
+            pairs = Tokenizer.from_str(self._tokenizer.to_str())
+            special = [("[CLS]", self.cls_id), ("[SEP]", self.sep_id)]
+            pairs.post_processor = processors.TemplateProcessing(
+                single="[CLS] $A [SEP]", pair="[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1", special_tokens=special
+            )
+            self._pairs = pairs
+        if (self._pairs.truncation or {}).get("max_length") != max_length:
+            self._pairs.enable_truncation(max_length, strategy="longest_first")
+        return self._pairs
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of one id sequence (a list, tuple or 1-D tensor of ints), special tokens dropped, ``##``
         pieces joined to the word before and, when ``clean_up_tokenization_spaces``, the spaces before
@@ -590,17 +647,18 @@ def repaired_surrogates(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def checked_texts(texts: Sequence[str]) -> list[str]:
+def checked_texts(texts: Sequence[str], name: str = "texts") -> list[str]:
     """``texts`` as a list; TypeError unless an ordered sequence of strings (a list, a tuple, a 1-D
-    numpy array: a set or a dict's keys would give rows in hash order), ValueError if empty."""
+    numpy array: a set or a dict's keys would give rows in hash order), ValueError if empty (the
+    argument named ``name``)."""
     ordered = isinstance(texts, abc.Sequence) or (type(texts).__module__ == "numpy" and getattr(texts, "ndim", 0) == 1)
     if isinstance(texts, str) or not ordered:
-        raise TypeError(f"texts must be a sequence of str (a list or tuple, in row order), got {type(texts).__name__}")
+        raise TypeError(f"{name} must be a sequence of str (a list or tuple, in row order), got {type(texts).__name__}")
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
-        raise TypeError(f"texts must be a sequence of str, got {type(texts[bad]).__name__} at texts[{bad}]")
+        raise TypeError(f"{name} must be a sequence of str, got {type(texts[bad]).__name__} at {name}[{bad}]")
     if len(texts) == 0:
-        raise ValueError("texts must not be empty")
+        raise ValueError(f"{name} must not be empty")
     return list(texts)
 
 

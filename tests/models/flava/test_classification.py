@@ -156,3 +156,49 @@ def test_bad_inputs_and_labels_name_what_is_wrong():
     assert torch.equal(model(images, labels=torch.tensor([0, 3, 1], dtype=torch.int32)).loss, expected)
     with pytest.raises(TypeError, match="backbone must be a FLAVAModel"):
         flava_model_for_classification(2, backbone="x")
+
+
+def test_sentence_pairs_read_their_token_types_as_hugging_face_flava_does(tmp_path):
+    """A pair's second segment (token type 1) reaches the text encoder in the text and multimodal heads,
+    and a Hugging Face checkpoint's text features of a pair (its processor's tokenizer with text_pair,
+    token_type_ids into FlavaModel) equal ours within 1e-4 in fp32. Before, the head took no token types."""
+    import torch.nn.functional as F
+    from transformers import FlavaProcessor
+
+    from tests.helpers import write_hf_flava
+    from torchflava.pretrained import load_pretrained
+
+    hf = write_hf_flava(tmp_path, lowercase=True)
+    processor = FlavaProcessor.from_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
+    firsts = ["a photo of the cat", "an astronaut in space", "the coffee cup ! the coffee cup !"]
+    seconds = ["the cat in space", "a woman", "a rocket"]
+    ids, mask, types = ours.tokenizer.encode_pairs(firsts, seconds, max_length=12)
+    ref = processor.tokenizer(firsts, seconds, truncation=True, max_length=12, padding=True, return_tensors="pt")
+    assert (ids.tolist(), mask.tolist(), types.tolist()) == (
+        ref["input_ids"].tolist(),
+        ref["attention_mask"].tolist(),
+        ref["token_type_ids"].tolist(),
+    )
+    assert types.sum() > 0  # a second segment in every row
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        hf_out = hf(pixel_values=images, input_ids=ids, attention_mask=mask, token_type_ids=types)
+        hf_text = F.normalize(
+            hf.get_text_features(input_ids=ids, attention_mask=mask, token_type_ids=types)[:, 0], dim=-1
+        )
+        torch.testing.assert_close(ours.model.encode_text(ids, mask, token_type_ids=types), hf_text, atol=1e-4, rtol=0)
+        for modality, states in (("text", hf_out.text_embeddings), ("multimodal", hf_out.multimodal_embeddings)):
+            model = flava_model_for_classification(2, modality=modality, backbone=ours.model).eval()
+            cls = model.cls_state(images, ids, text_attention_mask=mask, token_type_ids=types)
+            torch.testing.assert_close(cls, states[:, 0], atol=1e-4, rtol=0)
+            out = model(images, ids, text_attention_mask=mask, token_type_ids=types)
+            torch.testing.assert_close(out.logits, model.classifier(cls))
+            # the segments matter: all-zero types (the joined encoding's) give other states
+            single = model.cls_state(images, ids, text_attention_mask=mask)
+            assert (single - cls).abs().max() > 1e-3, modality
+    image_head = flava_model_for_classification(2, modality="image", backbone=ours.model)
+    with pytest.raises(
+        ValueError, match="token_type_ids: expected None for modality 'image' .no text read., got a tensor"
+    ):
+        image_head(images, token_type_ids=types)

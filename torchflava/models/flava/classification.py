@@ -73,27 +73,35 @@ class FLAVAForClassification(nn.Module):
         text: Optional[Tensor] = None,
         *,
         text_attention_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
     ) -> Tensor:
-        """The (B, D) CLS state the head reads (the encoders' final LayerNorm applied).
+        """The (B, D) CLS state the head reads (the encoders' final LayerNorm applied); ``token_type_ids``
+        reach the text encoder (a sentence pair's segments), in the text and multimodal modalities.
 
         Raises:
-            ValueError: if the inputs the modality needs are missing.
+            ValueError: if the inputs the modality needs are missing, or ``token_type_ids`` are given
+                without text or to the image modality (which would not read them).
         """
         need = {"text": ("text",), "image": ("image",), "multimodal": ("image", "text")}[self.modality]
         given = {"image": image, "text": text}
         missing = [name for name in need if given[name] is None]
         if missing:
             raise ValueError(f"modality {self.modality!r} needs {list(need)}; missing {missing}")
+        if token_type_ids is not None and "text" not in need:
+            raise ValueError(
+                f"token_type_ids: expected None for modality {self.modality!r} (no text read), got a tensor"
+            )
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         m = self.model
         if self.modality == "image":
             return m.image_encoder(image, output_positions=CLS_POSITION, return_pooled=False).last_hidden_state[:, 0]
         padding = text_padding_mask(text, text_attention_mask)
         if self.modality == "text":
             return m.text_encoder(
-                text, padding_mask=padding, output_positions=CLS_POSITION, return_pooled=False
+                text, padding_mask=padding, output_positions=CLS_POSITION, return_pooled=False, **types
             ).last_hidden_state[:, 0]
         image_states = m.image_encoder(image, return_pooled=False).prenorm_last_hidden_state
-        text_states = m.text_encoder(text, padding_mask=padding, return_pooled=False).prenorm_last_hidden_state
+        text_states = m.text_encoder(text, padding_mask=padding, return_pooled=False, **types).prenorm_last_hidden_state
         fused = m.multimodal_encoder(image_states, text_states, text_padding_mask=padding, return_pooled=False)
         return fused.last_hidden_state[:, 0]
 
@@ -103,6 +111,7 @@ class FLAVAForClassification(nn.Module):
         text: Optional[Tensor] = None,
         *,
         text_attention_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
         labels: Optional[Tensor] = None,
     ) -> ClassificationOutput:
         """Scores, and the loss when ``labels`` are given.
@@ -112,16 +121,20 @@ class FLAVAForClassification(nn.Module):
             text (Optional[Tensor]): (B, L) token ids (modalities text, multimodal).
             text_attention_mask (Optional[Tensor]): (B, L), 1 (True) = token, 0 (False) = padding: Hugging Face's
                 ``attention_mask``, the inverse of a padding mask.
+            token_type_ids (Optional[Tensor]): (B, L) segment ids of the text (a sentence pair: 0 for
+                ``[CLS] a [SEP]``, 1 for ``b [SEP]``); None: all 0, as for a single text.
             labels (Optional[Tensor]): see the class's ``loss``.
 
         Returns:
             ClassificationOutput: logits (B, num_classes) and the loss or None.
 
         Raises:
-            ValueError: if an input the modality needs is missing, or the labels do not fit the loss
+            ValueError: if an input the modality needs is missing, ``token_type_ids`` are given to a
+                modality that reads no text, or the labels do not fit the loss
                 (shape, dtype, class id out of range, score outside [0, 1]).
         """
-        logits = self.classifier(self.cls_state(image, text, text_attention_mask=text_attention_mask))
+        state = self.cls_state(image, text, text_attention_mask=text_attention_mask, token_type_ids=token_type_ids)
+        logits = self.classifier(state)
         if labels is None:
             return ClassificationOutput(logits)
         loss = self._loss(logits, labels)
