@@ -200,6 +200,21 @@ def test_positions_of_another_worker_count_are_refused(shard_dir):
         data.load_state_dict({"0": [0, 1, 0, 3, 0, 1, 1]})
 
 
+def test_positions_recorded_before_the_shard_count_was_restart_the_stream_alike(shard_dir):
+    """A checkpoint written before batches gave the number of shards holds the slots' positions alone: it
+    loads, nothing is told changed, and the stream continues as from the positions with the count."""
+    spec = str(shard_dir / "shard-*.tar")
+    reference = items(stream(spec, batch_size=3), 6)
+    position: dict = {}
+    for item in reference[:2]:
+        position.update(item.position)
+    old = slot_positions(position)
+    assert STREAM_SHARDS not in old and stream(spec).changed_shards(old) is None
+    restarted = stream(spec, batch_size=3)
+    restarted.load_state_dict(old)
+    assert [item.keys for item in items(restarted, 4)] == [item.keys for item in reference[2:]]
+
+
 def test_a_resume_on_more_workers_is_refused_as_such_before_the_shard_bound(shard_dir):
     """One worker's slot 0 dealt from all 8 shards can stand at shard 6; with 2 workers slot 0 has 4 shards an
     epoch, and the shard bound refused the position first ("state: ...", which the loop names training.resume),
