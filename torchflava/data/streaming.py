@@ -605,8 +605,10 @@ class StreamingBatches(IterableDataset):
         their positions are no slot's (a recipe checks them: :meth:`changed_shards`).
 
         Raises:
-            ValueError: if the positions are for another number of slots per rank, or for slots of
-                another rank.
+            ValueError: naming ``state`` if a position holds anything but ints >= 0; naming
+                ``num_workers`` if the positions are not 7 ints, are for another number of slots per rank,
+                or for slots of another rank; then naming ``state`` if a position names a shard past its
+                slot's last (a shard list shorter than the checkpoint's).
         """
         mine = {str(self.rank * self.workers + worker) for worker in range(self.workers)}
         state = slot_positions(state)
