@@ -346,8 +346,10 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- data
-def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
-    """The pairs / images / texts sources the ratios draw from."""
+def build_sources(cfg: DataConfig, *, resumed: bool = False) -> dict[str, torch.utils.data.Dataset]:
+    """The pairs / images / texts sources the ratios draw from. A Karpathy split file read with
+    ``files.pairs_split`` null (every split) is refused, except on a resume (``resumed``): a run started so
+    before that was refused cannot change the key on resume, and resumes on what it was trained on."""
     if cfg.source == "shapes":
         s = cfg.shapes
         sizes = {"pairs": s.num_pairs, "images": s.num_images, "texts": s.num_texts}
@@ -373,7 +375,7 @@ def build_sources(cfg: DataConfig) -> dict[str, torch.utils.data.Dataset]:
             text_key=f.pairs_text_key,
             usable=unusable_start,
         )
-        if sources["pairs"].format == "karpathy" and f.pairs_split is None:
+        if every_karpathy_split(f, sources["pairs"]) and not resumed:
             # (every split was trained on, the test images the retrieval benchmarks score among them)
             raise ConfigError(
                 "key 'data.files.pairs_split': expected the splits of the Karpathy file to train on, e.g. [train, "
@@ -509,6 +511,12 @@ def pretraining_step(model: nn.Module, item: MixedBatch) -> StepOutput:
     return StepOutput(out.loss_sums, out.loss_counts)
 
 
+def every_karpathy_split(f: FilesConfig, pairs: torch.utils.data.Dataset) -> bool:
+    """Whether ``pairs`` is a Karpathy split file read with ``pairs_split`` null: every split, the test
+    images the retrieval benchmarks score included."""
+    return getattr(pairs, "format", None) == "karpathy" and f.pairs_split is None
+
+
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
@@ -527,7 +535,13 @@ def main(cfg: TrainConfig) -> dict:
 
     # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
     # codebook from the seed).
-    sources = build_sources(cfg.data)
+    sources = build_sources(cfg.data, resumed=resume_from is not None)
+    if info.is_main and "pairs" in sources and every_karpathy_split(cfg.data.files, sources["pairs"]):
+        print(  # (a run started so before such a run was refused: resumed as it was started)
+            "data.files.pairs_split: null, this run trains on every split of the Karpathy file, its test images "
+            "included (kept on resume; a new run names the splits, e.g. [train, restval])",
+            file=sys.stderr,
+        )
     if "pairs" in sources and cfg.data.ratios.pairs > 0:  # (streamed pairs: not counted)
         raise_on_failed_checks([contrastive_data_check(t, len(sources["pairs"]), pair_source_key(cfg.data))])
     tokenizer = opened(  # a vocab.txt that does not read, or data without a usable text, names data.vocab

@@ -200,6 +200,32 @@ def test_positions_of_another_worker_count_are_refused(shard_dir):
         data.load_state_dict({"0": [0, 1, 0, 3, 0, 1, 1]})
 
 
+def test_positions_recorded_before_the_shard_count_was_restart_the_stream_alike(shard_dir):
+    """A checkpoint written before batches gave the number of shards holds the slots' positions alone: it
+    loads, nothing is told changed, and the stream continues as from the positions with the count."""
+    spec = str(shard_dir / "shard-*.tar")
+    reference = items(stream(spec, batch_size=3), 6)
+    position: dict = {}
+    for item in reference[:2]:
+        position.update(item.position)
+    old = slot_positions(position)
+    assert STREAM_SHARDS not in old and stream(spec).changed_shards(old) is None
+    restarted = stream(spec, batch_size=3)
+    restarted.load_state_dict(old)
+    assert [item.keys for item in items(restarted, 4)] == [item.keys for item in reference[2:]]
+
+
+def test_a_resume_on_more_workers_is_refused_as_such_before_the_shard_bound(shard_dir):
+    """One worker's slot 0 dealt from all 8 shards can stand at shard 6; with 2 workers slot 0 has 4 shards an
+    epoch, and the shard bound refused the position first ("state: ...", which the loop names training.resume),
+    hiding that the run was resumed on another number of loader workers (data.num_workers)."""
+    data = stream(str(shard_dir / "shard-*.tar"), num_workers=2)
+    with pytest.raises(
+        ValueError, match=r"^num_workers: .* for 1 loader worker slot\(s\) per rank \(slot 0\), .* has 2"
+    ):
+        data.load_state_dict({STREAM_SHARDS: 8, "0": [0, 7, 6, 3, 0, 7, 1]})
+
+
 @pytest.mark.parametrize(
     "position, match",
     [

@@ -349,6 +349,39 @@ def test_a_karpathy_file_without_pairs_split_is_refused(tmp_path):
     assert len(everything["pairs"]) == 4
 
 
+def test_a_run_on_every_karpathy_split_started_before_the_refusal_still_resumes(tmp_path, monkeypatch, capsys):
+    """A run started on a Karpathy file with pairs_split null before such runs were refused could not be
+    resumed at all: null was refused, and naming every split was refused by the resume as a changed key."""
+    images = [
+        {"filepath": "", "filename": f"{i}.png", "split": split, "sentences": [{"raw": f"a red square number {i}"}]}
+        for i, split in enumerate(["train", "restval", "val", "test"] * 4)
+    ]
+    for image in images:
+        Image.new("RGB", (8, 8), (16 * len(image["filename"]), 60, 90)).save(tmp_path / image["filename"])
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    common = [
+        f"training.output_dir={tmp_path / 'run'}",
+        "data.source=files",
+        f"data.files.pairs_root={tmp_path}",
+        f"data.files.pairs_captions={tmp_path}/dataset_coco.json",
+        "eval.enabled=false",
+        "training.checkpoint_every=2",
+        "optim.warmup_steps=1",
+        "training.global_batch_size=8",
+    ]
+    with monkeypatch.context() as before:  # the run as the recipe started it then (null read every split)
+        before.setattr(train.ImageTextFolder, "format", property(lambda folder: "unchecked"))
+        train.main(_config(*common, "training.max_steps=2"))
+    capsys.readouterr()
+    with pytest.raises(train.ConfigError, match=r"^key 'data.files.pairs_split': expected the splits of the Karpathy"):
+        train.main(_config(*common, f"training.output_dir={tmp_path / 'fresh'}", "training.max_steps=2"))
+    train.main(_config(*common, "training.max_steps=4", "training.resume=auto"))
+    assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4]
+    assert (
+        "data.files.pairs_split: null, this run trains on every split of the Karpathy file" in capsys.readouterr().err
+    )
+
+
 def test_an_open_clip_csv_of_absolute_paths_needs_no_pairs_root(tmp_path):
     """data.files.pairs_captions alone (open_clip's filepath/title CSV of absolute paths) trains on the
     pairs the .jsonl of relative paths under pairs_root lists, with the same losses."""

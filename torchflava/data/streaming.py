@@ -605,8 +605,10 @@ class StreamingBatches(IterableDataset):
         their positions are no slot's (a recipe checks them: :meth:`changed_shards`).
 
         Raises:
-            ValueError: if the positions are for another number of slots per rank, or for slots of
-                another rank.
+            ValueError: naming ``state`` if a position holds anything but ints >= 0; naming
+                ``num_workers`` if the positions are not 7 ints, are for another number of slots per rank,
+                or for slots of another rank; then naming ``state`` if a position names a shard past its
+                slot's last (a shard list shorter than the checkpoint's).
         """
         mine = {str(self.rank * self.workers + worker) for worker in range(self.workers)}
         state = slot_positions(state)
@@ -616,12 +618,8 @@ class StreamingBatches(IterableDataset):
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position
             ):
                 raise ValueError(f"state: expected positions of 7 ints >= 0, got {position!r} for slot {slot!r}")
-            if len(position) == 7 and slot in mine and not self.resampled:
-                shards = len(range(int(slot), len(self.urls), self.num_slots))
-                if position[2] > shards:  # (== shards: at the end of its epoch)
-                    raise ValueError(
-                        f"state: slot {slot} has {shards} shard(s) an epoch, its position names shard {position[2]}"
-                    )
+            # the worker count first: positions of another count name shards of another deal, so the shard
+            # bound below would refuse them as a bad checkpoint (training.resume) rather than name num_workers
             if len(position) != 7 or position[6] != self.workers or slot not in mine:
                 slots = position[6] if len(position) == 7 else "?"
                 raise ValueError(
@@ -629,6 +627,12 @@ class StreamingBatches(IterableDataset):
                     f"rank (slot {slot}), this run has {self.workers} on rank {self.rank}; a streamed run resumes "
                     "with the ranks and loader workers it was started with"
                 )
+            if not self.resampled:
+                shards = len(range(int(slot), len(self.urls), self.num_slots))
+                if position[2] > shards:  # (== shards: at the end of its epoch)
+                    raise ValueError(
+                        f"state: slot {slot} has {shards} shard(s) an epoch, its position names shard {position[2]}"
+                    )
         self._start = {slot: list(position) for slot, position in state.items()}
         self._rotation = sum(position[5] for position in self._start.values()) % self.workers
 

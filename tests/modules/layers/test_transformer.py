@@ -596,3 +596,21 @@ def test_a_layer_names_a_stream_of_another_dtype_than_its_parameters():
     for norm in (m for m in half.modules() if isinstance(m, nn.LayerNorm)):  # fp32 norms in a bf16 model run
         norm.float()
     assert half(x.bfloat16()).last_hidden_state.dtype == torch.bfloat16
+
+
+def test_a_bf16_layer_takes_an_fp32_stream_under_autocast_off_the_cpu(monkeypatch):
+    """CUDA's autocast runs layer norms in fp32: a bf16 model under it gets an fp32 stream from its text
+    embedding's norm, and ran before the dtype check, which refused it (only the CPU's autocast leaves a
+    bf16 norm to fail on an fp32 stream). No GPU here: a meta-device layer, autocast reported on for it."""
+    from torchflava.modules.encoders import transformer_encoder
+    from torchflava.modules.layers.transformer import _check_stream_dtype
+
+    with torch.device("meta"):
+        attn = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32).bfloat16().layers[0].attn
+    x = torch.empty(2, 3, 16, device="meta")
+    enabled = {"meta": False, "cpu": True}  # (torch's own call raises for the meta device)
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type="cuda": enabled[device_type])
+    with pytest.raises(TypeError, match=r"^x must be torch.bfloat16, .* got torch.float32$"):
+        _check_stream_dtype(x, attn)  # outside autocast (on the CPU's alone, which does not cast norms): refused
+    enabled["meta"] = True
+    assert _check_stream_dtype(x, attn) is None
