@@ -93,6 +93,8 @@ INFERENCE_DTYPES = tuple(INFERENCE_DTYPE_NAMES.values())
 BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
 # A torchflava export's architecture file, by family.
 _EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}
+# Files only a model directory holds (an export's, Hugging Face's or open_clip's config), never a training checkpoint.
+_MODEL_CONFIGS = (*_EXPORT_CONFIGS, "config.json", "open_clip_config.json")
 # The files of a checkpoint directory that loading it reads: configs, tokenizer files, weights and shards.
 _READ_PATTERNS = ("*.json", "*.txt", "*.safetensors", "*.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "vocab.json")  # a checkpoint directory's tokenizer: any of these
@@ -274,8 +276,9 @@ def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
 def training_checkpoint(path: Path) -> Optional[Path]:
     """The training checkpoint (``<run>/checkpoints/step_<N>``) that ``path`` names, or None where it names none.
 
-    A ``step_<N>`` directory, or a directory holding DCP's ``.metadata`` or a ``COMPLETE`` marker, is one
-    (``step_<N>`` with N unpadded names the checkpoint of that step); a run directory without an export
+    A directory holding DCP's ``.metadata`` or a ``COMPLETE`` marker is one, as is a ``step_<N>`` directory
+    without a model directory's config (``config.json``, an export's; ``step_<N>`` with N unpadded names the
+    checkpoint of that step); a run directory without an export
     (``model/``) but with ``checkpoints/`` names its newest complete checkpoint whose files all match their
     manifest, said in one line on stderr (with any newer one passed over as damaged).
 
@@ -295,9 +298,10 @@ def training_checkpoint(path: Path) -> Optional[Path]:
         return padded
     if not path.is_dir():
         return None
-    if (path.name.startswith("step_") and step.isdigit()) or any(
-        (path / name).exists() for name in (".metadata", MARKER)
-    ):
+    if any((path / name).exists() for name in (".metadata", MARKER)):
+        return path
+    # (a Hugging Face or export directory a user named step_<N> holds its config: it is no training checkpoint)
+    if path.name.startswith("step_") and step.isdigit() and not any((path / n).exists() for n in _MODEL_CONFIGS):
         return path
     exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
     if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _EXPORT_CONFIGS):
