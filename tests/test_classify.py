@@ -654,7 +654,8 @@ def test_the_command_refuses_a_tab_for_an_export_from_before_the_inputs_file(pai
     expected = (
         "argument --text: this classifier's export predates classifier_inputs.json, so whether it reads sentence "
         "pairs is not recorded: expected a single text without a tab (a tab reads as a space), or a pair as its "
-        f"two sentences joined by ' [SEP] ' (as such an export was fine-tuned on pairs), got 'a red circle\\ta blue square'"
+        "two sentences joined by ' [SEP] ' (as such an export was fine-tuned on pairs), got "
+        "'a red circle\\ta blue square'"
     )
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(expected)
     joined = f"{pairs[0][0]} [SEP] {pairs[0][1]}"  # the encoding it was fine-tuned on, read as before
