@@ -280,7 +280,9 @@ def training_checkpoint(path: Path) -> Optional[Path]:
     without a model directory's config (``config.json``, an export's; ``step_<N>`` with N unpadded names the
     checkpoint of that step); a run directory without an export
     (``model/``) but with ``checkpoints/`` names its newest complete checkpoint whose files all match their
-    manifest, said in one line on stderr (with any newer one passed over as damaged).
+    manifest, said in one line on stderr (with any newer one passed over as damaged); a run directory with an
+    export names None (the export is read), said in one line on stderr where its newest complete checkpoint
+    is of a later step.
 
     Raises:
         FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), or a run
@@ -304,6 +306,8 @@ def training_checkpoint(path: Path) -> Optional[Path]:
     if path.name.startswith("step_") and step.isdigit() and not any((path / n).exists() for n in _MODEL_CONFIGS):
         return path
     exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
+    if exported and (path / "checkpoints").is_dir():
+        _newer_checkpoint_note(path)
     if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _EXPORT_CONFIGS):
         return None
     latest, passed_over = CheckpointManager(path / "checkpoints").latest_intact()
@@ -319,6 +323,23 @@ def training_checkpoint(path: Path) -> Optional[Path]:
         file=sys.stderr,
     )
     return latest
+
+
+def _newer_checkpoint_note(run: Path) -> None:
+    """One line on stderr where ``run``'s newest complete checkpoint is of a later step than its export (the
+    step its ``report.json`` states): a run resumed past its export and stopped before the next one, whose
+    export, older, is what is evaluated. Nothing where the report does not state its step."""
+    try:
+        steps = json.loads((run / "report.json").read_text(encoding="utf-8")).get("steps")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):  # (no report, or not a recipe's)
+        return
+    found = CheckpointManager(run / "checkpoints").complete()
+    if isinstance(steps, int) and found and int(found[-1].name[5:]) > steps:
+        print(
+            f"checkpoint: evaluating {run}'s export (model/, step {steps}), not its newer checkpoint {found[-1]} "
+            "(name that checkpoint to evaluate it)",
+            file=sys.stderr,
+        )
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
