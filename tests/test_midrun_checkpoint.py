@@ -169,3 +169,17 @@ def test_a_run_whose_export_is_older_than_its_newest_checkpoint_says_which_it_ev
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), exported.model.state_dict().values())
     )
+
+
+def test_a_checkpoint_whose_run_started_from_a_checkpoint_no_longer_there_names_the_config(run, tmp_path):
+    """Its architecture and preprocessing come from the run's model.pretrained: where that has moved, the error
+    named only that path ('checkpoint not found: ...'), as if it were the checkpoint asked for."""
+    gone = tmp_path / "gone"
+    checkpoint = _with_config(run, tmp_path / "moved", lambda c: c["model"].update(pretrained=str(gone)))
+    expected = (
+        f"checkpoint: {checkpoint / 'config.yaml'}: expected model.pretrained, the checkpoint the run started from "
+        f"(its architecture and preprocessing), at {gone}, got checkpoint not found: {gone}"
+    )
+    with pytest.raises(FileNotFoundError) as caught:
+        load_pretrained(checkpoint)
+    assert str(caught.value) == expected

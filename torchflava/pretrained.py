@@ -690,7 +690,8 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
     tokenizer is the one the run writes into its directory at its start.
 
     Raises:
-        FileNotFoundError: if neither config is there, or the run directory holds no tokenizer file.
+        FileNotFoundError: if neither config is there, the run directory holds no tokenizer file, or the
+            run's ``model.pretrained`` (which a run started from a checkpoint reads) is not there.
         ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
             ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
     """
@@ -726,6 +727,11 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
             BUILDERS[family](**kwargs)
     except (ValueError, TypeError) as error:
         raise ValueError(f"checkpoint: {config_file}: {first_line(error)}") from None
+    except FileNotFoundError as error:  # (named alone, the path the run started from looked like the one asked for)
+        raise FileNotFoundError(
+            f"checkpoint: {config_file}: expected model.pretrained, the checkpoint the run started from (its "
+            f"architecture and preprocessing), at {section.get('pretrained')}, got {first_line(error)}"
+        ) from None
     return family, kwargs, tokenizer, image_transform
 
 
