@@ -441,3 +441,12 @@ def test_a_model_directory_named_step_n_loads_as_before_and_an_empty_one_is_an_i
     (tmp_path / "checkpoints" / "step_3").mkdir(parents=True)  # a training checkpoint killed before its files
     with pytest.raises(CheckpointIntegrityError, match=r"step_3 is not a complete checkpoint \(no COMPLETE file\)$"):
         load_pretrained(tmp_path / "checkpoints" / "step_3")
+
+
+def test_a_hugging_face_directory_beside_a_checkpoints_folder_loads_as_before(tmp_path):
+    """A model directory that also holds a ``checkpoints/`` folder (another trainer's) was taken for a run
+    without an export and refused for having no complete checkpoint; its config.json says what it is."""
+    write_hf_flava(tmp_path / "hf", lowercase=True)
+    (tmp_path / "hf" / "checkpoints" / "step_5").mkdir(parents=True)
+    loaded = load_pretrained(tmp_path / "hf")
+    assert type(loaded.model).__name__ == "FLAVAModel" and loaded.kwargs["image_size"] == 32

@@ -308,7 +308,7 @@ def training_checkpoint(path: Path) -> Optional[Path]:
     exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
     if exported and (path / "checkpoints").is_dir():
         _newer_checkpoint_note(path)
-    if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _EXPORT_CONFIGS):
+    if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _MODEL_CONFIGS):
         return None
     latest, passed_over = CheckpointManager(path / "checkpoints").latest_intact()
     if latest is None:
