@@ -662,3 +662,14 @@ def test_the_command_refuses_a_tab_for_an_export_from_before_the_inputs_file(pai
     result = main(["--checkpoint", str(copy), "--text", joined])
     score = load_classifier(copy).scores(texts=[joined])[0].max().item()
     assert result["predictions"][0]["top"][0][1] == pytest.approx(score, abs=1e-6)
+
+
+def test_a_text_for_a_legacy_image_classifier_is_refused_for_its_modality_not_for_a_tab(image_run, tmp_path, capsys):
+    copy = tmp_path / "model"
+    shutil.copytree(image_run[0] / "model", copy)
+    (copy / "classifier_inputs.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(copy), "--text", "a\tb"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "predates" not in error and "--images DIR" in error

@@ -671,7 +671,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     config = classifier_config(args.checkpoint)
     if args.text is not None and config.sentence_pairs:
         args.text = _sentence_pairs(args.text, parser)
-    elif args.text is not None and not (config.layout.directory / INPUTS_FILE).exists():
+    elif args.text is not None and config.modality != "image" and not (config.layout.directory / INPUTS_FILE).exists():
         _refuse_tabs(args.text, parser)
     reads = {"image": "--images DIR", "text": "--text", "multimodal": "--images DIR --captions FILE"}
     given = "multimodal" if args.captions is not None else ("image" if args.images is not None else "text")
