@@ -638,3 +638,38 @@ def test_an_export_refuses_sentence_pairs_that_are_no_bool_or_for_a_head_reading
     with pytest.raises(TypeError, match="^sentence_pairs must be True or False, got int 1$"):
         export_classifier(c.model, tmp_path / "b", sentence_pairs=1, **kwargs)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
+
+
+def test_the_command_refuses_a_tab_for_an_export_from_before_the_inputs_file(pair_run, tmp_path, capsys):
+    """Such an export of a pair task was fine-tuned on each pair joined by " [SEP] " into one segment: a pair
+    given tab-separated, as the help now says, was silently read as one text without its [SEP]."""
+    run, _, pairs, _ = pair_run
+    copy = tmp_path / "model"
+    shutil.copytree(run / "model", copy)
+    (copy / "classifier_inputs.json").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(copy), "--text", "a red circle", "a red circle\ta blue square"])
+    assert exit_.value.code == 2
+    expected = (
+        "argument --text: this classifier's export predates classifier_inputs.json, so whether it reads sentence "
+        "pairs is not recorded: expected a single text without a tab (a tab reads as a space), or a pair as its "
+        "two sentences joined by ' [SEP] ' (as such an export was fine-tuned on pairs), got "
+        "'a red circle\\ta blue square'"
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(expected)
+    joined = f"{pairs[0][0]} [SEP] {pairs[0][1]}"  # the encoding it was fine-tuned on, read as before
+    result = main(["--checkpoint", str(copy), "--text", joined])
+    score = load_classifier(copy).scores(texts=[joined])[0].max().item()
+    assert result["predictions"][0]["top"][0][1] == pytest.approx(score, abs=1e-6)
+
+
+def test_a_text_for_a_legacy_image_classifier_is_refused_for_its_modality_not_for_a_tab(image_run, tmp_path, capsys):
+    copy = tmp_path / "model"
+    shutil.copytree(image_run[0] / "model", copy)
+    (copy / "classifier_inputs.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(copy), "--text", "a\tb"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "predates" not in error and "--images DIR" in error

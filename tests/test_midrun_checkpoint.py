@@ -149,3 +149,37 @@ def test_a_checkpoint_of_another_model_or_recipe_is_refused_naming_it(run, tmp_p
     finetune = _with_config(run, tmp_path / "finetune", lambda c: c["model"].update(modality="text"))
     with pytest.raises(ValueError, match=r"expected the model section of a FLAVA or CLIP pretraining run .*'modality'"):
         load_pretrained(finetune)
+
+
+def test_a_run_whose_export_is_older_than_its_newest_checkpoint_says_which_it_evaluates(run, tmp_path, capsys):
+    """A run resumed past its export and stopped before the next one: its export (step 2) was evaluated with
+    nothing said of the newer checkpoint; it still is, and says so in one line. A run whose export is of its
+    newest checkpoint says nothing."""
+    load_pretrained(run)
+    assert capsys.readouterr().err == ""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.copytree(copy / "checkpoints" / STEP, copy / "checkpoints" / "step_00000005")
+    loaded, exported = load_pretrained(copy), load_pretrained(run / "model")
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        f"checkpoint: evaluating {copy}'s export (model/, step 2), not its newer checkpoint "
+        f"{copy / 'checkpoints' / 'step_00000005'} (name that checkpoint to evaluate it)"
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), exported.model.state_dict().values())
+    )
+
+
+def test_a_checkpoint_whose_run_started_from_a_checkpoint_no_longer_there_names_the_config(run, tmp_path):
+    """Its architecture and preprocessing come from the run's model.pretrained: where that has moved, the error
+    named only that path ('checkpoint not found: ...'), as if it were the checkpoint asked for."""
+    gone = tmp_path / "gone"
+    checkpoint = _with_config(run, tmp_path / "moved", lambda c: c["model"].update(pretrained=str(gone)))
+    expected = (
+        f"checkpoint: {checkpoint / 'config.yaml'}: expected model.pretrained, the checkpoint the run started from "
+        f"(its architecture and preprocessing), at {gone}, got checkpoint not found: {gone}"
+    )
+    with pytest.raises(FileNotFoundError) as caught:
+        load_pretrained(checkpoint)
+    assert str(caught.value) == expected

@@ -424,3 +424,29 @@ def test_a_file_url_names_a_checkpoint_directory(tmp_path):
         load_pretrained("https://example.com/flava")
     with pytest.raises(ValueError, match=r"^file URLs must name a local file \(file:///path\), got 'file://host/x'$"):
         load_pretrained("file://host/x")
+
+
+def test_a_model_directory_named_step_n_loads_as_before_and_an_empty_one_is_an_incomplete_checkpoint(tmp_path):
+    """A Hugging Face or export directory that a user named ``step_<N>`` was taken for a training checkpoint
+    and refused as incomplete (no COMPLETE file): it holds its config, which no training checkpoint does."""
+    from torchflava.training.integrity import CheckpointIntegrityError
+
+    write_hf_flava(tmp_path / "hf" / "step_1000", lowercase=True)
+    exported = write_tiny_export(tmp_path / "exports" / "step_2000")
+    hf = load_pretrained(tmp_path / "hf" / "step_1000")
+    assert type(hf.model).__name__ == "FLAVAModel" and hf.kwargs["image_size"] == 32
+    loaded = load_pretrained(tmp_path / "exports" / "step_2000")
+    for name, value in exported.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
+    (tmp_path / "checkpoints" / "step_3").mkdir(parents=True)  # a training checkpoint killed before its files
+    with pytest.raises(CheckpointIntegrityError, match=r"step_3 is not a complete checkpoint \(no COMPLETE file\)$"):
+        load_pretrained(tmp_path / "checkpoints" / "step_3")
+
+
+def test_a_hugging_face_directory_beside_a_checkpoints_folder_loads_as_before(tmp_path):
+    """A model directory that also holds a ``checkpoints/`` folder (another trainer's) was taken for a run
+    without an export and refused for having no complete checkpoint; its config.json says what it is."""
+    write_hf_flava(tmp_path / "hf", lowercase=True)
+    (tmp_path / "hf" / "checkpoints" / "step_5").mkdir(parents=True)
+    loaded = load_pretrained(tmp_path / "hf")
+    assert type(loaded.model).__name__ == "FLAVAModel" and loaded.kwargs["image_size"] == 32

@@ -17,7 +17,9 @@ the backbone loads from it, the head's weights are skipped as a pretraining head
 
 The command feeds the encoder the head reads: images (``--images DIR``), texts (``--text``, a text or
 ``@FILE`` of one a line; for a classifier fine-tuned on sentence pairs, each its two sentences separated
-by a tab, encoded as fine-tuning read them: BERT's two segments) or image-text pairs
+by a tab, encoded as fine-tuning read them: BERT's two segments; for an export from before
+``classifier_inputs.json``, a pair as its two sentences joined by `` [SEP] ``, as it was fine-tuned on
+them, and no text holding a tab) or image-text pairs
 (``--images DIR --captions FILE``: any captions file the zero-shot command reads). It prints each
 input's top classes with their probabilities (softmax; a sigmoid per class for a multi-label head such
 as VQA's; the predicted values of a regression) and, when images lie in sub-folders named after the
@@ -617,6 +619,19 @@ def _sentence_pairs(texts: list[str], parser: argparse.ArgumentParser) -> list[t
     return pairs
 
 
+def _refuse_tabs(texts: list[str], parser: argparse.ArgumentParser) -> None:
+    """A parser error for a ``--text`` holding a tab, given to an export from before ``classifier_inputs.json``:
+    a pair task's such export was fine-tuned on each pair joined by `` [SEP] `` into one segment, and a pair
+    given tab-separated (as for a newer export) would be read as one text without that ``[SEP]``."""
+    tabbed = next((text for text in texts if "\t" in text), None)
+    if tabbed is not None:
+        parser.error(
+            f"argument --text: this classifier's export predates {INPUTS_FILE}, so whether it reads sentence pairs "
+            "is not recorded: expected a single text without a tab (a tab reads as a space), or a pair as its two "
+            f"sentences joined by ' [SEP] ' (as such an export was fine-tuned on pairs), got {tabbed!r:.80}"
+        )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m torchflava.classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -656,6 +671,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     config = classifier_config(args.checkpoint)
     if args.text is not None and config.sentence_pairs:
         args.text = _sentence_pairs(args.text, parser)
+    elif args.text is not None and config.modality != "image" and not (config.layout.directory / INPUTS_FILE).exists():
+        _refuse_tabs(args.text, parser)
     reads = {"image": "--images DIR", "text": "--text", "multimodal": "--images DIR --captions FILE"}
     given = "multimodal" if args.captions is not None else ("image" if args.images is not None else "text")
     if given != config.modality:

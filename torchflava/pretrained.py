@@ -93,6 +93,8 @@ INFERENCE_DTYPES = tuple(INFERENCE_DTYPE_NAMES.values())
 BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
 # A torchflava export's architecture file, by family.
 _EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}
+# Files only a model directory holds (an export's, Hugging Face's or open_clip's config), never a training checkpoint.
+_MODEL_CONFIGS = (*_EXPORT_CONFIGS, "config.json", "open_clip_config.json")
 # The files of a checkpoint directory that loading it reads: configs, tokenizer files, weights and shards.
 _READ_PATTERNS = ("*.json", "*.txt", "*.safetensors", "*.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "vocab.json")  # a checkpoint directory's tokenizer: any of these
@@ -274,10 +276,13 @@ def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
 def training_checkpoint(path: Path) -> Optional[Path]:
     """The training checkpoint (``<run>/checkpoints/step_<N>``) that ``path`` names, or None where it names none.
 
-    A ``step_<N>`` directory, or a directory holding DCP's ``.metadata`` or a ``COMPLETE`` marker, is one
-    (``step_<N>`` with N unpadded names the checkpoint of that step); a run directory without an export
+    A directory holding DCP's ``.metadata`` or a ``COMPLETE`` marker is one, as is a ``step_<N>`` directory
+    without a model directory's config (``config.json``, an export's; ``step_<N>`` with N unpadded names the
+    checkpoint of that step); a run directory without an export
     (``model/``) but with ``checkpoints/`` names its newest complete checkpoint whose files all match their
-    manifest, said in one line on stderr (with any newer one passed over as damaged).
+    manifest, said in one line on stderr (with any newer one passed over as damaged); a run directory with an
+    export names None (the export is read), said in one line on stderr where its newest complete checkpoint
+    is of a later step.
 
     Raises:
         FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), or a run
@@ -295,12 +300,15 @@ def training_checkpoint(path: Path) -> Optional[Path]:
         return padded
     if not path.is_dir():
         return None
-    if (path.name.startswith("step_") and step.isdigit()) or any(
-        (path / name).exists() for name in (".metadata", MARKER)
-    ):
+    if any((path / name).exists() for name in (".metadata", MARKER)):
+        return path
+    # (a Hugging Face or export directory a user named step_<N> holds its config: it is no training checkpoint)
+    if path.name.startswith("step_") and step.isdigit() and not any((path / n).exists() for n in _MODEL_CONFIGS):
         return path
     exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
-    if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _EXPORT_CONFIGS):
+    if exported and (path / "checkpoints").is_dir():
+        _newer_checkpoint_note(path)
+    if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _MODEL_CONFIGS):
         return None
     latest, passed_over = CheckpointManager(path / "checkpoints").latest_intact()
     if latest is None:
@@ -315,6 +323,23 @@ def training_checkpoint(path: Path) -> Optional[Path]:
         file=sys.stderr,
     )
     return latest
+
+
+def _newer_checkpoint_note(run: Path) -> None:
+    """One line on stderr where ``run``'s newest complete checkpoint is of a later step than its export (the
+    step its ``report.json`` states): a run resumed past its export and stopped before the next one, whose
+    export, older, is what is evaluated. Nothing where the report does not state its step."""
+    try:
+        steps = json.loads((run / "report.json").read_text(encoding="utf-8")).get("steps")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):  # (no report, or not a recipe's)
+        return
+    found = CheckpointManager(run / "checkpoints").complete()
+    if isinstance(steps, int) and found and int(found[-1].name[5:]) > steps:
+        print(
+            f"checkpoint: evaluating {run}'s export (model/, step {steps}), not its newer checkpoint {found[-1]} "
+            "(name that checkpoint to evaluate it)",
+            file=sys.stderr,
+        )
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
@@ -665,7 +690,8 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
     tokenizer is the one the run writes into its directory at its start.
 
     Raises:
-        FileNotFoundError: if neither config is there, or the run directory holds no tokenizer file.
+        FileNotFoundError: if neither config is there, the run directory holds no tokenizer file, or the
+            run's ``model.pretrained`` (which a run started from a checkpoint reads) is not there.
         ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
             ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
     """
@@ -701,6 +727,11 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
             BUILDERS[family](**kwargs)
     except (ValueError, TypeError) as error:
         raise ValueError(f"checkpoint: {config_file}: {first_line(error)}") from None
+    except FileNotFoundError as error:  # (named alone, the path the run started from looked like the one asked for)
+        raise FileNotFoundError(
+            f"checkpoint: {config_file}: expected model.pretrained, the checkpoint the run started from (its "
+            f"architecture and preprocessing), at {section.get('pretrained')}, got {first_line(error)}"
+        ) from None
     return family, kwargs, tokenizer, image_transform
 
 

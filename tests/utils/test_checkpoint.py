@@ -1278,3 +1278,22 @@ def test_a_damaged_saved_etag_is_not_sent_back_and_the_file_is_downloaded_again(
         validators.write_text(json.dumps({**json.loads(validators.read_text()), "etag": etag}))
         assert checkpoint.local_checkpoint(url).read_bytes() == b"weights"
     assert asked == [None, '"v1"', None]
+
+
+@pytest.mark.parametrize("read", [load_state_dict, peek_state_dict])
+def test_the_only_file_an_index_names_is_read_whole_and_a_shard_of_two_refused(tmp_path, read):
+    """An index of a single shard (as some tools write for an unsharded checkpoint) names the whole checkpoint:
+    that file was refused as 'one of the 1 shards', though reading it alone lacks nothing."""
+    save_file({"a": torch.ones(2), "b": torch.full((3,), 2.0)}, str(tmp_path / "model-00001-of-00001.safetensors"))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"}})
+    )
+    found = read(tmp_path / "model-00001-of-00001.safetensors")
+    assert sorted(found) == ["a", "b"] and found["b"].shape == (3,)
+    save_file({"c": torch.ones(1)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    index.write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors", "c": "model-00002-of-00002.safetensors"}})
+    )
+    with pytest.raises(ValueError, match=r"is one of the 2 shards of the checkpoint indexed by .*, got one shard$"):
+        read(tmp_path / "model-00002-of-00002.safetensors")

@@ -984,7 +984,8 @@ def _checkpoint_file(path: PathLike) -> Path:
 
 def _refuse_shard(file: Path) -> None:
     """ValueError if ``file`` is one shard of a sharded checkpoint whose index is beside it (``save_pretrained``'s
-    ``max_shard_size``): read alone, its tensors are a fraction of the model's, refused later as missing keys."""
+    ``max_shard_size``): read alone, its tensors are a fraction of the model's, refused later as missing keys.
+    The only file an index names (some tools index an unsharded checkpoint) is the whole checkpoint: read."""
     if file.name.lower().endswith(".index.json"):
         return
     for index in sorted(file.parent.glob("*.index.json")):
@@ -992,7 +993,7 @@ def _refuse_shard(file: Path) -> None:
             shards = set(_index_weight_map(index).values())
         except (OSError, ValueError):  # an unreadable index of another checkpoint: not this file's concern
             continue
-        if file.name in shards:
+        if file.name in shards and len(shards) > 1:
             raise ValueError(
                 f"{file} is one of the {len(shards)} shards of the checkpoint indexed by {index}: expected the "
                 f"whole checkpoint, its directory {file.parent} or that index, got one shard"
