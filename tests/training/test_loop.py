@@ -1116,3 +1116,19 @@ def test_fit_checks_the_types_of_configs_built_in_python_before_any_work(tmp_pat
     # an int where a float is meant, a path as the output directory: as intended
     model, result = run(tmp_path / "fine", lr=1, clip_grad_norm=1, output_dir=tmp_path / "fine", max_steps=2)
     assert result.step == 2 and len(losses(tmp_path / "fine")) == 2
+
+
+def test_fit_takes_numpy_numbers_for_int_and_float_fields(tmp_path):
+    """np.int64 max_steps (a user's numpy arithmetic) was refused as "expected an int, got 6"."""
+    steps = np.arange(8)[-1] - 5  # np.int64(2)
+    model, result = run(tmp_path / "np", max_steps=steps, checkpoint_every=np.int32(1), lr=np.float32(0.05))
+    assert type(result.step) is int and result.step == 2 and sorted(losses(tmp_path / "np")) == [1, 2]
+    assert loop_module.read_loop_states(tmp_path / "np" / "checkpoints" / "step_00000002")[0]["step"] == 2
+    reference, _ = run(tmp_path / "py", max_steps=2, checkpoint_every=1, lr=float(np.float32(0.05)))
+    assert_close(params(model), params(reference), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected an int, got np.float64\(6.5\)$"):
+        run(tmp_path / "half", max_steps=np.float64(6.5))
+    with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected an int, got 6.5$"):
+        run(tmp_path / "half", max_steps=6.5)
+    with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected an int, got True$"):
+        run(tmp_path / "bool", max_steps=True)

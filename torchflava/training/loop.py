@@ -44,6 +44,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import numbers
 import os
 from pathlib import Path
 import pickle
@@ -397,6 +398,7 @@ def fit(
     _check_fit_arguments(model, step, data, training, optim)
     t = training
     raise_on_failed_checks(_type_checks("training", t) + _type_checks("optim", optim))  # (as load_config's types)
+    t, optim = _plain_numbers(t), _plain_numbers(optim)  # (np.int64 max_steps: Python's int from here on)
     raise_on_failed_checks(training_checks(t, optim, _world_size()))  # as a recipe's validate does
     accumulation = t.grad_accumulation
     streamed = isinstance(data, IterableDataset)
@@ -617,16 +619,16 @@ def _type_checks(section: str, config: Any) -> list[tuple]:
 
 
 def _is_of_type(value: Any, kind: Any) -> bool:
-    """Whether ``value`` is of the config annotation ``kind`` (an int is a float; no bool is a number;
-    a path is text; a tuple is a list); True for annotations this does not know (trusted)."""
+    """Whether ``value`` is of the config annotation ``kind`` (any integer, numpy's included, is an int;
+    any real number is a float; no bool is a number; a path is text; a tuple is a list); True for
+    annotations this does not know (trusted)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is typing.Union:
         return any(_is_of_type(value, arg) for arg in args)
     if kind is type(None):
         return value is None
-    if kind in (int, float):
-        numbers = (int,) if kind is int else (int, float)
-        return isinstance(value, numbers) and not isinstance(value, bool)
+    if kind in (int, float):  # (np.int64(6) from a user's arithmetic is an int; 6.5 is not)
+        return isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
     if kind in (bool, str):
         return isinstance(value, kind) or (kind is str and isinstance(value, os.PathLike))
     if origin is list:
@@ -636,6 +638,27 @@ def _is_of_type(value: Any, kind: Any) -> bool:
             _is_of_type(k, args[0]) and _is_of_type(v, args[1]) for k, v in value.items()
         )
     return True
+
+
+def _plain_numbers(config: Any) -> Any:
+    """A copy of the dataclass ``config`` (already type-checked) with each number that is not Python's
+    own (a numpy scalar) as the int or float of the same value, in lists and dicts too: the schedule,
+    the loop's JSON state and the optimiser then hold what a recipe's config would."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return type(value)(plain(v) for v in value)
+        if isinstance(value, Mapping):
+            return {plain(k): plain(v) for k, v in value.items()}
+        if isinstance(value, bool) or type(value) in (int, float):
+            return value
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        return float(value) if isinstance(value, numbers.Real) else value
+
+    return dataclasses.replace(
+        config, **{f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+    )
 
 
 def _type_name(kind: Any) -> str:
