@@ -765,6 +765,14 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
             "argument --checkpoint: --tsv reads texts for a text classifier, got a classifier of modality 'image'",
         ),
     ]
+    (tmp_path / "blank.tsv").write_text("question\tsentence\n" + f"{pairs[0][0]}\t \n")
+    cases.append(
+        (
+            [str(run), "--tsv", str(tmp_path / "blank.tsv")],
+            f"argument --tsv: {tmp_path / 'blank.tsv'} line 2: expected a text in each of ['question', 'sentence'], "
+            f"got [{pairs[0][0]!r}, ' ']",
+        )
+    )
     for arguments, message in cases:
         with pytest.raises(SystemExit) as exit_:
             main(["--checkpoint", *arguments, "--out", out])
@@ -787,3 +795,19 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
         f"argument --text-columns: expected the TSV columns the classifier was fine-tuned on, got none (its export "
         f"does not record them and {tmp_path / 'config.yaml'} states no data.text_columns)"
     ) in capsys.readouterr().err
+
+
+def test_a_pair_export_from_before_the_inputs_file_reads_a_tsvs_two_columns_joined_by_sep(pair_run, tmp_path):
+    """Such an export was fine-tuned on each pair joined by " [SEP] " into one text: its TSV rows are read so."""
+    run, _, pairs, _ = pair_run
+    shutil.copytree(run / "model", tmp_path / "run" / "model")
+    shutil.copy(run / "config.yaml", tmp_path / "run" / "config.yaml")
+    (tmp_path / "run" / "model" / "classifier_inputs.json").unlink()
+    (tmp_path / "test.tsv").write_text("question\tsentence\n" + "".join(f"{a}\t{b}\n" for a, b in pairs[:4]))
+    main(["--checkpoint", str(tmp_path / "run"), "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "p.tsv")])
+    legacy = load_classifier(tmp_path / "run")
+    assert not legacy.sentence_pairs
+    scores = legacy.scores(texts=[f"{a} [SEP] {b}" for a, b in pairs[:4]])
+    assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n" + "".join(
+        f"{i}\t{legacy.labels[int(j)]}\n" for i, j in enumerate(scores.argmax(dim=1))
+    )

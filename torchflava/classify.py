@@ -711,6 +711,8 @@ def _glue_rows(args: argparse.Namespace, columns: list[str], parser: argparse.Ar
         if len(row) != len(header):
             parser.error(f"argument --tsv: {path} line {line}: expected {len(header)} fields, got {len(row)}")
         fields = [row[header.index(c)] for c in columns]
+        if not all(field.strip() for field in fields):  # (the tokenizer's refusal would come after the weights)
+            parser.error(f"argument --tsv: {path} line {line}: expected a text in each of {columns}, got {fields}")
         texts.append(tuple(fields) if pairs else " [SEP] ".join(fields))
         indices.append(str(row_number) if index is None else row[index])
         if label is not None:
