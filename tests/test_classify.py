@@ -380,6 +380,30 @@ def test_a_regression_exports_no_class_names_and_the_command_prints_its_values(p
     values = classifier.scores(texts=[world.caption(0), world.caption(1)])
     assert [r["prediction"][0] for r in result["predictions"]] == pytest.approx(values[:, 0].tolist(), abs=1e-6)
     assert capsys.readouterr().out.splitlines()[0] == f"{world.caption(0)}\t{values[0, 0].item():.4g}"
+    # a GLUE TSV (STS-B style): each row's value, and the correlations with the label column's
+    texts = [world.caption(i) for i in range(6)]
+    truth = [1.0, 2.0, 2.0, 4.0, 5.0, 3.5]
+    (tmp_path / "dev.tsv").write_text("sentence\tscore\n" + "".join(f"{t}\t{y}\n" for t, y in zip(texts, truth)))
+    out = tmp_path / "sts.tsv"
+    result = main(
+        [
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--tsv",
+            str(tmp_path / "dev.tsv"),
+            "--out",
+            str(out),
+            "--label-column",
+            "score",
+        ]
+    )
+    values = classifier.scores(texts=texts)[:, 0].double()
+    assert out.read_text() == "index\tprediction\n" + "".join(f"{i}\t{v:.6g}\n" for i, v in enumerate(values.tolist()))
+    import numpy as np
+    from scipy import stats
+
+    assert result["pearson"] == pytest.approx(np.corrcoef(values.numpy(), truth)[0, 1], abs=1e-9)
+    assert result["spearman"] == pytest.approx(stats.spearmanr(values.numpy(), truth).statistic, abs=1e-9)
 
 
 def test_a_bad_backbone_config_is_named_not_the_head_config(image_run, tmp_path):
@@ -673,3 +697,117 @@ def test_a_text_for_a_legacy_image_classifier_is_refused_for_its_modality_not_fo
         main(["--checkpoint", str(copy), "--text", "a\tb"])
     error = capsys.readouterr().err
     assert exit_.value.code == 2 and "predates" not in error and "--images DIR" in error
+
+
+def test_the_command_writes_glue_predictions_for_a_tsv_and_the_accuracy_of_its_labels(
+    pair_run, text_run, tmp_path, capsys
+):
+    """A text classifier could only print predictions for --text: now a GLUE TSV becomes GLUE's submission
+    file, reading the columns the run fine-tuned on (both of a sentence pair) and scoring a dev file's labels."""
+    run, report, pairs, labels = pair_run
+    classifier = load_classifier(run)
+    rows = "".join(f"{i + 10}\t{b}\t{a}\t{y}\n" for i, ((a, b), y) in enumerate(zip(pairs, labels)))
+    (tmp_path / "dev.tsv").write_text("index\tsentence\tquestion\tlabel\n" + rows)  # (columns in another order)
+    capsys.readouterr()
+    result = main(["--checkpoint", str(run), "--tsv", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "p.tsv")])
+    names = [classifier.labels[int(i)] for i in classifier.scores(texts=pairs).argmax(dim=1)]
+    assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n" + "".join(
+        f"{i + 10}\t{name}\n" for i, name in enumerate(names)
+    )
+    assert result["accuracy"] == pytest.approx(report["validation"]["accuracy"], abs=1e-6)  # the same rows
+    assert result["num_inputs"] == 40
+    out = capsys.readouterr().out
+    assert out == f"40 rows classified into {tmp_path / 'p.tsv'}; accuracy {100 * result['accuracy']:.1f}%\n"
+    # a test file: no labels, no index column (rows numbered from 0); a single-text classifier's one column
+    single, _, texts = text_run
+    (tmp_path / "test.tsv").write_text("sentence\n" + "".join(f"{t}\n" for t in texts[:3]))
+    result = main(["--checkpoint", str(single), "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "s.tsv")])
+    scores = load_classifier(single).scores(texts=texts[:3])
+    assert (tmp_path / "s.tsv").read_text() == "index\tprediction\n" + "".join(
+        f"{i}\t{['large', 'small'][int(j)]}\n" for i, j in enumerate(scores.argmax(dim=1))
+    )
+    assert "accuracy" not in result
+
+
+def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
+    pair_run, image_run, tmp_path, capsys, monkeypatch
+):
+    run, _, pairs, _ = pair_run
+    import torchflava.classify as classify_module
+
+    monkeypatch.setattr(classify_module, "load_classifier", lambda *a, **k: pytest.fail("weights loaded"))
+    (tmp_path / "one.tsv").write_text("index\tsentence\n0\ta red circle\n")
+    (tmp_path / "short.tsv").write_text("question\tsentence\n" + f"{pairs[0][0]}\t{pairs[0][1]}\nonly one\n")
+    (tmp_path / "bad_label.tsv").write_text("question\tsentence\tlabel\n" + f"{pairs[0][0]}\t{pairs[0][1]}\thuge\n")
+    (tmp_path / "latin1.tsv").write_bytes("question\tsentence\ncaf\xe9\tb\n".encode("latin-1"))
+    out = str(tmp_path / "p.tsv")
+    cases = [
+        (
+            [str(run), "--tsv", str(tmp_path / "one.tsv")],
+            f"argument --tsv: {tmp_path / 'one.tsv'}: missing column(s) ['question']; the header has ['index', 'sentence']",
+        ),
+        (
+            [str(run), "--tsv", str(tmp_path / "short.tsv")],
+            f"argument --tsv: {tmp_path / 'short.tsv'} line 3: expected 2 fields, got 1",
+        ),
+        (
+            [str(run), "--tsv", str(tmp_path / "bad_label.tsv")],
+            f"argument --tsv: {tmp_path / 'bad_label.tsv'}: column 'label' row 0: expected one of the class names ['large', 'small'], got 'huge'",
+        ),
+        ([str(run), "--tsv", str(tmp_path / "latin1.tsv")], "argument --tsv: expected a readable UTF-8 TSV file, got"),
+        ([str(run), "--tsv", str(tmp_path / "missing.tsv")], "argument --tsv: expected a readable UTF-8 TSV file, got"),
+        (
+            [str(run), "--tsv", str(tmp_path / "one.tsv"), "--text-columns", "sentence"],
+            "argument --text-columns: expected two (it was fine-tuned on sentence pairs) columns, got ['sentence']",
+        ),
+        (
+            [str(image_run[0]), "--tsv", str(tmp_path / "one.tsv")],
+            "argument --checkpoint: --tsv reads texts for a text classifier, got a classifier of modality 'image'",
+        ),
+    ]
+    (tmp_path / "blank.tsv").write_text("question\tsentence\n" + f"{pairs[0][0]}\t \n")
+    cases.append(
+        (
+            [str(run), "--tsv", str(tmp_path / "blank.tsv")],
+            f"argument --tsv: {tmp_path / 'blank.tsv'} line 2: expected a text in each of ['question', 'sentence'], "
+            f"got [{pairs[0][0]!r}, ' ']",
+        )
+    )
+    for arguments, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", *arguments, "--out", out])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    for arguments, message in (
+        (["--tsv", str(tmp_path / "one.tsv")], "arguments --tsv and --out: expected both"),
+        (["--tsv", str(tmp_path / "one.tsv"), "--out", out, "--text", "a"], "argument --tsv: not with --text"),
+        (["--text", "a", "--text-columns", "a"], "arguments --text-columns and --label-column: for --tsv only"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["--checkpoint", str(run), *arguments])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "p.tsv").exists()
+    moved = tmp_path / "export"  # an export without its run's config.yaml: the columns must be named
+    shutil.copytree(run / "model", moved)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(moved), "--tsv", str(tmp_path / "one.tsv"), "--out", out])
+    assert (
+        f"argument --text-columns: expected the TSV columns the classifier was fine-tuned on, got none (its export "
+        f"does not record them and {tmp_path / 'config.yaml'} states no data.text_columns)"
+    ) in capsys.readouterr().err
+
+
+def test_a_pair_export_from_before_the_inputs_file_reads_a_tsvs_two_columns_joined_by_sep(pair_run, tmp_path):
+    """Such an export was fine-tuned on each pair joined by " [SEP] " into one text: its TSV rows are read so."""
+    run, _, pairs, _ = pair_run
+    shutil.copytree(run / "model", tmp_path / "run" / "model")
+    shutil.copy(run / "config.yaml", tmp_path / "run" / "config.yaml")
+    (tmp_path / "run" / "model" / "classifier_inputs.json").unlink()
+    (tmp_path / "test.tsv").write_text("question\tsentence\n" + "".join(f"{a}\t{b}\n" for a, b in pairs[:4]))
+    main(["--checkpoint", str(tmp_path / "run"), "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "p.tsv")])
+    legacy = load_classifier(tmp_path / "run")
+    assert not legacy.sentence_pairs
+    scores = legacy.scores(texts=[f"{a} [SEP] {b}" for a, b in pairs[:4]])
+    assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n" + "".join(
+        f"{i}\t{legacy.labels[int(j)]}\n" for i, j in enumerate(scores.argmax(dim=1))
+    )

@@ -24,12 +24,24 @@ them, and no text holding a tab) or image-text pairs
 input's top classes with their probabilities (softmax; a sigmoid per class for a multi-label head such
 as VQA's; the predicted values of a regression) and, when images lie in sub-folders named after the
 classes, the accuracy. ``--json`` also writes them.
+
+A text classifier also reads a GLUE TSV and writes GLUE's submission file (``index<TAB>prediction``
+under that header: the class name, or the value of a regression):
+
+    python -m torchflava.classify --checkpoint runs/qnli --tsv glue/QNLI/test.tsv --out QNLI.tsv
+
+The file's header names its columns: the text columns the classifier was fine-tuned on
+(``--text-columns``, else the run's ``config.yaml``'s ``data.text_columns``), an ``index`` column (else
+rows are numbered from 0) and, in a dev file, the label column (``--label-column``), with which the
+accuracy is printed (Pearson and Spearman correlations for a regression).
 """
 
 import argparse
 from collections.abc import Iterable, Mapping, Set
+import csv
 import inspect
 import json
+import math
 from pathlib import Path
 import sys
 from typing import ContextManager, NamedTuple, Optional, Sequence, Union
@@ -38,11 +50,13 @@ from PIL import Image
 from safetensors import safe_open
 import torch
 from torch import Tensor, nn
+import yaml
 
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import ImageTransform
+from torchflava.evaluation.metrics import pearson, spearman
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import FLAVAModel
 from torchflava.models.flava.classification import FLAVAForClassification, default_loss
@@ -60,6 +74,7 @@ from torchflava.pretrained import (
 from torchflava.training.checkpointing import export_model
 from torchflava.training.distributed import barrier
 from torchflava.utils.checkpoint import (
+    atomic_write,
     first_line,
     load_state_dict,
     mismatch,
@@ -632,6 +647,147 @@ def _refuse_tabs(texts: list[str], parser: argparse.ArgumentParser) -> None:
         )
 
 
+class GlueRows(NamedTuple):
+    """The rows of a GLUE TSV the command classifies (:func:`_glue_rows`)."""
+
+    indices: list[str]  # the index column's values, else the row numbers from 0
+    texts: list  # each row's text, or (first, second) pair for a sentence-pair classifier
+    labels: Optional[list[str]]  # the label column's values, None without one
+
+
+def _text_columns(args: argparse.Namespace, config: ClassifierConfig, parser: argparse.ArgumentParser) -> list[str]:
+    """The TSV columns the classifier reads: ``--text-columns``, else the fine-tuning run's ``config.yaml``
+    ``data.text_columns`` (the export in ``<run>/model``); a parser error when neither states them or
+    their number is not the classifier's (two for sentence pairs)."""
+    columns, source = args.text_columns, "argument --text-columns"
+    if columns is None:
+        recorded = config.layout.directory.parent / "config.yaml"
+        try:
+            columns = (yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}).get("data", {}).get("text_columns")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):  # (no run beside it: named below)
+            columns = None
+        if not (isinstance(columns, list) and all(isinstance(c, str) and c for c in columns)):
+            parser.error(
+                f"argument --text-columns: expected the TSV columns the classifier was fine-tuned on, got none (its "
+                f"export does not record them and {recorded} states no data.text_columns)"
+            )
+        source = f"argument --text-columns ({recorded}'s data.text_columns)"
+    if (config.layout.directory / INPUTS_FILE).exists():
+        counts = (2,) if config.sentence_pairs else (1,)
+    else:  # (an export from before the file: a pair task's two columns are joined by [SEP], as it trained)
+        counts = (1, 2)
+    if len(columns) not in counts:
+        kind = {(2,): "two (it was fine-tuned on sentence pairs)", (1,): "one (it reads single texts)"}.get(
+            counts, "one or two"
+        )
+        parser.error(f"{source}: expected {kind} columns, got {columns}")
+    return list(columns)
+
+
+def _glue_rows(args: argparse.Namespace, columns: list[str], parser: argparse.ArgumentParser, pairs: bool) -> GlueRows:
+    """The rows of ``--tsv`` (tab-separated, a header row, no quoting; blank lines skipped): a parser error
+    naming the file for one that does not read, a missing column or a row of another number of fields.
+    Two ``columns`` of a classifier that reads no ``pairs`` (an export from before ``classifier_inputs.json``)
+    are joined by `` [SEP] ``, as such an export was fine-tuned on them."""
+    path = args.tsv
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as file:  # (a BOM is no part of the first name)
+            rows = [
+                (number, row)
+                for number, row in enumerate(csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE), 1)
+                if row
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        parser.error(f"argument --tsv: expected a readable UTF-8 TSV file, got {path!r} ({first_line(error)})")
+    header = rows.pop(0)[1] if rows else []
+    if missing := [c for c in columns if c not in header]:
+        parser.error(f"argument --tsv: {path}: missing column(s) {missing}; the header has {header}")
+    if not rows:
+        parser.error(f"argument --tsv: {path}: expected rows below the header, got none")
+    index = header.index("index") if "index" in header else None
+    label = header.index(args.label_column) if args.label_column in header else None
+    indices, texts, labels = [], [], []
+    for row_number, (line, row) in enumerate(rows):
+        if len(row) != len(header):
+            parser.error(f"argument --tsv: {path} line {line}: expected {len(header)} fields, got {len(row)}")
+        fields = [row[header.index(c)] for c in columns]
+        if not all(field.strip() for field in fields):  # (the tokenizer's refusal would come after the weights)
+            parser.error(f"argument --tsv: {path} line {line}: expected a text in each of {columns}, got {fields}")
+        texts.append(tuple(fields) if pairs else " [SEP] ".join(fields))
+        indices.append(str(row_number) if index is None else row[index])
+        if label is not None:
+            labels.append(row[label])
+    return GlueRows(indices, texts, None if label is None else labels)
+
+
+def _check_glue_labels(labels: list[str], config: ClassifierConfig, args: argparse.Namespace, parser) -> None:
+    """A parser error naming ``--tsv`` for a label the classifier cannot predict (not a class name, not a
+    number for a regression)."""
+    regression = (config.kwargs.get("loss") or default_loss(config.kwargs["num_classes"])) == "mse"
+    names = config.labels or [str(i) for i in range(config.kwargs["num_classes"])]
+    for row, label in enumerate(labels):
+        if regression:
+            try:
+                good = math.isfinite(float(label))
+            except ValueError:
+                good = False
+        else:
+            good = label in names
+        if not good:
+            expected = "a finite number (a regression)" if regression else f"one of the class names {names}"
+            parser.error(
+                f"argument --tsv: {args.tsv}: column {args.label_column!r} row {row}: expected {expected}, got {label!r}"
+            )
+
+
+def classify_tsv(classifier: Classifier, rows: GlueRows, out: Path, batch_size: int) -> dict:
+    """Classify ``rows`` and write GLUE's submission file ``out`` atomically: ``index<TAB>prediction``
+    under that header, each prediction the top class's name (its number without names) or a regression's
+    value (values joined by commas for several). Returns ``num_inputs`` and ``out``, and with labels
+    ``accuracy`` (classification) or ``pearson`` and ``spearman`` (a regression)."""
+    regression = classifier.model.loss == "mse"
+    scores = torch.cat(
+        [classifier.scores(texts=rows.texts[i : i + batch_size]) for i in range(0, len(rows.texts), batch_size)]
+    )
+    if regression:
+        predictions = [",".join(f"{v:.6g}" for v in row.tolist()) for row in scores]
+    else:
+        predictions = [classifier.class_name(int(i)) for i in scores.argmax(dim=1)]
+    lines = ["index\tprediction\n"] + [f"{i}\t{p}\n" for i, p in zip(rows.indices, predictions)]
+    atomic_write(out, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
+    result = {"num_inputs": len(predictions), "out": str(out)}
+    if rows.labels is not None and regression:
+        truth, predicted = torch.tensor([float(v) for v in rows.labels], dtype=torch.float64), scores[:, 0].double()
+        result["pearson"], result["spearman"] = pearson(predicted, truth), spearman(predicted, truth)
+    elif rows.labels is not None:
+        result["accuracy"] = sum(p == t for p, t in zip(predictions, rows.labels)) / len(predictions)
+    return result
+
+
+def _main_tsv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """``--tsv``: read and check the TSV and the export's configs, then load the classifier, classify the
+    rows, write ``--out`` and print a summary."""
+    config = classifier_config(args.checkpoint)
+    if config.modality != "text":
+        parser.error(
+            f"argument --checkpoint: --tsv reads texts for a text classifier, got a classifier of modality "
+            f"{config.modality!r} ({config.layout.directory})"
+        )
+    columns = _text_columns(args, config, parser)
+    rows = _glue_rows(args, columns, parser, config.sentence_pairs)
+    if rows.labels is not None:
+        _check_glue_labels(rows.labels, config, args, parser)
+    classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
+    result = classify_tsv(classifier, rows, args.out, args.batch_size)
+    summary = f"{result['num_inputs']} rows classified into {args.out}"
+    if "accuracy" in result:
+        summary += f"; accuracy {100 * result['accuracy']:.1f}%"
+    if "pearson" in result:
+        summary += f"; Pearson {result['pearson']:.4f}, Spearman {result['spearman']:.4f}"
+    print(summary)
+    return finish_command(result, [], args.json)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m torchflava.classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -649,6 +805,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument(
         "--captions", help="image-text pairs (multimodal classifiers): any captions file the zero-shot command reads"
     )
+    parser.add_argument("--tsv", help="a GLUE TSV to classify (text classifiers): writes GLUE's submission file --out")
+    parser.add_argument("--out", type=output_file, help="--tsv's predictions: index<TAB>prediction")
+    parser.add_argument(
+        "--text-columns", nargs="+", help="--tsv's text column(s) [the run's config.yaml data.text_columns]"
+    )
+    parser.add_argument("--label-column", default="label", help="--tsv's label column, for the accuracy [label]")
     parser.add_argument("--image-key", help="JSON key or CSV/TSV column of the image paths (--captions)")
     parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the texts (--captions)")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes listed per input [5]")
@@ -657,6 +819,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--json", type=output_file, help="also write the result here")
     args = parser.parse_args(argv)
     # every argument checked, and the classifier's configs read, before its weights are
+    if (args.tsv is None) != (args.out is None):
+        parser.error("arguments --tsv and --out: expected both (the TSV to classify and its predictions' file)")
+    if args.tsv is None and (args.text_columns is not None or args.label_column != "label"):
+        parser.error("arguments --text-columns and --label-column: for --tsv only")
+    if args.tsv is not None and (args.text is not None or args.images is not None or args.captions is not None):
+        parser.error("argument --tsv: not with --text, --images or --captions")
+    if args.tsv is not None:
+        return _main_tsv(args, parser)
     if args.text is not None and (args.images is not None or args.captions is not None):
         parser.error("argument --text: not with --images or --captions (image-text pairs come from --captions)")
     if args.text is None and args.images is None:

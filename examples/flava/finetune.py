@@ -631,6 +631,7 @@ def main(cfg: FinetuneConfig) -> dict:
         image_size=pretrained.image_size,
         max_text_length=d.max_text_length,  # resolved, within the checkpoint's positions (validate)
         image_transform=pretrained.image_transform,  # the checkpoint's own (a Hugging Face one's mean, std, resize)
+        sentence_pairs=d.sentence_pairs,  # resolved: a pair length below 3 is refused here, not at the first batch
     )
     data = MixedBatches(
         {"train": train_source},

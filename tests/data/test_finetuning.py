@@ -449,3 +449,36 @@ def test_glue_sentence_pairs_batch_as_bert_tokenizer_fast_encodes_text_with_text
         ValueError, match=r"expected a sentence pair \(2 str\) as every text of a batch or none, got \[2, 'str'\]"
     ):
         collator("train", [pairs[0], LabeledSample(None, "red", 0)], [0, 1])
+
+
+def test_classification_collator_refuses_a_pair_length_below_three_at_construction_or_names_it(tmp_path):
+    """max_text_length=2 was accepted, then the first pair batch failed naming the tokenizer's max_length."""
+    from torchflava.data.finetuning import ClassificationCollator, LabeledSample
+    from torchflava.data.tokenizer import WordPieceTokenizer
+
+    (tmp_path / "vocab.txt").write_text(
+        "".join(f"{w}\n" for w in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "ball"])
+    )
+    tokenizer = WordPieceTokenizer.from_vocab(tmp_path / "vocab.txt")
+    with pytest.raises(ValueError, match=r"^max_text_length must be >= 3, got 2$"):
+        ClassificationCollator(tokenizer, image_size=8, max_text_length=2, sentence_pairs=True)
+    with pytest.raises(TypeError, match=r"^sentence_pairs must be a bool or None, got str$"):
+        ClassificationCollator(tokenizer, image_size=8, sentence_pairs="yes")
+    pair, single = LabeledSample(None, ("red", "ball"), 0), LabeledSample(None, "red ball", 1)
+    unknown = ClassificationCollator(tokenizer, image_size=8, max_text_length=2)  # single texts fit in 2
+    assert unknown("train", [single], [0])["text"].tolist() == [[2, 3]]  # [CLS] [SEP]: truncated
+    with pytest.raises(
+        ValueError,
+        match=r"^max_text_length must be >= 3 for a batch of sentence pairs \(\[CLS\] a \[SEP\] b \[SEP\]\), got 2$",
+    ):
+        unknown("train", [pair], [0])
+    pairs = ClassificationCollator(tokenizer, image_size=8, max_text_length=3, sentence_pairs=True)
+    batch = pairs("train", [pair], [0])  # [CLS] [SEP] [SEP]: both one-token sentences cut, longest first
+    assert batch["text"].tolist() == [[2, 3, 3]] and batch["token_type_ids"].tolist() == [[0, 0, 1]]
+    with pytest.raises(
+        ValueError, match=r"^samples: expected sentence pairs \(sentence_pairs=True\), got single texts$"
+    ):
+        pairs("train", [single], [0])
+    texts = ClassificationCollator(tokenizer, image_size=8, sentence_pairs=False)
+    with pytest.raises(ValueError, match=r"^samples: expected single texts \(sentence_pairs=False\), got pairs$"):
+        texts("train", [pair], [0])

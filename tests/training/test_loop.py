@@ -470,7 +470,7 @@ def test_a_checkpoint_trained_with_other_lr_multipliers_is_refused_in_one_line(t
     """Other multipliers build other parameter groups: without the run's config.yaml to compare with (a
     checkpoint copied away), loading one failed inside torch's state-dict code (or at the next scheduler
     step, or silently gave modules another learning rate)."""
-    run(tmp_path / "a", max_steps=2, checkpoint_every=2, lr_multipliers=before)
+    run(tmp_path / "a", max_steps=4, checkpoint_every=2, lr_multipliers=before)  # (the schedule resumed: the same)
     resume = str(tmp_path / "a" / "checkpoints" / "step_00000002")
     with pytest.raises(ConfigError, match=r"^key 'optim.lr_multipliers': expected the multipliers .*step_00000002 was"):
         run(tmp_path / "b", max_steps=4, resume=resume, lr_multipliers=after)
@@ -765,7 +765,8 @@ def test_the_logged_lr_is_the_one_each_step_trained_with(tmp_path):
     next step's: the first step's warmup lr is logged, the cosine's end (which no step uses) is not,
     and a resume that changes the schedule logs the lr its first step takes."""
     first = dict(max_steps=4, warmup_steps=2, min_lr_ratio=0.2, checkpoint_every=4)
-    model, _ = run(tmp_path, **first)
+    config, start = _started(tmp_path, **first)  # (a recipe's start: its checkpoint records the config)
+    fit(Toy(), toy_step, ToyData(4), training=config.training, optim=config.optim, shard_layers=(), start=start)
     records = read_metrics(tmp_path / "metrics.jsonl")
     expected = [scheduled_lr(s, peak=0.05, warmup=2, total=4, floor=0.2) for s in range(1, 5)]
     assert expected == pytest.approx([0.025, 0.05, 0.05, 0.03], rel=1e-12)
@@ -775,7 +776,13 @@ def test_the_logged_lr_is_the_one_each_step_trained_with(tmp_path):
     moved = (params(one)["linear.weight"] - params(Toy())["linear.weight"]).abs()
     assert read_metrics(tmp_path / "one" / "metrics.jsonl")[0]["lr"] == pytest.approx(float(moved.max()), rel=1e-5)
     # A finished run continued with a longer schedule and another peak: step 5 trains with the new schedule's lr.
-    run(tmp_path, max_steps=8, lr=0.1, warmup_steps=2, min_lr_ratio=0.2, checkpoint_every=4, resume="auto")
+    # (through start_run, which compares the configs and lets the schedule change; fit alone refuses it)
+    longer = dict(max_steps=8, lr=0.1, warmup_steps=2, min_lr_ratio=0.2, checkpoint_every=4, resume="auto")
+    with pytest.raises(ConfigError, match=r"^key 'training.max_steps' \(4 -> 8\): expected the schedule "):
+        run(tmp_path, **longer)
+    config, start = _started(tmp_path, **longer)
+    assert start.resume_from.name == "step_00000004"
+    fit(Toy(), toy_step, ToyData(8), training=config.training, optim=config.optim, shard_layers=(), start=start)
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 9))
     resumed = [scheduled_lr(s, peak=0.1, warmup=2, total=8, floor=0.2) for s in range(5, 9)]
@@ -1059,14 +1066,14 @@ class OneBadItemEveryStep(ToyData):
 
 def test_an_unusable_item_met_every_step_is_checkpointed_once(tmp_path):
     """The loop's checkpointed list of unusable samples grew by one entry each time one was met again."""
-    _, result = run(tmp_path, data=OneBadItemEveryStep(6), max_steps=6, checkpoint_every=3)
-    assert result.skipped == [("toy", 7, "item 7 is broken")]
+    with pytest.raises(Killed):  # after step 7: the last checkpoint is step 6's
+        run(tmp_path, data=OneBadItemEveryStep(9), max_steps=9, checkpoint_every=3, after_step=killed_after(7))
     for step in (3, 6):
         state = torch.load(tmp_path / "checkpoints" / f"step_{step:08d}" / "rank0.pt", weights_only=True)
         assert state["skipped"] == [["toy", 7, "item 7 is broken"]]
     _, resumed = run(tmp_path, data=OneBadItemEveryStep(9), max_steps=9, checkpoint_every=3, resume="auto")
     state = torch.load(tmp_path / "checkpoints" / "step_00000009" / "rank0.pt", weights_only=True)
-    assert state["skipped"] == [["toy", 7, "item 7 is broken"]] and resumed.skipped == result.skipped
+    assert state["skipped"] == [["toy", 7, "item 7 is broken"]] and resumed.skipped == [("toy", 7, "item 7 is broken")]
 
 
 class _Half(nn.Module):
@@ -1116,3 +1123,58 @@ def test_fit_checks_the_types_of_configs_built_in_python_before_any_work(tmp_pat
     # an int where a float is meant, a path as the output directory: as intended
     model, result = run(tmp_path / "fine", lr=1, clip_grad_norm=1, output_dir=tmp_path / "fine", max_steps=2)
     assert result.step == 2 and len(losses(tmp_path / "fine")) == 2
+
+
+def test_fit_takes_numpy_numbers_for_int_and_float_fields(tmp_path):
+    """np.int64 max_steps (a user's numpy arithmetic) was refused as "expected an int, got 6"."""
+    steps = np.arange(8)[-1] - 5  # np.int64(2)
+    model, result = run(tmp_path / "np", max_steps=steps, checkpoint_every=np.int32(1), lr=np.float32(0.05))
+    assert type(result.step) is int and result.step == 2 and sorted(losses(tmp_path / "np")) == [1, 2]
+    assert loop_module.read_loop_states(tmp_path / "np" / "checkpoints" / "step_00000002")[0]["step"] == 2
+    reference, _ = run(tmp_path / "py", max_steps=2, checkpoint_every=1, lr=float(np.float32(0.05)))
+    assert_close(params(model), params(reference), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected an int, got np.float64\(6.5\)$"):
+        run(tmp_path / "half", max_steps=np.float64(6.5))
+    with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected an int, got 6.5$"):
+        run(tmp_path / "half", max_steps=6.5)
+    with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected an int, got True$"):
+        run(tmp_path / "bool", max_steps=True)
+
+
+def test_fit_alone_refuses_to_resume_on_another_schedule_and_old_checkpoints_resume_as_before(tmp_path, monkeypatch):
+    """fit without start_run (which compares configs) resumed a run of max_steps=6 with max_steps=8 and
+    stretched its cosine from the step reached, silently; the checkpoint now records the schedule."""
+    with pytest.raises(Killed):
+        run(tmp_path / "run", max_steps=6, warmup_steps=1, after_step=killed_after(4))  # checkpoint of step 3
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000003"
+    assert loop_module.read_loop_states(checkpoint)[0]["schedule"] == {
+        "training.max_steps": 6,
+        "optim.warmup_steps": 1,
+        "optim.min_lr_ratio": 0.0,
+    }
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    for change, message in (
+        (dict(max_steps=8), "key 'training.max_steps' (6 -> 8)"),
+        (dict(max_steps=6, warmup_steps=2), "key 'optim.warmup_steps' (1 -> 2)"),
+        (dict(max_steps=6, warmup_steps=1, min_lr_ratio=0.5), "key 'optim.min_lr_ratio' (0.0 -> 0.5)"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            run(tmp_path / "run", resume="auto", **{"warmup_steps": 1, **change})
+        assert str(caught.value) == (
+            f"{message}: expected the schedule {checkpoint} was trained with (fit alone does not stretch a resumed "
+            "cosine); start a new run in another training.output_dir, or resume through start_run, which compares "
+            "the configs and applies the change"
+        )
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # refused before any work
+    _, result = run(tmp_path / "run", max_steps=6, warmup_steps=1, resume="auto")  # the same schedule: resumes
+    assert result.resumed_from == checkpoint and result.step == 6
+
+    written = loop_module._loop_state  # a checkpoint from before the schedule was recorded: resumes as before
+    monkeypatch.setattr(
+        loop_module, "_loop_state", lambda *args: {k: v for k, v in written(*args).items() if k != "schedule"}
+    )
+    with pytest.raises(Killed):
+        run(tmp_path / "old", max_steps=6, after_step=killed_after(4))
+    monkeypatch.undo()
+    _, result = run(tmp_path / "old", max_steps=8, resume="auto")
+    assert result.resumed_from.name == "step_00000003" and result.step == 8

@@ -344,10 +344,14 @@ class ClassificationCollator:
             tokenizer's own limit.
         image_transform (Optional[ImageTransform]): PIL image -> (3, image_size, image_size) pixels;
             None: ``EvalImageTransform(image_size)``.
+        sentence_pairs (Optional[bool]): whether every text is a sentence pair (True) or a single text
+            (False); a batch of the other kind is refused. None: either, as each batch comes.
 
     Raises:
-        TypeError: if ``tokenizer`` is not callable, or ``image_transform`` not an ImageTransform.
-        ValueError: if ``max_text_length`` < 2, or ``image_transform`` gives images of another size.
+        TypeError: if ``tokenizer`` is not callable, ``image_transform`` not an ImageTransform, or
+            ``sentence_pairs`` not a bool or None.
+        ValueError: if ``max_text_length`` < 2 (< 3 with ``sentence_pairs=True``), or ``image_transform``
+            gives images of another size.
     """
 
     def __init__(
@@ -357,11 +361,15 @@ class ClassificationCollator:
         image_size: int,
         max_text_length: Optional[int] = 128,
         image_transform: Optional[ImageTransform] = None,
+        sentence_pairs: Optional[bool] = None,
     ):
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(f"tokenizer must be a tokenizer (callable) or None, got {type(tokenizer).__name__}")
+        if sentence_pairs is not None and not isinstance(sentence_pairs, bool):
+            raise TypeError(f"sentence_pairs must be a bool or None, got {type(sentence_pairs).__name__}")
         if max_text_length is not None:  # (None: the tokenizer's own model_max_length)
-            check_int("max_text_length", max_text_length, 2)  # [CLS] and [SEP] at least
+            # [CLS] and [SEP] at least; [CLS] a [SEP] b [SEP] for pairs (refused here, not at the first batch)
+            check_int("max_text_length", max_text_length, 3 if sentence_pairs else 2)
         if image_transform is None:
             image_transform = EvalImageTransform(image_size)
         elif not isinstance(image_transform, ImageTransform):
@@ -372,6 +380,7 @@ class ClassificationCollator:
                 f"{image_transform.output_size}"
             )
         self.tokenizer, self.transform, self.max_text_length = tokenizer, image_transform, max_text_length
+        self.sentence_pairs = sentence_pairs
 
     def __call__(
         self, kind: str, samples: Sequence[LabeledSample], seeds: Sequence[int], *, another: Optional[Callable] = None
@@ -382,7 +391,8 @@ class ClassificationCollator:
             TypeError: if a label is not an int, a float or a tensor.
             ValueError: if there are no samples, some have an image or a text and others not, a batch
                 mixes sentence pairs with single texts, or score tensors with numbers, or a label is not finite, a class id below 0, or a
-                score tensor not 1-D of the shape of the others.
+                score tensor not 1-D of the shape of the others; if the texts are not of the kind
+                ``sentence_pairs`` states, or are pairs while ``max_text_length`` < 3.
         """
         if not samples:
             raise ValueError("samples: expected at least one sample, got none")
@@ -406,6 +416,9 @@ class ClassificationCollator:
     def _text(self, samples: Sequence[LabeledSample]) -> dict:
         """The text inputs of ``samples``: ids and attention mask, and token types for sentence pairs."""
         pairs = [isinstance(s.text, tuple) for s in samples]
+        if self.sentence_pairs is not None and any(pairs) != self.sentence_pairs:
+            expected, got = ("sentence pairs", "single texts") if self.sentence_pairs else ("single texts", "pairs")
+            raise ValueError(f"samples: expected {expected} (sentence_pairs={self.sentence_pairs}), got {got}")
         if not any(pairs):  # (no token types: a single text's numerics are those of every earlier run)
             ids, mask = self.tokenizer([s.text for s in samples], max_length=self.max_text_length)
             return {"text": ids, "text_attention_mask": mask}
@@ -413,6 +426,11 @@ class ClassificationCollator:
             shapes = [len(s.text) if isinstance(s.text, tuple) else "str" for s in samples]
             raise ValueError(
                 f"samples: expected a sentence pair (2 str) as every text of a batch or none, got {shapes}"
+            )
+        if self.max_text_length is not None and self.max_text_length < 3:  # (the tokenizer names its max_length)
+            raise ValueError(
+                f"max_text_length must be >= 3 for a batch of sentence pairs ([CLS] a [SEP] b [SEP]), got "
+                f"{self.max_text_length}"
             )
         ids, mask, types = self.tokenizer.encode_pairs(
             [s.text[0] for s in samples], [s.text[1] for s in samples], max_length=self.max_text_length

@@ -44,6 +44,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import numbers
 import os
 from pathlib import Path
 import pickle
@@ -317,6 +318,12 @@ def _read_loop_state(file: Path, step: int) -> tuple[Optional[dict], Optional[st
         return None, f"skipped is not a list of unusable samples, got {type(state['skipped']).__name__}"
     if not isinstance(state.get("data", {}), dict):
         return None, f"data is not a data position (a dict), got {type(state['data']).__name__}"
+    schedule = state.get("schedule", {})
+    if not (
+        isinstance(schedule, dict)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in schedule.values())
+    ):
+        return None, "schedule is not the settings of a learning-rate schedule (key -> number)"
     fault = None if "window" not in state else _window_fault(state["window"])
     if fault is not None:
         return None, f"window {fault}"
@@ -390,13 +397,16 @@ def fit(
         ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
             is malformed; ConfigError (a ValueError) naming the key if ``training`` or ``optim``
             holds a bad value (the checks a recipe's ``validate`` runs).
-        ConfigError: as :func:`resume_checkpoint`; or a streamed run resumed on other ranks or loader
+        ConfigError: as :func:`resume_checkpoint`; without ``start``, a resume whose checkpoint records
+            another ``training.max_steps``, ``optim.warmup_steps`` or ``optim.min_lr_ratio`` (the schedule's
+            shape: start_run compares configs and lets a recipe change them); or a streamed run resumed on other ranks or loader
             workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
     """
     _check_fit_arguments(model, step, data, training, optim)
     t = training
     raise_on_failed_checks(_type_checks("training", t) + _type_checks("optim", optim))  # (as load_config's types)
+    t, optim = _plain_numbers(t), _plain_numbers(optim)  # (np.int64 max_steps: Python's int from here on)
     raise_on_failed_checks(training_checks(t, optim, _world_size()))  # as a recipe's validate does
     accumulation = t.grad_accumulation
     streamed = isinstance(data, IterableDataset)
@@ -415,6 +425,7 @@ def fit(
     states = None if start is None else start.loop_states
     if resume_from is not None and states is None:
         states = read_loop_states(resume_from)
+    compared = start is not None  # start_run compared the configs: a recipe's resume may change the schedule
     if t.activation_checkpointing != "none":
         set_activation_checkpointing(model, t.activation_checkpointing)
     if t.compile:
@@ -426,6 +437,8 @@ def fit(
         start, skipped, position = _resume(
             checkpoints, resume_from, states, wrapped, optimizer, scheduler, streamed=streamed
         )
+        if not compared:  # (after the checkpoint's own faults, before anything is written)
+            _check_schedule(Path(resume_from), states[0], _schedule(t, optim))
         window = _Window.from_state(states[0].get("window"))  # global values: rank 0's, as every rank's
         if streamed:  # checked before anything in the run directory is moved or rewritten
             _restore_position(data, position, resume_from)
@@ -558,7 +571,7 @@ def fit(
                 if progress is not None:
                     progress.set_postfix(loss=f"{record['loss']:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps:
-                state = _loop_state(done, optimizer, scheduler, skipped, position, window)
+                state = _loop_state(done, optimizer, scheduler, skipped, position, window, _schedule(t, optim))
                 last_saved = checkpoints.save(done, wrapped, optimizer, state, texts=recorded)
     finally:
         if progress is not None:
@@ -617,16 +630,16 @@ def _type_checks(section: str, config: Any) -> list[tuple]:
 
 
 def _is_of_type(value: Any, kind: Any) -> bool:
-    """Whether ``value`` is of the config annotation ``kind`` (an int is a float; no bool is a number;
-    a path is text; a tuple is a list); True for annotations this does not know (trusted)."""
+    """Whether ``value`` is of the config annotation ``kind`` (any integer, numpy's included, is an int;
+    any real number is a float; no bool is a number; a path is text; a tuple is a list); True for
+    annotations this does not know (trusted)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is typing.Union:
         return any(_is_of_type(value, arg) for arg in args)
     if kind is type(None):
         return value is None
-    if kind in (int, float):
-        numbers = (int,) if kind is int else (int, float)
-        return isinstance(value, numbers) and not isinstance(value, bool)
+    if kind in (int, float):  # (np.int64(6) from a user's arithmetic is an int; 6.5 is not)
+        return isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
     if kind in (bool, str):
         return isinstance(value, kind) or (kind is str and isinstance(value, os.PathLike))
     if origin is list:
@@ -636,6 +649,27 @@ def _is_of_type(value: Any, kind: Any) -> bool:
             _is_of_type(k, args[0]) and _is_of_type(v, args[1]) for k, v in value.items()
         )
     return True
+
+
+def _plain_numbers(config: Any) -> Any:
+    """A copy of the dataclass ``config`` (already type-checked) with each number that is not Python's
+    own (a numpy scalar) as the int or float of the same value, in lists and dicts too: the schedule,
+    the loop's JSON state and the optimiser then hold what a recipe's config would."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return type(value)(plain(v) for v in value)
+        if isinstance(value, Mapping):
+            return {plain(k): plain(v) for k, v in value.items()}
+        if isinstance(value, bool) or type(value) in (int, float):
+            return value
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        return float(value) if isinstance(value, numbers.Real) else value
+
+    return dataclasses.replace(
+        config, **{f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+    )
 
 
 def _type_name(kind: Any) -> str:
@@ -784,19 +818,48 @@ def _window_fault(window: object) -> Optional[str]:
     return None if well_formed else "parts are not [sum, steps] per loss name"
 
 
-def _loop_state(step: int, optimizer, scheduler, skipped: list, position: dict, window: _Window) -> dict:
-    """This rank's part of a checkpoint: step, schedule, the optimiser's parameter groups (names and
-    learning-rate multiplier), RNG states, unusable samples met, the position of streamed data
-    (empty for step-indexed data) and the losses of the steps not logged yet."""
+def _loop_state(
+    step: int, optimizer, scheduler, skipped: list, position: dict, window: _Window, schedule: dict
+) -> dict:
+    """This rank's part of a checkpoint: step, schedule (its state and the settings that shape it), the
+    optimiser's parameter groups (names and learning-rate multiplier), RNG states, unusable samples met,
+    the position of streamed data (empty for step-indexed data) and the losses of the steps not logged yet."""
     return {
         "step": step,
         "scheduler": scheduler.state_dict(),
+        "schedule": dict(schedule),
         "groups": _group_layout(optimizer),
         "rng": rng_state(),
         "skipped": [list(s) for s in skipped],
         "data": dict(position),
         "window": window.state(),
     }
+
+
+def _schedule(t: TrainingConfig, optim: OptimConfig) -> dict:
+    """The settings that shape the learning-rate schedule, under their config keys (a checkpoint records
+    them: the scheduler's own state holds its step, not the length of its cosine)."""
+    return {
+        "training.max_steps": t.max_steps,
+        "optim.warmup_steps": optim.warmup_steps,
+        "optim.min_lr_ratio": optim.min_lr_ratio,
+    }
+
+
+def _check_schedule(path: Path, saved: dict, schedule: dict) -> None:
+    """Refuse, in one line naming the first key that differs (old -> new), to resume checkpoint ``path``
+    (its training-loop state ``saved``) on another schedule: the new length would stretch or squeeze the
+    cosine from the step reached, silently. Checkpoints from before the schedule was recorded pass."""
+    recorded = saved.get("schedule")
+    if recorded is None:
+        return
+    for key, value in schedule.items():
+        if key in recorded and recorded[key] != value:
+            raise ConfigError(
+                f"key '{key}' ({recorded[key]!r} -> {value!r}): expected the schedule {path} was trained with "
+                "(fit alone does not stretch a resumed cosine); start a new run in another training.output_dir, or "
+                "resume through start_run, which compares the configs and applies the change"
+            )
 
 
 def _group_layout(optimizer) -> list[list]:
