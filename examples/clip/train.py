@@ -89,7 +89,7 @@ from torchflava.training.schema import (
     vocab_checks,
 )
 from torchflava.utils.architecture import UntoldArgument
-from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint
+from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint, without_prefix
 from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
@@ -238,7 +238,7 @@ def loaded_logit_scale_checks(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpo
     clip_config.json as if the run had started from it). None passes, as does a checkpoint holding none."""
     given = cfg.model.logit_scale_init
     tensors = {} if checkpoint is None or checkpoint.tensors is None else checkpoint.tensors
-    held = tensors.get("logit_scale", tensors.get("module.logit_scale"))  # (an open_clip DDP run's prefix)
+    held = without_prefix(tensors, "module.").get("logit_scale")  # (an open_clip DDP run's prefix, as told_sizes)
     if given is None or held is None or held.is_meta:  # (a one-element tensor is peeked with its value)
         return []
     value = float(held)
