@@ -797,6 +797,28 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
     ) in capsys.readouterr().err
 
 
+def test_the_tsv_is_read_as_fine_tuning_read_its_files(pair_run, tmp_path, capsys, monkeypatch):
+    """--tsv had a reader of its own beside fine-tuning's GlueTsv: a header naming a text column twice read
+    the first, a text of a zero-width space alone passed (to reach the tokenizer once the weights had
+    loaded), and a field too long for the csv module was "not a readable UTF-8 TSV file". GlueTsv reads it now."""
+    run, _, pairs, _ = pair_run
+    import torchflava.classify as classify_module
+
+    monkeypatch.setattr(classify_module, "load_classifier", lambda *a, **k: pytest.fail("weights loaded"))
+    (tmp_path / "twice.tsv").write_text("question\tsentence\tquestion\n" + f"{pairs[0][0]}\t{pairs[0][1]}\tx\n")
+    (tmp_path / "zero.tsv").write_text("question\tsentence\n" + f"{pairs[0][0]}\t\u200b\n")
+    (tmp_path / "long.tsv").write_text("question\tsentence\na\tb\n" + "x" * 200_000 + "\tc\n")
+    for name, message in (
+        ("twice.tsv", "twice.tsv: the header names column(s) ['question'] more than once"),
+        ("zero.tsv", "zero.tsv line 2: expected a text in each of ['question', 'sentence'], got"),
+        ("long.tsv", "long.tsv line 3: field larger than field limit (131072)"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(run), "--tsv", str(tmp_path / name), "--out", str(tmp_path / "p.tsv")])
+        assert exit_.value.code == 2
+        assert f"argument --tsv: {tmp_path / message}" in capsys.readouterr().err
+
+
 def test_a_pair_export_from_before_the_inputs_file_reads_a_tsvs_two_columns_joined_by_sep(pair_run, tmp_path):
     """Such an export was fine-tuned on each pair joined by " [SEP] " into one text: its TSV rows are read so."""
     run, _, pairs, _ = pair_run
