@@ -407,6 +407,20 @@ def test_weights_with_no_tokenizer_need_data_vocab_unless_the_sizes_match(hf_cli
     train.validate(_config(f"model.pretrained={bare}", *FROM_CHECKPOINT, f"data.vocab={hf_clip}"), 1)
 
 
+def test_the_sample_a_vocabulary_is_learnt_from_is_refused_where_the_tokenizer_is_read(hf_clip, tmp_path):
+    """data.vocab_training_texts was accepted and ignored where the tokenizer is read, model.pretrained's
+    included: nothing is learnt. data.vocab_size, set by debug.yaml, is left to the tokenizer as before."""
+    base = [f"model.pretrained={hf_clip}", *FROM_CHECKPOINT]
+    train.validate(_config(*base, "data.vocab_size=120"), 1)  # (debug.yaml's value: the tokenizer's decides)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(*base, "data.vocab_training_texts=500"), 1)
+    assert str(caught.value) == (
+        "key 'data.vocab_training_texts': expected its default, 20000, since the tokenizer is read from "
+        "model.pretrained: no vocabulary is learnt, got 500"
+    )
+    train.validate(_config("data.vocab_training_texts=500"), 1)  # learnt from the shapes captions: read
+
+
 def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused_naming_its_key(hf_clip, tmp_path):
     (tmp_path / "vocab.txt").write_text("".join(f"{t}\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
     base = [f"model.pretrained={hf_clip}", *FROM_CHECKPOINT]
