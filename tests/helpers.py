@@ -9,6 +9,7 @@ import subprocess
 import threading
 from typing import Callable, Iterator
 
+import pytest
 import torch
 
 # A tiny FLAVA: every dimension differs so that a transposed or swapped tensor cannot pass.
@@ -347,3 +348,25 @@ def _serving(server: http.server.ThreadingHTTPServer, monkeypatch=None) -> Itera
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def assert_a_grown_captions_file_refuses_resume(
+    recipe, config: Callable[..., object], common: list[str], captions: Path, run_dir: Path
+) -> None:
+    """The shared body of the FLAVA and CLIP recipes' tests that a resume on a captions file that grew is
+    refused: each pass over the pairs is a permutation seeded by their number, so a resume on more lines
+    drew other pairs than the run it continues. ``recipe.main(config(*common, ...))`` trains 2 steps into
+    ``run_dir``; ``captions`` then grows by 3 copies of its first line, and the resume to 4 steps must raise
+    ``recipe.ConfigError`` naming ``data.files.pairs_captions`` and both counts, training nothing."""
+    recipe.main(config(*common, "training.max_steps=2"))
+    written = captions.read_text()
+    pairs = len(written.splitlines())
+    captions.write_text(written + written.splitlines(keepends=True)[0] * 3)
+    with pytest.raises(recipe.ConfigError) as caught:
+        recipe.main(config(*common, "training.max_steps=4", "training.resume=auto"))
+    assert str(caught.value).startswith(
+        f"key 'data.files.pairs_captions': expected the {pairs} pairs the checkpoint was trained on, since a "
+        "resumed run"
+    )
+    assert str(caught.value).endswith(f"got '{pairs + 3} items'")
+    assert max(r["step"] for r in recipe.read_metrics(run_dir / "metrics.jsonl")) == 2  # nothing trained

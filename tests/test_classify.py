@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 import shutil
 import signal
+from typing import Iterable, Sequence
 
 import pytest
 import safetensors.torch
@@ -52,6 +53,15 @@ def _finetune(export: Path, out: Path, *overrides: str) -> dict:
     return finetune.main(cfg)
 
 
+def _write_tsv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
+    """Write a GLUE-style TSV: the header ``columns`` (no header row when empty), then each row's fields
+    tab-separated, one row a line. Returns ``path``."""
+    lines = ["\t".join(columns)] if columns else []
+    lines += ["\t".join(str(field) for field in row) for row in rows]
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
 SHAPES = (
     "data.task=shapes",
     "data.shapes_train=64",
@@ -79,9 +89,8 @@ def text_run(pretrained, tmp_path_factory):
     out = tmp_path_factory.mktemp("text_run")
     world = ShapesWorld("texts", 60, image_size=32, seed=2)
     rows = [(world.caption(i), world.scene(i).size) for i in range(60)]
-    tsv = "sentence\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows)
-    (out / "train.tsv").write_text(tsv)
-    (out / "dev.tsv").write_text(tsv)
+    for name in ("train.tsv", "dev.tsv"):
+        _write_tsv(out / name, ["sentence", "label"], rows)
     report = _finetune(
         pretrained,
         out / "run",
@@ -367,8 +376,8 @@ def test_a_vqa_style_multimodal_classifier_scores_each_answer_by_sigmoid_through
 
 def test_a_regression_exports_no_class_names_and_the_command_prints_its_values(pretrained, tmp_path, capsys):
     world = ShapesWorld("texts", 40, image_size=32, seed=6)
-    rows = "".join(f"{world.caption(i)}\t{5.0 if world.scene(i).size == 'large' else 1.0}\n" for i in range(40))
-    (tmp_path / "train.tsv").write_text("sentence\tscore\n" + rows)
+    rows = [(world.caption(i), 5.0 if world.scene(i).size == "large" else 1.0) for i in range(40)]
+    _write_tsv(tmp_path / "train.tsv", ["sentence", "score"], rows)
     args = (f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'train.tsv'}", "data.label_column=score")
     report = _finetune(pretrained, tmp_path / "run", "data.task=glue", *args, "data.labels=null", "model.modality=text")
     assert report["loss"] == "mse"
@@ -383,7 +392,7 @@ def test_a_regression_exports_no_class_names_and_the_command_prints_its_values(p
     # a GLUE TSV (STS-B style): each row's value, and the correlations with the label column's
     texts = [world.caption(i) for i in range(6)]
     truth = [1.0, 2.0, 2.0, 4.0, 5.0, 3.5]
-    (tmp_path / "dev.tsv").write_text("sentence\tscore\n" + "".join(f"{t}\t{y}\n" for t, y in zip(texts, truth)))
+    _write_tsv(tmp_path / "dev.tsv", ["sentence", "score"], zip(texts, truth))
     out = tmp_path / "sts.tsv"
     result = main(
         [
@@ -566,9 +575,8 @@ def pair_run(pretrained, tmp_path_factory):
     world = ShapesWorld("texts", 40, image_size=32, seed=3)
     pairs = [(world.caption(i), world.caption(39 - i)) for i in range(40)]
     labels = [world.scene(i).size for i in range(40)]
-    tsv = "question\tsentence\tlabel\n" + "".join(f"{a}\t{b}\t{y}\n" for (a, b), y in zip(pairs, labels))
-    (out / "train.tsv").write_text(tsv)
-    (out / "dev.tsv").write_text(tsv)
+    for name in ("train.tsv", "dev.tsv"):
+        _write_tsv(out / name, ["question", "sentence", "label"], [(a, b, y) for (a, b), y in zip(pairs, labels)])
     report = _finetune(
         pretrained,
         out / "run",
@@ -615,7 +623,7 @@ def test_a_sentence_pair_classifier_records_its_pairs_and_scores_them_as_fine_tu
 
 def test_the_command_reads_a_pair_as_two_tab_separated_sentences_and_refuses_a_single_text(pair_run, tmp_path, capsys):
     run, _, pairs, _ = pair_run
-    (tmp_path / "more.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs[1:3]))
+    _write_tsv(tmp_path / "more.tsv", [], pairs[1:3])  # (an @file of --text: no header)
     capsys.readouterr()
     result = main(["--checkpoint", str(run), "--text", "\t".join(pairs[0]), f"@{tmp_path / 'more.tsv'}"])
     assert [(p["text"], p["text_pair"]) for p in result["predictions"]] == pairs[:3]
@@ -706,8 +714,8 @@ def test_the_command_writes_glue_predictions_for_a_tsv_and_the_accuracy_of_its_l
     file, reading the columns the run fine-tuned on (both of a sentence pair) and scoring a dev file's labels."""
     run, report, pairs, labels = pair_run
     classifier = load_classifier(run)
-    rows = "".join(f"{i + 10}\t{b}\t{a}\t{y}\n" for i, ((a, b), y) in enumerate(zip(pairs, labels)))
-    (tmp_path / "dev.tsv").write_text("index\tsentence\tquestion\tlabel\n" + rows)  # (columns in another order)
+    rows = [(i + 10, b, a, y) for i, ((a, b), y) in enumerate(zip(pairs, labels))]
+    _write_tsv(tmp_path / "dev.tsv", ["index", "sentence", "question", "label"], rows)  # (columns in another order)
     capsys.readouterr()
     result = main(["--checkpoint", str(run), "--tsv", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "p.tsv")])
     names = [classifier.labels[int(i)] for i in classifier.scores(texts=pairs).argmax(dim=1)]
@@ -720,7 +728,7 @@ def test_the_command_writes_glue_predictions_for_a_tsv_and_the_accuracy_of_its_l
     assert out == f"40 rows classified into {tmp_path / 'p.tsv'}; accuracy {100 * result['accuracy']:.1f}%\n"
     # a test file: no labels, no index column (rows numbered from 0); a single-text classifier's one column
     single, _, texts = text_run
-    (tmp_path / "test.tsv").write_text("sentence\n" + "".join(f"{t}\n" for t in texts[:3]))
+    _write_tsv(tmp_path / "test.tsv", ["sentence"], [(t,) for t in texts[:3]])
     result = main(["--checkpoint", str(single), "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "s.tsv")])
     scores = load_classifier(single).scores(texts=texts[:3])
     assert (tmp_path / "s.tsv").read_text() == "index\tprediction\n" + "".join(
@@ -736,9 +744,9 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
     import torchflava.classify as classify_module
 
     monkeypatch.setattr(classify_module, "load_classifier", lambda *a, **k: pytest.fail("weights loaded"))
-    (tmp_path / "one.tsv").write_text("index\tsentence\n0\ta red circle\n")
-    (tmp_path / "short.tsv").write_text("question\tsentence\n" + f"{pairs[0][0]}\t{pairs[0][1]}\nonly one\n")
-    (tmp_path / "bad_label.tsv").write_text("question\tsentence\tlabel\n" + f"{pairs[0][0]}\t{pairs[0][1]}\thuge\n")
+    _write_tsv(tmp_path / "one.tsv", ["index", "sentence"], [(0, "a red circle")])
+    _write_tsv(tmp_path / "short.tsv", ["question", "sentence"], [pairs[0], ("only one",)])
+    _write_tsv(tmp_path / "bad_label.tsv", ["question", "sentence", "label"], [(*pairs[0], "huge")])
     (tmp_path / "latin1.tsv").write_bytes("question\tsentence\ncaf\xe9\tb\n".encode("latin-1"))
     out = str(tmp_path / "p.tsv")
     cases = [
@@ -765,7 +773,7 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
             "argument --checkpoint: --tsv reads texts for a text classifier, got a classifier of modality 'image'",
         ),
     ]
-    (tmp_path / "blank.tsv").write_text("question\tsentence\n" + f"{pairs[0][0]}\t \n")
+    _write_tsv(tmp_path / "blank.tsv", ["question", "sentence"], [(pairs[0][0], " ")])
     cases.append(
         (
             [str(run), "--tsv", str(tmp_path / "blank.tsv")],
@@ -797,13 +805,35 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
     ) in capsys.readouterr().err
 
 
+def test_the_tsv_is_read_as_fine_tuning_read_its_files(pair_run, tmp_path, capsys, monkeypatch):
+    """--tsv had a reader of its own beside fine-tuning's GlueTsv: a header naming a text column twice read
+    the first, a text of a zero-width space alone passed (to reach the tokenizer once the weights had
+    loaded), and a field too long for the csv module was "not a readable UTF-8 TSV file". GlueTsv reads it now."""
+    run, _, pairs, _ = pair_run
+    import torchflava.classify as classify_module
+
+    monkeypatch.setattr(classify_module, "load_classifier", lambda *a, **k: pytest.fail("weights loaded"))
+    _write_tsv(tmp_path / "twice.tsv", ["question", "sentence", "question"], [(*pairs[0], "x")])
+    _write_tsv(tmp_path / "zero.tsv", ["question", "sentence"], [(pairs[0][0], "\u200b")])
+    _write_tsv(tmp_path / "long.tsv", ["question", "sentence"], [("a", "b"), ("x" * 200_000, "c")])
+    for name, message in (
+        ("twice.tsv", "twice.tsv: the header names column(s) ['question'] more than once"),
+        ("zero.tsv", "zero.tsv line 2: expected a text in each of ['question', 'sentence'], got"),
+        ("long.tsv", "long.tsv line 3: field larger than field limit (131072)"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(run), "--tsv", str(tmp_path / name), "--out", str(tmp_path / "p.tsv")])
+        assert exit_.value.code == 2
+        assert f"argument --tsv: {tmp_path / message}" in capsys.readouterr().err
+
+
 def test_a_pair_export_from_before_the_inputs_file_reads_a_tsvs_two_columns_joined_by_sep(pair_run, tmp_path):
     """Such an export was fine-tuned on each pair joined by " [SEP] " into one text: its TSV rows are read so."""
     run, _, pairs, _ = pair_run
     shutil.copytree(run / "model", tmp_path / "run" / "model")
     shutil.copy(run / "config.yaml", tmp_path / "run" / "config.yaml")
     (tmp_path / "run" / "model" / "classifier_inputs.json").unlink()
-    (tmp_path / "test.tsv").write_text("question\tsentence\n" + "".join(f"{a}\t{b}\n" for a, b in pairs[:4]))
+    _write_tsv(tmp_path / "test.tsv", ["question", "sentence"], pairs[:4])
     main(["--checkpoint", str(tmp_path / "run"), "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "p.tsv")])
     legacy = load_classifier(tmp_path / "run")
     assert not legacy.sentence_pairs

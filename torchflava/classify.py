@@ -38,10 +38,8 @@ accuracy is printed (Pearson and Spearman correlations for a regression).
 
 import argparse
 from collections.abc import Iterable, Mapping, Set
-import csv
 import inspect
 import json
-import math
 from pathlib import Path
 import sys
 from typing import ContextManager, NamedTuple, Optional, Sequence, Union
@@ -52,8 +50,9 @@ import torch
 from torch import Tensor, nn
 import yaml
 
+from torchflava.data.finetuning import GlueTsv
 from torchflava.data.readers import ImageFolder, ImageTextFolder
-from torchflava.data.samples import readable_chunks
+from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import ImageTransform
 from torchflava.evaluation.metrics import pearson, spearman
@@ -93,6 +92,7 @@ LABELS_FILE = "labels.json"  # the class names, in output order
 # what its text inputs are: {"sentence_pairs": true} for a head fine-tuned on sentence pairs; none (an
 # export from before the file) reads single texts
 INPUTS_FILE = "classifier_inputs.json"
+GLUE_INDEX_COLUMN = "index"  # a GLUE test file's row ids, which its submission file repeats
 CLASSIFIER_WEIGHTS = "flava_classification.safetensors"
 # the arguments the config holds: the backbone has its own file, and comes loaded
 _ARGUMENTS = tuple(
@@ -684,60 +684,35 @@ def _text_columns(args: argparse.Namespace, config: ClassifierConfig, parser: ar
     return list(columns)
 
 
-def _glue_rows(args: argparse.Namespace, columns: list[str], parser: argparse.ArgumentParser, pairs: bool) -> GlueRows:
-    """The rows of ``--tsv`` (tab-separated, a header row, no quoting; blank lines skipped): a parser error
-    naming the file for one that does not read, a missing column or a row of another number of fields.
-    Two ``columns`` of a classifier that reads no ``pairs`` (an export from before ``classifier_inputs.json``)
-    are joined by `` [SEP] ``, as such an export was fine-tuned on them."""
-    path = args.tsv
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as file:  # (a BOM is no part of the first name)
-            rows = [
-                (number, row)
-                for number, row in enumerate(csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE), 1)
-                if row
-            ]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        parser.error(f"argument --tsv: expected a readable UTF-8 TSV file, got {path!r} ({first_line(error)})")
-    header = rows.pop(0)[1] if rows else []
-    if missing := [c for c in columns if c not in header]:
-        parser.error(f"argument --tsv: {path}: missing column(s) {missing}; the header has {header}")
-    if not rows:
-        parser.error(f"argument --tsv: {path}: expected rows below the header, got none")
-    index = header.index("index") if "index" in header else None
-    label = header.index(args.label_column) if args.label_column in header else None
-    indices, texts, labels = [], [], []
-    for row_number, (line, row) in enumerate(rows):
-        if len(row) != len(header):
-            parser.error(f"argument --tsv: {path} line {line}: expected {len(header)} fields, got {len(row)}")
-        fields = [row[header.index(c)] for c in columns]
-        if not all(field.strip() for field in fields):  # (the tokenizer's refusal would come after the weights)
-            parser.error(f"argument --tsv: {path} line {line}: expected a text in each of {columns}, got {fields}")
-        texts.append(tuple(fields) if pairs else " [SEP] ".join(fields))
-        indices.append(str(row_number) if index is None else row[index])
-        if label is not None:
-            labels.append(row[label])
-    return GlueRows(indices, texts, None if label is None else labels)
-
-
-def _check_glue_labels(labels: list[str], config: ClassifierConfig, args: argparse.Namespace, parser) -> None:
-    """A parser error naming ``--tsv`` for a label the classifier cannot predict (not a class name, not a
-    number for a regression)."""
+def _glue_rows(
+    args: argparse.Namespace, columns: list[str], parser: argparse.ArgumentParser, config: ClassifierConfig
+) -> GlueRows:
+    """The rows of ``--tsv``, read by :class:`~torchflava.data.finetuning.GlueTsv` as fine-tuning read its
+    files (a header row; the label column and ``index`` read where the file has them): a parser error
+    naming the file for one that does not read, a missing column, a row of another number of fields, a
+    blank text, or a label the classifier cannot predict (not a class name, not a number for a
+    regression). Two ``columns`` of a classifier that reads no sentence pairs (an export from before
+    ``classifier_inputs.json``) are joined by `` [SEP] ``, as such an export was fine-tuned on them."""
     regression = (config.kwargs.get("loss") or default_loss(config.kwargs["num_classes"])) == "mse"
-    names = config.labels or [str(i) for i in range(config.kwargs["num_classes"])]
-    for row, label in enumerate(labels):
-        if regression:
-            try:
-                good = math.isfinite(float(label))
-            except ValueError:
-                good = False
-        else:
-            good = label in names
-        if not good:
-            expected = "a finite number (a regression)" if regression else f"one of the class names {names}"
-            parser.error(
-                f"argument --tsv: {args.tsv}: column {args.label_column!r} row {row}: expected {expected}, got {label!r}"
-            )
+    names = None if regression else config.labels or [str(i) for i in range(config.kwargs["num_classes"])]
+    try:
+        table = GlueTsv(
+            args.tsv, columns, args.label_column, names, label_required=False, index_column=GLUE_INDEX_COLUMN
+        )
+    except OSError as error:
+        parser.error(f"argument --tsv: expected a readable UTF-8 TSV file, got {args.tsv!r} ({first_line(error)})")
+    except (ValueError, TypeError) as error:
+        parser.error(f"argument --tsv: {first_line(error)}")
+    texts, labels = [], []
+    for row in range(len(table)):
+        try:
+            sample = table[row]
+        except BadSample as error:  # (the tokenizer's refusal of a blank text would come after the weights)
+            parser.error(f"argument --tsv: {error.reason}")
+        pair = isinstance(sample.text, tuple)
+        texts.append(" [SEP] ".join(sample.text) if pair and not config.sentence_pairs else sample.text)
+        labels.append(sample.label if regression or not table.labelled else names[sample.label])
+    return GlueRows(table.indices, texts, labels if table.labelled else None)
 
 
 def classify_tsv(classifier: Classifier, rows: GlueRows, out: Path, batch_size: int) -> dict:
@@ -774,9 +749,7 @@ def _main_tsv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
             f"{config.modality!r} ({config.layout.directory})"
         )
     columns = _text_columns(args, config, parser)
-    rows = _glue_rows(args, columns, parser, config.sentence_pairs)
-    if rows.labels is not None:
-        _check_glue_labels(rows.labels, config, args, parser)
+    rows = _glue_rows(args, columns, parser, config)
     classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     result = classify_tsv(classifier, rows, args.out, args.batch_size)
     summary = f"{result['num_inputs']} rows classified into {args.out}"

@@ -189,6 +189,12 @@ def validate(cfg: TrainConfig, world_size: int) -> Optional["FromCheckpoint"]:
             ),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             *vocab_checks(d.vocab, d.vocab_training_texts, read_tokenizer, expected=TOKENIZER),
+            (
+                d.source != "files" or d.shapes.seed == ShapesConfig().seed,
+                "data.shapes.seed",
+                f"its default, {ShapesConfig().seed}, since data.source=files draws nothing from the shapes world",
+                d.shapes.seed,
+            ),
         ]
         + unread_section_checks("data.files", d.files, d.source == "files", f"data.source={d.source} reads no files")
         + streaming_checks(
@@ -227,9 +233,28 @@ def validate(cfg: TrainConfig, world_size: int) -> Optional["FromCheckpoint"]:
             text_length_check(cfg, text_context(cfg, None if checked is None else checked.checkpoint)),
             lr_multipliers_check(build, cfg.optim),
             *loaded_logit_scale_checks(cfg, None if checked is None else checked.checkpoint),
+            learnt_vocabulary_check(cfg, None if checked is None else checked.checkpoint),
         ]
     )
     return checked
+
+
+def learnt_vocabulary_check(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> tuple:
+    """That ``data.vocab_training_texts`` is its default where the tokenizer is read (``data.vocab``, or
+    ``model.pretrained``'s: :func:`tokenizer_source`), not learnt: nothing would read another value.
+    ``data.vocab_size`` is left as it comes (the shipped configs set it, a read tokenizer overrides it and
+    the run records the tokenizer's size there), as are the ``data.shapes`` keys but the seed with
+    ``data.source=files`` (``debug.yaml`` sets them, and a config file's value cannot be told from a
+    typed one)."""
+    default = DataConfig().vocab_training_texts
+    source, key = tokenizer_source(cfg, checkpoint)
+    expected = f"its default, {default}, since the tokenizer is read from {key}: no vocabulary is learnt"
+    return (
+        source is None or cfg.data.vocab_training_texts == default,
+        "data.vocab_training_texts",
+        expected,
+        cfg.data.vocab_training_texts,
+    )
 
 
 def loaded_logit_scale_checks(cfg: TrainConfig, checkpoint: Optional[CLIPCheckpoint]) -> list[tuple]:

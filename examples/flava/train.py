@@ -217,6 +217,30 @@ def ratio_source_checks(d: DataConfig) -> list[tuple]:
     ]
 
 
+def unread_key_checks(d: DataConfig) -> list[tuple]:
+    """Keys set to other than their defaults that the run would not read, as ``(ok, key, expected, got)``:
+    ``data.shapes.seed`` when ``data.source=files``, and ``data.vocab_training_texts`` when ``data.vocab``
+    is read (no vocabulary is learnt). Only keys no shipped config sets: the other ``data.shapes`` keys and
+    ``data.vocab_size`` are set by ``debug.yaml`` and ``tiny.yaml``, which a run may take with
+    ``data.source=files`` or ``data.vocab`` (README: ``data.vocab`` overrides the tokenizer), and a value
+    from a config file cannot be told from one the user typed."""
+    defaults = DataConfig()
+    return [
+        (
+            d.source != "files" or d.shapes.seed == defaults.shapes.seed,
+            "data.shapes.seed",
+            f"its default, {defaults.shapes.seed}, since data.source=files draws nothing from the shapes world",
+            d.shapes.seed,
+        ),
+        (
+            d.vocab is None or d.vocab_training_texts == defaults.vocab_training_texts,
+            "data.vocab_training_texts",
+            f"its default, {defaults.vocab_training_texts}, since data.vocab is read: no vocabulary is learnt",
+            d.vocab_training_texts,
+        ),
+    ]
+
+
 def validate(cfg: TrainConfig, world_size: int) -> None:
     """Check what types cannot, before any work: choices, ranges, sizes that must agree, the model
     sections built on the meta device, the data files. Raises ConfigError naming the key."""
@@ -229,6 +253,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         + [
             (d.source in ("shapes", "files"), "data.source", "shapes or files", d.source),
             *unread_section_checks("data.files", f, d.source == "files", f"data.source={d.source} reads no files"),
+            *unread_key_checks(d),
             (
                 5 <= d.shapes.num_test <= len(ALL_SCENES),
                 "data.shapes.num_test",

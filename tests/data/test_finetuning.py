@@ -29,10 +29,11 @@ def test_glue_tsv_reads_a_byte_order_mark_and_refuses_non_finite_targets_and_oth
     assert GlueTsv(path, ["sentence1", "sentence2"], "score")[0].label == 3.5
     for bad in ("nan", "inf", "-inf", "three", "1_000"):  # (float reads "1_000" as 1000.0)
         path.write_text(f"sentence1\tsentence2\tscore\na\tb\t{bad}\n")
-        with pytest.raises(ValueError, match=f"line 2: label '{bad}' is not a finite number"):
+        match = rf"stsb.tsv: column 'score' row 0: expected a finite number \(a regression\), got '{bad}' \(line 2\)$"
+        with pytest.raises(ValueError, match=match):
             GlueTsv(path, ["sentence1", "sentence2"], "score")
     path.write_bytes(b"sentence1\tsentence2\tscore\n\xe9t\xe9\tb\t1.0\n")  # latin-1
-    with pytest.raises(ValueError, match="stsb.tsv is not UTF-8 text"):
+    with pytest.raises(ValueError, match=r"^expected a readable UTF-8 TSV file, got '.*stsb.tsv' \(invalid"):
         GlueTsv(path, ["sentence1", "sentence2"], "score")
 
 
@@ -85,7 +86,10 @@ def test_glue_tsv_names_the_files_own_line_and_a_field_too_long_for_csv(tmp_path
 
     path = tmp_path / "blank.tsv"
     path.write_text("sentence\tlabel\na\t0\n\n\nb\t7\n")  # blank lines: the bad label is on line 5
-    with pytest.raises(ValueError, match=r"blank.tsv line 5: label '7' is not one of"):
+    with pytest.raises(
+        ValueError,
+        match=r"blank.tsv: column 'label' row 1: expected one of the class names \['0', '1'\], got '7' \(line 5\)$",
+    ):
         GlueTsv(path, ["sentence"], "label", ["0", "1"])
     path.write_text("sentence\tlabel\na\t0\n" + "x" * 200_000 + "\t1\n")
     with pytest.raises(ValueError, match=r"blank.tsv line 3: field larger than field limit"):  # was _csv.Error
@@ -336,13 +340,17 @@ def test_glue_tsv_rows_of_another_width_are_unusable_items_naming_their_line(tmp
     qqp = GlueTsv(path, ["question1", "question2"], "is_duplicate", ["0", "1"])
     assert len(qqp) == 4 and (qqp[0], qqp[3]) == ((None, ("Why?", "How?"), 0), (None, ("Who?", "Whom?"), 1))
     columns = r"\['id', 'qid1', 'qid2', 'question1', 'question2', 'is_duplicate'\]"
-    with pytest.raises(BadSample, match=rf"^sample 1: .*qqp.tsv line 3: expected 6 fields {columns}, got 4$"):
+    with pytest.raises(
+        BadSample, match=rf"^sample 1: .*qqp.tsv line 3: expected 6 fields, got 4 \(the columns {columns}\)$"
+    ):
         qqp[1]
-    with pytest.raises(BadSample, match=rf"^sample 2: .*qqp.tsv line 5: expected 6 fields {columns}, got 7$"):
+    with pytest.raises(
+        BadSample, match=rf"^sample 2: .*qqp.tsv line 5: expected 6 fields, got 7 \(the columns {columns}\)$"
+    ):
         qqp[2]  # (after a blank line, which is no row)
     path.write_text(header + "1\t2\n")
     fault = unusable_start(GlueTsv(path, ["question1", "question2"], "is_duplicate", ["0", "1"]))
-    assert fault.startswith("none of its 1 items reads; the first: sample 0: ") and fault.endswith("got 2")
+    assert fault.startswith("none of its 1 items reads; the first: sample 0: ") and "got 2 (the columns" in fault
 
 
 def test_a_line_nested_too_deeply_is_refused_naming_it(tmp_path):
@@ -482,3 +490,46 @@ def test_classification_collator_refuses_a_pair_length_below_three_at_constructi
     texts = ClassificationCollator(tokenizer, image_size=8, sentence_pairs=False)
     with pytest.raises(ValueError, match=r"^samples: expected single texts \(sentence_pairs=False\), got pairs$"):
         texts("train", [pair], [0])
+
+
+def test_glue_tsv_reads_a_test_file_without_labels_and_its_index_column(tmp_path):
+    """python -m torchflava.classify --tsv reads GLUE test files (no label column, an ``index`` column)
+    with this reader: an unlabelled file reads with label_required=False, the rows' indices from the
+    index column where the file has one, else the row numbers."""
+    from torchflava.data.finetuning import GlueTsv
+
+    path = tmp_path / "test.tsv"
+    path.write_text("index\tquestion\tsentence\n7\tWhy?\tBecause.\n\n9\tHow?\tSo.\n")
+    table = GlueTsv(path, ["question", "sentence"], "label", ["0", "1"], label_required=False, index_column="index")
+    assert not table.labelled and table.indices == ["7", "9"]
+    assert [table[i] for i in range(2)] == [(None, ("Why?", "Because."), None), (None, ("How?", "So."), None)]
+    path.write_text("sentence\tlabel\na\t1\nb\t0\n")  # labelled, without an index column: rows numbered from 0
+    table = GlueTsv(path, ["sentence"], "label", ["0", "1"], label_required=False, index_column="index")
+    assert table.labelled and table.indices == ["0", "1"] and [table[i].label for i in range(2)] == [1, 0]
+    with pytest.raises(ValueError, match=r"test.tsv: missing column\(s\) \['label'\]; the header has \['sentence'\]$"):
+        path.write_text("sentence\na\n")
+        GlueTsv(path, ["sentence"], "label", ["0", "1"])  # (required by default, as for fine-tuning)
+    path.write_text("sentence\n")
+    with pytest.raises(ValueError, match=r"test.tsv: expected rows below the header, got none$"):
+        GlueTsv(path, ["sentence"], "label", label_required=False)
+
+
+def test_glue_tsv_a_blank_text_is_an_unusable_row_naming_its_line(tmp_path):
+    """A blank text was refused only when its item was read, as "sample 1: empty or missing text", without
+    the line; a zero-width space is no text either."""
+    from torchflava.data.finetuning import GlueTsv
+    from torchflava.data.samples import BadSample
+
+    path = tmp_path / "mrpc.tsv"
+    path.write_text("label\ts1\ts2\n1\ta\tb\n\n0\t \tc\n1\td\t\u200b\n")
+    table = GlueTsv(path, ["s1", "s2"], "label", ["0", "1"])
+    assert len(table) == 3 and table[0] == (None, ("a", "b"), 1)
+    with pytest.raises(
+        BadSample, match=r"^sample 1: .*mrpc.tsv line 4: expected a text in each of \['s1', 's2'\], got \[' ', 'c'\]$"
+    ):
+        table[1]
+    with pytest.raises(
+        BadSample,
+        match=r"^sample 2: .*mrpc.tsv line 5: expected a text in each of \['s1', 's2'\], got \['d', '\\u200b'\]$",
+    ):
+        table[2]

@@ -198,8 +198,12 @@ FLAVA_ONLY = [
     (("training.global_batch_size=8", "training.grad_accumulation=8"), "training.global_batch_size"),
     ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
 ]
-# data settings that were silently ignored: files under data.source=shapes, or both forms of pairs
+# data settings that were silently ignored: files under data.source=shapes, or both forms of pairs; the
+# shapes world's seed on files, and the sample a vocabulary is learnt from with data.vocab read (the keys no
+# shipped config sets: debug.yaml's data.shapes.* and data.vocab_size, taken on files or with data.vocab, pass)
 IGNORED = [
+    ((FILES, "data.shapes.seed=3"), "data.shapes.seed"),
+    (("data.vocab={files}/vocab.txt", "data.vocab_training_texts=500"), "data.vocab_training_texts"),
     ("data.files.pairs_shards=/nowhere/*.tar", "data.files.pairs_shards"),
     ("data.files.pairs_captions={files}/captions.txt", "data.files.pairs_captions"),
     (

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import load_recipe, served_directory
+from tests.helpers import assert_a_grown_captions_file_refuses_resume, load_recipe, served_directory
 from tests.test_zero_shot_command import write_hf_clip
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, ImageTransformSpec
@@ -407,6 +407,20 @@ def test_weights_with_no_tokenizer_need_data_vocab_unless_the_sizes_match(hf_cli
     train.validate(_config(f"model.pretrained={bare}", *FROM_CHECKPOINT, f"data.vocab={hf_clip}"), 1)
 
 
+def test_the_sample_a_vocabulary_is_learnt_from_is_refused_where_the_tokenizer_is_read(hf_clip, tmp_path):
+    """data.vocab_training_texts was accepted and ignored where the tokenizer is read, model.pretrained's
+    included: nothing is learnt. data.vocab_size, set by debug.yaml, is left to the tokenizer as before."""
+    base = [f"model.pretrained={hf_clip}", *FROM_CHECKPOINT]
+    train.validate(_config(*base, "data.vocab_size=120"), 1)  # (debug.yaml's value: the tokenizer's decides)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(*base, "data.vocab_training_texts=500"), 1)
+    assert str(caught.value) == (
+        "key 'data.vocab_training_texts': expected its default, 20000, since the tokenizer is read from "
+        "model.pretrained: no vocabulary is learnt, got 500"
+    )
+    train.validate(_config("data.vocab_training_texts=500"), 1)  # learnt from the shapes captions: read
+
+
 def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused_naming_its_key(hf_clip, tmp_path):
     (tmp_path / "vocab.txt").write_text("".join(f"{t}\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
     base = [f"model.pretrained={hf_clip}", *FROM_CHECKPOINT]
@@ -703,20 +717,11 @@ def test_a_resume_on_a_captions_file_that_grew_is_refused_naming_its_key(tmp_pat
     jsonl = _jsonl(tmp_path / "pairs.jsonl", [(f"{i:02d}.png", caption) for i, caption in enumerate(captions)])
     common = [f"training.output_dir={tmp_path / 'run'}", "data.source=files", f"data.files.pairs_captions={jsonl}"]
     common += [f"data.files.pairs_root={tmp_path / 'images'}", *RESUMED]
-    train.main(_config(*common, "training.max_steps=2"))
-    assert capsys.readouterr().err.startswith(
+    assert_a_grown_captions_file_refuses_resume(train, _config, common, jsonl, tmp_path / "run")
+    assert capsys.readouterr().err.startswith(  # (the first run's)
         "eval: no evaluation after this run: eval.* scores the held-out split of the built-in shapes world "
         "(data.source=shapes), and data.source=files trains on your files (set eval.enabled=false to drop this line)\n"
     )
-    written = jsonl.read_text()
-    jsonl.write_text(written + written.splitlines(keepends=True)[0] * 3)
-    with pytest.raises(train.ConfigError) as caught:
-        train.main(_config(*common, "training.max_steps=4", "training.resume=auto"))
-    assert str(caught.value).startswith(
-        "key 'data.files.pairs_captions': expected the 20 pairs the checkpoint was trained on, since a resumed run"
-    )
-    assert str(caught.value).endswith("got '23 items'")
-    assert max(_losses(tmp_path / "run")) == 2  # nothing trained
 
 
 def test_a_streamed_resume_on_more_shards_is_refused_naming_the_key(tmp_path, capsys):

@@ -150,7 +150,9 @@ def test_data_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"missing column\(s\) \['question'\]"):
         GlueTsv(tmp_path / "a.tsv", ["question"], "label", ["pos", "neg"])
     _write_glue(tmp_path / "b.tsv", [("x", "maybe")], ["sentence", "label"])
-    with pytest.raises(ValueError, match="line 2: label 'maybe' is not one of"):
+    with pytest.raises(
+        ValueError, match=r"column 'label' row 0: expected one of the class names .*, got 'maybe' \(line 2\)"
+    ):
         GlueTsv(tmp_path / "b.tsv", ["sentence"], "label", ["pos", "neg"])
     (tmp_path / "c.jsonl").write_text(json.dumps({"image": "x.png", "text": "q", "answers": {"yes": 2.0}}) + "\n")
     with pytest.raises(ValueError, match=r"is not a number in \[0, 1\]"):
@@ -558,7 +560,7 @@ def test_every_glue_task_reads_its_distributed_files_through_its_config(export, 
             assert len(source) == len(expected), task
             for index, item in enumerate(expected):
                 if item is None:  # the row missing fields: an unusable item naming its line
-                    with pytest.raises(BadSample, match=rf"train.tsv line {index + 2}: expected 6 fields .*, got 4$"):
+                    with pytest.raises(BadSample, match=rf"train.tsv line {index + 2}: expected 6 fields, got 4 \("):
                         source[index]
                 else:  # (a pair's two sentences, written below as one text joined by " [SEP] ")
                     text, label = item
@@ -600,7 +602,7 @@ def test_cola_fine_tunes_on_its_headerless_files_counting_a_damaged_row(export, 
     assert report["skipped_samples"] == 1  # the row cut short, drawn in 30 steps of 16 over 41 rows
     assert report["skipped_examples"][0].startswith("train[40]: ")
     assert report["skipped_examples"][0].endswith(
-        "train.tsv line 41: expected 4 fields ['source', 'label', 'original_label', 'sentence'], got 3"
+        "train.tsv line 41: expected 4 fields, got 3 (the columns ['source', 'label', 'original_label', 'sentence'])"
     )
     assert set(report["validation"]) == {"accuracy", "matthews", "f1", "items", "skipped", "chance"}
     assert (report["validation"]["items"], report["validation"]["skipped"]) == (20, 0)
@@ -828,7 +830,7 @@ def test_glue_errors_without_data_labels_say_how_to_classify(export, tmp_path):
     with pytest.raises(
         finetune.ConfigError,
         match=r"^key 'data.train': expected .*and numeric labels \(regression targets; to classify, list the class "
-        r"names in data.labels\), got .*label 'negative' is not a finite number\)$",
+        r"names in data.labels\), got .*expected a finite number \(a regression\), got 'negative' \(line 2\)\)$",
     ):
         _run(export, tmp_path / "r1", *files)
     with pytest.raises(

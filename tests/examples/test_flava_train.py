@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import load_recipe, write_tiny_export
+from tests.helpers import assert_a_grown_captions_file_refuses_resume, load_recipe, write_tiny_export
 from torchflava.modules.layers import TransformerEncoderLayer
 from torchflava.training.checkpointing import CheckpointManager
 
@@ -293,16 +293,7 @@ def test_a_resume_on_a_source_that_grew_is_refused_naming_its_key(tmp_path):
         "training.checkpoint_every=2",
         "optim.warmup_steps=1",
     ]
-    train.main(_config(*common, "training.max_steps=2"))
-    written = captions.read_text()
-    captions.write_text(written + written.splitlines(keepends=True)[0] * 3)
-    with pytest.raises(train.ConfigError) as caught:
-        train.main(_config(*common, "training.max_steps=4", "training.resume=auto"))
-    assert str(caught.value).startswith(
-        "key 'data.files.pairs_captions': expected the 20 pairs the checkpoint was trained on, since a resumed run"
-    )
-    assert str(caught.value).endswith("got '23 items'")
-    assert max(_losses(tmp_path / "run")) == 2  # nothing trained
+    assert_a_grown_captions_file_refuses_resume(train, _config, common, captions, tmp_path / "run")
 
 
 def test_a_jsonl_text_corpus_trains_on_its_texts_and_a_captions_tsv_is_refused(tmp_path):

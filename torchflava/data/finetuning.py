@@ -59,21 +59,24 @@ class LabeledSample(NamedTuple):
         image (Optional[Image.Image]): RGB image, or None.
         text (Optional[Union[str, tuple[str, str]]]): a text, a sentence pair (its two sentences, encoded
             as BERT's two segments), or None.
-        label (Union[int, float, Tensor]): class id, regression target, or (C,) soft scores.
+        label (Optional[Union[int, float, Tensor]]): class id, regression target, or (C,) soft scores;
+            None for an unlabelled file (a GLUE test file read by :class:`GlueTsv`).
     """
 
     image: Optional[Image.Image]
     text: Optional[Union[str, tuple[str, str]]]
-    label: Union[int, float, Tensor]
+    label: Optional[Union[int, float, Tensor]]
 
 
 class GlueTsv(Dataset):
-    """A GLUE-format TSV file (tab-separated, no quoting): one or two text columns and a label column,
-    named by a header row or, for a file without one (CoLA's train.tsv and dev.tsv), by ``columns``.
+    """A GLUE-format TSV file (tab-separated, no quoting): one or two text columns, a label column and
+    optionally an index column, named by a header row or, for a file without one (CoLA's train.tsv and
+    dev.tsv), by ``columns``. It reads both fine-tuning files and the files ``python -m
+    torchflava.classify --tsv`` classifies (a test file: no label column; GLUE's ``index`` column).
 
-    A row with another number of fields than the header (or ``columns``) names is unusable: its item
-    raises :class:`~torchflava.data.samples.BadSample` naming the line (QQP's train.tsv has a few),
-    to be skipped and counted like any unusable item. Blank lines are no rows.
+    A row with another number of fields than the header (or ``columns``) names, or a blank text field,
+    is unusable: its item raises :class:`~torchflava.data.samples.BadSample` naming the line (QQP's
+    train.tsv has a few), to be skipped and counted like any unusable item. Blank lines are no rows.
 
     Args:
         path (PathLike): the ``.tsv`` file.
@@ -84,14 +87,23 @@ class GlueTsv(Dataset):
             as float regression targets (e.g. STS-B).
         columns (Optional[Sequence[str]]): the names of the file's columns in order, for a file
             without a header row; None: the first row is the header.
+        label_required (bool): False: a file without ``label_column`` reads as unlabelled (each item's
+            label None, :attr:`labelled` False), as a GLUE test file.
+        index_column (Optional[str]): a column whose values are the rows' :attr:`indices` where the file
+            has it (GLUE's ``index``); else, and for None, the indices are the row numbers from 0.
+
+    Attributes:
+        labelled (bool): whether the file has the label column.
+        indices (list[str]): each row's index (see ``index_column``), unusable rows included.
 
     Raises:
         FileNotFoundError: if ``path`` is not an existing file.
         TypeError: if ``path`` is not a path, ``labels``, ``text_columns`` or ``columns`` not a list of names.
-        ValueError: if a column is missing from or named twice in the header (or ``columns``),
-            ``text_columns`` has not 1 or 2 distinct names or holds the label column, ``labels`` is
-            empty or repeats a name, the first row of a file read with ``columns`` is a header, or a
-            label is unknown (classification) or not a number (regression) — naming the line.
+        ValueError: if the file is not UTF-8 text, a column read is missing from or named twice in the
+            header (or ``columns``), there are no rows, ``text_columns`` has not 1 or 2 distinct names or
+            holds the label column, ``labels`` is empty or repeats a name, the first row of a file read
+            with ``columns`` is a header, or a label is unknown (classification) or not a number
+            (regression) — naming the row and its line.
     """
 
     def __init__(
@@ -102,6 +114,8 @@ class GlueTsv(Dataset):
         labels: Optional[Sequence[str]] = None,
         *,
         columns: Optional[Sequence[str]] = None,
+        label_required: bool = True,
+        index_column: Optional[str] = None,
     ) -> None:
         path = existing_path("path", path, directory=False)
         text_columns = _names("text_columns", text_columns, "column")
@@ -111,49 +125,89 @@ class GlueTsv(Dataset):
             raise ValueError(f"text_columns must not hold the label_column {label_column!r}, got {text_columns}")
         if columns is not None:
             columns = _names("columns", columns, "column")
-            if missing := [c for c in (*text_columns, label_column) if c not in columns]:
+            wanted = (*text_columns, label_column) if label_required else text_columns
+            if missing := [c for c in wanted if c not in columns]:
                 raise ValueError(f"columns must hold the text and label columns, {missing} are not among {columns}")
         self.labels = None if labels is None else _names("labels", labels, "label")
-        where = os.fspath(path)
+        self._where = os.fspath(path)
+        rows = self._rows(path)
+        headerless = columns is not None
+        if headerless:
+            self._refuse_header(rows, columns, [label_column] if label_column in columns else text_columns)
+        else:
+            columns = self._header(rows, text_columns, label_column, label_required)
+        if not rows:
+            raise ValueError(f"{self._where}: expected rows{'' if headerless else ' below the header'}, got none")
+        self.labelled = label_column in columns
+        index = columns.index(index_column) if index_column in columns else None
+        self.indices = [str(row) if index is None else fields[index] for row, (_, fields) in enumerate(rows)]
+        self._columns, self._text_columns, self._label_column = columns, text_columns, label_column
+        # (texts, label) of each usable row; the reason an unusable row cannot be used
+        self._items: list[Union[tuple[list, Optional[Union[int, float]]], str]] = [
+            self._item(row, line, fields) for row, (line, fields) in enumerate(rows)
+        ]
+
+    def _rows(self, path: str) -> list[tuple[int, list[str]]]:
+        """(line number, fields) of each non-blank line of the file: the file's line numbers, blank lines counted."""
         try:  # utf-8-sig: a byte-order mark is not part of the first column's name
             with open(path, encoding="utf-8-sig", newline="") as file:
                 reader = csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
-                rows = [(reader.line_num, row) for row in reader if row]  # the file's line numbers: blank lines count
+                return [(reader.line_num, row) for row in reader if row]
         except UnicodeDecodeError as error:
-            raise ValueError(f"{where} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-        except csv.Error as error:  # e.g. a field longer than the csv module's limit (131072 characters)
-            raise ValueError(f"{where} line {reader.line_num}: {error}") from None
-        wanted = (*text_columns, label_column)
-        if columns is None:
-            first, header = rows.pop(0) if rows else (1, [])
-            if missing := [c for c in wanted if c not in header]:
-                hint = ""
-                if any(self._parses(field) is not None for field in header):  # a label for a column name
-                    hint = f"; line {first} reads as data: a file without a header row needs its columns named"
-                raise ValueError(f"{where}: missing column(s) {missing}; the header has {header}{hint}")
-            if repeated := [c for c in wanted if header.count(c) > 1]:  # which one would be read?
-                raise ValueError(f"{where}: the header names column(s) {repeated} more than once")
-            columns = header
-        elif rows and len(rows[0][1]) == len(columns) and rows[0][1][columns.index(label_column)] == label_column:
             raise ValueError(
-                f"{where} line {rows[0][0]}: {rows[0][1]} is a header row; columns name the columns of a file without one"
+                f"expected a readable UTF-8 TSV file, got {self._where!r} ({error.reason} at byte {error.start})"
+            ) from None
+        except csv.Error as error:  # e.g. a field longer than the csv module's limit (131072 characters)
+            raise ValueError(f"{self._where} line {reader.line_num}: {error}") from None
+
+    def _header(self, rows: list, text_columns: list, label_column: str, label_required: bool) -> list[str]:
+        """The header row, popped from ``rows``; ValueError when it lacks a column read (the label column
+        only if ``label_required``) or names one twice."""
+        first, header = rows.pop(0) if rows else (1, [])
+        wanted = (*text_columns, label_column)
+        if missing := [c for c in wanted if c not in header and (c != label_column or label_required)]:
+            hint = ""
+            if any(self._parses(field) is not None for field in header):  # a label for a column name
+                hint = f"; line {first} reads as data: a file without a header row needs its columns named"
+            raise ValueError(f"{self._where}: missing column(s) {missing}; the header has {header}{hint}")
+        if repeated := [c for c in wanted if header.count(c) > 1]:  # which one would be read?
+            raise ValueError(f"{self._where}: the header names column(s) {repeated} more than once")
+        return header
+
+    def _refuse_header(self, rows: list, columns: list, named: list) -> None:
+        """ValueError when the first of ``rows`` of a file read by its ``columns`` is a header row: it
+        holds the ``named`` columns' names where ``columns`` place them."""
+        first = rows[0][1] if rows else []
+        if len(first) == len(columns) and all(first[columns.index(c)] == c for c in named):
+            raise ValueError(
+                f"{self._where} line {rows[0][0]}: {first} is a header row; columns name the columns of a file "
+                "without one"
             )
-        position = {c: columns.index(c) for c in wanted}
-        # (text fields, label) of each usable row; the reason an unusable row cannot be used
-        self._items: list[Union[tuple[list, Union[int, float]], str]] = []
-        for line, row in rows:
-            if len(row) != len(columns):  # fields lost or split by a stray tab: none can be trusted
-                self._items.append(f"{where} line {line}: expected {len(columns)} fields {columns}, got {len(row)}")
-                continue
-            raw = row[position[label_column]]
-            label = self._parses(raw)
-            if label is None:
-                if self.labels is None:  # ("nan" and "inf" parse as floats: a NaN loss later)
-                    raise ValueError(f"{where} line {line}: label {raw!r} is not a finite number")
-                raise ValueError(f"{where} line {line}: label {raw!r} is not one of {self.labels}")
-            self._items.append(([row[position[c]] for c in text_columns], label))
-        if not self._items:
-            raise ValueError(f"{where} holds no rows")
+
+    def _item(self, row: int, line: int, fields: list) -> Union[tuple[list, Optional[Union[int, float]]], str]:
+        """Row ``row`` (on ``line``) as (texts, label), or why it is unusable; ValueError for a bad label."""
+        columns, text_columns, label_column = self._columns, self._text_columns, self._label_column
+        if len(fields) != len(columns):  # fields lost or split by a stray tab: none can be trusted
+            return (
+                f"{self._where} line {line}: expected {len(columns)} fields, got {len(fields)} (the columns {columns})"
+            )
+        texts = [fields[columns.index(c)] for c in text_columns]
+        try:  # (here, not at the item: the line is named, and a classifier refuses it before its weights load)
+            texts = [checked_text(text, row) for text in texts]
+        except BadSample:
+            return f"{self._where} line {line}: expected a text in each of {text_columns}, got {texts}"
+        if not self.labelled:
+            return texts, None
+        raw = fields[columns.index(label_column)]
+        label = self._parses(raw)
+        if label is None:  # ("nan" and "inf" parse as floats: a NaN loss later)
+            expected = (
+                "a finite number (a regression)" if self.labels is None else f"one of the class names {self.labels}"
+            )
+            raise ValueError(
+                f"{self._where}: column {label_column!r} row {row}: expected {expected}, got {raw!r} (line {line})"
+            )
+        return texts, label
 
     def _parses(self, raw: str) -> Optional[Union[int, float]]:
         """The label ``raw`` names (a class id, or a finite regression target), or None."""
@@ -174,9 +228,8 @@ class GlueTsv(Dataset):
         item = self._items[index]
         if isinstance(item, str):
             raise BadSample(index, item)
-        texts, label = item
-        texts = tuple(checked_text(t, index) for t in texts)
-        return LabeledSample(None, texts if len(texts) == 2 else texts[0], label)
+        texts, label = item  # (texts checked when read)
+        return LabeledSample(None, tuple(texts) if len(texts) == 2 else texts[0], label)
 
 
 class ImageClassFolder(Dataset):

@@ -982,13 +982,29 @@ def _checkpoint_file(path: PathLike) -> Path:
     return local / name
 
 
+# A shard's name as save_pretrained writes it ("model-00001-of-00003.safetensors"): its index is the name
+# without the "-00001-of-00003" part, plus ".index.json" ("model.safetensors.index.json").
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)-\d+-of-\d+(?P<suffix>\.[^.]+)$")
+
+
+def _possible_indices(file: Path) -> list[Path]:
+    """The index files beside ``file`` that could name it as a shard, in name order: that of its shard name
+    pattern, one named after the file itself, and Hugging Face's two index names. Only these are looked at
+    (a few stats), not every file of the folder (a run directory may hold thousands of images beside
+    the weights, or lie on a network filesystem)."""
+    names = {f"{file.name}.index.json", *(name for name in _DIRECTORY_FILES if name.endswith(".index.json"))}
+    if match := _SHARD_NAME.match(file.name):
+        names.add(f"{match['stem']}{match['suffix']}.index.json")
+    return [file.parent / name for name in sorted(names) if (file.parent / name).is_file()]
+
+
 def _refuse_shard(file: Path) -> None:
     """ValueError if ``file`` is one shard of a sharded checkpoint whose index is beside it (``save_pretrained``'s
     ``max_shard_size``): read alone, its tensors are a fraction of the model's, refused later as missing keys.
     The only file an index names (some tools index an unsharded checkpoint) is the whole checkpoint: read."""
     if file.name.lower().endswith(".index.json"):
         return
-    for index in sorted(file.parent.glob("*.index.json")):
+    for index in _possible_indices(file):
         try:
             shards = set(_index_weight_map(index).values())
         except (OSError, ValueError):  # an unreadable index of another checkpoint: not this file's concern
