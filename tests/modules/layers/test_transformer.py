@@ -249,6 +249,31 @@ def test_grad_free_forward_under_autocast_keeps_the_float32_residual_stream(monk
     assert_close(out, expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("context", GRAD_FREE)
+def test_grad_free_layers_write_each_residual_sum_into_the_branch_they_add(context):
+    # Without autograd both sums go into fresh memory of the layer's own (the attention's out_proj output,
+    # then the stream): no (B, S, D) tensor is allocated for them, none kept beside the MLP's.
+    encoder = make_encoder(num_layers=3).eval()
+    x = torch.randn(2, 6, D)
+    expected = encoder(x).last_hidden_state
+    with GRAD_FREE[context](), CountOps() as ops:
+        out = encoder(x).last_hidden_state
+    assert_close(out, expected, atol=0, rtol=0)
+    assert ops.counts.get(torch.ops.aten.add.Tensor, 0) == 0
+    assert ops.counts[torch.ops.aten.add_.Tensor] == 2 * 3
+
+
+def test_grad_free_residual_sum_leaves_what_a_hook_kept_alone():
+    # A forward hook on the attention's output projection may keep its output: that tensor is then not
+    # written into.
+    layer = make_layer().eval()
+    kept = []
+    layer.attn.out_proj.register_forward_hook(lambda module, args, out: kept.append((out, out.clone())))
+    with torch.no_grad():
+        layer(torch.randn(2, 6, D))
+    assert_close(kept[0][0], kept[0][1], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("activation", [None, nn.GELU(approximate="tanh"), nn.ReLU()])
 def test_mlp_grad_free_forward_gives_the_same_values(activation):
     mlp = MLP(D, HIDDEN, activation=activation).eval()

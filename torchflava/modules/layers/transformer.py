@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from torchflava.modules.layers.attention import (
+    MultiHeadSelfAttention,
     Positions,
     check_hidden_states,
     check_position_mask,
@@ -306,7 +307,16 @@ class TransformerEncoderLayer(nn.Module):
         attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask, **positions)
         if query_positions is not None:
             x = take_positions(x, query_positions)
-        x = x + self.dropout(attended)
+        attended = self.dropout(attended)
+        if (
+            type(self.attn) is MultiHeadSelfAttention  # its output is its out_proj's fresh tensor, a user's may not be
+            and attended.dtype == x.dtype  # (under autocast a bf16 branch joins an fp32 stream: the sum is fp32)
+            and can_overwrite(*self.attn.modules(), self.dropout)
+        ):  # write the sum into the branch's memory: one (B, S, D) tensor fewer for the MLP to sit beside
+            x = attended.add_(x)
+        else:
+            x = x + attended
+        del attended
         update = self.dropout(self.mlp(self.mlp_norm(x)))
         if can_overwrite(self.mlp_norm, *self.mlp.modules()):  # x is the fresh sum above, kept by nothing (the
             # MLP sees x itself under an identity norm): reuse its memory
