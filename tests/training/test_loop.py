@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 import shutil
+import signal
 from typing import NamedTuple
 
 import numpy as np
@@ -29,6 +30,7 @@ from torchflava.training.config import ConfigError, save_config
 from torchflava.training.integrity import write_marker
 from torchflava.training.loop import FitResult, RunStart, StepOutput, fit, release_run_directory, start_run
 from torchflava.training.metrics import read_metrics
+from torchflava.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from torchflava.training.schema import NonFiniteLossError, OptimConfig, TrainingConfig
 
 ROWS, TOKENS, WORLD_SIZE = 8, 5, 2
@@ -299,6 +301,66 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     assert result.skipped == full.skipped == [("toy", s, f"step {s} met a bad item") for s in (0, 3, 6)]
     _, again = run(tmp_path / "stopped", max_steps=8, resume="auto")  # a finished run: nothing left to do
     assert again.loss is None and again.step == 8 and again.skipped == full.skipped
+
+
+def signalled_after(calls: int, number: int = signal.SIGTERM):
+    """An ``after_step`` hook that sends this process the signal ``number`` at its ``calls``-th call, as a
+    scheduler would; the loop must have taken the signal over (the old loop had not: it raises
+    :class:`Killed` rather than let the signal kill the test process)."""
+    count = [0]
+
+    def hook():
+        count[0] += 1
+        if count[0] == calls:
+            if signal.getsignal(number) in (signal.SIG_DFL, signal.default_int_handler):
+                raise Killed(f"fit left {signal.Signals(number).name} to its default action")
+            signal.raise_signal(number)
+
+    return hook
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_stop_signal_checkpoints_the_step_and_exits_for_resume_auto(tmp_path, number, capsys):
+    """SLURM's SIGTERM (or --signal=USR1, Ctrl-C's SIGINT) killed the run mid-step: every step since the last
+    checkpoint was lost. Now the step ends, is checkpointed, and the run exits with status 75."""
+    reference, _ = run(tmp_path / "reference", max_steps=8)
+    with pytest.raises(Preempted) as stopped:  # sent after step 4's losses were summed: read with step 5's
+        run(tmp_path / "run", max_steps=8, after_step=signalled_after(4, number))
+    name = signal.Signals(number).name
+    assert (stopped.value.code, stopped.value.step, stopped.value.signal_name) == (PREEMPTED_EXIT_CODE, 5, name)
+    assert stopped.value.checkpoint == tmp_path / "run" / "checkpoints" / "step_00000005"
+    assert [p.name for p in CheckpointManager(tmp_path / "run" / "checkpoints").complete()] == [
+        "step_00000003",  # (checkpoints are every 3 steps)
+        "step_00000005",
+    ]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped by {name} after step 5: checkpoint {stopped.value.checkpoint} written; continue with "
+        "training.resume=auto (exit status 75)"
+    )
+    assert max(losses(tmp_path / "run")) == 5
+    assert signal.getsignal(number) in (signal.SIG_DFL, signal.default_int_handler)  # given back
+    resumed, result = run(tmp_path / "run", max_steps=8, resume="auto")
+    assert result.resumed_from.name == "step_00000005"
+    assert losses(tmp_path / "run") == losses(tmp_path / "reference")  # exactly, step for step
+    for key, value in params(reference).items():
+        assert torch.equal(params(resumed)[key], value), key
+
+
+def test_a_second_signal_acts_at_once_and_a_handler_of_the_programs_own_is_left_alone(tmp_path):
+    def twice():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # whoever cannot wait for the step to end: KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "twice", after_step=twice)
+    assert CheckpointManager(tmp_path / "twice" / "checkpoints").complete() == []
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: seen.append(number))
+    try:  # (e.g. faulthandler.register(SIGUSR1) to dump tracebacks): still the program's during the run
+        _, result = run(tmp_path / "own", max_steps=2, after_step=lambda: signal.raise_signal(signal.SIGUSR1))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert result.step == 2 and seen == [signal.SIGUSR1, signal.SIGUSR1]
 
 
 def test_a_record_holds_the_mean_losses_since_the_last_one_also_across_a_resume(tmp_path):
