@@ -1025,6 +1025,21 @@ def _run_rank(rank: int, init_file: str, root: str) -> None:
         fit(model, toy_step, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
         results["one_to_two"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+        # a scheduler's SIGTERM that reaches rank 1 alone, after step 3's losses were summed: both stop after step 4
+        training, optim = settings(root / "preempted", strategy="ddp")
+        hook = signalled_after(3) if rank == 1 else None
+        try:
+            fit(
+                Toy(),
+                toy_step,
+                ToyData(6, rank=rank, world_size=WORLD_SIZE),
+                training=training,
+                optim=optim,
+                after_step=hook,
+            )
+        except Preempted as stop:
+            results["preempted"] = (stop.code, stop.step, stop.checkpoint.name, stop.signal_name)
+
         def other_names(model, item):  # rank 1 names its second loss otherwise: refused, not summed into "rows"
             sums, counts = toy_sums(model, item.batch)
             if rank == 1:
@@ -1068,6 +1083,26 @@ def test_two_ranks_reproduce_one_process(two_ranks, strategy):
         assert losses(root / strategy)[step] == pytest.approx(value, rel=1e-5, abs=1e-6), step
     for name, value in single.items():
         torch.testing.assert_close(results[strategy][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step_and_resumes_on_one_process(two_ranks, tmp_path):
+    root, single, _ = two_ranks
+    on_rank = [torch.load(root / f"rank{rank}.pt", weights_only=True)["preempted"] for rank in range(WORLD_SIZE)]
+    assert on_rank == [
+        (PREEMPTED_EXIT_CODE, 4, "step_00000004", "a stop signal on another rank"),
+        (PREEMPTED_EXIT_CODE, 4, "step_00000004", "SIGTERM"),
+    ]
+    saved = json.loads((root / "preempted" / "checkpoints" / "step_00000004" / "COMPLETE").read_text())
+    assert (saved["step"], saved["world_size"]) == (4, 2)
+    shutil.copytree(root / "preempted", tmp_path / "run")
+    model, result = run(tmp_path / "run", resume="auto")
+    assert result.resumed_from.name == "step_00000004"
+    reference = losses(root / "single")
+    assert losses(tmp_path / "run").keys() == reference.keys()
+    for step, value in reference.items():
+        assert losses(tmp_path / "run")[step] == pytest.approx(value, rel=1e-5, abs=1e-6), step
+    for name, value in single.items():
+        torch.testing.assert_close(params(model)[name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_a_two_rank_run_resumes_on_one_process(two_ranks, tmp_path):
