@@ -25,7 +25,7 @@ from torchflava.modules.encoders import transformer_encoder
 from torchflava.modules.layers import Linear, TransformerEncoderLayer
 from torchflava.modules.layers import linear as linear_module
 from torchflava.training import loop as loop_module
-from torchflava.training.checkpointing import CheckpointManager
+from torchflava.training.checkpointing import CheckpointManager, CheckpointWriteError
 from torchflava.training.config import ConfigError, save_config
 from torchflava.training.integrity import write_marker
 from torchflava.training.loop import FitResult, RunStart, StepOutput, fit, release_run_directory, start_run
@@ -1040,6 +1040,18 @@ def _run_rank(rank: int, init_file: str, root: str) -> None:
         except Preempted as stop:
             results["preempted"] = (stop.code, stop.step, stop.checkpoint.name, stop.signal_name)
 
+        # rank 1's disk is full (its own state file): both ranks fail in one line, rank 0 does not wait for it forever
+        training, optim = settings(root / "full_disk", strategy="ddp")
+        real_save = torch.save
+        if rank == 1:
+            torch.save = lambda *args, **kwargs: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        try:
+            fit(Toy(), toy_step, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
+        except CheckpointWriteError as error:
+            results["full_disk"] = str(error)
+        finally:
+            torch.save = real_save
+
         def other_names(model, item):  # rank 1 names its second loss otherwise: refused, not summed into "rows"
             sums, counts = toy_sums(model, item.batch)
             if rank == 1:
@@ -1103,6 +1115,22 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step_and_resumes_o
         assert losses(tmp_path / "run")[step] == pytest.approx(value, rel=1e-5, abs=1e-6), step
     for name, value in single.items():
         torch.testing.assert_close(params(model)[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_write_that_fails_on_one_rank_fails_every_rank_in_one_line_without_a_hang(two_ranks):
+    root = two_ranks[0]
+    messages = [torch.load(root / f"rank{rank}.pt", weights_only=True)["full_disk"] for rank in range(WORLD_SIZE)]
+    checkpoints = root / "full_disk" / "checkpoints"
+    assert (
+        messages
+        == [
+            f"cannot write checkpoint step 3 in {checkpoints} (rank 1: OSError: [Errno 28] No space left on device); "
+            "what was written of it is removed and no checkpoint is complete: free space or fix the directory, then "
+            "resume (training.resume=auto)"
+        ]
+        * WORLD_SIZE
+    )
+    assert list(checkpoints.iterdir()) == []
 
 
 def test_a_two_rank_run_resumes_on_one_process(two_ranks, tmp_path):
