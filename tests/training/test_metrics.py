@@ -1,6 +1,7 @@
 """Metrics JSONL: records, resume truncation, torn lines, and the loss plot."""
 
 import json
+import sys
 
 from torchflava.training.metrics import MetricsLogger, plot_losses, read_metrics
 
@@ -112,3 +113,19 @@ def test_a_line_nested_too_deeply_is_ignored_as_other_unreadable_lines(tmp_path)
     path = tmp_path / "metrics.jsonl"
     path.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
     assert read_metrics(path) == [{"step": 1, "loss": 2.0}]  # (json.loads raised RecursionError)
+
+
+def test_tensorboard_asked_for_but_not_installed_is_said_in_one_line(tmp_path, monkeypatch, capsys):
+    """training.tensorboard=true (the default) without the package wrote no events, silently."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    log_steps(tmp_path / "metrics.jsonl", [1], tensorboard_dir=tmp_path / "tensorboard")
+    assert capsys.readouterr().err == (
+        f"metrics: no TensorBoard events in {tmp_path / 'tensorboard'}: the tensorboard package is not installed "
+        f"(pip install tensorboard, or set training.tensorboard=false); metrics go to {tmp_path / 'metrics.jsonl'} "
+        "alone\n"
+    )
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "tensorboard").exists()
+    monkeypatch.undo()
+    log_steps(tmp_path / "metrics.jsonl", [1], tensorboard_dir=tmp_path / "tensorboard")  # installed: silent
+    assert capsys.readouterr().err == "" and any((tmp_path / "tensorboard").iterdir())
