@@ -346,6 +346,22 @@ def test_a_stop_signal_checkpoints_the_step_and_exits_for_resume_auto(tmp_path, 
         assert torch.equal(params(resumed)[key], value), key
 
 
+def test_a_signal_while_fit_sets_up_stops_after_the_first_step_checkpointed(tmp_path, monkeypatch):
+    """A SIGTERM while fit wrapped the model or loaded the checkpoint (seconds to minutes at scale) killed the
+    rank, and the other ranks failed with gloo's 'Connection closed by peer'."""
+    real = loop_module.setup_training
+
+    def signalled_setup(*args, **kwargs):
+        signalled_after(1)()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "setup_training", signalled_setup)
+    with pytest.raises(Preempted) as stopped:
+        run(tmp_path, max_steps=8)
+    assert (stopped.value.step, stopped.value.checkpoint.name) == (1, "step_00000001")
+    assert list(losses(tmp_path)) == [1]
+
+
 def test_a_second_signal_acts_at_once_and_a_handler_of_the_programs_own_is_left_alone(tmp_path):
     def twice():
         signal.raise_signal(signal.SIGINT)

@@ -423,6 +423,31 @@ def fit(
             f"data: expected at least max_steps x grad_accumulation = {t.max_steps * accumulation} "
             f"micro-batches, got {len(data)}"
         )
+    # A scheduler's SIGTERM (or SIGUSR1, Ctrl-C's SIGINT) is only recorded from here on; read with a step's
+    # losses, over every rank, it stops the run after that step, checkpointed (torchflava.training.preemption).
+    with StopSignals() as signals:
+        return _fit(
+            model, step, data, t, optim, after_step, shard_layers, num_workers, description, start, run_files, signals
+        )
+
+
+def _fit(
+    model: nn.Module,
+    step: StepFunction,
+    data: Dataset,
+    t: TrainingConfig,
+    optim: OptimConfig,
+    after_step: Optional[Callable[..., None]],
+    shard_layers: Sequence[type],
+    num_workers: int,
+    description: str,
+    start: Optional[RunStart],
+    run_files: Optional[Callable[[Path], None]],
+    signals: StopSignals,
+) -> FitResult:
+    """:func:`fit` once its arguments are checked, with the stop signals recorded in ``signals``."""
+    accumulation = t.grad_accumulation
+    streamed = isinstance(data, IterableDataset)
     if t.threads is not None:
         torch.set_num_threads(t.threads)
     if t.keep_freed_memory:
@@ -513,9 +538,6 @@ def fit(
     takes_step = after_step is not None and _takes_an_argument(after_step)
     if resume_from is None:
         torch.manual_seed(t.seed)  # dropout and any other draw of torch's RNG; a resumed run restores it
-    # A scheduler's SIGTERM (or SIGUSR1, Ctrl-C's SIGINT) is only recorded; read with the step's losses, over
-    # every rank, it stops the run after that step, checkpointed (torchflava.training.preemption).
-    signals = StopSignals().__enter__()
     try:
         for done in range(start + 1, t.max_steps + 1):
             wrapped.train()
@@ -589,7 +611,6 @@ def fit(
             if stop and done < t.max_steps:  # (a signal in the last step: the run is done, it ends as usual)
                 raise _preempted(done, last_saved, signals.received)
     finally:
-        signals.__exit__(None, None, None)
         if progress is not None:
             progress.close()
         if logger is not None:
