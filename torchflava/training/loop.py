@@ -85,7 +85,7 @@ from torchflava.training.distributed import (
 from torchflava.training.metrics import MetricsLogger
 from torchflava.training.optim import clip_grad_norm, grad_norm, param_groups
 from torchflava.training.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals, ignore_stop_signals
-from torchflava.training.run_lock import RunDirectoryInUse, RunLock
+from torchflava.training.run_lock import LocksUnsupported, RunDirectoryInUse, RunLock
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
@@ -149,7 +149,8 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
     run in the same directory fails at once, and it checks that a run does not mix into another's.
 
     Raises:
-        ConfigError: if another live run holds ``training.output_dir`` (naming its pid), if
+        ConfigError: if another live run holds ``training.output_dir`` (naming its pid; where the file
+            system refuses locks, a warning says the run goes on without one), if
             ``training.resume`` is none but the output directory holds checkpoints, if it names a
             directory that is not an intact checkpoint, or one past ``training.max_steps``; or if
             ``checkpoints/`` holds a file or link named like a checkpoint (``step_<N>``).
@@ -162,6 +163,12 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
             _HELD[directory] = RunLock(directory).acquire()
         except RunDirectoryInUse as error:
             raise ConfigError(f"key 'training.output_dir': {error}") from None
+        except LocksUnsupported as error:  # the lock is a guard: a file system without locks still trains
+            print(
+                f"warning: {error.strerror}; this run goes on without the lock, so a second run started in "
+                f"{directory} would not be refused",
+                file=sys.stderr,
+            )
     checkpoints = checkpoint_manager(training)
     strays = checkpoints.strays()
     if strays:  # a save of its step, or rotation, would rename it and leave it behind as .step_<N>.deleting
