@@ -3,6 +3,8 @@
 import json
 import sys
 
+import pytest
+
 from torchflava.training.metrics import MetricsLogger, plot_losses, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -129,3 +131,22 @@ def test_tensorboard_asked_for_but_not_installed_is_said_in_one_line(tmp_path, m
     monkeypatch.undo()
     log_steps(tmp_path / "metrics.jsonl", [1], tensorboard_dir=tmp_path / "tensorboard")  # installed: silent
     assert capsys.readouterr().err == "" and any((tmp_path / "tensorboard").iterdir())
+
+
+def test_tensorboard_keeps_the_resume_steps_own_record_and_hides_only_the_killed_runs_later_ones(tmp_path):
+    """purge_step was the resume step: TensorBoard hid the record of that very step, which the JSONL keeps
+    and the resumed run does not log again; a fresh restart showed the killed run's curve under its own."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def shown() -> list[tuple[int, float]]:
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        return [(e.step, pytest.approx(e.value)) for e in events.Scalars("loss")]  # (float32 there)
+
+    board = tmp_path / "tensorboard"
+    log_steps(tmp_path / "metrics.jsonl", [1, 2, 3, 4, 5], tensorboard_dir=board)  # killed after step 5
+    log_steps(tmp_path / "metrics.jsonl", [4, 5, 6], resume_step=3, tensorboard_dir=board)  # its checkpoint: 3
+    assert shown() == [(1, 10.0), (2, 5.0), (3, 10.0 / 3), (4, 2.5), (5, 2.0), (6, 10.0 / 6)]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    log_steps(tmp_path / "metrics.jsonl", [1, 2], tensorboard_dir=board)  # restarted afresh: the old curve goes
+    assert shown() == [(1, 10.0), (2, 5.0)]

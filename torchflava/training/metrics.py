@@ -63,7 +63,10 @@ class MetricsLogger:
                     file=sys.stderr,
                 )
             if SummaryWriter is not None:
-                self._writer = SummaryWriter(str(tensorboard_dir), purge_step=resume_step)
+                # TensorBoard hides the events of steps >= purge_step written before (a killed run's, past its
+                # checkpoint; a fresh start's predecessor's): the steps logged from here on, as the JSONL drops them
+                purge_step = 1 if resume_step is None else resume_step + 1
+                self._writer = SummaryWriter(str(tensorboard_dir), purge_step=purge_step)
 
     def log(self, step: int, values: Mapping[str, object]) -> None:
         """Record ``values`` (JSON-serialisable) for ``step`` and flush."""
