@@ -346,6 +346,16 @@ def test_a_stop_signal_checkpoints_the_step_and_exits_for_resume_auto(tmp_path, 
         assert torch.equal(params(resumed)[key], value), key
 
 
+def test_fit_in_a_thread_other_than_the_main_one_trains_without_taking_signals(tmp_path):
+    import threading
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(tmp_path, max_steps=2)[1]))
+    thread.start()
+    thread.join(timeout=60)
+    assert [r.step for r in results] == [2]  # (signal handlers can only be set in the main thread)
+
+
 def test_a_signal_while_fit_sets_up_stops_after_the_first_step_checkpointed(tmp_path, monkeypatch):
     """A SIGTERM while fit wrapped the model or loaded the checkpoint (seconds to minutes at scale) killed the
     rank, and the other ranks failed with gloo's 'Connection closed by peer'."""
