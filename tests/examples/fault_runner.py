@@ -1,4 +1,4 @@
-"""Run a recipe with a SIGKILL injected at a named point on its n-th hit (for test_fault_injection.py and
+"""Run a recipe with a SIGKILL (or a scheduler's SIGTERM) injected at a named point on its n-th hit (for test_fault_injection.py and
 the fine-tuning recipe's kill test).
 
     python tests/examples/fault_runner.py RECIPE POINT N key=value ...
@@ -20,6 +20,7 @@ as ``python RECIPE ...`` or as this script would, and exits with the status such
 import atexit
 import importlib.util
 import json
+import multiprocessing
 import os
 from pathlib import Path
 import runpy
@@ -59,6 +60,23 @@ def kill_on(n: int, real, *, after: bool = False):
     return wrapper
 
 
+def signal_on(n: int, real, number: int):
+    """``real``, except that once its n-th call has run, the signal ``number`` is sent to this process and to
+    each of its children (data-loader workers), as SLURM signals every process of a job it preempts."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        result = real(*args, **kwargs)
+        if calls["n"] == n:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, number)
+            os.kill(os.getpid(), number)
+        return result
+
+    return wrapper
+
+
 def half_then_die(tensors, path, *args, **kwargs):
     Path(path).write_bytes(b"\0" * 1000)  # a torn export
     die()
@@ -86,6 +104,8 @@ def install(point: str, n: int) -> None:
         torch.optim.AdamW.step = kill_on(n, torch.optim.AdamW.step)
     elif point == "after_optimizer_step":
         torch.optim.AdamW.step = kill_on(n, torch.optim.AdamW.step, after=True)
+    elif point == "sigterm_after_optimizer_step":
+        torch.optim.AdamW.step = signal_on(n, torch.optim.AdamW.step, signal.SIGTERM)
     elif point == "metrics_log":
         metrics.MetricsLogger.log = kill_on(n, metrics.MetricsLogger.log)
     elif point == "during_export":

@@ -92,6 +92,25 @@ def test_a_run_killed_there_resumes_to_the_same_losses(point, n, reference, tmp_
     assert [p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.startswith(".")] == ["step_00000008"]
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_scheduler_sigterm_checkpoints_the_step_exits_75_and_resumes_to_the_same_losses(workers, reference, tmp_path):
+    """SLURM preempts a job with SIGTERM to every process (the loader's workers too): the run used to die
+    mid-step, losing the steps since its last checkpoint. Now it ends the step under way, checkpoints it,
+    and exits 75; resume=auto then continues to the uninterrupted run's losses."""
+    overrides = [*COMMON, f"training.output_dir={tmp_path}", f"data.num_workers={workers}"]
+    stopped = run_with_fault("examples/clip/train.py", overrides, "sigterm_after_optimizer_step", 4)
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    checkpoint = tmp_path / "checkpoints" / "step_00000005"  # signalled after step 4's update: seen in step 5
+    assert stopped.stderr.splitlines()[-1] == (
+        f"stopped by SIGTERM after step 5: checkpoint {checkpoint} written; continue with training.resume=auto "
+        "(exit status 75)"
+    )
+    assert max(_losses(tmp_path)) == 5 and not (tmp_path / "model").exists()
+    resumed = run_with_fault("examples/clip/train.py", overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _losses(tmp_path) == reference  # exactly, step for step
+
+
 def test_a_forked_run_reports_its_exit_status_output_and_hang_as_a_process_would(tmp_path):
     bad = run_with_fault("examples/clip/train.py", [f"config={CONFIG}", "training.max_steps=0"])
     assert bad.returncode == 2 and bad.stderr.startswith("error: key 'training.max_steps'"), bad.stderr[-2000:]

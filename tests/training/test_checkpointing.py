@@ -1,5 +1,6 @@
 """Checkpoints in one process without a process group: layout, keep, latest, exact restore, RNG, export."""
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,14 @@ from safetensors.torch import load_file
 import torch
 from torch import nn
 
-from torchflava.training.checkpointing import CheckpointManager, export_model, rng_state, set_rng_state
+import torchflava.training.checkpointing as checkpointing_module
+from torchflava.training.checkpointing import (
+    CheckpointManager,
+    CheckpointWriteError,
+    export_model,
+    rng_state,
+    set_rng_state,
+)
 from torchflava.training.integrity import CheckpointIntegrityError
 
 
@@ -57,6 +65,53 @@ def test_keep_one_leaves_only_the_newest(tmp_path):
     assert set(marker["files"]) == {".metadata", "__0_0.distcp", "rank0.pt"}
     assert marker["files"]["rank0.pt"]["bytes"] == (second / "rank0.pt").stat().st_size
     assert manager.complete() == [second] and manager.latest() == second
+
+
+def disk_full(real, *, after: int = 0):
+    """``real``, except that every call after the first ``after`` fails as a full disk does."""
+    calls = [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("where", ["shards", "rank_state", "marker", "directory"])
+def test_a_full_disk_fails_the_save_in_one_line_removes_its_part_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, where
+):
+    """A full disk mid-save raised DCP's multi-line CheckpointException (a BaseException, past `except
+    Exception`), or the bare OSError, and left the partial .step_<N>.tmp on the full disk."""
+    model, optimizer = build(0)
+    manager = CheckpointManager(tmp_path / "ckpt", keep=1)
+    first = manager.save(2, model, optimizer, {"step": 2})
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, optimizer, 2, seed=1)
+    import torch.distributed.checkpoint.filesystem as dcp_files
+
+    target = {
+        "shards": (dcp_files, "_write_item"),
+        "rank_state": (checkpointing_module.torch, "save"),
+        "marker": (checkpointing_module, "write_marker"),
+        "directory": (Path, "mkdir"),
+    }[where]
+    monkeypatch.setattr(*target, disk_full(getattr(*target)))
+    with pytest.raises(CheckpointWriteError) as failed:
+        manager.save(4, model, optimizer, {"step": 4})
+    monkeypatch.undo()
+    assert str(failed.value) == (
+        f"cannot write checkpoint step 4 in {tmp_path / 'ckpt'} (rank 0: OSError: [Errno 28] No space left on "
+        f"device); what was written of it is removed and the newest complete checkpoint, {first}, is intact: free "
+        "space or fix the directory, then resume (training.resume=auto)"
+    )
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_00000002"]  # no .step_00000004.tmp
+    fresh, fresh_optimizer = build(1)
+    assert manager.load(first, fresh, fresh_optimizer) == {"step": 2}
+    assert_same_state(fresh.state_dict(), saved)
 
 
 def test_every_file_reaches_the_disk_before_the_marker_and_the_rename_after_it(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 import shutil
+import signal
 from typing import NamedTuple
 
 import numpy as np
@@ -24,11 +25,12 @@ from torchflava.modules.encoders import transformer_encoder
 from torchflava.modules.layers import Linear, TransformerEncoderLayer
 from torchflava.modules.layers import linear as linear_module
 from torchflava.training import loop as loop_module
-from torchflava.training.checkpointing import CheckpointManager
+from torchflava.training.checkpointing import CheckpointManager, CheckpointWriteError
 from torchflava.training.config import ConfigError, save_config
 from torchflava.training.integrity import write_marker
 from torchflava.training.loop import FitResult, RunStart, StepOutput, fit, release_run_directory, start_run
 from torchflava.training.metrics import read_metrics
+from torchflava.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from torchflava.training.schema import NonFiniteLossError, OptimConfig, TrainingConfig
 
 ROWS, TOKENS, WORLD_SIZE = 8, 5, 2
@@ -299,6 +301,92 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     assert result.skipped == full.skipped == [("toy", s, f"step {s} met a bad item") for s in (0, 3, 6)]
     _, again = run(tmp_path / "stopped", max_steps=8, resume="auto")  # a finished run: nothing left to do
     assert again.loss is None and again.step == 8 and again.skipped == full.skipped
+
+
+def signalled_after(calls: int, number: int = signal.SIGTERM):
+    """An ``after_step`` hook that sends this process the signal ``number`` at its ``calls``-th call, as a
+    scheduler would; the loop must have taken the signal over (the old loop had not: it raises
+    :class:`Killed` rather than let the signal kill the test process)."""
+    count = [0]
+
+    def hook():
+        count[0] += 1
+        if count[0] == calls:
+            if signal.getsignal(number) in (signal.SIG_DFL, signal.default_int_handler):
+                raise Killed(f"fit left {signal.Signals(number).name} to its default action")
+            signal.raise_signal(number)
+
+    return hook
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_stop_signal_checkpoints_the_step_and_exits_for_resume_auto(tmp_path, number, capsys):
+    """SLURM's SIGTERM (or --signal=USR1, Ctrl-C's SIGINT) killed the run mid-step: every step since the last
+    checkpoint was lost. Now the step ends, is checkpointed, and the run exits with status 75."""
+    reference, _ = run(tmp_path / "reference", max_steps=8)
+    with pytest.raises(Preempted) as stopped:  # sent after step 4's losses were summed: read with step 5's
+        run(tmp_path / "run", max_steps=8, after_step=signalled_after(4, number))
+    name = signal.Signals(number).name
+    assert (stopped.value.code, stopped.value.step, stopped.value.signal_name) == (PREEMPTED_EXIT_CODE, 5, name)
+    assert stopped.value.checkpoint == tmp_path / "run" / "checkpoints" / "step_00000005"
+    assert [p.name for p in CheckpointManager(tmp_path / "run" / "checkpoints").complete()] == [
+        "step_00000003",  # (checkpoints are every 3 steps)
+        "step_00000005",
+    ]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped by {name} after step 5: checkpoint {stopped.value.checkpoint} written; continue with "
+        "training.resume=auto (exit status 75)"
+    )
+    assert max(losses(tmp_path / "run")) == 5
+    assert signal.getsignal(number) in (signal.SIG_DFL, signal.default_int_handler)  # given back
+    resumed, result = run(tmp_path / "run", max_steps=8, resume="auto")
+    assert result.resumed_from.name == "step_00000005"
+    assert losses(tmp_path / "run") == losses(tmp_path / "reference")  # exactly, step for step
+    for key, value in params(reference).items():
+        assert torch.equal(params(resumed)[key], value), key
+
+
+def test_fit_in_a_thread_other_than_the_main_one_trains_without_taking_signals(tmp_path):
+    import threading
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(tmp_path, max_steps=2)[1]))
+    thread.start()
+    thread.join(timeout=60)
+    assert [r.step for r in results] == [2]  # (signal handlers can only be set in the main thread)
+
+
+def test_a_signal_while_fit_sets_up_stops_after_the_first_step_checkpointed(tmp_path, monkeypatch):
+    """A SIGTERM while fit wrapped the model or loaded the checkpoint (seconds to minutes at scale) killed the
+    rank, and the other ranks failed with gloo's 'Connection closed by peer'."""
+    real = loop_module.setup_training
+
+    def signalled_setup(*args, **kwargs):
+        signalled_after(1)()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "setup_training", signalled_setup)
+    with pytest.raises(Preempted) as stopped:
+        run(tmp_path, max_steps=8)
+    assert (stopped.value.step, stopped.value.checkpoint.name) == (1, "step_00000001")
+    assert list(losses(tmp_path)) == [1]
+
+
+def test_a_second_signal_acts_at_once_and_a_handler_of_the_programs_own_is_left_alone(tmp_path):
+    def twice():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # whoever cannot wait for the step to end: KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "twice", after_step=twice)
+    assert CheckpointManager(tmp_path / "twice" / "checkpoints").complete() == []
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: seen.append(number))
+    try:  # (e.g. faulthandler.register(SIGUSR1) to dump tracebacks): still the program's during the run
+        _, result = run(tmp_path / "own", max_steps=2, after_step=lambda: signal.raise_signal(signal.SIGUSR1))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert result.step == 2 and seen == [signal.SIGUSR1, signal.SIGUSR1]
 
 
 def test_a_record_holds_the_mean_losses_since_the_last_one_also_across_a_resume(tmp_path):
@@ -963,6 +1051,33 @@ def _run_rank(rank: int, init_file: str, root: str) -> None:
         fit(model, toy_step, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
         results["one_to_two"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+        # a scheduler's SIGTERM that reaches rank 1 alone, after step 3's losses were summed: both stop after step 4
+        training, optim = settings(root / "preempted", strategy="ddp")
+        hook = signalled_after(3) if rank == 1 else None
+        try:
+            fit(
+                Toy(),
+                toy_step,
+                ToyData(6, rank=rank, world_size=WORLD_SIZE),
+                training=training,
+                optim=optim,
+                after_step=hook,
+            )
+        except Preempted as stop:
+            results["preempted"] = (stop.code, stop.step, stop.checkpoint.name, stop.signal_name)
+
+        # rank 1's disk is full (its own state file): both ranks fail in one line, rank 0 does not wait for it forever
+        training, optim = settings(root / "full_disk", strategy="ddp")
+        real_save = torch.save
+        if rank == 1:
+            torch.save = lambda *args, **kwargs: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        try:
+            fit(Toy(), toy_step, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
+        except CheckpointWriteError as error:
+            results["full_disk"] = str(error)
+        finally:
+            torch.save = real_save
+
         def other_names(model, item):  # rank 1 names its second loss otherwise: refused, not summed into "rows"
             sums, counts = toy_sums(model, item.batch)
             if rank == 1:
@@ -1006,6 +1121,42 @@ def test_two_ranks_reproduce_one_process(two_ranks, strategy):
         assert losses(root / strategy)[step] == pytest.approx(value, rel=1e-5, abs=1e-6), step
     for name, value in single.items():
         torch.testing.assert_close(results[strategy][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step_and_resumes_on_one_process(two_ranks, tmp_path):
+    root, single, _ = two_ranks
+    on_rank = [torch.load(root / f"rank{rank}.pt", weights_only=True)["preempted"] for rank in range(WORLD_SIZE)]
+    assert on_rank == [
+        (PREEMPTED_EXIT_CODE, 4, "step_00000004", "a stop signal on another rank"),
+        (PREEMPTED_EXIT_CODE, 4, "step_00000004", "SIGTERM"),
+    ]
+    saved = json.loads((root / "preempted" / "checkpoints" / "step_00000004" / "COMPLETE").read_text())
+    assert (saved["step"], saved["world_size"]) == (4, 2)
+    shutil.copytree(root / "preempted", tmp_path / "run")
+    model, result = run(tmp_path / "run", resume="auto")
+    assert result.resumed_from.name == "step_00000004"
+    reference = losses(root / "single")
+    assert losses(tmp_path / "run").keys() == reference.keys()
+    for step, value in reference.items():
+        assert losses(tmp_path / "run")[step] == pytest.approx(value, rel=1e-5, abs=1e-6), step
+    for name, value in single.items():
+        torch.testing.assert_close(params(model)[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_write_that_fails_on_one_rank_fails_every_rank_in_one_line_without_a_hang(two_ranks):
+    root = two_ranks[0]
+    messages = [torch.load(root / f"rank{rank}.pt", weights_only=True)["full_disk"] for rank in range(WORLD_SIZE)]
+    checkpoints = root / "full_disk" / "checkpoints"
+    assert (
+        messages
+        == [
+            f"cannot write checkpoint step 3 in {checkpoints} (rank 1: OSError: [Errno 28] No space left on device); "
+            "what was written of it is removed and no checkpoint is complete: free space or fix the directory, then "
+            "resume (training.resume=auto)"
+        ]
+        * WORLD_SIZE
+    )
+    assert list(checkpoints.iterdir()) == []
 
 
 def test_a_two_rank_run_resumes_on_one_process(two_ranks, tmp_path):

@@ -1,6 +1,9 @@
 """Metrics JSONL: records, resume truncation, torn lines, and the loss plot."""
 
 import json
+import sys
+
+import pytest
 
 from torchflava.training.metrics import MetricsLogger, plot_losses, read_metrics
 
@@ -112,3 +115,38 @@ def test_a_line_nested_too_deeply_is_ignored_as_other_unreadable_lines(tmp_path)
     path = tmp_path / "metrics.jsonl"
     path.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
     assert read_metrics(path) == [{"step": 1, "loss": 2.0}]  # (json.loads raised RecursionError)
+
+
+def test_tensorboard_asked_for_but_not_installed_is_said_in_one_line(tmp_path, monkeypatch, capsys):
+    """training.tensorboard=true (the default) without the package wrote no events, silently."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    log_steps(tmp_path / "metrics.jsonl", [1], tensorboard_dir=tmp_path / "tensorboard")
+    assert capsys.readouterr().err == (
+        f"metrics: no TensorBoard events in {tmp_path / 'tensorboard'}: the tensorboard package is not installed "
+        f"(pip install tensorboard, or set training.tensorboard=false); metrics go to {tmp_path / 'metrics.jsonl'} "
+        "alone\n"
+    )
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "tensorboard").exists()
+    monkeypatch.undo()
+    log_steps(tmp_path / "metrics.jsonl", [1], tensorboard_dir=tmp_path / "tensorboard")  # installed: silent
+    assert capsys.readouterr().err == "" and any((tmp_path / "tensorboard").iterdir())
+
+
+def test_tensorboard_keeps_the_resume_steps_own_record_and_hides_only_the_killed_runs_later_ones(tmp_path):
+    """purge_step was the resume step: TensorBoard hid the record of that very step, which the JSONL keeps
+    and the resumed run does not log again; a fresh restart showed the killed run's curve under its own."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def shown() -> list[tuple[int, float]]:
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        return [(e.step, pytest.approx(e.value)) for e in events.Scalars("loss")]  # (float32 there)
+
+    board = tmp_path / "tensorboard"
+    log_steps(tmp_path / "metrics.jsonl", [1, 2, 3, 4, 5], tensorboard_dir=board)  # killed after step 5
+    log_steps(tmp_path / "metrics.jsonl", [4, 5, 6], resume_step=3, tensorboard_dir=board)  # its checkpoint: 3
+    assert shown() == [(1, 10.0), (2, 5.0), (3, 10.0 / 3), (4, 2.5), (5, 2.0), (6, 10.0 / 6)]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    log_steps(tmp_path / "metrics.jsonl", [1, 2], tensorboard_dir=board)  # restarted afresh: the old curve goes
+    assert shown() == [(1, 10.0), (2, 5.0)]

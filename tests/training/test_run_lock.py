@@ -1,5 +1,7 @@
 """One run per directory: a second process is refused at once, naming the directory and the holder."""
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -8,7 +10,9 @@ import time
 
 import pytest
 
-from torchflava.training.run_lock import RunDirectoryInUse, RunLock
+from torchflava.training import loop as loop_module
+from torchflava.training.run_lock import LocksUnsupported, RunDirectoryInUse, RunLock
+from torchflava.training.schema import TrainingConfig
 
 HOLD = """
 import sys, time
@@ -182,3 +186,30 @@ def test_a_run_whose_directory_a_tidy_holder_removed_before_its_open_takes_it_an
             RunLock(tmp_path / "run").acquire()
     finally:
         second.release()
+
+
+def test_a_file_system_without_locks_is_named_and_a_run_goes_on_without_the_lock(tmp_path, monkeypatch, capsys):
+    """Lustre mounted without -o flock answers flock with ENOSYS: the run failed with a bare OSError
+    traceback from fcntl, and could not train in that directory at all."""
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(LocksUnsupported) as refused:
+        RunLock(tmp_path / "run").acquire()
+    assert str(refused.value) == (
+        f"[Errno 38] {tmp_path / 'run' / '.run.lock'} cannot be locked, the file system refuses locks "
+        "(Function not implemented)"
+    )
+    assert list((tmp_path / "run").iterdir()) == []  # the lock file it made is gone
+    training = TrainingConfig(output_dir=str(tmp_path / "run"), progress_bar=False, tensorboard=False)
+    try:
+        assert loop_module.resume_checkpoint(training) is None  # a fresh run, not refused
+    finally:
+        loop_module.release_run_directory(training)
+    assert capsys.readouterr().err == (
+        f"warning: {tmp_path / 'run' / '.run.lock'} cannot be locked, the file system refuses locks (Function not "
+        f"implemented); this run goes on without the lock, so a second run started in {tmp_path / 'run'} would not "
+        "be refused\n"
+    )

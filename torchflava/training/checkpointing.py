@@ -7,7 +7,9 @@ the caller's text files (``config.yaml``: the config it was trained under, so th
 verify its own config against the checkpoint alone), and ``COMPLETE`` (JSON: step, world size and
 the size and SHA-256 of every file). Everything is first written to ``.step_<N>.tmp/`` and renamed
 when every rank has finished, so a killed run never leaves a checkpoint that looks complete; old
-checkpoints are renamed away before they are deleted. Loading verifies every digest first and never
+checkpoints are renamed away before they are deleted. A write that fails on any rank (a full disk)
+fails the save on every rank in one line, with the temporary directory removed and the checkpoints
+written before left complete. Loading verifies every digest first and never
 runs code from the files (:mod:`torchflava.training.integrity`).
 """
 
@@ -16,7 +18,7 @@ import os
 from pathlib import Path
 import random
 import shutil
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 import warnings
 
 import numpy as np
@@ -205,33 +207,83 @@ class CheckpointManager:
 
         Returns:
             Path: the complete checkpoint's directory.
+
+        Raises:
+            CheckpointWriteError: on every rank, if a rank's write failed (a full disk, a quota, a
+                directory that went read-only): what was written of this checkpoint is removed, and the
+                checkpoints written before stay complete.
         """
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".step_{step:08d}.tmp"
-        if _rank() == 0:
-            self._clean_leftovers()
-            tmp.mkdir(parents=True)
-        barrier()
-        model_state, optim_state = get_state_dict(model, optimizer)
-        with _single_process_ok():
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
-        torch.save(local_state, tmp / f"rank{_rank()}.pt")
-        fsync_path(tmp / f"rank{_rank()}.pt")  # on the disk before the marker vouches for it (dcp.save syncs its own)
-        for name, text in (texts or {}).items() if _rank() == 0 else ():
-            (tmp / name).write_text(text)
-            fsync_path(tmp / name)
-        barrier()
-        if _rank() == 0:
-            write_marker(tmp, step, _world_size())  # every file's digest, then the marker (synced)
-            fsync_path(tmp)
-            if final.exists():
-                _discard(final)
-            os.replace(tmp, final)
-            fsync_path(self.root)  # the rename: a power loss after it cannot bring the old name back
-            for old in self.complete()[: -self.keep]:
-                _discard(old)
-        barrier()
+        # Each phase ends with every rank's fault gathered (a barrier that also carries it): a rank whose
+        # write failed alone raises, and the others, waiting for it, would hang until the process group's timeout.
+        self._collective_phase(step, tmp, lambda: self._prepare(tmp) if _rank() == 0 else None)
+
+        def write_parts() -> None:
+            model_state, optim_state = get_state_dict(model, optimizer)
+            with _single_process_ok():
+                dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+            torch.save(local_state, tmp / f"rank{_rank()}.pt")
+            fsync_path(
+                tmp / f"rank{_rank()}.pt"
+            )  # on the disk before the marker vouches for it (dcp.save syncs its own)
+            for name, text in (texts or {}).items() if _rank() == 0 else ():
+                (tmp / name).write_text(text)
+                fsync_path(tmp / name)
+
+        self._collective_phase(step, tmp, write_parts)
+        self._collective_phase(step, tmp, lambda: self._complete(tmp, final, step) if _rank() == 0 else None)
         return final
+
+    def _prepare(self, tmp: Path) -> None:
+        """Rank 0, before a save: remove what killed saves left, and make the save's temporary directory."""
+        self._clean_leftovers()
+        tmp.mkdir(parents=True)
+
+    def _complete(self, tmp: Path, final: Path, step: int) -> None:
+        """Rank 0, once every rank has written its part: the marker, the rename, the rotation."""
+        write_marker(tmp, step, _world_size())  # every file's digest, then the marker (synced)
+        fsync_path(tmp)
+        if final.exists():
+            _discard(final)
+        os.replace(tmp, final)
+        fsync_path(self.root)  # the rename: a power loss after it cannot bring the old name back
+        for old in self.complete()[: -self.keep]:
+            _discard(old)
+
+    def _collective_phase(self, step: int, tmp: Path, work: Callable[[], None]) -> None:
+        """``work()`` on every rank, then every rank's fault gathered (collective); if any rank's failed,
+        rank 0 removes ``tmp`` (the disk space a full disk needs back) and every rank raises: a rank's own
+        refusal (a ValueError, say) as it is, a write that failed as :class:`CheckpointWriteError`."""
+        fault, own = None, None
+        try:
+            work()
+        except (Exception, CheckpointException) as error:  # (DCP's is a BaseException, every rank's failures in it)
+            rank, first = next(iter(getattr(error, "failures", {}).items()), (_rank(), error))  # DCP's: by rank
+            first = first[0] if isinstance(first, tuple) else first
+            fault = f"rank {rank}: {type(first).__name__}: {first_line(first)}"
+            own = None if isinstance(error, (OSError, CheckpointException)) else error
+        faults = [fault]
+        if dist.is_initialized():
+            faults = [None] * dist.get_world_size()
+            dist.all_gather_object(faults, fault)
+        fault = next((f for f in faults if f is not None), None)
+        if fault is None:
+            return
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if own is not None:
+            raise own
+        latest = self.latest()
+        kept = (
+            f"the newest complete checkpoint, {latest}, is intact"
+            if latest is not None
+            else "no checkpoint is complete"
+        )
+        raise CheckpointWriteError(
+            f"cannot write checkpoint step {step} in {self.root} ({fault}); what was written of it is removed and "
+            f"{kept}: free space or fix the directory, then resume (training.resume=auto)"
+        )
 
     def load(
         self,
@@ -297,6 +349,11 @@ class CheckpointManager:
             except ValueError as error:
                 raise CheckpointIntegrityError(str(error)) from None
         return torch.load(local, weights_only=True)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (one line naming the directory, the rank and the reason); the
+    checkpoints written before it are left complete."""
 
 
 def checkpoint_step(path: Union[str, os.PathLike]) -> int:

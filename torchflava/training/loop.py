@@ -20,7 +20,10 @@ model and does the rest:
   each named loss's mean over those of them that computed it, and the logged step's gradient norm
   before clipping, the lr its update used and its kind; the window's sums go into checkpoints, so a
   resumed run logs what the uninterrupted one does);
-  checkpoints every ``training.checkpoint_every`` steps and at the end; exact resume. A fresh run
+  checkpoints every ``training.checkpoint_every`` steps and at the end; exact resume; a stop on a
+  scheduler's ``SIGTERM`` (or ``SIGUSR1``, Ctrl-C's ``SIGINT``): the step under way ends, agreed over ranks,
+  is checkpointed, and :class:`~torchflava.training.preemption.Preempted` exits with status 75 for
+  ``training.resume=auto`` to continue (see :mod:`torchflava.training.preemption`). A fresh run
   seeds torch's RNG (dropout) with ``training.seed`` before its first step; a resumed one restores it.
 * Counts are checked with the step's losses: one that is negative, not finite, or 0 under a sum
   that is not 0 stops the run naming the loss (a loss absent from a step is 0 over 0).
@@ -81,7 +84,8 @@ from torchflava.training.distributed import (
 )
 from torchflava.training.metrics import MetricsLogger
 from torchflava.training.optim import clip_grad_norm, grad_norm, param_groups
-from torchflava.training.run_lock import RunDirectoryInUse, RunLock
+from torchflava.training.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals, ignore_stop_signals
+from torchflava.training.run_lock import LocksUnsupported, RunDirectoryInUse, RunLock
 from torchflava.training.schema import (
     NonFiniteLossError,
     OptimConfig,
@@ -145,7 +149,8 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
     run in the same directory fails at once, and it checks that a run does not mix into another's.
 
     Raises:
-        ConfigError: if another live run holds ``training.output_dir`` (naming its pid), if
+        ConfigError: if another live run holds ``training.output_dir`` (naming its pid; where the file
+            system refuses locks, a warning says the run goes on without one), if
             ``training.resume`` is none but the output directory holds checkpoints, if it names a
             directory that is not an intact checkpoint, or one past ``training.max_steps``; or if
             ``checkpoints/`` holds a file or link named like a checkpoint (``step_<N>``).
@@ -158,6 +163,12 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
             _HELD[directory] = RunLock(directory).acquire()
         except RunDirectoryInUse as error:
             raise ConfigError(f"key 'training.output_dir': {error}") from None
+        except LocksUnsupported as error:  # the lock is a guard: a file system without locks still trains
+            print(
+                f"warning: {error.strerror}; this run goes on without the lock, so a second run started in "
+                f"{directory} would not be refused",
+                file=sys.stderr,
+            )
     checkpoints = checkpoint_manager(training)
     strays = checkpoints.strays()
     if strays:  # a save of its step, or rotation, would rename it and leave it behind as .step_<N>.deleting
@@ -402,6 +413,10 @@ def fit(
             shape: start_run compares configs and lets a recipe change them); or a streamed run resumed on other ranks or loader
             workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
+        Preempted: (a ``SystemExit``, status 75) on every rank, after the checkpoint of the step during or
+            after whose loss reduction a rank received ``SIGTERM``, ``SIGUSR1`` or ``SIGINT`` (those still at
+            their default handlers while ``fit`` runs; a second one of a kind acts at once); a signal in the
+            last step lets the run end as usual.
     """
     _check_fit_arguments(model, step, data, training, optim)
     t = training
@@ -415,6 +430,31 @@ def fit(
             f"data: expected at least max_steps x grad_accumulation = {t.max_steps * accumulation} "
             f"micro-batches, got {len(data)}"
         )
+    # A scheduler's SIGTERM (or SIGUSR1, Ctrl-C's SIGINT) is only recorded from here on; read with a step's
+    # losses, over every rank, it stops the run after that step, checkpointed (torchflava.training.preemption).
+    with StopSignals() as signals:
+        return _fit(
+            model, step, data, t, optim, after_step, shard_layers, num_workers, description, start, run_files, signals
+        )
+
+
+def _fit(
+    model: nn.Module,
+    step: StepFunction,
+    data: Dataset,
+    t: TrainingConfig,
+    optim: OptimConfig,
+    after_step: Optional[Callable[..., None]],
+    shard_layers: Sequence[type],
+    num_workers: int,
+    description: str,
+    start: Optional[RunStart],
+    run_files: Optional[Callable[[Path], None]],
+    signals: StopSignals,
+) -> FitResult:
+    """:func:`fit` once its arguments are checked, with the stop signals recorded in ``signals``."""
+    accumulation = t.grad_accumulation
+    streamed = isinstance(data, IterableDataset)
     if t.threads is not None:
         torch.set_num_threads(t.threads)
     if t.keep_freed_memory:
@@ -481,7 +521,7 @@ def fit(
     items = iter(_loader(data, start * accumulation, num_workers))
     last_time, last_step, loss = time.perf_counter(), start, None
 
-    def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str]]:
+    def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str], Tensor]:
         item = _to_device(next(items), device)
         for entry in map(tuple, getattr(item, "skipped", ())):
             if entry not in met:
@@ -492,8 +532,8 @@ def fit(
         if t.strategy == "fsdp":
             model.set_requires_gradient_sync(sync)
         with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext():
-            total, means, invalid = _global_loss(step(wrapped, item), device)
-        return total / accumulation, means, invalid, getattr(item, "kind", None)
+            total, means, invalid, stopping = _global_loss(step(wrapped, item), device, stop=signals.received)
+        return total / accumulation, means, invalid, getattr(item, "kind", None), stopping
 
     # One autocast region per optimiser step, around its micro-batches' forwards: autocast keeps the bf16
     # copy of each weight it casts until the region ends, so the weights are cast once a step rather than
@@ -512,7 +552,7 @@ def fit(
             invalid_counts: dict[str, Tensor] = {}
             with autocast:
                 for index in range(accumulation):
-                    loss_part, means, invalid, kind = micro_batch(index)
+                    loss_part, means, invalid, kind, stopping = micro_batch(index)
                     for name, value in means.items():
                         parts[name] = parts.get(name, 0.0) + value / accumulation
                     for name, flag in invalid.items():  # "": the ranks named different losses
@@ -527,8 +567,10 @@ def fit(
                 norm = clip_grad_norm(model.parameters(), optim.clip_grad_norm)
             else:
                 norm = grad_norm(p.grad for p in model.parameters() if p.grad is not None)
-            stacked = torch.stack([*parts.values(), *(flag.float() for flag in invalid_counts.values())]).cpu()
+            flags = [*(flag.float() for flag in invalid_counts.values()), stopping.float()]
+            stacked = torch.stack([*parts.values(), *flags]).cpu()
             stacked, flags = stacked[: len(parts)], stacked[len(parts) :].tolist()  # one device read
+            flags, stop = flags[:-1], bool(flags[-1])  # (the last micro-batch's: every rank reads the same)
             if any(flags):
                 wrong = [name for name, flag in zip(invalid_counts, flags) if flag]
                 if "" in wrong:
@@ -570,9 +612,11 @@ def fit(
                     logger.log(done, record)
                 if progress is not None:
                     progress.set_postfix(loss=f"{record['loss']:.3f}", samples_per_s=f"{samples_per_s:.0f}")
-            if done % t.checkpoint_every == 0 or done == t.max_steps:
+            if done % t.checkpoint_every == 0 or done == t.max_steps or stop:
                 state = _loop_state(done, optimizer, scheduler, skipped, position, window, _schedule(t, optim))
                 last_saved = checkpoints.save(done, wrapped, optimizer, state, texts=recorded)
+            if stop and done < t.max_steps:  # (a signal in the last step: the run is done, it ends as usual)
+                raise _preempted(done, last_saved, signals.received)
     finally:
         if progress is not None:
             progress.close()
@@ -696,10 +740,13 @@ def _takes_an_argument(hook: Callable) -> bool:
 _MAX_LOSSES = 32  # losses one step may return (the collective's fixed layout)
 
 
-def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-    """This rank's share of the global-batch loss (to backpropagate), each loss's global mean, and
+def _global_loss(
+    out: StepOutput, device: torch.device, *, stop: Optional[str] = None
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """This rank's share of the global-batch loss (to backpropagate), each loss's global mean,
     whether each loss's global count is invalid, and under ``""`` whether the ranks named different
-    losses (bool tensors, read later with the losses: no device read here)."""
+    losses, and whether any rank asked to ``stop`` (the name of a stop signal it received): bool tensors,
+    read later with the losses (no device read here), the same on every rank."""
     sums, counts = getattr(out, "loss_sums", None), getattr(out, "counts", None)
     if not isinstance(sums, Mapping) or not isinstance(counts, Mapping):
         raise TypeError(f"step output: expected a StepOutput(loss_sums, counts), got {type(out).__name__}")
@@ -730,10 +777,11 @@ def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[st
     pad = torch.zeros(_MAX_LOSSES - len(names), device=device)
     local_counts = [torch.as_tensor(counts[name], dtype=torch.float32, device=device).reshape(1) for name in names]
     local_sums = [sums[name].detach().float().reshape(1) for name in names]
-    local = torch.cat([torch.full((1,), signature, device=device), *local_counts, pad, *local_sums, pad])
-    reduced = all_reduce_sum(local)  # global signature, counts and sums
+    head = torch.tensor([signature, float(stop is not None)], device=device)
+    local = torch.cat([head, *local_counts, pad, *local_sums, pad])
+    reduced = all_reduce_sum(local)  # global signature, ranks stopping, counts and sums
     n, m = len(names), _MAX_LOSSES
-    global_counts, global_sums = reduced[1 : 1 + n], reduced[1 + m : 1 + m + n]
+    global_counts, global_sums = reduced[2 : 2 + n], reduced[2 + m : 2 + m + n]
     denominators = torch.where(global_counts > 0, global_counts, torch.ones_like(global_counts))
     scales = _world_size() / denominators
     total = torch.stack([sums[name].float() * scales[i] for i, name in enumerate(names)]).sum()
@@ -741,7 +789,22 @@ def _global_loss(out: StepOutput, device: torch.device) -> tuple[Tensor, dict[st
     # A count below 0, not finite, or 0 under a sum that is not: read with the step's losses (no sync here).
     invalid = ~torch.isfinite(global_counts) | (global_counts < 0) | ((global_counts == 0) & (global_sums != 0))
     ranks_differ = reduced[0] != signature * _world_size()  # another rank named other losses
-    return total, {name: means[name] for name in sums}, {**dict(zip(names, invalid)), "": ranks_differ}
+    invalid = {**dict(zip(names, invalid)), "": ranks_differ}
+    return total, {name: means[name] for name in sums}, invalid, reduced[1] > 0
+
+
+def _preempted(done: int, checkpoint: Path, received: Optional[str]) -> Preempted:
+    """The exception that ends a run stopped by a signal after step ``done`` (checkpointed at ``checkpoint``),
+    said on stderr by rank 0."""
+    name = received if received is not None else "a stop signal on another rank"
+    if _rank() == 0:
+        print(
+            f"stopped by {name} after step {done}: checkpoint {checkpoint} written; continue with "
+            f"training.resume=auto (exit status {PREEMPTED_EXIT_CODE})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return Preempted(done, checkpoint, name)
 
 
 def _non_finite_message(loss, norm, done, kind, values, last: Optional[Path], earlier: Optional[Path]) -> str:
@@ -1006,6 +1069,7 @@ def _loader(data: Dataset, first: int, num_workers: int) -> DataLoader:
         collate_fn=_identity,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,  # the main process stops them
         generator=torch.Generator().manual_seed(0),
     )
 

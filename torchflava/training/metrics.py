@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+import sys
 from typing import Mapping, Optional, Union
 
 from torchflava.utils.checkpoint import atomic_write, unused_path
@@ -19,7 +20,8 @@ class MetricsLogger:
         resume_step (Optional[int]): keep only records with ``step <= resume_step``; None starts
             a new file.
         tensorboard_dir (Optional[Union[str, os.PathLike]]): write TensorBoard events here when
-            the ``tensorboard`` package is installed; None disables it.
+            the ``tensorboard`` package is installed (without it, one line on stderr says none are
+            written); None disables it.
         set_aside (Optional[Union[str, os.PathLike]]): a directory where the dropped records are
             kept, in a new file named like ``path`` (``.1``, ``.2``... appended if taken), written
             before ``path`` is rewritten: an abandoned run's log goes with its checkpoints.
@@ -52,10 +54,19 @@ class MetricsLogger:
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
+            except ImportError:  # tensorboard is optional, but a run that asked for it is told it gets none
                 SummaryWriter = None
+                print(
+                    f"metrics: no TensorBoard events in {tensorboard_dir}: the tensorboard package is not installed "
+                    "(pip install tensorboard, or set training.tensorboard=false); metrics go to "
+                    f"{self.path} alone",
+                    file=sys.stderr,
+                )
             if SummaryWriter is not None:
-                self._writer = SummaryWriter(str(tensorboard_dir), purge_step=resume_step)
+                # TensorBoard hides the events of steps >= purge_step written before (a killed run's, past its
+                # checkpoint; a fresh start's predecessor's): the steps logged from here on, as the JSONL drops them
+                purge_step = 1 if resume_step is None else resume_step + 1
+                self._writer = SummaryWriter(str(tensorboard_dir), purge_step=purge_step)
 
     def log(self, step: int, values: Mapping[str, object]) -> None:
         """Record ``values`` (JSON-serialisable) for ``step`` and flush."""

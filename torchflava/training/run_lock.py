@@ -43,6 +43,14 @@ class RunDirectoryInUse(RuntimeError):
     """Another live process holds the run directory."""
 
 
+class LocksUnsupported(OSError):
+    """The run directory's file system refuses file locks (e.g. Lustre mounted without ``-o flock``)."""
+
+
+# flock's errors for a file system without locks (Lustre without -o flock: ENOSYS; some NFS set-ups: ENOLCK)
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+
+
 class RunLock:
     """Hold ``<directory>/.run.lock`` exclusively; usable as a context manager.
 
@@ -51,6 +59,7 @@ class RunLock:
 
     Raises:
         RunDirectoryInUse: from :meth:`acquire`, if another process holds the directory.
+        LocksUnsupported: from :meth:`acquire`, if the directory's file system refuses file locks.
         ValueError: from :meth:`acquire`, if ``.run.lock`` is a symbolic link or no regular file (the
             lock file is emptied and written: a link would have it truncate the file it points at).
     """
@@ -81,6 +90,15 @@ class RunLock:
                 raise RunDirectoryInUse(
                     f"{self.directory} is in use by another run ({holder}); wait for it to finish or choose "
                     "another training.output_dir"
+                ) from None
+            except OSError as error:
+                os.close(fd)
+                if error.errno not in _NO_LOCKS:
+                    raise
+                if created_file:  # (nothing of it is left behind)
+                    self.path.unlink(missing_ok=True)
+                raise LocksUnsupported(
+                    error.errno, f"{self.path} cannot be locked, the file system refuses locks ({error.strerror})"
                 ) from None
             if _same_file(fd, self.path):
                 break
