@@ -40,6 +40,13 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
+def check_bools(**values: object) -> None:
+    """:func:`check_bool` on each keyword argument, by its name: an encoder's flags (``return_pooled="no"``
+    ran the pooler, being truthy)."""
+    for name, value in values.items():
+        check_bool(name, value)
+
+
 def check_module(name: str, value: object, *, optional: bool = False) -> None:
     """TypeError naming ``name`` unless ``value`` is an ``nn.Module`` (or None, with ``optional``): a
     str or a class given where a built module belongs would otherwise fail only when called."""

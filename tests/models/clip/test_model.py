@@ -224,3 +224,13 @@ def test_logits_without_both_modalities_are_refused_naming_the_missing_features(
     neither = CLIPOutput(None, None, torch.tensor(0.0))
     with pytest.raises(ValueError, match="got image_features and text_features=None$"):
         _ = neither.logits_per_text
+
+
+def test_text_on_another_device_than_the_model_is_refused_naming_it():
+    # (meta ids failed inside torch, on Tensor.item() of the end-token check)
+    model = _small()
+    text = torch.randint(0, SMALL["vocab_size"], (2, 5), device="meta")
+    with pytest.raises(ValueError, match=r"^text must be on the model's device cpu, got meta$"):
+        model.encode_text(text)
+    with pytest.raises(ValueError, match=r"^image must be on the model's device cpu, got meta$"):
+        model(image=torch.randn(2, 3, SMALL["image_size"], SMALL["image_size"], device="meta"))

@@ -244,3 +244,22 @@ def test_flava_tower_builders_name_a_bad_argument_before_building(builder, chang
 
 def _tower_sizes(builder) -> dict:
     return {flava_image_encoder: dict(image_size=32), flava_text_encoder: dict(vocab_size=5)}.get(builder, {})
+
+
+def test_text_on_another_device_than_the_model_is_refused_naming_it(model):
+    # meta ids into the CPU model gave CPU outputs of garbage values, silently
+    text = torch.randint(1, TINY["vocab_size"], (2, 5), device="meta")
+    with pytest.raises(ValueError, match=r"^text must be on the model's device cpu, got meta$"):
+        model(text=text)
+    with pytest.raises(ValueError, match=r"^text must be on the model's device cpu, got meta$"):
+        model.encode_text(text)
+    with pytest.raises(ValueError, match=r"^image must be on the model's device cpu, got meta$"):
+        model.encode_image(torch.randn(2, 3, 32, 32, device="meta"))
+
+
+@pytest.mark.parametrize("flag", ["skip_multimodal", "return_hidden_states"])
+def test_forward_flags_must_be_bools(model, flag):
+    # "no" is truthy: the multimodal encoder was skipped, or hidden states returned, silently
+    text, image = torch.randint(1, TINY["vocab_size"], (2, 5)), torch.randn(2, 3, 32, 32)
+    with pytest.raises(TypeError, match=rf"^{flag} must be a bool, got str 'no'$"):
+        model(image, text, **{flag: "no"})

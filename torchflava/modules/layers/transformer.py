@@ -20,7 +20,7 @@ from torchflava.modules.layers.attention import (
     take_positions,
 )
 from torchflava.modules.layers.mlp import can_overwrite
-from torchflava.utils.checks import check_dropout, check_module
+from torchflava.utils.checks import check_bool, check_dropout, check_module
 
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
@@ -464,11 +464,13 @@ class TransformerEncoder(nn.Module):
             hidden states (the last one restricted like the output).
 
         Raises:
+            TypeError: if ``return_hidden_states`` is not a bool.
             ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layers' width, or a bool
                 mask of ``output_positions`` is not (B, S).
         """
         if not self.layers:  # (a layer checks its input)
             check_hidden_states(x, None)
+        check_bool("return_hidden_states", return_hidden_states)  # ("no" is truthy: it kept every layer's output)
         selected = output_positions if is_position_mask(output_positions) else None
         if selected is not None:
             check_position_mask(selected, x, "output_positions")
@@ -520,8 +522,10 @@ def set_activation_checkpointing(model: nn.Module, mode: Union[bool, str]) -> in
         int: how many stacks were set.
 
     Raises:
+        TypeError: if ``model`` is not an nn.Module.
         ValueError: if ``mode`` is not a checkpointing mode, or ``model`` holds no TransformerEncoder.
     """
+    check_module("model", model)  # (a str failed on .modules(), naming nothing)
     mode = checkpoint_mode(mode, "mode")
     stacks = [m for m in model.modules() if isinstance(m, TransformerEncoder)]
     if not stacks:
