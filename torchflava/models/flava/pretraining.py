@@ -29,6 +29,7 @@ from torchflava.modules.encoders import CLS_POSITION, EncoderOutput
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.layers.patch_embedding import check_patch_mask
 from torchflava.modules.losses.contrastive import contrastive_loss
+from torchflava.utils.checks import check_bools, check_module
 from torchflava.utils.distributed import GatherGrad
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -270,6 +271,21 @@ def _checked_field(name: str, value: object) -> Optional[Tensor]:
     return value
 
 
+def check_pretraining_settings(
+    unimodal_losses_on_pairs: object, recompute_contrastive_passes: object, ignore_index: object, gather: object
+) -> None:
+    """TypeError naming the first of :class:`FLAVAForPretraining`'s settings of the wrong type: a flag given
+    ``"no"`` (truthy) switched it on; an ``ignore_index`` of 1.5 or a ``contrastive_gather`` of ``"global"``
+    failed only in the first forward, inside torch or on a missing attribute."""
+    check_bools(
+        unimodal_losses_on_pairs=unimodal_losses_on_pairs, recompute_contrastive_passes=recompute_contrastive_passes
+    )
+    if type(ignore_index) is not int:
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
+    if not isinstance(gather, GatherGrad):
+        raise TypeError(f"contrastive_gather must be a GatherGrad, got {gather!r}")
+
+
 class FLAVAForPretraining(nn.Module):
     """FLAVA with its pretraining heads and losses.
 
@@ -290,6 +306,12 @@ class FLAVAForPretraining(nn.Module):
             checkpoint them (recompute in backward): less memory for one more forward of them.
         ignore_index (int): label value of positions without a target.
         contrastive_gather (GatherGrad): how the contrastive loss gathers features across ranks.
+
+    Raises:
+        TypeError: if ``model`` is not a FLAVAModel, a head or ``codebook`` not a module, ``weights`` not
+            a LossWeights, a flag not a bool, ``ignore_index`` not an int or ``contrastive_gather`` not a
+            GatherGrad (each was taken as given, and failed, or misbehaved, in the first forward).
+        ValueError: if ``ignore_index`` is a class of a prediction head (a token or codebook id).
     """
 
     def __init__(
@@ -308,6 +330,20 @@ class FLAVAForPretraining(nn.Module):
         ignore_index: int = -100,
         contrastive_gather: GatherGrad = GatherGrad.GLOBAL,
     ) -> None:
+        if not isinstance(model, FLAVAModel):
+            raise TypeError(f"model must be a FLAVAModel, got {type(model).__name__}")
+        heads = dict(mlm_head=mlm_head, mim_head=mim_head, mmm_text_head=mmm_text_head, mmm_image_head=mmm_image_head)
+        for name, head in {**heads, "itm_head": itm_head}.items():
+            check_module(name, head)
+        check_module("codebook", codebook, optional=True)
+        if not isinstance(weights, LossWeights):  # (a dict failed on w.mim in the first forward)
+            raise TypeError(f"weights must be a LossWeights, got {type(weights).__name__}")
+        check_pretraining_settings(
+            unimodal_losses_on_pairs, recompute_contrastive_passes, ignore_index, contrastive_gather
+        )
+        classes = max(getattr(getattr(head, "decoder", None), "out_features", 0) for head in heads.values())
+        if 0 <= ignore_index < classes:  # (the targets of that token or codebook id were dropped, silently)
+            raise ValueError(f"ignore_index must lie outside the heads' classes [0, {classes}), got {ignore_index}")
         super().__init__()
         self.model = model
         self.mlm_head = mlm_head
