@@ -311,6 +311,24 @@ def is_integer_tensor(value: object) -> bool:
     )
 
 
+def check_input_dtype(x: Tensor, weight: Optional[Tensor], name: str = "x") -> None:
+    """TypeError naming ``name`` unless ``x`` is of ``weight``'s dtype (a layer's parameters; None: any), or
+    autocast is on for ``x``'s device over fp32 parameters (it casts them), or on a device other than the CPU
+    (CUDA's autocast runs norms in fp32 over bf16 parameters too); ValueError unless both are on one device.
+    Without it a product failed inside torch, naming nothing (``mat1 and mat2 must have the same dtype``;
+    ``Tensor on device meta is not on the expected device cpu``). Two comparisons when all is well."""
+    if weight is None or (x.dtype == weight.dtype and x.device == weight.device):
+        return
+    if x.device != weight.device:
+        raise ValueError(f"{name} must be on the layer's device {weight.device}, got {x.device}")
+    if torch.is_autocast_enabled(x.device.type) and (weight.dtype == torch.float32 or x.device.type != "cpu"):
+        return
+    raise TypeError(
+        f"{name} must be {weight.dtype}, the dtype of the layer's parameters (cast it, or run fp32 parameters under "
+        f"torch.autocast), got {x.dtype}"
+    )
+
+
 def describe_tensor(value: object) -> str:
     """What a message says was given: a tensor's dtype and shape (``torch.float32 of shape (2, 3)``), or
     the type of anything else (``list``)."""

@@ -440,3 +440,12 @@ def test_encoder_flags_must_be_bools(flag):
         with pytest.raises(TypeError, match=rf"^{flag} must be a bool, got str 'no'$"):
             encoder(*inputs, **{flag: "no"})
         assert encoder(*inputs, **{flag: False}).last_hidden_state.shape[0] == 2
+
+
+def test_multimodal_states_on_another_device_are_refused_naming_them():
+    # (torch's "Tensor on device cpu is not on the expected device meta!" named neither)
+    image, text = torch.randn(2, 3, T["image_embed_dim"]), torch.randn(2, 5, T["text_embed_dim"])
+    with pytest.raises(ValueError, match=r"^image_states must be on the model's device cpu, got meta$"):
+        multimodal_encoder()(image.to("meta"), text)
+    with pytest.raises(ValueError, match=r"^text_states must be on the model's device cpu, got meta$"):
+        multimodal_encoder()(image, text.to("meta"))

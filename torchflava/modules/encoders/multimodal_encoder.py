@@ -100,7 +100,7 @@ class MultimodalEncoder(nn.Module):
 
         Raises:
             ValueError: if the states are not (B, S, D) floating-point tensors of the widths the input
-                projections read (where they tell them), a projection's output is not of width D (an
+                projections read (where they tell them) on their device, a projection's output is not of width D (an
                 ``nn.Identity`` over a tower of another width), the batch sizes differ, the mask does
                 not match the text or a row of it is all padding.
             TypeError: if the mask is not a bool tensor, or ``return_hidden_states`` or ``return_pooled`` not a bool.
@@ -111,6 +111,9 @@ class MultimodalEncoder(nn.Module):
             ("text_states", text_states, self.text_proj),
         ):
             check_hidden_states(states, getattr(proj, "in_features", None), name)
+            weight = getattr(proj, "weight", None)
+            if isinstance(weight, Tensor) and states.device != weight.device:  # (torch's error named neither)
+                raise ValueError(f"{name} must be on the model's device {weight.device}, got {states.device}")
         b = image_states.shape[0]
         if text_states.shape[0] != b:
             raise ValueError(f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts")

@@ -20,7 +20,7 @@ from torchflava.modules.layers.attention import (
     take_positions,
 )
 from torchflava.modules.layers.mlp import can_overwrite
-from torchflava.utils.checks import check_bool, check_dropout, check_module
+from torchflava.utils.checks import check_bool, check_dropout, check_input_dtype, check_module
 
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
@@ -318,22 +318,12 @@ _LAYER_KEYWORDS = ("key_padding_mask", "attn_mask", "query_positions")
 
 
 def _check_stream_dtype(x: Tensor, attn: nn.Module) -> None:
-    """TypeError unless ``x`` is of the dtype of ``attn``'s (a layer's attention's) parameters, or autocast
-    is on over fp32 ones (it casts them), or on a device other than the CPU. An fp32 stream into a bf16
-    model (e.g. a user's fp32 position table added to bf16 tokens), or a bf16 one into an fp32 model
-    outside autocast, failed inside torch, naming nothing (mixed dtype (CPU): expect parameter to have
-    scalar type of Float; mat1 and mat2 must have the same dtype). CUDA's autocast also runs layer norms
-    in fp32 (their output is fp32), so a bf16 model under it gets an fp32 stream from an embedding's
-    norm, and runs: only the CPU's autocast leaves a norm over bf16 parameters to fail on one."""
-    weight = next((p for p in attn.parameters() if p.is_floating_point()), None)
-    if weight is None or x.dtype == weight.dtype:
-        return
-    if torch.is_autocast_enabled(x.device.type) and (weight.dtype == torch.float32 or x.device.type != "cpu"):
-        return
-    raise TypeError(
-        f"x must be {weight.dtype}, the dtype of the layer's parameters (cast it, or run fp32 parameters under "
-        f"torch.autocast), got {x.dtype}"
-    )
+    """:func:`~torchflava.utils.checks.check_input_dtype` of ``x`` against ``attn``'s (a layer's attention's)
+    first floating parameter, whatever the attention is. An fp32 stream into a bf16 model (e.g. a user's fp32
+    position table added to bf16 tokens), or a bf16 one into an fp32 model outside autocast, failed inside
+    torch, naming nothing (mixed dtype (CPU): expect parameter to have scalar type of Float; mat1 and mat2
+    must have the same dtype)."""
+    check_input_dtype(x, next((p for p in attn.parameters() if p.is_floating_point()), None))
 
 
 def _check_self_attention(attn: nn.Module) -> None:
