@@ -263,3 +263,12 @@ def test_forward_flags_must_be_bools(model, flag):
     text, image = torch.randint(1, TINY["vocab_size"], (2, 5)), torch.randn(2, 3, 32, 32)
     with pytest.raises(TypeError, match=rf"^{flag} must be a bool, got str 'no'$"):
         model(image, text, **{flag: "no"})
+
+
+def test_attention_mask_on_another_device_than_the_text_is_refused_naming_it(model):
+    # (a meta mask failed inside torch, on Tensor.item() of the mask's value check)
+    text = torch.randint(1, TINY["vocab_size"], (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.long, device="meta")
+    for call in (lambda: model(text=text, text_attention_mask=mask), lambda: model.encode_text(text, mask)):
+        with pytest.raises(ValueError, match=r"^text_attention_mask must be on text's device cpu, got meta$"):
+            call()

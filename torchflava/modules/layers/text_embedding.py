@@ -65,8 +65,8 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
 
     Raises:
         TypeError: if the mask is not a tensor.
-        ValueError: if its shape differs from ``text``'s, it holds a value other than 0 and 1, or a
-            row is all padding.
+        ValueError: if its shape or device differs from ``text``'s, it holds a value other than 0 and 1, or
+            a row is all padding.
     """
     if text_attention_mask is None:
         return None
@@ -76,6 +76,10 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
         raise ValueError(
             f"text_attention_mask must have the shape of text {tuple(text.shape)}, "
             f"got {tuple(text_attention_mask.shape)}"
+        )
+    if text_attention_mask.device != text.device:  # (a meta mask failed inside torch, on Tensor.item())
+        raise ValueError(
+            f"text_attention_mask must be on text's device {text.device}, got {text_attention_mask.device}"
         )
     padding = text_attention_mask == 0
     valid = (padding | (text_attention_mask == 1)).all() & ~padding.all(dim=1).any()  # one read of the device
