@@ -272,3 +272,13 @@ def test_attention_mask_on_another_device_than_the_text_is_refused_naming_it(mod
     for call in (lambda: model(text=text, text_attention_mask=mask), lambda: model.encode_text(text, mask)):
         with pytest.raises(ValueError, match=r"^text_attention_mask must be on text's device cpu, got meta$"):
             call()
+
+
+def test_meta_tensors_with_an_attention_mask_give_meta_results():
+    # (the mask's value check read a meta tensor: Tensor.item() failed inside torch)
+    with torch.device("meta"):
+        model = flava_model(**TINY)
+    ids, mask = torch.zeros(2, 6, dtype=torch.long, device="meta"), torch.ones(2, 6, dtype=torch.long, device="meta")
+    out = model(text=ids, image=torch.zeros(2, 3, 32, 32, device="meta"), text_attention_mask=mask)
+    assert out.text_embeddings.is_meta and out.text_embeddings.shape == (2, 6, TINY["text_embed_dim"])
+    assert out.multimodal_embeddings.shape == (2, 1 + 17 + 6, TINY["multimodal_embed_dim"])

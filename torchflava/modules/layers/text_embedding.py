@@ -65,8 +65,8 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
 
     Raises:
         TypeError: if the mask is not a tensor.
-        ValueError: if its shape or device differs from ``text``'s, it holds a value other than 0 and 1, or
-            a row is all padding.
+        ValueError: if its shape or device differs from ``text``'s, or (not on the meta device) it holds a
+            value other than 0 and 1, or a row is all padding.
     """
     if text_attention_mask is None:
         return None
@@ -82,6 +82,8 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
             f"text_attention_mask must be on text's device {text.device}, got {text_attention_mask.device}"
         )
     padding = text_attention_mask == 0
+    if padding.is_meta:  # shapes only: the meta device has no values to check
+        return padding
     valid = (padding | (text_attention_mask == 1)).all() & ~padding.all(dim=1).any()  # one read of the device
     require(
         valid,
