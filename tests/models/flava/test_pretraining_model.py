@@ -485,3 +485,12 @@ def test_direct_construction_checks_its_parts_and_weights(model):
     with pytest.raises(TypeError, match=r"^model must be a FLAVAModel, got str$"):
         FLAVAForPretraining("flava", **parts)
     assert FLAVAForPretraining(model.model, **parts, ignore_index=-1).ignore_index == -1
+
+
+@pytest.mark.parametrize("field", ["image_tokens", "mlm_labels", "itm_labels", "text_masked"])
+def test_batch_fields_on_another_device_than_the_model_are_refused_naming_them(model, field):
+    # (a meta field failed inside torch, on Tensor.item() of a label check, or on a device mismatch)
+    fields = batch()
+    fields[field] = fields[field].to("meta")
+    with pytest.raises(ValueError, match=rf"^batch field {field} must be on the model's device cpu, got meta$"):
+        model(fields)

@@ -248,12 +248,15 @@ _PIXELS = ("image", "codebook_pixels")
 _IDS = ("text", "text_masked", "mlm_labels", "image_tokens")
 
 
-def _checked_field(name: str, value: object) -> Optional[Tensor]:
-    """``value`` of batch field ``name``, ids and labels as long; TypeError naming the field otherwise."""
+def _checked_field(name: str, value: object, device: torch.device) -> Optional[Tensor]:
+    """``value`` of batch field ``name``, ids and labels as long; TypeError naming the field otherwise, or
+    ValueError if it is not on ``device`` (the model's; ``codebook_pixels`` go to the codebook, wherever it is)."""
     if value is None:
         return None
     if not isinstance(value, Tensor):
         raise TypeError(f"batch field {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device != device and name != "codebook_pixels":  # (a meta one failed inside torch, on .item())
+        raise ValueError(f"batch field {name} must be on the model's device {device}, got {value.device}")
     floating, dtype = value.is_floating_point() or value.is_complex(), value.dtype
     if name in _PIXELS:
         if not value.is_floating_point():
@@ -387,8 +390,9 @@ class FLAVAForPretraining(nn.Module):
         Raises:
             TypeError: if a mapping has an unknown field, or a field is not a tensor or has a dtype it
                 cannot hold (integer pixels; float or bool ids and labels; float patch masks), naming it.
-            ValueError: if fields disagree in batch size or shape, labels are out of range, a batch
-                calls for no loss at all, or a list holds no batch.
+            ValueError: if fields disagree in batch size or shape, a field is not on the model's device (but
+                ``codebook_pixels``), labels are out of range, a batch calls for no loss at all, or a list
+                holds no batch.
         """
         many = isinstance(batch, (list, tuple))
         if many and not batch:
@@ -685,7 +689,10 @@ class FLAVAForPretraining(nn.Module):
             batch = PretrainingBatch(**batch)
         elif not isinstance(batch, PretrainingBatch):
             raise TypeError(f"batch must be a PretrainingBatch or a mapping, got {type(batch).__name__}")
-        batch = PretrainingBatch(**{f.name: _checked_field(f.name, getattr(batch, f.name)) for f in fields(batch)})
+        device = self.model.logit_scale.device
+        batch = PretrainingBatch(
+            **{f.name: _checked_field(f.name, getattr(batch, f.name), device) for f in fields(batch)}
+        )
         if batch.text is None and batch.text_masked is not None:
             batch = PretrainingBatch(**{**batch.__dict__, "text": batch.text_masked, "text_masked": None})
         batch = self._trim_padding(batch)
