@@ -9,7 +9,7 @@ from torchflava.models import flava_text_encoder
 from torchflava.modules.encoders import TextEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
 from torchflava.modules.layers.text_embedding import TokenEmbedding
-from torchflava.modules.packing import can_pack, encode_packed, pack_batch
+from torchflava.modules.packing import can_pack, encode_packed, encode_rows, pack_batch
 
 
 def test_pack_batch_layout():
@@ -227,3 +227,14 @@ def test_pack_batch_names_float_ids_and_token_type_ids_that_are_no_tensor():
         pack_batch(ids.float(), mask == 0)  # packed as floats before
     with pytest.raises(TypeError, match="^token_type_ids must be an integer tensor or None, got list$"):
         pack_batch(ids, mask == 0, token_type_ids=[[0] * 6] * 2)  # AttributeError before
+
+
+def test_masks_on_another_device_than_the_ids_are_refused_naming_them():
+    # (a meta mask failed inside torch: on a copy out of it, or on Tensor.item())
+    ids, mask = padded_text(2, 5, 20, [5, 3])
+    padding = (mask == 0).to("meta")
+    with pytest.raises(ValueError, match=r"^padding_mask must be on input_ids' device cpu, got meta$"):
+        pack_batch(ids, padding)
+    encoder = flava_text_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, vocab_size=20, max_seq_len=6)
+    with pytest.raises(ValueError, match=r"^leave_out must be on input_ids' device cpu, got meta$"):
+        encode_rows(encoder, ids, padding)

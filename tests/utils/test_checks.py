@@ -6,7 +6,9 @@ import torch
 from torchflava.utils.checks import (
     check_architecture,
     check_bool,
+    check_bools,
     check_entries,
+    check_input_dtype,
     hf_sub_configs,
     shared_values,
     unsupported_settings,
@@ -100,3 +102,22 @@ def test_unsupported_settings_are_those_neither_read_nor_off_nor_as_built():
     config = {"width": 8, "ls": 0.1, "off": None, "no": False, "pool": "tok", "sub": {"pool": "avg", "layers": 2}}
     assert unsupported_settings(config, ["sub"], ["width", "layers"], {"pool": "tok"}) == {"ls": 0.1, "sub.pool": "avg"}
     assert unsupported_settings(config, ["sub"], ["width", "layers", "ls"], {"pool": "tok", "sub.pool": "avg"}) == {}
+
+
+def test_check_bools_names_the_first_flag_that_is_not_a_bool():
+    check_bools(a=True, b=False)
+    with pytest.raises(TypeError, match=r"^b must be a bool, got str 'no'$"):
+        check_bools(a=True, b="no")
+
+
+def test_check_input_dtype_lets_autocast_cast_fp32_parameters_only():
+    fp32, bf16 = torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16)
+    check_input_dtype(fp32, None)  # no parameters: any input
+    with pytest.raises(TypeError, match=r"^x must be torch.float32, the dtype .* got torch.bfloat16$"):
+        check_input_dtype(bf16, fp32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        check_input_dtype(bf16, fp32)  # autocast casts the fp32 parameters
+        with pytest.raises(TypeError, match=r"^states must be torch.bfloat16, .* got torch.float32$"):
+            check_input_dtype(fp32, bf16, "states")  # (the CPU's norms over bf16 parameters refuse fp32)
+    with pytest.raises(ValueError, match=r"^x must be on the layer's device cpu, got meta$"):
+        check_input_dtype(fp32.to("meta"), fp32)

@@ -20,7 +20,13 @@ def init_transformer_weights(module: nn.Module, *, std: float = 0.02) -> None:
     Args:
         module (nn.Module): the module to initialise.
         std (float): standard deviation of the normal init.
+
+    Raises:
+        TypeError: if ``module`` is not a module (a str did nothing, silently).
+        ValueError: if ``std`` is not a positive number (torch's ``normal_`` named no argument).
     """
+    check_module("module", module)
+    check_positive_number("std", std)
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         nn.init.normal_(module.weight, std=std)
         if module.bias is not None:

@@ -99,7 +99,7 @@ def pack_batch(
     Raises:
         TypeError: if an input is not a tensor, the ids not integer, ``padding_mask`` not bool or ``max_tokens``
             not an int.
-        ValueError: if some row is all padding, the shapes differ, there is no row, or ``max_tokens`` < 1.
+        ValueError: if some row is all padding, the shapes or devices differ, there is no row, or ``max_tokens`` < 1.
     """
     for name, value in (("input_ids", input_ids), ("padding_mask", padding_mask)):
         if not isinstance(value, Tensor):
@@ -111,6 +111,8 @@ def pack_batch(
         raise ValueError(
             f"padding_mask must have the (B, L) shape of input_ids {tuple(input_ids.shape)}, got {tuple(padding_mask.shape)}"
         )
+    if padding_mask.device != input_ids.device:  # (a meta mask failed inside torch, on a copy out of it)
+        raise ValueError(f"padding_mask must be on input_ids' device {input_ids.device}, got {padding_mask.device}")
     if not is_integer_tensor(input_ids):  # (float ids were packed as they came)
         raise TypeError(f"input_ids must be an integer tensor of token ids, got {input_ids.dtype}")
     if token_type_ids is not None and not is_integer_tensor(token_type_ids):
@@ -248,7 +250,7 @@ def encode_rows(
         TypeError: if ``encoder`` is not an ``nn.Module``, ``max_tokens`` not an int or ``leave_out`` not a
             bool tensor.
         ValueError: if ``output`` is not "first" or "last", ``max_tokens`` < 1, ``leave_out`` differs in
-            shape from ``input_ids``, or as :func:`encode_packed`.
+            shape or device from ``input_ids``, or as :func:`encode_packed`.
     """
     if output not in ("first", "last"):  # (checked by encode_packed only on the packed path)
         raise ValueError(f"output: expected 'first' or 'last', got {output!r}")
@@ -263,6 +265,8 @@ def encode_rows(
             raise ValueError(
                 f"leave_out must have the shape of input_ids {describe_tensor(input_ids)}, got {tuple(leave_out.shape)}"
             )
+        if leave_out.device != input_ids.device:  # (a meta one failed inside torch, on Tensor.item())
+            raise ValueError(f"leave_out must be on input_ids' device {input_ids.device}, got {leave_out.device}")
     capturing = capturing_graph()
     masked = leave_out is not None and (capturing or bool(leave_out.any()))  # (not read while capturing)
     if masked and not capturing and (output == "last" or can_pack(leave_out)):

@@ -40,6 +40,13 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
+def check_bools(**values: object) -> None:
+    """:func:`check_bool` on each keyword argument, by its name: an encoder's flags (``return_pooled="no"``
+    ran the pooler, being truthy)."""
+    for name, value in values.items():
+        check_bool(name, value)
+
+
 def check_module(name: str, value: object, *, optional: bool = False) -> None:
     """TypeError naming ``name`` unless ``value`` is an ``nn.Module`` (or None, with ``optional``): a
     str or a class given where a built module belongs would otherwise fail only when called."""
@@ -301,6 +308,24 @@ def is_integer_tensor(value: object) -> bool:
     cast what passes to long before using it as an index)."""
     return isinstance(value, Tensor) and not (
         value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
+    )
+
+
+def check_input_dtype(x: Tensor, weight: Optional[Tensor], name: str = "x") -> None:
+    """TypeError naming ``name`` unless ``x`` is of ``weight``'s dtype (a layer's parameters; None: any), or
+    autocast is on for ``x``'s device over fp32 parameters (it casts them), or on a device other than the CPU
+    (CUDA's autocast runs norms in fp32 over bf16 parameters too); ValueError unless both are on one device.
+    Without it a product failed inside torch, naming nothing (``mat1 and mat2 must have the same dtype``;
+    ``Tensor on device meta is not on the expected device cpu``). Two comparisons when all is well."""
+    if weight is None or (x.dtype == weight.dtype and x.device == weight.device):
+        return
+    if x.device != weight.device:
+        raise ValueError(f"{name} must be on the layer's device {weight.device}, got {x.device}")
+    if torch.is_autocast_enabled(x.device.type) and (weight.dtype == torch.float32 or x.device.type != "cpu"):
+        return
+    raise TypeError(
+        f"{name} must be {weight.dtype}, the dtype of the layer's parameters (cast it, or run fp32 parameters under "
+        f"torch.autocast), got {x.dtype}"
     )
 
 

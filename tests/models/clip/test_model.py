@@ -224,3 +224,20 @@ def test_logits_without_both_modalities_are_refused_naming_the_missing_features(
     neither = CLIPOutput(None, None, torch.tensor(0.0))
     with pytest.raises(ValueError, match="got image_features and text_features=None$"):
         _ = neither.logits_per_text
+
+
+def test_text_on_another_device_than_the_model_is_refused_naming_it():
+    # (meta ids failed inside torch, on Tensor.item() of the end-token check)
+    model = _small()
+    text = torch.randint(0, SMALL["vocab_size"], (2, 5), device="meta")
+    with pytest.raises(ValueError, match=r"^text must be on the model's device cpu, got meta$"):
+        model.encode_text(text)
+    with pytest.raises(ValueError, match=r"^image must be on the model's device cpu, got meta$"):
+        model(image=torch.randn(2, 3, SMALL["image_size"], SMALL["image_size"], device="meta"))
+
+
+def test_attention_mask_on_another_device_than_the_text_is_refused_naming_it():
+    text = torch.randint(0, EOS, (2, 5))
+    text[:, 3] = EOS
+    with pytest.raises(ValueError, match=r"^text_attention_mask must be on text's device cpu, got meta$"):
+        _small().encode_text(text, torch.ones(2, 5, dtype=torch.long, device="meta"))

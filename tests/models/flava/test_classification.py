@@ -202,3 +202,10 @@ def test_sentence_pairs_read_their_token_types_as_hugging_face_flava_does(tmp_pa
         ValueError, match="token_type_ids: expected None for modality 'image' .no text read., got a tensor"
     ):
         image_head(images, token_type_ids=types)
+
+
+def test_labels_on_another_device_than_the_model_are_refused_naming_them():
+    # (a meta tensor failed on Tensor.item() inside torch)
+    image, ids, mask = _inputs(2)
+    with pytest.raises(ValueError, match=r"^labels must be on the model's device cpu, got meta$"):
+        _model(3)(image, ids, text_attention_mask=mask, labels=torch.tensor([0, 2], device="meta"))

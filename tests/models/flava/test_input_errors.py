@@ -244,3 +244,41 @@ def test_flava_tower_builders_name_a_bad_argument_before_building(builder, chang
 
 def _tower_sizes(builder) -> dict:
     return {flava_image_encoder: dict(image_size=32), flava_text_encoder: dict(vocab_size=5)}.get(builder, {})
+
+
+def test_text_on_another_device_than_the_model_is_refused_naming_it(model):
+    # meta ids into the CPU model gave CPU outputs of garbage values, silently
+    text = torch.randint(1, TINY["vocab_size"], (2, 5), device="meta")
+    with pytest.raises(ValueError, match=r"^text must be on the model's device cpu, got meta$"):
+        model(text=text)
+    with pytest.raises(ValueError, match=r"^text must be on the model's device cpu, got meta$"):
+        model.encode_text(text)
+    with pytest.raises(ValueError, match=r"^image must be on the model's device cpu, got meta$"):
+        model.encode_image(torch.randn(2, 3, 32, 32, device="meta"))
+
+
+@pytest.mark.parametrize("flag", ["skip_multimodal", "return_hidden_states"])
+def test_forward_flags_must_be_bools(model, flag):
+    # "no" is truthy: the multimodal encoder was skipped, or hidden states returned, silently
+    text, image = torch.randint(1, TINY["vocab_size"], (2, 5)), torch.randn(2, 3, 32, 32)
+    with pytest.raises(TypeError, match=rf"^{flag} must be a bool, got str 'no'$"):
+        model(image, text, **{flag: "no"})
+
+
+def test_attention_mask_on_another_device_than_the_text_is_refused_naming_it(model):
+    # (a meta mask failed inside torch, on Tensor.item() of the mask's value check)
+    text = torch.randint(1, TINY["vocab_size"], (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.long, device="meta")
+    for call in (lambda: model(text=text, text_attention_mask=mask), lambda: model.encode_text(text, mask)):
+        with pytest.raises(ValueError, match=r"^text_attention_mask must be on text's device cpu, got meta$"):
+            call()
+
+
+def test_meta_tensors_with_an_attention_mask_give_meta_results():
+    # (the mask's value check read a meta tensor: Tensor.item() failed inside torch)
+    with torch.device("meta"):
+        model = flava_model(**TINY)
+    ids, mask = torch.zeros(2, 6, dtype=torch.long, device="meta"), torch.ones(2, 6, dtype=torch.long, device="meta")
+    out = model(text=ids, image=torch.zeros(2, 3, 32, 32, device="meta"), text_attention_mask=mask)
+    assert out.text_embeddings.is_meta and out.text_embeddings.shape == (2, 6, TINY["text_embed_dim"])
+    assert out.multimodal_embeddings.shape == (2, 1 + 17 + 6, TINY["multimodal_embed_dim"])

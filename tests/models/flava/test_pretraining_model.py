@@ -452,3 +452,45 @@ def test_the_image_and_text_last_layers_compute_only_the_positions_the_losses_re
     assert rows["text"] == (4 * 10 + 4 + 3 * 2,)  # of 10 * 10: the text batch's CLS and its one masked token
     assert outputs[1].mim_targets.numel() == masked_patches
     assert all(torch.isfinite(out.loss) for out in outputs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(ignore_index=5), ValueError, r"ignore_index must lie outside the heads' classes \[0, 99\), got 5"),
+        (dict(ignore_index=1.5), TypeError, "ignore_index must be an int, got float 1.5"),
+        (dict(contrastive_gather="global"), TypeError, "contrastive_gather must be a GatherGrad, got 'global'"),
+        (dict(unimodal_losses_on_pairs="no"), TypeError, "unimodal_losses_on_pairs must be a bool, got str 'no'"),
+        (dict(recompute_contrastive_passes=1), TypeError, "recompute_contrastive_passes must be a bool, got int 1"),
+        (dict(build_codebook="no"), TypeError, "build_codebook must be a bool, got str 'no'"),
+        (dict(codebook="dalle"), TypeError, "codebook must be an nn.Module or None, got str"),
+        (dict(backbone="flava"), TypeError, "backbone must be a FLAVAModel, got str"),
+    ],
+)
+def test_builder_settings_of_the_wrong_type_are_refused_naming_them(kwargs, error, message):
+    # each was taken as given: an id of the vocabulary dropped its targets silently, "no" switched a flag on,
+    # and the others failed in the first forward (or, a backbone, on an attribute)
+    settings = dict(backbone=flava_model(**TINY_FLAVA), build_codebook=False, image_vocab_size=VOCAB_IMAGE)
+    with pytest.raises(error, match=f"^{message}$"):
+        flava_model_for_pretraining(**{**settings, **kwargs})
+
+
+def test_direct_construction_checks_its_parts_and_weights(model):
+    from torchflava.models.flava import FLAVAForPretraining
+
+    parts = dict(mlm_head=model.mlm_head, mim_head=model.mim_head, mmm_text_head=model.mmm_text_head)
+    parts.update(mmm_image_head=model.mmm_image_head, itm_head=model.itm_head)
+    with pytest.raises(TypeError, match=r"^weights must be a LossWeights, got dict$"):
+        FLAVAForPretraining(model.model, **parts, weights={"mim": 1.0})
+    with pytest.raises(TypeError, match=r"^model must be a FLAVAModel, got str$"):
+        FLAVAForPretraining("flava", **parts)
+    assert FLAVAForPretraining(model.model, **parts, ignore_index=-1).ignore_index == -1
+
+
+@pytest.mark.parametrize("field", ["image_tokens", "mlm_labels", "itm_labels", "text_masked"])
+def test_batch_fields_on_another_device_than_the_model_are_refused_naming_them(model, field):
+    # (a meta field failed inside torch, on Tensor.item() of a label check, or on a device mismatch)
+    fields = batch()
+    fields[field] = fields[field].to("meta")
+    with pytest.raises(ValueError, match=rf"^batch field {field} must be on the model's device cpu, got meta$"):
+        model(fields)

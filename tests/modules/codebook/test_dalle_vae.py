@@ -352,3 +352,12 @@ def test_builder_names_arguments_of_the_wrong_type(kwargs, error, message):
     """A str or None failed on '<', a float inside torch, and freeze='no' froze the encoder."""
     with pytest.raises(error, match=message):
         _tiny(**kwargs)
+
+
+def test_pixels_on_another_device_than_the_encoder_are_refused_naming_them():
+    # (meta pixels into a CPU encoder gave meta "tokens"; on a GPU, torch's conv error naming neither)
+    encoder, pixels = _tiny(), _pixels()
+    for call in (encoder, encoder.tokens):
+        with pytest.raises(ValueError, match=r"^pixels must be on the encoder's device cpu, got meta$"):
+            call(pixels.to("meta"))
+    assert encoder.tokens(pixels).shape == (2, 4 * 6)

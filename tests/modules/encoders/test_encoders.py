@@ -429,3 +429,23 @@ def test_multimodal_encoder_names_a_projection_that_does_not_reach_its_width():
     out = identity(image, text, return_hidden_states=True)
     assert out.last_hidden_state.shape == (2, 9, 48)
     assert_close(out.hidden_states[0][:, 1:6], image, atol=0, rtol=0)  # the image states as they are
+
+
+@pytest.mark.parametrize("flag", ["return_hidden_states", "return_pooled"])
+def test_encoder_flags_must_be_bools(flag):
+    # "no" is truthy: the pooler ran, or every layer's output was kept, silently
+    image, text = torch.randn(2, 3, T["image_size"], T["image_size"]), torch.randint(0, T["vocab_size"], (2, 5))
+    states = (torch.randn(2, 3, T["image_embed_dim"]), torch.randn(2, 5, T["text_embed_dim"]))
+    for encoder, inputs in ((image_encoder(), (image,)), (text_encoder(), (text,)), (multimodal_encoder(), states)):
+        with pytest.raises(TypeError, match=rf"^{flag} must be a bool, got str 'no'$"):
+            encoder(*inputs, **{flag: "no"})
+        assert encoder(*inputs, **{flag: False}).last_hidden_state.shape[0] == 2
+
+
+def test_multimodal_states_on_another_device_are_refused_naming_them():
+    # (torch's "Tensor on device cpu is not on the expected device meta!" named neither)
+    image, text = torch.randn(2, 3, T["image_embed_dim"]), torch.randn(2, 5, T["text_embed_dim"])
+    with pytest.raises(ValueError, match=r"^image_states must be on the model's device cpu, got meta$"):
+        multimodal_encoder()(image.to("meta"), text)
+    with pytest.raises(ValueError, match=r"^text_states must be on the model's device cpu, got meta$"):
+        multimodal_encoder()(image, text.to("meta"))

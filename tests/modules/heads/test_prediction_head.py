@@ -73,3 +73,14 @@ def test_masked_prediction_head_names_bad_states(x, got):
 def test_itm_head_names_bad_states(x, message):
     with pytest.raises(ValueError, match=message):
         ITMHead(8)(x)
+
+
+def test_heads_refuse_states_of_another_dtype_or_device_naming_x():
+    # (a float64 or meta input failed inside torch's product, naming nothing)
+    dtype = r"^x must be torch.float32, the dtype of the layer's parameters .* got torch.float64$"
+    for head, x in ((MaskedPredictionHead(8, 10), torch.randn(3, 8)), (ITMHead(8), torch.randn(2, 3, 8))):
+        with pytest.raises(TypeError, match=dtype):
+            head(x.double())
+        with pytest.raises(ValueError, match=r"^x must be on the layer's device cpu, got meta$"):
+            head(x.to("meta"))
+        assert head(x).dtype == torch.float32

@@ -546,3 +546,15 @@ def test_math_path_limit_follows_the_cpu(monkeypatch):
     assert attention.MATH_ATTENTION_MAX_KEYS == attention.default_math_attention_max_keys(amx)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a PyTorch without the probe: no AMX
     assert attention._has_amx() is False
+
+
+def test_inputs_of_another_dtype_or_device_are_refused_naming_x():
+    # (standalone, outside a layer: each failed inside torch's product, naming nothing)
+    attn, x = MultiHeadSelfAttention(8, 2).eval(), torch.randn(2, 5, 8)
+    for dtype in (torch.float64, torch.bfloat16):
+        with pytest.raises(TypeError, match=rf"^x must be torch.float32, the dtype .* got {dtype}$"):
+            attn(x.to(dtype))
+    with pytest.raises(ValueError, match=r"^x must be on the layer's device cpu, got meta$"):
+        attn(x.to("meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 parameters under autocast take a bf16 stream
+        assert attn(x.bfloat16()).shape == (2, 5, 8)

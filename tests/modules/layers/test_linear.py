@@ -459,3 +459,10 @@ def test_onednn_paths_respect_mkldnn_off_and_dispatch_modes(fused_calls, forced)
             bf16_linear(x, w, b)
         assert counter.get_total_flops() == 2 * 1600 * 768 * 768
     assert fused_calls == [] and forced == []
+
+
+def test_bias_must_be_a_bool():
+    # ("no" is truthy: nn.Linear made a bias)
+    with pytest.raises(TypeError, match=r"^bias must be a bool, got str 'no'$"):
+        Linear(8, 4, bias="no")
+    assert Linear(8, 4, bias=False).bias is None

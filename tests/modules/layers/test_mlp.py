@@ -150,3 +150,22 @@ def test_activations_are_named_and_checked():
     check_activations(model[:1], "quick_gelu", "why")
     with pytest.raises(ValueError, match=r"^why: build with activation='quick_gelu', got activation 'gelu'$"):
         check_activations(model, "quick_gelu", "why")
+
+
+def test_inputs_of_another_width_dtype_or_device_are_refused_naming_x():
+    # (each failed inside torch's product: "mat1 and mat2 shapes cannot be multiplied", "... same dtype",
+    # "Tensor on device cpu is not on the expected device meta!")
+    mlp = MLP(8, 16)
+    with pytest.raises(ValueError, match=r"^x must be a \(\.\.\., 8\) tensor, got torch.float32 of shape \(2, 5, 7\)$"):
+        mlp(torch.randn(2, 5, 7))
+    with pytest.raises(ValueError, match=r"^x must be a \(\.\.\., 8\) tensor, got torch.float32 of shape \(\)$"):
+        mlp(torch.tensor(1.0))
+    with pytest.raises(
+        TypeError, match=r"^x must be torch.float32, the dtype of the layer's parameters .* got torch.float64$"
+    ):
+        mlp(torch.randn(2, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^x must be on the layer's device cpu, got meta$"):
+        mlp(torch.randn(2, 8, device="meta"))
+    x = torch.randn(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 into fp32 parameters: autocast casts them
+        assert mlp(x.bfloat16()).dtype == torch.bfloat16

@@ -223,3 +223,15 @@ def test_without_a_cls_token_the_patches_alone_are_embedded_at_any_grid():
     assert_close(pe(wide), with_cls(wide)[:, 1:])
     with pytest.raises(TypeError, match="use_cls_token"):
         make_embedding(use_cls_token=1)
+
+
+def test_images_and_patch_mask_on_another_device_are_refused_naming_them():
+    # (torch's "Tensor on device cpu is not on the expected device meta!" named neither)
+    emb, images = PatchEmbedding(32, 8, 3, 16, use_mask_token=True), torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"^image must be on the model's device cpu, got meta$"):
+        emb(images.to("meta"))
+    with pytest.raises(ValueError, match=r"^patch_mask must be on the image's device cpu, got meta$"):
+        emb(images, patch_mask=torch.zeros(2, 16, dtype=torch.bool, device="meta"))
+    with torch.device("meta"):
+        meta = PatchEmbedding(32, 8, 3, 16)
+    assert meta(images.to("meta")).shape == (2, 17, 16)

@@ -126,3 +126,31 @@ def test_float_token_type_ids():
     ids = torch.randint(0, VOCAB, (2, 5))
     with pytest.raises(TypeError, match="token_type_ids must be an integer tensor"):
         make_embedding()(ids, token_type_ids=torch.zeros(2, 5))
+
+
+def test_ids_on_another_device_than_the_table_are_refused_naming_them():
+    # meta ids into a CPU table gave a CPU output of garbage values, silently (on a GPU, torch's error)
+    from torchflava.modules.layers import TokenEmbedding
+
+    ids = torch.randint(0, VOCAB, (2, 5))
+    for emb in (make_embedding(), TokenEmbedding(VOCAB, D, MAX_LEN)):
+        with pytest.raises(ValueError, match=r"^input_ids must be on the model's device cpu, got meta$"):
+            emb(ids.to("meta"))
+        with pytest.raises(ValueError, match=r"^position_ids must be on the model's device cpu, got meta$"):
+            emb(ids, position_ids=torch.zeros(2, 5, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match=r"^token_type_ids must be on the model's device cpu, got meta$"):
+        make_embedding()(ids, token_type_ids=torch.zeros(2, 5, dtype=torch.long, device="meta"))
+    with torch.device("meta"):
+        meta = make_embedding()
+    assert meta(ids.to("meta")).shape == (2, 5, D)  # one device: shapes alone, as before
+    with pytest.raises(ValueError, match=r"^input_ids must be on the model's device meta, got cpu$"):
+        meta(ids)
+
+
+def test_token_type_and_position_ids_given_as_lists_are_refused_naming_them():
+    # (an AttributeError on .shape before)
+    emb, ids = make_embedding(), torch.randint(0, VOCAB, (2, 5))
+    with pytest.raises(TypeError, match=r"^token_type_ids must be a torch.Tensor of token ids, got list$"):
+        emb(ids, token_type_ids=[[0] * 5] * 2)
+    with pytest.raises(TypeError, match=r"^position_ids must be a torch.Tensor of token ids, got list$"):
+        emb(ids, position_ids=[list(range(5))] * 2)

@@ -639,3 +639,14 @@ def test_a_bf16_layer_takes_an_fp32_stream_under_autocast_off_the_cpu(monkeypatc
         _check_stream_dtype(x, attn)  # outside autocast (on the CPU's alone, which does not cast norms): refused
     enabled["meta"] = True
     assert _check_stream_dtype(x, attn) is None
+
+
+def test_stack_flag_and_set_activation_checkpointing_arguments_are_checked():
+    from torchflava.modules.layers import set_activation_checkpointing
+
+    encoder = make_encoder(2)
+    with pytest.raises(TypeError, match=r"^return_hidden_states must be a bool, got str 'no'$"):
+        encoder(torch.randn(2, 5, D), return_hidden_states="no")  # (truthy: every layer's output was kept)
+    with pytest.raises(TypeError, match=r"^model must be an nn.Module, got str$"):
+        set_activation_checkpointing("encoder", True)  # (an AttributeError on .modules() before)
+    assert set_activation_checkpointing(encoder, "selective") == 1 and encoder.checkpoint_activations == "selective"

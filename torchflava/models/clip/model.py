@@ -84,7 +84,7 @@ class CLIPModel(nn.Module):
             ValueError: if ``text`` is not (B, L) ids of the vocabulary, a row lacks the end token,
                 or ``mask`` has another shape or marks an end token as padding.
         """
-        check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+        check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text", device=self.logit_scale.device)
         check_bool("normalize", normalize)
         drop = beyond_end_token(text, self.eos_token_id, mask)  # (B, L) True = not computed
         states = encode_rows(self.text_encoder, text, drop, output="last", max_tokens=self.text_pack_tokens)

@@ -31,7 +31,7 @@ from torchflava.models.flava.convert_weights import (
     without_wrapper_prefix,
 )
 from torchflava.models.flava.model import FLAVAModel
-from torchflava.models.flava.pretraining import FLAVAForPretraining, LossWeights
+from torchflava.models.flava.pretraining import FLAVAForPretraining, LossWeights, check_pretraining_settings
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEncoder, transformer_encoder
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
@@ -40,10 +40,12 @@ from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedd
 from torchflava.utils.checkpoint import load_state_dict, peek_state_dict
 from torchflava.utils.checks import (
     check_architecture,
+    check_bool,
     check_builder_arguments,
     check_dropout,
     check_finite_number,
     check_int,
+    check_module,
 )
 from torchflava.utils.distributed import GatherGrad
 
@@ -523,6 +525,11 @@ def flava_model_for_pretraining(
             int >= 2 or ``head_norm_eps`` not positive (naming the argument), or an argument or the
             backbone's LayerNorm eps contradicts a Hugging Face directory's config.json.
     """
+    if backbone is not None and not isinstance(backbone, FLAVAModel):  # (before any checkpoint is read)
+        raise TypeError(f"backbone must be a FLAVAModel, got {type(backbone).__name__}")
+    check_module("codebook", codebook, optional=True)
+    check_bool("build_codebook", build_codebook)
+    check_pretraining_settings(unimodal_losses_on_pairs, recompute_contrastive_passes, ignore_index, contrastive_gather)
     local = None if pretrained is None else local_flava_checkpoint(pretrained)
     peeked = None if local is None else without_wrapper_prefix(peek_state_dict(local))  # names only, no data
     config_file, config = (None, {}) if local is None else _checkpoint_config(local, peeked)

@@ -131,7 +131,7 @@ class FLAVAForClassification(nn.Module):
         Raises:
             ValueError: if an input the modality needs is missing, ``token_type_ids`` are given to a
                 modality that reads no text, or the labels do not fit the loss
-                (shape, dtype, class id out of range, score outside [0, 1]).
+                (shape, dtype, device, class id out of range, score outside [0, 1]).
         """
         state = self.cls_state(image, text, text_attention_mask=text_attention_mask, token_type_ids=token_type_ids)
         logits = self.classifier(state)
@@ -145,6 +145,8 @@ class FLAVAForClassification(nn.Module):
         batch, classes = logits.shape
         if not isinstance(labels, Tensor):
             raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+        if labels.device != logits.device:  # (a meta one failed on Tensor.item() inside torch)
+            raise ValueError(f"labels must be on the model's device {logits.device}, got {labels.device}")
         if self.loss == "cross_entropy":
             if labels.shape != (batch,) or labels.is_floating_point() or labels.dtype == torch.bool:
                 raise ValueError(

@@ -142,19 +142,21 @@ class FLAVAModel(nn.Module):
             FLAVAOutput: embeddings, features and pooled outputs of what was computed.
 
         Raises:
-            TypeError: if ``text`` is not an integer tensor.
+            TypeError: if ``text`` is not an integer tensor, or a flag not a bool.
             ValueError: if neither image nor text is given, a text-only argument comes without text,
                 an image-only argument without image, ``text`` is not (B, L) ids in [0, vocab_size),
                 or the batch sizes differ. The encoders raise on bad image shapes and dtypes.
         """
         if image is None and text is None:
             raise ValueError("FLAVAModel needs at least one of image or text; both were None")
+        check_bool("skip_multimodal", skip_multimodal)  # ("no" is truthy: it skipped the fusion)
+        check_bool("return_hidden_states", return_hidden_states)
         if text is None and (text_attention_mask is not None or token_type_ids is not None):
             raise ValueError("text_attention_mask and token_type_ids need text, which was None")
         if image is None and image_patch_mask is not None:
             raise ValueError("image_patch_mask needs image, which was None")
         if text is not None:
-            check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+            check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text", device=self.logit_scale.device)
         embed = getattr(self.image_encoder, "embeddings", None)
         p = getattr(embed, "patch_size", None)
         if image_patch_mask is not None and isinstance(image, Tensor) and image.dim() == 4 and isinstance(p, int):
@@ -241,7 +243,7 @@ class FLAVAModel(nn.Module):
         Returns:
             Tensor: (B, P).
         """
-        check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text")
+        check_token_ids(text, self.text_encoder.embeddings.vocab_size, name="text", device=self.logit_scale.device)
         check_bool("normalize", normalize)
         padding = text_padding_mask(text, text_attention_mask)
         cls_states = encode_rows(

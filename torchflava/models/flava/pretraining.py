@@ -29,6 +29,7 @@ from torchflava.modules.encoders import CLS_POSITION, EncoderOutput
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.layers.patch_embedding import check_patch_mask
 from torchflava.modules.losses.contrastive import contrastive_loss
+from torchflava.utils.checks import check_bools, check_module
 from torchflava.utils.distributed import GatherGrad
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -247,12 +248,15 @@ _PIXELS = ("image", "codebook_pixels")
 _IDS = ("text", "text_masked", "mlm_labels", "image_tokens")
 
 
-def _checked_field(name: str, value: object) -> Optional[Tensor]:
-    """``value`` of batch field ``name``, ids and labels as long; TypeError naming the field otherwise."""
+def _checked_field(name: str, value: object, device: torch.device) -> Optional[Tensor]:
+    """``value`` of batch field ``name``, ids and labels as long; TypeError naming the field otherwise, or
+    ValueError if it is not on ``device`` (the model's; ``codebook_pixels`` go to the codebook, wherever it is)."""
     if value is None:
         return None
     if not isinstance(value, Tensor):
         raise TypeError(f"batch field {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device != device and name != "codebook_pixels":  # (a meta one failed inside torch, on .item())
+        raise ValueError(f"batch field {name} must be on the model's device {device}, got {value.device}")
     floating, dtype = value.is_floating_point() or value.is_complex(), value.dtype
     if name in _PIXELS:
         if not value.is_floating_point():
@@ -268,6 +272,21 @@ def _checked_field(name: str, value: object) -> Optional[Tensor]:
     if value.is_complex() or (floating and name != "text_attention_mask"):
         raise TypeError(f"batch field {name} must be a {allowed} tensor, got dtype {dtype}")
     return value
+
+
+def check_pretraining_settings(
+    unimodal_losses_on_pairs: object, recompute_contrastive_passes: object, ignore_index: object, gather: object
+) -> None:
+    """TypeError naming the first of :class:`FLAVAForPretraining`'s settings of the wrong type: a flag given
+    ``"no"`` (truthy) switched it on; an ``ignore_index`` of 1.5 or a ``contrastive_gather`` of ``"global"``
+    failed only in the first forward, inside torch or on a missing attribute."""
+    check_bools(
+        unimodal_losses_on_pairs=unimodal_losses_on_pairs, recompute_contrastive_passes=recompute_contrastive_passes
+    )
+    if type(ignore_index) is not int:
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
+    if not isinstance(gather, GatherGrad):
+        raise TypeError(f"contrastive_gather must be a GatherGrad, got {gather!r}")
 
 
 class FLAVAForPretraining(nn.Module):
@@ -290,6 +309,12 @@ class FLAVAForPretraining(nn.Module):
             checkpoint them (recompute in backward): less memory for one more forward of them.
         ignore_index (int): label value of positions without a target.
         contrastive_gather (GatherGrad): how the contrastive loss gathers features across ranks.
+
+    Raises:
+        TypeError: if ``model`` is not a FLAVAModel, a head or ``codebook`` not a module, ``weights`` not
+            a LossWeights, a flag not a bool, ``ignore_index`` not an int or ``contrastive_gather`` not a
+            GatherGrad (each was taken as given, and failed, or misbehaved, in the first forward).
+        ValueError: if ``ignore_index`` is a class of a prediction head (a token or codebook id).
     """
 
     def __init__(
@@ -308,6 +333,20 @@ class FLAVAForPretraining(nn.Module):
         ignore_index: int = -100,
         contrastive_gather: GatherGrad = GatherGrad.GLOBAL,
     ) -> None:
+        if not isinstance(model, FLAVAModel):
+            raise TypeError(f"model must be a FLAVAModel, got {type(model).__name__}")
+        heads = dict(mlm_head=mlm_head, mim_head=mim_head, mmm_text_head=mmm_text_head, mmm_image_head=mmm_image_head)
+        for name, head in {**heads, "itm_head": itm_head}.items():
+            check_module(name, head)
+        check_module("codebook", codebook, optional=True)
+        if not isinstance(weights, LossWeights):  # (a dict failed on w.mim in the first forward)
+            raise TypeError(f"weights must be a LossWeights, got {type(weights).__name__}")
+        check_pretraining_settings(
+            unimodal_losses_on_pairs, recompute_contrastive_passes, ignore_index, contrastive_gather
+        )
+        classes = max(getattr(getattr(head, "decoder", None), "out_features", 0) for head in heads.values())
+        if 0 <= ignore_index < classes:  # (the targets of that token or codebook id were dropped, silently)
+            raise ValueError(f"ignore_index must lie outside the heads' classes [0, {classes}), got {ignore_index}")
         super().__init__()
         self.model = model
         self.mlm_head = mlm_head
@@ -351,8 +390,9 @@ class FLAVAForPretraining(nn.Module):
         Raises:
             TypeError: if a mapping has an unknown field, or a field is not a tensor or has a dtype it
                 cannot hold (integer pixels; float or bool ids and labels; float patch masks), naming it.
-            ValueError: if fields disagree in batch size or shape, labels are out of range, a batch
-                calls for no loss at all, or a list holds no batch.
+            ValueError: if fields disagree in batch size or shape, a field is not on the model's device (but
+                ``codebook_pixels``), labels are out of range, a batch calls for no loss at all, or a list
+                holds no batch.
         """
         many = isinstance(batch, (list, tuple))
         if many and not batch:
@@ -649,7 +689,10 @@ class FLAVAForPretraining(nn.Module):
             batch = PretrainingBatch(**batch)
         elif not isinstance(batch, PretrainingBatch):
             raise TypeError(f"batch must be a PretrainingBatch or a mapping, got {type(batch).__name__}")
-        batch = PretrainingBatch(**{f.name: _checked_field(f.name, getattr(batch, f.name)) for f in fields(batch)})
+        device = self.model.logit_scale.device
+        batch = PretrainingBatch(
+            **{f.name: _checked_field(f.name, getattr(batch, f.name), device) for f in fields(batch)}
+        )
         if batch.text is None and batch.text_masked is not None:
             batch = PretrainingBatch(**{**batch.__dict__, "text": batch.text_masked, "text_masked": None})
         batch = self._trim_padding(batch)

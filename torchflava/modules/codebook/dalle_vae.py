@@ -166,6 +166,8 @@ class DalleEncoder(nn.Module):
             )
         if pixels.dim() != 4 or pixels.shape[1] != self.in_channels:
             raise ValueError(f"pixels must have shape (B, {self.in_channels}, H, W), got {tuple(pixels.shape)}")
+        if pixels.device != self.stem.weight.device:  # (meta pixels into a CPU encoder gave meta "tokens")
+            raise ValueError(f"pixels must be on the encoder's device {self.stem.weight.device}, got {pixels.device}")
         h, w = pixels.shape[-2:]
         f = self.downsample
         if h == 0 or w == 0 or h % f or w % f:
@@ -184,8 +186,8 @@ class DalleEncoder(nn.Module):
 
         Raises:
             TypeError: if ``pixels`` is not a floating-point tensor.
-            ValueError: on a wrong number of dimensions or channels, or a side not divisible by
-                :attr:`downsample`.
+            ValueError: on a wrong number of dimensions or channels, a side not divisible by
+                :attr:`downsample`, or pixels on another device than the encoder.
         """
         self._check_pixels(pixels)
         x = self.stem(in_weight_dtype(pixels, self.stem.weight))  # (the conv refused another dtype)

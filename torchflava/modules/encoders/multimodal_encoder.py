@@ -14,7 +14,7 @@ from torchflava.modules.layers.attention import Positions, check_hidden_states
 from torchflava.modules.layers.patch_embedding import in_weight_dtype
 from torchflava.modules.layers.text_embedding import check_padding_mask
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack, linear_width
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_bools, check_int
 
 
 class MultimodalEncoder(nn.Module):
@@ -100,16 +100,20 @@ class MultimodalEncoder(nn.Module):
 
         Raises:
             ValueError: if the states are not (B, S, D) floating-point tensors of the widths the input
-                projections read (where they tell them), a projection's output is not of width D (an
+                projections read (where they tell them) on their device, a projection's output is not of width D (an
                 ``nn.Identity`` over a tower of another width), the batch sizes differ, the mask does
                 not match the text or a row of it is all padding.
-            TypeError: if the mask is not a bool tensor.
+            TypeError: if the mask is not a bool tensor, or ``return_hidden_states`` or ``return_pooled`` not a bool.
         """
+        check_bools(return_hidden_states=return_hidden_states, return_pooled=return_pooled)
         for name, states, proj in (
             ("image_states", image_states, self.image_proj),
             ("text_states", text_states, self.text_proj),
         ):
             check_hidden_states(states, getattr(proj, "in_features", None), name)
+            weight = getattr(proj, "weight", None)
+            if isinstance(weight, Tensor) and states.device != weight.device:  # (torch's error named neither)
+                raise ValueError(f"{name} must be on the model's device {weight.device}, got {states.device}")
         b = image_states.shape[0]
         if text_states.shape[0] != b:
             raise ValueError(f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts")

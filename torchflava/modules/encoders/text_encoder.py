@@ -9,6 +9,7 @@ from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.pooler import Pooler
 from torchflava.modules.layers.text_embedding import check_padding_mask
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack
+from torchflava.utils.checks import check_bools
 
 
 class TextEncoder(nn.Module):
@@ -95,7 +96,8 @@ class TextEncoder(nn.Module):
             EncoderOutput: last_hidden_state (B, L, D) and the rest.
 
         Raises:
-            TypeError: if ``padding_mask`` is not a bool tensor (or as the embeddings and the stack raise).
+            TypeError: if ``padding_mask`` is not a bool tensor, ``return_hidden_states`` or ``return_pooled``
+                not a bool (or as the embeddings and the stack raise).
             ValueError: if ``padding_mask`` is not (B, L) or marks a whole row as padding, or
                 ``output_positions`` is :data:`CLS_POSITION` over a causal stack (the first token sees
                 only itself) (or as the embeddings and the stack raise).
@@ -105,6 +107,7 @@ class TextEncoder(nn.Module):
                 "output_positions is CLS_POSITION, but this TextEncoder's attention is causal: the first token "
                 "sees only itself; select each row's end token ((B, 1) indices, e.g. (lengths - 1)[:, None])"
             )
+        check_bools(return_hidden_states=return_hidden_states, return_pooled=return_pooled)
         # token types only when given: a token + position embedding (CLIP's) has none
         types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         x = self.embeddings(input_ids, position_ids=position_ids, **types)

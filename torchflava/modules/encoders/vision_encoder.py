@@ -9,6 +9,7 @@ from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
 from torchflava.modules.layers.pooler import Pooler
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack
+from torchflava.utils.checks import check_bools
 
 
 class VisionEncoder(nn.Module):
@@ -80,6 +81,7 @@ class VisionEncoder(nn.Module):
             token) and the rest.
 
         Raises:
+            TypeError: if ``return_hidden_states`` or ``return_pooled`` is not a bool.
             ValueError: if ``output_positions`` is :data:`CLS_POSITION` and the embedding has no CLS
                 token (the output would be the first patch's), or as the embeddings and the stack raise.
         """
@@ -89,6 +91,7 @@ class VisionEncoder(nn.Module):
                 "(use_cls_token=False): it would select the first patch; pool over the patches "
                 "(last_hidden_state.mean(dim=1)), or pass slice(0, 1) for the first patch"
             )
+        check_bools(return_hidden_states=return_hidden_states, return_pooled=return_pooled)
         x = self.embeddings(images, patch_mask=patch_mask)
         out = self.encoder(
             x,

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.layers.linear import Linear
 from torchflava.modules.layers.pooler import Pooler
-from torchflava.utils.checks import check_int, check_module, check_positive_number, describe_tensor
+from torchflava.utils.checks import check_input_dtype, check_int, check_module, check_positive_number, describe_tensor
 
 
 class MaskedPredictionHead(nn.Module):
@@ -50,10 +50,13 @@ class MaskedPredictionHead(nn.Module):
             Tensor: (..., V) logits.
 
         Raises:
-            ValueError: if ``x`` is not a floating-point tensor of width ``embed_dim`` (last dimension).
+            ValueError: if ``x`` is not a floating-point tensor of width ``embed_dim`` (last dimension) on the
+                head's device.
+            TypeError: if ``x`` is not of the head's dtype (outside autocast over fp32 parameters).
         """
         if not isinstance(x, Tensor) or x.dim() == 0 or not x.is_floating_point() or x.shape[-1] != self.embed_dim:
             raise ValueError(f"x must be a (..., {self.embed_dim}) floating-point tensor, got {describe_tensor(x)}")
+        check_input_dtype(x, self.dense.weight if isinstance(self.dense, nn.Linear) else None)
         return self.decoder(self.norm(self.activation(self.dense(x))))
 
 

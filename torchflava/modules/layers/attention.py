@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
 from torchflava.modules.layers.linear import ONEDNN_BF16, Linear, linear
-from torchflava.utils.checks import check_bool, check_dropout, check_int, describe_tensor
+from torchflava.utils.checks import check_bool, check_dropout, check_input_dtype, check_int, describe_tensor
 
 Positions = Union[Tensor, slice]
 
@@ -389,11 +389,13 @@ class MultiHeadSelfAttention(nn.Module):
             ((T, D), the selected positions in row-major order, for a mask).
 
         Raises:
-            TypeError: if a mask is not a bool tensor.
-            ValueError: if ``x`` is not a (B, S, embed_dim) floating-point tensor, or a mask's shape or
-                device does not fit it.
+            TypeError: if a mask is not a bool tensor, or ``x`` not of the parameters' dtype (outside autocast
+                over fp32 parameters).
+            ValueError: if ``x`` is not a (B, S, embed_dim) floating-point tensor on the parameters' device, or
+                a mask's shape or device does not fit it.
         """
         check_hidden_states(x, self.embed_dim)
+        check_input_dtype(x, self.qkv.weight if isinstance(self.qkv, nn.Linear) else None)  # (PackedLinear casts)
         b, s, d = x.shape
         for name, mask, shapes in (
             ("key_padding_mask", key_padding_mask, [(b, s)]),

@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_bool, check_int
 
 # The smallest product (rows x in x out) and the smallest input and output width sent to oneDNN,
 # without and with autograd recording, on the CPUs where oneDNN wins. Read off benchmarks/linear.py
@@ -294,13 +294,14 @@ class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, initialisation and state dict) whose product is :func:`linear`.
 
     Raises:
-        TypeError: if ``in_features`` or ``out_features`` is not an int.
+        TypeError: if ``in_features`` or ``out_features`` is not an int, or ``bias`` not a bool.
         ValueError: if either is negative.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
         check_int("in_features", in_features, 0)
         check_int("out_features", out_features, 0)
+        check_bool("bias", bias)  # ("no" is truthy: a bias was made)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:

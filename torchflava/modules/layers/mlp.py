@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torchflava.modules.layers.activation import activation_name
 from torchflava.modules.layers.hooks import hooked, saved_tensors_hooks_active
 from torchflava.modules.layers.linear import Linear, has_tangent, onednn_linear_wins
-from torchflava.utils.checks import check_bool, check_dropout, check_int, check_module
+from torchflava.utils.checks import (
+    check_bool,
+    check_dropout,
+    check_input_dtype,
+    check_int,
+    check_module,
+    describe_tensor,
+)
 
 
 def can_overwrite(*modules: nn.Module) -> bool:
@@ -117,8 +124,16 @@ class MLP(nn.Module):
 
         Returns:
             Tensor: (..., out_dim).
+
+        Raises:
+            ValueError: if ``x`` is not a tensor of width ``in_dim`` (last dimension) on the parameters' device.
+            TypeError: if ``x`` is not of the parameters' dtype (outside autocast over fp32 parameters).
         """
-        hidden = self.fc1(x)
+        fc1 = self.fc1  # (the product failed inside torch, naming neither: a dtype, width or device apart)
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != getattr(fc1, "in_features", x.shape[-1]):
+            raise ValueError(f"x must be a (..., {fc1.in_features}) tensor, got {describe_tensor(x)}")
+        check_input_dtype(x, fc1.weight if isinstance(fc1, nn.Linear) else None)
+        hidden = fc1(x)
         if self._gelu_then_fc2_saves_hidden_only(hidden):
             return _GeluLinear.apply(hidden, self.fc2.weight, self.fc2.bias, self.activation.approximate)
         if type(self.activation) is nn.GELU and type(self.fc1) is Linear and can_overwrite(self.fc1, self.activation):

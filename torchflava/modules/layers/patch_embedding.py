@@ -106,6 +106,8 @@ class PatchEmbedding(nn.Module):
             raise TypeError(f"image must be a torch.Tensor, got {type(images).__name__}")
         if not images.is_floating_point():
             raise TypeError(f"image must be a floating-point tensor, got dtype {images.dtype}")
+        if images.device != self.proj.weight.device:  # (torch's error names neither tensor)
+            raise ValueError(f"image must be on the model's device {self.proj.weight.device}, got {images.device}")
         if images.dim() != 4 or images.shape[1] != self.in_channels or images.shape[0] == 0:
             raise ValueError(
                 f"image must have shape (B, {self.in_channels}, H, W) with B >= 1, got {tuple(images.shape)}"
@@ -149,8 +151,9 @@ class PatchEmbedding(nn.Module):
 
         Raises:
             TypeError: if ``images`` is not a float tensor or ``patch_mask`` is not boolean/integer.
-            ValueError: on a wrong channel count, a size not divisible by the patch, a ``patch_mask``
-                of the wrong shape, or a ``patch_mask`` without a mask token.
+            ValueError: on a wrong channel count, a size not divisible by the patch, ``images`` not on the
+                model's device, a ``patch_mask`` of the wrong shape or device, or a ``patch_mask`` without a
+                mask token.
         """
         grid_h, grid_w = self._check_images(images)
         x = self._project(in_weight_dtype(images, self.proj.weight), grid_h, grid_w)
@@ -198,6 +201,8 @@ class PatchEmbedding(nn.Module):
         if self.mask_token is None:
             raise ValueError("patch_mask was given but this PatchEmbedding has no mask token (use_mask_token=False)")
         check_patch_mask(patch_mask, x.shape[0], (grid_h, grid_w))
+        if patch_mask.device != x.device:  # (a meta mask failed inside torch.where, naming neither tensor)
+            raise ValueError(f"patch_mask must be on the image's device {x.device}, got {patch_mask.device}")
         patch_mask = patch_mask.reshape(x.shape[0], -1)
         return torch.where(patch_mask.bool().unsqueeze(-1), self.mask_token.to(x.dtype), x)
 

@@ -4,7 +4,7 @@ from torch import Tensor, nn
 
 from torchflava.modules.layers.attention import check_hidden_states
 from torchflava.modules.layers.linear import Linear
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_input_dtype, check_int
 
 
 class Pooler(nn.Module):
@@ -29,10 +29,12 @@ class Pooler(nn.Module):
             Tensor: (B, D).
 
         Raises:
-            ValueError: if ``x`` is not a (B, S, D) floating-point tensor with S >= 1.
+            ValueError: if ``x`` is not a (B, S, D) floating-point tensor with S >= 1 on the layer's device.
+            TypeError: if ``x`` is not of the layer's dtype (outside autocast over fp32 parameters).
         """
         # (a (B, S, T, D) input pooled into (B, T, D) silently; a (B, D) one failed inside torch)
         check_hidden_states(x, self.embed_dim)
+        check_input_dtype(x, self.dense.weight if isinstance(self.dense, nn.Linear) else None)
         if x.shape[1] == 0:
             raise ValueError(f"x must hold at least one position to pool, got shape {tuple(x.shape)}")
         return self.dense(x[:, 0]).tanh()

@@ -19,17 +19,20 @@ from torchflava.utils.checks import (
 )
 
 
-def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str = "input_ids") -> None:
+def check_token_ids(
+    input_ids: Tensor, vocab_size: Optional[int], *, name: str = "input_ids", device: Optional[torch.device] = None
+) -> None:
     """Validate a batch of token ids.
 
     Args:
         input_ids (Tensor): expected (B, L) integer ids in [0, vocab_size).
         vocab_size (Optional[int]): size of the vocabulary; None checks only the type and shape.
         name (str): argument name used in error messages.
+        device (Optional[torch.device]): the device of the table the ids index (not checked when None).
 
     Raises:
         TypeError: if ``input_ids`` is not an integer tensor.
-        ValueError: if it is not (B, L) with B, L >= 1, or holds ids outside [0, vocab_size).
+        ValueError: if it is not (B, L) with B, L >= 1, is not on ``device``, or holds ids outside [0, vocab_size).
     """
     if not isinstance(input_ids, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
@@ -37,6 +40,8 @@ def check_token_ids(input_ids: Tensor, vocab_size: Optional[int], *, name: str =
         raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {input_ids.dtype}")
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(f"{name} must have shape (B, L) with B >= 1 and L >= 1, got {tuple(input_ids.shape)}")
+    if device is not None and input_ids.device != device:  # (meta ids into a CPU table gave CPU garbage, silently)
+        raise ValueError(f"{name} must be on the model's device {device}, got {input_ids.device}")
     if input_ids.is_meta or vocab_size is None:
         return  # shapes only (the meta device has no values; None: the caller checks the range itself)
     expected = f"{name} must be in [0, {vocab_size}) (the vocabulary size)"
@@ -60,8 +65,8 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
 
     Raises:
         TypeError: if the mask is not a tensor.
-        ValueError: if its shape differs from ``text``'s, it holds a value other than 0 and 1, or a
-            row is all padding.
+        ValueError: if its shape or device differs from ``text``'s, or (not on the meta device) it holds a
+            value other than 0 and 1, or a row is all padding.
     """
     if text_attention_mask is None:
         return None
@@ -72,7 +77,13 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
             f"text_attention_mask must have the shape of text {tuple(text.shape)}, "
             f"got {tuple(text_attention_mask.shape)}"
         )
+    if text_attention_mask.device != text.device:  # (a meta mask failed inside torch, on Tensor.item())
+        raise ValueError(
+            f"text_attention_mask must be on text's device {text.device}, got {text_attention_mask.device}"
+        )
     padding = text_attention_mask == 0
+    if padding.is_meta:  # shapes only: the meta device has no values to check
+        return padding
     valid = (padding | (text_attention_mask == 1)).all() & ~padding.all(dim=1).any()  # one read of the device
     require(
         valid,
@@ -230,13 +241,15 @@ class TextEmbedding(nn.Module):
 
         Raises:
             TypeError: if ids are not integer tensors.
-            ValueError: if ids are out of range or L exceeds ``max_seq_len``.
+            ValueError: if ids are out of range or not on the embedding's device, or L exceeds ``max_seq_len``.
         """
-        check_token_ids(input_ids, self.vocab_size)
+        device = self.word_embed.weight.device
+        check_token_ids(input_ids, self.vocab_size, device=device)
         x = self.word_embed(input_ids.long())  # uint8 / int16 / int32 ids index like long ones
         if token_type_ids is None:
             x = x + self.type_embed.weight[0]
         else:
+            check_token_ids(token_type_ids, None, name="token_type_ids", device=device)  # (a list: TypeError)
             if tuple(token_type_ids.shape) != tuple(input_ids.shape):
                 raise ValueError(
                     f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
@@ -271,11 +284,11 @@ def add_positions(x: Tensor, pos_embed: nn.Embedding, input_ids: Tensor, positio
                 f"input_ids has length {length}, more than the {max_seq_len} learned positions (max_seq_len)"
             )
         return x + pos_embed.weight[:length]
+    check_token_ids(position_ids, None, name="position_ids", device=pos_embed.weight.device)  # (a list: TypeError)
     if tuple(position_ids.shape) != tuple(input_ids.shape):
         raise ValueError(
             f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(position_ids.shape)}"
         )
-    check_token_ids(position_ids, None, name="position_ids")
     if not position_ids.is_meta:  # an in-graph check when compiled (no graph break)
         expected = f"position_ids must be in [0, {max_seq_len}) (the learned positions, max_seq_len: is a text longer?)"
         require(
@@ -326,8 +339,8 @@ class TokenEmbedding(nn.Module):
 
         Raises:
             TypeError: if ids are not integer tensors.
-            ValueError: if ids are out of range or L exceeds ``max_seq_len``.
+            ValueError: if ids are out of range or not on the embedding's device, or L exceeds ``max_seq_len``.
         """
-        check_token_ids(input_ids, self.vocab_size)
+        check_token_ids(input_ids, self.vocab_size, device=self.word_embed.weight.device)
         x = self.word_embed(input_ids.long())  # uint8 / int16 / int32 ids index like long ones
         return self.dropout(add_positions(x, self.pos_embed, input_ids, position_ids))

@@ -21,7 +21,7 @@ from torchflava.modules.layers.attention import (
     take_positions,
 )
 from torchflava.modules.layers.mlp import can_overwrite
-from torchflava.utils.checks import check_dropout, check_module
+from torchflava.utils.checks import check_bool, check_dropout, check_input_dtype, check_module
 
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
@@ -328,22 +328,12 @@ _LAYER_KEYWORDS = ("key_padding_mask", "attn_mask", "query_positions")
 
 
 def _check_stream_dtype(x: Tensor, attn: nn.Module) -> None:
-    """TypeError unless ``x`` is of the dtype of ``attn``'s (a layer's attention's) parameters, or autocast
-    is on over fp32 ones (it casts them), or on a device other than the CPU. An fp32 stream into a bf16
-    model (e.g. a user's fp32 position table added to bf16 tokens), or a bf16 one into an fp32 model
-    outside autocast, failed inside torch, naming nothing (mixed dtype (CPU): expect parameter to have
-    scalar type of Float; mat1 and mat2 must have the same dtype). CUDA's autocast also runs layer norms
-    in fp32 (their output is fp32), so a bf16 model under it gets an fp32 stream from an embedding's
-    norm, and runs: only the CPU's autocast leaves a norm over bf16 parameters to fail on one."""
-    weight = next((p for p in attn.parameters() if p.is_floating_point()), None)
-    if weight is None or x.dtype == weight.dtype:
-        return
-    if torch.is_autocast_enabled(x.device.type) and (weight.dtype == torch.float32 or x.device.type != "cpu"):
-        return
-    raise TypeError(
-        f"x must be {weight.dtype}, the dtype of the layer's parameters (cast it, or run fp32 parameters under "
-        f"torch.autocast), got {x.dtype}"
-    )
+    """:func:`~torchflava.utils.checks.check_input_dtype` of ``x`` against ``attn``'s (a layer's attention's)
+    first floating parameter, whatever the attention is. An fp32 stream into a bf16 model (e.g. a user's fp32
+    position table added to bf16 tokens), or a bf16 one into an fp32 model outside autocast, failed inside
+    torch, naming nothing (mixed dtype (CPU): expect parameter to have scalar type of Float; mat1 and mat2
+    must have the same dtype)."""
+    check_input_dtype(x, next((p for p in attn.parameters() if p.is_floating_point()), None))
 
 
 def _check_self_attention(attn: nn.Module) -> None:
@@ -474,11 +464,13 @@ class TransformerEncoder(nn.Module):
             hidden states (the last one restricted like the output).
 
         Raises:
+            TypeError: if ``return_hidden_states`` is not a bool.
             ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layers' width, or a bool
                 mask of ``output_positions`` is not (B, S).
         """
         if not self.layers:  # (a layer checks its input)
             check_hidden_states(x, None)
+        check_bool("return_hidden_states", return_hidden_states)  # ("no" is truthy: it kept every layer's output)
         selected = output_positions if is_position_mask(output_positions) else None
         if selected is not None:
             check_position_mask(selected, x, "output_positions")
@@ -530,8 +522,10 @@ def set_activation_checkpointing(model: nn.Module, mode: Union[bool, str]) -> in
         int: how many stacks were set.
 
     Raises:
+        TypeError: if ``model`` is not an nn.Module.
         ValueError: if ``mode`` is not a checkpointing mode, or ``model`` holds no TransformerEncoder.
     """
+    check_module("model", model)  # (a str failed on .modules(), naming nothing)
     mode = checkpoint_mode(mode, "mode")
     stacks = [m for m in model.modules() if isinstance(m, TransformerEncoder)]
     if not stacks:
