@@ -930,3 +930,20 @@ def test_retrieval_recalls_print_in_k_order(export, images, capsys):
     )
     printed = [line.split(":")[0].strip() for line in capsys.readouterr().out.splitlines() if "R@" in line]
     assert printed == [f"{d}_R@{k}" for k in (1, 5, 10) for d in ("image_to_text", "text_to_image")]
+
+
+def test_class_prompts_are_encoded_text_batch_size_at_a_time(export, monkeypatch):
+    """The command encoded every class prompt in one call (1000 ImageNet classes x 80 templates: 80,000
+    prompts' activations at once); now TEXT_BATCH_SIZE at a time, the embeddings those of one call."""
+    pretrained = load_pretrained(export[0])
+    templates = ("a {}", "a big {}")
+    whole = zero_shot.class_embeddings(pretrained, CLASSES, templates, batch_size=100)
+    rows = []
+    encode_text = pretrained.model.encode_text
+    monkeypatch.setattr(
+        pretrained.model, "encode_text", lambda ids, *a, **k: rows.append(len(ids)) or encode_text(ids, *a, **k)
+    )
+    monkeypatch.setattr(zero_shot, "TEXT_BATCH_SIZE", 4)
+    batched = zero_shot.class_embeddings(pretrained, CLASSES, templates)
+    assert rows == [4, 2]
+    torch.testing.assert_close(batched, whole, rtol=0, atol=1e-6)

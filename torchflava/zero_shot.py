@@ -56,6 +56,7 @@ from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
+TEXT_BATCH_SIZE = 256  # texts (captions, class prompts) encoded at a time
 
 
 @torch.no_grad()
@@ -77,7 +78,7 @@ def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int 
 
 @torch.no_grad()
 def text_features(
-    pretrained: Pretrained, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
+    pretrained: Pretrained, texts: Sequence[str], *, batch_size: int = TEXT_BATCH_SIZE, max_length: Optional[int] = None
 ) -> Tensor:
     """(N, D) normalised projected text features of ``texts``, the model in eval mode (``max_length``: default
     :attr:`~torchflava.pretrained.Pretrained.text_length`, at most
@@ -126,15 +127,22 @@ def _normalised(pretrained: Pretrained, encode: Callable[..., Tensor], *inputs: 
 
 
 def class_embeddings(
-    pretrained: Pretrained, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    pretrained: Pretrained,
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    *,
+    batch_size: Optional[int] = None,
 ) -> Tensor:
-    """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
+    """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts, encoded
+    ``batch_size`` prompts at a time (None: :data:`TEXT_BATCH_SIZE`; the C x T prompts at once held the
+    activations of all of them, 80,000 for ImageNet with CLIP's 80 templates)."""
     max_length = pretrained.text_length
     return zero_shot_classifier(
         lambda ids, mask: _normalised(pretrained, pretrained.model.encode_text, ids, mask),
         lambda texts: pretrained.tokenizer(list(texts), max_length=max_length),
         class_names,
         templates,
+        batch_size=TEXT_BATCH_SIZE if batch_size is None else batch_size,
     )
 
 
