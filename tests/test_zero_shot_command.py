@@ -1,6 +1,8 @@
 """python -m torchflava.zero_shot and torchflava.pretrained on checkpoints the test writes."""
 
+import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -87,7 +89,8 @@ def test_retrieval_command_matches_retrieval_recall(export, images):
     result = zero_shot.main(
         ["--checkpoint", str(directory), "--images", str(images), "--captions", str(images / "captions.jsonl")]
     )
-    assert result["num_pairs"] == 12 and result["R@5_chance"] == pytest.approx(5 / 12)
+    assert result["num_pairs"] == 12 and result["text_to_image_R@5_chance"] == pytest.approx(5 / 12)
+    assert result["image_to_text_R@5_chance"] == pytest.approx(5 / 12)  # (one caption an image: the same)
     pretrained = load_pretrained(directory)
     lines = [json.loads(line) for line in (images / "captions.jsonl").read_text().splitlines()]
     from PIL import Image
@@ -667,6 +670,23 @@ def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five
     assert zero_shot.main([*command, "--split", "test"]) == result
     everything = zero_shot.main(command)  # no --split: every split
     assert everything["num_images"] == 6 and everything["num_pairs"] == 30
+    # image->text's chance was reported as text->image's, 5 / 6: with five captions of 30 an image misses
+    # the first 5 with the chance C(25, 5) / C(30, 5)
+    assert everything["text_to_image_R@5_chance"] == pytest.approx(5 / 6)
+    assert everything["image_to_text_R@5_chance"] == pytest.approx(1 - math.comb(25, 5) / math.comb(30, 5))
+    assert "R@5_chance" not in everything
+
+
+def test_retrieval_chance_is_that_of_every_ranking_of_the_texts_equally_likely():
+    """Counted over every order of 5 texts, 3 images holding 1, 3 and 1 of them."""
+    owners = [0, 1, 1, 1, 2]  # the image of each text
+    orders = list(itertools.permutations(range(5)))
+    chance = zero_shot.retrieval_chance([1, 3, 1], 5, [1, 2, 3])
+    for k in (1, 2, 3):
+        found = sum(any(owners[t] == image for t in order[:k]) for order in orders for image in range(3))
+        assert chance[f"image_to_text_R@{k}_chance"] == pytest.approx(found / (3 * len(orders)))
+        assert chance[f"text_to_image_R@{k}_chance"] == pytest.approx(k / 3)
+    assert chance["image_to_text_R@3_chance"] == pytest.approx((0.6 + 1 + 0.6) / 3)  # 1 - C(4, 3) / C(5, 3) = 0.6
 
 
 def test_retrieval_on_an_open_clip_csv_of_absolute_paths_without_images(export, images, tmp_path):

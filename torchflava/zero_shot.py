@@ -30,6 +30,7 @@ skipped and counted.
 
 import argparse
 import collections
+import math
 import os
 from pathlib import Path
 import sys
@@ -316,8 +317,9 @@ def retrieval(
     listed with several captions is one candidate, found when any of its captions ranks within K.
 
     Returns:
-        dict: ``image_to_text_R@K``, ``text_to_image_R@K`` and ``R@K_chance`` for each K of 1, 5 and 10
-        up to the number of readable images, ``num_pairs``, ``num_images``, ``skipped`` and
+        dict: ``image_to_text_R@K``, ``text_to_image_R@K`` and the recall of a random ranking in each
+        direction, ``image_to_text_R@K_chance`` and ``text_to_image_R@K_chance`` (:func:`retrieval_chance`),
+        for each K of 1, 5 and 10 up to the number of readable images, ``num_pairs``, ``num_images``, ``skipped`` and
         ``skipped_reasons`` (each malformed captions entry and unreadable image, named).
 
     Raises:
@@ -363,8 +365,28 @@ def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_siz
         "num_images": len(row),
         "skipped": len(folder) - len(pairs),
         "skipped_reasons": skipped,  # each malformed captions entry and unreadable image, named
-        **{f"R@{k}_chance": k / len(row) for k in ks},
+        **retrieval_chance(torch.bincount(image_of_text, minlength=len(row)).tolist(), len(pairs), ks),
     }
+
+
+def retrieval_chance(captions_per_image: Sequence[int], num_texts: int, ks: Sequence[int]) -> dict[str, float]:
+    """The Recall@K of a random ranking in each direction: text->image K / M (one right image of the M);
+    image->text the mean over the images of 1 - C(T - n, K) / C(T, K), the chance that at least one of an
+    image's n captions is among the K first of the T texts (K / M only where every image has one caption).
+
+    Returns:
+        dict[str, float]: ``image_to_text_R@K_chance`` and ``text_to_image_R@K_chance`` for each K.
+    """
+    images, out = len(captions_per_image), {}
+    for k in ks:
+        missed = []  # per image: the chance that none of its captions is among the first k
+        for n in captions_per_image:
+            missed.append(
+                math.prod((num_texts - n - j) / (num_texts - j) for j in range(k)) if k <= num_texts - n else 0
+            )
+        out[f"image_to_text_R@{k}_chance"] = 1 - sum(missed) / images
+        out[f"text_to_image_R@{k}_chance"] = k / images
+    return out
 
 
 # ImageTextFolder's arguments -> the options of the retrieval command that give them
@@ -495,8 +517,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")
         recalls = [k for k in result if "R@" in k and "chance" not in k]
         for key in sorted(recalls, key=lambda k: (int(k.split("@")[1]), k)):  # R@1, R@5, R@10 (not R@10 first)
-            k = key.split("@")[1]
-            print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'R@{k}_chance']:.1f}%)")
+            print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'{key}_chance']:.1f}%)")
     return finish_command(result, result["skipped_reasons"], args.json)
 
 
