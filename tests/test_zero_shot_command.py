@@ -967,3 +967,53 @@ def test_class_prompts_are_encoded_text_batch_size_at_a_time(export, monkeypatch
     batched = zero_shot.class_embeddings(pretrained, CLASSES, templates)
     assert rows == [4, 2]
     torch.testing.assert_close(batched, whole, rtol=0, atol=1e-6)
+
+
+def test_a_names_file_maps_imagenet_synset_folders_and_tab_separated_folders_to_the_class_names(
+    export, images, tmp_path, capsys
+):
+    """ImageNet's names file (LOC_synset_mapping.txt: 'n01440764 tench, Tinca tinca') was read as class
+    names holding the synset ids: the prompts said 'a n01440764 tench, Tinca tinca' and no folder matched,
+    so there was no accuracy (or, with --folder-order, prompts holding the ids). Each line now gives the
+    folder and the name, in any order; FOLDER<TAB>NAME lines do the same for other datasets."""
+    directory, _ = export
+    root = tmp_path / "val"
+    for name, synset in {"red circle": "n00000003", "blue square": "n00000001", "green triangle": "n00000002"}.items():
+        shutil.copytree(images / name, root / synset)
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("n00000003 red circle\nn00000002 green triangle\nn00000001 blue square\n")
+    command = ["--checkpoint", str(directory), "--images", str(root), "--classes", f"@{mapping}"]
+    result = zero_shot.main([*command, "--template", "a {}"])
+    by_name = zero_shot.main(  # the same images in folders named after the classes
+        ["--checkpoint", str(directory), "--images", str(images), "--classes", "red circle,green triangle,blue square"]
+        + ["--template", "a {}"]
+    )
+    assert list(next(iter(result["probabilities"].values()))) == ["red circle", "green triangle", "blue square"]
+    assert sorted(result["predictions"].values()) == sorted(by_name["predictions"].values())
+    assert result["accuracy"] == pytest.approx(by_name["accuracy"]) and result["num_images"] == 12
+    assert result["mean_per_class_accuracy"] == pytest.approx(by_name["mean_per_class_accuracy"])
+    tabbed = tmp_path / "classes.tsv"
+    tabbed.write_text("n00000001\tblue square\nn00000003\t red circle\nn00000002\tgreen triangle\n")
+    command[-1] = f"@{tabbed}"
+    assert zero_shot.main([*command, "--template", "a {}"])["accuracy"] == pytest.approx(by_name["accuracy"])
+    capsys.readouterr()
+    for content, message in [
+        (
+            "n00000001\tblue square\nred circle\n",
+            f"{tabbed}: expected every line FOLDER<TAB>NAME (as some are), got 'red circle'",
+        ),
+        ("a\tblue square\na\tred circle\n", "expected one line per folder, got ['a'] repeated"),
+    ]:
+        tabbed.write_text(content)
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", "/nonexistent", *command[2:]])
+        assert exit_info.value.code == 2 and f"error: argument --classes: {message}" in capsys.readouterr().err
+    tabbed.write_text("n00000001\tblue square\nn00000002\tred circle\n")
+    with pytest.raises(SystemExit):
+        zero_shot.main(["--checkpoint", "/nonexistent", *command[2:], "--folder-order"])
+    assert (
+        "argument --folder-order: not with a --classes file that names each class's folder" in capsys.readouterr().err
+    )
+    pretrained = load_pretrained(directory)
+    with pytest.raises(ValueError, match=r"^class_folders must name one folder per class \(2\), got 1$"):
+        zero_shot.classify_folder(pretrained, str(root), ["red circle", "blue square"], class_folders=["n00000003"])

@@ -7,6 +7,7 @@
     python -m torchflava.zero_shot --checkpoint /models/clip-vit-base-patch32 --images DIR --classes "cat,dog"
     python -m torchflava.zero_shot --checkpoint file:///models/flava-full --images DIR --classes @classes.txt
     python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @imagenet_classes.txt --folder-order
+    python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @LOC_synset_mapping.txt
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
@@ -20,7 +21,9 @@ spaces aside, where that names one class), the accuracy is reported too, else a 
 folders match no class; with ``--folder-order`` the i-th class is the i-th sub-folder in sorted order
 instead (torchvision's ``ImageFolder`` numbering: ImageNet's synset folders, with the class names listed
 in that order). ``--classes @FILE`` reads the class names from a UTF-8 file, one a line
-(names may hold commas; blank lines are ignored). Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
+(names may hold commas; blank lines are ignored); a line may name the class's sub-folder first, every
+line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files (``LOC_synset_mapping.txt``: ``n01440764 tench,
+Tinca tinca``), the prompts then holding the names and the folders giving the labels. Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
 ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets),
 COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
 name its columns), see ``ImageTextFolder``; without ``--images`` the file's image paths must be
@@ -33,6 +36,7 @@ import collections
 import math
 import os
 from pathlib import Path
+import re
 import sys
 from typing import Callable, Optional, Sequence, Union
 
@@ -155,6 +159,7 @@ def classify_folder(
     *,
     batch_size: int = 64,
     folder_order: bool = False,
+    class_folders: Optional[Sequence[str]] = None,
 ) -> dict:
     """Zero-shot classification of every image under ``images_dir``.
 
@@ -163,6 +168,9 @@ def classify_folder(
             torchvision's ``ImageFolder`` numbers them: ImageNet's synset folders ``n01440764``... with
             their class names listed in that order); every image must lie in one. False: a sub-folder is
             the class it is named after (:func:`folder_labels`).
+        class_folders (Optional[Sequence[str]]): the sub-folder of each class's images, class by class
+            (ImageNet's ``n01440764`` for ``tench``: a names file, see :func:`class_names_argument`), for
+            the accuracy; None: a sub-folder is named after its class (or ``folder_order``).
 
     Returns:
         dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
@@ -176,12 +184,15 @@ def classify_folder(
         TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
         ValueError: if there are fewer than two classes, an empty or duplicated class name, two
             names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), a template
-            without one ``{}``, or with ``folder_order`` not one sub-folder per class or an image outside
-            them (all before any image is read).
+            without one ``{}``, with ``folder_order`` not one sub-folder per class or an image outside
+            them, or ``class_folders`` not one distinct non-empty folder name per class or given with
+            ``folder_order`` (all before any image is read).
     """
     check_class_prompts(class_names, templates)  # zero_shot_classifier's checks, before the images are encoded
     if len(class_names) < 2:
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
+    if class_folders is not None:
+        _check_class_folders(class_folders, len(class_names), folder_order)
     scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     folder = ImageFolder(images_dir)  # (listed: no image read)
@@ -206,7 +217,10 @@ def classify_folder(
         "num_images": len(files),
         "chance": 1 / len(class_names),
     }
-    labels = folder_labels(files, class_names) if ordered is None else [ordered[image_folder(f)] for f in files]
+    if ordered is not None:
+        labels = [ordered[image_folder(f)] for f in files]
+    else:  # (the folders a names file gave each class, else the class names themselves)
+        labels = folder_labels(files, class_names if class_folders is None else class_folders)
     if labels is not None:
         truth = torch.tensor(labels)
         result["accuracy"] = classification_accuracy(features, classes, truth)
@@ -215,6 +229,19 @@ def classify_folder(
         if len(class_names) > 5:
             result["top5_accuracy"] = classification_accuracy(features, classes, truth, k=5)
     return result
+
+
+def _check_class_folders(class_folders: object, num_classes: int, folder_order: bool) -> None:
+    """ValueError (TypeError for a type) unless ``class_folders`` lists one distinct non-empty folder name
+    per class, without ``folder_order`` (which numbers the folders itself)."""
+    if isinstance(class_folders, str) or not isinstance(class_folders, Sequence):
+        raise TypeError(f"class_folders must be a list of folder names, got {type(class_folders).__name__}")
+    if not all(isinstance(f, str) and f for f in class_folders) or len(set(class_folders)) != len(class_folders):
+        raise ValueError(f"class_folders must be distinct non-empty folder names, got {_listed(class_folders)}")
+    if len(class_folders) != num_classes:
+        raise ValueError(f"class_folders must name one folder per class ({num_classes}), got {len(class_folders)}")
+    if folder_order:
+        raise ValueError("class_folders and folder_order both say which folder holds a class: give one")
 
 
 def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int, listed: ImageFolder) -> dict[str, int]:
@@ -281,12 +308,13 @@ def _listed(names: Sequence[str], limit: int = 10) -> str:
 
 
 def unmatched_folders_warning(
-    files: Sequence[str], class_names: Sequence[str], *, folder_order_hint: bool = False
+    files: Sequence[str], class_names: Sequence[str], *, folder_order_hint: bool = False, listed_folders: bool = False
 ) -> Optional[str]:
     """The one-line warning of a classification without accuracy whose images lie in sub-folders: which
     folders name no class (None where every image lies at the top: no folder to match); with
     ``folder_order_hint``, where there are as many sub-folders as classes and every image lies in one, that
-    ``--folder-order`` would number them."""
+    ``--folder-order`` would number them; with ``listed_folders``, ``class_names`` are the folders a
+    names file gave the classes."""
     folders = {image_folder(file) for file in files}
     if folders == {None}:
         return None
@@ -295,6 +323,11 @@ def unmatched_folders_warning(
     hint = ""
     if folder_order_hint and None not in folders and len(folders) == len(class_names):
         hint = "; or --folder-order, if the i-th class is the i-th sub-folder in sorted order (ImageNet's synsets)"
+    if listed_folders:
+        return (
+            f"warning: no accuracy: the image sub-folders {_listed(unmatched)}{top} are none of the class folders "
+            f"the --classes file lists, {_listed(class_names)}"
+        )
     return (
         f"warning: no accuracy: the image sub-folders {_listed(unmatched)}{top} match none of the classes "
         f"{_listed(class_names)} (each image should lie in a sub-folder named after its class{hint})"
@@ -393,17 +426,38 @@ def retrieval_chance(captions_per_image: Sequence[int], num_texts: int, ks: Sequ
 _CAPTIONS_OPTIONS = {"root": "--images", "split": "--split", "image_key": "--image-key", "text_key": "--text-key"}
 
 
-def class_names_argument(value: str, parser: argparse.ArgumentParser) -> list[str]:
-    """The class names ``--classes`` gives: comma-separated, or ``@FILE``'s lines (UTF-8; names stripped,
-    blank lines ignored); exits 2 naming the option and the file where it cannot be read or names none."""
+# a line of ImageNet's names files (LOC_synset_mapping.txt, synset_words.txt): the synset's folder, then its name
+_SYNSET_LINE = re.compile(r"(n\d{8})\s+(\S.*)")
+
+
+def class_names_argument(value: str, parser: argparse.ArgumentParser) -> tuple[list[str], Optional[list[str]]]:
+    """The class names ``--classes`` gives, and the sub-folder of each where its file names them: comma-
+    separated names, or ``@FILE``'s lines (UTF-8; stripped, blank lines ignored), each a class name, or
+    each ``FOLDER<TAB>NAME``, or each as ImageNet's names files write a synset (``n01440764 tench, Tinca
+    tinca``: the folder, then the name); exits 2 naming the option and the file where it cannot be read,
+    names none, or mixes lines with and without a folder.
+
+    Returns:
+        tuple[list[str], Optional[list[str]]]: the class names, and their folders (None where not given).
+    """
     if not value.startswith("@"):
-        return [name.strip() for name in value.split(",")]
+        return [name.strip() for name in value.split(",")], None
     path = Path(value[1:])
     lines = at_file_lines(parser, "--classes", value, "a UTF-8 file of class names")
     names = [line.strip() for line in lines if line.strip()]
     if not names:
         parser.error(f"argument --classes: {path} holds no class name (expected one a line)")
-    return names
+    tabbed = [line for line in names if "\t" in line]
+    if tabbed:  # FOLDER<TAB>NAME lines (a class name holds no tab)
+        pairs = [[part.strip() for part in line.split("\t", 1)] for line in names]
+        bad = next((names[i] for i, pair in enumerate(pairs) if len(pair) != 2 or not all(pair)), None)
+        if bad is not None:
+            parser.error(f"argument --classes: {path}: expected every line FOLDER<TAB>NAME (as some are), got {bad!r}")
+        return [name for _, name in pairs], [folder for folder, _ in pairs]
+    synsets = [_SYNSET_LINE.fullmatch(line) for line in names]
+    if all(synsets):  # ImageNet's names file: the prompts hold the names, not the synset ids
+        return [match[2] for match in synsets], [match[1] for match in synsets]
+    return names, None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -423,7 +477,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument(
         "--classes",
-        help="comma-separated class names, or @FILE: a UTF-8 file of one class name a line (classification)",
+        help="comma-separated class names, or @FILE: a UTF-8 file of one class name a line, or of FOLDER<TAB>NAME or "
+        "ImageNet's 'n01440764 tench' lines (classification)",
     )
     mode.add_argument(
         "--captions",
@@ -464,11 +519,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's, COCO's or BLIP's .json, or a .csv, "
             f"got {args.captions!r} (not a file)"
         )
-    classes = None if args.classes is None else class_names_argument(args.classes, parser)
+    classes, class_folders = (None, None) if args.classes is None else class_names_argument(args.classes, parser)
     if classes is not None and (fault := class_names_fault(classes)):
         parser.error(f"argument --classes: {fault}")
+    if class_folders is not None and len(set(class_folders)) != len(class_folders):
+        repeated = sorted({f for f, count in collections.Counter(class_folders).items() if count > 1})
+        parser.error(f"argument --classes: expected one line per folder, got {_listed(repeated)} repeated")
     if args.folder_order and classes is None:
         parser.error("argument --folder-order: for --classes (classification) only")
+    if args.folder_order and class_folders is not None:
+        parser.error("argument --folder-order: not with a --classes file that names each class's folder")
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if classes is not None:
@@ -499,6 +559,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             args.templates or DEFAULT_TEMPLATES,
             batch_size=args.batch_size,
             folder_order=args.folder_order,
+            class_folders=class_folders,
         )
         for file, name in sorted(result["predictions"].items()):
             print(f"{file}\t{name}")
@@ -509,7 +570,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             if "top5_accuracy" in result:
                 summary += f", top-5 {100 * result['top5_accuracy']:.1f}%"
         print(summary)
-        warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
+        if class_folders is None:
+            warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
+        else:
+            warning = unmatched_folders_warning(result["predictions"], class_folders, listed_folders=True)
         if "accuracy" not in result and warning:
             print(warning, file=sys.stderr)
     else:
