@@ -1017,3 +1017,34 @@ def test_a_names_file_maps_imagenet_synset_folders_and_tab_separated_folders_to_
     pretrained = load_pretrained(directory)
     with pytest.raises(ValueError, match=r"^class_folders must name one folder per class \(2\), got 1$"):
         zero_shot.classify_folder(pretrained, str(root), ["red circle", "blue square"], class_folders=["n00000003"])
+
+
+def test_templates_from_a_file_one_a_line_equal_the_same_templates_given_one_by_one(export, images, tmp_path, capsys):
+    """CLIP's 80 ImageNet prompts come as a list: --template @FILE was taken as a template '@FILE' and
+    refused for its missing '{}'; it now reads the file's lines as --classes @FILE does."""
+    directory, _ = export
+    templates = tmp_path / "templates.txt"
+    templates.write_text("\ufeffa photo of a {}.\n\n  a drawing of the {}.  \n", encoding="utf-8")
+    command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
+    from_file = zero_shot.main([*command, "--template", f"@{templates}", "--template", "a {}"])
+    one_by_one = zero_shot.main(
+        [*command, "--template", "a photo of a {}.", "--template", "a drawing of the {}.", "--template", "a {}"]
+    )
+    assert from_file["probabilities"] == one_by_one["probabilities"]
+    pretrained = load_pretrained(directory)
+    expected = zero_shot.classify_folder(
+        pretrained, str(images), CLASSES, ["a photo of a {}.", "a drawing of the {}.", "a {}"]
+    )
+    assert from_file["accuracy"] == pytest.approx(expected["accuracy"])
+    capsys.readouterr()
+    for content, message in [
+        ("\n \n", f"argument --template: {templates} holds no template (expected one a line)"),
+        (
+            "a {}\nno braces\n",
+            "argument --template: expected one '{}' for the class name and no other braces, got ['no braces']",
+        ),
+    ]:
+        templates.write_text(content)
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", "/nonexistent", *command[2:], "--template", f"@{templates}"])
+        assert exit_info.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {message}")

@@ -23,7 +23,8 @@ instead (torchvision's ``ImageFolder`` numbering: ImageNet's synset folders, wit
 in that order). ``--classes @FILE`` reads the class names from a UTF-8 file, one a line
 (names may hold commas; blank lines are ignored); a line may name the class's sub-folder first, every
 line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files (``LOC_synset_mapping.txt``: ``n01440764 tench,
-Tinca tinca``), the prompts then holding the names and the folders giving the labels. Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
+Tinca tinca``), the prompts then holding the names and the folders giving the labels. ``--template``
+(repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line. Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
 ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets),
 COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
 name its columns), see ``ImageTextFolder``; without ``--images`` the file's image paths must be
@@ -460,6 +461,24 @@ def class_names_argument(value: str, parser: argparse.ArgumentParser) -> tuple[l
     return names, None
 
 
+def template_arguments(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The prompt templates ``--template`` gives, each value a template or ``@FILE``: its lines (UTF-8;
+    stripped, blank lines ignored); exits 2 naming the option and the file where it cannot be read or
+    holds no template."""
+    templates = []
+    for value in values:
+        if not value.startswith("@"):
+            templates.append(value)
+            continue
+        lines = [
+            line.strip() for line in at_file_lines(parser, "--template", value, "a UTF-8 file of prompt templates")
+        ]
+        if not any(lines):
+            parser.error(f"argument --template: {value[1:]} holds no template (expected one a line)")
+        templates += [line for line in lines if line]
+    return templates
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m torchflava.zero_shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -490,7 +509,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--image-key", help="JSON key or CSV/TSV column of the image paths (retrieval)")
     parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the captions (retrieval)")
     parser.add_argument(
-        "--template", action="append", dest="templates", help="prompt template with {} for the class name (repeatable)"
+        "--template",
+        action="append",
+        dest="templates",
+        help="prompt template with {} for the class name (repeatable), or @FILE: a UTF-8 file of one template a line "
+        "(CLIP's 80 ImageNet prompts)",
     )
     parser.add_argument(
         "--folder-order",
@@ -502,6 +525,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the result here")
     args = parser.parse_args(argv)
+    if args.templates is not None:
+        args.templates = template_arguments(args.templates, parser)
     bad = [t for t in args.templates or () if not is_prompt_template(t)]
     if bad:
         parser.error(f"argument --template: expected one '{{}}' for the class name and no other braces, got {bad}")
