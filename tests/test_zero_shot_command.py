@@ -1048,3 +1048,22 @@ def test_templates_from_a_file_one_a_line_equal_the_same_templates_given_one_by_
         with pytest.raises(SystemExit) as exit_info:
             zero_shot.main(["--checkpoint", "/nonexistent", *command[2:], "--template", f"@{templates}"])
         assert exit_info.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {message}")
+
+
+def test_a_folder_named_with_decomposed_accents_as_macos_writes_them_is_its_class(tmp_path, images, capsys):
+    """A class folder unzipped from macOS spells 'café' as 'e' + a combining accent: it matched no class
+    typed as one character (no accuracy, and a warning naming 'café' beside 'café')."""
+    directory = tmp_path / "hf"
+    write_hf_flava(directory, lowercase=True)
+    decomposed, composed = tmp_path / "nfd", tmp_path / "nfc"
+    for root, name in ((decomposed, "cafe\u0301"), (composed, "caf\u00e9")):
+        shutil.copytree(images / "red circle", root / name)
+        shutil.copytree(images / "blue square", root / "cat")
+    command = ["--checkpoint", str(directory), "--classes", "caf\u00e9,cat", "--template", "a {}"]
+    result = zero_shot.main([*command, "--images", str(decomposed)])
+    expected = zero_shot.main([*command, "--images", str(composed)])
+    assert "warning" not in capsys.readouterr().err
+    assert result["num_images"] == expected["num_images"] == 10  # (the broken file skipped)
+    assert result["accuracy"] == pytest.approx(expected["accuracy"])
+    assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
+    assert sorted(result["predictions"].values()) == sorted(expected["predictions"].values())

@@ -40,6 +40,7 @@ from pathlib import Path
 import re
 import sys
 from typing import Callable, Optional, Sequence, Union
+import unicodedata
 
 from PIL import Image
 import torch
@@ -272,15 +273,22 @@ def image_folder(file: str) -> Optional[str]:
 
 def folder_class(folder: Optional[str], class_names: Sequence[str]) -> Optional[int]:
     """The index of the class a sub-folder is named after: the class of its very name, else the one
-    class equal to it with case and surrounding spaces aside (``cat/`` for ``Cat``); None for none, or
-    where several are (``Cat`` and ``cat`` both classes, ``CAT/`` naming neither)."""
+    class equal to it with case, surrounding spaces and Unicode normalisation aside (``cat/`` for ``Cat``;
+    ``café/`` as macOS writes it, ``e`` and a combining accent, for ``café`` typed as one character); None
+    for none, or where several are (``Cat`` and ``cat`` both classes, ``CAT/`` naming neither)."""
     if folder is None:
         return None
     if folder in class_names:
         return list(class_names).index(folder)
-    key = folder.strip().casefold()
-    found = [i for i, name in enumerate(class_names) if name.strip().casefold() == key]
+    key = _loose_name(folder)
+    found = [i for i, name in enumerate(class_names) if _loose_name(name) == key]
     return found[0] if len(found) == 1 else None
+
+
+def _loose_name(name: str) -> str:
+    """``name`` as :func:`folder_class` compares it: NFC-normalised (a folder unzipped from macOS spells
+    accents decomposed), stripped and case-folded."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
 
 
 def folder_labels(files: Sequence[str], class_names: Sequence[str]) -> Optional[list[int]]:
