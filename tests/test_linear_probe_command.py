@@ -121,6 +121,12 @@ def test_cls_features_encode_on_the_model_s_device(export):
             "argument --val: expected a folder of class sub-folders, got '/nowhere'",
         ),
         (["--train", ".", "--val", ".", "--test", "/nowhere"], "argument --test: expected a folder of class"),
+        # the penalty was chosen on the training images, or the refit scored on images it was fitted on
+        (
+            ["--train", "{empty}", "--val", "{empty}/."],
+            "argument --val: expected another folder than --train's, got '{empty}/.' (the splits must not share images)",
+        ),
+        (["--train", "{empty}", "--val", "/", "--test", "/"], "argument --test: expected another folder than --val's"),
         (["--shapes", "--batch-size", "0"], "argument --batch-size: expected an int >= 1, got 0"),
         # was 'argument --train: root must hold a file ending in ...'
         (

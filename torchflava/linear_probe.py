@@ -15,6 +15,7 @@ task (train and validation from the training world, test = the held-out split). 
 """
 
 import argparse
+import os
 from pathlib import Path
 import sys
 from typing import Optional, Sequence
@@ -125,6 +126,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for name, folder in folders.items():  # before the checkpoint is loaded
         if not Path(folder).is_dir():
             parser.error(f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (not a directory)")
+    seen = {}  # real folder -> the first option naming it
+    for name, folder in folders.items():  # (--val = --train picked the penalty on the training images, and
+        # --test = --val scored the refit on images it was fitted on: accuracies inflated, silently)
+        real = os.path.realpath(folder)
+        if real in seen:
+            parser.error(
+                f"argument --{name}: expected another folder than --{seen[real]}'s, got {folder!r} (the splits "
+                f"must not share images)"
+            )
+        seen[real] = name
     split = {}  # the class folders, listed (not read) before the checkpoint is loaded and any feature extracted
     for name, folder in folders.items():
         try:
