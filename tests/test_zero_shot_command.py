@@ -190,6 +190,16 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         zero_shot.image_features(pretrained, picture)
     with pytest.raises(TypeError, match="texts must be a sequence of str, got list holding int, str"):
         zero_shot.text_features(pretrained, ["a red circle", 3])
+    # a generator passed the item check (consumed by it) and failed in len() naming no argument; a set
+    # in indexing, its order the hash seed's
+    pictures = (picture for _ in range(2))
+    with pytest.raises(TypeError, match="^images must be a sequence of PIL images, got generator$"):
+        zero_shot.image_features(pretrained, pictures)
+    with pytest.raises(TypeError, match="^texts must be a sequence of str, got map$"):
+        zero_shot.text_features(pretrained, map(str.lower, ["A red circle", "A blue square"]))
+    with pytest.raises(TypeError, match="^texts must be a sequence of str, got set$"):
+        zero_shot.text_features(pretrained, {"a red circle", "a blue square"})
+    assert zero_shot.image_features(pretrained, (picture, picture)).shape == (2, 20)  # a tuple is a sequence
     with pytest.raises(TypeError, match="checkpoint: the path must be a str or os.PathLike, got int"):
         load_pretrained(123)  # was Python's own "expected str, bytes or os.PathLike object"
 

@@ -70,9 +70,9 @@ TEXT_BATCH_SIZE = 256  # texts (captions, class prompts) encoded at a time
 def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int = 64) -> Tensor:
     """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing; the
     model in eval mode, each module's mode given back);
-    TypeError unless a sequence of PIL images or ``batch_size`` is not an int, ValueError for no image
-    or a ``batch_size`` below 1."""
-    if isinstance(images, (str, bytes, Image.Image)) or not all(isinstance(i, Image.Image) for i in images):
+    TypeError unless a sequence (list or tuple: a generator has no length, a set no order) of PIL images
+    or if ``batch_size`` is not an int, ValueError for no image or a ``batch_size`` below 1."""
+    if not _is_sequence_of(images, Image.Image):
         raise TypeError(f"images must be a sequence of PIL images, got {_describe_items(images)}")
     _check_batch("images", images, batch_size)
     transform = pretrained.image_transform
@@ -90,9 +90,10 @@ def text_features(
     """(N, D) normalised projected text features of ``texts``, the model in eval mode (``max_length``: default
     :attr:`~torchflava.pretrained.Pretrained.text_length`, at most
     :attr:`~torchflava.pretrained.Pretrained.max_text_length`); TypeError unless a sequence of str (a
-    str is not split into letters) or if ``batch_size`` or ``max_length`` is not an int, ValueError for
-    none, a ``batch_size`` below 1 or a ``max_length`` outside [2, max_text_length]."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+    str is not split into letters, a generator or a set is no sequence) or if ``batch_size`` or
+    ``max_length`` is not an int, ValueError for none, a ``batch_size`` below 1 or a ``max_length`` outside
+    [2, max_text_length]."""
+    if not _is_sequence_of(texts, str):
         raise TypeError(f"texts must be a sequence of str, got {_describe_items(texts)}")
     _check_batch("texts", texts, batch_size)
     if max_length is None:
@@ -108,6 +109,14 @@ def text_features(
         ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
         chunks.append(_normalised(pretrained, pretrained.model.encode_text, ids, mask))
     return torch.cat(chunks)
+
+
+def _is_sequence_of(items: object, kind: type) -> bool:
+    """Whether ``items`` is a sequence (not a str or bytes, nor a single ``kind``) of ``kind`` objects: a
+    generator or a set was read past its length or order, failing inside with no argument named."""
+    if isinstance(items, (str, bytes, kind)) or not isinstance(items, Sequence):
+        return False
+    return all(isinstance(item, kind) for item in items)
 
 
 def _describe_items(items: object) -> str:
