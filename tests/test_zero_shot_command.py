@@ -1077,3 +1077,21 @@ def test_a_folder_named_with_decomposed_accents_as_macos_writes_them_is_its_clas
     assert result["accuracy"] == pytest.approx(expected["accuracy"])
     assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
     assert sorted(result["predictions"].values()) == sorted(expected["predictions"].values())
+
+
+def test_folders_named_with_underscores_are_the_classes_named_with_spaces(export, images, tmp_path, capsys):
+    """Food-101's apple_pie/, Oxford Pets' american_bulldog/: folders named so matched no class written
+    as the prompts want it ('apple pie'), so there was no accuracy (or the user put underscores in the
+    prompts). A class spelt with the underscore itself is still matched first."""
+    directory, _ = export
+    root = tmp_path / "val"
+    for name in CLASSES:
+        shutil.copytree(images / name, root / name.replace(" ", "_"))
+    command = ["--checkpoint", str(directory), "--classes", ",".join(CLASSES), "--template", "a {}"]
+    result = zero_shot.main([*command, "--images", str(root)])
+    expected = zero_shot.main([*command, "--images", str(images)])  # the same images in folders named with spaces
+    assert "warning" not in capsys.readouterr().err
+    assert result["accuracy"] == pytest.approx(expected["accuracy"]) and result["num_images"] == 12
+    assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
+    assert zero_shot.folder_class("red_circle", ["red circle", "red_circle"]) == 1  # its very name first
+    assert zero_shot.folder_class("red_circle", ["red circle", "Red Circle"]) is None  # two classes: neither

@@ -16,8 +16,8 @@ transformers users get.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
 is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
-``--json``; when the images sit in sub-folders named after the classes (case and surrounding
-spaces aside, where that names one class), the accuracy is reported too, else a warning says which
+``--json``; when the images sit in sub-folders named after the classes (case, surrounding spaces and
+underscores for spaces aside, where that names one class), the accuracy is reported too, else a warning says which
 folders match no class; with ``--folder-order`` the i-th class is the i-th sub-folder in sorted order
 instead (torchvision's ``ImageFolder`` numbering: ImageNet's synset folders, with the class names listed
 in that order). ``--classes @FILE`` reads the class names from a UTF-8 file, one a line
@@ -282,9 +282,11 @@ def image_folder(file: str) -> Optional[str]:
 
 def folder_class(folder: Optional[str], class_names: Sequence[str]) -> Optional[int]:
     """The index of the class a sub-folder is named after: the class of its very name, else the one
-    class equal to it with case, surrounding spaces and Unicode normalisation aside (``cat/`` for ``Cat``;
-    ``café/`` as macOS writes it, ``e`` and a combining accent, for ``café`` typed as one character); None
-    for none, or where several are (``Cat`` and ``cat`` both classes, ``CAT/`` naming neither)."""
+    class equal to it with case, surrounding spaces, underscores for spaces and Unicode normalisation
+    aside (``cat/`` for ``Cat``; ``apple_pie/``, as Food-101, Oxford Pets and Caltech-101 name their
+    folders, for ``apple pie``; ``café/`` as macOS writes it, ``e`` and a combining accent, for ``café``
+    typed as one character); None for none, or where several are (``Cat`` and ``cat`` both classes,
+    ``CAT/`` naming neither)."""
     if folder is None:
         return None
     if folder in class_names:
@@ -296,8 +298,9 @@ def folder_class(folder: Optional[str], class_names: Sequence[str]) -> Optional[
 
 def _loose_name(name: str) -> str:
     """``name`` as :func:`folder_class` compares it: NFC-normalised (a folder unzipped from macOS spells
-    accents decomposed), stripped and case-folded."""
-    return unicodedata.normalize("NFC", name).strip().casefold()
+    accents decomposed), underscores read as spaces (folders hold no spaces in many datasets, prompts
+    want them), stripped and case-folded."""
+    return unicodedata.normalize("NFC", name).replace("_", " ").strip().casefold()
 
 
 def folder_labels(files: Sequence[str], class_names: Sequence[str]) -> Optional[list[int]]:
