@@ -666,7 +666,9 @@ def karpathy_file(images, tmp_path, splits) -> tuple:
     return path, test_files, test_captions
 
 
-def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five_captions(export, images, tmp_path):
+def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five_captions(
+    export, images, tmp_path, capsys
+):
     directory, _ = export
     captions, files, texts = karpathy_file(images, tmp_path, ["test", "train", "test", "val", "test", "test"])
     pretrained = load_pretrained(directory)
@@ -678,8 +680,14 @@ def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five
     assert {k: result[k] for k in expected} == pytest.approx(expected)
     command = ["--checkpoint", str(directory), "--images", str(images), "--captions", str(captions)]
     assert zero_shot.main([*command, "--split", "test"]) == result
-    everything = zero_shot.main(command)  # no --split: every split
+    capsys.readouterr()
+    everything = zero_shot.main(command)  # no --split: every split, said before the checkpoint loads
     assert everything["num_images"] == 6 and everything["num_pairs"] == 30
+    warning = (
+        f"warning: {captions} is a Karpathy split file and no --split was given: the 30 captions of every split "
+        "(train included) are evaluated; --split test keeps the test set"
+    )
+    assert capsys.readouterr().err.splitlines()[0] == warning
     # image->text's chance was reported as text->image's, 5 / 6: with five captions of 30 an image misses
     # the first 5 with the chance C(25, 5) / C(30, 5)
     assert everything["text_to_image_R@5_chance"] == pytest.approx(5 / 6)

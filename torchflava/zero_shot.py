@@ -25,7 +25,8 @@ in that order). ``--classes @FILE`` reads the class names from a UTF-8 file, one
 line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files (``LOC_synset_mapping.txt``: ``n01440764 tench,
 Tinca tinca``), the prompts then holding the names and the folders giving the labels. ``--template``
 (repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line. Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
-``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets),
+``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without
+``--split`` every split is evaluated, with a warning),
 COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
 name its columns), see ``ImageTextFolder``; without ``--images`` the file's image paths must be
 absolute. Recall@1/5/10 are reported in both directions. Unreadable images or empty captions are
@@ -589,6 +590,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(
             f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
             f"{', '.join(IMAGE_EXTENSIONS)} under it)"
+        )
+    if classes is None and split is None and folder.format == "karpathy":  # (said before hours of encoding)
+        print(
+            f"warning: {args.captions} is a Karpathy split file and no --split was given: the {len(folder)} "
+            "captions of every split (train included) are evaluated; --split test keeps the test set",
+            file=sys.stderr,
         )
     if args.folder_order:  # the folders counted against the classes, before the checkpoint is loaded
         try:
