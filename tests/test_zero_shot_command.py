@@ -805,6 +805,14 @@ def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(ima
         ValueError, match=r"^split must .* 'tset' is not a split of .* \(its splits: \['test', 'train', 'val'\]\)"
     ):
         zero_shot.retrieval(None, str(images), str(captions), split=["test", "tset"])
+    for value in ("", "test,,val"):  # (refused naming --captions, the split check's ValueError having no argument)
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main([*command, "--split", value])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "python -m torchflava.zero_shot: error: argument --split: expected comma-separated split names (test, or "
+            f"train,restval), got {value!r}"
+        )
 
 
 def test_classes_from_a_file_and_folders_matched_to_them_case_and_spaces_aside(export, images, tmp_path, capsys):

@@ -576,6 +576,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.folder_order and class_folders is not None:
         parser.error("argument --folder-order: not with a --classes file that names each class's folder")
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
+    if split is not None and not all(split):  # (ImageTextFolder's refusal named --captions)
+        parser.error(
+            f"argument --split: expected comma-separated split names (test, or train,restval), got {args.split!r}"
+        )
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if classes is not None:
             listed = ImageFolder(args.images)
