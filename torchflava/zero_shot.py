@@ -16,20 +16,22 @@ transformers users get.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
 is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
-``--json``; when the images sit in sub-folders named after the classes (case, surrounding spaces and
-underscores for spaces aside, where that names one class), the accuracy is reported too, else a warning says which
-folders match no class; with ``--folder-order`` the i-th class is the i-th sub-folder in sorted order
-instead (torchvision's ``ImageFolder`` numbering: ImageNet's synset folders, with the class names listed
-in that order). ``--classes @FILE`` reads the class names from a UTF-8 file, one a line
-(names may hold commas; blank lines are ignored); a line may name the class's sub-folder first, every
-line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files (``LOC_synset_mapping.txt``: ``n01440764 tench,
-Tinca tinca``), the prompts then holding the names and the folders giving the labels. ``--template``
-(repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line. Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
-``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without
-``--split`` every split is evaluated, with a warning),
-COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
-name its columns), see ``ImageTextFolder``; without ``--images`` the file's image paths must be
-absolute. Recall@1/5/10 are reported in both directions. Unreadable images or empty captions are
+``--json``; when the images sit in sub-folders named after the classes (case, surrounding spaces,
+underscores for spaces and Unicode normalisation aside, where that names one class), the accuracy is
+reported too, else a warning says which folders match no class; with ``--folder-order`` the i-th class
+is the i-th sub-folder in sorted order instead (torchvision's ``ImageFolder`` numbering: ImageNet's
+synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names
+from a UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the
+class's sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
+(``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and
+the folders giving the labels. ``--template`` (repeatable) gives the prompt templates, ``--template
+@FILE`` a UTF-8 file of them, one a line. Retrieval: ``--captions`` pairs images with captions (an
+image may be listed with several): ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the
+COCO 5k / Flickr30k 1k test sets; without ``--split`` every split is evaluated, with a warning), COCO's
+captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv``
+(``--image-key``/``--text-key`` name its columns), see ``ImageTextFolder``; without ``--images`` the
+file's image paths must be absolute. Recall@1/5/10 are reported in both directions, each beside the
+recall of a random ranking in that direction. Unreadable images or empty captions are
 skipped and counted.
 """
 
@@ -193,7 +195,8 @@ def classify_folder(
         ``folder_order``.
 
     Raises:
-        TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
+        TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str, or ``class_folders``
+            not a list or tuple.
         ValueError: if there are fewer than two classes, an empty or duplicated class name, two
             names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), a template
             without one ``{}``, with ``folder_order`` not one sub-folder per class or an image outside
