@@ -1052,11 +1052,17 @@ def test_templates_from_a_file_one_a_line_equal_the_same_templates_given_one_by_
     templates = tmp_path / "templates.txt"
     templates.write_text("\ufeffa photo of a {}.\n\n  a drawing of the {}.  \n", encoding="utf-8")
     command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
-    from_file = zero_shot.main([*command, "--template", f"@{templates}", "--template", "a {}"])
+    output = tmp_path / "result.json"
+    from_file = zero_shot.main([*command, "--template", f"@{templates}", "--template", "a {}", "--json", str(output)])
     one_by_one = zero_shot.main(
         [*command, "--template", "a photo of a {}.", "--template", "a drawing of the {}.", "--template", "a {}"]
     )
     assert from_file["probabilities"] == one_by_one["probabilities"]
+    # the --json records the prompts it was made with (it held neither the templates nor the classes' order)
+    assert from_file["templates"] == ["a photo of a {}.", "a drawing of the {}.", "a {}"]
+    assert from_file["classes"] == CLASSES
+    written = json.loads(output.read_text(encoding="utf-8"))
+    assert written["templates"] == from_file["templates"] and written["classes"] == CLASSES
     pretrained = load_pretrained(directory)
     expected = zero_shot.classify_folder(
         pretrained, str(images), CLASSES, ["a photo of a {}.", "a drawing of the {}.", "a {}"]

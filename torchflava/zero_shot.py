@@ -189,7 +189,8 @@ def classify_folder(
     Returns:
         dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
         softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped`` and
-        ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, and
+        ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, ``classes`` and
+        ``templates`` (the prompts' class names and templates, in order), and
         ``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5 classes)
         when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with
         ``folder_order``.
@@ -231,6 +232,8 @@ def classify_folder(
         "skipped_reasons": skipped,  # each unreadable image, named
         "num_images": len(files),
         "chance": 1 / len(class_names),
+        "classes": list(class_names),  # (with the templates, what the --json needs to be reproduced)
+        "templates": list(templates),
     }
     if ordered is not None:
         labels = [ordered[image_folder(f)] for f in files]
