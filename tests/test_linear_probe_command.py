@@ -1,5 +1,7 @@
 """python -m torchflava.linear_probe on class folders and on the built-in shapes task."""
 
+import functools
+
 import pytest
 import torch
 
@@ -119,6 +121,12 @@ def test_cls_features_encode_on_the_model_s_device(export):
             "argument --val: expected a folder of class sub-folders, got '/nowhere'",
         ),
         (["--train", ".", "--val", ".", "--test", "/nowhere"], "argument --test: expected a folder of class"),
+        # the penalty was chosen on the training images, or the refit scored on images it was fitted on
+        (
+            ["--train", "{empty}", "--val", "{empty}/."],
+            "argument --val: expected another folder than --train's, got '{empty}/.' (the splits must not share images)",
+        ),
+        (["--train", "{empty}", "--val", "/", "--test", "/"], "argument --test: expected another folder than --val's"),
         (["--shapes", "--batch-size", "0"], "argument --batch-size: expected an int >= 1, got 0"),
         # was 'argument --train: root must hold a file ending in ...'
         (
@@ -210,3 +218,31 @@ def test_batch_size_sets_the_images_encoded_at_a_time_and_a_file_url_names_the_c
     for (default, default_labels), (batched, labels) in zip(*probed):
         torch.testing.assert_close(batched, default, atol=1e-5, rtol=1e-5)
         assert torch.equal(labels, default_labels)
+
+
+def test_a_class_folder_without_a_readable_training_image_is_warned_of_and_the_per_class_mean_reported(
+    export, tmp_path, capsys, monkeypatch
+):
+    """An empty --train class folder is a class (ids must not shift) that the probe can never predict: it
+    was said nowhere. The test split's class-balanced accuracy comes beside the overall one."""
+    train, val, test = (
+        _folders(tmp_path / name, "pairs", seed, 60) for name, seed in (("train", 1), ("val", 2), ("test", 3))
+    )
+    (train / "yellow").mkdir()
+    (train / "purple").mkdir()
+    (train / "purple" / "broken.png").write_text("x")
+    # one short fit (the untrained classes' weights run down: seconds of L-BFGS per penalty)
+    monkeypatch.setattr(command, "linear_probe", functools.partial(linear_probe, l2_values=(1.0,), max_iter=20))
+    report = command.main(["--checkpoint", str(export), "--train", str(train), "--val", str(val), "--test", str(test)])
+    out, err = capsys.readouterr()
+    assert "warning: no readable --train image in the class folder(s) ['purple', 'yellow']: the probe never" in err
+    assert report["chance"] == pytest.approx(1 / 5)
+    classes = ["blue", "green", "purple", "red", "yellow"]
+    pretrained = load_pretrained(export)
+    features = [command.cls_features(pretrained, ImageClassFolder(d, classes))[:2] for d in (train, val, test)]
+    expected = linear_probe(*features, num_classes=5, l2_values=(1.0,), max_iter=20)
+    assert report["test_mean_per_class_accuracy"] == pytest.approx(expected.test_mean_per_class_accuracy)
+    predicted, labels = expected.predict(features[2][0]), features[2][1]
+    per_class = [(predicted[labels == c] == c).float().mean().item() for c in labels.unique().tolist()]
+    assert report["test_mean_per_class_accuracy"] == pytest.approx(sum(per_class) / len(per_class))
+    assert f"mean per class {100 * report['test_mean_per_class_accuracy']:.1f}%" in out

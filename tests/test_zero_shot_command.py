@@ -1,6 +1,8 @@
 """python -m torchflava.zero_shot and torchflava.pretrained on checkpoints the test writes."""
 
+import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -87,7 +89,8 @@ def test_retrieval_command_matches_retrieval_recall(export, images):
     result = zero_shot.main(
         ["--checkpoint", str(directory), "--images", str(images), "--captions", str(images / "captions.jsonl")]
     )
-    assert result["num_pairs"] == 12 and result["R@5_chance"] == pytest.approx(5 / 12)
+    assert result["num_pairs"] == 12 and result["text_to_image_R@5_chance"] == pytest.approx(5 / 12)
+    assert result["image_to_text_R@5_chance"] == pytest.approx(5 / 12)  # (one caption an image: the same)
     pretrained = load_pretrained(directory)
     lines = [json.loads(line) for line in (images / "captions.jsonl").read_text().splitlines()]
     from PIL import Image
@@ -187,6 +190,16 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         zero_shot.image_features(pretrained, picture)
     with pytest.raises(TypeError, match="texts must be a sequence of str, got list holding int, str"):
         zero_shot.text_features(pretrained, ["a red circle", 3])
+    # a generator passed the item check (consumed by it) and failed in len() naming no argument; a set
+    # in indexing, its order the hash seed's
+    pictures = (picture for _ in range(2))
+    with pytest.raises(TypeError, match="^images must be a sequence of PIL images, got generator$"):
+        zero_shot.image_features(pretrained, pictures)
+    with pytest.raises(TypeError, match="^texts must be a sequence of str, got map$"):
+        zero_shot.text_features(pretrained, map(str.lower, ["A red circle", "A blue square"]))
+    with pytest.raises(TypeError, match="^texts must be a sequence of str, got set$"):
+        zero_shot.text_features(pretrained, {"a red circle", "a blue square"})
+    assert zero_shot.image_features(pretrained, (picture, picture)).shape == (2, 20)  # a tuple is a sequence
     with pytest.raises(TypeError, match="checkpoint: the path must be a str or os.PathLike, got int"):
         load_pretrained(123)  # was Python's own "expected str, bytes or os.PathLike object"
 
@@ -653,7 +666,9 @@ def karpathy_file(images, tmp_path, splits) -> tuple:
     return path, test_files, test_captions
 
 
-def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five_captions(export, images, tmp_path):
+def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five_captions(
+    export, images, tmp_path, capsys
+):
     directory, _ = export
     captions, files, texts = karpathy_file(images, tmp_path, ["test", "train", "test", "val", "test", "test"])
     pretrained = load_pretrained(directory)
@@ -665,8 +680,31 @@ def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five
     assert {k: result[k] for k in expected} == pytest.approx(expected)
     command = ["--checkpoint", str(directory), "--images", str(images), "--captions", str(captions)]
     assert zero_shot.main([*command, "--split", "test"]) == result
-    everything = zero_shot.main(command)  # no --split: every split
+    capsys.readouterr()
+    everything = zero_shot.main(command)  # no --split: every split, said before the checkpoint loads
     assert everything["num_images"] == 6 and everything["num_pairs"] == 30
+    warning = (
+        f"warning: {captions} is a Karpathy split file and no --split was given: the 30 captions of every split "
+        "(train included) are evaluated; --split test keeps the test set"
+    )
+    assert capsys.readouterr().err.splitlines()[0] == warning
+    # image->text's chance was reported as text->image's, 5 / 6: with five captions of 30 an image misses
+    # the first 5 with the chance C(25, 5) / C(30, 5)
+    assert everything["text_to_image_R@5_chance"] == pytest.approx(5 / 6)
+    assert everything["image_to_text_R@5_chance"] == pytest.approx(1 - math.comb(25, 5) / math.comb(30, 5))
+    assert "R@5_chance" not in everything
+
+
+def test_retrieval_chance_is_that_of_every_ranking_of_the_texts_equally_likely():
+    """Counted over every order of 5 texts, 3 images holding 1, 3 and 1 of them."""
+    owners = [0, 1, 1, 1, 2]  # the image of each text
+    orders = list(itertools.permutations(range(5)))
+    chance = zero_shot.retrieval_chance([1, 3, 1], 5, [1, 2, 3])
+    for k in (1, 2, 3):
+        found = sum(any(owners[t] == image for t in order[:k]) for order in orders for image in range(3))
+        assert chance[f"image_to_text_R@{k}_chance"] == pytest.approx(found / (3 * len(orders)))
+        assert chance[f"text_to_image_R@{k}_chance"] == pytest.approx(k / 3)
+    assert chance["image_to_text_R@3_chance"] == pytest.approx((0.6 + 1 + 0.6) / 3)  # 1 - C(4, 3) / C(5, 3) = 0.6
 
 
 def test_retrieval_on_an_open_clip_csv_of_absolute_paths_without_images(export, images, tmp_path):
@@ -767,6 +805,14 @@ def test_a_split_name_the_karpathy_file_lacks_beside_one_it_holds_is_refused(ima
         ValueError, match=r"^split must .* 'tset' is not a split of .* \(its splits: \['test', 'train', 'val'\]\)"
     ):
         zero_shot.retrieval(None, str(images), str(captions), split=["test", "tset"])
+    for value in ("", "test,,val"):  # (refused naming --captions, the split check's ValueError having no argument)
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main([*command, "--split", value])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "python -m torchflava.zero_shot: error: argument --split: expected comma-separated split names (test, or "
+            f"train,restval), got {value!r}"
+        )
 
 
 def test_classes_from_a_file_and_folders_matched_to_them_case_and_spaces_aside(export, images, tmp_path, capsys):
@@ -930,3 +976,144 @@ def test_retrieval_recalls_print_in_k_order(export, images, capsys):
     )
     printed = [line.split(":")[0].strip() for line in capsys.readouterr().out.splitlines() if "R@" in line]
     assert printed == [f"{d}_R@{k}" for k in (1, 5, 10) for d in ("image_to_text", "text_to_image")]
+
+
+def test_class_prompts_are_encoded_text_batch_size_at_a_time(export, monkeypatch):
+    """The command encoded every class prompt in one call (1000 ImageNet classes x 80 templates: 80,000
+    prompts' activations at once); now TEXT_BATCH_SIZE at a time, the embeddings those of one call."""
+    pretrained = load_pretrained(export[0])
+    templates = ("a {}", "a big {}")
+    whole = zero_shot.class_embeddings(pretrained, CLASSES, templates, batch_size=100)
+    rows = []
+    encode_text = pretrained.model.encode_text
+    monkeypatch.setattr(
+        pretrained.model, "encode_text", lambda ids, *a, **k: rows.append(len(ids)) or encode_text(ids, *a, **k)
+    )
+    monkeypatch.setattr(zero_shot, "TEXT_BATCH_SIZE", 4)
+    batched = zero_shot.class_embeddings(pretrained, CLASSES, templates)
+    assert rows == [4, 2]
+    torch.testing.assert_close(batched, whole, rtol=0, atol=1e-6)
+
+
+def test_a_names_file_maps_imagenet_synset_folders_and_tab_separated_folders_to_the_class_names(
+    export, images, tmp_path, capsys
+):
+    """ImageNet's names file (LOC_synset_mapping.txt: 'n01440764 tench, Tinca tinca') was read as class
+    names holding the synset ids: the prompts said 'a n01440764 tench, Tinca tinca' and no folder matched,
+    so there was no accuracy (or, with --folder-order, prompts holding the ids). Each line now gives the
+    folder and the name, in any order; FOLDER<TAB>NAME lines do the same for other datasets."""
+    directory, _ = export
+    root = tmp_path / "val"
+    for name, synset in {"red circle": "n00000003", "blue square": "n00000001", "green triangle": "n00000002"}.items():
+        shutil.copytree(images / name, root / synset)
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("n00000003 red circle\nn00000002 green triangle\nn00000001 blue square\n")
+    command = ["--checkpoint", str(directory), "--images", str(root), "--classes", f"@{mapping}"]
+    result = zero_shot.main([*command, "--template", "a {}"])
+    by_name = zero_shot.main(  # the same images in folders named after the classes
+        ["--checkpoint", str(directory), "--images", str(images), "--classes", "red circle,green triangle,blue square"]
+        + ["--template", "a {}"]
+    )
+    assert list(next(iter(result["probabilities"].values()))) == ["red circle", "green triangle", "blue square"]
+    assert sorted(result["predictions"].values()) == sorted(by_name["predictions"].values())
+    assert result["accuracy"] == pytest.approx(by_name["accuracy"]) and result["num_images"] == 12
+    assert result["mean_per_class_accuracy"] == pytest.approx(by_name["mean_per_class_accuracy"])
+    tabbed = tmp_path / "classes.tsv"
+    tabbed.write_text("n00000001\tblue square\nn00000003\t red circle\nn00000002\tgreen triangle\n")
+    command[-1] = f"@{tabbed}"
+    assert zero_shot.main([*command, "--template", "a {}"])["accuracy"] == pytest.approx(by_name["accuracy"])
+    capsys.readouterr()
+    for content, message in [
+        (
+            "n00000001\tblue square\nred circle\n",
+            f"{tabbed}: expected every line FOLDER<TAB>NAME (as some are), got 'red circle'",
+        ),
+        ("a\tblue square\na\tred circle\n", "expected one line per folder, got ['a'] repeated"),
+    ]:
+        tabbed.write_text(content)
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", "/nonexistent", *command[2:]])
+        assert exit_info.value.code == 2 and f"error: argument --classes: {message}" in capsys.readouterr().err
+    tabbed.write_text("n00000001\tblue square\nn00000002\tred circle\n")
+    with pytest.raises(SystemExit):
+        zero_shot.main(["--checkpoint", "/nonexistent", *command[2:], "--folder-order"])
+    assert (
+        "argument --folder-order: not with a --classes file that names each class's folder" in capsys.readouterr().err
+    )
+    pretrained = load_pretrained(directory)
+    with pytest.raises(ValueError, match=r"^class_folders must name one folder per class \(2\), got 1$"):
+        zero_shot.classify_folder(pretrained, str(root), ["red circle", "blue square"], class_folders=["n00000003"])
+
+
+def test_templates_from_a_file_one_a_line_equal_the_same_templates_given_one_by_one(export, images, tmp_path, capsys):
+    """CLIP's 80 ImageNet prompts come as a list: --template @FILE was taken as a template '@FILE' and
+    refused for its missing '{}'; it now reads the file's lines as --classes @FILE does."""
+    directory, _ = export
+    templates = tmp_path / "templates.txt"
+    templates.write_text("\ufeffa photo of a {}.\n\n  a drawing of the {}.  \n", encoding="utf-8")
+    command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
+    output = tmp_path / "result.json"
+    from_file = zero_shot.main([*command, "--template", f"@{templates}", "--template", "a {}", "--json", str(output)])
+    one_by_one = zero_shot.main(
+        [*command, "--template", "a photo of a {}.", "--template", "a drawing of the {}.", "--template", "a {}"]
+    )
+    assert from_file["probabilities"] == one_by_one["probabilities"]
+    # the --json records the prompts it was made with (it held neither the templates nor the classes' order)
+    assert from_file["templates"] == ["a photo of a {}.", "a drawing of the {}.", "a {}"]
+    assert from_file["classes"] == CLASSES
+    written = json.loads(output.read_text(encoding="utf-8"))
+    assert written["templates"] == from_file["templates"] and written["classes"] == CLASSES
+    pretrained = load_pretrained(directory)
+    expected = zero_shot.classify_folder(
+        pretrained, str(images), CLASSES, ["a photo of a {}.", "a drawing of the {}.", "a {}"]
+    )
+    assert from_file["accuracy"] == pytest.approx(expected["accuracy"])
+    capsys.readouterr()
+    for content, message in [
+        ("\n \n", f"argument --template: {templates} holds no template (expected one a line)"),
+        (
+            "a {}\nno braces\n",
+            "argument --template: expected one '{}' for the class name and no other braces, got ['no braces']",
+        ),
+    ]:
+        templates.write_text(content)
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", "/nonexistent", *command[2:], "--template", f"@{templates}"])
+        assert exit_info.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {message}")
+
+
+def test_a_folder_named_with_decomposed_accents_as_macos_writes_them_is_its_class(tmp_path, images, capsys):
+    """A class folder unzipped from macOS spells 'café' as 'e' + a combining accent: it matched no class
+    typed as one character (no accuracy, and a warning naming 'café' beside 'café')."""
+    directory = tmp_path / "hf"
+    write_hf_flava(directory, lowercase=True)
+    decomposed, composed = tmp_path / "nfd", tmp_path / "nfc"
+    for root, name in ((decomposed, "cafe\u0301"), (composed, "caf\u00e9")):
+        shutil.copytree(images / "red circle", root / name)
+        shutil.copytree(images / "blue square", root / "cat")
+    command = ["--checkpoint", str(directory), "--classes", "caf\u00e9,cat", "--template", "a {}"]
+    result = zero_shot.main([*command, "--images", str(decomposed)])
+    expected = zero_shot.main([*command, "--images", str(composed)])
+    assert "warning" not in capsys.readouterr().err
+    assert result["num_images"] == expected["num_images"] == 10  # (the broken file skipped)
+    assert result["accuracy"] == pytest.approx(expected["accuracy"])
+    assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
+    assert sorted(result["predictions"].values()) == sorted(expected["predictions"].values())
+
+
+def test_folders_named_with_underscores_are_the_classes_named_with_spaces(export, images, tmp_path, capsys):
+    """Food-101's apple_pie/, Oxford Pets' american_bulldog/: folders named so matched no class written
+    as the prompts want it ('apple pie'), so there was no accuracy (or the user put underscores in the
+    prompts). A class spelt with the underscore itself is still matched first."""
+    directory, _ = export
+    root = tmp_path / "val"
+    for name in CLASSES:
+        shutil.copytree(images / name, root / name.replace(" ", "_"))
+    command = ["--checkpoint", str(directory), "--classes", ",".join(CLASSES), "--template", "a {}"]
+    result = zero_shot.main([*command, "--images", str(root)])
+    expected = zero_shot.main([*command, "--images", str(images)])  # the same images in folders named with spaces
+    assert "warning" not in capsys.readouterr().err
+    assert result["accuracy"] == pytest.approx(expected["accuracy"]) and result["num_images"] == 12
+    assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
+    assert zero_shot.folder_class("red_circle", ["red circle", "red_circle"]) == 1  # its very name first
+    assert zero_shot.folder_class("red_circle", ["red circle", "Red Circle"]) is None  # two classes: neither

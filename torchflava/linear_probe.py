@@ -15,7 +15,9 @@ task (train and validation from the training world, test = the held-out split). 
 """
 
 import argparse
+import os
 from pathlib import Path
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -56,6 +58,13 @@ def cls_features(
     if not features:
         raise ValueError(f"{where}: none of its {len(source)} images is readable (the first: {skipped[:1]})")
     return torch.cat(features), torch.tensor(labels), skipped
+
+
+def untrained_classes(classes: Sequence[str], train_labels: Tensor) -> list[str]:
+    """The classes of which ``train_labels`` (the readable training images' class ids) hold no image: an
+    empty class folder, or one whose images are all unreadable."""
+    counts = torch.bincount(train_labels.cpu(), minlength=len(classes)).tolist()
+    return [name for name, count in zip(classes, counts) if count == 0]
 
 
 def probe_shapes(
@@ -117,6 +126,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for name, folder in folders.items():  # before the checkpoint is loaded
         if not Path(folder).is_dir():
             parser.error(f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (not a directory)")
+    seen = {}  # real folder -> the first option naming it
+    for name, folder in folders.items():  # (--val = --train picked the penalty on the training images, and
+        # --test = --val scored the refit on images it was fitted on: accuracies inflated, silently)
+        real = os.path.realpath(folder)
+        if real in seen:
+            parser.error(
+                f"argument --{name}: expected another folder than --{seen[real]}'s, got {folder!r} (the splits "
+                f"must not share images)"
+            )
+        seen[real] = name
     split = {}  # the class folders, listed (not read) before the checkpoint is loaded and any feature extracted
     for name, folder in folders.items():
         try:
@@ -145,16 +164,29 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             vectors, labels, skipped[name] = cls_features(pretrained, source, batch_size=args.batch_size, where=where)
             features[name] = (vectors, labels)
         result = linear_probe(features["train"], features["val"], features.get("test"), num_classes=len(classes))
+        untrained = untrained_classes(classes, features["train"][1])
+        if untrained:  # (the probe can never predict them: their val and test images all count as wrong)
+            print(
+                f"warning: no readable --train image in the class folder(s) {untrained}: the probe never predicts "
+                f"them, and their --val/--test images count as wrong",
+                file=sys.stderr,
+            )
     report = {
         "l2": result.l2,
         "val_accuracy": {str(k): v for k, v in result.val_accuracy.items()},
         "test_accuracy": result.test_accuracy,
+        "test_mean_per_class_accuracy": result.test_mean_per_class_accuracy,
         "chance": 1 / len(classes),
         "skipped": skipped,  # split -> why each unreadable image was left out
     }
+    test = ""
+    if result.test_accuracy is not None:
+        test = (
+            f", test accuracy {100 * result.test_accuracy:.1f}%, mean per class "
+            f"{100 * result.test_mean_per_class_accuracy:.1f}%"
+        )
     print(
-        f"chosen L2 {result.l2:g}: validation accuracy {100 * result.val_accuracy[result.l2]:.1f}%"
-        + ("" if result.test_accuracy is None else f", test accuracy {100 * result.test_accuracy:.1f}%")
+        f"chosen L2 {result.l2:g}: validation accuracy {100 * result.val_accuracy[result.l2]:.1f}%{test}"
         + f" (chance {100 / len(classes):.1f}%)"
         + "".join(f"; {len(r)} unreadable {n} image(s) skipped" for n, r in skipped.items() if r)
     )

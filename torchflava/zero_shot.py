@@ -7,6 +7,7 @@
     python -m torchflava.zero_shot --checkpoint /models/clip-vit-base-patch32 --images DIR --classes "cat,dog"
     python -m torchflava.zero_shot --checkpoint file:///models/flava-full --images DIR --classes @classes.txt
     python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @imagenet_classes.txt --folder-order
+    python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @LOC_synset_mapping.txt
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
@@ -15,25 +16,34 @@ transformers users get.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
 is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
-``--json``; when the images sit in sub-folders named after the classes (case and surrounding
-spaces aside, where that names one class), the accuracy is reported too, else a warning says which
-folders match no class; with ``--folder-order`` the i-th class is the i-th sub-folder in sorted order
-instead (torchvision's ``ImageFolder`` numbering: ImageNet's synset folders, with the class names listed
-in that order). ``--classes @FILE`` reads the class names from a UTF-8 file, one a line
-(names may hold commas; blank lines are ignored). Retrieval: ``--captions`` pairs images with captions (an image may be listed with several):
-``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets),
-COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key``
-name its columns), see ``ImageTextFolder``; without ``--images`` the file's image paths must be
-absolute. Recall@1/5/10 are reported in both directions. Unreadable images or empty captions are
+``--json``; when the images sit in sub-folders named after the classes (case, surrounding spaces,
+underscores for spaces and Unicode normalisation aside, where that names one class), the accuracy is
+reported too, else a warning says which folders match no class; with ``--folder-order`` the i-th class
+is the i-th sub-folder in sorted order instead (torchvision's ``ImageFolder`` numbering: ImageNet's
+synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names
+from a UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the
+class's sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
+(``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and
+the folders giving the labels. ``--template`` (repeatable) gives the prompt templates, ``--template
+@FILE`` a UTF-8 file of them, one a line. Retrieval: ``--captions`` pairs images with captions (an
+image may be listed with several): ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the
+COCO 5k / Flickr30k 1k test sets; without ``--split`` every split is evaluated, with a warning), COCO's
+captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv``
+(``--image-key``/``--text-key`` name its columns), see ``ImageTextFolder``; without ``--images`` the
+file's image paths must be absolute. Recall@1/5/10 are reported in both directions, each beside the
+recall of a random ranking in that direction. Unreadable images or empty captions are
 skipped and counted.
 """
 
 import argparse
 import collections
+import math
 import os
 from pathlib import Path
+import re
 import sys
 from typing import Callable, Optional, Sequence, Union
+import unicodedata
 
 from PIL import Image
 import torch
@@ -56,15 +66,16 @@ from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
+TEXT_BATCH_SIZE = 256  # texts (captions, class prompts) encoded at a time
 
 
 @torch.no_grad()
 def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int = 64) -> Tensor:
     """(N, D) normalised projected image features of PIL ``images`` (the checkpoint's preprocessing; the
     model in eval mode, each module's mode given back);
-    TypeError unless a sequence of PIL images or ``batch_size`` is not an int, ValueError for no image
-    or a ``batch_size`` below 1."""
-    if isinstance(images, (str, bytes, Image.Image)) or not all(isinstance(i, Image.Image) for i in images):
+    TypeError unless a sequence (list or tuple: a generator has no length, a set no order) of PIL images
+    or if ``batch_size`` is not an int, ValueError for no image or a ``batch_size`` below 1."""
+    if not _is_sequence_of(images, Image.Image):
         raise TypeError(f"images must be a sequence of PIL images, got {_describe_items(images)}")
     _check_batch("images", images, batch_size)
     transform = pretrained.image_transform
@@ -77,14 +88,15 @@ def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int 
 
 @torch.no_grad()
 def text_features(
-    pretrained: Pretrained, texts: Sequence[str], *, batch_size: int = 256, max_length: Optional[int] = None
+    pretrained: Pretrained, texts: Sequence[str], *, batch_size: int = TEXT_BATCH_SIZE, max_length: Optional[int] = None
 ) -> Tensor:
     """(N, D) normalised projected text features of ``texts``, the model in eval mode (``max_length``: default
     :attr:`~torchflava.pretrained.Pretrained.text_length`, at most
     :attr:`~torchflava.pretrained.Pretrained.max_text_length`); TypeError unless a sequence of str (a
-    str is not split into letters) or if ``batch_size`` or ``max_length`` is not an int, ValueError for
-    none, a ``batch_size`` below 1 or a ``max_length`` outside [2, max_text_length]."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+    str is not split into letters, a generator or a set is no sequence) or if ``batch_size`` or
+    ``max_length`` is not an int, ValueError for none, a ``batch_size`` below 1 or a ``max_length`` outside
+    [2, max_text_length]."""
+    if not _is_sequence_of(texts, str):
         raise TypeError(f"texts must be a sequence of str, got {_describe_items(texts)}")
     _check_batch("texts", texts, batch_size)
     if max_length is None:
@@ -100,6 +112,14 @@ def text_features(
         ids, mask = pretrained.tokenizer(list(texts[start : start + batch_size]), max_length=max_length)
         chunks.append(_normalised(pretrained, pretrained.model.encode_text, ids, mask))
     return torch.cat(chunks)
+
+
+def _is_sequence_of(items: object, kind: type) -> bool:
+    """Whether ``items`` is a sequence (not a str or bytes, nor a single ``kind``) of ``kind`` objects: a
+    generator or a set was read past its length or order, failing inside with no argument named."""
+    if isinstance(items, (str, bytes, kind)) or not isinstance(items, Sequence):
+        return False
+    return all(isinstance(item, kind) for item in items)
 
 
 def _describe_items(items: object) -> str:
@@ -126,15 +146,22 @@ def _normalised(pretrained: Pretrained, encode: Callable[..., Tensor], *inputs: 
 
 
 def class_embeddings(
-    pretrained: Pretrained, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    pretrained: Pretrained,
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    *,
+    batch_size: Optional[int] = None,
 ) -> Tensor:
-    """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts."""
+    """(C, D) zero-shot classifier: the normalised mean embedding of each class's prompts, encoded
+    ``batch_size`` prompts at a time (None: :data:`TEXT_BATCH_SIZE`; the C x T prompts at once held the
+    activations of all of them, 80,000 for ImageNet with CLIP's 80 templates)."""
     max_length = pretrained.text_length
     return zero_shot_classifier(
         lambda ids, mask: _normalised(pretrained, pretrained.model.encode_text, ids, mask),
         lambda texts: pretrained.tokenizer(list(texts), max_length=max_length),
         class_names,
         templates,
+        batch_size=TEXT_BATCH_SIZE if batch_size is None else batch_size,
     )
 
 
@@ -146,6 +173,7 @@ def classify_folder(
     *,
     batch_size: int = 64,
     folder_order: bool = False,
+    class_folders: Optional[Sequence[str]] = None,
 ) -> dict:
     """Zero-shot classification of every image under ``images_dir``.
 
@@ -154,25 +182,33 @@ def classify_folder(
             torchvision's ``ImageFolder`` numbers them: ImageNet's synset folders ``n01440764``... with
             their class names listed in that order); every image must lie in one. False: a sub-folder is
             the class it is named after (:func:`folder_labels`).
+        class_folders (Optional[Sequence[str]]): the sub-folder of each class's images, class by class
+            (ImageNet's ``n01440764`` for ``tench``: a names file, see :func:`class_names_argument`), for
+            the accuracy; None: a sub-folder is named after its class (or ``folder_order``).
 
     Returns:
         dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
         softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped`` and
-        ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, and
+        ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, ``classes`` and
+        ``templates`` (the prompts' class names and templates, in order), and
         ``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5 classes)
         when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with
         ``folder_order``.
 
     Raises:
-        TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str.
+        TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str, or ``class_folders``
+            not a list or tuple.
         ValueError: if there are fewer than two classes, an empty or duplicated class name, two
             names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), a template
-            without one ``{}``, or with ``folder_order`` not one sub-folder per class or an image outside
-            them (all before any image is read).
+            without one ``{}``, with ``folder_order`` not one sub-folder per class or an image outside
+            them, or ``class_folders`` not one distinct non-empty folder name per class or given with
+            ``folder_order`` (all before any image is read).
     """
     check_class_prompts(class_names, templates)  # zero_shot_classifier's checks, before the images are encoded
     if len(class_names) < 2:
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
+    if class_folders is not None:
+        _check_class_folders(class_folders, len(class_names), folder_order)
     scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     folder = ImageFolder(images_dir)  # (listed: no image read)
@@ -196,8 +232,13 @@ def classify_folder(
         "skipped_reasons": skipped,  # each unreadable image, named
         "num_images": len(files),
         "chance": 1 / len(class_names),
+        "classes": list(class_names),  # (with the templates, what the --json needs to be reproduced)
+        "templates": list(templates),
     }
-    labels = folder_labels(files, class_names) if ordered is None else [ordered[image_folder(f)] for f in files]
+    if ordered is not None:
+        labels = [ordered[image_folder(f)] for f in files]
+    else:  # (the folders a names file gave each class, else the class names themselves)
+        labels = folder_labels(files, class_names if class_folders is None else class_folders)
     if labels is not None:
         truth = torch.tensor(labels)
         result["accuracy"] = classification_accuracy(features, classes, truth)
@@ -206,6 +247,19 @@ def classify_folder(
         if len(class_names) > 5:
             result["top5_accuracy"] = classification_accuracy(features, classes, truth, k=5)
     return result
+
+
+def _check_class_folders(class_folders: object, num_classes: int, folder_order: bool) -> None:
+    """ValueError (TypeError for a type) unless ``class_folders`` lists one distinct non-empty folder name
+    per class, without ``folder_order`` (which numbers the folders itself)."""
+    if isinstance(class_folders, str) or not isinstance(class_folders, Sequence):
+        raise TypeError(f"class_folders must be a list of folder names, got {type(class_folders).__name__}")
+    if not all(isinstance(f, str) and f for f in class_folders) or len(set(class_folders)) != len(class_folders):
+        raise ValueError(f"class_folders must be distinct non-empty folder names, got {_listed(class_folders)}")
+    if len(class_folders) != num_classes:
+        raise ValueError(f"class_folders must name one folder per class ({num_classes}), got {len(class_folders)}")
+    if folder_order:
+        raise ValueError("class_folders and folder_order both say which folder holds a class: give one")
 
 
 def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int, listed: ImageFolder) -> dict[str, int]:
@@ -235,15 +289,25 @@ def image_folder(file: str) -> Optional[str]:
 
 def folder_class(folder: Optional[str], class_names: Sequence[str]) -> Optional[int]:
     """The index of the class a sub-folder is named after: the class of its very name, else the one
-    class equal to it with case and surrounding spaces aside (``cat/`` for ``Cat``); None for none, or
-    where several are (``Cat`` and ``cat`` both classes, ``CAT/`` naming neither)."""
+    class equal to it with case, surrounding spaces, underscores for spaces and Unicode normalisation
+    aside (``cat/`` for ``Cat``; ``apple_pie/``, as Food-101, Oxford Pets and Caltech-101 name their
+    folders, for ``apple pie``; ``café/`` as macOS writes it, ``e`` and a combining accent, for ``café``
+    typed as one character); None for none, or where several are (``Cat`` and ``cat`` both classes,
+    ``CAT/`` naming neither)."""
     if folder is None:
         return None
     if folder in class_names:
         return list(class_names).index(folder)
-    key = folder.strip().casefold()
-    found = [i for i, name in enumerate(class_names) if name.strip().casefold() == key]
+    key = _loose_name(folder)
+    found = [i for i, name in enumerate(class_names) if _loose_name(name) == key]
     return found[0] if len(found) == 1 else None
+
+
+def _loose_name(name: str) -> str:
+    """``name`` as :func:`folder_class` compares it: NFC-normalised (a folder unzipped from macOS spells
+    accents decomposed), underscores read as spaces (folders hold no spaces in many datasets, prompts
+    want them), stripped and case-folded."""
+    return unicodedata.normalize("NFC", name).replace("_", " ").strip().casefold()
 
 
 def folder_labels(files: Sequence[str], class_names: Sequence[str]) -> Optional[list[int]]:
@@ -272,12 +336,13 @@ def _listed(names: Sequence[str], limit: int = 10) -> str:
 
 
 def unmatched_folders_warning(
-    files: Sequence[str], class_names: Sequence[str], *, folder_order_hint: bool = False
+    files: Sequence[str], class_names: Sequence[str], *, folder_order_hint: bool = False, listed_folders: bool = False
 ) -> Optional[str]:
     """The one-line warning of a classification without accuracy whose images lie in sub-folders: which
     folders name no class (None where every image lies at the top: no folder to match); with
     ``folder_order_hint``, where there are as many sub-folders as classes and every image lies in one, that
-    ``--folder-order`` would number them."""
+    ``--folder-order`` would number them; with ``listed_folders``, ``class_names`` are the folders a
+    names file gave the classes."""
     folders = {image_folder(file) for file in files}
     if folders == {None}:
         return None
@@ -286,6 +351,11 @@ def unmatched_folders_warning(
     hint = ""
     if folder_order_hint and None not in folders and len(folders) == len(class_names):
         hint = "; or --folder-order, if the i-th class is the i-th sub-folder in sorted order (ImageNet's synsets)"
+    if listed_folders:
+        return (
+            f"warning: no accuracy: the image sub-folders {_listed(unmatched)}{top} are none of the class folders "
+            f"the --classes file lists, {_listed(class_names)}"
+        )
     return (
         f"warning: no accuracy: the image sub-folders {_listed(unmatched)}{top} match none of the classes "
         f"{_listed(class_names)} (each image should lie in a sub-folder named after its class{hint})"
@@ -308,8 +378,9 @@ def retrieval(
     listed with several captions is one candidate, found when any of its captions ranks within K.
 
     Returns:
-        dict: ``image_to_text_R@K``, ``text_to_image_R@K`` and ``R@K_chance`` for each K of 1, 5 and 10
-        up to the number of readable images, ``num_pairs``, ``num_images``, ``skipped`` and
+        dict: ``image_to_text_R@K``, ``text_to_image_R@K`` and the recall of a random ranking in each
+        direction, ``image_to_text_R@K_chance`` and ``text_to_image_R@K_chance`` (:func:`retrieval_chance`),
+        for each K of 1, 5 and 10 up to the number of readable images, ``num_pairs``, ``num_images``, ``skipped`` and
         ``skipped_reasons`` (each malformed captions entry and unreadable image, named).
 
     Raises:
@@ -355,25 +426,84 @@ def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_siz
         "num_images": len(row),
         "skipped": len(folder) - len(pairs),
         "skipped_reasons": skipped,  # each malformed captions entry and unreadable image, named
-        **{f"R@{k}_chance": k / len(row) for k in ks},
+        **retrieval_chance(torch.bincount(image_of_text, minlength=len(row)).tolist(), len(pairs), ks),
     }
+
+
+def retrieval_chance(captions_per_image: Sequence[int], num_texts: int, ks: Sequence[int]) -> dict[str, float]:
+    """The Recall@K of a random ranking in each direction: text->image K / M (one right image of the M);
+    image->text the mean over the images of 1 - C(T - n, K) / C(T, K), the chance that at least one of an
+    image's n captions is among the K first of the T texts (K / M only where every image has one caption).
+
+    Returns:
+        dict[str, float]: ``image_to_text_R@K_chance`` and ``text_to_image_R@K_chance`` for each K.
+    """
+    images, out = len(captions_per_image), {}
+    for k in ks:
+        missed = []  # per image: the chance that none of its captions is among the first k
+        for n in captions_per_image:
+            missed.append(
+                math.prod((num_texts - n - j) / (num_texts - j) for j in range(k)) if k <= num_texts - n else 0
+            )
+        out[f"image_to_text_R@{k}_chance"] = 1 - sum(missed) / images
+        out[f"text_to_image_R@{k}_chance"] = k / images
+    return out
 
 
 # ImageTextFolder's arguments -> the options of the retrieval command that give them
 _CAPTIONS_OPTIONS = {"root": "--images", "split": "--split", "image_key": "--image-key", "text_key": "--text-key"}
 
 
-def class_names_argument(value: str, parser: argparse.ArgumentParser) -> list[str]:
-    """The class names ``--classes`` gives: comma-separated, or ``@FILE``'s lines (UTF-8; names stripped,
-    blank lines ignored); exits 2 naming the option and the file where it cannot be read or names none."""
+# a line of ImageNet's names files (LOC_synset_mapping.txt, synset_words.txt): the synset's folder, then its name
+_SYNSET_LINE = re.compile(r"(n\d{8})\s+(\S.*)")
+
+
+def class_names_argument(value: str, parser: argparse.ArgumentParser) -> tuple[list[str], Optional[list[str]]]:
+    """The class names ``--classes`` gives, and the sub-folder of each where its file names them: comma-
+    separated names, or ``@FILE``'s lines (UTF-8; stripped, blank lines ignored), each a class name, or
+    each ``FOLDER<TAB>NAME``, or each as ImageNet's names files write a synset (``n01440764 tench, Tinca
+    tinca``: the folder, then the name); exits 2 naming the option and the file where it cannot be read,
+    names none, or mixes lines with and without a folder.
+
+    Returns:
+        tuple[list[str], Optional[list[str]]]: the class names, and their folders (None where not given).
+    """
     if not value.startswith("@"):
-        return [name.strip() for name in value.split(",")]
+        return [name.strip() for name in value.split(",")], None
     path = Path(value[1:])
     lines = at_file_lines(parser, "--classes", value, "a UTF-8 file of class names")
     names = [line.strip() for line in lines if line.strip()]
     if not names:
         parser.error(f"argument --classes: {path} holds no class name (expected one a line)")
-    return names
+    tabbed = [line for line in names if "\t" in line]
+    if tabbed:  # FOLDER<TAB>NAME lines (a class name holds no tab)
+        pairs = [[part.strip() for part in line.split("\t", 1)] for line in names]
+        bad = next((names[i] for i, pair in enumerate(pairs) if len(pair) != 2 or not all(pair)), None)
+        if bad is not None:
+            parser.error(f"argument --classes: {path}: expected every line FOLDER<TAB>NAME (as some are), got {bad!r}")
+        return [name for _, name in pairs], [folder for folder, _ in pairs]
+    synsets = [_SYNSET_LINE.fullmatch(line) for line in names]
+    if all(synsets):  # ImageNet's names file: the prompts hold the names, not the synset ids
+        return [match[2] for match in synsets], [match[1] for match in synsets]
+    return names, None
+
+
+def template_arguments(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The prompt templates ``--template`` gives, each value a template or ``@FILE``: its lines (UTF-8;
+    stripped, blank lines ignored); exits 2 naming the option and the file where it cannot be read or
+    holds no template."""
+    templates = []
+    for value in values:
+        if not value.startswith("@"):
+            templates.append(value)
+            continue
+        lines = [
+            line.strip() for line in at_file_lines(parser, "--template", value, "a UTF-8 file of prompt templates")
+        ]
+        if not any(lines):
+            parser.error(f"argument --template: {value[1:]} holds no template (expected one a line)")
+        templates += [line for line in lines if line]
+    return templates
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -393,7 +523,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument(
         "--classes",
-        help="comma-separated class names, or @FILE: a UTF-8 file of one class name a line (classification)",
+        help="comma-separated class names, or @FILE: a UTF-8 file of one class name a line, or of FOLDER<TAB>NAME or "
+        "ImageNet's 'n01440764 tench' lines (classification)",
     )
     mode.add_argument(
         "--captions",
@@ -405,7 +536,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--image-key", help="JSON key or CSV/TSV column of the image paths (retrieval)")
     parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the captions (retrieval)")
     parser.add_argument(
-        "--template", action="append", dest="templates", help="prompt template with {} for the class name (repeatable)"
+        "--template",
+        action="append",
+        dest="templates",
+        help="prompt template with {} for the class name (repeatable), or @FILE: a UTF-8 file of one template a line "
+        "(CLIP's 80 ImageNet prompts)",
     )
     parser.add_argument(
         "--folder-order",
@@ -417,6 +552,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the result here")
     args = parser.parse_args(argv)
+    if args.templates is not None:
+        args.templates = template_arguments(args.templates, parser)
     bad = [t for t in args.templates or () if not is_prompt_template(t)]
     if bad:
         parser.error(f"argument --template: expected one '{{}}' for the class name and no other braces, got {bad}")
@@ -434,12 +571,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's, COCO's or BLIP's .json, or a .csv, "
             f"got {args.captions!r} (not a file)"
         )
-    classes = None if args.classes is None else class_names_argument(args.classes, parser)
+    classes, class_folders = (None, None) if args.classes is None else class_names_argument(args.classes, parser)
     if classes is not None and (fault := class_names_fault(classes)):
         parser.error(f"argument --classes: {fault}")
+    if class_folders is not None and len(set(class_folders)) != len(class_folders):
+        repeated = sorted({f for f, count in collections.Counter(class_folders).items() if count > 1})
+        parser.error(f"argument --classes: expected one line per folder, got {_listed(repeated)} repeated")
     if args.folder_order and classes is None:
         parser.error("argument --folder-order: for --classes (classification) only")
+    if args.folder_order and class_folders is not None:
+        parser.error("argument --folder-order: not with a --classes file that names each class's folder")
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
+    if split is not None and not all(split):  # (ImageTextFolder's refusal named --captions)
+        parser.error(
+            f"argument --split: expected comma-separated split names (test, or train,restval), got {args.split!r}"
+        )
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if classes is not None:
             listed = ImageFolder(args.images)
@@ -455,6 +601,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
             f"{', '.join(IMAGE_EXTENSIONS)} under it)"
         )
+    if classes is None and split is None and folder.format == "karpathy":  # (said before hours of encoding)
+        print(
+            f"warning: {args.captions} is a Karpathy split file and no --split was given: the {len(folder)} "
+            "captions of every split (train included) are evaluated; --split test keeps the test set",
+            file=sys.stderr,
+        )
     if args.folder_order:  # the folders counted against the classes, before the checkpoint is loaded
         try:
             ordered_folders(args.images, len(classes), listed)
@@ -469,6 +621,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             args.templates or DEFAULT_TEMPLATES,
             batch_size=args.batch_size,
             folder_order=args.folder_order,
+            class_folders=class_folders,
         )
         for file, name in sorted(result["predictions"].items()):
             print(f"{file}\t{name}")
@@ -479,7 +632,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             if "top5_accuracy" in result:
                 summary += f", top-5 {100 * result['top5_accuracy']:.1f}%"
         print(summary)
-        warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
+        if class_folders is None:
+            warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
+        else:
+            warning = unmatched_folders_warning(result["predictions"], class_folders, listed_folders=True)
         if "accuracy" not in result and warning:
             print(warning, file=sys.stderr)
     else:
@@ -487,8 +643,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")
         recalls = [k for k in result if "R@" in k and "chance" not in k]
         for key in sorted(recalls, key=lambda k: (int(k.split("@")[1]), k)):  # R@1, R@5, R@10 (not R@10 first)
-            k = key.split("@")[1]
-            print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'R@{k}_chance']:.1f}%)")
+            print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'{key}_chance']:.1f}%)")
     return finish_command(result, result["skipped_reasons"], args.json)
 
 

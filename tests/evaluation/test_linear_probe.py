@@ -347,6 +347,19 @@ def test_a_class_absent_from_train_is_never_predicted_and_its_test_items_count_a
     assert result.test_accuracy == pytest.approx((predicted[4:] == test_y[4:]).float().sum().item() / 30)
 
 
+def test_the_test_accuracy_comes_also_averaged_over_the_classes_of_an_unbalanced_test_split():
+    """Six test items of class 0, all right, and two of class 1, one of them lying among class 0's:
+    accuracy 7/8, each class's own 1 and 1/2, mean per class 3/4 (only the overall figure was given)."""
+    x, y = _blobs(90, 0)
+    test_x = torch.tensor([[3.0, 0, 0, 0]] * 6 + [[0, 3.0, 0, 0], [3.0, 0, 0, 0]])
+    test_y = torch.tensor([0] * 6 + [1, 1])
+    result = linear_probe((x, y), _blobs(30, 1), (test_x, test_y), l2_values=(1e-2,))
+    assert result.predict(test_x).tolist() == [0] * 6 + [1, 0]
+    assert result.test_accuracy == pytest.approx(7 / 8)
+    assert result.test_mean_per_class_accuracy == pytest.approx(3 / 4)  # class 2, absent from test, left out
+    assert linear_probe((x, y), _blobs(30, 1), l2_values=(1e-2,)).test_mean_per_class_accuracy is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_probe_of_gpu_features_with_cpu_labels_runs_on_the_gpu_as_on_the_cpu():
     splits = [_two_class(60, 0), _two_class(30, 1), _two_class(30, 2)]

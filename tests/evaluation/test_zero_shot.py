@@ -207,6 +207,31 @@ def test_zero_shot_classifier_single_template_is_the_normalised_feature():
     torch.testing.assert_close(classes, torch.tensor([[-1.0, 0.0], [0.6, 0.8]]), rtol=0, atol=1e-6)
 
 
+def test_zero_shot_classifier_encodes_the_prompts_batch_size_at_a_time_with_the_same_embeddings():
+    """All C x T prompts went to encode_text in one call: ImageNet's 1000 classes with CLIP's 80 templates
+    held 80,000 prompts' activations at once. batch_size cuts the tokenised rows in order."""
+    fake = FakeTextModel()
+    calls = []
+
+    def encode_text(ids, mask):
+        calls.append(ids.shape[0])
+        return fake.encode_text(ids, mask)
+
+    templates = ("a {}", "the {}")
+    whole = zero_shot_classifier(fake.encode_text, fake.tokenize, ["cat", "dog"], templates)
+    batched = zero_shot_classifier(encode_text, fake.tokenize, ["cat", "dog"], templates, batch_size=3)
+    assert calls == [3, 1]
+    torch.testing.assert_close(batched, whole, rtol=0, atol=0)
+    expected = torch.tensor([[1 / math.sqrt(10), 3 / math.sqrt(10)], [-1 / math.sqrt(2), -1 / math.sqrt(2)]])
+    torch.testing.assert_close(batched, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        zero_shot_classifier(fake.encode_text, fake.tokenize, ["cat", "dog"], templates, batch_size=0)
+    with pytest.raises(
+        TypeError, match="tokenize must return a pair of tensors to be cut into batches, got list, list"
+    ):
+        zero_shot_classifier(encode_text, lambda texts: ([[1]] * 4, [[1]] * 4), ["cat", "dog"], templates, batch_size=3)
+
+
 @pytest.mark.parametrize(
     "names, templates, match",
     [([], ("a {}",), "class_names"), (["cat"], (), "templates"), (["cat"], ("a {}", "a photo"), "templates")],

@@ -31,6 +31,9 @@ class LinearProbeResult(NamedTuple):
         mean (Tensor): (D,) training feature mean used for standardising.
         std (Tensor): (D,) training feature population std used for standardising (1 for a feature
             constant on train).
+        test_mean_per_class_accuracy (Optional[float]): the test accuracy of each class over its own
+            items, averaged over the classes the test split holds (the CLIP paper's figure for unbalanced
+            sets); None without a test split.
     """
 
     l2: float
@@ -40,6 +43,7 @@ class LinearProbeResult(NamedTuple):
     bias: Tensor
     mean: Tensor
     std: Tensor
+    test_mean_per_class_accuracy: Optional[float] = None
 
     def predict(self, features: Tensor) -> Tensor:
         """(N,) predicted classes of raw (unstandardised) ``features``, (N, D) finite and real
@@ -177,7 +181,8 @@ def linear_probe(
         max_iter (int): L-BFGS iterations per fit.
 
     Returns:
-        LinearProbeResult: the chosen penalty, accuracies and the final model.
+        LinearProbeResult: the chosen penalty, accuracies (the test split's also averaged per class) and
+        the final model.
 
     Raises:
         TypeError: if a split is not a (features, labels) pair of tensors, ``l2_values`` not a sequence,
@@ -241,7 +246,18 @@ def linear_probe(
     best = max(l2_values, key=lambda v: (val_accuracy[v], v))  # ties: the stronger penalty
     features = torch.cat([train_x, val_x])
     weight, bias = _fit(features, torch.cat([train[1], val[1]]), num_classes, l2=best, max_iter=max_iter)
-    test_accuracy = None
+    test_accuracy = per_class = None
     if test is not None:
-        test_accuracy = ((standard(test[0]) @ weight.T + bias).argmax(dim=1) == test[1]).float().mean().item()
-    return LinearProbeResult(best, val_accuracy, test_accuracy, weight, bias, mean, std)
+        right = ((standard(test[0]) @ weight.T + bias).argmax(dim=1) == test[1]).double()
+        test_accuracy = right.float().mean().item()
+        per_class = _mean_per_class(right, test[1], num_classes)
+    return LinearProbeResult(best, val_accuracy, test_accuracy, weight, bias, mean, std, per_class)
+
+
+def _mean_per_class(right: Tensor, labels: Tensor, num_classes: int) -> float:
+    """The mean over the classes present in ``labels`` of the share of their (N,) items that are ``right``
+    (1.0 or 0.0 each): a class without items has no accuracy and is left out."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=right.device).index_add_(0, labels, right)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean().item()

@@ -84,6 +84,8 @@ def zero_shot_classifier(
     tokenize: Callable[[Sequence[str]], tuple[Tensor, Tensor]],
     class_names: Sequence[str],
     templates: Sequence[str] = ("a {}",),
+    *,
+    batch_size: Optional[int] = None,
 ) -> Tensor:
     """One embedding per class: the normalised mean of its prompts' normalised text features.
 
@@ -92,19 +94,25 @@ def zero_shot_classifier(
         tokenize (Callable[[Sequence[str]], tuple[Tensor, Tensor]]): texts -> (ids, attention mask).
         class_names (Sequence[str]): the C class names.
         templates (Sequence[str]): prompt templates with one ``{}`` for the class name.
+        batch_size (Optional[int]): most prompts per ``encode_text`` call (the rows of the ids and mask
+            ``tokenize`` gave, cut in order); None: all C x T prompts in one call (ImageNet's 1000 classes
+            with CLIP's 80 templates are 80,000 prompts: give one).
 
     Returns:
         Tensor: (C, D) class embeddings.
 
     Raises:
         TypeError: if ``class_names`` or ``templates`` is not an ordered sequence of str (a str itself
-            or a set included), ``tokenize`` does not return a pair or ``encode_text`` not a tensor.
-        ValueError: if there are no classes or templates, a class name is empty or repeated, a
-            template lacks ``{}``, two class names give the same prompt tokens (see
+            or a set included), ``batch_size`` not an int or None, ``tokenize`` does not return a pair
+            (of tensors, with ``batch_size``) or ``encode_text`` not a tensor.
+        ValueError: if there are no classes or templates, ``batch_size`` is below 1, a class name is
+            empty or repeated, a template lacks ``{}``, two class names give the same prompt tokens (see
             :func:`check_distinct_tokens`; before any text is encoded), or ``encode_text`` does not
             return (P, D) finite floating-point features for the P prompts, none of them all zero.
     """
     check_class_prompts(class_names, templates)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
     prompts = [template.format(name) for name in class_names for template in templates]
     tokens = tokenize(prompts)
     if not isinstance(tokens, (tuple, list)) or len(tokens) != 2:  # a (2, L) tensor would unpack into two rows
@@ -112,9 +120,13 @@ def zero_shot_classifier(
             f"{type(tokens).__name__} of {len(tokens)}" if isinstance(tokens, (tuple, list)) else type(tokens).__name__
         )
         raise TypeError(f"tokenize must return a pair (ids, attention mask), got {got}")
+    if batch_size is not None and not all(isinstance(t, Tensor) for t in tokens):  # (cut by rows below)
+        raise TypeError(
+            f"tokenize must return a pair of tensors to be cut into batches, got {', '.join(type(t).__name__ for t in tokens)}"
+        )
     check_distinct_tokens(class_names, len(templates), *tokens)
     with torch.no_grad():
-        features = encode_text(*tokens)
+        features = _encoded(encode_text, tokens, batch_size)
     if not isinstance(features, Tensor):
         raise TypeError(f"encode_text must return a tensor, got {type(features).__name__}")
     if features.dim() != 2 or features.shape[0] != len(prompts) or features.shape[1] == 0:
@@ -132,6 +144,24 @@ def zero_shot_classifier(
     features = F.normalize(features.detach().float(), dim=-1)
     per_class = features.view(len(class_names), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1)
+
+
+def _encoded(
+    encode_text: Callable[[Tensor, Tensor], Tensor], tokens: Sequence[Tensor], batch_size: Optional[int]
+) -> object:
+    """``encode_text``'s features of the tokenised prompts, ``batch_size`` rows a call (all at once for
+    None: the whole prompt set's activations held at once ran a 1000-class prompt ensemble out of
+    memory), the chunks' features joined in order; what a call returns that is not a tensor is
+    returned as it is, for the caller to refuse."""
+    if batch_size is None or tokens[0].shape[0] <= batch_size:
+        return encode_text(*tokens)
+    chunks = []
+    for start in range(0, tokens[0].shape[0], batch_size):
+        chunk = encode_text(*(t[start : start + batch_size] for t in tokens))
+        if not isinstance(chunk, Tensor) or chunk.dim() != 2:
+            return chunk  # (refused by the caller, which names what it got)
+        chunks.append(chunk)
+    return torch.cat(chunks)
 
 
 def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int = 1) -> float:
