@@ -841,3 +841,34 @@ def test_a_pair_export_from_before_the_inputs_file_reads_a_tsvs_two_columns_join
     assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n" + "".join(
         f"{i}\t{legacy.labels[int(j)]}\n" for i, j in enumerate(scores.argmax(dim=1))
     )
+
+
+def test_a_classifier_loads_without_pyyaml(tmp_path, monkeypatch):
+    """load_classifier needs only the library's and the data extra's packages (README, "Dependencies"):
+    torchflava.classify imported PyYAML, a recipes dependency, for the one case of reading a run's
+    config.yaml. A fresh copy of the module is run with yaml unimportable (the modules it imports are the
+    ones already loaded)."""
+    import importlib.util
+    import sys
+
+    import torchflava.classify
+
+    model = _tiny_classifier(modality="image")
+    tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=40)
+    export_classifier(
+        model,
+        tmp_path,
+        backbone_kwargs=TINY_FLAVA,
+        tokenizer=tokenizer,
+        image_transform=EvalImageTransform(32),
+        labels=["x", "y", "z"],
+    )
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ModuleNotFoundError
+    spec = importlib.util.spec_from_file_location("classify_without_yaml", torchflava.classify.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classifier = module.load_classifier(tmp_path)
+    assert classifier.labels == ["x", "y", "z"]
+    images = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(classifier.model(image=images).logits, model.eval()(image=images).logits)

@@ -450,3 +450,24 @@ def test_a_hugging_face_directory_beside_a_checkpoints_folder_loads_as_before(tm
     (tmp_path / "hf" / "checkpoints" / "step_5").mkdir(parents=True)
     loaded = load_pretrained(tmp_path / "hf")
     assert type(loaded.model).__name__ == "FLAVAModel" and loaded.kwargs["image_size"] == 32
+
+
+def test_an_export_loads_without_pyyaml(tmp_path, monkeypatch):
+    """The library's load_pretrained needs only the library's and the data extra's packages (README,
+    "Dependencies"): PyYAML, a recipes dependency, was imported by torchflava.pretrained itself, so
+    `pip install torchflava[data]` could not load even an export. A fresh copy of the module is run with
+    yaml unimportable (the modules it imports are the ones already loaded)."""
+    import importlib.util
+    import sys
+
+    import torchflava.pretrained
+
+    model = write_tiny_export(tmp_path)
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ModuleNotFoundError
+    spec = importlib.util.spec_from_file_location("pretrained_without_yaml", torchflava.pretrained.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    loaded = module.load_pretrained(tmp_path)
+    assert type(loaded.model) is type(model) and loaded.text_length == 32
+    expected = model.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in loaded.model.state_dict().items())

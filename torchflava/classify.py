@@ -48,7 +48,6 @@ from PIL import Image
 from safetensors import safe_open
 import torch
 from torch import Tensor, nn
-import yaml
 
 from torchflava.data.finetuning import GlueTsv
 from torchflava.data.readers import ImageFolder, ImageTextFolder
@@ -661,6 +660,8 @@ def _text_columns(args: argparse.Namespace, config: ClassifierConfig, parser: ar
     their number is not the classifier's (two for sentence pairs)."""
     columns, source = args.text_columns, "argument --text-columns"
     if columns is None:
+        import yaml  # (PyYAML comes with the recipes, which wrote the run: loading a classifier needs none)
+
         recorded = config.layout.directory.parent / "config.yaml"
         try:
             columns = (yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}).get("data", {}).get("text_columns")

@@ -50,7 +50,6 @@ from typing import Callable, ContextManager, NamedTuple, Optional, Union
 import warnings
 
 import torch
-import yaml
 
 from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.tokenizer import WordPieceTokenizer
@@ -695,6 +694,8 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
         ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
             ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
     """
+    import yaml  # (PyYAML comes with the recipes, which wrote the run: an export or a checkpoint directory needs none)
+
     run = checkpoint.parent.parent
     config_file = next((f for f in (checkpoint / CONFIG, run / CONFIG) if f.is_file()), None)
     if config_file is None:

@@ -319,8 +319,14 @@ PRETRAINED = (
 
 
 def section_kwargs(cfg: TrainConfig) -> dict:
-    """The model section: ``clip_model``'s arguments but ``pretrained`` (None: from the checkpoint or default)."""
-    return {k: v for k, v in asdict(cfg.model).items() if k != "pretrained"}
+    """The model section: ``clip_model``'s arguments but ``pretrained`` (None: from the checkpoint or default).
+    With ``model.pretrained``, ``logit_scale_init`` is left None: the weights' own log temperature is loaded
+    over it (:func:`loaded_logit_scale_checks` holds a set one to that value), while a checkpoint's config
+    states the value its training started from, which a set one would otherwise have to equal too."""
+    section = {k: v for k, v in asdict(cfg.model).items() if k != "pretrained"}
+    if cfg.model.pretrained is not None:
+        section["logit_scale_init"] = None
+    return section
 
 
 def given_kwargs(cfg: TrainConfig) -> dict:

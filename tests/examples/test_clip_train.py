@@ -535,6 +535,29 @@ def test_a_logit_scale_init_the_loaded_weights_override_is_refused(hf_clip, tmp_
     train.validate(_config(*base, "model.logit_scale_init=null"), 1)
 
 
+def test_a_logit_scale_init_equal_to_the_weights_is_taken_where_the_config_states_the_initial_one(hf_clip, tmp_path):
+    """A trained checkpoint's weights hold another log temperature than its config's initial one
+    (OpenAI's 4.6052 against config.json's logit_scale_init_value 2.6592): the value the weights hold was
+    refused as clashing with the config, and the config's as not what the weights hold, so none passed."""
+    from safetensors.torch import load_file, save_file
+
+    trained = tmp_path / "trained"
+    shutil.copytree(hf_clip, trained)
+    tensors = load_file(trained / "model.safetensors")
+    tensors["logit_scale"] = torch.tensor(4.0)
+    save_file(tensors, trained / "model.safetensors", metadata={"format": "pt"})
+    assert json.loads((trained / "config.json").read_text())["logit_scale_init_value"] == pytest.approx(2.6592)
+    base = [f"model.pretrained={trained}", *FROM_CHECKPOINT]
+    train.validate(_config(*base, "model.logit_scale_init=4.0"), 1)  # what the weights hold
+    train.validate(_config(*base, "model.logit_scale_init=null"), 1)
+    with pytest.raises(train.ConfigError) as caught:
+        train.validate(_config(*base, "model.logit_scale_init=2.6592"), 1)  # the config's initial value
+    assert str(caught.value) == (
+        "key 'model.logit_scale_init': expected null or the 4 model.pretrained's weights hold (they are loaded "
+        "over the initial value), got 2.6592"
+    )
+
+
 def _recorded(run: Path) -> dict:
     from omegaconf import OmegaConf
 
