@@ -238,3 +238,12 @@ def test_masks_on_another_device_than_the_ids_are_refused_naming_them():
     encoder = flava_text_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, vocab_size=20, max_seq_len=6)
     with pytest.raises(ValueError, match=r"^leave_out must be on input_ids' device cpu, got meta$"):
         encode_rows(encoder, ids, padding)
+
+
+def test_token_type_ids_on_another_device_than_the_ids_are_refused_naming_them():
+    ids, mask = padded_text(2, 5, 20, [5, 3])
+    with pytest.raises(ValueError, match=r"^token_type_ids must be on input_ids' device cpu, got meta$"):
+        pack_batch(ids, mask == 0, token_type_ids=torch.zeros_like(ids, device="meta"))  # failed inside torch
+    encoder = flava_text_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, vocab_size=20, max_seq_len=6)
+    with pytest.raises(ValueError, match=r"^token_type_ids must be on input_ids' device cpu, got meta$"):
+        encode_packed(encoder, ids, mask == 0, token_type_ids=torch.zeros_like(ids, device="meta"))

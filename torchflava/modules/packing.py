@@ -119,6 +119,8 @@ def pack_batch(
         raise TypeError(f"token_type_ids must be an integer tensor or None, got {describe_tensor(token_type_ids)}")
     if token_type_ids is not None and tuple(token_type_ids.shape) != tuple(input_ids.shape):
         raise ValueError(f"token_type_ids must have shape {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
+    if token_type_ids is not None and token_type_ids.device != input_ids.device:  # (failed inside torch, scattered)
+        raise ValueError(f"token_type_ids must be on input_ids' device {input_ids.device}, got {token_type_ids.device}")
     device = input_ids.device
     real = ~padding_mask
     lengths = real.sum(dim=1).tolist()
