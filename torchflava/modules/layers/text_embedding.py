@@ -93,7 +93,14 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
     return padding
 
 
-def check_padding_mask(padding_mask: object, shape: tuple[int, ...], name: str = "padding_mask") -> Tensor:
+def check_padding_mask(
+    padding_mask: object,
+    shape: tuple[int, ...],
+    name: str = "padding_mask",
+    *,
+    device: Optional[torch.device] = None,
+    masked: str = "input_ids",
+) -> Tensor:
     """``padding_mask``, checked: a (B, L) bool tensor of ``shape``, ``True = padding``, with a token in
     every row. A row all padding is refused: attention over it has no key, and it is what a Hugging Face
     ``attention_mask`` (1 or True = token) given here, inverted, makes of every unpadded row; its
@@ -103,13 +110,16 @@ def check_padding_mask(padding_mask: object, shape: tuple[int, ...], name: str =
         padding_mask (object): the mask given.
         shape (tuple[int, ...]): (B, L) of the text it masks.
         name (str): the argument's name in the messages.
+        device (Optional[torch.device]): the device of the text it masks (not checked when None).
+        masked (str): the name of the text it masks, in the messages.
 
     Returns:
         Tensor: ``padding_mask``.
 
     Raises:
         TypeError: if it is not a bool tensor (an integer or float one says how to convert an attention_mask).
-        ValueError: if its shape is not ``shape``, or (not on the meta device) a row is all padding.
+        ValueError: if its shape is not ``shape``, it is not on ``device``, or (not on the meta device) a
+            row is all padding.
     """
     if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool:
         got = getattr(padding_mask, "dtype", type(padding_mask).__name__)
@@ -121,6 +131,8 @@ def check_padding_mask(padding_mask: object, shape: tuple[int, ...], name: str =
         raise TypeError(f"{name} must be a bool tensor (True = padding), got {got}{hint}")
     if tuple(padding_mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(padding_mask.shape)}")
+    if device is not None and padding_mask.device != device:  # (else named by the attention, under its own name)
+        raise ValueError(f"{name} must be on {masked}' device {device}, got {padding_mask.device}")
     if not padding_mask.is_meta:
         expected = f"{name} (True = padding) must leave a token in every row"
         require(
