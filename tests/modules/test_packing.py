@@ -238,3 +238,27 @@ def test_masks_on_another_device_than_the_ids_are_refused_naming_them():
     encoder = flava_text_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, vocab_size=20, max_seq_len=6)
     with pytest.raises(ValueError, match=r"^leave_out must be on input_ids' device cpu, got meta$"):
         encode_rows(encoder, ids, padding)
+
+
+def test_token_type_ids_on_another_device_than_the_ids_are_refused_naming_them():
+    ids, mask = padded_text(2, 5, 20, [5, 3])
+    with pytest.raises(ValueError, match=r"^token_type_ids must be on input_ids' device cpu, got meta$"):
+        pack_batch(ids, mask == 0, token_type_ids=torch.zeros_like(ids, device="meta"))  # failed inside torch
+    encoder = flava_text_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, vocab_size=20, max_seq_len=6)
+    with pytest.raises(ValueError, match=r"^token_type_ids must be on input_ids' device cpu, got meta$"):
+        encode_packed(encoder, ids, mask == 0, token_type_ids=torch.zeros_like(ids, device="meta"))
+
+
+def test_meta_batches_run_padded_and_pack_batch_refuses_them_naming_the_mask():
+    # (packing reads the rows' lengths: on the meta device that failed inside torch, on Tensor.item())
+    with torch.device("meta"):
+        encoder = flava_text_encoder(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, vocab_size=20, max_seq_len=6)
+    ids, mask = padded_text(2, 5, 20, [5, 3])
+    ids, padding = ids.to("meta"), (mask == 0).to("meta")
+    for output in ("first", "last"):
+        out = encode_rows(encoder, ids, padding, output=output)
+        assert out.is_meta and out.shape == (2, 8)
+    with pytest.raises(
+        ValueError, match=r"^padding_mask: expected a tensor with values to pack the rows by, got one on"
+    ):
+        pack_batch(ids, padding)

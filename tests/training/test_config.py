@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
+from torchflava.training.schema import TrainingConfig
 
 
 @dataclass
@@ -276,6 +277,29 @@ def test_a_resumed_run_may_spell_or_place_its_directory_otherwise(tmp_path):
         assert check_resume_config(tmp_path / "config.yaml", _Run(_Training(output_dir=spelt))) == []
     with pytest.raises(ConfigError, match="^key 'training.seed' \\(0 -> 1\\): "):  # what it trains stays refused
         check_resume_config(tmp_path / "config.yaml", _Run(_Training(output_dir=str(tmp_path), seed=1)))
+
+
+@dataclass
+class _Recipe:
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+def test_a_run_recorded_before_the_collective_timeout_existed_resumes_with_it_set_or_not(tmp_path):
+    """How long a rank waits for the others changes nothing trained: free on resume, and a config.yaml
+    written before the key existed (no such line) resumes with it unset or set."""
+    save_config(_Recipe(), tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    old = "".join(line for line in text.splitlines(keepends=True) if "collective_timeout_s" not in line)
+    assert old != text
+    (tmp_path / "config.yaml").write_text(old)
+    for seconds in (None, 120.0):
+        assert (
+            check_resume_config(tmp_path / "config.yaml", _Recipe(TrainingConfig(collective_timeout_s=seconds))) == []
+        )
+    save_config(_Recipe(TrainingConfig(collective_timeout_s=120.0)), tmp_path / "config.yaml")
+    assert check_resume_config(tmp_path / "config.yaml", _Recipe(TrainingConfig(collective_timeout_s=5))) == []
+    with pytest.raises(ConfigError, match=r"^key 'training.seed' \(0 -> 1\): "):  # what it trains stays refused
+        check_resume_config(tmp_path / "config.yaml", _Recipe(TrainingConfig(seed=1)))
 
 
 @dataclass

@@ -1,12 +1,22 @@
-"""wrap_model: what data parallelism can wrap; rank0_value: rank 0's value (or error) on every rank."""
+"""wrap_model: what data parallelism can wrap; rank0_value: rank 0's value (or error) on every rank; the
+collective timeout (training.collective_timeout_s)."""
 
 import functools
+import os
+from pathlib import Path
+import socket
+import time
 
 import pytest
+import torch
 from torch import nn
+import torch.distributed as dist
 
+from tests.helpers import run_ranks
+from tests.training.test_loop import Toy, ToyData, settings, toy_step
 from torchflava.training import distributed
-from torchflava.training.distributed import wrap_model
+from torchflava.training.distributed import init_distributed, wrap_model
+from torchflava.training.loop import fit
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -67,3 +77,65 @@ def test_rank0_value_gives_every_rank_rank_0s_value_and_its_error(monkeypatch):
             with pytest.raises(expected, match="texts: unreadable"):
                 distributed.rank0_value(functools.partial(fail, unpicklable))
     assert calls == [0] and sent == []  # rank 1 read nothing, and took every value rank 0 sent
+
+
+# A collective waits this long for another rank here (torch's default: Gloo 30 min, NCCL 10 min)
+TIMEOUT_S = 1.0
+HANG_CAP_S = 60  # how long the stuck rank stays stuck at most, should rank 0 never report
+
+
+def _timeout_worker(rank: int, port: str, root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    init_distributed("ddp", device="cpu", collective_timeout_s=TIMEOUT_S)
+    reported = Path(root) / "rank0.txt"
+
+    def step(model, item):
+        if rank == 1:  # hangs (it does not die) in its first step, until rank 0 has given up waiting for it
+            deadline = time.monotonic() + HANG_CAP_S
+            while not reported.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return toy_step(model, item)
+
+    training, optim = settings(Path(root) / "run", strategy="ddp", max_steps=2, collective_timeout_s=TIMEOUT_S)
+    started, outcome = time.monotonic(), "finished"
+    try:
+        fit(Toy(), step, ToyData(2, rank=rank, world_size=2), training=training, optim=optim, shard_layers=())
+    except Exception as error:  # (rank 1 then meets rank 0's exit: whatever torch says, not asserted)
+        outcome = f"{type(error).__name__}: {error}"
+    if rank == 0:
+        waited = time.monotonic() - started
+        (Path(root) / "rank0.tmp").write_text(f"{waited}\n{outcome}")
+        (Path(root) / "rank0.tmp").rename(reported)
+    dist.destroy_process_group()
+
+
+def test_a_rank_stuck_in_its_step_fails_the_others_after_the_collective_timeout_naming_the_key(tmp_path):
+    """The process group kept torch's default timeout (Gloo 30 min, NCCL 10 min), with no setting: a rank
+    that hangs rather than dies held the others that long. Now rank 0 gives up after
+    training.collective_timeout_s and says which key decided it."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_timeout_worker, (port, str(tmp_path)), nprocs=2, timeout_s=HANG_CAP_S + 60)
+    waited, outcome = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert outcome.startswith(
+        "CollectiveTimeout: key 'training.collective_timeout_s': rank 0 waited in a collective past "
+        "training.collective_timeout_s=1 s for another rank, which is stuck or slower than that "
+        "(raise training.collective_timeout_s if its work takes that long) ("
+    ), outcome
+    assert "Timed out waiting 1000ms" in outcome, outcome
+    assert float(waited) < HANG_CAP_S / 3, waited  # rank 0 did not wait for rank 1 to come back
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf"), True, "30"])
+def test_a_collective_timeout_that_is_no_positive_number_is_refused_before_the_process_group(seconds, monkeypatch):
+    started = []
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: started.append(args))
+    message = f"collective_timeout_s must be None or a finite number of seconds > 0, got {seconds!r}"
+    with pytest.raises(ValueError) as info:
+        init_distributed("ddp", device="cpu", collective_timeout_s=seconds)
+    assert str(info.value) == message and started == []
+    with pytest.raises(ValueError) as info:
+        distributed.set_collective_timeout(seconds)
+    assert str(info.value) == message

@@ -166,6 +166,19 @@ def test_several_processes_with_strategy_none_are_a_config_error_naming_the_key(
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=2))
 
 
+@pytest.mark.parametrize("seconds", [0, -5.0, float("nan"), float("inf")])
+def test_a_collective_timeout_that_is_no_positive_number_is_a_config_error_naming_the_key(tmp_path, seconds):
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, collective_timeout_s=seconds)
+    with pytest.raises(ConfigError) as info:
+        raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
+    assert str(info.value) == (
+        f"key 'training.collective_timeout_s': expected null or a finite number of seconds > 0, got {seconds!r}"
+    )
+    for fine in (None, 0.5, 600):
+        t.collective_timeout_s = fine
+        raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
+
+
 def test_single_process_runs_with_ddp_take_no_port_two_can_run_at_once(tmp_path):
     """Without torchrun, ddp/fsdp start their one-process group on an in-process store: two such runs on
     one machine do not collide on a TCP port (a fixed one made the second fail with EADDRINUSE)."""

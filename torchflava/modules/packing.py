@@ -99,7 +99,8 @@ def pack_batch(
     Raises:
         TypeError: if an input is not a tensor, the ids not integer, ``padding_mask`` not bool or ``max_tokens``
             not an int.
-        ValueError: if some row is all padding, the shapes or devices differ, there is no row, or ``max_tokens`` < 1.
+        ValueError: if some row is all padding, the shapes or devices differ, there is no row, ``max_tokens`` < 1,
+            or the mask is on the meta device (no values to pack by).
     """
     for name, value in (("input_ids", input_ids), ("padding_mask", padding_mask)):
         if not isinstance(value, Tensor):
@@ -119,6 +120,13 @@ def pack_batch(
         raise TypeError(f"token_type_ids must be an integer tensor or None, got {describe_tensor(token_type_ids)}")
     if token_type_ids is not None and tuple(token_type_ids.shape) != tuple(input_ids.shape):
         raise ValueError(f"token_type_ids must have shape {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
+    if token_type_ids is not None and token_type_ids.device != input_ids.device:  # (failed inside torch, scattered)
+        raise ValueError(f"token_type_ids must be on input_ids' device {input_ids.device}, got {token_type_ids.device}")
+    if padding_mask.is_meta:  # (failed inside torch, on the lengths' read)
+        raise ValueError(
+            "padding_mask: expected a tensor with values to pack the rows by, got one on the meta device (for a "
+            "dry run of shapes, encode_rows runs the padded batch)"
+        )
     device = input_ids.device
     real = ~padding_mask
     lengths = real.sum(dim=1).tolist()
@@ -236,8 +244,9 @@ def encode_rows(
     max_tokens: int = 256,
 ) -> Tensor:
     """One output per row, as :func:`encode_packed` gives it: packed where the batch leaves tokens out
-    (and, for ``"first"``, every row's column 0 is kept: :func:`can_pack`); else, and while a graph is
-    being captured (:func:`capturing_graph`), the padded batch with ``leave_out`` masked as keys.
+    (and, for ``"first"``, every row's column 0 is kept: :func:`can_pack`); else, while a graph is
+    being captured (:func:`capturing_graph`) and on the meta device, the padded batch with ``leave_out``
+    masked as keys.
 
     Args:
         encoder, input_ids, output, token_type_ids, max_tokens: as :func:`encode_packed`'s.
@@ -267,9 +276,11 @@ def encode_rows(
             )
         if leave_out.device != input_ids.device:  # (a meta one failed inside torch, on Tensor.item())
             raise ValueError(f"leave_out must be on input_ids' device {input_ids.device}, got {leave_out.device}")
-    capturing = capturing_graph()
-    masked = leave_out is not None and (capturing or bool(leave_out.any()))  # (not read while capturing)
-    if masked and not capturing and (output == "last" or can_pack(leave_out)):
+    # Packing reads the mask's values: not while a graph is captured, nor on the meta device (a dry run of
+    # shapes, where a read fails inside torch); both run the padded batch, the mask taken as it is.
+    unread = capturing_graph() or (leave_out is not None and leave_out.is_meta)
+    masked = leave_out is not None and (unread or bool(leave_out.any()))
+    if masked and not unread and (output == "last" or can_pack(leave_out)):
         return encode_packed(
             encoder, input_ids, leave_out, output=output, token_type_ids=token_type_ids, max_tokens=max_tokens
         )

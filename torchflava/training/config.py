@@ -269,6 +269,7 @@ RESUME_FREE = (
     "training.checkpoint_every",
     "training.keep_checkpoints",
     "training.threads",
+    "training.collective_timeout_s",  # how long a rank waits for the others: nothing trained depends on it
     "training.compile",
     "training.strategy",
     "training.device",

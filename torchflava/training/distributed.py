@@ -4,9 +4,14 @@ Launch with ``torchrun``: ranks come from its environment (``RANK``, ``WORLD_SIZ
 ``LOCAL_RANK``); a plain ``python`` launch is one process without a process group.
 """
 
+from contextlib import contextmanager
+from datetime import timedelta
+import math
+import numbers
 import os
 import pickle
-from typing import Callable, Iterable, NamedTuple, Optional, Type, TypeVar
+import re
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Type, TypeVar
 
 import torch
 from torch import nn
@@ -30,25 +35,31 @@ class DistributedInfo(NamedTuple):
         return self.rank == 0
 
 
-def init_distributed(strategy: str, *, device: str = "auto") -> DistributedInfo:
+def init_distributed(
+    strategy: str, *, device: str = "auto", collective_timeout_s: Optional[float] = None
+) -> DistributedInfo:
     """Start the process group the strategy needs (NCCL on GPUs, Gloo on CPUs).
 
     Args:
         strategy (str): ``"none"``, ``"ddp"`` or ``"fsdp"``.
         device (str): ``"auto"`` (this rank's GPU when there is one, else the CPU), ``"cpu"`` or
             ``"cuda"``.
+        collective_timeout_s (Optional[float]): how long a rank waits in a collective for the others
+            before failing (see :func:`set_collective_timeout`); None keeps torch's default (Gloo 30
+            min, NCCL 10 min). The rendezvous keeps torch's default: ranks may start far apart.
 
     Returns:
         DistributedInfo: rank, world size, local rank and device.
 
     Raises:
-        ValueError: if ``strategy`` or ``device`` is unknown, or several processes were launched
-            with ``strategy="none"``.
+        ValueError: if ``strategy`` or ``device`` is unknown, ``collective_timeout_s`` is not None or a
+            finite number > 0, or several processes were launched with ``strategy="none"``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    _check_timeout(collective_timeout_s)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if strategy == "none" and world_size > 1:
@@ -63,7 +74,63 @@ def init_distributed(strategy: str, *, device: str = "auto") -> DistributedInfo:
             dist.init_process_group(backend, device_id=device_id)
         else:  # one process asked for ddp/fsdp without torchrun: an in-process store, no port to collide on
             dist.init_process_group(backend, device_id=device_id, store=dist.HashStore(), rank=0, world_size=1)
+    set_collective_timeout(collective_timeout_s)
     return DistributedInfo(rank, world_size, local_rank, torch_device)
+
+
+def _check_timeout(seconds: object) -> None:
+    """ValueError unless ``seconds`` is None or a finite real number > 0 (no bool)."""
+    number = isinstance(seconds, numbers.Real) and not isinstance(seconds, bool)
+    if seconds is not None and not (number and 0 < seconds < math.inf):
+        raise ValueError(f"collective_timeout_s must be None or a finite number of seconds > 0, got {seconds!r}")
+
+
+def set_collective_timeout(seconds: Optional[float]) -> None:
+    """Make the running process group's collectives fail after ``seconds`` of waiting for another rank,
+    instead of torch's default (Gloo 30 min, NCCL 10 min): a rank that hangs, rather than dies, then
+    stops the others that soon. Gloo raises in the waiting rank; NCCL's watchdog aborts the process.
+    A no-op for None or without a process group.
+
+    Raises:
+        ValueError: if ``seconds`` is not None or a finite number > 0.
+    """
+    _check_timeout(seconds)
+    if seconds is None or not dist.is_initialized():
+        return
+    # (public from torch 2.7 on; the private name before, down to the oldest torch setup.py allows)
+    set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
+    set_timeout(timedelta(seconds=float(seconds)))
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective waited past its timeout for another rank (stuck, or slower than the timeout allows)."""
+
+
+# What a timed-out collective says: Gloo's "Timed out waiting 1000ms for recv operation", NCCL's
+# (under TORCH_NCCL_BLOCKING_WAIT) "Watchdog caught collective operation timeout"
+_TIMED_OUT = re.compile(r"Timed out waiting \d+ ?ms|collective operation timeout")
+
+
+@contextmanager
+def collective_timeout_named(key: str, seconds: Optional[float]) -> Iterator[None]:
+    """Turn a collective's timeout raised inside the block into a :class:`CollectiveTimeout` naming the
+    setting ``key`` (and its value ``seconds``; None: torch's default), so that the user learns which
+    setting decided how long the rank waited; every other error passes unchanged.
+
+    Raises:
+        CollectiveTimeout: for a timed-out collective under a running process group.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if isinstance(error, CollectiveTimeout) or not dist.is_initialized() or not _TIMED_OUT.search(str(error)):
+            raise
+        waited = f"{key}={seconds:g} s" if seconds is not None else f"torch's default timeout ({key} is null)"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CollectiveTimeout(
+            f"key '{key}': rank {dist.get_rank()} waited in a collective past {waited} for another rank, which is "
+            f"stuck or slower than that (raise {key} if its work takes that long) ({reason})"
+        ) from error
 
 
 def wrap_model(

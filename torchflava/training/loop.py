@@ -78,8 +78,10 @@ from torchflava.training.distributed import (
     DistributedInfo,
     all_reduce_sum,
     barrier,
+    collective_timeout_named,
     init_distributed,
     model_device,
+    set_collective_timeout,
     sync_replicated_grads,
 )
 from torchflava.training.metrics import MetricsLogger
@@ -134,6 +136,9 @@ class FitResult(NamedTuple):
     loss: Optional[float]
     skipped: list[tuple]
     resumed_from: Optional[Path]
+
+
+TIMEOUT_KEY = "training.collective_timeout_s"  # named by a collective that timed out in start_run or fit
 
 
 def checkpoint_manager(training: TrainingConfig) -> CheckpointManager:
@@ -234,19 +239,22 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
     Raises:
         ConfigError: from ``validate``, :func:`resume_checkpoint`, the config comparison (also when
             the checkpoint's config cannot be found) or :func:`read_loop_states`.
+        CollectiveTimeout: naming ``training.collective_timeout_s``, if a collective of the resume's
+            checks timed out waiting for another rank.
     """
     t = config.training
     validate(config, launch_world_size())
-    info = init_distributed(t.strategy, device=t.device)
-    resume_from = resume_checkpoint(t)
-    states = None
-    if resume_from is not None:
-        # training.resume may name another run's checkpoint, or one copied alone: a model or data that
-        # differ from what it was trained with are refused here, before any work
-        changes = check_resume_config(trained_config(resume_from), config)
-        states = read_loop_states(resume_from)
-        for change in changes:
-            print(f"resume: {change} (applied from here on)", file=sys.stderr)
+    info = init_distributed(t.strategy, device=t.device, collective_timeout_s=t.collective_timeout_s)
+    with collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s):
+        resume_from = resume_checkpoint(t)
+        states = None
+        if resume_from is not None:
+            # training.resume may name another run's checkpoint, or one copied alone: a model or data that
+            # differ from what it was trained with are refused here, before any work
+            changes = check_resume_config(trained_config(resume_from), config)
+            states = read_loop_states(resume_from)
+            for change in changes:
+                print(f"resume: {change} (applied from here on)", file=sys.stderr)
     return RunStart(info, resume_from, config_yaml(config), states)
 
 
@@ -413,6 +421,9 @@ def fit(
             shape: start_run compares configs and lets a recipe change them); or a streamed run resumed on other ranks or loader
             workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
+        CollectiveTimeout: (a RuntimeError) naming ``training.collective_timeout_s`` if this rank waited
+            past it (torch's default when null) in a collective for another rank (Gloo; NCCL's watchdog
+            aborts the process instead).
         Preempted: (a ``SystemExit``, status 75) on every rank, after the checkpoint of the step during or
             after whose loss reduction a rank received ``SIGTERM``, ``SIGUSR1`` or ``SIGINT`` (those still at
             their default handlers while ``fit`` runs; a second one of a kind acts at once); a signal in the
@@ -432,7 +443,9 @@ def fit(
         )
     # A scheduler's SIGTERM (or SIGUSR1, Ctrl-C's SIGINT) is only recorded from here on; read with a step's
     # losses, over every rank, it stops the run after that step, checkpointed (torchflava.training.preemption).
-    with StopSignals() as signals:
+    # (the process group may have been started without the run's timeout: by the caller, not start_run)
+    set_collective_timeout(t.collective_timeout_s)
+    with StopSignals() as signals, collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s):
         return _fit(
             model, step, data, t, optim, after_step, shard_layers, num_workers, description, start, run_files, signals
         )

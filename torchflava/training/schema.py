@@ -61,6 +61,9 @@ class TrainingConfig:
     progress_bar: bool = True
     tensorboard: bool = True
     threads: Optional[int] = None  # torch intra-op threads (CPU)
+    # seconds a rank waits in a collective for the others before the run fails naming this key (null: torch's
+    # default, Gloo 30 min, NCCL 10 min); longer than any wait a rank's own work causes (rank 0's checkpoint writes)
+    collective_timeout_s: Optional[float] = None
     # keep freed memory in the process for reuse (glibc malloc thresholds): fewer page faults, a few MiB more RSS
     keep_freed_memory: bool = True
 
@@ -169,6 +172,12 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
         (t.checkpoint_every >= 1, "training.checkpoint_every", ">= 1", t.checkpoint_every),
         (t.keep_checkpoints >= 1, "training.keep_checkpoints", ">= 1", t.keep_checkpoints),
         (t.threads is None or t.threads >= 1, "training.threads", "null or >= 1", t.threads),
+        (
+            t.collective_timeout_s is None or 0 < t.collective_timeout_s < math.inf,
+            "training.collective_timeout_s",
+            "null or a finite number of seconds > 0",
+            t.collective_timeout_s,
+        ),
         (o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a finite number > 0", o.lr),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas),
         (0 < o.eps < math.inf, "optim.eps", "a finite number > 0", o.eps),

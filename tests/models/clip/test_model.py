@@ -241,3 +241,18 @@ def test_attention_mask_on_another_device_than_the_text_is_refused_naming_it():
     text[:, 3] = EOS
     with pytest.raises(ValueError, match=r"^text_attention_mask must be on text's device cpu, got meta$"):
         _small().encode_text(text, torch.ones(2, 5, dtype=torch.long, device="meta"))
+
+
+def test_a_meta_model_takes_meta_inputs_for_a_dry_run_of_shapes():
+    """Building on the meta device and calling it there is how a user checks shapes before allocating: the
+    end-token check and packing read the text's values (Tensor.item() on a meta tensor failed inside torch)."""
+    with torch.device("meta"):
+        model = clip_model(**SMALL, eos_token_id=EOS)
+    text = torch.randint(0, SMALL["vocab_size"], (3, 7), device="meta")
+    mask = torch.ones(3, 7, dtype=torch.long, device="meta")
+    image = torch.randn(4, 3, SMALL["image_size"], SMALL["image_size"], device="meta")
+    for features in (model.encode_text(text), model.encode_text(text, mask), model.encode_image(image)):
+        assert features.is_meta and features.shape[1] == SMALL["embed_dim"]
+    assert model.encode_text(text, mask).shape == (3, SMALL["embed_dim"])
+    assert model.encode_image(image).shape == (4, SMALL["embed_dim"])
+    assert model(image=image, text=text, text_attention_mask=mask).logits_per_image.shape == (4, 3)

@@ -407,3 +407,23 @@ def test_normalize_must_be_a_bool(model):
         model.encode_image(images(), normalize="no")
     with pytest.raises(TypeError, match="^normalize must be a bool, got NoneType None$"):
         model.encode_text(*text(), normalize=None)
+
+
+def test_a_meta_model_takes_meta_inputs_for_a_dry_run_of_shapes():
+    """Building on the meta device and calling it there is how a user checks shapes before allocating: packing
+    a masked text batch read its lengths (Tensor.item() on a meta tensor failed inside torch)."""
+    with torch.device("meta"):
+        model = flava_model(**T)
+    text = torch.randint(0, T["vocab_size"], (3, 7), device="meta")
+    mask = torch.ones(3, 7, dtype=torch.long, device="meta")
+    types = torch.zeros(3, 7, dtype=torch.long, device="meta")
+    image = torch.randn(4, 3, T["image_size"], T["image_size"], device="meta")
+    texts = [
+        model.encode_text(text),
+        model.encode_text(text, mask),
+        model.encode_text(text, mask, token_type_ids=types),
+    ]
+    for features in texts:
+        assert features.is_meta and features.shape == (3, T["projection_dim"])
+    features = model.encode_image(image)
+    assert features.is_meta and features.shape == (4, T["projection_dim"])

@@ -449,3 +449,18 @@ def test_multimodal_states_on_another_device_are_refused_naming_them():
         multimodal_encoder()(image.to("meta"), text)
     with pytest.raises(ValueError, match=r"^text_states must be on the model's device cpu, got meta$"):
         multimodal_encoder()(image, text.to("meta"))
+
+
+def test_a_padding_mask_on_another_device_than_the_text_is_refused_under_the_name_it_was_given():
+    # (the attention refused it as key_padding_mask, an argument the caller never gave)
+    ids, mask = padded_text(2, 9, T["vocab_size"], [9, 5])
+    with pytest.raises(ValueError, match=r"^padding_mask must be on input_ids' device cpu, got meta$"):
+        text_encoder()(ids, padding_mask=(mask == 0).to("meta"))
+    image_states, text_states = multimodal_inputs()
+    padding = torch.zeros(2, 7, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match=r"^text_padding_mask must be on text_states' device cpu, got meta$"):
+        multimodal_encoder()(image_states, text_states, text_padding_mask=padding)
+    with torch.device("meta"):
+        encoder = text_encoder()
+    out = encoder(ids.to("meta"), padding_mask=(mask == 0).to("meta"))  # all on meta: shapes only
+    assert out.last_hidden_state.shape == (2, 9, T["text_embed_dim"]) and out.last_hidden_state.is_meta

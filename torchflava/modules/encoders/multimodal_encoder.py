@@ -125,7 +125,13 @@ class MultimodalEncoder(nn.Module):
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(image.dtype), image, text], dim=1)
         key_padding_mask = None
         if text_padding_mask is not None:
-            check_padding_mask(text_padding_mask, text_states.shape[:2], "text_padding_mask")
+            check_padding_mask(
+                text_padding_mask,
+                text_states.shape[:2],
+                "text_padding_mask",
+                device=text_states.device,
+                masked="text_states",
+            )
             keep_image = text_padding_mask.new_zeros(b, 1 + image.shape[1])  # CLS_M and image never padded
             key_padding_mask = torch.cat([keep_image, text_padding_mask], dim=1)
         out = self.encoder(

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput
 from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.pooler import Pooler
-from torchflava.modules.layers.text_embedding import check_padding_mask
+from torchflava.modules.layers.text_embedding import check_padding_mask, check_token_ids
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack
 from torchflava.utils.checks import check_bools
 
@@ -98,7 +98,8 @@ class TextEncoder(nn.Module):
         Raises:
             TypeError: if ``padding_mask`` is not a bool tensor, ``return_hidden_states`` or ``return_pooled``
                 not a bool (or as the embeddings and the stack raise).
-            ValueError: if ``padding_mask`` is not (B, L) or marks a whole row as padding, or
+            ValueError: if ``padding_mask`` is not (B, L), not on ``input_ids``' device or marks a whole row as
+                padding, or
                 ``output_positions`` is :data:`CLS_POSITION` over a causal stack (the first token sees
                 only itself) (or as the embeddings and the stack raise).
         """
@@ -108,11 +109,12 @@ class TextEncoder(nn.Module):
                 "sees only itself; select each row's end token ((B, 1) indices, e.g. (lengths - 1)[:, None])"
             )
         check_bools(return_hidden_states=return_hidden_states, return_pooled=return_pooled)
+        if padding_mask is not None:  # named as given, before any work (the stack calls it key_padding_mask)
+            check_token_ids(input_ids, None)  # (its shape and device are the mask's; its values the embeddings')
+            check_padding_mask(padding_mask, tuple(input_ids.shape), device=input_ids.device)
         # token types only when given: a token + position embedding (CLIP's) has none
         types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         x = self.embeddings(input_ids, position_ids=position_ids, **types)
-        if padding_mask is not None:  # (named as given here, and an inverted attention_mask refused)
-            check_padding_mask(padding_mask, x.shape[:2])
         out = self.encoder(
             x,
             key_padding_mask=padding_mask,

@@ -93,7 +93,14 @@ def text_padding_mask(text: Tensor, text_attention_mask: Optional[Tensor]) -> Op
     return padding
 
 
-def check_padding_mask(padding_mask: object, shape: tuple[int, ...], name: str = "padding_mask") -> Tensor:
+def check_padding_mask(
+    padding_mask: object,
+    shape: tuple[int, ...],
+    name: str = "padding_mask",
+    *,
+    device: Optional[torch.device] = None,
+    masked: str = "input_ids",
+) -> Tensor:
     """``padding_mask``, checked: a (B, L) bool tensor of ``shape``, ``True = padding``, with a token in
     every row. A row all padding is refused: attention over it has no key, and it is what a Hugging Face
     ``attention_mask`` (1 or True = token) given here, inverted, makes of every unpadded row; its
@@ -103,13 +110,16 @@ def check_padding_mask(padding_mask: object, shape: tuple[int, ...], name: str =
         padding_mask (object): the mask given.
         shape (tuple[int, ...]): (B, L) of the text it masks.
         name (str): the argument's name in the messages.
+        device (Optional[torch.device]): the device of the text it masks (not checked when None).
+        masked (str): the name of the text it masks, in the messages.
 
     Returns:
         Tensor: ``padding_mask``.
 
     Raises:
         TypeError: if it is not a bool tensor (an integer or float one says how to convert an attention_mask).
-        ValueError: if its shape is not ``shape``, or (not on the meta device) a row is all padding.
+        ValueError: if its shape is not ``shape``, it is not on ``device``, or (not on the meta device) a
+            row is all padding.
     """
     if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool:
         got = getattr(padding_mask, "dtype", type(padding_mask).__name__)
@@ -121,6 +131,8 @@ def check_padding_mask(padding_mask: object, shape: tuple[int, ...], name: str =
         raise TypeError(f"{name} must be a bool tensor (True = padding), got {got}{hint}")
     if tuple(padding_mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(padding_mask.shape)}")
+    if device is not None and padding_mask.device != device:  # (else named by the attention, under its own name)
+        raise ValueError(f"{name} must be on {masked}' device {device}, got {padding_mask.device}")
     if not padding_mask.is_meta:
         expected = f"{name} (True = padding) must leave a token in every row"
         require(
@@ -144,26 +156,30 @@ def beyond_end_token(text: Tensor, end_token_id: Optional[int], mask: Optional[T
         mask (Optional[Tensor]): (B, L), 1 = token, 0 = padding.
 
     Returns:
-        Tensor: (B, L) bool, ``True`` = not needed; each row's end token is its last ``False``.
+        Tensor: (B, L) bool, ``True`` = not needed; each row's end token is its last ``False``. On the meta
+        device (a dry run of shapes), a meta mask of that shape, unchecked: there are no values to read.
 
     Raises:
         ValueError: if a row lacks the end token, or ``mask`` is malformed or marks an end token as padding.
     """
     if end_token_id is not None and type(end_token_id) is not int:  # (True was taken as id 1)
         raise TypeError(f"end_token_id must be an int id or None, got {type(end_token_id).__name__} {end_token_id!r}")
+    checked = not text.is_meta  # (a value read on the meta device fails inside torch, on Tensor.item())
     is_end = text == (text.amax(dim=1, keepdim=True) if end_token_id is None else end_token_id)
     expected = f"text: expected the end token {end_token_id} in every row"
-    require(
-        is_end.any(dim=1).all(),
-        lambda: f"{expected}, rows {(~is_end.any(dim=1)).nonzero().flatten().tolist()} lack it",
-        f"{expected}, a row lacks it",
-    )
+    if checked:
+        require(
+            is_end.any(dim=1).all(),
+            lambda: f"{expected}, rows {(~is_end.any(dim=1)).nonzero().flatten().tolist()} lack it",
+            f"{expected}, a row lacks it",
+        )
     end = is_end.int().argmax(dim=1)  # the first end token of each row
     drop = torch.arange(text.shape[1], device=text.device) > end[:, None]
     if mask is not None:
         drop = drop | text_padding_mask(text, mask)
         message = "text_attention_mask: expected 1 at every row's end token, got 0"
-        require(~drop[torch.arange(text.shape[0]), end].any(), lambda: message, message)
+        if checked:
+            require(~drop[torch.arange(text.shape[0]), end].any(), lambda: message, message)
     return drop
 
 
