@@ -33,7 +33,6 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
-import torch.distributed as dist
 
 from torchflava.data import run_checks
 from torchflava.data.clip_tokenizer import read_tokenizer
@@ -65,12 +64,12 @@ from torchflava.pretrained import (
     read_clip_checkpoint,
 )
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, load_config
+from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
+from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import (
-    NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
@@ -778,11 +777,4 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer) -
 
 
 if __name__ == "__main__":
-    try:
-        main(load_config(TrainConfig, sys.argv[1:]))
-    except (ConfigError, NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, ConfigError) else 1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    run_recipe(main, TrainConfig, sys.argv[1:])

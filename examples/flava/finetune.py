@@ -21,7 +21,6 @@ from typing import Optional
 
 import torch
 from torch import nn
-import torch.distributed as dist
 
 from torchflava.classify import export_classifier
 from torchflava.data.finetuning import (
@@ -40,12 +39,12 @@ from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES
 from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory, text_positions
-from torchflava.training.config import ConfigError, builder_config, load_config
+from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import plot_losses, read_metrics
+from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import (
-    NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
     lr_multipliers_check,
@@ -691,11 +690,4 @@ def main(cfg: FinetuneConfig) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(load_config(FinetuneConfig, sys.argv[1:]))
-    except (ConfigError, NonFiniteLossError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    run_recipe(main, FinetuneConfig, sys.argv[1:], config_errors=(FileNotFoundError,))

@@ -23,7 +23,6 @@ from typing import Optional
 
 import torch
 from torch import nn
-import torch.distributed as dist
 
 from torchflava.data import run_checks
 from torchflava.data.flava import FLAVAPretrainingCollator, flava_pretraining_batches
@@ -51,12 +50,12 @@ from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, load_config
+from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
+from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import (
-    NonFiniteLossError,
     OptimConfig,
     TrainingConfig,
     builds_on_meta,
@@ -662,11 +661,4 @@ def format_report(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main(load_config(TrainConfig, sys.argv[1:]))
-    except (ConfigError, NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, ConfigError) else 1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    run_recipe(main, TrainConfig, sys.argv[1:])

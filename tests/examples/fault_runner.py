@@ -34,6 +34,7 @@ import typing
 import torch
 
 import torchflava.training.checkpointing as checkpointing
+from torchflava.training.config import load_config
 import torchflava.training.metrics as metrics
 import torchflava.utils.checkpoint as checkpoint_io
 
@@ -131,7 +132,7 @@ def run_faulty(script: str, point: str, n: int, overrides: list[str]) -> None:
     spec.loader.exec_module(recipe)
     schema = typing.get_type_hints(recipe.main)["cfg"]  # main(cfg: <its Config>)
     install(point, n)
-    recipe.main(recipe.load_config(schema, overrides))
+    recipe.main(load_config(schema, overrides))
 
 
 def _child(request: dict) -> int:

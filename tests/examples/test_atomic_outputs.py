@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import load_recipe
+from torchflava.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = {
@@ -36,7 +37,7 @@ def tear_writes_to(monkeypatch, names: set) -> None:
 def test_json_outputs_are_never_written_in_place(recipe, tmp_path, monkeypatch):
     script, config, outputs = RUNS[recipe]
     module = load_recipe(script, f"atomic_outputs_{recipe}")
-    cfg = module.load_config(
+    cfg = load_config(
         module.TrainConfig,
         [
             f"config={REPO / config}",

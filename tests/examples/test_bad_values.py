@@ -15,6 +15,7 @@ import pytest
 import webdataset as wds
 
 from tests.helpers import load_recipe, write_tiny_export
+from torchflava.training.config import load_config
 from torchflava.utils.checkpoint import save_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -345,7 +346,7 @@ def _config(recipe: str, overrides, files: Path, out: Path):
     schema = module.FinetuneConfig if recipe == "finetune" else module.TrainConfig
     given = [overrides] if isinstance(overrides, str) else list(overrides)
     arguments = [a.format(files=files) for a in BASE[recipe] + given] + [f"training.output_dir={out}"]
-    return module.load_config(schema, arguments)
+    return load_config(schema, arguments)
 
 
 def _id(case) -> str:
@@ -432,7 +433,7 @@ def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "run" / "checkpoints").parent.mkdir()
     (tmp_path / "run" / "checkpoints").write_text("a file where the checkpoints go")
     for out in (tmp_path / "file", tmp_path / "file" / "below", tmp_path / "run"):
-        cfg = module.load_config(module.TrainConfig, [f"config={CLIP[1]}", f"training.output_dir={out}"])
+        cfg = load_config(module.TrainConfig, [f"config={CLIP[1]}", f"training.output_dir={out}"])
         with pytest.raises(module.ConfigError, match="key 'training.output_dir': expected a directory this process"):
             module.main(cfg)
 
@@ -442,7 +443,7 @@ def test_an_output_dir_with_a_name_too_long_is_refused(recipe, tmp_path):
     module = RECIPES[recipe]
     config = (FLAVA if recipe == "flava" else CLIP)[1]
     out = tmp_path / ("x" * 300)  # Path.exists raised OSError (File name too long) inside validate
-    cfg = module.load_config(module.TrainConfig, [f"config={config}", f"training.output_dir={out}"])
+    cfg = load_config(module.TrainConfig, [f"config={config}", f"training.output_dir={out}"])
     with pytest.raises(module.ConfigError) as caught:
         module.main(cfg)
     assert str(caught.value).startswith("key 'training.output_dir': expected a directory this process can create")

@@ -19,6 +19,7 @@ from tests.helpers import assert_a_grown_captions_file_refuses_resume, load_reci
 from tests.test_zero_shot_command import write_hf_clip
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, ImageTransformSpec
+from torchflava.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "clip" / "train.py"
@@ -30,7 +31,7 @@ train = load_recipe("examples/clip/train.py", "clip_train_recipe")
 
 
 def _config(*overrides):
-    return train.load_config(train.TrainConfig, [f"config={DEBUG}", *overrides])
+    return load_config(train.TrainConfig, [f"config={DEBUG}", *overrides])
 
 
 def _losses(output_dir):
@@ -146,7 +147,7 @@ def test_config_errors_name_the_key(override, key, tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_clip_config_loads_and_validates(path, hf_clip, tmp_path):
-    cfg = train.load_config(train.TrainConfig, [f"config={path}"])
+    cfg = load_config(train.TrainConfig, [f"config={path}"])
     if cfg.data.source == "files":  # a config for your data: point it at some
         _write_shard(tmp_path / "pairs.tar", 2)
         cfg.data.files.pairs_shards = str(tmp_path / "pairs.tar")
@@ -156,7 +157,7 @@ def test_every_clip_config_loads_and_validates(path, hf_clip, tmp_path):
 
 
 def test_the_vit_b16_config_is_openais_vit_b16_with_its_optimiser():
-    cfg = train.load_config(train.TrainConfig, [f"config={REPO / 'examples' / 'clip' / 'configs' / 'vit_b16.yaml'}"])
+    cfg = load_config(train.TrainConfig, [f"config={REPO / 'examples' / 'clip' / 'configs' / 'vit_b16.yaml'}"])
     from torchflava.models import clip_vit_b16
 
     with torch.device("meta"):

@@ -14,6 +14,7 @@ from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import load_recipe, write_tiny_export
 from torchflava.data.finetuning import GlueTsv, ImageTextLabels
 from torchflava.data.shapes import ShapesWorld
+from torchflava.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe")
@@ -28,7 +29,7 @@ def export(tmp_path_factory):
 
 
 def _run(export, out, *overrides):
-    cfg = finetune.load_config(
+    cfg = load_config(
         finetune.FinetuneConfig,
         [
             f"model.pretrained={export}",
@@ -252,9 +253,9 @@ def test_a_resumed_run_may_evaluate_on_another_validation_set_and_trains_exactly
     assert sorted(after) == [1, 2, 3, 4]
     assert {s: r["loss"] for s, r in after.items()} == {s: r["loss"] for s, r in before.items()}  # exactly
     assert f"val: {tmp_path / 'other_dev.tsv'}" in (tmp_path / "run" / "config.yaml").read_text()
-    shapes = finetune.load_config(finetune.FinetuneConfig, SHAPES)
+    shapes = load_config(finetune.FinetuneConfig, SHAPES)
     (tmp_path / "shapes.yaml").write_text(config_yaml(shapes))
-    held_out = finetune.load_config(finetune.FinetuneConfig, [*SHAPES, "data.shapes_val=60"])
+    held_out = load_config(finetune.FinetuneConfig, [*SHAPES, "data.shapes_val=60"])
     assert check_resume_config(tmp_path / "shapes.yaml", held_out) == []
 
 
@@ -314,7 +315,7 @@ def test_two_ddp_processes_match_one_and_resume_on_one(export, tmp_path):
         "optim.warmup_steps=1",
         "model.classifier_hidden_dim=32",
     ]
-    cfg = finetune.load_config(finetune.FinetuneConfig, [f"training.output_dir={tmp_path / 'one'}", *common])
+    cfg = load_config(finetune.FinetuneConfig, [f"training.output_dir={tmp_path / 'one'}", *common])
     finetune.main(cfg)
     command = [
         sys.executable,
@@ -342,7 +343,7 @@ def test_two_ddp_processes_match_one_and_resume_on_one(export, tmp_path):
         assert two[step]["loss"] == pytest.approx(one[step]["loss"], rel=1e-5), step
     # The 2-rank run stopped after step 3 resumes on one process: the same step, schedule, data position.
     shutil.rmtree(tmp_path / "two" / "checkpoints" / "step_00000006")
-    cfg = finetune.load_config(
+    cfg = load_config(
         finetune.FinetuneConfig, [f"training.output_dir={tmp_path / 'two'}", "training.resume=auto", *common]
     )
     report = finetune.main(cfg)
@@ -540,7 +541,7 @@ def test_every_glue_task_reads_its_distributed_files_through_its_config(export, 
         train_path, dev_path = _write_glue_task(tmp_path / task, task)
         config = REPO / "examples/flava/configs/finetuning" / f"{task}.yaml"
         extra = [f"data.extra_val.mismatched={tmp_path / task / 'dev_mismatched.tsv'}"] if task == "mnli" else []
-        cfg = finetune.load_config(
+        cfg = load_config(
             finetune.FinetuneConfig,
             [
                 f"config={config}",
@@ -733,18 +734,16 @@ def test_a_run_from_before_validation_sets_resumes_and_may_add_one(tmp_path):
 
     _write_mnli(tmp_path)
     files = [f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'dev_matched.tsv'}", "data.task=glue"]
-    cfg = finetune.load_config(finetune.FinetuneConfig, files)
+    cfg = load_config(finetune.FinetuneConfig, files)
     save_config(cfg, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
     old = "".join(line for line in text.splitlines(keepends=True) if "val_name" not in line and "extra_val" not in line)
     assert old != text
     (tmp_path / "config.yaml").write_text(old)
     more = [*files, "data.val_name=matched", f"data.extra_val.mismatched={tmp_path / 'dev_mismatched.tsv'}"]
-    assert check_resume_config(tmp_path / "config.yaml", finetune.load_config(finetune.FinetuneConfig, more)) == []
+    assert check_resume_config(tmp_path / "config.yaml", load_config(finetune.FinetuneConfig, more)) == []
     with pytest.raises(finetune.ConfigError, match="data.train"):
-        check_resume_config(
-            tmp_path / "config.yaml", finetune.load_config(finetune.FinetuneConfig, [*more, "data.train=x"])
-        )
+        check_resume_config(tmp_path / "config.yaml", load_config(finetune.FinetuneConfig, [*more, "data.train=x"]))
 
 
 def test_glue_column_errors_name_the_key(export, tmp_path):
@@ -809,14 +808,14 @@ def test_integer_glue_labels_train_a_regression_with_model_loss_mse_and_decimals
     for name, labels in (("decimals", ["1.0", "5.0"]), ("exponent", ["1", "5e0"]), ("scores", ["3.800", "1"])):
         (tmp_path / name).mkdir()
         files = _glue_files(tmp_path / name, labels)
-        cfg = finetune.load_config(finetune.FinetuneConfig, [*files, f"model.pretrained={export}"])
+        cfg = load_config(finetune.FinetuneConfig, [*files, f"model.pretrained={export}"])
         train, _, classes = finetune.build_splits(cfg.data)
         assert classes is None and {train[i].label for i in range(2)} == {float(v) for v in labels}, name
 
 
 def test_numeric_glue_labels_listed_in_data_labels_are_classes(export, tmp_path):
     files = _glue_files(tmp_path, ["0", "1"])
-    cfg = finetune.load_config(finetune.FinetuneConfig, [*files, "data.labels=[0,1]", f"model.pretrained={export}"])
+    cfg = load_config(finetune.FinetuneConfig, [*files, "data.labels=[0,1]", f"model.pretrained={export}"])
     assert cfg.data.labels == ["0", "1"]
     train, val, classes = finetune.build_splits(cfg.data)
     assert classes == ["0", "1"] and [train[i].label for i in range(4)] == [0, 1, 0, 1]
@@ -852,7 +851,7 @@ def test_model_modality_null_is_the_tasks_only_one_and_a_wrong_one_is_still_refu
     report = _run(export, tmp_path / "shapes", *shapes, "training.max_steps=2", "optim.warmup_steps=1")
     assert report["modality"] == "image"
     for task, modality in (("image_folder", "image"), ("image_text", "multimodal")):
-        cfg = finetune.load_config(finetune.FinetuneConfig, [f"data.task={task}"])
+        cfg = load_config(finetune.FinetuneConfig, [f"data.task={task}"])
         assert (cfg.model.modality, finetune.task_modality(cfg)) == (None, modality)
     with pytest.raises(
         finetune.ConfigError, match=r"^key 'model.modality': expected null or one of \('text',\) for data.task=glue"
@@ -885,11 +884,9 @@ def test_a_run_recorded_with_128_above_the_checkpoints_positions_resumes_with_th
     files = [*_glue_files(tmp_path, ["neg", "pos"]), "data.labels=[neg,pos]", f"model.pretrained={export}"]
     for recorded, given, ok in ((128, None, True), (40, 32, True), (16, None, False), (32, 16, False)):
         # (a run recorded then states its modality: there was no null)
-        old = finetune.load_config(
-            finetune.FinetuneConfig, [*files, "model.modality=text", f"data.max_text_length={recorded}"]
-        )
+        old = load_config(finetune.FinetuneConfig, [*files, "model.modality=text", f"data.max_text_length={recorded}"])
         save_config(old, tmp_path / "config.yaml")
-        cfg = finetune.load_config(finetune.FinetuneConfig, [*files, f"data.max_text_length={given or 'null'}"])
+        cfg = load_config(finetune.FinetuneConfig, [*files, f"data.max_text_length={given or 'null'}"])
         positions = finetune.validate(cfg, 1)
         finetune.resolve_defaults(cfg, positions)
         assert positions == 32 and cfg.data.max_text_length == (given or 32)
@@ -971,7 +968,7 @@ def test_a_pair_run_recorded_before_sentence_pairs_were_two_segments_is_not_resu
     files = ["data.task=glue", f"data.train={tmp_path / 'train.tsv'}", f"data.val={tmp_path / 'train.tsv'}"]
     files += ["data.labels=[a,b]", f"model.pretrained={export}"]
     for columns, pairs in (("[sentence]", False), ("[question,sentence]", True)):
-        cfg = finetune.load_config(finetune.FinetuneConfig, [*files, f"data.text_columns={columns}"])
+        cfg = load_config(finetune.FinetuneConfig, [*files, f"data.text_columns={columns}"])
         finetune.resolve_defaults(cfg, finetune.validate(cfg, 1))
         assert cfg.data.sentence_pairs is pairs
         save_config(cfg, tmp_path / "config.yaml")
@@ -998,9 +995,9 @@ def test_a_pair_run_recorded_before_sentence_pairs_were_two_segments_is_not_resu
         match=r"key 'data.sentence_pairs': expected null or False \(whether data.task=glue with two "
         r"data.text_columns: \['sentence'\]\), got True",
     ):
-        finetune.validate(finetune.load_config(finetune.FinetuneConfig, bad), 1)
+        finetune.validate(load_config(finetune.FinetuneConfig, bad), 1)
     short = [*files, "data.text_columns=[question,sentence]", "data.max_text_length=2"]
     with pytest.raises(
         finetune.ConfigError, match=r"key 'data.max_text_length': expected null or >= 3 for sentence pairs"
     ):
-        finetune.validate(finetune.load_config(finetune.FinetuneConfig, short), 1)
+        finetune.validate(load_config(finetune.FinetuneConfig, short), 1)

@@ -1,0 +1,59 @@
+"""A recipe's process: its config read from the command line, its errors said in one line, its exit status.
+
+Every recipe ends with ``run_recipe(main, ConfigClass)``. What a user can act on is printed as
+``error: ...`` on stderr, one line, without a traceback, and the process exits with a status a job
+script can tell apart:
+
+* 2: the config (a key, a value, a file it names) is wrong: nothing was trained
+  (:class:`~torchflava.training.config.ConfigError`);
+* 1: the run stopped: a non-finite loss (naming the last good checkpoint), a checkpoint that could not
+  be written (the last complete one is intact), or a rank that waited in a collective past
+  ``training.collective_timeout_s``;
+* 75: stopped by a scheduler's signal after checkpointing (:class:`~torchflava.training.preemption.Preempted`
+  exits with it itself): ``training.resume=auto`` continues.
+
+Anything else is a bug of ours or the machine's, and keeps its traceback.
+"""
+
+import sys
+from typing import Callable, Sequence, Type, TypeVar
+
+import torch.distributed as dist
+
+from torchflava.training.checkpointing import CheckpointWriteError
+from torchflava.training.config import ConfigError, load_config
+from torchflava.training.distributed import CollectiveTimeout
+from torchflava.training.schema import NonFiniteLossError
+
+T = TypeVar("T")
+
+# the run stopped on something said in one line: exit status 1
+STOPPED = (NonFiniteLossError, CheckpointWriteError, CollectiveTimeout)
+
+
+def run_recipe(
+    main: Callable[[T], object],
+    schema: Type[T],
+    argv: Sequence[str] = (),
+    *,
+    config_errors: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Run ``main`` on the config ``argv`` gives (``config=FILE`` and ``key=value`` overrides, read into
+    ``schema``), then leave the process group; exit 2 for a config error (also for ``config_errors``, e.g.
+    a data file the config names that is missing), 1 for a run stopped on a one-line error (:data:`STOPPED`),
+    each said on stderr as ``error: ...``.
+
+    Args:
+        main (Callable[[T], object]): the recipe, given the config.
+        schema (Type[T]): the recipe's config dataclass.
+        argv (Sequence[str]): the command line's arguments (``sys.argv[1:]``).
+        config_errors (tuple[type[BaseException], ...]): more exceptions that mean the config is wrong.
+    """
+    try:
+        main(load_config(schema, argv))
+    except (ConfigError, *config_errors, *STOPPED) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1 if isinstance(error, STOPPED) else 2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
