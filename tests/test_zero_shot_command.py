@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy
 from PIL import Image
 import pytest
 import torch
@@ -24,6 +25,13 @@ from torchflava.evaluation import retrieval_recall
 from torchflava.pretrained import checkpoint_layout, load_pretrained
 
 CLASSES = ["red circle", "blue square", "green triangle"]
+
+
+def _every_probability(result: dict) -> torch.Tensor:
+    """(N, C) probabilities of a classify_folder result whose top-k holds every class (C <= k), in class order."""
+    top = result["top_classes"]
+    assert top.shape[1] == len(result["classes"])
+    return torch.zeros(top.shape, dtype=torch.float32).scatter_(1, top, result["top_probabilities"])
 
 
 @pytest.fixture(scope="module")
@@ -308,14 +316,15 @@ def test_probabilities_equal_transformers_on_a_hugging_face_directory(tmp_path, 
     for name, photo in photos().items():  # non-square real photos, one greyscale
         photo.save(folder / f"{name}.png")
     command = [sys.executable, "-m", "torchflava.zero_shot", "--checkpoint", str(directory), "--images", str(folder)]
-    command += ["--classes", ",".join(PHOTO_CLASSES), "--json", str(out)]
+    every = tmp_path / "probabilities.npy"  # (the --json holds each image's top-k only)
+    command += ["--classes", ",".join(PHOTO_CLASSES), "--json", str(out), "--all-probabilities", str(every)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(out.read_text())
-    files = sorted(result["probabilities"])
-    assert len(files) == 6 and result["skipped"] == 0
-    ours = torch.tensor([[result["probabilities"][f][c] for c in PHOTO_CLASSES] for f in files])
+    files = list(result["predictions"])  # the rows' order
+    assert len(files) == 6 and result["skipped"] == 0 and result["probabilities_file"] == str(every)
+    ours = torch.from_numpy(numpy.load(every))
     expected = _transformers_zero_shot(directory, [folder / f for f in files], zero_shot.DEFAULT_TEMPLATES)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
     assert float(expected.max() - expected.min()) > 0.05  # not uniform: the comparison has teeth
@@ -371,8 +380,7 @@ def test_clip_zero_shot_and_retrieval_equal_transformers_on_a_hugging_face_clip_
     assert checkpoint_layout(directory).family == "clip" and pretrained.text_length == 77
     templates = ("a photo of a {}.", "a {}.")
     result = zero_shot.classify_folder(pretrained, str(folder), PHOTO_CLASSES, templates)
-    files = sorted(result["probabilities"])
-    ours = torch.tensor([[result["probabilities"][f][c] for c in PHOTO_CLASSES] for f in files])
+    files, ours = list(result["predictions"]), _every_probability(result)
 
     processor, model = CLIPProcessor.from_pretrained(directory), CLIPModel.from_pretrained(directory).eval()
     with torch.no_grad():
@@ -421,8 +429,7 @@ def test_clip_zero_shot_equals_open_clip_on_an_open_clip_hub_directory(tmp_path)
         photo.save(folder / f"{name}.png")
     templates = ("a photo of a {}.", "a {}.")
     result = zero_shot.classify_folder(load_pretrained(directory), str(folder), PHOTO_CLASSES, templates)
-    files = sorted(result["probabilities"])
-    ours = torch.tensor([[result["probabilities"][f][c] for c in PHOTO_CLASSES] for f in files])
+    files, ours = list(result["predictions"]), _every_probability(result)
 
     preprocess, tokenizer = image_transform(32, is_train=False), open_clip.get_tokenizer("ViT-B-16")
     with torch.no_grad():
@@ -446,9 +453,9 @@ def test_bf16_packs_every_linear_once_and_classifies_within_bf16_rounding_of_fp3
     command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
     fp32, bf16 = zero_shot.main(command), zero_shot.main([*command, "--dtype", "bf16"])
     assert bf16["num_images"] == fp32["num_images"] == 12 and bf16["skipped"] == 1
-    for file, probabilities in fp32["probabilities"].items():
-        for name, p in probabilities.items():
-            assert abs(bf16["probabilities"][file][name] - p) < 0.02
+    for file, top in fp32["top"].items():
+        for name, p in top:  # (3 classes: the top-5 holds them all)
+            assert abs(dict(bf16["top"][file])[name] - p) < 0.02
     pretrained = load_pretrained(directory, dtype=torch.bfloat16)
     assert pretrained.dtype == torch.bfloat16 and not pretrained.model.training
     linears = [m for m in pretrained.model.modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
@@ -823,7 +830,7 @@ def test_classes_from_a_file_and_folders_matched_to_them_case_and_spaces_aside(e
     names.write_text("\ufeff Red Circle \n\nBLUE SQUARE\ngreen triangle\n\n", encoding="utf-8")  # a BOM, blanks
     command = ["--checkpoint", directory.as_uri(), "--images", str(images), "--classes", f"@{names}"]
     result = zero_shot.main(command)
-    assert [list(p) for p in result["probabilities"].values()] == [["Red Circle", "BLUE SQUARE", "green triangle"]] * 12
+    assert result["classes"] == ["Red Circle", "BLUE SQUARE", "green triangle"]
     right = [name.casefold() == file.split("/")[0] for file, name in result["predictions"].items()]
     assert result["accuracy"] == pytest.approx(sum(right) / len(right))
     out, err = capsys.readouterr()
@@ -1014,7 +1021,7 @@ def test_a_names_file_maps_imagenet_synset_folders_and_tab_separated_folders_to_
         ["--checkpoint", str(directory), "--images", str(images), "--classes", "red circle,green triangle,blue square"]
         + ["--template", "a {}"]
     )
-    assert list(next(iter(result["probabilities"].values()))) == ["red circle", "green triangle", "blue square"]
+    assert result["classes"] == ["red circle", "green triangle", "blue square"]
     assert sorted(result["predictions"].values()) == sorted(by_name["predictions"].values())
     assert result["accuracy"] == pytest.approx(by_name["accuracy"]) and result["num_images"] == 12
     assert result["mean_per_class_accuracy"] == pytest.approx(by_name["mean_per_class_accuracy"])
@@ -1057,7 +1064,7 @@ def test_templates_from_a_file_one_a_line_equal_the_same_templates_given_one_by_
     one_by_one = zero_shot.main(
         [*command, "--template", "a photo of a {}.", "--template", "a drawing of the {}.", "--template", "a {}"]
     )
-    assert from_file["probabilities"] == one_by_one["probabilities"]
+    assert from_file["top"] == one_by_one["top"]
     # the --json records the prompts it was made with (it held neither the templates nor the classes' order)
     assert from_file["templates"] == ["a photo of a {}.", "a drawing of the {}.", "a {}"]
     assert from_file["classes"] == CLASSES

@@ -6,7 +6,7 @@ with a text encoder and a tokenizer passed in as callables.
 """
 
 from collections import abc
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torchflava.utils.checks import check_int, is_integer_tensor, is_prompt_template
 
 NORM_TOLERANCE = 1e-2  # relative: bf16 features normalised in bf16 have norms within ~4e-3 of 1
+# images per (rows, T) block of retrieval similarities: COCO 5k's whole (5,000, 25,000) fp32 matrix is
+# 500 MB, and its masked copy and comparisons as much again; a block of 256 rows is 26 MB
+RETRIEVAL_CHUNK_IMAGES = 256
 
 
 def check_finite(**tensors: Tensor) -> None:
@@ -188,7 +191,7 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
             device, or a feature is NaN, infinite or not normalised (norm 1 within a relative
             :data:`NORM_TOLERANCE`).
     """
-    return _class_credit(image_features, class_embeddings, labels, k=k).mean().item()
+    return class_credit(image_features, class_embeddings, labels, k=k).mean().item()
 
 
 def mean_per_class_accuracy(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int = 1) -> float:
@@ -210,18 +213,28 @@ def mean_per_class_accuracy(image_features: Tensor, class_embeddings: Tensor, la
         TypeError: if an argument is not a tensor, or ``k`` not an int.
         ValueError: as :func:`classification_accuracy`.
     """
-    credit = _class_credit(image_features, class_embeddings, labels, k=k).double()
+    credit = class_credit(image_features, class_embeddings, labels, k=k)
+    return per_class_mean(credit, labels, class_embeddings.shape[0])
+
+
+def per_class_mean(credit: Tensor, labels: Tensor, num_classes: int) -> float:
+    """The mean over the classes present in ``labels`` of each class's mean ``credit`` (in float64), as
+    :func:`mean_per_class_accuracy` takes it; ``credit`` (N,) from :func:`class_credit`, ``labels`` (N,)
+    checked class indices in [0, ``num_classes``) (a caller that scores images a chunk at a time joins
+    the chunks' credits and labels first)."""
+    credit = credit.double()
     labels = labels.long().to(credit.device)
-    classes = class_embeddings.shape[0]
-    counts = torch.bincount(labels, minlength=classes)
-    sums = torch.zeros(classes, dtype=torch.float64, device=credit.device).index_add_(0, labels, credit)
+    counts = torch.bincount(labels, minlength=num_classes)
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=credit.device).index_add_(0, labels, credit)
     present = counts > 0  # (a class without images would divide 0 by 0)
     return (sums[present] / counts[present]).mean().item()
 
 
-def _class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int) -> Tensor:
-    """(N,) float32 credit of each image under top-``k`` classification (the rule and the errors of
-    :func:`classification_accuracy`), on the features' device."""
+def class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int = 1) -> Tensor:
+    """(N,) float32 credit of each image under top-``k`` classification, on the features' device: the
+    rule and the errors of :func:`classification_accuracy`, whose value is its mean. Each image's credit
+    depends on its own row alone, so a folder scored a chunk of images at a time (and the chunks'
+    credits joined) gives the accuracy of all of them at once, never holding the (N, C) similarities."""
     _check_tensors(image_features=image_features, class_embeddings=class_embeddings, labels=labels)
     _check_features(image_features=image_features, class_embeddings=class_embeddings)
     if image_features.dim() != 2 or class_embeddings.dim() != 2 or image_features.shape[1] != class_embeddings.shape[1]:
@@ -283,6 +296,7 @@ def retrieval_recall(
     ks: Iterable[int] = (1, 5, 10),
     *,
     image_of_text: Optional[Tensor] = None,
+    chunk_images: int = RETRIEVAL_CHUNK_IMAGES,
 ) -> dict[str, float]:
     """Recall@K of image->text and text->image retrieval.
 
@@ -299,19 +313,23 @@ def retrieval_recall(
         text_features (Tensor): (T, D) normalised.
         ks (Iterable[int]): the cut-offs, each in [1, min(M, T)] (read once: a generator works).
         image_of_text (Optional[Tensor]): (T,) integer rows of each text's image; None: the identity (M = T).
+        chunk_images (int): images per block of the (M, T) similarities, computed a block at a time
+            (twice: once per direction) rather than whole, so that COCO's 5k x 25k are never held at
+            once; the recalls are those of the whole matrix, ties included (tested).
 
     Returns:
         dict[str, float]: ``image_to_text_R@K`` and ``text_to_image_R@K`` for each K.
 
     Raises:
-        TypeError: if a feature or ``image_of_text`` is not a tensor.
-        ValueError: if the shapes disagree, there are no images or no texts, an image has no text,
-            ``image_of_text`` is not integer, ``ks`` is not a non-empty sequence of ints in range, the
+        TypeError: if a feature or ``image_of_text`` is not a tensor, or ``chunk_images`` not an int.
+        ValueError: if ``chunk_images`` is below 1, the shapes disagree, there are no images or no
+            texts, an image has no text, ``image_of_text`` is not integer, ``ks`` is not a non-empty sequence of ints in range, the
             features are not floating-point or not on one device, or a feature is NaN, infinite or not
             normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
     """
     _check_tensors(image_features=image_features, text_features=text_features)
     _check_features(image_features=image_features, text_features=text_features)
+    check_int("chunk_images", chunk_images, 1)
     if image_of_text is not None:
         _check_tensors(image_of_text=image_of_text)
     if isinstance(ks, (str, bytes)) or not isinstance(ks, abc.Iterable):
@@ -345,12 +363,39 @@ def retrieval_recall(
         raise ValueError(f"ks must lie in [1, {min(m, t)}], got {ks}")
     check_finite(image_features=image_features, text_features=text_features)
     check_normalised(image_features=image_features, text_features=text_features)
-    similarity = image_features.float() @ text_features.float().T  # (M, T)
-    right = image_of_text[None, :] == torch.arange(m, device=similarity.device)[:, None]  # (M, T)
-    own = similarity[image_of_text, torch.arange(t, device=similarity.device)]  # each text's score with its image
-    t2i_rank = ((similarity >= own[None, :]) & ~right).sum(dim=0)  # wrong images scoring at least as high
-    best = similarity.masked_fill(~right, float("-inf")).amax(dim=1)  # each image's best caption
-    i2t_rank = ((similarity >= best[:, None]) & ~right).sum(dim=1)  # wrong texts scoring at least as high
+    return _chunked_recalls(image_features.float(), text_features.float(), image_of_text, ks, chunk_images)
+
+
+def _image_blocks(image_features: Tensor, text_features: Tensor, chunk_images: int) -> Iterator[tuple[int, Tensor]]:
+    """(first image, its (rows, T) similarities) of each block of ``chunk_images`` images, in order:
+    each block is computed the same way in every pass, so a pass that reads a score another pass
+    kept sees the very same bits (the tie rule compares them exactly)."""
+    for start in range(0, image_features.shape[0], chunk_images):
+        yield start, image_features[start : start + chunk_images] @ text_features.T
+
+
+def _chunked_recalls(
+    image_features: Tensor, text_features: Tensor, image_of_text: Tensor, ks: list[int], chunk_images: int
+) -> dict[str, float]:
+    """:func:`retrieval_recall`'s recalls of checked fp32 features, ``chunk_images`` image rows of the
+    (M, T) similarities at a time: one pass ranks each image's captions (its row holds all it needs) and
+    keeps each text's score with its own image; a second ranks the texts against those scores."""
+    m, t = image_features.shape[0], text_features.shape[0]
+    device = image_features.device
+    own = torch.empty(t, device=device)  # each text's score with its image
+    i2t_rank = torch.empty(m, dtype=torch.long, device=device)
+    for start, block in _image_blocks(image_features, text_features, chunk_images):
+        rows = torch.arange(start, start + block.shape[0], device=device)
+        right = image_of_text[None, :] == rows[:, None]  # (rows, T)
+        mine = (image_of_text >= start) & (image_of_text < start + block.shape[0])  # texts of these images
+        own[mine] = block[image_of_text[mine] - start, mine.nonzero().flatten()]
+        best = block.masked_fill(~right, float("-inf")).amax(dim=1)  # each image's best caption
+        i2t_rank[rows] = ((block >= best[:, None]) & ~right).sum(dim=1)  # wrong texts scoring at least as high
+    t2i_rank = torch.zeros(t, dtype=torch.long, device=device)
+    for start, block in _image_blocks(image_features, text_features, chunk_images):
+        rows = torch.arange(start, start + block.shape[0], device=device)
+        wrong = image_of_text[None, :] != rows[:, None]
+        t2i_rank += ((block >= own[None, :]) & wrong).sum(dim=0)  # wrong images scoring at least as high
     out = {}
     for k in ks:
         out[f"image_to_text_R@{k}"] = (i2t_rank < k).float().mean().item()
