@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+from pathlib import Path
 import re
 import shutil
 import subprocess
@@ -221,6 +222,12 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         (["--template", "a {} and a {}"], "argument --template: expected one '{}'"),
         (["--template", "a {} }"], "argument --template: expected one '{}'"),
         (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
+        (["--top-k", "0"], "argument --top-k: expected an int >= 1, got 0"),
+        (["--all-probabilities", "{empty}/p.json"], "argument --all-probabilities: expected a .npy file path, got"),
+        (
+            ["--captions", __file__, "--all-probabilities", "{empty}/p.npy"],
+            "argument --all-probabilities: for --classes (classification) only",
+        ),
         # refused after the checkpoint was loaded, or (an empty name) silently dropped
         (["--classes", "red circle"], "argument --classes: expected at least two distinct non-empty names"),
         (
@@ -1124,3 +1131,102 @@ def test_folders_named_with_underscores_are_the_classes_named_with_spaces(export
     assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
     assert zero_shot.folder_class("red_circle", ["red circle", "red_circle"]) == 1  # its very name first
     assert zero_shot.folder_class("red_circle", ["red circle", "Red Circle"]) is None  # two classes: neither
+
+
+NUM_STUB_CLASSES, NUM_STUB_IMAGES, STUB_DIM = 1000, 2000, 16
+
+
+@pytest.fixture(scope="module")
+def stub_folder(tmp_path_factory):
+    """2,000 tiny images in the folders of 10 of 1,000 classes; image i's colour spells i."""
+    root = tmp_path_factory.mktemp("stub")
+    names = [f"class {c:04d}" for c in range(NUM_STUB_CLASSES)]
+    for i in range(NUM_STUB_IMAGES):
+        folder = root / names[i % 10]
+        folder.mkdir(exist_ok=True)
+        Image.new("RGB", (2, 2), (i % 256, i // 256, 0)).save(folder / f"{i}.png")
+    return root, names
+
+
+def _stub_model(monkeypatch, generator_seed: int = 0):
+    """A stub encoder (per-image features looked up by colour, random class embeddings) and a stub
+    Pretrained that only has the logit scale; returns (pretrained, image table, class embeddings)."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    table = F.normalize(torch.randn(NUM_STUB_IMAGES, STUB_DIM, generator=generator), dim=-1)
+    classes = F.normalize(torch.randn(NUM_STUB_CLASSES, STUB_DIM, generator=generator), dim=-1)
+    placed = torch.arange(0, NUM_STUB_IMAGES, 7)
+    table[placed] = classes[placed % 10]  # every 7th image on its class: right and confident
+
+    def features(pretrained, images, **kwargs):
+        return table[[image.getpixel((0, 0))[0] + 256 * image.getpixel((0, 0))[1] for image in images]]
+
+    monkeypatch.setattr(zero_shot, "image_features", features)
+    monkeypatch.setattr(zero_shot, "class_embeddings", lambda pretrained, names, templates: classes)
+    model = torch.nn.Module()
+    model.logit_scale = torch.nn.Parameter(torch.tensor(math.log(100.0)))
+    return type("StubPretrained", (), {"model": model})(), table, classes
+
+
+def test_a_folder_of_2000_images_and_1000_classes_keeps_each_images_top_k_not_every_probability(
+    stub_folder, monkeypatch, tmp_path
+):
+    """Every image's probability of every class was kept as a Python dict (~120 MB of RSS per 1000
+    images at 1000 classes, ~6 GB for ImageNet's val) and written to --json; the result now holds each
+    image's top-k as (N, k) tensors, and every probability only in a .npy when asked for."""
+    from torchflava.evaluation import classification_accuracy, mean_per_class_accuracy
+
+    root, names = stub_folder
+    pretrained, table, classes = _stub_model(monkeypatch)
+    every = tmp_path / "every.npy"
+    result = zero_shot.classify_folder(pretrained, str(root), names, batch_size=256, probabilities_file=every)
+    assert "probabilities" not in result and result["num_images"] == NUM_STUB_IMAGES
+    assert result["top_classes"].shape == result["top_probabilities"].shape == (NUM_STUB_IMAGES, 5)
+    assert result["top_classes"].dtype == torch.int64 and result["top_probabilities"].dtype == torch.float32
+    # no per-image container of every class anywhere in the result: a few numbers an image
+    per_image = [v for v in result.values() if isinstance(v, dict)]
+    assert [len(v) for v in per_image] == [NUM_STUB_IMAGES] and all(isinstance(c, str) for c in per_image[0].values())
+    files = list(result["predictions"])
+    index = torch.tensor([int(Path(f).stem) for f in files])
+    similarity = table[index] @ classes.T
+    probabilities = (pretrained.model.logit_scale.detach().exp() * similarity).softmax(dim=1)
+    expected_top = similarity.sort(dim=1, descending=True, stable=True).indices[:, :5]
+    assert torch.equal(result["top_classes"], expected_top)
+    torch.testing.assert_close(result["top_probabilities"], probabilities.gather(1, expected_top), rtol=0, atol=1e-6)
+    assert [result["predictions"][f] for f in files] == [names[int(i)] for i in similarity.argmax(dim=1)]
+    # the accuracy as the whole-matrix functions give it
+    labels = torch.tensor([int(Path(f).parent.name.split()[1]) for f in files])
+    assert result["accuracy"] == pytest.approx(classification_accuracy(table[index], classes, labels), abs=1e-7)
+    assert result["accuracy"] >= 1 / 7  # (the images placed on their class)
+    assert result["top5_accuracy"] == pytest.approx(
+        classification_accuracy(table[index], classes, labels, k=5), abs=1e-7
+    )
+    expected_mean = mean_per_class_accuracy(table[index], classes, labels)
+    assert result["mean_per_class_accuracy"] == pytest.approx(expected_mean, abs=1e-7)
+    # every probability: a (N, C) float32 .npy, rows in the predictions' order, columns in the classes'
+    written = numpy.load(every)
+    assert written.shape == (NUM_STUB_IMAGES, NUM_STUB_CLASSES) and written.dtype == numpy.float32
+    torch.testing.assert_close(torch.from_numpy(written), probabilities, rtol=0, atol=1e-6)
+    assert result["probabilities_file"] == str(every) and [p.name for p in tmp_path.iterdir()] == ["every.npy"]
+    # --json's form: each file's top-k [class, probability] pairs, most probable first
+    written_json = zero_shot.json_result(result)
+    assert "top_classes" not in written_json and "probabilities" not in written_json
+    first = written_json["top"][files[0]]
+    assert [name for name, _ in first] == [names[int(i)] for i in expected_top[0]]
+    assert [p for _, p in first] == result["top_probabilities"][0].tolist()
+    json.dumps(written_json)  # (JSON throughout)
+
+
+def test_the_json_holds_each_images_top_k_pairs_in_order_and_top_k_chooses_how_many(export, images, tmp_path):
+    directory, _ = export
+    out = tmp_path / "result.json"
+    command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
+    result = zero_shot.main([*command, "--json", str(out), "--top-k", "2"])
+    written = json.loads(out.read_text())
+    assert written == result and "probabilities" not in written and len(written["top"]) == 12
+    for file, top in written["top"].items():
+        assert len(top) == 2 and top[0][0] == written["predictions"][file] and top[0][1] >= top[1][1]
+    three = zero_shot.main(command)  # the default 5, capped at the 3 classes: every class, summing to 1
+    for file, top in three["top"].items():
+        assert sorted(name for name, _ in top) == sorted(CLASSES) and top[:2] == written["top"][file]
+        assert sum(p for _, p in top) == pytest.approx(1, abs=1e-6)
+    assert three["accuracy"] == written["accuracy"]

@@ -6,7 +6,7 @@ with a text encoder and a tokenizer passed in as callables.
 """
 
 from collections import abc
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torchflava.utils.checks import check_int, is_integer_tensor, is_prompt_template
 
 NORM_TOLERANCE = 1e-2  # relative: bf16 features normalised in bf16 have norms within ~4e-3 of 1
-# images per (rows, T) block of retrieval similarities: COCO 5k's whole (5,000, 25,000) fp32 matrix is
-# 500 MB, and its masked copy and comparisons as much again; a block of 256 rows is 26 MB
-RETRIEVAL_CHUNK_IMAGES = 256
+# most retrieval similarities computed at once: COCO 5k's whole (5,000, 25,000) fp32 matrix is 500 MB,
+# and its masked copy and comparisons as much again; a block of 4M is 16 MB
+RETRIEVAL_BLOCK_SIZE = 1 << 22
 
 
 def check_finite(**tensors: Tensor) -> None:
@@ -296,7 +296,7 @@ def retrieval_recall(
     ks: Iterable[int] = (1, 5, 10),
     *,
     image_of_text: Optional[Tensor] = None,
-    chunk_images: int = RETRIEVAL_CHUNK_IMAGES,
+    block_size: int = RETRIEVAL_BLOCK_SIZE,
 ) -> dict[str, float]:
     """Recall@K of image->text and text->image retrieval.
 
@@ -313,23 +313,24 @@ def retrieval_recall(
         text_features (Tensor): (T, D) normalised.
         ks (Iterable[int]): the cut-offs, each in [1, min(M, T)] (read once: a generator works).
         image_of_text (Optional[Tensor]): (T,) integer rows of each text's image; None: the identity (M = T).
-        chunk_images (int): images per block of the (M, T) similarities, computed a block at a time
-            (twice: once per direction) rather than whole, so that COCO's 5k x 25k are never held at
-            once; the recalls are those of the whole matrix, ties included (tested).
+        block_size (int): most of the (M, T) similarities computed at once (rows of images against
+            every text, then every image against columns of texts; at least one row or column), rather
+            than the whole matrix: COCO 5k's is 500 MB. The recalls are those of the whole matrix,
+            ties included (tested).
 
     Returns:
         dict[str, float]: ``image_to_text_R@K`` and ``text_to_image_R@K`` for each K.
 
     Raises:
-        TypeError: if a feature or ``image_of_text`` is not a tensor, or ``chunk_images`` not an int.
-        ValueError: if ``chunk_images`` is below 1, the shapes disagree, there are no images or no
+        TypeError: if a feature or ``image_of_text`` is not a tensor, or ``block_size`` not an int.
+        ValueError: if ``block_size`` is below 1, the shapes disagree, there are no images or no
             texts, an image has no text, ``image_of_text`` is not integer, ``ks`` is not a non-empty sequence of ints in range, the
             features are not floating-point or not on one device, or a feature is NaN, infinite or not
             normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
     """
     _check_tensors(image_features=image_features, text_features=text_features)
     _check_features(image_features=image_features, text_features=text_features)
-    check_int("chunk_images", chunk_images, 1)
+    check_int("block_size", block_size, 1)
     if image_of_text is not None:
         _check_tensors(image_of_text=image_of_text)
     if isinstance(ks, (str, bytes)) or not isinstance(ks, abc.Iterable):
@@ -363,41 +364,53 @@ def retrieval_recall(
         raise ValueError(f"ks must lie in [1, {min(m, t)}], got {ks}")
     check_finite(image_features=image_features, text_features=text_features)
     check_normalised(image_features=image_features, text_features=text_features)
-    return _chunked_recalls(image_features.float(), text_features.float(), image_of_text, ks, chunk_images)
+    return _blockwise_recalls(image_features, text_features, image_of_text, ks, block_size)
 
 
-def _image_blocks(image_features: Tensor, text_features: Tensor, chunk_images: int) -> Iterator[tuple[int, Tensor]]:
-    """(first image, its (rows, T) similarities) of each block of ``chunk_images`` images, in order:
-    each block is computed the same way in every pass, so a pass that reads a score another pass
-    kept sees the very same bits (the tie rule compares them exactly)."""
-    for start in range(0, image_features.shape[0], chunk_images):
-        yield start, image_features[start : start + chunk_images] @ text_features.T
-
-
-def _chunked_recalls(
-    image_features: Tensor, text_features: Tensor, image_of_text: Tensor, ks: list[int], chunk_images: int
+def _blockwise_recalls(
+    image_features: Tensor, text_features: Tensor, image_of_text: Tensor, ks: list[int], block_size: int
 ) -> dict[str, float]:
-    """:func:`retrieval_recall`'s recalls of checked fp32 features, ``chunk_images`` image rows of the
-    (M, T) similarities at a time: one pass ranks each image's captions (its row holds all it needs) and
-    keeps each text's score with its own image; a second ranks the texts against those scores."""
+    """:func:`retrieval_recall`'s recalls of checked features (fp64), about ``block_size`` of the (M, T)
+    similarities at a time: rows of images against every text (image->text ranks each row), then every
+    image against columns of texts (text->image ranks each column).
+
+    The scores are summed in fp64 and rounded to fp32 (:func:`_scores`): an fp32 matmul's last bit
+    depends on the shapes it is given and on a row's place in them (two identical images, in two
+    blocks or in one (M, 1) block, scored a text one bit apart), which broke the exact ties that the
+    rule counts against the query; fp64 sums of the same products differ far below fp32's rounding."""
+    if image_features.device.type == "mps":  # (no fp64 there: the recalls are counted on the CPU)
+        image_features, text_features, image_of_text = image_features.cpu(), text_features.cpu(), image_of_text.cpu()
+    image_features, text_features = image_features.double(), text_features.double()
     m, t = image_features.shape[0], text_features.shape[0]
     device = image_features.device
-    own = torch.empty(t, device=device)  # each text's score with its image
     i2t_rank = torch.empty(m, dtype=torch.long, device=device)
-    for start, block in _image_blocks(image_features, text_features, chunk_images):
-        rows = torch.arange(start, start + block.shape[0], device=device)
-        right = image_of_text[None, :] == rows[:, None]  # (rows, T)
-        mine = (image_of_text >= start) & (image_of_text < start + block.shape[0])  # texts of these images
-        own[mine] = block[image_of_text[mine] - start, mine.nonzero().flatten()]
+    rows = max(1, block_size // t)
+    for start in range(0, m, rows):
+        block = _scores(image_features[start : start + rows], text_features)  # (rows, T)
+        images = torch.arange(start, start + block.shape[0], device=device)
+        right = image_of_text[None, :] == images[:, None]
         best = block.masked_fill(~right, float("-inf")).amax(dim=1)  # each image's best caption
-        i2t_rank[rows] = ((block >= best[:, None]) & ~right).sum(dim=1)  # wrong texts scoring at least as high
-    t2i_rank = torch.zeros(t, dtype=torch.long, device=device)
-    for start, block in _image_blocks(image_features, text_features, chunk_images):
-        rows = torch.arange(start, start + block.shape[0], device=device)
-        wrong = image_of_text[None, :] != rows[:, None]
-        t2i_rank += ((block >= own[None, :]) & wrong).sum(dim=0)  # wrong images scoring at least as high
+        # wrong texts scoring at least as high
+        i2t_rank[start : start + block.shape[0]] = ((block >= best[:, None]) & ~right).sum(dim=1)
+    t2i_rank = torch.empty(t, dtype=torch.long, device=device)
+    columns = max(1, block_size // m)
+    for start in range(0, t, columns):
+        block = _scores(image_features, text_features[start : start + columns])  # (M, columns)
+        texts = torch.arange(start, start + block.shape[1], device=device)
+        mine = image_of_text[texts]
+        right = mine[None, :] == torch.arange(m, device=device)[:, None]
+        own = block[mine, texts - start]  # each text's score with its image
+        # wrong images scoring at least as high
+        t2i_rank[start : start + block.shape[1]] = ((block >= own[None, :]) & ~right).sum(dim=0)
     out = {}
-    for k in ks:
+    for k in ks:  # (as a share of the images, of the texts)
         out[f"image_to_text_R@{k}"] = (i2t_rank < k).float().mean().item()
         out[f"text_to_image_R@{k}"] = (t2i_rank < k).float().mean().item()
     return out
+
+
+def _scores(images: Tensor, texts: Tensor) -> Tensor:
+    """(rows, columns) fp32 similarities of fp64 ``images`` (rows, D) and ``texts`` (columns, D): the fp32
+    features' products are exact in fp64 and their sums, whatever the order a matmul of that shape
+    takes, round to the same fp32 value but where one lies within ~D fp64 ulps of a rounding boundary."""
+    return (images @ texts.T).float()
