@@ -15,9 +15,12 @@ so a Hugging Face ``facebook/flava-full`` or ``CLIPModel`` directory gives the n
 transformers users get.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
-is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
-``--json``; when the images sit in sub-folders named after the classes (case, surrounding spaces,
-underscores for spaces and Unicode normalisation aside, where that names one class), the accuracy is
+is closest, and the probabilities softmax(exp(logit_scale) x cosine similarity) of its ``--top-k``
+(5) most probable classes go to ``--json`` (``top``: [class, probability] pairs, most probable first;
+every class's to ``--all-probabilities FILE.npy``, an (images, classes) float32 array, so that
+ImageNet's 50,000 x 1000 are not Python floats); when the images sit in sub-folders named after the
+classes (case, surrounding spaces, underscores for spaces and Unicode normalisation aside, where that
+names one class), the accuracy is
 reported too, else a warning says which folders match no class; with ``--folder-order`` the i-th class
 is the i-th sub-folder in sorted order instead (torchvision's ``ImageFolder`` numbering: ImageNet's
 synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names
