@@ -4,11 +4,13 @@ import itertools
 import json
 import math
 import os
+from pathlib import Path
 import re
 import shutil
 import subprocess
 import sys
 
+import numpy
 from PIL import Image
 import pytest
 import torch
@@ -24,6 +26,13 @@ from torchflava.evaluation import retrieval_recall
 from torchflava.pretrained import checkpoint_layout, load_pretrained
 
 CLASSES = ["red circle", "blue square", "green triangle"]
+
+
+def _every_probability(result: dict) -> torch.Tensor:
+    """(N, C) probabilities of a classify_folder result whose top-k holds every class (C <= k), in class order."""
+    top = result["top_classes"]
+    assert top.shape[1] == len(result["classes"])
+    return torch.zeros(top.shape, dtype=torch.float32).scatter_(1, top, result["top_probabilities"])
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +222,12 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         (["--template", "a {} and a {}"], "argument --template: expected one '{}'"),
         (["--template", "a {} }"], "argument --template: expected one '{}'"),
         (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
+        (["--top-k", "0"], "argument --top-k: expected an int >= 1, got 0"),
+        (["--all-probabilities", "{empty}/p.json"], "argument --all-probabilities: expected a .npy file path, got"),
+        (
+            ["--captions", __file__, "--all-probabilities", "{empty}/p.npy"],
+            "argument --all-probabilities: for --classes (classification) only",
+        ),
         # refused after the checkpoint was loaded, or (an empty name) silently dropped
         (["--classes", "red circle"], "argument --classes: expected at least two distinct non-empty names"),
         (
@@ -308,14 +323,15 @@ def test_probabilities_equal_transformers_on_a_hugging_face_directory(tmp_path, 
     for name, photo in photos().items():  # non-square real photos, one greyscale
         photo.save(folder / f"{name}.png")
     command = [sys.executable, "-m", "torchflava.zero_shot", "--checkpoint", str(directory), "--images", str(folder)]
-    command += ["--classes", ",".join(PHOTO_CLASSES), "--json", str(out)]
+    every = tmp_path / "probabilities.npy"  # (the --json holds each image's top-k only)
+    command += ["--classes", ",".join(PHOTO_CLASSES), "--json", str(out), "--all-probabilities", str(every)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(out.read_text())
-    files = sorted(result["probabilities"])
-    assert len(files) == 6 and result["skipped"] == 0
-    ours = torch.tensor([[result["probabilities"][f][c] for c in PHOTO_CLASSES] for f in files])
+    files = list(result["predictions"])  # the rows' order
+    assert len(files) == 6 and result["skipped"] == 0 and result["probabilities_file"] == str(every)
+    ours = torch.from_numpy(numpy.load(every))
     expected = _transformers_zero_shot(directory, [folder / f for f in files], zero_shot.DEFAULT_TEMPLATES)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
     assert float(expected.max() - expected.min()) > 0.05  # not uniform: the comparison has teeth
@@ -371,8 +387,7 @@ def test_clip_zero_shot_and_retrieval_equal_transformers_on_a_hugging_face_clip_
     assert checkpoint_layout(directory).family == "clip" and pretrained.text_length == 77
     templates = ("a photo of a {}.", "a {}.")
     result = zero_shot.classify_folder(pretrained, str(folder), PHOTO_CLASSES, templates)
-    files = sorted(result["probabilities"])
-    ours = torch.tensor([[result["probabilities"][f][c] for c in PHOTO_CLASSES] for f in files])
+    files, ours = list(result["predictions"]), _every_probability(result)
 
     processor, model = CLIPProcessor.from_pretrained(directory), CLIPModel.from_pretrained(directory).eval()
     with torch.no_grad():
@@ -421,8 +436,7 @@ def test_clip_zero_shot_equals_open_clip_on_an_open_clip_hub_directory(tmp_path)
         photo.save(folder / f"{name}.png")
     templates = ("a photo of a {}.", "a {}.")
     result = zero_shot.classify_folder(load_pretrained(directory), str(folder), PHOTO_CLASSES, templates)
-    files = sorted(result["probabilities"])
-    ours = torch.tensor([[result["probabilities"][f][c] for c in PHOTO_CLASSES] for f in files])
+    files, ours = list(result["predictions"]), _every_probability(result)
 
     preprocess, tokenizer = image_transform(32, is_train=False), open_clip.get_tokenizer("ViT-B-16")
     with torch.no_grad():
@@ -446,9 +460,9 @@ def test_bf16_packs_every_linear_once_and_classifies_within_bf16_rounding_of_fp3
     command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
     fp32, bf16 = zero_shot.main(command), zero_shot.main([*command, "--dtype", "bf16"])
     assert bf16["num_images"] == fp32["num_images"] == 12 and bf16["skipped"] == 1
-    for file, probabilities in fp32["probabilities"].items():
-        for name, p in probabilities.items():
-            assert abs(bf16["probabilities"][file][name] - p) < 0.02
+    for file, top in fp32["top"].items():
+        for name, p in top:  # (3 classes: the top-5 holds them all)
+            assert abs(dict(bf16["top"][file])[name] - p) < 0.02
     pretrained = load_pretrained(directory, dtype=torch.bfloat16)
     assert pretrained.dtype == torch.bfloat16 and not pretrained.model.training
     linears = [m for m in pretrained.model.modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
@@ -823,7 +837,7 @@ def test_classes_from_a_file_and_folders_matched_to_them_case_and_spaces_aside(e
     names.write_text("\ufeff Red Circle \n\nBLUE SQUARE\ngreen triangle\n\n", encoding="utf-8")  # a BOM, blanks
     command = ["--checkpoint", directory.as_uri(), "--images", str(images), "--classes", f"@{names}"]
     result = zero_shot.main(command)
-    assert [list(p) for p in result["probabilities"].values()] == [["Red Circle", "BLUE SQUARE", "green triangle"]] * 12
+    assert result["classes"] == ["Red Circle", "BLUE SQUARE", "green triangle"]
     right = [name.casefold() == file.split("/")[0] for file, name in result["predictions"].items()]
     assert result["accuracy"] == pytest.approx(sum(right) / len(right))
     out, err = capsys.readouterr()
@@ -1014,7 +1028,7 @@ def test_a_names_file_maps_imagenet_synset_folders_and_tab_separated_folders_to_
         ["--checkpoint", str(directory), "--images", str(images), "--classes", "red circle,green triangle,blue square"]
         + ["--template", "a {}"]
     )
-    assert list(next(iter(result["probabilities"].values()))) == ["red circle", "green triangle", "blue square"]
+    assert result["classes"] == ["red circle", "green triangle", "blue square"]
     assert sorted(result["predictions"].values()) == sorted(by_name["predictions"].values())
     assert result["accuracy"] == pytest.approx(by_name["accuracy"]) and result["num_images"] == 12
     assert result["mean_per_class_accuracy"] == pytest.approx(by_name["mean_per_class_accuracy"])
@@ -1057,7 +1071,7 @@ def test_templates_from_a_file_one_a_line_equal_the_same_templates_given_one_by_
     one_by_one = zero_shot.main(
         [*command, "--template", "a photo of a {}.", "--template", "a drawing of the {}.", "--template", "a {}"]
     )
-    assert from_file["probabilities"] == one_by_one["probabilities"]
+    assert from_file["top"] == one_by_one["top"]
     # the --json records the prompts it was made with (it held neither the templates nor the classes' order)
     assert from_file["templates"] == ["a photo of a {}.", "a drawing of the {}.", "a {}"]
     assert from_file["classes"] == CLASSES
@@ -1117,3 +1131,102 @@ def test_folders_named_with_underscores_are_the_classes_named_with_spaces(export
     assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
     assert zero_shot.folder_class("red_circle", ["red circle", "red_circle"]) == 1  # its very name first
     assert zero_shot.folder_class("red_circle", ["red circle", "Red Circle"]) is None  # two classes: neither
+
+
+NUM_STUB_CLASSES, NUM_STUB_IMAGES, STUB_DIM = 1000, 2000, 16
+
+
+@pytest.fixture(scope="module")
+def stub_folder(tmp_path_factory):
+    """2,000 tiny images in the folders of 10 of 1,000 classes; image i's colour spells i."""
+    root = tmp_path_factory.mktemp("stub")
+    names = [f"class {c:04d}" for c in range(NUM_STUB_CLASSES)]
+    for i in range(NUM_STUB_IMAGES):
+        folder = root / names[i % 10]
+        folder.mkdir(exist_ok=True)
+        Image.new("RGB", (2, 2), (i % 256, i // 256, 0)).save(folder / f"{i}.png")
+    return root, names
+
+
+def _stub_model(monkeypatch, generator_seed: int = 0):
+    """A stub encoder (per-image features looked up by colour, random class embeddings) and a stub
+    Pretrained that only has the logit scale; returns (pretrained, image table, class embeddings)."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    table = F.normalize(torch.randn(NUM_STUB_IMAGES, STUB_DIM, generator=generator), dim=-1)
+    classes = F.normalize(torch.randn(NUM_STUB_CLASSES, STUB_DIM, generator=generator), dim=-1)
+    placed = torch.arange(0, NUM_STUB_IMAGES, 7)
+    table[placed] = classes[placed % 10]  # every 7th image on its class: right and confident
+
+    def features(pretrained, images, **kwargs):
+        return table[[image.getpixel((0, 0))[0] + 256 * image.getpixel((0, 0))[1] for image in images]]
+
+    monkeypatch.setattr(zero_shot, "image_features", features)
+    monkeypatch.setattr(zero_shot, "class_embeddings", lambda pretrained, names, templates: classes)
+    model = torch.nn.Module()
+    model.logit_scale = torch.nn.Parameter(torch.tensor(math.log(100.0)))
+    return type("StubPretrained", (), {"model": model})(), table, classes
+
+
+def test_a_folder_of_2000_images_and_1000_classes_keeps_each_images_top_k_not_every_probability(
+    stub_folder, monkeypatch, tmp_path
+):
+    """Every image's probability of every class was kept as a Python dict (~120 MB of RSS per 1000
+    images at 1000 classes, ~6 GB for ImageNet's val) and written to --json; the result now holds each
+    image's top-k as (N, k) tensors, and every probability only in a .npy when asked for."""
+    from torchflava.evaluation import classification_accuracy, mean_per_class_accuracy
+
+    root, names = stub_folder
+    pretrained, table, classes = _stub_model(monkeypatch)
+    every = tmp_path / "every.npy"
+    result = zero_shot.classify_folder(pretrained, str(root), names, batch_size=256, probabilities_file=every)
+    assert "probabilities" not in result and result["num_images"] == NUM_STUB_IMAGES
+    assert result["top_classes"].shape == result["top_probabilities"].shape == (NUM_STUB_IMAGES, 5)
+    assert result["top_classes"].dtype == torch.int64 and result["top_probabilities"].dtype == torch.float32
+    # no per-image container of every class anywhere in the result: a few numbers an image
+    per_image = [v for v in result.values() if isinstance(v, dict)]
+    assert [len(v) for v in per_image] == [NUM_STUB_IMAGES] and all(isinstance(c, str) for c in per_image[0].values())
+    files = list(result["predictions"])
+    index = torch.tensor([int(Path(f).stem) for f in files])
+    similarity = table[index] @ classes.T
+    probabilities = (pretrained.model.logit_scale.detach().exp() * similarity).softmax(dim=1)
+    expected_top = similarity.sort(dim=1, descending=True, stable=True).indices[:, :5]
+    assert torch.equal(result["top_classes"], expected_top)
+    torch.testing.assert_close(result["top_probabilities"], probabilities.gather(1, expected_top), rtol=0, atol=1e-6)
+    assert [result["predictions"][f] for f in files] == [names[int(i)] for i in similarity.argmax(dim=1)]
+    # the accuracy as the whole-matrix functions give it
+    labels = torch.tensor([int(Path(f).parent.name.split()[1]) for f in files])
+    assert result["accuracy"] == pytest.approx(classification_accuracy(table[index], classes, labels), abs=1e-7)
+    assert result["accuracy"] >= 1 / 7  # (the images placed on their class)
+    assert result["top5_accuracy"] == pytest.approx(
+        classification_accuracy(table[index], classes, labels, k=5), abs=1e-7
+    )
+    expected_mean = mean_per_class_accuracy(table[index], classes, labels)
+    assert result["mean_per_class_accuracy"] == pytest.approx(expected_mean, abs=1e-7)
+    # every probability: a (N, C) float32 .npy, rows in the predictions' order, columns in the classes'
+    written = numpy.load(every)
+    assert written.shape == (NUM_STUB_IMAGES, NUM_STUB_CLASSES) and written.dtype == numpy.float32
+    torch.testing.assert_close(torch.from_numpy(written), probabilities, rtol=0, atol=1e-6)
+    assert result["probabilities_file"] == str(every) and [p.name for p in tmp_path.iterdir()] == ["every.npy"]
+    # --json's form: each file's top-k [class, probability] pairs, most probable first
+    written_json = zero_shot.json_result(result)
+    assert "top_classes" not in written_json and "probabilities" not in written_json
+    first = written_json["top"][files[0]]
+    assert [name for name, _ in first] == [names[int(i)] for i in expected_top[0]]
+    assert [p for _, p in first] == result["top_probabilities"][0].tolist()
+    json.dumps(written_json)  # (JSON throughout)
+
+
+def test_the_json_holds_each_images_top_k_pairs_in_order_and_top_k_chooses_how_many(export, images, tmp_path):
+    directory, _ = export
+    out = tmp_path / "result.json"
+    command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
+    result = zero_shot.main([*command, "--json", str(out), "--top-k", "2"])
+    written = json.loads(out.read_text())
+    assert written == result and "probabilities" not in written and len(written["top"]) == 12
+    for file, top in written["top"].items():
+        assert len(top) == 2 and top[0][0] == written["predictions"][file] and top[0][1] >= top[1][1]
+    three = zero_shot.main(command)  # the default 5, capped at the 3 classes: every class, summing to 1
+    for file, top in three["top"].items():
+        assert sorted(name for name, _ in top) == sorted(CLASSES) and top[:2] == written["top"][file]
+        assert sum(p for _, p in top) == pytest.approx(1, abs=1e-6)
+    assert three["accuracy"] == written["accuracy"]

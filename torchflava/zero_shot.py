@@ -15,9 +15,12 @@ so a Hugging Face ``facebook/flava-full`` or ``CLIPModel`` directory gives the n
 transformers users get.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
-is closest, and the class probabilities softmax(exp(logit_scale) x cosine similarity) go to
-``--json``; when the images sit in sub-folders named after the classes (case, surrounding spaces,
-underscores for spaces and Unicode normalisation aside, where that names one class), the accuracy is
+is closest, and the probabilities softmax(exp(logit_scale) x cosine similarity) of its ``--top-k``
+(5) most probable classes go to ``--json`` (``top``: [class, probability] pairs, most probable first;
+every class's to ``--all-probabilities FILE.npy``, an (images, classes) float32 array, so that
+ImageNet's 50,000 x 1000 are not Python floats); when the images sit in sub-folders named after the
+classes (case, surrounding spaces, underscores for spaces and Unicode normalisation aside, where that
+names one class), the accuracy is
 reported too, else a warning says which folders match no class; with ``--folder-order`` the i-th class
 is the i-th sub-folder in sorted order instead (torchvision's ``ImageFolder`` numbering: ImageNet's
 synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names
@@ -41,10 +44,13 @@ import math
 import os
 from pathlib import Path
 import re
+import shutil
 import sys
+import tempfile
 from typing import Callable, Optional, Sequence, Union
 import unicodedata
 
+from numpy.lib import format as npy_format
 from PIL import Image
 import torch
 from torch import Tensor
@@ -52,14 +58,10 @@ import torch.nn.functional as F
 
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
-from torchflava.evaluation import (
-    classification_accuracy,
-    mean_per_class_accuracy,
-    retrieval_recall,
-    zero_shot_classifier,
-)
-from torchflava.evaluation.zero_shot import check_class_prompts, check_finite
+from torchflava.evaluation import retrieval_recall, zero_shot_classifier
+from torchflava.evaluation.zero_shot import check_class_prompts, check_finite, class_credit, per_class_mean
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
+from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.checks import check_int, is_prompt_template
 from torchflava.utils.cli import at_file_lines, finish_command, output_file, positive_int, run_command
 from torchflava.utils.memory import keep_freed_memory
@@ -67,6 +69,7 @@ from torchflava.utils.modes import eval_mode
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 TEXT_BATCH_SIZE = 256  # texts (captions, class prompts) encoded at a time
+TOP_K = 5  # most probable classes kept (and written to --json) per image
 
 
 @torch.no_grad()
@@ -174,8 +177,13 @@ def classify_folder(
     batch_size: int = 64,
     folder_order: bool = False,
     class_folders: Optional[Sequence[str]] = None,
+    top_k: int = TOP_K,
+    probabilities_file: Union[None, str, os.PathLike] = None,
 ) -> dict:
-    """Zero-shot classification of every image under ``images_dir``.
+    """Zero-shot classification of every image under ``images_dir``, ``batch_size`` images at a time:
+    what is kept of an image is its name, its best ``top_k`` classes and their probabilities, and its
+    accuracy credit (ImageNet's 50,000 images with every probability of its 1000 classes as Python
+    floats took ~6 GB; every probability goes to ``probabilities_file`` instead, row by row).
 
     Args:
         folder_order (bool): the i-th class is the i-th sub-folder of ``images_dir`` in sorted order (as
@@ -185,68 +193,188 @@ def classify_folder(
         class_folders (Optional[Sequence[str]]): the sub-folder of each class's images, class by class
             (ImageNet's ``n01440764`` for ``tench``: a names file, see :func:`class_names_argument`), for
             the accuracy; None: a sub-folder is named after its class (or ``folder_order``).
+        top_k (int): how many of each image's most probable classes are kept (fewer where there are
+            fewer classes).
+        probabilities_file (Union[None, str, os.PathLike]): a ``.npy`` file written (atomically) with
+            the (N, C) float32 probabilities of every class, rows in the order of ``predictions``,
+            columns in that of ``classes``; None: none written.
 
     Returns:
-        dict: ``predictions`` (file -> class), ``probabilities`` (file -> class -> probability:
-        softmax over the classes of exp(logit_scale) x cosine similarity), ``skipped`` and
-        ``skipped_reasons`` (the unreadable images, named), ``num_images``, ``chance``, ``classes`` and
-        ``templates`` (the prompts' class names and templates, in order), and
-        ``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5 classes)
-        when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with
-        ``folder_order``.
+        dict: ``predictions`` (file -> class), ``top_classes`` (N, K) int64 class indices, most probable
+        first (ties in class order; the first is the prediction) and ``top_probabilities`` (N, K)
+        float32 (softmax over the classes of exp(logit_scale) x cosine similarity), rows in the order of
+        ``predictions``, ``skipped`` and ``skipped_reasons`` (the unreadable images, named),
+        ``num_images``, ``chance``, ``classes`` and ``templates`` (the prompts' class names and
+        templates, in order), ``probabilities_file`` (str, where one was written), and ``accuracy``
+        and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5 classes) when the images
+        lie in sub-folders named after the classes (:func:`folder_labels`), or with ``folder_order``.
+        :func:`json_result` gives it as ``--json`` writes it.
 
     Raises:
-        TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str, or ``class_folders``
-            not a list or tuple.
+        TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str, ``class_folders``
+            not a list or tuple, or ``top_k`` not an int.
         ValueError: if there are fewer than two classes, an empty or duplicated class name, two
             names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), a template
             without one ``{}``, with ``folder_order`` not one sub-folder per class or an image outside
-            them, or ``class_folders`` not one distinct non-empty folder name per class or given with
-            ``folder_order`` (all before any image is read).
+            them, ``class_folders`` not one distinct non-empty folder name per class or given with
+            ``folder_order``, ``top_k`` below 1, or ``probabilities_file`` not a ``.npy`` path in an
+            existing directory (all before any image is read).
     """
     check_class_prompts(class_names, templates)  # zero_shot_classifier's checks, before the images are encoded
     if len(class_names) < 2:
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
     if class_folders is not None:
         _check_class_folders(class_folders, len(class_names), folder_order)
+    check_int("top_k", top_k, 1)
+    if probabilities_file is not None:
+        _check_npy_path(probabilities_file)
     scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     folder = ImageFolder(images_dir)  # (listed: no image read)
     ordered = ordered_folders(images_dir, len(class_names), folder) if folder_order else None
     classes = class_embeddings(pretrained, class_names, templates)  # (names the tokenizer merges: before any image)
-    files, chunks, skipped = [], [], []
-    for chunk in readable_chunks(folder.__getitem__, range(len(folder)), batch_size, skipped):
-        files += [folder.relative_path(index) for index, _ in chunk]
-        chunks.append(image_features(pretrained, [sample.image for _, sample in chunk], batch_size=batch_size))
-    if not files:
-        raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
-    features = torch.cat(chunks)
-    check_finite(image_features=features, class_embeddings=classes)  # a diverged model predicts nothing
-    similarity = features @ classes.T  # (N, C) cosine similarities
-    predicted = similarity.argmax(dim=1)
-    probabilities = (scale * similarity).softmax(dim=1)
+    check_finite(class_embeddings=classes)
+    # a file's label: its folder's number, else the class whose folder (a names file's, or its name) it lies in
+    matched = class_names if class_folders is None else class_folders
+    tally = _Tally(len(class_names), min(top_k, len(class_names)))
+    skipped = []
+    with _ProbabilityRows(probabilities_file, len(class_names)) as rows:
+        for chunk in readable_chunks(folder.__getitem__, range(len(folder)), batch_size, skipped):
+            files = [folder.relative_path(index) for index, _ in chunk]
+            features = image_features(pretrained, [sample.image for _, sample in chunk], batch_size=batch_size)
+            check_finite(image_features=features)  # a diverged model predicts nothing
+            labels = [
+                ordered[image_folder(f)] if ordered is not None else folder_class(image_folder(f), matched)
+                for f in files
+            ]
+            probabilities = tally.add(files, labels, features, classes, scale)
+            rows.write(probabilities)
+        if not tally.files:
+            raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
+        rows.finish()
+    top_classes = torch.cat(tally.top_classes)
     result = {
-        "predictions": {f: class_names[int(p)] for f, p in zip(files, predicted)},
-        "probabilities": {f: dict(zip(class_names, row)) for f, row in zip(files, probabilities.tolist())},
+        "predictions": {f: class_names[p] for f, p in zip(tally.files, top_classes[:, 0].tolist())},
+        "top_classes": top_classes,
+        "top_probabilities": torch.cat(tally.top_probabilities),
         "skipped": len(skipped),
         "skipped_reasons": skipped,  # each unreadable image, named
-        "num_images": len(files),
+        "num_images": len(tally.files),
         "chance": 1 / len(class_names),
         "classes": list(class_names),  # (with the templates, what the --json needs to be reproduced)
         "templates": list(templates),
     }
-    if ordered is not None:
-        labels = [ordered[image_folder(f)] for f in files]
-    else:  # (the folders a names file gave each class, else the class names themselves)
-        labels = folder_labels(files, class_names if class_folders is None else class_folders)
-    if labels is not None:
-        truth = torch.tensor(labels)
-        result["accuracy"] = classification_accuracy(features, classes, truth)
+    if probabilities_file is not None:
+        result["probabilities_file"] = str(probabilities_file)
+    return {**result, **tally.accuracies()}
+
+
+class _Tally:
+    """What :func:`classify_folder` keeps of the images, a chunk at a time: their names, top-k classes and
+    probabilities, and, while every image so far lies in a class's folder, their labels and top-1 (and
+    top-5) credits (:func:`~torchflava.evaluation.zero_shot.class_credit`), a few numbers an image."""
+
+    def __init__(self, num_classes: int, k: int) -> None:
+        self.num_classes, self.k = num_classes, k
+        self.files: list[str] = []
+        self.top_classes: list[Tensor] = []
+        self.top_probabilities: list[Tensor] = []
+        self.labels: Optional[list[Tensor]] = []  # None once an image lies outside the class folders
+        self.credits: dict[int, list[Tensor]] = {1: [], 5: []}
+
+    def add(self, files: list[str], labels: list, features: Tensor, classes: Tensor, scale: Tensor) -> Tensor:
+        """Keep a chunk of images (their files, class labels or None, (B, D) features); returns their
+        (B, C) probabilities, which are not kept."""
+        similarity = features @ classes.T  # (B, C) cosine similarities
+        probabilities = (scale * similarity).softmax(dim=1)
+        # stable: of tied classes the first comes first, as argmax (the prediction) picks it
+        order = similarity.sort(dim=1, descending=True, stable=True).indices[:, : self.k]
+        order = order.clone()  # (a slice kept the whole (B, C) indices alive: 8 kB an image at 1000 classes)
+        self.files += files
+        self.top_classes.append(order)
+        self.top_probabilities.append(probabilities.gather(1, order))
+        if self.labels is not None and any(label is None for label in labels):
+            self.labels = None  # (no accuracy: the credits kept so far are dropped)
+            self.credits = {1: [], 5: []}
+        if self.labels is not None:
+            truth = torch.tensor(labels)
+            self.labels.append(truth)
+            for k in (1, 5) if self.num_classes > 5 else (1,):
+                self.credits[k].append(class_credit(features, classes, truth, k=k))
+        return probabilities
+
+    def accuracies(self) -> dict[str, float]:
+        """``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` past 5 classes) where
+        every image had a label; else none."""
+        if self.labels is None:
+            return {}
+        credit, labels = torch.cat(self.credits[1]), torch.cat(self.labels)
+        out = {"accuracy": credit.mean().item()}
         # the class-balanced figure (some benchmarks report it), and top-5 where it is not right by count alone
-        result["mean_per_class_accuracy"] = mean_per_class_accuracy(features, classes, truth)
-        if len(class_names) > 5:
-            result["top5_accuracy"] = classification_accuracy(features, classes, truth, k=5)
-    return result
+        out["mean_per_class_accuracy"] = per_class_mean(credit, labels, self.num_classes)
+        if self.num_classes > 5:
+            out["top5_accuracy"] = torch.cat(self.credits[5]).mean().item()
+        return out
+
+
+def _check_npy_path(path: object) -> None:
+    """ValueError (TypeError for a type) unless ``path`` is a ``.npy`` file path in an existing directory."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"probabilities_file must be a path, got {type(path).__name__}")
+    path = Path(path)
+    if path.suffix != ".npy" or path.is_dir() or not path.parent.is_dir():
+        raise ValueError(f"probabilities_file must be a .npy file path in an existing directory, got {str(path)!r}")
+
+
+class _ProbabilityRows:
+    """Rows of probabilities streamed to a ``.npy`` file: written raw to a temporary file beside it as
+    they come (their number is known at the end only: unreadable images are skipped), then given the
+    ``.npy`` header and moved in place atomically by :meth:`finish`. With no path, nothing is written."""
+
+    def __init__(self, path: Union[None, str, os.PathLike], num_classes: int) -> None:
+        self.path, self.num_classes, self.num_rows = path, num_classes, 0
+        self.raw = None
+
+    def __enter__(self) -> "_ProbabilityRows":
+        if self.path is not None:  # (beside the file, not in /tmp: ImageNet's are 200 MB)
+            self.raw = tempfile.TemporaryFile(dir=Path(self.path).parent)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.raw is not None:
+            self.raw.close()
+
+    def write(self, probabilities: Tensor) -> None:
+        if self.raw is not None:
+            self.raw.write(probabilities.float().numpy().astype("<f4", copy=False).tobytes())
+            self.num_rows += probabilities.shape[0]
+
+    def finish(self) -> None:
+        if self.raw is None:
+            return
+        header = {"descr": "<f4", "fortran_order": False, "shape": (self.num_rows, self.num_classes)}
+
+        def write(tmp: str) -> None:
+            self.raw.seek(0)
+            with open(tmp, "wb") as out:
+                npy_format.write_array_header_1_0(out, header)
+                shutil.copyfileobj(self.raw, out)
+
+        atomic_write(self.path, write)
+
+
+def json_result(result: dict) -> dict:
+    """A :func:`classify_folder` result as ``--json`` writes it: its tensors given as ``top``, each file's
+    ``[class, probability]`` pairs, most probable first (the top-k kept, not every class's: those are in
+    ``probabilities_file`` where one was written)."""
+    names = result["classes"]
+    top = {}
+    for file, ids, values in zip(
+        result["predictions"], result["top_classes"].tolist(), result["top_probabilities"].tolist()
+    ):
+        top[file] = [[names[i], p] for i, p in zip(ids, values)]
+    rest = {key: value for key, value in result.items() if key not in ("top_classes", "top_probabilities")}
+    return {"predictions": rest.pop("predictions"), "top": top, **rest}
 
 
 def _check_class_folders(class_folders: object, num_classes: int, folder_order: bool) -> None:
@@ -550,8 +678,27 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     parser.add_argument("--batch-size", type=positive_int, default=64)
     add_dtype_argument(parser)
-    parser.add_argument("--json", type=output_file, help="also write the result here")
+    parser.add_argument(
+        "--json",
+        type=output_file,
+        help="also write the result here (classification: each image's --top-k classes and probabilities)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=TOP_K,
+        help=f"most probable classes kept per image for --json (classification; default {TOP_K})",
+    )
+    parser.add_argument(
+        "--all-probabilities",
+        type=output_file,
+        metavar="FILE.npy",
+        help="write every image's probability of every class here, a (images, classes) float32 .npy, rows in the "
+        "order of the --json's predictions, columns in that of its classes (classification)",
+    )
     args = parser.parse_args(argv)
+    if args.all_probabilities is not None and args.all_probabilities.suffix != ".npy":
+        parser.error(f"argument --all-probabilities: expected a .npy file path, got {str(args.all_probabilities)!r}")
     if args.templates is not None:
         args.templates = template_arguments(args.templates, parser)
     bad = [t for t in args.templates or () if not is_prompt_template(t)]
@@ -579,6 +726,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"argument --classes: expected one line per folder, got {_listed(repeated)} repeated")
     if args.folder_order and classes is None:
         parser.error("argument --folder-order: for --classes (classification) only")
+    if args.all_probabilities is not None and classes is None:
+        parser.error("argument --all-probabilities: for --classes (classification) only")
     if args.folder_order and class_folders is not None:
         parser.error("argument --folder-order: not with a --classes file that names each class's folder")
     split = None if args.split is None else [name.strip() for name in args.split.split(",")]
@@ -622,7 +771,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             batch_size=args.batch_size,
             folder_order=args.folder_order,
             class_folders=class_folders,
+            top_k=args.top_k,
+            probabilities_file=args.all_probabilities,
         )
+        result = json_result(result)  # (what --json holds, and main returns)
         for file, name in sorted(result["predictions"].items()):
             print(f"{file}\t{name}")
         summary = f"{result['num_images']} images, {result['skipped']} unreadable skipped"

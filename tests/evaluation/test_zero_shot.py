@@ -675,7 +675,8 @@ def test_retrieval_recall_equals_a_sort_by_score_with_ties_against_the_query():
     directions = torch.nn.functional.normalize(torch.randn(4, 6, generator=g), dim=-1)
     images = directions[torch.randint(0, 4, (7,), generator=g)]
     texts = directions[torch.randint(0, 4, (24,), generator=g)]
-    sim = (images @ texts.T).tolist()
+    # the exact scores: an fp32 matmul gave one (image, text) pair of directions values a bit apart
+    sim = (images.double() @ texts.double().T).float().tolist()
     m, t = 7, 24
     assert len({round(v, 6) for row in sim for v in row}) < m * t / 4  # (ties are the point)
     for k in range(1, m + 1):
@@ -713,3 +714,50 @@ def test_a_caption_shared_by_two_images_counts_for_each_as_its_own_row():
     assert got["image_to_text_R@1"] == pytest.approx(1 / 3) and got["image_to_text_R@2"] == 1.0
     # text->image: the two "a dog" rows each find images 0 and 1 level: R@1 lost for both
     assert got["text_to_image_R@1"] == 0.5 and got["text_to_image_R@2"] == 1.0
+
+
+def _whole_matrix_recalls(images, texts, image_of_text, ks):
+    """retrieval_recall's recalls as they were computed before the blocks: the whole (M, T) matrix at once
+    (scores summed in fp64 and rounded to fp32, as the blocks' are)."""
+    m, t = images.shape[0], texts.shape[0]
+    similarity = (images.double() @ texts.double().T).float()
+    right = image_of_text[None, :] == torch.arange(m)[:, None]
+    own = similarity[image_of_text, torch.arange(t)]
+    t2i = ((similarity >= own[None, :]) & ~right).sum(dim=0)
+    best = similarity.masked_fill(~right, float("-inf")).amax(dim=1)
+    i2t = ((similarity >= best[:, None]) & ~right).sum(dim=1)
+    out = {}
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = (i2t < k).float().mean().item()
+        out[f"text_to_image_R@{k}"] = (t2i < k).float().mean().item()
+    return out
+
+
+def test_retrieval_recall_in_blocks_of_images_equals_the_whole_matrix_exactly_ties_included():
+    """COCO 5k's (5,000, 25,000) similarities were built whole (500 MB, and as much again for its masked
+    copy); they are now built about block_size at a time, with the same recalls to the last bit."""
+    g = torch.Generator().manual_seed(11)
+    image_of_text = torch.arange(23).repeat_interleave(5)[:113]  # five captions an image, the last image three
+    directions = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    tied_images = directions[torch.randint(0, 6, (23,), generator=g)]  # few directions: ties everywhere
+    tied_texts = directions[torch.randint(0, 6, (113,), generator=g)]
+    free_images = torch.nn.functional.normalize(torch.randn(23, 8, generator=g), dim=-1)
+    free_texts = torch.nn.functional.normalize(free_images[image_of_text] + torch.randn(113, 8, generator=g), dim=-1)
+    collapsed = (
+        torch.nn.functional.normalize(torch.ones(23, 8), dim=-1),
+        torch.nn.functional.normalize(torch.ones(113, 8), dim=-1),
+    )
+    ks = (1, 5, 10)
+    for images, texts in [(tied_images, tied_texts), (free_images, free_texts), collapsed]:
+        whole = _whole_matrix_recalls(images, texts, image_of_text, ks)
+        assert 0 < sum(whole.values()) or images is collapsed[0]
+        for chunk in (1, 30, 226, 565, 2486, 2599, 10**6):  # one row or column at a time, some, all
+            assert retrieval_recall(images, texts, ks, image_of_text=image_of_text, block_size=chunk) == whole
+    assert retrieval_recall(*collapsed, ks, image_of_text=image_of_text, block_size=4)["text_to_image_R@10"] == 0.0
+
+
+@pytest.mark.parametrize("chunk, error", [(0, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_retrieval_recall_refuses_a_bad_block_size_naming_it(chunk, error):
+    images, texts = features()
+    with pytest.raises(error, match="^block_size"):
+        retrieval_recall(images, texts, (1,), block_size=chunk)

@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from torchflava.utils.checks import check_int, is_integer_tensor, is_prompt_template
 
 NORM_TOLERANCE = 1e-2  # relative: bf16 features normalised in bf16 have norms within ~4e-3 of 1
+# most retrieval similarities computed at once: COCO 5k's whole (5,000, 25,000) fp32 matrix is 500 MB,
+# and its masked copy and comparisons as much again; a block of 1M scores peaks at ~65 MB (fp64 sums,
+# the fp32 scores, a masked copy, boolean masks: measured on 2,000 x 10,000)
+RETRIEVAL_BLOCK_SIZE = 1 << 20
 
 
 def check_finite(**tensors: Tensor) -> None:
@@ -188,7 +192,7 @@ def classification_accuracy(image_features: Tensor, class_embeddings: Tensor, la
             device, or a feature is NaN, infinite or not normalised (norm 1 within a relative
             :data:`NORM_TOLERANCE`).
     """
-    return _class_credit(image_features, class_embeddings, labels, k=k).mean().item()
+    return class_credit(image_features, class_embeddings, labels, k=k).mean().item()
 
 
 def mean_per_class_accuracy(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int = 1) -> float:
@@ -210,18 +214,28 @@ def mean_per_class_accuracy(image_features: Tensor, class_embeddings: Tensor, la
         TypeError: if an argument is not a tensor, or ``k`` not an int.
         ValueError: as :func:`classification_accuracy`.
     """
-    credit = _class_credit(image_features, class_embeddings, labels, k=k).double()
+    credit = class_credit(image_features, class_embeddings, labels, k=k)
+    return per_class_mean(credit, labels, class_embeddings.shape[0])
+
+
+def per_class_mean(credit: Tensor, labels: Tensor, num_classes: int) -> float:
+    """The mean over the classes present in ``labels`` of each class's mean ``credit`` (in float64), as
+    :func:`mean_per_class_accuracy` takes it; ``credit`` (N,) from :func:`class_credit`, ``labels`` (N,)
+    checked class indices in [0, ``num_classes``) (a caller that scores images a chunk at a time joins
+    the chunks' credits and labels first)."""
+    credit = credit.double()
     labels = labels.long().to(credit.device)
-    classes = class_embeddings.shape[0]
-    counts = torch.bincount(labels, minlength=classes)
-    sums = torch.zeros(classes, dtype=torch.float64, device=credit.device).index_add_(0, labels, credit)
+    counts = torch.bincount(labels, minlength=num_classes)
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=credit.device).index_add_(0, labels, credit)
     present = counts > 0  # (a class without images would divide 0 by 0)
     return (sums[present] / counts[present]).mean().item()
 
 
-def _class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int) -> Tensor:
-    """(N,) float32 credit of each image under top-``k`` classification (the rule and the errors of
-    :func:`classification_accuracy`), on the features' device."""
+def class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int = 1) -> Tensor:
+    """(N,) float32 credit of each image under top-``k`` classification, on the features' device: the
+    rule and the errors of :func:`classification_accuracy`, whose value is its mean. Each image's credit
+    depends on its own row alone, so a folder scored a chunk of images at a time (and the chunks'
+    credits joined) gives the accuracy of all of them at once, never holding the (N, C) similarities."""
     _check_tensors(image_features=image_features, class_embeddings=class_embeddings, labels=labels)
     _check_features(image_features=image_features, class_embeddings=class_embeddings)
     if image_features.dim() != 2 or class_embeddings.dim() != 2 or image_features.shape[1] != class_embeddings.shape[1]:
@@ -283,6 +297,7 @@ def retrieval_recall(
     ks: Iterable[int] = (1, 5, 10),
     *,
     image_of_text: Optional[Tensor] = None,
+    block_size: int = RETRIEVAL_BLOCK_SIZE,
 ) -> dict[str, float]:
     """Recall@K of image->text and text->image retrieval.
 
@@ -299,19 +314,24 @@ def retrieval_recall(
         text_features (Tensor): (T, D) normalised.
         ks (Iterable[int]): the cut-offs, each in [1, min(M, T)] (read once: a generator works).
         image_of_text (Optional[Tensor]): (T,) integer rows of each text's image; None: the identity (M = T).
+        block_size (int): most of the (M, T) similarities computed at once (rows of images against
+            every text, then every image against columns of texts; at least one row or column), rather
+            than the whole matrix: COCO 5k's is 500 MB. The recalls are those of the whole matrix,
+            ties included (tested).
 
     Returns:
         dict[str, float]: ``image_to_text_R@K`` and ``text_to_image_R@K`` for each K.
 
     Raises:
-        TypeError: if a feature or ``image_of_text`` is not a tensor.
-        ValueError: if the shapes disagree, there are no images or no texts, an image has no text,
-            ``image_of_text`` is not integer, ``ks`` is not a non-empty sequence of ints in range, the
+        TypeError: if a feature or ``image_of_text`` is not a tensor, or ``block_size`` not an int.
+        ValueError: if ``block_size`` is below 1, the shapes disagree, there are no images or no
+            texts, an image has no text, ``image_of_text`` is not integer, ``ks`` is not a non-empty sequence of ints in range, the
             features are not floating-point or not on one device, or a feature is NaN, infinite or not
             normalised (norm 1 within a relative :data:`NORM_TOLERANCE`).
     """
     _check_tensors(image_features=image_features, text_features=text_features)
     _check_features(image_features=image_features, text_features=text_features)
+    check_int("block_size", block_size, 1)
     if image_of_text is not None:
         _check_tensors(image_of_text=image_of_text)
     if isinstance(ks, (str, bytes)) or not isinstance(ks, abc.Iterable):
@@ -345,14 +365,53 @@ def retrieval_recall(
         raise ValueError(f"ks must lie in [1, {min(m, t)}], got {ks}")
     check_finite(image_features=image_features, text_features=text_features)
     check_normalised(image_features=image_features, text_features=text_features)
-    similarity = image_features.float() @ text_features.float().T  # (M, T)
-    right = image_of_text[None, :] == torch.arange(m, device=similarity.device)[:, None]  # (M, T)
-    own = similarity[image_of_text, torch.arange(t, device=similarity.device)]  # each text's score with its image
-    t2i_rank = ((similarity >= own[None, :]) & ~right).sum(dim=0)  # wrong images scoring at least as high
-    best = similarity.masked_fill(~right, float("-inf")).amax(dim=1)  # each image's best caption
-    i2t_rank = ((similarity >= best[:, None]) & ~right).sum(dim=1)  # wrong texts scoring at least as high
+    return _blockwise_recalls(image_features, text_features, image_of_text, ks, block_size)
+
+
+def _blockwise_recalls(
+    image_features: Tensor, text_features: Tensor, image_of_text: Tensor, ks: list[int], block_size: int
+) -> dict[str, float]:
+    """:func:`retrieval_recall`'s recalls of checked features (fp64), about ``block_size`` of the (M, T)
+    similarities at a time: rows of images against every text (image->text ranks each row), then every
+    image against columns of texts (text->image ranks each column).
+
+    The scores are summed in fp64 and rounded to fp32 (:func:`_scores`): an fp32 matmul's last bit
+    depends on the shapes it is given and on a row's place in them (two identical images, in two
+    blocks or in one (M, 1) block, scored a text one bit apart), which broke the exact ties that the
+    rule counts against the query; fp64 sums of the same products differ far below fp32's rounding."""
+    if image_features.device.type == "mps":  # (no fp64 there: the recalls are counted on the CPU)
+        image_features, text_features, image_of_text = image_features.cpu(), text_features.cpu(), image_of_text.cpu()
+    image_features, text_features = image_features.double(), text_features.double()
+    m, t = image_features.shape[0], text_features.shape[0]
+    device = image_features.device
+    i2t_rank = torch.empty(m, dtype=torch.long, device=device)
+    rows = max(1, block_size // t)
+    for start in range(0, m, rows):
+        block = _scores(image_features[start : start + rows], text_features)  # (rows, T)
+        images = torch.arange(start, start + block.shape[0], device=device)
+        right = image_of_text[None, :] == images[:, None]
+        best = block.masked_fill(~right, float("-inf")).amax(dim=1)  # each image's best caption
+        # wrong texts scoring at least as high
+        i2t_rank[start : start + block.shape[0]] = ((block >= best[:, None]) & ~right).sum(dim=1)
+    t2i_rank = torch.empty(t, dtype=torch.long, device=device)
+    columns = max(1, block_size // m)
+    for start in range(0, t, columns):
+        block = _scores(image_features, text_features[start : start + columns])  # (M, columns)
+        texts = torch.arange(start, start + block.shape[1], device=device)
+        mine = image_of_text[texts]
+        right = mine[None, :] == torch.arange(m, device=device)[:, None]
+        own = block[mine, texts - start]  # each text's score with its image
+        # wrong images scoring at least as high
+        t2i_rank[start : start + block.shape[1]] = ((block >= own[None, :]) & ~right).sum(dim=0)
     out = {}
-    for k in ks:
+    for k in ks:  # (as a share of the images, of the texts)
         out[f"image_to_text_R@{k}"] = (i2t_rank < k).float().mean().item()
         out[f"text_to_image_R@{k}"] = (t2i_rank < k).float().mean().item()
     return out
+
+
+def _scores(images: Tensor, texts: Tensor) -> Tensor:
+    """(rows, columns) fp32 similarities of fp64 ``images`` (rows, D) and ``texts`` (columns, D): the fp32
+    features' products are exact in fp64 and their sums, whatever the order a matmul of that shape
+    takes, round to the same fp32 value but where one lies within ~D fp64 ulps of a rounding boundary."""
+    return (images @ texts.T).float()
