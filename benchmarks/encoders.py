@@ -25,7 +25,10 @@ Memory: each implementation runs alone in a fresh process; after building the mo
 warm-up batch the kernel's peak-RSS counter is reset (``/proc/self/clear_refs``), so the figure is
 the peak resident memory while embedding (weights included), in MiB: the median of
 ``--memory-runs`` such processes (3 by default; one process's figure moves by tens of MiB from run
-to run with where the allocator's pages land), all of which are kept in the JSON.
+to run with where the allocator's pages land), all of which are kept in the JSON. Beside it, "live
+MiB": the most memory one embedding call holds in use at once (after any op), above what was in
+use before the call, read from glibc's ``mallinfo2`` (:func:`live_peak_mib`): what the
+implementation itself needs, without the freed pages an allocator keeps.
 
 CLIP images, ``--model clip``: the same run also times ``F.linear`` at ViT-B/16's linear shapes
 (``vit_tower.gemm_benchmark``) before the models, and gives each image throughput as model TFLOP/s
@@ -41,6 +44,7 @@ Usage::
 
 import argparse
 from contextlib import nullcontext
+import ctypes
 import gc
 import json
 from pathlib import Path
@@ -50,10 +54,12 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 from interleave import round_order
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from vit_tower import gemm_benchmark, vit_forward_flops
 
 from torchflava.models import clip_vit_b16, flava_model
@@ -209,7 +215,7 @@ def check_agreement(models: dict, inputs: dict, peer: str = "hf") -> dict:
 
 
 def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int, model_name: str = "flava") -> None:
-    """Run in a fresh process: build, warm up, reset the peak counter, embed, print peak RSS (MiB)."""
+    """Run in a fresh process: build, warm up, reset the peak counter, embed, print peak RSS and live peak (MiB)."""
     model = build(impl, model=model_name)  # random weights: memory does not depend on their values
     inputs = make_clip_inputs(batch) if model_name == "clip" else make_inputs(batch)
     fn = embed_fn(impl, model, modality, inputs)
@@ -220,23 +226,81 @@ def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int, 
             f.write("5")  # reset VmHWM to the current RSS
         for _ in range(reps):
             fn()
-    hwm_kib = next(
-        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")
-    )
+        hwm_kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("VmHWM")
+        )
+        live = live_peak_mib(fn)
     print(
         json.dumps(
-            {"peak_rss_mib": hwm_kib / 1024, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            {
+                "peak_rss_mib": hwm_kib / 1024,
+                "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "live_peak_mib": live,
+            }
         )
     )
 
 
-def peak_rss(impl: str, modality: str, dtype: str, batch: int, model: str = "flava", runs: int = 3) -> list[float]:
-    """Peak RSS (MiB) of ``runs`` fresh processes, each embedding alone (:func:`peak_rss_child`)."""
+class _MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2 (malloc.h)
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+class _LivePeak(TorchDispatchMode):
+    """The most bytes malloc holds in use (heap chunks and mapped blocks) after any op while active."""
+
+    def __init__(self, mallinfo2) -> None:
+        super().__init__()
+        self.mallinfo2, self.peak = mallinfo2, 0
+
+    def in_use(self) -> int:
+        info = self.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, self.in_use())
+        return out
+
+
+def live_peak_mib(fn) -> Optional[float]:
+    """The live memory one call of ``fn`` adds at its peak, MiB above what malloc held in use before it: the
+    tensors (and oneDNN's buffers) alive together after any op, read from glibc's ``mallinfo2``. Unlike
+    peak RSS it does not count freed memory the allocator keeps, which moves by tens of MiB with where a
+    process's pages land; None off glibc."""
+    mallinfo2 = getattr(ctypes.CDLL(None), "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    mode = _LivePeak(mallinfo2)
+    before = mode.in_use()
+    with mode:
+        fn()
+    return (mode.peak - before) / 2**20
+
+
+def peak_rss(impl: str, modality: str, dtype: str, batch: int, model: str = "flava", runs: int = 3) -> list[dict]:
+    """Peak RSS and live peak (MiB) of ``runs`` fresh processes, each embedding alone (:func:`peak_rss_child`)."""
     cmd = [sys.executable, __file__, "--child", impl, modality, dtype, "--batch", str(batch), "--model", model]
     figures = []
     for _ in range(runs):
         result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        figures.append(json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mib"])
+        figures.append(json.loads(result.stdout.strip().splitlines()[-1]))
     return figures
 
 
@@ -300,7 +364,7 @@ def main() -> None:
     print(
         f"{'modality':8} {'dtype':5} {'impl':11} {'median s/batch':>14} {'items/s':>8} "
         + " ".join(f"{'speed vs ' + p:>19}" for p in [*peers, "fastest"])
-        + f" {'peak RSS MiB':>12}"
+        + f" {'peak RSS MiB':>12} {'live MiB':>8}"
         + (f" {'TFLOP/s':>8} {'% peak':>7}" if gemm else "")
     )
     for modality in modalities:
@@ -315,10 +379,13 @@ def main() -> None:
                 # and against the faster peer of this run (by median time)
                 fastest = min(peers, key=lambda p: statistics.median(times[p]))
                 speedup["fastest"] = statistics.median(a / b for a, b in zip(times[fastest], times[impl]))
-                rss_runs = (
+                memory = (
                     [] if args.no_memory else peak_rss(impl, modality, dtype, args.batch, args.model, args.memory_runs)
                 )
+                rss_runs = [run["peak_rss_mib"] for run in memory]
                 rss = statistics.median(rss_runs) if rss_runs else None
+                live_runs = [run["live_peak_mib"] for run in memory if run["live_peak_mib"] is not None]
+                live = statistics.median(live_runs) if live_runs else None
                 row = {
                     "modality": modality,
                     "dtype": dtype,
@@ -329,6 +396,8 @@ def main() -> None:
                     "fastest_peer": fastest,
                     "peak_rss_mib": rss,
                     "peak_rss_mib_runs": rss_runs,
+                    "live_peak_mib": live,
+                    "live_peak_mib_runs": live_runs,
                 }
                 limit = ""
                 if gemm and modality == "image":
@@ -339,7 +408,7 @@ def main() -> None:
                 print(
                     f"{modality:8} {dtype:5} {impl:11} {med:14.4f} {args.batch / med:8.2f} "
                     + " ".join(f"{speedup[p]:18.3f}x" if p in speedup else f"{'':>19}" for p in [*peers, "fastest"])
-                    + f" {'' if rss is None else f'{rss:.0f}':>12}"
+                    + f" {'' if rss is None else f'{rss:.0f}':>12} {'' if live is None else f'{live:.1f}':>8}"
                     + limit
                 )
     if args.json:
