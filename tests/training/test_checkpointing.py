@@ -114,6 +114,25 @@ def test_a_full_disk_fails_the_save_in_one_line_removes_its_part_and_keeps_the_l
     assert_same_state(fresh.state_dict(), saved)
 
 
+def test_a_rotation_that_fails_after_the_rename_warns_and_the_save_stands(tmp_path, monkeypatch, capsys):
+    """The checkpoint is complete once renamed (resume=auto picks it): a failure of the rotation after it
+    was reported as a failed save whose files were removed, and stopped the run."""
+    model, optimizer = build(0)
+    manager = CheckpointManager(tmp_path / "ckpt", keep=1)
+    manager.save(2, model, optimizer, {"step": 2})
+    monkeypatch.setattr(checkpointing_module, "_discard", disk_full(checkpointing_module._discard))
+    final = manager.save(4, model, optimizer, {"step": 4})
+    monkeypatch.undo()
+    assert final == tmp_path / "ckpt" / "step_00000004"
+    assert [p.name for p in manager.complete()] == ["step_00000002", "step_00000004"]  # the old one left
+    assert manager.latest() == final
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: checkpoint {final} is complete, but after it was written [Errno 28] No space")
+    assert err.count("\n") == 1
+    fresh, fresh_optimizer = build(1)
+    assert manager.load(final, fresh, fresh_optimizer) == {"step": 4}
+
+
 def test_every_file_reaches_the_disk_before_the_marker_and_the_rename_after_it(tmp_path, monkeypatch):
     """A power loss after the rename must not leave a checkpoint whose files were still in the page
     cache: the newest checkpoint would fail its digests and the older ones are deleted by then."""

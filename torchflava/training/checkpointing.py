@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 import random
 import shutil
+import sys
 from typing import Any, Callable, Mapping, Optional, Union
 import warnings
 
@@ -247,9 +248,18 @@ class CheckpointManager:
         if final.exists():
             _discard(final)
         os.replace(tmp, final)
-        fsync_path(self.root)  # the rename: a power loss after it cannot bring the old name back
-        for old in self.complete()[: -self.keep]:
-            _discard(old)
+        # The checkpoint is complete from here on (resume=auto picks it): what fails after the rename is said as
+        # a warning, not as a failed save, which would stop the run saying its files were removed.
+        try:
+            fsync_path(self.root)  # the rename: a power loss after it cannot bring the old name back
+            for old in self.complete()[: -self.keep]:
+                _discard(old)
+        except OSError as error:
+            print(
+                f"warning: checkpoint {final} is complete, but after it was written {first_line(error)}: older "
+                "checkpoints may be left beside it, or its rename not yet on the disk",
+                file=sys.stderr,
+            )
 
     def _collective_phase(self, step: int, tmp: Path, work: Callable[[], None]) -> None:
         """``work()`` on every rank, then every rank's fault gathered (collective); if any rank's failed,
