@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 import shutil
 import signal
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +26,7 @@ from torchflava.modules.encoders import transformer_encoder
 from torchflava.modules.layers import Linear, TransformerEncoderLayer
 from torchflava.modules.layers import linear as linear_module
 from torchflava.training import loop as loop_module
+from torchflava.training import preemption as preemption_module
 from torchflava.training.checkpointing import CheckpointManager, CheckpointWriteError
 from torchflava.training.config import ConfigError, save_config
 from torchflava.training.integrity import write_marker
@@ -372,14 +374,76 @@ def test_a_signal_while_fit_sets_up_stops_after_the_first_step_checkpointed(tmp_
     assert list(losses(tmp_path)) == [1]
 
 
-def test_a_second_signal_acts_at_once_and_a_handler_of_the_programs_own_is_left_alone(tmp_path):
-    def twice():
-        signal.raise_signal(signal.SIGINT)
-        signal.raise_signal(signal.SIGINT)  # whoever cannot wait for the step to end: KeyboardInterrupt
+def test_a_repeat_within_the_window_is_the_same_stop_a_later_one_acts_at_once(tmp_path, monkeypatch):
+    """SLURM signals every process and torchrun forwards its own SIGTERM to its workers: two arrive within
+    milliseconds, and the second one killed the worker mid-step (no checkpoint) when any repeat acted."""
 
+    def twice(number):
+        def hook():
+            signal.raise_signal(number)
+            signal.raise_signal(number)
+
+        return hook
+
+    with pytest.raises(Preempted) as stopped:
+        run(tmp_path / "twice", max_steps=8, after_step=twice(signal.SIGTERM))
+    assert (stopped.value.step, stopped.value.checkpoint.name) == (2, "step_00000002")
+    monkeypatch.setattr(preemption_module, "REPEAT_WINDOW_S", 0.0)  # a later repeat: whoever cannot wait
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "twice", after_step=twice)
-    assert CheckpointManager(tmp_path / "twice" / "checkpoints").complete() == []
+        run(tmp_path / "later", after_step=twice(signal.SIGINT))
+    assert CheckpointManager(tmp_path / "later" / "checkpoints").complete() == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def test_a_signal_in_the_last_step_stops_the_run_after_its_final_checkpoint(tmp_path, capsys):
+    """A signal after the last step's losses were reduced (during its checkpoint or after_step) was swallowed:
+    fit returned, and the recipe went on to export and evaluate until the scheduler's SIGKILL."""
+    with pytest.raises(Preempted) as stopped:
+        run(tmp_path, max_steps=4, after_step=signalled_after(4))
+    assert (stopped.value.step, stopped.value.checkpoint.name) == (4, "step_00000004")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("stopped by SIGTERM after step 4: checkpoint")
+    _, again = run(tmp_path, max_steps=4, resume="auto")  # the resumed job: nothing left to train
+    assert again.step == 4 and again.loss is None
+
+
+class SlowFrom(ToyData):
+    """ToyData whose items from ``slow_from`` on take a minute to read (a stalled network read)."""
+
+    def __init__(self, steps, slow_from) -> None:
+        super().__init__(steps)
+        self.slow_from = slow_from
+
+    def __getitem__(self, index: int) -> ToyItem:
+        if index >= self.slow_from:
+            time.sleep(60)
+        return super().__getitem__(index)
+
+
+def test_a_stopped_run_ends_its_loader_workers_even_in_the_middle_of_a_slow_read(tmp_path):
+    """Workers ignore a scheduler's SIGTERM (it would kill them before the step ends), and torch's own
+    shutdown of them is a SIGTERM: a worker in a slow read outlived the stopped run, which could not exit."""
+    import multiprocessing
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    training, optim = settings(tmp_path, max_steps=8)
+    started = time.monotonic()
+    with pytest.raises(Preempted) as stopped:
+        fit(
+            Toy(),
+            toy_step,
+            SlowFrom(8, slow_from=4),
+            training=training,
+            optim=optim,
+            num_workers=1,
+            after_step=signalled_after(2),
+            shard_layers=(),
+        )
+    assert stopped.value.step == 3
+    assert time.monotonic() - started < 40  # (the worker's read would take 60 s)
+    assert [p.pid for p in multiprocessing.active_children() if p.pid not in before] == []
+
+
+def test_a_handler_of_the_programs_own_is_left_alone(tmp_path):
     seen = []
     previous = signal.signal(signal.SIGUSR1, lambda number, frame: seen.append(number))
     try:  # (e.g. faulthandler.register(SIGUSR1) to dump tracebacks): still the program's during the run

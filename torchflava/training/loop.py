@@ -55,7 +55,7 @@ import sys
 import time
 import types
 import typing
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 import zlib
 
 import torch
@@ -628,14 +628,34 @@ def _fit(
             if done % t.checkpoint_every == 0 or done == t.max_steps or stop:
                 state = _loop_state(done, optimizer, scheduler, skipped, position, window, _schedule(t, optim))
                 last_saved = checkpoints.save(done, wrapped, optimizer, state, texts=recorded)
-            if stop and done < t.max_steps:  # (a signal in the last step: the run is done, it ends as usual)
+            if stop:
                 raise _preempted(done, last_saved, signals.received)
+        # A signal after the last step's losses were reduced (during its checkpoint, say) came to some ranks
+        # alone: agreed here, once, it stops every rank before the export and evaluation that follow.
+        if bool(all_reduce_sum(torch.tensor([float(signals.received is not None)], device=device)) > 0):
+            raise _preempted(t.max_steps, last_saved, signals.received)
     finally:
         if progress is not None:
             progress.close()
         if logger is not None:
             logger.close()
+        _close_loader(items)
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
+
+
+def _close_loader(items: Iterator) -> None:
+    """Stop the loader's worker processes now, on every way out of :func:`fit`: torch's shutdown asks them to
+    stop and then sends ``SIGTERM``, which they ignore (:func:`~torchflava.training.preemption.ignore_stop_signals`),
+    so those still alive after it (a worker in the middle of a slow read) are killed; a worker left behind
+    kept the process from exiting."""
+    shutdown = getattr(items, "_shutdown_workers", None)  # (a multi-process loader's iterator)
+    if shutdown is None:
+        return
+    shutdown()
+    for worker in getattr(items, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def _check_fit_arguments(model: object, step: object, data: object, training: object, optim: object) -> None:

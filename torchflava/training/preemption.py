@@ -10,18 +10,30 @@ default only records that it came (:class:`StopSignals`). The loop reads the rec
 step, with that step's losses, agreed over ranks (one rank's signal stops every rank, after the same
 step), writes a checkpoint of that step and raises :class:`Preempted`, a ``SystemExit`` whose status is
 :data:`PREEMPTED_EXIT_CODE`: a recipe process exits with it, and ``training.resume=auto`` continues
-exactly. A second signal of the same kind acts as it would have (kills, or ``KeyboardInterrupt``), for
-whoever cannot wait for the step to end. A handler the program installed itself is left alone.
+exactly. A signal in the last step (or during its checkpoint) stops the run too, once the last
+checkpoint is written: the export and evaluation that follow are for the resumed job. A stop signal
+that comes :data:`REPEAT_WINDOW_S` or more after the first acts as it would have (kills, or
+``KeyboardInterrupt``), for whoever cannot wait for the step to end; one within that window is the same
+stop sent twice (SLURM signals every process of the job, and ``torchrun`` forwards the signal it got to
+its workers: two arrive within milliseconds). A handler the program installed itself is left alone.
+
+Under ``torchrun`` the workers exit with status 75 but torchrun itself exits 1, and it kills them 30 s
+after forwarding a signal: the step under way and its checkpoint must fit in that time, and a job
+script requeues on the ``stopped by ... after step N`` line (or always: ``training.resume=auto`` finds
+whether there is anything left to do).
 """
 
 from pathlib import Path
 import signal
 import threading
+import time
 from typing import Optional
 
 # sysexits.h EX_TEMPFAIL: a temporary failure, the job is to be run again (training.resume=auto continues it)
 PREEMPTED_EXIT_CODE = 75
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+# seconds after the first stop signal within which another is the same stop, delivered twice
+REPEAT_WINDOW_S = 2.0
 
 
 class Preempted(SystemExit):
@@ -44,8 +56,9 @@ class Preempted(SystemExit):
 class StopSignals:
     """A context manager: inside it, each of :data:`STOP_SIGNALS` still at its default handler (for
     ``SIGINT``, Python's ``KeyboardInterrupt``) is only recorded in :attr:`received`, the first one's name;
-    its default comes back once it has come, so that a second one of it acts at once. Outside the main
-    thread (where no handler can be set) it does nothing. The handlers it replaced come back on exit.
+    another within :data:`REPEAT_WINDOW_S` of it is the same stop, one later acts at once as its default
+    would. Outside the main thread (where no handler can be set) it does nothing. The handlers it replaced
+    come back on exit.
 
     Attributes:
         received (Optional[str]): the name of the first stop signal that came; None while none has.
@@ -53,6 +66,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: Optional[str] = None
+        self._first = 0.0  # when the first came (time.monotonic)
         self._replaced: dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -65,9 +79,17 @@ class StopSignals:
         return self
 
     def _record(self, number: int, frame: object) -> None:
+        now = time.monotonic()
         if self.received is None:
-            self.received = signal.Signals(number).name
-        signal.signal(number, self._replaced.pop(number, signal.SIG_DFL))  # the next one of it: its default action
+            self.received, self._first = signal.Signals(number).name, now
+            return
+        if now - self._first < REPEAT_WINDOW_S:  # the same stop, delivered twice
+            return
+        default = self._replaced.pop(number, signal.SIG_DFL)  # whoever cannot wait: the default action, now
+        signal.signal(number, default)
+        if default is signal.default_int_handler:
+            raise KeyboardInterrupt
+        signal.raise_signal(number)
 
     def __exit__(self, *exc_info: object) -> None:
         while self._replaced:
@@ -79,7 +101,8 @@ def ignore_stop_signals(worker_id: int) -> None:
     """A data-loader ``worker_init_fn``: the worker ignores :data:`STOP_SIGNALS`. A scheduler signals every
     process of a job, and a worker that died of it would fail the main process (torch raises "DataLoader
     worker ... is killed by signal") before it reaches the step boundary where it checkpoints. The main
-    process ends its workers itself; they also exit when it is gone, and ``SIGKILL`` still ends them."""
+    process ends its workers itself (``fit`` kills those still alive once the loader's shutdown has
+    asked them to stop: torch's ``terminate`` is a ``SIGTERM``); they also exit when it is gone."""
     for name in STOP_SIGNALS:
         number = getattr(signal, name, None)
         if number is not None:
