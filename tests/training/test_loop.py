@@ -305,6 +305,15 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     assert again.loss is None and again.step == 8 and again.skipped == full.skipped
 
 
+@pytest.fixture
+def interruptible():
+    """SIGINT at Python's default for the test: a process started in the background by a shell (`make test &`,
+    a CI runner's) inherits SIGINT ignored, which fit rightly leaves alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def signalled_after(calls: int, number: int = signal.SIGTERM):
     """An ``after_step`` hook that sends this process the signal ``number`` at its ``calls``-th call, as a
     scheduler would; the loop must have taken the signal over (the old loop had not: it raises
@@ -322,7 +331,7 @@ def signalled_after(calls: int, number: int = signal.SIGTERM):
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
-def test_a_stop_signal_checkpoints_the_step_and_exits_for_resume_auto(tmp_path, number, capsys):
+def test_a_stop_signal_checkpoints_the_step_and_exits_for_resume_auto(tmp_path, number, capsys, interruptible):
     """SLURM's SIGTERM (or --signal=USR1, Ctrl-C's SIGINT) killed the run mid-step: every step since the last
     checkpoint was lost. Now the step ends, is checkpointed, and the run exits with status 75."""
     reference, _ = run(tmp_path / "reference", max_steps=8)
@@ -374,7 +383,7 @@ def test_a_signal_while_fit_sets_up_stops_after_the_first_step_checkpointed(tmp_
     assert list(losses(tmp_path)) == [1]
 
 
-def test_a_repeat_within_the_window_is_the_same_stop_a_later_one_acts_at_once(tmp_path, monkeypatch):
+def test_a_repeat_within_the_window_is_the_same_stop_a_later_one_acts_at_once(tmp_path, monkeypatch, interruptible):
     """SLURM signals every process and torchrun forwards its own SIGTERM to its workers: two arrive within
     milliseconds, and the second one killed the worker mid-step (no checkpoint) when any repeat acted."""
 
