@@ -27,12 +27,13 @@ from torchflava.data.transforms import EvalImageTransform
 from torchflava.models import flava_model
 from torchflava.models.flava import flava_model_for_classification
 from torchflava.pretrained import load_pretrained
+from torchflava.training.config import load_config
 
 finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe_for_classify")
 
 
 def _finetune(export: Path, out: Path, *overrides: str) -> dict:
-    cfg = finetune.load_config(
+    cfg = load_config(
         finetune.FinetuneConfig,
         [
             f"model.pretrained={export}",

@@ -10,6 +10,7 @@ from tests.helpers import load_recipe
 from torchflava import zero_shot
 from torchflava.data.shapes import ShapesWorld
 from torchflava.pretrained import load_pretrained
+from torchflava.training.config import load_config
 from torchflava.training.integrity import CheckpointIntegrityError
 
 CLASSES = ["red circle", "blue square", "green triangle"]
@@ -24,7 +25,7 @@ def _train(family: str, out) -> None:
     train = load_recipe(RECIPES[family], f"midrun_{family}_train")
     overrides = [f"training.output_dir={out}", "training.max_steps=2", "training.checkpoint_every=2"]
     overrides += ["optim.warmup_steps=0", "eval.enabled=false"]
-    train.main(train.load_config(train.TrainConfig, [f"config={REPO / CONFIGS[family]}", *overrides]))
+    train.main(load_config(train.TrainConfig, [f"config={REPO / CONFIGS[family]}", *overrides]))
 
 
 @pytest.fixture(scope="module", params=["flava", "clip"])

@@ -19,6 +19,8 @@ import yaml
 from tests.helpers import assert_a_grown_captions_file_refuses_resume, load_recipe, write_tiny_export
 from torchflava.modules.layers import TransformerEncoderLayer
 from torchflava.training.checkpointing import CheckpointManager
+from torchflava.training.config import load_config
+from torchflava.training.schema import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "flava" / "train.py"
@@ -29,7 +31,7 @@ train = load_recipe("examples/flava/train.py", "flava_train_recipe")
 
 
 def _config(*overrides):
-    return train.load_config(train.TrainConfig, [f"config={DEBUG}", *overrides])
+    return load_config(train.TrainConfig, [f"config={DEBUG}", *overrides])
 
 
 def _losses(output_dir):
@@ -78,7 +80,7 @@ def test_unknown_top_level_section_in_yaml_is_an_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_steps: 3\n")
     with pytest.raises(train.ConfigError, match="trainer"):
-        train.load_config(train.TrainConfig, [f"config={bad}"])
+        load_config(train.TrainConfig, [f"config={bad}"])
 
 
 @pytest.mark.parametrize(
@@ -424,7 +426,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(train, "flava_model_for_pretraining", poisoned)
     cfg = _config(f"training.output_dir={tmp_path}", "training.max_steps=8", "training.checkpoint_every=2")
-    with pytest.raises(train.NonFiniteLossError, match="step 5") as error:
+    with pytest.raises(NonFiniteLossError, match="step 5") as error:
         train.main(cfg)
     assert "step_00000004" in str(error.value)
     assert [p.name for p in CheckpointManager(tmp_path / "checkpoints").complete()] == [
@@ -478,7 +480,7 @@ def test_fsdp_with_bf16_parameters_runs_and_stays_close(tmp_path):
     "path", sorted((REPO / "examples" / "flava" / "configs" / "pretraining").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_every_pretraining_config_loads_and_validates(path, tmp_path):
-    cfg = train.load_config(train.TrainConfig, [f"config={path}"])
+    cfg = load_config(train.TrainConfig, [f"config={path}"])
     if cfg.data.source == "files":  # a config for your data: point it at some
         (tmp_path / "texts.txt").write_text("a text\n")
         cfg.data.files.texts = str(tmp_path / "texts.txt")
@@ -500,7 +502,7 @@ def test_every_finetuning_config_loads_and_validates(path, tmp_path):
     write_tiny_export(tmp_path / "ckpt")  # validate reads its config files (a FLAVA one, not CLIP)
     overrides = [] if "shapes" in path.name else [f"data.train={tmp_path / 't'}", f"data.val={tmp_path / 'v'}"]
     overrides += [f"data.image_root={tmp_path / 'i'}", f"model.pretrained={tmp_path / 'ckpt'}"]
-    cfg = finetune.load_config(finetune.FinetuneConfig, [f"config={path}", *overrides])
+    cfg = load_config(finetune.FinetuneConfig, [f"config={path}", *overrides])
     for name, val in (cfg.data.extra_val or {}).items():  # a set the config names for your file (MNLI's mismatched)
         assert val is None, name
         cfg.data.extra_val[name] = str(tmp_path / "v")

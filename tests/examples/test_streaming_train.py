@@ -18,6 +18,7 @@ import webdataset as wds
 from tests.helpers import load_recipe, served_directory
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.streaming import STREAM_SHARDS, StreamedSource, StreamingBatches
+from torchflava.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = load_recipe("examples/clip/train.py", "streaming_clip_recipe")
@@ -53,7 +54,7 @@ def _losses(output_dir: Path) -> dict:
 
 
 def test_clip_trains_on_shards_streamed_over_http_and_counts_the_bad_sample(served, tmp_path):
-    cfg = CLIP.load_config(
+    cfg = load_config(
         CLIP.TrainConfig,
         [
             f"config={CLIP_DEBUG}",
@@ -78,7 +79,7 @@ def test_flava_trains_on_shards_streamed_through_pipe_cat_mixed_with_a_text_corp
     streaming would draw."""
     corpus = tmp_path / "texts.txt"
     corpus.write_text("".join(ShapesWorld("texts", 60, image_size=32).caption(i) + "\n" for i in range(60)))
-    cfg = FLAVA.load_config(
+    cfg = load_config(
         FLAVA.TrainConfig,
         [
             f"config={FLAVA_DEBUG}",
@@ -148,8 +149,8 @@ def test_a_killed_streamed_run_resumes_to_the_same_losses(shards, tmp_path):
 def test_a_streamed_run_resumes_only_with_its_loader_workers(shards, tmp_path):
     base = [f"config={CLIP_DEBUG}", *STREAM, f"data.files.pairs_shards={shards}/pairs-*.tar"]
     base += [f"training.output_dir={tmp_path}", "training.max_steps=4"]
-    CLIP.main(CLIP.load_config(CLIP.TrainConfig, base))
-    again = CLIP.load_config(CLIP.TrainConfig, [*base, "training.resume=auto", "training.max_steps=6"])
+    CLIP.main(load_config(CLIP.TrainConfig, base))
+    again = load_config(CLIP.TrainConfig, [*base, "training.resume=auto", "training.max_steps=6"])
     again.data.num_workers = 2
     with pytest.raises(CLIP.ConfigError) as caught:
         CLIP.main(again)
@@ -162,10 +163,10 @@ def test_a_refused_stream_resume_leaves_the_run_directory_as_it_was(shards, tmp_
     checkpoints newer than the one resumed from were moved aside."""
     base = [f"config={CLIP_DEBUG}", *STREAM, f"data.files.pairs_shards={shards}/pairs-*.tar"]
     base += [f"training.output_dir={tmp_path}", "training.max_steps=4", "training.checkpoint_every=2"]
-    CLIP.main(CLIP.load_config(CLIP.TrainConfig, base))
+    CLIP.main(load_config(CLIP.TrainConfig, base))
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".run.lock"}
     older = tmp_path / "checkpoints" / "step_00000002"
-    again = CLIP.load_config(CLIP.TrainConfig, [*base, f"training.resume={older}", "training.max_steps=6"])
+    again = load_config(CLIP.TrainConfig, [*base, f"training.resume={older}", "training.max_steps=6"])
     again.data.num_workers = 2
     # (the key once, not "key 'data.num_workers': data.num_workers: ...")
     with pytest.raises(CLIP.ConfigError, match="^key 'data.num_workers': the checkpoint's stream positions are for "):
@@ -220,7 +221,7 @@ def test_shards_without_usable_samples_are_a_one_line_error_naming_the_key(tmp_p
     27-line traceback ending in RuntimeError after the run's work had started)."""
     for good, found in ((0, "none of the first 50 samples of slot 0's shards decodes; the first: "), (2, "the ")):
         shard = _shard(tmp_path / f"good{good}.tar", good=good, bad=60)
-        cfg = CLIP.load_config(
+        cfg = load_config(
             CLIP.TrainConfig,
             [f"config={CLIP_DEBUG}", *STREAM, f"data.files.pairs_shards={shard}", "data.streaming.shuffle_buffer=0"]
             + [f"training.output_dir={tmp_path / f'run{good}'}", "training.max_steps=2", "optim.warmup_steps=0"],
@@ -243,14 +244,14 @@ def test_a_flava_run_refused_for_its_shards_leaves_no_learnt_vocabulary(tmp_path
     overrides = [f"config={FLAVA_DEBUG}", *STREAM, f"data.files.pairs_shards={shard}", "training.max_steps=2"]
     overrides += ["data.streaming.shuffle_buffer=0", "optim.warmup_steps=0", f"training.output_dir={tmp_path / 'run'}"]
     with pytest.raises(FLAVA.ConfigError, match=r"^key 'data.files.pairs_shards': expected shards to stream"):
-        FLAVA.main(FLAVA.load_config(FLAVA.TrainConfig, overrides))
+        FLAVA.main(load_config(FLAVA.TrainConfig, overrides))
     assert not (tmp_path / "run").exists()
 
 
 def test_a_flava_resume_on_another_number_of_shards_is_refused_naming_the_key(shards):
     """A glob that matches more shards than at the checkpoint deals each epoch's shards in another order:
     the resumed stream would read other samples (some twice) without a word."""
-    cfg = FLAVA.load_config(
+    cfg = load_config(
         FLAVA.TrainConfig, [f"config={FLAVA_DEBUG}", *STREAM, f"data.files.pairs_shards={shards}/pairs-*.tar"]
     )
     data = StreamingBatches(cfg.data.files.pairs_shards, lambda *args, **kwargs: None, batch_size=1)
