@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from torchflava.evaluation.zero_shot import per_class_mean
 from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 DEFAULT_L2 = tuple(10.0**e for e in range(-6, 3))
@@ -250,14 +251,5 @@ def linear_probe(
     if test is not None:
         right = ((standard(test[0]) @ weight.T + bias).argmax(dim=1) == test[1]).double()
         test_accuracy = right.float().mean().item()
-        per_class = _mean_per_class(right, test[1], num_classes)
+        per_class = per_class_mean(right, test[1], num_classes)
     return LinearProbeResult(best, val_accuracy, test_accuracy, weight, bias, mean, std, per_class)
-
-
-def _mean_per_class(right: Tensor, labels: Tensor, num_classes: int) -> float:
-    """The mean over the classes present in ``labels`` of the share of their (N,) items that are ``right``
-    (1.0 or 0.0 each): a class without items has no accuracy and is left out."""
-    counts = torch.bincount(labels, minlength=num_classes)
-    sums = torch.zeros(num_classes, dtype=torch.float64, device=right.device).index_add_(0, labels, right)
-    present = counts > 0
-    return (sums[present] / counts[present]).mean().item()
