@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils.data import Dataset
 
+from tests.data.test_streaming import descendants, needs_proc, signal_the_job, write_large_shards
 from tests.helpers import run_ranks
 from torchflava.modules.encoders import transformer_encoder
 from torchflava.modules.layers import Linear, TransformerEncoderLayer
@@ -450,6 +451,103 @@ def test_a_stopped_run_ends_its_loader_workers_even_in_the_middle_of_a_slow_read
     assert stopped.value.step == 3
     assert time.monotonic() - started < 40  # (the worker's read would take 60 s)
     assert [p.pid for p in multiprocessing.active_children() if p.pid not in before] == []
+
+
+def _caption_numbers(kind, samples, seeds, *, another=None):
+    """A collator for the toy: each caption's number (``caption 7``) as a one-feature row."""
+    return {"x": torch.tensor([[float(sample.text.split()[1]) / 64] for sample in samples])}
+
+
+class _Scalar(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def _streamed_run(out, shards, num_workers, *, after_step=None, resume="none") -> tuple[list, FitResult]:
+    """A run of 8 steps on streamed ``pipe:cat`` shards; the sample keys of each step it took, and its result
+    (or the Preempted that stopped it)."""
+    from torchflava.data.streaming import StreamingBatches
+
+    data = StreamingBatches(
+        f"pipe:cat {shards}/shard-{{000..003}}.tar",
+        _caption_numbers,
+        batch_size=4,
+        num_workers=num_workers,
+        seed=1,
+        shuffle_buffer=0,
+        require=("text",),
+    )
+    keys = []
+
+    def step(model, item):
+        keys.append(list(item.keys))
+        prediction = model(item.batch["x"])
+        return StepOutput({"l": (prediction**2).sum()}, {"l": torch.tensor(float(prediction.numel()))})
+
+    training, optim = settings(out, max_steps=8, global_batch_size=4, checkpoint_every=100, resume=resume)
+    try:
+        result = fit(
+            _Scalar(), step, data, training=training, optim=optim, num_workers=num_workers, after_step=after_step
+        )
+    except Preempted as stopped:
+        return keys, stopped
+    return keys, result
+
+
+@needs_proc
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_stop_signal_to_the_whole_job_resumes_a_pipe_stream_exactly(tmp_path, num_workers):
+    """SLURM's SIGTERM also reaches the `pipe:` commands: with the shards read in the main process, the shard
+    under way read on as cut while the run finished its step (its rest lost for the epoch, a broken shard in
+    the report), and the resumed run did not see the samples an uninterrupted one sees."""
+    write_large_shards(tmp_path / "shards", shards=4, per_shard=12)
+    reference, full = _streamed_run(tmp_path / "reference", tmp_path / "shards", num_workers)
+    before = frozenset(descendants())
+    count = [0]
+
+    def stop_the_job():  # after step 3's update: read with step 4's losses, the run stops after step 4
+        count[0] += 1
+        if count[0] == 3:
+            signal_the_job(spared=before)
+
+    first, stopped = _streamed_run(tmp_path / "run", tmp_path / "shards", num_workers, after_step=stop_the_job)
+    assert (stopped.code, stopped.step, stopped.checkpoint.name) == (PREEMPTED_EXIT_CODE, 4, "step_00000004")
+    assert descendants() - before == set()  # (the shard command under way was killed, not left running)
+    rest, result = _streamed_run(tmp_path / "run", tmp_path / "shards", num_workers, resume="auto")
+    assert first + rest == reference  # the same samples, in the same steps
+    assert result.skipped == full.skipped == []
+    assert losses(tmp_path / "run") == losses(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_stream_that_runs_dry_is_a_one_line_error_and_its_workers_end(tmp_path, num_workers):
+    """A stream shorter than max_steps x grad_accumulation left fit as a bare StopIteration()."""
+    import multiprocessing
+
+    from torch.utils.data import IterableDataset
+
+    class Short(IterableDataset):
+        def __iter__(self):
+            return iter([ToyData(1)[0]])  # one micro-batch per loader process
+
+        def load_state_dict(self, position):
+            pass
+
+    before = set(multiprocessing.active_children())
+    training, optim = settings(tmp_path, max_steps=4, grad_accumulation=1)
+    with pytest.raises(ValueError) as error:
+        fit(Toy(), toy_step, Short(), training=training, optim=optim, num_workers=num_workers, shard_layers=())
+    got = max(1, num_workers)
+    assert str(error.value) == (
+        "data: expected a stream of at least (max_steps - 0) x grad_accumulation = 4 micro-batches from step 1 on, "
+        f"got one that ended after {got} (in step {got + 1})"
+    )
+    assert [p for p in multiprocessing.active_children() if p not in before] == []
 
 
 def test_a_handler_of_the_programs_own_is_left_alone(tmp_path):

@@ -47,6 +47,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import multiprocessing
 import numbers
 import os
 from pathlib import Path
@@ -531,11 +532,19 @@ def _fit(
             from tqdm import tqdm
 
             progress = tqdm(total=t.max_steps, initial=start, desc=description, dynamic_ncols=True)
+    children = set(multiprocessing.active_children())  # (the loader's workers are those started after)
     items = iter(_loader(data, start * accumulation, num_workers))
     last_time, last_step, loss = time.perf_counter(), start, None
 
     def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str], Tensor]:
-        item = _to_device(next(items), device)
+        try:
+            item = _to_device(next(items), device)
+        except StopIteration:  # (a stream that ran dry: torch's bare StopIteration() left fit without a word)
+            raise ValueError(
+                f"data: expected a stream of at least (max_steps - {start}) x grad_accumulation = "
+                f"{(t.max_steps - start) * accumulation} micro-batches from step {start + 1} on, got one that ended "
+                f"after {(done - 1 - start) * accumulation + index} (in step {done})"
+            ) from None
         for entry in map(tuple, getattr(item, "skipped", ())):
             if entry not in met:
                 met.add(entry)
@@ -639,21 +648,31 @@ def _fit(
             progress.close()
         if logger is not None:
             logger.close()
-        _close_loader(items)
+        _close_loader(items, children)
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
 
 
-def _close_loader(items: Iterator) -> None:
-    """Stop the loader's worker processes now, on every way out of :func:`fit`: torch's shutdown asks them to
-    stop and then sends ``SIGTERM``, which they ignore (:func:`~torchflava.training.preemption.ignore_stop_signals`),
-    so those still alive after it (a worker in the middle of a slow read) are killed; a worker left behind
-    kept the process from exiting."""
-    shutdown = getattr(items, "_shutdown_workers", None)  # (a multi-process loader's iterator)
-    if shutdown is None:
+def _close_loader(items: Iterator, children: set) -> None:
+    """Stop reading the data now, on every way out of :func:`fit`.
+
+    Without workers ``items`` is a generator: closing it closes what the data holds open (a stream's
+    shard command is killed; left to the garbage collector, it could outlive the stopped run). With
+    workers, torch's shutdown asks them to stop and then sends ``SIGTERM``, which they ignore
+    (:func:`~torchflava.training.preemption.ignore_stop_signals`), so the workers still alive after it
+    (one in the middle of a slow read) are killed: a worker left behind kept the process from exiting.
+    The workers are this process's children that ``children`` (those before the loader) lacks;
+    torch has no public way to shut a loader's iterator down, so that one call is to its private
+    ``_shutdown_workers`` (it also stops the pin-memory thread and the queues' feeders; idempotent, and
+    also after persistent workers' iterator ran out).
+    """
+    if inspect.isgenerator(items):
+        items.close()
         return
-    shutdown()
-    for worker in getattr(items, "_workers", ()):
-        if worker.is_alive():
+    shutdown = getattr(items, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    for worker in multiprocessing.active_children():
+        if worker not in children and worker.is_alive():
             worker.kill()
             worker.join()
 
@@ -1093,9 +1112,14 @@ def _identity(item: Any) -> Any:
     return item
 
 
-def _loader(data: Dataset, first: int, num_workers: int) -> DataLoader:
+def _loader(data: Dataset, first: int, num_workers: int) -> Iterator:
     """Items ``first, first + 1, ...`` of ``data`` in order (the loader draws nothing from the global RNG);
-    streamed data from where its position was restored."""
+    streamed data from where its position was restored. Without workers, the items are read here, by a
+    generator :func:`_close_loader` closes (a stream's open shard, and the command writing it, with it)."""
+    if num_workers == 0:
+        if isinstance(data, IterableDataset):
+            return (item for item in data)
+        return (data[index] for index in range(first, len(data)))
     return DataLoader(
         data if isinstance(data, IterableDataset) else Subset(data, range(first, len(data))),
         batch_size=None,
