@@ -136,7 +136,14 @@ def settings(out, **changes):
         device="cpu",
     )
     optim = dict(
-        lr=0.05, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.0, clip_grad_norm=1.0, eps=1e-8, lr_multipliers={}
+        lr=0.05,
+        betas=[0.9, 0.999],
+        warmup_steps=0,
+        min_lr_ratio=0.0,
+        weight_decay=0.0,
+        clip_grad_norm=1.0,
+        eps=1e-8,
+        lr_multipliers={},
     )
     for key, value in changes.items():
         (optim if key in optim else training)[key] = value
@@ -1461,6 +1468,32 @@ def test_fit_takes_numpy_numbers_for_int_and_float_fields(tmp_path):
         run(tmp_path / "half", max_steps=6.5)
     with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected an int, got True$"):
         run(tmp_path / "bool", max_steps=True)
+
+
+def test_fit_alone_resumed_with_other_optimiser_settings_applies_them_and_says_so(tmp_path, capsys):
+    """fit without start_run resumed with another optim.lr, betas, eps or weight_decay: the config's values
+    replaced the checkpoint's without a word (start_run reports such changes from the configs)."""
+    with pytest.raises(Killed):
+        run(tmp_path, after_step=killed_after(4))  # checkpoint of step 3, lr 0.05, betas (0.9, 0.999)
+    capsys.readouterr()
+    changed = dict(lr=0.01, betas=[0.8, 0.99], eps=1e-6, weight_decay=0.1)
+    run(tmp_path, resume="auto", **changed)
+    checkpoint = tmp_path / "checkpoints" / "step_00000003"
+    assert capsys.readouterr().err.splitlines() == [
+        f"resume: {key}: {old!r} -> {new!r} (applied from here on; {checkpoint} was trained with the former)"
+        for key, old, new in (
+            ("optim.lr", 0.05, 0.01),
+            ("optim.betas", [0.9, 0.999], [0.8, 0.99]),
+            ("optim.eps", 1e-8, 1e-6),
+            ("optim.weight_decay", 0.0, 0.1),
+        )
+    ]
+    # the config's values win: step 4 trained with the new peak lr at the cosine's factor for it (0.5)
+    assert [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 4] == [
+        pytest.approx(0.01 * 0.5, rel=1e-12)
+    ]
+    run(tmp_path, resume="auto", **changed)  # from step 6's checkpoint, on the settings it was trained with
+    assert "optim." not in capsys.readouterr().err
 
 
 def test_fit_alone_refuses_to_resume_on_another_schedule_and_old_checkpoints_resume_as_before(tmp_path, monkeypatch):

@@ -401,6 +401,10 @@ def fit(
         start (Optional[RunStart]): what the recipe's :func:`start_run` found (its resume point is
             used as is, not looked up and verified again); None looks it up here. Its config is
             written to ``<output_dir>/config.yaml`` (rank 0) once every check of a resume has passed.
+            Without it, a resume with another ``optim.lr``, ``betas``, ``eps`` or ``weight_decay`` than
+            the checkpoint's continues with ``optim``'s, each change said in one line on stderr
+            (``resume: optim.lr: 0.05 -> 0.01 ...``, as start_run says it), and the schedule's shape is
+            refused if changed (see Raises).
         run_files (Optional[Callable[[Path], None]]): writes the recipe's own files into the run
             directory it is given (e.g. a learnt vocabulary), on rank 0, at that same point: after
             the checkpoint resumed from has loaded into the model, before the loop writes anything.
@@ -513,7 +517,13 @@ def _fit(
             print(f"resume: {moved.name} is newer than {since}; moved to {moved.parent}", file=sys.stderr)
     barrier()
     if resume_from is not None:
-        _apply_optim_config(optimizer, scheduler, optim, model)
+        changes = _apply_optim_config(optimizer, scheduler, optim, model)
+        if not compared and _rank() == 0:  # (start_run reported them, from the configs)
+            for change in changes:
+                print(
+                    f"resume: {change} (applied from here on; {resume_from} was trained with the former)",
+                    file=sys.stderr,
+                )
     is_main = _rank() == 0
     logger = progress = None
     if is_main:
@@ -1090,14 +1100,16 @@ def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
         block.forward = types.MethodType(torch.compile(type(block).forward), block)
 
 
-def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig, model: nn.Module) -> None:
-    """Make a resumed optimiser follow the current ``optim`` section (a no-op when it is unchanged).
+def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig, model: nn.Module) -> list[str]:
+    """Make a resumed optimiser follow the current ``optim`` section (a no-op when it is unchanged), and
+    return each key it changed, ``key: old -> new`` (:func:`_optim_changes`).
 
     The checkpoint restores the saved peak lr, betas, eps and weight decay; a resumed run that
     changed them (see :func:`torchflava.training.config.check_resume_config`) continues with the new
     values, the schedule's current factor applied to the new peak lr.
     """
     layout = param_groups(model, optim.weight_decay, optim.lr_multipliers)  # the groups' order, as built
+    changes = _optim_changes(optimizer.param_groups, layout, optim)
     for index, (group, built) in enumerate(zip(optimizer.param_groups, layout, strict=True)):
         peak = optim.lr * built["lr_multiplier"]
         group["initial_lr"] = peak
@@ -1106,6 +1118,29 @@ def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: Opti
         group["betas"], group["eps"] = tuple(optim.betas), optim.eps
         group["weight_decay"] = built["weight_decay"]  # norms, biases etc. stay at 0
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return changes
+
+
+def _optim_changes(saved: list[dict], layout: list[dict], optim: OptimConfig) -> list[str]:
+    """``key: old -> new`` for each of ``optim.lr``, ``betas``, ``eps`` and ``weight_decay`` whose value in
+    the checkpoint's parameter groups ``saved`` differs from ``optim`` (``layout``: the groups as built
+    from it): fit alone applied them without a word, where start_run reports them from the configs."""
+    old: dict[str, Any] = {}
+    for group, built in zip(saved, layout, strict=True):
+        if not group["params"]:  # (a group without parameters: the checkpoint holds none of its settings)
+            continue
+        multiplier = built["lr_multiplier"]
+        if multiplier and group["initial_lr"] != optim.lr * multiplier:
+            old.setdefault("optim.lr", group["initial_lr"] / multiplier)
+        if [float(b) for b in group["betas"]] != [float(b) for b in optim.betas]:
+            old.setdefault("optim.betas", [float(b) for b in group["betas"]])
+        if group["eps"] != optim.eps:
+            old.setdefault("optim.eps", group["eps"])
+        if group["weight_decay"] != built["weight_decay"]:  # (norms, biases etc. are at 0 either way)
+            old.setdefault("optim.weight_decay", group["weight_decay"])
+    new = {"optim.lr": optim.lr, "optim.betas": [float(b) for b in optim.betas], "optim.eps": optim.eps}
+    new["optim.weight_decay"] = optim.weight_decay
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new if key in old]
 
 
 def _identity(item: Any) -> Any:
