@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils.data import Dataset
 
-from tests.data.test_streaming import descendants, needs_proc, signal_the_job, write_large_shards
 from tests.helpers import run_ranks
 from torchflava.modules.encoders import transformer_encoder
 from torchflava.modules.layers import Linear, TransformerEncoderLayer
@@ -506,12 +505,14 @@ def _streamed_run(out, shards, num_workers, *, after_step=None, resume="none") -
     return keys, result
 
 
-@needs_proc
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_a_stop_signal_to_the_whole_job_resumes_a_pipe_stream_exactly(tmp_path, num_workers):
     """SLURM's SIGTERM also reaches the `pipe:` commands: with the shards read in the main process, the shard
     under way read on as cut while the run finished its step (its rest lost for the epoch, a broken shard in
     the report), and the resumed run did not see the samples an uninterrupted one sees."""
+    from tests.data.test_streaming import descendants, signal_the_job, write_large_shards  # (webdataset: here)
+
     write_large_shards(tmp_path / "shards", shards=4, per_shard=12)
     reference, full = _streamed_run(tmp_path / "reference", tmp_path / "shards", num_workers)
     before = frozenset(descendants())

@@ -140,6 +140,11 @@ class FitResult(NamedTuple):
 
 
 TIMEOUT_KEY = "training.collective_timeout_s"  # named by a collective that timed out in start_run or fit
+# where a recipe's own collectives run (run_recipe names them too): rank0_value's broadcast, its last barrier
+OUTSIDE_FIT = (
+    "outside start_run and fit (before fit, e.g. while rank 0 alone read the texts a vocabulary is learnt from; "
+    "or after it, e.g. while rank 0 wrote the export and report)"
+)
 
 
 def checkpoint_manager(training: TrainingConfig) -> CheckpointManager:
@@ -246,7 +251,8 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
     t = config.training
     validate(config, launch_world_size())
     info = init_distributed(t.strategy, device=t.device, collective_timeout_s=t.collective_timeout_s)
-    with collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s):
+    checking = lambda: "in start_run, checking the checkpoint resumed from"  # noqa: E731
+    with collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s, where=checking):
         resume_from = resume_checkpoint(t)
         states = None
         if resume_from is not None:
@@ -426,9 +432,10 @@ def fit(
             shape: start_run compares configs and lets a recipe change them); or a streamed run resumed on other ranks or loader
             workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
-        CollectiveTimeout: (a RuntimeError) naming ``training.collective_timeout_s`` if this rank waited
-            past it (torch's default when null) in a collective for another rank (Gloo; NCCL's watchdog
-            aborts the process instead).
+        CollectiveTimeout: (a RuntimeError) naming ``training.collective_timeout_s`` and what the run was
+            doing (setting up, step N, the checkpoint of step N, the end) if this rank waited past it
+            (torch's default when null) in a collective for another rank (Gloo; NCCL's watchdog aborts the
+            process instead).
         Preempted: (a ``SystemExit``, status 75) on every rank, after the checkpoint of the step during or
             after whose loss reduction a rank received ``SIGTERM``, ``SIGUSR1`` or ``SIGINT`` (those still at
             their default handlers while ``fit`` runs; a second one of a kind acts at once); a signal in the
@@ -450,9 +457,24 @@ def fit(
     # losses, over every rank, it stops the run after that step, checkpointed (torchflava.training.preemption).
     # (the process group may have been started without the run's timeout: by the caller, not start_run)
     set_collective_timeout(t.collective_timeout_s)
-    with StopSignals() as signals, collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s):
+    # what the run is doing, for a collective that times out: which step, or which phase around the steps
+    phase = ["while fit set up the run (resume checks, model wrapping, the ranks' first barrier)"]
+    timeouts = collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s, where=lambda: phase[0])
+    with StopSignals() as signals, timeouts:
         return _fit(
-            model, step, data, t, optim, after_step, shard_layers, num_workers, description, start, run_files, signals
+            model,
+            step,
+            data,
+            t,
+            optim,
+            after_step,
+            shard_layers,
+            num_workers,
+            description,
+            start,
+            run_files,
+            signals,
+            phase,
         )
 
 
@@ -469,8 +491,10 @@ def _fit(
     start: Optional[RunStart],
     run_files: Optional[Callable[[Path], None]],
     signals: StopSignals,
+    phase: list[str],
 ) -> FitResult:
-    """:func:`fit` once its arguments are checked, with the stop signals recorded in ``signals``."""
+    """:func:`fit` once its arguments are checked, with the stop signals recorded in ``signals``; ``phase[0]``
+    says what it is doing (for a collective that times out)."""
     accumulation = t.grad_accumulation
     streamed = isinstance(data, IterableDataset)
     if t.threads is not None:
@@ -579,6 +603,7 @@ def _fit(
         torch.manual_seed(t.seed)  # dropout and any other draw of torch's RNG; a resumed run restores it
     try:
         for done in range(start + 1, t.max_steps + 1):
+            phase[0] = f"in step {done} (its forward, backward and the reduction of its losses and gradients)"
             wrapped.train()
             parts: dict[str, Tensor] = {}
             invalid_counts: dict[str, Tensor] = {}
@@ -645,12 +670,14 @@ def _fit(
                 if progress is not None:
                     progress.set_postfix(loss=f"{record['loss']:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps or stop:
+                phase[0] = f"writing the checkpoint of step {done}"
                 state = _loop_state(done, optimizer, scheduler, skipped, position, window, _schedule(t, optim))
                 last_saved = checkpoints.save(done, wrapped, optimizer, state, texts=recorded)
             if stop:
                 raise _preempted(done, last_saved, signals.received)
         # A signal after the last step's losses were reduced (during its checkpoint, say) came to some ranks
         # alone: agreed here, once, it stops every rank before the export and evaluation that follow.
+        phase[0] = f"after step {t.max_steps}, agreeing whether a rank received a stop signal"
         if bool(all_reduce_sum(torch.tensor([float(signals.received is not None)], device=device)) > 0):
             raise _preempted(t.max_steps, last_saved, signals.received)
     finally:
@@ -659,6 +686,7 @@ def _fit(
         if logger is not None:
             logger.close()
         _close_loader(items, children)
+    phase[0] = "at the end of fit, gathering every rank's unusable samples"
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
 
 
