@@ -438,8 +438,9 @@ def fit(
             process instead).
         Preempted: (a ``SystemExit``, status 75) on every rank, after the checkpoint of the step during or
             after whose loss reduction a rank received ``SIGTERM``, ``SIGUSR1`` or ``SIGINT`` (those still at
-            their default handlers while ``fit`` runs; a second one of a kind acts at once); a signal in the
-            last step lets the run end as usual.
+            their default handlers while ``fit`` runs; a repeat within 2 s is the same stop, a later one acts
+            at once); also for a signal in the last step or its checkpoint, once that checkpoint is written
+            (the export and evaluation that follow ``fit`` are then the resumed job's).
     """
     _check_fit_arguments(model, step, data, training, optim)
     t = training
