@@ -85,7 +85,7 @@ from torchflava.data.samples import BadSample, Sample
 # (none: a local path; file:, ...) with webdataset's gopen.
 FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")
 CURL_SCHEMES = ("http", "https", "sftp", "ftps", "scp")  # read with curl, as webdataset's gopen reads them
-# curl retries a refused connection for a while; a status of 23 is its write to a reader that stopped reading
+# curl retries transient failures (a timeout, a 5xx answer) 30 times before it gives up on a shard
 _CURL = ("curl", "--connect-timeout", "30", "--retry", "30", "--retry-delay", "2", "-f", "-s", "-L")
 _CLOSED_EARLY = (141, 23)  # a command's status when its reader closed the pipe first (SIGPIPE; curl's)
 # A shard command ignores the stop signals (set before its own command runs, inherited by what it starts): a
@@ -199,7 +199,7 @@ class ShardCommand:
         self.process = subprocess.Popen(
             ["/bin/sh", "-c", _IGNORE_STOP_SIGNALS + 'eval "$1"', "sh", command],
             stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,  # (a background group that reads the terminal is stopped: it would hang)
             process_group=0,
         )
 
