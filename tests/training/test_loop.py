@@ -558,6 +558,32 @@ def test_a_stream_that_runs_dry_is_a_one_line_error_and_its_workers_end(tmp_path
     assert [p for p in multiprocessing.active_children() if p not in before] == []
 
 
+def _sleep_a_while():
+    time.sleep(30)
+
+
+def test_fit_ends_its_loader_workers_and_no_other_process(tmp_path):
+    """fit kills its loader's workers that outlive torch's shutdown, and only those: a process the user's
+    step started during the run (a pool, an upload) is not the loader's."""
+    import multiprocessing
+
+    started = []
+
+    def step(model, item):
+        if not started:
+            started.append(multiprocessing.get_context("spawn").Process(target=_sleep_a_while, daemon=True))
+            started[0].start()
+        return toy_step(model, item)
+
+    training, optim = settings(tmp_path, max_steps=2, grad_accumulation=1)
+    try:
+        fit(Toy(), step, ToyData(8), training=training, optim=optim, num_workers=1, shard_layers=())
+        assert started[0].is_alive()
+    finally:
+        started[0].kill()
+        started[0].join()
+
+
 def test_a_handler_of_the_programs_own_is_left_alone(tmp_path):
     seen = []
     previous = signal.signal(signal.SIGUSR1, lambda number, frame: seen.append(number))

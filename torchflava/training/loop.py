@@ -47,7 +47,6 @@ import dataclasses
 import functools
 import inspect
 import math
-import multiprocessing
 import numbers
 import os
 from pathlib import Path
@@ -567,7 +566,6 @@ def _fit(
             from tqdm import tqdm
 
             progress = tqdm(total=t.max_steps, initial=start, desc=description, dynamic_ncols=True)
-    children = set(multiprocessing.active_children())  # (the loader's workers are those started after)
     items = iter(_loader(data, start * accumulation, num_workers))
     last_time, last_step, loss = time.perf_counter(), start, None
 
@@ -686,12 +684,12 @@ def _fit(
             progress.close()
         if logger is not None:
             logger.close()
-        _close_loader(items, children)
+        _close_loader(items)
     phase[0] = "at the end of fit, gathering every rank's unusable samples"
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
 
 
-def _close_loader(items: Iterator, children: set) -> None:
+def _close_loader(items: Iterator) -> None:
     """Stop reading the data now, on every way out of :func:`fit`.
 
     Without workers ``items`` is a generator: closing it closes what the data holds open (a stream's
@@ -699,10 +697,10 @@ def _close_loader(items: Iterator, children: set) -> None:
     workers, torch's shutdown asks them to stop and then sends ``SIGTERM``, which they ignore
     (:func:`~torchflava.training.preemption.ignore_stop_signals`), so the workers still alive after it
     (one in the middle of a slow read) are killed: a worker left behind kept the process from exiting.
-    The workers are this process's children that ``children`` (those before the loader) lacks;
-    torch has no public way to shut a loader's iterator down, so that one call is to its private
-    ``_shutdown_workers`` (it also stops the pin-memory thread and the queues' feeders; idempotent, and
-    also after persistent workers' iterator ran out).
+    torch has no public way to shut a loader's iterator down or to name its workers, so this reads its
+    private ``_shutdown_workers`` (it also stops the pin-memory thread and the queues' feeders; idempotent, and
+    also after persistent workers' iterator ran out) and ``_workers``: only the loader's own processes are
+    killed, never another child of the process (a user's pool, an upload started by a hook).
     """
     if inspect.isgenerator(items):
         items.close()
@@ -710,8 +708,8 @@ def _close_loader(items: Iterator, children: set) -> None:
     shutdown = getattr(items, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
-    for worker in multiprocessing.active_children():
-        if worker not in children and worker.is_alive():
+    for worker in getattr(items, "_workers", ()):
+        if worker.is_alive():
             worker.kill()
             worker.join()
 
