@@ -6,8 +6,11 @@ broken shards are counted."""
 import collections
 import gzip
 import io
+import os
 from pathlib import Path
 import shutil
+import signal
+import time
 
 import numpy as np
 from PIL import Image
@@ -693,3 +696,79 @@ def test_a_command_whose_exit_status_comes_past_the_tar_end_is_reported_not_rais
         "pipe:cat shard.tar; exit 3:s00002",
         "pipe:cat shard.tar; exit 3",
     ]
+
+
+def write_large_shards(root: Path, *, shards: int, per_shard: int) -> list[str]:
+    """Shards like :func:`write_shards`' whose samples also hold 20 kB of noise: a shard is larger than a
+    pipe's buffer, so the command writing it is still running while the stream reads its first samples."""
+    root.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(0)
+    with wds.ShardWriter(str(root / "shard-%03d.tar"), maxcount=per_shard, verbose=0) as writer:
+        for index in range(shards * per_shard):
+            sample = {"__key__": f"s{index:05d}", "png": png(index), "txt": f"caption {index}"}
+            writer.write({**sample, "bin": noise.bytes(20_000)})
+    return sorted(str(path) for path in root.glob("shard-*.tar"))
+
+
+def descendants() -> set[int]:
+    """The pids of this process's descendants (Linux: read from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # (a process that ended meanwhile)
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def signal_the_job(number: int = signal.SIGTERM, *, spared: frozenset = frozenset()) -> None:
+    """Send ``number`` to every descendant of this process but ``spared``, then to this process: what a
+    scheduler's stop does to the processes of a job (SLURM signals them all)."""
+    for pid in descendants() - spared:
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+    signal.raise_signal(number)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+
+
+@needs_proc
+def test_a_stop_signal_to_the_whole_job_does_not_cut_a_pipe_shard(tmp_path):
+    """SIGTERM ended `pipe:` commands with the job's other processes while the run finished its step: the
+    shard read on as cut (OSError: exit -15), its last sample bad and the rest of it lost for the epoch."""
+    (shard,) = write_large_shards(tmp_path, shards=1, per_shard=8)
+    before, errors = frozenset(descendants()), []
+    samples = raw_samples(f"pipe:cat {shard}", errors)
+    first = next(samples)
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: None)  # (the loop's handler, as fit sets it)
+    try:
+        signal_the_job(spared=before)
+        time.sleep(0.2)  # (for a command that the signal ends to be gone)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    keys = [first["__key__"]] + [sample["__key__"] for sample in samples]
+    assert keys == [f"s{index:05d}" for index in range(8)]
+    assert errors == []
+
+
+@needs_proc
+def test_a_pipe_shard_closed_before_its_end_kills_its_command_at_once(tmp_path):
+    """Closing a stream early waited for the command to end by itself (webdataset's Pipe waits up to two
+    hours): a stalled download, or a command with more to do, held up a stopped run's exit."""
+    (shard,) = write_large_shards(tmp_path, shards=1, per_shard=8)
+    before, errors = descendants(), []
+    samples = raw_samples(f"pipe:cat {shard}; sleep 3", errors)
+    assert next(samples)["__key__"] == "s00000"
+    started = time.monotonic()
+    samples.close()
+    assert time.monotonic() - started < 1.5
+    assert descendants() - before == set()
+    assert errors == []  # (an abandoned command's status is not a fault of the shard)

@@ -1,7 +1,10 @@
 """wrap_model: what data parallelism can wrap; rank0_value: rank 0's value (or error) on every rank; the
 collective timeout (training.collective_timeout_s)."""
 
+import contextlib
+from dataclasses import dataclass, field
 import functools
+import io
 import os
 from pathlib import Path
 import socket
@@ -17,6 +20,8 @@ from tests.training.test_loop import Toy, ToyData, settings, toy_step
 from torchflava.training import distributed
 from torchflava.training.distributed import init_distributed, wrap_model
 from torchflava.training.loop import fit
+from torchflava.training.recipe import run_recipe
+from torchflava.training.schema import TrainingConfig
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -120,7 +125,8 @@ def test_a_rank_stuck_in_its_step_fails_the_others_after_the_collective_timeout_
     run_ranks(_timeout_worker, (port, str(tmp_path)), nprocs=2, timeout_s=HANG_CAP_S + 60)
     waited, outcome = (tmp_path / "rank0.txt").read_text().split("\n", 1)
     assert outcome.startswith(
-        "CollectiveTimeout: key 'training.collective_timeout_s': rank 0 waited in a collective past "
+        "CollectiveTimeout: key 'training.collective_timeout_s': rank 0 waited in a collective in step 1 (its "
+        "forward, backward and the reduction of its losses and gradients) past "
         "training.collective_timeout_s=1 s for another rank, which is stuck or slower than that "
         "(raise training.collective_timeout_s if its work takes that long) ("
     ), outcome
@@ -139,3 +145,55 @@ def test_a_collective_timeout_that_is_no_positive_number_is_refused_before_the_p
     with pytest.raises(ValueError) as info:
         distributed.set_collective_timeout(seconds)
     assert str(info.value) == message
+
+
+@dataclass
+class _RecipeConfig:
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+def _vocabulary_timeout_worker(rank: int, port: str, root: str) -> None:
+    """A recipe whose rank 0 alone reads the texts of a vocabulary (rank0_value) for longer than the timeout."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    reported = Path(root) / "rank1.txt"
+
+    def read_texts() -> list:
+        deadline = time.monotonic() + HANG_CAP_S
+        while not reported.exists() and time.monotonic() < deadline:  # until rank 1 has given up waiting
+            time.sleep(0.05)
+        return ["a text"]
+
+    def main(config: _RecipeConfig) -> None:
+        init_distributed("ddp", device="cpu", collective_timeout_s=config.training.collective_timeout_s)
+        distributed.rank0_value(read_texts)
+
+    stderr, status = io.StringIO(), None
+    try:
+        with contextlib.redirect_stderr(stderr):
+            run_recipe(main, _RecipeConfig, [f"training.collective_timeout_s={TIMEOUT_S}"])
+    except SystemExit as exit_:
+        status = exit_.code
+    except Exception as error:  # (rank 0 meets rank 1's exit: whatever torch says, not asserted)
+        status = type(error).__name__
+    if rank == 1:
+        (Path(root) / "rank1.tmp").write_text(f"{status}\n{stderr.getvalue()}")
+        (Path(root) / "rank1.tmp").rename(reported)
+
+
+def test_a_recipes_own_collective_that_times_out_names_the_key_and_where_it_was(tmp_path):
+    """A collective of the recipe outside start_run and fit (rank 0 learning the vocabulary from texts it
+    reads alone while the others wait in its broadcast, or the barrier after the export) that timed out left
+    the recipe with torch's raw 'Timed out waiting 1000ms for recv operation' and a traceback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_vocabulary_timeout_worker, (port, str(tmp_path)), nprocs=2, timeout_s=HANG_CAP_S + 60)
+    status, stderr = (tmp_path / "rank1.txt").read_text().split("\n", 1)
+    assert status == "1", stderr
+    assert stderr.startswith(
+        "error: key 'training.collective_timeout_s': rank 1 waited in a collective outside start_run and fit (before "
+        "fit, e.g. while rank 0 alone read the texts a vocabulary is learnt from; or after it, e.g. while rank 0 "
+        "wrote the export and report) past training.collective_timeout_s=1 s for another rank"
+    ), stderr
+    assert stderr.count("\n") == 1, stderr

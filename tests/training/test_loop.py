@@ -135,7 +135,14 @@ def settings(out, **changes):
         device="cpu",
     )
     optim = dict(
-        lr=0.05, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.0, clip_grad_norm=1.0, eps=1e-8, lr_multipliers={}
+        lr=0.05,
+        betas=[0.9, 0.999],
+        warmup_steps=0,
+        min_lr_ratio=0.0,
+        weight_decay=0.0,
+        clip_grad_norm=1.0,
+        eps=1e-8,
+        lr_multipliers={},
     )
     for key, value in changes.items():
         (optim if key in optim else training)[key] = value
@@ -450,6 +457,131 @@ def test_a_stopped_run_ends_its_loader_workers_even_in_the_middle_of_a_slow_read
     assert stopped.value.step == 3
     assert time.monotonic() - started < 40  # (the worker's read would take 60 s)
     assert [p.pid for p in multiprocessing.active_children() if p.pid not in before] == []
+
+
+def _caption_numbers(kind, samples, seeds, *, another=None):
+    """A collator for the toy: each caption's number (``caption 7``) as a one-feature row."""
+    return {"x": torch.tensor([[float(sample.text.split()[1]) / 64] for sample in samples])}
+
+
+class _Scalar(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def _streamed_run(out, shards, num_workers, *, after_step=None, resume="none") -> tuple[list, FitResult]:
+    """A run of 8 steps on streamed ``pipe:cat`` shards; the sample keys of each step it took, and its result
+    (or the Preempted that stopped it)."""
+    from torchflava.data.streaming import StreamingBatches
+
+    data = StreamingBatches(
+        f"pipe:cat {shards}/shard-{{000..003}}.tar",
+        _caption_numbers,
+        batch_size=4,
+        num_workers=num_workers,
+        seed=1,
+        shuffle_buffer=0,
+        require=("text",),
+    )
+    keys = []
+
+    def step(model, item):
+        keys.append(list(item.keys))
+        prediction = model(item.batch["x"])
+        return StepOutput({"l": (prediction**2).sum()}, {"l": torch.tensor(float(prediction.numel()))})
+
+    training, optim = settings(out, max_steps=8, global_batch_size=4, checkpoint_every=100, resume=resume)
+    try:
+        result = fit(
+            _Scalar(), step, data, training=training, optim=optim, num_workers=num_workers, after_step=after_step
+        )
+    except Preempted as stopped:
+        return keys, stopped
+    return keys, result
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_stop_signal_to_the_whole_job_resumes_a_pipe_stream_exactly(tmp_path, num_workers):
+    """SLURM's SIGTERM also reaches the `pipe:` commands: with the shards read in the main process, the shard
+    under way read on as cut while the run finished its step (its rest lost for the epoch, a broken shard in
+    the report), and the resumed run did not see the samples an uninterrupted one sees."""
+    from tests.data.test_streaming import descendants, signal_the_job, write_large_shards  # (webdataset: here)
+
+    write_large_shards(tmp_path / "shards", shards=4, per_shard=12)
+    reference, full = _streamed_run(tmp_path / "reference", tmp_path / "shards", num_workers)
+    before = frozenset(descendants())
+    count = [0]
+
+    def stop_the_job():  # after step 3's update: read with step 4's losses, the run stops after step 4
+        count[0] += 1
+        if count[0] == 3:
+            signal_the_job(spared=before)
+
+    first, stopped = _streamed_run(tmp_path / "run", tmp_path / "shards", num_workers, after_step=stop_the_job)
+    assert (stopped.code, stopped.step, stopped.checkpoint.name) == (PREEMPTED_EXIT_CODE, 4, "step_00000004")
+    assert descendants() - before == set()  # (the shard command under way was killed, not left running)
+    rest, result = _streamed_run(tmp_path / "run", tmp_path / "shards", num_workers, resume="auto")
+    assert first + rest == reference  # the same samples, in the same steps
+    assert result.skipped == full.skipped == []
+    assert losses(tmp_path / "run") == losses(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_stream_that_runs_dry_is_a_one_line_error_and_its_workers_end(tmp_path, num_workers):
+    """A stream shorter than max_steps x grad_accumulation left fit as a bare StopIteration()."""
+    import multiprocessing
+
+    from torch.utils.data import IterableDataset
+
+    class Short(IterableDataset):
+        def __iter__(self):
+            return iter([ToyData(1)[0]])  # one micro-batch per loader process
+
+        def load_state_dict(self, position):
+            pass
+
+    before = set(multiprocessing.active_children())
+    training, optim = settings(tmp_path, max_steps=4, grad_accumulation=1)
+    with pytest.raises(ValueError) as error:
+        fit(Toy(), toy_step, Short(), training=training, optim=optim, num_workers=num_workers, shard_layers=())
+    got = max(1, num_workers)
+    assert str(error.value) == (
+        "data: expected a stream of at least (max_steps - 0) x grad_accumulation = 4 micro-batches from step 1 on, "
+        f"got one that ended after {got} (in step {got + 1})"
+    )
+    assert [p for p in multiprocessing.active_children() if p not in before] == []
+
+
+def _sleep_a_while():
+    time.sleep(30)
+
+
+def test_fit_ends_its_loader_workers_and_no_other_process(tmp_path):
+    """fit kills its loader's workers that outlive torch's shutdown, and only those: a process the user's
+    step started during the run (a pool, an upload) is not the loader's."""
+    import multiprocessing
+
+    started = []
+
+    def step(model, item):
+        if not started:
+            started.append(multiprocessing.get_context("spawn").Process(target=_sleep_a_while, daemon=True))
+            started[0].start()
+        return toy_step(model, item)
+
+    training, optim = settings(tmp_path, max_steps=2, grad_accumulation=1)
+    try:
+        fit(Toy(), step, ToyData(8), training=training, optim=optim, num_workers=1, shard_layers=())
+        assert started[0].is_alive()
+    finally:
+        started[0].kill()
+        started[0].join()
 
 
 def test_a_handler_of_the_programs_own_is_left_alone(tmp_path):
@@ -1363,6 +1495,32 @@ def test_fit_takes_numpy_numbers_for_int_and_float_fields(tmp_path):
         run(tmp_path / "half", max_steps=6.5)
     with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected an int, got True$"):
         run(tmp_path / "bool", max_steps=True)
+
+
+def test_fit_alone_resumed_with_other_optimiser_settings_applies_them_and_says_so(tmp_path, capsys):
+    """fit without start_run resumed with another optim.lr, betas, eps or weight_decay: the config's values
+    replaced the checkpoint's without a word (start_run reports such changes from the configs)."""
+    with pytest.raises(Killed):
+        run(tmp_path, after_step=killed_after(4))  # checkpoint of step 3, lr 0.05, betas (0.9, 0.999)
+    capsys.readouterr()
+    changed = dict(lr=0.01, betas=[0.8, 0.99], eps=1e-6, weight_decay=0.1)
+    run(tmp_path, resume="auto", **changed)
+    checkpoint = tmp_path / "checkpoints" / "step_00000003"
+    assert capsys.readouterr().err.splitlines() == [
+        f"resume: {key}: {old!r} -> {new!r} (applied from here on; {checkpoint} was trained with the former)"
+        for key, old, new in (
+            ("optim.lr", 0.05, 0.01),
+            ("optim.betas", [0.9, 0.999], [0.8, 0.99]),
+            ("optim.eps", 1e-8, 1e-6),
+            ("optim.weight_decay", 0.0, 0.1),
+        )
+    ]
+    # the config's values win: step 4 trained with the new peak lr at the cosine's factor for it (0.5)
+    assert [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 4] == [
+        pytest.approx(0.01 * 0.5, rel=1e-12)
+    ]
+    run(tmp_path, resume="auto", **changed)  # from step 6's checkpoint, on the settings it was trained with
+    assert "optim." not in capsys.readouterr().err
 
 
 def test_fit_alone_refuses_to_resume_on_another_schedule_and_old_checkpoints_resume_as_before(tmp_path, monkeypatch):

@@ -59,6 +59,9 @@ import itertools
 import os
 import random
 import re
+import shlex
+import signal
+import subprocess
 import tarfile
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
 import zlib
@@ -78,9 +81,17 @@ from torchflava.data.readers import (
 )
 from torchflava.data.samples import BadSample, Sample
 
-# Opened with fsspec; every other scheme (none: a local path; file:, pipe:, http:, https:, ...) with
-# webdataset's gopen.
+# Opened with fsspec; pipe: and CURL_SCHEMES as commands (:class:`ShardCommand`); every other scheme
+# (none: a local path; file:, ...) with webdataset's gopen.
 FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")
+CURL_SCHEMES = ("http", "https", "sftp", "ftps", "scp")  # read with curl, as webdataset's gopen reads them
+# curl retries transient failures (a timeout, a 5xx answer) 30 times before it gives up on a shard
+_CURL = ("curl", "--connect-timeout", "30", "--retry", "30", "--retry-delay", "2", "-f", "-s", "-L")
+_CLOSED_EARLY = (141, 23)  # a command's status when its reader closed the pipe first (SIGPIPE; curl's)
+# A shard command ignores the stop signals (set before its own command runs, inherited by what it starts): a
+# scheduler signals every process of the job, and a command it ended cut the shard under the step that the
+# run finishes before it stops, so a whole shard read as broken (its rest lost for the epoch) in the checkpoint.
+_IGNORE_STOP_SIGNALS = "trap '' TERM INT USR1; "
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 
 
@@ -136,8 +147,9 @@ def open_shard(url: str):
     """Open shard ``url`` for reading.
 
     Args:
-        url (str): a local path, ``file:``, ``pipe:<command>``, ``http(s)://`` (webdataset's
-            ``gopen``: curl), or a URL of :data:`FSSPEC_SCHEMES` (fsspec, e.g. ``s3://`` with s3fs).
+        url (str): a local path, ``file:``, ``pipe:<command>`` (a :class:`ShardCommand` of the shell
+            command), a URL of :data:`CURL_SCHEMES` (``http(s)://``: a :class:`ShardCommand` of curl), or
+            a URL of :data:`FSSPEC_SCHEMES` (fsspec, e.g. ``s3://`` with s3fs).
 
     Returns:
         A binary stream with ``read`` and ``close``.
@@ -145,13 +157,79 @@ def open_shard(url: str):
     Raises:
         OSError, ValueError: from the opener (a missing file, an unknown scheme, a refused request).
     """
-    if url_scheme(url) in FSSPEC_SCHEMES:
+    scheme = url_scheme(url)
+    if scheme in FSSPEC_SCHEMES:
         import fsspec
 
         return fsspec.open(url, "rb").open()
+    if scheme == "pipe":
+        command = url[len("pipe:") :]
+        return ShardCommand(command, url, name=f"the command {command!r}")
+    if scheme in CURL_SCHEMES:
+        return ShardCommand(f"exec {' '.join(map(shlex.quote, (*_CURL, url)))}", url, name="curl")
     from webdataset.gopen import gopen
 
     return gopen(url, "rb")
+
+
+class ShardCommand:
+    """The output of a shell command that writes a shard (``pipe:``, or curl for a URL), read as a stream.
+
+    The command runs in a process group of its own and ignores ``SIGTERM``, ``SIGINT`` and ``SIGUSR1``: a
+    scheduler's stop signal reaches every process of the job (SLURM), or its process group (a terminal's
+    Ctrl-C), and a command it ended cut the shard that the run still reads to finish its step before it
+    stops (:mod:`torchflava.training.preemption`); that shard then counted as broken and the rest of it was
+    lost for the epoch, in the checkpoint too, so a resumed run did not see the samples an uninterrupted
+    one sees. A stream closed before the command's output ended (the run stopped, the reader gave up)
+    kills the command's group at once, rather than wait for it.
+
+    Args:
+        command (str): the shell command (``/bin/sh -c``).
+        url (str): the shard it writes.
+        name (str): the command as messages name it.
+
+    Raises:
+        OSError: from ``read`` at the end of the output, if the command exited with a status other than 0
+            (or one of a reader that closed early, :data:`_CLOSED_EARLY`); from the start, if no shell runs.
+    """
+
+    def __init__(self, command: str, url: str, *, name: str) -> None:
+        self.url, self.name, self.ended = url, name, False
+        # (the command is an argument of the trap's shell, evaluated as sh -c would run it: its text unchanged)
+        self.process = subprocess.Popen(
+            ["/bin/sh", "-c", _IGNORE_STOP_SIGNALS + 'eval "$1"', "sh", command],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,  # (a background group that reads the terminal is stopped: it would hang)
+            process_group=0,
+        )
+
+    def __str__(self) -> str:
+        return self.url
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.process.stdout.read(size)
+        if not data and size != 0:  # the end of its output: its status says whether that was all of it
+            self.ended = True
+            status = self.process.wait()
+            if status != 0:
+                raise OSError(f"{self.name} exited with status {status}")
+        return data
+
+    def close(self) -> None:
+        """Close the stream; a command whose output was not read to its end is killed (its status unread)."""
+        if self.process.stdout.closed:
+            return
+        self.process.stdout.close()
+        if not self.ended:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # (pid: its group's id) what it started, too
+            except ProcessLookupError:  # already gone
+                pass
+            self.process.wait()
+            return
+        status = self.process.wait()
+        if status not in (0, *_CLOSED_EARLY):
+            raise OSError(f"{self.name} exited with status {status}")
 
 
 class _Watched:

@@ -112,10 +112,19 @@ _TIMED_OUT = re.compile(r"Timed out waiting \d+ ?ms|collective operation timeout
 
 
 @contextmanager
-def collective_timeout_named(key: str, seconds: Optional[float]) -> Iterator[None]:
+def collective_timeout_named(
+    key: str, seconds: Optional[float], where: Optional[Callable[[], str]] = None
+) -> Iterator[None]:
     """Turn a collective's timeout raised inside the block into a :class:`CollectiveTimeout` naming the
     setting ``key`` (and its value ``seconds``; None: torch's default), so that the user learns which
-    setting decided how long the rank waited; every other error passes unchanged.
+    setting decided how long the rank waited, and what the run was doing; every other error passes
+    unchanged.
+
+    Args:
+        key (str): the setting, as the message names it.
+        seconds (Optional[float]): its value.
+        where (Optional[Callable[[], str]]): what the run was doing when the collective timed out, asked
+            then (``"in step 5"``, say); None says nothing of it.
 
     Raises:
         CollectiveTimeout: for a timed-out collective under a running process group.
@@ -127,8 +136,9 @@ def collective_timeout_named(key: str, seconds: Optional[float]) -> Iterator[Non
             raise
         waited = f"{key}={seconds:g} s" if seconds is not None else f"torch's default timeout ({key} is null)"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        during = "" if where is None else f" {where()}"
         raise CollectiveTimeout(
-            f"key '{key}': rank {dist.get_rank()} waited in a collective past {waited} for another rank, which is "
+            f"key '{key}': rank {dist.get_rank()} waited in a collective{during} past {waited} for another rank, which is "
             f"stuck or slower than that (raise {key} if its work takes that long) ({reason})"
         ) from error
 

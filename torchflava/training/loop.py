@@ -139,6 +139,11 @@ class FitResult(NamedTuple):
 
 
 TIMEOUT_KEY = "training.collective_timeout_s"  # named by a collective that timed out in start_run or fit
+# where a recipe's own collectives run (run_recipe names them too): rank0_value's broadcast, its last barrier
+OUTSIDE_FIT = (
+    "outside start_run and fit (before fit, e.g. while rank 0 alone read the texts a vocabulary is learnt from; "
+    "or after it, e.g. while rank 0 wrote the export and report)"
+)
 
 
 def checkpoint_manager(training: TrainingConfig) -> CheckpointManager:
@@ -245,7 +250,8 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
     t = config.training
     validate(config, launch_world_size())
     info = init_distributed(t.strategy, device=t.device, collective_timeout_s=t.collective_timeout_s)
-    with collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s):
+    checking = lambda: "in start_run, checking the checkpoint resumed from"  # noqa: E731
+    with collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s, where=checking):
         resume_from = resume_checkpoint(t)
         states = None
         if resume_from is not None:
@@ -400,6 +406,10 @@ def fit(
         start (Optional[RunStart]): what the recipe's :func:`start_run` found (its resume point is
             used as is, not looked up and verified again); None looks it up here. Its config is
             written to ``<output_dir>/config.yaml`` (rank 0) once every check of a resume has passed.
+            Without it, a resume with another ``optim.lr``, ``betas``, ``eps`` or ``weight_decay`` than
+            the checkpoint's continues with ``optim``'s, each change said in one line on stderr
+            (``resume: optim.lr: 0.05 -> 0.01 ...``, as start_run says it), and the schedule's shape is
+            refused if changed (see Raises).
         run_files (Optional[Callable[[Path], None]]): writes the recipe's own files into the run
             directory it is given (e.g. a learnt vocabulary), on rank 0, at that same point: after
             the checkpoint resumed from has loaded into the model, before the loop writes anything.
@@ -421,13 +431,15 @@ def fit(
             shape: start_run compares configs and lets a recipe change them); or a streamed run resumed on other ranks or loader
             workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
-        CollectiveTimeout: (a RuntimeError) naming ``training.collective_timeout_s`` if this rank waited
-            past it (torch's default when null) in a collective for another rank (Gloo; NCCL's watchdog
-            aborts the process instead).
+        CollectiveTimeout: (a RuntimeError) naming ``training.collective_timeout_s`` and what the run was
+            doing (setting up, step N, the checkpoint of step N, the end) if this rank waited past it
+            (torch's default when null) in a collective for another rank (Gloo; NCCL's watchdog aborts the
+            process instead).
         Preempted: (a ``SystemExit``, status 75) on every rank, after the checkpoint of the step during or
             after whose loss reduction a rank received ``SIGTERM``, ``SIGUSR1`` or ``SIGINT`` (those still at
-            their default handlers while ``fit`` runs; a second one of a kind acts at once); a signal in the
-            last step lets the run end as usual.
+            their default handlers while ``fit`` runs; a repeat within 2 s is the same stop, a later one acts
+            at once); also for a signal in the last step or its checkpoint, once that checkpoint is written
+            (the export and evaluation that follow ``fit`` are then the resumed job's).
     """
     _check_fit_arguments(model, step, data, training, optim)
     t = training
@@ -445,9 +457,24 @@ def fit(
     # losses, over every rank, it stops the run after that step, checkpointed (torchflava.training.preemption).
     # (the process group may have been started without the run's timeout: by the caller, not start_run)
     set_collective_timeout(t.collective_timeout_s)
-    with StopSignals() as signals, collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s):
+    # what the run is doing, for a collective that times out: which step, or which phase around the steps
+    phase = ["while fit set up the run (resume checks, model wrapping, the ranks' first barrier)"]
+    timeouts = collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s, where=lambda: phase[0])
+    with StopSignals() as signals, timeouts:
         return _fit(
-            model, step, data, t, optim, after_step, shard_layers, num_workers, description, start, run_files, signals
+            model,
+            step,
+            data,
+            t,
+            optim,
+            after_step,
+            shard_layers,
+            num_workers,
+            description,
+            start,
+            run_files,
+            signals,
+            phase,
         )
 
 
@@ -464,8 +491,10 @@ def _fit(
     start: Optional[RunStart],
     run_files: Optional[Callable[[Path], None]],
     signals: StopSignals,
+    phase: list[str],
 ) -> FitResult:
-    """:func:`fit` once its arguments are checked, with the stop signals recorded in ``signals``."""
+    """:func:`fit` once its arguments are checked, with the stop signals recorded in ``signals``; ``phase[0]``
+    says what it is doing (for a collective that times out)."""
     accumulation = t.grad_accumulation
     streamed = isinstance(data, IterableDataset)
     if t.threads is not None:
@@ -512,7 +541,13 @@ def _fit(
             print(f"resume: {moved.name} is newer than {since}; moved to {moved.parent}", file=sys.stderr)
     barrier()
     if resume_from is not None:
-        _apply_optim_config(optimizer, scheduler, optim, model)
+        changes = _apply_optim_config(optimizer, scheduler, optim, model)
+        if not compared and _rank() == 0:  # (start_run reported them, from the configs)
+            for change in changes:
+                print(
+                    f"resume: {change} (applied from here on; {resume_from} was trained with the former)",
+                    file=sys.stderr,
+                )
     is_main = _rank() == 0
     logger = progress = None
     if is_main:
@@ -535,7 +570,14 @@ def _fit(
     last_time, last_step, loss = time.perf_counter(), start, None
 
     def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str], Tensor]:
-        item = _to_device(next(items), device)
+        try:
+            item = _to_device(next(items), device)
+        except StopIteration:  # (a stream that ran dry: torch's bare StopIteration() left fit without a word)
+            raise ValueError(
+                f"data: expected a stream of at least (max_steps - {start}) x grad_accumulation = "
+                f"{(t.max_steps - start) * accumulation} micro-batches from step {start + 1} on, got one that ended "
+                f"after {(done - 1 - start) * accumulation + index} (in step {done})"
+            ) from None
         for entry in map(tuple, getattr(item, "skipped", ())):
             if entry not in met:
                 met.add(entry)
@@ -560,6 +602,7 @@ def _fit(
         torch.manual_seed(t.seed)  # dropout and any other draw of torch's RNG; a resumed run restores it
     try:
         for done in range(start + 1, t.max_steps + 1):
+            phase[0] = f"in step {done} (its forward, backward and the reduction of its losses and gradients)"
             wrapped.train()
             parts: dict[str, Tensor] = {}
             invalid_counts: dict[str, Tensor] = {}
@@ -626,12 +669,14 @@ def _fit(
                 if progress is not None:
                     progress.set_postfix(loss=f"{record['loss']:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps or stop:
+                phase[0] = f"writing the checkpoint of step {done}"
                 state = _loop_state(done, optimizer, scheduler, skipped, position, window, _schedule(t, optim))
                 last_saved = checkpoints.save(done, wrapped, optimizer, state, texts=recorded)
             if stop:
                 raise _preempted(done, last_saved, signals.received)
         # A signal after the last step's losses were reduced (during its checkpoint, say) came to some ranks
         # alone: agreed here, once, it stops every rank before the export and evaluation that follow.
+        phase[0] = f"after step {t.max_steps}, agreeing whether a rank received a stop signal"
         if bool(all_reduce_sum(torch.tensor([float(signals.received is not None)], device=device)) > 0):
             raise _preempted(t.max_steps, last_saved, signals.received)
     finally:
@@ -640,18 +685,29 @@ def _fit(
         if logger is not None:
             logger.close()
         _close_loader(items)
+    phase[0] = "at the end of fit, gathering every rank's unusable samples"
     return FitResult(t.max_steps, loss, _distinct(skipped), resume_from)
 
 
 def _close_loader(items: Iterator) -> None:
-    """Stop the loader's worker processes now, on every way out of :func:`fit`: torch's shutdown asks them to
-    stop and then sends ``SIGTERM``, which they ignore (:func:`~torchflava.training.preemption.ignore_stop_signals`),
-    so those still alive after it (a worker in the middle of a slow read) are killed; a worker left behind
-    kept the process from exiting."""
-    shutdown = getattr(items, "_shutdown_workers", None)  # (a multi-process loader's iterator)
-    if shutdown is None:
+    """Stop reading the data now, on every way out of :func:`fit`.
+
+    Without workers ``items`` is a generator: closing it closes what the data holds open (a stream's
+    shard command is killed; left to the garbage collector, it could outlive the stopped run). With
+    workers, torch's shutdown asks them to stop and then sends ``SIGTERM``, which they ignore
+    (:func:`~torchflava.training.preemption.ignore_stop_signals`), so the workers still alive after it
+    (one in the middle of a slow read) are killed: a worker left behind kept the process from exiting.
+    torch has no public way to shut a loader's iterator down or to name its workers, so this reads its
+    private ``_shutdown_workers`` (it also stops the pin-memory thread and the queues' feeders; idempotent, and
+    also after persistent workers' iterator ran out) and ``_workers``: only the loader's own processes are
+    killed, never another child of the process (a user's pool, an upload started by a hook).
+    """
+    if inspect.isgenerator(items):
+        items.close()
         return
-    shutdown()
+    shutdown = getattr(items, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
     for worker in getattr(items, "_workers", ()):
         if worker.is_alive():
             worker.kill()
@@ -1071,14 +1127,16 @@ def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
         block.forward = types.MethodType(torch.compile(type(block).forward), block)
 
 
-def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig, model: nn.Module) -> None:
-    """Make a resumed optimiser follow the current ``optim`` section (a no-op when it is unchanged).
+def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig, model: nn.Module) -> list[str]:
+    """Make a resumed optimiser follow the current ``optim`` section (a no-op when it is unchanged), and
+    return each key it changed, ``key: old -> new`` (:func:`_optim_changes`).
 
     The checkpoint restores the saved peak lr, betas, eps and weight decay; a resumed run that
     changed them (see :func:`torchflava.training.config.check_resume_config`) continues with the new
     values, the schedule's current factor applied to the new peak lr.
     """
     layout = param_groups(model, optim.weight_decay, optim.lr_multipliers)  # the groups' order, as built
+    changes = _optim_changes(optimizer.param_groups, layout, optim)
     for index, (group, built) in enumerate(zip(optimizer.param_groups, layout, strict=True)):
         peak = optim.lr * built["lr_multiplier"]
         group["initial_lr"] = peak
@@ -1087,15 +1145,43 @@ def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: Opti
         group["betas"], group["eps"] = tuple(optim.betas), optim.eps
         group["weight_decay"] = built["weight_decay"]  # norms, biases etc. stay at 0
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return changes
+
+
+def _optim_changes(saved: list[dict], layout: list[dict], optim: OptimConfig) -> list[str]:
+    """``key: old -> new`` for each of ``optim.lr``, ``betas``, ``eps`` and ``weight_decay`` whose value in
+    the checkpoint's parameter groups ``saved`` differs from ``optim`` (``layout``: the groups as built
+    from it): fit alone applied them without a word, where start_run reports them from the configs."""
+    old: dict[str, Any] = {}
+    for group, built in zip(saved, layout, strict=True):
+        if not group["params"]:  # (a group without parameters: the checkpoint holds none of its settings)
+            continue
+        multiplier = built["lr_multiplier"]
+        if multiplier and group["initial_lr"] != optim.lr * multiplier:
+            old.setdefault("optim.lr", group["initial_lr"] / multiplier)
+        if [float(b) for b in group["betas"]] != [float(b) for b in optim.betas]:
+            old.setdefault("optim.betas", [float(b) for b in group["betas"]])
+        if group["eps"] != optim.eps:
+            old.setdefault("optim.eps", group["eps"])
+        if group["weight_decay"] != built["weight_decay"]:  # (norms, biases etc. are at 0 either way)
+            old.setdefault("optim.weight_decay", group["weight_decay"])
+    new = {"optim.lr": optim.lr, "optim.betas": [float(b) for b in optim.betas], "optim.eps": optim.eps}
+    new["optim.weight_decay"] = optim.weight_decay
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in new if key in old]
 
 
 def _identity(item: Any) -> Any:
     return item
 
 
-def _loader(data: Dataset, first: int, num_workers: int) -> DataLoader:
+def _loader(data: Dataset, first: int, num_workers: int) -> Iterator:
     """Items ``first, first + 1, ...`` of ``data`` in order (the loader draws nothing from the global RNG);
-    streamed data from where its position was restored."""
+    streamed data from where its position was restored. Without workers, the items are read here, by a
+    generator :func:`_close_loader` closes (a stream's open shard, and the command writing it, with it)."""
+    if num_workers == 0:
+        if isinstance(data, IterableDataset):
+            return (item for item in data)
+        return (data[index] for index in range(first, len(data)))
     return DataLoader(
         data if isinstance(data, IterableDataset) else Subset(data, range(first, len(data))),
         batch_size=None,

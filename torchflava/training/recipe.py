@@ -8,7 +8,8 @@ script can tell apart:
   (:class:`~torchflava.training.config.ConfigError`);
 * 1: the run stopped: a non-finite loss (naming the last good checkpoint), a checkpoint that could not
   be written (the last complete one is intact), or a rank that waited in a collective past
-  ``training.collective_timeout_s``;
+  ``training.collective_timeout_s`` (in fit, start_run, or the recipe's own: its vocabulary's broadcast,
+  its last barrier);
 * 75: stopped by a scheduler's signal after checkpointing (:class:`~torchflava.training.preemption.Preempted`
   exits with it itself): ``training.resume=auto`` continues.
 
@@ -22,7 +23,8 @@ import torch.distributed as dist
 
 from torchflava.training.checkpointing import CheckpointWriteError
 from torchflava.training.config import ConfigError, load_config
-from torchflava.training.distributed import CollectiveTimeout
+from torchflava.training.distributed import CollectiveTimeout, collective_timeout_named
+from torchflava.training.loop import OUTSIDE_FIT, TIMEOUT_KEY
 from torchflava.training.schema import NonFiniteLossError
 
 T = TypeVar("T")
@@ -50,7 +52,10 @@ def run_recipe(
         config_errors (tuple[type[BaseException], ...]): more exceptions that mean the config is wrong.
     """
     try:
-        main(load_config(schema, argv))
+        config = load_config(schema, argv)
+        seconds = getattr(getattr(config, "training", None), "collective_timeout_s", None)
+        with collective_timeout_named(TIMEOUT_KEY, seconds, where=lambda: OUTSIDE_FIT):  # the recipe's own
+            main(config)
     except (ConfigError, *config_errors, *STOPPED) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1 if isinstance(error, STOPPED) else 2)
