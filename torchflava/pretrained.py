@@ -761,12 +761,23 @@ def load_training_checkpoint(checkpoint: Path) -> Pretrained:
         CheckpointIntegrityError: (a ValueError) if it is incomplete, damaged or holds code.
         FileNotFoundError, ValueError: as :func:`run_parts`, or if its weights do not fit the model.
     """
-    reason = damage(checkpoint)  # an incomplete or damaged checkpoint is named as such, before anything is read
+    family, kwargs, tokenizer, image_transform = _verified_run_parts(checkpoint)
+    model = _load_run_weights(BUILDERS[family](**kwargs), family, checkpoint)
+    return Pretrained(model.eval(), tokenizer, kwargs, checkpoint, image_transform)
+
+
+def _verified_run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:
+    """:func:`run_parts` of a training checkpoint found complete and intact first (CheckpointIntegrityError
+    naming it otherwise: an incomplete or damaged checkpoint is named as such, before anything is read)."""
+    reason = damage(checkpoint)
     if reason is not None:
         raise CheckpointIntegrityError(f"checkpoint: cannot read {checkpoint}: {reason}")
-    family, kwargs, tokenizer, image_transform = run_parts(checkpoint)
+    return run_parts(checkpoint)
+
+
+def _load_run_weights(model: torch.nn.Module, family: str, checkpoint: Path) -> torch.nn.Module:
+    """``model`` with the weights of the verified training ``checkpoint`` (every rank's shards gathered)."""
     weights = read_model_weights(checkpoint, verified=True)
-    model = BUILDERS[family](**kwargs)
     try:
         if family == "flava":
             load_flava_weights(model, weights)
@@ -776,7 +787,46 @@ def load_training_checkpoint(checkpoint: Path) -> Pretrained:
         raise ValueError(
             f"checkpoint: {checkpoint}: its weights do not fit its run's {family} model ({first_line(error)})"
         ) from None
-    return Pretrained(model.eval(), tokenizer, kwargs, checkpoint, image_transform)
+    return model
+
+
+def trained_model(builder: Callable, pretrained: object, given: dict) -> Optional[torch.nn.Module]:
+    """What ``builder`` (:func:`~torchflava.models.flava_model` or :func:`~torchflava.models.clip_model`) builds
+    for a ``pretrained`` that names a run's training checkpoint, resolved as :func:`load_pretrained` resolves
+    it (:func:`training_checkpoint`: ``step_<N>``, padded or not; a run without an export: its newest complete,
+    intact checkpoint), with the weights at that step; None where ``pretrained`` names none (a URL, a file, an
+    export, a run with one, a Hugging Face directory: the builder reads those itself).
+
+    The architecture is the run's (:func:`run_parts`, as its export would record it); of ``given`` (the
+    builder's arguments), those not at the builder's default must equal the run's, but dropouts, training
+    settings, override them.
+
+    Raises:
+        CheckpointIntegrityError: (a ValueError) if the checkpoint is incomplete or damaged.
+        ValueError: if it is a checkpoint of the other family's run, an argument given contradicts the run's
+            config, or as :func:`run_parts` and :func:`load_training_checkpoint`.
+        FileNotFoundError: as :func:`training_checkpoint` and :func:`run_parts`.
+    """
+    if not isinstance(pretrained, (str, os.PathLike)) or is_remote(pretrained):
+        return None
+    local = local_directory(pretrained)
+    checkpoint = training_checkpoint(Path(local))
+    if checkpoint is None:
+        return None
+    family, kwargs, _, _ = _verified_run_parts(checkpoint)
+    name = builder.__name__
+    if BUILDERS[family].__name__ != name:  # (by name: the models package re-exports the builders)
+        raise ValueError(
+            f"{name}: expected pretrained to be a checkpoint of a {name} run, got {checkpoint}, a checkpoint "
+            f"of a {family.upper()} run (build it with {BUILDERS[family].__name__})"
+        )
+    defaults = {k: p.default for k, p in inspect.signature(builder).parameters.items()}
+    set_here = {k: v for k, v in given.items() if k in defaults and k != "pretrained" and v != defaults[k]}
+    clash = {k: (v, kwargs.get(k)) for k, v in set_here.items() if v != kwargs.get(k) and "dropout" not in k}
+    if clash:
+        config = next(f for f in (checkpoint / CONFIG, checkpoint.parent.parent / CONFIG) if f.is_file())
+        raise ValueError(f"{name}: expected arguments that match {config}, got (given, config) {clash}")
+    return _load_run_weights(builder(**{**kwargs, **set_here}), family, checkpoint)
 
 
 def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch.float32) -> Pretrained:

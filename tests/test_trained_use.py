@@ -1,0 +1,103 @@
+"""Using what a run trained: the builders' ``pretrained=`` pointed at a run, its export and its training
+checkpoints (``<run>/checkpoints/step_<N>``), as the commands take them."""
+
+import shutil
+
+import pytest
+import torch
+
+from tests.helpers import REPO, load_recipe
+from torchflava.models import clip_model, flava_model
+from torchflava.models.flava import flava_model_for_classification
+from torchflava.pretrained import load_pretrained
+from torchflava.training.config import load_config
+from torchflava.training.integrity import CheckpointIntegrityError
+
+RECIPES = {"flava": "examples/flava/train.py", "clip": "examples/clip/train.py"}
+CONFIGS = {"flava": "examples/flava/configs/pretraining/debug.yaml", "clip": "examples/clip/configs/debug.yaml"}
+BUILDERS = {"flava": flava_model, "clip": clip_model}
+
+
+@pytest.fixture(scope="module", params=["flava", "clip"])
+def run(request, tmp_path_factory):
+    """(family, run directory): a tiny run trained 2 steps, a checkpoint after each, and its export."""
+    out = tmp_path_factory.mktemp(f"trained_{request.param}")
+    train = load_recipe(RECIPES[request.param], f"trained_use_{request.param}_train")
+    overrides = [f"training.output_dir={out}", "training.max_steps=2", "training.checkpoint_every=1"]
+    overrides += ["training.keep_checkpoints=2", "optim.warmup_steps=0", "eval.enabled=false"]
+    train.main(load_config(train.TrainConfig, [f"config={REPO / CONFIGS[request.param]}", *overrides]))
+    return request.param, out
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_builders_take_a_training_checkpoint_as_the_commands_do(run):
+    """``flava_model(pretrained=<run>/checkpoints/step_<N>)`` was refused (no model.safetensors; for CLIP no
+    config.json; unpadded N: not found) where ``load_pretrained`` and the commands took it."""
+    family, out = run
+    builder = BUILDERS[family]
+    exported = builder(pretrained=out / "model")
+    for name in ("step_00000002", "step_2"):
+        assert _same_weights(builder(pretrained=out / "checkpoints" / name), exported), name
+    first = builder(pretrained=str(out / "checkpoints" / "step_1"))
+    assert _same_weights(first, load_pretrained(out / "checkpoints" / "step_00000001").model)
+    assert not _same_weights(first, exported)  # (the weights of that step, not the run's last)
+    assert _same_weights(builder(pretrained=f"file://{out}/checkpoints/step_00000002"), exported)
+
+
+def test_a_run_killed_before_its_export_builds_from_its_latest_intact_checkpoint(run, tmp_path, capsys):
+    family, out = run
+    copy = tmp_path / "killed"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("model"))
+    torn = copy / "checkpoints" / "step_00000003"  # newer, half-written
+    shutil.copytree(copy / "checkpoints" / "step_00000002", torn)
+    (torn / "__0_0.distcp").write_bytes(b"torn")
+    model = BUILDERS[family](pretrained=copy)
+    assert _same_weights(model, BUILDERS[family](pretrained=out))
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "checkpoints/step_00000002" in line and "step_00000003 is damaged" in line
+
+
+def test_the_arguments_given_must_match_the_run_but_a_dropout_overrides(run):
+    family, out = run
+    checkpoint = out / "checkpoints" / "step_2"
+    if family == "flava":
+        with pytest.raises(ValueError, match=r"^flava_model: expected arguments that match .*config.yaml, got "):
+            flava_model(pretrained=checkpoint, image_num_layers=3)
+        model = flava_model(pretrained=checkpoint, dropout=0.25)
+        assert model.text_encoder.embeddings.dropout.p == 0.25
+        assert _same_weights(model, flava_model(pretrained=out))
+    else:
+        with pytest.raises(ValueError, match=r"^clip_model: expected arguments that match .*config.yaml, got .*"):
+            clip_model(pretrained=checkpoint, vision_layers=3)
+        assert _same_weights(
+            clip_model(pretrained=checkpoint, vision_layers=1, embed_dim=16), clip_model(pretrained=out)
+        )
+
+
+def test_a_checkpoint_of_the_other_family_or_damaged_is_refused_in_one_line(run, tmp_path):
+    family, out = run
+    other = BUILDERS["clip" if family == "flava" else "flava"]
+    checkpoint = out / "checkpoints" / "step_00000002"
+    with pytest.raises(ValueError, match=rf"^{other.__name__}: expected pretrained to be a checkpoint of a "):
+        other(pretrained=checkpoint)
+    torn = tmp_path / "run" / "checkpoints" / "step_00000002"
+    shutil.copytree(checkpoint, torn)
+    shutil.copy(out / "config.yaml", tmp_path / "run" / "config.yaml")
+    (torn / "__0_0.distcp").write_bytes((torn / "__0_0.distcp").read_bytes()[:-10])
+    with pytest.raises(CheckpointIntegrityError, match=r"^checkpoint: cannot read .*__0_0.distcp has \d+ bytes"):
+        BUILDERS[family](pretrained=torn)
+    with pytest.raises(FileNotFoundError, match=r"step_7 does not exist \(complete checkpoints in .*: 1, 2\)$"):
+        BUILDERS[family](pretrained=out / "checkpoints" / "step_7")
+
+
+def test_fine_tuning_builds_its_backbone_from_a_training_checkpoint(run):
+    family, out = run
+    if family != "flava":
+        pytest.skip("a FLAVA classifier")
+    classifier = flava_model_for_classification(3, modality="image", pretrained=out / "checkpoints" / "step_2")
+    backbone = flava_model(pretrained=out)
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in classifier.model.state_dict().items())
