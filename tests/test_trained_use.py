@@ -1,6 +1,7 @@
 """Using what a run trained: the builders' ``pretrained=`` pointed at a run, its export and its training
 checkpoints (``<run>/checkpoints/step_<N>``), as the commands take them."""
 
+import json
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from tests.helpers import REPO, load_recipe
 from torchflava.models import clip_model, flava_model
 from torchflava.models.flava import flava_model_for_classification
-from torchflava.pretrained import load_pretrained
+from torchflava.pretrained import checkpoint_image_transform, checkpoint_layout, load_pretrained, read_clip_checkpoint
 from torchflava.training.config import load_config
 from torchflava.training.integrity import CheckpointIntegrityError
 
@@ -101,3 +102,62 @@ def test_fine_tuning_builds_its_backbone_from_a_training_checkpoint(run):
     classifier = flava_model_for_classification(3, modality="image", pretrained=out / "checkpoints" / "step_2")
     backbone = flava_model(pretrained=out)
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in classifier.model.state_dict().items())
+
+
+def test_a_training_checkpoint_or_a_run_killed_before_its_export_has_a_layout(run, tmp_path, capsys):
+    """``checkpoint_layout`` (what the fine-tuning recipe checks ``model.pretrained`` with before any work) refused
+    both as 'neither a torchflava run/export directory ... nor a Hugging Face ... directory' while
+    ``load_pretrained`` read them."""
+    family, out = run
+    exported = load_pretrained(out / "model")
+    layout = checkpoint_layout(out / "checkpoints" / "step_2")
+    assert layout.weights == out / "checkpoints" / "step_00000002" and layout.directory == out
+    assert layout.family == family and layout.kwargs == exported.kwargs
+    assert layout.config == out / "checkpoints" / "step_00000002" / "config.yaml"
+    copy = tmp_path / "killed"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("model"))
+    killed = checkpoint_layout(copy)
+    assert killed.weights == copy / "checkpoints" / "step_00000002" and killed.kwargs == exported.kwargs
+    assert capsys.readouterr().err == ""  # (the loader that reads the weights names the checkpoint)
+
+
+def test_a_clip_training_checkpoint_reads_as_a_clip_checkpoint_to_train_from(run):
+    """``read_clip_checkpoint`` (the CLIP recipe's ``model.pretrained``) refused a run's ``step_<N>``
+    ('config.json not found')."""
+    family, out = run
+    checkpoint = out / "checkpoints" / "step_00000002"
+    if family == "flava":
+        with pytest.raises(ValueError, match=r"^checkpoint: expected a CLIP run's checkpoint, got .*, a FLAVA run's$"):
+            read_clip_checkpoint(checkpoint)
+        return
+    exported = load_pretrained(out / "model")
+    read = read_clip_checkpoint(str(checkpoint))
+    assert read.weights == checkpoint and read.directory == out and read.holds_tokenizer
+    kwargs = read.model_arguments(exported.tokenizer)
+    assert kwargs == exported.kwargs and read.tokenizer_misfits(exported.tokenizer) == []
+    assert _same_weights(clip_model(pretrained=read.weights, **kwargs), exported.model)
+    transform = checkpoint_image_transform(read.directory, image_size=kwargs["image_size"])
+    assert transform.spec == exported.image_transform.spec
+
+
+def test_a_clip_run_started_from_a_checkpoint_keeps_its_preprocessing_at_its_training_checkpoints(run, tmp_path):
+    """Its run directory (where its training checkpoints' tokenizer is) has no preprocessor_config.json: the
+    recipes' transform would have been taken, not the mean and std of the checkpoint the run trained from."""
+    import yaml
+
+    family, out = run
+    if family != "clip":
+        pytest.skip("a CLIP run")
+    start = tmp_path / "start"
+    shutil.copytree(out / "model", start)
+    config = json.loads((start / "preprocessor_config.json").read_text())
+    config.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25])
+    (start / "preprocessor_config.json").write_text(json.dumps(config))
+    tuned = tmp_path / "tuned"
+    (tuned / "checkpoints").mkdir(parents=True)
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    recorded["model"] = {**{k: None for k in recorded["model"]}, "pretrained": str(start)}
+    (tuned / "config.yaml").write_text(yaml.safe_dump(recorded))
+    spec = checkpoint_image_transform(tuned, image_size=32).spec
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.25, 0.25, 0.25)
+    assert checkpoint_image_transform(out, image_size=32).spec == load_pretrained(out).image_transform.spec

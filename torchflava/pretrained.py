@@ -181,15 +181,20 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     """Find the weights, architecture arguments and tokenizer directory of a checkpoint directory.
 
     Args:
-        path (Union[str, os.PathLike]): a run, export or Hugging Face directory (see the module doc).
+        path (Union[str, os.PathLike]): a run, export or Hugging Face directory, or a run's training
+            checkpoint (see the module doc).
 
     Returns:
         CheckpointLayout: weights (file or directory), builder keyword arguments, the directory
-        holding the tokenizer and configs, and the model family.
+        holding the tokenizer and configs, and the model family. For a training checkpoint (a run without
+        an export: its newest complete, intact one, :func:`training_checkpoint`): the ``step_<N>``
+        directory, the arguments its run's export would record (:func:`run_parts`), the run directory
+        (which holds its tokenizer) and the run's ``config.yaml``.
 
     Raises:
         TypeError: if ``path`` is not a str or os.PathLike.
-        FileNotFoundError: if ``path`` is not a directory of a known layout, or has no tokenizer file.
+        FileNotFoundError: if ``path`` is not a directory of a known layout, or has no tokenizer file;
+            as :func:`training_checkpoint` and :func:`run_parts` for a training checkpoint.
         ValueError: if ``config.json`` states another model, an export holds several weights files, or
             a file that loading reads (``*.json``, ``*.txt``, ``*.safetensors``, ``*.bin``) is no
             regular file (a FIFO would make the read wait forever).
@@ -197,6 +202,13 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint: the path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
+    trained = training_checkpoint(path, quiet=True)  # (the loader that reads its weights says which it reads)
+    if trained is not None:  # verified, then its run's config and tokenizer
+        family, kwargs, _, _ = _verified_run_parts(trained)
+        run = trained.parent.parent
+        return CheckpointLayout(
+            weights=trained, kwargs=kwargs, directory=run, family=family, config=run_config(trained)
+        )
     if not path.exists():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
     if not path.is_dir():
@@ -272,7 +284,7 @@ def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
     return path / "model" if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS) else path
 
 
-def training_checkpoint(path: Path) -> Optional[Path]:
+def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
     """The training checkpoint (``<run>/checkpoints/step_<N>``) that ``path`` names, or None where it names none.
 
     A directory holding DCP's ``.metadata`` or a ``COMPLETE`` marker is one, as is a ``step_<N>`` directory
@@ -281,7 +293,7 @@ def training_checkpoint(path: Path) -> Optional[Path]:
     (``model/``) but with ``checkpoints/`` names its newest complete checkpoint whose files all match their
     manifest, said in one line on stderr (with any newer one passed over as damaged); a run directory with an
     export names None (the export is read), said in one line on stderr where its newest complete checkpoint
-    is of a later step.
+    is of a later step (``quiet``: neither line).
 
     Raises:
         FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), or a run
@@ -305,7 +317,7 @@ def training_checkpoint(path: Path) -> Optional[Path]:
     if path.name.startswith("step_") and step.isdigit() and not any((path / n).exists() for n in _MODEL_CONFIGS):
         return path
     exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
-    if exported and (path / "checkpoints").is_dir():
+    if exported and (path / "checkpoints").is_dir() and not quiet:
         _newer_checkpoint_note(path)
     if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _MODEL_CONFIGS):
         return None
@@ -317,6 +329,8 @@ def training_checkpoint(path: Path) -> Optional[Path]:
             f"{reasons}"
         )
     skipped = f", passing over {len(passed_over)} damaged newer one(s): {passed_over[0]}" if passed_over else ""
+    if quiet:
+        return latest
     print(
         f"checkpoint: {path} has no export (model/); evaluating its latest complete checkpoint {latest}{skipped}",
         file=sys.stderr,
@@ -358,8 +372,10 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
         image_size (int): the model's image side: the transform must give images of that size.
 
     Returns:
-        ImageTransform: the checkpoint's preprocessing, or ``EvalImageTransform(image_size)`` when
-        the directory has neither file.
+        ImageTransform: the checkpoint's preprocessing; for a recipe's run directory (where a
+        :class:`CheckpointLayout` of its training checkpoints points), the transform its export records (that
+        of the checkpoint it started from, if any); else ``EvalImageTransform(image_size)`` when the
+        directory has neither file.
 
     Raises:
         ValueError: naming the key, if the file is not JSON, holds a malformed or unsupported
@@ -370,6 +386,8 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
     if not path.exists():
         if open_clip.exists():  # an open_clip Hub directory: open_clip's own preprocessing
             return ImageTransform(ImageTransformSpec.from_open_clip_config(_json_object(open_clip), image_size))
+        if (Path(directory) / CONFIG).is_file() and (Path(directory) / "checkpoints").is_dir():
+            return _run_image_transform(Path(directory), image_size)  # a run's own (its training checkpoints')
         return EvalImageTransform(image_size)
     spec = ImageTransformSpec.from_preprocessor_config(_json_object(path))
     if spec.output_size != (image_size, image_size):
@@ -379,6 +397,22 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
             f"got {'any size' if spec.output_size is None else spec.output_size}"
         )
     return ImageTransform(spec)
+
+
+def _run_image_transform(run: Path, image_size: int) -> ImageTransform:
+    """The evaluation transform a recipe's run export records: the recipes' own, but for a CLIP run started from
+    a checkpoint (its ``model.pretrained``), whose preprocessing it trained with and keeps."""
+    import yaml  # (the recipes wrote the run and brought PyYAML)
+
+    try:
+        config = yaml.safe_load((run / CONFIG).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"checkpoint: {run / CONFIG} is not YAML ({first_line(error)})") from None
+    section = config.get("model") if isinstance(config, dict) else None
+    started = section.get("pretrained") if isinstance(section, dict) else None
+    if started is None or "vision_width" not in section:  # from scratch, or a FLAVA run: the recipes' transform
+        return EvalImageTransform(image_size)
+    return checkpoint_image_transform(read_clip_checkpoint(started).directory, image_size=image_size)
 
 
 class TokenizerMisfit(NamedTuple):
@@ -631,11 +665,18 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     """
     if is_remote(path):
         raise ValueError(f"checkpoint: only local checkpoints are read before the model is built, got the URL {path!r}")
-    local = local_checkpoint(path)
-    directory = checkpoint_directory(local)
+    named = local_directory(path) if isinstance(path, (str, os.PathLike)) else path  # (a file:// URL resolved)
+    trained = training_checkpoint(Path(named)) if isinstance(named, (str, os.PathLike)) else None
+    local = trained or local_checkpoint(named)
+    directory = trained.parent.parent if trained else checkpoint_directory(local)
     # the weights file clip_model reads is the one peeked at (one reading path: directory_config's for a
     # directory of Hugging Face's or open_clip's), its header alone
-    if local.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
+    if trained is not None:  # a run's step_<N>: the arguments its export would state (its tensors not peeked at)
+        layout = checkpoint_layout(trained)
+        if layout.family != "clip":
+            raise ValueError(f"checkpoint: expected a CLIP run's checkpoint, got {trained}, a FLAVA run's")
+        weights, stated, tensors, config = trained, dict(layout.kwargs), None, layout.config
+    elif local.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
         layout = checkpoint_layout(local)
         weights, stated = layout.weights, {k: v for k, v in layout.kwargs.items() if v is not None}
         tensors, config = peek_state_dict(weights, scalars=True), layout.config
@@ -697,9 +738,7 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
     import yaml  # (PyYAML comes with the recipes, which wrote the run: an export or a checkpoint directory needs none)
 
     run = checkpoint.parent.parent
-    config_file = next((f for f in (checkpoint / CONFIG, run / CONFIG) if f.is_file()), None)
-    if config_file is None:
-        raise FileNotFoundError(f"checkpoint: {checkpoint} records no {CONFIG}, and its run {run} has none either")
+    config_file = run_config(checkpoint)
     check_regular_file(config_file, f"a run's {CONFIG}")
     try:
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
@@ -734,6 +773,16 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
             f"architecture and preprocessing), at {section.get('pretrained')}, got {first_line(error)}"
         ) from None
     return family, kwargs, tokenizer, image_transform
+
+
+def run_config(checkpoint: Path) -> Path:
+    """The config training ``checkpoint`` was trained under: the one it records, else its run's ``config.yaml``;
+    FileNotFoundError naming both where neither is there."""
+    run = checkpoint.parent.parent
+    config_file = next((f for f in (checkpoint / CONFIG, run / CONFIG) if f.is_file()), None)
+    if config_file is None:
+        raise FileNotFoundError(f"checkpoint: {checkpoint} records no {CONFIG}, and its run {run} has none either")
+    return config_file
 
 
 def _run_arguments(family: str, section: dict, tokenizer) -> tuple[dict, ImageTransform]:
@@ -824,8 +873,7 @@ def trained_model(builder: Callable, pretrained: object, given: dict) -> Optiona
     set_here = {k: v for k, v in given.items() if k in defaults and k != "pretrained" and v != defaults[k]}
     clash = {k: (v, kwargs.get(k)) for k, v in set_here.items() if v != kwargs.get(k) and "dropout" not in k}
     if clash:
-        config = next(f for f in (checkpoint / CONFIG, checkpoint.parent.parent / CONFIG) if f.is_file())
-        raise ValueError(f"{name}: expected arguments that match {config}, got (given, config) {clash}")
+        raise ValueError(f"{name}: expected arguments that match {run_config(checkpoint)}, got (given, config) {clash}")
     return _load_run_weights(builder(**{**kwargs, **set_here}), family, checkpoint)
 
 
