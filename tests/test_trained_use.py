@@ -161,3 +161,17 @@ def test_a_clip_run_started_from_a_checkpoint_keeps_its_preprocessing_at_its_tra
     spec = checkpoint_image_transform(tuned, image_size=32).spec
     assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.25, 0.25, 0.25)
     assert checkpoint_image_transform(out, image_size=32).spec == load_pretrained(out).image_transform.spec
+
+
+def test_a_run_s_checkpoints_folder_is_named_as_such(run):
+    """Named for a checkpoint, it was 'neither a torchflava run/export directory ... nor a Hugging Face FLAVA
+    or CLIP directory' (the commands) or 'a directory without any of model.safetensors, ...' (the builders)."""
+    family, out = run
+    expected = (
+        f"checkpoint: {out / 'checkpoints'} is a run's checkpoints folder; expected one of its checkpoints "
+        f"({out / 'checkpoints'}/step_<N>; complete: 1, 2) or its run directory {out}"
+    )
+    for load in (load_pretrained, lambda path: BUILDERS[family](pretrained=path), checkpoint_layout):
+        with pytest.raises(FileNotFoundError) as caught:
+            load(out / "checkpoints")
+        assert str(caught.value) == expected

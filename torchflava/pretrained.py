@@ -296,8 +296,9 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
     is of a later step (``quiet``: neither line).
 
     Raises:
-        FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), or a run
-            directory without an export whose checkpoints are all incomplete or damaged.
+        FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), a run's
+            ``checkpoints/`` folder itself (naming its complete steps), or a run directory without an export
+            whose checkpoints are all incomplete or damaged.
     """
     step = path.name.removeprefix("step_")
     if path.name.startswith("step_") and step.isdigit() and not path.exists():
@@ -316,6 +317,12 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
     # (a Hugging Face or export directory a user named step_<N> holds its config: it is no training checkpoint)
     if path.name.startswith("step_") and step.isdigit() and not any((path / n).exists() for n in _MODEL_CONFIGS):
         return path
+    inside = CheckpointManager(path).complete()  # (a run's checkpoints/ folder named for the run or a checkpoint)
+    if inside and not any((path / name).exists() for name in _MODEL_CONFIGS):
+        raise FileNotFoundError(
+            f"checkpoint: {path} is a run's checkpoints folder; expected one of its checkpoints ({path}/step_<N>; "
+            f"complete: {', '.join(str(int(p.name[5:])) for p in inside)}) or its run directory {path.parent}"
+        )
     exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
     if exported and (path / "checkpoints").is_dir() and not quiet:
         _newer_checkpoint_note(path)
