@@ -175,3 +175,24 @@ def test_a_run_s_checkpoints_folder_is_named_as_such(run):
         with pytest.raises(FileNotFoundError) as caught:
             load(out / "checkpoints")
         assert str(caught.value) == expected
+
+
+def test_a_flava_run_or_its_export_reads_as_a_state_dict(run):
+    """``load_state_dict`` / ``peek_state_dict`` (what the pretraining recipe checks ``model.pretrained`` with)
+    refused a run and its export ('a directory without any of model.safetensors, ...') that ``flava_model`` loads."""
+    from safetensors.torch import load_file
+
+    from torchflava.utils.checkpoint import load_state_dict, peek_state_dict
+
+    family, out = run
+    if family != "flava":
+        with pytest.raises(FileNotFoundError, match="nor a torchflava FLAVA export"):
+            peek_state_dict(out)
+        return
+    exported = load_file(out / "model" / "flava_pretraining.safetensors")
+    for path in (out, out / "model"):
+        loaded = load_state_dict(path)
+        assert loaded.keys() == exported.keys() and all(torch.equal(loaded[k], exported[k]) for k in exported)
+        assert {k: (v.shape, v.dtype) for k, v in peek_state_dict(path).items()} == {
+            k: (v.shape, v.dtype) for k, v in exported.items()
+        }

@@ -32,11 +32,14 @@ from safetensors.torch import load_file, save_file
 import torch
 from torch import Tensor, nn
 
+from torchflava.utils.architecture import export_files
 from torchflava.utils.torchscript import is_torchscript, torchscript_state_dict
 
 PathLike = Union[str, os.PathLike]
 
 # Names Hugging Face uses inside a checkpoint directory, in order of preference.
+# A torchflava FLAVA export's architecture file (the pretraining recipe's model/ directory), beside its weights file.
+_FLAVA_EXPORT_CONFIG = "backbone_config.json"
 _DIRECTORY_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -943,7 +946,8 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
         path (PathLike): a ``.safetensors`` file, a torch file (``.pt``, ``.pth``, ``.bin``), a sharded
             index (``*.index.json``), a directory holding one of ``model.safetensors``,
             ``model.safetensors.index.json``, ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``,
-            or an http(s) URL of a file. A torch file may hold the state dict under a ``"state_dict"``
+            a torchflava FLAVA export (its weights file beside ``backbone_config.json``) or a pretraining
+            run directory holding one in ``model/``, or an http(s) URL of a file. A torch file may hold the state dict under a ``"state_dict"``
             or ``"model"`` entry, as training scripts save it (beside an epoch, an optimiser's state...):
             that entry is read, its keys as saved (the models' loaders drop a DDP ``module.`` prefix).
             A TorchScript archive (``torch.jit.save``) gives its module's state dict, none of its code run.
@@ -977,9 +981,16 @@ def _checkpoint_file(path: PathLike) -> Path:
         _refuse_shard(local)
         return local
     name = next((name for name in _DIRECTORY_FILES if (local / name).exists()), None)
-    if name is None:
-        raise FileNotFoundError(f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}")
-    return local / name
+    if name is not None:
+        return local / name
+    # a FLAVA export, or a pretraining run holding one in model/ (as flava_model reads them; a CLIP export's
+    # reader is clip_model's, which reads its config too)
+    if (export := export_files(local, _FLAVA_EXPORT_CONFIG)) is not None:
+        return export[1]
+    raise FileNotFoundError(
+        f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}, nor a torchflava FLAVA export "
+        f"({_FLAVA_EXPORT_CONFIG} beside its .safetensors weights, or a run directory's model/)"
+    )
 
 
 # A shard's name as save_pretrained writes it ("model-00001-of-00003.safetensors"): its index is the name
