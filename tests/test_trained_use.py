@@ -196,3 +196,28 @@ def test_a_flava_run_or_its_export_reads_as_a_state_dict(run):
         assert {k: (v.shape, v.dtype) for k, v in peek_state_dict(path).items()} == {
             k: (v.shape, v.dtype) for k, v in exported.items()
         }
+
+
+def test_the_commands_json_names_the_weights_a_killed_run_resolved_to(run, tmp_path):
+    """A run without an export is evaluated at its latest intact checkpoint, said on stderr only: the --json
+    (what a results table is built from) did not say which step was evaluated."""
+    from torchflava import linear_probe, zero_shot
+    from torchflava.data.shapes import ShapesWorld
+
+    family, out = run
+    copy = tmp_path / "killed"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("model"))
+    shutil.rmtree(copy / "checkpoints" / "step_00000002")  # killed before its last checkpoint
+    images = tmp_path / "images"
+    images.mkdir()
+    ShapesWorld("test", 1, image_size=32)[0].image.save(images / "0.png")
+    args = ["--checkpoint", str(copy), "--images", str(images), "--classes", "red circle,blue square"]
+    zero_shot.main([*args, "--json", str(tmp_path / "zs.json")])
+    assert json.loads((tmp_path / "zs.json").read_text())["weights"] == str(copy / "checkpoints" / "step_00000001")
+    scenes = ShapesWorld("test", 4, image_size=32)
+    for split, name, i in (("train", "a", 0), ("train", "b", 1), ("val", "a", 2), ("val", "b", 3)):
+        (tmp_path / split / name).mkdir(parents=True)
+        scenes[i].image.save(tmp_path / split / name / f"{i}.png")
+    folders = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val")]
+    report = linear_probe.main(["--checkpoint", str(out), *folders])
+    assert report["weights"] == str(next((out / "model").glob("*.safetensors")))
