@@ -9,6 +9,7 @@ import collections
 import email.utils
 import hashlib
 import http.client
+import importlib
 import json
 import math
 import os
@@ -95,6 +96,22 @@ def local_checkpoint(path: PathLike) -> Path:
     if not local.exists():
         raise FileNotFoundError(f"checkpoint not found: {path!s}")
     return local
+
+
+def training_run_model(builder: Callable, pretrained: object, given: dict) -> Optional[nn.Module]:
+    """What ``builder`` builds for a ``pretrained`` that names a recipe run's training checkpoint (or a run without
+    an export): :func:`torchflava.pretrained.trained_model`, imported only where ``pretrained`` may name one (a
+    local directory or path; it reads runs, above the models); None for None, a URL of another scheme than
+    ``file:`` or a file.
+
+    Raises:
+        As :func:`torchflava.pretrained.trained_model`.
+    """
+    if not isinstance(pretrained, (str, os.PathLike)) or not isinstance(os.fspath(pretrained), str):
+        return None
+    if is_remote(pretrained) or (not os.fspath(pretrained).startswith("file:") and Path(pretrained).is_file()):
+        return None
+    return importlib.import_module("torchflava.pretrained").trained_model(builder, pretrained, given)
 
 
 def is_remote(path: object) -> bool:

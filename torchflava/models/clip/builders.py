@@ -1,7 +1,6 @@
 """CLIP builders: the two towers wired from ``torchflava.modules``, and the published sizes."""
 
 import contextlib
-from importlib import import_module
 import math
 from typing import Optional
 
@@ -14,7 +13,7 @@ from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
 from torchflava.modules.layers import PatchEmbedding, TokenEmbedding
 from torchflava.modules.layers.activation import ACTIVATIONS
-from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict
+from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict, training_run_model
 from torchflava.utils.checks import check_architecture, check_builder_arguments, with_config
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
@@ -79,8 +78,8 @@ def clip_model(
         TypeError, FileNotFoundError: if a size is not an int or ``pretrained`` not a path; not there.
     """
     kwargs = dict(locals())
-    if (trained := import_module("torchflava.pretrained").trained_model(clip_model, pretrained, kwargs)) is not None:
-        return trained  # a run's checkpoints/step_<N> or a run without export (read above the models: imported lazily)
+    if (trained := training_run_model(clip_model, pretrained, kwargs)) is not None:
+        return trained  # a run's checkpoints/step_<N>, or a run without export: its config and weights at that step
     kwargs["pretrained"] = None if pretrained is None else local_checkpoint(pretrained)  # (fetched once)
     with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(clip_model_arguments(**kwargs))  # (checked first)

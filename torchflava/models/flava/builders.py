@@ -5,7 +5,6 @@ images in 16 px patches (197 image tokens), BERT vocabulary 30522 with 512 posit
 LayerNorm eps 1e-12, exact GELU, contrastive projections to 768.
 """
 
-from importlib import import_module
 import inspect
 import math
 import os
@@ -38,7 +37,7 @@ from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEn
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
-from torchflava.utils.checkpoint import load_state_dict, peek_state_dict
+from torchflava.utils.checkpoint import load_state_dict, peek_state_dict, training_run_model
 from torchflava.utils.checks import (
     check_architecture,
     check_bool,
@@ -361,7 +360,7 @@ def flava_model(
     """
     args = {k: v for k, v in locals().items() if k != "pretrained"}
     # a run's checkpoints/step_<N>, or a run without an export: read where runs are known, above the models
-    if (trained := import_module("torchflava.pretrained").trained_model(flava_model, pretrained, args)) is not None:
+    if (trained := training_run_model(flava_model, pretrained, args)) is not None:
         return trained
     local = None if pretrained is None else local_flava_checkpoint(pretrained)
     # the checkpoint's names, shapes and dtypes (no data): a directory without weights, or a malformed file,
