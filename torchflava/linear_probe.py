@@ -116,7 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         help=f"images encoded at a time [{DEFAULT_BATCH_SIZE}]",
     )
     add_dtype_argument(parser)
-    parser.add_argument("--json", type=output_file, help="also write the report here")
+    parser.add_argument(
+        "--json", type=output_file, help="also write the report here (weights: the file or training checkpoint probed)"
+    )
     args = parser.parse_args(argv)
     folders = {name: getattr(args, name) for name in ("train", "val", "test") if getattr(args, name) is not None}
     if args.shapes and folders:  # (the shapes task has its own splits: the folders would be ignored)
@@ -178,6 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "test_mean_per_class_accuracy": result.test_mean_per_class_accuracy,
         "chance": 1 / len(classes),
         "skipped": skipped,  # split -> why each unreadable image was left out
+        "weights": str(pretrained.weights),  # what was probed: an export's file, or the step_<N> a run resolved to
     }
     test = ""
     if result.test_accuracy is not None:

@@ -181,15 +181,20 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     """Find the weights, architecture arguments and tokenizer directory of a checkpoint directory.
 
     Args:
-        path (Union[str, os.PathLike]): a run, export or Hugging Face directory (see the module doc).
+        path (Union[str, os.PathLike]): a run, export or Hugging Face directory, or a run's training
+            checkpoint (see the module doc).
 
     Returns:
         CheckpointLayout: weights (file or directory), builder keyword arguments, the directory
-        holding the tokenizer and configs, and the model family.
+        holding the tokenizer and configs, and the model family. For a training checkpoint (a run without
+        an export: its newest complete, intact one, :func:`training_checkpoint`): the ``step_<N>``
+        directory, the arguments its run's export would record (:func:`run_parts`), the run directory
+        (which holds its tokenizer) and the run's ``config.yaml``.
 
     Raises:
         TypeError: if ``path`` is not a str or os.PathLike.
-        FileNotFoundError: if ``path`` is not a directory of a known layout, or has no tokenizer file.
+        FileNotFoundError: if ``path`` is not a directory of a known layout, or has no tokenizer file;
+            as :func:`training_checkpoint` and :func:`run_parts` for a training checkpoint.
         ValueError: if ``config.json`` states another model, an export holds several weights files, or
             a file that loading reads (``*.json``, ``*.txt``, ``*.safetensors``, ``*.bin``) is no
             regular file (a FIFO would make the read wait forever).
@@ -197,6 +202,13 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint: the path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
+    trained = training_checkpoint(path, quiet=True)  # (the loader that reads its weights says which it reads)
+    if trained is not None:  # verified, then its run's config and tokenizer
+        family, kwargs, _, _ = _verified_run_parts(trained)
+        run = trained.parent.parent
+        return CheckpointLayout(
+            weights=trained, kwargs=kwargs, directory=run, family=family, config=run_config(trained)
+        )
     if not path.exists():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
     if not path.is_dir():
@@ -272,7 +284,7 @@ def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
     return path / "model" if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS) else path
 
 
-def training_checkpoint(path: Path) -> Optional[Path]:
+def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
     """The training checkpoint (``<run>/checkpoints/step_<N>``) that ``path`` names, or None where it names none.
 
     A directory holding DCP's ``.metadata`` or a ``COMPLETE`` marker is one, as is a ``step_<N>`` directory
@@ -281,11 +293,12 @@ def training_checkpoint(path: Path) -> Optional[Path]:
     (``model/``) but with ``checkpoints/`` names its newest complete checkpoint whose files all match their
     manifest, said in one line on stderr (with any newer one passed over as damaged); a run directory with an
     export names None (the export is read), said in one line on stderr where its newest complete checkpoint
-    is of a later step.
+    is of a later step (``quiet``: neither line).
 
     Raises:
-        FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), or a run
-            directory without an export whose checkpoints are all incomplete or damaged.
+        FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), a run's
+            ``checkpoints/`` folder itself (naming its complete steps), or a run directory without an export
+            whose checkpoints are all incomplete or damaged.
     """
     step = path.name.removeprefix("step_")
     if path.name.startswith("step_") and step.isdigit() and not path.exists():
@@ -304,8 +317,14 @@ def training_checkpoint(path: Path) -> Optional[Path]:
     # (a Hugging Face or export directory a user named step_<N> holds its config: it is no training checkpoint)
     if path.name.startswith("step_") and step.isdigit() and not any((path / n).exists() for n in _MODEL_CONFIGS):
         return path
+    inside = CheckpointManager(path).complete()  # (a run's checkpoints/ folder named for the run or a checkpoint)
+    if inside and not any((path / name).exists() for name in _MODEL_CONFIGS):
+        raise FileNotFoundError(
+            f"checkpoint: {path} is a run's checkpoints folder; expected one of its checkpoints ({path}/step_<N>; "
+            f"complete: {', '.join(str(int(p.name[5:])) for p in inside)}) or its run directory {path.parent}"
+        )
     exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
-    if exported and (path / "checkpoints").is_dir():
+    if exported and (path / "checkpoints").is_dir() and not quiet:
         _newer_checkpoint_note(path)
     if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _MODEL_CONFIGS):
         return None
@@ -317,6 +336,8 @@ def training_checkpoint(path: Path) -> Optional[Path]:
             f"{reasons}"
         )
     skipped = f", passing over {len(passed_over)} damaged newer one(s): {passed_over[0]}" if passed_over else ""
+    if quiet:
+        return latest
     print(
         f"checkpoint: {path} has no export (model/); evaluating its latest complete checkpoint {latest}{skipped}",
         file=sys.stderr,
@@ -358,8 +379,10 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
         image_size (int): the model's image side: the transform must give images of that size.
 
     Returns:
-        ImageTransform: the checkpoint's preprocessing, or ``EvalImageTransform(image_size)`` when
-        the directory has neither file.
+        ImageTransform: the checkpoint's preprocessing; for a recipe's run directory (where a
+        :class:`CheckpointLayout` of its training checkpoints points), the transform its export records (that
+        of the checkpoint it started from, if any); else ``EvalImageTransform(image_size)`` when the
+        directory has neither file.
 
     Raises:
         ValueError: naming the key, if the file is not JSON, holds a malformed or unsupported
@@ -370,6 +393,8 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
     if not path.exists():
         if open_clip.exists():  # an open_clip Hub directory: open_clip's own preprocessing
             return ImageTransform(ImageTransformSpec.from_open_clip_config(_json_object(open_clip), image_size))
+        if (Path(directory) / CONFIG).is_file() and (Path(directory) / "checkpoints").is_dir():
+            return _run_image_transform(Path(directory), image_size)  # a run's own (its training checkpoints')
         return EvalImageTransform(image_size)
     spec = ImageTransformSpec.from_preprocessor_config(_json_object(path))
     if spec.output_size != (image_size, image_size):
@@ -379,6 +404,22 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
             f"got {'any size' if spec.output_size is None else spec.output_size}"
         )
     return ImageTransform(spec)
+
+
+def _run_image_transform(run: Path, image_size: int) -> ImageTransform:
+    """The evaluation transform a recipe's run export records: the recipes' own, but for a CLIP run started from
+    a checkpoint (its ``model.pretrained``), whose preprocessing it trained with and keeps."""
+    import yaml  # (the recipes wrote the run and brought PyYAML)
+
+    try:
+        config = yaml.safe_load((run / CONFIG).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"checkpoint: {run / CONFIG} is not YAML ({first_line(error)})") from None
+    section = config.get("model") if isinstance(config, dict) else None
+    started = section.get("pretrained") if isinstance(section, dict) else None
+    if started is None or "vision_width" not in section:  # from scratch, or a FLAVA run: the recipes' transform
+        return EvalImageTransform(image_size)
+    return checkpoint_image_transform(read_clip_checkpoint(started).directory, image_size=image_size)
 
 
 class TokenizerMisfit(NamedTuple):
@@ -631,11 +672,18 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     """
     if is_remote(path):
         raise ValueError(f"checkpoint: only local checkpoints are read before the model is built, got the URL {path!r}")
-    local = local_checkpoint(path)
-    directory = checkpoint_directory(local)
+    named = local_directory(path) if isinstance(path, (str, os.PathLike)) else path  # (a file:// URL resolved)
+    trained = training_checkpoint(Path(named)) if isinstance(named, (str, os.PathLike)) else None
+    local = trained or local_checkpoint(named)
+    directory = trained.parent.parent if trained else checkpoint_directory(local)
     # the weights file clip_model reads is the one peeked at (one reading path: directory_config's for a
     # directory of Hugging Face's or open_clip's), its header alone
-    if local.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
+    if trained is not None:  # a run's step_<N>: the arguments its export would state (its tensors not peeked at)
+        layout = checkpoint_layout(trained)
+        if layout.family != "clip":
+            raise ValueError(f"checkpoint: expected a CLIP run's checkpoint, got {trained}, a FLAVA run's")
+        weights, stated, tensors, config = trained, dict(layout.kwargs), None, layout.config
+    elif local.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
         layout = checkpoint_layout(local)
         weights, stated = layout.weights, {k: v for k, v in layout.kwargs.items() if v is not None}
         tensors, config = peek_state_dict(weights, scalars=True), layout.config
@@ -697,9 +745,7 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
     import yaml  # (PyYAML comes with the recipes, which wrote the run: an export or a checkpoint directory needs none)
 
     run = checkpoint.parent.parent
-    config_file = next((f for f in (checkpoint / CONFIG, run / CONFIG) if f.is_file()), None)
-    if config_file is None:
-        raise FileNotFoundError(f"checkpoint: {checkpoint} records no {CONFIG}, and its run {run} has none either")
+    config_file = run_config(checkpoint)
     check_regular_file(config_file, f"a run's {CONFIG}")
     try:
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
@@ -736,6 +782,16 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
     return family, kwargs, tokenizer, image_transform
 
 
+def run_config(checkpoint: Path) -> Path:
+    """The config training ``checkpoint`` was trained under: the one it records, else its run's ``config.yaml``;
+    FileNotFoundError naming both where neither is there."""
+    run = checkpoint.parent.parent
+    config_file = next((f for f in (checkpoint / CONFIG, run / CONFIG) if f.is_file()), None)
+    if config_file is None:
+        raise FileNotFoundError(f"checkpoint: {checkpoint} records no {CONFIG}, and its run {run} has none either")
+    return config_file
+
+
 def _run_arguments(family: str, section: dict, tokenizer) -> tuple[dict, ImageTransform]:
     """The builder's arguments and the evaluation transform of a run whose config's model section is
     ``section`` and whose tokenizer is ``tokenizer``, as the recipe's export records them."""
@@ -761,12 +817,23 @@ def load_training_checkpoint(checkpoint: Path) -> Pretrained:
         CheckpointIntegrityError: (a ValueError) if it is incomplete, damaged or holds code.
         FileNotFoundError, ValueError: as :func:`run_parts`, or if its weights do not fit the model.
     """
-    reason = damage(checkpoint)  # an incomplete or damaged checkpoint is named as such, before anything is read
+    family, kwargs, tokenizer, image_transform = _verified_run_parts(checkpoint)
+    model = _load_run_weights(BUILDERS[family](**kwargs), family, checkpoint)
+    return Pretrained(model.eval(), tokenizer, kwargs, checkpoint, image_transform)
+
+
+def _verified_run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:
+    """:func:`run_parts` of a training checkpoint found complete and intact first (CheckpointIntegrityError
+    naming it otherwise: an incomplete or damaged checkpoint is named as such, before anything is read)."""
+    reason = damage(checkpoint)
     if reason is not None:
         raise CheckpointIntegrityError(f"checkpoint: cannot read {checkpoint}: {reason}")
-    family, kwargs, tokenizer, image_transform = run_parts(checkpoint)
+    return run_parts(checkpoint)
+
+
+def _load_run_weights(model: torch.nn.Module, family: str, checkpoint: Path) -> torch.nn.Module:
+    """``model`` with the weights of the verified training ``checkpoint`` (every rank's shards gathered)."""
     weights = read_model_weights(checkpoint, verified=True)
-    model = BUILDERS[family](**kwargs)
     try:
         if family == "flava":
             load_flava_weights(model, weights)
@@ -776,7 +843,45 @@ def load_training_checkpoint(checkpoint: Path) -> Pretrained:
         raise ValueError(
             f"checkpoint: {checkpoint}: its weights do not fit its run's {family} model ({first_line(error)})"
         ) from None
-    return Pretrained(model.eval(), tokenizer, kwargs, checkpoint, image_transform)
+    return model
+
+
+def trained_model(builder: Callable, pretrained: object, given: dict) -> Optional[torch.nn.Module]:
+    """What ``builder`` (:func:`~torchflava.models.flava_model` or :func:`~torchflava.models.clip_model`) builds
+    for a ``pretrained`` that names a run's training checkpoint, resolved as :func:`load_pretrained` resolves
+    it (:func:`training_checkpoint`: ``step_<N>``, padded or not; a run without an export: its newest complete,
+    intact checkpoint), with the weights at that step; None where ``pretrained`` names none (a URL, a file, an
+    export, a run with one, a Hugging Face directory: the builder reads those itself).
+
+    The architecture is the run's (:func:`run_parts`, as its export would record it); of ``given`` (the
+    builder's arguments), those not at the builder's default must equal the run's, but dropouts, training
+    settings, override them.
+
+    Raises:
+        CheckpointIntegrityError: (a ValueError) if the checkpoint is incomplete or damaged.
+        ValueError: if it is a checkpoint of the other family's run, an argument given contradicts the run's
+            config, or as :func:`run_parts` and :func:`load_training_checkpoint`.
+        FileNotFoundError: as :func:`training_checkpoint` and :func:`run_parts`.
+    """
+    if not isinstance(pretrained, (str, os.PathLike)) or is_remote(pretrained):
+        return None
+    local = local_directory(pretrained)
+    checkpoint = training_checkpoint(Path(local))
+    if checkpoint is None:
+        return None
+    family, kwargs, _, _ = _verified_run_parts(checkpoint)
+    name = builder.__name__
+    if BUILDERS[family].__name__ != name:  # (by name: the models package re-exports the builders)
+        raise ValueError(
+            f"{name}: expected pretrained to be a checkpoint of a {name} run, got {checkpoint}, a checkpoint "
+            f"of a {family.upper()} run (build it with {BUILDERS[family].__name__})"
+        )
+    defaults = {k: p.default for k, p in inspect.signature(builder).parameters.items()}
+    set_here = {k: v for k, v in given.items() if k in defaults and k != "pretrained" and v != defaults[k]}
+    clash = {k: (v, kwargs.get(k)) for k, v in set_here.items() if v != kwargs.get(k) and "dropout" not in k}
+    if clash:
+        raise ValueError(f"{name}: expected arguments that match {run_config(checkpoint)}, got (given, config) {clash}")
+    return _load_run_weights(builder(**{**kwargs, **set_here}), family, checkpoint)
 
 
 def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch.float32) -> Pretrained:

@@ -681,7 +681,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument(
         "--json",
         type=output_file,
-        help="also write the result here (classification: each image's --top-k classes and probabilities)",
+        help="also write the result here (classification: each image's --top-k classes and probabilities; "
+        "weights: the file or training checkpoint evaluated)",
     )
     parser.add_argument(
         "--top-k",
@@ -796,6 +797,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         recalls = [k for k in result if "R@" in k and "chance" not in k]
         for key in sorted(recalls, key=lambda k: (int(k.split("@")[1]), k)):  # R@1, R@5, R@10 (not R@10 first)
             print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'{key}_chance']:.1f}%)")
+    # what was evaluated: a run's export file, or the step_<N> its latest checkpoint resolved to
+    result["weights"] = str(pretrained.weights)
     return finish_command(result, result["skipped_reasons"], args.json)
 
 

@@ -9,6 +9,7 @@ import collections
 import email.utils
 import hashlib
 import http.client
+import importlib
 import json
 import math
 import os
@@ -32,11 +33,14 @@ from safetensors.torch import load_file, save_file
 import torch
 from torch import Tensor, nn
 
+from torchflava.utils.architecture import export_files
 from torchflava.utils.torchscript import is_torchscript, torchscript_state_dict
 
 PathLike = Union[str, os.PathLike]
 
 # Names Hugging Face uses inside a checkpoint directory, in order of preference.
+# A torchflava FLAVA export's architecture file (the pretraining recipe's model/ directory), beside its weights file.
+_FLAVA_EXPORT_CONFIG = "backbone_config.json"
 _DIRECTORY_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -92,6 +96,22 @@ def local_checkpoint(path: PathLike) -> Path:
     if not local.exists():
         raise FileNotFoundError(f"checkpoint not found: {path!s}")
     return local
+
+
+def training_run_model(builder: Callable, pretrained: object, given: dict) -> Optional[nn.Module]:
+    """What ``builder`` builds for a ``pretrained`` that names a recipe run's training checkpoint (or a run without
+    an export): :func:`torchflava.pretrained.trained_model`, imported only where ``pretrained`` may name one (a
+    local directory or path; it reads runs, above the models); None for None, a URL of another scheme than
+    ``file:`` or a file.
+
+    Raises:
+        As :func:`torchflava.pretrained.trained_model`.
+    """
+    if not isinstance(pretrained, (str, os.PathLike)) or not isinstance(os.fspath(pretrained), str):
+        return None
+    if is_remote(pretrained) or (not os.fspath(pretrained).startswith("file:") and Path(pretrained).is_file()):
+        return None
+    return importlib.import_module("torchflava.pretrained").trained_model(builder, pretrained, given)
 
 
 def is_remote(path: object) -> bool:
@@ -943,7 +963,8 @@ def load_state_dict(path: PathLike) -> dict[str, Tensor]:
         path (PathLike): a ``.safetensors`` file, a torch file (``.pt``, ``.pth``, ``.bin``), a sharded
             index (``*.index.json``), a directory holding one of ``model.safetensors``,
             ``model.safetensors.index.json``, ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``,
-            or an http(s) URL of a file. A torch file may hold the state dict under a ``"state_dict"``
+            a torchflava FLAVA export (its weights file beside ``backbone_config.json``) or a pretraining
+            run directory holding one in ``model/``, or an http(s) URL of a file. A torch file may hold the state dict under a ``"state_dict"``
             or ``"model"`` entry, as training scripts save it (beside an epoch, an optimiser's state...):
             that entry is read, its keys as saved (the models' loaders drop a DDP ``module.`` prefix).
             A TorchScript archive (``torch.jit.save``) gives its module's state dict, none of its code run.
@@ -977,9 +998,16 @@ def _checkpoint_file(path: PathLike) -> Path:
         _refuse_shard(local)
         return local
     name = next((name for name in _DIRECTORY_FILES if (local / name).exists()), None)
-    if name is None:
-        raise FileNotFoundError(f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}")
-    return local / name
+    if name is not None:
+        return local / name
+    # a FLAVA export, or a pretraining run holding one in model/ (as flava_model reads them; a CLIP export's
+    # reader is clip_model's, which reads its config too)
+    if (export := export_files(local, _FLAVA_EXPORT_CONFIG)) is not None:
+        return export[1]
+    raise FileNotFoundError(
+        f"{path!s} is a directory without any of {', '.join(_DIRECTORY_FILES)}, nor a torchflava FLAVA export "
+        f"({_FLAVA_EXPORT_CONFIG} beside its .safetensors weights, or a run directory's model/)"
+    )
 
 
 # A shard's name as save_pretrained writes it ("model-00001-of-00003.safetensors"): its index is the name

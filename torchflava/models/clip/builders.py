@@ -13,7 +13,7 @@ from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
 from torchflava.modules.layers import PatchEmbedding, TokenEmbedding
 from torchflava.modules.layers.activation import ACTIVATIONS
-from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict
+from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict, training_run_model
 from torchflava.utils.checks import check_architecture, check_builder_arguments, with_config
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
@@ -60,8 +60,8 @@ def clip_model(
     shape tells it; QuickGELU for OpenAI's weights, told by their entries), eps 1e-5, end token the vocabulary's last.
 
     Args:
-        pretrained (Optional[PathLike]): a torchflava export (or its run), HF ``CLIPModel`` or open_clip directory, or
-            an OpenAI (TorchScript too), open_clip or torchflava weights file (.safetensors, .bin, .pt; no code run), strictly.
+        pretrained (Optional[PathLike]): a torchflava export, run or its ``checkpoints/step_<N>``, HF ``CLIPModel`` or
+            open_clip directory, or an OpenAI (TorchScript too), open_clip or torchflava weights file (.safetensors, .bin, .pt; no code run), strictly.
         embed_dim, image_size, patch_size (Optional[int]): width P of the shared space; image, patch side (px).
         vision_width, vision_layers, vision_heads, vision_mlp_dim, text_width, text_layers, text_heads,
             text_mlp_dim (Optional[int]): each tower's width, depth, attention heads and MLP width.
@@ -77,10 +77,12 @@ def clip_model(
             or a checkpoint or config file is malformed, describes a model ours does not build or tells no head count.
         TypeError, FileNotFoundError: if a size is not an int or ``pretrained`` not a path; not there.
     """
-    kwargs = dict(locals(), pretrained=None if pretrained is None else local_checkpoint(pretrained))  # (fetched once)
-    a = clip_model_arguments(**kwargs)
+    kwargs = dict(locals())
+    if (trained := training_run_model(clip_model, pretrained, kwargs)) is not None:
+        return trained  # a run's checkpoints/step_<N>, or a run without export: its config and weights at that step
+    kwargs["pretrained"] = None if pretrained is None else local_checkpoint(pretrained)  # (fetched once)
     with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
-        model = _build(a)
+        model = _build(clip_model_arguments(**kwargs))  # (checked first)
     if (local := kwargs["pretrained"]) is not None:  # the arguments checked first: no tensor data read before
         weights = directory_config(local)[2] if local.is_dir() else local  # (a directory of HF's: itself)
         check_openai(peek_state_dict(weights, scalars=True), model, str(weights))

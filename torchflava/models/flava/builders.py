@@ -37,7 +37,7 @@ from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEn
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
-from torchflava.utils.checkpoint import load_state_dict, peek_state_dict
+from torchflava.utils.checkpoint import load_state_dict, peek_state_dict, training_run_model
 from torchflava.utils.checks import (
     check_architecture,
     check_bool,
@@ -303,7 +303,10 @@ def flava_model(
     default takes the value its config.json states; an argument given otherwise must match it, but a
     dropout given (other than its default) overrides the checkpoint's, as a training setting. A
     torchflava export (the pretraining recipe's ``model/`` directory, its run directory, or the weights
-    file in it) is read alike, its ``backbone_config.json`` standing for config.json.
+    file in it) is read alike, its ``backbone_config.json`` standing for config.json; so is one of its
+    training checkpoints (``<run>/checkpoints/step_<N>``, N padded or not; a run without an export: its
+    newest complete, intact one, named on stderr), with the run's ``config.yaml`` standing for it and
+    the weights of that step (:func:`torchflava.pretrained.trained_model`).
 
     A Hugging Face config's ``hidden_dropout_prob`` is ``dropout`` and its ``attention_probs_dropout_prob``
     ``attention_dropout`` (one value each for the three towers), with ``mlp_dropout`` 0: transformers'
@@ -314,7 +317,7 @@ def flava_model(
         pretrained (Optional[Union[str, os.PathLike]]): local path or URL of weights to load: a Hugging
             Face ``FlavaModel``/``FlavaForPreTraining`` directory or file (safetensors or .bin), a
             torchmultimodal ``.pt`` state dict, or one of ours (also under DDP's ``module.`` or a
-            Lightning module's ``model.``), or a torchflava export. The architecture arguments must
+            Lightning module's ``model.``), or a torchflava export, run or training checkpoint. The architecture arguments must
             match it (a mismatch names the arguments whose sizes the tensors' shapes tell otherwise).
         image_embed_dim (int): image encoder width.
         image_num_layers (int): image encoder layers.
@@ -356,6 +359,9 @@ def flava_model(
         TypeError: if a size is not an int.
     """
     args = {k: v for k, v in locals().items() if k != "pretrained"}
+    # a run's checkpoints/step_<N>, or a run without an export: read where runs are known, above the models
+    if (trained := training_run_model(flava_model, pretrained, args)) is not None:
+        return trained
     local = None if pretrained is None else local_flava_checkpoint(pretrained)
     # the checkpoint's names, shapes and dtypes (no data): a directory without weights, or a malformed file,
     # says so before any work
