@@ -261,3 +261,29 @@ def test_read_inputs_keeps_what_a_head_of_each_modality_reads():
             torch.testing.assert_close(out.logits, model(**_read_inputs(modality, images, ids, mask)).logits)
     with pytest.raises(ValueError, match=r"^modality must be one of \('text', 'image', 'multimodal'\), got 'audio'$"):
         read_inputs(batch, "audio")
+
+
+@pytest.mark.parametrize(
+    "num_classes, loss, labels",
+    [
+        (4, "cross_entropy", lambda: torch.zeros(2, dtype=torch.long)),
+        (4, "binary_cross_entropy", lambda: torch.zeros(2, 4)),
+        (1, "mse", lambda: torch.zeros(2)),
+    ],
+)
+def test_a_classifier_with_labels_runs_on_the_meta_device(num_classes, loss, labels):
+    """A meta-device dry run of a fine-tuning step (shapes before memory is spent): the label checks read
+    values, and failed inside torch ("Tensor.item() cannot be called on meta tensors"); their shape and
+    dtype parts still refuse bad labels there."""
+    with torch.device("meta"):
+        model = flava_model_for_classification(
+            num_classes, backbone=flava_model(**T), classifier_hidden_dim=12, loss=loss
+        )
+        ids = torch.zeros(2, 10, dtype=torch.long)
+        out = model(torch.empty(2, 3, T["image_size"], T["image_size"]), ids, labels=labels())
+        assert out.logits.shape == (2, num_classes) and out.logits.is_meta
+        assert out.loss.shape == () and out.loss.is_meta
+        assert out.loss_counts == {loss: out.loss_counts[loss]} and out.loss_counts[loss].is_meta
+        wrong = torch.zeros(3, dtype=torch.long)  # three labels for two rows: refused on meta too
+        with pytest.raises(ValueError, match=r"^labels must be "):
+            model(torch.empty(2, 3, T["image_size"], T["image_size"]), ids, labels=wrong)
