@@ -213,3 +213,53 @@ def test_clip_grad_norm_skips_missing_grads():
 def test_clip_grad_norm_errors(max_norm):
     with pytest.raises(ValueError, match="max_norm"):
         clip_grad_norm(params_with_grads(1.0), max_norm)
+
+
+class _UsersModule(nn.Module):
+    """What a user's model holds beside linear layers: raw parameters, torch's attention (open_clip's
+    attentional pooler), a transposed convolution, a bilinear layer, a spectral-normed linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(8))  # (D,): bias-like
+        self.query = nn.Parameter(torch.zeros(1, 8))  # a learned query
+        self.proj = nn.Parameter(torch.zeros(8, 4))  # a projection held raw
+        self.pool = nn.MultiheadAttention(8, 2)
+        self.up = nn.ConvTranspose2d(8, 4, 2)
+        self.pair = nn.Bilinear(8, 8, 4)
+        self.normed = nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8))
+        self.lin = nn.Linear(8, 8)
+
+
+def test_param_groups_decay_every_linear_and_convolution_weight_and_no_raw_parameter():
+    """nn.MultiheadAttention's input projection (a raw parameter beside its decayed out_proj), a transposed
+    convolution, a bilinear layer and a spectral-normed linear layer's weight went undecayed, against the
+    docstring's rule (the weights of linear and convolution layers); raw parameters stay undecayed, whatever
+    their shape, as it states. Reading a spectral-normed weight also ran its power iteration (in training
+    mode, updating its vectors): its stored original is read instead."""
+    model = _UsersModule()
+    u = model.normed.parametrizations.weight[0]._u.clone()
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    assert decay["names"] == [
+        "pool.in_proj_weight",
+        "pool.out_proj.weight",
+        "up.weight",
+        "pair.weight",
+        "normed.parametrizations.weight.original",
+        "lin.weight",
+    ]
+    assert no_decay["names"] == [
+        "scale",
+        "query",
+        "proj",
+        "pool.in_proj_bias",
+        "pool.out_proj.bias",
+        "up.bias",
+        "pair.bias",
+        "normed.bias",
+        "lin.bias",
+    ]
+    assert torch.equal(model.normed.parametrizations.weight[0]._u, u)  # the power iteration did not run
+    tied = nn.ModuleDict({"table": nn.Embedding(10, 8), "head": nn.Linear(8, 10, bias=False)})
+    tied.head.weight = tied.table.weight  # a tied output projection: the table's, undecayed
+    assert [g["names"] for g in param_groups(tied, weight_decay=0.1)] == [[], ["table.weight"]]

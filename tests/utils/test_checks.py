@@ -121,3 +121,15 @@ def test_check_input_dtype_lets_autocast_cast_fp32_parameters_only():
             check_input_dtype(fp32, bf16, "states")  # (the CPU's norms over bf16 parameters refuse fp32)
     with pytest.raises(ValueError, match=r"^x must be on the layer's device cpu, got meta$"):
         check_input_dtype(fp32.to("meta"), fp32)
+
+
+def test_require_reads_values_but_not_on_the_meta_device():
+    """A meta-device dry run (a model built and run under ``torch.device("meta")``) has no values: a check
+    of them failed inside torch ("Tensor.item() cannot be called on meta tensors"); it passes now, and
+    reads real tensors as before."""
+    from torchflava.utils.checks import require
+
+    require(torch.tensor(False, device="meta"), lambda: "never built", "never built")
+    require(torch.tensor(True), lambda: "never built", "never built")
+    with pytest.raises(ValueError, match=r"^x must be positive, got -1$"):
+        require(torch.tensor(-1) > 0, lambda: "x must be positive, got -1", "x must be positive")

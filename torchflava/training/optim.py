@@ -6,8 +6,12 @@ from typing import Iterable, Mapping, Optional
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.nn.utils import parametrize
 
-_DECAYED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Modules whose ``weight`` is decayed (convolutions: transposed ones too), and nn.MultiheadAttention's
+# input projections, held as raw parameters beside its nn.Linear out_proj.
+_DECAYED_MODULES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+_ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
 def param_groups(
@@ -16,10 +20,13 @@ def param_groups(
     """Split trainable parameters into a decayed group and a group without weight decay, and
     apart again for each learning-rate multiplier.
 
-    Only the weights of linear and convolution layers (the patch projection included) are
-    decayed. Biases, norms, embedding tables, position embeddings, CLS and mask tokens and the
-    logit scale are not; nor is an embedding table that a linear layer shares (a language model's
-    output projection tied to its word table).
+    Only the weights of linear and convolution layers (the patch projection included; ``nn.Bilinear``,
+    transposed convolutions, ``nn.MultiheadAttention``'s input projections, and a parametrized weight's
+    stored ``original``, e.g. under spectral norm) are decayed. Biases, norms, embedding tables, position
+    embeddings, CLS and mask tokens and the logit scale are not; nor is an embedding table that a linear
+    layer shares (a language model's output projection tied to its word table). A parameter held raw
+    (``self.scale = nn.Parameter(...)``) is not decayed whatever its shape: a (D,) scale, a (1, D) learned
+    query, but also a projection matrix (open_clip's ``proj``), which decays in an ``nn.Linear``.
 
     Args:
         model (nn.Module): the model.
@@ -43,8 +50,9 @@ def param_groups(
     for key, value in multipliers.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ValueError(f"lr_multipliers[{key!r}] must be a number >= 0, got {value!r}")
-    decayed = {id(m.weight) for m in model.modules() if isinstance(m, _DECAYED_MODULES)}
-    decayed -= {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}  # (a tied word table)
+    decayed = {id(w) for m in model.modules() for w in _stored_weights(m, _decayed_names(m))}
+    tables = (m for m in model.modules() if isinstance(m, nn.Embedding))
+    decayed -= {id(w) for m in tables for w in _stored_weights(m, ("weight",))}  # (a tied word table)
     factors = sorted(set(multipliers.values()) - {1.0}, key=list(multipliers.values()).index)
     groups = {(d, f): ([], []) for f in [1.0, *factors] for d in (True, False)}
     used = set()
@@ -66,6 +74,26 @@ def param_groups(
         for (d, f), (p, n) in groups.items()
         if f == 1.0 or p
     ]
+
+
+def _decayed_names(module: nn.Module) -> tuple[str, ...]:
+    """The names of ``module``'s weights that :func:`param_groups` decays (empty for other modules)."""
+    if isinstance(module, _DECAYED_MODULES):
+        return ("weight",)
+    return _ATTENTION_WEIGHTS if isinstance(module, nn.MultiheadAttention) else ()
+
+
+def _stored_weights(module: nn.Module, names: Iterable[str]) -> list[nn.Parameter]:
+    """The parameters stored for ``module``'s ``names``: a parametrized one's ``original``, read without
+    computing the weight (``module.weight`` would run the parametrization: a spectral norm's power
+    iteration, which updates its vectors in training mode); None entries (no bias, no q_proj) left out."""
+    found = []
+    for name in names:
+        if parametrize.is_parametrized(module, name):
+            found.append(getattr(module.parametrizations[name], "original", None))
+        else:
+            found.append(module._parameters.get(name))
+    return [weight for weight in found if weight is not None]
 
 
 def warmup_cosine(

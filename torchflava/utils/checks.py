@@ -289,7 +289,10 @@ def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> No
     In eager mode the check reads ``ok`` and builds the full message (which may inspect the
     offending values). While ``torch.compile`` traces, reading a value would break the graph, so
     the check becomes an in-graph assertion that raises ``RuntimeError(compiled_message)`` when
-    the compiled code runs on bad values: the check is kept, without a graph break.
+    the compiled code runs on bad values: the check is kept, without a graph break. On the meta
+    device (a dry run of shapes, e.g. a model built under ``torch.device("meta")``) there is no
+    value to read: the check passes (reading one failed inside torch, "Tensor.item() cannot be
+    called on meta tensors"); the shape and dtype checks around it still apply.
 
     Args:
         ok (Tensor): 0-dim bool tensor, True when the values are valid.
@@ -298,7 +301,7 @@ def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> No
     """
     if torch.compiler.is_compiling():
         torch._assert_async(ok, compiled_message)
-    elif not bool(ok):
+    elif not ok.is_meta and not bool(ok):
         raise ValueError(message())
 
 

@@ -20,6 +20,12 @@ def _model(num_classes=4, **kwargs):
     return flava_model_for_classification(num_classes, backbone=flava_model(**T), classifier_hidden_dim=12, **kwargs)
 
 
+def _read_inputs(modality, images, ids, mask, **text_extra):
+    """The inputs a head of ``modality`` reads (it refuses the others)."""
+    text = {"text": ids, "text_attention_mask": mask, **text_extra}
+    return {"image": {"image": images}, "text": text, "multimodal": {"image": images, **text}}[modality]
+
+
 @pytest.mark.parametrize(
     "modality, width",
     [("text", T["text_embed_dim"]), ("image", T["image_embed_dim"]), ("multimodal", T["multimodal_embed_dim"])],
@@ -27,10 +33,11 @@ def _model(num_classes=4, **kwargs):
 def test_head_reads_the_cls_of_its_encoder(modality, width):
     model = _model(modality=modality).eval()
     images, ids, mask = _inputs()
+    read = _read_inputs(modality, images, ids, mask)
     with torch.no_grad():
         full = model.model(image=images, text=ids, text_attention_mask=mask)
-        cls = model.cls_state(images, ids, text_attention_mask=mask)
-        out = model(images, ids, text_attention_mask=mask)
+        cls = model.cls_state(**read)
+        out = model(**read)
     expected = {"text": full.text_embeddings, "image": full.image_embeddings, "multimodal": full.multimodal_embeddings}[
         modality
     ]
@@ -58,7 +65,7 @@ def test_hf_weights_give_the_encoder_outputs_of_flava_model_and_hf(tmp_path):
             model = flava_model_for_classification(
                 2, modality=modality, backbone=flava_model(**kwargs), pretrained=tmp_path
             ).eval()
-            cls = model.cls_state(images, ids, text_attention_mask=mask)
+            cls = model.cls_state(**_read_inputs(modality, images, ids, mask))
             torch.testing.assert_close(cls, states[:, 0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(cls, hf_out.multimodal_embeddings[:, 0], atol=1e-4, rtol=1e-4)
 
@@ -190,16 +197,16 @@ def test_sentence_pairs_read_their_token_types_as_hugging_face_flava_does(tmp_pa
         torch.testing.assert_close(ours.model.encode_text(ids, mask, token_type_ids=types), hf_text, atol=1e-4, rtol=0)
         for modality, states in (("text", hf_out.text_embeddings), ("multimodal", hf_out.multimodal_embeddings)):
             model = flava_model_for_classification(2, modality=modality, backbone=ours.model).eval()
-            cls = model.cls_state(images, ids, text_attention_mask=mask, token_type_ids=types)
+            cls = model.cls_state(**_read_inputs(modality, images, ids, mask, token_type_ids=types))
             torch.testing.assert_close(cls, states[:, 0], atol=1e-4, rtol=0)
-            out = model(images, ids, text_attention_mask=mask, token_type_ids=types)
+            out = model(**_read_inputs(modality, images, ids, mask, token_type_ids=types))
             torch.testing.assert_close(out.logits, model.classifier(cls))
             # the segments matter: all-zero types (the joined encoding's) give other states
-            single = model.cls_state(images, ids, text_attention_mask=mask)
+            single = model.cls_state(**_read_inputs(modality, images, ids, mask))
             assert (single - cls).abs().max() > 1e-3, modality
     image_head = flava_model_for_classification(2, modality="image", backbone=ours.model)
     with pytest.raises(
-        ValueError, match="token_type_ids: expected None for modality 'image' .no text read., got a tensor"
+        ValueError, match=r"^token_type_ids: expected None for modality 'image' \(no text read\), got torch.int64 of"
     ):
         image_head(images, token_type_ids=types)
 
@@ -209,3 +216,74 @@ def test_labels_on_another_device_than_the_model_are_refused_naming_them():
     image, ids, mask = _inputs(2)
     with pytest.raises(ValueError, match=r"^labels must be on the model's device cpu, got meta$"):
         _model(3)(image, ids, text_attention_mask=mask, labels=torch.tensor([0, 2], device="meta"))
+
+
+@pytest.mark.parametrize(
+    "modality, extra, name, read",
+    [
+        ("text", {"image": "images"}, "image", "image"),
+        ("image", {"text": "ids"}, "text", "text"),
+        ("image", {"text_attention_mask": "mask"}, "text_attention_mask", "text"),
+    ],
+)
+def test_a_head_refuses_an_input_its_modality_does_not_read(modality, extra, name, read):
+    """An image given to a text head (or text, or its mask, to an image head) was ignored: the logits were
+    those of the one modality, as if the head had read both. Refused, naming the input and the modality;
+    a multimodal head reads everything."""
+    images, ids, mask = _inputs()
+    values = {"images": images, "ids": ids, "mask": mask}
+    model = _model(modality=modality).eval()
+    inputs = {**_read_inputs(modality, images, ids, mask), **{k: values[v] for k, v in extra.items()}}
+    message = rf"^{name}: expected None for modality '{modality}' \(no {read} read\), got torch\.\w+ of shape "
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
+    with pytest.raises(ValueError, match=message):
+        model.cls_state(**inputs)
+    with torch.no_grad():  # what it reads alone still works, and a multimodal head takes all three
+        assert model(**_read_inputs(modality, images, ids, mask)).logits.shape == (3, 4)
+        assert _model(modality="multimodal")(images, ids, text_attention_mask=mask).logits.shape == (3, 4)
+
+
+def test_read_inputs_keeps_what_a_head_of_each_modality_reads():
+    """An image + text dataset's batch (both kept by its collator) for a unimodal head: its inputs alone."""
+    from torchflava.models.flava.classification import read_inputs
+
+    images, ids, mask = _inputs()
+    labels = torch.tensor([0, 1, 2])
+    batch = {"image": images, "text": ids, "text_attention_mask": mask, "labels": labels}
+    assert list(read_inputs(batch, "text")) == ["text", "text_attention_mask", "labels"]
+    assert list(read_inputs(batch, "image")) == ["image", "labels"]
+    assert read_inputs(batch, "multimodal") == batch
+    with torch.no_grad():
+        for modality in ("text", "image"):
+            model = _model(modality=modality).eval()
+            out = model(**read_inputs(batch, modality))
+            torch.testing.assert_close(out.logits, model(**_read_inputs(modality, images, ids, mask)).logits)
+    with pytest.raises(ValueError, match=r"^modality must be one of \('text', 'image', 'multimodal'\), got 'audio'$"):
+        read_inputs(batch, "audio")
+
+
+@pytest.mark.parametrize(
+    "num_classes, loss, labels",
+    [
+        (4, "cross_entropy", lambda: torch.zeros(2, dtype=torch.long)),
+        (4, "binary_cross_entropy", lambda: torch.zeros(2, 4)),
+        (1, "mse", lambda: torch.zeros(2)),
+    ],
+)
+def test_a_classifier_with_labels_runs_on_the_meta_device(num_classes, loss, labels):
+    """A meta-device dry run of a fine-tuning step (shapes before memory is spent): the label checks read
+    values, and failed inside torch ("Tensor.item() cannot be called on meta tensors"); their shape and
+    dtype parts still refuse bad labels there."""
+    with torch.device("meta"):
+        model = flava_model_for_classification(
+            num_classes, backbone=flava_model(**T), classifier_hidden_dim=12, loss=loss
+        )
+        ids = torch.zeros(2, 10, dtype=torch.long)
+        out = model(torch.empty(2, 3, T["image_size"], T["image_size"]), ids, labels=labels())
+        assert out.logits.shape == (2, num_classes) and out.logits.is_meta
+        assert out.loss.shape == () and out.loss.is_meta
+        assert out.loss_counts == {loss: out.loss_counts[loss]} and out.loss_counts[loss].is_meta
+        wrong = torch.zeros(3, dtype=torch.long)  # three labels for two rows: refused on meta too
+        with pytest.raises(ValueError, match=r"^labels must be "):
+            model(torch.empty(2, 3, T["image_size"], T["image_size"]), ids, labels=wrong)

@@ -67,7 +67,7 @@ def test_masked_prediction_head_names_bad_states(x, got):
             r"^x must be a \(B, S, 8\) floating-point tensor, got torch.float32 of shape \(3, 4, 7\)$",
         ),
         # no position to pool: an IndexError
-        (torch.randn(3, 0, 8), r"^x must hold at least one position to pool, got shape \(3, 0, 8\)$"),
+        (torch.randn(3, 0, 8), r"^x must hold at least one position \(S >= 1\), got shape \(3, 0, 8\)$"),
     ],
 )
 def test_itm_head_names_bad_states(x, message):

@@ -558,3 +558,39 @@ def test_inputs_of_another_dtype_or_device_are_refused_naming_x():
         attn(x.to("meta"))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 parameters under autocast take a bf16 stream
         assert attn(x.bfloat16()).shape == (2, 5, 8)
+
+
+@pytest.mark.parametrize(
+    "query_positions, expected",
+    [
+        (None, (0, 5, 16)),
+        (slice(0, 1), (0, 1, 16)),
+        (torch.tensor([0, 2]), (0, 2, 16)),
+        (torch.zeros(0, 2, dtype=torch.long), (0, 2, 16)),
+        (torch.zeros(0, 5, dtype=torch.bool), (0, 16)),
+    ],
+    ids=["all", "slice", "shared_indices", "row_indices", "mask"],
+)
+def test_an_empty_batch_gives_an_empty_output(query_positions, expected):
+    """B = 0 gives an empty result, as torch's nn.MultiheadAttention does; with query positions it failed
+    inside torch (cannot reshape tensor of 0 elements into shape [0, -1, 2, 8])."""
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(16, 2)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            assert attn(torch.randn(0, 5, 16), query_positions=query_positions).shape == expected
+
+
+def test_an_empty_sequence_is_refused_naming_its_length():
+    """S = 0 returned a (B, 0, D) output, which a pooled read downstream failed on inside torch (or
+    averaged to NaN); torch's own attention returns it empty too. Refused, by the attention, a layer and a
+    stack, naming the shape; an empty batch of an encoder stack still gives an empty output."""
+    from torchflava.modules.encoders import transformer_encoder
+
+    torch.manual_seed(0)
+    encoder = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
+    message = r"^x must hold at least one position \(S >= 1\), got shape \(2, 0, 16\)$"
+    for module in (MultiHeadSelfAttention(16, 2), encoder.layers[0], encoder):
+        with pytest.raises(ValueError, match=message):
+            module(torch.randn(2, 0, 16))
+    assert encoder(torch.randn(0, 5, 16)).last_hidden_state.shape == (0, 5, 16)

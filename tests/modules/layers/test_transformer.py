@@ -650,3 +650,150 @@ def test_stack_flag_and_set_activation_checkpointing_arguments_are_checked():
     with pytest.raises(TypeError, match=r"^model must be an nn.Module, got str$"):
         set_activation_checkpointing("encoder", True)  # (an AttributeError on .modules() before)
     assert set_activation_checkpointing(encoder, "selective") == 1 and encoder.checkpoint_activations == "selective"
+
+
+def _walked_parameter(module: nn.Module):
+    """What the layer's dtype check read before: the first floating parameter of a full walk."""
+    return next((p for p in module.parameters() if p.is_floating_point()), None)
+
+
+def test_a_training_forward_walks_no_module_tree(monkeypatch):
+    """Each layer's forward walked its attention's parameters (the dtype check) and its parts' modules
+    (whether a sum may be written in place, decided only without grad) on every call: 4-5% of a
+    2-layer width-64 encoder's training forward at batch 8. Now neither walk runs with grad on."""
+    walks = []
+    original = nn.Module.named_modules
+
+    def counted(self, *args, **kwargs):
+        walks.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    encoder = make_encoder(2).train()
+    x = torch.randn(2, 5, D)
+    expected = encoder(x).last_hidden_state
+    monkeypatch.setattr(nn.Module, "named_modules", counted)
+    out = encoder(x).last_hidden_state
+    assert walks == []
+    assert_close(out, expected, atol=0, rtol=0)
+
+
+class _OwnFirst(nn.Module):
+    """An attention holding a parameter of its own, before its children's."""
+
+    def __init__(self, inner: nn.Module, first: torch.Tensor) -> None:
+        super().__init__()
+        self.first = nn.Parameter(first, requires_grad=first.is_floating_point())
+        self.inner = inner
+        self.embed_dim = inner.embed_dim
+
+    def forward(self, x, *, key_padding_mask=None, attn_mask=None):
+        return self.inner(x, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+
+
+def _to_bf16(layer):
+    return layer.to(torch.bfloat16)
+
+
+def _packed(layer):
+    from torchflava.modules.layers import pack_linears
+
+    return pack_linears(layer.eval())
+
+
+def _checkpointed(layer):
+    from torchflava.modules.layers import set_activation_checkpointing
+
+    encoder = TransformerEncoder([layer])
+    set_activation_checkpointing(encoder, "full")
+    return encoder.layers[0]
+
+
+def _assigned_fp64(layer):
+    layer.load_state_dict({k: v.double() for k, v in layer.state_dict().items()}, assign=True)
+    return layer
+
+
+def _qkv_replaced(layer):  # a part replaced by hand: its new weight decides
+    layer.attn.qkv = nn.Linear(D, 3 * D, dtype=torch.float64)
+    return layer
+
+
+def _own_parameter_first(layer):
+    layer.attn = _OwnFirst(layer.attn, torch.zeros(2, dtype=torch.float64))
+    return layer
+
+
+def _integer_parameter_first(layer):  # not floating: the walk goes on to qkv's fp32 weight
+    layer.attn = _OwnFirst(layer.attn, torch.zeros(2, dtype=torch.int64))
+    return layer
+
+
+def _first_child_none(layer):
+    layer.attn._modules = {"unset": None, **layer.attn._modules}  # a child set to None, first in order
+    return layer
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda layer: layer,
+        _to_bf16,
+        _packed,
+        _checkpointed,
+        _assigned_fp64,
+        _qkv_replaced,
+        _own_parameter_first,
+        _integer_parameter_first,
+        _first_child_none,
+    ],
+    ids=[
+        "built",
+        "to_bf16",
+        "pack_linears",
+        "checkpointing",
+        "assign_fp64",
+        "qkv_replaced",
+        "own_first",
+        "int_first",
+        "none_child",
+    ],
+)
+def test_the_dtype_check_reads_the_parameter_a_full_walk_finds(change):
+    """The dtype check reads the first floating parameter by a short descent where it can: the same one
+    as the walk of ``parameters()``, however the layer was changed after it was built."""
+    from torchflava.modules.layers.transformer import _first_floating_parameter
+
+    layer = change(make_layer())
+    found = _first_floating_parameter(layer.attn)
+    assert found is _walked_parameter(layer.attn)
+    dtype = None if found is None else found.dtype
+    for stream in (torch.float32, torch.bfloat16, torch.float64):
+        x = torch.randn(2, 5, D, dtype=stream)
+        if dtype is not None and stream != dtype:
+            with pytest.raises(TypeError, match=rf"^x must be {dtype}, the dtype of the layer's parameters"):
+                layer(x)
+
+
+def test_the_dtype_check_reads_fully_shards_parameters():
+    """FSDP2's ``fully_shard`` replaces each parameter by a DTensor (and by the unsharded tensor during a
+    forward): the check reads the one registered at the time, as the walk did. One gloo rank, in process."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from torchflava.modules.layers.transformer import _first_floating_parameter
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        layer = make_layer()
+        expected = layer(torch.randn(2, 5, D))
+        fully_shard(layer, mesh=init_device_mesh("cpu", (1,)))
+        found = _first_floating_parameter(layer.attn)
+        assert type(found).__name__ == "DTensor" and found is _walked_parameter(layer.attn)
+        assert layer(torch.randn(2, 5, D)).shape == expected.shape
+        with pytest.raises(TypeError, match=r"^x must be torch.float32, the dtype of the layer's parameters"):
+            layer(torch.randn(2, 5, D, dtype=torch.float64))
+    finally:
+        dist.destroy_process_group()

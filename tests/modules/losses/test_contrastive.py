@@ -300,3 +300,39 @@ def test_non_finite_values_give_a_non_finite_loss_for_the_loop_to_stop_on():
     the training loop stops on it naming the last good checkpoint."""
     loss = contrastive_loss(_IMAGE * math.nan, _TEXT, torch.tensor(1.0)).loss
     assert torch.isnan(loss)
+
+
+@pytest.mark.parametrize("value, used", [(5.0, math.log(100)), (-0.5, 0.0), (3.0, 3.0)])
+def test_the_function_clamps_with_the_bounds_it_is_given_as_the_module_does(value, used):
+    """The function used the scale as given, the module clamped it: a raw logit_scale parameter (the
+    README's towers from parts) had no way to the module's clamp but by hand. Given bounds, the function
+    clamps functionally as the module does (the same loss, zero gradient outside); without, as before."""
+    image, text = _features()
+    scale = torch.tensor(value, requires_grad=True)
+    out = contrastive_loss(image, text, scale, logit_scale_min=0.0, logit_scale_max=math.log(100))
+    module = ContrastiveLoss()
+    with torch.no_grad():
+        module.logit_scale.fill_(value)
+    torch.testing.assert_close(out.loss, module(image, text).loss, atol=0, rtol=0)
+    torch.testing.assert_close(out.loss, contrastive_loss(image, text, torch.tensor(used)).loss, atol=1e-6, rtol=0)
+    out.loss.backward()
+    assert (scale.grad != 0).item() == (0.0 <= value <= math.log(100))
+    assert scale.item() == value  # the parameter itself is left as it is
+    unclamped = contrastive_loss(image, text, torch.tensor(value)).logits_per_image
+    torch.testing.assert_close(unclamped, math.exp(value) * image @ text.T, atol=1e-5, rtol=1e-5)
+    only_max = contrastive_loss(image, text, torch.tensor(-0.5), logit_scale_max=math.log(100)).logits_per_image
+    torch.testing.assert_close(only_max, math.exp(-0.5) * image @ text.T, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bounds, error, message",
+    [
+        (dict(logit_scale_max=100.0), ValueError, r"^logit_scale_max must be <= 88.72 \(exp overflows float32"),
+        (dict(logit_scale_min=3.0, logit_scale_max=1.0), ValueError, r"^logit_scale_min \(3.0\) must be <= "),
+        (dict(logit_scale_min=math.nan), ValueError, r"^logit_scale_min must be finite, got nan$"),
+        (dict(logit_scale_max="4.6"), TypeError, r"^logit_scale_max must be a number, got str$"),
+    ],
+)
+def test_the_functions_bounds_are_checked_as_the_modules(bounds, error, message):
+    with pytest.raises(error, match=message):
+        contrastive_loss(_IMAGE, _TEXT, _SCALE, **bounds)

@@ -6,7 +6,7 @@ text) for VQA, SNLI-VE or Hateful Memes. Only the encoder that the head reads is
 last layer only the CLS position is computed.
 """
 
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -14,8 +14,12 @@ import torch.nn.functional as F
 
 from torchflava.models.flava.model import FLAVAModel, text_padding_mask
 from torchflava.modules.encoders import CLS_POSITION
+from torchflava.utils.checks import describe_tensor
 
 MODALITIES = ("text", "image", "multimodal")
+# The forward arguments each modality's head reads (any head also reads labels).
+_TEXT_INPUTS = ("text", "text_attention_mask", "token_type_ids")
+READ_INPUTS = {"text": _TEXT_INPUTS, "image": ("image",), "multimodal": ("image", *_TEXT_INPUTS)}
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
 
 
@@ -79,18 +83,23 @@ class FLAVAForClassification(nn.Module):
         reach the text encoder (a sentence pair's segments), in the text and multimodal modalities.
 
         Raises:
-            ValueError: if the inputs the modality needs are missing, or ``token_type_ids`` are given
-                without text or to the image modality (which would not read them).
+            ValueError: if the inputs the modality needs are missing, or an input it does not read is given:
+                an image to the text modality, text, ``text_attention_mask`` or ``token_type_ids`` to the image
+                one (each was ignored: a head built for one modality looked as if it read both).
         """
         need = {"text": ("text",), "image": ("image",), "multimodal": ("image", "text")}[self.modality]
         given = {"image": image, "text": text}
         missing = [name for name in need if given[name] is None]
         if missing:
             raise ValueError(f"modality {self.modality!r} needs {list(need)}; missing {missing}")
-        if token_type_ids is not None and "text" not in need:
-            raise ValueError(
-                f"token_type_ids: expected None for modality {self.modality!r} (no text read), got a tensor"
-            )
+        inputs = {"image": image, "text": text, "text_attention_mask": text_attention_mask}
+        for name, value in {**inputs, "token_type_ids": token_type_ids}.items():
+            read = "image" if name == "image" else "text"
+            if value is not None and name not in READ_INPUTS[self.modality]:
+                raise ValueError(
+                    f"{name}: expected None for modality {self.modality!r} (no {read} read), got "
+                    f"{describe_tensor(value)}"
+                )
         types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         m = self.model
         if self.modality == "image":
@@ -129,8 +138,8 @@ class FLAVAForClassification(nn.Module):
             ClassificationOutput: logits (B, num_classes) and the loss or None.
 
         Raises:
-            ValueError: if an input the modality needs is missing, ``token_type_ids`` are given to a
-                modality that reads no text, or the labels do not fit the loss
+            ValueError: if an input the modality needs is missing, one it does not read is given (see
+                :meth:`cls_state`), or the labels do not fit the loss
                 (shape, dtype, device, class id out of range, score outside [0, 1]).
         """
         state = self.cls_state(image, text, text_attention_mask=text_attention_mask, token_type_ids=token_type_ids)
@@ -147,33 +156,55 @@ class FLAVAForClassification(nn.Module):
             raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
         if labels.device != logits.device:  # (a meta one failed on Tensor.item() inside torch)
             raise ValueError(f"labels must be on the model's device {logits.device}, got {labels.device}")
+        # On the meta device (a dry run of shapes) there are no values: shapes and dtypes alone are checked
+        # (a read failed inside torch, "Tensor.item() cannot be called on meta tensors").
+        readable = not labels.is_meta
         if self.loss == "cross_entropy":
             if labels.shape != (batch,) or labels.is_floating_point() or labels.dtype == torch.bool:
                 raise ValueError(
                     f"labels must be ({batch},) integer class ids, got {tuple(labels.shape)} {labels.dtype}"
                 )
             outside = (labels < 0) | (labels >= classes)
-            if bool(outside.any()):  # (cross_entropy's own error on CUDA is a device-side assert)
+            if readable and bool(outside.any()):  # (cross_entropy's own error on CUDA is a device-side assert)
                 row = int(outside.nonzero()[0, 0])
                 raise ValueError(
                     f"labels must be class ids in [0, {classes}) (num_classes={classes}), got {int(labels[row])} "
                     f"at row {row} of the batch"
                 )
             return F.cross_entropy(logits, labels.long())  # any integer dtype
-        if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
+        if readable and labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
             raise ValueError("labels must be finite, got NaN or infinite values")
         if self.loss == "binary_cross_entropy":
             if labels.shape != (batch, classes) or not labels.is_floating_point():
                 raise ValueError(
                     f"labels must be ({batch}, {classes}) float scores, got {tuple(labels.shape)} {labels.dtype}"
                 )
-            if bool(((labels < 0) | (labels > 1)).any()):
+            if readable and bool(((labels < 0) | (labels > 1)).any()):
                 raise ValueError("labels must be scores in [0, 1]")
             return F.binary_cross_entropy_with_logits(logits, labels) * classes
         targets = labels.unsqueeze(-1) if labels.dim() == 1 else labels
         if targets.shape != logits.shape:
             raise ValueError(f"labels must be ({batch},) or ({batch}, {classes}) targets, got {tuple(labels.shape)}")
         return F.mse_loss(logits, targets.to(logits.dtype))
+
+
+def read_inputs(batch: Mapping[str, object], modality: str) -> dict:
+    """The entries of ``batch`` that a head of ``modality`` reads, and its ``labels``: a batch of an image +
+    text dataset (both kept) for a text or image head, which refuses the other modality's inputs.
+
+    Args:
+        batch (Mapping[str, object]): forward arguments by name (a collator's batch).
+        modality (str): ``"text"``, ``"image"`` or ``"multimodal"``.
+
+    Returns:
+        dict: those entries, in ``batch``'s order.
+
+    Raises:
+        ValueError: if ``modality`` is unknown.
+    """
+    if modality not in READ_INPUTS:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    return {name: value for name, value in batch.items() if name in READ_INPUTS[modality] or name == "labels"}
 
 
 def classification_head(in_dim: int, num_classes: int, *, hidden_dim: int = 768, dropout: float = 0.5) -> nn.Sequential:

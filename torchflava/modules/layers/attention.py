@@ -48,11 +48,15 @@ def check_position_mask(mask: Tensor, x: Tensor, name: str = "positions") -> Ten
 
 def check_hidden_states(x: object, width: Optional[int], name: str = "x") -> None:
     """ValueError naming ``name`` unless ``x`` is a (B, S, ``width``) floating-point tensor (any width
-    where ``width`` is None): checked where a sequence enters a block, before a norm or product that would
-    fail on it inside torch."""
+    where ``width`` is None) with S >= 1: checked where a sequence enters a block, before a norm or product
+    that would fail on it inside torch. An empty batch (B = 0) passes, its output empty as torch's
+    ``nn.MultiheadAttention`` and timm's blocks give it; an empty sequence (S = 0) is refused: a block over
+    it returned (B, 0, D) and a pooled (B, D) read downstream failed inside torch or averaged to NaN."""
     if not isinstance(x, Tensor) or x.dim() != 3 or not x.is_floating_point() or width not in (None, x.shape[-1]):
         expected = f"a (B, S, {'D' if width is None else width}) floating-point tensor"
         raise ValueError(f"{name} must be {expected}, got {describe_tensor(x)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one position (S >= 1), got shape {tuple(x.shape)}")
 
 
 def take_positions(x: Tensor, positions: Positions) -> Tensor:
@@ -477,6 +481,7 @@ class MultiHeadSelfAttention(nn.Module):
             q, kv = take_positions(qkv, query_positions)[..., :d], qkv[..., d:]
         if is_position_mask(query_positions):  # (T, D) -> (B, S, D)
             q = q.new_zeros(b, s, d).index_put((query_positions,), q)
-        q = q.reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        # (B, P, D) -> (B, H, P, hd): P named, as an empty batch leaves -1 ambiguous
+        q = q.reshape(b, q.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
         k, v = kv.view(b, s, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v

@@ -35,6 +35,4 @@ class Pooler(nn.Module):
         # (a (B, S, T, D) input pooled into (B, T, D) silently; a (B, D) one failed inside torch)
         check_hidden_states(x, self.embed_dim)
         check_input_dtype(x, self.dense.weight if isinstance(self.dense, nn.Linear) else None)
-        if x.shape[1] == 0:
-            raise ValueError(f"x must hold at least one position to pool, got shape {tuple(x.shape)}")
         return self.dense(x[:, 0]).tanh()

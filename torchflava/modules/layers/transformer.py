@@ -311,6 +311,7 @@ class TransformerEncoderLayer(nn.Module):
         if (
             type(self.attn) is MultiHeadSelfAttention  # its output is its out_proj's fresh tensor, a user's may not be
             and attended.dtype == x.dtype  # (under autocast a bf16 branch joins an fp32 stream: the sum is fp32)
+            and not torch.is_grad_enabled()  # (first: training walks no module tree per call)
             and can_overwrite(*self.attn.modules(), self.dropout)
         ):  # write the sum into the branch's memory: one (B, S, D) tensor fewer for the MLP to sit beside
             x = attended.add_(x)
@@ -318,8 +319,8 @@ class TransformerEncoderLayer(nn.Module):
             x = x + attended
         del attended
         update = self.dropout(self.mlp(self.mlp_norm(x)))
-        if can_overwrite(self.mlp_norm, *self.mlp.modules()):  # x is the fresh sum above, kept by nothing (the
-            # MLP sees x itself under an identity norm): reuse its memory
+        if not torch.is_grad_enabled() and can_overwrite(self.mlp_norm, *self.mlp.modules()):  # x is the fresh
+            # sum above, kept by nothing (the MLP sees x itself under an identity norm): reuse its memory
             return x.add_(update)
         return x + update
 
@@ -333,7 +334,45 @@ def _check_stream_dtype(x: Tensor, attn: nn.Module) -> None:
     position table added to bf16 tokens), or a bf16 one into an fp32 model outside autocast, failed inside
     torch, naming nothing (mixed dtype (CPU): expect parameter to have scalar type of Float; mat1 and mat2
     must have the same dtype)."""
-    check_input_dtype(x, next((p for p in attn.parameters() if p.is_floating_point()), None))
+    check_input_dtype(x, _first_floating_parameter(attn))
+
+
+def _first_floating_parameter(module: nn.Module) -> Optional[Tensor]:
+    """The first floating-point parameter that ``module.parameters()`` yields (None: it has none).
+
+    Read on every forward, so found in a few dict look-ups where the modules allow it: ``parameters()``
+    visits a module's own parameters, then its children's in order, so while a module holds no parameter
+    the first one lies in its first child (a :class:`MultiHeadSelfAttention`'s ``qkv.weight``). Nothing is
+    cached: a module converted (``.to``), its parameters replaced (FSDP2's ``fully_shard``,
+    ``load_state_dict(assign=True)``) or its parts replaced (:func:`pack_linears`) gives what the walk gives.
+    Any other arrangement (a first parameter that is None or not floating, a childless module without
+    parameters on the way, an overridden ``parameters``/``named_modules``) takes the walk itself.
+    """
+    if _walks_as_torch_does(module):
+        found = module
+        while not found._parameters and found._modules:
+            found = next(iter(found._modules.values()))
+            if not _walks_as_torch_does(found):  # (None too: a child set to None)
+                break
+        else:
+            first = next(iter(found._parameters.values()), None)
+            if first is not None and first.is_floating_point():
+                return first
+    return next((p for p in module.parameters() if p.is_floating_point()), None)
+
+
+def _walks_as_torch_does(module: Optional[nn.Module]) -> bool:
+    """Whether ``module`` is a module whose ``parameters()`` walk is torch's own (not overridden)."""
+    kind = type(module)
+    return (
+        isinstance(module, _MODULE)
+        and kind.named_modules is _MODULE.named_modules
+        and kind.named_parameters is _MODULE.named_parameters
+        and kind.parameters is _MODULE.parameters
+    )
+
+
+_MODULE = nn.Module
 
 
 def _check_self_attention(attn: nn.Module) -> None:

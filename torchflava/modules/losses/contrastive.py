@@ -76,6 +76,28 @@ def _check_inputs(
     # loop stops on, naming the last good checkpoint; a loss that raised would bypass that)
 
 
+def _check_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+
+
+def _check_bounds(logit_scale_min: Optional[float], logit_scale_max: Optional[float]) -> None:
+    """The clamp bounds of the log multiplier (None: unbounded on that side): finite numbers, the maximum
+    at most :data:`LOGIT_SCALE_LIMIT`, the minimum at most the maximum."""
+    for name, value in (("logit_scale_min", logit_scale_min), ("logit_scale_max", logit_scale_max)):
+        if value is not None:
+            _check_number(name, value)
+    if logit_scale_max is not None and logit_scale_max > LOGIT_SCALE_LIMIT:  # (past it: a NaN loss)
+        raise ValueError(
+            f"logit_scale_max must be <= {LOGIT_SCALE_LIMIT} (exp overflows float32 beyond it); it is the log "
+            f"of the largest multiplier, ln(100) = {math.log(100):.3f} for a multiplier of 100, got {logit_scale_max}"
+        )
+    if logit_scale_min is not None and logit_scale_max is not None and not logit_scale_min <= logit_scale_max:
+        raise ValueError(f"logit_scale_min ({logit_scale_min}) must be <= logit_scale_max ({logit_scale_max})")
+
+
 def contrastive_loss(
     image_features: Tensor,
     text_features: Tensor,
@@ -83,6 +105,8 @@ def contrastive_loss(
     *,
     positive_rows: Optional[Tensor] = None,
     gather: GatherGrad = GatherGrad.GLOBAL,
+    logit_scale_min: Optional[float] = None,
+    logit_scale_max: Optional[float] = None,
 ) -> ContrastiveOutput:
     """Symmetric image-text cross-entropy against every rank's features.
 
@@ -93,10 +117,10 @@ def contrastive_loss(
     Args:
         image_features (Tensor): (B, P) this rank's image embeddings.
         text_features (Tensor): (B, P) this rank's text embeddings; row i is paired with image row i.
-        logit_scale (Tensor): () log of the multiplier applied to the cosine similarities, used as
-            given: not clamped here (:class:`ContrastiveLoss` clamps it into its range, ln 100 at most
-            by default, as CLIP and FLAVA do). Near 88.7 the loss overflows to inf, and past
-            ln(float32 max) = 88.7228 ``exp(logit_scale)`` does and the loss is NaN.
+        logit_scale (Tensor): () log of the multiplier applied to the cosine similarities (not the
+            multiplier open_clip's ``ClipLoss`` takes), clamped into ``[logit_scale_min,
+            logit_scale_max]`` where those are given, else used as given. Near 88.7 the loss overflows to
+            inf, and past ln(float32 max) = 88.7228 ``exp(logit_scale)`` does and the loss is NaN.
         positive_rows (Optional[Tensor]): (B,) bool, ``True = this row is a positive pair and contributes a
             loss term`` (a selection, unlike the ``True = masked`` padding masks elsewhere). FLAVA
             passes the matched ITM pairs. Columns always include every gathered sample. When no row
@@ -104,20 +128,31 @@ def contrastive_loss(
         gather (GatherGrad): which gradient flows back through the gather; GLOBAL (the default)
             gives every rank the gradient of all ranks' losses, matching a single process on the
             global batch.
+        logit_scale_min (Optional[float]): lower bound of ``logit_scale`` (None: none).
+        logit_scale_max (Optional[float]): upper bound of ``logit_scale`` (None: none); ``math.log(100)``
+            caps the multiplier at 100, as CLIP and FLAVA do. The clamp is functional (zero gradient
+            outside the range; the parameter itself is left as it is): :class:`ContrastiveLoss` clamps so
+            with its own bounds, [0, ln 100] by default; open_clip, and the CLIP recipe, clamp the
+            parameter in place after each optimiser step instead, and pass it here unclamped. Holding a
+            raw ``logit_scale`` parameter, do one or the other, or it grows without bound.
 
     Returns:
         ContrastiveOutput: the loss, (B, B_global) logits in both directions and the (B,) labels.
 
     Raises:
         TypeError: if an input is not a Tensor, the features or ``logit_scale`` are not floating point,
-            ``positive_rows`` is not bool or ``gather`` not a GatherGrad.
+            ``positive_rows`` is not bool, ``gather`` not a GatherGrad or a bound not a number.
         ValueError: if the features are not both (B, P) with B, P >= 1, ``logit_scale`` is not a
-            scalar, or ``positive_rows`` is not (B,). (NaN or infinite values give a non-finite loss,
-            which the training loop stops on.)
+            scalar, ``positive_rows`` is not (B,), a bound is not finite, ``logit_scale_max`` exceeds
+            :data:`LOGIT_SCALE_LIMIT` or ``logit_scale_min`` exceeds ``logit_scale_max``. (NaN or infinite values give a
+            non-finite loss, which the training loop stops on.)
     """
     _check_inputs(image_features, text_features, logit_scale, positive_rows)
     if not isinstance(gather, GatherGrad):
         raise TypeError(f"gather must be a GatherGrad, got {gather!r}")
+    _check_bounds(logit_scale_min, logit_scale_max)
+    if logit_scale_min is not None or logit_scale_max is not None:
+        logit_scale = logit_scale.clamp(logit_scale_min, logit_scale_max)
     common = torch.promote_types(image_features.dtype, text_features.dtype)  # e.g. one tower in bf16
     image_features, text_features = image_features.to(common), text_features.to(common)
     all_image, offset = gather_features(image_features, gather)
@@ -143,8 +178,9 @@ class ContrastiveLoss(nn.Module):
     """The contrastive loss with its learnable ``logit_scale`` (the only state it owns).
 
     The value used in ``forward`` is ``logit_scale`` clamped to ``[logit_scale_min,
-    logit_scale_max]`` (functionally: the gradient is zero outside the range). Call
-    :meth:`clamp_logit_scale_` after each optimizer step to keep the parameter itself in range.
+    logit_scale_max]`` (functionally, by :func:`contrastive_loss` given these bounds: the gradient is zero
+    outside the range). Call :meth:`clamp_logit_scale_` after each optimizer step to keep the parameter
+    itself in range.
 
     Args:
         logit_scale_init (float): initial log multiplier; ln(1 / 0.07) as in CLIP and FLAVA.
@@ -168,22 +204,10 @@ class ContrastiveLoss(nn.Module):
         gather: GatherGrad = GatherGrad.GLOBAL,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("logit_scale_init", logit_scale_init),
-            ("logit_scale_min", logit_scale_min),
-            ("logit_scale_max", logit_scale_max),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
-        if logit_scale_max > LOGIT_SCALE_LIMIT:  # (a logit_scale that grew past it gave a NaN loss)
-            raise ValueError(
-                f"logit_scale_max must be <= {LOGIT_SCALE_LIMIT} (exp overflows float32 beyond it); it is the log "
-                f"of the largest multiplier, ln(100) = {math.log(100):.3f} for a multiplier of 100, got {logit_scale_max}"
-            )
-        if not logit_scale_min <= logit_scale_max:
-            raise ValueError(f"logit_scale_min ({logit_scale_min}) must be <= logit_scale_max ({logit_scale_max})")
+        _check_number("logit_scale_init", logit_scale_init)
+        for name, value in (("logit_scale_min", logit_scale_min), ("logit_scale_max", logit_scale_max)):
+            _check_number(name, value)  # (None, unbounded, is the function's alone)
+        _check_bounds(logit_scale_min, logit_scale_max)  # (a logit_scale past exp's range gave a NaN loss)
         if not logit_scale_min <= logit_scale_init <= logit_scale_max:
             raise ValueError(
                 f"logit_scale_init must lie in [{logit_scale_min}, {logit_scale_max}], got {logit_scale_init}"
@@ -223,9 +247,14 @@ class ContrastiveLoss(nn.Module):
             TypeError: see :func:`contrastive_loss`.
             ValueError: see :func:`contrastive_loss`.
         """
-        logit_scale = self.logit_scale.clamp(self.logit_scale_min, self.logit_scale_max)
         return contrastive_loss(
-            image_features, text_features, logit_scale, positive_rows=positive_rows, gather=self.gather
+            image_features,
+            text_features,
+            self.logit_scale,
+            positive_rows=positive_rows,
+            gather=self.gather,
+            logit_scale_min=self.logit_scale_min,
+            logit_scale_max=self.logit_scale_max,
         )
 
     def extra_repr(self) -> str:
