@@ -165,6 +165,37 @@ def test_a_directory_or_device_given_as_the_config_file_is_named_so(tmp_path):
         assert str(error.value) == f"config: expected a YAML file, got {str(path)!r} ({kind})"  # was 'no such file'
 
 
+def test_an_empty_config_path_is_named_so():
+    with pytest.raises(ConfigError) as error:
+        load_config(Schema, ["config="])
+    assert (
+        str(error.value) == "config: expected the path of a YAML file, got '' (nothing after config=)"
+    )  # was '(a directory)'
+
+
+@dataclass
+class _Multipliers:
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_a_mapping_given_whole_replaces_the_files_and_a_section_is_updated(tmp_path):
+    """``lr_multipliers={}`` kept every entry the file set (a merge), silently; a mapping given whole now
+    replaces the file's, one given key by key still updates it, and a schema section keeps its other keys."""
+    path = write(tmp_path / "c.yaml", "lr_multipliers: {text_encoder: 0.01, text_projection: 0.01}\noptim: {lr: 0.5}\n")
+    assert load_config(_Multipliers, [f"config={path}", "lr_multipliers={}"]).lr_multipliers == {}
+    given = load_config(_Multipliers, [f"config={path}", "lr_multipliers={text_encoder: 0.1}"])
+    assert given.lr_multipliers == {"text_encoder": 0.1}
+    one = load_config(_Multipliers, [f"config={path}", "lr_multipliers.text_encoder=0.1"])
+    assert one.lr_multipliers == {"text_encoder": 0.1, "text_projection": 0.01}
+    both = load_config(_Multipliers, [f"config={path}", "lr_multipliers={}", "lr_multipliers.vision=2"])
+    assert both.lr_multipliers == {"vision": 2.0}
+    section = load_config(_Multipliers, [f"config={path}", "optim={betas: [0.1, 0.2]}"]).optim
+    assert section == Optim(lr=0.5, betas=[0.1, 0.2])
+    with pytest.raises(ConfigError, match="^key 'lr_multipliers.a': Value 'x' of type 'str' could not be converted"):
+        load_config(_Multipliers, [f"config={path}", "lr_multipliers={a: x}"])
+
+
 def test_save_config_round_trip(tmp_path):
     config = Schema(name="run-7", max_steps=3, optim=Optim(lr=0.5, betas=[0.1, 0.2]))
     path = tmp_path / "saved" / "config.yaml"  # the directory is created

@@ -2,7 +2,8 @@
 
 ``python train.py config=path/to/file.yaml training.max_steps=10`` loads the schema's defaults,
 merges the YAML file, then the dotlist overrides. An unknown key or a value of the wrong type is
-an error that names the key.
+an error that names the key. An override that gives a mapping whole (``optim.lr_multipliers={}``)
+replaces the one the file sets; a section of the schema is updated key by key.
 """
 
 import dataclasses
@@ -50,6 +51,8 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         (files if key == "config" else overrides).append(value if key == "config" else arg)
     merged = OmegaConf.structured(schema)
     for file in files:
+        if not file.strip():  # (Path('') is the current directory: it was named 'a directory')
+            raise ConfigError(f"config: expected the path of a YAML file, got {file!r} (nothing after config=)")
         if not Path(file).is_file():
             if Path(file).exists():  # (a directory was 'no such file')
                 kind = "a directory" if Path(file).is_dir() else "not a regular file"
@@ -72,11 +75,28 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         except Exception as error:  # YAML syntax errors come in several types
             raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_error(error)})") from None
         _refuse_booleans_as_text(schema, OmegaConf.to_container(parsed), f"override {override!r}")
+        _clear_replaced_mapping(merged, parsed, override.split("=", 1)[0])
         merged = _merge(merged, parsed, f"override {override!r}")
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error, "the merged config")) from None
+
+
+def _clear_replaced_mapping(merged, parsed, key: str) -> None:
+    """Empty the mapping at ``key`` of ``merged`` where the override ``parsed`` gives one whole there
+    (``optim.lr_multipliers={}``), so that it replaces what the files set instead of being merged into it: a
+    merge kept every entry a config file names, and ``={}`` did nothing, silently. A schema section (its keys
+    fixed) is still updated key by key (``data.ratios={pairs: 1}``), as is a mapping given key by key
+    (``optim.lr_multipliers.text_encoder=0.1``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        given, target = OmegaConf.select(parsed, key), OmegaConf.select(merged, key)
+    except Exception:  # (a key OmegaConf cannot walk: the merge names it)
+        return
+    if isinstance(given, DictConfig) and isinstance(target, DictConfig) and OmegaConf.get_type(target) is dict:
+        OmegaConf.update(merged, key, {}, merge=False)
 
 
 def _refuse_booleans_as_text(schema: type, raw: object, where: str, prefix: str = "") -> None:
