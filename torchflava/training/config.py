@@ -45,6 +45,10 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
 
     overrides, files = [], []
     for arg in argv:
+        if arg.startswith("-"):  # (argparse's habit: '--config=x.yaml' became an unknown key '--config')
+            raise ConfigError(
+                f"arguments must be key=value without dashes (e.g. config=tiny.yaml training.max_steps=5), got {arg!r}"
+            )
         if "=" not in arg:
             raise ConfigError(f"arguments must be key=value (e.g. config=tiny.yaml training.max_steps=5), got {arg!r}")
         key, value = arg.split("=", 1)
