@@ -196,6 +196,28 @@ def test_a_mapping_given_whole_replaces_the_files_and_a_section_is_updated(tmp_p
         load_config(_Multipliers, [f"config={path}", "lr_multipliers={a: x}"])
 
 
+@dataclass
+class _Texts:
+    name: Optional[str] = None
+    templates: list[str] = field(default_factory=list)
+    max_steps: int = 10
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_text_that_yaml_reads_as_a_number_is_kept_as_written(tmp_path):
+    """YAML read 0042 as the octal number 34, 1.50 as 1.5, 1:30 as 90 and 1e3 as 1000.0, which OmegaConf then
+    turned into the text '34', ...: a run named training.output_dir=0042 wrote to the directory '34'. Where
+    the schema takes text, the text as written is kept; numbers stay numbers where it takes numbers."""
+    for written in ("0042", "1.50", "1:30", "1e3", "007", "0x1F", "12_34"):
+        assert load_config(_Texts, [f"name={written}"]).name == written
+        assert load_config(_Texts, [f"name= {written}"]).name == written
+        path = write(tmp_path / "c.yaml", f"name: {written}\ntemplates: [{written}, 'a {{}}']\nmax_steps: 12\n")
+        loaded = load_config(_Texts, [f"config={path}"])
+        assert (loaded.name, loaded.templates, loaded.max_steps) == (written, [written, "a {}"], 12)
+    assert load_config(_Texts, ["optim={lr: 1.50}", "max_steps=1_000"]) == _Texts(max_steps=1000, optim=Optim(lr=1.5))
+    assert load_config(_Texts, ["name=null", "templates=[1.50]"]) == _Texts(templates=["1.50"])
+
+
 def test_save_config_round_trip(tmp_path):
     config = Schema(name="run-7", max_steps=3, optim=Optim(lr=0.5, betas=[0.1, 0.2]))
     path = tmp_path / "saved" / "config.yaml"  # the directory is created

@@ -72,6 +72,7 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
             got = "nothing (empty, or only comments)" if top in (None, {}) else f"a {type(top).__name__} {top!r:.60}"
             raise ConfigError(f"config: {file!r} must hold a mapping of sections at the top level, got {got}")
         _refuse_booleans_as_text(schema, top, f"config file {file!r}")
+        _keep_text_as_written(schema, loaded, yaml.compose(text))
         merged = _merge(merged, loaded, f"config file {file!r}")
     for override in overrides:  # one at a time, so an error names the override at fault
         try:
@@ -79,6 +80,7 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         except Exception as error:  # YAML syntax errors come in several types
             raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_error(error)})") from None
         _refuse_booleans_as_text(schema, OmegaConf.to_container(parsed), f"override {override!r}")
+        _keep_override_text_as_written(schema, parsed, override)
         _clear_replaced_mapping(merged, parsed, override.split("=", 1)[0])
         merged = _merge(merged, parsed, f"override {override!r}")
     try:
@@ -101,6 +103,52 @@ def _clear_replaced_mapping(merged, parsed, key: str) -> None:
         return
     if isinstance(given, DictConfig) and isinstance(target, DictConfig) and OmegaConf.get_type(target) is dict:
         OmegaConf.update(merged, key, {}, merge=False)
+
+
+def _keep_text_as_written(schema: type, loaded, node, prefix: str = "") -> None:
+    """Set back, in ``loaded`` (a file's or an override's values as OmegaConf read them), the text as written
+    (``node``: its YAML composed, raw scalars) of each value YAML read as a number where ``schema`` takes
+    text: ``training.output_dir=0042`` became the directory '34' (an octal number), ``1.50`` '1.5', ``007``
+    '7', silently. A list of text (``eval.templates``) is kept item by item."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not (dataclasses.is_dataclass(schema) and isinstance(loaded, DictConfig) and isinstance(node, yaml.MappingNode)):
+        return
+    hints, values = get_type_hints(schema), OmegaConf.to_container(loaded)
+    for name_node, value_node in node.value:
+        name = name_node.value
+        kind, key = hints.get(name), f"{prefix}{name}"
+        if kind is None or name not in loaded:  # (an unknown key: the merge names it)
+            continue
+        section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
+        if section is not None:
+            _keep_text_as_written(section, loaded[name], value_node, f"{key}.")
+        elif str in _flat_types(kind) and not _flat_types(kind) & {int, float, bool}:
+            value = values[name]
+            if isinstance(value, list) and isinstance(value_node, yaml.SequenceNode):
+                written = [_as_written(v, n) for v, n in zip(value, value_node.value)]
+                if written != value:
+                    loaded[name] = written
+            elif not isinstance(value, (list, dict)) and _as_written(value, value_node) is not value:
+                loaded[name] = _as_written(value, value_node)
+
+
+def _as_written(value: object, node) -> object:
+    """``value``'s text as written (``node``'s raw scalar) where YAML read a number; else ``value``."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return node.value.strip() if number and isinstance(node, yaml.ScalarNode) else value
+
+
+def _keep_override_text_as_written(schema: type, parsed, override: str) -> None:
+    """:func:`_keep_text_as_written` for one ``key=value`` override (``parsed``: OmegaConf's reading of it)."""
+    key, value = override.split("=", 1)
+    try:
+        node = yaml.compose(value)
+    except yaml.YAMLError:  # (OmegaConf read it: nothing to keep)
+        return
+    for name in reversed(key.split(".")):  # the value's node nested under the key's parts, as parsed is
+        node = yaml.MappingNode("tag:yaml.org,2002:map", [(yaml.ScalarNode("tag:yaml.org,2002:str", name), node)])
+    _keep_text_as_written(schema, parsed, node)
 
 
 def _refuse_booleans_as_text(schema: type, raw: object, where: str, prefix: str = "") -> None:
