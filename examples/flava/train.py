@@ -320,7 +320,9 @@ def pretrained_fits_check(cfg: TrainConfig, vocab_size: int) -> tuple:
 
 def validate(cfg: TrainConfig, world_size: int) -> None:
     """Check what types cannot, before any work: choices, ranges, sizes that must agree, the model
-    sections built on the meta device, the data files. Raises ConfigError naming the key."""
+    sections built on the meta device, the data files. Raises ConfigError naming the key. Sets ``cfg.model`` to
+    the architecture a local ``model.pretrained`` states where the section leaves defaults
+    (:func:`resolved_model_section`): what the run builds and records."""
     m, d, r = cfg.model, cfg.data, run_ratios(cfg.data)
     grid_ok = m.patch_size >= 1 and m.image_size >= m.patch_size and m.image_size % m.patch_size == 0
     patches = (m.image_size // m.patch_size) ** 2 if grid_ok else 0
