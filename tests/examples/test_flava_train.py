@@ -660,4 +660,7 @@ def test_a_pretrained_checkpoint_that_does_not_fit_is_refused_before_any_work(tm
         train.main(_config(*run, f"data.vocab_size={size - 10}"))  # a vocabulary learnt smaller
     assert str(caught.value).startswith("key 'data.vocab': expected the vocabulary model.pretrained was trained with")
     assert f"vocab_size={size - 10} (checkpoint: {size})" in str(caught.value)
+    missing = [f"training.output_dir={tmp_path / 'run'}", f"model.pretrained={tmp_path / 'nowhere'}"]
+    with pytest.raises(train.ConfigError, match="^key 'model.pretrained': expected a FLAVA checkpoint"):
+        train.main(_config(*missing, "training.resume=auto"))  # a new run, though resume=auto: it is read
     assert not (tmp_path / "run").exists()
