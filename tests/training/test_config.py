@@ -218,6 +218,22 @@ def test_text_that_yaml_reads_as_a_number_is_kept_as_written(tmp_path):
     assert load_config(_Texts, ["name=null", "templates=[1.50]"]) == _Texts(templates=["1.50"])
 
 
+def test_a_number_with_a_leading_zero_is_refused_not_read_as_octal(tmp_path):
+    """YAML reads 010 as the octal 8: ``max_steps=010`` trained 8 steps, silently. Refused naming the key, in an
+    override or a file; a leading 0 that does not change the value (07, 00), hex and quoted text pass."""
+    with pytest.raises(ConfigError) as error:
+        load_config(Schema, ["max_steps=010"])
+    assert str(error.value) == (
+        "key 'max_steps': expected a decimal number, got 010 (YAML reads a leading 0 as octal: 8); write 10 for "
+        "the decimal, or 8"
+    )
+    path = write(tmp_path / "c.yaml", "optim: {lr: 0100}\n")
+    with pytest.raises(ConfigError, match="^key 'optim.lr': expected a decimal number, got 0100 .*octal: 64"):
+        load_config(Schema, [f"config={path}"])
+    for written, read in (("07", 7), ("00", 0), ("0x10", 16), ("'010'", 10), ("1_000", 1000)):
+        assert load_config(Schema, [f"max_steps={written}"]).max_steps == read
+
+
 def test_save_config_round_trip(tmp_path):
     config = Schema(name="run-7", max_steps=3, optim=Optim(lr=0.5, betas=[0.1, 0.2]))
     path = tmp_path / "saved" / "config.yaml"  # the directory is created

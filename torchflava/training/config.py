@@ -12,6 +12,7 @@ import inspect
 import io
 import os
 from pathlib import Path
+import re
 import types
 from typing import Callable, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -109,7 +110,8 @@ def _keep_text_as_written(schema: type, loaded, node, prefix: str = "") -> None:
     """Set back, in ``loaded`` (a file's or an override's values as OmegaConf read them), the text as written
     (``node``: its YAML composed, raw scalars) of each value YAML read as a number where ``schema`` takes
     text: ``training.output_dir=0042`` became the directory '34' (an octal number), ``1.50`` '1.5', ``007``
-    '7', silently. A list of text (``eval.templates``) is kept item by item."""
+    '7', silently. A list of text (``eval.templates``) is kept item by item. A number written with a leading 0
+    (``training.seed=010``), which YAML reads as octal (8), is refused naming the key."""
     from omegaconf import DictConfig, OmegaConf
 
     if not (dataclasses.is_dataclass(schema) and isinstance(loaded, DictConfig) and isinstance(node, yaml.MappingNode)):
@@ -123,6 +125,12 @@ def _keep_text_as_written(schema: type, loaded, node, prefix: str = "") -> None:
         section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
         if section is not None:
             _keep_text_as_written(section, loaded[name], value_node, f"{key}.")
+        elif _flat_types(kind) & {int, float} and _octal(value_node) not in (None, values[name]):
+            written, read = value_node.value.strip(), values[name]
+            raise ConfigError(  # (a seed or step count of 010 was 8, silently)
+                f"key '{key}': expected a decimal number, got {written} (YAML reads a leading 0 as octal: {read}); "
+                f"write {_octal(value_node)} for the decimal, or {read}"
+            )
         elif str in _flat_types(kind) and not _flat_types(kind) & {int, float, bool}:
             value = values[name]
             if isinstance(value, list) and isinstance(value_node, yaml.SequenceNode):
@@ -131,6 +139,13 @@ def _keep_text_as_written(schema: type, loaded, node, prefix: str = "") -> None:
                     loaded[name] = written
             elif not isinstance(value, (list, dict)) and _as_written(value, value_node) is not value:
                 loaded[name] = _as_written(value, value_node)
+
+
+def _octal(node) -> Optional[int]:
+    """The decimal reading of ``node`` where it is a plain scalar YAML 1.1 reads as an octal integer (``010``:
+    10, which YAML reads as 8); else None."""
+    written = node.value.strip() if isinstance(node, yaml.ScalarNode) and node.style is None else ""
+    return int(written.replace("_", ""), 10) if re.fullmatch(r"[-+]?0[0-7_]+", written) else None
 
 
 def _as_written(value: object, node) -> object:
