@@ -10,8 +10,11 @@
 Reads top to bottom: config -> process group -> data -> model -> ``fit`` (the shared training loop:
 wrapping, accumulation, checkpoints, resume, logging) -> export and evaluation. The ``model``
 section holds ``flava_model``'s arguments and ``pretraining`` those of ``flava_model_for_pretraining``
-(heads and loss weights), under the builders' own names. ``main(cfg)`` is importable; it returns
-the final report.
+(heads and loss weights), under the builders' own names. ``model.pretrained`` (a Hugging Face directory
+or weights file, a torchmultimodal ``.pt``, or a torchflava run or export directory) is read by a new run
+only: the sizes its config states where the section leaves defaults are recorded in the run's config.yaml,
+and a resumed run loads its checkpoint's weights, so the file may since have moved or gone. ``main(cfg)``
+is importable; it returns the final report.
 """
 
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +49,7 @@ from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
 from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava, load_codebook_weights
+from torchflava.models.flava.convert_weights import load_flava_weights, local_flava_checkpoint
 from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained
@@ -75,7 +79,7 @@ from torchflava.training.schema import (
     unread_section_checks,
     vocab_checks,
 )
-from torchflava.utils.checkpoint import check_fits
+from torchflava.utils.checkpoint import check_fits, first_line, is_remote, peek_state_dict
 from torchflava.utils.cli import write_json
 
 # ----------------------------------------------------------------------------------------- config
@@ -171,8 +175,11 @@ class TrainConfig:
     def resume_ignored(self) -> set[str]:
         """Keys a resumed run may find changed without a change in what it trains: the ratios of the kinds its
         data gives no source (a run recorded before ratios could be unset states 0.15 for such a kind, which
-        drew nothing; it now resolves to 0, and a value > 0 is refused)."""
-        return {f"data.ratios.{kind}" for kind in DEFAULT_RATIOS if kind not in data_kinds(self.data)}
+        drew nothing; it now resolves to 0, and a value > 0 is refused), and ``model.pretrained``."""
+        ratios = {f"data.ratios.{kind}" for kind in DEFAULT_RATIOS if kind not in data_kinds(self.data)}
+        # model.pretrained is read by a new run only (its architecture recorded in the model section): a resumed
+        # one loads its checkpoint's weights, so the file may have moved, gone, or be named null
+        return ratios | {"model.pretrained"}
 
 
 def data_kinds(d: DataConfig) -> list[str]:
@@ -240,9 +247,82 @@ def unread_key_checks(d: DataConfig) -> list[tuple]:
     ]
 
 
+PRETRAINED = (
+    "a FLAVA checkpoint (a Hugging Face directory or weights file, a torchmultimodal .pt, or a torchflava run or "
+    "export directory) that reads, whose config agrees with the model section"
+)
+
+
+def pretrained_arguments(m: ModelConfig) -> dict:
+    """``flava_model``'s arguments for the model section and ``model.pretrained``: those the section leaves at
+    their defaults as the checkpoint's config.json (or backbone_config.json) states them, as ``flava_model``
+    builds it (the vocabulary size: the checkpoint's). Reads the checkpoint's header and config, no tensor data.
+
+    Raises:
+        OSError, ValueError, TypeError: if the checkpoint does not read, or contradicts the section.
+    """
+    return flava_model_arguments(m.pretrained, **{k: v for k, v in asdict(m).items() if k != "pretrained"})
+
+
+def pretrained_check(m: ModelConfig) -> tuple:
+    """That a local ``model.pretrained`` reads and its config agrees with the model section (a URL passes: it
+    is read when the model is built), as ``(ok, key, expected, got)``."""
+    if m.pretrained is None or is_remote(m.pretrained):
+        return (True, "model.pretrained", "", None)
+    try:
+        pretrained_arguments(m)
+    except (OSError, ValueError, TypeError) as error:
+        return (False, "model.pretrained", PRETRAINED, f"{m.pretrained} ({first_line(error)})")
+    return (True, "model.pretrained", "", None)
+
+
+def resolved_model_section(m: ModelConfig) -> ModelConfig:
+    """The model section with what a local ``model.pretrained``'s config states in place of the defaults the
+    section leaves (:func:`pretrained_arguments`), so that the run's config.yaml records the architecture it
+    trains and a resume rebuilds it without reading ``model.pretrained``; the section as it is without one,
+    or where it does not read (a new run refuses it: :func:`pretrained_check`; a resume needs none)."""
+    if m.pretrained is None or is_remote(m.pretrained):
+        return m
+    try:
+        built = pretrained_arguments(m)
+    except (OSError, ValueError, TypeError):
+        return m
+    return ModelConfig(pretrained=m.pretrained, **{k: v for k, v in built.items() if k != "vocab_size"})
+
+
+def pretrained_fits_check(cfg: TrainConfig, vocab_size: int) -> tuple:
+    """That a local ``model.pretrained``'s weights load into the model the run builds with its tokenizer's
+    ``vocab_size`` (names and shapes, on the meta device: no tensor data read), as ``(ok, key, expected,
+    got)``: word embeddings of another size name ``data.vocab`` (the vocabulary must be the checkpoint's)."""
+    m = cfg.model
+    if m.pretrained is None or is_remote(m.pretrained):
+        return (True, "model.pretrained", "", None)
+    try:
+        with torch.device("meta"):
+            backbone = flava_model(**flava_model_kwargs(m, vocab_size))
+        load_flava_weights(backbone, peek_state_dict(local_flava_checkpoint(m.pretrained)))
+    except (OSError, ValueError, TypeError) as error:
+        reason = first_line(error)
+        if "vocab_size=" in reason:  # (the converter names the arguments the shapes contradict)
+            got = cfg.data.vocab or "null (a vocabulary learnt from the run's text)"
+            expected = (
+                "the vocabulary model.pretrained was trained with (its vocab.txt), whose size its embeddings have"
+            )
+            return (False, "data.vocab", expected, f"{got} ({vocab_size} tokens; {reason})")
+        return (
+            False,
+            "model.pretrained",
+            "a checkpoint whose weights fit the model section",
+            f"{m.pretrained} ({reason})",
+        )
+    return (True, "model.pretrained", "", None)
+
+
 def validate(cfg: TrainConfig, world_size: int) -> None:
     """Check what types cannot, before any work: choices, ranges, sizes that must agree, the model
-    sections built on the meta device, the data files. Raises ConfigError naming the key."""
+    sections built on the meta device, the data files. Raises ConfigError naming the key. Sets ``cfg.model`` to
+    the architecture a local ``model.pretrained`` states where the section leaves defaults
+    (:func:`resolved_model_section`): what the run builds and records."""
     m, d, r = cfg.model, cfg.data, run_ratios(cfg.data)
     grid_ok = m.patch_size >= 1 and m.image_size >= m.patch_size and m.image_size % m.patch_size == 0
     patches = (m.image_size // m.patch_size) ** 2 if grid_ok else 0
@@ -308,7 +388,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
             (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
-            checkpoint_fits("model.pretrained", cfg.model.pretrained),  # its header read, no tensor data
+            # its header and config read, no tensor data; a resume needs none (main checks it for a new run)
+            pretrained_check(cfg.model) if cfg.training.resume == "none" else (True, "model.pretrained", "", None),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, LOGIT_SCALE_MAX),
         ]
         # the contrastive loss runs on the pair batches
@@ -348,6 +429,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         ]
         + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
     )
+    cfg.model = resolved_model_section(cfg.model)  # the architecture model.pretrained states, as built
     # every size and choice of the model sections, checked by the builders themselves (no memory
     # used), then the multipliers' module names against the pretraining model around that same meta
     # backbone (built once: cached)
@@ -556,6 +638,8 @@ def main(cfg: TrainConfig) -> dict:
     info, resume_from = start.info, start.resume_from
     t = cfg.training
     out_dir = Path(t.output_dir)
+    if resume_from is None:  # (a resumed run's weights come from its checkpoint: model.pretrained is not read)
+        raise_on_failed_checks([pretrained_check(cfg.model)])
 
     # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
     # codebook from the seed).
@@ -586,8 +670,11 @@ def main(cfg: TrainConfig) -> dict:
     if info.is_main and (note := run_checks.evaluation_note(cfg.data.source, cfg.eval.enabled)) is not None:
         print(note, file=sys.stderr)  # (the evaluation scores the shapes world only: said as training starts)
 
+    if resume_from is None:
+        raise_on_failed_checks([pretrained_fits_check(cfg, tokenizer.vocab_size)])
+
     torch.manual_seed(t.seed)
-    model = build_model(cfg, tokenizer.vocab_size).to(info.device)
+    model = build_model(cfg, tokenizer.vocab_size, pretrained=resume_from is None).to(info.device)
     try:
         result = fit(
             model,
@@ -622,7 +709,8 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: W
     }
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
-    built = flava_model_arguments(cfg.model.pretrained, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
+    # the section states what was built (resolved against model.pretrained, which a resume does not read)
+    built = flava_model_arguments(None, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
     write_json(export_path.parent / "backbone_config.json", built, allow_nan=True)  # what was built
     tokenizer.model_max_length = cfg.data.max_text_length  # the length it trained and is evaluated at:
     tokenizer.save(export_path.parent)  # the export's default

@@ -6,6 +6,7 @@ import inspect
 import json
 import os
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
@@ -581,3 +582,85 @@ def test_a_run_on_files_says_as_it_starts_training_that_it_is_not_evaluated(tmp_
         "eval: no evaluation after this run: eval.* scores the held-out split of the built-in shapes world "
         "(data.source=shapes), and data.source=files trains on your files (set eval.enabled=false to drop this line)"
     )
+
+
+# ------------------------------------------------------------------------------------- model.pretrained
+def _debug_export(root: Path, **stated) -> int:
+    """An export of debug.yaml's model (random weights, the vocabulary debug.yaml's run learns), as the
+    recipe writes ``model/``: weights, backbone_config.json (with ``stated`` arguments), vocab.txt. Returns
+    the vocabulary's size."""
+    from safetensors.torch import save_file
+
+    from torchflava.models import flava_model
+
+    sized = _config()
+    sources = train.build_sources(sized.data)
+    tokenizer = train.WordPieceTokenizer.train(train.run_texts(sized.data, sources), vocab_size=sized.data.vocab_size)
+    kwargs = {**train.flava_model_kwargs(sized.model, tokenizer.vocab_size), **stated}
+    torch.manual_seed(1)
+    model = flava_model(**kwargs)
+    root.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "flava.safetensors")
+    (root / "backbone_config.json").write_text(json.dumps(kwargs))
+    tokenizer.save(root)
+    return tokenizer.vocab_size
+
+
+def test_a_run_from_an_export_resumes_without_it_and_records_what_it_built(tmp_path):
+    """model.pretrained may name the recipe's export directory (README), which the recipe refused (its
+    header check peeked at the directory as a Hugging Face one). A resumed run loads its checkpoint's
+    weights: the export moved away (or named null) must not stop it, and the architecture the export
+    stated (its dropout, left at the default by the section) is recorded, so the resume rebuilds it and
+    continues the uninterrupted losses."""
+    export = tmp_path / "export"
+    _debug_export(export, dropout=0.1)
+    vocab = tmp_path / "vocab.txt"
+    (export / "vocab.txt").rename(vocab)  # (kept where it was: data.vocab is data, which a resume may not change)
+    common = [
+        f"training.output_dir={tmp_path / 'run'}",
+        f"data.vocab={vocab}",
+        "eval.enabled=false",
+        "training.max_steps=2",
+        "training.checkpoint_every=1",
+        "optim.warmup_steps=1",
+    ]
+    train.main(_config(*common, f"model.pretrained={export}"))
+    uninterrupted = _losses(tmp_path / "run")
+    assert sorted(uninterrupted) == [1, 2]
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    assert recorded["dropout"] == 0.1 and recorded["pretrained"] == str(export)
+    built = json.loads((tmp_path / "run" / "model" / "backbone_config.json").read_text())
+    assert built["dropout"] == 0.1
+    export.rename(tmp_path / "moved")  # the run's config names a path that is gone
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000002")
+    with pytest.raises(train.ConfigError) as caught:  # the section alone: the export's dropout is no longer stated
+        train.main(_config(*common, f"model.pretrained={export}", "training.resume=auto"))
+    assert str(caught.value).startswith("key 'model.dropout' (0.1 -> 0.0): expected the values the checkpoint")
+    for pretrained in (str(export), "null"):  # the run's own config: what it built, the export not read
+        recorded = load_config(
+            train.TrainConfig,
+            [f"config={tmp_path / 'run' / 'config.yaml'}", f"model.pretrained={pretrained}", "training.resume=auto"],
+        )
+        train.main(recorded)
+        assert _losses(tmp_path / "run") == pytest.approx(uninterrupted, abs=1e-6)
+        shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000002")
+
+
+def test_a_pretrained_checkpoint_that_does_not_fit_is_refused_before_any_work(tmp_path):
+    """An export's weights file whose sizes contradict the model section, or whose word embeddings are not the
+    run's vocabulary's size, was a ValueError traceback from flava_model once the data and vocabulary were built
+    (exit 1, not 2)."""
+    size = _debug_export(tmp_path / "export")
+    run = [f"training.output_dir={tmp_path / 'run'}", f"model.pretrained={tmp_path / 'export' / 'flava.safetensors'}"]
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(*run, "model.image_mlp_dim=48"))
+    assert str(caught.value).startswith("key 'model.pretrained': expected a FLAVA checkpoint")
+    assert "{'image_mlp_dim': (48, 64)}" in str(caught.value)
+    with pytest.raises(train.ConfigError) as caught:
+        train.main(_config(*run, f"data.vocab_size={size - 10}"))  # a vocabulary learnt smaller
+    assert str(caught.value).startswith("key 'data.vocab': expected the vocabulary model.pretrained was trained with")
+    assert f"vocab_size={size - 10} (checkpoint: {size})" in str(caught.value)
+    missing = [f"training.output_dir={tmp_path / 'run'}", f"model.pretrained={tmp_path / 'nowhere'}"]
+    with pytest.raises(train.ConfigError, match="^key 'model.pretrained': expected a FLAVA checkpoint"):
+        train.main(_config(*missing, "training.resume=auto"))  # a new run, though resume=auto: it is read
+    assert not (tmp_path / "run").exists()

@@ -165,6 +165,75 @@ def test_a_directory_or_device_given_as_the_config_file_is_named_so(tmp_path):
         assert str(error.value) == f"config: expected a YAML file, got {str(path)!r} ({kind})"  # was 'no such file'
 
 
+def test_an_empty_config_path_is_named_so():
+    with pytest.raises(ConfigError) as error:
+        load_config(Schema, ["config="])
+    assert (
+        str(error.value) == "config: expected the path of a YAML file, got '' (nothing after config=)"
+    )  # was '(a directory)'
+
+
+@dataclass
+class _Multipliers:
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_a_mapping_given_whole_replaces_the_files_and_a_section_is_updated(tmp_path):
+    """``lr_multipliers={}`` kept every entry the file set (a merge), silently; a mapping given whole now
+    replaces the file's, one given key by key still updates it, and a schema section keeps its other keys."""
+    path = write(tmp_path / "c.yaml", "lr_multipliers: {text_encoder: 0.01, text_projection: 0.01}\noptim: {lr: 0.5}\n")
+    assert load_config(_Multipliers, [f"config={path}", "lr_multipliers={}"]).lr_multipliers == {}
+    given = load_config(_Multipliers, [f"config={path}", "lr_multipliers={text_encoder: 0.1}"])
+    assert given.lr_multipliers == {"text_encoder": 0.1}
+    one = load_config(_Multipliers, [f"config={path}", "lr_multipliers.text_encoder=0.1"])
+    assert one.lr_multipliers == {"text_encoder": 0.1, "text_projection": 0.01}
+    both = load_config(_Multipliers, [f"config={path}", "lr_multipliers={}", "lr_multipliers.vision=2"])
+    assert both.lr_multipliers == {"vision": 2.0}
+    section = load_config(_Multipliers, [f"config={path}", "optim={betas: [0.1, 0.2]}"]).optim
+    assert section == Optim(lr=0.5, betas=[0.1, 0.2])
+    with pytest.raises(ConfigError, match="^key 'lr_multipliers.a': Value 'x' of type 'str' could not be converted"):
+        load_config(_Multipliers, [f"config={path}", "lr_multipliers={a: x}"])
+
+
+@dataclass
+class _Texts:
+    name: Optional[str] = None
+    templates: list[str] = field(default_factory=list)
+    max_steps: int = 10
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_text_that_yaml_reads_as_a_number_is_kept_as_written(tmp_path):
+    """YAML read 0042 as the octal number 34, 1.50 as 1.5, 1:30 as 90 and 1e3 as 1000.0, which OmegaConf then
+    turned into the text '34', ...: a run named training.output_dir=0042 wrote to the directory '34'. Where
+    the schema takes text, the text as written is kept; numbers stay numbers where it takes numbers."""
+    for written in ("0042", "1.50", "1:30", "1e3", "007", "0x1F", "12_34"):
+        assert load_config(_Texts, [f"name={written}"]).name == written
+        assert load_config(_Texts, [f"name= {written}"]).name == written
+        path = write(tmp_path / "c.yaml", f"name: {written}\ntemplates: [{written}, 'a {{}}']\nmax_steps: 12\n")
+        loaded = load_config(_Texts, [f"config={path}"])
+        assert (loaded.name, loaded.templates, loaded.max_steps) == (written, [written, "a {}"], 12)
+    assert load_config(_Texts, ["optim={lr: 1.50}", "max_steps=1_000"]) == _Texts(max_steps=1000, optim=Optim(lr=1.5))
+    assert load_config(_Texts, ["name=null", "templates=[1.50]"]) == _Texts(templates=["1.50"])
+
+
+def test_a_number_with_a_leading_zero_is_refused_not_read_as_octal(tmp_path):
+    """YAML reads 010 as the octal 8: ``max_steps=010`` trained 8 steps, silently. Refused naming the key, in an
+    override or a file; a leading 0 that does not change the value (07, 00), hex and quoted text pass."""
+    with pytest.raises(ConfigError) as error:
+        load_config(Schema, ["max_steps=010"])
+    assert str(error.value) == (
+        "key 'max_steps': expected a decimal number, got 010 (YAML reads a leading 0 as octal: 8); write 10 for "
+        "the decimal, or 8"
+    )
+    path = write(tmp_path / "c.yaml", "optim: {lr: 0100}\n")
+    with pytest.raises(ConfigError, match="^key 'optim.lr': expected a decimal number, got 0100 .*octal: 64"):
+        load_config(Schema, [f"config={path}"])
+    for written, read in (("07", 7), ("00", 0), ("0x10", 16), ("'010'", 10), ("1_000", 1000)):
+        assert load_config(Schema, [f"max_steps={written}"]).max_steps == read
+
+
 def test_save_config_round_trip(tmp_path):
     config = Schema(name="run-7", max_steps=3, optim=Optim(lr=0.5, betas=[0.1, 0.2]))
     path = tmp_path / "saved" / "config.yaml"  # the directory is created

@@ -1,3 +1,5 @@
+"""run_recipe: a recipe's config from its command line, its errors in one line, its exit status."""
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,3 +74,26 @@ def test_a_preempted_run_exits_with_its_own_status(capsys):
         run_recipe(raising(error), Config, ["training.steps=5"])
     assert exit_info.value.code == PREEMPTED_EXIT_CODE == 75
     assert capsys.readouterr().err == ""  # (the loop said it, on rank 0)
+
+
+def test_help_prints_the_recipes_description_and_runs_nothing(capsys):
+    """``--help`` was an error (exit 2: 'arguments must be key=value'); it prints the recipe's module description
+    and how the command line is read, and returns without reading a config or running the recipe."""
+    for flag in ("--help", "-h"):
+        run_recipe(raising(AssertionError("not run")), Config, ["training.stpes=5", flag])
+        out = capsys.readouterr().out
+        assert out.startswith(__doc__.strip() + "\n\narguments: ")  # this module stands for the recipe
+        assert out.rstrip().endswith(
+            "arguments: config=FILE (a YAML file of the sections, optional) and key=value overrides "
+            "(e.g. training.max_steps=5), no dashes; sections: training"
+        )
+
+
+def test_an_argument_with_dashes_is_refused_saying_so(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_recipe(raising(AssertionError("not reached")), Config, ["--training.steps=5"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: arguments must be key=value without dashes (e.g. config=tiny.yaml training.max_steps=5), "
+        "got '--training.steps=5'\n"  # was: key '--training': Key '--training' not in 'Config'
+    )

@@ -2,7 +2,8 @@
 
 ``python train.py config=path/to/file.yaml training.max_steps=10`` loads the schema's defaults,
 merges the YAML file, then the dotlist overrides. An unknown key or a value of the wrong type is
-an error that names the key.
+an error that names the key. An override that gives a mapping whole (``optim.lr_multipliers={}``)
+replaces the one the file sets; a section of the schema is updated key by key.
 """
 
 import dataclasses
@@ -11,6 +12,7 @@ import inspect
 import io
 import os
 from pathlib import Path
+import re
 import types
 from typing import Callable, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -44,12 +46,18 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
 
     overrides, files = [], []
     for arg in argv:
+        if arg.startswith("-"):  # (argparse's habit: '--config=x.yaml' became an unknown key '--config')
+            raise ConfigError(
+                f"arguments must be key=value without dashes (e.g. config=tiny.yaml training.max_steps=5), got {arg!r}"
+            )
         if "=" not in arg:
             raise ConfigError(f"arguments must be key=value (e.g. config=tiny.yaml training.max_steps=5), got {arg!r}")
         key, value = arg.split("=", 1)
         (files if key == "config" else overrides).append(value if key == "config" else arg)
     merged = OmegaConf.structured(schema)
     for file in files:
+        if not file.strip():  # (Path('') is the current directory: it was named 'a directory')
+            raise ConfigError(f"config: expected the path of a YAML file, got {file!r} (nothing after config=)")
         if not Path(file).is_file():
             if Path(file).exists():  # (a directory was 'no such file')
                 kind = "a directory" if Path(file).is_dir() else "not a regular file"
@@ -65,6 +73,7 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
             got = "nothing (empty, or only comments)" if top in (None, {}) else f"a {type(top).__name__} {top!r:.60}"
             raise ConfigError(f"config: {file!r} must hold a mapping of sections at the top level, got {got}")
         _refuse_booleans_as_text(schema, top, f"config file {file!r}")
+        _keep_text_as_written(schema, loaded, yaml.compose(text))
         merged = _merge(merged, loaded, f"config file {file!r}")
     for override in overrides:  # one at a time, so an error names the override at fault
         try:
@@ -72,11 +81,89 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         except Exception as error:  # YAML syntax errors come in several types
             raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_error(error)})") from None
         _refuse_booleans_as_text(schema, OmegaConf.to_container(parsed), f"override {override!r}")
+        _keep_override_text_as_written(schema, parsed, override)
+        _clear_replaced_mapping(merged, parsed, override.split("=", 1)[0])
         merged = _merge(merged, parsed, f"override {override!r}")
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error, "the merged config")) from None
+
+
+def _clear_replaced_mapping(merged, parsed, key: str) -> None:
+    """Empty the mapping at ``key`` of ``merged`` where the override ``parsed`` gives one whole there
+    (``optim.lr_multipliers={}``), so that it replaces what the files set instead of being merged into it: a
+    merge kept every entry a config file names, and ``={}`` did nothing, silently. A schema section (its keys
+    fixed) is still updated key by key (``data.ratios={pairs: 1}``), as is a mapping given key by key
+    (``optim.lr_multipliers.text_encoder=0.1``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        given, target = OmegaConf.select(parsed, key), OmegaConf.select(merged, key)
+    except Exception:  # (a key OmegaConf cannot walk: the merge names it)
+        return
+    if isinstance(given, DictConfig) and isinstance(target, DictConfig) and OmegaConf.get_type(target) is dict:
+        OmegaConf.update(merged, key, {}, merge=False)
+
+
+def _keep_text_as_written(schema: type, loaded, node, prefix: str = "") -> None:
+    """Set back, in ``loaded`` (a file's or an override's values as OmegaConf read them), the text as written
+    (``node``: its YAML composed, raw scalars) of each value YAML read as a number where ``schema`` takes
+    text: ``training.output_dir=0042`` became the directory '34' (an octal number), ``1.50`` '1.5', ``007``
+    '7', silently. A list of text (``eval.templates``) is kept item by item. A number written with a leading 0
+    (``training.seed=010``), which YAML reads as octal (8), is refused naming the key."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not (dataclasses.is_dataclass(schema) and isinstance(loaded, DictConfig) and isinstance(node, yaml.MappingNode)):
+        return
+    hints, values = get_type_hints(schema), OmegaConf.to_container(loaded)
+    for name_node, value_node in node.value:
+        name = name_node.value
+        kind, key = hints.get(name), f"{prefix}{name}"
+        if kind is None or name not in loaded:  # (an unknown key: the merge names it)
+            continue
+        section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
+        if section is not None:
+            _keep_text_as_written(section, loaded[name], value_node, f"{key}.")
+        elif _flat_types(kind) & {int, float} and _octal(value_node) not in (None, values[name]):
+            written, read = value_node.value.strip(), values[name]
+            raise ConfigError(  # (a seed or step count of 010 was 8, silently)
+                f"key '{key}': expected a decimal number, got {written} (YAML reads a leading 0 as octal: {read}); "
+                f"write {_octal(value_node)} for the decimal, or {read}"
+            )
+        elif str in _flat_types(kind) and not _flat_types(kind) & {int, float, bool}:
+            value = values[name]
+            if isinstance(value, list) and isinstance(value_node, yaml.SequenceNode):
+                written = [_as_written(v, n) for v, n in zip(value, value_node.value)]
+                if written != value:
+                    loaded[name] = written
+            elif not isinstance(value, (list, dict)) and _as_written(value, value_node) is not value:
+                loaded[name] = _as_written(value, value_node)
+
+
+def _octal(node) -> Optional[int]:
+    """The decimal reading of ``node`` where it is a plain scalar YAML 1.1 reads as an octal integer (``010``:
+    10, which YAML reads as 8); else None."""
+    written = node.value.strip() if isinstance(node, yaml.ScalarNode) and node.style is None else ""
+    return int(written.replace("_", ""), 10) if re.fullmatch(r"[-+]?0[0-7_]+", written) else None
+
+
+def _as_written(value: object, node) -> object:
+    """``value``'s text as written (``node``'s raw scalar) where YAML read a number; else ``value``."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return node.value.strip() if number and isinstance(node, yaml.ScalarNode) else value
+
+
+def _keep_override_text_as_written(schema: type, parsed, override: str) -> None:
+    """:func:`_keep_text_as_written` for one ``key=value`` override (``parsed``: OmegaConf's reading of it)."""
+    key, value = override.split("=", 1)
+    try:
+        node = yaml.compose(value)
+    except yaml.YAMLError:  # (OmegaConf read it: nothing to keep)
+        return
+    for name in reversed(key.split(".")):  # the value's node nested under the key's parts, as parsed is
+        node = yaml.MappingNode("tag:yaml.org,2002:map", [(yaml.ScalarNode("tag:yaml.org,2002:str", name), node)])
+    _keep_text_as_written(schema, parsed, node)
 
 
 def _refuse_booleans_as_text(schema: type, raw: object, where: str, prefix: str = "") -> None:

@@ -16,6 +16,7 @@ script can tell apart:
 Anything else is a bug of ours or the machine's, and keeps its traceback.
 """
 
+import dataclasses
 import sys
 from typing import Callable, Sequence, Type, TypeVar
 
@@ -33,6 +34,20 @@ T = TypeVar("T")
 STOPPED = (NonFiniteLossError, CheckpointWriteError, CollectiveTimeout)
 
 
+HELP = ("-h", "--help")
+
+
+def usage(main: Callable, schema: type) -> str:
+    """What ``--help`` prints: the recipe's module description and how its command line is read (``config=FILE``
+    and ``key=value`` overrides of the schema's sections, named)."""
+    description = (sys.modules[main.__module__].__doc__ or "").strip()
+    sections = ", ".join(f.name for f in dataclasses.fields(schema)) if dataclasses.is_dataclass(schema) else ""
+    return (
+        f"{description}\n\narguments: config=FILE (a YAML file of the sections, optional) and key=value overrides "
+        f"(e.g. training.max_steps=5), no dashes; sections: {sections}"
+    ).lstrip()
+
+
 def run_recipe(
     main: Callable[[T], object],
     schema: Type[T],
@@ -43,7 +58,8 @@ def run_recipe(
     """Run ``main`` on the config ``argv`` gives (``config=FILE`` and ``key=value`` overrides, read into
     ``schema``), then leave the process group; exit 2 for a config error (also for ``config_errors``, e.g.
     a data file the config names that is missing), 1 for a run stopped on a one-line error (:data:`STOPPED`),
-    each said on stderr as ``error: ...``.
+    each said on stderr as ``error: ...``. With ``-h`` or ``--help`` among the arguments, it prints
+    :func:`usage` and returns (exit 0), running nothing.
 
     Args:
         main (Callable[[T], object]): the recipe, given the config.
@@ -51,6 +67,9 @@ def run_recipe(
         argv (Sequence[str]): the command line's arguments (``sys.argv[1:]``).
         config_errors (tuple[type[BaseException], ...]): more exceptions that mean the config is wrong.
     """
+    if any(arg in HELP for arg in argv):  # (nothing else is read: the recipe's description and its sections)
+        print(usage(main, schema))
+        return
     try:
         config = load_config(schema, argv)
         seconds = getattr(getattr(config, "training", None), "collective_timeout_s", None)
