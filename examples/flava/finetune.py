@@ -14,6 +14,7 @@ of ranks, metrics) -> validation report: the final model on ``data.val`` and on 
 
 import copy
 from dataclasses import asdict, dataclass, field, replace
+import functools
 import json
 from pathlib import Path
 import sys
@@ -37,7 +38,7 @@ from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
-from torchflava.models.flava.classification import LOSSES, MODALITIES
+from torchflava.models.flava.classification import LOSSES, MODALITIES, read_inputs
 from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory, text_positions
 from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier
@@ -535,7 +536,7 @@ def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
     for start in range(0, len(items), batch_size):
         batch = collator("eval", items[start : start + batch_size], [])
         labels.append(batch.pop("labels"))
-        logits.append(model(**batch).logits.float())
+        logits.append(model(**read_inputs(batch, model.modality)).logits.float())
     return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items), "skipped": skipped}
 
 
@@ -563,9 +564,10 @@ def _format_metrics(metrics: dict) -> str:
     return ", ".join(shown) + chance
 
 
-def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
-    """One micro-batch: the task loss summed over its rows, and the row count."""
-    out = model(**item.batch)
+def classification_step(model: nn.Module, item: MixedBatch, *, modality: str) -> StepOutput:
+    """One micro-batch: the task loss summed over its rows, and the row count; of an image + text task's
+    batch a text or image head is given its own inputs only (it refuses the other's)."""
+    out = model(**read_inputs(item.batch, modality))
     return StepOutput(out.loss_sums, out.loss_counts)
 
 
@@ -648,7 +650,8 @@ def main(cfg: FinetuneConfig) -> dict:
     model = flava_model_for_classification(num_classes, backbone=pretrained.model, **kwargs).to(info.device)
     raise_on_failed_checks([lr_multipliers_check(model, cfg.optim)])  # before the run directory is written
     # fit writes config.yaml once the resume is checked: nothing is written in the run directory before
-    result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
+    step = functools.partial(classification_step, modality=model.modality)
+    result = fit(model, step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
 
     tokenizer = copy.copy(pretrained.tokenizer)
     tokenizer.model_max_length = collator.max_text_length  # the length it trained at: the export's default

@@ -146,6 +146,34 @@ def test_vqa_style_soft_scores(export, tmp_path):
     assert report["validation"]["vqa_accuracy"] > 0.33  # chance is about (1 + 0.3) / 6 = 0.22 (0.40 measured)
 
 
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_an_image_text_task_trains_a_text_or_image_head_on_its_own_inputs(export, tmp_path, modality):
+    """data.task=image_text with model.modality=text or image (both allowed): the collator's batches hold
+    the image and the text, which the head, refusing an input its modality does not read, was given whole."""
+    world = ShapesWorld("pairs", 24, image_size=32, seed=5)
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(24):
+        world[i].image.save(tmp_path / "images" / f"{i}.png")
+        lines.append({"image": f"{i}.png", "text": world[i].text, "answers": {world.scene(i).colour: 1.0}})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[:16]))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[16:]))
+    report = _run(
+        export,
+        tmp_path / "run",
+        "data.task=image_text",
+        f"data.train={tmp_path / 'train.jsonl'}",
+        f"data.val={tmp_path / 'val.jsonl'}",
+        f"data.image_root={tmp_path / 'images'}",
+        "data.labels=[red,green,blue,yellow,purple,orange]",
+        f"model.modality={modality}",
+        "training.max_steps=2",
+        "optim.warmup_steps=0",
+    )
+    assert report["steps"] == 2 and report["modality"] == modality
+    assert report["validation"]["items"] == 8
+
+
 def test_data_errors_name_the_problem(tmp_path):
     _write_glue(tmp_path / "a.tsv", [("x", "pos")], ["sentence", "label"])
     with pytest.raises(ValueError, match=r"missing column\(s\) \['question'\]"):
