@@ -1,0 +1,75 @@
+"""FSDP2 in the training loop on a one-process gloo group (in-process store, no port): what it must train
+as a run without it does, and bf16 under it."""
+
+import pytest
+import torch
+from torch import nn
+import torch.distributed as dist
+
+from tests.training.test_loop import ToyData, settings
+from torchflava.training.distributed import init_distributed, sync_replicated_grads, wrap_model
+from torchflava.training.loop import StepOutput, fit
+
+
+@pytest.fixture
+def one_rank_group(monkeypatch):
+    """A one-process gloo group for the test's length (destroyed after it, whatever happened)."""
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    init_distributed("fsdp", device="cpu")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+class Gated(nn.Module):
+    """A linear map whose scalar gain (replicated under FSDP2) is used on the steps told to use it only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.linear = nn.Linear(3, 2)
+        self.gain = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor, use_gain: bool) -> torch.Tensor:
+        y = self.linear(x)
+        return y * self.gain if use_gain else y
+
+
+def _gated_run(out, strategy: str) -> Gated:
+    calls = [0]
+
+    def step(model, item):  # every other step leaves the gain out, as a step of pairs-free kind does a logit scale
+        calls[0] += 1
+        prediction = model(item.batch["x"], calls[0] % 2 == 1)
+        error = ((prediction - item.batch["y"]) ** 2).sum()
+        return StepOutput({"error": error}, {"error": item.batch["x"].shape[0]})
+
+    training, optim = settings(out, strategy=strategy, max_steps=4, checkpoint_every=4)
+    model = Gated()
+    fit(model, step, ToyData(4), training=training, optim=optim, shard_layers=())
+    return model
+
+
+def test_a_replicated_scalar_without_a_gradient_is_left_alone_as_in_one_process(tmp_path, one_rank_group):
+    """sync_replicated_grads gave a scalar that no rank had a gradient for a zero gradient: AdamW's momentum
+    then moved it on every step that did not use it (the gain ended at 0.897 against 0.926)."""
+    reference = _gated_run(tmp_path / "none", "none")
+    sharded = _gated_run(tmp_path / "fsdp", "fsdp")
+    assert float(reference.gain.detach()) == pytest.approx(0.926131546, abs=1e-6)  # moved by the 2 steps that used it
+    assert float(sharded.gain.detach()) == float(reference.gain.detach())
+    weight = sharded.linear.weight.full_tensor()
+    torch.testing.assert_close(weight, reference.linear.weight.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_sync_replicated_grads_keeps_none_where_no_rank_has_a_gradient(one_rank_group):
+    reference, x = Gated(), torch.arange(12.0).reshape(4, 3) / 10
+    reference(x, use_gain=True).sum().backward()
+    model = wrap_model(Gated(), "fsdp")
+    model(x, use_gain=False).sum().backward()
+    sync_replicated_grads(model)
+    assert model.gain.grad is None  # (was tensor(0.))
+    model(x, use_gain=True).sum().backward()
+    sync_replicated_grads(model)
+    assert float(model.gain.grad) == pytest.approx(float(reference.gain.grad), rel=1e-6)
