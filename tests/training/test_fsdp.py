@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from tests.training.test_loop import ToyData, settings
 from torchflava.training.distributed import init_distributed, sync_replicated_grads, wrap_model
@@ -73,3 +74,71 @@ def test_sync_replicated_grads_keeps_none_where_no_rank_has_a_gradient(one_rank_
     model(x, use_gain=True).sum().backward()
     sync_replicated_grads(model)
     assert float(model.gain.grad) == pytest.approx(float(reference.gain.grad), rel=1e-6)
+
+
+class Classifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def _classifier_loss(out, strategy: str) -> float:
+    def step(model, item):  # cross-entropy: an op autocast runs in fp32
+        logits = model(item.batch["x"])
+        loss = F.cross_entropy(logits.flatten(0, 1), item.batch["y"].argmax(-1).flatten(), reduction="sum")
+        return StepOutput({"ce": loss}, {"ce": logits.shape[0] * logits.shape[1]})
+
+    training, optim = settings(out, strategy=strategy, max_steps=1, checkpoint_every=1, precision="bf16")
+    return fit(Classifier(), step, ToyData(1), training=training, optim=optim, shard_layers=()).loss
+
+
+def test_bf16_under_fsdp_keeps_autocasts_fp32_ops_in_fp32(tmp_path, one_rank_group):
+    """FSDP2's bf16 parameters ran without autocast: the whole step was bf16, the loss too (0.71875, a bf16
+    number). Under autocast the product is bf16 either way (weights, bias and input rounded alike) and the
+    cross-entropy fp32, so one rank under fsdp gives the loss of autocast without it."""
+    autocast = _classifier_loss(tmp_path / "none", "none")
+    sharded = _classifier_loss(tmp_path / "fsdp", "fsdp")
+    assert autocast == pytest.approx(0.716840, abs=1e-6)
+    assert sharded == autocast
+
+
+class TwoHeads(nn.Module):
+    """Two linear maps; the second one is used by the steps told to use it only (as FLAVA's heads are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor, use_b: bool) -> torch.Tensor:
+        return self.a(x) + self.b(x) if use_b else self.a(x)
+
+
+def _accumulated_run(out, strategy: str) -> tuple[float, torch.Tensor]:
+    calls = [0]
+
+    def step(model, item):  # the second micro-batch of each step alone uses b
+        calls[0] += 1
+        prediction = model(item.batch["x"], use_b=calls[0] % 2 == 0)
+        return StepOutput({"error": ((prediction - item.batch["y"]) ** 2).sum()}, {"error": item.batch["x"].shape[0]})
+
+    training, optim = settings(
+        out, strategy=strategy, max_steps=2, checkpoint_every=2, precision="bf16", grad_accumulation=2
+    )
+    model = TwoHeads()
+    result = fit(model, step, ToyData(2, accumulation=2), training=training, optim=optim, shard_layers=())
+    weight = model.b.weight.full_tensor() if strategy == "fsdp" else model.b.weight
+    return result.loss, weight.detach()
+
+
+def test_bf16_under_fsdp_accumulates_a_parameter_first_used_in_the_last_micro_batch(tmp_path, one_rank_group):
+    """FSDP2 failed inside torch, "FSDP reduce-scatter expects uniform gradient dtype but got {torch.bfloat16,
+    torch.float32}": its fp32 accumulated gradients met b's first, bf16 one in the last micro-batch's reduction."""
+    loss, weight = _accumulated_run(tmp_path / "none", "none")
+    sharded_loss, sharded_weight = _accumulated_run(tmp_path / "fsdp", "fsdp")
+    assert sharded_loss == pytest.approx(loss, rel=1e-6)
+    torch.testing.assert_close(sharded_weight, weight, rtol=1e-6, atol=1e-7)

@@ -12,8 +12,9 @@ model and does the rest:
   N ranks reproduce one process, and model code knows nothing of ranks.
 * Gradient accumulation averages the micro-batches' losses (each normalised as above; equal to one
   big batch when every micro-batch holds as many items of each loss), with DDP ``no_sync`` / FSDP2
-  gradient sync on the last one only; bf16 autocast (one region per optimiser step, so each weight
-  is cast to bf16 once a step, not once a micro-batch); FSDP's replicated-scalar gradient sync;
+  gradient sync on the last one only (FSDP2 with bf16 parameters reduce-scatters every micro-batch);
+  bf16 autocast (one region per optimiser step, so each weight is cast to bf16 once a step, not once a
+  micro-batch; under FSDP2 its bf16 parameters too); FSDP's replicated-scalar gradient sync;
   clipping; a stop on a non-finite loss or gradient norm, naming the last good checkpoint; a hook
   after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s
   (a record every ``training.log_every`` steps holds the mean loss of the steps since the last record,
@@ -585,7 +586,10 @@ def _fit(
         position.update(getattr(item, "position", None) or {})
         sync = index == accumulation - 1
         if t.strategy == "fsdp":
-            model.set_requires_gradient_sync(sync)
+            # bf16 parameters reduce-scatter every micro-batch: FSDP2 accumulates skipped ones' gradients in fp32,
+            # and a parameter first used in the last micro-batch then brings a bf16 one into the same
+            # reduce-scatter ("expects uniform gradient dtype": FLAVA's heads, unused by some micro-batches)
+            model.set_requires_gradient_sync(sync or t.precision == "bf16")
         with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext():
             total, means, invalid, stopping = _global_loss(step(wrapped, item), device, stop=signals.received)
         return total / accumulation, means, invalid, getattr(item, "kind", None), stopping
