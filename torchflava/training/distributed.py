@@ -172,12 +172,19 @@ def wrap_model(
         nn.Module: the wrapped model (the same object under ``"none"`` and ``"fsdp"``).
 
     Raises:
-        ValueError: if ``strategy`` is unknown or needs a process group that is not running.
+        ValueError: if ``strategy`` is unknown or needs a process group that is not running, or
+            ``param_dtype`` is given with a strategy other than ``"fsdp"`` (it would be ignored: bf16
+            there is an autocast context).
         TypeError: if ``strategy`` is ``"ddp"`` or ``"fsdp"`` and ``model`` has no forward of its own
             (an ``nn.ModuleDict`` of towers): both work through the wrapped model's forward.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if param_dtype is not None and strategy != "fsdp":
+        raise ValueError(
+            f"param_dtype: expected None with strategy={strategy!r} (only FSDP casts parameters; use torch.autocast "
+            f"for bf16 there), got {param_dtype}"
+        )
     if strategy == "none":
         return model
     # (DDP's wrapper was then indexed in the step, "'DistributedDataParallel' object is not subscriptable",
