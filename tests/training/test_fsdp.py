@@ -1,6 +1,8 @@
 """FSDP2 in the training loop on a one-process gloo group (in-process store, no port): what it must train
 as a run without it does, and bf16 under it."""
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -142,3 +144,54 @@ def test_bf16_under_fsdp_accumulates_a_parameter_first_used_in_the_last_micro_ba
     sharded_loss, sharded_weight = _accumulated_run(tmp_path / "fsdp", "fsdp")
     assert sharded_loss == pytest.approx(loss, rel=1e-6)
     torch.testing.assert_close(sharded_weight, weight, rtol=1e-6, atol=1e-7)
+
+
+def _classifier_run(out, **changes):
+    def step(model, item):
+        logits = model(item.batch["x"])
+        loss = F.cross_entropy(logits.flatten(0, 1), item.batch["y"].argmax(-1).flatten(), reduction="sum")
+        return StepOutput({"ce": loss}, {"ce": logits.shape[0] * logits.shape[1]})
+
+    training, optim = settings(out, max_steps=4, checkpoint_every=2, **changes)
+    return fit(Classifier(), step, ToyData(4), training=training, optim=optim, shard_layers=())
+
+
+@pytest.mark.parametrize(
+    "before, after, line",
+    [
+        (
+            {"strategy": "fsdp", "precision": "bf16"},
+            {"strategy": "none", "precision": "bf16"},
+            "resume: training.strategy: 'fsdp' -> 'none' under training.precision=bf16: the parameters the steps "
+            "compute with are fp32 under autocast from here on, FSDP2's bf16 before (the losses round otherwise)",
+        ),
+        (
+            {"strategy": "none", "precision": "fp32"},
+            {"strategy": "none", "precision": "bf16"},
+            "resume: training.precision: 'fp32' -> 'bf16' (the steps from here on round otherwise)",
+        ),
+    ],
+)
+def test_a_resume_that_changes_how_the_steps_round_says_so_in_one_line(
+    tmp_path, one_rank_group, capsys, before, after, line
+):
+    """A run checkpointed under fsdp and bf16 resumed under none (autocast's fp32 parameters), or fit resumed
+    with another precision, went on in another rounding without a word."""
+    _classifier_run(tmp_path, **before)
+    checkpoints = tmp_path / "checkpoints"
+    shutil.rmtree(checkpoints / "step_00000004")
+    capsys.readouterr()
+    _classifier_run(tmp_path, resume="auto", **after)
+    assert _resume_lines(capsys) == [f"{line}; {checkpoints / 'step_00000002'} was trained with the former"]
+
+
+def _resume_lines(capsys) -> list[str]:
+    return [text for text in capsys.readouterr().err.splitlines() if text.startswith("resume:")]
+
+
+def test_a_strategy_change_in_fp32_says_nothing(tmp_path, one_rank_group, capsys):
+    _classifier_run(tmp_path, strategy="fsdp")
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000004")
+    capsys.readouterr()
+    _classifier_run(tmp_path, resume="auto", strategy="none")
+    assert _resume_lines(capsys) == []
