@@ -171,6 +171,7 @@ def _classifier_run(out, **changes):
             "resume: training.precision: 'fp32' -> 'bf16' (the steps from here on round otherwise)",
         ),
     ],
+    ids=["fsdp_to_none_in_bf16", "fp32_to_bf16"],
 )
 def test_a_resume_that_changes_how_the_steps_round_says_so_in_one_line(
     tmp_path, one_rank_group, capsys, before, after, line
