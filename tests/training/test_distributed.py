@@ -197,3 +197,16 @@ def test_a_recipes_own_collective_that_times_out_names_the_key_and_where_it_was(
         "wrote the export and report) past training.collective_timeout_s=1 s for another rank"
     ), stderr
     assert stderr.count("\n") == 1, stderr
+
+
+@pytest.mark.parametrize("strategy", ["none", "ddp"])
+def test_a_parameter_dtype_without_fsdp_is_refused_not_ignored(strategy):
+    """wrap_model(model, "ddp", param_dtype=torch.bfloat16) returned a model that trained in fp32, without a word."""
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError) as info:
+        wrap_model(model, strategy, param_dtype=torch.bfloat16)
+    assert str(info.value) == (
+        f"param_dtype: expected None with strategy={strategy!r} (only FSDP casts parameters; use torch.autocast "
+        "for bf16 there), got torch.bfloat16"
+    )
+    assert wrap_model(model, "none", param_dtype=None) is model

@@ -172,12 +172,19 @@ def wrap_model(
         nn.Module: the wrapped model (the same object under ``"none"`` and ``"fsdp"``).
 
     Raises:
-        ValueError: if ``strategy`` is unknown or needs a process group that is not running.
+        ValueError: if ``strategy`` is unknown or needs a process group that is not running, or
+            ``param_dtype`` is given with a strategy other than ``"fsdp"`` (it would be ignored: bf16
+            there is an autocast context).
         TypeError: if ``strategy`` is ``"ddp"`` or ``"fsdp"`` and ``model`` has no forward of its own
             (an ``nn.ModuleDict`` of towers): both work through the wrapped model's forward.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if param_dtype is not None and strategy != "fsdp":
+        raise ValueError(
+            f"param_dtype: expected None with strategy={strategy!r} (only FSDP casts parameters; use torch.autocast "
+            f"for bf16 there), got {param_dtype}"
+        )
     if strategy == "none":
         return model
     # (DDP's wrapper was then indexed in the step, "'DistributedDataParallel' object is not subscriptable",
@@ -214,16 +221,22 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def sync_replicated_grads(model: nn.Module) -> None:
-    """Average, over ranks, the gradients of parameters FSDP left replicated (no-op otherwise)."""
+    """Average, over ranks, the gradients of parameters FSDP left replicated (no-op otherwise).
+
+    A rank without a gradient for one counts as a zero, as under DDP; a parameter no rank has a gradient
+    for keeps none, so the optimiser skips it as it would in one process (a zero gradient still moves a
+    parameter under AdamW's momentum: a logit scale on the steps of a kind without a contrastive loss).
+    """
     params = getattr(model, "_replicated_params", [])
     if not params or not dist.is_initialized():
         return
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    flat = torch.stack([g.reshape(()) for g in grads]).float()
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for p, value in zip(params, flat):
-        p.grad = value.to(p.dtype).reshape(p.shape)
+    has_grad = [torch.tensor(float(p.grad is not None), device=p.device) for p in params]
+    flat = torch.stack([g.reshape(()).float() for g in grads + has_grad])
+    dist.all_reduce(flat)  # [gradient sums, ranks that had a gradient], in one collective
+    sums, ranks_with_grad = flat[: len(params)] / dist.get_world_size(), flat[len(params) :].tolist()
+    for p, value, ranks in zip(params, sums, ranks_with_grad):
+        p.grad = value.to(p.dtype).reshape(p.shape) if ranks > 0 else None
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

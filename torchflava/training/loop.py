@@ -12,8 +12,9 @@ model and does the rest:
   N ranks reproduce one process, and model code knows nothing of ranks.
 * Gradient accumulation averages the micro-batches' losses (each normalised as above; equal to one
   big batch when every micro-batch holds as many items of each loss), with DDP ``no_sync`` / FSDP2
-  gradient sync on the last one only; bf16 autocast (one region per optimiser step, so each weight
-  is cast to bf16 once a step, not once a micro-batch); FSDP's replicated-scalar gradient sync;
+  gradient sync on the last one only (FSDP2 with bf16 parameters reduce-scatters every micro-batch);
+  bf16 autocast (one region per optimiser step, so each weight is cast to bf16 once a step, not once a
+  micro-batch; under FSDP2 its bf16 parameters too); FSDP's replicated-scalar gradient sync;
   clipping; a stop on a non-finite loss or gradient norm, naming the last good checkpoint; a hook
   after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s
   (a record every ``training.log_every`` steps holds the mean loss of the steps since the last record,
@@ -349,6 +350,9 @@ def _read_loop_state(file: Path, step: int) -> tuple[Optional[dict], Optional[st
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in schedule.values())
     ):
         return None, "schedule is not the settings of a learning-rate schedule (key -> number)"
+    numerics = state.get("numerics", {})
+    if not (isinstance(numerics, dict) and all(isinstance(v, str) for v in numerics.values())):
+        return None, "numerics is not the precision settings it was trained with (key -> text)"
     fault = None if "window" not in state else _window_fault(state["window"])
     if fault is not None:
         return None, f"window {fault}"
@@ -548,6 +552,9 @@ def _fit(
                     f"resume: {change} (applied from here on; {resume_from} was trained with the former)",
                     file=sys.stderr,
                 )
+        if _rank() == 0:  # (start_run allows strategy changes: they said nothing of bf16's two kinds)
+            for change in _numerics_changes(states[0].get("numerics"), t):
+                print(f"resume: {change}; {resume_from} was trained with the former", file=sys.stderr)
     is_main = _rank() == 0
     logger = progress = None
     if is_main:
@@ -585,7 +592,10 @@ def _fit(
         position.update(getattr(item, "position", None) or {})
         sync = index == accumulation - 1
         if t.strategy == "fsdp":
-            model.set_requires_gradient_sync(sync)
+            # bf16 parameters reduce-scatter every micro-batch: FSDP2 accumulates skipped ones' gradients in fp32,
+            # and a parameter first used in the last micro-batch then brings a bf16 one into the same
+            # reduce-scatter ("expects uniform gradient dtype": FLAVA's heads, unused by some micro-batches)
+            model.set_requires_gradient_sync(sync or t.precision == "bf16")
         with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext():
             total, means, invalid, stopping = _global_loss(step(wrapped, item), device, stop=signals.received)
         return total / accumulation, means, invalid, getattr(item, "kind", None), stopping
@@ -670,7 +680,7 @@ def _fit(
                     progress.set_postfix(loss=f"{record['loss']:.3f}", samples_per_s=f"{samples_per_s:.0f}")
             if done % t.checkpoint_every == 0 or done == t.max_steps or stop:
                 phase[0] = f"writing the checkpoint of step {done}"
-                state = _loop_state(done, optimizer, scheduler, skipped, position, window, _schedule(t, optim))
+                state = _loop_state(done, optimizer, scheduler, skipped, position, window, _schedule(t, optim), t)
                 last_saved = checkpoints.save(done, wrapped, optimizer, state, texts=recorded)
             if stop:
                 raise _preempted(done, last_saved, signals.received)
@@ -971,11 +981,12 @@ def _window_fault(window: object) -> Optional[str]:
 
 
 def _loop_state(
-    step: int, optimizer, scheduler, skipped: list, position: dict, window: _Window, schedule: dict
+    step: int, optimizer, scheduler, skipped: list, position: dict, window: _Window, schedule: dict, t: TrainingConfig
 ) -> dict:
     """This rank's part of a checkpoint: step, schedule (its state and the settings that shape it), the
     optimiser's parameter groups (names and learning-rate multiplier), RNG states, unusable samples met,
-    the position of streamed data (empty for step-indexed data) and the losses of the steps not logged yet."""
+    the position of streamed data (empty for step-indexed data), the losses of the steps not logged yet
+    and the settings that decide how the steps round (:func:`_numerics`)."""
     return {
         "step": step,
         "scheduler": scheduler.state_dict(),
@@ -985,6 +996,7 @@ def _loop_state(
         "skipped": [list(s) for s in skipped],
         "data": dict(position),
         "window": window.state(),
+        "numerics": _numerics(t),
     }
 
 
@@ -996,6 +1008,30 @@ def _schedule(t: TrainingConfig, optim: OptimConfig) -> dict:
         "optim.warmup_steps": optim.warmup_steps,
         "optim.min_lr_ratio": optim.min_lr_ratio,
     }
+
+
+def _numerics(t: TrainingConfig) -> dict:
+    """The settings that decide how a step rounds, under their config keys (a checkpoint records them)."""
+    return {"training.precision": t.precision, "training.strategy": t.strategy}
+
+
+def _numerics_changes(saved: Optional[dict], t: TrainingConfig) -> list[str]:
+    """What a resume changes in how the steps round, against a checkpoint's recorded :func:`_numerics`
+    (None: written before they were recorded), one line each: another ``training.precision`` (fit alone
+    takes it; start_run refuses it), or, under bf16, a move between FSDP2's bf16 parameters and
+    autocast's fp32 ones (any ``training.strategy`` change is allowed: it only says how the run runs)."""
+    if saved is None:
+        return []
+    old_precision, old_strategy = saved.get("training.precision"), saved.get("training.strategy")
+    if old_precision is not None and old_precision != t.precision:
+        return [f"training.precision: {old_precision!r} -> {t.precision!r} (the steps from here on round otherwise)"]
+    if t.precision == "bf16" and old_strategy is not None and (old_strategy == "fsdp") != (t.strategy == "fsdp"):
+        before, now = ("FSDP2's bf16", "fp32 under autocast") if old_strategy == "fsdp" else ("fp32", "FSDP2's bf16")
+        return [
+            f"training.strategy: {old_strategy!r} -> {t.strategy!r} under training.precision=bf16: the parameters the "
+            f"steps compute with are {now} from here on, {before} before (the losses round otherwise)"
+        ]
+    return []
 
 
 def _check_schedule(path: Path, saved: dict, schedule: dict) -> None:
