@@ -455,3 +455,15 @@ def test_yaml_booleans_where_text_is_taken_are_refused_naming_the_key(tmp_path):
         load_config(_Task, ["data.name=off"])
     quoted = load_config(_Task, ["data.labels=['yes','no']", "data.name='on'", "data.shuffle=no"])  # a bool takes no
     assert quoted.data.labels == ["yes", "no"] and quoted.data.name == "on" and quoted.data.shuffle is False
+
+
+def test_how_a_run_saves_memory_may_change_on_resume(tmp_path):
+    """Activation checkpointing recomputes the same ops and keep_freed_memory only places freed memory: a
+    resume that changes them (a run out of memory resumed with checkpointing on) was refused as a change of
+    what it trains."""
+    save_config(_Recipe(), tmp_path / "config.yaml")
+    for changed in (
+        TrainingConfig(activation_checkpointing="selective"),
+        TrainingConfig(activation_checkpointing="full", keep_freed_memory=False),
+    ):
+        assert check_resume_config(tmp_path / "config.yaml", _Recipe(changed)) == []

@@ -358,6 +358,8 @@ RESUME_FREE = (
     "training.threads",
     "training.collective_timeout_s",  # how long a rank waits for the others: nothing trained depends on it
     "training.compile",
+    "training.activation_checkpointing",  # recomputes the same ops: the same losses (to 1e-6, tested)
+    "training.keep_freed_memory",  # where freed memory goes, not what is computed
     "training.strategy",
     "training.device",
     "data.num_workers",
