@@ -1523,6 +1523,14 @@ def test_fit_alone_resumed_with_other_optimiser_settings_applies_them_and_says_s
     assert "optim." not in capsys.readouterr().err
 
 
+def test_a_changed_lr_is_said_as_typed_not_as_the_peak_over_its_multiplier():
+    """The old lr is the saved peak over the group's multiplier: 0.05 x 0.1 / 0.1 printed 0.05000000000000001."""
+    saved = [{"params": [0], "initial_lr": 0.05 * 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}]
+    layout = [{"lr_multiplier": 0.1, "weight_decay": 0.0}]
+    changes = loop_module._optim_changes(saved, layout, OptimConfig(lr=0.01, betas=[0.9, 0.999], eps=1e-8))
+    assert changes == ["optim.lr: 0.05 -> 0.01"]
+
+
 def test_fit_alone_refuses_to_resume_on_another_schedule_and_old_checkpoints_resume_as_before(tmp_path, monkeypatch):
     """fit without start_run (which compares configs) resumed a run of max_steps=6 with max_steps=8 and
     stretched its cosine from the step reached, silently; the checkpoint now records the schedule."""

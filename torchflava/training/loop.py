@@ -1194,7 +1194,8 @@ def _optim_changes(saved: list[dict], layout: list[dict], optim: OptimConfig) ->
             continue
         multiplier = built["lr_multiplier"]
         if multiplier and group["initial_lr"] != optim.lr * multiplier:
-            old.setdefault("optim.lr", group["initial_lr"] / multiplier)
+            # (the peak over the multiplier: 0.05 x 0.1 / 0.1 is 0.05000000000000001, so 12 digits, as typed)
+            old.setdefault("optim.lr", float(f"{group['initial_lr'] / multiplier:.12g}"))
         if [float(b) for b in group["betas"]] != [float(b) for b in optim.betas]:
             old.setdefault("optim.betas", [float(b) for b in group["betas"]])
         if group["eps"] != optim.eps:
