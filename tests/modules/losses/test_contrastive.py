@@ -328,6 +328,7 @@ def test_the_function_clamps_with_the_bounds_it_is_given_as_the_module_does(valu
     "bounds, error, message",
     [
         (dict(logit_scale_max=100.0), ValueError, r"^logit_scale_max must be <= 88.72 \(exp overflows float32"),
+        (dict(logit_scale_min=89.0), ValueError, r"^logit_scale_min must be <= 88.72 \(exp overflows float32"),
         (dict(logit_scale_min=3.0, logit_scale_max=1.0), ValueError, r"^logit_scale_min \(3.0\) must be <= "),
         (dict(logit_scale_min=math.nan), ValueError, r"^logit_scale_min must be finite, got nan$"),
         (dict(logit_scale_max="4.6"), TypeError, r"^logit_scale_max must be a number, got str$"),

@@ -89,11 +89,15 @@ def _check_bounds(logit_scale_min: Optional[float], logit_scale_max: Optional[fl
     for name, value in (("logit_scale_min", logit_scale_min), ("logit_scale_max", logit_scale_max)):
         if value is not None:
             _check_number(name, value)
-    if logit_scale_max is not None and logit_scale_max > LOGIT_SCALE_LIMIT:  # (past it: a NaN loss)
-        raise ValueError(
-            f"logit_scale_max must be <= {LOGIT_SCALE_LIMIT} (exp overflows float32 beyond it); it is the log "
-            f"of the largest multiplier, ln(100) = {math.log(100):.3f} for a multiplier of 100, got {logit_scale_max}"
-        )
+    for name, value, which in (
+        ("logit_scale_max", logit_scale_max, "largest"),
+        ("logit_scale_min", logit_scale_min, "smallest"),
+    ):
+        if value is not None and value > LOGIT_SCALE_LIMIT:  # (past it: a NaN loss)
+            raise ValueError(
+                f"{name} must be <= {LOGIT_SCALE_LIMIT} (exp overflows float32 beyond it); it is the log of the "
+                f"{which} multiplier, ln(100) = {math.log(100):.3f} for a multiplier of 100, got {value}"
+            )
     if logit_scale_min is not None and logit_scale_max is not None and not logit_scale_min <= logit_scale_max:
         raise ValueError(f"logit_scale_min ({logit_scale_min}) must be <= logit_scale_max ({logit_scale_max})")
 
