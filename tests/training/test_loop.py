@@ -771,6 +771,37 @@ def test_a_checkpoint_trained_with_other_lr_multipliers_is_refused_in_one_line(t
     assert result.resumed_from == Path(resume) and result.step == 4
 
 
+def test_a_checkpoint_whose_groups_hold_other_parameters_names_them_not_the_multipliers(tmp_path, monkeypatch):
+    """Groups of the same multipliers holding other parameters (param_groups' decay rule changed since the
+    checkpoint, as it did for nn.MultiheadAttention's in_proj_weight): the refusal blamed optim.lr_multipliers,
+    saying the same multipliers were expected and given."""
+    run(tmp_path / "a", max_steps=4, checkpoint_every=2, weight_decay=0.1)  # groups: [linear.weight], [bias, gain]
+    import torchflava.training.schema as schema_module
+
+    built = schema_module.param_groups
+
+    def gain_decayed(*args, **kwargs):  # the rule as it might have changed: the scalar gain decayed too
+        groups = built(*args, **kwargs)
+        for group in groups:
+            keep = [i for i, name in enumerate(group["names"]) if name != "gain"]
+            if len(keep) < len(group["names"]) and group["weight_decay"] == 0.0:
+                gain = group["params"][group["names"].index("gain")]
+                group["params"], group["names"] = [group["params"][i] for i in keep], [group["names"][i] for i in keep]
+        decayed = next(g for g in groups if g["weight_decay"] > 0)
+        decayed["params"].append(gain)
+        decayed["names"].append("gain")
+        return groups
+
+    monkeypatch.setattr(schema_module, "param_groups", gain_decayed)
+    resume = str(tmp_path / "a" / "checkpoints" / "step_00000002")
+    with pytest.raises(ConfigError) as error:
+        run(tmp_path / "b", max_steps=4, resume=resume, weight_decay=0.1)
+    assert str(error.value).startswith(
+        f"key 'training.resume': expected {resume}'s optimiser to group the parameters as this run's does under "
+        "the same optim.lr_multipliers, got 1 in another group (gain): "
+    )
+
+
 @dataclass
 class _Model:
     activation: str = "gelu"

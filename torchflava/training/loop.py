@@ -1062,6 +1062,16 @@ def _check_groups(path: Path, saved: dict, optimizer) -> None:
     layout = _group_layout(optimizer)
     # (checkpoints from before the layout was saved: the number of groups, as the schedule holds it)
     same = saved["groups"] == layout if "groups" in saved else len(saved["scheduler"]["base_lrs"]) == len(layout)
+    if not same and "groups" in saved and sorted(m for _, m in saved["groups"]) == sorted(m for _, m in layout):
+        was = {name: index for index, (names, _) in enumerate(saved["groups"]) for name in names}
+        moved = [name for index, (names, _) in enumerate(layout) for name in names if was.get(name) != index]
+        raise ConfigError(
+            f"key 'training.resume': expected {path}'s optimiser to group the parameters as this run's does under "
+            f"the same optim.lr_multipliers, got {len(moved)} in another group ({', '.join(moved[:3])}"
+            f"{', ...' if len(moved) > 3 else ''}): the model changed, or the weight-decay rule of param_groups since "
+            "the checkpoint (from 2026-12-06 nn.MultiheadAttention's in_proj_weight, transposed convolutions, "
+            "nn.Bilinear and parametrized weights are decayed)"
+        )
     if not same:
         described = saved.get("groups") or [[[], "?"]] * len(saved["scheduler"]["base_lrs"])
         multipliers = sorted({str(m) for _, m in described})
