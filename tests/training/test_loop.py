@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 import json
 import math
+import os
 from pathlib import Path
 import shutil
 import signal
@@ -503,6 +504,49 @@ def _streamed_run(out, shards, num_workers, *, after_step=None, resume="none") -
     except Preempted as stopped:
         return keys, stopped
     return keys, result
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_run_that_ends_leaves_no_shard_command_running_anywhere(tmp_path, num_workers):
+    """A loader worker leaves through os._exit without closing its open shard, and the command writing it
+    ignores the stop signals: it ran on after the run, adopted by init (so not among the run's descendants),
+    until it ended by itself. It now dies with the worker."""
+    from tests.data.test_streaming import write_large_shards
+    from torchflava.data.streaming import StreamingBatches
+
+    write_large_shards(tmp_path / "shards", shards=4, per_shard=12)
+    mark = f"sleep 29.{700 + num_workers}{os.getpid()}"  # (each shard's command ends with it: found by it)
+    data = StreamingBatches(
+        f"pipe:cat {tmp_path}/shards/shard-{{000..003}}.tar; {mark}",
+        _caption_numbers,
+        batch_size=4,
+        num_workers=num_workers,
+        seed=1,
+        shuffle_buffer=0,
+        require=("text",),
+    )
+
+    def step(model, item):
+        prediction = model(item.batch["x"])
+        return StepOutput({"l": (prediction**2).sum()}, {"l": torch.tensor(float(prediction.numel()))})
+
+    training, optim = settings(tmp_path / "run", max_steps=2, global_batch_size=4, checkpoint_every=100)
+    fit(_Scalar(), step, data, training=training, optim=optim, num_workers=num_workers)
+    left = []
+    for _ in range(20):  # (the kernel's signal and the shell's kill take a moment)
+        left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith(mark)]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert left == []
+
+
+def _cmdline(process: Path) -> str:
+    try:
+        return (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:  # (gone meanwhile)
+        return ""
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")

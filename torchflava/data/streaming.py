@@ -54,6 +54,7 @@ same shards again; or every shard of the stream read empty in epochs in a row).
 """
 
 from dataclasses import dataclass
+import functools
 import io
 import itertools
 import os
@@ -92,6 +93,26 @@ _CLOSED_EARLY = (141, 23)  # a command's status when its reader closed the pipe 
 # scheduler signals every process of the job, and a command it ended cut the shard under the step that the
 # run finishes before it stops, so a whole shard read as broken (its rest lost for the epoch) in the checkpoint.
 _IGNORE_STOP_SIGNALS = "trap '' TERM INT USR1; "
+# ...and the command runs in the background of its shell, which waits for it: a SIGHUP (sent by the kernel when
+# the thread that started the shell ends, :func:`_hang_up_with_parent`) then kills the command's whole group, where
+# a reader that left without closing it (a loader worker ends through os._exit; a process killed) left it running.
+_RUN_UNTIL_HANGUP = """trap 'kill -KILL 0' HUP; eval "$1" & wait $!"""
+_PR_SET_PDEATHSIG = 1  # prctl's option (linux/prctl.h)
+
+
+def _load_prctl() -> Optional[Callable]:
+    """libc's ``prctl`` on Linux (None elsewhere, or where it cannot be loaded)."""
+    if not os.uname().sysname == "Linux":
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 
 
@@ -172,6 +193,16 @@ def open_shard(url: str):
     return gopen(url, "rb")
 
 
+def _hang_up_with_parent(parent: int) -> None:
+    """In a shard command's shell before it runs (Linux): the kernel sends it ``SIGHUP`` when the thread that
+    started it ends, and the shell then kills its group (:data:`_RUN_UNTIL_HANGUP`). A parent gone before the
+    request (the shell already adopted by another) ends the shell at once."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGHUP)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 class ShardCommand:
     """The output of a shell command that writes a shard (``pipe:``, or curl for a URL), read as a stream.
 
@@ -181,7 +212,8 @@ class ShardCommand:
     stops (:mod:`torchflava.training.preemption`); that shard then counted as broken and the rest of it was
     lost for the epoch, in the checkpoint too, so a resumed run did not see the samples an uninterrupted
     one sees. A stream closed before the command's output ended (the run stopped, the reader gave up)
-    kills the command's group at once, rather than wait for it.
+    kills the command's group at once, rather than wait for it; on Linux so does the end of the thread that
+    started it without closing it (a loader worker leaving through ``os._exit``, a process killed).
 
     Args:
         command (str): the shell command (``/bin/sh -c``).
@@ -197,10 +229,11 @@ class ShardCommand:
         self.url, self.name, self.ended = url, name, False
         # (the command is an argument of the trap's shell, evaluated as sh -c would run it: its text unchanged)
         self.process = subprocess.Popen(
-            ["/bin/sh", "-c", _IGNORE_STOP_SIGNALS + 'eval "$1"', "sh", command],
+            ["/bin/sh", "-c", _IGNORE_STOP_SIGNALS + _RUN_UNTIL_HANGUP, "sh", command],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,  # (a background group that reads the terminal is stopped: it would hang)
-            process_group=0,
+            start_new_session=True,  # (its group's id is its pid: close kills the group)
+            preexec_fn=functools.partial(_hang_up_with_parent, os.getpid()),
         )
 
     def __str__(self) -> str:
