@@ -90,6 +90,7 @@ DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 INFERENCE_DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the commands' --dtype
 INFERENCE_DTYPES = tuple(INFERENCE_DTYPE_NAMES.values())
 BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
+BUILDERS_BY_NAME = {builder.__name__: family for family, builder in BUILDERS.items()}  # (the family of a builder)
 # A torchflava export's architecture file, by family.
 _EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}
 # Files only a model directory holds (an export's, Hugging Face's or open_clip's config), never a training checkpoint.
@@ -853,6 +854,24 @@ def trained_model(builder: Callable, pretrained: object, given: dict) -> Optiona
     intact checkpoint), with the weights at that step; None where ``pretrained`` names none (a URL, a file, an
     export, a run with one, a Hugging Face directory: the builder reads those itself).
 
+    The architecture is the run's (:func:`trained_arguments`).
+
+    Raises:
+        CheckpointIntegrityError: (a ValueError) if the checkpoint is incomplete or damaged.
+        ValueError, FileNotFoundError: as :func:`trained_arguments` and :func:`load_training_checkpoint`.
+    """
+    trained = trained_arguments(builder, pretrained, given)
+    if trained is None:
+        return None
+    checkpoint, kwargs = trained
+    return _load_run_weights(builder(**kwargs), BUILDERS_BY_NAME[builder.__name__], checkpoint)
+
+
+def trained_arguments(builder: Callable, pretrained: object, given: dict) -> Optional[tuple[Path, dict]]:
+    """The training checkpoint ``pretrained`` names (:func:`training_checkpoint`, as :func:`trained_model`
+    resolves it) and the arguments ``builder`` builds it with, no tensor data read; None where ``pretrained``
+    names no training checkpoint (a URL, a file, an export, a run with one, a Hugging Face directory).
+
     The architecture is the run's (:func:`run_parts`, as its export would record it); of ``given`` (the
     builder's arguments), those not at the builder's default must equal the run's, but dropouts, training
     settings, override them.
@@ -860,7 +879,7 @@ def trained_model(builder: Callable, pretrained: object, given: dict) -> Optiona
     Raises:
         CheckpointIntegrityError: (a ValueError) if the checkpoint is incomplete or damaged.
         ValueError: if it is a checkpoint of the other family's run, an argument given contradicts the run's
-            config, or as :func:`run_parts` and :func:`load_training_checkpoint`.
+            config, or as :func:`run_parts`.
         FileNotFoundError: as :func:`training_checkpoint` and :func:`run_parts`.
     """
     if not isinstance(pretrained, (str, os.PathLike)) or is_remote(pretrained):
@@ -881,7 +900,7 @@ def trained_model(builder: Callable, pretrained: object, given: dict) -> Optiona
     clash = {k: (v, kwargs.get(k)) for k, v in set_here.items() if v != kwargs.get(k) and "dropout" not in k}
     if clash:
         raise ValueError(f"{name}: expected arguments that match {run_config(checkpoint)}, got (given, config) {clash}")
-    return _load_run_weights(builder(**{**kwargs, **set_here}), family, checkpoint)
+    return checkpoint, {**kwargs, **set_here}
 
 
 def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch.float32) -> Pretrained:

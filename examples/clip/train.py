@@ -346,7 +346,10 @@ def read_checkpoint(cfg: TrainConfig, *, download: bool = False) -> Optional[CLI
             "model.pretrained",
             pretrained,
             PRETRAINED,
-            lambda: read_clip_checkpoint(local_checkpoint(pretrained), given=section_kwargs(cfg)),
+            # (a local path as the reader resolves it: a run's step_<N>, padded or not, too; a URL downloaded)
+            lambda: read_clip_checkpoint(
+                local_checkpoint(pretrained) if is_remote(pretrained) else pretrained, given=section_kwargs(cfg)
+            ),
         )
     except ConfigError as error:  # (opened raises from None: the reader's own error is its context)
         untold = error.__context__

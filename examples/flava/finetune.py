@@ -39,7 +39,13 @@ from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES, read_inputs
-from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory, text_positions
+from torchflava.pretrained import (
+    checkpoint_layout,
+    load_pretrained,
+    local_directory,
+    text_positions,
+    training_checkpoint,
+)
 from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
@@ -138,11 +144,19 @@ TASK_FILES = {"glue": "file", "image_text": "file", "image_folder": "directory"}
 
 
 def is_checkpoint_directory(value: Optional[str]) -> bool:
-    """Whether ``model.pretrained`` names a directory: a path, or a ``file://`` URL of one."""
+    """Whether ``model.pretrained`` names a directory: a path, or a ``file://`` URL of one; or a run's training
+    checkpoint, ``<run>/checkpoints/step_<N>`` with N padded or not (:func:`training_checkpoint`, as the
+    checkpoint is loaded; a step that is not there passes: :func:`checkpoint_layout` names the steps there are)."""
     try:
-        return value is not None and Path(local_directory(value)).is_dir()
+        local = None if value is None else Path(local_directory(value))
     except (ValueError, FileNotFoundError):  # another URL, or a file:// URL of nothing
         return False
+    if local is None or local.is_dir():
+        return local is not None
+    try:
+        return training_checkpoint(local, quiet=True) is not None
+    except FileNotFoundError:  # a run's step_<N> that is not there: refused with the steps there are
+        return True
 
 
 def task_modality(cfg: FinetuneConfig) -> str:

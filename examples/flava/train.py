@@ -52,7 +52,7 @@ from torchflava.models.flava.convert_codebook import convert_codebook_to_torchfl
 from torchflava.models.flava.convert_weights import load_flava_weights, local_flava_checkpoint
 from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
-from torchflava.pretrained import load_pretrained
+from torchflava.pretrained import load_pretrained, trained_arguments
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier, rank0_value
@@ -257,11 +257,15 @@ def pretrained_arguments(m: ModelConfig) -> dict:
     """``flava_model``'s arguments for the model section and ``model.pretrained``: those the section leaves at
     their defaults as the checkpoint's config.json (or backbone_config.json) states them, as ``flava_model``
     builds it (the vocabulary size: the checkpoint's). Reads the checkpoint's header and config, no tensor data.
+    A run's training checkpoint (``<run>/checkpoints/step_<N>``, N padded or not, or a run without an export)
+    states its run's architecture, resolved as ``flava_model`` resolves it (:func:`trained_arguments`).
 
     Raises:
         OSError, ValueError, TypeError: if the checkpoint does not read, or contradicts the section.
     """
-    return flava_model_arguments(m.pretrained, **{k: v for k, v in asdict(m).items() if k != "pretrained"})
+    section = {k: v for k, v in asdict(m).items() if k != "pretrained"}
+    trained = trained_arguments(flava_model, m.pretrained, section)
+    return trained[1] if trained is not None else flava_model_arguments(m.pretrained, **section)
 
 
 def pretrained_check(m: ModelConfig) -> tuple:
@@ -293,22 +297,28 @@ def resolved_model_section(m: ModelConfig) -> ModelConfig:
 def pretrained_fits_check(cfg: TrainConfig, vocab_size: int) -> tuple:
     """That a local ``model.pretrained``'s weights load into the model the run builds with its tokenizer's
     ``vocab_size`` (names and shapes, on the meta device: no tensor data read), as ``(ok, key, expected,
-    got)``: word embeddings of another size name ``data.vocab`` (the vocabulary must be the checkpoint's)."""
+    got)``: word embeddings of another size name ``data.vocab`` (the vocabulary must be the checkpoint's). A
+    run's training checkpoint holds its run's architecture (checked when it is read): its vocabulary size is
+    compared."""
     m = cfg.model
     if m.pretrained is None or is_remote(m.pretrained):
         return (True, "model.pretrained", "", None)
+    vocab = "the vocabulary model.pretrained was trained with (its vocab.txt), whose size its embeddings have"
+    got_vocab = cfg.data.vocab or "null (a vocabulary learnt from the run's text)"
     try:
+        section = {k: v for k, v in asdict(m).items() if k != "pretrained"}
+        trained = trained_arguments(flava_model, m.pretrained, section)
+        if trained is not None:
+            run_vocab = trained[1]["vocab_size"]
+            ok = run_vocab == vocab_size
+            return (ok, "data.vocab", vocab, f"{got_vocab} ({vocab_size} tokens; the run's {run_vocab})")
         with torch.device("meta"):
             backbone = flava_model(**flava_model_kwargs(m, vocab_size))
         load_flava_weights(backbone, peek_state_dict(local_flava_checkpoint(m.pretrained)))
     except (OSError, ValueError, TypeError) as error:
         reason = first_line(error)
         if "vocab_size=" in reason:  # (the converter names the arguments the shapes contradict)
-            got = cfg.data.vocab or "null (a vocabulary learnt from the run's text)"
-            expected = (
-                "the vocabulary model.pretrained was trained with (its vocab.txt), whose size its embeddings have"
-            )
-            return (False, "data.vocab", expected, f"{got} ({vocab_size} tokens; {reason})")
+            return (False, "data.vocab", vocab, f"{got_vocab} ({vocab_size} tokens; {reason})")
         return (
             False,
             "model.pretrained",
