@@ -253,3 +253,29 @@ def test_the_recipes_take_a_step_unpadded_as_model_pretrained(run):
     model = train.build_model(replace(cfg, model=section), vocab_size)
     assert _same_weights(model.model, flava_model(pretrained=padded))
     assert not _same_weights(model.model, flava_model(pretrained=out))
+
+
+def test_a_checkpoint_directory_of_the_other_family_is_named_as_such(run, tmp_path):
+    """``clip_model(pretrained=<a FLAVA run or export>)`` said 'config.json not found', and the FLAVA recipe's
+    ``model.pretrained=<a CLIP run, export or open_clip directory>`` 'a directory without any of model.safetensors'."""
+    family, out = run
+    if family == "flava":
+        for path in (out, out / "model"):
+            expected = rf"^clip_model: expected pretrained to be a CLIP checkpoint, got {path}, a FLAVA checkpoint "
+            with pytest.raises(ValueError, match=expected + r"\(build it with flava_model\)$"):
+                clip_model(pretrained=path)
+            with pytest.raises(ValueError, match=rf"^checkpoint: expected a CLIP checkpoint, got {path}, a FLAVA"):
+                read_clip_checkpoint(path)
+        return
+    hub = tmp_path / "open_clip_hub"
+    hub.mkdir()
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}}))
+    train = load_recipe(RECIPES["flava"], "trained_use_flava_other_family")
+    for path in (out, out / "model", hub):
+        with pytest.raises(
+            ValueError, match=rf"^flava_model: expected pretrained to be a FLAVA checkpoint, got {path}, "
+        ):
+            flava_model(pretrained=path)
+        cfg = load_config(train.TrainConfig, [f"config={REPO / CONFIGS['flava']}", f"model.pretrained={path}"])
+        with pytest.raises(train.ConfigError, match=r"^key 'model.pretrained': .*, a CLIP checkpoint \(build it with"):
+            train.validate(cfg, 1)

@@ -285,6 +285,27 @@ def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
     return path / "model" if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS) else path
 
 
+def directory_family(path: Path) -> Optional[str]:
+    """The model family (``"flava"`` or ``"clip"``) a checkpoint directory's config states: a torchflava export's
+    (or its run's) architecture file, Hugging Face's ``config.json`` ``model_type``, open_clip's
+    ``open_clip_config.json``; None for a file, nothing, or a directory whose configs state neither (no weights
+    are read; a config that does not read states nothing: its reader names it)."""
+    if not path.is_dir():
+        return None
+    directory = checkpoint_directory(path)
+    exported = next((family for name, family in _EXPORT_CONFIGS.items() if (directory / name).is_file()), None)
+    if exported is not None:
+        return exported
+    if (directory / "config.json").is_file():
+        try:
+            model_type = read_json_object(directory / "config.json").get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+        if model_type in BUILDERS:
+            return model_type
+    return "clip" if (directory / OPEN_CLIP_CONFIG).is_file() else None
+
+
 def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
     """The training checkpoint (``<run>/checkpoints/step_<N>``) that ``path`` names, or None where it names none.
 
@@ -679,6 +700,8 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     directory = trained.parent.parent if trained else checkpoint_directory(local)
     # the weights file clip_model reads is the one peeked at (one reading path: directory_config's for a
     # directory of Hugging Face's or open_clip's), its header alone
+    if trained is None and directory_family(Path(local)) == "flava":  # (its reader would miss a CLIP config)
+        raise ValueError(f"checkpoint: expected a CLIP checkpoint, got {local}, a FLAVA checkpoint")
     if trained is not None:  # a run's step_<N>: the arguments its export would state (its tensors not peeked at)
         layout = checkpoint_layout(trained)
         if layout.family != "clip":
@@ -886,10 +909,16 @@ def trained_arguments(builder: Callable, pretrained: object, given: dict) -> Opt
         return None
     local = local_directory(pretrained)
     checkpoint = training_checkpoint(Path(local))
-    if checkpoint is None:
+    name = builder.__name__
+    if checkpoint is None:  # (a directory of the other family's, named as such: its reader would miss a file)
+        family = directory_family(Path(local))
+        if family is not None and BUILDERS[family].__name__ != name:
+            raise ValueError(
+                f"{name}: expected pretrained to be a {BUILDERS_BY_NAME[name].upper()} checkpoint, got {local}, "
+                f"a {family.upper()} checkpoint (build it with {BUILDERS[family].__name__})"
+            )
         return None
     family, kwargs, _, _ = _verified_run_parts(checkpoint)
-    name = builder.__name__
     if BUILDERS[family].__name__ != name:  # (by name: the models package re-exports the builders)
         raise ValueError(
             f"{name}: expected pretrained to be a checkpoint of a {name} run, got {checkpoint}, a checkpoint "
