@@ -88,7 +88,7 @@ from torchflava.training.schema import (
     vocab_checks,
 )
 from torchflava.utils.architecture import UntoldArgument
-from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint, without_prefix
+from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint, staged_directory, without_prefix
 from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
@@ -726,14 +726,17 @@ def main(cfg: TrainConfig) -> dict:
     except BrokenStream as error:  # shards whose first samples read, broken further on
         raise ConfigError(broken_stream_message(error, d.files.pairs_shards)) from None
 
+    # written whole beside the run and renamed in: model/ is the previous export or this one, never a part
+    with staged_directory(out_dir / "model", writer=info.is_main) as staging:
+        export_model(model, staging / "clip.safetensors")
+        if info.is_main:
+            write_json(staging / "clip_config.json", kwargs, allow_nan=True)
+            tokenizer.model_max_length = d.max_text_length  # the length it trained and is evaluated at: the
+            tokenizer.save(staging)  # export's default (load_pretrained read the context length)
+            eval_transform.save(staging)  # how to evaluate it: preprocessor_config.json
     export_path = out_dir / "model" / "clip.safetensors"
-    export_model(model, export_path)
     report = {}
     if info.is_main:
-        write_json(export_path.parent / "clip_config.json", kwargs, allow_nan=True)
-        tokenizer.model_max_length = d.max_text_length  # the length it trained and is evaluated at: the
-        tokenizer.save(export_path.parent)  # export's default (load_pretrained read the context length)
-        eval_transform.save(export_path.parent)  # how to evaluate it: preprocessor_config.json
         report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, tokenizer)
     barrier()
     return report

@@ -60,6 +60,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     training_checks,
 )
+from torchflava.utils.checkpoint import staged_directory
 from torchflava.utils.cli import write_json
 
 TASKS = ("glue", "image_folder", "image_text", "shapes")
@@ -671,15 +672,17 @@ def main(cfg: FinetuneConfig) -> dict:
     tokenizer.model_max_length = collator.max_text_length  # the length it trained at: the export's default
     backbone = flava_model_arguments(**pretrained.kwargs)  # every argument stated
     # the weights, both architectures, class names, tokenizer and preprocessing: load_classifier's directory
-    export_classifier(
-        model,
-        out_dir / "model",
-        backbone_kwargs=backbone,
-        tokenizer=tokenizer,
-        image_transform=collator.transform,
-        labels=classes,
-        sentence_pairs=d.sentence_pairs,
-    )
+    # written whole beside the run and renamed in: model/ is the previous export or this one, never a part
+    with staged_directory(out_dir / "model", writer=info.is_main) as staging:
+        export_classifier(
+            model,
+            staging,
+            backbone_kwargs=backbone,
+            tokenizer=tokenizer,
+            image_transform=collator.transform,
+            labels=classes,
+            sentence_pairs=d.sentence_pairs,
+        )
     # every rank evaluates (an FSDP forward needs all of them), set after set; rank 0 reports
     validation = {name: evaluate(model, source, collator, loss) for name, (_, _, source) in val_sets.items()}
     report = {}

@@ -79,7 +79,7 @@ from torchflava.training.schema import (
     unread_section_checks,
     vocab_checks,
 )
-from torchflava.utils.checkpoint import check_fits, first_line, is_remote, peek_state_dict
+from torchflava.utils.checkpoint import check_fits, first_line, is_remote, peek_state_dict, staged_directory
 from torchflava.utils.cli import write_json
 
 # ----------------------------------------------------------------------------------------- config
@@ -247,6 +247,7 @@ def unread_key_checks(d: DataConfig) -> list[tuple]:
     ]
 
 
+EXPORT_WEIGHTS = "flava_pretraining.safetensors"  # the export's weights file, in the run's model/
 PRETRAINED = (
     "a FLAVA checkpoint (a Hugging Face directory or weights file, a torchmultimodal .pt, or a torchflava run or "
     "export directory) that reads, whose config agrees with the model section"
@@ -701,12 +702,26 @@ def main(cfg: TrainConfig) -> dict:
     except BrokenStream as error:  # shards whose first samples read, broken further on
         raise ConfigError(broken_stream_message(error, cfg.data.files.pairs_shards)) from None
 
-    export_path = out_dir / "model" / "flava_pretraining.safetensors"
-    export_model(model, export_path)
+    # written whole beside the run and renamed in: model/ is the previous export or this one, never a part
+    with staged_directory(out_dir / "model", writer=info.is_main) as staging:
+        export_model(model, staging / EXPORT_WEIGHTS)
+        if info.is_main:
+            write_export_files(cfg, staging, tokenizer)
+    export_path = out_dir / "model" / EXPORT_WEIGHTS
     losses = data_loss_report(result.skipped, data.lost_data)
     report = _report(cfg, losses, export_path, tokenizer) if info.is_main else {}
     barrier()
     return report
+
+
+def write_export_files(cfg: TrainConfig, directory: Path, tokenizer: WordPieceTokenizer) -> None:
+    """The export's files beside its weights: the architecture, the tokenizer and the evaluation transform."""
+    # the section states what was built (resolved against model.pretrained, which a resume does not read)
+    built = flava_model_arguments(None, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
+    write_json(directory / "backbone_config.json", built, allow_nan=True)  # what was built
+    tokenizer.model_max_length = cfg.data.max_text_length  # the length it trained and is evaluated at:
+    tokenizer.save(directory)  # the export's default
+    EvalImageTransform(cfg.model.image_size).save(directory)  # preprocessor_config.json: how to evaluate it
 
 
 def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
@@ -719,12 +734,6 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: W
     }
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
-    # the section states what was built (resolved against model.pretrained, which a resume does not read)
-    built = flava_model_arguments(None, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
-    write_json(export_path.parent / "backbone_config.json", built, allow_nan=True)  # what was built
-    tokenizer.model_max_length = cfg.data.max_text_length  # the length it trained and is evaluated at:
-    tokenizer.save(export_path.parent)  # the export's default
-    EvalImageTransform(cfg.model.image_size).save(export_path.parent)  # preprocessor_config.json: how to evaluate it
     if cfg.eval.enabled and cfg.data.source == "shapes":
         report["eval"] = evaluate_export(cfg, export_path, tokenizer)
     write_json(out_dir / "report.json", report, allow_nan=True)
