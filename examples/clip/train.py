@@ -82,10 +82,13 @@ from torchflava.training.schema import (
     pair_file_checks,
     pair_source_key,
     raise_on_failed_checks,
+    recorded_inputs_checks,
     template_checks,
+    tokenizer_digest,
     training_checks,
     unread_section_checks,
     vocab_checks,
+    write_inputs_record,
 )
 from torchflava.utils.architecture import UntoldArgument
 from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint, staged_directory, without_prefix
@@ -693,6 +696,13 @@ def main(cfg: TrainConfig) -> dict:
             tokenizer = run_tokenizer(cfg, source, key, pairs, resumed=resume_from is not None)
         kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)
         train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
+    # the tokenizer read again at each start (data.vocab, model.pretrained's, the run's learnt one): a resume
+    # whose files changed since the run's start is refused (a changed vocabulary changes the token ids)
+    source, key = tokenizer_source(cfg, checkpoint)
+    learnt = "the vocabulary learnt at the run's start (its vocab.txt)"
+    read_again = {key: (tokenizer_digest(tokenizer), "tokenizer", source or learnt)}
+    if resume_from is not None:
+        raise_on_failed_checks(recorded_inputs_checks(out_dir, read_again))
     assert d.max_text_length is not None  # (resolved by validated, before the config was recorded)
     collator = ImageTextCollator(tokenizer, train_transform, max_text_length=d.max_text_length)
     data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
@@ -721,7 +731,8 @@ def main(cfg: TrainConfig) -> dict:
             num_workers=d.num_workers,
             description="clip",
             start=start,
-            run_files=tokenizer.save,  # with config.yaml, once the resume is checked: nothing written before
+            run_files=lambda run: (tokenizer.save(run), write_inputs_record(run, read_again)),  # with config.yaml,
+            # once the resume is checked: nothing written before
         )
     except BrokenStream as error:  # shards whose first samples read, broken further on
         raise ConfigError(broken_stream_message(error, d.files.pairs_shards)) from None

@@ -74,10 +74,14 @@ from torchflava.training.schema import (
     pair_source_key,
     path_check,
     raise_on_failed_checks,
+    recorded_inputs_checks,
+    state_digest,
     template_checks,
+    tokenizer_digest,
     training_checks,
     unread_section_checks,
     vocab_checks,
+    write_inputs_record,
 )
 from torchflava.utils.checkpoint import check_fits, first_line, is_remote, peek_state_dict, staged_directory
 from torchflava.utils.cli import write_json
@@ -539,17 +543,33 @@ def build_codebook(cfg: TrainConfig, *, seeded: bool = True) -> nn.Module:
     return codebook
 
 
+def run_inputs(cfg: TrainConfig, tokenizer: WordPieceTokenizer, codebook: nn.Module) -> dict:
+    """What the run reads again at each start and records the digests of (a resume compares them:
+    :func:`recorded_inputs_checks`): its vocabulary, and ``codebook.pretrained``'s weights as loaded."""
+    vocab = cfg.data.vocab or "the vocabulary learnt at the run's start (its vocab.txt)"
+    read = {"data.vocab": (tokenizer_digest(tokenizer), "vocabulary", vocab)}
+    if cfg.codebook.pretrained is not None:
+        read["codebook.pretrained"] = (state_digest(codebook), "codebook weights", cfg.codebook.pretrained)
+    return read
+
+
 def build_data(
-    cfg: TrainConfig, sources: dict, tokenizer: WordPieceTokenizer, rank: int, world_size: int
+    cfg: TrainConfig,
+    sources: dict,
+    tokenizer: WordPieceTokenizer,
+    rank: int,
+    world_size: int,
+    *,
+    codebook: nn.Module,
 ) -> torch.utils.data.Dataset:
     """This rank's micro-batches, step-indexed (MixedBatches) or streamed pairs (StreamingBatches):
-    crops, masks, ITM negatives and codebook ids made here."""
+    crops, masks, ITM negatives and the ids of ``codebook`` (:func:`build_codebook`) made here."""
     d, t = cfg.data, cfg.training
     grid = cfg.model.image_size // cfg.model.patch_size
     collator = FLAVAPretrainingCollator(
         tokenizer,
         PretrainingImageTransform(cfg.model.image_size, grid * 8, scale=(d.crop_scale_min, 1.0)),
-        codebook=build_codebook(cfg),
+        codebook=codebook,
         patch_grid=grid,
         max_text_length=d.max_text_length,
         num_masked_patches=d.num_masked_patches,
@@ -675,7 +695,11 @@ def main(cfg: TrainConfig) -> dict:
             resumed=resume_from is not None,
         ),
     )
-    data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
+    codebook = build_codebook(cfg)
+    read_again = run_inputs(cfg, tokenizer, codebook)
+    if resume_from is not None:  # a vocabulary or codebook changed since the run's start: refused, nothing written
+        raise_on_failed_checks(recorded_inputs_checks(out_dir, read_again))
+    data = build_data(cfg, sources, tokenizer, info.rank, info.world_size, codebook=codebook)
     resumed_data_checks(cfg.data, data, start.loop_states)  # before the run directory is written, too
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
     if info.is_main and (note := run_checks.evaluation_note(cfg.data.source, cfg.eval.enabled)) is not None:
@@ -697,8 +721,8 @@ def main(cfg: TrainConfig) -> dict:
             num_workers=cfg.data.num_workers,
             description="pretraining",
             start=start,
-            run_files=tokenizer.save,  # with config.yaml, once the resume is checked: nothing written before
-        )
+            run_files=lambda run: (tokenizer.save(run), write_inputs_record(run, read_again)),  # with config.yaml,
+        )  # once the resume is checked: nothing written before
     except BrokenStream as error:  # shards whose first samples read, broken further on
         raise ConfigError(broken_stream_message(error, cfg.data.files.pairs_shards)) from None
 
