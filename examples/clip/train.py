@@ -315,8 +315,8 @@ TOKENIZER = (
     "+ merges.txt)"
 )
 PRETRAINED = (
-    "a CLIP checkpoint: a Hugging Face CLIPModel, open_clip Hub or torchflava run or export directory, or a "
-    "weights file"
+    "a CLIP checkpoint: a Hugging Face CLIPModel, open_clip Hub or torchflava run or export directory, a "
+    "torchflava training checkpoint, or a weights file"
 )
 
 

@@ -11,9 +11,11 @@ Reads top to bottom: config -> process group -> data -> model -> ``fit`` (the sh
 wrapping, accumulation, checkpoints, resume, logging) -> export and evaluation. The ``model``
 section holds ``flava_model``'s arguments and ``pretraining`` those of ``flava_model_for_pretraining``
 (heads and loss weights), under the builders' own names. ``model.pretrained`` (a Hugging Face directory
-or weights file, a torchmultimodal ``.pt``, or a torchflava run or export directory) is read by a new run
-only: the sizes its config states where the section leaves defaults are recorded in the run's config.yaml,
-and a resumed run loads its checkpoint's weights, so the file may since have moved or gone. ``main(cfg)``
+or weights file, a torchmultimodal ``.pt``, or a torchflava run, export directory or training checkpoint
+``<run>/checkpoints/step_<N>``, N padded or not) is read by a new run only: the sizes its config states where the section leaves defaults are recorded in the run's config.yaml,
+and a resumed run loads its checkpoint's weights, so the file may since have moved or gone. The vocabulary
+and ``codebook.pretrained``, read again on resume, must be what the run started with (their sha256 are
+recorded in ``inputs.json``). The export (``model/``) is written whole, then renamed in. ``main(cfg)``
 is importable; it returns the final report.
 """
 
@@ -253,8 +255,8 @@ def unread_key_checks(d: DataConfig) -> list[tuple]:
 
 EXPORT_WEIGHTS = "flava_pretraining.safetensors"  # the export's weights file, in the run's model/
 PRETRAINED = (
-    "a FLAVA checkpoint (a Hugging Face directory or weights file, a torchmultimodal .pt, or a torchflava run or "
-    "export directory) that reads, whose config agrees with the model section"
+    "a FLAVA checkpoint (a Hugging Face directory or weights file, a torchmultimodal .pt, or a torchflava run, "
+    "export directory or training checkpoint) that reads, whose config agrees with the model section"
 )
 
 
