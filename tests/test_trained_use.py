@@ -1,6 +1,7 @@
 """Using what a run trained: the builders' ``pretrained=`` pointed at a run, its export and its training
 checkpoints (``<run>/checkpoints/step_<N>``), as the commands take them."""
 
+from dataclasses import replace
 import json
 import shutil
 
@@ -221,3 +222,60 @@ def test_the_commands_json_names_the_weights_a_killed_run_resolved_to(run, tmp_p
     folders = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val")]
     report = linear_probe.main(["--checkpoint", str(out), *folders])
     assert report["weights"] == str(next((out / "model").glob("*.safetensors")))
+
+
+def test_the_recipes_take_a_step_unpadded_as_model_pretrained(run):
+    """``model.pretrained=<run>/checkpoints/step_1`` was refused by the recipes ('expected a checkpoint directory',
+    'checkpoint not found', FLAVA pretraining even the padded step_00000001) where the library loads it."""
+    family, out = run
+    step, padded = out / "checkpoints" / "step_1", out / "checkpoints" / "step_00000001"
+    if family == "clip":
+        train = load_recipe(RECIPES["clip"], "trained_use_clip_pretrained")
+        cfg = load_config(train.TrainConfig, [f"config={REPO / CONFIGS['clip']}", f"model.pretrained={step}"])
+        assert train.read_checkpoint(cfg).weights == padded
+        return
+    finetune = load_recipe("examples/flava/finetune.py", "trained_use_finetune_pretrained")
+    config = REPO / "examples/flava/configs/finetuning/shapes.yaml"
+    cfg = load_config(finetune.FinetuneConfig, [f"config={config}", f"model.pretrained={step}"])
+    assert finetune.validate(cfg, 1) == load_pretrained(padded).max_text_length
+    cfg = load_config(finetune.FinetuneConfig, [f"config={config}", f"model.pretrained={out}/checkpoints/step_7"])
+    with pytest.raises(finetune.ConfigError, match=r"step_7 does not exist \(complete checkpoints in .*: 1, 2\)\)$"):
+        finetune.validate(cfg, 1)
+    train = load_recipe(RECIPES["flava"], "trained_use_flava_pretrained")
+    cfg = load_config(train.TrainConfig, [f"config={REPO / CONFIGS['flava']}", f"model.pretrained={step}"])
+    assert train.pretrained_check(cfg.model)[0]
+    section = train.resolved_model_section(cfg.model)
+    assert train.flava_model_kwargs(section, 0) == {**load_pretrained(padded).kwargs, "vocab_size": 0}
+    vocab_size = load_pretrained(padded).kwargs["vocab_size"]
+    assert train.pretrained_fits_check(cfg, vocab_size)[0]
+    ok, key, _, got = train.pretrained_fits_check(cfg, vocab_size + 2)
+    assert not ok and key == "data.vocab" and got.endswith(f"({vocab_size + 2} tokens; the run's {vocab_size})")
+    model = train.build_model(replace(cfg, model=section), vocab_size)
+    assert _same_weights(model.model, flava_model(pretrained=padded))
+    assert not _same_weights(model.model, flava_model(pretrained=out))
+
+
+def test_a_checkpoint_directory_of_the_other_family_is_named_as_such(run, tmp_path):
+    """``clip_model(pretrained=<a FLAVA run or export>)`` said 'config.json not found', and the FLAVA recipe's
+    ``model.pretrained=<a CLIP run, export or open_clip directory>`` 'a directory without any of model.safetensors'."""
+    family, out = run
+    if family == "flava":
+        for path in (out, out / "model"):
+            expected = rf"^clip_model: expected pretrained to be a CLIP checkpoint, got {path}, a FLAVA checkpoint "
+            with pytest.raises(ValueError, match=expected + r"\(build it with flava_model\)$"):
+                clip_model(pretrained=path)
+            with pytest.raises(ValueError, match=rf"^checkpoint: expected a CLIP checkpoint, got {path}, a FLAVA"):
+                read_clip_checkpoint(path)
+        return
+    hub = tmp_path / "open_clip_hub"
+    hub.mkdir()
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}}))
+    train = load_recipe(RECIPES["flava"], "trained_use_flava_other_family")
+    for path in (out, out / "model", hub):
+        with pytest.raises(
+            ValueError, match=rf"^flava_model: expected pretrained to be a FLAVA checkpoint, got {path}, "
+        ):
+            flava_model(pretrained=path)
+        cfg = load_config(train.TrainConfig, [f"config={REPO / CONFIGS['flava']}", f"model.pretrained={path}"])
+        with pytest.raises(train.ConfigError, match=r"^key 'model.pretrained': .*, a CLIP checkpoint \(build it with"):
+            train.validate(cfg, 1)

@@ -90,6 +90,7 @@ DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 INFERENCE_DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the commands' --dtype
 INFERENCE_DTYPES = tuple(INFERENCE_DTYPE_NAMES.values())
 BUILDERS: dict[str, Callable] = {"flava": flava_model, "clip": clip_model}
+BUILDERS_BY_NAME = {builder.__name__: family for family, builder in BUILDERS.items()}  # (the family of a builder)
 # A torchflava export's architecture file, by family.
 _EXPORT_CONFIGS = {"backbone_config.json": "flava", "clip_config.json": "clip"}
 # Files only a model directory holds (an export's, Hugging Face's or open_clip's config), never a training checkpoint.
@@ -282,6 +283,27 @@ def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
         return path.parent
     # (exists, not is_file: a FIFO or folder named so is refused as such by checkpoint_layout)
     return path / "model" if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS) else path
+
+
+def directory_family(path: Path) -> Optional[str]:
+    """The model family (``"flava"`` or ``"clip"``) a checkpoint directory's config states: a torchflava export's
+    (or its run's) architecture file, Hugging Face's ``config.json`` ``model_type``, open_clip's
+    ``open_clip_config.json``; None for a file, nothing, or a directory whose configs state neither (no weights
+    are read; a config that does not read states nothing: its reader names it)."""
+    if not path.is_dir():
+        return None
+    directory = checkpoint_directory(path)
+    exported = next((family for name, family in _EXPORT_CONFIGS.items() if (directory / name).is_file()), None)
+    if exported is not None:
+        return exported
+    if (directory / "config.json").is_file():
+        try:
+            model_type = read_json_object(directory / "config.json").get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+        if model_type in BUILDERS:
+            return model_type
+    return "clip" if (directory / OPEN_CLIP_CONFIG).is_file() else None
 
 
 def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
@@ -678,6 +700,8 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     directory = trained.parent.parent if trained else checkpoint_directory(local)
     # the weights file clip_model reads is the one peeked at (one reading path: directory_config's for a
     # directory of Hugging Face's or open_clip's), its header alone
+    if trained is None and directory_family(Path(local)) == "flava":  # (its reader would miss a CLIP config)
+        raise ValueError(f"checkpoint: expected a CLIP checkpoint, got {local}, a FLAVA checkpoint")
     if trained is not None:  # a run's step_<N>: the arguments its export would state (its tensors not peeked at)
         layout = checkpoint_layout(trained)
         if layout.family != "clip":
@@ -853,6 +877,24 @@ def trained_model(builder: Callable, pretrained: object, given: dict) -> Optiona
     intact checkpoint), with the weights at that step; None where ``pretrained`` names none (a URL, a file, an
     export, a run with one, a Hugging Face directory: the builder reads those itself).
 
+    The architecture is the run's (:func:`trained_arguments`).
+
+    Raises:
+        CheckpointIntegrityError: (a ValueError) if the checkpoint is incomplete or damaged.
+        ValueError, FileNotFoundError: as :func:`trained_arguments` and :func:`load_training_checkpoint`.
+    """
+    trained = trained_arguments(builder, pretrained, given)
+    if trained is None:
+        return None
+    checkpoint, kwargs = trained
+    return _load_run_weights(builder(**kwargs), BUILDERS_BY_NAME[builder.__name__], checkpoint)
+
+
+def trained_arguments(builder: Callable, pretrained: object, given: dict) -> Optional[tuple[Path, dict]]:
+    """The training checkpoint ``pretrained`` names (:func:`training_checkpoint`, as :func:`trained_model`
+    resolves it) and the arguments ``builder`` builds it with, no tensor data read; None where ``pretrained``
+    names no training checkpoint (a URL, a file, an export, a run with one, a Hugging Face directory).
+
     The architecture is the run's (:func:`run_parts`, as its export would record it); of ``given`` (the
     builder's arguments), those not at the builder's default must equal the run's, but dropouts, training
     settings, override them.
@@ -860,17 +902,23 @@ def trained_model(builder: Callable, pretrained: object, given: dict) -> Optiona
     Raises:
         CheckpointIntegrityError: (a ValueError) if the checkpoint is incomplete or damaged.
         ValueError: if it is a checkpoint of the other family's run, an argument given contradicts the run's
-            config, or as :func:`run_parts` and :func:`load_training_checkpoint`.
+            config, or as :func:`run_parts`.
         FileNotFoundError: as :func:`training_checkpoint` and :func:`run_parts`.
     """
     if not isinstance(pretrained, (str, os.PathLike)) or is_remote(pretrained):
         return None
     local = local_directory(pretrained)
     checkpoint = training_checkpoint(Path(local))
-    if checkpoint is None:
+    name = builder.__name__
+    if checkpoint is None:  # (a directory of the other family's, named as such: its reader would miss a file)
+        family = directory_family(Path(local))
+        if family is not None and BUILDERS[family].__name__ != name:
+            raise ValueError(
+                f"{name}: expected pretrained to be a {BUILDERS_BY_NAME[name].upper()} checkpoint, got {local}, "
+                f"a {family.upper()} checkpoint (build it with {BUILDERS[family].__name__})"
+            )
         return None
     family, kwargs, _, _ = _verified_run_parts(checkpoint)
-    name = builder.__name__
     if BUILDERS[family].__name__ != name:  # (by name: the models package re-exports the builders)
         raise ValueError(
             f"{name}: expected pretrained to be a checkpoint of a {name} run, got {checkpoint}, a checkpoint "
@@ -881,7 +929,7 @@ def trained_model(builder: Callable, pretrained: object, given: dict) -> Optiona
     clash = {k: (v, kwargs.get(k)) for k, v in set_here.items() if v != kwargs.get(k) and "dropout" not in k}
     if clash:
         raise ValueError(f"{name}: expected arguments that match {run_config(checkpoint)}, got (given, config) {clash}")
-    return _load_run_weights(builder(**{**kwargs, **set_here}), family, checkpoint)
+    return checkpoint, {**kwargs, **set_here}
 
 
 def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch.float32) -> Pretrained:

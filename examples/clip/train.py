@@ -82,13 +82,16 @@ from torchflava.training.schema import (
     pair_file_checks,
     pair_source_key,
     raise_on_failed_checks,
+    recorded_inputs_checks,
     template_checks,
+    tokenizer_digest,
     training_checks,
     unread_section_checks,
     vocab_checks,
+    write_inputs_record,
 )
 from torchflava.utils.architecture import UntoldArgument
-from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint, without_prefix
+from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint, staged_directory, without_prefix
 from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
@@ -312,8 +315,8 @@ TOKENIZER = (
     "+ merges.txt)"
 )
 PRETRAINED = (
-    "a CLIP checkpoint: a Hugging Face CLIPModel, open_clip Hub or torchflava run or export directory, or a "
-    "weights file"
+    "a CLIP checkpoint: a Hugging Face CLIPModel, open_clip Hub or torchflava run or export directory, a "
+    "torchflava training checkpoint, or a weights file"
 )
 
 
@@ -346,7 +349,10 @@ def read_checkpoint(cfg: TrainConfig, *, download: bool = False) -> Optional[CLI
             "model.pretrained",
             pretrained,
             PRETRAINED,
-            lambda: read_clip_checkpoint(local_checkpoint(pretrained), given=section_kwargs(cfg)),
+            # (a local path as the reader resolves it: a run's step_<N>, padded or not, too; a URL downloaded)
+            lambda: read_clip_checkpoint(
+                local_checkpoint(pretrained) if is_remote(pretrained) else pretrained, given=section_kwargs(cfg)
+            ),
         )
     except ConfigError as error:  # (opened raises from None: the reader's own error is its context)
         untold = error.__context__
@@ -690,6 +696,13 @@ def main(cfg: TrainConfig) -> dict:
             tokenizer = run_tokenizer(cfg, source, key, pairs, resumed=resume_from is not None)
         kwargs = fitted_model_kwargs(cfg, tokenizer, checkpoint, source, key)
         train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
+    # the tokenizer read again at each start (data.vocab, model.pretrained's, the run's learnt one): a resume
+    # whose files changed since the run's start is refused (a changed vocabulary changes the token ids)
+    source, key = tokenizer_source(cfg, checkpoint)
+    learnt = "the vocabulary learnt at the run's start (its vocab.txt)"
+    read_again = {key: (tokenizer_digest(tokenizer), "tokenizer", source or learnt)}
+    if resume_from is not None:
+        raise_on_failed_checks(recorded_inputs_checks(out_dir, read_again))
     assert d.max_text_length is not None  # (resolved by validated, before the config was recorded)
     collator = ImageTextCollator(tokenizer, train_transform, max_text_length=d.max_text_length)
     data = build_batches(cfg, pairs, collator, info.rank, info.world_size)
@@ -718,19 +731,23 @@ def main(cfg: TrainConfig) -> dict:
             num_workers=d.num_workers,
             description="clip",
             start=start,
-            run_files=tokenizer.save,  # with config.yaml, once the resume is checked: nothing written before
+            run_files=lambda run: (tokenizer.save(run), write_inputs_record(run, read_again)),  # with config.yaml,
+            # once the resume is checked: nothing written before
         )
     except BrokenStream as error:  # shards whose first samples read, broken further on
         raise ConfigError(broken_stream_message(error, d.files.pairs_shards)) from None
 
+    # written whole beside the run and renamed in: model/ is the previous export or this one, never a part
+    with staged_directory(out_dir / "model", writer=info.is_main) as staging:
+        export_model(model, staging / "clip.safetensors")
+        if info.is_main:
+            write_json(staging / "clip_config.json", kwargs, allow_nan=True)
+            tokenizer.model_max_length = d.max_text_length  # the length it trained and is evaluated at: the
+            tokenizer.save(staging)  # export's default (load_pretrained read the context length)
+            eval_transform.save(staging)  # how to evaluate it: preprocessor_config.json
     export_path = out_dir / "model" / "clip.safetensors"
-    export_model(model, export_path)
     report = {}
     if info.is_main:
-        write_json(export_path.parent / "clip_config.json", kwargs, allow_nan=True)
-        tokenizer.model_max_length = d.max_text_length  # the length it trained and is evaluated at: the
-        tokenizer.save(export_path.parent)  # export's default (load_pretrained read the context length)
-        eval_transform.save(export_path.parent)  # how to evaluate it: preprocessor_config.json
         report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, tokenizer)
     barrier()
     return report

@@ -6,7 +6,8 @@
 
 Reads top to bottom: config -> process group -> data (step-indexed batches of the training split,
 ``MixedBatches`` with one source) -> ``flava_model_for_classification`` (the ``model`` section holds
-its arguments; ``model.pretrained`` is a checkpoint directory that brings the vocabulary) -> ``fit``
+its arguments; ``model.pretrained`` is a checkpoint directory that brings the vocabulary, or a run's
+training checkpoint ``<run>/checkpoints/step_<N>``) -> ``fit``
 (the training loop the pretraining recipe uses: DDP/FSDP2, exact resume, also on another number
 of ranks, metrics) -> validation report: the final model on ``data.val`` and on each named set of
 ``data.extra_val`` (MNLI's matched and mismatched dev sets in one run). ``main(cfg)`` returns the report.
@@ -39,7 +40,13 @@ from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES, read_inputs
-from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory, text_positions
+from torchflava.pretrained import (
+    checkpoint_layout,
+    load_pretrained,
+    local_directory,
+    text_positions,
+    training_checkpoint,
+)
 from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
@@ -54,6 +61,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     training_checks,
 )
+from torchflava.utils.checkpoint import staged_directory
 from torchflava.utils.cli import write_json
 
 TASKS = ("glue", "image_folder", "image_text", "shapes")
@@ -138,11 +146,19 @@ TASK_FILES = {"glue": "file", "image_text": "file", "image_folder": "directory"}
 
 
 def is_checkpoint_directory(value: Optional[str]) -> bool:
-    """Whether ``model.pretrained`` names a directory: a path, or a ``file://`` URL of one."""
+    """Whether ``model.pretrained`` names a directory: a path, or a ``file://`` URL of one; or a run's training
+    checkpoint, ``<run>/checkpoints/step_<N>`` with N padded or not (:func:`training_checkpoint`, as the
+    checkpoint is loaded; a step that is not there passes: :func:`checkpoint_layout` names the steps there are)."""
     try:
-        return value is not None and Path(local_directory(value)).is_dir()
+        local = None if value is None else Path(local_directory(value))
     except (ValueError, FileNotFoundError):  # another URL, or a file:// URL of nothing
         return False
+    if local is None or local.is_dir():
+        return local is not None
+    try:
+        return training_checkpoint(local, quiet=True) is not None
+    except FileNotFoundError:  # a run's step_<N> that is not there: refused with the steps there are
+        return True
 
 
 def task_modality(cfg: FinetuneConfig) -> str:
@@ -657,15 +673,17 @@ def main(cfg: FinetuneConfig) -> dict:
     tokenizer.model_max_length = collator.max_text_length  # the length it trained at: the export's default
     backbone = flava_model_arguments(**pretrained.kwargs)  # every argument stated
     # the weights, both architectures, class names, tokenizer and preprocessing: load_classifier's directory
-    export_classifier(
-        model,
-        out_dir / "model",
-        backbone_kwargs=backbone,
-        tokenizer=tokenizer,
-        image_transform=collator.transform,
-        labels=classes,
-        sentence_pairs=d.sentence_pairs,
-    )
+    # written whole beside the run and renamed in: model/ is the previous export or this one, never a part
+    with staged_directory(out_dir / "model", writer=info.is_main) as staging:
+        export_classifier(
+            model,
+            staging,
+            backbone_kwargs=backbone,
+            tokenizer=tokenizer,
+            image_transform=collator.transform,
+            labels=classes,
+            sentence_pairs=d.sentence_pairs,
+        )
     # every rank evaluates (an FSDP forward needs all of them), set after set; rank 0 reports
     validation = {name: evaluate(model, source, collator, loss) for name, (_, _, source) in val_sets.items()}
     report = {}

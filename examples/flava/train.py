@@ -11,9 +11,11 @@ Reads top to bottom: config -> process group -> data -> model -> ``fit`` (the sh
 wrapping, accumulation, checkpoints, resume, logging) -> export and evaluation. The ``model``
 section holds ``flava_model``'s arguments and ``pretraining`` those of ``flava_model_for_pretraining``
 (heads and loss weights), under the builders' own names. ``model.pretrained`` (a Hugging Face directory
-or weights file, a torchmultimodal ``.pt``, or a torchflava run or export directory) is read by a new run
-only: the sizes its config states where the section leaves defaults are recorded in the run's config.yaml,
-and a resumed run loads its checkpoint's weights, so the file may since have moved or gone. ``main(cfg)``
+or weights file, a torchmultimodal ``.pt``, or a torchflava run, export directory or training checkpoint
+``<run>/checkpoints/step_<N>``, N padded or not) is read by a new run only: the sizes its config states where the section leaves defaults are recorded in the run's config.yaml,
+and a resumed run loads its checkpoint's weights, so the file may since have moved or gone. The vocabulary
+and ``codebook.pretrained``, read again on resume, must be what the run started with (their sha256 are
+recorded in ``inputs.json``). The export (``model/``) is written whole, then renamed in. ``main(cfg)``
 is importable; it returns the final report.
 """
 
@@ -52,7 +54,7 @@ from torchflava.models.flava.convert_codebook import convert_codebook_to_torchfl
 from torchflava.models.flava.convert_weights import load_flava_weights, local_flava_checkpoint
 from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
-from torchflava.pretrained import load_pretrained
+from torchflava.pretrained import load_pretrained, trained_arguments
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier, rank0_value
@@ -74,12 +76,16 @@ from torchflava.training.schema import (
     pair_source_key,
     path_check,
     raise_on_failed_checks,
+    recorded_inputs_checks,
+    state_digest,
     template_checks,
+    tokenizer_digest,
     training_checks,
     unread_section_checks,
     vocab_checks,
+    write_inputs_record,
 )
-from torchflava.utils.checkpoint import check_fits, first_line, is_remote, peek_state_dict
+from torchflava.utils.checkpoint import check_fits, first_line, is_remote, peek_state_dict, staged_directory
 from torchflava.utils.cli import write_json
 
 # ----------------------------------------------------------------------------------------- config
@@ -247,9 +253,10 @@ def unread_key_checks(d: DataConfig) -> list[tuple]:
     ]
 
 
+EXPORT_WEIGHTS = "flava_pretraining.safetensors"  # the export's weights file, in the run's model/
 PRETRAINED = (
-    "a FLAVA checkpoint (a Hugging Face directory or weights file, a torchmultimodal .pt, or a torchflava run or "
-    "export directory) that reads, whose config agrees with the model section"
+    "a FLAVA checkpoint (a Hugging Face directory or weights file, a torchmultimodal .pt, or a torchflava run, "
+    "export directory or training checkpoint) that reads, whose config agrees with the model section"
 )
 
 
@@ -257,11 +264,15 @@ def pretrained_arguments(m: ModelConfig) -> dict:
     """``flava_model``'s arguments for the model section and ``model.pretrained``: those the section leaves at
     their defaults as the checkpoint's config.json (or backbone_config.json) states them, as ``flava_model``
     builds it (the vocabulary size: the checkpoint's). Reads the checkpoint's header and config, no tensor data.
+    A run's training checkpoint (``<run>/checkpoints/step_<N>``, N padded or not, or a run without an export)
+    states its run's architecture, resolved as ``flava_model`` resolves it (:func:`trained_arguments`).
 
     Raises:
         OSError, ValueError, TypeError: if the checkpoint does not read, or contradicts the section.
     """
-    return flava_model_arguments(m.pretrained, **{k: v for k, v in asdict(m).items() if k != "pretrained"})
+    section = {k: v for k, v in asdict(m).items() if k != "pretrained"}
+    trained = trained_arguments(flava_model, m.pretrained, section)
+    return trained[1] if trained is not None else flava_model_arguments(m.pretrained, **section)
 
 
 def pretrained_check(m: ModelConfig) -> tuple:
@@ -293,22 +304,28 @@ def resolved_model_section(m: ModelConfig) -> ModelConfig:
 def pretrained_fits_check(cfg: TrainConfig, vocab_size: int) -> tuple:
     """That a local ``model.pretrained``'s weights load into the model the run builds with its tokenizer's
     ``vocab_size`` (names and shapes, on the meta device: no tensor data read), as ``(ok, key, expected,
-    got)``: word embeddings of another size name ``data.vocab`` (the vocabulary must be the checkpoint's)."""
+    got)``: word embeddings of another size name ``data.vocab`` (the vocabulary must be the checkpoint's). A
+    run's training checkpoint holds its run's architecture (checked when it is read): its vocabulary size is
+    compared."""
     m = cfg.model
     if m.pretrained is None or is_remote(m.pretrained):
         return (True, "model.pretrained", "", None)
+    vocab = "the vocabulary model.pretrained was trained with (its vocab.txt), whose size its embeddings have"
+    got_vocab = cfg.data.vocab or "null (a vocabulary learnt from the run's text)"
     try:
+        section = {k: v for k, v in asdict(m).items() if k != "pretrained"}
+        trained = trained_arguments(flava_model, m.pretrained, section)
+        if trained is not None:
+            run_vocab = trained[1]["vocab_size"]
+            ok = run_vocab == vocab_size
+            return (ok, "data.vocab", vocab, f"{got_vocab} ({vocab_size} tokens; the run's {run_vocab})")
         with torch.device("meta"):
             backbone = flava_model(**flava_model_kwargs(m, vocab_size))
         load_flava_weights(backbone, peek_state_dict(local_flava_checkpoint(m.pretrained)))
     except (OSError, ValueError, TypeError) as error:
         reason = first_line(error)
         if "vocab_size=" in reason:  # (the converter names the arguments the shapes contradict)
-            got = cfg.data.vocab or "null (a vocabulary learnt from the run's text)"
-            expected = (
-                "the vocabulary model.pretrained was trained with (its vocab.txt), whose size its embeddings have"
-            )
-            return (False, "data.vocab", expected, f"{got} ({vocab_size} tokens; {reason})")
+            return (False, "data.vocab", vocab, f"{got_vocab} ({vocab_size} tokens; {reason})")
         return (
             False,
             "model.pretrained",
@@ -528,17 +545,33 @@ def build_codebook(cfg: TrainConfig, *, seeded: bool = True) -> nn.Module:
     return codebook
 
 
+def run_inputs(cfg: TrainConfig, tokenizer: WordPieceTokenizer, codebook: nn.Module) -> dict:
+    """What the run reads again at each start and records the digests of (a resume compares them:
+    :func:`recorded_inputs_checks`): its vocabulary, and ``codebook.pretrained``'s weights as loaded."""
+    vocab = cfg.data.vocab or "the vocabulary learnt at the run's start (its vocab.txt)"
+    read = {"data.vocab": (tokenizer_digest(tokenizer), "vocabulary", vocab)}
+    if cfg.codebook.pretrained is not None:
+        read["codebook.pretrained"] = (state_digest(codebook), "codebook weights", cfg.codebook.pretrained)
+    return read
+
+
 def build_data(
-    cfg: TrainConfig, sources: dict, tokenizer: WordPieceTokenizer, rank: int, world_size: int
+    cfg: TrainConfig,
+    sources: dict,
+    tokenizer: WordPieceTokenizer,
+    rank: int,
+    world_size: int,
+    *,
+    codebook: nn.Module,
 ) -> torch.utils.data.Dataset:
     """This rank's micro-batches, step-indexed (MixedBatches) or streamed pairs (StreamingBatches):
-    crops, masks, ITM negatives and codebook ids made here."""
+    crops, masks, ITM negatives and the ids of ``codebook`` (:func:`build_codebook`) made here."""
     d, t = cfg.data, cfg.training
     grid = cfg.model.image_size // cfg.model.patch_size
     collator = FLAVAPretrainingCollator(
         tokenizer,
         PretrainingImageTransform(cfg.model.image_size, grid * 8, scale=(d.crop_scale_min, 1.0)),
-        codebook=build_codebook(cfg),
+        codebook=codebook,
         patch_grid=grid,
         max_text_length=d.max_text_length,
         num_masked_patches=d.num_masked_patches,
@@ -664,7 +697,11 @@ def main(cfg: TrainConfig) -> dict:
             resumed=resume_from is not None,
         ),
     )
-    data = build_data(cfg, sources, tokenizer, info.rank, info.world_size)
+    codebook = build_codebook(cfg)
+    read_again = run_inputs(cfg, tokenizer, codebook)
+    if resume_from is not None:  # a vocabulary or codebook changed since the run's start: refused, nothing written
+        raise_on_failed_checks(recorded_inputs_checks(out_dir, read_again))
+    data = build_data(cfg, sources, tokenizer, info.rank, info.world_size, codebook=codebook)
     resumed_data_checks(cfg.data, data, start.loop_states)  # before the run directory is written, too
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
     if info.is_main and (note := run_checks.evaluation_note(cfg.data.source, cfg.eval.enabled)) is not None:
@@ -686,17 +723,31 @@ def main(cfg: TrainConfig) -> dict:
             num_workers=cfg.data.num_workers,
             description="pretraining",
             start=start,
-            run_files=tokenizer.save,  # with config.yaml, once the resume is checked: nothing written before
-        )
+            run_files=lambda run: (tokenizer.save(run), write_inputs_record(run, read_again)),  # with config.yaml,
+        )  # once the resume is checked: nothing written before
     except BrokenStream as error:  # shards whose first samples read, broken further on
         raise ConfigError(broken_stream_message(error, cfg.data.files.pairs_shards)) from None
 
-    export_path = out_dir / "model" / "flava_pretraining.safetensors"
-    export_model(model, export_path)
+    # written whole beside the run and renamed in: model/ is the previous export or this one, never a part
+    with staged_directory(out_dir / "model", writer=info.is_main) as staging:
+        export_model(model, staging / EXPORT_WEIGHTS)
+        if info.is_main:
+            write_export_files(cfg, staging, tokenizer)
+    export_path = out_dir / "model" / EXPORT_WEIGHTS
     losses = data_loss_report(result.skipped, data.lost_data)
     report = _report(cfg, losses, export_path, tokenizer) if info.is_main else {}
     barrier()
     return report
+
+
+def write_export_files(cfg: TrainConfig, directory: Path, tokenizer: WordPieceTokenizer) -> None:
+    """The export's files beside its weights: the architecture, the tokenizer and the evaluation transform."""
+    # the section states what was built (resolved against model.pretrained, which a resume does not read)
+    built = flava_model_arguments(None, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
+    write_json(directory / "backbone_config.json", built, allow_nan=True)  # what was built
+    tokenizer.model_max_length = cfg.data.max_text_length  # the length it trained and is evaluated at:
+    tokenizer.save(directory)  # the export's default
+    EvalImageTransform(cfg.model.image_size).save(directory)  # preprocessor_config.json: how to evaluate it
 
 
 def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: WordPieceTokenizer) -> dict:
@@ -709,12 +760,6 @@ def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer: W
     }
     if records:
         plot_losses(records, out_dir / "loss_curve.png")
-    # the section states what was built (resolved against model.pretrained, which a resume does not read)
-    built = flava_model_arguments(None, **flava_model_kwargs(cfg.model, tokenizer.vocab_size))
-    write_json(export_path.parent / "backbone_config.json", built, allow_nan=True)  # what was built
-    tokenizer.model_max_length = cfg.data.max_text_length  # the length it trained and is evaluated at:
-    tokenizer.save(export_path.parent)  # the export's default
-    EvalImageTransform(cfg.model.image_size).save(export_path.parent)  # preprocessor_config.json: how to evaluate it
     if cfg.eval.enabled and cfg.data.source == "shapes":
         report["eval"] = evaluate_export(cfg, export_path, tokenizer)
     write_json(out_dir / "report.json", report, allow_nan=True)

@@ -222,9 +222,14 @@ def test_a_resume_refused_by_the_checkpoint_leaves_the_run_directory_as_it_was(t
     base = [f"training.output_dir={out}", "training.max_steps=2", "training.checkpoint_every=2", "optim.warmup_steps=0"]
     base += ["eval.enabled=false"]
     train.main(_config(*base, f"data.vocab={vocab}"))
-    saved = {name: (out / name).read_text() for name in ("config.yaml", "vocab.txt", "metrics.jsonl")}
+    saved = {name: (out / name).read_text() for name in ("config.yaml", "vocab.txt", "metrics.jsonl", "inputs.json")}
     vocab.write_text(vocab.read_text() + "zebra\n")
     resumed = _config(*base, f"data.vocab={vocab}", "training.resume=auto", "training.max_steps=4", "optim.lr=0.5")
+    with pytest.raises(train.ConfigError, match=r"^key 'data.vocab': expected the tokenizer the run started with"):
+        train.main(resumed)  # (the vocabulary's digest, recorded at the run's start)
+    assert {name: (out / name).read_text() for name in saved} == saved
+    (out / "inputs.json").unlink()  # a run recorded before the digests: the checkpoint itself refuses it
+    del saved["inputs.json"]
     with pytest.raises(train.ConfigError, match=r"^key 'training.resume': .*step_00000002 does not load into this"):
         train.main(resumed)
     assert {name: (out / name).read_text() for name in saved} == saved

@@ -4,13 +4,17 @@ Recipes compose them with their own model and data sections and load the whole w
 :func:`torchflava.training.config.load_config`.
 """
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 import glob
+import hashlib
+import json
 import math
 import os
 from pathlib import Path
 import sys
+import tempfile
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Type, TypeVar, Union
 
 import torch
@@ -23,7 +27,7 @@ from torchflava.training.config import ConfigError
 from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
-from torchflava.utils.checkpoint import first_line, is_remote, peek_state_dict
+from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, peek_state_dict
 from torchflava.utils.checks import is_prompt_template
 
 T = TypeVar("T")
@@ -91,6 +95,7 @@ RUN_ENTRIES = {
     "loss_curve.png": "file",
     "vocab.txt": "file",
     "tokenizer_config.json": "file",
+    "inputs.json": "file",
 }
 
 
@@ -692,3 +697,78 @@ def launch_world_size() -> int:
         return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
     except ValueError:
         return 1
+
+
+# ------------------------------------------------------------------------------------ inputs read again
+# The content digests of the files a run reads again at each start (a vocabulary, a codebook's weights): a
+# resume compares them, since a changed file would silently change the token ids or the targets it trains on.
+INPUTS_RECORD = "inputs.json"
+DIGEST_SHOWN = 12  # the hex digits of a digest an error shows
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """The sha256 of what ``tokenizer.save`` writes (its vocabulary, merges and casing settings; its default
+    text length, a setting of the run, left out), file by file in name order: equal for the same tokenizer
+    however it was read."""
+    tokenizer = copy.copy(tokenizer)
+    tokenizer.model_max_length = None
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save(directory)
+        for file in sorted(Path(directory).iterdir()):
+            digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def state_digest(module: nn.Module) -> str:
+    """The sha256 of ``module``'s state (names, dtypes, shapes and values, in name order): what weights
+    loaded from a file make of it, whatever the file's format."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_inputs_record(run_dir: Union[str, os.PathLike]) -> dict:
+    """The digests ``run_dir`` records (:data:`INPUTS_RECORD`), by config key; empty for a run recorded before
+    they were (or a record that does not read: nothing to compare)."""
+    try:
+        record = json.loads((Path(run_dir) / INPUTS_RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return {k: v for k, v in record.items() if isinstance(v, str)} if isinstance(record, dict) else {}
+
+
+def recorded_inputs_checks(run_dir: Union[str, os.PathLike], read: dict[str, tuple[str, str, object]]) -> list[tuple]:
+    """That what a resumed run read again is what it read at its start, as ``(ok, key, expected, got)``.
+
+    Args:
+        run_dir (Union[str, os.PathLike]): the run directory (its :data:`INPUTS_RECORD`; none: every check passes,
+            a run recorded before digests were resumes as it did).
+        read (dict[str, tuple[str, str, object]]): by config key, (digest, what it is, e.g. "vocabulary",
+            the value it was read from).
+
+    Returns:
+        list[tuple]: one check per key the run records.
+    """
+    recorded = read_inputs_record(run_dir)
+    return [
+        (
+            recorded[key] == digest,
+            key,
+            f"the {what} the run started with (sha256 {recorded[key][:DIGEST_SHOWN]}; a changed one would change "
+            "what the resumed run trains on)",
+            f"{value} (sha256 {digest[:DIGEST_SHOWN]})",
+        )
+        for key, (digest, what, value) in read.items()
+        if key in recorded
+    ]
+
+
+def write_inputs_record(run_dir: Union[str, os.PathLike], read: dict[str, tuple[str, str, object]]) -> None:
+    """Record the digests of ``read`` (as :func:`recorded_inputs_checks` takes it) in ``run_dir``, atomically:
+    at a run's start, once its checks have passed (a resumed run's, compared, are the same)."""
+    text = json.dumps({key: digest for key, (digest, _, _) in read.items()}, indent=2, sort_keys=True) + "\n"
+    atomic_write(Path(run_dir) / INPUTS_RECORD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

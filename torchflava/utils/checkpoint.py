@@ -6,6 +6,7 @@ Writing is atomic: a file is written under a temporary name in the same director
 """
 
 import collections
+import contextlib
 import email.utils
 import hashlib
 import http.client
@@ -20,7 +21,7 @@ import socket
 import stat
 import threading
 import time
-from typing import BinaryIO, Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import BinaryIO, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -1135,6 +1136,53 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         _remove(tmp)
         raise
     fsync_path(final.parent)  # the rename itself
+
+
+@contextlib.contextmanager
+def staged_directory(path: PathLike, *, writer: bool = True) -> Iterator[Path]:
+    """Write a directory (a model export) so that ``path`` holds the previous one whole or the new one whole,
+    never some files of each nor a part of the new one.
+
+    The body writes into ``.<name>.staging`` beside ``path``, made empty first (what a killed writer left there
+    is removed). When the body ends without an error, the previous directory is renamed aside
+    (``.<name>.previous``), the new one renamed in and the previous one deleted; on an error the staging
+    directory is removed and ``path`` is left as it was. A previous directory that a kill between the two
+    renames left aside (``path`` missing) is put back first.
+
+    Args:
+        path (PathLike): the directory to write.
+        writer (bool): whether this process writes it (rank 0 of a collective export): the others are given
+            the staging path and touch nothing.
+
+    Yields:
+        Path: the staging directory to write the files into.
+
+    Raises:
+        ValueError: if ``path`` is a link or something other than a directory (before anything is written).
+    """
+    final = Path(path)
+    staging, previous = (final.with_name(f".{final.name}.{what}") for what in ("staging", "previous"))
+    if writer:
+        if final.is_symlink() or (final.exists() and not final.is_dir()):
+            raise ValueError(f"{final}: expected a directory to write an export into, got a file or link of that name")
+        if not final.exists() and previous.is_dir():  # (killed between the renames: the last whole export)
+            os.replace(previous, final)
+        for leftover in (staging, previous):
+            _remove(leftover)
+        staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        if writer:
+            _remove(staging)
+        raise
+    if writer:
+        fsync_path(staging)  # (its files were synced as they were written; its entries now)
+        if final.exists():
+            os.replace(final, previous)
+        os.replace(staging, final)
+        fsync_path(final.parent)  # the renames themselves
+        _remove(previous)
 
 
 def fsync_path(path: PathLike) -> None:

@@ -494,3 +494,36 @@ def test_batch_fields_on_another_device_than_the_model_are_refused_naming_them(m
     fields[field] = fields[field].to("meta")
     with pytest.raises(ValueError, match=rf"^batch field {field} must be on the model's device cpu, got meta$"):
         model(fields)
+
+
+@pytest.mark.parametrize("kinds", [("pair",), ("image", "text")])
+def test_a_meta_device_dry_run_gives_the_shapes_of_the_same_forward_on_the_cpu(kinds):
+    """Built and fed on the meta device, the forward failed inside torch (``nonzero`` of the padding trim,
+    ``bool()`` of the label checks): a dry run of the shapes (e.g. before FSDP materialises) could not run."""
+
+    def build():
+        codebook = dalle_encoder(hidden_dim=8, blocks_per_group=1, vocab_size=VOCAB_IMAGE)
+        backbone = flava_model(**TINY_FLAVA)
+        return flava_model_for_pretraining(backbone=backbone, codebook=codebook, image_vocab_size=VOCAB_IMAGE)
+
+    batches = [batch(kind) for kind in kinds]
+    cpu = build().train()(batches)
+    with torch.device("meta"):
+        meta = build().train()([{k: v.to("meta") for k, v in b.items()} for b in batches])
+    for on_cpu, on_meta, b in zip(cpu, meta, batches):
+        rows, columns = b["text_masked" if "text_masked" in b else "image_patch_mask"].shape
+        for name, value in on_cpu._asdict().items():
+            dry = getattr(on_meta, name)
+            if isinstance(value, dict):  # loss_sums, loss_counts: one 0-dim value per loss
+                assert {k: v.shape for k, v in dry.items()} == {k: v.shape for k, v in value.items()}, name
+                assert all(v.is_meta for v in dry.values())
+            elif name == "losses":
+                assert [loss is None for loss in dry] == [loss is None for loss in value]
+            elif value is None:
+                assert dry is None, name
+            elif name.startswith(("mim_", "mlm_", "mmm_")):  # every position's row: (B * S, V) and (B * S,)
+                mmm_rows = rows * (1 + 1 + 16 + 10)  # (the fused sequence: CLS_M, image CLS, patches, text)
+                assert dry.shape[0] == (mmm_rows if name.startswith("mmm_") else rows * columns), name
+                assert dry.shape[1:] == value.shape[1:] and dry.dtype == value.dtype, name
+            else:
+                assert dry.is_meta and dry.shape == value.shape and dry.dtype == value.dtype, name

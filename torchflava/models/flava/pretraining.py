@@ -29,7 +29,7 @@ from torchflava.modules.encoders import CLS_POSITION, EncoderOutput
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.layers.patch_embedding import check_patch_mask
 from torchflava.modules.losses.contrastive import contrastive_loss
-from torchflava.utils.checks import check_bools, check_module
+from torchflava.utils.checks import check_bools, check_module, require
 from torchflava.utils.distributed import GatherGrad
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -162,8 +162,9 @@ def _read_positions(targets: Optional[Tensor], ignore_index: int, rows: int, len
 
 
 def _group_positions(group: list[_Pass], lengths: list[int]) -> Optional[Tensor]:
-    """The stacked call's (rows, max length) bool output positions, or None where every pass reads all."""
-    if all(item.wanted is None for item in group):
+    """The stacked call's (rows, max length) bool output positions, or None where every pass reads all (or on
+    the meta device: a dry run of shapes, whose masks have no values to select by)."""
+    if all(item.wanted is None for item in group) or group[0].inputs.is_meta:
         return None
     longest = max(lengths)
     return torch.cat(
@@ -219,6 +220,9 @@ def _masked_prediction(
     states (B, S, D) and targets (B, S) -> (loss, logits (M, V), selected targets (M,)). With no
     selected position the loss is a zero that still reaches the head's parameters.
     """
+    if targets.is_meta:  # a dry run of shapes: no values select the positions; every position's logits (B * S, V)
+        logits, chosen = head(states.flatten(0, 1)), targets.flatten()
+        return F.cross_entropy(logits, chosen, ignore_index=ignore_index), logits, chosen
     selected = targets != ignore_index
     logits = head(states[selected])
     chosen = targets[selected]
@@ -377,6 +381,11 @@ class FLAVAForPretraining(nn.Module):
         over the rows of every batch that needs it: GEMMs of more rows run faster (texts of other
         lengths are padded to the longest, as padding, for that call). Their losses are summed for
         one backward, as the separate calls' would be.
+
+        On the meta device (a dry run of shapes: model and batch built there) the checks of values are
+        skipped, no padding is trimmed, and the encoders and masked-prediction heads run on every
+        position: the losses, ITM and contrastive outputs have their usual shapes, and the masked-prediction
+        logits and targets one row per position, ``(B * S, V)`` and ``(B * S,)``, not per masked one.
 
         Args:
             batch (Union[PretrainingBatch, Mapping[str, Optional[Tensor]], Sequence]): see
@@ -557,7 +566,7 @@ class FLAVAForPretraining(nn.Module):
         positives = None
         if b.itm_labels is not None:
             positives = b.itm_labels != 0
-            if not bool(positives.any()):
+            if not positives.is_meta and not bool(positives.any()):  # (a meta dry run has no values: kept)
                 positives = torch.ones_like(positives)  # no matched pair: keep every row (as the references do)
         rows, num_image = masked_image.last_hidden_state.shape[:2]
         length = masked_text.prenorm_last_hidden_state.shape[1]
@@ -573,11 +582,12 @@ class FLAVAForPretraining(nn.Module):
         needed[:, 0] = True
         for targets in wanted.values():
             if positives is not None:
-                targets[~positives] = ignore
+                targets.masked_fill_(~positives[:, None], ignore)
             needed |= targets != ignore
         counts = needed.sum(dim=1)
         # each row's needed positions first, in order (a stable sort), cut to the longest row's count
-        positions = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, : int(counts.max())]
+        longest = needed.shape[1] if needed.is_meta else int(counts.max())  # (a meta dry run: every position)
+        positions = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, :longest]
         valid = torch.arange(positions.shape[1], device=positions.device) < counts[:, None]
         fused = self.model.multimodal_encoder(
             masked_image.prenorm_last_hidden_state,
@@ -658,8 +668,11 @@ class FLAVAForPretraining(nn.Module):
                 f"image_tokens must have the shape of image_patch_mask {tuple(mask.shape)}, got {tuple(tokens.shape)}"
             )
         vocab = self.mim_head.decoder.out_features
-        if bool(((tokens < 0) | (tokens >= vocab)).any()):
-            raise ValueError(f"image_tokens must be codebook ids in [0, {vocab})")
+        require(
+            ((tokens >= 0) & (tokens < vocab)).all(),
+            lambda: f"image_tokens must be codebook ids in [0, {vocab})",
+            "image_tokens must be codebook ids in [0, image_vocab_size)",
+        )
         return torch.where(mask, tokens, torch.full_like(tokens, self.ignore_index))
 
     @staticmethod
@@ -668,6 +681,8 @@ class FLAVAForPretraining(nn.Module):
         mask = batch.text_attention_mask
         if mask is None or batch.text is None or tuple(mask.shape) != tuple(batch.text.shape) or mask.dim() != 2:
             return batch  # shape errors are reported later, by the encoders
+        if mask.is_meta:  # a dry run of shapes: no values tell the padding, the full length is kept
+            return batch
         real_columns = (mask != 0).any(dim=0).nonzero()
         keep = int(real_columns.max()) + 1 if real_columns.numel() else mask.shape[1]
         if keep == mask.shape[1]:
@@ -713,11 +728,16 @@ class FLAVAForPretraining(nn.Module):
         if batch.mlm_labels is not None:
             vocab = self.mlm_head.decoder.out_features
             labels = batch.mlm_labels
-            if bool((((labels < 0) | (labels >= vocab)) & (labels != self.ignore_index)).any()):
-                raise ValueError(f"mlm_labels must be in [0, {vocab}) or ignore_index={self.ignore_index}")
+            require(
+                (((labels >= 0) & (labels < vocab)) | (labels == self.ignore_index)).all(),
+                lambda: f"mlm_labels must be in [0, {vocab}) or ignore_index={self.ignore_index}",
+                "mlm_labels must be in [0, vocab_size) or ignore_index",
+            )
         if batch.itm_labels is not None:
-            if batch.itm_labels.dim() != 1 or not bool(((batch.itm_labels == 0) | (batch.itm_labels == 1)).all()):
-                raise ValueError("itm_labels must be a (B,) tensor of 0 (mismatched) and 1 (matched)")
+            message = "itm_labels must be a (B,) tensor of 0 (mismatched) and 1 (matched)"
+            if batch.itm_labels.dim() != 1:
+                raise ValueError(message)
+            require(((batch.itm_labels == 0) | (batch.itm_labels == 1)).all(), lambda: message, message)
             if batch.image is None or batch.text is None:
                 raise ValueError("itm_labels need both image and text in the batch")
         return batch
