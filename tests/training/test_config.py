@@ -234,6 +234,25 @@ def test_a_number_with_a_leading_zero_is_refused_not_read_as_octal(tmp_path):
         assert load_config(Schema, [f"max_steps={written}"]).max_steps == read
 
 
+def test_a_leading_zero_in_a_list_or_mapping_of_numbers_is_refused_too():
+    """optim.betas=[010, 0.98] gave [8.0, 0.98], and a multiplier of 010 was 8.0, silently."""
+    from torchflava.training.schema import OptimConfig
+
+    @dataclass
+    class _Run:
+        optim: OptimConfig = field(default_factory=OptimConfig)
+
+    for override, where in (
+        ("optim.betas=[010,0.98]", "optim.betas[0]"),
+        ("optim.lr_multipliers.text_encoder=010", "optim.lr_multipliers.text_encoder"),
+        ("optim.lr_multipliers={text_encoder: 010}", "optim.lr_multipliers.text_encoder"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            load_config(_Run, [override])
+        assert str(error.value).startswith(f"key '{where}': expected a decimal number, got 010 (YAML reads a leading 0")
+    assert load_config(_Run, ["optim.betas=[0.9,00]", "optim.lr_multipliers={a: 07}"]).optim.betas == [0.9, 0.0]
+
+
 def test_save_config_round_trip(tmp_path):
     config = Schema(name="run-7", max_steps=3, optim=Optim(lr=0.5, betas=[0.1, 0.2]))
     path = tmp_path / "saved" / "config.yaml"  # the directory is created

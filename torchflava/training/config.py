@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 import re
 import types
-from typing import Callable, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Callable, Iterator, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -125,12 +125,14 @@ def _keep_text_as_written(schema: type, loaded, node, prefix: str = "") -> None:
         section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
         if section is not None:
             _keep_text_as_written(section, loaded[name], value_node, f"{key}.")
-        elif _flat_types(kind) & {int, float} and _octal(value_node) not in (None, values[name]):
-            written, read = value_node.value.strip(), values[name]
-            raise ConfigError(  # (a seed or step count of 010 was 8, silently)
-                f"key '{key}': expected a decimal number, got {written} (YAML reads a leading 0 as octal: {read}); "
-                f"write {_octal(value_node)} for the decimal, or {read}"
-            )
+        elif _flat_types(kind) & {int, float}:  # (also a list's items, a mapping's values: optim.betas=[010, 0.98])
+            for where, scalar in _octal_scalars(value_node, key):
+                written, decimal = scalar.value.strip(), _octal(scalar)
+                read = int(written.replace("_", ""), 8)
+                raise ConfigError(  # (a seed or step count of 010 was 8, silently)
+                    f"key '{where}': expected a decimal number, got {written} (YAML reads a leading 0 as octal: "
+                    f"{read}); write {decimal} for the decimal, or {read}"
+                )
         elif str in _flat_types(kind) and not _flat_types(kind) & {int, float, bool}:
             value = values[name]
             if isinstance(value, list) and isinstance(value_node, yaml.SequenceNode):
@@ -139,6 +141,19 @@ def _keep_text_as_written(schema: type, loaded, node, prefix: str = "") -> None:
                     loaded[name] = written
             elif not isinstance(value, (list, dict)) and _as_written(value, value_node) is not value:
                 loaded[name] = _as_written(value, value_node)
+
+
+def _octal_scalars(node, key: str) -> Iterator[tuple[str, object]]:
+    """``(key, node)`` of each plain scalar in ``node`` (itself, a list's items, a mapping's values) that YAML
+    reads as an octal number other than its decimal reading (``010``; not ``00``)."""
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _octal_scalars(item, f"{key}[{index}]")
+    elif isinstance(node, yaml.MappingNode):
+        for name, value in node.value:
+            yield from _octal_scalars(value, f"{key}.{name.value}")
+    elif (decimal := _octal(node)) is not None and decimal != int(node.value.strip().replace("_", ""), 8):
+        yield key, node
 
 
 def _octal(node) -> Optional[int]:
