@@ -110,6 +110,18 @@ def test_glue_regression_reports_pearson_and_spearman(export, tmp_path):
     assert json.loads((tmp_path / "run" / "report.json").read_text()) == report
 
 
+def _image_text_task(tmp_path, train: list, val: list) -> list[str]:
+    """Write ``train`` and ``val`` (JSON lines of images under ``tmp_path / "images"``): the recipe's overrides."""
+    for name, lines in (("train", train), ("val", val)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return [
+        "data.task=image_text",
+        f"data.train={tmp_path / 'train.jsonl'}",
+        f"data.val={tmp_path / 'val.jsonl'}",
+        f"data.image_root={tmp_path / 'images'}",
+    ]
+
+
 def test_vqa_style_soft_scores(export, tmp_path):
     world = ShapesWorld("pairs", 120, image_size=32, seed=4)
     (tmp_path / "images").mkdir()
@@ -127,15 +139,10 @@ def test_vqa_style_soft_scores(export, tmp_path):
         )
     (tmp_path / "images" / "bad.png").write_text("broken")
     lines.append({"image": "bad.png", "text": "what colour is the shape?", "answers": {"red": 1.0}})
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[:90] + lines[-1:]))
-    (tmp_path / "val.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[90:120]))
     report = _run(
         export,
         tmp_path / "run",
-        "data.task=image_text",
-        f"data.train={tmp_path / 'train.jsonl'}",
-        f"data.val={tmp_path / 'val.jsonl'}",
-        f"data.image_root={tmp_path / 'images'}",
+        *_image_text_task(tmp_path, lines[:90] + lines[-1:], lines[90:120]),
         f"data.labels=[{','.join(answers)}]",
         "model.modality=multimodal",
         "training.max_steps=300",
@@ -156,15 +163,10 @@ def test_an_image_text_task_trains_a_text_or_image_head_on_its_own_inputs(export
     for i in range(24):
         world[i].image.save(tmp_path / "images" / f"{i}.png")
         lines.append({"image": f"{i}.png", "text": world[i].text, "answers": {world.scene(i).colour: 1.0}})
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[:16]))
-    (tmp_path / "val.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines[16:]))
     report = _run(
         export,
         tmp_path / "run",
-        "data.task=image_text",
-        f"data.train={tmp_path / 'train.jsonl'}",
-        f"data.val={tmp_path / 'val.jsonl'}",
-        f"data.image_root={tmp_path / 'images'}",
+        *_image_text_task(tmp_path, lines[:16], lines[16:]),
         "data.labels=[red,green,blue,yellow,purple,orange]",
         f"model.modality={modality}",
         "training.max_steps=2",

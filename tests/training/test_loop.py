@@ -475,13 +475,12 @@ class _Scalar(nn.Module):
         return self.linear(x)
 
 
-def _streamed_run(out, shards, num_workers, *, after_step=None, resume="none") -> tuple[list, FitResult]:
-    """A run of 8 steps on streamed ``pipe:cat`` shards; the sample keys of each step it took, and its result
-    (or the Preempted that stopped it)."""
+def _pipe_stream(shards, num_workers: int, tail: str = ""):
+    """Batches of 4 from the four shards under ``shards``, each written by ``pipe:cat`` (and ``tail``)."""
     from torchflava.data.streaming import StreamingBatches
 
-    data = StreamingBatches(
-        f"pipe:cat {shards}/shard-{{000..003}}.tar",
+    return StreamingBatches(
+        f"pipe:cat {shards}/shard-{{000..003}}.tar{tail}",
         _caption_numbers,
         batch_size=4,
         num_workers=num_workers,
@@ -489,6 +488,12 @@ def _streamed_run(out, shards, num_workers, *, after_step=None, resume="none") -
         shuffle_buffer=0,
         require=("text",),
     )
+
+
+def _streamed_run(out, shards, num_workers, *, after_step=None, resume="none") -> tuple[list, FitResult]:
+    """A run of 8 steps on streamed ``pipe:cat`` shards; the sample keys of each step it took, and its result
+    (or the Preempted that stopped it)."""
+    data = _pipe_stream(shards, num_workers)
     keys = []
 
     def step(model, item):
@@ -513,19 +518,10 @@ def test_a_run_that_ends_leaves_no_shard_command_running_anywhere(tmp_path, num_
     ignores the stop signals: it ran on after the run, adopted by init (so not among the run's descendants),
     until it ended by itself. It now dies with the worker."""
     from tests.data.test_streaming import write_large_shards
-    from torchflava.data.streaming import StreamingBatches
 
     write_large_shards(tmp_path / "shards", shards=4, per_shard=12)
     mark = f"sleep 29.{700 + num_workers}{os.getpid()}"  # (each shard's command ends with it: found by it)
-    data = StreamingBatches(
-        f"pipe:cat {tmp_path}/shards/shard-{{000..003}}.tar; {mark}",
-        _caption_numbers,
-        batch_size=4,
-        num_workers=num_workers,
-        seed=1,
-        shuffle_buffer=0,
-        require=("text",),
-    )
+    data = _pipe_stream(tmp_path / "shards", num_workers, tail=f"; {mark}")
 
     def step(model, item):
         prediction = model(item.batch["x"])
