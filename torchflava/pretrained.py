@@ -98,6 +98,10 @@ _MODEL_CONFIGS = (*_EXPORT_CONFIGS, "config.json", "open_clip_config.json")
 # The files of a checkpoint directory that loading it reads: configs, tokenizer files, weights and shards.
 _READ_PATTERNS = ("*.json", "*.txt", "*.safetensors", "*.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "vocab.json")  # a checkpoint directory's tokenizer: any of these
+# the builder's arguments a CLIP run started from a checkpoint records in its directory at its start (beside its
+# tokenizer and preprocessor_config.json), so that neither its resume nor loading its training checkpoints reads
+# the checkpoint it started from (its model.pretrained), which may since have moved or gone
+RUN_ARGUMENTS = "model_arguments.json"
 
 
 class Pretrained(NamedTuple):
