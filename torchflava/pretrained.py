@@ -406,8 +406,9 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
 
     Returns:
         ImageTransform: the checkpoint's preprocessing; for a recipe's run directory (where a
-        :class:`CheckpointLayout` of its training checkpoints points), the transform its export records (that
-        of the checkpoint it started from, if any); else ``EvalImageTransform(image_size)`` when the
+        :class:`CheckpointLayout` of its training checkpoints points), the transform its export records: that it
+        recorded at its start (its ``preprocessor_config.json``), else, for a CLIP run recorded before, that of the
+        checkpoint it started from, if any; else ``EvalImageTransform(image_size)`` when the
         directory has neither file.
 
     Raises:
@@ -443,6 +444,7 @@ def _run_image_transform(run: Path, image_size: int) -> ImageTransform:
         raise ValueError(f"checkpoint: {run / CONFIG} is not YAML ({first_line(error)})") from None
     section = config.get("model") if isinstance(config, dict) else None
     started = section.get("pretrained") if isinstance(section, dict) else None
+    # (a run that records its preprocessing, preprocessor_config.json, is read before this is called)
     if started is None or "vision_width" not in section:  # from scratch, or a FLAVA run: the recipes' transform
         return EvalImageTransform(image_size)
     return checkpoint_image_transform(read_clip_checkpoint(started).directory, image_size=image_size)
@@ -766,7 +768,8 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
 
     Raises:
         FileNotFoundError: if neither config is there, the run directory holds no tokenizer file, or the
-            run's ``model.pretrained`` (which a run started from a checkpoint reads) is not there.
+            run's ``model.pretrained`` is not there where the run needs it (a CLIP run started from a checkpoint
+            that does not record what it read of it: :data:`RUN_ARGUMENTS`).
         ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
             ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
     """
@@ -797,7 +800,7 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
     tokenizer = checkpoint_tokenizer(CheckpointLayout(weights=checkpoint, kwargs={}, directory=run, family=family))
     tokenizer.model_max_length = data.get("max_text_length")  # the length it trained at: the export's default
     try:  # a value the builder refuses: named with the file that states it
-        kwargs, image_transform = _run_arguments(family, section, tokenizer)
+        kwargs, image_transform = _run_arguments(family, section, tokenizer, run)
         with torch.device("meta"):  # and checked by the builder, no memory used
             BUILDERS[family](**kwargs)
     except (ValueError, TypeError) as error:
@@ -820,14 +823,20 @@ def run_config(checkpoint: Path) -> Path:
     return config_file
 
 
-def _run_arguments(family: str, section: dict, tokenizer) -> tuple[dict, ImageTransform]:
-    """The builder's arguments and the evaluation transform of a run whose config's model section is
-    ``section`` and whose tokenizer is ``tokenizer``, as the recipe's export records them."""
+def _run_arguments(family: str, section: dict, tokenizer, run: Path) -> tuple[dict, ImageTransform]:
+    """The builder's arguments and the evaluation transform of run ``run`` whose config's model section is
+    ``section`` and whose tokenizer is ``tokenizer``, as the recipe's export records them: for a CLIP run
+    started from a checkpoint, those it recorded at its start (:data:`RUN_ARGUMENTS`, its
+    ``preprocessor_config.json``); read from its ``model.pretrained`` only for a run recorded before."""
     stated = {k: v for k, v in section.items() if k != "pretrained"}
     pretrained = section.get("pretrained")
     if family == "flava":
         kwargs = flava_model_arguments(pretrained, **stated, vocab_size=tokenizer.vocab_size)
         return kwargs, EvalImageTransform(kwargs["image_size"])
+    if (run / RUN_ARGUMENTS).is_file() and (run / PREPROCESSOR_CONFIG).is_file():  # the run's own records
+        check_regular_file(run / RUN_ARGUMENTS, "a run's recorded model arguments")
+        kwargs = read_json_object(run / RUN_ARGUMENTS)
+        return kwargs, checkpoint_image_transform(run, image_size=kwargs["image_size"])
     if pretrained is None:
         kwargs = clip_model_arguments(None, **stated, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.sep_id)
         return kwargs, EvalImageTransform(kwargs["image_size"])

@@ -1035,3 +1035,20 @@ def test_a_run_from_a_checkpoint_resumes_without_it_to_the_same_losses(hf_clip, 
         shutil.rmtree(run / "checkpoints" / "step_00000003")
         train.main(load_config(train.TrainConfig, [*resume, "training.resume=auto"]))
         assert _losses(run) == uninterrupted  # exactly: the same tokenizer, model, preprocessing and data
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_run_killed_before_its_export_loads_without_the_checkpoint_it_started_from(hf_clip, tmp_path):
+    """Loading a CLIP run without an export (its newest training checkpoint) read the checkpoint it started from
+    (config.yaml's model.pretrained) for its arguments and preprocessing: once moved, it failed. It now reads what
+    the run recorded at its start: the checkpoint's mean and std, the export's arguments, the trained weights."""
+    from torchflava.pretrained import load_pretrained
+
+    run = _started_run(hf_clip, tmp_path)[0]
+    exported = load_pretrained(run / "model")
+    shutil.rmtree(run / "model")  # killed before its export
+    loaded = load_pretrained(run)
+    assert loaded.image_transform.spec == exported.image_transform.spec and loaded.image_transform.spec.mean == MEAN
+    assert loaded.kwargs == exported.kwargs and loaded.text_length == exported.text_length == 24
+    state, expected = loaded.model.state_dict(), exported.model.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
