@@ -86,6 +86,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     read_inputs_record,
     recorded_inputs_checks,
+    resumed_run_records,
     template_checks,
     tokenizer_digest,
     training_checks,
@@ -179,15 +180,8 @@ class TrainConfig:
 def run_records(cfg: TrainConfig) -> Optional[Path]:
     """The directory of the run a resume continues, where that run started from ``model.pretrained`` and recorded
     at its start what it read of it: the model's arguments (:data:`RUN_ARGUMENTS`), its preprocessing
-    (``preprocessor_config.json``) and tokenizer. None for a new run (``training.resume`` none, or auto without
-    checkpoints), and for a run recorded before these records, which reads ``model.pretrained`` again."""
-    t = cfg.training
-    if t.resume in ("none", ""):
-        return None
-    run = Path(t.output_dir) if t.resume == "auto" else Path(t.resume).parent.parent
-    if t.resume == "auto" and not any(p.name.startswith("step_") for p in (run / "checkpoints").glob("step_*")):
-        return None
-    return run if (run / RUN_ARGUMENTS).is_file() and (run / PREPROCESSOR_CONFIG).is_file() else None
+    (``preprocessor_config.json``) and tokenizer (:func:`resumed_run_records`)."""
+    return resumed_run_records(cfg.training, (RUN_ARGUMENTS, PREPROCESSOR_CONFIG))
 
 
 def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Optional["FromCheckpoint"]:
