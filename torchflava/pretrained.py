@@ -208,8 +208,8 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
         raise TypeError(f"checkpoint: the path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     trained = training_checkpoint(path, quiet=True)  # (the loader that reads its weights says which it reads)
-    if trained is not None:  # verified, then its run's config and tokenizer
-        family, kwargs, _, _ = _verified_run_parts(trained)
+    if trained is not None:  # verified (once: a run's newest intact one was, as it was found), its config, tokenizer
+        family, kwargs, _, _ = _verified_run_parts(trained, verified=found_intact(path, trained))
         run = trained.parent.parent
         return CheckpointLayout(
             weights=trained, kwargs=kwargs, directory=run, family=family, config=run_config(trained)
@@ -369,6 +369,12 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
         file=sys.stderr,
     )
     return latest
+
+
+def found_intact(named: Path, checkpoint: Path) -> bool:
+    """Whether :func:`training_checkpoint` verified ``checkpoint`` as it found it for ``named``: a run directory's
+    newest intact checkpoint was (its files hashed against their manifest), a checkpoint named was not."""
+    return checkpoint.parent == named / "checkpoints"
 
 
 def _newer_checkpoint_note(run: Path) -> None:
@@ -845,24 +851,29 @@ def _run_arguments(family: str, section: dict, tokenizer, run: Path) -> tuple[di
     return kwargs, checkpoint_image_transform(started.directory, image_size=kwargs["image_size"])
 
 
-def load_training_checkpoint(checkpoint: Path) -> Pretrained:
+def load_training_checkpoint(checkpoint: Path, *, verified: bool = False) -> Pretrained:
     """A run's training checkpoint as :func:`load_pretrained` loads its export (fp32; :func:`run_parts`):
     its model weights alone (:func:`~torchflava.training.checkpointing.read_model_weights`: verified,
     every rank's shards gathered, no optimiser state read).
+
+    ``verified``: its files were just found to match their manifest (:func:`found_intact`): not hashed again.
 
     Raises:
         CheckpointIntegrityError: (a ValueError) if it is incomplete, damaged or holds code.
         FileNotFoundError, ValueError: as :func:`run_parts`, or if its weights do not fit the model.
     """
-    family, kwargs, tokenizer, image_transform = _verified_run_parts(checkpoint)
+    family, kwargs, tokenizer, image_transform = _verified_run_parts(checkpoint, verified=verified)
     model = _load_run_weights(BUILDERS[family](**kwargs), family, checkpoint)
     return Pretrained(model.eval(), tokenizer, kwargs, checkpoint, image_transform)
 
 
-def _verified_run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:
+def _verified_run_parts(
+    checkpoint: Path, *, verified: bool = False
+) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:
     """:func:`run_parts` of a training checkpoint found complete and intact first (CheckpointIntegrityError
-    naming it otherwise: an incomplete or damaged checkpoint is named as such, before anything is read)."""
-    reason = damage(checkpoint)
+    naming it otherwise: an incomplete or damaged checkpoint is named as such, before anything is read);
+    ``verified``: already found so (each file is hashed once per load)."""
+    reason = None if verified else damage(checkpoint)
     if reason is not None:
         raise CheckpointIntegrityError(f"checkpoint: cannot read {checkpoint}: {reason}")
     return run_parts(checkpoint)
@@ -981,8 +992,9 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
     local = local_directory(path)
     checkpoint = training_checkpoint(Path(local)) if isinstance(local, (str, os.PathLike)) else None
-    if checkpoint is not None:
-        return inference_ready(load_training_checkpoint(checkpoint), dtype)
+    if checkpoint is not None:  # (a run's newest intact one: verified as it was found)
+        verified = found_intact(Path(local), checkpoint)
+        return inference_ready(load_training_checkpoint(checkpoint, verified=verified), dtype)
     layout = checkpoint_layout(local)
     builder = BUILDERS[layout.family]
     unknown = sorted(set(layout.kwargs) - (set(inspect.signature(builder).parameters) - {"pretrained"}))
