@@ -20,8 +20,10 @@ accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and ret
 ``model.pretrained`` (a Hugging Face, open_clip Hub or torchflava checkpoint directory, or a weights
 file; an http(s) URL of one needs ``data.vocab``) those left null come from the checkpoint, and so do the
 tokenizer (unless ``data.vocab``), the vocabulary size, the end token and the image mean and std (read by
-:func:`torchflava.pretrained.read_clip_checkpoint`).
-``main(cfg)`` is importable; it returns the report.
+:func:`torchflava.pretrained.read_clip_checkpoint`). It is read by a new run only: the sizes it gives are
+recorded in the run's config.yaml, its ``clip_model`` arguments, preprocessing and tokenizer in the run directory,
+and a resume trains from those, so the checkpoint may since have moved or gone (a run recorded before reads it
+again). ``main(cfg)`` is importable; it returns the report.
 """
 
 from dataclasses import asdict, dataclass, field, replace

@@ -7,7 +7,8 @@
 Reads top to bottom: config -> process group -> data (step-indexed batches of the training split,
 ``MixedBatches`` with one source) -> ``flava_model_for_classification`` (the ``model`` section holds
 its arguments; ``model.pretrained`` is a checkpoint directory that brings the vocabulary, or a run's
-training checkpoint ``<run>/checkpoints/step_<N>``) -> ``fit``
+training checkpoint ``<run>/checkpoints/step_<N>``; read by a new run only, which records the backbone's
+arguments, tokenizer and preprocessing in its directory for its resume) -> ``fit``
 (the training loop the pretraining recipe uses: DDP/FSDP2, exact resume, also on another number
 of ranks, metrics) -> validation report: the final model on ``data.val`` and on each named set of
 ``data.extra_val`` (MNLI's matched and mismatched dev sets in one run). ``main(cfg)`` returns the report.
