@@ -98,6 +98,10 @@ _MODEL_CONFIGS = (*_EXPORT_CONFIGS, "config.json", "open_clip_config.json")
 # The files of a checkpoint directory that loading it reads: configs, tokenizer files, weights and shards.
 _READ_PATTERNS = ("*.json", "*.txt", "*.safetensors", "*.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "vocab.json")  # a checkpoint directory's tokenizer: any of these
+# the builder's arguments a CLIP run started from a checkpoint records in its directory at its start (beside its
+# tokenizer and preprocessor_config.json), so that neither its resume nor loading its training checkpoints reads
+# the checkpoint it started from (its model.pretrained), which may since have moved or gone
+RUN_ARGUMENTS = "model_arguments.json"
 
 
 class Pretrained(NamedTuple):
@@ -204,8 +208,8 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
         raise TypeError(f"checkpoint: the path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     trained = training_checkpoint(path, quiet=True)  # (the loader that reads its weights says which it reads)
-    if trained is not None:  # verified, then its run's config and tokenizer
-        family, kwargs, _, _ = _verified_run_parts(trained)
+    if trained is not None:  # verified (once: a run's newest intact one was, as it was found), its config, tokenizer
+        family, kwargs, _, _ = _verified_run_parts(trained, verified=found_intact(path, trained))
         run = trained.parent.parent
         return CheckpointLayout(
             weights=trained, kwargs=kwargs, directory=run, family=family, config=run_config(trained)
@@ -367,6 +371,12 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
     return latest
 
 
+def found_intact(named: Path, checkpoint: Path) -> bool:
+    """Whether :func:`training_checkpoint` verified ``checkpoint`` as it found it for ``named``: a run directory's
+    newest intact checkpoint was (its files hashed against their manifest), a checkpoint named was not."""
+    return checkpoint.parent == named / "checkpoints"
+
+
 def _newer_checkpoint_note(run: Path) -> None:
     """One line on stderr where ``run``'s newest complete checkpoint is of a later step than its export (the
     step its ``report.json`` states): a run resumed past its export and stopped before the next one, whose
@@ -402,8 +412,9 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
 
     Returns:
         ImageTransform: the checkpoint's preprocessing; for a recipe's run directory (where a
-        :class:`CheckpointLayout` of its training checkpoints points), the transform its export records (that
-        of the checkpoint it started from, if any); else ``EvalImageTransform(image_size)`` when the
+        :class:`CheckpointLayout` of its training checkpoints points), the transform its export records: that it
+        recorded at its start (its ``preprocessor_config.json``), else, for a CLIP run recorded before, that of the
+        checkpoint it started from, if any; else ``EvalImageTransform(image_size)`` when the
         directory has neither file.
 
     Raises:
@@ -439,6 +450,7 @@ def _run_image_transform(run: Path, image_size: int) -> ImageTransform:
         raise ValueError(f"checkpoint: {run / CONFIG} is not YAML ({first_line(error)})") from None
     section = config.get("model") if isinstance(config, dict) else None
     started = section.get("pretrained") if isinstance(section, dict) else None
+    # (a run that records its preprocessing, preprocessor_config.json, is read before this is called)
     if started is None or "vision_width" not in section:  # from scratch, or a FLAVA run: the recipes' transform
         return EvalImageTransform(image_size)
     return checkpoint_image_transform(read_clip_checkpoint(started).directory, image_size=image_size)
@@ -762,7 +774,8 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
 
     Raises:
         FileNotFoundError: if neither config is there, the run directory holds no tokenizer file, or the
-            run's ``model.pretrained`` (which a run started from a checkpoint reads) is not there.
+            run's ``model.pretrained`` is not there where the run needs it (a CLIP run started from a checkpoint
+            that does not record what it read of it: :data:`RUN_ARGUMENTS`).
         ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
             ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
     """
@@ -793,7 +806,7 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
     tokenizer = checkpoint_tokenizer(CheckpointLayout(weights=checkpoint, kwargs={}, directory=run, family=family))
     tokenizer.model_max_length = data.get("max_text_length")  # the length it trained at: the export's default
     try:  # a value the builder refuses: named with the file that states it
-        kwargs, image_transform = _run_arguments(family, section, tokenizer)
+        kwargs, image_transform = _run_arguments(family, section, tokenizer, run)
         with torch.device("meta"):  # and checked by the builder, no memory used
             BUILDERS[family](**kwargs)
     except (ValueError, TypeError) as error:
@@ -816,14 +829,20 @@ def run_config(checkpoint: Path) -> Path:
     return config_file
 
 
-def _run_arguments(family: str, section: dict, tokenizer) -> tuple[dict, ImageTransform]:
-    """The builder's arguments and the evaluation transform of a run whose config's model section is
-    ``section`` and whose tokenizer is ``tokenizer``, as the recipe's export records them."""
+def _run_arguments(family: str, section: dict, tokenizer, run: Path) -> tuple[dict, ImageTransform]:
+    """The builder's arguments and the evaluation transform of run ``run`` whose config's model section is
+    ``section`` and whose tokenizer is ``tokenizer``, as the recipe's export records them: for a CLIP run
+    started from a checkpoint, those it recorded at its start (:data:`RUN_ARGUMENTS`, its
+    ``preprocessor_config.json``); read from its ``model.pretrained`` only for a run recorded before."""
     stated = {k: v for k, v in section.items() if k != "pretrained"}
     pretrained = section.get("pretrained")
     if family == "flava":
         kwargs = flava_model_arguments(pretrained, **stated, vocab_size=tokenizer.vocab_size)
         return kwargs, EvalImageTransform(kwargs["image_size"])
+    if (run / RUN_ARGUMENTS).is_file() and (run / PREPROCESSOR_CONFIG).is_file():  # the run's own records
+        check_regular_file(run / RUN_ARGUMENTS, "a run's recorded model arguments")
+        kwargs = read_json_object(run / RUN_ARGUMENTS)
+        return kwargs, checkpoint_image_transform(run, image_size=kwargs["image_size"])
     if pretrained is None:
         kwargs = clip_model_arguments(None, **stated, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.sep_id)
         return kwargs, EvalImageTransform(kwargs["image_size"])
@@ -832,24 +851,29 @@ def _run_arguments(family: str, section: dict, tokenizer) -> tuple[dict, ImageTr
     return kwargs, checkpoint_image_transform(started.directory, image_size=kwargs["image_size"])
 
 
-def load_training_checkpoint(checkpoint: Path) -> Pretrained:
+def load_training_checkpoint(checkpoint: Path, *, verified: bool = False) -> Pretrained:
     """A run's training checkpoint as :func:`load_pretrained` loads its export (fp32; :func:`run_parts`):
     its model weights alone (:func:`~torchflava.training.checkpointing.read_model_weights`: verified,
     every rank's shards gathered, no optimiser state read).
+
+    ``verified``: its files were just found to match their manifest (:func:`found_intact`): not hashed again.
 
     Raises:
         CheckpointIntegrityError: (a ValueError) if it is incomplete, damaged or holds code.
         FileNotFoundError, ValueError: as :func:`run_parts`, or if its weights do not fit the model.
     """
-    family, kwargs, tokenizer, image_transform = _verified_run_parts(checkpoint)
+    family, kwargs, tokenizer, image_transform = _verified_run_parts(checkpoint, verified=verified)
     model = _load_run_weights(BUILDERS[family](**kwargs), family, checkpoint)
     return Pretrained(model.eval(), tokenizer, kwargs, checkpoint, image_transform)
 
 
-def _verified_run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:
+def _verified_run_parts(
+    checkpoint: Path, *, verified: bool = False
+) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:
     """:func:`run_parts` of a training checkpoint found complete and intact first (CheckpointIntegrityError
-    naming it otherwise: an incomplete or damaged checkpoint is named as such, before anything is read)."""
-    reason = damage(checkpoint)
+    naming it otherwise: an incomplete or damaged checkpoint is named as such, before anything is read);
+    ``verified``: already found so (each file is hashed once per load)."""
+    reason = None if verified else damage(checkpoint)
     if reason is not None:
         raise CheckpointIntegrityError(f"checkpoint: cannot read {checkpoint}: {reason}")
     return run_parts(checkpoint)
@@ -968,8 +992,9 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
     local = local_directory(path)
     checkpoint = training_checkpoint(Path(local)) if isinstance(local, (str, os.PathLike)) else None
-    if checkpoint is not None:
-        return inference_ready(load_training_checkpoint(checkpoint), dtype)
+    if checkpoint is not None:  # (a run's newest intact one: verified as it was found)
+        verified = found_intact(Path(local), checkpoint)
+        return inference_ready(load_training_checkpoint(checkpoint, verified=verified), dtype)
     layout = checkpoint_layout(local)
     builder = BUILDERS[layout.family]
     unknown = sorted(set(layout.kwargs) - (set(inspect.signature(builder).parameters) - {"pretrained"}))

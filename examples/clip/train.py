@@ -20,8 +20,10 @@ accumulation, checkpoints, exact resume, logging) -> export -> zero-shot and ret
 ``model.pretrained`` (a Hugging Face, open_clip Hub or torchflava checkpoint directory, or a weights
 file; an http(s) URL of one needs ``data.vocab``) those left null come from the checkpoint, and so do the
 tokenizer (unless ``data.vocab``), the vocabulary size, the end token and the image mean and std (read by
-:func:`torchflava.pretrained.read_clip_checkpoint`).
-``main(cfg)`` is importable; it returns the report.
+:func:`torchflava.pretrained.read_clip_checkpoint`). It is read by a new run only: the sizes it gives are
+recorded in the run's config.yaml, its ``clip_model`` arguments, preprocessing and tokenizer in the run directory,
+and a resume trains from those, so the checkpoint may since have moved or gone (a run recorded before reads it
+again). ``main(cfg)`` is importable; it returns the report.
 """
 
 from dataclasses import asdict, dataclass, field, replace
@@ -51,15 +53,17 @@ from torchflava.data.streaming import (
     streaming_checks,
 )
 from torchflava.data.tokenizer import SPECIAL_TOKENS, run_vocabulary, source_texts
-from torchflava.data.transforms import EvalImageTransform, ImageTransform, RandomCropTransform
+from torchflava.data.transforms import PREPROCESSOR_CONFIG, EvalImageTransform, ImageTransform, RandomCropTransform
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
 from torchflava.models import clip_model
 from torchflava.models.clip import clip_model_arguments
 from torchflava.modules.losses import contrastive_loss
 from torchflava.pretrained import (
+    RUN_ARGUMENTS,
     CLIPCheckpoint,
     SizeMisfit,
     checkpoint_image_transform,
+    holds_tokenizer,
     load_pretrained,
     read_clip_checkpoint,
 )
@@ -82,7 +86,9 @@ from torchflava.training.schema import (
     pair_file_checks,
     pair_source_key,
     raise_on_failed_checks,
+    read_inputs_record,
     recorded_inputs_checks,
+    resumed_run_records,
     template_checks,
     tokenizer_digest,
     training_checks,
@@ -91,7 +97,14 @@ from torchflava.training.schema import (
     write_inputs_record,
 )
 from torchflava.utils.architecture import UntoldArgument
-from torchflava.utils.checkpoint import check_url, is_remote, local_checkpoint, staged_directory, without_prefix
+from torchflava.utils.checkpoint import (
+    check_url,
+    is_remote,
+    local_checkpoint,
+    read_json_object,
+    staged_directory,
+    without_prefix,
+)
 from torchflava.utils.cli import write_json
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnt temperature multiplier at 100
@@ -159,14 +172,25 @@ class TrainConfig:
         """Keys a resumed run may find changed without a change in what it trains: ``data.vocab_size`` where
         the tokenizer is read (``data.vocab``, or ``model.pretrained``'s), not learnt: the run records the
         tokenizer's size there (a run recorded before that states the unused 30522); a learnt one is sized
-        by it, and read back from the run directory when resumed."""
-        return {"data.vocab_size"} if self.data.vocab is not None or self.model.pretrained is not None else set()
+        by it, and read back from the run directory when resumed. And ``model.pretrained`` where the run resumed
+        records what it read of it (:func:`run_records`): it is not read again, so it may have moved, gone, or
+        be named null."""
+        read = {"data.vocab_size"} if self.data.vocab is not None or self.model.pretrained is not None else set()
+        return read | ({"model.pretrained"} if run_records(self) is not None else set())
 
 
-def validate(cfg: TrainConfig, world_size: int) -> Optional["FromCheckpoint"]:
+def run_records(cfg: TrainConfig) -> Optional[Path]:
+    """The directory of the run a resume continues, where that run started from ``model.pretrained`` and recorded
+    at its start what it read of it: the model's arguments (:data:`RUN_ARGUMENTS`), its preprocessing
+    (``preprocessor_config.json``) and tokenizer (:func:`resumed_run_records`)."""
+    return resumed_run_records(cfg.training, (RUN_ARGUMENTS, PREPROCESSOR_CONFIG))
+
+
+def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Optional["FromCheckpoint"]:
     """Check what types cannot: choices, ranges and sizes that must agree. Raises ConfigError. Returns
     what a local ``model.pretrained`` brings and was checked with (None: none, or a URL's), read once:
-    ``main`` trains from it."""
+    ``main`` trains from it. ``resumed``: a resume of a run that records what it read of ``model.pretrained``
+    (:func:`run_records`), which is not read (None is returned)."""
     d, m, t = cfg.data, cfg.model, cfg.training
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
@@ -229,7 +253,7 @@ def validate(cfg: TrainConfig, world_size: int) -> Optional["FromCheckpoint"]:
     build = functools.cache(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))
     if cfg.model.pretrained is None:
         raise_on_failed_checks([builds_on_meta("model", build)])
-    checked = checked_checkpoint(cfg)  # its header read, no tensor data
+    checked = None if resumed else checked_checkpoint(cfg)  # its header read, no tensor data
     raise_on_failed_checks(
         [
             text_length_check(cfg, text_context(cfg, None if checked is None else checked.checkpoint)),
@@ -393,7 +417,8 @@ class FromCheckpoint(NamedTuple):
     tokenizer, nor its preprocessing is read, nor checked, again.
 
     Attributes:
-        checkpoint (CLIPCheckpoint): its header and config (no tensor data).
+        checkpoint (Optional[CLIPCheckpoint]): its header and config (no tensor data); None for what a resumed
+            run's own records give (:func:`recorded_start`).
         tokenizer: the run's tokenizer, found to fit it; None where the run learns one from the captions
             (``main`` checks it once learnt).
         kwargs (Optional[dict]): ``clip_model``'s arguments, found to fit its weights; None with a learnt
@@ -402,7 +427,7 @@ class FromCheckpoint(NamedTuple):
             for ``kwargs``' image size; None with a learnt tokenizer.
     """
 
-    checkpoint: CLIPCheckpoint
+    checkpoint: Optional[CLIPCheckpoint]
     tokenizer: object = None
     kwargs: Optional[dict] = None
     transforms: Optional[tuple] = None
@@ -459,6 +484,55 @@ def checked_with_tokenizer(cfg: TrainConfig, checkpoint: CLIPCheckpoint, source:
         lambda: image_transforms(kwargs["image_size"], cfg.data, checkpoint),
     )
     return FromCheckpoint(checkpoint, tokenizer, kwargs, transforms)
+
+
+def recorded_start(cfg: TrainConfig, run: Path) -> FromCheckpoint:
+    """What a resume of ``run`` (:func:`run_records`) trains with, from the run's records alone, as its start
+    read them from ``model.pretrained``: the model's arguments, the tokenizer (:func:`recorded_tokenizer_source`;
+    None: learnt, read back by ``main``) and the transforms. ConfigError naming ``training.resume`` for a record
+    that does not read."""
+    arguments = run / RUN_ARGUMENTS
+    kwargs = opened(
+        "training.resume",
+        str(arguments),
+        "the model arguments the run recorded at its start (a JSON object)",
+        lambda: read_json_object(arguments),
+    )
+    source, key = recorded_tokenizer_source(cfg, run)
+    tokenizer = None if source is None else opened(key, source, TOKENIZER, lambda: read_tokenizer(source))
+    transforms = opened(
+        "training.resume",
+        str(run / PREPROCESSOR_CONFIG),
+        "the preprocessing the run recorded at its start",
+        lambda: image_transforms(kwargs["image_size"], cfg.data, None, directory=run),
+    )
+    return FromCheckpoint(None, tokenizer, kwargs, transforms)
+
+
+def recorded_tokenizer_source(cfg: TrainConfig, run: Path) -> tuple[Optional[str], str]:
+    """:func:`tokenizer_source` for a resume of ``run``: ``data.vocab``; else the tokenizer the run saved at its
+    start where it read ``model.pretrained``'s (its inputs record says so); else (None, ``data.vocab``): learnt."""
+    if cfg.data.vocab is not None:
+        return cfg.data.vocab, "data.vocab"
+    if "model.pretrained" in read_inputs_record(run) and holds_tokenizer(run):
+        return str(run), "model.pretrained"
+    return None, "data.vocab"
+
+
+def resolve_model_section(cfg: TrainConfig, checked: Optional[FromCheckpoint]) -> None:
+    """Set the model section's null sizes to those ``model.pretrained`` gave (``checked.kwargs``), so that the
+    run's config.yaml states the architecture it trains and its resume rebuilds it without reading
+    ``model.pretrained`` (a resume's, from the run's records: the same command line resumes).
+    ``logit_scale_init`` stays as set: the weights' own value is loaded over it."""
+    if checked is None or checked.kwargs is None:
+        return
+    m = cfg.model
+    built = {
+        k: v
+        for k, v in checked.kwargs.items()
+        if hasattr(m, k) and k not in ("pretrained", "logit_scale_init") and getattr(m, k) is None
+    }
+    cfg.model = replace(m, **built)
 
 
 def downloaded_checkpoint(cfg: TrainConfig) -> Optional[FromCheckpoint]:
@@ -541,16 +615,19 @@ def model_kwargs(cfg: TrainConfig, tokenizer, checkpoint: Optional[CLIPCheckpoin
 
 
 def image_transforms(
-    image_size: int, d: DataConfig, checkpoint: Optional[CLIPCheckpoint]
+    image_size: int, d: DataConfig, checkpoint: Optional[CLIPCheckpoint], *, directory: Optional[Path] = None
 ) -> tuple[RandomCropTransform, ImageTransform]:
     """The training crop (RandomResizedCrop to the model's image size) and the evaluation transform.
 
     From scratch: CLIP's mean and std, and :class:`EvalImageTransform`. From a checkpoint: its own
     preprocessing (``preprocessor_config.json``, open_clip's ``preprocess_cfg``; else
     :class:`EvalImageTransform`) evaluates, and the crops are normalised with its mean and std (none:
-    0 and 1), as the weights were trained.
+    0 and 1), as the weights were trained. ``directory``: a resumed run's, whose ``preprocessor_config.json``
+    records the preprocessing its start read of its checkpoint.
     """
-    if checkpoint is None:
+    if directory is not None:
+        evaluation = checkpoint_image_transform(directory, image_size=image_size)
+    elif checkpoint is None:
         evaluation = EvalImageTransform(image_size)
     else:
         evaluation = checkpoint_image_transform(checkpoint.directory, image_size=image_size)
@@ -662,19 +739,39 @@ def contrastive_step(model: nn.Module, item: MixedBatch) -> StepOutput:
     return StepOutput({"contrastive": loss * pairs}, {"contrastive": pairs})
 
 
+def record_start(run: Path, kwargs: dict, eval_transform: ImageTransform) -> None:
+    """Record in ``run`` what its start read of ``model.pretrained`` beside the tokenizer it saves: the model's
+    arguments (:data:`RUN_ARGUMENTS`) and its preprocessing (``preprocessor_config.json``), each atomically."""
+    write_json(run / RUN_ARGUMENTS, kwargs, allow_nan=True)
+    eval_transform.save(run)
+
+
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
     cfg = replace(cfg, data=replace(cfg.data))  # (data.max_text_length and vocab_size resolve here, not the caller's)
     checked = None  # what validate read of model.pretrained (a URL's: downloaded) and checked: neither done again
     tokenizer = None  # a tokenizer read (data.vocab, model.pretrained's) by then; None: not yet, or learnt later
+    records = None  # a resumed run's directory, whose records of model.pretrained it trains with (not read again)
 
-    def validated(config: TrainConfig, world_size: int) -> None:
+    def from_pretrained(config: TrainConfig, read: Optional[FromCheckpoint]) -> None:  # a new run's start
         nonlocal checked, tokenizer
-        checked = validate(config, world_size) or downloaded_checkpoint(config)
+        checked = read or downloaded_checkpoint(config)  # (read: validate's reading of model.pretrained, checked)
         tokenizer = None if checked is None else checked.tokenizer
         if checked is None and config.data.vocab is not None:  # from scratch with a tokenizer: read once, here
             tokenizer = run_tokenizer(config, config.data.vocab, "data.vocab", None, resumed=False)
+
+    def validated(config: TrainConfig, world_size: int) -> None:
+        nonlocal checked, tokenizer, records
+        records = run_records(config)
+        if records is not None:
+            checked = recorded_start(config, records)
+            resolve_model_section(config, checked)  # null sizes: the run's, as a new run resolves them
+            validate(config, world_size, resumed=True)
+            tokenizer = checked.tokenizer
+        else:
+            from_pretrained(config, validate(config, world_size))
+            resolve_model_section(config, checked)  # the architecture model.pretrained states, as built
         # before start_run compares the config with a resumed checkpoint's and records it
         resolve_text_length(config, text_context(config, None if checked is None else checked.checkpoint))
         resolve_vocab_size(config, tokenizer)
@@ -683,11 +780,16 @@ def main(cfg: TrainConfig) -> dict:
     info, resume_from = start.info, start.resume_from
     t, d = cfg.training, cfg.data
     out_dir = Path(t.output_dir)
+    if records is not None and resume_from is None:  # no intact checkpoint left: a new run, from model.pretrained
+        records = None
+        from_pretrained(cfg, checked_checkpoint(cfg))
 
     pairs = build_pairs(d)
     num_pairs = None if pairs is None else len(pairs)  # (streamed: not known)
     raise_on_failed_checks([contrastive_data_check(t, num_pairs, pair_source_key(d))])
     checkpoint = None if checked is None else checked.checkpoint
+    if records is not None and tokenizer is None:  # a resumed run's learnt vocabulary, read back
+        tokenizer = run_tokenizer(cfg, None, "data.vocab", pairs, resumed=True)
     if checked is not None and checked.kwargs is not None:  # validate's tokenizer, arguments and transforms, checked
         kwargs, (train_transform, eval_transform) = checked.kwargs, checked.transforms
     else:  # a learnt tokenizer (from scratch or for a weights file alone), or data.vocab from scratch: now
@@ -698,7 +800,7 @@ def main(cfg: TrainConfig) -> dict:
         train_transform, eval_transform = image_transforms(kwargs["image_size"], d, checkpoint)
     # the tokenizer read again at each start (data.vocab, model.pretrained's, the run's learnt one): a resume
     # whose files changed since the run's start is refused (a changed vocabulary changes the token ids)
-    source, key = tokenizer_source(cfg, checkpoint)
+    source, key = tokenizer_source(cfg, checkpoint) if records is None else recorded_tokenizer_source(cfg, records)
     learnt = "the vocabulary learnt at the run's start (its vocab.txt)"
     read_again = {key: (tokenizer_digest(tokenizer), "tokenizer", source or learnt)}
     if resume_from is not None:
@@ -712,6 +814,7 @@ def main(cfg: TrainConfig) -> dict:
     if info.is_main and (note := run_checks.evaluation_note(d.source, cfg.eval.enabled)) is not None:
         print(note, file=sys.stderr)  # (the evaluation scores the shapes world only: said as training starts)
 
+    recorded_sizes = records is not None or checkpoint is not None and checked.kwargs is not None
     torch.manual_seed(t.seed)
     weights = checkpoint.weights if checkpoint is not None else None
     model = clip_model(pretrained=weights, **kwargs).to(info.device)
@@ -731,8 +834,13 @@ def main(cfg: TrainConfig) -> dict:
             num_workers=d.num_workers,
             description="clip",
             start=start,
-            run_files=lambda run: (tokenizer.save(run), write_inputs_record(run, read_again)),  # with config.yaml,
-            # once the resume is checked: nothing written before
+            run_files=lambda run: (
+                tokenizer.save(run),
+                write_inputs_record(run, read_again),
+                # what a run started from a checkpoint read of it, where its config.yaml records the sizes it
+                # resolved (not with a vocabulary learnt for a weights file: that run reads it again)
+                record_start(run, kwargs, eval_transform) if recorded_sizes else None,
+            ),  # with config.yaml, once the resume is checked: nothing written before
         )
     except BrokenStream as error:  # shards whose first samples read, broken further on
         raise ConfigError(broken_stream_message(error, d.files.pairs_shards)) from None

@@ -7,7 +7,8 @@
 Reads top to bottom: config -> process group -> data (step-indexed batches of the training split,
 ``MixedBatches`` with one source) -> ``flava_model_for_classification`` (the ``model`` section holds
 its arguments; ``model.pretrained`` is a checkpoint directory that brings the vocabulary, or a run's
-training checkpoint ``<run>/checkpoints/step_<N>``) -> ``fit``
+training checkpoint ``<run>/checkpoints/step_<N>``; read by a new run only, which records the backbone's
+arguments, tokenizer and preprocessing in its directory for its resume) -> ``fit``
 (the training loop the pretraining recipe uses: DDP/FSDP2, exact resume, also on another number
 of ranks, metrics) -> validation report: the final model on ``data.val`` and on each named set of
 ``data.extra_val`` (MNLI's matched and mismatched dev sets in one run). ``main(cfg)`` returns the report.
@@ -36,12 +37,18 @@ from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.samples import BadSample, unusable_start
 from torchflava.data.shapes import ALL_SCENES
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
+from torchflava.data.transforms import PREPROCESSOR_CONFIG
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES, read_inputs
 from torchflava.pretrained import (
+    RUN_ARGUMENTS,
+    CheckpointLayout,
+    Pretrained,
+    checkpoint_image_transform,
     checkpoint_layout,
+    checkpoint_tokenizer,
     load_pretrained,
     local_directory,
     text_positions,
@@ -59,9 +66,10 @@ from torchflava.training.schema import (
     opened,
     path_check,
     raise_on_failed_checks,
+    resumed_run_records,
     training_checks,
 )
-from torchflava.utils.checkpoint import staged_directory
+from torchflava.utils.checkpoint import read_json_object, staged_directory
 from torchflava.utils.cli import write_json
 
 TASKS = ("glue", "image_folder", "image_text", "shapes")
@@ -129,8 +137,58 @@ class FinetuneConfig:
         :func:`text_length_resume_check` compares knowing the checkpoint's text positions (a run recorded
         before the length was resolved states 128 where it trained at the checkpoint's fewer positions), and
         ``data.sentence_pairs``, which :func:`sentence_pairs_resume_check` compares (a run recorded before the
-        key existed states none: a single-text one resumes, a sentence-pair one trained on another encoding)."""
-        return {"data.max_text_length", "data.sentence_pairs"}
+        key existed states none: a single-text one resumes, a sentence-pair one trained on another encoding).
+        And ``model.pretrained`` where the run resumed records what it read of it (:func:`run_records`): it is
+        not read again, so it may have moved, gone, or be named null."""
+        recorded = {"model.pretrained"} if run_records(self) is not None else set()
+        return {"data.max_text_length", "data.sentence_pairs"} | recorded
+
+
+def run_records(cfg: FinetuneConfig) -> Optional[Path]:
+    """The directory of the run a resume continues where it recorded at its start what it read of
+    ``model.pretrained``: the backbone's arguments (:data:`RUN_ARGUMENTS`), its preprocessing
+    (``preprocessor_config.json``) and its tokenizer (``vocab.txt``); None for a new run or one recorded before
+    (:func:`resumed_run_records`)."""
+    return resumed_run_records(cfg.training, (RUN_ARGUMENTS, PREPROCESSOR_CONFIG, "vocab.txt"))
+
+
+def recorded_backbone(run: Path) -> dict:
+    """The backbone's ``flava_model`` arguments ``run`` recorded at its start (ConfigError naming
+    ``training.resume`` where the record does not read)."""
+    file = run / RUN_ARGUMENTS
+    return opened(
+        "training.resume",
+        str(file),
+        "the backbone arguments the run recorded at its start (a JSON object)",
+        lambda: read_json_object(file),
+    )
+
+
+def recorded_pretrained(run: Path, kwargs: dict) -> Pretrained:
+    """What a resumed run takes of ``model.pretrained`` from ``run``'s records instead: the backbone built from
+    its recorded arguments (its weights come with the checkpoint resumed from), the tokenizer and the
+    preprocessing the run saved at its start."""
+    tokenizer = opened(
+        "training.resume",
+        str(run),
+        "a run directory holding the tokenizer it saved at its start",
+        lambda: checkpoint_tokenizer(CheckpointLayout(weights=run, kwargs=kwargs, directory=run, family="flava")),
+    )
+    transform = opened(
+        "training.resume",
+        str(run / PREPROCESSOR_CONFIG),
+        "the preprocessing the run recorded at its start",
+        lambda: checkpoint_image_transform(run, image_size=kwargs["image_size"]),
+    )
+    return Pretrained(flava_model(**kwargs).eval(), tokenizer, kwargs, run, transform)
+
+
+def record_start(run: Path, pretrained: Pretrained, transform) -> None:
+    """Record in ``run`` what its start read of ``model.pretrained``: the backbone's arguments, every one stated
+    (:data:`RUN_ARGUMENTS`), its tokenizer and the preprocessing it trains with, each atomically."""
+    write_json(run / RUN_ARGUMENTS, flava_model_arguments(**pretrained.kwargs), allow_nan=True)
+    pretrained.tokenizer.save(run)
+    transform.save(run)
 
 
 # Which encoder's CLS each task can feed: its inputs are text (glue), images (image_folder, shapes) or both.
@@ -169,9 +227,11 @@ def task_modality(cfg: FinetuneConfig) -> str:
     return fitting[0] if len(fitting) == 1 else "multimodal"
 
 
-def validate(cfg: FinetuneConfig, world_size: int) -> int:
+def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[dict] = None) -> int:
     """Check every key types cannot, before any work: choices, ranges, the task's files and whether
-    the model, loss and labels fit the task. Raises ConfigError naming the key.
+    the model, loss and labels fit the task. Raises ConfigError naming the key. ``recorded``: the backbone
+    arguments a resumed run recorded (:func:`recorded_backbone`), checked in place of ``model.pretrained``'s,
+    which is not read.
 
     Returns:
         int: the text positions of ``model.pretrained`` (what a null ``data.max_text_length`` is capped at).
@@ -199,7 +259,7 @@ def validate(cfg: FinetuneConfig, world_size: int) -> int:
             (m.classifier_hidden_dim >= 1, "model.classifier_hidden_dim", ">= 1", m.classifier_hidden_dim),
             (0 <= m.classifier_dropout < 1, "model.classifier_dropout", "in [0, 1)", m.classifier_dropout),
             (
-                is_checkpoint_directory(m.pretrained),
+                recorded is not None or is_checkpoint_directory(m.pretrained),
                 "model.pretrained",
                 "a checkpoint directory, or a file:// URL of one (it brings the vocabulary)",
                 m.pretrained,
@@ -241,12 +301,14 @@ def validate(cfg: FinetuneConfig, world_size: int) -> int:
         + _unread_checks(d)
     )
     # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
-    layout = opened(
-        "model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(local_directory(m.pretrained))
-    )
-    got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
-    raise_on_failed_checks([(layout.family == "flava", "model.pretrained", PRETRAINED, got)])
-    positions = text_positions("flava", layout.kwargs)
+    if recorded is None:
+        layout = opened(
+            "model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(local_directory(m.pretrained))
+        )
+        got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
+        raise_on_failed_checks([(layout.family == "flava", "model.pretrained", PRETRAINED, got)])
+    backbone_kwargs = layout.kwargs if recorded is None else recorded
+    positions = text_positions("flava", backbone_kwargs)
     raise_on_failed_checks(
         [
             (
@@ -263,7 +325,7 @@ def validate(cfg: FinetuneConfig, world_size: int) -> int:
     def classifier() -> nn.Module:
         kwargs = {**asdict(m), "modality": modality, "pretrained": None, "loss": loss}
         return flava_model_for_classification(
-            1 if loss == "mse" else 2, backbone=flava_model(**layout.kwargs), **kwargs
+            1 if loss == "mse" else 2, backbone=flava_model(**backbone_kwargs), **kwargs
         )
 
     raise_on_failed_checks([lr_multipliers_check(classifier, cfg.optim)])
@@ -590,10 +652,13 @@ def classification_step(model: nn.Module, item: MixedBatch, *, modality: str) ->
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: FinetuneConfig) -> dict:
     positions = None
+    records, recorded = None, None  # a resumed run's directory and backbone arguments: model.pretrained not read
 
     def validated(config: FinetuneConfig, world_size: int) -> None:
-        nonlocal positions
-        positions = validate(config, world_size)
+        nonlocal positions, records, recorded
+        records = run_records(config)
+        recorded = None if records is None else recorded_backbone(records)
+        positions = validate(config, world_size, recorded=recorded)
         resolve_defaults(config, positions)  # before start_run compares the config with a resumed one's and records it
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point
@@ -637,12 +702,15 @@ def main(cfg: FinetuneConfig) -> dict:
     expected = f"null or {losses[0]} for the targets of {d.train}"
     raise_on_failed_checks([(cfg.model.loss in (None, *losses), "model.loss", expected, cfg.model.loss)])
     loss = cfg.model.loss or losses[0]
-    pretrained = opened(
-        "model.pretrained",
-        cfg.model.pretrained,
-        PRETRAINED,
-        lambda: load_pretrained(cfg.model.pretrained),
-    )
+    if records is not None and start.resume_from is not None:  # the run's records: model.pretrained not read
+        pretrained = recorded_pretrained(records, recorded)
+    else:
+        pretrained = opened(
+            "model.pretrained",
+            cfg.model.pretrained,
+            PRETRAINED,
+            lambda: load_pretrained(cfg.model.pretrained),
+        )
     collator = ClassificationCollator(
         pretrained.tokenizer,
         image_size=pretrained.image_size,
@@ -667,7 +735,17 @@ def main(cfg: FinetuneConfig) -> dict:
     raise_on_failed_checks([lr_multipliers_check(model, cfg.optim)])  # before the run directory is written
     # fit writes config.yaml once the resume is checked: nothing is written in the run directory before
     step = functools.partial(classification_step, modality=model.modality)
-    result = fit(model, step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
+    result = fit(
+        model,
+        step,
+        data,
+        training=t,
+        optim=cfg.optim,
+        description="fine-tuning",
+        start=start,
+        # what the run read of model.pretrained, with config.yaml: its resume reads these instead
+        run_files=lambda run: record_start(run, pretrained, collator.transform),
+    )
 
     tokenizer = copy.copy(pretrained.tokenizer)
     tokenizer.model_max_length = collator.max_text_length  # the length it trained at: the export's default

@@ -997,3 +997,58 @@ def test_a_contrastive_batch_larger_than_the_data_is_refused_before_any_work(tmp
     accumulated = (*overrides, "training.global_batch_size=16", "training.grad_accumulation=2", "training.max_steps=3")
     report = train.main(_config(f"training.output_dir={tmp_path / 'run2'}", *accumulated))  # 8 a micro-batch: fits
     assert report["steps"] == 3
+
+
+def _started_run(hf_clip, tmp_path):
+    """A run of 3 steps from a copy of ``hf_clip`` (checkpoints at each step, no evaluation), the copy then
+    moved away. Returns (run, the run's overrides, the uninterrupted losses)."""
+    started, run = tmp_path / "started", tmp_path / "run"
+    shutil.copytree(hf_clip, started)
+    overrides = [f"training.output_dir={run}", f"model.pretrained={started}", *FROM_CHECKPOINT, "eval.enabled=false"]
+    overrides += ["training.max_steps=3", "optim.warmup_steps=1", "training.log_every=1", "training.checkpoint_every=1"]
+    train.main(_config(*overrides))
+    started.rename(tmp_path / "moved")  # the run's config names a checkpoint that is gone
+    return run, overrides, _losses(run)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_run_from_a_checkpoint_resumes_without_it_to_the_same_losses(hf_clip, tmp_path):
+    """A resumed run read model.pretrained again (its tokenizer, sizes and preprocessing): once the checkpoint it
+    started from had moved, the resume was refused, and a new path there was refused as a changed config. The
+    run now records at its start what it read of it (the sizes in config.yaml, its arguments, its
+    preprocessing, its tokenizer) and a resume trains from those records alone, to the uninterrupted losses."""
+    run, overrides, uninterrupted = _started_run(hf_clip, tmp_path)
+    started = tmp_path / "started"
+    assert sorted(uninterrupted) == [1, 2, 3]
+    recorded = load_config(train.TrainConfig, [f"config={run / 'config.yaml'}"])
+    assert recorded.model.pretrained == str(started)
+    assert (recorded.model.vision_width, recorded.model.text_width, recorded.model.context_length) == (32, 32, 77)
+    assert json.loads((run / "model_arguments.json").read_text()) == json.loads(
+        (run / "model" / "clip_config.json").read_text()
+    )
+    assert (
+        ImageTransformSpec.from_preprocessor_config(json.loads((run / "preprocessor_config.json").read_text())).mean
+        == MEAN
+    )
+    resumes = [[f"config={run / 'config.yaml'}", f"model.pretrained={p}"] for p in (tmp_path / "elsewhere", "null")]
+    for resume in [[f"config={DEBUG}", *overrides], *resumes]:  # the same command line (null sizes), the run's config
+        shutil.rmtree(run / "checkpoints" / "step_00000003")
+        train.main(load_config(train.TrainConfig, [*resume, "training.resume=auto"]))
+        assert _losses(run) == uninterrupted  # exactly: the same tokenizer, model, preprocessing and data
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_run_killed_before_its_export_loads_without_the_checkpoint_it_started_from(hf_clip, tmp_path):
+    """Loading a CLIP run without an export (its newest training checkpoint) read the checkpoint it started from
+    (config.yaml's model.pretrained) for its arguments and preprocessing: once moved, it failed. It now reads what
+    the run recorded at its start: the checkpoint's mean and std, the export's arguments, the trained weights."""
+    from torchflava.pretrained import load_pretrained
+
+    run = _started_run(hf_clip, tmp_path)[0]
+    exported = load_pretrained(run / "model")
+    shutil.rmtree(run / "model")  # killed before its export
+    loaded = load_pretrained(run)
+    assert loaded.image_transform.spec == exported.image_transform.spec and loaded.image_transform.spec.mean == MEAN
+    assert loaded.kwargs == exported.kwargs and loaded.text_length == exported.text_length == 24
+    state, expected = loaded.model.state_dict(), exported.model.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)

@@ -1031,3 +1031,29 @@ def test_a_pair_run_recorded_before_sentence_pairs_were_two_segments_is_not_resu
         finetune.ConfigError, match=r"key 'data.max_text_length': expected null or >= 3 for sentence pairs"
     ):
         finetune.validate(load_config(finetune.FinetuneConfig, short), 1)
+
+
+def test_a_resumed_run_needs_not_the_checkpoint_it_started_from(export, tmp_path):
+    """A resumed fine-tuning run loaded model.pretrained again (its tokenizer, sizes and preprocessing): once
+    the checkpoint had moved, the resume was refused, and a new path there was refused as a changed config.
+    The run now records at its start what it read of it (the backbone's arguments, its tokenizer and
+    preprocessing) and a resume trains from those, to exactly the uninterrupted losses."""
+    import shutil
+
+    started = tmp_path / "started"
+    shutil.copytree(export, started)
+    common = [*SHAPES, "training.max_steps=6", "training.checkpoint_every=3", "training.log_every=1"]
+    _run(started, tmp_path / "run", *common)
+    run = tmp_path / "run"
+    uninterrupted = {s: r["loss"] for s, r in _records(run).items()}
+    assert sorted(uninterrupted) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "model_arguments.json").read_text()) == json.loads(
+        (run / "model" / "backbone_config.json").read_text()
+    )
+    assert (run / "vocab.txt").read_text() == (export / "vocab.txt").read_text()
+    started.rename(tmp_path / "moved")
+    for pretrained in (started, tmp_path / "elsewhere", None):
+        shutil.rmtree(run / "checkpoints" / "step_00000006")
+        overrides = [*common, "training.resume=auto"] + (["model.pretrained=null"] if pretrained is None else [])
+        _run(tmp_path / "moved" if pretrained is None else pretrained, run, *overrides)
+        assert {s: r["loss"] for s, r in _records(run).items()} == uninterrupted  # exactly

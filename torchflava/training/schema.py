@@ -741,6 +741,20 @@ def read_inputs_record(run_dir: Union[str, os.PathLike]) -> dict:
     return {k: v for k, v in record.items() if isinstance(v, str)} if isinstance(record, dict) else {}
 
 
+def resumed_run_records(training: "TrainingConfig", names: Sequence[str]) -> Optional[Path]:
+    """The directory of the run a resume continues (``training.output_dir`` for ``auto`` where it holds
+    checkpoints; an explicit checkpoint's run), where it holds every file of ``names``: what the run recorded at
+    its start of the checkpoint it started from (``model.pretrained``), so that the resume reads those, not it.
+    None for a new run (``training.resume`` none, or auto without checkpoints) and for a run recorded before
+    (which reads ``model.pretrained`` again)."""
+    if training.resume in ("none", ""):
+        return None
+    run = Path(training.output_dir) if training.resume == "auto" else Path(training.resume).parent.parent
+    if training.resume == "auto" and not any((run / "checkpoints").glob("step_*")):
+        return None
+    return run if all((run / name).is_file() for name in names) else None
+
+
 def recorded_inputs_checks(run_dir: Union[str, os.PathLike], read: dict[str, tuple[str, str, object]]) -> list[tuple]:
     """That what a resumed run read again is what it read at its start, as ``(ok, key, expected, got)``.
 
