@@ -533,9 +533,15 @@ def test_an_entry_of_the_wrong_kind_in_the_output_dir_is_refused_before_any_work
     (tmp_path / "file_model").mkdir()
     (tmp_path / "file_model" / "model").write_text("my notes")  # the export directory goes there
     (tmp_path / "dir_metrics" / "metrics.jsonl").mkdir(parents=True)
+    (tmp_path / "dir_arguments" / "model_arguments.json").mkdir(parents=True)  # (a run from a checkpoint writes it)
     for out, entry, fault in (
         (tmp_path / "file_model", "model", "its model is a file, where a run writes a directory"),
         (tmp_path / "dir_metrics", "metrics.jsonl", "its metrics.jsonl is a directory, where a run writes a file"),
+        (
+            tmp_path / "dir_arguments",
+            "model_arguments.json",
+            "its model_arguments.json is a directory, where a run writes a file",
+        ),
     ):
         with pytest.raises(module.ConfigError) as caught:
             module.main(_config(recipe, [], files, out))

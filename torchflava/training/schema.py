@@ -96,6 +96,8 @@ RUN_ENTRIES = {
     "vocab.txt": "file",
     "tokenizer_config.json": "file",
     "inputs.json": "file",
+    "model_arguments.json": "file",
+    "preprocessor_config.json": "file",
 }
 
 
