@@ -35,6 +35,7 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
+import yaml
 
 from torchflava.data import run_checks
 from torchflava.data.clip_tokenizer import read_tokenizer
@@ -519,20 +520,32 @@ def recorded_tokenizer_source(cfg: TrainConfig, run: Path) -> tuple[Optional[str
     return None, "data.vocab"
 
 
-def resolve_model_section(cfg: TrainConfig, checked: Optional[FromCheckpoint]) -> None:
+def resolve_model_section(cfg: TrainConfig, checked: Optional[FromCheckpoint], keep: frozenset = frozenset()) -> None:
     """Set the model section's null sizes to those ``model.pretrained`` gave (``checked.kwargs``), so that the
     run's config.yaml states the architecture it trains and its resume rebuilds it without reading
-    ``model.pretrained`` (a resume's, from the run's records: the same command line resumes).
-    ``logit_scale_init`` stays as set: the weights' own value is loaded over it."""
+    ``model.pretrained`` (a resume's, from the run's records: the same command line resumes); but those in
+    ``keep`` (:func:`recorded_nulls`). ``logit_scale_init`` stays as set: the weights' own value is loaded over it."""
     if checked is None or checked.kwargs is None:
         return
     m = cfg.model
     built = {
         k: v
         for k, v in checked.kwargs.items()
-        if hasattr(m, k) and k not in ("pretrained", "logit_scale_init") and getattr(m, k) is None
+        if hasattr(m, k) and k not in ("pretrained", "logit_scale_init", *keep) and getattr(m, k) is None
     }
     cfg.model = replace(m, **built)
+
+
+def recorded_nulls(cfg: TrainConfig) -> frozenset:
+    """The model keys a resumed run's config.yaml records as null: a run from ``model.pretrained`` recorded before
+    the sizes were resolved into it (it reads ``model.pretrained`` again, and its config compares equal with them
+    null); empty for a new run, or a config.yaml that does not read (start_run names it)."""
+    run = resumed_run_records(cfg.training, ())
+    try:
+        section = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["model"]
+    except (TypeError, OSError, KeyError, ValueError, yaml.YAMLError):  # (TypeError: no run; a config not a mapping)
+        return frozenset()
+    return frozenset(k for k, v in section.items() if v is None) if isinstance(section, dict) else frozenset()
 
 
 def downloaded_checkpoint(cfg: TrainConfig) -> Optional[FromCheckpoint]:
@@ -769,9 +782,9 @@ def main(cfg: TrainConfig) -> dict:
             resolve_model_section(config, checked)  # null sizes: the run's, as a new run resolves them
             validate(config, world_size, resumed=True)
             tokenizer = checked.tokenizer
-        else:
+        else:  # (a run recorded before the records resumes with the nulls its config.yaml states)
             from_pretrained(config, validate(config, world_size))
-            resolve_model_section(config, checked)  # the architecture model.pretrained states, as built
+            resolve_model_section(config, checked, keep=recorded_nulls(config))  # model.pretrained's architecture
         # before start_run compares the config with a resumed checkpoint's and records it
         resolve_text_length(config, text_context(config, None if checked is None else checked.checkpoint))
         resolve_vocab_size(config, tokenizer)

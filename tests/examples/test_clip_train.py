@@ -1038,6 +1038,27 @@ def test_a_run_from_a_checkpoint_resumes_without_it_to_the_same_losses(hf_clip, 
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_run_recorded_before_its_start_records_resumes_from_model_pretrained(hf_clip, tmp_path, monkeypatch):
+    """A run from model.pretrained recorded before runs recorded their start (its config.yaml's model sizes null,
+    no model_arguments.json nor preprocessor_config.json) was refused on resume: the resume resolved the null sizes
+    from model.pretrained and found them changed (None -> 32). It resumes again, to the uninterrupted losses."""
+    started, run = tmp_path / "started", tmp_path / "run"
+    shutil.copytree(hf_clip, started)
+    overrides = [f"training.output_dir={run}", f"model.pretrained={started}", *FROM_CHECKPOINT, "eval.enabled=false"]
+    overrides += ["training.max_steps=3", "optim.warmup_steps=1", "training.log_every=1", "training.checkpoint_every=1"]
+    with monkeypatch.context() as before:  # the start of a run of that time: nothing resolved, nothing recorded
+        before.setattr(train, "resolve_model_section", lambda *args, **kwargs: None)
+        before.setattr(train, "record_start", lambda *args, **kwargs: None)
+        train.main(_config(*overrides))
+    assert load_config(train.TrainConfig, [f"config={run / 'config.yaml'}"]).model.vision_width is None
+    assert not (run / "model_arguments.json").exists()
+    uninterrupted = _losses(run)
+    shutil.rmtree(run / "checkpoints" / "step_00000003")
+    train.main(_config(*overrides, "training.resume=auto"))
+    assert _losses(run) == uninterrupted
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_a_run_killed_before_its_export_loads_without_the_checkpoint_it_started_from(hf_clip, tmp_path):
     """Loading a CLIP run without an export (its newest training checkpoint) read the checkpoint it started from
     (config.yaml's model.pretrained) for its arguments and preprocessing: once moved, it failed. It now reads what
