@@ -87,7 +87,6 @@ from torchflava.training.schema import (
     pair_file_checks,
     pair_source_key,
     raise_on_failed_checks,
-    read_inputs_record,
     recorded_inputs_checks,
     resumed_run_records,
     template_checks,
@@ -511,13 +510,15 @@ def recorded_start(cfg: TrainConfig, run: Path) -> FromCheckpoint:
 
 
 def recorded_tokenizer_source(cfg: TrainConfig, run: Path) -> tuple[Optional[str], str]:
-    """:func:`tokenizer_source` for a resume of ``run``: ``data.vocab``; else the tokenizer the run saved at its
-    start where it read ``model.pretrained``'s (its inputs record says so); else (None, ``data.vocab``): learnt."""
+    """:func:`tokenizer_source` for a resume of ``run`` (which records its start: it read ``model.pretrained``,
+    whose tokenizer it saved, unless it read ``data.vocab``): ``data.vocab``; else the tokenizer the run saved.
+    ConfigError naming ``training.resume`` where the run holds none (a learnt vocabulary would not fit the
+    pretrained embeddings: it failed inside the first step)."""
     if cfg.data.vocab is not None:
         return cfg.data.vocab, "data.vocab"
-    if "model.pretrained" in read_inputs_record(run) and holds_tokenizer(run):
-        return str(run), "model.pretrained"
-    return None, "data.vocab"
+    expected = f"the tokenizer the run saved at its start beside its records ({TOKENIZER})"
+    raise_on_failed_checks([(holds_tokenizer(run), "training.resume", expected, f"{run}, which holds none")])
+    return str(run), "model.pretrained"
 
 
 def resolve_model_section(cfg: TrainConfig, checked: Optional[FromCheckpoint], keep: frozenset = frozenset()) -> None:

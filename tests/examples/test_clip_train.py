@@ -1038,6 +1038,22 @@ def test_a_run_from_a_checkpoint_resumes_without_it_to_the_same_losses(hf_clip, 
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_resume_from_the_records_reads_the_tokenizer_the_run_saved_whatever_its_inputs_record(hf_clip, tmp_path):
+    """A run with its start records but no readable inputs.json was resumed with a vocabulary learnt anew from the
+    captions (written into the run), which failed inside its first step; the run's saved tokenizer is read, and a
+    run whose tokenizer is gone is refused in one line naming training.resume."""
+    run, overrides, uninterrupted = _started_run(hf_clip, tmp_path)
+    (run / "inputs.json").unlink()
+    shutil.rmtree(run / "checkpoints" / "step_00000003")
+    train.main(load_config(train.TrainConfig, [f"config={run / 'config.yaml'}", "training.resume=auto"]))
+    assert _losses(run) == uninterrupted and not (run / "vocab.txt").exists()
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        (run / name).unlink(missing_ok=True)
+    with pytest.raises(train.ConfigError, match=r"^key 'training.resume': expected the tokenizer the run saved"):
+        train.main(load_config(train.TrainConfig, [f"config={run / 'config.yaml'}", "training.resume=auto"]))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_a_run_recorded_before_its_start_records_resumes_from_model_pretrained(hf_clip, tmp_path, monkeypatch):
     """A run from model.pretrained recorded before runs recorded their start (its config.yaml's model sizes null,
     no model_arguments.json nor preprocessor_config.json) was refused on resume: the resume resolved the null sizes
