@@ -104,6 +104,16 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "vocab.json")  # a checkpoint 
 RUN_ARGUMENTS = "model_arguments.json"
 
 
+def read_run_arguments(path: Union[str, os.PathLike]) -> dict:
+    """The builder arguments a run recorded at its start (:data:`RUN_ARGUMENTS`): a JSON object stating at least
+    ``image_size`` (an int); ValueError naming the file otherwise (a bare KeyError came from deep inside)."""
+    kwargs = read_json_object(Path(path))
+    size = kwargs.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ValueError(f"{path}: expected the model arguments with an int image_size, got image_size={size!r}")
+    return kwargs
+
+
 class Pretrained(NamedTuple):
     """A loaded checkpoint.
 
@@ -841,7 +851,7 @@ def _run_arguments(family: str, section: dict, tokenizer, run: Path) -> tuple[di
         return kwargs, EvalImageTransform(kwargs["image_size"])
     if (run / RUN_ARGUMENTS).is_file() and (run / PREPROCESSOR_CONFIG).is_file():  # the run's own records
         check_regular_file(run / RUN_ARGUMENTS, "a run's recorded model arguments")
-        kwargs = read_json_object(run / RUN_ARGUMENTS)
+        kwargs = read_run_arguments(run / RUN_ARGUMENTS)
         return kwargs, checkpoint_image_transform(run, image_size=kwargs["image_size"])
     if pretrained is None:
         kwargs = clip_model_arguments(None, **stated, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.sep_id)

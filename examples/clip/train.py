@@ -67,6 +67,7 @@ from torchflava.pretrained import (
     holds_tokenizer,
     load_pretrained,
     read_clip_checkpoint,
+    read_run_arguments,
 )
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config
@@ -101,7 +102,6 @@ from torchflava.utils.checkpoint import (
     check_url,
     is_remote,
     local_checkpoint,
-    read_json_object,
     staged_directory,
     without_prefix,
 )
@@ -496,7 +496,7 @@ def recorded_start(cfg: TrainConfig, run: Path) -> FromCheckpoint:
         "training.resume",
         str(arguments),
         "the model arguments the run recorded at its start (a JSON object)",
-        lambda: read_json_object(arguments),
+        lambda: read_run_arguments(arguments),
     )
     source, key = recorded_tokenizer_source(cfg, run)
     tokenizer = None if source is None else opened(key, source, TOKENIZER, lambda: read_tokenizer(source))

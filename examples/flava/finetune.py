@@ -51,6 +51,7 @@ from torchflava.pretrained import (
     checkpoint_tokenizer,
     load_pretrained,
     local_directory,
+    read_run_arguments,
     text_positions,
     training_checkpoint,
 )
@@ -69,7 +70,7 @@ from torchflava.training.schema import (
     resumed_run_records,
     training_checks,
 )
-from torchflava.utils.checkpoint import read_json_object, staged_directory
+from torchflava.utils.checkpoint import staged_directory
 from torchflava.utils.cli import write_json
 
 TASKS = ("glue", "image_folder", "image_text", "shapes")
@@ -160,7 +161,7 @@ def recorded_backbone(run: Path) -> dict:
         "training.resume",
         str(file),
         "the backbone arguments the run recorded at its start (a JSON object)",
-        lambda: read_json_object(file),
+        lambda: read_run_arguments(file),
     )
 
 

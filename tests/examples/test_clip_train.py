@@ -6,6 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
+import re
 import shutil
 import signal
 import subprocess
@@ -1051,6 +1052,26 @@ def test_a_resume_from_the_records_reads_the_tokenizer_the_run_saved_whatever_it
         (run / name).unlink(missing_ok=True)
     with pytest.raises(train.ConfigError, match=r"^key 'training.resume': expected the tokenizer the run saved"):
         train.main(load_config(train.TrainConfig, [f"config={run / 'config.yaml'}", "training.resume=auto"]))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_start_record_without_the_image_size_is_named_in_one_line(hf_clip, tmp_path):
+    """model_arguments.json holding a JSON object without image_size gave a bare KeyError('image_size'), on resume
+    and when the run without its export was loaded."""
+    from torchflava.pretrained import load_pretrained
+
+    run = _started_run(hf_clip, tmp_path)[0]
+    (run / "model_arguments.json").write_text("{}")
+    shutil.rmtree(run / "checkpoints" / "step_00000003")
+    expected = (
+        f"{run / 'model_arguments.json'}: expected the model arguments with an int image_size, got image_size=None"
+    )
+    with pytest.raises(train.ConfigError, match="^key 'training.resume': ") as error:
+        train.main(load_config(train.TrainConfig, [f"config={run / 'config.yaml'}", "training.resume=auto"]))
+    assert expected in str(error.value) and "\n" not in str(error.value)
+    shutil.rmtree(run / "model")
+    with pytest.raises(ValueError, match=f"{re.escape(expected)}$"):
+        load_pretrained(run)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
