@@ -2,6 +2,7 @@
 as a run without it does, and bf16 under it."""
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -196,3 +197,20 @@ def test_a_strategy_change_in_fp32_says_nothing(tmp_path, one_rank_group, capsys
     capsys.readouterr()
     _classifier_run(tmp_path, resume="auto", strategy="none")
     assert _resume_lines(capsys) == []
+
+
+def test_clip_under_fsdp_returns_its_logit_scale_as_a_fresh_tensor_not_a_view(one_rank_group):
+    from torchflava.models import clip_model
+
+    torch.manual_seed(0)
+    sizes = dict(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2)
+    sizes |= dict(context_length=6, vocab_size=50, text_width=16, text_layers=1, text_heads=2, eos_token_id=49)
+    model = wrap_model(clip_model(**sizes), "fsdp")
+    text = torch.tensor([[1, 2, 49, 0, 0, 0], [3, 4, 5, 6, 7, 49]])
+    with warnings.catch_warnings(record=True) as caught:  # (FSDP2 warned: a returned view loses its hook)
+        warnings.simplefilter("always")
+        out = model(torch.randn(2, 3, 16, 16), text)
+        (out.logit_scale * (out.image_features * out.text_features).sum()).backward()
+    assert not [w for w in caught if "view tensor" in str(w.message)]
+    assert out.logit_scale._base is None and out.logit_scale.item() == pytest.approx(2.6592600, abs=1e-6)
+    assert model.logit_scale.grad is not None and torch.isfinite(model.logit_scale.grad)

@@ -109,4 +109,4 @@ class CLIPModel(nn.Module):
             raise ValueError("text_attention_mask: expected text with it, got text=None")
         text = None if text is None else self.encode_text(text, text_attention_mask)
         image = None if image is None else self.encode_image(image)
-        return CLIPOutput(image, text, self.logit_scale.view(()))  # a view: DDP refuses a returned parameter
+        return CLIPOutput(image, text, self.logit_scale.clone())  # DDP refuses a returned parameter, FSDP2 a view
