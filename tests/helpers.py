@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import pytest
 import torch
+from torch import nn
 
 # A tiny FLAVA: every dimension differs so that a transposed or swapped tensor cannot pass.
 TINY_FLAVA = dict(
@@ -370,3 +371,16 @@ def assert_a_grown_captions_file_refuses_resume(
     )
     assert str(caught.value).endswith(f"got '{pairs + 3} items'")
     assert max(r["step"] for r in recipe.read_metrics(run_dir / "metrics.jsonl")) == 2  # nothing trained
+
+
+class SeededLinear(nn.Module):
+    """One ``nn.Linear(in_dim, out_dim)`` whose weights come from ``torch.manual_seed(seed)``: a toy model for
+    the training loop's tests (the same weights in every run and every process)."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)

@@ -10,6 +10,7 @@ from torch import nn
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from tests.helpers import SeededLinear
 from tests.training.test_loop import ToyData, settings
 from torchflava.training.distributed import init_distributed, sync_replicated_grads, wrap_model
 from torchflava.training.loop import StepOutput, fit
@@ -79,16 +80,6 @@ def test_sync_replicated_grads_keeps_none_where_no_rank_has_a_gradient(one_rank_
     assert float(model.gain.grad) == pytest.approx(float(reference.gain.grad), rel=1e-6)
 
 
-class Classifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.linear = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
-
 def _classifier_loss(out, strategy: str) -> float:
     def step(model, item):  # cross-entropy: an op autocast runs in fp32
         logits = model(item.batch["x"])
@@ -96,7 +87,7 @@ def _classifier_loss(out, strategy: str) -> float:
         return StepOutput({"ce": loss}, {"ce": logits.shape[0] * logits.shape[1]})
 
     training, optim = settings(out, strategy=strategy, max_steps=1, checkpoint_every=1, precision="bf16")
-    return fit(Classifier(), step, ToyData(1), training=training, optim=optim, shard_layers=()).loss
+    return fit(SeededLinear(3, 2, seed=3), step, ToyData(1), training=training, optim=optim, shard_layers=()).loss
 
 
 def test_bf16_under_fsdp_keeps_autocasts_fp32_ops_in_fp32(tmp_path, one_rank_group):
@@ -154,7 +145,7 @@ def _classifier_run(out, **changes):
         return StepOutput({"ce": loss}, {"ce": logits.shape[0] * logits.shape[1]})
 
     training, optim = settings(out, max_steps=4, checkpoint_every=2, **changes)
-    return fit(Classifier(), step, ToyData(4), training=training, optim=optim, shard_layers=())
+    return fit(SeededLinear(3, 2, seed=3), step, ToyData(4), training=training, optim=optim, shard_layers=())
 
 
 @pytest.mark.parametrize(

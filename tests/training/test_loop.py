@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils.data import Dataset
 
-from tests.helpers import run_ranks
+from tests.helpers import SeededLinear, run_ranks
 from torchflava.modules.encoders import transformer_encoder
 from torchflava.modules.layers import Linear, TransformerEncoderLayer
 from torchflava.modules.layers import linear as linear_module
@@ -465,16 +465,6 @@ def _caption_numbers(kind, samples, seeds, *, another=None):
     return {"x": torch.tensor([[float(sample.text.split()[1]) / 64] for sample in samples])}
 
 
-class _Scalar(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = nn.Linear(1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
-
 def _pipe_stream(shards, num_workers: int, tail: str = ""):
     """Batches of 4 from the four shards under ``shards``, each written by ``pipe:cat`` (and ``tail``)."""
     from torchflava.data.streaming import StreamingBatches
@@ -504,7 +494,13 @@ def _streamed_run(out, shards, num_workers, *, after_step=None, resume="none") -
     training, optim = settings(out, max_steps=8, global_batch_size=4, checkpoint_every=100, resume=resume)
     try:
         result = fit(
-            _Scalar(), step, data, training=training, optim=optim, num_workers=num_workers, after_step=after_step
+            SeededLinear(1, 1, seed=0),
+            step,
+            data,
+            training=training,
+            optim=optim,
+            num_workers=num_workers,
+            after_step=after_step,
         )
     except Preempted as stopped:
         return keys, stopped
@@ -528,7 +524,7 @@ def test_a_run_that_ends_leaves_no_shard_command_running_anywhere(tmp_path, num_
         return StepOutput({"l": (prediction**2).sum()}, {"l": torch.tensor(float(prediction.numel()))})
 
     training, optim = settings(tmp_path / "run", max_steps=2, global_batch_size=4, checkpoint_every=100)
-    fit(_Scalar(), step, data, training=training, optim=optim, num_workers=num_workers)
+    fit(SeededLinear(1, 1, seed=0), step, data, training=training, optim=optim, num_workers=num_workers)
     left = []
     for _ in range(20):  # (the kernel's signal and the shell's kill take a moment)
         left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).endswith(mark)]
