@@ -1,4 +1,4 @@
-"""CLIP contrastive training recipe on the shared loop: one CPU, one GPU, or many with torchrun.
+r"""CLIP contrastive training recipe on the shared loop: one CPU, one GPU, or many with torchrun.
 
     python examples/clip/train.py config=examples/clip/configs/tiny.yaml
     torchrun --nproc_per_node 8 examples/clip/train.py config=examples/clip/configs/vit_b16.yaml \

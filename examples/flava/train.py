@@ -1,4 +1,4 @@
-"""FLAVA pretraining recipe: one CPU, one GPU, or many GPUs and nodes with torchrun.
+r"""FLAVA pretraining recipe: one CPU, one GPU, or many GPUs and nodes with torchrun.
 
     python examples/flava/train.py config=examples/flava/configs/pretraining/tiny.yaml training.max_steps=100
     torchrun --nproc_per_node 8 examples/flava/train.py config=examples/flava/configs/pretraining/full.yaml \

@@ -77,6 +77,17 @@ def test_wrong_type_is_an_error_naming_the_key():
         _config("training.max_steps=many")
 
 
+def test_help_shows_the_multi_line_commands_as_they_are_typed():
+    """The module docstring's commands end their lines in a backslash: a plain string read each backslash and
+    newline as a line continuation, so ``--help`` printed each command as one line with a gap of spaces."""
+    from torchflava.training.recipe import usage
+
+    text = usage(train.main, train.TrainConfig)
+    assert "pretraining/full.yaml \\\n        training.strategy=fsdp training.precision=bf16\n" in text
+    assert "full.yaml         training" not in text
+    assert text.count(" \\\n") == 3  # each continued line, as written
+
+
 def test_unknown_top_level_section_in_yaml_is_an_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_steps: 3\n")
