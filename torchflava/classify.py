@@ -1,4 +1,6 @@
-"""Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs.
+"""Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs; and
+fine-tuned CLIP image classifiers (``examples/clip/finetune.py``): :func:`export_clip_classifier`,
+:func:`load_clip_classifier` (the command reads FLAVA ones only).
 
     python -m torchflava.classify --checkpoint runs/finetune --images photos/
     python -m torchflava.classify --checkpoint runs/qnli --text $'Is it red?\tThe ball is red.' @more.tsv
@@ -55,15 +57,18 @@ from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import ImageTransform
 from torchflava.evaluation.metrics import pearson, spearman
-from torchflava.models import flava_model, flava_model_for_classification
+from torchflava.models import clip_model, flava_model, flava_model_for_classification
+from torchflava.models.clip import CLIPModel
 from torchflava.models.flava import FLAVAModel
 from torchflava.models.flava.classification import FLAVAForClassification, default_loss
+from torchflava.modules.heads import NormalizedLinearClassifier
 from torchflava.modules.layers.packed_linear import pack_linears
 from torchflava.pretrained import (
     INFERENCE_DTYPE_NAMES,
     INFERENCE_DTYPES,
     CheckpointLayout,
     add_dtype_argument,
+    checkpoint_image_transform,
     checkpoint_layout,
     inference_precision,
     load_pretrained,
@@ -848,6 +853,114 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if "warning" in result:
         print(result["warning"], file=sys.stderr)
     return finish_command(result, result["skipped_reasons"], args.json)
+
+
+# ------------------------------------------------------------------------ fine-tuned CLIP image classifiers
+# examples/clip/finetune.py exports CLIP's image tower with a linear head over its normalised features
+# (:class:`~torchflava.modules.heads.NormalizedLinearClassifier`): the weights, the clip_model arguments the tower
+# is built with, the class names and the image preprocessing. It is not a CLIP checkpoint (no text tower).
+CLIP_CLASSIFIER_CONFIG = "clip_classifier_config.json"  # {"clip_model": {...}, "labels": [...]}
+CLIP_CLASSIFIER_WEIGHTS = "clip_classifier.safetensors"
+
+
+class CLIPImageTower(nn.Module):
+    """CLIP's image tower and projection alone: (B, C, H, W) pixels -> (B, P) unnormalised features, computed by
+    :meth:`CLIPModel.encode_image` itself (the text tower is left behind).
+
+    Args:
+        clip (CLIPModel): the model whose ``image_encoder`` and ``image_projection`` are taken (shared, not copied).
+
+    Raises:
+        TypeError: if ``clip`` is not a CLIPModel.
+    """
+
+    def __init__(self, clip: CLIPModel) -> None:
+        if not isinstance(clip, CLIPModel):
+            raise TypeError(f"clip must be a CLIPModel, got {type(clip).__name__}")
+        super().__init__()
+        self.image_encoder, self.image_projection = clip.image_encoder, clip.image_projection
+
+    def forward(self, image: Tensor) -> Tensor:
+        """(B, P) features of (B, C, H, W) float pixels (CLIP's last-layer CLS, projected)."""
+        return CLIPModel.encode_image(self, image, normalize=False)  # (one piece of code: the tower's own)
+
+
+def clip_image_classifier(clip_kwargs: dict, num_classes: int) -> NormalizedLinearClassifier:
+    """A CLIP image classifier of the architecture ``clip_kwargs`` (:func:`~torchflava.models.clip_model`'s
+    arguments) with a ``num_classes`` head, initialised (the text tower is built, then dropped)."""
+    tower = CLIPImageTower(clip_model(**clip_kwargs))
+    return NormalizedLinearClassifier(tower, nn.Linear(tower.image_projection.out_features, num_classes))
+
+
+class CLIPClassifier(NamedTuple):
+    """A loaded fine-tuned CLIP image classifier.
+
+    Attributes:
+        model (NormalizedLinearClassifier): the model, in eval mode: (B, C, H, W) pixels -> (B, num_classes) logits.
+        labels (list[str]): the class names in output order.
+        image_transform (ImageTransform): PIL image -> pixels, as in its training.
+        clip_kwargs (dict): the :func:`~torchflava.models.clip_model` arguments of its image tower.
+    """
+
+    model: NormalizedLinearClassifier
+    labels: list[str]
+    image_transform: ImageTransform
+    clip_kwargs: dict
+
+    @torch.no_grad()
+    def scores(self, images: Iterable) -> Tensor:
+        """(N, num_classes) class probabilities (softmax) of PIL ``images`` (ValueError for none)."""
+        images = _inputs("images", images, Image.Image, "PIL images") or []
+        if not images:
+            raise ValueError("images: expected at least one input, got none")
+        pixels = torch.stack([self.image_transform(image) for image in images])
+        with eval_mode(self.model):
+            return self.model(pixels.to(next(self.model.parameters()).device)).float().softmax(dim=-1).cpu()
+
+
+def export_clip_classifier(
+    model: nn.Module, directory: Path, *, clip_kwargs: dict, labels: Sequence[str], image_transform: ImageTransform
+) -> None:
+    """Write a fine-tuned CLIP image classifier into ``directory`` (collective: every rank calls it, rank 0 writes;
+    written whole with :func:`~torchflava.utils.checkpoint.staged_directory` by the caller): the weights as
+    safetensors, the tower's ``clip_model`` arguments with the class names, and the preprocessing.
+
+    Raises:
+        ValueError: if ``labels`` do not name the head's outputs one to one (before anything is gathered).
+    """
+    outputs = model.head.out_features if isinstance(model, NormalizedLinearClassifier) else None
+    if not isinstance(labels, (list, tuple)) or len(set(labels)) != len(labels) or len(labels) != outputs:
+        raise ValueError(f"labels: expected {outputs} distinct class names (the head's outputs), got {labels!r:.80}")
+    export_model(model, directory / CLIP_CLASSIFIER_WEIGHTS)
+    if get_rank() == 0:
+        write_json(directory / CLIP_CLASSIFIER_CONFIG, {"clip_model": dict(clip_kwargs), "labels": list(labels)})
+        image_transform.save(directory)
+    barrier()
+
+
+def load_clip_classifier(path: Union[str, Path]) -> CLIPClassifier:
+    """Build a fine-tuned CLIP image classifier back from its export (:func:`export_clip_classifier`) or the run
+    directory holding it in ``model/``.
+
+    Raises:
+        FileNotFoundError: if neither holds :data:`CLIP_CLASSIFIER_CONFIG`.
+        ValueError: if the config holds no ``clip_model`` arguments or class names (the file named), or the
+            weights do not fit the architecture.
+    """
+    directory = Path(path)
+    if not (directory / CLIP_CLASSIFIER_CONFIG).is_file() and (directory / "model" / CLIP_CLASSIFIER_CONFIG).is_file():
+        directory = directory / "model"
+    config_file = directory / CLIP_CLASSIFIER_CONFIG
+    if not config_file.is_file():
+        raise FileNotFoundError(f"path: expected a CLIP classifier export holding {CLIP_CLASSIFIER_CONFIG}, got {path}")
+    config = read_json_object(config_file)
+    kwargs, labels = config.get("clip_model"), config.get("labels")
+    if not isinstance(kwargs, dict) or not isinstance(labels, list) or len(labels) < 1:
+        raise ValueError(f"{config_file}: expected 'clip_model' (an object) and 'labels' (a list of names)")
+    model = clip_image_classifier(kwargs, len(labels))
+    model.load_state_dict(load_state_dict(directory / CLIP_CLASSIFIER_WEIGHTS))  # strict: every key, every shape
+    transform = checkpoint_image_transform(directory, image_size=kwargs["image_size"])
+    return CLIPClassifier(model.eval(), [str(label) for label in labels], transform, kwargs)
 
 
 if __name__ == "__main__":
