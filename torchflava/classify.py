@@ -1,6 +1,6 @@
 """Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs; and
-fine-tuned CLIP image classifiers (``examples/clip/finetune.py``): :func:`export_clip_classifier`,
-:func:`load_clip_classifier` (the command reads FLAVA ones only).
+fine-tuned CLIP image classifiers (``examples/clip/finetune.py``: :func:`export_clip_classifier`,
+:func:`load_clip_classifier`), which the command runs on ``--images DIR``.
 
     python -m torchflava.classify --checkpoint runs/finetune --images photos/
     python -m torchflava.classify --checkpoint runs/qnli --text $'Is it red?\tThe ball is red.' @more.tsv
@@ -276,6 +276,16 @@ class Classifier(NamedTuple):
     def class_name(self, index: int) -> str:
         """The name of output ``index`` (its number where no names were exported)."""
         return str(index) if self.labels is None else self.labels[index]
+
+    @property
+    def loss(self) -> str:
+        """The head's loss: what its scores are (:meth:`scores`)."""
+        return self.model.loss
+
+    @property
+    def num_classes(self) -> int:
+        """The head's outputs."""
+        return self.kwargs["num_classes"]
 
     @torch.no_grad()
     def scores(self, images: Optional[Iterable] = None, texts: Optional[Iterable[str]] = None) -> Tensor:
@@ -561,7 +571,7 @@ def _relative(path: str, root: Path) -> str:
 
 
 def classify(
-    classifier: Classifier,
+    classifier: Union[Classifier, "CLIPClassifier"],
     args: argparse.Namespace,
     folder: Optional[Union[ImageFolder, ImageTextFolder]] = None,
 ) -> dict:
@@ -572,8 +582,8 @@ def classify(
     ``folder``: the inputs ``args`` name as :func:`_listed_inputs` lists them (listed here when None)."""
     folder = _listed_inputs(args) if folder is None else folder
     predictions, skipped, hits = [], [], []
-    regression = classifier.model.loss == "mse"
-    top_k = min(args.top_k, classifier.kwargs["num_classes"])
+    regression = classifier.loss == "mse"
+    top_k = min(args.top_k, classifier.num_classes)
     for records, images, texts in _chunks(args, folder, skipped):
         scores = classifier.scores(images, texts)
         for record, row in zip(records, scores):
@@ -594,7 +604,7 @@ def classify(
         "skipped": len(skipped),
         "skipped_reasons": skipped,
     }
-    single_label = classifier.model.loss == "cross_entropy" and classifier.labels is not None
+    single_label = classifier.loss == "cross_entropy" and classifier.labels is not None
     if single_label and args.captions is None and args.images is not None:
         files = [record["image"] for record in predictions]
         labels = folder_labels(files, classifier.labels)
@@ -816,6 +826,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
     if args.captions is not None and not Path(args.captions).is_file():
         parser.error(f"argument --captions: expected a captions file, got {args.captions!r} (not a file)")
+    if is_clip_classifier(args.checkpoint):
+        return _main_clip(args, parser)
     args.text = None if args.text is None else _texts(args.text, parser)
     config = classifier_config(args.checkpoint)
     if args.text is not None and config.sentence_pairs:
@@ -835,7 +847,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         option = "--captions" if args.captions is not None else "--images"
         parser.error(f"argument {option}: {first_line(error)}")
     classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
-    result = classify(classifier, args, folder)
+    return _shown(classify(classifier, args, folder), args)
+
+
+def _shown(result: dict, args: argparse.Namespace) -> dict:
+    """Print each input's classes and the summary line, write ``--json``: the command's end."""
     for record in result["predictions"]:
         # (a text holding a tab or a line break would break the columns: such a text is shown quoted)
         shown_inputs = [record[key] for key in ("image", "text", "text_pair") if key in record]
@@ -906,16 +922,34 @@ class CLIPClassifier(NamedTuple):
     labels: list[str]
     image_transform: ImageTransform
     clip_kwargs: dict
+    dtype: torch.dtype = torch.float32
+
+    loss = "cross_entropy"  # (what :func:`classify` reads of a classifier: one class per image)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def class_name(self, index: int) -> str:
+        return self.labels[index]
 
     @torch.no_grad()
-    def scores(self, images: Iterable) -> Tensor:
-        """(N, num_classes) class probabilities (softmax) of PIL ``images`` (ValueError for none)."""
+    def scores(self, images: Iterable, texts: None = None) -> Tensor:
+        """(N, num_classes) fp32 class probabilities (softmax) of PIL ``images``.
+
+        Raises:
+            TypeError: if ``images`` are not an ordered iterable of PIL images.
+            ValueError: if none is given, or texts are (an image classifier reads none).
+        """
+        if texts is not None:
+            raise ValueError("texts: expected none (a CLIP image classifier reads images only)")
         images = _inputs("images", images, Image.Image, "PIL images") or []
         if not images:
             raise ValueError("images: expected at least one input, got none")
         pixels = torch.stack([self.image_transform(image) for image in images])
-        with eval_mode(self.model):
-            return self.model(pixels.to(next(self.model.parameters()).device)).float().softmax(dim=-1).cpu()
+        device = next(self.model.parameters()).device  # (a model moved to an accelerator: its inputs follow)
+        with inference_precision(self.model, self.dtype), eval_mode(self.model):
+            return self.model(pixels.to(device)).float().softmax(dim=-1).cpu()
 
 
 def export_clip_classifier(
@@ -938,21 +972,44 @@ def export_clip_classifier(
     barrier()
 
 
-def load_clip_classifier(path: Union[str, Path]) -> CLIPClassifier:
+def clip_classifier_directory(path: Union[str, Path]) -> Optional[Path]:
+    """The export directory of a fine-tuned CLIP image classifier ``path`` names (the export, or the run directory
+    holding it in ``model/``, or a ``file://`` URL of either); None where it names none."""
+    try:
+        directory = Path(local_directory(path))
+    except (ValueError, FileNotFoundError):  # another URL, or a file:// URL of nothing
+        return None
+    for candidate in (directory, directory / "model"):
+        if (candidate / CLIP_CLASSIFIER_CONFIG).is_file():
+            return candidate
+    return None
+
+
+def is_clip_classifier(path: Union[str, Path]) -> bool:
+    """Whether ``path`` names a fine-tuned CLIP image classifier (:func:`clip_classifier_directory`)."""
+    return clip_classifier_directory(path) is not None
+
+
+def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float32) -> CLIPClassifier:
     """Build a fine-tuned CLIP image classifier back from its export (:func:`export_clip_classifier`) or the run
     directory holding it in ``model/``.
 
+    Args:
+        path (Union[str, Path]): the export, the run directory, or a ``file://`` URL of either.
+        dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16 autocast with the
+            linear weights cast and packed once (see :func:`~torchflava.pretrained.load_pretrained`).
+
     Raises:
         FileNotFoundError: if neither holds :data:`CLIP_CLASSIFIER_CONFIG`.
-        ValueError: if the config holds no ``clip_model`` arguments or class names (the file named), or the
-            weights do not fit the architecture.
+        ValueError: if ``dtype`` is unknown, the config holds no ``clip_model`` arguments or class names (the file
+            named), or the weights do not fit the architecture.
     """
-    directory = Path(path)
-    if not (directory / CLIP_CLASSIFIER_CONFIG).is_file() and (directory / "model" / CLIP_CLASSIFIER_CONFIG).is_file():
-        directory = directory / "model"
-    config_file = directory / CLIP_CLASSIFIER_CONFIG
-    if not config_file.is_file():
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+    directory = clip_classifier_directory(path)
+    if directory is None:
         raise FileNotFoundError(f"path: expected a CLIP classifier export holding {CLIP_CLASSIFIER_CONFIG}, got {path}")
+    config_file = directory / CLIP_CLASSIFIER_CONFIG
     config = read_json_object(config_file)
     kwargs, labels = config.get("clip_model"), config.get("labels")
     if not isinstance(kwargs, dict) or not isinstance(labels, list) or len(labels) < 1:
@@ -960,7 +1017,22 @@ def load_clip_classifier(path: Union[str, Path]) -> CLIPClassifier:
     model = clip_image_classifier(kwargs, len(labels))
     model.load_state_dict(load_state_dict(directory / CLIP_CLASSIFIER_WEIGHTS))  # strict: every key, every shape
     transform = checkpoint_image_transform(directory, image_size=kwargs["image_size"])
-    return CLIPClassifier(model.eval(), [str(label) for label in labels], transform, kwargs)
+    if dtype != torch.float32:
+        pack_linears(model.requires_grad_(False), dtype)
+    return CLIPClassifier(model.eval(), [str(label) for label in labels], transform, kwargs, dtype)
+
+
+def _main_clip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """The command for a fine-tuned CLIP image classifier: ``--images DIR`` only."""
+    if args.text is not None or args.captions is not None:  # (--images DIR or --text: checked by main)
+        given = "--text" if args.text is not None else "--images DIR --captions FILE"
+        parser.error(f"argument --checkpoint: this CLIP image classifier reads --images DIR, got {given}")
+    try:  # the images listed, not read, before the weights are loaded
+        folder = _listed_inputs(args)
+    except ValueError as error:
+        parser.error(f"argument --images: {first_line(error)}")
+    classifier = load_clip_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
+    return _shown(classify(classifier, args, folder), args)
 
 
 if __name__ == "__main__":

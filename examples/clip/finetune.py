@@ -14,7 +14,8 @@ L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times the
 class names in ``model.templates`` and whose bias is 0, so that step 0 predicts what zero-shot classification does;
 ``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept) -> ``fit``
 (the shared loop: accumulation, DDP/FSDP2, autocast, clipping, checkpoints, exact resume also on another number of
-ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.load_clip_classifier` loads it) ->
+ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.load_clip_classifier` loads it,
+``python -m torchflava.classify --checkpoint <output_dir> --images DIR`` runs it) ->
 validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from) and of
 the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space ensemble (WiSE-FT,
 ``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json``. A resumed
@@ -258,7 +259,7 @@ def format_report(report: dict, out_dir: Path) -> str:
     return (
         f"fine-tuning finished: {report['steps']} steps; validation ({items} items) top-1 {', '.join(shown)} "
         f"(chance {100 * report['chance']:.1f}%); classifier exported to {out_dir / 'model'} "
-        "(torchflava.classify.load_clip_classifier)"
+        f"(python -m torchflava.classify --checkpoint {out_dir} --images DIR)"
     )
 
 
@@ -298,11 +299,11 @@ def main(cfg: FinetuneConfig) -> dict:
         zero_shot.head if m.head_init == "zero_shot" else random_head(zero_shot.head.in_features, len(classes), t.seed)
     )
     model = NormalizedLinearClassifier(tower, copy.deepcopy(head)).to(info.device)
+    clip_kwargs = clip_model_arguments(**pretrained.kwargs)  # every argument stated: the export's architecture
     del pretrained  # (the text tower is not trained, nor kept)
     result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
 
     # the weights, the tower's architecture, the class names and preprocessing, written whole and renamed in
-    clip_kwargs = clip_model_arguments(**checkpoint_layout(local_directory(m.pretrained)).kwargs)
     with staged_directory(out_dir / "model", writer=info.is_main) as staging:
         export_clip_classifier(
             model, staging, clip_kwargs=clip_kwargs, labels=classes, image_transform=collator.transform

@@ -171,6 +171,31 @@ def test_the_export_loads_back_and_predicts_the_trained_models_logits(trained):
     assert not any(".text" in key for key in loaded.model.state_dict())
 
 
+def test_the_classify_command_runs_the_export_on_class_folders(trained, tmp_path, capsys):
+    from torchflava.classify import main as classify_main
+
+    out, _, _ = trained
+    world = finetune.ShapesClassification("test", 12, image_size=32)
+    images = []
+    for i in range(12):
+        image, label = world[i].image, world.classes[world[i].label]
+        (tmp_path / "images" / label).mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "images" / label / f"{i:02d}.png")
+        images.append((f"{label}/{i:02d}.png", image, world[i].label))
+    result = classify_main(["--checkpoint", str(out), "--images", str(tmp_path / "images"), "--top-k", "2"])
+    loaded = load_clip_classifier(out / "model")
+    images.sort()  # (the command lists the folder in sorted order)
+    predicted = loaded.scores([image for _, image, _ in images]).argmax(dim=-1).tolist()
+    assert [r["image"] for r in result["predictions"]] == [name for name, _, _ in images]
+    assert [r["top"][0][0] for r in result["predictions"]] == [loaded.labels[i] for i in predicted]
+    right = sum(p == label for p, (_, _, label) in zip(predicted, images))
+    assert result["num_inputs"] == 12 and result["accuracy"] == pytest.approx(right / 12)
+    assert f"12 inputs, 0 unreadable skipped; accuracy {100 * right / 12:.1f}%" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an image classifier reads no texts
+        classify_main(["--checkpoint", str(out), "--text", "a red circle"])
+    assert "this CLIP image classifier reads --images DIR, got --text" in capsys.readouterr().err
+
+
 def test_a_random_head_starts_elsewhere_and_wise_ft_is_reported(clip_export, tmp_path):
     report = finetune.main(
         _config(clip_export, tmp_path, "training.max_steps=3", "model.head_init=random", "eval.wise_ft_alpha=0.0")
