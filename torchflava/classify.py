@@ -1017,9 +1017,10 @@ def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.f
     model = clip_image_classifier(kwargs, len(labels))
     model.load_state_dict(load_state_dict(directory / CLIP_CLASSIFIER_WEIGHTS))  # strict: every key, every shape
     transform = checkpoint_image_transform(directory, image_size=kwargs["image_size"])
+    model.eval()  # (before packing: packed linears cannot be trained)
     if dtype != torch.float32:
         pack_linears(model.requires_grad_(False), dtype)
-    return CLIPClassifier(model.eval(), [str(label) for label in labels], transform, kwargs, dtype)
+    return CLIPClassifier(model, [str(label) for label in labels], transform, kwargs, dtype)
 
 
 def _main_clip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:

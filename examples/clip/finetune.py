@@ -238,11 +238,12 @@ def evaluate(model: nn.Module, source, collator: ClassificationCollator, batch_s
     """Top-1 accuracy (and Matthews correlation) of ``model`` over every readable item of ``source``, with the
     number of those and of the unreadable ones (skipped, as in training)."""
     model.eval()
+    device = next(model.parameters()).device
     logits, labels, skipped = [], [], []
     for chunk in readable_chunks(source.__getitem__, range(len(source)), batch_size, skipped):
         batch = collator("eval", [sample for _, sample in chunk], [])
         labels.append(batch["labels"])
-        logits.append(model(batch["image"]).float())
+        logits.append(model(batch["image"].to(device)).float().cpu())
     metrics = task_metrics(torch.cat(logits), torch.cat(labels), "cross_entropy")
     return {**metrics, "items": sum(len(x) for x in labels), "skipped": len(skipped)}
 
@@ -311,7 +312,7 @@ def main(cfg: FinetuneConfig) -> dict:
     report = {}
     if info.is_main:  # evaluated from the export (whatever the strategy sharded): what a user loads
         fine_tuned = load_clip_classifier(out_dir / "model").model
-        reference = copy.deepcopy(fine_tuned)
+        reference = copy.deepcopy(fine_tuned).to(info.device)
         models = {"zero_shot": zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
         if cfg.eval.wise_ft_alpha is not None:
             models["wise_ft"] = wise_ft(zero_shot_state, models["fine_tuned"], cfg.eval.wise_ft_alpha)

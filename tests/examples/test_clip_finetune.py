@@ -169,6 +169,19 @@ def test_the_export_loads_back_and_predicts_the_trained_models_logits(trained):
     assert torch.equal(got, expected)
     torch.testing.assert_close(loaded.scores(images), expected.softmax(dim=-1))
     assert not any(".text" in key for key in loaded.model.state_dict())
+    bf16 = load_clip_classifier(out / "model", dtype=torch.bfloat16)  # inference in bf16: within its rounding
+    torch.testing.assert_close(bf16.scores(images), expected.softmax(dim=-1), atol=3e-2, rtol=0)
+
+
+def test_wise_ft_interpolates_every_weight_linearly():
+    zero_shot = {"w": torch.tensor([0.0, 2.0]), "b": torch.tensor([4.0], dtype=torch.float64)}
+    fine_tuned = {"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0], dtype=torch.float64)}
+    mixed = finetune.wise_ft(zero_shot, fine_tuned, 0.25)
+    assert torch.equal(mixed["w"], torch.tensor([0.25, 1.5])) and torch.equal(
+        mixed["b"], torch.tensor([3.0], dtype=torch.float64)
+    )
+    assert mixed["b"].dtype == torch.float64
+    assert all(torch.equal(finetune.wise_ft(zero_shot, fine_tuned, 1.0)[k], fine_tuned[k]) for k in fine_tuned)
 
 
 def test_the_classify_command_runs_the_export_on_class_folders(trained, tmp_path, capsys):
