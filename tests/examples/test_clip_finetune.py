@@ -336,3 +336,16 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before any work
     with pytest.raises(ConfigError, match="key 'data.train': expected null, since data.task=shapes reads no files"):
         finetune.main(_config(clip_export, tmp_path / "run", f"data.train={train}"))
+
+
+def test_the_shipped_configs_load_and_validate(clip_export, tmp_path):
+    folders = _class_folders(tmp_path / "train", {"cat": ["chelsea"], "coffee": ["coffee"]})
+    for name, overrides in {
+        "finetune_classes": [f"data.train={folders}", f"data.val={folders}"],
+        "finetune_shapes": ["data.image_size=32"],
+    }.items():
+        argv = [f"config=examples/clip/configs/{name}.yaml", f"model.pretrained={clip_export}", *overrides]
+        cfg = load_config(finetune.FinetuneConfig, [*argv, f"training.output_dir={tmp_path / name}"])
+        finetune.validate(cfg, 1)
+        assert cfg.model.head_init == "zero_shot" and cfg.eval.wise_ft_alpha == 0.5
+    assert cfg.data.task == "shapes" and cfg.training.max_steps == 60 and cfg.optim.lr == 1e-4
