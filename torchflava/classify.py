@@ -1,4 +1,6 @@
-"""Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs.
+"""Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs; and
+fine-tuned CLIP image classifiers (``examples/clip/finetune.py``: :func:`export_clip_classifier`,
+:func:`load_clip_classifier`), which the command runs on ``--images DIR``.
 
     python -m torchflava.classify --checkpoint runs/finetune --images photos/
     python -m torchflava.classify --checkpoint runs/qnli --text $'Is it red?\tThe ball is red.' @more.tsv
@@ -55,15 +57,18 @@ from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import ImageTransform
 from torchflava.evaluation.metrics import pearson, spearman
-from torchflava.models import flava_model, flava_model_for_classification
+from torchflava.models import clip_model, flava_model, flava_model_for_classification
+from torchflava.models.clip import CLIPModel
 from torchflava.models.flava import FLAVAModel
 from torchflava.models.flava.classification import FLAVAForClassification, default_loss
+from torchflava.modules.heads import NormalizedLinearClassifier
 from torchflava.modules.layers.packed_linear import pack_linears
 from torchflava.pretrained import (
     INFERENCE_DTYPE_NAMES,
     INFERENCE_DTYPES,
     CheckpointLayout,
     add_dtype_argument,
+    checkpoint_image_transform,
     checkpoint_layout,
     inference_precision,
     load_pretrained,
@@ -271,6 +276,16 @@ class Classifier(NamedTuple):
     def class_name(self, index: int) -> str:
         """The name of output ``index`` (its number where no names were exported)."""
         return str(index) if self.labels is None else self.labels[index]
+
+    @property
+    def loss(self) -> str:
+        """The head's loss: what its scores are (:meth:`scores`)."""
+        return self.model.loss
+
+    @property
+    def num_classes(self) -> int:
+        """The head's outputs."""
+        return self.kwargs["num_classes"]
 
     @torch.no_grad()
     def scores(self, images: Optional[Iterable] = None, texts: Optional[Iterable[str]] = None) -> Tensor:
@@ -556,7 +571,7 @@ def _relative(path: str, root: Path) -> str:
 
 
 def classify(
-    classifier: Classifier,
+    classifier: Union[Classifier, "CLIPClassifier"],
     args: argparse.Namespace,
     folder: Optional[Union[ImageFolder, ImageTextFolder]] = None,
 ) -> dict:
@@ -567,8 +582,8 @@ def classify(
     ``folder``: the inputs ``args`` name as :func:`_listed_inputs` lists them (listed here when None)."""
     folder = _listed_inputs(args) if folder is None else folder
     predictions, skipped, hits = [], [], []
-    regression = classifier.model.loss == "mse"
-    top_k = min(args.top_k, classifier.kwargs["num_classes"])
+    regression = classifier.loss == "mse"
+    top_k = min(args.top_k, classifier.num_classes)
     for records, images, texts in _chunks(args, folder, skipped):
         scores = classifier.scores(images, texts)
         for record, row in zip(records, scores):
@@ -589,7 +604,7 @@ def classify(
         "skipped": len(skipped),
         "skipped_reasons": skipped,
     }
-    single_label = classifier.model.loss == "cross_entropy" and classifier.labels is not None
+    single_label = classifier.loss == "cross_entropy" and classifier.labels is not None
     if single_label and args.captions is None and args.images is not None:
         files = [record["image"] for record in predictions]
         labels = folder_labels(files, classifier.labels)
@@ -811,6 +826,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
     if args.captions is not None and not Path(args.captions).is_file():
         parser.error(f"argument --captions: expected a captions file, got {args.captions!r} (not a file)")
+    if is_clip_classifier(args.checkpoint):
+        return _main_clip(args, parser)
     args.text = None if args.text is None else _texts(args.text, parser)
     config = classifier_config(args.checkpoint)
     if args.text is not None and config.sentence_pairs:
@@ -830,7 +847,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         option = "--captions" if args.captions is not None else "--images"
         parser.error(f"argument {option}: {first_line(error)}")
     classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
-    result = classify(classifier, args, folder)
+    return _shown(classify(classifier, args, folder), args)
+
+
+def _shown(result: dict, args: argparse.Namespace) -> dict:
+    """Print each input's classes and the summary line, write ``--json``: the command's end."""
     for record in result["predictions"]:
         # (a text holding a tab or a line break would break the columns: such a text is shown quoted)
         shown_inputs = [record[key] for key in ("image", "text", "text_pair") if key in record]
@@ -848,6 +869,171 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if "warning" in result:
         print(result["warning"], file=sys.stderr)
     return finish_command(result, result["skipped_reasons"], args.json)
+
+
+# ------------------------------------------------------------------------ fine-tuned CLIP image classifiers
+# examples/clip/finetune.py exports CLIP's image tower with a linear head over its normalised features
+# (:class:`~torchflava.modules.heads.NormalizedLinearClassifier`): the weights, the clip_model arguments the tower
+# is built with, the class names and the image preprocessing. It is not a CLIP checkpoint (no text tower).
+CLIP_CLASSIFIER_CONFIG = "clip_classifier_config.json"  # {"clip_model": {...}, "labels": [...]}
+CLIP_CLASSIFIER_WEIGHTS = "clip_classifier.safetensors"
+
+
+class CLIPImageTower(nn.Module):
+    """CLIP's image tower and projection alone: (B, C, H, W) pixels -> (B, P) unnormalised features, computed by
+    :meth:`CLIPModel.encode_image` itself (the text tower is left behind).
+
+    Args:
+        clip (CLIPModel): the model whose ``image_encoder`` and ``image_projection`` are taken (shared, not copied).
+
+    Raises:
+        TypeError: if ``clip`` is not a CLIPModel.
+    """
+
+    def __init__(self, clip: CLIPModel) -> None:
+        if not isinstance(clip, CLIPModel):
+            raise TypeError(f"clip must be a CLIPModel, got {type(clip).__name__}")
+        super().__init__()
+        self.image_encoder, self.image_projection = clip.image_encoder, clip.image_projection
+
+    def forward(self, image: Tensor) -> Tensor:
+        """(B, P) features of (B, C, H, W) float pixels (CLIP's last-layer CLS, projected)."""
+        return CLIPModel.encode_image(self, image, normalize=False)  # (one piece of code: the tower's own)
+
+
+def clip_image_classifier(clip_kwargs: dict, num_classes: int) -> NormalizedLinearClassifier:
+    """A CLIP image classifier of the architecture ``clip_kwargs`` (:func:`~torchflava.models.clip_model`'s
+    arguments) with a ``num_classes`` head, initialised (the text tower is built, then dropped)."""
+    tower = CLIPImageTower(clip_model(**clip_kwargs))
+    return NormalizedLinearClassifier(tower, nn.Linear(tower.image_projection.out_features, num_classes))
+
+
+class CLIPClassifier(NamedTuple):
+    """A loaded fine-tuned CLIP image classifier.
+
+    Attributes:
+        model (NormalizedLinearClassifier): the model, in eval mode: (B, C, H, W) pixels -> (B, num_classes) logits.
+        labels (list[str]): the class names in output order.
+        image_transform (ImageTransform): PIL image -> pixels, as in its training.
+        clip_kwargs (dict): the :func:`~torchflava.models.clip_model` arguments of its image tower.
+    """
+
+    model: NormalizedLinearClassifier
+    labels: list[str]
+    image_transform: ImageTransform
+    clip_kwargs: dict
+    dtype: torch.dtype = torch.float32
+
+    loss = "cross_entropy"  # (what :func:`classify` reads of a classifier: one class per image)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def class_name(self, index: int) -> str:
+        return self.labels[index]
+
+    @torch.no_grad()
+    def scores(self, images: Iterable, texts: None = None) -> Tensor:
+        """(N, num_classes) fp32 class probabilities (softmax) of PIL ``images``.
+
+        Raises:
+            TypeError: if ``images`` are not an ordered iterable of PIL images.
+            ValueError: if none is given, or texts are (an image classifier reads none).
+        """
+        if texts is not None:
+            raise ValueError("texts: expected none (a CLIP image classifier reads images only)")
+        images = _inputs("images", images, Image.Image, "PIL images") or []
+        if not images:
+            raise ValueError("images: expected at least one input, got none")
+        pixels = torch.stack([self.image_transform(image) for image in images])
+        device = next(self.model.parameters()).device  # (a model moved to an accelerator: its inputs follow)
+        with inference_precision(self.model, self.dtype), eval_mode(self.model):
+            return self.model(pixels.to(device)).float().softmax(dim=-1).cpu()
+
+
+def export_clip_classifier(
+    model: nn.Module, directory: Path, *, clip_kwargs: dict, labels: Sequence[str], image_transform: ImageTransform
+) -> None:
+    """Write a fine-tuned CLIP image classifier into ``directory`` (collective: every rank calls it, rank 0 writes;
+    written whole with :func:`~torchflava.utils.checkpoint.staged_directory` by the caller): the weights as
+    safetensors, the tower's ``clip_model`` arguments with the class names, and the preprocessing.
+
+    Raises:
+        ValueError: if ``labels`` do not name the head's outputs one to one (before anything is gathered).
+    """
+    outputs = model.head.out_features if isinstance(model, NormalizedLinearClassifier) else None
+    if not isinstance(labels, (list, tuple)) or len(set(labels)) != len(labels) or len(labels) != outputs:
+        raise ValueError(f"labels: expected {outputs} distinct class names (the head's outputs), got {labels!r:.80}")
+    export_model(model, directory / CLIP_CLASSIFIER_WEIGHTS)
+    if get_rank() == 0:
+        write_json(directory / CLIP_CLASSIFIER_CONFIG, {"clip_model": dict(clip_kwargs), "labels": list(labels)})
+        image_transform.save(directory)
+    barrier()
+
+
+def clip_classifier_directory(path: Union[str, Path]) -> Optional[Path]:
+    """The export directory of a fine-tuned CLIP image classifier ``path`` names (the export, or the run directory
+    holding it in ``model/``, or a ``file://`` URL of either); None where it names none."""
+    try:
+        directory = Path(local_directory(path))
+    except (ValueError, FileNotFoundError):  # another URL, or a file:// URL of nothing
+        return None
+    for candidate in (directory, directory / "model"):
+        if (candidate / CLIP_CLASSIFIER_CONFIG).is_file():
+            return candidate
+    return None
+
+
+def is_clip_classifier(path: Union[str, Path]) -> bool:
+    """Whether ``path`` names a fine-tuned CLIP image classifier (:func:`clip_classifier_directory`)."""
+    return clip_classifier_directory(path) is not None
+
+
+def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float32) -> CLIPClassifier:
+    """Build a fine-tuned CLIP image classifier back from its export (:func:`export_clip_classifier`) or the run
+    directory holding it in ``model/``.
+
+    Args:
+        path (Union[str, Path]): the export, the run directory, or a ``file://`` URL of either.
+        dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16 autocast with the
+            linear weights cast and packed once (see :func:`~torchflava.pretrained.load_pretrained`).
+
+    Raises:
+        FileNotFoundError: if neither holds :data:`CLIP_CLASSIFIER_CONFIG`.
+        ValueError: if ``dtype`` is unknown, the config holds no ``clip_model`` arguments or class names (the file
+            named), or the weights do not fit the architecture.
+    """
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+    directory = clip_classifier_directory(path)
+    if directory is None:
+        raise FileNotFoundError(f"path: expected a CLIP classifier export holding {CLIP_CLASSIFIER_CONFIG}, got {path}")
+    config_file = directory / CLIP_CLASSIFIER_CONFIG
+    config = read_json_object(config_file)
+    kwargs, labels = config.get("clip_model"), config.get("labels")
+    if not isinstance(kwargs, dict) or not isinstance(labels, list) or len(labels) < 1:
+        raise ValueError(f"{config_file}: expected 'clip_model' (an object) and 'labels' (a list of names)")
+    model = clip_image_classifier(kwargs, len(labels))
+    model.load_state_dict(load_state_dict(directory / CLIP_CLASSIFIER_WEIGHTS))  # strict: every key, every shape
+    transform = checkpoint_image_transform(directory, image_size=kwargs["image_size"])
+    model.eval()  # (before packing: packed linears cannot be trained)
+    if dtype != torch.float32:
+        pack_linears(model.requires_grad_(False), dtype)
+    return CLIPClassifier(model, [str(label) for label in labels], transform, kwargs, dtype)
+
+
+def _main_clip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """The command for a fine-tuned CLIP image classifier: ``--images DIR`` only."""
+    if args.text is not None or args.captions is not None:  # (--images DIR or --text: checked by main)
+        given = "--text" if args.text is not None else "--images DIR --captions FILE"
+        parser.error(f"argument --checkpoint: this CLIP image classifier reads --images DIR, got {given}")
+    try:  # the images listed, not read, before the weights are loaded
+        folder = _listed_inputs(args)
+    except ValueError as error:
+        parser.error(f"argument --images: {first_line(error)}")
+    classifier = load_clip_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
+    return _shown(classify(classifier, args, folder), args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,343 @@
+"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline).
+
+    python examples/clip/train.py config=examples/clip/configs/debug.yaml    # a tiny CLIP in runs/clip-debug
+    python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes_debug.yaml
+    python examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml \
+        model.pretrained=/models/clip-vit-base-patch16 data.train=/data/pets/train data.val=/data/pets/val
+    torchrun --nproc_per_node 8 examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml ...
+
+Reads top to bottom: config -> process group -> data (step-indexed batches of the training split, ``MixedBatches``
+with one source: class folders, ``data.task=image_folder``, or the built-in shapes, ``data.task=shapes``) -> model
+(``model.pretrained``, a CLIP checkpoint: a Hugging Face CLIPModel directory, an open_clip Hub directory, a
+torchflava CLIP run, export or ``<run>/checkpoints/step_<N>``; its image tower and projection, the features
+L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times the zero-shot class embeddings of the
+class names in ``model.templates`` and whose bias is 0, so that step 0 predicts what zero-shot classification does;
+``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept) -> ``fit``
+(the shared loop: accumulation, DDP/FSDP2, autocast, clipping, checkpoints, exact resume also on another number of
+ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.load_clip_classifier` loads it,
+``python -m torchflava.classify --checkpoint <output_dir> --images DIR`` runs it) ->
+validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from) and of
+the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space ensemble (WiSE-FT,
+``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json``. A resumed
+run reads ``model.pretrained`` again (the zero-shot head and the weights it started from). ``main(cfg)`` returns
+the report.
+"""
+
+import copy
+from dataclasses import dataclass, field
+import json
+from pathlib import Path
+import sys
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from torchflava.classify import CLIPImageTower, export_clip_classifier, load_clip_classifier
+from torchflava.data.finetuning import ClassificationCollator, ImageClassFolder, ShapesClassification
+from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
+from torchflava.data.samples import readable_chunks, unusable_start
+from torchflava.data.shapes import ALL_SCENES
+from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
+from torchflava.evaluation.metrics import task_metrics
+from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
+from torchflava.models.clip import clip_model, clip_model_arguments
+from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
+from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory
+from torchflava.training.distributed import barrier
+from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
+from torchflava.training.metrics import plot_losses, read_metrics
+from torchflava.training.recipe import run_recipe
+from torchflava.training.schema import (
+    OptimConfig,
+    TrainingConfig,
+    lr_multipliers_check,
+    opened,
+    path_check,
+    raise_on_failed_checks,
+    template_checks,
+    training_checks,
+)
+from torchflava.utils.checkpoint import staged_directory
+from torchflava.utils.cli import write_json
+from torchflava.zero_shot import DEFAULT_TEMPLATES, class_embeddings
+
+TASKS = ("image_folder", "shapes")
+HEAD_INITS = ("zero_shot", "random")
+# the prompts a null model.templates stands for: the shapes world's captions say "a small red circle"
+TASK_TEMPLATES = {"image_folder": list(DEFAULT_TEMPLATES), "shapes": list(SHAPES_TEMPLATES)}
+PRETRAINED = (
+    "a CLIP checkpoint directory (a Hugging Face CLIPModel, an open_clip Hub directory, or a torchflava CLIP "
+    "run, export or <run>/checkpoints/step_<N>)"
+)
+
+
+@dataclass
+class ModelConfig:
+    pretrained: Optional[str] = None  # the CLIP checkpoint (see PRETRAINED)
+    head_init: str = "zero_shot"  # zero_shot (exp(logit_scale) x the class embeddings, bias 0) | random
+    # prompts of the zero-shot head, each with one {} for the class name; null: the task's (image_folder:
+    # "a photo of a {}." and "a {}."; shapes: the shapes world's), set so before the run's config is recorded
+    templates: Optional[list[str]] = None
+
+
+@dataclass
+class DataConfig:
+    task: str = "image_folder"  # image_folder (class sub-folders; their names are the class names) | shapes
+    train: Optional[str] = None  # image_folder: the training folder
+    val: Optional[str] = None  # image_folder: the validation folder, sub-folders among the training classes
+    shapes_train: int = 3000
+    shapes_val: int = 540
+    image_size: int = 64  # shapes rendering size (the checkpoint's preprocessing resizes it)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 128  # images (and class prompts) a forward
+    # WiSE-FT: also report the weight-space ensemble (1 - alpha) * zero-shot + alpha * fine-tuned; null: not
+    wise_ft_alpha: Optional[float] = None
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=500, weight_decay=0.1))
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(
+            output_dir="runs/clip-classes", max_steps=2000, global_batch_size=256, checkpoint_every=500
+        )
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------- config checks
+def validate(cfg: FinetuneConfig, world_size: int) -> None:
+    """Check every key types cannot, before any work: choices, ranges, the task's folders, the prompts and that
+    ``model.pretrained`` is a CLIP checkpoint (its config files only: the weights are read by ``main``).
+
+    Raises:
+        ConfigError: naming the key, in one line.
+    """
+    d, m = cfg.data, cfg.model
+    folders = d.task == "image_folder"
+    templates = TASK_TEMPLATES.get(d.task, []) if m.templates is None else list(m.templates)
+    alpha = cfg.eval.wise_ft_alpha
+    raise_on_failed_checks(
+        training_checks(cfg.training, cfg.optim, world_size)
+        + [
+            (d.task in TASKS, "data.task", f"one of {TASKS} (CLIP fine-tuning classifies images)", d.task),
+            (m.head_init in HEAD_INITS, "model.head_init", f"one of {HEAD_INITS}", m.head_init),
+            (m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained),
+            (alpha is None or 0 <= alpha <= 1, "eval.wise_ft_alpha", "null or in [0, 1]", alpha),
+        ]
+        + template_checks("model.templates", templates, cfg.eval.batch_size, "eval.batch_size")
+        + (_folder_checks(d) if folders else _shapes_checks(d))
+    )
+    layout = opened(
+        "model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(local_directory(m.pretrained))
+    )
+    got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
+    raise_on_failed_checks([(layout.family == "clip", "model.pretrained", PRETRAINED, got)])
+    # optim.lr_multipliers names modules of the classifier (encoder.image_encoder, head, ...): built on meta
+    build = lambda: NormalizedLinearClassifier(CLIPImageTower(clip_model(**layout.kwargs)), nn.Linear(1, 2))  # noqa: E731
+    raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
+
+
+def _folder_checks(d: DataConfig) -> list[tuple]:
+    """image_folder: both folders named and there; the shapes keys left at their defaults are not read."""
+    return [
+        (d.train is not None, "data.train", "a folder of class sub-folders for data.task=image_folder", d.train),
+        (d.val is not None, "data.val", "a folder of class sub-folders for data.task=image_folder", d.val),
+        path_check("data.train", d.train, "directory"),
+        path_check("data.val", d.val, "directory"),
+    ]
+
+
+def _shapes_checks(d: DataConfig) -> list[tuple]:
+    """shapes: the split sizes; data.train and data.val would be silently ignored (it renders its scenes)."""
+    return [
+        (d.train is None, "data.train", "null, since data.task=shapes reads no files", d.train),
+        (d.val is None, "data.val", "null, since data.task=shapes reads no files", d.val),
+        (
+            1 <= d.shapes_train <= SHAPES_MAX_LENGTH,
+            "data.shapes_train",
+            f"in [1, {SHAPES_MAX_LENGTH:,}]",
+            d.shapes_train,
+        ),
+        (1 <= d.shapes_val <= len(ALL_SCENES), "data.shapes_val", f"in [1, {len(ALL_SCENES)}]", d.shapes_val),
+        (d.image_size >= 8, "data.image_size", ">= 8", d.image_size),
+    ]
+
+
+def resolve_defaults(cfg: FinetuneConfig) -> None:
+    """Set the nulls that follow from the task (the prompts), so that the head, the report and the run's
+    config.yaml (which a resume compares with) hold what the run trained from."""
+    if cfg.model.templates is None:
+        cfg.model.templates = list(TASK_TEMPLATES[cfg.data.task])
+
+
+# ----------------------------------------------------------------------------------------- data
+def build_splits(d: DataConfig) -> tuple:
+    """Train and validation sources and the class names; a folder that does not read as class folders (or a
+    validation folder with a class the training one lacks) is a ConfigError naming its key."""
+    if d.task == "shapes":
+        train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
+        return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
+    train = opened("data.train", d.train, "a folder of class sub-folders of images", lambda: ImageClassFolder(d.train))
+    classes = train.classes
+    raise_on_failed_checks([(len(classes) >= 2, "data.train", "a folder of at least 2 class sub-folders", d.train)])
+    expected = f"a folder of sub-folders among the training classes {classes[:10]}"
+    val = opened("data.val", d.val, expected, lambda: ImageClassFolder(d.val, classes))
+    # a first readable image among the first training ones, and one among every validation image
+    for key, path, fault in (
+        ("data.train", d.train, unusable_start(train)),
+        ("data.val", d.val, unusable_start(val, limit=None)),
+    ):
+        raise_on_failed_checks([(fault is None, key, "a folder with a readable image", f"{path} ({fault})")])
+    return train, val, classes
+
+
+# ----------------------------------------------------------------------------------------- model
+def zero_shot_head(pretrained, classes: list[str], templates: list[str], batch_size: int) -> nn.Linear:
+    """The head that scores as zero-shot classification does: ``exp(logit_scale)`` x the class embeddings
+    (:func:`torchflava.zero_shot.class_embeddings`: each class's normalised mean prompt embedding), bias 0. Class
+    names whose prompts tokenise alike are a ConfigError naming ``model.templates``."""
+    embeddings = opened(
+        "model.templates",
+        list(templates),
+        f"prompts that tell the classes apart ({len(classes)} classes)",
+        lambda: class_embeddings(pretrained, classes, templates, batch_size=batch_size),
+    )
+    return embedding_head(embeddings, float(pretrained.model.logit_scale.detach().exp()))
+
+
+def random_head(width: int, num_classes: int, seed: int) -> nn.Linear:
+    """A head of nn.Linear's own initialisation, drawn from ``seed`` (the same on every rank and resume)."""
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Linear(width, num_classes)
+    with torch.no_grad():
+        bound = 1 / width**0.5  # nn.Linear's default range, from a generator of its own
+        head.weight.uniform_(-bound, bound, generator=generator)
+        head.bias.uniform_(-bound, bound, generator=generator)
+    return head
+
+
+def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
+    """One micro-batch: the cross-entropy summed over its rows, and the row count."""
+    logits = model(item.batch["image"])
+    labels = item.batch["labels"]
+    loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+    return StepOutput({"cross_entropy": loss}, {"cross_entropy": torch.tensor(labels.shape[0])})
+
+
+# ----------------------------------------------------------------------------------------- report
+@torch.no_grad()
+def evaluate(model: nn.Module, source, collator: ClassificationCollator, batch_size: int) -> dict:
+    """Top-1 accuracy (and Matthews correlation) of ``model`` over every readable item of ``source``, with the
+    number of those and of the unreadable ones (skipped, as in training)."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels, skipped = [], [], []
+    for chunk in readable_chunks(source.__getitem__, range(len(source)), batch_size, skipped):
+        batch = collator("eval", [sample for _, sample in chunk], [])
+        labels.append(batch["labels"])
+        logits.append(model(batch["image"].to(device)).float().cpu())
+    metrics = task_metrics(torch.cat(logits), torch.cat(labels), "cross_entropy")
+    return {**metrics, "items": sum(len(x) for x in labels), "skipped": len(skipped)}
+
+
+def wise_ft(zero_shot: dict[str, Tensor], fine_tuned: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """WiSE-FT's weights: ``(1 - alpha) * zero_shot + alpha * fine_tuned``, key by key."""
+    return {k: torch.lerp(zero_shot[k].float(), v.float(), alpha).to(v.dtype) for k, v in fine_tuned.items()}
+
+
+def format_report(report: dict, out_dir: Path) -> str:
+    """The one human line after the report: steps, the accuracies, chance, where the classifier is."""
+    shown = [f"{name} {100 * metrics['accuracy']:.1f}%" for name, metrics in report["validation"].items()]
+    items = report["validation"]["fine_tuned"]["items"]
+    return (
+        f"fine-tuning finished: {report['steps']} steps; validation ({items} items) top-1 {', '.join(shown)} "
+        f"(chance {100 * report['chance']:.1f}%); classifier exported to {out_dir / 'model'} "
+        f"(python -m torchflava.classify --checkpoint {out_dir} --images DIR)"
+    )
+
+
+# ----------------------------------------------------------------------------------------- recipe
+@holds_run_directory  # one run per directory, given up however main ends
+def main(cfg: FinetuneConfig) -> dict:
+    def validated(config: FinetuneConfig, world_size: int) -> None:
+        validate(config, world_size)
+        resolve_defaults(config)  # before start_run compares the config with a resumed one's and records it
+
+    start = start_run(cfg, validated)  # validate, process group, run directory, resume point
+    info, t, d, m = start.info, cfg.training, cfg.data, cfg.model
+    out_dir = Path(t.output_dir)
+
+    # the data checked before the weights are loaded
+    train_source, val_source, classes = build_splits(d)
+    pretrained = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: load_pretrained(m.pretrained))
+    collator = ClassificationCollator(
+        None, image_size=pretrained.image_size, image_transform=pretrained.image_transform
+    )
+    data = MixedBatches(
+        {"train": train_source},
+        {"train": 1.0},
+        collator,
+        global_batch_size=t.global_batch_size // t.grad_accumulation,
+        num_steps=t.max_steps * t.grad_accumulation,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=t.seed,
+    )
+
+    # the zero-shot classifier: the image tower, the class embeddings as its head; kept (CPU) for the report
+    tower = CLIPImageTower(pretrained.model)
+    zero_shot = NormalizedLinearClassifier(tower, zero_shot_head(pretrained, classes, m.templates, cfg.eval.batch_size))
+    zero_shot_state = {k: v.detach().clone() for k, v in zero_shot.state_dict().items()}
+    head = (
+        zero_shot.head if m.head_init == "zero_shot" else random_head(zero_shot.head.in_features, len(classes), t.seed)
+    )
+    model = NormalizedLinearClassifier(tower, copy.deepcopy(head)).to(info.device)
+    clip_kwargs = clip_model_arguments(**pretrained.kwargs)  # every argument stated: the export's architecture
+    del pretrained  # (the text tower is not trained, nor kept)
+    result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
+
+    # the weights, the tower's architecture, the class names and preprocessing, written whole and renamed in
+    with staged_directory(out_dir / "model", writer=info.is_main) as staging:
+        export_clip_classifier(
+            model, staging, clip_kwargs=clip_kwargs, labels=classes, image_transform=collator.transform
+        )
+    report = {}
+    if info.is_main:  # evaluated from the export (whatever the strategy sharded): what a user loads
+        fine_tuned = load_clip_classifier(out_dir / "model").model
+        reference = copy.deepcopy(fine_tuned).to(info.device)
+        models = {"zero_shot": zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
+        if cfg.eval.wise_ft_alpha is not None:
+            models["wise_ft"] = wise_ft(zero_shot_state, models["fine_tuned"], cfg.eval.wise_ft_alpha)
+        validation = {}
+        for name, state in models.items():
+            reference.load_state_dict(state)
+            validation[name] = evaluate(reference, val_source, collator, cfg.eval.batch_size)
+        report = {
+            "task": d.task,
+            "head_init": m.head_init,
+            "num_classes": len(classes),
+            "steps": result.step,
+            **data_loss_report(result.skipped, data.lost_data),
+            "chance": 1 / len(classes),
+            "wise_ft_alpha": cfg.eval.wise_ft_alpha,
+            "validation": validation,  # zero_shot (the head the run started from), fine_tuned, wise_ft
+        }
+        if records := read_metrics(out_dir / "metrics.jsonl"):
+            plot_losses(records, out_dir / "loss_curve.png")
+        write_json(out_dir / "report.json", report, allow_nan=True)
+        print(json.dumps(report, indent=2))
+        print(format_report(report, out_dir))
+    barrier()
+    return report
+
+
+if __name__ == "__main__":
+    run_recipe(main, FinetuneConfig, sys.argv[1:], config_errors=(FileNotFoundError,))

@@ -1,0 +1,351 @@
+"""CLIP image-classification fine-tuning (examples/clip/finetune.py): the zero-shot head at step 0, learning,
+exact resume (killed, and on another number of ranks), the export and the config errors."""
+
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.examples.test_fault_injection import run_with_fault
+from tests.helpers import load_recipe, photos, write_tiny_export
+from torchflava import zero_shot
+from torchflava.classify import CLIPImageTower, load_clip_classifier
+from torchflava.modules.heads import NormalizedLinearClassifier
+from torchflava.pretrained import load_pretrained
+from torchflava.training.config import ConfigError, load_config
+from torchflava.training.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+FINETUNE = "examples/clip/finetune.py"
+finetune = load_recipe(FINETUNE, "clip_finetune_recipe")
+
+# the built-in shapes task from a tiny random CLIP (seconds a run)
+SHAPES = [
+    "data.task=shapes",
+    "data.shapes_train=400",
+    "data.shapes_val=120",
+    "data.image_size=32",
+    "training.global_batch_size=16",
+    "training.log_every=1",
+    "training.progress_bar=false",
+    "training.tensorboard=false",
+    "optim.lr=3e-3",
+    "optim.warmup_steps=2",
+    "eval.batch_size=64",
+]
+
+
+def write_tiny_clip_export(root: Path) -> Path:
+    """A torchflava CLIP export as examples/clip/train.py writes one: clip.safetensors, clip_config.json (every
+    clip_model argument), a WordPiece vocabulary of the shapes captions and the preprocessing. Random weights,
+    drawn wide (init_std 0.2) so that the tiny towers' features are not all alike."""
+    from safetensors.torch import save_file
+
+    from torchflava.data.shapes import ShapesWorld
+    from torchflava.data.tokenizer import WordPieceTokenizer
+    from torchflava.data.transforms import EvalImageTransform
+    from torchflava.models.clip import clip_model, clip_model_arguments
+
+    world = ShapesWorld("texts", 300, image_size=32)
+    tokenizer = WordPieceTokenizer.train([world.caption(i) for i in range(300)], vocab_size=120)
+    sizes = dict(embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2)
+    sizes.update(vision_mlp_dim=64, context_length=24, text_width=32, text_layers=1, text_heads=2, text_mlp_dim=64)
+    kwargs = clip_model_arguments(
+        **sizes, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.sep_id, activation="quick_gelu", init_std=0.2
+    )
+    torch.manual_seed(0)
+    model = clip_model(**kwargs)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "clip.safetensors")
+    (root / "clip_config.json").write_text(json.dumps(kwargs))
+    tokenizer.model_max_length = 24
+    tokenizer.save(root)
+    EvalImageTransform(32).save(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip_export(tmp_path_factory):
+    return write_tiny_clip_export(tmp_path_factory.mktemp("clip_export"))
+
+
+def _config(export, out, *overrides):
+    return load_config(
+        finetune.FinetuneConfig, [f"model.pretrained={export}", f"training.output_dir={out}", *SHAPES, *overrides]
+    )
+
+
+def _losses(out) -> dict:
+    return {r["step"]: r["loss"] for r in read_metrics(Path(out) / "metrics.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def trained(clip_export, tmp_path_factory):
+    """A 30-step run on shapes, and the model object fit trained (to compare the export with)."""
+    out = tmp_path_factory.mktemp("shapes_run")
+    seen = {}
+
+    def fit(model, *args, **kwargs):
+        seen["model"] = model
+        return real_fit(model, *args, **kwargs)
+
+    real_fit, finetune.fit = finetune.fit, fit
+    try:
+        report = finetune.main(
+            _config(
+                clip_export,
+                out,
+                "training.max_steps=30",
+                "training.checkpoint_every=30",
+                "training.global_batch_size=32",
+                "optim.lr=1e-2",
+            )
+        )
+    finally:
+        finetune.fit = real_fit
+    return out, report, seen["model"]
+
+
+# --------------------------------------------------------------------------- the head at step 0
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own deprecations
+def test_step_zero_logits_are_the_zero_shot_classifiers_scaled_scores_on_a_hugging_face_checkpoint(tmp_path):
+    """On a Hugging Face CLIPModel directory (save_pretrained, tiny random config): the classifier the recipe builds
+    scores each image as exp(logit_scale) x (normalised image features) . (class embeddings), the zero-shot
+    command's scores (tested against transformers in tests/test_zero_shot_command.py)."""
+    from tests.test_zero_shot_command import write_hf_clip
+
+    write_hf_clip(tmp_path / "clip")
+    pretrained = load_pretrained(tmp_path / "clip")
+    classes, templates = ["cat", "coffee cup", "rocket", "astronaut"], ["a photo of a {}.", "a {}."]
+    images = list(photos().values())
+    head = finetune.zero_shot_head(pretrained, classes, templates, batch_size=3)  # (prompts in 3 calls)
+    model = NormalizedLinearClassifier(CLIPImageTower(pretrained.model), head)
+    assert head.weight.shape == (4, 16) and torch.equal(head.bias, torch.zeros(4))
+    with torch.no_grad():
+        logits = model(torch.stack([pretrained.image_transform(image) for image in images]))
+    features = zero_shot.image_features(pretrained, images)
+    embeddings = zero_shot.class_embeddings(pretrained, classes, templates)
+    expected = pretrained.model.logit_scale.detach().exp() * features @ embeddings.T
+    assert logits.shape == (6, 4)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    assert float(expected.std()) > 1e-3  # (scores that differ: not a vacuous match)
+    # the text tower is not part of the classifier
+    assert not any(name.startswith("encoder.text") for name in model.state_dict())
+
+
+# --------------------------------------------------------------------------- learning, report, export
+def test_a_tiny_run_on_shapes_beats_its_zero_shot_accuracy_and_lowers_the_loss(trained):
+    out, report, _ = trained
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 31))
+    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (28, 29, 30)) / 3
+    assert first > 3.3 and last < first - 0.3, (first, last)  # from about ln 30
+    validation = report["validation"]
+    assert list(validation) == ["zero_shot", "fine_tuned"] and report["steps"] == 30
+    assert validation["fine_tuned"]["items"] == validation["zero_shot"]["items"] == 120
+    assert validation["zero_shot"]["accuracy"] < 0.1  # random towers: about chance, 1/30
+    assert validation["fine_tuned"]["accuracy"] > validation["zero_shot"]["accuracy"] + 0.05
+    assert json.loads((out / "report.json").read_text()) == report
+    assert "templates:\n  - a {}\n  - a small {}\n  - a large {}" in (out / "config.yaml").read_text()  # resolved
+
+
+def test_the_export_loads_back_and_predicts_the_trained_models_logits(trained):
+    out, report, model = trained
+    names = {p.name for p in (out / "model").iterdir()}
+    assert names == {"clip_classifier.safetensors", "clip_classifier_config.json", "preprocessor_config.json"}
+    loaded = load_clip_classifier(out)  # the run directory: its model/
+    assert loaded.labels == list(finetune.ShapesClassification.classes) and len(loaded.labels) == 30
+    world = finetune.ShapesClassification("test", 8, image_size=32)
+    images = [world[i].image for i in range(8)]
+    pixels = torch.stack([loaded.image_transform(image) for image in images])
+    with torch.no_grad():
+        expected, got = model.eval()(pixels), loaded.model(pixels)
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(loaded.scores(images), expected.softmax(dim=-1))
+    assert not any(".text" in key for key in loaded.model.state_dict())
+    bf16 = load_clip_classifier(out / "model", dtype=torch.bfloat16)  # inference in bf16: within its rounding
+    torch.testing.assert_close(bf16.scores(images), expected.softmax(dim=-1), atol=3e-2, rtol=0)
+
+
+def test_wise_ft_interpolates_every_weight_linearly():
+    zero_shot = {"w": torch.tensor([0.0, 2.0]), "b": torch.tensor([4.0], dtype=torch.float64)}
+    fine_tuned = {"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0], dtype=torch.float64)}
+    mixed = finetune.wise_ft(zero_shot, fine_tuned, 0.25)
+    assert torch.equal(mixed["w"], torch.tensor([0.25, 1.5])) and torch.equal(
+        mixed["b"], torch.tensor([3.0], dtype=torch.float64)
+    )
+    assert mixed["b"].dtype == torch.float64
+    assert all(torch.equal(finetune.wise_ft(zero_shot, fine_tuned, 1.0)[k], fine_tuned[k]) for k in fine_tuned)
+
+
+def test_the_classify_command_runs_the_export_on_class_folders(trained, tmp_path, capsys):
+    from torchflava.classify import main as classify_main
+
+    out, _, _ = trained
+    world = finetune.ShapesClassification("test", 12, image_size=32)
+    images = []
+    for i in range(12):
+        image, label = world[i].image, world.classes[world[i].label]
+        (tmp_path / "images" / label).mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "images" / label / f"{i:02d}.png")
+        images.append((f"{label}/{i:02d}.png", image, world[i].label))
+    result = classify_main(["--checkpoint", str(out), "--images", str(tmp_path / "images"), "--top-k", "2"])
+    loaded = load_clip_classifier(out / "model")
+    images.sort()  # (the command lists the folder in sorted order)
+    predicted = loaded.scores([image for _, image, _ in images]).argmax(dim=-1).tolist()
+    assert [r["image"] for r in result["predictions"]] == [name for name, _, _ in images]
+    assert [r["top"][0][0] for r in result["predictions"]] == [loaded.labels[i] for i in predicted]
+    right = sum(p == label for p, (_, _, label) in zip(predicted, images))
+    assert result["num_inputs"] == 12 and result["accuracy"] == pytest.approx(right / 12)
+    assert f"12 inputs, 0 unreadable skipped; accuracy {100 * right / 12:.1f}%" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an image classifier reads no texts
+        classify_main(["--checkpoint", str(out), "--text", "a red circle"])
+    assert "this CLIP image classifier reads --images DIR, got --text" in capsys.readouterr().err
+
+
+def test_a_random_head_starts_elsewhere_and_wise_ft_is_reported(clip_export, tmp_path):
+    report = finetune.main(
+        _config(clip_export, tmp_path, "training.max_steps=3", "model.head_init=random", "eval.wise_ft_alpha=0.0")
+    )
+    validation = report["validation"]
+    # alpha 0 is the zero-shot weights themselves: the same predictions as the zero-shot head
+    assert validation["wise_ft"] == validation["zero_shot"]
+    head = finetune.random_head(16, 30, seed=0)
+    assert torch.equal(head.weight, finetune.random_head(16, 30, seed=0).weight)  # drawn from the seed alone
+    assert float(head.weight.detach().abs().max()) <= 0.25 and float(head.weight.detach().std()) > 0.05
+
+
+# --------------------------------------------------------------------------- resume
+class _Killed(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(clip_export, tmp_path, monkeypatch):
+    common = ["training.max_steps=8", "training.checkpoint_every=4"]
+    finetune.main(_config(clip_export, tmp_path / "reference", *common))
+    fit, calls = finetune.fit, {"n": 0}
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 6:  # after step 6's update: the last checkpoint is step 4's
+            raise _Killed
+
+    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
+    with pytest.raises(_Killed):
+        finetune.main(_config(clip_export, tmp_path / "run", *common))
+    monkeypatch.undo()
+    assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4, 5]
+    report = finetune.main(_config(clip_export, tmp_path / "run", *common, "training.resume=auto"))
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "reference")  # exactly, step for step
+    reference = json.loads((tmp_path / "reference" / "report.json").read_text())
+    assert report["validation"] == reference["validation"]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_losses(clip_export, tmp_path):
+    overrides = [*SHAPES, f"model.pretrained={clip_export}", "training.max_steps=6", "training.checkpoint_every=3"]
+    overrides.append("training.resume=auto")
+    reference = run_with_fault(FINETUNE, [*overrides, f"training.output_dir={tmp_path / 'reference'}"])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = [*overrides, f"training.output_dir={tmp_path / 'run'}"]
+    killed = run_with_fault(FINETUNE, run, "after_optimizer_step", 5)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run_with_fault(FINETUNE, run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "reference")
+    assert "fine-tuning finished: 6 steps" in resumed.stdout
+
+
+def test_two_ddp_processes_match_one_and_resume_on_one(clip_export, tmp_path):
+    common = [f"model.pretrained={clip_export}", *SHAPES, "training.max_steps=6", "training.checkpoint_every=3"]
+    finetune.main(load_config(finetune.FinetuneConfig, [*common, f"training.output_dir={tmp_path / 'one'}"]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [str(REPO / FINETUNE), f"training.output_dir={tmp_path / 'two'}", "training.strategy=ddp", *common]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step
+    # the 2-rank run stopped after step 3 resumes on one process: the same steps, data and losses
+    shutil.rmtree(tmp_path / "two" / "checkpoints" / "step_00000006")
+    cfg = load_config(
+        finetune.FinetuneConfig, [*common, f"training.output_dir={tmp_path / 'two'}", "training.resume=auto"]
+    )
+    assert finetune.main(cfg)["steps"] == 6
+    resumed = _losses(tmp_path / "two")
+    for step in one:
+        assert resumed[step] == pytest.approx(one[step], rel=1e-5), step
+
+
+# --------------------------------------------------------------------------- class folders and config errors
+def _class_folders(root: Path, classes: dict[str, list[str]]) -> Path:
+    pictures = photos()
+    for name, files in classes.items():
+        (root / name).mkdir(parents=True)
+        for file in files:
+            pictures[file].convert("RGB").save(root / name / f"{file}.png")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_class_folders_report_the_zero_shot_commands_accuracy_before_training(tmp_path):
+    from tests.test_zero_shot_command import write_hf_clip
+
+    write_hf_clip(tmp_path / "clip")
+    folders = {"cat": ["chelsea"], "coffee": ["coffee"], "rocket": ["rocket"], "astronaut": ["astronaut_wide"]}
+    train = _class_folders(tmp_path / "train", folders)
+    val = _class_folders(tmp_path / "val", {**folders, "astronaut": ["astronaut_tall", "camera_grey"]})
+    overrides = [f"model.pretrained={tmp_path / 'clip'}", f"training.output_dir={tmp_path / 'run'}"]
+    overrides += [f"data.train={train}", f"data.val={val}", "training.max_steps=1", "training.global_batch_size=4"]
+    overrides += ["optim.warmup_steps=0", "training.progress_bar=false", "training.tensorboard=false"]
+    report = finetune.main(load_config(finetune.FinetuneConfig, ["data.task=image_folder", *overrides]))
+    classes = ["astronaut", "cat", "coffee", "rocket"]  # the sorted folder names
+    expected = zero_shot.classify_folder(load_pretrained(tmp_path / "clip"), str(val), classes)
+    assert report["validation"]["zero_shot"]["items"] == expected["num_images"] == 5
+    assert report["validation"]["zero_shot"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+    assert load_clip_classifier(tmp_path / "run").labels == classes
+
+
+def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
+    flava = tmp_path / "flava"
+    write_tiny_export(flava)
+    folders = {"cat": ["chelsea"], "coffee": ["coffee"]}
+    train = _class_folders(tmp_path / "train", folders)
+    val = _class_folders(tmp_path / "val", {"cat": ["chelsea"], "dog": ["coffee"]})
+    base = [*SHAPES, f"model.pretrained={clip_export}", f"training.output_dir={tmp_path / 'run'}"]
+    cases = {
+        "data.task": (["data.task=glue"], "one of ('image_folder', 'shapes')"),
+        "model.head_init": (["model.head_init=linear_probe"], "one of ('zero_shot', 'random')"),
+        "model.pretrained": ([f"model.pretrained={flava}"], "(a FLAVA checkpoint)"),
+        "data.val": (["data.task=image_folder", f"data.train={train}", f"data.val={val}"], "['dog'] are not among"),
+        "eval.wise_ft_alpha": (["eval.wise_ft_alpha=1.5"], "null or in [0, 1]"),
+        "model.templates": (["model.templates=[a photo]"], "each with one '{}'"),
+    }
+    for key, (overrides, says) in cases.items():
+        result = run_with_fault(FINETUNE, [*base, *overrides])
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (key, result.stderr[-2000:])
+        assert lines[0].startswith(f"error: key '{key}': expected") and says in lines[0], (key, lines[0])
+    assert not (tmp_path / "run").exists()  # refused before any work
+    with pytest.raises(ConfigError, match="key 'data.train': expected null, since data.task=shapes reads no files"):
+        finetune.main(_config(clip_export, tmp_path / "run", f"data.train={train}"))
+
+
+def test_the_shipped_configs_load_and_validate(clip_export, tmp_path):
+    folders = _class_folders(tmp_path / "train", {"cat": ["chelsea"], "coffee": ["coffee"]})
+    for name, overrides in {
+        "finetune_classes": [f"data.train={folders}", f"data.val={folders}"],
+        "finetune_shapes": ["data.image_size=32"],
+    }.items():
+        argv = [f"config=examples/clip/configs/{name}.yaml", f"model.pretrained={clip_export}", *overrides]
+        cfg = load_config(finetune.FinetuneConfig, [*argv, f"training.output_dir={tmp_path / name}"])
+        finetune.validate(cfg, 1)
+        assert cfg.model.head_init == "zero_shot" and cfg.eval.wise_ft_alpha == 0.5
+    assert cfg.data.task == "shapes" and cfg.training.max_steps == 60 and cfg.optim.lr == 1e-4

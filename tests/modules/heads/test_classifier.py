@@ -1,0 +1,46 @@
+"""NormalizedLinearClassifier and embedding_head: a zero-shot classifier's scores, made trainable."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
+
+
+def test_embedding_head_scores_normalised_features_as_the_zero_shot_classifier_does():
+    embeddings = F.normalize(torch.randn(5, 8), dim=-1)
+    encoder = nn.Linear(12, 8)
+    model = NormalizedLinearClassifier(encoder, embedding_head(embeddings, 100.0))
+    x = torch.randn(3, 12)
+    expected = 100.0 * F.normalize(encoder(x), dim=-1) @ embeddings.T
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+    assert model.num_classes == 5 and torch.equal(model.head.bias, torch.zeros(5))
+    assert torch.equal(model.head.weight, 100.0 * embeddings)
+    model(x).sum().backward()  # trainable end to end
+    assert encoder.weight.grad is not None and model.head.weight.grad is not None
+
+
+def test_features_are_unit_vectors_whatever_the_encoders_scale():
+    model = NormalizedLinearClassifier(nn.Linear(4, 6), nn.Linear(6, 2))
+    norms = model.features(1000 * torch.randn(7, 4)).norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones(7))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="encoder must be an nn.Module, got str"):
+        NormalizedLinearClassifier("vit", nn.Linear(4, 2))
+    with pytest.raises(TypeError, match="head must be an nn.Linear, got Sequential"):
+        NormalizedLinearClassifier(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 2)))
+    model = NormalizedLinearClassifier(nn.Linear(4, 3), nn.Linear(6, 2))
+    with pytest.raises(ValueError, match=r"encoder must return \(B, 6\) features, got torch.float32 of shape \(2, 3\)"):
+        model(torch.randn(2, 4))
+    with pytest.raises(TypeError, match="class_embeddings must be a \\(C, P\\) tensor, got list"):
+        embedding_head([[1.0, 0.0]], 1.0)
+    with pytest.raises(ValueError, match="class_embeddings must be \\(C, P\\) finite floating-point"):
+        embedding_head(torch.tensor([[math.nan, 1.0]]), 1.0)
+    for scale in (0.0, -1.0, math.inf, True):
+        with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+            embedding_head(torch.eye(2), scale)
