@@ -471,3 +471,33 @@ def test_an_export_loads_without_pyyaml(tmp_path, monkeypatch):
     assert type(loaded.model) is type(model) and loaded.text_length == 32
     expected = model.state_dict()
     assert all(torch.equal(value, expected[name]) for name, value in loaded.model.state_dict().items())
+
+
+def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loads_it(tmp_path):
+    """It was "neither a torchflava run/export directory ... nor a Hugging Face directory" (the export), or its run
+    printed that its latest training checkpoint was evaluated and failed on the config's model section."""
+    from torchflava.classify import clip_image_classifier, export_clip_classifier, load_clip_classifier
+    from torchflava.zero_shot import main as zero_shot_main
+
+    sizes = dict(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2)
+    sizes |= dict(context_length=6, vocab_size=50, text_width=16, text_layers=1, text_heads=2, eos_token_id=49)
+    export = tmp_path / "run" / "model"
+    export.mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints").mkdir()
+    export_clip_classifier(
+        clip_image_classifier(sizes, 2),
+        export,
+        clip_kwargs=sizes,
+        labels=["a", "b"],
+        image_transform=EvalImageTransform(16),
+    )
+    assert load_clip_classifier(tmp_path / "run").labels == ["a", "b"]  # what does load it
+    for named in (export, tmp_path / "run"):
+        with pytest.raises(ValueError, match=r"is a fine-tuned CLIP image classifier .*load_clip_classifier") as caught:
+            load_pretrained(named)
+        assert "\n" not in str(caught.value)
+        with pytest.raises(ValueError, match="fine-tuned CLIP image classifier"):
+            checkpoint_layout(named)
+    with pytest.raises(SystemExit) as exited:
+        zero_shot_main(["--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path), "--classes", "a,b"])
+    assert exited.value.code == 2

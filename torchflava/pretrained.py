@@ -102,6 +102,9 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "vocab.json")  # a checkpoint 
 # tokenizer and preprocessor_config.json), so that neither its resume nor loading its training checkpoints reads
 # the checkpoint it started from (its model.pretrained), which may since have moved or gone
 RUN_ARGUMENTS = "model_arguments.json"
+# The config of a fine-tuned CLIP image classifier's export (torchflava.classify): an image tower and a class head,
+# no text tower, so no CLIP checkpoint: what loads a checkpoint refuses it, naming what loads it.
+CLIP_CLASSIFIER_CONFIG = "clip_classifier_config.json"
 
 
 def read_run_arguments(path: Union[str, os.PathLike]) -> dict:
@@ -335,7 +338,9 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
         FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), a run's
             ``checkpoints/`` folder itself (naming its complete steps), or a run directory without an export
             whose checkpoints are all incomplete or damaged.
+        ValueError: for a fine-tuned CLIP image classifier's export or its run (no checkpoint of a whole model).
     """
+    _refuse_classifier_export(path)
     step = path.name.removeprefix("step_")
     if path.name.startswith("step_") and step.isdigit() and not path.exists():
         found = CheckpointManager(path.parent).complete()
@@ -379,6 +384,21 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
         file=sys.stderr,
     )
     return latest
+
+
+def _refuse_classifier_export(path: Path) -> None:
+    """ValueError where ``path`` is a fine-tuned CLIP image classifier's export or the run holding it in ``model/``
+    (:data:`CLIP_CLASSIFIER_CONFIG`): it was refused as "neither a run/export directory nor a Hugging Face one", or
+    its run's latest training checkpoint was read and refused for the config's model section."""
+    found = next(
+        (d / CLIP_CLASSIFIER_CONFIG for d in (path, path / "model") if (d / CLIP_CLASSIFIER_CONFIG).is_file()), None
+    )
+    if found is not None:
+        raise ValueError(
+            f"checkpoint: {path} is a fine-tuned CLIP image classifier ({found}: an image tower and a class head, no "
+            f"text tower), not a checkpoint of a whole model: load it with torchflava.classify.load_clip_classifier "
+            f"or run python -m torchflava.classify --checkpoint {path}"
+        )
 
 
 def found_intact(named: Path, checkpoint: Path) -> bool:
