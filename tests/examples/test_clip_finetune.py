@@ -216,6 +216,8 @@ def test_a_random_head_starts_elsewhere_and_wise_ft_is_reported(clip_export, tmp
     validation = report["validation"]
     # alpha 0 is the zero-shot weights themselves: the same predictions as the zero-shot head
     assert validation["wise_ft"] == validation["zero_shot"]
+    # the run's record holds the zero-shot classifier all the same (bias 0), the report's reference on a resume
+    assert torch.equal(load_clip_classifier(tmp_path / "zero_shot").model.head.bias, torch.zeros(30))
     head = finetune.random_head(16, 30, seed=0)
     assert torch.equal(head.weight, finetune.random_head(16, 30, seed=0).weight)  # drawn from the seed alone
     assert float(head.weight.detach().abs().max()) <= 0.25 and float(head.weight.detach().std()) > 0.05
@@ -245,6 +247,44 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(clip_export, 
     assert _losses(tmp_path / "run") == _losses(tmp_path / "reference")  # exactly, step for step
     reference = json.loads((tmp_path / "reference" / "report.json").read_text())
     assert report["validation"] == reference["validation"]
+
+
+def test_a_resume_reads_the_recorded_start_not_the_moved_checkpoint(clip_export, tmp_path, monkeypatch):
+    """The run records its zero-shot classifier before training; its resume, with model.pretrained moved away,
+    ends as the uninterrupted run does (losses, exported weights, report); without the record it is refused."""
+    pretrained = shutil.copytree(clip_export, tmp_path / "clip")
+    common = ["training.max_steps=4", "training.checkpoint_every=2", "eval.wise_ft_alpha=0.5"]
+    reference = finetune.main(_config(pretrained, tmp_path / "reference", *common))
+    fit, calls = finetune.fit, {"n": 0}
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 3:  # after step 3's update: the last checkpoint is step 2's
+            raise _Killed
+
+    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
+    with pytest.raises(_Killed):
+        finetune.main(_config(pretrained, tmp_path / "run", *common))
+    monkeypatch.undo()
+    recorded = load_clip_classifier(tmp_path / "run" / "zero_shot")
+    assert recorded.labels == list(finetune.ShapesClassification.classes)
+    start = load_clip_classifier(tmp_path / "reference" / "zero_shot").model.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in recorded.model.state_dict().items())
+    shutil.move(pretrained, tmp_path / "moved")  # the public checkpoint is gone from where the run read it
+    report = finetune.main(_config(pretrained, tmp_path / "run", *common, "training.resume=auto"))
+    losses = _losses(tmp_path / "run")
+    assert losses == _losses(tmp_path / "reference") and sorted(losses) == [1, 2, 3, 4]
+    assert report == reference and list(report["validation"]) == ["zero_shot", "fine_tuned", "wise_ft"]
+    got, expected = (load_clip_classifier(tmp_path / name).model.state_dict() for name in ("run", "reference"))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    # the record gone: refused in one line naming training.resume, before any work (model.pretrained is not read)
+    shutil.rmtree(tmp_path / "run" / "zero_shot")
+    run = [*SHAPES, *common, f"model.pretrained={pretrained}", f"training.output_dir={tmp_path / 'run'}"]
+    result = run_with_fault(FINETUNE, [*run, "training.resume=auto"])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: key 'training.resume': expected a run that recorded its zero-shot classifier")
+    assert str(tmp_path / "run" / "zero_shot") in lines[0]
 
 
 def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_losses(clip_export, tmp_path):
