@@ -92,8 +92,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "image_folder"  # image_folder (class sub-folders; their names are the class names) | shapes
+    task: str = "image_folder"  # image_folder (class sub-folders) | shapes
     train: Optional[str] = None  # image_folder: the training folder
+    # image_folder: the class names of the prompts and the export, one per training class folder in the folders'
+    # sorted order ("golden retriever" for golden_retriever/, "tench" for n01440764/); null: the folder names
+    class_names: Optional[list[str]] = None
     val: Optional[str] = None  # image_folder: the validation folder, sub-folders among the training classes
     shapes_train: int = 3000
     shapes_val: int = 540
@@ -169,6 +172,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
         ]
         + template_checks("model.templates", templates, cfg.eval.batch_size, "eval.batch_size")
         + (_folder_checks(d) if folders else _shapes_checks(d))
+        + _class_names_checks(d)
     )
     kwargs = pretrained_kwargs(m.pretrained) if recorded is None else recorded.clip_kwargs
     # optim.lr_multipliers names modules of the classifier (encoder.image_encoder, head, ...): built on meta
@@ -192,6 +196,23 @@ def _folder_checks(d: DataConfig) -> list[tuple]:
         (d.val is not None, "data.val", "a folder of class sub-folders for data.task=image_folder", d.val),
         path_check("data.train", d.train, "directory"),
         path_check("data.val", d.val, "directory"),
+    ]
+
+
+CLASS_NAMES = "null (the class folder names) or distinct non-empty names, one per training class folder"
+
+
+def _class_names_checks(d: DataConfig) -> list[tuple]:
+    """data.class_names: null, or distinct non-empty names for class folders (their count is checked against the
+    training folders once listed, :func:`build_splits`)."""
+    if d.class_names is None:
+        return []
+    names = list(d.class_names)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    return [
+        (d.task == "image_folder", "data.class_names", "null, since data.task=shapes names its own classes", names),
+        (all(name.strip() for name in names), "data.class_names", CLASS_NAMES, f"{names} (an empty name)"),
+        (not repeated, "data.class_names", CLASS_NAMES, f"{names} ({repeated} repeated)"),
     ]
 
 
@@ -220,8 +241,9 @@ def resolve_defaults(cfg: FinetuneConfig) -> None:
 
 # ----------------------------------------------------------------------------------------- data
 def build_splits(d: DataConfig) -> tuple:
-    """Train and validation sources and the class names; a folder that does not read as class folders (or a
-    validation folder with a class the training one lacks) is a ConfigError naming its key."""
+    """Train and validation sources and the class names (``data.class_names``, else the folder names); a folder
+    that does not read as class folders (or a validation folder with a class the training one lacks) is a
+    ConfigError naming its key, and so are class names that are not one per training folder."""
     if d.task == "shapes":
         train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
         return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
@@ -236,7 +258,12 @@ def build_splits(d: DataConfig) -> tuple:
         ("data.val", d.val, unusable_start(val, limit=None)),
     ):
         raise_on_failed_checks([(fault is None, key, "a folder with a readable image", f"{path} ({fault})")])
-    return train, val, classes
+    if d.class_names is None:
+        return train, val, classes
+    expected = f"{len(classes)} names, one per class folder of data.train in sorted order {classes[:10]}"
+    got = f"{len(d.class_names)} names {list(d.class_names)[:10]}"
+    raise_on_failed_checks([(len(d.class_names) == len(classes), "data.class_names", expected, got)])
+    return train, val, list(d.class_names)
 
 
 # ----------------------------------------------------------------------------------------- model

@@ -75,10 +75,12 @@ def clip_export(tmp_path_factory):
     return write_tiny_clip_export(tmp_path_factory.mktemp("clip_export"))
 
 
+def _config_overrides(export, out) -> list[str]:
+    return [f"model.pretrained={export}", f"training.output_dir={out}", *SHAPES]
+
+
 def _config(export, out, *overrides):
-    return load_config(
-        finetune.FinetuneConfig, [f"model.pretrained={export}", f"training.output_dir={out}", *SHAPES, *overrides]
-    )
+    return load_config(finetune.FinetuneConfig, [*_config_overrides(export, out), *overrides])
 
 
 def _losses(out) -> dict:
@@ -353,6 +355,25 @@ def test_class_folders_report_the_zero_shot_commands_accuracy_before_training(tm
     assert load_clip_classifier(tmp_path / "run").labels == classes
 
 
+def test_class_names_replace_the_folder_names_in_the_prompts_and_the_export(clip_export, tmp_path):
+    """Folders named as ids (sorted: 0_rc, 1_bs, 2_gt) and data.class_names: the head is the zero-shot classifier
+    of the names, which the record and the export carry as the labels."""
+    folders = {"0_rc": ["chelsea"], "1_bs": ["coffee"], "2_gt": ["rocket"]}
+    train = _class_folders(tmp_path / "train", folders)
+    names = ["red circle", "blue square", "green triangle"]
+    overrides = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=1"]
+    overrides += ["training.global_batch_size=3", "optim.warmup_steps=0", "model.head_init=random"]
+    overrides += ["data.class_names=[red circle,blue square,green triangle]"]
+    finetune.main(load_config(finetune.FinetuneConfig, [*_config_overrides(clip_export, tmp_path / "run"), *overrides]))
+    pretrained = load_pretrained(clip_export)
+    templates = list(finetune.DEFAULT_TEMPLATES)
+    expected = pretrained.model.logit_scale.detach().exp() * zero_shot.class_embeddings(pretrained, names, templates)
+    recorded = load_clip_classifier(tmp_path / "run" / "zero_shot")
+    torch.testing.assert_close(recorded.model.head.weight, expected, atol=1e-6, rtol=0)
+    assert float((expected[0] - expected[1]).abs().max()) > 1e-3  # (names whose embeddings differ)
+    assert recorded.labels == load_clip_classifier(tmp_path / "run").labels == names
+
+
 def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
     flava = tmp_path / "flava"
     write_tiny_export(flava)
@@ -368,7 +389,14 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
         "eval.wise_ft_alpha": (["eval.wise_ft_alpha=1.5"], "null or in [0, 1]"),
         "model.templates": (["model.templates=[a photo]"], "each with one '{}'"),
     }
-    for key, (overrides, says) in cases.items():
+    folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}"]
+    names = [  # data.class_names: one distinct non-empty name per training folder (cat, coffee), not with shapes
+        ([*folder_task, "data.class_names=[cat]"], "2 names, one per class folder of data.train in sorted order"),
+        ([*folder_task, "data.class_names=[cat,cat]"], "(['cat'] repeated)"),
+        ([*folder_task, "data.class_names=[cat,' ']"], "(an empty name)"),
+        (["data.class_names=[a,b]"], "null, since data.task=shapes names its own classes"),
+    ]
+    for key, (overrides, says) in [*cases.items(), *(("data.class_names", case) for case in names)]:
         result = run_with_fault(FINETUNE, [*base, *overrides])
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (key, result.stderr[-2000:])
