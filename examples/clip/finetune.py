@@ -40,10 +40,11 @@ import torch.nn.functional as F
 
 from torchflava.classify import CLIPClassifier, CLIPImageTower, export_clip_classifier, load_clip_classifier
 from torchflava.data.finetuning import ClassificationCollator, ImageClassFolder, ShapesClassification
-from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
+from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.shapes import ALL_SCENES
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
+from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
@@ -101,6 +102,9 @@ class DataConfig:
     shapes_train: int = 3000
     shapes_val: int = 540
     image_size: int = 64  # shapes rendering size (the checkpoint's preprocessing resizes it)
+    # training augmentation as open_clip's training preprocess: random resized crops of [crop_scale_min, 1] of each
+    # image's area, normalised as the checkpoint's preprocessing; null: none (that preprocessing, as validation's)
+    crop_scale_min: Optional[float] = None
 
 
 @dataclass
@@ -161,7 +165,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
     d, m = cfg.data, cfg.model
     folders = d.task == "image_folder"
     templates = TASK_TEMPLATES.get(d.task, []) if m.templates is None else list(m.templates)
-    alpha = cfg.eval.wise_ft_alpha
+    alpha, crop = cfg.eval.wise_ft_alpha, d.crop_scale_min
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
         + [
@@ -169,6 +173,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
             (m.head_init in HEAD_INITS, "model.head_init", f"one of {HEAD_INITS}", m.head_init),
             (recorded is not None or m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained),
             (alpha is None or 0 <= alpha <= 1, "eval.wise_ft_alpha", "null or in [0, 1]", alpha),
+            (crop is None or 0 < crop <= 1, "data.crop_scale_min", "null or in (0, 1]", crop),
         ]
         + template_checks("model.templates", templates, cfg.eval.batch_size, "eval.batch_size")
         + (_folder_checks(d) if folders else _shapes_checks(d))
@@ -264,6 +269,42 @@ def build_splits(d: DataConfig) -> tuple:
     got = f"{len(d.class_names)} names {list(d.class_names)[:10]}"
     raise_on_failed_checks([(len(d.class_names) == len(classes), "data.class_names", expected, got)])
     return train, val, list(d.class_names)
+
+
+class CroppedBatches:
+    """The training batches with open_clip's training augmentation: each image a random resized crop of
+    ``crop`` drawn from the sample's own seed (so from (seed, step, slot): the same on any number of ranks and
+    on a resume); the labels as ``collator`` gives them.
+
+    Args:
+        crop (RandomCropTransform): the crop, normalised as the checkpoint's preprocessing.
+        collator (ClassificationCollator): the evaluation collator, for the labels.
+    """
+
+    def __init__(self, crop: RandomCropTransform, collator: ClassificationCollator) -> None:
+        self.crop, self.collator = crop, collator
+
+    def __call__(self, kind: str, samples: list, seeds: list[int], *, another=None) -> dict:
+        """``{"image", "labels"}`` of ``samples``, the i-th image cropped with ``seeds[i]``.
+
+        Raises:
+            ValueError: if there are not as many seeds as samples, or the collator refuses the labels.
+        """
+        check_seeds(samples, seeds)
+        batch = self.collator(kind, [sample._replace(image=None) for sample in samples], seeds)  # (labels only)
+        batch["image"] = torch.stack([self.crop(sample.image, seed) for sample, seed in zip(samples, seeds)])
+        return batch
+
+
+def training_collator(collator: ClassificationCollator, image_size: int, crop_scale_min: Optional[float]):
+    """What collates the training batches: ``collator`` (the checkpoint's preprocessing, validation's) for a null
+    ``crop_scale_min``; else :class:`CroppedBatches` with crops of ``(crop_scale_min, 1)`` of the area resized to
+    ``image_size``, normalised with that preprocessing's mean and std (none: 0 and 1), as examples/clip/train.py's."""
+    if crop_scale_min is None:
+        return collator
+    spec = collator.transform.spec
+    mean, std = (spec.mean, spec.std) if spec.mean is not None else ((0.0,) * 3, (1.0,) * 3)
+    return CroppedBatches(RandomCropTransform(image_size, scale=(crop_scale_min, 1.0), mean=mean, std=std), collator)
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -381,13 +422,12 @@ def main(cfg: FinetuneConfig) -> dict:
                 image_transform=zero_shot.image_transform,
             )
     classes = zero_shot.labels
-    collator = ClassificationCollator(
-        None, image_size=zero_shot.clip_kwargs["image_size"], image_transform=zero_shot.image_transform
-    )
+    image_size = zero_shot.clip_kwargs["image_size"]
+    collator = ClassificationCollator(None, image_size=image_size, image_transform=zero_shot.image_transform)
     data = MixedBatches(
         {"train": train_source},
         {"train": 1.0},
-        collator,
+        training_collator(collator, image_size, d.crop_scale_min),  # validation keeps the checkpoint's preprocessing
         global_batch_size=t.global_batch_size // t.grad_accumulation,
         num_steps=t.max_steps * t.grad_accumulation,
         rank=info.rank,

@@ -225,6 +225,38 @@ def test_a_random_head_starts_elsewhere_and_wise_ft_is_reported(clip_export, tmp
     assert float(head.weight.detach().abs().max()) <= 0.25 and float(head.weight.detach().std()) > 0.05
 
 
+def test_crop_scale_min_trains_on_seeded_random_crops_and_validates_as_before(clip_export, trained, tmp_path):
+    """data.crop_scale_min: the training images are RandomCropTransform crops (normalised as the checkpoint's
+    preprocessing) drawn from each sample's seed, not the evaluation transform's; validation reads the latter."""
+    seen = {}
+
+    def fit(model, step, data, **kwargs):
+        seen["data"] = data
+        return real_fit(model, step, data, **kwargs)
+
+    real_fit, finetune.fit = finetune.fit, fit
+    try:
+        report = finetune.main(_config(clip_export, tmp_path, "training.max_steps=3", "data.crop_scale_min=0.3"))
+    finally:
+        finetune.fit = real_fit
+    data = seen["data"]
+    cropped = data[0].batch
+    evaluation = finetune.ClassificationCollator(None, image_size=32, image_transform=data.collator.collator.transform)
+    data.collator = evaluation  # the same samples and labels through the evaluation transform
+    plain = data[0].batch
+    assert torch.equal(cropped["labels"], plain["labels"]) and cropped["image"].shape == plain["image"].shape
+    assert float((cropped["image"] - plain["image"]).abs().mean()) > 0.05
+    spec = evaluation.transform.spec
+    crop = finetune.RandomCropTransform(32, scale=(0.3, 1.0), mean=spec.mean, std=spec.std)
+    data.collator = lambda kind, samples, seeds, another=None: torch.stack(
+        [crop(s.image, seed) for s, seed in zip(samples, seeds)]
+    )
+    assert torch.equal(data[0].batch, cropped["image"])  # exactly the seeded crops of the shared transform
+    # validation on the evaluation transform: the zero-shot head scores as in a run without crops
+    assert report["validation"]["zero_shot"] == trained[1]["validation"]["zero_shot"]
+    assert finetune.training_collator(evaluation, 32, None) is evaluation  # null: the checkpoint's preprocessing
+
+
 # --------------------------------------------------------------------------- resume
 class _Killed(Exception):
     """Stands for a kill in the middle of a run."""
@@ -387,6 +419,7 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
         "model.pretrained": ([f"model.pretrained={flava}"], "(a FLAVA checkpoint)"),
         "data.val": (["data.task=image_folder", f"data.train={train}", f"data.val={val}"], "['dog'] are not among"),
         "eval.wise_ft_alpha": (["eval.wise_ft_alpha=1.5"], "null or in [0, 1]"),
+        "data.crop_scale_min": (["data.crop_scale_min=0"], "null or in (0, 1]"),
         "model.templates": (["model.templates=[a photo]"], "each with one '{}'"),
     }
     folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}"]
