@@ -1,17 +1,21 @@
-"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline).
+r"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline).
 
-    python examples/clip/train.py config=examples/clip/configs/debug.yaml    # a tiny CLIP in runs/clip-debug
-    python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes_debug.yaml
+    python examples/clip/train.py config=examples/clip/configs/tiny.yaml    # a small CLIP in runs/clip-tiny
+    python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes.yaml
     python examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml \
         model.pretrained=/models/clip-vit-base-patch16 data.train=/data/pets/train data.val=/data/pets/val
-    torchrun --nproc_per_node 8 examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml ...
+    torchrun --nproc_per_node 8 examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml \
+        model.pretrained=/models/clip-vit-base-patch16 data.train=/data/imagenet/train data.val=/data/imagenet/val \
+        data.class_names='[tench, goldfish, ...]' data.crop_scale_min=0.9
 
 Reads top to bottom: config -> process group -> data (step-indexed batches of the training split, ``MixedBatches``
-with one source: class folders, ``data.task=image_folder``, or the built-in shapes, ``data.task=shapes``) -> model
+with one source: class folders, ``data.task=image_folder``, or the built-in shapes, ``data.task=shapes``; with
+``data.crop_scale_min``, random resized crops as open_clip's training preprocess) -> model
 (``model.pretrained``, a CLIP checkpoint: a Hugging Face CLIPModel directory, an open_clip Hub directory, a
 torchflava CLIP run, export or ``<run>/checkpoints/step_<N>``; its image tower and projection, the features
 L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times the zero-shot class embeddings of the
-class names in ``model.templates`` and whose bias is 0, so that step 0 predicts what zero-shot classification does;
+class names (the folder names, or ``data.class_names``: "tench" for ``n01440764/``) in ``model.templates`` and
+whose bias is 0, so that step 0 predicts what zero-shot classification does;
 ``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept) -> ``fit``
 (the shared loop: accumulation, DDP/FSDP2, autocast, clipping, checkpoints, exact resume also on another number of
 ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.load_clip_classifier` loads it,

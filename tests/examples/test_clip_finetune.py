@@ -4,6 +4,7 @@ exact resume (killed, and on another number of ranks), the export and the config
 import json
 import os
 from pathlib import Path
+import re
 import shutil
 import signal
 import subprocess
@@ -437,6 +438,21 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before any work
     with pytest.raises(ConfigError, match="key 'data.train': expected null, since data.task=shapes reads no files"):
         finetune.main(_config(clip_export, tmp_path / "run", f"data.train={train}"))
+
+
+def test_help_shows_the_commands_as_they_are_typed_with_the_shipped_configs():
+    """``--help`` printed each backslash-continued command of the module docstring as one line with a gap of
+    spaces (a plain string reads a backslash and newline as a line continuation), and named configs that are not
+    shipped (finetune_shapes_debug.yaml)."""
+    from torchflava.training.recipe import usage
+
+    text = usage(finetune.main, finetune.FinetuneConfig)
+    assert "finetune_classes.yaml \\\n        model.pretrained=/models/clip-vit-base-patch16 data.train=" in text
+    assert text.count(" \\\n") == 3
+    named = re.findall(r"config=(\S+\.yaml)", text)
+    assert "examples/clip/configs/finetune_shapes.yaml" in named and len(named) == 4
+    assert all((REPO / path).is_file() for path in named), named
+    assert "output_dir: runs/clip-tiny" in (REPO / "examples/clip/configs/tiny.yaml").read_text()  # shapes' start
 
 
 def test_the_shipped_configs_load_and_validate(clip_export, tmp_path):
