@@ -1,26 +1,34 @@
-"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline).
+r"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline).
 
-    python examples/clip/train.py config=examples/clip/configs/debug.yaml    # a tiny CLIP in runs/clip-debug
-    python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes_debug.yaml
+    python examples/clip/train.py config=examples/clip/configs/tiny.yaml    # a small CLIP in runs/clip-tiny
+    python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes.yaml
     python examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml \
         model.pretrained=/models/clip-vit-base-patch16 data.train=/data/pets/train data.val=/data/pets/val
-    torchrun --nproc_per_node 8 examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml ...
+    torchrun --nproc_per_node 8 examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml \
+        model.pretrained=/models/clip-vit-base-patch16 data.train=/data/imagenet/train data.val=/data/imagenet/val \
+        data.class_names='[tench, goldfish, ...]' data.crop_scale_min=0.9
 
 Reads top to bottom: config -> process group -> data (step-indexed batches of the training split, ``MixedBatches``
-with one source: class folders, ``data.task=image_folder``, or the built-in shapes, ``data.task=shapes``) -> model
+with one source: class folders, ``data.task=image_folder``, or the built-in shapes, ``data.task=shapes``; with
+``data.crop_scale_min``, random resized crops as open_clip's training preprocess) -> model
 (``model.pretrained``, a CLIP checkpoint: a Hugging Face CLIPModel directory, an open_clip Hub directory, a
 torchflava CLIP run, export or ``<run>/checkpoints/step_<N>``; its image tower and projection, the features
 L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times the zero-shot class embeddings of the
-class names in ``model.templates`` and whose bias is 0, so that step 0 predicts what zero-shot classification does;
+class names (the folder names, or ``data.class_names``: "tench" for ``n01440764/``) in ``model.templates`` and
+whose bias is 0, so that step 0 predicts what zero-shot classification does;
 ``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept) -> ``fit``
 (the shared loop: accumulation, DDP/FSDP2, autocast, clipping, checkpoints, exact resume also on another number of
 ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.load_clip_classifier` loads it,
 ``python -m torchflava.classify --checkpoint <output_dir> --images DIR`` runs it) ->
 validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from) and of
 the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space ensemble (WiSE-FT,
-``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json``. A resumed
-run reads ``model.pretrained`` again (the zero-shot head and the weights it started from). ``main(cfg)`` returns
-the report.
+``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json``. A new run
+records what it started from before training: the zero-shot classifier (``<output_dir>/zero_shot``, an export as
+``model/`` is: weights, ``clip_model`` arguments, class names, preprocessing; also with ``model.head_init=random``,
+for the report); a resume builds the model, the class names, the preprocessing and the zero-shot and WiSE-FT
+reference from that record alone, never reading ``model.pretrained`` (which may have moved, gone or changed), and
+is refused, naming ``training.resume``, where the record is missing or does not read. ``main(cfg)`` returns the
+report.
 """
 
 import copy
@@ -34,12 +42,13 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.classify import CLIPImageTower, export_clip_classifier, load_clip_classifier
+from torchflava.classify import CLIPClassifier, CLIPImageTower, export_clip_classifier, load_clip_classifier
 from torchflava.data.finetuning import ClassificationCollator, ImageClassFolder, ShapesClassification
-from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
+from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.shapes import ALL_SCENES
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
+from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
@@ -56,10 +65,11 @@ from torchflava.training.schema import (
     opened,
     path_check,
     raise_on_failed_checks,
+    resumed_run_records,
     template_checks,
     training_checks,
 )
-from torchflava.utils.checkpoint import staged_directory
+from torchflava.utils.checkpoint import first_line, staged_directory
 from torchflava.utils.cli import write_json
 from torchflava.zero_shot import DEFAULT_TEMPLATES, class_embeddings
 
@@ -71,6 +81,9 @@ PRETRAINED = (
     "a CLIP checkpoint directory (a Hugging Face CLIPModel, an open_clip Hub directory, or a torchflava CLIP "
     "run, export or <run>/checkpoints/step_<N>)"
 )
+# the zero-shot classifier a run records in its directory at its start (export_clip_classifier's files): its resume
+# builds the model, class names, preprocessing and WiSE-FT reference from it, never reading model.pretrained again
+ZERO_SHOT_RECORD = "zero_shot"
 
 
 @dataclass
@@ -84,12 +97,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "image_folder"  # image_folder (class sub-folders; their names are the class names) | shapes
+    task: str = "image_folder"  # image_folder (class sub-folders) | shapes
     train: Optional[str] = None  # image_folder: the training folder
+    # image_folder: the class names of the prompts and the export, one per training class folder in the folders'
+    # sorted order ("golden retriever" for golden_retriever/, "tench" for n01440764/); null: the folder names
+    class_names: Optional[list[str]] = None
     val: Optional[str] = None  # image_folder: the validation folder, sub-folders among the training classes
     shapes_train: int = 3000
     shapes_val: int = 540
     image_size: int = 64  # shapes rendering size (the checkpoint's preprocessing resizes it)
+    # training augmentation as open_clip's training preprocess: random resized crops of [crop_scale_min, 1] of each
+    # image's area, normalised as the checkpoint's preprocessing; null: none (that preprocessing, as validation's)
+    crop_scale_min: Optional[float] = None
 
 
 @dataclass
@@ -111,11 +130,38 @@ class FinetuneConfig:
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def resume_ignored(self) -> set[str]:
+        """``model.pretrained`` for a resume: the run reads what it recorded at its start (:func:`run_record`), not
+        the checkpoint, which may since have moved, gone, or be named otherwise or null."""
+        return {"model.pretrained"} if run_record(self) is not None else set()
+
+
+def run_record(cfg: FinetuneConfig) -> Optional[Path]:
+    """Where the run a resume continues recorded its zero-shot classifier (``<run>/zero_shot``, there or not);
+    None for a new run (:func:`~torchflava.training.schema.resumed_run_records`)."""
+    run = resumed_run_records(cfg.training, ())
+    return None if run is None else run / ZERO_SHOT_RECORD
+
+
+def recorded_zero_shot(record: Path) -> CLIPClassifier:
+    """The zero-shot classifier a resumed run recorded at its start; ConfigError naming ``training.resume`` where
+    the record is missing or does not read (the resume would otherwise depend on model.pretrained as it is now)."""
+
+    def read() -> CLIPClassifier:
+        try:
+            return load_clip_classifier(record)
+        except RuntimeError as error:  # (weights that do not fit the recorded architecture: torch's own error)
+            raise ValueError(first_line(error)) from None
+
+    expected = "a run that recorded its zero-shot classifier at its start (a resume reads it, not model.pretrained)"
+    return opened("training.resume", str(record), expected, read)
+
 
 # ----------------------------------------------------------------------------------------- config checks
-def validate(cfg: FinetuneConfig, world_size: int) -> None:
+def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPClassifier] = None) -> None:
     """Check every key types cannot, before any work: choices, ranges, the task's folders, the prompts and that
-    ``model.pretrained`` is a CLIP checkpoint (its config files only: the weights are read by ``main``).
+    ``model.pretrained`` is a CLIP checkpoint (its config files only: the weights are read by ``main``); for a
+    resume, whose start was ``recorded`` (:func:`recorded_zero_shot`), ``model.pretrained`` is not read.
 
     Raises:
         ConfigError: naming the key, in one line.
@@ -123,26 +169,33 @@ def validate(cfg: FinetuneConfig, world_size: int) -> None:
     d, m = cfg.data, cfg.model
     folders = d.task == "image_folder"
     templates = TASK_TEMPLATES.get(d.task, []) if m.templates is None else list(m.templates)
-    alpha = cfg.eval.wise_ft_alpha
+    alpha, crop = cfg.eval.wise_ft_alpha, d.crop_scale_min
     raise_on_failed_checks(
         training_checks(cfg.training, cfg.optim, world_size)
         + [
             (d.task in TASKS, "data.task", f"one of {TASKS} (CLIP fine-tuning classifies images)", d.task),
             (m.head_init in HEAD_INITS, "model.head_init", f"one of {HEAD_INITS}", m.head_init),
-            (m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained),
+            (recorded is not None or m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained),
             (alpha is None or 0 <= alpha <= 1, "eval.wise_ft_alpha", "null or in [0, 1]", alpha),
+            (crop is None or 0 < crop <= 1, "data.crop_scale_min", "null or in (0, 1]", crop),
         ]
         + template_checks("model.templates", templates, cfg.eval.batch_size, "eval.batch_size")
         + (_folder_checks(d) if folders else _shapes_checks(d))
+        + _class_names_checks(d)
     )
-    layout = opened(
-        "model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(local_directory(m.pretrained))
-    )
-    got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
-    raise_on_failed_checks([(layout.family == "clip", "model.pretrained", PRETRAINED, got)])
+    kwargs = pretrained_kwargs(m.pretrained) if recorded is None else recorded.clip_kwargs
     # optim.lr_multipliers names modules of the classifier (encoder.image_encoder, head, ...): built on meta
-    build = lambda: NormalizedLinearClassifier(CLIPImageTower(clip_model(**layout.kwargs)), nn.Linear(1, 2))  # noqa: E731
+    build = lambda: NormalizedLinearClassifier(CLIPImageTower(clip_model(**kwargs)), nn.Linear(1, 2))  # noqa: E731
     raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
+
+
+def pretrained_kwargs(pretrained: str) -> dict:
+    """The ``clip_model`` arguments of ``model.pretrained`` (its config files only), which must be a CLIP
+    checkpoint; ConfigError naming ``model.pretrained`` otherwise."""
+    layout = opened("model.pretrained", pretrained, PRETRAINED, lambda: checkpoint_layout(local_directory(pretrained)))
+    got = f"{pretrained} (a {layout.family.upper()} checkpoint)"
+    raise_on_failed_checks([(layout.family == "clip", "model.pretrained", PRETRAINED, got)])
+    return layout.kwargs
 
 
 def _folder_checks(d: DataConfig) -> list[tuple]:
@@ -152,6 +205,23 @@ def _folder_checks(d: DataConfig) -> list[tuple]:
         (d.val is not None, "data.val", "a folder of class sub-folders for data.task=image_folder", d.val),
         path_check("data.train", d.train, "directory"),
         path_check("data.val", d.val, "directory"),
+    ]
+
+
+CLASS_NAMES = "null (the class folder names) or distinct non-empty names, one per training class folder"
+
+
+def _class_names_checks(d: DataConfig) -> list[tuple]:
+    """data.class_names: null, or distinct non-empty names for class folders (their count is checked against the
+    training folders once listed, :func:`build_splits`)."""
+    if d.class_names is None:
+        return []
+    names = list(d.class_names)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    return [
+        (d.task == "image_folder", "data.class_names", "null, since data.task=shapes names its own classes", names),
+        (all(name.strip() for name in names), "data.class_names", CLASS_NAMES, f"{names} (an empty name)"),
+        (not repeated, "data.class_names", CLASS_NAMES, f"{names} ({repeated} repeated)"),
     ]
 
 
@@ -180,8 +250,9 @@ def resolve_defaults(cfg: FinetuneConfig) -> None:
 
 # ----------------------------------------------------------------------------------------- data
 def build_splits(d: DataConfig) -> tuple:
-    """Train and validation sources and the class names; a folder that does not read as class folders (or a
-    validation folder with a class the training one lacks) is a ConfigError naming its key."""
+    """Train and validation sources and the class names (``data.class_names``, else the folder names); a folder
+    that does not read as class folders (or a validation folder with a class the training one lacks) is a
+    ConfigError naming its key, and so are class names that are not one per training folder."""
     if d.task == "shapes":
         train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
         return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
@@ -196,7 +267,48 @@ def build_splits(d: DataConfig) -> tuple:
         ("data.val", d.val, unusable_start(val, limit=None)),
     ):
         raise_on_failed_checks([(fault is None, key, "a folder with a readable image", f"{path} ({fault})")])
-    return train, val, classes
+    if d.class_names is None:
+        return train, val, classes
+    expected = f"{len(classes)} names, one per class folder of data.train in sorted order {classes[:10]}"
+    got = f"{len(d.class_names)} names {list(d.class_names)[:10]}"
+    raise_on_failed_checks([(len(d.class_names) == len(classes), "data.class_names", expected, got)])
+    return train, val, list(d.class_names)
+
+
+class CroppedBatches:
+    """The training batches with open_clip's training augmentation: each image a random resized crop of
+    ``crop`` drawn from the sample's own seed (so from (seed, step, slot): the same on any number of ranks and
+    on a resume); the labels as ``collator`` gives them.
+
+    Args:
+        crop (RandomCropTransform): the crop, normalised as the checkpoint's preprocessing.
+        collator (ClassificationCollator): the evaluation collator, for the labels.
+    """
+
+    def __init__(self, crop: RandomCropTransform, collator: ClassificationCollator) -> None:
+        self.crop, self.collator = crop, collator
+
+    def __call__(self, kind: str, samples: list, seeds: list[int], *, another=None) -> dict:
+        """``{"image", "labels"}`` of ``samples``, the i-th image cropped with ``seeds[i]``.
+
+        Raises:
+            ValueError: if there are not as many seeds as samples, or the collator refuses the labels.
+        """
+        check_seeds(samples, seeds)
+        batch = self.collator(kind, [sample._replace(image=None) for sample in samples], seeds)  # (labels only)
+        batch["image"] = torch.stack([self.crop(sample.image, seed) for sample, seed in zip(samples, seeds)])
+        return batch
+
+
+def training_collator(collator: ClassificationCollator, image_size: int, crop_scale_min: Optional[float]):
+    """What collates the training batches: ``collator`` (the checkpoint's preprocessing, validation's) for a null
+    ``crop_scale_min``; else :class:`CroppedBatches` with crops of ``(crop_scale_min, 1)`` of the area resized to
+    ``image_size``, normalised with that preprocessing's mean and std (none: 0 and 1), as examples/clip/train.py's."""
+    if crop_scale_min is None:
+        return collator
+    spec = collator.transform.spec
+    mean, std = (spec.mean, spec.std) if spec.mean is not None else ((0.0,) * 3, (1.0,) * 3)
+    return CroppedBatches(RandomCropTransform(image_size, scale=(crop_scale_min, 1.0), mean=mean, std=std), collator)
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -211,6 +323,17 @@ def zero_shot_head(pretrained, classes: list[str], templates: list[str], batch_s
         lambda: class_embeddings(pretrained, classes, templates, batch_size=batch_size),
     )
     return embedding_head(embeddings, float(pretrained.model.logit_scale.detach().exp()))
+
+
+def zero_shot_classifier(m: ModelConfig, classes: list[str], batch_size: int) -> CLIPClassifier:
+    """A new run's start, read from ``model.pretrained``: its image tower with the zero-shot head of ``classes``
+    (:func:`zero_shot_head`), the class names, its preprocessing and every ``clip_model`` argument (the text tower
+    builds the head and is not kept)."""
+    pretrained = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: load_pretrained(m.pretrained))
+    head = zero_shot_head(pretrained, classes, m.templates, batch_size)
+    model = NormalizedLinearClassifier(CLIPImageTower(pretrained.model), head)
+    kwargs = clip_model_arguments(**pretrained.kwargs)  # every argument stated: the record's architecture
+    return CLIPClassifier(model, list(classes), pretrained.image_transform, kwargs)
 
 
 def random_head(width: int, num_classes: int, seed: int) -> nn.Linear:
@@ -267,24 +390,48 @@ def format_report(report: dict, out_dir: Path) -> str:
 # ----------------------------------------------------------------------------------------- recipe
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: FinetuneConfig) -> dict:
+    recorded, record = None, None  # a resume's zero-shot classifier, as its run recorded it, and where
+
     def validated(config: FinetuneConfig, world_size: int) -> None:
-        validate(config, world_size)
+        nonlocal recorded, record
+        record = run_record(config)
+        recorded = None if record is None else recorded_zero_shot(record)
+        validate(config, world_size, recorded=recorded)
         resolve_defaults(config)  # before start_run compares the config with a resumed one's and records it
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point
     info, t, d, m = start.info, cfg.training, cfg.data, cfg.model
     out_dir = Path(t.output_dir)
+    if recorded is not None and start.resume_from is None:  # no intact checkpoint left: a new run, from its start
+        recorded, record = None, None
+        raise_on_failed_checks([(m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained)])
+        pretrained_kwargs(m.pretrained)
 
     # the data checked before the weights are loaded
     train_source, val_source, classes = build_splits(d)
-    pretrained = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: load_pretrained(m.pretrained))
-    collator = ClassificationCollator(
-        None, image_size=pretrained.image_size, image_transform=pretrained.image_transform
-    )
+    if recorded is not None:  # (the config compared equal: only the training folders can have changed since)
+        expected = f"the {len(recorded.labels)} classes the run started with"
+        raise_on_failed_checks([(len(recorded.labels) == len(classes), "data.train", expected, d.train)])
+    # the zero-shot classifier: a new run's from model.pretrained, a resume's as its start recorded it
+    zero_shot = zero_shot_classifier(m, classes, cfg.eval.batch_size) if recorded is None else recorded
+    # recorded whole in the run directory before training (every rank, rank 0 writes), so that its resume needs
+    # nothing but the run directory; a resume of this directory has it there already
+    if recorded is None or record != out_dir / ZERO_SHOT_RECORD:
+        with staged_directory(out_dir / ZERO_SHOT_RECORD, writer=info.is_main) as staging:
+            export_clip_classifier(
+                zero_shot.model,
+                staging,
+                clip_kwargs=zero_shot.clip_kwargs,
+                labels=zero_shot.labels,
+                image_transform=zero_shot.image_transform,
+            )
+    classes = zero_shot.labels
+    image_size = zero_shot.clip_kwargs["image_size"]
+    collator = ClassificationCollator(None, image_size=image_size, image_transform=zero_shot.image_transform)
     data = MixedBatches(
         {"train": train_source},
         {"train": 1.0},
-        collator,
+        training_collator(collator, image_size, d.crop_scale_min),  # validation keeps the checkpoint's preprocessing
         global_batch_size=t.global_batch_size // t.grad_accumulation,
         num_steps=t.max_steps * t.grad_accumulation,
         rank=info.rank,
@@ -292,16 +439,13 @@ def main(cfg: FinetuneConfig) -> dict:
         seed=t.seed,
     )
 
-    # the zero-shot classifier: the image tower, the class embeddings as its head; kept (CPU) for the report
-    tower = CLIPImageTower(pretrained.model)
-    zero_shot = NormalizedLinearClassifier(tower, zero_shot_head(pretrained, classes, m.templates, cfg.eval.batch_size))
-    zero_shot_state = {k: v.detach().clone() for k, v in zero_shot.state_dict().items()}
-    head = (
-        zero_shot.head if m.head_init == "zero_shot" else random_head(zero_shot.head.in_features, len(classes), t.seed)
-    )
+    # the zero-shot weights kept (CPU) for the report; the model trained from them (or from a random head)
+    zero_shot_state = {k: v.detach().clone() for k, v in zero_shot.model.state_dict().items()}
+    tower, head = zero_shot.model.encoder, zero_shot.model.head
+    head = head if m.head_init == "zero_shot" else random_head(head.in_features, len(classes), t.seed)
     model = NormalizedLinearClassifier(tower, copy.deepcopy(head)).to(info.device)
-    clip_kwargs = clip_model_arguments(**pretrained.kwargs)  # every argument stated: the export's architecture
-    del pretrained  # (the text tower is not trained, nor kept)
+    clip_kwargs = zero_shot.clip_kwargs
+    del zero_shot
     result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
 
     # the weights, the tower's architecture, the class names and preprocessing, written whole and renamed in

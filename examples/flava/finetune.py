@@ -1,4 +1,4 @@
-"""FLAVA fine-tuning recipe: text (GLUE TSV), image (class folders, shapes) or image+text (jsonl) tasks.
+r"""FLAVA fine-tuning recipe: text (GLUE TSV), image (class folders, shapes) or image+text (jsonl) tasks.
 
     python examples/flava/finetune.py config=examples/flava/configs/finetuning/shapes.yaml model.pretrained=runs/tiny
     python examples/flava/finetune.py config=examples/flava/configs/finetuning/qnli.yaml \
@@ -307,6 +307,8 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[dict] =
             "model.pretrained", m.pretrained, PRETRAINED, lambda: checkpoint_layout(local_directory(m.pretrained))
         )
         got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
+        if layout.family == "clip":  # (which the CLIP recipe fine-tunes as an image classifier)
+            got = f"{m.pretrained} (a CLIP checkpoint: examples/clip/finetune.py fine-tunes one)"
         raise_on_failed_checks([(layout.family == "flava", "model.pretrained", PRETRAINED, got)])
     backbone_kwargs = layout.kwargs if recorded is None else recorded
     positions = text_positions("flava", backbone_kwargs)

@@ -648,7 +648,8 @@ def test_finetuning_a_clip_checkpoint_is_refused_naming_its_family(files, tmp_pa
     with pytest.raises(module.ConfigError) as caught:
         module.validate(_config("finetune", [f"model.pretrained={files}/clip_run"], files, tmp_path / "run"), 1)
     assert str(caught.value) == (
-        f"key 'model.pretrained': expected a FLAVA checkpoint directory, got '{files}/clip_run (a CLIP checkpoint)'"
+        f"key 'model.pretrained': expected a FLAVA checkpoint directory, got '{files}/clip_run (a CLIP checkpoint: "
+        "examples/clip/finetune.py fine-tunes one)'"
     )
 
 

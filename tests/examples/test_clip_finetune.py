@@ -4,6 +4,7 @@ exact resume (killed, and on another number of ranks), the export and the config
 import json
 import os
 from pathlib import Path
+import re
 import shutil
 import signal
 import subprocess
@@ -75,10 +76,12 @@ def clip_export(tmp_path_factory):
     return write_tiny_clip_export(tmp_path_factory.mktemp("clip_export"))
 
 
+def _config_overrides(export, out) -> list[str]:
+    return [f"model.pretrained={export}", f"training.output_dir={out}", *SHAPES]
+
+
 def _config(export, out, *overrides):
-    return load_config(
-        finetune.FinetuneConfig, [f"model.pretrained={export}", f"training.output_dir={out}", *SHAPES, *overrides]
-    )
+    return load_config(finetune.FinetuneConfig, [*_config_overrides(export, out), *overrides])
 
 
 def _losses(out) -> dict:
@@ -216,9 +219,43 @@ def test_a_random_head_starts_elsewhere_and_wise_ft_is_reported(clip_export, tmp
     validation = report["validation"]
     # alpha 0 is the zero-shot weights themselves: the same predictions as the zero-shot head
     assert validation["wise_ft"] == validation["zero_shot"]
+    # the run's record holds the zero-shot classifier all the same (bias 0), the report's reference on a resume
+    assert torch.equal(load_clip_classifier(tmp_path / "zero_shot").model.head.bias, torch.zeros(30))
     head = finetune.random_head(16, 30, seed=0)
     assert torch.equal(head.weight, finetune.random_head(16, 30, seed=0).weight)  # drawn from the seed alone
     assert float(head.weight.detach().abs().max()) <= 0.25 and float(head.weight.detach().std()) > 0.05
+
+
+def test_crop_scale_min_trains_on_seeded_random_crops_and_validates_as_before(clip_export, trained, tmp_path):
+    """data.crop_scale_min: the training images are RandomCropTransform crops (normalised as the checkpoint's
+    preprocessing) drawn from each sample's seed, not the evaluation transform's; validation reads the latter."""
+    seen = {}
+
+    def fit(model, step, data, **kwargs):
+        seen["data"] = data
+        return real_fit(model, step, data, **kwargs)
+
+    real_fit, finetune.fit = finetune.fit, fit
+    try:
+        report = finetune.main(_config(clip_export, tmp_path, "training.max_steps=3", "data.crop_scale_min=0.3"))
+    finally:
+        finetune.fit = real_fit
+    data = seen["data"]
+    cropped = data[0].batch
+    evaluation = finetune.ClassificationCollator(None, image_size=32, image_transform=data.collator.collator.transform)
+    data.collator = evaluation  # the same samples and labels through the evaluation transform
+    plain = data[0].batch
+    assert torch.equal(cropped["labels"], plain["labels"]) and cropped["image"].shape == plain["image"].shape
+    assert float((cropped["image"] - plain["image"]).abs().mean()) > 0.05
+    spec = evaluation.transform.spec
+    crop = finetune.RandomCropTransform(32, scale=(0.3, 1.0), mean=spec.mean, std=spec.std)
+    data.collator = lambda kind, samples, seeds, another=None: torch.stack(
+        [crop(s.image, seed) for s, seed in zip(samples, seeds)]
+    )
+    assert torch.equal(data[0].batch, cropped["image"])  # exactly the seeded crops of the shared transform
+    # validation on the evaluation transform: the zero-shot head scores as in a run without crops
+    assert report["validation"]["zero_shot"] == trained[1]["validation"]["zero_shot"]
+    assert finetune.training_collator(evaluation, 32, None) is evaluation  # null: the checkpoint's preprocessing
 
 
 # --------------------------------------------------------------------------- resume
@@ -245,6 +282,44 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(clip_export, 
     assert _losses(tmp_path / "run") == _losses(tmp_path / "reference")  # exactly, step for step
     reference = json.loads((tmp_path / "reference" / "report.json").read_text())
     assert report["validation"] == reference["validation"]
+
+
+def test_a_resume_reads_the_recorded_start_not_the_moved_checkpoint(clip_export, tmp_path, monkeypatch):
+    """The run records its zero-shot classifier before training; its resume, with model.pretrained moved away,
+    ends as the uninterrupted run does (losses, exported weights, report); without the record it is refused."""
+    pretrained = shutil.copytree(clip_export, tmp_path / "clip")
+    common = ["training.max_steps=4", "training.checkpoint_every=2", "eval.wise_ft_alpha=0.5"]
+    reference = finetune.main(_config(pretrained, tmp_path / "reference", *common))
+    fit, calls = finetune.fit, {"n": 0}
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 3:  # after step 3's update: the last checkpoint is step 2's
+            raise _Killed
+
+    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
+    with pytest.raises(_Killed):
+        finetune.main(_config(pretrained, tmp_path / "run", *common))
+    monkeypatch.undo()
+    recorded = load_clip_classifier(tmp_path / "run" / "zero_shot")
+    assert recorded.labels == list(finetune.ShapesClassification.classes)
+    start = load_clip_classifier(tmp_path / "reference" / "zero_shot").model.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in recorded.model.state_dict().items())
+    shutil.move(pretrained, tmp_path / "moved")  # the public checkpoint is gone from where the run read it
+    report = finetune.main(_config(pretrained, tmp_path / "run", *common, "training.resume=auto"))
+    losses = _losses(tmp_path / "run")
+    assert losses == _losses(tmp_path / "reference") and sorted(losses) == [1, 2, 3, 4]
+    assert report == reference and list(report["validation"]) == ["zero_shot", "fine_tuned", "wise_ft"]
+    got, expected = (load_clip_classifier(tmp_path / name).model.state_dict() for name in ("run", "reference"))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    # the record gone: refused in one line naming training.resume, before any work (model.pretrained is not read)
+    shutil.rmtree(tmp_path / "run" / "zero_shot")
+    run = [*SHAPES, *common, f"model.pretrained={pretrained}", f"training.output_dir={tmp_path / 'run'}"]
+    result = run_with_fault(FINETUNE, [*run, "training.resume=auto"])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: key 'training.resume': expected a run that recorded its zero-shot classifier")
+    assert str(tmp_path / "run" / "zero_shot") in lines[0]
 
 
 def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_losses(clip_export, tmp_path):
@@ -313,6 +388,25 @@ def test_class_folders_report_the_zero_shot_commands_accuracy_before_training(tm
     assert load_clip_classifier(tmp_path / "run").labels == classes
 
 
+def test_class_names_replace_the_folder_names_in_the_prompts_and_the_export(clip_export, tmp_path):
+    """Folders named as ids (sorted: 0_rc, 1_bs, 2_gt) and data.class_names: the head is the zero-shot classifier
+    of the names, which the record and the export carry as the labels."""
+    folders = {"0_rc": ["chelsea"], "1_bs": ["coffee"], "2_gt": ["rocket"]}
+    train = _class_folders(tmp_path / "train", folders)
+    names = ["red circle", "blue square", "green triangle"]
+    overrides = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=1"]
+    overrides += ["training.global_batch_size=3", "optim.warmup_steps=0", "model.head_init=random"]
+    overrides += ["data.class_names=[red circle,blue square,green triangle]"]
+    finetune.main(load_config(finetune.FinetuneConfig, [*_config_overrides(clip_export, tmp_path / "run"), *overrides]))
+    pretrained = load_pretrained(clip_export)
+    templates = list(finetune.DEFAULT_TEMPLATES)
+    expected = pretrained.model.logit_scale.detach().exp() * zero_shot.class_embeddings(pretrained, names, templates)
+    recorded = load_clip_classifier(tmp_path / "run" / "zero_shot")
+    torch.testing.assert_close(recorded.model.head.weight, expected, atol=1e-6, rtol=0)
+    assert float((expected[0] - expected[1]).abs().max()) > 1e-3  # (names whose embeddings differ)
+    assert recorded.labels == load_clip_classifier(tmp_path / "run").labels == names
+
+
 def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
     flava = tmp_path / "flava"
     write_tiny_export(flava)
@@ -326,9 +420,17 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
         "model.pretrained": ([f"model.pretrained={flava}"], "(a FLAVA checkpoint)"),
         "data.val": (["data.task=image_folder", f"data.train={train}", f"data.val={val}"], "['dog'] are not among"),
         "eval.wise_ft_alpha": (["eval.wise_ft_alpha=1.5"], "null or in [0, 1]"),
+        "data.crop_scale_min": (["data.crop_scale_min=0"], "null or in (0, 1]"),
         "model.templates": (["model.templates=[a photo]"], "each with one '{}'"),
     }
-    for key, (overrides, says) in cases.items():
+    folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}"]
+    names = [  # data.class_names: one distinct non-empty name per training folder (cat, coffee), not with shapes
+        ([*folder_task, "data.class_names=[cat]"], "2 names, one per class folder of data.train in sorted order"),
+        ([*folder_task, "data.class_names=[cat,cat]"], "(['cat'] repeated)"),
+        ([*folder_task, "data.class_names=[cat,' ']"], "(an empty name)"),
+        (["data.class_names=[a,b]"], "null, since data.task=shapes names its own classes"),
+    ]
+    for key, (overrides, says) in [*cases.items(), *(("data.class_names", case) for case in names)]:
         result = run_with_fault(FINETUNE, [*base, *overrides])
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (key, result.stderr[-2000:])
@@ -336,6 +438,21 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before any work
     with pytest.raises(ConfigError, match="key 'data.train': expected null, since data.task=shapes reads no files"):
         finetune.main(_config(clip_export, tmp_path / "run", f"data.train={train}"))
+
+
+def test_help_shows_the_commands_as_they_are_typed_with_the_shipped_configs():
+    """``--help`` printed each backslash-continued command of the module docstring as one line with a gap of
+    spaces (a plain string reads a backslash and newline as a line continuation), and named configs that are not
+    shipped (finetune_shapes_debug.yaml)."""
+    from torchflava.training.recipe import usage
+
+    text = usage(finetune.main, finetune.FinetuneConfig)
+    assert "finetune_classes.yaml \\\n        model.pretrained=/models/clip-vit-base-patch16 data.train=" in text
+    assert text.count(" \\\n") == 3
+    named = re.findall(r"config=(\S+\.yaml)", text)
+    assert "examples/clip/configs/finetune_shapes.yaml" in named and len(named) == 4
+    assert all((REPO / path).is_file() for path in named), named
+    assert "output_dir: runs/clip-tiny" in (REPO / "examples/clip/configs/tiny.yaml").read_text()  # shapes' start
 
 
 def test_the_shipped_configs_load_and_validate(clip_export, tmp_path):

@@ -1057,3 +1057,13 @@ def test_a_resumed_run_needs_not_the_checkpoint_it_started_from(export, tmp_path
         overrides = [*common, "training.resume=auto"] + (["model.pretrained=null"] if pretrained is None else [])
         _run(tmp_path / "moved" if pretrained is None else pretrained, run, *overrides)
         assert {s: r["loss"] for s, r in _records(run).items()} == uninterrupted  # exactly
+
+
+def test_help_shows_the_multi_line_commands_as_they_are_typed():
+    """``--help`` printed the backslash-continued command of the module docstring as one line with a gap of
+    spaces (a plain string reads a backslash and newline as a line continuation)."""
+    from torchflava.training.recipe import usage
+
+    text = usage(finetune.main, finetune.FinetuneConfig)
+    assert "finetuning/qnli.yaml \\\n        model.pretrained=/models/flava-full data.train=" in text
+    assert text.count(" \\\n") == 1
