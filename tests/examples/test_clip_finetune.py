@@ -466,3 +466,18 @@ def test_the_shipped_configs_load_and_validate(clip_export, tmp_path):
         finetune.validate(cfg, 1)
         assert cfg.model.head_init == "zero_shot" and cfg.eval.wise_ft_alpha == 0.5
     assert cfg.data.task == "shapes" and cfg.training.max_steps == 60 and cfg.optim.lr == 1e-4
+
+
+def test_a_file_where_the_run_records_its_start_is_refused_before_any_work(clip_export, tmp_path):
+    """A file named zero_shot in training.output_dir failed only after the weights were loaded and the head built,
+    inside the staged write of the record (a ValueError from torchflava.utils.checkpoint, not a config error)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "zero_shot").write_text("my notes")
+    with pytest.raises(ConfigError) as caught:
+        finetune.main(_config(clip_export, out))
+    assert str(caught.value) == (
+        "key 'training.output_dir': expected a directory this process can create or write, with no entry of "
+        f"another kind where a run writes one, got '{out} (its zero_shot is a file, where a run writes a directory)'"
+    )
+    assert [p.name for p in out.iterdir()] == ["zero_shot"]

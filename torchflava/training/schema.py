@@ -88,6 +88,7 @@ def raise_on_failed_checks(checks: Sequence[tuple]) -> None:
 RUN_ENTRIES = {
     "checkpoints": "directory",
     "model": "directory",
+    "zero_shot": "directory",  # (CLIP fine-tuning's record of its start)
     "tensorboard": "directory",
     "config.yaml": "file",
     "metrics.jsonl": "file",
