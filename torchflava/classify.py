@@ -58,12 +58,13 @@ from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import ImageTransform
 from torchflava.evaluation.metrics import pearson, spearman
 from torchflava.models import clip_model, flava_model, flava_model_for_classification
-from torchflava.models.clip import CLIPModel
+from torchflava.models.clip import CLIPModel, clip_model_arguments
 from torchflava.models.flava import FLAVAModel
 from torchflava.models.flava.classification import FLAVAForClassification, default_loss
 from torchflava.modules.heads import NormalizedLinearClassifier
 from torchflava.modules.layers.packed_linear import pack_linears
 from torchflava.pretrained import (
+    CLIP_CLASSIFIER_CONFIG,
     INFERENCE_DTYPE_NAMES,
     INFERENCE_DTYPES,
     CheckpointLayout,
@@ -875,7 +876,8 @@ def _shown(result: dict, args: argparse.Namespace) -> dict:
 # examples/clip/finetune.py exports CLIP's image tower with a linear head over its normalised features
 # (:class:`~torchflava.modules.heads.NormalizedLinearClassifier`): the weights, the clip_model arguments the tower
 # is built with, the class names and the image preprocessing. It is not a CLIP checkpoint (no text tower).
-CLIP_CLASSIFIER_CONFIG = "clip_classifier_config.json"  # {"clip_model": {...}, "labels": [...]}
+# Its config is CLIP_CLASSIFIER_CONFIG ({"clip_model": {...}, "labels": [...]}: torchflava.pretrained, which refuses
+# such an export as a checkpoint, names it), its weights:
 CLIP_CLASSIFIER_WEIGHTS = "clip_classifier.safetensors"
 
 
@@ -1009,18 +1011,41 @@ def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.f
     directory = clip_classifier_directory(path)
     if directory is None:
         raise FileNotFoundError(f"path: expected a CLIP classifier export holding {CLIP_CLASSIFIER_CONFIG}, got {path}")
-    config_file = directory / CLIP_CLASSIFIER_CONFIG
-    config = read_json_object(config_file)
-    kwargs, labels = config.get("clip_model"), config.get("labels")
-    if not isinstance(kwargs, dict) or not isinstance(labels, list) or len(labels) < 1:
-        raise ValueError(f"{config_file}: expected 'clip_model' (an object) and 'labels' (a list of names)")
-    model = clip_image_classifier(kwargs, len(labels))
-    model.load_state_dict(load_state_dict(directory / CLIP_CLASSIFIER_WEIGHTS))  # strict: every key, every shape
+    config_file, weights = directory / CLIP_CLASSIFIER_CONFIG, directory / CLIP_CLASSIFIER_WEIGHTS
+    kwargs, labels = _clip_classifier_config(config_file)
+    with torch.device("meta"):  # the architecture checked, and the weights' keys and shapes against it, first
+        expected = clip_image_classifier(kwargs, len(labels)).state_dict()
+    stored = peek_state_dict(weights)
+    wrong = [bad for key, value in stored.items() if key in expected and (bad := mismatch(key, [value], expected[key]))]
+    hint = f"The classifier is built from {config_file}."
+    refuse_unmatched(
+        f"classifier: {weights}", sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected)), wrong, hint
+    )
     transform = checkpoint_image_transform(directory, image_size=kwargs["image_size"])
+    model = clip_image_classifier(kwargs, len(labels))
+    model.load_state_dict(load_state_dict(weights))
     model.eval()  # (before packing: packed linears cannot be trained)
     if dtype != torch.float32:
         pack_linears(model.requires_grad_(False), dtype)
-    return CLIPClassifier(model, [str(label) for label in labels], transform, kwargs, dtype)
+    return CLIPClassifier(model, labels, transform, kwargs, dtype)
+
+
+def _clip_classifier_config(config_file: Path) -> tuple[dict, list[str]]:
+    """The ``clip_model`` arguments and the class names a CLIP classifier's config states; ValueError naming the
+    file where they are not an object of arguments ``clip_model`` takes and distinct non-empty names."""
+    config = read_json_object(config_file)
+    kwargs, labels = config.get("clip_model"), config.get("labels")
+    if not isinstance(kwargs, dict) or not isinstance(labels, list) or not labels:
+        raise ValueError(f"{config_file}: expected 'clip_model' (an object) and 'labels' (a list of names)")
+    if not all(isinstance(label, str) and label for label in labels) or len(set(labels)) != len(labels):
+        raise ValueError(f"{config_file}: 'labels' must be distinct non-empty class names, got {labels!r:.120}")
+    try:
+        with torch.device("meta"):
+            kwargs = clip_model_arguments(**kwargs)
+            clip_model(**kwargs)
+    except (TypeError, ValueError) as error:  # (an unknown or misspelt argument, a value out of its range)
+        raise ValueError(f"{config_file}: 'clip_model': {first_line(error)}") from None
+    return kwargs, labels
 
 
 def _main_clip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:

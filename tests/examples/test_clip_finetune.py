@@ -481,3 +481,28 @@ def test_a_file_where_the_run_records_its_start_is_refused_before_any_work(clip_
         f"another kind where a run writes one, got '{out} (its zero_shot is a file, where a run writes a directory)'"
     )
     assert [p.name for p in out.iterdir()] == ["zero_shot"]
+
+
+def test_an_export_whose_config_does_not_fit_its_weights_is_refused_in_one_line_naming_the_file(trained, tmp_path):
+    """A changed width, fewer labels or another image size failed inside torch's load_state_dict (a multi-line
+    size-mismatch RuntimeError; the classify command printed a 49-line traceback), an unknown argument was a bare
+    TypeError from clip_model, and repeated class names loaded without a word."""
+    out, _, _ = trained
+    config = json.loads((out / "model" / "clip_classifier_config.json").read_text())
+    cases = {
+        "width": ({**config, "clip_model": {**config["clip_model"], "vision_width": 48}}, "does not match the model"),
+        "labels": ({**config, "labels": config["labels"][:-1]}, "wrong 2 ['head.bias [30] for [29]'"),
+        "size": ({**config, "clip_model": {**config["clip_model"], "image_size": 64}}, "does not match the model"),
+        "unknown": ({**config, "clip_model": {**config["clip_model"], "foo": 1}}, "'clip_model': "),
+        "repeated": ({**config, "labels": ["a", "a", *config["labels"][2:]]}, "'labels' must be distinct non-empty"),
+        "empty": ({**config, "labels": ["", *config["labels"][1:]]}, "'labels' must be distinct non-empty"),
+    }
+    for name, (edited, says) in cases.items():
+        export = tmp_path / name
+        shutil.copytree(out / "model", export)
+        (export / "clip_classifier_config.json").write_text(json.dumps(edited))
+        with pytest.raises(ValueError) as caught:
+            load_clip_classifier(export)
+        message = str(caught.value)
+        assert says in message and "\n" not in message, (name, message)
+        assert str(export) in message, (name, message)
