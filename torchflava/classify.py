@@ -71,11 +71,13 @@ from torchflava.pretrained import (
     add_dtype_argument,
     checkpoint_image_transform,
     checkpoint_layout,
+    found_intact,
     inference_precision,
     load_pretrained,
     local_directory,
+    training_checkpoint,
 )
-from torchflava.training.checkpointing import export_model
+from torchflava.training.checkpointing import export_model, read_model_weights
 from torchflava.training.distributed import barrier
 from torchflava.utils.checkpoint import (
     atomic_write,
@@ -876,6 +878,7 @@ def _shown(result: dict, args: argparse.Namespace) -> dict:
 # examples/clip/finetune.py exports CLIP's image tower with a linear head over its normalised features
 # (:class:`~torchflava.modules.heads.NormalizedLinearClassifier`): the weights, the clip_model arguments the tower
 # is built with, the class names and the image preprocessing. It is not a CLIP checkpoint (no text tower).
+CLIP_CLASSIFIER_START = "zero_shot"  # where a run records the classifier it started from (an export's files)
 # Its config is CLIP_CLASSIFIER_CONFIG ({"clip_model": {...}, "labels": [...]}: torchflava.pretrained, which refuses
 # such an export as a checkpoint, names it), its weights:
 CLIP_CLASSIFIER_WEIGHTS = "clip_classifier.safetensors"
@@ -977,45 +980,70 @@ def export_clip_classifier(
 def clip_classifier_directory(path: Union[str, Path]) -> Optional[Path]:
     """The export directory of a fine-tuned CLIP image classifier ``path`` names (the export, or the run directory
     holding it in ``model/``, or a ``file://`` URL of either); None where it names none."""
+    found = _clip_classifier_source(path, quiet=True)
+    return None if found is None or found[1] is not None else found[0]
+
+
+def _clip_classifier_source(path: Union[str, Path], *, quiet: bool) -> Optional[tuple[Path, Optional[Path]]]:
+    """Where a fine-tuned CLIP image classifier ``path`` names is read from: (the directory holding its config,
+    None) for an export or a run holding one in ``model/``; (the run's record of its start, the training
+    checkpoint) for a run without an export (its newest intact checkpoint, :func:`training_checkpoint`, said on
+    stderr unless ``quiet``) or one of its ``checkpoints/step_<N>``; None where it names none of these."""
     try:
         directory = Path(local_directory(path))
     except (ValueError, FileNotFoundError):  # another URL, or a file:// URL of nothing
         return None
     for candidate in (directory, directory / "model"):
         if (candidate / CLIP_CLASSIFIER_CONFIG).is_file():
-            return candidate
+            return candidate, None
+    for run in (directory, directory.parent.parent):  # a run, or a checkpoint of one (step_<N>, maybe unpadded)
+        if (run / CLIP_CLASSIFIER_START / CLIP_CLASSIFIER_CONFIG).is_file():
+            checkpoint = training_checkpoint(directory, quiet=quiet)
+            return None if checkpoint is None else (run / CLIP_CLASSIFIER_START, checkpoint)
     return None
 
 
 def is_clip_classifier(path: Union[str, Path]) -> bool:
-    """Whether ``path`` names a fine-tuned CLIP image classifier (:func:`clip_classifier_directory`)."""
-    return clip_classifier_directory(path) is not None
+    """Whether ``path`` names a fine-tuned CLIP image classifier: an export, a run (a killed one: its newest intact
+    checkpoint) or one of its training checkpoints (:func:`load_clip_classifier`)."""
+    return _clip_classifier_source(path, quiet=True) is not None
 
 
 def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float32) -> CLIPClassifier:
     """Build a fine-tuned CLIP image classifier back from its export (:func:`export_clip_classifier`) or the run
-    directory holding it in ``model/``.
+    directory holding it in ``model/``; or, as it was at a step of its training, from a run's training checkpoint
+    (``<run>/checkpoints/step_<N>``, or a run killed before its export: its newest intact one) with the architecture,
+    class names and preprocessing the run recorded at its start (``<run>/zero_shot``).
 
     Args:
-        path (Union[str, Path]): the export, the run directory, or a ``file://`` URL of either.
+        path (Union[str, Path]): the export, the run directory, a training checkpoint, or a ``file://`` URL of one.
         dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16 autocast with the
             linear weights cast and packed once (see :func:`~torchflava.pretrained.load_pretrained`).
 
     Raises:
-        FileNotFoundError: if neither holds :data:`CLIP_CLASSIFIER_CONFIG`.
+        FileNotFoundError: if none holds :data:`CLIP_CLASSIFIER_CONFIG`.
+        CheckpointIntegrityError: (a ValueError) if a training checkpoint is incomplete or damaged.
         ValueError: if ``dtype`` is unknown, the config holds no ``clip_model`` arguments or class names (the file
             named), or the weights do not fit the architecture.
     """
     if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
-    directory = clip_classifier_directory(path)
-    if directory is None:
-        raise FileNotFoundError(f"path: expected a CLIP classifier export holding {CLIP_CLASSIFIER_CONFIG}, got {path}")
+    source = _clip_classifier_source(path, quiet=False)
+    if source is None:
+        raise FileNotFoundError(
+            f"path: expected a CLIP classifier export holding {CLIP_CLASSIFIER_CONFIG}, or a CLIP fine-tuning run or "
+            f"training checkpoint, got {path}"
+        )
+    directory, checkpoint = source
     config_file, weights = directory / CLIP_CLASSIFIER_CONFIG, directory / CLIP_CLASSIFIER_WEIGHTS
     kwargs, labels = _clip_classifier_config(config_file)
     with torch.device("meta"):  # the architecture checked, and the weights' keys and shapes against it, first
         expected = clip_image_classifier(kwargs, len(labels)).state_dict()
-    stored = peek_state_dict(weights)
+    if checkpoint is not None:  # (verified as a resume verifies it, once)
+        named = Path(local_directory(path))
+        weights, stored = checkpoint, read_model_weights(checkpoint, verified=found_intact(named, checkpoint))
+    else:
+        stored = peek_state_dict(weights)
     wrong = [bad for key, value in stored.items() if key in expected and (bad := mismatch(key, [value], expected[key]))]
     hint = f"The classifier is built from {config_file}."
     refuse_unmatched(
@@ -1023,7 +1051,7 @@ def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.f
     )
     transform = checkpoint_image_transform(directory, image_size=kwargs["image_size"])
     model = clip_image_classifier(kwargs, len(labels))
-    model.load_state_dict(load_state_dict(weights))
+    model.load_state_dict(load_state_dict(weights) if checkpoint is None else stored)
     model.eval()  # (before packing: packed linears cannot be trained)
     if dtype != torch.float32:
         pack_linears(model.requires_grad_(False), dtype)

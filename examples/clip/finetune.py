@@ -42,7 +42,13 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.classify import CLIPClassifier, CLIPImageTower, export_clip_classifier, load_clip_classifier
+from torchflava.classify import (
+    CLIP_CLASSIFIER_START,
+    CLIPClassifier,
+    CLIPImageTower,
+    export_clip_classifier,
+    load_clip_classifier,
+)
 from torchflava.data.finetuning import ClassificationCollator, ImageClassFolder, ShapesClassification
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.samples import readable_chunks, unusable_start
@@ -82,8 +88,9 @@ PRETRAINED = (
     "run, export or <run>/checkpoints/step_<N>)"
 )
 # the zero-shot classifier a run records in its directory at its start (export_clip_classifier's files): its resume
-# builds the model, class names, preprocessing and WiSE-FT reference from it, never reading model.pretrained again
-ZERO_SHOT_RECORD = "zero_shot"
+# builds the model, class names, preprocessing and WiSE-FT reference from it, never reading model.pretrained again;
+# load_clip_classifier reads the run's training checkpoints with it
+ZERO_SHOT_RECORD = CLIP_CLASSIFIER_START
 
 
 @dataclass

@@ -506,3 +506,43 @@ def test_an_export_whose_config_does_not_fit_its_weights_is_refused_in_one_line_
         message = str(caught.value)
         assert says in message and "\n" not in message, (name, message)
         assert str(export) in message, (name, message)
+
+
+def test_a_training_checkpoint_and_a_run_killed_before_its_export_load_as_classifiers(trained, tmp_path, capsys):
+    """A run's checkpoints/step_<N>, or a run without model/ (killed before its export), were read as pretraining
+    runs and refused for their config ("expected the model section of a FLAVA or CLIP pretraining run"): they load
+    with the architecture, class names and preprocessing the run recorded at its start."""
+    from torchflava.training.integrity import CheckpointIntegrityError
+
+    out, _, model = trained
+    exported = load_clip_classifier(out)
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed, ignore=shutil.ignore_patterns("model"))
+    world = finetune.ShapesClassification("test", 4, image_size=32)
+    images = [world[i].image for i in range(4)]
+    for named in (out / "checkpoints" / "step_30", killed):  # (unpadded: the checkpoint of step 30)
+        loaded = load_clip_classifier(named)
+        assert loaded.labels == exported.labels and loaded.clip_kwargs == exported.clip_kwargs
+        assert torch.equal(loaded.scores(images), exported.scores(images))  # the last checkpoint is the export
+    assert "has no export (model/); evaluating its latest complete checkpoint" in capsys.readouterr().err
+    (tmp_path / "photos").mkdir()
+    images[0].save(tmp_path / "photos" / "a.png")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchflava.classify",
+            "--checkpoint",
+            str(killed),
+            "--images",
+            str(tmp_path / "photos"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    best = exported.labels[int(exported.scores(images[:1]).argmax())]
+    assert result.returncode == 0 and result.stdout.startswith(f"a.png\t{best} "), result.stderr[-2000:]
+    shard = next((killed / "checkpoints" / "step_00000030").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-8] + b"12345678")  # one file's bytes changed
+    with pytest.raises(CheckpointIntegrityError):
+        load_clip_classifier(killed / "checkpoints" / "step_30")
