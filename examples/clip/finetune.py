@@ -364,18 +364,21 @@ def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 
 # ----------------------------------------------------------------------------------------- report
 @torch.no_grad()
-def evaluate(model: nn.Module, source, collator: ClassificationCollator, batch_size: int) -> dict:
-    """Top-1 accuracy (and Matthews correlation) of ``model`` over every readable item of ``source``, with the
-    number of those and of the unreadable ones (skipped, as in training)."""
-    model.eval()
-    device = next(model.parameters()).device
-    logits, labels, skipped = [], [], []
+def evaluate(models: dict[str, nn.Module], source, collator: ClassificationCollator, batch_size: int) -> dict:
+    """Top-1 accuracy (and Matthews correlation) of each of ``models`` over every readable item of ``source``, with
+    the number of those and of the unreadable ones (skipped, as in training): each image decoded once for all."""
+    device = next(next(iter(models.values())).parameters()).device
+    logits, labels, skipped = {name: [] for name in models}, [], []
     for chunk in readable_chunks(source.__getitem__, range(len(source)), batch_size, skipped):
         batch = collator("eval", [sample for _, sample in chunk], [])
         labels.append(batch["labels"])
-        logits.append(model(batch["image"].to(device)).float().cpu())
-    metrics = task_metrics(torch.cat(logits), torch.cat(labels), "cross_entropy")
-    return {**metrics, "items": sum(len(x) for x in labels), "skipped": len(skipped)}
+        pixels = batch["image"].to(device)
+        for name, model in models.items():
+            logits[name].append(model.eval()(pixels).float().cpu())
+    counts = {"items": sum(len(x) for x in labels), "skipped": len(skipped)}
+    return {
+        name: {**task_metrics(torch.cat(x), torch.cat(labels), "cross_entropy"), **counts} for name, x in logits.items()
+    }
 
 
 def wise_ft(zero_shot: dict[str, Tensor], fine_tuned: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
@@ -463,14 +466,13 @@ def main(cfg: FinetuneConfig) -> dict:
     report = {}
     if info.is_main:  # evaluated from the export (whatever the strategy sharded): what a user loads
         fine_tuned = load_clip_classifier(out_dir / "model").model
-        reference = copy.deepcopy(fine_tuned).to(info.device)
-        models = {"zero_shot": zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
+        states = {"zero_shot": zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
         if cfg.eval.wise_ft_alpha is not None:
-            models["wise_ft"] = wise_ft(zero_shot_state, models["fine_tuned"], cfg.eval.wise_ft_alpha)
-        validation = {}
-        for name, state in models.items():
-            reference.load_state_dict(state)
-            validation[name] = evaluate(reference, val_source, collator, cfg.eval.batch_size)
+            states["wise_ft"] = wise_ft(zero_shot_state, states["fine_tuned"], cfg.eval.wise_ft_alpha)
+        models = {name: copy.deepcopy(fine_tuned).to(info.device) for name in states}
+        for name, state in states.items():
+            models[name].load_state_dict(state)
+        validation = evaluate(models, val_source, collator, cfg.eval.batch_size)
         report = {
             "task": d.task,
             "head_init": m.head_init,

@@ -546,3 +546,21 @@ def test_a_training_checkpoint_and_a_run_killed_before_its_export_load_as_classi
     shard.write_bytes(shard.read_bytes()[:-8] + b"12345678")  # one file's bytes changed
     with pytest.raises(CheckpointIntegrityError):
         load_clip_classifier(killed / "checkpoints" / "step_30")
+
+
+def test_the_report_decodes_each_validation_image_once_for_all_three_models(clip_export, tmp_path, monkeypatch):
+    """The zero-shot, fine-tuned and WiSE-FT figures each read the whole validation set again (three decodes of
+    every image, on rank 0 alone while the other ranks waited at a barrier)."""
+    reads = []
+
+    def counted(read, indices, *args, **kwargs):
+        reads.append(len(indices))
+        return real(read, indices, *args, **kwargs)
+
+    real = finetune.readable_chunks
+    monkeypatch.setattr(finetune, "readable_chunks", counted)
+    overrides = ("training.max_steps=3", "data.shapes_val=12", "eval.wise_ft_alpha=0.5", "eval.batch_size=5")
+    report = finetune.main(_config(clip_export, tmp_path / "run", *overrides))
+    assert reads == [12]
+    assert set(report["validation"]) == {"zero_shot", "fine_tuned", "wise_ft"}
+    assert all(figures["items"] == 12 for figures in report["validation"].values())
