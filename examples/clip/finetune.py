@@ -49,7 +49,12 @@ from torchflava.classify import (
     export_clip_classifier,
     load_clip_classifier,
 )
-from torchflava.data.finetuning import ClassificationCollator, ImageClassFolder, ShapesClassification
+from torchflava.data.finetuning import (
+    ClassificationCollator,
+    ImageClassFolder,
+    ShapesClassification,
+    empty_classes_warning,
+)
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.shapes import ALL_SCENES
@@ -419,6 +424,8 @@ def main(cfg: FinetuneConfig) -> dict:
 
     # the data checked before the weights are loaded
     train_source, val_source, classes = build_splits(d)
+    if info.is_main and (warning := empty_classes_warning(train_source, "data.train")):
+        print(warning, file=sys.stderr)
     if recorded is not None:  # (the config compared equal: only the training folders can have changed since)
         expected = f"the {len(recorded.labels)} classes the run started with"
         raise_on_failed_checks([(len(recorded.labels) == len(classes), "data.train", expected, d.train)])

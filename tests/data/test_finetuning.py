@@ -4,7 +4,7 @@ from PIL import Image
 import pytest
 import torch
 
-from torchflava.data.finetuning import ImageClassFolder
+from torchflava.data.finetuning import ImageClassFolder, empty_classes_warning
 
 
 def test_class_ids_do_not_shift_when_a_class_folder_is_empty(tmp_path):
@@ -19,6 +19,13 @@ def test_class_ids_do_not_shift_when_a_class_folder_is_empty(tmp_path):
     assert [val[i].label for i in range(len(val))] == [0, 2]  # fox keeps id 2
     with pytest.raises(ValueError, match=r"folders \['fox'\] are not among the classes"):
         ImageClassFolder(tmp_path / "val", ["cat", "dog"])
+    assert (train.empty_classes, val.empty_classes) == ([], ["dog"])
+    assert ImageClassFolder(tmp_path / "train", ["cat", "dog", "fox", "owl"]).empty_classes == ["owl"]  # named only
+    assert empty_classes_warning(train, "data.train") is None
+    assert empty_classes_warning(val, "data.val") == (
+        "warning: data.val: 1 class(es) without an image, kept as classes (an output of the classifier, counted in "
+        "chance): 'dog'"
+    )
 
 
 def test_glue_tsv_reads_a_byte_order_mark_and_refuses_non_finite_targets_and_other_encodings(tmp_path):

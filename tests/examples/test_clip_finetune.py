@@ -564,3 +564,18 @@ def test_the_report_decodes_each_validation_image_once_for_all_three_models(clip
     assert reads == [12]
     assert set(report["validation"]) == {"zero_shot", "fine_tuned", "wise_ft"}
     assert all(figures["items"] == 12 for figures in report["validation"].values())
+
+
+def test_a_training_class_folder_without_images_is_named_in_one_warning(clip_export, tmp_path, capsys):
+    """An empty class folder became a class without a word: a row of the zero-shot head that took predictions
+    (its name's prompt) and a share of chance."""
+    train = _class_folders(tmp_path / "train", {"cat": ["chelsea"], "coffee": ["coffee"]})
+    (train / "zempty").mkdir()
+    folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=1"]
+    overrides = [*folder_task, "optim.warmup_steps=0", "training.global_batch_size=2"]
+    report = finetune.main(_config(clip_export, tmp_path / "run", *overrides))
+    warning = "warning: data.train: 1 class(es) without an image, kept as classes (an output of the classifier, "
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: data.train")] == [
+        warning + "counted in chance): 'zempty'"
+    ]
+    assert report["num_classes"] == 3

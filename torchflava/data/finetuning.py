@@ -273,6 +273,26 @@ class ImageClassFolder(Dataset):
     def __getitem__(self, index: int) -> LabeledSample:
         return LabeledSample(self._folder[self._indices[index]].image, None, self._labels[index])
 
+    @property
+    def empty_classes(self) -> list[str]:
+        """The classes no image of the folder is labelled with (an empty sub-folder, a class named but absent)."""
+        present = set(self._labels)
+        return [name for i, name in enumerate(self.classes) if i not in present]
+
+
+def empty_classes_warning(source: Dataset, key: str) -> Optional[str]:
+    """A one-line warning naming the classes of training ``source`` (an :class:`ImageClassFolder`, read from the
+    config key ``key``) that no image shows, None where every class has one: such a class still has a row of the
+    classifier and counts in chance (a stray empty folder, which torchvision's ImageFolder refuses)."""
+    empty = getattr(source, "empty_classes", [])
+    if not empty:
+        return None
+    shown = ", ".join(repr(name) for name in empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+    return (
+        f"warning: {key}: {len(empty)} class(es) without an image, kept as classes (an output of the classifier, "
+        f"counted in chance): {shown}"
+    )
+
 
 class ImageTextLabels(Dataset):
     """Image + text + target from a jsonl file: VQA, SNLI-VE, Hateful Memes style.
