@@ -501,3 +501,26 @@ def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loa
     with pytest.raises(SystemExit) as exited:
         zero_shot_main(["--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path), "--classes", "a,b"])
     assert exited.value.code == 2
+
+
+def test_a_directory_s_tokenizer_is_read_by_family_without_a_layout(tmp_path):
+    """A run's saved tokenizer (a resumed fine-tuning run's, a training checkpoint's run) was reached through a
+    CheckpointLayout built with a dummy weights path and arguments: directory_tokenizer reads it from the
+    directory and family alone, as checkpoint_tokenizer does for a layout; a family it does not know is named."""
+    from tests.test_zero_shot_command import write_hf_clip
+    from torchflava.data.clip_tokenizer import CLIPTokenizer
+    from torchflava.data.tokenizer import WordPieceTokenizer
+    from torchflava.pretrained import checkpoint_tokenizer, directory_tokenizer
+
+    write_hf_flava(tmp_path / "flava", lowercase=True)
+    write_hf_clip(tmp_path / "clip")
+    for family in ("flava", "clip"):
+        read = directory_tokenizer(tmp_path / family, family)
+        expected = checkpoint_tokenizer(checkpoint_layout(tmp_path / family))
+        assert type(read) is type(expected) is (WordPieceTokenizer if family == "flava" else CLIPTokenizer)
+        ids, expected_ids = read(TEXTS, max_length=16)[0], expected(TEXTS, max_length=16)[0]
+        assert (
+            torch.equal(ids, expected_ids) and read.vocab_size == expected.vocab_size and read.sep_id == expected.sep_id
+        )
+    with pytest.raises(ValueError, match=r"^family: expected one of \['clip', 'flava'\], got 'bert'$"):
+        directory_tokenizer(tmp_path / "flava", "bert")

@@ -425,11 +425,33 @@ def _newer_checkpoint_note(run: Path) -> None:
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
-    """The tokenizer of a checkpoint directory: BERT's WordPiece where it has a ``vocab.txt`` or is
-    FLAVA's, CLIP's byte-level BPE otherwise."""
-    if layout.family == "flava" or (layout.directory / "vocab.txt").is_file():
-        return WordPieceTokenizer.from_directory(layout.directory)
-    return CLIPTokenizer.from_directory(layout.directory)
+    """The tokenizer of a checkpoint directory (:func:`directory_tokenizer` of its directory and family)."""
+    return directory_tokenizer(layout.directory, layout.family)
+
+
+def directory_tokenizer(directory: Union[str, os.PathLike], family: str) -> Union[WordPieceTokenizer, CLIPTokenizer]:
+    """The tokenizer a directory of a ``family`` model keeps (an export, a Hugging Face directory, or a run, which
+    saves its tokenizer at its start): BERT's WordPiece where it has a ``vocab.txt`` or the model is FLAVA's,
+    CLIP's byte-level BPE otherwise.
+
+    Args:
+        directory (Union[str, os.PathLike]): the directory holding the tokenizer files.
+        family (str): ``"flava"`` or ``"clip"`` (a key of :data:`BUILDERS`).
+
+    Returns:
+        Union[WordPieceTokenizer, CLIPTokenizer]: with its ``tokenizer_config.json`` settings.
+
+    Raises:
+        ValueError: if ``family`` is not a key of :data:`BUILDERS` (before anything is read); as the
+            tokenizer's ``from_directory``.
+        FileNotFoundError: as the tokenizer's ``from_directory``, where the directory holds no tokenizer file.
+    """
+    if not isinstance(family, str) or family not in BUILDERS:
+        raise ValueError(f"family: expected one of {sorted(BUILDERS)}, got {family!r}")
+    directory = Path(directory)
+    if family == "flava" or (directory / "vocab.txt").is_file():
+        return WordPieceTokenizer.from_directory(directory)
+    return CLIPTokenizer.from_directory(directory)
 
 
 def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size: int) -> ImageTransform:
@@ -833,7 +855,7 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
         raise FileNotFoundError(
             f"checkpoint: {run} (the run of {checkpoint}) has none of the tokenizer files {', '.join(TOKENIZER_FILES)}"
         )
-    tokenizer = checkpoint_tokenizer(CheckpointLayout(weights=checkpoint, kwargs={}, directory=run, family=family))
+    tokenizer = directory_tokenizer(run, family)
     tokenizer.model_max_length = data.get("max_text_length")  # the length it trained at: the export's default
     try:  # a value the builder refuses: named with the file that states it
         kwargs, image_transform = _run_arguments(family, section, tokenizer, run)
