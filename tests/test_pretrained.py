@@ -524,3 +524,29 @@ def test_a_directory_s_tokenizer_is_read_by_family_without_a_layout(tmp_path):
         )
     with pytest.raises(ValueError, match=r"^family: expected one of \['clip', 'flava'\], got 'bert'$"):
         directory_tokenizer(tmp_path / "flava", "bert")
+
+
+def test_a_run_killed_between_its_export_s_renames_loads_the_export_set_aside(tmp_path, capsys):
+    """staged_directory renames the previous export aside (.model.previous), then the new one in: a kill between
+    the two left no model/ until the next export, and the run was read as one without an export (its training
+    checkpoints: here none complete, so refused) although its last whole export waited beside it."""
+    from torchflava.pretrained import checkpoint_directory, directory_family, training_checkpoint
+    from torchflava.utils.checkpoint import staged_directory
+
+    run = tmp_path / "run"
+    model = write_tiny_export(run / "model")
+    (run / "checkpoints" / "step_00000003").mkdir(parents=True)  # incomplete: no export there to fall back on
+    before = load_pretrained(run)
+    (run / "model").rename(run / ".model.previous")  # the kill, between the renames
+    assert training_checkpoint(run) is None and capsys.readouterr().err == ""
+    assert checkpoint_directory(run) == run / ".model.previous" and directory_family(run) == "flava"
+    layout = checkpoint_layout(run)
+    assert layout.directory == run / ".model.previous" and layout.kwargs == before.kwargs
+    loaded = load_pretrained(run)
+    expected = model.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in loaded.model.state_dict().items())
+    assert torch.equal(loaded.tokenizer(TEXTS, max_length=16)[0], before.tokenizer(TEXTS, max_length=16)[0])
+    with staged_directory(run / "model") as staging:  # the next export puts it back, then replaces it
+        assert (run / "model" / "backbone_config.json").is_file() and not (run / ".model.previous").exists()
+        write_tiny_export(staging, seed=1)
+    assert checkpoint_layout(run).directory == run / "model" and not (run / ".model.previous").exists()

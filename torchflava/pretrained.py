@@ -3,8 +3,9 @@ commands start from.
 
 Understood layouts (all local paths; nothing is downloaded):
 
-* a run directory of ``examples/flava/train.py`` or ``examples/clip/train.py`` (it holds ``model/``;
-  a run without it, e.g. killed before its export: its newest complete and intact training checkpoint),
+* a run directory of ``examples/flava/train.py`` or ``examples/clip/train.py`` (it holds ``model/``, or
+  ``.model.previous`` where a kill between an export's renames left it set aside: :func:`export_directory`;
+  a run without either, e.g. killed before its export: its newest complete and intact training checkpoint),
 * one of its training checkpoints, ``<run>/checkpoints/step_<N>`` (``step_<N>`` with N unpadded will do):
   the model weights alone, verified as a resume verifies them (no pickle runs; the shards of every rank
   gathered), built with the architecture, tokenizer, text length and preprocessing its export would have
@@ -83,6 +84,7 @@ from torchflava.utils.checkpoint import (
     peek_state_dict,
     read_json_object,
     without_prefix,
+    written_directory,
 )
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
@@ -294,12 +296,24 @@ def local_directory(path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
 
 def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
     """The directory that holds the tokenizer and preprocessing files of a checkpoint: ``path`` itself for
-    a checkpoint directory (its ``model/`` for a run directory), the folder of a weights file."""
+    a checkpoint directory (its export, :func:`export_directory`, for a run directory), the folder of a weights file."""
     path = Path(path)
     if not path.is_dir():
         return path.parent
+    return export_directory(path) if _holds_export(path) else path
+
+
+def export_directory(run: Path) -> Path:
+    """The export of run directory ``run``: its ``model/``; where a kill between the two renames of an export left
+    none, the previous export set aside (``.model.previous``), whole, which the run's next export puts back
+    (:func:`~torchflava.utils.checkpoint.written_directory`)."""
+    return written_directory(Path(run) / "model")
+
+
+def _holds_export(run: Path) -> bool:
+    """Whether run directory ``run`` holds an export (:func:`export_directory` with an architecture file)."""
     # (exists, not is_file: a FIFO or folder named so is refused as such by checkpoint_layout)
-    return path / "model" if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS) else path
+    return any((export_directory(run) / name).exists() for name in _EXPORT_CONFIGS)
 
 
 def directory_family(path: Path) -> Optional[str]:
@@ -364,7 +378,7 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
             f"checkpoint: {path} is a run's checkpoints folder; expected one of its checkpoints ({path}/step_<N>; "
             f"complete: {', '.join(str(int(p.name[5:])) for p in inside)}) or its run directory {path.parent}"
         )
-    exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
+    exported = _holds_export(path)
     if exported and (path / "checkpoints").is_dir() and not quiet:
         _newer_checkpoint_note(path)
     if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _MODEL_CONFIGS):
@@ -391,7 +405,8 @@ def _refuse_classifier_export(path: Path) -> None:
     (:data:`CLIP_CLASSIFIER_CONFIG`): it was refused as "neither a run/export directory nor a Hugging Face one", or
     its run's latest training checkpoint was read and refused for the config's model section."""
     found = next(
-        (d / CLIP_CLASSIFIER_CONFIG for d in (path, path / "model") if (d / CLIP_CLASSIFIER_CONFIG).is_file()), None
+        (d / CLIP_CLASSIFIER_CONFIG for d in (path, export_directory(path)) if (d / CLIP_CLASSIFIER_CONFIG).is_file()),
+        None,
     )
     if found is not None:
         raise ValueError(
