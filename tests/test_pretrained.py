@@ -501,3 +501,52 @@ def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loa
     with pytest.raises(SystemExit) as exited:
         zero_shot_main(["--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path), "--classes", "a,b"])
     assert exited.value.code == 2
+
+
+def test_a_directory_s_tokenizer_is_read_by_family_without_a_layout(tmp_path):
+    """A run's saved tokenizer (a resumed fine-tuning run's, a training checkpoint's run) was reached through a
+    CheckpointLayout built with a dummy weights path and arguments: directory_tokenizer reads it from the
+    directory and family alone, as checkpoint_tokenizer does for a layout; a family it does not know is named."""
+    from tests.test_zero_shot_command import write_hf_clip
+    from torchflava.data.clip_tokenizer import CLIPTokenizer
+    from torchflava.data.tokenizer import WordPieceTokenizer
+    from torchflava.pretrained import checkpoint_tokenizer, directory_tokenizer
+
+    write_hf_flava(tmp_path / "flava", lowercase=True)
+    write_hf_clip(tmp_path / "clip")
+    for family in ("flava", "clip"):
+        read = directory_tokenizer(tmp_path / family, family)
+        expected = checkpoint_tokenizer(checkpoint_layout(tmp_path / family))
+        assert type(read) is type(expected) is (WordPieceTokenizer if family == "flava" else CLIPTokenizer)
+        ids, expected_ids = read(TEXTS, max_length=16)[0], expected(TEXTS, max_length=16)[0]
+        assert (
+            torch.equal(ids, expected_ids) and read.vocab_size == expected.vocab_size and read.sep_id == expected.sep_id
+        )
+    with pytest.raises(ValueError, match=r"^family: expected one of \['clip', 'flava'\], got 'bert'$"):
+        directory_tokenizer(tmp_path / "flava", "bert")
+
+
+def test_a_run_killed_between_its_export_s_renames_loads_the_export_set_aside(tmp_path, capsys):
+    """staged_directory renames the previous export aside (.model.previous), then the new one in: a kill between
+    the two left no model/ until the next export, and the run was read as one without an export (its training
+    checkpoints: here none complete, so refused) although its last whole export waited beside it."""
+    from torchflava.pretrained import checkpoint_directory, directory_family, training_checkpoint
+    from torchflava.utils.checkpoint import staged_directory
+
+    run = tmp_path / "run"
+    model = write_tiny_export(run / "model")
+    (run / "checkpoints" / "step_00000003").mkdir(parents=True)  # incomplete: no export there to fall back on
+    before = load_pretrained(run)
+    (run / "model").rename(run / ".model.previous")  # the kill, between the renames
+    assert training_checkpoint(run) is None and capsys.readouterr().err == ""
+    assert checkpoint_directory(run) == run / ".model.previous" and directory_family(run) == "flava"
+    layout = checkpoint_layout(run)
+    assert layout.directory == run / ".model.previous" and layout.kwargs == before.kwargs
+    loaded = load_pretrained(run)
+    expected = model.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in loaded.model.state_dict().items())
+    assert torch.equal(loaded.tokenizer(TEXTS, max_length=16)[0], before.tokenizer(TEXTS, max_length=16)[0])
+    with staged_directory(run / "model") as staging:  # the next export puts it back, then replaces it
+        assert (run / "model" / "backbone_config.json").is_file() and not (run / ".model.previous").exists()
+        write_tiny_export(staging, seed=1)
+    assert checkpoint_layout(run).directory == run / "model" and not (run / ".model.previous").exists()

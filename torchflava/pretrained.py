@@ -3,8 +3,9 @@ commands start from.
 
 Understood layouts (all local paths; nothing is downloaded):
 
-* a run directory of ``examples/flava/train.py`` or ``examples/clip/train.py`` (it holds ``model/``;
-  a run without it, e.g. killed before its export: its newest complete and intact training checkpoint),
+* a run directory of ``examples/flava/train.py`` or ``examples/clip/train.py`` (it holds ``model/``, or
+  ``.model.previous`` where a kill between an export's renames left it set aside: :func:`export_directory`;
+  a run without either, e.g. killed before its export: its newest complete and intact training checkpoint),
 * one of its training checkpoints, ``<run>/checkpoints/step_<N>`` (``step_<N>`` with N unpadded will do):
   the model weights alone, verified as a resume verifies them (no pickle runs; the shards of every rank
   gathered), built with the architecture, tokenizer, text length and preprocessing its export would have
@@ -83,6 +84,7 @@ from torchflava.utils.checkpoint import (
     peek_state_dict,
     read_json_object,
     without_prefix,
+    written_directory,
 )
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
@@ -186,6 +188,9 @@ class CheckpointLayout(NamedTuple):
         directory (Path): the directory holding the tokenizer and preprocessing files.
         family (str): ``"flava"`` or ``"clip"`` (the key of :data:`BUILDERS`).
         config (Optional[Path]): the file ``kwargs`` were read from.
+        image_transform (Optional[ImageTransform]): a training checkpoint's evaluation transform, resolved with
+            its arguments (:func:`run_parts`); None: the files of ``directory`` state it (see
+            :func:`resolved_image_transform`).
     """
 
     weights: Path
@@ -193,6 +198,7 @@ class CheckpointLayout(NamedTuple):
     directory: Path
     family: str = "flava"
     config: Optional[Path] = None
+    image_transform: Optional[ImageTransform] = None
 
 
 def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
@@ -222,11 +228,9 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     path = Path(path)
     trained = training_checkpoint(path, quiet=True)  # (the loader that reads its weights says which it reads)
     if trained is not None:  # verified (once: a run's newest intact one was, as it was found), its config, tokenizer
-        family, kwargs, _, _ = _verified_run_parts(trained, verified=found_intact(path, trained))
+        family, kwargs, _, transform = _verified_run_parts(trained, verified=found_intact(path, trained))
         run = trained.parent.parent
-        return CheckpointLayout(
-            weights=trained, kwargs=kwargs, directory=run, family=family, config=run_config(trained)
-        )
+        return CheckpointLayout(trained, kwargs, run, family, config=run_config(trained), image_transform=transform)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
     if not path.is_dir():
@@ -294,12 +298,24 @@ def local_directory(path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
 
 def checkpoint_directory(path: Union[str, os.PathLike]) -> Path:
     """The directory that holds the tokenizer and preprocessing files of a checkpoint: ``path`` itself for
-    a checkpoint directory (its ``model/`` for a run directory), the folder of a weights file."""
+    a checkpoint directory (its export, :func:`export_directory`, for a run directory), the folder of a weights file."""
     path = Path(path)
     if not path.is_dir():
         return path.parent
+    return export_directory(path) if _holds_export(path) else path
+
+
+def export_directory(run: Path) -> Path:
+    """The export of run directory ``run``: its ``model/``; where a kill between the two renames of an export left
+    none, the previous export set aside (``.model.previous``), whole, which the run's next export puts back
+    (:func:`~torchflava.utils.checkpoint.written_directory`)."""
+    return written_directory(Path(run) / "model")
+
+
+def _holds_export(run: Path) -> bool:
+    """Whether run directory ``run`` holds an export (:func:`export_directory` with an architecture file)."""
     # (exists, not is_file: a FIFO or folder named so is refused as such by checkpoint_layout)
-    return path / "model" if any((path / "model" / name).exists() for name in _EXPORT_CONFIGS) else path
+    return any((export_directory(run) / name).exists() for name in _EXPORT_CONFIGS)
 
 
 def directory_family(path: Path) -> Optional[str]:
@@ -364,7 +380,7 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
             f"checkpoint: {path} is a run's checkpoints folder; expected one of its checkpoints ({path}/step_<N>; "
             f"complete: {', '.join(str(int(p.name[5:])) for p in inside)}) or its run directory {path.parent}"
         )
-    exported = any((path / "model" / name).exists() for name in _EXPORT_CONFIGS)
+    exported = _holds_export(path)
     if exported and (path / "checkpoints").is_dir() and not quiet:
         _newer_checkpoint_note(path)
     if exported or not (path / "checkpoints").is_dir() or any((path / name).exists() for name in _MODEL_CONFIGS):
@@ -391,7 +407,8 @@ def _refuse_classifier_export(path: Path) -> None:
     (:data:`CLIP_CLASSIFIER_CONFIG`): it was refused as "neither a run/export directory nor a Hugging Face one", or
     its run's latest training checkpoint was read and refused for the config's model section."""
     found = next(
-        (d / CLIP_CLASSIFIER_CONFIG for d in (path, path / "model") if (d / CLIP_CLASSIFIER_CONFIG).is_file()), None
+        (d / CLIP_CLASSIFIER_CONFIG for d in (path, export_directory(path)) if (d / CLIP_CLASSIFIER_CONFIG).is_file()),
+        None,
     )
     if found is not None:
         raise ValueError(
@@ -425,11 +442,33 @@ def _newer_checkpoint_note(run: Path) -> None:
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
-    """The tokenizer of a checkpoint directory: BERT's WordPiece where it has a ``vocab.txt`` or is
-    FLAVA's, CLIP's byte-level BPE otherwise."""
-    if layout.family == "flava" or (layout.directory / "vocab.txt").is_file():
-        return WordPieceTokenizer.from_directory(layout.directory)
-    return CLIPTokenizer.from_directory(layout.directory)
+    """The tokenizer of a checkpoint directory (:func:`directory_tokenizer` of its directory and family)."""
+    return directory_tokenizer(layout.directory, layout.family)
+
+
+def directory_tokenizer(directory: Union[str, os.PathLike], family: str) -> Union[WordPieceTokenizer, CLIPTokenizer]:
+    """The tokenizer a directory of a ``family`` model keeps (an export, a Hugging Face directory, or a run, which
+    saves its tokenizer at its start): BERT's WordPiece where it has a ``vocab.txt`` or the model is FLAVA's,
+    CLIP's byte-level BPE otherwise.
+
+    Args:
+        directory (Union[str, os.PathLike]): the directory holding the tokenizer files.
+        family (str): ``"flava"`` or ``"clip"`` (a key of :data:`BUILDERS`).
+
+    Returns:
+        Union[WordPieceTokenizer, CLIPTokenizer]: with its ``tokenizer_config.json`` settings.
+
+    Raises:
+        ValueError: if ``family`` is not a key of :data:`BUILDERS` (before anything is read); as the
+            tokenizer's ``from_directory``.
+        FileNotFoundError: as the tokenizer's ``from_directory``, where the directory holds no tokenizer file.
+    """
+    if not isinstance(family, str) or family not in BUILDERS:
+        raise ValueError(f"family: expected one of {sorted(BUILDERS)}, got {family!r}")
+    directory = Path(directory)
+    if family == "flava" or (directory / "vocab.txt").is_file():
+        return WordPieceTokenizer.from_directory(directory)
+    return CLIPTokenizer.from_directory(directory)
 
 
 def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size: int) -> ImageTransform:
@@ -457,7 +496,8 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
         if open_clip.exists():  # an open_clip Hub directory: open_clip's own preprocessing
             return ImageTransform(ImageTransformSpec.from_open_clip_config(_json_object(open_clip), image_size))
         if (Path(directory) / CONFIG).is_file() and (Path(directory) / "checkpoints").is_dir():
-            return _run_image_transform(Path(directory), image_size)  # a run's own (its training checkpoints')
+            run = Path(directory)  # a run's own (its training checkpoints')
+            return _run_image_transform(run, _model_section(_run_yaml(run / CONFIG)), image_size)
         return EvalImageTransform(image_size)
     spec = ImageTransformSpec.from_preprocessor_config(_json_object(path))
     if spec.output_size != (image_size, image_size):
@@ -469,21 +509,39 @@ def checkpoint_image_transform(directory: Union[str, os.PathLike], *, image_size
     return ImageTransform(spec)
 
 
-def _run_image_transform(run: Path, image_size: int) -> ImageTransform:
-    """The evaluation transform a recipe's run export records: the recipes' own, but for a CLIP run started from
-    a checkpoint (its ``model.pretrained``), whose preprocessing it trained with and keeps."""
-    import yaml  # (the recipes wrote the run and brought PyYAML)
-
-    try:
-        config = yaml.safe_load((run / CONFIG).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ValueError(f"checkpoint: {run / CONFIG} is not YAML ({first_line(error)})") from None
-    section = config.get("model") if isinstance(config, dict) else None
-    started = section.get("pretrained") if isinstance(section, dict) else None
-    # (a run that records its preprocessing, preprocessor_config.json, is read before this is called)
-    if started is None or "vision_width" not in section:  # from scratch, or a FLAVA run: the recipes' transform
+def _run_image_transform(
+    run: Path, section: dict, image_size: int, started: Optional["CLIPCheckpoint"] = None
+) -> ImageTransform:
+    """The evaluation transform the export of recipe run ``run`` (its config's model section ``section``) records:
+    what the run recorded at its start (its ``preprocessor_config.json``); else, for a CLIP run started from a
+    checkpoint (its ``model.pretrained``), that checkpoint's preprocessing, which it trained with and keeps
+    (``started``: that checkpoint, already read; else read here); else the recipes' own. The one resolution of
+    both :func:`checkpoint_image_transform` of a run directory and :func:`run_parts`."""
+    if (run / PREPROCESSOR_CONFIG).exists():  # (exists: a FIFO so named is refused as such, not passed over)
+        return checkpoint_image_transform(run, image_size=image_size)
+    pretrained = section.get("pretrained")
+    if pretrained is None or "vision_width" not in section:  # from scratch, or a FLAVA run: the recipes' transform
         return EvalImageTransform(image_size)
-    return checkpoint_image_transform(read_clip_checkpoint(started).directory, image_size=image_size)
+    started = read_clip_checkpoint(pretrained) if started is None else started
+    return checkpoint_image_transform(started.directory, image_size=image_size)
+
+
+def _run_yaml(config_file: Path) -> object:
+    """The parsed YAML of a run's ``config.yaml`` (``config_file``); ValueError naming it where it is no regular
+    file or not YAML."""
+    import yaml  # (PyYAML comes with the recipes, which wrote the run: an export or a checkpoint directory needs none)
+
+    check_regular_file(config_file, f"a run's {CONFIG}")
+    try:
+        return yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"checkpoint: {config_file} is not YAML ({first_line(error)})") from None
+
+
+def _model_section(config: object) -> dict:
+    """The ``model`` section of a parsed run config (empty where it has none)."""
+    section = config.get("model") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
 
 
 class TokenizerMisfit(NamedTuple):
@@ -605,6 +663,9 @@ class CLIPCheckpoint(NamedTuple):
             with their values), from the weights file ``clip_model`` reads; None: not read.
         config (Optional[Path]): the config file ``stated`` comes from; None where a weights file's shapes
             tell it (no config beside it).
+        image_transform (Optional[ImageTransform]): a run's training checkpoint's evaluation transform, resolved
+            as it was read (:attr:`CheckpointLayout.image_transform`); None: the files of ``directory`` state it
+            (see :func:`resolved_image_transform`).
     """
 
     weights: Path
@@ -612,6 +673,7 @@ class CLIPCheckpoint(NamedTuple):
     directory: Path
     tensors: Optional[dict] = None
     config: Optional[Path] = None
+    image_transform: Optional[ImageTransform] = None
 
     @property
     def vocab_size(self) -> Optional[int]:
@@ -744,11 +806,13 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     # directory of Hugging Face's or open_clip's), its header alone
     if trained is None and directory_family(Path(local)) == "flava":  # (its reader would miss a CLIP config)
         raise ValueError(f"checkpoint: expected a CLIP checkpoint, got {local}, a FLAVA checkpoint")
+    transform = None  # (a directory's files state it: read where it is asked for)
     if trained is not None:  # a run's step_<N>: the arguments its export would state (its tensors not peeked at)
         layout = checkpoint_layout(trained)
         if layout.family != "clip":
             raise ValueError(f"checkpoint: expected a CLIP run's checkpoint, got {trained}, a FLAVA run's")
         weights, stated, tensors, config = trained, dict(layout.kwargs), None, layout.config
+        transform = layout.image_transform  # (resolved with its arguments: its run's start is not read again)
     elif local.is_dir() and (directory / "clip_config.json").is_file():  # a torchflava run or its export
         layout = checkpoint_layout(local)
         weights, stated = layout.weights, {k: v for k, v in layout.kwargs.items() if v is not None}
@@ -761,7 +825,34 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
         weights, tensors = local, peek_state_dict(local, scalars=True)
         config, stated = file_config(local, tensors, set_here)
         config = None if config == local else config  # (its shapes told)
-    return CLIPCheckpoint(weights=weights, stated=stated, directory=directory, tensors=tensors, config=config)
+    return CLIPCheckpoint(weights, stated, directory, tensors=tensors, config=config, image_transform=transform)
+
+
+def resolved_image_transform(checkpoint: Union[CheckpointLayout, CLIPCheckpoint], *, image_size: int) -> ImageTransform:
+    """The evaluation transform of a checkpoint read by :func:`checkpoint_layout` or :func:`read_clip_checkpoint`:
+    for a run's training checkpoint, the one resolved as it was read (its run's records, else the checkpoint its
+    run started from: that is not read again); else its directory's (:func:`checkpoint_image_transform`).
+
+    Args:
+        checkpoint (Union[CheckpointLayout, CLIPCheckpoint]): the checkpoint read.
+        image_size (int): the model's image side: the transform must give images of that size.
+
+    Returns:
+        ImageTransform: the checkpoint's preprocessing.
+
+    Raises:
+        ValueError: as :func:`checkpoint_image_transform`, or if the transform resolved gives images of another
+            size than ``image_size``.
+    """
+    transform = checkpoint.image_transform
+    if transform is None:
+        return checkpoint_image_transform(checkpoint.directory, image_size=image_size)
+    if transform.output_size != (image_size, image_size):
+        raise ValueError(
+            f"image_size: expected the side of the images {checkpoint.weights} was trained on "
+            f"({transform.output_size}), got {image_size}"
+        )
+    return transform
 
 
 def built_vocabulary(layout: CheckpointLayout) -> dict:
@@ -809,15 +900,9 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
         ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
             ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
     """
-    import yaml  # (PyYAML comes with the recipes, which wrote the run: an export or a checkpoint directory needs none)
-
     run = checkpoint.parent.parent
     config_file = run_config(checkpoint)
-    check_regular_file(config_file, f"a run's {CONFIG}")
-    try:
-        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ValueError(f"checkpoint: {config_file} is not YAML ({first_line(error)})") from None
+    config = _run_yaml(config_file)
     section = config.get("model") if isinstance(config, dict) else None
     data = config.get("data") if isinstance(config, dict) else None
     if not isinstance(section, dict) or not isinstance(data, dict):
@@ -833,7 +918,7 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
         raise FileNotFoundError(
             f"checkpoint: {run} (the run of {checkpoint}) has none of the tokenizer files {', '.join(TOKENIZER_FILES)}"
         )
-    tokenizer = checkpoint_tokenizer(CheckpointLayout(weights=checkpoint, kwargs={}, directory=run, family=family))
+    tokenizer = directory_tokenizer(run, family)
     tokenizer.model_max_length = data.get("max_text_length")  # the length it trained at: the export's default
     try:  # a value the builder refuses: named with the file that states it
         kwargs, image_transform = _run_arguments(family, section, tokenizer, run)
@@ -865,20 +950,18 @@ def _run_arguments(family: str, section: dict, tokenizer, run: Path) -> tuple[di
     started from a checkpoint, those it recorded at its start (:data:`RUN_ARGUMENTS`, its
     ``preprocessor_config.json``); read from its ``model.pretrained`` only for a run recorded before."""
     stated = {k: v for k, v in section.items() if k != "pretrained"}
-    pretrained = section.get("pretrained")
+    pretrained, started = section.get("pretrained"), None
     if family == "flava":
         kwargs = flava_model_arguments(pretrained, **stated, vocab_size=tokenizer.vocab_size)
-        return kwargs, EvalImageTransform(kwargs["image_size"])
-    if (run / RUN_ARGUMENTS).is_file() and (run / PREPROCESSOR_CONFIG).is_file():  # the run's own records
+    elif (run / RUN_ARGUMENTS).is_file() and (run / PREPROCESSOR_CONFIG).is_file():  # the run's own records
         check_regular_file(run / RUN_ARGUMENTS, "a run's recorded model arguments")
         kwargs = read_run_arguments(run / RUN_ARGUMENTS)
-        return kwargs, checkpoint_image_transform(run, image_size=kwargs["image_size"])
-    if pretrained is None:
+    elif pretrained is None:
         kwargs = clip_model_arguments(None, **stated, vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.sep_id)
-        return kwargs, EvalImageTransform(kwargs["image_size"])
-    started = read_clip_checkpoint(pretrained)  # the run's own start: its arguments and preprocessing
-    kwargs = started.model_arguments(tokenizer, **stated)
-    return kwargs, checkpoint_image_transform(started.directory, image_size=kwargs["image_size"])
+    else:
+        started = read_clip_checkpoint(pretrained)  # the run's own start: its arguments and preprocessing, read once
+        kwargs = started.model_arguments(tokenizer, **stated)
+    return kwargs, _run_image_transform(run, section, kwargs["image_size"], started)
 
 
 def load_training_checkpoint(checkpoint: Path, *, verified: bool = False) -> Pretrained:
@@ -1041,7 +1124,7 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     if misfits := tokenizer_misfits(built_vocabulary(layout), tokenizer):  # (before the weights are read)
         raise ValueError(misfit_message(misfits[0], layout.directory))
     image_size = layout.kwargs.get("image_size") or 224  # (an int: the builder checked it)
-    image_transform = checkpoint_image_transform(layout.directory, image_size=image_size)
+    image_transform = resolved_image_transform(layout, image_size=image_size)
     model = builder(pretrained=layout.weights, **layout.kwargs).eval()
     loaded = Pretrained(model, tokenizer, layout.kwargs, layout.weights, image_transform)
     return inference_ready(loaded, dtype)

@@ -68,6 +68,7 @@ from torchflava.pretrained import (
     load_pretrained,
     read_clip_checkpoint,
     read_run_arguments,
+    resolved_image_transform,
 )
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config
@@ -644,7 +645,7 @@ def image_transforms(
     elif checkpoint is None:
         evaluation = EvalImageTransform(image_size)
     else:
-        evaluation = checkpoint_image_transform(checkpoint.directory, image_size=image_size)
+        evaluation = resolved_image_transform(checkpoint, image_size=image_size)  # (a run's checkpoint: as read)
     spec = evaluation.spec
     mean, std = (spec.mean, spec.std) if spec.mean is not None else ((0.0,) * 3, (1.0,) * 3)
     return RandomCropTransform(image_size, scale=(d.crop_scale_min, 1.0), mean=mean, std=std), evaluation

@@ -44,11 +44,10 @@ from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES, read_inputs
 from torchflava.pretrained import (
     RUN_ARGUMENTS,
-    CheckpointLayout,
     Pretrained,
     checkpoint_image_transform,
     checkpoint_layout,
-    checkpoint_tokenizer,
+    directory_tokenizer,
     load_pretrained,
     local_directory,
     read_run_arguments,
@@ -173,7 +172,7 @@ def recorded_pretrained(run: Path, kwargs: dict) -> Pretrained:
         "training.resume",
         str(run),
         "a run directory holding the tokenizer it saved at its start",
-        lambda: checkpoint_tokenizer(CheckpointLayout(weights=run, kwargs=kwargs, directory=run, family="flava")),
+        lambda: directory_tokenizer(run, "flava"),
     )
     transform = opened(
         "training.resume",

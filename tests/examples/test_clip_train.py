@@ -604,13 +604,17 @@ def test_a_fine_tuning_run_records_its_tokenizers_vocabulary_size(hf_clip, tmp_p
     """config.yaml stated data.vocab_size 30522 (a learnt vocabulary's default, unused) for a run on the
     checkpoint's 49408-token CLIP tokenizer; a run recorded so still resumes (the key is free then). The
     checkpoint's preprocessor_config.json was read twice at start-up (validation's check, then main's)."""
+    import torchflava.pretrained
+
     reads, read = [], train.checkpoint_image_transform
-    monkeypatch.setattr(train, "checkpoint_image_transform", lambda *a, **kw: reads.append(a) or read(*a, **kw))
+    counted = lambda *a, **kw: reads.append(a) or read(*a, **kw)  # noqa: E731
+    for reader in (train, torchflava.pretrained):  # (the recipe's own name, and resolved_image_transform's)
+        monkeypatch.setattr(reader, "checkpoint_image_transform", counted)
     run = tmp_path / "run"
     overrides = [f"training.output_dir={run}", f"model.pretrained={hf_clip}", *FROM_CHECKPOINT, "data.vocab_size=30522"]
     overrides += ["optim.warmup_steps=0", "training.checkpoint_every=1", "training.log_every=1"]
     train.main(_config(*overrides, "training.max_steps=1"))
-    assert _recorded(run)["data"]["vocab_size"] == 49408 and reads == [(hf_clip,)]
+    assert _recorded(run)["data"]["vocab_size"] == 49408 and [a for a in reads if a[0] == hf_clip] == [(hf_clip,)]
     for saved in (run / "config.yaml", next((run / "checkpoints").iterdir()) / "config.yaml"):  # as before the fix
         saved.write_text(saved.read_text().replace("vocab_size: 49408", "vocab_size: 30522"))
     train.main(_config(*overrides, "training.max_steps=2", "training.resume=auto"))
@@ -1120,3 +1124,38 @@ def test_a_run_killed_before_its_export_loads_without_the_checkpoint_it_started_
     assert loaded.kwargs == exported.kwargs and loaded.text_length == exported.text_length == 24
     state, expected = loaded.model.state_dict(), exported.model.state_dict()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_training_checkpoint_of_a_run_recorded_before_its_start_records_reads_its_start_once(
+    hf_clip, tmp_path, monkeypatch
+):
+    """Fine-tuning from (or laying out) a training checkpoint of a CLIP run recorded before runs recorded their
+    start read the checkpoint that run started from twice: once for its arguments (with its preprocessing, then
+    dropped), once more for the run directory's preprocessing (checkpoint_image_transform of the run). One
+    resolution now serves both: the start is read once per load, and its preprocessing (mean and std) is kept."""
+    import torchflava.pretrained as pretrained
+
+    started, run = tmp_path / "started", tmp_path / "run"
+    shutil.copytree(hf_clip, started)
+    overrides = [f"training.output_dir={run}", f"model.pretrained={started}", *FROM_CHECKPOINT, "eval.enabled=false"]
+    overrides += ["training.max_steps=1", "optim.warmup_steps=0", "training.checkpoint_every=1"]
+    with monkeypatch.context() as before:  # the start of a run of that time: nothing resolved, nothing recorded
+        before.setattr(train, "resolve_model_section", lambda *args, **kwargs: None)
+        before.setattr(train, "record_start", lambda *args, **kwargs: None)
+        train.main(_config(*overrides))
+    assert not (run / "model_arguments.json").exists() and not (run / "preprocessor_config.json").exists()
+    step = run / "checkpoints" / "step_00000001"
+    reads, read = [], pretrained.read_clip_checkpoint
+    monkeypatch.setattr(pretrained, "read_clip_checkpoint", lambda *a, **k: reads.append(Path(a[0])) or read(*a, **k))
+    checkpoint = read(step)  # what the recipe's model.pretrained=<that step> reads, then its transforms
+    kwargs = checkpoint.model_arguments(pretrained.directory_tokenizer(run, "clip"))
+    crop, evaluation = train.image_transforms(kwargs["image_size"], _config().data, checkpoint)
+    assert reads == [started] and evaluation.spec.mean == MEAN and evaluation.spec.std == STD
+    assert evaluation.spec == pretrained.checkpoint_image_transform(started, image_size=kwargs["image_size"]).spec
+    reads.clear()
+    layout = pretrained.checkpoint_layout(step)  # a layout's transform: the same, the start read once
+    assert pretrained.resolved_image_transform(layout, image_size=kwargs["image_size"]).spec == evaluation.spec
+    assert reads == [started]
+    with pytest.raises(ValueError, match=r"^image_size: expected the side of the images .*step_00000001 was trained"):
+        pretrained.resolved_image_transform(layout, image_size=kwargs["image_size"] + 8)

@@ -1319,3 +1319,18 @@ def test_the_only_file_an_index_names_is_read_whole_and_a_shard_of_two_refused(t
     )
     with pytest.raises(ValueError, match=r"is one of the 2 shards of the checkpoint indexed by .*, got one shard$"):
         read(tmp_path / "model-00002-of-00002.safetensors")
+
+
+def test_written_directory_is_the_one_set_aside_only_where_a_kill_left_nothing_in_its_place(tmp_path):
+    """What readers of an export take (staged_directory's renames: the previous aside, then the new one in)."""
+    from torchflava.utils.checkpoint import set_aside, staged_directory, written_directory
+
+    final = tmp_path / "model"
+    assert set_aside(final) == tmp_path / ".model.previous" and written_directory(final) == final  # never written
+    with staged_directory(final) as staging:
+        (staging / "a.json").write_text("{}")
+    assert written_directory(final) == final
+    final.rename(set_aside(final))  # killed between the two renames
+    assert written_directory(final) == tmp_path / ".model.previous"
+    (tmp_path / "model").mkdir()  # the new one renamed in, the previous one not yet deleted: the new one
+    assert written_directory(str(final)) == final

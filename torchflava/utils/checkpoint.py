@@ -1161,7 +1161,7 @@ def staged_directory(path: PathLike, *, writer: bool = True) -> Iterator[Path]:
         ValueError: if ``path`` is a link or something other than a directory (before anything is written).
     """
     final = Path(path)
-    staging, previous = (final.with_name(f".{final.name}.{what}") for what in ("staging", "previous"))
+    staging, previous = final.with_name(f".{final.name}.staging"), set_aside(final)
     if writer:
         if final.is_symlink() or (final.exists() and not final.is_dir()):
             raise ValueError(f"{final}: expected a directory to write an export into, got a file or link of that name")
@@ -1183,6 +1183,22 @@ def staged_directory(path: PathLike, *, writer: bool = True) -> Iterator[Path]:
         os.replace(staging, final)
         fsync_path(final.parent)  # the renames themselves
         _remove(previous)
+
+
+def set_aside(path: PathLike) -> Path:
+    """Where :func:`staged_directory` puts the previous directory at ``path`` aside while it renames the new one in
+    (``.<name>.previous`` beside it)."""
+    final = Path(path)
+    return final.with_name(f".{final.name}.previous")
+
+
+def written_directory(path: PathLike) -> Path:
+    """The last whole directory :func:`staged_directory` wrote at ``path``: ``path`` itself; where a kill between its
+    two renames left nothing there, the previous one it had set aside (:func:`set_aside`; its next write puts it
+    back), so that readers do not take the directory for never written until then."""
+    final = Path(path)
+    aside = set_aside(final)
+    return aside if not final.exists() and not final.is_symlink() and aside.is_dir() else final
 
 
 def fsync_path(path: PathLike) -> None:
