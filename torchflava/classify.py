@@ -71,6 +71,7 @@ from torchflava.pretrained import (
     add_dtype_argument,
     checkpoint_image_transform,
     checkpoint_layout,
+    export_directory,
     found_intact,
     inference_precision,
     load_pretrained,
@@ -993,7 +994,7 @@ def _clip_classifier_source(path: Union[str, Path], *, quiet: bool) -> Optional[
         directory = Path(local_directory(path))
     except (ValueError, FileNotFoundError):  # another URL, or a file:// URL of nothing
         return None
-    for candidate in (directory, directory / "model"):
+    for candidate in (directory, export_directory(directory)):  # (model/, or the export a kill left set aside)
         if (candidate / CLIP_CLASSIFIER_CONFIG).is_file():
             return candidate, None
     for run in (directory, directory.parent.parent):  # a run, or a checkpoint of one (step_<N>, maybe unpadded)

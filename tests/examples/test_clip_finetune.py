@@ -579,3 +579,12 @@ def test_a_training_class_folder_without_images_is_named_in_one_warning(clip_exp
         warning + "counted in chance): 'zempty'"
     ]
     assert report["num_classes"] == 3
+
+
+def test_a_run_killed_between_its_exports_renames_loads_the_export_set_aside(trained, tmp_path):
+    out, _, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "model").rename(run / ".model.previous")  # the kill: the old export aside, the new one not yet in
+    images = [finetune.ShapesClassification("test", 2, image_size=32)[i].image for i in range(2)]
+    assert torch.equal(load_clip_classifier(run).scores(images), load_clip_classifier(out).scores(images))
