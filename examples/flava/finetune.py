@@ -32,6 +32,7 @@ from torchflava.data.finetuning import (
     ImageClassFolder,
     ImageTextLabels,
     ShapesClassification,
+    empty_classes_warning,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.samples import BadSample, unusable_start
@@ -673,6 +674,8 @@ def main(cfg: FinetuneConfig) -> dict:
 
     # the data checked before the weights are loaded
     train_source, val_source, classes = build_splits(d, cfg.model.loss)
+    if info.is_main and (warning := empty_classes_warning(train_source, "data.train")):
+        print(warning, file=sys.stderr)
     # every validation set by name, data.val's first: the report's "validation" is that one's
     val_sets = {d.val_name: ("data.val", d.val, val_source)}
     for name, path in (d.extra_val or {}).items():

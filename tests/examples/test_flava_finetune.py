@@ -1067,3 +1067,25 @@ def test_help_shows_the_multi_line_commands_as_they_are_typed():
     text = usage(finetune.main, finetune.FinetuneConfig)
     assert "finetuning/qnli.yaml \\\n        model.pretrained=/models/flava-full data.train=" in text
     assert text.count(" \\\n") == 1
+
+
+def test_a_training_class_folder_without_images_is_named_in_one_warning(export, tmp_path, capsys):
+    for name, colour in (("red", (250, 10, 10)), ("blue", (10, 10, 250))):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), colour).save(tmp_path / "train" / name / f"{i}.png")
+    (tmp_path / "train" / "zempty").mkdir()  # a stray empty folder: a class no image shows
+    folders = ["data.task=image_folder", f"data.train={tmp_path / 'train'}", f"data.val={tmp_path / 'train'}"]
+    _run(
+        export,
+        tmp_path / "run",
+        *folders,
+        "training.max_steps=2",
+        "optim.warmup_steps=1",
+        "training.global_batch_size=4",
+    )
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: data.train")]
+    assert warnings == [
+        "warning: data.train: 1 class(es) without an image, kept as classes (an output of the classifier, counted in "
+        "chance): 'zempty'"
+    ]
