@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt setup.py | cksum | cu
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k packing -x".
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format train train-clip evaluate bench clean
+.PHONY: venv test lint format train train-clip finetune-clip evaluate bench clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ train: $(STAMP)
 # The CLIP recipe on the same loop: a small CLIP on the built-in shapes world, then zero-shot and retrieval.
 train-clip: $(STAMP)
 	$(BIN)/python examples/clip/train.py config=examples/clip/configs/tiny.yaml $(TRAIN_ARGS)
+
+# The `make train-clip` checkpoint fine-tuned as a 30-class shapes classifier, its head the zero-shot classifier.
+finetune-clip: $(STAMP)
+	$(BIN)/python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes.yaml $(TRAIN_ARGS)
 
 # Zero-shot, linear probe and fine-tuning of the `make train` checkpoint on the held-out shapes task.
 evaluate: $(STAMP)
