@@ -65,7 +65,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
 from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory
-from torchflava.training.distributed import barrier
+from torchflava.training.distributed import barrier_after_rank0
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.recipe import run_recipe
@@ -495,7 +495,7 @@ def main(cfg: FinetuneConfig) -> dict:
         write_json(out_dir / "report.json", report, allow_nan=True)
         print(json.dumps(report, indent=2))
         print(format_report(report, out_dir))
-    barrier()
+    barrier_after_rank0()  # (the others wait for rank 0's report, however long)
     return report
 
 

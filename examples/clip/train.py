@@ -72,7 +72,7 @@ from torchflava.pretrained import (
 )
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config
-from torchflava.training.distributed import barrier, rank0_value
+from torchflava.training.distributed import barrier_after_rank0, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.recipe import run_recipe
@@ -872,7 +872,7 @@ def main(cfg: TrainConfig) -> dict:
     report = {}
     if info.is_main:
         report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, tokenizer)
-    barrier()
+    barrier_after_rank0()  # (the others wait for rank 0's report, however long)
     return report
 
 

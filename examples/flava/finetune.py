@@ -56,7 +56,7 @@ from torchflava.pretrained import (
     training_checkpoint,
 )
 from torchflava.training.config import ConfigError, builder_config
-from torchflava.training.distributed import barrier
+from torchflava.training.distributed import barrier_after_rank0
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.recipe import run_recipe
@@ -789,7 +789,7 @@ def main(cfg: FinetuneConfig) -> dict:
         write_json(out_dir / "report.json", report, allow_nan=True)
         print(json.dumps(report, indent=2))
         print(format_report(report, out_dir))
-    barrier()
+    barrier_after_rank0()  # (the others wait for rank 0's report, however long)
     return report
 
 

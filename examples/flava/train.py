@@ -57,7 +57,7 @@ from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained, trained_arguments
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config
-from torchflava.training.distributed import barrier, rank0_value
+from torchflava.training.distributed import barrier_after_rank0, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.recipe import run_recipe
@@ -736,7 +736,7 @@ def main(cfg: TrainConfig) -> dict:
     export_path = out_dir / "model" / EXPORT_WEIGHTS
     losses = data_loss_report(result.skipped, data.lost_data)
     report = _report(cfg, losses, export_path, tokenizer) if info.is_main else {}
-    barrier()
+    barrier_after_rank0()  # (the others wait for rank 0's report, however long)
     return report
 
 

@@ -253,6 +253,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+# How long the other ranks wait for rank 0's work after training (the final evaluation and report of a recipe:
+# minutes over a large validation set, decoded by one process): under torchrun a rank 0 that fails ends the others
+RANK0_WORK_TIMEOUT_S = 24 * 3600.0
+
+
+def barrier_after_rank0(collective_timeout_s: float = RANK0_WORK_TIMEOUT_S) -> None:
+    """The barrier at which the other ranks wait for what rank 0 does alone after training (a recipe's evaluation
+    and report), with the process group's timeout first raised to ``collective_timeout_s``: the run's own
+    (``training.collective_timeout_s``, or torch's NCCL 10 min) aborted ranks that were only waiting for a long
+    report. A no-op without a process group.
+
+    Raises:
+        ValueError: if ``collective_timeout_s`` is not a finite number > 0.
+    """
+    if collective_timeout_s is None:  # (set_collective_timeout's None keeps the run's: not what is asked here)
+        raise ValueError("collective_timeout_s must be a finite number of seconds > 0, got None")
+    set_collective_timeout(collective_timeout_s)  # (checked there, also without a process group)
+    barrier()
+
+
 def rank0_value(compute: Callable[[], T]) -> T:
     """``compute()`` run on rank 0 alone, its value given to every rank (collective; ``compute()`` without
     a process group). What it raised is raised on every rank: the others would wait for it for good.
