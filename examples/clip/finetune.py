@@ -33,7 +33,6 @@ report.
 
 import copy
 from dataclasses import dataclass, field
-import json
 from pathlib import Path
 import sys
 from typing import Optional
@@ -67,7 +66,7 @@ from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
 from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory
 from torchflava.training.distributed import barrier_after_rank0
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
-from torchflava.training.metrics import plot_losses, read_metrics
+from torchflava.training.metrics import write_fine_tuning_report
 from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import (
     OptimConfig,
@@ -81,7 +80,6 @@ from torchflava.training.schema import (
     training_checks,
 )
 from torchflava.utils.checkpoint import first_line, staged_directory
-from torchflava.utils.cli import write_json
 from torchflava.zero_shot import DEFAULT_TEMPLATES, class_embeddings
 
 TASKS = ("image_folder", "shapes")
@@ -490,11 +488,7 @@ def main(cfg: FinetuneConfig) -> dict:
             "wise_ft_alpha": cfg.eval.wise_ft_alpha,
             "validation": validation,  # zero_shot (the head the run started from), fine_tuned, wise_ft
         }
-        if records := read_metrics(out_dir / "metrics.jsonl"):
-            plot_losses(records, out_dir / "loss_curve.png")
-        write_json(out_dir / "report.json", report, allow_nan=True)
-        print(json.dumps(report, indent=2))
-        print(format_report(report, out_dir))
+        write_fine_tuning_report(out_dir, report, format_report(report, out_dir))
     barrier_after_rank0()  # (the others wait for rank 0's report, however long)
     return report
 

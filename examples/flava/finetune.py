@@ -17,7 +17,6 @@ of ranks, metrics) -> validation report: the final model on ``data.val`` and on 
 import copy
 from dataclasses import asdict, dataclass, field, replace
 import functools
-import json
 from pathlib import Path
 import sys
 from typing import Optional
@@ -58,7 +57,7 @@ from torchflava.pretrained import (
 from torchflava.training.config import ConfigError, builder_config
 from torchflava.training.distributed import barrier_after_rank0
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
-from torchflava.training.metrics import plot_losses, read_metrics
+from torchflava.training.metrics import write_fine_tuning_report
 from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import (
     OptimConfig,
@@ -784,11 +783,7 @@ def main(cfg: FinetuneConfig) -> dict:
         if classes is not None and loss == "cross_entropy":
             for metrics in validation.values():
                 metrics["chance"] = 1 / num_classes
-        if records := read_metrics(out_dir / "metrics.jsonl"):
-            plot_losses(records, out_dir / "loss_curve.png")
-        write_json(out_dir / "report.json", report, allow_nan=True)
-        print(json.dumps(report, indent=2))
-        print(format_report(report, out_dir))
+        write_fine_tuning_report(out_dir, report, format_report(report, out_dir))
     barrier_after_rank0()  # (the others wait for rank 0's report, however long)
     return report
 

@@ -7,6 +7,7 @@ import sys
 from typing import Mapping, Optional, Union
 
 from torchflava.utils.checkpoint import atomic_write, unused_path
+from torchflava.utils.cli import write_json
 
 
 class MetricsLogger:
@@ -135,3 +136,15 @@ def plot_losses(records: list[dict], path: Union[str, os.PathLike], *, keys: Opt
         atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format=path.suffix[1:] or "png"))
     finally:
         plt.close(figure)
+
+
+def write_fine_tuning_report(out_dir: Union[str, os.PathLike], report: dict, summary: str) -> None:
+    """A fine-tuning run's end on rank 0: its loss curve (``loss_curve.png``, from ``metrics.jsonl``, where it has
+    records), ``report.json`` (a metric NaN where it is undefined, not lost), and the report printed, then the
+    one-line ``summary``."""
+    out_dir = Path(out_dir)
+    if records := read_metrics(out_dir / "metrics.jsonl"):
+        plot_losses(records, out_dir / "loss_curve.png")
+    write_json(out_dir / "report.json", report, allow_nan=True)
+    print(json.dumps(report, indent=2))
+    print(summary)
