@@ -64,7 +64,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
 from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory
-from torchflava.training.distributed import barrier_after_rank0
+from torchflava.training.distributed import rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
 from torchflava.training.recipe import run_recipe
@@ -468,8 +468,8 @@ def main(cfg: FinetuneConfig) -> dict:
         export_clip_classifier(
             model, staging, clip_kwargs=clip_kwargs, labels=classes, image_transform=collator.transform
         )
-    report = {}
-    if info.is_main:  # evaluated from the export (whatever the strategy sharded): what a user loads
+
+    def report_from_export() -> dict:  # evaluated from the export (whatever the strategy sharded): what a user loads
         fine_tuned = load_clip_classifier(out_dir / "model").model
         states = {"zero_shot": zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
         if cfg.eval.wise_ft_alpha is not None:
@@ -489,8 +489,10 @@ def main(cfg: FinetuneConfig) -> dict:
             "validation": validation,  # zero_shot (the head the run started from), fine_tuned, wise_ft
         }
         write_fine_tuning_report(out_dir, report, format_report(report, out_dir))
-    barrier_after_rank0()  # (the others wait for rank 0's report, however long)
-    return report
+        return report
+
+    # rank 0 evaluates and reports; the others wait for it, however long, and are given its report (or its error)
+    return rank0_report(report_from_export)
 
 
 if __name__ == "__main__":

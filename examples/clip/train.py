@@ -72,7 +72,7 @@ from torchflava.pretrained import (
 )
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config
-from torchflava.training.distributed import barrier_after_rank0, rank0_value
+from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.recipe import run_recipe
@@ -869,11 +869,9 @@ def main(cfg: TrainConfig) -> dict:
             tokenizer.save(staging)  # export's default (load_pretrained read the context length)
             eval_transform.save(staging)  # how to evaluate it: preprocessor_config.json
     export_path = out_dir / "model" / "clip.safetensors"
-    report = {}
-    if info.is_main:
-        report = _report(cfg, data_loss_report(result.skipped, data.lost_data), export_path, tokenizer)
-    barrier_after_rank0()  # (the others wait for rank 0's report, however long)
-    return report
+    losses = data_loss_report(result.skipped, data.lost_data)
+    # rank 0 evaluates and reports; the others wait for it, however long, and are given its report (or its error)
+    return rank0_report(lambda: _report(cfg, losses, export_path, tokenizer))
 
 
 def _report(cfg: TrainConfig, data_losses: dict, export_path: Path, tokenizer) -> dict:

@@ -55,7 +55,7 @@ from torchflava.pretrained import (
     training_checkpoint,
 )
 from torchflava.training.config import ConfigError, builder_config
-from torchflava.training.distributed import barrier_after_rank0
+from torchflava.training.distributed import rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import write_fine_tuning_report
 from torchflava.training.recipe import run_recipe
@@ -768,8 +768,8 @@ def main(cfg: FinetuneConfig) -> dict:
         )
     # every rank evaluates (an FSDP forward needs all of them), set after set; rank 0 reports
     validation = {name: evaluate(model, source, collator, loss) for name, (_, _, source) in val_sets.items()}
-    report = {}
-    if info.is_main:
+
+    def written_report() -> dict:
         report = {
             "task": d.task,
             "modality": cfg.model.modality,
@@ -784,8 +784,9 @@ def main(cfg: FinetuneConfig) -> dict:
             for metrics in validation.values():
                 metrics["chance"] = 1 / num_classes
         write_fine_tuning_report(out_dir, report, format_report(report, out_dir))
-    barrier_after_rank0()  # (the others wait for rank 0's report, however long)
-    return report
+        return report
+
+    return rank0_report(written_report)  # (the others are given rank 0's report, or its error)
 
 
 if __name__ == "__main__":

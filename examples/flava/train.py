@@ -57,7 +57,7 @@ from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained, trained_arguments
 from torchflava.training.checkpointing import export_model
 from torchflava.training.config import ConfigError, builder_config
-from torchflava.training.distributed import barrier_after_rank0, rank0_value
+from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
 from torchflava.training.recipe import run_recipe
@@ -735,9 +735,8 @@ def main(cfg: TrainConfig) -> dict:
             write_export_files(cfg, staging, tokenizer)
     export_path = out_dir / "model" / EXPORT_WEIGHTS
     losses = data_loss_report(result.skipped, data.lost_data)
-    report = _report(cfg, losses, export_path, tokenizer) if info.is_main else {}
-    barrier_after_rank0()  # (the others wait for rank 0's report, however long)
-    return report
+    # rank 0 evaluates and reports; the others wait for it, however long, and are given its report (or its error)
+    return rank0_report(lambda: _report(cfg, losses, export_path, tokenizer))
 
 
 def write_export_files(cfg: TrainConfig, directory: Path, tokenizer: WordPieceTokenizer) -> None:

@@ -5,6 +5,7 @@ import contextlib
 from dataclasses import dataclass, field
 import functools
 import io
+import json
 import os
 from pathlib import Path
 import socket
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from tests.helpers import run_ranks
 from tests.training.test_loop import Toy, ToyData, settings, toy_step
 from torchflava.training import distributed
-from torchflava.training.distributed import barrier_after_rank0, init_distributed, wrap_model
+from torchflava.training.distributed import init_distributed, rank0_report, wrap_model
 from torchflava.training.loop import fit
 from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import TrainingConfig
@@ -213,28 +214,39 @@ def test_a_parameter_dtype_without_fsdp_is_refused_not_ignored(strategy):
 
 
 def _rank0_report_worker(rank: int, port: str, root: str) -> None:
+    from torchflava.training import distributed
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     init_distributed("ddp", device="cpu", collective_timeout_s=TIMEOUT_S)  # the run's setting: 1 s
-    if rank == 0:  # a report longer than the run's collective timeout
-        time.sleep(3 * TIMEOUT_S)
-    outcome = "waited"
+
+    def report() -> dict:
+        time.sleep(2 * TIMEOUT_S)  # a report longer than the run's collective timeout
+        return {"accuracy": 0.5}
+
+    def failing() -> dict:
+        raise ValueError("data.val: an unreadable file")
+
+    outcomes = [rank0_report(report)]
     try:
-        barrier_after_rank0()
-    except Exception as error:
-        outcome = f"{type(error).__name__}: {error}"
-    (Path(root) / f"rank{rank}.txt").write_text(outcome)
+        rank0_report(failing)
+    except ValueError as error:
+        outcomes.append(str(error))
+    outcomes.append(distributed._applied_timeout[0].total_seconds())  # the run's own, put back
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps(outcomes))
     dist.destroy_process_group()
 
 
 def test_the_ranks_wait_for_rank_0s_report_longer_than_the_runs_collective_timeout(tmp_path):
     """The recipes' last barrier (the others waiting while rank 0 evaluates and reports) kept the run's collective
     timeout: a report longer than it (NCCL's default 10 min: a large validation set decoded by one process) failed
-    the waiting ranks."""
+    the waiting ranks; and a report that failed on rank 0 left them waiting. Every rank is given rank 0's report,
+    or its error, and the run's timeout is put back."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     run_ranks(_rank0_report_worker, (port, str(tmp_path)), nprocs=2, timeout_s=60)
-    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["waited", "waited"]
+    expected = [{"accuracy": 0.5}, "data.val: an unreadable file", TIMEOUT_S]
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [expected, expected]
     for bad in (0, None, float("inf")):
         with pytest.raises(ValueError, match="collective_timeout_s must be"):
-            barrier_after_rank0(bad)
+            rank0_report(dict, collective_timeout_s=bad)

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Type, Typ
 import torch
 from torch import nn
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
 STRATEGIES = ("none", "ddp", "fsdp")
 T = TypeVar("T")
@@ -97,9 +98,17 @@ def set_collective_timeout(seconds: Optional[float]) -> None:
     _check_timeout(seconds)
     if seconds is None or not dist.is_initialized():
         return
+    _apply_timeout(timedelta(seconds=float(seconds)))
+
+
+_applied_timeout: list = [None]  # the timeout set_collective_timeout last gave the process group (None: none)
+
+
+def _apply_timeout(timeout: timedelta) -> None:
     # (public from torch 2.7 on; the private name before, down to the oldest torch setup.py allows)
     set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
-    set_timeout(timedelta(seconds=float(seconds)))
+    set_timeout(timeout)
+    _applied_timeout[0] = timeout
 
 
 class CollectiveTimeout(RuntimeError):
@@ -254,23 +263,33 @@ def barrier() -> None:
 
 
 # How long the other ranks wait for rank 0's work after training (the final evaluation and report of a recipe:
-# minutes over a large validation set, decoded by one process): under torchrun a rank 0 that fails ends the others
+# minutes over a large validation set, decoded by one process); what rank 0 raises there ends them at once
 RANK0_WORK_TIMEOUT_S = 24 * 3600.0
 
 
-def barrier_after_rank0(collective_timeout_s: float = RANK0_WORK_TIMEOUT_S) -> None:
-    """The barrier at which the other ranks wait for what rank 0 does alone after training (a recipe's evaluation
-    and report), with the process group's timeout first raised to ``collective_timeout_s``: the run's own
-    (``training.collective_timeout_s``, or torch's NCCL 10 min) aborted ranks that were only waiting for a long
-    report. A no-op without a process group.
+def rank0_report(compute: Callable[[], T], *, collective_timeout_s: float = RANK0_WORK_TIMEOUT_S) -> T:
+    """What rank 0 makes alone after training (a recipe's evaluation and report), given to every rank as
+    :func:`rank0_value` gives it (what it raised is raised on every rank), while the others wait with the process
+    group's timeout raised to ``collective_timeout_s``: the run's own (``training.collective_timeout_s``, or torch's
+    NCCL 10 min) aborted ranks that were only waiting for a long report. The timeout the group had is put back
+    after (torch's default for its backend where :func:`set_collective_timeout` set none).
 
     Raises:
-        ValueError: if ``collective_timeout_s`` is not a finite number > 0.
+        ValueError: if ``collective_timeout_s`` is not a finite number > 0 (before ``compute`` runs).
+        Exception: what ``compute`` raised on rank 0, on every rank.
     """
     if collective_timeout_s is None:  # (set_collective_timeout's None keeps the run's: not what is asked here)
         raise ValueError("collective_timeout_s must be a finite number of seconds > 0, got None")
-    set_collective_timeout(collective_timeout_s)  # (checked there, also without a process group)
-    barrier()
+    _check_timeout(collective_timeout_s)
+    if not dist.is_initialized():
+        return compute()
+    previous = _applied_timeout[0]
+    _apply_timeout(timedelta(seconds=float(collective_timeout_s)))
+    try:
+        return rank0_value(compute)
+    finally:
+        nccl = dist.get_backend() == "nccl"
+        _apply_timeout(previous or (default_pg_nccl_timeout if nccl else default_pg_timeout))
 
 
 def rank0_value(compute: Callable[[], T]) -> T:
