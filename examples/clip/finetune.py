@@ -33,6 +33,7 @@ report.
 
 import copy
 from dataclasses import dataclass, field
+import json
 from pathlib import Path
 import sys
 from typing import Optional
@@ -80,6 +81,7 @@ from torchflava.training.schema import (
     training_checks,
 )
 from torchflava.utils.checkpoint import first_line, staged_directory
+from torchflava.utils.cli import write_json
 from torchflava.zero_shot import DEFAULT_TEMPLATES, class_embeddings
 
 TASKS = ("image_folder", "shapes")
@@ -94,6 +96,7 @@ PRETRAINED = (
 # builds the model, class names, preprocessing and WiSE-FT reference from it, never reading model.pretrained again;
 # load_clip_classifier reads the run's training checkpoints with it
 ZERO_SHOT_RECORD = CLIP_CLASSIFIER_START
+CLASS_FOLDERS = "class_folders.json"  # in the record: the training class folders in id order (or shapes' classes)
 
 
 @dataclass
@@ -164,6 +167,20 @@ def recorded_zero_shot(record: Path) -> CLIPClassifier:
             raise ValueError(first_line(error)) from None
 
     expected = "a run that recorded its zero-shot classifier at its start (a resume reads it, not model.pretrained)"
+    return opened("training.resume", str(record), expected, read)
+
+
+def recorded_folders(record: Path) -> list[str]:
+    """The training class folders a resumed run started with (:data:`CLASS_FOLDERS` of its record); ConfigError
+    naming ``training.resume`` where the file is missing or holds no list of names."""
+
+    def read() -> list[str]:
+        folders = json.loads((record / CLASS_FOLDERS).read_text(encoding="utf-8"))
+        if not isinstance(folders, list) or not all(isinstance(name, str) for name in folders):
+            raise ValueError(f"{record / CLASS_FOLDERS}: expected a list of class folder names")
+        return folders
+
+    expected = f"a run that recorded its class folders at its start ({CLASS_FOLDERS} in {record})"
     return opened("training.resume", str(record), expected, read)
 
 
@@ -424,9 +441,12 @@ def main(cfg: FinetuneConfig) -> dict:
     train_source, val_source, classes = build_splits(d)
     if info.is_main and (warning := empty_classes_warning(train_source, "data.train")):
         print(warning, file=sys.stderr)
+    folders = list(train_source.classes)  # (the class folders, in id order; the shapes world's classes)
     if recorded is not None:  # (the config compared equal: only the training folders can have changed since)
-        expected = f"the {len(recorded.labels)} classes the run started with"
-        raise_on_failed_checks([(len(recorded.labels) == len(classes), "data.train", expected, d.train)])
+        started = recorded_folders(record)
+        expected = f"the class folders the run started with, {started[:10]} ({len(started)})"
+        got = f"{d.train} (its class folders now {folders[:10]} ({len(folders)}))"
+        raise_on_failed_checks([(folders == started, "data.train", expected, got)])
     # the zero-shot classifier: a new run's from model.pretrained, a resume's as its start recorded it
     zero_shot = zero_shot_classifier(m, classes, cfg.eval.batch_size) if recorded is None else recorded
     # recorded whole in the run directory before training (every rank, rank 0 writes), so that its resume needs
@@ -440,6 +460,8 @@ def main(cfg: FinetuneConfig) -> dict:
                 labels=zero_shot.labels,
                 image_transform=zero_shot.image_transform,
             )
+            if info.is_main:  # (a resume compares its folders with them: a renamed one would shift every label)
+                write_json(staging / CLASS_FOLDERS, folders)
     classes = zero_shot.labels
     image_size = zero_shot.clip_kwargs["image_size"]
     collator = ClassificationCollator(None, image_size=image_size, image_transform=zero_shot.image_transform)

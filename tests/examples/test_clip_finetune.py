@@ -588,3 +588,38 @@ def test_a_run_killed_between_its_exports_renames_loads_the_export_set_aside(tra
     (run / "model").rename(run / ".model.previous")  # the kill: the old export aside, the new one not yet in
     images = [finetune.ShapesClassification("test", 2, image_size=32)[i].image for i in range(2)]
     assert torch.equal(load_clip_classifier(run).scores(images), load_clip_classifier(out).scores(images))
+
+
+def test_a_resume_whose_class_folders_were_renamed_is_refused_naming_data_train(clip_export, tmp_path, monkeypatch):
+    """Only the number of classes was compared with the record: a class folder renamed (cat -> zebra) keeps the
+    count and shifts the sorted order, so each label id trained another class's row of the head and the export kept
+    the old names."""
+    train = _class_folders(tmp_path / "train", {"cat": ["chelsea"], "coffee": ["coffee"], "rocket": ["rocket"]})
+    folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
+    common = [*folder_task, "training.checkpoint_every=1", "optim.warmup_steps=0", "training.global_batch_size=3"]
+    fit, calls = finetune.fit, {"n": 0}
+
+    def killed():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Killed
+
+    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
+    with pytest.raises(_Killed):
+        finetune.main(_config(clip_export, tmp_path / "run", *common))
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "run" / "zero_shot" / "class_folders.json").read_text()) == [
+        "cat",
+        "coffee",
+        "rocket",
+    ]
+    (train / "cat").rename(train / "zebra")
+    with pytest.raises(ConfigError) as caught:
+        finetune.main(_config(clip_export, tmp_path / "run", *common, "training.resume=auto"))
+    assert str(caught.value) == (
+        "key 'data.train': expected the class folders the run started with, ['cat', 'coffee', 'rocket'] (3), got "
+        f"\"{train} (its class folders now ['coffee', 'rocket', 'zebra'] (3))\""
+    )
+    (train / "zebra").rename(train / "cat")  # put back: the resume runs to the end
+    report = finetune.main(_config(clip_export, tmp_path / "run", *common, "training.resume=auto"))
+    assert report["steps"] == 3 and load_clip_classifier(tmp_path / "run").labels == ["cat", "coffee", "rocket"]
