@@ -477,6 +477,7 @@ def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loa
     """It was "neither a torchflava run/export directory ... nor a Hugging Face directory" (the export), or its run
     printed that its latest training checkpoint was evaluated and failed on the config's model section."""
     from torchflava.classify import clip_image_classifier, export_clip_classifier, load_clip_classifier
+    from torchflava.models import clip_model
     from torchflava.zero_shot import main as zero_shot_main
 
     sizes = dict(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2)
@@ -501,6 +502,17 @@ def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loa
     with pytest.raises(SystemExit) as exited:
         zero_shot_main(["--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path), "--classes", "a,b"])
     assert exited.value.code == 2
+    # a fine-tuning run killed before its export (its start recorded in zero_shot/), and one of its checkpoints
+    killed = tmp_path / "killed"
+    (killed / "checkpoints" / "step_00000003").mkdir(parents=True)
+    shutil.copytree(export, killed / "zero_shot")
+    for named in (killed, killed / "checkpoints" / "step_3", killed / "checkpoints" / "step_00000003"):
+        with pytest.raises(
+            ValueError, match=r"is a fine-tuned CLIP image classifier .*zero_shot.*load_clip_classifier"
+        ):
+            load_pretrained(named)
+        with pytest.raises(ValueError, match="fine-tuned CLIP image classifier"):
+            clip_model(pretrained=named)
 
 
 def test_a_directory_s_tokenizer_is_read_by_family_without_a_layout(tmp_path):

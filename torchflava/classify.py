@@ -65,6 +65,7 @@ from torchflava.modules.heads import NormalizedLinearClassifier
 from torchflava.modules.layers.packed_linear import pack_linears
 from torchflava.pretrained import (
     CLIP_CLASSIFIER_CONFIG,
+    CLIP_CLASSIFIER_START,
     INFERENCE_DTYPE_NAMES,
     INFERENCE_DTYPES,
     CheckpointLayout,
@@ -879,7 +880,6 @@ def _shown(result: dict, args: argparse.Namespace) -> dict:
 # examples/clip/finetune.py exports CLIP's image tower with a linear head over its normalised features
 # (:class:`~torchflava.modules.heads.NormalizedLinearClassifier`): the weights, the clip_model arguments the tower
 # is built with, the class names and the image preprocessing. It is not a CLIP checkpoint (no text tower).
-CLIP_CLASSIFIER_START = "zero_shot"  # where a run records the classifier it started from (an export's files)
 # Its config is CLIP_CLASSIFIER_CONFIG ({"clip_model": {...}, "labels": [...]}: torchflava.pretrained, which refuses
 # such an export as a checkpoint, names it), its weights:
 CLIP_CLASSIFIER_WEIGHTS = "clip_classifier.safetensors"

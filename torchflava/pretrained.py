@@ -107,6 +107,7 @@ RUN_ARGUMENTS = "model_arguments.json"
 # The config of a fine-tuned CLIP image classifier's export (torchflava.classify): an image tower and a class head,
 # no text tower, so no CLIP checkpoint: what loads a checkpoint refuses it, naming what loads it.
 CLIP_CLASSIFIER_CONFIG = "clip_classifier_config.json"
+CLIP_CLASSIFIER_START = "zero_shot"  # where such a run records the classifier it started from (an export's files)
 
 
 def read_run_arguments(path: Union[str, os.PathLike]) -> dict:
@@ -226,6 +227,7 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint: the path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
+    _refuse_classifier_export(path)
     trained = training_checkpoint(path, quiet=True)  # (the loader that reads its weights says which it reads)
     if trained is not None:  # verified (once: a run's newest intact one was, as it was found), its config, tokenizer
         family, kwargs, _, transform = _verified_run_parts(trained, verified=found_intact(path, trained))
@@ -354,9 +356,7 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
         FileNotFoundError: for a ``step_<N>`` that is not there (naming the steps there are), a run's
             ``checkpoints/`` folder itself (naming its complete steps), or a run directory without an export
             whose checkpoints are all incomplete or damaged.
-        ValueError: for a fine-tuned CLIP image classifier's export or its run (no checkpoint of a whole model).
     """
-    _refuse_classifier_export(path)
     step = path.name.removeprefix("step_")
     if path.name.startswith("step_") and step.isdigit() and not path.exists():
         found = CheckpointManager(path.parent).complete()
@@ -402,13 +402,18 @@ def training_checkpoint(path: Path, *, quiet: bool = False) -> Optional[Path]:
     return latest
 
 
-def _refuse_classifier_export(path: Path) -> None:
-    """ValueError where ``path`` is a fine-tuned CLIP image classifier's export or the run holding it in ``model/``
-    (:data:`CLIP_CLASSIFIER_CONFIG`): it was refused as "neither a run/export directory nor a Hugging Face one", or
-    its run's latest training checkpoint was read and refused for the config's model section."""
-    found = next(
-        (d / CLIP_CLASSIFIER_CONFIG for d in (path, export_directory(path)) if (d / CLIP_CLASSIFIER_CONFIG).is_file()),
-        None,
+def _refuse_classifier_export(path: Union[str, os.PathLike]) -> None:
+    """ValueError where ``path`` is a fine-tuned CLIP image classifier (:data:`CLIP_CLASSIFIER_CONFIG`): its export,
+    the run holding it, or a run of ``examples/clip/finetune.py`` without it (killed before its export) or one of its
+    training checkpoints (the run records its start in :data:`CLIP_CLASSIFIER_START`). It was refused as "neither a
+    run/export directory nor a Hugging Face one", or its run's training checkpoint was read and refused for the
+    config's model section; what loads it is named."""
+    path = Path(path)
+    exports = (path, export_directory(path))
+    runs = (path, path.parent.parent)  # a run, or one of its checkpoints/step_<N>
+    found = next((d / CLIP_CLASSIFIER_CONFIG for d in exports if (d / CLIP_CLASSIFIER_CONFIG).is_file()), None)
+    found = found or next(
+        (f for run in runs if (f := run / CLIP_CLASSIFIER_START / CLIP_CLASSIFIER_CONFIG).is_file()), None
     )
     if found is not None:
         raise ValueError(
@@ -799,6 +804,8 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     if is_remote(path):
         raise ValueError(f"checkpoint: only local checkpoints are read before the model is built, got the URL {path!r}")
     named = local_directory(path) if isinstance(path, (str, os.PathLike)) else path  # (a file:// URL resolved)
+    if isinstance(named, (str, os.PathLike)):
+        _refuse_classifier_export(named)
     trained = training_checkpoint(Path(named)) if isinstance(named, (str, os.PathLike)) else None
     local = trained or local_checkpoint(named)
     directory = trained.parent.parent if trained else checkpoint_directory(local)
@@ -1045,6 +1052,7 @@ def trained_arguments(builder: Callable, pretrained: object, given: dict) -> Opt
     if not isinstance(pretrained, (str, os.PathLike)) or is_remote(pretrained):
         return None
     local = local_directory(pretrained)
+    _refuse_classifier_export(local)
     checkpoint = training_checkpoint(Path(local))
     name = builder.__name__
     if checkpoint is None:  # (a directory of the other family's, named as such: its reader would miss a file)
@@ -1104,6 +1112,8 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
     local = local_directory(path)
+    if isinstance(local, (str, os.PathLike)):
+        _refuse_classifier_export(local)
     checkpoint = training_checkpoint(Path(local)) if isinstance(local, (str, os.PathLike)) else None
     if checkpoint is not None:  # (a run's newest intact one: verified as it was found)
         verified = found_intact(Path(local), checkpoint)
