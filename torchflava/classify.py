@@ -55,7 +55,7 @@ from torchflava.data.finetuning import GlueTsv
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
-from torchflava.data.transforms import ImageTransform
+from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
 from torchflava.evaluation.metrics import pearson, spearman
 from torchflava.models import clip_model, flava_model, flava_model_for_classification
 from torchflava.models.clip import CLIPModel, clip_model_arguments
@@ -981,15 +981,15 @@ def export_clip_classifier(
 def clip_classifier_directory(path: Union[str, Path]) -> Optional[Path]:
     """The export directory of a fine-tuned CLIP image classifier ``path`` names (the export, or the run directory
     holding it in ``model/``, or a ``file://`` URL of either); None where it names none."""
-    found = _clip_classifier_source(path, quiet=True)
+    found = _clip_classifier_source(path)
     return None if found is None or found[1] is not None else found[0]
 
 
-def _clip_classifier_source(path: Union[str, Path], *, quiet: bool) -> Optional[tuple[Path, Optional[Path]]]:
-    """Where a fine-tuned CLIP image classifier ``path`` names is read from: (the directory holding its config,
-    None) for an export or a run holding one in ``model/``; (the run's record of its start, the training
-    checkpoint) for a run without an export (its newest intact checkpoint, :func:`training_checkpoint`, said on
-    stderr unless ``quiet``) or one of its ``checkpoints/step_<N>``; None where it names none of these."""
+def _clip_classifier_source(path: Union[str, Path]) -> Optional[tuple[Path, Optional[Path]]]:
+    """Where a fine-tuned CLIP image classifier ``path`` names is read from, found by its files' names alone
+    (nothing hashed): (the directory holding its config, None) for an export or a run holding one in ``model/``;
+    (the run's record of its start, ``path`` as a local path) for a run without an export or one of its
+    ``checkpoints/step_<N>``, whose training checkpoint :func:`training_checkpoint` locates; None for anything else."""
     try:
         directory = Path(local_directory(path))
     except (ValueError, FileNotFoundError):  # another URL, or a file:// URL of nothing
@@ -999,15 +999,14 @@ def _clip_classifier_source(path: Union[str, Path], *, quiet: bool) -> Optional[
             return candidate, None
     for run in (directory, directory.parent.parent):  # a run, or a checkpoint of one (step_<N>, maybe unpadded)
         if (run / CLIP_CLASSIFIER_START / CLIP_CLASSIFIER_CONFIG).is_file():
-            checkpoint = training_checkpoint(directory, quiet=quiet)
-            return None if checkpoint is None else (run / CLIP_CLASSIFIER_START, checkpoint)
+            return run / CLIP_CLASSIFIER_START, directory
     return None
 
 
 def is_clip_classifier(path: Union[str, Path]) -> bool:
     """Whether ``path`` names a fine-tuned CLIP image classifier: an export, a run (a killed one: its newest intact
     checkpoint) or one of its training checkpoints (:func:`load_clip_classifier`)."""
-    return _clip_classifier_source(path, quiet=True) is not None
+    return _clip_classifier_source(path) is not None
 
 
 def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float32) -> CLIPClassifier:
@@ -1029,19 +1028,23 @@ def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.f
     """
     if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
-    source = _clip_classifier_source(path, quiet=False)
+    source = _clip_classifier_source(path)
     if source is None:
         raise FileNotFoundError(
             f"path: expected a CLIP classifier export holding {CLIP_CLASSIFIER_CONFIG}, or a CLIP fine-tuning run or "
             f"training checkpoint, got {path}"
         )
-    directory, checkpoint = source
+    directory, named = source
+    checkpoint = None if named is None else training_checkpoint(named)  # (a run's: its newest intact one, said)
+    if named is not None and checkpoint is None:
+        raise FileNotFoundError(f"path: {named} is a CLIP fine-tuning run without an export or a training checkpoint")
+    if not (directory / PREPROCESSOR_CONFIG).is_file():  # (every export writes it: the preprocessing it trained with)
+        raise FileNotFoundError(f"{directory}: expected its preprocessing, {PREPROCESSOR_CONFIG}, which it lacks")
     config_file, weights = directory / CLIP_CLASSIFIER_CONFIG, directory / CLIP_CLASSIFIER_WEIGHTS
     kwargs, labels = _clip_classifier_config(config_file)
     with torch.device("meta"):  # the architecture checked, and the weights' keys and shapes against it, first
         expected = clip_image_classifier(kwargs, len(labels)).state_dict()
     if checkpoint is not None:  # (verified as a resume verifies it, once)
-        named = Path(local_directory(path))
         weights, stored = checkpoint, read_model_weights(checkpoint, verified=found_intact(named, checkpoint))
     else:
         stored = peek_state_dict(weights)

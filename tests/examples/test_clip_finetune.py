@@ -623,3 +623,29 @@ def test_a_resume_whose_class_folders_were_renamed_is_refused_naming_data_train(
     (train / "zebra").rename(train / "cat")  # put back: the resume runs to the end
     report = finetune.main(_config(clip_export, tmp_path / "run", *common, "training.resume=auto"))
     assert report["steps"] == 3 and load_clip_classifier(tmp_path / "run").labels == ["cat", "coffee", "rocket"]
+
+
+def test_classifying_a_killed_run_verifies_its_checkpoint_once_and_an_export_needs_its_preprocessing(
+    trained, tmp_path, monkeypatch
+):
+    """The command hashed the newest checkpoint of a run killed before its export twice (once to tell it was a
+    CLIP classifier, again to load it); an export without its preprocessor_config.json loaded with a default
+    transform, not the one it trained with."""
+    from torchflava import classify, pretrained
+    from torchflava.training.checkpointing import CheckpointManager
+
+    out, _, _ = trained
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed, ignore=shutil.ignore_patterns("model"))
+    (tmp_path / "photos").mkdir()
+    finetune.ShapesClassification("test", 1, image_size=32)[0].image.save(tmp_path / "photos" / "a.png")
+    calls = []
+    real = CheckpointManager.latest_intact
+    monkeypatch.setattr(pretrained.CheckpointManager, "latest_intact", lambda self: calls.append(1) or real(self))
+    result = classify.main(["--checkpoint", str(killed), "--images", str(tmp_path / "photos")])
+    assert len(result["predictions"]) == 1 and len(calls) == 1
+    monkeypatch.undo()
+    export = shutil.copytree(out / "model", tmp_path / "export")
+    (export / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"export: expected its preprocessing, preprocessor_config.json"):
+        load_clip_classifier(export)
