@@ -514,7 +514,7 @@ def main(cfg: FinetuneConfig) -> dict:
         return report
 
     # rank 0 evaluates and reports; the others wait for it, however long, and are given its report (or its error)
-    return rank0_report(report_from_export)
+    return rank0_report(report_from_export, run_timeout_s=cfg.training.collective_timeout_s)
 
 
 if __name__ == "__main__":

@@ -786,7 +786,9 @@ def main(cfg: FinetuneConfig) -> dict:
         write_fine_tuning_report(out_dir, report, format_report(report, out_dir))
         return report
 
-    return rank0_report(written_report)  # (the others are given rank 0's report, or its error)
+    return rank0_report(
+        written_report, run_timeout_s=cfg.training.collective_timeout_s
+    )  # (the others are given rank 0's report, or its error)
 
 
 if __name__ == "__main__":

@@ -736,7 +736,9 @@ def main(cfg: TrainConfig) -> dict:
     export_path = out_dir / "model" / EXPORT_WEIGHTS
     losses = data_loss_report(result.skipped, data.lost_data)
     # rank 0 evaluates and reports; the others wait for it, however long, and are given its report (or its error)
-    return rank0_report(lambda: _report(cfg, losses, export_path, tokenizer))
+    return rank0_report(
+        lambda: _report(cfg, losses, export_path, tokenizer), run_timeout_s=cfg.training.collective_timeout_s
+    )
 
 
 def write_export_files(cfg: TrainConfig, directory: Path, tokenizer: WordPieceTokenizer) -> None:

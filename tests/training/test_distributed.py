@@ -226,12 +226,18 @@ def _rank0_report_worker(rank: int, port: str, root: str) -> None:
     def failing() -> dict:
         raise ValueError("data.val: an unreadable file")
 
-    outcomes = [rank0_report(report)]
+    outcomes = [rank0_report(report, run_timeout_s=TIMEOUT_S)]
     try:
-        rank0_report(failing)
+        rank0_report(failing, run_timeout_s=TIMEOUT_S)
     except ValueError as error:
         outcomes.append(str(error))
-    outcomes.append(distributed._applied_timeout[0].total_seconds())  # the run's own, put back
+    try:  # the run's own timeout put back: a rank that now waits past it fails
+        if rank == 1:
+            time.sleep(2 * TIMEOUT_S)
+        distributed.barrier()
+        outcomes.append("waited")
+    except RuntimeError:
+        outcomes.append("timed out")
     (Path(root) / f"rank{rank}.json").write_text(json.dumps(outcomes))
     dist.destroy_process_group()
 
@@ -245,8 +251,12 @@ def test_the_ranks_wait_for_rank_0s_report_longer_than_the_runs_collective_timeo
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     run_ranks(_rank0_report_worker, (port, str(tmp_path)), nprocs=2, timeout_s=60)
-    expected = [{"accuracy": 0.5}, "data.val: an unreadable file", TIMEOUT_S]
-    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [expected, expected]
+    expected = [{"accuracy": 0.5}, "data.val: an unreadable file"]
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert outcomes[0] == [*expected, "timed out"]  # rank 0 waited for the late rank 1 past the run's 1 s again
+    assert outcomes[1][:2] == expected  # (rank 1 then meets a group rank 0 has left: whatever torch says)
     for bad in (0, None, float("inf")):
         with pytest.raises(ValueError, match="collective_timeout_s must be"):
-            rank0_report(dict, collective_timeout_s=bad)
+            rank0_report(dict, run_timeout_s=None, collective_timeout_s=bad)
+    with pytest.raises(ValueError, match="collective_timeout_s must be"):
+        rank0_report(dict, run_timeout_s=-1)

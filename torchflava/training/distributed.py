@@ -101,14 +101,10 @@ def set_collective_timeout(seconds: Optional[float]) -> None:
     _apply_timeout(timedelta(seconds=float(seconds)))
 
 
-_applied_timeout: list = [None]  # the timeout set_collective_timeout last gave the process group (None: none)
-
-
 def _apply_timeout(timeout: timedelta) -> None:
     # (public from torch 2.7 on; the private name before, down to the oldest torch setup.py allows)
     set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
     set_timeout(timeout)
-    _applied_timeout[0] = timeout
 
 
 class CollectiveTimeout(RuntimeError):
@@ -267,29 +263,31 @@ def barrier() -> None:
 RANK0_WORK_TIMEOUT_S = 24 * 3600.0
 
 
-def rank0_report(compute: Callable[[], T], *, collective_timeout_s: float = RANK0_WORK_TIMEOUT_S) -> T:
+def rank0_report(
+    compute: Callable[[], T], *, run_timeout_s: Optional[float], collective_timeout_s: float = RANK0_WORK_TIMEOUT_S
+) -> T:
     """What rank 0 makes alone after training (a recipe's evaluation and report), given to every rank as
     :func:`rank0_value` gives it (what it raised is raised on every rank), while the others wait with the process
     group's timeout raised to ``collective_timeout_s``: the run's own (``training.collective_timeout_s``, or torch's
-    NCCL 10 min) aborted ranks that were only waiting for a long report. The timeout the group had is put back
-    after (torch's default for its backend where :func:`set_collective_timeout` set none).
+    NCCL 10 min) aborted ranks that were only waiting for a long report. The run's, ``run_timeout_s``, is put back
+    after (None: torch's default for the group's backend).
 
     Raises:
-        ValueError: if ``collective_timeout_s`` is not a finite number > 0 (before ``compute`` runs).
+        ValueError: if a timeout is not a finite number > 0 (``run_timeout_s`` may be None; before ``compute`` runs).
         Exception: what ``compute`` raised on rank 0, on every rank.
     """
     if collective_timeout_s is None:  # (set_collective_timeout's None keeps the run's: not what is asked here)
         raise ValueError("collective_timeout_s must be a finite number of seconds > 0, got None")
     _check_timeout(collective_timeout_s)
+    _check_timeout(run_timeout_s)
     if not dist.is_initialized():
         return compute()
-    previous = _applied_timeout[0]
     _apply_timeout(timedelta(seconds=float(collective_timeout_s)))
     try:
         return rank0_value(compute)
     finally:
-        nccl = dist.get_backend() == "nccl"
-        _apply_timeout(previous or (default_pg_nccl_timeout if nccl else default_pg_timeout))
+        default = default_pg_nccl_timeout if dist.get_backend() == "nccl" else default_pg_timeout
+        _apply_timeout(default if run_timeout_s is None else timedelta(seconds=float(run_timeout_s)))
 
 
 def rank0_value(compute: Callable[[], T]) -> T:
