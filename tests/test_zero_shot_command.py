@@ -158,8 +158,10 @@ def test_hugging_face_directory_loads_like_flava_model(tmp_path, export):
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         load_pretrained(tmp_path)
     (tmp_path / "vocab.txt").write_text((export[0] / "vocab.txt").read_text())
-    weights, kwargs, directory, family, config = checkpoint_layout(tmp_path)
-    assert directory == tmp_path and family == "flava" and config == tmp_path / "config.json"
+    layout = checkpoint_layout(tmp_path)
+    kwargs = layout.kwargs
+    assert layout.directory == tmp_path and layout.family == "flava" and layout.config == tmp_path / "config.json"
+    assert layout.image_transform is None  # (a Hugging Face directory's files state it: read where it is asked for)
     pretrained = load_pretrained(tmp_path)
     pixels = torch.randn(2, 3, kwargs["image_size"], kwargs["image_size"])
     with torch.no_grad():
