@@ -15,7 +15,7 @@ from transformers import BertTokenizerFast, FlavaImageProcessor
 
 from tests.helpers import TINY_FLAVA, VARIED_TEXTS, fifo_that_cannot_hang, photos, write_hf_flava, write_tiny_export
 from torchflava.data.transforms import CLIP_STD, EvalImageTransform, ImageTransform
-from torchflava.pretrained import checkpoint_image_transform, checkpoint_layout, load_pretrained
+from torchflava.pretrained import checkpoint_image_transform, checkpoint_layout, clip_classifier_record, load_pretrained
 
 TWO_LEVELS = 0.035  # two 8-bit levels after CLIP normalisation
 TEXTS = VARIED_TEXTS + ["a photo of a Cat.", "A PHOTO OF A ROCKET", "a Café in space", "Woman, astronaut!"]
@@ -473,7 +473,7 @@ def test_an_export_loads_without_pyyaml(tmp_path, monkeypatch):
     assert all(torch.equal(value, expected[name]) for name, value in loaded.model.state_dict().items())
 
 
-def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loads_it(tmp_path):
+def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loads_it(tmp_path, monkeypatch):
     """It was "neither a torchflava run/export directory ... nor a Hugging Face directory" (the export), or its run
     printed that its latest training checkpoint was evaluated and failed on the config's model section."""
     from torchflava.classify import clip_image_classifier, export_clip_classifier, load_clip_classifier
@@ -513,6 +513,13 @@ def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loa
             load_pretrained(named)
         with pytest.raises(ValueError, match="fine-tuned CLIP image classifier"):
             clip_model(pretrained=named)
+    monkeypatch.chdir(killed / "checkpoints")  # a relative step_<N>: its run lies above the working directory
+    with pytest.raises(ValueError, match="fine-tuned CLIP image classifier"):
+        load_pretrained("step_00000003")
+    assert clip_classifier_record("step_00000003") == killed / "zero_shot"
+    # a directory two levels below such a run, not a checkpoint of it, is no classifier
+    assert clip_classifier_record(killed / "sub" / "clip_run") is None
+    assert clip_classifier_record(killed / "checkpoints" / "notes") is None
 
 
 def test_a_directory_s_tokenizer_is_read_by_family_without_a_layout(tmp_path):

@@ -65,13 +65,13 @@ from torchflava.modules.heads import NormalizedLinearClassifier
 from torchflava.modules.layers.packed_linear import pack_linears
 from torchflava.pretrained import (
     CLIP_CLASSIFIER_CONFIG,
-    CLIP_CLASSIFIER_START,
     INFERENCE_DTYPE_NAMES,
     INFERENCE_DTYPES,
     CheckpointLayout,
     add_dtype_argument,
     checkpoint_image_transform,
     checkpoint_layout,
+    clip_classifier_record,
     export_directory,
     found_intact,
     inference_precision,
@@ -997,10 +997,8 @@ def _clip_classifier_source(path: Union[str, Path]) -> Optional[tuple[Path, Opti
     for candidate in (directory, export_directory(directory)):  # (model/, or the export a kill left set aside)
         if (candidate / CLIP_CLASSIFIER_CONFIG).is_file():
             return candidate, None
-    for run in (directory, directory.parent.parent):  # a run, or a checkpoint of one (step_<N>, maybe unpadded)
-        if (run / CLIP_CLASSIFIER_START / CLIP_CLASSIFIER_CONFIG).is_file():
-            return run / CLIP_CLASSIFIER_START, directory
-    return None
+    record = clip_classifier_record(directory)  # a run, or a checkpoint of one (step_<N>, maybe unpadded)
+    return None if record is None else (record, directory)
 
 
 def is_clip_classifier(path: Union[str, Path]) -> bool:

@@ -46,6 +46,7 @@ import inspect
 import json
 import os
 from pathlib import Path
+import re
 import sys
 from typing import Callable, ContextManager, NamedTuple, Optional, Union
 import warnings
@@ -410,17 +411,32 @@ def _refuse_classifier_export(path: Union[str, os.PathLike]) -> None:
     config's model section; what loads it is named."""
     path = Path(path)
     exports = (path, export_directory(path))
-    runs = (path, path.parent.parent)  # a run, or one of its checkpoints/step_<N>
     found = next((d / CLIP_CLASSIFIER_CONFIG for d in exports if (d / CLIP_CLASSIFIER_CONFIG).is_file()), None)
-    found = found or next(
-        (f for run in runs if (f := run / CLIP_CLASSIFIER_START / CLIP_CLASSIFIER_CONFIG).is_file()), None
-    )
+    record = clip_classifier_record(path)
+    found = found or (None if record is None else record / CLIP_CLASSIFIER_CONFIG)
     if found is not None:
         raise ValueError(
             f"checkpoint: {path} is a fine-tuned CLIP image classifier ({found}: an image tower and a class head, no "
             f"text tower), not a checkpoint of a whole model: load it with torchflava.classify.load_clip_classifier "
             f"or run python -m torchflava.classify --checkpoint {path}"
         )
+
+
+def clip_classifier_record(path: Union[str, os.PathLike]) -> Optional[Path]:
+    """The start record (:data:`CLIP_CLASSIFIER_START`) of the CLIP fine-tuning run that ``path`` is, or of whose
+    training checkpoints (``<run>/checkpoints/step_<N>``, N padded or not) it is one; None for any other path."""
+    path = Path(path).absolute()  # (a relative step_<N>: its run lies above the working directory)
+    runs = [path]
+    if path.parent.name == "checkpoints" and re.fullmatch(r"step_\d+", path.name):
+        runs.append(path.parent.parent)
+    return next(
+        (
+            run / CLIP_CLASSIFIER_START
+            for run in runs
+            if (run / CLIP_CLASSIFIER_START / CLIP_CLASSIFIER_CONFIG).is_file()
+        ),
+        None,
+    )
 
 
 def found_intact(named: Path, checkpoint: Path) -> bool:

@@ -43,7 +43,6 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from torchflava.classify import (
-    CLIP_CLASSIFIER_START,
     CLIPClassifier,
     CLIPImageTower,
     export_clip_classifier,
@@ -64,7 +63,7 @@ from torchflava.evaluation.metrics import task_metrics
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
-from torchflava.pretrained import checkpoint_layout, load_pretrained, local_directory
+from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
 from torchflava.training.distributed import rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
@@ -170,9 +169,13 @@ def recorded_zero_shot(record: Path) -> CLIPClassifier:
     return opened("training.resume", str(record), expected, read)
 
 
-def recorded_folders(record: Path) -> list[str]:
-    """The training class folders a resumed run started with (:data:`CLASS_FOLDERS` of its record); ConfigError
-    naming ``training.resume`` where the file is missing or holds no list of names."""
+def recorded_folders(record: Path, recorded: CLIPClassifier, class_names: Optional[list[str]]) -> Optional[list[str]]:
+    """The training class folders a resumed run started with: :data:`CLASS_FOLDERS` of its record; for a record
+    without it (written before the file was), its class names where they were the folder names
+    (``data.class_names`` null), else None (not known). ConfigError naming ``training.resume`` where the file does
+    not read as a list of names."""
+    if not (record / CLASS_FOLDERS).exists():
+        return list(recorded.labels) if class_names is None else None
 
     def read() -> list[str]:
         folders = json.loads((record / CLASS_FOLDERS).read_text(encoding="utf-8"))
@@ -182,6 +185,22 @@ def recorded_folders(record: Path) -> list[str]:
 
     expected = f"a run that recorded its class folders at its start ({CLASS_FOLDERS} in {record})"
     return opened("training.resume", str(record), expected, read)
+
+
+def class_folders_check(started: list[str], folders: list[str], train: Optional[str]) -> tuple:
+    """``(ok, key, expected, got)`` of a resume's training class folders against those its run started with,
+    naming the first id whose folder differs (or the counts)."""
+    if folders == started:
+        return True, "data.train", "", ""
+    first = next((i for i, (a, b) in enumerate(zip(started, folders)) if a != b), min(len(started), len(folders)))
+    was, now = (names[first] if first < len(names) else "none" for names in (started, folders))
+    expected = f"the {len(started)} class folders the run started with, in their order"
+    return (
+        False,
+        "data.train",
+        expected,
+        f"{train} ({len(folders)} class folders; class {first}: {was!r} then, {now!r} now)",
+    )
 
 
 # ----------------------------------------------------------------------------------------- config checks
@@ -443,10 +462,14 @@ def main(cfg: FinetuneConfig) -> dict:
         print(warning, file=sys.stderr)
     folders = list(train_source.classes)  # (the class folders, in id order; the shapes world's classes)
     if recorded is not None:  # (the config compared equal: only the training folders can have changed since)
-        started = recorded_folders(record)
-        expected = f"the class folders the run started with, {started[:10]} ({len(started)})"
-        got = f"{d.train} (its class folders now {folders[:10]} ({len(folders)}))"
-        raise_on_failed_checks([(folders == started, "data.train", expected, got)])
+        started = recorded_folders(record, recorded, d.class_names)
+        if started is not None:
+            raise_on_failed_checks([class_folders_check(started, folders, d.train)])
+        elif info.is_main:
+            print(
+                f"warning: {record} records no {CLASS_FOLDERS}: the class folders' order is not checked",
+                file=sys.stderr,
+            )
     # the zero-shot classifier: a new run's from model.pretrained, a resume's as its start recorded it
     zero_shot = zero_shot_classifier(m, classes, cfg.eval.batch_size) if recorded is None else recorded
     # recorded whole in the run directory before training (every rank, rank 0 writes), so that its resume needs
