@@ -384,3 +384,20 @@ class SeededLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
+
+
+class Killed(Exception):
+    """What :func:`stop_fit_after` raises in a recipe's ``fit``: the run stops there, as a kill would stop it."""
+
+
+def stop_fit_after(monkeypatch, recipe, steps: int) -> None:
+    """Make the ``fit`` that module ``recipe`` calls raise :class:`Killed` after its ``steps``-th optimiser step
+    (through fit's ``after_step`` hook; ``monkeypatch.undo()`` puts the real one back)."""
+    fit, calls = recipe.fit, [0]
+
+    def after_step() -> None:
+        calls[0] += 1
+        if calls[0] == steps:
+            raise Killed
+
+    monkeypatch.setattr(recipe, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=after_step))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.examples.test_fault_injection import run_with_fault
-from tests.helpers import load_recipe, photos, write_tiny_export
+from tests.helpers import Killed, load_recipe, photos, stop_fit_after, write_tiny_export
 from torchflava import zero_shot
 from torchflava.classify import CLIPImageTower, load_clip_classifier
 from torchflava.modules.heads import NormalizedLinearClassifier
@@ -259,22 +259,11 @@ def test_crop_scale_min_trains_on_seeded_random_crops_and_validates_as_before(cl
 
 
 # --------------------------------------------------------------------------- resume
-class _Killed(Exception):
-    """Stands for a kill in the middle of a run."""
-
-
 def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(clip_export, tmp_path, monkeypatch):
     common = ["training.max_steps=8", "training.checkpoint_every=4"]
     finetune.main(_config(clip_export, tmp_path / "reference", *common))
-    fit, calls = finetune.fit, {"n": 0}
-
-    def killed():
-        calls["n"] += 1
-        if calls["n"] == 6:  # after step 6's update: the last checkpoint is step 4's
-            raise _Killed
-
-    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
-    with pytest.raises(_Killed):
+    stop_fit_after(monkeypatch, finetune, 6)  # after step 6's update: the last checkpoint is step 4's
+    with pytest.raises(Killed):
         finetune.main(_config(clip_export, tmp_path / "run", *common))
     monkeypatch.undo()
     assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4, 5]
@@ -290,15 +279,8 @@ def test_a_resume_reads_the_recorded_start_not_the_moved_checkpoint(clip_export,
     pretrained = shutil.copytree(clip_export, tmp_path / "clip")
     common = ["training.max_steps=4", "training.checkpoint_every=2", "eval.wise_ft_alpha=0.5"]
     reference = finetune.main(_config(pretrained, tmp_path / "reference", *common))
-    fit, calls = finetune.fit, {"n": 0}
-
-    def killed():
-        calls["n"] += 1
-        if calls["n"] == 3:  # after step 3's update: the last checkpoint is step 2's
-            raise _Killed
-
-    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
-    with pytest.raises(_Killed):
+    stop_fit_after(monkeypatch, finetune, 3)  # after step 3's update: the last checkpoint is step 2's
+    with pytest.raises(Killed):
         finetune.main(_config(pretrained, tmp_path / "run", *common))
     monkeypatch.undo()
     recorded = load_clip_classifier(tmp_path / "run" / "zero_shot")
@@ -597,15 +579,8 @@ def test_a_resume_whose_class_folders_were_renamed_is_refused_naming_data_train(
     train = _class_folders(tmp_path / "train", {"cat": ["chelsea"], "coffee": ["coffee"], "rocket": ["rocket"]})
     folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
     common = [*folder_task, "training.checkpoint_every=1", "optim.warmup_steps=0", "training.global_batch_size=3"]
-    fit, calls = finetune.fit, {"n": 0}
-
-    def killed():
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Killed
-
-    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
-    with pytest.raises(_Killed):
+    stop_fit_after(monkeypatch, finetune, 2)
+    with pytest.raises(Killed):
         finetune.main(_config(clip_export, tmp_path / "run", *common))
     monkeypatch.undo()
     assert json.loads((tmp_path / "run" / "zero_shot" / "class_folders.json").read_text()) == [

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.examples.test_fault_injection import run_with_fault
-from tests.helpers import load_recipe, write_tiny_export
+from tests.helpers import Killed, load_recipe, stop_fit_after, write_tiny_export
 from torchflava.data.finetuning import GlueTsv, ImageTextLabels
 from torchflava.data.shapes import ShapesWorld
 from torchflava.training.config import load_config
@@ -224,22 +224,13 @@ def _records(out):
     return {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
 
 
-class _Killed(Exception):
-    """Stands for a kill in the middle of a run."""
-
-
 def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(export, tmp_path, monkeypatch):
     common = [*SHAPES, "training.max_steps=10", "training.checkpoint_every=4", "model.classifier_dropout=0.3"]
     _run(export, tmp_path / "reference", *common)
-    fit, calls = finetune.fit, {"n": 0}
-
-    def killed():
-        calls["n"] += 1
-        if calls["n"] == 7:  # after step 7's update: steps 5 and 6 were logged, the last checkpoint is step 4
-            raise _Killed
-
-    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
-    with pytest.raises(_Killed):
+    stop_fit_after(
+        monkeypatch, finetune, 7
+    )  # after step 7's update: steps 5 and 6 were logged, the last checkpoint is step 4
+    with pytest.raises(Killed):
         _run(export, tmp_path / "run", *common)
     monkeypatch.undo()
     assert sorted(_records(tmp_path / "run")) == [1, 2, 3, 4, 5, 6]
@@ -266,15 +257,8 @@ def test_a_resumed_run_may_evaluate_on_another_validation_set_and_trains_exactly
     common += ["model.classifier_dropout=0.3", "training.max_steps=4"]  # the RNG stream matters too
     dev, other = f"data.val={tmp_path / 'dev.tsv'}", f"data.val={tmp_path / 'other_dev.tsv'}"
     assert _run(export, tmp_path / "reference", *common, dev)["validation"]["items"] == 20
-    fit, calls = finetune.fit, {"n": 0}
-
-    def killed():
-        calls["n"] += 1
-        if calls["n"] == 3:  # after step 3's update: the last checkpoint is step 2's
-            raise _Killed
-
-    monkeypatch.setattr(finetune, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=killed))
-    with pytest.raises(_Killed):
+    stop_fit_after(monkeypatch, finetune, 3)  # after step 3's update: the last checkpoint is step 2's
+    with pytest.raises(Killed):
         _run(export, tmp_path / "run", *common, dev)
     monkeypatch.undo()
     report = _run(export, tmp_path / "run", *common, other, "training.resume=auto")
