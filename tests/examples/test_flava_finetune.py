@@ -227,9 +227,8 @@ def _records(out):
 def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_losses(export, tmp_path, monkeypatch):
     common = [*SHAPES, "training.max_steps=10", "training.checkpoint_every=4", "model.classifier_dropout=0.3"]
     _run(export, tmp_path / "reference", *common)
-    stop_fit_after(
-        monkeypatch, finetune, 7
-    )  # after step 7's update: steps 5 and 6 were logged, the last checkpoint is step 4
+    # after step 7's update: steps 5 and 6 were logged, the last checkpoint is step 4
+    stop_fit_after(monkeypatch, finetune, 7)
     with pytest.raises(Killed):
         _run(export, tmp_path / "run", *common)
     monkeypatch.undo()
