@@ -22,7 +22,8 @@ ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.lo
 ``python -m torchflava.classify --checkpoint <output_dir> --images DIR`` runs it) ->
 validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from) and of
 the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space ensemble (WiSE-FT,
-``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json``. A new run
+``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json`` (each rank
+decodes every ``world_size``-th validation image once for the three models, rank 0 scores them all). A new run
 records what it started from before training: the zero-shot classifier (``<output_dir>/zero_shot``, an export as
 ``model/`` is: weights, ``clip_model`` arguments, class names, preprocessing; also with ``model.head_init=random``,
 for the report); a resume builds the model, the class names, the preprocessing and the zero-shot and WiSE-FT

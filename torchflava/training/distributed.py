@@ -261,7 +261,8 @@ def barrier() -> None:
 
 
 # How long the other ranks wait for rank 0's work after training (the final evaluation and report of a recipe:
-# minutes over a large validation set, decoded by one process); what rank 0 raises there ends them at once
+# minutes over a large validation set, decoded by one process), or for the slowest rank's share of it
+# (gather_shares); what a rank raises there ends them at once
 RANK0_WORK_TIMEOUT_S = 24 * 3600.0
 
 
