@@ -65,7 +65,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
 from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
-from torchflava.training.distributed import barrier, gather_shares, rank0_report
+from torchflava.training.distributed import gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
 from torchflava.training.recipe import run_recipe
@@ -539,20 +539,24 @@ def main(cfg: FinetuneConfig) -> dict:
             model, staging, clip_kwargs=clip_kwargs, labels=classes, image_transform=collator.transform
         )
 
+    # zero_shot (the head the run started from), fine_tuned, wise_ft: the report's models, in the predictions' order
+    names = ["zero_shot", "fine_tuned"] + (["wise_ft"] if cfg.eval.wise_ft_alpha is not None else [])
+
     def predict_share(share: range) -> list:  # every rank its share, from the export (what a user loads)
         fine_tuned = load_clip_classifier(out_dir / "model").model
         states = {"zero_shot": zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
         if cfg.eval.wise_ft_alpha is not None:
             states["wise_ft"] = wise_ft(zero_shot_state, states["fine_tuned"], cfg.eval.wise_ft_alpha)
-        models = {name: copy.deepcopy(fine_tuned).to(info.device) for name in states}
-        for name, state in states.items():
-            models[name].load_state_dict(state)
+        models = {name: copy.deepcopy(fine_tuned).to(info.device) for name in names}
+        for name in names:
+            models[name].load_state_dict(states[name])
         return predict(models, val_source, share, collator, cfg.eval.batch_size)
 
-    barrier()  # the export renamed in by rank 0 before any rank loads it
+    # rank 0's export written and renamed in before any rank loads it, waited for as long as a report would be (the
+    # run's collective timeout is no measure of a large model's writing)
+    rank0_report(lambda: None, run_timeout_s=t.collective_timeout_s)
     # each rank predicts every world_size-th validation item, the predictions put back in order on every rank
     predictions = gather_shares(predict_share, len(val_source), run_timeout_s=t.collective_timeout_s)
-    names = ["zero_shot", "fine_tuned"] + (["wise_ft"] if cfg.eval.wise_ft_alpha is not None else [])
 
     def report_from_predictions() -> dict:
         report = {
@@ -563,7 +567,6 @@ def main(cfg: FinetuneConfig) -> dict:
             **data_loss_report(result.skipped, data.lost_data),
             "chance": 1 / len(classes),
             "wise_ft_alpha": cfg.eval.wise_ft_alpha,
-            # zero_shot (the head the run started from), fine_tuned, wise_ft
             "validation": validation_metrics(predictions, names, len(classes)),
         }
         write_fine_tuning_report(out_dir, report, format_report(report, out_dir))
