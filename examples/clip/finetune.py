@@ -22,7 +22,8 @@ ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.lo
 ``python -m torchflava.classify --checkpoint <output_dir> --images DIR`` runs it) ->
 validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from) and of
 the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space ensemble (WiSE-FT,
-``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json``. A new run
+``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json`` (each rank
+decodes every ``world_size``-th validation image once for the three models, rank 0 scores them all). A new run
 records what it started from before training: the zero-shot classifier (``<output_dir>/zero_shot``, an export as
 ``model/`` is: weights, ``clip_model`` arguments, class names, preprocessing; also with ``model.head_init=random``,
 for the report); a resume builds the model, the class names, the preprocessing and the zero-shot and WiSE-FT
@@ -64,7 +65,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
 from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
-from torchflava.training.distributed import rank0_report
+from torchflava.training.distributed import gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
 from torchflava.training.recipe import run_recipe
@@ -403,20 +404,44 @@ def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
 
 # ----------------------------------------------------------------------------------------- report
 @torch.no_grad()
-def evaluate(models: dict[str, nn.Module], source, collator: ClassificationCollator, batch_size: int) -> dict:
-    """Top-1 accuracy (and Matthews correlation) of each of ``models`` over every readable item of ``source``, with
-    the number of those and of the unreadable ones (skipped, as in training): each image decoded once for all."""
+def predict(
+    models: dict[str, nn.Module], source, share: range, collator: ClassificationCollator, batch_size: int
+) -> list:
+    """Each of ``models``' top-1 class of every item of ``share`` (indices of ``source``): one ``(label, [class of
+    each model, in models' order])`` per index, None for an unreadable item (skipped, as in training); each image
+    decoded once for all.
+
+    Raises:
+        ValueError: if a model's logits hold NaN or infinite values (the metrics would refuse them).
+    """
     device = next(next(iter(models.values())).parameters()).device
-    logits, labels, skipped = {name: [] for name in models}, [], []
-    for chunk in readable_chunks(source.__getitem__, range(len(source)), batch_size, skipped):
+    predicted, skipped = {}, []
+    for chunk in readable_chunks(source.__getitem__, share, batch_size, skipped):
         batch = collator("eval", [sample for _, sample in chunk], [])
-        labels.append(batch["labels"])
         pixels = batch["image"].to(device)
+        classes = []
         for name, model in models.items():
-            logits[name].append(model.eval()(pixels).float().cpu())
-    counts = {"items": sum(len(x) for x in labels), "skipped": len(skipped)}
+            logits = model.eval()(pixels).float()
+            if not bool(torch.isfinite(logits).all()):
+                raise ValueError(f"the {name} model's validation logits hold NaN or infinite values")
+            classes.append(logits.argmax(dim=1).tolist())
+        for row, ((index, _), label) in enumerate(zip(chunk, batch["labels"].tolist())):
+            predicted[index] = (label, [column[row] for column in classes])
+    return [predicted.get(index) for index in share]
+
+
+def validation_metrics(predictions: list, names: list[str], num_classes: int) -> dict:
+    """Top-1 accuracy (and Matthews correlation) of each model of ``names`` over the readable items of
+    ``predictions`` (:func:`predict`'s, of every validation item), with the number of those and of the unreadable
+    ones."""
+    readable = [p for p in predictions if p is not None]
+    labels = torch.tensor([label for label, _ in readable], dtype=torch.long)
+    classes = torch.tensor([row for _, row in readable], dtype=torch.long).reshape(len(readable), len(names))
+    counts = {"items": len(readable), "skipped": len(predictions) - len(readable)}
+    # the cross-entropy metrics read each row's top class alone: a one-hot row of it scores as the logits did
     return {
-        name: {**task_metrics(torch.cat(x), torch.cat(labels), "cross_entropy"), **counts} for name, x in logits.items()
+        name: {**task_metrics(F.one_hot(classes[:, i], num_classes).float(), labels, "cross_entropy"), **counts}
+        for i, name in enumerate(names)
     }
 
 
@@ -514,15 +539,26 @@ def main(cfg: FinetuneConfig) -> dict:
             model, staging, clip_kwargs=clip_kwargs, labels=classes, image_transform=collator.transform
         )
 
-    def report_from_export() -> dict:  # evaluated from the export (whatever the strategy sharded): what a user loads
+    # zero_shot (the head the run started from), fine_tuned, wise_ft: the report's models, in the predictions' order
+    names = ["zero_shot", "fine_tuned"] + (["wise_ft"] if cfg.eval.wise_ft_alpha is not None else [])
+
+    def predict_share(share: range) -> list:  # every rank its share, from the export (what a user loads)
         fine_tuned = load_clip_classifier(out_dir / "model").model
         states = {"zero_shot": zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
         if cfg.eval.wise_ft_alpha is not None:
             states["wise_ft"] = wise_ft(zero_shot_state, states["fine_tuned"], cfg.eval.wise_ft_alpha)
-        models = {name: copy.deepcopy(fine_tuned).to(info.device) for name in states}
-        for name, state in states.items():
-            models[name].load_state_dict(state)
-        validation = evaluate(models, val_source, collator, cfg.eval.batch_size)
+        models = {name: copy.deepcopy(fine_tuned).to(info.device) for name in names}
+        for name in names:
+            models[name].load_state_dict(states[name])
+        return predict(models, val_source, share, collator, cfg.eval.batch_size)
+
+    # rank 0's export written and renamed in before any rank loads it, waited for as long as a report would be (the
+    # run's collective timeout is no measure of a large model's writing)
+    rank0_report(lambda: None, run_timeout_s=t.collective_timeout_s)
+    # each rank predicts every world_size-th validation item, the predictions put back in order on every rank
+    predictions = gather_shares(predict_share, len(val_source), run_timeout_s=t.collective_timeout_s)
+
+    def report_from_predictions() -> dict:
         report = {
             "task": d.task,
             "head_init": m.head_init,
@@ -531,13 +567,13 @@ def main(cfg: FinetuneConfig) -> dict:
             **data_loss_report(result.skipped, data.lost_data),
             "chance": 1 / len(classes),
             "wise_ft_alpha": cfg.eval.wise_ft_alpha,
-            "validation": validation,  # zero_shot (the head the run started from), fine_tuned, wise_ft
+            "validation": validation_metrics(predictions, names, len(classes)),
         }
         write_fine_tuning_report(out_dir, report, format_report(report, out_dir))
         return report
 
-    # rank 0 evaluates and reports; the others wait for it, however long, and are given its report (or its error)
-    return rank0_report(report_from_export, run_timeout_s=cfg.training.collective_timeout_s)
+    # rank 0 scores and reports; the others are given its report (or its error)
+    return rank0_report(report_from_predictions, run_timeout_s=t.collective_timeout_s)
 
 
 if __name__ == "__main__":

@@ -318,11 +318,56 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_losses(c
     assert "fine-tuning finished: 6 steps" in resumed.stdout
 
 
+def _shapes_folders(root: Path, *, train: int, val: int) -> tuple[Path, Path]:
+    """Class folders of shapes images: ``train`` training images, then ``val`` validation ones among their classes
+    and, second in the validation folder's order, one file that is no image."""
+    world, kept = finetune.ShapesClassification("pairs", 4 * (train + val), image_size=32), 0
+    for i in range(len(world)):
+        sample = world[i]
+        split, name = ("train" if i < train else "val"), world.classes[sample.label]
+        if split == "val" and (kept == val or not (root / "train" / name).is_dir()):
+            continue  # (a validation class must be a training one)
+        kept += split == "val"
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        sample.image.save(root / split / name / f"{i:03d}.png")
+    first = sorted(sorted((root / "val").iterdir())[0].iterdir())[0]  # item 0
+    # item 1 (on rank 1 of 2): "012_unreadable.png" sorts after "012.png"
+    (first.parent / f"{first.stem}_unreadable.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    return root / "train", root / "val"
+
+
+# runs the recipe as torchrun does, each rank writing down which validation items it decoded (a readable_chunks call)
+SHARE_RECORDER = """
+import json, os, runpy, sys
+from torchflava.data import samples
+
+real, folder = samples.readable_chunks, sys.argv[1]
+
+
+def recorded(read, keys, size, skipped):
+    keys = list(keys)
+    with open(os.path.join(folder, "reads" + os.environ["RANK"] + ".jsonl"), "a") as out:
+        out.write(json.dumps(keys) + "\\n")
+    return real(read, keys, size, skipped)
+
+
+samples.readable_chunks = recorded  # (before the recipe imports it)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_two_ddp_processes_match_one_and_resume_on_one(clip_export, tmp_path):
-    common = [f"model.pretrained={clip_export}", *SHAPES, "training.max_steps=6", "training.checkpoint_every=3"]
+    """Two ranks train as one process does, and report exactly what it does: each rank decodes every other
+    validation image (rank 0 decoded them all while rank 1 waited), an unreadable one skipped where it falls."""
+    train, val = _shapes_folders(tmp_path / "data", train=48, val=8)  # 9 validation items, one unreadable
+    common = [f"model.pretrained={clip_export}", *SHAPES, "data.task=image_folder", f"data.train={train}"]
+    common += [f"data.val={val}", "training.max_steps=6", "training.checkpoint_every=3", "eval.wise_ft_alpha=0.5"]
     finetune.main(load_config(finetune.FinetuneConfig, [*common, f"training.output_dir={tmp_path / 'one'}"]))
+    (tmp_path / "recorder.py").write_text(SHARE_RECORDER)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += [str(REPO / FINETUNE), f"training.output_dir={tmp_path / 'two'}", "training.strategy=ddp", *common]
+    command += [str(tmp_path / "recorder.py"), str(tmp_path), str(REPO / FINETUNE)]
+    command += [f"training.output_dir={tmp_path / 'two'}", "training.strategy=ddp", *common]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -330,6 +375,12 @@ def test_two_ddp_processes_match_one_and_resume_on_one(clip_export, tmp_path):
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5), step
+    reads = [[json.loads(line) for line in (tmp_path / f"reads{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert reads == [[[0, 2, 4, 6, 8]], [[1, 3, 5, 7]]]
+    reports = [json.loads((tmp_path / run / "report.json").read_text()) for run in ("one", "two")]
+    assert reports[1] == reports[0]
+    assert set(reports[0]["validation"]) == {"zero_shot", "fine_tuned", "wise_ft"}
+    assert all(v["items"] == 8 and v["skipped"] == 1 for v in reports[0]["validation"].values())
     # the 2-rank run stopped after step 3 resumes on one process: the same steps, data and losses
     shutil.rmtree(tmp_path / "two" / "checkpoints" / "step_00000006")
     cfg = load_config(

@@ -260,3 +260,80 @@ def test_the_ranks_wait_for_rank_0s_report_longer_than_the_runs_collective_timeo
             rank0_report(dict, run_timeout_s=None, collective_timeout_s=bad)
     with pytest.raises(ValueError, match="collective_timeout_s must be"):
         rank0_report(dict, run_timeout_s=-1)
+
+
+# the run's collective timeout in the shares test: a rank's share takes longer (SHARE_WORK_S), which the gather allows
+SHARE_TIMEOUT_S = 0.3
+SHARE_WORK_S = 2 * SHARE_TIMEOUT_S
+
+
+def _gather_shares_worker(rank: int, port: str, root: str) -> None:
+    from torchflava.training.distributed import gather_shares, rank_share
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    init_distributed("ddp", device="cpu", collective_timeout_s=SHARE_TIMEOUT_S)
+    shares = [list(rank_share(count)) for count in (5, 1)]
+
+    def tagged(share: range) -> list:  # which rank worked out each item; item 3 unreadable
+        if rank == 1:
+            time.sleep(SHARE_WORK_S)  # longer than the run's collective timeout
+        return [None if i == 3 else [i, rank] for i in share]
+
+    def failing(share: range) -> list:
+        if rank == 1:
+            raise ValueError("data.val: image 3 does not decode")
+        return list(share)
+
+    def short(share: range) -> list:
+        return list(share)[:1]
+
+    outcomes = [shares, gather_shares(tagged, 5, run_timeout_s=SHARE_TIMEOUT_S)]
+    outcomes.append(gather_shares(lambda share: [i * 10 for i in share], 1, run_timeout_s=None))
+    for compute in (failing, short):
+        try:
+            gather_shares(compute, 5, run_timeout_s=SHARE_TIMEOUT_S)
+            outcomes.append("returned")
+        except ValueError as error:
+            outcomes.append(str(error))
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps(outcomes))
+    dist.destroy_process_group()
+
+
+def test_gather_shares_puts_every_ranks_values_back_in_index_order_on_every_rank(tmp_path):
+    """A recipe's final evaluation ran on rank 0 alone while the others waited (rank0_report): 8 ranks, one decoding.
+    Each rank now works out every world_size-th item and all get the values in index order, a rank slower than the
+    run's collective timeout waited for, and what a rank raised (or a share of the wrong length) raised on all."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_gather_shares_worker, (port, str(tmp_path)), nprocs=2, timeout_s=60)
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert outcomes[0][0] == [[0, 2, 4], [0]] and outcomes[1][0] == [[1, 3], []]
+    short = "compute: expected a list of one value per index of rank 1's share (2 indices), got a list of 1"
+    for outcome in outcomes:
+        assert outcome[1:] == [
+            [[0, 0], [1, 1], [2, 0], None, [4, 0]],
+            [0],  # (rank 1 had no item: an empty share)
+            "data.val: image 3 does not decode",
+            short.replace("rank 1's", "rank 0's").replace("(2 indices)", "(3 indices)"),
+        ]
+
+
+def test_gather_shares_without_a_process_group_computes_every_index_in_one_process():
+    assert distributed.rank_share(4) == range(4)
+    assert distributed.gather_shares(lambda share: [i * i for i in share], 4, run_timeout_s=None) == [0, 1, 4, 9]
+    assert distributed.gather_shares(lambda share: list(share), 0, run_timeout_s=None) == []
+    with pytest.raises(ValueError) as info:
+        distributed.gather_shares(lambda share: list(share)[:2], 4, run_timeout_s=None)
+    assert str(info.value) == (
+        "compute: expected a list of one value per index of rank 0's share (4 indices), got a list of 2"
+    )
+    with pytest.raises(ValueError) as info:
+        distributed.gather_shares(lambda share: tuple(share), 4, run_timeout_s=None)
+    assert str(info.value).endswith("(4 indices), got a tuple")
+    with pytest.raises(TypeError, match=r"^count must be an int, got float$"):
+        distributed.gather_shares(list, 4.0, run_timeout_s=None)
+    ran = []
+    with pytest.raises(ValueError, match=r"^collective_timeout_s must be None or a finite number"):
+        distributed.gather_shares(ran.append, 4, run_timeout_s=0)
+    assert ran == []  # refused before any work

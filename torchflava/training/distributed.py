@@ -18,6 +18,8 @@ from torch import nn
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
+from torchflava.utils.checks import check_int
+
 STRATEGIES = ("none", "ddp", "fsdp")
 T = TypeVar("T")
 
@@ -259,7 +261,8 @@ def barrier() -> None:
 
 
 # How long the other ranks wait for rank 0's work after training (the final evaluation and report of a recipe:
-# minutes over a large validation set, decoded by one process); what rank 0 raises there ends them at once
+# minutes over a large validation set, decoded by one process), or for the slowest rank's share of it
+# (gather_shares); what a rank raises there ends them at once
 RANK0_WORK_TIMEOUT_S = 24 * 3600.0
 
 
@@ -276,18 +279,41 @@ def rank0_report(
         ValueError: if a timeout is not a finite number > 0 (``run_timeout_s`` may be None; before ``compute`` runs).
         Exception: what ``compute`` raised on rank 0, on every rank.
     """
+    _check_long_wait(run_timeout_s, collective_timeout_s)
+    if not dist.is_initialized():
+        return compute()
+    with _waiting_longer(run_timeout_s, collective_timeout_s):
+        return rank0_value(compute)
+
+
+def _check_long_wait(run_timeout_s: Optional[float], collective_timeout_s: float) -> None:
+    """ValueError unless ``collective_timeout_s`` is a finite number > 0 and ``run_timeout_s`` None or one."""
     if collective_timeout_s is None:  # (set_collective_timeout's None keeps the run's: not what is asked here)
         raise ValueError("collective_timeout_s must be a finite number of seconds > 0, got None")
     _check_timeout(collective_timeout_s)
     _check_timeout(run_timeout_s)
-    if not dist.is_initialized():
-        return compute()
+
+
+@contextmanager
+def _waiting_longer(run_timeout_s: Optional[float], collective_timeout_s: float) -> Iterator[None]:
+    """The running process group's timeout raised to ``collective_timeout_s`` inside the block, the run's
+    (``run_timeout_s``; None: torch's default for the group's backend) put back after it."""
     _apply_timeout(timedelta(seconds=float(collective_timeout_s)))
     try:
-        return rank0_value(compute)
+        yield
     finally:
         default = default_pg_nccl_timeout if dist.get_backend() == "nccl" else default_pg_timeout
         _apply_timeout(default if run_timeout_s is None else timedelta(seconds=float(run_timeout_s)))
+
+
+def _picklable(error: Exception) -> Exception:
+    """``error`` itself where it pickles, for another rank to raise; else a RuntimeError of its type and message (an
+    exception whose arguments do not pickle would fail the collective that sends it)."""
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def rank0_value(compute: Callable[[], T]) -> T:
@@ -307,11 +333,7 @@ def rank0_value(compute: Callable[[], T]) -> T:
         try:
             box[0] = (True, compute())
         except Exception as error:
-            try:  # (an exception whose arguments do not pickle: its type and message)
-                pickle.dumps(error)
-                box[0] = (False, error)
-            except Exception:
-                box[0] = (False, RuntimeError(f"{type(error).__name__}: {error}"))
+            box[0] = (False, _picklable(error))
             dist.broadcast_object_list(box, src=0)
             raise
     dist.broadcast_object_list(box, src=0)
@@ -319,3 +341,85 @@ def rank0_value(compute: Callable[[], T]) -> T:
     if not ok:
         raise value
     return value
+
+
+def rank_share(count: int) -> range:
+    """This rank's share of ``count`` items that the ranks work through together: every ``world_size``-th index
+    from its rank on (``range(rank, count, world_size)``; a fixed split, so that the values can be put back in
+    index order); every index without a process group.
+
+    Raises:
+        TypeError: if ``count`` is not an int.
+        ValueError: if ``count`` < 0.
+    """
+    check_int("count", count, 0)
+    if not dist.is_initialized():
+        return range(count)
+    return range(dist.get_rank(), count, dist.get_world_size())
+
+
+def gather_shares(
+    compute: Callable[[range], list],
+    count: int,
+    *,
+    run_timeout_s: Optional[float],
+    collective_timeout_s: float = RANK0_WORK_TIMEOUT_S,
+) -> list:
+    """The values of ``count`` items worked out by the ranks in shares, put back in index order and given to every
+    rank (collective; ``compute(range(count))`` without a process group): each rank runs ``compute`` on its
+    :func:`rank_share` of the indices, which returns one picklable value per index of it, in its order (None, say,
+    for an item it could not read). The ranks that finish first wait for the others with the process group's
+    timeout raised to ``collective_timeout_s``, the run's, ``run_timeout_s``, put back after, as
+    :func:`rank0_report` does: a large share can take longer than the run's timeout.
+
+    Args:
+        compute (Callable[[range], list]): the values of the items of a share (e.g. a validation set's predictions).
+        count (int): how many items there are.
+        run_timeout_s (Optional[float]): the run's collective timeout (None: torch's default for the backend).
+        collective_timeout_s (float): how long a rank waits for the others' shares.
+
+    Returns:
+        list: ``count`` values, the one of index ``i`` at position ``i``.
+
+    Raises:
+        TypeError: if ``count`` is not an int.
+        ValueError: if ``count`` < 0 or a timeout is not a finite number > 0 (before ``compute`` runs), or a rank's
+            ``compute`` returned no list of one value per index of its share (on every rank).
+        Exception: what ``compute`` raised on a rank, on every rank (the lowest such rank's, where several raised;
+            its own on a rank that raised).
+    """
+    share = rank_share(count)
+    _check_long_wait(run_timeout_s, collective_timeout_s)
+    if not dist.is_initialized():
+        values = compute(share)
+        _check_share(0, values, share)
+        return values
+    try:
+        outcome = (True, compute(share))
+    except Exception as error:
+        outcome, raised = (False, _picklable(error)), error
+    else:
+        raised = None
+    outcomes: list = [None] * dist.get_world_size()
+    with _waiting_longer(run_timeout_s, collective_timeout_s):
+        dist.all_gather_object(outcomes, outcome)
+    if raised is not None:
+        raise raised
+    failed = next((value for ok, value in outcomes if not ok), None)
+    if failed is not None:
+        raise failed
+    merged: list = [None] * count
+    for rank, (_, values) in enumerate(outcomes):
+        shared = range(rank, count, len(outcomes))
+        _check_share(rank, values, shared)
+        merged[rank :: len(outcomes)] = values  # (item i on rank i % world_size, at i // world_size there)
+    return merged
+
+
+def _check_share(rank: int, values: object, share: range) -> None:
+    """ValueError unless ``values`` is a list of one value per index of ``share`` (rank ``rank``'s)."""
+    if not isinstance(values, list) or len(values) != len(share):
+        got = f"a list of {len(values)}" if isinstance(values, list) else f"a {type(values).__name__}"
+        raise ValueError(
+            f"compute: expected a list of one value per index of rank {rank}'s share ({len(share)} indices), got {got}"
+        )
