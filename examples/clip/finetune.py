@@ -65,7 +65,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
 from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
-from torchflava.training.distributed import gather_shares, rank0_report
+from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
 from torchflava.training.recipe import run_recipe
@@ -552,9 +552,8 @@ def main(cfg: FinetuneConfig) -> dict:
             models[name].load_state_dict(states[name])
         return predict(models, val_source, share, collator, cfg.eval.batch_size)
 
-    # rank 0's export written and renamed in before any rank loads it, waited for as long as a report would be (the
-    # run's collective timeout is no measure of a large model's writing)
-    rank0_report(lambda: None, run_timeout_s=t.collective_timeout_s)
+    # rank 0's export renamed in before any rank loads it (its files were written before the export's own barrier)
+    barrier()
     # each rank predicts every world_size-th validation item, the predictions put back in order on every rank
     predictions = gather_shares(predict_share, len(val_source), run_timeout_s=t.collective_timeout_s)
 
