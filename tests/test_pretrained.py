@@ -517,6 +517,9 @@ def test_a_fine_tuned_clip_classifier_is_refused_as_a_checkpoint_naming_what_loa
     with pytest.raises(ValueError, match="fine-tuned CLIP image classifier"):
         load_pretrained("step_00000003")
     assert clip_classifier_record("step_00000003") == killed / "zero_shot"
+    (tmp_path / "link").symlink_to(killed / "checkpoints" / "step_00000003")  # links and ".." resolved too
+    for named in (tmp_path / "link", killed / "checkpoints" / "step_00000003" / ".." / "step_00000003"):
+        assert clip_classifier_record(named) == killed / "zero_shot", named
     # a directory two levels below such a run, not a checkpoint of it, is no classifier
     assert clip_classifier_record(killed / "sub" / "clip_run") is None
     assert clip_classifier_record(killed / "checkpoints" / "notes") is None

@@ -425,18 +425,14 @@ def _refuse_classifier_export(path: Union[str, os.PathLike]) -> None:
 def clip_classifier_record(path: Union[str, os.PathLike]) -> Optional[Path]:
     """The start record (:data:`CLIP_CLASSIFIER_START`) of the CLIP fine-tuning run that ``path`` is, or of whose
     training checkpoints (``<run>/checkpoints/step_<N>``, N padded or not) it is one; None for any other path."""
-    path = Path(path).absolute()  # (a relative step_<N>: its run lies above the working directory)
-    runs = [path]
-    if path.parent.name == "checkpoints" and re.fullmatch(r"step_\d+", path.name):
-        runs.append(path.parent.parent)
-    return next(
-        (
-            run / CLIP_CLASSIFIER_START
-            for run in runs
-            if (run / CLIP_CLASSIFIER_START / CLIP_CLASSIFIER_CONFIG).is_file()
-        ),
-        None,
-    )
+    for form in (Path(path).absolute(), Path(os.path.realpath(path))):  # (as named; then links and ".." resolved)
+        runs = [form]
+        if form.parent.name == "checkpoints" and re.fullmatch(r"step_\d+", form.name):
+            runs.append(form.parent.parent)  # (a relative step_<N>: its run lies above the working directory)
+        for run in runs:
+            if (run / CLIP_CLASSIFIER_START / CLIP_CLASSIFIER_CONFIG).is_file():
+                return run / CLIP_CLASSIFIER_START
+    return None
 
 
 def found_intact(named: Path, checkpoint: Path) -> bool:

@@ -60,7 +60,7 @@ from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.shapes import ALL_SCENES
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.transforms import RandomCropTransform
-from torchflava.evaluation.metrics import task_metrics
+from torchflava.evaluation.metrics import classification_metrics
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
@@ -194,13 +194,13 @@ def class_folders_check(started: list[str], folders: list[str], train: Optional[
     if folders == started:
         return True, "data.train", "", ""
     first = next((i for i, (a, b) in enumerate(zip(started, folders)) if a != b), min(len(started), len(folders)))
-    was, now = (names[first] if first < len(names) else "none" for names in (started, folders))
+    was, now = (repr(names[first]) if first < len(names) else "no folder" for names in (started, folders))
     expected = f"the {len(started)} class folders the run started with, in their order"
     return (
         False,
         "data.train",
         expected,
-        f"{train} ({len(folders)} class folders; class {first}: {was!r} then, {now!r} now)",
+        f"{train} ({len(folders)} class folders; class {first}: {was} then, {now} now)",
     )
 
 
@@ -433,15 +433,13 @@ def predict(
 def validation_metrics(predictions: list, names: list[str], num_classes: int) -> dict:
     """Top-1 accuracy (and Matthews correlation) of each model of ``names`` over the readable items of
     ``predictions`` (:func:`predict`'s, of every validation item), with the number of those and of the unreadable
-    ones."""
+    ones: from the predicted classes alone (no (N, C) scores held, whatever the number of classes)."""
     readable = [p for p in predictions if p is not None]
     labels = torch.tensor([label for label, _ in readable], dtype=torch.long)
     classes = torch.tensor([row for _, row in readable], dtype=torch.long).reshape(len(readable), len(names))
     counts = {"items": len(readable), "skipped": len(predictions) - len(readable)}
-    # the cross-entropy metrics read each row's top class alone: a one-hot row of it scores as the logits did
     return {
-        name: {**task_metrics(F.one_hot(classes[:, i], num_classes).float(), labels, "cross_entropy"), **counts}
-        for i, name in enumerate(names)
+        name: {**classification_metrics(classes[:, i], labels, num_classes), **counts} for i, name in enumerate(names)
     }
 
 

@@ -651,6 +651,9 @@ def test_a_resume_whose_class_folders_were_renamed_is_refused_naming_data_train(
     with pytest.raises(ConfigError, match="class 0: 'cat' then, 'coffee' now"):
         finetune.main(_config(clip_export, tmp_path / "run", *common, "training.resume=auto"))
     record.with_suffix(".kept").rename(record)
+    assert finetune.class_folders_check(["a", "b"], ["a", "b", "none"], "train")[3] == (
+        "train (3 class folders; class 2: no folder then, 'none' now)"
+    )
     (train / "zebra").rename(train / "cat")  # put back: the resume runs to the end
     report = finetune.main(_config(clip_export, tmp_path / "run", *common, "training.resume=auto"))
     assert report["steps"] == 3 and load_clip_classifier(tmp_path / "run").labels == ["cat", "coffee", "rocket"]

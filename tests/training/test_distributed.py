@@ -337,3 +337,19 @@ def test_gather_shares_without_a_process_group_computes_every_index_in_one_proce
     with pytest.raises(ValueError, match=r"^collective_timeout_s must be None or a finite number"):
         distributed.gather_shares(ran.append, 4, run_timeout_s=0)
     assert ran == []  # refused before any work
+
+
+class _TwoArguments(Exception):
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a} {b}")  # (keeps one argument: it pickles, then fails to load with a missing b)
+
+
+def test_an_error_that_pickles_but_does_not_load_back_is_sent_as_its_type_and_message():
+    """Only pickling was tried: such an error passed, then failed to load inside the collective on every rank
+    ("__init__() missing 1 required positional argument: 'b'"), its own message lost."""
+    from torchflava.training.distributed import _picklable
+
+    sent = _picklable(_TwoArguments("data.val:", "unreadable"))
+    assert type(sent) is RuntimeError and str(sent) == "_TwoArguments: data.val: unreadable"
+    plain = ValueError("key 'x': bad")
+    assert _picklable(plain) is plain

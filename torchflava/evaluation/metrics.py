@@ -60,7 +60,11 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     """Share of rows whose argmax is the label: logits (N, C), labels (N,) class ids."""
     labels = _on_one_device(logits, labels, ("logits", "labels"))
     _check_labels(labels, _check_logits(logits), logits.shape[1])
-    return (logits.argmax(dim=1) == labels).float().mean().item()
+    return _accuracy(logits.argmax(dim=1), labels)
+
+
+def _accuracy(predicted: Tensor, labels: Tensor) -> float:
+    return (predicted == labels).float().mean().item()
 
 
 def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
@@ -70,8 +74,11 @@ def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:
     _check_labels(labels, _check_logits(logits), logits.shape[1])
     if check_int("positive", positive, 0) >= logits.shape[1]:  # (a class that cannot occur scored 0.0)
         raise ValueError(f"positive must be a class id in [0, {logits.shape[1]}), got {positive}")
-    predicted = logits.argmax(dim=1) == positive
-    truth = labels == positive
+    return _binary_f1(logits.argmax(dim=1), labels, positive)
+
+
+def _binary_f1(predicted_classes: Tensor, labels: Tensor, positive: int) -> float:
+    predicted, truth = predicted_classes == positive, labels == positive
     tp = (predicted & truth).sum().item()
     denominator = predicted.sum().item() + truth.sum().item()
     return 2 * tp / denominator if denominator else 0.0
@@ -88,9 +95,11 @@ def matthews(logits: Tensor, labels: Tensor) -> float:
     built on it reports; :func:`pearson` gives nan in the like case."""
     labels = _on_one_device(logits, labels, ("logits", "labels"))
     _check_labels(labels, _check_logits(logits), logits.shape[1])
-    classes, rows = logits.shape[1], logits.shape[0]
-    predicted = logits.argmax(dim=1)
-    truth = labels.long()
+    return _matthews(logits.argmax(dim=1), labels, logits.shape[1])
+
+
+def _matthews(predicted: Tensor, labels: Tensor, classes: int) -> float:
+    rows, truth = predicted.shape[0], labels.long()
     # Python ints: N^4 overflows int64 from N ~ 55,000 (sklearn counts in float64)
     p = torch.bincount(predicted, minlength=classes).tolist()
     t = torch.bincount(truth, minlength=classes).tolist()
@@ -195,7 +204,33 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         return {"pearson": pearson(logits[:, 0], labels), "spearman": spearman(logits[:, 0], labels)}
     if loss == "binary_cross_entropy":
         return {"vqa_accuracy": soft_accuracy(logits, labels)}
-    out = {"accuracy": accuracy(logits, labels), "matthews": matthews(logits, labels)}
-    if logits.shape[1] == 2:
-        out["f1"] = binary_f1(logits, labels)
+    _check_labels(labels, _check_logits(logits), logits.shape[1])
+    return classification_metrics(logits.argmax(dim=1), labels, logits.shape[1])
+
+
+def classification_metrics(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """:func:`task_metrics` of ``cross_entropy`` from the predicted classes alone (what those metrics read of the
+    logits: their argmax), without (N, C) scores: accuracy and Matthews correlation, and F1 of class 1 for two
+    classes.
+
+    Args:
+        predicted (Tensor): (N,) predicted class ids, N >= 1.
+        labels (Tensor): (N,) true class ids.
+        num_classes (int): C; every id must lie in [0, C).
+
+    Raises:
+        TypeError: if ``num_classes`` is not an int.
+        ValueError: if ``num_classes`` < 1, or either tensor is not (N,) integer ids in [0, C) (labels on another
+            device are copied to the predictions' one).
+    """
+    check_int("num_classes", num_classes, 1)
+    if not is_integer_tensor(predicted) or predicted.dim() != 1 or predicted.shape[0] == 0:
+        raise ValueError(f"predicted must be (N,) integer class ids with N >= 1, got {describe_tensor(predicted)}")
+    if bool(((predicted < 0) | (predicted >= num_classes)).any()):
+        raise ValueError(f"predicted must be class ids in [0, {num_classes})")
+    labels = _on_one_device(predicted, labels, ("predicted", "labels"))
+    _check_labels(labels, predicted.shape[0], num_classes)
+    out = {"accuracy": _accuracy(predicted, labels), "matthews": _matthews(predicted.long(), labels, num_classes)}
+    if num_classes == 2:
+        out["f1"] = _binary_f1(predicted, labels, 1)
     return out

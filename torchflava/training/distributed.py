@@ -307,10 +307,10 @@ def _waiting_longer(run_timeout_s: Optional[float], collective_timeout_s: float)
 
 
 def _picklable(error: Exception) -> Exception:
-    """``error`` itself where it pickles, for another rank to raise; else a RuntimeError of its type and message (an
-    exception whose arguments do not pickle would fail the collective that sends it)."""
-    try:
-        pickle.dumps(error)
+    """``error`` itself where it pickles and loads back, for another rank to raise; else a RuntimeError of its type
+    and message (an exception that does not would fail the collective that sends it, on every rank)."""
+    try:  # (both ways: an exception whose __init__ takes other arguments than it keeps pickles, then fails to load)
+        pickle.loads(pickle.dumps(error))
         return error
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
