@@ -445,14 +445,15 @@ def _check_head_weights(weights: Path, head: nn.Module, config_file: Path) -> No
     than the config's is refused before anything is read or allocated (a huge hidden_dim included)."""
     stored = {key: value for key, value in peek_state_dict(weights).items() if key.startswith("classifier.")}
     expected = {f"classifier.{key}": value for key, value in head.state_dict().items()}
+    _refuse_misfit(weights, stored, expected, f"The head is built from {config_file}.")
+
+
+def _refuse_misfit(weights: Path, stored: Mapping[str, Tensor], expected: Mapping[str, Tensor], hint: str) -> None:
+    """ValueError naming ``weights`` and the keys of ``expected`` (a model's state dict) that ``stored`` lacks, holds
+    beyond them, or holds with another shape or a non-float dtype (:func:`refuse_unmatched`, ``hint`` after)."""
     wrong = [bad for key, value in stored.items() if key in expected and (bad := mismatch(key, [value], expected[key]))]
-    refuse_unmatched(
-        f"classifier: {weights}",
-        sorted(set(expected) - set(stored)),
-        sorted(set(stored) - set(expected)),
-        wrong,
-        hint=f"The head is built from {config_file}.",
-    )
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    refuse_unmatched(f"classifier: {weights}", missing, unexpected, wrong, hint=hint)
 
 
 def load_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.float32) -> Classifier:
@@ -1040,17 +1041,17 @@ def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.f
         raise FileNotFoundError(f"{directory}: expected its preprocessing, {PREPROCESSOR_CONFIG}, which it lacks")
     config_file, weights = directory / CLIP_CLASSIFIER_CONFIG, directory / CLIP_CLASSIFIER_WEIGHTS
     kwargs, labels = _clip_classifier_config(config_file)
-    with torch.device("meta"):  # the architecture checked, and the weights' keys and shapes against it, first
-        expected = clip_image_classifier(kwargs, len(labels)).state_dict()
+    try:  # the architecture checked, and the weights' keys and shapes against it, first
+        with torch.device("meta"):
+            kwargs = clip_model_arguments(**kwargs)
+            expected = clip_image_classifier(kwargs, len(labels)).state_dict()
+    except (TypeError, ValueError) as error:  # (an unknown or misspelt argument, a value out of its range)
+        raise ValueError(f"{config_file}: 'clip_model': {first_line(error)}") from None
     if checkpoint is not None:  # (verified as a resume verifies it, once)
         weights, stored = checkpoint, read_model_weights(checkpoint, verified=found_intact(named, checkpoint))
     else:
         stored = peek_state_dict(weights)
-    wrong = [bad for key, value in stored.items() if key in expected and (bad := mismatch(key, [value], expected[key]))]
-    hint = f"The classifier is built from {config_file}."
-    refuse_unmatched(
-        f"classifier: {weights}", sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected)), wrong, hint
-    )
+    _refuse_misfit(weights, stored, expected, f"The classifier is built from {config_file}.")
     transform = checkpoint_image_transform(directory, image_size=kwargs["image_size"])
     model = clip_image_classifier(kwargs, len(labels))
     model.load_state_dict(load_state_dict(weights) if checkpoint is None else stored)
@@ -1062,19 +1063,13 @@ def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.f
 
 def _clip_classifier_config(config_file: Path) -> tuple[dict, list[str]]:
     """The ``clip_model`` arguments and the class names a CLIP classifier's config states; ValueError naming the
-    file where they are not an object of arguments ``clip_model`` takes and distinct non-empty names."""
+    file where they are not an object and distinct non-empty names (the arguments are checked by the builder)."""
     config = read_json_object(config_file)
     kwargs, labels = config.get("clip_model"), config.get("labels")
     if not isinstance(kwargs, dict) or not isinstance(labels, list) or not labels:
         raise ValueError(f"{config_file}: expected 'clip_model' (an object) and 'labels' (a list of names)")
     if not all(isinstance(label, str) and label for label in labels) or len(set(labels)) != len(labels):
         raise ValueError(f"{config_file}: 'labels' must be distinct non-empty class names, got {labels!r:.120}")
-    try:
-        with torch.device("meta"):
-            kwargs = clip_model_arguments(**kwargs)
-            clip_model(**kwargs)
-    except (TypeError, ValueError) as error:  # (an unknown or misspelt argument, a value out of its range)
-        raise ValueError(f"{config_file}: 'clip_model': {first_line(error)}") from None
     return kwargs, labels
 
 

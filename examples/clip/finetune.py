@@ -52,13 +52,12 @@ from torchflava.classify import (
 from torchflava.data.finetuning import (
     ClassificationCollator,
     ImageClassFolder,
-    ShapesClassification,
     empty_classes_warning,
+    shapes_task_checks,
+    shapes_task_splits,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.samples import readable_chunks, unusable_start
-from torchflava.data.shapes import ALL_SCENES
-from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.metrics import classification_metrics
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
@@ -277,14 +276,7 @@ def _shapes_checks(d: DataConfig) -> list[tuple]:
     return [
         (d.train is None, "data.train", "null, since data.task=shapes reads no files", d.train),
         (d.val is None, "data.val", "null, since data.task=shapes reads no files", d.val),
-        (
-            1 <= d.shapes_train <= SHAPES_MAX_LENGTH,
-            "data.shapes_train",
-            f"in [1, {SHAPES_MAX_LENGTH:,}]",
-            d.shapes_train,
-        ),
-        (1 <= d.shapes_val <= len(ALL_SCENES), "data.shapes_val", f"in [1, {len(ALL_SCENES)}]", d.shapes_val),
-        (d.image_size >= 8, "data.image_size", ">= 8", d.image_size),
+        *shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size),
     ]
 
 
@@ -301,8 +293,7 @@ def build_splits(d: DataConfig) -> tuple:
     that does not read as class folders (or a validation folder with a class the training one lacks) is a
     ConfigError naming its key, and so are class names that are not one per training folder."""
     if d.task == "shapes":
-        train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
-        return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
+        return shapes_task_splits(d.shapes_train, d.shapes_val, d.image_size)
     train = opened("data.train", d.train, "a folder of class sub-folders of images", lambda: ImageClassFolder(d.train))
     classes = train.classes
     raise_on_failed_checks([(len(classes) >= 2, "data.train", "a folder of at least 2 class sub-folders", d.train)])

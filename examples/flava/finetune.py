@@ -30,13 +30,12 @@ from torchflava.data.finetuning import (
     GlueTsv,
     ImageClassFolder,
     ImageTextLabels,
-    ShapesClassification,
     empty_classes_warning,
+    shapes_task_checks,
+    shapes_task_splits,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.samples import BadSample, unusable_start
-from torchflava.data.shapes import ALL_SCENES
-from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
 from torchflava.evaluation.metrics import task_metrics
 from torchflava.models import flava_model, flava_model_for_classification
@@ -493,16 +492,7 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
             path_check("data.image_root", d.image_root, "directory"),
         ]
     if d.task == "shapes":
-        return [
-            (
-                1 <= d.shapes_train <= SHAPES_MAX_LENGTH,
-                "data.shapes_train",
-                f"in [1, {SHAPES_MAX_LENGTH:,}]",
-                d.shapes_train,
-            ),
-            (1 <= d.shapes_val <= len(ALL_SCENES), "data.shapes_val", f"in [1, {len(ALL_SCENES)}]", d.shapes_val),
-            (d.image_size >= 8, "data.image_size", ">= 8", d.image_size),
-        ]
+        return shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size)
     return []
 
 
@@ -512,8 +502,7 @@ def build_splits(d: FinetuneDataConfig, loss: Optional[str] = None) -> tuple:
     sets of data.extra_val. With ``loss`` (model.loss) null, a glue task without data.labels whose
     training labels are all integers is refused (:func:`integer_labels_check`)."""
     if d.task == "shapes":
-        train = ShapesClassification("pairs", d.shapes_train, image_size=d.image_size)
-        return train, ShapesClassification("test", d.shapes_val, image_size=d.image_size), list(train.classes)
+        return shapes_task_splits(d.shapes_train, d.shapes_val, d.image_size)
     if d.task == "glue":
         train = opened("data.train", d.train, _glue_expected(d), lambda: _glue_tsv(d, d.train))
         if d.labels is None and loss is None:

@@ -17,6 +17,7 @@ from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import Killed, load_recipe, photos, stop_fit_after, write_tiny_export
 from torchflava import zero_shot
 from torchflava.classify import CLIPImageTower, load_clip_classifier
+from torchflava.data.finetuning import ShapesClassification
 from torchflava.modules.heads import NormalizedLinearClassifier
 from torchflava.pretrained import load_pretrained
 from torchflava.training.config import ConfigError, load_config
@@ -163,8 +164,8 @@ def test_the_export_loads_back_and_predicts_the_trained_models_logits(trained):
     names = {p.name for p in (out / "model").iterdir()}
     assert names == {"clip_classifier.safetensors", "clip_classifier_config.json", "preprocessor_config.json"}
     loaded = load_clip_classifier(out)  # the run directory: its model/
-    assert loaded.labels == list(finetune.ShapesClassification.classes) and len(loaded.labels) == 30
-    world = finetune.ShapesClassification("test", 8, image_size=32)
+    assert loaded.labels == list(ShapesClassification.classes) and len(loaded.labels) == 30
+    world = ShapesClassification("test", 8, image_size=32)
     images = [world[i].image for i in range(8)]
     pixels = torch.stack([loaded.image_transform(image) for image in images])
     with torch.no_grad():
@@ -191,7 +192,7 @@ def test_the_classify_command_runs_the_export_on_class_folders(trained, tmp_path
     from torchflava.classify import main as classify_main
 
     out, _, _ = trained
-    world = finetune.ShapesClassification("test", 12, image_size=32)
+    world = ShapesClassification("test", 12, image_size=32)
     images = []
     for i in range(12):
         image, label = world[i].image, world.classes[world[i].label]
@@ -284,7 +285,7 @@ def test_a_resume_reads_the_recorded_start_not_the_moved_checkpoint(clip_export,
         finetune.main(_config(pretrained, tmp_path / "run", *common))
     monkeypatch.undo()
     recorded = load_clip_classifier(tmp_path / "run" / "zero_shot")
-    assert recorded.labels == list(finetune.ShapesClassification.classes)
+    assert recorded.labels == list(ShapesClassification.classes)
     start = load_clip_classifier(tmp_path / "reference" / "zero_shot").model.state_dict()
     assert all(torch.equal(v, start[k]) for k, v in recorded.model.state_dict().items())
     shutil.move(pretrained, tmp_path / "moved")  # the public checkpoint is gone from where the run read it
@@ -321,7 +322,7 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_losses(c
 def _shapes_folders(root: Path, *, train: int, val: int) -> tuple[Path, Path]:
     """Class folders of shapes images: ``train`` training images, then ``val`` validation ones among their classes
     and, second in the validation folder's order, one file that is no image."""
-    world, kept = finetune.ShapesClassification("pairs", 4 * (train + val), image_size=32), 0
+    world, kept = ShapesClassification("pairs", 4 * (train + val), image_size=32), 0
     for i in range(len(world)):
         sample = world[i]
         split, name = ("train" if i < train else "val"), world.classes[sample.label]
@@ -551,7 +552,7 @@ def test_a_training_checkpoint_and_a_run_killed_before_its_export_load_as_classi
     exported = load_clip_classifier(out)
     killed = tmp_path / "killed"
     shutil.copytree(out, killed, ignore=shutil.ignore_patterns("model"))
-    world = finetune.ShapesClassification("test", 4, image_size=32)
+    world = ShapesClassification("test", 4, image_size=32)
     images = [world[i].image for i in range(4)]
     for named in (out / "checkpoints" / "step_30", killed):  # (unpadded: the checkpoint of step 30)
         loaded = load_clip_classifier(named)
@@ -619,7 +620,7 @@ def test_a_run_killed_between_its_exports_renames_loads_the_export_set_aside(tra
     run = tmp_path / "run"
     shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints"))
     (run / "model").rename(run / ".model.previous")  # the kill: the old export aside, the new one not yet in
-    images = [finetune.ShapesClassification("test", 2, image_size=32)[i].image for i in range(2)]
+    images = [ShapesClassification("test", 2, image_size=32)[i].image for i in range(2)]
     assert torch.equal(load_clip_classifier(run).scores(images), load_clip_classifier(out).scores(images))
 
 
@@ -672,7 +673,7 @@ def test_classifying_a_killed_run_verifies_its_checkpoint_once_and_an_export_nee
     killed = tmp_path / "killed"
     shutil.copytree(out, killed, ignore=shutil.ignore_patterns("model"))
     (tmp_path / "photos").mkdir()
-    finetune.ShapesClassification("test", 1, image_size=32)[0].image.save(tmp_path / "photos" / "a.png")
+    ShapesClassification("test", 1, image_size=32)[0].image.save(tmp_path / "photos" / "a.png")
     calls = []
     real = CheckpointManager.latest_intact
     monkeypatch.setattr(pretrained.CheckpointManager, "latest_intact", lambda self: calls.append(1) or real(self))

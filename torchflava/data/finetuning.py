@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 
 from torchflava.data.readers import ImageFolder, existing_path
 from torchflava.data.samples import BadSample, checked_text, load_rgb
-from torchflava.data.shapes import CLASS_NAMES, ShapesWorld
+from torchflava.data.shapes import ALL_SCENES, CLASS_NAMES, ShapesWorld
+from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform, ImageTransform
 from torchflava.utils.checks import check_int
@@ -397,6 +398,23 @@ class ShapesClassification(Dataset):
 
     def __getitem__(self, index: int) -> LabeledSample:
         return LabeledSample(self._world[index].image, None, CLASS_NAMES.index(self._world.scene(index).label))
+
+
+def shapes_task_checks(num_train: int, num_val: int, image_size: int) -> list[tuple]:
+    """A fine-tuning recipe's ``(ok, key, expected, got)`` checks of the shapes task's sizes (``data.shapes_train``,
+    ``data.shapes_val``, ``data.image_size``): as many training scenes as the world draws, held-out ones among its
+    held-out split, images of 8 px or more."""
+    return [
+        (1 <= num_train <= SHAPES_MAX_LENGTH, "data.shapes_train", f"in [1, {SHAPES_MAX_LENGTH:,}]", num_train),
+        (1 <= num_val <= len(ALL_SCENES), "data.shapes_val", f"in [1, {len(ALL_SCENES)}]", num_val),
+        (image_size >= 8, "data.image_size", ">= 8", image_size),
+    ]
+
+
+def shapes_task_splits(num_train: int, num_val: int, image_size: int) -> tuple:
+    """The shapes task's training and held-out validation sources and its 30 class names."""
+    train = ShapesClassification("pairs", num_train, image_size=image_size)
+    return train, ShapesClassification("test", num_val, image_size=image_size), list(train.classes)
 
 
 class ClassificationCollator:

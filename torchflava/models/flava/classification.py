@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from torchflava.models.flava.model import FLAVAModel, text_padding_mask
 from torchflava.modules.encoders import CLS_POSITION
-from torchflava.utils.checks import describe_tensor
+from torchflava.utils.checks import describe_tensor, require
 
 MODALITIES = ("text", "image", "multimodal")
 # The forward arguments each modality's head reads (any head also reads labels).
@@ -156,31 +156,33 @@ class FLAVAForClassification(nn.Module):
             raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
         if labels.device != logits.device:  # (a meta one failed on Tensor.item() inside torch)
             raise ValueError(f"labels must be on the model's device {logits.device}, got {labels.device}")
-        # On the meta device (a dry run of shapes) there are no values: shapes and dtypes alone are checked
-        # (a read failed inside torch, "Tensor.item() cannot be called on meta tensors").
-        readable = not labels.is_meta
+        # (values are checked through require: on the meta device, a dry run of shapes, there are none to read)
         if self.loss == "cross_entropy":
             if labels.shape != (batch,) or labels.is_floating_point() or labels.dtype == torch.bool:
                 raise ValueError(
                     f"labels must be ({batch},) integer class ids, got {tuple(labels.shape)} {labels.dtype}"
                 )
-            outside = (labels < 0) | (labels >= classes)
-            if readable and bool(outside.any()):  # (cross_entropy's own error on CUDA is a device-side assert)
+            outside = (labels < 0) | (labels >= classes)  # (cross_entropy's own error on CUDA is a device-side assert)
+
+            def where() -> str:
                 row = int(outside.nonzero()[0, 0])
-                raise ValueError(
+                return (
                     f"labels must be class ids in [0, {classes}) (num_classes={classes}), got {int(labels[row])} "
                     f"at row {row} of the batch"
                 )
+
+            require(~outside.any(), where, f"labels must be class ids in [0, {classes})")
             return F.cross_entropy(logits, labels.long())  # any integer dtype
-        if readable and labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
-            raise ValueError("labels must be finite, got NaN or infinite values")
+        if labels.is_floating_point():
+            message = "labels must be finite, got NaN or infinite values"
+            require(torch.isfinite(labels).all(), lambda: message, message)
         if self.loss == "binary_cross_entropy":
             if labels.shape != (batch, classes) or not labels.is_floating_point():
                 raise ValueError(
                     f"labels must be ({batch}, {classes}) float scores, got {tuple(labels.shape)} {labels.dtype}"
                 )
-            if readable and bool(((labels < 0) | (labels > 1)).any()):
-                raise ValueError("labels must be scores in [0, 1]")
+            message = "labels must be scores in [0, 1]"
+            require(((labels >= 0) & (labels <= 1)).all(), lambda: message, message)
             return F.binary_cross_entropy_with_logits(logits, labels) * classes
         targets = labels.unsqueeze(-1) if labels.dim() == 1 else labels
         if targets.shape != logits.shape:

@@ -20,6 +20,7 @@ from torchflava.modules.layers.attention import (
     is_position_mask,
     take_positions,
 )
+from torchflava.modules.layers.linear import Linear
 from torchflava.modules.layers.mlp import can_overwrite
 from torchflava.utils.checks import check_bool, check_dropout, check_input_dtype, check_module
 
@@ -340,39 +341,17 @@ def _check_stream_dtype(x: Tensor, attn: nn.Module) -> None:
 def _first_floating_parameter(module: nn.Module) -> Optional[Tensor]:
     """The first floating-point parameter that ``module.parameters()`` yields (None: it has none).
 
-    Read on every forward, so found in a few dict look-ups where the modules allow it: ``parameters()``
-    visits a module's own parameters, then its children's in order, so while a module holds no parameter
-    the first one lies in its first child (a :class:`MultiHeadSelfAttention`'s ``qkv.weight``). Nothing is
-    cached: a module converted (``.to``), its parameters replaced (FSDP2's ``fully_shard``,
-    ``load_state_dict(assign=True)``) or its parts replaced (:func:`pack_linears`) gives what the walk gives.
-    Any other arrangement (a first parameter that is None or not floating, a childless module without
-    parameters on the way, an overridden ``parameters``/``named_modules``) takes the walk itself.
+    Read on every forward: for the attention this module builds (a :class:`MultiHeadSelfAttention` of no
+    parameter of its own, its first part the ``qkv`` :class:`~torchflava.modules.layers.linear.Linear` it made)
+    that is ``qkv.weight``, read directly, as registered now (converted, loaded with ``assign=True``, or FSDP2's);
+    any other attention, or one whose parts were replaced (:func:`pack_linears`), takes the walk itself.
     """
-    if _walks_as_torch_does(module):
-        found = module
-        while not found._parameters and found._modules:
-            found = next(iter(found._modules.values()))
-            if not _walks_as_torch_does(found):  # (None too: a child set to None)
-                break
-        else:
-            first = next(iter(found._parameters.values()), None)
-            if first is not None and first.is_floating_point():
-                return first
+    if type(module) is MultiHeadSelfAttention and not module._parameters:
+        first = next(iter(module._modules.values()), None)
+        weight = first._parameters.get("weight") if type(first) is Linear else None
+        if weight is not None and next(iter(first._parameters)) == "weight" and weight.is_floating_point():
+            return weight
     return next((p for p in module.parameters() if p.is_floating_point()), None)
-
-
-def _walks_as_torch_does(module: Optional[nn.Module]) -> bool:
-    """Whether ``module`` is a module whose ``parameters()`` walk is torch's own (not overridden)."""
-    kind = type(module)
-    return (
-        isinstance(module, _MODULE)
-        and kind.named_modules is _MODULE.named_modules
-        and kind.named_parameters is _MODULE.named_parameters
-        and kind.parameters is _MODULE.parameters
-    )
-
-
-_MODULE = nn.Module
 
 
 def _check_self_attention(attn: nn.Module) -> None:
