@@ -401,6 +401,33 @@ def test_image_folder_argument_errors(tmp_path, folder):
         ImageFolder(folder, extensions=(".",))
 
 
+def test_image_folder_leaves_out_hidden_files_and_folders(tmp_path):
+    """A folder copied from a Mac holds a ._x.jpg AppleDouble twin beside each x.jpg: they sorted first
+    and did not decode, so with 64 or more the folder was refused as unreadable (exit 2 from the
+    pretraining recipe's data.files.images_root), and with fewer each was a bad sample; a hidden folder's
+    copies (.ipynb_checkpoints, .thumbnails) were items, under a class folder labelled with that class."""
+    from torchflava.data.finetuning import ImageClassFolder
+    from torchflava.data.samples import unusable_start
+
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)
+    for i in range(70):
+        write(tmp_path / "cat" / f"img{i:03d}.png", png_bytes())
+        write(tmp_path / "cat" / f"._img{i:03d}.png", apple_double)
+    write(tmp_path / "cat" / ".thumbnails" / "img000.png", png_bytes())
+    write(tmp_path / "dog" / "a.jpg", jpeg_bytes())
+    write(tmp_path / "dog" / ".ipynb_checkpoints" / "a-checkpoint.jpg", jpeg_bytes())
+    write(tmp_path / ".Trash-1000" / "files" / "old.png", png_bytes())
+    dataset = ImageFolder(tmp_path)
+    listed = [dataset.relative_path(i) for i in range(len(dataset))]
+    assert listed == [f"cat/img{i:03d}.png" for i in range(70)] + ["dog/a.jpg"]
+    assert unusable_start(dataset) is None and bad_indices(outcomes(dataset)) == []
+    classes = ImageClassFolder(tmp_path)
+    assert classes.classes == ["cat", "dog"] and [classes[i].label for i in range(len(classes))] == [0] * 70 + [1]
+    write(tmp_path / "only_hidden" / "._a.png", apple_double)
+    with pytest.raises(ValueError, match=r"holds none \(hidden files aside: 1 whose names start with '\.'\)$"):
+        ImageFolder(tmp_path / "only_hidden")
+
+
 # ------------------------------------------------------------------ TarShards
 
 

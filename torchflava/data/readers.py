@@ -993,7 +993,10 @@ class ImageFolder(Dataset):
 
     Files are matched by extension (any case, with or without the dot) and sorted by their relative
     path written with ``/``, so the order does not depend on the file system. Linked sub-folders are
-    followed (each real folder once); only regular files (or links to them) are items. A file that
+    followed (each real folder once); only regular files (or links to them) are items. Hidden files
+    and folders under ``root`` (a name starting with ``.``) are no items, as Hugging Face datasets'
+    image folders leave them out: macOS's ``._photo.jpg`` AppleDouble twins, ``.ipynb_checkpoints``,
+    ``.thumbnails``, a ``.Trash-1000`` are copies or metadata, not the user's images. A file that
     does not decode is an item whose read raises :class:`BadSample`.
 
     Args:
@@ -1004,7 +1007,8 @@ class ImageFolder(Dataset):
     Raises:
         TypeError: if ``root`` is not a str or PathLike, or ``extensions`` not a tuple of strings.
         FileNotFoundError: if ``root`` is not a directory.
-        ValueError: if ``root`` holds no file with one of ``extensions``, or an extension is empty.
+        ValueError: if ``root`` holds no file with one of ``extensions`` (hidden ones aside), or an
+            extension is empty.
     """
 
     def __init__(
@@ -1017,21 +1021,28 @@ class ImageFolder(Dataset):
         self._max_pixels = check_max_pixels(max_image_pixels)
         self._root = existing_path("root", root, directory=True)
         suffixes = tuple("." + extension for extension in check_extensions("extensions", extensions))
-        files, seen = [], set()
+        files, seen, hidden = [], set(), 0
         # Linked sub-folders are followed (each real folder once: a link loop ends); only regular
-        # files count (a FIFO named x.png would block the read forever).
+        # files count (a FIFO named x.png would block the read forever). Hidden files and folders are
+        # skipped: a folder copied from a Mac holds a ._x.jpg beside each x.jpg, which sorted first and
+        # failed to decode, so the first items of a folder were all unreadable and the folder refused.
         for directory, subfolders, names in os.walk(self._root, followlinks=True):
             real = os.path.realpath(directory)
             if real in seen:
                 subfolders[:] = []
                 continue
             seen.add(real)
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
             for name in names:
                 path = os.path.join(directory, name)
                 if name.lower().endswith(suffixes) and os.path.isfile(path):
-                    files.append(os.path.relpath(path, self._root).replace(os.sep, "/"))
+                    if name.startswith("."):
+                        hidden += 1
+                    else:
+                        files.append(os.path.relpath(path, self._root).replace(os.sep, "/"))
         if not files:
-            raise ValueError(f"root must hold a file ending in one of {suffixes}, {self._root!r} holds none")
+            aside = f" (hidden files aside: {hidden} whose names start with '.')" if hidden else ""
+            raise ValueError(f"root must hold a file ending in one of {suffixes}, {self._root!r} holds none{aside}")
         self._files: list[str] = sorted(files)
 
     def __len__(self) -> int:
