@@ -39,8 +39,12 @@ PathLike = Union[str, os.PathLike]
 
 # (every format decode_image reads that image folders hold; a file left out here is left out silently:
 # .jfif and .jpe are JPEGs as browsers save them, .avif what phones and the web now use; a PIL built
-# without AVIF makes such files counted bad samples rather than files nobody hears of)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".avif", ".gif", ".tif", ".tiff")
+# without AVIF makes such files counted bad samples rather than files nobody hears of; the netpbm files,
+# which torchvision's ImageFolder lists too, hold GTSRB's traffic signs (.ppm) and the ORL and Yale faces (.pgm))
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".avif", ".gif", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+)  # fmt: skip
 
 
 def existing_path(name: str, value: object, *, directory: bool) -> str:
