@@ -250,6 +250,33 @@ def test_text_corpus(tmp_path):
     assert_index_errors(dataset)
 
 
+def test_files_whose_lines_end_in_a_carriage_return_alone_are_read_line_by_line(tmp_path):
+    """A corpus saved with classic Mac line endings (CR alone, as Excel for Mac's text exports) was one
+    text: its 3 lines were trained on as a single item cut to the text length, without a word. A captions
+    file so saved was refused, its whole text read as one line."""
+    write(tmp_path / "corpus.txt", "\ufefffirst text\rsecond text\r\rthird text\r")
+    corpus = TextCorpus(tmp_path / "corpus.txt")
+    assert [corpus[i].text for i in range(len(corpus))] == ["first text", "second text", "third text"]
+    write(tmp_path / "stray.txt", "one text\rstill the same line\nsecond text\n")  # a stray CR within a line
+    assert [TextCorpus(tmp_path / "stray.txt")[i].text for i in range(2)] == [
+        "one text\rstill the same line",
+        "second text",
+    ]
+    write(tmp_path / "a.png", png_bytes())
+    for name, text in (
+        ("c.tsv", "a.png\tred and green\ra.png\ttwo\r"),
+        ("c.jsonl", '{"image": "a.png", "caption": "red and green"}\r{"image": "a.png", "caption": "two"}'),
+        ("c.csv", 'image,caption\ra.png,"red and green"\ra.png,two\r'),
+    ):
+        write(tmp_path / name, text)
+        pairs = ImageTextFolder(tmp_path, tmp_path / name)
+        assert [pairs.caption(i) for i in range(len(pairs))] == ["red and green", "two"]
+        assert_red_green(pairs[1].image)
+    write(tmp_path / "c.tsv", "a.png\tone\ra.png\r")  # a malformed line is named by its number, CRs counted
+    with pytest.raises(BadSample, match=r"^sample 1: c.tsv line 2: expected 2 tab-separated columns"):
+        ImageTextFolder(tmp_path, tmp_path / "c.tsv")[1]
+
+
 def test_a_jsonl_text_corpus_reads_each_line_s_text(tmp_path):
     """Language-model corpora come as JSON lines of {"text": ...}: read line by line as plain text, every
     item was the JSON record itself, braces, key and escapes trained on as words."""

@@ -124,16 +124,23 @@ def _text(text: object, index: int, where: str) -> str:
 
 
 def _lines(path: str) -> Iterator[tuple[int, Optional[str]]]:
-    """(1-based line number, line) for each non-blank line; the line is None when it is not UTF-8."""
+    """(1-based line number, line) for each non-blank line; the line is None when it is not UTF-8. A file
+    without a single ``\\n`` whose text holds ``\\r`` has its lines ended by ``\\r`` alone (classic Mac OS,
+    Excel for Mac's text exports), as Python's ``open`` reads it: those are its lines, not one line."""
     with open(path, "rb") as file:
         for number, raw in enumerate(file, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                yield number, None
-                continue
-            if line.strip():
-                yield number, line
+            if number == 1 and not raw.endswith(b"\n") and b"\r" in raw.rstrip(b"\r"):
+                raws = enumerate(raw.split(b"\r"), start=1)  # (no "\n" at all: the file is this one raw line)
+            else:
+                raws = ((number, raw),)
+            for place, text in raws:
+                try:
+                    line = text.decode("utf-8-sig" if place == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    yield place, None
+                    continue
+                if line.strip():
+                    yield place, line
 
 
 class _Entry(NamedTuple):
