@@ -88,11 +88,9 @@ def _unidentified(source: Union[str, os.PathLike, BinaryIO], error: Unidentified
         size = source.seek(0, os.SEEK_END)
     except (AttributeError, OSError, ValueError):  # a stream that cannot seek, or one closed
         return "cannot identify image file (not a format PIL reads)"
-    return (
-        "cannot identify image file (empty: 0 bytes)"
-        if size == 0
-        else (f"cannot identify image file ({size} bytes of no format PIL reads)")
-    )
+    if size == 0:
+        return "cannot identify image file (empty: 0 bytes)"
+    return f"cannot identify image file ({size} bytes of no format PIL reads)"
 
 
 def to_rgb(image: Image.Image, *, background: Optional[tuple[int, int, int]] = None) -> Image.Image:
