@@ -3,6 +3,7 @@ background given), 16-bit scaled, EXIF applied, size bounded."""
 
 import io
 from pathlib import Path
+import re
 
 import numpy as np
 from PIL import Image
@@ -144,6 +145,19 @@ def test_broken_inputs_and_bad_arguments():
         decode_image(io.BytesIO(png), background=(0, 0))
     with pytest.raises(BadSample, match="sample 7: image is 64x64"):
         load_rgb(io.BytesIO(png), 7, max_pixels=100)
+
+
+def test_data_of_no_image_format_is_named_by_its_size_not_by_a_memory_address(tmp_path):
+    """A tar member that is no image was reported as "cannot identify image file <_io.BytesIO object at
+    0x7f7acfd33290>": an address, other in every run, where the report wants to tell an empty member."""
+    prefix = "^unreadable image \\(UnidentifiedImageError: cannot identify image file "
+    with pytest.raises(ImageDecodeError, match=prefix + r"\(empty: 0 bytes\)\)$"):
+        decode_image(io.BytesIO(b""))
+    with pytest.raises(ImageDecodeError, match=prefix + r"\(19 bytes of no format PIL reads\)\)$"):
+        decode_image(io.BytesIO(b"not an image at all"))
+    (tmp_path / "notes.jpg").write_text("not an image")  # a path: PIL's own message, which names the file
+    with pytest.raises(ImageDecodeError, match=prefix + re.escape(f"'{tmp_path / 'notes.jpg'}')") + "$"):
+        decode_image(tmp_path / "notes.jpg")
 
 
 # to_rgb on decoded images (what the transforms call on whatever image they are given).

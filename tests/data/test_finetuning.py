@@ -1,5 +1,8 @@
 """Fine-tuning sources: class folders keep their ids whatever files each split holds."""
 
+import io
+import re
+
 from PIL import Image
 import pytest
 import torch
@@ -540,3 +543,61 @@ def test_glue_tsv_a_blank_text_is_an_unusable_row_naming_its_line(tmp_path):
         match=r"^sample 2: .*mrpc.tsv line 5: expected a text in each of \['s1', 's2'\], got \['d', '\\u200b'\]$",
     ):
         table[2]
+
+
+def test_image_text_labels_bad_samples_name_the_line_and_the_image(tmp_path):
+    """An unusable VQA line was reported as "train[2]: unreadable image (OSError: image file is truncated
+    ...)" or "empty or missing text (None)": the item's index (blank lines make it no line number) and no
+    file, so the user could not find what to repair."""
+    import json
+
+    from torchflava.data.finetuning import ImageTextLabels
+    from torchflava.data.samples import BadSample
+
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(tmp_path / "a.png")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(buffer, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    path = tmp_path / "vqa.jsonl"
+    lines = [
+        {"image": "a.png", "text": "what colour?", "answers": {"yes": 1.0}},
+        {"image": "cut.jpg", "text": "q", "answers": {"no": 1.0}},
+        {"image": "a.png", "text": None, "answers": {"no": 1.0}},
+        {"image": "../a.png", "text": "q", "answers": {"no": 1.0}},
+    ]
+    path.write_text(json.dumps(lines[0]) + "\n\n" + "\n".join(json.dumps(line) for line in lines[1:]) + "\n")
+    data = ImageTextLabels(tmp_path, path, ["yes", "no"])
+    assert data[0].image.getpixel((0, 0)) == (10, 20, 30) and data[0].label.tolist() == [1.0, 0.0]
+    where = f"sample {{}}: {path} line {{}}: "
+    for index, line, reason in (
+        (1, 3, r"cut.jpg: unreadable image \(OSError: "),
+        (2, 4, r"empty or missing text \(None\)$"),
+        (3, 5, r"image path '../a.png' leaves root$"),
+    ):
+        with pytest.raises(BadSample, match="^" + re.escape(where.format(index, line)) + reason):
+            data[index]
+
+
+def test_image_class_folder_matches_folders_to_classes_in_unicode_composed_form(tmp_path):
+    """A validation split copied from a Mac names its folder "café" with "e" and a combining accent (NFD),
+    the training split from Linux with "é" (NFC): it was refused with "folders ['café'] are not among the
+    classes ['café', 'dog']", two names that print the same."""
+    import unicodedata
+
+    for split, form in (("train", "NFC"), ("val", "NFD")):
+        for name in ("café", "dog"):
+            (tmp_path / split / unicodedata.normalize(form, name)).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / unicodedata.normalize(form, name) / "a.png")
+    train = ImageClassFolder(tmp_path / "train")
+    assert train.classes == ["caf\xe9", "dog"]
+    val = ImageClassFolder(tmp_path / "val", train.classes)
+    assert val.classes == ["caf\xe9", "dog"] and [val[i].label for i in range(len(val))] == [0, 1]
+    (tmp_path / "val" / "caf\xe9").mkdir()  # the same class written both ways: which one is it?
+    with pytest.raises(
+        ValueError,
+        match=r"^root: sub-folders must name distinct classes in Unicode's composed form \(NFC\), got 'cafe\u0301' and "
+        r"'caf\xe9', one name written in two ways \('cafe\\u0301' and 'caf\\xe9'\)$",
+    ):
+        ImageClassFolder(tmp_path / "val")
+    with pytest.raises(ValueError, match=r"^classes must name distinct classes .* \('caf\\xe9' and 'cafe\\u0301'\)$"):
+        ImageClassFolder(tmp_path / "train", ["caf\xe9", "dog", "cafe\u0301"])

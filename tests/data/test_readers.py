@@ -250,6 +250,33 @@ def test_text_corpus(tmp_path):
     assert_index_errors(dataset)
 
 
+def test_files_whose_lines_end_in_a_carriage_return_alone_are_read_line_by_line(tmp_path):
+    """A corpus saved with classic Mac line endings (CR alone, as Excel for Mac's text exports) was one
+    text: its 3 lines were trained on as a single item cut to the text length, without a word. A captions
+    file so saved was refused, its whole text read as one line."""
+    write(tmp_path / "corpus.txt", "\ufefffirst text\rsecond text\r\rthird text\r")
+    corpus = TextCorpus(tmp_path / "corpus.txt")
+    assert [corpus[i].text for i in range(len(corpus))] == ["first text", "second text", "third text"]
+    write(tmp_path / "stray.txt", "one text\rstill the same line\nsecond text\n")  # a stray CR within a line
+    assert [TextCorpus(tmp_path / "stray.txt")[i].text for i in range(2)] == [
+        "one text\rstill the same line",
+        "second text",
+    ]
+    write(tmp_path / "a.png", png_bytes())
+    for name, text in (
+        ("c.tsv", "a.png\tred and green\ra.png\ttwo\r"),
+        ("c.jsonl", '{"image": "a.png", "caption": "red and green"}\r{"image": "a.png", "caption": "two"}'),
+        ("c.csv", 'image,caption\ra.png,"red and green"\ra.png,two\r'),
+    ):
+        write(tmp_path / name, text)
+        pairs = ImageTextFolder(tmp_path, tmp_path / name)
+        assert [pairs.caption(i) for i in range(len(pairs))] == ["red and green", "two"]
+        assert_red_green(pairs[1].image)
+    write(tmp_path / "c.tsv", "a.png\tone\ra.png\r")  # a malformed line is named by its number, CRs counted
+    with pytest.raises(BadSample, match=r"^sample 1: c.tsv line 2: expected 2 tab-separated columns"):
+        ImageTextFolder(tmp_path, tmp_path / "c.tsv")[1]
+
+
 def test_a_jsonl_text_corpus_reads_each_line_s_text(tmp_path):
     """Language-model corpora come as JSON lines of {"text": ...}: read line by line as plain text, every
     item was the JSON record itself, braces, key and escapes trained on as words."""
@@ -383,6 +410,28 @@ def test_image_folder_reads_jfif_jpe_and_avif_images_by_default(tmp_path):
         assert pixels.shape == (8, 16, 3) and np.abs(pixels - np.array([200, 40, 10])).max() <= 6
 
 
+def test_image_folder_reads_netpbm_images_by_default(tmp_path):
+    """GTSRB's class folders of .ppm traffic signs and the ORL faces' .pgm files, which decode_image decodes
+    and torchvision's ImageFolder lists, were left out without a word: a linear probe on GTSRB found no
+    image, a folder mixing them with JPEGs lost them."""
+    from torchflava.data.finetuning import ImageClassFolder
+
+    colour = Image.new("RGB", (3, 2), (10, 20, 30))
+    grey16 = Image.fromarray(np.full((2, 3), 32896, dtype=np.uint16))  # 16-bit PGM: 32896 / 257 = 128
+    for name, image in (("00000/a.ppm", colour), ("00000/b.PNM", colour), ("00001/c.pgm", grey16)):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PPM")
+        write(tmp_path / name, buffer.getvalue())
+    write(tmp_path / "00001" / "d.pbm", b"P1\n3 2\n0 1 0\n1 0 1\n")
+    dataset = ImageFolder(tmp_path)
+    listed = [dataset.relative_path(i) for i in range(len(dataset))]
+    assert listed == ["00000/a.ppm", "00000/b.PNM", "00001/c.pgm", "00001/d.pbm"]
+    assert [dataset[i].image.getpixel((0, 0)) for i in range(4)] == [(10, 20, 30)] * 2 + [(128,) * 3, (255,) * 3]
+    assert dataset[3].image.getpixel((1, 0)) == (0, 0, 0)  # (netpbm's 1 is black)
+    classes = ImageClassFolder(tmp_path)
+    assert classes.classes == ["00000", "00001"] and [classes[i].label for i in range(4)] == [0, 0, 1, 1]
+
+
 def test_image_folder_argument_errors(tmp_path, folder):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="root"):
@@ -399,6 +448,33 @@ def test_image_folder_argument_errors(tmp_path, folder):
         ImageFolder(folder, extensions=())
     with pytest.raises(ValueError, match="extensions"):
         ImageFolder(folder, extensions=(".",))
+
+
+def test_image_folder_leaves_out_hidden_files_and_folders(tmp_path):
+    """A folder copied from a Mac holds a ._x.jpg AppleDouble twin beside each x.jpg: they sorted first
+    and did not decode, so with 64 or more the folder was refused as unreadable (exit 2 from the
+    pretraining recipe's data.files.images_root), and with fewer each was a bad sample; a hidden folder's
+    copies (.ipynb_checkpoints, .thumbnails) were items, under a class folder labelled with that class."""
+    from torchflava.data.finetuning import ImageClassFolder
+    from torchflava.data.samples import unusable_start
+
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)
+    for i in range(70):
+        write(tmp_path / "cat" / f"img{i:03d}.png", png_bytes())
+        write(tmp_path / "cat" / f"._img{i:03d}.png", apple_double)
+    write(tmp_path / "cat" / ".thumbnails" / "img000.png", png_bytes())
+    write(tmp_path / "dog" / "a.jpg", jpeg_bytes())
+    write(tmp_path / "dog" / ".ipynb_checkpoints" / "a-checkpoint.jpg", jpeg_bytes())
+    write(tmp_path / ".Trash-1000" / "files" / "old.png", png_bytes())
+    dataset = ImageFolder(tmp_path)
+    listed = [dataset.relative_path(i) for i in range(len(dataset))]
+    assert listed == [f"cat/img{i:03d}.png" for i in range(70)] + ["dog/a.jpg"]
+    assert unusable_start(dataset) is None and bad_indices(outcomes(dataset)) == []
+    classes = ImageClassFolder(tmp_path)
+    assert classes.classes == ["cat", "dog"] and [classes[i].label for i in range(len(classes))] == [0] * 70 + [1]
+    write(tmp_path / "only_hidden" / "._a.png", apple_double)
+    with pytest.raises(ValueError, match=r"holds none \(hidden files aside: 1 whose names start with '\.'\)$"):
+        ImageFolder(tmp_path / "only_hidden")
 
 
 # ------------------------------------------------------------------ TarShards

@@ -625,6 +625,18 @@ def test_unordered_texts_and_surrogates_are_refused(hand, texts, error, match):
         hand(texts, max_length=8)
 
 
+def test_training_on_a_text_with_surrogates_is_refused_naming_it():
+    """train() failed inside tokenizers' normaliser with "UnicodeEncodeError: 'utf-8' codec can't encode
+    character '\\ud83d'", naming no text, where encoding such a text is a ValueError naming its row."""
+    with pytest.raises(
+        ValueError, match=r"^texts: expected Unicode text, got surrogate code points in texts\[1\] 'cut \\ud83d'$"
+    ):
+        WordPieceTokenizer.train(["a red dog", "cut \ud83d"], vocab_size=100)
+    assert WordPieceTokenizer.train(["a red dog", "cut \U0001f436"], vocab_size=100)(["cut \U0001f436"], max_length=8)[
+        0
+    ].shape == (1, 4)
+
+
 def test_the_tokenizer_object_given_is_not_changed(tmp_path):
     bare = WordPieceTokenizer.from_vocab(write_vocab(tmp_path / "vocab.txt", VOCAB))._tokenizer
     bare.post_processor = None

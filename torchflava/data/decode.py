@@ -21,7 +21,7 @@ import os
 from typing import BinaryIO, Optional, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from torchflava.utils.checkpoint import special_file_kind
 
@@ -72,8 +72,25 @@ def decode_image(
             return to_rgb(ImageOps.exif_transpose(image), background=background)
     except (ImageDecodeError, MemoryError):
         raise
+    except UnidentifiedImageError as error:
+        raise ImageDecodeError(f"unreadable image (UnidentifiedImageError: {_unidentified(source, error)})") from None
     except Exception as error:  # PIL's plugins fail on malformed files in many ways (struct.error, IndexError...)
         raise ImageDecodeError(f"unreadable image ({type(error).__name__}: {error})") from None
+
+
+def _unidentified(source: Union[str, os.PathLike, BinaryIO], error: UnidentifiedImageError) -> str:
+    """PIL's reason for data it identifies as no image format, for a file object without the repr PIL names
+    it by (``<_io.BytesIO object at 0x7f...>``: a memory address, other in every run, where a tar member's
+    report wants what the data is), but with its size: an empty member is told from one of another format."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(error)  # (it names the file)
+    try:
+        size = source.seek(0, os.SEEK_END)
+    except (AttributeError, OSError, ValueError):  # a stream that cannot seek, or one closed
+        return "cannot identify image file (not a format PIL reads)"
+    if size == 0:
+        return "cannot identify image file (empty: 0 bytes)"
+    return f"cannot identify image file ({size} bytes of no format PIL reads)"
 
 
 def to_rgb(image: Image.Image, *, background: Optional[tuple[int, int, int]] = None) -> Image.Image:

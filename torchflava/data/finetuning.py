@@ -14,14 +14,16 @@ import math
 import numbers
 import os
 from typing import Callable, NamedTuple, Optional, Sequence, Union
+import unicodedata
 
 from PIL import Image
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from torchflava.data.readers import ImageFolder, existing_path
-from torchflava.data.samples import BadSample, checked_text, load_rgb
+from torchflava.data.decode import DEFAULT_MAX_PIXELS
+from torchflava.data.readers import ImageFolder, existing_path, read_image
+from torchflava.data.samples import BadSample, checked_text
 from torchflava.data.shapes import ALL_SCENES, CLASS_NAMES, ShapesWorld
 from torchflava.data.shapes import MAX_LENGTH as SHAPES_MAX_LENGTH
 from torchflava.data.tokenizer import WordPieceTokenizer
@@ -236,6 +238,10 @@ class GlueTsv(Dataset):
 class ImageClassFolder(Dataset):
     """Images in one sub-folder per class (``root/<class>/<file>``), classes in sorted order.
 
+    A folder is the class of the same name in Unicode's composed form (NFC): macOS names a folder
+    ``café`` with ``e`` and a combining accent, Linux and Windows with ``é``, so a split copied from
+    one is still read with the class names of the other.
+
     Args:
         root (PathLike): the folder.
         classes (Optional[Sequence[str]]): distinct class names in id order (so that a validation
@@ -243,36 +249,44 @@ class ImageClassFolder(Dataset):
 
     Raises:
         TypeError: if ``classes`` is not a list of names.
-        ValueError: if ``classes`` is empty or repeats a name, or an image lies outside a class
-            sub-folder or in a folder not in ``classes``.
+        ValueError: if ``classes`` is empty or repeats a name (also in NFC: two sub-folders so named
+            included), or an image lies outside a class sub-folder or in a folder not in ``classes``.
     """
 
     def __init__(self, root: PathLike, classes: Optional[Sequence[str]] = None) -> None:
         if classes is not None:
             classes = _names("classes", classes, "class")
         self._folder = ImageFolder(root)
+        # (a hidden folder, .thumbnails or .ipynb_checkpoints, is no class, here or in another split: ImageFolder
+        # leaves its images out, and the sub-folders below are listed without it, so class ids cannot shift)
         paths = [self._folder.relative_path(i) for i in range(len(self._folder))]
-        # a hidden folder (.thumbnails, .ipynb_checkpoints) is no class, here or in another split: its
-        # images are left out, so that class ids cannot shift between splits
-        self._indices = [i for i, path in enumerate(paths) if not path.startswith(".")]
-        folders = [paths[i].split("/")[0] for i in self._indices]
-        loose = [paths[i] for i in self._indices if "/" not in paths[i]]
+        folders = [path.split("/")[0] for path in paths]
+        loose = [path for path in paths if "/" not in path]
         if loose:
             raise ValueError(f"root: images must lie in class sub-folders, found {loose[:3]}")
+        named = "classes" if classes is not None else "root: sub-folders"  # (who gave the names, for an error)
         if classes is None:  # every sub-folder, an empty one too: ids must not shift with the files present
             subfolders = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
             classes = sorted(subfolders | set(folders))
         self.classes = list(classes)
-        unknown = sorted(set(folders) - set(self.classes))
+        ids: dict[str, int] = {}  # class name in NFC -> class id
+        for position, name in enumerate(self.classes):
+            if ids.setdefault(unicodedata.normalize("NFC", name), position) != position:
+                twin = self.classes[ids[unicodedata.normalize("NFC", name)]]
+                raise ValueError(
+                    f"{named} must name distinct classes in Unicode's composed form (NFC), got {twin!r} and "
+                    f"{name!r}, one name written in two ways ({ascii(twin)} and {ascii(name)})"
+                )
+        unknown = sorted({f for f in folders if unicodedata.normalize("NFC", f) not in ids})
         if unknown:
             raise ValueError(f"root: folders {unknown} are not among the classes {self.classes}")
-        self._labels = [self.classes.index(f) for f in folders]
+        self._labels = [ids[unicodedata.normalize("NFC", f)] for f in folders]
 
     def __len__(self) -> int:
         return len(self._labels)
 
     def __getitem__(self, index: int) -> LabeledSample:
-        return LabeledSample(self._folder[self._indices[index]].image, None, self._labels[index])
+        return LabeledSample(self._folder[index].image, None, self._labels[index])
 
     @property
     def empty_classes(self) -> list[str]:
@@ -319,6 +333,7 @@ class ImageTextLabels(Dataset):
         path = existing_path("path", path, directory=False)
         self.labels = _names("labels", labels, "label")
         self._items = []
+        self._places: list[str] = []  # "<path> line <n>" of each item, for the reasons of its bad samples
         try:
             with open(path, encoding="utf-8-sig") as file:
                 lines = file.read().split("\n")
@@ -336,6 +351,7 @@ class ImageTextLabels(Dataset):
             if not isinstance(image, str) or not image:
                 raise ValueError(f"{where}: 'image' must be a path relative to root, got {image!r}")
             self._items.append((image, text, self._target(record, where)))
+            self._places.append(where)
         if not self._items:
             raise ValueError(f"{os.fspath(path)} holds no items")
         if len({isinstance(target, Tensor) for _, _, target in self._items}) > 1:  # a batch needs one kind
@@ -372,10 +388,15 @@ class ImageTextLabels(Dataset):
 
     def __getitem__(self, index: int) -> LabeledSample:
         image, text, target = self._items[index]
+        where = self._places[index]  # (a reason without it named no file: "unreadable image (... truncated)")
         path = os.path.normpath(os.path.join(self.root, image))
         if os.path.commonpath([self.root, path]) != self.root:
-            raise BadSample(index, f"image path {image!r} leaves root")
-        return LabeledSample(load_rgb(path, index), checked_text(text, index), target)
+            raise BadSample(index, f"{where}: image path {image!r} leaves root")
+        try:
+            text = checked_text(text, index)
+        except BadSample as bad:
+            raise BadSample(index, f"{where}: {bad.reason}") from None
+        return LabeledSample(read_image(path, index, f"{where}: {image}", DEFAULT_MAX_PIXELS), text, target)
 
 
 class ShapesClassification(Dataset):

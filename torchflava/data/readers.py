@@ -39,8 +39,12 @@ PathLike = Union[str, os.PathLike]
 
 # (every format decode_image reads that image folders hold; a file left out here is left out silently:
 # .jfif and .jpe are JPEGs as browsers save them, .avif what phones and the web now use; a PIL built
-# without AVIF makes such files counted bad samples rather than files nobody hears of)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".avif", ".gif", ".tif", ".tiff")
+# without AVIF makes such files counted bad samples rather than files nobody hears of; the netpbm files,
+# which torchvision's ImageFolder lists too, hold GTSRB's traffic signs (.ppm) and the ORL and Yale faces (.pgm))
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".avif", ".gif", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+)  # fmt: skip
 
 
 def existing_path(name: str, value: object, *, directory: bool) -> str:
@@ -120,16 +124,23 @@ def _text(text: object, index: int, where: str) -> str:
 
 
 def _lines(path: str) -> Iterator[tuple[int, Optional[str]]]:
-    """(1-based line number, line) for each non-blank line; the line is None when it is not UTF-8."""
+    """(1-based line number, line) for each non-blank line; the line is None when it is not UTF-8. A file
+    without a single ``\\n`` whose text holds ``\\r`` has its lines ended by ``\\r`` alone (classic Mac OS,
+    Excel for Mac's text exports), as Python's ``open`` reads it: those are its lines, not one line."""
     with open(path, "rb") as file:
         for number, raw in enumerate(file, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                yield number, None
-                continue
-            if line.strip():
-                yield number, line
+            if number == 1 and not raw.endswith(b"\n") and b"\r" in raw.rstrip(b"\r"):
+                raws = enumerate(raw.split(b"\r"), start=1)  # (no "\n" at all: the file is this one raw line)
+            else:
+                raws = ((number, raw),)
+            for place, text in raws:
+                try:
+                    line = text.decode("utf-8-sig" if place == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    yield place, None
+                    continue
+                if line.strip():
+                    yield place, line
 
 
 class _Entry(NamedTuple):
@@ -993,7 +1004,10 @@ class ImageFolder(Dataset):
 
     Files are matched by extension (any case, with or without the dot) and sorted by their relative
     path written with ``/``, so the order does not depend on the file system. Linked sub-folders are
-    followed (each real folder once); only regular files (or links to them) are items. A file that
+    followed (each real folder once); only regular files (or links to them) are items. Hidden files
+    and folders under ``root`` (a name starting with ``.``) are no items, as Hugging Face datasets'
+    image folders leave them out: macOS's ``._photo.jpg`` AppleDouble twins, ``.ipynb_checkpoints``,
+    ``.thumbnails``, a ``.Trash-1000`` are copies or metadata, not the user's images. A file that
     does not decode is an item whose read raises :class:`BadSample`.
 
     Args:
@@ -1004,7 +1018,8 @@ class ImageFolder(Dataset):
     Raises:
         TypeError: if ``root`` is not a str or PathLike, or ``extensions`` not a tuple of strings.
         FileNotFoundError: if ``root`` is not a directory.
-        ValueError: if ``root`` holds no file with one of ``extensions``, or an extension is empty.
+        ValueError: if ``root`` holds no file with one of ``extensions`` (hidden ones aside), or an
+            extension is empty.
     """
 
     def __init__(
@@ -1017,21 +1032,28 @@ class ImageFolder(Dataset):
         self._max_pixels = check_max_pixels(max_image_pixels)
         self._root = existing_path("root", root, directory=True)
         suffixes = tuple("." + extension for extension in check_extensions("extensions", extensions))
-        files, seen = [], set()
+        files, seen, hidden = [], set(), 0
         # Linked sub-folders are followed (each real folder once: a link loop ends); only regular
-        # files count (a FIFO named x.png would block the read forever).
+        # files count (a FIFO named x.png would block the read forever). Hidden files and folders are
+        # skipped: a folder copied from a Mac holds a ._x.jpg beside each x.jpg, which sorted first and
+        # failed to decode, so the first items of a folder were all unreadable and the folder refused.
         for directory, subfolders, names in os.walk(self._root, followlinks=True):
             real = os.path.realpath(directory)
             if real in seen:
                 subfolders[:] = []
                 continue
             seen.add(real)
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
             for name in names:
                 path = os.path.join(directory, name)
                 if name.lower().endswith(suffixes) and os.path.isfile(path):
-                    files.append(os.path.relpath(path, self._root).replace(os.sep, "/"))
+                    if name.startswith("."):
+                        hidden += 1
+                    else:
+                        files.append(os.path.relpath(path, self._root).replace(os.sep, "/"))
         if not files:
-            raise ValueError(f"root must hold a file ending in one of {suffixes}, {self._root!r} holds none")
+            aside = f" (hidden files aside: {hidden} whose names start with '.')" if hidden else ""
+            raise ValueError(f"root must hold a file ending in one of {suffixes}, {self._root!r} holds none{aside}")
         self._files: list[str] = sorted(files)
 
     def __len__(self) -> int:

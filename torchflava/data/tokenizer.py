@@ -317,8 +317,8 @@ class WordPieceTokenizer:
             WordPieceTokenizer: the tokenizer.
 
         Raises:
-            ValueError: if ``vocab_size`` cannot hold the special tokens and the alphabet, or
-                ``min_frequency`` < 1.
+            ValueError: if ``vocab_size`` cannot hold the special tokens and the alphabet,
+                ``min_frequency`` < 1, or a text holds UTF-16 surrogate code points (as encoding refuses them).
             TypeError: if ``texts`` is a single string or holds something other than strings.
         """
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
@@ -332,6 +332,10 @@ class WordPieceTokenizer:
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{index}] must be a str, got {type(text).__name__}")
+            if _SURROGATE.search(text):  # (the tokenizers library failed with a UnicodeEncodeError naming no text)
+                raise ValueError(
+                    f"texts: expected Unicode text, got surrogate code points in texts[{index}] {text!r:.60}"
+                )
             normalised = bare.normalizer.normalize_str(text)
             words.update(word for word, _ in bare.pre_tokenizer.pre_tokenize_str(normalised))
         characters = sorted({c for word in words for c in word})
