@@ -1209,3 +1209,90 @@ def test_validation_holds_one_batch_of_items_at_a_time(export):
     assert (report["items"], report["skipped"]) == (20, 3)
     assert source.alive == [0, 1, 2, 3] * 5  # the previous batch's images freed before the next is read
     assert report == _evaluated_whole(model, Watched(val), collator, "cross_entropy")
+
+
+# Runs the recipe recording, per rank, which items of each validation set it read after the export was written
+# (what it evaluated: the sets' first items are read before training too, to check that they are usable).
+SHARE_SPY = """
+import json, os, sys
+from tests.helpers import load_recipe
+
+finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe")
+reads, exported = {}, []
+real_export, real_open = finetune.export_classifier, finetune.open_val_set
+
+
+def export_classifier(*args, **kwargs):
+    exported.append(True)
+    return real_export(*args, **kwargs)
+
+
+class Recorded:
+    def __init__(self, key, source):
+        self.key, self.source = key, source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        if exported:
+            reads.setdefault(self.key, []).append(index)
+        return self.source[index]
+
+
+finetune.export_classifier = export_classifier
+finetune.open_val_set = lambda d, classes, key, path: Recorded(key, real_open(d, classes, key, path))
+try:
+    finetune.run_recipe(finetune.main, finetune.FinetuneConfig, sys.argv[1:], config_errors=(FileNotFoundError,))
+finally:
+    with open(f"{sys.argv[-1].partition('=')[2]}/reads_{os.environ['RANK']}.json", "w") as file:
+        json.dump(reads, file)
+"""
+
+
+def test_two_fsdp_processes_each_evaluate_their_share_of_every_set_and_report_one_process_figures(export, tmp_path):
+    """Each rank loads the export and evaluates every other item of each validation set (it evaluated every
+    set whole on every rank); the report's figures are those of the export evaluated whole in one process."""
+    import os
+
+    from torchflava.classify import load_classifier
+
+    (tmp_path / "spy.py").write_text(SHARE_SPY)
+    overrides = [
+        *_colour_glue(tmp_path),
+        f"model.pretrained={export}",
+        "training.strategy=fsdp",
+        "training.max_steps=3",
+        "training.checkpoint_every=3",
+        "training.global_batch_size=16",
+        "training.progress_bar=false",
+        "training.tensorboard=false",
+        "optim.warmup_steps=1",
+        "model.classifier_hidden_dim=32",
+        f"training.output_dir={tmp_path / 'two'}",  # (last: the spy writes its records there)
+    ]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, str(tmp_path / "spy.py"), *overrides],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = {"data.val": 176, "data.extra_val.extra": 30}
+    for rank in (0, 1):
+        reads = json.loads((tmp_path / "two" / f"reads_{rank}.json").read_text())
+        assert reads == {key: list(range(rank, size, 2)) for key, size in sizes.items()}, rank
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    classifier = load_classifier(tmp_path / "two" / "model")
+    collator = finetune.ClassificationCollator(
+        classifier.tokenizer, image_size=32, max_text_length=classifier.tokenizer.model_max_length
+    )
+    expected = {}
+    for name, path in (("val", "dev.tsv"), ("extra", "extra.tsv")):
+        source = GlueTsv(tmp_path / path, ["sentence"], "label", ["blue", "red"])
+        expected[name] = {**_evaluated_whole(classifier.model, source, collator, "cross_entropy"), "chance": 0.5}
+    assert report["validation_sets"] == expected
+    assert (expected["val"]["items"], expected["val"]["skipped"], expected["extra"]["skipped"]) == (174, 2, 1)
