@@ -787,6 +787,7 @@ def main(cfg: FinetuneConfig) -> dict:
     model = pretrained = None
     # rank 0's export renamed in before any rank loads it (its files were written before the export's own barrier)
     barrier()
+    # loaded once, at the first set's share, in fp32 whatever training.precision (as load_classifier gives it)
     exported = functools.cache(lambda: load_classifier(out_dir / "model").model.to(info.device))
 
     def predict_share(source, share: range) -> list:  # every rank its share, from the export (what a user loads)

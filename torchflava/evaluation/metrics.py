@@ -6,6 +6,10 @@ silently, an empty input gives nan, an out-of-range label or a NaN logit a wrong
 scores, targets) on another device than the logits (predictions) are copied to theirs, as most
 libraries do for CPU labels and CUDA logits (a copy of N values, exact); a tensor on the meta device
 holds no values to score and is refused.
+
+:func:`predictions_and_targets` keeps two numbers per row of what :func:`task_metrics` reads, and
+:func:`prediction_metrics` gives its figures from those: a validation worked out in shares gathers
+those instead of (N, C) rows.
 """
 
 import math
@@ -179,6 +183,17 @@ def _checked_scores(logits: object, scores: object) -> Tensor:
     return scores
 
 
+def _check_regression(logits: object, labels: object) -> None:
+    """(N, 1) finite float logits (one regression output) and (N,) real targets."""
+    rows = _check_logits(logits)
+    if logits.shape[1] != 1:  # (the correlations of column 0 were returned)
+        raise ValueError(f"logits must be (N, 1) for loss 'mse' (one regression output), got {tuple(logits.shape)}")
+    if not _is_real(labels) or labels.shape != (rows,):
+        raise ValueError(
+            f"labels must be ({rows},) real regression targets for loss 'mse', got {describe_tensor(labels)}"
+        )
+
+
 def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
     """The metrics that fit a loss: accuracy and Matthews correlation (+ F1 for 2 classes), soft
     accuracy, or Pearson and Spearman correlations.
@@ -202,13 +217,7 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     labels = _on_one_device(logits, labels, ("logits", "labels"))
     if loss == "mse":
-        rows = _check_logits(logits)
-        if logits.shape[1] != 1:  # (the correlations of column 0 were returned)
-            raise ValueError(f"logits must be (N, 1) for loss 'mse' (one regression output), got {tuple(logits.shape)}")
-        if not _is_real(labels) or labels.shape != (rows,):
-            raise ValueError(
-                f"labels must be ({rows},) real regression targets for loss 'mse', got {describe_tensor(labels)}"
-            )
+        _check_regression(logits, labels)
         return {"pearson": pearson(logits[:, 0], labels), "spearman": spearman(logits[:, 0], labels)}
     if loss == "binary_cross_entropy":
         return {"vqa_accuracy": soft_accuracy(logits, labels)}
@@ -268,16 +277,10 @@ def predictions_and_targets(logits: Tensor, labels: Tensor, loss: str) -> tuple[
         predicted = logits.argmax(dim=1)
         return predicted, scores.gather(1, predicted[:, None])[:, 0]
     labels = _on_one_device(logits, labels, ("logits", "labels"))
-    rows = _check_logits(logits)
     if loss == "mse":
-        if logits.shape[1] != 1:
-            raise ValueError(f"logits must be (N, 1) for loss 'mse' (one regression output), got {tuple(logits.shape)}")
-        if not _is_real(labels) or labels.shape != (rows,):
-            raise ValueError(
-                f"labels must be ({rows},) real regression targets for loss 'mse', got {describe_tensor(labels)}"
-            )
+        _check_regression(logits, labels)
         return logits[:, 0], labels
-    _check_labels(labels, rows, logits.shape[1])
+    _check_labels(labels, _check_logits(logits), logits.shape[1])
     return logits.argmax(dim=1), labels
 
 
