@@ -10,8 +10,10 @@ its arguments; ``model.pretrained`` is a checkpoint directory that brings the vo
 training checkpoint ``<run>/checkpoints/step_<N>``; read by a new run only, which records the backbone's
 arguments, tokenizer and preprocessing in its directory for its resume) -> ``fit``
 (the training loop the pretraining recipe uses: DDP/FSDP2, exact resume, also on another number
-of ranks, metrics) -> validation report: the final model on ``data.val`` and on each named set of
-``data.extra_val`` (MNLI's matched and mismatched dev sets in one run). ``main(cfg)`` returns the report.
+of ranks, metrics) -> the classifier exported -> validation report: the export (what a user loads) on
+``data.val`` and on each named set of ``data.extra_val`` (MNLI's matched and mismatched dev sets in one
+run), each rank predicting its share of every set a batch at a time, rank 0 scoring.
+``main(cfg)`` returns the report.
 """
 
 import copy
@@ -24,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from torchflava.classify import export_classifier
+from torchflava.classify import export_classifier, load_classifier
 from torchflava.data.finetuning import (
     ClassificationCollator,
     GlueTsv,
@@ -35,9 +37,9 @@ from torchflava.data.finetuning import (
     shapes_task_splits,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
-from torchflava.data.samples import BadSample, unusable_start
+from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
-from torchflava.evaluation.metrics import task_metrics
+from torchflava.evaluation.metrics import prediction_metrics, predictions_and_targets
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES, read_inputs
@@ -54,7 +56,7 @@ from torchflava.pretrained import (
     training_checkpoint,
 )
 from torchflava.training.config import ConfigError, builder_config
-from torchflava.training.distributed import rank0_report
+from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import write_fine_tuning_report
 from torchflava.training.recipe import run_recipe
@@ -591,22 +593,48 @@ def _glue_expected(d: FinetuneDataConfig) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, source, collator, loss: str, batch_size: int = 128) -> dict:
-    """Metrics of ``model`` over every usable item of ``source``, with the number of those and of the
-    unusable ones (skipped as in training)."""
+def predict(model: nn.Module, source, share: range, collator, loss: str, batch_size: int = 128) -> list:
+    """What the metrics read of ``model``'s output on each item of ``share`` (indices of ``source``): one
+    ``(prediction, target)`` pair of numbers per index (:func:`predictions_and_targets`: the predicted class and
+    the label, the predicted value and the target, or the predicted answer and its score), None for an unusable
+    item (skipped, as in training). Items are read and forwarded ``batch_size`` readable ones at a time: one batch
+    of decoded items is held at once, never the whole set.
+
+    Raises:
+        ValueError: if the logits hold NaN or infinite values, or the labels do not fit ``loss``.
+    """
     model.eval()
-    items, skipped = [], 0
-    for i in range(len(source)):
-        try:
-            items.append(source[i])
-        except BadSample:
-            skipped += 1
-    logits, labels = [], []
-    for start in range(0, len(items), batch_size):
-        batch = collator("eval", items[start : start + batch_size], [])
-        labels.append(batch.pop("labels"))
-        logits.append(model(**read_inputs(batch, model.modality)).logits.float())
-    return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items), "skipped": skipped}
+    device = next(model.parameters()).device
+    values, skipped = {}, []
+    for chunk in readable_chunks(source.__getitem__, share, batch_size, skipped):
+        batch = collator("eval", [item for _, item in chunk], [])
+        indices = [index for index, _ in chunk]
+        del chunk  # (its items freed before the next chunk is read)
+        labels = batch.pop("labels")
+        inputs = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in read_inputs(batch, model.modality).items()
+        }
+        predicted, targets = predictions_and_targets(model(**inputs).logits.float(), labels, loss)
+        values.update(zip(indices, zip(predicted.tolist(), targets.tolist())))
+    return [values.get(index) for index in share]
+
+
+def validation_metrics(predictions: list, loss: str, num_classes: int) -> dict:
+    """The metrics of ``loss`` over the usable items of ``predictions`` (:func:`predict`'s, of a whole set), with
+    the number of those and of the unusable ones; the figures :func:`task_metrics` gives of those items' logits."""
+    usable = [p for p in predictions if p is not None]
+    # class ids as integers; values and scores as float64, which holds the float32 ones exactly
+    predicted = torch.tensor([p for p, _ in usable], dtype=torch.float64 if loss == "mse" else torch.long)
+    targets = torch.tensor([t for _, t in usable], dtype=torch.long if loss == "cross_entropy" else torch.float64)
+    metrics = prediction_metrics(predicted, targets, loss, num_classes)
+    return {**metrics, "items": len(usable), "skipped": len(predictions) - len(usable)}
+
+
+def evaluate(model: nn.Module, source, collator, loss: str, batch_size: int = 128) -> dict:
+    """Metrics of ``model`` over every usable item of ``source`` in this process (:func:`predict` of every index,
+    :func:`validation_metrics`), with the number of those and of the unusable ones (skipped as in training)."""
+    predictions = predict(model, source, range(len(source)), collator, loss, batch_size)
+    return validation_metrics(predictions, loss, model.num_classes)
 
 
 def format_report(report: dict, out_dir: Path) -> str:
@@ -755,10 +783,24 @@ def main(cfg: FinetuneConfig) -> dict:
             labels=classes,
             sentence_pairs=d.sentence_pairs,
         )
-    # every rank evaluates (an FSDP forward needs all of them), set after set; rank 0 reports
-    validation = {name: evaluate(model, source, collator, loss) for name, (_, _, source) in val_sets.items()}
+    # the trained model (sharded under FSDP) and its backbone freed: validation reads the export
+    model = pretrained = None
+    # rank 0's export renamed in before any rank loads it (its files were written before the export's own barrier)
+    barrier()
+    # loaded once, at the first set's share, in fp32 whatever training.precision (as load_classifier gives it)
+    exported = functools.cache(lambda: load_classifier(out_dir / "model").model.to(info.device))
 
-    def written_report() -> dict:
+    def predict_share(source, share: range) -> list:  # every rank its share, from the export (what a user loads)
+        return predict(exported(), source, share, collator, loss)
+
+    # each rank predicts every world_size-th item of each set, set after set, the predictions put back in order
+    predictions = {
+        name: gather_shares(functools.partial(predict_share, source), len(source), run_timeout_s=t.collective_timeout_s)
+        for name, (_, _, source) in val_sets.items()
+    }
+
+    def written_report() -> dict:  # rank 0 scores
+        validation = {name: validation_metrics(values, loss, num_classes) for name, values in predictions.items()}
         report = {
             "task": d.task,
             "modality": cfg.model.modality,

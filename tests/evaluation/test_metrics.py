@@ -12,6 +12,8 @@ from torchflava.evaluation.metrics import (
     classification_metrics,
     matthews,
     pearson,
+    prediction_metrics,
+    predictions_and_targets,
     soft_accuracy,
     spearman,
     task_metrics,
@@ -283,3 +285,65 @@ def test_classification_metrics_of_the_predicted_classes_equal_task_metrics_of_t
             classification_metrics(*bad)
     with pytest.raises(TypeError, match="num_classes"):
         classification_metrics(torch.tensor([0]), torch.tensor([0]), 2.0)
+
+
+def _random_task(loss: str, rows: int, classes: int, generator: torch.Generator) -> tuple:
+    """Logits and labels of ``loss``'s format, with ties among the logits (the first top column counts)."""
+    if loss == "mse":
+        return torch.randn(rows, 1, generator=generator), torch.randn(rows, generator=generator) * 3
+    logits = torch.randint(0, 3, (rows, classes), generator=generator).float() / 7
+    if loss == "cross_entropy":
+        return logits, torch.randint(0, classes, (rows,), generator=generator)
+    scores = torch.randint(0, 4, (rows, classes), generator=generator).float() / 3  # VQA's 0, 1/3, 2/3, 1
+    return logits, scores
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy", "mse"])
+def test_metrics_of_the_predictions_and_targets_equal_task_metrics_of_the_logits(loss):
+    """A sharded validation gathers per item the two numbers predictions_and_targets reads of its row (as Python
+    numbers, in float64 or int64): prediction_metrics of those equals task_metrics of the logits exactly."""
+    generator = torch.Generator().manual_seed(1)
+    for classes in (2, 3, 7):
+        for _ in range(15):
+            rows = int(torch.randint(2, 50, (), generator=generator))
+            logits, labels = _random_task(loss, rows, classes, generator)
+            expected = task_metrics(logits, labels, loss)
+            predicted, targets = predictions_and_targets(logits, labels, loss)
+            assert predicted.shape == targets.shape == (rows,)
+            assert prediction_metrics(predicted, targets, loss, classes if loss != "mse" else 1) == expected
+            gathered = (  # as the recipe puts them back together from every rank's lists
+                torch.tensor(predicted.tolist(), dtype=torch.float64 if loss == "mse" else torch.long),
+                torch.tensor(targets.tolist(), dtype=torch.long if loss == "cross_entropy" else torch.float64),
+            )
+            assert prediction_metrics(*gathered, loss, classes) == expected
+
+
+def test_predictions_and_targets_refuse_what_task_metrics_refuses():
+    nan = torch.tensor([[float("nan"), 0.0], [0.0, 1.0]])
+    for loss, labels in (("cross_entropy", LABELS[:2]), ("binary_cross_entropy", torch.zeros(2, 2))):
+        with pytest.raises(ValueError, match="logits hold NaN or infinite values"):
+            predictions_and_targets(nan, labels, loss)
+    with pytest.raises(ValueError, match="logits hold NaN or infinite values"):
+        predictions_and_targets(nan[:, :1], torch.zeros(2), "mse")
+    for args, message in (
+        ((LOGITS, LABELS, "crossentropy"), "loss must be one of"),
+        ((LOGITS, torch.tensor([0, 1, 2, 1]), "cross_entropy"), r"labels must be class ids in \[0, 2\)"),
+        ((LOGITS, torch.zeros(4, 3), "binary_cross_entropy"), r"scores must have the logits' shape \(4, 2\)"),
+        ((LOGITS, torch.full((4, 2), float("inf")), "binary_cross_entropy"), "scores hold NaN or infinite"),
+        ((LOGITS, torch.zeros(4), "mse"), r"logits must be \(N, 1\) for loss 'mse'"),
+        ((LOGITS[:, :1], torch.zeros(4, 1), "mse"), r"labels must be \(4,\) real regression targets"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            predictions_and_targets(*args)
+    for args, message in (
+        ((torch.tensor([0, 1]), torch.tensor([0, 1]), "cross_entropy"), "num_classes must be the number of classes"),
+        ((torch.tensor([0, 1]), torch.tensor([0.5, 1.0]), "binary"), "loss must be one of"),
+        (
+            (torch.tensor([0]), torch.tensor([0.5, 1.0]), "binary_cross_entropy"),
+            r"predicted must have the targets' shape",
+        ),
+        ((torch.tensor([0, 1]), torch.tensor([0.5, math.nan]), "binary_cross_entropy"), "targets hold NaN"),
+        ((torch.tensor([], dtype=torch.long), torch.tensor([]), "binary_cross_entropy"), "N >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            prediction_metrics(*args)

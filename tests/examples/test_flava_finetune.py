@@ -1072,3 +1072,227 @@ def test_a_training_class_folder_without_images_is_named_in_one_warning(export, 
         "warning: data.train: 1 class(es) without an image, kept as classes (an output of the classifier, counted in "
         "chance): 'zempty'"
     ]
+
+
+# --------------------------------------------------------------------------- validation: streamed, in shares
+@torch.no_grad()
+def _evaluated_whole(model, source, collator, loss):
+    """The validation as it was before it was streamed and sharded (the reference its figures must equal): every
+    item of ``source`` read into a list first, then forwarded 128 at a time, task_metrics of all the logits."""
+    from torchflava.data.samples import BadSample
+    from torchflava.evaluation.metrics import task_metrics
+    from torchflava.models.flava.classification import read_inputs
+
+    model.eval()
+    items, skipped = [], 0
+    for index in range(len(source)):
+        try:
+            items.append(source[index])
+        except BadSample:
+            skipped += 1
+    logits, labels = [], []
+    for start in range(0, len(items), 128):
+        batch = collator("eval", items[start : start + 128], [])
+        labels.append(batch.pop("labels"))
+        logits.append(model(**read_inputs(batch, model.modality)).logits.float())
+    return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items), "skipped": skipped}
+
+
+def _colour_glue(tmp_path) -> list[str]:
+    """A glue task (is the caption's shape red or blue) whose dev.tsv (2 batches of 128) and extra.tsv each hold
+    rows missing their label, unusable: the recipe's overrides."""
+    scenes, texts = _sentences(900, 11)
+    rows = [(t, s.colour) for s, t in zip(scenes, texts) if s.colour in ("red", "blue")]
+    _write_glue(tmp_path / "train.tsv", rows[:64], ["sentence", "label"])
+    dev = [*rows[64:100], (rows[100][0],), *rows[101:200], (rows[200][0],), *rows[201:240]]
+    _write_glue(tmp_path / "dev.tsv", dev, ["sentence", "label"])
+    _write_glue(tmp_path / "extra.tsv", [*rows[240:250], (rows[250][0],), *rows[251:270]], ["sentence", "label"])
+    return [
+        "data.task=glue",
+        f"data.train={tmp_path / 'train.tsv'}",
+        f"data.val={tmp_path / 'dev.tsv'}",
+        f"data.extra_val.extra={tmp_path / 'extra.tsv'}",
+        "data.labels=[blue,red]",
+        "model.modality=text",
+    ]
+
+
+@pytest.mark.parametrize("task", ["shapes", "glue"])
+def test_one_process_validation_report_equals_evaluating_the_trained_model_on_the_whole_sets(
+    export, tmp_path, monkeypatch, task
+):
+    """The report's figures are exactly those of the trained model on each set read whole (the evaluation before
+    it read the export a batch at a time, in shares), unusable rows counted as skipped; the export (what each rank
+    evaluates) gives the trained model's logits bit for bit."""
+    from torchflava.classify import load_classifier
+
+    trained, collators, sources = [], [], {}  # what the run trained, collated with and validated on
+    real_export, real_splits, real_open = finetune.export_classifier, finetune.build_splits, finetune.open_val_set
+
+    def export_classifier(model, *args, **kwargs):
+        trained.append(model)
+        return real_export(model, *args, **kwargs)
+
+    def build_splits(d, *args):
+        splits = real_splits(d, *args)
+        sources[d.val_name] = splits[1]
+        return splits
+
+    def open_val_set(d, classes, key, path):
+        sources[key.rpartition(".")[2]] = real_open(d, classes, key, path)  # (data.val's too, for glue)
+        return sources[key.rpartition(".")[2]]
+
+    class Collator(finetune.ClassificationCollator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            collators.append(self)
+
+    for name, spy in [("export_classifier", export_classifier), ("build_splits", build_splits)]:
+        monkeypatch.setattr(finetune, name, spy)
+    monkeypatch.setattr(finetune, "open_val_set", open_val_set)
+    monkeypatch.setattr(finetune, "ClassificationCollator", Collator)
+    overrides = [*SHAPES, "data.shapes_val=300"] if task == "shapes" else _colour_glue(tmp_path)
+    report = _run(export, tmp_path / "run", *overrides, "training.max_steps=3", "optim.warmup_steps=1")
+
+    expected = {}
+    for name in ["val", *(["extra"] if task == "glue" else [])]:
+        expected[name] = _evaluated_whole(trained[0], sources[name], collators[0], "cross_entropy")
+        expected[name]["chance"] = 1 / report["num_classes"]
+    assert report["validation_sets"] == expected
+    assert report["validation"] == expected["val"]
+    skipped = {"val": 2, "extra": 1} if task == "glue" else {"val": 0}
+    assert {name: metrics["skipped"] for name, metrics in expected.items()} == skipped
+    assert expected["val"]["items"] == (300 if task == "shapes" else 174)
+    # the export's logits are the trained model's, bit for bit
+    batch = collators[0]("eval", [sources["val"][i] for i in range(8)], [])
+    batch.pop("labels")
+    from torchflava.models.flava.classification import read_inputs
+
+    exported = load_classifier(tmp_path / "run" / "model").model
+    with torch.no_grad():
+        inputs = read_inputs(batch, exported.modality)
+        assert torch.equal(exported(**inputs).logits, trained[0].eval()(**inputs).logits)
+
+
+def test_validation_holds_one_batch_of_items_at_a_time(export):
+    """evaluate reads a batch of items, forwards it and lets it go before reading the next: it listed every item
+    of a set first (VQA's 214k decoded images: over 100 GB). A source tracks which of the images it handed out
+    are still alive at each read."""
+    import weakref
+
+    from torchflava.data.finetuning import shapes_task_splits
+    from torchflava.data.samples import BadSample
+    from torchflava.models import flava_model_for_classification
+    from torchflava.pretrained import load_pretrained
+
+    class Watched:
+        def __init__(self, source):
+            self.source, self.images, self.alive = source, [], []
+
+        def __len__(self):
+            return len(self.source)
+
+        def __getitem__(self, index):
+            if index % 7 == 3:
+                raise BadSample(index, "unreadable")
+            self.alive.append(sum(image() is not None for image in self.images))
+            sample = self.source[index]
+            self.images.append(weakref.ref(sample.image))
+            return sample
+
+    _, val, _ = shapes_task_splits(10, 23, 32)
+    source = Watched(val)
+    pretrained = load_pretrained(export)
+    model = flava_model_for_classification(30, backbone=pretrained.model, modality="image", classifier_hidden_dim=8)
+    collator = finetune.ClassificationCollator(None, image_size=pretrained.image_size)
+    report = finetune.evaluate(model, source, collator, "cross_entropy", batch_size=4)
+    assert (report["items"], report["skipped"]) == (20, 3)
+    assert source.alive == [0, 1, 2, 3] * 5  # the previous batch's images freed before the next is read
+    assert report == _evaluated_whole(model, Watched(val), collator, "cross_entropy")
+
+
+# Runs the recipe recording, per rank, which items of each validation set it read after the export was written
+# (what it evaluated: the sets' first items are read before training too, to check that they are usable).
+SHARE_SPY = """
+import json, os, sys
+from tests.helpers import load_recipe
+
+finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe")
+reads, exported = {}, []
+real_export, real_open = finetune.export_classifier, finetune.open_val_set
+
+
+def export_classifier(*args, **kwargs):
+    exported.append(True)
+    return real_export(*args, **kwargs)
+
+
+class Recorded:
+    def __init__(self, key, source):
+        self.key, self.source = key, source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        if exported:
+            reads.setdefault(self.key, []).append(index)
+        return self.source[index]
+
+
+finetune.export_classifier = export_classifier
+finetune.open_val_set = lambda d, classes, key, path: Recorded(key, real_open(d, classes, key, path))
+try:
+    finetune.run_recipe(finetune.main, finetune.FinetuneConfig, sys.argv[1:], config_errors=(FileNotFoundError,))
+finally:
+    with open(f"{sys.argv[-1].partition('=')[2]}/reads_{os.environ['RANK']}.json", "w") as file:
+        json.dump(reads, file)
+"""
+
+
+def test_two_fsdp_processes_each_evaluate_their_share_of_every_set_and_report_one_process_figures(export, tmp_path):
+    """Each rank loads the export and evaluates every other item of each validation set (it evaluated every
+    set whole on every rank); the report's figures are those of the export evaluated whole in one process."""
+    import os
+
+    from torchflava.classify import load_classifier
+
+    (tmp_path / "spy.py").write_text(SHARE_SPY)
+    overrides = [
+        *_colour_glue(tmp_path),
+        f"model.pretrained={export}",
+        "training.strategy=fsdp",
+        "training.max_steps=3",
+        "training.checkpoint_every=3",
+        "training.global_batch_size=16",
+        "training.progress_bar=false",
+        "training.tensorboard=false",
+        "optim.warmup_steps=1",
+        "model.classifier_hidden_dim=32",
+        f"training.output_dir={tmp_path / 'two'}",  # (last: the spy writes its records there)
+    ]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, str(tmp_path / "spy.py"), *overrides],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = {"data.val": 176, "data.extra_val.extra": 30}
+    for rank in (0, 1):
+        reads = json.loads((tmp_path / "two" / f"reads_{rank}.json").read_text())
+        assert reads == {key: list(range(rank, size, 2)) for key, size in sizes.items()}, rank
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    classifier = load_classifier(tmp_path / "two" / "model")
+    collator = finetune.ClassificationCollator(
+        classifier.tokenizer, image_size=32, max_text_length=classifier.tokenizer.model_max_length
+    )
+    expected = {}
+    for name, path in (("val", "dev.tsv"), ("extra", "extra.tsv")):
+        source = GlueTsv(tmp_path / path, ["sentence"], "label", ["blue", "red"])
+        expected[name] = {**_evaluated_whole(classifier.model, source, collator, "cross_entropy"), "chance": 0.5}
+    assert report["validation_sets"] == expected
+    assert (expected["val"]["items"], expected["val"]["skipped"], expected["extra"]["skipped"]) == (174, 2, 1)

@@ -6,9 +6,14 @@ silently, an empty input gives nan, an out-of-range label or a NaN logit a wrong
 scores, targets) on another device than the logits (predictions) are copied to theirs, as most
 libraries do for CPU labels and CUDA logits (a copy of N values, exact); a tensor on the meta device
 holds no values to score and is refused.
+
+:func:`predictions_and_targets` keeps two numbers per row of what :func:`task_metrics` reads, and
+:func:`prediction_metrics` gives its figures from those: a validation worked out in shares gathers
+those instead of (N, C) rows.
 """
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -159,6 +164,13 @@ def spearman(predictions: Tensor, targets: Tensor) -> float:
 
 def soft_accuracy(logits: Tensor, scores: Tensor) -> float:
     """VQA accuracy: mean score (N, C) of the predicted answer (scores floating-point or integer)."""
+    scores = _checked_scores(logits, scores)
+    return scores.gather(1, logits.argmax(dim=1, keepdim=True)).double().mean().item()
+
+
+def _checked_scores(logits: object, scores: object) -> Tensor:
+    """``scores`` on the logits' device, after checking (N, C) finite float logits and finite real scores of
+    their shape."""
     scores = _on_one_device(logits, scores, ("logits", "scores"))
     _check_logits(logits)
     if not isinstance(scores, Tensor) or scores.shape != logits.shape:
@@ -168,7 +180,18 @@ def soft_accuracy(logits: Tensor, scores: Tensor) -> float:
         raise ValueError(f"scores must be floating-point or integer, got {scores.dtype}")
     if not bool(torch.isfinite(scores).all()):  # (the mean was nan)
         raise ValueError("scores hold NaN or infinite values")
-    return scores.gather(1, logits.argmax(dim=1, keepdim=True)).double().mean().item()
+    return scores
+
+
+def _check_regression(logits: object, labels: object) -> None:
+    """(N, 1) finite float logits (one regression output) and (N,) real targets."""
+    rows = _check_logits(logits)
+    if logits.shape[1] != 1:  # (the correlations of column 0 were returned)
+        raise ValueError(f"logits must be (N, 1) for loss 'mse' (one regression output), got {tuple(logits.shape)}")
+    if not _is_real(labels) or labels.shape != (rows,):
+        raise ValueError(
+            f"labels must be ({rows},) real regression targets for loss 'mse', got {describe_tensor(labels)}"
+        )
 
 
 def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
@@ -194,13 +217,7 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     labels = _on_one_device(logits, labels, ("logits", "labels"))
     if loss == "mse":
-        rows = _check_logits(logits)
-        if logits.shape[1] != 1:  # (the correlations of column 0 were returned)
-            raise ValueError(f"logits must be (N, 1) for loss 'mse' (one regression output), got {tuple(logits.shape)}")
-        if not _is_real(labels) or labels.shape != (rows,):
-            raise ValueError(
-                f"labels must be ({rows},) real regression targets for loss 'mse', got {describe_tensor(labels)}"
-            )
+        _check_regression(logits, labels)
         return {"pearson": pearson(logits[:, 0], labels), "spearman": spearman(logits[:, 0], labels)}
     if loss == "binary_cross_entropy":
         return {"vqa_accuracy": soft_accuracy(logits, labels)}
@@ -234,3 +251,71 @@ def classification_metrics(predicted: Tensor, labels: Tensor, num_classes: int) 
     if num_classes == 2:
         out["f1"] = _binary_f1(predicted, labels, 1)
     return out
+
+
+def predictions_and_targets(logits: Tensor, labels: Tensor, loss: str) -> tuple[Tensor, Tensor]:
+    """What :func:`task_metrics` reads of each row of the logits and labels, two (N,) vectors to score later with
+    :func:`prediction_metrics` (e.g. after gathering rows worked out in shares, without (N, C) rows): the predicted
+    class and the class id (``cross_entropy``), the predicted value and the target (``mse``), the predicted answer
+    and its score (``binary_cross_entropy``: what VQA accuracy averages).
+
+    Args:
+        logits (Tensor): (N, C) outputs; (N, 1) for ``mse``.
+        labels (Tensor): the targets in the loss's format, as :func:`task_metrics`'s.
+        loss (str): ``cross_entropy``, ``binary_cross_entropy`` or ``mse``.
+
+    Returns:
+        tuple[Tensor, Tensor]: the (N,) predictions and the (N,) targets, on the logits' device.
+
+    Raises:
+        ValueError: as :func:`task_metrics`, for the same inputs (NaN or infinite logits included).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "binary_cross_entropy":
+        scores = _checked_scores(logits, labels)
+        predicted = logits.argmax(dim=1)
+        return predicted, scores.gather(1, predicted[:, None])[:, 0]
+    labels = _on_one_device(logits, labels, ("logits", "labels"))
+    if loss == "mse":
+        _check_regression(logits, labels)
+        return logits[:, 0], labels
+    _check_labels(labels, _check_logits(logits), logits.shape[1])
+    return logits.argmax(dim=1), labels
+
+
+def prediction_metrics(predicted: Tensor, targets: Tensor, loss: str, num_classes: Optional[int] = None) -> dict:
+    """:func:`task_metrics` from :func:`predictions_and_targets`'s two vectors (of every row, gathered): the same
+    metrics, of the same values.
+
+    Args:
+        predicted (Tensor): (N,) predicted classes (``cross_entropy``, ``binary_cross_entropy``) or values (``mse``).
+        targets (Tensor): (N,) class ids, scores of the predicted answers, or regression targets.
+        loss (str): ``cross_entropy``, ``binary_cross_entropy`` or ``mse``.
+        num_classes (Optional[int]): C, the logits' columns; read for ``cross_entropy`` only, which needs it.
+
+    Returns:
+        dict[str, float]: as :func:`task_metrics`'s.
+
+    Raises:
+        ValueError: if ``loss`` is unknown, ``num_classes`` is missing for ``cross_entropy``, or the vectors are
+            malformed (as :func:`classification_metrics`, :func:`pearson`; for ``binary_cross_entropy`` (N,) finite
+            real scores, N >= 1, of the predictions' shape).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "cross_entropy":
+        if num_classes is None:
+            raise ValueError("num_classes must be the number of classes for loss 'cross_entropy', got None")
+        return classification_metrics(predicted, targets, num_classes)
+    if loss == "mse":
+        return {"pearson": pearson(predicted, targets), "spearman": spearman(predicted, targets)}
+    if not _is_real(targets) or targets.dim() != 1 or targets.shape[0] == 0:
+        raise ValueError(f"targets must be (N,) real scores with N >= 1, got {describe_tensor(targets)}")
+    if not isinstance(predicted, Tensor) or predicted.shape != targets.shape:
+        raise ValueError(
+            f"predicted must have the targets' shape {tuple(targets.shape)}, got {describe_tensor(predicted)}"
+        )
+    if not bool(torch.isfinite(targets).all()):
+        raise ValueError("targets hold NaN or infinite values")
+    return {"vqa_accuracy": targets.double().mean().item()}
