@@ -873,3 +873,37 @@ def test_a_classifier_loads_without_pyyaml(tmp_path, monkeypatch):
     images = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(classifier.model(image=images).logits, model.eval()(image=images).logits)
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (("--out", "test.tsv"), "argument --out: expected another file than --tsv's"),
+        (("--out", "./sub/../test.tsv"), "argument --out: expected another file than --tsv's"),
+        (("--out", "out.tsv", "--json", "out.tsv"), "argument --json: expected another file than --out's"),
+    ],
+)
+def test_an_output_naming_the_tsv_read_or_the_other_output_is_refused_before_anything_is_written(
+    text_run, tmp_path, monkeypatch, outputs, message, capsys
+):
+    # The submission file was written over the test set it classified (exit 0), or the --json over it.
+    run, _, texts = text_run
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    tsv = _write_tsv(tmp_path / "test.tsv", ["index", "sentence"], enumerate(texts[:3]))
+    content = tsv.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(run), "--tsv", "test.tsv", *outputs])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert tsv.read_text() == content and not (tmp_path / "out.tsv").exists()
+
+
+def test_a_json_naming_a_text_file_read_is_refused(text_run, tmp_path, capsys):
+    run, _, texts = text_run
+    (tmp_path / "texts.txt").write_text("".join(f"{text}\n" for text in texts[:2]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(run), "--text", f"@{tmp_path / 'texts.txt'}", "--json", str(tmp_path / "texts.txt")])
+    assert (
+        exit_info.value.code == 2 and "argument --json: expected another file than --text's" in capsys.readouterr().err
+    )
+    assert (tmp_path / "texts.txt").read_text() == f"{texts[0]}\n{texts[1]}\n"
