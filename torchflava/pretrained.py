@@ -282,11 +282,12 @@ def holds_tokenizer(directory: Union[str, os.PathLike]) -> bool:
 
 def local_directory(path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
     """``path`` with a ``file://`` URL resolved as the builders resolve one (:func:`local_checkpoint`);
-    a path as it is (:func:`checkpoint_layout` names what is wrong with it).
+    a path with a leading ``~`` expanded, as the builders expand it, else as it is (:func:`checkpoint_layout`
+    names what is wrong with it).
 
     Raises:
         ValueError: for a URL of another scheme (http, ...): a checkpoint directory with its tokenizer
-            and preprocessing is local, nothing is downloaded; or a malformed ``file://`` URL.
+            and preprocessing is local, nothing is downloaded; a malformed ``file://`` URL; or an empty path.
         FileNotFoundError: for a ``file://`` URL naming nothing (the URL named).
     """
     if is_remote(path):  # (else taken for a relative path that does not exist, the URL mangled)
@@ -294,8 +295,11 @@ def local_directory(path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
             f"checkpoint: expected a local checkpoint directory or a file:// URL of one (nothing is downloaded), "
             f"got the URL {os.fspath(path)!r}"
         )
-    if isinstance(path, str) and path.startswith("file:"):  # (a Path collapses the URL's slashes: str only)
+    # (a Path collapses the URL's slashes: str only; an empty path, Path("") the working directory, is refused there)
+    if isinstance(path, str) and (path.startswith("file:") or not path.strip()):
         return local_checkpoint(path)
+    if isinstance(path, (str, os.PathLike)) and isinstance(os.fspath(path), str):
+        return Path(os.path.expanduser(path))  # (Path.expanduser raises for an unknown ~user: left as it is)
     return path
 
 
