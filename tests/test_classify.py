@@ -28,6 +28,7 @@ from torchflava.models import flava_model
 from torchflava.models.flava import flava_model_for_classification
 from torchflava.pretrained import load_pretrained
 from torchflava.training.config import load_config
+from torchflava.utils.cli import run_command
 
 finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe_for_classify")
 
@@ -907,3 +908,21 @@ def test_a_json_naming_a_text_file_read_is_refused(text_run, tmp_path, capsys):
         exit_info.value.code == 2 and "argument --json: expected another file than --text's" in capsys.readouterr().err
     )
     assert (tmp_path / "texts.txt").read_text() == f"{texts[0]}\n{texts[1]}\n"
+
+
+def test_a_fine_tuning_run_without_its_export_is_named_as_such_not_as_a_bad_pretraining_run(
+    image_run, tmp_path, capsys
+):
+    # It was "expected the model section of a FLAVA or CLIP pretraining run": classify was told it wanted
+    # a pretraining run, when a fine-tuning run's export is what it loads.
+    out, _ = image_run
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed, ignore=shutil.ignore_patterns("model"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(lambda: main(["--checkpoint", str(killed), "--images", str(tmp_path)]))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and error == (
+        f"error: checkpoint: {killed / 'checkpoints' / 'step_00000012'} is a training checkpoint of a FLAVA "
+        f"fine-tuning run ({killed / 'checkpoints' / 'step_00000012' / 'config.yaml'}), which loads only from the "
+        f"export a fine-tuning run writes when it finishes ({killed / 'model'})"
+    )

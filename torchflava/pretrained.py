@@ -921,7 +921,8 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
             run's ``model.pretrained`` is not there where the run needs it (a CLIP run started from a checkpoint
             that does not record what it read of it: :data:`RUN_ARGUMENTS`).
         ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
-            ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
+            ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``; a FLAVA fine-tuning
+            run's is named as such: its classifier loads from its export only).
     """
     run = checkpoint.parent.parent
     config_file = run_config(checkpoint)
@@ -932,6 +933,11 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
         raise ValueError(f"checkpoint: {config_file}: expected a recipe's config with model and data sections")
     stated = {k: v for k, v in section.items() if k != "pretrained"}
     family = next((f for f, b in BUILDERS.items() if set(stated) <= set(inspect.signature(b).parameters)), None)
+    if family is None and "classifier_hidden_dim" in stated:  # (examples/flava/finetune.py's: no builder reads it)
+        raise ValueError(
+            f"checkpoint: {checkpoint} is a training checkpoint of a FLAVA fine-tuning run ({config_file}), which "
+            f"loads only from the export a fine-tuning run writes when it finishes ({run / 'model'})"
+        )
     if family is None:
         raise ValueError(
             f"checkpoint: {config_file}: expected the model section of a FLAVA or CLIP pretraining run "
