@@ -28,6 +28,7 @@ from torchflava.models import flava_model
 from torchflava.models.flava import flava_model_for_classification
 from torchflava.pretrained import load_pretrained
 from torchflava.training.config import load_config
+from torchflava.utils.cli import run_command
 
 finetune = load_recipe("examples/flava/finetune.py", "flava_finetune_recipe_for_classify")
 
@@ -873,3 +874,55 @@ def test_a_classifier_loads_without_pyyaml(tmp_path, monkeypatch):
     images = torch.rand(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(classifier.model(image=images).logits, model.eval()(image=images).logits)
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (("--out", "test.tsv"), "argument --out: expected another file than --tsv's"),
+        (("--out", "./sub/../test.tsv"), "argument --out: expected another file than --tsv's"),
+        (("--out", "out.tsv", "--json", "out.tsv"), "argument --json: expected another file than --out's"),
+    ],
+)
+def test_an_output_naming_the_tsv_read_or_the_other_output_is_refused_before_anything_is_written(
+    text_run, tmp_path, monkeypatch, outputs, message, capsys
+):
+    # The submission file was written over the test set it classified (exit 0), or the --json over it.
+    run, _, texts = text_run
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    tsv = _write_tsv(tmp_path / "test.tsv", ["index", "sentence"], enumerate(texts[:3]))
+    content = tsv.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(run), "--tsv", "test.tsv", *outputs])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert tsv.read_text() == content and not (tmp_path / "out.tsv").exists()
+
+
+def test_a_json_naming_a_text_file_read_is_refused(text_run, tmp_path, capsys):
+    run, _, texts = text_run
+    (tmp_path / "texts.txt").write_text("".join(f"{text}\n" for text in texts[:2]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(run), "--text", f"@{tmp_path / 'texts.txt'}", "--json", str(tmp_path / "texts.txt")])
+    assert (
+        exit_info.value.code == 2 and "argument --json: expected another file than --text's" in capsys.readouterr().err
+    )
+    assert (tmp_path / "texts.txt").read_text() == f"{texts[0]}\n{texts[1]}\n"
+
+
+def test_a_fine_tuning_run_without_its_export_is_named_as_such_not_as_a_bad_pretraining_run(
+    image_run, tmp_path, capsys
+):
+    # It was "expected the model section of a FLAVA or CLIP pretraining run": classify was told it wanted
+    # a pretraining run, when a fine-tuning run's export is what it loads.
+    out, _ = image_run
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed, ignore=shutil.ignore_patterns("model"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(lambda: main(["--checkpoint", str(killed), "--images", str(tmp_path)]))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and error == (
+        f"error: checkpoint: {killed / 'checkpoints' / 'step_00000012'} is a training checkpoint of a FLAVA "
+        f"fine-tuning run ({killed / 'checkpoints' / 'step_00000012' / 'config.yaml'}), which loads only from the "
+        f"export a fine-tuning run writes when it finishes ({killed / 'model'})"
+    )

@@ -426,6 +426,27 @@ def test_a_file_url_names_a_checkpoint_directory(tmp_path):
         load_pretrained("file://host/x")
 
 
+def test_a_home_relative_path_loads_as_in_the_builders_and_no_path_is_not_the_working_directory(tmp_path, monkeypatch):
+    """``~/...`` loaded in ``flava_model(pretrained=)`` but was "does not exist" here; an empty path, or a
+    ``file://`` URL of none, loaded whatever checkpoint the process ran in; ``~nosuchuser`` was a
+    RuntimeError from inside pathlib in the builders."""
+    from torchflava.models import clip_model
+
+    write_tiny_export(tmp_path / "models" / "tiny")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    by_home, by_path = load_pretrained("~/models/tiny"), load_pretrained(tmp_path / "models" / "tiny")
+    assert by_home.weights == by_path.weights and by_home.kwargs == by_path.kwargs
+    monkeypatch.chdir(tmp_path / "models" / "tiny")  # a checkpoint here: nothing names it
+    for empty in ("", " "):
+        with pytest.raises(ValueError, match=r"^checkpoint path must name a file, a directory or a URL, got an empty"):
+            load_pretrained(empty)
+    for url in ("file://", "file://localhost"):
+        with pytest.raises(ValueError, match=rf"^file URLs must name a local file \(file:///path\), got '{url}'$"):
+            load_pretrained(url)
+    with pytest.raises(FileNotFoundError, match=r"^checkpoint not found: ~nosuchuser/clip.safetensors$"):
+        clip_model(pretrained="~nosuchuser/clip.safetensors")
+
+
 def test_a_model_directory_named_step_n_loads_as_before_and_an_empty_one_is_an_incomplete_checkpoint(tmp_path):
     """A Hugging Face or export directory that a user named ``step_<N>`` was taken for a training checkpoint
     and refused as incomplete (no COMPLETE file): it holds its config, which no training checkpoint does."""

@@ -1232,3 +1232,32 @@ def test_the_json_holds_each_images_top_k_pairs_in_order_and_top_k_chooses_how_m
         assert sorted(name for name, _ in top) == sorted(CLASSES) and top[:2] == written["top"][file]
         assert sum(p for _, p in top) == pytest.approx(1, abs=1e-6)
     assert three["accuracy"] == written["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (["--json", "{classes}"], "argument --json: expected another file than --classes's"),
+        (["--json", "{link}"], "argument --json: expected another file than --classes's"),  # (named with ..)
+        (["--all-probabilities", "{npy}", "--json", "{npy}"], "argument --json: expected another file than --all-p"),
+        (["--json", "{templates}"], "argument --json: expected another file than --template's"),
+    ],
+)
+def test_an_output_naming_an_input_file_or_the_other_output_is_refused_before_anything_is_written(
+    export, images, tmp_path, outputs, message, capsys
+):
+    # The --json written over the class names (or the probabilities under the --json) ran to exit 0.
+    directory, _ = export
+    classes, templates = tmp_path / "classes.txt", tmp_path / "templates.txt"
+    classes.write_text("".join(f"{name}\n" for name in CLASSES))
+    templates.write_text("a {}\n")
+    (tmp_path / "names").mkdir()
+    (tmp_path / "names" / "link").symlink_to(classes)
+    paths = dict(classes=classes, templates=templates, npy=tmp_path / "p.npy", link=tmp_path / "names/../classes.txt")
+    argv = ["--checkpoint", str(directory), "--images", str(images), "--classes", f"@{tmp_path / 'names' / 'link'}"]
+    argv += ["--template", f"@{templates}", *(value.format(**paths) for value in outputs)]
+    with pytest.raises(SystemExit) as exit_info:
+        zero_shot.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert classes.read_text() == "red circle\nblue square\ngreen triangle\n" and templates.read_text() == "a {}\n"
+    assert not (tmp_path / "p.npy").exists()

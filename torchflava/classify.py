@@ -90,7 +90,15 @@ from torchflava.utils.checkpoint import (
     read_json_object,
     refuse_unmatched,
 )
-from torchflava.utils.cli import at_file_lines, finish_command, output_file, positive_int, run_command, write_json
+from torchflava.utils.cli import (
+    at_file_lines,
+    finish_command,
+    output_file,
+    positive_int,
+    refuse_overwritten_inputs,
+    run_command,
+    write_json,
+)
 from torchflava.utils.distributed import get_rank
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
@@ -813,6 +821,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the result here")
     args = parser.parse_args(argv)
+    inputs = {"--tsv": [args.tsv] if args.tsv is not None else []}
+    inputs["--captions"] = [args.captions] if args.captions is not None else []
+    inputs["--text"] = [t for t in args.text or () if t.startswith("@")]
+    refuse_overwritten_inputs(parser, {"--out": args.out, "--json": args.json}, inputs)
     # every argument checked, and the classifier's configs read, before its weights are
     if (args.tsv is None) != (args.out is None):
         parser.error("arguments --tsv and --out: expected both (the TSV to classify and its predictions' file)")

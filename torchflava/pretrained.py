@@ -282,11 +282,12 @@ def holds_tokenizer(directory: Union[str, os.PathLike]) -> bool:
 
 def local_directory(path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
     """``path`` with a ``file://`` URL resolved as the builders resolve one (:func:`local_checkpoint`);
-    a path as it is (:func:`checkpoint_layout` names what is wrong with it).
+    a path with a leading ``~`` expanded, as the builders expand it, else as it is (:func:`checkpoint_layout`
+    names what is wrong with it).
 
     Raises:
         ValueError: for a URL of another scheme (http, ...): a checkpoint directory with its tokenizer
-            and preprocessing is local, nothing is downloaded; or a malformed ``file://`` URL.
+            and preprocessing is local, nothing is downloaded; a malformed ``file://`` URL; or an empty path.
         FileNotFoundError: for a ``file://`` URL naming nothing (the URL named).
     """
     if is_remote(path):  # (else taken for a relative path that does not exist, the URL mangled)
@@ -294,8 +295,11 @@ def local_directory(path: Union[str, os.PathLike]) -> Union[str, os.PathLike]:
             f"checkpoint: expected a local checkpoint directory or a file:// URL of one (nothing is downloaded), "
             f"got the URL {os.fspath(path)!r}"
         )
-    if isinstance(path, str) and path.startswith("file:"):  # (a Path collapses the URL's slashes: str only)
+    # (a Path collapses the URL's slashes: str only; an empty path, Path("") the working directory, is refused there)
+    if isinstance(path, str) and (path.startswith("file:") or not path.strip()):
         return local_checkpoint(path)
+    if isinstance(path, (str, os.PathLike)) and isinstance(os.fspath(path), str):
+        return Path(os.path.expanduser(path))  # (Path.expanduser raises for an unknown ~user: left as it is)
     return path
 
 
@@ -917,7 +921,8 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
             run's ``model.pretrained`` is not there where the run needs it (a CLIP run started from a checkpoint
             that does not record what it read of it: :data:`RUN_ARGUMENTS`).
         ValueError: if the config is not YAML, or its ``model`` section fits neither ``flava_model`` nor
-            ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``).
+            ``clip_model`` (not a pretraining run of ``examples/flava`` or ``examples/clip``; a FLAVA fine-tuning
+            run's is named as such: its classifier loads from its export only).
     """
     run = checkpoint.parent.parent
     config_file = run_config(checkpoint)
@@ -928,6 +933,11 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
         raise ValueError(f"checkpoint: {config_file}: expected a recipe's config with model and data sections")
     stated = {k: v for k, v in section.items() if k != "pretrained"}
     family = next((f for f, b in BUILDERS.items() if set(stated) <= set(inspect.signature(b).parameters)), None)
+    if family is None and "classifier_hidden_dim" in stated:  # (examples/flava/finetune.py's: no builder reads it)
+        raise ValueError(
+            f"checkpoint: {checkpoint} is a training checkpoint of a FLAVA fine-tuning run ({config_file}), which "
+            f"loads only from the export a fine-tuning run writes when it finishes ({run / 'model'})"
+        )
     if family is None:
         raise ValueError(
             f"checkpoint: {config_file}: expected the model section of a FLAVA or CLIP pretraining run "

@@ -63,7 +63,14 @@ from torchflava.evaluation.zero_shot import check_class_prompts, check_finite, c
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.checks import check_int, is_prompt_template
-from torchflava.utils.cli import at_file_lines, finish_command, output_file, positive_int, run_command
+from torchflava.utils.cli import (
+    at_file_lines,
+    finish_command,
+    output_file,
+    positive_int,
+    refuse_overwritten_inputs,
+    run_command,
+)
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
 
@@ -698,6 +705,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "order of the --json's predictions, columns in that of its classes (classification)",
     )
     args = parser.parse_args(argv)
+    inputs = {"--captions": [args.captions] if args.captions is not None else []}
+    inputs["--classes"] = [args.classes] if args.classes is not None and args.classes.startswith("@") else []
+    inputs["--template"] = [t for t in args.templates or () if t.startswith("@")]
+    refuse_overwritten_inputs(parser, {"--all-probabilities": args.all_probabilities, "--json": args.json}, inputs)
     if args.all_probabilities is not None and args.all_probabilities.suffix != ".npy":
         parser.error(f"argument --all-probabilities: expected a .npy file path, got {str(args.all_probabilities)!r}")
     if args.templates is not None:

@@ -88,12 +88,12 @@ def local_checkpoint(path: PathLike) -> Path:
         raise ValueError("checkpoint path must name a file, a directory or a URL, got an empty string")
     if text.startswith("file://"):
         parsed = urllib.parse.urlparse(text)
-        if parsed.netloc not in ("", "localhost"):
+        if parsed.netloc not in ("", "localhost") or not parsed.path:  # (no path: the working directory)
             raise ValueError(f"file URLs must name a local file (file:///path), got {text!r}")
         text = urllib.request.url2pathname(parsed.path)
     elif "://" in text:
         text = _download(text)
-    local = Path(text).expanduser()
+    local = Path(os.path.expanduser(text))  # (Path.expanduser raises RuntimeError for an unknown ~user)
     if not local.exists():
         raise FileNotFoundError(f"checkpoint not found: {path!s}")
     return local

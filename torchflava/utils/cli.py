@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from torchflava.utils.checkpoint import atomic_write
 
@@ -59,6 +59,38 @@ def output_file(text: str) -> Path:
     if path.is_dir() or not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"expected a file path in a writable directory, got {text!r}")
     return path
+
+
+def refuse_overwritten_inputs(
+    parser: argparse.ArgumentParser, outputs: dict[str, Optional[Path]], inputs: dict[str, Sequence[str]]
+) -> None:
+    """Exit 2 (``parser.error``) where an output option names the file an input option reads, or the file of
+    an output option before it: writing it (an atomic rename over that path) would replace the input, or the
+    other output, with no error. An output is the directory entry it names (its folder resolved: ``./a.tsv``
+    is ``a.tsv``, and a link there is replaced, not what it points to), an input the file it reads (links
+    followed).
+
+    Args:
+        parser (argparse.ArgumentParser): the command's parser, which reports the error.
+        outputs (dict[str, Optional[Path]]): option -> the path it writes (None: not given), in the order
+            they are written.
+        inputs (dict[str, Sequence[str]]): option -> the files it reads (an ``@FILE`` value: its file).
+    """
+    read = {}  # resolved path -> the option that reads it
+    for option, values in inputs.items():
+        for value in values:
+            read.setdefault(Path(value.removeprefix("@")).resolve(), option)
+    written = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        entry = path.parent.resolve() / path.name
+        owner = read.get(entry) or written.get(entry)
+        if owner is not None:
+            parser.error(
+                f"argument {option}: expected another file than {owner}'s, got {str(path)!r} (it would be written over)"
+            )
+        written[entry] = option
 
 
 def write_json(path: Path, value: object, *, allow_nan: bool = False) -> None:

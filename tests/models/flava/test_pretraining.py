@@ -1,6 +1,7 @@
 """FLAVAForPretraining against Hugging Face's FlavaForPreTraining (same weights, masks and labels)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -161,3 +162,43 @@ def test_losses_and_gradients_match_hf(pair, kind, expected):
             )
             compared += 1
         assert compared >= 3, f"{name}: only {compared} shared parameters had gradients to compare"
+
+
+def test_the_codebook_of_a_hugging_face_directory_is_built_at_the_sizes_its_config_states(tmp_path):
+    # It was built at the published dVAE's sizes whatever image_codebook_config said: a FlavaForPreTraining
+    # with another dVAE was refused for 32 missing codebook keys, naming sizes no argument of the builder takes.
+    from torchflava.modules.codebook.dalle_vae import map_pixels
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48)
+    config = dict(
+        image_config=dict(tower, image_size=32, patch_size=8, vocab_size=16),
+        text_config=dict(tower, vocab_size=99, max_position_embeddings=40),
+        multimodal_config=tower,
+        hidden_size=32,
+        image_codebook_config=dict(hidden_size=8, num_groups=4, num_blocks_per_group=1, vocab_size=16),
+        projection_dim=20,
+    )
+    hf = FlavaForPreTraining(FlavaConfig(**config)).eval()
+    with torch.no_grad():  # (at its init every patch got one id: the comparison would have no teeth)
+        for p in hf.image_codebook.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    hf.save_pretrained(tmp_path)
+    ours = flava_model_for_pretraining(pretrained=tmp_path).eval()
+    pixels = map_pixels(torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        expected = hf.image_codebook.get_codebook_indices(pixels).flatten(1)
+        assert torch.equal(ours.codebook.tokens(pixels), expected) and expected.unique().numel() > 1
+
+    written = json.loads((tmp_path / "config.json").read_text())
+    for edit, message in [
+        (dict(num_groups=3), "image_codebook_config.num_groups must be 4 (the dVAE's groups, as dalle_encoder builds"),
+        (dict(vocab_size=32), "expected image_codebook_config.vocab_size to be image_vocab_size, 16 (the MIM heads'"),
+    ]:
+        (tmp_path / "config.json").write_text(
+            json.dumps({**written, "image_codebook_config": {**written["image_codebook_config"], **edit}})
+        )
+        with pytest.raises(
+            ValueError, match=rf"^flava_model_for_pretraining: {tmp_path / 'config.json'}: .*{re.escape(message)}"
+        ):
+            flava_model_for_pretraining(pretrained=tmp_path)

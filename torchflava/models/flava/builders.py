@@ -24,6 +24,7 @@ from torchflava.models.flava.classification import (
 from torchflava.models.flava.convert_weights import (
     check_norm_eps,
     detect_layout,
+    hf_codebook_kwargs,
     hf_directory_kwargs,
     load_flava_pretraining_weights,
     load_flava_weights,
@@ -37,7 +38,7 @@ from torchflava.modules.encoders import MultimodalEncoder, TextEncoder, VisionEn
 from torchflava.modules.heads import ITMHead, MaskedPredictionHead
 from torchflava.modules.init import init_weights
 from torchflava.modules.layers import Linear, PatchEmbedding, Pooler, TextEmbedding
-from torchflava.utils.checkpoint import load_state_dict, peek_state_dict, training_run_model
+from torchflava.utils.checkpoint import load_state_dict, peek_state_dict, read_json_object, training_run_model
 from torchflava.utils.checks import (
     check_architecture,
     check_bool,
@@ -499,7 +500,8 @@ def flava_model_for_pretraining(
             architecture of a Hugging Face ``pretrained`` directory. Build it with ``flava_model(...)``
             for other sizes.
         codebook (Optional[nn.Module]): image tokenizer with ``tokens(pixels)``; when None and
-            ``build_codebook``, the DALL-E dVAE encoder (8192 ids, 112 px -> 14 x 14).
+            ``build_codebook``, the DALL-E dVAE encoder (8192 ids, 112 px -> 14 x 14; for a Hugging Face
+            ``pretrained`` directory, at the sizes of its config.json's ``image_codebook_config``).
         build_codebook (bool): build the default codebook when none is given. Leave it off when the
             data pipeline provides ``image_tokens`` (cheaper: the codebook is ~12% of a step).
         pretrained (Optional[Union[str, os.PathLike]]): a pretraining checkpoint (HF ``FlavaForPreTraining``,
@@ -529,7 +531,8 @@ def flava_model_for_pretraining(
     Raises:
         ValueError: if a loss weight is negative or not a finite number, ``image_vocab_size`` is not an
             int >= 2 or ``head_norm_eps`` not positive (naming the argument), or an argument or the
-            backbone's LayerNorm eps contradicts a Hugging Face directory's config.json.
+            backbone's LayerNorm eps contradicts a Hugging Face directory's config.json, or the codebook it
+            states is not one ``dalle_encoder`` builds or has another number of ids than ``image_vocab_size``.
     """
     if backbone is not None and not isinstance(backbone, FLAVAModel):  # (before any checkpoint is read)
         raise TypeError(f"backbone must be a FLAVAModel, got {type(backbone).__name__}")
@@ -568,6 +571,17 @@ def flava_model_for_pretraining(
             f"flava_model_for_pretraining: image_vocab_size must be >= 2 (one codebook id: the image losses are "
             f"always 0), got {image_vocab_size}"
         )
+    dvae = dict(vocab_size=image_vocab_size)  # the codebook built where none is given: the published dVAE's sizes,
+    if codebook is None and build_codebook and config_file is not None and config_file.name == "config.json":
+        try:  # or those of the one a Hugging Face FlavaForPreTraining states (its weights are loaded into it)
+            dvae = hf_codebook_kwargs(read_json_object(config_file))
+        except ValueError as error:
+            raise ValueError(f"flava_model_for_pretraining: {config_file}: {error}") from None
+        if dvae["vocab_size"] != image_vocab_size:  # (its ids are the MIM heads' classes)
+            raise ValueError(
+                f"flava_model_for_pretraining: {config_file}: expected image_codebook_config.vocab_size to be "
+                f"image_vocab_size, {image_vocab_size} (the MIM heads' classes), got {dvae['vocab_size']}"
+            )
     backbone_config = {k: v for k, v in config.items() if k in inspect.signature(flava_model).parameters}
     model = flava_model(**backbone_config) if backbone is None else backbone
     image_dim = model.image_encoder.norm.normalized_shape[0]
@@ -575,7 +589,7 @@ def flava_model_for_pretraining(
     multimodal_dim = model.multimodal_encoder.norm.normalized_shape[0]
     vocab_size = model.text_encoder.embeddings.vocab_size
     if codebook is None and build_codebook:
-        codebook = dalle_encoder(vocab_size=image_vocab_size)
+        codebook = dalle_encoder(**dvae)
     pretraining = FLAVAForPretraining(
         model,
         mlm_head=MaskedPredictionHead(text_dim, vocab_size, norm_eps=head_norm_eps),

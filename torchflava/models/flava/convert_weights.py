@@ -407,6 +407,10 @@ _HF_DEFAULTS = {
     "multimodal_config": dict(_HF_ENCODER, num_hidden_layers=6, use_cls_token=True),
     "": dict(projection_dim=768, logit_scale_init_value=2.6592, ce_ignore_index=-100, global_backprop_contrastive=True),
 }
+# FlavaImageCodebookConfig's sizes (the published DALL-E dVAE's)
+_HF_DEFAULTS["image_codebook_config"] = dict(
+    hidden_size=256, num_groups=4, num_blocks_per_group=2, input_channels=3, vocab_size=8192
+)
 _HF_LOSS_WEIGHTS = ("mim", "mlm", "itm", "global_contrastive", "mmm_image", "mmm_text")  # FlavaConfig's *_weight
 _HF_DEFAULTS[""].update({f"{name}_weight": 1.0 for name in _HF_LOSS_WEIGHTS})
 _HF_SIZES = dict(embed_dim="hidden_size", num_layers="num_hidden_layers", num_heads="num_attention_heads")
@@ -539,6 +543,36 @@ def flava_pretraining_kwargs_from_hf_config(config: dict) -> dict:
         **losses,
         ignore_index=_hf_field(sections, "", "ce_ignore_index"),
         contrastive_gather=GatherGrad.GLOBAL if backprop else GatherGrad.LOCAL,
+    )
+
+
+def hf_codebook_kwargs(config: dict) -> dict:
+    """``dalle_encoder`` keyword arguments for the dVAE a Hugging Face ``FlavaConfig`` states
+    (``image_codebook_config``, as ``FlavaForPreTraining`` builds its ``image_codebook``; a field it omits takes
+    transformers' default, the published dVAE's).
+
+    Args:
+        config (dict): the config (see :func:`flava_kwargs_from_hf_config`).
+
+    Returns:
+        dict: ``hidden_dim``, ``blocks_per_group``, ``vocab_size`` and ``in_channels``.
+
+    Raises:
+        ValueError: for a field of the wrong type, or a ``num_groups`` other than 4 (``dalle_encoder``
+            builds the dVAE's four groups), naming the field.
+    """
+    sections = {**_hf_fields(config), "image_codebook_config": hf_sub_configs(config, ["image_codebook_config"])[0]}
+    field = {name: _hf_field(sections, "image_codebook_config", name) for name in _HF_DEFAULTS["image_codebook_config"]}
+    if field["num_groups"] != 4:
+        raise ValueError(
+            f"config image_codebook_config.num_groups must be 4 (the dVAE's groups, as dalle_encoder builds them), "
+            f"got {field['num_groups']!r}"
+        )
+    return dict(
+        hidden_dim=field["hidden_size"],
+        blocks_per_group=field["num_blocks_per_group"],
+        vocab_size=field["vocab_size"],
+        in_channels=field["input_channels"],
     )
 
 
