@@ -917,6 +917,9 @@ def test_folder_order_maps_synset_folders_to_the_classes_in_sorted_order(export,
             "argument --folder-order: expected every image in a class sub-folder, got 1 at the top of {root}",
         ),
         ({"n01": 1, "n02": 1, "n03": 1}, None),
+        # a hidden folder (Jupyter's, macOS's) is no class: its images are not listed either (it was counted,
+        # so 3 classes' folders were refused as 4 sub-folders)
+        ({"n01": 1, "n02": 1, "n03": 1, ".ipynb_checkpoints": 1}, None),
     ],
 )
 def test_folder_order_is_checked_before_the_checkpoint_loads(images, tmp_path, layout, message, capsys, monkeypatch):

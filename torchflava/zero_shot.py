@@ -399,9 +399,10 @@ def _check_class_folders(class_folders: object, num_classes: int, folder_order: 
 
 def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int, listed: ImageFolder) -> dict[str, int]:
     """Each sub-folder of ``images_dir`` -> its index in sorted order (torchvision's ``ImageFolder`` classes:
-    every sub-folder, images in it or not); ValueError unless there are ``num_classes`` of them and no image
-    of ``listed`` (``images_dir``'s images, listed) lies outside them."""
-    folders = sorted(entry.name for entry in os.scandir(images_dir) if entry.is_dir())
+    every sub-folder, images in it or not, but for hidden ones, ``.ipynb_checkpoints``, whose images ``listed``
+    leaves out too); ValueError unless there are ``num_classes`` of them and no image of ``listed``
+    (``images_dir``'s images, listed) lies outside them."""
+    folders = sorted(e.name for e in os.scandir(images_dir) if e.is_dir() and not e.name.startswith("."))
     if len(folders) != num_classes:
         raise ValueError(
             f"folder_order: expected one sub-folder of {images_dir} per class ({num_classes}), got {len(folders)} "
