@@ -1,4 +1,5 @@
-r"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline).
+r"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline) or
+a linear probe (LP-FT).
 
     python examples/clip/train.py config=examples/clip/configs/tiny.yaml    # a small CLIP in runs/clip-tiny
     python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes.yaml
@@ -16,20 +17,27 @@ torchflava CLIP run, export or ``<run>/checkpoints/step_<N>``; its image tower a
 L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times the zero-shot class embeddings of the
 class names (the folder names, or ``data.class_names``: "tench" for ``n01440764/``) in ``model.templates`` and
 whose bias is 0, so that step 0 predicts what zero-shot classification does;
-``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept) -> ``fit``
+``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept;
+``model.head_init=linear_probe`` for LP-FT (Kumar et al. 2022): a logistic-regression probe
+(:func:`torchflava.evaluation.linear_probe.linear_probe`) of the frozen tower's L2-normalised features of the
+first ``model.probe_max_items`` training items in an order drawn from ``training.seed``, taken through the
+evaluation transform (no augmentation), each rank a share of the items (unreadable ones skipped), its penalty
+``model.probe_l2`` or the best on the last fifth of them, fitted on rank 0, made the head with its standardisation
+folded into the weight and bias, so that step 0 predicts what the probe does) -> ``fit``
 (the shared loop: accumulation, DDP/FSDP2, autocast, clipping, checkpoints, exact resume also on another number of
 ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.load_clip_classifier` loads it,
 ``python -m torchflava.classify --checkpoint <output_dir> --images DIR`` runs it) ->
-validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from) and of
-the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space ensemble (WiSE-FT,
-``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json`` (each rank
-decodes every ``world_size``-th validation image once for the three models, rank 0 scores them all). A new run
-records what it started from before training: the zero-shot classifier (``<output_dir>/zero_shot``, an export as
-``model/`` is: weights, ``clip_model`` arguments, class names, preprocessing; also with ``model.head_init=random``,
-for the report); a resume builds the model, the class names, the preprocessing and the zero-shot and WiSE-FT
-reference from that record alone, never reading ``model.pretrained`` (which may have moved, gone or changed), and
-is refused, naming ``training.resume``, where the record is missing or does not read. ``main(cfg)`` returns the
-report.
+validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from; named
+``linear_probe`` for LP-FT) and of the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space
+ensemble (WiSE-FT, ``(1 - alpha) * start + alpha * fine-tuned``), printed in one line and written to
+``report.json`` (each rank decodes every ``world_size``-th validation image once for the three models, rank 0 scores
+them all). A new run records what it started from before training: the zero-shot classifier
+(``<output_dir>/zero_shot``, an export as ``model/`` is: weights, ``clip_model`` arguments, class names,
+preprocessing; also with ``model.head_init=random``, for the report; the linear-probe classifier with
+``model.head_init=linear_probe``); a resume builds the model, the class names, the preprocessing and the zero-shot
+(or linear-probe) and WiSE-FT reference from that record alone (a probe is not fitted again), never reading
+``model.pretrained`` (which may have moved, gone or changed), and is refused, naming ``training.resume``, where the
+record is missing or does not read. ``main(cfg)`` returns the report.
 """
 
 import copy
