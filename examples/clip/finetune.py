@@ -1,4 +1,5 @@
-r"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline).
+r"""CLIP image-classification fine-tuning, the head initialised with the zero-shot classifier (WiSE-FT's baseline) or
+a linear probe (LP-FT).
 
     python examples/clip/train.py config=examples/clip/configs/tiny.yaml    # a small CLIP in runs/clip-tiny
     python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes.yaml
@@ -16,25 +17,33 @@ torchflava CLIP run, export or ``<run>/checkpoints/step_<N>``; its image tower a
 L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times the zero-shot class embeddings of the
 class names (the folder names, or ``data.class_names``: "tench" for ``n01440764/``) in ``model.templates`` and
 whose bias is 0, so that step 0 predicts what zero-shot classification does;
-``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept) -> ``fit``
+``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept;
+``model.head_init=linear_probe`` for LP-FT (Kumar et al. 2022): a logistic-regression probe
+(:func:`torchflava.evaluation.linear_probe.linear_probe`) of the frozen tower's L2-normalised features of the
+first ``model.probe_max_items`` training items in an order drawn from ``training.seed``, taken through the
+evaluation transform (no augmentation), each rank a share of the items (unreadable ones skipped), its penalty
+``model.probe_l2`` or the best on the last fifth of them, fitted on rank 0, made the head with its standardisation
+folded into the weight and bias, so that step 0 predicts what the probe does) -> ``fit``
 (the shared loop: accumulation, DDP/FSDP2, autocast, clipping, checkpoints, exact resume also on another number of
 ranks, logging) -> export (``<output_dir>/model``: :func:`torchflava.classify.load_clip_classifier` loads it,
 ``python -m torchflava.classify --checkpoint <output_dir> --images DIR`` runs it) ->
-validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from) and of
-the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space ensemble (WiSE-FT,
-``(1 - alpha) * zero-shot + alpha * fine-tuned``), printed in one line and written to ``report.json`` (each rank
-decodes every ``world_size``-th validation image once for the three models, rank 0 scores them all). A new run
-records what it started from before training: the zero-shot classifier (``<output_dir>/zero_shot``, an export as
-``model/`` is: weights, ``clip_model`` arguments, class names, preprocessing; also with ``model.head_init=random``,
-for the report); a resume builds the model, the class names, the preprocessing and the zero-shot and WiSE-FT
-reference from that record alone, never reading ``model.pretrained`` (which may have moved, gone or changed), and
-is refused, naming ``training.resume``, where the record is missing or does not read. ``main(cfg)`` returns the
-report.
+validation report: top-1 accuracy on ``data.val`` of the zero-shot head (the weights the run started from; named
+``linear_probe`` for LP-FT) and of the fine-tuned model, and with ``eval.wise_ft_alpha`` of their weight-space
+ensemble (WiSE-FT, ``(1 - alpha) * start + alpha * fine-tuned``), printed in one line and written to
+``report.json`` (each rank decodes every ``world_size``-th validation image once for the three models, rank 0 scores
+them all). A new run records what it started from before training: the zero-shot classifier
+(``<output_dir>/zero_shot``, an export as ``model/`` is: weights, ``clip_model`` arguments, class names,
+preprocessing; also with ``model.head_init=random``, for the report; the linear-probe classifier with
+``model.head_init=linear_probe``); a resume builds the model, the class names, the preprocessing and the zero-shot
+(or linear-probe) and WiSE-FT reference from that record alone (a probe is not fitted again), never reading
+``model.pretrained`` (which may have moved, gone or changed), and is refused, naming ``training.resume``, where the
+record is missing or does not read. ``main(cfg)`` returns the report.
 """
 
 import copy
 from dataclasses import dataclass, field
 import json
+import math
 from pathlib import Path
 import sys
 from typing import Optional
@@ -59,10 +68,11 @@ from torchflava.data.finetuning import (
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.transforms import RandomCropTransform
+from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.evaluation.metrics import classification_metrics
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
-from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
+from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head, standardised_head
 from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
@@ -84,7 +94,7 @@ from torchflava.utils.cli import write_json
 from torchflava.zero_shot import DEFAULT_TEMPLATES, class_embeddings
 
 TASKS = ("image_folder", "shapes")
-HEAD_INITS = ("zero_shot", "random")
+HEAD_INITS = ("zero_shot", "random", "linear_probe")
 # the prompts a null model.templates stands for: the shapes world's captions say "a small red circle"
 TASK_TEMPLATES = {"image_folder": list(DEFAULT_TEMPLATES), "shapes": list(SHAPES_TEMPLATES)}
 PRETRAINED = (
@@ -101,7 +111,14 @@ CLASS_FOLDERS = "class_folders.json"  # in the record: the training class folder
 @dataclass
 class ModelConfig:
     pretrained: Optional[str] = None  # the CLIP checkpoint (see PRETRAINED)
-    head_init: str = "zero_shot"  # zero_shot (exp(logit_scale) x the class embeddings, bias 0) | random
+    # zero_shot (exp(logit_scale) x the class embeddings, bias 0) | random | linear_probe (LP-FT: a logistic-regression
+    # probe of the frozen tower's L2-normalised features of data.train, its standardisation folded into the head)
+    head_init: str = "zero_shot"
+    # linear_probe: the training items the probe reads, the first N of an order drawn from training.seed; null: all
+    probe_max_items: Optional[int] = 10000
+    # linear_probe: the probe's L2 penalty (fit_logistic_regression's l2); null: the one of 1e-6 .. 1e2 that scores
+    # best on the last fifth of those items (linear_probe's choice), the probe then refitted on them all
+    probe_l2: Optional[float] = None
     # prompts of the zero-shot head, each with one {} for the class name; null: the task's (image_folder:
     # "a photo of a {}." and "a {}."; shapes: the shapes world's), set so before the run's config is recorded
     templates: Optional[list[str]] = None
@@ -221,6 +238,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
         + [
             (d.task in TASKS, "data.task", f"one of {TASKS} (CLIP fine-tuning classifies images)", d.task),
             (m.head_init in HEAD_INITS, "model.head_init", f"one of {HEAD_INITS}", m.head_init),
+            *_probe_checks(m),
             (recorded is not None or m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained),
             (alpha is None or 0 <= alpha <= 1, "eval.wise_ft_alpha", "null or in [0, 1]", alpha),
             (crop is None or 0 < crop <= 1, "data.crop_scale_min", "null or in (0, 1]", crop),
@@ -233,6 +251,24 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
     # optim.lr_multipliers names modules of the classifier (encoder.image_encoder, head, ...): built on meta
     build = lambda: NormalizedLinearClassifier(CLIPImageTower(clip_model(**kwargs)), nn.Linear(1, 2))  # noqa: E731
     raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
+
+
+def _probe_checks(m: ModelConfig) -> list[tuple]:
+    """The probe's keys: model.probe_max_items null or an int >= 5 (a fifth held out), read with linear_probe only
+    (its default is ignored otherwise); model.probe_l2 null or a finite number >= 0, and null with another
+    head_init (it would be silently ignored)."""
+    items, l2 = m.probe_max_items, m.probe_l2
+    number = isinstance(l2, (int, float)) and not isinstance(l2, bool)
+    integer = isinstance(items, int) and not isinstance(items, bool)
+    probe_only = f"null, since model.head_init={m.head_init} fits no probe"
+    return [
+        (items is None or (integer and items >= 5), "model.probe_max_items", PROBE_ITEMS, items),
+        (l2 is None or (number and 0 <= l2 < math.inf), "model.probe_l2", "null or a finite number >= 0", l2),
+        (l2 is None or m.head_init == "linear_probe", "model.probe_l2", probe_only, l2),
+    ]
+
+
+PROBE_ITEMS = "null (every training item) or an int >= 5 (the probe holds out a fifth to choose its penalty)"
 
 
 def pretrained_kwargs(pretrained: str) -> dict:
@@ -368,7 +404,10 @@ def zero_shot_classifier(m: ModelConfig, classes: list[str], batch_size: int) ->
     (:func:`zero_shot_head`), the class names, its preprocessing and every ``clip_model`` argument (the text tower
     builds the head and is not kept)."""
     pretrained = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: load_pretrained(m.pretrained))
-    head = zero_shot_head(pretrained, classes, m.templates, batch_size)
+    if m.head_init == "linear_probe":  # (the probe's head replaces this one before anything reads it: no prompts)
+        head = nn.Linear(pretrained.model.image_projection.out_features, len(classes))
+    else:
+        head = zero_shot_head(pretrained, classes, m.templates, batch_size)
     model = NormalizedLinearClassifier(CLIPImageTower(pretrained.model), head)
     kwargs = clip_model_arguments(**pretrained.kwargs)  # every argument stated: the record's architecture
     return CLIPClassifier(model, list(classes), pretrained.image_transform, kwargs)
@@ -383,6 +422,85 @@ def random_head(width: int, num_classes: int, seed: int) -> nn.Linear:
         head.weight.uniform_(-bound, bound, generator=generator)
         head.bias.uniform_(-bound, bound, generator=generator)
     return head
+
+
+def probe_order(count: int, max_items: Optional[int], seed: int) -> list[int]:
+    """The training items the linear probe reads: the first ``max_items`` (every one for None) of a permutation of
+    ``range(count)`` drawn from ``seed`` (class folders list their items class by class: their first N alone would
+    leave out the last classes)."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order if max_items is None else order[:max_items]
+
+
+@torch.no_grad()
+def probe_features(
+    model: NormalizedLinearClassifier,
+    source,
+    items: list[int],
+    collator: ClassificationCollator,
+    batch_size: int,
+    *,
+    run_timeout_s: Optional[float],
+) -> tuple[Tensor, Tensor, int]:
+    """The features the head sees (``model.features``: the L2-normalised projections) of ``items`` of ``source``,
+    through the evaluation transform (``collator``'s, no augmentation), ``batch_size`` images a forward, each rank
+    every ``world_size``-th item (:func:`~torchflava.training.distributed.gather_shares`, as validation): (N, P)
+    float32 features and (N,) labels on the CPU of the readable items in ``items``' order, on every rank, and the
+    count of the unreadable ones (skipped, as training skips them)."""
+    device = next(model.parameters()).device
+
+    def share_features(share: range) -> list:
+        rows, skipped = {}, []
+        for chunk in readable_chunks(lambda i: source[items[i]], share, batch_size, skipped):
+            batch = collator("eval", [sample for _, sample in chunk], [])
+            features = model.eval().features(batch["image"].to(device)).float().cpu()
+            for (i, _), row, label in zip(chunk, features, batch["labels"].tolist()):
+                rows[i] = (row.clone(), label)  # (a row of its own: a view would pickle the whole batch)
+        return [rows.get(i) for i in share]
+
+    rows = gather_shares(share_features, len(items), run_timeout_s=run_timeout_s)
+    readable = [row for row in rows if row is not None]
+    expected = "at least 5 readable training images (the linear probe holds out a fifth to choose its penalty)"
+    raise_on_failed_checks([(len(readable) >= 5, "data.train", expected, f"{len(readable)} of {len(rows)} read")])
+    features = torch.stack([row for row, _ in readable])
+    return features, torch.tensor([label for _, label in readable]), len(rows) - len(readable)
+
+
+def fit_probe(features: Tensor, labels: Tensor, num_classes: int, l2: Optional[float]) -> LinearProbeResult:
+    """:func:`~torchflava.evaluation.linear_probe.linear_probe` of the rows: fitted on the first four fifths (their
+    mean and std standardise), the penalty ``l2`` (None: the one of ``DEFAULT_L2`` that scores best on the last
+    fifth), refitted with it on every row; on the features' device, the result's tensors on the CPU."""
+    cut = len(labels) - len(labels) // 5
+    probe = linear_probe(
+        (features[:cut], labels[:cut]),
+        (features[cut:], labels[cut:]),
+        num_classes=num_classes,
+        l2_values=DEFAULT_L2 if l2 is None else [l2],
+    )
+    return probe._replace(**{k: getattr(probe, k).cpu() for k in ("weight", "bias", "mean", "std")})
+
+
+def linear_probe_head(
+    model: NormalizedLinearClassifier, source, cfg: FinetuneConfig, collator: ClassificationCollator, info
+) -> nn.Linear:
+    """LP-FT's head (``model.head_init=linear_probe``): a probe (:func:`fit_probe`, on rank 0, given to every rank) of
+    ``model``'s features of the training items of :func:`probe_order` (:func:`probe_features`, read by every rank on
+    ``info.device``), made a head that computes its logits on those features; ``model`` is left on the CPU."""
+    m, t = cfg.model, cfg.training
+    items = probe_order(len(source), m.probe_max_items, t.seed)
+    model.to(info.device)
+    try:
+        features, labels, skipped = probe_features(
+            model, source, items, collator, cfg.eval.batch_size, run_timeout_s=t.collective_timeout_s
+        )
+    finally:
+        model.cpu()
+    fit = lambda: fit_probe(features.to(info.device), labels, model.num_classes, m.probe_l2)  # noqa: E731
+    probe = rank0_report(fit, run_timeout_s=t.collective_timeout_s)
+    if info.is_main:
+        scored = "set" if m.probe_l2 is not None else f"held-out accuracy {100 * probe.val_accuracy[probe.l2]:.1f}%"
+        print(f"linear probe: {len(labels)} training items ({skipped} unreadable), l2 {probe.l2:g} ({scored})")
+    return standardised_head(probe.weight, probe.bias, probe.mean, probe.std)
 
 
 def classification_step(model: nn.Module, item: MixedBatch) -> StepOutput:
@@ -486,6 +604,10 @@ def main(cfg: FinetuneConfig) -> dict:
             )
     # the zero-shot classifier: a new run's from model.pretrained, a resume's as its start recorded it
     zero_shot = zero_shot_classifier(m, classes, cfg.eval.batch_size) if recorded is None else recorded
+    image_size = zero_shot.clip_kwargs["image_size"]
+    collator = ClassificationCollator(None, image_size=image_size, image_transform=zero_shot.image_transform)
+    if recorded is None and m.head_init == "linear_probe":  # LP-FT: the probe's head is the start (a resume's too)
+        zero_shot.model.head = linear_probe_head(zero_shot.model, train_source, cfg, collator, info)
     # recorded whole in the run directory before training (every rank, rank 0 writes), so that its resume needs
     # nothing but the run directory; a resume of this directory has it there already
     if recorded is None or record != out_dir / ZERO_SHOT_RECORD:
@@ -500,8 +622,6 @@ def main(cfg: FinetuneConfig) -> dict:
             if info.is_main:  # (a resume compares its folders with them: a renamed one would shift every label)
                 write_json(staging / CLASS_FOLDERS, folders)
     classes = zero_shot.labels
-    image_size = zero_shot.clip_kwargs["image_size"]
-    collator = ClassificationCollator(None, image_size=image_size, image_transform=zero_shot.image_transform)
     data = MixedBatches(
         {"train": train_source},
         {"train": 1.0},
@@ -513,10 +633,11 @@ def main(cfg: FinetuneConfig) -> dict:
         seed=t.seed,
     )
 
-    # the zero-shot weights kept (CPU) for the report; the model trained from them (or from a random head)
+    # the recorded weights (zero-shot or linear-probe head) kept (CPU) for the report; the model trained from them
+    # (or from a random head)
     zero_shot_state = {k: v.detach().clone() for k, v in zero_shot.model.state_dict().items()}
     tower, head = zero_shot.model.encoder, zero_shot.model.head
-    head = head if m.head_init == "zero_shot" else random_head(head.in_features, len(classes), t.seed)
+    head = head if m.head_init != "random" else random_head(head.in_features, len(classes), t.seed)
     model = NormalizedLinearClassifier(tower, copy.deepcopy(head)).to(info.device)
     clip_kwargs = zero_shot.clip_kwargs
     del zero_shot
@@ -528,12 +649,14 @@ def main(cfg: FinetuneConfig) -> dict:
             model, staging, clip_kwargs=clip_kwargs, labels=classes, image_transform=collator.transform
         )
 
-    # zero_shot (the head the run started from), fine_tuned, wise_ft: the report's models, in the predictions' order
-    names = ["zero_shot", "fine_tuned"] + (["wise_ft"] if cfg.eval.wise_ft_alpha is not None else [])
+    # the recorded start (zero_shot; linear_probe for LP-FT), fine_tuned, wise_ft: the report's models, in the
+    # predictions' order
+    start_name = "linear_probe" if m.head_init == "linear_probe" else "zero_shot"
+    names = [start_name, "fine_tuned"] + (["wise_ft"] if cfg.eval.wise_ft_alpha is not None else [])
 
     def predict_share(share: range) -> list:  # every rank its share, from the export (what a user loads)
         fine_tuned = load_clip_classifier(out_dir / "model").model
-        states = {"zero_shot": zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
+        states = {start_name: zero_shot_state, "fine_tuned": fine_tuned.state_dict()}
         if cfg.eval.wise_ft_alpha is not None:
             states["wise_ft"] = wise_ft(zero_shot_state, states["fine_tuned"], cfg.eval.wise_ft_alpha)
         models = {name: copy.deepcopy(fine_tuned).to(info.device) for name in names}

@@ -371,3 +371,14 @@ def test_probe_of_gpu_features_with_cpu_labels_runs_on_the_gpu_as_on_the_cpu():
     assert w.is_cuda
     with pytest.raises(ValueError, match="the features of every split must be on one device"):
         linear_probe(splits[0], (splits[1][0].cuda(), splits[1][1]))
+
+
+def test_the_probes_logits_are_its_scores_on_standardised_features_and_predict_takes_their_argmax():
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 6, generator=generator) * 3 + 5, torch.arange(40) % 4
+    probe = linear_probe((x[:30], y[:30]), (x[30:], y[30:]), l2_values=[0.1])
+    logits = probe.logits(x)
+    torch.testing.assert_close(logits, ((x - probe.mean) / probe.std) @ probe.weight.T + probe.bias)
+    assert logits.shape == (40, 4) and torch.equal(probe.predict(x), logits.argmax(dim=1))
+    with pytest.raises(ValueError, match=r"features must be a \(N, 6\) real"):
+        probe.logits(x[:, :5])

@@ -450,7 +450,7 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
     base = [*SHAPES, f"model.pretrained={clip_export}", f"training.output_dir={tmp_path / 'run'}"]
     cases = {
         "data.task": (["data.task=glue"], "one of ('image_folder', 'shapes')"),
-        "model.head_init": (["model.head_init=linear_probe"], "one of ('zero_shot', 'random')"),
+        "model.head_init": (["model.head_init=lp"], "one of ('zero_shot', 'random', 'linear_probe')"),
         "model.pretrained": ([f"model.pretrained={flava}"], "(a FLAVA checkpoint)"),
         "data.val": (["data.task=image_folder", f"data.train={train}", f"data.val={val}"], "['dog'] are not among"),
         "eval.wise_ft_alpha": (["eval.wise_ft_alpha=1.5"], "null or in [0, 1]"),

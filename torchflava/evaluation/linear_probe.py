@@ -50,6 +50,11 @@ class LinearProbeResult(NamedTuple):
         """(N,) predicted classes of raw (unstandardised) ``features``, (N, D) finite and real
         (floating-point or integer, as :func:`linear_probe` takes) with the probe's D; ValueError naming
         ``features`` otherwise (NaN rows were given a class)."""
+        return self.logits(features).argmax(dim=1)
+
+    def logits(self, features: Tensor) -> Tensor:
+        """(N, C) float32 scores of raw (unstandardised) ``features``: ``((features - mean) / std) @ weight.T +
+        bias``; ValueError as :meth:`predict`."""
         width = self.weight.shape[1]
         real = isinstance(features, Tensor) and (features.is_floating_point() or is_integer_tensor(features))
         if not real or features.shape[1:] != (width,):
@@ -59,7 +64,7 @@ class LinearProbeResult(NamedTuple):
             )
         if not bool(torch.isfinite(features).all()):
             raise ValueError("features hold NaN or infinite values")
-        return (((features.float() - self.mean) / self.std) @ self.weight.T + self.bias).argmax(dim=1)
+        return ((features.float() - self.mean) / self.std) @ self.weight.T + self.bias
 
 
 def fit_logistic_regression(

@@ -1,4 +1,5 @@
-"""NormalizedLinearClassifier and embedding_head: a zero-shot classifier's scores, made trainable."""
+"""NormalizedLinearClassifier, embedding_head and standardised_head: a zero-shot classifier's or a linear probe's
+scores, made trainable."""
 
 import math
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head
+from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head, standardised_head
 
 
 def test_embedding_head_scores_normalised_features_as_the_zero_shot_classifier_does():
@@ -44,3 +45,18 @@ def test_bad_arguments_are_named():
     for scale in (0.0, -1.0, math.inf, True):
         with pytest.raises(ValueError, match="scale must be a finite number > 0"):
             embedding_head(torch.eye(2), scale)
+
+
+def test_a_standardised_head_computes_the_probes_logits_on_raw_features():
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(5, 8, generator=generator), torch.randn(5, generator=generator)
+    mean, std = torch.randn(8, generator=generator), torch.rand(8, generator=generator) + 0.01
+    x = torch.randn(20, 8, generator=generator)
+    head = standardised_head(weight, bias, mean, std)
+    torch.testing.assert_close(head(x), ((x - mean) / std) @ weight.T + bias, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"weight must be \(C, P\) with bias \(C,\), mean and std \(P,\)"):
+        standardised_head(weight, bias, mean[:7], std)
+    with pytest.raises(ValueError, match="std > 0"):
+        standardised_head(weight, bias, mean, torch.zeros(8))
+    with pytest.raises(TypeError, match="bias must be a tensor, got list"):
+        standardised_head(weight, [0.0] * 5, mean, std)

@@ -80,3 +80,41 @@ def embedding_head(class_embeddings: Tensor, scale: float) -> nn.Linear:
     head.weight.copy_(e * scale)
     head.bias.zero_()
     return head
+
+
+@torch.no_grad()
+def standardised_head(weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor) -> nn.Linear:
+    """The linear head whose logits on raw features ``x`` are those of a linear model fitted on standardised ones,
+    ``((x - mean) / std) @ weight.T + bias``: the standardisation folded in (a linear probe's, e.g.
+    :func:`torchflava.evaluation.linear_probe.linear_probe`'s result, made a head; folded in float64).
+
+    Args:
+        weight (Tensor): (C, P) the model's weight on standardised features.
+        bias (Tensor): (C,) its bias.
+        mean (Tensor): (P,) the features' mean.
+        std (Tensor): (P,) the features' scale, every entry > 0.
+
+    Returns:
+        nn.Linear: P -> C, float32, on ``weight``'s device: weight ``weight / std``, bias ``bias - (weight / std) @
+        mean``.
+
+    Raises:
+        TypeError: if an argument is not a tensor.
+        ValueError: if the shapes do not fit (C, P) with C, P >= 1, a value is not finite, or ``std`` not > 0.
+    """
+    given = {"weight": weight, "bias": bias, "mean": mean, "std": std}
+    for name, value in given.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    c, p = weight.shape if weight.dim() == 2 else (0, 0)
+    shapes = {"weight": (c, p), "bias": (c,), "mean": (p,), "std": (p,)}
+    if c < 1 or p < 1 or any(value.shape != shapes[name] for name, value in given.items()):
+        got = ", ".join(f"{name} {tuple(value.shape)}" for name, value in given.items())
+        raise ValueError(f"weight must be (C, P) with bias (C,), mean and std (P,), C, P >= 1, got {got}")
+    if not all(bool(torch.isfinite(value).all()) for value in given.values()) or not bool((std > 0).all()):
+        raise ValueError("weight, bias, mean and std must be finite real values, std > 0")
+    scaled = weight.double() / std.double().to(weight.device)
+    head = nn.Linear(p, c, device=weight.device)
+    head.weight.copy_(scaled)
+    head.bias.copy_(bias.double().to(weight.device) - scaled @ mean.double().to(weight.device))
+    return head
