@@ -448,6 +448,28 @@ def test_an_attention_without_query_positions_serves_a_stack_asked_for_some_posi
     assert_close(out, expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_torch_func_gradients_of_a_checkpointed_stack_are_autograds(mode):
+    """torch.func.grad (and vmap over it: per-sample gradients) of a stack set to checkpoint its layers
+    (set_activation_checkpointing on a built model): the gradients of plain autograd, the layers run without
+    checkpointing. It failed inside torch ("torch.func.{grad, ...} don't yet support saved tensor hooks")."""
+    from torch.func import functional_call, grad, vmap
+
+    stack = make_encoder(num_layers=2, checkpoint_activations=mode).train()
+    x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(0))
+    params = {name: p.detach() for name, p in stack.named_parameters()}
+
+    def loss(params, rows):
+        return functional_call(stack, params, (rows,)).last_hidden_state.square().sum()
+
+    whole = grad(loss)(params, x)
+    per_row = vmap(grad(loss), in_dims=(None, 0))(params, x[:, None])
+    loss(dict(stack.named_parameters()), x).backward()
+    for name, p in stack.named_parameters():
+        assert_close(whole[name], p.grad, atol=1e-5, rtol=1e-5)
+        assert_close(per_row[name].sum(0), p.grad, atol=1e-4, rtol=1e-4)
+
+
 def test_selective_checkpointing_compiles_with_the_layer():
     # training.compile compiles each layer's forward; selective checkpointing runs inside it, so its
     # policy is applied when the layer compiles (eagerly it decides op by op, a Python call per op).

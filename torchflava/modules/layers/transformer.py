@@ -55,8 +55,11 @@ def run_checkpointed(layer, x: Tensor, mode: str, **kwargs) -> Tensor:
     Called inside a compiled region (a :class:`TransformerEncoderLayer`'s forward under
     ``torch.compile``), the checkpoint is traced into the graph and selective checkpointing's policy is
     applied when the graph is compiled; eagerly, selective checkpointing decides op by op at run time.
+    Under ``torch.func`` transforms (``grad``, ``vmap``: per-sample gradients) the layer runs plainly, keeping
+    everything (the same values): their autograd has no saved-tensors hooks, which checkpointing is made of.
     """
-    if mode == "none":
+    if mode == "none" or (not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()):
+        # (torch.func.grad over a checkpointed layer failed inside torch: "don't yet support saved tensor hooks")
         return layer(x, **kwargs)
     if mode == "selective":
         return checkpoint(
@@ -429,7 +432,8 @@ class TransformerEncoder(nn.Module):
             query_positions=...)`` that returns the (B, S, D) output.
         checkpoint_activations (Union[bool, str]): what each layer keeps for backward (see
             :func:`checkpoint_mode`): ``False``/``"none"`` everything, ``"selective"`` only matmul and
-            attention outputs, ``True``/``"full"`` only its input. Only in training with grad enabled.
+            attention outputs, ``True``/``"full"`` only its input. Only in training with grad enabled,
+            outside ``torch.func`` transforms (see :func:`run_checkpointed`).
             Can be changed later via the attribute.
 
     Raises:
