@@ -306,10 +306,12 @@ def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> No
     elif torch._C._are_functorch_transforms_active() and torch._C._functorch.is_functorch_wrapped_tensor(ok):
         # under torch.func.vmap a value read fails inside torch ("data-dependent control flow"): read every
         # sample's, unwrapped (the message's reads of the batched values would fail too: the static one)
+        batched = False
         while torch._C._functorch.is_functorch_wrapped_tensor(ok):
+            batched = batched or torch._C._functorch.is_batchedtensor(ok)
             ok = torch._C._functorch.get_unwrapped(ok)
         if not bool(ok.all()):
-            raise ValueError(compiled_message)
+            raise ValueError(compiled_message if batched else message())
     elif not ok.is_meta and not bool(ok):
         raise ValueError(message())
 
