@@ -292,7 +292,9 @@ def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> No
     the compiled code runs on bad values: the check is kept, without a graph break. On the meta
     device (a dry run of shapes, e.g. a model built under ``torch.device("meta")``) there is no
     value to read: the check passes (reading one failed inside torch, "Tensor.item() cannot be
-    called on meta tensors"); the shape and dtype checks around it still apply.
+    called on meta tensors"); the shape and dtype checks around it still apply. Under ``torch.func.vmap``
+    (per-sample gradients, ensembles) every sample's value is read, and a failure raises
+    ``ValueError(compiled_message)`` (reading one failed inside torch, "data-dependent control flow").
 
     Args:
         ok (Tensor): 0-dim bool tensor, True when the values are valid.
@@ -301,6 +303,15 @@ def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> No
     """
     if torch.compiler.is_compiling():
         torch._assert_async(ok, compiled_message)
+    elif torch._C._are_functorch_transforms_active() and torch._C._functorch.is_functorch_wrapped_tensor(ok):
+        # under torch.func.vmap a value read fails inside torch ("data-dependent control flow"): read every
+        # sample's, unwrapped (the message's reads of the batched values would fail too: the static one)
+        batched = False
+        while torch._C._functorch.is_functorch_wrapped_tensor(ok):
+            batched = batched or torch._C._functorch.is_batchedtensor(ok)
+            ok = torch._C._functorch.get_unwrapped(ok)
+        if not bool(ok.all()):
+            raise ValueError(compiled_message if batched else message())
     elif not ok.is_meta and not bool(ok):
         raise ValueError(message())
 

@@ -139,6 +139,37 @@ def test_weights_use_dalle_init():
     assert all(float(m.bias.abs().max()) == 0 for m in encoder.modules() if isinstance(m, nn.Conv2d))
 
 
+def test_an_encoder_built_on_the_meta_device_gets_dalle_init_from_init_weights():
+    """Built on the meta device, materialised with to_empty and initialised with the library's generic
+    init_weights (as a model built for FSDP is): every convolution gets DALL-E's N(0, 1/fan_in) and zero
+    biases, as dalle_encoder() gives them, and the encoder stays frozen. It got the transformer rule's
+    N(0, 0.02) (a head 3x too narrow)."""
+    from torchflava.modules.init import init_weights
+
+    with torch.device("meta"):
+        encoder = _tiny(hidden_dim=32)
+    encoder.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.fill_(float("nan"))  # what to_empty may leave
+    torch.manual_seed(0)
+    init_weights(encoder)
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    for conv in (encoder.stem, encoder.head):
+        fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]  # 147 and 256
+        assert abs(float(conv.weight.std()) - fan_in**-0.5) < 0.1 * fan_in**-0.5
+    assert all(float(m.bias.abs().max()) == 0 for m in convs)
+    assert all(torch.isfinite(p).all() and not p.requires_grad for p in encoder.parameters())
+
+
+def test_reset_parameters_takes_injected_convolutions_without_bias():
+    stem, head = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Conv2d(8, 5, 1)
+    encoder = DalleEncoder(stem, [DalleResidualBlock(8, 8, post_gain=1.0)], head)
+    encoder.reset_parameters()
+    assert stem.bias is None and float(head.bias.abs().max()) == 0
+    assert abs(float(head.weight.std()) - 8**-0.5) < 0.5 * 8**-0.5  # (40 draws)
+
+
 # ------------------------------------------------------------------------------------------ freezing
 
 

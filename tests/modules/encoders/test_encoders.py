@@ -464,3 +464,52 @@ def test_a_padding_mask_on_another_device_than_the_text_is_refused_under_the_nam
         encoder = text_encoder()
     out = encoder(ids.to("meta"), padding_mask=(mask == 0).to("meta"))  # all on meta: shapes only
     assert out.last_hidden_state.shape == (2, 9, T["text_embed_dim"]) and out.last_hidden_state.is_meta
+
+
+def test_per_sample_gradients_of_a_text_encoder_under_vmap_with_its_checks_kept():
+    """torch.func.vmap over the rows of a padded text batch (per-sample gradients, as for DP-SGD): each row's
+    gradients are its own backward's, and out-of-range ids or a row all padding are still refused, naming
+    the argument. The value checks failed inside torch ("data-dependent control flow") on every call."""
+    from torch.func import functional_call, grad, vmap
+
+    encoder = text_encoder().train()
+    ids, mask = padded_text(3, 7, T["vocab_size"], [7, 4, 2])
+    padding = mask == 0
+    params = {name: p.detach() for name, p in encoder.named_parameters()}
+
+    def loss(params, row, row_padding):
+        out = functional_call(encoder, params, (row[None],), {"padding_mask": row_padding[None]})
+        return out.pooled_output.square().sum()
+
+    per_row = vmap(grad(loss), in_dims=(None, 0, 0))(params, ids, padding)
+    for row in (1, 2):
+        encoder.zero_grad()
+        loss(dict(encoder.named_parameters()), ids[row], padding[row]).backward()
+        for name, p in encoder.named_parameters():
+            assert_close(per_row[name][row], p.grad, atol=1e-5, rtol=1e-4)
+    encode = vmap(lambda row, row_padding: encoder(row[None], padding_mask=row_padding[None]).last_hidden_state)
+    bad_ids = ids.clone()
+    bad_ids[1, 0] = T["vocab_size"]
+    with pytest.raises(ValueError, match=rf"^input_ids must be in \[0, {T['vocab_size']}\) .*got values outside it$"):
+        encode(bad_ids, padding)
+    all_padding = padding.clone()
+    all_padding[2] = True
+    with pytest.raises(ValueError, match="^padding_mask .* must leave a token in every row, got a row all padding$"):
+        encode(ids, all_padding)
+
+
+def test_a_causal_text_tower_reads_each_rows_end_token_under_vmap():
+    """Per-row output_positions (each row's end token) under torch.func.vmap: the batch's values, and an
+    index past the text still refused naming positions (its range check failed inside torch)."""
+    from torch.func import vmap
+
+    tower = TextEncoder(
+        TokenEmbedding(vocab_size=30, embed_dim=12, max_seq_len=10),
+        transformer_encoder(embed_dim=12, num_layers=2, num_heads=3, mlp_dim=20, is_causal=True),
+        nn.LayerNorm(12),
+    ).eval()
+    ids, end = torch.randint(1, 30, (3, 10), generator=torch.Generator().manual_seed(0)), torch.tensor([[9], [4], [2]])
+    encode = vmap(lambda row, row_end: tower(row[None], output_positions=row_end[None]).last_hidden_state[0])
+    assert_close(encode(ids, end), tower(ids, output_positions=end).last_hidden_state, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"^positions must be indices in \[-10, 10\), got some outside it$"):
+        encode(ids, end + 3)

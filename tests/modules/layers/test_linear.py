@@ -135,11 +135,28 @@ def test_inference_mode_and_no_grad(forced):
     assert len(forced) == 2
 
 
-def test_double_backward_is_refused(forced):
-    x, w, b = (t.requires_grad_() for t in operands())
-    (gx,) = torch.autograd.grad(linear.linear(x, w, b).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|twice"):
-        gx.sum().backward()
+def test_double_backward_gives_f_linears_second_derivatives(forced):
+    """A gradient penalty through a product oneDNN ran (the default for large fp32 products on AVX-512 AMD
+    CPUs): its backward, recorded with create_graph=True, runs torch's products and can be differentiated
+    again, as F.linear's. It raised ``trying to differentiate twice a function that was marked with
+    @once_differentiable``, on those CPUs only (MLP's own backward keeps second derivatives everywhere)."""
+
+    def penalty(fn, x, w, b):
+        gx, gw = torch.autograd.grad(fn(x, w, b).square().sum(), (x, w), create_graph=True)
+        return gx.square().sum() + (gw * w).sum()
+
+    x, w, b = operands()
+    got = [t.clone().requires_grad_() for t in (x, w, b)]
+    penalty(linear.linear, *got).backward()
+    assert forced[0][0] == "_onednn_mm"  # the forward on oneDNN
+    want = [t.double().requires_grad_() for t in (x, w, b)]
+    penalty(F.linear, *want).backward()
+    for a, e in zip(got, want):
+        assert_close(a.grad.double(), e.grad, atol=1e-4, rtol=1e-5)
+    forced.clear()
+    x, w, b = (t.clone().requires_grad_() for t in operands())
+    linear.linear(x, w, b).square().sum().backward()  # a first-order backward stays on oneDNN
+    assert [call[0] for call in forced] == ["_onednn_mm", "_onednn_grad_input", "_onednn_mm"]
 
 
 def test_the_choice(monkeypatch):

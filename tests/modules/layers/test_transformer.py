@@ -411,6 +411,65 @@ def test_an_attention_without_query_positions_composes_into_a_layer():
     assert torch.allclose(layer(x), h + layer.mlp(layer.mlp_norm(h)), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "positions",
+    [slice(0, 1), torch.tensor([[4], [1]]), torch.tensor([[True, False, False, True, False], [False] * 4 + [True]])],
+    ids=["cls", "per-row", "mask"],
+)
+def test_an_attention_without_query_positions_serves_a_stack_asked_for_some_positions(positions):
+    """The contract's attention (no query_positions keyword) under a stack's output_positions (a CLS-pooled
+    tower's last layer): it attends from every position and the layer keeps the chosen ones. It failed in
+    the last layer with ``forward() got an unexpected keyword argument 'query_positions'``."""
+
+    class TorchAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(D, HEADS, batch_first=True)
+
+        def forward(self, x, *, key_padding_mask=None, attn_mask=None):
+            return self.mha(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+
+    def layer() -> TransformerEncoderLayer:
+        return TransformerEncoderLayer(
+            TorchAttention(), MLP(D, HIDDEN), attn_norm=nn.LayerNorm(D), mlp_norm=nn.LayerNorm(D)
+        )
+
+    stack = TransformerEncoder([layer(), layer()]).eval()
+    x, padding = torch.randn(2, 5, D), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    full = stack(x, key_padding_mask=padding).last_hidden_state
+    out = stack(x, key_padding_mask=padding, output_positions=positions).last_hidden_state
+    if isinstance(positions, slice):
+        expected = full[:, positions]
+    elif positions.dtype == torch.bool:  # (B, S) outputs, zeros where not chosen
+        expected = full.masked_fill(~positions[..., None], 0.0)
+    else:
+        expected = full[torch.arange(2)[:, None], positions]
+    assert out.shape == expected.shape
+    assert_close(out, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_torch_func_gradients_of_a_checkpointed_stack_are_autograds(mode):
+    """torch.func.grad (and vmap over it: per-sample gradients) of a stack set to checkpoint its layers
+    (set_activation_checkpointing on a built model): the gradients of plain autograd, the layers run without
+    checkpointing. It failed inside torch ("torch.func.{grad, ...} don't yet support saved tensor hooks")."""
+    from torch.func import functional_call, grad, vmap
+
+    stack = make_encoder(num_layers=2, checkpoint_activations=mode).train()
+    x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(0))
+    params = {name: p.detach() for name, p in stack.named_parameters()}
+
+    def loss(params, rows):
+        return functional_call(stack, params, (rows,)).last_hidden_state.square().sum()
+
+    whole = grad(loss)(params, x)
+    per_row = vmap(grad(loss), in_dims=(None, 0))(params, x[:, None])
+    loss(dict(stack.named_parameters()), x).backward()
+    for name, p in stack.named_parameters():
+        assert_close(whole[name], p.grad, atol=1e-5, rtol=1e-5)
+        assert_close(per_row[name].sum(0), p.grad, atol=1e-4, rtol=1e-4)
+
+
 def test_selective_checkpointing_compiles_with_the_layer():
     # training.compile compiles each layer's forward; selective checkpointing runs inside it, so its
     # policy is applied when the layer compiles (eagerly it decides op by op, a Python call per op).

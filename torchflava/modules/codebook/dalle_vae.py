@@ -142,6 +142,18 @@ class DalleEncoder(nn.Module):
         if freeze:
             self.requires_grad_(False)
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """DALL-E's initialisation of every convolution inside: weights N(0, 1 / fan_in), zero biases.
+
+        :func:`~torchflava.modules.init.init_weights` calls it after its rule for torch's layers, so that an
+        encoder built on the meta device and materialised with ``to_empty`` gets this initialisation too (it
+        got the transformer rule's N(0, 0.02)). Pretrained weights are loaded over it.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                _init_dalle_conv(module)
+
     @property
     def in_channels(self) -> int:
         """Image channels C the encoder takes."""
@@ -233,7 +245,8 @@ def _init_dalle_conv(conv: nn.Conv2d) -> None:
     """DALL-E's initialisation: weights N(0, 1 / fan_in), zero bias."""
     fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     nn.init.normal_(conv.weight, std=1 / math.sqrt(fan_in))
-    nn.init.zeros_(conv.bias)
+    if conv.bias is not None:  # (an injected convolution may have none)
+        nn.init.zeros_(conv.bias)
 
 
 def dalle_encoder(
@@ -284,7 +297,5 @@ def dalle_encoder(
     stem = nn.Conv2d(in_channels, hidden_dim, kernel_size=7, padding=3)
     head = nn.Conv2d(widths[-1], vocab_size, kernel_size=1)
     encoder = DalleEncoder(stem, groups, head, freeze=freeze)
-    for module in encoder.modules():
-        if isinstance(module, nn.Conv2d):
-            _init_dalle_conv(module)
+    encoder.reset_parameters()
     return encoder

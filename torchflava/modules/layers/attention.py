@@ -27,7 +27,14 @@ import torch.nn.functional as F
 
 from torchflava.modules.layers.hooks import hooked
 from torchflava.modules.layers.linear import ONEDNN_BF16, Linear, linear
-from torchflava.utils.checks import check_bool, check_dropout, check_input_dtype, check_int, describe_tensor
+from torchflava.utils.checks import (
+    check_bool,
+    check_dropout,
+    check_input_dtype,
+    check_int,
+    describe_tensor,
+    require,
+)
 
 Positions = Union[Tensor, slice]
 
@@ -91,13 +98,14 @@ def take_positions(x: Tensor, positions: Positions) -> Tensor:
             f"positions must be (P,) or (B, P) = ({x.shape[0]}, P) indices, got shape {tuple(positions.shape)}"
         )
     positions = positions.long()  # indices, whatever their integer dtype (torch reads uint8 as a mask)
-    if (
-        positions.device.type == "cpu"  # (on a GPU the check would wait for the device)
-        and not torch.compiler.is_compiling()
-        and positions.numel()
-        and not bool(((positions >= -x.shape[1]) & (positions < x.shape[1])).all())
-    ):
-        raise ValueError(f"positions must be indices in [-{x.shape[1]}, {x.shape[1]}), got {positions.tolist()}")
+    if positions.device.type == "cpu" and not torch.compiler.is_compiling() and positions.numel():
+        # (on a GPU the check would wait for the device; require reads it under torch.func.vmap too)
+        expected = f"positions must be indices in [-{x.shape[1]}, {x.shape[1]})"
+        require(
+            ((positions >= -x.shape[1]) & (positions < x.shape[1])).all(),
+            lambda: f"{expected}, got {positions.tolist()}",
+            f"{expected}, got some outside it",
+        )
     if positions.dim() == 1:
         return x[:, positions]
     return x[torch.arange(x.shape[0], device=x.device)[:, None], positions]

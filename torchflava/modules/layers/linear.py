@@ -33,7 +33,6 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 import torch.autograd.forward_ad as fwAD
-from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
@@ -245,7 +244,12 @@ def has_tangent(*tensors: Optional[Tensor]) -> bool:
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """oneDNN's product forward and backward; saves what ``F.linear``'s autograd saves (x, weight)."""
+    """oneDNN's product forward and backward; saves what ``F.linear``'s autograd saves (x, weight).
+
+    A backward that records a graph (``create_graph=True``: gradient penalties, Hessian-vector products)
+    runs the same products with differentiable ops, so that the gradient can itself be differentiated, as
+    through ``F.linear``'s.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -254,15 +258,18 @@ class _OneDNNLinear(torch.autograd.Function):
         return _onednn_mm(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         x, weight = ctx.saved_tensors
         grad_out2 = grad_out.reshape(-1, grad_out.shape[-1])  # (M, out)
         grad_x = grad_weight = grad_bias = None
+        # (oneDNN's ops have no derivatives: a backward that records a graph, create_graph=True, runs torch's)
+        recorded = torch.is_grad_enabled()
         if ctx.needs_input_grad[0]:  # (M, out) @ (out, in)
-            grad_x = _onednn_grad_input(grad_out2, weight).view(x.shape)
+            product = grad_out2 @ weight if recorded else _onednn_grad_input(grad_out2, weight)
+            grad_x = product.view(x.shape)
         if ctx.needs_input_grad[1]:  # (out, M) @ (M, in)
-            grad_weight = _onednn_mm(grad_out2.t(), x.reshape(-1, x.shape[-1]).t())
+            rows = x.reshape(-1, x.shape[-1])
+            grad_weight = grad_out2.t() @ rows if recorded else _onednn_mm(grad_out2.t(), rows.t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out2.sum(0)
         return grad_x, grad_weight, grad_bias

@@ -55,8 +55,11 @@ def run_checkpointed(layer, x: Tensor, mode: str, **kwargs) -> Tensor:
     Called inside a compiled region (a :class:`TransformerEncoderLayer`'s forward under
     ``torch.compile``), the checkpoint is traced into the graph and selective checkpointing's policy is
     applied when the graph is compiled; eagerly, selective checkpointing decides op by op at run time.
+    Under ``torch.func`` transforms (``grad``, ``vmap``: per-sample gradients) the layer runs plainly, keeping
+    everything (the same values): their autograd has no saved-tensors hooks, which checkpointing is made of.
     """
-    if mode == "none":
+    if mode == "none" or (not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()):
+        # (torch.func.grad over a checkpointed layer failed inside torch: "don't yet support saved tensor hooks")
         return layer(x, **kwargs)
     if mode == "selective":
         return checkpoint(
@@ -206,7 +209,9 @@ class TransformerEncoderLayer(nn.Module):
     Args:
         attn (nn.Module): self-attention called as ``attn(x, *, key_padding_mask, attn_mask)``, and
             also with ``query_positions=`` (then returning (B, P, D)) when only some positions'
-            outputs are asked for (e.g. a CLS-only last layer); :class:`MultiHeadSelfAttention` takes both.
+            outputs are asked for (e.g. a CLS-only last layer), where its forward takes that keyword
+            (:class:`MultiHeadSelfAttention` does); one whose forward lacks it attends from every position,
+            and the layer keeps its output at those positions.
         mlp (nn.Module): feed-forward block.
         attn_norm (nn.Module): norm before attention.
         mlp_norm (nn.Module): norm before the MLP.
@@ -237,6 +242,9 @@ class TransformerEncoderLayer(nn.Module):
         super().__init__()
         # the stream's width where a part tells it (None: any), checked on the input before the norm sees it
         self.embed_dim = next((w for name, part in parts.items() for _, w in residual_widths(name, part)), None)
+        # whether attn computes chosen queries alone (read once: a signature per call costs, and breaks graphs);
+        # one whose forward lacks query_positions attends from every position, and the layer then keeps those
+        self._attn_takes_positions = not missing_keywords(attn, ("query_positions",))
         self.attn_norm = attn_norm
         self.attn = attn
         self.mlp_norm = mlp_norm
@@ -304,10 +312,13 @@ class TransformerEncoderLayer(nn.Module):
         attn_mask: Optional[Tensor],
         query_positions: Optional[Positions] = None,
     ) -> Tensor:
-        positions = {} if query_positions is None else {"query_positions": query_positions}  # a user's attn may lack it
+        passed = query_positions is not None and self._attn_takes_positions  # a user's attn may lack the keyword
+        positions = {"query_positions": query_positions} if passed else {}
         attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask, **positions)
         if query_positions is not None:
             x = take_positions(x, query_positions)
+            if not passed:  # every position attended: keep the chosen ones (their values, for more work)
+                attended = take_positions(attended, query_positions)
         attended = self.dropout(attended)
         if (
             type(self.attn) is MultiHeadSelfAttention  # its output is its out_proj's fresh tensor, a user's may not be
@@ -421,7 +432,8 @@ class TransformerEncoder(nn.Module):
             query_positions=...)`` that returns the (B, S, D) output.
         checkpoint_activations (Union[bool, str]): what each layer keeps for backward (see
             :func:`checkpoint_mode`): ``False``/``"none"`` everything, ``"selective"`` only matmul and
-            attention outputs, ``True``/``"full"`` only its input. Only in training with grad enabled.
+            attention outputs, ``True``/``"full"`` only its input. Only in training with grad enabled,
+            outside ``torch.func`` transforms (see :func:`run_checkpointed`).
             Can be changed later via the attribute.
 
     Raises:
