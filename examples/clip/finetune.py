@@ -160,9 +160,11 @@ class FinetuneConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def resume_ignored(self) -> set[str]:
-        """``model.pretrained`` for a resume: the run reads what it recorded at its start (:func:`run_record`), not
-        the checkpoint, which may since have moved, gone, or be named otherwise or null."""
-        return {"model.pretrained"} if run_record(self) is not None else set()
+        """For a resume, the keys of what the run recorded at its start (:func:`run_record`) and reads instead:
+        ``model.pretrained`` (the checkpoint may since have moved, gone, or be named otherwise or null) and the
+        probe's ``model.probe_max_items`` and ``model.probe_l2`` (the recorded head is never refitted; a run
+        recorded before the keys existed states none)."""
+        return set() if run_record(self) is None else {"model.pretrained", "model.probe_max_items", "model.probe_l2"}
 
 
 def run_record(cfg: FinetuneConfig) -> Optional[Path]:
