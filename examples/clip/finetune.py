@@ -66,6 +66,7 @@ from torchflava.data.finetuning import (
     shapes_task_splits,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
+from torchflava.data.run_checks import resumed_data_checks
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
@@ -160,9 +161,11 @@ class FinetuneConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def resume_ignored(self) -> set[str]:
-        """``model.pretrained`` for a resume: the run reads what it recorded at its start (:func:`run_record`), not
-        the checkpoint, which may since have moved, gone, or be named otherwise or null."""
-        return {"model.pretrained"} if run_record(self) is not None else set()
+        """For a resume, the keys of what the run recorded at its start (:func:`run_record`) and reads instead:
+        ``model.pretrained`` (the checkpoint may since have moved, gone, or be named otherwise or null) and the
+        probe's ``model.probe_max_items`` and ``model.probe_l2`` (the recorded head is never refitted; a run
+        recorded before the keys existed states none)."""
+        return set() if run_record(self) is None else {"model.pretrained", "model.probe_max_items", "model.probe_l2"}
 
 
 def run_record(cfg: FinetuneConfig) -> Optional[Path]:
@@ -314,6 +317,11 @@ def _shapes_checks(d: DataConfig) -> list[tuple]:
         (d.val is None, "data.val", "null, since data.task=shapes reads no files", d.val),
         *shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size),
     ]
+
+
+def train_key(d: DataConfig) -> str:
+    """The key that sets the training source's size: ``data.train``, or ``data.shapes_train`` for shapes."""
+    return "data.shapes_train" if d.task == "shapes" else "data.train"
 
 
 def resolve_defaults(cfg: FinetuneConfig) -> None:
@@ -606,6 +614,18 @@ def main(cfg: FinetuneConfig) -> dict:
     zero_shot = zero_shot_classifier(m, classes, cfg.eval.batch_size) if recorded is None else recorded
     image_size = zero_shot.clip_kwargs["image_size"]
     collator = ClassificationCollator(None, image_size=image_size, image_transform=zero_shot.image_transform)
+    data = MixedBatches(
+        {"train": train_source},
+        {"train": 1.0},
+        training_collator(collator, image_size, d.crop_scale_min),  # validation keeps the checkpoint's preprocessing
+        global_batch_size=t.global_batch_size // t.grad_accumulation,
+        num_steps=t.max_steps * t.grad_accumulation,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=t.seed,
+    )
+    # a training source that changed size since the checkpoint: refused before the probe or the record
+    raise_on_failed_checks(resumed_data_checks(data, start.loop_states, {"train": train_key(d)}))
     if recorded is None and m.head_init == "linear_probe":  # LP-FT: the probe's head is the start (a resume's too)
         zero_shot.model.head = linear_probe_head(zero_shot.model, train_source, cfg, collator, info)
     # recorded whole in the run directory before training (every rank, rank 0 writes), so that its resume needs
@@ -622,16 +642,6 @@ def main(cfg: FinetuneConfig) -> dict:
             if info.is_main:  # (a resume compares its folders with them: a renamed one would shift every label)
                 write_json(staging / CLASS_FOLDERS, folders)
     classes = zero_shot.labels
-    data = MixedBatches(
-        {"train": train_source},
-        {"train": 1.0},
-        training_collator(collator, image_size, d.crop_scale_min),  # validation keeps the checkpoint's preprocessing
-        global_batch_size=t.global_batch_size // t.grad_accumulation,
-        num_steps=t.max_steps * t.grad_accumulation,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=t.seed,
-    )
 
     # the recorded weights (zero-shot or linear-probe head) kept (CPU) for the report; the model trained from them
     # (or from a random head)

@@ -37,6 +37,7 @@ from torchflava.data.finetuning import (
     shapes_task_splits,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
+from torchflava.data.run_checks import resumed_data_checks
 from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
 from torchflava.evaluation.metrics import prediction_metrics, predictions_and_targets
@@ -498,6 +499,11 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
     return []
 
 
+def train_key(d: FinetuneDataConfig) -> str:
+    """The key that sets the training source's size: ``data.train``, or ``data.shapes_train`` for shapes."""
+    return "data.shapes_train" if d.task == "shapes" else "data.train"
+
+
 def build_splits(d: FinetuneDataConfig, loss: Optional[str] = None) -> tuple:
     """Train and validation (data.val) sources and the class names (None for regression); a file that
     does not read as the task's data is a ConfigError naming its key. :func:`open_val_set` opens the
@@ -749,6 +755,8 @@ def main(cfg: FinetuneConfig) -> dict:
         world_size=info.world_size,
         seed=t.seed,
     )
+    # a training source that changed size since the checkpoint: refused before the model is built
+    raise_on_failed_checks(resumed_data_checks(data, start.loop_states, {"train": train_key(d)}))
 
     torch.manual_seed(t.seed)
     kwargs = {**asdict(cfg.model), "pretrained": None, "loss": loss}  # the backbone comes loaded

@@ -192,3 +192,26 @@ def test_two_gloo_processes_fit_the_probe_one_process_fits(clip_export, tmp_path
     assert torch.equal(heads[1].weight, heads[0].weight) and torch.equal(heads[1].bias, heads[0].bias)
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert two["validation"]["linear_probe"] == one["validation"]["linear_probe"]
+
+
+def test_a_run_recorded_before_the_probe_keys_existed_resumes(clip_export, tmp_path, monkeypatch):
+    """A run whose config.yaml (and its checkpoint's) states no model.probe_max_items nor model.probe_l2 was
+    refused (``None -> 10000``), though a resume never reads them: its head is the recorded one."""
+    from torchflava.training.integrity import write_marker
+
+    common = ["training.max_steps=3", "training.checkpoint_every=2"]
+    stop_fit_after(monkeypatch, finetune, 3)  # after step 3: the last checkpoint is step 2's
+    with pytest.raises(Killed):
+        finetune.main(_config(clip_export, tmp_path, *common))
+    monkeypatch.undo()
+    checkpoint = tmp_path / "checkpoints" / "step_00000002"
+    for config in (tmp_path / "config.yaml", checkpoint / "config.yaml"):
+        text = config.read_text()
+        old = "".join(line for line in text.splitlines(keepends=True) if "probe_" not in line)
+        assert len(old.splitlines()) == len(text.splitlines()) - 2
+        config.write_text(old)
+    write_marker(checkpoint, 2, 1)  # (the checkpoint's manifest digests its config)
+    report = finetune.main(_config(clip_export, tmp_path, *common, "training.resume=auto"))
+    assert report["steps"] == 3 and sorted(_losses(tmp_path)) == [1, 2, 3]
+    # a new run reads the keys: not ignored
+    assert finetune.FinetuneConfig().resume_ignored() == set()

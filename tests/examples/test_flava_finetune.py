@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,26 +29,26 @@ def export(tmp_path_factory):
     return root
 
 
+def _overrides(export, out, *overrides) -> list[str]:
+    return [
+        f"model.pretrained={export}",
+        f"training.output_dir={out}",
+        "training.max_steps=30",
+        "training.global_batch_size=16",
+        "training.log_every=5",
+        "training.checkpoint_every=30",
+        "training.progress_bar=false",
+        "training.tensorboard=false",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=3",
+        "model.classifier_hidden_dim=32",
+        "model.classifier_dropout=0.0",
+        *overrides,
+    ]
+
+
 def _run(export, out, *overrides):
-    cfg = load_config(
-        finetune.FinetuneConfig,
-        [
-            f"model.pretrained={export}",
-            f"training.output_dir={out}",
-            "training.max_steps=30",
-            "training.global_batch_size=16",
-            "training.log_every=5",
-            "training.checkpoint_every=30",
-            "training.progress_bar=false",
-            "training.tensorboard=false",
-            "optim.lr=3e-3",
-            "optim.warmup_steps=3",
-            "model.classifier_hidden_dim=32",
-            "model.classifier_dropout=0.0",
-            *overrides,
-        ],
-    )
-    return finetune.main(cfg)
+    return finetune.main(load_config(finetune.FinetuneConfig, _overrides(export, out, *overrides)))
 
 
 def _write_glue(path: Path, rows, header):
@@ -1072,6 +1073,60 @@ def test_a_training_class_folder_without_images_is_named_in_one_warning(export, 
         "warning: data.train: 1 class(es) without an image, kept as classes (an output of the classifier, counted in "
         "chance): 'zempty'"
     ]
+
+
+def test_a_resume_on_a_training_folder_that_changed_size_exits_2_naming_data_train(export, tmp_path, monkeypatch):
+    """Each pass over the training split is a permutation seeded by its size: a resume on a folder with an image
+    more (or less) drew another order without a word (items seen twice, others never), as the pretraining recipes
+    refuse; the folder as it was resumes."""
+    train = tmp_path / "train"
+    for name, colour in (("blue", (10, 10, 250)), ("red", (250, 10, 10))):
+        (train / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), colour).save(train / name / f"{i}.png")
+    common = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
+    common += [
+        "training.checkpoint_every=2",
+        "training.log_every=1",
+        "optim.warmup_steps=0",
+        "training.global_batch_size=4",
+    ]
+    stop_fit_after(monkeypatch, finetune, 3)  # after step 3's update: the last checkpoint is step 2's
+    with pytest.raises(Killed):
+        _run(export, tmp_path / "run", *common)
+    monkeypatch.undo()
+
+    def files() -> dict:  # the run directory's files, but its lock (which names the process holding it)
+        return {
+            p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file() and p.name != ".run.lock"
+        }
+
+    written, run = files(), _overrides(export, tmp_path / "run", *common, "training.resume=auto")
+
+    def refused(size: int) -> None:
+        result = run_with_fault(FINETUNE, run)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        expected = "error: key 'data.train': expected the 6 train the checkpoint was trained on, since"
+        assert lines[0].startswith(expected), lines[0]
+        assert lines[0].endswith(f"got '{size} items'"), lines[0]
+        assert files() == written  # refused before anything is written in the run directory
+
+    extra, moved, aside = train / "red" / "3.png", train / "red" / "2.png", tmp_path / "2.png"
+    shutil.copy(train / "red" / "0.png", extra)
+    refused(7)  # an image more
+    extra.unlink()
+    moved.rename(aside)
+    refused(5)  # an image less
+    aside.rename(moved)  # the folder as it was: the resume runs to the end
+    assert _run(export, tmp_path / "run", *common, "training.resume=auto")["steps"] == 3
+    assert sorted(_records(tmp_path / "run")) == [1, 2, 3]
+
+
+def test_the_training_source_is_named_by_the_key_that_sets_its_size():
+    tasks = {"shapes": "data.shapes_train", "glue": "data.train", "image_folder": "data.train"}
+    for task, key in tasks.items():
+        assert finetune.train_key(finetune.FinetuneDataConfig(task=task)) == key
 
 
 # --------------------------------------------------------------------------- validation: streamed, in shares

@@ -194,6 +194,13 @@ def test_the_codebook_of_a_hugging_face_directory_is_built_at_the_sizes_its_conf
     for edit, message in [
         (dict(num_groups=3), "image_codebook_config.num_groups must be 4 (the dVAE's groups, as dalle_encoder builds"),
         (dict(vocab_size=32), "expected image_codebook_config.vocab_size to be image_vocab_size, 16 (the MIM heads'"),
+        # (each refused by dalle_encoder once the backbone was built, naming its own hidden_dim, blocks_per_group...)
+        (dict(hidden_size=0), "image_codebook_config.hidden_size must be >= 4 (the residual paths are hidden_size"),
+        (dict(hidden_size=3), "image_codebook_config.hidden_size must be >= 4 (the residual paths are hidden_size"),
+        (dict(num_blocks_per_group=-1), "image_codebook_config.num_blocks_per_group must be >= 1, got -1"),
+        (dict(num_blocks_per_group=0), "image_codebook_config.num_blocks_per_group must be >= 1, got 0"),
+        (dict(input_channels=0), "image_codebook_config.input_channels must be >= 1, got 0"),
+        (dict(vocab_size=1), "image_codebook_config.vocab_size must be >= 2 (one codebook id tells no patch from"),
     ]:
         (tmp_path / "config.json").write_text(
             json.dumps({**written, "image_codebook_config": {**written["image_codebook_config"], **edit}})

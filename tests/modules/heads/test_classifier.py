@@ -56,7 +56,25 @@ def test_a_standardised_head_computes_the_probes_logits_on_raw_features():
     torch.testing.assert_close(head(x), ((x - mean) / std) @ weight.T + bias, atol=1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match=r"weight must be \(C, P\) with bias \(C,\), mean and std \(P,\)"):
         standardised_head(weight, bias, mean[:7], std)
-    with pytest.raises(ValueError, match="std > 0"):
+    # the first failing argument named (the message named none: which of the four held a NaN was left to guess)
+    with pytest.raises(ValueError, match=r"^std must be > 0 everywhere, got 0 at entry 0 \(8 of its 8 entries <= 0\)$"):
         standardised_head(weight, bias, mean, torch.zeros(8))
+    with pytest.raises(
+        ValueError, match=r"^std must be > 0 everywhere, got -0.5 at entry 3 \(2 of its 8 entries <= 0\)$"
+    ):
+        standardised_head(weight, bias, mean, std.index_fill(0, torch.tensor([3, 6]), -0.5))
+    nan = mean.index_fill(0, torch.tensor([1, 2, 4]), math.nan).index_fill(0, torch.tensor([5]), math.inf)
+    with pytest.raises(
+        ValueError, match=r"^mean must hold finite values, got NaN or infinite values in 4 of its 8 entries$"
+    ):
+        standardised_head(weight, bias, nan, std)
+    with pytest.raises(
+        ValueError, match=r"^bias must hold finite values, got NaN or infinite values in 1 of its 5 entries$"
+    ):
+        standardised_head(weight, bias.index_fill(0, torch.tensor([2]), math.nan), nan, std)  # bias before mean
+    with pytest.raises(
+        ValueError, match=r"^std must hold finite values, got NaN or infinite values in 1 of its 8 entries$"
+    ):
+        standardised_head(weight, bias, mean, std.index_fill(0, torch.tensor([0]), math.inf))
     with pytest.raises(TypeError, match="bias must be a tensor, got list"):
         standardised_head(weight, [0.0] * 5, mean, std)

@@ -546,6 +546,14 @@ def flava_pretraining_kwargs_from_hf_config(config: dict) -> dict:
     )
 
 
+# The least dVAE sizes dalle_encoder builds, by image_codebook_config field, and why where it is not 1.
+_HF_CODEBOOK_LEAST = dict(hidden_size=4, num_blocks_per_group=1, input_channels=1, vocab_size=2)
+_HF_CODEBOOK_WHY = dict(
+    hidden_size=" (the residual paths are hidden_size // 4 wide)",
+    vocab_size=" (one codebook id tells no patch from another)",
+)
+
+
 def hf_codebook_kwargs(config: dict) -> dict:
     """``dalle_encoder`` keyword arguments for the dVAE a Hugging Face ``FlavaConfig`` states
     (``image_codebook_config``, as ``FlavaForPreTraining`` builds its ``image_codebook``; a field it omits takes
@@ -558,8 +566,9 @@ def hf_codebook_kwargs(config: dict) -> dict:
         dict: ``hidden_dim``, ``blocks_per_group``, ``vocab_size`` and ``in_channels``.
 
     Raises:
-        ValueError: for a field of the wrong type, or a ``num_groups`` other than 4 (``dalle_encoder``
-            builds the dVAE's four groups), naming the field.
+        ValueError: for a field of the wrong type, a ``num_groups`` other than 4 (``dalle_encoder`` builds the
+            dVAE's four groups) or a size below what it builds (``hidden_size`` >= 4, ``num_blocks_per_group``
+            and ``input_channels`` >= 1, ``vocab_size`` >= 2), naming the field.
     """
     sections = {**_hf_fields(config), "image_codebook_config": hf_sub_configs(config, ["image_codebook_config"])[0]}
     field = {name: _hf_field(sections, "image_codebook_config", name) for name in _HF_DEFAULTS["image_codebook_config"]}
@@ -568,6 +577,11 @@ def hf_codebook_kwargs(config: dict) -> dict:
             f"config image_codebook_config.num_groups must be 4 (the dVAE's groups, as dalle_encoder builds them), "
             f"got {field['num_groups']!r}"
         )
+    # checked here, not by dalle_encoder once the backbone is built, so that the error names the field given
+    for name, least in _HF_CODEBOOK_LEAST.items():
+        if field[name] < least:
+            why = _HF_CODEBOOK_WHY.get(name, "")
+            raise ValueError(f"config image_codebook_config.{name} must be >= {least}{why}, got {field[name]!r}")
     return dict(
         hidden_dim=field["hidden_size"],
         blocks_per_group=field["num_blocks_per_group"],

@@ -100,7 +100,8 @@ def standardised_head(weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor) -
 
     Raises:
         TypeError: if an argument is not a tensor.
-        ValueError: if the shapes do not fit (C, P) with C, P >= 1, a value is not finite, or ``std`` not > 0.
+        ValueError: if the shapes do not fit (C, P) with C, P >= 1, a value is not finite, or ``std`` not > 0
+            (naming the first such argument).
     """
     given = {"weight": weight, "bias": bias, "mean": mean, "std": std}
     for name, value in given.items():
@@ -111,8 +112,17 @@ def standardised_head(weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor) -
     if c < 1 or p < 1 or any(value.shape != shapes[name] for name, value in given.items()):
         got = ", ".join(f"{name} {tuple(value.shape)}" for name, value in given.items())
         raise ValueError(f"weight must be (C, P) with bias (C,), mean and std (P,), C, P >= 1, got {got}")
-    if not all(bool(torch.isfinite(value).all()) for value in given.values()) or not bool((std > 0).all()):
-        raise ValueError("weight, bias, mean and std must be finite real values, std > 0")
+    for name, value in given.items():  # (the first failing argument named, and how many of its entries)
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise ValueError(
+                f"{name} must hold finite values, got NaN or infinite values in {bad} of its {value.numel()} entries"
+            )
+    if not bool((std > 0).all()):
+        index, count = int((std <= 0).nonzero()[0, 0]), int((std <= 0).sum())
+        raise ValueError(
+            f"std must be > 0 everywhere, got {float(std[index]):g} at entry {index} ({count} of its {p} entries <= 0)"
+        )
     scaled = weight.double() / std.double().to(weight.device)
     head = nn.Linear(p, c, device=weight.device)
     head.weight.copy_(scaled)
