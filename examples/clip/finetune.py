@@ -64,6 +64,7 @@ from torchflava.data.finetuning import (
     empty_classes_warning,
     shapes_task_checks,
     shapes_task_splits,
+    training_source_key,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.run_checks import resumed_data_checks
@@ -317,11 +318,6 @@ def _shapes_checks(d: DataConfig) -> list[tuple]:
         (d.val is None, "data.val", "null, since data.task=shapes reads no files", d.val),
         *shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size),
     ]
-
-
-def train_key(d: DataConfig) -> str:
-    """The key that sets the training source's size: ``data.train``, or ``data.shapes_train`` for shapes."""
-    return "data.shapes_train" if d.task == "shapes" else "data.train"
 
 
 def resolve_defaults(cfg: FinetuneConfig) -> None:
@@ -625,7 +621,7 @@ def main(cfg: FinetuneConfig) -> dict:
         seed=t.seed,
     )
     # a training source that changed size since the checkpoint: refused before the probe or the record
-    raise_on_failed_checks(resumed_data_checks(data, start.loop_states, {"train": train_key(d)}))
+    raise_on_failed_checks(resumed_data_checks(data, start.loop_states, {"train": training_source_key(d.task)}))
     if recorded is None and m.head_init == "linear_probe":  # LP-FT: the probe's head is the start (a resume's too)
         zero_shot.model.head = linear_probe_head(zero_shot.model, train_source, cfg, collator, info)
     # recorded whole in the run directory before training (every rank, rank 0 writes), so that its resume needs

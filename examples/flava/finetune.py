@@ -35,6 +35,7 @@ from torchflava.data.finetuning import (
     empty_classes_warning,
     shapes_task_checks,
     shapes_task_splits,
+    training_source_key,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.run_checks import resumed_data_checks
@@ -499,11 +500,6 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
     return []
 
 
-def train_key(d: FinetuneDataConfig) -> str:
-    """The key that sets the training source's size: ``data.train``, or ``data.shapes_train`` for shapes."""
-    return "data.shapes_train" if d.task == "shapes" else "data.train"
-
-
 def build_splits(d: FinetuneDataConfig, loss: Optional[str] = None) -> tuple:
     """Train and validation (data.val) sources and the class names (None for regression); a file that
     does not read as the task's data is a ConfigError naming its key. :func:`open_val_set` opens the
@@ -756,7 +752,7 @@ def main(cfg: FinetuneConfig) -> dict:
         seed=t.seed,
     )
     # a training source that changed size since the checkpoint: refused before the model is built
-    raise_on_failed_checks(resumed_data_checks(data, start.loop_states, {"train": train_key(d)}))
+    raise_on_failed_checks(resumed_data_checks(data, start.loop_states, {"train": training_source_key(d.task)}))
 
     torch.manual_seed(t.seed)
     kwargs = {**asdict(cfg.model), "pretrained": None, "loss": loss}  # the backbone comes loaded

@@ -18,7 +18,7 @@ from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import Killed, load_recipe, photos, stop_fit_after, write_tiny_export
 from torchflava import zero_shot
 from torchflava.classify import CLIPImageTower, load_clip_classifier
-from torchflava.data.finetuning import ShapesClassification
+from torchflava.data.finetuning import ShapesClassification, training_source_key
 from torchflava.modules.heads import NormalizedLinearClassifier
 from torchflava.pretrained import load_pretrained
 from torchflava.training.config import ConfigError, load_config
@@ -703,7 +703,7 @@ def test_a_resume_on_a_training_folder_that_changed_size_exits_2_naming_data_tra
     report = finetune.main(_config(clip_export, tmp_path / "run", *common, "training.resume=auto"))
     assert report["steps"] == 3 and sorted(_losses(tmp_path / "run")) == [1, 2, 3]
     tasks = {"image_folder": "data.train", "shapes": "data.shapes_train"}  # (the key that sets the source's size)
-    assert {task: finetune.train_key(finetune.DataConfig(task=task)) for task in tasks} == tasks
+    assert {task: training_source_key(task) for task in tasks} == tasks
 
 
 def test_classifying_a_killed_run_verifies_its_checkpoint_once_and_an_export_needs_its_preprocessing(

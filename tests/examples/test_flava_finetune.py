@@ -13,7 +13,7 @@ import torch
 
 from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import Killed, load_recipe, stop_fit_after, write_tiny_export
-from torchflava.data.finetuning import GlueTsv, ImageTextLabels
+from torchflava.data.finetuning import GlueTsv, ImageTextLabels, training_source_key
 from torchflava.data.shapes import ShapesWorld
 from torchflava.training.config import load_config
 
@@ -1126,7 +1126,7 @@ def test_a_resume_on_a_training_folder_that_changed_size_exits_2_naming_data_tra
 def test_the_training_source_is_named_by_the_key_that_sets_its_size():
     tasks = {"shapes": "data.shapes_train", "glue": "data.train", "image_folder": "data.train"}
     for task, key in tasks.items():
-        assert finetune.train_key(finetune.FinetuneDataConfig(task=task)) == key
+        assert training_source_key(task) == key
 
 
 # --------------------------------------------------------------------------- validation: streamed, in shares

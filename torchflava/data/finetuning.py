@@ -432,6 +432,12 @@ def shapes_task_checks(num_train: int, num_val: int, image_size: int) -> list[tu
     ]
 
 
+def training_source_key(task: str) -> str:
+    """The config key that sets a fine-tuning recipe's training source (and so its size, which a resume checks):
+    ``data.shapes_train`` for the shapes task, ``data.train`` (the files) for every other."""
+    return "data.shapes_train" if task == "shapes" else "data.train"
+
+
 def shapes_task_splits(num_train: int, num_val: int, image_size: int) -> tuple:
     """The shapes task's training and held-out validation sources and its 30 class names."""
     train = ShapesClassification("pairs", num_train, image_size=image_size)
