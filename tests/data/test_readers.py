@@ -884,15 +884,36 @@ def test_data_loader_worker(tiny_sources, name):
         assert_red_green(sample.image)
 
 
-def test_image_folder_follows_linked_folders_once_and_lists_regular_files_only(tmp_path):
+def test_image_folder_follows_linked_folders_once(tmp_path):
     root = tmp_path / "root"
     write(root / "a.png", png_bytes())
     write(tmp_path / "elsewhere" / "b.png", png_bytes())
     (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # was left out
     (root / "linked" / "loop").symlink_to(root, target_is_directory=True)  # a loop: walked once
-    os.mkfifo(root / "fifo.png")  # reading it would block forever
+    (root / "folder.png").mkdir()  # a folder so named is walked, no item
     assert [ImageFolder(root).relative_path(i) for i in range(2)] == ["a.png", "linked/b.png"]
     assert len(ImageFolder(root)) == 2
+
+
+def test_image_folder_entries_that_are_no_regular_files_are_bad_samples_read_without_opening(tmp_path):
+    """A FIFO or a link to a device named x.png was left out silently (summaries said "0 unreadable"); read, a
+    FIFO would block forever."""
+    from tests.helpers import fifo_that_cannot_hang
+
+    write(tmp_path / "a.png", png_bytes())
+    (tmp_path / "device.jpg").symlink_to("/dev/zero")  # (its read would never end)
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with fifo_that_cannot_hang(tmp_path / "pipe.png") as fifo:
+        folder = ImageFolder(tmp_path)
+        assert [folder.relative_path(i) for i in range(len(folder))] == ["a.png", "device.jpg", "gone.jpg", "pipe.png"]
+        assert folder[0].image.size == (2, 1)
+        with pytest.raises(BadSample, match=r"device.jpg: unreadable image \(.*device.jpg is not a regular file: a c"):
+            folder[1]
+        with pytest.raises(BadSample, match=r"gone.jpg: unreadable image \(FileNotFoundError"):
+            folder[2]
+        with pytest.raises(BadSample, match=r"pipe.png: unreadable image \(.*pipe.png is not a regular file: a FIFO"):
+            folder[3]
+    fifo.unlink()
 
 
 def test_shards_without_a_sample_holding_every_required_member_are_refused(tmp_path):

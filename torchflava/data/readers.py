@@ -1004,8 +1004,10 @@ class ImageFolder(Dataset):
 
     Files are matched by extension (any case, with or without the dot) and sorted by their relative
     path written with ``/``, so the order does not depend on the file system. Linked sub-folders are
-    followed (each real folder once); only regular files (or links to them) are items. Hidden files
-    and folders under ``root`` (a name starting with ``.``) are no items, as Hugging Face datasets'
+    followed (each real folder once). Every other entry with such a name is an item: one that is no
+    regular file (a FIFO, a socket, a link to a device or to nothing) is a bad sample, refused without
+    being opened (reading a FIFO would block), as an unreadable image is. Hidden files and folders
+    under ``root`` (a name starting with ``.``) are no items, as Hugging Face datasets'
     image folders leave them out: macOS's ``._photo.jpg`` AppleDouble twins, ``.ipynb_checkpoints``,
     ``.thumbnails``, a ``.Trash-1000`` are copies or metadata, not the user's images. A file that
     does not decode is an item whose read raises :class:`BadSample`.
@@ -1033,10 +1035,12 @@ class ImageFolder(Dataset):
         self._root = existing_path("root", root, directory=True)
         suffixes = tuple("." + extension for extension in check_extensions("extensions", extensions))
         files, seen, hidden = [], set(), 0
-        # Linked sub-folders are followed (each real folder once: a link loop ends); only regular
-        # files count (a FIFO named x.png would block the read forever). Hidden files and folders are
-        # skipped: a folder copied from a Mac holds a ._x.jpg beside each x.jpg, which sorted first and
-        # failed to decode, so the first items of a folder were all unreadable and the folder refused.
+        # Linked sub-folders are followed (each real folder once: a link loop ends). Every other entry is
+        # an item: read_image refuses one that is no regular file without opening it (a FIFO named x.png
+        # would block the read forever), a bad sample that summaries count (left out, they said "0
+        # unreadable"). Hidden files and folders are skipped: a folder copied from a Mac holds a ._x.jpg
+        # beside each x.jpg, which sorted first and failed to decode, so the first items of a folder were
+        # all unreadable and the folder refused.
         for directory, subfolders, names in os.walk(self._root, followlinks=True):
             real = os.path.realpath(directory)
             if real in seen:
@@ -1046,7 +1050,7 @@ class ImageFolder(Dataset):
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
             for name in names:
                 path = os.path.join(directory, name)
-                if name.lower().endswith(suffixes) and os.path.isfile(path):
+                if name.lower().endswith(suffixes):  # (names: no folder, nor a link to one, os.walk's split)
                     if name.startswith("."):
                         hidden += 1
                     else:

@@ -78,3 +78,56 @@ def test_a_standardised_head_computes_the_probes_logits_on_raw_features():
         standardised_head(weight, bias, mean, std.index_fill(0, torch.tensor([0]), math.inf))
     with pytest.raises(TypeError, match="bias must be a tensor, got list"):
         standardised_head(weight, [0.0] * 5, mean, std)
+
+
+def test_meta_embeddings_give_a_meta_head_with_the_shape_checks_kept():
+    """Reading a meta tensor's values failed inside torch ("Tensor.item() cannot be called on meta tensors")."""
+    head = embedding_head(torch.zeros(5, 8, device="meta", dtype=torch.bfloat16), 100.0)
+    assert head.weight.is_meta and head.weight.shape == (5, 8) and head.weight.dtype == torch.bfloat16
+    assert head.bias.is_meta and head.bias.shape == (5,)
+    with pytest.raises(ValueError, match=r"class_embeddings must be \(C, P\) finite floating-point, got torch.int64"):
+        embedding_head(torch.zeros(5, 8, device="meta", dtype=torch.long), 100.0)
+    with pytest.raises(ValueError, match=r"finite floating-point, got torch.float32 of shape \(0, 8\)"):
+        embedding_head(torch.zeros(0, 8, device="meta"), 100.0)
+    meta = [torch.zeros(shape, device="meta") for shape in ((5, 8), (5,), (8,), (8,))]
+    head = standardised_head(*meta)
+    assert head.weight.is_meta and head.weight.shape == (5, 8) and head.bias.shape == (5,)
+    with pytest.raises(ValueError, match=r"weight must be \(C, P\) with bias \(C,\), mean and std \(P,\)"):
+        standardised_head(meta[0], meta[1], meta[2][:7], meta[3])
+
+
+@pytest.mark.parametrize(
+    "encoder_dtype, head_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)]
+)
+def test_an_encoder_and_a_head_of_two_dtypes_are_named_outside_autocast(encoder_dtype, head_dtype):
+    """The product failed inside torch ("mat1 and mat2 must have the same dtype"); autocast casts both."""
+    torch.manual_seed(0)
+    model = NormalizedLinearClassifier(nn.Linear(4, 6).to(encoder_dtype), nn.Linear(6, 3).to(head_dtype))
+    x = torch.randn(2, 4)
+    with pytest.raises(
+        TypeError,
+        match=rf"^encoder must return features of the head's dtype {head_dtype} \(convert the whole classifier to one "
+        rf"dtype, e.g. classifier.to\({encoder_dtype}\), or run it under torch.autocast\), got {encoder_dtype}$",
+    ):
+        model(x.to(encoder_dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    reference = model.to(torch.bfloat16)(x.bfloat16())  # autocast's bf16 products, the features' norm in bf16 too
+    assert logits.dtype == torch.bfloat16 and logits.shape == (2, 3)
+    torch.testing.assert_close(logits.float(), reference.float(), atol=0.02, rtol=0.02)
+    assert model(x.bfloat16()).dtype == torch.bfloat16  # one dtype throughout: no check in the way
+
+
+def test_a_packed_head_takes_features_of_any_float_dtype():
+    """A PackedLinear head (pack_linears') casts its input: fp32 features are no dtype error."""
+    from torchflava.modules.layers.packed_linear import PackedLinear
+
+    torch.manual_seed(0)
+    model = NormalizedLinearClassifier(nn.Linear(4, 6), nn.Linear(6, 3)).eval()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        features = model.features(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = model.head(features)
+        model.head = PackedLinear.from_linear(model.head)
+        assert torch.equal(model(x), expected) and expected.dtype == torch.bfloat16

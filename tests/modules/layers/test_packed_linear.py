@@ -200,3 +200,16 @@ def test_a_packed_model_refuses_conversions_its_weights_would_miss():
     model.to("cpu").to(torch.device("cpu")).requires_grad_(False)
     with torch.inference_mode(), autocast_bf16():
         assert torch.equal(model(x), expected)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this PyTorch build or CPU has no oneDNN bf16 linear")
+def test_a_packed_model_compiles_with_inductors_default_settings():
+    """Inductor lowers oneDNN's op only on a frozen (constant) weight: without torch._inductor.config.freezing the
+    compile failed ("weight must be a graph constant"). Now one opaque op, in the graph: the eager bits."""
+    model = pack_linears(nn.Sequential(make_linear(8, 4)).eval())
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        expected = model(x)
+        torch._dynamo.reset()
+        got = torch.compile(model, fullgraph=True)(x)  # (fullgraph: no graph break around the layer)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)

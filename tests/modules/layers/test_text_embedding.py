@@ -95,8 +95,10 @@ def test_ids_out_of_vocabulary(bad):
 
 
 def test_longer_than_max_seq_len():
+    # (named as the models' encode_text(text) users meet it too: input_ids is the module's argument)
     with pytest.raises(
-        ValueError, match=r"input_ids has length 41, more than the 40 learned positions \(max_seq_len\)"
+        ValueError,
+        match=r"^input_ids \(the text's token ids\) has length 41, more than the 40 learned positions \(max_seq_len\)$",
     ):
         make_embedding()(torch.randint(0, VOCAB, (1, MAX_LEN + 1)))
 

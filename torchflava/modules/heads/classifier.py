@@ -42,11 +42,21 @@ class NormalizedLinearClassifier(nn.Module):
 
         Raises:
             ValueError: if the encoder does not give (B, P) floating-point features, P the head's input width.
+            TypeError: if, outside ``torch.autocast``, the features are not of the head's dtype (a bf16 encoder
+                and an fp32 head, or the reverse).
         """
         features = self.encoder(x)
-        width = self.head.in_features
+        head, width = self.head, self.head.in_features
         if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != width:
             raise ValueError(f"encoder must return (B, {width}) features, got {describe_tensor(features)}")
+        # (the product failed inside torch, "mat1 and mat2 must have the same dtype"; autocast casts both, and a
+        # PackedLinear head, pack_linears', casts its input)
+        dtype = head.weight.dtype if isinstance(head, nn.Linear) else features.dtype
+        if features.dtype != dtype and not torch.is_autocast_enabled(features.device.type):
+            raise TypeError(
+                f"encoder must return features of the head's dtype {dtype} (convert the whole classifier to one "
+                f"dtype, e.g. classifier.to({features.dtype}), or run it under torch.autocast), got {features.dtype}"
+            )
         return F.normalize(features, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -63,7 +73,7 @@ def embedding_head(class_embeddings: Tensor, scale: float) -> nn.Linear:
         scale (float): the temperature multiplier (CLIP's ``exp(logit_scale)``), finite and > 0.
 
     Returns:
-        nn.Linear: P -> C, of the embeddings' dtype and device.
+        nn.Linear: P -> C, of the embeddings' dtype and device (meta embeddings: a meta head, values unchecked).
 
     Raises:
         TypeError: if ``class_embeddings`` is not a tensor.
@@ -72,7 +82,8 @@ def embedding_head(class_embeddings: Tensor, scale: float) -> nn.Linear:
     if not isinstance(class_embeddings, Tensor):
         raise TypeError(f"class_embeddings must be a (C, P) tensor, got {type(class_embeddings).__name__}")
     e = class_embeddings
-    if e.dim() != 2 or 0 in e.shape or not e.is_floating_point() or not bool(torch.isfinite(e).all()):
+    # (a meta tensor has no values to read, "Tensor.item() cannot be called on meta tensors": a meta head)
+    if e.dim() != 2 or 0 in e.shape or not e.is_floating_point() or not (e.is_meta or bool(torch.isfinite(e).all())):
         raise ValueError(f"class_embeddings must be (C, P) finite floating-point, got {describe_tensor(e)}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
@@ -96,7 +107,7 @@ def standardised_head(weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor) -
 
     Returns:
         nn.Linear: P -> C, float32, on ``weight``'s device: weight ``weight / std``, bias ``bias - (weight / std) @
-        mean``.
+        mean`` (meta tensors: a meta head, values unchecked).
 
     Raises:
         TypeError: if an argument is not a tensor.
@@ -112,17 +123,19 @@ def standardised_head(weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor) -
     if c < 1 or p < 1 or any(value.shape != shapes[name] for name, value in given.items()):
         got = ", ".join(f"{name} {tuple(value.shape)}" for name, value in given.items())
         raise ValueError(f"weight must be (C, P) with bias (C,), mean and std (P,), C, P >= 1, got {got}")
-    for name, value in given.items():  # (the first failing argument named, and how many of its entries)
-        bad = int((~torch.isfinite(value)).sum())
-        if bad:
+    values_read = not any(value.is_meta for value in given.values())  # (meta: no values to read, a meta head)
+    if values_read:
+        for name, value in given.items():  # (the first failing argument named, and how many of its entries)
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ValueError(
+                    f"{name} must hold finite values, got NaN or infinite values in {bad} of its {value.numel()} entries"
+                )
+        if not bool((std > 0).all()):
+            index, count = int((std <= 0).nonzero()[0, 0]), int((std <= 0).sum())
             raise ValueError(
-                f"{name} must hold finite values, got NaN or infinite values in {bad} of its {value.numel()} entries"
+                f"std must be > 0 everywhere, got {float(std[index]):g} at entry {index} ({count} of its {p} entries <= 0)"
             )
-    if not bool((std > 0).all()):
-        index, count = int((std <= 0).nonzero()[0, 0]), int((std <= 0).sum())
-        raise ValueError(
-            f"std must be > 0 everywhere, got {float(std[index]):g} at entry {index} ({count} of its {p} entries <= 0)"
-        )
     scaled = weight.double() / std.double().to(weight.device)
     head = nn.Linear(p, c, device=weight.device)
     head.weight.copy_(scaled)

@@ -33,6 +33,24 @@ def onednn_packing_available(dtype: torch.dtype = torch.bfloat16) -> bool:
     )
 
 
+@torch.library.custom_op("torchflava::packed_linear", mutates_args=())
+def packed_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_features: int) -> Tensor:
+    """oneDNN's product of ``x`` (..., in) in the weight's dtype and a packed ``weight``, as one opaque op that
+    ``torch.compile`` calls as it is: inductor lowers ``mkldnn._linear_pointwise`` only on a constant weight (with
+    ``torch._inductor.config.freezing``) and failed on a packed layer's otherwise ("weight must be a graph
+    constant"). The same kernel on the same operands: the eager layer's values to the bit.
+
+    Returns:
+        Tensor: (..., out_features).
+    """
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _packed_linear_shape(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_features: int) -> Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))  # (the packed weight's shape is oneDNN's blocked layout)
+
+
 # oneDNN's packed weight has no storage to copy or pickle.
 _NOT_COPYABLE = (
     "a PackedLinear (a model after pack_linears) cannot be copied or pickled: copy or save the model before "
@@ -122,6 +140,8 @@ class PackedLinear(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("PackedLinear is for inference: its input must not require grad")
         x = x.to(self.dtype)
+        if self.packed and torch.compiler.is_compiling() and not _frozen():
+            return packed_linear(x, self.weight, self.bias, self.out_features)  # (see packed_linear)
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -151,6 +171,13 @@ class PackedLinear(nn.Module):
         )
 
 
+def _frozen() -> bool:
+    """Whether inductor freezes weights (its global ``freezing`` setting): it then lowers oneDNN's op itself."""
+    import torch._inductor.config  # (read while torch.compile traces only)
+
+    return bool(torch._inductor.config.freezing)
+
+
 def pack_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Replace, in place, every ``nn.Linear`` inside ``module`` by a :class:`PackedLinear`.
 
@@ -160,6 +187,8 @@ def pack_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.M
     converted model cannot be trained and its ``state_dict`` no longer holds the linear weights:
     keep the original (or its checkpoint) for that. Move the model to its device first: converting
     it afterwards to another dtype or device (``.half()``, ``.to(...)``) is refused (a TypeError).
+    ``torch.compile`` takes the packed model (each packed layer one opaque op, :func:`packed_linear`; with
+    inductor's ``freezing``, oneDNN's op lowered by inductor).
 
     Args:
         module (nn.Module): the model, e.g. a ``FLAVAModel`` in eval mode.

@@ -297,7 +297,8 @@ def add_positions(x: Tensor, pos_embed: nn.Embedding, input_ids: Tensor, positio
     if position_ids is None:
         if length > max_seq_len:
             raise ValueError(
-                f"input_ids has length {length}, more than the {max_seq_len} learned positions (max_seq_len)"
+                f"input_ids (the text's token ids) has length {length}, more than the {max_seq_len} learned positions "
+                "(max_seq_len)"
             )
         return x + pos_embed.weight[:length]
     check_token_ids(position_ids, None, name="position_ids", device=pos_embed.weight.device)  # (a list: TypeError)
