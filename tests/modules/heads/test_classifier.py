@@ -110,6 +110,12 @@ def test_an_encoder_and_a_head_of_two_dtypes_are_named_outside_autocast(encoder_
         rf"dtype, e.g. classifier.to\({encoder_dtype}\), or run it under torch.autocast\), got {encoder_dtype}$",
     ):
         model(x.to(encoder_dtype))
+    # features() alone reads no head: the encoder's own dtype, no error (a probe of a bf16 tower's features)
+    assert model.features(x.to(encoder_dtype)).dtype == encoder_dtype
+    with torch.device("meta"):  # (no autocast state on meta: the same one-line error, not torch's RuntimeError)
+        meta = NormalizedLinearClassifier(nn.Linear(4, 6).to(encoder_dtype), nn.Linear(6, 3).to(head_dtype))
+    with pytest.raises(TypeError, match=rf"^encoder must return features of the head's dtype {head_dtype} "):
+        meta(torch.zeros(2, 4, device="meta", dtype=encoder_dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(x)
     reference = model.to(torch.bfloat16)(x.bfloat16())  # autocast's bf16 products, the features' norm in bf16 too

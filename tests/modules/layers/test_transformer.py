@@ -446,6 +446,13 @@ def test_an_attention_without_query_positions_serves_a_stack_asked_for_some_posi
         expected = full[torch.arange(2)[:, None], positions]
     assert out.shape == expected.shape
     assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    # an attention swapped in after the layers were built is read anew (the flag read at build went stale:
+    # the swapped-in one was passed query_positions)
+    built = TransformerEncoder([make_layer(), make_layer()]).eval()
+    for old, new in zip(built.layers, stack.layers):
+        old.attn, old.attn_norm, old.mlp, old.mlp_norm = new.attn, new.attn_norm, new.mlp, new.mlp_norm
+    swapped = built(x, key_padding_mask=padding, output_positions=positions).last_hidden_state
+    assert_close(swapped, expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["selective", "full"])

@@ -42,26 +42,31 @@ class NormalizedLinearClassifier(nn.Module):
 
         Raises:
             ValueError: if the encoder does not give (B, P) floating-point features, P the head's input width.
+        """
+        features = self.encoder(x)
+        width = self.head.in_features
+        if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != width:
+            raise ValueError(f"encoder must return (B, {width}) features, got {describe_tensor(features)}")
+        return F.normalize(features, dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C) logits of ``x`` (the encoder's input, e.g. (B, C, H, W) pixels); errors as :meth:`features`.
+
+        Raises:
             TypeError: if, outside ``torch.autocast``, the features are not of the head's dtype (a bf16 encoder
                 and an fp32 head, or the reverse).
         """
-        features = self.encoder(x)
-        head, width = self.head, self.head.in_features
-        if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != width:
-            raise ValueError(f"encoder must return (B, {width}) features, got {describe_tensor(features)}")
+        features = self.features(x)
         # (the product failed inside torch, "mat1 and mat2 must have the same dtype"; autocast casts both, and a
-        # PackedLinear head, pack_linears', casts its input)
+        # PackedLinear head, pack_linears', casts its input; torch has no autocast state for the meta device: taken as off)
+        head = self.head
         dtype = head.weight.dtype if isinstance(head, nn.Linear) else features.dtype
-        if features.dtype != dtype and not torch.is_autocast_enabled(features.device.type):
+        if features.dtype != dtype and (features.is_meta or not torch.is_autocast_enabled(features.device.type)):
             raise TypeError(
                 f"encoder must return features of the head's dtype {dtype} (convert the whole classifier to one "
                 f"dtype, e.g. classifier.to({features.dtype}), or run it under torch.autocast), got {features.dtype}"
             )
-        return F.normalize(features, dim=-1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C) logits of ``x`` (the encoder's input, e.g. (B, C, H, W) pixels); errors as :meth:`features`."""
-        return self.head(self.features(x))
+        return head(features)
 
 
 @torch.no_grad()

@@ -242,9 +242,10 @@ class TransformerEncoderLayer(nn.Module):
         super().__init__()
         # the stream's width where a part tells it (None: any), checked on the input before the norm sees it
         self.embed_dim = next((w for name, part in parts.items() for _, w in residual_widths(name, part)), None)
-        # whether attn computes chosen queries alone (read once: a signature per call costs, and breaks graphs);
-        # one whose forward lacks query_positions attends from every position, and the layer then keeps those
-        self._attn_takes_positions = not missing_keywords(attn, ("query_positions",))
+        # whether attn computes chosen queries alone, read once per attention module (a signature per call costs,
+        # and breaks graphs; an attn replaced after building is read anew); one whose forward lacks query_positions
+        # attends from every position, and the layer then keeps those
+        self._positions_read = (attn, not missing_keywords(attn, ("query_positions",)))
         self.attn_norm = attn_norm
         self.attn = attn
         self.mlp_norm = mlp_norm
@@ -304,6 +305,14 @@ class TransformerEncoderLayer(nn.Module):
             out = out.new_zeros(*selected.shape, out.shape[-1]).index_put((selected,), out)
         return out
 
+    def _attn_takes_positions(self) -> bool:
+        """Whether ``self.attn``'s forward takes ``query_positions`` (read when first asked of this module)."""
+        read, takes = self._positions_read
+        if read is not self.attn:  # (the attention was replaced after the layer was built)
+            takes = not missing_keywords(self.attn, ("query_positions",))
+            self._positions_read = (self.attn, takes)
+        return takes
+
     def _block(
         self,
         x: Tensor,
@@ -312,7 +321,7 @@ class TransformerEncoderLayer(nn.Module):
         attn_mask: Optional[Tensor],
         query_positions: Optional[Positions] = None,
     ) -> Tensor:
-        passed = query_positions is not None and self._attn_takes_positions  # a user's attn may lack the keyword
+        passed = query_positions is not None and self._attn_takes_positions()  # a user's attn may lack the keyword
         positions = {"query_positions": query_positions} if passed else {}
         attended = self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask, attn_mask=attn_mask, **positions)
         if query_positions is not None:
