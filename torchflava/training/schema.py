@@ -71,6 +71,15 @@ class TrainingConfig:
     # keep freed memory in the process for reuse (glibc malloc thresholds): fewer page faults, a few MiB more RSS
     keep_freed_memory: bool = True
 
+    def __post_init__(self) -> None:
+        # a leading ~ as the shell expands it (a YAML file or a quoted override keeps it as written): the run
+        # wrote into a directory named '~' under the working one, and its report then read the home directory's
+        # export, a traceback after training; a resume of '~/...' was 'no such directory'
+        if isinstance(self.output_dir, str):
+            self.output_dir = os.path.expanduser(self.output_dir)
+        if isinstance(self.resume, str) and self.resume not in ("none", "auto"):
+            self.resume = os.path.expanduser(self.resume)
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without writing a checkpoint of that state."""
