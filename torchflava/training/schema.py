@@ -129,6 +129,10 @@ def _run_directory_fault(path: Path, *, tensorboard: bool) -> Optional[str]:
     return None
 
 
+# What a run writes in its directory when it has finished (a recipe's export and report), never before.
+FINISHED_RUN_ENTRIES = ("model", "report.json")
+
+
 # The most micro-batches a run may take (max_steps x grad_accumulation): the step-indexed data mixers
 # keep arrays of that length (a run of 10^11 steps asked for 745 GiB before its first step).
 MAX_MICRO_BATCHES = 10**8
@@ -219,7 +223,8 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
 
     Raises:
         ConfigError: if ``resume`` is none but the run directory already holds checkpoints (two runs
-            would mix in one directory), or names a checkpoint that is missing or damaged.
+            would mix in one directory) or a finished run's export or report (:data:`FINISHED_RUN_ENTRIES`:
+            a new run would overwrite them), or names a checkpoint that is missing or damaged.
     """
     if resume == "auto":
         path, passed_over = checkpoints.latest_intact()
@@ -245,6 +250,14 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
         raise ConfigError(
             f"key 'training.resume': {checkpoints.root} already holds checkpoints; set training.resume=auto to "
             "continue that run, or choose another training.output_dir"
+        )
+    # a finished run whose checkpoints were deleted (its export and report kept): a new run there replaced them
+    finished = [p for p in (checkpoints.root.parent / n for n in FINISHED_RUN_ENTRIES) if os.path.lexists(p)]
+    if finished:
+        raise ConfigError(
+            f"key 'training.output_dir': expected a directory without another run's results, got "
+            f"{checkpoints.root.parent} (it holds {', '.join(p.name for p in finished)}, which this run would "
+            "overwrite); choose another training.output_dir, or move them away"
         )
     return None
 
