@@ -1191,6 +1191,15 @@ def test_a_new_run_is_refused_where_a_finished_run_kept_its_results(tmp_path):
         assert sorted(losses(out)) == [1]
 
 
+def test_an_output_dir_the_system_refuses_to_create_is_a_config_error():
+    """A directory that passes the writability check but that mkdir refuses (under /proc; a full disk, a
+    mount's own rules) was a FileNotFoundError traceback from the run lock, exit 1, not one line naming the key."""
+    training = TrainingConfig(output_dir="/proc/torchflava-no-such-run", progress_bar=False, tensorboard=False)
+    with pytest.raises(ConfigError, match=r"^key 'training.output_dir': .*'/proc/torchflava-no-such-run' \("):
+        loop_module.resume_checkpoint(training)
+    assert not Path(training.output_dir).exists()
+
+
 class _Stream(torch.utils.data.IterableDataset):
     """A stream of the toy's micro-batches with no position to restart from."""
 
