@@ -486,3 +486,17 @@ def test_how_a_run_saves_memory_may_change_on_resume(tmp_path):
         TrainingConfig(activation_checkpointing="full", keep_freed_memory=False),
     ):
         assert check_resume_config(tmp_path / "config.yaml", _Recipe(changed)) == []
+
+
+def test_a_leading_tilde_in_the_run_paths_is_the_home_directory(tmp_path, monkeypatch):
+    """A YAML file or a quoted override keeps ``~`` as written: the run wrote into a directory named '~'
+    under the working one (its report then read the home directory's export, a traceback after training),
+    and a resume of '~/run/checkpoints/step_8' was 'no such directory'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(_Recipe, ["training.output_dir=~/runs/a", "training.resume=~/runs/b/checkpoints/step_8"])
+    assert config.training.output_dir == str(tmp_path / "runs" / "a")
+    assert config.training.resume == str(tmp_path / "runs" / "b" / "checkpoints" / "step_8")
+    file = write(tmp_path / "c.yaml", "training:\n  output_dir: ~/runs/c\n  resume: auto\n")
+    config = load_config(_Recipe, [f"config={file}"])
+    assert config.training.output_dir == str(tmp_path / "runs" / "c") and config.training.resume == "auto"
+    assert load_config(_Recipe, ["training.output_dir=runs/~d"]).training.output_dir == "runs/~d"  # only a leading ~

@@ -1175,6 +1175,31 @@ def test_bad_arguments_are_named_before_any_work(tmp_path):
         run(tmp_path / "twice", max_steps=1)
 
 
+def test_a_new_run_is_refused_where_a_finished_run_kept_its_results(tmp_path):
+    """A finished run whose checkpoints were deleted to save space (its export and report kept): a new run
+    with training.resume=none there overwrote its metrics, report and export without a word."""
+    for name in ("model", "report.json"):
+        out = tmp_path / name.split(".")[0]
+        run(out, max_steps=2, checkpoint_every=1)
+        shutil.rmtree(out / "checkpoints")
+        (out / "model").mkdir() if name == "model" else (out / name).write_text("{}")
+        before = (out / "metrics.jsonl").read_bytes()
+        with pytest.raises(ConfigError, match=rf"^key 'training.output_dir': .* \(it holds {name}, which this run "):
+            run(out, max_steps=1)
+        assert (out / "metrics.jsonl").read_bytes() == before and not (out / "checkpoints").exists()
+        _, result = run(out, max_steps=1, resume="auto")  # (auto starts afresh where no checkpoint is left)
+        assert sorted(losses(out)) == [1]
+
+
+def test_an_output_dir_the_system_refuses_to_create_is_a_config_error():
+    """A directory that passes the writability check but that mkdir refuses (under /proc; a full disk, a
+    mount's own rules) was a FileNotFoundError traceback from the run lock, exit 1, not one line naming the key."""
+    training = TrainingConfig(output_dir="/proc/torchflava-no-such-run", progress_bar=False, tensorboard=False)
+    with pytest.raises(ConfigError, match=r"^key 'training.output_dir': .*'/proc/torchflava-no-such-run' \("):
+        loop_module.resume_checkpoint(training)
+    assert not Path(training.output_dir).exists()
+
+
 class _Stream(torch.utils.data.IterableDataset):
     """A stream of the toy's micro-batches with no position to restart from."""
 

@@ -180,6 +180,11 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
                 f"{directory} would not be refused",
                 file=sys.stderr,
             )
+        except OSError as error:  # (checked writable beforehand, yet refused: /proc, a full disk, a mount's own rules)
+            raise ConfigError(
+                f"key 'training.output_dir': expected a directory this process can create or write, got "
+                f"{str(directory)!r} ({error.strerror or first_line(error)})"
+            ) from None
     checkpoints = checkpoint_manager(training)
     strays = checkpoints.strays()
     if strays:  # a save of its step, or rotation, would rename it and leave it behind as .step_<N>.deleting

@@ -71,6 +71,15 @@ class TrainingConfig:
     # keep freed memory in the process for reuse (glibc malloc thresholds): fewer page faults, a few MiB more RSS
     keep_freed_memory: bool = True
 
+    def __post_init__(self) -> None:
+        # a leading ~ as the shell expands it (a YAML file or a quoted override keeps it as written): the run
+        # wrote into a directory named '~' under the working one, and its report then read the home directory's
+        # export, a traceback after training; a resume of '~/...' was 'no such directory'
+        if isinstance(self.output_dir, str):
+            self.output_dir = os.path.expanduser(self.output_dir)
+        if isinstance(self.resume, str) and self.resume not in ("none", "auto"):
+            self.resume = os.path.expanduser(self.resume)
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without writing a checkpoint of that state."""
@@ -118,6 +127,10 @@ def _run_directory_fault(path: Path, *, tensorboard: bool) -> Optional[str]:
         if entry.exists() and entry.is_dir() != (kind == "directory") and (tensorboard or name != "tensorboard"):
             return f"its {name} is a {'directory' if entry.is_dir() else 'file'}, where a run writes a {kind}"
     return None
+
+
+# What a run writes in its directory when it has finished (a recipe's export and report), never before.
+FINISHED_RUN_ENTRIES = ("model", "report.json")
 
 
 # The most micro-batches a run may take (max_steps x grad_accumulation): the step-indexed data mixers
@@ -210,7 +223,8 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
 
     Raises:
         ConfigError: if ``resume`` is none but the run directory already holds checkpoints (two runs
-            would mix in one directory), or names a checkpoint that is missing or damaged.
+            would mix in one directory) or a finished run's export or report (:data:`FINISHED_RUN_ENTRIES`:
+            a new run would overwrite them), or names a checkpoint that is missing or damaged.
     """
     if resume == "auto":
         path, passed_over = checkpoints.latest_intact()
@@ -236,6 +250,14 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
         raise ConfigError(
             f"key 'training.resume': {checkpoints.root} already holds checkpoints; set training.resume=auto to "
             "continue that run, or choose another training.output_dir"
+        )
+    # a finished run whose checkpoints were deleted (its export and report kept): a new run there replaced them
+    finished = [p for p in (checkpoints.root.parent / n for n in FINISHED_RUN_ENTRIES) if os.path.lexists(p)]
+    if finished:
+        raise ConfigError(
+            f"key 'training.output_dir': expected a directory without another run's results, got "
+            f"{checkpoints.root.parent} (it holds {', '.join(p.name for p in finished)}, which this run would "
+            "overwrite); choose another training.output_dir, or move them away"
         )
     return None
 
