@@ -373,6 +373,47 @@ def assert_a_grown_captions_file_refuses_resume(
     assert max(r["step"] for r in recipe.read_metrics(run_dir / "metrics.jsonl")) == 2  # nothing trained
 
 
+def two_class_folder(train: Path) -> Path:
+    """``train``/blue and ``train``/red, 3 flat 32 px images each (a fine-tuning recipe's class folders)."""
+    from PIL import Image
+
+    for name, colour in (("blue", (10, 10, 250)), ("red", (250, 10, 10))):
+        (train / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), colour).save(train / name / f"{i}.png")
+    return train
+
+
+def assert_a_changed_folder_refuses_resume(recipe_file: str, overrides: list[str], train: Path, run_dir: Path) -> None:
+    """The shared body of the fine-tuning recipes' tests that a resume on a training folder of another size is
+    refused: ``python recipe_file *overrides`` (a resume of ``run_dir``, trained on :func:`two_class_folder`'s 6
+    images) must exit 2 in one line naming ``data.train`` and both counts, with an image more and with one less,
+    writing nothing in ``run_dir``; the folder is left as it was."""
+    from tests.examples.test_fault_injection import run_with_fault
+
+    def files() -> dict:  # the run directory's files, but its lock (which names the process holding it)
+        return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".run.lock"}
+
+    written = files()
+
+    def refused(size: int) -> None:
+        result = run_with_fault(recipe_file, overrides)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        expected = "error: key 'data.train': expected the 6 train the checkpoint was trained on, since"
+        assert lines[0].startswith(expected), lines[0]
+        assert lines[0].endswith(f"got '{size} items'"), lines[0]
+        assert files() == written  # refused before anything is written in the run directory
+
+    extra, moved, aside = train / "red" / "3.png", train / "red" / "2.png", run_dir.parent / "2.png"
+    extra.write_bytes((train / "red" / "0.png").read_bytes())
+    refused(7)  # an image more
+    extra.unlink()
+    moved.rename(aside)
+    refused(5)  # an image less
+    aside.rename(moved)  # the folder as it was
+
+
 class SeededLinear(nn.Module):
     """One ``nn.Linear(in_dim, out_dim)`` whose weights come from ``torch.manual_seed(seed)``: a toy model for
     the training loop's tests (the same weights in every run and every process)."""

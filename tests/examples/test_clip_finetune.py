@@ -10,12 +10,19 @@ import signal
 import subprocess
 import sys
 
-from PIL import Image
 import pytest
 import torch
 
 from tests.examples.test_fault_injection import run_with_fault
-from tests.helpers import Killed, load_recipe, photos, stop_fit_after, write_tiny_export
+from tests.helpers import (
+    Killed,
+    assert_a_changed_folder_refuses_resume,
+    load_recipe,
+    photos,
+    stop_fit_after,
+    two_class_folder,
+    write_tiny_export,
+)
 from torchflava import zero_shot
 from torchflava.classify import CLIPImageTower, load_clip_classifier
 from torchflava.data.finetuning import ShapesClassification, training_source_key
@@ -665,11 +672,7 @@ def test_a_resume_on_a_training_folder_that_changed_size_exits_2_naming_data_tra
     """Each pass over the training folder is a permutation seeded by its size: a resume on a folder with an image
     more (or less) drew another order without a word (items seen twice, others never), as the pretraining recipes
     refuse; the folder as it was resumes."""
-    train = tmp_path / "train"
-    for name, colour in (("blue", (10, 10, 250)), ("red", (250, 10, 10))):
-        (train / name).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (32, 32), colour).save(train / name / f"{i}.png")
+    train = two_class_folder(tmp_path / "train")
     folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
     common = [*folder_task, "training.checkpoint_every=2", "optim.warmup_steps=0", "training.global_batch_size=4"]
     stop_fit_after(monkeypatch, finetune, 3)  # after step 3's update: the last checkpoint is step 2's
@@ -677,29 +680,8 @@ def test_a_resume_on_a_training_folder_that_changed_size_exits_2_naming_data_tra
         finetune.main(_config(clip_export, tmp_path / "run", *common))
     monkeypatch.undo()
 
-    def files() -> dict:  # the run directory's files, but its lock (which names the process holding it)
-        return {
-            p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file() and p.name != ".run.lock"
-        }
-
-    written, run = files(), [*_config_overrides(clip_export, tmp_path / "run"), *common, "training.resume=auto"]
-
-    def refused(size: int) -> None:
-        result = run_with_fault(FINETUNE, run)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-        expected = "error: key 'data.train': expected the 6 train the checkpoint was trained on, since"
-        assert lines[0].startswith(expected), lines[0]
-        assert lines[0].endswith(f"got '{size} items'"), lines[0]
-        assert files() == written  # refused before anything is written in the run directory
-
-    extra, moved, aside = train / "red" / "3.png", train / "red" / "2.png", tmp_path / "2.png"
-    shutil.copy(train / "red" / "0.png", extra)
-    refused(7)  # an image more
-    extra.unlink()
-    moved.rename(aside)
-    refused(5)  # an image less
-    aside.rename(moved)  # the folder as it was: the resume runs to the end
+    run = [*_config_overrides(clip_export, tmp_path / "run"), *common, "training.resume=auto"]
+    assert_a_changed_folder_refuses_resume(FINETUNE, run, train, tmp_path / "run")
     report = finetune.main(_config(clip_export, tmp_path / "run", *common, "training.resume=auto"))
     assert report["steps"] == 3 and sorted(_losses(tmp_path / "run")) == [1, 2, 3]
     tasks = {"image_folder": "data.train", "shapes": "data.shapes_train"}  # (the key that sets the source's size)

@@ -2,7 +2,6 @@
 
 import json
 from pathlib import Path
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +11,14 @@ import pytest
 import torch
 
 from tests.examples.test_fault_injection import run_with_fault
-from tests.helpers import Killed, load_recipe, stop_fit_after, write_tiny_export
+from tests.helpers import (
+    Killed,
+    assert_a_changed_folder_refuses_resume,
+    load_recipe,
+    stop_fit_after,
+    two_class_folder,
+    write_tiny_export,
+)
 from torchflava.data.finetuning import GlueTsv, ImageTextLabels, training_source_key
 from torchflava.data.shapes import ShapesWorld
 from torchflava.training.config import load_config
@@ -1079,11 +1085,7 @@ def test_a_resume_on_a_training_folder_that_changed_size_exits_2_naming_data_tra
     """Each pass over the training split is a permutation seeded by its size: a resume on a folder with an image
     more (or less) drew another order without a word (items seen twice, others never), as the pretraining recipes
     refuse; the folder as it was resumes."""
-    train = tmp_path / "train"
-    for name, colour in (("blue", (10, 10, 250)), ("red", (250, 10, 10))):
-        (train / name).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (32, 32), colour).save(train / name / f"{i}.png")
+    train = two_class_folder(tmp_path / "train")
     common = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
     common += [
         "training.checkpoint_every=2",
@@ -1096,29 +1098,8 @@ def test_a_resume_on_a_training_folder_that_changed_size_exits_2_naming_data_tra
         _run(export, tmp_path / "run", *common)
     monkeypatch.undo()
 
-    def files() -> dict:  # the run directory's files, but its lock (which names the process holding it)
-        return {
-            p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file() and p.name != ".run.lock"
-        }
-
-    written, run = files(), _overrides(export, tmp_path / "run", *common, "training.resume=auto")
-
-    def refused(size: int) -> None:
-        result = run_with_fault(FINETUNE, run)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-        expected = "error: key 'data.train': expected the 6 train the checkpoint was trained on, since"
-        assert lines[0].startswith(expected), lines[0]
-        assert lines[0].endswith(f"got '{size} items'"), lines[0]
-        assert files() == written  # refused before anything is written in the run directory
-
-    extra, moved, aside = train / "red" / "3.png", train / "red" / "2.png", tmp_path / "2.png"
-    shutil.copy(train / "red" / "0.png", extra)
-    refused(7)  # an image more
-    extra.unlink()
-    moved.rename(aside)
-    refused(5)  # an image less
-    aside.rename(moved)  # the folder as it was: the resume runs to the end
+    run = _overrides(export, tmp_path / "run", *common, "training.resume=auto")
+    assert_a_changed_folder_refuses_resume(FINETUNE, run, train, tmp_path / "run")
     assert _run(export, tmp_path / "run", *common, "training.resume=auto")["steps"] == 3
     assert sorted(_records(tmp_path / "run")) == [1, 2, 3]
 
