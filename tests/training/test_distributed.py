@@ -135,6 +135,53 @@ def test_a_rank_stuck_in_its_step_fails_the_others_after_the_collective_timeout_
     assert float(waited) < HANG_CAP_S / 3, waited  # rank 0 did not wait for rank 1 to come back
 
 
+def _lost_rank_worker(rank: int, port: str, root: str) -> None:
+    """A recipe that fits on two ranks, rank 1 dying in its second step; rank 0's status and stderr written down."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+
+    calls = []
+
+    def step(model, item):
+        calls.append(item)
+        if rank == 1 and len(calls) == 2:  # step 2 (one micro-batch a step)
+            os._exit(0)  # a crash: the process is gone, its sockets closed, nothing said to the others
+        return toy_step(model, item)
+
+    def main(config: _RecipeConfig) -> None:
+        init_distributed("ddp", device="cpu")
+        training, optim = settings(Path(root) / "run", strategy="ddp", max_steps=3, checkpoint_every=10)
+        fit(Toy(), step, ToyData(3, rank=rank, world_size=2), training=training, optim=optim, shard_layers=())
+
+    stderr, status = io.StringIO(), None
+    try:
+        with contextlib.redirect_stderr(stderr):
+            run_recipe(main, _RecipeConfig, [])
+    except SystemExit as exit_:
+        status = exit_.code
+    except Exception as error:  # what the old code let through: torch's RuntimeError, with its traceback
+        status = type(error).__name__
+    if rank == 0:
+        (Path(root) / "rank0.txt").write_text(f"{status}\n{stderr.getvalue()}")
+
+
+def test_a_rank_that_dies_mid_run_leaves_the_others_one_line_and_status_1_not_torchs_traceback(tmp_path):
+    """A rank that crashed (its loader raised, it was killed) left every other rank with Gloo's 'Connection
+    closed by peer' raised from inside torch.distributed and its traceback: under torchrun one such traceback a
+    surviving rank, burying the dead rank's own error above them. Now they say it in one line and exit 1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_lost_rank_worker, (port, str(tmp_path)), nprocs=2, timeout_s=60)
+    status, stderr = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert status == "1", stderr
+    assert stderr.startswith(
+        "error: rank 0 lost another rank in a collective in step 2 (its forward, backward and the reduction of its "
+        "losses and gradients): that rank exited, crashed or was killed, and its own output says why ("
+    ), stderr
+    assert " by peer" in stderr and stderr.count("\n") == 1, stderr  # (closed or reset, as the timing falls)
+
+
 @pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf"), True, "30"])
 def test_a_collective_timeout_that_is_no_positive_number_is_refused_before_the_process_group(seconds, monkeypatch):
     started = []

@@ -113,9 +113,17 @@ class CollectiveTimeout(RuntimeError):
     """A collective waited past its timeout for another rank (stuck, or slower than the timeout allows)."""
 
 
+class RankLost(RuntimeError):
+    """A collective failed because another rank left it: that rank exited, crashed or was killed, and its own
+    output says why."""
+
+
 # What a timed-out collective says: Gloo's "Timed out waiting 1000ms for recv operation", NCCL's
 # (under TORCH_NCCL_BLOCKING_WAIT) "Watchdog caught collective operation timeout"
 _TIMED_OUT = re.compile(r"Timed out waiting \d+ ?ms|collective operation timeout")
+# What Gloo's transport says when the rank at the other end of a connection is gone ("[.../gloo/transport/tcp/
+# pair.cc:561] Connection closed by peer [127.0.0.1]:21894", or a read's or write's "Connection reset by peer")
+_PEER_GONE = re.compile(r"gloo/transport/\S+\].*(Connection closed by peer|Connection reset by peer|Broken pipe)")
 
 
 @contextmanager
@@ -124,8 +132,10 @@ def collective_timeout_named(
 ) -> Iterator[None]:
     """Turn a collective's timeout raised inside the block into a :class:`CollectiveTimeout` naming the
     setting ``key`` (and its value ``seconds``; None: torch's default), so that the user learns which
-    setting decided how long the rank waited, and what the run was doing; every other error passes
-    unchanged.
+    setting decided how long the rank waited, and what the run was doing; a collective that failed because
+    another rank left it (Gloo's "Connection closed by peer") into a :class:`RankLost` saying so, in one line
+    where the recipes printed torch's traceback on every surviving rank, burying the lost rank's own error;
+    every other error passes unchanged.
 
     Args:
         key (str): the setting, as the message names it.
@@ -135,15 +145,23 @@ def collective_timeout_named(
 
     Raises:
         CollectiveTimeout: for a timed-out collective under a running process group.
+        RankLost: for a collective that lost another rank, under a running process group.
     """
     try:
         yield
     except RuntimeError as error:
-        if isinstance(error, CollectiveTimeout) or not dist.is_initialized() or not _TIMED_OUT.search(str(error)):
+        if isinstance(error, (CollectiveTimeout, RankLost)) or not dist.is_initialized():
             raise
-        waited = f"{key}={seconds:g} s" if seconds is not None else f"torch's default timeout ({key} is null)"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         during = "" if where is None else f" {where()}"
+        if _PEER_GONE.search(str(error)):
+            raise RankLost(
+                f"rank {dist.get_rank()} lost another rank in a collective{during}: that rank exited, crashed or was "
+                f"killed, and its own output says why ({reason})"
+            ) from error
+        if not _TIMED_OUT.search(str(error)):
+            raise
+        waited = f"{key}={seconds:g} s" if seconds is not None else f"torch's default timeout ({key} is null)"
         raise CollectiveTimeout(
             f"key '{key}': rank {dist.get_rank()} waited in a collective{during} past {waited} for another rank, which is "
             f"stuck or slower than that (raise {key} if its work takes that long) ({reason})"

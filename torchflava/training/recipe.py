@@ -9,7 +9,7 @@ script can tell apart:
 * 1: the run stopped: a non-finite loss (naming the last good checkpoint), a checkpoint that could not
   be written (the last complete one is intact), or a rank that waited in a collective past
   ``training.collective_timeout_s`` (in fit, start_run, or the recipe's own: its vocabulary's broadcast,
-  its last barrier);
+  its last barrier), or that lost another rank there (which exited: its own error is the one to read);
 * 75: stopped by a scheduler's signal after checkpointing (:class:`~torchflava.training.preemption.Preempted`
   exits with it itself): ``training.resume=auto`` continues.
 
@@ -24,14 +24,14 @@ import torch.distributed as dist
 
 from torchflava.training.checkpointing import CheckpointWriteError
 from torchflava.training.config import ConfigError, load_config
-from torchflava.training.distributed import CollectiveTimeout, collective_timeout_named
+from torchflava.training.distributed import CollectiveTimeout, RankLost, collective_timeout_named
 from torchflava.training.loop import OUTSIDE_FIT, TIMEOUT_KEY
 from torchflava.training.schema import NonFiniteLossError
 
 T = TypeVar("T")
 
 # the run stopped on something said in one line: exit status 1
-STOPPED = (NonFiniteLossError, CheckpointWriteError, CollectiveTimeout)
+STOPPED = (NonFiniteLossError, CheckpointWriteError, CollectiveTimeout, RankLost)
 
 
 HELP = ("-h", "--help")
