@@ -309,6 +309,53 @@ def test_the_ranks_wait_for_rank_0s_report_longer_than_the_runs_collective_timeo
         rank0_report(dict, run_timeout_s=-1)
 
 
+def _report_error_worker(rank: int, port: str, root: str) -> None:
+    """A recipe whose report fails on rank 0 (a config error), then whose share of a validation set fails on
+    rank 1; each rank's exit status and stderr written down."""
+    from torchflava.training.config import ConfigError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+
+    def report() -> dict:
+        raise ConfigError("key 'data.val': the class 'cat' is not a training class")
+
+    def share(indices: range) -> list:
+        if rank == 1:
+            raise FileNotFoundError(2, "No such file or directory", "/data/val/3.png")
+        return list(indices)
+
+    def main(config: _RecipeConfig) -> None:
+        init_distributed("ddp", device="cpu")
+        if config.training.max_steps == 1:
+            rank0_report(report, run_timeout_s=None)
+        distributed.gather_shares(share, 4, run_timeout_s=None)
+
+    said = []
+    for steps in (1, 2):  # (max_steps picks which one fails; run_recipe leaves the process group after each)
+        stderr, status = io.StringIO(), None
+        try:
+            with contextlib.redirect_stderr(stderr):
+                run_recipe(main, _RecipeConfig, [f"training.max_steps={steps}"], config_errors=(FileNotFoundError,))
+        except SystemExit as exit_:
+            status = exit_.code
+        said.append([status, stderr.getvalue()])
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps(said))
+
+
+def test_an_error_one_rank_raised_for_every_rank_is_printed_by_that_rank_alone(tmp_path):
+    """rank0_report and gather_shares raise on every rank what one rank raised (rank 0's report; a rank's share of
+    a validation set): every rank then printed the same 'error: ...' line, once a rank."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_report_error_worker, (port, str(tmp_path)), nprocs=2, timeout_s=60)
+    said = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    report_error = "error: key 'data.val': the class 'cat' is not a training class\n"
+    share_error = "error: [Errno 2] No such file or directory: '/data/val/3.png'\n"
+    assert said[0] == [[2, report_error], [2, ""]]
+    assert said[1] == [[2, ""], [2, share_error]]
+
+
 # the run's collective timeout in the shares test: a rank's share takes longer (SHARE_WORK_S), which the gather allows
 SHARE_TIMEOUT_S = 0.3
 SHARE_WORK_S = 2 * SHARE_TIMEOUT_S

@@ -324,6 +324,18 @@ def _waiting_longer(run_timeout_s: Optional[float], collective_timeout_s: float)
         _apply_timeout(default if run_timeout_s is None else timedelta(seconds=float(run_timeout_s)))
 
 
+def raised_on_rank(error: BaseException) -> Optional[int]:
+    """The rank that raised ``error`` where :func:`rank0_value` or :func:`gather_shares` raised it again on this one
+    (that rank says it: a recipe prints it there alone); None for an error raised here."""
+    return getattr(error, "_raised_on_rank", None)
+
+
+def _raised_on(error: Exception, rank: int) -> Exception:
+    """``error``, marked as raised on ``rank`` (see :func:`raised_on_rank`)."""
+    error._raised_on_rank = rank  # noqa: SLF001 (read by raised_on_rank)
+    return error
+
+
 def _picklable(error: Exception) -> Exception:
     """``error`` itself where it pickles and loads back, for another rank to raise; else a RuntimeError of its type
     and message (an exception that does not would fail the collective that sends it, on every rank)."""
@@ -357,7 +369,7 @@ def rank0_value(compute: Callable[[], T]) -> T:
     dist.broadcast_object_list(box, src=0)
     ok, value = box[0]
     if not ok:
-        raise value
+        raise _raised_on(value, 0)
     return value
 
 
@@ -423,9 +435,9 @@ def gather_shares(
         dist.all_gather_object(outcomes, outcome)
     if raised is not None:
         raise raised
-    failed = next((value for ok, value in outcomes if not ok), None)
+    failed = next(((rank, value) for rank, (ok, value) in enumerate(outcomes) if not ok), None)
     if failed is not None:
-        raise failed
+        raise _raised_on(failed[1], failed[0])
     merged: list = [None] * count
     for rank, (_, values) in enumerate(outcomes):
         shared = range(rank, count, len(outcomes))
