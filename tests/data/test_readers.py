@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 import pickle
 import tarfile
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -676,6 +677,20 @@ def test_tar_shards_index_reads_no_member_data(monkeypatch, shards):
     monkeypatch.setattr(tarfile.TarFile, "extract", refuse)
     dataset = TarShards(shards)
     assert len(dataset) == 9 and dataset[0].text == "first caption"
+
+
+def test_a_damaged_shard_is_warned_of_by_rank_0_alone(tmp_path, shards, monkeypatch):
+    """Every rank of a torchrun job indexes the same shards, and each warned of a damaged one: the same line
+    once a rank (8 on 8 GPUs), before the run's report lists it once."""
+    cut = write(tmp_path / "cut.tar", shards[1].read_bytes()[: 1536 + 10])
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            dataset = TarShards(cut)
+        assert [str(w.message) for w in warned] == ([str(dataset.lost_data[0])] if rank == 0 else []), rank
+        assert len(dataset) == 1 and "cut.tar is truncated" in str(dataset.lost_data[0])
 
 
 def test_tar_shards_truncated_and_vanished_shards(tmp_path, shards):

@@ -135,6 +135,53 @@ def test_a_rank_stuck_in_its_step_fails_the_others_after_the_collective_timeout_
     assert float(waited) < HANG_CAP_S / 3, waited  # rank 0 did not wait for rank 1 to come back
 
 
+def _lost_rank_worker(rank: int, port: str, root: str) -> None:
+    """A recipe that fits on two ranks, rank 1 dying in its second step; rank 0's status and stderr written down."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+
+    calls = []
+
+    def step(model, item):
+        calls.append(item)
+        if rank == 1 and len(calls) == 2:  # step 2 (one micro-batch a step)
+            os._exit(0)  # a crash: the process is gone, its sockets closed, nothing said to the others
+        return toy_step(model, item)
+
+    def main(config: _RecipeConfig) -> None:
+        init_distributed("ddp", device="cpu")
+        training, optim = settings(Path(root) / "run", strategy="ddp", max_steps=3, checkpoint_every=10)
+        fit(Toy(), step, ToyData(3, rank=rank, world_size=2), training=training, optim=optim, shard_layers=())
+
+    stderr, status = io.StringIO(), None
+    try:
+        with contextlib.redirect_stderr(stderr):
+            run_recipe(main, _RecipeConfig, [])
+    except SystemExit as exit_:
+        status = exit_.code
+    except Exception as error:  # what the old code let through: torch's RuntimeError, with its traceback
+        status = type(error).__name__
+    if rank == 0:
+        (Path(root) / "rank0.txt").write_text(f"{status}\n{stderr.getvalue()}")
+
+
+def test_a_rank_that_dies_mid_run_leaves_the_others_one_line_and_status_1_not_torchs_traceback(tmp_path):
+    """A rank that crashed (its loader raised, it was killed) left every other rank with Gloo's 'Connection
+    closed by peer' raised from inside torch.distributed and its traceback: under torchrun one such traceback a
+    surviving rank, burying the dead rank's own error above them. Now they say it in one line and exit 1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_lost_rank_worker, (port, str(tmp_path)), nprocs=2, timeout_s=60)
+    status, stderr = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert status == "1", stderr
+    assert stderr.startswith(
+        "error: rank 0 lost another rank in a collective in step 2 (its forward, backward and the reduction of its "
+        "losses and gradients): that rank exited, crashed or was killed, and its own output says why ("
+    ), stderr
+    assert " by peer" in stderr and stderr.count("\n") == 1, stderr  # (closed or reset, as the timing falls)
+
+
 @pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf"), True, "30"])
 def test_a_collective_timeout_that_is_no_positive_number_is_refused_before_the_process_group(seconds, monkeypatch):
     started = []
@@ -260,6 +307,53 @@ def test_the_ranks_wait_for_rank_0s_report_longer_than_the_runs_collective_timeo
             rank0_report(dict, run_timeout_s=None, collective_timeout_s=bad)
     with pytest.raises(ValueError, match="collective_timeout_s must be"):
         rank0_report(dict, run_timeout_s=-1)
+
+
+def _report_error_worker(rank: int, port: str, root: str) -> None:
+    """A recipe whose report fails on rank 0 (a config error), then whose share of a validation set fails on
+    rank 1; each rank's exit status and stderr written down."""
+    from torchflava.training.config import ConfigError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+
+    def report() -> dict:
+        raise ConfigError("key 'data.val': the class 'cat' is not a training class")
+
+    def share(indices: range) -> list:
+        if rank == 1:
+            raise FileNotFoundError(2, "No such file or directory", "/data/val/3.png")
+        return list(indices)
+
+    def main(config: _RecipeConfig) -> None:
+        init_distributed("ddp", device="cpu")
+        if config.training.max_steps == 1:
+            rank0_report(report, run_timeout_s=None)
+        distributed.gather_shares(share, 4, run_timeout_s=None)
+
+    said = []
+    for steps in (1, 2):  # (max_steps picks which one fails; run_recipe leaves the process group after each)
+        stderr, status = io.StringIO(), None
+        try:
+            with contextlib.redirect_stderr(stderr):
+                run_recipe(main, _RecipeConfig, [f"training.max_steps={steps}"], config_errors=(FileNotFoundError,))
+        except SystemExit as exit_:
+            status = exit_.code
+        said.append([status, stderr.getvalue()])
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps(said))
+
+
+def test_an_error_one_rank_raised_for_every_rank_is_printed_by_that_rank_alone(tmp_path):
+    """rank0_report and gather_shares raise on every rank what one rank raised (rank 0's report; a rank's share of
+    a validation set): every rank then printed the same 'error: ...' line, once a rank."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_report_error_worker, (port, str(tmp_path)), nprocs=2, timeout_s=60)
+    said = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    report_error = "error: key 'data.val': the class 'cat' is not a training class\n"
+    share_error = "error: [Errno 2] No such file or directory: '/data/val/3.png'\n"
+    assert said[0] == [[2, report_error], [2, ""]]
+    assert said[1] == [[2, ""], [2, share_error]]
 
 
 # the run's collective timeout in the shares test: a rank's share takes longer (SHARE_WORK_S), which the gather allows

@@ -30,6 +30,7 @@ from torchflava.training import loop as loop_module
 from torchflava.training import preemption as preemption_module
 from torchflava.training.checkpointing import CheckpointManager, CheckpointWriteError
 from torchflava.training.config import ConfigError, save_config
+from torchflava.training.distributed import DistributedInfo
 from torchflava.training.integrity import write_marker
 from torchflava.training.loop import FitResult, RunStart, StepOutput, fit, release_run_directory, start_run
 from torchflava.training.metrics import read_metrics
@@ -919,6 +920,23 @@ def test_a_resume_refused_inside_fit_leaves_the_runs_config_and_files_as_they_we
     assert {name: (tmp_path / name).read_text() for name in saved} == saved
     fitted(Toy(), 4, config, start)
     assert "lr: 0.5" in (tmp_path / "config.yaml").read_text() and written == [tmp_path, tmp_path]
+
+
+def test_a_resumes_applied_changes_are_said_by_rank_0_alone(tmp_path, monkeypatch, capsys):
+    """start_run printed 'resume: optim.lr: ... (applied from here on)' on every rank: under torchrun each
+    change once a rank (8 lines for one change on 8 GPUs)."""
+    config, start = _started(tmp_path, max_steps=2, checkpoint_every=2)
+    fit(Toy(), toy_step, ToyData(2), training=config.training, optim=config.optim, shard_layers=(), start=start)
+    capsys.readouterr()
+    said = {}
+    for rank in (0, 1):  # start_run as each of two ranks sees it (their own process group left out)
+        info = DistributedInfo(rank, 2, rank, torch.device("cpu"))
+        monkeypatch.setattr(loop_module, "init_distributed", lambda *args, info=info, **kwargs: info)
+        _, resumed = _started(tmp_path, max_steps=4, resume="auto", lr=0.5)
+        assert resumed.resume_from.name == "step_00000002"
+        said[rank] = capsys.readouterr().err
+    changes = ["optim.lr: 0.05 -> 0.5", "training.max_steps: 2 -> 4"]
+    assert said == {0: "".join(f"resume: {change} (applied from here on)\n" for change in changes), 1: ""}
 
 
 def test_a_checkpoint_that_records_no_config_is_refused_without_its_runs_config(tmp_path):

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.samples import BadSample, Sample, checked_text, load_rgb
 from torchflava.utils.checks import check_path
+from torchflava.utils.distributed import get_rank
 
 PathLike = Union[str, os.PathLike]
 
@@ -1356,7 +1357,8 @@ class TarShards(Dataset):
         FileNotFoundError: if ``shards`` names no existing file.
 
     Warns:
-        UserWarning: once per damaged shard, with its :class:`ShardDamage` line.
+        UserWarning: once per damaged shard, with its :class:`ShardDamage` line (on rank 0 alone under a
+            process group; every rank has the damage in :attr:`lost_data`).
     """
 
     def __init__(
@@ -1394,7 +1396,8 @@ class TarShards(Dataset):
             self._samples.extend(samples)
             if damage is not None:
                 self._damage.append(damage)
-                warnings.warn(str(damage), stacklevel=2)
+                if get_rank() == 0:  # (every rank of a run indexes the same shards: one says so)
+                    warnings.warn(str(damage), stacklevel=2)
                 if samples:
                     self._cut_after[len(self._samples) - 1] = damage
         if not self._samples:

@@ -113,9 +113,17 @@ class CollectiveTimeout(RuntimeError):
     """A collective waited past its timeout for another rank (stuck, or slower than the timeout allows)."""
 
 
+class RankLost(RuntimeError):
+    """A collective failed because another rank left it: that rank exited, crashed or was killed, and its own
+    output says why."""
+
+
 # What a timed-out collective says: Gloo's "Timed out waiting 1000ms for recv operation", NCCL's
 # (under TORCH_NCCL_BLOCKING_WAIT) "Watchdog caught collective operation timeout"
 _TIMED_OUT = re.compile(r"Timed out waiting \d+ ?ms|collective operation timeout")
+# What Gloo's transport says when the rank at the other end of a connection is gone ("[.../gloo/transport/tcp/
+# pair.cc:561] Connection closed by peer [127.0.0.1]:21894", or a read's or write's "Connection reset by peer")
+_PEER_GONE = re.compile(r"gloo/transport/\S+\].*(Connection closed by peer|Connection reset by peer|Broken pipe)")
 
 
 @contextmanager
@@ -124,8 +132,10 @@ def collective_timeout_named(
 ) -> Iterator[None]:
     """Turn a collective's timeout raised inside the block into a :class:`CollectiveTimeout` naming the
     setting ``key`` (and its value ``seconds``; None: torch's default), so that the user learns which
-    setting decided how long the rank waited, and what the run was doing; every other error passes
-    unchanged.
+    setting decided how long the rank waited, and what the run was doing; a collective that failed because
+    another rank left it (Gloo's "Connection closed by peer") into a :class:`RankLost` saying so, in one line
+    where the recipes printed torch's traceback on every surviving rank, burying the lost rank's own error;
+    every other error passes unchanged.
 
     Args:
         key (str): the setting, as the message names it.
@@ -135,15 +145,23 @@ def collective_timeout_named(
 
     Raises:
         CollectiveTimeout: for a timed-out collective under a running process group.
+        RankLost: for a collective that lost another rank, under a running process group.
     """
     try:
         yield
     except RuntimeError as error:
-        if isinstance(error, CollectiveTimeout) or not dist.is_initialized() or not _TIMED_OUT.search(str(error)):
+        if isinstance(error, (CollectiveTimeout, RankLost)) or not dist.is_initialized():
             raise
-        waited = f"{key}={seconds:g} s" if seconds is not None else f"torch's default timeout ({key} is null)"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         during = "" if where is None else f" {where()}"
+        if _PEER_GONE.search(str(error)):
+            raise RankLost(
+                f"rank {dist.get_rank()} lost another rank in a collective{during}: that rank exited, crashed or was "
+                f"killed, and its own output says why ({reason})"
+            ) from error
+        if not _TIMED_OUT.search(str(error)):
+            raise
+        waited = f"{key}={seconds:g} s" if seconds is not None else f"torch's default timeout ({key} is null)"
         raise CollectiveTimeout(
             f"key '{key}': rank {dist.get_rank()} waited in a collective{during} past {waited} for another rank, which is "
             f"stuck or slower than that (raise {key} if its work takes that long) ({reason})"
@@ -306,6 +324,18 @@ def _waiting_longer(run_timeout_s: Optional[float], collective_timeout_s: float)
         _apply_timeout(default if run_timeout_s is None else timedelta(seconds=float(run_timeout_s)))
 
 
+def raised_on_rank(error: BaseException) -> Optional[int]:
+    """The rank that raised ``error`` where :func:`rank0_value` or :func:`gather_shares` raised it again on this one
+    (that rank says it: a recipe prints it there alone); None for an error raised here."""
+    return getattr(error, "_raised_on_rank", None)
+
+
+def _raised_on(error: Exception, rank: int) -> Exception:
+    """``error``, marked as raised on ``rank`` (see :func:`raised_on_rank`)."""
+    error._raised_on_rank = rank  # noqa: SLF001 (read by raised_on_rank)
+    return error
+
+
 def _picklable(error: Exception) -> Exception:
     """``error`` itself where it pickles and loads back, for another rank to raise; else a RuntimeError of its type
     and message (an exception that does not would fail the collective that sends it, on every rank)."""
@@ -339,7 +369,7 @@ def rank0_value(compute: Callable[[], T]) -> T:
     dist.broadcast_object_list(box, src=0)
     ok, value = box[0]
     if not ok:
-        raise value
+        raise _raised_on(value, 0)
     return value
 
 
@@ -405,9 +435,9 @@ def gather_shares(
         dist.all_gather_object(outcomes, outcome)
     if raised is not None:
         raise raised
-    failed = next((value for ok, value in outcomes if not ok), None)
+    failed = next(((rank, value) for rank, (ok, value) in enumerate(outcomes) if not ok), None)
     if failed is not None:
-        raise failed
+        raise _raised_on(failed[1], failed[0])
     merged: list = [None] * count
     for rank, (_, values) in enumerate(outcomes):
         shared = range(rank, count, len(outcomes))

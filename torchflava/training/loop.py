@@ -265,7 +265,7 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
             # differ from what it was trained with are refused here, before any work
             changes = check_resume_config(trained_config(resume_from), config)
             states = read_loop_states(resume_from)
-            for change in changes:
+            for change in changes if info.is_main else ():  # (every rank compared them: one says so)
                 print(f"resume: {change} (applied from here on)", file=sys.stderr)
     return RunStart(info, resume_from, config_yaml(config), states)
 
@@ -444,6 +444,8 @@ def fit(
             doing (setting up, step N, the checkpoint of step N, the end) if this rank waited past it
             (torch's default when null) in a collective for another rank (Gloo; NCCL's watchdog aborts the
             process instead).
+        RankLost: (a RuntimeError) saying what the run was doing, if a collective failed because another rank
+            left it (Gloo: it exited, crashed or was killed; its own error says why).
         Preempted: (a ``SystemExit``, status 75) on every rank, after the checkpoint of the step during or
             after whose loss reduction a rank received ``SIGTERM``, ``SIGUSR1`` or ``SIGINT`` (those still at
             their default handlers while ``fit`` runs; a repeat within 2 s is the same stop, a later one acts

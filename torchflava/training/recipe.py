@@ -9,7 +9,7 @@ script can tell apart:
 * 1: the run stopped: a non-finite loss (naming the last good checkpoint), a checkpoint that could not
   be written (the last complete one is intact), or a rank that waited in a collective past
   ``training.collective_timeout_s`` (in fit, start_run, or the recipe's own: its vocabulary's broadcast,
-  its last barrier);
+  its last barrier), or that lost another rank there (which exited: its own error is the one to read);
 * 75: stopped by a scheduler's signal after checkpointing (:class:`~torchflava.training.preemption.Preempted`
   exits with it itself): ``training.resume=auto`` continues.
 
@@ -24,14 +24,14 @@ import torch.distributed as dist
 
 from torchflava.training.checkpointing import CheckpointWriteError
 from torchflava.training.config import ConfigError, load_config
-from torchflava.training.distributed import CollectiveTimeout, collective_timeout_named
+from torchflava.training.distributed import CollectiveTimeout, RankLost, collective_timeout_named, raised_on_rank
 from torchflava.training.loop import OUTSIDE_FIT, TIMEOUT_KEY
 from torchflava.training.schema import NonFiniteLossError
 
 T = TypeVar("T")
 
 # the run stopped on something said in one line: exit status 1
-STOPPED = (NonFiniteLossError, CheckpointWriteError, CollectiveTimeout)
+STOPPED = (NonFiniteLossError, CheckpointWriteError, CollectiveTimeout, RankLost)
 
 
 HELP = ("-h", "--help")
@@ -58,7 +58,8 @@ def run_recipe(
     """Run ``main`` on the config ``argv`` gives (``config=FILE`` and ``key=value`` overrides, read into
     ``schema``), then leave the process group; exit 2 for a config error (also for ``config_errors``, e.g.
     a data file the config names that is missing), 1 for a run stopped on a one-line error (:data:`STOPPED`),
-    each said on stderr as ``error: ...``. With ``-h`` or ``--help`` among the arguments, it prints
+    each said on stderr as ``error: ...`` (by the rank that raised it alone, where
+    :func:`~torchflava.training.distributed.rank0_value` or ``gather_shares`` raised it again on the others). With ``-h`` or ``--help`` among the arguments, it prints
     :func:`usage` and returns (exit 0), running nothing.
 
     Args:
@@ -76,7 +77,8 @@ def run_recipe(
         with collective_timeout_named(TIMEOUT_KEY, seconds, where=lambda: OUTSIDE_FIT):  # the recipe's own
             main(config)
     except (ConfigError, *config_errors, *STOPPED) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if raised_on_rank(error) is None:  # (one that rank 0's report, say, raised on every rank: said there)
+            print(f"error: {error}", file=sys.stderr)
         sys.exit(1 if isinstance(error, STOPPED) else 2)
     finally:
         if dist.is_initialized():
