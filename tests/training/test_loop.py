@@ -1195,17 +1195,19 @@ def test_bad_arguments_are_named_before_any_work(tmp_path):
 
 def test_a_new_run_is_refused_where_a_finished_run_kept_its_results(tmp_path):
     """A finished run whose checkpoints were deleted to save space (its export and report kept): a new run
-    with training.resume=none there overwrote its metrics, report and export without a word."""
+    with training.resume none or auto there overwrote its metrics, report and export without a word."""
     for name in ("model", "report.json"):
         out = tmp_path / name.split(".")[0]
         run(out, max_steps=2, checkpoint_every=1)
         shutil.rmtree(out / "checkpoints")
         (out / "model").mkdir() if name == "model" else (out / name).write_text("{}")
         before = (out / "metrics.jsonl").read_bytes()
-        with pytest.raises(ConfigError, match=rf"^key 'training.output_dir': .* \(it holds {name}, which this run "):
-            run(out, max_steps=1)
+        for resume in ("none", "auto"):
+            with pytest.raises(ConfigError, match=rf"^key 'training.output_dir': .* \(it holds {name}, which this "):
+                run(out, max_steps=1, resume=resume)
         assert (out / "metrics.jsonl").read_bytes() == before and not (out / "checkpoints").exists()
-        _, result = run(out, max_steps=1, resume="auto")  # (auto starts afresh where no checkpoint is left)
+        (out / "model").rmdir() if name == "model" else (out / name).unlink()
+        _, result = run(out, max_steps=1, resume="auto")  # (auto starts afresh where nothing finished is left)
         assert sorted(losses(out)) == [1]
 
 

@@ -200,3 +200,24 @@ def test_single_process_runs_with_ddp_take_no_port_two_can_run_at_once(tmp_path)
     results = [(run.returncode, error) for run, error in zip(runs, errors)]
     assert [code for code, _ in results] == [0, 0], results
     assert (tmp_path / "up0").exists() and (tmp_path / "up1").exists()
+
+
+def test_opened_keeps_the_rank_that_raised_an_error_shared_with_every_rank():
+    """A reader run by rank 0 alone (``rank0_value``) whose error every rank raises: the ConfigError ``opened``
+    makes of it keeps the mark, so that the recipe prints it on that rank alone (each rank printed it)."""
+    from torchflava.training.distributed import raised_on_rank
+
+    shared, local = ValueError("no vocab"), ValueError("no vocab")
+    shared._raised_on_rank = 0
+
+    def reader(error):
+        def read():
+            raise error
+
+        return read
+
+    with pytest.raises(ConfigError, match=r"^key 'data.vocab': expected a vocabulary, got 'v.txt' \(no vocab\)$") as a:
+        opened("data.vocab", "v.txt", "a vocabulary", reader(shared))
+    with pytest.raises(ConfigError) as b:
+        opened("data.vocab", "v.txt", "a vocabulary", reader(local))
+    assert raised_on_rank(a.value) == 0 and raised_on_rank(b.value) is None

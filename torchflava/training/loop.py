@@ -162,9 +162,11 @@ def resume_checkpoint(training: TrainingConfig) -> Optional[Path]:
     Raises:
         ConfigError: if another live run holds ``training.output_dir`` (naming its pid; where the file
             system refuses locks, a warning says the run goes on without one), if
-            ``training.resume`` is none but the output directory holds checkpoints, if it names a
-            directory that is not an intact checkpoint, or one past ``training.max_steps``; or if
-            ``checkpoints/`` holds a file or link named like a checkpoint (``step_<N>``).
+            ``training.resume`` is none but the output directory holds checkpoints, if it is none or auto and
+            the directory holds a finished run's ``model/`` or ``report.json`` but no checkpoint, if it names a
+            directory that is not an intact checkpoint, or one past ``training.max_steps``; if
+            ``checkpoints/`` holds a file or link named like a checkpoint (``step_<N>``); or if the system
+            refuses to create ``training.output_dir``.
     """
     directory = Path(training.output_dir).resolve()
     if _rank() == 0 and directory not in _HELD:

@@ -223,8 +223,9 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
 
     Raises:
         ConfigError: if ``resume`` is none but the run directory already holds checkpoints (two runs
-            would mix in one directory) or a finished run's export or report (:data:`FINISHED_RUN_ENTRIES`:
-            a new run would overwrite them), or names a checkpoint that is missing or damaged.
+            would mix in one directory), if it is none or auto and the directory holds a finished run's export
+            or report but no checkpoint (:data:`FINISHED_RUN_ENTRIES`: a new run would overwrite them), or if it
+            names a checkpoint that is missing or damaged.
     """
     if resume == "auto":
         path, passed_over = checkpoints.latest_intact()
@@ -238,6 +239,8 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
             )
             for line in passed_over:
                 print(f"warning: {line}; {then}", file=sys.stderr)
+        if path is None and not passed_over:  # (no checkpoint at all: a fresh start, unless a run finished here)
+            _refuse_finished_results(checkpoints.root.parent)
         return path
     if resume not in ("none", ""):
         reason = damage_on_every_rank(resume)
@@ -251,15 +254,21 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
             f"key 'training.resume': {checkpoints.root} already holds checkpoints; set training.resume=auto to "
             "continue that run, or choose another training.output_dir"
         )
-    # a finished run whose checkpoints were deleted (its export and report kept): a new run there replaced them
-    finished = [p for p in (checkpoints.root.parent / n for n in FINISHED_RUN_ENTRIES) if os.path.lexists(p)]
+    _refuse_finished_results(checkpoints.root.parent)
+    return None
+
+
+def _refuse_finished_results(run: Path) -> None:
+    """ConfigError where ``run`` holds a finished run's export or report (:data:`FINISHED_RUN_ENTRIES`) but no
+    checkpoint (deleted to save space): a new run there, with ``training.resume`` none or auto, overwrote them
+    without a word."""
+    finished = [p for p in (run / n for n in FINISHED_RUN_ENTRIES) if os.path.lexists(p)]
     if finished:
         raise ConfigError(
             f"key 'training.output_dir': expected a directory without another run's results, got "
-            f"{checkpoints.root.parent} (it holds {', '.join(p.name for p in finished)}, which this run would "
+            f"{run} (it holds {', '.join(p.name for p in finished)}, which this run would "
             "overwrite); choose another training.output_dir, or move them away"
         )
-    return None
 
 
 class TrainingSetup(NamedTuple):
@@ -709,7 +718,9 @@ def opened(
         source = open_source()
     except (OSError, ValueError, TypeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"key '{key}': expected {expected}, got {value!r} ({reason})") from None
+        refused = ConfigError(f"key '{key}': expected {expected}, got {value!r} ({reason})")
+        refused.__dict__.update({k: v for k, v in vars(error).items() if k == "_raised_on_rank"})  # (said there)
+        raise refused from None
     if usable is not None and (fault := usable(source)) is not None:
         raise ConfigError(f"key '{key}': expected {expected}, got {value!r} ({fault})")
     return source
