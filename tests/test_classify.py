@@ -463,6 +463,40 @@ def test_an_undefined_correlation_is_null_in_the_json_not_an_error_after_the_pre
     assert len(out.read_text().splitlines()) == 5
 
 
+def test_a_dev_file_without_a_header_is_read_by_the_columns_the_run_named(pretrained, tmp_path, capsys):
+    """CoLA's dev.tsv has no header row: the run read it by data.columns, but the command could not read it at
+    all (its error asked for the columns to be named, which it had no way to), so no accuracy for CoLA."""
+    world = ShapesWorld("texts", 40, image_size=32, seed=8)
+    rows = [("gj04", int(world.scene(i).size == "large"), "", world.caption(i)) for i in range(40)]
+    _write_tsv(tmp_path / "dev.tsv", [], rows)
+    report = _finetune(
+        pretrained,
+        tmp_path / "run",
+        "data.task=glue",
+        f"data.train={tmp_path / 'dev.tsv'}",
+        f"data.val={tmp_path / 'dev.tsv'}",
+        "data.columns=[source,label,original_label,sentence]",
+        "data.labels=['0','1']",
+        "model.modality=text",
+    )
+    capsys.readouterr()  # (the recipe's report)
+    run = ["--checkpoint", str(tmp_path / "run")]
+    result = main([*run, "--tsv", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "dev_predictions.tsv")])
+    assert result["num_inputs"] == 40
+    assert result["accuracy"] == pytest.approx(report["validation"]["accuracy"], abs=1e-6)  # the same rows
+    # CoLA's test.tsv has a header (index, sentence): read by it, as before
+    _write_tsv(tmp_path / "test.tsv", ["index", "sentence"], [(i + 5, row[3]) for i, row in enumerate(rows[:3])])
+    result = main([*run, "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "test_predictions.tsv")])
+    predicted = (tmp_path / "dev_predictions.tsv").read_text().splitlines()[1:4]
+    expected = [f"{i + 5}\t{line.split()[1]}" for i, line in enumerate(predicted)]
+    assert (tmp_path / "test_predictions.tsv").read_text().splitlines() == ["index\tprediction", *expected]
+    # a file that reads neither way is named by its header's error
+    _write_tsv(tmp_path / "bad.tsv", ["index", "text"], [(0, "a red circle")])
+    with pytest.raises(SystemExit):
+        main([*run, "--tsv", str(tmp_path / "bad.tsv"), "--out", str(tmp_path / "p.tsv")])
+    assert f"{tmp_path / 'bad.tsv'}: missing column(s) ['sentence']" in capsys.readouterr().err
+
+
 def test_a_bad_backbone_config_is_named_not_the_head_config(image_run, tmp_path):
     out, _ = image_run
     copy = tmp_path / "copy"

@@ -732,11 +732,53 @@ def _text_columns(args: argparse.Namespace, config: ClassifierConfig, parser: ar
     return list(columns)
 
 
+def _glue_table(
+    args: argparse.Namespace, text_columns: list[str], names: Optional[list[str]], config: ClassifierConfig
+) -> GlueTsv:
+    """``--tsv`` read by its header row; or, where that fails and the fine-tuning run's ``config.yaml`` names the
+    columns of a file without one (``data.columns``: CoLA's dev.tsv), by those, as the run read its files, if its
+    first row has that many fields.
+
+    Raises:
+        OSError, TypeError, ValueError: as :class:`~torchflava.data.finetuning.GlueTsv` reading the header row.
+    """
+    label_column = _label_column(args, config)
+
+    def read(columns: Optional[list[str]]) -> GlueTsv:
+        return GlueTsv(
+            args.tsv,
+            text_columns,
+            label_column,
+            names,
+            columns=columns,
+            label_required=False,
+            index_column=GLUE_INDEX_COLUMN,
+        )
+
+    try:
+        return read(None)
+    except ValueError as error:
+        recorded = _run_data_config(config, "columns")
+        try:
+            with open(args.tsv, encoding="utf-8-sig", newline="") as file:
+                first = next((line for line in file if line.strip()), "")
+        except (OSError, UnicodeDecodeError):  # (not UTF-8 text: named by the first error)
+            first = ""
+        # a first line of another number of fields is a header: the file is named by its error
+        if not isinstance(recorded, list) or len(first.rstrip("\r\n").split("\t")) != len(recorded):
+            raise error
+        try:
+            return read(recorded)
+        except (ValueError, TypeError):
+            raise error from None
+
+
 def _glue_rows(
     args: argparse.Namespace, columns: list[str], parser: argparse.ArgumentParser, config: ClassifierConfig
 ) -> GlueRows:
     """The rows of ``--tsv``, read by :class:`~torchflava.data.finetuning.GlueTsv` as fine-tuning read its
-    files (a header row; the label column and ``index`` read where the file has them): a parser error
+    files (a header row, or the run's ``data.columns`` for a file without one; the label column and ``index``
+    read where the file has them): a parser error
     naming the file for one that does not read, a missing column, a row of another number of fields, a
     blank text, or a label the classifier cannot predict (not a class name, not a number for a
     regression). Two ``columns`` of a classifier that reads no sentence pairs (an export from before
@@ -744,8 +786,7 @@ def _glue_rows(
     regression = (config.kwargs.get("loss") or default_loss(config.kwargs["num_classes"])) == "mse"
     names = None if regression else config.labels or [str(i) for i in range(config.kwargs["num_classes"])]
     try:
-        label_column = _label_column(args, config)
-        table = GlueTsv(args.tsv, columns, label_column, names, label_required=False, index_column=GLUE_INDEX_COLUMN)
+        table = _glue_table(args, columns, names, config)
     except OSError as error:
         parser.error(f"argument --tsv: expected a readable UTF-8 TSV file, got {args.tsv!r} ({first_line(error)})")
     except (ValueError, TypeError) as error:
