@@ -417,6 +417,86 @@ def test_a_regression_exports_no_class_names_and_the_command_prints_its_values(p
     assert result["spearman"] == pytest.approx(stats.spearmanr(values.numpy(), truth).statistic, abs=1e-9)
 
 
+@pytest.fixture(scope="module")
+def regression_run(pretrained, tmp_path_factory):
+    """An STS-B style regression fine-tuned on the label column ``score``: the run, its texts."""
+    out = tmp_path_factory.mktemp("regression_run")
+    world = ShapesWorld("texts", 40, image_size=32, seed=6)
+    rows = [(world.caption(i), 5.0 if world.scene(i).size == "large" else 1.0) for i in range(40)]
+    _write_tsv(out / "train.tsv", ["sentence", "score"], rows)
+    args = (f"data.train={out / 'train.tsv'}", f"data.val={out / 'train.tsv'}", "data.label_column=score")
+    _finetune(pretrained, out / "run", "data.task=glue", *args, "data.labels=null", "model.modality=text")
+    return out / "run", [text for text, _ in rows]
+
+
+def test_a_tsv_is_scored_on_the_label_column_the_run_fine_tuned_on(regression_run, tmp_path):
+    """The command read the run's data.text_columns but not its data.label_column: an STS-B dev file (label
+    column ``score``) got no correlations, silently, unless --label-column was given again."""
+    run, texts = regression_run
+    _write_tsv(tmp_path / "dev.tsv", ["sentence", "score"], zip(texts[:6], [1.0, 2.0, 2.0, 4.0, 5.0, 3.5]))
+    dev = ["--checkpoint", str(run), "--tsv", str(tmp_path / "dev.tsv")]
+    result = main([*dev, "--out", str(tmp_path / "a.tsv")])
+    stated = main([*dev, "--out", str(tmp_path / "b.tsv"), "--label-column", "score"])
+    assert set(result) == {"num_inputs", "out", "pearson", "spearman"}
+    assert (result["pearson"], result["spearman"]) == (stated["pearson"], stated["spearman"])
+    assert -1 <= result["pearson"] <= 1
+    # a label column the file lacks, stated: read as a test file (no labels, no correlations)
+    result = main([*dev, "--out", str(tmp_path / "c.tsv"), "--label-column", "label"])
+    assert set(result) == {"num_inputs", "out"}
+
+
+def test_an_undefined_correlation_is_null_in_the_json_not_an_error_after_the_predictions(
+    regression_run, tmp_path, capsys
+):
+    """Constant labels (or predictions) leave Pearson and Spearman undefined: the command wrote the
+    predictions, printed nan, then failed writing --json (nan is no JSON) with exit 2 and no file."""
+    run, texts = regression_run
+    _write_tsv(tmp_path / "dev.tsv", ["sentence", "score"], [(text, 3.0) for text in texts[:4]])
+    out, report = tmp_path / "p.tsv", tmp_path / "r.json"
+    capsys.readouterr()
+    argv = ["--checkpoint", str(run), "--tsv", str(tmp_path / "dev.tsv"), "--out", str(out), "--json", str(report)]
+    argv += ["--label-column", "score"]
+    expected = {"num_inputs": 4, "out": str(out), "pearson": None, "spearman": None}
+    assert main(argv) == expected
+    assert json.loads(report.read_text()) == expected
+    assert capsys.readouterr().out == f"4 rows classified into {out}; Pearson undefined, Spearman undefined\n"
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_a_dev_file_without_a_header_is_read_by_the_columns_the_run_named(pretrained, tmp_path, capsys):
+    """CoLA's dev.tsv has no header row: the run read it by data.columns, but the command could not read it at
+    all (its error asked for the columns to be named, which it had no way to), so no accuracy for CoLA."""
+    world = ShapesWorld("texts", 40, image_size=32, seed=8)
+    rows = [("gj04", int(world.scene(i).size == "large"), "", world.caption(i)) for i in range(40)]
+    _write_tsv(tmp_path / "dev.tsv", [], rows)
+    report = _finetune(
+        pretrained,
+        tmp_path / "run",
+        "data.task=glue",
+        f"data.train={tmp_path / 'dev.tsv'}",
+        f"data.val={tmp_path / 'dev.tsv'}",
+        "data.columns=[source,label,original_label,sentence]",
+        "data.labels=['0','1']",
+        "model.modality=text",
+    )
+    capsys.readouterr()  # (the recipe's report)
+    run = ["--checkpoint", str(tmp_path / "run")]
+    result = main([*run, "--tsv", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "dev_predictions.tsv")])
+    assert result["num_inputs"] == 40
+    assert result["accuracy"] == pytest.approx(report["validation"]["accuracy"], abs=1e-6)  # the same rows
+    # CoLA's test.tsv has a header (index, sentence): read by it, as before
+    _write_tsv(tmp_path / "test.tsv", ["index", "sentence"], [(i + 5, row[3]) for i, row in enumerate(rows[:3])])
+    result = main([*run, "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "test_predictions.tsv")])
+    predicted = (tmp_path / "dev_predictions.tsv").read_text().splitlines()[1:4]
+    expected = [f"{i + 5}\t{line.split()[1]}" for i, line in enumerate(predicted)]
+    assert (tmp_path / "test_predictions.tsv").read_text().splitlines() == ["index\tprediction", *expected]
+    # a file that reads neither way is named by its header's error
+    _write_tsv(tmp_path / "bad.tsv", ["index", "text"], [(0, "a red circle")])
+    with pytest.raises(SystemExit):
+        main([*run, "--tsv", str(tmp_path / "bad.tsv"), "--out", str(tmp_path / "p.tsv")])
+    assert f"{tmp_path / 'bad.tsv'}: missing column(s) ['sentence']" in capsys.readouterr().err
+
+
 def test_a_bad_backbone_config_is_named_not_the_head_config(image_run, tmp_path):
     out, _ = image_run
     copy = tmp_path / "copy"

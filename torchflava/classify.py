@@ -34,14 +34,16 @@ under that header: the class name, or the value of a regression):
 
 The file's header names its columns: the text columns the classifier was fine-tuned on
 (``--text-columns``, else the run's ``config.yaml``'s ``data.text_columns``), an ``index`` column (else
-rows are numbered from 0) and, in a dev file, the label column (``--label-column``), with which the
-accuracy is printed (Pearson and Spearman correlations for a regression).
+rows are numbered from 0) and, in a dev file, the label column (``--label-column``, else the run's
+``data.label_column``, else ``label``), with which the accuracy is printed (Pearson and Spearman
+correlations for a regression).
 """
 
 import argparse
 from collections.abc import Iterable, Mapping, Set
 import inspect
 import json
+import math
 from pathlib import Path
 import sys
 from typing import ContextManager, NamedTuple, Optional, Sequence, Union
@@ -683,19 +685,35 @@ class GlueRows(NamedTuple):
     labels: Optional[list[str]]  # the label column's values, None without one
 
 
+def _run_data_config(config: ClassifierConfig, key: str) -> object:
+    """The value of ``data.<key>`` in the ``config.yaml`` of the fine-tuning run whose ``model/`` the export is;
+    None where there is no such run beside it, or its config states none."""
+    import yaml  # (PyYAML comes with the recipes, which wrote the run: loading a classifier needs none)
+
+    recorded = config.layout.directory.parent / "config.yaml"
+    try:
+        return (yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}).get("data", {}).get(key)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def _label_column(args: argparse.Namespace, config: ClassifierConfig) -> str:
+    """The TSV's label column: ``--label-column``, else the fine-tuning run's ``config.yaml``
+    ``data.label_column`` (STS-B's ``score``, MRPC's ``Quality``), else ``label``."""
+    if args.label_column is not None:
+        return args.label_column
+    recorded = _run_data_config(config, "label_column")
+    return recorded if isinstance(recorded, str) and recorded else "label"
+
+
 def _text_columns(args: argparse.Namespace, config: ClassifierConfig, parser: argparse.ArgumentParser) -> list[str]:
     """The TSV columns the classifier reads: ``--text-columns``, else the fine-tuning run's ``config.yaml``
     ``data.text_columns`` (the export in ``<run>/model``); a parser error when neither states them or
     their number is not the classifier's (two for sentence pairs)."""
     columns, source = args.text_columns, "argument --text-columns"
     if columns is None:
-        import yaml  # (PyYAML comes with the recipes, which wrote the run: loading a classifier needs none)
-
         recorded = config.layout.directory.parent / "config.yaml"
-        try:
-            columns = (yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}).get("data", {}).get("text_columns")
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):  # (no run beside it: named below)
-            columns = None
+        columns = _run_data_config(config, "text_columns")  # (no run beside it: named below)
         if not (isinstance(columns, list) and all(isinstance(c, str) and c for c in columns)):
             parser.error(
                 f"argument --text-columns: expected the TSV columns the classifier was fine-tuned on, got none (its "
@@ -714,11 +732,53 @@ def _text_columns(args: argparse.Namespace, config: ClassifierConfig, parser: ar
     return list(columns)
 
 
+def _glue_table(
+    args: argparse.Namespace, text_columns: list[str], names: Optional[list[str]], config: ClassifierConfig
+) -> GlueTsv:
+    """``--tsv`` read by its header row; or, where that fails and the fine-tuning run's ``config.yaml`` names the
+    columns of a file without one (``data.columns``: CoLA's dev.tsv), by those, as the run read its files, if its
+    first row has that many fields.
+
+    Raises:
+        OSError, TypeError, ValueError: as :class:`~torchflava.data.finetuning.GlueTsv` reading the header row.
+    """
+    label_column = _label_column(args, config)
+
+    def read(columns: Optional[list[str]]) -> GlueTsv:
+        return GlueTsv(
+            args.tsv,
+            text_columns,
+            label_column,
+            names,
+            columns=columns,
+            label_required=False,
+            index_column=GLUE_INDEX_COLUMN,
+        )
+
+    try:
+        return read(None)
+    except ValueError as error:
+        recorded = _run_data_config(config, "columns")
+        try:
+            with open(args.tsv, encoding="utf-8-sig", newline="") as file:
+                first = next((line for line in file if line.strip()), "")
+        except (OSError, UnicodeDecodeError):  # (not UTF-8 text: named by the first error)
+            first = ""
+        # a first line of another number of fields is a header: the file is named by its error
+        if not isinstance(recorded, list) or len(first.rstrip("\r\n").split("\t")) != len(recorded):
+            raise error
+        try:
+            return read(recorded)
+        except (ValueError, TypeError):
+            raise error from None
+
+
 def _glue_rows(
     args: argparse.Namespace, columns: list[str], parser: argparse.ArgumentParser, config: ClassifierConfig
 ) -> GlueRows:
     """The rows of ``--tsv``, read by :class:`~torchflava.data.finetuning.GlueTsv` as fine-tuning read its
-    files (a header row; the label column and ``index`` read where the file has them): a parser error
+    files (a header row, or the run's ``data.columns`` for a file without one; the label column and ``index``
+    read where the file has them): a parser error
     naming the file for one that does not read, a missing column, a row of another number of fields, a
     blank text, or a label the classifier cannot predict (not a class name, not a number for a
     regression). Two ``columns`` of a classifier that reads no sentence pairs (an export from before
@@ -726,9 +786,7 @@ def _glue_rows(
     regression = (config.kwargs.get("loss") or default_loss(config.kwargs["num_classes"])) == "mse"
     names = None if regression else config.labels or [str(i) for i in range(config.kwargs["num_classes"])]
     try:
-        table = GlueTsv(
-            args.tsv, columns, args.label_column, names, label_required=False, index_column=GLUE_INDEX_COLUMN
-        )
+        table = _glue_table(args, columns, names, config)
     except OSError as error:
         parser.error(f"argument --tsv: expected a readable UTF-8 TSV file, got {args.tsv!r} ({first_line(error)})")
     except (ValueError, TypeError) as error:
@@ -749,7 +807,8 @@ def classify_tsv(classifier: Classifier, rows: GlueRows, out: Path, batch_size: 
     """Classify ``rows`` and write GLUE's submission file ``out`` atomically: ``index<TAB>prediction``
     under that header, each prediction the top class's name (its number without names) or a regression's
     value (values joined by commas for several). Returns ``num_inputs`` and ``out``, and with labels
-    ``accuracy`` (classification) or ``pearson`` and ``spearman`` (a regression)."""
+    ``accuracy`` (classification) or ``pearson`` and ``spearman`` (a regression; None where undefined: constant
+    predictions or labels)."""
     regression = classifier.model.loss == "mse"
     scores = torch.cat(
         [classifier.scores(texts=rows.texts[i : i + batch_size]) for i in range(0, len(rows.texts), batch_size)]
@@ -763,7 +822,9 @@ def classify_tsv(classifier: Classifier, rows: GlueRows, out: Path, batch_size: 
     result = {"num_inputs": len(predictions), "out": str(out)}
     if rows.labels is not None and regression:
         truth, predicted = torch.tensor([float(v) for v in rows.labels], dtype=torch.float64), scores[:, 0].double()
-        result["pearson"], result["spearman"] = pearson(predicted, truth), spearman(predicted, truth)
+        # undefined (nan) where the predictions or the labels are constant: None, which --json writes as null
+        correlations = (pearson(predicted, truth), spearman(predicted, truth))
+        result["pearson"], result["spearman"] = (None if math.isnan(value) else value for value in correlations)
     elif rows.labels is not None:
         result["accuracy"] = sum(p == t for p, t in zip(predictions, rows.labels)) / len(predictions)
     return result
@@ -786,7 +847,8 @@ def _main_tsv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
     if "accuracy" in result:
         summary += f"; accuracy {100 * result['accuracy']:.1f}%"
     if "pearson" in result:
-        summary += f"; Pearson {result['pearson']:.4f}, Spearman {result['spearman']:.4f}"
+        shown = ["undefined" if value is None else f"{value:.4f}" for value in (result["pearson"], result["spearman"])]
+        summary += f"; Pearson {shown[0]}, Spearman {shown[1]}"
     print(summary)
     return finish_command(result, [], args.json)
 
@@ -813,7 +875,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument(
         "--text-columns", nargs="+", help="--tsv's text column(s) [the run's config.yaml data.text_columns]"
     )
-    parser.add_argument("--label-column", default="label", help="--tsv's label column, for the accuracy [label]")
+    parser.add_argument(
+        "--label-column",
+        help="--tsv's label column, for the accuracy [the run's config.yaml data.label_column, else label]",
+    )
     parser.add_argument("--image-key", help="JSON key or CSV/TSV column of the image paths (--captions)")
     parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the texts (--captions)")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes listed per input [5]")
@@ -828,7 +893,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # every argument checked, and the classifier's configs read, before its weights are
     if (args.tsv is None) != (args.out is None):
         parser.error("arguments --tsv and --out: expected both (the TSV to classify and its predictions' file)")
-    if args.tsv is None and (args.text_columns is not None or args.label_column != "label"):
+    if args.tsv is None and (args.text_columns is not None or args.label_column is not None):
         parser.error("arguments --text-columns and --label-column: for --tsv only")
     if args.tsv is not None and (args.text is not None or args.images is not None or args.captions is not None):
         parser.error("argument --tsv: not with --text, --images or --captions")
