@@ -402,10 +402,13 @@ def sentence_pairs_resume_check(saved: Path, cfg: FinetuneConfig) -> None:
 
 
 def _task_loss_expected(d: FinetuneDataConfig) -> str:
-    """What model.loss must be for the task's targets (what a glue task without data.labels needs to classify)."""
+    """What model.loss must be for the task's targets (what a glue task without data.labels needs to classify; which
+    loss fits which targets of an image_text file, whose kind is known only once it is read)."""
     expected = f"null or one of {task_losses(d)} for this task"
     if d.task == "glue" and d.labels is None:  # read as numbers: regression targets
         expected += " (its labels are read as regression targets; cross_entropy needs the class names in data.labels)"
+    elif d.task == "image_text":  # (else mse refused, cross_entropy was then refused for soft scores: two tries)
+        expected += " (cross_entropy for class labels, binary_cross_entropy for answer scores)"
     return expected
 
 
@@ -722,7 +725,8 @@ def main(cfg: FinetuneConfig) -> dict:
     )
     num_classes = 1 if classes is None else len(classes)
     losses = task_losses(d, getattr(train_source, "soft_scores", None))
-    expected = f"null or {losses[0]} for the targets of {d.train}"
+    targets = {"binary_cross_entropy": "answer scores", "mse": "regression targets"}.get(losses[0], "class labels")
+    expected = f"null or {losses[0]} for the {targets} of {d.train}"
     raise_on_failed_checks([(cfg.model.loss in (None, *losses), "model.loss", expected, cfg.model.loss)])
     loss = cfg.model.loss or losses[0]
     if records is not None and start.resume_from is not None:  # the run's records: model.pretrained not read

@@ -601,3 +601,35 @@ def test_image_class_folder_matches_folders_to_classes_in_unicode_composed_form(
         ImageClassFolder(tmp_path / "val")
     with pytest.raises(ValueError, match=r"^classes must name distinct classes .* \('caf\\xe9' and 'cafe\\u0301'\)$"):
         ImageClassFolder(tmp_path / "train", ["caf\xe9", "dog", "cafe\u0301"])
+
+
+def test_glue_and_image_text_classes_without_a_training_item_are_named_in_the_warning(tmp_path):
+    """A class data.labels lists but no training row or line holds (MNLI's ``neutral`` only in the dev file) got a
+    head row never trained towards without a word, as image folders' empty classes already had one."""
+    from torchflava.data.finetuning import GlueTsv, ImageTextLabels
+
+    path = tmp_path / "train.tsv"
+    path.write_text("premise\tlabel\na\tentailment\nb\tcontradiction\nc\tneutral\td\n")  # (row 3 unusable)
+    mnli = ["entailment", "neutral", "contradiction"]
+    assert GlueTsv(path, ["premise"], "label", mnli).empty_classes == ["neutral"]
+    assert GlueTsv(path, ["premise"], "label", ["entailment", "contradiction"]).empty_classes == []
+    assert (
+        empty_classes_warning(GlueTsv(path, ["premise"], "label", ["entailment", "contradiction"]), "data.train")
+        is None
+    )
+    assert empty_classes_warning(GlueTsv(path, ["premise"], "label", mnli), "data.train") == (
+        "warning: data.train: 1 class(es) without a row, kept as classes (an output of the classifier, counted in "
+        "chance): 'neutral'"
+    )
+    path.write_text("premise\tlabel\na\t0.5\n")
+    assert GlueTsv(path, ["premise"], "label").empty_classes == []  # regression targets: no classes
+    unlabelled = GlueTsv(path, ["premise"], "score", mnli, label_required=False)
+    assert (unlabelled.labelled, unlabelled.empty_classes) == (False, [])
+    lines = tmp_path / "train.jsonl"
+    lines.write_text('{"image": "a.png", "text": "t", "label": "no"}\n{"image": "b.png", "text": "t", "label": "no"}\n')
+    assert empty_classes_warning(ImageTextLabels(tmp_path, lines, ["yes", "no", "maybe"]), "data.train") == (
+        "warning: data.train: 2 class(es) without a line, kept as classes (an output of the classifier, counted in "
+        "chance): 'yes', 'maybe'"
+    )
+    lines.write_text('{"image": "a.png", "text": "t", "answers": {"no": 1.0}}\n')
+    assert ImageTextLabels(tmp_path, lines, ["yes", "no"]).empty_classes == []  # answer scores: every answer a target

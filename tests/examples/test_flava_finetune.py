@@ -1332,3 +1332,39 @@ def test_two_fsdp_processes_each_evaluate_their_share_of_every_set_and_report_on
         expected[name] = {**_evaluated_whole(classifier.model, source, collator, "cross_entropy"), "chance": 0.5}
     assert report["validation_sets"] == expected
     assert (expected["val"]["items"], expected["val"]["skipped"], expected["extra"]["skipped"]) == (174, 2, 1)
+
+
+def test_a_glue_class_without_a_training_row_is_named_in_one_warning(export, tmp_path, capsys):
+    """MNLI's ``neutral`` listed in data.labels but held by the dev file only trained a head row never trained
+    towards without a word; a training file holding every class gives no warning."""
+    files = _glue_files(tmp_path, ["entailment", "contradiction"], n=8)
+    short = ["training.max_steps=1", "optim.warmup_steps=0", "training.global_batch_size=4"]
+    _run(export, tmp_path / "r1", *files, "data.labels=[entailment,neutral,contradiction]", *short)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: data.train")]
+    assert warnings == [
+        "warning: data.train: 1 class(es) without a row, kept as classes (an output of the classifier, counted in "
+        "chance): 'neutral'"
+    ]
+    _run(export, tmp_path / "r2", *files, "data.labels=[entailment,contradiction]", *short)
+    assert "warning: data.train" not in capsys.readouterr().err
+
+
+def test_a_loss_refused_for_an_image_text_task_names_binary_cross_entropy_for_answer_scores(export, tmp_path):
+    """model.loss=mse on VQA-style answer scores was refused offering cross_entropy, which was refused in turn once
+    the scores were read: the first refusal now says which loss fits which targets, before any file is read."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "0.png")
+    lines = [{"image": "0.png", "text": "what colour?", "answers": {"red": 1.0}}]
+    files = [*_image_text_task(tmp_path, lines, lines), "data.labels=[red,blue]"]
+    with pytest.raises(
+        finetune.ConfigError,
+        match=r"^key 'model.loss': expected null or one of \('cross_entropy', 'binary_cross_entropy'\) for this task "
+        r"\(cross_entropy for class labels, binary_cross_entropy for answer scores\), got 'mse'$",
+    ):
+        _run(export, tmp_path / "r1", *files, "model.loss=mse")
+    with pytest.raises(
+        finetune.ConfigError,
+        match=r"^key 'model.loss': expected null or binary_cross_entropy for the answer scores of .*train\.jsonl, "
+        r"got 'cross_entropy'$",
+    ):
+        _run(export, tmp_path / "r2", *files, "model.loss=cross_entropy")

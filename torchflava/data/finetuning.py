@@ -109,6 +109,8 @@ class GlueTsv(Dataset):
             (regression) — naming the row and its line.
     """
 
+    item_noun = "a row"  # (what a class lacks, for :func:`empty_classes_warning`)
+
     def __init__(
         self,
         path: PathLike,
@@ -234,6 +236,15 @@ class GlueTsv(Dataset):
         texts, label = item  # (texts checked when read)
         return LabeledSample(None, tuple(texts) if len(texts) == 2 else texts[0], label)
 
+    @property
+    def empty_classes(self) -> list[str]:
+        """The classes of ``labels`` no usable row is labelled with (MNLI's ``neutral`` listed for a file without
+        it); none for regression targets or an unlabelled file."""
+        if self.labels is None or not self.labelled:
+            return []
+        present = {item[1] for item in self._items if not isinstance(item, str)}
+        return [name for i, name in enumerate(self.labels) if i not in present]
+
 
 class ImageClassFolder(Dataset):
     """Images in one sub-folder per class (``root/<class>/<file>``), classes in sorted order.
@@ -252,6 +263,8 @@ class ImageClassFolder(Dataset):
         ValueError: if ``classes`` is empty or repeats a name (also in NFC: two sub-folders so named
             included), or an image lies outside a class sub-folder or in a folder not in ``classes``.
     """
+
+    item_noun = "an image"  # (what a class lacks, for :func:`empty_classes_warning`)
 
     def __init__(self, root: PathLike, classes: Optional[Sequence[str]] = None) -> None:
         if classes is not None:
@@ -296,15 +309,19 @@ class ImageClassFolder(Dataset):
 
 
 def empty_classes_warning(source: Dataset, key: str) -> Optional[str]:
-    """A one-line warning naming the classes of training ``source`` (an :class:`ImageClassFolder`, read from the
-    config key ``key``) that no image shows, None where every class has one: such a class still has a row of the
-    classifier and counts in chance (a stray empty folder, which torchvision's ImageFolder refuses)."""
+    """A one-line warning naming the classes of training ``source`` (read from the config key ``key``) that no
+    item is labelled with, None where every class has one (or ``source`` has no ``empty_classes``): such a class
+    still has a row of the classifier, never trained towards, and counts in chance (a stray empty folder, which
+    torchvision's ImageFolder refuses, or a GLUE class only the dev file holds). The items are named by the
+    source's ``item_noun`` (an :class:`ImageClassFolder`'s images, a :class:`GlueTsv`'s rows, an
+    :class:`ImageTextLabels`' lines)."""
     empty = getattr(source, "empty_classes", [])
     if not empty:
         return None
     shown = ", ".join(repr(name) for name in empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+    noun = getattr(source, "item_noun", "an item")
     return (
-        f"warning: {key}: {len(empty)} class(es) without an image, kept as classes (an output of the classifier, "
+        f"warning: {key}: {len(empty)} class(es) without {noun}, kept as classes (an output of the classifier, "
         f"counted in chance): {shown}"
     )
 
@@ -327,6 +344,8 @@ class ImageTextLabels(Dataset):
         ValueError: if ``labels`` is empty or repeats a name; on malformed lines, unknown labels or
             scores outside [0, 1], naming the line.
     """
+
+    item_noun = "a line"  # (what a class lacks, for :func:`empty_classes_warning`)
 
     def __init__(self, root: PathLike, path: PathLike, labels: Sequence[str]) -> None:
         self.root = existing_path("root", root, directory=True)  # (each item would be unusable)
@@ -366,6 +385,15 @@ class ImageTextLabels(Dataset):
     def soft_scores(self) -> bool:
         """Whether the targets are answer-score vectors (VQA style) rather than class ids."""
         return isinstance(self._items[0][2], Tensor)
+
+    @property
+    def empty_classes(self) -> list[str]:
+        """The classes of ``labels`` no line's ``label`` names; none for answer scores (an answer no line scores is
+        still a target, learnt as 0, as VQA's answer lists drawn from several splits hold many)."""
+        if self.soft_scores:
+            return []
+        present = {target for _, _, target in self._items}
+        return [name for i, name in enumerate(self.labels) if i not in present]
 
     def _target(self, record: dict, where: str) -> Union[int, Tensor]:
         if "answers" in record:
