@@ -437,8 +437,9 @@ def fit(
 
     Raises:
         TypeError: before any work, if ``model`` is no module, ``step`` not callable, ``training`` or
-            ``optim`` not the dataclass named, ``find_unused_parameters`` not a bool, or ``data`` neither indexable with a length nor an
-            ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``: pass its dataset of micro-batches).
+            ``optim`` not the dataclass named, ``find_unused_parameters`` not a bool, or ``data`` neither
+            indexable with a length nor an ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``:
+            pass its dataset of micro-batches).
         ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
             is malformed; ConfigError (a ValueError) naming the key if ``training`` or ``optim``
             holds a bad value (the checks a recipe's ``validate`` runs).
