@@ -647,7 +647,17 @@ def main(cfg: FinetuneConfig) -> dict:
     model = NormalizedLinearClassifier(tower, copy.deepcopy(head)).to(info.device)
     clip_kwargs = zero_shot.clip_kwargs
     del zero_shot
-    result = fit(model, classification_step, data, training=t, optim=cfg.optim, description="fine-tuning", start=start)
+    # (the tower and the head take part in every step's loss: DDP need not search for unused parameters)
+    result = fit(
+        model,
+        classification_step,
+        data,
+        training=t,
+        optim=cfg.optim,
+        description="fine-tuning",
+        start=start,
+        find_unused_parameters=False,
+    )
 
     # the weights, the tower's architecture, the class names and preprocessing, written whole and renamed in
     with staged_directory(out_dir / "model", writer=info.is_main) as staging:

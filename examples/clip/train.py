@@ -849,6 +849,7 @@ def main(cfg: TrainConfig) -> dict:
             num_workers=d.num_workers,
             description="clip",
             start=start,
+            find_unused_parameters=False,  # both towers and the logit scale take part in every step's loss
             run_files=lambda run: (
                 tokenizer.save(run),
                 write_inputs_record(run, read_again),

@@ -447,3 +447,78 @@ def test_an_error_that_pickles_but_does_not_load_back_is_sent_as_its_type_and_me
     assert type(sent) is RuntimeError and str(sent) == "_TwoArguments: data.val: unreadable"
     plain = ValueError("key 'x': bad")
     assert _picklable(plain) is plain
+
+
+class _WithSpare(Toy):
+    """The toy with a parameter its forward never uses: frozen (``requires_grad`` False), or trainable."""
+
+    def __init__(self, *, frozen: bool) -> None:
+        super().__init__()
+        self.spare = nn.Parameter(torch.full((2,), 3.0), requires_grad=not frozen)
+
+
+def _unused_search_worker(rank: int, port: str, root: str) -> None:
+    """Fits the toy with a frozen spare parameter with and without DDP's search for unused parameters, then the
+    toy with a trainable one without it; each run's losses (or error) written down by rank 0."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    init_distributed("ddp", device="cpu")
+    outcomes = {}
+    for name, frozen, search in (("searched", True, True), ("frozen", True, False), ("trainable", False, False)):
+        training, optim = settings(Path(root) / name, strategy="ddp", max_steps=3, checkpoint_every=3)
+        model = _WithSpare(frozen=frozen)
+        try:
+            fit(
+                model,
+                toy_step,
+                ToyData(3, rank=rank, world_size=2),
+                training=training,
+                optim=optim,
+                shard_layers=(),
+                find_unused_parameters=search,
+            )
+            metrics = [json.loads(line) for line in (Path(root) / name / "metrics.jsonl").read_text().splitlines()]
+            outcomes[name] = {"losses": [r["loss"] for r in metrics], "spare": model.spare.tolist()}
+        except RuntimeError as error:
+            outcomes[name] = {"error": str(error)}
+        dist.barrier()
+    if rank == 0:
+        (Path(root) / "outcomes.json").write_text(json.dumps(outcomes))
+    dist.destroy_process_group()
+
+
+def test_ddp_without_the_unused_parameter_search_trains_past_a_frozen_parameter_and_refuses_an_unused_one(tmp_path):
+    """find_unused_parameters=False (the CLIP recipes' choice): a frozen parameter is not DDP's to reduce, and the run
+    takes the searched run's losses; a trainable parameter without a gradient makes DDP raise at the next step."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_unused_search_worker, (port, str(tmp_path)), nprocs=2, timeout_s=120)
+    outcomes = json.loads((tmp_path / "outcomes.json").read_text())
+    assert len(outcomes["searched"]["losses"]) == 3
+    assert outcomes["frozen"] == outcomes["searched"]
+    assert outcomes["frozen"]["spare"] == [3.0, 3.0]
+    assert "error" in outcomes["trainable"], outcomes["trainable"]
+    assert "Expected to have finished reduction in the prior iteration" in outcomes["trainable"]["error"]
+
+
+@pytest.mark.parametrize("search", [True, False])
+def test_fit_hands_its_unused_parameter_search_to_wrap_model(search, tmp_path, monkeypatch):
+    """fit(find_unused_parameters=...) reaches wrap_model (True, FLAVA's need, unless told otherwise)."""
+    from torchflava.training import schema
+
+    seen = []
+
+    def spy(model, strategy, **kwargs):
+        seen.append(kwargs["find_unused_parameters"])
+        return wrap_model(model, strategy, **kwargs)
+
+    monkeypatch.setattr(schema, "wrap_model", spy)
+    training, optim = settings(tmp_path / "given", max_steps=1, checkpoint_every=1)
+    fit(Toy(), toy_step, ToyData(1), training=training, optim=optim, shard_layers=(), find_unused_parameters=search)
+    training, optim = settings(tmp_path / "default", max_steps=1, checkpoint_every=1)
+    fit(Toy(), toy_step, ToyData(1), training=training, optim=optim, shard_layers=())
+    assert seen == [search, True]
+    with pytest.raises(TypeError) as info:
+        fit(Toy(), toy_step, ToyData(1), training=training, optim=optim, find_unused_parameters=0)
+    assert str(info.value) == "find_unused_parameters must be a bool, got int"

@@ -191,7 +191,9 @@ def wrap_model(
         layer_types (Iterable[Type[nn.Module]]): module classes sharded one by one under FSDP.
         param_dtype (Optional[torch.dtype]): FSDP mixed precision: compute dtype of parameters
             (gradients are reduced in fp32). None keeps fp32.
-        find_unused_parameters (bool): passed to DDP.
+        find_unused_parameters (bool): passed to DDP: True has it search the autograd graph after every
+            backward for the trainable parameters left without a gradient; False skips that search, and
+            DDP raises at the next step if one was (frozen parameters are not its to reduce either way).
 
     Returns:
         nn.Module: the wrapped model (the same object under ``"none"`` and ``"fsdp"``).

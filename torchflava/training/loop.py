@@ -393,6 +393,7 @@ def fit(
     description: str = "training",
     start: Optional[RunStart] = None,
     run_files: Optional[Callable[[Path], None]] = None,
+    find_unused_parameters: bool = True,
 ) -> FitResult:
     """Train ``model`` for ``training.max_steps`` optimiser steps (collective: every rank calls it).
 
@@ -426,14 +427,21 @@ def fit(
             the checkpoint resumed from has loaded into the model, before the loop writes anything.
             A recipe writes nothing there itself before ``fit``, so that a refused resume (a
             checkpoint that does not load) leaves the directory as it was.
+        find_unused_parameters (bool): DDP's search, after every backward, for the trainable parameters
+            that got no gradient (needed where a step leaves some unused, as FLAVA's heads for a batch
+            without their loss). False where every trainable parameter gets a gradient every micro-batch:
+            DDP then skips its per-step search; a parameter without one makes DDP raise at the next step.
+            Frozen parameters (``requires_grad`` False) are not DDP's to reduce either way. Ignored under
+            other strategies than ``ddp``.
 
     Returns:
         FitResult: final step and loss, unusable samples, the checkpoint resumed from.
 
     Raises:
         TypeError: before any work, if ``model`` is no module, ``step`` not callable, ``training`` or
-            ``optim`` not the dataclass named, or ``data`` neither indexable with a length nor an
-            ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``: pass its dataset of micro-batches).
+            ``optim`` not the dataclass named, ``find_unused_parameters`` not a bool, or ``data`` neither
+            indexable with a length nor an ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``:
+            pass its dataset of micro-batches).
         ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
             is malformed; ConfigError (a ValueError) naming the key if ``training`` or ``optim``
             holds a bad value (the checks a recipe's ``validate`` runs).
@@ -455,6 +463,8 @@ def fit(
             (the export and evaluation that follow ``fit`` are then the resumed job's).
     """
     _check_fit_arguments(model, step, data, training, optim)
+    if not isinstance(find_unused_parameters, bool):
+        raise TypeError(f"find_unused_parameters must be a bool, got {type(find_unused_parameters).__name__}")
     t = training
     raise_on_failed_checks(_type_checks("training", t) + _type_checks("optim", optim))  # (as load_config's types)
     t, optim = _plain_numbers(t), _plain_numbers(optim)  # (np.int64 max_steps: Python's int from here on)
@@ -488,6 +498,7 @@ def fit(
             run_files,
             signals,
             phase,
+            find_unused_parameters,
         )
 
 
@@ -505,6 +516,7 @@ def _fit(
     run_files: Optional[Callable[[Path], None]],
     signals: StopSignals,
     phase: list[str],
+    find_unused_parameters: bool,
 ) -> FitResult:
     """:func:`fit` once its arguments are checked, with the stop signals recorded in ``signals``; ``phase[0]``
     says what it is doing (for a collective that times out)."""
@@ -526,7 +538,9 @@ def _fit(
     if t.compile:
         compile_blocks(model, shard_layers)
     device = model_device(model)
-    wrapped, optimizer, scheduler, autocast = setup_training(model, t, optim, device=device, layer_types=shard_layers)
+    wrapped, optimizer, scheduler, autocast = setup_training(
+        model, t, optim, device=device, layer_types=shard_layers, find_unused_parameters=find_unused_parameters
+    )
     start, skipped, position, last_saved, window = 0, [], {}, resume_from, _Window()
     if resume_from is not None:
         start, skipped, position = _resume(

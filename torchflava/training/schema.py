@@ -287,6 +287,7 @@ def setup_training(
     *,
     device: torch.device,
     layer_types: Sequence[Type[nn.Module]] = (),
+    find_unused_parameters: bool = True,
 ) -> TrainingSetup:
     """Wrap ``model`` for ``t.strategy``, and build AdamW (parameter groups), the schedule and autocast.
 
@@ -294,6 +295,7 @@ def setup_training(
     (parameters gathered and computed in bf16). Autocast keeps the ops it runs in fp32 there as well:
     without it, FSDP2's bf16 parameters made the whole step bf16, its losses included (CLIP's loss
     rounded to bf16, its first gradients at cosine 0.5 to fp32's, against autocast's 0.85).
+    ``find_unused_parameters`` goes to DDP (see :func:`wrap_model`).
     """
     bf16 = t.precision == "bf16"
     wrapped = wrap_model(
@@ -301,6 +303,7 @@ def setup_training(
         t.strategy,
         layer_types=layer_types,
         param_dtype=torch.bfloat16 if bf16 and t.strategy == "fsdp" else None,
+        find_unused_parameters=find_unused_parameters,
     )
     try:
         groups = param_groups(model, o.weight_decay, o.lr_multipliers)
