@@ -1108,6 +1108,28 @@ def test_compile_trains_like_eager(tmp_path):
     assert losses(tmp_path / "encoder-True") == pytest.approx(losses(tmp_path / "encoder-False"), abs=1e-5)
 
 
+def test_a_run_of_a_torch_compiled_model_resumes_eagerly(tmp_path):
+    # fit(torch.compile(model)) recorded its optimiser's groups by the wrapper's names ('_orig_mod.embed.weight'):
+    # resuming the same model uncompiled (or with training.compile) was refused, "the model changed".
+    torch._dynamo.reset()
+    eager = ToyEncoder()
+    training, optim = settings(tmp_path / "eager", max_steps=4, checkpoint_every=2, eps=1e-4)
+    fit(eager, encoder_step, ToyData(4), training=training, optim=optim)
+    training, optim = settings(tmp_path / "compiled", max_steps=4, checkpoint_every=2, eps=1e-4)
+    fit(torch.compile(ToyEncoder()), encoder_step, ToyData(4), training=training, optim=optim)
+    saved = torch.load(tmp_path / "compiled" / "checkpoints" / "step_00000002" / "rank0.pt", weights_only=True)
+    names = [name for group, _ in saved["groups"] for name in group]
+    assert len(names) == 28 and names[0] == "embed.weight" and not [n for n in names if "_orig_mod" in n]
+    shutil.rmtree(tmp_path / "compiled" / "checkpoints" / "step_00000004")
+    training, optim = settings(tmp_path / "compiled", max_steps=4, checkpoint_every=2, eps=1e-4, resume="auto")
+    resumed = ToyEncoder()
+    result = fit(resumed, encoder_step, ToyData(4), training=training, optim=optim)
+    assert Path(result.resumed_from).name == "step_00000002"
+    for name, value in params(eager).items():
+        assert_close(params(resumed)[name], value, atol=1e-5, rtol=0, msg=name)
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-5)
+
+
 def test_lr_multipliers_scale_each_modules_learning_rate(tmp_path):
     base, _ = run(tmp_path / "base", max_steps=3)
     frozen, _ = run(tmp_path / "frozen", max_steps=3, lr_multipliers={"linear": 0.0})

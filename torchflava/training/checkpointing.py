@@ -49,6 +49,7 @@ from torchflava.training.integrity import (
     unwrap_checkpoint_error,
     write_marker,
 )
+from torchflava.training.optim import checkpoint_name
 from torchflava.utils.checkpoint import check_zip_expansion, first_line, fsync_path, save_state_dict, unused_path
 from torchflava.utils.checks import check_module
 
@@ -348,7 +349,7 @@ class CheckpointManager:
                 raise unwrap_checkpoint_error(error, path) from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         for name, param in model.named_parameters():
-            if name.removeprefix("module.") in stateless:
+            if checkpoint_name(name).removeprefix("module.") in stateless:
                 optimizer.state.pop(param, None)
         local = path / f"rank{_rank()}.pt"
         if not (read_local and local.is_file()):

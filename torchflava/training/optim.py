@@ -14,6 +14,13 @@ _DECAYED_MODULES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
+def checkpoint_name(name: str) -> str:
+    """``name`` (a parameter's, from ``named_parameters``) without the ``_orig_mod`` parts that a
+    ``torch.compile``-wrapped module adds: the name a checkpoint gives it (DCP's state dicts drop them), so
+    that a compiled run and an eager one name their parameters alike (a resume compares the names)."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
 def param_groups(
     model: nn.Module, weight_decay: float, lr_multipliers: Optional[Mapping[str, float]] = None
 ) -> list[dict]:
@@ -38,7 +45,8 @@ def param_groups(
     Returns:
         list[dict]: the decayed and the undecayed group at multiplier 1, then the same pair for each
         multiplier in the order given (empty pairs left out). Each group has ``names`` (its
-        parameter names), ``weight_decay`` and ``lr_multiplier``.
+        parameter names, as checkpoints name them: without ``torch.compile``'s ``_orig_mod``),
+        ``weight_decay`` and ``lr_multiplier``.
 
     Raises:
         ValueError: if ``weight_decay`` is negative, a multiplier is not a number >= 0, a name
@@ -59,6 +67,7 @@ def param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        name = checkpoint_name(name)
         keys = [k for k in multipliers if f".{k}." in f".{name}."]
         if len({multipliers[k] for k in keys}) > 1:
             raise ValueError(f"lr_multipliers: {name} is matched by {keys}, which give it different multipliers")

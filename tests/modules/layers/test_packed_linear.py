@@ -213,3 +213,31 @@ def test_a_packed_model_compiles_with_inductors_default_settings():
         torch._dynamo.reset()
         got = torch.compile(model, fullgraph=True)(x)  # (fullgraph: no graph break around the layer)
     assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
+
+
+class Residual(nn.Module):
+    """A linear layer whose output is added to (a transformer's residual, FLAVA's multimodal input)."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.linear = make_linear(8, 8, bias=bias)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + residual
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this PyTorch build or CPU has no oneDNN bf16 linear")
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_packed_model_compiles_with_inductors_freezing(bias):
+    """With torch._inductor.config.freezing, inductor's fusion of a following add took a packed weight for one it had
+    packed itself: any packed layer added to failed to compile (an AssertionError from inside inductor)."""
+    import torch._inductor.config as inductor_config
+
+    model = pack_linears(Residual(bias).eval())
+    x, residual = torch.randn(5, 8), torch.randn(8).bfloat16()
+    with torch.no_grad():
+        expected = model(x, residual)
+        torch._dynamo.reset()
+        with inductor_config.patch(freezing=True):
+            got = torch.compile(model, fullgraph=True)(x, residual)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)

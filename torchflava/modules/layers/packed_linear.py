@@ -38,7 +38,10 @@ def packed_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_feature
     """oneDNN's product of ``x`` (..., in) in the weight's dtype and a packed ``weight``, as one opaque op that
     ``torch.compile`` calls as it is: inductor lowers ``mkldnn._linear_pointwise`` only on a constant weight (with
     ``torch._inductor.config.freezing``) and failed on a packed layer's otherwise ("weight must be a graph
-    constant"). The same kernel on the same operands: the eager layer's values to the bit.
+    constant"); with freezing, its fusion of a following add took the weight for one it had packed itself and
+    failed on any packed layer whose output is added to ("expected packed_weight_node.target to be
+    mkldnn._reorder_linear_weight"), e.g. a residual. The same kernel on the same operands: the eager layer's
+    values to the bit, frozen or not.
 
     Returns:
         Tensor: (..., out_features).
@@ -140,7 +143,7 @@ class PackedLinear(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("PackedLinear is for inference: its input must not require grad")
         x = x.to(self.dtype)
-        if self.packed and torch.compiler.is_compiling() and not _frozen():
+        if self.packed and torch.compiler.is_compiling():
             return packed_linear(x, self.weight, self.bias, self.out_features)  # (see packed_linear)
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
@@ -171,13 +174,6 @@ class PackedLinear(nn.Module):
         )
 
 
-def _frozen() -> bool:
-    """Whether inductor freezes weights (its global ``freezing`` setting): it then lowers oneDNN's op itself."""
-    import torch._inductor.config  # (read while torch.compile traces only)
-
-    return bool(torch._inductor.config.freezing)
-
-
 def pack_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Replace, in place, every ``nn.Linear`` inside ``module`` by a :class:`PackedLinear`.
 
@@ -187,8 +183,8 @@ def pack_linears(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.M
     converted model cannot be trained and its ``state_dict`` no longer holds the linear weights:
     keep the original (or its checkpoint) for that. Move the model to its device first: converting
     it afterwards to another dtype or device (``.half()``, ``.to(...)``) is refused (a TypeError).
-    ``torch.compile`` takes the packed model (each packed layer one opaque op, :func:`packed_linear`; with
-    inductor's ``freezing``, oneDNN's op lowered by inductor).
+    ``torch.compile`` takes the packed model, with inductor's ``freezing`` or without (each packed layer one
+    opaque op, :func:`packed_linear`).
 
     Args:
         module (nn.Module): the model, e.g. a ``FLAVAModel`` in eval mode.
