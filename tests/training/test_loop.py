@@ -1128,6 +1128,19 @@ def test_a_run_of_a_torch_compiled_model_resumes_eagerly(tmp_path):
     for name, value in params(eager).items():
         assert_close(params(resumed)[name], value, atol=1e-5, rtol=0, msg=name)
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-5)
+    # a checkpoint written before the names dropped _orig_mod (its groups so named) resumes too
+    from torchflava.training.integrity import write_marker
+
+    step_2 = tmp_path / "compiled" / "checkpoints" / "step_00000002"
+    shutil.rmtree(tmp_path / "compiled" / "checkpoints" / "step_00000004")
+    saved["groups"] = [[[f"_orig_mod.{name}" for name in group], m] for group, m in saved["groups"]]
+    torch.save(saved, step_2 / "rank0.pt")
+    write_marker(step_2, 2, 1)  # (the manifest digests rank0.pt)
+    older = ToyEncoder()
+    result = fit(older, encoder_step, ToyData(4), training=training, optim=optim)
+    assert Path(result.resumed_from).name == "step_00000002"
+    for name, value in params(eager).items():
+        assert_close(params(older)[name], value, atol=1e-5, rtol=0, msg=name)
 
 
 def test_lr_multipliers_scale_each_modules_learning_rate(tmp_path):
@@ -1231,6 +1244,15 @@ def test_a_new_run_is_refused_where_a_finished_run_kept_its_results(tmp_path):
         (out / "model").rmdir() if name == "model" else (out / name).unlink()
         _, result = run(out, max_steps=1, resume="auto")  # (auto starts afresh where nothing finished is left)
         assert sorted(losses(out)) == [1]
+    # its checkpoints kept but every one damaged: auto would start afresh (moving them aside) over its results
+    out = tmp_path / "damaged"
+    run(out, max_steps=2, checkpoint_every=1)
+    (out / "report.json").write_text("{}")
+    for checkpoint in (out / "checkpoints").glob("step_*"):
+        (checkpoint / "rank0.pt").write_bytes(b"damaged")
+    with pytest.raises(ConfigError, match=r"^key 'training.output_dir': .* \(it holds report.json, which this "):
+        run(out, max_steps=1, resume="auto")
+    assert (out / "report.json").read_text() == "{}" and len(list((out / "checkpoints").glob("step_*"))) == 2
 
 
 def test_an_output_dir_the_system_refuses_to_create_is_a_config_error():

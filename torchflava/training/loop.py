@@ -86,7 +86,7 @@ from torchflava.training.distributed import (
     sync_replicated_grads,
 )
 from torchflava.training.metrics import MetricsLogger
-from torchflava.training.optim import clip_grad_norm, grad_norm, param_groups
+from torchflava.training.optim import checkpoint_name, clip_grad_norm, grad_norm, param_groups
 from torchflava.training.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals, ignore_stop_signals
 from torchflava.training.run_lock import LocksUnsupported, RunDirectoryInUse, RunLock
 from torchflava.training.schema import (
@@ -1083,6 +1083,8 @@ def _check_groups(path: Path, saved: dict, optimizer) -> None:
     (other parameter groups): loading it would fail deep inside torch or mis-assign learning rates.
     ``saved``: a training-loop state of the checkpoint (:func:`read_loop_states`)."""
     layout = _group_layout(optimizer)
+    if "groups" in saved:  # (a torch.compile-wrapped model's checkpoint from before its names dropped _orig_mod)
+        saved = {**saved, "groups": [[[checkpoint_name(n) for n in names], m] for names, m in saved["groups"]]}
     # (checkpoints from before the layout was saved: the number of groups, as the schedule holds it)
     same = saved["groups"] == layout if "groups" in saved else len(saved["scheduler"]["base_lrs"]) == len(layout)
     if not same and "groups" in saved and sorted(m for _, m in saved["groups"]) == sorted(m for _, m in layout):

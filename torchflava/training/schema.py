@@ -224,11 +224,15 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
     Raises:
         ConfigError: if ``resume`` is none but the run directory already holds checkpoints (two runs
             would mix in one directory), if it is none or auto and the directory holds a finished run's export
-            or report but no checkpoint (:data:`FINISHED_RUN_ENTRIES`: a new run would overwrite them), or if it
+            or report but no (intact) checkpoint (:data:`FINISHED_RUN_ENTRIES`: a new run would overwrite them), or if it
             names a checkpoint that is missing or damaged.
     """
     if resume == "auto":
         path, passed_over = checkpoints.latest_intact()
+        if (
+            path is None
+        ):  # (no intact checkpoint: a fresh start, unless a run finished here; damaged ones left as found)
+            _refuse_finished_results(checkpoints.root.parent)
         if passed_over and (not dist.is_initialized() or dist.get_rank() == 0):
             # fit moves them aside (rotation and auto then see only the new run's), as it does any newer ones
             aside = checkpoints.root / "abandoned"
@@ -239,8 +243,6 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
             )
             for line in passed_over:
                 print(f"warning: {line}; {then}", file=sys.stderr)
-        if path is None and not passed_over:  # (no checkpoint at all: a fresh start, unless a run finished here)
-            _refuse_finished_results(checkpoints.root.parent)
         return path
     if resume not in ("none", ""):
         reason = damage_on_every_rank(resume)
@@ -260,8 +262,8 @@ def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
 
 def _refuse_finished_results(run: Path) -> None:
     """ConfigError where ``run`` holds a finished run's export or report (:data:`FINISHED_RUN_ENTRIES`) but no
-    checkpoint (deleted to save space): a new run there, with ``training.resume`` none or auto, overwrote them
-    without a word."""
+    intact checkpoint (deleted to save space, or damaged): a new run there, with ``training.resume`` none or auto,
+    overwrote them without a word."""
     finished = [p for p in (run / n for n in FINISHED_RUN_ENTRIES) if os.path.lexists(p)]
     if finished:
         raise ConfigError(
