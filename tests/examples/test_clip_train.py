@@ -21,6 +21,7 @@ from tests.test_zero_shot_command import write_hf_clip
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, ImageTransformSpec
 from torchflava.training.config import load_config
+from torchflava.training.integrity import write_marker
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "clip" / "train.py"
@@ -621,10 +622,12 @@ def test_a_fine_tuning_run_records_its_tokenizers_vocabulary_size(hf_clip, tmp_p
     overrides += ["optim.warmup_steps=0", "training.checkpoint_every=1", "training.log_every=1"]
     train.main(_config(*overrides, "training.max_steps=1"))
     assert _recorded(run)["data"]["vocab_size"] == 49408 and [a for a in reads if a[0] == hf_clip] == [(hf_clip,)]
-    for saved in (run / "config.yaml", next((run / "checkpoints").iterdir()) / "config.yaml"):  # as before the fix
+    checkpoint = next((run / "checkpoints").iterdir())
+    for saved in (run / "config.yaml", checkpoint / "config.yaml"):  # as before the fix
         saved.write_text(saved.read_text().replace("vocab_size: 49408", "vocab_size: 30522"))
+    write_marker(checkpoint, 1, 1)  # (its manifest digests its config: else damaged, and passed over)
     train.main(_config(*overrides, "training.max_steps=2", "training.resume=auto"))
-    assert set(_losses(run)) == {1, 2}
+    assert set(_losses(run)) == {1, 2} and not (run / "checkpoints" / "abandoned").exists()  # resumed, not afresh
     assert train.TrainConfig().resume_ignored() == set()  # learnt from scratch: its size is what it trains with
     scratch = tmp_path / "scratch"  # from scratch on a CLIP tokenizer: debug.yaml's 120 was recorded
     train.main(
