@@ -366,13 +366,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_two_ddp_processes_match_one_and_resume_on_one(clip_export, tmp_path):
-    """Two ranks train as one process does, and report exactly what it does: each rank decodes every other
-    validation image (rank 0 decoded them all while rank 1 waited), an unreadable one skipped where it falls."""
-    train, val = _shapes_folders(tmp_path / "data", train=48, val=8)  # 9 validation items, one unreadable
-    common = [f"model.pretrained={clip_export}", *SHAPES, "data.task=image_folder", f"data.train={train}"]
-    common += [f"data.val={val}", "training.max_steps=6", "training.checkpoint_every=3", "eval.wise_ft_alpha=0.5"]
-    finetune.main(load_config(finetune.FinetuneConfig, [*common, f"training.output_dir={tmp_path / 'one'}"]))
+def run_two_recorded_ranks(tmp_path: Path, common: list[str]) -> subprocess.CompletedProcess:
+    """The recipe under ``torchrun`` on 2 CPU ranks (DDP, one thread each) into ``tmp_path / "two"``, each rank's
+    ``readable_chunks`` calls written down in ``tmp_path / "reads<RANK>.jsonl"`` (:data:`SHARE_RECORDER`); it must
+    exit 0."""
     (tmp_path / "recorder.py").write_text(SHARE_RECORDER)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += [str(tmp_path / "recorder.py"), str(tmp_path), str(REPO / FINETUNE)]
@@ -380,6 +377,17 @@ def test_two_ddp_processes_match_one_and_resume_on_one(clip_export, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_ddp_processes_match_one_and_resume_on_one(clip_export, tmp_path):
+    """Two ranks train as one process does, and report exactly what it does: each rank decodes every other
+    validation image (rank 0 decoded them all while rank 1 waited), an unreadable one skipped where it falls."""
+    train, val = _shapes_folders(tmp_path / "data", train=48, val=8)  # 9 validation items, one unreadable
+    common = [f"model.pretrained={clip_export}", *SHAPES, "data.task=image_folder", f"data.train={train}"]
+    common += [f"data.val={val}", "training.max_steps=6", "training.checkpoint_every=3", "eval.wise_ft_alpha=0.5"]
+    finetune.main(load_config(finetune.FinetuneConfig, [*common, f"training.output_dir={tmp_path / 'one'}"]))
+    run_two_recorded_ranks(tmp_path, common)
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:

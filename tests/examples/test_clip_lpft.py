@@ -3,9 +3,6 @@ from is a logistic-regression probe of the frozen tower's features of the traini
 head is, read back (never refitted) on a resume, and the same on two ranks as on one."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,13 +10,12 @@ import torch.nn.functional as F
 
 from tests.examples.test_clip_finetune import (
     FINETUNE,
-    REPO,
     SHAPES,
-    SHARE_RECORDER,
     _config,
     _losses,
     _shapes_folders,
     finetune,
+    run_two_recorded_ranks,
     write_tiny_clip_export,
 )
 from tests.examples.test_fault_injection import run_with_fault
@@ -177,13 +173,7 @@ def test_two_gloo_processes_fit_the_probe_one_process_fits(clip_export, tmp_path
         one = finetune.main(load_config(finetune.FinetuneConfig, [*common, f"training.output_dir={tmp_path / 'one'}"]))
     finally:
         torch.set_num_threads(threads)
-    (tmp_path / "recorder.py").write_text(SHARE_RECORDER)  # each rank's readable_chunks keys, call by call
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += [str(tmp_path / "recorder.py"), str(tmp_path), str(REPO / FINETUNE)]
-    command += [f"training.output_dir={tmp_path / 'two'}", "training.strategy=ddp", *common]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_two_recorded_ranks(tmp_path, common)  # each rank's readable_chunks keys, call by call
     assert "linear probe: 48 training items (1 unreadable)" in result.stdout
     # the first pass of each rank: every other one of the 49 probe items (positions in the seeded order)
     reads = [json.loads((tmp_path / f"reads{r}.jsonl").read_text().splitlines()[0]) for r in (0, 1)]
