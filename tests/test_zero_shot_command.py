@@ -1304,3 +1304,16 @@ def test_imagenet_names_file_naming_two_classes_alike_classifies_them_as_a_tie(e
         zero_shot.main([*command[:5], f"@{names}"])
     assert exit_info.value.code == 2
     assert "argument --classes: expected distinct names, got 1 repeated of the 3: ['crane']" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_model_moved_to_a_gpu_classifies_a_folder_as_on_the_cpu(export, images):
+    """The features come back to the CPU, but exp(logit_scale) stayed on the model's device: the first chunk's
+    probabilities failed with torch's 'Expected all tensors to be on the same device' (a CUDA 0-dim tensor
+    times CPU similarities)."""
+    on_cpu = zero_shot.classify_folder(load_pretrained(export[0]), str(images), CLASSES, ("a {}",))
+    pretrained = load_pretrained(export[0])
+    pretrained.model.cuda()
+    on_gpu = zero_shot.classify_folder(pretrained, str(images), CLASSES, ("a {}",))
+    assert on_gpu["predictions"] == on_cpu["predictions"] and on_gpu["accuracy"] == pytest.approx(on_cpu["accuracy"])
+    torch.testing.assert_close(on_gpu["top_probabilities"], on_cpu["top_probabilities"], rtol=0, atol=1e-4)

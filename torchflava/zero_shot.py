@@ -244,7 +244,9 @@ def classify_folder(
     check_int("top_k", top_k, 1)
     if probabilities_file is not None:
         _check_npy_path(probabilities_file)
-    scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
+    # of the probabilities, on the CPU with the features (a model moved to an accelerator kept its scale there, and
+    # torch refuses an accelerator's 0-dim tensor times CPU similarities)
+    scale = pretrained.model.logit_scale.detach().float().exp().cpu()
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     folder = ImageFolder(images_dir)  # (listed: no image read)
     ordered = ordered_folders(images_dir, len(class_names), folder) if folder_order else None
