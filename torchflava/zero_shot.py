@@ -30,8 +30,8 @@ class's sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's n
 the folders giving the labels (two classes may then share a name, ImageNet's two ``crane``: they share its
 prompts, a warning says so, and an image of either counts half right when they rank first). ``--template``
 (repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line.
-Retrieval: ``--captions`` pairs images with captions (an image may be listed with several): ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the
-COCO 5k / Flickr30k 1k test sets; without ``--split`` every split is evaluated, with a warning), COCO's
+Retrieval: ``--captions`` pairs images with captions (an image may be listed with several): ``.jsonl``,
+Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without ``--split`` every split is evaluated, with a warning), COCO's
 captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv``
 (``--image-key``/``--text-key`` name its columns), see ``ImageTextFolder``; without ``--images`` the
 file's image paths must be absolute. Recall@1/5/10 are reported in both directions, each beside the
@@ -215,7 +215,8 @@ def classify_folder(
         ``num_images``, ``chance``, ``classes`` and ``templates`` (the prompts' class names and
         templates, in order), ``class_folders`` (where given), ``probabilities_file`` (str, where one was
         written), and ``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5
-        classes) when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with ``folder_order``.
+        classes) when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with
+        ``folder_order``.
         :func:`json_result` gives it as ``--json`` writes it.
 
     Raises:
