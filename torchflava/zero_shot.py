@@ -31,8 +31,8 @@ the folders giving the labels (two classes may then share a name, ImageNet's two
 prompts, a warning says so, and an image of either counts half right when they rank first). ``--template``
 (repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line.
 Retrieval: ``--captions`` pairs images with captions (an image may be listed with several): ``.jsonl``,
-Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without ``--split`` every split is evaluated, with a warning), COCO's
-captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv``
+Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without
+``--split`` every split is evaluated, with a warning), COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv``
 (``--image-key``/``--text-key`` name its columns), see ``ImageTextFolder``; without ``--images`` the
 file's image paths must be absolute. Recall@1/5/10 are reported in both directions, each beside the
 recall of a random ranking in that direction. Unreadable images or empty captions are
