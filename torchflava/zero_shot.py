@@ -23,20 +23,20 @@ classes (case, surrounding spaces, underscores for spaces and Unicode normalisat
 names one class), the accuracy is
 reported too, else a warning says which folders match no class; with ``--folder-order`` the i-th class
 is the i-th sub-folder in sorted order instead (torchvision's ``ImageFolder`` numbering: ImageNet's
-synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names
-from a UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the
-class's sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
-(``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and
-the folders giving the labels (two classes may then share a name, ImageNet's two ``crane``: they share its
+synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names from a
+UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the class's
+sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
+(``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and the
+folders giving the labels (two classes may then share a name, ImageNet's two ``crane``: they share its
 prompts, a warning says so, and an image of either counts half right when they rank first). ``--template``
-(repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line.
-Retrieval: ``--captions`` pairs images with captions (an image may be listed with several): ``.jsonl``,
-Karpathy's split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without
-``--split`` every split is evaluated, with a warning), COCO's captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv``
-(``--image-key``/``--text-key`` name its columns), see ``ImageTextFolder``; without ``--images`` the
-file's image paths must be absolute. Recall@1/5/10 are reported in both directions, each beside the
-recall of a random ranking in that direction. Unreadable images or empty captions are
-skipped and counted.
+(repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line. Retrieval:
+``--captions`` pairs images with captions (an image may be listed with several): ``.jsonl``, Karpathy's
+split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without ``--split`` every split
+is evaluated, with a warning), COCO's captions ``.json``, BLIP's caption list ``.json``, or an
+open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key`` name its columns), see
+``ImageTextFolder``; without ``--images`` the file's image paths must be absolute. Recall@1/5/10 are
+reported in both directions, each beside the recall of a random ranking in that direction. Unreadable images
+or empty captions are skipped and counted.
 """
 
 import argparse
