@@ -7,6 +7,7 @@ import shutil
 import signal
 from typing import Iterable, Sequence
 
+from PIL import Image
 import pytest
 import safetensors.torch
 from safetensors.torch import load_file, save_file
@@ -1006,3 +1007,30 @@ def test_a_fine_tuning_run_without_its_export_is_named_as_such_not_as_a_bad_pret
         f"fine-tuning run ({killed / 'checkpoints' / 'step_00000012' / 'config.yaml'}), which loads only from the "
         f"export a fine-tuning run writes when it finishes ({killed / 'model'})"
     )
+
+
+def test_answers_whose_sigmoid_rounds_to_one_are_ranked_by_their_logits(tmp_path):
+    """A confident multi-label (VQA-style) head gives every answer whose logit is above ~17 a score of exactly 1.0
+    in fp32; the command ranked the scores, so those answers came in topk's arbitrary order among ties and the
+    prediction was not the head's best answer (logits 18, 20, 30: 'a' predicted, not 'c'). They are ranked by
+    their logits now, their scores unchanged."""
+    model = _tiny_classifier(modality="image", loss="binary_cross_entropy")
+    last = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([18.0, 20.0, 30.0]))  # every image: sigmoid 1.0 for all three
+    tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=40)
+    export_classifier(
+        model,
+        tmp_path / "vqa",
+        labels=["a", "b", "c"],
+        backbone_kwargs=TINY_FLAVA,
+        tokenizer=tokenizer,
+        image_transform=EvalImageTransform(32),
+    )
+    (tmp_path / "images").mkdir()
+    ShapesWorld("pairs", 1, image_size=32)[0].image.save(tmp_path / "images" / "0.png")
+    result = main(["--checkpoint", str(tmp_path / "vqa"), "--images", str(tmp_path / "images"), "--top-k", "3"])
+    assert result["predictions"][0]["top"] == [["c", 1.0], ["b", 1.0], ["a", 1.0]]
+    logits = load_classifier(tmp_path / "vqa").logits([Image.open(tmp_path / "images" / "0.png")])
+    torch.testing.assert_close(logits, torch.tensor([[18.0, 20.0, 30.0]]))

@@ -1264,3 +1264,56 @@ def test_an_output_naming_an_input_file_or_the_other_output_is_refused_before_an
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert classes.read_text() == "red circle\nblue square\ngreen triangle\n" and templates.read_text() == "a {}\n"
     assert not (tmp_path / "p.npy").exists()
+
+
+def test_imagenet_names_file_naming_two_classes_alike_classifies_them_as_a_tie(export, images, tmp_path, capsys):
+    """ImageNet's LOC_synset_mapping.txt, which the command's help names, gives two synsets the one name
+    'crane' (n02012849, the bird; n03126707, the machine): the command refused the real file ('expected
+    distinct names, got 1 repeated of the 1000'). Where a folder labels each class, both now share the name's
+    embedding, a warning names them, and an image of either ranked first among them counts half right."""
+    directory, _ = export
+    root = tmp_path / "val"
+    for name, synset in {"red circle": "n00000001", "blue square": "n00000002", "green triangle": "n00000003"}.items():
+        shutil.copytree(images / name, root / synset)
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("n00000001 crane\nn00000002 crane\nn00000003 green triangle\n")
+    command = ["--checkpoint", str(directory), "--images", str(root), "--classes", f"@{mapping}", "--template", "a {}"]
+    result = zero_shot.main(command)
+    assert result["classes"] == ["crane", "crane", "green triangle"]
+    assert result["class_folders"] == ["n00000001", "n00000002", "n00000003"]
+    err = capsys.readouterr().err
+    assert "warning: --classes names several classes alike: 'crane' for n00000001, n00000002;" in err
+    pretrained = load_pretrained(directory)
+    files = sorted(result["predictions"])
+    features = zero_shot.image_features(pretrained, [Image.open(root / f) for f in files])
+    crane, triangle = (features @ zero_shot.class_embeddings(pretrained, ["crane", "green triangle"], ["a {}"]).T).T
+    credit = [  # the classes of one name tie: half right when they rank first
+        (0.5 * float(c > t)) if f.startswith(("n00000001", "n00000002")) else float(t > c)
+        for f, c, t in zip(files, crane.tolist(), triangle.tolist())
+    ]
+    assert 0 < sum(credit) < len(files)  # (both kinds of image scored: the check has teeth)
+    assert result["accuracy"] == pytest.approx(sum(credit) / len(files))
+    assert {result["predictions"][f] for f in files} <= {"crane", "green triangle"}
+    # folders in sorted order give the same, the repeated name warned of with its folders
+    names = tmp_path / "names.txt"
+    names.write_text("crane\ncrane\ngreen triangle\n")
+    ordered = zero_shot.main([*command[:5], f"@{names}", "--template", "a {}", "--folder-order"])
+    assert ordered["accuracy"] == pytest.approx(result["accuracy"])
+    assert "'crane' for n00000001, n00000002;" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # without folders a repeated name cannot label an image
+        zero_shot.main([*command[:5], f"@{names}"])
+    assert exit_info.value.code == 2
+    assert "argument --classes: expected distinct names, got 1 repeated of the 3: ['crane']" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_model_moved_to_a_gpu_classifies_a_folder_as_on_the_cpu(export, images):
+    """The features come back to the CPU, but exp(logit_scale) stayed on the model's device: the first chunk's
+    probabilities failed with torch's 'Expected all tensors to be on the same device' (a CUDA 0-dim tensor
+    times CPU similarities)."""
+    on_cpu = zero_shot.classify_folder(load_pretrained(export[0]), str(images), CLASSES, ("a {}",))
+    pretrained = load_pretrained(export[0])
+    pretrained.model.cuda()
+    on_gpu = zero_shot.classify_folder(pretrained, str(images), CLASSES, ("a {}",))
+    assert on_gpu["predictions"] == on_cpu["predictions"] and on_gpu["accuracy"] == pytest.approx(on_cpu["accuracy"])
+    torch.testing.assert_close(on_gpu["top_probabilities"], on_cpu["top_probabilities"], rtol=0, atol=1e-4)

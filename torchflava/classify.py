@@ -302,11 +302,16 @@ class Classifier(NamedTuple):
         """The head's outputs."""
         return self.kwargs["num_classes"]
 
-    @torch.no_grad()
     def scores(self, images: Optional[Iterable] = None, texts: Optional[Iterable[str]] = None) -> Tensor:
         """(N, num_classes) fp32 scores of N inputs, one batch: class probabilities (softmax) for a
         cross-entropy head, each class's probability (sigmoid) for a binary-cross-entropy one, the
-        predicted values for a regression.
+        predicted values for a regression: :meth:`logits` so activated (arguments and errors as there)."""
+        return activated(self.loss, self.logits(images, texts))
+
+    @torch.no_grad()
+    def logits(self, images: Optional[Iterable] = None, texts: Optional[Iterable[str]] = None) -> Tensor:
+        """(N, num_classes) fp32 outputs of the head for N inputs, one batch, before :meth:`scores`' softmax or
+        sigmoid (what ranks the classes: a sigmoid rounds every logit above ~17 to 1.0 in fp32).
 
         Args:
             images (Optional[Iterable]): PIL images (modalities image and multimodal): a list, a tuple, a
@@ -353,10 +358,7 @@ class Classifier(NamedTuple):
         device = next(self.model.parameters()).device  # (a model moved to an accelerator: its inputs follow)
         inputs = {name: value.to(device) for name, value in inputs.items()}
         with self.precision(), eval_mode(self.model):
-            logits = self.model(**inputs).logits.float().cpu()
-        if self.model.loss == "cross_entropy":
-            return logits.softmax(dim=-1)
-        return logits.sigmoid() if self.model.loss == "binary_cross_entropy" else logits
+            return self.model(**inputs).logits.float().cpu()
 
     def _texts(self, texts: Optional[Iterable]) -> Optional[list]:
         """``texts`` as a list (:func:`_inputs`), each a (first, second) tuple of str for a sentence-pair
@@ -372,6 +374,14 @@ class Classifier(NamedTuple):
                     f"pairs), got {what} {pair!r:.60} at texts[{index}]"
                 )
         return texts
+
+
+def activated(loss: str, logits: Tensor) -> Tensor:
+    """A head's (N, C) ``logits`` as its scores: softmax probabilities (``cross_entropy``), a sigmoid per class
+    (``binary_cross_entropy``), the values themselves (``mse``)."""
+    if loss == "cross_entropy":
+        return logits.softmax(dim=-1)
+    return logits.sigmoid() if loss == "binary_cross_entropy" else logits
 
 
 def _inputs(name: str, values: Optional[Iterable], kind: type, what: str) -> Optional[list]:
@@ -601,13 +611,13 @@ def classify(
     regression = classifier.loss == "mse"
     top_k = min(args.top_k, classifier.num_classes)
     for records, images, texts in _chunks(args, folder, skipped):
-        scores = classifier.scores(images, texts)
-        for record, row in zip(records, scores):
+        logits = classifier.logits(images, texts)
+        for record, row, scores in zip(records, logits, activated(classifier.loss, logits)):
             if regression:
-                record["prediction"] = row.tolist()
-            else:
-                values, indices = row.topk(top_k)
-                record["top"] = [[classifier.class_name(int(i)), float(v)] for v, i in zip(values, indices)]
+                record["prediction"] = scores.tolist()
+            else:  # ranked by the logits: a sigmoid gives every answer above ~17 a score of 1.0, tied in any order
+                indices = row.topk(top_k).indices
+                record["top"] = [[classifier.class_name(int(i)), float(scores[i])] for i in indices]
                 hits.append(int(indices[0]))
             predictions.append(record)
     if not predictions:
@@ -1017,9 +1027,13 @@ class CLIPClassifier(NamedTuple):
     def class_name(self, index: int) -> str:
         return self.labels[index]
 
-    @torch.no_grad()
     def scores(self, images: Iterable, texts: None = None) -> Tensor:
-        """(N, num_classes) fp32 class probabilities (softmax) of PIL ``images``.
+        """(N, num_classes) fp32 class probabilities (softmax of :meth:`logits`) of PIL ``images``; errors as there."""
+        return activated(self.loss, self.logits(images, texts))
+
+    @torch.no_grad()
+    def logits(self, images: Iterable, texts: None = None) -> Tensor:
+        """(N, num_classes) fp32 logits of PIL ``images``, before :meth:`scores`' softmax.
 
         Raises:
             TypeError: if ``images`` are not an ordered iterable of PIL images.
@@ -1033,7 +1047,7 @@ class CLIPClassifier(NamedTuple):
         pixels = torch.stack([self.image_transform(image) for image in images])
         device = next(self.model.parameters()).device  # (a model moved to an accelerator: its inputs follow)
         with inference_precision(self.model, self.dtype), eval_mode(self.model):
-            return self.model(pixels.to(device)).float().softmax(dim=-1).cpu()
+            return self.model(pixels.to(device)).float().cpu()
 
 
 def export_clip_classifier(

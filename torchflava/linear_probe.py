@@ -11,7 +11,7 @@ preprocessed as the checkpoint states (``preprocessor_config.json``, see
 the penalty with the best ``--val`` accuracy is kept, the probe is refitted on train + val and
 scored on ``--test``. Folders hold one sub-folder per class; ``--shapes`` uses the built-in shapes
 task (train and validation from the training world, test = the held-out split). Images are encoded
-``--batch-size`` at a time (the features do not depend on it).
+``--batch-size`` at a time (the features depend on it in fp32's last bits only: ~4e-7, measured).
 """
 
 import argparse

@@ -23,19 +23,20 @@ classes (case, surrounding spaces, underscores for spaces and Unicode normalisat
 names one class), the accuracy is
 reported too, else a warning says which folders match no class; with ``--folder-order`` the i-th class
 is the i-th sub-folder in sorted order instead (torchvision's ``ImageFolder`` numbering: ImageNet's
-synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names
-from a UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the
-class's sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
-(``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and
-the folders giving the labels. ``--template`` (repeatable) gives the prompt templates, ``--template
-@FILE`` a UTF-8 file of them, one a line. Retrieval: ``--captions`` pairs images with captions (an
-image may be listed with several): ``.jsonl``, Karpathy's split ``.json`` (``--split test`` for the
-COCO 5k / Flickr30k 1k test sets; without ``--split`` every split is evaluated, with a warning), COCO's
-captions ``.json``, BLIP's caption list ``.json``, or an open_clip-style ``.csv``/``.tsv``
-(``--image-key``/``--text-key`` name its columns), see ``ImageTextFolder``; without ``--images`` the
-file's image paths must be absolute. Recall@1/5/10 are reported in both directions, each beside the
-recall of a random ranking in that direction. Unreadable images or empty captions are
-skipped and counted.
+synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names from a
+UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the class's
+sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
+(``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and the
+folders giving the labels (two classes may then share a name, ImageNet's two ``crane``: they share its
+prompts, a warning says so, and an image of either counts half right when they rank first). ``--template``
+(repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line. Retrieval:
+``--captions`` pairs images with captions (an image may be listed with several): ``.jsonl``, Karpathy's
+split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without ``--split`` every split
+is evaluated, with a warning), COCO's captions ``.json``, BLIP's caption list ``.json``, or an
+open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key`` name its columns), see
+``ImageTextFolder``; without ``--images`` the file's image paths must be absolute. Recall@1/5/10 are
+reported in both directions, each beside the recall of a random ranking in that direction. Unreadable images
+or empty captions are skipped and counted.
 """
 
 import argparse
@@ -212,22 +213,31 @@ def classify_folder(
         float32 (softmax over the classes of exp(logit_scale) x cosine similarity), rows in the order of
         ``predictions``, ``skipped`` and ``skipped_reasons`` (the unreadable images, named),
         ``num_images``, ``chance``, ``classes`` and ``templates`` (the prompts' class names and
-        templates, in order), ``probabilities_file`` (str, where one was written), and ``accuracy``
-        and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5 classes) when the images
-        lie in sub-folders named after the classes (:func:`folder_labels`), or with ``folder_order``.
+        templates, in order), ``class_folders`` (where given), ``probabilities_file`` (str, where one was
+        written), and ``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5
+        classes) when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with
+        ``folder_order``.
         :func:`json_result` gives it as ``--json`` writes it.
 
     Raises:
         TypeError: if ``class_names`` or ``templates`` is not a list or tuple of str, ``class_folders``
             not a list or tuple, or ``top_k`` not an int.
-        ValueError: if there are fewer than two classes, an empty or duplicated class name, two
+        ValueError: if there are fewer than two classes, an empty class name, a duplicated one (allowed
+            where ``class_folders`` or ``folder_order`` labels the images: the classes of one name, as
+            ImageNet's two ``crane`` synsets, share its embedding, a tie in the accuracy), two
             names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), a template
             without one ``{}``, with ``folder_order`` not one sub-folder per class or an image outside
             them, ``class_folders`` not one distinct non-empty folder name per class or given with
             ``folder_order``, ``top_k`` below 1, or ``probabilities_file`` not a ``.npy`` path in an
             existing directory (all before any image is read).
     """
-    check_class_prompts(class_names, templates)  # zero_shot_classifier's checks, before the images are encoded
+    labelled_by_folder = class_folders is not None or folder_order
+    # the names prompted, once each: where a folder labels each class, two of one name (ImageNet's two cranes) share
+    # an embedding, a tie that class_credit counts as such (the real LOC_synset_mapping.txt was refused)
+    prompted = (
+        list(dict.fromkeys(class_names)) if labelled_by_folder and _is_sequence_of(class_names, str) else class_names
+    )
+    check_class_prompts(prompted, templates)  # zero_shot_classifier's checks, before the images are encoded
     if len(class_names) < 2:
         raise ValueError(f"classes must name at least two distinct classes, got {list(class_names)}")
     if class_folders is not None:
@@ -235,11 +245,15 @@ def classify_folder(
     check_int("top_k", top_k, 1)
     if probabilities_file is not None:
         _check_npy_path(probabilities_file)
-    scale = pretrained.model.logit_scale.detach().exp()  # of the probabilities
+    # of the probabilities, on the CPU with the features (a model moved to an accelerator kept its scale there, and
+    # torch refuses an accelerator's 0-dim tensor times CPU similarities)
+    scale = pretrained.model.logit_scale.detach().float().exp().cpu()
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     folder = ImageFolder(images_dir)  # (listed: no image read)
     ordered = ordered_folders(images_dir, len(class_names), folder) if folder_order else None
-    classes = class_embeddings(pretrained, class_names, templates)  # (names the tokenizer merges: before any image)
+    classes = class_embeddings(pretrained, prompted, templates)  # (names the tokenizer merges: before any image)
+    row = {name: index for index, name in enumerate(prompted)}
+    classes = classes[[row[name] for name in class_names]]  # (C, D): a repeated name's row repeated
     check_finite(class_embeddings=classes)
     # a file's label: its folder's number, else the class whose folder (a names file's, or its name) it lies in
     matched = class_names if class_folders is None else class_folders
@@ -271,6 +285,8 @@ def classify_folder(
         "classes": list(class_names),  # (with the templates, what the --json needs to be reproduced)
         "templates": list(templates),
     }
+    if class_folders is not None:  # (what tells two classes of one name apart)
+        result["class_folders"] = list(class_folders)
     if probabilities_file is not None:
         result["probabilities_file"] = str(probabilities_file)
     return {**result, **tally.accuracies()}
@@ -453,16 +469,37 @@ def folder_labels(files: Sequence[str], class_names: Sequence[str]) -> Optional[
     return None if any(label is None for label in labels) else labels
 
 
-def class_names_fault(names: Sequence[str]) -> Optional[str]:
-    """What is wrong with a command's class names (fewer than two, an empty one, repeated ones, named), or None."""
+def class_names_fault(names: Sequence[str], *, repeats_allowed: bool = False) -> Optional[str]:
+    """What is wrong with a command's class names (fewer than two, an empty one, repeated ones, named), or None;
+    ``repeats_allowed``: a name may be repeated (each class's folder is known: :func:`repeated_names_warning`)."""
     if len(names) < 2:
         return f"expected at least two distinct non-empty names, got {list(names)}"
     if not all(names):
         return f"expected non-empty names, got an empty one at position {list(names).index('')} of {len(names)}"
     repeated = sorted({name for name, count in collections.Counter(names).items() if count > 1})
-    if repeated:
+    if repeated and not repeats_allowed:
         return f"expected distinct names, got {len(repeated)} repeated of the {len(names)}: {_listed(repeated)}"
     return None
+
+
+def repeated_names_warning(names: Sequence[str], folders: Sequence[str]) -> Optional[str]:
+    """The one-line warning of class names given to several classes, each with its own folder (``folders``, class
+    by class: a names file's, or the sorted sub-folders of ``--folder-order``; ImageNet's ``crane`` is the bird
+    n02012849 and the machine n03126707), or None where every name is distinct: their prompts are one, so the
+    classifier cannot tell the classes apart."""
+    by_name = collections.defaultdict(list)
+    for name, folder in zip(names, folders):
+        by_name[name].append(folder)
+    repeated = {name: found for name, found in by_name.items() if len(found) > 1}
+    if not repeated:
+        return None
+    listed = "; ".join(f"{name!r} for {', '.join(found)}" for name, found in list(repeated.items())[:10])
+    more = f" ({len(repeated)} names in all)" if len(repeated) > 10 else ""
+    return (
+        f"warning: --classes names several classes alike: {listed}{more}; their prompts are the same, so the "
+        "classifier cannot tell them apart (an image of one ranked first among them counts 1/n right); give each "
+        "its own name to tell them apart"
+    )
 
 
 def _listed(names: Sequence[str], limit: int = 10) -> str:
@@ -732,7 +769,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"got {args.captions!r} (not a file)"
         )
     classes, class_folders = (None, None) if args.classes is None else class_names_argument(args.classes, parser)
-    if classes is not None and (fault := class_names_fault(classes)):
+    labelled_by_folder = class_folders is not None or args.folder_order  # (a name may then stand for two classes)
+    if classes is not None and (fault := class_names_fault(classes, repeats_allowed=labelled_by_folder)):
         parser.error(f"argument --classes: {fault}")
     if class_folders is not None and len(set(class_folders)) != len(class_folders):
         repeated = sorted({f for f, count in collections.Counter(class_folders).items() if count > 1})
@@ -771,9 +809,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         )
     if args.folder_order:  # the folders counted against the classes, before the checkpoint is loaded
         try:
-            ordered_folders(args.images, len(classes), listed)
+            class_folders_ordered = list(ordered_folders(args.images, len(classes), listed))
         except ValueError as error:
             parser.error(f"argument --folder-order: {str(error).removeprefix('folder_order: ')}")
+    if classes is not None and labelled_by_folder:
+        warning = repeated_names_warning(classes, class_folders_ordered if class_folders is None else class_folders)
+        if warning:
+            print(warning, file=sys.stderr)
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     if classes is not None:
         result = classify_folder(

@@ -162,3 +162,22 @@ def test_evaluate_shapes_refuses_a_model_that_is_not_a_module():
     with pytest.raises(TypeError) as info:
         evaluate_shapes(object(), _colour_tokenize, _to_tensor, num_test=10)
     assert str(info.value) == "model must be an nn.Module, got object"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_evaluate_shapes_of_a_model_on_a_gpu_equals_its_cpu_result():
+    """The pixels and token ids stayed on the CPU for a model on a GPU: its first layer failed on them."""
+
+    class OnDevice(Oracle):
+        def __init__(self):
+            super().__init__()
+            self.zero = torch.nn.Parameter(torch.zeros(()))  # where the model is
+
+        def encode_image(self, pixels):  # (a CUDA 0-dim parameter plus CPU pixels fails, as a real layer would)
+            return super().encode_image((pixels + self.zero).cpu()).to(self.zero.device)
+
+        def encode_text(self, ids, mask):
+            return super().encode_text(ids, mask) + self.zero
+
+    expected = evaluate_shapes(OnDevice(), _colour_tokenize, _to_tensor, num_test=10)
+    assert evaluate_shapes(OnDevice().cuda(), _colour_tokenize, _to_tensor, num_test=10) == expected

@@ -255,6 +255,24 @@ def test_classes_tied_at_the_top_share_the_credit_whatever_the_labels():
     assert classification_accuracy(images, classes, torch.tensor([0, 1, 2, 0])) == pytest.approx(0.75)  # no tie
 
 
+def test_equal_class_embeddings_of_any_direction_tie_wherever_they_sit_among_the_classes():
+    """Equal class rows tied only for directions like ones(8) / sqrt(8): an fp32 matmul scores two equal
+    columns values a bit apart where they sit in different places of its tiles (3 images, 30 classes of 20
+    dims), so collapsed class embeddings scored 0.011-0.024, not 1/30, and an image of one of two classes
+    sharing an embedding (ImageNet's two 'crane' synsets) 0 or 1, not the 0.5 of a random tie-break."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        images = torch.nn.functional.normalize(torch.randn(3, 20, generator=generator), dim=-1)
+        direction = torch.nn.functional.normalize(torch.randn(1, 20, generator=generator), dim=-1)
+        labels = torch.tensor([0, 7, 29])
+        assert classification_accuracy(images, direction.repeat(30, 1), labels) == pytest.approx(1 / 30, abs=1e-7)
+        classes = torch.nn.functional.normalize(torch.randn(30, 20, generator=generator), dim=-1)
+        classes[29] = classes[0]  # two classes of one embedding, at either end
+        on_it = classes[[0, 0, 29]]  # images exactly on it: the two rank first, level
+        assert classification_accuracy(on_it, classes, torch.tensor([0, 29, 29])) == pytest.approx(0.5, abs=1e-7)
+        assert mean_per_class_accuracy(on_it, classes, torch.tensor([0, 29, 29])) == pytest.approx(0.5, abs=1e-7)
+
+
 @pytest.mark.parametrize(
     "labels, error, match",
     [

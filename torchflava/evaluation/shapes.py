@@ -114,17 +114,20 @@ def _evaluate(
     test = ShapesWorld("test", num_test, image_size=render_size, seed=seed)
     samples = [test[i] for i in range(len(test))]
     images = torch.stack([image_transform(s.image) for s in samples])
+    # a model on an accelerator gets its inputs there (the CPU pixels and ids failed inside its first layer), and
+    # its features come back to the CPU, where the labels and the class names' indices are
+    device = next(model.parameters(), torch.empty(0)).device
 
     def encode_text(ids: Tensor, mask: Tensor) -> Tensor:
         return torch.cat(
             [
-                model.encode_text(ids[i : i + batch_size], mask[i : i + batch_size])
+                model.encode_text(ids[i : i + batch_size].to(device), mask[i : i + batch_size].to(device)).cpu()
                 for i in range(0, len(ids), batch_size)
             ]
         )
 
     image_features = torch.cat(
-        [model.encode_image(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        [model.encode_image(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
     )
     text_features = encode_text(*tokenize([s.text for s in samples]))
     classes = zero_shot_classifier(encode_text, tokenize, CLASS_NAMES, templates)

@@ -264,7 +264,12 @@ def class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tenso
         raise ValueError(f"labels must be in [0, {class_embeddings.shape[0]})")
     check_finite(image_features=image_features, class_embeddings=class_embeddings)
     check_normalised(image_features=image_features, class_embeddings=class_embeddings)
-    similarity = image_features.float() @ class_embeddings.float().T  # (N, C)
+    # equal class rows scored through one column: an fp32 matmul gives two equal columns values a bit apart where
+    # they sit in different places of its tiles (3 images, 30 classes of 20 dims: most draws), which broke the tie
+    # (found on the CPU, whatever the device: (C, D) is small)
+    distinct, column = torch.unique(class_embeddings.detach().float().cpu(), dim=0, return_inverse=True)
+    distinct, column = distinct.to(image_features.device), column.to(image_features.device)
+    similarity = (image_features.float() @ distinct.T)[:, column]  # (N, C)
     labels = labels.long().to(similarity.device)  # (gather takes long indices)
     own = similarity.gather(1, labels[:, None])  # (N, 1) each image's score with its class
     above = (similarity > own).sum(dim=1)  # classes that certainly rank first
