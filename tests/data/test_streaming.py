@@ -334,6 +334,75 @@ def test_a_shard_cut_in_a_header_is_reported_once_in_one_line_with_the_samples_r
     assert report["skipped_samples"] == len(report["skipped_examples"]) == 2
 
 
+def _damaged_at_a_header(root: Path, damage: str) -> str:
+    """A shard of 6 samples (a PNG and a caption each) damaged at the header of its 5th sample's first
+    member: a ``.tar.gz`` whose tar stops 100 bytes into that header (the gzip stream itself whole, as a
+    ``tar | gzip`` pipeline whose tar was stopped writes it), or a ``.tar`` whose header there is corrupt."""
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for index in range(6):
+            for name, data in ((f"s{index}.png", png(index)), (f"s{index}.txt", f"caption {index}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    data = bytearray(buffer.getvalue())
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer) as tar:
+        header = tar.getmembers()[2 * 4].offset
+    root.mkdir(parents=True, exist_ok=True)
+    if damage == "tar.gz cut in a header":
+        path = root / "cut.tar.gz"
+        path.write_bytes(gzip.compress(bytes(data[: header + 100])))
+    else:
+        path = root / "corrupt.tar"
+        data[header + 148 : header + 156] = b"0000000\0"  # (a wrong header checksum)
+        path.write_bytes(bytes(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("damage", ["tar.gz cut in a header", "corrupt header"])
+def test_a_shard_that_breaks_off_at_a_header_is_reported(tmp_path, damage):
+    """tarfile's stream mode ends a shard's members alike at its end-of-archive block, at the end of its data
+    and at a corrupt header: a .tar.gz cut in a header (a decompressor tells no cut there) and a tar with a
+    damaged header mid-shard lost their last samples without a word, as if whole (TarShards reports the
+    damage)."""
+    shard = _damaged_at_a_header(tmp_path, damage)
+    errors: list = []
+    samples = list(raw_samples(shard, errors))
+    assert [sample["__key__"] for sample in samples] == ["s0", "s1", "s2", "s3"]
+    assert "__cut__" in samples[3] and "__cut__" not in samples[2]  # (it may have lost members to the break)
+    assert [(url, count) for url, count, _ in errors] == [(shard, 4)]
+    reason = {
+        "tar.gz cut in a header": "EOFError: the shard ends without tar's end-of-archive blocks: it was cut short",
+        "corrupt header": "ReadError: the block at byte 8192 of the tar is not a valid header (bad checksum); "
+        "the rest of the shard is lost",
+    }[damage]
+    batches = items(stream(shard, batch_size=3, shuffle_buffer=0), 2)
+    assert texts(batches) == ["caption 0", "caption 1", "caption 2"] * 2
+    assert [entry for item in batches for entry in item.skipped] == [
+        ("pairs", f"{shard}:s3", f"{shard}:s3: the shard breaks off in or after this sample"),
+        ("pairs", shard, f"shard unreadable after 4 sample(s): {reason} @ {shard}"),
+    ]
+
+
+def test_a_tar_that_ends_with_one_zero_block_keeps_its_last_sample(tmp_path):
+    """tar's end-of-archive is two zero blocks, but tarfile (and TarShards) stop at the first: a shard whose
+    writer wrote one lost its last sample, counted as cut, and was reported as cut short."""
+    whole = Path(write_shards(tmp_path, shards=1, per_shard=3)[0]).read_bytes()
+    end = len(whole.rstrip(b"\0"))
+    one = tmp_path / "one.tar"
+    one.write_bytes(whole[: end + (-end % 512) + 512])
+    errors: list = []
+    assert [(sample["__key__"], "__cut__" in sample) for sample in raw_samples(str(one), errors)] == [
+        ("s00000", False),
+        ("s00001", False),
+        ("s00002", False),
+    ]
+    assert errors == []
+
+
 def _cut_and_whole(root: Path) -> list[str]:
     """A whole shard of 6 samples and a shard cut inside its 5th sample's members (4 whole samples)."""
     whole = write_shards(root / "whole", shards=1, per_shard=6)[0]

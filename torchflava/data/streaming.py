@@ -39,9 +39,9 @@ epoch of a small set of shards (its stream has no epoch boundary).
 Bad data. A sample without a required member, or whose image or text does not decode
 (:func:`~torchflava.data.decode.decode_image`, the same rules as the random-access readers), is
 skipped and reported in its batch's ``skipped`` list as ``(kind, "<url>:<key>", reason)``. A shard
-that cannot be opened or breaks off (a cut file, a failed command or download, an uncompressed tar
-without its end-of-archive blocks) keeps the samples read before the break, counts its last one as
-bad (it may be partial), and is reported as ``(kind, "<url>", "shard unreadable after <n> sample(s):
+that cannot be opened or breaks off (a cut file, a failed command or download, a tar, compressed or
+not, whose data ends before its end-of-archive block or holds a corrupt header) keeps the samples
+read before the break, counts its last one as bad (it may be partial), and is reported as ``(kind, "<url>", "shard unreadable after <n> sample(s):
 ...")`` with <n> the samples read before the break, the one counted bad included, with the first
 sample of the block read past the break. Each slot reports each unusable sample and shard once per
 run, though it may read them every epoch, so what the training loop checkpoints does not grow with
@@ -268,10 +268,10 @@ class ShardCommand:
 
 
 class _Watched:
-    """A read-only stream that remembers its first and last bytes, to tell a whole tar from a cut one."""
+    """A read-only stream named by its shard's URL that ends a read looping past its end."""
 
     def __init__(self, stream, url: str) -> None:
-        self.stream, self.url, self.head, self.tail = stream, url, b"", b""
+        self.stream, self.url = stream, url
         self.reads_at_end = 0
 
     def __str__(self) -> str:  # webdataset names the stream in its errors
@@ -285,31 +285,44 @@ class _Watched:
             self.reads_at_end += 1
             if self.reads_at_end > _READS_AT_END:
                 raise EOFError("the shard ends before the data its last member header claims")
-        if len(self.head) < _HEAD:
-            self.head = (self.head + data)[:_HEAD]
-        self.tail = (self.tail + data)[-2 * _BLOCK :]
         return data
 
-    def cut_short(self) -> bool:
-        """Read what tarfile left and say whether an uncompressed tar lacks its end-of-archive blocks
-        (a compressed one ends with compressed data: its decompressor tells a cut)."""
+    def drain(self) -> None:
+        """Read what tarfile left after the end-of-archive block (a command's exit status comes with its end)."""
         while self.read(1 << 20):
             pass
-        if _compressed(self.head):
-            return False
-        return len(self.tail) < 2 * _BLOCK or self.tail.strip(b"\0") != b""
 
 
-def _compressed(head: bytes) -> bool:
-    """Whether a shard starting with the bytes ``head`` (10 or more) is compressed as tarfile's
-    streaming mode reads it (gzip, bzip2, xz or lzma), by the magic numbers tarfile checks."""
-    bzip2 = head[:3] == b"BZh" and head[4:10] == b"1AY&SY"  # "BZh" alone may start a member's name
-    return head.startswith((b"\x1f\x8b\x08", b"\xfd7zXZ", b"\x5d\x00\x00\x80")) or bzip2
-
-
-_BLOCK = 512  # tar's block; an archive ends with two zero blocks
-_HEAD = 10  # bytes of a shard's start that tell a compressed one
 _READS_AT_END = 64  # reads past a shard's end before it counts as cut short (tarfile reads a few there)
+
+
+class _EndOfArchive(tarfile.TarInfo):
+    """A ``TarInfo`` that records on the ``TarFile`` reading it (``stopped_by``) the header error that ended
+    its members. tarfile's stream mode ends them alike at the end-of-archive block, at the end of the data
+    (a shard cut at or inside a header) and at a corrupt header: a cut ``.tar.gz`` (when its decompressed
+    data broke off there) or a tar with a damaged header mid-shard lost the rest of the shard without a word,
+    where :class:`~torchflava.data.readers.TarShards` reports the damage."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as error:
+            tar.stopped_by = error
+            raise
+
+
+def _end_fault(tar: tarfile.TarFile) -> Optional[Exception]:
+    """Why a shard whose members ``tar`` gave until its end broke off: None when it ended at an
+    end-of-archive block, the error to report when its data ended (cut) or a header is not valid."""
+    stop = getattr(tar, "stopped_by", None)
+    if isinstance(stop, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
+        return EOFError("the shard ends without tar's end-of-archive blocks: it was cut short")
+    if isinstance(stop, tarfile.InvalidHeaderError):
+        return tarfile.ReadError(
+            f"the block at byte {tar.offset} of the tar is not a valid header ({stop}); the rest of the shard is lost"
+        )
+    return None
 
 
 def _grouped(files: Iterator[dict], started: Optional[list] = None) -> Iterator[dict]:
@@ -345,8 +358,8 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     When the shard cannot be read, from the start or from some point on, ``(url, samples read,
     error)`` is appended to ``errors`` (once per reading; the samples begun before that point, the
     one given as cut included) and the samples before that point are still given; nothing is raised.
-    When the stream broke off (a cut file or download, a failed command, an uncompressed tar
-    without its end-of-archive blocks) the last sample may be incomplete: it is given as
+    When the stream broke off (a cut file or download, a failed command, a tar whose data ends
+    before its end-of-archive block or holds a corrupt header) the last sample may be incomplete: it is given as
     ``{"__key__": key, "__cut__": reason}`` instead.
 
     Args:
@@ -379,12 +392,10 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
                 yield previous
             previous = sample
         try:
-            cut = not failed and stream.cut_short()
+            if not failed:
+                stream.drain()
         except Exception as error:  # a command's exit status, raised by a read once it ended (pipe:)
             keep_going(error)
-            cut = False
-        if cut:
-            keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
         if previous is not None and any(
             isinstance(e, (tarfile.TarError, EOFError, OSError, zlib.error)) for e in failed
         ):
@@ -411,7 +422,7 @@ def _tar_members(stream: "_Watched", url: str, handler: Callable[[Exception], bo
     :data:`MAX_MEMBER_BYTES` is refused from its header (ValueError to ``handler``) before any of it is
     read into memory."""
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")
+        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_EndOfArchive)
         for info in tar:
             name = info.name
             try:
@@ -432,6 +443,9 @@ def _tar_members(stream: "_Watched", url: str, handler: Callable[[Exception], bo
                     error.args = (f"{error.args[0]} @ {stream}",) + error.args[1:]
                 if not handler(error):
                     return
+        fault = _end_fault(tar)
+        if fault is not None:
+            handler(fault)
     except Exception as error:  # opening the shard, or reading a header (the report names the shard)
         handler(error)
 
