@@ -106,6 +106,20 @@ def test_brace_pattern_glob_and_list_expand_to_the_shards(shard_dir):
         expand_shards(3)
 
 
+def test_a_shard_whose_name_holds_glob_characters_is_read_as_named(shard_dir, tmp_path):
+    """A shard path with ``[`` in it (``laion[en]/...``) was taken for a glob, whose character class matched
+    no file: a stream refused shards that TarShards and the recipes' path checks read."""
+    folder = tmp_path / "laion[en]"
+    folder.mkdir()
+    for index in (0, 1):
+        shutil.copy(shard_dir / f"shard-00{index}.tar", folder / f"shard-00{index}.tar")
+    assert expand_shards(str(folder / "shard-{000..001}.tar")) == [str(folder / f"shard-00{i}.tar") for i in (0, 1)]
+    assert texts(items(stream(str(folder / "shard-000.tar"), shuffle_buffer=0), 1)) == [
+        f"caption {i}" for i in range(5)
+    ]
+    assert expand_shards(str(shard_dir / "shard-00[6-7].tar")) == [str(shard_dir / f"shard-00{i}.tar") for i in (6, 7)]
+
+
 def test_unshuffled_stream_reads_the_shards_in_order(shard_dir):
     data = stream(str(shard_dir / "shard-{000..007}.tar"), shuffle_buffer=0)
     first = items(data, 9)  # 45 samples: the 40 of epoch 0, then epoch 1 starts again at the first

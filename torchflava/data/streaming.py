@@ -126,8 +126,8 @@ def url_scheme(url: str) -> str:
 def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
     """The shard URLs of a spec: brace patterns (``shard-{000..099}.tar``) expanded, local globs matched.
 
-    Each string is brace-expanded in order; a local path (no scheme) with ``*``, ``?`` or ``[`` is a
-    glob (``**`` recurses) and gives its matching files sorted; any other local path must be a file.
+    Each string is brace-expanded in order; a local path (no scheme) that names no file and holds ``*``,
+    ``?`` or ``[`` is a glob (``**`` recurses) and gives its matching files sorted; any other must be a file.
     URLs (``pipe:``, ``http(s)://``, ``s3://``, ``gs://`` ...) are kept as they are: they are
     opened only when read.
 
@@ -149,15 +149,13 @@ def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
         raise TypeError(f"shards must be a string or a list of strings, got {shards!r}")
     urls = []
     for url in (url for spec in specs for url in braceexpand.braceexpand(spec)):
-        if url_scheme(url):
+        if url_scheme(url) or os.path.isfile(url):  # (a file named with [ ] is itself, as TarShards reads it)
             urls.append(url)
         elif any(char in url for char in "*?["):
             matches = glob_files(url)  # (each real folder once: a linked folder's loop ends)
             if not matches:
                 raise FileNotFoundError(f"shards: no file matches {url!r}")
             urls.extend(matches)
-        elif os.path.isfile(url):
-            urls.append(url)
         else:
             raise FileNotFoundError(f"shards: {url!r} is not a file")
     if not urls:
