@@ -27,10 +27,12 @@ from torchflava.data.streaming import (
     BrokenStream,
     StreamedSource,
     StreamingBatches,
+    StreamingConfig,
     broken_stream_reason,
     expand_shards,
     raw_samples,
     slot_positions,
+    streaming_checks,
     url_scheme,
 )
 
@@ -118,6 +120,29 @@ def test_a_shard_whose_name_holds_glob_characters_is_read_as_named(shard_dir, tm
         f"caption {i}" for i in range(5)
     ]
     assert expand_shards(str(shard_dir / "shard-00[6-7].tar")) == [str(shard_dir / f"shard-00{i}.tar") for i in (6, 7)]
+
+
+@pytest.mark.parametrize("name", ["p.tar.gz", "p.tgz", "p.tar.bz2", "p.tar.xz", "shard-*.tar.xz"])
+def test_compressed_shards_without_streaming_point_to_it(name):
+    """A .tar.bz2 or .tar.xz (read by a stream, as a .tar.gz) given without data.streaming.enabled was refused
+    as "not an uncompressed tar" when indexed, without the pointer a .tar.gz has."""
+    checks = streaming_checks(
+        StreamingConfig(enabled=False), source="files", shards=f"/data/{name}", world_size=1, num_workers=0
+    )
+    assert [(key, expected, got) for ok, key, expected, got in checks if not ok] == [
+        (
+            "data.files.pairs_shards",
+            "local uncompressed tar files (a path or glob); URLs, brace patterns and .tar.gz need "
+            "data.streaming.enabled=true",
+            f"/data/{name}",
+        )
+    ]
+    assert all(
+        ok
+        for ok, *_ in streaming_checks(
+            StreamingConfig(), source="files", shards="/d/p.tar", world_size=1, num_workers=0
+        )
+    )
 
 
 def test_unshuffled_stream_reads_the_shards_in_order(shard_dir):

@@ -503,6 +503,11 @@ def broken_stream_message(error: BrokenStream, shards: object) -> str:
     return f"key 'data.files.pairs_shards': expected shards with usable samples, got {shards!r} ({reason})"
 
 
+# Names of compressed tars, which only a stream reads (TarShards seeks in uncompressed ones): a .tar.bz2 or
+# .tar.xz given without streaming was refused as 'not an uncompressed tar', without the pointer a .tar.gz has
+_COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz")
+
+
 @dataclass
 class StreamingConfig:
     """A recipe's ``data.streaming`` section (see :func:`streaming_checks`)."""
@@ -527,7 +532,7 @@ def streaming_checks(
     ]
     if not streaming.enabled:
         only_streamed = shards is not None and (
-            bool(url_scheme(shards)) or "{" in shards or shards.endswith((".gz", ".tgz"))
+            bool(url_scheme(shards)) or "{" in shards or shards.endswith(_COMPRESSED_SUFFIXES)
         )
         expected = (
             "local uncompressed tar files (a path or glob); URLs, brace patterns and .tar.gz need "
