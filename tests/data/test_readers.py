@@ -602,6 +602,32 @@ def test_samples_whose_keys_hold_a_dot_name_the_members_found(tmp_path):
     ]
 
 
+def test_samples_with_members_of_unread_extensions_say_which_are_read(tmp_path):
+    """A ``.caption`` text or a ``.tif`` image is no member the readers read: the refusal blamed dots in the
+    keys (there are none) rather than say which extensions are read, in TarShards and in the stream."""
+    path = write_tar(
+        tmp_path / "caption.tar",
+        [("k0.png", png_bytes()), ("k0.caption", b"a cat"), ("k1.tif", png_bytes()), ("k1.txt", b"a dog")],
+    )
+    with pytest.raises(ValueError) as caught:
+        TarShards(path)
+    assert str(caught.value) == (
+        "shards must hold a sample with image and text members, none of 2 sample(s) does (the first, caption.tar:k0: "
+        "no text member (its other members' extensions: caption; texts are read from .txt members, or .json's "
+        "'caption'))"
+    )
+    images = TarShards(path, require=("image",), image_extensions=("png", "jpg"))
+    assert [getattr(r, "reason", None) for r in outcomes(images)] == [
+        None,
+        "caption.tar:k1: no image member (its other members' extensions: tif; images are read from .png, .jpg members)",
+    ]
+    streamed = StreamingBatches(str(path), None, batch_size=1, json_text_key=None)
+    assert streamed.unusable_start() == (
+        f"none of the first 2 samples of slot 0's shards decodes; the first: {path}:k0: no text member (its other "
+        "members' extensions: caption; texts are read from .txt members)"
+    )
+
+
 def test_tar_shards_items_and_bad_samples(tmp_path, shards):
     dataset = TarShards(str(tmp_path / "shard-*.tar"))
     assert len(dataset) == 9

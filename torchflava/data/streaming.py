@@ -77,6 +77,7 @@ from torchflava.data.readers import (
     check_extensions,
     check_max_pixels,
     glob_files,
+    members_read,
     missing_members,
     read_image,
     text_member,
@@ -948,7 +949,9 @@ class StreamingBatches(IterableDataset):
         missing = [name for name, data in (("image", image), ("text", text)) if name in self.require and data is None]
         if missing:
             known = {*self.image_extensions, *self.text_extensions, "json"}
-            raise BadSample(where, f"{where}: {missing_members(missing, (e for e in members if e not in known))}")
+            others = (e for e in members if e not in known)
+            read = members_read(self.image_extensions, self.text_extensions, self.json_text_key)
+            raise BadSample(where, f"{where}: {missing_members(missing, others, read=read)}")
         return Sample(
             image=read_image(io.BytesIO(image), where, where, self.max_pixels) if "image" in self.require else None,
             text=text_member(text, json_key, where, where) if "text" in self.require else None,
