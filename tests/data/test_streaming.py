@@ -31,6 +31,7 @@ from torchflava.data.streaming import (
     broken_stream_reason,
     expand_shards,
     raw_samples,
+    shard_texts,
     slot_positions,
     streaming_checks,
     url_scheme,
@@ -665,6 +666,38 @@ def test_a_stream_without_a_usable_sample_is_found_before_it_is_iterated(tmp_pat
             f"the pairs stream gave 4 unusable samples in a row (last: {late}:s004: no text member); the data "
             "looks broken"
         )
+
+
+def test_shards_that_cannot_be_read_in_a_row_break_the_stream_without_trying_every_shard(tmp_path, shard_dir):
+    """Shards no command can fetch (aws s3 cp without credentials, a wrong bucket): the start check, a loader
+    slot and a vocabulary's texts tried every shard, a slot's epochs over until each had failed (the start check
+    ran 1050 commands for 200 shards on 4 slots; hours for thousands of shards), and the recipe then named
+    data.vocab. They stop after max_bad_in_a_row shards in a row that could not be read."""
+    log = tmp_path / "tried"
+    urls = [f"pipe:echo {i} >> {log}; exit 3" for i in range(40)]
+
+    def tried() -> int:
+        count = len(log.read_text().split())
+        log.unlink()
+        return count
+
+    broken = stream(urls, world_size=2, num_workers=2, max_bad_in_a_row=5)
+    reason = broken.unusable_start()
+    assert reason.startswith(
+        "pairs: 5 shards in a row could not be read (shard unreadable after 0 sample(s): OSError: "
+    )
+    assert "exited with status 3" in reason and tried() == 5
+    with pytest.raises(BrokenStream, match="^pairs: 5 shards in a row could not be read"):
+        items(stream(urls, max_bad_in_a_row=5), 1)
+    assert tried() == 5
+    with pytest.raises(ValueError, match="^shards: 5 shards in a row could not be read"):
+        shard_texts(urls, 10, max_unreadable_in_a_row=5)
+    assert tried() == 5
+    # unreadable shards between readable ones are skipped and reported, as before
+    mixed = [url for pair in zip(urls, sorted(map(str, shard_dir.glob("shard-*.tar")))) for url in pair]
+    batches = items(stream(mixed, shuffle_buffer=0, max_bad_in_a_row=2), 8)
+    assert texts(batches) == [f"caption {i}" for i in range(40)]
+    assert len([entry for item in batches for entry in item.skipped]) == 8 and tried() == 8
 
 
 def _shards_some_empty(root: Path, sizes: list[int]) -> list[str]:

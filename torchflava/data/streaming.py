@@ -50,7 +50,10 @@ it read whole, the samples it used of those it had begun), so a resumed run repo
 uninterrupted one does (with unchanged shards). An empty shard is no error:
 a slot whose shards of an epoch are all empty goes on to its next epoch (shuffled, another draw of
 shards); it raises :class:`BrokenStream` only when no later epoch can give a sample (unshuffled, the
-same shards again; or every shard of the stream read empty in epochs in a row).
+same shards again; or every shard of the stream read empty in epochs in a row). Shards that cannot be
+read (an error before any sample: a failed command, a refused download) are no empty shards:
+``max_bad_in_a_row`` of them in a row, over a slot's epochs, raise :class:`BrokenStream` (credentials
+missing, a wrong bucket), without trying every shard of the stream first.
 """
 
 from dataclasses import dataclass
@@ -463,16 +466,23 @@ def shard_texts(
     *,
     text_extensions: tuple[str, ...] = ("txt",),
     json_text_key: Optional[str] = "caption",
+    max_unreadable_in_a_row: int = 50,
 ) -> list[str]:
     """Up to ``limit`` usable texts, read from the shards in their given order (no image is decoded):
     what a run learns its vocabulary from.
 
     Raises:
         FileNotFoundError, TypeError, ValueError: as :func:`expand_shards`.
+        ValueError: naming ``shards``, when ``max_unreadable_in_a_row`` shards in a row before ``limit``
+            texts cannot be read (an error, no sample), with the last errors, rather than try every shard.
     """
     texts: list[str] = []
+    errors: list = []
+    unreadable = 0
     for url in expand_shards(shards):
-        for raw in raw_samples(url, []):
+        failed, given = len(errors), False
+        for raw in raw_samples(url, errors):
+            given = True
             members = {name.lower(): value for name, value in raw.items() if not name.startswith("__")}
             text, json_key = _text_of(members, tuple(text_extensions), json_text_key)
             if text is None:
@@ -483,6 +493,9 @@ def shard_texts(
                 continue
             if len(texts) >= limit:
                 return texts
+        unreadable = 0 if given or len(errors) == failed else unreadable + 1
+        if unreadable >= max_unreadable_in_a_row:
+            raise ValueError(f"shards: {unreadable} shards in a row could not be read ({_errors(errors)})")
     return texts
 
 
@@ -646,7 +659,8 @@ class StreamingBatches(IterableDataset):
         text_extensions (tuple[str, ...]): extensions of UTF-8 text members, in order of preference.
         json_text_key (Optional[str]): key of the text in a ``.json`` member; None ignores ``.json``.
         max_image_pixels (int): images with more pixels are bad samples.
-        max_bad_in_a_row (int): consecutive unusable samples after which the data is declared broken.
+        max_bad_in_a_row (int): consecutive unusable samples, or shards that cannot be read, after which
+            the data is declared broken.
         mixed (Optional[MixedBatches]): step-indexed batches of other kinds to mix in by ratio, built
             with a :class:`StreamedSource` for ``kind``: micro-step ``n`` is ``mixed[n]`` when
             ``mixed.kind(n)`` is another kind, else the stream's next batch (the stream ends after
@@ -826,14 +840,25 @@ class StreamingBatches(IterableDataset):
         return not self.shuffle_buffer or len(silent) == len(set(self.urls))
 
     def _reads(
-        self, slot: int, epoch: int, shard: int, offset: int, errors: list, passed: Optional[set] = None
+        self,
+        slot: int,
+        epoch: int,
+        shard: int,
+        offset: int,
+        errors: list,
+        passed: Optional[set] = None,
+        unreadable: Optional[list] = None,
     ) -> Iterator[tuple]:
         """``(shard, offset, url, raw)`` of the slot's samples of ``epoch`` from the ``offset``-th
         sample of its ``shard``-th shard on (the skipped ones read but not decoded, their names added to
         ``passed`` when given), and after the samples of a shard whose reading failed, ``(shard, None,
         url, fault)`` with its ``(url, count, error)``: a fault has a place in the stream, as a sample
-        has, however the shard is read (from its start, or past an offset in a restart)."""
+        has, however the shard is read (from its start, or past an offset in a restart).
+
+        ``unreadable[0]`` (kept across the epochs of a slot) counts the shards in a row that could not be
+        read (an error, no sample): at ``max_bad_in_a_row`` the stream is broken (:class:`BrokenStream`)."""
         empty_in_a_row = 0
+        unreadable = [0] if unreadable is None else unreadable
         for number in itertools.count(shard):
             url = self._shard(slot, epoch, number)
             if url is None:
@@ -848,6 +873,13 @@ class StreamingBatches(IterableDataset):
             for fault in errors[failed:]:
                 yield number, None, url, fault
             empty_in_a_row = 0 if given else empty_in_a_row + 1
+            # (shards that cannot be opened, e.g. every aws s3 cp without credentials: each was tried, a slot's
+            # epochs over, until every shard of the stream had been read in vain, hours for thousands of shards)
+            unreadable[0] = 0 if given or len(errors) == failed else unreadable[0] + 1
+            if unreadable[0] >= self.max_bad_in_a_row:
+                raise BrokenStream(
+                    f"{self.kind}: {unreadable[0]} shards in a row could not be read ({_errors(errors)})"
+                )
             if self.resampled and empty_in_a_row >= self.max_bad_in_a_row:
                 raise BrokenStream(f"{self.kind}: {empty_in_a_row} shards in a row gave no sample ({_errors(errors)})")
 
@@ -863,8 +895,9 @@ class StreamingBatches(IterableDataset):
         before, used = self._read_before(slot, epoch, shard), set()
         faulted = set(before)  # shards whose fault was recorded
         faults: list = []  # faults to record, with the next sample given
+        unreadable = [0]  # shards in a row that could not be read, over epochs
         while True:
-            reads = self._reads(slot, epoch, shard, offset, errors, used)
+            reads = self._reads(slot, epoch, shard, offset, errors, used, unreadable)
             found = False
             while True:
                 chunk, read_faults, trailing = _block(reads, max(1, self.shuffle_buffer))
@@ -907,9 +940,11 @@ class StreamingBatches(IterableDataset):
         stream without a usable sample is refused before any work, not after its first steps."""
         slot, errors, first, count = self.rank * self.workers, [], None, 0
         silent: set = set()
+        unreadable = [0]
         try:
             for epoch in itertools.count():  # past epochs of empty shards only, while another may follow
-                samples = (read for read in self._reads(slot, epoch, 0, 0, errors) if read[1] is not None)
+                reads = self._reads(slot, epoch, 0, 0, errors, unreadable=unreadable)
+                samples = (read for read in reads if read[1] is not None)
                 for _, _, url, raw in itertools.islice(samples, self.max_bad_in_a_row):
                     count += 1
                     try:
@@ -967,8 +1002,9 @@ class StreamingBatches(IterableDataset):
 
         Raises:
             ValueError: if the loader has another number of workers than ``num_workers``.
-            BrokenStream: if the data looks broken (``max_bad_in_a_row`` unusable samples, or the
-                slot's epochs give no sample when no later epoch can: see the module's "Bad data").
+            BrokenStream: if the data looks broken (``max_bad_in_a_row`` unusable samples or shards that
+                cannot be read in a row, or the slot's epochs give no sample when no later epoch can: see the
+                module's "Bad data").
         """
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
