@@ -77,6 +77,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.mixing import SOURCE_SIZES, MixedBatches, SkippedSample, item_seed
 from torchflava.data.readers import (
+    APART,
     check_extensions,
     check_max_pixels,
     glob_files,
@@ -332,21 +333,25 @@ def _grouped(files: Iterator[dict], started: Optional[list] = None) -> Iterator[
     to the basename's first dot; the rest, lower-cased, is the extension). A key that comes back, or
     a member repeated within a run, starts another sample, as :class:`~torchflava.data.readers.TarShards`
     indexes them (webdataset's grouping drops a repeated member and stops counting the shard's samples).
+    A sample whose key came before another key's members is marked ``"__apart__"`` (its reason says so).
 
     ``started[0]``, when given, counts the samples begun so far: a sample is given only once the
     next one begins, so when ``files`` fails this is how many samples were read before the failure."""
     from webdataset.tariterators import base_plus_ext
 
     current: Optional[dict] = None
+    seen: set = set()  # the shard's keys so far: one that comes back after others has members apart
     for member in files:
         key, extension = base_plus_ext(member["fname"])
         if key is None:
             continue
         extension = extension.lower()
         if current is None or key != current["__key__"] or extension in current:
+            apart = key in seen and (current is None or key != current["__key__"])
             if current is not None:
                 yield current
-            current = {"__key__": key, "__url__": member.get("__url__")}
+            current = {"__key__": key, "__url__": member.get("__url__"), **({"__apart__": True} if apart else {})}
+            seen.add(key)
             if started is not None:
                 started[0] += 1
         current[extension] = member["data"]
@@ -950,15 +955,18 @@ class StreamingBatches(IterableDataset):
                     try:
                         self.decode(url, raw)
                         return None
-                    except BadSample as bad:
-                        first = first or bad
+                    except BadSample as bad:  # (the first; else the first whose key's members lie apart, which
+                        # says why: the first piece of such a key cannot know the rest comes later)
+                        if first is None or (APART in bad.reason and APART not in first.reason):
+                            first = bad
                 if count or self._nothing_to_wait_for(slot, epoch, silent):
                     break
         except BrokenStream as error:
             return str(error)
         if first is None:
             return f"slot {slot}'s shards gave no sample ({_errors(errors)})"
-        return f"none of the first {count} samples of slot {slot}'s shards decodes; the first: {first.reason}"
+        which = "one" if APART in first.reason else "the first"
+        return f"none of the first {count} samples of slot {slot}'s shards decodes; {which}: {first.reason}"
 
     # ------------------------------------------------------------------------------------ samples
     def decode(self, url: str, raw: dict) -> Sample:
@@ -986,7 +994,8 @@ class StreamingBatches(IterableDataset):
             known = {*self.image_extensions, *self.text_extensions, "json"}
             others = (e for e in members if e not in known)
             read = members_read(self.image_extensions, self.text_extensions, self.json_text_key)
-            raise BadSample(where, f"{where}: {missing_members(missing, others, read=read)}")
+            reason = missing_members(missing, others, read=read, apart="__apart__" in raw)
+            raise BadSample(where, f"{where}: {reason}")
         return Sample(
             image=read_image(io.BytesIO(image), where, where, self.max_pixels) if "image" in self.require else None,
             text=text_member(text, json_key, where, where) if "text" in self.require else None,
