@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import BadSample, Sample
-from torchflava.data.streaming import StreamingBatches
+from torchflava.data.streaming import StreamingBatches, raw_samples
 
 # A 2 x 1 RGB image with two exact pixels (PNG is lossless).
 RED_GREEN = [(255, 0, 0), (0, 255, 0)]
@@ -600,6 +600,74 @@ def test_samples_whose_keys_hold_a_dot_name_the_members_found(tmp_path):
         f"dots.tar:photo: no image member (its other members' extensions: v2.png, v2.txt; {hint})",
         None,
     ]
+
+
+def test_samples_with_members_of_unread_extensions_say_which_are_read(tmp_path):
+    """A ``.caption`` text or a ``.tif`` image is no member the readers read: the refusal blamed dots in the
+    keys (there are none) rather than say which extensions are read, in TarShards and in the stream."""
+    path = write_tar(
+        tmp_path / "caption.tar",
+        [("k0.png", png_bytes()), ("k0.caption", b"a cat"), ("k1.tif", png_bytes()), ("k1.txt", b"a dog")],
+    )
+    with pytest.raises(ValueError) as caught:
+        TarShards(path)
+    assert str(caught.value) == (
+        "shards must hold a sample with image and text members, none of 2 sample(s) does (the first, caption.tar:k0: "
+        "no text member (its other members' extensions: caption; texts are read from .txt members, or .json's "
+        "'caption'))"
+    )
+    images = TarShards(path, require=("image",), image_extensions=("png", "jpg"))
+    assert [getattr(r, "reason", None) for r in outcomes(images)] == [
+        None,
+        "caption.tar:k1: no image member (its other members' extensions: tif; images are read from .png, .jpg members)",
+    ]
+    streamed = StreamingBatches(str(path), None, batch_size=1, json_text_key=None)
+    assert streamed.unusable_start() == (
+        f"none of the first 2 samples of slot 0's shards decodes; the first: {path}:k0: no text member (its other "
+        "members' extensions: caption; texts are read from .txt members)"
+    )
+
+
+def test_samples_whose_members_lie_apart_in_the_shard_say_so(tmp_path):
+    """A tar written from a folder in directory order (``tar cf x.tar -C dir .``) scatters a key's members: each
+    run of them is a sample (as webdataset groups them), refused as lacking a member the shard holds, with no
+    word of why. The reason says the key has members elsewhere (TarShards knows it of every run; a stream of
+    the runs after the first, and its start check names one of those)."""
+    hint = (
+        "its key has other members elsewhere in the shard, not next to these: a sample's members must be consecutive "
+        "in the tar, as webdataset writes them (tar --sort=name orders a folder's files so)"
+    )
+    members = [("k0.png", png_bytes()), ("k1.png", png_bytes()), ("k0.txt", b"a"), ("k1.txt", b"b")]
+    path = write_tar(tmp_path / "scattered.tar", [*members, ("k2.png", png_bytes()), ("k2.txt", b"c")])
+    assert [getattr(r, "reason", None) for r in outcomes(TarShards(path))] == [
+        f"scattered.tar:k0: no text member; {hint}",
+        f"scattered.tar:k1: no text member; {hint}",
+        f"scattered.tar:k0: no image member; {hint}",
+        f"scattered.tar:k1: no image member; {hint}",
+        None,
+    ]
+    streamed = StreamingBatches(str(path), None, batch_size=1)
+    reasons = []
+    for raw in raw_samples(str(path), []):
+        try:
+            streamed.decode(str(path), raw)
+            reasons.append(None)
+        except BadSample as bad:
+            reasons.append(bad.reason)
+    assert reasons == [
+        f"{path}:k0: no text member",
+        f"{path}:k1: no text member",
+        f"{path}:k0: no image member; {hint}",
+        f"{path}:k1: no image member; {hint}",
+        None,
+    ]
+    only = write_tar(tmp_path / "only.tar", members)
+    assert StreamingBatches(str(only), None, batch_size=1).unusable_start() == (
+        f"none of the first 4 samples of slot 0's shards decodes; one: {only}:k0: no image member; {hint}"
+    )
+    with pytest.raises(ValueError) as caught:
+        TarShards(only)
+    assert str(caught.value).endswith(f"(the first, only.tar:k0: no text member; {hint})")
 
 
 def test_tar_shards_items_and_bad_samples(tmp_path, shards):

@@ -27,10 +27,13 @@ from torchflava.data.streaming import (
     BrokenStream,
     StreamedSource,
     StreamingBatches,
+    StreamingConfig,
     broken_stream_reason,
     expand_shards,
     raw_samples,
+    shard_texts,
     slot_positions,
+    streaming_checks,
     url_scheme,
 )
 
@@ -104,6 +107,43 @@ def test_brace_pattern_glob_and_list_expand_to_the_shards(shard_dir):
         expand_shards(str(shard_dir / "none-*.tar"))
     with pytest.raises(TypeError, match="shards must be a string or a list of strings, got 3"):
         expand_shards(3)
+
+
+def test_a_shard_whose_name_holds_glob_characters_is_read_as_named(shard_dir, tmp_path):
+    """A shard path with ``[`` in it (``laion[en]/...``) was taken for a glob, whose character class matched
+    no file: a stream refused shards that TarShards and the recipes' path checks read."""
+    folder = tmp_path / "laion[en]"
+    folder.mkdir()
+    for index in (0, 1):
+        shutil.copy(shard_dir / f"shard-00{index}.tar", folder / f"shard-00{index}.tar")
+    assert expand_shards(str(folder / "shard-{000..001}.tar")) == [str(folder / f"shard-00{i}.tar") for i in (0, 1)]
+    assert texts(items(stream(str(folder / "shard-000.tar"), shuffle_buffer=0), 1)) == [
+        f"caption {i}" for i in range(5)
+    ]
+    assert expand_shards(str(shard_dir / "shard-00[6-7].tar")) == [str(shard_dir / f"shard-00{i}.tar") for i in (6, 7)]
+
+
+@pytest.mark.parametrize("name", ["p.tar.gz", "p.tgz", "p.tar.bz2", "p.tar.xz", "shard-*.tar.xz"])
+def test_compressed_shards_without_streaming_point_to_it(name):
+    """A .tar.bz2 or .tar.xz (read by a stream, as a .tar.gz) given without data.streaming.enabled was refused
+    as "not an uncompressed tar" when indexed, without the pointer a .tar.gz has."""
+    checks = streaming_checks(
+        StreamingConfig(enabled=False), source="files", shards=f"/data/{name}", world_size=1, num_workers=0
+    )
+    assert [(key, expected, got) for ok, key, expected, got in checks if not ok] == [
+        (
+            "data.files.pairs_shards",
+            "local uncompressed tar files (a path or glob); URLs, brace patterns and .tar.gz need "
+            "data.streaming.enabled=true",
+            f"/data/{name}",
+        )
+    ]
+    assert all(
+        ok
+        for ok, *_ in streaming_checks(
+            StreamingConfig(), source="files", shards="/d/p.tar", world_size=1, num_workers=0
+        )
+    )
 
 
 def test_unshuffled_stream_reads_the_shards_in_order(shard_dir):
@@ -334,6 +374,75 @@ def test_a_shard_cut_in_a_header_is_reported_once_in_one_line_with_the_samples_r
     assert report["skipped_samples"] == len(report["skipped_examples"]) == 2
 
 
+def _damaged_at_a_header(root: Path, damage: str) -> str:
+    """A shard of 6 samples (a PNG and a caption each) damaged at the header of its 5th sample's first
+    member: a ``.tar.gz`` whose tar stops 100 bytes into that header (the gzip stream itself whole, as a
+    ``tar | gzip`` pipeline whose tar was stopped writes it), or a ``.tar`` whose header there is corrupt."""
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for index in range(6):
+            for name, data in ((f"s{index}.png", png(index)), (f"s{index}.txt", f"caption {index}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    data = bytearray(buffer.getvalue())
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer) as tar:
+        header = tar.getmembers()[2 * 4].offset
+    root.mkdir(parents=True, exist_ok=True)
+    if damage == "tar.gz cut in a header":
+        path = root / "cut.tar.gz"
+        path.write_bytes(gzip.compress(bytes(data[: header + 100])))
+    else:
+        path = root / "corrupt.tar"
+        data[header + 148 : header + 156] = b"0000000\0"  # (a wrong header checksum)
+        path.write_bytes(bytes(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("damage", ["tar.gz cut in a header", "corrupt header"])
+def test_a_shard_that_breaks_off_at_a_header_is_reported(tmp_path, damage):
+    """tarfile's stream mode ends a shard's members alike at its end-of-archive block, at the end of its data
+    and at a corrupt header: a .tar.gz cut in a header (a decompressor tells no cut there) and a tar with a
+    damaged header mid-shard lost their last samples without a word, as if whole (TarShards reports the
+    damage)."""
+    shard = _damaged_at_a_header(tmp_path, damage)
+    errors: list = []
+    samples = list(raw_samples(shard, errors))
+    assert [sample["__key__"] for sample in samples] == ["s0", "s1", "s2", "s3"]
+    assert "__cut__" in samples[3] and "__cut__" not in samples[2]  # (it may have lost members to the break)
+    assert [(url, count) for url, count, _ in errors] == [(shard, 4)]
+    reason = {
+        "tar.gz cut in a header": "EOFError: the shard ends without tar's end-of-archive blocks: it was cut short",
+        "corrupt header": "ReadError: the block at byte 8192 of the tar is not a valid header (bad checksum); "
+        "the rest of the shard is lost",
+    }[damage]
+    batches = items(stream(shard, batch_size=3, shuffle_buffer=0), 2)
+    assert texts(batches) == ["caption 0", "caption 1", "caption 2"] * 2
+    assert [entry for item in batches for entry in item.skipped] == [
+        ("pairs", f"{shard}:s3", f"{shard}:s3: the shard breaks off in or after this sample"),
+        ("pairs", shard, f"shard unreadable after 4 sample(s): {reason} @ {shard}"),
+    ]
+
+
+def test_a_tar_that_ends_with_one_zero_block_keeps_its_last_sample(tmp_path):
+    """tar's end-of-archive is two zero blocks, but tarfile (and TarShards) stop at the first: a shard whose
+    writer wrote one lost its last sample, counted as cut, and was reported as cut short."""
+    whole = Path(write_shards(tmp_path, shards=1, per_shard=3)[0]).read_bytes()
+    end = len(whole.rstrip(b"\0"))
+    one = tmp_path / "one.tar"
+    one.write_bytes(whole[: end + (-end % 512) + 512])
+    errors: list = []
+    assert [(sample["__key__"], "__cut__" in sample) for sample in raw_samples(str(one), errors)] == [
+        ("s00000", False),
+        ("s00001", False),
+        ("s00002", False),
+    ]
+    assert errors == []
+
+
 def _cut_and_whole(root: Path) -> list[str]:
     """A whole shard of 6 samples and a shard cut inside its 5th sample's members (4 whole samples)."""
     whole = write_shards(root / "whole", shards=1, per_shard=6)[0]
@@ -557,6 +666,38 @@ def test_a_stream_without_a_usable_sample_is_found_before_it_is_iterated(tmp_pat
             f"the pairs stream gave 4 unusable samples in a row (last: {late}:s004: no text member); the data "
             "looks broken"
         )
+
+
+def test_shards_that_cannot_be_read_in_a_row_break_the_stream_without_trying_every_shard(tmp_path, shard_dir):
+    """Shards no command can fetch (aws s3 cp without credentials, a wrong bucket): the start check, a loader
+    slot and a vocabulary's texts tried every shard, a slot's epochs over until each had failed (the start check
+    ran 1050 commands for 200 shards on 4 slots; hours for thousands of shards), and the recipe then named
+    data.vocab. They stop after max_bad_in_a_row shards in a row that could not be read."""
+    log = tmp_path / "tried"
+    urls = [f"pipe:echo {i} >> {log}; exit 3" for i in range(40)]
+
+    def tried() -> int:
+        count = len(log.read_text().split())
+        log.unlink()
+        return count
+
+    broken = stream(urls, world_size=2, num_workers=2, max_bad_in_a_row=5)
+    reason = broken.unusable_start()
+    assert reason.startswith(
+        "pairs: 5 shards in a row could not be read (shard unreadable after 0 sample(s): OSError: "
+    )
+    assert "exited with status 3" in reason and tried() == 5
+    with pytest.raises(BrokenStream, match="^pairs: 5 shards in a row could not be read"):
+        items(stream(urls, max_bad_in_a_row=5), 1)
+    assert tried() == 5
+    with pytest.raises(ValueError, match="^shards: 5 shards in a row could not be read"):
+        shard_texts(urls, 10, max_unreadable_in_a_row=5)
+    assert tried() == 5
+    # unreadable shards between readable ones are skipped and reported, as before
+    mixed = [url for pair in zip(urls, sorted(map(str, shard_dir.glob("shard-*.tar")))) for url in pair]
+    batches = items(stream(mixed, shuffle_buffer=0, max_bad_in_a_row=2), 8)
+    assert texts(batches) == [f"caption {i}" for i in range(40)]
+    assert len([entry for item in batches for entry in item.skipped]) == 8 and tried() == 8
 
 
 def _shards_some_empty(root: Path, sizes: list[int]) -> list[str]:

@@ -10,7 +10,7 @@ files per read, so they pickle into ``DataLoader`` workers. Image decoding is
 :func:`~torchflava.data.samples.load_rgb`; text checking is :func:`~torchflava.data.samples.checked_text`.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 import contextlib
 import csv
 import fnmatch
@@ -1120,19 +1120,47 @@ class _TarSample(NamedTuple):
     text: Optional[tuple[int, int]]
     text_is_json: bool
     others: tuple[str, ...] = ()  # extensions of its members that are neither image, text nor json
+    apart: bool = False  # its key has members elsewhere in the shard, not next to these
 
 
-def missing_members(missing: list[str], others: Iterable[str]) -> str:
+# Why a sample whose key has members elsewhere in its shard lacks some (a tar written from a folder in directory
+# order, `tar cf x.tar -C dir .`, scatters them: every sample was refused as lacking a member that the shard holds)
+APART = (
+    "; its key has other members elsewhere in the shard, not next to these: a sample's members must be consecutive "
+    "in the tar, as webdataset writes them (tar --sort=name orders a folder's files so)"
+)
+
+
+def missing_members(
+    missing: list[str], others: Iterable[str], *, read: Optional[Mapping[str, str]] = None, apart: bool = False
+) -> str:
     """A sample's reason for lacking the ``missing`` members, naming its ``others`` (extensions the reader
-    does not know): ``photo.v2.jpg`` is key ``photo`` with extension ``v2.jpg``, as webdataset splits it."""
+    does not know): ``photo.v2.jpg`` is key ``photo`` with extension ``v2.jpg``, as webdataset splits it;
+    an extension without a dot (``caption``) is one the reader does not read, and ``read`` (what it reads
+    for each modality, ``{"text": ".txt members, or .json's 'caption'"}``) says what it reads instead.
+    ``apart``: the sample's key has other members elsewhere in the shard (:data:`APART`)."""
+    if apart:
+        return f"no {' and no '.join(missing)} member{APART}"
     reason = f"no {' and no '.join(missing)} member"
     others = sorted(others)
-    if others:
+    if others and any("." in other for other in others):
         reason += (
             f" (its other members' extensions: {', '.join(others)}; a key ends at the member name's first dot, "
             "so a key with a dot gives such extensions)"
         )
+    elif others:
+        wanted = "; ".join(f"{name}s are read from {read[name]}" for name in missing if name in (read or {}))
+        reason += f" (its other members' extensions: {', '.join(others)}{'; ' + wanted if wanted else ''})"
     return reason
+
+
+def members_read(image_extensions: Sequence[str], text_extensions: Sequence[str], json_text_key: Optional[str]) -> dict:
+    """What a shard reader reads for each modality, for :func:`missing_members`."""
+    text = ", ".join(f".{e}" for e in text_extensions) + " members"
+    return {
+        "image": ", ".join(f".{e}" for e in image_extensions) + " members",
+        "text": text if json_text_key is None else f"{text}, or .json's {json_text_key!r}",
+    }
 
 
 def glob_files(pattern: str) -> list[str]:
@@ -1307,13 +1335,19 @@ def _scan_shard(
                     groups[-1][1][extension] = (member.offset_data, member.size)
     except tarfile.TarError as error:
         raise ValueError(f"shards must be uncompressed tar files, {path!r} is not one ({error})") from None
+    apart, seen = set(), set()  # keys whose members lie in runs apart, not next to each other
+    for number, (key, _) in enumerate(groups):
+        if key in seen and groups[number - 1][0] != key:
+            apart.add(key)
+        seen.add(key)
     samples = []
     for key, group in groups:
         image = next((group[e] for e in image_extensions if e in group), None)
         text = next((group[e] for e in text_extensions if e in group), None)
         from_json = text is None and json_text and "json" in group
         others = tuple(e for e in group if e not in image_extensions and e not in text_extensions and e != "json")
-        samples.append(_TarSample(shard, key, image, group["json"] if from_json else text, from_json, others))
+        text = group["json"] if from_json else text
+        samples.append(_TarSample(shard, key, image, text, from_json, others, apart=key in apart))
     return samples, damage
 
 
@@ -1386,6 +1420,7 @@ class TarShards(Dataset):
         if json_text_key is not None and not isinstance(json_text_key, str):
             raise TypeError(f"json_text_key must be a str or None, got {type(json_text_key).__name__}")
         self._json_text_key = json_text_key
+        self._members_read = members_read(image_extensions, text_extensions, json_text_key)
         self._paths = _shard_paths(shards)
         self._samples: list[_TarSample] = []
         self._damage: list[ShardDamage] = []
@@ -1408,7 +1443,8 @@ class TarShards(Dataset):
             missing = [name for name in self._require if getattr(first, name) is None]
             raise ValueError(
                 f"shards must hold a sample with {wanted} members, none of {len(self)} sample(s) does (the first, "
-                f"{os.path.basename(self._paths[first.shard])}:{first.key}: {missing_members(missing, first.others)})"
+                f"{os.path.basename(self._paths[first.shard])}:{first.key}: "
+                f"{missing_members(missing, first.others, read=self._members_read, apart=first.apart)})"
             )
 
     @property
@@ -1466,7 +1502,8 @@ class TarShards(Dataset):
         where = f"{os.path.basename(self._paths[sample.shard])}:{sample.key}"
         missing = [name for name in names if getattr(sample, name) is None]
         if missing:
-            raise BadSample(index, f"{where}: {missing_members(missing, sample.others)}")
+            reason = missing_members(missing, sample.others, read=self._members_read, apart=sample.apart)
+            raise BadSample(index, f"{where}: {reason}")
         data = self._read(sample, names, index, where)
         image = read_image(io.BytesIO(data["image"]), index, where, self._max_pixels) if "image" in data else None
         json_key = self._json_text_key if sample.text_is_json else None

@@ -39,9 +39,9 @@ epoch of a small set of shards (its stream has no epoch boundary).
 Bad data. A sample without a required member, or whose image or text does not decode
 (:func:`~torchflava.data.decode.decode_image`, the same rules as the random-access readers), is
 skipped and reported in its batch's ``skipped`` list as ``(kind, "<url>:<key>", reason)``. A shard
-that cannot be opened or breaks off (a cut file, a failed command or download, an uncompressed tar
-without its end-of-archive blocks) keeps the samples read before the break, counts its last one as
-bad (it may be partial), and is reported as ``(kind, "<url>", "shard unreadable after <n> sample(s):
+that cannot be opened or breaks off (a cut file, a failed command or download, a tar, compressed or
+not, whose data ends before its end-of-archive block or holds a corrupt header) keeps the samples
+read before the break, counts its last one as bad (it may be partial), and is reported as ``(kind, "<url>", "shard unreadable after <n> sample(s):
 ...")`` with <n> the samples read before the break, the one counted bad included, with the first
 sample of the block read past the break. Each slot reports each unusable sample and shard once per
 run, though it may read them every epoch, so what the training loop checkpoints does not grow with
@@ -50,7 +50,10 @@ it read whole, the samples it used of those it had begun), so a resumed run repo
 uninterrupted one does (with unchanged shards). An empty shard is no error:
 a slot whose shards of an epoch are all empty goes on to its next epoch (shuffled, another draw of
 shards); it raises :class:`BrokenStream` only when no later epoch can give a sample (unshuffled, the
-same shards again; or every shard of the stream read empty in epochs in a row).
+same shards again; or every shard of the stream read empty in epochs in a row). Shards that cannot be
+read (an error before any sample: a failed command, a refused download) are no empty shards:
+``max_bad_in_a_row`` of them in a row, over a slot's epochs, raise :class:`BrokenStream` (credentials
+missing, a wrong bucket), without trying every shard of the stream first.
 """
 
 from dataclasses import dataclass
@@ -74,9 +77,11 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.mixing import SOURCE_SIZES, MixedBatches, SkippedSample, item_seed
 from torchflava.data.readers import (
+    APART,
     check_extensions,
     check_max_pixels,
     glob_files,
+    members_read,
     missing_members,
     read_image,
     text_member,
@@ -126,8 +131,8 @@ def url_scheme(url: str) -> str:
 def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
     """The shard URLs of a spec: brace patterns (``shard-{000..099}.tar``) expanded, local globs matched.
 
-    Each string is brace-expanded in order; a local path (no scheme) with ``*``, ``?`` or ``[`` is a
-    glob (``**`` recurses) and gives its matching files sorted; any other local path must be a file.
+    Each string is brace-expanded in order; a local path (no scheme) that names no file and holds ``*``,
+    ``?`` or ``[`` is a glob (``**`` recurses) and gives its matching files sorted; any other must be a file.
     URLs (``pipe:``, ``http(s)://``, ``s3://``, ``gs://`` ...) are kept as they are: they are
     opened only when read.
 
@@ -149,15 +154,13 @@ def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:
         raise TypeError(f"shards must be a string or a list of strings, got {shards!r}")
     urls = []
     for url in (url for spec in specs for url in braceexpand.braceexpand(spec)):
-        if url_scheme(url):
+        if url_scheme(url) or os.path.isfile(url):  # (a file named with [ ] is itself, as TarShards reads it)
             urls.append(url)
         elif any(char in url for char in "*?["):
             matches = glob_files(url)  # (each real folder once: a linked folder's loop ends)
             if not matches:
                 raise FileNotFoundError(f"shards: no file matches {url!r}")
             urls.extend(matches)
-        elif os.path.isfile(url):
-            urls.append(url)
         else:
             raise FileNotFoundError(f"shards: {url!r} is not a file")
     if not urls:
@@ -268,10 +271,10 @@ class ShardCommand:
 
 
 class _Watched:
-    """A read-only stream that remembers its first and last bytes, to tell a whole tar from a cut one."""
+    """A read-only stream named by its shard's URL that ends a read looping past its end."""
 
     def __init__(self, stream, url: str) -> None:
-        self.stream, self.url, self.head, self.tail = stream, url, b"", b""
+        self.stream, self.url = stream, url
         self.reads_at_end = 0
 
     def __str__(self) -> str:  # webdataset names the stream in its errors
@@ -285,31 +288,44 @@ class _Watched:
             self.reads_at_end += 1
             if self.reads_at_end > _READS_AT_END:
                 raise EOFError("the shard ends before the data its last member header claims")
-        if len(self.head) < _HEAD:
-            self.head = (self.head + data)[:_HEAD]
-        self.tail = (self.tail + data)[-2 * _BLOCK :]
         return data
 
-    def cut_short(self) -> bool:
-        """Read what tarfile left and say whether an uncompressed tar lacks its end-of-archive blocks
-        (a compressed one ends with compressed data: its decompressor tells a cut)."""
+    def drain(self) -> None:
+        """Read what tarfile left after the end-of-archive block (a command's exit status comes with its end)."""
         while self.read(1 << 20):
             pass
-        if _compressed(self.head):
-            return False
-        return len(self.tail) < 2 * _BLOCK or self.tail.strip(b"\0") != b""
 
 
-def _compressed(head: bytes) -> bool:
-    """Whether a shard starting with the bytes ``head`` (10 or more) is compressed as tarfile's
-    streaming mode reads it (gzip, bzip2, xz or lzma), by the magic numbers tarfile checks."""
-    bzip2 = head[:3] == b"BZh" and head[4:10] == b"1AY&SY"  # "BZh" alone may start a member's name
-    return head.startswith((b"\x1f\x8b\x08", b"\xfd7zXZ", b"\x5d\x00\x00\x80")) or bzip2
-
-
-_BLOCK = 512  # tar's block; an archive ends with two zero blocks
-_HEAD = 10  # bytes of a shard's start that tell a compressed one
 _READS_AT_END = 64  # reads past a shard's end before it counts as cut short (tarfile reads a few there)
+
+
+class _EndOfArchive(tarfile.TarInfo):
+    """A ``TarInfo`` that records on the ``TarFile`` reading it (``stopped_by``) the header error that ended
+    its members. tarfile's stream mode ends them alike at the end-of-archive block, at the end of the data
+    (a shard cut at or inside a header) and at a corrupt header: a cut ``.tar.gz`` (when its decompressed
+    data broke off there) or a tar with a damaged header mid-shard lost the rest of the shard without a word,
+    where :class:`~torchflava.data.readers.TarShards` reports the damage."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as error:
+            tar.stopped_by = error
+            raise
+
+
+def _end_fault(tar: tarfile.TarFile) -> Optional[Exception]:
+    """Why a shard whose members ``tar`` gave until its end broke off: None when it ended at an
+    end-of-archive block, the error to report when its data ended (cut) or a header is not valid."""
+    stop = getattr(tar, "stopped_by", None)
+    if isinstance(stop, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
+        return EOFError("the shard ends without tar's end-of-archive blocks: it was cut short")
+    if isinstance(stop, tarfile.InvalidHeaderError):
+        return tarfile.ReadError(
+            f"the block at byte {tar.offset} of the tar is not a valid header ({stop}); the rest of the shard is lost"
+        )
+    return None
 
 
 def _grouped(files: Iterator[dict], started: Optional[list] = None) -> Iterator[dict]:
@@ -317,21 +333,25 @@ def _grouped(files: Iterator[dict], started: Optional[list] = None) -> Iterator[
     to the basename's first dot; the rest, lower-cased, is the extension). A key that comes back, or
     a member repeated within a run, starts another sample, as :class:`~torchflava.data.readers.TarShards`
     indexes them (webdataset's grouping drops a repeated member and stops counting the shard's samples).
+    A sample whose key came before another key's members is marked ``"__apart__"`` (its reason says so).
 
     ``started[0]``, when given, counts the samples begun so far: a sample is given only once the
     next one begins, so when ``files`` fails this is how many samples were read before the failure."""
     from webdataset.tariterators import base_plus_ext
 
     current: Optional[dict] = None
+    seen: set = set()  # the shard's keys so far: one that comes back after others has members apart
     for member in files:
         key, extension = base_plus_ext(member["fname"])
         if key is None:
             continue
         extension = extension.lower()
         if current is None or key != current["__key__"] or extension in current:
+            apart = key in seen and (current is None or key != current["__key__"])
             if current is not None:
                 yield current
-            current = {"__key__": key, "__url__": member.get("__url__")}
+            current = {"__key__": key, "__url__": member.get("__url__"), **({"__apart__": True} if apart else {})}
+            seen.add(key)
             if started is not None:
                 started[0] += 1
         current[extension] = member["data"]
@@ -345,8 +365,8 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
     When the shard cannot be read, from the start or from some point on, ``(url, samples read,
     error)`` is appended to ``errors`` (once per reading; the samples begun before that point, the
     one given as cut included) and the samples before that point are still given; nothing is raised.
-    When the stream broke off (a cut file or download, a failed command, an uncompressed tar
-    without its end-of-archive blocks) the last sample may be incomplete: it is given as
+    When the stream broke off (a cut file or download, a failed command, a tar whose data ends
+    before its end-of-archive block or holds a corrupt header) the last sample may be incomplete: it is given as
     ``{"__key__": key, "__cut__": reason}`` instead.
 
     Args:
@@ -379,12 +399,10 @@ def raw_samples(url: str, errors: list) -> Iterator[dict]:
                 yield previous
             previous = sample
         try:
-            cut = not failed and stream.cut_short()
+            if not failed:
+                stream.drain()
         except Exception as error:  # a command's exit status, raised by a read once it ended (pipe:)
             keep_going(error)
-            cut = False
-        if cut:
-            keep_going(EOFError("the shard ends without tar's end-of-archive blocks: it was cut short"))
         if previous is not None and any(
             isinstance(e, (tarfile.TarError, EOFError, OSError, zlib.error)) for e in failed
         ):
@@ -411,7 +429,7 @@ def _tar_members(stream: "_Watched", url: str, handler: Callable[[Exception], bo
     :data:`MAX_MEMBER_BYTES` is refused from its header (ValueError to ``handler``) before any of it is
     read into memory."""
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")
+        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_EndOfArchive)
         for info in tar:
             name = info.name
             try:
@@ -432,6 +450,9 @@ def _tar_members(stream: "_Watched", url: str, handler: Callable[[Exception], bo
                     error.args = (f"{error.args[0]} @ {stream}",) + error.args[1:]
                 if not handler(error):
                     return
+        fault = _end_fault(tar)
+        if fault is not None:
+            handler(fault)
     except Exception as error:  # opening the shard, or reading a header (the report names the shard)
         handler(error)
 
@@ -450,16 +471,23 @@ def shard_texts(
     *,
     text_extensions: tuple[str, ...] = ("txt",),
     json_text_key: Optional[str] = "caption",
+    max_unreadable_in_a_row: int = 50,
 ) -> list[str]:
     """Up to ``limit`` usable texts, read from the shards in their given order (no image is decoded):
     what a run learns its vocabulary from.
 
     Raises:
         FileNotFoundError, TypeError, ValueError: as :func:`expand_shards`.
+        ValueError: naming ``shards``, when ``max_unreadable_in_a_row`` shards in a row before ``limit``
+            texts cannot be read (an error, no sample), with the last errors, rather than try every shard.
     """
     texts: list[str] = []
+    errors: list = []
+    unreadable = 0
     for url in expand_shards(shards):
-        for raw in raw_samples(url, []):
+        failed, given = len(errors), False
+        for raw in raw_samples(url, errors):
+            given = True
             members = {name.lower(): value for name, value in raw.items() if not name.startswith("__")}
             text, json_key = _text_of(members, tuple(text_extensions), json_text_key)
             if text is None:
@@ -470,6 +498,9 @@ def shard_texts(
                 continue
             if len(texts) >= limit:
                 return texts
+        unreadable = 0 if given or len(errors) == failed else unreadable + 1
+        if unreadable >= max_unreadable_in_a_row:
+            raise ValueError(f"shards: {unreadable} shards in a row could not be read ({_errors(errors)})")
     return texts
 
 
@@ -489,6 +520,11 @@ def broken_stream_message(error: BrokenStream, shards: object) -> str:
     samples read but that broke further on (``error``)."""
     reason = broken_stream_reason(error)
     return f"key 'data.files.pairs_shards': expected shards with usable samples, got {shards!r} ({reason})"
+
+
+# Names of compressed tars, which only a stream reads (TarShards seeks in uncompressed ones): a .tar.bz2 or
+# .tar.xz given without streaming was refused as 'not an uncompressed tar', without the pointer a .tar.gz has
+_COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz")
 
 
 @dataclass
@@ -515,7 +551,7 @@ def streaming_checks(
     ]
     if not streaming.enabled:
         only_streamed = shards is not None and (
-            bool(url_scheme(shards)) or "{" in shards or shards.endswith((".gz", ".tgz"))
+            bool(url_scheme(shards)) or "{" in shards or shards.endswith(_COMPRESSED_SUFFIXES)
         )
         expected = (
             "local uncompressed tar files (a path or glob); URLs, brace patterns and .tar.gz need "
@@ -628,7 +664,8 @@ class StreamingBatches(IterableDataset):
         text_extensions (tuple[str, ...]): extensions of UTF-8 text members, in order of preference.
         json_text_key (Optional[str]): key of the text in a ``.json`` member; None ignores ``.json``.
         max_image_pixels (int): images with more pixels are bad samples.
-        max_bad_in_a_row (int): consecutive unusable samples after which the data is declared broken.
+        max_bad_in_a_row (int): consecutive unusable samples, or shards that cannot be read, after which
+            the data is declared broken.
         mixed (Optional[MixedBatches]): step-indexed batches of other kinds to mix in by ratio, built
             with a :class:`StreamedSource` for ``kind``: micro-step ``n`` is ``mixed[n]`` when
             ``mixed.kind(n)`` is another kind, else the stream's next batch (the stream ends after
@@ -808,14 +845,25 @@ class StreamingBatches(IterableDataset):
         return not self.shuffle_buffer or len(silent) == len(set(self.urls))
 
     def _reads(
-        self, slot: int, epoch: int, shard: int, offset: int, errors: list, passed: Optional[set] = None
+        self,
+        slot: int,
+        epoch: int,
+        shard: int,
+        offset: int,
+        errors: list,
+        passed: Optional[set] = None,
+        unreadable: Optional[list] = None,
     ) -> Iterator[tuple]:
         """``(shard, offset, url, raw)`` of the slot's samples of ``epoch`` from the ``offset``-th
         sample of its ``shard``-th shard on (the skipped ones read but not decoded, their names added to
         ``passed`` when given), and after the samples of a shard whose reading failed, ``(shard, None,
         url, fault)`` with its ``(url, count, error)``: a fault has a place in the stream, as a sample
-        has, however the shard is read (from its start, or past an offset in a restart)."""
+        has, however the shard is read (from its start, or past an offset in a restart).
+
+        ``unreadable[0]`` (kept across the epochs of a slot) counts the shards in a row that could not be
+        read (an error, no sample): at ``max_bad_in_a_row`` the stream is broken (:class:`BrokenStream`)."""
         empty_in_a_row = 0
+        unreadable = [0] if unreadable is None else unreadable
         for number in itertools.count(shard):
             url = self._shard(slot, epoch, number)
             if url is None:
@@ -830,6 +878,13 @@ class StreamingBatches(IterableDataset):
             for fault in errors[failed:]:
                 yield number, None, url, fault
             empty_in_a_row = 0 if given else empty_in_a_row + 1
+            # (shards that cannot be opened, e.g. every aws s3 cp without credentials: each was tried, a slot's
+            # epochs over, until every shard of the stream had been read in vain, hours for thousands of shards)
+            unreadable[0] = 0 if given or len(errors) == failed else unreadable[0] + 1
+            if unreadable[0] >= self.max_bad_in_a_row:
+                raise BrokenStream(
+                    f"{self.kind}: {unreadable[0]} shards in a row could not be read ({_errors(errors)})"
+                )
             if self.resampled and empty_in_a_row >= self.max_bad_in_a_row:
                 raise BrokenStream(f"{self.kind}: {empty_in_a_row} shards in a row gave no sample ({_errors(errors)})")
 
@@ -845,8 +900,9 @@ class StreamingBatches(IterableDataset):
         before, used = self._read_before(slot, epoch, shard), set()
         faulted = set(before)  # shards whose fault was recorded
         faults: list = []  # faults to record, with the next sample given
+        unreadable = [0]  # shards in a row that could not be read, over epochs
         while True:
-            reads = self._reads(slot, epoch, shard, offset, errors, used)
+            reads = self._reads(slot, epoch, shard, offset, errors, used, unreadable)
             found = False
             while True:
                 chunk, read_faults, trailing = _block(reads, max(1, self.shuffle_buffer))
@@ -889,23 +945,28 @@ class StreamingBatches(IterableDataset):
         stream without a usable sample is refused before any work, not after its first steps."""
         slot, errors, first, count = self.rank * self.workers, [], None, 0
         silent: set = set()
+        unreadable = [0]
         try:
             for epoch in itertools.count():  # past epochs of empty shards only, while another may follow
-                samples = (read for read in self._reads(slot, epoch, 0, 0, errors) if read[1] is not None)
+                reads = self._reads(slot, epoch, 0, 0, errors, unreadable=unreadable)
+                samples = (read for read in reads if read[1] is not None)
                 for _, _, url, raw in itertools.islice(samples, self.max_bad_in_a_row):
                     count += 1
                     try:
                         self.decode(url, raw)
                         return None
-                    except BadSample as bad:
-                        first = first or bad
+                    except BadSample as bad:  # (the first; else the first whose key's members lie apart, which
+                        # says why: the first piece of such a key cannot know the rest comes later)
+                        if first is None or (APART in bad.reason and APART not in first.reason):
+                            first = bad
                 if count or self._nothing_to_wait_for(slot, epoch, silent):
                     break
         except BrokenStream as error:
             return str(error)
         if first is None:
             return f"slot {slot}'s shards gave no sample ({_errors(errors)})"
-        return f"none of the first {count} samples of slot {slot}'s shards decodes; the first: {first.reason}"
+        which = "one" if APART in first.reason else "the first"
+        return f"none of the first {count} samples of slot {slot}'s shards decodes; {which}: {first.reason}"
 
     # ------------------------------------------------------------------------------------ samples
     def decode(self, url: str, raw: dict) -> Sample:
@@ -931,7 +992,10 @@ class StreamingBatches(IterableDataset):
         missing = [name for name, data in (("image", image), ("text", text)) if name in self.require and data is None]
         if missing:
             known = {*self.image_extensions, *self.text_extensions, "json"}
-            raise BadSample(where, f"{where}: {missing_members(missing, (e for e in members if e not in known))}")
+            others = (e for e in members if e not in known)
+            read = members_read(self.image_extensions, self.text_extensions, self.json_text_key)
+            reason = missing_members(missing, others, read=read, apart="__apart__" in raw)
+            raise BadSample(where, f"{where}: {reason}")
         return Sample(
             image=read_image(io.BytesIO(image), where, where, self.max_pixels) if "image" in self.require else None,
             text=text_member(text, json_key, where, where) if "text" in self.require else None,
@@ -947,8 +1011,9 @@ class StreamingBatches(IterableDataset):
 
         Raises:
             ValueError: if the loader has another number of workers than ``num_workers``.
-            BrokenStream: if the data looks broken (``max_bad_in_a_row`` unusable samples, or the
-                slot's epochs give no sample when no later epoch can: see the module's "Bad data").
+            BrokenStream: if the data looks broken (``max_bad_in_a_row`` unusable samples or shards that
+                cannot be read in a row, or the slot's epochs give no sample when no later epoch can: see the
+                module's "Bad data").
         """
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
