@@ -547,3 +547,23 @@ def test_multimodal_encoder_takes_an_attention_mask_over_the_fused_sequence():
     ):
         with pytest.raises(error, match=message):
             encoder(image_states, text_states, attn_mask=mask)
+
+
+def test_a_causal_multimodal_encoder_refuses_what_would_read_its_cls_as_the_pair():
+    """Before, a Pooler over a causal fusion stack, or CLS_POSITION, quietly gave CLS_M's encoding, which has
+    seen only itself: the same pooled output for every image-text pair (as the text tower's first token was)."""
+    torch.manual_seed(0)
+    causal = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32, is_causal=True)
+    with pytest.raises(ValueError, match=r"^MultimodalEncoder: pooler \(Pooler\) reads CLS_M, the first token, and"):
+        MultimodalEncoder(nn.Linear(8, 16), nn.Linear(8, 16), causal, nn.LayerNorm(16), 16, Pooler(16))
+    encoder = MultimodalEncoder(nn.Linear(8, 16), nn.Linear(8, 16), causal, nn.LayerNorm(16), 16).eval()
+    image, text = torch.randn(2, 3, 8), torch.randn(2, 4, 8)
+    first = encoder(image, text).last_hidden_state[:, 0]
+    assert_close(first[0], first[1], atol=0, rtol=0)  # what it would have read: one value for both pairs
+    with pytest.raises(ValueError, match=r"^MultimodalEncoder: output_positions is CLS_POSITION: it reads CLS_M"):
+        encoder(image, text, output_positions=CLS_POSITION)
+    # a bidirectional stack keeps its Pooler and CLS_POSITION
+    bidirectional = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
+    fused = MultimodalEncoder(nn.Linear(8, 16), nn.Linear(8, 16), bidirectional, nn.LayerNorm(16), 16, Pooler(16))
+    out = fused.eval()(image, text, output_positions=CLS_POSITION)
+    assert_close(out.last_hidden_state, fused(image, text).last_hidden_state[:, :1])

@@ -11,9 +11,11 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput
+from torchflava.modules.encoders.text_encoder import _is_causal
 from torchflava.modules.layers.attention import Positions, check_hidden_states
 from torchflava.modules.layers.patch_embedding import in_weight_dtype
+from torchflava.modules.layers.pooler import Pooler
 from torchflava.modules.layers.text_embedding import check_padding_mask
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack, linear_width
 from torchflava.utils.checks import check_bools, check_int
@@ -34,7 +36,9 @@ class MultimodalEncoder(nn.Module):
         TypeError: if a part is not a module, or ``encoder``'s forward does not take the keyword arguments
             a :class:`TransformerEncoder`'s does that the tower passes (a single layer, torch's encoder).
         ValueError: if the parts' widths differ where they can be read (see
-            :func:`~torchflava.modules.layers.transformer.residual_widths`).
+            :func:`~torchflava.modules.layers.transformer.residual_widths`), or ``pooler`` is a
+            :class:`~torchflava.modules.layers.Pooler` (it reads CLS_M, the first token) over a causal stack
+            (where the first token sees only itself).
     """
 
     def __init__(
@@ -56,6 +60,9 @@ class MultimodalEncoder(nn.Module):
             encoder,
             ("key_padding_mask", "attn_mask", "output_positions", "return_hidden_states", "checkpoint_activations"),
         )
+        causal = _is_causal(encoder)  # (read once: a walk of every module per forward costs)
+        if isinstance(pooler, Pooler) and causal:
+            raise ValueError(_CAUSAL_CLS.format(what="pooler (Pooler) reads"))
         super().__init__()
         self.image_proj = image_proj
         self.text_proj = text_proj
@@ -63,6 +70,7 @@ class MultimodalEncoder(nn.Module):
         self.encoder = encoder
         self.norm = norm
         self.pooler = pooler
+        self._causal = causal  # whether the stack's attention is causal (as built)
         self.reset_parameters()
 
     def reset_parameters(self, *, std: float = 0.02) -> None:
@@ -106,13 +114,16 @@ class MultimodalEncoder(nn.Module):
             ``output_positions`` as indices, and the rest.
 
         Raises:
-            ValueError: if the states are not (B, S, D) floating-point tensors of the widths the input
+            ValueError: if ``output_positions`` is :data:`CLS_POSITION` over a causal stack (CLS_M sees only itself),
+                if the states are not (B, S, D) floating-point tensors of the widths the input
                 projections read (where they tell them) on their device, a projection's output is not of width D (an
                 ``nn.Identity`` over a tower of another width), the batch sizes differ, the mask does
                 not match the text or a row of it is all padding, or ``attn_mask`` is not (S, S) or (B, S, S) for
                 the fused length S or not on the states' device.
             TypeError: if a mask is not a bool tensor, or ``return_hidden_states`` or ``return_pooled`` not a bool.
         """
+        if output_positions is CLS_POSITION and self._causal:
+            raise ValueError(_CAUSAL_CLS.format(what="output_positions is CLS_POSITION: it reads"))
         check_bools(return_hidden_states=return_hidden_states, return_pooled=return_pooled)
         for name, states, proj in (
             ("image_states", image_states, self.image_proj),
@@ -155,6 +166,14 @@ class MultimodalEncoder(nn.Module):
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
         return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
+
+
+# (a causal stack makes the image causal too: a captioner's text-only causality is an attn_mask instead)
+_CAUSAL_CLS = (
+    "MultimodalEncoder: {what} CLS_M, the first token, and the stack's attention is causal: CLS_M sees only "
+    "itself, the same for every image-text pair; build the stack bidirectional (is_causal=False) and make the "
+    "text causal with attn_mask, or read other positions"
+)
 
 
 def _check_fused_mask(attn_mask: object, batch: int, length: int, device: torch.device) -> None:
