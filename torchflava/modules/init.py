@@ -49,8 +49,9 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
     :func:`init_transformer_weights`; every other module that defines ``reset_parameters`` (ours: CLS
     and mask tokens, positions, temperatures; a user's own blocks; torch's other layers, or their
     ``_reset_parameters`` as ``nn.MultiheadAttention`` has) calls it for the raw parameters it owns,
-    with ``std=std`` where it takes that keyword (ours do). Works on meta-device models once
-    materialised with ``to_empty``.
+    with ``std=std`` where it takes that keyword (ours do). An embedding's padding row is zero after it, also
+    where a linear layer shares the table (a tied decoder). Works on meta-device models once materialised
+    with ``to_empty``.
 
     Args:
         model (nn.Module): the model (or any module).
@@ -82,5 +83,9 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
             "(nothing would initialise them)"
         )
     model.apply(functools.partial(init_transformer_weights, std=std))
+    for module in model.modules():  # an embedding's padding row again: a linear layer sharing the table (a tied
+        # language-model or MLM decoder) was drawn after it, over the zeros (the row starts at zero, as untied)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
     for reset in resets:
         reset(std=std) if "std" in inspect.signature(reset).parameters else reset()

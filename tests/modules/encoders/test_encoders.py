@@ -513,3 +513,57 @@ def test_a_causal_text_tower_reads_each_rows_end_token_under_vmap():
     assert_close(encode(ids, end), tower(ids, output_positions=end).last_hidden_state, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match=r"^positions must be indices in \[-10, 10\), got some outside it$"):
         encode(ids, end + 3)
+
+
+def test_multimodal_encoder_takes_an_attention_mask_over_the_fused_sequence():
+    """A prefix language model (a captioner: text causal and reading the image, the image not reading the text)
+    is a mask over the fused sequence. The stack took one; the multimodal encoder did not pass it on
+    (``forward() got an unexpected keyword argument 'attn_mask'``), so such a model needed a class of its own."""
+    torch.manual_seed(0)
+    encoder = multimodal_encoder()
+    image_states, text_states = multimodal_inputs(length=5)
+    s, prefix = 1 + IMAGE_TOKENS + 5, 1 + IMAGE_TOKENS
+    blocked = torch.ones(s, s, dtype=torch.bool).triu(1)  # causal over the text ...
+    blocked[:prefix, :prefix] = False  # ... CLS_M and the image reading one another
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    out = encoder(image_states, text_states, text_padding_mask=padding, attn_mask=blocked).last_hidden_state
+    projected = torch.cat(
+        [encoder.cls_token.expand(2, -1, -1), encoder.image_proj(image_states), encoder.text_proj(text_states)], 1
+    )
+    keys = torch.cat([torch.zeros(2, prefix, dtype=torch.bool), padding], 1)
+    stack = encoder.encoder(projected, key_padding_mask=keys, attn_mask=blocked).last_hidden_state
+    assert_close(out, encoder.norm(stack), atol=0, rtol=0)
+    # a later word changes neither the image's encoding nor an earlier word's
+    changed = text_states.clone()
+    changed[:, 3] += 5
+    again = encoder(image_states, changed, text_padding_mask=padding, attn_mask=blocked.expand(2, s, s))
+    assert_close(again.last_hidden_state[:, : prefix + 3], out[:, : prefix + 3], atol=1e-6, rtol=0)
+    assert not torch.allclose(again.last_hidden_state[0, prefix + 4], out[0, prefix + 4], atol=1e-3)
+    # refused before any work, naming the fused length
+    for mask, error, message in (
+        (blocked[:-1, :-1], ValueError, rf"^attn_mask must have shape \({s}, {s}\) or \(2, {s}, {s}\) over the fused"),
+        (blocked.int(), TypeError, r"^attn_mask must be a bool tensor \(True = blocked\), got torch.int32$"),
+        (blocked.to("meta"), ValueError, r"^attn_mask must be on the states' device cpu, got meta$"),
+    ):
+        with pytest.raises(error, match=message):
+            encoder(image_states, text_states, attn_mask=mask)
+
+
+def test_a_causal_multimodal_encoder_refuses_what_would_read_its_cls_as_the_pair():
+    """Before, a Pooler over a causal fusion stack, or CLS_POSITION, quietly gave CLS_M's encoding, which has
+    seen only itself: the same pooled output for every image-text pair (as the text tower's first token was)."""
+    torch.manual_seed(0)
+    causal = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32, is_causal=True)
+    with pytest.raises(ValueError, match=r"^MultimodalEncoder: pooler \(Pooler\) reads CLS_M, the first token, and"):
+        MultimodalEncoder(nn.Linear(8, 16), nn.Linear(8, 16), causal, nn.LayerNorm(16), 16, Pooler(16))
+    encoder = MultimodalEncoder(nn.Linear(8, 16), nn.Linear(8, 16), causal, nn.LayerNorm(16), 16).eval()
+    image, text = torch.randn(2, 3, 8), torch.randn(2, 4, 8)
+    first = encoder(image, text).last_hidden_state[:, 0]
+    assert_close(first[0], first[1], atol=0, rtol=0)  # what it would have read: one value for both pairs
+    with pytest.raises(ValueError, match=r"^MultimodalEncoder: output_positions is CLS_POSITION: it reads CLS_M"):
+        encoder(image, text, output_positions=CLS_POSITION)
+    # a bidirectional stack keeps its Pooler and CLS_POSITION
+    bidirectional = transformer_encoder(embed_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
+    fused = MultimodalEncoder(nn.Linear(8, 16), nn.Linear(8, 16), bidirectional, nn.LayerNorm(16), 16, Pooler(16))
+    out = fused.eval()(image, text, output_positions=CLS_POSITION)
+    assert_close(out.last_hidden_state, fused(image, text).last_hidden_state[:, :1])

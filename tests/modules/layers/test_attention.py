@@ -2,7 +2,9 @@
 
 from contextlib import nullcontext
 import functools
+import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -594,3 +596,22 @@ def test_an_empty_sequence_is_refused_naming_its_length():
         with pytest.raises(ValueError, match=message):
             module(torch.randn(2, 0, 16))
     assert encoder(torch.randn(0, 5, 16)).last_hidden_state.shape == (0, 5, 16)
+
+
+def test_a_bf16_attention_traced_with_grad_holds_no_python_function_and_saves():
+    """torch.jit.trace records with grad on (its default); bf16 attention then took the matmul path, a Python
+    autograd function, which the traced graph held: saving it failed ("Could not export Python function call
+    '_MathSelfAttention'"), and the trace's own check (again without grad, on SDPA) found the graphs differed."""
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(16, 2).to(torch.bfloat16).eval()
+    x = torch.randn(2, 5, 16, dtype=torch.bfloat16)
+    assert math_attention_wins(*_qkv(s=5, dtype=torch.bfloat16))  # (eagerly, with grad: the matmul path)
+    with warnings.catch_warnings():  # torch.jit.trace is deprecated, still used to export
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(attn, (x,))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        assert_close(loaded(x), attn(x), atol=0, rtol=0)

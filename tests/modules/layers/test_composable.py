@@ -437,3 +437,19 @@ def test_sizes_beyond_memory_and_a_stack_that_is_no_sequence_are_refused_when_bu
     for layers, got in ((5, "int"), ("ab", "str"), (MLP(4, 8), "MLP")):
         with pytest.raises(TypeError, match=f"^layers must be a sequence of layer modules, got {got}$"):
             TransformerEncoder(layers)
+
+
+def test_init_weights_leaves_a_padding_row_zero_under_a_tied_decoder():
+    """A masked language model whose decoder shares the word table (as the README's language model does): the
+    decoder, drawn after the embedding, wrote N(0, std) over the padding row the embedding had just zeroed, where
+    TextEmbedding says the row starts at zero."""
+    torch.manual_seed(0)
+    embeddings = TextEmbedding(30, 16, 8, pad_token_id=2)
+    decoder = nn.Linear(16, 30)
+    decoder.weight = embeddings.word_embed.weight
+    model = nn.ModuleDict({"embeddings": embeddings, "decoder": decoder})
+    init_weights(model)
+    table = embeddings.word_embed.weight.detach()
+    assert decoder.weight is embeddings.word_embed.weight
+    assert not table[2].any()
+    assert table[[0, 1, *range(3, 30)]].all() and abs(float(table.std()) - 0.02) < 0.004

@@ -1,6 +1,7 @@
 """Pre-norm TransformerEncoderLayer, the TransformerEncoder stack (hidden states, checkpointing), MLP, Pooler."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -863,3 +864,27 @@ def test_the_dtype_check_reads_fully_shards_parameters():
             layer(torch.randn(2, 5, D, dtype=torch.float64))
     finally:
         dist.destroy_process_group()
+
+
+def test_a_stack_traces_with_torch_jit_trace_and_its_own_check():
+    """torch.jit.trace checks a trace by tracing again without grad; the MLP's GELU and the layer's residual adds
+    were then written in place, there alone, and every model with a layer failed that check ("Graphs differed
+    across invocations"), unless traced under no_grad or with check_trace=False."""
+
+    class Last(nn.Module):  # (a trace returns tensors: the stack's last hidden state)
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack = TransformerEncoder([make_layer(), make_layer()])
+
+        def forward(self, x):
+            return self.stack(x).last_hidden_state
+
+    torch.manual_seed(0)
+    model = Last().eval()
+    x = torch.randn(2, 5, D)
+    with warnings.catch_warnings():  # torch.jit.trace is deprecated, still used to export
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, (x,))
+    assert_close(traced(x), model(x), atol=0, rtol=0)
+    with torch.no_grad():  # inference outside a trace still writes in place (the same values)
+        assert_close(model(x), traced(x), atol=0, rtol=0)

@@ -1,7 +1,9 @@
 """Multimodal (early-fusion) encoder: image states (B, S_i, D_i) + text states (B, L, D_t) -> (B, 1 + S_i + L, D).
 
 Both inputs are linearly projected to width D, concatenated as ``[CLS_M, image..., text...]`` and
-run through a transformer stack. Text padding is carried into the fused attention as a key mask.
+run through a transformer stack. Text padding is carried into the fused attention as a key mask; an
+``attn_mask`` over the fused sequence shapes who reads whom (e.g. a prefix language model's: text causal,
+image and CLS_M not reading the text).
 """
 
 from typing import Optional, Union
@@ -9,9 +11,11 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from torchflava.modules.encoders.output import EncoderOutput
+from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput
+from torchflava.modules.encoders.text_encoder import _is_causal
 from torchflava.modules.layers.attention import Positions, check_hidden_states
 from torchflava.modules.layers.patch_embedding import in_weight_dtype
+from torchflava.modules.layers.pooler import Pooler
 from torchflava.modules.layers.text_embedding import check_padding_mask
 from torchflava.modules.layers.transformer import TransformerEncoder, check_parts, check_stack, linear_width
 from torchflava.utils.checks import check_bools, check_int
@@ -32,7 +36,9 @@ class MultimodalEncoder(nn.Module):
         TypeError: if a part is not a module, or ``encoder``'s forward does not take the keyword arguments
             a :class:`TransformerEncoder`'s does that the tower passes (a single layer, torch's encoder).
         ValueError: if the parts' widths differ where they can be read (see
-            :func:`~torchflava.modules.layers.transformer.residual_widths`).
+            :func:`~torchflava.modules.layers.transformer.residual_widths`), or ``pooler`` is a
+            :class:`~torchflava.modules.layers.Pooler` (it reads CLS_M, the first token) over a causal stack
+            (where the first token sees only itself).
     """
 
     def __init__(
@@ -52,8 +58,11 @@ class MultimodalEncoder(nn.Module):
         check_stack(
             "MultimodalEncoder",
             encoder,
-            ("key_padding_mask", "output_positions", "return_hidden_states", "checkpoint_activations"),
+            ("key_padding_mask", "attn_mask", "output_positions", "return_hidden_states", "checkpoint_activations"),
         )
+        causal = _is_causal(encoder)  # (read once: a walk of every module per forward costs)
+        if isinstance(pooler, Pooler) and causal:
+            raise ValueError(_CAUSAL_CLS.format(what="pooler (Pooler) reads"))
         super().__init__()
         self.image_proj = image_proj
         self.text_proj = text_proj
@@ -61,6 +70,7 @@ class MultimodalEncoder(nn.Module):
         self.encoder = encoder
         self.norm = norm
         self.pooler = pooler
+        self._causal = causal  # whether the stack's attention is causal (as built)
         self.reset_parameters()
 
     def reset_parameters(self, *, std: float = 0.02) -> None:
@@ -73,6 +83,7 @@ class MultimodalEncoder(nn.Module):
         text_states: Tensor,
         *,
         text_padding_mask: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
         output_positions: Optional[Positions] = None,
         return_hidden_states: bool = False,
         return_pooled: bool = True,
@@ -84,6 +95,10 @@ class MultimodalEncoder(nn.Module):
             image_states (Tensor): (B, S_i, D_i).
             text_states (Tensor): (B, L, D_t).
             text_padding_mask (Optional[Tensor]): (B, L) bool, ``True = padding``.
+            attn_mask (Optional[Tensor]): (S, S) or (B, S, S) bool over the fused sequence of S = 1 + S_i + L
+                positions (``[CLS_M, image..., text...]``), ``True`` = query i may not attend to key j: e.g. a
+                prefix language model's, the text causal and reading the image, CLS_M and the image not
+                reading the text.
             output_positions (Optional[Positions]): a slice, (P,) or (B, P) indices (per row) of the
                 fused sequence: positions whose output alone is wanted; the last layer computes only
                 those and the outputs are (B, P, D) (the pooler then reads the first of them). Or a
@@ -99,12 +114,16 @@ class MultimodalEncoder(nn.Module):
             ``output_positions`` as indices, and the rest.
 
         Raises:
-            ValueError: if the states are not (B, S, D) floating-point tensors of the widths the input
+            ValueError: if ``output_positions`` is :data:`CLS_POSITION` over a causal stack (CLS_M sees only itself),
+                if the states are not (B, S, D) floating-point tensors of the widths the input
                 projections read (where they tell them) on their device, a projection's output is not of width D (an
                 ``nn.Identity`` over a tower of another width), the batch sizes differ, the mask does
-                not match the text or a row of it is all padding.
-            TypeError: if the mask is not a bool tensor, or ``return_hidden_states`` or ``return_pooled`` not a bool.
+                not match the text or a row of it is all padding, or ``attn_mask`` is not (S, S) or (B, S, S) for
+                the fused length S or not on the states' device.
+            TypeError: if a mask is not a bool tensor, or ``return_hidden_states`` or ``return_pooled`` not a bool.
         """
+        if output_positions is CLS_POSITION and self._causal:
+            raise ValueError(_CAUSAL_CLS.format(what="output_positions is CLS_POSITION: it reads"))
         check_bools(return_hidden_states=return_hidden_states, return_pooled=return_pooled)
         for name, states, proj in (
             ("image_states", image_states, self.image_proj),
@@ -117,6 +136,8 @@ class MultimodalEncoder(nn.Module):
         b = image_states.shape[0]
         if text_states.shape[0] != b:
             raise ValueError(f"image and text batch sizes differ: {b} images, {text_states.shape[0]} texts")
+        if attn_mask is not None:  # (before any work; the stack would name it only after the projections)
+            _check_fused_mask(attn_mask, b, 1 + image_states.shape[1] + text_states.shape[1], image_states.device)
         image = self.image_proj(_in_dtype_of(image_states, self.image_proj))
         text = self.text_proj(_in_dtype_of(text_states, self.text_proj))
         for name, projected in (("image_proj(image_states)", image), ("text_proj(text_states)", text)):
@@ -137,6 +158,7 @@ class MultimodalEncoder(nn.Module):
         out = self.encoder(
             x,
             key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
             output_positions=output_positions,
             return_hidden_states=return_hidden_states,
             checkpoint_activations=checkpoint_activations,
@@ -144,6 +166,29 @@ class MultimodalEncoder(nn.Module):
         normed = self.norm(out.last_hidden_state)
         pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
         return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
+
+
+# (a causal stack makes the image causal too: a captioner's text-only causality is an attn_mask instead)
+_CAUSAL_CLS = (
+    "MultimodalEncoder: {what} CLS_M, the first token, and the stack's attention is causal: CLS_M sees only "
+    "itself, the same for every image-text pair; build the stack bidirectional (is_causal=False) and make the "
+    "text causal with attn_mask, or read other positions"
+)
+
+
+def _check_fused_mask(attn_mask: object, batch: int, length: int, device: torch.device) -> None:
+    """TypeError / ValueError naming ``attn_mask`` unless it is a bool (S, S) or (B, S, S) tensor on ``device``, S
+    the fused length ``length`` (1 + S_i + L)."""
+    if not isinstance(attn_mask, Tensor) or attn_mask.dtype != torch.bool:
+        got = attn_mask.dtype if isinstance(attn_mask, Tensor) else type(attn_mask).__name__
+        raise TypeError(f"attn_mask must be a bool tensor (True = blocked), got {got}")
+    if tuple(attn_mask.shape) not in ((length, length), (batch, length, length)):
+        raise ValueError(
+            f"attn_mask must have shape ({length}, {length}) or ({batch}, {length}, {length}) over the fused sequence "
+            f"of 1 + S_i + L = {length} positions (CLS_M, image, text), got {tuple(attn_mask.shape)}"
+        )
+    if attn_mask.device != device:
+        raise ValueError(f"attn_mask must be on the states' device {device}, got {attn_mask.device}")
 
 
 def _in_dtype_of(states: Tensor, proj: nn.Module) -> Tensor:

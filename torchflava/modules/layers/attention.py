@@ -174,13 +174,15 @@ def math_attention_limits(max_keys: dict[torch.dtype, int]) -> Iterator[None]:
 
 def math_attention_wins(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Whether :func:`math_attention` is the faster choice for these inputs: on the CPU, with
-    autograd recording, for short key sequences (:data:`MATH_ATTENTION_MAX_KEYS`). Without autograd
-    the fused kernel's forward is as fast and keeps no (S_q, S) matrix.
+    autograd recording, for short key sequences (:data:`MATH_ATTENTION_MAX_KEYS`), outside ``torch.func``
+    transforms and ``torch.jit.trace``. Without autograd the fused kernel's forward is as fast and keeps no
+    (S_q, S) matrix.
     """
     limit = MATH_ATTENTION_MAX_KEYS.get(q.dtype)
     return (
         limit is not None
         and not torch._C._are_functorch_transforms_active()  # vmap, torch.func.grad: SDPA's rules
+        and not torch.jit.is_tracing()  # a traced graph cannot hold a Python autograd function (nor be saved)
         and q.device.type == "cpu"
         and k.shape[-2] <= limit
         and torch.is_grad_enabled()

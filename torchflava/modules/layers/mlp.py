@@ -21,8 +21,10 @@ from torchflava.utils.checks import (
 
 def can_overwrite(*modules: nn.Module) -> bool:
     """Whether a tensor that ``modules`` saw may be overwritten in place: no graph records (no
-    autograd saved it), and no forward hook on them, or a global one, may have kept it."""
-    return not torch.is_grad_enabled() and not hooked(*modules, backward=False)
+    autograd saved it), and no forward hook on them, or a global one, may have kept it. Never while
+    ``torch.jit.trace`` records: its check traces again without grad, and a graph that wrote in place there
+    alone differed from the first ("Graphs differed across invocations"): every model with an MLP failed it."""
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing() and not hooked(*modules, backward=False)
 
 
 # Whether MLP.forward may use _GeluLinear (False: autograd through GELU and fc2 as they are).
