@@ -1269,8 +1269,9 @@ def test_blocks_that_do_not_compile_whole_are_said_once_and_run_eagerly(tmp_path
     # an error of the call itself is raised as eagerly, with nothing said
     encoder = ToyEncoder()
     loop_module.compile_blocks(encoder, (TransformerEncoderLayer,))
-    with pytest.raises(ValueError, match=r"x must be a \(B, S, 16\) floating-point tensor, got .*\(2, 3, 7\)"):
+    with pytest.raises(ValueError, match=r"x must be a \(B, S, 16\) floating-point tensor, got .*\(2, 3, 7\)") as error:
         encoder.encoder.layers[0](torch.randn(2, 3, 7))
+    assert error.value.__context__ is None  # (not raised while dynamo's own error was handled)
     assert "training.compile" not in capsys.readouterr().err
 
 

@@ -1239,6 +1239,7 @@ def _compiled_forward(kind: type, group: str) -> Callable[..., Any]:
             print(f"training.compile: the {kind.__name__} blocks of {group} {what} ({reason})", file=sys.stderr)
 
     def forward(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        untraced = None
         if traced[0]:
             try:
                 return compiled(block, *args, **kwargs)
@@ -1249,11 +1250,12 @@ def _compiled_forward(kind: type, group: str) -> Callable[..., Any]:
                     error,
                 )
             except exc.Unsupported as error:
-                out = eager(block, *args, **kwargs)  # the call's own error (a bad input's) is raised here
-                say("do not compile whole: they run eagerly from here on", error)
-                traced[0] = False
-                return out
-        return eager(block, *args, **kwargs)
+                untraced = error
+        out = eager(block, *args, **kwargs)  # (outside the handlers: the call's own error, a bad input's, unchained)
+        if untraced is not None:
+            say("do not compile whole: they run eagerly from here on", untraced)
+            traced[0] = False
+        return out
 
     return forward
 
