@@ -4,6 +4,7 @@ FSDP2), resume (exact, and on another world size), the non-finite stop, the afte
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import timedelta
+import functools
 import json
 import math
 import os
@@ -1106,6 +1107,172 @@ def test_compile_trains_like_eager(tmp_path):
     for name, value in params(runs[False]).items():
         assert_close(params(runs[True])[name], value, atol=1e-5, rtol=0, msg=name)
     assert losses(tmp_path / "encoder-True") == pytest.approx(losses(tmp_path / "encoder-False"), abs=1e-5)
+
+
+class TwoTowers(nn.Module):
+    """Two encoders of identical layers, called two ways each: the image tower on 5 tokens with its last layer
+    computing the first position alone, the text tower on text of the step's length with padding masked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.embed, self.head = nn.Linear(3, 16), nn.Linear(16, 2)
+        self.position = nn.Parameter(torch.randn(8, 16) * 0.1)
+        self.image = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
+        self.text = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        # (with the positions added, a first layer's input is no view: dynamo guards a view's base, and a view
+        # and a tensor of its own, once the length is dynamic, would take a graph each)
+        return self.embed(x) + self.position[: x.shape[1]]
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        pooled = self.image(self.tokens(image), output_positions=slice(0, 1)).last_hidden_state[:, 0]
+        tokens = self.text(self.tokens(text), key_padding_mask=padding).last_hidden_state
+        return self.head(tokens + pooled[:, None])
+
+
+TEXT_LENGTHS = (4, 6, 5, 7, 3)
+
+
+class TowerData(Dataset):
+    """Step ``i``: 8 images of 5 tokens, 8 texts of TEXT_LENGTHS[i] tokens (rows 1 to that long)."""
+
+    def __len__(self) -> int:
+        return len(TEXT_LENGTHS)
+
+    def __getitem__(self, index: int) -> ToyItem:
+        g, length = torch.Generator().manual_seed(300 + index), TEXT_LENGTHS[index]
+        image, text, y = torch.randn(8, 5, 3, generator=g), torch.randn(8, length, 3, generator=g), torch.randn(8, 2)
+        mask = torch.arange(length) < torch.tensor([length, 1, length - 1, 2] * 2)[:, None]
+        return ToyItem({"image": image, "text": text, "mask": mask, "y": y}, "toy", [])
+
+
+def tower_step(model, item):
+    b = item.batch
+    error = ((model(b["image"], b["text"], ~b["mask"]) - b["y"][:, None]) ** 2).sum(-1)
+    return StepOutput({"tokens": (error * b["mask"]).sum()}, {"tokens": b["mask"].sum()})
+
+
+class CountingBackend:
+    """A torch.compile backend that counts the graphs it is given and their runs, running them as traced."""
+
+    def __init__(self) -> None:
+        self.graphs, self.runs = 0, 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+
+        def run(*args):
+            self.runs += 1
+            return graph_module.forward(*args)
+
+        return run
+
+
+def compiled_tower_run(out, monkeypatch, *, limit: int, compile_=True, steps=len(TEXT_LENGTHS)):
+    """TwoTowers trained ``steps`` steps (compiled through a :class:`CountingBackend` with dynamo's recompile
+    limit at ``limit``): (model, backend, calls of its layers)."""
+    backend, calls = CountingBackend(), [0]
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    model = TwoTowers()
+    for layer in (m for m in model.modules() if isinstance(m, TransformerEncoderLayer)):
+        layer.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    training, optim = settings(out, compile=compile_, max_steps=steps, eps=1e-4)
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        fit(model, tower_step, TowerData(), training=training, optim=optim)
+    monkeypatch.undo()
+    return model, backend, calls[0]
+
+
+def test_every_group_of_blocks_compiles_within_its_own_recompile_limit(tmp_path, monkeypatch, capsys):
+    # One compiled TransformerEncoderLayer.forward, one code object, for every layer: dynamo's recompile limit
+    # (8) was the model's, and the calls past it ran eagerly, said in a log line at most (FLAVA with 2 layers a
+    # tower, bf16 and full activation checkpointing hit it: the 9th graph). Each encoder's layers now compile
+    # their own copy: here two ways of calling a tower, two graphs a tower, within a limit of 2.
+    torch._dynamo.reset()
+    model, backend, calls = compiled_tower_run(tmp_path / "compiled", monkeypatch, limit=2)
+    assert calls == 4 * len(TEXT_LENGTHS) and backend.runs == calls  # every layer's every call ran compiled
+    # the image tower: its layers, its last layer at one position; the text: its first length, then any length
+    assert backend.graphs == 4
+    assert "training.compile" not in capsys.readouterr().err
+    eager, _, _ = compiled_tower_run(tmp_path / "eager", monkeypatch, limit=2, compile_=False)
+    for name, value in params(eager).items():
+        assert_close(params(model)[name], value, atol=1e-6, rtol=0, msg=name)
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
+    text, image = model.text.layers, model.image.layers  # a compiled forward for each encoder's layers
+    assert text[0].forward.__func__ is text[1].forward.__func__ is not image[0].forward.__func__
+    assert model.state_dict().keys() == eager.state_dict().keys()
+
+
+def test_text_of_varying_length_compiles_at_most_twice_a_group(tmp_path, monkeypatch):
+    torch._dynamo.reset()
+    _, backend, _ = compiled_tower_run(tmp_path / "one", monkeypatch, limit=8, steps=1)
+    assert backend.graphs == 3  # the image tower's two graphs, the text's first length
+    torch._dynamo.reset()
+    _, backend, _ = compiled_tower_run(tmp_path / "all", monkeypatch, limit=8)
+    assert backend.graphs == 4  # then one text graph for every other length
+
+
+def test_calls_past_a_groups_recompile_limit_are_said_once_and_run_eagerly(tmp_path, monkeypatch, capsys):
+    torch._dynamo.reset()
+    model, backend, calls = compiled_tower_run(tmp_path / "compiled", monkeypatch, limit=1)
+    err = capsys.readouterr().err
+    limit = "reached torch._dynamo.config.recompile_limit (1): calls unlike those compiled run eagerly"
+    for group in ("image.layers", "text.layers"):
+        assert err.count(f"training.compile: the TransformerEncoderLayer blocks of {group} {limit}") == 1, err
+    assert err.count("training.compile") == 2
+    # compiled: the image tower's first layer at every step, the text's two layers at the first step's length
+    assert backend.graphs == 2 and backend.runs == len(TEXT_LENGTHS) + 2 and calls == 20
+    eager, _, _ = compiled_tower_run(tmp_path / "eager", monkeypatch, limit=1, compile_=False)
+    for name, value in params(eager).items():
+        assert_close(params(model)[name], value, atol=1e-6, rtol=0, msg=name)
+
+
+class Breaking(nn.Module):
+    """A block whose forward does not trace whole (a graph break)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return torch.tanh(self.linear(x))
+
+
+class BreakingStack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.blocks, self.out = nn.Sequential(Breaking(), Breaking()), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.blocks(x))
+
+
+def test_blocks_that_do_not_compile_whole_are_said_once_and_run_eagerly(tmp_path, capsys):
+    # A graph break in a block was compiled around in pieces, without a word.
+    torch._dynamo.reset()
+    runs = {}
+    for compile_ in (False, True):
+        training, optim = settings(tmp_path / f"{compile_}", compile=compile_, max_steps=3)
+        runs[compile_] = BreakingStack()
+        fit(runs[compile_], toy_step, ToyData(3), training=training, optim=optim, shard_layers=(Breaking,))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "training.compile" in line]
+    assert lines == [
+        "training.compile: the Breaking blocks of blocks do not compile whole: they run eagerly from here on "
+        "(Call to `torch._dynamo.graph_break()`)"
+    ]
+    for name, value in params(runs[False]).items():
+        assert_close(params(runs[True])[name], value, atol=0, rtol=0, msg=name)
+    # an error of the call itself is raised as eagerly, with nothing said
+    encoder = ToyEncoder()
+    loop_module.compile_blocks(encoder, (TransformerEncoderLayer,))
+    with pytest.raises(ValueError, match=r"x must be a \(B, S, 16\) floating-point tensor, got .*\(2, 3, 7\)") as error:
+        encoder.encoder.layers[0](torch.randn(2, 3, 7))
+    assert error.value.__context__ is None  # (not raised while dynamo's own error was handled)
+    assert "training.compile" not in capsys.readouterr().err
 
 
 def test_a_run_of_a_torch_compiled_model_resumes_eagerly(tmp_path):

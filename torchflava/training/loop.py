@@ -410,9 +410,9 @@ def fit(
         after_step (Optional[Callable[..., None]]): called after every optimiser step (e.g. a clamp),
             with the step just taken (1-based) when it takes an argument (e.g. an EMA's schedule).
         shard_layers (Sequence[type]): the model's repeated blocks: FSDP2 shards them one by one,
-            and ``training.compile`` compiles their forward one by one (torchtitan's choice: blocks
-            of one shape share a graph, the model's data-dependent glue stays eager). A model with
-            none of them has its whole forward compiled.
+            and ``training.compile`` compiles their forward one by one (torchtitan's choice: the blocks
+            of one encoder share a graph, the model's data-dependent glue stays eager; see
+            :func:`compile_blocks`). A model with none of them has its whole forward compiled.
         num_workers (int): data-loader worker processes.
         description (str): the progress bar's label.
         start (Optional[RunStart]): what the recipe's :func:`start_run` found (its resume point is
@@ -1189,13 +1189,75 @@ def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
     """``torch.compile`` the forward of every module of ``block_types`` in ``model`` (in place).
 
     Only ``forward`` is replaced, so parameter names, state dicts and checkpoints are unchanged, and
-    module hooks (FSDP2's, DDP's) run outside the compiled code. Blocks of one shape share a graph;
-    sequence lengths that vary become dynamic after the second one. With no such block, the model's
-    own forward is compiled.
+    module hooks (FSDP2's, DDP's) run outside the compiled code. With no such block, the model's own
+    forward is compiled.
+
+    Blocks compile by group: the blocks of one type under one parent module (an encoder's layers) share a
+    graph for each way they are called. Dynamo keeps its graphs, and counts them against
+    ``torch._dynamo.config.recompile_limit`` (8), per code object, and so each group compiles a copy of
+    the forward's code of its own (``forward[<parent>]`` in tracebacks): with one code object for all
+    blocks, a FLAVA's image, text and multimodal layers' ways of being called (lengths, dtypes, the last
+    layer's query positions, checkpointing) shared one budget, and ran past it. A group's sequence length
+    that varies becomes dynamic at its second value (text of varying length compiles at most twice).
+
+    A group's forward compiles whole (``fullgraph``). What does not compile runs eagerly, said once on
+    stderr naming the group: past the recompile limit, a call unlike those compiled (these still run
+    compiled); a forward that does not trace whole, every call from then on. An error of the call itself
+    (a bad input's) is raised as eagerly, with nothing said.
     """
-    blocks = [m for m in model.modules() if block_types and isinstance(m, tuple(block_types))] or [model]
-    for block in blocks:  # bound as a method: a deepcopy (an EMA teacher) runs its own weights
-        block.forward = types.MethodType(torch.compile(type(block).forward), block)
+    kinds = tuple(block_types)
+    groups: dict[tuple[str, type], list[nn.Module]] = {}
+    for name, module in model.named_modules():
+        if kinds and isinstance(module, kinds):
+            groups.setdefault((name.rpartition(".")[0], type(module)), []).append(module)
+    for (parent, kind), blocks in groups.items() or [(("", type(model)), [model])]:
+        forward = _compiled_forward(kind, parent or "model")
+        for block in blocks:  # bound as a method: a deepcopy (an EMA teacher) runs its own weights
+            block.forward = types.MethodType(forward, block)
+
+
+def _compiled_forward(kind: type, group: str) -> Callable[..., Any]:
+    """``kind.forward`` compiled for the blocks of ``group`` alone, a function of ``(block, ...)``
+    (:func:`compile_blocks`); what does not compile runs eagerly, said once on stderr."""
+    import torch._dynamo  # (here, not on import of the loop: dynamo takes a while to import)
+
+    eager = kind.forward
+    name = f"forward[{group}]"
+    code = eager.__code__.replace(co_name=name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {}))
+    # a code object of its own: dynamo's graphs, recompile count and automatic-dynamic sizes are the group's
+    copy = types.FunctionType(code, eager.__globals__, name, eager.__defaults__, eager.__closure__)
+    copy.__kwdefaults__, copy.__module__ = eager.__kwdefaults__, eager.__module__
+    compiled = torch.compile(copy, fullgraph=True)
+    exc = torch._dynamo.exc  # what fullgraph raises for a call past the recompile limit (older torch: ...Cache...)
+    limit_hit = tuple(getattr(exc, n) for n in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit") if hasattr(exc, n))
+    said, traced = set(), [True]
+
+    def say(what: str, error: BaseException) -> None:
+        if what not in said:
+            said.add(what)
+            reason = first_line(error.__cause__ or error)
+            print(f"training.compile: the {kind.__name__} blocks of {group} {what} ({reason})", file=sys.stderr)
+
+    def forward(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        untraced = None
+        if traced[0]:
+            try:
+                return compiled(block, *args, **kwargs)
+            except limit_hit as error:
+                limit = torch._dynamo.config.recompile_limit
+                say(
+                    f"reached torch._dynamo.config.recompile_limit ({limit}): calls unlike those compiled run eagerly",
+                    error,
+                )
+            except exc.Unsupported as error:
+                untraced = error
+        out = eager(block, *args, **kwargs)  # (outside the handlers: the call's own error, a bad input's, unchained)
+        if untraced is not None:
+            say("do not compile whole: they run eagerly from here on", untraced)
+            traced[0] = False
+        return out
+
+    return forward
 
 
 def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, optim: OptimConfig, model: nn.Module) -> list[str]:
