@@ -1275,6 +1275,22 @@ def test_blocks_that_do_not_compile_whole_are_said_once_and_run_eagerly(tmp_path
     assert "training.compile" not in capsys.readouterr().err
 
 
+def test_a_whole_model_with_a_graph_break_is_compiled_around_it(tmp_path, capsys):
+    # Without repeated blocks the model's own forward is compiled: its data-dependent glue may break the graph, and
+    # it is compiled in pieces (as torch.compile does), not run eagerly from then on.
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    runs = {}
+    for compile_ in (False, True):
+        training, optim = settings(tmp_path / f"{compile_}", compile=compile_, max_steps=3)
+        runs[compile_] = BreakingStack()
+        fit(runs[compile_], toy_step, ToyData(3), training=training, optim=optim)
+    assert "training.compile" not in capsys.readouterr().err
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # (the pieces around the breaks)
+    for name, value in params(runs[False]).items():
+        assert_close(params(runs[True])[name], value, atol=1e-6, rtol=0, msg=name)
+
+
 def test_a_run_of_a_torch_compiled_model_resumes_eagerly(tmp_path):
     # fit(torch.compile(model)) recorded its optimiser's groups by the wrapper's names ('_orig_mod.embed.weight'):
     # resuming the same model uncompiled (or with training.compile) was refused, "the model changed".

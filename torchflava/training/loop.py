@@ -1200,8 +1200,8 @@ def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
     layer's query positions, checkpointing) shared one budget, and ran past it. A group's sequence length
     that varies becomes dynamic at its second value (text of varying length compiles at most twice).
 
-    A group's forward compiles whole (``fullgraph``). What does not compile runs eagerly, said once on
-    stderr naming the group: past the recompile limit, a call unlike those compiled (these still run
+    A group's forward compiles whole (``fullgraph``; a whole model's, without repeated blocks, is compiled
+    around its graph breaks). What does not compile runs eagerly, said once on stderr naming the group: past the recompile limit, a call unlike those compiled (these still run
     compiled); a forward that does not trace whole, every call from then on. An error of the call itself
     (a bad input's) is raised as eagerly, with nothing said.
     """
@@ -1211,14 +1211,16 @@ def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
         if kinds and isinstance(module, kinds):
             groups.setdefault((name.rpartition(".")[0], type(module)), []).append(module)
     for (parent, kind), blocks in groups.items() or [(("", type(model)), [model])]:
-        forward = _compiled_forward(kind, parent or "model")
+        # (a whole model's data-dependent glue may break its graph: compiled in pieces, as torch.compile does)
+        forward = _compiled_forward(kind, parent or "model", fullgraph=bool(groups))
         for block in blocks:  # bound as a method: a deepcopy (an EMA teacher) runs its own weights
             block.forward = types.MethodType(forward, block)
 
 
-def _compiled_forward(kind: type, group: str) -> Callable[..., Any]:
+def _compiled_forward(kind: type, group: str, *, fullgraph: bool = True) -> Callable[..., Any]:
     """``kind.forward`` compiled for the blocks of ``group`` alone, a function of ``(block, ...)``
-    (:func:`compile_blocks`); what does not compile runs eagerly, said once on stderr."""
+    (:func:`compile_blocks`); what does not compile runs eagerly, said once on stderr (``fullgraph=False``: a
+    whole model's forward, compiled around its graph breaks)."""
     import torch._dynamo  # (here, not on import of the loop: dynamo takes a while to import)
 
     eager = kind.forward
@@ -1227,7 +1229,7 @@ def _compiled_forward(kind: type, group: str) -> Callable[..., Any]:
     # a code object of its own: dynamo's graphs, recompile count and automatic-dynamic sizes are the group's
     copy = types.FunctionType(code, eager.__globals__, name, eager.__defaults__, eager.__closure__)
     copy.__kwdefaults__, copy.__module__ = eager.__kwdefaults__, eager.__module__
-    compiled = torch.compile(copy, fullgraph=True)
+    compiled = torch.compile(copy, fullgraph=fullgraph)
     exc = torch._dynamo.exc  # what fullgraph raises for a call past the recompile limit (older torch: ...Cache...)
     limit_hit = tuple(getattr(exc, n) for n in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit") if hasattr(exc, n))
     said, traced = set(), [True]
