@@ -1231,7 +1231,11 @@ def _compiled_forward(kind: type, group: str, *, fullgraph: bool = True) -> Call
     copy.__kwdefaults__, copy.__module__ = eager.__kwdefaults__, eager.__module__
     compiled = torch.compile(copy, fullgraph=fullgraph)
     exc = torch._dynamo.exc  # what fullgraph raises for a call past the recompile limit (older torch: ...Cache...)
-    limit_hit = tuple(getattr(exc, n) for n in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit") if hasattr(exc, n))
+    # (torch before 2.7: the limit is cache_size_limit, and fullgraph raises CacheLimitExceeded, an Unsupported)
+    names = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit", "CacheLimitExceeded")
+    limit_hit = tuple(getattr(exc, n) for n in names if hasattr(exc, n))
+    config = torch._dynamo.config
+    setting = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     said, traced = set(), [True]
 
     def say(what: str, error: BaseException) -> None:
@@ -1246,9 +1250,9 @@ def _compiled_forward(kind: type, group: str, *, fullgraph: bool = True) -> Call
             try:
                 return compiled(block, *args, **kwargs)
             except limit_hit as error:
-                limit = torch._dynamo.config.recompile_limit
+                limit = getattr(config, setting)
                 say(
-                    f"reached torch._dynamo.config.recompile_limit ({limit}): calls unlike those compiled run eagerly",
+                    f"reached torch._dynamo.config.{setting} ({limit}): calls unlike those compiled run eagerly",
                     error,
                 )
             except exc.Unsupported as error:
