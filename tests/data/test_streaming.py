@@ -693,6 +693,11 @@ def test_shards_that_cannot_be_read_in_a_row_break_the_stream_without_trying_eve
     with pytest.raises(ValueError, match="^shards: 5 shards in a row could not be read"):
         shard_texts(urls, 10, max_unreadable_in_a_row=5)
     assert tried() == 5
+    with pytest.raises(ValueError, match="^shards: 3 shards in a row could not be read"):
+        stream(urls, max_bad_in_a_row=3).texts(10)  # (a stream's vocabulary texts stop at its own limit)
+    assert tried() == 3
+    with pytest.raises(ValueError, match="max_unreadable_in_a_row must be .*1.*got 0"):
+        shard_texts(urls, 10, max_unreadable_in_a_row=0)  # (raised "0 shards in a row" after a readable one)
     # unreadable shards between readable ones are skipped and reported, as before
     mixed = [url for pair in zip(urls, sorted(map(str, shard_dir.glob("shard-*.tar")))) for url in pair]
     batches = items(stream(mixed, shuffle_buffer=0, max_bad_in_a_row=2), 8)

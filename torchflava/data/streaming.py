@@ -87,6 +87,7 @@ from torchflava.data.readers import (
     text_member,
 )
 from torchflava.data.samples import BadSample, Sample
+from torchflava.utils.checks import check_int
 
 # Opened with fsspec; pipe: and CURL_SCHEMES as commands (:class:`ShardCommand`); every other scheme
 # (none: a local path; file:, ...) with webdataset's gopen.
@@ -479,8 +480,10 @@ def shard_texts(
     Raises:
         FileNotFoundError, TypeError, ValueError: as :func:`expand_shards`.
         ValueError: naming ``shards``, when ``max_unreadable_in_a_row`` shards in a row before ``limit``
-            texts cannot be read (an error, no sample), with the last errors, rather than try every shard.
+            texts cannot be read (an error, no sample), with the last errors, rather than try every shard; or
+            naming ``max_unreadable_in_a_row`` where it is not an int >= 1 (TypeError for a non-int).
     """
+    check_int("max_unreadable_in_a_row", max_unreadable_in_a_row, 1)
     texts: list[str] = []
     errors: list = []
     unreadable = 0
@@ -1003,7 +1006,13 @@ class StreamingBatches(IterableDataset):
 
     def texts(self, limit: int) -> list[str]:
         """:func:`shard_texts` of these shards, with this stream's text members."""
-        return shard_texts(self.urls, limit, text_extensions=self.text_extensions, json_text_key=self.json_text_key)
+        return shard_texts(
+            self.urls,
+            limit,
+            text_extensions=self.text_extensions,
+            json_text_key=self.json_text_key,
+            max_unreadable_in_a_row=self.max_bad_in_a_row,
+        )
 
     # ------------------------------------------------------------------------------------ batches
     def __iter__(self) -> Iterator[StreamBatch]:
