@@ -41,8 +41,8 @@ Bad data. A sample without a required member, or whose image or text does not de
 skipped and reported in its batch's ``skipped`` list as ``(kind, "<url>:<key>", reason)``. A shard
 that cannot be opened or breaks off (a cut file, a failed command or download, a tar, compressed or
 not, whose data ends before its end-of-archive block or holds a corrupt header) keeps the samples
-read before the break, counts its last one as bad (it may be partial), and is reported as ``(kind, "<url>", "shard unreadable after <n> sample(s):
-...")`` with <n> the samples read before the break, the one counted bad included, with the first
+read before the break, counts its last one as bad (it may be partial), and is reported as
+``(kind, "<url>", "shard unreadable after <n> sample(s): ...")`` with <n> the samples read before the break, the one counted bad included, with the first
 sample of the block read past the break. Each slot reports each unusable sample and shard once per
 run, though it may read them every epoch, so what the training loop checkpoints does not grow with
 the epochs; a slot restarted at a position does not report again what it met before it (the shards

@@ -1201,8 +1201,9 @@ def compile_blocks(model: nn.Module, block_types: Sequence[type]) -> None:
     that varies becomes dynamic at its second value (text of varying length compiles at most twice).
 
     A group's forward compiles whole (``fullgraph``; a whole model's, without repeated blocks, is compiled
-    around its graph breaks). What does not compile runs eagerly, said once on stderr naming the group: past the recompile limit, a call unlike those compiled (these still run
-    compiled); a forward that does not trace whole, every call from then on. An error of the call itself
+    around its graph breaks). What does not compile runs eagerly, said once on stderr naming the group:
+    past the recompile limit, a call unlike those compiled (these still run compiled); a forward that does
+    not trace whole, every call from then on. An error of the call itself
     (a bad input's) is raised as eagerly, with nothing said.
     """
     kinds = tuple(block_types)
