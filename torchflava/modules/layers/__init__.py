@@ -1,4 +1,4 @@
-"""Layers: attention, MLP, embeddings, transformer layers and the encoder stack.
+"""Layers: self- and cross-attention, MLP, embeddings, transformer layers and the encoder stack.
 
 Shape legend used throughout: B batch, S sequence length, D embedding width, H heads,
 N number of image patches, L text length. Boolean masks mean ``True = masked`` (ignored).
@@ -6,6 +6,7 @@ N number of image patches, L text length. Boolean masks mean ``True = masked`` (
 
 from torchflava.modules.layers.activation import QuickGELU, activation
 from torchflava.modules.layers.attention import MultiHeadSelfAttention
+from torchflava.modules.layers.cross_attention import MultiHeadCrossAttention
 from torchflava.modules.layers.linear import Linear
 from torchflava.modules.layers.mlp import MLP
 from torchflava.modules.layers.packed_linear import PackedLinear, pack_linears
@@ -23,6 +24,7 @@ __all__ = [
     "activation",
     "Linear",
     "MLP",
+    "MultiHeadCrossAttention",
     "MultiHeadSelfAttention",
     "pack_linears",
     "PackedLinear",

@@ -1,7 +1,9 @@
-"""Pre-norm transformer encoder layer and a stack of them.
+"""Pre-norm transformer encoder layer and a stack of them; a layer may also cross-attend to a memory.
 
 Shapes: x (B, S, D) -> (B, S, D); key_padding_mask (B, S) bool, ``True = padding``;
-attn_mask (B, S, S) bool, ``True`` = query i may not attend to key j.
+attn_mask (B, S, S) bool, ``True`` = query i may not attend to key j; memory (B, S_m, D_kv), another
+sequence (e.g. an image tower's output) that layers with a ``cross_attn`` attend to, and
+memory_padding_mask (B, S_m) bool, ``True = padding``.
 """
 
 import functools
@@ -20,9 +22,10 @@ from torchflava.modules.layers.attention import (
     is_position_mask,
     take_positions,
 )
+from torchflava.modules.layers.cross_attention import check_memory
 from torchflava.modules.layers.linear import Linear
 from torchflava.modules.layers.mlp import can_overwrite
-from torchflava.utils.checks import check_bool, check_dropout, check_input_dtype, check_module
+from torchflava.utils.checks import check_bool, check_dropout, check_input_dtype, check_module, describe_tensor
 
 _aten = torch.ops.aten
 # Ops whose outputs selective checkpointing keeps: the matmuls and fused attention, i.e. the work
@@ -126,6 +129,7 @@ class TransformerOutput(NamedTuple):
 
 
 _LAYER_PARTS = ("attn_norm", "attn", "mlp_norm", "mlp")
+_CROSS_PARTS = ("cross_attn_norm", "cross_attn")  # optional: both or neither
 
 
 def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
@@ -137,7 +141,8 @@ def residual_widths(name: str, part: nn.Module) -> list[tuple[str, int]]:
     if isinstance(part, TransformerEncoder):
         return residual_widths(f"{name}.layers[0]", part.layers[0]) if len(part.layers) else []
     if isinstance(part, TransformerEncoderLayer):
-        found = [pair for sub in _LAYER_PARTS for pair in residual_widths(f"{name}.{sub}", getattr(part, sub))]
+        subs = [sub for sub in _LAYER_PARTS + _CROSS_PARTS if getattr(part, sub, None) is not None]
+        found = [pair for sub in subs for pair in residual_widths(f"{name}.{sub}", getattr(part, sub))]
         return found + sequential_mlp_widths(f"{name}.mlp", part.mlp)
     encoder, norm = getattr(part, "encoder", None), getattr(part, "norm", None)
     if isinstance(encoder, TransformerEncoder) and isinstance(norm, nn.Module):  # a tower (VisionEncoder,
@@ -206,6 +211,10 @@ def check_parts(
 class TransformerEncoderLayer(nn.Module):
     """Pre-norm block: ``h = x + drop(attn(attn_norm(x)))``, ``out = h + drop(mlp(mlp_norm(h)))``.
 
+    With a ``cross_attn`` (a decoder's or a fusion encoder's layer) a cross-attention sub-block runs between
+    the two: ``h = h + drop(cross_attn(cross_attn_norm(h), memory))``, each position of the stream attending
+    to its row's ``memory`` (e.g. an image tower's states), which every call then passes.
+
     Args:
         attn (nn.Module): self-attention called as ``attn(x, *, key_padding_mask, attn_mask)``, and
             also with ``query_positions=`` (then returning (B, P, D)) when only some positions'
@@ -215,15 +224,21 @@ class TransformerEncoderLayer(nn.Module):
         mlp (nn.Module): feed-forward block.
         attn_norm (nn.Module): norm before attention.
         mlp_norm (nn.Module): norm before the MLP.
-        dropout (float): dropout on both residual branches.
+        dropout (float): dropout on every residual branch.
+        cross_attn (Optional[nn.Module]): cross-attention called as ``cross_attn(h, memory,
+            memory_padding_mask=...)`` returning (B, S, D), as
+            :class:`~torchflava.modules.layers.MultiHeadCrossAttention` is; None (the default): none.
+        cross_attn_norm (Optional[nn.Module]): norm before the cross-attention; given with ``cross_attn``
+            only.
 
     Raises:
         TypeError: if a part is not a module, ``attn``'s forward cannot be called as above (torch's
-            ``nn.MultiheadAttention`` requires key and value too), or ``dropout`` not a number.
+            ``nn.MultiheadAttention`` requires key and value too), ``cross_attn``'s as above, or ``dropout``
+            not a number.
         ValueError: if the parts' widths, where they can be read (an attention's ``embed_dim``, an
             MLP's ``fc1`` input and ``fc2`` output, or an ``nn.Sequential`` MLP's first and last linear
-            layer's, a norm's ``normalized_shape``), differ, or ``dropout``
-            is not in [0, 1).
+            layer's, a norm's ``normalized_shape``), differ, ``dropout`` is not in [0, 1), or one of
+            ``cross_attn`` and ``cross_attn_norm`` is given without the other.
     """
 
     def __init__(
@@ -234,10 +249,26 @@ class TransformerEncoderLayer(nn.Module):
         attn_norm: nn.Module,
         mlp_norm: nn.Module,
         dropout: float = 0.0,
+        cross_attn: Optional[nn.Module] = None,
+        cross_attn_norm: Optional[nn.Module] = None,
     ) -> None:
+        if (cross_attn is None) != (cross_attn_norm is None):
+            given, missing = (
+                ("cross_attn", "cross_attn_norm") if cross_attn is not None else ("cross_attn_norm", "cross_attn")
+            )
+            raise ValueError(
+                f"TransformerEncoderLayer: {given} needs {missing} too (both or neither), got {missing}=None"
+            )
         parts = dict(zip(_LAYER_PARTS, (attn_norm, attn, mlp_norm, mlp)))
-        check_parts("TransformerEncoderLayer", parts, sequential_mlp_widths("mlp", mlp))
+        check_parts(
+            "TransformerEncoderLayer",
+            {**parts, "cross_attn_norm": cross_attn_norm, "cross_attn": cross_attn},
+            sequential_mlp_widths("mlp", mlp),
+            optional=_CROSS_PARTS,
+        )
         _check_self_attention(attn)
+        if cross_attn is not None:
+            _check_cross_attention(cross_attn)
         check_dropout("dropout", dropout)
         super().__init__()
         # the stream's width where a part tells it (None: any), checked on the input before the norm sees it
@@ -248,6 +279,8 @@ class TransformerEncoderLayer(nn.Module):
         self._positions_read = (attn, not missing_keywords(attn, ("query_positions",)))
         self.attn_norm = attn_norm
         self.attn = attn
+        self.cross_attn_norm = cross_attn_norm  # (None: a plain attribute, nothing in the state dict)
+        self.cross_attn = cross_attn
         self.mlp_norm = mlp_norm
         self.mlp = mlp
         self.dropout = nn.Dropout(dropout)
@@ -259,6 +292,8 @@ class TransformerEncoderLayer(nn.Module):
         key_padding_mask: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
         query_positions: Optional[Positions] = None,
+        memory: Optional[Tensor] = None,
+        memory_padding_mask: Optional[Tensor] = None,
         checkpointing: Union[bool, str] = "none",
     ) -> Tensor:
         """Run the block.
@@ -269,6 +304,9 @@ class TransformerEncoderLayer(nn.Module):
             attn_mask (Optional[Tensor]): (B, S, S) bool, ``True = blocked``.
             query_positions (Optional[Positions]): a slice, (P,) or (B, P) indices, or a (B, S) bool
                 mask: positions whose output alone is computed.
+            memory (Optional[Tensor]): (B, S_m, D_kv), what ``cross_attn`` attends to: given exactly when the
+                layer has one.
+            memory_padding_mask (Optional[Tensor]): (B, S_m) bool, ``True = padding``; with ``memory`` only.
             checkpointing (Union[bool, str]): see :func:`checkpoint_mode`, what the block keeps for backward
                 (:class:`TransformerEncoder` passes its setting). Inside the forward, so that a compiled
                 block compiles its checkpointing too.
@@ -279,18 +317,28 @@ class TransformerEncoderLayer(nn.Module):
             for all and then zeroed).
 
         Raises:
-            ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layer's width.
-            TypeError: if ``x`` is not of the dtype of the attention's parameters (an fp32 input into a
-                bf16 layer), except under autocast over fp32 parameters or off the CPU.
+            ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layer's width; if ``memory`` is
+                given to a layer without ``cross_attn``, or missing for one with it, is not a (B, S_m, D_kv)
+                floating-point tensor of x's batch size and device (D_kv the ``cross_attn``'s ``kv_dim``
+                where it tells it), or ``memory_padding_mask`` comes without it or is not (B, S_m).
+            TypeError: if ``x`` (or ``memory``) is not of the dtype of the attention's (cross-attention's)
+                parameters (an fp32 input into a bf16 layer), except under autocast over fp32 parameters or
+                off the CPU; if ``memory_padding_mask`` is not a bool tensor.
         """
         check_hidden_states(x, self.embed_dim)
         _check_stream_dtype(x, self.attn)
+        cross = {}
+        if memory is not None or memory_padding_mask is not None or self.cross_attn is not None:
+            self._check_memory(x, memory, memory_padding_mask)
+            cross = {"memory": memory, "memory_padding_mask": memory_padding_mask}
         mode = checkpoint_mode(checkpointing, "checkpointing")
         selected = query_positions if is_position_mask(query_positions) else None
         if selected is not None:
             check_position_mask(selected, x, "query_positions")
             if torch.compiler.is_compiling():  # a graph holds no data-dependent shape: compute all, zero some
-                out = run_checkpointed(self._block, x, mode, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+                out = run_checkpointed(
+                    self._block, x, mode, key_padding_mask=key_padding_mask, attn_mask=attn_mask, **cross
+                )
                 return out.masked_fill(~selected[..., None], 0.0)
         out = run_checkpointed(
             self._block,
@@ -299,11 +347,27 @@ class TransformerEncoderLayer(nn.Module):
             key_padding_mask=key_padding_mask,
             attn_mask=attn_mask,
             query_positions=query_positions,
+            **cross,
         )
         if selected is not None:  # (T, D) -> (B, S, D), zeros where not selected (outside the checkpointed
             # region: a recomputation then stops at fc2, as for every other layer)
             out = out.new_zeros(*selected.shape, out.shape[-1]).index_put((selected,), out)
         return out
+
+    def _check_memory(self, x: Tensor, memory: object, memory_padding_mask: object) -> None:
+        """The errors of :meth:`forward` for ``memory`` and ``memory_padding_mask``, before any work."""
+        if self.cross_attn is None:
+            given, value = ("memory", memory) if memory is not None else ("memory_padding_mask", memory_padding_mask)
+            raise ValueError(f"{given} must be None for a layer without cross_attn, got {describe_tensor(value)}")
+        if memory is None:
+            raise ValueError(
+                "memory must be given to a layer with cross_attn (the (B, S_m, D_kv) states it attends to), got None"
+            )
+        kv_dim = getattr(self.cross_attn, "kv_dim", None)
+        check_memory(memory, memory_padding_mask, x, kv_dim if isinstance(kv_dim, int) else None)
+        weight = getattr(self.cross_attn, "kv_proj", None)  # the parameter that reads memory, where it tells it
+        weight = weight.weight if isinstance(weight, nn.Linear) else _first_floating_parameter(self.cross_attn)
+        check_input_dtype(memory, weight, "memory")  # (no walk of the module tree per training call)
 
     def _attn_takes_positions(self) -> bool:
         """Whether ``self.attn``'s forward takes ``query_positions`` (read when first asked of this module)."""
@@ -320,6 +384,8 @@ class TransformerEncoderLayer(nn.Module):
         key_padding_mask: Optional[Tensor],
         attn_mask: Optional[Tensor],
         query_positions: Optional[Positions] = None,
+        memory: Optional[Tensor] = None,
+        memory_padding_mask: Optional[Tensor] = None,
     ) -> Tensor:
         passed = query_positions is not None and self._attn_takes_positions()  # a user's attn may lack the keyword
         positions = {"query_positions": query_positions} if passed else {}
@@ -339,23 +405,37 @@ class TransformerEncoderLayer(nn.Module):
         else:
             x = x + attended
         del attended
+        if self.cross_attn is not None:
+            x = x + self.dropout(self._cross_attend(x, memory, memory_padding_mask, query_positions))
         update = self.dropout(self.mlp(self.mlp_norm(x)))
         if not torch.is_grad_enabled() and can_overwrite(self.mlp_norm, *self.mlp.modules()):  # x is the fresh
             # sum above, kept by nothing (the MLP sees x itself under an identity norm): reuse its memory
             return x.add_(update)
         return x + update
 
+    def _cross_attend(
+        self, x: Tensor, memory: Tensor, memory_padding_mask: Optional[Tensor], query_positions: Optional[Positions]
+    ) -> Tensor:
+        """The cross-attention branch for the stream ``x``: (B, S | P, D), or (T, D) for a bool mask of positions
+        (put back in their rows, zeros elsewhere, so that each attends to its own row's memory: queries
+        attend independently, so the others change nothing)."""
+        normed = self.cross_attn_norm(x)
+        if not is_position_mask(query_positions):
+            return self.cross_attn(normed, memory, memory_padding_mask=memory_padding_mask)
+        rows = normed.new_zeros(*query_positions.shape, normed.shape[-1]).index_put((query_positions,), normed)
+        return self.cross_attn(rows, memory, memory_padding_mask=memory_padding_mask)[query_positions]
+
 
 _LAYER_KEYWORDS = ("key_padding_mask", "attn_mask", "query_positions")
 
 
-def _check_stream_dtype(x: Tensor, attn: nn.Module) -> None:
+def _check_stream_dtype(x: Tensor, attn: nn.Module, name: str = "x") -> None:
     """:func:`~torchflava.utils.checks.check_input_dtype` of ``x`` against ``attn``'s (a layer's attention's)
     first floating parameter, whatever the attention is. An fp32 stream into a bf16 model (e.g. a user's fp32
     position table added to bf16 tokens), or a bf16 one into an fp32 model outside autocast, failed inside
     torch, naming nothing (mixed dtype (CPU): expect parameter to have scalar type of Float; mat1 and mat2
     must have the same dtype)."""
-    check_input_dtype(x, _first_floating_parameter(attn))
+    check_input_dtype(x, _first_floating_parameter(attn), name)
 
 
 def _first_floating_parameter(module: nn.Module) -> Optional[Tensor]:
@@ -391,6 +471,33 @@ def _check_self_attention(attn: nn.Module) -> None:
             f"attn ({type(attn).__module__}.{type(attn).__qualname__}) must be a self-attention called as "
             f"attn(x, key_padding_mask=..., attn_mask=...) returning (B, S, D), as "
             f"torchflava.modules.layers.MultiHeadSelfAttention is; its forward {lacks}"
+        )
+
+
+def _check_cross_attention(cross_attn: nn.Module) -> None:
+    """TypeError naming ``cross_attn`` unless its forward can be called as a layer calls it, ``cross_attn(x,
+    memory, memory_padding_mask=...)``: torch's ``nn.MultiheadAttention`` (query, key, value) failed in the
+    first forward otherwise, in torch's words."""
+    try:
+        parameters = list(inspect.signature(cross_attn.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: trusted
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    takes_two = sum(p.kind in positional for p in parameters) >= 2 or any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    )
+    required = [p.name for p in parameters if p.kind in positional and p.default is inspect.Parameter.empty]
+    missing = missing_keywords(cross_attn, ("memory_padding_mask",))
+    if len(required) > 2 or missing or not takes_two:
+        lacks = (
+            f"requires {', '.join(required[2:])} too"
+            if len(required) > 2
+            else f"lacks {', '.join(missing) or 'a second positional argument (memory)'}"
+        )
+        raise TypeError(
+            f"cross_attn ({type(cross_attn).__module__}.{type(cross_attn).__qualname__}) must be a cross-attention "
+            "called as cross_attn(x, memory, memory_padding_mask=...) returning (B, S, D), as "
+            f"torchflava.modules.layers.MultiHeadCrossAttention is; its forward {lacks}"
         )
 
 
@@ -438,7 +545,8 @@ class TransformerEncoder(nn.Module):
     Args:
         layers (Sequence[nn.Module]): the layers, applied in order: :class:`TransformerEncoderLayer`
             or any module called as ``layer(x, key_padding_mask=..., attn_mask=...,
-            query_positions=...)`` that returns the (B, S, D) output.
+            query_positions=...)`` that returns the (B, S, D) output (and also with ``memory=...,
+            memory_padding_mask=...`` when the stack is given a memory and the layer cross-attends).
         checkpoint_activations (Union[bool, str]): what each layer keeps for backward (see
             :func:`checkpoint_mode`): ``False``/``"none"`` everything, ``"selective"`` only matmul and
             attention outputs, ``True``/``"full"`` only its input. Only in training with grad enabled,
@@ -481,6 +589,8 @@ class TransformerEncoder(nn.Module):
         output_positions: Optional[Positions] = None,
         return_hidden_states: bool = False,
         checkpoint_activations: Optional[Union[bool, str]] = None,
+        memory: Optional[Tensor] = None,
+        memory_padding_mask: Optional[Tensor] = None,
     ) -> TransformerOutput:
         """Run all layers.
 
@@ -497,6 +607,11 @@ class TransformerEncoder(nn.Module):
             return_hidden_states (bool): also return the input and every layer's output.
             checkpoint_activations (Optional[Union[bool, str]]): override the module's setting for this
                 call (e.g. to recompute only some of several passes through the same encoder).
+            memory (Optional[Tensor]): (B, S_m, D_kv) states the layers with a cross-attention attend to (an
+                image tower's output for a captioning decoder or a fusion encoder), passed to those layers
+                alone (a :class:`TransformerEncoderLayer` with ``cross_attn``, or a layer whose forward takes
+                ``memory``), so that cross-attention may come every k-th layer.
+            memory_padding_mask (Optional[Tensor]): (B, S_m) bool, ``True = padding``; with ``memory`` only.
 
         Returns:
             TransformerOutput: the last layer's output, (B, S, D) or (B, P, D), and, if asked, all
@@ -505,11 +620,13 @@ class TransformerEncoder(nn.Module):
         Raises:
             TypeError: if ``return_hidden_states`` is not a bool.
             ValueError: if ``x`` is not a (B, S, D) floating-point tensor of the layers' width, or a bool
-                mask of ``output_positions`` is not (B, S).
+                mask of ``output_positions`` is not (B, S); if ``memory`` is given to a stack with no layer that
+                takes it (or missing for one with ``cross_attn``), or ``memory_padding_mask`` without ``memory``.
         """
         if not self.layers:  # (a layer checks its input)
             check_hidden_states(x, None)
         check_bool("return_hidden_states", return_hidden_states)  # ("no" is truthy: it kept every layer's output)
+        cross = self._memory_kwargs(memory, memory_padding_mask)
         selected = output_positions if is_position_mask(output_positions) else None
         if selected is not None:
             check_position_mask(selected, x, "output_positions")
@@ -525,6 +642,7 @@ class TransformerEncoder(nn.Module):
                 key_padding_mask=key_padding_mask,
                 attn_mask=attn_mask,
                 query_positions=output_positions if i == last else None,
+                **cross[i],
             )
             if mode == "selective" and type(layer).forward is TransformerEncoderLayer.forward:
                 # checkpointed inside the layer: a compiled layer applies the policy when it compiles, where
@@ -545,6 +663,29 @@ class TransformerEncoder(nn.Module):
             if hidden_states is not None:
                 hidden_states[-1] = x
         return TransformerOutput(x, None if hidden_states is None else tuple(hidden_states))
+
+    def _memory_kwargs(self, memory: Optional[Tensor], memory_padding_mask: Optional[Tensor]) -> list[dict]:
+        """Each layer's memory keywords: for the layers that cross-attend, none for the others (all none
+        without a memory: the stack's usual path)."""
+        if memory is None:
+            if memory_padding_mask is not None:
+                raise ValueError(
+                    f"memory_padding_mask must come with memory, got memory=None and {describe_tensor(memory_padding_mask)}"
+                )
+            return [{}] * len(self.layers)
+        takes = [
+            layer.cross_attn is not None
+            if isinstance(layer, TransformerEncoderLayer)
+            else not missing_keywords(layer, ("memory", "memory_padding_mask"))
+            for layer in self.layers
+        ]
+        if self.layers and not any(takes):
+            raise ValueError(
+                "memory must be None for a stack with no layer that attends to it (no TransformerEncoderLayer with "
+                f"cross_attn, nor a layer whose forward takes memory), got {describe_tensor(memory)}"
+            )
+        given = {"memory": memory, "memory_padding_mask": memory_padding_mask}
+        return [given if take else {} for take in takes]
 
 
 def set_activation_checkpointing(model: nn.Module, mode: Union[bool, str]) -> int:
