@@ -8,9 +8,9 @@ import torch
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def section_code(heading: str) -> str:
+def section_code(heading: str, level: str = "##") -> str:
     text = README.read_text()
-    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"\n#{2,3} ", text.split(f"\n{level} {heading}\n", 1)[1], maxsplit=1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 1, f"expected one python block under '{heading}', found {len(blocks)}"
     return blocks[0]
@@ -27,6 +27,28 @@ def test_compose_your_own_model_snippet_runs_and_gives_gradients():
     assert not without_grad, f"parameters without a gradient: {without_grad}"
     assert model["text"].encoder.checkpoint_activations == "selective"
     assert model["image"].embeddings.proj.bias is None
+
+
+def test_cross_attention_snippet_trains_a_captioner_reading_the_image():
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(section_code("Cross-attention: a captioning decoder", "###"), str(README), "exec"), scope)
+    model, loss = scope["model"], scope["loss"]
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    without_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not without_grad, f"parameters without a gradient: {without_grad}"  # the image tower's included
+    layer = model["decoder"].layers[0]
+    assert layer.cross_attn.kv_dim == 48 and layer.cross_attn.embed_dim == 64
+    # each token reads the image: other images change every position's output; a later token changes no earlier one
+    ids, memory = scope["ids"], scope["memory"].detach()
+    with torch.no_grad():
+        out = model["decoder"](model["embed"](ids), memory=memory).last_hidden_state
+        moved = model["decoder"](model["embed"](ids), memory=memory.roll(1, dims=0)).last_hidden_state
+        later = ids.clone()
+        later[:, -1] = (later[:, -1] + 1) % 1000
+        changed = model["decoder"](model["embed"](later), memory=memory).last_hidden_state
+    assert bool(((out - moved).abs().amax(dim=-1) > 1e-4).all())
+    torch.testing.assert_close(changed[:, :-1], out[:, :-1], atol=1e-6, rtol=0)
 
 
 def test_pretraining_losses_snippet_computes_every_loss_it_names():

@@ -7,6 +7,7 @@ from torch import nn
 from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.modules.layers.activation import activation as make_activation
 from torchflava.modules.layers.attention import MultiHeadSelfAttention
+from torchflava.modules.layers.cross_attention import MultiHeadCrossAttention
 from torchflava.modules.layers.mlp import MLP
 from torchflava.modules.layers.transformer import TransformerEncoder, TransformerEncoderLayer
 from torchflava.utils.checks import check_architecture, check_fits_in_memory
@@ -25,6 +26,7 @@ def transformer_encoder(
     is_causal: bool = False,
     bias: bool = True,
     mlp_dropout: Optional[float] = None,
+    cross_attention_dim: Optional[int] = None,
 ) -> TransformerEncoder:
     """A stack of pre-norm layers: fused-QKV SDPA attention, a two-layer MLP, LayerNorms.
 
@@ -45,13 +47,18 @@ def transformer_encoder(
         bias (bool): biases in every linear layer and LayerNorm (False: a bias-free transformer).
         mlp_dropout (Optional[float]): dropout after the MLP's activation; None: ``dropout``
             (torchmultimodal's placement; transformers' BERT-style layers have none there: 0).
+        cross_attention_dim (Optional[int]): None: self-attention only. A width D_m: every layer also
+            cross-attends (:class:`~torchflava.modules.layers.MultiHeadCrossAttention`, pre-norm, between the
+            self-attention and the MLP) to a ``memory`` (B, S_m, D_m) the stack is called with, e.g. an image
+            tower's states for a CoCa-style captioning decoder (with ``is_causal=True``) or an ALBEF-style
+            fusion encoder.
 
     Returns:
         TransformerEncoder: the stack.
 
     Raises:
         TypeError: if a width or count is not an int, or ``is_causal`` or ``bias`` not a bool.
-        ValueError: if a width or count is < 1, ``embed_dim`` is not a multiple of ``num_heads``,
+        ValueError: if a width or count (``cross_attention_dim`` too) is < 1, ``embed_dim`` is not a multiple of ``num_heads``,
             ``norm_eps`` is not positive, a dropout is not in [0, 1) (at 1 every activation is zeroed), or
             ``activation`` is unknown.
     """
@@ -59,7 +66,8 @@ def transformer_encoder(
     check_architecture(  # before anything is built, each error naming this builder's argument
         "transformer_encoder",
         locals(),
-        sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim"],
+        sizes=["embed_dim", "num_layers", "num_heads", "mlp_dim"]
+        + ([] if cross_attention_dim is None else ["cross_attention_dim"]),
         multiples=[("embed_dim", "num_heads")],
         positive=["norm_eps"],
         dropouts=["dropout", "attention_dropout", "mlp_dropout"],
@@ -67,6 +75,8 @@ def transformer_encoder(
         choices={"activation": ACTIVATIONS},
     )
     weights = num_layers * (4 * embed_dim * embed_dim + 2 * embed_dim * mlp_dim)
+    if cross_attention_dim is not None:  # q and out (D x D), k and v (D x D_m) a layer
+        weights += num_layers * (2 * embed_dim * embed_dim + 2 * embed_dim * cross_attention_dim)
     check_fits_in_memory(
         "transformer_encoder", weights, dict(num_layers=num_layers, embed_dim=embed_dim, mlp_dim=mlp_dim)
     )
@@ -77,7 +87,20 @@ def transformer_encoder(
             attn_norm=nn.LayerNorm(embed_dim, eps=norm_eps, bias=bias),
             mlp_norm=nn.LayerNorm(embed_dim, eps=norm_eps, bias=bias),
             dropout=dropout,
+            **(
+                {}
+                if cross_attention_dim is None
+                else _cross_attention(embed_dim, num_heads, cross_attention_dim, attention_dropout, norm_eps, bias)
+            ),
         )
         for _ in range(num_layers)
     ]
     return TransformerEncoder(layers)
+
+
+def _cross_attention(embed_dim: int, num_heads: int, kv_dim: int, dropout: float, eps: float, bias: bool) -> dict:
+    """A layer's ``cross_attn`` and ``cross_attn_norm`` (:func:`transformer_encoder`'s ``cross_attention_dim``)."""
+    return {
+        "cross_attn": MultiHeadCrossAttention(embed_dim, num_heads, kv_dim=kv_dim, dropout=dropout, bias=bias),
+        "cross_attn_norm": nn.LayerNorm(embed_dim, eps=eps, bias=bias),
+    }
