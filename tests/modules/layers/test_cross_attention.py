@@ -458,3 +458,16 @@ def test_a_tiny_coca_like_captioner_trains_with_the_shared_loop(tmp_path, checkp
     assert model.decoder.checkpoint_activations == checkpointing
     # the image tower learnt through the memory the decoder attends to
     assert not torch.allclose(model.image.encoder.layers[0].attn.qkv.weight, image_weight, atol=1e-4)
+
+
+def test_transformer_encoder_builds_cross_attending_layers_and_names_a_bad_width():
+    from torchflava.modules.encoders import transformer_encoder
+
+    stack = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32, cross_attention_dim=8)
+    assert all(layer.cross_attn.kv_dim == 8 and layer.cross_attn.embed_dim == 16 for layer in stack.layers)
+    plain = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
+    assert set(stack.state_dict()) > set(plain.state_dict())  # (the plain stack's names unchanged)
+    assert stack(torch.randn(2, 3, 16), memory=torch.randn(2, 5, 8)).last_hidden_state.shape == (2, 3, 16)
+    for bad, error in ((0, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="cross_attention_dim"):
+            transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=32, cross_attention_dim=bad)
