@@ -538,6 +538,21 @@ def open_val_set(d: FinetuneDataConfig, classes: Optional[list[str]], key: str, 
     return opened(key, path, expected, lambda: ImageTextLabels(d.image_root, path, d.labels))
 
 
+def target_kind_check(train, key: str, path: str, source) -> tuple:
+    """The check that validation set ``source`` (at ``path``, set by ``key``) holds the targets ``train`` holds: an
+    image_text file's lines hold class labels (``label``) or answer scores (``answers``), and a set of the other
+    kind trained every step and then failed in the metrics. Other sources pass.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    kinds = [getattr(split, "soft_scores", None) for split in (train, source)]
+    names = {True: "answer scores ('answers' on each line)", False: "class labels ('label' on each line)"}
+    if None in kinds or kinds[0] == kinds[1]:
+        return (True, key, "", None)
+    return (False, key, f"a file of {names[kinds[0]]}, as data.train holds", f"{path} ({names[kinds[1]]})")
+
+
 def integer_labels_check(d: FinetuneDataConfig, train: GlueTsv) -> tuple:
     """The check that a glue task read without data.labels (as regression targets) is not a
     classification by mistake: training labels all written as integers (SST-2's 0 and 1, ratings 1 to
@@ -741,6 +756,7 @@ def main(cfg: FinetuneConfig) -> dict:
                 )
                 for name, (key, path, _) in val_sets.items()
             ),
+            *(target_kind_check(train_source, key, path, source) for key, path, source in val_sets.values()),
         ]
     )
     num_classes = 1 if classes is None else len(classes)

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +182,43 @@ def test_an_image_text_task_trains_a_text_or_image_head_on_its_own_inputs(export
     )
     assert report["steps"] == 2 and report["modality"] == modality
     assert report["validation"]["items"] == 8
+
+
+def test_a_validation_file_of_the_other_kind_of_targets_is_refused_naming_its_key_before_any_work(export, tmp_path):
+    """A VQA-style training file (answer scores) with a validation file of class labels, or the other way round,
+    trained every step and then failed in the metrics ("scores must have the logits' shape (8, 3), got (8,)")."""
+    from torchflava.training.config import ConfigError
+
+    world = ShapesWorld("pairs", 8, image_size=32, seed=4)
+    (tmp_path / "images").mkdir()
+    scored, labelled = [], []
+    for i in range(8):
+        world[i].image.save(tmp_path / "images" / f"{i}.png")
+        colour = "red" if world.scene(i).colour == "red" else "blue"
+        scored.append({"image": f"{i}.png", "text": "what colour?", "answers": {colour: 1.0, "green": 0.3}})
+        labelled.append({"image": f"{i}.png", "text": "what colour?", "label": colour})
+    for train, val, kinds in [
+        (scored, labelled, ("answer scores ('answers' on each line)", "class labels ('label' on each line)")),
+        (labelled, scored, ("class labels ('label' on each line)", "answer scores ('answers' on each line)")),
+    ]:
+        overrides = _image_text_task(tmp_path, train, val)
+        expected = (
+            rf"key 'data.val': expected a file of {re.escape(kinds[0])}, as data.train holds, got "
+            rf"\"{tmp_path / 'val.jsonl'} {re.escape('(' + kinds[1] + ')')}\"$"
+        )
+        with pytest.raises(ConfigError, match=expected):
+            _run(export, tmp_path / "run", *overrides, "data.labels=[red,green,blue]")
+        assert not (tmp_path / "run").exists()
+    overrides = _image_text_task(tmp_path, scored, scored)  # an extra set of the other kind, named by its key
+    (tmp_path / "extra.jsonl").write_text("".join(json.dumps(line) + "\n" for line in labelled))
+    with pytest.raises(ConfigError, match=r"^key 'data.extra_val.extra': expected a file of answer scores"):
+        _run(
+            export,
+            tmp_path / "run",
+            *overrides,
+            "data.labels=[red,green,blue]",
+            f"data.extra_val.extra={tmp_path / 'extra.jsonl'}",
+        )
 
 
 def test_data_errors_name_the_problem(tmp_path):
