@@ -68,7 +68,7 @@ from torchflava.data.finetuning import (
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.run_checks import resumed_data_checks
-from torchflava.data.samples import readable_chunks, unusable_start
+from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.evaluation.metrics import classification_metrics
@@ -521,15 +521,23 @@ def predict(
     models: dict[str, nn.Module], source, share: range, collator: ClassificationCollator, batch_size: int
 ) -> list:
     """Each of ``models``' top-1 class of every item of ``share`` (indices of ``source``): one ``(label, [class of
-    each model, in models' order])`` per index, None for an unreadable item (skipped, as in training); each image
-    decoded once for all.
+    each model, in models' order])`` per index, or for an unreadable item (skipped, as in training) the reason it
+    is unreadable, a str naming its image; each image decoded once for all.
 
     Raises:
         ValueError: if a model's logits hold NaN or infinite values (the metrics would refuse them).
     """
     device = next(next(iter(models.values())).parameters()).device
     predicted, skipped = {}, []
-    for chunk in readable_chunks(source.__getitem__, share, batch_size, skipped):
+
+    def read(index: int):
+        try:
+            return source[index]
+        except BadSample as bad:  # (the reason, in the item's place: its image is named in the report)
+            predicted[index] = str(bad.reason)
+            raise
+
+    for chunk in readable_chunks(read, share, batch_size, skipped):
         batch = collator("eval", [sample for _, sample in chunk], [])
         pixels = batch["image"].to(device)
         classes = []
@@ -540,17 +548,23 @@ def predict(
             classes.append(logits.argmax(dim=1).tolist())
         for row, ((index, _), label) in enumerate(zip(chunk, batch["labels"].tolist())):
             predicted[index] = (label, [column[row] for column in classes])
-    return [predicted.get(index) for index in share]
+    return [predicted[index] for index in share]
+
+
+SKIPPED_EXAMPLES = 10  # the unreadable validation images the report names
 
 
 def validation_metrics(predictions: list, names: list[str], num_classes: int) -> dict:
     """Top-1 accuracy (and Matthews correlation) of each model of ``names`` over the readable items of
     ``predictions`` (:func:`predict`'s, of every validation item), with the number of those and of the unreadable
-    ones: from the predicted classes alone (no (N, C) scores held, whatever the number of classes)."""
-    readable = [p for p in predictions if p is not None]
+    ones, and the reasons of the first :data:`SKIPPED_EXAMPLES` of those (``skipped_examples``: an image left out
+    of the figures is named, as a training one is): from the predicted classes alone (no (N, C) scores held,
+    whatever the number of classes)."""
+    readable = [p for p in predictions if not isinstance(p, str)]
+    reasons = [p for p in predictions if isinstance(p, str)]
     labels = torch.tensor([label for label, _ in readable], dtype=torch.long)
     classes = torch.tensor([row for _, row in readable], dtype=torch.long).reshape(len(readable), len(names))
-    counts = {"items": len(readable), "skipped": len(predictions) - len(readable)}
+    counts = {"items": len(readable), "skipped": len(reasons), "skipped_examples": reasons[:SKIPPED_EXAMPLES]}
     return {
         name: {**classification_metrics(classes[:, i], labels, num_classes), **counts} for i, name in enumerate(names)
     }
@@ -564,9 +578,10 @@ def wise_ft(zero_shot: dict[str, Tensor], fine_tuned: dict[str, Tensor], alpha: 
 def format_report(report: dict, out_dir: Path) -> str:
     """The one human line after the report: steps, the accuracies, chance, where the classifier is."""
     shown = [f"{name} {100 * metrics['accuracy']:.1f}%" for name, metrics in report["validation"].items()]
-    items = report["validation"]["fine_tuned"]["items"]
+    items, skipped = report["validation"]["fine_tuned"]["items"], report["validation"]["fine_tuned"].get("skipped")
+    items = f"{items} items, {skipped} unreadable skipped" if skipped else f"{items} items"
     return (
-        f"fine-tuning finished: {report['steps']} steps; validation ({items} items) top-1 {', '.join(shown)} "
+        f"fine-tuning finished: {report['steps']} steps; validation ({items}) top-1 {', '.join(shown)} "
         f"(chance {100 * report['chance']:.1f}%); classifier exported to {out_dir / 'model'} "
         f"(python -m torchflava.classify --checkpoint {out_dir} --images DIR)"
     )

@@ -538,6 +538,21 @@ def open_val_set(d: FinetuneDataConfig, classes: Optional[list[str]], key: str, 
     return opened(key, path, expected, lambda: ImageTextLabels(d.image_root, path, d.labels))
 
 
+def target_kind_check(train, key: str, path: str, source) -> tuple:
+    """The check that validation set ``source`` (at ``path``, set by ``key``) holds the targets ``train`` holds: an
+    image_text file's lines hold class labels (``label``) or answer scores (``answers``), and a set of the other
+    kind trained every step and then failed in the metrics. Other sources pass.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    kinds = [getattr(split, "soft_scores", None) for split in (train, source)]
+    names = {True: "answer scores ('answers' on each line)", False: "class labels ('label' on each line)"}
+    if None in kinds or kinds[0] == kinds[1]:
+        return (True, key, "", None)
+    return (False, key, f"a file of {names[kinds[0]]}, as data.train holds", f"{path} ({names[kinds[1]]})")
+
+
 def integer_labels_check(d: FinetuneDataConfig, train: GlueTsv) -> tuple:
     """The check that a glue task read without data.labels (as regression targets) is not a
     classification by mistake: training labels all written as integers (SST-2's 0 and 1, ratings 1 to
@@ -601,9 +616,10 @@ def _glue_expected(d: FinetuneDataConfig) -> str:
 def predict(model: nn.Module, source, share: range, collator, loss: str, batch_size: int = 128) -> list:
     """What the metrics read of ``model``'s output on each item of ``share`` (indices of ``source``): one
     ``(prediction, target)`` pair of numbers per index (:func:`predictions_and_targets`: the predicted class and
-    the label, the predicted value and the target, or the predicted answer and its score), None for an unusable
-    item (skipped, as in training). Items are read and forwarded ``batch_size`` readable ones at a time: one batch
-    of decoded items is held at once, never the whole set.
+    the label, the predicted value and the target, or the predicted answer and its score), or for an unusable
+    item (skipped, as in training) the reason it is unusable, a str (its file and line, its image). Items are read
+    and forwarded ``batch_size`` readable ones at a time: one batch of decoded items is held at once, never the
+    whole set.
 
     Raises:
         ValueError: if the logits hold NaN or infinite values, or the labels do not fit ``loss``.
@@ -611,7 +627,15 @@ def predict(model: nn.Module, source, share: range, collator, loss: str, batch_s
     model.eval()
     device = next(model.parameters()).device
     values, skipped = {}, []
-    for chunk in readable_chunks(source.__getitem__, share, batch_size, skipped):
+
+    def read(index: int):
+        try:
+            return source[index]
+        except BadSample as bad:  # (the reason, in the item's place: its row is named in the report)
+            values[index] = str(bad.reason)
+            raise
+
+    for chunk in readable_chunks(read, share, batch_size, skipped):
         batch = collator("eval", [item for _, item in chunk], [])
         indices = [index for index, _ in chunk]
         del chunk  # (its items freed before the next chunk is read)
@@ -621,18 +645,24 @@ def predict(model: nn.Module, source, share: range, collator, loss: str, batch_s
         }
         predicted, targets = predictions_and_targets(model(**inputs).logits.float(), labels, loss)
         values.update(zip(indices, zip(predicted.tolist(), targets.tolist())))
-    return [values.get(index) for index in share]
+    return [values[index] for index in share]
+
+
+SKIPPED_EXAMPLES = 10  # the unusable items of a validation set its report names
 
 
 def validation_metrics(predictions: list, loss: str, num_classes: int) -> dict:
     """The metrics of ``loss`` over the usable items of ``predictions`` (:func:`predict`'s, of a whole set), with
-    the number of those and of the unusable ones; the figures :func:`task_metrics` gives of those items' logits."""
-    usable = [p for p in predictions if p is not None]
+    the number of those and of the unusable ones, and the reasons of the first :data:`SKIPPED_EXAMPLES` of those
+    (``skipped_examples``: a dev row left out of the figures is named, as a training one is); the figures
+    :func:`task_metrics` gives of those items' logits."""
+    usable = [p for p in predictions if not isinstance(p, str)]
+    reasons = [p for p in predictions if isinstance(p, str)]
     # class ids as integers; values and scores as float64, which holds the float32 ones exactly
     predicted = torch.tensor([p for p, _ in usable], dtype=torch.float64 if loss == "mse" else torch.long)
     targets = torch.tensor([t for _, t in usable], dtype=torch.long if loss == "cross_entropy" else torch.float64)
     metrics = prediction_metrics(predicted, targets, loss, num_classes)
-    return {**metrics, "items": len(usable), "skipped": len(predictions) - len(usable)}
+    return {**metrics, "items": len(usable), "skipped": len(reasons), "skipped_examples": reasons[:SKIPPED_EXAMPLES]}
 
 
 def evaluate(model: nn.Module, source, collator, loss: str, batch_size: int = 128) -> dict:
@@ -645,13 +675,18 @@ def evaluate(model: nn.Module, source, collator, loss: str, batch_size: int = 12
 def format_report(report: dict, out_dir: Path) -> str:
     """The one human line after the report: steps, each validation set's metrics, where the classifier is."""
     sets = "; ".join(
-        f"validation {name} ({metrics['items']} items) {_format_metrics(metrics)}"
+        f"validation {name} ({metrics['items']} items{_skipped(metrics)}) {_format_metrics(metrics)}"
         for name, metrics in report["validation_sets"].items()
     )
     return (
         f"fine-tuning finished: {report['steps']} steps; {sets}; classifier exported to {out_dir / 'model'} "
         f"(python -m torchflava.classify --checkpoint {out_dir})"
     )
+
+
+def _skipped(metrics: dict) -> str:
+    """ ", N unusable skipped" for a set with unusable items (left out of its figures; named in the report)."""
+    return f", {metrics['skipped']} unusable skipped" if metrics.get("skipped") else ""
 
 
 def _format_metrics(metrics: dict) -> str:
@@ -721,6 +756,7 @@ def main(cfg: FinetuneConfig) -> dict:
                 )
                 for name, (key, path, _) in val_sets.items()
             ),
+            *(target_kind_check(train_source, key, path, source) for key, path, source in val_sets.values()),
         ]
     )
     num_classes = 1 if classes is None else len(classes)

@@ -368,7 +368,9 @@ def test_a_line_nested_too_deeply_is_refused_naming_it(tmp_path):
 
     path = tmp_path / "vqa.jsonl"
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # json.loads: RecursionError
-    with pytest.raises(ValueError, match=r"vqa.jsonl line 1: needs 'image' and 'text' \(maximum recursion depth"):
+    with pytest.raises(
+        ValueError, match=r"vqa.jsonl line 1: needs 'image' \(or 'img'\) and 'text' \(maximum recursion depth"
+    ):
         ImageTextLabels(tmp_path, path, ["yes", "no"])
 
 
@@ -633,3 +635,33 @@ def test_glue_and_image_text_classes_without_a_training_item_are_named_in_the_wa
     )
     lines.write_text('{"image": "a.png", "text": "t", "answers": {"no": 1.0}}\n')
     assert ImageTextLabels(tmp_path, lines, ["yes", "no"]).empty_classes == []  # answer scores: every answer a target
+
+
+def test_image_text_labels_read_hateful_memes_lines_as_distributed(tmp_path):
+    """Hateful Memes' train.jsonl lines are {"id", "img", "label", "text"} with the label a JSON 0 or 1: they were
+    refused ("needs 'image' and 'text' ('image')", then "label 0 is not one of ['0', '1']")."""
+    import json
+
+    from torchflava.data.finetuning import ImageTextLabels
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "img" / "42953.png")
+    path = tmp_path / "train.jsonl"
+    lines = [
+        {"id": 42953, "img": "img/42953.png", "label": 0, "text": "its their character not their color that matters"},
+        {"id": 23058, "img": "img/42953.png", "label": 1, "text": "don't be afraid to love again"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    memes = ImageTextLabels(tmp_path, path, ["0", "1"])
+    assert [memes[i].label for i in range(2)] == [0, 1]
+    assert memes[0].text == "its their character not their color that matters" and memes[0].image.size == (4, 4)
+    assert ImageTextLabels(tmp_path, path, ["1", "0"])[0].label == 1  # the class named "0", wherever it is listed
+    for label in (True, 1.0, 2):  # a bool or a float names no class; an integer no class is written as, neither
+        path.write_text(json.dumps({**lines[0], "label": label}) + "\n")
+        with pytest.raises(ValueError, match=rf"train.jsonl line 1: label {label!r} is not one of \['0', '1'\]$"):
+            ImageTextLabels(tmp_path, path, ["0", "1"])
+    path.write_text(json.dumps({"id": 1, "label": 0, "text": "no image"}) + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl line 1: needs 'image' \(or 'img'\) and 'text' \('image'\)$"):
+        ImageTextLabels(tmp_path, path, ["0", "1"])
+    path.write_text(json.dumps({"image": "img/42953.png", "img": "elsewhere.png", "text": "q", "label": "1"}) + "\n")
+    assert ImageTextLabels(tmp_path, path, ["0", "1"])[0].image.size == (4, 4)  # "image" first where both are

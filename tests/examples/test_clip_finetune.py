@@ -616,6 +616,25 @@ def test_the_report_decodes_each_validation_image_once_for_all_three_models(clip
     assert all(figures["items"] == 12 for figures in report["validation"].values())
 
 
+def test_an_unreadable_validation_image_is_named_in_the_report_and_counted_in_the_human_line(
+    clip_export, tmp_path, capsys
+):
+    """An unreadable validation image was left out of the figures with only a count in report.json: the human line
+    said "validation (4 items)" and nothing named the image the figures left out."""
+    train, val = _shapes_folders(tmp_path / "data", train=16, val=4)
+    bad = next(val.rglob("*_unreadable.png"))
+    folders = ["data.task=image_folder", f"data.train={train}", f"data.val={val}", "eval.wise_ft_alpha=0.5"]
+    report = finetune.main(
+        _config(clip_export, tmp_path / "run", *folders, "training.max_steps=1", "optim.warmup_steps=0")
+    )
+    assert set(report["validation"]) == {"zero_shot", "fine_tuned", "wise_ft"}
+    for figures in report["validation"].values():
+        assert (figures["items"], figures["skipped"], len(figures["skipped_examples"])) == (4, 1, 1)
+        assert figures["skipped_examples"][0].startswith(f"{bad.relative_to(val)}: unreadable image (")
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith("fine-tuning finished: 1 steps; validation (4 items, 1 unreadable skipped) top-1 ")
+
+
 def test_a_training_class_folder_without_images_is_named_in_one_warning(clip_export, tmp_path, capsys):
     """An empty class folder became a class without a word: a row of the zero-shot head that took predictions
     (its name's prompt) and a share of chance."""

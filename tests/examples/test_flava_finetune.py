@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -85,8 +86,8 @@ def test_glue_sentence_pair_classification_learns(export, tmp_path):
         "training.max_steps=120",
     )
     assert report["loss"] == "cross_entropy" and report["num_classes"] == 2
-    assert set(report["validation"]) == {"accuracy", "f1", "matthews", "items", "skipped", "chance"}
-    assert report["validation"]["skipped"] == 0
+    assert set(report["validation"]) == {"accuracy", "f1", "matthews", "items", "skipped", "skipped_examples", "chance"}
+    assert (report["validation"]["skipped"], report["validation"]["skipped_examples"]) == (0, [])
     assert report["validation"]["items"] == len(rows) - 200 > 20
     majority = max(sum(r[3] == "red" for r in rows[200:]), sum(r[3] == "blue" for r in rows[200:])) / (len(rows) - 200)
     assert report["validation"]["accuracy"] > max(0.75, majority)
@@ -181,6 +182,43 @@ def test_an_image_text_task_trains_a_text_or_image_head_on_its_own_inputs(export
     )
     assert report["steps"] == 2 and report["modality"] == modality
     assert report["validation"]["items"] == 8
+
+
+def test_a_validation_file_of_the_other_kind_of_targets_is_refused_naming_its_key_before_any_work(export, tmp_path):
+    """A VQA-style training file (answer scores) with a validation file of class labels, or the other way round,
+    trained every step and then failed in the metrics ("scores must have the logits' shape (8, 3), got (8,)")."""
+    from torchflava.training.config import ConfigError
+
+    world = ShapesWorld("pairs", 8, image_size=32, seed=4)
+    (tmp_path / "images").mkdir()
+    scored, labelled = [], []
+    for i in range(8):
+        world[i].image.save(tmp_path / "images" / f"{i}.png")
+        colour = "red" if world.scene(i).colour == "red" else "blue"
+        scored.append({"image": f"{i}.png", "text": "what colour?", "answers": {colour: 1.0, "green": 0.3}})
+        labelled.append({"image": f"{i}.png", "text": "what colour?", "label": colour})
+    for train, val, kinds in [
+        (scored, labelled, ("answer scores ('answers' on each line)", "class labels ('label' on each line)")),
+        (labelled, scored, ("class labels ('label' on each line)", "answer scores ('answers' on each line)")),
+    ]:
+        overrides = _image_text_task(tmp_path, train, val)
+        expected = (
+            rf"key 'data.val': expected a file of {re.escape(kinds[0])}, as data.train holds, got "
+            rf"\"{tmp_path / 'val.jsonl'} {re.escape('(' + kinds[1] + ')')}\"$"
+        )
+        with pytest.raises(ConfigError, match=expected):
+            _run(export, tmp_path / "run", *overrides, "data.labels=[red,green,blue]")
+        assert not (tmp_path / "run").exists()
+    overrides = _image_text_task(tmp_path, scored, scored)  # an extra set of the other kind, named by its key
+    (tmp_path / "extra.jsonl").write_text("".join(json.dumps(line) + "\n" for line in labelled))
+    with pytest.raises(ConfigError, match=r"^key 'data.extra_val.extra': expected a file of answer scores"):
+        _run(
+            export,
+            tmp_path / "run",
+            *overrides,
+            "data.labels=[red,green,blue]",
+            f"data.extra_val.extra={tmp_path / 'extra.jsonl'}",
+        )
 
 
 def test_data_errors_name_the_problem(tmp_path):
@@ -597,7 +635,7 @@ def test_every_glue_task_reads_its_distributed_files_through_its_config(export, 
         )
         for source, items in sets:
             report = finetune.evaluate(model, source, collator, loss)
-            assert set(report) == GLUE_METRICS[task] | {"items", "skipped"}, task
+            assert set(report) == GLUE_METRICS[task] | {"items", "skipped", "skipped_examples"}, task
             assert (report["items"], report["skipped"]) == (sum(i is not None for i in items), items.count(None))
 
 
@@ -625,7 +663,7 @@ def test_cola_fine_tunes_on_its_headerless_files_counting_a_damaged_row(export, 
     assert report["skipped_examples"][0].endswith(
         "train.tsv line 41: expected 4 fields, got 3 (the columns ['source', 'label', 'original_label', 'sentence'])"
     )
-    assert set(report["validation"]) == {"accuracy", "matthews", "f1", "items", "skipped", "chance"}
+    assert set(report["validation"]) == {"accuracy", "matthews", "f1", "items", "skipped", "skipped_examples", "chance"}
     assert (report["validation"]["items"], report["validation"]["skipped"]) == (20, 0)
 
 
@@ -665,7 +703,7 @@ def test_mnli_fine_tunes_on_its_many_column_files_with_three_classes(export, tmp
         f"data.extra_val.mismatched={tmp_path / 'dev_mismatched.tsv'}",
     )
     assert (report["loss"], report["num_classes"], report["skipped_samples"]) == ("cross_entropy", 3, 0)
-    assert set(report["validation"]) == {"accuracy", "matthews", "items", "skipped", "chance"}  # no F1: 3 classes
+    assert set(report["validation"]) == {"accuracy", "matthews", "items", "skipped", "skipped_examples", "chance"}
     assert (report["validation"]["items"], report["validation"]["chance"]) == (20, 1 / 3)
 
 
@@ -683,7 +721,8 @@ def test_mnli_reports_matched_and_mismatched_in_one_run_as_two_single_set_runs_w
     assert (sets["matched"]["items"], sets["mismatched"]["items"]) == (20, 13)
     assert sets["matched"]["skipped"] == sets["mismatched"]["skipped"] == 0
     for metrics in sets.values():
-        assert set(metrics) == {"accuracy", "matthews", "items", "skipped", "chance"} and metrics["chance"] == 1 / 3
+        assert set(metrics) == {"accuracy", "matthews", "items", "skipped", "skipped_examples", "chance"}
+        assert metrics["chance"] == 1 / 3
     assert json.loads((tmp_path / "both" / "report.json").read_text()) == report
     # data.extra_val=null drops the config's further sets: one set a run, the same training
     alone = {
@@ -823,7 +862,7 @@ def test_integer_glue_labels_train_a_regression_with_model_loss_mse_and_decimals
     files = _glue_files(tmp_path / "ints", ["1", "5"])
     report = _run(export, tmp_path / "r1", *files, "model.loss=mse", "training.max_steps=2", "optim.warmup_steps=1")
     assert (report["loss"], report["num_classes"], report["modality"]) == ("mse", 1, "text")
-    assert set(report["validation"]) == {"pearson", "spearman", "items", "skipped"}
+    assert set(report["validation"]) == {"pearson", "spearman", "items", "skipped", "skipped_examples"}
     # a label written with a decimal point or an exponent is a number, not a class: read as regression targets
     for name, labels in (("decimals", ["1.0", "5.0"]), ("exponent", ["1", "5e0"]), ("scores", ["3.800", "1"])):
         (tmp_path / name).mkdir()
@@ -939,6 +978,23 @@ def test_the_report_ends_with_one_human_line(export, tmp_path, capsys):
         "fine-tuning finished: 5 steps; validation dev (3 items) pearson 0.912, spearman nan; classifier exported to "
         "runs/stsb/model (python -m torchflava.classify --checkpoint runs/stsb)"
     )
+
+
+def test_unusable_dev_rows_are_named_in_the_report_and_counted_in_the_human_line(export, tmp_path, capsys):
+    """A dev row missing a field (a stray tab, a cut line) was left out of the figures with only a count in the
+    report's JSON: the human line said "(12 items)" and no line named which rows the figures left out."""
+    files = [*_glue_files(tmp_path, ["neg", "pos"]), "data.labels=[neg,pos]"]
+    dev = tmp_path / "dev.tsv"
+    dev.write_text(dev.read_text() + "a sentence\twith a tab\tpos\nno label\n")
+    report = _run(export, tmp_path / "run", *files, "training.max_steps=2", "optim.warmup_steps=1")
+    v = report["validation"]
+    assert (v["items"], v["skipped"]) == (12, 2)
+    assert v["skipped_examples"] == [
+        f"{dev} line 14: expected 2 fields, got 3 (the columns ['sentence', 'label'])",
+        f"{dev} line 15: expected 2 fields, got 1 (the columns ['sentence', 'label'])",
+    ]
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith("fine-tuning finished: 2 steps; validation val (12 items, 2 unusable skipped) accuracy ")
 
 
 def test_a_hugging_face_checkpoint_fine_tunes_with_its_own_preprocessing_and_dropout(tmp_path):
@@ -1120,18 +1176,19 @@ def _evaluated_whole(model, source, collator, loss):
     from torchflava.models.flava.classification import read_inputs
 
     model.eval()
-    items, skipped = [], 0
+    items, skipped = [], []
     for index in range(len(source)):
         try:
             items.append(source[index])
-        except BadSample:
-            skipped += 1
+        except BadSample as bad:
+            skipped.append(bad.reason)
     logits, labels = [], []
     for start in range(0, len(items), 128):
         batch = collator("eval", items[start : start + 128], [])
         labels.append(batch.pop("labels"))
         logits.append(model(**read_inputs(batch, model.modality)).logits.float())
-    return {**task_metrics(torch.cat(logits), torch.cat(labels), loss), "items": len(items), "skipped": skipped}
+    metrics = task_metrics(torch.cat(logits), torch.cat(labels), loss)
+    return {**metrics, "items": len(items), "skipped": len(skipped), "skipped_examples": skipped[:10]}
 
 
 def _colour_glue(tmp_path) -> list[str]:

@@ -329,9 +329,11 @@ def empty_classes_warning(source: Dataset, key: str) -> Optional[str]:
 class ImageTextLabels(Dataset):
     """Image + text + target from a jsonl file: VQA, SNLI-VE, Hateful Memes style.
 
-    Each line holds ``image`` (path under ``root``), ``text`` (question, hypothesis or meme text)
-    and either ``label`` (a name in ``labels``) or ``answers`` (``{"answer": score}``, scores in
-    [0, 1]: the target is the (C,) score vector over ``labels``; answers outside ``labels`` are dropped).
+    Each line holds ``image`` (path under ``root``; Hateful Memes' ``img`` where there is no ``image``),
+    ``text`` (question, hypothesis or meme text) and either ``label`` (a name in ``labels``; a JSON integer,
+    as Hateful Memes' ``0`` and ``1``, names the class written so, ``"0"``, never a bool or ``1.0``) or
+    ``answers`` (``{"answer": score}``, scores in [0, 1]: the target is the (C,) score vector over
+    ``labels``; answers outside ``labels`` are dropped).
 
     Args:
         root (PathLike): image directory.
@@ -364,9 +366,10 @@ class ImageTextLabels(Dataset):
             where = f"{os.fspath(path)} line {line_number}"
             try:
                 record = json.loads(line)
-                image, text = record["image"], record["text"]
+                # (Hateful Memes' lines name their image "img": {"id", "img", "label", "text"})
+                image, text = record["image" if "image" in record or "img" not in record else "img"], record["text"]
             except (ValueError, KeyError, TypeError, RecursionError) as error:  # (RecursionError: nested too deeply)
-                raise ValueError(f"{where}: needs 'image' and 'text' ({error})") from None
+                raise ValueError(f"{where}: needs 'image' (or 'img') and 'text' ({error})") from None
             if not isinstance(image, str) or not image:
                 raise ValueError(f"{where}: 'image' must be a path relative to root, got {image!r}")
             self._items.append((image, text, self._target(record, where)))
@@ -407,9 +410,12 @@ class ImageTextLabels(Dataset):
                 if answer in self.labels:
                     scores[self.labels.index(answer)] = float(score)
             return scores
-        if record.get("label") not in self.labels:
+        label = record.get("label")
+        if type(label) is int:  # Hateful Memes' 0 and 1 name the classes "0" and "1" (True and 1.0 name none)
+            label = str(label)
+        if label not in self.labels:
             raise ValueError(f"{where}: label {record.get('label')!r} is not one of {self.labels}")
-        return self.labels.index(record["label"])
+        return self.labels.index(label)
 
     def __len__(self) -> int:
         return len(self._items)
