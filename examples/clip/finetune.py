@@ -68,7 +68,7 @@ from torchflava.data.finetuning import (
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.run_checks import resumed_data_checks
-from torchflava.data.samples import BadSample, readable_chunks, unusable_start
+from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.evaluation.metrics import classification_metrics
@@ -529,15 +529,8 @@ def predict(
     """
     device = next(next(iter(models.values())).parameters()).device
     predicted, skipped = {}, []
-
-    def read(index: int):
-        try:
-            return source[index]
-        except BadSample as bad:  # (the reason, in the item's place: its image is named in the report)
-            predicted[index] = str(bad.reason)
-            raise
-
-    for chunk in readable_chunks(read, share, batch_size, skipped):
+    # (an unusable item's reason in its place: its image is named in the report)
+    for chunk in readable_chunks(source.__getitem__, share, batch_size, skipped, skipped_keys=predicted):
         batch = collator("eval", [sample for _, sample in chunk], [])
         pixels = batch["image"].to(device)
         classes = []

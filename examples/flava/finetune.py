@@ -627,15 +627,8 @@ def predict(model: nn.Module, source, share: range, collator, loss: str, batch_s
     model.eval()
     device = next(model.parameters()).device
     values, skipped = {}, []
-
-    def read(index: int):
-        try:
-            return source[index]
-        except BadSample as bad:  # (the reason, in the item's place: its row is named in the report)
-            values[index] = str(bad.reason)
-            raise
-
-    for chunk in readable_chunks(read, share, batch_size, skipped):
+    # (an unusable item's reason in its place: its row is named in the report)
+    for chunk in readable_chunks(source.__getitem__, share, batch_size, skipped, skipped_keys=values):
         batch = collator("eval", [item for _, item in chunk], [])
         indices = [index for index, _ in chunk]
         del chunk  # (its items freed before the next chunk is read)

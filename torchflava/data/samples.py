@@ -93,7 +93,12 @@ def checked_text(text: object, index: int) -> str:
 
 
 def readable_chunks(
-    read: Callable[[Key], Item], keys: Iterable[Key], size: int, skipped: list
+    read: Callable[[Key], Item],
+    keys: Iterable[Key],
+    size: int,
+    skipped: list,
+    *,
+    skipped_keys: Optional[dict] = None,
 ) -> Iterator[list[tuple[Key, Item]]]:
     """Read items one by one and hand them on in chunks, so that a pass over a large folder holds
     one chunk of decoded images at a time, never the whole folder.
@@ -103,6 +108,8 @@ def readable_chunks(
         keys (Iterable): the keys to read, in order.
         size (int): items per chunk (the last one may be shorter).
         skipped (list): the reason of every BadSample is appended here.
+        skipped_keys (Optional[dict]): where given, each unreadable key's reason (a str) is set here too (a
+            validation's predictions keep it in the item's place, to name it in the report).
 
     Returns:
         Iterator[list[tuple[Key, Item]]]: lists of up to ``size`` (key, item) pairs of readable items.
@@ -120,6 +127,8 @@ def readable_chunks(
                 chunk.append((key, read(key)))
             except BadSample as bad:
                 skipped.append(bad.reason)
+                if skipped_keys is not None:
+                    skipped_keys[key] = str(bad.reason)
                 continue
             if len(chunk) == size:
                 yield chunk
