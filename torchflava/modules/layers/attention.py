@@ -342,6 +342,19 @@ class _MathSelfAttention(torch.autograd.Function):
         return grad.flatten(2), None, None
 
 
+def check_heads(embed_dim: int, num_heads: int, dropout: float, bias: bool) -> None:
+    """An attention layer's argument checks, naming the argument: sizes ints >= 1, ``embed_dim`` a multiple of
+    ``num_heads``, ``dropout`` in [0, 1), ``bias`` a bool."""
+    check_int("embed_dim", embed_dim, 1)
+    check_int("num_heads", num_heads, 1)
+    check_dropout("dropout", dropout)
+    check_bool("bias", bias)
+    if embed_dim % num_heads != 0:
+        raise ValueError(
+            f"embed_dim must be a positive multiple of num_heads, got embed_dim={embed_dim}, num_heads={num_heads}"
+        )
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Self-attention with one fused QKV projection and the fused SDPA kernel (:func:`math_attention`
     where SDPA's CPU backward is slow: bf16 training over short sequences, see :func:`math_attention_wins`).
@@ -363,15 +376,8 @@ class MultiHeadSelfAttention(nn.Module):
         self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True, is_causal: bool = False
     ) -> None:
         super().__init__()
-        check_int("embed_dim", embed_dim, 1)
-        check_int("num_heads", num_heads, 1)
-        check_dropout("dropout", dropout)
-        check_bool("bias", bias)
+        check_heads(embed_dim, num_heads, dropout, bias)
         check_bool("is_causal", is_causal)
-        if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"embed_dim must be a positive multiple of num_heads, got embed_dim={embed_dim}, num_heads={num_heads}"
-            )
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads

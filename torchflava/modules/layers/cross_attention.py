@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from torchflava.modules.layers.attention import check_hidden_states, math_attention, math_attention_wins
+from torchflava.modules.layers.attention import check_heads, check_hidden_states, math_attention, math_attention_wins
 from torchflava.modules.layers.linear import Linear
-from torchflava.utils.checks import check_bool, check_dropout, check_input_dtype, check_int, describe_tensor
+from torchflava.utils.checks import check_input_dtype, check_int, describe_tensor
 
 
 def check_memory(memory: object, memory_padding_mask: object, x: Tensor, kv_dim: Optional[int]) -> None:
@@ -89,15 +89,8 @@ class MultiHeadCrossAttention(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        check_int("embed_dim", embed_dim, 1)
-        check_int("num_heads", num_heads, 1)
+        check_heads(embed_dim, num_heads, dropout, bias)
         kv_dim = embed_dim if kv_dim is None else check_int("kv_dim", kv_dim, 1)
-        check_dropout("dropout", dropout)
-        check_bool("bias", bias)
-        if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"embed_dim must be a positive multiple of num_heads, got embed_dim={embed_dim}, num_heads={num_heads}"
-            )
         self.embed_dim = embed_dim
         self.kv_dim = kv_dim
         self.num_heads = num_heads
