@@ -438,12 +438,12 @@ def test_a_tsv_is_scored_on_the_label_column_the_run_fine_tuned_on(regression_ru
     dev = ["--checkpoint", str(run), "--tsv", str(tmp_path / "dev.tsv")]
     result = main([*dev, "--out", str(tmp_path / "a.tsv")])
     stated = main([*dev, "--out", str(tmp_path / "b.tsv"), "--label-column", "score"])
-    assert set(result) == {"num_inputs", "out", "pearson", "spearman"}
+    assert set(result) == {"num_inputs", "out", "skipped", "skipped_reasons", "pearson", "spearman"}
     assert (result["pearson"], result["spearman"]) == (stated["pearson"], stated["spearman"])
     assert -1 <= result["pearson"] <= 1
     # a label column the file lacks, stated: read as a test file (no labels, no correlations)
     result = main([*dev, "--out", str(tmp_path / "c.tsv"), "--label-column", "label"])
-    assert set(result) == {"num_inputs", "out"}
+    assert set(result) == {"num_inputs", "out", "skipped", "skipped_reasons"}
 
 
 def test_an_undefined_correlation_is_null_in_the_json_not_an_error_after_the_predictions(
@@ -457,7 +457,8 @@ def test_an_undefined_correlation_is_null_in_the_json_not_an_error_after_the_pre
     capsys.readouterr()
     argv = ["--checkpoint", str(run), "--tsv", str(tmp_path / "dev.tsv"), "--out", str(out), "--json", str(report)]
     argv += ["--label-column", "score"]
-    expected = {"num_inputs": 4, "out": str(out), "pearson": None, "spearman": None}
+    expected = {"num_inputs": 4, "out": str(out), "skipped": 0, "skipped_reasons": [], "pearson": None}
+    expected["spearman"] = None
     assert main(argv) == expected
     assert json.loads(report.read_text()) == expected
     assert capsys.readouterr().out == f"4 rows classified into {out}; Pearson undefined, Spearman undefined\n"
@@ -484,7 +485,10 @@ def test_a_dev_file_without_a_header_is_read_by_the_columns_the_run_named(pretra
     run = ["--checkpoint", str(tmp_path / "run")]
     result = main([*run, "--tsv", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "dev_predictions.tsv")])
     assert result["num_inputs"] == 40
-    assert result["accuracy"] == pytest.approx(report["validation"]["accuracy"], abs=1e-6)  # the same rows
+    # CoLA's metric is Matthews correlation: the command printed accuracy alone; it now gives the report's metrics
+    # of the same rows, to the last digit
+    metrics = {k: report["validation"][k] for k in ("accuracy", "matthews", "f1")}
+    assert {k: result[k] for k in metrics} == metrics
     # CoLA's test.tsv has a header (index, sentence): read by it, as before
     _write_tsv(tmp_path / "test.tsv", ["index", "sentence"], [(i + 5, row[3]) for i, row in enumerate(rows[:3])])
     result = main([*run, "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "test_predictions.tsv")])
@@ -808,7 +812,8 @@ def test_the_command_writes_glue_predictions_for_a_tsv_and_the_accuracy_of_its_l
     assert result["accuracy"] == pytest.approx(report["validation"]["accuracy"], abs=1e-6)  # the same rows
     assert result["num_inputs"] == 40
     out = capsys.readouterr().out
-    assert out == f"40 rows classified into {tmp_path / 'p.tsv'}; accuracy {100 * result['accuracy']:.1f}%\n"
+    shown = f"accuracy {100 * result['accuracy']:.1f}%, Matthews {result['matthews']:.4f}, F1 {100 * result['f1']:.1f}%"
+    assert out == f"40 rows classified into {tmp_path / 'p.tsv'}; {shown}\n"
     # a test file: no labels, no index column (rows numbered from 0); a single-text classifier's one column
     single, _, texts = text_run
     _write_tsv(tmp_path / "test.tsv", ["sentence"], [(t,) for t in texts[:3]])
@@ -828,7 +833,7 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
 
     monkeypatch.setattr(classify_module, "load_classifier", lambda *a, **k: pytest.fail("weights loaded"))
     _write_tsv(tmp_path / "one.tsv", ["index", "sentence"], [(0, "a red circle")])
-    _write_tsv(tmp_path / "short.tsv", ["question", "sentence"], [pairs[0], ("only one",)])
+    _write_tsv(tmp_path / "short.tsv", ["question", "sentence"], [("only one",)])
     _write_tsv(tmp_path / "bad_label.tsv", ["question", "sentence", "label"], [(*pairs[0], "huge")])
     (tmp_path / "latin1.tsv").write_bytes("question\tsentence\ncaf\xe9\tb\n".encode("latin-1"))
     out = str(tmp_path / "p.tsv")
@@ -839,7 +844,8 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
         ),
         (
             [str(run), "--tsv", str(tmp_path / "short.tsv")],
-            f"argument --tsv: {tmp_path / 'short.tsv'} line 3: expected 2 fields, got 1",
+            f"argument --tsv: expected a usable row, got none (1 unusable: {tmp_path / 'short.tsv'} line 2: "
+            "expected 2 fields, got 1",
         ),
         (
             [str(run), "--tsv", str(tmp_path / "bad_label.tsv")],
@@ -860,8 +866,8 @@ def test_the_command_names_a_bad_tsv_or_export_before_loading_weights(
     cases.append(
         (
             [str(run), "--tsv", str(tmp_path / "blank.tsv")],
-            f"argument --tsv: {tmp_path / 'blank.tsv'} line 2: expected a text in each of ['question', 'sentence'], "
-            f"got [{pairs[0][0]!r}, ' ']",
+            f"argument --tsv: expected a usable row, got none (1 unusable: {tmp_path / 'blank.tsv'} line 2: expected "
+            f"a text in each of ['question', 'sentence'], got [{pairs[0][0]!r}, ' ']",
         )
     )
     for arguments, message in cases:
@@ -907,7 +913,8 @@ def test_the_tsv_is_read_as_fine_tuning_read_its_files(pair_run, tmp_path, capsy
         with pytest.raises(SystemExit) as exit_:
             main(["--checkpoint", str(run), "--tsv", str(tmp_path / name), "--out", str(tmp_path / "p.tsv")])
         assert exit_.value.code == 2
-        assert f"argument --tsv: {tmp_path / message}" in capsys.readouterr().err
+        unusable = "expected a usable row, got none (1 unusable: " if name == "zero.tsv" else ""
+        assert f"argument --tsv: {unusable}{tmp_path / message}" in capsys.readouterr().err
 
 
 def test_a_pair_export_from_before_the_inputs_file_reads_a_tsvs_two_columns_joined_by_sep(pair_run, tmp_path):
@@ -1034,3 +1041,55 @@ def test_answers_whose_sigmoid_rounds_to_one_are_ranked_by_their_logits(tmp_path
     assert result["predictions"][0]["top"] == [["c", 1.0], ["b", 1.0], ["a", 1.0]]
     logits = load_classifier(tmp_path / "vqa").logits([Image.open(tmp_path / "images" / "0.png")])
     torch.testing.assert_close(logits, torch.tensor([[18.0, 20.0, 30.0]]))
+
+
+def test_a_dev_file_with_unusable_rows_is_scored_without_them_naming_them_as_fine_tuning_does(
+    pair_run, tmp_path, capsys
+):
+    """A row of another number of fields or a blank text refused the whole file, where fine-tuning skips and
+    names it (QQP's files have a few): the command now leaves such rows out, counts and names them, and scores
+    the others as it scores a file without them."""
+    run, _, pairs, labels = pair_run
+    good = [(i, a, b, y) for i, ((a, b), y) in enumerate(zip(pairs[:8], labels[:8]))]
+    _write_tsv(tmp_path / "clean.tsv", ["index", "question", "sentence", "label"], good)
+    bad = [*good[:3], (100, "a stray\ttab", pairs[0][1], labels[0]), *good[3:6], (101, " ", "b", labels[0]), *good[6:]]
+    _write_tsv(tmp_path / "dev.tsv", ["index", "question", "sentence", "label"], bad)
+    argv = ["--checkpoint", str(run), "--out"]
+    clean = main([*argv, str(tmp_path / "clean_p.tsv"), "--tsv", str(tmp_path / "clean.tsv")])
+    capsys.readouterr()
+    result = main(
+        [*argv, str(tmp_path / "p.tsv"), "--tsv", str(tmp_path / "dev.tsv"), "--json", str(tmp_path / "r.json")]
+    )
+    reasons = [
+        f"{tmp_path / 'dev.tsv'} line 5: expected 4 fields, got 5 (the columns ['index', 'question', 'sentence', "
+        "'label'])",
+        f"{tmp_path / 'dev.tsv'} line 9: expected a text in each of ['question', 'sentence'], got [' ', 'b']",
+    ]
+    assert result["skipped"] == 2 and result["skipped_reasons"] == reasons
+    assert result["num_inputs"] == 8
+    assert {k: result[k] for k in ("accuracy", "matthews", "f1")} == {
+        k: clean[k] for k in ("accuracy", "matthews", "f1")
+    }
+    assert (tmp_path / "p.tsv").read_text() == (tmp_path / "clean_p.tsv").read_text()
+    assert json.loads((tmp_path / "r.json").read_text()) == result
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"8 rows classified into {tmp_path / 'p.tsv'} (2 unusable rows skipped: not in it)")
+    assert captured.err.splitlines() == [f"skipped: {reason}" for reason in reasons]
+
+
+def test_a_tsv_is_ranked_by_the_logits_not_by_scores_that_round_to_ties(tmp_path):
+    """--tsv took the argmax of the scores: a multi-label text head's sigmoid gives every logit above ~17 the
+    score 1.0 in fp32, so of logits 18, 20, 30 the first class, 'a', was written, not the head's best, 'c'."""
+    model = _tiny_classifier(modality="text", loss="binary_cross_entropy")
+    last = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([18.0, 20.0, 30.0]))
+    tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=40)
+    export = tmp_path / "tags"
+    args = dict(backbone_kwargs=TINY_FLAVA, tokenizer=tokenizer, image_transform=EvalImageTransform(32))
+    export_classifier(model, export, labels=["a", "b", "c"], **args)
+    _write_tsv(tmp_path / "test.tsv", ["sentence"], [("a red circle",), ("a blue square",)])
+    argv = ["--checkpoint", str(export), "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "p.tsv")]
+    main([*argv, "--text-columns", "sentence"])
+    assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n0\tc\n1\tc\n"

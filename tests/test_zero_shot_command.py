@@ -694,9 +694,21 @@ def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five
     text_features = zero_shot.text_features(pretrained, texts)
     expected = retrieval_recall(image_features, text_features, ks=(1,), image_of_text=torch.arange(20) // 5)
     assert {k: result[k] for k in expected} == pytest.approx(expected)
+    # image->text ranks the 20 captions: its R@5 and R@10 are reported (they were not, K being capped at the
+    # 4 images); text->image ranks the 4 images, so none past R@1 (R@5 would be 1.0 whatever the model)
+    five = retrieval_recall(image_features, text_features, ks=(1, 5, 10), image_of_text=torch.arange(20) // 5)
+    assert sorted(k for k in result if "R@" in k and "chance" not in k) == sorted(five)
+    assert sorted(five) == ["image_to_text_R@1", "image_to_text_R@10", "image_to_text_R@5", "text_to_image_R@1"]
+    assert {k: result[k] for k in five} == pytest.approx(five)
+    assert result["image_to_text_R@5_chance"] == pytest.approx(1 - math.comb(15, 5) / math.comb(20, 5))
+    assert "text_to_image_R@5_chance" not in result
     command = ["--checkpoint", str(directory), "--images", str(images), "--captions", str(captions)]
-    assert zero_shot.main([*command, "--split", "test"]) == {**result, "weights": str(pretrained.weights)}
     capsys.readouterr()
+    assert zero_shot.main([*command, "--split", "test"]) == {**result, "weights": str(pretrained.weights)}
+    printed = capsys.readouterr().out
+    chance = zero_shot.percent(1 - math.comb(15, 10) / math.comb(20, 10))  # 98.4%
+    assert f"  image_to_text_R@10: {100 * result['image_to_text_R@10']:.1f}%  (chance {chance})\n" in printed
+    assert "text_to_image_R@5" not in printed
     everything = zero_shot.main(command)  # no --split: every split, said before the checkpoint loads
     assert everything["num_images"] == 6 and everything["num_pairs"] == 30
     warning = (
@@ -1317,3 +1329,13 @@ def test_a_model_moved_to_a_gpu_classifies_a_folder_as_on_the_cpu(export, images
     on_gpu = zero_shot.classify_folder(pretrained, str(images), CLASSES, ("a {}",))
     assert on_gpu["predictions"] == on_cpu["predictions"] and on_gpu["accuracy"] == pytest.approx(on_cpu["accuracy"])
     torch.testing.assert_close(on_gpu["top_probabilities"], on_cpu["top_probabilities"], rtol=0, atol=1e-4)
+
+
+def test_a_chance_below_one_percent_is_printed_to_two_significant_digits():
+    """The summary printed one decimal: ImageNet-21k's chance, 1 / 21843, read "chance 0.0%"."""
+    assert zero_shot.percent(1 / 21843) == "0.0046%"
+    assert zero_shot.percent(1 / 2001) == "0.050%"
+    assert zero_shot.percent(1 / 1000) == "0.10%"
+    assert zero_shot.percent(1 / 30) == "3.3%"
+    assert zero_shot.percent(1.0) == "100.0%"
+    assert zero_shot.percent(0.0) == "0.0%"

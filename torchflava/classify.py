@@ -35,8 +35,10 @@ under that header: the class name, or the value of a regression):
 The file's header names its columns: the text columns the classifier was fine-tuned on
 (``--text-columns``, else the run's ``config.yaml``'s ``data.text_columns``), an ``index`` column (else
 rows are numbered from 0) and, in a dev file, the label column (``--label-column``, else the run's
-``data.label_column``, else ``label``), with which the accuracy is printed (Pearson and Spearman
-correlations for a regression).
+``data.label_column``, else ``label``), with which the metrics of the fine-tuning run's report are printed:
+accuracy, Matthews correlation (GLUE's CoLA metric) and, for two classes, F1 (MRPC's, QQP's); Pearson and
+Spearman correlations for a regression (STS-B). A row of another number of fields or with a blank text is
+skipped and named, as fine-tuning skips it (so it is missing from the submission file).
 """
 
 import argparse
@@ -58,7 +60,7 @@ from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
-from torchflava.evaluation.metrics import pearson, spearman
+from torchflava.evaluation.metrics import classification_metrics, pearson, spearman
 from torchflava.models import clip_model, flava_model, flava_model_for_classification
 from torchflava.models.clip import CLIPModel, clip_model_arguments
 from torchflava.models.flava import FLAVAModel
@@ -104,7 +106,7 @@ from torchflava.utils.cli import (
 from torchflava.utils.distributed import get_rank
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
-from torchflava.zero_shot import folder_labels, unmatched_folders_warning
+from torchflava.zero_shot import folder_labels, percent, unmatched_folders_warning
 
 CLASSIFIER_CONFIG = "classification_config.json"  # flava_model_for_classification's arguments
 LABELS_FILE = "labels.json"  # the class names, in output order
@@ -693,6 +695,7 @@ class GlueRows(NamedTuple):
     indices: list[str]  # the index column's values, else the row numbers from 0
     texts: list  # each row's text, or (first, second) pair for a sentence-pair classifier
     labels: Optional[list[str]]  # the label column's values, None without one
+    skipped: list[str]  # why each unusable row (another number of fields, a blank text) is left out, naming its line
 
 
 def _run_data_config(config: ClassifierConfig, key: str) -> object:
@@ -789,10 +792,11 @@ def _glue_rows(
     """The rows of ``--tsv``, read by :class:`~torchflava.data.finetuning.GlueTsv` as fine-tuning read its
     files (a header row, or the run's ``data.columns`` for a file without one; the label column and ``index``
     read where the file has them): a parser error
-    naming the file for one that does not read, a missing column, a row of another number of fields, a
-    blank text, or a label the classifier cannot predict (not a class name, not a number for a
-    regression). Two ``columns`` of a classifier that reads no sentence pairs (an export from before
-    ``classifier_inputs.json``) are joined by `` [SEP] ``, as such an export was fine-tuned on them."""
+    naming the file for one that does not read, a missing column, a label the classifier cannot predict (not
+    a class name, not a number for a regression), or no usable row. A row of another number of fields or a
+    blank text is left out and named, as fine-tuning skips it (QQP's train.tsv has a few). Two ``columns`` of
+    a classifier that reads no sentence pairs (an export from before ``classifier_inputs.json``) are joined
+    by `` [SEP] ``, as such an export was fine-tuned on them."""
     regression = (config.kwargs.get("loss") or default_loss(config.kwargs["num_classes"])) == "mse"
     names = None if regression else config.labels or [str(i) for i in range(config.kwargs["num_classes"])]
     try:
@@ -801,42 +805,52 @@ def _glue_rows(
         parser.error(f"argument --tsv: expected a readable UTF-8 TSV file, got {args.tsv!r} ({first_line(error)})")
     except (ValueError, TypeError) as error:
         parser.error(f"argument --tsv: {first_line(error)}")
-    texts, labels = [], []
+    indices, texts, labels, skipped = [], [], [], []
     for row in range(len(table)):
         try:
             sample = table[row]
-        except BadSample as error:  # (the tokenizer's refusal of a blank text would come after the weights)
-            parser.error(f"argument --tsv: {error.reason}")
+        except BadSample as error:  # skipped, as fine-tuning skips it (its validation names it in the report)
+            skipped.append(error.reason)
+            continue
         pair = isinstance(sample.text, tuple)
+        indices.append(table.indices[row])
         texts.append(" [SEP] ".join(sample.text) if pair and not config.sentence_pairs else sample.text)
         labels.append(sample.label if regression or not table.labelled else names[sample.label])
-    return GlueRows(table.indices, texts, labels if table.labelled else None)
+    if not texts:  # (the tokenizer's refusal of a blank text would come after the weights)
+        parser.error(f"argument --tsv: expected a usable row, got none ({len(skipped)} unusable: {skipped[0]})")
+    return GlueRows(indices, texts, labels if table.labelled else None, skipped)
 
 
 def classify_tsv(classifier: Classifier, rows: GlueRows, out: Path, batch_size: int) -> dict:
     """Classify ``rows`` and write GLUE's submission file ``out`` atomically: ``index<TAB>prediction``
     under that header, each prediction the top class's name (its number without names) or a regression's
-    value (values joined by commas for several). Returns ``num_inputs`` and ``out``, and with labels
-    ``accuracy`` (classification) or ``pearson`` and ``spearman`` (a regression; None where undefined: constant
-    predictions or labels)."""
+    value (values joined by commas for several). Returns ``num_inputs``, ``out``, ``skipped`` and
+    ``skipped_reasons`` (the unusable rows left out, named), and with labels the metrics the fine-tuning
+    recipe's report gives of the same rows (:func:`~torchflava.evaluation.metrics.classification_metrics`:
+    ``accuracy``, ``matthews`` (CoLA's) and for two classes ``f1`` (MRPC's, QQP's: of class 1); for a
+    regression ``pearson`` and ``spearman``, None where undefined: constant predictions or labels)."""
     regression = classifier.model.loss == "mse"
-    scores = torch.cat(
-        [classifier.scores(texts=rows.texts[i : i + batch_size]) for i in range(0, len(rows.texts), batch_size)]
+    logits = torch.cat(
+        [classifier.logits(texts=rows.texts[i : i + batch_size]) for i in range(0, len(rows.texts), batch_size)]
     )
     if regression:
-        predictions = [",".join(f"{v:.6g}" for v in row.tolist()) for row in scores]
-    else:
-        predictions = [classifier.class_name(int(i)) for i in scores.argmax(dim=1)]
+        predictions = [",".join(f"{v:.6g}" for v in row.tolist()) for row in logits]
+    else:  # ranked by the logits, as classify ranks them (a sigmoid rounds every logit above ~17 to 1.0)
+        predicted = logits.argmax(dim=1)
+        predictions = [classifier.class_name(int(i)) for i in predicted]
     lines = ["index\tprediction\n"] + [f"{i}\t{p}\n" for i, p in zip(rows.indices, predictions)]
     atomic_write(out, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
-    result = {"num_inputs": len(predictions), "out": str(out)}
+    result = {"num_inputs": len(predictions), "out": str(out), "skipped": len(rows.skipped)}
+    result["skipped_reasons"] = rows.skipped
     if rows.labels is not None and regression:
-        truth, predicted = torch.tensor([float(v) for v in rows.labels], dtype=torch.float64), scores[:, 0].double()
+        truth, values = torch.tensor([float(v) for v in rows.labels], dtype=torch.float64), logits[:, 0].double()
         # undefined (nan) where the predictions or the labels are constant: None, which --json writes as null
-        correlations = (pearson(predicted, truth), spearman(predicted, truth))
+        correlations = (pearson(values, truth), spearman(values, truth))
         result["pearson"], result["spearman"] = (None if math.isnan(value) else value for value in correlations)
     elif rows.labels is not None:
-        result["accuracy"] = sum(p == t for p, t in zip(predictions, rows.labels)) / len(predictions)
+        ids = {classifier.class_name(i): i for i in range(classifier.num_classes)}
+        truth = torch.tensor([ids[label] for label in rows.labels])
+        result.update(classification_metrics(predicted, truth, classifier.num_classes))
     return result
 
 
@@ -854,13 +868,16 @@ def _main_tsv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
     classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     result = classify_tsv(classifier, rows, args.out, args.batch_size)
     summary = f"{result['num_inputs']} rows classified into {args.out}"
+    if result["skipped"]:  # (a submission file lacking them is refused by GLUE's server)
+        summary += f" ({result['skipped']} unusable rows skipped: not in it)"
     if "accuracy" in result:
-        summary += f"; accuracy {100 * result['accuracy']:.1f}%"
+        summary += f"; accuracy {100 * result['accuracy']:.1f}%, Matthews {result['matthews']:.4f}"
+        summary += f", F1 {100 * result['f1']:.1f}%" if "f1" in result else ""
     if "pearson" in result:
         shown = ["undefined" if value is None else f"{value:.4f}" for value in (result["pearson"], result["spearman"])]
         summary += f"; Pearson {shown[0]}, Spearman {shown[1]}"
     print(summary)
-    return finish_command(result, [], args.json)
+    return finish_command(result, result["skipped_reasons"], args.json)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -956,7 +973,7 @@ def _shown(result: dict, args: argparse.Namespace) -> dict:
         print(f"{name}\t{shown}")
     summary = f"{result['num_inputs']} inputs, {result['skipped']} unreadable skipped"
     if "accuracy" in result:
-        summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
+        summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {percent(result['chance'])})"
         summary += f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%"
     print(summary)
     if "warning" in result:

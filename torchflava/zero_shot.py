@@ -332,11 +332,11 @@ class _Tally:
         if self.labels is None:
             return {}
         credit, labels = torch.cat(self.credits[1]), torch.cat(self.labels)
-        out = {"accuracy": credit.mean().item()}
+        out = {"accuracy": credit.double().mean().item()}  # (a float32 mean: 81 of 100 was 0.8100000023841858)
         # the class-balanced figure (some benchmarks report it), and top-5 where it is not right by count alone
         out["mean_per_class_accuracy"] = per_class_mean(credit, labels, self.num_classes)
         if self.num_classes > 5:
-            out["top5_accuracy"] = torch.cat(self.credits[5]).mean().item()
+            out["top5_accuracy"] = torch.cat(self.credits[5]).double().mean().item()
         return out
 
 
@@ -553,7 +553,8 @@ def retrieval(
     Returns:
         dict: ``image_to_text_R@K``, ``text_to_image_R@K`` and the recall of a random ranking in each
         direction, ``image_to_text_R@K_chance`` and ``text_to_image_R@K_chance`` (:func:`retrieval_chance`),
-        for each K of 1, 5 and 10 up to the number of readable images, ``num_pairs``, ``num_images``, ``skipped`` and
+        for each K of 1, 5 and 10 up to the number of captions (text->image's up to the number of readable
+        images, which it ranks), ``num_pairs``, ``num_images``, ``skipped`` and
         ``skipped_reasons`` (each malformed captions entry and unreadable image, named).
 
     Raises:
@@ -592,7 +593,7 @@ def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_siz
     images = torch.cat(chunks)
     texts = text_features(pretrained, [text for _, text in pairs])
     image_of_text = torch.tensor([row[path] for path, _ in pairs])
-    ks = [k for k in (1, 5, 10) if k <= len(row)]
+    ks = [k for k in (1, 5, 10) if k <= len(pairs)]  # (text->image's only up to the images: retrieval_recall)
     return {
         **retrieval_recall(images, texts, ks=ks, image_of_text=image_of_text),
         "num_pairs": len(pairs),
@@ -603,13 +604,21 @@ def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_siz
     }
 
 
+def percent(share: float) -> str:
+    """``share`` (a fraction) as a percentage: one decimal, or as many as its first two significant digits need
+    below 1% (a chance of 1/21843 classes is 0.0046%, which one decimal printed as 0.0%)."""
+    value = 100 * share
+    decimals = 1 if value >= 1 or value <= 0 else 1 - math.floor(math.log10(value))
+    return f"{value:.{decimals}f}%"
+
+
 def retrieval_chance(captions_per_image: Sequence[int], num_texts: int, ks: Sequence[int]) -> dict[str, float]:
     """The Recall@K of a random ranking in each direction: text->image K / M (one right image of the M);
     image->text the mean over the images of 1 - C(T - n, K) / C(T, K), the chance that at least one of an
     image's n captions is among the K first of the T texts (K / M only where every image has one caption).
 
     Returns:
-        dict[str, float]: ``image_to_text_R@K_chance`` and ``text_to_image_R@K_chance`` for each K.
+        dict[str, float]: ``image_to_text_R@K_chance`` for each K, ``text_to_image_R@K_chance`` for each K <= M.
     """
     images, out = len(captions_per_image), {}
     for k in ks:
@@ -619,7 +628,8 @@ def retrieval_chance(captions_per_image: Sequence[int], num_texts: int, ks: Sequ
                 math.prod((num_texts - n - j) / (num_texts - j) for j in range(k)) if k <= num_texts - n else 0
             )
         out[f"image_to_text_R@{k}_chance"] = 1 - sum(missed) / images
-        out[f"text_to_image_R@{k}_chance"] = k / images
+        if k <= images:  # (as retrieval_recall: text->image ranks the images)
+            out[f"text_to_image_R@{k}_chance"] = k / images
     return out
 
 
@@ -834,7 +844,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             print(f"{file}\t{name}")
         summary = f"{result['num_images']} images, {result['skipped']} unreadable skipped"
         if "accuracy" in result:
-            summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {100 * result['chance']:.1f}%)"
+            summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {percent(result['chance'])})"
             summary += f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%"
             if "top5_accuracy" in result:
                 summary += f", top-5 {100 * result['top5_accuracy']:.1f}%"
@@ -850,7 +860,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")
         recalls = [k for k in result if "R@" in k and "chance" not in k]
         for key in sorted(recalls, key=lambda k: (int(k.split("@")[1]), k)):  # R@1, R@5, R@10 (not R@10 first)
-            print(f"  {key}: {100 * result[key]:.1f}%  (chance {100 * result[f'{key}_chance']:.1f}%)")
+            print(f"  {key}: {100 * result[key]:.1f}%  (chance {percent(result[f'{key}_chance'])})")
     # what was evaluated: a run's export file, or the step_<N> its latest checkpoint resolved to
     result["weights"] = str(pretrained.weights)
     return finish_command(result, result["skipped_reasons"], args.json)

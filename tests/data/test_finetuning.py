@@ -369,7 +369,8 @@ def test_a_line_nested_too_deeply_is_refused_naming_it(tmp_path):
     path = tmp_path / "vqa.jsonl"
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # json.loads: RecursionError
     with pytest.raises(
-        ValueError, match=r"vqa.jsonl line 1: needs 'image' \(or 'img'\) and 'text' \(maximum recursion depth"
+        ValueError,
+        match=r"vqa.jsonl line 1: needs 'image' \(or 'img'\) and 'text', or SNLI-VE's 'Flickr30K_ID' and 'sentence2' \(maximum recursion depth",
     ):
         ImageTextLabels(tmp_path, path, ["yes", "no"])
 
@@ -661,7 +662,43 @@ def test_image_text_labels_read_hateful_memes_lines_as_distributed(tmp_path):
         with pytest.raises(ValueError, match=rf"train.jsonl line 1: label {label!r} is not one of \['0', '1'\]$"):
             ImageTextLabels(tmp_path, path, ["0", "1"])
     path.write_text(json.dumps({"id": 1, "label": 0, "text": "no image"}) + "\n")
-    with pytest.raises(ValueError, match=r"train.jsonl line 1: needs 'image' \(or 'img'\) and 'text' \('image'\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"train.jsonl line 1: needs 'image' \(or 'img'\) and 'text', or SNLI-VE's 'Flickr30K_ID' and 'sentence2' \('image'\)$",
+    ):
         ImageTextLabels(tmp_path, path, ["0", "1"])
     path.write_text(json.dumps({"image": "img/42953.png", "img": "elsewhere.png", "text": "q", "label": "1"}) + "\n")
     assert ImageTextLabels(tmp_path, path, ["0", "1"])[0].image.size == (4, 4)  # "image" first where both are
+
+
+def test_snli_ve_lines_are_read_as_distributed(tmp_path):
+    """The class said "SNLI-VE style" but read only image/text/label: SNLI-VE's own jsonl (Flickr30K_ID, the
+    hypothesis sentence2, gold_label, beside SNLI's other fields) was refused line 1. Its image is the Flickr30k
+    file <Flickr30K_ID>.jpg under root."""
+    import json
+
+    from torchflava.data.finetuning import ImageTextLabels
+
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(tmp_path / "3416050480.jpg")
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(tmp_path / "12.jpg")
+    snli = {"annotator_labels": ["neutral"], "captionID": "3416050480.jpg#4", "pairID": "3416050480.jpg#4r1n"}
+    lines = [
+        {
+            **snli,
+            "Flickr30K_ID": "3416050480",
+            "sentence1": "A man.",
+            "sentence2": "A man sleeps.",
+            "gold_label": "neutral",
+        },
+        {**snli, "Flickr30K_ID": 12, "sentence1": "A dog.", "sentence2": "An animal.", "gold_label": "entailment"},
+    ]
+    path = tmp_path / "snli_ve_dev.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    data = ImageTextLabels(tmp_path, path, ["entailment", "neutral", "contradiction"])
+    assert [(data[i].text, data[i].label) for i in range(2)] == [("A man sleeps.", 1), ("An animal.", 0)]
+    assert data[0].image.getpixel((0, 0)) == (10, 20, 30) and data[1].image.getpixel((0, 0)) == (200, 0, 0)
+    path.write_text(json.dumps({**lines[0], "Flickr30K_ID": None}) + "\n")
+    with pytest.raises(
+        ValueError, match=r"snli_ve_dev.jsonl line 1: needs .* SNLI-VE's 'Flickr30K_ID' and 'sentence2'"
+    ):
+        ImageTextLabels(tmp_path, path, ["entailment", "neutral", "contradiction"])

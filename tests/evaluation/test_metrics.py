@@ -347,3 +347,15 @@ def test_predictions_and_targets_refuse_what_task_metrics_refuses():
     ):
         with pytest.raises(ValueError, match=message):
             prediction_metrics(*args)
+
+
+def test_shares_are_exact_fractions_not_float32_means():
+    """81 right of 100 was reported as 0.8100000023841858 (a float32 mean), in report.json and the command's
+    JSON: a count divided in float64 gives 0.81, as sklearn's accuracy_score does."""
+    labels = torch.zeros(100, dtype=torch.long)
+    predicted = torch.cat([torch.zeros(81, dtype=torch.long), torch.ones(19, dtype=torch.long)])
+    logits = torch.nn.functional.one_hot(predicted, 2).float()
+    assert accuracy(logits, labels) == 0.81
+    assert classification_metrics(predicted, labels, 2)["accuracy"] == 0.81
+    assert task_metrics(logits, labels, "cross_entropy")["accuracy"] == 0.81
+    assert prediction_metrics(predicted, labels, "cross_entropy", 2)["accuracy"] == 0.81

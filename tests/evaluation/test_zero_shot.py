@@ -127,7 +127,7 @@ def test_retrieval_recall_with_several_captions_per_image():
     with pytest.raises(ValueError, match="every one of the 4 images at least one text"):
         retrieval_recall(images, texts[:3], ks=(1,), image_of_text=torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="ks must lie in"):
-        retrieval_recall(images, texts, ks=(5,), image_of_text=image_of_text)
+        retrieval_recall(images, texts, ks=(8,), image_of_text=image_of_text)
 
 
 def test_classification_accuracy_exact():
@@ -500,7 +500,7 @@ def test_retrieval_ks_may_be_any_iterable_read_once():
     assert retrieval_recall(images, texts, ks=range(1, 3)) == expected
     with pytest.raises(ValueError) as info:
         retrieval_recall(images, texts, ks=(k for k in [1, 7]))
-    assert str(info.value) == "ks must lie in [1, 4], got [1, 7]"
+    assert str(info.value) == "ks must lie in [1, 4] (the texts image->text ranks), got [1, 7]"
     with pytest.raises(ValueError) as info:
         retrieval_recall(images, texts, ks=iter([]))
     assert str(info.value) == "ks must be a non-empty sequence of ints, got []"
@@ -765,8 +765,8 @@ def _whole_matrix_recalls(images, texts, image_of_text, ks):
     i2t = ((similarity >= best[:, None]) & ~right).sum(dim=1)
     out = {}
     for k in ks:
-        out[f"image_to_text_R@{k}"] = (i2t < k).float().mean().item()
-        out[f"text_to_image_R@{k}"] = (t2i < k).float().mean().item()
+        out[f"image_to_text_R@{k}"] = (i2t < k).double().mean().item()
+        out[f"text_to_image_R@{k}"] = (t2i < k).double().mean().item()
     return out
 
 
@@ -798,3 +798,41 @@ def test_retrieval_recall_refuses_a_bad_block_size_naming_it(chunk, error):
     images, texts = features()
     with pytest.raises(error, match="^block_size"):
         retrieval_recall(images, texts, (1,), block_size=chunk)
+
+
+def test_shares_of_images_are_exact_fractions_not_float32_means():
+    """81 right of 100 images was 0.8100000023841858 (a float32 mean of the credits, of the hits)."""
+    classes = torch.eye(2)
+    images = torch.cat([classes[[0] * 81], classes[[1] * 19]])
+    labels = torch.zeros(100, dtype=torch.long)
+    assert classification_accuracy(images, classes, labels) == 0.81
+    # image i's caption is text i; 19 images share one feature, so only the first of them finds its caption
+    image_rows = torch.eye(100, 101)
+    image_rows[81:] = torch.eye(101)[100]
+    texts = image_rows.clone()
+    recall = retrieval_recall(image_rows, texts, ks=(1,))
+    assert recall == {"image_to_text_R@1": 0.81, "text_to_image_R@1": 0.81}
+
+
+def test_image_to_text_recall_is_scored_up_to_the_number_of_texts():
+    """K was refused above min(images, texts): 3 images with 5 captions each got no image->text R@5, though 15
+    texts are ranked; text->image (3 images ranked) is scored only up to K = 3."""
+    images = torch.eye(3, 4)
+    image_of_text = torch.arange(15) // 5
+    texts = images[image_of_text]  # a perfect model: every caption is its image
+    recall = retrieval_recall(images, texts, ks=(1, 3, 5, 10), image_of_text=image_of_text)
+    expected = {f"image_to_text_R@{k}": 1.0 for k in (1, 3, 5, 10)}
+    assert recall == {**expected, "text_to_image_R@1": 1.0, "text_to_image_R@3": 1.0}
+    # each caption is the next image: an image's own captions rank after 10 wrong ones (5 above, 5 tied with
+    # them, which count against it), so image->text finds one within K = 11, text->image never within 1
+    shifted = images[(image_of_text + 1) % 3]
+    recall = retrieval_recall(images, shifted, ks=(1, 10, 11), image_of_text=image_of_text)
+    assert recall == {
+        "image_to_text_R@1": 0.0,
+        "image_to_text_R@10": 0.0,
+        "image_to_text_R@11": 1.0,
+        **{"text_to_image_R@1": 0.0},
+    }
+    with pytest.raises(ValueError) as info:
+        retrieval_recall(images, texts, ks=(16,), image_of_text=image_of_text)
+    assert str(info.value) == "ks must lie in [1, 15] (the texts image->text ranks), got [16]"

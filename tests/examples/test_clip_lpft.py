@@ -110,7 +110,7 @@ def test_the_report_names_the_probe_and_scores_it_as_an_independent_probe_does(c
     # (features computed in other batches differ by ~1e-7, which L-BFGS's 300 iterations leave ~1e-2 apart)
     torch.testing.assert_close(probe.weight, seen["probe"].weight, atol=0.02, rtol=0)
     val_x, val_y = _features(clip_export, val, list(range(len(val))))
-    accuracy = (probe.predict(val_x) == val_y).float().mean().item()
+    accuracy = (probe.predict(val_x) == val_y).double().mean().item()
     assert report["validation"]["linear_probe"]["accuracy"] == accuracy
     assert report["validation"]["linear_probe"]["items"] == 120 and accuracy > 1 / 30
 

@@ -333,7 +333,9 @@ class ImageTextLabels(Dataset):
     ``text`` (question, hypothesis or meme text) and either ``label`` (a name in ``labels``; a JSON integer,
     as Hateful Memes' ``0`` and ``1``, names the class written so, ``"0"``, never a bool or ``1.0``) or
     ``answers`` (``{"answer": score}``, scores in [0, 1]: the target is the (C,) score vector over
-    ``labels``; answers outside ``labels`` are dropped).
+    ``labels``; answers outside ``labels`` are dropped). SNLI-VE's lines are read as distributed
+    (``snli_ve_*.jsonl``): where a line has none of those keys, its image is ``<Flickr30K_ID>.jpg`` under
+    ``root`` (Flickr30k's images), its text the hypothesis ``sentence2`` and its label ``gold_label``.
 
     Args:
         root (PathLike): image directory.
@@ -365,11 +367,14 @@ class ImageTextLabels(Dataset):
                 continue
             where = f"{os.fspath(path)} line {line_number}"
             try:
-                record = json.loads(line)
+                record = _snli_ve_record(json.loads(line))
                 # (Hateful Memes' lines name their image "img": {"id", "img", "label", "text"})
                 image, text = record["image" if "image" in record or "img" not in record else "img"], record["text"]
             except (ValueError, KeyError, TypeError, RecursionError) as error:  # (RecursionError: nested too deeply)
-                raise ValueError(f"{where}: needs 'image' (or 'img') and 'text' ({error})") from None
+                raise ValueError(
+                    f"{where}: needs 'image' (or 'img') and 'text', or SNLI-VE's 'Flickr30K_ID' and 'sentence2' "
+                    f"({error})"
+                ) from None
             if not isinstance(image, str) or not image:
                 raise ValueError(f"{where}: 'image' must be a path relative to root, got {image!r}")
             self._items.append((image, text, self._target(record, where)))
@@ -431,6 +436,20 @@ class ImageTextLabels(Dataset):
         except BadSample as bad:
             raise BadSample(index, f"{where}: {bad.reason}") from None
         return LabeledSample(read_image(path, index, f"{where}: {image}", DEFAULT_MAX_PIXELS), text, target)
+
+
+def _snli_ve_record(record: object) -> object:
+    """An SNLI-VE line (``Flickr30K_ID``, ``sentence2``, ``gold_label``, no ``image``/``img``/``text``) in
+    :class:`ImageTextLabels`' keys: image ``<Flickr30K_ID>.jpg``, text ``sentence2``, label ``gold_label``;
+    any other record as it is. KeyError for such a line without ``sentence2``, TypeError for an id that is
+    no string or integer."""
+    if not isinstance(record, dict) or "Flickr30K_ID" not in record or {"image", "img", "text"} & record.keys():
+        return record
+    image = record["Flickr30K_ID"]
+    if isinstance(image, bool) or not isinstance(image, (str, int)) or image == "":
+        raise TypeError(f"'Flickr30K_ID' must be a Flickr30k image id, got {image!r:.60}")
+    snli = {"image": f"{image}.jpg", "text": record["sentence2"]}
+    return {**record, **snli, **({"label": record["gold_label"]} if "gold_label" in record else {})}
 
 
 class ShapesClassification(Dataset):

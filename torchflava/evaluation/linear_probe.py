@@ -248,13 +248,13 @@ def linear_probe(
     for l2 in l2_values:
         weight, bias = _fit(train_x, train[1], num_classes, l2=l2, max_iter=max_iter)
         predictions = (val_x @ weight.T + bias).argmax(dim=1)
-        val_accuracy[l2] = (predictions == val[1]).float().mean().item()
+        val_accuracy[l2] = (predictions == val[1]).double().mean().item()
     best = max(l2_values, key=lambda v: (val_accuracy[v], v))  # ties: the stronger penalty
     features = torch.cat([train_x, val_x])
     weight, bias = _fit(features, torch.cat([train[1], val[1]]), num_classes, l2=best, max_iter=max_iter)
     test_accuracy = per_class = None
     if test is not None:
         right = ((standard(test[0]) @ weight.T + bias).argmax(dim=1) == test[1]).double()
-        test_accuracy = right.float().mean().item()
+        test_accuracy = right.mean().item()
         per_class = per_class_mean(right, test[1], num_classes)
     return LinearProbeResult(best, val_accuracy, test_accuracy, weight, bias, mean, std, per_class)

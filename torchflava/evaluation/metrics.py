@@ -69,7 +69,8 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
 
 
 def _accuracy(predicted: Tensor, labels: Tensor) -> float:
-    return (predicted == labels).float().mean().item()
+    # counted, then divided in Python (float64): a float32 mean reported 81 of 100 as 0.8100000023841858
+    return int((predicted == labels).sum()) / predicted.shape[0]
 
 
 def binary_f1(logits: Tensor, labels: Tensor, positive: int = 1) -> float:

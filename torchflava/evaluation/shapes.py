@@ -48,8 +48,8 @@ def attribute_agreement(predicted: Tensor, labels: Tensor, class_names: Sequence
     colours = torch.tensor([sorted({p[0] for p in parts}).index(p[0]) for p in parts])
     shapes = torch.tensor([sorted({p[1] for p in parts}).index(p[1]) for p in parts])
     return {
-        "colour_right": float((colours[predicted] == colours[labels]).float().mean()),
-        "shape_right": float((shapes[predicted] == shapes[labels]).float().mean()),
+        "colour_right": float((colours[predicted] == colours[labels]).double().mean()),
+        "shape_right": float((shapes[predicted] == shapes[labels]).double().mean()),
     }
 
 
