@@ -84,6 +84,7 @@ from torchflava.training.schema import (
     contrastive_data_check,
     logit_scale_check,
     lr_multipliers_check,
+    memory_check,
     opened,
     opened_pairs,
     pair_file_checks,
@@ -253,7 +254,9 @@ def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Opt
     kwargs = {k: v for k, v in asdict(m).items() if k != "pretrained"}
     build = functools.cache(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))
     if cfg.model.pretrained is None:
-        raise_on_failed_checks([builds_on_meta("model", build)])
+        # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
+        smallest = functools.partial(clip_model, **kwargs, vocab_size=16)
+        raise_on_failed_checks([builds_on_meta("model", build), memory_check("model", smallest)])
     checked = None if resumed else checked_checkpoint(cfg)  # its header read, no tensor data
     raise_on_failed_checks(
         [

@@ -70,6 +70,7 @@ from torchflava.training.schema import (
     contrastive_data_check,
     logit_scale_check,
     lr_multipliers_check,
+    memory_check,
     opened,
     opened_pairs,
     pair_file_checks,
@@ -459,6 +460,10 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             builds_on_meta("pretraining", pretraining),
             builds_on_meta("codebook", codebook),
             lr_multipliers_check(pretraining, cfg.optim),
+            # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
+            memory_check("model", lambda: flava_model(**flava_model_kwargs(m, 16))),
+            memory_check("pretraining", lambda: pretraining_model(cfg, flava_model(**flava_model_kwargs(m, 16)))),
+            memory_check("codebook", codebook),
         ]
     )
 

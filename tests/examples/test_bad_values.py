@@ -105,6 +105,7 @@ SHARED = [
     ("optim.clip_grad_norm=-1", "optim.clip_grad_norm"),
     ("optim.betas=[0.9,1.5]", "optim.betas"),
     ("training.threads=0", "training.threads"),
+    ("training.threads=1000000000000", "training.threads"),  # was torch's overflow traceback once started
     ("training.keep_checkpoints=0", "training.keep_checkpoints"),
     ("training.strategy=horovod", "training.strategy"),
     ("training.device=tpu", "training.device"),
@@ -195,6 +196,10 @@ FLAVA_ONLY = [
     # accepted, and trained a model whose output is a constant, or image losses that are always 0
     ("model.dropout=1.0", "model"),
     ("pretraining.image_vocab_size=1", "pretraining"),
+    # sizes past this machine's memory: an allocator's traceback once the run had started
+    ("model.projection_dim=1000000000000", "model"),
+    ("pretraining.image_vocab_size=1000000000000", "pretraining"),
+    ("pretraining.pretrained=/nowhere/flava", "pretraining"),  # was a FileNotFoundError traceback
     # one pair per micro-batch: a contrastive loss of 0 at every step (no negatives)
     (("training.global_batch_size=8", "training.grad_accumulation=8"), "training.global_batch_size"),
     ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
@@ -214,6 +219,7 @@ IGNORED = [
 ]
 CLIP_ONLY = [
     ("model.vision_heads=5", "model"),
+    ("model.embed_dim=1000000000000", "model"),  # past this machine's memory: was an allocator's traceback
     ("model.patch_size=0", "model"),
     ("data.max_text_length=100", "data.max_text_length"),
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
@@ -258,6 +264,7 @@ FINETUNE_ONLY = [
     ("model.loss=binary_cross_entropy", "model.loss"),  # class ids, not scores
     (("data.labels=null", "model.loss=cross_entropy"), "model.loss"),  # regression
     ("model.classifier_hidden_dim=0", "model.classifier_hidden_dim"),
+    ("model.classifier_hidden_dim=1000000000000", "model.classifier_hidden_dim"),  # an allocator's traceback
     ("model.classifier_dropout=1.0", "model.classifier_dropout"),
     ("model.classifier_dropout=-0.1", "model.classifier_dropout"),
     ("model.pretrained=null", "model.pretrained"),
@@ -359,6 +366,13 @@ def test_the_base_configs_are_valid(files, tmp_path):
         RECIPES[recipe].validate(_config(recipe, [], files, tmp_path / recipe), 1)
     report = RECIPES["finetune"].main(_config("finetune", [], files, tmp_path / "finetune"))
     assert report["steps"] == 2  # the base the bad values change runs
+
+
+@pytest.mark.parametrize("recipe", ["flava", "clip"])
+def test_a_vocabulary_size_past_memory_is_not_refused_for_it(recipe, files, tmp_path):
+    """A learnt vocabulary holds what the data gives, at most data.vocab_size: a huge one ran before the memory
+    check, and still passes it (the check builds the smallest vocabulary)."""
+    RECIPES[recipe].validate(_config(recipe, "data.vocab_size=1000000000000", files, tmp_path / "run"), 1)
 
 
 @pytest.mark.parametrize("recipe", ["flava", "clip", "finetune"])

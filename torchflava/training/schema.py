@@ -133,6 +133,11 @@ def _run_directory_fault(path: Path, *, tensorboard: bool) -> Optional[str]:
 FINISHED_RUN_ENTRIES = ("model", "report.json")
 
 
+# The most intra-op threads training.threads may ask for: torch takes a C int (10^12 was an overflow traceback once
+# the run had started), and a pool of 10^9 threads would not start.
+MAX_THREADS = max(1024, os.cpu_count() or 1)
+
+
 # The most micro-batches a run may take (max_steps x grad_accumulation): the step-indexed data mixers
 # keep arrays of that length (a run of 10^11 steps asked for 745 GiB before its first step).
 MAX_MICRO_BATCHES = 10**8
@@ -192,7 +197,12 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
         (t.log_every >= 1, "training.log_every", ">= 1", t.log_every),
         (t.checkpoint_every >= 1, "training.checkpoint_every", ">= 1", t.checkpoint_every),
         (t.keep_checkpoints >= 1, "training.keep_checkpoints", ">= 1", t.keep_checkpoints),
-        (t.threads is None or t.threads >= 1, "training.threads", "null or >= 1", t.threads),
+        (
+            t.threads is None or 1 <= t.threads <= MAX_THREADS,
+            "training.threads",
+            f"null or in [1, {MAX_THREADS}] (more than this machine's cores only oversubscribes them)",
+            t.threads,
+        ),
         (
             t.collective_timeout_s is None or 0 < t.collective_timeout_s < math.inf,
             "training.collective_timeout_s",
@@ -323,8 +333,9 @@ def setup_training(
     return TrainingSetup(wrapped, optimizer, scheduler, autocast)
 
 
-# What a builder raises for arguments it refuses (a zero division: a size that divides by zero).
-BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ZeroDivisionError)
+# What a builder raises for arguments it refuses (a zero division: a size that divides by zero; an OSError: a
+# checkpoint it names that is missing, e.g. pretraining.pretrained, which was a FileNotFoundError traceback).
+BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ZeroDivisionError, OSError)
 
 
 def _built_on_meta(build: Callable[[], T]) -> T:
@@ -371,6 +382,39 @@ def builds_on_meta(key: str, build: Callable[[], object]) -> tuple:
     except BUILD_ERRORS as error:
         return (False, key, "arguments its builder accepts", str(error).splitlines()[0] if str(error) else repr(error))
     return (True, key, "", None)
+
+
+def host_memory_bytes() -> Optional[int]:
+    """This machine's physical memory in bytes; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_check(key: str, build: Callable[[], nn.Module]) -> tuple:
+    """A check that the parameters and buffers of the module ``build()`` makes (on the meta device: no memory
+    used) fit in this machine's memory, where the recipes build their model before moving it: sizes past it (a
+    width of 10^12) were an allocator's traceback once the run had started. A builder that fails passes here
+    (:func:`builds_on_meta` names that fault). Give a build no larger than the run's (a vocabulary learnt from
+    the data is at most ``data.vocab_size``: build with the smallest), so that the check refuses only sizes that
+    cannot be built.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    try:
+        module = _built_on_meta(build)
+    except BUILD_ERRORS:
+        return (True, key, "", None)
+    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    memory = host_memory_bytes()
+    return (
+        memory is None or size <= memory,
+        key,
+        f"sizes whose parameters fit in this machine's memory ({(memory or 0) / 2**30:,.1f} GiB)",
+        f"{sum(p.numel() for p in module.parameters()):,} parameters ({size / 2**30:,.1f} GiB)",
+    )
 
 
 def contrastive_batch_check(t: TrainingConfig) -> tuple:
