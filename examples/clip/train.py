@@ -91,6 +91,7 @@ from torchflava.training.schema import (
     pair_source_key,
     raise_on_failed_checks,
     recorded_inputs_checks,
+    rendered_size_check,
     resumed_run_records,
     template_checks,
     tokenizer_digest,
@@ -205,6 +206,7 @@ def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Opt
                 d.shapes.num_test,
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
+            rendered_size_check("data.shapes.image_size", d.shapes.image_size),
             contrastive_batch_check(t),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, MAX_LOGIT_SCALE),
             text_length_check(cfg, text_context(cfg, None)),  # (model.pretrained's context: once it is read)

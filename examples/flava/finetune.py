@@ -70,6 +70,7 @@ from torchflava.training.schema import (
     opened,
     path_check,
     raise_on_failed_checks,
+    rendered_size_check,
     resumed_run_records,
     training_checks,
 )
@@ -504,7 +505,10 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
             path_check("data.image_root", d.image_root, "directory"),
         ]
     if d.task == "shapes":
-        return shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size)
+        return [
+            *shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size),
+            rendered_size_check("data.image_size", d.image_size),
+        ]
     return []
 
 

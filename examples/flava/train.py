@@ -78,6 +78,7 @@ from torchflava.training.schema import (
     path_check,
     raise_on_failed_checks,
     recorded_inputs_checks,
+    rendered_size_check,
     state_digest,
     template_checks,
     tokenizer_digest,
@@ -358,6 +359,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.shapes.num_test,
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
+            rendered_size_check("data.shapes.image_size", d.shapes.image_size),
             *[
                 (
                     0 <= getattr(d.shapes, f"num_{k}") <= SHAPES_MAX_LENGTH,

@@ -111,6 +111,7 @@ SHARED = [
     ("training.device=tpu", "training.device"),
     ("training.max_steps=0", "training.max_steps"),
     ("training.global_batch_size=-4", "training.global_batch_size"),
+    ("training.global_batch_size=1000000000000", "training.global_batch_size"),  # fine-tuning hung
     ("training.resume=/nowhere/step_00000001", "training.resume"),
     ("optim.lr_multipliers.no_such_module=0.5", "optim.lr_multipliers"),
 ]
@@ -170,6 +171,7 @@ FLAVA_ONLY = [
     ("data.shapes.num_test=1000", "data.shapes.num_test"),  # was found after training, in the evaluation
     ("data.shapes.num_test=4", "data.shapes.num_test"),  # as was R@5 of fewer than 5 scenes
     ("data.shapes.image_size=0", "data.shapes.image_size"),
+    ("data.shapes.image_size=1000000000000", "data.shapes.image_size"),  # was an overflow traceback once started
     ("data.shapes.num_images=-1", "data.shapes.num_images"),  # was read as 0
     ("data.shapes.num_texts=1000000000000", "data.shapes.num_texts"),
     # data that cannot be opened
@@ -225,6 +227,7 @@ CLIP_ONLY = [
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
     ("data.shapes.num_pairs=1000000000000", "data.shapes.num_pairs"),
     ("data.shapes.num_test=0", "data.shapes.num_test"),
+    ("data.shapes.image_size=1000000000000", "data.shapes.image_size"),  # was an overflow traceback once started
     ("data.shapes.num_test=4", "data.shapes.num_test"),  # R@5 of 4 scenes: a traceback after training
     # one pair per micro-batch: no negatives, loss 0 and no gradient (trained nothing and exited 0)
     ("training.global_batch_size=1", "training.global_batch_size"),
@@ -319,6 +322,7 @@ FINETUNE_ONLY = [
     ((*SHAPES, "data.shapes_train=1000000000000"), "data.shapes_train"),
     ((*SHAPES, "data.shapes_val=541"), "data.shapes_val"),
     ((*SHAPES, "data.image_size=4"), "data.image_size"),
+    ((*SHAPES, "data.image_size=1000000000000"), "data.image_size"),  # was an overflow traceback once started
     ((*SHAPES, "model.modality=text"), "model.modality"),
     # keys the shapes task does not read: it trained on its scenes, data.train and data.labels ignored
     (SHAPES, "data.train"),

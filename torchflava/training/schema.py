@@ -138,6 +138,11 @@ FINISHED_RUN_ENTRIES = ("model", "report.json")
 MAX_THREADS = max(1024, os.cpu_count() or 1)
 
 
+# The most examples a step may take over all ranks: the fine-tuning recipes' samplers draw a step's indices
+# before its first batch (10^12 hung there, the run directory taken).
+MAX_GLOBAL_BATCH = 2**24
+
+
 # The most micro-batches a run may take (max_steps x grad_accumulation): the step-indexed data mixers
 # keep arrays of that length (a run of 10^11 steps asked for 745 GiB before its first step).
 MAX_MICRO_BATCHES = 10**8
@@ -191,6 +196,12 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             t.global_batch_size > 0 and t.global_batch_size % unit == 0,
             "training.global_batch_size",
             f"a positive multiple of world size x grad_accumulation ({world_size} x {t.grad_accumulation})",
+            t.global_batch_size,
+        ),
+        (
+            t.global_batch_size <= MAX_GLOBAL_BATCH,
+            "training.global_batch_size",
+            f"at most {MAX_GLOBAL_BATCH:,} examples a step (the largest published batches hold about a million)",
             t.global_batch_size,
         ),
         (0 <= t.seed < 2**32, "training.seed", "in [0, 2**32)", t.seed),
@@ -473,6 +484,21 @@ def logit_scale_check(key: str, value: Optional[float], maximum: float) -> tuple
     """
     expected = f"in [0, {maximum:.6g}] (the range the learnt log temperature multiplier is clamped to)"
     return (value is None or 0 <= value <= maximum, key, expected, value)
+
+
+# The largest side a recipe renders its shapes scenes at (a 4096 px scene is 48 MiB): 10^12 was an overflow
+# traceback once the run had started.
+MAX_RENDERED_SIZE = 4096
+
+
+def rendered_size_check(key: str, size: int) -> tuple:
+    """A check that the shapes scenes' rendered side ``size`` (``key``) is at most :data:`MAX_RENDERED_SIZE`
+    (its lower bound, 8, is the data's own check).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    return (size <= MAX_RENDERED_SIZE, key, f"at most {MAX_RENDERED_SIZE} (pixels a side of the scenes)", size)
 
 
 def unread_section_checks(key: str, section: object, read: bool, why: str) -> list[tuple]:
