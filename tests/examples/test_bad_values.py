@@ -102,6 +102,7 @@ SHARED = [
     (("training.max_steps=20000000", "training.grad_accumulation=8"), "training.max_steps"),
     ("optim.lr=-1", "optim.lr"),
     ("optim.eps=0", "optim.eps"),
+    ("optim.weight_decay=1e12", "optim.weight_decay"),  # lr x weight_decay >= 1: NaN weights, a traceback
     ("optim.clip_grad_norm=-1", "optim.clip_grad_norm"),
     ("optim.betas=[0.9,1.5]", "optim.betas"),
     ("training.threads=0", "training.threads"),

@@ -224,6 +224,13 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas),
         (0 < o.eps < math.inf, "optim.eps", "a finite number > 0", o.eps),
         (0 <= o.weight_decay < math.inf, "optim.weight_decay", "a finite number >= 0", o.weight_decay),
+        (
+            not (o.lr > 0 and math.isfinite(o.lr)) or o.lr * o.weight_decay < 1,
+            "optim.weight_decay",
+            f"less than 1 / optim.lr ({1 / o.lr if o.lr > 0 else math.inf:g}): AdamW multiplies the weights by "
+            "1 - lr x weight_decay each step, which zeroed or flipped them (NaN logits after training)",
+            o.weight_decay,
+        ),
         (0 <= o.warmup_steps < t.max_steps, "optim.warmup_steps", "in [0, training.max_steps)", o.warmup_steps),
         (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio),
         (
