@@ -209,6 +209,13 @@ def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Opt
             rendered_size_check("data.shapes.image_size", d.shapes.image_size),
             contrastive_batch_check(t),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, MAX_LOGIT_SCALE),
+            # (before data.max_text_length's range, [2, context], which a context below 2 empties: it was blamed)
+            (
+                m.context_length is None or m.context_length >= 2,
+                "model.context_length",
+                "null or >= 2 (the start and end tokens)",
+                m.context_length,
+            ),
             text_length_check(cfg, text_context(cfg, None)),  # (model.pretrained's context: once it is read)
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (

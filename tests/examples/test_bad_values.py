@@ -225,6 +225,7 @@ CLIP_ONLY = [
     ("model.embed_dim=1000000000000", "model"),  # past this machine's memory: was an allocator's traceback
     ("model.patch_size=0", "model"),
     ("data.max_text_length=100", "data.max_text_length"),
+    ("model.context_length=0", "model.context_length"),  # was 'data.max_text_length': expected in [2, 0]
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
     ("data.shapes.num_pairs=1000000000000", "data.shapes.num_pairs"),
     ("data.shapes.num_test=0", "data.shapes.num_test"),
