@@ -447,6 +447,14 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             for name, value in asdict(cfg.pretraining).items()
             if name.endswith("_weight")
         ]
+        + [
+            (  # the collator writes -100 where there is no target: another value was a traceback at step 1
+                cfg.pretraining.ignore_index == -100,
+                "pretraining.ignore_index",
+                "-100, the label the recipe's collator writes for positions without a target",
+                cfg.pretraining.ignore_index,
+            )
+        ]
         + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
     )
     cfg.model = resolved_model_section(cfg.model)  # the architecture model.pretrained states, as built

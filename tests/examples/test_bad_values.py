@@ -156,6 +156,7 @@ FLAVA_ONLY = [
     ("model.text_num_heads=5", "model"),
     (NO_RATIOS, "data.ratios"),
     ("data.ratios.pairs=inf", "data.ratios"),  # was a traceback after the vocabulary was learnt
+    ("pretraining.ignore_index=-1", "pretraining.ignore_index"),  # the collator's is -100: a step-1 traceback
     ("pretraining.mlm_weight=inf", "pretraining.mlm_weight"),  # was a non-finite loss stop after training
     ("data.mlm_probability=1.5", "data.mlm_probability"),
     ("data.itm_negative_probability=-0.1", "data.itm_negative_probability"),
