@@ -87,6 +87,7 @@ from torchflava.training.schema import (
     opened,
     path_check,
     raise_on_failed_checks,
+    rendered_size_check,
     resumed_run_records,
     template_checks,
     training_checks,
@@ -317,6 +318,7 @@ def _shapes_checks(d: DataConfig) -> list[tuple]:
         (d.train is None, "data.train", "null, since data.task=shapes reads no files", d.train),
         (d.val is None, "data.val", "null, since data.task=shapes reads no files", d.val),
         *shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size),
+        rendered_size_check("data.image_size", d.image_size),
     ]
 
 

@@ -84,12 +84,14 @@ from torchflava.training.schema import (
     contrastive_data_check,
     logit_scale_check,
     lr_multipliers_check,
+    memory_check,
     opened,
     opened_pairs,
     pair_file_checks,
     pair_source_key,
     raise_on_failed_checks,
     recorded_inputs_checks,
+    rendered_size_check,
     resumed_run_records,
     template_checks,
     tokenizer_digest,
@@ -204,8 +206,16 @@ def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Opt
                 d.shapes.num_test,
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
+            rendered_size_check("data.shapes.image_size", d.shapes.image_size),
             contrastive_batch_check(t),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, MAX_LOGIT_SCALE),
+            # (before data.max_text_length's range, [2, context], which a context below 2 empties: it was blamed)
+            (
+                m.context_length is None or m.context_length >= 2,
+                "model.context_length",
+                "null or >= 2 (the start and end tokens)",
+                m.context_length,
+            ),
             text_length_check(cfg, text_context(cfg, None)),  # (model.pretrained's context: once it is read)
             (0 < d.crop_scale_min <= 1, "data.crop_scale_min", "in (0, 1]", d.crop_scale_min),
             (
@@ -253,7 +263,9 @@ def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Opt
     kwargs = {k: v for k, v in asdict(m).items() if k != "pretrained"}
     build = functools.cache(lambda: clip_model(**kwargs, vocab_size=max(d.vocab_size, 16)))
     if cfg.model.pretrained is None:
-        raise_on_failed_checks([builds_on_meta("model", build)])
+        # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
+        smallest = functools.partial(clip_model, **kwargs, vocab_size=16)
+        raise_on_failed_checks([builds_on_meta("model", build), memory_check("model", smallest)])
     checked = None if resumed else checked_checkpoint(cfg)  # its header read, no tensor data
     raise_on_failed_checks(
         [

@@ -66,9 +66,11 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     lr_multipliers_check,
+    memory_check,
     opened,
     path_check,
     raise_on_failed_checks,
+    rendered_size_check,
     resumed_run_records,
     training_checks,
 )
@@ -327,13 +329,17 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[dict] =
     )
     loss = m.loss or task_losses(d)[0]  # the module names are what is checked: any fitting head will do
 
+    @functools.cache  # (built once on the meta device, for both checks)
     def classifier() -> nn.Module:
         kwargs = {**asdict(m), "modality": modality, "pretrained": None, "loss": loss}
         return flava_model_for_classification(
             1 if loss == "mse" else 2, backbone=flava_model(**backbone_kwargs), **kwargs
         )
 
-    raise_on_failed_checks([lr_multipliers_check(classifier, cfg.optim)])
+    # the head's size (the backbone is the checkpoint's): a width of 10^12 was an allocator's traceback
+    raise_on_failed_checks(
+        [memory_check("model.classifier_hidden_dim", classifier), lr_multipliers_check(classifier, cfg.optim)]
+    )
     return positions
 
 
@@ -499,7 +505,10 @@ def _task_checks(d: FinetuneDataConfig) -> list[tuple]:
             path_check("data.image_root", d.image_root, "directory"),
         ]
     if d.task == "shapes":
-        return shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size)
+        return [
+            *shapes_task_checks(d.shapes_train, d.shapes_val, d.image_size),
+            rendered_size_check("data.image_size", d.image_size),
+        ]
     return []
 
 

@@ -70,6 +70,7 @@ from torchflava.training.schema import (
     contrastive_data_check,
     logit_scale_check,
     lr_multipliers_check,
+    memory_check,
     opened,
     opened_pairs,
     pair_file_checks,
@@ -77,6 +78,7 @@ from torchflava.training.schema import (
     path_check,
     raise_on_failed_checks,
     recorded_inputs_checks,
+    rendered_size_check,
     state_digest,
     template_checks,
     tokenizer_digest,
@@ -357,6 +359,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                 d.shapes.num_test,
             ),
             (d.shapes.image_size >= 8, "data.shapes.image_size", ">= 8", d.shapes.image_size),
+            rendered_size_check("data.shapes.image_size", d.shapes.image_size),
             *[
                 (
                     0 <= getattr(d.shapes, f"num_{k}") <= SHAPES_MAX_LENGTH,
@@ -444,6 +447,14 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             for name, value in asdict(cfg.pretraining).items()
             if name.endswith("_weight")
         ]
+        + [
+            (  # the collator writes -100 where there is no target: another value was a traceback at step 1
+                cfg.pretraining.ignore_index == -100,
+                "pretraining.ignore_index",
+                "-100, the label the recipe's collator writes for positions without a target",
+                cfg.pretraining.ignore_index,
+            )
+        ]
         + template_checks("eval.templates", cfg.eval.templates, cfg.eval.batch_size, "eval.batch_size")
     )
     cfg.model = resolved_model_section(cfg.model)  # the architecture model.pretrained states, as built
@@ -459,6 +470,10 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             builds_on_meta("pretraining", pretraining),
             builds_on_meta("codebook", codebook),
             lr_multipliers_check(pretraining, cfg.optim),
+            # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
+            memory_check("model", lambda: flava_model(**flava_model_kwargs(m, 16))),
+            memory_check("pretraining", lambda: pretraining_model(cfg, flava_model(**flava_model_kwargs(m, 16)))),
+            memory_check("codebook", codebook),
         ]
     )
 

@@ -102,14 +102,17 @@ SHARED = [
     (("training.max_steps=20000000", "training.grad_accumulation=8"), "training.max_steps"),
     ("optim.lr=-1", "optim.lr"),
     ("optim.eps=0", "optim.eps"),
+    ("optim.weight_decay=1e12", "optim.weight_decay"),  # lr x weight_decay >= 1: NaN weights, a traceback
     ("optim.clip_grad_norm=-1", "optim.clip_grad_norm"),
     ("optim.betas=[0.9,1.5]", "optim.betas"),
     ("training.threads=0", "training.threads"),
+    ("training.threads=1000000000000", "training.threads"),  # was torch's overflow traceback once started
     ("training.keep_checkpoints=0", "training.keep_checkpoints"),
     ("training.strategy=horovod", "training.strategy"),
     ("training.device=tpu", "training.device"),
     ("training.max_steps=0", "training.max_steps"),
     ("training.global_batch_size=-4", "training.global_batch_size"),
+    ("training.global_batch_size=1000000000000", "training.global_batch_size"),  # fine-tuning hung
     ("training.resume=/nowhere/step_00000001", "training.resume"),
     ("optim.lr_multipliers.no_such_module=0.5", "optim.lr_multipliers"),
 ]
@@ -153,6 +156,7 @@ FLAVA_ONLY = [
     ("model.text_num_heads=5", "model"),
     (NO_RATIOS, "data.ratios"),
     ("data.ratios.pairs=inf", "data.ratios"),  # was a traceback after the vocabulary was learnt
+    ("pretraining.ignore_index=-1", "pretraining.ignore_index"),  # the collator's is -100: a step-1 traceback
     ("pretraining.mlm_weight=inf", "pretraining.mlm_weight"),  # was a non-finite loss stop after training
     ("data.mlm_probability=1.5", "data.mlm_probability"),
     ("data.itm_negative_probability=-0.1", "data.itm_negative_probability"),
@@ -169,6 +173,7 @@ FLAVA_ONLY = [
     ("data.shapes.num_test=1000", "data.shapes.num_test"),  # was found after training, in the evaluation
     ("data.shapes.num_test=4", "data.shapes.num_test"),  # as was R@5 of fewer than 5 scenes
     ("data.shapes.image_size=0", "data.shapes.image_size"),
+    ("data.shapes.image_size=1000000000000", "data.shapes.image_size"),  # was an overflow traceback once started
     ("data.shapes.num_images=-1", "data.shapes.num_images"),  # was read as 0
     ("data.shapes.num_texts=1000000000000", "data.shapes.num_texts"),
     # data that cannot be opened
@@ -195,6 +200,10 @@ FLAVA_ONLY = [
     # accepted, and trained a model whose output is a constant, or image losses that are always 0
     ("model.dropout=1.0", "model"),
     ("pretraining.image_vocab_size=1", "pretraining"),
+    # sizes past this machine's memory: an allocator's traceback once the run had started
+    ("model.projection_dim=1000000000000", "model"),
+    ("pretraining.image_vocab_size=1000000000000", "pretraining"),
+    ("pretraining.pretrained=/nowhere/flava", "pretraining"),  # was a FileNotFoundError traceback
     # one pair per micro-batch: a contrastive loss of 0 at every step (no negatives)
     (("training.global_batch_size=8", "training.grad_accumulation=8"), "training.global_batch_size"),
     ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
@@ -214,11 +223,14 @@ IGNORED = [
 ]
 CLIP_ONLY = [
     ("model.vision_heads=5", "model"),
+    ("model.embed_dim=1000000000000", "model"),  # past this machine's memory: was an allocator's traceback
     ("model.patch_size=0", "model"),
     ("data.max_text_length=100", "data.max_text_length"),
+    ("model.context_length=0", "model.context_length"),  # was 'data.max_text_length': expected in [2, 0]
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
     ("data.shapes.num_pairs=1000000000000", "data.shapes.num_pairs"),
     ("data.shapes.num_test=0", "data.shapes.num_test"),
+    ("data.shapes.image_size=1000000000000", "data.shapes.image_size"),  # was an overflow traceback once started
     ("data.shapes.num_test=4", "data.shapes.num_test"),  # R@5 of 4 scenes: a traceback after training
     # one pair per micro-batch: no negatives, loss 0 and no gradient (trained nothing and exited 0)
     ("training.global_batch_size=1", "training.global_batch_size"),
@@ -258,6 +270,7 @@ FINETUNE_ONLY = [
     ("model.loss=binary_cross_entropy", "model.loss"),  # class ids, not scores
     (("data.labels=null", "model.loss=cross_entropy"), "model.loss"),  # regression
     ("model.classifier_hidden_dim=0", "model.classifier_hidden_dim"),
+    ("model.classifier_hidden_dim=1000000000000", "model.classifier_hidden_dim"),  # an allocator's traceback
     ("model.classifier_dropout=1.0", "model.classifier_dropout"),
     ("model.classifier_dropout=-0.1", "model.classifier_dropout"),
     ("model.pretrained=null", "model.pretrained"),
@@ -312,6 +325,7 @@ FINETUNE_ONLY = [
     ((*SHAPES, "data.shapes_train=1000000000000"), "data.shapes_train"),
     ((*SHAPES, "data.shapes_val=541"), "data.shapes_val"),
     ((*SHAPES, "data.image_size=4"), "data.image_size"),
+    ((*SHAPES, "data.image_size=1000000000000"), "data.image_size"),  # was an overflow traceback once started
     ((*SHAPES, "model.modality=text"), "model.modality"),
     # keys the shapes task does not read: it trained on its scenes, data.train and data.labels ignored
     (SHAPES, "data.train"),
@@ -359,6 +373,13 @@ def test_the_base_configs_are_valid(files, tmp_path):
         RECIPES[recipe].validate(_config(recipe, [], files, tmp_path / recipe), 1)
     report = RECIPES["finetune"].main(_config("finetune", [], files, tmp_path / "finetune"))
     assert report["steps"] == 2  # the base the bad values change runs
+
+
+@pytest.mark.parametrize("recipe", ["flava", "clip"])
+def test_a_vocabulary_size_past_memory_is_not_refused_for_it(recipe, files, tmp_path):
+    """A learnt vocabulary holds what the data gives, at most data.vocab_size: a huge one ran before the memory
+    check, and still passes it (the check builds the smallest vocabulary)."""
+    RECIPES[recipe].validate(_config(recipe, "data.vocab_size=1000000000000", files, tmp_path / "run"), 1)
 
 
 @pytest.mark.parametrize("recipe", ["flava", "clip", "finetune"])

@@ -472,6 +472,7 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
         "eval.wise_ft_alpha": (["eval.wise_ft_alpha=1.5"], "null or in [0, 1]"),
         "data.crop_scale_min": (["data.crop_scale_min=0"], "null or in (0, 1]"),
         "model.templates": (["model.templates=[a photo]"], "each with one '{}'"),
+        "data.image_size": (["data.image_size=1000000000000"], "at most 4096"),  # was an overflow traceback
     }
     folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}"]
     names = [  # data.class_names: one distinct non-empty name per training folder (cat, coffee), not with shapes

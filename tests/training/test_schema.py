@@ -14,7 +14,9 @@ from torchflava.training.config import ConfigError
 from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
+    builds_on_meta,
     lr_multipliers_check,
+    memory_check,
     opened,
     pair_file_checks,
     path_check,
@@ -154,6 +156,37 @@ def test_lr_multipliers_check_reads_the_models_module_names_before_any_work():
 
     # a model section that does not build is that section's fault, reported by its own check
     assert lr_multipliers_check(broken, OptimConfig(lr_multipliers={"head": 0.5}))[0]
+
+
+def test_memory_check_refuses_parameters_past_the_machines_memory_without_allocating(monkeypatch):
+    monkeypatch.setattr("torchflava.training.schema.host_memory_bytes", lambda: 2**30)  # 1 GiB
+    assert memory_check("model", lambda: nn.Linear(1024, 1024))[0]
+    # 2^28 + 2^14 float32 weights: 1.0 GiB and a little more (built on the meta device: nothing allocated)
+    ok, key, expected, got = memory_check("model", lambda: nn.Linear(2**14, 2**14))
+    assert (ok, key, got) == (False, "model", "268,451,840 parameters (1.0 GiB)")
+    assert expected == "sizes whose parameters fit in this machine's memory (1.0 GiB)"
+    huge = lambda: nn.Linear(10**6, 10**6)  # noqa: E731  (4 TB: an allocator's error unless on meta)
+    assert not memory_check("model", huge)[0]
+
+    def missing():
+        raise FileNotFoundError("checkpoint not found: /nowhere")
+
+    assert memory_check("model", missing)[0]  # its fault is the builder's, said by builds_on_meta:
+    assert builds_on_meta("pretraining", missing) == (
+        False,
+        "pretraining",
+        "arguments its builder accepts",
+        "checkpoint not found: /nowhere",
+    )
+
+
+@pytest.mark.parametrize("threads", [0, 10**12])
+def test_a_thread_count_torch_cannot_take_is_a_config_error_naming_the_key(threads, tmp_path):
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), threads=threads, max_steps=10)
+    with pytest.raises(
+        ConfigError, match=rf"^key 'training.threads': expected null or in \[1, \d+\] .*, got {threads}$"
+    ):
+        raise_on_failed_checks(training_checks(t, OptimConfig(warmup_steps=1), 1))
 
 
 def test_several_processes_with_strategy_none_are_a_config_error_naming_the_key(tmp_path):

@@ -133,6 +133,16 @@ def _run_directory_fault(path: Path, *, tensorboard: bool) -> Optional[str]:
 FINISHED_RUN_ENTRIES = ("model", "report.json")
 
 
+# The most intra-op threads training.threads may ask for: torch takes a C int (10^12 was an overflow traceback once
+# the run had started), and a pool of 10^9 threads would not start.
+MAX_THREADS = max(1024, os.cpu_count() or 1)
+
+
+# The most examples a step may take over all ranks: the fine-tuning recipes' samplers draw a step's indices
+# before its first batch (10^12 hung there, the run directory taken).
+MAX_GLOBAL_BATCH = 2**24
+
+
 # The most micro-batches a run may take (max_steps x grad_accumulation): the step-indexed data mixers
 # keep arrays of that length (a run of 10^11 steps asked for 745 GiB before its first step).
 MAX_MICRO_BATCHES = 10**8
@@ -188,11 +198,22 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             f"a positive multiple of world size x grad_accumulation ({world_size} x {t.grad_accumulation})",
             t.global_batch_size,
         ),
+        (
+            t.global_batch_size <= MAX_GLOBAL_BATCH,
+            "training.global_batch_size",
+            f"at most {MAX_GLOBAL_BATCH:,} examples a step (the largest published batches hold about a million)",
+            t.global_batch_size,
+        ),
         (0 <= t.seed < 2**32, "training.seed", "in [0, 2**32)", t.seed),
         (t.log_every >= 1, "training.log_every", ">= 1", t.log_every),
         (t.checkpoint_every >= 1, "training.checkpoint_every", ">= 1", t.checkpoint_every),
         (t.keep_checkpoints >= 1, "training.keep_checkpoints", ">= 1", t.keep_checkpoints),
-        (t.threads is None or t.threads >= 1, "training.threads", "null or >= 1", t.threads),
+        (
+            t.threads is None or 1 <= t.threads <= MAX_THREADS,
+            "training.threads",
+            f"null or in [1, {MAX_THREADS}] (more than this machine's cores only oversubscribes them)",
+            t.threads,
+        ),
         (
             t.collective_timeout_s is None or 0 < t.collective_timeout_s < math.inf,
             "training.collective_timeout_s",
@@ -203,6 +224,13 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas),
         (0 < o.eps < math.inf, "optim.eps", "a finite number > 0", o.eps),
         (0 <= o.weight_decay < math.inf, "optim.weight_decay", "a finite number >= 0", o.weight_decay),
+        (
+            not (o.lr > 0 and math.isfinite(o.lr)) or o.lr * o.weight_decay < 1,
+            "optim.weight_decay",
+            f"less than 1 / optim.lr ({1 / o.lr if o.lr > 0 else math.inf:g}): AdamW multiplies the weights by "
+            "1 - lr x weight_decay each step, which zeroed or flipped them (NaN logits after training)",
+            o.weight_decay,
+        ),
         (0 <= o.warmup_steps < t.max_steps, "optim.warmup_steps", "in [0, training.max_steps)", o.warmup_steps),
         (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio),
         (
@@ -323,8 +351,9 @@ def setup_training(
     return TrainingSetup(wrapped, optimizer, scheduler, autocast)
 
 
-# What a builder raises for arguments it refuses (a zero division: a size that divides by zero).
-BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ZeroDivisionError)
+# What a builder raises for arguments it refuses (a zero division: a size that divides by zero; an OSError: a
+# checkpoint it names that is missing, e.g. pretraining.pretrained, which was a FileNotFoundError traceback).
+BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ZeroDivisionError, OSError)
 
 
 def _built_on_meta(build: Callable[[], T]) -> T:
@@ -371,6 +400,39 @@ def builds_on_meta(key: str, build: Callable[[], object]) -> tuple:
     except BUILD_ERRORS as error:
         return (False, key, "arguments its builder accepts", str(error).splitlines()[0] if str(error) else repr(error))
     return (True, key, "", None)
+
+
+def host_memory_bytes() -> Optional[int]:
+    """This machine's physical memory in bytes; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_check(key: str, build: Callable[[], nn.Module]) -> tuple:
+    """A check that the parameters and buffers of the module ``build()`` makes (on the meta device: no memory
+    used) fit in this machine's memory, where the recipes build their model before moving it: sizes past it (a
+    width of 10^12) were an allocator's traceback once the run had started. A builder that fails passes here
+    (:func:`builds_on_meta` names that fault). Give a build no larger than the run's (a vocabulary learnt from
+    the data is at most ``data.vocab_size``: build with the smallest), so that the check refuses only sizes that
+    cannot be built.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    try:
+        module = _built_on_meta(build)
+    except BUILD_ERRORS:
+        return (True, key, "", None)
+    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    memory = host_memory_bytes()
+    return (
+        memory is None or size <= memory,
+        key,
+        f"sizes whose parameters fit in this machine's memory ({(memory or 0) / 2**30:,.1f} GiB)",
+        f"{sum(p.numel() for p in module.parameters()):,} parameters ({size / 2**30:,.1f} GiB)",
+    )
 
 
 def contrastive_batch_check(t: TrainingConfig) -> tuple:
@@ -429,6 +491,21 @@ def logit_scale_check(key: str, value: Optional[float], maximum: float) -> tuple
     """
     expected = f"in [0, {maximum:.6g}] (the range the learnt log temperature multiplier is clamped to)"
     return (value is None or 0 <= value <= maximum, key, expected, value)
+
+
+# The largest side a recipe renders its shapes scenes at (a 4096 px scene is 48 MiB): 10^12 was an overflow
+# traceback once the run had started.
+MAX_RENDERED_SIZE = 4096
+
+
+def rendered_size_check(key: str, size: int) -> tuple:
+    """A check that the shapes scenes' rendered side ``size`` (``key``) is at most :data:`MAX_RENDERED_SIZE`
+    (its lower bound, 8, is the data's own check).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    return (size <= MAX_RENDERED_SIZE, key, f"at most {MAX_RENDERED_SIZE} (pixels a side of the scenes)", size)
 
 
 def unread_section_checks(key: str, section: object, read: bool, why: str) -> list[tuple]:
