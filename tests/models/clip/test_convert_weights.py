@@ -929,3 +929,23 @@ def test_a_bare_weights_file_builds_the_model_its_shapes_state_with_64_wide_head
         f"{tmp_path / 'small.safetensors'}: expected vision_heads (its vision_width 32 tells no 64-wide heads), got none"
     )
     assert clip_model(pretrained=tmp_path / "small.safetensors", vision_heads=4, text_heads=3) is not None
+
+
+@pytest.mark.parametrize("width, head_width", [(1280, 80), (1664, 104)])
+def test_a_lone_open_clip_file_of_a_vit_h_or_bigg_width_loads_with_its_16_heads(tmp_path, width, head_width):
+    """open_clip's ViT-H/g/bigG/e image towers have 16 heads of 80/88/104/112, not 64: their weights file alone
+    (e.g. a laion ``open_clip_pytorch_model.bin`` downloaded without its config) loaded with 20 or 26 heads, silently
+    wrong. One layer of those widths, its MLP narrow, against open_clip's own features."""
+    vision = dict(image_size=32, patch_size=16, width=width, layers=1, head_width=head_width, mlp_ratio=0.025)
+    text = dict(context_length=16, vocab_size=99, width=64, heads=1, layers=1, mlp_ratio=0.5)  # heads 64 wide
+    cfg = dict(embed_dim=20, vision_cfg=vision, text_cfg=text)
+    torch.manual_seed(0)
+    reference = _perturb(open_clip.model.CLIP(**cfg), vectors_only=True)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "weights.safetensors")
+    ours = clip_model(pretrained=tmp_path / "weights.safetensors").eval()
+    assert ours.image_encoder.encoder.layers[0].attn.num_heads == 16
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=ATOL, rtol=0)
+    given = clip_model(pretrained=tmp_path / "weights.safetensors", vision_heads=width // 64)
+    assert given.image_encoder.encoder.layers[0].attn.num_heads == width // 64  # a count given still wins

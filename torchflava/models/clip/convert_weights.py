@@ -46,6 +46,7 @@ _OPEN_CLIP_READ |= set("context_length vocab_size init_logit_scale cast_dtype pa
 _OPEN_CLIP_READ |= set("final_ln_after_pool pad_id hf_tokenizer_name tokenizer_kwargs".split())
 _OPEN_CLIP_AS_BUILT = dict(pos_embed_type="learnable", proj_type="linear", block_type="default")
 _OPEN_CLIP_AS_BUILT.update({"vision_cfg.pool_type": "tok", "text_cfg.pool_type": "argmax"})
+_HEAD_WIDTHS = dict(vision_width={1280: 80, 1408: 88, 1664: 104, 1792: 112})  # open_clip's ViT-H, g, bigG, e: 16 heads
 _LAYER = re.compile(r"^((image|text)_encoder\.encoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
 _BY_LAYER = (("mlp_dim", 0), ("layers", None))  # (an MLP's rows; how many layers hold one: see implied_sizes)
 _WORDS, _MLP = "text_encoder.embeddings.word_embed.weight", "_encoder.encoder.layers.{}.mlp.fc1.weight"
@@ -112,7 +113,7 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
     """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent: the config
     beside it of its layout (HF's config.json, open_clip's, a torchflava export's clip_config.json: ValueError if HF's
-    is not there nor an activation given), else :func:`clip_sizes`, heads 64 wide (ValueError for other widths)."""
+    is not there nor an activation given), else :func:`clip_sizes`, heads 64 wide (ValueError for other widths; open_clip's ViT-H, g, bigG, e: 16 heads)."""
     state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only names and shapes are read)
     layout = arch.layout_of(state_dict, LAYOUTS, f"{path}: expected CLIP keys")
     beside = path.parent / {"hf": "config.json", "open_clip": "open_clip_config.json"}.get(layout, "clip_config.json")
@@ -121,7 +122,7 @@ def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple
     if layout == "hf" and "activation" not in given:
         what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
         raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
-    sizes = arch.implied_heads(clip_sizes(state_dict, layout), ("vision", "text"), given, path)
+    sizes = arch.implied_heads(clip_sizes(state_dict, layout), ("vision", "text"), given, path, _HEAD_WIDTHS)
     openai = any(key in state_dict for key in OPENAI_ENTRIES) and "activation" not in given  # (their QuickGELU)
     return path, {**sizes, "activation": "quick_gelu"} if openai else sizes
 
