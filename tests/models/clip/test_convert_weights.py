@@ -949,3 +949,38 @@ def test_a_lone_open_clip_file_of_a_vit_h_or_bigg_width_loads_with_its_16_heads(
         assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=ATOL, rtol=0)
     given = clip_model(pretrained=tmp_path / "weights.safetensors", vision_heads=width // 64)
     assert given.image_encoder.encoder.layers[0].attn.num_heads == width // 64  # a count given still wins
+
+
+def _tiny_open_clip_state(**vision) -> dict:
+    """A state dict of open_clip's CLIP of OPEN_CLIP_CFG's sizes, its image tower's settings updated by ``vision``."""
+    cfg = dict(OPEN_CLIP_CFG, vision_cfg=dict(OPEN_CLIP_CFG["vision_cfg"], **vision))
+    return {k: v.contiguous() for k, v in open_clip.model.CLIP(**cfg).state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("resnet", r"got 'visual\.(layer1|attnpool)\.[\w.]+': a ResNet image tower, which torchflava does not build"),
+        ("layer scale", r"'visual.transformer.resblocks.0.ls_1.gamma': layer scale, which"),
+        ("timm", r"'visual.trunk.blocks.0.norm1.weight': a timm image tower \(ConvNeXt, EVA, SigLIP"),
+        ("siglip", "'logit_bias': SigLIP's sigmoid-loss bias, which"),
+        ("coca", "'text_decoder.ln_final.weight': CoCa's captioning decoder, which"),
+        ("clipa", r"missing 2 key\(s\) \['visual.ln_pre.weight', 'visual.ln_pre.bias'\]"),  # (no key tells it)
+    ],
+)
+def test_a_lone_open_clip_file_of_towers_ours_does_not_build_is_refused_naming_them_before_a_read(
+    tmp_path, monkeypatch, kind, message
+):
+    """A ResNet, timm, layer-scaled, SigLIP or CoCa model's weights alone were read whole (gigabytes for the large
+    ones) and refused with a list of hundreds of missing and unexpected keys; the first foreign key and what it is
+    now, from the file's header, no tensor read (CLIPA's ViT without ln_pre: its two missing keys)."""
+    vision = dict(resnet=dict(layers=[1, 1, 1, 1], width=8), clipa=dict(no_ln_pre=True))
+    state = _tiny_open_clip_state(**vision.get(kind, dict(ls_init_value=0.1) if kind == "layer scale" else {}))
+    extra = dict(timm="visual.trunk.blocks.0.norm1.weight", siglip="logit_bias", coca="text_decoder.ln_final.weight")
+    state.update({extra[kind]: torch.zeros(())} if kind in extra else {})
+    save_file(state, tmp_path / "open_clip_model.safetensors")
+    monkeypatch.setattr("torchflava.models.clip.builders.load_state_dict", lambda *_: pytest.fail("weights read"))
+    with pytest.raises(ValueError, match=message):
+        clip_model(pretrained=tmp_path / "open_clip_model.safetensors", vision_heads=4, text_heads=3)
+    with pytest.raises(ValueError, match=message):  # a state dict given to the converter: the same line
+        convert_to_torchflava(state, clip_model(**OPENAI_SMALL))
