@@ -56,8 +56,8 @@ def clip_model(
 
     An argument left None comes from ``pretrained``'s config (HF's config.json, open_clip's or a torchflava export's
     clip_config.json, in its directory or beside its weights; else the sizes a weights file's shapes tell, heads 64
-    wide; given ones must match, but ``attention_dropout`` overrides), else from open_clip's ``ViT-B-16``: GELU (no
-    shape tells it; QuickGELU for OpenAI's weights, told by their entries), eps 1e-5, end token the vocabulary's last.
+    wide (ViT-H/g/bigG/e: 16); given ones must match, ``attention_dropout`` overrides), else open_clip's ``ViT-B-16``:
+    GELU (no shape tells it; QuickGELU for OpenAI's weights, told by their entries), eps 1e-5, end token the last id.
 
     Args:
         pretrained (Optional[PathLike]): a torchflava export, run or its ``checkpoints/step_<N>``, HF ``CLIPModel`` or
