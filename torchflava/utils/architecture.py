@@ -71,9 +71,12 @@ class UntoldArgument(ValueError):
         self.argument = argument
 
 
-def implied_heads(sizes: Mapping[str, int], towers: Iterable[str], given: Mapping, where: object) -> dict:
+def implied_heads(
+    sizes: Mapping[str, int], towers: Iterable[str], given: Mapping, where: object, head_widths: Mapping = {}
+) -> dict:
     """``sizes`` with each tower's head count (``{tower}_heads``) that its width (``{tower}_width``) implies where
-    ``given`` states none, each head 64 wide: the rule OpenAI's CLIP loader applies to a bare state dict.
+    ``given`` states none, each head 64 wide: the rule OpenAI's CLIP loader applies to a bare state dict; or as wide
+    as ``head_widths`` (``{tower}_width`` -> {width: head width}) says for that width.
 
     Raises:
         UntoldArgument: (a ValueError) naming ``where`` (the weights) and the argument, for a width that is no multiple of 64: no
@@ -84,11 +87,11 @@ def implied_heads(sizes: Mapping[str, int], towers: Iterable[str], given: Mappin
         head, width = f"{tower}_heads", f"{tower}_width"
         if head in given or (value := size_value(sizes.get(width))) is None:
             continue
-        if value % 64:
+        if value % (wide := head_widths.get(width, {}).get(value, 64)):
             raise UntoldArgument(
-                head, f"{where}: expected {head} (its {width} {value} tells no 64-wide heads), got none"
+                head, f"{where}: expected {head} (its {width} {value} tells no {wide}-wide heads), got none"
             )
-        out[head] = value // 64
+        out[head] = value // wide
     return out
 
 

@@ -776,6 +776,30 @@ def without_prefix(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tens
     return out
 
 
+# Keys of open_clip models whose towers torchflava's CLIP does not build (their first match), and what they are.
+OPEN_CLIP_UNBUILT = {
+    r"^text_decoder\.": "CoCa's captioning decoder",
+    r"^logit_bias$": "SigLIP's sigmoid-loss bias",
+    r"^visual\.trunk\.": "a timm image tower (ConvNeXt, EVA, SigLIP, ViTamin, MobileCLIP...)",
+    r"^visual\.(layer1|attnpool)\.": "a ResNet image tower",
+    r"^visual\.attn_pool\.": "an attention-pooled image tower (CoCa)",
+    r"^text\.": "a text tower of its own (a Hugging Face or custom one: MobileCLIP, SigLIP, NLLB, RoBERTa...)",
+    r"\.ls_[12]\.": "layer scale",
+}
+
+
+def clip_source(state_dict: dict[str, Tensor], where: object = "state_dict") -> dict[str, Tensor]:
+    """``state_dict`` without DDP's ``module.`` (:func:`without_prefix`); ValueError naming ``where``, the first key
+    of an open_clip model whose towers torchflava's CLIP does not build and what it is (:data:`OPEN_CLIP_UNBUILT`)."""
+    out = without_prefix(state_dict, "module.")
+    for probe, what in OPEN_CLIP_UNBUILT.items():
+        if (key := next((k for k in out if re.search(probe, k)), None)) is not None:
+            raise ValueError(
+                f"{where}: expected CLIP's ViT towers, got {key!r}: {what}, which torchflava does not build"
+            )
+    return out
+
+
 def mismatch(
     key: str, parts: Sequence[Tensor], target: Tensor, *, transposed: bool = False, squeezable: bool = False
 ) -> Optional[str]:

@@ -929,3 +929,58 @@ def test_a_bare_weights_file_builds_the_model_its_shapes_state_with_64_wide_head
         f"{tmp_path / 'small.safetensors'}: expected vision_heads (its vision_width 32 tells no 64-wide heads), got none"
     )
     assert clip_model(pretrained=tmp_path / "small.safetensors", vision_heads=4, text_heads=3) is not None
+
+
+@pytest.mark.parametrize("width, head_width", [(1280, 80), (1664, 104)])
+def test_a_lone_open_clip_file_of_a_vit_h_or_bigg_width_loads_with_its_16_heads(tmp_path, width, head_width):
+    """open_clip's ViT-H/g/bigG/e image towers have 16 heads of 80/88/104/112, not 64: their weights file alone
+    (e.g. a laion ``open_clip_pytorch_model.bin`` downloaded without its config) loaded with 20 or 26 heads, silently
+    wrong. One layer of those widths, its MLP narrow, against open_clip's own features."""
+    vision = dict(image_size=32, patch_size=16, width=width, layers=1, head_width=head_width, mlp_ratio=0.025)
+    text = dict(context_length=16, vocab_size=99, width=64, heads=1, layers=1, mlp_ratio=0.5)  # heads 64 wide
+    cfg = dict(embed_dim=20, vision_cfg=vision, text_cfg=text)
+    torch.manual_seed(0)
+    reference = _perturb(open_clip.model.CLIP(**cfg), vectors_only=True)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "weights.safetensors")
+    ours = clip_model(pretrained=tmp_path / "weights.safetensors").eval()
+    assert ours.image_encoder.encoder.layers[0].attn.num_heads == 16
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=ATOL, rtol=0)
+    given = clip_model(pretrained=tmp_path / "weights.safetensors", vision_heads=width // 64)
+    assert given.image_encoder.encoder.layers[0].attn.num_heads == width // 64  # a count given still wins
+
+
+def _tiny_open_clip_state(**vision) -> dict:
+    """A state dict of open_clip's CLIP of OPEN_CLIP_CFG's sizes, its image tower's settings updated by ``vision``."""
+    cfg = dict(OPEN_CLIP_CFG, vision_cfg=dict(OPEN_CLIP_CFG["vision_cfg"], **vision))
+    return {k: v.contiguous() for k, v in open_clip.model.CLIP(**cfg).state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("resnet", r"got 'visual\.(layer1|attnpool)\.[\w.]+': a ResNet image tower, which torchflava does not build"),
+        ("layer scale", r"'visual.transformer.resblocks.0.ls_1.gamma': layer scale, which"),
+        ("timm", r"'visual.trunk.blocks.0.norm1.weight': a timm image tower \(ConvNeXt, EVA, SigLIP"),
+        ("siglip", "'logit_bias': SigLIP's sigmoid-loss bias, which"),
+        ("coca", "'text_decoder.ln_final.weight': CoCa's captioning decoder, which"),
+        ("clipa", r"missing 2 key\(s\) \['visual.ln_pre.weight', 'visual.ln_pre.bias'\]"),  # (no key tells it)
+    ],
+)
+def test_a_lone_open_clip_file_of_towers_ours_does_not_build_is_refused_naming_them_before_a_read(
+    tmp_path, monkeypatch, kind, message
+):
+    """A ResNet, timm, layer-scaled, SigLIP or CoCa model's weights alone were read whole (gigabytes for the large
+    ones) and refused with a list of hundreds of missing and unexpected keys; the first foreign key and what it is
+    now, from the file's header, no tensor read (CLIPA's ViT without ln_pre: its two missing keys)."""
+    vision = dict(resnet=dict(layers=[1, 1, 1, 1], width=8), clipa=dict(no_ln_pre=True))
+    state = _tiny_open_clip_state(**vision.get(kind, dict(ls_init_value=0.1) if kind == "layer scale" else {}))
+    extra = dict(timm="visual.trunk.blocks.0.norm1.weight", siglip="logit_bias", coca="text_decoder.ln_final.weight")
+    state.update({extra[kind]: torch.zeros(())} if kind in extra else {})
+    save_file(state, tmp_path / "open_clip_model.safetensors")
+    monkeypatch.setattr("torchflava.models.clip.builders.load_state_dict", lambda *_: pytest.fail("weights read"))
+    with pytest.raises(ValueError, match=message):
+        clip_model(pretrained=tmp_path / "open_clip_model.safetensors", vision_heads=4, text_heads=3)
+    with pytest.raises(ValueError, match=message):  # a state dict given to the converter: the same line
+        convert_to_torchflava(state, clip_model(**OPENAI_SMALL))

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from torchflava.models.clip.convert_weights import check_openai, convert_to_torchflava, directory_config, file_config
+from torchflava.models.clip.convert_weights import convert_to_torchflava, directory_config, file_config
 from torchflava.models.clip.model import CLIPModel
 from torchflava.modules.encoders import TextEncoder, VisionEncoder
 from torchflava.modules.encoders.builders import transformer_encoder
@@ -56,8 +56,8 @@ def clip_model(
 
     An argument left None comes from ``pretrained``'s config (HF's config.json, open_clip's or a torchflava export's
     clip_config.json, in its directory or beside its weights; else the sizes a weights file's shapes tell, heads 64
-    wide; given ones must match, but ``attention_dropout`` overrides), else from open_clip's ``ViT-B-16``: GELU (no
-    shape tells it; QuickGELU for OpenAI's weights, told by their entries), eps 1e-5, end token the vocabulary's last.
+    wide (ViT-H/g/bigG/e: 16); given ones must match, ``attention_dropout`` overrides), else open_clip's ``ViT-B-16``:
+    GELU (no shape tells it; QuickGELU for OpenAI's weights, told by their entries), eps 1e-5, end token the last id.
 
     Args:
         pretrained (Optional[PathLike]): a torchflava export, run or its ``checkpoints/step_<N>``, HF ``CLIPModel`` or
@@ -85,7 +85,7 @@ def clip_model(
         model = _build(clip_model_arguments(**kwargs))  # (checked first)
     if (local := kwargs["pretrained"]) is not None:  # the arguments checked first: no tensor data read before
         weights = directory_config(local)[2] if local.is_dir() else local  # (a directory of HF's: itself)
-        check_openai(peek_state_dict(weights, scalars=True), model, str(weights))
+        convert_to_torchflava(peek_state_dict(weights, scalars=True), model, str(weights))  # refused before a read
         model.load_state_dict(convert_to_torchflava(load_state_dict(weights), model), assign=True)
     return model
 

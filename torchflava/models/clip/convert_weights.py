@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchflava.modules.layers.mlp import check_activations
 from torchflava.modules.layers.patch_embedding import patch_geometry
 from torchflava.utils import architecture as arch
-from torchflava.utils.checkpoint import map_state_dict, read_json_object, refuse_unmatched, to_reference, without_prefix
+from torchflava.utils.checkpoint import clip_source, map_state_dict, read_json_object, refuse_unmatched, to_reference
 from torchflava.utils.checks import check_entries, config_number, hf_sub_configs, shared_values, unsupported_settings
 
 # Ours, HF's, open_clip's names; "{}" stands for weight or bias, "#" for a layer index.
@@ -46,6 +46,7 @@ _OPEN_CLIP_READ |= set("context_length vocab_size init_logit_scale cast_dtype pa
 _OPEN_CLIP_READ |= set("final_ln_after_pool pad_id hf_tokenizer_name tokenizer_kwargs".split())
 _OPEN_CLIP_AS_BUILT = dict(pos_embed_type="learnable", proj_type="linear", block_type="default")
 _OPEN_CLIP_AS_BUILT.update({"vision_cfg.pool_type": "tok", "text_cfg.pool_type": "argmax"})
+_HEAD_WIDTHS = dict(vision_width={1280: 80, 1408: 88, 1664: 104, 1792: 112})  # open_clip's ViT-H, g, bigG, e: 16 heads
 _LAYER = re.compile(r"^((image|text)_encoder\.encoder\.layers\.)(\d+)\.(.+)\.(weight|bias)$")
 _BY_LAYER = (("mlp_dim", 0), ("layers", None))  # (an MLP's rows; how many layers hold one: see implied_sizes)
 _WORDS, _MLP = "text_encoder.embeddings.word_embed.weight", "_encoder.encoder.layers.{}.mlp.fc1.weight"
@@ -70,15 +71,15 @@ def _names(key: str, layout: str) -> list[str]:
     return [prefix + row[col].format(kind)]
 
 
-def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def convert_to_torchflava(state_dict: dict[str, Tensor], model: nn.Module, where: str = "state_dict") -> dict:
     """Map an HF, open_clip/OpenAI or torchflava CLIP state dict (``module.`` dropped) onto ``model``'s keys and shapes,
-    for a strict load; ValueError for an unknown layout, keys missing, unexpected or mis-shaped (and the sizes told)."""
-    source = without_prefix(state_dict, "module.")
+    for a strict load; ValueError naming ``where``: an unknown layout or tower, keys missing, unexpected, mis-shaped."""
+    source = clip_source(state_dict, where)
     layout = arch.layout_of(source, LAYOUTS, "state_dict: expected CLIP keys")
     name = lambda key: _names(key, layout)
     flip = lambda key: layout == "open_clip" and key.endswith("projection.weight")  # kept as x @ W
     out, missing, wrong, used = map_state_dict(source, model.state_dict(), name, transposed=flip, squeezable=True)
-    check_openai(source, model)
+    check_openai(source, model, where)
     unexpected = sorted(k for k in source if k not in used and not _IGNORED.match(k))
     disagree = arch.disagreeing(clip_sizes(model.state_dict(), "torchflava"), clip_sizes(source, layout))
     refuse_unmatched(f"state_dict ({layout} layout)", missing, unexpected, wrong, disagree=disagree)
@@ -111,9 +112,9 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
     """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent: the config
-    beside it of its layout (HF's config.json, open_clip's, a torchflava export's clip_config.json: ValueError if HF's
-    is not there nor an activation given), else :func:`clip_sizes`, heads 64 wide (ValueError for other widths)."""
-    state_dict = without_prefix(state_dict, "module.")  # (meta tensors will do: only names and shapes are read)
+    beside it of its layout (HF's config.json, open_clip's, an export's clip_config.json: ValueError if HF's is not
+    there nor an activation given), else :func:`clip_sizes`, heads 64 wide (ViT-H/g/bigG/e: 16; else error)."""
+    state_dict = clip_source(state_dict, path)  # (meta tensors will do: only names and shapes are read)
     layout = arch.layout_of(state_dict, LAYOUTS, f"{path}: expected CLIP keys")
     beside = path.parent / {"hf": "config.json", "open_clip": "open_clip_config.json"}.get(layout, "clip_config.json")
     if beside.is_file():
@@ -121,7 +122,7 @@ def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple
     if layout == "hf" and "activation" not in given:
         what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
         raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
-    sizes = arch.implied_heads(clip_sizes(state_dict, layout), ("vision", "text"), given, path)
+    sizes = arch.implied_heads(clip_sizes(state_dict, layout), ("vision", "text"), given, path, _HEAD_WIDTHS)
     openai = any(key in state_dict for key in OPENAI_ENTRIES) and "activation" not in given  # (their QuickGELU)
     return path, {**sizes, "activation": "quick_gelu"} if openai else sizes
 
