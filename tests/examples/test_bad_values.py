@@ -203,6 +203,7 @@ FLAVA_ONLY = [
     # sizes past this machine's memory: an allocator's traceback once the run had started
     ("model.projection_dim=1000000000000", "model"),
     ("pretraining.image_vocab_size=1000000000000", "pretraining"),
+    ("model.multimodal_num_layers=1000000000000", "model"),  # the check's meta build ran until killed
     ("pretraining.pretrained=/nowhere/flava", "pretraining"),  # was a FileNotFoundError traceback
     # one pair per micro-batch: a contrastive loss of 0 at every step (no negatives)
     (("training.global_batch_size=8", "training.grad_accumulation=8"), "training.global_batch_size"),
@@ -224,6 +225,7 @@ IGNORED = [
 CLIP_ONLY = [
     ("model.vision_heads=5", "model"),
     ("model.embed_dim=1000000000000", "model"),  # past this machine's memory: was an allocator's traceback
+    ("model.vision_layers=1000000000000", "model"),  # the check's meta build ran until killed
     ("model.patch_size=0", "model"),
     ("data.max_text_length=100", "data.max_text_length"),
     ("model.context_length=0", "model.context_length"),  # was 'data.max_text_length': expected in [2, 0]
