@@ -353,11 +353,11 @@ from torchflava.data import samples
 real, folder = samples.readable_chunks, sys.argv[1]
 
 
-def recorded(read, keys, size, skipped):
+def recorded(read, keys, size, skipped, **options):
     keys = list(keys)
     with open(os.path.join(folder, "reads" + os.environ["RANK"] + ".jsonl"), "a") as out:
         out.write(json.dumps(keys) + "\\n")
-    return real(read, keys, size, skipped)
+    return real(read, keys, size, skipped, **options)
 
 
 samples.readable_chunks = recorded  # (before the recipe imports it)
