@@ -12,6 +12,9 @@ from torchflava.modules.layers.mlp import MLP
 from torchflava.modules.layers.transformer import TransformerEncoder, TransformerEncoderLayer
 from torchflava.utils.checks import check_architecture, check_fits_in_memory
 
+# The deepest stack transformer_encoder builds (the deepest published ones hold a few hundred layers).
+MAX_LAYERS = 10_000
+
 
 def transformer_encoder(
     *,
@@ -58,7 +61,7 @@ def transformer_encoder(
 
     Raises:
         TypeError: if a width or count is not an int, or ``is_causal`` or ``bias`` not a bool.
-        ValueError: if a width or count (``cross_attention_dim`` too) is < 1, ``embed_dim`` is not a multiple of ``num_heads``,
+        ValueError: if a width or count (``cross_attention_dim`` too) is < 1, ``num_layers`` above :data:`MAX_LAYERS`, ``embed_dim`` is not a multiple of ``num_heads``,
             ``norm_eps`` is not positive, a dropout is not in [0, 1) (at 1 every activation is zeroed), or
             ``activation`` is unknown.
     """
@@ -74,6 +77,8 @@ def transformer_encoder(
         bools=["is_causal", "bias"],
         choices={"activation": ACTIVATIONS},
     )
+    if num_layers > MAX_LAYERS:  # (checked on any device: a meta build of 10^12 layers ran until killed)
+        raise ValueError(f"num_layers must be at most {MAX_LAYERS} (no stack is deeper), got {num_layers}")
     weights = num_layers * (4 * embed_dim * embed_dim + 2 * embed_dim * mlp_dim)
     if cross_attention_dim is not None:  # q and out (D x D), k and v (D x D_m) a layer
         weights += num_layers * (2 * embed_dim * embed_dim + 2 * embed_dim * cross_attention_dim)
