@@ -12,6 +12,7 @@ from torchflava.evaluation.metrics import (
     classification_metrics,
     matthews,
     pearson,
+    percent,
     prediction_metrics,
     predictions_and_targets,
     soft_accuracy,
@@ -359,3 +360,35 @@ def test_shares_are_exact_fractions_not_float32_means():
     assert classification_metrics(predicted, labels, 2)["accuracy"] == 0.81
     assert task_metrics(logits, labels, "cross_entropy")["accuracy"] == 0.81
     assert prediction_metrics(predicted, labels, "cross_entropy", 2)["accuracy"] == 0.81
+
+
+def test_percent_shows_a_small_share_and_one_short_of_100_percent_as_they_are():
+    """One decimal printed a chance of 1/3000 classes as 0.0% and an accuracy of 0.9996 as 100.0%: below 1% a
+    share has its first two significant digits, short of 100% as many decimals as keep it below 100."""
+    assert percent(1 / 3000) == "0.033%"
+    assert percent(1 / 21843) == "0.0046%"  # ImageNet-21k's chance
+    assert percent(1 / 2001) == "0.050%"
+    assert percent(1 / 1000) == "0.10%"
+    assert percent(0.00995) == "1.0%"  # (two digits would round it to 1.00)
+    assert percent(1 / 30) == "3.3%"
+    assert percent(0.75) == "75.0%"
+    assert percent(0.999) == "99.9%"
+    assert percent(0.9996) == "99.96%"
+    assert percent(0.99996) == "99.996%"
+    assert percent(1 - 1e-9) == "99.9999999%"
+    assert (percent(0), percent(0.0), percent(1), percent(1.0), percent(math.nan)) == (
+        "0.0%",
+        "0.0%",
+        "100.0%",
+        "100.0%",
+        "nan%",
+    )
+    for bad, error, message in (
+        (1.5, ValueError, "share must be a fraction in [0, 1], got 1.5"),
+        (-0.01, ValueError, "share must be a fraction in [0, 1], got -0.01"),
+        (True, TypeError, "share must be a real number in [0, 1], got bool"),
+        ("0.5", TypeError, "share must be a real number in [0, 1], got str"),
+    ):
+        with pytest.raises(error) as info:
+            percent(bad)
+        assert str(info.value) == message

@@ -10,9 +10,12 @@ holds no values to score and is refused.
 :func:`predictions_and_targets` keeps two numbers per row of what :func:`task_metrics` reads, and
 :func:`prediction_metrics` gives its figures from those: a validation worked out in shares gathers
 those instead of (N, C) rows.
+
+:func:`percent` is how every evaluation command and recipe prints a share (an accuracy, a chance level).
 """
 
 import math
+from numbers import Real
 from typing import Optional
 
 import torch
@@ -21,6 +24,39 @@ from torch import Tensor
 from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
+
+
+def percent(share: float) -> str:
+    """``share`` (a fraction in [0, 1]) as a percentage, one decimal unless that would misstate it: below 1% as
+    many as its first two significant digits need (a chance of 1/3000 classes is 0.033%, which one decimal
+    printed as 0.0%), and short of 100% as many as keep it below 100 (an accuracy of 0.9996 is 99.96%, which
+    one decimal printed as 100.0%). 0 and 1 are 0.0% and 100.0%; NaN (an undefined figure) is nan%.
+
+    Args:
+        share (float): the fraction, a real number (int or float, not bool).
+
+    Returns:
+        str: e.g. ``"75.0%"``, ``"0.0046%"``, ``"99.96%"``.
+
+    Raises:
+        TypeError: if ``share`` is not a real number.
+        ValueError: if ``share`` is outside [0, 1].
+    """
+    if not isinstance(share, Real) or isinstance(share, bool):
+        raise TypeError(f"share must be a real number in [0, 1], got {type(share).__name__}")
+    if math.isnan(share):  # (a figure that could not be worked out, printed as such rather than refused)
+        return "nan%"
+    if not 0 <= share <= 1:
+        raise ValueError(f"share must be a fraction in [0, 1], got {share!r}")
+    value = 100 * float(share)
+    if 0 < value < 1:
+        shown = f"{value:.{1 - math.floor(math.log10(value))}f}"
+        if float(shown) < 1:  # (0.995 rounds to 1.00: 1.0% then, as from 1% up)
+            return f"{shown}%"
+    decimals = 1
+    while value < 100 and f"{value:.{decimals}f}".startswith("100") and decimals < 20:
+        decimals += 1  # (99.96 is 100.0 to one decimal, 99.96 to two)
+    return f"{value:.{decimals}f}%"
 
 
 def _on_one_device(first: object, second: object, names: tuple[str, str]) -> object:
