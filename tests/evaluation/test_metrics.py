@@ -392,3 +392,47 @@ def test_percent_shows_a_small_share_and_one_short_of_100_percent_as_they_are():
         with pytest.raises(error) as info:
             percent(bad)
         assert str(info.value) == message
+
+
+BAD_TASK_INPUTS = [
+    (LOGITS, LABELS, "crossentropy"),
+    (LOGITS, LABELS[:, None], "cross_entropy"),
+    (LOGITS, torch.tensor([0, 1, 2, 1]), "cross_entropy"),
+    (LOGITS.to("meta"), LABELS, "cross_entropy"),
+    (LOGITS, LABELS.to("meta"), "cross_entropy"),
+    (torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), "cross_entropy"),
+    (LOGITS, torch.zeros(4, 3), "binary_cross_entropy"),
+    (LOGITS, torch.full((4, 2), float("nan")), "binary_cross_entropy"),
+    (LOGITS, SCORES.to("meta"), "binary_cross_entropy"),  # (predictions_and_targets named the labels "scores")
+    (LOGITS, SCORES.bool(), "binary_cross_entropy"),
+    (LOGITS, torch.zeros(4), "mse"),
+    (PREDICTIONS[:, None], TARGETS[:, None], "mse"),
+    (PREDICTIONS[:, None], TARGETS.to("meta"), "mse"),
+    ([[1.0], [2.0]], TARGETS[:2], "mse"),
+]
+
+
+@pytest.mark.parametrize("logits, labels, loss", BAD_TASK_INPUTS)
+def test_task_metrics_and_predictions_and_targets_refuse_bad_input_alike_in_one_line(logits, labels, loss):
+    """task_metrics is predictions_and_targets then prediction_metrics: one input refused by one message, one line
+    naming the argument (a meta tensor of soft scores was "scores" to one and "labels" to the other)."""
+    messages = []
+    for call in (task_metrics, predictions_and_targets):
+        with pytest.raises(ValueError) as info:
+            call(logits, labels, loss)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "\n" not in messages[0]
+    assert messages[0].split()[0] in ("loss", "logits", "labels", "scores", "predictions")
+
+
+def test_task_metrics_equal_prediction_metrics_exactly_on_each_kind_of_target():
+    """Classification, soft-score and regression inputs: the two ways to the figures give the same floats."""
+    cases = [
+        (LOGITS, LABELS, "cross_entropy", {"accuracy": 0.75, "f1": 0.8, "matthews": 1 / math.sqrt(3)}),
+        (LOGITS, SCORES, "binary_cross_entropy", {"vqa_accuracy": (1.0 + 0.3 + 0.9 + 0.0) / 4}),
+        (PREDICTIONS[:, None], TARGETS, "mse", {"pearson": -0.24235715009596281, "spearman": 0.4}),
+    ]
+    for logits, labels, loss, expected in cases:
+        metrics = task_metrics(logits, labels, loss)
+        assert metrics == pytest.approx(expected, rel=1e-6)  # (SCORES are float32)
+        assert prediction_metrics(*predictions_and_targets(logits, labels, loss), loss, logits.shape[1]) == metrics

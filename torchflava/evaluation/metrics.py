@@ -8,8 +8,8 @@ libraries do for CPU labels and CUDA logits (a copy of N values, exact); a tenso
 holds no values to score and is refused.
 
 :func:`predictions_and_targets` keeps two numbers per row of what :func:`task_metrics` reads, and
-:func:`prediction_metrics` gives its figures from those: a validation worked out in shares gathers
-those instead of (N, C) rows.
+:func:`prediction_metrics` gives the figures from those: a validation worked out in shares gathers
+those instead of (N, C) rows. :func:`task_metrics` is the two in one call (one implementation).
 
 :func:`percent` is how every evaluation command and recipe prints a share (an accuracy, a chance level).
 """
@@ -233,7 +233,8 @@ def _check_regression(logits: object, labels: object) -> None:
 
 def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
     """The metrics that fit a loss: accuracy and Matthews correlation (+ F1 for 2 classes), soft
-    accuracy, or Pearson and Spearman correlations.
+    accuracy, or Pearson and Spearman correlations. :func:`prediction_metrics` of :func:`predictions_and_targets`
+    (one implementation: what a sharded validation gathers and scores gives these figures exactly).
 
     Args:
         logits (Tensor): (N, C) outputs; (N, 1) for ``mse`` (one regression output).
@@ -250,16 +251,8 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         ValueError: if ``loss`` is not one of :data:`LOSSES`, an input is malformed (see above) or on
             the meta device (``labels`` on another device are copied to the logits' one).
     """
-    if loss not in LOSSES:  # a misspelt loss returned accuracy and F1
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    labels = _on_one_device(logits, labels, ("logits", "labels"))
-    if loss == "mse":
-        _check_regression(logits, labels)
-        return {"pearson": pearson(logits[:, 0], labels), "spearman": spearman(logits[:, 0], labels)}
-    if loss == "binary_cross_entropy":
-        return {"vqa_accuracy": soft_accuracy(logits, labels)}
-    _check_labels(labels, _check_logits(logits), logits.shape[1])
-    return classification_metrics(logits.argmax(dim=1), labels, logits.shape[1])
+    predicted, targets = predictions_and_targets(logits, labels, loss)  # (every input checked there)
+    return prediction_metrics(predicted, targets, loss, logits.shape[1])
 
 
 def classification_metrics(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
@@ -307,13 +300,13 @@ def predictions_and_targets(logits: Tensor, labels: Tensor, loss: str) -> tuple[
     Raises:
         ValueError: as :func:`task_metrics`, for the same inputs (NaN or infinite logits included).
     """
-    if loss not in LOSSES:
+    if loss not in LOSSES:  # (a misspelt loss returned accuracy and F1)
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    labels = _on_one_device(logits, labels, ("logits", "labels"))
     if loss == "binary_cross_entropy":
         scores = _checked_scores(logits, labels)
         predicted = logits.argmax(dim=1)
         return predicted, scores.gather(1, predicted[:, None])[:, 0]
-    labels = _on_one_device(logits, labels, ("logits", "labels"))
     if loss == "mse":
         _check_regression(logits, labels)
         return logits[:, 0], labels
@@ -322,8 +315,8 @@ def predictions_and_targets(logits: Tensor, labels: Tensor, loss: str) -> tuple[
 
 
 def prediction_metrics(predicted: Tensor, targets: Tensor, loss: str, num_classes: Optional[int] = None) -> dict:
-    """:func:`task_metrics` from :func:`predictions_and_targets`'s two vectors (of every row, gathered): the same
-    metrics, of the same values.
+    """The fine-tuning metrics of ``loss`` from :func:`predictions_and_targets`'s two vectors (of every row,
+    gathered): the implementation of :func:`task_metrics`, which calls it on the vectors of its logits.
 
     Args:
         predicted (Tensor): (N,) predicted classes (``cross_entropy``, ``binary_cross_entropy``) or values (``mse``).
