@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+import re
 import shutil
 import signal
 from typing import Iterable, Sequence
@@ -25,6 +26,7 @@ from torchflava.data.finetuning import ShapesClassification
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import EvalImageTransform
+from torchflava.evaluation import percent
 from torchflava.models import flava_model
 from torchflava.models.flava import flava_model_for_classification
 from torchflava.pretrained import load_pretrained
@@ -651,7 +653,7 @@ def test_folders_naming_no_class_get_a_warning_and_named_ones_a_mean_per_class_a
     assert result["mean_per_class_accuracy"] == pytest.approx(sum(per_class) / len(per_class))
     assert (
         "warning" not in result
-        and f"mean per class {100 * result['mean_per_class_accuracy']:.1f}%" in capsys.readouterr().out
+        and f"mean per class {percent(result['mean_per_class_accuracy'])}" in capsys.readouterr().out
     )
 
 
@@ -812,7 +814,7 @@ def test_the_command_writes_glue_predictions_for_a_tsv_and_the_accuracy_of_its_l
     assert result["accuracy"] == pytest.approx(report["validation"]["accuracy"], abs=1e-6)  # the same rows
     assert result["num_inputs"] == 40
     out = capsys.readouterr().out
-    shown = f"accuracy {100 * result['accuracy']:.1f}%, Matthews {result['matthews']:.4f}, F1 {100 * result['f1']:.1f}%"
+    shown = f"accuracy {percent(result['accuracy'])}, Matthews {result['matthews']:.4f}, F1 {percent(result['f1'])}"
     assert out == f"40 rows classified into {tmp_path / 'p.tsv'}; {shown}\n"
     # a test file: no labels, no index column (rows numbered from 0); a single-text classifier's one column
     single, _, texts = text_run
@@ -1093,3 +1095,37 @@ def test_a_tsv_is_ranked_by_the_logits_not_by_scores_that_round_to_ties(tmp_path
     argv = ["--checkpoint", str(export), "--tsv", str(tmp_path / "test.tsv"), "--out", str(tmp_path / "p.tsv")]
     main([*argv, "--text-columns", "sentence"])
     assert (tmp_path / "p.tsv").read_text() == "index\tprediction\n0\tc\n1\tc\n"
+
+
+def test_the_summaries_print_a_3000_class_chance_and_a_99_96_percent_accuracy_as_they_are(
+    image_run, pair_run, tmp_path, monkeypatch, capsys
+):
+    """The summaries printed accuracies and F1 to one decimal: 0.9996 read "100.0%". Every share is now printed by
+    torchflava.evaluation.percent (a chance of 1/3000 classes: 0.033%)."""
+    from torchflava import classify as command
+
+    out, _ = image_run
+    classifier = load_classifier(out)
+    val = ShapesClassification("test", 4, image_size=32)
+    for i in range(4):
+        (tmp_path / "images" / classifier.labels[val[i].label]).mkdir(parents=True, exist_ok=True)
+        val[i].image.save(tmp_path / "images" / classifier.labels[val[i].label] / f"{i}.png")
+    shares = {"accuracy": 0.9996, "chance": 1 / 3000, "mean_per_class_accuracy": 0.99996}
+    classify = command.classify
+    monkeypatch.setattr(command, "classify", lambda *args: {**classify(*args), **shares})
+    capsys.readouterr()
+    main(["--checkpoint", str(out), "--images", str(tmp_path / "images")])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "4 inputs, 0 unreadable skipped; accuracy 99.96% (chance 0.033%), mean per class 99.996%"
+    )
+    run, _, pairs, labels = pair_run
+    _write_tsv(tmp_path / "dev.tsv", ["sentence", "question", "label"], [(b, a, y) for (a, b), y in zip(pairs, labels)])
+    classify_tsv = command.classify_tsv
+    monkeypatch.setattr(
+        command, "classify_tsv", lambda *args: {**classify_tsv(*args), "accuracy": 0.9996, "f1": 0.99951}
+    )
+    main(["--checkpoint", str(run), "--tsv", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "p.tsv")])
+    shown = (
+        rf"40 rows classified into {re.escape(str(tmp_path / 'p.tsv'))}; accuracy 99\.96%, Matthews \S+, F1 99\.95%\n"
+    )
+    assert re.fullmatch(shown, capsys.readouterr().out)

@@ -9,7 +9,7 @@ from tests.helpers import write_tiny_export
 from torchflava import linear_probe as command
 from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.shapes import ShapesWorld
-from torchflava.evaluation import linear_probe
+from torchflava.evaluation import LinearProbeResult, linear_probe, percent
 from torchflava.pretrained import load_pretrained
 
 
@@ -245,4 +245,19 @@ def test_a_class_folder_without_a_readable_training_image_is_warned_of_and_the_p
     predicted, labels = expected.predict(features[2][0]), features[2][1]
     per_class = [(predicted[labels == c] == c).float().mean().item() for c in labels.unique().tolist()]
     assert report["test_mean_per_class_accuracy"] == pytest.approx(sum(per_class) / len(per_class))
-    assert f"mean per class {100 * report['test_mean_per_class_accuracy']:.1f}%" in out
+    assert f"mean per class {percent(report['test_mean_per_class_accuracy'])}" in out
+
+
+def test_the_summary_prints_a_3000_class_chance_and_a_99_96_percent_accuracy_as_they_are(export, monkeypatch, capsys):
+    """The summary printed one decimal: a chance of 1/3000 classes read "chance 0.0%" and an accuracy of 0.9996
+    "100.0%". Every share is now printed by torchflava.evaluation.percent."""
+    none = torch.zeros(0)
+    result = LinearProbeResult(0.1, {0.1: 0.9996}, 0.99996, none, none, none, none, 0.995)
+    monkeypatch.setattr(command, "probe_shapes", lambda pretrained, batch_size: result)
+    monkeypatch.setattr(command.ShapesClassification, "classes", [f"class {i}" for i in range(3000)])
+    capsys.readouterr()
+    report = command.main(["--checkpoint", str(export), "--shapes"])
+    assert report["chance"] == 1 / 3000
+    assert capsys.readouterr().out == (
+        "chosen L2 0.1: validation accuracy 99.96%, test accuracy 99.996%, mean per class 99.5% (chance 0.033%)\n"
+    )

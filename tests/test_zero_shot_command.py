@@ -22,7 +22,7 @@ from tests.models.flava.test_convert_weights import _perturb, _tiny_hf_config
 from torchflava import zero_shot
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.transforms import EvalImageTransform
-from torchflava.evaluation import retrieval_recall
+from torchflava.evaluation import percent, retrieval_recall
 from torchflava.pretrained import checkpoint_layout, load_pretrained
 
 CLASSES = ["red circle", "blue square", "green triangle"]
@@ -33,6 +33,15 @@ def _every_probability(result: dict) -> torch.Tensor:
     top = result["top_classes"]
     assert top.shape[1] == len(result["classes"])
     return torch.zeros(top.shape, dtype=torch.float32).scatter_(1, top, result["top_probabilities"])
+
+
+def _synset_folders(images: Path, root: Path, synsets: list[str]) -> Path:
+    """``root`` laid out as ImageNet's validation set: the shape images of each class of CLASSES copied from the
+    ``images`` fixture's folder named after it into a folder named after its synset (``synsets``, in CLASSES'
+    order)."""
+    for name, synset in zip(CLASSES, synsets, strict=True):
+        shutil.copytree(images / name, root / synset)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -706,8 +715,8 @@ def test_retrieval_on_a_karpathy_split_counts_each_test_image_once_with_its_five
     capsys.readouterr()
     assert zero_shot.main([*command, "--split", "test"]) == {**result, "weights": str(pretrained.weights)}
     printed = capsys.readouterr().out
-    chance = zero_shot.percent(1 - math.comb(15, 10) / math.comb(20, 10))  # 98.4%
-    assert f"  image_to_text_R@10: {100 * result['image_to_text_R@10']:.1f}%  (chance {chance})\n" in printed
+    chance = percent(1 - math.comb(15, 10) / math.comb(20, 10))  # 98.4%
+    assert f"  image_to_text_R@10: {percent(result['image_to_text_R@10'])}  (chance {chance})\n" in printed
     assert "text_to_image_R@5" not in printed
     everything = zero_shot.main(command)  # no --split: every split, said before the checkpoint loads
     assert everything["num_images"] == 6 and everything["num_pairs"] == 30
@@ -855,7 +864,7 @@ def test_classes_from_a_file_and_folders_matched_to_them_case_and_spaces_aside(e
     right = [name.casefold() == file.split("/")[0] for file, name in result["predictions"].items()]
     assert result["accuracy"] == pytest.approx(sum(right) / len(right))
     out, err = capsys.readouterr()
-    assert f"accuracy {100 * result['accuracy']:.1f}%" in out and "warning" not in err
+    assert f"accuracy {percent(result['accuracy'])}" in out and "warning" not in err
     names.write_text("red circle, large\nblue square\n", encoding="utf-8")  # a comma inside a name
     result = zero_shot.main(command)
     assert set(result["predictions"].values()) <= {"red circle, large", "blue square"} and "accuracy" not in result
@@ -903,9 +912,7 @@ def test_folder_order_maps_synset_folders_to_the_classes_in_sorted_order(export,
     directory, _ = export
     synsets = {"red circle": "n03", "blue square": "n01", "green triangle": "n02"}  # sorted: blue, green, red
     ordered = ["blue square", "green triangle", "red circle"]
-    root = tmp_path / "val"
-    for name, synset in synsets.items():
-        shutil.copytree(images / name, root / synset)
+    root = _synset_folders(images, tmp_path / "val", [synsets[name] for name in CLASSES])
     (root / "n04_empty").mkdir()  # an empty class folder still takes its place in the order
     names = tmp_path / "classes.txt"
     names.write_text("\n".join([*ordered, "yellow cross"]) + "\n")
@@ -971,7 +978,7 @@ def test_classification_reports_the_class_balanced_and_top5_accuracy(export, ima
     assert result["top5_accuracy"] == pytest.approx(sum(r < 5 for r in ranks) / len(ranks))
     per_class = [sum(r == 0 for r, t in zip(ranks, truth) if t == c) / truth.count(c) for c in sorted(set(truth))]
     assert result["mean_per_class_accuracy"] == pytest.approx(sum(per_class) / len(per_class))
-    assert f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%, top-5 " in capsys.readouterr().out
+    assert f", mean per class {percent(result['mean_per_class_accuracy'])}, top-5 " in capsys.readouterr().out
     three = zero_shot.main(["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)])
     assert "top5_accuracy" not in three and "mean_per_class_accuracy" in three
 
@@ -980,9 +987,7 @@ def test_long_class_lists_are_shortened_in_the_warning_which_suggests_folder_ord
     """A thousand ImageNet names were all printed in the one-line warning; synset folders, as many as the
     classes, get the hint to number them with --folder-order."""
     directory, _ = export
-    root = tmp_path / "val"
-    for synset, name in zip(("n01", "n02", "n03"), CLASSES):
-        shutil.copytree(images / name, root / synset)
+    root = _synset_folders(images, tmp_path / "val", ["n01", "n02", "n03"])
     names = ["red", "blue", "green"]  # (words the tiny tokenizer knows)
     zero_shot.main(["--checkpoint", str(directory), "--images", str(root), "--classes", ",".join(names)])
     warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
@@ -1034,9 +1039,7 @@ def test_a_names_file_maps_imagenet_synset_folders_and_tab_separated_folders_to_
     so there was no accuracy (or, with --folder-order, prompts holding the ids). Each line now gives the
     folder and the name, in any order; FOLDER<TAB>NAME lines do the same for other datasets."""
     directory, _ = export
-    root = tmp_path / "val"
-    for name, synset in {"red circle": "n00000003", "blue square": "n00000001", "green triangle": "n00000002"}.items():
-        shutil.copytree(images / name, root / synset)
+    root = _synset_folders(images, tmp_path / "val", ["n00000003", "n00000001", "n00000002"])
     mapping = tmp_path / "LOC_synset_mapping.txt"
     mapping.write_text("n00000003 red circle\nn00000002 green triangle\nn00000001 blue square\n")
     command = ["--checkpoint", str(directory), "--images", str(root), "--classes", f"@{mapping}"]
@@ -1284,9 +1287,7 @@ def test_imagenet_names_file_naming_two_classes_alike_classifies_them_as_a_tie(e
     distinct names, got 1 repeated of the 1000'). Where a folder labels each class, both now share the name's
     embedding, a warning names them, and an image of either ranked first among them counts half right."""
     directory, _ = export
-    root = tmp_path / "val"
-    for name, synset in {"red circle": "n00000001", "blue square": "n00000002", "green triangle": "n00000003"}.items():
-        shutil.copytree(images / name, root / synset)
+    root = _synset_folders(images, tmp_path / "val", ["n00000001", "n00000002", "n00000003"])
     mapping = tmp_path / "LOC_synset_mapping.txt"
     mapping.write_text("n00000001 crane\nn00000002 crane\nn00000003 green triangle\n")
     command = ["--checkpoint", str(directory), "--images", str(root), "--classes", f"@{mapping}", "--template", "a {}"]
@@ -1331,11 +1332,19 @@ def test_a_model_moved_to_a_gpu_classifies_a_folder_as_on_the_cpu(export, images
     torch.testing.assert_close(on_gpu["top_probabilities"], on_cpu["top_probabilities"], rtol=0, atol=1e-4)
 
 
-def test_a_chance_below_one_percent_is_printed_to_two_significant_digits():
-    """The summary printed one decimal: ImageNet-21k's chance, 1 / 21843, read "chance 0.0%"."""
-    assert zero_shot.percent(1 / 21843) == "0.0046%"
-    assert zero_shot.percent(1 / 2001) == "0.050%"
-    assert zero_shot.percent(1 / 1000) == "0.10%"
-    assert zero_shot.percent(1 / 30) == "3.3%"
-    assert zero_shot.percent(1.0) == "100.0%"
-    assert zero_shot.percent(0.0) == "0.0%"
+def test_the_summary_prints_a_3000_class_chance_and_a_99_96_percent_accuracy_as_they_are(
+    export, images, monkeypatch, capsys
+):
+    """The summary printed its accuracies to one decimal: 0.9996 read "accuracy 100.0%" (and a chance of 1/3000
+    classes "0.0%", before percent). Every share is now printed by torchflava.evaluation.percent."""
+    classify_folder = zero_shot.classify_folder
+    shares = {"accuracy": 0.9996, "chance": 1 / 3000, "mean_per_class_accuracy": 0.99996, "top5_accuracy": 0.9999}
+    monkeypatch.setattr(
+        zero_shot, "classify_folder", lambda *args, **kwargs: {**classify_folder(*args, **kwargs), **shares}
+    )
+    capsys.readouterr()
+    command = ["--checkpoint", str(export[0]), "--images", str(images), "--classes", ",".join(CLASSES)]
+    zero_shot.main([*command, "--template", "a {}"])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "12 images, 1 unreadable skipped; accuracy 99.96% (chance 0.033%), mean per class 99.996%, top-5 99.99%"
+    )

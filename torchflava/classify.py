@@ -60,7 +60,7 @@ from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
-from torchflava.evaluation.metrics import classification_metrics, pearson, spearman
+from torchflava.evaluation.metrics import classification_metrics, pearson, percent, spearman
 from torchflava.models import clip_model, flava_model, flava_model_for_classification
 from torchflava.models.clip import CLIPModel, clip_model_arguments
 from torchflava.models.flava import FLAVAModel
@@ -106,7 +106,7 @@ from torchflava.utils.cli import (
 from torchflava.utils.distributed import get_rank
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
-from torchflava.zero_shot import folder_labels, percent, unmatched_folders_warning
+from torchflava.zero_shot import folder_labels, unmatched_folders_warning
 
 CLASSIFIER_CONFIG = "classification_config.json"  # flava_model_for_classification's arguments
 LABELS_FILE = "labels.json"  # the class names, in output order
@@ -871,8 +871,8 @@ def _main_tsv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
     if result["skipped"]:  # (a submission file lacking them is refused by GLUE's server)
         summary += f" ({result['skipped']} unusable rows skipped: not in it)"
     if "accuracy" in result:
-        summary += f"; accuracy {100 * result['accuracy']:.1f}%, Matthews {result['matthews']:.4f}"
-        summary += f", F1 {100 * result['f1']:.1f}%" if "f1" in result else ""
+        summary += f"; accuracy {percent(result['accuracy'])}, Matthews {result['matthews']:.4f}"
+        summary += f", F1 {percent(result['f1'])}" if "f1" in result else ""
     if "pearson" in result:
         shown = ["undefined" if value is None else f"{value:.4f}" for value in (result["pearson"], result["spearman"])]
         summary += f"; Pearson {shown[0]}, Spearman {shown[1]}"
@@ -973,8 +973,8 @@ def _shown(result: dict, args: argparse.Namespace) -> dict:
         print(f"{name}\t{shown}")
     summary = f"{result['num_inputs']} inputs, {result['skipped']} unreadable skipped"
     if "accuracy" in result:
-        summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {percent(result['chance'])})"
-        summary += f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%"
+        summary += f"; accuracy {percent(result['accuracy'])} (chance {percent(result['chance'])})"
+        summary += f", mean per class {percent(result['mean_per_class_accuracy'])}"
     print(summary)
     if "warning" in result:
         print(result["warning"], file=sys.stderr)

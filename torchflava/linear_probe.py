@@ -27,6 +27,7 @@ from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.readers import IMAGE_EXTENSIONS
 from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
+from torchflava.evaluation.metrics import percent
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
 from torchflava.utils.cli import finish_command, output_file, positive_int, run_command
@@ -185,12 +186,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     test = ""
     if result.test_accuracy is not None:
         test = (
-            f", test accuracy {100 * result.test_accuracy:.1f}%, mean per class "
-            f"{100 * result.test_mean_per_class_accuracy:.1f}%"
+            f", test accuracy {percent(result.test_accuracy)}, mean per class "
+            f"{percent(result.test_mean_per_class_accuracy)}"
         )
     print(
-        f"chosen L2 {result.l2:g}: validation accuracy {100 * result.val_accuracy[result.l2]:.1f}%{test}"
-        + f" (chance {100 / len(classes):.1f}%)"
+        f"chosen L2 {result.l2:g}: validation accuracy {percent(result.val_accuracy[result.l2])}{test}"
+        + f" (chance {percent(report['chance'])})"
         + "".join(f"; {len(r)} unreadable {n} image(s) skipped" for n, r in skipped.items() if r)
     )
     return finish_command(report, [reason for reasons in skipped.values() for reason in reasons], args.json)

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
-from torchflava.evaluation import retrieval_recall, zero_shot_classifier
+from torchflava.evaluation import percent, retrieval_recall, zero_shot_classifier
 from torchflava.evaluation.zero_shot import (
     check_class_prompts,
     check_finite,
@@ -613,14 +613,6 @@ def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_siz
     }
 
 
-def percent(share: float) -> str:
-    """``share`` (a fraction) as a percentage: one decimal, or as many as its first two significant digits need
-    below 1% (a chance of 1/21843 classes is 0.0046%, which one decimal printed as 0.0%)."""
-    value = 100 * share
-    decimals = 1 if value >= 1 or value <= 0 else 1 - math.floor(math.log10(value))
-    return f"{value:.{decimals}f}%"
-
-
 def retrieval_chance(captions_per_image: Sequence[int], num_texts: int, ks: Sequence[int]) -> dict[str, float]:
     """The Recall@K of a random ranking in each direction: text->image K / M (one right image of the M);
     image->text the mean over the images of 1 - C(T - n, K) / C(T, K), the chance that at least one of an
@@ -853,10 +845,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             print(f"{file}\t{name}")
         summary = f"{result['num_images']} images, {result['skipped']} unreadable skipped"
         if "accuracy" in result:
-            summary += f"; accuracy {100 * result['accuracy']:.1f}% (chance {percent(result['chance'])})"
-            summary += f", mean per class {100 * result['mean_per_class_accuracy']:.1f}%"
+            summary += f"; accuracy {percent(result['accuracy'])} (chance {percent(result['chance'])})"
+            summary += f", mean per class {percent(result['mean_per_class_accuracy'])}"
             if "top5_accuracy" in result:
-                summary += f", top-5 {100 * result['top5_accuracy']:.1f}%"
+                summary += f", top-5 {percent(result['top5_accuracy'])}"
         print(summary)
         if class_folders is None:
             warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
@@ -869,7 +861,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"{result['num_pairs']} pairs, {result['skipped']} skipped")
         recalls = [k for k in result if "R@" in k and "chance" not in k]
         for key in sorted(recalls, key=lambda k: (int(k.split("@")[1]), k)):  # R@1, R@5, R@10 (not R@10 first)
-            print(f"  {key}: {100 * result[key]:.1f}%  (chance {percent(result[f'{key}_chance'])})")
+            print(f"  {key}: {percent(result[key])}  (chance {percent(result[f'{key}_chance'])})")
     # what was evaluated: a run's export file, or the step_<N> its latest checkpoint resolved to
     result["weights"] = str(pretrained.weights)
     return finish_command(result, result["skipped_reasons"], args.json)

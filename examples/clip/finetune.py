@@ -71,7 +71,7 @@ from torchflava.data.run_checks import resumed_data_checks
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
-from torchflava.evaluation.metrics import classification_metrics
+from torchflava.evaluation.metrics import classification_metrics, percent
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head, standardised_head
@@ -504,7 +504,7 @@ def linear_probe_head(
     fit = lambda: fit_probe(features.to(info.device), labels, model.num_classes, m.probe_l2)  # noqa: E731
     probe = rank0_report(fit, run_timeout_s=t.collective_timeout_s)
     if info.is_main:
-        scored = "set" if m.probe_l2 is not None else f"held-out accuracy {100 * probe.val_accuracy[probe.l2]:.1f}%"
+        scored = "set" if m.probe_l2 is not None else f"held-out accuracy {percent(probe.val_accuracy[probe.l2])}"
         print(f"linear probe: {len(labels)} training items ({skipped} unreadable), l2 {probe.l2:g} ({scored})")
     return standardised_head(probe.weight, probe.bias, probe.mean, probe.std)
 
@@ -572,12 +572,12 @@ def wise_ft(zero_shot: dict[str, Tensor], fine_tuned: dict[str, Tensor], alpha: 
 
 def format_report(report: dict, out_dir: Path) -> str:
     """The one human line after the report: steps, the accuracies, chance, where the classifier is."""
-    shown = [f"{name} {100 * metrics['accuracy']:.1f}%" for name, metrics in report["validation"].items()]
+    shown = [f"{name} {percent(metrics['accuracy'])}" for name, metrics in report["validation"].items()]
     items, skipped = report["validation"]["fine_tuned"]["items"], report["validation"]["fine_tuned"].get("skipped")
     items = f"{items} items, {skipped} unreadable skipped" if skipped else f"{items} items"
     return (
         f"fine-tuning finished: {report['steps']} steps; validation ({items}) top-1 {', '.join(shown)} "
-        f"(chance {100 * report['chance']:.1f}%); classifier exported to {out_dir / 'model'} "
+        f"(chance {percent(report['chance'])}); classifier exported to {out_dir / 'model'} "
         f"(python -m torchflava.classify --checkpoint {out_dir} --images DIR)"
     )
 

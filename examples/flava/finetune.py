@@ -41,7 +41,7 @@ from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.run_checks import resumed_data_checks
 from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
-from torchflava.evaluation.metrics import prediction_metrics, predictions_and_targets
+from torchflava.evaluation.metrics import percent, prediction_metrics, predictions_and_targets
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES, read_inputs
@@ -696,10 +696,10 @@ def _format_metrics(metrics: dict) -> str:
     shown = []
     for name, value in metrics.items():
         if name in ("accuracy", "f1", "vqa_accuracy"):
-            shown.append(f"{name} {100 * value:.1f}%")
+            shown.append(f"{name} {percent(value)}")
         elif name in ("matthews", "pearson", "spearman"):
             shown.append(f"{name} {value:.3f}")
-    chance = f" (chance {100 * metrics['chance']:.1f}%)" if "chance" in metrics else ""
+    chance = f" (chance {percent(metrics['chance'])})" if "chance" in metrics else ""
     return ", ".join(shown) + chance
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import sys
 from typing import Optional
 
+from torchflava.evaluation import percent
 from torchflava.linear_probe import probe_shapes
 from torchflava.pretrained import load_pretrained
 from torchflava.training.config import ConfigError, load_config
@@ -73,7 +74,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"held-out shapes, {scenes} scenes, 30 colour-shape classes:")
     for name in ("zero_shot", "linear_probe", "fine_tuned", "chance"):
         count = f" ({cfg.data.shapes_val} scenes)" if name == "fine_tuned" and cfg.data.shapes_val != scenes else ""
-        print(f"  {name.replace('_', ' '):13s} {100 * report[name]:5.1f}%{count}")
+        print(f"  {name.replace('_', ' '):13s} {percent(report[name]):>6s}{count}")
     return report
 
 

@@ -12,6 +12,7 @@ from torchflava.evaluation.metrics import (
     classification_metrics,
     matthews,
     pearson,
+    percent,
     prediction_metrics,
     predictions_and_targets,
     soft_accuracy,
@@ -359,3 +360,79 @@ def test_shares_are_exact_fractions_not_float32_means():
     assert classification_metrics(predicted, labels, 2)["accuracy"] == 0.81
     assert task_metrics(logits, labels, "cross_entropy")["accuracy"] == 0.81
     assert prediction_metrics(predicted, labels, "cross_entropy", 2)["accuracy"] == 0.81
+
+
+def test_percent_shows_a_small_share_and_one_short_of_100_percent_as_they_are():
+    """One decimal printed a chance of 1/3000 classes as 0.0% and an accuracy of 0.9996 as 100.0%: below 1% a
+    share has its first two significant digits, short of 100% as many decimals as keep it below 100."""
+    assert percent(1 / 3000) == "0.033%"
+    assert percent(1 / 21843) == "0.0046%"  # ImageNet-21k's chance
+    assert percent(1 / 2001) == "0.050%"
+    assert percent(1 / 1000) == "0.10%"
+    assert percent(0.00995) == "1.0%"  # (two digits would round it to 1.00)
+    assert percent(1 / 30) == "3.3%"
+    assert percent(0.75) == "75.0%"
+    assert percent(0.999) == "99.9%"
+    assert percent(0.9996) == "99.96%"
+    assert percent(0.99996) == "99.996%"
+    assert percent(1 - 1e-9) == "99.9999999%"
+    assert (percent(0), percent(0.0), percent(1), percent(1.0), percent(math.nan)) == (
+        "0.0%",
+        "0.0%",
+        "100.0%",
+        "100.0%",
+        "nan%",
+    )
+    for bad, error, message in (
+        (1.5, ValueError, "share must be a fraction in [0, 1], got 1.5"),
+        (-0.01, ValueError, "share must be a fraction in [0, 1], got -0.01"),
+        (True, TypeError, "share must be a real number in [0, 1], got bool"),
+        ("0.5", TypeError, "share must be a real number in [0, 1], got str"),
+    ):
+        with pytest.raises(error) as info:
+            percent(bad)
+        assert str(info.value) == message
+
+
+BAD_TASK_INPUTS = [
+    (LOGITS, LABELS, "crossentropy"),
+    (LOGITS, LABELS[:, None], "cross_entropy"),
+    (LOGITS, torch.tensor([0, 1, 2, 1]), "cross_entropy"),
+    (LOGITS.to("meta"), LABELS, "cross_entropy"),
+    (LOGITS, LABELS.to("meta"), "cross_entropy"),
+    (torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), "cross_entropy"),
+    (LOGITS, torch.zeros(4, 3), "binary_cross_entropy"),
+    (LOGITS, torch.full((4, 2), float("nan")), "binary_cross_entropy"),
+    (LOGITS, SCORES.to("meta"), "binary_cross_entropy"),  # (predictions_and_targets named the labels "scores")
+    (LOGITS, SCORES.bool(), "binary_cross_entropy"),
+    (LOGITS, torch.zeros(4), "mse"),
+    (PREDICTIONS[:, None], TARGETS[:, None], "mse"),
+    (PREDICTIONS[:, None], TARGETS.to("meta"), "mse"),
+    ([[1.0], [2.0]], TARGETS[:2], "mse"),
+]
+
+
+@pytest.mark.parametrize("logits, labels, loss", BAD_TASK_INPUTS)
+def test_task_metrics_and_predictions_and_targets_refuse_bad_input_alike_in_one_line(logits, labels, loss):
+    """task_metrics is predictions_and_targets then prediction_metrics: one input refused by one message, one line
+    naming the argument (a meta tensor of soft scores was "scores" to one and "labels" to the other)."""
+    messages = []
+    for call in (task_metrics, predictions_and_targets):
+        with pytest.raises(ValueError) as info:
+            call(logits, labels, loss)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "\n" not in messages[0]
+    assert messages[0].split()[0] in ("loss", "logits", "labels", "scores", "predictions")
+
+
+def test_task_metrics_equal_prediction_metrics_exactly_on_each_kind_of_target():
+    """Classification, soft-score and regression inputs: the two ways to the figures give the same floats."""
+    cases = [
+        (LOGITS, LABELS, "cross_entropy", {"accuracy": 0.75, "f1": 0.8, "matthews": 1 / math.sqrt(3)}),
+        (LOGITS, SCORES, "binary_cross_entropy", {"vqa_accuracy": (1.0 + 0.3 + 0.9 + 0.0) / 4}),
+        (PREDICTIONS[:, None], TARGETS, "mse", {"pearson": -0.24235715009596281, "spearman": 0.4}),
+    ]
+    for logits, labels, loss, expected in cases:
+        metrics = task_metrics(logits, labels, loss)
+        assert metrics == pytest.approx(expected, rel=1e-6)  # (SCORES are float32)
+        assert prediction_metrics(*predictions_and_targets(logits, labels, loss), loss, logits.shape[1]) == metrics

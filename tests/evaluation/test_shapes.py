@@ -181,3 +181,17 @@ def test_evaluate_shapes_of_a_model_on_a_gpu_equals_its_cpu_result():
 
     expected = evaluate_shapes(OnDevice(), _colour_tokenize, _to_tensor, num_test=10)
     assert evaluate_shapes(OnDevice().cuda(), _colour_tokenize, _to_tensor, num_test=10) == expected
+
+
+def test_the_report_prints_a_small_chance_and_an_accuracy_short_of_100_percent_as_they_are():
+    """One decimal printed R@1's chance over 3000 scenes as 0.0% and a recall of 0.9996 as 100.0%."""
+    report = {"test_items": 3000, "num_classes": 30, "zero_shot_accuracy": 0.9996, "zero_shot_chance": 1 / 30}
+    report.update(zero_shot_colour_right=1.0, zero_shot_shape_right=0.99996, **{"R@1_chance": 1 / 3000})
+    report.update({"R@5_chance": 5 / 3000, "image_to_text_R@1": 0.9996, "text_to_image_R@1": 0.5})
+    report.update({"image_to_text_R@5": 1.0, "text_to_image_R@5": 0.0})
+    assert format_shapes_report(report)[1:] == [
+        "  zero-shot classification (30 colour-shape classes): 99.96%   (chance 3.3%); colour right 100.0%, "
+        "shape right 99.996% (chance 16.7% / 20.0%)",
+        "  image->text R@1: 99.96%   text->image R@1: 50.0%   (chance 0.033%)",
+        "  image->text R@5: 100.0%   text->image R@5: 0.0%   (chance 0.17%)",
+    ]

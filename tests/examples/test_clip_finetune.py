@@ -740,3 +740,13 @@ def test_classifying_a_killed_run_verifies_its_checkpoint_once_and_an_export_nee
     (export / "preprocessor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"export: expected its preprocessing, preprocessor_config.json"):
         load_clip_classifier(export)
+
+
+def test_the_human_line_prints_a_3000_class_chance_and_a_99_96_percent_accuracy_as_they_are():
+    """One decimal printed an accuracy of 0.9996 as 100.0% and a chance of 1/3000 classes as 0.0%: every share is
+    now printed by torchflava.evaluation.percent."""
+    validation = {"zero_shot": {"accuracy": 0.0004}, "fine_tuned": {"accuracy": 0.9996, "items": 9}}
+    assert finetune.format_report({"steps": 5, "validation": validation, "chance": 1 / 3000}, Path("runs/x")) == (
+        "fine-tuning finished: 5 steps; validation (9 items) top-1 zero_shot 0.040%, fine_tuned 99.96% (chance "
+        "0.033%); classifier exported to runs/x/model (python -m torchflava.classify --checkpoint runs/x --images DIR)"
+    )

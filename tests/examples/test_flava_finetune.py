@@ -1425,3 +1425,13 @@ def test_a_loss_refused_for_an_image_text_task_names_binary_cross_entropy_for_an
         r"got 'cross_entropy'$",
     ):
         _run(export, tmp_path / "r2", *files, "model.loss=cross_entropy")
+
+
+def test_the_human_line_prints_a_3000_class_chance_and_a_99_96_percent_accuracy_as_they_are():
+    """One decimal printed an accuracy of 0.9996 as 100.0% and a chance of 1/3000 classes as 0.0%: every share is
+    now printed by torchflava.evaluation.percent."""
+    metrics = {"accuracy": 0.9996, "matthews": 0.5, "f1": 0.99996, "items": 9, "chance": 1 / 3000}
+    assert finetune.format_report({"steps": 5, "validation_sets": {"dev": metrics}}, Path("runs/x")) == (
+        "fine-tuning finished: 5 steps; validation dev (9 items) accuracy 99.96%, matthews 0.500, f1 99.996% "
+        "(chance 0.033%); classifier exported to runs/x/model (python -m torchflava.classify --checkpoint runs/x)"
+    )

@@ -79,3 +79,27 @@ def test_the_probe_and_the_fine_tuning_score_as_many_held_out_scenes_as_the_zero
     (run / "report.json").write_text(json.dumps({"eval": {**eval_report, "test_items": None}}))
     with pytest.raises(script.ConfigError, match="eval.test_items must be the zero-shot scene count, got None"):
         script.main(["--run", str(run)])
+
+
+def test_a_3000_class_chance_and_a_99_96_percent_accuracy_are_printed_as_they_are(tmp_path, monkeypatch, capsys):
+    """The report printed one decimal: a chance of 1/3000 read 0.0% and an accuracy of 0.9996 100.0%. Every share is
+    now printed by torchflava.evaluation.percent."""
+    run = tmp_path / "run"
+    write_tiny_export(run / "model")
+    eval_report = {"zero_shot_accuracy": 0.5, "zero_shot_chance": 1 / 3000, "test_items": 120}
+    (run / "report.json").write_text(json.dumps({"eval": eval_report}))
+    script = _script()
+    finetune = script._finetune_module()
+    monkeypatch.setattr(
+        script, "probe_shapes", lambda pretrained, num_test: types.SimpleNamespace(test_accuracy=0.9996, l2=0.1)
+    )
+    monkeypatch.setattr(finetune, "main", lambda cfg: {"validation": {"accuracy": 0.99996}})
+    monkeypatch.setattr(script, "_finetune_module", lambda: finetune)
+    capsys.readouterr()
+    script.main(["--run", str(run)])
+    assert capsys.readouterr().out.splitlines()[-4:] == [
+        "  zero shot      50.0%",
+        "  linear probe  99.96%",
+        "  fine tuned    99.996%",
+        "  chance        0.033%",
+    ]

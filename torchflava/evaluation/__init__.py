@@ -1,6 +1,8 @@
-"""Evaluation on top of a trained model: zero-shot classification and cross-modal retrieval."""
+"""Evaluation on top of a trained model: zero-shot classification and cross-modal retrieval, the fine-tuning
+metrics, and how a share is printed (:func:`percent`)."""
 
 from torchflava.evaluation.linear_probe import LinearProbeResult, fit_logistic_regression, linear_probe
+from torchflava.evaluation.metrics import percent
 from torchflava.evaluation.zero_shot import (
     classification_accuracy,
     mean_per_class_accuracy,
@@ -14,6 +16,7 @@ __all__ = [
     "linear_probe",
     "classification_accuracy",
     "mean_per_class_accuracy",
+    "percent",
     "retrieval_recall",
     "zero_shot_classifier",
 ]

@@ -8,11 +8,14 @@ libraries do for CPU labels and CUDA logits (a copy of N values, exact); a tenso
 holds no values to score and is refused.
 
 :func:`predictions_and_targets` keeps two numbers per row of what :func:`task_metrics` reads, and
-:func:`prediction_metrics` gives its figures from those: a validation worked out in shares gathers
-those instead of (N, C) rows.
+:func:`prediction_metrics` gives the figures from those: a validation worked out in shares gathers
+those instead of (N, C) rows. :func:`task_metrics` is the two in one call (one implementation).
+
+:func:`percent` is how every evaluation command and recipe prints a share (an accuracy, a chance level).
 """
 
 import math
+from numbers import Real
 from typing import Optional
 
 import torch
@@ -21,6 +24,39 @@ from torch import Tensor
 from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
+
+
+def percent(share: float) -> str:
+    """``share`` (a fraction in [0, 1]) as a percentage, one decimal unless that would misstate it: below 1% as
+    many as its first two significant digits need (a chance of 1/3000 classes is 0.033%, which one decimal
+    printed as 0.0%), and short of 100% as many as keep it below 100 (an accuracy of 0.9996 is 99.96%, which
+    one decimal printed as 100.0%). 0 and 1 are 0.0% and 100.0%; NaN (an undefined figure) is nan%.
+
+    Args:
+        share (float): the fraction, a real number (int or float, not bool).
+
+    Returns:
+        str: e.g. ``"75.0%"``, ``"0.0046%"``, ``"99.96%"``.
+
+    Raises:
+        TypeError: if ``share`` is not a real number.
+        ValueError: if ``share`` is outside [0, 1].
+    """
+    if not isinstance(share, Real) or isinstance(share, bool):
+        raise TypeError(f"share must be a real number in [0, 1], got {type(share).__name__}")
+    if math.isnan(share):  # (a figure that could not be worked out, printed as such rather than refused)
+        return "nan%"
+    if not 0 <= share <= 1:
+        raise ValueError(f"share must be a fraction in [0, 1], got {share!r}")
+    value = 100 * float(share)
+    if 0 < value < 1:
+        shown = f"{value:.{1 - math.floor(math.log10(value))}f}"
+        if float(shown) < 1:  # (0.995 rounds to 1.00: 1.0% then, as from 1% up)
+            return f"{shown}%"
+    decimals = 1
+    while value < 100 and f"{value:.{decimals}f}".startswith("100") and decimals < 20:
+        decimals += 1  # (99.96 is 100.0 to one decimal, 99.96 to two)
+    return f"{value:.{decimals}f}%"
 
 
 def _on_one_device(first: object, second: object, names: tuple[str, str]) -> object:
@@ -197,7 +233,8 @@ def _check_regression(logits: object, labels: object) -> None:
 
 def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
     """The metrics that fit a loss: accuracy and Matthews correlation (+ F1 for 2 classes), soft
-    accuracy, or Pearson and Spearman correlations.
+    accuracy, or Pearson and Spearman correlations. :func:`prediction_metrics` of :func:`predictions_and_targets`
+    (one implementation: what a sharded validation gathers and scores gives these figures exactly).
 
     Args:
         logits (Tensor): (N, C) outputs; (N, 1) for ``mse`` (one regression output).
@@ -214,16 +251,8 @@ def task_metrics(logits: Tensor, labels: Tensor, loss: str) -> dict[str, float]:
         ValueError: if ``loss`` is not one of :data:`LOSSES`, an input is malformed (see above) or on
             the meta device (``labels`` on another device are copied to the logits' one).
     """
-    if loss not in LOSSES:  # a misspelt loss returned accuracy and F1
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    labels = _on_one_device(logits, labels, ("logits", "labels"))
-    if loss == "mse":
-        _check_regression(logits, labels)
-        return {"pearson": pearson(logits[:, 0], labels), "spearman": spearman(logits[:, 0], labels)}
-    if loss == "binary_cross_entropy":
-        return {"vqa_accuracy": soft_accuracy(logits, labels)}
-    _check_labels(labels, _check_logits(logits), logits.shape[1])
-    return classification_metrics(logits.argmax(dim=1), labels, logits.shape[1])
+    predicted, targets = predictions_and_targets(logits, labels, loss)  # (every input checked there)
+    return prediction_metrics(predicted, targets, loss, logits.shape[1])
 
 
 def classification_metrics(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
@@ -271,13 +300,13 @@ def predictions_and_targets(logits: Tensor, labels: Tensor, loss: str) -> tuple[
     Raises:
         ValueError: as :func:`task_metrics`, for the same inputs (NaN or infinite logits included).
     """
-    if loss not in LOSSES:
+    if loss not in LOSSES:  # (a misspelt loss returned accuracy and F1)
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    labels = _on_one_device(logits, labels, ("logits", "labels"))
     if loss == "binary_cross_entropy":
         scores = _checked_scores(logits, labels)
         predicted = logits.argmax(dim=1)
         return predicted, scores.gather(1, predicted[:, None])[:, 0]
-    labels = _on_one_device(logits, labels, ("logits", "labels"))
     if loss == "mse":
         _check_regression(logits, labels)
         return logits[:, 0], labels
@@ -286,8 +315,8 @@ def predictions_and_targets(logits: Tensor, labels: Tensor, loss: str) -> tuple[
 
 
 def prediction_metrics(predicted: Tensor, targets: Tensor, loss: str, num_classes: Optional[int] = None) -> dict:
-    """:func:`task_metrics` from :func:`predictions_and_targets`'s two vectors (of every row, gathered): the same
-    metrics, of the same values.
+    """The fine-tuning metrics of ``loss`` from :func:`predictions_and_targets`'s two vectors (of every row,
+    gathered): the implementation of :func:`task_metrics`, which calls it on the vectors of its logits.
 
     Args:
         predicted (Tensor): (N,) predicted classes (``cross_entropy``, ``binary_cross_entropy``) or values (``mse``).

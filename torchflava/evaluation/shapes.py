@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from torchflava.data.shapes import ALL_SCENES, CLASS_NAMES, ShapesWorld
+from torchflava.evaluation.metrics import percent
 from torchflava.evaluation.zero_shot import classification_accuracy, retrieval_recall, zero_shot_classifier
 from torchflava.utils.checks import check_int, check_module, is_integer_tensor, is_prompt_template
 from torchflava.utils.modes import eval_mode
@@ -153,13 +154,13 @@ def format_shapes_report(e: dict) -> list[str]:
     lines = [
         f"held-out shapes split ({e['test_items']} scenes, unique captions):",
         f"  zero-shot classification ({e['num_classes']} colour-shape classes): "
-        f"{100 * e['zero_shot_accuracy']:.1f}%   (chance {100 * e['zero_shot_chance']:.1f}%); "
-        f"colour right {100 * e['zero_shot_colour_right']:.1f}%, shape right {100 * e['zero_shot_shape_right']:.1f}% "
+        f"{percent(e['zero_shot_accuracy'])}   (chance {percent(e['zero_shot_chance'])}); "
+        f"colour right {percent(e['zero_shot_colour_right'])}, shape right {percent(e['zero_shot_shape_right'])} "
         "(chance 16.7% / 20.0%)",
     ]
     for k in (1, 5):
         lines.append(
-            f"  image->text R@{k}: {100 * e[f'image_to_text_R@{k}']:.1f}%   text->image R@{k}: "
-            f"{100 * e[f'text_to_image_R@{k}']:.1f}%   (chance {100 * e[f'R@{k}_chance']:.1f}%)"
+            f"  image->text R@{k}: {percent(e[f'image_to_text_R@{k}'])}   text->image R@{k}: "
+            f"{percent(e[f'text_to_image_R@{k}'])}   (chance {percent(e[f'R@{k}_chance'])})"
         )
     return lines
