@@ -28,7 +28,7 @@ from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, peek_state_dict
-from torchflava.utils.checks import is_prompt_template
+from torchflava.utils.checks import host_memory_bytes, is_prompt_template
 
 T = TypeVar("T")
 
@@ -386,14 +386,6 @@ def lr_multipliers_check(model: Union[nn.Module, Callable[[], nn.Module]], o: Op
         expected = f"names of the model's modules with trainable parameters, each with one factor >= 0 ({reason})"
         return (False, key, expected, dict(o.lr_multipliers))
     return (True, key, "", None)
-
-
-def host_memory_bytes() -> Optional[int]:
-    """This machine's physical memory in bytes; None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def meta_build_checks(
