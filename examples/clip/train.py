@@ -79,12 +79,11 @@ from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
-    builds_on_meta,
     contrastive_batch_check,
     contrastive_data_check,
     logit_scale_check,
     lr_multipliers_check,
-    memory_check,
+    meta_build_checks,
     opened,
     opened_pairs,
     pair_file_checks,
@@ -265,7 +264,7 @@ def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Opt
     if cfg.model.pretrained is None:
         # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
         smallest = functools.partial(clip_model, **kwargs, vocab_size=16)
-        raise_on_failed_checks([builds_on_meta("model", build), memory_check("model", smallest)])
+        raise_on_failed_checks(meta_build_checks("model", build, smallest=smallest))
     checked = None if resumed else checked_checkpoint(cfg)  # its header read, no tensor data
     raise_on_failed_checks(
         [

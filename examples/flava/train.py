@@ -64,13 +64,12 @@ from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
-    builds_on_meta,
     checkpoint_fits,
     contrastive_batch_check,
     contrastive_data_check,
     logit_scale_check,
     lr_multipliers_check,
-    memory_check,
+    meta_build_checks,
     opened,
     opened_pairs,
     pair_file_checks,
@@ -464,17 +463,17 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     backbone = functools.cache(lambda: flava_model(**flava_model_kwargs(m, max(d.vocab_size, 16))))
     pretraining = functools.cache(lambda: pretraining_model(cfg, backbone()))
     codebook = functools.cache(lambda: build_codebook(cfg, seeded=False))
+    # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
+    smallest = functools.cache(lambda: flava_model(**flava_model_kwargs(m, 16)))
+    sections = [  # each built once: its builder's faults, then the memory it takes
+        meta_build_checks("model", backbone, smallest=smallest),
+        meta_build_checks("pretraining", pretraining, smallest=lambda: pretraining_model(cfg, smallest())),
+        meta_build_checks("codebook", codebook),
+    ]
     raise_on_failed_checks(
-        [
-            builds_on_meta("model", backbone),
-            builds_on_meta("pretraining", pretraining),
-            builds_on_meta("codebook", codebook),
-            lr_multipliers_check(pretraining, cfg.optim),
-            # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
-            memory_check("model", lambda: flava_model(**flava_model_kwargs(m, 16))),
-            memory_check("pretraining", lambda: pretraining_model(cfg, flava_model(**flava_model_kwargs(m, 16)))),
-            memory_check("codebook", codebook),
-        ]
+        [faults for faults, _ in sections]
+        + [lr_multipliers_check(pretraining, cfg.optim)]
+        + [fits for _, fits in sections]
     )
 
     def codebook_fits(tensors: dict) -> None:  # as load_codebook_weights checks them, on the meta codebook

@@ -3,6 +3,7 @@ one-line config error naming the key, learning-rate multipliers that name the mo
 strategy against the processes launched, and single-process ddp/fsdp groups that need no port."""
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -14,9 +15,9 @@ from torchflava.training.config import ConfigError
 from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
-    builds_on_meta,
     lr_multipliers_check,
     memory_check,
+    meta_build_checks,
     opened,
     pair_file_checks,
     path_check,
@@ -171,8 +172,8 @@ def test_memory_check_refuses_parameters_past_the_machines_memory_without_alloca
     def missing():
         raise FileNotFoundError("checkpoint not found: /nowhere")
 
-    assert memory_check("model", missing)[0]  # its fault is the builder's, said by builds_on_meta:
-    assert builds_on_meta("pretraining", missing) == (
+    assert memory_check("model", missing)[0]  # its fault is the builder's, said by meta_build_checks:
+    assert meta_build_checks("pretraining", missing)[0] == (
         False,
         "pretraining",
         "arguments its builder accepts",
@@ -254,3 +255,108 @@ def test_opened_keeps_the_rank_that_raised_an_error_shared_with_every_rank():
     with pytest.raises(ConfigError) as b:
         opened("data.vocab", "v.txt", "a vocabulary", reader(local))
     assert raised_on_rank(a.value) == 0 and raised_on_rank(b.value) is None
+
+
+def _counted(build, calls: list, name: str):
+    """``build`` that records ``name`` in ``calls`` each time it is called."""
+
+    def counted():
+        calls.append(name)
+        return build()
+
+    return counted
+
+
+def test_meta_build_checks_builds_a_section_once_for_both_its_checks(monkeypatch):
+    """A section's builder faults and its memory are told from one meta build; the smallest vocabulary's build
+    is made only where the section's own does not fit (each was built for its check: twice at every start)."""
+    monkeypatch.setattr("torchflava.training.schema.host_memory_bytes", lambda: 2**30)  # 1 GiB
+    calls = []
+    fits = meta_build_checks(
+        "model",
+        _counted(lambda: nn.Linear(1024, 1024), calls, "build"),
+        smallest=_counted(lambda: nn.Linear(16, 16), calls, "smallest"),
+    )
+    assert (fits[0], fits[1][0], fits[1][3], calls) == (
+        (True, "model", "", None),
+        True,
+        "1,049,600 parameters (0.0 GiB)",
+        ["build"],
+    )
+    # past memory (a vocabulary of 2^15 rows): the smallest vocabulary's is counted in its place, and fits
+    calls.clear()
+    large = _counted(lambda: nn.Embedding(2**15, 2**14), calls, "build")
+    _, fits = meta_build_checks("model", large, smallest=_counted(lambda: nn.Embedding(16, 2**14), calls, "smallest"))
+    assert (fits[0], fits[3], calls) == (True, "262,144 parameters (0.0 GiB)", ["build", "smallest"])
+    _, fits = meta_build_checks("model", lambda: nn.Embedding(2**15, 2**14))  # (no smallest: refused)
+    assert fits == (
+        False,
+        "model",
+        "sizes whose parameters fit in this machine's memory (1.0 GiB)",
+        "536,870,912 parameters (2.0 GiB)",
+    )
+
+
+def test_meta_build_checks_counts_the_sections_build_where_the_smallest_vocabulary_does_not_build(monkeypatch):
+    """A smallest vocabulary the builder refuses (an id past it: FLAVA's model.pad_token_id=20 at 16 ids) leaves
+    the section's own count: the memory check passed such a build, and model.projection_dim=10^12 with
+    model.pad_token_id=20 went on to an allocator's traceback."""
+    monkeypatch.setattr("torchflava.training.schema.host_memory_bytes", lambda: 2**30)
+
+    def refused():
+        raise ValueError("pad_token_id must be an int id below vocab_size = 16, got 20")
+
+    faults, fits = meta_build_checks("model", lambda: nn.Embedding(2**15, 2**14), smallest=refused)
+    assert faults == (True, "model", "", None)
+    assert fits[:2] == (False, "model") and fits[3] == "536,870,912 parameters (2.0 GiB)"
+
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE_CONFIGS = {
+    "flava": REPO / "examples" / "flava" / "configs" / "pretraining" / "debug.yaml",
+    "clip": REPO / "examples" / "clip" / "configs" / "debug.yaml",
+}
+
+
+def _validated(recipe: str, overrides: list, tmp_path: Path, calls: list) -> None:
+    """The recipe's validate on its debug config and ``overrides``, recording in ``calls`` each model
+    built (by vocabulary size) and, for FLAVA, each set of pretraining heads (``"heads"``)."""
+    from tests.helpers import load_recipe
+    from torchflava.training.config import load_config
+
+    module = load_recipe(f"examples/{recipe}/train.py", f"meta_builds_{recipe}")
+    builder = f"{recipe}_model"
+    real = getattr(module, builder)
+    setattr(module, builder, lambda **kwargs: calls.append(kwargs["vocab_size"]) or real(**kwargs))
+    if recipe == "flava":
+        heads = module.flava_model_for_pretraining
+        module.flava_model_for_pretraining = lambda **kwargs: calls.append("heads") or heads(**kwargs)
+    arguments = [f"config={RECIPE_CONFIGS[recipe]}", *overrides, f"training.output_dir={tmp_path / 'run'}"]
+    module.validate(load_config(module.TrainConfig, arguments), 1)
+
+
+@pytest.mark.parametrize(
+    "recipe, overrides, built",
+    [
+        ("flava", [], [200, "heads"]),  # was [200, "heads", 16, 16, "heads"]: both sections built again
+        ("clip", [], [120]),  # was [120, 16]
+        # (a vocabulary past memory, not refused: the learnt one holds what the data gives, at most data.vocab_size)
+        ("flava", ["data.vocab_size=1000000000000"], [10**12, 16, "heads", "heads"]),
+        ("clip", ["data.vocab_size=1000000000000"], [10**12, 16]),
+    ],
+)
+def test_the_recipes_build_each_model_section_once_for_its_checks(recipe, overrides, built, tmp_path):
+    """validate builds each model section once on the meta device for its builder's faults and its memory,
+    and the smallest vocabulary's only where data.vocab_size's does not fit."""
+    calls = []
+    _validated(recipe, overrides, tmp_path, calls)
+    assert calls == built
+
+
+def test_flava_refuses_a_model_past_memory_whose_pad_token_id_the_smallest_vocabulary_lacks(tmp_path):
+    """model.pad_token_id=20 left the memory check's 16-id build refused by the builder, and the check passed:
+    model.projection_dim=10^12 went on to the run."""
+    with pytest.raises(
+        ConfigError, match=r"^key 'model': expected sizes whose parameters fit in this machine's memory"
+    ):
+        _validated("flava", ["model.pad_token_id=20", "model.projection_dim=1000000000000"], tmp_path, [])

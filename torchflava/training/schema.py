@@ -28,7 +28,7 @@ from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, peek_state_dict
-from torchflava.utils.checks import is_prompt_template
+from torchflava.utils.checks import host_memory_bytes, is_prompt_template
 
 T = TypeVar("T")
 
@@ -388,51 +388,53 @@ def lr_multipliers_check(model: Union[nn.Module, Callable[[], nn.Module]], o: Op
     return (True, key, "", None)
 
 
-def builds_on_meta(key: str, build: Callable[[], object]) -> tuple:
-    """A check that ``build()`` succeeds on the meta device (no memory, no init work): every size and
-    choice of a builder section checked by the builder itself, before any real work.
+def meta_build_checks(
+    key: str, build: Callable[[], nn.Module], *, smallest: Optional[Callable[[], nn.Module]] = None
+) -> list[tuple]:
+    """The checks of a builder section, from one build on the meta device (no memory, no init work): that
+    ``build()`` succeeds (every size and choice checked by the builder itself), then that the parameters and
+    buffers of what it builds fit in this machine's memory, where the recipes build their model before moving
+    it (sizes past it, a width of 10^12, were an allocator's traceback once the run had started); a builder
+    that fails passes the second, its fault said by the first.
+
+    ``smallest``: the section at the smallest vocabulary, where the run's is learnt from the data (at most
+    ``data.vocab_size``, as the data gives): built only where ``build()``'s parameters do not fit, and counted
+    in their place (unless its builder refuses it), so that only sizes that cannot be built are refused, not a
+    large ``data.vocab_size`` the data will shrink.
 
     Returns:
-        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
-    """
-    try:
-        _built_on_meta(build)
-    except BUILD_ERRORS as error:
-        return (False, key, "arguments its builder accepts", str(error).splitlines()[0] if str(error) else repr(error))
-    return (True, key, "", None)
-
-
-def host_memory_bytes() -> Optional[int]:
-    """This machine's physical memory in bytes; None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def memory_check(key: str, build: Callable[[], nn.Module]) -> tuple:
-    """A check that the parameters and buffers of the module ``build()`` makes (on the meta device: no memory
-    used) fit in this machine's memory, where the recipes build their model before moving it: sizes past it (a
-    width of 10^12) were an allocator's traceback once the run had started. A builder that fails passes here
-    (:func:`builds_on_meta` names that fault). Give a build no larger than the run's (a vocabulary learnt from
-    the data is at most ``data.vocab_size``: build with the smallest), so that the check refuses only sizes that
-    cannot be built.
-
-    Returns:
-        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+        list[tuple]: the two ``(ok, key, expected, got)`` checks for :func:`raise_on_failed_checks`.
     """
     try:
         module = _built_on_meta(build)
-    except BUILD_ERRORS:
-        return (True, key, "", None)
-    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    except BUILD_ERRORS as error:
+        got = str(error).splitlines()[0] if str(error) else repr(error)
+        return [(False, key, "arguments its builder accepts", got), (True, key, "", None)]
+    size = lambda m: sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))  # noqa: E731
     memory = host_memory_bytes()
-    return (
-        memory is None or size <= memory,
-        key,
-        f"sizes whose parameters fit in this machine's memory ({(memory or 0) / 2**30:,.1f} GiB)",
-        f"{sum(p.numel() for p in module.parameters()):,} parameters ({size / 2**30:,.1f} GiB)",
-    )
+    if memory is not None and size(module) > memory and smallest is not None:
+        try:
+            module = _built_on_meta(smallest)
+        except BUILD_ERRORS:  # (e.g. an id past its vocabulary: the count of build's stands)
+            pass
+    return [
+        (True, key, "", None),
+        (
+            memory is None or size(module) <= memory,
+            key,
+            f"sizes whose parameters fit in this machine's memory ({(memory or 0) / 2**30:,.1f} GiB)",
+            f"{sum(p.numel() for p in module.parameters()):,} parameters ({size(module) / 2**30:,.1f} GiB)",
+        ),
+    ]
+
+
+def memory_check(key: str, build: Callable[[], nn.Module]) -> tuple:
+    """The memory check of :func:`meta_build_checks` alone (a builder that fails passes here).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    return meta_build_checks(key, build)[1]
 
 
 def contrastive_batch_check(t: TrainingConfig) -> tuple:

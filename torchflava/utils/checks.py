@@ -251,16 +251,22 @@ def check_architecture(
             raise ValueError(f"{name(key)} must be an int id below {size} = {args[size]}, got {value!r}")
 
 
+def host_memory_bytes() -> Optional[int]:
+    """This machine's physical memory in bytes; None where the OS does not say (not a POSIX system)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def check_fits_in_memory(owner: str, num_params: int, sizes: Mapping[str, int]) -> None:
     """ValueError naming ``owner`` and its ``sizes`` if ``num_params`` weights would not fit in this
     machine's memory, when built there (the default device is the CPU): a mistyped size
     (``num_layers=1200``, ``vocab_size=10**11``) otherwise allocates for minutes before the process is
-    killed, or fails inside torch's allocator. A meta or GPU build is not checked."""
-    if torch.get_default_device().type != "cpu":
-        return
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system that says
+    killed, or fails inside torch's allocator. A meta or GPU build is not checked (a model planned on the
+    meta device may be larger than this machine: the recipes count a whole model's build against it,
+    :func:`torchflava.training.schema.meta_build_checks`)."""
+    if torch.get_default_device().type != "cpu" or (memory := host_memory_bytes()) is None:
         return
     needed = num_params * torch.get_default_dtype().itemsize
     if needed > memory:

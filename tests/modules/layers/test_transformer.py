@@ -568,6 +568,19 @@ def test_an_encoder_whose_weights_cannot_fit_in_memory_is_refused_before_it_is_b
         assert transformer_encoder(num_layers=100, **size).layers[0].mlp.fc1.weight.is_meta
 
 
+def test_an_encoder_deeper_than_max_layers_is_refused_on_any_device_naming_the_builder():
+    """A meta build takes no memory but time a layer: num_layers=10**12 (a recipe's config check) ran until
+    killed. The message named no builder, where transformer_encoder's other refusals do."""
+    from torchflava.modules.encoders import transformer_encoder
+    from torchflava.modules.encoders.builders import MAX_LAYERS
+
+    assert MAX_LAYERS == 10_000
+    for device, layers in (("meta", 10**12), ("cpu", 10**12), ("meta", MAX_LAYERS + 1)):
+        expected = rf"^transformer_encoder: num_layers must be at most 10000 \(no stack is deeper\), got {layers}$"
+        with torch.device(device), pytest.raises(ValueError, match=expected):
+            transformer_encoder(embed_dim=1, num_layers=layers, num_heads=1, mlp_dim=1)
+
+
 def test_encoder_refuses_layers_it_cannot_call_when_built():
     """A layer must be a module whose forward takes the stack's keywords; torch's own encoder layer
     (``src_mask``, ``src_key_padding_mask``) is refused at construction, naming the layer and what it lacks."""

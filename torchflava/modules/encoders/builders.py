@@ -78,7 +78,9 @@ def transformer_encoder(
         choices={"activation": ACTIVATIONS},
     )
     if num_layers > MAX_LAYERS:  # (checked on any device: a meta build of 10^12 layers ran until killed)
-        raise ValueError(f"num_layers must be at most {MAX_LAYERS} (no stack is deeper), got {num_layers}")
+        raise ValueError(
+            f"transformer_encoder: num_layers must be at most {MAX_LAYERS} (no stack is deeper), got {num_layers}"
+        )
     weights = num_layers * (4 * embed_dim * embed_dim + 2 * embed_dim * mlp_dim)
     if cross_attention_dim is not None:  # q and out (D x D), k and v (D x D_m) a layer
         weights += num_layers * (2 * embed_dim * embed_dim + 2 * embed_dim * cross_attention_dim)
