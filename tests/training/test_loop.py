@@ -1402,7 +1402,7 @@ def test_bad_arguments_are_named_before_any_work(tmp_path):
         run(tmp_path / "keys", step=lambda m, item: StepOutput({"a": m.gain * 1}, {"b": 1}))
     with pytest.raises(TypeError, match="StepOutput"):
         run(tmp_path / "type", step=lambda m, item: m.gain)
-    with pytest.raises(ValueError, match="holds no TransformerEncoder"):  # the loop applies checkpointing
+    with pytest.raises(ConfigError, match="key 'training.activation_checkpointing'"):  # the loop applies it
         run(tmp_path / "checkpointing", activation_checkpointing="selective")
     with pytest.raises(ConfigError, match="training.resume"):
         run(tmp_path / "resume", resume=str(tmp_path / "nowhere"))
@@ -1633,6 +1633,15 @@ def _run_rank(rank: int, init_file: str, root: str) -> None:
             fit(Toy(), other_names, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
         except ValueError as error:
             results["names"] = str(error)
+
+        def around_the_wrapper(model, item):  # DDP's module called, not DDP: its gradients were not averaged
+            return StepOutput(*toy_sums(model.module, item.batch))
+
+        training, optim = settings(root / f"bypass{rank}", strategy="ddp")
+        try:
+            fit(Toy(), around_the_wrapper, ToyData(6, rank=rank, world_size=WORLD_SIZE), training=training, optim=optim)
+        except ValueError as error:
+            results["bypass"] = str(error)
         torch.save(results, root / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -1654,6 +1663,18 @@ def test_ranks_that_name_different_losses_are_refused(two_ranks, tmp_path):
     for rank in range(WORLD_SIZE):
         message = torch.load(root / f"rank{rank}.pt", weights_only=True).get("names", "")
         assert "expected every rank to name the same losses at step 1" in message, rank
+
+
+def test_a_ddp_step_that_does_not_call_the_model_it_is_given_is_refused(two_ranks):
+    """A step calling ``model.module`` (or its parts) ran around DDP's forward: no gradient was averaged over
+    ranks, and each rank's weights drifted apart without a word."""
+    root = two_ranks[0]
+    for rank in range(WORLD_SIZE):
+        assert torch.load(root / f"rank{rank}.pt", weights_only=True).get("bypass") == (
+            "step: under training.strategy=ddp a step must call the model it is given (its forward, model(...): DDP "
+            "averages the gradients over ranks through it), got one that did not (e.g. it called model.module or "
+            "its parts directly); give the model a forward that the step calls"
+        ), rank
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "one_to_two"])
@@ -1907,3 +1928,72 @@ def test_fit_alone_refuses_to_resume_on_another_schedule_and_old_checkpoints_res
     monkeypatch.undo()
     _, result = run(tmp_path / "old", max_steps=8, resume="auto")
     assert result.resumed_from.name == "step_00000003" and result.step == 8
+
+
+def test_checkpointing_a_model_without_stacks_or_training_a_frozen_one_is_refused_before_the_directory_is_taken(
+    tmp_path,
+):
+    """training.activation_checkpointing on a model without a TransformerEncoder raised set_activation_checkpointing's
+    ValueError, naming no key, once the run directory was taken; a model with every parameter frozen reached its
+    first step and was told its loss was 'detached?'."""
+    with pytest.raises(ConfigError) as caught:
+        run(tmp_path / "checkpointing", activation_checkpointing="full")
+    assert str(caught.value) == (
+        "key 'training.activation_checkpointing': expected a model that holds a TransformerEncoder (the stacks "
+        "'full' applies to), got Toy, which holds none; set it to none"
+    )
+    assert not (tmp_path / "checkpointing").exists()
+    training, optim = settings(tmp_path / "frozen")
+    with pytest.raises(
+        ValueError, match=r"^model: expected parameters to train \(requires_grad True\), got Toy with none$"
+    ):
+        fit(Toy().requires_grad_(False), toy_step, ToyData(6), training=training, optim=optim)
+    assert not (tmp_path / "frozen").exists()
+
+
+def test_loss_names_that_are_not_text_are_named():
+    """A step naming its loss 0 failed inside the loop with 'sequence item 0: expected str instance, int found'."""
+    model = Toy()
+    out = StepOutput({0: model.gain * 2}, {0: 1})
+    with pytest.raises(TypeError, match=r"^step output: loss names must be str, got 0 \(int\)$"):
+        loop_module._global_loss(out, torch.device("cpu"))
+
+
+def test_fit_alone_refuses_to_resume_with_another_grad_accumulation(tmp_path):
+    """The data resumes at micro-batch step x grad_accumulation: a run of accumulation 2 resumed with 1 trained
+    again on micro-batches 6 and 7 of its checkpoint of step 3 (with 4, it would pass micro-batches over), silently."""
+    with pytest.raises(Killed):
+        run(tmp_path / "run", grad_accumulation=2, after_step=killed_after(4))  # checkpoint of step 3
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000003"
+    assert loop_module.read_loop_states(checkpoint)[0]["grad_accumulation"] == 2
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    for other in (1, 4):
+        with pytest.raises(ConfigError) as caught:
+            run(tmp_path / "run", grad_accumulation=other, resume="auto", data=ToyData(12, accumulation=2))
+        assert str(caught.value) == (
+            f"key 'training.grad_accumulation' (2 -> {other}): expected the accumulation {checkpoint} was trained with "
+            "(its data resumes at micro-batch 3 x grad_accumulation, so another would repeat micro-batches or pass "
+            "some over); start a new run in another training.output_dir"
+        )
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # refused before anything is written
+    _, result = run(tmp_path / "run", grad_accumulation=2, resume="auto")
+    assert result.resumed_from == checkpoint and result.step == 6
+
+
+def test_a_model_away_from_training_device_is_refused_before_any_work(tmp_path, monkeypatch):
+    """fit trains where the model's parameters are and read training.device nowhere: training.device=cuda with a
+    model left on the CPU trained on the CPU, silently."""
+    with torch.device("meta"):
+        on_meta = Toy()
+    training, optim = settings(tmp_path / "meta")  # device="cpu"
+    with pytest.raises(ConfigError) as caught:
+        fit(on_meta, toy_step, ToyData(6), training=training, optim=optim)
+    assert str(caught.value) == (
+        "key 'training.device': expected the model's parameters on 'cpu', got them on 'meta': move the model there "
+        "before fit (model.to('cpu')), or set training.device to auto"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (training_checks refuses cuda without one)
+    training, optim = settings(tmp_path / "cuda", device="cuda")
+    with pytest.raises(ConfigError, match=r"^key 'training.device': expected the model's parameters on 'cuda', got"):
+        fit(Toy(), toy_step, ToyData(6), training=training, optim=optim)
+    assert not (tmp_path / "meta").exists() and not (tmp_path / "cuda").exists()

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from torchflava.modules.layers import TransformerEncoderLayer, set_activation_checkpointing
+from torchflava.modules.layers import TransformerEncoder, TransformerEncoderLayer, set_activation_checkpointing
 from torchflava.training.checkpointing import (
     CONFIG,
     CheckpointManager,
@@ -357,6 +357,9 @@ def _read_loop_state(file: Path, step: int) -> tuple[Optional[dict], Optional[st
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in schedule.values())
     ):
         return None, "schedule is not the settings of a learning-rate schedule (key -> number)"
+    accumulation = state.get("grad_accumulation", 1)
+    if type(accumulation) is not int or accumulation < 1:
+        return None, f"grad_accumulation is not a number of micro-batches (an int >= 1), got {accumulation!r}"
     numerics = state.get("numerics", {})
     if not (isinstance(numerics, dict) and all(isinstance(v, str) for v in numerics.values())):
         return None, "numerics is not the precision settings it was trained with (key -> text)"
@@ -442,13 +445,16 @@ def fit(
             ``optim`` not the dataclass named, ``find_unused_parameters`` not a bool, or ``data`` neither
             indexable with a length nor an ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``:
             pass its dataset of micro-batches).
-        ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, or a step output
-            is malformed; ConfigError (a ValueError) naming the key if ``training`` or ``optim``
-            holds a bad value (the checks a recipe's ``validate`` runs).
+        ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, ``model`` has no parameter
+            that requires grad, or a step output is malformed; ConfigError (a ValueError) naming the key if
+            ``training`` or ``optim`` holds a bad value (the checks a recipe's ``validate`` runs), or
+            ``training.activation_checkpointing`` is set for a model without a ``TransformerEncoder``, or
+            ``training.device`` is ``cpu`` or ``cuda`` and the model's parameters are elsewhere.
         ConfigError: as :func:`resume_checkpoint`; without ``start``, a resume whose checkpoint records
             another ``training.max_steps``, ``optim.warmup_steps`` or ``optim.min_lr_ratio`` (the schedule's
-            shape: start_run compares configs and lets a recipe change them); or a streamed run resumed on other ranks or loader
-            workers than it was started with.
+            shape: start_run compares configs and lets a recipe change them); a resume with another
+            ``training.grad_accumulation`` (the data resumes at micro-batch step x grad_accumulation); or a streamed
+            run resumed on other ranks or loader workers than it was started with.
         NonFiniteLossError: if a loss or gradient norm is NaN or infinite (no step is taken with it).
         CollectiveTimeout: (a RuntimeError) naming ``training.collective_timeout_s`` and what the run was
             doing (setting up, step N, the checkpoint of step N, the end) if this rank waited past it
@@ -470,6 +476,21 @@ def fit(
     t, optim = _plain_numbers(t), _plain_numbers(optim)  # (np.int64 max_steps: Python's int from here on)
     raise_on_failed_checks(training_checks(t, optim, _world_size()))  # as a recipe's validate does
     accumulation = t.grad_accumulation
+    if not any(p.requires_grad for p in model.parameters()):  # (it failed at the first step as a 'detached?' loss)
+        raise ValueError(
+            f"model: expected parameters to train (requires_grad True), got {type(model).__name__} with none"
+        )
+    where = model_device(model)  # where fit trains (training.device was read by the recipes alone)
+    if t.device != "auto" and where.type != t.device:
+        raise ConfigError(
+            f"key 'training.device': expected the model's parameters on {t.device!r}, got them on {str(where)!r}: "
+            f"move the model there before fit (model.to({t.device!r})), or set training.device to auto"
+        )
+    if t.activation_checkpointing != "none" and not any(isinstance(m, TransformerEncoder) for m in model.modules()):
+        raise ConfigError(  # (set_activation_checkpointing's ValueError named no key, after the directory was taken)
+            f"key 'training.activation_checkpointing': expected a model that holds a TransformerEncoder (the stacks "
+            f"{t.activation_checkpointing!r} applies to), got {type(model).__name__}, which holds none; set it to none"
+        )
     streamed = isinstance(data, IterableDataset)
     if not streamed and len(data) < t.max_steps * accumulation:
         raise ValueError(
@@ -548,6 +569,7 @@ def _fit(
         )
         if not compared:  # (after the checkpoint's own faults, before anything is written)
             _check_schedule(Path(resume_from), states[0], _schedule(t, optim))
+        _check_accumulation(Path(resume_from), states[0], accumulation)
         window = _Window.from_state(states[0].get("window"))  # global values: rank 0's, as every rank's
         if streamed:  # checked before anything in the run directory is moved or rewritten
             _restore_position(data, position, resume_from)
@@ -597,6 +619,9 @@ def _fit(
 
             progress = tqdm(total=t.max_steps, initial=start, desc=description, dynamic_ncols=True)
     items = iter(_loader(data, start * accumulation, num_workers))
+    forwards = [0]  # calls of the wrapped model's forward in a step (DDP's sync runs through it)
+    if t.strategy == "ddp":
+        wrapped.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     last_time, last_step, loss = time.perf_counter(), start, None
 
     def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str], Tensor]:
@@ -620,7 +645,15 @@ def _fit(
             # reduce-scatter ("expects uniform gradient dtype": FLAVA's heads, unused by some micro-batches)
             model.set_requires_gradient_sync(sync or t.precision == "bf16")
         with wrapped.no_sync() if t.strategy == "ddp" and not sync else nullcontext():
-            total, means, invalid, stopping = _global_loss(step(wrapped, item), device, stop=signals.received)
+            forwards[0] = 0
+            out = step(wrapped, item)
+            if t.strategy == "ddp" and forwards[0] == 0:  # (each rank's weights then drifted apart, silently)
+                raise ValueError(
+                    "step: under training.strategy=ddp a step must call the model it is given (its forward, "
+                    "model(...): DDP averages the gradients over ranks through it), got one that did not (e.g. it "
+                    "called model.module or its parts directly); give the model a forward that the step calls"
+                )
+            total, means, invalid, stopping = _global_loss(out, device, stop=signals.received)
         return total / accumulation, means, invalid, getattr(item, "kind", None), stopping
 
     # One autocast region per optimiser step, around its micro-batches' forwards: autocast keeps the bf16
@@ -872,6 +905,9 @@ def _global_loss(
     sums, counts = getattr(out, "loss_sums", None), getattr(out, "counts", None)
     if not isinstance(sums, Mapping) or not isinstance(counts, Mapping):
         raise TypeError(f"step output: expected a StepOutput(loss_sums, counts), got {type(out).__name__}")
+    named = [name for name in sums if not isinstance(name, str)]
+    if named:  # (a TypeError from joining them into the ranks' signature named nothing)
+        raise TypeError(f"step output: loss names must be str, got {named[0]!r} ({type(named[0]).__name__})")
     if not sums or set(sums) != set(counts):
         raise ValueError(
             f"step output: loss_sums and counts must name the same losses (at least one), got {sorted(sums)} "
@@ -1020,6 +1056,7 @@ def _loop_state(
         "data": dict(position),
         "window": window.state(),
         "numerics": _numerics(t),
+        "grad_accumulation": t.grad_accumulation,  # the data resumes at micro-batch step x grad_accumulation
     }
 
 
@@ -1071,6 +1108,20 @@ def _check_schedule(path: Path, saved: dict, schedule: dict) -> None:
                 "(fit alone does not stretch a resumed cosine); start a new run in another training.output_dir, or "
                 "resume through start_run, which compares the configs and applies the change"
             )
+
+
+def _check_accumulation(path: Path, saved: dict, accumulation: int) -> None:
+    """Refuse to resume checkpoint ``path`` (its training-loop state ``saved``) with another
+    ``training.grad_accumulation``: the data resumes at micro-batch step x grad_accumulation, so the run
+    would train again on micro-batches it had (fewer) or pass some over (more), silently. Checkpoints from
+    before it was recorded pass (start_run refuses the change from their configs)."""
+    recorded = saved.get("grad_accumulation")
+    if recorded is not None and recorded != accumulation:
+        raise ConfigError(
+            f"key 'training.grad_accumulation' ({recorded} -> {accumulation}): expected the accumulation {path} was "
+            f"trained with (its data resumes at micro-batch {checkpoint_step(path)} x grad_accumulation, so another "
+            "would repeat micro-batches or pass some over); start a new run in another training.output_dir"
+        )
 
 
 def _group_layout(optimizer) -> list[list]:
