@@ -78,6 +78,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     recorded_inputs_checks,
     rendered_size_check,
+    smallest_vocab,
     state_digest,
     template_checks,
     tokenizer_digest,
@@ -464,7 +465,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     pretraining = functools.cache(lambda: pretraining_model(cfg, backbone()))
     codebook = functools.cache(lambda: build_codebook(cfg, seeded=False))
     # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
-    smallest = functools.cache(lambda: flava_model(**flava_model_kwargs(m, 16)))
+    smallest = functools.cache(lambda: flava_model(**flava_model_kwargs(m, smallest_vocab(m.pad_token_id))))
     sections = [  # each built once: its builder's faults, then the memory it takes
         meta_build_checks("model", backbone, smallest=smallest),
         meta_build_checks("pretraining", pretraining, smallest=lambda: pretraining_model(cfg, smallest())),

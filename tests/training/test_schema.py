@@ -22,6 +22,7 @@ from torchflava.training.schema import (
     pair_file_checks,
     path_check,
     raise_on_failed_checks,
+    smallest_vocab,
     training_checks,
 )
 
@@ -360,3 +361,13 @@ def test_flava_refuses_a_model_past_memory_whose_pad_token_id_the_smallest_vocab
         ConfigError, match=r"^key 'model': expected sizes whose parameters fit in this machine's memory"
     ):
         _validated("flava", ["model.pad_token_id=20", "model.projection_dim=1000000000000"], tmp_path, [])
+
+
+def test_a_vocabulary_the_data_will_shrink_is_not_refused_for_a_pad_token_id_past_16(tmp_path):
+    """data.vocab_size=10^12 with model.pad_token_id=20: the memory check's smallest build, at 16 ids, was refused
+    by the builder (the pad id past it), the section was counted at 10^12 ids and the run refused; the smallest
+    vocabulary is now one above the pad id."""
+    calls = []
+    _validated("flava", ["data.vocab_size=1000000000000", "model.pad_token_id=20"], tmp_path, calls)
+    assert calls == [10**12, 21, "heads", "heads"]
+    assert [smallest_vocab(), smallest_vocab(3), smallest_vocab(20, None, -1, "7", 40.0)] == [16, 16, 21]

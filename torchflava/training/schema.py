@@ -388,6 +388,16 @@ def lr_multipliers_check(model: Union[nn.Module, Callable[[], nn.Module]], o: Op
     return (True, key, "", None)
 
 
+def smallest_vocab(*token_ids: object) -> int:
+    """The smallest vocabulary a run's text tokenizer may learn, for :func:`meta_build_checks`' ``smallest``: 16
+    (the special tokens and a few characters) or, where a special id set in the config lies past it (FLAVA's
+    ``model.pad_token_id``), one above the largest; an id that is not an int >= 0
+    is left to the builder's own check. A 16-id build refused for such an id counted the section at
+    ``data.vocab_size``, and a large one the data would shrink was refused."""
+    ids = [i for i in token_ids if type(i) is int and i >= 0]
+    return max([16, *(i + 1 for i in ids)])
+
+
 def meta_build_checks(
     key: str, build: Callable[[], nn.Module], *, smallest: Optional[Callable[[], nn.Module]] = None
 ) -> list[tuple]:
