@@ -270,6 +270,7 @@ IMAGE_FOLDER = ("data.task=image_folder", "data.train={files}/classes/train", "d
 IMAGE_FOLDER += ("data.labels=null", "model.modality=image")
 SHAPES = ("data.task=shapes", "model.modality=image")
 FINETUNE_ONLY = [
+    ("data.image_root={files}", "data.image_root"),  # a glue task reads no images: was ignored without a word
     ("data.task=audio", "data.task"),
     ("model.modality=video", "model.modality"),
     ("model.modality=image", "model.modality"),  # a text task
