@@ -92,6 +92,7 @@ from torchflava.training.schema import (
     recorded_inputs_checks,
     rendered_size_check,
     resumed_run_records,
+    shapes_prompts_check,
     template_checks,
     tokenizer_digest,
     training_checks,
@@ -839,6 +840,10 @@ def main(cfg: TrainConfig) -> dict:
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
     if info.is_main and (note := run_checks.evaluation_note(d.source, cfg.eval.enabled)) is not None:
         print(note, file=sys.stderr)  # (the evaluation scores the shapes world only: said as training starts)
+    evaluated = cfg.eval.enabled and d.source == "shapes"  # (prompts read apart: shapes_prompts_check)
+    raise_on_failed_checks(
+        [shapes_prompts_check(tokenizer, cfg.eval.templates, d.max_text_length, evaluated=evaluated)]
+    )
 
     recorded_sizes = records is not None or checkpoint is not None and checked.kwargs is not None
     torch.manual_seed(t.seed)

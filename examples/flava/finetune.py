@@ -459,15 +459,21 @@ def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tu
 
 def _unread_checks(d: FinetuneDataConfig) -> list[tuple]:
     """The shapes task's data and classes are its own: data.train, data.val and data.labels set there
-    would be silently ignored (it trained on its scenes with data.train naming a file)."""
+    would be silently ignored (it trained on its scenes with data.train naming a file); data.image_root is read by
+    image_text alone (a glue run with one trained on text alone, without a word)."""
+    root = (
+        d.image_root is None or d.task == "image_text",
+        "data.image_root",
+        f"null, since data.task={d.task} reads no images",
+    )
     if d.task != "shapes":
-        return []
+        return [(*root, d.image_root)]
     why = {"train": "reads no files (it renders its scenes)", "labels": "names its own classes"}
     why["val"] = why["train"]
     return [
         (getattr(d, name) is None, f"data.{name}", f"null, since data.task=shapes {why[name]}", getattr(d, name))
         for name in ("train", "val", "labels")
-    ]
+    ] + [(*root, d.image_root)]
 
 
 def _task_checks(d: FinetuneDataConfig) -> list[tuple]:

@@ -78,6 +78,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     recorded_inputs_checks,
     rendered_size_check,
+    shapes_prompts_check,
     smallest_vocab,
     state_digest,
     template_checks,
@@ -721,6 +722,10 @@ def main(cfg: TrainConfig) -> dict:
     restore_data_position(data, start)  # a refused stream position: before the run directory is written
     if info.is_main and (note := run_checks.evaluation_note(cfg.data.source, cfg.eval.enabled)) is not None:
         print(note, file=sys.stderr)  # (the evaluation scores the shapes world only: said as training starts)
+    evaluated = cfg.eval.enabled and cfg.data.source == "shapes"  # (prompts read apart: shapes_prompts_check)
+    raise_on_failed_checks(
+        [shapes_prompts_check(tokenizer, cfg.eval.templates, cfg.data.max_text_length, evaluated=evaluated)]
+    )
 
     if resume_from is None:
         raise_on_failed_checks([pretrained_fits_check(cfg, tokenizer.vocab_size)])

@@ -120,6 +120,8 @@ EVAL = [
     ("eval.batch_size=0", "eval.batch_size"),
     ("eval.templates=[]", "eval.templates"),
     ("eval.templates=[a photo]", "eval.templates"),
+    # prompts cut to 2 tokens read alike: the evaluation after training raised (a traceback, the run trained)
+    ("data.max_text_length=2", "data.max_text_length"),
 ]
 FILES = "data.source=files"
 STREAMED = (FILES, "data.streaming.enabled=true")
@@ -158,6 +160,8 @@ FLAVA_ONLY = [
     ("data.ratios.pairs=inf", "data.ratios"),  # was a traceback after the vocabulary was learnt
     ("pretraining.ignore_index=-1", "pretraining.ignore_index"),  # the collator's is -100: a step-1 traceback
     ("pretraining.mlm_weight=inf", "pretraining.mlm_weight"),  # was a non-finite loss stop after training
+    # lr x factor x weight_decay >= 1 zeroed the text encoder's weights: a non-finite loss stop at step 2
+    ("optim.lr_multipliers.text_encoder=1e12", "optim.lr_multipliers"),
     ("data.mlm_probability=1.5", "data.mlm_probability"),
     ("data.itm_negative_probability=-0.1", "data.itm_negative_probability"),
     ("data.vocab_size=3", "data.vocab_size"),
@@ -223,6 +227,8 @@ IGNORED = [
     ),
 ]
 CLIP_ONLY = [
+    # a vocabulary learnt from 2 pairs lacks the class words: the evaluation after training raised
+    (("data.shapes.num_pairs=2", "training.global_batch_size=2"), "eval.enabled"),
     ("model.vision_heads=5", "model"),
     ("model.embed_dim=1000000000000", "model"),  # past this machine's memory: was an allocator's traceback
     ("model.vision_layers=1000000000000", "model"),  # the check's meta build ran until killed
@@ -264,6 +270,7 @@ IMAGE_FOLDER = ("data.task=image_folder", "data.train={files}/classes/train", "d
 IMAGE_FOLDER += ("data.labels=null", "model.modality=image")
 SHAPES = ("data.task=shapes", "model.modality=image")
 FINETUNE_ONLY = [
+    ("data.image_root={files}", "data.image_root"),  # a glue task reads no images: was ignored without a word
     ("data.task=audio", "data.task"),
     ("model.modality=video", "model.modality"),
     ("model.modality=image", "model.modality"),  # a text task

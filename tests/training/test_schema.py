@@ -22,6 +22,7 @@ from torchflava.training.schema import (
     pair_file_checks,
     path_check,
     raise_on_failed_checks,
+    shapes_prompts_check,
     smallest_vocab,
     training_checks,
 )
@@ -212,6 +213,67 @@ def test_a_collective_timeout_that_is_no_positive_number_is_a_config_error_namin
     for fine in (None, 0.5, 600):
         t.collective_timeout_s = fine
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
+
+
+def test_a_collective_timeout_past_a_timedelta_is_a_config_error_naming_the_key(tmp_path):
+    """10^14 seconds passed the check, then was an OverflowError traceback where the process group took it."""
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, collective_timeout_s=1e14)
+    with pytest.raises(ConfigError) as info:
+        raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
+    assert str(info.value) == (
+        "key 'training.collective_timeout_s': expected null or at most 1,000,000,000 seconds (about 31 years), "
+        "got 100000000000000.0"
+    )
+    t.collective_timeout_s = 1e9
+    raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
+
+
+def test_an_lr_multiplier_past_one_over_lr_times_weight_decay_is_a_config_error_naming_the_key(tmp_path):
+    """AdamW multiplies a group's weights by 1 - lr x factor x weight_decay a step: a factor of 10^12 zeroed or
+    flipped them (a non-finite loss after the first steps), where lr x weight_decay alone was checked."""
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, max_steps=10)
+    o = OptimConfig(lr=1e-3, weight_decay=0.01, warmup_steps=0, lr_multipliers={"text_encoder": 1e5, "head": 2.0})
+    with pytest.raises(ConfigError) as info:
+        raise_on_failed_checks(training_checks(t, o, world_size=1))
+    assert str(info.value) == (
+        "key 'optim.lr_multipliers': expected factors below 1 / (optim.lr x optim.weight_decay) (100000): AdamW "
+        "multiplies the weights of a factor's modules by 1 - lr x factor x weight_decay each step, which zeroed or "
+        "flipped them (a non-finite loss), got {'text_encoder': 100000.0, 'head': 2.0}"
+    )
+    for fine in ({"text_encoder": 99_999.0}, {"text_encoder": 0.0}):
+        o_fine = OptimConfig(lr=1e-3, weight_decay=0.01, warmup_steps=0, lr_multipliers=fine)
+        raise_on_failed_checks(training_checks(t, o_fine, world_size=1))
+    # without weight decay nothing is multiplied: any factor passes here
+    o.weight_decay = 0.0
+    raise_on_failed_checks(training_checks(t, o, world_size=1))
+
+
+def _first_letters(texts, *, max_length):
+    """A tokenizer of one id per character, cut to ``max_length`` ids (a start id and an end id among them)."""
+    rows = [[1, *(ord(c) for c in text)][: max_length - 1] + [2] for text in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    return ids, (ids != 0).long()
+
+
+def test_shapes_prompts_check_names_the_length_at_which_the_classes_read_apart():
+    """The shapes world's class names (colours red, green, ... of circle, cross, square, ...) under the template
+    'a {}': cut to 4 ids, 'a red circle' and 'a red square' read alike; the colours differ at their first
+    letter, and 'circle' and 'cross' at the 11th character of 'a purple circle' (13 ids with the start and end
+    ones)."""
+    ok, key, expected, got = shapes_prompts_check(_first_letters, ["a {}"], 4, evaluated=True)
+    assert (ok, key, got) == (False, "data.max_text_length", 4)
+    assert expected.startswith("at least 13, where the tokenizer keeps the zero-shot prompts of the held-out shapes")
+    assert shapes_prompts_check(_first_letters, ["a {}"], 13, evaluated=True)[0]
+    assert not shapes_prompts_check(_first_letters, ["a {}"], 12, evaluated=True)[0]
+    assert shapes_prompts_check(_first_letters, ["a {}"], 4, evaluated=False)[0]  # no evaluation: nothing to read
+
+    def unknown_words(texts, *, max_length):  # every word the same unknown id: no length tells them apart
+        return _first_letters(["x" * len(t.split()) for t in texts], max_length=max_length)
+
+    ok, key, expected, got = shapes_prompts_check(unknown_words, ["a {}"], 32, evaluated=True)
+    assert (ok, key, got) == (False, "eval.enabled", True)
+    assert expected.startswith("false: the run's tokenizer reads the zero-shot prompts of two held-out shapes classes")
 
 
 def test_single_process_runs_with_ddp_take_no_port_two_can_run_at_once(tmp_path):

@@ -148,6 +148,11 @@ MAX_GLOBAL_BATCH = 2**24
 MAX_MICRO_BATCHES = 10**8
 
 
+# The longest training.collective_timeout_s: about 31 years (a timedelta holds at most 10^9 days: 10^14 seconds was
+# an OverflowError traceback once the process group had started).
+MAX_COLLECTIVE_TIMEOUT_S = 10**9
+
+
 def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[tuple]:
     """The checks of the shared sections that types cannot express, for :func:`raise_on_failed_checks`.
 
@@ -155,6 +160,11 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     (a zero divisor, say): every key gets the one-line config error instead.
     """
     accumulation_ok = t.grad_accumulation >= 1
+    # the largest learning-rate factor AdamW's decay takes (lr x factor x weight_decay < 1; the factors' other
+    # checks, a number >= 0 each, are lr_multipliers_check's)
+    decay_ok = o.lr > 0 and math.isfinite(o.lr) and 0 < o.weight_decay < math.inf
+    factor_bound = 1 / (o.lr * o.weight_decay) if decay_ok else math.inf
+    factors = [f for f in o.lr_multipliers.values() if isinstance(f, (int, float)) and 0 <= f < math.inf]
     unit = world_size * t.grad_accumulation if accumulation_ok else 1
     try:
         output_fault = _run_directory_fault(Path(t.output_dir), tensorboard=t.tensorboard) if t.output_dir else "empty"
@@ -220,6 +230,12 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             "null or a finite number of seconds > 0",
             t.collective_timeout_s,
         ),
+        (
+            t.collective_timeout_s is None or not t.collective_timeout_s > MAX_COLLECTIVE_TIMEOUT_S,
+            "training.collective_timeout_s",
+            f"null or at most {MAX_COLLECTIVE_TIMEOUT_S:,} seconds (about 31 years)",
+            t.collective_timeout_s,
+        ),
         (o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a finite number > 0", o.lr),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas),
         (0 < o.eps < math.inf, "optim.eps", "a finite number > 0", o.eps),
@@ -230,6 +246,14 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             f"less than 1 / optim.lr ({1 / o.lr if o.lr > 0 else math.inf:g}): AdamW multiplies the weights by "
             "1 - lr x weight_decay each step, which zeroed or flipped them (NaN logits after training)",
             o.weight_decay,
+        ),
+        (
+            all(f < factor_bound for f in factors),
+            "optim.lr_multipliers",
+            f"factors below 1 / (optim.lr x optim.weight_decay) ({factor_bound:g}): "
+            "AdamW multiplies the weights of a factor's modules by 1 - lr x factor x weight_decay each step, which "
+            "zeroed or flipped them (a non-finite loss)",
+            dict(o.lr_multipliers),
         ),
         (0 <= o.warmup_steps < t.max_steps, "optim.warmup_steps", "in [0, training.max_steps)", o.warmup_steps),
         (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio),
@@ -551,6 +575,51 @@ def template_checks(key: str, templates: Sequence[str], batch_size: int, batch_k
         ),
         (batch_size >= 1, batch_key, ">= 1", batch_size),
     ]
+
+
+def shapes_prompts_check(
+    tokenize: Callable[..., tuple], templates: Sequence[str], max_length: int, *, evaluated: bool
+) -> tuple:
+    """A check that ``tokenize(prompts, max_length=)`` (the run's tokenizer) keeps the zero-shot prompts of the
+    shapes world's classes (``eval.templates`` filled with each class name) apart at ``max_length``
+    (``data.max_text_length``), where the run is ``evaluated`` on that world after training: the evaluation
+    raised for two classes whose prompts read the same, a traceback once the run had trained (prompts cut
+    short by a small ``data.max_text_length``, or a vocabulary learnt from a few pairs, without the class words).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`: ``data.max_text_length`` where
+        longer prompts are told apart (the length they need), else ``eval.enabled``.
+    """
+    from torchflava.data.shapes import CLASS_NAMES
+    from torchflava.evaluation.zero_shot import check_distinct_tokens
+
+    if not evaluated:
+        return (True, "eval.enabled", "", None)
+    prompts = [template.format(name) for name in CLASS_NAMES for template in templates]
+
+    def fault(length: int) -> Optional[str]:
+        try:
+            check_distinct_tokens(CLASS_NAMES, len(templates), *tokenize(prompts, max_length=length))
+        except ValueError as error:
+            return first_line(error)
+        return None
+
+    reason = fault(max_length)
+    if reason is None:
+        return (True, "eval.enabled", "", None)
+    longest = int(tokenize(prompts, max_length=2**20)[1].sum(dim=1).max())  # (rows padded to the longest only)
+    needed = next((n for n in range(max_length + 1, longest + 1) if fault(n) is None), None)
+    if needed is not None:
+        expected = (
+            f"at least {needed}, where the tokenizer keeps the zero-shot prompts of the held-out shapes classes "
+            f"apart (the evaluation after training), or eval.enabled=false ({reason})"
+        )
+        return (False, "data.max_text_length", expected, max_length)
+    expected = (
+        "false: the run's tokenizer reads the zero-shot prompts of two held-out shapes classes as the same tokens "
+        f"(the evaluation after training could not score it; {reason})"
+    )
+    return (False, "eval.enabled", expected, True)
 
 
 PATH_KINDS = {
