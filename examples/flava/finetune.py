@@ -36,6 +36,7 @@ from torchflava.data.finetuning import (
     shapes_task_checks,
     shapes_task_splits,
     training_source_key,
+    unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.run_checks import resumed_data_checks
@@ -144,9 +145,15 @@ class FinetuneConfig:
         ``data.sentence_pairs``, which :func:`sentence_pairs_resume_check` compares (a run recorded before the
         key existed states none: a single-text one resumes, a sentence-pair one trained on another encoding).
         And ``model.pretrained`` where the run resumed records what it read of it (:func:`run_records`): it is
-        not read again, so it may have moved, gone, or be named null."""
+        not read again, so it may have moved, gone, or be named null. And the data keys the task does not read
+        (:data:`TASK_KEYS`): a run started while they were accepted (ignored) resumes with them back at their defaults."""
         recorded = {"model.pretrained"} if run_records(self) is not None else set()
-        return {"data.max_text_length", "data.sentence_pairs"} | recorded
+        return {"data.max_text_length", "data.sentence_pairs"} | recorded | unread_task_keys(self.data)
+
+
+def unread_task_keys(d: FinetuneDataConfig) -> set[str]:
+    """The keys of :data:`TASK_KEYS` that ``d.task`` does not read."""
+    return {f"data.{name}" for name, tasks in TASK_KEYS.items() if d.task not in tasks}
 
 
 def run_records(cfg: FinetuneConfig) -> Optional[Path]:
@@ -206,6 +213,17 @@ TASK_MODALITIES = {
 PRETRAINED = "a FLAVA checkpoint directory"
 # What data.train / data.val name for each file task.
 TASK_FILES = {"glue": "file", "image_text": "file", "image_folder": "directory"}
+# The data keys only some tasks read (set for another, refused: they were silently ignored); data.train, data.val,
+# data.extra_val and data.labels, which the shapes task alone does not read, have their own checks (_unread_checks)
+TASK_KEYS = {
+    "image_root": ("image_text",),
+    "text_columns": ("glue",),
+    "label_column": ("glue",),
+    "columns": ("glue",),
+    "shapes_train": ("shapes",),
+    "shapes_val": ("shapes",),
+    "image_size": ("shapes",),
+}
 
 
 def is_checkpoint_directory(value: Optional[str]) -> bool:
@@ -304,6 +322,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[dict] =
         + _task_checks(d)
         + _extra_val_checks(d, kind)
         + _unread_checks(d)
+        + (unread_task_key_checks(d, d.task, TASK_KEYS) if d.task in TASKS else [])
     )
     # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
     if recorded is None:

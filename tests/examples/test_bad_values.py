@@ -262,6 +262,8 @@ IMAGE_TEXT = ("data.task=image_text", "data.train={files}/labels.jsonl", "data.v
 IMAGE_TEXT += ("data.image_root={files}", "data.labels=[red,blue]", "model.modality=multimodal")
 IMAGE_FOLDER = ("data.task=image_folder", "data.train={files}/classes/train", "data.val={files}/classes/train")
 IMAGE_FOLDER += ("data.labels=null", "model.modality=image")
+UNREAD = ("data.text_columns=[sentence]",)  # FINETUNE_BASE's GLUE columns at their default: other tasks read none
+IMAGE_TEXT, IMAGE_FOLDER = IMAGE_TEXT + UNREAD, IMAGE_FOLDER + UNREAD
 SHAPES = ("data.task=shapes", "model.modality=image")
 FINETUNE_ONLY = [
     ("data.task=audio", "data.task"),

@@ -1425,3 +1425,94 @@ def test_a_loss_refused_for_an_image_text_task_names_binary_cross_entropy_for_an
         r"got 'cross_entropy'$",
     ):
         _run(export, tmp_path / "r2", *files, "model.loss=cross_entropy")
+
+
+def _glue_overrides(export, tmp_path, train, val) -> list[str]:
+    return [f"model.pretrained={export}", f"training.output_dir={tmp_path / 'run'}", f"data.train={train}"] + [
+        f"data.val={val}",
+        "data.task=glue",
+        "data.labels=[blue,red]",
+    ]
+
+
+HEADER = ["sentence", "label"]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    "task, key, value, got",
+    [
+        ("glue", "image_size", "32", 32),
+        ("glue", "shapes_train", "100", 100),
+        ("glue", "image_root", "{tmp_path}", "{tmp_path}"),
+        ("image_folder", "text_columns", "[question,sentence]", ["question", "sentence"]),
+        ("image_folder", "label_column", "score", "score"),
+        ("shapes", "columns", "[sentence,label]", ["sentence", "label"]),
+        ("image_text", "shapes_val", "30", 30),
+    ],
+)
+def test_a_data_key_the_task_does_not_read_is_refused_naming_it_and_the_task(export, tmp_path, task, key, value, got):
+    """A key only another task reads (the shapes task's data.image_size for a GLUE task) was silently ignored:
+    the user believed it took effect."""
+    files = {
+        "glue": _glue_overrides(export, tmp_path, tmp_path / "train.tsv", tmp_path / "train.tsv")[2:],
+        "image_folder": [f"data.train={two_class_folder(tmp_path / 'classes')}", f"data.val={tmp_path / 'classes'}"],
+        "shapes": [],
+        "image_text": [
+            f"data.train={tmp_path / 'train.jsonl'}",
+            f"data.val={tmp_path / 'train.jsonl'}",
+            f"data.image_root={_mkdir(tmp_path / 'images')}",
+            "data.labels=[cat,dog]",
+        ],
+    }[task]
+    _write_glue(tmp_path / "train.tsv", [("a red one", "red"), ("a blue one", "blue")], HEADER)
+    (tmp_path / "train.jsonl").write_text('{"image": "a.png", "text": "q", "label": "cat"}\n')
+    overrides = [f"model.pretrained={export}", f"training.output_dir={tmp_path / 'run'}", f"data.task={task}", *files]
+    cfg = load_config(finetune.FinetuneConfig, overrides)
+    finetune.validate(cfg, 1)  # (the task's own settings pass)
+    value, got = value.format(tmp_path=tmp_path), got.format(tmp_path=tmp_path) if isinstance(got, str) else got
+    cfg = load_config(finetune.FinetuneConfig, [*overrides, f"data.{key}={value}"])
+    with pytest.raises(finetune.ConfigError) as caught:
+        finetune.validate(cfg, 1)
+    default = repr(getattr(finetune.FinetuneDataConfig(), key))
+    readers = " or ".join(f"data.task={t}" for t in finetune.TASK_KEYS[key])
+    assert str(caught.value) == (
+        f"key 'data.{key}': expected its default, {'null' if default == 'None' else default}, since data.task={task} "
+        f"does not read it (only {readers} does), got {got!r}"
+    )
+
+
+def test_the_shipped_non_glue_configs_still_validate(export, tmp_path):
+    """shapes.yaml sets the shapes task's keys, vqa.yaml an image_text task's (the GLUE ones: every glue task's
+    test); each for its own task, which reads them."""
+    (tmp_path / "vqa.jsonl").write_text('{"image": "a.png", "text": "q", "answers": {"yes": 1.0}}\n')
+    for name, overrides in {
+        "shapes": [],
+        "vqa": [f"data.train={tmp_path / 'vqa.jsonl'}", f"data.val={tmp_path / 'vqa.jsonl'}"]
+        + [f"data.image_root={tmp_path}"],
+    }.items():
+        argv = [f"config=examples/flava/configs/finetuning/{name}.yaml", f"model.pretrained={export}", *overrides]
+        finetune.validate(load_config(finetune.FinetuneConfig, [*argv, f"training.output_dir={tmp_path / name}"]), 1)
+
+
+def test_a_run_started_with_a_key_its_task_does_not_read_resumes_with_it_at_its_default(tmp_path):
+    """Such a key, accepted and ignored before it was refused, is refused now; its run resumes without it (the
+    resume comparison takes it as free: changing it changes nothing the task trains)."""
+    from torchflava.training.config import check_resume_config, save_config
+
+    started = finetune.FinetuneConfig(data=finetune.FinetuneDataConfig(task="glue", image_size=32, label_column="y"))
+    save_config(started, tmp_path / "config.yaml")
+    with pytest.raises(finetune.ConfigError, match=r"^key 'data.label_column' \('y' -> 'label'\): expected the"):
+        check_resume_config(tmp_path / "config.yaml", finetune.FinetuneConfig())  # (glue reads that one)
+    started.data.label_column = "label"
+    save_config(started, tmp_path / "config.yaml")
+    assert check_resume_config(tmp_path / "config.yaml", finetune.FinetuneConfig()) == []
+    started.data.task = "shapes"  # (which reads it)
+    save_config(started, tmp_path / "config.yaml")
+    shapes = finetune.FinetuneConfig(data=finetune.FinetuneDataConfig(task="shapes"))
+    with pytest.raises(finetune.ConfigError, match=r"^key 'data.image_size' \(32 -> 64\): expected the values"):
+        check_resume_config(tmp_path / "config.yaml", shapes)

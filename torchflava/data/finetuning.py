@@ -491,6 +491,24 @@ def training_source_key(task: str) -> str:
     return "data.shapes_train" if task == "shapes" else "data.train"
 
 
+def unread_task_key_checks(section: object, task: str, read_by: dict[str, Sequence[str]]) -> list[tuple]:
+    """A fine-tuning recipe's ``(ok, key, expected, got)`` checks that the data keys the task ``task`` does not read
+    hold their defaults: ``read_by`` maps each key of the data section ``section`` (a dataclass) that only some
+    tasks read to those tasks. A key set otherwise for another task (``data.image_size`` or ``data.image_root``
+    for a GLUE task) was silently ignored, the run trained as if it were not set.
+    """
+    defaults = type(section)()
+    checks = []
+    for name, tasks in read_by.items():
+        value, default = getattr(section, name), getattr(defaults, name)
+        if task not in tasks and value != default:
+            readers = " or ".join(f"data.task={t}" for t in tasks)
+            shown = "null" if default is None else repr(default)
+            expected = f"its default, {shown}, since data.task={task} does not read it (only {readers} does)"
+            checks.append((False, f"data.{name}", expected, value))
+    return checks
+
+
 def shapes_task_splits(num_train: int, num_val: int, image_size: int) -> tuple:
     """The shapes task's training and held-out validation sources and its 30 class names."""
     train = ShapesClassification("pairs", num_train, image_size=image_size)
