@@ -77,6 +77,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head, standardised_head
 from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
+from torchflava.training.config import expand_user_paths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
@@ -144,6 +145,9 @@ class DataConfig:
     # training augmentation as open_clip's training preprocess: random resized crops of [crop_scale_min, 1] of each
     # image's area, normalised as the checkpoint's preprocessing; null: none (that preprocessing, as validation's)
     crop_scale_min: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        expand_user_paths(self, ("train", "val"))  # a leading ~, as a shell expands it
 
 
 @dataclass

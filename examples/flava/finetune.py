@@ -58,7 +58,7 @@ from torchflava.pretrained import (
     text_positions,
     training_checkpoint,
 )
-from torchflava.training.config import ConfigError, builder_config
+from torchflava.training.config import ConfigError, builder_config, expand_user_paths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import write_fine_tuning_report
@@ -125,6 +125,9 @@ class FinetuneDataConfig:
     shapes_train: int = 3000
     shapes_val: int = 540
     image_size: int = 64  # shapes rendering size
+
+    def __post_init__(self) -> None:
+        expand_user_paths(self, ("train", "val", "extra_val", "image_root"))  # a leading ~, as a shell expands it
 
 
 @dataclass

@@ -56,7 +56,7 @@ from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained, trained_arguments
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config
+from torchflava.training.config import ConfigError, builder_config, expand_user_paths
 from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -128,6 +128,9 @@ class FilesConfig:
     images_root: Optional[str] = None  # images without captions
     texts: Optional[str] = None  # text corpus: one text per line, or a .jsonl of {"text": ...} objects
 
+    def __post_init__(self) -> None:  # a leading ~, as a shell expands it
+        expand_user_paths(self, ("pairs_root", "pairs_captions", "pairs_shards", "images_root", "texts"))
+
 
 # Each kind's share of steps when its ratio is left unset (null) and the data has that kind.
 DEFAULT_RATIOS = {"pairs": 0.7, "images": 0.15, "texts": 0.15}
@@ -159,6 +162,9 @@ class DataConfig:
     mlm_probability: float = 0.15
     itm_negative_probability: float = 0.1
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        expand_user_paths(self, ("vocab",))  # a leading ~, as a shell expands it
 
 
 @dataclass

@@ -751,3 +751,19 @@ def test_classifying_a_killed_run_verifies_its_checkpoint_once_and_an_export_nee
     (export / "preprocessor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"export: expected its preprocessing, preprocessor_config.json"):
         load_clip_classifier(export)
+
+
+def test_class_folders_typed_with_a_tilde_are_the_home_directorys(clip_export, tmp_path, monkeypatch):
+    """data.train=~/pets/train, kept as typed by a YAML file or a quoted override, was refused as a missing
+    folder (or a folder named '~' under the working directory was read)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    two_class_folder(tmp_path / "pets" / "train")
+    overrides = [*FOLDERS, "data.train=~/pets/train", "data.val=~/pets/train"]
+    cfg = _config(clip_export, tmp_path / "run", *overrides)
+    finetune.validate(cfg, 1)
+    assert cfg.data.train == cfg.data.val == str(tmp_path / "pets" / "train")
+    with pytest.raises(ConfigError) as caught:
+        finetune.validate(_config(clip_export, tmp_path / "run", *overrides, "data.val=~/pets/val"), 1)
+    assert str(caught.value) == (
+        f"key 'data.val': expected an existing directory, got '~/pets/val' (= '{tmp_path / 'pets' / 'val'}')"
+    )

@@ -1435,6 +1435,35 @@ def _glue_overrides(export, tmp_path, train, val) -> list[str]:
     ]
 
 
+def test_a_data_path_typed_with_a_tilde_is_the_home_directorys(export, tmp_path, monkeypatch):
+    """A YAML file or a quoted override keeps ~ as typed: data.train=~/glue/train.tsv was refused as a missing
+    file, or a folder named '~' under the working directory was read. Every data path key expands it (only it:
+    not $HOME), and a missing one names what was typed and what it expanded to."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    for root in (home, work / "~"):  # (the working directory's '~' holds a file of the same name)
+        _write_glue(_mkdir(root / "glue") / "train.tsv", [("a red one", "red"), ("a blue one", "blue")], HEADER)
+        _write_glue(root / "glue" / "dev.tsv", [("a red one", "red")], HEADER)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    overrides = _glue_overrides(export, tmp_path, "~/glue/train.tsv", "~/glue/dev.tsv")
+    cfg = load_config(finetune.FinetuneConfig, [*overrides, "data.extra_val.more=~/glue/dev.tsv"])
+    finetune.validate(cfg, 1)
+    assert (cfg.data.train, cfg.data.val) == (str(home / "glue" / "train.tsv"), str(home / "glue" / "dev.tsv"))
+    assert cfg.data.extra_val == {"more": str(home / "glue" / "dev.tsv")}
+    assert len(finetune.build_splits(cfg.data)[0]) == 2
+    images = load_config(finetune.FinetuneConfig, ["data.task=image_text", "data.image_root=~/images"])
+    assert images.data.image_root == str(home / "images")
+    assert (
+        load_config(finetune.FinetuneConfig, ["data.train=$HOME/glue/train.tsv"]).data.train == "$HOME/glue/train.tsv"
+    )
+    cfg = load_config(finetune.FinetuneConfig, _glue_overrides(export, tmp_path, "~/glue/nope.tsv", "~/glue/dev.tsv"))
+    with pytest.raises(finetune.ConfigError) as caught:
+        finetune.validate(cfg, 1)
+    assert str(caught.value) == (
+        f"key 'data.train': expected an existing file, got '~/glue/nope.tsv' (= '{home / 'glue' / 'nope.tsv'}')"
+    )
+
+
 HEADER = ["sentence", "label"]
 
 

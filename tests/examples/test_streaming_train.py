@@ -263,3 +263,22 @@ def test_a_flava_resume_on_another_number_of_shards_is_refused_naming_the_key(sh
         "epoch deals a permutation of them seeded by their number"
     )
     assert str(caught.value).endswith("got '8 shards'")
+
+
+def test_every_pretraining_data_path_typed_with_a_tilde_is_the_home_directorys(shards, tmp_path, monkeypatch):
+    """~ kept as typed (a YAML file, a quoted override) was taken literally: shards at '~/shards/{00..07}.tar' were
+    'no such file', a vocabulary or captions file refused as missing. Every data path key expands it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "shards").symlink_to(shards)
+    keys = ["pairs_root", "pairs_captions", "pairs_shards"]
+    for recipe, more in ((CLIP, []), (FLAVA, ["images_root", "texts"])):
+        cfg = load_config(recipe.TrainConfig, [f"data.files.{key}=~/{key}" for key in keys + more] + ["data.vocab=~/v"])
+        assert {key: getattr(cfg.data.files, key) for key in keys + more} == {k: f"{tmp_path}/{k}" for k in keys + more}
+        assert cfg.data.vocab == f"{tmp_path}/v"
+    cfg = load_config(
+        FLAVA.TrainConfig,
+        [f"config={FLAVA_DEBUG}", *STREAM, "data.files.pairs_shards=~/shards/pairs-{00..07}.tar"]
+        + [f"training.output_dir={tmp_path / 'run'}", "data.num_workers=2", "training.strategy=ddp"],
+    )
+    FLAVA.validate(cfg, 2)  # 8 shards for 2 ranks x 2 workers
+    assert cfg.data.files.pairs_shards == f"{tmp_path}/shards/pairs-{{00..07}}.tar"
