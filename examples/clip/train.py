@@ -700,8 +700,13 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
 
 def pair_texts(cfg: DataConfig, pairs: Optional[torch.utils.data.Dataset]) -> list[str]:
     """The captions a learnt vocabulary is trained on (the first shards' when streamed)."""
-    if pairs is None:
-        return shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts)
+    if pairs is None:  # (shards that give no sample: named, not data.vocab, which the vocabulary's error names)
+        return opened(
+            "data.files.pairs_shards",
+            cfg.files.pairs_shards,
+            "shards to stream",
+            lambda: shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts),
+        )
     return source_texts({"pairs": pairs}, limit=cfg.vocab_training_texts)
 
 

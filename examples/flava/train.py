@@ -547,8 +547,13 @@ def build_sources(cfg: DataConfig, *, resumed: bool = False) -> dict[str, torch.
 def run_texts(cfg: DataConfig, sources: dict[str, torch.utils.data.Dataset]) -> list[str]:
     """The texts a learnt vocabulary is trained on (with the first shards' captions when streamed)."""
     texts = source_texts(sources, limit=cfg.vocab_training_texts)
-    if cfg.streaming.enabled:
-        texts += shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts)
+    if cfg.streaming.enabled:  # (shards that give no sample: named, not data.vocab, which the vocabulary's error names)
+        texts += opened(
+            "data.files.pairs_shards",
+            cfg.files.pairs_shards,
+            "shards to stream",
+            lambda: shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts),
+        )
     return texts
 
 

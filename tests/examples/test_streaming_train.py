@@ -282,3 +282,23 @@ def test_every_pretraining_data_path_typed_with_a_tilde_is_the_home_directorys(s
     )
     FLAVA.validate(cfg, 2)  # 8 shards for 2 ranks x 2 workers
     assert cfg.data.files.pairs_shards == f"{tmp_path}/shards/pairs-{{00..07}}.tar"
+
+
+@pytest.mark.parametrize("count", [2, 50])
+def test_shards_that_give_no_sample_are_named_not_data_vocab_when_the_vocabulary_is_learnt(tmp_path, count):
+    """Streamed shards that could not be read, and no data.vocab: the vocabulary learnt from their captions was
+    refused naming data.vocab ('none given and the data holds no text'), the real fault unsaid."""
+    for index in range(count):
+        (tmp_path / f"bad-{index:02d}.tar").write_bytes(b"not a tar")
+    pattern = f"{tmp_path}/bad-{{00..{count - 1:02d}}}.tar"
+    for recipe, config in ((CLIP, CLIP_DEBUG), (FLAVA, FLAVA_DEBUG)):
+        overrides = [f"config={config}", *STREAM, f"data.files.pairs_shards={pattern}", "training.max_steps=2"]
+        overrides += ["optim.warmup_steps=0", f"training.output_dir={tmp_path / 'run'}"]
+        with pytest.raises(recipe.ConfigError) as caught:
+            recipe.main(load_config(recipe.TrainConfig, overrides))
+        reason = f"none of the {count} shard(s) gave a sample" if count == 2 else "50 shards in a row could not be read"
+        assert str(caught.value).startswith(
+            f"key 'data.files.pairs_shards': expected shards to stream, got '{pattern}' (shards: {reason} (shard "
+            "unreadable after 0 sample(s): ReadError: "
+        )
+        assert not (tmp_path / "run").exists()

@@ -480,14 +480,17 @@ def shard_texts(
     Raises:
         FileNotFoundError, TypeError, ValueError: as :func:`expand_shards`.
         ValueError: naming ``shards``, when ``max_unreadable_in_a_row`` shards in a row before ``limit``
-            texts cannot be read (an error, no sample), with the last errors, rather than try every shard; or
+            texts cannot be read (an error, no sample), with the last errors, rather than try every shard, or when
+            no shard gives a sample (a vocabulary learnt from them was refused as if no vocabulary were given); or
             naming ``max_unreadable_in_a_row`` where it is not an int >= 1 (TypeError for a non-int).
     """
     check_int("max_unreadable_in_a_row", max_unreadable_in_a_row, 1)
     texts: list[str] = []
     errors: list = []
     unreadable = 0
-    for url in expand_shards(shards):
+    urls = expand_shards(shards)
+    read_any = False
+    for url in urls:
         failed, given = len(errors), False
         for raw in raw_samples(url, errors):
             given = True
@@ -501,9 +504,12 @@ def shard_texts(
                 continue
             if len(texts) >= limit:
                 return texts
+        read_any = read_any or given
         unreadable = 0 if given or len(errors) == failed else unreadable + 1
         if unreadable >= max_unreadable_in_a_row:
             raise ValueError(f"shards: {unreadable} shards in a row could not be read ({_errors(errors)})")
+    if not read_any:  # (every shard unreadable, or empty)
+        raise ValueError(f"shards: none of the {len(urls)} shard(s) gave a sample ({_errors(errors)})")
     return texts
 
 
