@@ -302,3 +302,23 @@ def test_shards_that_give_no_sample_are_named_not_data_vocab_when_the_vocabulary
             "unreadable after 0 sample(s): ReadError: "
         )
         assert not (tmp_path / "run").exists()
+
+
+def test_data_num_workers_is_bounded_before_any_worker_is_started(tmp_path):
+    """data.num_workers=100000 forked loader workers until the machine died."""
+    cores = len(os.sched_getaffinity(0))  # (what torch's loader counts)
+    bound = max(32, 4 * cores)
+    for recipe, config in ((CLIP, CLIP_DEBUG), (FLAVA, FLAVA_DEBUG)):
+        for streamed in ([], STREAM):
+            overrides = [f"config={config}", *streamed, f"data.num_workers={bound}"]
+            if not streamed:  # (the bound itself passes; a stream would need as many shards)
+                recipe.validate(load_config(recipe.TrainConfig, [*overrides, f"training.output_dir={tmp_path}"]), 1)
+            overrides[-1] = f"data.num_workers={bound + 1}"
+            cfg = load_config(recipe.TrainConfig, [*overrides, f"training.output_dir={tmp_path / 'run'}"])
+            with pytest.raises(recipe.ConfigError) as caught:
+                recipe.validate(cfg, 1)
+            assert str(caught.value) == (
+                f"key 'data.num_workers': expected in [0, {bound}] (loader worker processes per rank: at most 4 x "
+                f"the {cores} cores this process may use, or 32; more only oversubscribe them), got {bound + 1}"
+            )
+    assert not (tmp_path / "run").exists()

@@ -536,6 +536,29 @@ def broken_stream_message(error: BrokenStream, shards: object) -> str:
 _COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz")
 
 
+def _usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as torch's loader counts them), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (not on every OS)
+        return os.cpu_count() or 1
+
+
+USABLE_CORES = _usable_cores()
+# The most loader worker processes a recipe's rank may start (data.num_workers): each is a process with its own copy
+# of the data pipeline, and torch's loader warns past the cores it may use; 100000 forked until the machine died.
+MAX_NUM_WORKERS = max(32, 4 * USABLE_CORES)
+
+
+def num_workers_check(num_workers: int) -> tuple:
+    """The ``(ok, key, expected, got)`` check of a recipe's ``data.num_workers``: in [0, :data:`MAX_NUM_WORKERS`]."""
+    expected = (
+        f"in [0, {MAX_NUM_WORKERS}] (loader worker processes per rank: at most 4 x the {USABLE_CORES} cores this "
+        "process may use, or 32; more only oversubscribe them)"
+    )
+    return (0 <= num_workers <= MAX_NUM_WORKERS, "data.num_workers", expected, num_workers)
+
+
 @dataclass
 class StreamingConfig:
     """A recipe's ``data.streaming`` section (see :func:`streaming_checks`)."""
@@ -556,7 +579,7 @@ def streaming_checks(
     key = "data.files.pairs_shards"
     checks = [
         (streaming.shuffle_buffer >= 0, "data.streaming.shuffle_buffer", ">= 0", streaming.shuffle_buffer),
-        (num_workers >= 0, "data.num_workers", ">= 0", num_workers),
+        num_workers_check(num_workers),
     ]
     if not streaming.enabled:
         only_streamed = shards is not None and (
@@ -580,7 +603,7 @@ def streaming_checks(
         return checks + [(not only_streamed, key, expected, shards)] + unread
     checks.append((source == "files", "data.streaming.enabled", "false unless data.source=files", True))
     checks.append((shards is not None, key, "shards to stream, since data.streaming.enabled=true", None))
-    if shards is None or num_workers < 0:
+    if shards is None or not num_workers_check(num_workers)[0]:
         return checks
     try:
         count = len(expand_shards(shards))
