@@ -153,11 +153,13 @@ class GlueTsv(Dataset):
         ]
 
     def _rows(self, path: str) -> list[tuple[int, list[str]]]:
-        """(line number, fields) of each non-blank line of the file: the file's line numbers, blank lines counted."""
+        """(line number, fields) of each non-blank line of the file: the file's line numbers, blank lines counted. A
+        line of spaces and tabs alone is blank too (an editor's trailing line was an unusable row, named in the
+        report as skipped), as the other readers' files take it."""
         try:  # utf-8-sig: a byte-order mark is not part of the first column's name
             with open(path, encoding="utf-8-sig", newline="") as file:
                 reader = csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
-                return [(reader.line_num, row) for row in reader if row]
+                return [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
         except UnicodeDecodeError as error:
             raise ValueError(
                 f"expected a readable UTF-8 TSV file, got {self._where!r} ({error.reason} at byte {error.start})"
