@@ -65,6 +65,7 @@ from torchflava.data.finetuning import (
     shapes_task_checks,
     shapes_task_splits,
     training_source_key,
+    unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
 from torchflava.data.run_checks import resumed_data_checks
@@ -76,6 +77,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head, standardised_head
 from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
+from torchflava.training.config import expand_user_paths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
@@ -97,6 +99,8 @@ from torchflava.utils.cli import write_json
 from torchflava.zero_shot import DEFAULT_TEMPLATES, class_embeddings
 
 TASKS = ("image_folder", "shapes")
+# the data keys the shapes task alone reads (set for image_folder, refused: they were silently ignored)
+TASK_KEYS = {"shapes_train": ("shapes",), "shapes_val": ("shapes",), "image_size": ("shapes",)}
 HEAD_INITS = ("zero_shot", "random", "linear_probe")
 # the prompts a null model.templates stands for: the shapes world's captions say "a small red circle"
 TASK_TEMPLATES = {"image_folder": list(DEFAULT_TEMPLATES), "shapes": list(SHAPES_TEMPLATES)}
@@ -142,6 +146,9 @@ class DataConfig:
     # image's area, normalised as the checkpoint's preprocessing; null: none (that preprocessing, as validation's)
     crop_scale_min: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        expand_user_paths(self, ("train", "val"))  # a leading ~, as a shell expands it
+
 
 @dataclass
 class EvalConfig:
@@ -166,8 +173,12 @@ class FinetuneConfig:
         """For a resume, the keys of what the run recorded at its start (:func:`run_record`) and reads instead:
         ``model.pretrained`` (the checkpoint may since have moved, gone, or be named otherwise or null) and the
         probe's ``model.probe_max_items`` and ``model.probe_l2`` (the recorded head is never refitted; a run
-        recorded before the keys existed states none)."""
-        return set() if run_record(self) is None else {"model.pretrained", "model.probe_max_items", "model.probe_l2"}
+        recorded before the keys existed states none). And the data keys the task does not read (:data:`TASK_KEYS`):
+        a run started while they were accepted (ignored) resumes with them back at their defaults."""
+        unread = {f"data.{name}" for name, tasks in TASK_KEYS.items() if self.data.task not in tasks}
+        if run_record(self) is None:
+            return unread
+        return {"model.pretrained", "model.probe_max_items", "model.probe_l2"} | unread
 
 
 def run_record(cfg: FinetuneConfig) -> Optional[Path]:
@@ -251,6 +262,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
         + template_checks("model.templates", templates, cfg.eval.batch_size, "eval.batch_size")
         + (_folder_checks(d) if folders else _shapes_checks(d))
         + _class_names_checks(d)
+        + (unread_task_key_checks(d, d.task, TASK_KEYS) if d.task in TASKS else [])
     )
     kwargs = pretrained_kwargs(m.pretrained) if recorded is None else recorded.clip_kwargs
     # optim.lr_multipliers names modules of the classifier (encoder.image_encoder, head, ...): built on meta
@@ -286,7 +298,7 @@ def pretrained_kwargs(pretrained: str) -> dict:
 
 
 def _folder_checks(d: DataConfig) -> list[tuple]:
-    """image_folder: both folders named and there; the shapes keys left at their defaults are not read."""
+    """image_folder: both folders named and there (the shapes keys, which it does not read: TASK_KEYS)."""
     return [
         (d.train is not None, "data.train", "a folder of class sub-folders for data.task=image_folder", d.train),
         (d.val is not None, "data.val", "a folder of class sub-folders for data.task=image_folder", d.val),

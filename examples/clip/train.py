@@ -71,7 +71,7 @@ from torchflava.pretrained import (
     resolved_image_transform,
 )
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config
+from torchflava.training.config import ConfigError, builder_config, expand_user_paths
 from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -137,6 +137,9 @@ class FilesConfig:
     pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
 
+    def __post_init__(self) -> None:
+        expand_user_paths(self, ("pairs_root", "pairs_captions", "pairs_shards"))  # a leading ~, as a shell expands it
+
 
 @dataclass
 class DataConfig:
@@ -152,6 +155,9 @@ class DataConfig:
     max_text_length: Optional[int] = None  # null: the model's text context (model.pretrained's, or the section's)
     crop_scale_min: float = 0.9
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        expand_user_paths(self, ("vocab",))  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -694,8 +700,13 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
 
 def pair_texts(cfg: DataConfig, pairs: Optional[torch.utils.data.Dataset]) -> list[str]:
     """The captions a learnt vocabulary is trained on (the first shards' when streamed)."""
-    if pairs is None:
-        return shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts)
+    if pairs is None:  # (shards that give no sample: named, not data.vocab, which the vocabulary's error names)
+        return opened(
+            "data.files.pairs_shards",
+            cfg.files.pairs_shards,
+            "shards to stream",
+            lambda: shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts),
+        )
     return source_texts({"pairs": pairs}, limit=cfg.vocab_training_texts)
 
 

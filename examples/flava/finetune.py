@@ -36,6 +36,7 @@ from torchflava.data.finetuning import (
     shapes_task_checks,
     shapes_task_splits,
     training_source_key,
+    unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.run_checks import resumed_data_checks
@@ -57,7 +58,7 @@ from torchflava.pretrained import (
     text_positions,
     training_checkpoint,
 )
-from torchflava.training.config import ConfigError, builder_config
+from torchflava.training.config import ConfigError, builder_config, expand_user_paths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import write_fine_tuning_report
@@ -125,6 +126,9 @@ class FinetuneDataConfig:
     shapes_val: int = 540
     image_size: int = 64  # shapes rendering size
 
+    def __post_init__(self) -> None:
+        expand_user_paths(self, ("train", "val", "extra_val", "image_root"))  # a leading ~, as a shell expands it
+
 
 @dataclass
 class FinetuneConfig:
@@ -144,9 +148,15 @@ class FinetuneConfig:
         ``data.sentence_pairs``, which :func:`sentence_pairs_resume_check` compares (a run recorded before the
         key existed states none: a single-text one resumes, a sentence-pair one trained on another encoding).
         And ``model.pretrained`` where the run resumed records what it read of it (:func:`run_records`): it is
-        not read again, so it may have moved, gone, or be named null."""
+        not read again, so it may have moved, gone, or be named null. And the data keys the task does not read
+        (:data:`TASK_KEYS`): a run started while they were accepted (ignored) resumes with them back at their defaults."""
         recorded = {"model.pretrained"} if run_records(self) is not None else set()
-        return {"data.max_text_length", "data.sentence_pairs"} | recorded
+        return {"data.max_text_length", "data.sentence_pairs"} | recorded | unread_task_keys(self.data)
+
+
+def unread_task_keys(d: FinetuneDataConfig) -> set[str]:
+    """The keys of :data:`TASK_KEYS` that ``d.task`` does not read."""
+    return {f"data.{name}" for name, tasks in TASK_KEYS.items() if d.task not in tasks}
 
 
 def run_records(cfg: FinetuneConfig) -> Optional[Path]:
@@ -206,6 +216,17 @@ TASK_MODALITIES = {
 PRETRAINED = "a FLAVA checkpoint directory"
 # What data.train / data.val name for each file task.
 TASK_FILES = {"glue": "file", "image_text": "file", "image_folder": "directory"}
+# The data keys only some tasks read (set for another, refused: they were silently ignored); data.train, data.val,
+# data.extra_val and data.labels, which the shapes task alone does not read, have their own checks (_unread_checks)
+TASK_KEYS = {
+    "image_root": ("image_text",),
+    "text_columns": ("glue",),
+    "label_column": ("glue",),
+    "columns": ("glue",),
+    "shapes_train": ("shapes",),
+    "shapes_val": ("shapes",),
+    "image_size": ("shapes",),
+}
 
 
 def is_checkpoint_directory(value: Optional[str]) -> bool:
@@ -304,6 +325,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[dict] =
         + _task_checks(d)
         + _extra_val_checks(d, kind)
         + _unread_checks(d)
+        + (unread_task_key_checks(d, d.task, TASK_KEYS) if d.task in TASKS else [])
     )
     # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
     if recorded is None:
@@ -459,21 +481,16 @@ def task_losses(d: FinetuneDataConfig, soft_scores: Optional[bool] = None) -> tu
 
 def _unread_checks(d: FinetuneDataConfig) -> list[tuple]:
     """The shapes task's data and classes are its own: data.train, data.val and data.labels set there
-    would be silently ignored (it trained on its scenes with data.train naming a file); data.image_root is read by
-    image_text alone (a glue run with one trained on text alone, without a word)."""
-    root = (
-        d.image_root is None or d.task == "image_text",
-        "data.image_root",
-        f"null, since data.task={d.task} reads no images",
-    )
+    would be silently ignored (it trained on its scenes with data.train naming a file). The keys only some tasks
+    read are :data:`TASK_KEYS`' checks."""
     if d.task != "shapes":
-        return [(*root, d.image_root)]
+        return []
     why = {"train": "reads no files (it renders its scenes)", "labels": "names its own classes"}
     why["val"] = why["train"]
     return [
         (getattr(d, name) is None, f"data.{name}", f"null, since data.task=shapes {why[name]}", getattr(d, name))
         for name in ("train", "val", "labels")
-    ] + [(*root, d.image_root)]
+    ]
 
 
 def _task_checks(d: FinetuneDataConfig) -> list[tuple]:

@@ -42,6 +42,7 @@ from torchflava.data.streaming import (
     StreamingBatches,
     StreamingConfig,
     broken_stream_message,
+    num_workers_check,
     shard_texts,
     streaming_checks,
 )
@@ -56,7 +57,7 @@ from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained, trained_arguments
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config
+from torchflava.training.config import ConfigError, builder_config, expand_user_paths
 from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -129,6 +130,9 @@ class FilesConfig:
     images_root: Optional[str] = None  # images without captions
     texts: Optional[str] = None  # text corpus: one text per line, or a .jsonl of {"text": ...} objects
 
+    def __post_init__(self) -> None:  # a leading ~, as a shell expands it
+        expand_user_paths(self, ("pairs_root", "pairs_captions", "pairs_shards", "images_root", "texts"))
+
 
 # Each kind's share of steps when its ratio is left unset (null) and the data has that kind.
 DEFAULT_RATIOS = {"pairs": 0.7, "images": 0.15, "texts": 0.15}
@@ -160,6 +164,9 @@ class DataConfig:
     mlm_probability: float = 0.15
     itm_negative_probability: float = 0.1
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        expand_user_paths(self, ("vocab",))  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -408,7 +415,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             ),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
-            (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
+            num_workers_check(d.num_workers),
             # its header and config read, no tensor data; a resume needs none (main checks it for a new run)
             pretrained_check(cfg.model) if cfg.training.resume == "none" else (True, "model.pretrained", "", None),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, LOGIT_SCALE_MAX),
@@ -542,8 +549,13 @@ def build_sources(cfg: DataConfig, *, resumed: bool = False) -> dict[str, torch.
 def run_texts(cfg: DataConfig, sources: dict[str, torch.utils.data.Dataset]) -> list[str]:
     """The texts a learnt vocabulary is trained on (with the first shards' captions when streamed)."""
     texts = source_texts(sources, limit=cfg.vocab_training_texts)
-    if cfg.streaming.enabled:
-        texts += shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts)
+    if cfg.streaming.enabled:  # (shards that give no sample: named, not data.vocab, which the vocabulary's error names)
+        texts += opened(
+            "data.files.pairs_shards",
+            cfg.files.pairs_shards,
+            "shards to stream",
+            lambda: shard_texts(cfg.files.pairs_shards, cfg.vocab_training_texts),
+        )
     return texts
 
 

@@ -702,3 +702,19 @@ def test_snli_ve_lines_are_read_as_distributed(tmp_path):
         ValueError, match=r"snli_ve_dev.jsonl line 1: needs .* SNLI-VE's 'Flickr30K_ID' and 'sentence2'"
     ):
         ImageTextLabels(tmp_path, path, ["entailment", "neutral", "contradiction"])
+
+
+def test_glue_tsv_lines_of_spaces_and_tabs_are_blank_as_in_a_file_saved_by_an_editor(tmp_path):
+    """A BOM, CRLF line ends and trailing lines of spaces or a tab: those lines were rows, unusable ones
+    ('expected 2 fields, got 1'), named as skipped in the run's report, where the other readers take them as
+    blank. The line numbers stay the file's."""
+    from torchflava.data.finetuning import GlueTsv
+
+    path = tmp_path / "dev.tsv"
+    path.write_bytes("\ufeffsentence\tlabel\r\na\tpos\r\n  \r\n\t\r\nb\tmaybe\r\n \t \r\n\r\n".encode("utf-8"))
+    with pytest.raises(ValueError, match=r"column 'label' row 1: expected one of .*, got 'maybe' \(line 5\)$"):
+        GlueTsv(path, ["sentence"], "label", ["pos", "neg"])
+    path.write_bytes("\ufeffsentence\tlabel\r\na\tpos\r\n  \r\n\t\r\nb\tneg\r\n \t \r\n\r\n".encode("utf-8"))
+    table = GlueTsv(path, ["sentence"], "label", ["pos", "neg"])
+    assert [table[i] for i in range(len(table))] == [(None, "a", 0), (None, "b", 1)]
+    assert table.indices == ["0", "1"]

@@ -918,3 +918,20 @@ def test_a_pipe_shard_closed_before_its_end_kills_its_command_at_once(tmp_path):
     assert time.monotonic() - started < 1.5
     assert descendants() - before == set()
     assert errors == []  # (an abandoned command's status is not a fault of the shard)
+
+
+def test_texts_of_shards_that_give_no_sample_are_an_error_naming_the_shards(shard_dir, tmp_path):
+    """Every shard unreadable (or empty): no text, which the recipes reported as a missing data.vocab."""
+    for name in ("a.tar", "b.tar"):
+        (tmp_path / name).write_bytes(b"not a tar")
+    with pytest.raises(ValueError) as caught:
+        shard_texts([str(tmp_path / "a.tar"), str(tmp_path / "b.tar")], 10)
+    assert str(caught.value).startswith(
+        "shards: none of the 2 shard(s) gave a sample (shard unreadable after 0 sample(s): ReadError: "
+    )
+    with wds.TarWriter(str(tmp_path / "empty.tar")):  # a tar without a member
+        pass
+    with pytest.raises(ValueError, match=r"^shards: none of the 1 shard\(s\) gave a sample \(no readable sample\)$"):
+        shard_texts(str(tmp_path / "empty.tar"), 10)
+    readable = sorted(map(str, shard_dir.glob("shard-*.tar")))[0]  # one readable among them: its texts
+    assert shard_texts([str(tmp_path / "a.tar"), readable], 3) == ["caption 0", "caption 1", "caption 2"]

@@ -135,7 +135,7 @@ STREAMING = [
     ((*STREAMED, "data.files.pairs_shards={files}/shards/p-{{0..2}}.tar"), "data.files.pairs_shards"),  # no p-2
     ((*STREAMED, TWO_SHARDS, "data.num_workers=3"), "data.files.pairs_shards"),  # 3 slots, 2 shards
     ((*STREAMED, TWO_SHARDS, "data.num_workers=-1"), "data.num_workers"),
-    ((*STREAMED, "data.files.pairs_shards={files}/not_a.tar"), "data.vocab"),  # no readable caption
+    ((*STREAMED, "data.files.pairs_shards={files}/not_a.tar"), "data.files.pairs_shards"),  # no readable shard
 ]
 TOO_LONG = "/tmp/" + "x" * 300  # a path component past the OS limit: OSError from Path.exists, not False
 VOCAB = [
@@ -268,6 +268,8 @@ IMAGE_TEXT = ("data.task=image_text", "data.train={files}/labels.jsonl", "data.v
 IMAGE_TEXT += ("data.image_root={files}", "data.labels=[red,blue]", "model.modality=multimodal")
 IMAGE_FOLDER = ("data.task=image_folder", "data.train={files}/classes/train", "data.val={files}/classes/train")
 IMAGE_FOLDER += ("data.labels=null", "model.modality=image")
+UNREAD = ("data.text_columns=[sentence]",)  # FINETUNE_BASE's GLUE columns at their default: other tasks read none
+IMAGE_TEXT, IMAGE_FOLDER = IMAGE_TEXT + UNREAD, IMAGE_FOLDER + UNREAD
 SHAPES = ("data.task=shapes", "model.modality=image")
 FINETUNE_ONLY = [
     ("data.image_root={files}", "data.image_root"),  # a glue task reads no images: was ignored without a word

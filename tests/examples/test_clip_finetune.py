@@ -49,6 +49,8 @@ SHAPES = [
     "optim.warmup_steps=2",
     "eval.batch_size=64",
 ]
+# the class-folder task on SHAPES' settings: the shapes task's keys, which it does not read, back at their defaults
+FOLDERS = ["data.task=image_folder", "data.shapes_train=3000", "data.shapes_val=540", "data.image_size=64"]
 
 
 def write_tiny_clip_export(root: Path) -> Path:
@@ -384,7 +386,7 @@ def test_two_ddp_processes_match_one_and_resume_on_one(clip_export, tmp_path):
     """Two ranks train as one process does, and report exactly what it does: each rank decodes every other
     validation image (rank 0 decoded them all while rank 1 waited), an unreadable one skipped where it falls."""
     train, val = _shapes_folders(tmp_path / "data", train=48, val=8)  # 9 validation items, one unreadable
-    common = [f"model.pretrained={clip_export}", *SHAPES, "data.task=image_folder", f"data.train={train}"]
+    common = [f"model.pretrained={clip_export}", *SHAPES, *FOLDERS, f"data.train={train}"]
     common += [f"data.val={val}", "training.max_steps=6", "training.checkpoint_every=3", "eval.wise_ft_alpha=0.5"]
     finetune.main(load_config(finetune.FinetuneConfig, [*common, f"training.output_dir={tmp_path / 'one'}"]))
     run_two_recorded_ranks(tmp_path, common)
@@ -430,7 +432,7 @@ def test_class_folders_report_the_zero_shot_commands_accuracy_before_training(tm
     overrides = [f"model.pretrained={tmp_path / 'clip'}", f"training.output_dir={tmp_path / 'run'}"]
     overrides += [f"data.train={train}", f"data.val={val}", "training.max_steps=1", "training.global_batch_size=4"]
     overrides += ["optim.warmup_steps=0", "training.progress_bar=false", "training.tensorboard=false"]
-    report = finetune.main(load_config(finetune.FinetuneConfig, ["data.task=image_folder", *overrides]))
+    report = finetune.main(load_config(finetune.FinetuneConfig, [*FOLDERS, *overrides]))
     classes = ["astronaut", "cat", "coffee", "rocket"]  # the sorted folder names
     expected = zero_shot.classify_folder(load_pretrained(tmp_path / "clip"), str(val), classes)
     assert report["validation"]["zero_shot"]["items"] == expected["num_images"] == 5
@@ -444,7 +446,7 @@ def test_class_names_replace_the_folder_names_in_the_prompts_and_the_export(clip
     folders = {"0_rc": ["chelsea"], "1_bs": ["coffee"], "2_gt": ["rocket"]}
     train = _class_folders(tmp_path / "train", folders)
     names = ["red circle", "blue square", "green triangle"]
-    overrides = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=1"]
+    overrides = [*FOLDERS, f"data.train={train}", f"data.val={train}", "training.max_steps=1"]
     overrides += ["training.global_batch_size=3", "optim.warmup_steps=0", "model.head_init=random"]
     overrides += ["data.class_names=[red circle,blue square,green triangle]"]
     finetune.main(load_config(finetune.FinetuneConfig, [*_config_overrides(clip_export, tmp_path / "run"), *overrides]))
@@ -468,20 +470,29 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
         "data.task": (["data.task=glue"], "one of ('image_folder', 'shapes')"),
         "model.head_init": (["model.head_init=lp"], "one of ('zero_shot', 'random', 'linear_probe')"),
         "model.pretrained": ([f"model.pretrained={flava}"], "(a FLAVA checkpoint)"),
-        "data.val": (["data.task=image_folder", f"data.train={train}", f"data.val={val}"], "['dog'] are not among"),
+        "data.val": ([*FOLDERS, f"data.train={train}", f"data.val={val}"], "['dog'] are not among"),
         "eval.wise_ft_alpha": (["eval.wise_ft_alpha=1.5"], "null or in [0, 1]"),
         "data.crop_scale_min": (["data.crop_scale_min=0"], "null or in (0, 1]"),
         "model.templates": (["model.templates=[a photo]"], "each with one '{}'"),
         "data.image_size": (["data.image_size=1000000000000"], "at most 4096"),  # was an overflow traceback
     }
-    folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}"]
+    folder_task = [*FOLDERS, f"data.train={train}", f"data.val={train}"]
     names = [  # data.class_names: one distinct non-empty name per training folder (cat, coffee), not with shapes
         ([*folder_task, "data.class_names=[cat]"], "2 names, one per class folder of data.train in sorted order"),
         ([*folder_task, "data.class_names=[cat,cat]"], "(['cat'] repeated)"),
         ([*folder_task, "data.class_names=[cat,' ']"], "(an empty name)"),
         (["data.class_names=[a,b]"], "null, since data.task=shapes names its own classes"),
     ]
-    for key, (overrides, says) in [*cases.items(), *(("data.class_names", case) for case in names)]:
+    # a key the class-folder task does not read, set (SHAPES' size, for the shapes task): was silently ignored
+    unread = (
+        [*folder_task, "data.image_size=32", "training.max_steps=3"],
+        "its default, 64, since data.task=image_folder",
+    )
+    for key, (overrides, says) in [
+        *cases.items(),
+        *(("data.class_names", case) for case in names),
+        ("data.image_size", unread),
+    ]:
         result = run_with_fault(FINETUNE, [*base, *overrides])
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (key, result.stderr[-2000:])
@@ -624,7 +635,7 @@ def test_an_unreadable_validation_image_is_named_in_the_report_and_counted_in_th
     said "validation (4 items)" and nothing named the image the figures left out."""
     train, val = _shapes_folders(tmp_path / "data", train=16, val=4)
     bad = next(val.rglob("*_unreadable.png"))
-    folders = ["data.task=image_folder", f"data.train={train}", f"data.val={val}", "eval.wise_ft_alpha=0.5"]
+    folders = [*FOLDERS, f"data.train={train}", f"data.val={val}", "eval.wise_ft_alpha=0.5"]
     report = finetune.main(
         _config(clip_export, tmp_path / "run", *folders, "training.max_steps=1", "optim.warmup_steps=0")
     )
@@ -641,7 +652,7 @@ def test_a_training_class_folder_without_images_is_named_in_one_warning(clip_exp
     (its name's prompt) and a share of chance."""
     train = _class_folders(tmp_path / "train", {"cat": ["chelsea"], "coffee": ["coffee"]})
     (train / "zempty").mkdir()
-    folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=1"]
+    folder_task = [*FOLDERS, f"data.train={train}", f"data.val={train}", "training.max_steps=1"]
     overrides = [*folder_task, "optim.warmup_steps=0", "training.global_batch_size=2"]
     report = finetune.main(_config(clip_export, tmp_path / "run", *overrides))
     warning = "warning: data.train: 1 class(es) without an image, kept as classes (an output of the classifier, "
@@ -665,7 +676,7 @@ def test_a_resume_whose_class_folders_were_renamed_is_refused_naming_data_train(
     count and shifts the sorted order, so each label id trained another class's row of the head and the export kept
     the old names."""
     train = _class_folders(tmp_path / "train", {"cat": ["chelsea"], "coffee": ["coffee"], "rocket": ["rocket"]})
-    folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
+    folder_task = [*FOLDERS, f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
     common = [*folder_task, "training.checkpoint_every=1", "optim.warmup_steps=0", "training.global_batch_size=3"]
     stop_fit_after(monkeypatch, finetune, 2)
     with pytest.raises(Killed):
@@ -701,7 +712,7 @@ def test_a_resume_on_a_training_folder_that_changed_size_exits_2_naming_data_tra
     more (or less) drew another order without a word (items seen twice, others never), as the pretraining recipes
     refuse; the folder as it was resumes."""
     train = two_class_folder(tmp_path / "train")
-    folder_task = ["data.task=image_folder", f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
+    folder_task = [*FOLDERS, f"data.train={train}", f"data.val={train}", "training.max_steps=3"]
     common = [*folder_task, "training.checkpoint_every=2", "optim.warmup_steps=0", "training.global_batch_size=4"]
     stop_fit_after(monkeypatch, finetune, 3)  # after step 3's update: the last checkpoint is step 2's
     with pytest.raises(Killed):
@@ -749,4 +760,20 @@ def test_the_human_line_prints_a_3000_class_chance_and_a_99_96_percent_accuracy_
     assert finetune.format_report({"steps": 5, "validation": validation, "chance": 1 / 3000}, Path("runs/x")) == (
         "fine-tuning finished: 5 steps; validation (9 items) top-1 zero_shot 0.040%, fine_tuned 99.96% (chance "
         "0.033%); classifier exported to runs/x/model (python -m torchflava.classify --checkpoint runs/x --images DIR)"
+    )
+
+
+def test_class_folders_typed_with_a_tilde_are_the_home_directorys(clip_export, tmp_path, monkeypatch):
+    """data.train=~/pets/train, kept as typed by a YAML file or a quoted override, was refused as a missing
+    folder (or a folder named '~' under the working directory was read)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    two_class_folder(tmp_path / "pets" / "train")
+    overrides = [*FOLDERS, "data.train=~/pets/train", "data.val=~/pets/train"]
+    cfg = _config(clip_export, tmp_path / "run", *overrides)
+    finetune.validate(cfg, 1)
+    assert cfg.data.train == cfg.data.val == str(tmp_path / "pets" / "train")
+    with pytest.raises(ConfigError) as caught:
+        finetune.validate(_config(clip_export, tmp_path / "run", *overrides, "data.val=~/pets/val"), 1)
+    assert str(caught.value) == (
+        f"key 'data.val': expected an existing directory, got '~/pets/val' (= '{tmp_path / 'pets' / 'val'}')"
     )

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from tests.examples.test_clip_finetune import (
     FINETUNE,
+    FOLDERS,
     SHAPES,
     _config,
     _losses,
@@ -162,7 +163,7 @@ def test_two_gloo_processes_fit_the_probe_one_process_fits(clip_export, tmp_path
     train, val = _shapes_folders(tmp_path / "data", train=48, val=8)
     first = sorted(sorted(train.iterdir())[0].iterdir())[0]
     (first.parent / f"{first.stem}_unreadable.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
-    common = [f"model.pretrained={clip_export}", *SHAPES, "data.task=image_folder", f"data.train={train}"]
+    common = [f"model.pretrained={clip_export}", *SHAPES, *FOLDERS, f"data.train={train}"]
     common += [f"data.val={val}", "training.max_steps=1", "optim.warmup_steps=0"]
     common += ["model.head_init=linear_probe", "model.probe_max_items=null", "model.probe_l2=0.01"]
     # one intra-op thread in both runs (torchrun's OMP_NUM_THREADS=1): the tower's features on 1 and 2 threads differ
@@ -203,5 +204,5 @@ def test_a_run_recorded_before_the_probe_keys_existed_resumes(clip_export, tmp_p
     write_marker(checkpoint, 2, 1)  # (the checkpoint's manifest digests its config)
     report = finetune.main(_config(clip_export, tmp_path, *common, "training.resume=auto"))
     assert report["steps"] == 3 and sorted(_losses(tmp_path)) == [1, 2, 3]
-    # a new run reads the keys: not ignored
-    assert finetune.FinetuneConfig().resume_ignored() == set()
+    # a new run reads the keys: not ignored (only those of the shapes task, which image_folder does not read)
+    assert finetune.FinetuneConfig().resume_ignored() == {"data.shapes_train", "data.shapes_val", "data.image_size"}

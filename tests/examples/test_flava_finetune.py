@@ -1435,3 +1435,123 @@ def test_the_human_line_prints_a_3000_class_chance_and_a_99_96_percent_accuracy_
         "fine-tuning finished: 5 steps; validation dev (9 items) accuracy 99.96%, matthews 0.500, f1 99.996% "
         "(chance 0.033%); classifier exported to runs/x/model (python -m torchflava.classify --checkpoint runs/x)"
     )
+
+
+def _glue_overrides(export, tmp_path, train, val) -> list[str]:
+    return [f"model.pretrained={export}", f"training.output_dir={tmp_path / 'run'}", f"data.train={train}"] + [
+        f"data.val={val}",
+        "data.task=glue",
+        "data.labels=[blue,red]",
+    ]
+
+
+def test_a_data_path_typed_with_a_tilde_is_the_home_directorys(export, tmp_path, monkeypatch):
+    """A YAML file or a quoted override keeps ~ as typed: data.train=~/glue/train.tsv was refused as a missing
+    file, or a folder named '~' under the working directory was read. Every data path key expands it (only it:
+    not $HOME), and a missing one names what was typed and what it expanded to."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    for root in (home, work / "~"):  # (the working directory's '~' holds a file of the same name)
+        _write_glue(_mkdir(root / "glue") / "train.tsv", [("a red one", "red"), ("a blue one", "blue")], HEADER)
+        _write_glue(root / "glue" / "dev.tsv", [("a red one", "red")], HEADER)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    overrides = _glue_overrides(export, tmp_path, "~/glue/train.tsv", "~/glue/dev.tsv")
+    cfg = load_config(finetune.FinetuneConfig, [*overrides, "data.extra_val.more=~/glue/dev.tsv"])
+    finetune.validate(cfg, 1)
+    assert (cfg.data.train, cfg.data.val) == (str(home / "glue" / "train.tsv"), str(home / "glue" / "dev.tsv"))
+    assert cfg.data.extra_val == {"more": str(home / "glue" / "dev.tsv")}
+    assert len(finetune.build_splits(cfg.data)[0]) == 2
+    images = load_config(finetune.FinetuneConfig, ["data.task=image_text", "data.image_root=~/images"])
+    assert images.data.image_root == str(home / "images")
+    assert (
+        load_config(finetune.FinetuneConfig, ["data.train=$HOME/glue/train.tsv"]).data.train == "$HOME/glue/train.tsv"
+    )
+    cfg = load_config(finetune.FinetuneConfig, _glue_overrides(export, tmp_path, "~/glue/nope.tsv", "~/glue/dev.tsv"))
+    with pytest.raises(finetune.ConfigError) as caught:
+        finetune.validate(cfg, 1)
+    assert str(caught.value) == (
+        f"key 'data.train': expected an existing file, got '~/glue/nope.tsv' (= '{home / 'glue' / 'nope.tsv'}')"
+    )
+
+
+HEADER = ["sentence", "label"]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    "task, key, value, got",
+    [
+        ("glue", "image_size", "32", 32),
+        ("glue", "shapes_train", "100", 100),
+        ("glue", "image_root", "{tmp_path}", "{tmp_path}"),
+        ("image_folder", "text_columns", "[question,sentence]", ["question", "sentence"]),
+        ("image_folder", "label_column", "score", "score"),
+        ("shapes", "columns", "[sentence,label]", ["sentence", "label"]),
+        ("image_text", "shapes_val", "30", 30),
+    ],
+)
+def test_a_data_key_the_task_does_not_read_is_refused_naming_it_and_the_task(export, tmp_path, task, key, value, got):
+    """A key only another task reads (the shapes task's data.image_size for a GLUE task) was silently ignored:
+    the user believed it took effect."""
+    files = {
+        "glue": _glue_overrides(export, tmp_path, tmp_path / "train.tsv", tmp_path / "train.tsv")[2:],
+        "image_folder": [f"data.train={two_class_folder(tmp_path / 'classes')}", f"data.val={tmp_path / 'classes'}"],
+        "shapes": [],
+        "image_text": [
+            f"data.train={tmp_path / 'train.jsonl'}",
+            f"data.val={tmp_path / 'train.jsonl'}",
+            f"data.image_root={_mkdir(tmp_path / 'images')}",
+            "data.labels=[cat,dog]",
+        ],
+    }[task]
+    _write_glue(tmp_path / "train.tsv", [("a red one", "red"), ("a blue one", "blue")], HEADER)
+    (tmp_path / "train.jsonl").write_text('{"image": "a.png", "text": "q", "label": "cat"}\n')
+    overrides = [f"model.pretrained={export}", f"training.output_dir={tmp_path / 'run'}", f"data.task={task}", *files]
+    cfg = load_config(finetune.FinetuneConfig, overrides)
+    finetune.validate(cfg, 1)  # (the task's own settings pass)
+    value, got = value.format(tmp_path=tmp_path), got.format(tmp_path=tmp_path) if isinstance(got, str) else got
+    cfg = load_config(finetune.FinetuneConfig, [*overrides, f"data.{key}={value}"])
+    with pytest.raises(finetune.ConfigError) as caught:
+        finetune.validate(cfg, 1)
+    default = repr(getattr(finetune.FinetuneDataConfig(), key))
+    readers = " or ".join(f"data.task={t}" for t in finetune.TASK_KEYS[key])
+    assert str(caught.value) == (
+        f"key 'data.{key}': expected its default, {'null' if default == 'None' else default}, since data.task={task} "
+        f"does not read it (only {readers} does), got {got!r}"
+    )
+
+
+def test_the_shipped_non_glue_configs_still_validate(export, tmp_path):
+    """shapes.yaml sets the shapes task's keys, vqa.yaml an image_text task's (the GLUE ones: every glue task's
+    test); each for its own task, which reads them."""
+    (tmp_path / "vqa.jsonl").write_text('{"image": "a.png", "text": "q", "answers": {"yes": 1.0}}\n')
+    for name, overrides in {
+        "shapes": [],
+        "vqa": [f"data.train={tmp_path / 'vqa.jsonl'}", f"data.val={tmp_path / 'vqa.jsonl'}"]
+        + [f"data.image_root={tmp_path}"],
+    }.items():
+        argv = [f"config=examples/flava/configs/finetuning/{name}.yaml", f"model.pretrained={export}", *overrides]
+        finetune.validate(load_config(finetune.FinetuneConfig, [*argv, f"training.output_dir={tmp_path / name}"]), 1)
+
+
+def test_a_run_started_with_a_key_its_task_does_not_read_resumes_with_it_at_its_default(tmp_path):
+    """Such a key, accepted and ignored before it was refused, is refused now; its run resumes without it (the
+    resume comparison takes it as free: changing it changes nothing the task trains)."""
+    from torchflava.training.config import check_resume_config, save_config
+
+    started = finetune.FinetuneConfig(data=finetune.FinetuneDataConfig(task="glue", image_size=32, label_column="y"))
+    save_config(started, tmp_path / "config.yaml")
+    with pytest.raises(finetune.ConfigError, match=r"^key 'data.label_column' \('y' -> 'label'\): expected the"):
+        check_resume_config(tmp_path / "config.yaml", finetune.FinetuneConfig())  # (glue reads that one)
+    started.data.label_column = "label"
+    save_config(started, tmp_path / "config.yaml")
+    assert check_resume_config(tmp_path / "config.yaml", finetune.FinetuneConfig()) == []
+    started.data.task = "shapes"  # (which reads it)
+    save_config(started, tmp_path / "config.yaml")
+    shapes = finetune.FinetuneConfig(data=finetune.FinetuneDataConfig(task="shapes"))
+    with pytest.raises(finetune.ConfigError, match=r"^key 'data.image_size' \(32 -> 64\): expected the values"):
+        check_resume_config(tmp_path / "config.yaml", shapes)

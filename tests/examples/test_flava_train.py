@@ -515,8 +515,8 @@ def test_every_finetuning_config_loads_and_validates(path, tmp_path):
     overrides = [] if "shapes" in path.name else [f"data.train={tmp_path / 't'}", f"data.val={tmp_path / 'v'}"]
     overrides += [f"model.pretrained={tmp_path / 'ckpt'}"]
     cfg = load_config(finetune.FinetuneConfig, [f"config={path}", *overrides])
-    if cfg.data.task == "image_text":  # (the one task that reads images: refused for the others)
-        cfg.data.image_root = str(tmp_path / "i")
+    if cfg.data.task == "image_text":  # (the one task that reads data.image_root: set for another, it is refused)
+        cfg = load_config(finetune.FinetuneConfig, [f"config={path}", *overrides, f"data.image_root={tmp_path / 'i'}"])
     for name, val in (cfg.data.extra_val or {}).items():  # a set the config names for your file (MNLI's mismatched)
         assert val is None, name
         cfg.data.extra_val[name] = str(tmp_path / "v")

@@ -263,3 +263,62 @@ def test_a_flava_resume_on_another_number_of_shards_is_refused_naming_the_key(sh
         "epoch deals a permutation of them seeded by their number"
     )
     assert str(caught.value).endswith("got '8 shards'")
+
+
+def test_every_pretraining_data_path_typed_with_a_tilde_is_the_home_directorys(shards, tmp_path, monkeypatch):
+    """~ kept as typed (a YAML file, a quoted override) was taken literally: shards at '~/shards/{00..07}.tar' were
+    'no such file', a vocabulary or captions file refused as missing. Every data path key expands it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "shards").symlink_to(shards)
+    keys = ["pairs_root", "pairs_captions", "pairs_shards"]
+    for recipe, more in ((CLIP, []), (FLAVA, ["images_root", "texts"])):
+        cfg = load_config(recipe.TrainConfig, [f"data.files.{key}=~/{key}" for key in keys + more] + ["data.vocab=~/v"])
+        assert {key: getattr(cfg.data.files, key) for key in keys + more} == {k: f"{tmp_path}/{k}" for k in keys + more}
+        assert cfg.data.vocab == f"{tmp_path}/v"
+    cfg = load_config(
+        FLAVA.TrainConfig,
+        [f"config={FLAVA_DEBUG}", *STREAM, "data.files.pairs_shards=~/shards/pairs-{00..07}.tar"]
+        + [f"training.output_dir={tmp_path / 'run'}", "data.num_workers=2", "training.strategy=ddp"],
+    )
+    FLAVA.validate(cfg, 2)  # 8 shards for 2 ranks x 2 workers
+    assert cfg.data.files.pairs_shards == f"{tmp_path}/shards/pairs-{{00..07}}.tar"
+
+
+@pytest.mark.parametrize("count", [2, 50])
+def test_shards_that_give_no_sample_are_named_not_data_vocab_when_the_vocabulary_is_learnt(tmp_path, count):
+    """Streamed shards that could not be read, and no data.vocab: the vocabulary learnt from their captions was
+    refused naming data.vocab ('none given and the data holds no text'), the real fault unsaid."""
+    for index in range(count):
+        (tmp_path / f"bad-{index:02d}.tar").write_bytes(b"not a tar")
+    pattern = f"{tmp_path}/bad-{{00..{count - 1:02d}}}.tar"
+    for recipe, config in ((CLIP, CLIP_DEBUG), (FLAVA, FLAVA_DEBUG)):
+        overrides = [f"config={config}", *STREAM, f"data.files.pairs_shards={pattern}", "training.max_steps=2"]
+        overrides += ["optim.warmup_steps=0", f"training.output_dir={tmp_path / 'run'}"]
+        with pytest.raises(recipe.ConfigError) as caught:
+            recipe.main(load_config(recipe.TrainConfig, overrides))
+        reason = f"none of the {count} shard(s) gave a sample" if count == 2 else "50 shards in a row could not be read"
+        assert str(caught.value).startswith(
+            f"key 'data.files.pairs_shards': expected shards to stream, got '{pattern}' (shards: {reason} (shard "
+            "unreadable after 0 sample(s): ReadError: "
+        )
+        assert not (tmp_path / "run").exists()
+
+
+def test_data_num_workers_is_bounded_before_any_worker_is_started(tmp_path):
+    """data.num_workers=100000 forked loader workers until the machine died."""
+    cores = len(os.sched_getaffinity(0))  # (what torch's loader counts)
+    bound = max(32, 4 * cores)
+    for recipe, config in ((CLIP, CLIP_DEBUG), (FLAVA, FLAVA_DEBUG)):
+        for streamed in ([], STREAM):
+            overrides = [f"config={config}", *streamed, f"data.num_workers={bound}"]
+            if not streamed:  # (the bound itself passes; a stream would need as many shards)
+                recipe.validate(load_config(recipe.TrainConfig, [*overrides, f"training.output_dir={tmp_path}"]), 1)
+            overrides[-1] = f"data.num_workers={bound + 1}"
+            cfg = load_config(recipe.TrainConfig, [*overrides, f"training.output_dir={tmp_path / 'run'}"])
+            with pytest.raises(recipe.ConfigError) as caught:
+                recipe.validate(cfg, 1)
+            assert str(caught.value) == (
+                f"key 'data.num_workers': expected in [0, {bound}] (loader worker processes per rank: at most 4 x "
+                f"the {cores} cores this process may use, or 32; more only oversubscribe them), got {bound + 1}"
+            )
+    assert not (tmp_path / "run").exists()

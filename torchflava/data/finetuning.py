@@ -153,11 +153,13 @@ class GlueTsv(Dataset):
         ]
 
     def _rows(self, path: str) -> list[tuple[int, list[str]]]:
-        """(line number, fields) of each non-blank line of the file: the file's line numbers, blank lines counted."""
+        """(line number, fields) of each non-blank line of the file: the file's line numbers, blank lines counted. A
+        line of spaces and tabs alone is blank too (an editor's trailing line was an unusable row, named in the
+        report as skipped), as the other readers' files take it."""
         try:  # utf-8-sig: a byte-order mark is not part of the first column's name
             with open(path, encoding="utf-8-sig", newline="") as file:
                 reader = csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
-                return [(reader.line_num, row) for row in reader if row]
+                return [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
         except UnicodeDecodeError as error:
             raise ValueError(
                 f"expected a readable UTF-8 TSV file, got {self._where!r} ({error.reason} at byte {error.start})"
@@ -489,6 +491,24 @@ def training_source_key(task: str) -> str:
     """The config key that sets a fine-tuning recipe's training source (and so its size, which a resume checks):
     ``data.shapes_train`` for the shapes task, ``data.train`` (the files) for every other."""
     return "data.shapes_train" if task == "shapes" else "data.train"
+
+
+def unread_task_key_checks(section: object, task: str, read_by: dict[str, Sequence[str]]) -> list[tuple]:
+    """A fine-tuning recipe's ``(ok, key, expected, got)`` checks that the data keys the task ``task`` does not read
+    hold their defaults: ``read_by`` maps each key of the data section ``section`` (a dataclass) that only some
+    tasks read to those tasks. A key set otherwise for another task (``data.image_size`` or ``data.image_root``
+    for a GLUE task) was silently ignored, the run trained as if it were not set.
+    """
+    defaults = type(section)()
+    checks = []
+    for name, tasks in read_by.items():
+        value, default = getattr(section, name), getattr(defaults, name)
+        if task not in tasks and value != default:
+            readers = " or ".join(f"data.task={t}" for t in tasks)
+            shown = "null" if default is None else repr(default)
+            expected = f"its default, {shown}, since data.task={task} does not read it (only {readers} does)"
+            checks.append((False, f"data.{name}", expected, value))
+    return checks
 
 
 def shapes_task_splits(num_train: int, num_val: int, image_size: int) -> tuple:

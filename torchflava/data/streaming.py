@@ -480,14 +480,17 @@ def shard_texts(
     Raises:
         FileNotFoundError, TypeError, ValueError: as :func:`expand_shards`.
         ValueError: naming ``shards``, when ``max_unreadable_in_a_row`` shards in a row before ``limit``
-            texts cannot be read (an error, no sample), with the last errors, rather than try every shard; or
+            texts cannot be read (an error, no sample), with the last errors, rather than try every shard, or when
+            no shard gives a sample (a vocabulary learnt from them was refused as if no vocabulary were given); or
             naming ``max_unreadable_in_a_row`` where it is not an int >= 1 (TypeError for a non-int).
     """
     check_int("max_unreadable_in_a_row", max_unreadable_in_a_row, 1)
     texts: list[str] = []
     errors: list = []
     unreadable = 0
-    for url in expand_shards(shards):
+    urls = expand_shards(shards)
+    read_any = False
+    for url in urls:
         failed, given = len(errors), False
         for raw in raw_samples(url, errors):
             given = True
@@ -501,9 +504,12 @@ def shard_texts(
                 continue
             if len(texts) >= limit:
                 return texts
+        read_any = read_any or given
         unreadable = 0 if given or len(errors) == failed else unreadable + 1
         if unreadable >= max_unreadable_in_a_row:
             raise ValueError(f"shards: {unreadable} shards in a row could not be read ({_errors(errors)})")
+    if not read_any:  # (every shard unreadable, or empty)
+        raise ValueError(f"shards: none of the {len(urls)} shard(s) gave a sample ({_errors(errors)})")
     return texts
 
 
@@ -530,6 +536,29 @@ def broken_stream_message(error: BrokenStream, shards: object) -> str:
 _COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz")
 
 
+def _usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as torch's loader counts them), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (not on every OS)
+        return os.cpu_count() or 1
+
+
+USABLE_CORES = _usable_cores()
+# The most loader worker processes a recipe's rank may start (data.num_workers): each is a process with its own copy
+# of the data pipeline, and torch's loader warns past the cores it may use; 100000 forked until the machine died.
+MAX_NUM_WORKERS = max(32, 4 * USABLE_CORES)
+
+
+def num_workers_check(num_workers: int) -> tuple:
+    """The ``(ok, key, expected, got)`` check of a recipe's ``data.num_workers``: in [0, :data:`MAX_NUM_WORKERS`]."""
+    expected = (
+        f"in [0, {MAX_NUM_WORKERS}] (loader worker processes per rank: at most 4 x the {USABLE_CORES} cores this "
+        "process may use, or 32; more only oversubscribe them)"
+    )
+    return (0 <= num_workers <= MAX_NUM_WORKERS, "data.num_workers", expected, num_workers)
+
+
 @dataclass
 class StreamingConfig:
     """A recipe's ``data.streaming`` section (see :func:`streaming_checks`)."""
@@ -550,7 +579,7 @@ def streaming_checks(
     key = "data.files.pairs_shards"
     checks = [
         (streaming.shuffle_buffer >= 0, "data.streaming.shuffle_buffer", ">= 0", streaming.shuffle_buffer),
-        (num_workers >= 0, "data.num_workers", ">= 0", num_workers),
+        num_workers_check(num_workers),
     ]
     if not streaming.enabled:
         only_streamed = shards is not None and (
@@ -574,7 +603,7 @@ def streaming_checks(
         return checks + [(not only_streamed, key, expected, shards)] + unread
     checks.append((source == "files", "data.streaming.enabled", "false unless data.source=files", True))
     checks.append((shards is not None, key, "shards to stream, since data.streaming.enabled=true", None))
-    if shards is None or num_workers < 0:
+    if shards is None or not num_workers_check(num_workers)[0]:
         return checks
     try:
         count = len(expand_shards(shards))

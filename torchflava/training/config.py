@@ -456,3 +456,47 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
             "run cannot change what it trains; start a new run in another training.output_dir"
         )
     return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items() if _matches(k, RESUME_APPLIED)]
+
+
+# ------------------------------------------------------------------------------------------- data paths
+class ExpandedPath(str):
+    """A data path whose leading ``~`` was expanded (:func:`expand_user_paths`): the expanded path, which is what
+    is opened, keeping what was typed as ``typed``. Its ``repr``, which the one-line config errors show
+    (``got {value!r}``), gives both: ``'~/glue/train.tsv' (= '/home/me/glue/train.tsv')``."""
+
+    typed: str
+
+    def __new__(cls, expanded: str, typed: str) -> "ExpandedPath":
+        path = super().__new__(cls, expanded)
+        path.typed = typed
+        return path
+
+    def __repr__(self) -> str:
+        return f"{str.__repr__(self.typed)} (= {str.__repr__(str(self))})"
+
+    def __reduce__(self) -> tuple:  # (a data loader's worker gets the sources, and their paths, pickled)
+        return ExpandedPath, (str(self), self.typed)
+
+
+def expand_user_path(value: object) -> object:
+    """``value`` with a leading ``~`` or ``~user`` expanded as a shell does (an :class:`ExpandedPath`), where it is
+    text; anything else (None, a path without one, ``~nobody`` of no user) as it is. Environment variables are
+    left as written: only ``~``, which a YAML file or a quoted override keeps."""
+    if not isinstance(value, str) or isinstance(value, ExpandedPath) or not value.startswith("~"):
+        return value
+    expanded = os.path.expanduser(value)
+    return value if expanded == value else ExpandedPath(expanded, value)
+
+
+def expand_user_paths(section: object, names: Sequence[str]) -> None:
+    """Expand a leading ``~`` (:func:`expand_user_path`) in the fields ``names`` of the data section ``section``
+    (a recipe's dataclass; a mapping field, e.g. ``data.extra_val``, has its values expanded): a path typed
+    ``~/glue/QNLI/train.tsv`` in a YAML file or a quoted override was read literally, refused as a missing file,
+    or a folder named ``~`` under the working directory was read. Call it in the section's ``__post_init__``,
+    so that every use of the config, its checks, readers and recorded config.yaml, sees the expanded path."""
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, dict):
+            setattr(section, name, {key: expand_user_path(item) for key, item in value.items()})
+        else:
+            setattr(section, name, expand_user_path(value))

@@ -879,6 +879,8 @@ def opened(
     """
     try:
         source = open_source()
+    except ConfigError:  # (one that names its own key, e.g. the shards a learnt vocabulary reads: not this key)
+        raise
     except (OSError, ValueError, TypeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         refused = ConfigError(f"key '{key}': expected {expected}, got {value!r} ({reason})")
