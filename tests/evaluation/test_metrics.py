@@ -394,6 +394,17 @@ def test_percent_shows_a_small_share_and_one_short_of_100_percent_as_they_are():
         assert str(info.value) == message
 
 
+def test_percent_takes_an_accuracy_worked_out_in_torch_and_prints_negative_zero_as_zero():
+    """A 0-dim tensor ((predicted == labels).float().mean()) was refused as 'got Tensor', and -0.0 printed -0.0%."""
+    predicted, labels = torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 0])
+    assert percent((predicted == labels).float().mean()) == "75.0%"
+    assert percent(torch.tensor(1 / 3000, dtype=torch.float64)) == "0.033%"
+    assert percent(-0.0) == "0.0%"
+    for bad in (torch.tensor([0.5]), torch.tensor(1), torch.tensor(0.5, device="meta")):
+        with pytest.raises(TypeError, match="^share must be a real number in \\[0, 1\\], got Tensor$"):
+            percent(bad)
+
+
 BAD_TASK_INPUTS = [
     (LOGITS, LABELS, "crossentropy"),
     (LOGITS, LABELS[:, None], "cross_entropy"),

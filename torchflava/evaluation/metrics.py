@@ -33,7 +33,7 @@ def percent(share: float) -> str:
     one decimal printed as 100.0%). 0 and 1 are 0.0% and 100.0%; NaN (an undefined figure) is nan%.
 
     Args:
-        share (float): the fraction, a real number (int or float, not bool).
+        share (float): the fraction, a real number (int or float, not bool) or a 0-dim floating-point tensor.
 
     Returns:
         str: e.g. ``"75.0%"``, ``"0.0046%"``, ``"99.96%"``.
@@ -42,13 +42,15 @@ def percent(share: float) -> str:
         TypeError: if ``share`` is not a real number.
         ValueError: if ``share`` is outside [0, 1].
     """
+    if isinstance(share, Tensor) and share.dim() == 0 and share.dtype.is_floating_point and share.device.type != "meta":
+        share = share.item()  # (an accuracy worked out in torch: (predicted == labels).float().mean())
     if not isinstance(share, Real) or isinstance(share, bool):
         raise TypeError(f"share must be a real number in [0, 1], got {type(share).__name__}")
     if math.isnan(share):  # (a figure that could not be worked out, printed as such rather than refused)
         return "nan%"
     if not 0 <= share <= 1:
         raise ValueError(f"share must be a fraction in [0, 1], got {share!r}")
-    value = 100 * float(share)
+    value = 100 * float(share) + 0.0  # (+ 0.0: -0.0 is 0.0%)
     if 0 < value < 1:
         shown = f"{value:.{1 - math.floor(math.log10(value))}f}"
         if float(shown) < 1:  # (0.995 rounds to 1.00: 1.0% then, as from 1% up)
