@@ -55,7 +55,7 @@ from torchflava.data.streaming import (
 )
 from torchflava.data.tokenizer import SPECIAL_TOKENS, run_vocabulary, source_texts
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, EvalImageTransform, ImageTransform, RandomCropTransform
-from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report
+from torchflava.evaluation.shapes import DEFAULT_TEMPLATES, evaluate_shapes, format_shapes_report, shapes_prompts_check
 from torchflava.models import clip_model
 from torchflava.models.clip import clip_model_arguments
 from torchflava.modules.losses import contrastive_loss
@@ -92,7 +92,6 @@ from torchflava.training.schema import (
     recorded_inputs_checks,
     rendered_size_check,
     resumed_run_records,
-    shapes_prompts_check,
     template_checks,
     tokenizer_digest,
     training_checks,

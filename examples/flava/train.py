@@ -48,7 +48,7 @@ from torchflava.data.streaming import (
 )
 from torchflava.data.tokenizer import WordPieceTokenizer, read_vocabulary, run_vocabulary, source_texts
 from torchflava.data.transforms import EvalImageTransform, PretrainingImageTransform
-from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report
+from torchflava.evaluation.shapes import evaluate_shapes, format_shapes_report, shapes_prompts_check
 from torchflava.models import FLAVAForPretraining, FLAVAModel, flava_model, flava_model_for_pretraining
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.convert_codebook import convert_codebook_to_torchflava, load_codebook_weights
@@ -79,7 +79,6 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     recorded_inputs_checks,
     rendered_size_check,
-    shapes_prompts_check,
     smallest_vocab,
     state_digest,
     template_checks,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from torchflava.evaluation.shapes import shapes_prompts_check
 from torchflava.training.config import ConfigError
 from torchflava.training.schema import (
     OptimConfig,
@@ -22,7 +23,6 @@ from torchflava.training.schema import (
     pair_file_checks,
     path_check,
     raise_on_failed_checks,
-    shapes_prompts_check,
     smallest_vocab,
     training_checks,
 )

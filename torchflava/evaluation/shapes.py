@@ -6,14 +6,20 @@ colour-shape classes it reports how often the predicted class has the right colo
 shape, since the two are learnt at different speeds.
 """
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from torchflava.data.shapes import ALL_SCENES, CLASS_NAMES, ShapesWorld
 from torchflava.evaluation.metrics import percent
-from torchflava.evaluation.zero_shot import classification_accuracy, retrieval_recall, zero_shot_classifier
+from torchflava.evaluation.zero_shot import (
+    check_distinct_tokens,
+    classification_accuracy,
+    retrieval_recall,
+    zero_shot_classifier,
+)
+from torchflava.utils.checkpoint import first_line
 from torchflava.utils.checks import check_int, check_module, is_integer_tensor, is_prompt_template
 from torchflava.utils.modes import eval_mode
 
@@ -164,3 +170,45 @@ def format_shapes_report(e: dict) -> list[str]:
             f"{percent(e[f'text_to_image_R@{k}'])}   (chance {percent(e[f'R@{k}_chance'])})"
         )
     return lines
+
+
+def shapes_prompts_check(
+    tokenize: Callable[..., tuple], templates: Sequence[str], max_length: int, *, evaluated: bool
+) -> tuple:
+    """A check that ``tokenize(prompts, max_length=)`` (the run's tokenizer) keeps the zero-shot prompts of the
+    shapes world's classes (``eval.templates`` filled with each class name) apart at ``max_length``
+    (``data.max_text_length``), where the run is ``evaluated`` on that world after training: the evaluation
+    raised for two classes whose prompts read the same, a traceback once the run had trained (prompts cut
+    short by a small ``data.max_text_length``, or a vocabulary learnt from a few pairs, without the class words).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`: ``data.max_text_length`` where
+        longer prompts are told apart (the length they need), else ``eval.enabled``.
+    """
+    if not evaluated:
+        return (True, "eval.enabled", "", None)
+    prompts = [template.format(name) for name in CLASS_NAMES for template in templates]
+
+    def fault(length: int) -> Optional[str]:
+        try:
+            check_distinct_tokens(CLASS_NAMES, len(templates), *tokenize(prompts, max_length=length))
+        except ValueError as error:
+            return first_line(error)
+        return None
+
+    reason = fault(max_length)
+    if reason is None:
+        return (True, "eval.enabled", "", None)
+    longest = int(tokenize(prompts, max_length=2**20)[1].sum(dim=1).max())  # (rows padded to the longest only)
+    needed = next((n for n in range(max_length + 1, longest + 1) if fault(n) is None), None)
+    if needed is not None:
+        expected = (
+            f"at least {needed}, where the tokenizer keeps the zero-shot prompts of the held-out shapes classes "
+            f"apart (the evaluation after training), or eval.enabled=false ({reason})"
+        )
+        return (False, "data.max_text_length", expected, max_length)
+    expected = (
+        "false: the run's tokenizer reads the zero-shot prompts of two held-out shapes classes as the same tokens "
+        f"(the evaluation after training could not score it; {reason})"
+    )
+    return (False, "eval.enabled", expected, True)

@@ -577,51 +577,6 @@ def template_checks(key: str, templates: Sequence[str], batch_size: int, batch_k
     ]
 
 
-def shapes_prompts_check(
-    tokenize: Callable[..., tuple], templates: Sequence[str], max_length: int, *, evaluated: bool
-) -> tuple:
-    """A check that ``tokenize(prompts, max_length=)`` (the run's tokenizer) keeps the zero-shot prompts of the
-    shapes world's classes (``eval.templates`` filled with each class name) apart at ``max_length``
-    (``data.max_text_length``), where the run is ``evaluated`` on that world after training: the evaluation
-    raised for two classes whose prompts read the same, a traceback once the run had trained (prompts cut
-    short by a small ``data.max_text_length``, or a vocabulary learnt from a few pairs, without the class words).
-
-    Returns:
-        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`: ``data.max_text_length`` where
-        longer prompts are told apart (the length they need), else ``eval.enabled``.
-    """
-    from torchflava.data.shapes import CLASS_NAMES
-    from torchflava.evaluation.zero_shot import check_distinct_tokens
-
-    if not evaluated:
-        return (True, "eval.enabled", "", None)
-    prompts = [template.format(name) for name in CLASS_NAMES for template in templates]
-
-    def fault(length: int) -> Optional[str]:
-        try:
-            check_distinct_tokens(CLASS_NAMES, len(templates), *tokenize(prompts, max_length=length))
-        except ValueError as error:
-            return first_line(error)
-        return None
-
-    reason = fault(max_length)
-    if reason is None:
-        return (True, "eval.enabled", "", None)
-    longest = int(tokenize(prompts, max_length=2**20)[1].sum(dim=1).max())  # (rows padded to the longest only)
-    needed = next((n for n in range(max_length + 1, longest + 1) if fault(n) is None), None)
-    if needed is not None:
-        expected = (
-            f"at least {needed}, where the tokenizer keeps the zero-shot prompts of the held-out shapes classes "
-            f"apart (the evaluation after training), or eval.enabled=false ({reason})"
-        )
-        return (False, "data.max_text_length", expected, max_length)
-    expected = (
-        "false: the run's tokenizer reads the zero-shot prompts of two held-out shapes classes as the same tokens "
-        f"(the evaluation after training could not score it; {reason})"
-    )
-    return (False, "eval.enabled", expected, True)
-
-
 PATH_KINDS = {
     "file": "an existing file",
     "directory": "an existing directory",
