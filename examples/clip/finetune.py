@@ -77,7 +77,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head, standardised_head
 from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
-from torchflava.training.config import expand_user_paths
+from torchflava.training.config import ConfigError, expand_user_paths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
@@ -407,12 +407,20 @@ def training_collator(collator: ClassificationCollator, image_size: int, crop_sc
 def zero_shot_head(pretrained, classes: list[str], templates: list[str], batch_size: int) -> nn.Linear:
     """The head that scores as zero-shot classification does: ``exp(logit_scale)`` x the class embeddings
     (:func:`torchflava.zero_shot.class_embeddings`: each class's normalised mean prompt embedding), bias 0. Class
-    names whose prompts tokenise alike are a ConfigError naming ``model.templates``."""
+    names whose prompts tokenise alike (``Red`` and ``red``) are a ConfigError naming ``data.class_names`` (or the
+    folder names they default to), other prompt faults one naming ``model.templates``."""
+
+    def embedded():
+        try:
+            return class_embeddings(pretrained, classes, templates, batch_size=batch_size)
+        except ValueError as error:  # (the names' fault, blamed on model.templates before)
+            if not str(error).startswith("class_names must differ"):
+                raise
+            expected = "class names the checkpoint's tokenizer tells apart (data.class_names, else the folder names)"
+            raise ConfigError(f"key 'data.class_names': expected {expected}, got {list(classes)} ({error})") from None
+
     embeddings = opened(
-        "model.templates",
-        list(templates),
-        f"prompts that tell the classes apart ({len(classes)} classes)",
-        lambda: class_embeddings(pretrained, classes, templates, batch_size=batch_size),
+        "model.templates", list(templates), f"prompts that tell the classes apart ({len(classes)} classes)", embedded
     )
     return embedding_head(embeddings, float(pretrained.model.logit_scale.detach().exp()))
 

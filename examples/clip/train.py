@@ -81,6 +81,7 @@ from torchflava.training.schema import (
     TrainingConfig,
     contrastive_batch_check,
     contrastive_data_check,
+    learnt_vocabulary,
     logit_scale_check,
     lr_multipliers_check,
     meta_build_checks,
@@ -270,7 +271,7 @@ def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Opt
     if cfg.model.pretrained is None:
         # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
         smallest = functools.partial(clip_model, **kwargs, vocab_size=16)
-        raise_on_failed_checks(meta_build_checks("model", build, smallest=smallest))
+        raise_on_failed_checks(meta_build_checks("model", build, smallest=smallest, arguments=asdict(m)))
     checked = None if resumed else checked_checkpoint(cfg)  # its header read, no tensor data
     raise_on_failed_checks(
         [
@@ -757,12 +758,14 @@ def run_tokenizer(cfg: TrainConfig, source: Optional[str], key: str, pairs, *, r
         lambda: (
             read_tokenizer(source)
             if source is not None
-            else run_vocabulary(
-                None,
-                lambda: rank0_value(lambda: pair_texts(d, pairs)),
-                Path(cfg.training.output_dir),
-                vocab_size=d.vocab_size,
-                resumed=resumed,
+            else learnt_vocabulary(  # (a data.vocab_size too small for the text names that key)
+                lambda: run_vocabulary(
+                    None,
+                    lambda: rank0_value(lambda: pair_texts(d, pairs)),
+                    Path(cfg.training.output_dir),
+                    vocab_size=d.vocab_size,
+                    resumed=resumed,
+                )
             )
         ),
     )

@@ -68,6 +68,7 @@ from torchflava.training.schema import (
     checkpoint_fits,
     contrastive_batch_check,
     contrastive_data_check,
+    learnt_vocabulary,
     logit_scale_check,
     lr_multipliers_check,
     meta_build_checks,
@@ -474,9 +475,14 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     # (the smallest vocabulary for the memory: a learnt one is at most data.vocab_size, as the data gives)
     smallest = functools.cache(lambda: flava_model(**flava_model_kwargs(m, smallest_vocab(m.pad_token_id))))
     sections = [  # each built once: its builder's faults, then the memory it takes
-        meta_build_checks("model", backbone, smallest=smallest),
-        meta_build_checks("pretraining", pretraining, smallest=lambda: pretraining_model(cfg, smallest())),
-        meta_build_checks("codebook", codebook),
+        meta_build_checks("model", backbone, smallest=smallest, arguments=asdict(cfg.model)),
+        meta_build_checks(
+            "pretraining",
+            pretraining,
+            smallest=lambda: pretraining_model(cfg, smallest()),
+            arguments=asdict(cfg.pretraining),
+        ),
+        meta_build_checks("codebook", codebook, arguments=asdict(cfg.codebook)),
     ]
     raise_on_failed_checks(
         [faults for faults, _ in sections]
@@ -716,12 +722,14 @@ def main(cfg: TrainConfig) -> dict:
         "data.vocab",
         cfg.data.vocab,
         "a BERT vocab.txt, or null and data with text to learn one from",
-        lambda: run_vocabulary(  # (in memory: fit writes it, once every check has passed)
-            cfg.data.vocab,
-            lambda: rank0_value(lambda: run_texts(cfg.data, sources)),  # rank 0's texts, on every rank
-            out_dir,
-            vocab_size=cfg.data.vocab_size,
-            resumed=resume_from is not None,
+        lambda: learnt_vocabulary(  # (a data.vocab_size too small for the text names that key)
+            lambda: run_vocabulary(  # (in memory: fit writes it, once every check has passed)
+                cfg.data.vocab,
+                lambda: rank0_value(lambda: run_texts(cfg.data, sources)),  # rank 0's texts, on every rank
+                out_dir,
+                vocab_size=cfg.data.vocab_size,
+                resumed=resume_from is not None,
+            )
         ),
     )
     codebook = build_codebook(cfg)

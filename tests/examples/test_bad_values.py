@@ -15,7 +15,7 @@ import pytest
 import webdataset as wds
 
 from tests.helpers import load_recipe, write_tiny_export
-from torchflava.training.config import load_config
+from torchflava.training.config import ConfigError, load_config
 from torchflava.utils.checkpoint import save_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +95,7 @@ def files(tmp_path_factory) -> Path:
 
 SHARED = [
     ("training.grad_accumulation=0", "training.grad_accumulation"),
+    ("training.grad_accumulation=1000000000000", "training.grad_accumulation"),  # was 'training.max_steps'
     ("training.seed=-1", "training.seed"),
     ("training.seed=18446744073709551616", "training.seed"),
     # sizes that asked for arrays of GiBs to TiBs, or overflowed numpy, at the first step
@@ -141,6 +142,7 @@ TOO_LONG = "/tmp/" + "x" * 300  # a path component past the OS limit: OSError fr
 VOCAB = [
     ("data.vocab_training_texts=0", "data.vocab_training_texts"),  # CLIP blamed it on data.vocab
     ("data.vocab_training_texts=-5", "data.vocab_training_texts"),
+    ("data.vocab_size=16", "data.vocab_size"),  # too few for the text's characters: was blamed on data.vocab
     ("data.vocab={files}/special_only_vocab.txt", "data.vocab"),  # was a TokenMasker traceback (FLAVA)
     (f"data.vocab={TOO_LONG}", "data.vocab"),
     ((FILES, f"data.files.pairs_shards={TOO_LONG}"), "data.files.pairs_shards"),
@@ -154,8 +156,8 @@ VOCAB = [
 NO_RATIOS = ("data.ratios.pairs=0", "data.ratios.images=0", "data.ratios.texts=0")
 FLAVA_ONLY = [
     ("model.patch_size=0", "model.patch_size"),
-    ("model.image_embed_dim=-32", "model"),
-    ("model.text_num_heads=5", "model"),
+    ("model.image_embed_dim=-32", "model.image_embed_dim"),
+    ("model.text_num_heads=5", "model"),  # the error names text_embed_dim too: the section
     (NO_RATIOS, "data.ratios"),
     ("data.ratios.pairs=inf", "data.ratios"),  # was a traceback after the vocabulary was learnt
     ("pretraining.ignore_index=-1", "pretraining.ignore_index"),  # the collator's is -100: a step-1 traceback
@@ -169,7 +171,7 @@ FLAVA_ONLY = [
     ("data.min_mask_block=7", "data.min_mask_block"),  # > num_masked_patches (6): masked almost nothing
     ("data.max_text_length=1", "data.max_text_length"),
     ("data.vocab=/nowhere/vocab.txt", "data.vocab"),
-    ("codebook.hidden_dim=0", "codebook"),
+    ("codebook.hidden_dim=0", "codebook.hidden_dim"),
     ("codebook.pretrained=/nowhere/dvae.pt", "codebook.pretrained"),  # was a traceback after the vocabulary
     ("codebook.pretrained={files}/garbage.safetensors", "codebook.pretrained"),
     ("model.pretrained={files}/garbage.safetensors", "model.pretrained"),  # was a traceback after the vocabulary
@@ -202,13 +204,13 @@ FLAVA_ONLY = [
         "data.files.pairs_captions",
     ),
     # accepted, and trained a model whose output is a constant, or image losses that are always 0
-    ("model.dropout=1.0", "model"),
-    ("pretraining.image_vocab_size=1", "pretraining"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("pretraining.image_vocab_size=1", "pretraining.image_vocab_size"),
     # sizes past this machine's memory: an allocator's traceback once the run had started
     ("model.projection_dim=1000000000000", "model"),
     ("pretraining.image_vocab_size=1000000000000", "pretraining"),
     ("model.multimodal_num_layers=1000000000000", "model"),  # the check's meta build ran until killed
-    ("pretraining.pretrained=/nowhere/flava", "pretraining"),  # was a FileNotFoundError traceback
+    ("pretraining.pretrained=/nowhere/flava", "pretraining.pretrained"),  # was a FileNotFoundError traceback
     # one pair per micro-batch: a contrastive loss of 0 at every step (no negatives)
     (("training.global_batch_size=8", "training.grad_accumulation=8"), "training.global_batch_size"),
     ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
@@ -232,7 +234,7 @@ CLIP_ONLY = [
     ("model.vision_heads=5", "model"),
     ("model.embed_dim=1000000000000", "model"),  # past this machine's memory: was an allocator's traceback
     ("model.vision_layers=1000000000000", "model"),  # the check's meta build ran until killed
-    ("model.patch_size=0", "model"),
+    ("model.patch_size=0", "model.patch_size"),
     ("data.max_text_length=100", "data.max_text_length"),
     ("model.context_length=0", "model.context_length"),  # was 'data.max_text_length': expected in [2, 0]
     ("data.shapes.num_pairs=0", "data.shapes.num_pairs"),
@@ -828,3 +830,31 @@ def test_the_captions_keys_are_refused_naming_the_key_at_fault(recipe, overrides
         module.main(_config(recipe, overrides, files, out))
     assert str(caught.value) == message.format(files=files)
     assert not out.exists()
+
+
+def test_clip_class_names_the_tokenizer_reads_as_one_name_data_class_names(tmp_path):
+    """examples/clip/finetune.py: ``data.class_names=[Red, red]`` (one prompt once lower-cased) was blamed on
+    ``model.templates``; the names are at fault, nothing written."""
+    from tests.examples.test_clip_finetune import FOLDERS, SHAPES, finetune, write_tiny_clip_export
+
+    export = write_tiny_clip_export(tmp_path / "export")
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "train" / name / "0.png")
+    out = tmp_path / "run"
+    overrides = [f"model.pretrained={export}", f"training.output_dir={out}", *SHAPES, *FOLDERS]
+    overrides += [
+        f"data.train={tmp_path / 'train'}",
+        f"data.val={tmp_path / 'train'}",
+        "data.class_names=[Red, red]",
+        "training.max_steps=3",
+    ]
+    with pytest.raises(ConfigError) as caught:
+        finetune.main(load_config(finetune.FinetuneConfig, overrides))
+    message = str(caught.value)
+    assert message.startswith(
+        "key 'data.class_names': expected class names the checkpoint's tokenizer tells apart (data.class_names, else "
+        "the folder names), got ['Red', 'red'] (class_names must differ in what the tokenizer keeps, got 'Red' and "
+        "'red': "
+    ), message
+    assert "\n" not in message and not out.exists()

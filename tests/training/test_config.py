@@ -500,3 +500,31 @@ def test_a_leading_tilde_in_the_run_paths_is_the_home_directory(tmp_path, monkey
     config = load_config(_Recipe, [f"config={file}"])
     assert config.training.output_dir == str(tmp_path / "runs" / "c") and config.training.resume == "auto"
     assert load_config(_Recipe, ["training.output_dir=runs/~d"]).training.output_dir == "runs/~d"  # only a leading ~
+
+
+def test_a_number_other_than_0_or_1_for_a_boolean_is_refused_naming_the_key(tmp_path):
+    """OmegaConf reads any nonzero number as true: ``training.compile=2`` compiled the model, silently."""
+    with pytest.raises(ConfigError) as error:
+        load_config(_Task, ["data.shuffle=2"])
+    assert (
+        str(error.value) == "override 'data.shuffle=2': key 'data.shuffle': expected a boolean (true or false), got 2"
+    )
+    with pytest.raises(ConfigError, match=r"^override 'data.shuffle=\"-1\"': key 'data.shuffle': expected a boolean"):
+        load_config(_Task, ['data.shuffle="-1"'])
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  shuffle: 7\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(_Task, [f"config={path}"])
+    assert str(error.value) == f"config file '{path}': key 'data.shuffle': expected a boolean (true or false), got 7"
+    with pytest.raises(ConfigError, match=r"^override 'training.compile=2': key 'training.compile': expected a bool"):
+        load_config(_RecipeTraining, ["training.compile=2"])
+    # the YAML spellings, OmegaConf's y/n and 0 and 1 read as before
+    for written, read in [("yes", True), ("no", False), ("on", True), ("off", False), ("true", True), ("False", False)]:
+        assert load_config(_Task, [f"data.shuffle={written}"]).data.shuffle is read
+    for written, read in [("y", True), ("n", False), ("1", True), ("0", False), ('"1"', True)]:
+        assert load_config(_Task, [f"data.shuffle={written}"]).data.shuffle is read
+
+
+@dataclass
+class _RecipeTraining:
+    training: TrainingConfig = field(default_factory=TrainingConfig)

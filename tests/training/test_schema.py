@@ -16,6 +16,7 @@ from torchflava.training.config import ConfigError
 from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
+    learnt_vocabulary,
     lr_multipliers_check,
     memory_check,
     meta_build_checks,
@@ -433,3 +434,60 @@ def test_a_vocabulary_the_data_will_shrink_is_not_refused_for_a_pad_token_id_pas
     _validated("flava", ["data.vocab_size=1000000000000", "model.pad_token_id=20"], tmp_path, calls)
     assert calls == [10**12, 21, "heads", "heads"]
     assert [smallest_vocab(), smallest_vocab(3), smallest_vocab(20, None, -1, "7", 40.0)] == [16, 16, 21]
+
+
+def test_a_grad_accumulation_no_step_can_hold_names_that_key_not_max_steps(tmp_path):
+    """10^12 micro-batches a step was blamed on training.max_steps (the product of the two past its bound)."""
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), max_steps=8, global_batch_size=8, grad_accumulation=10**12)
+    with pytest.raises(ConfigError) as error:
+        raise_on_failed_checks(training_checks(t, OptimConfig(warmup_steps=1), 1))
+    assert str(error.value) == (
+        "key 'training.grad_accumulation': expected in [1, 16,777,216] (a micro-batch holds an example; a step at "
+        "most 16,777,216), got 1000000000000"
+    )
+    t = TrainingConfig(
+        output_dir=str(tmp_path / "run"), max_steps=10**6, global_batch_size=1000, grad_accumulation=1000
+    )
+    with pytest.raises(ConfigError, match=r"^key 'training.max_steps': expected at most 100,000,000 micro-batches"):
+        raise_on_failed_checks(training_checks(t, OptimConfig(warmup_steps=1), 1))
+
+
+def test_a_builder_error_naming_one_argument_names_its_key():
+    """A section's builder error was the section's key ('pretraining' for pretraining.pretrained=bogus)."""
+
+    def failing(message):
+        def build():
+            raise ValueError(message)
+
+        return build
+
+    arguments = {"pretrained": "bogus", "embed_dim": 32, "num_heads": 5, "num_layers": 2, "activation": "gelu"}
+    for message, key in [
+        ("checkpoint not found: bogus", "pretraining.pretrained"),  # its value
+        ("flava_model: embed_dim must be >= 1, got -32", "pretraining.embed_dim"),  # its name
+        ("embed_dim must be a multiple of num_heads = 5, got 32", "pretraining"),  # two: either may be at fault
+        ("transformer_encoder: layers must be >= 1, got 0", "pretraining"),  # none
+        ("bogus_dir/embed_dim.txt is missing", "pretraining"),  # neither a word nor the whole value
+        ("activation must be one of ('gelu', 'relu'), got 'gelu2'", "pretraining.activation"),  # name and value: one
+    ]:
+        checks = meta_build_checks("pretraining", failing(message), arguments=arguments)
+        assert checks[0] == (False, key, "arguments its builder accepts", message), message
+    assert meta_build_checks("model", failing("embed_dim must be >= 1"))[0][1] == "model"  # no arguments given
+
+
+def test_a_vocabulary_size_too_small_for_the_text_names_data_vocab_size():
+    from torchflava.data.tokenizer import WordPieceTokenizer
+
+    with pytest.raises(ConfigError) as error:
+        learnt_vocabulary(lambda: WordPieceTokenizer.train(["a red square", "a blue circle"], vocab_size=16))
+    assert str(error.value) == (  # a, b, c, d, e, i, l, q, r, s, u
+        "key 'data.vocab_size': expected at least 27 for this text (5 special tokens and its 11 characters, each also "
+        "as a ## continuation), got 16"
+    )
+
+    def no_text():
+        raise ValueError("vocab: none given and the data holds no text to learn a vocabulary from")
+
+    with pytest.raises(ValueError, match="^vocab: none given") as error:  # another fault: left to data.vocab's key
+        learnt_vocabulary(no_text)
+    assert not isinstance(error.value, ConfigError)

@@ -73,6 +73,7 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
             got = "nothing (empty, or only comments)" if top in (None, {}) else f"a {type(top).__name__} {top!r:.60}"
             raise ConfigError(f"config: {file!r} must hold a mapping of sections at the top level, got {got}")
         _refuse_booleans_as_text(schema, top, f"config file {file!r}")
+        _refuse_numbers_as_booleans(schema, top, f"config file {file!r}")
         _keep_text_as_written(schema, loaded, yaml.compose(text))
         merged = _merge(merged, loaded, f"config file {file!r}")
     for override in overrides:  # one at a time, so an error names the override at fault
@@ -81,6 +82,7 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         except Exception as error:  # YAML syntax errors come in several types
             raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_error(error)})") from None
         _refuse_booleans_as_text(schema, OmegaConf.to_container(parsed), f"override {override!r}")
+        _refuse_numbers_as_booleans(schema, OmegaConf.to_container(parsed), f"override {override!r}")
         _keep_override_text_as_written(schema, parsed, override)
         _clear_replaced_mapping(merged, parsed, override.split("=", 1)[0])
         merged = _merge(merged, parsed, f"override {override!r}")
@@ -203,6 +205,31 @@ def _refuse_booleans_as_text(schema: type, raw: object, where: str, prefix: str 
                     f"{where}: key '{key}': expected text (quote yes, no, on, off, true and false in YAML: \"yes\"), "
                     f"got the boolean {found[0]}"
                 )
+
+
+def _refuse_numbers_as_booleans(schema: type, raw: object, where: str, prefix: str = "") -> None:
+    """ConfigError naming the key if ``raw`` (as YAML parsed it) gives a number other than 0 or 1 (or its text)
+    where ``schema`` takes a boolean: OmegaConf reads any nonzero number as true (``training.compile=2`` compiled,
+    silently). The YAML spellings (true, false, yes, no, on, off) and 0 and 1 read as before."""
+    if not (dataclasses.is_dataclass(schema) and isinstance(raw, dict)):
+        return
+    hints = get_type_hints(schema)
+    for name, value in raw.items():
+        kind, key = hints.get(name), f"{prefix}{name}"
+        if kind is None:
+            continue
+        section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
+        if section is not None:
+            _refuse_numbers_as_booleans(section, value, where, f"{key}.")
+        elif bool in _flat_types(kind) and not _flat_types(kind) & {int, float, str}:
+            number = value if isinstance(value, int) and not isinstance(value, bool) else None
+            if isinstance(value, str):
+                try:
+                    number = int(value.strip())
+                except ValueError:  # (a spelling OmegaConf reads, or refuses naming the key)
+                    pass
+            if number is not None and number not in (0, 1):
+                raise ConfigError(f"{where}: key '{key}': expected a boolean (true or false), got {value!r}")
 
 
 def _flat_types(kind: object) -> set:

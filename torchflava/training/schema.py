@@ -13,9 +13,10 @@ import json
 import math
 import os
 from pathlib import Path
+import re
 import sys
 import tempfile
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Type, TypeVar, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Type, TypeVar, Union
 
 import torch
 from torch import nn
@@ -194,6 +195,12 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             f"{t.output_dir} ({output_fault})" if output_fault else t.output_dir,
         ),
         (t.max_steps >= 1, "training.max_steps", ">= 1", t.max_steps),
+        (  # (a step's micro-batches hold an example each, so more than a step's examples: named before the product)
+            accumulation_ok and t.grad_accumulation <= MAX_GLOBAL_BATCH,
+            "training.grad_accumulation",
+            f"in [1, {MAX_GLOBAL_BATCH:,}] (a micro-batch holds an example; a step at most {MAX_GLOBAL_BATCH:,})",
+            t.grad_accumulation,
+        ),
         (
             t.max_steps * max(t.grad_accumulation, 1) <= MAX_MICRO_BATCHES,
             "training.max_steps",
@@ -201,7 +208,6 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             f"{t.grad_accumulation}; the data keeps a few bytes a micro-batch)",
             t.max_steps,
         ),
-        (accumulation_ok, "training.grad_accumulation", ">= 1", t.grad_accumulation),
         (
             t.global_batch_size > 0 and t.global_batch_size % unit == 0,
             "training.global_batch_size",
@@ -423,7 +429,11 @@ def smallest_vocab(*token_ids: object) -> int:
 
 
 def meta_build_checks(
-    key: str, build: Callable[[], nn.Module], *, smallest: Optional[Callable[[], nn.Module]] = None
+    key: str,
+    build: Callable[[], nn.Module],
+    *,
+    smallest: Optional[Callable[[], nn.Module]] = None,
+    arguments: Optional[Mapping[str, object]] = None,
 ) -> list[tuple]:
     """The checks of a builder section, from one build on the meta device (no memory, no init work): that
     ``build()`` succeeds (every size and choice checked by the builder itself), then that the parameters and
@@ -436,6 +446,9 @@ def meta_build_checks(
     in their place (unless its builder refuses it), so that only sizes that cannot be built are refused, not a
     large ``data.vocab_size`` the data will shrink.
 
+    ``arguments``: the section's values by argument name; a builder's error that names one of them alone
+    (its name, or a text value of it: a path not found) is the key ``<key>.<argument>``, else ``key``.
+
     Returns:
         list[tuple]: the two ``(ok, key, expected, got)`` checks for :func:`raise_on_failed_checks`.
     """
@@ -443,7 +456,11 @@ def meta_build_checks(
         module = _built_on_meta(build)
     except BUILD_ERRORS as error:
         got = str(error).splitlines()[0] if str(error) else repr(error)
-        return [(False, key, "arguments its builder accepts", got), (True, key, "", None)]
+        named = _named_argument(got, arguments or {})
+        return [
+            (False, f"{key}.{named}" if named else key, "arguments its builder accepts", got),
+            (True, key, "", None),
+        ]
     size = lambda m: sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))  # noqa: E731
     memory = host_memory_bytes()
     if memory is not None and size(module) > memory and smallest is not None:
@@ -460,6 +477,19 @@ def meta_build_checks(
             f"{sum(p.numel() for p in module.parameters()):,} parameters ({size(module) / 2**30:,.1f} GiB)",
         ),
     ]
+
+
+def _named_argument(message: str, arguments: Mapping[str, object]) -> Optional[str]:
+    """The one argument of ``arguments`` that ``message`` names, as a whole word or by its text value as a
+    whole token (``checkpoint not found: bogus``); None where it names none or several (``text_embed_dim must be
+    a multiple of text_num_heads``: either may be at fault)."""
+    named = {
+        name
+        for name, value in arguments.items()
+        if re.search(rf"(?<![\w./-]){re.escape(name)}(?![\w/-]|\.\w)", message)  # (not in a path)
+        or (isinstance(value, str) and value and re.search(rf"(?<![\w./-]){re.escape(value)}(?![\w/-])", message))
+    }
+    return named.pop() if len(named) == 1 else None
 
 
 def memory_check(key: str, build: Callable[[], nn.Module]) -> tuple:
@@ -605,6 +635,24 @@ def path_check(key: str, value: Optional[str], kind: str) -> tuple:
     except OSError as error:  # a name the OS refuses: a component longer than its limit, say
         return (False, key, PATH_KINDS[kind], f"{value} ({error.strerror or first_line(error)})")
     return (ok, key, PATH_KINDS[kind], value)
+
+
+def learnt_vocabulary(learn: Callable[[], T]) -> T:
+    """``learn()``, a run's tokenizer (learnt from its text where ``data.vocab`` is null): a ``vocab_size`` too
+    small for the text's characters (the tokenizer's ValueError names ``vocab_size``) is a ConfigError naming
+    ``data.vocab_size``, saying what the text needs (it was blamed on ``data.vocab``); other errors pass on.
+
+    Raises:
+        ConfigError: as above.
+    """
+    try:
+        return learn()
+    except ValueError as error:
+        text = first_line(error)
+        if isinstance(error, ConfigError) or not text.startswith("vocab_size must be "):
+            raise
+        needed, _, got = text.removeprefix("vocab_size must be ").rpartition(", got ")
+        raise ConfigError(f"key 'data.vocab_size': expected {needed}, got {got}") from None
 
 
 def vocab_checks(
