@@ -183,11 +183,9 @@ def _keep_override_text_as_written(schema: type, parsed, override: str) -> None:
     _keep_text_as_written(schema, parsed, node)
 
 
-def _refuse_booleans_as_text(schema: type, raw: object, where: str, prefix: str = "") -> None:
-    """ConfigError naming the key if ``raw`` (a file's or an override's values, as YAML parsed them) gives a
-    boolean where ``schema`` takes text: YAML reads ``yes``, ``no``, ``on``, ``off`` unquoted as true and
-    false, which OmegaConf then turns into the text 'True' and 'False' (VQA's answers yes and no became
-    labels no answer matched: every target zero, silently)."""
+def _typed_leaves(schema: type, raw: object, prefix: str = ""):
+    """``(key, kinds, value)`` for each value of ``raw`` (a file's or an override's values, as YAML parsed them)
+    that ``schema`` (a config dataclass) types, through its nested sections; ``kinds`` as :func:`_flat_types`."""
     if not (dataclasses.is_dataclass(schema) and isinstance(raw, dict)):
         return
     hints = get_type_hints(schema)
@@ -197,8 +195,18 @@ def _refuse_booleans_as_text(schema: type, raw: object, where: str, prefix: str 
             continue
         section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
         if section is not None:
-            _refuse_booleans_as_text(section, value, where, f"{key}.")
-        elif str in _flat_types(kind) and bool not in _flat_types(kind):
+            yield from _typed_leaves(section, value, f"{key}.")
+        else:
+            yield key, _flat_types(kind), value
+
+
+def _refuse_booleans_as_text(schema: type, raw: object, where: str) -> None:
+    """ConfigError naming the key if ``raw`` (a file's or an override's values, as YAML parsed them) gives a
+    boolean where ``schema`` takes text: YAML reads ``yes``, ``no``, ``on``, ``off`` unquoted as true and
+    false, which OmegaConf then turns into the text 'True' and 'False' (VQA's answers yes and no became
+    labels no answer matched: every target zero, silently)."""
+    for key, kinds, value in _typed_leaves(schema, raw):
+        if str in kinds and bool not in kinds:
             found = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, bool)]
             if found:
                 raise ConfigError(
@@ -207,21 +215,12 @@ def _refuse_booleans_as_text(schema: type, raw: object, where: str, prefix: str 
                 )
 
 
-def _refuse_numbers_as_booleans(schema: type, raw: object, where: str, prefix: str = "") -> None:
+def _refuse_numbers_as_booleans(schema: type, raw: object, where: str) -> None:
     """ConfigError naming the key if ``raw`` (as YAML parsed it) gives a number other than 0 or 1 (or its text)
     where ``schema`` takes a boolean: OmegaConf reads any nonzero number as true (``training.compile=2`` compiled,
     silently). The YAML spellings (true, false, yes, no, on, off) and 0 and 1 read as before."""
-    if not (dataclasses.is_dataclass(schema) and isinstance(raw, dict)):
-        return
-    hints = get_type_hints(schema)
-    for name, value in raw.items():
-        kind, key = hints.get(name), f"{prefix}{name}"
-        if kind is None:
-            continue
-        section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
-        if section is not None:
-            _refuse_numbers_as_booleans(section, value, where, f"{key}.")
-        elif bool in _flat_types(kind) and not _flat_types(kind) & {int, float, str}:
+    for key, kinds, value in _typed_leaves(schema, raw):
+        if bool in kinds and not kinds & {int, float, str}:
             number = value if isinstance(value, int) and not isinstance(value, bool) else None
             if isinstance(value, str):
                 try:
