@@ -540,9 +540,14 @@ def test_downloads_are_cached_by_the_whole_url_and_revalidated(tmp_path, monkeyp
         _assert_same(load_state_dict(url), second)
         _write(tmp_path / "a" / "model.safetensors", third, age_s=200)  # an older copy put back (cp -p)
         _assert_same(load_state_dict(url), third)
-        _write(tmp_path / "a" / "model.safetensors", first, age_s=0)  # served in the second it changed
+        # served in the second it changed, and changed again in it: the same Last-Modified and length. The date
+        # is set ahead of the server's clock (a weak date however long the serving takes: written "now", the test
+        # failed on a busy machine once the write and the serve fell in different seconds)
+        _write(tmp_path / "a" / "model.safetensors", first, age_s=-30)
         _assert_same(load_state_dict(url), first)
-        save_file(second, str(tmp_path / "a" / "model.safetensors"))  # ... and changed again in it
+        stamp = (tmp_path / "a" / "model.safetensors").stat().st_mtime
+        save_file(second, str(tmp_path / "a" / "model.safetensors"))
+        os.utime(tmp_path / "a" / "model.safetensors", (stamp, stamp))
         _assert_same(load_state_dict(url), second)  # a weak date is not trusted: downloaded again
         _Recorded.failing[:] = [503]
         with pytest.warns(UserWarning, match="HTTP Error 503.*using the copy downloaded before"):
@@ -554,6 +559,7 @@ def test_downloads_are_cached_by_the_whole_url_and_revalidated(tmp_path, monkeyp
         with pytest.raises(ValueError, match="checkpoint URLs must be .*ASCII"):
             load_state_dict(f"{base_a}/modèle.safetensors")
     finally:
+        _Recorded.failing.clear()  # (class-level: a failure above must not answer the next test's first request)
         for server in (server_a, server_b):
             server.shutdown()
             server.server_close()
