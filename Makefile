@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt setup.py | cksum | cut -d' ' -f1)
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k packing -x".
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`, a test file to a worker, one torch thread each (tests/conftest.py):
+# two keep both cores of the CI machine busy while one waits on a recipe process. 0 runs in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: venv test lint format train train-clip finetune-clip evaluate bench clean
 
@@ -23,7 +26,7 @@ $(STAMP): requirements/dev-lock.txt requirements/peers-nodeps.txt setup.py
 	touch $@
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Format and lint (ruff.toml); `make format` rewrites the files in place.
 lint: $(STAMP)

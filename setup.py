@@ -37,7 +37,14 @@ setup(
         "data": ["pillow>=10", "tokenizers>=0.19", "webdataset>=0.2.86", "fsspec>=2023.1"],
         "recipes": ["omegaconf>=2.3", "pyyaml>=6", "tqdm>=4.66", "matplotlib>=3.8", "fvcore>=0.1.5"],
         "tensorboard": ["tensorboard>=2.15"],
-        "test": ["pytest>=8", "expecttest>=0.2", "transformers>=4.40,<5", "scikit-image>=0.22", "torchvision>=0.19"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "expecttest>=0.2",
+            "transformers>=4.40,<5",
+            "scikit-image>=0.22",
+            "torchvision>=0.19",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
