@@ -29,7 +29,7 @@ from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, peek_state_dict
-from torchflava.utils.checks import host_memory_bytes, is_prompt_template
+from torchflava.utils.checks import host_memory_bytes, is_prompt_template, usable_cores
 
 T = TypeVar("T")
 
@@ -136,7 +136,7 @@ FINISHED_RUN_ENTRIES = ("model", "report.json")
 
 # The most intra-op threads training.threads may ask for: torch takes a C int (10^12 was an overflow traceback once
 # the run had started), and a pool of 10^9 threads would not start.
-MAX_THREADS = max(1024, os.cpu_count() or 1)
+MAX_THREADS = max(1024, usable_cores())
 
 
 # The most examples a step may take over all ranks: the fine-tuning recipes' samplers draw a step's indices
