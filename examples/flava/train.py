@@ -42,7 +42,6 @@ from torchflava.data.streaming import (
     StreamingBatches,
     StreamingConfig,
     broken_stream_message,
-    num_workers_check,
     shard_texts,
     streaming_checks,
 )
@@ -415,7 +414,6 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             ),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
-            num_workers_check(d.num_workers),
             # its header and config read, no tensor data; a resume needs none (main checks it for a new run)
             pretrained_check(cfg.model) if cfg.training.resume == "none" else (True, "model.pretrained", "", None),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, LOGIT_SCALE_MAX),

@@ -136,6 +136,9 @@ STREAMING = [
     ((*STREAMED, "data.files.pairs_shards={files}/shards/p-{{0..2}}.tar"), "data.files.pairs_shards"),  # no p-2
     ((*STREAMED, TWO_SHARDS, "data.num_workers=3"), "data.files.pairs_shards"),  # 3 slots, 2 shards
     ((*STREAMED, TWO_SHARDS, "data.num_workers=-1"), "data.num_workers"),
+    ("data.num_workers=-1", "data.num_workers"),  # (not streamed: streaming_checks names it for both sources)
+    ("data.num_workers=1000000", "data.num_workers"),
+    ((*STREAMED, TWO_SHARDS, "data.num_workers=1000000"), "data.num_workers"),
     ((*STREAMED, "data.files.pairs_shards={files}/not_a.tar"), "data.files.pairs_shards"),  # no readable shard
 ]
 TOO_LONG = "/tmp/" + "x" * 300  # a path component past the OS limit: OSError from Path.exists, not False

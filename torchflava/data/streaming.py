@@ -565,7 +565,8 @@ def streaming_checks(
 ) -> list[tuple]:
     """The checks of a recipe's ``data.streaming`` section against ``data.source``,
     ``data.files.pairs_shards`` and ``data.num_workers``, as ``(ok, key, expected, got)`` tuples: put
-    them before the shard path checks. Without streaming, shards that only a stream reads (URLs,
+    them before the shard path checks. ``data.num_workers`` is bounded here whatever the source (the recipes'
+    one check of it: :func:`num_workers_check`). Without streaming, shards that only a stream reads (URLs,
     brace patterns, ``.tar.gz``) are refused with a pointer to ``data.streaming.enabled``, and so are
     ``shuffle_buffer`` and ``resampled`` set to other than their defaults (nothing would read them)."""
     key = "data.files.pairs_shards"
