@@ -231,15 +231,9 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             t.threads,
         ),
         (
-            t.collective_timeout_s is None or 0 < t.collective_timeout_s < math.inf,
+            t.collective_timeout_s is None or 0 < t.collective_timeout_s <= MAX_COLLECTIVE_TIMEOUT_S,
             "training.collective_timeout_s",
-            "null or a finite number of seconds > 0",
-            t.collective_timeout_s,
-        ),
-        (
-            t.collective_timeout_s is None or not t.collective_timeout_s > MAX_COLLECTIVE_TIMEOUT_S,
-            "training.collective_timeout_s",
-            f"null or at most {MAX_COLLECTIVE_TIMEOUT_S:,} seconds (about 31 years)",
+            f"null or a number of seconds in (0, {MAX_COLLECTIVE_TIMEOUT_S:,}] (at most about 31 years)",
             t.collective_timeout_s,
         ),
         (o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a finite number > 0", o.lr),
