@@ -250,6 +250,24 @@ def test_an_lr_multiplier_past_one_over_lr_times_weight_decay_is_a_config_error_
     raise_on_failed_checks(training_checks(t, o, world_size=1))
 
 
+@pytest.mark.parametrize("lr, weight_decay", [(0.5, 2.0), (0.25, 4.0)])
+def test_the_base_rate_and_each_multiplier_meet_one_decay_bound(tmp_path, lr, weight_decay):
+    """optim.weight_decay (the base rate's factor, 1) and optim.lr_multipliers share one rule: lr x factor x
+    weight_decay < 1. At lr x weight_decay = 1 the first is refused; below it, a factor is refused at the bound."""
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, max_steps=10)
+    at_one = OptimConfig(lr=lr, weight_decay=weight_decay, warmup_steps=0)
+    with pytest.raises(ConfigError, match=r"^key 'optim.weight_decay': expected less than 1 / optim.lr "):
+        raise_on_failed_checks(training_checks(t, at_one, world_size=1))
+    below = OptimConfig(lr=lr, weight_decay=weight_decay / 2, warmup_steps=0, lr_multipliers={"head": 1.999})
+    raise_on_failed_checks(training_checks(t, below, world_size=1))  # (bound 2)
+    below.lr_multipliers = {"head": 2.0}
+    with pytest.raises(ConfigError, match=r"^key 'optim.lr_multipliers': expected factors below .* \(2\): "):
+        raise_on_failed_checks(training_checks(t, below, world_size=1))
+    # a product that underflows to 0 decays nothing: any factor passes (the bound was a ZeroDivisionError)
+    tiny = OptimConfig(lr=1e-200, weight_decay=1e-200, warmup_steps=0, lr_multipliers={"head": 1e12})
+    raise_on_failed_checks(training_checks(t, tiny, world_size=1))
+
+
 def _first_letters(texts, *, max_length):
     """A tokenizer of one id per character, cut to ``max_length`` ids (a start id and an end id among them)."""
     rows = [[1, *(ord(c) for c in text)][: max_length - 1] + [2] for text in texts]

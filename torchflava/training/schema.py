@@ -161,10 +161,7 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     (a zero divisor, say): every key gets the one-line config error instead.
     """
     accumulation_ok = t.grad_accumulation >= 1
-    # the largest learning-rate factor AdamW's decay takes (lr x factor x weight_decay < 1; the factors' other
-    # checks, a number >= 0 each, are lr_multipliers_check's)
-    decay_ok = o.lr > 0 and math.isfinite(o.lr) and 0 < o.weight_decay < math.inf
-    factor_bound = 1 / (o.lr * o.weight_decay) if decay_ok else math.inf
+    factor_bound = _decay_factor_bound(o)  # (the factors' other checks, a number >= 0 each: lr_multipliers_check's)
     factors = [f for f in o.lr_multipliers.values() if isinstance(f, (int, float)) and 0 <= f < math.inf]
     unit = world_size * t.grad_accumulation if accumulation_ok else 1
     try:
@@ -241,7 +238,7 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
         (0 < o.eps < math.inf, "optim.eps", "a finite number > 0", o.eps),
         (0 <= o.weight_decay < math.inf, "optim.weight_decay", "a finite number >= 0", o.weight_decay),
         (
-            not (o.lr > 0 and math.isfinite(o.lr)) or o.lr * o.weight_decay < 1,
+            1 < factor_bound,  # (the base learning rate's factor, 1)
             "optim.weight_decay",
             f"less than 1 / optim.lr ({1 / o.lr if o.lr > 0 else math.inf:g}): AdamW multiplies the weights by "
             "1 - lr x weight_decay each step, which zeroed or flipped them (NaN logits after training)",
@@ -264,6 +261,15 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             o.clip_grad_norm,
         ),
     ]
+
+
+def _decay_factor_bound(o: OptimConfig) -> float:
+    """The learning-rate factor AdamW's decay must stay below, 1 / (optim.lr x optim.weight_decay): it multiplies a
+    group's weights by 1 - lr x factor x weight_decay each step, which at or past it zeroes or flips them. The base
+    learning rate's factor is 1 (optim.weight_decay's check), a module's its optim.lr_multipliers entry. Infinite
+    where lr or weight_decay is no positive finite number (their own checks name those) or their product is 0."""
+    product = o.lr * o.weight_decay if 0 < o.lr < math.inf and 0 < o.weight_decay < math.inf else 0.0
+    return 1 / product if product > 0 else math.inf
 
 
 def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:
