@@ -1006,6 +1006,13 @@ def _set(state: dict, key: str, value) -> dict:
             "window has steps -1 and loss 'x', expected a count >= 0 and a number",
         ),
         (lambda s: _set(s, "window", [1]), "window is not the logged window's sums (steps, loss and parts)"),
+        *(
+            (
+                functools.partial(_set, key="grad_accumulation", value=value),
+                f"grad_accumulation is not a number of micro-batches (an int >= 1), got {value!r}",
+            )
+            for value in ("2", 0, -1, True, 2.0)
+        ),
     ],
 )
 def test_a_malformed_loop_state_is_refused_in_one_line_before_anything_is_written(tmp_path, tamper, fault, capsys):
