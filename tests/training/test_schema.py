@@ -20,6 +20,7 @@ from torchflava.training.schema import (
     lr_multipliers_check,
     memory_check,
     meta_build_checks,
+    norm_eps_check,
     opened,
     pair_file_checks,
     path_check,
@@ -203,16 +204,20 @@ def test_several_processes_with_strategy_none_are_a_config_error_naming_the_key(
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=2))
 
 
-@pytest.mark.parametrize("seconds", [0, -5.0, float("nan"), float("inf")])
-def test_a_collective_timeout_that_is_no_positive_number_is_a_config_error_naming_the_key(tmp_path, seconds):
+COLLECTIVE_TIMEOUT_EXPECTED = (
+    "key 'training.collective_timeout_s': expected null or a number of seconds in [1, 1,000,000,000] (ranks wait for "
+    "each other's steps and checkpoint writes: a shorter timeout fails a healthy run; at most about 31 years)"
+)
+
+
+# (1e-9 and 0.5 were accepted: a run that failed at its first collective)
+@pytest.mark.parametrize("seconds", [0, -5.0, float("nan"), float("inf"), 1e-9, 0.5])
+def test_a_collective_timeout_under_a_second_is_a_config_error_naming_the_key(tmp_path, seconds):
     t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, collective_timeout_s=seconds)
     with pytest.raises(ConfigError) as info:
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
-    assert str(info.value) == (
-        "key 'training.collective_timeout_s': expected null or a number of seconds in (0, 1,000,000,000] (at most "
-        f"about 31 years), got {seconds!r}"
-    )
-    for fine in (None, 0.5, 600):
+    assert str(info.value) == f"{COLLECTIVE_TIMEOUT_EXPECTED}, got {seconds!r}"
+    for fine in (None, 1, 1.0, 600):
         t.collective_timeout_s = fine
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
 
@@ -222,12 +227,38 @@ def test_a_collective_timeout_past_a_timedelta_is_a_config_error_naming_the_key(
     t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, collective_timeout_s=1e14)
     with pytest.raises(ConfigError) as info:
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
-    assert str(info.value) == (
-        "key 'training.collective_timeout_s': expected null or a number of seconds in (0, 1,000,000,000] (at most "
-        "about 31 years), got 100000000000000.0"
-    )
+    assert str(info.value) == f"{COLLECTIVE_TIMEOUT_EXPECTED}, got 100000000000000.0"
     t.collective_timeout_s = 1e9
     raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
+
+
+@pytest.mark.parametrize("eps", [1e12, 0.5, 0.0, -1e-8, float("nan"), float("inf")])
+def test_an_adamw_eps_outside_0_to_a_hundredth_is_a_config_error_naming_the_key(tmp_path, eps):
+    """optim.eps=1e12 was accepted: every update was the gradients' average over 10^12, and the run trained nothing."""
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8)
+    with pytest.raises(ConfigError) as info:
+        raise_on_failed_checks(training_checks(t, OptimConfig(eps=eps), world_size=1))
+    assert str(info.value) == (
+        "key 'optim.eps': expected a number in (0, 0.01] (AdamW divides each update by the gradients' root mean "
+        f"square plus eps: an eps far above that scales the result to about 0), got {eps!r}"
+    )
+    for fine in (1e-8, 1e-6, 1e-2):
+        raise_on_failed_checks(training_checks(t, OptimConfig(eps=fine), world_size=1))
+
+
+def test_a_layer_norm_eps_outside_0_to_a_hundredth_is_refused_naming_the_key():
+    """model.norm_eps (and FLAVA's pretraining.head_norm_eps) of 1e12 were accepted: every LayerNorm's output was
+    about 0 (its input over 10^6)."""
+    for bad in (1e12, 0.5, 0.0, float("nan")):
+        assert norm_eps_check("model.norm_eps", bad) == (
+            False,
+            "model.norm_eps",
+            "a number in (0, 0.01] (a LayerNorm divides by the square root of its input's variance plus eps: an eps "
+            "far above that scales the result to about 0)",
+            bad,
+        )
+    for fine in (None, 1e-12, 1e-5, 1e-2):
+        assert norm_eps_check("pretraining.head_norm_eps", fine)[0]
 
 
 def test_an_lr_multiplier_past_one_over_lr_times_weight_decay_is_a_config_error_naming_the_key(tmp_path):

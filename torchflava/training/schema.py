@@ -152,6 +152,36 @@ MAX_MICRO_BATCHES = 10**8
 # The longest training.collective_timeout_s: about 31 years (a timedelta holds at most 10^9 days: 10^14 seconds was
 # an OverflowError traceback once the process group had started).
 MAX_COLLECTIVE_TIMEOUT_S = 10**9
+# The shortest: ranks wait that long for each other in every step (and for rank 0's checkpoint writes), so a
+# timeout under a second (10^-9 was accepted) fails a healthy run at its first collective.
+MIN_COLLECTIVE_TIMEOUT_S = 1
+
+
+# The largest epsilon a config may give AdamW (optim.eps) or a LayerNorm (a model's norm_eps): published models use
+# 1e-12 to 1e-5 (AdamW 1e-8 to 1e-6). Each is added to a scale it must stay far below (the gradients' root mean
+# square for AdamW, the activations' variance for a LayerNorm): 10^12 was accepted, and made every update (or every
+# normalised output) about 0, a run that trained nothing.
+MAX_EPS = 1e-2
+
+
+def eps_check(key: str, value: Optional[float], divides: str) -> tuple:
+    """A check that the epsilon ``value`` (None passes: the builder's default, or a checkpoint's) of ``key`` lies in
+    (0, :data:`MAX_EPS`]; ``divides`` says what it is added to, for the message.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    expected = f"a number in (0, {MAX_EPS:g}] ({divides}: an eps far above that scales the result to about 0)"
+    return (value is None or 0 < value <= MAX_EPS, key, expected, value)
+
+
+def norm_eps_check(key: str, value: Optional[float]) -> tuple:
+    """:func:`eps_check` of a LayerNorm epsilon (a model section's ``norm_eps``, FLAVA's ``head_norm_eps``).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    return eps_check(key, value, "a LayerNorm divides by the square root of its input's variance plus eps")
 
 
 def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[tuple]:
@@ -228,14 +258,17 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             t.threads,
         ),
         (
-            t.collective_timeout_s is None or 0 < t.collective_timeout_s <= MAX_COLLECTIVE_TIMEOUT_S,
+            t.collective_timeout_s is None
+            or MIN_COLLECTIVE_TIMEOUT_S <= t.collective_timeout_s <= MAX_COLLECTIVE_TIMEOUT_S,
             "training.collective_timeout_s",
-            f"null or a number of seconds in (0, {MAX_COLLECTIVE_TIMEOUT_S:,}] (at most about 31 years)",
+            f"null or a number of seconds in [{MIN_COLLECTIVE_TIMEOUT_S}, {MAX_COLLECTIVE_TIMEOUT_S:,}] (ranks wait "
+            "for each other's steps and checkpoint writes: a shorter timeout fails a healthy run; at most about 31 "
+            "years)",
             t.collective_timeout_s,
         ),
         (o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a finite number > 0", o.lr),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas),
-        (0 < o.eps < math.inf, "optim.eps", "a finite number > 0", o.eps),
+        eps_check("optim.eps", o.eps, "AdamW divides each update by the gradients' root mean square plus eps"),
         (0 <= o.weight_decay < math.inf, "optim.weight_decay", "a finite number >= 0", o.weight_decay),
         (
             1 < factor_bound,  # (the base learning rate's factor, 1)
