@@ -85,6 +85,7 @@ from torchflava.training.schema import (
     logit_scale_check,
     lr_multipliers_check,
     meta_build_checks,
+    norm_eps_check,
     opened,
     opened_pairs,
     pair_file_checks,
@@ -215,6 +216,7 @@ def validate(cfg: TrainConfig, world_size: int, *, resumed: bool = False) -> Opt
             rendered_size_check("data.shapes.image_size", d.shapes.image_size),
             contrastive_batch_check(t),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, MAX_LOGIT_SCALE),
+            norm_eps_check("model.norm_eps", m.norm_eps),
             # (before data.max_text_length's range, [2, context], which a context below 2 empties: it was blamed)
             (
                 m.context_length is None or m.context_length >= 2,

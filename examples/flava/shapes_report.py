@@ -72,9 +72,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     }
     write_json(run / "shapes_report.json", report, allow_nan=True)
     print(f"held-out shapes, {scenes} scenes, 30 colour-shape classes:")
-    for name in ("zero_shot", "linear_probe", "fine_tuned", "chance"):
+    shown = {name: percent(report[name]) for name in ("zero_shot", "linear_probe", "fine_tuned", "chance")}
+    width = max(map(len, shown.values()))  # (a share takes 4 to 8 characters: 3.3%, 99.996%, 0.00012%)
+    for name, share in shown.items():
         count = f" ({cfg.data.shapes_val} scenes)" if name == "fine_tuned" and cfg.data.shapes_val != scenes else ""
-        print(f"  {name.replace('_', ' '):13s} {percent(report[name]):>6s}{count}")
+        print(f"  {name.replace('_', ' '):13s} {share:>{width}s}{count}")
     return report
 
 

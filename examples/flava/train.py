@@ -42,7 +42,6 @@ from torchflava.data.streaming import (
     StreamingBatches,
     StreamingConfig,
     broken_stream_message,
-    num_workers_check,
     shard_texts,
     streaming_checks,
 )
@@ -72,6 +71,7 @@ from torchflava.training.schema import (
     logit_scale_check,
     lr_multipliers_check,
     meta_build_checks,
+    norm_eps_check,
     opened,
     opened_pairs,
     pair_file_checks,
@@ -415,10 +415,11 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
             ),
             (d.vocab_size >= 16, "data.vocab_size", ">= 16 (5 special tokens and the characters)", d.vocab_size),
             *vocab_checks(d.vocab, d.vocab_training_texts, read_vocabulary),
-            num_workers_check(d.num_workers),
             # its header and config read, no tensor data; a resume needs none (main checks it for a new run)
             pretrained_check(cfg.model) if cfg.training.resume == "none" else (True, "model.pretrained", "", None),
             logit_scale_check("model.logit_scale_init", m.logit_scale_init, LOGIT_SCALE_MAX),
+            norm_eps_check("model.norm_eps", m.norm_eps),
+            norm_eps_check("pretraining.head_norm_eps", cfg.pretraining.head_norm_eps),
         ]
         # the contrastive loss runs on the pair batches
         + (

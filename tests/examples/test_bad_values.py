@@ -103,6 +103,8 @@ SHARED = [
     (("training.max_steps=20000000", "training.grad_accumulation=8"), "training.max_steps"),
     ("optim.lr=-1", "optim.lr"),
     ("optim.eps=0", "optim.eps"),
+    ("optim.eps=1e12", "optim.eps"),  # every update about 0: a run that trained nothing
+    ("training.collective_timeout_s=1e-9", "training.collective_timeout_s"),  # failed at the first collective
     ("optim.weight_decay=1e12", "optim.weight_decay"),  # lr x weight_decay >= 1: NaN weights, a traceback
     ("optim.clip_grad_norm=-1", "optim.clip_grad_norm"),
     ("optim.betas=[0.9,1.5]", "optim.betas"),
@@ -136,6 +138,9 @@ STREAMING = [
     ((*STREAMED, "data.files.pairs_shards={files}/shards/p-{{0..2}}.tar"), "data.files.pairs_shards"),  # no p-2
     ((*STREAMED, TWO_SHARDS, "data.num_workers=3"), "data.files.pairs_shards"),  # 3 slots, 2 shards
     ((*STREAMED, TWO_SHARDS, "data.num_workers=-1"), "data.num_workers"),
+    ("data.num_workers=-1", "data.num_workers"),  # (not streamed: streaming_checks names it for both sources)
+    ("data.num_workers=1000000", "data.num_workers"),
+    ((*STREAMED, TWO_SHARDS, "data.num_workers=1000000"), "data.num_workers"),
     ((*STREAMED, "data.files.pairs_shards={files}/not_a.tar"), "data.files.pairs_shards"),  # no readable shard
 ]
 TOO_LONG = "/tmp/" + "x" * 300  # a path component past the OS limit: OSError from Path.exists, not False
@@ -214,6 +219,9 @@ FLAVA_ONLY = [
     # one pair per micro-batch: a contrastive loss of 0 at every step (no negatives)
     (("training.global_batch_size=8", "training.grad_accumulation=8"), "training.global_batch_size"),
     ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
+    # every LayerNorm's output about 0 (its input over 10^6)
+    ("model.norm_eps=1e12", "model.norm_eps"),
+    ("pretraining.head_norm_eps=1e12", "pretraining.head_norm_eps"),
 ]
 # data settings that were silently ignored: files under data.source=shapes, or both forms of pairs; the
 # shapes world's seed on files, and the sample a vocabulary is learnt from with data.vocab read (the keys no
@@ -252,6 +260,7 @@ CLIP_ONLY = [
     ((FILES, "data.files.pairs_captions={files}/missing_images.tsv"), "data.files.pairs_root"),  # relative paths
     ((FILES, "data.files.pairs_root={files}", "data.files.pairs_captions=/nowhere.jsonl"), "data.files.pairs_captions"),
     ("model.logit_scale_init=1000", "model.logit_scale_init"),  # a NaN loss at the first step
+    ("model.norm_eps=1e12", "model.norm_eps"),  # every LayerNorm's output about 0
     (
         (FILES, "data.files.pairs_root={files}", "data.files.pairs_captions={files}/captions.txt"),
         "data.files.pairs_captions",

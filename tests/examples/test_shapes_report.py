@@ -81,25 +81,44 @@ def test_the_probe_and_the_fine_tuning_score_as_many_held_out_scenes_as_the_zero
         script.main(["--run", str(run)])
 
 
-def test_a_3000_class_chance_and_a_99_96_percent_accuracy_are_printed_as_they_are(tmp_path, monkeypatch, capsys):
-    """The report printed one decimal: a chance of 1/3000 read 0.0% and an accuracy of 0.9996 100.0%. Every share is
-    now printed by torchflava.evaluation.percent."""
+def _printed_table(tmp_path, monkeypatch, capsys, zero_shot, probe, tuned, chance) -> list[str]:
+    """The four lines of shares the script prints for a run with these shares (probe and fine-tuning stubbed)."""
     run = tmp_path / "run"
     write_tiny_export(run / "model")
-    eval_report = {"zero_shot_accuracy": 0.5, "zero_shot_chance": 1 / 3000, "test_items": 120}
+    eval_report = {"zero_shot_accuracy": zero_shot, "zero_shot_chance": chance, "test_items": 120}
     (run / "report.json").write_text(json.dumps({"eval": eval_report}))
     script = _script()
     finetune = script._finetune_module()
     monkeypatch.setattr(
-        script, "probe_shapes", lambda pretrained, num_test: types.SimpleNamespace(test_accuracy=0.9996, l2=0.1)
+        script, "probe_shapes", lambda pretrained, num_test: types.SimpleNamespace(test_accuracy=probe, l2=0.1)
     )
-    monkeypatch.setattr(finetune, "main", lambda cfg: {"validation": {"accuracy": 0.99996}})
+    monkeypatch.setattr(finetune, "main", lambda cfg: {"validation": {"accuracy": tuned}})
     monkeypatch.setattr(script, "_finetune_module", lambda: finetune)
     capsys.readouterr()
     script.main(["--run", str(run)])
-    assert capsys.readouterr().out.splitlines()[-4:] == [
-        "  zero shot      50.0%",
-        "  linear probe  99.96%",
+    return capsys.readouterr().out.splitlines()[-4:]
+
+
+def test_a_3000_class_chance_and_a_99_96_percent_accuracy_are_printed_as_they_are(tmp_path, monkeypatch, capsys):
+    """The report printed one decimal: a chance of 1/3000 read 0.0% and an accuracy of 0.9996 100.0%. Every share is
+    now printed by torchflava.evaluation.percent, right-aligned in one column."""
+    assert _printed_table(tmp_path, monkeypatch, capsys, 0.5, 0.9996, 0.99996, 1 / 3000) == [
+        "  zero shot       50.0%",
+        "  linear probe   99.96%",
         "  fine tuned    99.996%",
-        "  chance        0.033%",
+        "  chance         0.033%",
     ]
+
+
+@pytest.mark.parametrize(
+    "shares",
+    [(1.0, 0.998, 0.0, 1 / 30), (0.0, 1.0, 0.9996, 1 / 30), (0.99996, 0.5, 1.0, 1 / 3000), (1.0, 1.0, 1.0, 1.2e-6)],
+)
+def test_the_shares_column_is_aligned_from_0_to_100_percent(tmp_path, monkeypatch, capsys, shares):
+    """The column was six characters wide: '100.0%' and ' 99.8%' aligned, but a seven-character share ('99.996%',
+    '0.0046%') pushed its line one character right of the others."""
+    lines = _printed_table(tmp_path, monkeypatch, capsys, *shares)
+    names = [line[:16] for line in lines]
+    assert names == ["  zero shot     ", "  linear probe  ", "  fine tuned    ", "  chance        "]
+    assert len({len(line) for line in lines}) == 1, lines  # every share ends in one column
+    assert all(line.endswith("%") and line[16:].strip() == line[16:].lstrip() for line in lines), lines

@@ -9,6 +9,7 @@ import json
 import math
 import os
 from pathlib import Path
+import re
 import shutil
 import signal
 import time
@@ -781,7 +782,7 @@ def test_a_file_or_link_named_like_a_checkpoint_is_refused_at_the_start_and_left
 
 
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
-    run(tmp_path / "a", max_steps=2, checkpoint_every=2)
+    run(tmp_path / "a", max_steps=4, checkpoint_every=2)  # (the schedule resumed: the same, checked first)
     training, optim = settings(
         tmp_path / "b", max_steps=4, resume=str(tmp_path / "a" / "checkpoints" / "step_00000002")
     )
@@ -1005,6 +1006,13 @@ def _set(state: dict, key: str, value) -> dict:
             "window has steps -1 and loss 'x', expected a count >= 0 and a number",
         ),
         (lambda s: _set(s, "window", [1]), "window is not the logged window's sums (steps, loss and parts)"),
+        *(
+            (
+                functools.partial(_set, key="grad_accumulation", value=value),
+                f"grad_accumulation is not a number of micro-batches (an int >= 1), got {value!r}",
+            )
+            for value in ("2", 0, -1, True, 2.0)
+        ),
     ],
 )
 def test_a_malformed_loop_state_is_refused_in_one_line_before_anything_is_written(tmp_path, tamper, fault, capsys):
@@ -1978,6 +1986,20 @@ def test_fit_alone_refuses_to_resume_with_another_grad_accumulation(tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # refused before anything is written
     _, result = run(tmp_path / "run", grad_accumulation=2, resume="auto")
     assert result.resumed_from == checkpoint and result.step == 6
+
+
+def test_a_resume_its_loop_state_refuses_loads_no_weights(tmp_path, monkeypatch):
+    """fit compared the recorded grad_accumulation and schedule with the run's only once the whole checkpoint
+    (model and optimiser) had loaded: a refused resume read every weight first, for nothing."""
+    with pytest.raises(Killed):  # checkpoint of step 3, grad_accumulation 2
+        run(tmp_path / "run", grad_accumulation=2, after_step=killed_after(4))
+    monkeypatch.setattr(CheckpointManager, "load", lambda *args, **kwargs: pytest.fail("the weights were loaded"))
+    for change, key in (
+        (dict(grad_accumulation=1), "training.grad_accumulation' (2 -> 1)"),
+        (dict(grad_accumulation=2, max_steps=8), "training.max_steps' (6 -> 8)"),
+    ):
+        with pytest.raises(ConfigError, match=f"^key '{re.escape(key)}: expected the "):
+            run(tmp_path / "run", resume="auto", **change)
 
 
 def test_a_model_away_from_training_device_is_refused_before_any_work(tmp_path, monkeypatch):

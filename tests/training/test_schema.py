@@ -20,6 +20,7 @@ from torchflava.training.schema import (
     lr_multipliers_check,
     memory_check,
     meta_build_checks,
+    norm_eps_check,
     opened,
     pair_file_checks,
     path_check,
@@ -203,15 +204,20 @@ def test_several_processes_with_strategy_none_are_a_config_error_naming_the_key(
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=2))
 
 
-@pytest.mark.parametrize("seconds", [0, -5.0, float("nan"), float("inf")])
-def test_a_collective_timeout_that_is_no_positive_number_is_a_config_error_naming_the_key(tmp_path, seconds):
+COLLECTIVE_TIMEOUT_EXPECTED = (
+    "key 'training.collective_timeout_s': expected null or a number of seconds in [1, 1,000,000,000] (ranks wait for "
+    "each other's steps and checkpoint writes: a shorter timeout fails a healthy run; at most about 31 years)"
+)
+
+
+# (1e-9 and 0.5 were accepted: a run that failed at its first collective)
+@pytest.mark.parametrize("seconds", [0, -5.0, float("nan"), float("inf"), 1e-9, 0.5])
+def test_a_collective_timeout_under_a_second_is_a_config_error_naming_the_key(tmp_path, seconds):
     t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, collective_timeout_s=seconds)
     with pytest.raises(ConfigError) as info:
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
-    assert str(info.value) == (
-        f"key 'training.collective_timeout_s': expected null or a finite number of seconds > 0, got {seconds!r}"
-    )
-    for fine in (None, 0.5, 600):
+    assert str(info.value) == f"{COLLECTIVE_TIMEOUT_EXPECTED}, got {seconds!r}"
+    for fine in (None, 1, 1.0, 600):
         t.collective_timeout_s = fine
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
 
@@ -221,12 +227,38 @@ def test_a_collective_timeout_past_a_timedelta_is_a_config_error_naming_the_key(
     t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, collective_timeout_s=1e14)
     with pytest.raises(ConfigError) as info:
         raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
-    assert str(info.value) == (
-        "key 'training.collective_timeout_s': expected null or at most 1,000,000,000 seconds (about 31 years), "
-        "got 100000000000000.0"
-    )
+    assert str(info.value) == f"{COLLECTIVE_TIMEOUT_EXPECTED}, got 100000000000000.0"
     t.collective_timeout_s = 1e9
     raise_on_failed_checks(training_checks(t, OptimConfig(), world_size=1))
+
+
+@pytest.mark.parametrize("eps", [1e12, 0.5, 0.0, -1e-8, float("nan"), float("inf")])
+def test_an_adamw_eps_outside_0_to_a_hundredth_is_a_config_error_naming_the_key(tmp_path, eps):
+    """optim.eps=1e12 was accepted: every update was the gradients' average over 10^12, and the run trained nothing."""
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8)
+    with pytest.raises(ConfigError) as info:
+        raise_on_failed_checks(training_checks(t, OptimConfig(eps=eps), world_size=1))
+    assert str(info.value) == (
+        "key 'optim.eps': expected a number in (0, 0.01] (AdamW divides each update by the gradients' root mean "
+        f"square plus eps: an eps far above that scales the result to about 0), got {eps!r}"
+    )
+    for fine in (1e-8, 1e-6, 1e-2):
+        raise_on_failed_checks(training_checks(t, OptimConfig(eps=fine), world_size=1))
+
+
+def test_a_layer_norm_eps_outside_0_to_a_hundredth_is_refused_naming_the_key():
+    """model.norm_eps (and FLAVA's pretraining.head_norm_eps) of 1e12 were accepted: every LayerNorm's output was
+    about 0 (its input over 10^6)."""
+    for bad in (1e12, 0.5, 0.0, float("nan")):
+        assert norm_eps_check("model.norm_eps", bad) == (
+            False,
+            "model.norm_eps",
+            "a number in (0, 0.01] (a LayerNorm divides by the square root of its input's variance plus eps: an eps "
+            "far above that scales the result to about 0)",
+            bad,
+        )
+    for fine in (None, 1e-12, 1e-5, 1e-2):
+        assert norm_eps_check("pretraining.head_norm_eps", fine)[0]
 
 
 def test_an_lr_multiplier_past_one_over_lr_times_weight_decay_is_a_config_error_naming_the_key(tmp_path):
@@ -247,6 +279,24 @@ def test_an_lr_multiplier_past_one_over_lr_times_weight_decay_is_a_config_error_
     # without weight decay nothing is multiplied: any factor passes here
     o.weight_decay = 0.0
     raise_on_failed_checks(training_checks(t, o, world_size=1))
+
+
+@pytest.mark.parametrize("lr, weight_decay", [(0.5, 2.0), (0.25, 4.0)])
+def test_the_base_rate_and_each_multiplier_meet_one_decay_bound(tmp_path, lr, weight_decay):
+    """optim.weight_decay (the base rate's factor, 1) and optim.lr_multipliers share one rule: lr x factor x
+    weight_decay < 1. At lr x weight_decay = 1 the first is refused; below it, a factor is refused at the bound."""
+    t = TrainingConfig(output_dir=str(tmp_path / "run"), global_batch_size=8, max_steps=10)
+    at_one = OptimConfig(lr=lr, weight_decay=weight_decay, warmup_steps=0)
+    with pytest.raises(ConfigError, match=r"^key 'optim.weight_decay': expected less than 1 / optim.lr "):
+        raise_on_failed_checks(training_checks(t, at_one, world_size=1))
+    below = OptimConfig(lr=lr, weight_decay=weight_decay / 2, warmup_steps=0, lr_multipliers={"head": 1.999})
+    raise_on_failed_checks(training_checks(t, below, world_size=1))  # (bound 2)
+    below.lr_multipliers = {"head": 2.0}
+    with pytest.raises(ConfigError, match=r"^key 'optim.lr_multipliers': expected factors below .* \(2\): "):
+        raise_on_failed_checks(training_checks(t, below, world_size=1))
+    # a product that underflows to 0 decays nothing: any factor passes (the bound was a ZeroDivisionError)
+    tiny = OptimConfig(lr=1e-200, weight_decay=1e-200, warmup_steps=0, lr_multipliers={"head": 1e12})
+    raise_on_failed_checks(training_checks(t, tiny, world_size=1))
 
 
 def _first_letters(texts, *, max_length):

@@ -133,3 +133,21 @@ def test_require_reads_values_but_not_on_the_meta_device():
     require(torch.tensor(True), lambda: "never built", "never built")
     with pytest.raises(ValueError, match=r"^x must be positive, got -1$"):
         require(torch.tensor(-1) > 0, lambda: "x must be positive, got -1", "x must be positive")
+
+
+def test_usable_cores_counts_this_process_affinity_else_the_machine(monkeypatch):
+    """One count of the cores for every bound that depends on it (data.num_workers, training.threads)."""
+    import os
+
+    from torchflava.data import streaming
+    from torchflava.training import schema
+    from torchflava.utils.checks import usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    assert streaming.USABLE_CORES == usable_cores() and streaming.MAX_NUM_WORKERS == max(32, 4 * usable_cores())
+    assert schema.MAX_THREADS == max(1024, usable_cores())
+    monkeypatch.delattr(os, "sched_getaffinity")  # (not on every OS)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert usable_cores() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # (the machine's count unknown)
+    assert usable_cores() == 1

@@ -87,7 +87,7 @@ from torchflava.data.readers import (
     text_member,
 )
 from torchflava.data.samples import BadSample, Sample
-from torchflava.utils.checks import check_int
+from torchflava.utils.checks import check_int, usable_cores
 
 # Opened with fsspec; pipe: and CURL_SCHEMES as commands (:class:`ShardCommand`); every other scheme
 # (none: a local path; file:, ...) with webdataset's gopen.
@@ -536,15 +536,7 @@ def broken_stream_message(error: BrokenStream, shards: object) -> str:
 _COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz")
 
 
-def _usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, as torch's loader counts them), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # (not on every OS)
-        return os.cpu_count() or 1
-
-
-USABLE_CORES = _usable_cores()
+USABLE_CORES = usable_cores()
 # The most loader worker processes a recipe's rank may start (data.num_workers): each is a process with its own copy
 # of the data pipeline, and torch's loader warns past the cores it may use; 100000 forked until the machine died.
 MAX_NUM_WORKERS = max(32, 4 * USABLE_CORES)
@@ -573,7 +565,8 @@ def streaming_checks(
 ) -> list[tuple]:
     """The checks of a recipe's ``data.streaming`` section against ``data.source``,
     ``data.files.pairs_shards`` and ``data.num_workers``, as ``(ok, key, expected, got)`` tuples: put
-    them before the shard path checks. Without streaming, shards that only a stream reads (URLs,
+    them before the shard path checks. ``data.num_workers`` is bounded here whatever the source (the recipes'
+    one check of it: :func:`num_workers_check`). Without streaming, shards that only a stream reads (URLs,
     brace patterns, ``.tar.gz``) are refused with a pointer to ``data.streaming.enabled``, and so are
     ``shuffle_buffer`` and ``resampled`` set to other than their defaults (nothing would read them)."""
     key = "data.files.pairs_shards"

@@ -554,6 +554,10 @@ def _fit(
     if resume_from is not None and states is None:
         states = read_loop_states(resume_from)
     compared = start is not None  # start_run compared the configs: a recipe's resume may change the schedule
+    if resume_from is not None:  # what the saved loop state alone refuses, before the model is wrapped or loaded
+        if not compared:
+            _check_schedule(Path(resume_from), states[0], _schedule(t, optim))
+        _check_accumulation(Path(resume_from), states[0], accumulation)
     if t.activation_checkpointing != "none":
         set_activation_checkpointing(model, t.activation_checkpointing)
     if t.compile:
@@ -567,9 +571,6 @@ def _fit(
         start, skipped, position = _resume(
             checkpoints, resume_from, states, wrapped, optimizer, scheduler, streamed=streamed
         )
-        if not compared:  # (after the checkpoint's own faults, before anything is written)
-            _check_schedule(Path(resume_from), states[0], _schedule(t, optim))
-        _check_accumulation(Path(resume_from), states[0], accumulation)
         window = _Window.from_state(states[0].get("window"))  # global values: rank 0's, as every rank's
         if streamed:  # checked before anything in the run directory is moved or rewritten
             _restore_position(data, position, resume_from)

@@ -29,7 +29,7 @@ from torchflava.training.distributed import STRATEGIES, wrap_model
 from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, peek_state_dict
-from torchflava.utils.checks import host_memory_bytes, is_prompt_template
+from torchflava.utils.checks import host_memory_bytes, is_prompt_template, usable_cores
 
 T = TypeVar("T")
 
@@ -136,7 +136,7 @@ FINISHED_RUN_ENTRIES = ("model", "report.json")
 
 # The most intra-op threads training.threads may ask for: torch takes a C int (10^12 was an overflow traceback once
 # the run had started), and a pool of 10^9 threads would not start.
-MAX_THREADS = max(1024, os.cpu_count() or 1)
+MAX_THREADS = max(1024, usable_cores())
 
 
 # The most examples a step may take over all ranks: the fine-tuning recipes' samplers draw a step's indices
@@ -152,6 +152,36 @@ MAX_MICRO_BATCHES = 10**8
 # The longest training.collective_timeout_s: about 31 years (a timedelta holds at most 10^9 days: 10^14 seconds was
 # an OverflowError traceback once the process group had started).
 MAX_COLLECTIVE_TIMEOUT_S = 10**9
+# The shortest: ranks wait that long for each other in every step (and for rank 0's checkpoint writes), so a
+# timeout under a second (10^-9 was accepted) fails a healthy run at its first collective.
+MIN_COLLECTIVE_TIMEOUT_S = 1
+
+
+# The largest epsilon a config may give AdamW (optim.eps) or a LayerNorm (a model's norm_eps): published models use
+# 1e-12 to 1e-5 (AdamW 1e-8 to 1e-6). Each is added to a scale it must stay far below (the gradients' root mean
+# square for AdamW, the activations' variance for a LayerNorm): 10^12 was accepted, and made every update (or every
+# normalised output) about 0, a run that trained nothing.
+MAX_EPS = 1e-2
+
+
+def eps_check(key: str, value: Optional[float], divides: str) -> tuple:
+    """A check that the epsilon ``value`` (None passes: the builder's default, or a checkpoint's) of ``key`` lies in
+    (0, :data:`MAX_EPS`]; ``divides`` says what it is added to, for the message.
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    expected = f"a number in (0, {MAX_EPS:g}] ({divides}: an eps far above that scales the result to about 0)"
+    return (value is None or 0 < value <= MAX_EPS, key, expected, value)
+
+
+def norm_eps_check(key: str, value: Optional[float]) -> tuple:
+    """:func:`eps_check` of a LayerNorm epsilon (a model section's ``norm_eps``, FLAVA's ``head_norm_eps``).
+
+    Returns:
+        tuple: ``(ok, key, expected, got)`` for :func:`raise_on_failed_checks`.
+    """
+    return eps_check(key, value, "a LayerNorm divides by the square root of its input's variance plus eps")
 
 
 def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[tuple]:
@@ -161,10 +191,7 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
     (a zero divisor, say): every key gets the one-line config error instead.
     """
     accumulation_ok = t.grad_accumulation >= 1
-    # the largest learning-rate factor AdamW's decay takes (lr x factor x weight_decay < 1; the factors' other
-    # checks, a number >= 0 each, are lr_multipliers_check's)
-    decay_ok = o.lr > 0 and math.isfinite(o.lr) and 0 < o.weight_decay < math.inf
-    factor_bound = 1 / (o.lr * o.weight_decay) if decay_ok else math.inf
+    factor_bound = _decay_factor_bound(o)  # (the factors' other checks, a number >= 0 each: lr_multipliers_check's)
     factors = [f for f in o.lr_multipliers.values() if isinstance(f, (int, float)) and 0 <= f < math.inf]
     unit = world_size * t.grad_accumulation if accumulation_ok else 1
     try:
@@ -231,23 +258,20 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             t.threads,
         ),
         (
-            t.collective_timeout_s is None or 0 < t.collective_timeout_s < math.inf,
+            t.collective_timeout_s is None
+            or MIN_COLLECTIVE_TIMEOUT_S <= t.collective_timeout_s <= MAX_COLLECTIVE_TIMEOUT_S,
             "training.collective_timeout_s",
-            "null or a finite number of seconds > 0",
-            t.collective_timeout_s,
-        ),
-        (
-            t.collective_timeout_s is None or not t.collective_timeout_s > MAX_COLLECTIVE_TIMEOUT_S,
-            "training.collective_timeout_s",
-            f"null or at most {MAX_COLLECTIVE_TIMEOUT_S:,} seconds (about 31 years)",
+            f"null or a number of seconds in [{MIN_COLLECTIVE_TIMEOUT_S}, {MAX_COLLECTIVE_TIMEOUT_S:,}] (ranks wait "
+            "for each other's steps and checkpoint writes: a shorter timeout fails a healthy run; at most about 31 "
+            "years)",
             t.collective_timeout_s,
         ),
         (o.lr > 0 and math.isfinite(o.lr), "optim.lr", "a finite number > 0", o.lr),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas),
-        (0 < o.eps < math.inf, "optim.eps", "a finite number > 0", o.eps),
+        eps_check("optim.eps", o.eps, "AdamW divides each update by the gradients' root mean square plus eps"),
         (0 <= o.weight_decay < math.inf, "optim.weight_decay", "a finite number >= 0", o.weight_decay),
         (
-            not (o.lr > 0 and math.isfinite(o.lr)) or o.lr * o.weight_decay < 1,
+            1 < factor_bound,  # (the base learning rate's factor, 1)
             "optim.weight_decay",
             f"less than 1 / optim.lr ({1 / o.lr if o.lr > 0 else math.inf:g}): AdamW multiplies the weights by "
             "1 - lr x weight_decay each step, which zeroed or flipped them (NaN logits after training)",
@@ -270,6 +294,15 @@ def training_checks(t: TrainingConfig, o: OptimConfig, world_size: int) -> list[
             o.clip_grad_norm,
         ),
     ]
+
+
+def _decay_factor_bound(o: OptimConfig) -> float:
+    """The learning-rate factor AdamW's decay must stay below, 1 / (optim.lr x optim.weight_decay): it multiplies a
+    group's weights by 1 - lr x factor x weight_decay each step, which at or past it zeroes or flips them. The base
+    learning rate's factor is 1 (optim.weight_decay's check), a module's its optim.lr_multipliers entry. Infinite
+    where lr or weight_decay is no positive finite number (their own checks name those) or their product is 0."""
+    product = o.lr * o.weight_decay if 0 < o.lr < math.inf and 0 < o.weight_decay < math.inf else 0.0
+    return 1 / product if product > 0 else math.inf
 
 
 def resume_point(checkpoints: CheckpointManager, resume: str) -> Optional[Path]:

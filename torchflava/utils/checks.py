@@ -259,6 +259,15 @@ def host_memory_bytes() -> Optional[int]:
         return None
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as torch's loader counts them); the machine's where the
+    OS does not say (no ``sched_getaffinity``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (not on every OS)
+        return os.cpu_count() or 1
+
+
 def check_fits_in_memory(owner: str, num_params: int, sizes: Mapping[str, int]) -> None:
     """ValueError naming ``owner`` and its ``sizes`` if ``num_params`` weights would not fit in this
     machine's memory, when built there (the default device is the CPU): a mistyped size
