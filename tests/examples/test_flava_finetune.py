@@ -1555,3 +1555,46 @@ def test_a_run_started_with_a_key_its_task_does_not_read_resumes_with_it_at_its_
     shapes = finetune.FinetuneConfig(data=finetune.FinetuneDataConfig(task="shapes"))
     with pytest.raises(finetune.ConfigError, match=r"^key 'data.image_size' \(32 -> 64\): expected the values"):
         check_resume_config(tmp_path / "config.yaml", shapes)
+
+
+@pytest.mark.parametrize("task", ["image_folder", "shapes"])
+def test_a_text_length_for_an_image_task_is_refused_but_the_one_a_run_records_loads(export, tmp_path, task):
+    """data.max_text_length was accepted for the image tasks, which read no text: set, and ignored. It is refused as
+    the other keys a task does not read are; null and the length every run records (128, at most the checkpoint's
+    32 text positions) still load, so that a run's config.yaml (config=<run>/config.yaml) resumes."""
+    files = [f"data.train={two_class_folder(tmp_path / 'classes')}", f"data.val={tmp_path / 'classes'}"]
+    base = [f"model.pretrained={export}", f"training.output_dir={tmp_path / 'run'}", f"data.task={task}"]
+    base += files if task == "image_folder" else []
+    for length in ("null", "32"):
+        cfg = load_config(finetune.FinetuneConfig, [*base, f"data.max_text_length={length}"])
+        finetune.resolve_defaults(cfg, finetune.validate(cfg, 1))
+        assert cfg.data.max_text_length == 32  # (what its config.yaml records)
+    with pytest.raises(finetune.ConfigError) as refused:
+        finetune.validate(load_config(finetune.FinetuneConfig, [*base, "data.max_text_length=16"]), 1)
+    assert str(refused.value) == (
+        f"key 'data.max_text_length': expected its default, null (or 32, which a run records), since data.task={task} "
+        "does not read it (only data.task=glue or data.task=image_text does), got 16"
+    )
+
+
+def test_an_image_run_recorded_with_a_text_length_it_never_read_resumes(export, tmp_path):
+    """A shapes run started with data.max_text_length=16 (accepted then, ignored) could not be resumed: the length is
+    refused now, and the resume refused the checkpoint's 16 against the resolved 32. The image tasks trained nothing
+    with it: any recorded length resumes; a text task's is still compared."""
+    from torchflava.training.config import check_resume_config, save_config
+
+    base = [f"model.pretrained={export}", f"training.output_dir={tmp_path / 'run'}"]
+    for task, ok in (("shapes", True), ("glue", False)):
+        files = [] if task == "shapes" else [*_glue_files(tmp_path, ["neg", "pos"]), "data.labels=[neg,pos]"]
+        old = load_config(finetune.FinetuneConfig, [*base, *files, f"data.task={task}", "data.max_text_length=16"])
+        finetune.resolve_defaults(old, 32)
+        save_config(old, tmp_path / "config.yaml")
+        cfg = load_config(finetune.FinetuneConfig, [*base, *files, f"data.task={task}"])
+        positions = finetune.validate(cfg, 1)
+        finetune.resolve_defaults(cfg, positions)
+        assert check_resume_config(tmp_path / "config.yaml", cfg) == []  # (the recipe compares the length)
+        if ok:
+            finetune.text_length_resume_check(tmp_path / "config.yaml", cfg, positions)
+        else:
+            with pytest.raises(finetune.ConfigError, match=r"^key 'data.max_text_length' \(16 -> 32\): expected the"):
+                finetune.text_length_resume_check(tmp_path / "config.yaml", cfg, positions)
