@@ -68,7 +68,7 @@ from torchflava.data.finetuning import (
     unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
-from torchflava.data.run_checks import resumed_data_checks
+from torchflava.data.run_checks import absolute_data_paths, resumed_data_checks
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
@@ -131,6 +131,9 @@ class ModelConfig:
     templates: Optional[list[str]] = None
 
 
+DATA_PATHS = ("train", "val")  # the data keys naming folders
+
+
 @dataclass
 class DataConfig:
     task: str = "image_folder"  # image_folder (class sub-folders) | shapes
@@ -147,7 +150,7 @@ class DataConfig:
     crop_scale_min: Optional[float] = None
 
     def __post_init__(self) -> None:
-        expand_user_paths(self, ("train", "val"))  # a leading ~, as a shell expands it
+        expand_user_paths(self, DATA_PATHS)  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -629,6 +632,8 @@ def main(cfg: FinetuneConfig) -> dict:
         record = run_record(config)
         recorded = None if record is None else recorded_zero_shot(record)
         validate(config, world_size, recorded=recorded)
+        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same folders
+        absolute_data_paths(config.data, DATA_PATHS, resumed_run_records(config.training, ("config.yaml",)))
         resolve_defaults(config)  # before start_run compares the config with a resumed one's and records it
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point

@@ -39,7 +39,7 @@ from torchflava.data.finetuning import (
     unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
-from torchflava.data.run_checks import resumed_data_checks
+from torchflava.data.run_checks import absolute_data_paths, resumed_data_checks
 from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
 from torchflava.evaluation.metrics import percent, prediction_metrics, predictions_and_targets
@@ -98,6 +98,9 @@ DEFAULT_TEXT_LENGTH = 128  # data.max_text_length's null, at most the checkpoint
 MAX_LISTED_LABELS = 10  # the integer labels a refusal shows (data.labels=[...])
 
 
+DATA_PATHS = ("train", "val", "extra_val", "image_root")  # the data keys naming files or folders
+
+
 @dataclass
 class FinetuneDataConfig:
     task: str = "glue"  # glue (TSV) | image_folder | image_text (jsonl + images) | shapes (built in)
@@ -127,7 +130,7 @@ class FinetuneDataConfig:
     image_size: int = 64  # shapes rendering size
 
     def __post_init__(self) -> None:
-        expand_user_paths(self, ("train", "val", "extra_val", "image_root"))  # a leading ~, as a shell expands it
+        expand_user_paths(self, DATA_PATHS)  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -749,6 +752,8 @@ def main(cfg: FinetuneConfig) -> dict:
         records = run_records(config)
         recorded = None if records is None else recorded_backbone(records)
         positions = validate(config, world_size, recorded=recorded)
+        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
+        absolute_data_paths(config.data, DATA_PATHS, resumed_run_records(config.training, ("config.yaml",)))
         resolve_defaults(config, positions)  # before start_run compares the config with a resumed one's and records it
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point

@@ -1598,3 +1598,33 @@ def test_an_image_run_recorded_with_a_text_length_it_never_read_resumes(export, 
         else:
             with pytest.raises(finetune.ConfigError, match=r"^key 'data.max_text_length' \(16 -> 32\): expected the"):
                 finetune.text_length_resume_check(tmp_path / "config.yaml", cfg, positions)
+
+
+def test_relative_data_paths_are_recorded_absolute_so_a_resume_elsewhere_reads_the_run_s_files(
+    export, tmp_path, monkeypatch
+):
+    """A run started with relative data paths recorded them as typed: resumed from another working directory holding
+    files of the same names and sizes (other labels here), it trained on those without a word. They are recorded
+    absolute: the same relative override from there is refused naming data.train, and config=<run>/config.yaml
+    resumes the run on its own files from any directory."""
+    for place, labels in (("a", ["neg", "pos"]), ("b", ["pos", "neg"])):
+        (tmp_path / place).mkdir()
+        _glue_files(tmp_path / place, labels)
+    relative = ["data.task=glue", "data.train=train.tsv", "data.val=dev.tsv", "data.labels=[neg,pos]"]
+    relative += ["training.max_steps=3", "training.checkpoint_every=2", "optim.warmup_steps=0"]
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    stop_fit_after(monkeypatch, finetune, 3)  # after step 3: the last checkpoint is step 2's
+    with pytest.raises(Killed):
+        _run(export, run, *relative)
+    monkeypatch.undo()
+    saved = (run / "config.yaml").read_text()
+    assert f"train: {tmp_path / 'a' / 'train.tsv'}\n" in saved and f"val: {tmp_path / 'a' / 'dev.tsv'}\n" in saved
+    monkeypatch.chdir(tmp_path / "b")
+    was, now = (re.escape(str(tmp_path / place / "train.tsv")) for place in ("a", "b"))
+    with pytest.raises(finetune.ConfigError, match=rf"^key 'data.train' \('{was}' -> '{now}'\): expected the values"):
+        _run(export, run, *relative, "training.resume=auto")
+    report = finetune.main(
+        load_config(finetune.FinetuneConfig, [f"config={run / 'config.yaml'}", "training.resume=auto"])
+    )
+    assert report["steps"] == 3 and f"train: {tmp_path / 'a' / 'train.tsv'}\n" in (run / "config.yaml").read_text()
