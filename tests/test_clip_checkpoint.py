@@ -176,7 +176,9 @@ def test_open_clip_weights_state_their_sizes_and_no_end_token(tmp_path):
     lone.mkdir()  # only 64 wide, so these widths' are given)
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, lone / "weights.safetensors")
     heads = dict(vision_heads=4, text_heads=3)
-    checkpoint = read_clip_checkpoint(lone / "weights.safetensors", given=heads)
+    checkpoint = read_clip_checkpoint(
+        lone / "weights.safetensors", given=dict(heads, activation="quick_gelu")
+    )  # (nor it)
     assert checkpoint.weights == lone / "weights.safetensors" and checkpoint.directory == lone
     sizes = {k: v for k, v in expected.items() if k not in ("vision_heads", "text_heads", "activation")}
     assert checkpoint.stated == sizes
@@ -223,7 +225,7 @@ def test_openai_torchscript_archive_loads_as_open_clip_computes_with_its_fp16_we
 
 def test_hugging_face_weights_alone_need_their_config_or_an_activation(hf_clip, tmp_path):
     shutil.copy(hf_clip / "model.safetensors", tmp_path / "weights.safetensors")
-    with pytest.raises(ValueError, match="config.json of the Hugging Face-layout weights"):
+    with pytest.raises(ValueError, match="config.json beside the weights .* or activation="):
         read_clip_checkpoint(tmp_path / "weights.safetensors")
     given = dict(activation="quick_gelu", vision_heads=4, text_heads=4)  # (widths of no 64-wide heads)
     checkpoint = read_clip_checkpoint(tmp_path / "weights.safetensors", given=given)

@@ -802,7 +802,7 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
             state dict; its config is read from beside it where there is one); a ``file://`` URL names one.
         given (Optional[dict]): the ``clip_model`` arguments the caller sets (None values: not set);
             a weights file without a config beside it needs ``activation`` among them where its keys
-            are Hugging Face's (only the config tells).
+            are Hugging Face's or open_clip's, but OpenAI's (only the config tells: QuickGELU or GELU).
 
     Returns:
         CLIPCheckpoint: its weights, the ``clip_model`` arguments it states, its tokenizer directory, and
@@ -811,8 +811,8 @@ def read_clip_checkpoint(path: Union[str, os.PathLike], *, given: Optional[dict]
     Raises:
         ValueError: for an http(s) URL (its file is read when it is downloaded, when the model is built;
             and no tokenizer or preprocessing comes with it), a config stating what ``clip_model`` does
-            not build, weights that do not read as a state dict, or Hugging Face-layout weights with
-            neither their ``config.json`` nor ``activation`` given.
+            not build, weights that do not read as a state dict, or Hugging Face- or open_clip-layout weights
+            (not OpenAI's) with neither their config nor ``activation`` given.
         FileNotFoundError: if ``path`` does not exist, or is a torchflava export without a tokenizer or
             an open_clip directory without its weights.
         TypeError: if ``path`` is not a str or os.PathLike.

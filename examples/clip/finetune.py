@@ -68,7 +68,7 @@ from torchflava.data.finetuning import (
     unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
-from torchflava.data.run_checks import resumed_data_checks
+from torchflava.data.run_checks import absolute_data_paths, resumed_data_checks
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
@@ -131,6 +131,9 @@ class ModelConfig:
     templates: Optional[list[str]] = None
 
 
+DATA_PATHS = ("train", "val")  # the data keys naming folders
+
+
 @dataclass
 class DataConfig:
     task: str = "image_folder"  # image_folder (class sub-folders) | shapes
@@ -147,7 +150,7 @@ class DataConfig:
     crop_scale_min: Optional[float] = None
 
     def __post_init__(self) -> None:
-        expand_user_paths(self, ("train", "val"))  # a leading ~, as a shell expands it
+        expand_user_paths(self, DATA_PATHS)  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -173,9 +176,11 @@ class FinetuneConfig:
         """For a resume, the keys of what the run recorded at its start (:func:`run_record`) and reads instead:
         ``model.pretrained`` (the checkpoint may since have moved, gone, or be named otherwise or null) and the
         probe's ``model.probe_max_items`` and ``model.probe_l2`` (the recorded head is never refitted; a run
-        recorded before the keys existed states none). And the data keys the task does not read (:data:`TASK_KEYS`):
+        recorded before the keys existed states none). And the data keys the task does not read (:data:`TASK_KEYS`),
+        and with ``model.head_init=linear_probe`` ``model.templates`` (its head is the probe's: :func:`_probe_checks`):
         a run started while they were accepted (ignored) resumes with them back at their defaults."""
         unread = {f"data.{name}" for name, tasks in TASK_KEYS.items() if self.data.task not in tasks}
+        unread |= {"model.templates"} if self.model.head_init == "linear_probe" else set()
         if run_record(self) is None:
             return unread
         return {"model.pretrained", "model.probe_max_items", "model.probe_l2"} | unread
@@ -254,7 +259,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
         + [
             (d.task in TASKS, "data.task", f"one of {TASKS} (CLIP fine-tuning classifies images)", d.task),
             (m.head_init in HEAD_INITS, "model.head_init", f"one of {HEAD_INITS}", m.head_init),
-            *_probe_checks(m),
+            *_probe_checks(m, d.task),
             (recorded is not None or m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained),
             (alpha is None or 0 <= alpha <= 1, "eval.wise_ft_alpha", "null or in [0, 1]", alpha),
             (crop is None or 0 < crop <= 1, "data.crop_scale_min", "null or in (0, 1]", crop),
@@ -270,18 +275,33 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
     raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
 
 
-def _probe_checks(m: ModelConfig) -> list[tuple]:
-    """The probe's keys: model.probe_max_items null or an int >= 5 (a fifth held out), read with linear_probe only
-    (its default is ignored otherwise); model.probe_l2 null or a finite number >= 0, and null with another
-    head_init (it would be silently ignored)."""
+def _probe_checks(m: ModelConfig, task: str) -> list[tuple]:
+    """The probe's keys: model.probe_max_items null or an int >= 5 (a fifth held out), model.probe_l2 null or a
+    finite number >= 0; each at its default with another head_init, which fits no probe. And model.templates null (or
+    the task's, which a run records) with linear_probe, whose head is the probe's: no prompt is read. (A key set so
+    was silently ignored.)"""
     items, l2 = m.probe_max_items, m.probe_l2
     number = isinstance(l2, (int, float)) and not isinstance(l2, bool)
     integer = isinstance(items, int) and not isinstance(items, bool)
-    probe_only = f"null, since model.head_init={m.head_init} fits no probe"
+    probe, default_items, prompts = (
+        m.head_init == "linear_probe",
+        ModelConfig().probe_max_items,
+        TASK_TEMPLATES.get(task),
+    )
+    no_probe = f"since model.head_init={m.head_init} fits no probe"
+    templates = None if m.templates is None else list(m.templates)
+    no_prompts = "since model.head_init=linear_probe makes the head of the probe, reading no prompt"
     return [
         (items is None or (integer and items >= 5), "model.probe_max_items", PROBE_ITEMS, items),
+        (probe or items == default_items, "model.probe_max_items", f"its default, {default_items}, {no_probe}", items),
         (l2 is None or (number and 0 <= l2 < math.inf), "model.probe_l2", "null or a finite number >= 0", l2),
-        (l2 is None or m.head_init == "linear_probe", "model.probe_l2", probe_only, l2),
+        (l2 is None or probe, "model.probe_l2", f"null, {no_probe}", l2),
+        (
+            not probe or templates in (None, prompts),
+            "model.templates",
+            f"null (or data.task={task}'s {prompts}, which a run records), {no_prompts}",
+            templates,
+        ),
     ]
 
 
@@ -612,6 +632,8 @@ def main(cfg: FinetuneConfig) -> dict:
         record = run_record(config)
         recorded = None if record is None else recorded_zero_shot(record)
         validate(config, world_size, recorded=recorded)
+        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same folders
+        absolute_data_paths(config.data, DATA_PATHS, resumed_run_records(config.training, ("config.yaml",)))
         resolve_defaults(config)  # before start_run compares the config with a resumed one's and records it
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point

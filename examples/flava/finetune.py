@@ -39,7 +39,7 @@ from torchflava.data.finetuning import (
     unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
-from torchflava.data.run_checks import resumed_data_checks
+from torchflava.data.run_checks import absolute_data_paths, resumed_data_checks
 from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
 from torchflava.evaluation.metrics import percent, prediction_metrics, predictions_and_targets
@@ -98,6 +98,9 @@ DEFAULT_TEXT_LENGTH = 128  # data.max_text_length's null, at most the checkpoint
 MAX_LISTED_LABELS = 10  # the integer labels a refusal shows (data.labels=[...])
 
 
+DATA_PATHS = ("train", "val", "extra_val", "image_root")  # the data keys naming files or folders
+
+
 @dataclass
 class FinetuneDataConfig:
     task: str = "glue"  # glue (TSV) | image_folder | image_text (jsonl + images) | shapes (built in)
@@ -114,8 +117,8 @@ class FinetuneDataConfig:
     # integers are refused then, unless model.loss=mse)
     labels: Optional[list[str]] = None
     columns: Optional[list[str]] = None  # glue: a TSV's column names in order if it has no header row (CoLA)
-    # null: 128, at most the checkpoint's text positions (set so before the run's config is recorded);
-    # a set value must fit those positions
+    # the text tasks' (glue, image_text) tokens per text; null: 128, at most the checkpoint's text positions (set so
+    # before the run's config is recorded, for every task); a set value must fit those positions
     max_text_length: Optional[int] = None
     # null: whether data.text_columns names two columns (a glue sentence pair, encoded as BERT's two segments
     # [CLS] a [SEP] b [SEP] with token types 0 and 1), set so before the run's config is recorded; a set
@@ -127,7 +130,7 @@ class FinetuneDataConfig:
     image_size: int = 64  # shapes rendering size
 
     def __post_init__(self) -> None:
-        expand_user_paths(self, ("train", "val", "extra_val", "image_root"))  # a leading ~, as a shell expands it
+        expand_user_paths(self, DATA_PATHS)  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -220,6 +223,7 @@ TASK_FILES = {"glue": "file", "image_text": "file", "image_folder": "directory"}
 # data.extra_val and data.labels, which the shapes task alone does not read, have their own checks (_unread_checks)
 TASK_KEYS = {
     "image_root": ("image_text",),
+    "max_text_length": ("glue", "image_text"),  # (the image tasks read no text)
     "text_columns": ("glue",),
     "label_column": ("glue",),
     "columns": ("glue",),
@@ -325,7 +329,6 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[dict] =
         + _task_checks(d)
         + _extra_val_checks(d, kind)
         + _unread_checks(d)
-        + (unread_task_key_checks(d, d.task, TASK_KEYS) if d.task in TASKS else [])
     )
     # its config files only (weights are read when it is loaded): a CLIP checkpoint has no FLAVA backbone
     if recorded is None:
@@ -339,7 +342,9 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[dict] =
     backbone_kwargs = layout.kwargs if recorded is None else recorded
     positions = text_positions("flava", backbone_kwargs)
     raise_on_failed_checks(
-        [
+        # (data.max_text_length: what a run records, resolved for every task, accepted too; its config.yaml loads)
+        unread_task_key_checks(d, d.task, TASK_KEYS, recorded={"max_text_length": min(DEFAULT_TEXT_LENGTH, positions)})
+        + [
             (
                 d.max_text_length is None or d.max_text_length <= positions,
                 "data.max_text_length",
@@ -379,13 +384,17 @@ def resolve_defaults(cfg: FinetuneConfig, positions: int) -> None:
 def text_length_resume_check(saved: Path, cfg: FinetuneConfig, positions: int) -> None:
     """Refuse a resumed run whose text length differs from the one the checkpoint trained at. The
     ``saved`` config.yaml may state a length above the checkpoint's text ``positions`` (recorded before
-    the length was resolved, while it was capped silently): that run trained at ``positions``.
+    the length was resolved, while it was capped silently): that run trained at ``positions``. A task that
+    reads no text (image_folder, shapes) trained nothing with it: any length resumes (also one a run set
+    while it was accepted, and ignored, for such a task).
 
     Raises:
         ConfigError: in the training loop's form for a refused resume change, naming data.max_text_length.
     """
     from omegaconf import OmegaConf
 
+    if cfg.data.task not in TASK_KEYS["max_text_length"]:
+        return
     recorded = OmegaConf.select(OmegaConf.load(saved), "data.max_text_length")
     length = cfg.data.max_text_length
     trained_at = positions if isinstance(recorded, int) and recorded > positions else recorded
@@ -743,6 +752,8 @@ def main(cfg: FinetuneConfig) -> dict:
         records = run_records(config)
         recorded = None if records is None else recorded_backbone(records)
         positions = validate(config, world_size, recorded=recorded)
+        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
+        absolute_data_paths(config.data, DATA_PATHS, resumed_run_records(config.training, ("config.yaml",)))
         resolve_defaults(config, positions)  # before start_run compares the config with a resumed one's and records it
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point

@@ -30,3 +30,41 @@ def test_keys_missing_a_kind_are_refused_before_any_check():
 def test_the_evaluation_note_is_given_only_where_the_evaluation_cannot_run():
     assert evaluation_note("files", True).startswith("eval: no evaluation after this run: eval.* scores the held-out")
     assert evaluation_note("files", False) is None and evaluation_note("shapes", True) is None
+
+
+def test_relative_data_paths_are_made_absolute_but_those_a_resumed_run_recorded_relative(tmp_path, monkeypatch):
+    """A run's relative data paths are made absolute against the working directory (what its config.yaml records,
+    so that a resume from another directory reads the run's files or is refused); a path the resumed run recorded
+    relative (before they were recorded absolute) stays as typed, so that it compares equal; absolute paths, URLs,
+    None and other values as they are."""
+    from dataclasses import dataclass, field
+    from typing import Optional
+
+    from torchflava.data.run_checks import absolute_data_paths
+
+    @dataclass
+    class Data:
+        train: Optional[str] = "data/train.tsv"
+        val: Optional[str] = None
+        extra_val: dict = field(default_factory=lambda: {"matched": "dev_m.tsv", "other": "/abs/dev.tsv"})
+        shards: str = "s3://bucket/{000..009}.tar"
+        count: int = 3
+
+    monkeypatch.chdir(tmp_path)
+    names = ("train", "val", "extra_val", "shards", "count")
+    new = Data()
+    absolute_data_paths(new, names)
+    expected = {"matched": str(tmp_path / "dev_m.tsv"), "other": "/abs/dev.tsv"}
+    assert (new.train, new.val, new.extra_val) == (str(tmp_path / "data" / "train.tsv"), None, expected)
+    assert (new.shards, new.count) == ("s3://bucket/{000..009}.tar", 3)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(  # a run from before: train and one set recorded relative
+        "data:\n  train: data/train.tsv\n  extra_val:\n    matched: dev_m.tsv\n"
+    )
+    resumed = Data()
+    absolute_data_paths(resumed, names, tmp_path / "run")
+    assert (resumed.train, resumed.extra_val) == ("data/train.tsv", {"matched": "dev_m.tsv", "other": "/abs/dev.tsv"})
+    (tmp_path / "run" / "config.yaml").write_text(f"data:\n  train: {tmp_path / 'data' / 'train.tsv'}\n")
+    resumed = Data()
+    absolute_data_paths(resumed, names, tmp_path / "run")  # recorded absolute: made so, compared equal
+    assert resumed.train == str(tmp_path / "data" / "train.tsv")

@@ -157,6 +157,46 @@ def test_bad_probe_keys_exit_2_with_one_line_naming_the_key(clip_export, tmp_pat
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
+def test_a_key_the_head_init_does_not_read_is_refused_naming_it(clip_export, tmp_path):
+    """model.templates with model.head_init=linear_probe (its head is the probe's: no prompt is read) and
+    model.probe_max_items with another head_init (no probe is fitted) were accepted and ignored. Each is refused
+    naming the key; null, the default and the task's prompts (which a run records) pass, and a probe run started
+    with prompts of its own resumes without them."""
+    base = [*SHAPES, f"model.pretrained={clip_export}", f"training.output_dir={tmp_path / 'run'}"]
+    lp, task_prompts = ["model.head_init=linear_probe"], list(finetune.TASK_TEMPLATES["shapes"])
+    for overrides, templates in (
+        (lp, None),
+        (lp, task_prompts),
+        ([], ["a photo of a {}."]),
+        (["model.probe_max_items=10000"], None),
+    ):
+        cfg = load_config(finetune.FinetuneConfig, [*base, *overrides])
+        cfg.model.templates = templates
+        finetune.validate(cfg, 1)
+    refused = {
+        "model.templates": (
+            lp,
+            ["a photo of a {}."],
+            f"null (or data.task=shapes's {task_prompts}, which a run records), since model.head_init=linear_probe "
+            "makes the head of the probe, reading no prompt, got ['a photo of a {}.']",
+        ),
+        "model.probe_max_items": (
+            ["model.probe_max_items=500"],
+            None,
+            "its default, 10000, since model.head_init=zero_shot fits no probe, got 500",
+        ),
+    }
+    for key, (overrides, templates, says) in refused.items():
+        cfg = load_config(finetune.FinetuneConfig, [*base, *overrides])
+        cfg.model.templates = templates
+        with pytest.raises(finetune.ConfigError) as error:
+            finetune.validate(cfg, 1)
+        assert str(error.value) == f"key '{key}': expected {says}"
+    probe = load_config(finetune.FinetuneConfig, [*base, *lp])
+    assert "model.templates" in probe.resume_ignored()  # (a run started with prompts of its own, dropped)
+    assert "model.templates" not in load_config(finetune.FinetuneConfig, base).resume_ignored()  # (its head's)
+
+
 def test_two_gloo_processes_fit_the_probe_one_process_fits(clip_export, tmp_path):
     """Each rank reads every other probe item (an unreadable one skipped where it falls); rank 0's probe, given to
     both, is the one process's, and so is the head both record."""

@@ -876,7 +876,15 @@ def test_a_weights_file_of_other_sizes_is_refused_in_one_line_naming_the_key_bef
     hub, bare = open_clip_hub
     out = tmp_path / "run"
     overrides = [f"config={DEBUG}", f"training.output_dir={out}", f"model.pretrained={bare}", f"data.vocab={hub}"]
-    result = run_with_fault("examples/clip/train.py", [*overrides, *FROM_CHECKPOINT, "data.max_text_length=16"])
+    # (the activation first: a lone open_clip file does not tell QuickGELU, which its hub's config says, from GELU)
+    untold = run_with_fault("examples/clip/train.py", [*overrides, *FROM_CHECKPOINT, "data.max_text_length=16"])
+    assert untold.returncode == 2 and untold.stderr == (
+        "error: key 'model.activation': expected a value, which the weights of model.pretrained do not tell "
+        f"(clip_model: expected the open_clip_config.json beside the weights {bare}, or activation= ('quick_gelu' or "
+        "'gelu'), got neither), got null\n"
+    )
+    overrides += [*FROM_CHECKPOINT, "model.activation=quick_gelu"]
+    result = run_with_fault("examples/clip/train.py", [*overrides, "data.max_text_length=16"])
     assert result.returncode == 2, result.stderr[-3000:]
     # the sizes its shapes tell are taken; its width of 32 tells no 64-wide heads: the head count is to set
     assert result.stderr == (
@@ -886,7 +894,7 @@ def test_a_weights_file_of_other_sizes_is_refused_in_one_line_naming_the_key_bef
     assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]  # nothing written
     width = run_with_fault(  # a size the section sets that the weights refute: named by its key
         "examples/clip/train.py",
-        [*overrides, *FROM_CHECKPOINT, "data.max_text_length=16", "model.vision_heads=4", "model.text_heads=3"]
+        [*overrides, "data.max_text_length=16", "model.vision_heads=4", "model.text_heads=3"]
         + ["model.vision_width=768"],
     )
     assert width.returncode == 2, width.stderr[-3000:]

@@ -1555,3 +1555,76 @@ def test_a_run_started_with_a_key_its_task_does_not_read_resumes_with_it_at_its_
     shapes = finetune.FinetuneConfig(data=finetune.FinetuneDataConfig(task="shapes"))
     with pytest.raises(finetune.ConfigError, match=r"^key 'data.image_size' \(32 -> 64\): expected the values"):
         check_resume_config(tmp_path / "config.yaml", shapes)
+
+
+@pytest.mark.parametrize("task", ["image_folder", "shapes"])
+def test_a_text_length_for_an_image_task_is_refused_but_the_one_a_run_records_loads(export, tmp_path, task):
+    """data.max_text_length was accepted for the image tasks, which read no text: set, and ignored. It is refused as
+    the other keys a task does not read are; null and the length every run records (128, at most the checkpoint's
+    32 text positions) still load, so that a run's config.yaml (config=<run>/config.yaml) resumes."""
+    files = [f"data.train={two_class_folder(tmp_path / 'classes')}", f"data.val={tmp_path / 'classes'}"]
+    base = [f"model.pretrained={export}", f"training.output_dir={tmp_path / 'run'}", f"data.task={task}"]
+    base += files if task == "image_folder" else []
+    for length in ("null", "32"):
+        cfg = load_config(finetune.FinetuneConfig, [*base, f"data.max_text_length={length}"])
+        finetune.resolve_defaults(cfg, finetune.validate(cfg, 1))
+        assert cfg.data.max_text_length == 32  # (what its config.yaml records)
+    with pytest.raises(finetune.ConfigError) as refused:
+        finetune.validate(load_config(finetune.FinetuneConfig, [*base, "data.max_text_length=16"]), 1)
+    assert str(refused.value) == (
+        f"key 'data.max_text_length': expected its default, null (or 32, which a run records), since data.task={task} "
+        "does not read it (only data.task=glue or data.task=image_text does), got 16"
+    )
+
+
+def test_an_image_run_recorded_with_a_text_length_it_never_read_resumes(export, tmp_path):
+    """A shapes run started with data.max_text_length=16 (accepted then, ignored) could not be resumed: the length is
+    refused now, and the resume refused the checkpoint's 16 against the resolved 32. The image tasks trained nothing
+    with it: any recorded length resumes; a text task's is still compared."""
+    from torchflava.training.config import check_resume_config, save_config
+
+    base = [f"model.pretrained={export}", f"training.output_dir={tmp_path / 'run'}"]
+    for task, ok in (("shapes", True), ("glue", False)):
+        files = [] if task == "shapes" else [*_glue_files(tmp_path, ["neg", "pos"]), "data.labels=[neg,pos]"]
+        old = load_config(finetune.FinetuneConfig, [*base, *files, f"data.task={task}", "data.max_text_length=16"])
+        finetune.resolve_defaults(old, 32)
+        save_config(old, tmp_path / "config.yaml")
+        cfg = load_config(finetune.FinetuneConfig, [*base, *files, f"data.task={task}"])
+        positions = finetune.validate(cfg, 1)
+        finetune.resolve_defaults(cfg, positions)
+        assert check_resume_config(tmp_path / "config.yaml", cfg) == []  # (the recipe compares the length)
+        if ok:
+            finetune.text_length_resume_check(tmp_path / "config.yaml", cfg, positions)
+        else:
+            with pytest.raises(finetune.ConfigError, match=r"^key 'data.max_text_length' \(16 -> 32\): expected the"):
+                finetune.text_length_resume_check(tmp_path / "config.yaml", cfg, positions)
+
+
+def test_relative_data_paths_are_recorded_absolute_so_a_resume_elsewhere_reads_the_run_s_files(
+    export, tmp_path, monkeypatch
+):
+    """A run started with relative data paths recorded them as typed: resumed from another working directory holding
+    files of the same names and sizes (other labels here), it trained on those without a word. They are recorded
+    absolute: the same relative override from there is refused naming data.train, and config=<run>/config.yaml
+    resumes the run on its own files from any directory."""
+    for place, labels in (("a", ["neg", "pos"]), ("b", ["pos", "neg"])):
+        (tmp_path / place).mkdir()
+        _glue_files(tmp_path / place, labels)
+    relative = ["data.task=glue", "data.train=train.tsv", "data.val=dev.tsv", "data.labels=[neg,pos]"]
+    relative += ["training.max_steps=3", "training.checkpoint_every=2", "optim.warmup_steps=0"]
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    stop_fit_after(monkeypatch, finetune, 3)  # after step 3: the last checkpoint is step 2's
+    with pytest.raises(Killed):
+        _run(export, run, *relative)
+    monkeypatch.undo()
+    saved = (run / "config.yaml").read_text()
+    assert f"train: {tmp_path / 'a' / 'train.tsv'}\n" in saved and f"val: {tmp_path / 'a' / 'dev.tsv'}\n" in saved
+    monkeypatch.chdir(tmp_path / "b")
+    was, now = (re.escape(str(tmp_path / place / "train.tsv")) for place in ("a", "b"))
+    with pytest.raises(finetune.ConfigError, match=rf"^key 'data.train' \('{was}' -> '{now}'\): expected the values"):
+        _run(export, run, *relative, "training.resume=auto")
+    report = finetune.main(
+        load_config(finetune.FinetuneConfig, [f"config={run / 'config.yaml'}", "training.resume=auto"])
+    )
+    assert report["steps"] == 3 and f"train: {tmp_path / 'a' / 'train.tsv'}\n" in (run / "config.yaml").read_text()

@@ -493,19 +493,25 @@ def training_source_key(task: str) -> str:
     return "data.shapes_train" if task == "shapes" else "data.train"
 
 
-def unread_task_key_checks(section: object, task: str, read_by: dict[str, Sequence[str]]) -> list[tuple]:
+def unread_task_key_checks(
+    section: object, task: str, read_by: dict[str, Sequence[str]], *, recorded: Optional[dict] = None
+) -> list[tuple]:
     """A fine-tuning recipe's ``(ok, key, expected, got)`` checks that the data keys the task ``task`` does not read
     hold their defaults: ``read_by`` maps each key of the data section ``section`` (a dataclass) that only some
     tasks read to those tasks. A key set otherwise for another task (``data.image_size`` or ``data.image_root``
-    for a GLUE task) was silently ignored, the run trained as if it were not set.
+    for a GLUE task) was silently ignored, the run trained as if it were not set. ``recorded`` maps a key whose
+    null default the recipe resolves for every task (``data.max_text_length``) to the value it resolves it to, also
+    accepted: a run records that value in its config.yaml, which must still load.
     """
-    defaults = type(section)()
+    defaults, recorded = type(section)(), recorded or {}
     checks = []
     for name, tasks in read_by.items():
         value, default = getattr(section, name), getattr(defaults, name)
-        if task not in tasks and value != default:
+        if task not in tasks and value != default and (name not in recorded or value != recorded[name]):
             readers = " or ".join(f"data.task={t}" for t in tasks)
             shown = "null" if default is None else repr(default)
+            if name in recorded:
+                shown += f" (or {recorded[name]!r}, which a run records)"
             expected = f"its default, {shown}, since data.task={task} does not read it (only {readers} does)"
             checks.append((False, f"data.{name}", expected, value))
     return checks

@@ -172,7 +172,7 @@ def test_open_clip_vit_b16(tmp_path, open_clip_b16, suffix):
     path = tmp_path / f"open_clip{suffix}"
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}
     save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
-    ours = clip_vit_b16(pretrained=path)
+    ours = clip_vit_b16(pretrained=path, activation="gelu")  # (open_clip's ViT-B-16: a file alone does not say)
     images = torch.randn(2, 3, 224, 224)
     ids, _ = captions([12, 77, 40], 77)  # open_clip's texts: 77 ids, zeros after the end token
     with torch.no_grad():
@@ -426,7 +426,9 @@ def test_a_hugging_face_weights_file_reads_the_config_json_beside_it(tmp_path):
     lone = tmp_path / "alone"
     lone.mkdir()
     (tmp_path / "model.safetensors").rename(lone / "weights.safetensors")
-    with pytest.raises(ValueError, match=r"expected the config.json of the Hugging Face-layout weights .* got neither"):
+    with pytest.raises(
+        ValueError, match=r"expected the config.json beside the weights .* or activation=.* got neither"
+    ):
         clip_model(pretrained=lone / "weights.safetensors", **SMALL)  # GELU or QuickGELU: nothing says
     assert isinstance(clip_model(pretrained=lone / "weights.safetensors", **SMALL_HF), nn.Module)
 
@@ -720,7 +722,7 @@ def test_a_bare_weights_file_gives_its_own_vocabulary_size_and_context_length(tm
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
     sizes = {k: v for k, v in OPENAI_SMALL.items() if k not in ("vocab_size", "context_length")}
-    arguments = clip_model_arguments(path, **sizes)
+    arguments = clip_model_arguments(path, **sizes, activation="quick_gelu")  # (an open_clip file alone: not told)
     assert (arguments["vocab_size"], arguments["context_length"], arguments["eos_token_id"]) == (99, 16, 98)
     ours = clip_model(pretrained=path, **sizes, activation="quick_gelu").eval()
     ids, _ = captions([5, 16], 16, vocab=99, bos=97, eos=98)
@@ -730,7 +732,39 @@ def test_a_bare_weights_file_gives_its_own_vocabulary_size_and_context_length(tm
     with pytest.raises(
         ValueError, match=rf"^clip_model: expected arguments that match {re.escape(str(path))}, got {clash}"
     ):
-        clip_model(pretrained=path, **sizes, vocab_size=49408, context_length=77)
+        clip_model(pretrained=path, **sizes, vocab_size=49408, context_length=77, activation="quick_gelu")
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_bare_open_clip_file_is_refused_without_its_activation_then_loads_with_it(tmp_path, monkeypatch, wrapped):
+    """open_clip's weights alone (an open_clip training run's epoch_N.pt, DDP's module. and all; the old cache's
+    ViT-B-32-quickgelu-laion400m_e32.pt) do not say whether they were trained with QuickGELU (open_clip's -quickgelu
+    models) or GELU, and they loaded as GELU without a word: this QuickGELU model's text features 1e-3 off. Refused
+    naming activation (UntoldArgument, which a recipe names as its key) before a tensor is read, as a Hugging Face
+    file alone is; with it given they load as open_clip computes."""
+    from torchflava.utils.architecture import UntoldArgument
+
+    torch.manual_seed(0)
+    reference = _perturb(open_clip.model.CLIP(**OPEN_CLIP_CFG)).eval()  # quick_gelu=True: a -quickgelu model's
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    path = tmp_path / "epoch_32.pt"
+    torch.save({"epoch": 32, "state_dict": {f"module.{k}": v for k, v in state.items()}} if wrapped else state, path)
+    monkeypatch.setattr("torchflava.models.clip.builders.load_state_dict", lambda *_: pytest.fail("weights read"))
+    expected = (
+        rf"^clip_model: expected the open_clip_config.json beside the weights {re.escape(str(path))}, "
+        r"or activation= \('quick_gelu' or 'gelu'\), got neither$"
+    )
+    with pytest.raises(UntoldArgument, match=expected) as refused:
+        clip_model(pretrained=path, **OPENAI_SMALL)
+    assert refused.value.argument == "activation"
+    monkeypatch.undo()
+    ours = clip_model(pretrained=path, **OPENAI_SMALL, activation="quick_gelu").eval()
+    images, (ids, _) = torch.randn(2, 3, 32, 32), captions([5, 16], 16, vocab=99, bos=97, eos=98)
+    with torch.no_grad():
+        assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=ATOL, rtol=0)
+        assert_close(ours.encode_text(ids), reference.encode_text(ids, normalize=True), atol=ATOL, rtol=0)
+        gelu = clip_model(pretrained=path, **OPENAI_SMALL, activation="gelu").eval().encode_text(ids)  # (as it loaded)
+        assert (gelu - reference.encode_text(ids, normalize=True)).abs().max() > 1e-3
 
 
 def test_patch_geometry_only_for_a_square_grid_behind_a_cls():
@@ -942,12 +976,12 @@ def test_a_lone_open_clip_file_of_a_vit_h_or_bigg_width_loads_with_its_16_heads(
     torch.manual_seed(0)
     reference = _perturb(open_clip.model.CLIP(**cfg), vectors_only=True)
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "weights.safetensors")
-    ours = clip_model(pretrained=tmp_path / "weights.safetensors").eval()
+    ours = clip_model(pretrained=tmp_path / "weights.safetensors", activation="gelu").eval()  # (not told by the file)
     assert ours.image_encoder.encoder.layers[0].attn.num_heads == 16
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert_close(ours.encode_image(images), reference.encode_image(images, normalize=True), atol=ATOL, rtol=0)
-    given = clip_model(pretrained=tmp_path / "weights.safetensors", vision_heads=width // 64)
+    given = clip_model(pretrained=tmp_path / "weights.safetensors", vision_heads=width // 64, activation="gelu")
     assert given.image_encoder.encoder.layers[0].attn.num_heads == width // 64  # a count given still wins
 
 
@@ -981,6 +1015,6 @@ def test_a_lone_open_clip_file_of_towers_ours_does_not_build_is_refused_naming_t
     save_file(state, tmp_path / "open_clip_model.safetensors")
     monkeypatch.setattr("torchflava.models.clip.builders.load_state_dict", lambda *_: pytest.fail("weights read"))
     with pytest.raises(ValueError, match=message):
-        clip_model(pretrained=tmp_path / "open_clip_model.safetensors", vision_heads=4, text_heads=3)
+        clip_model(pretrained=tmp_path / "open_clip_model.safetensors", vision_heads=4, text_heads=3, activation="gelu")
     with pytest.raises(ValueError, match=message):  # a state dict given to the converter: the same line
         convert_to_torchflava(state, clip_model(**OPENAI_SMALL))

@@ -57,7 +57,7 @@ def clip_model(
     An argument left None comes from ``pretrained``'s config (HF's config.json, open_clip's or a torchflava export's
     clip_config.json, in its directory or beside its weights; else the sizes a weights file's shapes tell, heads 64
     wide (ViT-H/g/bigG/e: 16); given ones must match, ``attention_dropout`` overrides), else open_clip's ``ViT-B-16``:
-    GELU (no shape tells it; QuickGELU for OpenAI's weights, told by their entries), eps 1e-5, end token the last id.
+    GELU (an HF or open_clip weights file alone must be given it, but OpenAI's: QuickGELU), eps 1e-5, end token the last id.
 
     Args:
         pretrained (Optional[PathLike]): a torchflava export, run or its ``checkpoints/step_<N>``, HF ``CLIPModel`` or
@@ -74,7 +74,7 @@ def clip_model(
 
     Raises:
         ValueError: if an argument is out of range or contradicts the config or checkpoint's shapes (all named),
-            or a checkpoint or config file is malformed, describes a model ours does not build or tells no head count.
+            or a checkpoint or config file is malformed, describes a model ours does not build or tells no head count or activation.
         TypeError, FileNotFoundError: if a size is not an int or ``pretrained`` not a path; not there.
     """
     kwargs = dict(locals())

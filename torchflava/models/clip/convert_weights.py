@@ -112,19 +112,19 @@ def convert_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def file_config(path: Path, state_dict: dict[str, Tensor], given: dict) -> tuple[Optional[Path], dict]:
     """The config file and :func:`clip_model` arguments a weights file implies where ``given`` is silent: the config
-    beside it of its layout (HF's config.json, open_clip's, an export's clip_config.json: ValueError if HF's is not
-    there nor an activation given), else :func:`clip_sizes`, heads 64 wide (ViT-H/g/bigG/e: 16; else error)."""
+    beside it of its layout (HF's config.json, open_clip's, an export's clip_config.json), else :func:`clip_sizes`,
+    heads 64 wide (ViT-H/g/bigG/e: 16; else error); HF's or open_clip's alone need an activation (OpenAI's: QuickGELU)."""
     state_dict = clip_source(state_dict, path)  # (meta tensors will do: only names and shapes are read)
     layout = arch.layout_of(state_dict, LAYOUTS, f"{path}: expected CLIP keys")
     beside = path.parent / {"hf": "config.json", "open_clip": "open_clip_config.json"}.get(layout, "clip_config.json")
     if beside.is_file():
         return beside, _read_config(beside)
-    if layout == "hf" and "activation" not in given:
-        what = f"the config.json of the Hugging Face-layout weights {path} beside them, or activation="
-        raise ValueError(f"clip_model: expected {what} ('quick_gelu' for OpenAI's weights), got neither")
+    openai, told = any(key in state_dict for key in OPENAI_ENTRIES), "activation" in given  # (OpenAI's: QuickGELU)
+    if layout != "torchflava" and not openai and not told:  # HF's, open_clip's (-quickgelu too): a config tells
+        what = f"the {beside.name} beside the weights {path}, or activation="
+        raise arch.UntoldArgument("activation", f"clip_model: expected {what} ('quick_gelu' or 'gelu'), got neither")
     sizes = arch.implied_heads(clip_sizes(state_dict, layout), ("vision", "text"), given, path, _HEAD_WIDTHS)
-    openai = any(key in state_dict for key in OPENAI_ENTRIES) and "activation" not in given  # (their QuickGELU)
-    return path, {**sizes, "activation": "quick_gelu"} if openai else sizes
+    return path, {**sizes, "activation": "quick_gelu"} if openai and not told else sizes
 
 
 def directory_config(directory: Path) -> tuple[Path, dict, Path]:
