@@ -168,7 +168,7 @@ def test_the_text_export_keeps_the_trained_text_length_and_the_command_classifie
     assert printed[0].startswith(f"{texts[0]}\t") and printed[-1] == "4 inputs, 0 unreadable skipped"
 
 
-def test_the_command_reports_accuracy_on_class_folders_and_skips_unreadable_images(image_run, tmp_path):
+def test_the_command_reports_accuracy_on_class_folders_and_skips_unreadable_images(image_run, tmp_path, capsys):
     out, _ = image_run
     classifier = load_classifier(out)
     val = ShapesClassification("test", 12, image_size=32)
@@ -186,6 +186,13 @@ def test_the_command_reports_accuracy_on_class_folders_and_skips_unreadable_imag
     truth = torch.tensor([val[i].label for i in range(12)])
     assert result["accuracy"] == pytest.approx((predicted == truth).float().mean().item())
     assert result["chance"] == pytest.approx(1 / 30)
+    # top-5 past 5 classes, whatever --top-k keeps, as zero_shot and linear_probe report it (classify did not)
+    top5 = (classifier.logits(images).topk(5, dim=1).indices == truth[:, None]).any(dim=1).double().mean().item()
+    assert result["top5_accuracy"] == pytest.approx(top5)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"12 inputs, 1 unreadable skipped; accuracy {percent(result['accuracy'])} (chance 3.3%), mean per class "
+        f"{percent(result['mean_per_class_accuracy'])}, top-5 {percent(top5)}"
+    )
 
 
 def test_bf16_classifier_agrees_with_fp32(image_run):
@@ -463,7 +470,9 @@ def test_an_undefined_correlation_is_null_in_the_json_not_an_error_after_the_pre
     expected["spearman"] = None
     assert main(argv) == expected
     assert json.loads(report.read_text()) == expected
-    assert capsys.readouterr().out == f"4 rows classified into {out}; Pearson undefined, Spearman undefined\n"
+    assert (
+        capsys.readouterr().out == f"4 rows classified into {out}; Pearson nan, Spearman nan\n"
+    )  # (as the recipe prints it)
     assert len(out.read_text().splitlines()) == 5
 
 
@@ -814,7 +823,7 @@ def test_the_command_writes_glue_predictions_for_a_tsv_and_the_accuracy_of_its_l
     assert result["accuracy"] == pytest.approx(report["validation"]["accuracy"], abs=1e-6)  # the same rows
     assert result["num_inputs"] == 40
     out = capsys.readouterr().out
-    shown = f"accuracy {percent(result['accuracy'])}, Matthews {result['matthews']:.4f}, F1 {percent(result['f1'])}"
+    shown = f"accuracy {percent(result['accuracy'])}, Matthews {result['matthews']:.3f}, F1 {percent(result['f1'])}"
     assert out == f"40 rows classified into {tmp_path / 'p.tsv'}; {shown}\n"
     # a test file: no labels, no index column (rows numbered from 0); a single-text classifier's one column
     single, _, texts = text_run
@@ -1110,14 +1119,14 @@ def test_the_summaries_print_a_3000_class_chance_and_a_99_96_percent_accuracy_as
     for i in range(4):
         (tmp_path / "images" / classifier.labels[val[i].label]).mkdir(parents=True, exist_ok=True)
         val[i].image.save(tmp_path / "images" / classifier.labels[val[i].label] / f"{i}.png")
-    shares = {"accuracy": 0.9996, "chance": 1 / 3000, "mean_per_class_accuracy": 0.99996}
+    shares = {"accuracy": 0.9996, "chance": 1 / 3000, "mean_per_class_accuracy": 0.99996, "top5_accuracy": 0.99999}
     classify = command.classify
     monkeypatch.setattr(command, "classify", lambda *args: {**classify(*args), **shares})
     capsys.readouterr()
     main(["--checkpoint", str(out), "--images", str(tmp_path / "images")])
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "4 inputs, 0 unreadable skipped; accuracy 99.96% (chance 0.033%), mean per class 99.996%"
-    )
+        "4 inputs, 0 unreadable skipped; accuracy 99.96% (chance 0.033%), mean per class 99.996%, top-5 99.999%"
+    )  # (top-5 since it is reported past 5 classes)
     run, _, pairs, labels = pair_run
     _write_tsv(tmp_path / "dev.tsv", ["sentence", "question", "label"], [(b, a, y) for (a, b), y in zip(pairs, labels)])
     classify_tsv = command.classify_tsv

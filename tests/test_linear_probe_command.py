@@ -41,11 +41,16 @@ def test_folder_probe_equals_the_library_on_the_same_features(export, tmp_path):
     assert classes == ["blue", "green", "red"]
     features = [command.cls_features(pretrained, ImageClassFolder(d, classes)) for d in (train, val, test)]
     assert len(features[0][2]) == 1 and "unreadable image" in features[0][2][0]  # the broken file, named
-    assert report["skipped"] == {"train": features[0][2], "val": [], "test": []}  # (the count was dropped)
-    assert "broken.png" in report["skipped"]["train"][0]
+    assert report["skipped_reasons"] == {"train": features[0][2], "val": [], "test": []}  # (the count was dropped)
+    assert "broken.png" in report["skipped_reasons"]["train"][0]
+    # counted as the other commands count them: num_inputs and skipped, split by split
+    assert report["skipped"] == {"train": 1, "val": 0, "test": 0}
+    assert report["num_inputs"] == {name: len(f[1]) for name, f in zip(("train", "val", "test"), features)}
+    assert report["num_inputs"]["train"] == len(list(train.rglob("*.png"))) - 1  # (the broken one left out)
     expected = linear_probe(features[0][:2], features[1][:2], features[2][:2], num_classes=3)
     assert report["l2"] == expected.l2 and report["test_accuracy"] == pytest.approx(expected.test_accuracy)
     assert report["chance"] == pytest.approx(1 / 3)
+    assert report["classes"] == classes  # (what the labels number, as zero_shot's --json names its classes)
     assert report["test_accuracy"] > 0.6  # colour is linearly readable even from a random tiny encoder
 
 
@@ -253,11 +258,31 @@ def test_the_summary_prints_a_3000_class_chance_and_a_99_96_percent_accuracy_as_
     "100.0%". Every share is now printed by torchflava.evaluation.percent."""
     none = torch.zeros(0)
     result = LinearProbeResult(0.1, {0.1: 0.9996}, 0.99996, none, none, none, none, 0.995)
-    monkeypatch.setattr(command, "probe_shapes", lambda pretrained, batch_size: result)
+    monkeypatch.setattr(command, "probe_shapes", lambda pretrained, **sizes: result)
     monkeypatch.setattr(command.ShapesClassification, "classes", [f"class {i}" for i in range(3000)])
     capsys.readouterr()
     report = command.main(["--checkpoint", str(export), "--shapes"])
     assert report["chance"] == 1 / 3000
     assert capsys.readouterr().out == (
-        "chosen L2 0.1: validation accuracy 99.96%, test accuracy 99.996%, mean per class 99.5% (chance 0.033%)\n"
+        "3000 train, 1000 val, 540 test images, 0 unreadable skipped; chosen L2 0.1: validation accuracy 99.96%; "
+        "test accuracy 99.996% (chance 0.033%), mean per class 99.5%\n"
     )
+
+
+def test_the_summary_and_json_give_top5_beside_the_test_accuracy_and_the_images_counted(export, monkeypatch, capsys):
+    """zero_shot and classify print "N images, K unreadable skipped; accuracy A (chance C), mean per class M, top-5
+    T"; the probe printed its chance after everything, no top-5 and no count of the images it read (its JSON had
+    skipped as lists of reasons where the others have a count): it now reads as they do."""
+    none = torch.zeros(0)
+    result = LinearProbeResult(1.0, {1.0: 0.5}, 0.25, none, none, none, none, 0.3, 0.75)
+    monkeypatch.setattr(command, "probe_shapes", lambda pretrained, **sizes: result)
+    monkeypatch.setattr(command.ShapesClassification, "classes", [f"class {i}" for i in range(8)])
+    capsys.readouterr()
+    report = command.main(["--checkpoint", str(export), "--shapes"])
+    assert capsys.readouterr().out == (
+        "3000 train, 1000 val, 540 test images, 0 unreadable skipped; chosen L2 1: validation accuracy 50.0%; "
+        "test accuracy 25.0% (chance 12.5%), mean per class 30.0%, top-5 75.0%\n"
+    )
+    assert report["test_top5_accuracy"] == 0.75
+    assert report["num_inputs"] == {"train": 3000, "val": 1000, "test": 540}
+    assert report["skipped"] == {} and report["skipped_reasons"] == {}

@@ -57,7 +57,7 @@ def _scores(checkpoint, images, tmp_path) -> dict:
 def test_zero_shot_from_the_last_checkpoint_equals_the_export(run, images, tmp_path):
     from_export = _scores(run / "model", images, tmp_path)
     from_checkpoint = _scores(run / "checkpoints" / STEP, images, tmp_path)
-    assert from_checkpoint == {**from_export, "weights": str(run / "checkpoints" / STEP)} and from_export["num_images"]
+    assert from_checkpoint == {**from_export, "weights": str(run / "checkpoints" / STEP)} and from_export["num_inputs"]
     exported, loaded = load_pretrained(run / "model"), load_pretrained(run / "checkpoints" / "step_2")  # unpadded
     assert loaded.kwargs == exported.kwargs and loaded.text_length == exported.text_length
     assert loaded.image_transform.spec == exported.image_transform.spec

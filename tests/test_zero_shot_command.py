@@ -86,7 +86,7 @@ def test_classification_command_matches_the_library(export, images, tmp_path):
             str(out),
         ]
     )
-    assert result["num_images"] == 12 and result["skipped"] == 1
+    assert result["num_inputs"] == 12 and result["skipped"] == 1
     assert len(result["skipped_reasons"]) == 1 and "unreadable image" in result["skipped_reasons"][0]  # named
     assert result["chance"] == pytest.approx(1 / 3)
     pretrained = load_pretrained(directory)
@@ -99,7 +99,7 @@ def test_classification_command_matches_the_library(export, images, tmp_path):
     assert [result["predictions"][f] for f in files] == expected
     truth = [f.split("/")[0] for f in files]
     assert result["accuracy"] == pytest.approx(sum(p == t for p, t in zip(expected, truth)) / 12)
-    assert json.loads(out.read_text())["num_images"] == 12
+    assert json.loads(out.read_text())["num_inputs"] == 12
 
 
 def test_retrieval_command_matches_retrieval_recall(export, images):
@@ -470,7 +470,7 @@ def test_bf16_packs_every_linear_once_and_classifies_within_bf16_rounding_of_fp3
     directory, _ = export
     command = ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)]
     fp32, bf16 = zero_shot.main(command), zero_shot.main([*command, "--dtype", "bf16"])
-    assert bf16["num_images"] == fp32["num_images"] == 12 and bf16["skipped"] == 1
+    assert bf16["num_inputs"] == fp32["num_inputs"] == 12 and bf16["skipped"] == 1
     for file, top in fp32["top"].items():
         for name, p in top:  # (3 classes: the top-5 holds them all)
             assert abs(dict(bf16["top"][file])[name] - p) < 0.02
@@ -874,7 +874,7 @@ def test_folders_matching_no_class_are_warned_of_in_one_line(export, images, cap
     """--classes "cat,dog" on folders named otherwise printed no accuracy line and no reason."""
     directory, _ = export
     result = zero_shot.main(["--checkpoint", str(directory), "--images", str(images), "--classes", "cat,dog"])
-    assert "accuracy" not in result and result["num_images"] == 12
+    assert "accuracy" not in result and result["num_inputs"] == 12
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
     assert warnings == [
         "warning: no accuracy: the image sub-folders ['blue square', 'green triangle', 'red circle'] match none of "
@@ -1050,7 +1050,7 @@ def test_a_names_file_maps_imagenet_synset_folders_and_tab_separated_folders_to_
     )
     assert result["classes"] == ["red circle", "green triangle", "blue square"]
     assert sorted(result["predictions"].values()) == sorted(by_name["predictions"].values())
-    assert result["accuracy"] == pytest.approx(by_name["accuracy"]) and result["num_images"] == 12
+    assert result["accuracy"] == pytest.approx(by_name["accuracy"]) and result["num_inputs"] == 12
     assert result["mean_per_class_accuracy"] == pytest.approx(by_name["mean_per_class_accuracy"])
     tabbed = tmp_path / "classes.tsv"
     tabbed.write_text("n00000001\tblue square\nn00000003\t red circle\nn00000002\tgreen triangle\n")
@@ -1129,7 +1129,7 @@ def test_a_folder_named_with_decomposed_accents_as_macos_writes_them_is_its_clas
     result = zero_shot.main([*command, "--images", str(decomposed)])
     expected = zero_shot.main([*command, "--images", str(composed)])
     assert "warning" not in capsys.readouterr().err
-    assert result["num_images"] == expected["num_images"] == 10  # (the broken file skipped)
+    assert result["num_inputs"] == expected["num_inputs"] == 10  # (the broken file skipped)
     assert result["accuracy"] == pytest.approx(expected["accuracy"])
     assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
     assert sorted(result["predictions"].values()) == sorted(expected["predictions"].values())
@@ -1147,7 +1147,7 @@ def test_folders_named_with_underscores_are_the_classes_named_with_spaces(export
     result = zero_shot.main([*command, "--images", str(root)])
     expected = zero_shot.main([*command, "--images", str(images)])  # the same images in folders named with spaces
     assert "warning" not in capsys.readouterr().err
-    assert result["accuracy"] == pytest.approx(expected["accuracy"]) and result["num_images"] == 12
+    assert result["accuracy"] == pytest.approx(expected["accuracy"]) and result["num_inputs"] == 12
     assert result["mean_per_class_accuracy"] == pytest.approx(expected["mean_per_class_accuracy"])
     assert zero_shot.folder_class("red_circle", ["red circle", "red_circle"]) == 1  # its very name first
     assert zero_shot.folder_class("red_circle", ["red circle", "Red Circle"]) is None  # two classes: neither
@@ -1199,7 +1199,7 @@ def test_a_folder_of_2000_images_and_1000_classes_keeps_each_images_top_k_not_ev
     pretrained, table, classes = _stub_model(monkeypatch)
     every = tmp_path / "every.npy"
     result = zero_shot.classify_folder(pretrained, str(root), names, batch_size=256, probabilities_file=every)
-    assert "probabilities" not in result and result["num_images"] == NUM_STUB_IMAGES
+    assert "probabilities" not in result and result["num_inputs"] == NUM_STUB_IMAGES
     assert result["top_classes"].shape == result["top_probabilities"].shape == (NUM_STUB_IMAGES, 5)
     assert result["top_classes"].dtype == torch.int64 and result["top_probabilities"].dtype == torch.float32
     # no per-image container of every class anywhere in the result: a few numbers an image

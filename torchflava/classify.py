@@ -60,7 +60,15 @@ from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
-from torchflava.evaluation.metrics import classification_metrics, pearson, percent, spearman
+from torchflava.evaluation.metrics import (
+    TOP5,
+    classification_metrics,
+    correlation,
+    pearson,
+    percent,
+    spearman,
+    top_k_accuracy,
+)
 from torchflava.models import clip_model, flava_model, flava_model_for_classification
 from torchflava.models.clip import CLIPModel, clip_model_arguments
 from torchflava.models.flava import FLAVAModel
@@ -605,22 +613,23 @@ def classify(
 ) -> dict:
     """The command's result: ``predictions`` (each input's record with its ``top`` classes and scores, or
     ``prediction``: the values of a regression), ``num_inputs``, ``skipped`` and ``skipped_reasons``, and
-    ``accuracy``, ``mean_per_class_accuracy`` and ``chance`` where every image lies in a sub-folder named
-    after its class, else a ``warning`` naming the sub-folders that name no class (where there are any).
+    ``accuracy``, ``mean_per_class_accuracy`` and ``chance`` (and ``top5_accuracy`` past 5 classes) where every image
+    lies in a sub-folder named after its class, else a ``warning`` naming the sub-folders that name no class (where there are any).
     ``folder``: the inputs ``args`` name as :func:`_listed_inputs` lists them (listed here when None)."""
     folder = _listed_inputs(args) if folder is None else folder
-    predictions, skipped, hits = [], [], []
+    predictions, skipped, ranks = [], [], []
     regression = classifier.loss == "mse"
     top_k = min(args.top_k, classifier.num_classes)
+    ranked_k = min(max(top_k, TOP5), classifier.num_classes)  # (top-5's 5 kept, whatever --top-k prints)
     for records, images, texts in _chunks(args, folder, skipped):
         logits = classifier.logits(images, texts)
         for record, row, scores in zip(records, logits, activated(classifier.loss, logits)):
             if regression:
                 record["prediction"] = scores.tolist()
             else:  # ranked by the logits: a sigmoid gives every answer above ~17 a score of 1.0, tied in any order
-                indices = row.topk(top_k).indices
-                record["top"] = [[classifier.class_name(int(i)), float(scores[i])] for i in indices]
-                hits.append(int(indices[0]))
+                indices = row.topk(ranked_k).indices
+                record["top"] = [[classifier.class_name(int(i)), float(scores[i])] for i in indices[:top_k]]
+                ranks.append(indices)
             predictions.append(record)
     if not predictions:
         first = f": {skipped[0]}" if skipped else ""  # (finish_command, which lists them all, is not reached)
@@ -637,8 +646,9 @@ def classify(
         files = [record["image"] for record in predictions]
         labels = folder_labels(files, classifier.labels)
         if labels is not None:
-            right = [p == t for p, t in zip(hits, labels)]
-            result["accuracy"] = sum(right) / len(labels)
+            right = [int(r[0]) == t for r, t in zip(ranks, labels)]
+            # accuracy, and top-5 past 5 classes, as zero_shot and linear_probe report them
+            result.update(top_k_accuracy(torch.stack(ranks), torch.tensor(labels), classifier.num_classes))
             per_class = [[r for r, t in zip(right, labels) if t == c] for c in sorted(set(labels))]
             result["mean_per_class_accuracy"] = sum(sum(c) / len(c) for c in per_class) / len(per_class)
             result["chance"] = 1 / len(classifier.labels)
@@ -871,11 +881,10 @@ def _main_tsv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
     if result["skipped"]:  # (a submission file lacking them is refused by GLUE's server)
         summary += f" ({result['skipped']} unusable rows skipped: not in it)"
     if "accuracy" in result:
-        summary += f"; accuracy {percent(result['accuracy'])}, Matthews {result['matthews']:.4f}"
+        summary += f"; accuracy {percent(result['accuracy'])}, Matthews {correlation(result['matthews'])}"
         summary += f", F1 {percent(result['f1'])}" if "f1" in result else ""
     if "pearson" in result:
-        shown = ["undefined" if value is None else f"{value:.4f}" for value in (result["pearson"], result["spearman"])]
-        summary += f"; Pearson {shown[0]}, Spearman {shown[1]}"
+        summary += f"; Pearson {correlation(result['pearson'])}, Spearman {correlation(result['spearman'])}"
     print(summary)
     return finish_command(result, result["skipped_reasons"], args.json)
 
@@ -975,6 +984,8 @@ def _shown(result: dict, args: argparse.Namespace) -> dict:
     if "accuracy" in result:
         summary += f"; accuracy {percent(result['accuracy'])} (chance {percent(result['chance'])})"
         summary += f", mean per class {percent(result['mean_per_class_accuracy'])}"
+        if "top5_accuracy" in result:
+            summary += f", top-5 {percent(result['top5_accuracy'])}"
     print(summary)
     if "warning" in result:
         print(result["warning"], file=sys.stderr)

@@ -34,6 +34,7 @@ from torchflava.utils.cli import finish_command, output_file, positive_int, run_
 from torchflava.utils.memory import keep_freed_memory
 
 DEFAULT_BATCH_SIZE = 128  # images encoded at a time (--batch-size)
+SHAPES_SPLITS = (("train", 3000), ("val", 1000), ("test", 540))  # --shapes: the images of each split
 
 
 @torch.no_grad()
@@ -156,16 +157,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 f"({split[name].classes} in {folder!r})"
             )
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
-    skipped = {}
+    skipped, counts = {}, {}  # split -> why each unreadable image was left out; split -> the images probed
     if args.shapes:
-        result, classes = probe_shapes(pretrained, batch_size=args.batch_size), ShapesClassification.classes
+        counts = dict(SHAPES_SPLITS)  # (drawn, never unreadable)
+        sizes = {f"num_{name}": count for name, count in counts.items()}
+        result = probe_shapes(pretrained, **sizes, batch_size=args.batch_size)
+        classes = ShapesClassification.classes
     else:
         classes = split["train"].classes
         features = {}
         for name, source in split.items():
             where = f"--{name} {folders[name]}"
             vectors, labels, skipped[name] = cls_features(pretrained, source, batch_size=args.batch_size, where=where)
-            features[name] = (vectors, labels)
+            features[name], counts[name] = (vectors, labels), len(labels)
         result = linear_probe(features["train"], features["val"], features.get("test"), num_classes=len(classes))
         untrained = untrained_classes(classes, features["train"][1])
         if untrained:  # (the probe can never predict them: their val and test images all count as wrong)
@@ -179,22 +183,35 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "val_accuracy": {str(k): v for k, v in result.val_accuracy.items()},
         "test_accuracy": result.test_accuracy,
         "test_mean_per_class_accuracy": result.test_mean_per_class_accuracy,
+        **({} if result.test_top5_accuracy is None else {"test_top5_accuracy": result.test_top5_accuracy}),
         "chance": 1 / len(classes),
-        "skipped": skipped,  # split -> why each unreadable image was left out
+        "classes": list(classes),  # (in label order, as zero_shot's --json lists its classes: sorted folders here)
+        # split -> the images probed, and the unreadable ones left out (as the other commands' num_inputs, skipped
+        # and skipped_reasons, split by split)
+        "num_inputs": counts,
+        "skipped": {name: len(reasons) for name, reasons in skipped.items()},
+        "skipped_reasons": skipped,
         "weights": str(pretrained.weights),  # what was probed: an export's file, or the step_<N> a run resolved to
     }
-    test = ""
-    if result.test_accuracy is not None:
-        test = (
-            f", test accuracy {percent(result.test_accuracy)}, mean per class "
-            f"{percent(result.test_mean_per_class_accuracy)}"
-        )
-    print(
-        f"chosen L2 {result.l2:g}: validation accuracy {percent(result.val_accuracy[result.l2])}{test}"
-        + f" (chance {percent(report['chance'])})"
-        + "".join(f"; {len(r)} unreadable {n} image(s) skipped" for n, r in skipped.items() if r)
-    )
+    print(summary_line(result, report))
     return finish_command(report, [reason for reasons in skipped.values() for reason in reasons], args.json)
+
+
+def summary_line(result: LinearProbeResult, report: dict) -> str:
+    """The command's summary: the images probed, the penalty and its accuracies, chance beside the accuracy it
+    compares with (the test one, else the validation one) as the zero-shot and classify commands print it."""
+    counts = ", ".join(f"{count} {name}" for name, count in report["num_inputs"].items())
+    skipped = sum(report["skipped"].values())
+    line = f"{counts} images, {skipped} unreadable skipped; chosen L2 {result.l2:g}: validation accuracy "
+    line += percent(result.val_accuracy[result.l2])
+    chance = f" (chance {percent(report['chance'])})"
+    if result.test_accuracy is None:
+        return line + chance
+    line += f"; test accuracy {percent(result.test_accuracy)}{chance}"
+    line += f", mean per class {percent(result.test_mean_per_class_accuracy)}"
+    if result.test_top5_accuracy is not None:
+        line += f", top-5 {percent(result.test_top5_accuracy)}"
+    return line
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import percent, retrieval_recall, zero_shot_classifier
+from torchflava.evaluation.metrics import TOP5, reported_ks
 from torchflava.evaluation.zero_shot import (
     check_class_prompts,
     check_finite,
@@ -218,7 +219,7 @@ def classify_folder(
         first (ties in class order; the first is the prediction) and ``top_probabilities`` (N, K)
         float32 (softmax over the classes of exp(logit_scale) x cosine similarity), rows in the order of
         ``predictions``, ``skipped`` and ``skipped_reasons`` (the unreadable images, named),
-        ``num_images``, ``chance``, ``classes`` and ``templates`` (the prompts' class names and
+        ``num_inputs`` (the images classified), ``chance``, ``classes`` and ``templates`` (the prompts' class names and
         templates, in order), ``class_folders`` (where given), ``probabilities_file`` (str, where one was
         written), and ``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5
         classes) when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with
@@ -286,7 +287,7 @@ def classify_folder(
         "top_probabilities": torch.cat(tally.top_probabilities),
         "skipped": len(skipped),
         "skipped_reasons": skipped,  # each unreadable image, named
-        "num_images": len(tally.files),
+        "num_inputs": len(tally.files),  # (the name classify and linear_probe give the count of inputs scored)
         "chance": 1 / len(class_names),
         "classes": list(class_names),  # (with the templates, what the --json needs to be reproduced)
         "templates": list(templates),
@@ -309,7 +310,7 @@ class _Tally:
         self.top_classes: list[Tensor] = []
         self.top_probabilities: list[Tensor] = []
         self.labels: Optional[list[Tensor]] = []  # None once an image lies outside the class folders
-        self.credits: dict[int, list[Tensor]] = {1: [], 5: []}
+        self.credits: dict[int, list[Tensor]] = {k: [] for k in reported_ks(num_classes)}
         self.distinct: Optional[tuple] = None  # distinct_rows of the classes (one tensor for every chunk)
 
     def add(self, files: list[str], labels: list, features: Tensor, classes: Tensor, scale: Tensor) -> Tensor:
@@ -325,11 +326,11 @@ class _Tally:
         self.top_probabilities.append(probabilities.gather(1, order))
         if self.labels is not None and any(label is None for label in labels):
             self.labels = None  # (no accuracy: the credits kept so far are dropped)
-            self.credits = {1: [], 5: []}
+            self.credits = {k: [] for k in self.credits}
         if self.labels is not None:
             truth = torch.tensor(labels)
             self.labels.append(truth)
-            for k in (1, 5) if self.num_classes > 5 else (1,):
+            for k in reported_ks(self.num_classes):  # (top-5 past 5 classes, as every command reports it)
                 if self.distinct is None:  # (the classes' equal rows sorted out once for the folder)
                     self.distinct = distinct_rows(classes)
                 self.credits[k].append(class_credit(features, classes, truth, k=k, distinct=self.distinct))
@@ -344,8 +345,8 @@ class _Tally:
         out = {"accuracy": credit.double().mean().item()}  # (a float32 mean: 81 of 100 was 0.8100000023841858)
         # the class-balanced figure (some benchmarks report it), and top-5 where it is not right by count alone
         out["mean_per_class_accuracy"] = per_class_mean(credit, labels, self.num_classes)
-        if self.num_classes > 5:
-            out["top5_accuracy"] = torch.cat(self.credits[5]).double().mean().item()
+        if TOP5 in reported_ks(self.num_classes):
+            out["top5_accuracy"] = torch.cat(self.credits[TOP5]).double().mean().item()
         return out
 
 
@@ -843,7 +844,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         result = json_result(result)  # (what --json holds, and main returns)
         for file, name in sorted(result["predictions"].items()):
             print(f"{file}\t{name}")
-        summary = f"{result['num_images']} images, {result['skipped']} unreadable skipped"
+        summary = f"{result['num_inputs']} images, {result['skipped']} unreadable skipped"
         if "accuracy" in result:
             summary += f"; accuracy {percent(result['accuracy'])} (chance {percent(result['chance'])})"
             summary += f", mean per class {percent(result['mean_per_class_accuracy'])}"

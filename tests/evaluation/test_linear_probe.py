@@ -382,3 +382,22 @@ def test_the_probes_logits_are_its_scores_on_standardised_features_and_predict_t
     assert logits.shape == (40, 4) and torch.equal(probe.predict(x), logits.argmax(dim=1))
     with pytest.raises(ValueError, match=r"features must be a \(N, 6\) real"):
         probe.logits(x[:, :5])
+
+
+def test_the_test_top5_accuracy_is_reported_past_5_classes_as_the_other_commands_do():
+    """zero_shot reported top-5 accuracy past 5 classes, the linear probe did not: it now does, counted as
+    top_k_accuracy counts it (the label among the refitted probe's 5 highest scores), and is None for 5 classes or
+    fewer, or without a test split."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(8, 6, generator=g) * 1.5  # 8 classes that overlap: some test items miss their top 1
+    split = [(centres[torch.arange(n) % 8] + torch.randn(n, 6, generator=g), torch.arange(n) % 8) for n in (80, 40, 80)]
+    result = linear_probe(*split, l2_values=(1e-2,), max_iter=50)
+    x, y = split[2]
+    top5 = (result.logits(x).topk(5, dim=1).indices == y[:, None]).any(dim=1).double().mean().item()
+    assert result.test_top5_accuracy == pytest.approx(top5) and result.test_accuracy < top5 <= 1
+    assert result.test_accuracy == (result.predict(x) == y).double().mean().item()  # (unchanged: the argmax)
+    assert linear_probe(*split[:2], l2_values=(1e-2,), max_iter=20).test_top5_accuracy is None
+    assert (
+        linear_probe(_blobs(60, 0), _blobs(30, 1), _blobs(30, 2), l2_values=(1e-2,), max_iter=20).test_top5_accuracy
+        is None
+    )

@@ -10,14 +10,17 @@ from torchflava.evaluation.metrics import (
     accuracy,
     binary_f1,
     classification_metrics,
+    correlation,
     matthews,
     pearson,
     percent,
     prediction_metrics,
     predictions_and_targets,
+    reported_ks,
     soft_accuracy,
     spearman,
     task_metrics,
+    top_k_accuracy,
 )
 
 LOGITS = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])  # predicts 0, 1, 1, 0
@@ -447,3 +450,29 @@ def test_task_metrics_equal_prediction_metrics_exactly_on_each_kind_of_target():
         metrics = task_metrics(logits, labels, loss)
         assert metrics == pytest.approx(expected, rel=1e-6)  # (SCORES are float32)
         assert prediction_metrics(*predictions_and_targets(logits, labels, loss), loss, logits.shape[1]) == metrics
+
+
+def test_top_k_accuracy_counts_top_1_always_and_top_5_past_5_classes_only():
+    """The one top-k rule of the classification commands: top-1 always, top-5 where there are more than 5 classes
+    (with 5 every image is right in its top 5); zero_shot printed top-5, linear_probe and classify did not."""
+    assert reported_ks(5) == (1,) and reported_ks(6) == (1, 5)
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3], [1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 1]])
+    ranked = logits.sort(dim=1, descending=True, stable=True).indices
+    labels = torch.tensor([0, 2, 2])  # row 0: top-1; row 1: 5th; row 2: 4th (after 6, then the tie in class order)
+    assert top_k_accuracy(ranked, labels, 7) == {"accuracy": 1 / 3, "top5_accuracy": 1.0}
+    assert top_k_accuracy(torch.tensor([[0], [4], [3]]), torch.tensor([0, 4, 1]), 5) == {"accuracy": 2 / 3}
+    assert top_k_accuracy(ranked, labels, 7)["accuracy"] == accuracy(logits, labels)  # (the argmax, ties alike)
+    with pytest.raises(ValueError, match=r"^ranked must be \(N, K\) integer class ids with N >= 1 and K >= 5, got"):
+        top_k_accuracy(ranked[:, :4], labels, 7)
+    with pytest.raises(ValueError, match=r"^labels must be class ids in \[0, 7\), got values in \[0, 9\]"):
+        top_k_accuracy(ranked, torch.tensor([0, 2, 9]), 7)
+
+
+def test_correlations_print_with_three_decimals_and_nan_where_undefined():
+    """classify --tsv printed Matthews to 4 decimals and an undefined correlation as "undefined"; the recipe's report
+    printed 3 decimals and "nan": one format now, the recipe's."""
+    assert [correlation(v) for v in (0.12345, -0.5, 1, None, math.nan, -0.0)] == [
+        "0.123", "-0.500", "1.000", "nan", "nan", "0.000"
+    ]  # fmt: skip
+    with pytest.raises(TypeError, match=r"^value must be a real number or None, got str"):
+        correlation("0.5")

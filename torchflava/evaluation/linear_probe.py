@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from torchflava.evaluation.metrics import top_k_accuracy
 from torchflava.evaluation.zero_shot import per_class_mean
 from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
@@ -35,6 +36,9 @@ class LinearProbeResult(NamedTuple):
         test_mean_per_class_accuracy (Optional[float]): the test accuracy of each class over its own
             items, averaged over the classes the test split holds (the CLIP paper's figure for unbalanced
             sets); None without a test split.
+        test_top5_accuracy (Optional[float]): the share of test items whose label is among the probe's 5 highest
+            scores, past 5 classes (:func:`~torchflava.evaluation.metrics.top_k_accuracy`, as the zero-shot and
+            classify commands report it); None without a test split or with 5 classes or fewer.
     """
 
     l2: float
@@ -45,6 +49,7 @@ class LinearProbeResult(NamedTuple):
     mean: Tensor
     std: Tensor
     test_mean_per_class_accuracy: Optional[float] = None
+    test_top5_accuracy: Optional[float] = None
 
     def predict(self, features: Tensor) -> Tensor:
         """(N,) predicted classes of raw (unstandardised) ``features``, (N, D) finite and real
@@ -252,9 +257,12 @@ def linear_probe(
     best = max(l2_values, key=lambda v: (val_accuracy[v], v))  # ties: the stronger penalty
     features = torch.cat([train_x, val_x])
     weight, bias = _fit(features, torch.cat([train[1], val[1]]), num_classes, l2=best, max_iter=max_iter)
-    test_accuracy = per_class = None
+    test_accuracy = per_class = top5 = None
     if test is not None:
-        right = ((standard(test[0]) @ weight.T + bias).argmax(dim=1) == test[1]).double()
+        # stable: of tied classes the first comes first, as argmax (the prediction) picks it
+        ranked = (standard(test[0]) @ weight.T + bias).sort(dim=1, descending=True, stable=True).indices
+        right = (ranked[:, 0] == test[1]).double()
         test_accuracy = right.mean().item()
         per_class = per_class_mean(right, test[1], num_classes)
-    return LinearProbeResult(best, val_accuracy, test_accuracy, weight, bias, mean, std, per_class)
+        top5 = top_k_accuracy(ranked, test[1], num_classes).get("top5_accuracy")
+    return LinearProbeResult(best, val_accuracy, test_accuracy, weight, bias, mean, std, per_class, top5)

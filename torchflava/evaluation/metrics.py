@@ -11,7 +11,9 @@ holds no values to score and is refused.
 :func:`prediction_metrics` gives the figures from those: a validation worked out in shares gathers
 those instead of (N, C) rows. :func:`task_metrics` is the two in one call (one implementation).
 
-:func:`percent` is how every evaluation command and recipe prints a share (an accuracy, a chance level).
+:func:`percent` is how every evaluation command and recipe prints a share (an accuracy, a chance level),
+:func:`correlation` how they print a correlation (Matthews, Pearson, Spearman), and :func:`top_k_accuracy` the
+top-1 and top-5 accuracies the classification commands report alike.
 """
 
 import math
@@ -24,6 +26,60 @@ from torch import Tensor
 from torchflava.utils.checks import check_int, describe_tensor, is_integer_tensor
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
+TOP5 = 5  # the second top-k accuracy reported (``top5_accuracy``), where there are more classes than that
+
+
+def reported_ks(num_classes: int) -> tuple[int, ...]:
+    """The top-k accuracies a classification over ``num_classes`` classes reports: top-1 always, and top-5 where
+    there are more than 5 classes (with 5 or fewer every image is right in its top 5: 100%, which says nothing)."""
+    return (1, TOP5) if check_int("num_classes", num_classes, 1) > TOP5 else (1,)
+
+
+def top_k_accuracy(ranked: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """``accuracy`` (top-1: the first ranked class) and, past 5 classes (:func:`reported_ks`), ``top5_accuracy``
+    (the label among the first 5): what every classification command reports under those keys.
+
+    Args:
+        ranked (Tensor): (N, K) integer class ids, most probable first (the first is the prediction), N >= 1 and
+            K >= 5 where top-5 is reported (else K >= 1); e.g. ``logits.sort(dim=1, descending=True,
+            stable=True).indices``, whose first column is the logits' argmax.
+        labels (Tensor): (N,) true class ids.
+        num_classes (int): C.
+
+    Returns:
+        dict[str, float]: ``accuracy`` and, for C > 5, ``top5_accuracy``; shares counted, then divided in float64.
+
+    Raises:
+        TypeError: if ``num_classes`` is not an int.
+        ValueError: if ``num_classes`` < 1, ``ranked`` is not (N, K) integer ids with enough columns, or ``labels``
+            not (N,) ids in [0, C).
+    """
+    ks = reported_ks(num_classes)
+    if not is_integer_tensor(ranked) or ranked.dim() != 2 or ranked.shape[0] == 0 or ranked.shape[1] < max(ks):
+        raise ValueError(
+            f"ranked must be (N, K) integer class ids with N >= 1 and K >= {max(ks)}, got {describe_tensor(ranked)}"
+        )
+    labels = _on_one_device(ranked, labels, ("ranked", "labels"))
+    _check_labels(labels, ranked.shape[0], num_classes)
+    hits = ranked[:, : max(ks)] == labels[:, None]  # (N, k): at most one True a row
+    out = {"accuracy": int(hits[:, 0].sum()) / ranked.shape[0]}
+    if TOP5 in ks:
+        out["top5_accuracy"] = int(hits.any(dim=1).sum()) / ranked.shape[0]
+    return out
+
+
+def correlation(value: Optional[float]) -> str:
+    """A correlation (Matthews, Pearson, Spearman) as every command and recipe prints it: three decimals, and
+    ``nan`` where it is undefined (NaN, or None as a command's JSON holds it), as :func:`percent` prints ``nan%``.
+
+    Raises:
+        TypeError: if ``value`` is neither a real number nor None.
+    """
+    if value is None:
+        return "nan"
+    if not isinstance(value, Real) or isinstance(value, bool):
+        raise TypeError(f"value must be a real number or None, got {type(value).__name__}")
+    return "nan" if math.isnan(value) else f"{float(value) + 0.0:.3f}"
 
 
 def percent(share: float) -> str:
