@@ -42,7 +42,7 @@ from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
 from torchflava.data.run_checks import absolute_data_paths, resumed_data_checks
 from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
-from torchflava.evaluation.metrics import percent, prediction_metrics, predictions_and_targets
+from torchflava.evaluation.metrics import correlation, percent, prediction_metrics, predictions_and_targets
 from torchflava.models import flava_model, flava_model_for_classification
 from torchflava.models.flava import flava_model_arguments
 from torchflava.models.flava.classification import LOSSES, MODALITIES, read_inputs
@@ -730,7 +730,7 @@ def _format_metrics(metrics: dict) -> str:
         if name in ("accuracy", "f1", "vqa_accuracy"):
             shown.append(f"{name} {percent(value)}")
         elif name in ("matthews", "pearson", "spearman"):
-            shown.append(f"{name} {value:.3f}")
+            shown.append(f"{name} {correlation(value)}")  # (as classify --tsv prints them)
     chance = f" (chance {percent(metrics['chance'])})" if "chance" in metrics else ""
     return ", ".join(shown) + chance
 
