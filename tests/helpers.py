@@ -442,3 +442,44 @@ def stop_fit_after(monkeypatch, recipe, steps: int) -> None:
             raise Killed
 
     monkeypatch.setattr(recipe, "fit", lambda *args, **kwargs: fit(*args, **kwargs, after_step=after_step))
+
+
+def assert_relative_paths_resume_the_run_s_own_files(
+    recipe, config: Callable[..., object], write: Callable[[Path], None], paths: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """The shared body of the FLAVA and CLIP pretraining recipes' tests that relative data paths and a relative
+    ``training.output_dir`` are recorded absolute. ``write(folder)`` writes the data under ``tmp_path/a`` and, the
+    same sizes, under ``tmp_path/b``; ``paths`` gives each data key's relative value. A run started in ``a`` (2
+    steps into ``run``) records ``a``'s paths; the same relative paths resumed from ``b`` read ``b``'s files without
+    a word, and are refused naming each key; ``config=<run>/config.yaml training.resume=auto`` from ``b`` resumed
+    nothing (a new run in ``b/run``, on ``b``'s files) and now resumes the run, on ``a``'s files, to step 4."""
+    import yaml
+
+    from torchflava.training.config import load_config
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        write(folder)
+    typed = [f"{key}={value}" for key, value in paths.items()]
+    monkeypatch.chdir(a)
+    first = config(*typed, "training.output_dir=run", "training.max_steps=2")
+    recipe.main(first)
+    assert [functools.reduce(getattr, key.split("."), first) for key in paths] == list(paths.values())  # (as typed:
+    assert first.training.output_dir == "run"  # the caller's config is not changed)
+    saved = yaml.safe_load((a / "run" / "config.yaml").read_text())
+    recorded = {key: functools.reduce(lambda node, part: node[part], key.split("."), saved) for key in paths}
+    assert recorded == {key: str(a / value) for key, value in paths.items()}
+    assert saved["training"]["output_dir"] == str(a / "run")
+    monkeypatch.chdir(b)
+    with pytest.raises(recipe.ConfigError) as caught:
+        recipe.main(config(*typed, f"training.output_dir={a / 'run'}", "training.max_steps=4", "training.resume=auto"))
+    listed = ", ".join(f"'{key}' ({str(a / value)!r} -> {str(b / value)!r})" for key, value in sorted(paths.items()))
+    assert str(caught.value).startswith(f"key{'s' if len(paths) > 1 else ''} {listed}: expected the values the ")
+    assert max(r["step"] for r in recipe.read_metrics(a / "run" / "metrics.jsonl")) == 2  # nothing trained
+    recipe.main(
+        load_config(
+            recipe.TrainConfig, [f"config={a / 'run' / 'config.yaml'}", "training.resume=auto", "training.max_steps=4"]
+        )
+    )
+    assert [r["step"] for r in recipe.read_metrics(a / "run" / "metrics.jsonl")][-2:] == [3, 4]
+    assert not (b / "run").exists() and yaml.safe_load((a / "run" / "config.yaml").read_text())["data"] == saved["data"]

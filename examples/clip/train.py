@@ -129,6 +129,9 @@ class ShapesConfig:
     seed: int = 0
 
 
+FILE_PATHS = ("pairs_root", "pairs_captions", "pairs_shards")  # the data.files keys naming files, folders or shards
+
+
 @dataclass
 class FilesConfig:
     pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
@@ -139,7 +142,7 @@ class FilesConfig:
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
 
     def __post_init__(self) -> None:
-        expand_user_paths(self, ("pairs_root", "pairs_captions", "pairs_shards"))  # a leading ~, as a shell expands it
+        expand_user_paths(self, FILE_PATHS)  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -791,7 +794,8 @@ def record_start(run: Path, kwargs: dict, eval_transform: ImageTransform) -> Non
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    cfg = replace(cfg, data=replace(cfg.data))  # (data.max_text_length and vocab_size resolve here, not the caller's)
+    # (data.max_text_length, vocab_size and data.files's relative paths resolve here, not the caller's)
+    cfg = replace(cfg, data=replace(cfg.data, files=replace(cfg.data.files)))
     checked = None  # what validate read of model.pretrained (a URL's: downloaded) and checked: neither done again
     tokenizer = None  # a tokenizer read (data.vocab, model.pretrained's) by then; None: not yet, or learnt later
     records = None  # a resumed run's directory, whose records of model.pretrained it trains with (not read again)
@@ -814,6 +818,10 @@ def main(cfg: TrainConfig) -> dict:
         else:  # (a run recorded before the records resumes with the nulls its config.yaml states)
             from_pretrained(config, validate(config, world_size))
             resolve_model_section(config, checked, keep=recorded_nulls(config))  # model.pretrained's architecture
+        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
+        run = resumed_run_records(config.training, ("config.yaml",))
+        run_checks.absolute_data_paths(config.data.files, FILE_PATHS, run, key="data.files")
+        run_checks.absolute_data_paths(config.data, ("vocab",), run)
         # before start_run compares the config with a resumed checkpoint's and records it
         resolve_text_length(config, text_context(config, None if checked is None else checked.checkpoint))
         resolve_vocab_size(config, tokenizer)

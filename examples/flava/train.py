@@ -80,6 +80,7 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     recorded_inputs_checks,
     rendered_size_check,
+    resumed_run_records,
     smallest_vocab,
     state_digest,
     template_checks,
@@ -119,6 +120,10 @@ class ShapesConfig:
     seed: int = 0
 
 
+# the data.files keys naming files, folders or shards
+FILE_PATHS = ("pairs_root", "pairs_captions", "pairs_shards", "images_root", "texts")
+
+
 @dataclass
 class FilesConfig:
     pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
@@ -131,7 +136,7 @@ class FilesConfig:
     texts: Optional[str] = None  # text corpus: one text per line, or a .jsonl of {"text": ...} objects
 
     def __post_init__(self) -> None:  # a leading ~, as a shell expands it
-        expand_user_paths(self, ("pairs_root", "pairs_captions", "pairs_shards", "images_root", "texts"))
+        expand_user_paths(self, FILE_PATHS)
 
 
 # Each kind's share of steps when its ratio is left unset (null) and the data has that kind.
@@ -693,10 +698,15 @@ def every_karpathy_split(f: FilesConfig, pairs: torch.utils.data.Dataset) -> boo
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    cfg = replace(cfg, data=replace(cfg.data))  # (the ratios are resolved here, not in the caller's config)
+    # (the ratios are resolved here, and data.files's relative paths made absolute, not in the caller's config)
+    cfg = replace(cfg, data=replace(cfg.data, files=replace(cfg.data.files)))
 
     def validated(config: TrainConfig, world_size: int) -> None:
         validate(config, world_size)
+        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
+        run = resumed_run_records(config.training, ("config.yaml",))
+        run_checks.absolute_data_paths(config.data.files, FILE_PATHS, run, key="data.files")
+        run_checks.absolute_data_paths(config.data, ("vocab",), run)
         # the shares the run trains with, as config.yaml records them and a resume compares them: a run
         # recorded before unset ratios existed (0.7 / 0.15 / 0.15 stated) resumes with them unset
         config.data.ratios = RatiosConfig(**run_ratios(config.data))

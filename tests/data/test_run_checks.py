@@ -68,3 +68,36 @@ def test_relative_data_paths_are_made_absolute_but_those_a_resumed_run_recorded_
     resumed = Data()
     absolute_data_paths(resumed, names, tmp_path / "run")  # recorded absolute: made so, compared equal
     assert resumed.train == str(tmp_path / "data" / "train.tsv")
+
+
+def test_brace_patterns_file_urls_and_expanded_home_paths_are_made_absolute_only_where_relative(tmp_path, monkeypatch):
+    """A brace pattern opening with a group is made absolute only where none of that group's alternatives is absolute
+    or a URL (joined to the working directory, '{/data/a.tar,b.tar}' read '<cwd>/data/a.tar'); a ``file:`` URL, an
+    empty path and a ``~`` path (expanded: absolute, keeping what was typed for error messages) are left as they
+    are."""
+    from dataclasses import dataclass
+
+    from torchflava.data.run_checks import absolute_data_paths
+    from torchflava.training.config import ExpandedPath, expand_user_path
+
+    @dataclass
+    class Files:
+        local: str = "{train,extra}/shard-{000..009}.tar"
+        mixed: str = "{/data/a.tar,shards/b.tar}"
+        piped: str = "{pipe:cat a.tar,b.tar}"
+        inner: str = "shards/{a,/b}.tar"
+        url: str = "file:shards/a.tar"
+        empty: str = ""
+        home: object = None
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    files = Files(home=expand_user_path("~/shards/a.tar"))
+    home = files.home
+    absolute_data_paths(files, ("local", "mixed", "piped", "inner", "url", "empty", "home"), key="data.files")
+    assert files.local == f"{tmp_path}/{{train,extra}}/shard-{{000..009}}.tar"
+    assert (files.mixed, files.piped) == ("{/data/a.tar,shards/b.tar}", "{pipe:cat a.tar,b.tar}")
+    assert files.inner == f"{tmp_path}/shards/{{a,/b}}.tar"  # (a group after a folder: under it)
+    assert (files.url, files.empty) == ("file:shards/a.tar", "")
+    assert files.home is home and isinstance(home, ExpandedPath) and home.typed == "~/shards/a.tar"
+    assert repr(files.home) == f"'~/shards/a.tar' (= '{tmp_path}/home/shards/a.tar')"

@@ -16,7 +16,12 @@ import time
 import pytest
 import torch
 
-from tests.helpers import assert_a_grown_captions_file_refuses_resume, load_recipe, served_directory
+from tests.helpers import (
+    assert_a_grown_captions_file_refuses_resume,
+    assert_relative_paths_resume_the_run_s_own_files,
+    load_recipe,
+    served_directory,
+)
 from tests.test_zero_shot_command import write_hf_clip
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, ImageTransformSpec
@@ -777,6 +782,23 @@ def test_a_resume_on_a_captions_file_that_grew_is_refused_naming_its_key(tmp_pat
         "eval: no evaluation after this run: eval.* scores the held-out split of the built-in shapes world "
         "(data.source=shapes), and data.source=files trains on your files (set eval.enabled=false to drop this line)\n"
     )
+
+
+def test_relative_data_paths_and_output_dir_are_recorded_absolute(tmp_path, monkeypatch):
+    """A run started with relative data.files.* / data.vocab paths recorded them as typed: resumed from another
+    working directory holding files of the same names and sizes, it trained on those without a word; and
+    config=<run>/config.yaml there started a new run. Both recorded absolute: refused naming each key, and the run's
+    own config.yaml resumes it, on its files, from anywhere."""
+
+    def write(folder: Path) -> None:
+        captions = _scenes(folder / "images", 20)
+        _jsonl(folder / "pairs.jsonl", [(f"{i:02d}.png", caption) for i, caption in enumerate(captions)])
+        WordPieceTokenizer.train(captions, vocab_size=60).save(folder)
+
+    paths = {"data.files.pairs_root": "images", "data.files.pairs_captions": "pairs.jsonl", "data.vocab": "vocab.txt"}
+    common = ["data.source=files", "eval.enabled=false", *RESUMED]
+    config = lambda *overrides: _config(*common, *overrides)  # noqa: E731
+    assert_relative_paths_resume_the_run_s_own_files(train, config, write, paths, tmp_path, monkeypatch)
 
 
 def test_a_streamed_resume_on_more_shards_is_refused_naming_the_key(tmp_path, capsys):

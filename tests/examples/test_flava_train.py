@@ -17,7 +17,12 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import assert_a_grown_captions_file_refuses_resume, load_recipe, write_tiny_export
+from tests.helpers import (
+    assert_a_grown_captions_file_refuses_resume,
+    assert_relative_paths_resume_the_run_s_own_files,
+    load_recipe,
+    write_tiny_export,
+)
 from torchflava.modules.layers import TransformerEncoderLayer
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import load_config
@@ -308,6 +313,25 @@ def test_a_resume_on_a_source_that_grew_is_refused_naming_its_key(tmp_path):
         "optim.warmup_steps=1",
     ]
     assert_a_grown_captions_file_refuses_resume(train, _config, common, captions, tmp_path / "run")
+
+
+def test_relative_data_paths_and_output_dir_are_recorded_absolute(tmp_path, monkeypatch):
+    """A run started with relative data.files.* / data.vocab paths recorded them as typed: resumed from another
+    working directory holding files of the same names and sizes, it trained on those without a word; and
+    config=<run>/config.yaml there started a new run. Both recorded absolute: refused naming each key, and the run's
+    own config.yaml resumes it, on its files, from anywhere."""
+    from torchflava.data.tokenizer import WordPieceTokenizer
+
+    def write(folder: Path) -> None:
+        _write_pairs(folder / "data")
+        (folder / "texts.txt").write_text("a red square\na blue circle\n")
+        WordPieceTokenizer.train(["a red green blue square number"], vocab_size=60).save(folder)
+
+    paths = {"data.files.pairs_root": "data/images", "data.files.pairs_captions": "data/captions.jsonl"}
+    paths |= {"data.files.texts": "texts.txt", "data.vocab": "vocab.txt"}
+    common = ["data.source=files", "eval.enabled=false", "training.checkpoint_every=2", "optim.warmup_steps=1"]
+    config = lambda *overrides: _config(*common, *overrides)  # noqa: E731
+    assert_relative_paths_resume_the_run_s_own_files(train, config, write, paths, tmp_path, monkeypatch)
 
 
 def test_a_jsonl_text_corpus_trains_on_its_texts_and_a_captions_tsv_is_refused(tmp_path):

@@ -887,6 +887,31 @@ def test_a_checkpoint_records_its_config_and_a_resume_is_checked_against_it_alon
         assert again.resume_from == recorded.parent and len(again.loop_states) == 1
 
 
+def test_a_relative_output_dir_is_recorded_absolute_so_the_run_s_config_resumes_it_from_anywhere(tmp_path, monkeypatch):
+    """config.yaml recorded training.output_dir as typed: config=<run>/config.yaml training.resume=auto from another
+    working directory found no checkpoint there and started a new run, without a word. It is recorded absolute
+    (against the working directory at the start); the caller's config keeps what was typed."""
+    import yaml
+
+    for place in ("a", "b"):
+        (tmp_path / place).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    training, optim = settings("run", max_steps=2, checkpoint_every=2)
+    config = _Run(_Model(), training, optim)
+    try:
+        start = start_run(config, lambda config, world_size: None)
+        fit(Toy(), toy_step, ToyData(2), training=config.training, optim=optim, shard_layers=(), start=start)
+    finally:
+        release_run_directory(config.training)
+    assert (training.output_dir, config.training.output_dir) == ("run", str(tmp_path / "a" / "run"))
+    recorded = yaml.safe_load((tmp_path / "a" / "run" / "config.yaml").read_text())["training"]["output_dir"]
+    assert recorded == str(tmp_path / "a" / "run")
+    monkeypatch.chdir(tmp_path / "b")
+    _, again = _started(recorded, max_steps=4, resume="auto")  # (the run's config.yaml, from elsewhere)
+    assert again.resume_from == tmp_path / "a" / "run" / "checkpoints" / "step_00000002"
+    assert list((tmp_path / "b").iterdir()) == []
+
+
 def test_a_resume_refused_inside_fit_leaves_the_runs_config_and_files_as_they_were(tmp_path):
     """The recipes wrote config.yaml (and their vocabulary) before fit, whose loading of the checkpoint could
     still refuse the resume: config.yaml then described a run (here lr 0.5) its checkpoints do not belong

@@ -9,6 +9,7 @@
   recorded, so that a resume from another working directory reads the same files or is refused.
 """
 
+import itertools
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -16,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 from torch.utils.data import Dataset
 
 from torchflava.data.mixing import MixedBatches
-from torchflava.data.streaming import StreamingBatches
+from torchflava.data.streaming import StreamingBatches, url_scheme
 
 SHARDS_KEY = "data.files.pairs_shards"  # the key a recipe reads streamed shards from (as streaming_checks)
 RESTORE = "restore the data, or start a new run in another training.output_dir"
@@ -115,7 +116,7 @@ def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Pat
             recorded = recorded.get(part) if isinstance(recorded, dict) else None
 
     def absolute(value: object, was: object) -> object:
-        if not isinstance(value, str) or os.path.isabs(value) or "://" in value or value.startswith("pipe:"):
+        if not isinstance(value, str) or not _relative_local(value):
             return value
         kept = isinstance(was, str) and not os.path.isabs(was)  # recorded relative: compared (and read) as then
         return value if kept else os.path.abspath(value)
@@ -127,3 +128,21 @@ def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Pat
             setattr(section, name, {k: absolute(v, was.get(k)) for k, v in value.items()})
         else:
             setattr(section, name, absolute(value, was))
+
+
+def _relative_local(value: str) -> bool:
+    """Whether ``value`` is a local path relative to the working directory: not absolute, no URL (``s3://``,
+    ``pipe:``, ``file:``), and, for a brace pattern opening with its group (``{train,extra}/{000..009}.tar``), none
+    of that group's alternatives absolute or a URL (``{/data/a.tar,pipe:cat b.tar}``: its own paths, kept as typed)."""
+    if value == "" or os.path.isabs(value) or "://" in value or url_scheme(value):
+        return False
+    if not value.startswith("{"):
+        return True
+    import braceexpand  # (the streamed shards' patterns: installed with webdataset)
+
+    depths = itertools.accumulate({"{": 1, "}": -1}.get(char, 0) for char in value)
+    end = next((index for index, depth in enumerate(depths) if depth == 0), len(value) - 1)  # (the group's close)
+    return all(
+        not os.path.isabs(alternative) and not url_scheme(alternative)
+        for alternative in braceexpand.braceexpand(value[: end + 1])
+    )

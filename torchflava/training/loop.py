@@ -240,7 +240,8 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
     the run directory and finds the checkpoint to resume from. For a resumed run it also compares
     the config with the one the checkpoint was trained with (:func:`trained_config`), before the
     run's is rewritten: refused changes raise, applied ones are reported on stderr; and it reads and
-    checks the checkpoint's training-loop states. :func:`fit` records the config in every checkpoint.
+    checks the checkpoint's training-loop states. :func:`fit` records the config in every checkpoint. A relative
+    ``training.output_dir`` is made absolute first (``config.training`` a copy), as config.yaml records it.
 
     Args:
         config (Any): the recipe's config; ``config.training`` is a :class:`TrainingConfig`.
@@ -256,6 +257,11 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
             checks timed out waiting for another rank.
     """
     t = config.training
+    if isinstance(t.output_dir, str) and t.output_dir and not os.path.isabs(t.output_dir):
+        # recorded absolute, as the data paths are: config=<run>/config.yaml training.resume=auto from another
+        # working directory resumes the run (a relative one started a new run there, without a word); a copy, so
+        # the caller's TrainingConfig keeps what was typed
+        t = config.training = dataclasses.replace(t, output_dir=os.path.abspath(t.output_dir))
     validate(config, launch_world_size())
     info = init_distributed(t.strategy, device=t.device, collective_timeout_s=t.collective_timeout_s)
     checking = lambda: "in start_run, checking the checkpoint resumed from"  # noqa: E731
