@@ -435,7 +435,7 @@ def test_class_folders_report_the_zero_shot_commands_accuracy_before_training(tm
     report = finetune.main(load_config(finetune.FinetuneConfig, [*FOLDERS, *overrides]))
     classes = ["astronaut", "cat", "coffee", "rocket"]  # the sorted folder names
     expected = zero_shot.classify_folder(load_pretrained(tmp_path / "clip"), str(val), classes)
-    assert report["validation"]["zero_shot"]["items"] == expected["num_images"] == 5
+    assert report["validation"]["zero_shot"]["items"] == expected["num_inputs"] == 5
     assert report["validation"]["zero_shot"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
     assert load_clip_classifier(tmp_path / "run").labels == classes
 
