@@ -101,3 +101,27 @@ def test_brace_patterns_file_urls_and_expanded_home_paths_are_made_absolute_only
     assert (files.url, files.empty) == ("file:shards/a.tar", "")
     assert files.home is home and isinstance(home, ExpandedPath) and home.typed == "~/shards/a.tar"
     assert repr(files.home) == f"'~/shards/a.tar' (= '{tmp_path}/home/shards/a.tar')"
+
+
+def test_a_relative_path_through_a_symlink_and_up_stays_the_file_that_was_checked(tmp_path, monkeypatch):
+    """Found in review: ``link/../f.tsv`` with ``link`` a symlink into another folder names that folder's parent's
+    ``f.tsv`` (the OS follows the link, then goes up); ``os.path.abspath`` dropped ``link/..`` by its text and
+    recorded (and read) the working directory's ``f.tsv``, another file or none. Joined, not normalised."""
+    from dataclasses import dataclass
+
+    from torchflava.data.run_checks import absolute_data_paths
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "f.tsv").write_text("the file checked\n")
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "f.tsv").write_text("another file\n")
+    (tmp_path / "cwd" / "link").symlink_to(tmp_path / "real" / "sub")
+
+    @dataclass
+    class Data:
+        train: str = "link/../f.tsv"
+
+    monkeypatch.chdir(tmp_path / "cwd")
+    data = Data()
+    absolute_data_paths(data, ("train",))
+    assert data.train.startswith("/") and open(data.train).read() == "the file checked\n"

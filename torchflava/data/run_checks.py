@@ -119,7 +119,8 @@ def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Pat
         if not isinstance(value, str) or not _relative_local(value):
             return value
         kept = isinstance(was, str) and not os.path.isabs(was)  # recorded relative: compared (and read) as then
-        return value if kept else os.path.abspath(value)
+        # joined, not normalised: abspath drops 'link/..' by its text, where the OS follows the link first
+        return value if kept else os.path.join(os.getcwd(), value)
 
     for name in names:
         value, was = getattr(section, name), recorded.get(name) if isinstance(recorded, dict) else None

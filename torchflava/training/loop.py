@@ -261,7 +261,7 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
         # recorded absolute, as the data paths are: config=<run>/config.yaml training.resume=auto from another
         # working directory resumes the run (a relative one started a new run there, without a word); a copy, so
         # the caller's TrainingConfig keeps what was typed
-        t = config.training = dataclasses.replace(t, output_dir=os.path.abspath(t.output_dir))
+        t = config.training = dataclasses.replace(t, output_dir=os.path.join(os.getcwd(), t.output_dir))
     validate(config, launch_world_size())
     info = init_distributed(t.strategy, device=t.device, collective_timeout_s=t.collective_timeout_s)
     checking = lambda: "in start_run, checking the checkpoint resumed from"  # noqa: E731
