@@ -285,4 +285,6 @@ def test_the_summary_and_json_give_top5_beside_the_test_accuracy_and_the_images_
     )
     assert report["test_top5_accuracy"] == 0.75
     assert report["num_inputs"] == {"train": 3000, "val": 1000, "test": 540}
-    assert report["skipped"] == {} and report["skipped_reasons"] == {}
+    # split by split, as a folder probe reports them (report["skipped"]["test"] was a KeyError here alone)
+    assert report["skipped"] == {"train": 0, "val": 0, "test": 0}
+    assert report["skipped_reasons"] == {"train": [], "val": [], "test": []}

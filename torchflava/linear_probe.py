@@ -159,7 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
     skipped, counts = {}, {}  # split -> why each unreadable image was left out; split -> the images probed
     if args.shapes:
-        counts = dict(SHAPES_SPLITS)  # (drawn, never unreadable)
+        counts = dict(SHAPES_SPLITS)  # (drawn, never unreadable: none skipped in any split, as folders say it)
+        skipped = {name: [] for name in counts}
         sizes = {f"num_{name}": count for name, count in counts.items()}
         result = probe_shapes(pretrained, **sizes, batch_size=args.batch_size)
         classes = ShapesClassification.classes
