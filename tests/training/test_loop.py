@@ -245,6 +245,24 @@ def test_the_loop_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch):
     assert torch.equal(kept.gain, off.gain)  # an allocator setting: the same training
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["no-native-bf16", "native-bf16"])
+def test_bf16_on_a_cpu_without_native_bf16_says_so_as_the_run_starts(tmp_path, monkeypatch, capsys, native):
+    """On an AVX2-only CPU PyTorch's bf16 matmuls run ~7x slower than fp32 (the tiny FLAVA recipe ~15x): a run
+    asked to train in bf16 there says so on stderr once, before its first step; fp32 and native bf16 say nothing."""
+    from torchflava.training import schema as schema_module
+
+    monkeypatch.setattr(schema_module.precision_note, "__defaults__", (native,))
+    note = "training.precision: bf16 on this CPU runs its matmuls on PyTorch's reference path"
+    for precision in ("bf16", "fp32"):
+        run(tmp_path / precision, max_steps=1, checkpoint_every=1, precision=precision)
+        said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training.precision")]
+        assert len(said) == (0 if native or precision == "fp32" else 1)
+        assert all(line.startswith(note) and line.endswith("training.precision=fp32 is faster here") for line in said)
+    bf16 = settings(tmp_path, precision="bf16")[0]
+    assert schema_module.precision_note(bf16, torch.device("cpu"), False) is not None
+    assert schema_module.precision_note(bf16, torch.device("cuda"), False) is None  # a GPU's bf16 is its own
+
+
 class _WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts casts of the given parameters' storage to bf16."""
 

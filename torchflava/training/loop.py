@@ -94,6 +94,7 @@ from torchflava.training.schema import (
     OptimConfig,
     TrainingConfig,
     launch_world_size,
+    precision_note,
     raise_on_failed_checks,
     resume_point,
     setup_training,
@@ -621,6 +622,8 @@ def _fit(
         )
         if logger.set_aside_file is not None:
             print(f"metrics: the earlier records not continued here moved to {logger.set_aside_file}", file=sys.stderr)
+        if (note := precision_note(t, device)) is not None:
+            print(note, file=sys.stderr)
         if t.progress_bar and start < t.max_steps:
             from tqdm import tqdm
 
