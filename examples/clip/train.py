@@ -71,7 +71,7 @@ from torchflava.pretrained import (
     resolved_image_transform,
 )
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, expand_user_paths
+from torchflava.training.config import ConfigError, absolute_data_paths, builder_config, expand_user_paths
 from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -820,8 +820,8 @@ def main(cfg: TrainConfig) -> dict:
             resolve_model_section(config, checked, keep=recorded_nulls(config))  # model.pretrained's architecture
         # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
         run = resumed_run_records(config.training, ("config.yaml",))
-        run_checks.absolute_data_paths(config.data.files, FILE_PATHS, run, key="data.files")
-        run_checks.absolute_data_paths(config.data, ("vocab",), run)
+        absolute_data_paths(config.data.files, FILE_PATHS, run, key="data.files")
+        absolute_data_paths(config.data, ("vocab",), run)
         # before start_run compares the config with a resumed checkpoint's and records it
         resolve_text_length(config, text_context(config, None if checked is None else checked.checkpoint))
         resolve_vocab_size(config, tokenizer)

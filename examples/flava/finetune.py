@@ -39,7 +39,7 @@ from torchflava.data.finetuning import (
     unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
-from torchflava.data.run_checks import absolute_data_paths, resumed_data_checks
+from torchflava.data.run_checks import resumed_data_checks
 from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
 from torchflava.evaluation.metrics import correlation, percent, prediction_metrics, predictions_and_targets
@@ -58,7 +58,7 @@ from torchflava.pretrained import (
     text_positions,
     training_checkpoint,
 )
-from torchflava.training.config import ConfigError, builder_config, expand_user_paths
+from torchflava.training.config import ConfigError, absolute_data_paths, builder_config, expand_user_paths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import write_fine_tuning_report

@@ -56,7 +56,7 @@ from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained, trained_arguments
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, expand_user_paths
+from torchflava.training.config import ConfigError, absolute_data_paths, builder_config, expand_user_paths
 from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -705,8 +705,8 @@ def main(cfg: TrainConfig) -> dict:
         validate(config, world_size)
         # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
         run = resumed_run_records(config.training, ("config.yaml",))
-        run_checks.absolute_data_paths(config.data.files, FILE_PATHS, run, key="data.files")
-        run_checks.absolute_data_paths(config.data, ("vocab",), run)
+        absolute_data_paths(config.data.files, FILE_PATHS, run, key="data.files")
+        absolute_data_paths(config.data, ("vocab",), run)
         # the shares the run trains with, as config.yaml records them and a resume compares them: a run
         # recorded before unset ratios existed (0.7 / 0.15 / 0.15 stated) resumes with them unset
         config.data.ratios = RatiosConfig(**run_ratios(config.data))

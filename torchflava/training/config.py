@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import inspect
 import io
+import itertools
 import os
 from pathlib import Path
 import re
@@ -18,7 +19,7 @@ from typing import Callable, Iterator, Optional, Sequence, Type, TypeVar, Union,
 
 import yaml
 
-from torchflava.utils.checkpoint import atomic_write, first_line
+from torchflava.utils.checkpoint import atomic_write, first_line, url_scheme
 
 T = TypeVar("T")
 
@@ -526,3 +527,62 @@ def expand_user_paths(section: object, names: Sequence[str]) -> None:
             setattr(section, name, {key: expand_user_path(item) for key, item in value.items()})
         else:
             setattr(section, name, expand_user_path(value))
+
+
+def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Path] = None, key: str = "data") -> None:
+    """Make the relative paths in the fields ``names`` of the data section ``section`` (a recipe's dataclass; a
+    mapping field, e.g. ``data.extra_val``, has its values made so) absolute, against the working directory. Call it
+    before the run's config is compared with a resumed one's and recorded: a run resumed from another working
+    directory with the same relative paths read the files there (silently where they were of the same sizes); now
+    those paths differ from the recorded ones, refused naming the key, and ``config=<run>/config.yaml`` reads the
+    files the run read from any directory. URLs (``s3://...``, ``pipe:...``) are left as they are.
+
+    Args:
+        section (object): the data section.
+        names (Sequence[str]): its fields that hold paths.
+        run (Optional[Path]): the directory of the run a resume continues (its config.yaml; None: a new run). A
+            path it recorded relative (a run from before paths were recorded absolute) is left as typed, so that it
+            compares equal and is read as it was then, against the working directory.
+        key (str): the section's dotted key in config.yaml (``data``, ``data.files``).
+    """
+    recorded: object = {}
+    if run is not None:
+        try:
+            recorded = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # (the resume comparison names the file)
+            recorded = {}
+        for part in key.split("."):
+            recorded = recorded.get(part) if isinstance(recorded, dict) else None
+
+    def absolute(value: object, was: object) -> object:
+        if not isinstance(value, str) or not _relative_local(value):
+            return value
+        kept = isinstance(was, str) and not os.path.isabs(was)  # recorded relative: compared (and read) as then
+        # joined, not normalised: abspath drops 'link/..' by its text, where the OS follows the link first
+        return value if kept else os.path.join(os.getcwd(), value)
+
+    for name in names:
+        value, was = getattr(section, name), recorded.get(name) if isinstance(recorded, dict) else None
+        if isinstance(value, dict):
+            was = was if isinstance(was, dict) else {}
+            setattr(section, name, {k: absolute(v, was.get(k)) for k, v in value.items()})
+        else:
+            setattr(section, name, absolute(value, was))
+
+
+def _relative_local(value: str) -> bool:
+    """Whether ``value`` is a local path relative to the working directory: not absolute, no URL (``s3://``,
+    ``pipe:``, ``file:``), and, for a brace pattern opening with its group (``{train,extra}/{000..009}.tar``), none
+    of that group's alternatives absolute or a URL (``{/data/a.tar,pipe:cat b.tar}``: its own paths, kept as typed)."""
+    if value == "" or os.path.isabs(value) or "://" in value or url_scheme(value):
+        return False
+    if not value.startswith("{"):
+        return True
+    import braceexpand  # (the streamed shards' patterns: installed with webdataset)
+
+    depths = itertools.accumulate({"{": 1, "}": -1}.get(char, 0) for char in value)
+    end = next((index for index, depth in enumerate(depths) if depth == 0), len(value) - 1)  # (the group's close)
+    return all(
+        not os.path.isabs(alternative) and not url_scheme(alternative)
+        for alternative in braceexpand.braceexpand(value[: end + 1])
+    )
