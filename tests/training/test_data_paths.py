@@ -1,9 +1,111 @@
-"""Data paths made absolute: what config.yaml records, and a resume compares."""
+"""Data paths: a config section declares them in ``PATHS`` (:class:`DataPaths`); a leading ``~`` is expanded as it is
+made, and start_run makes the relative ones absolute (what config.yaml records, and a resume compares)."""
 
 from dataclasses import dataclass, field
 from typing import Optional
 
-from torchflava.training.config import ExpandedPath, absolute_data_paths, expand_user_path
+import pytest
+import yaml
+
+from tests.training.test_loop import Toy, ToyData, settings, toy_step
+from torchflava.training.config import (
+    ConfigError,
+    DataPaths,
+    ExpandedPath,
+    absolute_config_paths,
+    absolute_data_paths,
+    expand_user_path,
+)
+from torchflava.training.loop import fit, release_run_directory, start_run
+from torchflava.training.schema import OptimConfig, TrainingConfig
+
+
+@dataclass
+class _Shards(DataPaths):  # a researcher's own sections: their paths declared, and no call of their own
+    PATHS = ("shards", "index")
+
+    shards: str = "shards/{000..009}.tar"
+    index: Optional[str] = "~/index.json"
+    name: str = "not/a/path"  # not declared: as typed
+
+
+@dataclass
+class _Data(DataPaths):
+    PATHS = ("vocab", "sets")
+
+    vocab: Optional[str] = "vocab.txt"
+    sets: dict = field(default_factory=lambda: {"dev": "dev.tsv", "none": None})
+    files: _Shards = field(default_factory=_Shards)
+
+
+@dataclass
+class _Run:
+    data: _Data
+    training: TrainingConfig
+    optim: OptimConfig
+
+
+def _start(config: _Run, validate=lambda config, world_size: None):
+    try:
+        return start_run(config, validate)
+    finally:
+        release_run_directory(config.training)
+
+
+def test_a_recipes_own_data_section_gets_its_declared_paths_expanded_and_made_absolute_by_start_run(
+    tmp_path, monkeypatch
+):
+    """The four recipes named their data paths twice, in each section's ``__post_init__`` (``~`` expanded) and in
+    their ``validate`` (made absolute), and a recipe of one's own had to do both. Declared in ``PATHS`` alone, a
+    leading ``~`` is expanded as the section is made (validate sees it) and start_run makes the relative paths
+    absolute after validate, nested sections included, before the config is recorded; a resume from another working
+    directory with the same relative paths is refused naming each key."""
+    a, b, home = tmp_path / "a", tmp_path / "b", tmp_path / "home"
+    for folder in (a, b):
+        folder.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(a)
+    seen = []
+    config = _Run(_Data(), *settings("run", max_steps=2, checkpoint_every=2))
+    start = _start(config, lambda config, world_size: seen.append((config.data.vocab, config.data.files.index)))
+    fit(Toy(), toy_step, ToyData(2), training=config.training, optim=config.optim, shard_layers=(), start=start)
+    index = str(home / "index.json")
+    assert seen == [("vocab.txt", index)]  # (validate: as typed, ~ expanded)
+    data = config.data
+    assert (data.vocab, data.sets) == (str(a / "vocab.txt"), {"dev": str(a / "dev.tsv"), "none": None})
+    assert (data.files.shards, data.files.name) == (f"{a}/shards/{{000..009}}.tar", "not/a/path")
+    assert (data.files.index, data.files.index.typed) == (index, "~/index.json")
+    recorded = yaml.safe_load((a / "run" / "config.yaml").read_text())["data"]
+    assert recorded == {
+        "vocab": str(a / "vocab.txt"),
+        "sets": {"dev": str(a / "dev.tsv"), "none": None},
+        "files": {"shards": f"{a}/shards/{{000..009}}.tar", "index": index, "name": "not/a/path"},
+    }
+    monkeypatch.chdir(b)
+    with pytest.raises(ConfigError) as caught:
+        _start(_Run(_Data(), *settings(a / "run", max_steps=4, resume="auto")))
+    assert str(caught.value).startswith(
+        f"keys 'data.files.shards' ('{a}/shards/{{000..009}}.tar' -> '{b}/shards/{{000..009}}.tar'), 'data.sets.dev' "
+        f"('{a}/dev.tsv' -> '{b}/dev.tsv'), 'data.vocab' ('{a}/vocab.txt' -> '{b}/vocab.txt'): expected the values "
+    )
+    resumed = _Run(_Data(**recorded | {"files": _Shards(**recorded["files"])}), *settings(a / "run", resume="auto"))
+    assert _start(resumed).resume_from == a / "run" / "checkpoints" / "step_00000002"  # (its config.yaml's values)
+
+
+def test_a_nested_sections_paths_are_compared_with_what_a_resumed_run_recorded_under_its_dotted_key(
+    tmp_path, monkeypatch
+):
+    """A path a run from before recorded relative is kept as typed (it compares equal, and is read as then): looked
+    up under the section's own key, ``data.files`` for the nested section, not ``data``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("data:\n  files:\n    shards: shards/{000..009}.tar\n")
+    config = _Run(_Data(), *settings("run"))
+    absolute_config_paths(config, tmp_path / "run")
+    assert (config.data.files.shards, config.data.vocab) == ("shards/{000..009}.tar", str(tmp_path / "vocab.txt"))
+    config = _Run(_Data(), *settings("run"))
+    absolute_config_paths(config)  # (a new run)
+    assert config.data.files.shards == f"{tmp_path}/shards/{{000..009}}.tar"
 
 
 def test_relative_data_paths_are_made_absolute_but_those_a_resumed_run_recorded_relative(tmp_path, monkeypatch):

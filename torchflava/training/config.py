@@ -15,7 +15,19 @@ import os
 from pathlib import Path
 import re
 import types
-from typing import Callable, Iterator, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Callable,
+    ClassVar,
+    Iterator,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import yaml
 
@@ -487,7 +499,7 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
 
 # ------------------------------------------------------------------------------------------- data paths
 class ExpandedPath(str):
-    """A data path whose leading ``~`` was expanded (:func:`expand_user_paths`): the expanded path, which is what
+    """A data path whose leading ``~`` was expanded (:class:`DataPaths`): the expanded path, which is what
     is opened, keeping what was typed as ``typed``. Its ``repr``, which the one-line config errors show
     (``got {value!r}``), gives both: ``'~/glue/train.tsv' (= '/home/me/glue/train.tsv')``."""
 
@@ -515,18 +527,31 @@ def expand_user_path(value: object) -> object:
     return value if expanded == value else ExpandedPath(expanded, value)
 
 
-def expand_user_paths(section: object, names: Sequence[str]) -> None:
-    """Expand a leading ``~`` (:func:`expand_user_path`) in the fields ``names`` of the data section ``section``
-    (a recipe's dataclass; a mapping field, e.g. ``data.extra_val``, has its values expanded): a path typed
-    ``~/glue/QNLI/train.tsv`` in a YAML file or a quoted override was read literally, refused as a missing file,
-    or a folder named ``~`` under the working directory was read. Call it in the section's ``__post_init__``,
-    so that every use of the config, its checks, readers and recorded config.yaml, sees the expanded path."""
-    for name in names:
-        value = getattr(section, name)
-        if isinstance(value, dict):
-            setattr(section, name, {key: expand_user_path(item) for key, item in value.items()})
-        else:
-            setattr(section, name, expand_user_path(value))
+class DataPaths:
+    """The base of a config section (a dataclass) whose fields ``PATHS`` name data: files, folders or shards (a
+    mapping field, e.g. ``data.extra_val``, by its values). Declared there alone, with no call of the section's own,
+    a leading ``~`` in them is expanded as the section is made (:func:`expand_user_path`: every use of the config
+    sees the expanded path), and :func:`~torchflava.training.loop.start_run` makes them absolute
+    (:func:`absolute_config_paths`). A subclass's own ``__post_init__`` calls this one's."""
+
+    PATHS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.PATHS:
+            value = getattr(self, name)
+            expanded = {k: expand_user_path(v) for k, v in value.items()} if isinstance(value, dict) else None
+            setattr(self, name, expand_user_path(value) if expanded is None else expanded)
+
+
+def absolute_config_paths(config: object, run: Optional[Path] = None, key: str = "") -> None:
+    """:func:`absolute_data_paths` for every :class:`DataPaths` section of the dataclass ``config`` (nested sections
+    too, e.g. ``data.files``), each under its dotted key (``key``: ``config``'s own, with a trailing dot)."""
+    for field in dataclasses.fields(config):
+        section = getattr(config, field.name)
+        if dataclasses.is_dataclass(section) and not isinstance(section, type):
+            if isinstance(section, DataPaths):
+                absolute_data_paths(section, section.PATHS, run, key=f"{key}{field.name}")
+            absolute_config_paths(section, run, f"{key}{field.name}.")
 
 
 def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Path] = None, key: str = "data") -> None:
