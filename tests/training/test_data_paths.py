@@ -15,6 +15,7 @@ from torchflava.training.config import (
     absolute_config_paths,
     absolute_data_paths,
     expand_user_path,
+    load_config,
 )
 from torchflava.training.loop import fit, release_run_directory, start_run
 from torchflava.training.schema import OptimConfig, TrainingConfig
@@ -106,6 +107,19 @@ def test_a_nested_sections_paths_are_compared_with_what_a_resumed_run_recorded_u
     config = _Run(_Data(), *settings("run"))
     absolute_config_paths(config)  # (a new run)
     assert config.data.files.shards == f"{tmp_path}/shards/{{000..009}}.tar"
+
+
+def test_paths_is_no_key_of_the_config():
+    """``PATHS`` (a class variable) is an unknown key, whatever its value: ``data.PATHS=yes`` was refused as a
+    boolean where text was expected."""
+
+    @dataclass
+    class Schema:
+        data: _Data = field(default_factory=_Data)
+
+    for override in ("data.PATHS=yes", "data.files.PATHS=[a]"):
+        with pytest.raises(ConfigError, match=r"Key 'PATHS' not in '_(Data|Shards)'$"):
+            load_config(Schema, [override])
 
 
 def test_relative_data_paths_are_made_absolute_but_those_a_resumed_run_recorded_relative(tmp_path, monkeypatch):

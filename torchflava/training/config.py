@@ -201,9 +201,9 @@ def _typed_leaves(schema: type, raw: object, prefix: str = ""):
     that ``schema`` (a config dataclass) types, through its nested sections; ``kinds`` as :func:`_flat_types`."""
     if not (dataclasses.is_dataclass(schema) and isinstance(raw, dict)):
         return
-    hints = get_type_hints(schema)
+    hints, fields = get_type_hints(schema), {field.name for field in dataclasses.fields(schema)}
     for name, value in raw.items():
-        kind, key = hints.get(name), f"{prefix}{name}"
+        kind, key = hints.get(name) if name in fields else None, f"{prefix}{name}"  # (not a ClassVar: DataPaths.PATHS)
         if kind is None:
             continue
         section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
