@@ -68,7 +68,7 @@ from torchflava.data.finetuning import (
     unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, check_seeds, data_loss_report
-from torchflava.data.run_checks import absolute_data_paths, resumed_data_checks
+from torchflava.data.run_checks import resumed_data_checks
 from torchflava.data.samples import readable_chunks, unusable_start
 from torchflava.data.transforms import RandomCropTransform
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
@@ -77,7 +77,7 @@ from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head, standardised_head
 from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
-from torchflava.training.config import ConfigError, expand_user_paths
+from torchflava.training.config import ConfigError, DataPaths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
 from torchflava.training.metrics import write_fine_tuning_report
@@ -131,11 +131,10 @@ class ModelConfig:
     templates: Optional[list[str]] = None
 
 
-DATA_PATHS = ("train", "val")  # the data keys naming folders
-
-
 @dataclass
-class DataConfig:
+class DataConfig(DataPaths):
+    PATHS = ("train", "val")  # the keys naming folders
+
     task: str = "image_folder"  # image_folder (class sub-folders) | shapes
     train: Optional[str] = None  # image_folder: the training folder
     # image_folder: the class names of the prompts and the export, one per training class folder in the folders'
@@ -148,9 +147,6 @@ class DataConfig:
     # training augmentation as open_clip's training preprocess: random resized crops of [crop_scale_min, 1] of each
     # image's area, normalised as the checkpoint's preprocessing; null: none (that preprocessing, as validation's)
     crop_scale_min: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        expand_user_paths(self, DATA_PATHS)  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -632,8 +628,6 @@ def main(cfg: FinetuneConfig) -> dict:
         record = run_record(config)
         recorded = None if record is None else recorded_zero_shot(record)
         validate(config, world_size, recorded=recorded)
-        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same folders
-        absolute_data_paths(config.data, DATA_PATHS, resumed_run_records(config.training, ("config.yaml",)))
         resolve_defaults(config)  # before start_run compares the config with a resumed one's and records it
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point

@@ -71,7 +71,7 @@ from torchflava.pretrained import (
     resolved_image_transform,
 )
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, expand_user_paths
+from torchflava.training.config import ConfigError, DataPaths, builder_config
 from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -129,11 +129,10 @@ class ShapesConfig:
     seed: int = 0
 
 
-FILE_PATHS = ("pairs_root", "pairs_captions", "pairs_shards")  # the data.files keys naming files, folders or shards
-
-
 @dataclass
-class FilesConfig:
+class FilesConfig(DataPaths):
+    PATHS = ("pairs_root", "pairs_captions", "pairs_shards")  # the keys naming files, folders or shards
+
     pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
     pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json)
     pairs_split: Optional[list[str]] = None  # Karpathy .json: the splits to train on, e.g. [train, restval]
@@ -141,12 +140,11 @@ class FilesConfig:
     pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
 
-    def __post_init__(self) -> None:
-        expand_user_paths(self, FILE_PATHS)  # a leading ~, as a shell expands it
-
 
 @dataclass
-class DataConfig:
+class DataConfig(DataPaths):
+    PATHS = ("vocab",)
+
     source: str = "shapes"  # shapes (built in) | files
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
@@ -159,9 +157,6 @@ class DataConfig:
     max_text_length: Optional[int] = None  # null: the model's text context (model.pretrained's, or the section's)
     crop_scale_min: float = 0.9
     num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        expand_user_paths(self, ("vocab",))  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -794,7 +789,7 @@ def record_start(run: Path, kwargs: dict, eval_transform: ImageTransform) -> Non
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    # (data.max_text_length, vocab_size and data.files's relative paths resolve here, not the caller's)
+    # (data.max_text_length and vocab_size resolved here, and the paths start_run makes absolute: not the caller's)
     cfg = replace(cfg, data=replace(cfg.data, files=replace(cfg.data.files)))
     checked = None  # what validate read of model.pretrained (a URL's: downloaded) and checked: neither done again
     tokenizer = None  # a tokenizer read (data.vocab, model.pretrained's) by then; None: not yet, or learnt later
@@ -818,10 +813,6 @@ def main(cfg: TrainConfig) -> dict:
         else:  # (a run recorded before the records resumes with the nulls its config.yaml states)
             from_pretrained(config, validate(config, world_size))
             resolve_model_section(config, checked, keep=recorded_nulls(config))  # model.pretrained's architecture
-        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
-        run = resumed_run_records(config.training, ("config.yaml",))
-        run_checks.absolute_data_paths(config.data.files, FILE_PATHS, run, key="data.files")
-        run_checks.absolute_data_paths(config.data, ("vocab",), run)
         # before start_run compares the config with a resumed checkpoint's and records it
         resolve_text_length(config, text_context(config, None if checked is None else checked.checkpoint))
         resolve_vocab_size(config, tokenizer)

@@ -39,7 +39,7 @@ from torchflava.data.finetuning import (
     unread_task_key_checks,
 )
 from torchflava.data.mixing import MixedBatch, MixedBatches, data_loss_report
-from torchflava.data.run_checks import absolute_data_paths, resumed_data_checks
+from torchflava.data.run_checks import resumed_data_checks
 from torchflava.data.samples import BadSample, readable_chunks, unusable_start
 from torchflava.data.transforms import PREPROCESSOR_CONFIG
 from torchflava.evaluation.metrics import correlation, percent, prediction_metrics, predictions_and_targets
@@ -58,7 +58,7 @@ from torchflava.pretrained import (
     text_positions,
     training_checkpoint,
 )
-from torchflava.training.config import ConfigError, builder_config, expand_user_paths
+from torchflava.training.config import ConfigError, DataPaths, builder_config
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run, trained_config
 from torchflava.training.metrics import write_fine_tuning_report
@@ -98,11 +98,10 @@ DEFAULT_TEXT_LENGTH = 128  # data.max_text_length's null, at most the checkpoint
 MAX_LISTED_LABELS = 10  # the integer labels a refusal shows (data.labels=[...])
 
 
-DATA_PATHS = ("train", "val", "extra_val", "image_root")  # the data keys naming files or folders
-
-
 @dataclass
-class FinetuneDataConfig:
+class FinetuneDataConfig(DataPaths):
+    PATHS = ("train", "val", "extra_val", "image_root")  # the keys naming files or folders
+
     task: str = "glue"  # glue (TSV) | image_folder | image_text (jsonl + images) | shapes (built in)
     train: Optional[str] = None  # TSV / jsonl file, or image folder
     val: Optional[str] = None
@@ -128,9 +127,6 @@ class FinetuneDataConfig:
     shapes_train: int = 3000
     shapes_val: int = 540
     image_size: int = 64  # shapes rendering size
-
-    def __post_init__(self) -> None:
-        expand_user_paths(self, DATA_PATHS)  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -752,8 +748,6 @@ def main(cfg: FinetuneConfig) -> dict:
         records = run_records(config)
         recorded = None if records is None else recorded_backbone(records)
         positions = validate(config, world_size, recorded=recorded)
-        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
-        absolute_data_paths(config.data, DATA_PATHS, resumed_run_records(config.training, ("config.yaml",)))
         resolve_defaults(config, positions)  # before start_run compares the config with a resumed one's and records it
 
     start = start_run(cfg, validated)  # validate, process group, run directory, resume point

@@ -56,7 +56,7 @@ from torchflava.models.flava.pretraining import LOGIT_SCALE_MAX
 from torchflava.modules.codebook import dalle_encoder
 from torchflava.pretrained import load_pretrained, trained_arguments
 from torchflava.training.checkpointing import export_model
-from torchflava.training.config import ConfigError, builder_config, expand_user_paths
+from torchflava.training.config import ConfigError, DataPaths, builder_config
 from torchflava.training.distributed import rank0_report, rank0_value
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, restore_data_position, start_run
 from torchflava.training.metrics import plot_losses, read_metrics
@@ -80,7 +80,6 @@ from torchflava.training.schema import (
     raise_on_failed_checks,
     recorded_inputs_checks,
     rendered_size_check,
-    resumed_run_records,
     smallest_vocab,
     state_digest,
     template_checks,
@@ -120,12 +119,10 @@ class ShapesConfig:
     seed: int = 0
 
 
-# the data.files keys naming files, folders or shards
-FILE_PATHS = ("pairs_root", "pairs_captions", "pairs_shards", "images_root", "texts")
-
-
 @dataclass
-class FilesConfig:
+class FilesConfig(DataPaths):
+    PATHS = ("pairs_root", "pairs_captions", "pairs_shards", "images_root", "texts")  # naming files, folders, shards
+
     pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
     pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json)
     pairs_split: Optional[list[str]] = None  # Karpathy .json: the splits to train on, e.g. [train, restval]
@@ -134,9 +131,6 @@ class FilesConfig:
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)
     images_root: Optional[str] = None  # images without captions
     texts: Optional[str] = None  # text corpus: one text per line, or a .jsonl of {"text": ...} objects
-
-    def __post_init__(self) -> None:  # a leading ~, as a shell expands it
-        expand_user_paths(self, FILE_PATHS)
 
 
 # Each kind's share of steps when its ratio is left unset (null) and the data has that kind.
@@ -153,7 +147,9 @@ class RatiosConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(DataPaths):
+    PATHS = ("vocab",)
+
     source: str = "shapes"  # shapes (built in) | files
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
@@ -169,9 +165,6 @@ class DataConfig:
     mlm_probability: float = 0.15
     itm_negative_probability: float = 0.1
     num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        expand_user_paths(self, ("vocab",))  # a leading ~, as a shell expands it
 
 
 @dataclass
@@ -698,15 +691,11 @@ def every_karpathy_split(f: FilesConfig, pairs: torch.utils.data.Dataset) -> boo
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
-    # (the ratios are resolved here, and data.files's relative paths made absolute, not in the caller's config)
+    # (the ratios resolved here and the data paths start_run makes absolute change a copy, not the caller's config)
     cfg = replace(cfg, data=replace(cfg.data, files=replace(cfg.data.files)))
 
     def validated(config: TrainConfig, world_size: int) -> None:
         validate(config, world_size)
-        # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
-        run = resumed_run_records(config.training, ("config.yaml",))
-        run_checks.absolute_data_paths(config.data.files, FILE_PATHS, run, key="data.files")
-        run_checks.absolute_data_paths(config.data, ("vocab",), run)
         # the shares the run trains with, as config.yaml records them and a resume compares them: a run
         # recorded before unset ratios existed (0.7 / 0.15 / 0.15 stated) resumes with them unset
         config.data.ratios = RatiosConfig(**run_ratios(config.data))

@@ -5,19 +5,14 @@
   shard glob that matches more), as ``(ok, key, expected, got)`` tuples for the recipe's
   ``raise_on_failed_checks``.
 * :func:`evaluation_note`: the line a recipe prints when its evaluation cannot run on its data.
-* :func:`absolute_data_paths`: a run's relative data paths made absolute before its config is compared and
-  recorded, so that a resume from another working directory reads the same files or is refused.
 """
 
-import itertools
-import os
-from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from torch.utils.data import Dataset
 
 from torchflava.data.mixing import MixedBatches
-from torchflava.data.streaming import StreamingBatches, url_scheme
+from torchflava.data.streaming import StreamingBatches
 
 SHARDS_KEY = "data.files.pairs_shards"  # the key a recipe reads streamed shards from (as streaming_checks)
 RESTORE = "restore the data, or start a new run in another training.output_dir"
@@ -85,65 +80,4 @@ def evaluation_note(source: str, enabled: bool) -> Optional[str]:
     return (
         "eval: no evaluation after this run: eval.* scores the held-out split of the built-in shapes world "
         "(data.source=shapes), and data.source=files trains on your files (set eval.enabled=false to drop this line)"
-    )
-
-
-def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Path] = None, key: str = "data") -> None:
-    """Make the relative paths in the fields ``names`` of the data section ``section`` (a recipe's dataclass; a
-    mapping field, e.g. ``data.extra_val``, has its values made so) absolute, against the working directory. Call it
-    before the run's config is compared with a resumed one's and recorded: a run resumed from another working
-    directory with the same relative paths read the files there (silently where they were of the same sizes); now
-    those paths differ from the recorded ones, refused naming the key, and ``config=<run>/config.yaml`` reads the
-    files the run read from any directory. URLs (``s3://...``, ``pipe:...``) are left as they are.
-
-    Args:
-        section (object): the data section.
-        names (Sequence[str]): its fields that hold paths.
-        run (Optional[Path]): the directory of the run a resume continues (its config.yaml; None: a new run). A
-            path it recorded relative (a run from before paths were recorded absolute) is left as typed, so that it
-            compares equal and is read as it was then, against the working directory.
-        key (str): the section's dotted key in config.yaml (``data``, ``data.files``).
-    """
-    recorded: object = {}
-    if run is not None:
-        import yaml  # (PyYAML comes with the recipes, which wrote the run)
-
-        try:
-            recorded = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # (the resume comparison names the file)
-            recorded = {}
-        for part in key.split("."):
-            recorded = recorded.get(part) if isinstance(recorded, dict) else None
-
-    def absolute(value: object, was: object) -> object:
-        if not isinstance(value, str) or not _relative_local(value):
-            return value
-        kept = isinstance(was, str) and not os.path.isabs(was)  # recorded relative: compared (and read) as then
-        # joined, not normalised: abspath drops 'link/..' by its text, where the OS follows the link first
-        return value if kept else os.path.join(os.getcwd(), value)
-
-    for name in names:
-        value, was = getattr(section, name), recorded.get(name) if isinstance(recorded, dict) else None
-        if isinstance(value, dict):
-            was = was if isinstance(was, dict) else {}
-            setattr(section, name, {k: absolute(v, was.get(k)) for k, v in value.items()})
-        else:
-            setattr(section, name, absolute(value, was))
-
-
-def _relative_local(value: str) -> bool:
-    """Whether ``value`` is a local path relative to the working directory: not absolute, no URL (``s3://``,
-    ``pipe:``, ``file:``), and, for a brace pattern opening with its group (``{train,extra}/{000..009}.tar``), none
-    of that group's alternatives absolute or a URL (``{/data/a.tar,pipe:cat b.tar}``: its own paths, kept as typed)."""
-    if value == "" or os.path.isabs(value) or "://" in value or url_scheme(value):
-        return False
-    if not value.startswith("{"):
-        return True
-    import braceexpand  # (the streamed shards' patterns: installed with webdataset)
-
-    depths = itertools.accumulate({"{": 1, "}": -1}.get(char, 0) for char in value)
-    end = next((index for index, depth in enumerate(depths) if depth == 0), len(value) - 1)  # (the group's close)
-    return all(
-        not os.path.isabs(alternative) and not url_scheme(alternative)
-        for alternative in braceexpand.braceexpand(value[: end + 1])
     )

@@ -87,6 +87,7 @@ from torchflava.data.readers import (
     text_member,
 )
 from torchflava.data.samples import BadSample, Sample
+from torchflava.utils.checkpoint import url_scheme
 from torchflava.utils.checks import check_int, usable_cores
 
 # Opened with fsspec; pipe: and CURL_SCHEMES as commands (:class:`ShardCommand`); every other scheme
@@ -120,13 +121,6 @@ def _load_prctl() -> Optional[Callable]:
 
 
 _PRCTL = _load_prctl()
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
-
-
-def url_scheme(url: str) -> str:
-    """The scheme of ``url`` in lower case (``"pipe"``, ``"https"``, ``"s3"``), or ``""`` for a local path."""
-    match = _SCHEME.match(url)
-    return match.group(1).lower() if match is not None and len(match.group(1)) > 1 else ""
 
 
 def expand_shards(shards: Union[str, Sequence[str]]) -> list[str]:

@@ -10,15 +10,28 @@ import dataclasses
 import enum
 import inspect
 import io
+import itertools
 import os
 from pathlib import Path
 import re
 import types
-from typing import Callable, Iterator, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Callable,
+    ClassVar,
+    Iterator,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import yaml
 
-from torchflava.utils.checkpoint import atomic_write, first_line
+from torchflava.utils.checkpoint import atomic_write, first_line, url_scheme
 
 T = TypeVar("T")
 
@@ -188,9 +201,9 @@ def _typed_leaves(schema: type, raw: object, prefix: str = ""):
     that ``schema`` (a config dataclass) types, through its nested sections; ``kinds`` as :func:`_flat_types`."""
     if not (dataclasses.is_dataclass(schema) and isinstance(raw, dict)):
         return
-    hints = get_type_hints(schema)
+    hints, fields = get_type_hints(schema), {field.name for field in dataclasses.fields(schema)}
     for name, value in raw.items():
-        kind, key = hints.get(name), f"{prefix}{name}"
+        kind, key = hints.get(name) if name in fields else None, f"{prefix}{name}"  # (not a ClassVar: DataPaths.PATHS)
         if kind is None:
             continue
         section = next((t for t in _flat_types(kind) if dataclasses.is_dataclass(t)), None)
@@ -486,7 +499,7 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
 
 # ------------------------------------------------------------------------------------------- data paths
 class ExpandedPath(str):
-    """A data path whose leading ``~`` was expanded (:func:`expand_user_paths`): the expanded path, which is what
+    """A data path whose leading ``~`` was expanded (:class:`DataPaths`): the expanded path, which is what
     is opened, keeping what was typed as ``typed``. Its ``repr``, which the one-line config errors show
     (``got {value!r}``), gives both: ``'~/glue/train.tsv' (= '/home/me/glue/train.tsv')``."""
 
@@ -514,15 +527,87 @@ def expand_user_path(value: object) -> object:
     return value if expanded == value else ExpandedPath(expanded, value)
 
 
-def expand_user_paths(section: object, names: Sequence[str]) -> None:
-    """Expand a leading ``~`` (:func:`expand_user_path`) in the fields ``names`` of the data section ``section``
-    (a recipe's dataclass; a mapping field, e.g. ``data.extra_val``, has its values expanded): a path typed
-    ``~/glue/QNLI/train.tsv`` in a YAML file or a quoted override was read literally, refused as a missing file,
-    or a folder named ``~`` under the working directory was read. Call it in the section's ``__post_init__``,
-    so that every use of the config, its checks, readers and recorded config.yaml, sees the expanded path."""
+class DataPaths:
+    """The base of a config section (a dataclass) whose fields ``PATHS`` name data: files, folders or shards (a
+    mapping field, e.g. ``data.extra_val``, by its values). Declared there alone, with no call of the section's own,
+    a leading ``~`` in them is expanded as the section is made (:func:`expand_user_path`: every use of the config
+    sees the expanded path), and :func:`~torchflava.training.loop.start_run` makes them absolute
+    (:func:`absolute_config_paths`). A subclass's own ``__post_init__`` calls this one's."""
+
+    PATHS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.PATHS:
+            value = getattr(self, name)
+            expanded = {k: expand_user_path(v) for k, v in value.items()} if isinstance(value, dict) else None
+            setattr(self, name, expand_user_path(value) if expanded is None else expanded)
+
+
+def absolute_config_paths(config: object, run: Optional[Path] = None, key: str = "") -> None:
+    """:func:`absolute_data_paths` for every :class:`DataPaths` section of the dataclass ``config`` (nested sections
+    too, e.g. ``data.files``), each under its dotted key (``key``: ``config``'s own, with a trailing dot)."""
+    for field in dataclasses.fields(config):
+        section = getattr(config, field.name)
+        if dataclasses.is_dataclass(section) and not isinstance(section, type):
+            if isinstance(section, DataPaths):
+                absolute_data_paths(section, section.PATHS, run, key=f"{key}{field.name}")
+            absolute_config_paths(section, run, f"{key}{field.name}.")
+
+
+def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Path] = None, key: str = "data") -> None:
+    """Make the relative paths in the fields ``names`` of the data section ``section`` (a recipe's dataclass; a
+    mapping field, e.g. ``data.extra_val``, has its values made so) absolute, against the working directory. Call it
+    before the run's config is compared with a resumed one's and recorded: a run resumed from another working
+    directory with the same relative paths read the files there (silently where they were of the same sizes); now
+    those paths differ from the recorded ones, refused naming the key, and ``config=<run>/config.yaml`` reads the
+    files the run read from any directory. URLs (``s3://...``, ``pipe:...``) are left as they are.
+
+    Args:
+        section (object): the data section.
+        names (Sequence[str]): its fields that hold paths.
+        run (Optional[Path]): the directory of the run a resume continues (its config.yaml; None: a new run). A
+            path it recorded relative (a run from before paths were recorded absolute) is left as typed, so that it
+            compares equal and is read as it was then, against the working directory.
+        key (str): the section's dotted key in config.yaml (``data``, ``data.files``).
+    """
+    recorded: object = {}
+    if run is not None:
+        try:
+            recorded = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # (the resume comparison names the file)
+            recorded = {}
+        for part in key.split("."):
+            recorded = recorded.get(part) if isinstance(recorded, dict) else None
+
+    def absolute(value: object, was: object) -> object:
+        if not isinstance(value, str) or not _relative_local(value):
+            return value
+        kept = isinstance(was, str) and not os.path.isabs(was)  # recorded relative: compared (and read) as then
+        # joined, not normalised: abspath drops 'link/..' by its text, where the OS follows the link first
+        return value if kept else os.path.join(os.getcwd(), value)
+
     for name in names:
-        value = getattr(section, name)
+        value, was = getattr(section, name), recorded.get(name) if isinstance(recorded, dict) else None
         if isinstance(value, dict):
-            setattr(section, name, {key: expand_user_path(item) for key, item in value.items()})
+            was = was if isinstance(was, dict) else {}
+            setattr(section, name, {k: absolute(v, was.get(k)) for k, v in value.items()})
         else:
-            setattr(section, name, expand_user_path(value))
+            setattr(section, name, absolute(value, was))
+
+
+def _relative_local(value: str) -> bool:
+    """Whether ``value`` is a local path relative to the working directory: not absolute, no URL (``s3://``,
+    ``pipe:``, ``file:``), and, for a brace pattern opening with its group (``{train,extra}/{000..009}.tar``), none
+    of that group's alternatives absolute or a URL (``{/data/a.tar,pipe:cat b.tar}``: its own paths, kept as typed)."""
+    if value == "" or os.path.isabs(value) or "://" in value or url_scheme(value):
+        return False
+    if not value.startswith("{"):
+        return True
+    import braceexpand  # (the streamed shards' patterns: installed with webdataset)
+
+    depths = itertools.accumulate({"{": 1, "}": -1}.get(char, 0) for char in value)
+    end = next((index for index, depth in enumerate(depths) if depth == 0), len(value) - 1)  # (the group's close)
+    return all(
+        not os.path.isabs(alternative) and not url_scheme(alternative)
+        for alternative in braceexpand.braceexpand(value[: end + 1])
+    )

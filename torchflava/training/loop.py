@@ -74,7 +74,7 @@ from torchflava.training.checkpointing import (
     rng_state_fault,
     set_rng_state,
 )
-from torchflava.training.config import ConfigError, check_resume_config, config_yaml
+from torchflava.training.config import ConfigError, absolute_config_paths, check_resume_config, config_yaml
 from torchflava.training.distributed import (
     DistributedInfo,
     all_reduce_sum,
@@ -97,6 +97,7 @@ from torchflava.training.schema import (
     precision_note,
     raise_on_failed_checks,
     resume_point,
+    resumed_run_records,
     setup_training,
     training_checks,
 )
@@ -242,7 +243,8 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
     the config with the one the checkpoint was trained with (:func:`trained_config`), before the
     run's is rewritten: refused changes raise, applied ones are reported on stderr; and it reads and
     checks the checkpoint's training-loop states. :func:`fit` records the config in every checkpoint. A relative
-    ``training.output_dir`` is made absolute first (``config.training`` a copy), as config.yaml records it.
+    ``training.output_dir`` is made absolute first (``config.training`` a copy), as config.yaml records it; once
+    validated, so are the data paths of its sections (in place: :func:`absolute_config_paths`).
 
     Args:
         config (Any): the recipe's config; ``config.training`` is a :class:`TrainingConfig`.
@@ -264,6 +266,8 @@ def start_run(config: Any, validate: Callable[[Any, int], None]) -> RunStart:
         # the caller's TrainingConfig keeps what was typed
         t = config.training = dataclasses.replace(t, output_dir=os.path.join(os.getcwd(), t.output_dir))
     validate(config, launch_world_size())
+    # relative data paths made absolute (as config.yaml records them): a resume elsewhere reads the same files
+    absolute_config_paths(config, resumed_run_records(config.training, ("config.yaml",)))
     info = init_distributed(t.strategy, device=t.device, collective_timeout_s=t.collective_timeout_s)
     checking = lambda: "in start_run, checking the checkpoint resumed from"  # noqa: E731
     with collective_timeout_named(TIMEOUT_KEY, t.collective_timeout_s, where=checking):

@@ -115,6 +115,15 @@ def training_run_model(builder: Callable, pretrained: object, given: dict) -> Op
     return importlib.import_module("torchflava.pretrained").trained_model(builder, pretrained, given)
 
 
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of ``url`` in lower case (``"pipe"``, ``"https"``, ``"s3"``), or ``""`` for a local path."""
+    match = _SCHEME.match(url)
+    return match.group(1).lower() if match is not None and len(match.group(1)) > 1 else ""
+
+
 def is_remote(path: object) -> bool:
     """Whether ``path`` is a URL that :func:`local_checkpoint` downloads.
 
