@@ -1,6 +1,7 @@
 """python -m torchflava.linear_probe on class folders and on the built-in shapes task."""
 
 import functools
+import inspect
 
 import pytest
 import torch
@@ -288,3 +289,19 @@ def test_the_summary_and_json_give_top5_beside_the_test_accuracy_and_the_images_
     # split by split, as a folder probe reports them (report["skipped"]["test"] was a KeyError here alone)
     assert report["skipped"] == {"train": 0, "val": 0, "test": 0}
     assert report["skipped_reasons"] == {"train": [], "val": [], "test": []}
+
+
+def test_the_shapes_splits_are_probe_shapes_defaults_and_read_only(export, monkeypatch):
+    """--shapes reports SHAPES_SPLITS as the images of each split and probe_shapes drew its defaults: two lists of
+    the same numbers, now one (probe_shapes's defaults read SHAPES_SPLITS, which cannot be changed in place)."""
+    defaults = inspect.signature(command.probe_shapes).parameters
+    assert {name: defaults[f"num_{name}"].default for name in ("train", "val", "test")} == dict(command.SHAPES_SPLITS)
+    assert dict(command.SHAPES_SPLITS) == {"train": 3000, "val": 1000, "test": 540}
+    with pytest.raises(TypeError):
+        command.SHAPES_SPLITS["train"] = 10
+    called = {}
+    none = torch.zeros(0)
+    result = LinearProbeResult(1.0, {1.0: 0.5}, 0.25, none, none, none, none, 0.3)
+    monkeypatch.setattr(command, "probe_shapes", lambda pretrained, **sizes: called.update(sizes) or result)
+    report = command.main(["--checkpoint", str(export), "--shapes"])
+    assert report["num_inputs"] == {name: called[f"num_{name}"] for name in ("train", "val", "test")}

@@ -62,6 +62,7 @@ from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
 from torchflava.evaluation.metrics import (
     TOP5,
+    accuracy_summary,
     classification_metrics,
     correlation,
     pearson,
@@ -981,12 +982,7 @@ def _shown(result: dict, args: argparse.Namespace) -> dict:
             shown = ", ".join(f"{label} {score:.3f}" for label, score in record["top"])
         print(f"{name}\t{shown}")
     summary = f"{result['num_inputs']} inputs, {result['skipped']} unreadable skipped"
-    if "accuracy" in result:
-        summary += f"; accuracy {percent(result['accuracy'])} (chance {percent(result['chance'])})"
-        summary += f", mean per class {percent(result['mean_per_class_accuracy'])}"
-        if "top5_accuracy" in result:
-            summary += f", top-5 {percent(result['top5_accuracy'])}"
-    print(summary)
+    print(summary + accuracy_summary(result))
     if "warning" in result:
         print(result["warning"], file=sys.stderr)
     return finish_command(result, result["skipped_reasons"], args.json)

@@ -18,6 +18,7 @@ import argparse
 import os
 from pathlib import Path
 import sys
+from types import MappingProxyType
 from typing import Optional, Sequence
 
 import torch
@@ -34,7 +35,8 @@ from torchflava.utils.cli import finish_command, output_file, positive_int, run_
 from torchflava.utils.memory import keep_freed_memory
 
 DEFAULT_BATCH_SIZE = 128  # images encoded at a time (--batch-size)
-SHAPES_SPLITS = (("train", 3000), ("val", 1000), ("test", 540))  # --shapes: the images of each split
+# --shapes: the images of each split (probe_shapes's defaults; read-only)
+SHAPES_SPLITS = MappingProxyType({"train": 3000, "val": 1000, "test": 540})
 
 
 @torch.no_grad()
@@ -72,9 +74,9 @@ def untrained_classes(classes: Sequence[str], train_labels: Tensor) -> list[str]
 def probe_shapes(
     pretrained: Pretrained,
     *,
-    num_train: int = 3000,
-    num_val: int = 1000,
-    num_test: int = 540,
+    num_train: int = SHAPES_SPLITS["train"],
+    num_val: int = SHAPES_SPLITS["val"],
+    num_test: int = SHAPES_SPLITS["test"],
     image_size: int = 64,
     l2_values: Sequence[float] = DEFAULT_L2,
     batch_size: int = DEFAULT_BATCH_SIZE,

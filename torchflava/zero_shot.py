@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import percent, retrieval_recall, zero_shot_classifier
-from torchflava.evaluation.metrics import TOP5, reported_ks
+from torchflava.evaluation.metrics import TOP5, accuracy_summary, reported_ks
 from torchflava.evaluation.zero_shot import (
     check_class_prompts,
     check_finite,
@@ -845,12 +845,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for file, name in sorted(result["predictions"].items()):
             print(f"{file}\t{name}")
         summary = f"{result['num_inputs']} images, {result['skipped']} unreadable skipped"
-        if "accuracy" in result:
-            summary += f"; accuracy {percent(result['accuracy'])} (chance {percent(result['chance'])})"
-            summary += f", mean per class {percent(result['mean_per_class_accuracy'])}"
-            if "top5_accuracy" in result:
-                summary += f", top-5 {percent(result['top5_accuracy'])}"
-        print(summary)
+        print(summary + accuracy_summary(result))
         if class_folders is None:
             warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
         else:

@@ -8,6 +8,7 @@ import torch
 
 from torchflava.evaluation.metrics import (
     accuracy,
+    accuracy_summary,
     binary_f1,
     classification_metrics,
     correlation,
@@ -476,3 +477,12 @@ def test_correlations_print_with_three_decimals_and_nan_where_undefined():
     ]  # fmt: skip
     with pytest.raises(TypeError, match=r"^value must be a real number or None, got str"):
         correlation("0.5")
+
+
+def test_accuracy_summary_is_the_part_the_zero_shot_and_classify_commands_print():
+    """The two commands spelt the same accuracies line out each; accuracy_summary is now both's."""
+    result = {"accuracy": 0.75, "chance": 1 / 3000, "mean_per_class_accuracy": 0.9996}
+    assert accuracy_summary(result) == "; accuracy 75.0% (chance 0.033%), mean per class 99.96%"
+    result["top5_accuracy"] = 1.0
+    assert accuracy_summary(result).endswith("mean per class 99.96%, top-5 100.0%")
+    assert accuracy_summary({"num_inputs": 3, "chance": 0.5}) == ""  # (unlabelled images: no accuracy)

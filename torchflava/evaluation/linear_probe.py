@@ -261,8 +261,7 @@ def linear_probe(
     if test is not None:
         # stable: of tied classes the first comes first, as argmax (the prediction) picks it
         ranked = (standard(test[0]) @ weight.T + bias).sort(dim=1, descending=True, stable=True).indices
-        right = (ranked[:, 0] == test[1]).double()
-        test_accuracy = right.mean().item()
-        per_class = per_class_mean(right, test[1], num_classes)
-        top5 = top_k_accuracy(ranked, test[1], num_classes).get("top5_accuracy")
+        scores = top_k_accuracy(ranked, test[1], num_classes)  # (the accuracy, and top-5 past 5 classes)
+        test_accuracy, top5 = scores["accuracy"], scores.get("top5_accuracy")
+        per_class = per_class_mean(ranked[:, 0] == test[1], test[1], num_classes)
     return LinearProbeResult(best, val_accuracy, test_accuracy, weight, bias, mean, std, per_class, top5)

@@ -12,8 +12,9 @@ holds no values to score and is refused.
 those instead of (N, C) rows. :func:`task_metrics` is the two in one call (one implementation).
 
 :func:`percent` is how every evaluation command and recipe prints a share (an accuracy, a chance level),
-:func:`correlation` how they print a correlation (Matthews, Pearson, Spearman), and :func:`top_k_accuracy` the
-top-1 and top-5 accuracies the classification commands report alike.
+:func:`correlation` how they print a correlation (Matthews, Pearson, Spearman), :func:`top_k_accuracy` the
+top-1 and top-5 accuracies the classification commands report alike, and :func:`accuracy_summary` how the
+zero-shot and classify commands print them.
 """
 
 import math
@@ -66,6 +67,19 @@ def top_k_accuracy(ranked: Tensor, labels: Tensor, num_classes: int) -> dict[str
     if TOP5 in ks:
         out["top5_accuracy"] = int(hits.any(dim=1).sum()) / ranked.shape[0]
     return out
+
+
+def accuracy_summary(result: dict) -> str:
+    """What the zero-shot and classify commands' summary line says of a classification's accuracies:
+    ``"; accuracy A (chance C), mean per class M"`` and ``", top-5 T"`` where ``result`` holds ``top5_accuracy``
+    (each share as :func:`percent` prints it); ``""`` where it holds no ``accuracy`` (the images were not labelled)."""
+    if "accuracy" not in result:
+        return ""
+    summary = f"; accuracy {percent(result['accuracy'])} (chance {percent(result['chance'])})"
+    summary += f", mean per class {percent(result['mean_per_class_accuracy'])}"
+    if "top5_accuracy" in result:
+        summary += f", top-5 {percent(result['top5_accuracy'])}"
+    return summary
 
 
 def correlation(value: Optional[float]) -> str:

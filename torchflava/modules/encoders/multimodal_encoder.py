@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput
+from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput, encoder_output
 from torchflava.modules.encoders.text_encoder import _is_causal
 from torchflava.modules.layers.attention import Positions, check_hidden_states
 from torchflava.modules.layers.patch_embedding import in_weight_dtype
@@ -163,9 +163,7 @@ class MultimodalEncoder(nn.Module):
             return_hidden_states=return_hidden_states,
             checkpoint_activations=checkpoint_activations,
         )
-        normed = self.norm(out.last_hidden_state)
-        pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
-        return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
+        return encoder_output(out, self.norm, self.pooler, return_pooled)
 
 
 # (a causal stack makes the image causal too: a captioner's text-only causality is an attn_mask instead)

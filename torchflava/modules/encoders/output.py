@@ -2,7 +2,9 @@
 
 from typing import NamedTuple, Optional
 
-from torch import Tensor
+from torch import Tensor, nn
+
+from torchflava.modules.layers.transformer import TransformerOutput
 
 # ``output_positions`` of the first token (a ViT's or BERT's CLS): the last layer computes only it.
 CLS_POSITION = slice(0, 1)
@@ -25,3 +27,14 @@ class EncoderOutput(NamedTuple):
     pooled_output: Optional[Tensor] = None
     hidden_states: Optional[tuple[Tensor, ...]] = None
     prenorm_last_hidden_state: Optional[Tensor] = None
+
+
+def encoder_output(
+    out: TransformerOutput, norm: nn.Module, pooler: Optional[nn.Module], return_pooled: bool
+) -> EncoderOutput:
+    """What a tower returns of its stack's output ``out``: the last state through the final ``norm``, pooled by
+    ``pooler`` where there is one and ``return_pooled`` asks for it, every layer's states, and the last state before
+    the norm (the vision, text and multimodal encoders alike)."""
+    normed = norm(out.last_hidden_state)
+    pooled = pooler(normed) if (return_pooled and pooler is not None) else None
+    return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)

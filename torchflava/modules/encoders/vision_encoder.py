@@ -4,7 +4,7 @@ from typing import Optional, Union
 
 from torch import Tensor, nn
 
-from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput
+from torchflava.modules.encoders.output import CLS_POSITION, EncoderOutput, encoder_output
 from torchflava.modules.layers.attention import Positions
 from torchflava.modules.layers.patch_embedding import PatchEmbedding
 from torchflava.modules.layers.pooler import Pooler
@@ -99,9 +99,7 @@ class VisionEncoder(nn.Module):
             return_hidden_states=return_hidden_states,
             checkpoint_activations=checkpoint_activations,
         )
-        normed = self.norm(out.last_hidden_state)
-        pooled = self.pooler(normed) if (return_pooled and self.pooler is not None) else None
-        return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
+        return encoder_output(out, self.norm, self.pooler, return_pooled)
 
 
 def _has_cls_token(embeddings: nn.Module) -> bool:
