@@ -5,11 +5,7 @@ start on 2 cores, with sympy. Reading or writing a training checkpoint imports t
 import subprocess
 import sys
 
-import pytest
-import torch.distributed.checkpoint as dcp
-
 from tests.helpers import REPO
-import torchflava.training.integrity as integrity
 
 HEAVY = ("torch.distributed.checkpoint", "torch.distributed.tensor")
 PROBE = f"import sys\nloaded = lambda: [m for m in {HEAVY!r} if m in sys.modules]\n"
@@ -58,13 +54,3 @@ print(sorted(weights), torch.equal(weights["weight"], model.weight.detach()), lo
     norm, after_save = run_python(code)
     assert norm == "5.0 [0.6, 0.8] []"  # (the norm is divided by 5 + 1e-6)
     assert after_save == "['weight'] True ['torch.distributed.checkpoint', 'torch.distributed.tensor']"
-
-
-def test_the_safe_reader_and_planner_are_dcp_s_classes_built_once():
-    reader, planner = integrity.SafeFileSystemReader, integrity.SafeLoadPlanner
-    assert issubclass(reader, dcp.FileSystemReader) and issubclass(planner, dcp.DefaultLoadPlanner)
-    from torchflava.training.integrity import SafeFileSystemReader, SafeLoadPlanner
-
-    assert (SafeFileSystemReader, SafeLoadPlanner) == (reader, planner)
-    with pytest.raises(AttributeError, match="^module 'torchflava.training.integrity' has no attribute 'Safe'$"):
-        integrity.Safe  # noqa: B018

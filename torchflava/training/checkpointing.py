@@ -110,7 +110,7 @@ def _load_dcp(state: dict, path: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from torchflava.training.integrity import SafeFileSystemReader, SafeLoadPlanner
+    from torchflava.training.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
 
     with _single_process_ok():
         try:
