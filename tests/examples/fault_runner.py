@@ -32,6 +32,7 @@ import traceback
 import typing
 
 import torch
+import torch.distributed.checkpoint as dcp
 
 import torchflava.training.checkpointing as checkpointing
 from torchflava.training.config import load_config
@@ -90,9 +91,9 @@ def rename_then_die(path):
 
 def install(point: str, n: int) -> None:
     if point == "before_dcp_write":
-        checkpointing.dcp.save = kill_on(n, checkpointing.dcp.save)
+        dcp.save = kill_on(n, dcp.save)
     elif point == "after_dcp_write":
-        checkpointing.dcp.save = kill_on(n, checkpointing.dcp.save, after=True)
+        dcp.save = kill_on(n, dcp.save, after=True)
     elif point == "before_marker":
         checkpointing.write_marker = kill_on(n, checkpointing.write_marker)
     elif point == "after_marker_before_rename":
@@ -165,6 +166,8 @@ def _child(request: dict) -> int:
 
 def serve() -> None:
     """Answer each JSON request line on stdin with the returncode of a forked run of it (None: timed out)."""
+    import torch.distributed.checkpoint.state_dict  # noqa: F401  (the library imports it at a run's first save)
+
     import torchflava.data  # noqa: F401  the imports every run shares, done once
     import torchflava.evaluation  # noqa: F401
     import torchflava.models  # noqa: F401

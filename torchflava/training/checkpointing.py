@@ -10,7 +10,8 @@ when every rank has finished, so a killed run never leaves a checkpoint that loo
 checkpoints are renamed away before they are deleted. A write that fails on any rank (a full disk)
 fails the save on every rank in one line, with the temporary directory removed and the checkpoints
 written before left complete. Loading verifies every digest first and never
-runs code from the files (:mod:`torchflava.training.integrity`).
+runs code from the files (:mod:`torchflava.training.integrity`). DCP is imported as a checkpoint is
+written or read, not with this module: finding checkpoints and checking their digests do without it.
 """
 
 from contextlib import contextmanager
@@ -26,22 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
 
 from torchflava.training.distributed import barrier
 from torchflava.training.integrity import (
     MARKER,
     CheckpointIntegrityError,
-    SafeFileSystemReader,
-    SafeLoadPlanner,
     damage,
     damage_on_every_rank,
     read_dcp_metadata,
@@ -112,6 +102,21 @@ def _single_process_ok():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
+
+
+def _load_dcp(state: dict, path: Path) -> None:
+    """Fill ``state`` (DCP's ``load``: resharded, in place) from checkpoint ``path``, read safely (no pickle runs),
+    missing entries left as they are; a failure on any rank raised as one :class:`CheckpointIntegrityError`."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from torchflava.training.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
+
+    with _single_process_ok():
+        try:
+            dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(allow_partial_load=True))
+        except CheckpointException as error:  # DCP gathers every rank's failure into one exception
+            raise unwrap_checkpoint_error(error, path) from None
 
 
 class CheckpointManager:
@@ -222,6 +227,9 @@ class CheckpointManager:
         self._collective_phase(step, tmp, lambda: self._prepare(tmp) if _rank() == 0 else None)
 
         def write_parts() -> None:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
             model_state, optim_state = get_state_dict(model, optimizer)
             with _single_process_ok():
                 dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
@@ -266,6 +274,8 @@ class CheckpointManager:
         """``work()`` on every rank, then every rank's fault gathered (collective); if any rank's failed,
         rank 0 removes ``tmp`` (the disk space a full disk needs back) and every rank raises: a rank's own
         refusal (a ValueError, say) as it is, a write that failed as :class:`CheckpointWriteError`."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
         fault, own = None, None
         try:
             work()
@@ -326,6 +336,8 @@ class CheckpointManager:
                 the manifest written with it, or its metadata refers to anything but DCP's classes.
             ValueError: if the checkpoint lacks weights of ``model``.
         """
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
         path = Path(path)
         reason = None if verified else damage_on_every_rank(path)
         if reason is not None:
@@ -340,13 +352,7 @@ class CheckpointManager:
             raise ValueError(f"checkpoint {path} lacks model weights {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         stateless = {fqn for fqn in optim_state["state"] if not any(k.startswith(f"optim.state.{fqn}.") for k in saved)}
         state = {"model": model_state, "optim": optim_state}
-        with _single_process_ok():
-            try:
-                dcp.load(
-                    state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(allow_partial_load=True)
-                )
-            except CheckpointException as error:  # DCP gathers every rank's failure into one exception
-                raise unwrap_checkpoint_error(error, path) from None
+        _load_dcp(state, path)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         for name, param in model.named_parameters():
             if checkpoint_name(name).removeprefix("module.") in stateless:
@@ -396,6 +402,8 @@ def read_model_weights(path: Union[str, os.PathLike], *, verified: bool = False)
         CheckpointIntegrityError: if ``path`` is not a complete checkpoint, a file does not match its
             manifest, its metadata refers to anything but DCP's classes, or it holds no model tensors.
     """
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
     path = Path(path)
     reason = None if verified else damage(path)
     if reason is not None:
@@ -409,11 +417,7 @@ def read_model_weights(path: Union[str, os.PathLike], *, verified: bool = False)
         state[key] = torch.empty(entry.size, dtype=entry.properties.dtype)  # whole: DCP fills it from every shard
     if not state:
         raise CheckpointIntegrityError(f"cannot read {path}: it holds no model weights")
-    with _single_process_ok():
-        try:
-            dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(allow_partial_load=True))
-        except CheckpointException as error:
-            raise unwrap_checkpoint_error(error, path) from None
+    _load_dcp(state, path)
     return {key.removeprefix("model."): tensor for key, tensor in state.items()}
 
 
@@ -429,6 +433,8 @@ def export_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:
         ValueError: if ``path`` does not end in ``.safetensors`` (another suffix got a torch file) or
             is a directory — before anything is gathered or written.
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     check_module("model", model)
     if Path(path).suffix != ".safetensors" or Path(path).is_dir():
         raise ValueError(f"path must be a .safetensors file path, got {os.fspath(path)!r}")

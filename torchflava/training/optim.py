@@ -1,17 +1,24 @@
 """AdamW parameter groups, the warmup + cosine schedule, and gradient clipping that works under FSDP2."""
 
 import math
+import sys
 from typing import Iterable, Mapping, Optional
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 from torch.nn.utils import parametrize
 
 # Modules whose ``weight`` is decayed (convolutions: transposed ones too), and nn.MultiheadAttention's
 # input projections, held as raw parameters beside its nn.Linear out_proj.
 _DECAYED_MODULES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 _ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _dtensor_types() -> tuple[type, ...]:
+    """``(DTensor,)``, or ``()`` while ``torch.distributed.tensor`` was never imported: no tensor can be one
+    then, and importing it (over half a second, with sympy) for an ``isinstance`` check would slow every command."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return (module.DTensor,) if module is not None and hasattr(module, "DTensor") else ()
 
 
 def checkpoint_name(name: str) -> str:
@@ -150,16 +157,16 @@ def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
     Plain gradients' norms are accumulated in float32 whatever their dtype: a model whose parameters
     are fp16 (or bf16) had each norm rounded to that dtype, so finite fp16 gradients of norm over 65504
     gave an infinite norm (the loop stopped as on a NaN, and clipping zeroed them)."""
-    grads = list(grads)
+    grads, dtensor = list(grads), _dtensor_types()
     squares = []
-    sharded = [g for g in grads if isinstance(g, DTensor)]
+    sharded = [g for g in grads if isinstance(g, dtensor)]
     if sharded:
         norm = torch.nn.utils.get_total_norm(sharded)
-        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        norm = norm.full_tensor() if isinstance(norm, dtensor) else norm
         squares.append(norm.float().cpu() ** 2)
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for g in grads:
-        if not isinstance(g, DTensor):
+        if not isinstance(g, dtensor):
             by_device.setdefault(g.device, []).append(g)
     for group in by_device.values():
         norms = torch._foreach_norm(group, 2, dtype=torch.float32)  # (torch's own clipping uses it too)
@@ -186,8 +193,8 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> torch
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     grads = [p.grad for p in parameters if p.grad is not None]
-    total = grad_norm(grads)
+    total, dtensor = grad_norm(grads), _dtensor_types()
     coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for grad in grads:
-        grad.mul_(coefficient.to(grad.device, grad.dtype) if not isinstance(grad, DTensor) else coefficient.item())
+        grad.mul_(coefficient.to(grad.device, grad.dtype) if not isinstance(grad, dtensor) else coefficient.item())
     return total
