@@ -197,11 +197,12 @@ def test_an_open_clip_hub_directory_and_a_single_tower_one(tmp_path):
 
 def test_a_missing_path_or_a_file_is_named_as_such(tmp_path):
     """A path that does not exist was 'neither a torchflava run/export directory ... nor a Hugging Face
-    directory' (found by an adversarial review)."""
+    directory' (found by an adversarial review). A file is read as a CLIP weights file alone
+    (tests/test_lone_weights_file.py): one that is none is named as such."""
     with pytest.raises(FileNotFoundError, match=r"checkpoint: .*nowhere does not exist"):
         checkpoint_layout(tmp_path / "nowhere")
     (tmp_path / "weights.safetensors").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match=r"weights.safetensors is a file; expected a checkpoint directory"):
+    with pytest.raises(ValueError, match=r"^could not read .*weights.safetensors as a safetensors file: "):
         checkpoint_layout(tmp_path / "weights.safetensors")
 
 
@@ -412,8 +413,9 @@ def test_a_file_url_names_a_checkpoint_directory(tmp_path):
     for name, value in by_path.model.state_dict().items():
         assert torch.equal(by_url.model.state_dict()[name], value), name
     weights = next((tmp_path / "hf").glob("*.safetensors"))
-    with pytest.raises(
-        FileNotFoundError, match=rf"checkpoint: {re.escape(str(weights))} is a file; expected a checkpoint"
+    with pytest.raises(  # (a file is read as a CLIP weights file alone: a FLAVA one is named, and its directory)
+        ValueError,
+        match=rf"^checkpoint: {re.escape(str(weights))} is a FLAVA weights file alone, .*: {re.escape(str(weights.parent))}, which holds it, is one$",
     ):
         load_pretrained(weights.as_uri())
     with pytest.raises(FileNotFoundError, match=r"^checkpoint not found: file://.*/nowhere$"):

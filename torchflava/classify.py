@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping, Set
 import inspect
 import json
 import math
+import os
 from pathlib import Path
 import sys
 from typing import ContextManager, NamedTuple, Optional, Sequence, Union
@@ -432,7 +433,14 @@ def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
     Raises:
         TypeError, FileNotFoundError, ValueError: as :func:`load_classifier`.
     """
-    layout = checkpoint_layout(local_directory(path))
+    local = local_directory(path)
+    if isinstance(local, (str, os.PathLike)) and os.path.isfile(local):  # (read as a CLIP file: its tokenizer asked)
+        raise ValueError(
+            f"classifier: expected a fine-tuned classifier's export (a fine-tuning run or its model/ directory), got "
+            f"{local}, a weights file alone (a pretrained CLIP file is classified zero-shot: python -m "
+            f"torchflava.zero_shot --checkpoint {local} --tokenizer MERGES_FILE --images DIR --classes ...)"
+        )
+    layout = checkpoint_layout(local)
     config_file = layout.directory / CLASSIFIER_CONFIG
     if layout.family != "flava" or not config_file.is_file():
         raise FileNotFoundError(

@@ -4,6 +4,7 @@
     python -m torchflava.linear_probe --checkpoint runs/tiny/checkpoints/step_2000 --shapes  # a run's step-2000 checkpoint
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
     python -m torchflava.linear_probe --checkpoint file:///models/flava-full --shapes --batch-size 32
+    python -m torchflava.linear_probe --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --shapes
 
 The feature is the image encoder's CLS after its final LayerNorm (no projection), of images
 preprocessed as the checkpoint states (``preprocessor_config.json``, see
@@ -30,7 +31,14 @@ from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.evaluation.metrics import percent
 from torchflava.modules.encoders import CLS_POSITION
-from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
+from torchflava.pretrained import (
+    INFERENCE_DTYPE_NAMES,
+    Pretrained,
+    add_dtype_argument,
+    add_lone_file_arguments,
+    load_pretrained,
+    options_named,
+)
 from torchflava.utils.cli import finish_command, output_file, positive_int, run_command
 from torchflava.utils.memory import keep_freed_memory
 
@@ -107,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--checkpoint",
         required=True,
         help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
-        "export: its latest complete checkpoint); or a file:// URL of one",
+        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, with --tokenizer",
     )
     parser.add_argument("--shapes", action="store_true", help="the built-in shapes task")
     parser.add_argument("--train")
@@ -120,6 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         help=f"images encoded at a time [{DEFAULT_BATCH_SIZE}]",
     )
     add_dtype_argument(parser)
+    add_lone_file_arguments(parser)
     parser.add_argument(
         "--json", type=output_file, help="also write the report here (weights: the file or training checkpoint probed)"
     )
@@ -158,7 +167,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 f"argument --train: expected at least 2 class sub-folders, got {len(split[name].classes)} "
                 f"({split[name].classes} in {folder!r})"
             )
-    pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
+    with options_named(args):  # (a weights file alone: its --tokenizer, and --activation where it does not say)
+        dtype, tokenizer, activation = INFERENCE_DTYPE_NAMES[args.dtype], args.tokenizer, args.activation
+        pretrained = load_pretrained(args.checkpoint, dtype=dtype, tokenizer=tokenizer, activation=activation)
     skipped, counts = {}, {}  # split -> why each unreadable image was left out; split -> the images probed
     if args.shapes:
         counts = dict(SHAPES_SPLITS)  # (drawn, never unreadable: none skipped in any split, as folders say it)

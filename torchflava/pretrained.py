@@ -22,7 +22,12 @@ Understood layouts (all local paths; nothing is downloaded):
   (:class:`~torchflava.data.clip_tokenizer.CLIPTokenizer`), ``tokenizer_config.json`` and
   ``preprocessor_config.json``,
 * an open_clip Hub directory: ``open_clip_config.json`` with ``open_clip_model.safetensors`` or
-  ``open_clip_pytorch_model.bin``, and the tokenizer files as above.
+  ``open_clip_pytorch_model.bin``, and the tokenizer files as above,
+* a CLIP weights file alone (OpenAI's TorchScript ``~/.cache/clip/ViT-B-32.pt``, an OpenAI or open_clip state
+  dict ``.pt``, ``.bin`` or ``.safetensors``), given with its tokenizer (``tokenizer=``: CLIP's merges file
+  ``bpe_simple_vocab_16e6.txt.gz`` or a tokenizer directory) and, where the file does not say which
+  (Hugging Face's or open_clip's without their config beside it), its ``activation``: :func:`lone_file_layout`,
+  OpenAI's preprocessing, the model's text context.
 
 The checkpoint is used as its own users use it: the tokenizer honours ``tokenizer_config.json``
 (:meth:`~torchflava.data.tokenizer.WordPieceTokenizer.from_directory`: casing, accents,
@@ -48,7 +53,7 @@ import os
 from pathlib import Path
 import re
 import sys
-from typing import Callable, ContextManager, NamedTuple, Optional, Union
+from typing import Callable, ContextManager, Iterator, NamedTuple, Optional, Union
 import warnings
 
 import torch
@@ -72,11 +77,11 @@ from torchflava.models.clip.convert_weights import (
     file_config,
 )
 from torchflava.models.flava import flava_model_arguments, load_flava_weights
-from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config
+from torchflava.models.flava.convert_weights import detect_layout, flava_kwargs_from_hf_config
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
 from torchflava.training.checkpointing import CONFIG, CheckpointManager, read_model_weights
 from torchflava.training.integrity import MARKER, CheckpointIntegrityError, damage
-from torchflava.utils.architecture import export_files, layout_of
+from torchflava.utils.architecture import UntoldArgument, export_files, layout_of
 from torchflava.utils.checkpoint import (
     check_regular_file,
     first_line,
@@ -191,8 +196,10 @@ class CheckpointLayout(NamedTuple):
         family (str): ``"flava"`` or ``"clip"`` (the key of :data:`BUILDERS`).
         config (Optional[Path]): the file ``kwargs`` were read from.
         image_transform (Optional[ImageTransform]): a training checkpoint's evaluation transform, resolved with
-            its arguments (:func:`run_parts`); None: the files of ``directory`` state it (see
-            :func:`resolved_image_transform`).
+            its arguments (:func:`run_parts`), or a CLIP weights file's (OpenAI's); None: the files of ``directory``
+            state it (see :func:`resolved_image_transform`).
+        tokenizer (Optional[Path]): for a CLIP weights file alone, the tokenizer given with it (a merges file,
+            a ``tokenizer.json`` or a tokenizer directory: :func:`checkpoint_tokenizer`); None: ``directory``'s.
     """
 
     weights: Path
@@ -201,14 +208,27 @@ class CheckpointLayout(NamedTuple):
     family: str = "flava"
     config: Optional[Path] = None
     image_transform: Optional[ImageTransform] = None
+    tokenizer: Optional[Path] = None
 
 
-def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
-    """Find the weights, architecture arguments and tokenizer directory of a checkpoint directory.
+def checkpoint_layout(
+    path: Union[str, os.PathLike],
+    *,
+    tokenizer: Optional[Union[str, os.PathLike]] = None,
+    activation: Optional[str] = None,
+) -> CheckpointLayout:
+    """Find the weights, architecture arguments and tokenizer directory of a checkpoint directory, or read a
+    CLIP weights file given alone with its tokenizer (:func:`lone_file_layout`).
 
     Args:
         path (Union[str, os.PathLike]): a run, export or Hugging Face directory, or a run's training
-            checkpoint (see the module doc).
+            checkpoint (see the module doc); or a CLIP weights file (OpenAI's TorchScript ``.pt``, an
+            OpenAI, open_clip or Hugging Face state dict ``.pt``/``.bin``/``.safetensors``).
+        tokenizer (Optional[Union[str, os.PathLike]]): a weights file's tokenizer, which it does not hold:
+            CLIP's merges file (``bpe_simple_vocab_16e6.txt.gz``), a ``tokenizer.json``, or a tokenizer
+            directory (``vocab.json`` + ``merges.txt``, or ``tokenizer.json``); only with a weights file.
+        activation (Optional[str]): ``"gelu"`` or ``"quick_gelu"``, for a weights file that does not say
+            (Hugging Face's or open_clip's without their config beside it); only with a weights file.
 
     Returns:
         CheckpointLayout: weights (file or directory), builder keyword arguments, the directory
@@ -223,23 +243,26 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
             as :func:`training_checkpoint` and :func:`run_parts` for a training checkpoint.
         ValueError: if ``config.json`` states another model, an export holds several weights files, or
             a file that loading reads (``*.json``, ``*.txt``, ``*.safetensors``, ``*.bin``) is no
-            regular file (a FIFO would make the read wait forever).
+            regular file (a FIFO would make the read wait forever); ``tokenizer`` or ``activation`` with a
+            checkpoint directory; as :func:`lone_file_layout` for a weights file.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint: the path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     _refuse_classifier_export(path)
+    if path.is_file():
+        return lone_file_layout(path, tokenizer=tokenizer, activation=activation)
     trained = training_checkpoint(path, quiet=True)  # (the loader that reads its weights says which it reads)
     if trained is not None:  # verified (once: a run's newest intact one was, as it was found), its config, tokenizer
+        _refuse_lone_file_options(trained, tokenizer, activation)
         family, kwargs, _, transform = _verified_run_parts(trained, verified=found_intact(path, trained))
         run = trained.parent.parent
         return CheckpointLayout(trained, kwargs, run, family, config=run_config(trained), image_transform=transform)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint: {path} is a file; expected a checkpoint directory (a run, an export, or a Hugging Face or open_clip directory)"
-        )
+    if not path.is_dir():  # (a FIFO, a socket...: no weights file either)
+        check_regular_file(path, "a checkpoint directory or a CLIP weights file")
+    _refuse_lone_file_options(path, tokenizer, activation)
     path = checkpoint_directory(path)  # a run directory: its model/ export
     for pattern in _READ_PATTERNS:  # (the loaders would not see a FIFO config, or wait on a FIFO's read)
         for file in sorted(path.glob(pattern)):
@@ -273,6 +296,77 @@ def checkpoint_layout(path: Union[str, os.PathLike]) -> CheckpointLayout:
     if not holds_tokenizer(path):
         raise FileNotFoundError(f"checkpoint: {path} has none of the tokenizer files {', '.join(TOKENIZER_FILES)}")
     return CheckpointLayout(weights=weights, kwargs=kwargs, directory=path, family=family, config=config_file)
+
+
+# What a weights file's tokenizer may be (:func:`lone_file_layout`'s and the commands' --tokenizer).
+LONE_FILE_TOKENIZERS = (
+    "a CLIP merges file such as bpe_simple_vocab_16e6.txt.gz, a tokenizer.json, or a directory of vocab.json + "
+    "merges.txt or tokenizer.json"
+)
+
+
+def _refuse_lone_file_options(
+    path: Path, tokenizer: Optional[Union[str, os.PathLike]], activation: Optional[str]
+) -> None:
+    """ValueError (:class:`UntoldArgument`, naming it) where ``tokenizer`` or ``activation`` is given with checkpoint
+    directory ``path``, which states both (its tokenizer files and config): neither overrides them."""
+    for name, value in (("tokenizer", tokenizer), ("activation", activation)):
+        if value is not None:
+            raise UntoldArgument(
+                name,
+                f"checkpoint: expected {name} only with a CLIP weights file alone, got {value} with {path}, a "
+                "checkpoint directory, which holds its own",
+            )
+
+
+def lone_file_layout(
+    path: Path, *, tokenizer: Optional[Union[str, os.PathLike]] = None, activation: Optional[str] = None
+) -> CheckpointLayout:
+    """The layout of a CLIP weights file given alone: its ``clip_model`` arguments (its shapes, OpenAI's entries, or
+    a config beside it; :func:`~torchflava.models.clip.clip_model_arguments`), the ``tokenizer`` given with it, and
+    OpenAI's preprocessing at the model's image size (a bicubic resize of the short side, a centre crop, CLIP's mean
+    and std: open_clip's defaults, :meth:`ImageTransformSpec.from_open_clip_config`). Its names and shapes are read
+    from its header; no tensor data.
+
+    Raises:
+        UntoldArgument: (a ValueError) naming ``tokenizer`` where none is given (checked before its sizes are read),
+            or ``activation`` where the file does not say (Hugging Face's or open_clip's, no config beside it).
+        ValueError: for a FLAVA weights file (a FLAVA checkpoint is read from its directory), a file that is no
+            checkpoint or not CLIP's, or as :func:`~torchflava.models.clip.clip_model_arguments`.
+        TypeError, FileNotFoundError: if ``tokenizer`` is not a path; is not there.
+    """
+    check_regular_file(path, "a CLIP weights file")
+    names = without_prefix(peek_state_dict(path), "module.")  # (its header: names and shapes)
+    if _is_flava(names):
+        beside = f": {path.parent}, which holds it, is one" if directory_family(path.parent) == "flava" else ""
+        raise ValueError(
+            f"checkpoint: {path} is a FLAVA weights file alone, which is read from its directory: expected a FLAVA "
+            "checkpoint directory (a run, its model/ export, or a Hugging Face facebook/flava-full-style directory "
+            f"with its config.json, tokenizer and preprocessor_config.json beside the weights){beside}"
+        )
+    if tokenizer is None:
+        raise UntoldArgument(
+            "tokenizer",
+            f"checkpoint: {path} is a weights file alone, which holds no tokenizer: expected tokenizer "
+            f"({LONE_FILE_TOKENIZERS}), got none",
+        )
+    if not isinstance(tokenizer, (str, os.PathLike)) or not isinstance(os.fspath(tokenizer), str):
+        raise TypeError(f"tokenizer: expected a path ({LONE_FILE_TOKENIZERS}), got {type(tokenizer).__name__}")
+    tokenizer = Path(os.path.expanduser(tokenizer))
+    if not tokenizer.exists():
+        raise FileNotFoundError(f"tokenizer: expected {LONE_FILE_TOKENIZERS}, got {tokenizer} (not there)")
+    kwargs = clip_model_arguments(path, **({} if activation is None else {"activation": activation}))
+    spec = ImageTransformSpec.from_open_clip_config({}, kwargs["image_size"])  # (OpenAI's own preprocessing)
+    return CheckpointLayout(path, kwargs, path.parent, "clip", path, ImageTransform(spec), tokenizer)
+
+
+def _is_flava(names: dict) -> bool:
+    """Whether a state dict's names are FLAVA's (in one of its layouts); not so for CLIP's, or names of neither."""
+    try:
+        detect_layout(names)
+    except ValueError:
+        return False
+    return True
 
 
 def holds_tokenizer(directory: Union[str, os.PathLike]) -> bool:
@@ -463,8 +557,19 @@ def _newer_checkpoint_note(run: Path) -> None:
 
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
-    """The tokenizer of a checkpoint directory (:func:`directory_tokenizer` of its directory and family)."""
-    return directory_tokenizer(layout.directory, layout.family)
+    """The tokenizer of a checkpoint directory (:func:`directory_tokenizer` of its directory and family); for a
+    weights file alone, the one given with it (:attr:`CheckpointLayout.tokenizer`): a directory's, a
+    ``tokenizer.json``, or a merges file's first merges, as many as the model's vocabulary holds
+    (:meth:`CLIPTokenizer.from_bpe`); texts at most the model's context length by default."""
+    given = layout.tokenizer
+    if given is None:
+        return directory_tokenizer(layout.directory, layout.family)
+    if given.is_dir():
+        return directory_tokenizer(given, layout.family)
+    context = text_positions(layout.family, layout.kwargs)
+    if given.suffix == ".json":
+        return CLIPTokenizer.from_tokenizer_json(given, model_max_length=context)
+    return CLIPTokenizer.from_bpe(given, vocab_size=layout.kwargs["vocab_size"], model_max_length=context)
 
 
 def directory_tokenizer(directory: Union[str, os.PathLike], family: str) -> Union[WordPieceTokenizer, CLIPTokenizer]:
@@ -908,6 +1013,48 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_lone_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """The commands' ``--tokenizer`` and ``--activation``, for a CLIP weights file given alone as ``--checkpoint``
+    (see :func:`load_pretrained`; :func:`options_named` names them in its errors)."""
+    parser.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help=f"with a CLIP weights file alone as --checkpoint (e.g. ~/.cache/clip/ViT-B-32.pt): its tokenizer, "
+        f"{LONE_FILE_TOKENIZERS}",
+    )
+    parser.add_argument(
+        "--activation",
+        choices=("gelu", "quick_gelu"),
+        help="with a Hugging Face or open_clip weights file alone (no config beside it, which would say): the "
+        "activation it was trained with (open_clip's -quickgelu models: quick_gelu); OpenAI's files say quick_gelu",
+    )
+
+
+@contextlib.contextmanager
+def options_named(args: argparse.Namespace) -> Iterator[None]:
+    """Around a command's :func:`load_pretrained` of ``args.checkpoint`` with ``args.tokenizer`` and
+    ``args.activation``: a ``tokenizer`` or ``activation`` it finds missing or misplaced is named as the option
+    (ValueError: the command's one-line error)."""
+    try:
+        yield
+    except UntoldArgument as error:
+        name = error.argument
+        if name not in ("tokenizer", "activation"):  # (e.g. a width that tells no head count: as it is)
+            raise
+        value = getattr(args, name)
+        if value is not None:  # given with a checkpoint directory
+            raise ValueError(
+                f"argument --{name}: expected only with a CLIP weights file alone as --checkpoint, got {value} with "
+                f"{args.checkpoint}, a checkpoint directory, which holds its own"
+            ) from None
+        expected = {
+            "tokenizer": f"{LONE_FILE_TOKENIZERS}, with --checkpoint {args.checkpoint}, a weights file alone",
+            "activation": f"gelu or quick_gelu with --checkpoint {args.checkpoint}, a Hugging Face or open_clip "
+            "weights file alone that does not say which (no config beside it)",
+        }[name]
+        raise ValueError(f"argument --{name}: expected {expected}, got none") from None
+
+
 def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:
     """What the export of the run that wrote training ``checkpoint`` would hold, from the run's files alone:
     the model family, the builder's arguments, the tokenizer (at the text length the run trained at) and
@@ -1099,7 +1246,13 @@ def trained_arguments(builder: Callable, pretrained: object, given: dict) -> Opt
     return checkpoint, {**kwargs, **set_here}
 
 
-def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch.float32) -> Pretrained:
+def load_pretrained(
+    path: Union[str, os.PathLike],
+    *,
+    dtype: torch.dtype = torch.float32,
+    tokenizer: Optional[Union[str, os.PathLike]] = None,
+    activation: Optional[str] = None,
+) -> Pretrained:
     """Build the checkpoint's architecture, load its weights, tokenizer and image preprocessing.
 
     Args:
@@ -1107,6 +1260,12 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
             training checkpoint (``<run>/checkpoints/step_<N>``: :func:`load_training_checkpoint`), or a
             ``file://`` URL naming one (as the builders' ``pretrained`` takes it). A run directory without
             an export is read from its newest complete, intact checkpoint (:func:`training_checkpoint`).
+            Or a CLIP weights file alone (``~/.cache/clip/ViT-B-32.pt``, an open_clip ``.bin`` or
+            ``.safetensors``...) with ``tokenizer``: :func:`lone_file_layout`, OpenAI's preprocessing.
+        tokenizer (Optional[Union[str, os.PathLike]]): a weights file's tokenizer (only with one; see
+            :func:`checkpoint_layout`), e.g. ``bpe_simple_vocab_16e6.txt.gz``.
+        activation (Optional[str]): ``"gelu"`` or ``"quick_gelu"`` for a weights file that does not say which
+            (only with one; OpenAI's files say QuickGELU).
         dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16
             autocast with every linear weight cast, and on CPU packed, once (:func:`pack_linears`; the
             model can then no longer be trained, nor moved to another device: its parameters are
@@ -1124,6 +1283,8 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     Raises:
         TypeError, FileNotFoundError: as :func:`checkpoint_layout` (FileNotFoundError naming the URL for
             a ``file://`` URL of nothing).
+        UntoldArgument: (a ValueError) naming ``tokenizer`` for a weights file given without one, ``activation``
+            for one that does not say which, either given with a checkpoint directory (:func:`checkpoint_layout`).
         ValueError: if ``path`` is a URL of another scheme than ``file:`` (nothing is downloaded: the
             tokenizer and preprocessing files are read from the directory), a malformed ``file://``
             URL, if ``dtype`` is not one of :data:`INFERENCE_DTYPES`, if ``tokenizer_config.json`` or
@@ -1138,9 +1299,10 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
         _refuse_classifier_export(local)
     checkpoint = training_checkpoint(Path(local)) if isinstance(local, (str, os.PathLike)) else None
     if checkpoint is not None:  # (a run's newest intact one: verified as it was found)
+        _refuse_lone_file_options(checkpoint, tokenizer, activation)
         verified = found_intact(Path(local), checkpoint)
         return inference_ready(load_training_checkpoint(checkpoint, verified=verified), dtype)
-    layout = checkpoint_layout(local)
+    layout = checkpoint_layout(local, tokenizer=tokenizer, activation=activation)
     builder = BUILDERS[layout.family]
     unknown = sorted(set(layout.kwargs) - (set(inspect.signature(builder).parameters) - {"pretrained"}))
     if unknown:  # was the builder's TypeError, naming no file
@@ -1154,7 +1316,7 @@ def load_pretrained(path: Union[str, os.PathLike], *, dtype: torch.dtype = torch
     if tokenizer.model_max_length is None:  # no stated limit: what the model takes, not an error on each call
         tokenizer.model_max_length = text_positions(layout.family, layout.kwargs)
     if misfits := tokenizer_misfits(built_vocabulary(layout), tokenizer):  # (before the weights are read)
-        raise ValueError(misfit_message(misfits[0], layout.directory))
+        raise ValueError(misfit_message(misfits[0], layout.tokenizer or layout.directory))
     image_size = layout.kwargs.get("image_size") or 224  # (an int: the builder checked it)
     image_transform = resolved_image_transform(layout, image_size=image_size)
     model = builder(pretrained=layout.weights, **layout.kwargs).eval()

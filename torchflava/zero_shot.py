@@ -8,11 +8,14 @@
     python -m torchflava.zero_shot --checkpoint file:///models/flava-full --images DIR --classes @classes.txt
     python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @imagenet_classes.txt --folder-order
     python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @LOC_synset_mapping.txt
+    python -m torchflava.zero_shot --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --images DIR --classes "cat,dog"
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
 so a Hugging Face ``facebook/flava-full`` or ``CLIPModel`` directory gives the numbers its
-transformers users get.
+transformers users get. A CLIP weights file alone (OpenAI's ``~/.cache/clip/ViT-B-32.pt``, an open_clip
+``.bin`` or ``.safetensors``) takes its tokenizer from ``--tokenizer`` (CLIP's merges file or a tokenizer
+directory), OpenAI's preprocessing, and ``--activation`` where the file does not say which.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
 is closest, and the probabilities softmax(exp(logit_scale) x cosine similarity) of its ``--top-k``
@@ -68,7 +71,14 @@ from torchflava.evaluation.zero_shot import (
     distinct_rows,
     per_class_mean,
 )
-from torchflava.pretrained import INFERENCE_DTYPE_NAMES, Pretrained, add_dtype_argument, load_pretrained
+from torchflava.pretrained import (
+    INFERENCE_DTYPE_NAMES,
+    Pretrained,
+    add_dtype_argument,
+    add_lone_file_arguments,
+    load_pretrained,
+    options_named,
+)
 from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.checks import check_int, is_prompt_template
 from torchflava.utils.cli import (
@@ -699,7 +709,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--checkpoint",
         required=True,
         help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
-        "export: its latest complete checkpoint); or a file:// URL of one",
+        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, with --tokenizer",
     )
     parser.add_argument(
         "--images",
@@ -735,6 +745,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     parser.add_argument("--batch-size", type=positive_int, default=64)
     add_dtype_argument(parser)
+    add_lone_file_arguments(parser)
     parser.add_argument(
         "--json",
         type=output_file,
@@ -758,6 +769,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     inputs = {"--captions": [args.captions] if args.captions is not None else []}
     inputs["--classes"] = [args.classes] if args.classes is not None and args.classes.startswith("@") else []
     inputs["--template"] = [t for t in args.templates or () if t.startswith("@")]
+    inputs["--checkpoint"] = [args.checkpoint] if os.path.isfile(args.checkpoint) else []  # (a weights file alone)
+    inputs["--tokenizer"] = [args.tokenizer] if args.tokenizer is not None and os.path.isfile(args.tokenizer) else []
     refuse_overwritten_inputs(parser, {"--all-probabilities": args.all_probabilities, "--json": args.json}, inputs)
     if args.all_probabilities is not None and args.all_probabilities.suffix != ".npy":
         parser.error(f"argument --all-probabilities: expected a .npy file path, got {str(args.all_probabilities)!r}")
@@ -828,7 +841,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         warning = repeated_names_warning(classes, class_folders_ordered if class_folders is None else class_folders)
         if warning:
             print(warning, file=sys.stderr)
-    pretrained = load_pretrained(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
+    with options_named(args):  # (a weights file alone: its --tokenizer, and --activation where it does not say)
+        dtype, tokenizer, activation = INFERENCE_DTYPE_NAMES[args.dtype], args.tokenizer, args.activation
+        pretrained = load_pretrained(args.checkpoint, dtype=dtype, tokenizer=tokenizer, activation=activation)
     if classes is not None:
         result = classify_folder(
             pretrained,
