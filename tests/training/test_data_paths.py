@@ -203,3 +203,48 @@ def test_a_relative_path_through_a_symlink_and_up_stays_the_file_that_was_checke
     data = Data()
     absolute_data_paths(data, ("train",))
     assert data.train.startswith("/") and open(data.train).read() == "the file checked\n"
+
+
+def test_a_sections_own_post_init_runs_after_its_paths_are_expanded_whether_or_not_it_calls_the_base(
+    tmp_path, monkeypatch
+):
+    """Found in review: a section of one's own with a ``__post_init__`` of its own (a check, a derived field) that
+    did not call ``super().__post_init__()`` left ``~/index.json`` as typed: validate saw the literal path, and
+    start_run then recorded and read ``<cwd>/~/index.json``. The expansion now runs first, and once where it does
+    call the base."""
+    from dataclasses import InitVar
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    @dataclass
+    class Own(DataPaths):
+        PATHS = ("index",)
+
+        index: Optional[str] = "~/index.json"
+        scale: InitVar[int] = 2
+
+        def __post_init__(self, scale: int) -> None:  # (no super())
+            seen.append((self.index, scale))
+
+    @dataclass
+    class Chained(Own):
+        def __post_init__(self, scale: int) -> None:
+            super().__post_init__(scale)
+            seen.append(self.index)
+
+    index = str(tmp_path / "home" / "index.json")
+    own = Own(scale=3)
+    assert (own.index, own.index.typed, seen) == (index, "~/index.json", [(index, 3)])
+    seen.clear()
+    chained = Chained()
+    assert (chained.index, seen) == (index, [(index, 2), index])
+
+    @dataclass
+    class Run:
+        data: Own = field(default_factory=Own)
+
+    run = Run()
+    absolute_config_paths(run)
+    assert run.data.index == index  # (not <cwd>/~/index.json)

@@ -8,6 +8,7 @@ replaces the one the file sets; a section of the schema is updated key by key.
 
 import dataclasses
 import enum
+import functools
 import inspect
 import io
 import itertools
@@ -532,9 +533,24 @@ class DataPaths:
     mapping field, e.g. ``data.extra_val``, by its values). Declared there alone, with no call of the section's own,
     a leading ``~`` in them is expanded as the section is made (:func:`expand_user_path`: every use of the config
     sees the expanded path), and :func:`~torchflava.training.loop.start_run` makes them absolute
-    (:func:`absolute_config_paths`). A subclass's own ``__post_init__`` calls this one's."""
+    (:func:`absolute_config_paths`). A subclass's own ``__post_init__`` runs after the expansion, whether or not it
+    calls this one's."""
 
     PATHS: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None or getattr(own, "_expands_paths", False):
+            return
+
+        @functools.wraps(own)  # (a section's own __post_init__ without super() left '~/data' as typed)
+        def __post_init__(self, *args: object) -> None:
+            DataPaths.__post_init__(self)  # (expanding twice changes nothing: an ExpandedPath is kept)
+            own(self, *args)
+
+        __post_init__._expands_paths = True
+        cls.__post_init__ = __post_init__
 
     def __post_init__(self) -> None:
         for name in self.PATHS:
