@@ -203,3 +203,96 @@ def test_a_relative_path_through_a_symlink_and_up_stays_the_file_that_was_checke
     data = Data()
     absolute_data_paths(data, ("train",))
     assert data.train.startswith("/") and open(data.train).read() == "the file checked\n"
+
+
+def test_a_sections_own_post_init_runs_after_its_paths_are_expanded_whether_or_not_it_calls_the_base(
+    tmp_path, monkeypatch
+):
+    """Found in review: a section of one's own with a ``__post_init__`` of its own (a check, a derived field) that
+    did not call ``super().__post_init__()`` left ``~/index.json`` as typed: validate saw the literal path, and
+    start_run then recorded and read ``<cwd>/~/index.json``. The expansion now runs first, and once where it does
+    call the base."""
+    from dataclasses import InitVar
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    @dataclass
+    class Own(DataPaths):
+        PATHS = ("index",)
+
+        index: Optional[str] = "~/index.json"
+        scale: InitVar[int] = 2
+
+        def __post_init__(self, scale: int) -> None:  # (no super())
+            seen.append((self.index, scale))
+
+    @dataclass
+    class Chained(Own):
+        def __post_init__(self, scale: int) -> None:
+            super().__post_init__(scale)
+            seen.append(self.index)
+
+    index = str(tmp_path / "home" / "index.json")
+    own = Own(scale=3)
+    assert (own.index, own.index.typed, seen) == (index, "~/index.json", [(index, 3)])
+    seen.clear()
+    chained = Chained()
+    assert (chained.index, seen) == (index, [(index, 2), index])
+
+    @dataclass
+    class Run:
+        data: Own = field(default_factory=Own)
+
+    run = Run()
+    absolute_config_paths(run)
+    assert run.data.index == index  # (not <cwd>/~/index.json)
+
+
+@dataclass
+class _Mixture(DataPaths):
+    PATHS = ("vocab",)
+
+    vocab: Optional[str] = "vocab.txt"
+    sources: list[_Shards] = field(default_factory=lambda: [_Shards(), _Shards(shards="more/{0..1}.tar")])
+    named: dict[str, _Shards] = field(default_factory=lambda: {"extra": _Shards(shards="extra.tar")})
+    spare: Optional[_Shards] = None
+
+
+@dataclass
+class _MixtureRun:
+    data: _Mixture
+    training: TrainingConfig
+    optim: OptimConfig
+
+
+def test_sections_in_a_list_or_mapping_field_have_their_paths_made_absolute_and_compared_on_resume(
+    tmp_path, monkeypatch
+):
+    """Found in review: the walk went through dataclass fields only, so a section in a list (several shard sets) or a
+    mapping kept its relative paths: recorded relative, and a resume from another working directory read the files
+    there without a word. Each item is walked under its index or key; what a run from before recorded relative in
+    such an item stays as typed."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(a)
+    config = _MixtureRun(_Mixture(), *settings("run", max_steps=2, checkpoint_every=2))
+    start = _start(config)
+    fit(Toy(), toy_step, ToyData(2), training=config.training, optim=config.optim, shard_layers=(), start=start)
+    data = config.data
+    assert [s.shards for s in data.sources] == [f"{a}/shards/{{000..009}}.tar", f"{a}/more/{{0..1}}.tar"]
+    assert (data.named["extra"].shards, data.spare) == (f"{a}/extra.tar", None)
+    recorded = yaml.safe_load((a / "run" / "config.yaml").read_text())["data"]
+    assert [s["shards"] for s in recorded["sources"]] == [f"{a}/shards/{{000..009}}.tar", f"{a}/more/{{0..1}}.tar"]
+    assert recorded["named"]["extra"]["shards"] == f"{a}/extra.tar"
+    monkeypatch.chdir(b)
+    with pytest.raises(ConfigError, match=r"^keys 'data.named.extra.shards' .*'data.sources.*more/\{0..1\}.tar'"):
+        _start(_MixtureRun(_Mixture(), *settings(a / "run", max_steps=4, resume="auto")))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text("data:\n  sources:\n  - shards: old/{0..1}.tar\n")
+    old = _MixtureRun(_Mixture(sources=[_Shards(shards="old/{0..1}.tar")]), *settings("run"))
+    absolute_config_paths(old, tmp_path / "old")
+    assert (old.data.sources[0].shards, old.data.vocab) == ("old/{0..1}.tar", str(b / "vocab.txt"))

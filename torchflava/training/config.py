@@ -8,6 +8,7 @@ replaces the one the file sets; a section of the schema is updated key by key.
 
 import dataclasses
 import enum
+import functools
 import inspect
 import io
 import itertools
@@ -532,9 +533,24 @@ class DataPaths:
     mapping field, e.g. ``data.extra_val``, by its values). Declared there alone, with no call of the section's own,
     a leading ``~`` in them is expanded as the section is made (:func:`expand_user_path`: every use of the config
     sees the expanded path), and :func:`~torchflava.training.loop.start_run` makes them absolute
-    (:func:`absolute_config_paths`). A subclass's own ``__post_init__`` calls this one's."""
+    (:func:`absolute_config_paths`). A subclass's own ``__post_init__`` runs after the expansion, whether or not it
+    calls this one's."""
 
     PATHS: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None or getattr(own, "_expands_paths", False):
+            return
+
+        @functools.wraps(own)  # (a section's own __post_init__ without super() left '~/data' as typed)
+        def __post_init__(self, *args: object) -> None:
+            DataPaths.__post_init__(self)  # (expanding twice changes nothing: an ExpandedPath is kept)
+            own(self, *args)
+
+        __post_init__._expands_paths = True
+        cls.__post_init__ = __post_init__
 
     def __post_init__(self) -> None:
         for name in self.PATHS:
@@ -545,13 +561,20 @@ class DataPaths:
 
 def absolute_config_paths(config: object, run: Optional[Path] = None, key: str = "") -> None:
     """:func:`absolute_data_paths` for every :class:`DataPaths` section of the dataclass ``config`` (nested sections
-    too, e.g. ``data.files``), each under its dotted key (``key``: ``config``'s own, with a trailing dot)."""
+    too, e.g. ``data.files``, and those in a list or mapping field, e.g. ``data.sets.0``), each under its dotted key
+    (``key``: ``config``'s own, with a trailing dot)."""
     for field in dataclasses.fields(config):
-        section = getattr(config, field.name)
-        if dataclasses.is_dataclass(section) and not isinstance(section, type):
-            if isinstance(section, DataPaths):
-                absolute_data_paths(section, section.PATHS, run, key=f"{key}{field.name}")
-            absolute_config_paths(section, run, f"{key}{field.name}.")
+        _absolute_section_paths(getattr(config, field.name), run, f"{key}{field.name}")
+
+
+def _absolute_section_paths(value: object, run: Optional[Path], key: str) -> None:
+    if isinstance(value, (list, tuple, dict)):  # (a section in a list was missed: its relative paths recorded so)
+        for name, item in value.items() if isinstance(value, dict) else enumerate(value):
+            _absolute_section_paths(item, run, f"{key}.{name}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if isinstance(value, DataPaths):
+            absolute_data_paths(value, value.PATHS, run, key=key)
+        absolute_config_paths(value, run, f"{key}.")
 
 
 def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Path] = None, key: str = "data") -> None:
@@ -576,8 +599,11 @@ def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Pat
             recorded = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):  # (the resume comparison names the file)
             recorded = {}
-        for part in key.split("."):
-            recorded = recorded.get(part) if isinstance(recorded, dict) else None
+        for part in key.split("."):  # (a list's items by their index)
+            if isinstance(recorded, list):
+                recorded = recorded[int(part)] if part.isdigit() and int(part) < len(recorded) else None
+            else:
+                recorded = recorded.get(part) if isinstance(recorded, dict) else None
 
     def absolute(value: object, was: object) -> object:
         if not isinstance(value, str) or not _relative_local(value):

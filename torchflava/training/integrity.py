@@ -3,10 +3,10 @@ reading that never runs code from the files.
 
 ``torch.distributed.checkpoint`` reads its ``.metadata`` file with plain ``pickle.load`` and its
 non-tensor entries with ``torch.load(weights_only=False)``, so a checkpoint directory someone else
-wrote could run arbitrary code on resume. :class:`SafeFileSystemReader` unpickles the metadata
-with an allow-list of DCP's own metadata classes (anything else is refused before it is built),
-and :class:`SafeLoadPlanner` reads the non-tensor entries with ``weights_only=True``. Tensors are
-already read with ``weights_only=True`` by DCP.
+wrote could run arbitrary code on resume. :class:`~torchflava.training.safe_dcp.SafeFileSystemReader`
+unpickles the metadata with an allow-list of DCP's own metadata classes (anything else is refused before it
+is built), and :class:`~torchflava.training.safe_dcp.SafeLoadPlanner` reads the non-tensor entries with
+``weights_only=True``. Tensors are already read with ``weights_only=True`` by DCP.
 
 The manifest (``{"files": {name: {"bytes": n, "sha256": hex}}}`` inside the ``COMPLETE`` marker)
 catches corruption and tampering with the files after the save: flipped bytes, a truncated shard,
