@@ -145,7 +145,7 @@ def test_bad_folders_and_conflicting_options_exit_2_before_the_checkpoint_is_loa
     argv, message, capsys, monkeypatch, tmp_path
 ):
     argv, message = [a.replace("{empty}", str(tmp_path)) for a in argv], message.replace("{empty}", str(tmp_path))
-    monkeypatch.setattr(command, "load_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
     with pytest.raises(SystemExit) as exit_info:
         command.main(["--checkpoint", "/unused", *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_class_folders_that_cannot_be_probed_exit_2_naming_the_option_before_any
 ):
     from PIL import Image
 
-    monkeypatch.setattr(command, "load_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
     monkeypatch.setattr(command, "cls_features", lambda *a, **k: pytest.fail("extracted features"))
     arguments = ["--checkpoint", "/unused"]
     for split, classes in layout.items():

@@ -947,7 +947,7 @@ def test_folder_order_is_checked_before_the_checkpoint_loads(images, tmp_path, l
         (root / folder).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             shutil.copy(next((images / "red circle").glob("[0-9]*.png")), root / folder / f"{i}.png")
-    monkeypatch.setattr(zero_shot, "load_pretrained", lambda *a, **k: pytest.fail("loaded") if message else None)
+    monkeypatch.setattr(zero_shot, "command_pretrained", lambda *a, **k: pytest.fail("loaded") if message else None)
     command = ["--checkpoint", "unused", "--images", str(root), "--classes", "a,b,c", "--folder-order"]
     if message is None:  # a fitting layout gets as far as loading the checkpoint
         with pytest.raises(AttributeError):

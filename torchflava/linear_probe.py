@@ -32,12 +32,10 @@ from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, li
 from torchflava.evaluation.metrics import percent
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import (
-    INFERENCE_DTYPE_NAMES,
     Pretrained,
     add_dtype_argument,
     add_lone_file_arguments,
-    load_pretrained,
-    options_named,
+    command_pretrained,
 )
 from torchflava.utils.cli import finish_command, output_file, positive_int, run_command
 from torchflava.utils.memory import keep_freed_memory
@@ -167,9 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 f"argument --train: expected at least 2 class sub-folders, got {len(split[name].classes)} "
                 f"({split[name].classes} in {folder!r})"
             )
-    with options_named(args):  # (a weights file alone: its --tokenizer, and --activation where it does not say)
-        dtype, tokenizer, activation = INFERENCE_DTYPE_NAMES[args.dtype], args.tokenizer, args.activation
-        pretrained = load_pretrained(args.checkpoint, dtype=dtype, tokenizer=tokenizer, activation=activation)
+    pretrained = command_pretrained(args)  # (a weights file alone: its --tokenizer, and --activation)
     skipped, counts = {}, {}  # split -> why each unreadable image was left out; split -> the images probed
     if args.shapes:
         counts = dict(SHAPES_SPLITS)  # (drawn, never unreadable: none skipped in any split, as folders say it)

@@ -53,7 +53,7 @@ import os
 from pathlib import Path
 import re
 import sys
-from typing import Callable, ContextManager, Iterator, NamedTuple, Optional, Union
+from typing import Callable, ContextManager, NamedTuple, Optional, Union
 import warnings
 
 import torch
@@ -1015,7 +1015,7 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_lone_file_arguments(parser: argparse.ArgumentParser) -> None:
     """The commands' ``--tokenizer`` and ``--activation``, for a CLIP weights file given alone as ``--checkpoint``
-    (see :func:`load_pretrained`; :func:`options_named` names them in its errors)."""
+    (see :func:`load_pretrained`; :func:`command_pretrained` names them in its errors)."""
     parser.add_argument(
         "--tokenizer",
         metavar="PATH",
@@ -1030,13 +1030,17 @@ def add_lone_file_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@contextlib.contextmanager
-def options_named(args: argparse.Namespace) -> Iterator[None]:
-    """Around a command's :func:`load_pretrained` of ``args.checkpoint`` with ``args.tokenizer`` and
-    ``args.activation``: a ``tokenizer`` or ``activation`` it finds missing or misplaced is named as the option
-    (ValueError: the command's one-line error)."""
+def command_pretrained(args: argparse.Namespace) -> "Pretrained":
+    """:func:`load_pretrained` of a command's ``args.checkpoint`` at ``args.dtype`` (:func:`add_dtype_argument`),
+    with ``args.tokenizer`` and ``args.activation`` (:func:`add_lone_file_arguments`); a ``tokenizer`` or
+    ``activation`` it finds missing or misplaced is named as the option (ValueError: the command's one-line error)."""
     try:
-        yield
+        return load_pretrained(
+            args.checkpoint,
+            dtype=INFERENCE_DTYPE_NAMES[args.dtype],
+            tokenizer=args.tokenizer,
+            activation=args.activation,
+        )
     except UntoldArgument as error:
         name = error.argument
         if name not in ("tokenizer", "activation"):  # (e.g. a width that tells no head count: as it is)

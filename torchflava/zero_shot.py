@@ -72,12 +72,10 @@ from torchflava.evaluation.zero_shot import (
     per_class_mean,
 )
 from torchflava.pretrained import (
-    INFERENCE_DTYPE_NAMES,
     Pretrained,
     add_dtype_argument,
     add_lone_file_arguments,
-    load_pretrained,
-    options_named,
+    command_pretrained,
 )
 from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.checks import check_int, is_prompt_template
@@ -841,9 +839,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         warning = repeated_names_warning(classes, class_folders_ordered if class_folders is None else class_folders)
         if warning:
             print(warning, file=sys.stderr)
-    with options_named(args):  # (a weights file alone: its --tokenizer, and --activation where it does not say)
-        dtype, tokenizer, activation = INFERENCE_DTYPE_NAMES[args.dtype], args.tokenizer, args.activation
-        pretrained = load_pretrained(args.checkpoint, dtype=dtype, tokenizer=tokenizer, activation=activation)
+    pretrained = command_pretrained(args)  # (a weights file alone: its --tokenizer, and --activation)
     if classes is not None:
         result = classify_folder(
             pretrained,
