@@ -5,6 +5,9 @@ a linear probe (LP-FT).
     python examples/clip/finetune.py config=examples/clip/configs/finetune_shapes.yaml
     python examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml \
         model.pretrained=/models/clip-vit-base-patch16 data.train=/data/pets/train data.val=/data/pets/val
+    python examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml \
+        model.pretrained=~/.cache/clip/ViT-B-32.pt model.tokenizer=bpe_simple_vocab_16e6.txt.gz \
+        data.train=/data/pets/train data.val=/data/pets/val
     torchrun --nproc_per_node 8 examples/clip/finetune.py config=examples/clip/configs/finetune_classes.yaml \
         model.pretrained=/models/clip-vit-base-patch16 data.train=/data/imagenet/train data.val=/data/imagenet/val \
         data.class_names='[tench, goldfish, ...]' data.crop_scale_min=0.9
@@ -13,10 +16,14 @@ Reads top to bottom: config -> process group -> data (step-indexed batches of th
 with one source: class folders, ``data.task=image_folder``, or the built-in shapes, ``data.task=shapes``; with
 ``data.crop_scale_min``, random resized crops as open_clip's training preprocess) -> model
 (``model.pretrained``, a CLIP checkpoint: a Hugging Face CLIPModel directory, an open_clip Hub directory, a
-torchflava CLIP run, export or ``<run>/checkpoints/step_<N>``; its image tower and projection, the features
-L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times the zero-shot class embeddings of the
-class names (the folder names, or ``data.class_names``: "tench" for ``n01440764/``) in ``model.templates`` and
-whose bias is 0, so that step 0 predicts what zero-shot classification does;
+torchflava CLIP run, export or ``<run>/checkpoints/step_<N>``; or a CLIP weights file alone, OpenAI's
+``~/.cache/clip/ViT-B-32.pt`` (TorchScript too) or an open_clip ``.bin``/``.safetensors``, with its tokenizer in
+``model.tokenizer`` (CLIP's merges file, a ``tokenizer.json`` or a tokenizer directory), ``model.activation`` where
+the file does not say which, and OpenAI's preprocessing: :func:`~torchflava.pretrained.load_pretrained`'s); its image
+tower and projection, the features L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times
+the zero-shot class embeddings of the class names (the folder names, or ``data.class_names``: "tench" for
+``n01440764/``) in ``model.templates`` and whose bias is 0, so that step 0 predicts what zero-shot classification
+does;
 ``model.head_init=random`` for a head of random weights; the text tower builds the head and is not kept;
 ``model.head_init=linear_probe`` for LP-FT (Kumar et al. 2022): a logistic-regression probe
 (:func:`torchflava.evaluation.linear_probe.linear_probe`) of the frozen tower's L2-normalised features of the
@@ -44,9 +51,10 @@ import copy
 from dataclasses import dataclass, field
 import json
 import math
+import os
 from pathlib import Path
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +84,15 @@ from torchflava.evaluation.metrics import classification_metrics, percent
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES as SHAPES_TEMPLATES
 from torchflava.models.clip import clip_model, clip_model_arguments
 from torchflava.modules.heads import NormalizedLinearClassifier, embedding_head, standardised_head
-from torchflava.pretrained import CLIP_CLASSIFIER_START, checkpoint_layout, load_pretrained, local_directory
+from torchflava.modules.layers.activation import ACTIVATIONS
+from torchflava.pretrained import (
+    CLIP_CLASSIFIER_START,
+    LONE_FILE_TOKENIZERS,
+    checkpoint_layout,
+    checkpoint_tokenizer,
+    load_pretrained,
+    local_directory,
+)
 from torchflava.training.config import ConfigError, DataPaths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
 from torchflava.training.loop import StepOutput, fit, holds_run_directory, start_run
@@ -94,6 +110,7 @@ from torchflava.training.schema import (
     template_checks,
     training_checks,
 )
+from torchflava.utils.architecture import UntoldArgument
 from torchflava.utils.checkpoint import first_line, staged_directory
 from torchflava.utils.cli import write_json
 from torchflava.zero_shot import DEFAULT_TEMPLATES, class_embeddings
@@ -106,8 +123,9 @@ HEAD_INITS = ("zero_shot", "random", "linear_probe")
 TASK_TEMPLATES = {"image_folder": list(DEFAULT_TEMPLATES), "shapes": list(SHAPES_TEMPLATES)}
 PRETRAINED = (
     "a CLIP checkpoint directory (a Hugging Face CLIPModel, an open_clip Hub directory, or a torchflava CLIP "
-    "run, export or <run>/checkpoints/step_<N>)"
+    "run, export or <run>/checkpoints/step_<N>), or a CLIP weights file alone with model.tokenizer"
 )
+LONE_FILE_KEYS = ("tokenizer", "activation")  # model.<name>: load_pretrained's arguments of a weights file alone
 # the zero-shot classifier a run records in its directory at its start (export_clip_classifier's files): its resume
 # builds the model, class names, preprocessing and WiSE-FT reference from it, never reading model.pretrained again;
 # load_clip_classifier reads the run's training checkpoints with it
@@ -129,6 +147,13 @@ class ModelConfig:
     # prompts of the zero-shot head, each with one {} for the class name; null: the task's (image_folder:
     # "a photo of a {}." and "a {}."; shapes: the shapes world's), set so before the run's config is recorded
     templates: Optional[list[str]] = None
+    # with a CLIP weights file alone as model.pretrained (OpenAI's ~/.cache/clip/ViT-B-32.pt, TorchScript too; an
+    # open_clip .bin or .safetensors), which holds no tokenizer: its tokenizer (CLIP's merges file
+    # bpe_simple_vocab_16e6.txt.gz, a tokenizer.json, or a tokenizer directory); null with a checkpoint directory
+    tokenizer: Optional[str] = None
+    # gelu | quick_gelu, for a weights file alone that does not say which (Hugging Face's or open_clip's without
+    # their config beside it; OpenAI's say QuickGELU); null otherwise
+    activation: Optional[str] = None
 
 
 @dataclass
@@ -170,7 +195,8 @@ class FinetuneConfig:
 
     def resume_ignored(self) -> set[str]:
         """For a resume, the keys of what the run recorded at its start (:func:`run_record`) and reads instead:
-        ``model.pretrained`` (the checkpoint may since have moved, gone, or be named otherwise or null) and the
+        ``model.pretrained`` (the checkpoint may since have moved, gone, or be named otherwise or null) with its
+        ``model.tokenizer`` and ``model.activation`` (a weights file alone's), and the
         probe's ``model.probe_max_items`` and ``model.probe_l2`` (the recorded head is never refitted; a run
         recorded before the keys existed states none). And the data keys the task does not read (:data:`TASK_KEYS`),
         and with ``model.head_init=linear_probe`` ``model.templates`` (its head is the probe's: :func:`_probe_checks`):
@@ -179,7 +205,14 @@ class FinetuneConfig:
         unread |= {"model.templates"} if self.model.head_init == "linear_probe" else set()
         if run_record(self) is None:
             return unread
-        return {"model.pretrained", "model.probe_max_items", "model.probe_l2"} | unread
+        recorded = {
+            "model.pretrained",
+            "model.tokenizer",
+            "model.activation",
+            "model.probe_max_items",
+            "model.probe_l2",
+        }
+        return recorded | unread
 
 
 def run_record(cfg: FinetuneConfig) -> Optional[Path]:
@@ -257,6 +290,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
             (m.head_init in HEAD_INITS, "model.head_init", f"one of {HEAD_INITS}", m.head_init),
             *_probe_checks(m, d.task),
             (recorded is not None or m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained),
+            *(_lone_file_checks(m) if recorded is None else []),
             (alpha is None or 0 <= alpha <= 1, "eval.wise_ft_alpha", "null or in [0, 1]", alpha),
             (crop is None or 0 < crop <= 1, "data.crop_scale_min", "null or in (0, 1]", crop),
         ]
@@ -265,7 +299,7 @@ def validate(cfg: FinetuneConfig, world_size: int, *, recorded: Optional[CLIPCla
         + _class_names_checks(d)
         + (unread_task_key_checks(d, d.task, TASK_KEYS) if d.task in TASKS else [])
     )
-    kwargs = pretrained_kwargs(m.pretrained) if recorded is None else recorded.clip_kwargs
+    kwargs = pretrained_kwargs(m) if recorded is None else recorded.clip_kwargs
     # optim.lr_multipliers names modules of the classifier (encoder.image_encoder, head, ...): built on meta
     build = lambda: NormalizedLinearClassifier(CLIPImageTower(clip_model(**kwargs)), nn.Linear(1, 2))  # noqa: E731
     raise_on_failed_checks([lr_multipliers_check(build, cfg.optim)])
@@ -304,12 +338,54 @@ def _probe_checks(m: ModelConfig, task: str) -> list[tuple]:
 PROBE_ITEMS = "null (every training item) or an int >= 5 (the probe holds out a fifth to choose its penalty)"
 
 
-def pretrained_kwargs(pretrained: str) -> dict:
-    """The ``clip_model`` arguments of ``model.pretrained`` (its config files only), which must be a CLIP
-    checkpoint; ConfigError naming ``model.pretrained`` otherwise."""
-    layout = opened("model.pretrained", pretrained, PRETRAINED, lambda: checkpoint_layout(local_directory(pretrained)))
-    got = f"{pretrained} (a {layout.family.upper()} checkpoint)"
+def _lone_file_checks(m: ModelConfig) -> list[tuple]:
+    """A new run's model.tokenizer (null, or a path that is there) and model.activation (null or an activation)."""
+    there = m.tokenizer is None or Path(os.path.expanduser(m.tokenizer)).exists()
+    return [
+        (there, "model.tokenizer", f"null or {LONE_FILE_TOKENIZERS}", f"{m.tokenizer} (not there)"),
+        (m.activation in (None, *ACTIVATIONS), "model.activation", f"null or one of {ACTIVATIONS}", m.activation),
+    ]
+
+
+def read_pretrained(m: ModelConfig, read: Callable):
+    """``read(tokenizer=model.tokenizer, activation=model.activation)`` (:func:`checkpoint_layout` or
+    :func:`load_pretrained` of ``model.pretrained``), its errors a ConfigError naming ``model.pretrained``, or
+    ``model.tokenizer`` or ``model.activation`` where the reader names that argument (:class:`UntoldArgument`)
+    missing (a weights file alone, which does not hold or tell it) or misplaced (with a checkpoint directory,
+    which holds its own), and ``model.activation`` where the weights contradict it."""
+    call = lambda: read(tokenizer=m.tokenizer, activation=m.activation)  # noqa: E731
+    try:
+        return opened("model.pretrained", m.pretrained, PRETRAINED, call)
+    except ConfigError as error:  # (opened raises from None: the reader's error is its context)
+        untold = error.__context__
+        if m.activation is not None and not isinstance(untold, UntoldArgument) and "activation" in str(untold):
+            # (one the weights contradict: OpenAI's were trained with QuickGELU)
+            expected = f"null or the activation model.pretrained={m.pretrained} was trained with"
+            raise ConfigError(f"key 'model.activation': expected {expected}, got {m.activation!r} ({untold})") from None
+        name = getattr(untold, "argument", None) if isinstance(untold, UntoldArgument) else None
+        if name not in LONE_FILE_KEYS:
+            raise
+        value = getattr(m, name)
+        if value is not None:
+            expected = f"null with model.pretrained={m.pretrained}, a checkpoint directory, which holds its own"
+            raise ConfigError(f"key 'model.{name}': expected {expected}, got {value!r}") from None
+        expected = {
+            "tokenizer": f"{LONE_FILE_TOKENIZERS}, with model.pretrained={m.pretrained}, a weights file alone",
+            "activation": f"gelu or quick_gelu with model.pretrained={m.pretrained}, a Hugging Face or open_clip "
+            "weights file alone that does not say which (no config beside it)",
+        }[name]
+        raise ConfigError(f"key 'model.{name}': expected {expected}, got null") from None
+
+
+def pretrained_kwargs(m: ModelConfig) -> dict:
+    """The ``clip_model`` arguments of ``model.pretrained`` (its config files, or a weights file's header, only),
+    which must be a CLIP checkpoint, and for a weights file alone its tokenizer read (:func:`read_pretrained`);
+    ConfigError naming the key otherwise."""
+    layout = read_pretrained(m, lambda **given: checkpoint_layout(local_directory(m.pretrained), **given))
+    got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
     raise_on_failed_checks([(layout.family == "clip", "model.pretrained", PRETRAINED, got)])
+    if layout.tokenizer is not None:  # (a weights file alone: the tokenizer given with it, read before any work)
+        opened("model.tokenizer", m.tokenizer, LONE_FILE_TOKENIZERS, lambda: checkpoint_tokenizer(layout))
     return layout.kwargs
 
 
@@ -445,7 +521,7 @@ def zero_shot_classifier(m: ModelConfig, classes: list[str], batch_size: int) ->
     """A new run's start, read from ``model.pretrained``: its image tower with the zero-shot head of ``classes``
     (:func:`zero_shot_head`), the class names, its preprocessing and every ``clip_model`` argument (the text tower
     builds the head and is not kept)."""
-    pretrained = opened("model.pretrained", m.pretrained, PRETRAINED, lambda: load_pretrained(m.pretrained))
+    pretrained = read_pretrained(m, lambda **given: load_pretrained(m.pretrained, **given))
     if m.head_init == "linear_probe":  # (the probe's head replaces this one before anything reads it: no prompts)
         head = nn.Linear(pretrained.model.image_projection.out_features, len(classes))
     else:
@@ -636,7 +712,8 @@ def main(cfg: FinetuneConfig) -> dict:
     if recorded is not None and start.resume_from is None:  # no intact checkpoint left: a new run, from its start
         recorded, record = None, None
         raise_on_failed_checks([(m.pretrained is not None, "model.pretrained", PRETRAINED, m.pretrained)])
-        pretrained_kwargs(m.pretrained)
+        raise_on_failed_checks(_lone_file_checks(m))
+        pretrained_kwargs(m)
 
     # the data checked before the weights are loaded
     train_source, val_source, classes = build_splits(d)

@@ -510,9 +510,10 @@ def test_help_shows_the_commands_as_they_are_typed_with_the_shipped_configs():
 
     text = usage(finetune.main, finetune.FinetuneConfig)
     assert "finetune_classes.yaml \\\n        model.pretrained=/models/clip-vit-base-patch16 data.train=" in text
-    assert text.count(" \\\n") == 3
+    assert "model.pretrained=~/.cache/clip/ViT-B-32.pt model.tokenizer=bpe_simple_vocab_16e6.txt.gz \\\n" in text
+    assert text.count(" \\\n") == 5
     named = re.findall(r"config=(\S+\.yaml)", text)
-    assert "examples/clip/configs/finetune_shapes.yaml" in named and len(named) == 4
+    assert "examples/clip/configs/finetune_shapes.yaml" in named and len(named) == 5
     assert all((REPO / path).is_file() for path in named), named
     assert "output_dir: runs/clip-tiny" in (REPO / "examples/clip/configs/tiny.yaml").read_text()  # shapes' start
 
