@@ -1051,12 +1051,19 @@ def command_pretrained(args: argparse.Namespace) -> "Pretrained":
                 f"argument --{name}: expected only with a CLIP weights file alone as --checkpoint, got {value} with "
                 f"{args.checkpoint}, a checkpoint directory, which holds its own"
             ) from None
-        expected = {
-            "tokenizer": f"{LONE_FILE_TOKENIZERS}, with --checkpoint {args.checkpoint}, a weights file alone",
-            "activation": f"gelu or quick_gelu with --checkpoint {args.checkpoint}, a Hugging Face or open_clip "
-            "weights file alone that does not say which (no config beside it)",
-        }[name]
+        expected = lone_file_needs(name, f"--checkpoint {args.checkpoint}")
         raise ValueError(f"argument --{name}: expected {expected}, got none") from None
+
+
+def lone_file_needs(name: str, checkpoint: str) -> str:
+    """What a weights file alone needs given as ``name`` (``"tokenizer"`` or ``"activation"``, which
+    :func:`load_pretrained` found missing), for a refusal's "expected" part; ``checkpoint`` names the file as the
+    caller's option or key does (``--checkpoint X``, ``model.pretrained=X``)."""
+    return {
+        "tokenizer": f"{LONE_FILE_TOKENIZERS}, with {checkpoint}, a weights file alone",
+        "activation": f"gelu or quick_gelu with {checkpoint}, a Hugging Face or open_clip weights file alone that "
+        "does not say which (no config beside it)",
+    }[name]
 
 
 def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CLIPTokenizer], ImageTransform]:

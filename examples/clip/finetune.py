@@ -92,6 +92,7 @@ from torchflava.pretrained import (
     checkpoint_tokenizer,
     load_pretrained,
     local_directory,
+    lone_file_needs,
 )
 from torchflava.training.config import ConfigError, DataPaths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
@@ -369,11 +370,7 @@ def read_pretrained(m: ModelConfig, read: Callable):
         if value is not None:
             expected = f"null with model.pretrained={m.pretrained}, a checkpoint directory, which holds its own"
             raise ConfigError(f"key 'model.{name}': expected {expected}, got {value!r}") from None
-        expected = {
-            "tokenizer": f"{LONE_FILE_TOKENIZERS}, with model.pretrained={m.pretrained}, a weights file alone",
-            "activation": f"gelu or quick_gelu with model.pretrained={m.pretrained}, a Hugging Face or open_clip "
-            "weights file alone that does not say which (no config beside it)",
-        }[name]
+        expected = lone_file_needs(name, f"model.pretrained={m.pretrained}")
         raise ConfigError(f"key 'model.{name}': expected {expected}, got null") from None
 
 
