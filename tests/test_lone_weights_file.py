@@ -6,6 +6,7 @@ import copy
 import gzip
 import json
 from pathlib import Path
+import shutil
 
 import numpy
 import open_clip
@@ -243,3 +244,32 @@ def test_a_tokenizer_that_does_not_fit_the_file_is_refused_as_tokenizer_before_a
     }
     with pytest.raises(ValueError, match=r"^tokenizer: expected a tokenizer of at most .*, got .*big of 2000 tokens$"):
         load_pretrained(files["openai"], tokenizer=given["big"])
+
+
+def test_the_json_report_names_the_tokenizer_and_activation_a_file_alone_was_read_with(files, tmp_path):
+    """Was the weights alone: a report of a file alone did not say which tokenizer (or activation) gave its scores."""
+    argv = ["--checkpoint", str(files["open_clip"]), "--tokenizer", str(files["bpe"]), "--activation", "quick_gelu"]
+    zero_shot.main([*argv, "--images", str(files["images"]), "--classes", CLASSES, "--json", str(tmp_path / "z.json")])
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for image in ("0.png", "1.png"):
+                shutil.copy(files["images"] / image, tmp_path / split / label / image)
+    probe = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--json", str(tmp_path / "p.json")]
+    linear_probe.main([*argv, *probe])
+    told = {"weights": str(files["open_clip"]), "tokenizer": str(files["bpe"]), "activation": "quick_gelu"}
+    for report in ("z.json", "p.json"):
+        assert {k: v for k, v in json.loads((tmp_path / report).read_text()).items() if k in told} == told
+    zero_shot.main(
+        [
+            "--checkpoint",
+            str(files["hf"]),
+            "--images",
+            str(files["images"]),
+            "--classes",
+            CLASSES,
+            "--json",
+            str(tmp_path / "d"),
+        ]
+    )
+    assert "tokenizer" not in json.loads((tmp_path / "d").read_text())  # (a directory's own: not given)

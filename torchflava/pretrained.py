@@ -1057,6 +1057,14 @@ def command_pretrained(args: argparse.Namespace) -> "Pretrained":
         raise ValueError(f"argument --{name}: expected {expected}, got none") from None
 
 
+def command_inputs(args: argparse.Namespace, pretrained: "Pretrained") -> dict:
+    """What a command's report names as read: the weights (an export's file, or the ``step_<N>`` a run resolved to)
+    and, for a weights file alone, the ``--tokenizer`` and ``--activation`` it was read with (the scores depend on
+    both)."""
+    told = {"tokenizer": args.tokenizer and os.path.expanduser(args.tokenizer), "activation": args.activation}
+    return {"weights": str(pretrained.weights), **{k: v for k, v in told.items() if v is not None}}
+
+
 class UnfitTokenizer(ValueError):
     """The tokenizer given with a weights file alone does not read, or does not fit its model (its message starts
     ``tokenizer: ``, so that a command or recipe names it as its own option or key)."""
