@@ -3,8 +3,10 @@ tokenizer given apart: the commands and ``load_pretrained`` refused any file ("e
 so OpenAI's own released checkpoint could not be zero-shot without building a Hugging Face directory by hand."""
 
 import copy
+import gzip
 import json
 from pathlib import Path
+import shutil
 
 import numpy
 import open_clip
@@ -20,7 +22,7 @@ from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.transforms import CLIP_MEAN, CLIP_STD
 from torchflava.models import clip_model, flava_model
 from torchflava.models.clip import convert_to_hf
-from torchflava.pretrained import load_pretrained
+from torchflava.pretrained import LONE_FILE_TOKENIZERS, load_pretrained
 from torchflava.utils.architecture import UntoldArgument
 from torchflava.utils.cli import run_command
 
@@ -205,3 +207,69 @@ def test_json_output_naming_the_weights_file_or_the_tokenizer_is_refused_before_
         assert exit_info.value.code == 2 and path.read_bytes() == b"irreplaceable"
         message = f"argument --json: expected another file than {option}'s, got '{path}' (it would be written over)"
         assert message in capsys.readouterr().err
+
+
+def _tokenizers(files: dict, root: Path) -> dict:
+    """Tokenizers users have at hand that do not fit the tiny model's 1000 tokens: CLIP's merges cut to 99 merges,
+    a CLIP tokenizer directory of 2000 tokens, a FLAVA (BERT WordPiece vocab.txt) tokenizer directory."""
+    short = root / "short_merges.txt"
+    with gzip.open(files["bpe"], "rt", encoding="utf-8") as merges:
+        short.write_text("".join(next(merges) for _ in range(100)), encoding="utf-8")
+    saveable = dict(reading="transformers", unescape_html=False, fix_text=False)
+    CLIPTokenizer.from_bpe(files["bpe"], vocab_size=2000, **saveable).save(root / "big")
+    (root / "bert").mkdir()
+    (root / "bert" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue"]))
+    return {"short": short, "big": root / "big", "bert": root / "bert"}
+
+
+def test_a_tokenizer_that_does_not_fit_the_file_is_refused_as_tokenizer_before_any_weight_is_read(
+    files, tmp_path, capsys, monkeypatch
+):
+    """Was "error: checkpoint: expected a tokenizer of at most ...", "error: path: expected at least 486 merges" and,
+    for a FLAVA tokenizer directory, BERT's WordPiece read as the CLIP file's: none named --tokenizer."""
+    monkeypatch.setattr("torchflava.models.clip.builders.load_state_dict", lambda *a, **k: pytest.fail("read"))
+    given = _tokenizers(files, tmp_path)
+    inputs = ["--checkpoint", str(files["openai"]), "--images", str(files["images"]), "--classes", CLASSES]
+    expected = f"{LONE_FILE_TOKENIZERS} (for {files['openai']}, of its vocab_size 1000 tokens), got"
+    errors = {
+        name: _refused(zero_shot.main, [*inputs, "--tokenizer", str(path)], capsys) for name, path in given.items()
+    }
+    assert errors == {
+        "short": f"error: argument --tokenizer: expected {expected} {given['short']} (path: expected at least 486 "
+        f"merges in {given['short']}, got 99)\n",
+        "big": f"error: argument --tokenizer: expected a tokenizer of at most {files['openai']}'s vocab_size 1000 "
+        f"tokens, got {given['big']} of 2000 tokens\n",
+        "bert": f"error: argument --tokenizer: expected {expected} {given['bert']} (directory: {given['bert']} has "
+        "neither tokenizer.json nor vocab.json and merges.txt)\n",
+    }
+    with pytest.raises(ValueError, match=r"^tokenizer: expected a tokenizer of at most .*, got .*big of 2000 tokens$"):
+        load_pretrained(files["openai"], tokenizer=given["big"])
+
+
+def test_the_json_report_names_the_tokenizer_and_activation_a_file_alone_was_read_with(files, tmp_path):
+    """Was the weights alone: a report of a file alone did not say which tokenizer (or activation) gave its scores."""
+    argv = ["--checkpoint", str(files["open_clip"]), "--tokenizer", str(files["bpe"]), "--activation", "quick_gelu"]
+    zero_shot.main([*argv, "--images", str(files["images"]), "--classes", CLASSES, "--json", str(tmp_path / "z.json")])
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for image in ("0.png", "1.png"):
+                shutil.copy(files["images"] / image, tmp_path / split / label / image)
+    probe = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--json", str(tmp_path / "p.json")]
+    linear_probe.main([*argv, *probe])
+    told = {"weights": str(files["open_clip"]), "tokenizer": str(files["bpe"]), "activation": "quick_gelu"}
+    for report in ("z.json", "p.json"):
+        assert {k: v for k, v in json.loads((tmp_path / report).read_text()).items() if k in told} == told
+    zero_shot.main(
+        [
+            "--checkpoint",
+            str(files["hf"]),
+            "--images",
+            str(files["images"]),
+            "--classes",
+            CLASSES,
+            "--json",
+            str(tmp_path / "d"),
+        ]
+    )
+    assert "tokenizer" not in json.loads((tmp_path / "d").read_text())  # (a directory's own: not given)

@@ -35,6 +35,7 @@ from torchflava.pretrained import (
     Pretrained,
     add_dtype_argument,
     add_lone_file_arguments,
+    command_inputs,
     command_pretrained,
 )
 from torchflava.utils.cli import finish_command, output_file, positive_int, run_command
@@ -201,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "num_inputs": counts,
         "skipped": {name: len(reasons) for name, reasons in skipped.items()},
         "skipped_reasons": skipped,
-        "weights": str(pretrained.weights),  # what was probed: an export's file, or the step_<N> a run resolved to
+        **command_inputs(args, pretrained),  # what was probed (and a weights file alone's --tokenizer, --activation)
     }
     print(summary_line(result, report))
     return finish_command(report, [reason for reasons in skipped.values() for reason in reasons], args.json)

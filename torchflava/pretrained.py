@@ -564,8 +564,8 @@ def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, 
     given = layout.tokenizer
     if given is None:
         return directory_tokenizer(layout.directory, layout.family)
-    if given.is_dir():
-        return directory_tokenizer(given, layout.family)
+    if given.is_dir():  # (CLIP's: a BERT vocab.txt beside it is FLAVA's, no tokenizer of this model)
+        return CLIPTokenizer.from_directory(given)
     context = text_positions(layout.family, layout.kwargs)
     if given.suffix == ".json":
         return CLIPTokenizer.from_tokenizer_json(given, model_max_length=context)
@@ -1041,6 +1041,8 @@ def command_pretrained(args: argparse.Namespace) -> "Pretrained":
             tokenizer=args.tokenizer,
             activation=args.activation,
         )
+    except UnfitTokenizer as error:  # (its message starts "tokenizer: ")
+        raise ValueError(f"argument --{error}") from None
     except UntoldArgument as error:
         name = error.argument
         if name not in ("tokenizer", "activation"):  # (e.g. a width that tells no head count: as it is)
@@ -1053,6 +1055,49 @@ def command_pretrained(args: argparse.Namespace) -> "Pretrained":
             ) from None
         expected = lone_file_needs(name, f"--checkpoint {args.checkpoint}")
         raise ValueError(f"argument --{name}: expected {expected}, got none") from None
+
+
+def command_inputs(args: argparse.Namespace, pretrained: "Pretrained") -> dict:
+    """What a command's report names as read: the weights (an export's file, or the ``step_<N>`` a run resolved to)
+    and, for a weights file alone, the ``--tokenizer`` and ``--activation`` it was read with (the scores depend on
+    both)."""
+    told = {"tokenizer": args.tokenizer and os.path.expanduser(args.tokenizer), "activation": args.activation}
+    return {"weights": str(pretrained.weights), **{k: v for k, v in told.items() if v is not None}}
+
+
+class UnfitTokenizer(ValueError):
+    """The tokenizer given with a weights file alone does not read, or does not fit its model (its message starts
+    ``tokenizer: ``, so that a command or recipe names it as its own option or key)."""
+
+
+def lone_file_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
+    """:func:`checkpoint_tokenizer` of a weights file alone's layout; :class:`UnfitTokenizer` naming ``tokenizer``
+    where the one given does not read (e.g. a merges file with fewer merges than the model's vocabulary needs), or
+    does not fit the model (:func:`tokenizer_misfits`: more tokens, another end token). No tensor data is read."""
+    try:
+        tokenizer = checkpoint_tokenizer(layout)
+    except (ValueError, FileNotFoundError) as error:
+        raise UnfitTokenizer(
+            f"tokenizer: expected {LONE_FILE_TOKENIZERS} (for {layout.weights}, of its vocab_size "
+            f"{layout.kwargs['vocab_size']} tokens), got {layout.tokenizer} ({error})"
+        ) from None
+    if misfits := tokenizer_misfits(built_vocabulary(layout), tokenizer):
+        raise UnfitTokenizer(unfit_message(misfits[0], layout))
+    return tokenizer
+
+
+def unfit_message(misfit: TokenizerMisfit, layout: CheckpointLayout) -> str:
+    """The one-line error of a weights file alone's ``tokenizer`` (:attr:`CheckpointLayout.tokenizer`) that does
+    not fit its model (:class:`UnfitTokenizer`'s)."""
+    if misfit.name == "vocab_size":
+        return (
+            f"tokenizer: expected a tokenizer of at most {layout.weights}'s vocab_size {misfit.expected} tokens, "
+            f"got {layout.tokenizer} of {misfit.got} tokens"
+        )
+    return (
+        f"tokenizer: expected a tokenizer ending texts with {layout.weights}'s eos_token_id {misfit.expected}, got "
+        f"{layout.tokenizer}, which ends them with {misfit.got}"
+    )
 
 
 def lone_file_needs(name: str, checkpoint: str) -> str:
@@ -1296,6 +1341,8 @@ def load_pretrained(
             a ``file://`` URL of nothing).
         UntoldArgument: (a ValueError) naming ``tokenizer`` for a weights file given without one, ``activation``
             for one that does not say which, either given with a checkpoint directory (:func:`checkpoint_layout`).
+        UnfitTokenizer: (a ValueError, "tokenizer: ...") where a weights file's ``tokenizer`` does not read or does
+            not fit its model (:func:`lone_file_tokenizer`), before any tensor data is read.
         ValueError: if ``path`` is a URL of another scheme than ``file:`` (nothing is downloaded: the
             tokenizer and preprocessing files are read from the directory), a malformed ``file://``
             URL, if ``dtype`` is not one of :data:`INFERENCE_DTYPES`, if ``tokenizer_config.json`` or
@@ -1323,11 +1370,11 @@ def load_pretrained(
             builder(**layout.kwargs)
     except (TypeError, ValueError) as error:  # a value of the wrong type or range: name the file it is in
         raise ValueError(f"checkpoint: {layout.config}: {first_line(error)}") from None
-    tokenizer = checkpoint_tokenizer(layout)
+    tokenizer = lone_file_tokenizer(layout) if layout.tokenizer is not None else checkpoint_tokenizer(layout)
     if tokenizer.model_max_length is None:  # no stated limit: what the model takes, not an error on each call
         tokenizer.model_max_length = text_positions(layout.family, layout.kwargs)
     if misfits := tokenizer_misfits(built_vocabulary(layout), tokenizer):  # (before the weights are read)
-        raise ValueError(misfit_message(misfits[0], layout.tokenizer or layout.directory))
+        raise ValueError(misfit_message(misfits[0], layout.directory))  # (a file alone's: checked as it was read)
     image_size = layout.kwargs.get("image_size") or 224  # (an int: the builder checked it)
     image_transform = resolved_image_transform(layout, image_size=image_size)
     model = builder(pretrained=layout.weights, **layout.kwargs).eval()

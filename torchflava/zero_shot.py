@@ -75,6 +75,7 @@ from torchflava.pretrained import (
     Pretrained,
     add_dtype_argument,
     add_lone_file_arguments,
+    command_inputs,
     command_pretrained,
 )
 from torchflava.utils.checkpoint import atomic_write
@@ -870,7 +871,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for key in sorted(recalls, key=lambda k: (int(k.split("@")[1]), k)):  # R@1, R@5, R@10 (not R@10 first)
             print(f"  {key}: {percent(result[key])}  (chance {percent(result[f'{key}_chance'])})")
     # what was evaluated: a run's export file, or the step_<N> its latest checkpoint resolved to
-    result["weights"] = str(pretrained.weights)
+    result.update(command_inputs(args, pretrained))  # (and a weights file alone's --tokenizer and --activation)
     return finish_command(result, result["skipped_reasons"], args.json)
 
 

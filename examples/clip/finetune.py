@@ -88,11 +88,12 @@ from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.pretrained import (
     CLIP_CLASSIFIER_START,
     LONE_FILE_TOKENIZERS,
+    UnfitTokenizer,
     checkpoint_layout,
-    checkpoint_tokenizer,
     load_pretrained,
     local_directory,
     lone_file_needs,
+    lone_file_tokenizer,
 )
 from torchflava.training.config import ConfigError, DataPaths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
@@ -359,6 +360,8 @@ def read_pretrained(m: ModelConfig, read: Callable):
         return opened("model.pretrained", m.pretrained, PRETRAINED, call)
     except ConfigError as error:  # (opened raises from None: the reader's error is its context)
         untold = error.__context__
+        if isinstance(untold, UnfitTokenizer):  # (the tokenizer given with a weights file alone)
+            raise _tokenizer_error(untold) from None
         if m.activation is not None and not isinstance(untold, UntoldArgument) and "activation" in str(untold):
             # (one the weights contradict: OpenAI's were trained with QuickGELU)
             expected = f"null or the activation model.pretrained={m.pretrained} was trained with"
@@ -382,8 +385,16 @@ def pretrained_kwargs(m: ModelConfig) -> dict:
     got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
     raise_on_failed_checks([(layout.family == "clip", "model.pretrained", PRETRAINED, got)])
     if layout.tokenizer is not None:  # (a weights file alone: the tokenizer given with it, read before any work)
-        opened("model.tokenizer", m.tokenizer, LONE_FILE_TOKENIZERS, lambda: checkpoint_tokenizer(layout))
+        try:
+            lone_file_tokenizer(layout)
+        except UnfitTokenizer as error:
+            raise _tokenizer_error(error) from None
     return layout.kwargs
+
+
+def _tokenizer_error(error: UnfitTokenizer) -> ConfigError:
+    """``error`` ("tokenizer: expected ..., got ...") naming model.tokenizer."""
+    return ConfigError(f"key 'model.tokenizer': {str(error).removeprefix('tokenizer: ')}")
 
 
 def _folder_checks(d: DataConfig) -> list[tuple]:

@@ -2,6 +2,7 @@
 open_clip state dict) with ``model.tokenizer`` (and ``model.activation`` where the file does not say): the recipe
 took checkpoint directories only, and refused OpenAI's file naming ``tokenizer``, a keyword it had no key for."""
 
+import gzip
 import json
 from pathlib import Path
 import shutil
@@ -17,6 +18,7 @@ from tests.helpers import Killed, stop_fit_after
 from tests.models.clip.test_convert_weights import _perturb
 from torchflava import zero_shot
 from torchflava.classify import load_clip_classifier
+from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.finetuning import ShapesClassification
 from torchflava.evaluation.shapes import DEFAULT_TEMPLATES
 from torchflava.pretrained import LONE_FILE_TOKENIZERS, load_pretrained
@@ -150,3 +152,31 @@ def test_a_lone_file_without_its_tokenizer_and_misplaced_keys_exit_2_naming_the_
     # open_clip's file with its activation told: valid
     cfg = _lone_config(open_clip_file, bpe, tmp_path / "run", "model.activation=quick_gelu")
     finetune.validate(cfg, 1)
+
+
+def test_a_tokenizer_that_does_not_fit_the_file_exits_2_naming_model_tokenizer_before_any_work(files, tmp_path):
+    """A tokenizer directory of 2000 tokens with the 1000-token file was read (the merges, not the size, checked),
+    then refused once the run had started, naming model.pretrained; a cut merges file named "path"."""
+    big, short = tmp_path / "big", tmp_path / "short_merges.txt"
+    saveable = dict(reading="transformers", unescape_html=False, fix_text=False)
+    CLIPTokenizer.from_bpe(files["bpe"], vocab_size=2000, **saveable).save(big)
+    with gzip.open(files["bpe"], "rt", encoding="utf-8") as merges:
+        short.write_text("".join(next(merges) for _ in range(100)), encoding="utf-8")
+    base = [*SHAPES, *RUN, f"training.output_dir={tmp_path / 'run'}", f"model.pretrained={files['openai']}"]
+    expected = f"{LONE_FILE_TOKENIZERS} (for {files['openai']}, of its vocab_size 1000 tokens), got"
+    cases = [
+        (
+            big,
+            f"key 'model.tokenizer': expected a tokenizer of at most {files['openai']}'s vocab_size 1000 tokens, got "
+            f"{big} of 2000 tokens",
+        ),
+        (
+            short,
+            f"key 'model.tokenizer': expected {expected} {short} (path: expected at least 486 merges in {short}, "
+            "got 99)",
+        ),
+    ]
+    for tokenizer, message in cases:
+        result = run_with_fault(FINETUNE, [*base, f"model.tokenizer={tokenizer}"])
+        assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # refused before any work
