@@ -72,6 +72,7 @@ from torchflava.data.finetuning import (
     empty_classes_warning,
     shapes_task_checks,
     shapes_task_splits,
+    synset_folders_warning,
     training_source_key,
     unread_task_key_checks,
 )
@@ -728,6 +729,9 @@ def main(cfg: FinetuneConfig) -> dict:
     if info.is_main and (warning := empty_classes_warning(train_source, "data.train")):
         print(warning, file=sys.stderr)
     folders = list(train_source.classes)  # (the class folders, in id order; the shapes world's classes)
+    prompted = recorded is None and m.head_init == "zero_shot" and d.class_names is None  # (the folders' names)
+    if info.is_main and prompted and (warning := synset_folders_warning(folders, "data.class_names")):
+        print(warning, file=sys.stderr)
     if recorded is not None:  # (the config compared equal: only the training folders can have changed since)
         started = recorded_folders(record, recorded, d.class_names)
         if started is not None:

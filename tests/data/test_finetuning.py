@@ -31,6 +31,19 @@ def test_class_ids_do_not_shift_when_a_class_folder_is_empty(tmp_path):
     )
 
 
+def test_synset_folders_warning_only_where_every_folder_is_a_wordnet_id():
+    from torchflava.data.finetuning import synset_folders_warning
+
+    folders = ["n01440764", "n01443537", "n01484850", "n01491361"]
+    warning = synset_folders_warning(folders, "data.class_names")
+    assert warning.startswith(
+        "warning: data.class_names: null, so the class names are the folders' WordNet synset ids (n01440764, "
+        'n01443537, n01484850, ...) and the prompts read "a photo of a n01440764."'
+    )
+    for other in (["n01440764", "goldfish"], ["cat", "dog"], ["n0144076"], ["n014407641"], []):
+        assert synset_folders_warning(other, "data.class_names") is None, other
+
+
 def test_glue_tsv_reads_a_byte_order_mark_and_refuses_non_finite_targets_and_other_encodings(tmp_path):
     from torchflava.data.finetuning import GlueTsv
 

@@ -53,10 +53,10 @@ SHAPES = [
 FOLDERS = ["data.task=image_folder", "data.shapes_train=3000", "data.shapes_val=540", "data.image_size=64"]
 
 
-def write_tiny_clip_export(root: Path) -> Path:
+def write_tiny_clip_export(root: Path, texts: tuple[str, ...] = ()) -> Path:
     """A torchflava CLIP export as examples/clip/train.py writes one: clip.safetensors, clip_config.json (every
-    clip_model argument), a WordPiece vocabulary of the shapes captions and the preprocessing. Random weights,
-    drawn wide (init_std 0.2) so that the tiny towers' features are not all alike."""
+    clip_model argument), a WordPiece vocabulary of the shapes captions (and ``texts``) and the preprocessing. Random
+    weights, drawn wide (init_std 0.2) so that the tiny towers' features are not all alike."""
     from safetensors.torch import save_file
 
     from torchflava.data.shapes import ShapesWorld
@@ -65,7 +65,7 @@ def write_tiny_clip_export(root: Path) -> Path:
     from torchflava.models.clip import clip_model, clip_model_arguments
 
     world = ShapesWorld("texts", 300, image_size=32)
-    tokenizer = WordPieceTokenizer.train([world.caption(i) for i in range(300)], vocab_size=120)
+    tokenizer = WordPieceTokenizer.train([world.caption(i) for i in range(300)] + list(texts), vocab_size=120)
     sizes = dict(embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2)
     sizes.update(vision_mlp_dim=64, context_length=24, text_width=32, text_layers=1, text_heads=2, text_mlp_dim=64)
     kwargs = clip_model_arguments(
@@ -661,6 +661,24 @@ def test_a_training_class_folder_without_images_is_named_in_one_warning(clip_exp
         warning + "counted in chance): 'zempty'"
     ]
     assert report["num_classes"] == 3
+
+
+def test_imagenet_s_synset_folders_without_class_names_are_named_in_one_warning(tmp_path, capsys):
+    """ImageNet's class folders are WordNet ids: with data.class_names null the zero-shot head was built, without a
+    word, from prompts such as "a photo of a n01440764.", which start it near chance; named names say nothing."""
+    train = _class_folders(tmp_path / "train", {"n01440764": ["chelsea"], "n01443537": ["coffee"]})
+    clip_export = write_tiny_clip_export(tmp_path / "export", texts=("n01440764 n01443537",))  # (digits in its vocab)
+    folder_task = [*FOLDERS, f"data.train={train}", f"data.val={train}", "training.max_steps=1"]
+    overrides = [*folder_task, "optim.warmup_steps=0", "training.global_batch_size=2"]
+    finetune.main(_config(clip_export, tmp_path / "run", *overrides))
+    assert [line for line in capsys.readouterr().err.splitlines() if "synset" in line] == [
+        "warning: data.class_names: null, so the class names are the folders' WordNet synset ids (n01440764, "
+        'n01443537) and the prompts read "a photo of a n01440764.": set data.class_names to the class names, one per '
+        "folder in sorted order (ImageNet's: tench, goldfish, ...)"
+    ]
+    named = [*overrides, "data.class_names=[tench, goldfish]"]
+    finetune.main(_config(clip_export, tmp_path / "named", *named))
+    assert "synset" not in capsys.readouterr().err
 
 
 def test_a_run_killed_between_its_exports_renames_loads_the_export_set_aside(trained, tmp_path):

@@ -13,6 +13,7 @@ import json
 import math
 import numbers
 import os
+import re
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 import unicodedata
 
@@ -515,6 +516,23 @@ def unread_task_key_checks(
             expected = f"its default, {shown}, since data.task={task} does not read it (only {readers} does)"
             checks.append((False, f"data.{name}", expected, value))
     return checks
+
+
+SYNSET_ID = re.compile(r"n\d{8}")  # a WordNet synset id, as ImageNet names its class folders (n01440764: tench)
+
+
+def synset_folders_warning(folders: Sequence[str], key: str) -> Optional[str]:
+    """A one-line warning where every class folder is named by a WordNet synset id (ImageNet's ``n01440764/``...)
+    and the class names are those folder names (the config key ``key`` null): the prompts then read "a photo of a
+    n01440764.", which no text tower was trained on, so a head built from them starts near chance. None otherwise."""
+    if not folders or not all(SYNSET_ID.fullmatch(name) for name in folders):
+        return None
+    shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
+    return (
+        f"warning: {key}: null, so the class names are the folders' WordNet synset ids ({shown}) and the prompts "
+        f'read "a photo of a {folders[0]}.": set {key} to the class names, one per folder in sorted order '
+        "(ImageNet's: tench, goldfish, ...)"
+    )
 
 
 def shapes_task_splits(num_train: int, num_val: int, image_size: int) -> tuple:
