@@ -1070,19 +1070,28 @@ class UnfitTokenizer(ValueError):
     ``tokenizer: ``, so that a command or recipe names it as its own option or key)."""
 
 
-def lone_file_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
-    """:func:`checkpoint_tokenizer` of a weights file alone's layout; :class:`UnfitTokenizer` naming ``tokenizer``
-    where the one given does not read (e.g. a merges file with fewer merges than the model's vocabulary needs), or
-    does not fit the model (:func:`tokenizer_misfits`: more tokens, another end token). No tensor data is read."""
+def fitted_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
+    """:func:`checkpoint_tokenizer` of ``layout``, at most the model's text length where it states none, checked to
+    fit the model (:func:`tokenizer_misfits`: no more tokens, the same end token) before any tensor data is read: a
+    ValueError naming the directory that does not fit (:func:`misfit_message`); for a weights file alone,
+    :class:`UnfitTokenizer` naming ``tokenizer`` where the one given does not read (e.g. a merges file with fewer
+    merges than the model's vocabulary needs) or does not fit (:func:`unfit_message`)."""
+    given = layout.tokenizer is not None  # (a weights file alone's)
     try:
         tokenizer = checkpoint_tokenizer(layout)
     except (ValueError, FileNotFoundError) as error:
+        if not given:
+            raise
         raise UnfitTokenizer(
             f"tokenizer: expected {LONE_FILE_TOKENIZERS} (for {layout.weights}, of its vocab_size "
             f"{layout.kwargs['vocab_size']} tokens), got {layout.tokenizer} ({error})"
         ) from None
+    if tokenizer.model_max_length is None:  # no stated limit: what the model takes, not an error on each call
+        tokenizer.model_max_length = text_positions(layout.family, layout.kwargs)
     if misfits := tokenizer_misfits(built_vocabulary(layout), tokenizer):
-        raise UnfitTokenizer(unfit_message(misfits[0], layout))
+        if given:
+            raise UnfitTokenizer(unfit_message(misfits[0], layout))
+        raise ValueError(misfit_message(misfits[0], layout.directory))
     return tokenizer
 
 
@@ -1342,7 +1351,7 @@ def load_pretrained(
         UntoldArgument: (a ValueError) naming ``tokenizer`` for a weights file given without one, ``activation``
             for one that does not say which, either given with a checkpoint directory (:func:`checkpoint_layout`).
         UnfitTokenizer: (a ValueError, "tokenizer: ...") where a weights file's ``tokenizer`` does not read or does
-            not fit its model (:func:`lone_file_tokenizer`), before any tensor data is read.
+            not fit its model (:func:`fitted_tokenizer`), before any tensor data is read.
         ValueError: if ``path`` is a URL of another scheme than ``file:`` (nothing is downloaded: the
             tokenizer and preprocessing files are read from the directory), a malformed ``file://``
             URL, if ``dtype`` is not one of :data:`INFERENCE_DTYPES`, if ``tokenizer_config.json`` or
@@ -1370,11 +1379,7 @@ def load_pretrained(
             builder(**layout.kwargs)
     except (TypeError, ValueError) as error:  # a value of the wrong type or range: name the file it is in
         raise ValueError(f"checkpoint: {layout.config}: {first_line(error)}") from None
-    tokenizer = lone_file_tokenizer(layout) if layout.tokenizer is not None else checkpoint_tokenizer(layout)
-    if tokenizer.model_max_length is None:  # no stated limit: what the model takes, not an error on each call
-        tokenizer.model_max_length = text_positions(layout.family, layout.kwargs)
-    if misfits := tokenizer_misfits(built_vocabulary(layout), tokenizer):  # (before the weights are read)
-        raise ValueError(misfit_message(misfits[0], layout.directory))  # (a file alone's: checked as it was read)
+    tokenizer = fitted_tokenizer(layout)  # (before the weights are read)
     image_size = layout.kwargs.get("image_size") or 224  # (an int: the builder checked it)
     image_transform = resolved_image_transform(layout, image_size=image_size)
     model = builder(pretrained=layout.weights, **layout.kwargs).eval()

@@ -91,10 +91,10 @@ from torchflava.pretrained import (
     LONE_FILE_TOKENIZERS,
     UnfitTokenizer,
     checkpoint_layout,
+    fitted_tokenizer,
     load_pretrained,
     local_directory,
     lone_file_needs,
-    lone_file_tokenizer,
 )
 from torchflava.training.config import ConfigError, DataPaths
 from torchflava.training.distributed import barrier, gather_shares, rank0_report
@@ -387,7 +387,7 @@ def pretrained_kwargs(m: ModelConfig) -> dict:
     raise_on_failed_checks([(layout.family == "clip", "model.pretrained", PRETRAINED, got)])
     if layout.tokenizer is not None:  # (a weights file alone: the tokenizer given with it, read before any work)
         try:
-            lone_file_tokenizer(layout)
+            fitted_tokenizer(layout)
         except UnfitTokenizer as error:
             raise _tokenizer_error(error) from None
     return layout.kwargs
