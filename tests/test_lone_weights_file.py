@@ -166,8 +166,8 @@ def test_tokenizer_or_activation_with_a_checkpoint_directory_is_refused(files, c
         zero_shot.main, ["--checkpoint", str(files["hf"]), "--tokenizer", str(files["bpe"]), *inputs], capsys
     )
     assert err == (
-        f"error: argument --tokenizer: expected only with a CLIP weights file alone as --checkpoint, got "
-        f"{files['bpe']} with {files['hf']}, a checkpoint directory, which holds its own\n"
+        f"error: argument --tokenizer: expected only with a CLIP weights file alone or a directory without tokenizer "
+        f"files as --checkpoint, got {files['bpe']} with {files['hf']}, a checkpoint directory, which holds its own\n"
     )
     err = _refused(zero_shot.main, ["--checkpoint", str(files["hf"]), "--activation", "gelu", *inputs], capsys)
     assert err.startswith("error: argument --activation: expected only with a CLIP weights file alone as --check")

@@ -114,7 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--checkpoint",
         required=True,
         help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
-        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, with --tokenizer",
+        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, or an "
+        "open_clip directory without tokenizer files, with --tokenizer",
     )
     parser.add_argument("--shapes", action="store_true", help="the built-in shapes task")
     parser.add_argument("--train")

@@ -22,7 +22,9 @@ Understood layouts (all local paths; nothing is downloaded):
   (:class:`~torchflava.data.clip_tokenizer.CLIPTokenizer`), ``tokenizer_config.json`` and
   ``preprocessor_config.json``,
 * an open_clip Hub directory: ``open_clip_config.json`` with ``open_clip_model.safetensors`` or
-  ``open_clip_pytorch_model.bin``, and the tokenizer files as above,
+  ``open_clip_pytorch_model.bin``, and the tokenizer files as above; or without them (the ``timm/`` CLIP
+  repositories: open_clip tokenizes with its own merges file), given its tokenizer as a weights file alone is
+  (``tokenizer=``), its preprocessing its ``open_clip_config.json``'s,
 * a CLIP weights file alone (OpenAI's TorchScript ``~/.cache/clip/ViT-B-32.pt``, an OpenAI or open_clip state
   dict ``.pt``, ``.bin`` or ``.safetensors``), given with its tokenizer (``tokenizer=``: CLIP's merges file
   ``bpe_simple_vocab_16e6.txt.gz`` or a tokenizer directory) and, where the file does not say which
@@ -198,8 +200,9 @@ class CheckpointLayout(NamedTuple):
         image_transform (Optional[ImageTransform]): a training checkpoint's evaluation transform, resolved with
             its arguments (:func:`run_parts`), or a CLIP weights file's (OpenAI's); None: the files of ``directory``
             state it (see :func:`resolved_image_transform`).
-        tokenizer (Optional[Path]): for a CLIP weights file alone, the tokenizer given with it (a merges file,
-            a ``tokenizer.json`` or a tokenizer directory: :func:`checkpoint_tokenizer`); None: ``directory``'s.
+        tokenizer (Optional[Path]): for a CLIP weights file alone, or a CLIP directory without tokenizer files, the
+            tokenizer given with it (a merges file, a ``tokenizer.json`` or a tokenizer directory:
+            :func:`checkpoint_tokenizer`); None: ``directory``'s.
     """
 
     weights: Path
@@ -226,7 +229,8 @@ def checkpoint_layout(
             OpenAI, open_clip or Hugging Face state dict ``.pt``/``.bin``/``.safetensors``).
         tokenizer (Optional[Union[str, os.PathLike]]): a weights file's tokenizer, which it does not hold:
             CLIP's merges file (``bpe_simple_vocab_16e6.txt.gz``), a ``tokenizer.json``, or a tokenizer
-            directory (``vocab.json`` + ``merges.txt``, or ``tokenizer.json``); only with a weights file.
+            directory (``vocab.json`` + ``merges.txt``, or ``tokenizer.json``); only with a weights file or a
+            Hugging Face or open_clip CLIP directory holding none of the :data:`TOKENIZER_FILES` (``timm/``'s).
         activation (Optional[str]): ``"gelu"`` or ``"quick_gelu"``, for a weights file that does not say
             (Hugging Face's or open_clip's without their config beside it); only with a weights file.
 
@@ -239,12 +243,15 @@ def checkpoint_layout(
 
     Raises:
         TypeError: if ``path`` is not a str or os.PathLike.
-        FileNotFoundError: if ``path`` is not a directory of a known layout, or has no tokenizer file;
-            as :func:`training_checkpoint` and :func:`run_parts` for a training checkpoint.
+        FileNotFoundError: if ``path`` is not a directory of a known layout, or a FLAVA one or an export without a
+            tokenizer file; as :func:`training_checkpoint` and :func:`run_parts` for a training checkpoint.
+        TokenizerlessDirectory: (a ValueError) for a Hugging Face or open_clip CLIP directory without a tokenizer file,
+            given no ``tokenizer``.
         ValueError: if ``config.json`` states another model, an export holds several weights files, or
             a file that loading reads (``*.json``, ``*.txt``, ``*.safetensors``, ``*.bin``) is no
-            regular file (a FIFO would make the read wait forever); ``tokenizer`` or ``activation`` with a
-            checkpoint directory; as :func:`lone_file_layout` for a weights file.
+            regular file (a FIFO would make the read wait forever); ``activation`` with a checkpoint directory,
+            ``tokenizer`` with one that holds a tokenizer file; as :func:`lone_file_layout` for a weights file
+            (or a directory's ``tokenizer``).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint: the path must be a str or os.PathLike, got {type(path).__name__}")
@@ -262,8 +269,10 @@ def checkpoint_layout(
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
     if not path.is_dir():  # (a FIFO, a socket...: no weights file either)
         check_regular_file(path, "a checkpoint directory or a CLIP weights file")
-    _refuse_lone_file_options(path, tokenizer, activation)
-    path = checkpoint_directory(path)  # a run directory: its model/ export
+    _refuse_lone_file_options(path, None, activation)  # (its config states it)
+    named, path = path, checkpoint_directory(path)  # a run directory: its model/ export
+    if holds_tokenizer(path):
+        _refuse_lone_file_options(named, tokenizer, None)
     for pattern in _READ_PATTERNS:  # (the loaders would not see a FIFO config, or wait on a FIFO's read)
         for file in sorted(path.glob(pattern)):
             check_regular_file(file, "a config, tokenizer or weights file")
@@ -293,9 +302,15 @@ def checkpoint_layout(
             f"checkpoint: {path} is neither a torchflava run/export directory (backbone_config.json or "
             "clip_config.json) nor a Hugging Face FLAVA or CLIP directory (config.json)"
         )
-    if not holds_tokenizer(path):
-        raise FileNotFoundError(f"checkpoint: {path} has none of the tokenizer files {', '.join(TOKENIZER_FILES)}")
-    return CheckpointLayout(weights=weights, kwargs=kwargs, directory=path, family=family, config=config_file)
+    if holds_tokenizer(path):
+        return CheckpointLayout(weights=weights, kwargs=kwargs, directory=path, family=family, config=config_file)
+    none = f"checkpoint: {path} has none of the tokenizer files {', '.join(TOKENIZER_FILES)}"
+    if family != "clip" or export is not None:  # (a tokenizer given apart is CLIP's; an export writes its own)
+        raise FileNotFoundError(none)
+    if tokenizer is None:  # (an open_clip Hub directory: open_clip tokenizes with its own merges file)
+        raise TokenizerlessDirectory("tokenizer", f"{none}: expected tokenizer ({LONE_FILE_TOKENIZERS}), got none")
+    given = given_tokenizer(tokenizer)  # read as a weights file alone's; the preprocessing the directory's
+    return CheckpointLayout(weights, kwargs, path, family, config=config_file, tokenizer=given)
 
 
 # What a weights file's tokenizer may be (:func:`lone_file_layout`'s and the commands' --tokenizer).
@@ -305,18 +320,30 @@ LONE_FILE_TOKENIZERS = (
 )
 
 
+class TokenizerlessDirectory(UntoldArgument):
+    """``tokenizer`` untold for a Hugging Face or open_clip CLIP directory that holds none of the
+    :data:`TOKENIZER_FILES` (an open_clip Hub directory of ``timm/``'s), which takes one as a weights file alone does
+    (:func:`lone_file_needs`)."""
+
+
 def _refuse_lone_file_options(
     path: Path, tokenizer: Optional[Union[str, os.PathLike]], activation: Optional[str]
 ) -> None:
     """ValueError (:class:`UntoldArgument`, naming it) where ``tokenizer`` or ``activation`` is given with checkpoint
-    directory ``path``, which states both (its tokenizer files and config): neither overrides them."""
+    directory ``path``, which states it (its tokenizer files; its config): neither overrides them."""
     for name, value in (("tokenizer", tokenizer), ("activation", activation)):
         if value is not None:
             raise UntoldArgument(
                 name,
-                f"checkpoint: expected {name} only with a CLIP weights file alone, got {value} with {path}, a "
+                f"checkpoint: expected {name} only with {lone_file_option_takers(name)}, got {value} with {path}, a "
                 "checkpoint directory, which holds its own",
             )
+
+
+def lone_file_option_takers(name: str) -> str:
+    """The checkpoints that take a ``tokenizer`` or ``activation`` (``name``), which neither states; a directory
+    states its activation."""
+    return "a CLIP weights file alone" + (" or a directory without tokenizer files" if name == "tokenizer" else "")
 
 
 def lone_file_layout(
@@ -350,14 +377,21 @@ def lone_file_layout(
             f"checkpoint: {path} is a weights file alone, which holds no tokenizer: expected tokenizer "
             f"({LONE_FILE_TOKENIZERS}), got none",
         )
+    tokenizer = given_tokenizer(tokenizer)
+    kwargs = clip_model_arguments(path, **({} if activation is None else {"activation": activation}))
+    spec = ImageTransformSpec.from_open_clip_config({}, kwargs["image_size"])  # (OpenAI's own preprocessing)
+    return CheckpointLayout(path, kwargs, path.parent, "clip", path, ImageTransform(spec), tokenizer)
+
+
+def given_tokenizer(tokenizer: Union[str, os.PathLike]) -> Path:
+    """The path of the ``tokenizer`` given with a checkpoint that holds none (a leading ``~`` expanded); TypeError
+    where it is no path, FileNotFoundError where it is not there (:func:`checkpoint_tokenizer` reads it)."""
     if not isinstance(tokenizer, (str, os.PathLike)) or not isinstance(os.fspath(tokenizer), str):
         raise TypeError(f"tokenizer: expected a path ({LONE_FILE_TOKENIZERS}), got {type(tokenizer).__name__}")
     tokenizer = Path(os.path.expanduser(tokenizer))
     if not tokenizer.exists():
         raise FileNotFoundError(f"tokenizer: expected {LONE_FILE_TOKENIZERS}, got {tokenizer} (not there)")
-    kwargs = clip_model_arguments(path, **({} if activation is None else {"activation": activation}))
-    spec = ImageTransformSpec.from_open_clip_config({}, kwargs["image_size"])  # (OpenAI's own preprocessing)
-    return CheckpointLayout(path, kwargs, path.parent, "clip", path, ImageTransform(spec), tokenizer)
+    return tokenizer
 
 
 def _is_flava(names: dict) -> bool:
@@ -558,9 +592,10 @@ def _newer_checkpoint_note(run: Path) -> None:
 
 def checkpoint_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
     """The tokenizer of a checkpoint directory (:func:`directory_tokenizer` of its directory and family); for a
-    weights file alone, the one given with it (:attr:`CheckpointLayout.tokenizer`): a directory's, a
-    ``tokenizer.json``, or a merges file's first merges, as many as the model's vocabulary holds
-    (:meth:`CLIPTokenizer.from_bpe`); texts at most the model's context length by default."""
+    weights file alone (or a directory without tokenizer files), the one given with it
+    (:attr:`CheckpointLayout.tokenizer`): a directory's, a ``tokenizer.json``, or a merges file's first merges, as
+    many as the model's vocabulary holds (:meth:`CLIPTokenizer.from_bpe`); texts at most the model's context length
+    by default."""
     given = layout.tokenizer
     if given is None:
         return directory_tokenizer(layout.directory, layout.family)
@@ -1015,12 +1050,13 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_lone_file_arguments(parser: argparse.ArgumentParser) -> None:
     """The commands' ``--tokenizer`` and ``--activation``, for a CLIP weights file given alone as ``--checkpoint``
-    (see :func:`load_pretrained`; :func:`command_pretrained` names them in its errors)."""
+    (and ``--tokenizer`` for a CLIP directory without tokenizer files; see :func:`load_pretrained`;
+    :func:`command_pretrained` names them in its errors)."""
     parser.add_argument(
         "--tokenizer",
         metavar="PATH",
-        help=f"with a CLIP weights file alone as --checkpoint (e.g. ~/.cache/clip/ViT-B-32.pt): its tokenizer, "
-        f"{LONE_FILE_TOKENIZERS}",
+        help=f"with a CLIP weights file alone as --checkpoint (e.g. ~/.cache/clip/ViT-B-32.pt), or an open_clip "
+        f"directory without tokenizer files (timm's CLIP repositories): its tokenizer, {LONE_FILE_TOKENIZERS}",
     )
     parser.add_argument(
         "--activation",
@@ -1050,40 +1086,43 @@ def command_pretrained(args: argparse.Namespace) -> "Pretrained":
         value = getattr(args, name)
         if value is not None:  # given with a checkpoint directory
             raise ValueError(
-                f"argument --{name}: expected only with a CLIP weights file alone as --checkpoint, got {value} with "
-                f"{args.checkpoint}, a checkpoint directory, which holds its own"
+                f"argument --{name}: expected only with {lone_file_option_takers(name)} as --checkpoint, got {value} "
+                f"with {args.checkpoint}, a checkpoint directory, which holds its own"
             ) from None
-        expected = lone_file_needs(name, f"--checkpoint {args.checkpoint}")
+        directory = isinstance(error, TokenizerlessDirectory)
+        expected = lone_file_needs(name, f"--checkpoint {args.checkpoint}", directory=directory)
         raise ValueError(f"argument --{name}: expected {expected}, got none") from None
 
 
 def command_inputs(args: argparse.Namespace, pretrained: "Pretrained") -> dict:
     """What a command's report names as read: the weights (an export's file, or the ``step_<N>`` a run resolved to)
     and, for a weights file alone, the ``--tokenizer`` and ``--activation`` it was read with (the scores depend on
-    both)."""
+    both; a directory without tokenizer files: its ``--tokenizer``)."""
     told = {"tokenizer": args.tokenizer and os.path.expanduser(args.tokenizer), "activation": args.activation}
     return {"weights": str(pretrained.weights), **{k: v for k, v in told.items() if v is not None}}
 
 
 class UnfitTokenizer(ValueError):
-    """The tokenizer given with a weights file alone does not read, or does not fit its model (its message starts
-    ``tokenizer: ``, so that a command or recipe names it as its own option or key)."""
+    """The tokenizer given with a weights file alone (or a directory without tokenizer files) does not read, or does
+    not fit its model (its message starts ``tokenizer: ``, so that a command or recipe names it as its own option or
+    key)."""
 
 
 def fitted_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIPTokenizer]:
     """:func:`checkpoint_tokenizer` of ``layout``, at most the model's text length where it states none, checked to
     fit the model (:func:`tokenizer_misfits`: no more tokens, the same end token) before any tensor data is read: a
-    ValueError naming the directory that does not fit (:func:`misfit_message`); for a weights file alone,
-    :class:`UnfitTokenizer` naming ``tokenizer`` where the one given does not read (e.g. a merges file with fewer
-    merges than the model's vocabulary needs) or does not fit (:func:`unfit_message`)."""
-    given = layout.tokenizer is not None  # (a weights file alone's)
+    ValueError naming the directory that does not fit (:func:`misfit_message`); for a weights file alone (or a
+    directory without tokenizer files), :class:`UnfitTokenizer` naming ``tokenizer`` where the one given does not
+    read (e.g. a merges file with fewer merges than the model's vocabulary needs) or does not fit
+    (:func:`unfit_message`)."""
+    given = layout.tokenizer is not None  # (a weights file alone's, or a tokenizer-less directory's)
     try:
         tokenizer = checkpoint_tokenizer(layout)
     except (ValueError, FileNotFoundError) as error:
         if not given:
             raise
         raise UnfitTokenizer(
-            f"tokenizer: expected {LONE_FILE_TOKENIZERS} (for {layout.weights}, of its vocab_size "
+            f"tokenizer: expected {LONE_FILE_TOKENIZERS} (for {given_with(layout)}, of its vocab_size "
             f"{layout.kwargs['vocab_size']} tokens), got {layout.tokenizer} ({error})"
         ) from None
     if tokenizer.model_max_length is None:  # no stated limit: what the model takes, not an error on each call
@@ -1096,25 +1135,33 @@ def fitted_tokenizer(layout: CheckpointLayout) -> Union[WordPieceTokenizer, CLIP
 
 
 def unfit_message(misfit: TokenizerMisfit, layout: CheckpointLayout) -> str:
-    """The one-line error of a weights file alone's ``tokenizer`` (:attr:`CheckpointLayout.tokenizer`) that does
-    not fit its model (:class:`UnfitTokenizer`'s)."""
+    """The one-line error of the ``tokenizer`` given with a weights file alone or a directory without tokenizer files
+    (:attr:`CheckpointLayout.tokenizer`) that does not fit its model (:class:`UnfitTokenizer`'s)."""
     if misfit.name == "vocab_size":
         return (
-            f"tokenizer: expected a tokenizer of at most {layout.weights}'s vocab_size {misfit.expected} tokens, "
+            f"tokenizer: expected a tokenizer of at most {given_with(layout)}'s vocab_size {misfit.expected} tokens, "
             f"got {layout.tokenizer} of {misfit.got} tokens"
         )
     return (
-        f"tokenizer: expected a tokenizer ending texts with {layout.weights}'s eos_token_id {misfit.expected}, got "
+        f"tokenizer: expected a tokenizer ending texts with {given_with(layout)}'s eos_token_id {misfit.expected}, got "
         f"{layout.tokenizer}, which ends them with {misfit.got}"
     )
 
 
-def lone_file_needs(name: str, checkpoint: str) -> str:
+def given_with(layout: CheckpointLayout) -> Path:
+    """The checkpoint a ``tokenizer`` was given with (:attr:`CheckpointLayout.tokenizer`): the weights file alone
+    (its own config), or the directory without tokenizer files."""
+    return layout.weights if layout.weights == layout.config else layout.directory
+
+
+def lone_file_needs(name: str, checkpoint: str, *, directory: bool = False) -> str:
     """What a weights file alone needs given as ``name`` (``"tokenizer"`` or ``"activation"``, which
     :func:`load_pretrained` found missing), for a refusal's "expected" part; ``checkpoint`` names the file as the
-    caller's option or key does (``--checkpoint X``, ``model.pretrained=X``)."""
+    caller's option or key does (``--checkpoint X``, ``model.pretrained=X``). ``directory``: a CLIP directory without
+    tokenizer files (:class:`TokenizerlessDirectory`) needs its ``tokenizer``, said so."""
+    holder = f"a directory holding none of the tokenizer files {', '.join(TOKENIZER_FILES)}"
     return {
-        "tokenizer": f"{LONE_FILE_TOKENIZERS}, with {checkpoint}, a weights file alone",
+        "tokenizer": f"{LONE_FILE_TOKENIZERS}, with {checkpoint}, {holder if directory else 'a weights file alone'}",
         "activation": f"gelu or quick_gelu with {checkpoint}, a Hugging Face or open_clip weights file alone that "
         "does not say which (no config beside it)",
     }[name]
@@ -1327,8 +1374,9 @@ def load_pretrained(
             an export is read from its newest complete, intact checkpoint (:func:`training_checkpoint`).
             Or a CLIP weights file alone (``~/.cache/clip/ViT-B-32.pt``, an open_clip ``.bin`` or
             ``.safetensors``...) with ``tokenizer``: :func:`lone_file_layout`, OpenAI's preprocessing.
-        tokenizer (Optional[Union[str, os.PathLike]]): a weights file's tokenizer (only with one; see
-            :func:`checkpoint_layout`), e.g. ``bpe_simple_vocab_16e6.txt.gz``.
+        tokenizer (Optional[Union[str, os.PathLike]]): a weights file's tokenizer (only with one, or with a CLIP
+            directory holding none of the :data:`TOKENIZER_FILES`, e.g. an open_clip Hub directory of ``timm/``'s;
+            see :func:`checkpoint_layout`), e.g. ``bpe_simple_vocab_16e6.txt.gz``.
         activation (Optional[str]): ``"gelu"`` or ``"quick_gelu"`` for a weights file that does not say which
             (only with one; OpenAI's files say QuickGELU).
         dtype (torch.dtype): ``torch.float32``, or ``torch.bfloat16`` for inference under bf16
@@ -1348,9 +1396,10 @@ def load_pretrained(
     Raises:
         TypeError, FileNotFoundError: as :func:`checkpoint_layout` (FileNotFoundError naming the URL for
             a ``file://`` URL of nothing).
-        UntoldArgument: (a ValueError) naming ``tokenizer`` for a weights file given without one, ``activation``
-            for one that does not say which, either given with a checkpoint directory (:func:`checkpoint_layout`).
-        UnfitTokenizer: (a ValueError, "tokenizer: ...") where a weights file's ``tokenizer`` does not read or does
+        UntoldArgument: (a ValueError) naming ``tokenizer`` for a weights file given without one (or a directory
+            without tokenizer files: :class:`TokenizerlessDirectory`), ``activation`` for one that does not say which,
+            either given with a checkpoint directory that states it (:func:`checkpoint_layout`).
+        UnfitTokenizer: (a ValueError, "tokenizer: ...") where the ``tokenizer`` given does not read or does
             not fit its model (:func:`fitted_tokenizer`), before any tensor data is read.
         ValueError: if ``path`` is a URL of another scheme than ``file:`` (nothing is downloaded: the
             tokenizer and preprocessing files are read from the directory), a malformed ``file://``

@@ -15,7 +15,9 @@ settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`tor
 so a Hugging Face ``facebook/flava-full`` or ``CLIPModel`` directory gives the numbers its
 transformers users get. A CLIP weights file alone (OpenAI's ``~/.cache/clip/ViT-B-32.pt``, an open_clip
 ``.bin`` or ``.safetensors``) takes its tokenizer from ``--tokenizer`` (CLIP's merges file or a tokenizer
-directory), OpenAI's preprocessing, and ``--activation`` where the file does not say which.
+directory), OpenAI's preprocessing, and ``--activation`` where the file does not say which. An open_clip Hub
+directory without tokenizer files (timm's CLIP repositories) takes its tokenizer from ``--tokenizer`` too, its
+preprocessing its own.
 
 Classification: every image under ``--images`` gets the class whose prompts' mean text embedding
 is closest, and the probabilities softmax(exp(logit_scale) x cosine similarity) of its ``--top-k``
@@ -708,7 +710,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--checkpoint",
         required=True,
         help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
-        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, with --tokenizer",
+        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, or an "
+        "open_clip directory without tokenizer files, with --tokenizer",
     )
     parser.add_argument(
         "--images",

@@ -19,7 +19,8 @@ with one source: class folders, ``data.task=image_folder``, or the built-in shap
 torchflava CLIP run, export or ``<run>/checkpoints/step_<N>``; or a CLIP weights file alone, OpenAI's
 ``~/.cache/clip/ViT-B-32.pt`` (TorchScript too) or an open_clip ``.bin``/``.safetensors``, with its tokenizer in
 ``model.tokenizer`` (CLIP's merges file, a ``tokenizer.json`` or a tokenizer directory), ``model.activation`` where
-the file does not say which, and OpenAI's preprocessing: :func:`~torchflava.pretrained.load_pretrained`'s); its image
+the file does not say which, and OpenAI's preprocessing; an open_clip Hub directory without tokenizer files, timm's,
+with ``model.tokenizer`` too: :func:`~torchflava.pretrained.load_pretrained`'s); its image
 tower and projection, the features L2-normalised, then a linear head whose weight is ``exp(logit_scale)`` times
 the zero-shot class embeddings of the class names (the folder names, or ``data.class_names``: "tench" for
 ``n01440764/``) in ``model.templates`` and whose bias is 0, so that step 0 predicts what zero-shot classification
@@ -89,6 +90,7 @@ from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.pretrained import (
     CLIP_CLASSIFIER_START,
     LONE_FILE_TOKENIZERS,
+    TokenizerlessDirectory,
     UnfitTokenizer,
     checkpoint_layout,
     fitted_tokenizer,
@@ -126,7 +128,8 @@ HEAD_INITS = ("zero_shot", "random", "linear_probe")
 TASK_TEMPLATES = {"image_folder": list(DEFAULT_TEMPLATES), "shapes": list(SHAPES_TEMPLATES)}
 PRETRAINED = (
     "a CLIP checkpoint directory (a Hugging Face CLIPModel, an open_clip Hub directory, or a torchflava CLIP "
-    "run, export or <run>/checkpoints/step_<N>), or a CLIP weights file alone with model.tokenizer"
+    "run, export or <run>/checkpoints/step_<N>; one without tokenizer files with model.tokenizer), or a CLIP weights "
+    "file alone with model.tokenizer"
 )
 LONE_FILE_KEYS = ("tokenizer", "activation")  # model.<name>: load_pretrained's arguments of a weights file alone
 # the zero-shot classifier a run records in its directory at its start (export_clip_classifier's files): its resume
@@ -152,7 +155,8 @@ class ModelConfig:
     templates: Optional[list[str]] = None
     # with a CLIP weights file alone as model.pretrained (OpenAI's ~/.cache/clip/ViT-B-32.pt, TorchScript too; an
     # open_clip .bin or .safetensors), which holds no tokenizer: its tokenizer (CLIP's merges file
-    # bpe_simple_vocab_16e6.txt.gz, a tokenizer.json, or a tokenizer directory); null with a checkpoint directory
+    # bpe_simple_vocab_16e6.txt.gz, a tokenizer.json, or a tokenizer directory); so too with an open_clip Hub
+    # directory without tokenizer files (timm's CLIP repositories); null with a checkpoint directory holding its own
     tokenizer: Optional[str] = None
     # gelu | quick_gelu, for a weights file alone that does not say which (Hugging Face's or open_clip's without
     # their config beside it; OpenAI's say QuickGELU); null otherwise
@@ -374,7 +378,8 @@ def read_pretrained(m: ModelConfig, read: Callable):
         if value is not None:
             expected = f"null with model.pretrained={m.pretrained}, a checkpoint directory, which holds its own"
             raise ConfigError(f"key 'model.{name}': expected {expected}, got {value!r}") from None
-        expected = lone_file_needs(name, f"model.pretrained={m.pretrained}")
+        directory = isinstance(untold, TokenizerlessDirectory)  # (one without tokenizer files)
+        expected = lone_file_needs(name, f"model.pretrained={m.pretrained}", directory=directory)
         raise ConfigError(f"key 'model.{name}': expected {expected}, got null") from None
 
 
@@ -385,7 +390,7 @@ def pretrained_kwargs(m: ModelConfig) -> dict:
     layout = read_pretrained(m, lambda **given: checkpoint_layout(local_directory(m.pretrained), **given))
     got = f"{m.pretrained} (a {layout.family.upper()} checkpoint)"
     raise_on_failed_checks([(layout.family == "clip", "model.pretrained", PRETRAINED, got)])
-    if layout.tokenizer is not None:  # (a weights file alone: the tokenizer given with it, read before any work)
+    if layout.tokenizer is not None:  # (given with a file alone or a tokenizer-less directory: read before any work)
         try:
             fitted_tokenizer(layout)
         except UnfitTokenizer as error:

@@ -180,3 +180,97 @@ def test_a_tokenizer_that_does_not_fit_the_file_exits_2_naming_model_tokenizer_b
         result = run_with_fault(FINETUNE, [*base, f"model.tokenizer={tokenizer}"])
         assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+# ------------------------------------------------------------------ an open_clip Hub directory without tokenizer files
+def test_an_open_clip_directory_without_tokenizer_files_fine_tunes_with_model_tokenizer_and_resumes(
+    tmp_path, monkeypatch
+):
+    """A timm-style open_clip Hub directory (no tokenizer file) with CLIP's merges file as model.tokenizer: it was
+    refused ("has none of the tokenizer files"), and so was model.tokenizer with it. Step 0 is the zero-shot
+    classifier of the same directory with the tokenizer inside (and its own preprocessing, not OpenAI's); a resume,
+    with the directory and the tokenizer moved away, ends as the uninterrupted run (both recorded at the start)."""
+    from tests.test_open_clip_hub_tokenizer import tokenizerless_hub
+
+    work = tmp_path / "cache"
+    work.mkdir()
+    hub = tokenizerless_hub(work / "hub")
+    bpe = Path(shutil.copy(open_clip.tokenizer.default_bpe(), work / "bpe_simple_vocab_16e6.txt.gz"))
+    full = Path(shutil.copytree(hub, tmp_path / "full"))  # the same with the tokenizer inside
+    saveable = dict(reading="transformers", unescape_html=False, fix_text=False, model_max_length=16)
+    CLIPTokenizer.from_bpe(bpe, vocab_size=1000, **saveable).save(full)
+
+    reference = finetune.main(_lone_config(hub, bpe, tmp_path / "reference"))
+    out = tmp_path / "reference"
+    assert f"  pretrained: {hub}\n" in (out / "config.yaml").read_text()
+    assert f"  tokenizer: {bpe}\n  activation: null\n" in (out / "config.yaml").read_text()
+    assert reference["steps"] == 4 and sorted(_losses(out)) == [1, 2, 3, 4]
+
+    pretrained = load_pretrained(full)  # step 0: its zero-shot scores, its preprocessing (bilinear: its own)
+    images = [ShapesClassification("test", 6, image_size=32)[i].image for i in range(6)]
+    classes = list(ShapesClassification.classes)
+    embeddings = zero_shot.class_embeddings(pretrained, classes, list(DEFAULT_TEMPLATES))
+    expected = pretrained.model.logit_scale.detach().exp() * zero_shot.image_features(pretrained, images) @ embeddings.T
+    start = load_clip_classifier(out / "zero_shot")
+    assert start.image_transform.spec == pretrained.image_transform.spec and start.image_transform.spec.resample == 2
+    pixels = torch.stack([start.image_transform(image) for image in images])
+    with torch.no_grad():
+        torch.testing.assert_close(start.model(pixels), expected, atol=1e-5, rtol=0)
+    assert float(expected.std()) > 1e-3  # (scores that differ: not a vacuous match)
+
+    stop_fit_after(monkeypatch, finetune, 3)  # after step 3's update: the last checkpoint is step 2's
+    with pytest.raises(Killed):
+        finetune.main(_lone_config(hub, bpe, tmp_path / "run"))
+    monkeypatch.undo()
+    shutil.move(work, tmp_path / "moved")  # the directory and its tokenizer are gone from where the run read them
+    resumed = finetune.main(_lone_config(hub, bpe, tmp_path / "run", "training.resume=auto"))
+    assert _losses(tmp_path / "run") == _losses(out) and resumed == reference
+    got, want = (load_clip_classifier(tmp_path / name).model.state_dict() for name in ("run", "reference"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_an_open_clip_directory_without_tokenizer_files_is_refused_naming_model_tokenizer(files, tmp_path):
+    """Without model.tokenizer: the directory holds none of the tokenizer files, and model.tokenizer gives one (was
+    "key 'model.pretrained': ... has none of the tokenizer files", naming no way to give it); a tokenizer that does
+    not fit it, or one given with the directory holding its own, named as model.tokenizer."""
+    from tests.test_open_clip_hub_tokenizer import tokenizerless_hub
+
+    hub = tokenizerless_hub(tmp_path / "hub")
+    full = Path(shutil.copytree(hub, tmp_path / "full"))
+    saveable = dict(reading="transformers", unescape_html=False, fix_text=False)
+    CLIPTokenizer.from_bpe(files["bpe"], vocab_size=1000, **saveable).save(full)
+    big = tmp_path / "big"
+    CLIPTokenizer.from_bpe(files["bpe"], vocab_size=2000, **saveable).save(big)
+    base = [*SHAPES, *RUN, f"training.output_dir={tmp_path / 'run'}"]
+    result = run_with_fault(FINETUNE, [*base, f"model.pretrained={hub}"])
+    assert result.returncode == 2 and result.stderr == (
+        f"error: key 'model.tokenizer': expected {LONE_FILE_TOKENIZERS}, with model.pretrained={hub}, a directory "
+        "holding none of the tokenizer files vocab.txt, tokenizer.json, vocab.json, got null\n"
+    ), result.stderr[-2000:]
+    cases = [
+        (
+            [f"model.pretrained={hub}", f"model.tokenizer={big}"],
+            f"key 'model.tokenizer': expected a tokenizer of at most {hub}'s vocab_size 1000 tokens, got {big} of "
+            "2000 tokens",
+        ),
+        (
+            [f"model.pretrained={full}", f"model.tokenizer={files['bpe']}"],
+            f"key 'model.tokenizer': expected null with model.pretrained={full}, a checkpoint directory, which holds "
+            f"its own, got '{files['bpe']}'",
+        ),
+        (
+            [f"model.pretrained={hub}", f"model.tokenizer={files['bpe']}", "model.activation=quick_gelu"],
+            f"key 'model.activation': expected null with model.pretrained={hub}, a checkpoint directory, which holds "
+            "its own, got 'quick_gelu'",
+        ),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(finetune.ConfigError) as caught:
+            finetune.validate(load_config(finetune.FinetuneConfig, [*base, *overrides]), 1)
+        assert str(caught.value) == message
+    assert not (tmp_path / "run").exists()  # refused before any work
+    # with a tokenizer that fits it (CLIP's merges file, or the tokenizer directory of its copy): valid
+    for tokenizer in (files["bpe"], full):
+        finetune.validate(
+            load_config(finetune.FinetuneConfig, [*base, f"model.pretrained={hub}", f"model.tokenizer={tokenizer}"]), 1
+        )
