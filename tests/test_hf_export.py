@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import transformers
 
 from tests.helpers import EXPORT_FLAVA, REPO, load_recipe, write_hf_flava, write_tiny_export
+from tests.models.clip.test_convert_weights import OPEN_CLIP_CFG, _open_clip_hub_directory
 from torchflava import hf_export
 from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.tokenizer import WordPieceTokenizer
@@ -325,6 +326,7 @@ def test_bf16_weights_are_written_when_asked(tmp_path, transformers_warnings):
     with _safetensors(tmp_path / "hf" / "model.safetensors") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     _loaded_without_warnings(transformers.CLIPModel, tmp_path / "hf", transformers_warnings)
+    assert {v.dtype for v in load_pretrained(tmp_path / "hf").model.state_dict().values()} == {torch.float32}
     with pytest.raises(ValueError, match=r"^dtype: expected one of \[torch.float32"):
         save_hf_directory(source, tmp_path / "other", dtype=torch.float64)
 
@@ -409,3 +411,22 @@ def test_a_recipe_s_training_checkpoint_and_its_run_are_written_as_they_compute(
             assert torch.equal(back.model.encode_text(ids, mask), ours.model.encode_text(ids, mask))
         assert back.tokenizer(CAPTIONS)[0].tolist() == ids.tolist()
         assert back.image_transform.spec == ours.image_transform.spec
+
+
+def test_an_open_clip_directory_computes_in_transformers_as_in_open_clip(tmp_path, transformers_warnings):
+    cfg = dict(OPEN_CLIP_CFG, text_cfg=dict(OPEN_CLIP_CFG["text_cfg"], vocab_size=1000))
+    reference = _open_clip_hub_directory(tmp_path / "open_clip", cfg)
+    CLIPTokenizer.from_bpe(BPE, vocab_size=1000, model_max_length=16, **SAVEABLE).save(tmp_path / "open_clip")
+    export = save_hf_directory(tmp_path / "open_clip", tmp_path / "hf")
+    assert [note.split(" (")[0] for note in export.notes] == ["the preprocessing crops with half_even rounding"]
+    hf = _loaded_without_warnings(transformers.CLIPModel, tmp_path / "hf", transformers_warnings)
+    ids, mask = load_pretrained(tmp_path / "hf").tokenizer(CAPTIONS)
+    images = _images(len(CAPTIONS))
+    with torch.no_grad():
+        image, text = (
+            hf.get_image_features(pixel_values=images),
+            hf.get_text_features(input_ids=ids, attention_mask=mask),
+        )
+        expected = reference.encode_image(images, normalize=True), reference.encode_text(ids, normalize=True)
+    torch.testing.assert_close(F.normalize(image, dim=-1), expected[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(F.normalize(text, dim=-1), expected[1], atol=ATOL, rtol=0)
