@@ -515,6 +515,52 @@ def flava_kwargs_from_hf_config(config: dict) -> dict:
     )
 
 
+def hf_config_from_flava_kwargs(kwargs: dict) -> dict:
+    """The Hugging Face ``FlavaConfig`` (its ``config.json`` as a dict) of a ``FlavaModel`` that computes as
+    :func:`flava_model` built with ``kwargs``: the inverse of :func:`flava_kwargs_from_hf_config`, which reads it
+    back to ``kwargs`` but ``init_std`` (written as every ``initializer_range``) and ``mlp_dropout``.
+
+    transformers' FLAVA has no dropout after the MLP's activation: ``mlp_dropout`` (None: ``dropout``) is not
+    written, and the config trains without it (inference is the same: no dropout runs in eval mode).
+
+    Args:
+        kwargs (dict): every argument of :func:`flava_model` but ``pretrained`` (e.g. ``flava_model_arguments()``).
+
+    Returns:
+        dict: the config, with ``model_type``, ``architectures`` and the three encoder sub-configs.
+
+    Raises:
+        ValueError: naming the arguments ``kwargs`` lacks.
+    """
+    sizes = [f"{tower}_{ours}" for tower in ("image", "text", "multimodal") for ours in _HF_SIZES]
+    needed = [*sizes, "image_size", "patch_size", "in_channels", "vocab_size", "max_seq_len", "type_vocab_size"]
+    needed += ["pad_token_id", "projection_dim", "dropout", "attention_dropout", "norm_eps", "logit_scale_init"]
+    if missing := [name for name in [*needed, "init_std"] if name not in kwargs]:  # (mlp_dropout is not written)
+        raise ValueError(f"kwargs: expected every flava_model argument, got none for {missing}")
+    shared = dict(_HF_AS_BUILT, layer_norm_eps=kwargs["norm_eps"], initializer_range=kwargs["init_std"])
+    shared.update({hf: kwargs[ours] for hf, ours in _HF_DROPOUTS.items()})
+    towers = {
+        tower: dict(shared, **{hf: kwargs[f"{tower}_{ours}"] for ours, hf in _HF_SIZES.items()})
+        for tower in ("image", "text", "multimodal")
+    }
+    towers["image"].update(image_size=kwargs["image_size"], patch_size=kwargs["patch_size"], mask_token=True)
+    towers["image"].update(num_channels=kwargs["in_channels"])
+    towers["text"].update(vocab_size=kwargs["vocab_size"], max_position_embeddings=kwargs["max_seq_len"])
+    towers["text"].update(type_vocab_size=kwargs["type_vocab_size"], pad_token_id=kwargs["pad_token_id"])
+    towers["text"]["position_embedding_type"] = "absolute"
+    towers["multimodal"]["use_cls_token"] = True
+    return dict(
+        model_type="flava",
+        architectures=["FlavaModel"],
+        **{f"{tower}_config": config for tower, config in towers.items()},
+        hidden_size=kwargs["multimodal_embed_dim"],  # (FlavaForPreTraining's ITM head width)
+        layer_norm_eps=kwargs["norm_eps"],
+        projection_dim=kwargs["projection_dim"],
+        logit_scale_init_value=kwargs["logit_scale_init"],
+        initializer_range=kwargs["init_std"],
+    )
+
+
 def flava_pretraining_kwargs_from_hf_config(config: dict) -> dict:
     """``flava_model_for_pretraining``'s head and loss arguments for a Hugging Face ``FlavaConfig``: the MIM
     vocabulary (``image_config.vocab_size``), the heads' LayerNorm eps (the encoders'), and the loss
