@@ -273,3 +273,19 @@ def test_the_json_report_names_the_tokenizer_and_activation_a_file_alone_was_rea
         ]
     )
     assert "tokenizer" not in json.loads((tmp_path / "d").read_text())  # (a directory's own: not given)
+
+
+def test_an_activation_the_weights_contradict_is_named_as_the_option(files, capsys):
+    """OpenAI's weights were trained with QuickGELU: --activation gelu with one is refused naming --activation (the
+    library's error, a ContradictedArgument, says why), before any image is read."""
+    argv = ["--checkpoint", str(files["openai"]), "--tokenizer", str(files["bpe"]), "--activation", "gelu"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(lambda: zero_shot.main([*argv, "--images", str(files["images"]), "--classes", CLASSES]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: argument --activation: expected none or the activation --checkpoint {files['openai']} was trained "
+        "with, got gelu ("
+    ), err
+    assert "were trained with QuickGELU: build with activation='quick_gelu', got activation 'gelu')" in err
+    assert err.count("\n") == 1

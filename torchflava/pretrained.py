@@ -83,7 +83,7 @@ from torchflava.models.flava.convert_weights import detect_layout, flava_kwargs_
 from torchflava.modules.layers.packed_linear import onednn_packing_available, pack_linears
 from torchflava.training.checkpointing import CONFIG, CheckpointManager, read_model_weights
 from torchflava.training.integrity import MARKER, CheckpointIntegrityError, damage
-from torchflava.utils.architecture import UntoldArgument, export_files, layout_of
+from torchflava.utils.architecture import ContradictedArgument, UntoldArgument, export_files, layout_of
 from torchflava.utils.checkpoint import (
     check_regular_file,
     first_line,
@@ -1069,7 +1069,8 @@ def add_lone_file_arguments(parser: argparse.ArgumentParser) -> None:
 def command_pretrained(args: argparse.Namespace) -> "Pretrained":
     """:func:`load_pretrained` of a command's ``args.checkpoint`` at ``args.dtype`` (:func:`add_dtype_argument`),
     with ``args.tokenizer`` and ``args.activation`` (:func:`add_lone_file_arguments`); a ``tokenizer`` or
-    ``activation`` it finds missing or misplaced is named as the option (ValueError: the command's one-line error)."""
+    ``activation`` it finds missing, misplaced or contradicted by the weights is named as the option (ValueError: the
+    command's one-line error)."""
     try:
         return load_pretrained(
             args.checkpoint,
@@ -1079,6 +1080,11 @@ def command_pretrained(args: argparse.Namespace) -> "Pretrained":
         )
     except UnfitTokenizer as error:  # (its message starts "tokenizer: ")
         raise ValueError(f"argument --{error}") from None
+    except ContradictedArgument as error:  # (an --activation the weights contradict: OpenAI's were QuickGELU's)
+        if error.argument != "activation":
+            raise
+        expected = f"none or the activation --checkpoint {args.checkpoint} was trained with"
+        raise ValueError(f"argument --{error.argument}: expected {expected}, got {args.activation} ({error})") from None
     except UntoldArgument as error:
         name = error.argument
         if name not in ("tokenizer", "activation"):  # (e.g. a width that tells no head count: as it is)

@@ -115,7 +115,7 @@ from torchflava.training.schema import (
     template_checks,
     training_checks,
 )
-from torchflava.utils.architecture import UntoldArgument
+from torchflava.utils.architecture import ContradictedArgument, UntoldArgument
 from torchflava.utils.checkpoint import first_line, staged_directory
 from torchflava.utils.cli import write_json
 from torchflava.zero_shot import DEFAULT_TEMPLATES, class_embeddings
@@ -367,7 +367,7 @@ def read_pretrained(m: ModelConfig, read: Callable):
         untold = error.__context__
         if isinstance(untold, UnfitTokenizer):  # (the tokenizer given with a weights file alone)
             raise _tokenizer_error(untold) from None
-        if m.activation is not None and not isinstance(untold, UntoldArgument) and "activation" in str(untold):
+        if isinstance(untold, ContradictedArgument) and untold.argument == "activation":
             # (one the weights contradict: OpenAI's were trained with QuickGELU)
             expected = f"null or the activation model.pretrained={m.pretrained} was trained with"
             raise ConfigError(f"key 'model.activation': expected {expected}, got {m.activation!r} ({untold})") from None

@@ -71,6 +71,15 @@ class UntoldArgument(ValueError):
         self.argument = argument
 
 
+class ContradictedArgument(ValueError):
+    """A builder argument given otherwise than a checkpoint's weights state (``argument``: its name; e.g. GELU for
+    OpenAI's weights, trained with QuickGELU), so that a caller naming its arguments otherwise can name it."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
 def implied_heads(
     sizes: Mapping[str, int], towers: Iterable[str], given: Mapping, where: object, head_widths: Mapping = {}
 ) -> dict:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torchflava.modules.layers.activation import activation_name
 from torchflava.modules.layers.hooks import hooked, saved_tensors_hooks_active
 from torchflava.modules.layers.linear import Linear, has_tangent, onednn_linear_wins
+from torchflava.utils.architecture import ContradictedArgument
 from torchflava.utils.checks import (
     check_bool,
     check_dropout,
@@ -177,6 +178,7 @@ def mlp_activations(model: nn.Module) -> set[str]:
 
 
 def check_activations(model: nn.Module, name: str, why: str) -> None:
-    """ValueError (``why``: build with ``activation=name``) unless every :class:`MLP` of ``model`` uses ``name``."""
+    """:class:`~torchflava.utils.architecture.ContradictedArgument` (a ValueError naming ``activation``; ``why``:
+    build with ``activation=name``) unless every :class:`MLP` of ``model`` uses ``name``."""
     if others := " and ".join(map(repr, sorted(mlp_activations(model) - {name}))):
-        raise ValueError(f"{why}: build with activation={name!r}, got activation {others}")
+        raise ContradictedArgument("activation", f"{why}: build with activation={name!r}, got activation {others}")
