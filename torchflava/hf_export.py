@@ -168,20 +168,13 @@ def _hf_tokenizer(pretrained: Pretrained, notes: list[str]):
     tokenizer, positions = pretrained.tokenizer, pretrained.max_text_length
     length = positions if tokenizer.model_max_length is None else min(tokenizer.model_max_length, positions)
     # (a merges file's: open_clip's reading is in its pipeline only, its vocabulary and merges are CLIP's own)
-    if isinstance(tokenizer, CLIPTokenizer) and (
-        tokenizer.unescape_html or tokenizer.fix_text or tokenizer._spelled is not None
-    ):
+    if isinstance(tokenizer, CLIPTokenizer) and not tokenizer.reads_as_transformers:
         notes.append(
             "the tokenizer read texts as open_clip does (HTML entities undone, ftfy fixes, its spellings of the "
             "special tokens); Hugging Face's files state transformers' reading (CLIPTokenizerFast's), written: "
             "ids differ on texts with entities, mojibake or special-token spellings"
         )
-        bpe = json.loads(tokenizer._tokenizer.to_str())["model"]
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]  # (by version)
-        pad, clean_up = tokenizer._tokenizer.id_to_token(tokenizer.pad_id), tokenizer.clean_up_tokenization_spaces
-        return CLIPTokenizer.from_vocab_and_merges(
-            bpe["vocab"], merges, model_max_length=length, pad_token=pad, clean_up_tokenization_spaces=clean_up
-        )
+        tokenizer = tokenizer.transformers_reading()
     tokenizer = copy.copy(tokenizer)  # (the caller's keeps its own default length)
     tokenizer.model_max_length = length
     return tokenizer

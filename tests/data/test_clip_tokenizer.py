@@ -945,3 +945,22 @@ def test_a_tokenizer_json_whose_pipeline_is_not_clips_is_refused_naming_the_key(
         CLIPTokenizer.from_tokenizer_json(path)
     with pytest.raises(ValueError, match=message):
         CLIPTokenizer.from_directory(directory)
+
+
+def test_transformers_reading_of_a_merges_file_tokenizer_saves_and_reads_as_transformers(ours, tmp_path):
+    """open_clip's reading (a merges file's) cannot be saved; its transformers_reading() can, and then ids equal
+    transformers' CLIPTokenizerFast read from the files written, special-token spellings and entities included."""
+    assert not ours.reads_as_transformers
+    with pytest.raises(ValueError, match=r"^save: expected transformers' reading of texts"):
+        ours.save(tmp_path / "refused")
+    converted = ours.transformers_reading()
+    assert converted.reads_as_transformers and converted.model_max_length == ours.model_max_length
+    assert (converted.start_id, converted.end_id, converted.pad_id) == (ours.start_id, ours.end_id, ours.pad_id)
+    converted.save(tmp_path)
+    reference = HFFastTokenizer.from_pretrained(tmp_path)
+    texts = [*TEXTS, "a <|ENDOFTEXT|> b"]
+    expected = reference(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")["input_ids"]
+    assert torch.equal(converted(texts)[0], expected)
+    # the same words, read otherwise on entities: open_clip undoes "&amp;", transformers keeps it
+    assert torch.equal(converted(TEXTS[:3])[0], ours(TEXTS[:3])[0])
+    assert not torch.equal(converted(TEXTS[-1:])[0], ours(TEXTS[-1:])[0])

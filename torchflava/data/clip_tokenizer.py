@@ -254,6 +254,27 @@ class CLIPTokenizer:
         """The start, end and padding ids (no text is spelt with these alone)."""
         return tuple(dict.fromkeys((self.start_id, self.end_id, self.pad_id)))
 
+    @property
+    def reads_as_transformers(self) -> bool:
+        """Whether texts are read as transformers' ``CLIPTokenizerFast`` reads them (what :meth:`save` writes): not
+        open_clip's reading, no HTML unescaping, no ftfy fixes."""
+        return self._spelled is None and not self.unescape_html and not self.fix_text
+
+    def transformers_reading(self) -> "CLIPTokenizer":
+        """This vocabulary and these merges, padding token, ``model_max_length`` and
+        ``clean_up_tokenization_spaces``, reading texts as transformers does (:attr:`reads_as_transformers`: a
+        tokenizer that :meth:`save` writes; ids differ from this one's on texts with HTML entities, mojibake or
+        spelt special tokens where this one reads as open_clip does)."""
+        model = json.loads(self._tokenizer.to_str())["model"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]  # (by version)
+        return CLIPTokenizer.from_vocab_and_merges(
+            model["vocab"],
+            merges,
+            model_max_length=self.model_max_length,
+            pad_token=self._tokenizer.id_to_token(self.pad_id),
+            clean_up_tokenization_spaces=self.clean_up_tokenization_spaces,
+        )
+
     def save(self, directory: PathLike) -> Path:
         """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` into ``directory``
         (atomically), in Hugging Face's format: :meth:`from_directory` (and transformers'
