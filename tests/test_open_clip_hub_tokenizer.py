@@ -152,3 +152,17 @@ def test_the_commands_refuse_it_in_one_line_naming_tokenizer(hubs, command, tmp_
         f"error: argument --activation: expected only with a CLIP weights file alone as --checkpoint, got gelu with "
         f"{bare}, a checkpoint directory, which holds its own\n"
     )
+
+
+def test_classify_refuses_it_as_the_pretrained_checkpoint_it_is(hubs, capsys):
+    """classify reads fine-tuned classifiers, and has no --tokenizer: a directory without tokenizer files was refused
+    asking for a tokenizer the command cannot take; it is a pretrained CLIP checkpoint, as the same with one is."""
+    from torchflava import classify
+
+    for hub in (hubs["bare"], hubs["full"]):
+        error = _refused(classify.main, ["--checkpoint", str(hub), "--images", str(hubs["images"])], capsys)
+        assert error == (
+            f"error: classifier: {hub} holds no classification_config.json; expected a fine-tuned classifier's export "
+            "(a fine-tuning run or its model/ directory), got a pretrained CLIP checkpoint (or an export cut short "
+            "before its config was written)\n"
+        )

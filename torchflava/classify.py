@@ -82,6 +82,7 @@ from torchflava.pretrained import (
     INFERENCE_DTYPE_NAMES,
     INFERENCE_DTYPES,
     CheckpointLayout,
+    TokenizerlessDirectory,
     add_dtype_argument,
     checkpoint_image_transform,
     checkpoint_layout,
@@ -440,14 +441,18 @@ def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
             f"{local}, a weights file alone (a pretrained CLIP file is classified zero-shot: python -m "
             f"torchflava.zero_shot --checkpoint {local} --tokenizer MERGES_FILE --images DIR --classes ...)"
         )
-    layout = checkpoint_layout(local)
+    not_a_classifier = lambda directory, family: FileNotFoundError(  # noqa: E731
+        f"classifier: {directory} holds no {CLASSIFIER_CONFIG}; expected a fine-tuned classifier's export (a "
+        f"fine-tuning run or its model/ directory), got a pretrained {family} checkpoint (or an export cut short "
+        "before its config was written)"
+    )
+    try:
+        layout = checkpoint_layout(local)
+    except TokenizerlessDirectory:  # (a CLIP directory without tokenizer files: no classifier either)
+        raise not_a_classifier(local, "CLIP") from None
     config_file = layout.directory / CLASSIFIER_CONFIG
     if layout.family != "flava" or not config_file.is_file():
-        raise FileNotFoundError(
-            f"classifier: {layout.directory} holds no {CLASSIFIER_CONFIG}; expected a fine-tuned classifier's "
-            f"export (a fine-tuning run or its model/ directory), got a pretrained {layout.family.upper()} checkpoint "
-            "(or an export cut short before its config was written)"
-        )
+        raise not_a_classifier(layout.directory, layout.family.upper())
     kwargs = read_json_object(config_file)
     unknown = sorted(set(kwargs) - set(_ARGUMENTS))
     if unknown or "num_classes" not in kwargs:
