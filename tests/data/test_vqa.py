@@ -316,6 +316,7 @@ def _write(path: str, value: object) -> None:
         (lambda f: f.update(answers=0), "--answers", "expected an int >= 1, got 0"),
         (lambda f: Path(f["out"], "mine.txt").write_text("x", encoding=None), "--out", "is not empty (give --force"),
         (lambda f: f.update(test_questions=f["test_questions"] * 2), "--test-questions", "got test-dev2015 twice"),
+        (lambda f: f.update(out=f["questions"] + "/out"), "--out", "expected a directory this user may write into"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_argument_before_writing(

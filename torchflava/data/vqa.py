@@ -317,6 +317,9 @@ def convert(
         raise ValueError(f"argument --out: expected a directory to write into, got {out!r} (a file)")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ValueError(f"argument --out: {out!r} is not empty (give --force to write into it, replacing its files)")
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"argument --out: expected a directory this user may write into, got {out!r} ({existing})")
     train = _Split("--questions", questions, image_root, ("--annotations", annotations))
     val = _Split("--val-questions", val_questions, image_root, ("--val-annotations", val_annotations))
     tests = [_Split("--test-questions", path, image_root) for path in test_questions]
