@@ -5,6 +5,8 @@ fine-tuned CLIP image classifiers (``examples/clip/finetune.py``: :func:`export_
     python -m torchflava.classify --checkpoint runs/finetune --images photos/
     python -m torchflava.classify --checkpoint runs/qnli --text $'Is it red?\tThe ball is red.' @more.tsv
     python -m torchflava.classify --checkpoint runs/vqa --images coco/ --captions questions.jsonl --top-k 3
+    python -m torchflava.classify --checkpoint runs/vqa --images coco/ --captions vqa/test-dev2015_questions.jsonl \
+        --text-key question --vqa-submission test-dev2015_results.json
 
 A fine-tuning run (``examples/flava/finetune.py``) exports its model with :func:`export_classifier`
 into ``model/``: the weights (``flava_classification.safetensors``), the backbone's architecture
@@ -25,7 +27,9 @@ them, and no text holding a tab) or image-text pairs
 (``--images DIR --captions FILE``: any captions file the zero-shot command reads). It prints each
 input's top classes with their probabilities (softmax; a sigmoid per class for a multi-label head such
 as VQA's; the predicted values of a regression) and, when images lie in sub-folders named after the
-classes, the accuracy. ``--json`` also writes them.
+classes, the accuracy. ``--json`` also writes them. ``--vqa-submission`` writes VQA's results file for the
+evaluation server (``[{"question_id", "answer"}]``: each question's top answer) of a questions file
+``python -m torchflava.data.vqa`` wrote.
 
 A text classifier also reads a GLUE TSV and writes GLUE's submission file (``index<TAB>prediction``
 under that header: the class name, or the value of a regression):
@@ -61,6 +65,7 @@ from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
+from torchflava.data.vqa import submission, submission_questions
 from torchflava.evaluation.metrics import (
     TOP5,
     accuracy_summary,
@@ -935,11 +940,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     add_dtype_argument(parser)
     parser.add_argument("--json", type=output_file, help="also write the result here")
+    parser.add_argument(
+        "--vqa-submission",
+        type=output_file,
+        help="with --captions of python -m torchflava.data.vqa's questions: VQA's results file [{question_id, answer}]",
+    )
     args = parser.parse_args(argv)
     inputs = {"--tsv": [args.tsv] if args.tsv is not None else []}
     inputs["--captions"] = [args.captions] if args.captions is not None else []
     inputs["--text"] = [t for t in args.text or () if t.startswith("@")]
-    refuse_overwritten_inputs(parser, {"--out": args.out, "--json": args.json}, inputs)
+    outputs = {"--out": args.out, "--json": args.json, "--vqa-submission": args.vqa_submission}
+    refuse_overwritten_inputs(parser, outputs, inputs)
+    if args.vqa_submission is not None and args.captions is None:
+        parser.error("argument --vqa-submission: expected --captions too (the questions file to answer)")
     # every argument checked, and the classifier's configs read, before its weights are
     if (args.tsv is None) != (args.out is None):
         parser.error("arguments --tsv and --out: expected both (the TSV to classify and its predictions' file)")
@@ -976,11 +989,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         )
     try:  # the inputs listed, not read, before the weights are loaded
         folder = _listed_inputs(args)
+        keys = {"image_key": args.image_key or "image", "text_key": args.text_key or "caption"}
+        questions = None if args.vqa_submission is None else submission_questions(args.captions, **keys)
     except ValueError as error:
         option = "--captions" if args.captions is not None else "--images"
         parser.error(f"argument {option}: {first_line(error)}")
     classifier = load_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])
-    return _shown(classify(classifier, args, folder), args)
+    result = classify(classifier, args, folder)
+    if questions is not None:
+        results, unanswered = submission(result["predictions"], questions, args.images)
+        write_json(args.vqa_submission, results)
+        if unanswered:  # (the evaluation server expects every question of the split)
+            print(
+                f"warning: --vqa-submission: {len(unanswered)} question(s) unanswered, e.g. {unanswered[:3]}",
+                file=sys.stderr,
+            )
+    return _shown(result, args)
 
 
 def _shown(result: dict, args: argparse.Namespace) -> dict:

@@ -358,7 +358,10 @@ class ImageTextLabels(Dataset):
         self.root = existing_path("root", root, directory=True)  # (each item would be unusable)
         path = existing_path("path", path, directory=False)
         self.labels = _names("labels", labels, "label")
-        self._items = []
+        self._ids = {name: i for i, name in enumerate(self.labels)}  # (labels.index scanned VQA's 3129 per answer)
+        # (image, text, target): a class id, or answer scores as {answer id: score}, made a (C,) tensor when read
+        # (a tensor a line held VQA's 443,757 training questions' 3129 scores: 5.6 GB, in every rank and worker)
+        self._items: list[tuple[str, object, Union[int, dict[int, float]]]] = []
         self._places: list[str] = []  # "<path> line <n>" of each item, for the reasons of its bad samples
         try:
             with open(path, encoding="utf-8-sig") as file:
@@ -384,9 +387,9 @@ class ImageTextLabels(Dataset):
             self._places.append(where)
         if not self._items:
             raise ValueError(f"{os.fspath(path)} holds no items")
-        if len({isinstance(target, Tensor) for _, _, target in self._items}) > 1:  # a batch needs one kind
+        if len({isinstance(target, dict) for _, _, target in self._items}) > 1:  # a batch needs one kind
             raise ValueError(f"{os.fspath(path)}: expected 'label' on every line or 'answers' on every line, got both")
-        if self.soft_scores and not any(bool(target.any()) for _, _, target in self._items):
+        if self.soft_scores and not any(any(target.values()) for _, _, target in self._items):
             # (answers outside labels are dropped: with none kept, every target is zero and the run learns nothing)
             raise ValueError(
                 f"{os.fspath(path)}: expected answers among the labels {self.labels[:10]}, got none on any line"
@@ -395,7 +398,7 @@ class ImageTextLabels(Dataset):
     @property
     def soft_scores(self) -> bool:
         """Whether the targets are answer-score vectors (VQA style) rather than class ids."""
-        return isinstance(self._items[0][2], Tensor)
+        return isinstance(self._items[0][2], dict)
 
     @property
     def empty_classes(self) -> list[str]:
@@ -406,30 +409,34 @@ class ImageTextLabels(Dataset):
         present = {target for _, _, target in self._items}
         return [name for i, name in enumerate(self.labels) if i not in present]
 
-    def _target(self, record: dict, where: str) -> Union[int, Tensor]:
+    def _target(self, record: dict, where: str) -> Union[int, dict[int, float]]:
         if "answers" in record:
             answers = record["answers"]
             if not isinstance(answers, dict):
                 raise ValueError(f"{where}: 'answers' must be an object of answer -> score, got {answers!r:.60}")
-            scores = torch.zeros(len(self.labels))
+            scores = {}
             for answer, score in answers.items():
                 if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
                     raise ValueError(f"{where}: answer score {score!r} is not a number in [0, 1]")
-                if answer in self.labels:
-                    scores[self.labels.index(answer)] = float(score)
+                if answer in self._ids:
+                    scores[self._ids[answer]] = float(score)
             return scores
         label = record.get("label")
         if type(label) is int:  # Hateful Memes' 0 and 1 name the classes "0" and "1" (True and 1.0 name none)
             label = str(label)
-        if label not in self.labels:
+        if not isinstance(label, str) or label not in self._ids:
             raise ValueError(f"{where}: label {record.get('label')!r} is not one of {self.labels}")
-        return self.labels.index(label)
+        return self._ids[label]
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __getitem__(self, index: int) -> LabeledSample:
         image, text, target = self._items[index]
+        if isinstance(target, dict):  # answer scores: the (C,) vector
+            scores = torch.zeros(len(self.labels))
+            scores[list(target)] = torch.tensor(list(target.values()))
+            target = scores
         where = self._places[index]  # (a reason without it named no file: "unreadable image (... truncated)")
         path = os.path.normpath(os.path.join(self.root, image))
         if os.path.commonpath([self.root, path]) != self.root:

@@ -1,0 +1,484 @@
+r"""VQA v2 as it is distributed (the official question and annotation JSON files, COCO's image folders) ->
+the files the fine-tuning recipe reads: a training and a validation jsonl of soft answer scores, the answer
+vocabulary, a ready fine-tuning config, and a questions-only jsonl per unannotated split for the classify command.
+
+    python -m torchflava.data.vqa --images coco --out data/vqa \
+        --questions v2_OpenEnded_mscoco_train2014_questions.json \
+        --annotations v2_mscoco_train2014_annotations.json \
+        --val-questions v2_OpenEnded_mscoco_val2014_questions.json \
+        --val-annotations v2_mscoco_val2014_annotations.json \
+        --test-questions v2_OpenEnded_mscoco_test-dev2015_questions.json
+    python examples/flava/finetune.py config=data/vqa/vqa.yaml model.pretrained=/models/flava-full
+    python -m torchflava.classify --checkpoint runs/vqa --images coco --captions data/vqa/test-dev2015_questions.jsonl \
+        --text-key question --vqa-submission test-dev2015_results.json
+
+``--images`` holds COCO's ``train2014/``, ``val2014/`` and ``test2015/`` (test-dev's images are test2015's); an
+item's image is ``<folder>/COCO_<folder>_<12-digit image id>.jpg`` under it. ``--out`` receives:
+
+* ``train.jsonl``, ``val.jsonl``: one line per question, ``{"image", "text": the question, "answers": {answer:
+  score}, "question_id"}`` (:class:`~torchflava.data.finetuning.ImageTextLabels`' format);
+* ``answers.json``: the answer vocabulary, a JSON list in class-id order: the ``--answers`` (3129) normalised
+  answers the training annotators gave most often (each annotator's answer counted), ties in string order;
+* ``vqa.yaml``: ``examples/flava/configs/finetuning/vqa.yaml``'s settings with ``data.train``, ``data.val``,
+  ``data.image_root`` (absolute paths) and ``data.labels`` (the vocabulary) filled in;
+* ``<split>_questions.jsonl`` for each ``--test-questions`` file (``test-dev2015``, ``test2015``): ``{"image",
+  "question", "question_id"}`` a line, which the classify command answers, writing with ``--vqa-submission`` the
+  evaluation server's results file (:func:`submission`).
+
+An answer's score is its VQA accuracy (:func:`vqa_accuracy`) among the question's annotators' answers, both
+normalised as the official evaluation compares answers (:func:`normalize_answer`); answers outside the vocabulary
+stay in the file (the reader drops them). Everything is checked before anything is written (a bad argument or file:
+one line naming the argument, exit 2); each file is written atomically, the config last. No image is read: a
+missing image file is the training reader's (a counted bad sample); the split's image folder must exist.
+"""
+
+import argparse
+from collections import Counter
+from fractions import Fraction
+import functools
+import json
+import os
+from pathlib import Path
+import re
+from typing import Callable, Iterable, Optional, Sequence
+
+from torchflava.utils.checkpoint import atomic_write
+from torchflava.utils.cli import run_command
+
+# VQA's question files' data_subtype -> the COCO image folder of its images (test-dev is a subset of test2015)
+IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test2015": "test2015", "test-dev2015": "test2015"}
+DEFAULT_ANSWERS = 3129  # the VQA v2 literature's vocabulary size (there: answers seen 9+ times in train+val)
+CONFIG_NAME = "vqa.yaml"
+VOCABULARY_NAME = "answers.json"
+
+# The official evaluation's normalisation (vqaEval.py: processPunctuation, processDigitArticle)
+_PUNCTUATION = ';/[]"{}()=+\\_->' + "<@`,?!"
+_COMMA_BETWEEN_DIGITS = re.compile(r"\d,\d")
+_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")  # (the official pattern reads so: "5." loses it, "2.5" keeps it)
+_NUMBER_WORDS = {  # (the official map takes "none" for 0 too)
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+_ARTICLES = {"a", "an", "the"}
+# the frequent contractions written without their apostrophe, restored (a subset of the official map; words that
+# are English without one, "shed", "wed", "ill", "well", "its", "were", are left alone)
+_CONTRACTIONS = {
+    word.replace("'", ""): word
+    for word in (
+        "ain't aren't can't couldn't could've didn't doesn't don't hadn't hasn't haven't he's how's i'm i've isn't "
+        "it'd it'll let's o'clock shouldn't should've that's there's they'd they'll they're they've wasn't weren't "
+        "what's where's who's won't wouldn't would've y'all you'd you'll you're you've"
+    ).split()
+}
+
+# vqa.yaml's settings (examples/flava/configs/finetuning/vqa.yaml; a test checks they agree)
+_CONFIG_SETTINGS = """\
+optim:
+  lr: 1.0e-4
+  warmup_steps: 1000
+training:
+  output_dir: runs/vqa
+  max_steps: 20000
+  global_batch_size: 64
+"""
+
+
+@functools.lru_cache(maxsize=1024)  # (called for each answer of each question: the same few pairs)
+def vqa_accuracy(count: int, total: int = 10) -> float:
+    """The VQA accuracy of an answer ``count`` of ``total`` annotators gave: the official metric, min(1, matches / 3)
+    averaged over the ``total`` leave-one-annotator-out subsets, (c * min(1, (c - 1) / 3) + (total - c) * min(1,
+    c / 3)) / total. Of 10 annotators: 0, 0.3, 0.6, 0.9 and 1 for c = 0, 1, 2, 3 and 4 or more.
+
+    Args:
+        count (int): annotators who gave the answer, 0 to ``total``.
+        total (int): annotators of the question, at least 1.
+
+    Returns:
+        float: the score in [0, 1] (computed exactly, then rounded once to a float).
+
+    Raises:
+        ValueError: if ``total`` < 1 or ``count`` is not in [0, total].
+    """
+    if total < 1 or not 0 <= count <= total:
+        raise ValueError(f"expected 0 <= count <= total and total >= 1, got count={count}, total={total}")
+    # the c subsets that left out a matching annotator hold c - 1 matches, the others c
+    matches_of = [count - 1] * count + [count] * (total - count)
+    return float(sum(min(Fraction(1), Fraction(m, 3)) for m in matches_of) / total)
+
+
+@functools.lru_cache(maxsize=1 << 18)  # (VQA's 4.4 million training answers repeat: each string done once)
+def normalize_answer(answer: str) -> str:
+    """``answer`` as the official VQA evaluation compares answers (vqaEval.py), rule by rule:
+
+    1. newlines and tabs become spaces, then leading and trailing spaces go;
+    2. punctuation ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !``: each mark is removed where it stands next to a
+       space somewhere in the answer, or where the answer holds a comma between digits ("1,000" -> "1000"), and
+       replaced by a space otherwise ("black-white" -> "black white");
+    3. a period is removed unless a digit follows it ("2.5" stays, "yes." -> "yes");
+    4. lower case, split on whitespace;
+    5. number words zero to ten become digits ("none" too becomes "0", as in the official map);
+    6. the articles a, an, the are dropped;
+    7. frequent contractions written without their apostrophe get it back ("dont" -> "don't"; :data:`_CONTRACTIONS`);
+    8. the words are joined by single spaces.
+
+    Apostrophes, colons, ``%``, ``#``, ``$`` and ``&`` are kept, as the official evaluation keeps them.
+
+    Args:
+        answer (str): an annotator's or a model's answer.
+
+    Returns:
+        str: the normalised answer (empty where nothing is left, e.g. for "?").
+    """
+    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    strip_all = _COMMA_BETWEEN_DIGITS.search(text) is not None
+    out = text
+    for mark in _PUNCTUATION:
+        beside_space = f"{mark} " in text or f" {mark}" in text
+        out = out.replace(mark, "" if beside_space or strip_all else " ")
+    out = _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
+    words = [_NUMBER_WORDS.get(word, word) for word in out.lower().split()]
+    return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
+
+
+def answer_scores(answers: Sequence[str]) -> dict[str, float]:
+    """Each normalised answer of a question's annotators with its :func:`vqa_accuracy` among them (above 0 only;
+    an empty normalised answer is none), in the order first given.
+
+    Args:
+        answers (Sequence[str]): the annotators' answers (VQA v2: 10).
+
+    Returns:
+        dict[str, float]: normalised answer -> score.
+    """
+    counts = Counter(normalize_answer(answer) for answer in answers)
+    scores = {answer: vqa_accuracy(count, len(answers)) for answer, count in counts.items() if answer}
+    return {answer: score for answer, score in scores.items() if score > 0}
+
+
+def answer_vocabulary(annotations: Iterable[Sequence[str]], size: int) -> list[str]:
+    """The ``size`` normalised answers given most often over ``annotations`` (each annotator's answer counted once),
+    most frequent first, ties in string order; fewer if there are fewer distinct (non-empty) answers.
+
+    Args:
+        annotations (Iterable[Sequence[str]]): each question's annotators' answers.
+        size (int): how many answers to keep.
+
+    Returns:
+        list[str]: the vocabulary in class-id order.
+    """
+    counts = Counter(normalize_answer(answer) for answers in annotations for answer in answers)
+    counts.pop("", None)
+    return sorted(counts, key=lambda answer: (-counts[answer], answer))[:size]
+
+
+class _Split:
+    """One question file read and checked, with its annotations where it has some: what the converter writes."""
+
+    def __init__(self, option: str, path: str, images: Path, annotations: Optional[tuple[str, str]] = None) -> None:
+        questions = _json_object(option, path, "questions")
+        subtype = questions.get("data_subtype")
+        if subtype not in IMAGE_FOLDERS:
+            raise ValueError(
+                f"argument {option}: expected a VQA questions file of data_subtype {' / '.join(IMAGE_FOLDERS)}, "
+                f"got data_subtype {subtype!r:.40} in {path}"
+            )
+        self.subtype, self.folder = subtype, IMAGE_FOLDERS[subtype]
+        self.questions = _entries(option, path, questions, "questions", ("image_id", "question_id"))
+        for index, entry in enumerate(self.questions):
+            if not isinstance(entry.get("question"), str):
+                raise ValueError(f"argument {option}: {path} questions[{index}] has no question text (a string)")
+        ids = [entry["question_id"] for entry in self.questions]
+        if repeated := [qid for qid, count in Counter(ids).items() if count > 1][:3]:
+            raise ValueError(f"argument {option}: {path} lists question_id(s) {repeated} more than once")
+        if not (images / self.folder).is_dir():
+            raise FileNotFoundError(
+                f"argument --images: expected COCO's {self.folder}/ folder (the images of {option}'s {subtype}) "
+                f"under {str(images)!r}, got none"
+            )
+        self.answers = None if annotations is None else self._answers(*annotations)
+
+    def _answers(self, option: str, path: str) -> list[list[str]]:
+        """Each question's annotators' answers, in the questions' order; ValueError naming ``option`` where the
+        annotations are not VQA's or do not annotate exactly these questions."""
+        entries = _entries(option, path, _json_object(option, path, "annotations"), "annotations", ("question_id",))
+        by_id = {}
+        for index, entry in enumerate(entries):
+            answers = entry.get("answers")
+            if (
+                not isinstance(answers, list)
+                or not answers
+                or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers)
+            ):
+                raise ValueError(
+                    f"argument {option}: {path} annotations[{index}] must hold 'answers', a list of "
+                    "{'answer': text, ...}"
+                )
+            by_id[entry["question_id"]] = (entry.get("image_id"), [a["answer"] for a in answers])
+        asked = {entry["question_id"]: entry["image_id"] for entry in self.questions}
+        unasked, unanswered = sorted(by_id.keys() - asked.keys()), sorted(asked.keys() - by_id.keys())
+        if unasked or unanswered or len(by_id) != len(entries):
+            got = f"{len(unanswered)} question(s) without annotations (e.g. {unanswered[:3]}), " if unanswered else ""
+            got += f"{len(unasked)} annotation(s) of no question (e.g. {unasked[:3]})" if unasked else ""
+            raise ValueError(
+                f"argument {option}: expected one annotation per question of {self.subtype}'s questions file, got "
+                + (got.rstrip(", ") or "question ids annotated more than once")
+            )
+        if wrong := [qid for qid, (image, _) in by_id.items() if image is not None and image != asked[qid]][:3]:
+            raise ValueError(f"argument {option}: question(s) {wrong} annotated for another image than asked about")
+        return [by_id[entry["question_id"]][1] for entry in self.questions]
+
+    def image(self, entry: dict) -> str:
+        """The path of ``entry``'s image under the image root."""
+        return f"{self.folder}/COCO_{self.folder}_{entry['image_id']:012d}.jpg"
+
+    def lines(self) -> Iterable[str]:
+        """The split's jsonl lines: scored questions where annotated, else the questions alone."""
+        for i, entry in enumerate(self.questions):
+            if self.answers is None:
+                record = {"image": self.image(entry), "question": entry["question"]}
+            else:
+                record = {
+                    "image": self.image(entry),
+                    "text": entry["question"],
+                    "answers": answer_scores(self.answers[i]),
+                }
+            yield json.dumps({**record, "question_id": entry["question_id"]}, ensure_ascii=False) + "\n"
+
+
+def _json_object(option: str, path: str, key: str) -> dict:
+    """The JSON object in ``path`` holding ``key``; FileNotFoundError or ValueError naming ``option`` else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"argument {option}: expected a VQA JSON file, got {path!r} (not a file)")
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            value = json.load(file)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"argument {option}: expected a VQA JSON file, got {path!r} ({error})") from None
+    if not isinstance(value, dict) or key not in value:
+        shape = f"keys {sorted(value)[:6]}" if isinstance(value, dict) else f"a JSON {type(value).__name__}"
+        raise ValueError(f"argument {option}: expected VQA's JSON object with {key!r}, got {shape} in {path}")
+    return value
+
+
+def _entries(option: str, path: str, document: dict, key: str, ints: tuple[str, ...]) -> list[dict]:
+    """``document[key]``: a non-empty list of objects each holding the integer fields ``ints``."""
+    entries = document[key]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"argument {option}: expected {path}'s {key!r} to be a non-empty list, got {entries!r:.40}")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or any(
+            isinstance(entry.get(name), bool) or not isinstance(entry.get(name), int) for name in ints
+        ):
+            raise ValueError(
+                f"argument {option}: expected each of {path}'s {key} to hold integer {' and '.join(ints)}, "
+                f"got {entry!r:.80} at {key}[{index}]"
+            )
+    return entries
+
+
+def convert(
+    *,
+    images: str,
+    out: str,
+    questions: str,
+    annotations: str,
+    val_questions: str,
+    val_annotations: str,
+    test_questions: Sequence[str] = (),
+    answers: int = DEFAULT_ANSWERS,
+    force: bool = False,
+) -> dict:
+    """Write VQA v2's official files as the fine-tuning recipe's (see the module docstring) into ``out``.
+
+    Args:
+        images (str): COCO's image root (holding ``train2014/``, ``val2014/``, ``test2015/`` as needed).
+        out (str): the output directory (created; an existing non-empty one only with ``force``).
+        questions (str): the training questions (``v2_OpenEnded_mscoco_train2014_questions.json``).
+        annotations (str): their annotations (``v2_mscoco_train2014_annotations.json``).
+        val_questions (str): the validation questions.
+        val_annotations (str): their annotations.
+        test_questions (Sequence[str]): unannotated question files (test-dev, test) to write questions-only.
+        answers (int): the vocabulary size.
+        force (bool): write into a non-empty ``out`` (its files of the names written are replaced).
+
+    Returns:
+        dict: what was written: ``out``, ``config``, ``num_answers``, and each file's number of questions.
+
+    Raises:
+        ValueError: for a bad argument or file, naming the argument (before anything is written).
+        FileNotFoundError: for a missing file or image folder, naming the argument.
+    """
+    if isinstance(answers, bool) or not isinstance(answers, int) or answers < 1:
+        raise ValueError(f"argument --answers: expected an int >= 1, got {answers!r}")
+    out_dir, image_root = Path(out).absolute(), Path(images).absolute()
+    if not image_root.is_dir():
+        raise FileNotFoundError(f"argument --images: expected COCO's image directory, got {images!r} (not a directory)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"argument --out: expected a directory to write into, got {out!r} (a file)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ValueError(f"argument --out: {out!r} is not empty (give --force to write into it, replacing its files)")
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"argument --out: expected a directory this user may write into, got {out!r} ({existing})")
+    train = _Split("--questions", questions, image_root, ("--annotations", annotations))
+    val = _Split("--val-questions", val_questions, image_root, ("--val-annotations", val_annotations))
+    tests = [_Split("--test-questions", path, image_root) for path in test_questions]
+    vocabulary = answer_vocabulary(train.answers, answers)
+    outputs: dict[str, Callable[[], Iterable[str]]] = {
+        VOCABULARY_NAME: lambda: [json.dumps(vocabulary, indent=0, ensure_ascii=False) + "\n"],
+        "train.jsonl": train.lines,
+        "val.jsonl": val.lines,
+    }
+    for split in tests:
+        name = f"{split.subtype}_questions.jsonl"
+        if name in outputs:
+            raise ValueError(f"argument --test-questions: expected each split once, got {split.subtype} twice")
+        outputs[name] = split.lines
+    outputs[CONFIG_NAME] = lambda: [
+        finetuning_config(out_dir / "train.jsonl", out_dir / "val.jsonl", image_root, vocabulary)
+    ]
+    read = {Path(path).resolve() for path in (questions, annotations, val_questions, val_annotations, *test_questions)}
+    if clash := [name for name in outputs if (out_dir / name).resolve() in read]:
+        raise ValueError(f"argument --out: writing {clash[0]} there would replace an input file")
+    for name, lines in outputs.items():  # (the config last: where it is, every file it names is whole)
+        atomic_write(out_dir / name, functools.partial(_write_lines, lines))
+    counts = {"train.jsonl": len(train.questions), "val.jsonl": len(val.questions)}
+    counts.update({f"{split.subtype}_questions.jsonl": len(split.questions) for split in tests})
+    return {"out": str(out_dir), "config": str(out_dir / CONFIG_NAME), "num_answers": len(vocabulary), **counts}
+
+
+def _write_lines(lines: Callable[[], Iterable[str]], path: str) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        file.writelines(lines())
+
+
+def finetuning_config(train: Path, val: Path, image_root: Path, labels: Sequence[str]) -> str:
+    """The text of a fine-tuning config (``examples/flava/finetune.py``) of the VQA task: ``vqa.yaml``'s settings
+    with the data files, image root and answer vocabulary filled in. Strings are written as JSON strings (YAML's
+    double-quoted scalars), so no answer is read as a number, a boolean or null."""
+    quoted = functools.partial(json.dumps, ensure_ascii=False)
+    return (
+        "# Fine-tuning FLAVA on VQA v2, written by python -m torchflava.data.vqa:\n"
+        "#   python examples/flava/finetune.py config=THIS_FILE model.pretrained=CHECKPOINT\n"
+        "model:\n  modality: multimodal\n"
+        "data:\n  task: image_text\n"
+        f"  train: {quoted(str(train))}\n  val: {quoted(str(val))}\n  image_root: {quoted(str(image_root))}\n"
+        "  max_text_length: null\n"
+        f"  labels:  # the {len(labels)} answers in class-id order ({VOCABULARY_NAME})\n"
+        + "".join(f"    - {quoted(label)}\n" for label in labels)
+        + _CONFIG_SETTINGS
+    )
+
+
+def submission_questions(path: str, *, image_key: str = "image", text_key: str = "question") -> list[tuple]:
+    """(image, question, question_id) of each non-blank line of a questions jsonl (the converter's
+    ``<split>_questions.jsonl``), for :func:`submission`.
+
+    Args:
+        path (str): the jsonl file.
+        image_key (str): the key of the image path.
+        text_key (str): the key of the question.
+
+    Returns:
+        list[tuple]: (image, question, question_id) of each line, in order.
+
+    Raises:
+        ValueError: if the file is not UTF-8 JSON lines each holding ``image_key``, ``text_key`` and an integer
+            ``question_id``, naming the line.
+    """
+    questions = []
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(f"{path} line {number}: expected a JSON object ({error})") from None
+                keys = (image_key, text_key, "question_id")
+                if not isinstance(record, dict) or any(key not in record for key in keys):
+                    raise ValueError(
+                        f"{path} line {number}: expected a JSON object with {list(keys)}, got {line!r:.80}"
+                    )
+                if type(record["question_id"]) is not int:
+                    raise ValueError(f"{path} line {number}: expected an integer question_id, got {line!r:.80}")
+                questions.append(tuple(record[key] for key in keys))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    return questions
+
+
+def submission(predictions: Sequence[dict], questions: Sequence[tuple], images: str) -> tuple[list[dict], list[int]]:
+    """VQA's results file for the evaluation server, ``[{"question_id": int, "answer": str}]``, of the classify
+    command's ``predictions`` (each ``{"image", "text", "top": [[answer, score], ...]}``, the image relative to
+    ``images`` or absolute) of the :func:`submission_questions` ``questions``: each question answered by the top
+    answer of the prediction of its image and question (one input, one answer: duplicates share it).
+
+    Args:
+        predictions (Sequence[dict]): the classify command's predictions.
+        questions (Sequence[tuple]): (image, question, question_id) of each question, the image under ``images``.
+        images (str): the command's ``--images``.
+
+    Returns:
+        tuple[list[dict], list[int]]: the results in the questions' order, and the ids of the questions no
+        prediction answers (their images unreadable: skipped by the command).
+    """
+    root = os.path.abspath(images)
+    answers = {
+        (os.path.normpath(os.path.join(root, p["image"])), p["text"]): p["top"][0][0] for p in predictions if p["top"]
+    }
+    results, unanswered = [], []
+    for image, question, question_id in questions:
+        key = (os.path.normpath(os.path.join(root, str(image))), str(question).strip())
+        if key in answers:
+            results.append({"question_id": question_id, "answer": answers[key]})
+        else:
+            unanswered.append(question_id)
+    return results, unanswered
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m torchflava.data.vqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--images", required=True, metavar="DIR", help="COCO's image root (train2014/, val2014/, test2015/)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    parser.add_argument(
+        "--questions",
+        required=True,
+        metavar="FILE",
+        help="training questions: v2_OpenEnded_mscoco_train2014_questions.json",
+    )
+    parser.add_argument(
+        "--annotations",
+        required=True,
+        metavar="FILE",
+        help="training annotations: v2_mscoco_train2014_annotations.json",
+    )
+    parser.add_argument("--val-questions", required=True, metavar="FILE", help="validation questions (val2014's)")
+    parser.add_argument("--val-annotations", required=True, metavar="FILE", help="validation annotations (val2014's)")
+    parser.add_argument(
+        "--test-questions",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="unannotated question files (test-dev2015, test2015)",
+    )
+    parser.add_argument(
+        "--answers", type=int, metavar="N", default=DEFAULT_ANSWERS, help=f"vocabulary size [{DEFAULT_ANSWERS}]"
+    )
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
+    args = parser.parse_args(argv)
+    result = convert(**{name: value for name, value in vars(args).items()})
+    print(
+        f"{result['num_answers']} answers; {result['train.jsonl']} training and {result['val.jsonl']} validation "
+        f"questions; config {result['config']}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    run_command(main)
