@@ -8,11 +8,12 @@
 ``config.json`` (transformers' ``CLIPConfig`` or ``FlavaConfig``), ``model.safetensors`` (``convert_to_hf``'s
 keys: ``CLIPModel.from_pretrained`` / ``FlavaModel.from_pretrained`` load it with no missing or unused key),
 the tokenizer files (``vocab.json`` + ``merges.txt`` for CLIP's tokenizer, ``vocab.txt`` for BERT's, with
-``tokenizer_config.json``) and ``preprocessor_config.json`` (the checkpoint's own preprocessing). The
-directory is written beside ``--out`` and renamed into place whole; an existing non-empty ``--out`` is refused
-unless ``--force``. What transformers' config cannot state is refused before anything is written: a CLIP end
-token of id 2 (transformers reads it as its legacy highest-id pooling). What it leaves out and inference does not
-use is written without, with a note: FLAVA's ``mlp_dropout`` (transformers' FLAVA has no MLP dropout), and
+``tokenizer_config.json``) and ``preprocessor_config.json`` (the checkpoint's own preprocessing; a FLAVA one
+that resizes the short side names ``CLIPProcessor``, which ``AutoProcessor`` loads: ``FlavaProcessor`` only
+squashes). The directory is written beside ``--out`` and renamed into place whole; an existing non-empty ``--out``
+is refused unless ``--force``. What transformers' config cannot state is refused before anything is written: a
+CLIP end token of id 2 (transformers reads it as its legacy highest-id pooling). What it leaves out and inference
+does not use is written without, with a note: FLAVA's ``mlp_dropout`` (transformers' FLAVA has no MLP dropout), and
 open_clip's reading of texts (HTML entities, ``ftfy`` fixes: the files state transformers' reading) and its
 crop rounding (transformers' processors floor odd margins) where the checkpoint has them.
 """
@@ -233,6 +234,7 @@ def save_hf_directory(
         pretrained = checkpoint
     else:
         pretrained = load_pretrained(checkpoint, tokenizer=tokenizer, activation=activation)
+        check_out(out, force=force, checkpoint=pretrained.weights)  # (what a run or URL resolved to: its model/...)
     if pretrained.dtype != torch.float32:  # (its linear weights cast and packed: not the checkpoint's)
         raise ValueError(f"checkpoint: expected a checkpoint loaded in fp32, got {pretrained.dtype}")
     clip = isinstance(pretrained.model, CLIPModel)
@@ -255,17 +257,24 @@ def save_hf_directory(
         atomic_write(staging / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
         tokenizer_out.save(staging)
         if not isinstance(tokenizer_out, CLIPTokenizer):  # (BertTokenizer's defaults, stated)
-            _add_bert_special_tokens(staging / "tokenizer_config.json")
+            _add_bert_special_tokens(staging / "tokenizer_config.json", clip)
         pretrained.image_transform.save(staging)
+        if not clip and spec.resize_mode != "squash":  # (FlavaProcessor's image processor only squashes)
+            _update_json(staging / "preprocessor_config.json", processor_class="CLIPProcessor")
         files = sorted(p.name for p in staging.iterdir())
     return HFExport(out, "clip" if clip else "flava", files, notes)
 
 
-def _add_bert_special_tokens(path: Path) -> None:
-    config = json.loads(path.read_text(encoding="utf-8"))
+def _add_bert_special_tokens(path: Path, clip: bool) -> None:
     names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
-    config.update(zip(names, ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")))
-    write_json(path, config)
+    tokens = dict(zip(names, ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")))
+    if clip:  # (CLIPModel takes no token_type_ids: BertTokenizer's would fail the pipelines' model(**inputs))
+        tokens["model_input_names"] = ["input_ids", "attention_mask"]
+    _update_json(path, **tokens)
+
+
+def _update_json(path: Path, **values) -> None:
+    write_json(path, {**json.loads(path.read_text(encoding="utf-8")), **values})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
