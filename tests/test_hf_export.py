@@ -484,3 +484,23 @@ def test_forcing_onto_what_a_run_or_url_resolved_to_is_refused(tmp_path):
     assert sorted(p.name for p in source.iterdir()) == sorted(p.name for p in (tmp_path / "run" / "model").iterdir())
     assert (source / "clip.safetensors").is_file() and (source / "clip_config.json").is_file()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model"]  # nor a staging directory
+
+
+def test_the_current_or_parent_directory_as_out_is_refused_naming_out_before_the_checkpoint_is_read(
+    tmp_path, monkeypatch, capsys
+):
+    # (it was read, then "PosixPath('.') has an empty name" ended the command, naming no argument)
+    source = write_clip_export(tmp_path / "export")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for out in (".", "..", "/"):
+        with pytest.raises(SystemExit) as caught:
+            main(["--checkpoint", str(source), "--out", out, "--force"])
+        assert caught.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"python -m torchflava.hf_export: error: argument --out: expected a directory named by its path "
+            f"(e.g. ../hf-model), got {out}"
+        )
+    with pytest.raises(ValueError, match=r"^out: expected a directory named by its path \(e.g. ../hf-model\), got \.$"):
+        save_hf_directory(source, ".")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "here"] and not any((tmp_path / "here").iterdir())

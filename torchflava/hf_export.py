@@ -183,8 +183,11 @@ def _hf_tokenizer(pretrained: Pretrained, notes: list[str]):
 
 def check_out(out: PathLike, *, force: bool = False, checkpoint: Optional[PathLike] = None) -> Path:
     """``out`` as a Path, checked before any work: ValueError if it is a file or link, a non-empty directory
-    (unless ``force``), or the checkpoint ``checkpoint`` or a directory holding it (``force`` would delete it)."""
+    (unless ``force``), the checkpoint ``checkpoint`` or a directory holding it (``force`` would delete it), or
+    ``.``, ``..`` or ``/`` (no name to write it beside itself under)."""
     out = Path(os.path.expanduser(os.fspath(out)))
+    if out.name in ("", ".."):
+        raise ValueError(f"out: expected a directory named by its path (e.g. ../hf-model), got {out}")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ValueError(f"out: expected a directory to write, got {out} (a file or link)")
     if checkpoint is not None and isinstance(checkpoint, (str, os.PathLike)) and "://" not in os.fspath(checkpoint):
