@@ -504,3 +504,15 @@ def test_the_current_or_parent_directory_as_out_is_refused_naming_out_before_the
     with pytest.raises(ValueError, match=r"^out: expected a directory named by its path \(e.g. ../hf-model\), got \.$"):
         save_hf_directory(source, ".")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "here"] and not any((tmp_path / "here").iterdir())
+
+
+def test_an_open_clip_squash_without_a_crop_gets_no_crop_rounding_note(tmp_path):
+    # (open_clip's squash preprocessing has no crop, yet the export noted "a centre crop one pixel off")
+    cfg = dict(OPEN_CLIP_CFG, text_cfg=dict(OPEN_CLIP_CFG["text_cfg"], vocab_size=1000))
+    _open_clip_hub_directory(tmp_path / "open_clip", cfg)
+    squash = {"model_cfg": cfg, "preprocess_cfg": {"resize_mode": "squash"}}
+    (tmp_path / "open_clip" / "open_clip_config.json").write_text(json.dumps(squash))
+    CLIPTokenizer.from_bpe(BPE, vocab_size=1000, model_max_length=16, **SAVEABLE).save(tmp_path / "open_clip")
+    export = save_hf_directory(tmp_path / "open_clip", tmp_path / "hf")
+    spec = load_pretrained(tmp_path / "hf").image_transform.spec
+    assert (spec.resize_mode, spec.crop_size) == ("squash", None) and export.notes == []

@@ -249,7 +249,7 @@ def save_hf_directory(
         for k, v in to_hf(pretrained.model.state_dict()).items()
     }
     spec = pretrained.image_transform.spec
-    if spec.crop_rounding != "floor":
+    if spec.crop_rounding != "floor" and spec.crop_size is not None:  # (a squash without a crop: no margin)
         notes.append(
             f"the preprocessing crops with {spec.crop_rounding} rounding (torchvision's, open_clip's); transformers' "
             "processors ignore that key and floor an odd margin: a centre crop one pixel off on such images"
