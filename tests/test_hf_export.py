@@ -430,3 +430,89 @@ def test_an_open_clip_directory_computes_in_transformers_as_in_open_clip(tmp_pat
         expected = reference.encode_image(images, normalize=True), reference.encode_text(ids, normalize=True)
     torch.testing.assert_close(F.normalize(image, dim=-1), expected[0], atol=ATOL, rtol=0)
     torch.testing.assert_close(F.normalize(text, dim=-1), expected[1], atol=ATOL, rtol=0)
+
+
+def test_a_clip_with_bert_s_tokenizer_runs_in_transformers_pipeline_and_processor(tmp_path):
+    # (the CLIP recipe's runs: a WordPiece vocabulary, whose BertTokenizer gave token_type_ids, which CLIPModel takes
+    # not: the pipeline and model(**processor(...)) failed with a TypeError)
+    prompts = [f"This is a photo of {label}." for label in ("cat", "dog", "red circle")]  # (the pipeline's)
+    vocab = WordPieceTokenizer.train((CAPTIONS + prompts) * 3, vocab_size=80)
+    source = write_clip_export(tmp_path / "export", tokenizer=vocab)
+    save_hf_directory(source, tmp_path / "hf")
+    photo = Image.fromarray(torch.randint(0, 256, (40, 56, 3), dtype=torch.uint8).numpy())
+    _assert_pipeline_scores(tmp_path / "hf", photo)
+    inputs = transformers.AutoProcessor.from_pretrained(tmp_path / "hf")(
+        text=CAPTIONS, images=photo, padding=True, return_tensors="pt"
+    )
+    assert sorted(inputs) == ["attention_mask", "input_ids", "pixel_values"]
+    ours = load_pretrained(tmp_path / "hf")
+    assert inputs["input_ids"].tolist() == ours.tokenizer(CAPTIONS)[0].tolist()
+    with torch.no_grad():
+        logits = transformers.CLIPModel.from_pretrained(tmp_path / "hf")(**inputs).logits_per_image
+        image = ours.model.encode_image(ours.image_transform(photo)[None])
+        expected = ours.model.logit_scale.exp() * image @ ours.model.encode_text(*ours.tokenizer(CAPTIONS)).T
+    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
+
+
+def test_a_flava_export_resizing_the_short_side_reads_in_transformers_auto_processor(tmp_path):
+    # (FlavaProcessor's image processor only squashes: AutoProcessor's, for every FLAVA recipe run's export, raised
+    # "The `size` dictionary must contain the keys `height` and `width`" on any image)
+    write_tiny_export(tmp_path / "export")
+    save_hf_directory(tmp_path / "export", tmp_path / "hf")
+    ours = load_pretrained(tmp_path / "hf")
+    assert ours.image_transform.spec == EvalImageTransform(32).spec  # (the recipes' preprocessing)
+    photo = Image.fromarray(torch.randint(0, 256, (45, 71, 3), dtype=torch.uint8).numpy())
+    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "hf")
+    inputs = processor(text=CAPTIONS[:1], images=photo, padding=True, return_tensors="pt")
+    assert torch.equal(inputs["pixel_values"][0], ours.image_transform(photo))
+    assert inputs["input_ids"].tolist() == ours.tokenizer(CAPTIONS[:1])[0].tolist()
+    with torch.no_grad():
+        hf = transformers.FlavaModel.from_pretrained(tmp_path / "hf").eval()
+        expected = ours.model(inputs["pixel_values"], inputs["input_ids"], text_attention_mask=inputs["attention_mask"])
+        got = hf(**inputs).multimodal_embeddings
+    torch.testing.assert_close(got, expected.multimodal_embeddings, atol=ATOL, rtol=0)
+
+
+def test_forcing_onto_what_a_run_or_url_resolved_to_is_refused(tmp_path):
+    # (the API checked only the path given: a run's model/ export, or the export of a file:// URL, was replaced)
+    source = write_clip_export(tmp_path / "run" / "model")
+    for checkpoint, out in ((tmp_path / "run", source), (source.as_uri(), source)):
+        with pytest.raises(
+            ValueError, match=r"^out: expected a directory apart from the checkpoint .*clip.safetensors"
+        ):
+            save_hf_directory(checkpoint, out, force=True)
+    assert sorted(p.name for p in source.iterdir()) == sorted(p.name for p in (tmp_path / "run" / "model").iterdir())
+    assert (source / "clip.safetensors").is_file() and (source / "clip_config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model"]  # nor a staging directory
+
+
+def test_the_current_or_parent_directory_as_out_is_refused_naming_out_before_the_checkpoint_is_read(
+    tmp_path, monkeypatch, capsys
+):
+    # (it was read, then "PosixPath('.') has an empty name" ended the command, naming no argument)
+    source = write_clip_export(tmp_path / "export")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for out in (".", "..", "/"):
+        with pytest.raises(SystemExit) as caught:
+            main(["--checkpoint", str(source), "--out", out, "--force"])
+        assert caught.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"python -m torchflava.hf_export: error: argument --out: expected a directory named by its path "
+            f"(e.g. ../hf-model), got {out}"
+        )
+    with pytest.raises(ValueError, match=r"^out: expected a directory named by its path \(e.g. ../hf-model\), got \.$"):
+        save_hf_directory(source, ".")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "here"] and not any((tmp_path / "here").iterdir())
+
+
+def test_an_open_clip_squash_without_a_crop_gets_no_crop_rounding_note(tmp_path):
+    # (open_clip's squash preprocessing has no crop, yet the export noted "a centre crop one pixel off")
+    cfg = dict(OPEN_CLIP_CFG, text_cfg=dict(OPEN_CLIP_CFG["text_cfg"], vocab_size=1000))
+    _open_clip_hub_directory(tmp_path / "open_clip", cfg)
+    squash = {"model_cfg": cfg, "preprocess_cfg": {"resize_mode": "squash"}}
+    (tmp_path / "open_clip" / "open_clip_config.json").write_text(json.dumps(squash))
+    CLIPTokenizer.from_bpe(BPE, vocab_size=1000, model_max_length=16, **SAVEABLE).save(tmp_path / "open_clip")
+    export = save_hf_directory(tmp_path / "open_clip", tmp_path / "hf")
+    spec = load_pretrained(tmp_path / "hf").image_transform.spec
+    assert (spec.resize_mode, spec.crop_size) == ("squash", None) and export.notes == []

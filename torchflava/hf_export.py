@@ -8,11 +8,12 @@
 ``config.json`` (transformers' ``CLIPConfig`` or ``FlavaConfig``), ``model.safetensors`` (``convert_to_hf``'s
 keys: ``CLIPModel.from_pretrained`` / ``FlavaModel.from_pretrained`` load it with no missing or unused key),
 the tokenizer files (``vocab.json`` + ``merges.txt`` for CLIP's tokenizer, ``vocab.txt`` for BERT's, with
-``tokenizer_config.json``) and ``preprocessor_config.json`` (the checkpoint's own preprocessing). The
-directory is written beside ``--out`` and renamed into place whole; an existing non-empty ``--out`` is refused
-unless ``--force``. What transformers' config cannot state is refused before anything is written: a CLIP end
-token of id 2 (transformers reads it as its legacy highest-id pooling). What it leaves out and inference does not
-use is written without, with a note: FLAVA's ``mlp_dropout`` (transformers' FLAVA has no MLP dropout), and
+``tokenizer_config.json``) and ``preprocessor_config.json`` (the checkpoint's own preprocessing; a FLAVA one
+that resizes the short side names ``CLIPProcessor``, which ``AutoProcessor`` loads: ``FlavaProcessor`` only
+squashes). The directory is written beside ``--out`` and renamed into place whole; an existing non-empty ``--out``
+is refused unless ``--force``. What transformers' config cannot state is refused before anything is written: a
+CLIP end token of id 2 (transformers reads it as its legacy highest-id pooling). What it leaves out and inference
+does not use is written without, with a note: FLAVA's ``mlp_dropout`` (transformers' FLAVA has no MLP dropout), and
 open_clip's reading of texts (HTML entities, ``ftfy`` fixes: the files state transformers' reading) and its
 crop rounding (transformers' processors floor odd margins) where the checkpoint has them.
 """
@@ -182,8 +183,11 @@ def _hf_tokenizer(pretrained: Pretrained, notes: list[str]):
 
 def check_out(out: PathLike, *, force: bool = False, checkpoint: Optional[PathLike] = None) -> Path:
     """``out`` as a Path, checked before any work: ValueError if it is a file or link, a non-empty directory
-    (unless ``force``), or the checkpoint ``checkpoint`` or a directory holding it (``force`` would delete it)."""
+    (unless ``force``), the checkpoint ``checkpoint`` or a directory holding it (``force`` would delete it), or
+    ``.``, ``..`` or ``/`` (no name to write it beside itself under)."""
     out = Path(os.path.expanduser(os.fspath(out)))
+    if out.name in ("", ".."):
+        raise ValueError(f"out: expected a directory named by its path (e.g. ../hf-model), got {out}")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ValueError(f"out: expected a directory to write, got {out} (a file or link)")
     if checkpoint is not None and isinstance(checkpoint, (str, os.PathLike)) and "://" not in os.fspath(checkpoint):
@@ -233,6 +237,7 @@ def save_hf_directory(
         pretrained = checkpoint
     else:
         pretrained = load_pretrained(checkpoint, tokenizer=tokenizer, activation=activation)
+        check_out(out, force=force, checkpoint=pretrained.weights)  # (what a run or URL resolved to: its model/...)
     if pretrained.dtype != torch.float32:  # (its linear weights cast and packed: not the checkpoint's)
         raise ValueError(f"checkpoint: expected a checkpoint loaded in fp32, got {pretrained.dtype}")
     clip = isinstance(pretrained.model, CLIPModel)
@@ -244,7 +249,7 @@ def save_hf_directory(
         for k, v in to_hf(pretrained.model.state_dict()).items()
     }
     spec = pretrained.image_transform.spec
-    if spec.crop_rounding != "floor":
+    if spec.crop_rounding != "floor" and spec.crop_size is not None:  # (a squash without a crop: no margin)
         notes.append(
             f"the preprocessing crops with {spec.crop_rounding} rounding (torchvision's, open_clip's); transformers' "
             "processors ignore that key and floor an odd margin: a centre crop one pixel off on such images"
@@ -255,17 +260,24 @@ def save_hf_directory(
         atomic_write(staging / "model.safetensors", lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
         tokenizer_out.save(staging)
         if not isinstance(tokenizer_out, CLIPTokenizer):  # (BertTokenizer's defaults, stated)
-            _add_bert_special_tokens(staging / "tokenizer_config.json")
+            _add_bert_special_tokens(staging / "tokenizer_config.json", clip)
         pretrained.image_transform.save(staging)
+        if not clip and spec.resize_mode != "squash":  # (FlavaProcessor's image processor only squashes)
+            _update_json(staging / "preprocessor_config.json", processor_class="CLIPProcessor")
         files = sorted(p.name for p in staging.iterdir())
     return HFExport(out, "clip" if clip else "flava", files, notes)
 
 
-def _add_bert_special_tokens(path: Path) -> None:
-    config = json.loads(path.read_text(encoding="utf-8"))
+def _add_bert_special_tokens(path: Path, clip: bool) -> None:
     names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
-    config.update(zip(names, ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")))
-    write_json(path, config)
+    tokens = dict(zip(names, ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")))
+    if clip:  # (CLIPModel takes no token_type_ids: BertTokenizer's would fail the pipelines' model(**inputs))
+        tokens["model_input_names"] = ["input_ids", "attention_mask"]
+    _update_json(path, **tokens)
+
+
+def _update_json(path: Path, **values) -> None:
+    write_json(path, {**json.loads(path.read_text(encoding="utf-8")), **values})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
