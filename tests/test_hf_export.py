@@ -516,3 +516,17 @@ def test_an_open_clip_squash_without_a_crop_gets_no_crop_rounding_note(tmp_path)
     export = save_hf_directory(tmp_path / "open_clip", tmp_path / "hf")
     spec = load_pretrained(tmp_path / "hf").image_transform.spec
     assert (spec.resize_mode, spec.crop_size) == ("squash", None) and export.notes == []
+
+
+def test_a_weight_fp16_cannot_hold_is_refused_naming_dtype_before_anything_is_written(tmp_path):
+    """fp16's largest value is 65504: a larger weight was written as inf, without a word."""
+    source = write_clip_export(tmp_path / "export")
+    pretrained = load_pretrained(source)
+    with torch.no_grad():
+        pretrained.model.logit_scale.fill_(70000.0)
+    with pytest.raises(ValueError, match=r"^dtype: expected a precision that holds every weight, got float16, whose"):
+        save_hf_directory(pretrained, tmp_path / "hf", dtype=torch.float16)
+    assert not (tmp_path / "hf").exists()
+    save_hf_directory(pretrained, tmp_path / "hf", dtype=torch.bfloat16)  # (bf16 holds it)
+    with _safetensors(tmp_path / "hf" / "model.safetensors") as f:
+        assert f.get_tensor("logit_scale").item() == 70144.0  # (bf16's nearest)

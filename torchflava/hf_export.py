@@ -244,10 +244,14 @@ def save_hf_directory(
     config, notes = hf_config(pretrained)  # refused here, before anything is written
     config["torch_dtype"] = _DTYPE_NAMES[dtype]
     to_hf = clip_to_hf if clip else flava_to_hf
-    weights = {
-        k: v.detach().to(dtype).clone(memory_format=torch.contiguous_format)
-        for k, v in to_hf(pretrained.model.state_dict()).items()
-    }
+    state = to_hf(pretrained.model.state_dict())
+    limit = torch.finfo(dtype).max  # (fp16's 65504: a larger weight would be written as inf, without a word)
+    if too_large := next((k for k, v in state.items() if v.is_floating_point() and v.abs().max() > limit), None):
+        raise ValueError(
+            f"dtype: expected a precision that holds every weight, got {_DTYPE_NAMES[dtype]}, whose largest value "
+            f"{limit:g} {too_large} exceeds ({state[too_large].abs().max().item():g}): write fp32 or bf16"
+        )
+    weights = {k: v.detach().to(dtype).clone(memory_format=torch.contiguous_format) for k, v in state.items()}
     spec = pretrained.image_transform.spec
     if spec.crop_rounding != "floor" and spec.crop_size is not None:  # (a squash without a crop: no margin)
         notes.append(
