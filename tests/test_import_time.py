@@ -26,7 +26,6 @@ def test_the_commands_and_the_training_modules_import_neither_dcp_nor_dtensor():
         "torchflava.zero_shot",
         "torchflava.linear_probe",
         "torchflava.classify",
-        "torchflava.hf_export",
         "torchflava.training",
         "torchflava.training.checkpointing",
         "torchflava.training.integrity",
