@@ -70,6 +70,10 @@ def test_answer_scores_count_normalised_answers():
         ("dont", "don't"),  # contractions restored
         ("its oclock", "its o'clock"),
         ("shed", "shed"),  # a word in its own right is left alone
+        ("hed weve whens maam twas", "he'd we've when's ma'am 'twas"),  # (the whole official map)
+        ("couldnt've couldn'tve yall'll", "couldn't've couldn't've y'all'll"),  # (one apostrophe missing)
+        ("lets shes im ive", "lets shes im ive"),  # (its keys "let's", "she's", "Im", "Ive": never a lower-case word)
+        ("somebody'd", "somebodyd"),  # (its map's, too)
         ("50% #1 $5 10:30 o'clock", "50% #1 $5 10:30 o'clock"),  # kept marks
         ("?", ""),
     ],
