@@ -70,12 +70,51 @@ def test_answer_scores_count_normalised_answers():
         ("dont", "don't"),  # contractions restored
         ("its oclock", "its o'clock"),
         ("shed", "shed"),  # a word in its own right is left alone
+        ("hed weve whens maam twas", "he'd we've when's ma'am 'twas"),  # (the whole official map)
+        ("couldnt've couldn'tve yall'll", "couldn't've couldn't've y'all'll"),  # (one apostrophe missing)
+        ("lets shes im ive", "lets shes im ive"),  # (its keys "let's", "she's", "Im", "Ive": never a lower-case word)
+        ("somebody'd", "somebodyd"),  # (its map's, too)
         ("50% #1 $5 10:30 o'clock", "50% #1 $5 10:30 o'clock"),  # kept marks
         ("?", ""),
     ],
 )
 def test_normalize_answer_follows_the_official_rules(answer, expected):
     assert normalize_answer(answer) == expected
+
+
+def test_an_answer_all_annotators_gave_is_scored_as_written_as_the_evaluation_compares_it():
+    """The official evaluation normalises neither the prediction nor the answers where the annotators all gave one
+    answer (text read in the image): only the answer as written scores there. Where they disagree, a vocabulary
+    answer kept so scores as its normalised form, as the evaluation normalises the prediction ("A" is "")."""
+    assert answer_scores(["A"] * 10) == {"A": 1.0}  # (was {}: "A" normalises to nothing)
+    assert answer_scores(["two "] * 9 + ["two\n"]) == {"two": 1.0}  # (was {"2": 1.0}, which scores 0 there)
+    assert answer_scores(["T-Shirt"] * 9 + ["t-shirt"]) == {"t shirt": 1.0}  # (two answers: normalised)
+    aliases = {"t shirt": ["T-Shirt"], "": ["A"]}
+    mixed = ["t-shirt"] * 2 + ["t shirt", "a", "the", "A", "red", "red", "red", "?"]
+    assert answer_scores(mixed, aliases) == {"t shirt": 0.9, "red": 0.9, "T-Shirt": 0.9, "A": 1.0}
+    assert answer_scores(["t shirt"] * 10, aliases) == {"t shirt": 1.0}  # ("T-Shirt" is not "t shirt" there)
+    assert answer_vocabulary([["A"] * 10, ["a", "b"] * 5, ["T-Shirt"] * 10, ["T-Shirt", "t-shirt"] * 5], 9) == [
+        "A",
+        "T-Shirt",
+        "t shirt",
+        "b",
+    ]
+
+
+def test_the_converter_scores_each_vocabulary_answer_as_the_evaluation_would(vqa_files):
+    questions = json.loads(Path(vqa_files["questions"]).read_text())
+
+    def answers_of(q: dict) -> list[str]:  # image 1's questions: every annotator wrote "T-Shirt"
+        return ["T-Shirt"] * 10 if q["image_id"] == 1 else ["t-shirt"] * 3 + ["red"] * 7
+
+    Path(vqa_files["annotations"]).write_text(json.dumps(_annotations(questions, answers_of)))
+    vqa.convert(**vqa_files)
+    out = Path(vqa_files["out"])
+    # red 42 annotators, "T-Shirt" 20 (kept as written), "t shirt" 18 (normalised)
+    assert json.loads((out / "answers.json").read_text()) == ["red", "T-Shirt", "t shirt"]
+    train = _lines(out / "train.jsonl")
+    assert train[0]["answers"] == {"T-Shirt": 1.0}  # (where "t shirt" scores 0)
+    assert train[2]["answers"] == {"t shirt": 0.9, "red": 1.0, "T-Shirt": 0.9}  # (predicted, "T-Shirt" is "t shirt")
 
 
 def test_vocabulary_is_the_most_frequent_normalised_answers_ties_in_string_order():
@@ -349,7 +388,7 @@ def test_an_error_mid_file_leaves_no_partial_file_and_the_previous_one_whole(vqa
     before = {name: (out / name).read_text() for name in os.listdir(out)}
     calls = []
 
-    def failing(answers):
+    def failing(answers, aliases=None):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt  # (as an interrupt would, mid train.jsonl)

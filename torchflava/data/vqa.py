@@ -17,19 +17,22 @@ item's image is ``<folder>/COCO_<folder>_<12-digit image id>.jpg`` under it. ``-
 
 * ``train.jsonl``, ``val.jsonl``: one line per question, ``{"image", "text": the question, "answers": {answer:
   score}, "question_id"}`` (:class:`~torchflava.data.finetuning.ImageTextLabels`' format);
-* ``answers.json``: the answer vocabulary, a JSON list in class-id order: the ``--answers`` (3129) normalised
-  answers the training annotators gave most often (each annotator's answer counted), ties in string order;
+* ``answers.json``: the answer vocabulary, a JSON list in class-id order: the ``--answers`` (3129) answers the
+  training annotators gave most often (each annotator's answer counted, as the evaluation matches it), ties in
+  string order;
 * ``vqa.yaml``: ``examples/flava/configs/finetuning/vqa.yaml``'s settings with ``data.train``, ``data.val``,
   ``data.image_root`` (absolute paths) and ``data.labels`` (the vocabulary) filled in;
 * ``<split>_questions.jsonl`` for each ``--test-questions`` file (``test-dev2015``, ``test2015``): ``{"image",
   "question", "question_id"}`` a line, which the classify command answers, writing with ``--vqa-submission`` the
   evaluation server's results file (:func:`submission`).
 
-An answer's score is its VQA accuracy (:func:`vqa_accuracy`) among the question's annotators' answers, both
-normalised as the official evaluation compares answers (:func:`normalize_answer`); answers outside the vocabulary
-stay in the file (the reader drops them). Everything is checked before anything is written (a bad argument or file:
-one line naming the argument, exit 2); each file is written atomically, the config last. No image is read: a
-missing image file is the training reader's (a counted bad sample); the split's image folder must exist.
+An answer's score is the official VQA accuracy of predicting it (:func:`vqa_accuracy` among the question's
+annotators' answers): answers normalised as the official evaluation compares them (:func:`normalize_answer`), except
+where the annotators all gave one answer, which the evaluation compares as written (:func:`matched_answers`);
+answers outside the vocabulary stay in the file (the reader drops them). Everything is checked before anything is
+written (a bad argument or file: one line naming the argument, exit 2); each file is written atomically, the config
+last. No image is read: a missing image file is the training reader's (a counted bad sample); the split's image
+folder must exist.
 """
 
 import argparse
@@ -60,16 +63,24 @@ _NUMBER_WORDS = {  # (the official map takes "none" for 0 too)
     "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }  # fmt: skip
 _ARTICLES = {"a", "an", "the"}
-# the frequent contractions written without their apostrophe, restored (a subset of the official map; words that
-# are English without one, "shed", "wed", "ill", "well", "its", "were", are left alone)
+# The official evaluation's contractions as its map acts on lower-case words: each word below written without one
+# of its apostrophes gets it back ("dont" -> "don't"; "couldnt've" and "couldn'tve" -> "couldn't've"). The map's
+# quirks are kept, for the vocabulary's answers are normalised again by the evaluation server: "lets", "shes", "im",
+# "ive" stay (its keys are "let's", "she's", and "Im", "Ive", which no lower-cased word meets), "somebody'd" loses
+# its apostrophe; and words that are English without one ("shed", "wed", "ill", "well", "its", "were") it lacks.
+_CONTRACTED = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't he'd "
+    "he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't mightn't've might've mustn't must've "
+    "needn't not've o'clock oughtn't 'ow's'at shan't she'd've should've shouldn't shouldn't've somebody'd've "
+    "somebody'll somebody's someone'd someone'd've someone'll someone's something'd something'd've something'll "
+    "that's there'd there'd've there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've we've "
+    "weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll who's who've "
+    "why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're "
+    "you've"
+).split()
 _CONTRACTIONS = {
-    word.replace("'", ""): word
-    for word in (
-        "ain't aren't can't couldn't could've didn't doesn't don't hadn't hasn't haven't he's how's i'm i've isn't "
-        "it'd it'll let's o'clock shouldn't should've that's there's they'd they'll they're they've wasn't weren't "
-        "what's where's who's won't wouldn't would've y'all you'd you'll you're you've"
-    ).split()
-}
+    word[:i] + word[i + 1 :]: word for word in _CONTRACTED for i, mark in enumerate(word) if mark == "'"
+} | {"somebody'd": "somebodyd"}
 
 # vqa.yaml's settings (examples/flava/configs/finetuning/vqa.yaml; a test checks they agree)
 _CONFIG_SETTINGS = """\
@@ -129,7 +140,7 @@ def normalize_answer(answer: str) -> str:
     Returns:
         str: the normalised answer (empty where nothing is left, e.g. for "?").
     """
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    text = _stripped(answer)
     strip_all = _COMMA_BETWEEN_DIGITS.search(text) is not None
     out = text
     for mark in _PUNCTUATION:
@@ -140,24 +151,50 @@ def normalize_answer(answer: str) -> str:
     return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
 
 
-def answer_scores(answers: Sequence[str]) -> dict[str, float]:
-    """Each normalised answer of a question's annotators with its :func:`vqa_accuracy` among them (above 0 only;
-    an empty normalised answer is none), in the order first given.
+def matched_answers(answers: Sequence[str]) -> list[str]:
+    """Each annotator's answer as the official evaluation matches a prediction against it: normalised
+    (:func:`normalize_answer`) where the annotators disagree, the prediction normalised too; where they all gave one
+    answer (newlines and tabs as spaces, surrounding spaces stripped), that answer as written, which the stripped
+    prediction must equal: the evaluation keeps such an answer verbatim (text read in the image: "A", "t-shirt").
+
+    Args:
+        answers (Sequence[str]): a question's annotators' answers.
+
+    Returns:
+        list[str]: one answer per annotator (empty where nothing is left).
+    """
+    stripped = [_stripped(answer) for answer in answers]
+    return stripped if len(set(stripped)) == 1 else [normalize_answer(answer) for answer in answers]
+
+
+def _stripped(answer: str) -> str:
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
+def answer_scores(answers: Sequence[str], aliases: Optional[dict[str, list[str]]] = None) -> dict[str, float]:
+    """Each answer of a question's annotators, as the evaluation matches it (:func:`matched_answers`), with its
+    :func:`vqa_accuracy` among them (above 0 only; an empty answer is none), in the order first given: the official
+    accuracy of predicting that answer.
 
     Args:
         answers (Sequence[str]): the annotators' answers (VQA v2: 10).
+        aliases (Optional[dict[str, list[str]]]): normalised answer -> the vocabulary's other answers normalised to
+            it (kept verbatim from a question its annotators all answered so), given the same score where the
+            annotators disagree (the evaluation normalises the prediction: "t-shirt" is then "t shirt").
 
     Returns:
-        dict[str, float]: normalised answer -> score.
+        dict[str, float]: answer -> score.
     """
-    counts = Counter(normalize_answer(answer) for answer in answers)
-    scores = {answer: vqa_accuracy(count, len(answers)) for answer, count in counts.items() if answer}
-    return {answer: score for answer, score in scores.items() if score > 0}
+    scores = {answer: vqa_accuracy(count, len(answers)) for answer, count in Counter(matched_answers(answers)).items()}
+    if aliases and len({_stripped(answer) for answer in answers}) > 1:  # (normalised, as the prediction will be)
+        scores.update({alias: score for answer, score in list(scores.items()) for alias in aliases.get(answer, ())})
+    return {answer: score for answer, score in scores.items() if answer and score > 0}
 
 
 def answer_vocabulary(annotations: Iterable[Sequence[str]], size: int) -> list[str]:
-    """The ``size`` normalised answers given most often over ``annotations`` (each annotator's answer counted once),
-    most frequent first, ties in string order; fewer if there are fewer distinct (non-empty) answers.
+    """The ``size`` answers given most often over ``annotations`` (each annotator's answer counted once, as the
+    evaluation matches it: :func:`matched_answers`), most frequent first, ties in string order; fewer if there are
+    fewer distinct (non-empty) answers.
 
     Args:
         annotations (Iterable[Sequence[str]]): each question's annotators' answers.
@@ -166,7 +203,7 @@ def answer_vocabulary(annotations: Iterable[Sequence[str]], size: int) -> list[s
     Returns:
         list[str]: the vocabulary in class-id order.
     """
-    counts = Counter(normalize_answer(answer) for answers in annotations for answer in answers)
+    counts = Counter(answer for answers in annotations for answer in matched_answers(answers))
     counts.pop("", None)
     return sorted(counts, key=lambda answer: (-counts[answer], answer))[:size]
 
@@ -231,8 +268,9 @@ class _Split:
         """The path of ``entry``'s image under the image root."""
         return f"{self.folder}/COCO_{self.folder}_{entry['image_id']:012d}.jpg"
 
-    def lines(self) -> Iterable[str]:
-        """The split's jsonl lines: scored questions where annotated, else the questions alone."""
+    def lines(self, aliases: Optional[dict[str, list[str]]] = None) -> Iterable[str]:
+        """The split's jsonl lines: scored questions where annotated (:func:`answer_scores` with ``aliases``), else
+        the questions alone."""
         for i, entry in enumerate(self.questions):
             if self.answers is None:
                 record = {"image": self.image(entry), "question": entry["question"]}
@@ -240,7 +278,7 @@ class _Split:
                 record = {
                     "image": self.image(entry),
                     "text": entry["question"],
-                    "answers": answer_scores(self.answers[i]),
+                    "answers": answer_scores(self.answers[i], aliases),
                 }
             yield json.dumps({**record, "question_id": entry["question_id"]}, ensure_ascii=False) + "\n"
 
@@ -324,10 +362,14 @@ def convert(
     val = _Split("--val-questions", val_questions, image_root, ("--val-annotations", val_annotations))
     tests = [_Split("--test-questions", path, image_root) for path in test_questions]
     vocabulary = answer_vocabulary(train.answers, answers)
+    aliases: dict[str, list[str]] = {}  # (answers kept verbatim score as their normalised form where normalised)
+    for answer in vocabulary:
+        if normalize_answer(answer) != answer:
+            aliases.setdefault(normalize_answer(answer), []).append(answer)
     outputs: dict[str, Callable[[], Iterable[str]]] = {
         VOCABULARY_NAME: lambda: [json.dumps(vocabulary, indent=0, ensure_ascii=False) + "\n"],
-        "train.jsonl": train.lines,
-        "val.jsonl": val.lines,
+        "train.jsonl": functools.partial(train.lines, aliases),
+        "val.jsonl": functools.partial(val.lines, aliases),
     }
     for split in tests:
         name = f"{split.subtype}_questions.jsonl"
