@@ -1001,7 +1001,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         write_json(args.vqa_submission, results)
         if unanswered:  # (the evaluation server expects every question of the split)
             print(
-                f"warning: --vqa-submission: {len(unanswered)} question(s) unanswered, e.g. {unanswered[:3]}",
+                f"warning: --vqa-submission: {len(unanswered)} question(s) unanswered (their images unreadable), e.g. "
+                f"{unanswered[:3]}: the evaluation server refuses a results file lacking any question of the split",
                 file=sys.stderr,
             )
     return _shown(result, args)
