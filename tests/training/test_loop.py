@@ -208,6 +208,31 @@ def test_accumulation_averages_the_micro_batch_means(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss/tokens"] == pytest.approx(expected, rel=1e-6)
 
 
+class MappingItem(dict):
+    """A micro-batch that is a mapping and says its kind and unusable samples as attributes."""
+
+
+def test_an_item_that_is_a_mapping_keeps_its_type_and_attributes(tmp_path):
+    """A dict subclass (or Hugging Face's BatchEncoding) reached the step as a plain dict: its kind and skipped
+    samples were dropped without a word, and attribute access (item.input_ids) failed."""
+    toy = ToyData(2)
+    data = []
+    for i in range(2):
+        item = MappingItem(toy[i].batch)
+        item.kind, item.skipped = f"kind{i}", [("mapping", i)]
+        data.append(item)
+    types = []
+
+    def step(model, item):
+        types.append(type(item))
+        return StepOutput(*toy_sums(model, item))
+
+    _, result = run(tmp_path, data=data, step=step, max_steps=2, checkpoint_every=2)
+    assert types == [MappingItem, MappingItem]
+    assert result.skipped == [("mapping", 0), ("mapping", 1)]
+    assert [r["kind"] for r in read_metrics(tmp_path / "metrics.jsonl")] == ["kind0", "kind1"]
+
+
 def test_after_step_hook_runs_after_every_optimiser_step(tmp_path):
     seen = []
 

@@ -44,6 +44,7 @@ ranks it was started with.
 """
 
 from contextlib import nullcontext
+import copy
 import dataclasses
 import functools
 import inspect
@@ -56,7 +57,7 @@ import sys
 import time
 import types
 import typing
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence
 import zlib
 
 import torch
@@ -1400,11 +1401,22 @@ def _loader(data: Dataset, first: int, num_workers: int) -> Iterator:
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor in it (mappings, lists, tuples, named tuples, dataclasses) on ``device``."""
+    """``value`` with every tensor in it (mappings, lists, tuples, named tuples, dataclasses) on ``device``.
+
+    A mapping keeps its type and attributes where it can be copied (a dict subclass carrying ``kind`` or
+    ``skipped``, Hugging Face's ``BatchEncoding`` read as ``item.input_ids``); others become a plain dict."""
     if isinstance(value, Tensor):
         return value.to(device, non_blocking=True)
     if isinstance(value, Mapping):
-        return {key: _to_device(item, device) for key, item in value.items()}
+        moved = {key: _to_device(item, device) for key, item in value.items()}
+        if isinstance(value, MutableMapping):  # (a plain dict lost a subclass's attributes: kind, skipped, silently)
+            try:
+                same = copy.copy(value)
+                same.update(moved)
+                return same
+            except (TypeError, AttributeError):  # a mapping that cannot be copied: its items alone, as before
+                pass
+        return moved
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(_to_device(item, device) for item in value))
     if isinstance(value, (list, tuple)):
