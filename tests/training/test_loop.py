@@ -1543,6 +1543,18 @@ class _Stream(torch.utils.data.IterableDataset):
         (dict(optim=None), "optim must be an OptimConfig, got NoneType"),
         (dict(model=lambda x: x), "model must be an nn.Module, got function"),
         (dict(step="toy_step"), r"step must be a function step\(model, item\) -> StepOutput, got str"),
+        # the optional ones: each failed after the first optimiser step (after_step) or once the run directory
+        # was taken, in Python's or torch's words ('int' object is not callable, 'int' object has no attribute
+        # 'config', num_workers option should be non-negative)
+        (dict(after_step=1), r"^after_step must be a function called after every optimiser step, .* got int$"),
+        (dict(after_step=lambda model, step: None), r"^after_step must be callable as hook\(\) or hook\(step\), "),
+        (dict(after_step=lambda *, step: None), r"got one that also requires step$"),
+        (dict(shard_layers=TransformerEncoderLayer), r"^shard_layers must be .* got the class TransformerEncoderLayer"),
+        (dict(shard_layers=["layers"]), r"^shard_layers must be a sequence of module classes, got 'layers' among"),
+        (dict(num_workers=1.5), r"^num_workers must be an int >= 0, got float 1.5$"),
+        (dict(num_workers=-1), r"^num_workers must be an int >= 0 \(0: the items are read in this process\), got -1$"),
+        (dict(start=1), r"^start must be the RunStart start_run returns, or None, got int$"),
+        (dict(run_files="files"), r"^run_files must be a function run_files\(directory\), or None, got str$"),
     ],
 )
 def test_fit_names_an_argument_of_the_wrong_kind_before_any_work(tmp_path, change, error):
@@ -1550,9 +1562,13 @@ def test_fit_names_an_argument_of_the_wrong_kind_before_any_work(tmp_path, chang
     # object has no attribute 'grad_accumulation'), after the run directory was taken
     training, optim = settings(tmp_path / "run")
     arguments = {**dict(model=Toy(), step=toy_step, data=ToyData(6), training=training, optim=optim), **change}
-    with pytest.raises(TypeError, match=error):
-        fit(arguments.pop("model"), arguments.pop("step"), arguments.pop("data"), **arguments)
+    model = arguments.pop("model")
+    with pytest.raises((TypeError, ValueError), match=error) as raised:
+        fit(model, arguments.pop("step"), arguments.pop("data"), **arguments)
+    assert raised.type is (ValueError if change.get("num_workers") == -1 else TypeError)
     assert not (tmp_path / "run").exists()
+    if "model" not in change:  # no step was taken
+        assert all(torch.equal(value, params(Toy())[name]) for name, value in params(model).items())
 
 
 class _RefusingStream(_Stream):

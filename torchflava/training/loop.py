@@ -57,7 +57,7 @@ import sys
 import time
 import types
 import typing
-from typing import Any, Callable, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence
 import zlib
 
 import torch
@@ -456,8 +456,10 @@ def fit(
         TypeError: before any work, if ``model`` is no module, ``step`` not callable, ``training`` or
             ``optim`` not the dataclass named, ``find_unused_parameters`` not a bool, or ``data`` neither
             indexable with a length nor an ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``:
-            pass its dataset of micro-batches).
-        ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, ``model`` has no parameter
+            pass its dataset of micro-batches); if ``after_step`` is not callable as ``hook()`` or ``hook(step)``,
+            ``shard_layers`` is not a sequence of module classes, ``num_workers`` not an int, ``start`` not a
+            :class:`RunStart` or ``run_files`` not callable.
+        ValueError: if ``num_workers`` is negative, ``data`` is shorter than ``max_steps * grad_accumulation``, ``model`` has no parameter
             that requires grad, or a step output is malformed; ConfigError (a ValueError) naming the key if
             ``training`` or ``optim`` holds a bad value (the checks a recipe's ``validate`` runs), or
             ``training.activation_checkpointing`` is set for a model without a ``TransformerEncoder``, or
@@ -483,6 +485,7 @@ def fit(
     _check_fit_arguments(model, step, data, training, optim)
     if not isinstance(find_unused_parameters, bool):
         raise TypeError(f"find_unused_parameters must be a bool, got {type(find_unused_parameters).__name__}")
+    shard_layers = _check_fit_options(after_step, shard_layers, num_workers, start, run_files)
     t = training
     raise_on_failed_checks(_type_checks("training", t) + _type_checks("optim", optim))  # (as load_config's types)
     t, optim = _plain_numbers(t), _plain_numbers(optim)  # (np.int64 max_steps: Python's int from here on)
@@ -822,6 +825,58 @@ def _check_fit_arguments(model: object, step: object, data: object, training: ob
             f"data must be a step-indexed dataset (data[i] and len(data)) or a streamed IterableDataset, "
             f"got {type(data).__name__}"
         )
+
+
+def _check_fit_options(
+    after_step: object, shard_layers: object, num_workers: object, start: object, run_files: object
+) -> tuple[type, ...]:
+    """TypeError or ValueError naming the first optional argument of :func:`fit` it cannot use, before any work
+    (an ``after_step`` that is no function, or needs two arguments, failed after the first optimiser step; a
+    ``run_files`` or ``start`` of the wrong kind, or ``num_workers=-1``, after the run directory was taken, in
+    Python's or torch's words); ``shard_layers`` as a tuple (a generator read once)."""
+    if after_step is not None:
+        if not callable(after_step):
+            raise TypeError(
+                f"after_step must be a function called after every optimiser step, as hook() or hook(step), got "
+                f"{type(after_step).__name__}"
+            )
+        try:
+            parameters = list(inspect.signature(after_step).parameters.values())
+        except (TypeError, ValueError):  # a builtin without a signature: trusted
+            parameters = []
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        required = [p for p in parameters if p.default is inspect.Parameter.empty]
+        needs = [p.name for p in required if p.kind in positional][1:] + [
+            p.name for p in required if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
+        if needs:
+            raise TypeError(
+                f"after_step must be callable as hook() or hook(step), got one that also requires {', '.join(needs)}"
+            )
+    if isinstance(shard_layers, (str, bytes, type)) or not isinstance(shard_layers, Iterable):
+        got = (
+            f"the class {shard_layers.__name__} alone"
+            if isinstance(shard_layers, type)
+            else type(shard_layers).__name__
+        )
+        raise TypeError(
+            f"shard_layers must be a sequence of module classes, e.g. (TransformerEncoderLayer,), got {got}"
+        )
+    shard_layers = tuple(shard_layers)
+    odd = [kind for kind in shard_layers if not (isinstance(kind, type) and issubclass(kind, nn.Module))]
+    if odd:
+        raise TypeError(f"shard_layers must be a sequence of module classes, got {odd[0]!r} among them")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral):
+        raise TypeError(f"num_workers must be an int >= 0, got {type(num_workers).__name__} {num_workers!r}")
+    if num_workers < 0:
+        raise ValueError(
+            f"num_workers must be an int >= 0 (0: the items are read in this process), got {num_workers!r}"
+        )
+    if start is not None and not isinstance(start, RunStart):
+        raise TypeError(f"start must be the RunStart start_run returns, or None, got {type(start).__name__}")
+    if run_files is not None and not callable(run_files):
+        raise TypeError(f"run_files must be a function run_files(directory), or None, got {type(run_files).__name__}")
+    return shard_layers
 
 
 def _type_checks(section: str, config: Any) -> list[tuple]:
