@@ -2051,6 +2051,15 @@ def test_loss_names_that_are_not_text_are_named():
         loop_module._global_loss(out, torch.device("cpu"))
 
 
+def test_an_empty_loss_name_is_refused():
+    """A loss named '' shared its key with the flag of ranks naming different losses: its count of 0 under a sum of
+    5 trained on, unchecked (any other name stops the run)."""
+    model = Toy()
+    out = StepOutput({"": model.gain + 5}, {"": 0})
+    with pytest.raises(ValueError, match=r"^step output: loss names must be non-empty, got ''$"):
+        loop_module._global_loss(out, torch.device("cpu"))
+
+
 def test_fit_alone_refuses_to_resume_with_another_grad_accumulation(tmp_path):
     """The data resumes at micro-batch step x grad_accumulation: a run of accumulation 2 resumed with 1 trained
     again on micro-batches 6 and 7 of its checkpoint of step 3 (with 4, it would pass micro-batches over), silently."""

@@ -978,6 +978,8 @@ def _global_loss(
     named = [name for name in sums if not isinstance(name, str)]
     if named:  # (a TypeError from joining them into the ranks' signature named nothing)
         raise TypeError(f"step output: loss names must be str, got {named[0]!r} ({type(named[0]).__name__})")
+    if "" in sums:  # ("" is where the ranks' disagreement is flagged: it hid that loss's invalid counts)
+        raise ValueError("step output: loss names must be non-empty, got ''")
     if not sums or set(sums) != set(counts):
         raise ValueError(
             f"step output: loss_sums and counts must name the same losses (at least one), got {sorted(sums)} "
