@@ -208,6 +208,31 @@ def test_accumulation_averages_the_micro_batch_means(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss/tokens"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_loss_absent_from_a_step_is_left_out_of_its_logged_mean(tmp_path):
+    """A step names every loss, one absent as 0 over 0 (as ranks must): it was logged as 0 for that step, and a
+    record over several steps averaged those zeros in (a two-task model's 'loss/a' halved, alternating steps)."""
+    toy = ToyData(4)
+    data = [ToyItem(toy[i].batch, "ab"[i % 2], []) for i in range(4)]
+
+    def step(model, item):
+        sums, counts = toy_sums(model, item.batch)
+        zero = sums["tokens"] * 0  # (a sum of 0 that still holds the graph)
+        present = {"a": item.kind == "a", "b": item.kind == "b"}
+        return StepOutput(
+            {name: sums["tokens"] if on else zero for name, on in present.items()},
+            {name: counts["tokens"] if on else 0 for name, on in present.items()},
+        )
+
+    run(tmp_path / "each", data=data, step=step, max_steps=4, lr=1e-9)
+    each = read_metrics(tmp_path / "each" / "metrics.jsonl")
+    assert [sorted(k for k in r if k.startswith("loss/")) for r in each] == [["loss/a"], ["loss/b"]] * 2
+    run(tmp_path / "window", data=data, step=step, max_steps=4, lr=1e-9, log_every=4)
+    (record,) = read_metrics(tmp_path / "window" / "metrics.jsonl")
+    assert record["loss/a"] == pytest.approx((each[0]["loss/a"] + each[2]["loss/a"]) / 2, rel=1e-6)
+    assert record["loss/b"] == pytest.approx((each[1]["loss/b"] + each[3]["loss/b"]) / 2, rel=1e-6)
+    assert record["loss"] == pytest.approx(sum(r["loss"] for r in each) / 4, rel=1e-6)
+
+
 class MappingItem(dict):
     """A micro-batch that is a mapping and says its kind and unusable samples as attributes."""
 

@@ -642,7 +642,7 @@ def _fit(
         wrapped.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     last_time, last_step, loss = time.perf_counter(), start, None
 
-    def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str], Tensor]:
+    def micro_batch(index: int) -> tuple[Tensor, dict, dict, dict, Optional[str], Tensor]:
         try:
             item = _to_device(next(items), device)
         except StopIteration:  # (a stream that ran dry: torch's bare StopIteration() left fit without a word)
@@ -671,8 +671,8 @@ def _fit(
                     "model(...): DDP averages the gradients over ranks through it), got one that did not (e.g. it "
                     "called model.module or its parts directly); give the model a forward that the step calls"
                 )
-            total, means, invalid, stopping = _global_loss(out, device, stop=signals.received)
-        return total / accumulation, means, invalid, getattr(item, "kind", None), stopping
+            total, means, counted, invalid, stopping = _global_loss(out, device, stop=signals.received)
+        return total / accumulation, means, counted, invalid, getattr(item, "kind", None), stopping
 
     # One autocast region per optimiser step, around its micro-batches' forwards: autocast keeps the bf16
     # copy of each weight it casts until the region ends, so the weights are cast once a step rather than
@@ -690,11 +690,13 @@ def _fit(
             wrapped.train()
             parts: dict[str, Tensor] = {}
             invalid_counts: dict[str, Tensor] = {}
+            counted: dict[str, Tensor] = {}  # whether a micro-batch of the step computed the loss (a count > 0)
             with autocast:
                 for index in range(accumulation):
-                    loss_part, means, invalid, kind, stopping = micro_batch(index)
+                    loss_part, means, counts, invalid, kind, stopping = micro_batch(index)
                     for name, value in means.items():
                         parts[name] = parts.get(name, 0.0) + value / accumulation
+                        counted[name] = counted.get(name, False) | counts[name]
                     for name, flag in invalid.items():  # "": the ranks named different losses
                         invalid_counts[name] = invalid_counts.get(name, False) | flag
                     if index < accumulation - 1:
@@ -707,10 +709,11 @@ def _fit(
                 norm = clip_grad_norm(model.parameters(), optim.clip_grad_norm)
             else:
                 norm = grad_norm(p.grad for p in model.parameters() if p.grad is not None)
-            flags = [*(flag.float() for flag in invalid_counts.values()), stopping.float()]
-            stacked = torch.stack([*parts.values(), *flags]).cpu()
+            flags = [*(flag.float() for flag in invalid_counts.values()), *(counted[n].float() for n in parts)]
+            stacked = torch.stack([*parts.values(), *flags, stopping.float()]).cpu()
             stacked, flags = stacked[: len(parts)], stacked[len(parts) :].tolist()  # one device read
-            flags, stop = flags[:-1], bool(flags[-1])  # (the last micro-batch's: every rank reads the same)
+            stop = bool(flags.pop())  # (the last micro-batch's: every rank reads the same)
+            flags, computed = flags[: len(invalid_counts)], flags[len(invalid_counts) :]
             if any(flags):
                 wrong = [name for name, flag in zip(invalid_counts, flags) if flag]
                 if "" in wrong:
@@ -728,7 +731,8 @@ def _fit(
                     loss, norm, done, kind, values, last_saved, earlier[-1] if earlier else None
                 )
                 raise NonFiniteLossError(message)
-            window.add(loss, values)
+            # each loss's mean over the steps that computed it: one absent from this step (0 over 0) is left out
+            window.add(loss, {name: value for (name, value), c in zip(values.items(), computed) if c})
             lr = float(optimizer.param_groups[0]["lr"])  # this step's (multiplier 1), logged with its loss
             optimizer.step()
             scheduler.step()  # the next step's lr: not this record's
@@ -967,8 +971,9 @@ _MAX_LOSSES = 32  # losses one step may return (the collective's fixed layout)
 
 def _global_loss(
     out: StepOutput, device: torch.device, *, stop: Optional[str] = None
-) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor]:
-    """This rank's share of the global-batch loss (to backpropagate), each loss's global mean,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """This rank's share of the global-batch loss (to backpropagate), each loss's global mean, whether each
+    loss's global count is above 0 (a loss absent from the micro-batch is 0 over 0),
     whether each loss's global count is invalid, and under ``""`` whether the ranks named different
     losses, and whether any rank asked to ``stop`` (the name of a stop signal it received): bool tensors,
     read later with the losses (no device read here), the same on every rank."""
@@ -1020,7 +1025,8 @@ def _global_loss(
     invalid = ~torch.isfinite(global_counts) | (global_counts < 0) | ((global_counts == 0) & (global_sums != 0))
     ranks_differ = reduced[0] != signature * _world_size()  # another rank named other losses
     invalid = {**dict(zip(names, invalid)), "": ranks_differ}
-    return total, {name: means[name] for name in sums}, invalid, reduced[1] > 0
+    counted = dict(zip(names, global_counts > 0))
+    return total, {name: means[name] for name in sums}, counted, invalid, reduced[1] > 0
 
 
 def _preempted(done: int, checkpoint: Path, received: Optional[str]) -> Preempted:
