@@ -459,9 +459,10 @@ def fit(
             pass its dataset of micro-batches); if ``after_step`` is not callable as ``hook()`` or ``hook(step)``,
             ``shard_layers`` is not a sequence of module classes, ``num_workers`` not an int, ``start`` not a
             :class:`RunStart` or ``run_files`` not callable.
-        ValueError: if ``num_workers`` is negative, ``data`` is shorter than ``max_steps * grad_accumulation``, ``model`` has no parameter
-            that requires grad, or a step output is malformed; ConfigError (a ValueError) naming the key if
-            ``training`` or ``optim`` holds a bad value (the checks a recipe's ``validate`` runs), or
+        ValueError: if ``num_workers`` is negative, ``data`` is shorter than ``max_steps * grad_accumulation``,
+            ``model`` has no parameter that requires grad, or a step output is malformed; ConfigError (a
+            ValueError) naming the key if ``training`` or ``optim`` holds a bad value (the checks a recipe's
+            ``validate`` runs), or
             ``training.activation_checkpointing`` is set for a model without a ``TransformerEncoder``, or
             ``training.device`` is ``cpu`` or ``cuda`` and the model's parameters are elsewhere.
         ConfigError: as :func:`resume_checkpoint`; without ``start``, a resume whose checkpoint records
