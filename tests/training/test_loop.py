@@ -208,6 +208,56 @@ def test_accumulation_averages_the_micro_batch_means(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl")[0]["loss/tokens"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_loss_absent_from_a_step_is_left_out_of_its_logged_mean(tmp_path):
+    """A step names every loss, one absent as 0 over 0 (as ranks must): it was logged as 0 for that step, and a
+    record over several steps averaged those zeros in (a two-task model's 'loss/a' halved, alternating steps)."""
+    toy = ToyData(4)
+    data = [ToyItem(toy[i].batch, "ab"[i % 2], []) for i in range(4)]
+
+    def step(model, item):
+        sums, counts = toy_sums(model, item.batch)
+        zero = sums["tokens"] * 0  # (a sum of 0 that still holds the graph)
+        present = {"a": item.kind == "a", "b": item.kind == "b"}
+        return StepOutput(
+            {name: sums["tokens"] if on else zero for name, on in present.items()},
+            {name: counts["tokens"] if on else 0 for name, on in present.items()},
+        )
+
+    run(tmp_path / "each", data=data, step=step, max_steps=4, lr=1e-9)
+    each = read_metrics(tmp_path / "each" / "metrics.jsonl")
+    assert [sorted(k for k in r if k.startswith("loss/")) for r in each] == [["loss/a"], ["loss/b"]] * 2
+    run(tmp_path / "window", data=data, step=step, max_steps=4, lr=1e-9, log_every=4)
+    (record,) = read_metrics(tmp_path / "window" / "metrics.jsonl")
+    assert record["loss/a"] == pytest.approx((each[0]["loss/a"] + each[2]["loss/a"]) / 2, rel=1e-6)
+    assert record["loss/b"] == pytest.approx((each[1]["loss/b"] + each[3]["loss/b"]) / 2, rel=1e-6)
+    assert record["loss"] == pytest.approx(sum(r["loss"] for r in each) / 4, rel=1e-6)
+
+
+class MappingItem(dict):
+    """A micro-batch that is a mapping and says its kind and unusable samples as attributes."""
+
+
+def test_an_item_that_is_a_mapping_keeps_its_type_and_attributes(tmp_path):
+    """A dict subclass (or Hugging Face's BatchEncoding) reached the step as a plain dict: its kind and skipped
+    samples were dropped without a word, and attribute access (item.input_ids) failed."""
+    toy = ToyData(2)
+    data = []
+    for i in range(2):
+        item = MappingItem(toy[i].batch)
+        item.kind, item.skipped = f"kind{i}", [("mapping", i)]
+        data.append(item)
+    types = []
+
+    def step(model, item):
+        types.append(type(item))
+        return StepOutput(*toy_sums(model, item))
+
+    _, result = run(tmp_path, data=data, step=step, max_steps=2, checkpoint_every=2)
+    assert types == [MappingItem, MappingItem]
+    assert result.skipped == [("mapping", 0), ("mapping", 1)]
+    assert [r["kind"] for r in read_metrics(tmp_path / "metrics.jsonl")] == ["kind0", "kind1"]
+
+
 def test_after_step_hook_runs_after_every_optimiser_step(tmp_path):
     seen = []
 
@@ -1518,6 +1568,18 @@ class _Stream(torch.utils.data.IterableDataset):
         (dict(optim=None), "optim must be an OptimConfig, got NoneType"),
         (dict(model=lambda x: x), "model must be an nn.Module, got function"),
         (dict(step="toy_step"), r"step must be a function step\(model, item\) -> StepOutput, got str"),
+        # the optional ones: each failed after the first optimiser step (after_step) or once the run directory
+        # was taken, in Python's or torch's words ('int' object is not callable, 'int' object has no attribute
+        # 'config', num_workers option should be non-negative)
+        (dict(after_step=1), r"^after_step must be a function called after every optimiser step, .* got int$"),
+        (dict(after_step=lambda model, step: None), r"^after_step must be callable as hook\(\) or hook\(step\), "),
+        (dict(after_step=lambda *, step: None), r"got one that also requires step$"),
+        (dict(shard_layers=TransformerEncoderLayer), r"^shard_layers must be .* got the class TransformerEncoderLayer"),
+        (dict(shard_layers=["layers"]), r"^shard_layers must be a sequence of module classes, got 'layers' among"),
+        (dict(num_workers=1.5), r"^num_workers must be an int >= 0, got float 1.5$"),
+        (dict(num_workers=-1), r"^num_workers must be an int >= 0 \(0: the items are read in this process\), got -1$"),
+        (dict(start=1), r"^start must be the RunStart start_run returns, or None, got int$"),
+        (dict(run_files="files"), r"^run_files must be a function run_files\(directory\), or None, got str$"),
     ],
 )
 def test_fit_names_an_argument_of_the_wrong_kind_before_any_work(tmp_path, change, error):
@@ -1525,9 +1587,13 @@ def test_fit_names_an_argument_of_the_wrong_kind_before_any_work(tmp_path, chang
     # object has no attribute 'grad_accumulation'), after the run directory was taken
     training, optim = settings(tmp_path / "run")
     arguments = {**dict(model=Toy(), step=toy_step, data=ToyData(6), training=training, optim=optim), **change}
-    with pytest.raises(TypeError, match=error):
-        fit(arguments.pop("model"), arguments.pop("step"), arguments.pop("data"), **arguments)
+    model = arguments.pop("model")
+    with pytest.raises((TypeError, ValueError), match=error) as raised:
+        fit(model, arguments.pop("step"), arguments.pop("data"), **arguments)
+    assert raised.type is (ValueError if change.get("num_workers") == -1 else TypeError)
     assert not (tmp_path / "run").exists()
+    if "model" not in change:  # no step was taken
+        assert all(torch.equal(value, params(Toy())[name]) for name, value in params(model).items())
 
 
 class _RefusingStream(_Stream):
@@ -2007,6 +2073,15 @@ def test_loss_names_that_are_not_text_are_named():
     model = Toy()
     out = StepOutput({0: model.gain * 2}, {0: 1})
     with pytest.raises(TypeError, match=r"^step output: loss names must be str, got 0 \(int\)$"):
+        loop_module._global_loss(out, torch.device("cpu"))
+
+
+def test_an_empty_loss_name_is_refused():
+    """A loss named '' shared its key with the flag of ranks naming different losses: its count of 0 under a sum of
+    5 trained on, unchecked (any other name stops the run)."""
+    model = Toy()
+    out = StepOutput({"": model.gain + 5}, {"": 0})
+    with pytest.raises(ValueError, match=r"^step output: loss names must be non-empty, got ''$"):
         loop_module._global_loss(out, torch.device("cpu"))
 
 

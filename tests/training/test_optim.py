@@ -8,7 +8,7 @@ from torch import nn
 
 from tests.helpers import TINY_FLAVA
 from torchflava.models import flava_model
-from torchflava.training.optim import clip_grad_norm, param_groups, warmup_cosine
+from torchflava.training.optim import clip_grad_norm, grad_norm, param_groups, warmup_cosine
 
 # The weight matrices of a 2-layer tiny FLAVA: these, and only these, are decayed...
 DECAYED = {
@@ -207,6 +207,24 @@ def test_clip_grad_norm_skips_missing_grads():
     assert params[-1].grad is None
     empty = clip_grad_norm([nn.Parameter(torch.ones(2))], 1.0)
     assert empty.shape == () and float(empty) == 0.0
+
+
+def test_clip_grad_norm_of_float64_gradients_is_a_float64_norm():
+    """fit on an fp64 model (a numerical check against a reference) failed at its first step inside torch:
+    'linalg.vector_norm: the dtype of the input (Double) should be convertible without narrowing'."""
+    ours = [nn.Parameter(p.detach().double()) for p in params_with_grads(1.0)]
+    theirs = [nn.Parameter(p.detach().double()) for p in params_with_grads(1.0)]
+    for a, b, p in zip(ours, theirs, params_with_grads(1.0)):
+        a.grad, b.grad = p.grad.double(), p.grad.double()
+    norm = clip_grad_norm(ours + [nn.Parameter(torch.ones(2))], 0.5)  # (one without a gradient beside them)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+    assert norm.dtype == torch.float64 and norm.shape == ()
+    torch.testing.assert_close(norm, expected, rtol=1e-15, atol=0)  # float64 throughout: not rounded to float32
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-14, atol=0)
+    mixed = params_with_grads(1.0) + [theirs[0]]  # float32 and float64 gradients together
+    expected = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in mixed))
+    torch.testing.assert_close(grad_norm(p.grad for p in mixed).double(), expected, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("max_norm", [0.0, -1.0, float("nan")])

@@ -44,6 +44,7 @@ ranks it was started with.
 """
 
 from contextlib import nullcontext
+import copy
 import dataclasses
 import functools
 import inspect
@@ -56,7 +57,7 @@ import sys
 import time
 import types
 import typing
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence
 import zlib
 
 import torch
@@ -455,10 +456,13 @@ def fit(
         TypeError: before any work, if ``model`` is no module, ``step`` not callable, ``training`` or
             ``optim`` not the dataclass named, ``find_unused_parameters`` not a bool, or ``data`` neither
             indexable with a length nor an ``IterableDataset`` with ``load_state_dict`` (a ``DataLoader``:
-            pass its dataset of micro-batches).
-        ValueError: if ``data`` is shorter than ``max_steps * grad_accumulation``, ``model`` has no parameter
-            that requires grad, or a step output is malformed; ConfigError (a ValueError) naming the key if
-            ``training`` or ``optim`` holds a bad value (the checks a recipe's ``validate`` runs), or
+            pass its dataset of micro-batches); if ``after_step`` is not callable as ``hook()`` or ``hook(step)``,
+            ``shard_layers`` is not a sequence of module classes, ``num_workers`` not an int, ``start`` not a
+            :class:`RunStart` or ``run_files`` not callable.
+        ValueError: if ``num_workers`` is negative, ``data`` is shorter than ``max_steps * grad_accumulation``,
+            ``model`` has no parameter that requires grad, or a step output is malformed; ConfigError (a
+            ValueError) naming the key if ``training`` or ``optim`` holds a bad value (the checks a recipe's
+            ``validate`` runs), or
             ``training.activation_checkpointing`` is set for a model without a ``TransformerEncoder``, or
             ``training.device`` is ``cpu`` or ``cuda`` and the model's parameters are elsewhere.
         ConfigError: as :func:`resume_checkpoint`; without ``start``, a resume whose checkpoint records
@@ -482,6 +486,7 @@ def fit(
     _check_fit_arguments(model, step, data, training, optim)
     if not isinstance(find_unused_parameters, bool):
         raise TypeError(f"find_unused_parameters must be a bool, got {type(find_unused_parameters).__name__}")
+    shard_layers = _check_fit_options(after_step, shard_layers, num_workers, start, run_files)
     t = training
     raise_on_failed_checks(_type_checks("training", t) + _type_checks("optim", optim))  # (as load_config's types)
     t, optim = _plain_numbers(t), _plain_numbers(optim)  # (np.int64 max_steps: Python's int from here on)
@@ -638,7 +643,7 @@ def _fit(
         wrapped.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     last_time, last_step, loss = time.perf_counter(), start, None
 
-    def micro_batch(index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Optional[str], Tensor]:
+    def micro_batch(index: int) -> tuple[Tensor, dict, dict, dict, Optional[str], Tensor]:
         try:
             item = _to_device(next(items), device)
         except StopIteration:  # (a stream that ran dry: torch's bare StopIteration() left fit without a word)
@@ -667,8 +672,8 @@ def _fit(
                     "model(...): DDP averages the gradients over ranks through it), got one that did not (e.g. it "
                     "called model.module or its parts directly); give the model a forward that the step calls"
                 )
-            total, means, invalid, stopping = _global_loss(out, device, stop=signals.received)
-        return total / accumulation, means, invalid, getattr(item, "kind", None), stopping
+            total, means, counted, invalid, stopping = _global_loss(out, device, stop=signals.received)
+        return total / accumulation, means, counted, invalid, getattr(item, "kind", None), stopping
 
     # One autocast region per optimiser step, around its micro-batches' forwards: autocast keeps the bf16
     # copy of each weight it casts until the region ends, so the weights are cast once a step rather than
@@ -686,11 +691,13 @@ def _fit(
             wrapped.train()
             parts: dict[str, Tensor] = {}
             invalid_counts: dict[str, Tensor] = {}
+            counted: dict[str, Tensor] = {}  # whether a micro-batch of the step computed the loss (a count > 0)
             with autocast:
                 for index in range(accumulation):
-                    loss_part, means, invalid, kind, stopping = micro_batch(index)
+                    loss_part, means, counts, invalid, kind, stopping = micro_batch(index)
                     for name, value in means.items():
                         parts[name] = parts.get(name, 0.0) + value / accumulation
+                        counted[name] = counted.get(name, False) | counts[name]
                     for name, flag in invalid.items():  # "": the ranks named different losses
                         invalid_counts[name] = invalid_counts.get(name, False) | flag
                     if index < accumulation - 1:
@@ -703,10 +710,11 @@ def _fit(
                 norm = clip_grad_norm(model.parameters(), optim.clip_grad_norm)
             else:
                 norm = grad_norm(p.grad for p in model.parameters() if p.grad is not None)
-            flags = [*(flag.float() for flag in invalid_counts.values()), stopping.float()]
-            stacked = torch.stack([*parts.values(), *flags]).cpu()
+            flags = [*(flag.float() for flag in invalid_counts.values()), *(counted[n].float() for n in parts)]
+            stacked = torch.stack([*parts.values(), *flags, stopping.float()]).cpu()
             stacked, flags = stacked[: len(parts)], stacked[len(parts) :].tolist()  # one device read
-            flags, stop = flags[:-1], bool(flags[-1])  # (the last micro-batch's: every rank reads the same)
+            stop = bool(flags.pop())  # (the last micro-batch's: every rank reads the same)
+            flags, computed = flags[: len(invalid_counts)], flags[len(invalid_counts) :]
             if any(flags):
                 wrong = [name for name, flag in zip(invalid_counts, flags) if flag]
                 if "" in wrong:
@@ -724,7 +732,8 @@ def _fit(
                     loss, norm, done, kind, values, last_saved, earlier[-1] if earlier else None
                 )
                 raise NonFiniteLossError(message)
-            window.add(loss, values)
+            # each loss's mean over the steps that computed it: one absent from this step (0 over 0) is left out
+            window.add(loss, {name: value for (name, value), c in zip(values.items(), computed) if c})
             lr = float(optimizer.param_groups[0]["lr"])  # this step's (multiplier 1), logged with its loss
             optimizer.step()
             scheduler.step()  # the next step's lr: not this record's
@@ -823,6 +832,58 @@ def _check_fit_arguments(model: object, step: object, data: object, training: ob
         )
 
 
+def _check_fit_options(
+    after_step: object, shard_layers: object, num_workers: object, start: object, run_files: object
+) -> tuple[type, ...]:
+    """TypeError or ValueError naming the first optional argument of :func:`fit` it cannot use, before any work
+    (an ``after_step`` that is no function, or needs two arguments, failed after the first optimiser step; a
+    ``run_files`` or ``start`` of the wrong kind, or ``num_workers=-1``, after the run directory was taken, in
+    Python's or torch's words); ``shard_layers`` as a tuple (a generator read once)."""
+    if after_step is not None:
+        if not callable(after_step):
+            raise TypeError(
+                f"after_step must be a function called after every optimiser step, as hook() or hook(step), got "
+                f"{type(after_step).__name__}"
+            )
+        try:
+            parameters = list(inspect.signature(after_step).parameters.values())
+        except (TypeError, ValueError):  # a builtin without a signature: trusted
+            parameters = []
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        required = [p for p in parameters if p.default is inspect.Parameter.empty]
+        needs = [p.name for p in required if p.kind in positional][1:] + [
+            p.name for p in required if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
+        if needs:
+            raise TypeError(
+                f"after_step must be callable as hook() or hook(step), got one that also requires {', '.join(needs)}"
+            )
+    if isinstance(shard_layers, (str, bytes, type)) or not isinstance(shard_layers, Iterable):
+        got = (
+            f"the class {shard_layers.__name__} alone"
+            if isinstance(shard_layers, type)
+            else type(shard_layers).__name__
+        )
+        raise TypeError(
+            f"shard_layers must be a sequence of module classes, e.g. (TransformerEncoderLayer,), got {got}"
+        )
+    shard_layers = tuple(shard_layers)
+    odd = [kind for kind in shard_layers if not (isinstance(kind, type) and issubclass(kind, nn.Module))]
+    if odd:
+        raise TypeError(f"shard_layers must be a sequence of module classes, got {odd[0]!r} among them")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral):
+        raise TypeError(f"num_workers must be an int >= 0, got {type(num_workers).__name__} {num_workers!r}")
+    if num_workers < 0:
+        raise ValueError(
+            f"num_workers must be an int >= 0 (0: the items are read in this process), got {num_workers!r}"
+        )
+    if start is not None and not isinstance(start, RunStart):
+        raise TypeError(f"start must be the RunStart start_run returns, or None, got {type(start).__name__}")
+    if run_files is not None and not callable(run_files):
+        raise TypeError(f"run_files must be a function run_files(directory), or None, got {type(run_files).__name__}")
+    return shard_layers
+
+
 def _type_checks(section: str, config: Any) -> list[tuple]:
     """A check per field of the dataclass ``config`` that its value is of the annotated type, for
     :func:`raise_on_failed_checks` (named ``<section>.<field>``). A recipe's config is typed by
@@ -911,8 +972,9 @@ _MAX_LOSSES = 32  # losses one step may return (the collective's fixed layout)
 
 def _global_loss(
     out: StepOutput, device: torch.device, *, stop: Optional[str] = None
-) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor]:
-    """This rank's share of the global-batch loss (to backpropagate), each loss's global mean,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """This rank's share of the global-batch loss (to backpropagate), each loss's global mean, whether each
+    loss's global count is above 0 (a loss absent from the micro-batch is 0 over 0),
     whether each loss's global count is invalid, and under ``""`` whether the ranks named different
     losses, and whether any rank asked to ``stop`` (the name of a stop signal it received): bool tensors,
     read later with the losses (no device read here), the same on every rank."""
@@ -922,6 +984,8 @@ def _global_loss(
     named = [name for name in sums if not isinstance(name, str)]
     if named:  # (a TypeError from joining them into the ranks' signature named nothing)
         raise TypeError(f"step output: loss names must be str, got {named[0]!r} ({type(named[0]).__name__})")
+    if "" in sums:  # ("" is where the ranks' disagreement is flagged: it hid that loss's invalid counts)
+        raise ValueError("step output: loss names must be non-empty, got ''")
     if not sums or set(sums) != set(counts):
         raise ValueError(
             f"step output: loss_sums and counts must name the same losses (at least one), got {sorted(sums)} "
@@ -962,7 +1026,8 @@ def _global_loss(
     invalid = ~torch.isfinite(global_counts) | (global_counts < 0) | ((global_counts == 0) & (global_sums != 0))
     ranks_differ = reduced[0] != signature * _world_size()  # another rank named other losses
     invalid = {**dict(zip(names, invalid)), "": ranks_differ}
-    return total, {name: means[name] for name in sums}, invalid, reduced[1] > 0
+    counted = dict(zip(names, global_counts > 0))
+    return total, {name: means[name] for name in sums}, counted, invalid, reduced[1] > 0
 
 
 def _preempted(done: int, checkpoint: Path, received: Optional[str]) -> Preempted:
@@ -1400,11 +1465,22 @@ def _loader(data: Dataset, first: int, num_workers: int) -> Iterator:
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor in it (mappings, lists, tuples, named tuples, dataclasses) on ``device``."""
+    """``value`` with every tensor in it (mappings, lists, tuples, named tuples, dataclasses) on ``device``.
+
+    A mapping keeps its type and attributes where it can be copied (a dict subclass carrying ``kind`` or
+    ``skipped``, Hugging Face's ``BatchEncoding`` read as ``item.input_ids``); others become a plain dict."""
     if isinstance(value, Tensor):
         return value.to(device, non_blocking=True)
     if isinstance(value, Mapping):
-        return {key: _to_device(item, device) for key, item in value.items()}
+        moved = {key: _to_device(item, device) for key, item in value.items()}
+        if isinstance(value, MutableMapping):  # (a plain dict lost a subclass's attributes: kind, skipped, silently)
+            try:
+                same = copy.copy(value)
+                same.update(moved)
+                return same
+            except (TypeError, AttributeError):  # a mapping that cannot be copied: its items alone, as before
+                pass
+        return moved
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(_to_device(item, device) for item in value))
     if isinstance(value, (list, tuple)):

@@ -154,9 +154,10 @@ def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
     """The global L2 norm of ``grads`` (plain tensors, FSDP2-sharded ``DTensor`` ones, or a mix: the
     norm of the full, unsharded gradients), as a plain CPU scalar; 0 for none.
 
-    Plain gradients' norms are accumulated in float32 whatever their dtype: a model whose parameters
+    Plain gradients' norms are accumulated in float32 whatever their narrower dtype: a model whose parameters
     are fp16 (or bf16) had each norm rounded to that dtype, so finite fp16 gradients of norm over 65504
-    gave an infinite norm (the loop stopped as on a NaN, and clipping zeroed them)."""
+    gave an infinite norm (the loop stopped as on a NaN, and clipping zeroed them). float64 gradients' in
+    float64 (asked for float32, torch refused them, and fit failed on an fp64 model's first step)."""
     grads, dtensor = list(grads), _dtensor_types()
     squares = []
     sharded = [g for g in grads if isinstance(g, dtensor)]
@@ -164,12 +165,12 @@ def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
         norm = torch.nn.utils.get_total_norm(sharded)
         norm = norm.full_tensor() if isinstance(norm, dtensor) else norm
         squares.append(norm.float().cpu() ** 2)
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    by_device: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for g in grads:
-        if not isinstance(g, dtensor):
-            by_device.setdefault(g.device, []).append(g)
-    for group in by_device.values():
-        norms = torch._foreach_norm(group, 2, dtype=torch.float32)  # (torch's own clipping uses it too)
+        if not isinstance(g, dtensor):  # (float32 for narrower dtypes, float64 for float64)
+            by_device.setdefault((g.device, torch.promote_types(g.dtype, torch.float32)), []).append(g)
+    for (_, dtype), group in by_device.items():
+        norms = torch._foreach_norm(group, 2, dtype=dtype)  # (torch's own clipping uses it too)
         squares.append(torch.linalg.vector_norm(torch.stack(norms)).cpu() ** 2)
     return torch.stack(squares).sum().sqrt() if squares else torch.tensor(0.0)
 
