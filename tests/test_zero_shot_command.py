@@ -1458,6 +1458,13 @@ def test_labels_naming_absent_images_skip_them_and_unlabelled_images_are_left_ou
         ("ImageId;PredictionString\n", [], "expected Kaggle's ImageId,PredictionString header or FILE<TAB>CLASS"),
         ("image,label\n0.png,n00000001\n", [], "line 1 names no image of the folder, 'image': a header?"),
         ("ILSVRC2012_val_00000001.JPEG,n00000001\n", [], "names none of the 14 images of"),
+        # ImageNet's class names alone (no synsets) beside Kaggle's synset labels: said what to give
+        (
+            "{rows}",
+            ["--classes", ",".join(CLASSES)],
+            "3 class(es) among none of the 3 classes: ['n00000002', 'n00000003', 'n00000001'] (first at line 2); the "
+            "file labels images by their ImageNet synset: give --classes a file naming each class's synset",
+        ),
     ],
 )
 def test_a_bad_labels_file_exits_2_naming_the_option_before_the_checkpoint_loads(
@@ -1470,7 +1477,7 @@ def test_a_bad_labels_file_exits_2_naming_the_option_before_the_checkpoint_loads
     paths = {"images": str(images), "solution": str(solution)}
     extra = [value.format(**paths) for value in extra]
     command = ["--checkpoint", "/nonexistent", "--images", str(flat), "--labels", str(solution)]
-    command += [] if "--captions" in extra else ["--classes", f"@{mapping}"]
+    command += [] if {"--captions", "--classes"} & set(extra) else ["--classes", f"@{mapping}"]
     with pytest.raises(SystemExit) as exit_info:
         zero_shot.main([*command, *extra])
     err = capsys.readouterr().err

@@ -883,7 +883,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 try:
                     labelled = labelled_images(args.images, args.labels, classes, class_folders)
                 except ValueError as error:
-                    parser.error(f"argument --labels: {str(error).removeprefix('labels: ').removeprefix('root: ')}")
+                    message = str(error).removeprefix("labels: ").removeprefix("root: ")
+                    if class_folders is None and re.search(r"class\(es\) among none of .*\['n\d{8}'", message):
+                        message += (  # (ImageNet's class names alone, with Kaggle's synset labels)
+                            "; the file labels images by their ImageNet synset: give --classes a file naming each "
+                            "class's synset, LOC_synset_mapping.txt"
+                        )
+                    parser.error(f"argument --labels: {message}")
                 for warning in labels_warnings(labelled):
                     print(warning, file=sys.stderr)
         else:

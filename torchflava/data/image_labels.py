@@ -178,15 +178,16 @@ class LabelledImageFolder(Dataset):
         if match is None:
             ids = {unicodedata.normalize("NFC", name): i for i, name in reversed(list(enumerate(self.classes)))}
             match = lambda name: ids.get(unicodedata.normalize("NFC", name))  # noqa: E731
-        found = {name: match(name) for name in dict.fromkeys(row.name for row in self._rows)}
-        unknown = [name for name, label in found.items() if label is None]
+        first_line: dict[str, int] = {}  # each class written -> the first line writing it
+        for row in sorted(self._rows, key=lambda row: row.line):
+            first_line.setdefault(row.name, row.line)
+        found = {name: match(name) for name in first_line}
+        unknown = [name for name, label in found.items() if label is None]  # (in the order of their first lines)
         if unknown:
-            first = min((row for row in self._rows if row.name in unknown), key=lambda row: row.line)
-            unknown = sorted(unknown, key=lambda name: min(row.line for row in self._rows if row.name == name))
             shown = unknown[:10] + (["..."] if len(unknown) > 10 else [])
             raise ValueError(
                 f"labels: {path}: {len(unknown)} class(es) among none of the {len(self.classes)} classes: {shown} "
-                f"(first at line {first.line})"
+                f"(first at line {first_line[unknown[0]]})"
             )
         self.labels = [found[row.name] for row in self._rows]
 
