@@ -305,3 +305,108 @@ def test_the_shapes_splits_are_probe_shapes_defaults_and_read_only(export, monke
     monkeypatch.setattr(command, "probe_shapes", lambda pretrained, **sizes: called.update(sizes) or result)
     report = command.main(["--checkpoint", str(export), "--shapes"])
     assert report["num_inputs"] == {name: called[f"num_{name}"] for name in ("train", "val", "test")}
+
+
+def _flatten(folders, flat, labels, *, header=False):
+    """The images of class ``folders`` copied into one ``flat`` folder, labelled by the file ``labels``: Kaggle's
+    LOC_val_solution.csv (ImageId without the extension, then the class and a box) with ``header``, else
+    FILE<TAB>CLASS lines."""
+    flat.mkdir()
+    rows = ["ImageId,PredictionString"] if header else []
+    for file in sorted(folders.glob("*/*.png")):
+        (flat / file.name).write_bytes(file.read_bytes())
+        rows.append(f"{file.stem},{file.parent.name} 0 0 9 9" if header else f"{file.name}\t{file.parent.name}")
+    labels.write_text("\n".join(rows) + "\n")
+    return flat
+
+
+def test_flat_splits_with_labels_files_probe_as_the_same_images_in_class_folders(export, tmp_path, capsys, monkeypatch):
+    """ImageNet's validation set comes flat with Kaggle's LOC_val_solution.csv; --train/--val/--test read class
+    sub-folders only. --train-labels, --val-labels and --test-labels read such files: the report is the folders'."""
+    folders = {
+        name: _folders(tmp_path / name, "pairs", seed, 60) for name, seed in (("train", 1), ("val", 2), ("test", 3))
+    }
+    (folders["test"] / "red" / "broken.png").write_text("x")
+    flat = {}
+    for name, header in (("train", False), ("val", False), ("test", True)):
+        flat[name] = _flatten(folders[name], tmp_path / f"flat_{name}", tmp_path / f"{name}.csv", header=header)
+    monkeypatch.setattr(command, "linear_probe", functools.partial(linear_probe, l2_values=(0.1, 1.0), max_iter=20))
+    base = ["--checkpoint", str(export), "--batch-size", "1"]  # (one image a batch: the same features either way)
+    by_folder = command.main([*base, *(a for n in folders for a in (f"--{n}", str(folders[n])))])
+    labelled = [a for n in flat for a in (f"--{n}", str(flat[n]), f"--{n}-labels", str(tmp_path / f"{n}.csv"))]
+    by_labels = command.main([*base, *labelled])
+    reasons = by_labels.pop("skipped_reasons"), by_folder.pop("skipped_reasons")
+    assert by_labels == by_folder and by_labels["classes"] == ["blue", "green", "red"]
+    assert reasons[0]["test"][0].startswith("broken.png: ") and reasons[1]["test"][0].startswith("red/broken.png: ")
+    assert by_labels["skipped"] == {"train": 0, "val": 0, "test": 1} and by_labels["test_accuracy"] > 0.5
+    # flat test images beside training class folders (ImageNet's train/ as extracted, val/ flat) probe alike
+    mixed = command.main([*base, "--train", str(folders["train"]), "--val", str(folders["val"]), *labelled[-4:]])
+    assert mixed["test_accuracy"] == by_folder["test_accuracy"] and mixed["l2"] == by_folder["l2"]
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--test-labels", "{labels}"], "argument --test-labels: labels the images of --test, which was not given"),
+        (["--val-labels", "/nowhere.csv"], "argument --val-labels: expected a labels file, got '/nowhere.csv'"),
+        (
+            ["--train-labels", "{labels}"],
+            "argument --train-labels: expected a flat folder of images beside a labels file, got 2 images in",
+        ),
+        (["--val", "{flat}", "--val-labels", "{purple}"], "argument --val-labels: {purple}: 1 class(es) among none of"),
+        (["--val", "{flat}", "--val-labels", "{header}"], "argument --val-labels: {header}: line 1 names no image"),
+        (
+            ["--val", "{flat}", "--val-labels", "{one}", "--test", "{flat}", "--test-labels", "{both}"],
+            "argument --test-labels: expected other images than --val-labels's, got 1 of them (first '1.png'; the "
+            "splits must not share images)",
+        ),
+    ],
+)
+def test_bad_labels_files_exit_2_naming_the_option_before_the_checkpoint_is_loaded(
+    argv, message, tmp_path, capsys, monkeypatch
+):
+    from PIL import Image
+
+    monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    for colour in ("red", "blue"):
+        (tmp_path / "train" / colour).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / colour / "0.png")
+    (tmp_path / "flat").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "flat" / f"{i}.png")
+    files = {"labels": "0.png\tred\n", "purple": "0.png\tred\n1.png\tpurple\n", "header": "file\tclass\n0.png\tred\n"}
+    files.update(one="0.png\tred\n1.png\tblue\n", both="1.png\tblue\n2.png\tred\n")
+    paths = {"flat": str(tmp_path / "flat")}
+    for name, content in files.items():
+        (tmp_path / f"{name}.tsv").write_text(content)
+        paths[name] = str(tmp_path / f"{name}.tsv")
+    argv = [a.format(**paths) for a in argv]
+    val = [] if "--val" in argv else ["--val", str(tmp_path / "flat"), "--val-labels", paths["one"]]
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--checkpoint", "/unused", "--train", str(tmp_path / "train"), *val, *argv])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == 2 and message.format(**paths) in error
+
+
+def test_one_flat_folder_may_give_two_splits_by_two_labels_files_that_share_no_image(tmp_path, monkeypatch):
+    from PIL import Image
+
+    for i, colour in enumerate(("red", "blue", "red", "blue")):
+        (tmp_path / "train" / colour).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / colour / f"{i}.png")
+        (tmp_path / "flat").mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "flat" / f"{i}.png")
+    (tmp_path / "val.tsv").write_text("0.png\tred\n1.png\tblue\n")
+    (tmp_path / "test.tsv").write_text("2.png\tred\n3.png\tblue\n")
+
+    def loaded(args):
+        raise RuntimeError("checked, loading")
+
+    monkeypatch.setattr(command, "command_pretrained", loaded)
+    with pytest.raises(RuntimeError, match="checked, loading"):  # (the one folder named twice was refused)
+        flat, labels = str(tmp_path / "flat"), [str(tmp_path / "val.tsv"), str(tmp_path / "test.tsv")]
+        command.main(
+            ["--checkpoint", "/unused", "--train", str(tmp_path / "train"), "--val", flat, "--val-labels", labels[0]]
+            + ["--test", flat, "--test-labels", labels[1]]
+        )

@@ -1348,3 +1348,137 @@ def test_the_summary_prints_a_3000_class_chance_and_a_99_96_percent_accuracy_as_
     assert capsys.readouterr().out.splitlines()[-1] == (
         "12 images, 1 unreadable skipped; accuracy 99.96% (chance 0.033%), mean per class 99.996%, top-5 99.99%"
     )
+
+
+SYNSETS = ["n00000001", "n00000002", "n00000003"]  # CLASSES' (as LOC_synset_mapping.txt gives ImageNet's)
+
+
+def _flat_imagenet(images, tmp_path) -> tuple:
+    """The ``images`` fixture as ImageNet's validation set is distributed: every image in one folder, labelled by a
+    Kaggle LOC_val_solution.csv with the synsets, and a LOC_synset_mapping.txt of the class names."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = ["ImageId,PredictionString"]
+    for file in sorted(images.glob("*/*.png")):
+        shutil.copy(file, flat / file.name)
+        rows.append(f"{file.stem},{SYNSETS[CLASSES.index(file.parent.name)]} 1 2 30 31")
+    solution, mapping = tmp_path / "LOC_val_solution.csv", tmp_path / "LOC_synset_mapping.txt"
+    solution.write_text("\n".join(rows) + "\n")
+    mapping.write_text("".join(f"{synset} {name}\n" for synset, name in zip(SYNSETS, CLASSES)))
+    return flat, solution, mapping
+
+
+def test_a_flat_folder_with_a_labels_file_reports_as_the_same_images_in_class_folders(export, images, tmp_path, capsys):
+    """ImageNet's validation set comes flat (ILSVRC2012_val_00000001.JPEG...) with Kaggle's LOC_val_solution.csv:
+    the command read class sub-folders only, so users moved 50,000 files into folders first. --labels reads the
+    file; the report is the one the same images in synset folders give, file for file."""
+    directory, _ = export
+    flat, solution, mapping = _flat_imagenet(images, tmp_path)
+    tree = _synset_folders(images, tmp_path / "tree", SYNSETS)
+    reports = []
+    for name, layout in [
+        ("flat", ["--images", str(flat), "--labels", str(solution)]),
+        ("tree", ["--images", str(tree)]),
+    ]:
+        out, npy = tmp_path / f"{name}.json", tmp_path / f"{name}.npy"
+        command = ["--checkpoint", str(directory), *layout, "--classes", f"@{mapping}", "--template", "a {}"]
+        # (one image a batch: a batch's other images change a feature's last bits, and the flat order differs)
+        zero_shot.main(
+            [*command, "--top-k", "2", "--json", str(out), "--all-probabilities", str(npy), "--batch-size", "1"]
+        )
+        report = json.loads(out.read_text())
+        rows = dict(zip(report["predictions"], numpy.load(npy)))
+        by_name = {key: {Path(f).name: v for f, v in report.pop(key).items()} for key in ("predictions", "top")}
+        report["skipped_reasons"] = [re.sub(r"\S*broken.png", "broken.png", r) for r in report["skipped_reasons"]]
+        report.pop("probabilities_file")
+        reports.append((report, by_name, {Path(f).name: row for f, row in rows.items()}))
+    (flat_report, flat_files, flat_rows), (tree_report, tree_files, tree_rows) = reports
+    assert flat_report == tree_report and flat_files == tree_files
+    assert flat_report["num_inputs"] == 12 and flat_report["skipped"] == 1 and 0 < flat_report["accuracy"] < 1
+    assert flat_report["skipped_reasons"][0].startswith("broken.png: ") and "mean_per_class_accuracy" in flat_report
+    assert sorted(flat_rows) == sorted(tree_rows) and all((flat_rows[f] == tree_rows[f]).all() for f in flat_rows)
+    assert "warning" not in capsys.readouterr().err  # (every image labelled, every class matched)
+    # a two-column file of class names, written as folders are named (case and underscores aside), gives the same
+    by_name = zero_shot.main(["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)])
+    tabbed = tmp_path / "labels.tsv"
+    tabbed.write_text("".join(f"{f.name}\t{f.parent.name.upper().replace(' ', '_')}\n" for f in images.glob("*/*.png")))
+    result = zero_shot.main(
+        ["--checkpoint", str(directory), "--images", str(flat), "--labels", str(tabbed), "--classes", ",".join(CLASSES)]
+    )
+    assert result["accuracy"] == by_name["accuracy"] and result["num_inputs"] == 12
+    assert result["mean_per_class_accuracy"] == by_name["mean_per_class_accuracy"]
+    pretrained = load_pretrained(directory)  # the library function reads it alike
+    library = zero_shot.classify_folder(pretrained, str(flat), CLASSES, labels=tabbed)
+    assert library["accuracy"] == by_name["accuracy"]
+    with pytest.raises(ValueError, match="^labels and folder_order both say which class an image is of: give one$"):
+        zero_shot.classify_folder(pretrained, str(flat), CLASSES, labels=tabbed, folder_order=True)
+
+
+def test_labels_naming_absent_images_skip_them_and_unlabelled_images_are_left_out_with_warnings(
+    export, images, tmp_path, capsys
+):
+    """An image the labels file names that is not there is skipped and named as an unreadable one is (a partly
+    extracted tar); an image it does not name is left out; each said in a warning before any weight is read."""
+    directory, _ = export
+    flat, solution, mapping = _flat_imagenet(images, tmp_path)
+    rows = solution.read_text().splitlines()
+    unlabelled = rows.pop(3).split(",")[0]  # an image without a row
+    rows.append("ILSVRC2012_val_00050000,n00000002 1 2 3 4")  # a row without an image
+    solution.write_text("\n".join(rows) + "\n")
+    command = ["--images", str(flat), "--labels", str(solution), "--classes", f"@{mapping}"]
+    with pytest.raises(FileNotFoundError, match="^checkpoint: /nonexistent is neither"):  # (said before it loads)
+        zero_shot.main(["--checkpoint", "/nonexistent", *command])
+    err = capsys.readouterr().err
+    assert (
+        f"warning: --labels names 1 image(s) that are not under --images, skipped and counted as unreadable (first "
+        f"ILSVRC2012_val_00050000: no such image under the folder ({solution} line 14))" in err
+    )
+    assert (
+        f"warning: 1 image(s) under --images have no row in --labels and are left out (first '{unlabelled}.png')" in err
+    )
+    result = zero_shot.main(["--checkpoint", str(directory), *command])
+    assert result["num_inputs"] == 11 and result["skipped"] == 2 and f"{unlabelled}.png" not in result["predictions"]
+    assert result["skipped_reasons"][1].startswith("ILSVRC2012_val_00050000: no such image under the folder")
+
+
+@pytest.mark.parametrize(
+    "content, extra, message",
+    [
+        ("{rows}0.png,n00000002\n", [], "line 16 gives '0.png' the class 'n00000002', line 15 gave it 'n00000001'"),
+        ("{rows}", ["--folder-order"], "argument --labels: not with --folder-order"),
+        (
+            "{rows}",
+            ["--images", "{images}"],
+            "argument --labels: expected a flat folder of images beside a labels file",
+        ),
+        ("{rows}", ["--captions", "{solution}"], "argument --labels: for --classes (classification) only"),
+        ("{rows}", ["--labels", "/nowhere.csv"], "argument --labels: expected a labels file, got '/nowhere.csv'"),
+        ("{rows}", ["--json", "{solution}"], "argument --json: expected another file than --labels's"),
+        ("{rows}x.png,n00000009\n", [], ": 1 class(es) among none of the 3 classes: ['n00000009'] (first at line 16)"),
+        ("ImageId;PredictionString\n", [], "expected Kaggle's ImageId,PredictionString header or FILE<TAB>CLASS"),
+        ("image,label\n0.png,n00000001\n", [], "line 1 names no image of the folder, 'image': a header?"),
+        ("ILSVRC2012_val_00000001.JPEG,n00000001\n", [], "names none of the 14 images of"),
+        # ImageNet's class names alone (no synsets) beside Kaggle's synset labels: said what to give
+        (
+            "{rows}",
+            ["--classes", ",".join(CLASSES)],
+            "3 class(es) among none of the 3 classes: ['n00000002', 'n00000003', 'n00000001'] (first at line 2); the "
+            "file labels images by their ImageNet synset: give --classes a file naming each class's synset",
+        ),
+    ],
+)
+def test_a_bad_labels_file_exits_2_naming_the_option_before_the_checkpoint_loads(
+    images, tmp_path, content, extra, message, capsys
+):
+    flat, solution, mapping = _flat_imagenet(images, tmp_path)
+    (flat / "0.png").write_bytes((flat / next(p.name for p in flat.iterdir())).read_bytes())
+    rows = solution.read_text() + "0.png,n00000001 0 0 1 1\n"  # (line 15)
+    solution.write_text(content.format(rows=rows))
+    paths = {"images": str(images), "solution": str(solution)}
+    extra = [value.format(**paths) for value in extra]
+    command = ["--checkpoint", "/nonexistent", "--images", str(flat), "--labels", str(solution)]
+    command += [] if {"--captions", "--classes"} & set(extra) else ["--classes", f"@{mapping}"]
+    with pytest.raises(SystemExit) as exit_info:
+        zero_shot.main([*command, *extra])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "argument --" in err.splitlines()[-1]

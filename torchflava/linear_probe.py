@@ -3,6 +3,7 @@
     python -m torchflava.linear_probe --checkpoint runs/tiny --shapes
     python -m torchflava.linear_probe --checkpoint runs/tiny/checkpoints/step_2000 --shapes  # a run's step-2000 checkpoint
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
+    python -m torchflava.linear_probe --checkpoint DIR --train imagenet/train --val VAL --test imagenet/val --test-labels LOC_val_solution.csv
     python -m torchflava.linear_probe --checkpoint file:///models/flava-full --shapes --batch-size 32
     python -m torchflava.linear_probe --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --shapes
 
@@ -10,7 +11,12 @@ The feature is the image encoder's CLS after its final LayerNorm (no projection)
 preprocessed as the checkpoint states (``preprocessor_config.json``, see
 :mod:`torchflava.pretrained`). A logistic regression is fitted for each L2 penalty on ``--train``,
 the penalty with the best ``--val`` accuracy is kept, the probe is refitted on train + val and
-scored on ``--test``. Folders hold one sub-folder per class; ``--shapes`` uses the built-in shapes
+scored on ``--test``. Folders hold one sub-folder per class, or, with ``--train-labels``/``--val-labels``/
+``--test-labels``, their images flat beside a file labelling them, as ImageNet's validation set is distributed
+(Kaggle's ``LOC_val_solution.csv``, or ``FILE<TAB>CLASS`` / ``FILE,CLASS`` lines: see
+:class:`~torchflava.data.image_labels.LabelledImageFolder`; the classes are the training split's, its
+sub-folders' or the classes its labels file writes, sorted; a named image that is absent is skipped as an
+unreadable one is, an image left unnamed is left out, each with a warning); ``--shapes`` uses the built-in shapes
 task (train and validation from the training world, test = the held-out split). Images are encoded
 ``--batch-size`` at a time (the features depend on it in fp32's last bits only: ~4e-7, measured).
 """
@@ -26,6 +32,7 @@ import torch
 from torch import Tensor
 
 from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
+from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.readers import IMAGE_EXTENSIONS
 from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
@@ -44,6 +51,7 @@ from torchflava.utils.memory import keep_freed_memory
 DEFAULT_BATCH_SIZE = 128  # images encoded at a time (--batch-size)
 # --shapes: the images of each split (probe_shapes's defaults; read-only)
 SHAPES_SPLITS = MappingProxyType({"train": 3000, "val": 1000, "test": 540})
+SPLITS = ("train", "val", "test")  # the image sets a folder (and a labels file) may give
 
 
 @torch.no_grad()
@@ -121,6 +129,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--train")
     parser.add_argument("--val")
     parser.add_argument("--test")
+    for name in SPLITS:
+        parser.add_argument(
+            f"--{name}-labels",
+            help=f"file labelling the images of a flat --{name} folder: Kaggle's LOC_val_solution.csv, or "
+            "FILE<TAB>CLASS or FILE,CLASS lines",
+        )
     parser.add_argument(
         "--batch-size",
         type=positive_int,
@@ -133,7 +147,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--json", type=output_file, help="also write the report here (weights: the file or training checkpoint probed)"
     )
     args = parser.parse_args(argv)
-    folders = {name: getattr(args, name) for name in ("train", "val", "test") if getattr(args, name) is not None}
+    folders = {name: getattr(args, name) for name in SPLITS if getattr(args, name) is not None}
+    labels = {name: getattr(args, f"{name}_labels") for name in SPLITS if getattr(args, f"{name}_labels") is not None}
+    for name, file in labels.items():
+        if name not in folders:
+            parser.error(f"argument --{name}-labels: labels the images of --{name}, which was not given")
+        if not Path(file).is_file():
+            parser.error(f"argument --{name}-labels: expected a labels file, got {file!r} (not a file)")
     if args.shapes and folders:  # (the shapes task has its own splits: the folders would be ignored)
         parser.error(f"argument --shapes: the built-in task, not with {', '.join('--' + n for n in folders)}")
     if not args.shapes and not (args.train and args.val):
@@ -145,6 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for name, folder in folders.items():  # (--val = --train picked the penalty on the training images, and
         # --test = --val scored the refit on images it was fitted on: accuracies inflated, silently)
         real = os.path.realpath(folder)
+        if real in seen and name in labels and seen[real] in labels:  # (one folder, two labels files: checked below)
+            continue
         if real in seen:
             parser.error(
                 f"argument --{name}: expected another folder than --{seen[real]}'s, got {folder!r} (the splits "
@@ -153,15 +175,34 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         seen[real] = name
     split = {}  # the class folders, listed (not read) before the checkpoint is loaded and any feature extracted
     for name, folder in folders.items():
+        classes = None if name == "train" else split["train"].classes
         try:
-            split[name] = ImageClassFolder(folder, None if name == "train" else split["train"].classes)
+            if name in labels:
+                split[name] = LabelledImageFolder(folder, labels[name], classes)
+            else:
+                split[name] = ImageClassFolder(folder, classes)
         except ValueError as error:  # (it names its argument, root: the option is what the user gave)
             if str(error).startswith("root must hold a file ending in"):  # (it named root, as the folder's reason)
                 parser.error(
                     f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (no file ending in "
                     f"one of {', '.join(IMAGE_EXTENSIONS)} under it)"
                 )
-            parser.error(f"argument --{name}: {str(error).removeprefix('root: ')}")
+            option = f"--{name}-labels" if name in labels else f"--{name}"
+            parser.error(f"argument {option}: {str(error).removeprefix('root: ').removeprefix('labels: ')}")
+        if name in labels:
+            for warning in labels_warnings(split[name], f"--{name}-labels", f"--{name}"):
+                print(warning, file=sys.stderr)
+            shared = _shared_images(split, folders, name)
+            if shared is not None:
+                parser.error(
+                    f"argument --{name}-labels: expected other images than --{shared[0]}-labels's, got {shared[1]} of "
+                    f"them (first {shared[2]!r}; the splits must not share images)"
+                )
+        if name == "train" and len(split[name].classes) < 2 and "train" in labels:
+            parser.error(
+                f"argument --train-labels: expected at least 2 classes, got {len(split[name].classes)} "
+                f"({split[name].classes} in {labels['train']!r})"
+            )
         if name == "train" and len(split[name].classes) < 2:  # (num_classes' error, after every split's features)
             parser.error(
                 f"argument --train: expected at least 2 class sub-folders, got {len(split[name].classes)} "
@@ -207,6 +248,38 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     }
     print(summary_line(result, report))
     return finish_command(report, [reason for reasons in skipped.values() for reason in reasons], args.json)
+
+
+def labels_warnings(source: LabelledImageFolder, option: str, folder_option: str) -> list[str]:
+    """The one-line warnings of a labels file (``option``) that names images its folder (``folder_option``) lacks
+    (skipped, named in the report as unreadable images are) or leaves some of its images unlabelled (left out)."""
+    warnings = []
+    if source.missing:
+        warnings.append(
+            f"warning: {option} names {len(source.missing)} image(s) that are not under {folder_option}, skipped and "
+            f"counted as unreadable (first {source.missing[0]})"
+        )
+    if source.unlisted:
+        warnings.append(
+            f"warning: {len(source.unlisted)} image(s) under {folder_option} have no row in {option} and are left out "
+            f"(first {source.unlisted[0]!r})"
+        )
+    return warnings
+
+
+def _shared_images(split: dict, folders: dict, name: str) -> Optional[tuple[str, int, str]]:
+    """The earlier split labelling images of split ``name``'s folder too (two labels files of one folder), how
+    many, and the first; None where none does."""
+    here = split[name]
+    for other, source in split.items():
+        if other == name or os.path.realpath(folders[other]) != os.path.realpath(folders[name]):
+            continue
+        mine = {here.relative_path(i) for i in range(len(here) - len(here.missing))}
+        theirs = [source.relative_path(i) for i in range(len(source) - len(source.missing))]
+        common = [file for file in theirs if file in mine]
+        if common:
+            return other, len(common), common[0]
+    return None
 
 
 def summary_line(result: LinearProbeResult, report: dict) -> str:

@@ -8,6 +8,7 @@
     python -m torchflava.zero_shot --checkpoint file:///models/flava-full --images DIR --classes @classes.txt
     python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @imagenet_classes.txt --folder-order
     python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @LOC_synset_mapping.txt
+    python -m torchflava.zero_shot --checkpoint DIR --images ILSVRC/Data/CLS-LOC/val --labels LOC_val_solution.csv --classes @LOC_synset_mapping.txt
     python -m torchflava.zero_shot --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --images DIR --classes "cat,dog"
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
@@ -28,7 +29,11 @@ classes (case, surrounding spaces, underscores for spaces and Unicode normalisat
 names one class), the accuracy is
 reported too, else a warning says which folders match no class; with ``--folder-order`` the i-th class
 is the i-th sub-folder in sorted order instead (torchvision's ``ImageFolder`` numbering: ImageNet's
-synset folders, with the class names listed in that order). ``--classes @FILE`` reads the class names from a
+synset folders, with the class names listed in that order). A flat folder, as ImageNet's validation set
+is distributed (``ILSVRC2012_val_00000001.JPEG``...), takes its labels from ``--labels``: Kaggle's
+``LOC_val_solution.csv``, or ``FILE<TAB>CLASS`` / ``FILE,CLASS`` lines, each class written as its
+sub-folder would be named; images it names that are absent are skipped and counted as unreadable ones,
+images it does not name left out, both with a warning. ``--classes @FILE`` reads the class names from a
 UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the class's
 sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
 (``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and the
@@ -62,6 +67,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import percent, retrieval_recall, zero_shot_classifier
@@ -205,6 +211,7 @@ def classify_folder(
     class_folders: Optional[Sequence[str]] = None,
     top_k: int = TOP_K,
     probabilities_file: Union[None, str, os.PathLike] = None,
+    labels: Union[None, str, os.PathLike] = None,
 ) -> dict:
     """Zero-shot classification of every image under ``images_dir``, ``batch_size`` images at a time:
     what is kept of an image is its name, its best ``top_k`` classes and their probabilities, and its
@@ -224,6 +231,11 @@ def classify_folder(
         probabilities_file (Union[None, str, os.PathLike]): a ``.npy`` file written (atomically) with
             the (N, C) float32 probabilities of every class, rows in the order of ``predictions``,
             columns in that of ``classes``; None: none written.
+        labels (Union[None, str, os.PathLike]): a file labelling the images of a flat ``images_dir`` (ImageNet's
+            validation set as distributed: Kaggle's ``LOC_val_solution.csv``, or ``FILE<TAB>CLASS`` /
+            ``FILE,CLASS`` lines; :class:`~torchflava.data.image_labels.LabelledImageFolder`), each class
+            written as a sub-folder would be named (matched to ``class_folders`` or the class names alike); only
+            the images it names are classified, those it names that are absent skipped as unreadable ones are.
 
     Returns:
         dict: ``predictions`` (file -> class), ``top_classes`` (N, K) int64 class indices, most probable
@@ -234,7 +246,7 @@ def classify_folder(
         templates, in order), ``class_folders`` (where given), ``probabilities_file`` (str, where one was
         written), and ``accuracy`` and ``mean_per_class_accuracy`` (and ``top5_accuracy`` for more than 5
         classes) when the images lie in sub-folders named after the classes (:func:`folder_labels`), or with
-        ``folder_order``.
+        ``folder_order`` or ``labels``.
         :func:`json_result` gives it as ``--json`` writes it.
 
     Raises:
@@ -246,9 +258,12 @@ def classify_folder(
             names the tokenizer reads as one (``Cat`` and ``cat`` for an uncased one), a template
             without one ``{}``, with ``folder_order`` not one sub-folder per class or an image outside
             them, ``class_folders`` not one distinct non-empty folder name per class or given with
-            ``folder_order``, ``top_k`` below 1, or ``probabilities_file`` not a ``.npy`` path in an
-            existing directory (all before any image is read).
+            ``folder_order``, ``top_k`` below 1, ``probabilities_file`` not a ``.npy`` path in an
+            existing directory, or ``labels`` given with ``folder_order`` or refused by
+            :class:`~torchflava.data.image_labels.LabelledImageFolder` (all before any image is read).
     """
+    if labels is not None and folder_order:
+        raise ValueError("labels and folder_order both say which class an image is of: give one")
     labelled_by_folder = class_folders is not None or folder_order
     # the names prompted, once each: where a folder labels each class, two of one name (ImageNet's two cranes) share
     # an embedding, a tie that class_credit counts as such (the real LOC_synset_mapping.txt was refused)
@@ -267,7 +282,10 @@ def classify_folder(
     # torch refuses an accelerator's 0-dim tensor times CPU similarities)
     scale = pretrained.model.logit_scale.detach().float().exp().cpu()
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
-    folder = ImageFolder(images_dir)  # (listed: no image read)
+    # (listed: no image read); a labels file's images are labelled by it, as by their folder
+    folder = (
+        ImageFolder(images_dir) if labels is None else labelled_images(images_dir, labels, class_names, class_folders)
+    )
     ordered = ordered_folders(images_dir, len(class_names), folder) if folder_order else None
     classes = class_embeddings(pretrained, prompted, templates)  # (names the tokenizer merges: before any image)
     row = {name: index for index, name in enumerate(prompted)}
@@ -282,11 +300,13 @@ def classify_folder(
             files = [folder.relative_path(index) for index, _ in chunk]
             features = image_features(pretrained, [sample.image for _, sample in chunk], batch_size=batch_size)
             check_finite(image_features=features)  # a diverged model predicts nothing
-            labels = [
-                ordered[image_folder(f)] if ordered is not None else folder_class(image_folder(f), matched)
-                for f in files
-            ]
-            probabilities = tally.add(files, labels, features, classes, scale)
+            if labels is not None:  # (the labels file's class, matched to a class when it was read)
+                truth = [sample.label for _, sample in chunk]
+            elif ordered is not None:
+                truth = [ordered[image_folder(f)] for f in files]
+            else:
+                truth = [folder_class(image_folder(f), matched) for f in files]
+            probabilities = tally.add(files, truth, features, classes, scale)
             rows.write(probabilities)
         if not tally.files:
             raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
@@ -432,6 +452,37 @@ def _check_class_folders(class_folders: object, num_classes: int, folder_order: 
         raise ValueError(f"class_folders must name one folder per class ({num_classes}), got {len(class_folders)}")
     if folder_order:
         raise ValueError("class_folders and folder_order both say which folder holds a class: give one")
+
+
+def labelled_images(
+    images_dir: Union[str, os.PathLike],
+    labels: Union[str, os.PathLike],
+    class_names: Sequence[str],
+    class_folders: Optional[Sequence[str]] = None,
+) -> LabelledImageFolder:
+    """The images of a flat ``images_dir`` that the file ``labels`` labels, each class it writes matched to the
+    classes as a sub-folder so named is (:func:`folder_class`: to ``class_folders`` where given, ImageNet's synsets
+    of ``--classes @LOC_synset_mapping.txt``, else to the class names); ValueError where the file is refused
+    (:class:`~torchflava.data.image_labels.LabelledImageFolder`) or a class it writes matches none."""
+    matched = list(class_names if class_folders is None else class_folders)
+    return LabelledImageFolder(images_dir, labels, matched, match=lambda name: folder_class(name, matched))
+
+
+def labels_warnings(labelled: LabelledImageFolder) -> list[str]:
+    """The one-line warnings of a labels file that names images the folder lacks (skipped, named in the report as
+    unreadable images are) or leaves some of its images unlabelled (left out)."""
+    warnings = []
+    if labelled.missing:
+        warnings.append(
+            f"warning: --labels names {len(labelled.missing)} image(s) that are not under --images, skipped and "
+            f"counted as unreadable (first {labelled.missing[0]})"
+        )
+    if labelled.unlisted:
+        warnings.append(
+            f"warning: {len(labelled.unlisted)} image(s) under --images have no row in --labels and are left out "
+            f"(first {labelled.unlisted[0]!r})"
+        )
+    return warnings
 
 
 def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int, listed: ImageFolder) -> dict[str, int]:
@@ -745,6 +796,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         help="the i-th class is the i-th image sub-folder in sorted order (ImageNet's synset folders with "
         "--classes @FILE of their names in that order), for the accuracy",
     )
+    parser.add_argument(
+        "--labels",
+        help="file labelling the images of a flat --images folder (ImageNet's validation set as distributed): Kaggle's "
+        "LOC_val_solution.csv, or FILE<TAB>CLASS or FILE,CLASS lines, each CLASS as a class sub-folder would be named",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=64)
     add_dtype_argument(parser)
     add_lone_file_arguments(parser)
@@ -771,6 +827,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     inputs = {"--captions": [args.captions] if args.captions is not None else []}
     inputs["--classes"] = [args.classes] if args.classes is not None and args.classes.startswith("@") else []
     inputs["--template"] = [t for t in args.templates or () if t.startswith("@")]
+    inputs["--labels"] = [args.labels] if args.labels is not None else []
     inputs["--checkpoint"] = [args.checkpoint] if os.path.isfile(args.checkpoint) else []  # (a weights file alone)
     inputs["--tokenizer"] = [args.tokenizer] if args.tokenizer is not None and os.path.isfile(args.tokenizer) else []
     refuse_overwritten_inputs(parser, {"--all-probabilities": args.all_probabilities, "--json": args.json}, inputs)
@@ -804,6 +861,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"argument --classes: expected one line per folder, got {_listed(repeated)} repeated")
     if args.folder_order and classes is None:
         parser.error("argument --folder-order: for --classes (classification) only")
+    if args.labels is not None and classes is None:
+        parser.error("argument --labels: for --classes (classification) only")
+    if args.labels is not None and args.folder_order:
+        parser.error("argument --labels: not with --folder-order (each says which class an image is of)")
+    if args.labels is not None and not Path(args.labels).is_file():
+        parser.error(f"argument --labels: expected a labels file, got {args.labels!r} (not a file)")
     if args.all_probabilities is not None and classes is None:
         parser.error("argument --all-probabilities: for --classes (classification) only")
     if args.folder_order and class_folders is not None:
@@ -816,6 +879,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if classes is not None:
             listed = ImageFolder(args.images)
+            if args.labels is not None:  # (its images and classes checked here, before the checkpoint loads)
+                try:
+                    labelled = labelled_images(args.images, args.labels, classes, class_folders)
+                except ValueError as error:
+                    message = str(error).removeprefix("labels: ").removeprefix("root: ")
+                    if class_folders is None and re.search(r"class\(es\) among none of .*\['n\d{8}'", message):
+                        message += (  # (ImageNet's class names alone, with Kaggle's synset labels)
+                            "; the file labels images by their ImageNet synset: give --classes a file naming each "
+                            "class's synset, LOC_synset_mapping.txt"
+                        )
+                    parser.error(f"argument --labels: {message}")
+                for warning in labels_warnings(labelled):
+                    print(warning, file=sys.stderr)
         else:
             folder = ImageTextFolder(
                 args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split
@@ -855,6 +931,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             class_folders=class_folders,
             top_k=args.top_k,
             probabilities_file=args.all_probabilities,
+            labels=args.labels,
         )
         result = json_result(result)  # (what --json holds, and main returns)
         for file, name in sorted(result["predictions"].items()):
@@ -865,7 +942,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
         else:
             warning = unmatched_folders_warning(result["predictions"], class_folders, listed_folders=True)
-        if "accuracy" not in result and warning:
+        if "accuracy" not in result and warning and args.labels is None:
             print(warning, file=sys.stderr)
     else:
         result = _folder_retrieval(pretrained, folder, args.batch_size)  # (the file read and checked above)
