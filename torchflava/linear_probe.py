@@ -190,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             option = f"--{name}-labels" if name in labels else f"--{name}"
             parser.error(f"argument {option}: {str(error).removeprefix('root: ').removeprefix('labels: ')}")
         if name in labels:
-            for warning in labels_warnings(split[name], f"--{name}-labels", f"--{name}"):
+            for warning in split[name].warnings(f"--{name}-labels", f"--{name}"):
                 print(warning, file=sys.stderr)
             shared = _shared_images(split, folders, name)
             if shared is not None:
@@ -248,23 +248,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     }
     print(summary_line(result, report))
     return finish_command(report, [reason for reasons in skipped.values() for reason in reasons], args.json)
-
-
-def labels_warnings(source: LabelledImageFolder, option: str, folder_option: str) -> list[str]:
-    """The one-line warnings of a labels file (``option``) that names images its folder (``folder_option``) lacks
-    (skipped, named in the report as unreadable images are) or leaves some of its images unlabelled (left out)."""
-    warnings = []
-    if source.missing:
-        warnings.append(
-            f"warning: {option} names {len(source.missing)} image(s) that are not under {folder_option}, skipped and "
-            f"counted as unreadable (first {source.missing[0]})"
-        )
-    if source.unlisted:
-        warnings.append(
-            f"warning: {len(source.unlisted)} image(s) under {folder_option} have no row in {option} and are left out "
-            f"(first {source.unlisted[0]!r})"
-        )
-    return warnings
 
 
 def _shared_images(split: dict, folders: dict, name: str) -> Optional[tuple[str, int, str]]:

@@ -468,23 +468,6 @@ def labelled_images(
     return LabelledImageFolder(images_dir, labels, matched, match=lambda name: folder_class(name, matched))
 
 
-def labels_warnings(labelled: LabelledImageFolder) -> list[str]:
-    """The one-line warnings of a labels file that names images the folder lacks (skipped, named in the report as
-    unreadable images are) or leaves some of its images unlabelled (left out)."""
-    warnings = []
-    if labelled.missing:
-        warnings.append(
-            f"warning: --labels names {len(labelled.missing)} image(s) that are not under --images, skipped and "
-            f"counted as unreadable (first {labelled.missing[0]})"
-        )
-    if labelled.unlisted:
-        warnings.append(
-            f"warning: {len(labelled.unlisted)} image(s) under --images have no row in --labels and are left out "
-            f"(first {labelled.unlisted[0]!r})"
-        )
-    return warnings
-
-
 def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int, listed: ImageFolder) -> dict[str, int]:
     """Each sub-folder of ``images_dir`` -> its index in sorted order (torchvision's ``ImageFolder`` classes:
     every sub-folder, images in it or not, but for hidden ones, ``.ipynb_checkpoints``, whose images ``listed``
@@ -890,7 +873,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                             "class's synset, LOC_synset_mapping.txt"
                         )
                     parser.error(f"argument --labels: {message}")
-                for warning in labels_warnings(labelled):
+                for warning in labelled.warnings("--labels", "--images"):
                     print(warning, file=sys.stderr)
         else:
             folder = ImageTextFolder(

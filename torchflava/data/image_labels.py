@@ -207,6 +207,23 @@ class LabelledImageFolder(Dataset):
             raise BadSample(index, self.missing[index - (len(self._rows) - len(self.missing))])
         return LabeledSample(self._folder[self._position[row.file]].image, None, self.labels[index])
 
+    def warnings(self, labels_option: str, images_option: str) -> list[str]:
+        """The one-line warnings of a labels file (given as ``labels_option``) that names images its folder
+        (``images_option``) lacks (skipped, named in a report as unreadable images are) or leaves some of the folder's
+        images unlabelled (left out)."""
+        warnings = []
+        if self.missing:
+            warnings.append(
+                f"warning: {labels_option} names {len(self.missing)} image(s) that are not under {images_option}, "
+                f"skipped and counted as unreadable (first {self.missing[0]})"
+            )
+        if self.unlisted:
+            warnings.append(
+                f"warning: {len(self.unlisted)} image(s) under {images_option} have no row in {labels_option} and are "
+                f"left out (first {self.unlisted[0]!r})"
+            )
+        return warnings
+
     @property
     def empty_classes(self) -> list[str]:
         """The classes no image of the file is labelled with."""
