@@ -13,6 +13,7 @@ from torchflava.data.finetuning import (
     ShapesClassification,
 )
 from torchflava.data.flava import KINDS, FLAVAPretrainingCollator, flava_pretraining_batches
+from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import BadSample, Sample
@@ -33,6 +34,7 @@ __all__ = [
     "GlueTsv",
     "ImageClassFolder",
     "ImageTextLabels",
+    "LabelledImageFolder",
     "LabeledSample",
     "ShapesClassification",
     "BadSample",
