@@ -183,7 +183,7 @@ class TrainConfig:
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir="runs/flava"))
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def resume_ignored(self) -> set[str]:

@@ -528,3 +528,31 @@ def test_a_number_other_than_0_or_1_for_a_boolean_is_refused_naming_the_key(tmp_
 @dataclass
 class _RecipeTraining:
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+def test_the_generic_training_defaults_name_no_model_and_each_recipe_its_own_directory():
+    """A model composed from the modules and trained with fit(training=TrainingConfig(...)) wrote into runs/flava,
+    the FLAVA recipe's directory (a second such run resumed or refused the FLAVA one's)."""
+    import importlib.util
+
+    from tests.helpers import REPO
+    from torchflava.training.schema import TrainingConfig
+
+    assert TrainingConfig().output_dir == "runs/run"
+    directories = {}
+    for recipe in ("flava/train", "flava/finetune", "clip/train", "clip/finetune"):
+        spec = importlib.util.spec_from_file_location(recipe.replace("/", "_"), REPO / "examples" / f"{recipe}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = next(
+            c
+            for n, c in vars(module).items()
+            if n.endswith("Config") and hasattr(c, "__dataclass_fields__") and "training" in c.__dataclass_fields__
+        )
+        directories[recipe] = config().training.output_dir
+    assert directories == {
+        "flava/train": "runs/flava",
+        "flava/finetune": "runs/finetune",
+        "clip/train": "runs/clip",
+        "clip/finetune": "runs/clip-classes",
+    }

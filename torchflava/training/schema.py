@@ -50,7 +50,7 @@ class OptimConfig:
 
 @dataclass
 class TrainingConfig:
-    output_dir: str = "runs/flava"
+    output_dir: str = "runs/run"  # (each recipe names its own: runs/flava, runs/clip...)
     max_steps: int = 450_000
     global_batch_size: int = 256
     grad_accumulation: int = 1
