@@ -250,12 +250,7 @@ def test_the_json_report_names_the_tokenizer_and_activation_a_file_alone_was_rea
     """Was the weights alone: a report of a file alone did not say which tokenizer (or activation) gave its scores."""
     argv = ["--checkpoint", str(files["open_clip"]), "--tokenizer", str(files["bpe"]), "--activation", "quick_gelu"]
     zero_shot.main([*argv, "--images", str(files["images"]), "--classes", CLASSES, "--json", str(tmp_path / "z.json")])
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            (tmp_path / split / label).mkdir(parents=True)
-            for image in ("0.png", "1.png"):
-                shutil.copy(files["images"] / image, tmp_path / split / label / image)
-    probe = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--json", str(tmp_path / "p.json")]
+    probe = [*probe_folders(tmp_path, files["images"]), "--json", str(tmp_path / "p.json")]
     linear_probe.main([*argv, *probe])
     told = {"weights": str(files["open_clip"]), "tokenizer": str(files["bpe"]), "activation": "quick_gelu"}
     for report in ("z.json", "p.json"):
@@ -289,3 +284,14 @@ def test_an_activation_the_weights_contradict_is_named_as_the_option(files, caps
     ), err
     assert "were trained with QuickGELU: build with activation='quick_gelu', got activation 'gelu')" in err
     assert err.count("\n") == 1
+
+
+def probe_folders(root: Path, images: Path) -> list[str]:
+    """The linear-probe command's ``--train`` and ``--val`` arguments: two class folders, ``a`` and ``b``, under
+    ``root/train`` and ``root/val``, each with the images ``0.png`` and ``1.png`` of ``images``."""
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for image in ("0.png", "1.png"):
+                shutil.copy(images / image, root / split / label / image)
+    return ["--train", str(root / "train"), "--val", str(root / "val")]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.models.clip.test_convert_weights import _open_clip_hub_directory
-from tests.test_lone_weights_file import CFG, CLASSES, _refused, _tokenizers
+from tests.test_lone_weights_file import CFG, CLASSES, _refused, _tokenizers, probe_folders
 from torchflava import linear_probe, zero_shot
 from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.transforms import ImageTransformSpec
@@ -119,12 +119,7 @@ def test_the_commands_read_it_with_tokenizer_and_report_it(hubs, tmp_path):
     report = json.loads((tmp_path / "bare.json").read_text())
     assert {k: report.get(k) for k in (*told, "activation")} == {**told, "activation": None}
     assert "tokenizer" not in json.loads((tmp_path / "full.json").read_text())  # (a directory's own: not given)
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            (tmp_path / split / label).mkdir(parents=True)
-            for image in ("0.png", "1.png"):
-                shutil.copy(hubs["images"] / image, tmp_path / split / label / image)
-    probe = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--json", str(tmp_path / "p.json")]
+    probe = [*probe_folders(tmp_path, hubs["images"]), "--json", str(tmp_path / "p.json")]
     linear_probe.main(["--checkpoint", str(hubs["bare"]), "--tokenizer", str(hubs["bpe"]), *probe])
     assert {k: v for k, v in json.loads((tmp_path / "p.json").read_text()).items() if k in told} == told
 
