@@ -1,6 +1,7 @@
 """The shared training loop on a toy model: global-count means, accumulation, 2-rank parity (gloo DDP and
 FSDP2), resume (exact, and on another world size), the non-finite stop, the after-step hook, logging."""
 
+from collections.abc import MutableMapping
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import timedelta
@@ -256,6 +257,42 @@ def test_an_item_that_is_a_mapping_keeps_its_type_and_attributes(tmp_path):
     assert types == [MappingItem, MappingItem]
     assert result.skipped == [("mapping", 0), ("mapping", 1)]
     assert [r["kind"] for r in read_metrics(tmp_path / "metrics.jsonl")] == ["kind0", "kind1"]
+
+
+class StoredItem(MutableMapping):
+    """A mapping that keeps its items in an attribute, as the ``MutableMapping`` recipe writes one."""
+
+    def __init__(self, items: dict) -> None:
+        self.items_ = dict(items)
+
+    def __getitem__(self, key):
+        return self.items_[key]
+
+    def __setitem__(self, key, value) -> None:
+        self.items_[key] = value
+
+    def __delitem__(self, key) -> None:
+        del self.items_[key]
+
+    def __iter__(self):
+        return iter(self.items_)
+
+    def __len__(self) -> int:
+        return len(self.items_)
+
+
+def test_moving_an_item_to_the_device_leaves_the_data_s_own_item_as_it_was():
+    """A shallow copy of a mapping keeping its items in an attribute shares them: the copy's update wrote the
+    device tensors into the data's own item (a dataset held in memory was moved onto the accelerator, item by
+    item). Such a mapping arrives as a plain dict; a dict subclass keeps its type, its own item untouched."""
+    pixels = torch.zeros(2)
+    stored, subclass = StoredItem({"pixels": pixels}), MappingItem(pixels=pixels)
+    subclass.kind = "pairs"
+    moved, moved_subclass = (loop_module._to_device(item, torch.device("meta")) for item in (stored, subclass))
+    assert stored["pixels"] is pixels and subclass["pixels"] is pixels
+    assert type(moved) is dict and moved["pixels"].device.type == "meta"
+    assert type(moved_subclass) is MappingItem and moved_subclass.kind == "pairs"
+    assert moved_subclass["pixels"].device.type == "meta"
 
 
 def test_after_step_hook_runs_after_every_optimiser_step(tmp_path):

@@ -43,6 +43,7 @@ position to ``data.load_state_dict`` before the loader starts; such a run resume
 ranks it was started with.
 """
 
+from collections import UserDict
 from contextlib import nullcontext
 import copy
 import dataclasses
@@ -57,7 +58,7 @@ import sys
 import time
 import types
 import typing
-from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 import zlib
 
 import torch
@@ -1467,13 +1468,15 @@ def _loader(data: Dataset, first: int, num_workers: int) -> Iterator:
 def _to_device(value: Any, device: torch.device) -> Any:
     """``value`` with every tensor in it (mappings, lists, tuples, named tuples, dataclasses) on ``device``.
 
-    A mapping keeps its type and attributes where it can be copied (a dict subclass carrying ``kind`` or
-    ``skipped``, Hugging Face's ``BatchEncoding`` read as ``item.input_ids``); others become a plain dict."""
+    A dict or ``UserDict`` keeps its type and attributes where it can be copied (a dict subclass carrying
+    ``kind`` or ``skipped``, Hugging Face's ``BatchEncoding`` read as ``item.input_ids``); other mappings become
+    a plain dict (a shallow copy of one that keeps its items in an attribute shares them: the data's own item
+    was filled with device tensors)."""
     if isinstance(value, Tensor):
         return value.to(device, non_blocking=True)
     if isinstance(value, Mapping):
         moved = {key: _to_device(item, device) for key, item in value.items()}
-        if isinstance(value, MutableMapping):  # (a plain dict lost a subclass's attributes: kind, skipped, silently)
+        if isinstance(value, (dict, UserDict)):  # (a plain dict lost a subclass's attributes: kind, skipped)
             try:
                 same = copy.copy(value)
                 same.update(moved)
