@@ -234,6 +234,34 @@ def test_a_loss_absent_from_a_step_is_left_out_of_its_logged_mean(tmp_path):
     assert record["loss"] == pytest.approx(sum(r["loss"] for r in each) / 4, rel=1e-6)
 
 
+@pytest.mark.parametrize("absent", ["zero-over-zero", "unnamed"])
+def test_a_loss_absent_from_a_micro_batch_is_its_mean_over_the_micro_batches_that_computed_it(tmp_path, absent):
+    """FLAVA's data draws a kind per micro-batch: with grad_accumulation 2, a step of a pairs and a texts
+    micro-batch logged loss/itm as half the pairs' ITM (the micro-batch that had none counted as 0, named as
+    0 over 0 or not named at all). The loss trained on (and logged as 'loss') still averages every micro-batch."""
+    toy = ToyData(4)
+    data = [ToyItem(toy[i].batch, "ab"[i % 2], []) for i in range(4)]
+
+    def step(model, item):
+        sums, counts = toy_sums(model, item.batch)
+        if absent == "unnamed":
+            return StepOutput({item.kind: sums["tokens"]}, {item.kind: counts["tokens"]})
+        zero = sums["tokens"] * 0
+        present = {"a": item.kind == "a", "b": item.kind == "b"}
+        return StepOutput(
+            {name: sums["tokens"] if on else zero for name, on in present.items()},
+            {name: counts["tokens"] if on else 0 for name, on in present.items()},
+        )
+
+    run(tmp_path, data=data, step=step, max_steps=2, grad_accumulation=2, lr=1e-9)
+    first = read_metrics(tmp_path / "metrics.jsonl")[0]
+    with torch.no_grad():
+        a, b = (toy_sums(Toy(), data[i].batch) for i in range(2))
+    a, b = float(a[0]["tokens"] / a[1]["tokens"]), float(b[0]["tokens"] / b[1]["tokens"])
+    assert first["loss/a"] == pytest.approx(a, rel=1e-6) and first["loss/b"] == pytest.approx(b, rel=1e-6)
+    assert first["loss"] == pytest.approx((a + b) / 2, rel=1e-6)
+
+
 class MappingItem(dict):
     """A micro-batch that is a mapping and says its kind and unusable samples as attributes."""
 
