@@ -97,3 +97,19 @@ def test_classes_it_cannot_match_images_in_sub_folders_and_non_utf8_are_refused(
     (tmp_path / "latin1.csv").write_bytes("a.png,caf\xe9\n".encode("latin-1"))
     with pytest.raises(ValueError, match="^labels: expected a UTF-8 text file, got .*UnicodeDecodeError"):
         LabelledImageFolder(_flat(tmp_path / "flat2", ["a.png"]), tmp_path / "latin1.csv")
+
+
+def test_a_first_row_naming_an_absent_image_by_its_id_is_skipped_not_taken_for_a_header(tmp_path):
+    """A FILE<TAB>CLASS file naming images by id, beside a partly extracted folder that lacks its first image,
+    was refused as having a header ("line 1 names no image of the folder ... a header?"), where an absent image
+    later in the file is skipped and named. A header's class is written by no other row; an image's is."""
+    root = _flat(tmp_path / "val", VAL[1:])
+    labels = tmp_path / "val.tsv"
+    labels.write_text("".join(f"{name[:-5]}\t{synset}\n" for name, synset in zip(VAL, ["n01", "n02", "n01", "n02"])))
+    source = LabelledImageFolder(root, labels)
+    assert [source.relative_path(i) for i in range(len(source))] == [*VAL[1:], "ILSVRC2012_val_00000001"]
+    assert source.labels == [1, 0, 1, 0]
+    assert source.missing == [f"ILSVRC2012_val_00000001: no such image under the folder ({labels} line 1)"]
+    labels.write_text("image\tsynset\n" + labels.read_text())
+    with pytest.raises(ValueError, match="line 1 names no image of the folder, 'image': a header?"):
+        LabelledImageFolder(root, labels)

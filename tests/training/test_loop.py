@@ -1,6 +1,7 @@
 """The shared training loop on a toy model: global-count means, accumulation, 2-rank parity (gloo DDP and
 FSDP2), resume (exact, and on another world size), the non-finite stop, the after-step hook, logging."""
 
+from collections.abc import MutableMapping
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import timedelta
@@ -233,6 +234,34 @@ def test_a_loss_absent_from_a_step_is_left_out_of_its_logged_mean(tmp_path):
     assert record["loss"] == pytest.approx(sum(r["loss"] for r in each) / 4, rel=1e-6)
 
 
+@pytest.mark.parametrize("absent", ["zero-over-zero", "unnamed"])
+def test_a_loss_absent_from_a_micro_batch_is_its_mean_over_the_micro_batches_that_computed_it(tmp_path, absent):
+    """FLAVA's data draws a kind per micro-batch: with grad_accumulation 2, a step of a pairs and a texts
+    micro-batch logged loss/itm as half the pairs' ITM (the micro-batch that had none counted as 0, named as
+    0 over 0 or not named at all). The loss trained on (and logged as 'loss') still averages every micro-batch."""
+    toy = ToyData(4)
+    data = [ToyItem(toy[i].batch, "ab"[i % 2], []) for i in range(4)]
+
+    def step(model, item):
+        sums, counts = toy_sums(model, item.batch)
+        if absent == "unnamed":
+            return StepOutput({item.kind: sums["tokens"]}, {item.kind: counts["tokens"]})
+        zero = sums["tokens"] * 0
+        present = {"a": item.kind == "a", "b": item.kind == "b"}
+        return StepOutput(
+            {name: sums["tokens"] if on else zero for name, on in present.items()},
+            {name: counts["tokens"] if on else 0 for name, on in present.items()},
+        )
+
+    run(tmp_path, data=data, step=step, max_steps=2, grad_accumulation=2, lr=1e-9)
+    first = read_metrics(tmp_path / "metrics.jsonl")[0]
+    with torch.no_grad():
+        a, b = (toy_sums(Toy(), data[i].batch) for i in range(2))
+    a, b = float(a[0]["tokens"] / a[1]["tokens"]), float(b[0]["tokens"] / b[1]["tokens"])
+    assert first["loss/a"] == pytest.approx(a, rel=1e-6) and first["loss/b"] == pytest.approx(b, rel=1e-6)
+    assert first["loss"] == pytest.approx((a + b) / 2, rel=1e-6)
+
+
 class MappingItem(dict):
     """A micro-batch that is a mapping and says its kind and unusable samples as attributes."""
 
@@ -256,6 +285,42 @@ def test_an_item_that_is_a_mapping_keeps_its_type_and_attributes(tmp_path):
     assert types == [MappingItem, MappingItem]
     assert result.skipped == [("mapping", 0), ("mapping", 1)]
     assert [r["kind"] for r in read_metrics(tmp_path / "metrics.jsonl")] == ["kind0", "kind1"]
+
+
+class StoredItem(MutableMapping):
+    """A mapping that keeps its items in an attribute, as the ``MutableMapping`` recipe writes one."""
+
+    def __init__(self, items: dict) -> None:
+        self.items_ = dict(items)
+
+    def __getitem__(self, key):
+        return self.items_[key]
+
+    def __setitem__(self, key, value) -> None:
+        self.items_[key] = value
+
+    def __delitem__(self, key) -> None:
+        del self.items_[key]
+
+    def __iter__(self):
+        return iter(self.items_)
+
+    def __len__(self) -> int:
+        return len(self.items_)
+
+
+def test_moving_an_item_to_the_device_leaves_the_data_s_own_item_as_it_was():
+    """A shallow copy of a mapping keeping its items in an attribute shares them: the copy's update wrote the
+    device tensors into the data's own item (a dataset held in memory was moved onto the accelerator, item by
+    item). Such a mapping arrives as a plain dict; a dict subclass keeps its type, its own item untouched."""
+    pixels = torch.zeros(2)
+    stored, subclass = StoredItem({"pixels": pixels}), MappingItem(pixels=pixels)
+    subclass.kind = "pairs"
+    moved, moved_subclass = (loop_module._to_device(item, torch.device("meta")) for item in (stored, subclass))
+    assert stored["pixels"] is pixels and subclass["pixels"] is pixels
+    assert type(moved) is dict and moved["pixels"].device.type == "meta"
+    assert type(moved_subclass) is MappingItem and moved_subclass.kind == "pairs"
+    assert moved_subclass["pixels"].device.type == "meta"
 
 
 def test_after_step_hook_runs_after_every_optimiser_step(tmp_path):

@@ -43,6 +43,7 @@ position to ``data.load_state_dict`` before the loader starts; such a run resume
 ranks it was started with.
 """
 
+from collections import UserDict
 from contextlib import nullcontext
 import copy
 import dataclasses
@@ -57,7 +58,7 @@ import sys
 import time
 import types
 import typing
-from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 import zlib
 
 import torch
@@ -691,13 +692,13 @@ def _fit(
             wrapped.train()
             parts: dict[str, Tensor] = {}
             invalid_counts: dict[str, Tensor] = {}
-            counted: dict[str, Tensor] = {}  # whether a micro-batch of the step computed the loss (a count > 0)
+            counted: dict[str, Tensor] = {}  # how many micro-batches of the step computed the loss (a count > 0)
             with autocast:
                 for index in range(accumulation):
                     loss_part, means, counts, invalid, kind, stopping = micro_batch(index)
                     for name, value in means.items():
                         parts[name] = parts.get(name, 0.0) + value / accumulation
-                        counted[name] = counted.get(name, False) | counts[name]
+                        counted[name] = counted.get(name, 0.0) + counts[name].float()
                     for name, flag in invalid.items():  # "": the ranks named different losses
                         invalid_counts[name] = invalid_counts.get(name, False) | flag
                     if index < accumulation - 1:
@@ -710,7 +711,7 @@ def _fit(
                 norm = clip_grad_norm(model.parameters(), optim.clip_grad_norm)
             else:
                 norm = grad_norm(p.grad for p in model.parameters() if p.grad is not None)
-            flags = [*(flag.float() for flag in invalid_counts.values()), *(counted[n].float() for n in parts)]
+            flags = [*(flag.float() for flag in invalid_counts.values()), *(counted[n] for n in parts)]
             stacked = torch.stack([*parts.values(), *flags, stopping.float()]).cpu()
             stacked, flags = stacked[: len(parts)], stacked[len(parts) :].tolist()  # one device read
             stop = bool(flags.pop())  # (the last micro-batch's: every rank reads the same)
@@ -732,8 +733,16 @@ def _fit(
                     loss, norm, done, kind, values, last_saved, earlier[-1] if earlier else None
                 )
                 raise NonFiniteLossError(message)
-            # each loss's mean over the steps that computed it: one absent from this step (0 over 0) is left out
-            window.add(loss, {name: value for (name, value), c in zip(values.items(), computed) if c})
+            # each loss's mean over the micro-batches and steps that computed it: one absent from a micro-batch (0
+            # over 0, or not named: FLAVA draws a data kind per micro-batch) is left out, not averaged in as a 0
+            window.add(
+                loss,
+                {
+                    name: value if n == accumulation else value * accumulation / n
+                    for (name, value), n in zip(values.items(), computed)
+                    if n
+                },
+            )
             lr = float(optimizer.param_groups[0]["lr"])  # this step's (multiplier 1), logged with its loss
             optimizer.step()
             scheduler.step()  # the next step's lr: not this record's
@@ -1467,13 +1476,15 @@ def _loader(data: Dataset, first: int, num_workers: int) -> Iterator:
 def _to_device(value: Any, device: torch.device) -> Any:
     """``value`` with every tensor in it (mappings, lists, tuples, named tuples, dataclasses) on ``device``.
 
-    A mapping keeps its type and attributes where it can be copied (a dict subclass carrying ``kind`` or
-    ``skipped``, Hugging Face's ``BatchEncoding`` read as ``item.input_ids``); others become a plain dict."""
+    A dict or ``UserDict`` keeps its type and attributes where it can be copied (a dict subclass carrying
+    ``kind`` or ``skipped``, Hugging Face's ``BatchEncoding`` read as ``item.input_ids``); other mappings become
+    a plain dict (a shallow copy of one that keeps its items in an attribute shares them: the data's own item
+    was filled with device tensors)."""
     if isinstance(value, Tensor):
         return value.to(device, non_blocking=True)
     if isinstance(value, Mapping):
         moved = {key: _to_device(item, device) for key, item in value.items()}
-        if isinstance(value, MutableMapping):  # (a plain dict lost a subclass's attributes: kind, skipped, silently)
+        if isinstance(value, (dict, UserDict)):  # (a plain dict lost a subclass's attributes: kind, skipped)
             try:
                 same = copy.copy(value)
                 same.update(moved)
