@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from tests.helpers import EXPORT_FLAVA, REPO, load_recipe, write_hf_flava, write_tiny_export
+from tests.helpers import EXPORT_FLAVA, REPO, TINY_FLAVA, load_recipe, write_hf_flava, write_tiny_export
 from tests.models.clip.test_convert_weights import OPEN_CLIP_CFG, _open_clip_hub_directory
 from torchflava import hf_export
 from torchflava.data.clip_tokenizer import CLIPTokenizer
@@ -530,3 +530,36 @@ def test_a_weight_fp16_cannot_hold_is_refused_naming_dtype_before_anything_is_wr
     save_hf_directory(pretrained, tmp_path / "hf", dtype=torch.bfloat16)  # (bf16 holds it)
     with _safetensors(tmp_path / "hf" / "model.safetensors") as f:
         assert f.get_tensor("logit_scale").item() == 70144.0  # (bf16's nearest)
+
+
+def test_a_fine_tuned_flava_classifier_is_written_as_its_backbone_with_a_note(tmp_path, transformers_warnings):
+    """transformers has no FLAVA classifier: the export's backbone was written without a word that its head was not."""
+    from torchflava.classify import export_classifier
+    from torchflava.data.tokenizer import WordPieceTokenizer
+    from torchflava.data.transforms import EvalImageTransform
+    from torchflava.models import flava_model
+    from torchflava.models.flava import flava_model_for_classification
+
+    torch.manual_seed(0)
+    model = flava_model_for_classification(3, backbone=flava_model(**TINY_FLAVA), classifier_hidden_dim=8).eval()
+    tokenizer = WordPieceTokenizer.train(["a red circle", "a blue square"], vocab_size=TINY_FLAVA["vocab_size"])
+    export_classifier(
+        model,
+        tmp_path / "run" / "model",
+        backbone_kwargs=TINY_FLAVA,
+        tokenizer=tokenizer,
+        image_transform=EvalImageTransform(TINY_FLAVA["image_size"]),
+        labels=["x", "y", "z"],
+    )
+    written = save_hf_directory(tmp_path / "run" / "model", tmp_path / "hf")
+    assert written.family == "flava" and any(
+        note.startswith("the checkpoint is a fine-tuned classifier: its backbone is written, not its classification")
+        for note in written.notes
+    )
+    hf = _loaded_without_warnings(transformers.FlavaModel, tmp_path / "hf", transformers_warnings)
+    pixels = _images(2)
+    with torch.no_grad():
+        ours = model.model.encode_image(pixels)
+        theirs = F.normalize(hf.get_image_features(pixel_values=pixels)[:, 0], dim=-1)
+    torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+    # (a pretrained FLAVA export gets no such note: test_a_flava_export_loads_in_transformers_...)

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 import torch
 from torch import nn
 
+from torchflava.classify import CLASSIFIER_CONFIG
 from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.models.clip import CLIPModel, clip_model, clip_model_arguments
 from torchflava.models.clip import convert_to_hf as clip_to_hf
@@ -242,6 +243,12 @@ def save_hf_directory(
         raise ValueError(f"checkpoint: expected a checkpoint loaded in fp32, got {pretrained.dtype}")
     clip = isinstance(pretrained.model, CLIPModel)
     config, notes = hf_config(pretrained)  # refused here, before anything is written
+    source = Path(pretrained.weights)
+    if (source if source.is_dir() else source.parent).joinpath(CLASSIFIER_CONFIG).is_file():
+        notes.append(
+            "the checkpoint is a fine-tuned classifier: its backbone is written, not its classification head, which "
+            "transformers' FLAVA has no class for (python -m torchflava.classify reads the whole classifier)"
+        )
     config["torch_dtype"] = _DTYPE_NAMES[dtype]
     to_hf = clip_to_hf if clip else flava_to_hf
     state = to_hf(pretrained.model.state_dict())
