@@ -1138,3 +1138,14 @@ def test_the_summaries_print_a_3000_class_chance_and_a_99_96_percent_accuracy_as
         rf"40 rows classified into {re.escape(str(tmp_path / 'p.tsv'))}; accuracy 99\.96%, Matthews \S+, F1 99\.95%\n"
     )
     assert re.fullmatch(shown, capsys.readouterr().out)
+
+
+def test_help_shows_its_examples_as_typed(capsys):
+    """The module doc (the --help text) was a plain string: the VQA example's line continuation joined its two lines
+    with a run of spaces, and the QNLI example's $'...\\t...' showed a real tab where the shell needs the backslash."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    assert "--text $'Is it red?\\tThe ball is red.' @more.tsv\n" in shown
+    assert "--captions vqa/test-dev2015_questions.jsonl \\\n        --text-key question --vqa-submission" in shown

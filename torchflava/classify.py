@@ -1,4 +1,4 @@
-"""Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs; and
+r"""Fine-tuned FLAVA classifiers: export, load and predict, and the command that runs one on new inputs; and
 fine-tuned CLIP image classifiers (``examples/clip/finetune.py``: :func:`export_clip_classifier`,
 :func:`load_clip_classifier`), which the command runs on ``--images DIR``.
 

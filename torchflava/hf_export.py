@@ -11,11 +11,13 @@ the tokenizer files (``vocab.json`` + ``merges.txt`` for CLIP's tokenizer, ``voc
 ``tokenizer_config.json``) and ``preprocessor_config.json`` (the checkpoint's own preprocessing; a FLAVA one
 that resizes the short side names ``CLIPProcessor``, which ``AutoProcessor`` loads: ``FlavaProcessor`` only
 squashes). The directory is written beside ``--out`` and renamed into place whole; an existing non-empty ``--out``
-is refused unless ``--force``. What transformers' config cannot state is refused before anything is written: a
-CLIP end token of id 2 (transformers reads it as its legacy highest-id pooling). What it leaves out and inference
-does not use is written without, with a note: FLAVA's ``mlp_dropout`` (transformers' FLAVA has no MLP dropout), and
-open_clip's reading of texts (HTML entities, ``ftfy`` fixes: the files state transformers' reading) and its
-crop rounding (transformers' processors floor odd margins) where the checkpoint has them.
+is refused unless ``--force``. Refused before anything is written: what transformers' config cannot state, a CLIP
+end token of id 2 (transformers reads it as its legacy highest-id pooling), and under ``--dtype fp16`` a weight above
+fp16's largest value (65504). What the directory leaves out is named in a note: FLAVA's ``mlp_dropout``
+(transformers' FLAVA has no MLP dropout; inference does not use it), open_clip's reading of texts (HTML entities,
+``ftfy`` fixes: the files state transformers' reading, whose ids differ on such texts) and its crop rounding
+(transformers' processors floor odd margins) where the checkpoint has them, and a fine-tuned FLAVA classifier's head
+(transformers has no FLAVA classifier class: its backbone is written).
 """
 
 import argparse
