@@ -16,7 +16,7 @@ import unicodedata
 from torch.utils.data import Dataset
 
 from torchflava.data.finetuning import LabeledSample
-from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, PathLike, _check_index, existing_path
+from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, PathLike, check_index, existing_path
 from torchflava.data.samples import BadSample
 
 KAGGLE_HEADER = ("ImageId", "PredictionString")  # LOC_val_solution.csv's (and LOC_train_solution.csv's) header
@@ -204,7 +204,7 @@ class LabelledImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> LabeledSample:
         """Read item ``index``; BadSample for an image the folder lacks or that does not decode."""
-        index = _check_index(index, len(self._rows))
+        index = check_index(index, len(self._rows))
         row = self._rows[index]
         if row.file is None:
             raise BadSample(index, self.missing[index - (len(self._rows) - len(self.missing))])

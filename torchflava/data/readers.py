@@ -91,7 +91,7 @@ class CaptionsError(ValueError):
         self.argument = argument
 
 
-def _check_index(index: object, length: int) -> int:
+def check_index(index: object, length: int) -> int:
     """``index`` as an int in ``[0, length)``: TypeError if not an integer, IndexError if out of range."""
     if isinstance(index, bool):
         raise TypeError("index must be an int, got bool")
@@ -861,7 +861,7 @@ class ImageTextFolder(Dataset):
     def _entry(self, index: int) -> tuple[int, _Entry, str]:
         """Item ``index`` checked, its entry, and where it is (for messages); BadSample if the entry is
         malformed."""
-        index = _check_index(index, len(self._entries))
+        index = check_index(index, len(self._entries))
         entry = self._entries[index]
         where = self._where(entry)
         if entry.error is not None:
@@ -975,7 +975,7 @@ class TextCorpus(Dataset):
             IndexError: if ``index`` is out of range.
             TypeError: if ``index`` is not an int.
         """
-        index = _check_index(index, len(self._texts))
+        index = check_index(index, len(self._texts))
         if index in self._bad:
             raise BadSample(index, f"{os.path.basename(self._path)} {self._bad[index]}")
         return Sample(image=None, text=self._texts[index])
@@ -1066,7 +1066,7 @@ class ImageFolder(Dataset):
 
     def relative_path(self, index: int) -> str:
         """Path of item ``index`` relative to ``root``, with ``/`` separators."""
-        return self._files[_check_index(index, len(self._files))]
+        return self._files[check_index(index, len(self._files))]
 
     def __getitem__(self, index: int) -> Sample:
         """Read item ``index``.
@@ -1082,7 +1082,7 @@ class ImageFolder(Dataset):
             IndexError: if ``index`` is out of range.
             TypeError: if ``index`` is not an int.
         """
-        index = _check_index(index, len(self._files))
+        index = check_index(index, len(self._files))
         relative = self._files[index]
         return Sample(
             image=read_image(os.path.join(self._root, relative), index, relative, self._max_pixels), text=None
@@ -1469,7 +1469,7 @@ class TarShards(Dataset):
             IndexError: if ``index`` is out of range.
             TypeError: if ``index`` is not an int.
         """
-        return self._sample(_check_index(index, len(self._samples)), self._require)
+        return self._sample(check_index(index, len(self._samples)), self._require)
 
     def caption(self, index: int) -> str:
         """The text of item ``index`` without reading its image: an ITM negative or a learnt vocabulary
@@ -1483,7 +1483,7 @@ class TarShards(Dataset):
         """
         if "text" not in self._require:
             raise ValueError(f"caption: these shards read no text (require={self._require!r})")
-        return self._sample(_check_index(index, len(self._samples)), ("text",)).text
+        return self._sample(check_index(index, len(self._samples)), ("text",)).text
 
     def _sample(self, index: int, names: tuple[str, ...]) -> Sample:
         """The ``names`` modalities of item ``index`` (in range) read from its shard, or :class:`BadSample`
