@@ -295,3 +295,20 @@ def probe_folders(root: Path, images: Path) -> list[str]:
             for image in ("0.png", "1.png"):
                 shutil.copy(images / image, root / split / label / image)
     return ["--train", str(root / "train"), "--val", str(root / "val")]
+
+
+def test_a_config_beside_that_contradicts_the_weights_is_not_blamed_on_an_activation_not_given(files, tmp_path, capsys):
+    """OpenAI's weights beside an open_clip_config.json saying GELU, no --activation: the library's error as it is
+    (it was named as --activation, "expected none ..., got None", the very value given)."""
+    weights = tmp_path / "oc" / "ViT-tiny.pt"
+    weights.parent.mkdir()
+    shutil.copy(files["openai"], weights)
+    (weights.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": dict(CFG, quick_gelu=False)}))
+    argv = ["--checkpoint", str(weights), "--tokenizer", str(files["bpe"])]
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(lambda: zero_shot.main([*argv, "--images", str(files["images"]), "--classes", CLASSES]))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: {weights}: OpenAI's CLIP weights (input_resolution, context_length, vocab_size) were trained with "
+        "QuickGELU: build with activation='quick_gelu', got activation 'gelu'\n"
+    )

@@ -1081,7 +1081,7 @@ def command_pretrained(args: argparse.Namespace) -> "Pretrained":
     except UnfitTokenizer as error:  # (its message starts "tokenizer: ")
         raise ValueError(f"argument --{error}") from None
     except ContradictedArgument as error:  # (an --activation the weights contradict: OpenAI's were QuickGELU's)
-        if error.argument != "activation":
+        if error.argument != "activation" or args.activation is None:  # (not given: a config beside said it)
             raise
         expected = f"none or the activation --checkpoint {args.checkpoint} was trained with"
         raise ValueError(f"argument --{error.argument}: expected {expected}, got {args.activation} ({error})") from None

@@ -367,7 +367,7 @@ def read_pretrained(m: ModelConfig, read: Callable):
         untold = error.__context__
         if isinstance(untold, UnfitTokenizer):  # (the tokenizer given with a weights file alone)
             raise _tokenizer_error(untold) from None
-        if isinstance(untold, ContradictedArgument) and untold.argument == "activation":
+        if isinstance(untold, ContradictedArgument) and untold.argument == "activation" and m.activation is not None:
             # (one the weights contradict: OpenAI's were trained with QuickGELU)
             expected = f"null or the activation model.pretrained={m.pretrained} was trained with"
             raise ConfigError(f"key 'model.activation': expected {expected}, got {m.activation!r} ({untold})") from None

@@ -964,3 +964,23 @@ def test_transformers_reading_of_a_merges_file_tokenizer_saves_and_reads_as_tran
     # the same words, read otherwise on entities: open_clip undoes "&amp;", transformers keeps it
     assert torch.equal(converted(TEXTS[:3])[0], ours(TEXTS[:3])[0])
     assert not torch.equal(converted(TEXTS[-1:])[0], ours(TEXTS[-1:])[0])
+
+
+def test_transformers_reading_keeps_a_tokenizer_json_padding_token_added_past_the_vocabulary(hf_directory, tmp_path):
+    """A tokenizer.json whose padding token is one transformers added (<pad>, id 49408), read with open_clip's
+    HTML unescaping: transformers_reading() refused it ("the vocabulary lacks the token(s) ['<pad>']", the BPE
+    vocabulary alone read); now it keeps that id and saves files transformers reads to the same ids."""
+    reference = HFFastTokenizer.from_pretrained(hf_directory)
+    reference.add_special_tokens({"pad_token": "<pad>"})
+    reference.save_pretrained(tmp_path / "json")
+    ours = CLIPTokenizer.from_tokenizer_json(
+        tmp_path / "json" / "tokenizer.json", pad_token="<pad>", unescape_html=True
+    )
+    converted = ours.transformers_reading()
+    assert (converted.pad_id, converted.vocab_size, converted.reads_as_transformers) == (49408, 49409, True)
+    converted.save(tmp_path / "saved")
+    texts = [*TEXTS, "a <pad> b"]
+    saved = HFFastTokenizer.from_pretrained(tmp_path / "saved")
+    expected = saved(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")["input_ids"]
+    assert torch.equal(converted(texts)[0], expected)
+    assert converted(["a", "a b"])[0].tolist() == [[49406, 320, 49407, 49408], [49406, 320, 321, 49407]]

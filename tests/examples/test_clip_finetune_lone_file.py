@@ -274,3 +274,22 @@ def test_an_open_clip_directory_without_tokenizer_files_is_refused_naming_model_
         finetune.validate(
             load_config(finetune.FinetuneConfig, [*base, f"model.pretrained={hub}", f"model.tokenizer={tokenizer}"]), 1
         )
+
+
+def test_a_config_beside_that_contradicts_the_weights_names_model_pretrained_not_an_activation_not_given(
+    files, tmp_path
+):
+    """OpenAI's weights beside an open_clip_config.json saying GELU, model.activation null: named as
+    model.pretrained (it was named as model.activation, "expected null ..., got None", the very value given)."""
+    weights = tmp_path / "oc" / "ViT-tiny.pt"
+    weights.parent.mkdir()
+    shutil.copy(files["openai"], weights)
+    (weights.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": dict(CFG, quick_gelu=False)}))
+    m = _lone_config(weights, files["bpe"], tmp_path / "run").model
+    with pytest.raises(finetune.ConfigError) as error:
+        finetune.read_pretrained(m, lambda **given: load_pretrained(m.pretrained, **given))
+    assert str(error.value).startswith("key 'model.pretrained': expected a CLIP checkpoint directory "), error.value
+    assert str(error.value).endswith(
+        f"got '{weights}' ({weights}: OpenAI's CLIP weights (input_resolution, context_length, vocab_size) were "
+        "trained with QuickGELU: build with activation='quick_gelu', got activation 'gelu')"
+    )

@@ -268,7 +268,7 @@ class CLIPTokenizer:
         model = json.loads(self._tokenizer.to_str())["model"]
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]  # (by version)
         return CLIPTokenizer.from_vocab_and_merges(
-            model["vocab"],
+            self._tokenizer.get_vocab(with_added_tokens=True),  # (a tokenizer.json's added padding token too)
             merges,
             model_max_length=self.model_max_length,
             pad_token=self._tokenizer.id_to_token(self.pad_id),
