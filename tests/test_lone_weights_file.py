@@ -312,3 +312,22 @@ def test_a_config_beside_that_contradicts_the_weights_is_not_blamed_on_an_activa
         f"error: {weights}: OpenAI's CLIP weights (input_resolution, context_length, vocab_size) were trained with "
         "QuickGELU: build with activation='quick_gelu', got activation 'gelu'\n"
     )
+
+
+def test_an_activation_a_config_beside_contradicts_is_named_as_the_option(files, tmp_path, capsys):
+    """open_clip's weights beside an open_clip_config.json saying GELU, --activation quick_gelu: the builder's clash
+    ("clip_model: expected arguments that match ...") was printed without naming --activation."""
+    weights = tmp_path / "oc" / "open_clip_model.safetensors"
+    weights.parent.mkdir()
+    shutil.copy(files["open_clip"], weights)
+    config = weights.parent / "open_clip_config.json"
+    config.write_text(json.dumps({"model_cfg": dict(CFG, quick_gelu=False)}))
+    argv = ["--checkpoint", str(weights), "--tokenizer", str(files["bpe"]), "--activation", "quick_gelu"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(lambda: zero_shot.main([*argv, "--images", str(files["images"]), "--classes", CLASSES]))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: argument --activation: expected none or the activation --checkpoint {weights} was trained with, got "
+        f"quick_gelu (clip_model: expected arguments that match {config}, got (given, config) "
+        "{'activation': ('quick_gelu', 'gelu')})\n"
+    )

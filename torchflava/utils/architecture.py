@@ -72,8 +72,8 @@ class UntoldArgument(ValueError):
 
 
 class ContradictedArgument(ValueError):
-    """A builder argument given otherwise than a checkpoint's weights state (``argument``: its name; e.g. GELU for
-    OpenAI's weights, trained with QuickGELU), so that a caller naming its arguments otherwise can name it."""
+    """A builder argument given otherwise than a checkpoint's weights or config state (``argument``: its name; e.g.
+    GELU for OpenAI's weights, trained with QuickGELU), so that a caller naming its arguments otherwise can name it."""
 
     def __init__(self, argument: str, message: str) -> None:
         super().__init__(message)

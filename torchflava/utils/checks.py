@@ -9,6 +9,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from torchflava.utils.architecture import ContradictedArgument
+
 
 def check_int(name: str, value: object, minimum: int) -> int:
     """Return ``value`` if it is an int >= ``minimum``.
@@ -126,11 +128,13 @@ def with_config(
 ) -> tuple[dict, dict]:
     """``defaults`` updated with ``config`` (read from ``where``), then ``given``; and ``where`` by the name of each
     value taken from ``config`` (for :func:`check_architecture`'s ``source``). ValueError naming ``owner`` and
-    ``where`` and listing the (given, config) pairs where ``given`` contradicts ``config``, but for ``settings``
+    ``where`` and listing the (given, config) pairs where ``given`` contradicts ``config`` (a
+    :class:`~torchflava.utils.architecture.ContradictedArgument` naming the first), but for ``settings``
     (e.g. training settings such as a dropout, which a given value overrides)."""
     settings = set(settings)
     if clash := {k: (v, config[k]) for k, v in given.items() if k in config and config[k] != v and k not in settings}:
-        raise ValueError(f"{owner}: expected arguments that match {where}, got (given, config) {clash}")
+        message = f"{owner}: expected arguments that match {where}, got (given, config) {clash}"
+        raise ContradictedArgument(next(iter(clash)), message)  # (naming the first, for a caller's option or key)
     return {**defaults, **config, **given}, {k: str(where) for k in config if k not in given}
 
 
