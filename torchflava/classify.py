@@ -112,6 +112,7 @@ from torchflava.utils.checkpoint import (
 )
 from torchflava.utils.cli import (
     at_file_lines,
+    command_parser,
     finish_command,
     output_file,
     positive_int,
@@ -909,9 +910,7 @@ def _main_tsv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m torchflava.classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("torchflava.classify", __doc__)
     parser.add_argument(
         "--checkpoint", required=True, help="fine-tuning run or its model/ export directory (or a file:// URL of one)"
     )

@@ -41,9 +41,15 @@ from torchflava.models.clip.convert_weights import hf_config_kwargs
 from torchflava.models.flava import flava_model
 from torchflava.models.flava.convert_weights import convert_to_hf as flava_to_hf
 from torchflava.models.flava.convert_weights import flava_kwargs_from_hf_config, hf_config_from_flava_kwargs
-from torchflava.pretrained import Pretrained, add_lone_file_arguments, command_pretrained, load_pretrained
+from torchflava.pretrained import (
+    Pretrained,
+    add_checkpoint_argument,
+    add_lone_file_arguments,
+    command_pretrained,
+    load_pretrained,
+)
 from torchflava.utils.checkpoint import PathLike, atomic_write, staged_directory
-from torchflava.utils.cli import finish_command, output_file, run_command, write_json
+from torchflava.utils.cli import command_parser, finish_command, output_file, run_command, write_json
 
 # --dtype: the precision of the weights written (the model computes in fp32 either way when loaded)
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -294,15 +300,8 @@ def _update_json(path: Path, **values) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m torchflava.hf_export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="run, export, Hugging Face or open_clip directory, or a run's checkpoints/step_<N>; or a file:// URL of "
-        "one; or a CLIP weights file alone, with --tokenizer",
-    )
+    parser = command_parser("torchflava.hf_export", __doc__)
+    add_checkpoint_argument(parser)
     parser.add_argument("--out", required=True, help="the Hugging Face directory to write")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
     parser.add_argument(

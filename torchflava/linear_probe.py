@@ -21,7 +21,6 @@ task (train and validation from the training world, test = the held-out split). 
 ``--batch-size`` at a time (the features depend on it in fp32's last bits only: ~4e-7, measured).
 """
 
-import argparse
 import os
 from pathlib import Path
 import sys
@@ -40,12 +39,13 @@ from torchflava.evaluation.metrics import percent
 from torchflava.modules.encoders import CLS_POSITION
 from torchflava.pretrained import (
     Pretrained,
+    add_checkpoint_argument,
     add_dtype_argument,
     add_lone_file_arguments,
     command_inputs,
     command_pretrained,
 )
-from torchflava.utils.cli import finish_command, output_file, positive_int, run_command
+from torchflava.utils.cli import command_parser, finish_command, output_file, positive_int, run_command
 from torchflava.utils.memory import keep_freed_memory
 
 DEFAULT_BATCH_SIZE = 128  # images encoded at a time (--batch-size)
@@ -113,18 +113,8 @@ def probe_shapes(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m torchflava.linear_probe",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
-        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, or an "
-        "open_clip directory without tokenizer files, with --tokenizer",
-    )
+    parser = command_parser("torchflava.linear_probe", __doc__)
+    add_checkpoint_argument(parser)
     parser.add_argument("--shapes", action="store_true", help="the built-in shapes task")
     parser.add_argument("--train")
     parser.add_argument("--val")

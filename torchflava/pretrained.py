@@ -1037,6 +1037,17 @@ def _json_object(path: Path) -> object:
         raise ValueError(f"{path.name}: {path} is not JSON ({error})") from None
 
 
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """The commands' ``--checkpoint``: what :func:`load_pretrained` reads (:func:`command_pretrained` loads it)."""
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
+        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, or an "
+        "open_clip directory without tokenizer files, with --tokenizer",
+    )
+
+
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """The commands' ``--dtype`` (a name of :data:`INFERENCE_DTYPE_NAMES`; see :func:`load_pretrained`)."""
     parser.add_argument(

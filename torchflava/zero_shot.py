@@ -81,6 +81,7 @@ from torchflava.evaluation.zero_shot import (
 )
 from torchflava.pretrained import (
     Pretrained,
+    add_checkpoint_argument,
     add_dtype_argument,
     add_lone_file_arguments,
     command_inputs,
@@ -90,6 +91,7 @@ from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.checks import check_int, is_prompt_template
 from torchflava.utils.cli import (
     at_file_lines,
+    command_parser,
     finish_command,
     output_file,
     positive_int,
@@ -737,16 +739,8 @@ def template_arguments(values: Sequence[str], parser: argparse.ArgumentParser) -
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m torchflava.zero_shot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="run, export or Hugging Face FLAVA or CLIP directory, or a run's checkpoints/step_<N> (a run without an "
-        "export: its latest complete checkpoint); or a file:// URL of one; or a CLIP weights file alone, or an "
-        "open_clip directory without tokenizer files, with --tokenizer",
-    )
+    parser = command_parser("torchflava.zero_shot", __doc__)
+    add_checkpoint_argument(parser)
     parser.add_argument(
         "--images",
         help="image folder (retrieval: the folder of the captions' image paths; leave out for absolute paths)",

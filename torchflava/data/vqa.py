@@ -35,7 +35,6 @@ last. No image is read: a missing image file is the training reader's (a counted
 folder must exist.
 """
 
-import argparse
 from collections import Counter
 from fractions import Fraction
 import functools
@@ -46,7 +45,7 @@ import re
 from typing import Callable, Iterable, Optional, Sequence
 
 from torchflava.utils.checkpoint import atomic_write
-from torchflava.utils.cli import run_command
+from torchflava.utils.cli import command_parser, run_command
 
 # VQA's question files' data_subtype -> the COCO image folder of its images (test-dev is a subset of test2015)
 IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test2015": "test2015", "test-dev2015": "test2015"}
@@ -481,9 +480,7 @@ def submission(predictions: Sequence[dict], questions: Sequence[tuple], images: 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m torchflava.data.vqa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("torchflava.data.vqa", __doc__)
     parser.add_argument(
         "--images", required=True, metavar="DIR", help="COCO's image root (train2014/, val2014/, test2015/)"
     )

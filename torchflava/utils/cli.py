@@ -20,6 +20,14 @@ def run_command(main: Callable[[], object]) -> None:
         sys.exit(2)
 
 
+def command_parser(module: str, doc: Optional[str]) -> argparse.ArgumentParser:
+    """The argument parser of the command ``python -m <module>``, its ``--help`` the module's ``doc`` as written
+    (its examples' line breaks kept)."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: an int >= ``minimum`` (argparse names the option and exits with 2 otherwise)."""
 
