@@ -188,15 +188,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     f"argument --{name}-labels: expected other images than --{shared[0]}-labels's, got {shared[1]} of "
                     f"them (first {shared[2]!r}; the splits must not share images)"
                 )
-        if name == "train" and len(split[name].classes) < 2 and "train" in labels:
-            parser.error(
-                f"argument --train-labels: expected at least 2 classes, got {len(split[name].classes)} "
-                f"({split[name].classes} in {labels['train']!r})"
-            )
         if name == "train" and len(split[name].classes) < 2:  # (num_classes' error, after every split's features)
+            option, what = ("--train-labels", "classes") if name in labels else ("--train", "class sub-folders")
+            source = labels[name] if name in labels else folder
             parser.error(
-                f"argument --train: expected at least 2 class sub-folders, got {len(split[name].classes)} "
-                f"({split[name].classes} in {folder!r})"
+                f"argument {option}: expected at least 2 {what}, got {len(split[name].classes)} "
+                f"({split[name].classes} in {source!r})"
             )
     pretrained = command_pretrained(args)  # (a weights file alone: its --tokenizer, and --activation)
     skipped, counts = {}, {}  # split -> why each unreadable image was left out; split -> the images probed
