@@ -567,3 +567,27 @@ def test_a_causal_multimodal_encoder_refuses_what_would_read_its_cls_as_the_pair
     fused = MultimodalEncoder(nn.Linear(8, 16), nn.Linear(8, 16), bidirectional, nn.LayerNorm(16), 16, Pooler(16))
     out = fused.eval()(image, text, output_positions=CLS_POSITION)
     assert_close(out.last_hidden_state, fused(image, text).last_hidden_state[:, :1])
+
+
+def test_pooling_an_output_restricted_by_a_mask_needs_the_first_position_in_every_row():
+    """A (B, S) bool output_positions leaves the positions it does not select unencoded (zeros before the final
+    norm): a pooler reading position 0 where a row leaves it out pooled the norm of zeros, a wrong feature given
+    without a word. Refused naming the rows; selected in every row, the pooled output is the full pass's."""
+    ids, padding = padded_text(2, 6, T["vocab_size"], lengths=[6, 4])
+    image_states, text_states = multimodal_inputs()
+    towers = {
+        "image": (image_encoder(), (torch.randn(2, 3, T["image_size"], T["image_size"]),), {}, IMAGE_TOKENS),
+        "text": (text_encoder(), (ids,), {"padding_mask": padding == 0}, 6),
+        "multimodal": (multimodal_encoder(), (image_states, text_states), {}, 1 + IMAGE_TOKENS + 7),
+    }
+    for name, (encoder, args, kwargs, seq) in towers.items():
+        assert encoder.pooler is not None, name
+        full = encoder(*args, **kwargs).pooled_output
+        mask = torch.zeros(2, seq, dtype=torch.bool)
+        mask[0, 0] = mask[1, 2] = True  # row 1 selects another position only
+        with pytest.raises(ValueError, match=r"^output_positions as a bool mask leaves position 0, which the pooler"):
+            encoder(*args, output_positions=mask, **kwargs)
+        out = encoder(*args, output_positions=mask, return_pooled=False, **kwargs)  # asked without pooling: served
+        assert out.pooled_output is None and out.last_hidden_state.shape[:2] == (2, seq), name
+        mask[1, 0] = True
+        assert_close(encoder(*args, output_positions=mask, **kwargs).pooled_output, full, atol=1e-6, rtol=1e-5)

@@ -103,7 +103,8 @@ class MultimodalEncoder(nn.Module):
                 fused sequence: positions whose output alone is wanted; the last layer computes only
                 those and the outputs are (B, P, D) (the pooler then reads the first of them). Or a
                 (B, 1 + S_i + L) bool mask of them: the outputs stay full length, and at the other
-                positions hold no encoding (the final norm of zeros).
+                positions hold no encoding (the final norm of zeros): pooling
+                then needs position 0 selected in every row (ValueError otherwise).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
             checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation
@@ -163,7 +164,7 @@ class MultimodalEncoder(nn.Module):
             return_hidden_states=return_hidden_states,
             checkpoint_activations=checkpoint_activations,
         )
-        return encoder_output(out, self.norm, self.pooler, return_pooled)
+        return encoder_output(out, self.norm, self.pooler, return_pooled, output_positions)
 
 
 # (a causal stack makes the image causal too: a captioner's text-only causality is an attn_mask instead)

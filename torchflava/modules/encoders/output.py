@@ -2,8 +2,10 @@
 
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor, nn
 
+from torchflava.modules.layers.attention import Positions, is_position_mask
 from torchflava.modules.layers.transformer import TransformerOutput
 
 # ``output_positions`` of the first token (a ViT's or BERT's CLS): the last layer computes only it.
@@ -30,11 +32,37 @@ class EncoderOutput(NamedTuple):
 
 
 def encoder_output(
-    out: TransformerOutput, norm: nn.Module, pooler: Optional[nn.Module], return_pooled: bool
+    out: TransformerOutput,
+    norm: nn.Module,
+    pooler: Optional[nn.Module],
+    return_pooled: bool,
+    output_positions: Optional[Positions] = None,
 ) -> EncoderOutput:
     """What a tower returns of its stack's output ``out``: the last state through the final ``norm``, pooled by
     ``pooler`` where there is one and ``return_pooled`` asks for it, every layer's states, and the last state before
-    the norm (the vision, text and multimodal encoders alike)."""
+    the norm (the vision, text and multimodal encoders alike).
+
+    Raises:
+        ValueError: if pooling is asked of an output restricted by a (B, S) bool ``output_positions`` that leaves
+            the first position, which the pooler reads, unselected in a row (it holds no encoding there).
+    """
+    pool = return_pooled and pooler is not None
+    if pool and is_position_mask(output_positions):
+        _check_first_selected(output_positions)
     normed = norm(out.last_hidden_state)
-    pooled = pooler(normed) if (return_pooled and pooler is not None) else None
+    pooled = pooler(normed) if pool else None
     return EncoderOutput(normed, pooled, out.hidden_states, out.last_hidden_state)
+
+
+def _check_first_selected(mask: Tensor) -> None:
+    """ValueError naming the rows of the (B, S) bool ``mask`` that leave position 0 unselected (eager only: a
+    compiled graph or a meta dry run cannot read the values)."""
+    if torch.compiler.is_compiling() or mask.is_meta or mask.shape[1] == 0:
+        return
+    rows = (~mask[:, 0]).nonzero().flatten().tolist()
+    if rows:
+        shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+        raise ValueError(
+            f"output_positions as a bool mask leaves position 0, which the pooler reads, unselected in row(s) "
+            f"{shown} of {mask.shape[0]}: select it in every row, or pass return_pooled=False"
+        )

@@ -87,7 +87,8 @@ class TextEncoder(nn.Module):
                 positions whose output alone is wanted; the last layer computes only those and the
                 outputs are (B, P, D) (the pooler then reads the first of them). Or a (B, S) bool
                 mask of them: the outputs stay (B, S, D), and at the other positions hold no
-                encoding (the final norm of zeros).
+                encoding (the final norm of zeros): pooling
+                then needs position 0 selected in every row (ValueError otherwise).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
             checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation checkpointing for this call.
@@ -123,7 +124,7 @@ class TextEncoder(nn.Module):
             return_hidden_states=return_hidden_states,
             checkpoint_activations=checkpoint_activations,
         )
-        return encoder_output(out, self.norm, self.pooler, return_pooled)
+        return encoder_output(out, self.norm, self.pooler, return_pooled, output_positions)
 
 
 def _is_causal(encoder: nn.Module) -> bool:
