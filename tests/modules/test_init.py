@@ -27,3 +27,35 @@ def test_init_transformer_weights_follows_the_rule():
 def test_init_transformer_weights_arguments_are_checked(module, std, error, message):
     with pytest.raises(error, match=f"^{message}$"):
         init_transformer_weights(module, std=std)
+
+
+def test_init_weights_runs_a_parents_reset_after_its_childrens_as_module_apply_orders_them():
+    """A block whose reset_parameters re-initialises a child that has a reset of its own (a zero-initialised token,
+    a re-drawn learned query) has the last word, as with nn.Module.apply: the child's own reset ran after the
+    parent's and undid it. The children's resets still run; the leaves' rule runs first."""
+    from torchflava.modules.init import init_weights
+
+    class Token(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.value = nn.Parameter(torch.empty(4))
+
+        def reset_parameters(self, std: float = 0.02) -> None:
+            nn.init.normal_(self.value, std=std)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token, self.other, self.proj = Token(), Token(), nn.Linear(4, 4)
+
+        def reset_parameters(self) -> None:
+            nn.init.zeros_(self.token.value)  # the block's own choice for its child
+            nn.init.zeros_(self.proj.weight)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), Block())
+    model[1].other = model[0].other  # shared: reset once, where first met
+    init_weights(model, std=0.5)
+    for block in model:
+        assert torch.equal(block.token.value, torch.zeros(4)) and torch.equal(block.proj.weight, torch.zeros(4, 4))
+        assert block.other.value.abs().min() > 0 and torch.equal(block.proj.bias, torch.zeros(4))

@@ -49,7 +49,9 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
     :func:`init_transformer_weights`; every other module that defines ``reset_parameters`` (ours: CLS
     and mask tokens, positions, temperatures; a user's own blocks; torch's other layers, or their
     ``_reset_parameters`` as ``nn.MultiheadAttention`` has) calls it for the raw parameters it owns,
-    with ``std=std`` where it takes that keyword (ours do). An embedding's padding row is zero after it, also
+    with ``std=std`` where it takes that keyword (ours do), after the leaf rule and after its children's resets, as
+    ``nn.Module.apply`` orders them: a block that re-initialises its children (a zero-initialised output
+    projection, a token module drawn its own way) has the last word. An embedding's padding row is zero after it, also
     where a linear layer shares the table (a tied decoder). Works on meta-device models once materialised
     with ``to_empty``.
 
@@ -64,7 +66,7 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
     """
     check_module("model", model)
     check_positive_number("std", std)
-    resets, uncovered, has_reset = [], [], {}
+    resets, uncovered, has_reset = {}, [], {}
     for name, module in model.named_modules():
         leaf = next((kind for kind in _TORCH_LEAVES if isinstance(module, kind)), None)
         reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
@@ -73,7 +75,7 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
             continue  # (a subclass with its own reset_parameters, e.g. a LoRA linear, also runs it)
         has_reset[name] = callable(reset)
         if callable(reset):
-            resets.append(reset)
+            resets[id(module)] = reset
         elif not (isinstance(module, (nn.ParameterList, nn.ParameterDict)) and has_reset.get(name.rpartition(".")[0])):
             # (a ParameterList's parameters are its owner's to initialise)
             uncovered += [f"{name}.{key}" if name else key for key, _ in module.named_parameters(recurse=False)]
@@ -87,5 +89,21 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
         # language-model or MLM decoder) was drawn after it, over the zeros (the row starts at zero, as untied)
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             module.weight.data[module.padding_idx].zero_()
-    for reset in resets:
-        reset(std=std) if "std" in inspect.signature(reset).parameters else reset()
+    for module in _children_first(model):  # as nn.Module.apply: a parent's reset that sets a child's tensors wins
+        reset = resets.get(id(module))
+        if reset is not None:
+            reset(std=std) if "std" in inspect.signature(reset).parameters else reset()
+
+
+def _children_first(model: nn.Module) -> list[nn.Module]:
+    """Every module of ``model`` once (a shared one where first met), each after its children (post-order)."""
+    seen, order, stack = set(), [], [(model, False)]
+    while stack:  # (no recursion: a deep user stack would reach Python's limit)
+        module, expanded = stack.pop()
+        if expanded:
+            order.append(module)
+        elif id(module) not in seen:
+            seen.add(id(module))
+            stack.append((module, True))
+            stack.extend((child, False) for child in reversed(list(module.children())))
+    return order
