@@ -593,7 +593,6 @@ def test_pooling_an_output_restricted_by_a_mask_needs_the_first_position_in_ever
         assert_close(encoder(*args, output_positions=mask, **kwargs).pooled_output, full, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="the compiled path skips the check: fixed in the next commit")
 def test_a_compiled_encoder_pooling_an_output_restricted_by_a_mask_still_refuses_an_unselected_first_position():
     """Compiled (fullgraph), the check was skipped: the pooler read the final norm of zeros in row 1, the same wrong
     feature without a word that eager refuses. The graph keeps it as an assertion (RuntimeError, a static message)
