@@ -591,3 +591,24 @@ def test_pooling_an_output_restricted_by_a_mask_needs_the_first_position_in_ever
         assert out.pooled_output is None and out.last_hidden_state.shape[:2] == (2, seq), name
         mask[1, 0] = True
         assert_close(encoder(*args, output_positions=mask, **kwargs).pooled_output, full, atol=1e-6, rtol=1e-5)
+
+
+def test_a_compiled_encoder_pooling_an_output_restricted_by_a_mask_still_refuses_an_unselected_first_position():
+    """Compiled (fullgraph), the check was skipped: the pooler read the final norm of zeros in row 1, the same wrong
+    feature without a word that eager refuses. The graph keeps it as an assertion (RuntimeError, a static message)
+    and still pools a mask that selects position 0 in every row as eager does."""
+    torch._dynamo.reset()
+    encoder = text_encoder()
+    ids, padding = padded_text(2, 6, T["vocab_size"], lengths=[6, 4])
+    compiled = torch.compile(
+        lambda m: encoder(ids, padding_mask=padding == 0, output_positions=m).pooled_output,
+        fullgraph=True,
+        backend="eager",
+    )
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 0] = mask[1, 2] = True
+    with torch.no_grad(), pytest.raises(RuntimeError, match="output_positions as a bool mask leaves position 0"):
+        compiled(mask)
+    mask[1, 0] = True
+    with torch.no_grad():
+        assert_close(compiled(mask), encoder(ids, padding_mask=padding == 0).pooled_output, atol=1e-6, rtol=1e-5)

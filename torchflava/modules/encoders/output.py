@@ -2,11 +2,11 @@
 
 from typing import NamedTuple, Optional
 
-import torch
 from torch import Tensor, nn
 
 from torchflava.modules.layers.attention import Positions, is_position_mask
 from torchflava.modules.layers.transformer import TransformerOutput
+from torchflava.utils.checks import require
 
 # ``output_positions`` of the first token (a ViT's or BERT's CLS): the last layer computes only it.
 CLS_POSITION = slice(0, 1)
@@ -45,6 +45,7 @@ def encoder_output(
     Raises:
         ValueError: if pooling is asked of an output restricted by a (B, S) bool ``output_positions`` that leaves
             the first position, which the pooler reads, unselected in a row (it holds no encoding there).
+        RuntimeError: the same, while compiled by ``torch.compile`` (an in-graph assertion).
     """
     pool = return_pooled and pooler is not None
     if pool and is_position_mask(output_positions):
@@ -55,14 +56,23 @@ def encoder_output(
 
 
 def _check_first_selected(mask: Tensor) -> None:
-    """ValueError naming the rows of the (B, S) bool ``mask`` that leave position 0 unselected (eager only: a
-    compiled graph or a meta dry run cannot read the values)."""
-    if torch.compiler.is_compiling() or mask.is_meta or mask.shape[1] == 0:
+    """ValueError naming the rows of the (B, S) bool ``mask`` that leave position 0 unselected; while compiled, an
+    in-graph assertion (RuntimeError, a static message: the graph keeps the check, where skipping it pooled the
+    norm of zeros without a word); none on the meta device (no values: a dry run of shapes)."""
+    if mask.shape[1] == 0:
         return
-    rows = (~mask[:, 0]).nonzero().flatten().tolist()
-    if rows:
-        shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
-        raise ValueError(
-            f"output_positions as a bool mask leaves position 0, which the pooler reads, unselected in row(s) "
-            f"{shown} of {mask.shape[0]}: select it in every row, or pass return_pooled=False"
-        )
+    first = mask[:, 0]
+    static = (
+        "output_positions as a bool mask leaves position 0, which the pooler reads, unselected in some row: "
+        "select it in every row, or pass return_pooled=False"
+    )
+    require(first.all(), lambda: _unselected_message(first), static)
+
+
+def _unselected_message(first: Tensor) -> str:
+    rows = (~first).nonzero().flatten().tolist()
+    shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+    return (
+        f"output_positions as a bool mask leaves position 0, which the pooler reads, unselected in row(s) "
+        f"{shown} of {first.shape[0]}: select it in every row, or pass return_pooled=False"
+    )

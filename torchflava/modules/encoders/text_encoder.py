@@ -88,7 +88,7 @@ class TextEncoder(nn.Module):
                 outputs are (B, P, D) (the pooler then reads the first of them). Or a (B, S) bool
                 mask of them: the outputs stay (B, S, D), and at the other positions hold no
                 encoding (the final norm of zeros): pooling
-                then needs position 0 selected in every row (ValueError otherwise).
+                then needs position 0 selected in every row (ValueError otherwise; a RuntimeError compiled).
             return_hidden_states (bool): also return every layer's output.
             return_pooled (bool): run the pooler (if any).
             checkpoint_activations (Optional[Union[bool, str]]): override the stack's activation checkpointing for this call.
