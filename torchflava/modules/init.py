@@ -98,7 +98,7 @@ def init_weights(model: nn.Module, *, std: float = 0.02) -> None:
 def _children_first(model: nn.Module) -> list[nn.Module]:
     """Every module of ``model`` once (a shared one where first met), each after its children (post-order)."""
     seen, order, stack = set(), [], [(model, False)]
-    while stack:  # (no recursion: a deep user stack would reach Python's limit)
+    while stack:
         module, expanded = stack.pop()
         if expanded:
             order.append(module)
