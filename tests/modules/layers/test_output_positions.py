@@ -203,3 +203,14 @@ def test_a_mask_of_output_positions_compiles_to_the_same_values():
         empty = TransformerEncoder([])(x, output_positions=mask)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     assert torch.equal(empty.last_hidden_state, x * mask[..., None])
+
+
+def test_a_mask_of_output_positions_on_the_meta_device_is_refused_naming_it():
+    """What a bool mask selects depends on its values, which a meta tensor has not: a dry run of shapes with one
+    failed inside torch's nonzero (NotImplementedError, naming nothing); indices run there."""
+    with torch.device("meta"):
+        encoder = transformer_encoder(embed_dim=16, num_layers=2, num_heads=2, mlp_dim=24)
+        x, mask = torch.randn(2, 5, 16), torch.zeros(2, 5, dtype=torch.bool)
+        with pytest.raises(ValueError, match=r"^output_positions as a bool mask selects by its values, which a meta"):
+            encoder(x, output_positions=mask)
+        assert encoder(x, output_positions=torch.zeros(2, 1, dtype=torch.long)).last_hidden_state.shape == (2, 1, 16)

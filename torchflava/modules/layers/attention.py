@@ -45,10 +45,16 @@ def is_position_mask(positions: Optional[Positions]) -> bool:
 
 
 def check_position_mask(mask: Tensor, x: Tensor, name: str = "positions") -> Tensor:
-    """``mask``, a (B, S) bool mask of x's positions; ValueError naming ``name`` when its shape is not x's (B, S)."""
+    """``mask``, a (B, S) bool mask of x's positions; ValueError naming ``name`` when its shape is not x's (B, S), or
+    on the meta device (what a mask selects depends on its values, which a meta tensor has not)."""
     if tuple(mask.shape) != tuple(x.shape[:2]):
         raise ValueError(
             f"{name} as a bool mask must have shape (B, S) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}"
+        )
+    if mask.is_meta or x.is_meta:  # (torch's NotImplementedError from inside nonzero named nothing)
+        raise ValueError(
+            f"{name} as a bool mask selects by its values, which a meta tensor has not: on the meta device pass "
+            "(B, P) indices (a dry run of shapes)"
         )
     return mask
 
