@@ -51,6 +51,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.cli import command_parser, run_command
+from torchflava.utils.config_text import escape_interpolations
 
 # VQA's question files' data_subtype -> the COCO image folder of its images (test-dev is a subset of test2015)
 IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test2015": "test2015", "test-dev2015": "test2015"}
@@ -505,15 +506,13 @@ def finetuning_config(train: Path, val: Path, image_root: Path, labels: Sequence
 # (tabs, other control characters, the characters YAML reads as line breaks and folds into spaces, the byte-order
 # mark; lone surrogates, which no UTF-8 file holds, are left to fail where the file is written)
 _YAML_UNSAFE = re.compile(r'["\\]|[^\x20-\x7e\xa0-\ufffd\U00010000-\U0010ffff]|[\u2028\u2029\ufeff]')
-_INTERPOLATION = re.compile(r"(\\*)\$\{")  # "${" and the backslashes before it
 
 
 def yaml_string(text: str) -> str:
     """``text`` as a YAML scalar that OmegaConf (the recipes' config reader) reads back as ``text``: each ``${``,
-    which OmegaConf reads as an interpolation ("${x}": a missing key), escaped as OmegaConf's grammar escapes it
-    (with its preceding run of n backslashes as 2n + 1 of them, then ``${``), then written as a YAML double-quoted
-    string (so "yes", "null", "1e3" stay text), escaping what YAML would not keep (quotes, backslashes, control
-    characters, line breaks).
+    which OmegaConf reads as an interpolation ("${x}": a missing key), escaped (:func:`escape_interpolations`), then
+    written as a YAML double-quoted string (so "yes", "null", "1e3" stay text), escaping what YAML would not keep
+    (quotes, backslashes, control characters, line breaks).
 
     Args:
         text (str): any text (that UTF-8 can encode).
@@ -521,8 +520,7 @@ def yaml_string(text: str) -> str:
     Returns:
         str: the scalar, quotes included.
     """
-    text = _INTERPOLATION.sub(lambda found: "\\" * (2 * len(found.group(1)) + 1) + "${", text)
-    return '"' + _YAML_UNSAFE.sub(_yaml_escape, text) + '"'
+    return '"' + _YAML_UNSAFE.sub(_yaml_escape, escape_interpolations(text)) + '"'
 
 
 def _yaml_escape(found: re.Match) -> str:
