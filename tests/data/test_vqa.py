@@ -326,7 +326,7 @@ def _write(path: str, value: object) -> None:
         (
             lambda f: _write(f["questions"], {**_questions("train2014", [1]), "data_subtype": "abstract_v002"}),
             "--questions",
-            "data_subtype train2014 / val2014 / test2015 / test-dev2015, got data_subtype 'abstract_v002'",
+            "(data_subtype train2014 / val2014), got data_subtype 'abstract_v002' in",
         ),
         (
             lambda f: _write(f["questions"], {"data_subtype": "train2014", "questions": [{"image_id": "1"}]}),
@@ -356,6 +356,31 @@ def _write(path: str, value: object) -> None:
         (lambda f: Path(f["out"], "mine.txt").write_text("x", encoding=None), "--out", "is not empty (give --force"),
         (lambda f: f.update(test_questions=f["test_questions"] * 2), "--test-questions", "got test-dev2015 twice"),
         (lambda f: f.update(out=f["questions"] + "/out"), "--out", "expected a directory this user may write into"),
+        (  # (each option sets one vocabulary: given with the other, it was to be ignored)
+            lambda f: f.update(vocabulary="butd", answers=5),
+            "--answers",
+            "sets the size of --vocabulary train-top, got --answers 5 with butd",
+        ),
+        (
+            lambda f: f.update(min_answer_count=3),
+            "--min-answer-count",
+            "sets --vocabulary butd's threshold, got --min-answer-count 3 with train-top",
+        ),
+        (
+            lambda f: f.update(vocabulary="butd", min_answer_count=0),
+            "--min-answer-count",
+            "expected an int >= 1, got 0",
+        ),
+        (lambda f: f.update(vocabulary="butd"), "--annotations", "to hold its multiple_choice_answer (text; read by"),
+        (
+            lambda f: [
+                _write(f["annotations"], _consensus_annotations(_questions("train2014", IMAGES["train2014"]))),
+                _write(f["val_annotations"], _consensus_annotations(_questions("val2014", IMAGES["val2014"]))),
+                f.update(vocabulary="butd", min_answer_count=4),
+            ],
+            "--min-answer-count",
+            "no answer is the multiple_choice_answer of 4 or more of the 12 training and validation questions",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_argument_before_writing(
@@ -472,3 +497,212 @@ def test_the_training_reader_keeps_a_lines_few_scores_not_a_vector_of_every_answ
     expected[5], expected[7] = 1.0, 0.3
     assert source.soft_scores and torch.equal(source[5].label, expected)
     assert torch.equal(pickle.loads(pickle.dumps(source))[5].label, expected)
+
+
+# ---------------------------------------------------------------------------------------------- splits' subtypes
+
+
+@pytest.mark.parametrize(
+    "option, subtype, found",
+    [
+        (  # (was written as val2014_questions.jsonl, questions-only, without a word)
+            "--test-questions",
+            "val2014",
+            "expected a test split's VQA questions file (data_subtype test2015 / test-dev2015), got data_subtype "
+            "'val2014' in {path} (val2014 is annotated: give it as --questions or --val-questions)",
+        ),
+        (
+            "--test-questions",
+            "train2014",
+            "expected a test split's VQA questions file (data_subtype test2015 / test-dev2015), got data_subtype "
+            "'train2014' in {path} (train2014 is annotated: give it as --questions or --val-questions)",
+        ),
+        (  # (was refused for its annotations, which annotate other questions)
+            "--questions",
+            "test-dev2015",
+            "expected an annotated split's VQA questions file (data_subtype train2014 / val2014), got data_subtype "
+            "'test-dev2015' in {path} (test-dev2015 is a test split: give it as --test-questions)",
+        ),
+        (
+            "--val-questions",
+            "test2015",
+            "expected an annotated split's VQA questions file (data_subtype train2014 / val2014), got data_subtype "
+            "'test2015' in {path} (test2015 is a test split: give it as --test-questions)",
+        ),
+        (  # (was a TypeError: unhashable type: 'list')
+            "--questions",
+            ["train2014"],
+            "expected an annotated split's VQA questions file (data_subtype train2014 / val2014), got data_subtype "
+            "['train2014'] in {path}",
+        ),
+        (  # (no subtype, no image folder to find its images in)
+            "--val-questions",
+            None,
+            "expected an annotated split's VQA questions file (data_subtype train2014 / val2014), got no "
+            "data_subtype in {path}",
+        ),
+        (
+            "--test-questions",
+            None,
+            "expected a test split's VQA questions file (data_subtype test2015 / test-dev2015), got no data_subtype "
+            "in {path}",
+        ),
+    ],
+)
+def test_a_split_is_refused_where_its_data_subtype_is_the_other_kind(vqa_files, capsys, option, subtype, found):
+    """--test-questions takes the unannotated test splits only, --questions and --val-questions the annotated
+    ones, as each file's data_subtype names them: one line naming the option, the file and the subtype found."""
+    key = {"--questions": "questions", "--val-questions": "val_questions", "--test-questions": "test_questions"}[option]
+    path = vqa_files[key][0] if option == "--test-questions" else vqa_files[key]
+    questions = json.loads(Path(path).read_text())
+    if subtype is None:
+        del questions["data_subtype"]
+    else:
+        questions["data_subtype"] = subtype
+    Path(path).write_text(json.dumps(questions))
+    assert _refused(capsys, _argv(vqa_files)) == f"error: argument {option}: " + found.format(path=path)
+    assert not Path(vqa_files["out"]).exists()
+
+
+def test_a_training_or_validation_split_may_be_either_annotated_one(vqa_files):
+    """val2014 as the training split (and train2014's as the validation one) is a choice, not a mistake: kept."""
+    for key, subtype in (("questions", "val2014"), ("val_questions", "train2014")):
+        questions = json.loads(Path(vqa_files[key]).read_text())
+        Path(vqa_files[key]).write_text(json.dumps({**questions, "data_subtype": subtype}))
+    vqa.convert(**vqa_files)
+    train = _lines(Path(vqa_files["out"]) / "train.jsonl")
+    assert train[0]["image"] == "val2014/COCO_val2014_000000000001.jpg"  # (read under the folder it names)
+
+
+# ---------------------------------------------------------------------------------------------- vqa.yaml's text
+
+TRICKY_TEXT = [
+    "${x}",  # an interpolation: a missing key
+    "a ${x} b",
+    "${oc.env:HOME}",  # a resolver: the environment's value
+    "${",  # (a grammar error where OmegaConf reads it)
+    "\\${x}",  # OmegaConf's escape, as text
+    "\\\\${x}",
+    "C:\\dir\\${x}\\",
+    "$${x}$",
+    "a\\b",
+    'say "hi"',
+    "yes",
+    "null",
+    "1e3",
+    "a\tb",
+    "a\nb",
+    "x\x85y",  # (YAML's next-line, read as a line break)
+    "x\u2028y",
+    "\ufeffbom",
+    "\x7f",
+    "  spaced  ",
+    "# not a comment",
+    "key: value",
+    "café 🚲",
+    "",
+]
+
+
+def test_yaml_string_is_read_back_verbatim_by_omegaconf_and_the_recipes_config_reader(tmp_path):
+    from omegaconf import OmegaConf
+
+    config = tmp_path / "c.yaml"  # (labels "${x}", "${oc.env:HOME}", "${": read as interpolations, or refused)
+    config.write_text(vqa.finetuning_config(Path("/t.jsonl"), Path("/v.jsonl"), Path("/i"), TRICKY_TEXT))
+    assert load_config(finetune.FinetuneConfig, [f"config={config}"]).data.labels == TRICKY_TEXT
+    text = "items:\n" + "".join(f"  - {vqa.yaml_string(item)}\n" for item in TRICKY_TEXT)
+    assert OmegaConf.to_container(OmegaConf.create(text), resolve=True) == {"items": TRICKY_TEXT}
+
+
+def test_answers_and_paths_holding_an_interpolation_reach_the_recipe_as_written(vqa_files, tmp_path):
+    """An answer "${x}" was written into vqa.yaml as it is: OmegaConf read it as an interpolation, and loading the
+    config failed (Interpolation key 'x' not found); a folder named with "${" broke it as well. (Normalised, "${x}"
+    is "$ x": only an answer all annotators gave keeps its braces.)"""
+    from omegaconf import OmegaConf
+
+    images = tmp_path / "coco${HOME}"
+    os.rename(vqa_files["images"], images)
+    answers_of = lambda q: ["${x}" if q["image_id"] == 1 else "\\${y}"] * 10  # noqa: E731
+    for key in ("annotations", "val_annotations"):
+        questions = json.loads(Path(vqa_files[key.replace("annotations", "questions")]).read_text())
+        Path(vqa_files[key]).write_text(json.dumps(_annotations(questions, answers_of)))
+    out = tmp_path / "out${x}"
+    vqa.convert(**{**vqa_files, "images": str(images), "out": str(out)})
+    assert json.loads((out / "answers.json").read_text()) == ["\\${y}", "${x}"]
+    read = OmegaConf.to_container(OmegaConf.load(out / "vqa.yaml"), resolve=True)
+    assert read["data"]["labels"] == ["\\${y}", "${x}"] and read["data"]["image_root"] == str(images)
+    config = load_config(finetune.FinetuneConfig, [f"config={out / 'vqa.yaml'}"])
+    assert config.data.labels == ["\\${y}", "${x}"] and config.data.train == str(out / "train.jsonl")
+    source = ImageTextLabels(config.data.image_root, config.data.train, config.data.labels)
+    assert source[0].label.tolist() == [0.0, 1.0] and source[2].label.tolist() == [1.0, 0.0]
+    assert source[0].image.size == (32, 32)
+
+
+# ---------------------------------------------------------------------------------------------- butd vocabulary
+
+
+def test_consensus_vocabulary_keeps_answers_of_min_count_questions_normalised():
+    consensus = [(i, "Yes") for i in range(5)] + [(i, "yes.") for i in range(5, 9)] + [(i, "no") for i in range(9, 17)]
+    consensus += [(17, "two"), (17, "two")]  # (one question listed twice counts once)
+    assert vqa.consensus_vocabulary(consensus) == ["yes"]  # (9 questions; "no" has 8)
+    assert vqa.consensus_vocabulary(consensus, 8) == ["yes", "no"]
+    assert vqa.consensus_vocabulary(consensus, 1) == ["yes", "no", "2"]
+    # the empty answer ("a", "the", "?" normalised) counts as any other, as in the literature's list
+    assert vqa.consensus_vocabulary([(1, "a"), (2, "The"), (3, "?"), (4, "b")], 3) == [""]
+
+
+# train's and val's questions (image 1-4 and 5-6, two each) and their multiple_choice_answer
+CONSENSUS = {
+    10: "Red",
+    11: "red.",
+    20: "blue",
+    21: "two",
+    30: "2",
+    31: "the",
+    40: "T-Shirt",
+    41: "green",
+    50: "blue",
+    51: "Blue",
+    60: "a",
+    61: "green",
+}
+
+
+def _consensus_annotations(questions: dict) -> dict:
+    """Each question's multiple_choice_answer 7 times, "blue" twice and "green" once, as annotations that name it."""
+    document = _annotations(questions, lambda q: [CONSENSUS[q["question_id"]]] * 7 + ["blue"] * 2 + ["green"])
+    for entry in document["annotations"]:
+        entry["multiple_choice_answer"] = CONSENSUS[entry["question_id"]]
+    return document
+
+
+def test_the_butd_vocabulary_counts_train_and_val_consensus_answers_and_the_targets_follow_it(vqa_files):
+    for key in ("annotations", "val_annotations"):
+        questions = json.loads(Path(vqa_files[key.replace("annotations", "questions")]).read_text())
+        Path(vqa_files[key]).write_text(json.dumps(_consensus_annotations(questions)))
+    result = vqa.main(_argv({**vqa_files, "vocabulary": "butd", "min_answer_count": 2}))
+    out = Path(vqa_files["out"])
+    # normalised: blue 3 questions (1 training, 2 validation), then 2 each in string order: "" ("the", "a"),
+    # 2 ("two", "2"), green (1 + 1), red ("Red", "red."); "t shirt" (1) falls short
+    expected = ["blue", "", "2", "green", "red"]
+    assert json.loads((out / "answers.json").read_text()) == expected and result["num_answers"] == 5
+    assert load_config(finetune.FinetuneConfig, [f"config={out / 'vqa.yaml'}"]).data.labels == expected
+    train = _lines(out / "train.jsonl")
+    assert train[0]["answers"] == {"red": 1.0, "blue": 0.6, "green": 0.3}
+    source = ImageTextLabels(vqa_files["images"], out / "train.jsonl", expected)
+    targets = [source[i].label.tolist() for i in range(8)]
+    assert targets[0] == pytest.approx([0.6, 0.0, 0.0, 0.3, 1.0])  # (question 10: Red)
+    assert targets[3] == pytest.approx([0.6, 0.0, 1.0, 0.3, 0.0])  # (21: two)
+    assert targets[5] == pytest.approx([0.6, 0.0, 0.0, 0.3, 0.0])  # (31: the: no answer is scored as empty)
+    assert targets[6] == pytest.approx([0.6, 0.0, 0.0, 0.3, 0.0])  # (40: T-Shirt: "t shirt" is no class)
+    val = ImageTextLabels(vqa_files["images"], out / "val.jsonl", expected)
+    assert val[1].label.tolist() == pytest.approx([1.0, 0.0, 0.0, 0.3, 0.0])  # (51: Blue, 7 + 2 annotators)
+    # the default is unchanged: the 3129 (here all 8) answers the training annotators gave most often
+    vqa.convert(**{**vqa_files, "out": vqa_files["out"] + "2"})
+    assert json.loads(Path(vqa_files["out"] + "2", "answers.json").read_text()) == [
+        "blue",
+        "green",
+        "2",
+        "red",
+        "t shirt",
+    ]

@@ -556,3 +556,29 @@ def test_the_generic_training_defaults_name_no_model_and_each_recipe_its_own_dir
         "clip/train": "runs/clip",
         "clip/finetune": "runs/clip-classes",
     }
+
+
+@dataclass
+class Texts:
+    name: str = "run"
+    labels: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_text_that_reads_as_an_interpolation_is_recorded_as_it_is_and_a_resume_accepts_it(tmp_path):
+    """A config holds its values resolved: a VQA answer "${x}" (vqa.yaml's, read verbatim) was recorded in
+    config.yaml as an interpolation, and the resume refused the run's own config ('not readable YAML (Interpolation
+    key 'x' not found'); "${" failed saving it (OmegaConf's grammar error, a traceback)."""
+    texts = ["${x}", "\\${y}", "a ${oc.env:HOME} b", "${", "C:\\${z}\\", "plain \\ text", "$"]
+    config = Texts(name="${run}", labels=texts, files={"val": "/d/${v}.jsonl"})
+    saved = tmp_path / "config.yaml"
+    save_config(config, saved)
+    assert check_resume_config(saved, config) == []
+    assert load_config(Texts, [f"config={saved}"]) == config
+    assert "plain \\ text" in saved.read_text()  # (text without "${" as it was)
+    changed = Texts(name="${run}", labels=texts[:-1] + ["${x}"], files={"val": "/d/${v}.jsonl"})
+    with pytest.raises(
+        ConfigError, match=r"key 'labels' \(\['\$\{x\}'.* 'plain .* text', '\$\{x\}'\]\): expected the values"
+    ):
+        check_resume_config(saved, changed)

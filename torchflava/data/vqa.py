@@ -17,11 +17,14 @@ item's image is ``<folder>/COCO_<folder>_<12-digit image id>.jpg`` under it. ``-
 
 * ``train.jsonl``, ``val.jsonl``: one line per question, ``{"image", "text": the question, "answers": {answer:
   score}, "question_id"}`` (:class:`~torchflava.data.finetuning.ImageTextLabels`' format);
-* ``answers.json``: the answer vocabulary, a JSON list in class-id order: the ``--answers`` (3129) answers the
-  training annotators gave most often (each annotator's answer counted, as the evaluation matches it), ties in
-  string order;
+* ``answers.json``: the answer vocabulary, a JSON list in class-id order. ``--vocabulary train-top`` (the
+  default): the ``--answers`` (3129) answers the training annotators gave most often (each annotator's answer
+  counted, as the evaluation matches it), ties in string order. ``butd``: the literature's list (the
+  bottom-up-attention code's, :func:`consensus_vocabulary`): each normalised ``multiple_choice_answer`` of at least
+  ``--min-answer-count`` (9) training and validation questions, most frequent first, ties in string order;
 * ``vqa.yaml``: ``examples/flava/configs/finetuning/vqa.yaml``'s settings with ``data.train``, ``data.val``,
-  ``data.image_root`` (absolute paths) and ``data.labels`` (the vocabulary) filled in;
+  ``data.image_root`` (absolute paths) and ``data.labels`` (the vocabulary) filled in, each read back as written
+  (:func:`yaml_string`: "${x}" too);
 * ``<split>_questions.jsonl`` for each ``--test-questions`` file (``test-dev2015``, ``test2015``): ``{"image",
   "question", "question_id"}`` a line, which the classify command answers, writing with ``--vqa-submission`` the
   evaluation server's results file (:func:`submission`).
@@ -30,9 +33,11 @@ An answer's score is the official VQA accuracy of predicting it (:func:`vqa_accu
 annotators' answers): answers normalised as the official evaluation compares them (:func:`normalize_answer`), except
 where the annotators all gave one answer, which the evaluation compares as written (:func:`matched_answers`);
 answers outside the vocabulary stay in the file (the reader drops them). Everything is checked before anything is
-written (a bad argument or file: one line naming the argument, exit 2); each file is written atomically, the config
-last. No image is read: a missing image file is the training reader's (a counted bad sample); the split's image
-folder must exist.
+written (a bad argument or file: one line naming the argument, exit 2): ``--questions`` and ``--val-questions``
+take the annotated splits (``data_subtype`` train2014, val2014), ``--test-questions`` the test ones (test2015,
+test-dev2015), as each file's ``data_subtype`` names its split; each file is written atomically, the config last.
+No image is read: a missing image file is the training reader's (a counted bad sample); the split's image folder
+must exist.
 """
 
 from collections import Counter
@@ -46,10 +51,16 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.cli import command_parser, run_command
+from torchflava.utils.config_text import escape_interpolations
 
 # VQA's question files' data_subtype -> the COCO image folder of its images (test-dev is a subset of test2015)
 IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test2015": "test2015", "test-dev2015": "test2015"}
+ANNOTATED_SUBTYPES = ("train2014", "val2014")  # --questions, --val-questions
+TEST_SUBTYPES = ("test2015", "test-dev2015")  # --test-questions: no annotations are published
 DEFAULT_ANSWERS = 3129  # the VQA v2 literature's vocabulary size (there: answers seen 9+ times in train+val)
+# --vocabulary: the --answers most frequent training answers, or the literature's list (consensus_vocabulary)
+VOCABULARIES = ("train-top", "butd")
+BUTD_MIN_COUNT = 9  # (the bottom-up-attention code's threshold: 3129 answers on VQA v2's train2014 + val2014)
 CONFIG_NAME = "vqa.yaml"
 VOCABULARY_NAME = "answers.json"
 
@@ -207,16 +218,55 @@ def answer_vocabulary(annotations: Iterable[Sequence[str]], size: int) -> list[s
     return sorted(counts, key=lambda answer: (-counts[answer], answer))[:size]
 
 
+def consensus_vocabulary(consensus: Iterable[tuple[int, str]], min_count: int = BUTD_MIN_COUNT) -> list[str]:
+    """The VQA answer vocabulary of the bottom-up-attention code (Anderson et al. 2018, Teney et al. 2018), which
+    most VQA fine-tuning uses (LXMERT's, for one): each question's ``multiple_choice_answer`` (the annotators'
+    most common answer) normalised (:func:`normalize_answer`, which the unanimous answers get too), kept where at
+    least ``min_count`` questions have it. With VQA v2's train2014 and val2014 questions and ``min_count`` 9 the
+    literature counts 3129 answers; the empty answer (of "a", "the", "?") is one of them, as in its released lists,
+    though no answer is scored as empty (:func:`answer_scores`): a class never a target, as there. Their order (a
+    Python 2 dictionary's) cannot be reproduced: here the most frequent come first, ties in string order.
+
+    Args:
+        consensus (Iterable[tuple[int, str]]): (question_id, multiple_choice_answer) of each question; a question
+            listed twice with one answer counts once.
+        min_count (int): the questions an answer must be the multiple_choice_answer of.
+
+    Returns:
+        list[str]: the vocabulary in class-id order.
+    """
+    counts = Counter(answer for _, answer in {(qid, normalize_answer(answer)) for qid, answer in consensus})
+    return sorted((answer for answer, count in counts.items() if count >= min_count), key=lambda a: (-counts[a], a))
+
+
 class _Split:
     """One question file read and checked, with its annotations where it has some: what the converter writes."""
 
-    def __init__(self, option: str, path: str, images: Path, annotations: Optional[tuple[str, str]] = None) -> None:
+    def __init__(
+        self,
+        option: str,
+        path: str,
+        images: Path,
+        annotations: Optional[tuple[str, str]] = None,
+        *,
+        consensus: bool = False,
+    ) -> None:
         questions = _json_object(option, path, "questions")
         subtype = questions.get("data_subtype")
-        if subtype not in IMAGE_FOLDERS:
+        # a split is annotated or a test one by its data_subtype: val2014's questions given as a test split were
+        # written questions-only without a word, and a file without one names no image folder to read it from
+        subtypes = ANNOTATED_SUBTYPES if annotations is not None else TEST_SUBTYPES
+        if subtype not in subtypes:
+            kind = "an annotated split's" if annotations is not None else "a test split's"
+            got = "no data_subtype" if subtype is None else f"data_subtype {subtype!r:.40}"
+            hint = (
+                f" ({subtype} is a test split: give it as --test-questions)"
+                if subtype in TEST_SUBTYPES
+                else f" ({subtype} is annotated: give it as --questions or --val-questions)"
+            )
             raise ValueError(
-                f"argument {option}: expected a VQA questions file of data_subtype {' / '.join(IMAGE_FOLDERS)}, "
-                f"got data_subtype {subtype!r:.40} in {path}"
+                f"argument {option}: expected {kind} VQA questions file (data_subtype {' / '.join(subtypes)}), "
+                f"got {got} in {path}" + (hint if subtype in ANNOTATED_SUBTYPES + TEST_SUBTYPES else "")
             )
         self.subtype, self.folder = subtype, IMAGE_FOLDERS[subtype]
         self.questions = _entries(option, path, questions, "questions", ("image_id", "question_id"))
@@ -231,12 +281,22 @@ class _Split:
                 f"argument --images: expected COCO's {self.folder}/ folder (the images of {option}'s {subtype}) "
                 f"under {str(images)!r}, got none"
             )
-        self.answers = None if annotations is None else self._answers(*annotations)
+        self.consensus: Optional[list[tuple[int, str]]] = None
+        self.answers = None if annotations is None else self._answers(*annotations, consensus=consensus)
 
-    def _answers(self, option: str, path: str) -> list[list[str]]:
+    def _answers(self, option: str, path: str, *, consensus: bool) -> list[list[str]]:
         """Each question's annotators' answers, in the questions' order; ValueError naming ``option`` where the
-        annotations are not VQA's or do not annotate exactly these questions."""
+        annotations are not VQA's or do not annotate exactly these questions. With ``consensus``, also sets
+        :attr:`consensus`: (question_id, multiple_choice_answer) of each annotation, in the file's order."""
         entries = _entries(option, path, _json_object(option, path, "annotations"), "annotations", ("question_id",))
+        if consensus:
+            for index, entry in enumerate(entries):
+                if not isinstance(entry.get("multiple_choice_answer"), str):
+                    raise ValueError(
+                        f"argument {option}: expected each of {path}'s annotations to hold its multiple_choice_answer "
+                        f"(text; read by --vocabulary butd), got {entry!r:.80} at annotations[{index}]"
+                    )
+            self.consensus = [(entry["question_id"], entry["multiple_choice_answer"]) for entry in entries]
         by_id = {}
         for index, entry in enumerate(entries):
             answers = entry.get("answers")
@@ -322,7 +382,9 @@ def convert(
     val_questions: str,
     val_annotations: str,
     test_questions: Sequence[str] = (),
-    answers: int = DEFAULT_ANSWERS,
+    vocabulary: str = "train-top",
+    answers: Optional[int] = None,
+    min_answer_count: Optional[int] = None,
     force: bool = False,
 ) -> dict:
     """Write VQA v2's official files as the fine-tuning recipe's (see the module docstring) into ``out``.
@@ -335,7 +397,11 @@ def convert(
         val_questions (str): the validation questions.
         val_annotations (str): their annotations.
         test_questions (Sequence[str]): unannotated question files (test-dev, test) to write questions-only.
-        answers (int): the vocabulary size.
+        vocabulary (str): ``train-top``: the ``answers`` answers the training annotators gave most often
+            (:func:`answer_vocabulary`); ``butd``: the literature's list, the multiple_choice_answer of at least
+            ``min_answer_count`` training and validation questions (:func:`consensus_vocabulary`).
+        answers (Optional[int]): the size of the ``train-top`` vocabulary (None: 3129).
+        min_answer_count (Optional[int]): the ``butd`` vocabulary's threshold (None: 9).
         force (bool): write into a non-empty ``out`` (its files of the names written are replaced).
 
     Returns:
@@ -345,8 +411,24 @@ def convert(
         ValueError: for a bad argument or file, naming the argument (before anything is written).
         FileNotFoundError: for a missing file or image folder, naming the argument.
     """
-    if isinstance(answers, bool) or not isinstance(answers, int) or answers < 1:
-        raise ValueError(f"argument --answers: expected an int >= 1, got {answers!r}")
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"argument --vocabulary: expected one of {' / '.join(VOCABULARIES)}, got {vocabulary!r}")
+    # each option sets one vocabulary: the other's, given, would be ignored
+    if vocabulary == "butd" and answers is not None:
+        raise ValueError(
+            f"argument --answers: sets the size of --vocabulary train-top, got --answers {answers!r} with butd "
+            "(which keeps each answer of at least --min-answer-count questions)"
+        )
+    if vocabulary == "train-top" and min_answer_count is not None:
+        raise ValueError(
+            "argument --min-answer-count: sets --vocabulary butd's threshold, got --min-answer-count "
+            f"{min_answer_count!r} with train-top (whose size is --answers)"
+        )
+    answers = DEFAULT_ANSWERS if answers is None else answers
+    min_answer_count = BUTD_MIN_COUNT if min_answer_count is None else min_answer_count
+    for option, value in (("--answers", answers), ("--min-answer-count", min_answer_count)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"argument {option}: expected an int >= 1, got {value!r}")
     out_dir, image_root = Path(out).absolute(), Path(images).absolute()
     if not image_root.is_dir():
         raise FileNotFoundError(f"argument --images: expected COCO's image directory, got {images!r} (not a directory)")
@@ -357,16 +439,25 @@ def convert(
     existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"argument --out: expected a directory this user may write into, got {out!r} ({existing})")
-    train = _Split("--questions", questions, image_root, ("--annotations", annotations))
-    val = _Split("--val-questions", val_questions, image_root, ("--val-annotations", val_annotations))
+    butd = vocabulary == "butd"
+    train = _Split("--questions", questions, image_root, ("--annotations", annotations), consensus=butd)
+    val = _Split("--val-questions", val_questions, image_root, ("--val-annotations", val_annotations), consensus=butd)
     tests = [_Split("--test-questions", path, image_root) for path in test_questions]
-    vocabulary = answer_vocabulary(train.answers, answers)
+    if butd:
+        labels = consensus_vocabulary([*train.consensus, *val.consensus], min_answer_count)
+        if not labels:
+            raise ValueError(
+                f"argument --min-answer-count: no answer is the multiple_choice_answer of {min_answer_count} or more "
+                f"of the {len(train.questions) + len(val.questions)} training and validation questions"
+            )
+    else:
+        labels = answer_vocabulary(train.answers, answers)
     aliases: dict[str, list[str]] = {}  # (answers kept verbatim score as their normalised form where normalised)
-    for answer in vocabulary:
+    for answer in labels:
         if normalize_answer(answer) != answer:
             aliases.setdefault(normalize_answer(answer), []).append(answer)
     outputs: dict[str, Callable[[], Iterable[str]]] = {
-        VOCABULARY_NAME: lambda: [json.dumps(vocabulary, indent=0, ensure_ascii=False) + "\n"],
+        VOCABULARY_NAME: lambda: [json.dumps(labels, indent=0, ensure_ascii=False) + "\n"],
         "train.jsonl": functools.partial(train.lines, aliases),
         "val.jsonl": functools.partial(val.lines, aliases),
     }
@@ -376,7 +467,7 @@ def convert(
             raise ValueError(f"argument --test-questions: expected each split once, got {split.subtype} twice")
         outputs[name] = split.lines
     outputs[CONFIG_NAME] = lambda: [
-        finetuning_config(out_dir / "train.jsonl", out_dir / "val.jsonl", image_root, vocabulary)
+        finetuning_config(out_dir / "train.jsonl", out_dir / "val.jsonl", image_root, labels)
     ]
     read = {Path(path).resolve() for path in (questions, annotations, val_questions, val_annotations, *test_questions)}
     if clash := [name for name in outputs if (out_dir / name).resolve() in read]:
@@ -385,7 +476,7 @@ def convert(
         atomic_write(out_dir / name, functools.partial(_write_lines, lines))
     counts = {"train.jsonl": len(train.questions), "val.jsonl": len(val.questions)}
     counts.update({f"{split.subtype}_questions.jsonl": len(split.questions) for split in tests})
-    return {"out": str(out_dir), "config": str(out_dir / CONFIG_NAME), "num_answers": len(vocabulary), **counts}
+    return {"out": str(out_dir), "config": str(out_dir / CONFIG_NAME), "num_answers": len(labels), **counts}
 
 
 def _write_lines(lines: Callable[[], Iterable[str]], path: str) -> None:
@@ -395,20 +486,48 @@ def _write_lines(lines: Callable[[], Iterable[str]], path: str) -> None:
 
 def finetuning_config(train: Path, val: Path, image_root: Path, labels: Sequence[str]) -> str:
     """The text of a fine-tuning config (``examples/flava/finetune.py``) of the VQA task: ``vqa.yaml``'s settings
-    with the data files, image root and answer vocabulary filled in. Strings are written as JSON strings (YAML's
-    double-quoted scalars), so no answer is read as a number, a boolean or null."""
-    quoted = functools.partial(json.dumps, ensure_ascii=False)
+    with the data files, image root and answer vocabulary filled in. Strings are written so that the recipe reads
+    them back as they are (:func:`yaml_string`): no answer is read as a number, a boolean, null or an
+    interpolation."""
     return (
         "# Fine-tuning FLAVA on VQA v2, written by python -m torchflava.data.vqa:\n"
         "#   python examples/flava/finetune.py config=THIS_FILE model.pretrained=CHECKPOINT\n"
         "model:\n  modality: multimodal\n"
         "data:\n  task: image_text\n"
-        f"  train: {quoted(str(train))}\n  val: {quoted(str(val))}\n  image_root: {quoted(str(image_root))}\n"
+        f"  train: {yaml_string(str(train))}\n  val: {yaml_string(str(val))}\n  image_root: {yaml_string(str(image_root))}\n"
         "  max_text_length: null\n"
         f"  labels:  # the {len(labels)} answers in class-id order ({VOCABULARY_NAME})\n"
-        + "".join(f"    - {quoted(label)}\n" for label in labels)
+        + "".join(f"    - {yaml_string(label)}\n" for label in labels)
         + _CONFIG_SETTINGS
     )
+
+
+# what a YAML double-quoted scalar may not hold as it is: the quote and the backslash, and all but printable text
+# (tabs, other control characters, the characters YAML reads as line breaks and folds into spaces, the byte-order
+# mark; lone surrogates, which no UTF-8 file holds, are left to fail where the file is written)
+_YAML_UNSAFE = re.compile(r'["\\]|[^\x20-\x7e\xa0-\ufffd\U00010000-\U0010ffff]|[\u2028\u2029\ufeff]')
+
+
+def yaml_string(text: str) -> str:
+    """``text`` as a YAML scalar that OmegaConf (the recipes' config reader) reads back as ``text``: each ``${``,
+    which OmegaConf reads as an interpolation ("${x}": a missing key), escaped (:func:`escape_interpolations`), then
+    written as a YAML double-quoted string (so "yes", "null", "1e3" stay text), escaping what YAML would not keep
+    (quotes, backslashes, control characters, line breaks).
+
+    Args:
+        text (str): any text (that UTF-8 can encode).
+
+    Returns:
+        str: the scalar, quotes included.
+    """
+    return '"' + _YAML_UNSAFE.sub(_yaml_escape, escape_interpolations(text)) + '"'
+
+
+def _yaml_escape(found: re.Match) -> str:
+    code = ord(found.group())
+    if found.group() in '"\\':
+        return "\\" + found.group()
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def submission_questions(path: str, *, image_key: str = "image", text_key: str = "question") -> list[tuple]:
@@ -507,7 +626,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         help="unannotated question files (test-dev2015, test2015)",
     )
     parser.add_argument(
-        "--answers", type=int, metavar="N", default=DEFAULT_ANSWERS, help=f"vocabulary size [{DEFAULT_ANSWERS}]"
+        "--vocabulary",
+        choices=VOCABULARIES,
+        default="train-top",
+        help="train-top: the --answers answers the training annotators gave most often; butd: the literature's "
+        "list (bottom-up attention's, LXMERT's), each multiple_choice_answer of at least --min-answer-count "
+        "training and validation questions [train-top]",
+    )
+    parser.add_argument(
+        "--answers", type=int, metavar="N", help=f"train-top: the vocabulary's size [{DEFAULT_ANSWERS}]"
+    )
+    parser.add_argument(
+        "--min-answer-count",
+        type=int,
+        metavar="N",
+        help=f"butd: the questions an answer must be the multiple_choice_answer of [{BUTD_MIN_COUNT}]",
     )
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
     args = parser.parse_args(argv)

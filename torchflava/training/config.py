@@ -6,6 +6,7 @@ an error that names the key. An override that gives a mapping whole (``optim.lr_
 replaces the one the file sets; a section of the schema is updated key by key.
 """
 
+import copy
 import dataclasses
 import enum
 import functools
@@ -33,6 +34,7 @@ from typing import (
 import yaml
 
 from torchflava.utils.checkpoint import atomic_write, first_line, url_scheme
+from torchflava.utils.config_text import escape_interpolations
 
 T = TypeVar("T")
 
@@ -317,10 +319,29 @@ def _kind_mismatch(base, update, prefix: str = "") -> Optional[tuple[str, str, o
 
 def config_yaml(config: object) -> str:
     """``config`` (a schema instance) as the YAML text :func:`save_config` writes and
-    :func:`check_resume_config` reads."""
+    :func:`check_resume_config` reads (its text as it is: :func:`_literal_text`)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    return OmegaConf.to_yaml(OmegaConf.structured(_literal_text(config)))
+
+
+def _literal_text(value: object) -> object:
+    """A copy of ``value`` (a config, or any value in it) whose text OmegaConf keeps as it is
+    (:func:`escape_interpolations`): a config holds its values resolved, and a VQA answer "${x}" (vqa.yaml's, read
+    verbatim) was recorded in config.yaml as an interpolation, so that a resume refused the run's config as
+    unreadable (Interpolation key 'x' not found), and "${" failed the run's start (a grammar error)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        copied = copy.copy(value)  # (not replace(): its __post_init__ would run again)
+        for item in dataclasses.fields(value):
+            object.__setattr__(copied, item.name, _literal_text(getattr(value, item.name)))
+        return copied
+    if isinstance(value, str) and not isinstance(value, enum.Enum) and "${" in value:
+        return escape_interpolations(value)
+    if type(value) in (list, tuple):
+        return type(value)(_literal_text(item) for item in value)
+    if type(value) is dict:
+        return {key: _literal_text(item) for key, item in value.items()}
+    return value
 
 
 def save_config(config: object, path: Union[str, os.PathLike]) -> None:
@@ -480,7 +501,7 @@ def check_resume_config(saved: Union[str, os.PathLike], config: object) -> list[
         before = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     except Exception as error:  # an unreadable or hand-broken config.yaml
         raise ConfigError(f"{path}: the run's saved config is not readable YAML ({error})") from None
-    after = _flat(OmegaConf.to_container(OmegaConf.structured(config), resolve=True, enum_to_str=True))
+    after = _flat(OmegaConf.to_container(OmegaConf.structured(_literal_text(config)), resolve=True, enum_to_str=True))
     changed = {
         k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)
     }
