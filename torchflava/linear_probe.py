@@ -4,6 +4,7 @@
     python -m torchflava.linear_probe --checkpoint runs/tiny/checkpoints/step_2000 --shapes  # a run's step-2000 checkpoint
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
     python -m torchflava.linear_probe --checkpoint DIR --train imagenet/train --val VAL --test imagenet/val --test-labels LOC_val_solution.csv
+    python -m torchflava.linear_probe --checkpoint DIR --train food101/data/train-*.parquet --val VAL.parquet --test food101/data/validation-*.parquet
     python -m torchflava.linear_probe --checkpoint file:///models/flava-full --shapes --batch-size 32
     python -m torchflava.linear_probe --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --shapes
 
@@ -16,7 +17,9 @@ scored on ``--test``. Folders hold one sub-folder per class, or, with ``--train-
 (Kaggle's ``LOC_val_solution.csv``, or ``FILE<TAB>CLASS`` / ``FILE,CLASS`` lines: see
 :class:`~torchflava.data.image_labels.LabelledImageFolder`; the classes are the training split's, its
 sub-folders' or the classes its labels file writes, sorted; a named image that is absent is skipped as an
-unreadable one is, an image left unnamed is left out, each with a warning); ``--shapes`` uses the built-in shapes
+unreadable one is, an image left unnamed is left out, each with a warning), or parquet files as the Hugging Face
+Hub serves a dataset (a glob, a folder of them or several files: images and class ids, the classes those of the
+training split's ``ClassLabel``; ``--image-key``/``--label-key`` name other columns; needs pyarrow); ``--shapes`` uses the built-in shapes
 task (train and validation from the training world, test = the held-out split). Images are encoded
 ``--batch-size`` at a time (the features depend on it in fp32's last bits only: ~4e-7, measured).
 """

@@ -10,6 +10,7 @@
     python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @LOC_synset_mapping.txt
     python -m torchflava.zero_shot --checkpoint DIR --images ILSVRC/Data/CLS-LOC/val --labels LOC_val_solution.csv --classes @LOC_synset_mapping.txt
     python -m torchflava.zero_shot --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --images DIR --classes "cat,dog"
+    python -m torchflava.zero_shot --checkpoint DIR --images food101/data/validation-*.parquet
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
@@ -33,7 +34,12 @@ synset folders, with the class names listed in that order). A flat folder, as Im
 is distributed (``ILSVRC2012_val_00000001.JPEG``...), takes its labels from ``--labels``: Kaggle's
 ``LOC_val_solution.csv``, or ``FILE<TAB>CLASS`` / ``FILE,CLASS`` lines, each class written as its
 sub-folder would be named; images it names that are absent are skipped and counted as unreadable ones,
-images it does not name left out, both with a warning. ``--classes @FILE`` reads the class names from a
+images it does not name left out, both with a warning. Parquet files as the Hugging Face Hub serves a dataset
+(``huggingface-cli download --repo-type dataset food101 --local-dir food101`` gives
+``food101/data/validation-00000-of-00003.parquet``...; a glob, a folder of them or several files) hold the images
+and their class ids, the class names in their ``ClassLabel`` metadata unless ``--classes`` names them, in id order
+(``--image-key``/``--label-key`` name other columns; needs pyarrow: ``pip install 'torchflava[parquet]'``).
+``--classes @FILE`` reads the class names from a
 UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the class's
 sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
 (``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and the
