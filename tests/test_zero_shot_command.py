@@ -256,7 +256,10 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         # found after the checkpoint was loaded, naming root or captions
         (["--images", "{empty}"], "argument --images: expected an image folder, got '{empty}' (no file ending in"),
         (["--captions", "{empty}/c.tsv"], "argument --captions: captions must list at least one image-caption pair"),
-        (["--captions", __file__], "argument --captions: captions must be a .jsonl, .json, .csv or .tsv file"),
+        (
+            ["--captions", __file__],
+            "argument --captions: captions must be a .jsonl, .json, .csv, .tsv or .parquet file",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_naming_them_before_any_work(export, images, extra, message, capsys, tmp_path):
@@ -1583,3 +1586,33 @@ def test_parquet_and_folder_images_refused_in_one_line_before_the_checkpoint_loa
         "python -m torchflava.zero_shot: error: argument --images: reading parquet files needs pyarrow: pip install "
         "'torchflava[parquet]' (or pip install 'pyarrow>=14')"
     )
+
+
+def test_retrieval_on_an_image_caption_parquet_equals_the_same_pairs_in_a_captions_file(export, images, tmp_path):
+    """A Hub image-caption split (the Image struct, a list of captions a row, as COCO's five) ranks as the same
+    images and captions listed in a .jsonl: every recall equal, the unreadable image skipped alike."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.data.test_parquet import IMAGE_STRUCT
+
+    directory, _ = export
+    lines = [json.loads(line) for line in (images / "captions.jsonl").read_text().splitlines()]
+    lines.append({"image": "red circle/broken.png", "caption": "a broken one"})
+    pairs = [{"image": line["image"], "caption": text} for line in lines for text in (line["caption"], "a shape")]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    rows = pa.array(
+        [{"bytes": (images / line["image"]).read_bytes(), "path": line["image"]} for line in lines], IMAGE_STRUCT
+    )
+    table = pa.table({"image": rows, "sentences": [[line["caption"], "a shape"] for line in lines]})
+    pq.write_table(table, tmp_path / "test-00000-of-00001.parquet", row_group_size=5)
+    common = ["--checkpoint", str(directory)]
+    listed = zero_shot.main(common + ["--images", str(images), "--captions", str(tmp_path / "pairs.jsonl")])
+    parquet = zero_shot.main(common + ["--captions", str(tmp_path / "test-*.parquet")])
+    assert (parquet["num_pairs"], parquet["num_images"], parquet["skipped"]) == (24, 12, 2)
+    assert {k: v for k, v in parquet.items() if k != "skipped_reasons"} == {
+        k: v for k, v in listed.items() if k != "skipped_reasons"
+    }
+    assert parquet["skipped_reasons"][0].startswith("test-00000-of-00001.parquet[12]: unreadable image")
+    with pytest.raises(SystemExit):  # (its images are in it)
+        zero_shot.main(common + ["--images", str(images), "--captions", str(tmp_path / "test-*.parquet")])

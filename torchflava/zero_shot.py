@@ -48,9 +48,11 @@ prompts, a warning says so, and an image of either counts half right when they r
 (repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line. Retrieval:
 ``--captions`` pairs images with captions (an image may be listed with several): ``.jsonl``, Karpathy's
 split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without ``--split`` every split
-is evaluated, with a warning), COCO's captions ``.json``, BLIP's caption list ``.json``, or an
+is evaluated, with a warning), COCO's captions ``.json``, BLIP's caption list ``.json``, an
 open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key`` name its columns), see
-``ImageTextFolder``; without ``--images`` the file's image paths must be absolute. Recall@1/5/10 are
+``ImageTextFolder``; without ``--images`` the file's image paths must be absolute. A ``.parquet`` file (or a glob
+of them) holds the images with their captions, a caption or a list of them a row (COCO's five), without
+``--images`` (``--split test`` keeps the rows of its ``split`` column's test split). Recall@1/5/10 are
 reported in both directions, each beside the recall of a random ranking in that direction. Unreadable images
 or empty captions are skipped and counted.
 """
@@ -841,7 +843,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     mode.add_argument(
         "--captions",
-        help="captions pairing the images with text (retrieval): .jsonl, Karpathy's, COCO's or BLIP's .json, .csv or .tsv",
+        help="captions pairing the images with text (retrieval): .jsonl, Karpathy's, COCO's or BLIP's .json, .csv or .tsv; "
+        "or .parquet files (a file or a glob) holding the images and their captions",
     )
     parser.add_argument(
         "--split", help="Karpathy split(s) to keep, comma-separated (retrieval on a Karpathy .json: test, or val)"
@@ -936,7 +939,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
     if args.captions is not None and args.templates:  # retrieval embeds the captions as they are
         parser.error("argument --template: for --classes (classification) only, not with --captions")
-    if args.captions is not None and not Path(args.captions).is_file():
+    captions_parquet = args.captions is not None and args.captions.lower().endswith(".parquet")
+    if captions_parquet and args.images is not None:
+        parser.error("argument --images: not with a .parquet --captions, which holds its images")
+    if args.captions is not None and not captions_parquet and not Path(args.captions).is_file():
         parser.error(
             f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's, COCO's or BLIP's .json, or a .csv, "
             f"got {args.captions!r} (not a file)"
@@ -996,6 +1002,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             folder = ImageTextFolder(
                 args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split
             )
+    except ImportError as error:  # (pyarrow, for a .parquet --captions)
+        parser.error(f"argument --captions: {error}")
     except ValueError as error:  # (named after their argument, root or captions: the option is what was given)
         if classes is None:  # a CaptionsError names the argument that answers for it
             option = _CAPTIONS_OPTIONS.get(getattr(error, "argument", None), "--captions")

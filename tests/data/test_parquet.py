@@ -352,3 +352,76 @@ def test_a_file_cut_short_after_it_was_listed_gives_bad_samples_not_a_traceback(
     (tmp_path / "x.parquet").unlink()
     with pytest.raises(BadSample, match=r"x.parquet\[0\]: unreadable parquet row \(FileNotFoundError"):
         source[0]
+
+
+def _captions_file(tmp_path, captions, *, split=None, name="c.parquet"):
+    """An image-caption parquet file as the Hub serves Flickr30k: the Image struct, a caption column (strings or
+    lists of them), a split column."""
+    images = pa.array([{"bytes": png(10 * i), "path": f"{i}.jpg"} for i in range(len(captions))], IMAGE_STRUCT)
+    columns = {"image": images, "caption": captions}
+    if split is not None:
+        columns["split"] = split
+    metadata = {"huggingface": json.dumps({"info": {"features": {"image": {"_type": "Image"}}}})}
+    pq.write_table(pa.table(columns).replace_schema_metadata(metadata), tmp_path / name)
+    return tmp_path / name
+
+
+def test_image_caption_rows_are_image_text_folder_items_one_a_caption(tmp_path):
+    from torchflava.data.readers import ImageTextFolder
+
+    path = _captions_file(
+        tmp_path,
+        [["a red dot", "red"], ["a dark dot"], [], None, ["x", None]],
+        split=["test", "train", "test", "test", "test"],
+    )
+    folder = ImageTextFolder(None, path)
+    assert (len(folder), folder.format, folder.splits) == (7, "parquet", None)
+    assert [folder.image_path(i) for i in (0, 1, 2)] == ["c.parquet[0]", "c.parquet[0]", "c.parquet[1]"]
+    assert (folder[1].text, folder[1].image.getpixel((0, 0))[0], folder[2].image.getpixel((0, 0))[0]) == ("red", 0, 10)
+    reasons = []
+    for index in (3, 4, 6):
+        with pytest.raises(BadSample) as bad:
+            folder[index]
+        reasons.append(bad.value.reason)
+    assert reasons == [
+        "c.parquet[2]: an empty list of captions in 'caption'",
+        "c.parquet[3]: null 'caption'",
+        "c.parquet[4].caption[1]: null caption",
+    ]
+    test = ImageTextFolder(None, path, split="test")
+    assert (len(test), test.splits, test.caption(1)) == (6, ("test", "train"), "red")
+    strings = ImageTextFolder(None, _captions_file(tmp_path, ["one", "two"], name="s.parquet"))
+    assert [strings.caption(i) for i in range(2)] == ["one", "two"] and strings.image_path(1) == "s.parquet[1]"
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument, message",
+    [
+        ({"root": True}, "root", "root must be None for a .parquet captions file, which holds its images"),
+        ({"text_key": "title"}, "text_key", "text_key: expected a column of the files, got 'title'"),
+        (
+            {"text_key": "label"},
+            "text_key",
+            "text_key: expected 'label' to hold a caption or a list of them, got int64",
+        ),
+        ({"split": "test"}, "split", "split: split is for files with a 'split' column of strings, these have none"),
+        ({"image_key": "jpg"}, "image_key", "image_key: expected a column of the files, got 'jpg'"),
+    ],
+)
+def test_a_bad_image_caption_parquet_is_refused_naming_the_argument(tmp_path, kwargs, argument, message):
+    from torchflava.data.readers import CaptionsError, ImageTextFolder
+
+    images = pa.array([{"bytes": png(1), "path": None}], IMAGE_STRUCT)
+    pq.write_table(pa.table({"image": images, "caption": ["a"], "label": [3]}), tmp_path / "c.parquet")
+    root = kwargs.pop("root", None)
+    with pytest.raises(CaptionsError) as error:
+        ImageTextFolder(None if root is None else tmp_path, tmp_path / "c.parquet", **kwargs)
+    assert error.value.argument == argument and str(error.value).startswith(message)
+
+
+def test_a_split_the_caption_file_lacks_is_refused_naming_the_ones_it_has(tmp_path):
+    from torchflava.data.readers import CaptionsError, ImageTextFolder
+
+    path = _captions_file(tmp_path, ["a", "b"], split=["train", "val"])
+    with pytest.raises(CaptionsError, match=r"^split: expected splits of the files \(train, val\), got \['test'\]$"):
+        ImageTextFolder(None, path, split="test")

@@ -175,6 +175,7 @@ class ParquetImages(Dataset):
             (``label``, ``labels`` or ``fine_label`` of several), else one so named; none of them: unlabelled.
         classes (Optional[Sequence[str]]): class names in id order; by default the label column's ``ClassLabel``
             names (None where there are none: :attr:`classes` is then None).
+        labelled (bool): False: no label column is looked for (the images of image-caption rows).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
     Raises:
@@ -195,6 +196,7 @@ class ParquetImages(Dataset):
         image_key: Optional[str] = None,
         label_key: Optional[str] = None,
         classes: Optional[Sequence[str]] = None,
+        labelled: bool = True,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self._max_pixels = check_max_pixels(max_image_pixels)
@@ -230,7 +232,8 @@ class ParquetImages(Dataset):
         features = _features(schema)
         self.image_key = _image_column(schema, features, image_key)
         _check_image_type(schema, self.image_key)
-        self.label_key = _label_column(schema, features, label_key)
+        self.schema = schema  # (the files' one schema, its metadata included)
+        self.label_key = _label_column(schema, features, label_key) if labelled else None
         feature = features.get(self.label_key)
         names = feature.get("names") if _kind(feature) == "ClassLabel" else None
         names = list(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
@@ -428,3 +431,80 @@ def _label_column(schema: Any, features: dict, key: Optional[str]) -> Optional[s
         typed = preferred[:1]
     found = typed or [name for name in LABEL_COLUMNS if name in schema.names]
     return found[0] if found else None
+
+
+TEXT_COLUMNS = ("caption", "captions", "text", "sentences")  # the caption column's usual names
+
+
+class CaptionRow(NamedTuple):
+    """A caption of an image-caption parquet file: its row (in all the files' rows), its position in the row's list
+    of captions (-1 for a string column), the caption, or why there is none."""
+
+    row: int
+    sentence: int
+    text: str
+    error: Optional[str] = None
+
+
+def parquet_captions(
+    images: ParquetImages, text_key: Optional[str], split: Optional[frozenset]
+) -> tuple[list[CaptionRow], tuple[str, ...], str]:
+    """The captions of parquet ``images``' rows, one a caption (COCO's five of an image in a list of strings are
+    five), of the rows whose ``split`` column is among ``split`` (None: every row), the splits the files hold
+    (none without ``split``), and the caption column; ParquetError (``text_key``, ``split``) where the caption column is missing or of
+    another type, or the files have no ``split`` column of strings."""
+    import pyarrow as pa
+
+    pq = import_pyarrow()
+    schema = images.schema
+    if text_key is None:
+        found = [name for name in TEXT_COLUMNS if name in schema.names]
+        if not found:
+            raise ParquetError(
+                "text_key", f"expected a caption column ({', '.join(TEXT_COLUMNS)}), got {_columns(schema)}: name one"
+            )
+        text_key = found[0]
+    elif text_key not in schema.names:
+        raise ParquetError(
+            "text_key", f"expected a column of the files, got {text_key!r} (columns: {_columns(schema)})"
+        )
+    kind = schema.field(text_key).type
+    strings = (pa.types.is_string, pa.types.is_large_string)
+    listed = (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and any(t(kind.value_type) for t in strings)
+    if not listed and not any(test(kind) for test in strings):
+        raise ParquetError("text_key", f"expected {text_key!r} to hold a caption or a list of them, got {kind}")
+    columns = [text_key]
+    if split is not None:
+        if "split" not in schema.names or not any(test(schema.field("split").type) for test in strings):
+            raise ParquetError("split", "split is for files with a 'split' column of strings, these have none")
+        columns.append("split")
+    rows: list[CaptionRow] = []
+    splits: set[str] = set()
+    start = 0
+    for path in images.files:
+        table = pq.read_table(path, columns=columns)
+        texts = table.column(text_key).to_pylist()
+        kept = table.column("split").to_pylist() if split is not None else [None] * len(texts)
+        for row, (value, name) in enumerate(zip(texts, kept), start):
+            if name is not None:
+                splits.add(name)
+            if split is not None and name not in split:
+                continue
+            if value is None:
+                rows.append(CaptionRow(row, -1, "", f"null {text_key!r}"))
+            elif isinstance(value, str):
+                rows.append(CaptionRow(row, -1, value))
+            elif not value:
+                rows.append(CaptionRow(row, -1, "", f"an empty list of captions in {text_key!r}"))
+            else:
+                rows += [
+                    CaptionRow(row, k, "" if t is None else t, None if t is not None else "null caption")
+                    for k, t in enumerate(value)
+                ]
+        start += len(texts)
+    if split is not None and not split <= splits:
+        raise ParquetError(
+            "split",
+            f"expected splits of the files ({', '.join(sorted(splits))}), got {sorted(split - splits)}",
+        )
+    return rows, tuple(sorted(splits)) if split is not None else (), text_key
