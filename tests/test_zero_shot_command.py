@@ -1560,6 +1560,8 @@ def test_parquet_and_folder_images_refused_in_one_line_before_the_checkpoint_loa
 ):
     unnamed = _hf_parquet_of(images, tmp_path / "plain", CLASSES, shards=1, with_names=False)
     (tmp_path / "text.parquet").write_text("image,label\n")
+    _hf_parquet_of(images, tmp_path / "food101" / "data", CLASSES, shards=1)  # (a Hugging Face download)
+    (tmp_path / "food101" / "README.md").write_text("---\n")
     cases = [
         (["--images", *unnamed], "argument --classes: required: the parquet files name no classes"),
         (["--images", str(tmp_path / "text.parquet")], "argument --images: " + str(tmp_path / "text.parquet")),
@@ -1568,6 +1570,12 @@ def test_parquet_and_folder_images_refused_in_one_line_before_the_checkpoint_loa
             "argument --images: expected one image folder, or parquet files, got 2",
         ),
         (["--images", str(images)], "one of the arguments --classes --captions is required"),
+        (  # a Hugging Face download's root: README.md, data/validation-*.parquet
+            ["--images", str(tmp_path / "food101"), "--classes", "a,b"],
+            f"(no file ending in one of .jpg, .jpeg, .jfif, .jpe, .png, .bmp, .webp, .avif, .gif, .tif, .tiff, .ppm, "
+            f".pgm, .pbm, .pnm under it; it holds parquet files in data/ (validation-00000-of-00001.parquet...): give "
+            f"them, e.g. {tmp_path}/food101/data/validation-*.parquet)",
+        ),
         (
             ["--images", str(images), "--classes", "a,b", "--label-key", "x"],
             "argument --label-key: for parquet --images",

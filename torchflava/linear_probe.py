@@ -36,7 +36,7 @@ from torch import Tensor
 
 from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.image_labels import LabelledImageFolder
-from torchflava.data.parquet import ParquetError, ParquetImages, is_parquet
+from torchflava.data.parquet import ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS
 from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
@@ -206,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             if str(error).startswith("root must hold a file ending in"):  # (it named root, as the folder's reason)
                 parser.error(
                     f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (no file ending in "
-                    f"one of {', '.join(IMAGE_EXTENSIONS)} under it)"
+                    f"one of {', '.join(IMAGE_EXTENSIONS)} under it{parquet_hint(folder)})"
                 )
             option = f"--{name}-labels" if name in labels else f"--{name}"
             parser.error(f"argument {option}: {str(error).removeprefix('root: ').removeprefix('labels: ')}")

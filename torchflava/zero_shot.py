@@ -76,7 +76,7 @@ from torch import Tensor
 import torch.nn.functional as F
 
 from torchflava.data.image_labels import LabelledImageFolder
-from torchflava.data.parquet import LABEL_COLUMNS, ParquetError, ParquetImages, is_parquet
+from torchflava.data.parquet import LABEL_COLUMNS, ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import percent, retrieval_recall, zero_shot_classifier
@@ -1010,7 +1010,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             parser.error(f"argument {option}: {error}")
         parser.error(
             f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
-            f"{', '.join(IMAGE_EXTENSIONS)} under it)"
+            f"{', '.join(IMAGE_EXTENSIONS)} under it{parquet_hint(args.images)})"
         )
     if classes is None and split is None and folder.format == "karpathy":  # (said before hours of encoding)
         print(

@@ -68,6 +68,23 @@ def is_parquet(value: PathLike) -> bool:
     return False
 
 
+def parquet_hint(folder: PathLike) -> str:
+    """Where a folder without images holds parquet files in a sub-folder (a Hugging Face download's root, its files
+    in ``data/``), what to give instead: ``; it holds parquet files in data/ (validation-00000-of-00003.parquet...):
+    give them, e.g. food101/data/validation-*.parquet``; else an empty string."""
+    for directory, subfolders, names in os.walk(folder):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        found = sorted(name for name in names if name.lower().endswith(".parquet") and not name.startswith("."))
+        if found:
+            where = os.path.relpath(directory, folder)
+            match = _SHARD.fullmatch(found[0])
+            example = os.path.join(directory, f"{match[1]}-*.parquet" if match else found[0])
+            return f"; it holds parquet files in {where}/ ({found[0]}...): give them, e.g. {example}"
+        if os.path.relpath(directory, folder).count(os.sep) >= 2:  # (a download's data/ or data/<config>/ is near)
+            subfolders[:] = []
+    return ""
+
+
 def parquet_files(paths: Union[PathLike, Sequence[PathLike]]) -> list[str]:
     """The parquet files ``paths`` names, sorted, each once: a file, a glob pattern (``data/validation-*.parquet``),
     a folder (its ``.parquet`` files at its top), or a list of them; ParquetError (``paths``) where one names none,
