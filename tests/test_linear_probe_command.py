@@ -431,7 +431,7 @@ def _parquet_split(folder, path, classes, *, labelled=True):
 
 def test_parquet_splits_probe_as_the_same_images_in_class_folders(export, tmp_path, monkeypatch, capsys):
     train, val, test = (
-        _folders(tmp_path / name, "pairs", seed, 90) for name, seed in (("train", 1), ("val", 2), ("test", 3))
+        _folders(tmp_path / name, "pairs", seed, 40) for name, seed in (("train", 1), ("val", 2), ("test", 3))
     )
     classes = ["blue", "green", "red"]
     files = {
