@@ -1624,3 +1624,18 @@ def test_retrieval_on_an_image_caption_parquet_equals_the_same_pairs_in_a_captio
     assert parquet["skipped_reasons"][0].startswith("test-00000-of-00001.parquet[12]: unreadable image")
     with pytest.raises(SystemExit):  # (its images are in it)
         zero_shot.main(common + ["--images", str(images), "--captions", str(tmp_path / "test-*.parquet")])
+
+
+def test_parquet_images_without_a_label_column_are_classified_without_accuracy(export, images, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    directory, _ = export
+    (path,) = _hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
+    pq.write_table(pq.read_table(path).drop_columns(["label"]), path)  # (an unlabelled test split)
+    common = ["--checkpoint", str(directory), "--template", "a {}", "--classes", ",".join(CLASSES)]
+    result = zero_shot.main(common + ["--images", path])
+    folders = zero_shot.main(common + ["--images", str(images)])
+    assert "accuracy" not in result and list(result["top"].values()) == list(folders["top"].values())
+    assert "warning: no accuracy: the parquet files have no label column (none of label, labels, fine_label" in (
+        capsys.readouterr().err
+    )
