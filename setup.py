@@ -37,6 +37,7 @@ setup(
         "data": ["pillow>=10", "tokenizers>=0.19", "webdataset>=0.2.86", "fsspec>=2023.1"],
         "recipes": ["omegaconf>=2.3", "pyyaml>=6", "tqdm>=4.66", "matplotlib>=3.8", "fvcore>=0.1.5"],
         "tensorboard": ["tensorboard>=2.15"],
+        "parquet": ["pyarrow>=14"],  # Hugging Face Hub datasets are parquet (torchflava.data.parquet)
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",

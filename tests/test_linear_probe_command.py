@@ -410,3 +410,64 @@ def test_one_flat_folder_may_give_two_splits_by_two_labels_files_that_share_no_i
             ["--checkpoint", "/unused", "--train", str(tmp_path / "train"), "--val", flat, "--val-labels", labels[0]]
             + ["--test", flat, "--test-labels", labels[1]]
         )
+
+
+def _parquet_split(folder, path, classes, *, labelled=True):
+    """``folder``'s class sub-folders as one Hugging Face parquet file (Image struct, ClassLabel ``classes``), rows
+    in the folder's order."""
+    from tests.data.test_parquet import write_hf_parquet
+
+    source = ImageClassFolder(folder, classes)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
+    labels = [classes.index(f.split("/")[0]) for f in files]
+    assert labels == [source[i].label for i in range(len(source))]  # (the folder's order and ids)
+    write_hf_parquet(path, [(folder / f).read_bytes() for f in files], labels, classes)
+    if not labelled:
+        import pyarrow.parquet as pq
+
+        pq.write_table(pq.read_table(path).drop_columns(["label"]), path)
+    return str(path)
+
+
+def test_parquet_splits_probe_as_the_same_images_in_class_folders(export, tmp_path, monkeypatch, capsys):
+    train, val, test = (
+        _folders(tmp_path / name, "pairs", seed, 40) for name, seed in (("train", 1), ("val", 2), ("test", 3))
+    )
+    classes = ["blue", "green", "red"]
+    files = {
+        name: _parquet_split(d, tmp_path / f"{name}.parquet", classes) for name, d in zip(SPLITS, (train, val, test))
+    }
+    folders = command.main(["--checkpoint", str(export), "--train", str(train), "--val", str(val), "--test", str(test)])
+    parquet = command.main(
+        ["--checkpoint", str(export), "--train", files["train"], "--val", files["val"], "--test", files["test"]]
+    )
+    for key in ("l2", "val_accuracy", "test_accuracy", "test_mean_per_class_accuracy", "num_inputs", "classes"):
+        assert parquet[key] == folders[key], key
+    # refused before the checkpoint is loaded
+    monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    unlabelled = _parquet_split(val, tmp_path / "u.parquet", classes, labelled=False)
+    cases = [
+        (["--train", files["train"], "--val", files["train"]], "argument --val: expected other files than --train's"),
+        (["--train", files["train"], "--val", unlabelled], "argument --val: expected labelled images, got parquet"),
+        (
+            ["--train", files["train"], "--val", files["val"], "--val-labels", __file__],
+            "argument --val-labels: not with",
+        ),
+        (["--train", str(train), "--val", str(val), "--image-key", "x"], "argument --image-key: for parquet --train"),
+        (
+            ["--train", files["train"], "--val", files["val"], "--label-key", "y"],
+            "argument --label-key: expected a column",
+        ),
+        (
+            ["--train", str(train), str(val), "--val", str(val)],
+            "argument --train: expected one folder, or parquet files",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            command.main(["--checkpoint", "/unused", *argv])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error, (argv, error)
+
+
+SPLITS = command.SPLITS

@@ -256,7 +256,10 @@ def test_feature_functions_refuse_bad_arguments_naming_them(export, images):
         # found after the checkpoint was loaded, naming root or captions
         (["--images", "{empty}"], "argument --images: expected an image folder, got '{empty}' (no file ending in"),
         (["--captions", "{empty}/c.tsv"], "argument --captions: captions must list at least one image-caption pair"),
-        (["--captions", __file__], "argument --captions: captions must be a .jsonl, .json, .csv or .tsv file"),
+        (
+            ["--captions", __file__],
+            "argument --captions: captions must be a .jsonl, .json, .csv, .tsv or .parquet file",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_naming_them_before_any_work(export, images, extra, message, capsys, tmp_path):
@@ -1483,3 +1486,157 @@ def test_a_bad_labels_file_exits_2_naming_the_option_before_the_checkpoint_loads
         zero_shot.main([*command, *extra])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and "argument --" in err.splitlines()[-1]
+
+
+def _hf_parquet_of(
+    folder: Path, data: Path, names: list[str], *, shards: int = 2, with_names: bool = True
+) -> list[str]:
+    """The images (and unreadable files) of ``folder``'s class sub-folders as the Hugging Face Hub serves such a
+    split, ``data/validation-0000i-of-0000n.parquet`` (the Image struct, ClassLabel ``names``), rows in the
+    folder's order; returns the files."""
+    from tests.data.test_parquet import write_hf_parquet
+    from torchflava.data.readers import ImageFolder
+
+    listed = ImageFolder(folder)
+    files = [listed.relative_path(i) for i in range(len(listed))]
+    data.mkdir(parents=True, exist_ok=True)
+    paths, step = [], math.ceil(len(files) / shards)
+    for shard in range(shards):
+        part = files[shard * step : (shard + 1) * step]
+        path = data / f"validation-{shard:05d}-of-{shards:05d}.parquet"
+        labels = [names.index(f.split("/")[0]) for f in part]
+        write_hf_parquet(path, [(folder / f).read_bytes() for f in part], labels, names if with_names else None)
+        paths.append(str(path))
+    return paths
+
+
+def test_parquet_images_give_the_report_of_the_same_images_in_class_folders(export, images, tmp_path, capsys):
+    """A Hugging Face split's parquet shards (listed, as a shell expands data/validation-*.parquet), classes from
+    their ClassLabel: the accuracies, predictions and probabilities of the class folders, the same unreadable
+    image skipped."""
+    directory, _ = export
+    shards = _hf_parquet_of(images, tmp_path / "data", CLASSES)
+    common = ["--checkpoint", str(directory), "--template", "a {}"]
+    folders = zero_shot.main(common + ["--images", str(images), "--classes", ",".join(CLASSES)])
+    parquet = zero_shot.main(common + ["--images", *shards, "--json", str(tmp_path / "p.json")])
+    assert parquet["num_inputs"] == folders["num_inputs"] == 12 and parquet["skipped"] == folders["skipped"] == 1
+    assert parquet["skipped_reasons"][0].startswith("validation-00001-of-00002.parquet[5]: unreadable image")
+    assert parquet["classes"] == CLASSES
+    for key in ("accuracy", "mean_per_class_accuracy", "chance"):
+        assert parquet[key] == folders[key]
+    assert list(parquet["predictions"].values()) == list(folders["predictions"].values())
+    assert list(parquet["top"].values()) == list(folders["top"].values())  # (probabilities, bit for bit)
+    assert json.loads((tmp_path / "p.json").read_text())["accuracy"] == folders["accuracy"]
+    # a glob pattern, and --classes naming the classes in id order (other names: other prompts)
+    pattern = str(tmp_path / "data" / "validation-*.parquet")
+    named = zero_shot.main(common + ["--images", pattern, "--classes", ",".join(CLASSES)])
+    assert list(named["top"].values()) == list(folders["top"].values())
+    assert capsys.readouterr().err.count("warning") == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--classes", "a,b"], "argument --classes: expected the 3 classes of 'label''s ClassLabel in"),
+        (["--labels", __file__], "argument --labels: not with parquet --images (their label column gives the classes)"),
+        (["--folder-order"], "argument --folder-order: not with parquet --images"),
+        (["--label-key", "fine"], "argument --label-key: expected a column of the files, got 'fine' (columns: image:"),
+        (["--image-key", "jpg"], "argument --image-key: expected a column of the files, got 'jpg'"),
+        (["--json", "{shard}"], "argument --json: expected another file than --images's, got"),
+        (["--captions", __file__], "argument --captions: not with parquet --images"),
+    ],
+)
+def test_bad_arguments_with_parquet_images_exit_2_naming_them_before_the_checkpoint_loads(
+    images, tmp_path, extra, message, capsys
+):
+    shards = _hf_parquet_of(images, tmp_path / "data", CLASSES)
+    extra = [e.replace("{shard}", shards[0]) for e in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        zero_shot.main(["--checkpoint", "/nonexistent", "--images", *shards, *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_parquet_and_folder_images_refused_in_one_line_before_the_checkpoint_loads(
+    images, tmp_path, capsys, monkeypatch
+):
+    unnamed = _hf_parquet_of(images, tmp_path / "plain", CLASSES, shards=1, with_names=False)
+    (tmp_path / "text.parquet").write_text("image,label\n")
+    _hf_parquet_of(images, tmp_path / "food101" / "data", CLASSES, shards=1)  # (a Hugging Face download)
+    (tmp_path / "food101" / "README.md").write_text("---\n")
+    cases = [
+        (["--images", *unnamed], "argument --classes: required: the parquet files name no classes"),
+        (["--images", str(tmp_path / "text.parquet")], "argument --images: " + str(tmp_path / "text.parquet")),
+        (
+            ["--images", str(images), str(images)],
+            "argument --images: expected one image folder, or parquet files, got 2",
+        ),
+        (["--images", str(images)], "one of the arguments --classes --captions is required"),
+        (  # a Hugging Face download's root: README.md, data/validation-*.parquet
+            ["--images", str(tmp_path / "food101"), "--classes", "a,b"],
+            f"(no file ending in one of .jpg, .jpeg, .jfif, .jpe, .png, .bmp, .webp, .avif, .gif, .tif, .tiff, .ppm, "
+            f".pgm, .pbm, .pnm under it; it holds parquet files in data/ (validation-00000-of-00001.parquet...): give "
+            f"them, e.g. {tmp_path}/food101/data/validation-*.parquet)",
+        ),
+        (
+            ["--images", str(images), "--classes", "a,b", "--label-key", "x"],
+            "argument --label-key: for parquet --images",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", "/nonexistent", *argv])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error, (argv, error)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # (as where pyarrow is not installed)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(SystemExit):
+        zero_shot.main(["--checkpoint", "/nonexistent", "--images", *unnamed, "--classes", "a,b,c"])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m torchflava.zero_shot: error: argument --images: reading parquet files needs pyarrow: pip install "
+        "'torchflava[parquet]' (or pip install 'pyarrow>=14')"
+    )
+
+
+def test_retrieval_on_an_image_caption_parquet_equals_the_same_pairs_in_a_captions_file(export, images, tmp_path):
+    """A Hub image-caption split (the Image struct, a list of captions a row, as COCO's five) ranks as the same
+    images and captions listed in a .jsonl: every recall equal, the unreadable image skipped alike."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.data.test_parquet import IMAGE_STRUCT
+
+    directory, _ = export
+    lines = [json.loads(line) for line in (images / "captions.jsonl").read_text().splitlines()]
+    lines.append({"image": "red circle/broken.png", "caption": "a broken one"})
+    pairs = [{"image": line["image"], "caption": text} for line in lines for text in (line["caption"], "a shape")]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    rows = pa.array(
+        [{"bytes": (images / line["image"]).read_bytes(), "path": line["image"]} for line in lines], IMAGE_STRUCT
+    )
+    table = pa.table({"image": rows, "sentences": [[line["caption"], "a shape"] for line in lines]})
+    pq.write_table(table, tmp_path / "test-00000-of-00001.parquet", row_group_size=5)
+    common = ["--checkpoint", str(directory)]
+    listed = zero_shot.main(common + ["--images", str(images), "--captions", str(tmp_path / "pairs.jsonl")])
+    parquet = zero_shot.main(common + ["--captions", str(tmp_path / "test-*.parquet")])
+    assert (parquet["num_pairs"], parquet["num_images"], parquet["skipped"]) == (24, 12, 2)
+    assert {k: v for k, v in parquet.items() if k != "skipped_reasons"} == {
+        k: v for k, v in listed.items() if k != "skipped_reasons"
+    }
+    assert parquet["skipped_reasons"][0].startswith("test-00000-of-00001.parquet[12]: unreadable image")
+    with pytest.raises(SystemExit):  # (its images are in it)
+        zero_shot.main(common + ["--images", str(images), "--captions", str(tmp_path / "test-*.parquet")])
+
+
+def test_parquet_images_without_a_label_column_are_classified_without_accuracy(export, images, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    directory, _ = export
+    (path,) = _hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
+    pq.write_table(pq.read_table(path).drop_columns(["label"]), path)  # (an unlabelled test split)
+    common = ["--checkpoint", str(directory), "--template", "a {}", "--classes", ",".join(CLASSES)]
+    result = zero_shot.main(common + ["--images", path])
+    folders = zero_shot.main(common + ["--images", str(images)])
+    assert "accuracy" not in result and list(result["top"].values()) == list(folders["top"].values())
+    assert "warning: no accuracy: the parquet files have no label column (none of label, labels, fine_label" in (
+        capsys.readouterr().err
+    )

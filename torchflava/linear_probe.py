@@ -4,6 +4,7 @@
     python -m torchflava.linear_probe --checkpoint runs/tiny/checkpoints/step_2000 --shapes  # a run's step-2000 checkpoint
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
     python -m torchflava.linear_probe --checkpoint DIR --train imagenet/train --val VAL --test imagenet/val --test-labels LOC_val_solution.csv
+    python -m torchflava.linear_probe --checkpoint DIR --train food101/data/train-*.parquet --val VAL.parquet --test food101/data/validation-*.parquet
     python -m torchflava.linear_probe --checkpoint file:///models/flava-full --shapes --batch-size 32
     python -m torchflava.linear_probe --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --shapes
 
@@ -16,11 +17,14 @@ scored on ``--test``. Folders hold one sub-folder per class, or, with ``--train-
 (Kaggle's ``LOC_val_solution.csv``, or ``FILE<TAB>CLASS`` / ``FILE,CLASS`` lines: see
 :class:`~torchflava.data.image_labels.LabelledImageFolder`; the classes are the training split's, its
 sub-folders' or the classes its labels file writes, sorted; a named image that is absent is skipped as an
-unreadable one is, an image left unnamed is left out, each with a warning); ``--shapes`` uses the built-in shapes
+unreadable one is, an image left unnamed is left out, each with a warning), or parquet files as the Hugging Face
+Hub serves a dataset (a glob, a folder of them or several files: images and class ids, the classes those of the
+training split's ``ClassLabel``; ``--image-key``/``--label-key`` name other columns; needs pyarrow); ``--shapes`` uses the built-in shapes
 task (train and validation from the training world, test = the held-out split). Images are encoded
 ``--batch-size`` at a time (the features depend on it in fp32's last bits only: ~4e-7, measured).
 """
 
+import argparse
 import os
 from pathlib import Path
 import sys
@@ -32,6 +36,7 @@ from torch import Tensor
 
 from torchflava.data.finetuning import ImageClassFolder, ShapesClassification
 from torchflava.data.image_labels import LabelledImageFolder
+from torchflava.data.parquet import ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS
 from torchflava.data.samples import readable_chunks
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
@@ -116,9 +121,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = command_parser("torchflava.linear_probe", __doc__)
     add_checkpoint_argument(parser)
     parser.add_argument("--shapes", action="store_true", help="the built-in shapes task")
-    parser.add_argument("--train")
-    parser.add_argument("--val")
-    parser.add_argument("--test")
+    for name in SPLITS:  # (several values: parquet files, as a shell expands data/train-*.parquet)
+        parser.add_argument(
+            f"--{name}",
+            nargs="+",
+            help="folder of class sub-folders, or parquet files as the Hugging Face Hub gives them (a glob, a folder "
+            "of them, or several files)",
+        )
+    parser.add_argument("--image-key", help="the parquet splits' image column (default: their Image feature's)")
+    parser.add_argument("--label-key", help="the parquet splits' column of class ids (default: their ClassLabel one)")
     for name in SPLITS:
         parser.add_argument(
             f"--{name}-labels",
@@ -137,9 +148,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--json", type=output_file, help="also write the report here (weights: the file or training checkpoint probed)"
     )
     args = parser.parse_args(argv)
+    parquet = {}  # split -> its parquet files' values
+    for name in SPLITS:
+        values = getattr(args, name)
+        if values is not None and any(is_parquet(value) for value in values):
+            parquet[name] = values
+            setattr(args, name, " ".join(values))  # (the split as given, for its messages)
+        elif values is not None and len(values) > 1:
+            parser.error(f"argument --{name}: expected one folder, or parquet files, got {len(values)} values")
+        elif values is not None:
+            setattr(args, name, values[0])
+    if not parquet and (args.image_key is not None or args.label_key is not None):
+        option = "--image-key" if args.image_key is not None else "--label-key"
+        parser.error(f"argument {option}: for parquet --train/--val/--test only")
     folders = {name: getattr(args, name) for name in SPLITS if getattr(args, name) is not None}
     labels = {name: getattr(args, f"{name}_labels") for name in SPLITS if getattr(args, f"{name}_labels") is not None}
     for name, file in labels.items():
+        if name in parquet:
+            parser.error(f"argument --{name}-labels: not with parquet --{name} (their label column labels the images)")
         if name not in folders:
             parser.error(f"argument --{name}-labels: labels the images of --{name}, which was not given")
         if not Path(file).is_file():
@@ -149,11 +175,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not args.shapes and not (args.train and args.val):
         parser.error("give --shapes, or --train and --val (and optionally --test) class folders")
     for name, folder in folders.items():  # before the checkpoint is loaded
-        if not Path(folder).is_dir():
+        if name not in parquet and not Path(folder).is_dir():
             parser.error(f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (not a directory)")
     seen = {}  # real folder -> the first option naming it
     for name, folder in folders.items():  # (--val = --train picked the penalty on the training images, and
         # --test = --val scored the refit on images it was fitted on: accuracies inflated, silently)
+        if name in parquet:  # (their files compared once listed)
+            continue
         real = os.path.realpath(folder)
         if real in seen and name in labels and seen[real] in labels:  # (one folder, two labels files: checked below)
             continue
@@ -166,6 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     split = {}  # the class folders, listed (not read) before the checkpoint is loaded and any feature extracted
     for name, folder in folders.items():
         classes = None if name == "train" else split["train"].classes
+        if name in parquet:
+            split[name] = _parquet_split(parser, args, name, parquet[name], classes, split)
+            continue
         try:
             if name in labels:
                 split[name] = LabelledImageFolder(folder, labels[name], classes)
@@ -175,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             if str(error).startswith("root must hold a file ending in"):  # (it named root, as the folder's reason)
                 parser.error(
                     f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (no file ending in "
-                    f"one of {', '.join(IMAGE_EXTENSIONS)} under it)"
+                    f"one of {', '.join(IMAGE_EXTENSIONS)} under it{parquet_hint(folder)})"
                 )
             option = f"--{name}-labels" if name in labels else f"--{name}"
             parser.error(f"argument {option}: {str(error).removeprefix('root: ').removeprefix('labels: ')}")
@@ -235,6 +266,46 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     }
     print(summary_line(result, report))
     return finish_command(report, [reason for reasons in skipped.values() for reason in reasons], args.json)
+
+
+def _parquet_split(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    name: str,
+    values: list[str],
+    classes: Optional[list[str]],
+    split: dict,
+) -> ParquetImages:
+    """Split ``name``'s parquet files (their labels read and checked, no image) with ``classes`` (the training
+    split's; None for it: its ClassLabel's, else its class ids 0..max); exits 2 naming the option where they are
+    refused, unlabelled, or share a file with an earlier split."""
+    option = {"paths": f"--{name}", "image_key": "--image-key", "label_key": "--label-key", "classes": f"--{name}"}
+    try:
+        source = ParquetImages(values, image_key=args.image_key, label_key=args.label_key, classes=classes)
+    except ParquetError as error:
+        extra = " (the classes of --train)" if error.argument == "classes" else ""
+        parser.error(f"argument {option[error.argument]}: {error.reason}{extra}")
+    except ImportError as error:  # (pyarrow, an optional dependency)
+        parser.error(f"argument --{name}: {error}")
+    if source.labels is None:
+        parser.error(
+            f"argument --{name}: expected labelled images, got parquet files without a label column (--label-key "
+            "names it)"
+        )
+    if source.classes is None:  # (no ClassLabel names: the class ids are the classes)
+        source.classes = [str(i) for i in range(max(source.labels) + 1)]
+    if name == "train" and len(source.classes) < 2:
+        parser.error(f"argument --train: expected at least 2 classes, got {len(source.classes)} ({source.classes})")
+    for other, earlier in split.items():
+        common = sorted(set(getattr(earlier, "files", ())) & set(source.files))
+        if common:
+            parser.error(
+                f"argument --{name}: expected other files than --{other}'s, got {common[0]!r} (the splits must not "
+                "share images)"
+            )
+    for warning in source.warnings:
+        print(warning, file=sys.stderr)
+    return source
 
 
 def _shared_images(split: dict, folders: dict, name: str) -> Optional[tuple[str, int, str]]:

@@ -10,6 +10,7 @@
     python -m torchflava.zero_shot --checkpoint DIR --images imagenet/val --classes @LOC_synset_mapping.txt
     python -m torchflava.zero_shot --checkpoint DIR --images ILSVRC/Data/CLS-LOC/val --labels LOC_val_solution.csv --classes @LOC_synset_mapping.txt
     python -m torchflava.zero_shot --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --images DIR --classes "cat,dog"
+    python -m torchflava.zero_shot --checkpoint DIR --images food101/data/validation-*.parquet
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
@@ -33,7 +34,12 @@ synset folders, with the class names listed in that order). A flat folder, as Im
 is distributed (``ILSVRC2012_val_00000001.JPEG``...), takes its labels from ``--labels``: Kaggle's
 ``LOC_val_solution.csv``, or ``FILE<TAB>CLASS`` / ``FILE,CLASS`` lines, each class written as its
 sub-folder would be named; images it names that are absent are skipped and counted as unreadable ones,
-images it does not name left out, both with a warning. ``--classes @FILE`` reads the class names from a
+images it does not name left out, both with a warning. Parquet files as the Hugging Face Hub serves a dataset
+(``huggingface-cli download --repo-type dataset food101 --local-dir food101`` gives
+``food101/data/validation-00000-of-00003.parquet``...; a glob, a folder of them or several files) hold the images
+and their class ids, the class names in their ``ClassLabel`` metadata unless ``--classes`` names them, in id order
+(``--image-key``/``--label-key`` name other columns; needs pyarrow: ``pip install 'torchflava[parquet]'``).
+``--classes @FILE`` reads the class names from a
 UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the class's
 sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
 (``LOC_synset_mapping.txt``: ``n01440764 tench, Tinca tinca``), the prompts then holding the names and the
@@ -42,9 +48,11 @@ prompts, a warning says so, and an image of either counts half right when they r
 (repeatable) gives the prompt templates, ``--template @FILE`` a UTF-8 file of them, one a line. Retrieval:
 ``--captions`` pairs images with captions (an image may be listed with several): ``.jsonl``, Karpathy's
 split ``.json`` (``--split test`` for the COCO 5k / Flickr30k 1k test sets; without ``--split`` every split
-is evaluated, with a warning), COCO's captions ``.json``, BLIP's caption list ``.json``, or an
+is evaluated, with a warning), COCO's captions ``.json``, BLIP's caption list ``.json``, an
 open_clip-style ``.csv``/``.tsv`` (``--image-key``/``--text-key`` name its columns), see
-``ImageTextFolder``; without ``--images`` the file's image paths must be absolute. Recall@1/5/10 are
+``ImageTextFolder``; without ``--images`` the file's image paths must be absolute. A ``.parquet`` file (or a glob
+of them) holds the images with their captions, a caption or a list of them a row (COCO's five), without
+``--images`` (``--split test`` keeps the rows of its ``split`` column's test split). Recall@1/5/10 are
 reported in both directions, each beside the recall of a random ranking in that direction. Unreadable images
 or empty captions are skipped and counted.
 """
@@ -68,6 +76,7 @@ from torch import Tensor
 import torch.nn.functional as F
 
 from torchflava.data.image_labels import LabelledImageFolder
+from torchflava.data.parquet import LABEL_COLUMNS, ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.evaluation import percent, retrieval_recall, zero_shot_classifier
@@ -204,7 +213,7 @@ def class_embeddings(
 
 def classify_folder(
     pretrained: Pretrained,
-    images_dir: str,
+    images_dir: Union[str, ParquetImages],
     class_names: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     *,
@@ -218,7 +227,9 @@ def classify_folder(
     """Zero-shot classification of every image under ``images_dir``, ``batch_size`` images at a time:
     what is kept of an image is its name, its best ``top_k`` classes and their probabilities, and its
     accuracy credit (ImageNet's 50,000 images with every probability of its 1000 classes as Python
-    floats took ~6 GB; every probability goes to ``probabilities_file`` instead, row by row).
+    floats took ~6 GB; every probability goes to ``probabilities_file`` instead, row by row). ``images_dir`` may
+    be parquet files' images (:class:`~torchflava.data.parquet.ParquetImages`, a Hugging Face Hub download's
+    ``data/validation-*.parquet``): each row's class id is its label (names may then repeat, as sub-folders' may).
 
     Args:
         folder_order (bool): the i-th class is the i-th sub-folder of ``images_dir`` in sorted order (as
@@ -261,12 +272,17 @@ def classify_folder(
             without one ``{}``, with ``folder_order`` not one sub-folder per class or an image outside
             them, ``class_folders`` not one distinct non-empty folder name per class or given with
             ``folder_order``, ``top_k`` below 1, ``probabilities_file`` not a ``.npy`` path in an
-            existing directory, or ``labels`` given with ``folder_order`` or refused by
-            :class:`~torchflava.data.image_labels.LabelledImageFolder` (all before any image is read).
+            existing directory, ``labels`` given with ``folder_order`` or refused by
+            :class:`~torchflava.data.image_labels.LabelledImageFolder`, or parquet images given with ``labels``,
+            ``folder_order`` or ``class_folders``, or labelled with a class id past the classes (all before any
+            image is read).
     """
     if labels is not None and folder_order:
         raise ValueError("labels and folder_order both say which class an image is of: give one")
-    labelled_by_folder = class_folders is not None or folder_order
+    parquet = isinstance(images_dir, ParquetImages)
+    if parquet:
+        _check_parquet_labels(images_dir, len(class_names), labels, folder_order, class_folders)
+    labelled_by_folder = class_folders is not None or folder_order or parquet
     # the names prompted, once each: where a folder labels each class, two of one name (ImageNet's two cranes) share
     # an embedding, a tie that class_credit counts as such (the real LOC_synset_mapping.txt was refused)
     prompted = (
@@ -285,9 +301,14 @@ def classify_folder(
     scale = pretrained.model.logit_scale.detach().float().exp().cpu()
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     # (listed: no image read); a labels file's images are labelled by it, as by their folder
-    folder = (
-        ImageFolder(images_dir) if labels is None else labelled_images(images_dir, labels, class_names, class_folders)
-    )
+    if parquet:
+        folder = images_dir
+    else:
+        folder = (
+            ImageFolder(images_dir)
+            if labels is None
+            else labelled_images(images_dir, labels, class_names, class_folders)
+        )
     ordered = ordered_folders(images_dir, len(class_names), folder) if folder_order else None
     classes = class_embeddings(pretrained, prompted, templates)  # (names the tokenizer merges: before any image)
     row = {name: index for index, name in enumerate(prompted)}
@@ -302,7 +323,7 @@ def classify_folder(
             files = [folder.relative_path(index) for index, _ in chunk]
             features = image_features(pretrained, [sample.image for _, sample in chunk], batch_size=batch_size)
             check_finite(image_features=features)  # a diverged model predicts nothing
-            if labels is not None:  # (the labels file's class, matched to a class when it was read)
+            if labels is not None or parquet:  # (the labels file's class, matched to a class when it was read)
                 truth = [sample.label for _, sample in chunk]
             elif ordered is not None:
                 truth = [ordered[image_folder(f)] for f in files]
@@ -311,7 +332,8 @@ def classify_folder(
             probabilities = tally.add(files, truth, features, classes, scale)
             rows.write(probabilities)
         if not tally.files:
-            raise ValueError(f"images: no readable image under {images_dir} ({len(skipped)} unreadable)")
+            where = f"in {folder.files[0]}..." if parquet else f"under {images_dir}"
+            raise ValueError(f"images: no readable image {where} ({len(skipped)} unreadable)")
         rows.finish()
     top_classes = torch.cat(tally.top_classes)
     result = {
@@ -381,6 +403,30 @@ class _Tally:
         if TOP5 in reported_ks(self.num_classes):
             out["top5_accuracy"] = torch.cat(self.credits[TOP5]).double().mean().item()
         return out
+
+
+def _check_parquet_labels(
+    images: ParquetImages,
+    num_classes: int,
+    labels: object,
+    folder_order: bool,
+    class_folders: object,
+) -> None:
+    """ValueError unless parquet ``images``, which label their rows themselves, come without ``labels``,
+    ``folder_order`` and ``class_folders``, and with class ids below ``num_classes``."""
+    if labels is not None or folder_order or class_folders is not None:
+        raise ValueError(
+            "images: parquet files label their rows themselves: not with labels, folder_order or class_folders"
+        )
+    if images.classes is not None and len(images.classes) != num_classes:
+        raise ValueError(
+            f"class_names: expected the {len(images.classes)} classes of the parquet files, got {num_classes}"
+        )
+    if images.labels is not None and max(images.labels) >= num_classes:
+        raise ValueError(
+            f"class_names: expected a name for each class id of the parquet files, got {num_classes} for ids up to "
+            f"{max(images.labels)}"
+        )
 
 
 def _check_npy_path(path: object) -> None:
@@ -690,6 +736,47 @@ _CAPTIONS_OPTIONS = {"root": "--images", "split": "--split", "image_key": "--ima
 _SYNSET_LINE = re.compile(r"(n\d{8})\s+(\S.*)")
 
 
+# ParquetImages' arguments -> the zero-shot options that give them
+_PARQUET_OPTIONS = {"paths": "--images", "image_key": "--image-key", "label_key": "--label-key", "classes": "--classes"}
+
+
+def _parquet_images(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, values: list[str], classes: Optional[list[str]]
+) -> tuple[ParquetImages, list[str]]:
+    """The parquet ``--images`` (their labels read and checked, no image) and the classes: ``--classes``', else
+    their ClassLabel's; exits 2 naming the option where they are refused, and warns of what is left out."""
+    try:
+        source = ParquetImages(values, image_key=args.image_key, label_key=args.label_key, classes=classes)
+    except ParquetError as error:
+        parser.error(f"argument {_PARQUET_OPTIONS[error.argument]}: {error.reason}")
+    except ImportError as error:  # (pyarrow, an optional dependency)
+        parser.error(f"argument --images: {error}")
+    for warning in source.warnings:
+        print(warning, file=sys.stderr)
+    if classes is None:
+        if source.classes is None:
+            parser.error(
+                f"argument --classes: required: the parquet files name no classes (their {source.label_key or 'label'!r} "
+                "column has no ClassLabel names in their metadata)"
+            )
+        classes = source.classes
+        if fault := class_names_fault(classes, repeats_allowed=True):
+            parser.error(f"argument --images: the ClassLabel names of {source.label_key!r}: {fault}; give --classes")
+        if any("_" in name for name in classes):
+            print(
+                f"warning: the ClassLabel names hold underscores ({next(n for n in classes if '_' in n)!r}): the "
+                "prompts say them so; --classes @FILE names the classes otherwise, one a line in class-id order",
+                file=sys.stderr,
+            )
+    if source.labels is None:
+        print(
+            f"warning: no accuracy: the parquet files have no label column (none of {', '.join(LABEL_COLUMNS)}, nor "
+            "a ClassLabel one); --label-key names it",
+            file=sys.stderr,
+        )
+    return source, classes
+
+
 def class_names_argument(value: str, parser: argparse.ArgumentParser) -> tuple[list[str], Optional[list[str]]]:
     """The class names ``--classes`` gives, and the sub-folder of each where its file names them: comma-
     separated names, or ``@FILE``'s lines (UTF-8; stripped, blank lines ignored), each a class name, or
@@ -743,9 +830,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     add_checkpoint_argument(parser)
     parser.add_argument(
         "--images",
-        help="image folder (retrieval: the folder of the captions' image paths; leave out for absolute paths)",
+        nargs="+",
+        help="image folder (retrieval: the folder of the captions' image paths; leave out for absolute paths), or "
+        "parquet files as the Hugging Face Hub gives them (data/validation-*.parquet, a folder of them, or several "
+        "files; classification: the classes of their ClassLabel unless --classes names them)",
     )
-    mode = parser.add_mutually_exclusive_group(required=True)
+    mode = parser.add_mutually_exclusive_group()  # (one of them required, but for parquet images: checked below)
     mode.add_argument(
         "--classes",
         help="comma-separated class names, or @FILE: a UTF-8 file of one class name a line, or of FOLDER<TAB>NAME or "
@@ -753,12 +843,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     mode.add_argument(
         "--captions",
-        help="captions pairing the images with text (retrieval): .jsonl, Karpathy's, COCO's or BLIP's .json, .csv or .tsv",
+        help="captions pairing the images with text (retrieval): .jsonl, Karpathy's, COCO's or BLIP's .json, .csv or .tsv; "
+        "or .parquet files (a file or a glob) holding the images and their captions",
     )
     parser.add_argument(
         "--split", help="Karpathy split(s) to keep, comma-separated (retrieval on a Karpathy .json: test, or val)"
     )
-    parser.add_argument("--image-key", help="JSON key or CSV/TSV column of the image paths (retrieval)")
+    parser.add_argument(
+        "--image-key",
+        help="JSON key or CSV/TSV column of the image paths (retrieval), or parquet --images' image column",
+    )
+    parser.add_argument("--label-key", help="parquet --images' column of class ids (default: their ClassLabel column)")
     parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the captions (retrieval)")
     parser.add_argument(
         "--template",
@@ -801,6 +896,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "order of the --json's predictions, columns in that of its classes (classification)",
     )
     args = parser.parse_args(argv)
+    parquet = None  # the parquet files' values of --images (a shell expands data/validation-*.parquet into its files)
+    if args.images is not None and any(is_parquet(value) for value in args.images):
+        parquet, args.images = args.images, None
+    elif args.images is not None and len(args.images) > 1:
+        parser.error(
+            f"argument --images: expected one image folder, or parquet files, got {len(args.images)} values: "
+            f"{_listed(args.images, 3)}"
+        )
+    elif args.images is not None:
+        args.images = args.images[0]
+    if parquet is None and args.classes is None and args.captions is None:
+        parser.error("one of the arguments --classes --captions is required")
+    if parquet is None and args.label_key is not None:
+        parser.error("argument --label-key: for parquet --images (classification) only")
+    if parquet is not None:  # (their label column says which class a row is of)
+        if args.captions is not None:
+            parser.error("argument --captions: not with parquet --images (classification: --classes, or none)")
+        for option, given in (("--labels", args.labels), ("--folder-order", args.folder_order)):
+            if given:
+                parser.error(f"argument {option}: not with parquet --images (their label column gives the classes)")
     inputs = {"--captions": [args.captions] if args.captions is not None else []}
     inputs["--classes"] = [args.classes] if args.classes is not None and args.classes.startswith("@") else []
     inputs["--template"] = [t for t in args.templates or () if t.startswith("@")]
@@ -816,21 +931,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if bad:
         parser.error(f"argument --template: expected one '{{}}' for the class name and no other braces, got {bad}")
     # every argument checked before the checkpoint is loaded
-    if args.images is None and args.classes is not None:
+    if args.images is None and parquet is None and args.classes is not None:
         parser.error("argument --images: required for --classes (classification)")
-    if args.captions is None and (args.split or args.image_key or args.text_key):
+    if args.captions is None and (args.split or (args.image_key and parquet is None) or args.text_key):
         parser.error("arguments --split, --image-key and --text-key: for --captions (retrieval) only")
     if args.images is not None and not Path(args.images).is_dir():
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
     if args.captions is not None and args.templates:  # retrieval embeds the captions as they are
         parser.error("argument --template: for --classes (classification) only, not with --captions")
-    if args.captions is not None and not Path(args.captions).is_file():
+    captions_parquet = args.captions is not None and args.captions.lower().endswith(".parquet")
+    if captions_parquet and args.images is not None:
+        parser.error("argument --images: not with a .parquet --captions, which holds its images")
+    if args.captions is not None and not captions_parquet and not Path(args.captions).is_file():
         parser.error(
             f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's, COCO's or BLIP's .json, or a .csv, "
             f"got {args.captions!r} (not a file)"
         )
     classes, class_folders = (None, None) if args.classes is None else class_names_argument(args.classes, parser)
-    labelled_by_folder = class_folders is not None or args.folder_order  # (a name may then stand for two classes)
+    if parquet is not None and class_folders is not None:
+        parser.error(
+            "argument --classes: a file naming each class's folder is for image folders; with parquet --images give "
+            "the names alone, one a line in class-id order"
+        )
+    # (a name may then stand for two classes: a folder, or a parquet row's class id, tells them apart)
+    labelled_by_folder = class_folders is not None or args.folder_order or parquet is not None
     if classes is not None and (fault := class_names_fault(classes, repeats_allowed=labelled_by_folder)):
         parser.error(f"argument --classes: {fault}")
     if class_folders is not None and len(set(class_folders)) != len(class_folders):
@@ -844,7 +968,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("argument --labels: not with --folder-order (each says which class an image is of)")
     if args.labels is not None and not Path(args.labels).is_file():
         parser.error(f"argument --labels: expected a labels file, got {args.labels!r} (not a file)")
-    if args.all_probabilities is not None and classes is None:
+    if args.all_probabilities is not None and classes is None and parquet is None:
         parser.error("argument --all-probabilities: for --classes (classification) only")
     if args.folder_order and class_folders is not None:
         parser.error("argument --folder-order: not with a --classes file that names each class's folder")
@@ -853,8 +977,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(
             f"argument --split: expected comma-separated split names (test, or train,restval), got {args.split!r}"
         )
+    if parquet is not None:  # their labels read and checked, no image, before the checkpoint is loaded
+        source, classes = _parquet_images(parser, args, parquet, classes)
+        refuse_overwritten_inputs(
+            parser, {"--all-probabilities": args.all_probabilities, "--json": args.json}, {"--images": source.files}
+        )
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
-        if classes is not None:
+        if parquet is None and classes is not None:
             listed = ImageFolder(args.images)
             if args.labels is not None:  # (its images and classes checked here, before the checkpoint loads)
                 try:
@@ -869,17 +998,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     parser.error(f"argument --labels: {message}")
                 for warning in labelled.warnings("--labels", "--images"):
                     print(warning, file=sys.stderr)
-        else:
+        elif parquet is None:
             folder = ImageTextFolder(
                 args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split
             )
+    except ImportError as error:  # (pyarrow, for a .parquet --captions)
+        parser.error(f"argument --captions: {error}")
     except ValueError as error:  # (named after their argument, root or captions: the option is what was given)
         if classes is None:  # a CaptionsError names the argument that answers for it
             option = _CAPTIONS_OPTIONS.get(getattr(error, "argument", None), "--captions")
             parser.error(f"argument {option}: {error}")
         parser.error(
             f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
-            f"{', '.join(IMAGE_EXTENSIONS)} under it)"
+            f"{', '.join(IMAGE_EXTENSIONS)} under it{parquet_hint(args.images)})"
         )
     if classes is None and split is None and folder.format == "karpathy":  # (said before hours of encoding)
         print(
@@ -892,7 +1023,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             class_folders_ordered = list(ordered_folders(args.images, len(classes), listed))
         except ValueError as error:
             parser.error(f"argument --folder-order: {str(error).removeprefix('folder_order: ')}")
-    if classes is not None and labelled_by_folder:
+    if parquet is not None:
+        warning = repeated_names_warning(classes, [f"id {i}" for i in range(len(classes))])
+        if warning:
+            print(warning, file=sys.stderr)
+    elif classes is not None and labelled_by_folder:
         warning = repeated_names_warning(classes, class_folders_ordered if class_folders is None else class_folders)
         if warning:
             print(warning, file=sys.stderr)
@@ -900,7 +1035,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if classes is not None:
         result = classify_folder(
             pretrained,
-            args.images,
+            args.images if parquet is None else source,
             classes,
             args.templates or DEFAULT_TEMPLATES,
             batch_size=args.batch_size,
@@ -919,7 +1054,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
         else:
             warning = unmatched_folders_warning(result["predictions"], class_folders, listed_folders=True)
-        if "accuracy" not in result and warning and args.labels is None:
+        if "accuracy" not in result and warning and args.labels is None and parquet is None:
             print(warning, file=sys.stderr)
     else:
         result = _folder_retrieval(pretrained, folder, args.batch_size)  # (the file read and checked above)

@@ -368,7 +368,9 @@ def test_files_of_the_wrong_shape_are_refused_naming_them(tmp_path):
         f"captions must close every quoted field; the quote of the record starting on line 3 of {str(unclosed)!r} "
         "is still open at the end of the file (line 4)"
     )
-    with pytest.raises(ValueError, match=r"^captions must be a .jsonl, .json, .csv or .tsv file, got '.*c.txt'$"):
+    with pytest.raises(
+        ValueError, match=r"^captions must be a .jsonl, .json, .csv, .tsv or .parquet file, got '.*c.txt'$"
+    ):
         ImageTextFolder(tmp_path, write(tmp_path / "c.txt", "a.png\tx\n"))
     with pytest.raises(ValueError) as error:
         ImageTextFolder(tmp_path, karpathy_coco(tmp_path), image_key="a", text_key="b")

@@ -1,7 +1,7 @@
 """Data: sources (the built-in shapes world, file readers, labelled tasks), tokenizer, transforms,
 step-indexed mixed batches (``mixing``) and FLAVA's pretraining collator (``flava``). Imports no
 model code. Needs the ``data`` extra (pillow, tokenizers; webdataset, braceexpand and fsspec for
-streamed shards, ``streaming``)."""
+streamed shards, ``streaming``; the ``parquet`` extra, pyarrow, for Hugging Face Hub datasets, ``parquet``)."""
 
 from torchflava.data.clip_tokenizer import CLIPTokenizer
 from torchflava.data.finetuning import (
@@ -15,6 +15,7 @@ from torchflava.data.finetuning import (
 from torchflava.data.flava import KINDS, FLAVAPretrainingCollator, flava_pretraining_batches
 from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.mixing import MixedBatch, MixedBatches, SkippedSample
+from torchflava.data.parquet import ParquetImages
 from torchflava.data.readers import ImageFolder, ImageTextFolder, TarShards, TextCorpus
 from torchflava.data.samples import BadSample, Sample
 from torchflava.data.shapes import CLASS_NAMES, Scene, ShapesWorld
@@ -49,6 +50,7 @@ __all__ = [
     "flava_pretraining_batches",
     "MixedBatch",
     "MixedBatches",
+    "ParquetImages",
     "PretrainingImageTransform",
     "RandomCropTransform",
     "Sample",

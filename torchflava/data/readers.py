@@ -669,6 +669,12 @@ class ImageTextFolder(Dataset):
       first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
       line, split on tabs; a field quoted as the csv module writes one (wrapped in quotes, its quotes
       doubled) is read unquoted, any other quote is text.
+    * ``.parquet`` (a file or a glob pattern of them, as the Hugging Face Hub serves image-caption datasets): the
+      images in the files themselves (``image_key``: by default the column of Hugging Face's ``Image`` feature,
+      else ``image`` or ``img``; see :class:`~torchflava.data.parquet.ParquetImages`), the caption under
+      ``text_key`` (by default ``caption``, ``captions``, ``text`` or ``sentences``), a string or a list of
+      strings (COCO's five captions of an image: five items); ``split`` keeps the rows whose ``split`` column is
+      among them (Flickr30k's ``test``). ``root`` must be None. Needs pyarrow (the ``parquet`` extra).
 
     Image paths are relative to ``root`` (Karpathy's COCO paths ``root/filepath/filename``). With
     ``root=None`` they must be absolute instead: a CSV of absolute paths (open_clip's usual form) is
@@ -725,8 +731,14 @@ class ImageTextFolder(Dataset):
         self._max_pixels = check_max_pixels(max_image_pixels)
         self._root = None if root is None else existing_path("root", root, directory=True)
         suffix = os.path.splitext(check_path("captions", captions))[1].lower()
+        self._parquet = None  # the images of a .parquet file's rows
+        if suffix == ".parquet":
+            self._read_parquet(captions, image_key, text_key, split)
+            return
         if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
-            raise ValueError(f"captions must be a .jsonl, .json, .csv or .tsv file, got {os.fspath(captions)!r}")
+            raise ValueError(
+                f"captions must be a .jsonl, .json, .csv, .tsv or .parquet file, got {os.fspath(captions)!r}"
+            )
         self._captions = existing_path("captions", captions, directory=False)
         for name, key in (("image_key", image_key), ("text_key", text_key)):
             if key is not None and not isinstance(key, str):
@@ -793,13 +805,39 @@ class ImageTextFolder(Dataset):
                 "folder they are relative to",
             )
 
+    def _read_parquet(
+        self, captions: PathLike, image_key: Optional[str], text_key: Optional[str], split: object
+    ) -> None:
+        """Read the captions of a ``.parquet`` file (or glob pattern): the images stay in the file, read by row."""
+        from torchflava.data.parquet import ParquetError, ParquetImages, parquet_captions
+
+        if self._root is not None:
+            raise CaptionsError("root", "root must be None for a .parquet captions file, which holds its images")
+        for name, key in (("image_key", image_key), ("text_key", text_key)):
+            if key is not None and not isinstance(key, str):
+                raise TypeError(f"image_key and text_key must be str or None, got {type(key).__name__} for {name}")
+        wanted = _check_split(split)
+        try:
+            self._parquet = ParquetImages(captions, image_key=image_key, labelled=False)
+            rows, found, text_key = parquet_captions(self._parquet, text_key, wanted)
+        except ParquetError as error:
+            if error.argument == "paths":
+                raise ValueError(f"captions: {error.reason}") from None
+            raise CaptionsError(error.argument, f"{error.argument}: {error.reason}") from None
+        self._captions = self._parquet.files[0]
+        self._format, self._text_key = "parquet", text_key
+        self._entries = [_Entry(r.row, self._parquet.relative_path(r.row), r.text, r.error, r.sentence) for r in rows]
+        self.splits = found if wanted is not None else None
+        if not self._entries:
+            raise ValueError(f"captions must list at least one image-caption pair, {os.fspath(captions)!r} has none")
+
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def format(self) -> str:
         """How the captions file was read: ``"lines"`` (JSON lines, CSV, TSV), ``"karpathy"`` (a split
-        file), ``"coco"`` (a captions file) or ``"list"`` (a list of captions)."""
+        file), ``"coco"`` (a captions file), ``"list"`` (a list of captions) or ``"parquet"``."""
         return self._format
 
     def __getitem__(self, index: int) -> Sample:
@@ -818,6 +856,11 @@ class ImageTextFolder(Dataset):
         """
         index, entry, where = self._entry(index)
         text = _text(entry.text, index, where)
+        if self._parquet is not None:  # (the image of the entry's row, in the file)
+            try:
+                return Sample(image=self._parquet[entry.place].image, text=text)
+            except BadSample as bad:
+                raise BadSample(index, bad.reason) from None
         return Sample(
             image=read_image(self._image_path(entry.image, index, where), index, where, self._max_pixels), text=text
         )
@@ -841,10 +884,14 @@ class ImageTextFolder(Dataset):
             IndexError: if ``index`` is out of range.
         """
         index, entry, where = self._entry(index)
+        if self._parquet is not None:  # (its row's name: the image of that row)
+            return entry.image
         return self._image_path(entry.image, index, where)
 
     def _where(self, entry: _Entry) -> str:
         """The file and the entry, for messages: ``c.tsv line 3``, ``dataset_coco.json images[2].sentences[4]``."""
+        if self._parquet is not None:  # (its row's name, and its caption's place in a list)
+            return entry.image + (f".{self._text_key}[{entry.sentence}]" if entry.sentence >= 0 else "")
         return f"{os.path.basename(self._captions)} {self._place(entry)}"
 
     def _place(self, entry: _Entry) -> str:
