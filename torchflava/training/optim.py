@@ -51,8 +51,9 @@ def param_groups(
             parameter (a word table two towers share) by any of its paths, which must all get one multiplier.
 
     Returns:
-        list[dict]: the decayed and the undecayed group at multiplier 1, then the same pair for each
-        multiplier in the order given (empty pairs left out). Each group has ``names`` (its
+        list[dict]: the decayed and the undecayed group at multiplier 1 (the decayed one alone when both would
+        be empty), then the same pair for each multiplier in the order given (empty groups left out). Each group
+        has ``names`` (its
         parameter names, as checkpoints name them: without ``torch.compile``'s ``_orig_mod``),
         ``weight_decay`` and ``lr_multiplier``.
 
@@ -91,10 +92,14 @@ def param_groups(
     unused = [k for k in multipliers if k not in used]
     if unused:
         raise ValueError(f"lr_multipliers: {unused} name no module with trainable parameters in the model")
+    # The groups at multiplier 1 are kept empty (the first one's lr is the run's), but not both: torch's distributed
+    # state dict, which checkpoints go through, loads an optimiser with one empty group at most (every parameter
+    # under another multiplier: a run that trained and checkpointed, and whose resume was refused)
+    base = bool(groups[(True, 1.0)][0] or groups[(False, 1.0)][0])
     return [
         {"params": p, "names": n, "weight_decay": weight_decay if d else 0.0, "lr_multiplier": f}
         for (d, f), (p, n) in groups.items()
-        if f == 1.0 or p
+        if p or (f == 1.0 and (d or base))
     ]
 
 
