@@ -20,7 +20,7 @@ from tests.helpers import run_ranks
 from tests.training.test_loop import Toy, ToyData, settings, toy_step
 from torchflava.training import distributed
 from torchflava.training.distributed import init_distributed, rank0_report, wrap_model
-from torchflava.training.loop import fit
+from torchflava.training.loop import StepOutput, fit
 from torchflava.training.recipe import run_recipe
 from torchflava.training.schema import TrainingConfig
 
@@ -522,3 +522,54 @@ def test_fit_hands_its_unused_parameter_search_to_wrap_model(search, tmp_path, m
     with pytest.raises(TypeError) as info:
         fit(Toy(), toy_step, ToyData(1), training=training, optim=optim, find_unused_parameters=0)
     assert str(info.value) == "find_unused_parameters must be a bool, got int"
+
+
+class _TwoHeads(Toy):
+    """The toy's linear map read by two heads, one per call of the forward (a captioner's and a matcher's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)})
+
+    def forward(self, x: torch.Tensor, head: str) -> torch.Tensor:
+        return self.heads[head](self.linear(x) * self.gain)
+
+
+def _two_calls_step(model, item):
+    """Calls the model twice: the last call leaves head "a", which the first one used, without a use of its own."""
+    b = item.batch
+    sums = {head: (((model(b["x"], head) - b["y"]) ** 2).sum(-1) * b["mask"]).sum() for head in ("a", "b")}
+    return StepOutput(sums, {head: b["mask"].sum() for head in sums})
+
+
+def _two_calls_worker(rank: int, port: str, root: str) -> None:
+    """Fits the two-headed toy on two ranks with DDP's unused-parameter search; its weights saved by rank 0."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    init_distributed("ddp", device="cpu")
+    training, optim = settings(Path(root) / "ddp", strategy="ddp", max_steps=3, checkpoint_every=3, grad_accumulation=2)
+    model = _TwoHeads()
+    data = ToyData(3, accumulation=2, rank=rank, world_size=2)
+    fit(model, _two_calls_step, data, training=training, optim=optim, shard_layers=())
+    if rank == 0:
+        torch.save(model.state_dict(), Path(root) / "ddp.pt")
+    dist.destroy_process_group()
+
+
+def test_a_step_that_calls_the_model_twice_trains_under_ddp_as_one_process(tmp_path):
+    """DDP's search for unused parameters ran from each call's outputs, the last call's counting: a head the first
+    call used and the last did not was taken as unused, then got its gradient in the backward, and DDP raised
+    ("heads.a.bias has been marked as ready twice") in step 1. The search now runs from the step's loss."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run_ranks(_two_calls_worker, (port, str(tmp_path)), nprocs=2, timeout_s=120)
+    training, optim = settings(tmp_path / "one", max_steps=3, checkpoint_every=3, grad_accumulation=2)
+    model = _TwoHeads()
+    fit(model, _two_calls_step, ToyData(3, accumulation=2), training=training, optim=optim, shard_layers=())
+    ranks = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    expected = model.state_dict()
+    assert ranks.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(ranks[name], value, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(expected["heads.a.weight"], _TwoHeads().heads.a.weight)  # (trained)

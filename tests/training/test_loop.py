@@ -1514,6 +1514,22 @@ def test_lr_multipliers_scale_each_modules_learning_rate(tmp_path):
         run(tmp_path / "bad", lr_multipliers={"head": 0.1})
 
 
+def test_lr_multipliers_on_every_parameter_resume_as_the_run_goes_on(tmp_path):
+    """Every parameter under a multiplier other than 1 left both groups at multiplier 1 empty: the run trained and
+    wrote its checkpoints, but its resume was refused ("does not load into this run's model: There are param groups
+    that have zero parameters ..."): torch's state-dict code loads an optimiser with one empty group at most."""
+    every = {"linear": 0.5, "gain": 2.0}
+    with pytest.raises(Killed):
+        run(tmp_path / "resumed", lr_multipliers=every, warmup_steps=2, after_step=killed_after(4))
+    resumed, result = run(tmp_path / "resumed", lr_multipliers=every, warmup_steps=2, resume="auto")
+    straight, _ = run(tmp_path / "straight", lr_multipliers=every, warmup_steps=2)
+    assert result.resumed_from.name == "step_00000003"
+    for name, value in params(straight).items():
+        assert torch.equal(params(resumed)[name], value), name
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert not torch.equal(params(straight)["gain"], params(Toy())["gain"])
+
+
 def scheduled_lr(step: int, *, peak: float, warmup: int, total: int, floor: float = 0.0) -> float:
     """The lr optimiser step ``step`` (1-based) trains with: ``peak x step / warmup`` up to the warmup's
     end, then half a cosine from the peak (step ``warmup + 1``) towards ``floor x peak`` at ``total + 1``."""

@@ -115,6 +115,21 @@ def test_lr_multipliers_split_the_groups_by_module(tiny):
     assert len(dotted) == 4 and all(n.startswith("text_encoder.encoder.layers.1.") for n in dotted[2]["names"])
 
 
+def test_every_parameter_under_a_multiplier_leaves_one_empty_group_at_multiplier_1():
+    """Both groups at multiplier 1 were kept empty: torch's state-dict code, which checkpoints go through, loads an
+    optimiser with one empty group at most, and such a run's resume was refused (tests/training/test_loop.py)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    layout = [(g["weight_decay"], g["lr_multiplier"], g["names"]) for g in param_groups(model, 0.1, {"0": 2, "1": 0.5})]
+    assert layout == [
+        (0.1, 1.0, []),
+        (0.1, 2.0, ["0.weight"]),
+        (0.0, 2.0, ["0.bias"]),
+        (0.0, 0.5, ["1.weight", "1.bias"]),
+    ]
+    layout = [(g["weight_decay"], g["lr_multiplier"], g["names"]) for g in param_groups(model, 0.1, {"0": 2})]
+    assert layout[:2] == [(0.1, 1.0, []), (0.0, 1.0, ["1.weight", "1.bias"])]  # (one empty: both kept, as before)
+
+
 @pytest.mark.parametrize(
     "multipliers, message",
     [
@@ -127,6 +142,43 @@ def test_lr_multipliers_split_the_groups_by_module(tiny):
 def test_bad_lr_multipliers(tiny, multipliers, message):
     with pytest.raises(ValueError, match=message):
         param_groups(tiny, 0.05, multipliers)
+
+
+def tied_towers() -> nn.ModuleDict:
+    """A text tower, a decoder whose word table is the text tower's, and an output head tied to it too."""
+    text = nn.ModuleDict(dict(embed=nn.Embedding(10, 4), proj=nn.Linear(4, 4)))
+    decoder = nn.ModuleDict(dict(embed=nn.Embedding(10, 4), fc=nn.Linear(4, 4)))
+    head = nn.Linear(4, 10, bias=False)
+    decoder.embed.weight = head.weight = text.embed.weight
+    return nn.ModuleDict(dict(text=text, decoder=decoder, head=head))
+
+
+def test_a_tied_parameter_takes_its_multiplier_from_every_name_it_has():
+    """A table shared by two towers was matched by its first name alone: ``{"decoder": 2.0}`` trained the decoder's
+    tied word table at 1.0 without a word, and ``{"head": 2.0}`` (a head whose one weight is the tied table) was
+    refused as naming no module with trainable parameters. The multipliers of all its names must now agree."""
+    model = tied_towers()
+    table = model.text.embed.weight
+    groups = param_groups(model, 0.1, {"decoder": 2.0, "text": 2.0, "head": 2})  # every name of it at 2: trained at 2
+    assert [(g["weight_decay"], g["lr_multiplier"], g["names"]) for g in groups] == [
+        (0.1, 1.0, []),
+        (0.1, 2.0, ["text.proj.weight", "decoder.fc.weight"]),
+        (0.0, 2.0, ["text.embed.weight", "text.proj.bias", "decoder.fc.bias"]),  # the table once, by its first name
+    ]
+    assert sum(p is table for g in groups for p in g["params"]) == 1
+    refused = [
+        ({"decoder": 2.0}, "text.embed.weight 1.0 (no key), decoder.embed.weight 2.0 ('decoder'), head.weight 1.0"),
+        ({"head": 2.0}, "text.embed.weight 1.0 (no key), decoder.embed.weight 1.0 (no key), head.weight 2.0 ('head')"),
+        ({"text": 0.5, "decoder": 0.5}, "decoder.embed.weight 0.5 ('decoder'), head.weight 1.0 (no key)"),
+    ]
+    for multipliers, detail in refused:
+        with pytest.raises(ValueError) as info:
+            param_groups(model, 0.1, multipliers)
+        assert str(info.value).startswith(
+            "lr_multipliers: text.embed.weight is one parameter under 3 names (tied), which get different "
+            "multipliers: text.embed.weight "
+        ), str(info.value)
+        assert detail in str(info.value) and str(info.value).endswith("; give all its names one multiplier")
 
 
 def schedule_lrs(steps: int, **kwargs) -> list[float]:

@@ -447,7 +447,9 @@ def fit(
             that got no gradient (needed where a step leaves some unused, as FLAVA's heads for a batch
             without their loss). False where every trainable parameter gets a gradient every micro-batch:
             DDP then skips its per-step search; a parameter without one makes DDP raise at the next step.
-            Frozen parameters (``requires_grad`` False) are not DDP's to reduce either way. Ignored under
+            Frozen parameters (``requires_grad`` False) are not DDP's to reduce either way. A step may call the
+            model more than once (a captioning and a matching forward): with the search, it runs from the
+            step's loss, so that a part only an earlier call used is not taken for unused. Ignored under
             other strategies than ``ddp``.
 
     Returns:
@@ -704,6 +706,12 @@ def _fit(
                     if index < accumulation - 1:
                         with no_autocast:
                             loss_part.backward()
+            if t.strategy == "ddp" and find_unused_parameters and forwards[0] > 1:
+                # DDP searched for unused parameters from each call's outputs, the last call's search counting: a
+                # parameter an earlier call used and the last did not (a BLIP step's matching head, after its
+                # captioning call) was marked unused, then got its gradient, and DDP raised ("marked as ready
+                # twice"). Searched again from the loss, which every call of the step reaches.
+                wrapped.reducer.prepare_for_backward([loss_part])
             loss_part.backward()
             sync_replicated_grads(model)
             # the gradient norm, clipped or not: a non-finite one stops the run before the step

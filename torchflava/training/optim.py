@@ -47,17 +47,20 @@ def param_groups(
         weight_decay (float): decay of the decayed group, >= 0.
         lr_multipliers (Optional[Mapping[str, float]]): module name -> factor on the learning rate of
             its parameters (0 freezes them in effect). A name matches a parameter when it is a part
-            of its dotted path (``"text_encoder"`` matches ``model.text_encoder.norm.weight``).
+            of its dotted path (``"text_encoder"`` matches ``model.text_encoder.norm.weight``); a tied
+            parameter (a word table two towers share) by any of its paths, which must all get one multiplier.
 
     Returns:
-        list[dict]: the decayed and the undecayed group at multiplier 1, then the same pair for each
-        multiplier in the order given (empty pairs left out). Each group has ``names`` (its
+        list[dict]: the decayed and the undecayed group at multiplier 1 (the decayed one alone when both would
+        be empty), then the same pair for each multiplier in the order given (empty groups left out). Each group
+        has ``names`` (its
         parameter names, as checkpoints name them: without ``torch.compile``'s ``_orig_mod``),
         ``weight_decay`` and ``lr_multiplier``.
 
     Raises:
         ValueError: if ``weight_decay`` is negative, a multiplier is not a number >= 0, a name
-            matches no trainable parameter, or a parameter matches names of different multipliers.
+            matches no trainable parameter, a parameter matches names of different multipliers, or a tied
+            parameter's names get different multipliers (1 where no name matches one of them).
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
@@ -70,26 +73,56 @@ def param_groups(
     decayed -= {id(w) for m in tables for w in _stored_weights(m, ("weight",))}  # (a tied word table)
     factors = sorted(set(multipliers.values()) - {1.0}, key=list(multipliers.values()).index)
     groups = {(d, f): ([], []) for f in [1.0, *factors] for d in (True, False)}
+    # every name of each parameter: a tied one (a decoder's word table shared with the text tower's) is one
+    # parameter under several, and named_parameters gives it under its first alone
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(checkpoint_name(name))
     used = set()
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         name = checkpoint_name(name)
-        keys = [k for k in multipliers if f".{k}." in f".{name}."]
-        if len({multipliers[k] for k in keys}) > 1:
-            raise ValueError(f"lr_multipliers: {name} is matched by {keys}, which give it different multipliers")
-        used.update(keys)
-        params, names = groups[(id(param) in decayed, float(multipliers[keys[0]]) if keys else 1.0)]
+        matched = {alias: _matching_keys(alias, multipliers) for alias in aliases[id(param)]}
+        used.update(key for keys in matched.values() for key in keys)
+        factor = _tied_multiplier(name, matched, multipliers)
+        params, names = groups[(id(param) in decayed, factor)]
         params.append(param)
         names.append(name)
     unused = [k for k in multipliers if k not in used]
     if unused:
         raise ValueError(f"lr_multipliers: {unused} name no module with trainable parameters in the model")
+    # The groups at multiplier 1 are kept empty (the first one's lr is the run's), but not both: torch's distributed
+    # state dict, which checkpoints go through, loads an optimiser with one empty group at most (every parameter
+    # under another multiplier: a run that trained and checkpointed, and whose resume was refused)
+    base = bool(groups[(True, 1.0)][0] or groups[(False, 1.0)][0])
     return [
         {"params": p, "names": n, "weight_decay": weight_decay if d else 0.0, "lr_multiplier": f}
         for (d, f), (p, n) in groups.items()
-        if f == 1.0 or p
+        if p or (f == 1.0 and (d or base))
     ]
+
+
+def _matching_keys(name: str, multipliers: Mapping[str, float]) -> list[str]:
+    """The keys of ``multipliers`` that are a part of the dotted path ``name``; refused if their factors differ."""
+    keys = [k for k in multipliers if f".{k}." in f".{name}."]
+    if len({multipliers[k] for k in keys}) > 1:
+        raise ValueError(f"lr_multipliers: {name} is matched by {keys}, which give it different multipliers")
+    return keys
+
+
+def _tied_multiplier(name: str, matched: Mapping[str, list[str]], multipliers: Mapping[str, float]) -> float:
+    """The multiplier of the parameter first named ``name``, from the keys ``matched`` by each of its names (1.0
+    where none is): refused where its names get different ones (a tied table would otherwise take its first
+    name's, and the other towers' keys would be left out without a word)."""
+    factors = {alias: float(multipliers[keys[0]]) if keys else 1.0 for alias, keys in matched.items()}
+    if len(set(factors.values())) > 1:
+        said = ", ".join(f"{a} {f} ({repr(matched[a][0]) if matched[a] else 'no key'})" for a, f in factors.items())
+        raise ValueError(
+            f"lr_multipliers: {name} is one parameter under {len(factors)} names (tied), which get different "
+            f"multipliers: {said}; give all its names one multiplier"
+        )
+    return factors[name]
 
 
 def _decayed_names(module: nn.Module) -> tuple[str, ...]:
