@@ -425,3 +425,30 @@ def test_a_split_the_caption_file_lacks_is_refused_naming_the_ones_it_has(tmp_pa
     path = _captions_file(tmp_path, ["a", "b"], split=["train", "val"])
     with pytest.raises(CaptionsError, match=r"^split: expected splits of the files \(train, val\), got \['test'\]$"):
         ImageTextFolder(None, path, split="test")
+
+
+def _corrupt_column(path, column: int) -> None:
+    """Zero the first row group's chunk of ``column`` in ``path``, its footer kept: a file damaged in its data, as a
+    download cut and patched, or a disk fault, leaves it (listed as parquet, unreadable when that column is read)."""
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(column)
+    data = bytearray(path.read_bytes())
+    start = chunk.data_page_offset
+    data[start : start + chunk.total_compressed_size] = bytes(chunk.total_compressed_size)
+    path.write_bytes(bytes(data))
+
+
+def test_a_file_damaged_in_its_label_or_caption_column_is_refused_naming_it_not_a_traceback(tmp_path):
+    write_hf_parquet(tmp_path / "x.parquet", [png(i) for i in range(6)], [0, 1] * 3, ["a", "b"], row_group_size=3)
+    _corrupt_column(tmp_path / "x.parquet", 1)
+    with pytest.raises(ParquetError) as error:
+        ParquetImages(tmp_path / "x.parquet")
+    assert error.value.argument == "paths" and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"paths: {tmp_path / 'x.parquet'} is not a readable parquet file (")
+    from torchflava.data.readers import ImageTextFolder
+
+    path = _captions_file(tmp_path, ["a red cat", "a blue dog", "a green bird"])
+    _corrupt_column(path, 1)
+    with pytest.raises(ValueError) as error:
+        ImageTextFolder(None, path)
+    assert str(error.value).startswith(f"captions: {path} is not a readable parquet file (")
+    assert "\n" not in str(error.value)

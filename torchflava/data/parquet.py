@@ -199,7 +199,7 @@ class ParquetImages(Dataset):
         ImportError: if pyarrow is not installed (one line: what to install).
         TypeError: if ``paths`` is not a path or a list of them.
         ParquetError: (a ValueError naming the argument that answers for it) if a path names no parquet file, a file
-            is no parquet file or holds no row, the files' schemas differ, a key names no column, the image column
+            is no parquet file (or its labels do not read) or holds no row, the files' schemas differ, a key names no column, the image column
             is of another type, the label column holds no integers, a label is null or outside the classes, or
             ``classes`` has another number of names than the ``ClassLabel`` (all before any image is read).
     """
@@ -267,14 +267,13 @@ class ParquetImages(Dataset):
         """Every row's class id, read from the label column (a few bytes a row), checked."""
         import pyarrow as pa
 
-        pq = import_pyarrow()
         if not pa.types.is_integer(kind):
             raise ParquetError(
                 "label_key", f"expected a column of integer class ids, got {self.label_key!r} of type {kind}"
             )
         labels: list[int] = []
         for file in self._files:
-            values = pq.read_table(file.path, columns=[self.label_key]).column(0).to_pylist()
+            values = read_columns(file.path, [self.label_key])[0]
             bound = len(self.classes) if self.classes is not None else None
             for row, value in enumerate(values):
                 if value is None or value < 0 or (bound is not None and value >= bound):
@@ -370,6 +369,22 @@ class ParquetImages(Dataset):
         else:
             image = read_image(io.BytesIO(value), index, where, self._max_pixels)
         return LabeledSample(image, None, None if self.labels is None else self.labels[index])
+
+
+def read_columns(path: str, columns: Sequence[str]) -> list[list]:
+    """The values of ``columns`` of parquet file ``path`` (a few bytes a row: labels, captions); ParquetError
+    (``paths``) in one line where its data does not read (a file damaged after its footer was written: pyarrow's
+    OSError, over several lines, named neither the file nor the argument)."""
+    import pyarrow as pa
+
+    try:
+        table = import_pyarrow().read_table(path, columns=list(columns))
+    except (pa.ArrowException, OSError) as error:
+        reason = " ".join(str(error).split())  # (pyarrow's message, on one line)
+        raise ParquetError(
+            "paths", f"{path} is not a readable parquet file ({type(error).__name__}: {reason})"
+        ) from None
+    return [table.column(name).to_pylist() for name in columns]
 
 
 def _accumulate(counts: Any) -> list[int]:
@@ -472,7 +487,6 @@ def parquet_captions(
     another type, or the files have no ``split`` column of strings."""
     import pyarrow as pa
 
-    pq = import_pyarrow()
     schema = images.schema
     if text_key is None:
         found = [name for name in TEXT_COLUMNS if name in schema.names]
@@ -499,9 +513,9 @@ def parquet_captions(
     splits: set[str] = set()
     start = 0
     for path in images.files:
-        table = pq.read_table(path, columns=columns)
-        texts = table.column(text_key).to_pylist()
-        kept = table.column("split").to_pylist() if split is not None else [None] * len(texts)
+        read = read_columns(path, columns)
+        texts = read[0]
+        kept = read[1] if split is not None else [None] * len(texts)
         for row, (value, name) in enumerate(zip(texts, kept), start):
             if name is not None:
                 splits.add(name)
