@@ -288,10 +288,8 @@ def _parquet_split(
     except ImportError as error:  # (pyarrow, an optional dependency)
         parser.error(f"argument --{name}: {error}")
     if source.labels is None:
-        parser.error(
-            f"argument --{name}: expected labelled images, got parquet files without a label column (--label-key "
-            "names it)"
-        )
+        reason = source.unlabelled or "parquet files without a label column (--label-key names it)"
+        parser.error(f"argument --{name}: expected labelled images, got {reason}")
     if source.classes is None:  # (no ClassLabel names: the class ids are the classes)
         source.classes = [str(i) for i in range(max(source.labels) + 1)]
     if name == "train" and len(source.classes) < 2:

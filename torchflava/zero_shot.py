@@ -769,11 +769,11 @@ def _parquet_images(
                 file=sys.stderr,
             )
     if source.labels is None:
-        print(
-            f"warning: no accuracy: the parquet files have no label column (none of {', '.join(LABEL_COLUMNS)}, nor "
-            "a ClassLabel one); --label-key names it",
-            file=sys.stderr,
+        reason = source.unlabelled or (
+            f"the parquet files have no label column (none of {', '.join(LABEL_COLUMNS)}, nor a ClassLabel one); "
+            "--label-key names it"
         )
+        print(f"warning: no accuracy: {reason}", file=sys.stderr)
     return source, classes
 
 

@@ -452,3 +452,15 @@ def test_a_file_damaged_in_its_label_or_caption_column_is_refused_naming_it_not_
         ImageTextFolder(None, path)
     assert str(error.value).startswith(f"captions: {path} is not a readable parquet file (")
     assert "\n" not in str(error.value)
+
+
+def test_a_split_whose_every_label_is_minus_one_is_unlabelled(tmp_path):
+    """Hugging Face's test split of a labelled dataset (its ClassLabel kept, every row -1): no labels, the classes
+    kept; one row -1 among labelled ones is still refused (test_bad_input_...)."""
+    write_hf_parquet(tmp_path / "test.parquet", [png(i) for i in range(5)], [-1] * 5, NAMES, row_group_size=2)
+    source = ParquetImages(tmp_path / "test.parquet")
+    assert (source.label_key, source.labels, source.classes) == ("label", None, NAMES)
+    assert source.unlabelled == "every 'label' of the parquet files is -1 (Hugging Face's unlabelled split)"
+    assert source[3].label is None and _red(source, 3) == 3
+    write_hf_parquet(tmp_path / "train.parquet", [png(i) for i in range(2)], [1, 0], NAMES)
+    assert ParquetImages(tmp_path / "train.parquet").unlabelled is None

@@ -200,7 +200,8 @@ class ParquetImages(Dataset):
         TypeError: if ``paths`` is not a path or a list of them.
         ParquetError: (a ValueError naming the argument that answers for it) if a path names no parquet file, a file
             is no parquet file (or its labels do not read) or holds no row, the files' schemas differ, a key names no column, the image column
-            is of another type, the label column holds no integers, a label is null or outside the classes, or
+            is of another type, the label column holds no integers, a label is null or outside the classes (every
+            one -1 is an unlabelled split: :attr:`labels` None, :attr:`unlabelled` saying so), or
             ``classes`` has another number of names than the ``ClassLabel`` (all before any image is read).
     """
 
@@ -261,10 +262,13 @@ class ParquetImages(Dataset):
                 f"got {len(classes)} names",
             )
         self.classes = list(classes) if classes is not None else names
+        self.unlabelled: Optional[str] = None  # why the files are unlabelled though they have a label column
         self.labels = None if self.label_key is None else self._read_labels(schema.field(self.label_key).type)
 
-    def _read_labels(self, kind: Any) -> list[int]:
-        """Every row's class id, read from the label column (a few bytes a row), checked."""
+    def _read_labels(self, kind: Any) -> Optional[list[int]]:
+        """Every row's class id, read from the label column (a few bytes a row), checked; None where every one is
+        -1 (Hugging Face's unlabelled split: its test split, the ClassLabel column kept), saying so in
+        :attr:`unlabelled`."""
         import pyarrow as pa
 
         if not pa.types.is_integer(kind):
@@ -272,8 +276,11 @@ class ParquetImages(Dataset):
                 "label_key", f"expected a column of integer class ids, got {self.label_key!r} of type {kind}"
             )
         labels: list[int] = []
-        for file in self._files:
-            values = read_columns(file.path, [self.label_key])[0]
+        read = [read_columns(file.path, [self.label_key])[0] for file in self._files]
+        if all(value == -1 for values in read for value in values):
+            self.unlabelled = f"every {self.label_key!r} of the parquet files is -1 (Hugging Face's unlabelled split)"
+            return None
+        for file, values in zip(self._files, read):
             bound = len(self.classes) if self.classes is not None else None
             for row, value in enumerate(values):
                 if value is None or value < 0 or (bound is not None and value >= bound):
