@@ -1664,3 +1664,23 @@ def test_a_hugging_face_test_split_labelled_minus_one_is_classified_without_accu
         "warning: no accuracy: every 'label' of the parquet files is -1 (Hugging Face's unlabelled split)"
         in capsys.readouterr().err
     )
+
+
+def test_parquet_images_labelled_by_class_name_give_the_report_of_classlabel_ids(export, images, tmp_path, capsys):
+    """A label column of class names (strings, as some Hub datasets store them) labels each row by its name's place
+    in --classes, or in the names sorted; it was refused (expected integer class ids)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory, _ = export
+    (path,) = _hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
+    common = ["--checkpoint", str(directory), "--template", "a {}"]
+    ids = zero_shot.main(common + ["--images", path])
+    table = pq.read_table(path)
+    names = [CLASSES[i] for i in table.column("label").to_pylist()]
+    pq.write_table(table.drop_columns(["label"]).append_column("label", pa.array(names)), path)  # (no ClassLabel)
+    named = zero_shot.main(common + ["--images", path, "--classes", ",".join(CLASSES)])
+    assert ids["accuracy"] == named["accuracy"] and ids["top"] == named["top"]
+    assert 0 < ids["num_inputs"] == named["num_inputs"]
+    by_name = zero_shot.main(common + ["--images", path])  # (the classes: the names sorted)
+    assert by_name["accuracy"] == named["accuracy"] and by_name["predictions"] == named["predictions"]

@@ -129,7 +129,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             "of them, or several files)",
         )
     parser.add_argument("--image-key", help="the parquet splits' image column (default: their Image feature's)")
-    parser.add_argument("--label-key", help="the parquet splits' column of class ids (default: their ClassLabel one)")
+    parser.add_argument(
+        "--label-key", help="the parquet splits' column of class ids, or of class names (default: their ClassLabel one)"
+    )
     for name in SPLITS:
         parser.add_argument(
             f"--{name}-labels",

@@ -853,7 +853,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--image-key",
         help="JSON key or CSV/TSV column of the image paths (retrieval), or parquet --images' image column",
     )
-    parser.add_argument("--label-key", help="parquet --images' column of class ids (default: their ClassLabel column)")
+    parser.add_argument(
+        "--label-key",
+        help="parquet --images' column of class ids, or of class names (default: their ClassLabel column)",
+    )
     parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the captions (retrieval)")
     parser.add_argument(
         "--template",

@@ -213,10 +213,28 @@ def _table(tmp_path, name, columns, metadata=None):
             "string path), got int64",
         ),
         (
-            lambda t: _table(t, "a.parquet", {"image": [png(1)], "label": ["cat"]}),
+            lambda t: _table(t, "a.parquet", {"image": [png(1)], "label": [0.5]}),
             {},
             "label_key",
-            "expected a column of integer class ids, got 'label' of type string",
+            "expected a column of integer class ids or of class names (strings), got 'label' of type double",
+        ),
+        (
+            lambda t: _table(t, "a.parquet", {"image": [png(1), png(2)], "label": ["cat", "cow"]}),
+            {"classes": NAMES},
+            "label_key",
+            "expected 'label' to name one of the 3 classes ('cat', 'dog', 'bird'), got 'cow' at row 1 of",
+        ),
+        (
+            lambda t: _table(t, "a.parquet", {"image": [png(1), png(2)], "label": ["cat", None]}),
+            {},
+            "label_key",
+            "expected 'label' to name one of the 1 classes ('cat'), got None at row 1 of",
+        ),
+        (
+            lambda t: _table(t, "a.parquet", {"image": [png(1)], "label": ["cat"]}),
+            {"classes": ["cat", "dog", "cat"]},
+            "classes",
+            "expected each class named once, got 'cat' 2 times",
         ),
         (
             lambda t: _table(t, "a.parquet", {"photo": [png(1)], "label": [0]}),
@@ -464,3 +482,22 @@ def test_a_split_whose_every_label_is_minus_one_is_unlabelled(tmp_path):
     assert source[3].label is None and _red(source, 3) == 3
     write_hf_parquet(tmp_path / "train.parquet", [png(i) for i in range(2)], [1, 0], NAMES)
     assert ParquetImages(tmp_path / "train.parquet").unlabelled is None
+
+
+def test_a_column_of_class_names_labels_its_rows_by_name(tmp_path):
+    """Some Hub datasets store each row's class name (a string, not a ClassLabel id; dictionary-encoded as pandas
+    writes a category): the classes are the names sorted (as class folders are), or those given, matched by name
+    (non-ASCII names too); such a column was refused ('expected a column of integer class ids')."""
+    names = ["chat", "été", "chat", "犬", "bird"]
+    _table(tmp_path, "s.parquet", {"image": [png(i) for i in range(5)], "label": names})
+    source = ParquetImages(tmp_path / "s.parquet")
+    assert (source.classes, source.labels) == (["bird", "chat", "été", "犬"], [1, 2, 1, 3, 0])
+    assert source[3].label == 3 and _red(source, 3) == 3
+    given = ParquetImages(tmp_path / "s.parquet", classes=["犬", "été", "chat", "bird", "unused"])
+    assert (given.classes, given.labels, given.empty_classes) == (
+        ["犬", "été", "chat", "bird", "unused"],
+        [2, 1, 2, 0, 3],
+        ["unused"],
+    )
+    _table(tmp_path, "d.parquet", {"image": [png(i) for i in range(5)], "label": pa.array(names).dictionary_encode()})
+    assert ParquetImages(tmp_path / "d.parquet").labels == [1, 2, 1, 3, 0]

@@ -188,10 +188,12 @@ class ParquetImages(Dataset):
         image_key (Optional[str]): the image column; by default the one column of Hugging Face's ``Image``
             feature, else ``image`` or ``img``. A struct ``{bytes, path}`` (Hugging Face's), binary bytes, or a
             string path (relative to the parquet file's folder).
-        label_key (Optional[str]): the column of class ids (integers); by default the ``ClassLabel`` column
-            (``label``, ``labels`` or ``fine_label`` of several), else one so named; none of them: unlabelled.
+        label_key (Optional[str]): the column of class ids (integers), or of class names (strings: each row's
+            class is its name's place in ``classes``); by default the ``ClassLabel`` column (``label``, ``labels``
+            or ``fine_label`` of several), else one so named; none of them: unlabelled.
         classes (Optional[Sequence[str]]): class names in id order; by default the label column's ``ClassLabel``
-            names (None where there are none: :attr:`classes` is then None).
+            names, or for a column of names the names it holds, sorted (None where there are none: :attr:`classes`
+            is then None).
         labelled (bool): False: no label column is looked for (the images of image-caption rows).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
@@ -199,10 +201,11 @@ class ParquetImages(Dataset):
         ImportError: if pyarrow is not installed (one line: what to install).
         TypeError: if ``paths`` is not a path or a list of them.
         ParquetError: (a ValueError naming the argument that answers for it) if a path names no parquet file, a file
-            is no parquet file (or its labels do not read) or holds no row, the files' schemas differ, a key names no column, the image column
-            is of another type, the label column holds no integers, a label is null or outside the classes (every
-            one -1 is an unlabelled split: :attr:`labels` None, :attr:`unlabelled` saying so), or
-            ``classes`` has another number of names than the ``ClassLabel`` (all before any image is read).
+            is no parquet file (or its labels do not read) or holds no row, the files' schemas differ, a key names no
+            column, the image column is of another type, the label column holds neither integers nor strings, a
+            label is null or outside the classes (a name: not among them, or among them twice; every label -1 is
+            an unlabelled split: :attr:`labels` None, :attr:`unlabelled` saying so), or ``classes`` has another
+            number of names than the ``ClassLabel`` (all before any image is read).
     """
 
     item_noun = "an image"
@@ -271,12 +274,18 @@ class ParquetImages(Dataset):
         :attr:`unlabelled`."""
         import pyarrow as pa
 
-        if not pa.types.is_integer(kind):
+        value = kind.value_type if pa.types.is_dictionary(kind) else kind  # (a dictionary-encoded column's values)
+        named = pa.types.is_string(value) or pa.types.is_large_string(value)
+        if not pa.types.is_integer(value) and not named:
             raise ParquetError(
-                "label_key", f"expected a column of integer class ids, got {self.label_key!r} of type {kind}"
+                "label_key",
+                f"expected a column of integer class ids or of class names (strings), got {self.label_key!r} of type "
+                f"{kind}",
             )
-        labels: list[int] = []
         read = [read_columns(file.path, [self.label_key])[0] for file in self._files]
+        if named:
+            return self._named_labels(read)
+        labels: list[int] = []
         if all(value == -1 for values in read for value in values):
             self.unlabelled = f"every {self.label_key!r} of the parquet files is -1 (Hugging Face's unlabelled split)"
             return None
@@ -291,6 +300,34 @@ class ParquetImages(Dataset):
                         f"expected {self.label_key!r} among {among}, got {value} at row {row} of {file.path}{hint}",
                     )
             labels += values
+        return labels
+
+    def _named_labels(self, read: list[list]) -> list[int]:
+        """Each row's class id where the label column names the classes (strings, as some Hub datasets store them
+        instead of ClassLabel ids): its name's place in :attr:`classes`, which are the names in sorted order where
+        not given (as class folders are sorted); ParquetError where a row names none of them, or a name two."""
+        if self.classes is None:
+            self.classes = sorted({name for values in read for name in values if name is not None})
+        ids: dict[str, int] = {}
+        for index, name in enumerate(self.classes):
+            ids.setdefault(name, index)
+        labels: list[int] = []
+        for file, values in zip(self._files, read):
+            for row, name in enumerate(values):
+                if name not in ids:
+                    shown = ", ".join(map(repr, self.classes[:5])) + (", ..." if len(self.classes) > 5 else "")
+                    raise ParquetError(
+                        "label_key",
+                        f"expected {self.label_key!r} to name one of the {len(self.classes)} classes ({shown}), got "
+                        f"{name!r} at row {row} of {file.path}",
+                    )
+                if self.classes.count(name) > 1:
+                    raise ParquetError(
+                        "classes",
+                        f"expected each class named once, got {name!r} {self.classes.count(name)} times "
+                        f"(the rows of {self.label_key!r} name their class: which one would be ambiguous)",
+                    )
+                labels.append(ids[name])
         return labels
 
     def __len__(self) -> int:
