@@ -16,7 +16,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = REPO / "examples" / "clip" / "configs" / "debug.yaml"
-COMMON = ["data.source=files", "training.max_steps=6", "training.checkpoint_every=2", "training.keep_checkpoints=1"]
+COMMON = ["data.source=files", "training.max_steps=4", "training.checkpoint_every=2", "training.keep_checkpoints=1"]
 COMMON += ["training.log_every=1", "training.resume=auto", "optim.warmup_steps=0", "eval.enabled=false"]
 
 
@@ -69,10 +69,52 @@ def test_clip_on_parquet_pairs_trains_as_the_same_jsonl_pairs_and_resumes_exactl
     reference = _run(recipe, CLIP, tmp_path / "parquet", *given)
     assert reference.returncode == 0, reference.stderr[-3000:]
     losses = _losses(tmp_path / "parquet")
-    assert losses == _losses(tmp_path / "jsonl") and max(losses) == 6  # the same pairs, batch for batch
+    assert losses == _losses(tmp_path / "jsonl") and max(losses) == 4  # the same pairs, batch for batch
     killed = _run(recipe, CLIP, tmp_path / "killed", *given, point="after_optimizer_step", n=3)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert max(_losses(tmp_path / "killed")) < 6  # (killed after step 3's update, before its log)
+    assert max(_losses(tmp_path / "killed")) < 4  # (killed after step 3's update, before its log)
     resumed = _run(recipe, CLIP, tmp_path / "killed", *given)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _losses(tmp_path / "killed") == losses  # exactly, step for step
+
+
+def test_clip_on_the_train_rows_of_a_parquet_split_column_trains_as_those_pairs(pairs, tmp_path):
+    """data.files.pairs_split keeps the rows of a parquet file's split column (ImageTextFolder's split, Flickr30k's
+    layout on the Hub); the recipes refused it for any file but a Karpathy .json ('splits are those of Karpathy's
+    split files')."""
+    parquet, jsonl, images = pairs
+    table = pq.read_table(parquet)
+    split = ["train" if i % 3 else "test" for i in range(len(table))]
+    pq.write_table(table.append_column("split", pa.array(split)), tmp_path / "split.parquet", row_group_size=7)
+    lines = jsonl.read_text().splitlines(keepends=True)
+    (tmp_path / "train.jsonl").write_text("".join(line for line, s in zip(lines, split) if s == "train"))
+    recipe, steps = "examples/clip/train.py", ["training.max_steps=2"]
+    kept = _run(
+        recipe,
+        CLIP,
+        tmp_path / "split",
+        f"data.files.pairs_captions={tmp_path / 'split.parquet'}",
+        *steps,
+        "data.files.pairs_split=[train]",
+    )
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    train = _run(
+        recipe,
+        CLIP,
+        tmp_path / "train",
+        f"data.files.pairs_captions={tmp_path / 'train.jsonl'}",
+        f"data.files.pairs_root={images}",
+        *steps,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "train") and len(_losses(tmp_path / "train")) == 2
+    unknown = _run(
+        recipe,
+        CLIP,
+        tmp_path / "unknown",
+        f"data.files.pairs_captions={tmp_path / 'split.parquet'}",
+        *steps,
+        "data.files.pairs_split=[val]",
+    )
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: key 'data.files.pairs_split': expected")
+    assert "expected splits of the files (test, train), got ['val']" in unknown.stderr
