@@ -1149,3 +1149,21 @@ def test_help_shows_its_examples_as_typed(capsys):
     shown = capsys.readouterr().out
     assert "--text $'Is it red?\\tThe ball is red.' @more.tsv\n" in shown
     assert "--captions vqa/test-dev2015_questions.jsonl \\\n        --text-key question --vqa-submission" in shown
+
+
+def test_a_label_column_holding_interpolation_text_is_read_as_the_run_recorded_it(regression_run, tmp_path):
+    """config.yaml records a ${ escaped, as OmegaConf reads it back (torchflava.utils.config_text); the command reads
+    it with PyYAML, which kept the escape: a run's data.label_column 'sc${o}re' was read as 'sc\\${o}re', a column
+    the dev file lacks, and no correlation was computed."""
+    run, texts = regression_run
+    shutil.copytree(run, tmp_path / "run")
+    recorded = (tmp_path / "run" / "config.yaml").read_text()
+    assert "label_column: score\n" in recorded
+    (tmp_path / "run" / "config.yaml").write_text(
+        recorded.replace("label_column: score\n", "label_column: sc\\${o}re\n")
+    )
+    _write_tsv(tmp_path / "dev.tsv", ["sentence", "sc${o}re"], zip(texts[:6], [1.0, 2.0, 2.0, 4.0, 5.0, 3.5]))
+    dev = ["--checkpoint", str(tmp_path / "run"), "--tsv", str(tmp_path / "dev.tsv")]
+    result = main([*dev, "--out", str(tmp_path / "a.tsv")])
+    stated = main([*dev, "--out", str(tmp_path / "b.tsv"), "--label-column", "sc${o}re"])
+    assert "pearson" in stated and (result["pearson"], result["spearman"]) == (stated["pearson"], stated["spearman"])

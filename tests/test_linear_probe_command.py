@@ -446,7 +446,15 @@ def test_parquet_splits_probe_as_the_same_images_in_class_folders(export, tmp_pa
     # refused before the checkpoint is loaded
     monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
     unlabelled = _parquet_split(val, tmp_path / "u.parquet", classes, labelled=False)
+    from tests.data.test_parquet import png, write_hf_parquet
+
+    write_hf_parquet(tmp_path / "minus.parquet", [png(1), png(2)], [-1, -1], classes)  # (Hugging Face's test split)
     cases = [
+        (
+            ["--train", files["train"], "--val", str(tmp_path / "minus.parquet")],
+            "argument --val: expected labelled images, got every 'label' of the parquet files is -1 (Hugging Face's "
+            "unlabelled split)",
+        ),
         (["--train", files["train"], "--val", files["train"]], "argument --val: expected other files than --train's"),
         (["--train", files["train"], "--val", unlabelled], "argument --val: expected labelled images, got parquet"),
         (

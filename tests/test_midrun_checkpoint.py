@@ -184,3 +184,19 @@ def test_a_checkpoint_whose_run_started_from_a_checkpoint_no_longer_there_names_
     with pytest.raises(FileNotFoundError) as caught:
         load_pretrained(checkpoint)
     assert str(caught.value) == expected
+
+
+def test_a_checkpoint_whose_run_started_from_a_path_holding_interpolation_text_loads(run, tmp_path):
+    """config.yaml records a ${ escaped (as OmegaConf reads it back: torchflava.utils.config_text); load_pretrained
+    reads it with PyYAML, which kept the escape, and looked for model.pretrained at '.../e\\${x}/model'."""
+    if "vision_width" not in (run / "config.yaml").read_text():
+        pytest.skip("a FLAVA run reads no model.pretrained of its config")
+    started = tmp_path / "e${x}" / "model"
+    shutil.copytree(run / "model", started)
+    escaped = str(started).replace("${", "\\${")  # (as config_yaml records it)
+    checkpoint = _with_config(run, tmp_path / "moved", lambda c: c["model"].update(pretrained=escaped))
+    assert "e\\${x}" in (checkpoint / "config.yaml").read_text()
+    loaded, exported = load_pretrained(checkpoint), load_pretrained(run / "model")
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), exported.model.state_dict().values())
+    )

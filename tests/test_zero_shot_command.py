@@ -1640,3 +1640,47 @@ def test_parquet_images_without_a_label_column_are_classified_without_accuracy(e
     assert "warning: no accuracy: the parquet files have no label column (none of label, labels, fine_label" in (
         capsys.readouterr().err
     )
+
+
+def test_a_hugging_face_test_split_labelled_minus_one_is_classified_without_accuracy(export, images, tmp_path, capsys):
+    """Hugging Face marks an unlabelled split's rows -1 (a ClassLabel column kept, as in its other splits): every
+    row -1 is such a split, classified as one without a label column; it was refused (naming -1 as an unlabelled
+    split, with no way to classify it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory, _ = export
+    (path,) = _hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
+    table = pq.read_table(path)
+    table = table.set_column(1, "label", pa.array([-1] * len(table), pa.int64())).replace_schema_metadata(
+        table.schema.metadata
+    )
+    pq.write_table(table, path)
+    common = ["--checkpoint", str(directory), "--template", "a {}"]
+    result = zero_shot.main(common + ["--images", path])  # (the classes: the ClassLabel's names)
+    folders = zero_shot.main(common + ["--images", str(images), "--classes", ",".join(CLASSES)])
+    assert "accuracy" not in result and list(result["top"].values()) == list(folders["top"].values())
+    assert (
+        "warning: no accuracy: every 'label' of the parquet files is -1 (Hugging Face's unlabelled split)"
+        in capsys.readouterr().err
+    )
+
+
+def test_parquet_images_labelled_by_class_name_give_the_report_of_classlabel_ids(export, images, tmp_path, capsys):
+    """A label column of class names (strings, as some Hub datasets store them) labels each row by its name's place
+    in --classes, or in the names sorted; it was refused (expected integer class ids)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory, _ = export
+    (path,) = _hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
+    common = ["--checkpoint", str(directory), "--template", "a {}"]
+    ids = zero_shot.main(common + ["--images", path])
+    table = pq.read_table(path)
+    names = [CLASSES[i] for i in table.column("label").to_pylist()]
+    pq.write_table(table.drop_columns(["label"]).append_column("label", pa.array(names)), path)  # (no ClassLabel)
+    named = zero_shot.main(common + ["--images", path, "--classes", ",".join(CLASSES)])
+    assert ids["accuracy"] == named["accuracy"] and ids["top"] == named["top"]
+    assert 0 < ids["num_inputs"] == named["num_inputs"]
+    by_name = zero_shot.main(common + ["--images", path])  # (the classes: the names sorted)
+    assert by_name["accuracy"] == named["accuracy"] and by_name["predictions"] == named["predictions"]

@@ -120,6 +120,7 @@ from torchflava.utils.cli import (
     run_command,
     write_json,
 )
+from torchflava.utils.config_text import unescaped
 from torchflava.utils.distributed import get_rank
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
@@ -735,9 +736,10 @@ def _run_data_config(config: ClassifierConfig, key: str) -> object:
 
     recorded = config.layout.directory.parent / "config.yaml"
     try:
-        return (yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}).get("data", {}).get(key)
+        value = (yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}).get("data", {}).get(key)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
         return None
+    return unescaped(value)  # (config.yaml escapes a ${ as OmegaConf reads it, PyYAML reads the escape)
 
 
 def _label_column(args: argparse.Namespace, config: ClassifierConfig) -> str:

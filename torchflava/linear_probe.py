@@ -129,7 +129,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             "of them, or several files)",
         )
     parser.add_argument("--image-key", help="the parquet splits' image column (default: their Image feature's)")
-    parser.add_argument("--label-key", help="the parquet splits' column of class ids (default: their ClassLabel one)")
+    parser.add_argument(
+        "--label-key", help="the parquet splits' column of class ids, or of class names (default: their ClassLabel one)"
+    )
     for name in SPLITS:
         parser.add_argument(
             f"--{name}-labels",
@@ -288,10 +290,8 @@ def _parquet_split(
     except ImportError as error:  # (pyarrow, an optional dependency)
         parser.error(f"argument --{name}: {error}")
     if source.labels is None:
-        parser.error(
-            f"argument --{name}: expected labelled images, got parquet files without a label column (--label-key "
-            "names it)"
-        )
+        reason = source.unlabelled or "parquet files without a label column (--label-key names it)"
+        parser.error(f"argument --{name}: expected labelled images, got {reason}")
     if source.classes is None:  # (no ClassLabel names: the class ids are the classes)
         source.classes = [str(i) for i in range(max(source.labels) + 1)]
     if name == "train" and len(source.classes) < 2:

@@ -692,11 +692,14 @@ def _run_yaml(config_file: Path) -> object:
     file or not YAML."""
     import yaml  # (PyYAML comes with the recipes, which wrote the run: an export or a checkpoint directory needs none)
 
+    from torchflava.utils.config_text import unescaped
+
     check_regular_file(config_file, f"a run's {CONFIG}")
     try:
-        return yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        parsed = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ValueError(f"checkpoint: {config_file} is not YAML ({first_line(error)})") from None
+    return unescaped(parsed)  # (a ${ is recorded escaped, for OmegaConf: PyYAML keeps the escape)
 
 
 def _model_section(config: object) -> dict:

@@ -769,11 +769,11 @@ def _parquet_images(
                 file=sys.stderr,
             )
     if source.labels is None:
-        print(
-            f"warning: no accuracy: the parquet files have no label column (none of {', '.join(LABEL_COLUMNS)}, nor "
-            "a ClassLabel one); --label-key names it",
-            file=sys.stderr,
+        reason = source.unlabelled or (
+            f"the parquet files have no label column (none of {', '.join(LABEL_COLUMNS)}, nor a ClassLabel one); "
+            "--label-key names it"
         )
+        print(f"warning: no accuracy: {reason}", file=sys.stderr)
     return source, classes
 
 
@@ -853,7 +853,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--image-key",
         help="JSON key or CSV/TSV column of the image paths (retrieval), or parquet --images' image column",
     )
-    parser.add_argument("--label-key", help="parquet --images' column of class ids (default: their ClassLabel column)")
+    parser.add_argument(
+        "--label-key",
+        help="parquet --images' column of class ids, or of class names (default: their ClassLabel column)",
+    )
     parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the captions (retrieval)")
     parser.add_argument(
         "--template",

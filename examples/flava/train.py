@@ -124,8 +124,8 @@ class FilesConfig(DataPaths):
     PATHS = ("pairs_root", "pairs_captions", "pairs_shards", "images_root", "texts")  # naming files, folders, shards
 
     pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
-    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json)
-    pairs_split: Optional[list[str]] = None  # Karpathy .json: the splits to train on, e.g. [train, restval]
+    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json, .parquet)
+    pairs_split: Optional[list[str]] = None  # Karpathy .json, .parquet split column: the splits, e.g. [train, restval]
     pairs_image_key: Optional[str] = None  # key (.jsonl, BLIP .json) or column (.csv, .tsv) of the image paths
     pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
     pairs_shards: Optional[str] = None  # or webdataset-style tar shards (glob; streamed: also brace patterns, URLs)

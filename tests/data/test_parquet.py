@@ -213,10 +213,28 @@ def _table(tmp_path, name, columns, metadata=None):
             "string path), got int64",
         ),
         (
-            lambda t: _table(t, "a.parquet", {"image": [png(1)], "label": ["cat"]}),
+            lambda t: _table(t, "a.parquet", {"image": [png(1)], "label": [0.5]}),
             {},
             "label_key",
-            "expected a column of integer class ids, got 'label' of type string",
+            "expected a column of integer class ids or of class names (strings), got 'label' of type double",
+        ),
+        (
+            lambda t: _table(t, "a.parquet", {"image": [png(1), png(2)], "label": ["cat", "cow"]}),
+            {"classes": NAMES},
+            "label_key",
+            "expected 'label' to name one of the 3 classes ('cat', 'dog', 'bird'), got 'cow' at row 1 of",
+        ),
+        (
+            lambda t: _table(t, "a.parquet", {"image": [png(1), png(2)], "label": ["cat", None]}),
+            {},
+            "label_key",
+            "expected 'label' to name one of the 1 classes ('cat'), got None at row 1 of",
+        ),
+        (
+            lambda t: _table(t, "a.parquet", {"image": [png(1)], "label": ["cat"]}),
+            {"classes": ["cat", "dog", "cat"]},
+            "classes",
+            "expected each class named once, got 'cat' 2 times",
         ),
         (
             lambda t: _table(t, "a.parquet", {"photo": [png(1)], "label": [0]}),
@@ -425,3 +443,61 @@ def test_a_split_the_caption_file_lacks_is_refused_naming_the_ones_it_has(tmp_pa
     path = _captions_file(tmp_path, ["a", "b"], split=["train", "val"])
     with pytest.raises(CaptionsError, match=r"^split: expected splits of the files \(train, val\), got \['test'\]$"):
         ImageTextFolder(None, path, split="test")
+
+
+def _corrupt_column(path, column: int) -> None:
+    """Zero the first row group's chunk of ``column`` in ``path``, its footer kept: a file damaged in its data, as a
+    download cut and patched, or a disk fault, leaves it (listed as parquet, unreadable when that column is read)."""
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(column)
+    data = bytearray(path.read_bytes())
+    start = chunk.data_page_offset
+    data[start : start + chunk.total_compressed_size] = bytes(chunk.total_compressed_size)
+    path.write_bytes(bytes(data))
+
+
+def test_a_file_damaged_in_its_label_or_caption_column_is_refused_naming_it_not_a_traceback(tmp_path):
+    write_hf_parquet(tmp_path / "x.parquet", [png(i) for i in range(6)], [0, 1] * 3, ["a", "b"], row_group_size=3)
+    _corrupt_column(tmp_path / "x.parquet", 1)
+    with pytest.raises(ParquetError) as error:
+        ParquetImages(tmp_path / "x.parquet")
+    assert error.value.argument == "paths" and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"paths: {tmp_path / 'x.parquet'} is not a readable parquet file (")
+    from torchflava.data.readers import ImageTextFolder
+
+    path = _captions_file(tmp_path, ["a red cat", "a blue dog", "a green bird"])
+    _corrupt_column(path, 1)
+    with pytest.raises(ValueError) as error:
+        ImageTextFolder(None, path)
+    assert str(error.value).startswith(f"captions: {path} is not a readable parquet file (")
+    assert "\n" not in str(error.value)
+
+
+def test_a_split_whose_every_label_is_minus_one_is_unlabelled(tmp_path):
+    """Hugging Face's test split of a labelled dataset (its ClassLabel kept, every row -1): no labels, the classes
+    kept; one row -1 among labelled ones is still refused (test_bad_input_...)."""
+    write_hf_parquet(tmp_path / "test.parquet", [png(i) for i in range(5)], [-1] * 5, NAMES, row_group_size=2)
+    source = ParquetImages(tmp_path / "test.parquet")
+    assert (source.label_key, source.labels, source.classes) == ("label", None, NAMES)
+    assert source.unlabelled == "every 'label' of the parquet files is -1 (Hugging Face's unlabelled split)"
+    assert source[3].label is None and _red(source, 3) == 3
+    write_hf_parquet(tmp_path / "train.parquet", [png(i) for i in range(2)], [1, 0], NAMES)
+    assert ParquetImages(tmp_path / "train.parquet").unlabelled is None
+
+
+def test_a_column_of_class_names_labels_its_rows_by_name(tmp_path):
+    """Some Hub datasets store each row's class name (a string, not a ClassLabel id; dictionary-encoded as pandas
+    writes a category): the classes are the names sorted (as class folders are), or those given, matched by name
+    (non-ASCII names too); such a column was refused ('expected a column of integer class ids')."""
+    names = ["chat", "été", "chat", "犬", "bird"]
+    _table(tmp_path, "s.parquet", {"image": [png(i) for i in range(5)], "label": names})
+    source = ParquetImages(tmp_path / "s.parquet")
+    assert (source.classes, source.labels) == (["bird", "chat", "été", "犬"], [1, 2, 1, 3, 0])
+    assert source[3].label == 3 and _red(source, 3) == 3
+    given = ParquetImages(tmp_path / "s.parquet", classes=["犬", "été", "chat", "bird", "unused"])
+    assert (given.classes, given.labels, given.empty_classes) == (
+        ["犬", "été", "chat", "bird", "unused"],
+        [2, 1, 2, 0, 3],
+        ["unused"],
+    )
+    _table(tmp_path, "d.parquet", {"image": [png(i) for i in range(5)], "label": pa.array(names).dictionary_encode()})
+    assert ParquetImages(tmp_path / "d.parquet").labels == [1, 2, 1, 3, 0]

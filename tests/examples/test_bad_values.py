@@ -762,7 +762,7 @@ COLUMN = (
                 "data.files.pairs_split=[train]",
             ),
             "key 'data.files.pairs_split': expected null for {files}/labels.jsonl (splits are those of Karpathy's split "
-            "files, .json), got ['train']",
+            "files, .json, or of a .parquet file's split column), got ['train']",
         ),
         (
             "clip",

@@ -10,7 +10,14 @@ from typing import Optional, Union
 import pytest
 import torch
 
-from torchflava.training.config import ConfigError, builder_config, check_resume_config, load_config, save_config
+from torchflava.training.config import (
+    ConfigError,
+    builder_config,
+    check_resume_config,
+    config_yaml,
+    load_config,
+    save_config,
+)
 from torchflava.training.schema import TrainingConfig
 
 
@@ -582,3 +589,17 @@ def test_text_that_reads_as_an_interpolation_is_recorded_as_it_is_and_a_resume_a
         ConfigError, match=r"key 'labels' \(\['\$\{x\}'.* 'plain .* text', '\$\{x\}'\]\): expected the values"
     ):
         check_resume_config(saved, changed)
+
+
+def test_a_recorded_config_read_with_pyyaml_and_unescaped_holds_the_config_s_text():
+    """The commands that read a run's config.yaml with PyYAML (classify's data.label_column, data.text_columns) read
+    the escape config_yaml writes before each ${ (a backslash): unescaped gives back what OmegaConf reads."""
+    import yaml
+
+    from torchflava.utils.config_text import unescape_interpolations, unescaped
+
+    texts = ["${x}", "\\${y}", "a ${oc.env:HOME} b", "${", "C:\\${z}\\", "plain \\ text", "$", "\\\\\\${w}"]
+    config = Texts(name="${run}", labels=texts, files={"val": "/d/${v}.jsonl"})
+    read = unescaped(yaml.safe_load(config_yaml(config)))
+    assert (read["name"], read["labels"], read["files"]) == ("${run}", texts, {"val": "/d/${v}.jsonl"})
+    assert unescape_interpolations("a\\\\${b}") == "a\\\\${b}"  # (an even run is no escape of ours: as it is)

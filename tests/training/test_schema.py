@@ -108,7 +108,7 @@ def test_pair_file_checks_of_the_captions_keys(tmp_path):
     )
     assert failure(jsonl, split=["train"]) == (
         f"key 'data.files.pairs_split': expected null for {jsonl} (splits are those of Karpathy's split files, "
-        ".json), got ['train']"
+        ".json, or of a .parquet file's split column), got ['train']"
     )
     assert failure(karpathy, split=[]) == (
         "key 'data.files.pairs_split': expected null, or a non-empty list of distinct split names like "

@@ -188,10 +188,12 @@ class ParquetImages(Dataset):
         image_key (Optional[str]): the image column; by default the one column of Hugging Face's ``Image``
             feature, else ``image`` or ``img``. A struct ``{bytes, path}`` (Hugging Face's), binary bytes, or a
             string path (relative to the parquet file's folder).
-        label_key (Optional[str]): the column of class ids (integers); by default the ``ClassLabel`` column
-            (``label``, ``labels`` or ``fine_label`` of several), else one so named; none of them: unlabelled.
+        label_key (Optional[str]): the column of class ids (integers), or of class names (strings: each row's
+            class is its name's place in ``classes``); by default the ``ClassLabel`` column (``label``, ``labels``
+            or ``fine_label`` of several), else one so named; none of them: unlabelled.
         classes (Optional[Sequence[str]]): class names in id order; by default the label column's ``ClassLabel``
-            names (None where there are none: :attr:`classes` is then None).
+            names, or for a column of names the names it holds, sorted (None where there are none: :attr:`classes`
+            is then None).
         labelled (bool): False: no label column is looked for (the images of image-caption rows).
         max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
 
@@ -199,9 +201,11 @@ class ParquetImages(Dataset):
         ImportError: if pyarrow is not installed (one line: what to install).
         TypeError: if ``paths`` is not a path or a list of them.
         ParquetError: (a ValueError naming the argument that answers for it) if a path names no parquet file, a file
-            is no parquet file or holds no row, the files' schemas differ, a key names no column, the image column
-            is of another type, the label column holds no integers, a label is null or outside the classes, or
-            ``classes`` has another number of names than the ``ClassLabel`` (all before any image is read).
+            is no parquet file (or its labels do not read) or holds no row, the files' schemas differ, a key names no
+            column, the image column is of another type, the label column holds neither integers nor strings, a
+            label is null or outside the classes (a name: not among them, or among them twice; every label -1 is
+            an unlabelled split: :attr:`labels` None, :attr:`unlabelled` saying so), or ``classes`` has another
+            number of names than the ``ClassLabel`` (all before any image is read).
     """
 
     item_noun = "an image"
@@ -261,20 +265,31 @@ class ParquetImages(Dataset):
                 f"got {len(classes)} names",
             )
         self.classes = list(classes) if classes is not None else names
+        self.unlabelled: Optional[str] = None  # why the files are unlabelled though they have a label column
         self.labels = None if self.label_key is None else self._read_labels(schema.field(self.label_key).type)
 
-    def _read_labels(self, kind: Any) -> list[int]:
-        """Every row's class id, read from the label column (a few bytes a row), checked."""
+    def _read_labels(self, kind: Any) -> Optional[list[int]]:
+        """Every row's class id, read from the label column (a few bytes a row), checked; None where every one is
+        -1 (Hugging Face's unlabelled split: its test split, the ClassLabel column kept), saying so in
+        :attr:`unlabelled`."""
         import pyarrow as pa
 
-        pq = import_pyarrow()
-        if not pa.types.is_integer(kind):
+        value = kind.value_type if pa.types.is_dictionary(kind) else kind  # (a dictionary-encoded column's values)
+        named = pa.types.is_string(value) or pa.types.is_large_string(value)
+        if not pa.types.is_integer(value) and not named:
             raise ParquetError(
-                "label_key", f"expected a column of integer class ids, got {self.label_key!r} of type {kind}"
+                "label_key",
+                f"expected a column of integer class ids or of class names (strings), got {self.label_key!r} of type "
+                f"{kind}",
             )
+        read = [read_columns(file.path, [self.label_key])[0] for file in self._files]
+        if named:
+            return self._named_labels(read)
         labels: list[int] = []
-        for file in self._files:
-            values = pq.read_table(file.path, columns=[self.label_key]).column(0).to_pylist()
+        if all(value == -1 for values in read for value in values):
+            self.unlabelled = f"every {self.label_key!r} of the parquet files is -1 (Hugging Face's unlabelled split)"
+            return None
+        for file, values in zip(self._files, read):
             bound = len(self.classes) if self.classes is not None else None
             for row, value in enumerate(values):
                 if value is None or value < 0 or (bound is not None and value >= bound):
@@ -285,6 +300,34 @@ class ParquetImages(Dataset):
                         f"expected {self.label_key!r} among {among}, got {value} at row {row} of {file.path}{hint}",
                     )
             labels += values
+        return labels
+
+    def _named_labels(self, read: list[list]) -> list[int]:
+        """Each row's class id where the label column names the classes (strings, as some Hub datasets store them
+        instead of ClassLabel ids): its name's place in :attr:`classes`, which are the names in sorted order where
+        not given (as class folders are sorted); ParquetError where a row names none of them, or a name two."""
+        if self.classes is None:
+            self.classes = sorted({name for values in read for name in values if name is not None})
+        ids: dict[str, int] = {}
+        for index, name in enumerate(self.classes):
+            ids.setdefault(name, index)
+        labels: list[int] = []
+        for file, values in zip(self._files, read):
+            for row, name in enumerate(values):
+                if name not in ids:
+                    shown = ", ".join(map(repr, self.classes[:5])) + (", ..." if len(self.classes) > 5 else "")
+                    raise ParquetError(
+                        "label_key",
+                        f"expected {self.label_key!r} to name one of the {len(self.classes)} classes ({shown}), got "
+                        f"{name!r} at row {row} of {file.path}",
+                    )
+                if self.classes.count(name) > 1:
+                    raise ParquetError(
+                        "classes",
+                        f"expected each class named once, got {name!r} {self.classes.count(name)} times "
+                        f"(the rows of {self.label_key!r} name their class: which one would be ambiguous)",
+                    )
+                labels.append(ids[name])
         return labels
 
     def __len__(self) -> int:
@@ -370,6 +413,22 @@ class ParquetImages(Dataset):
         else:
             image = read_image(io.BytesIO(value), index, where, self._max_pixels)
         return LabeledSample(image, None, None if self.labels is None else self.labels[index])
+
+
+def read_columns(path: str, columns: Sequence[str]) -> list[list]:
+    """The values of ``columns`` of parquet file ``path`` (a few bytes a row: labels, captions); ParquetError
+    (``paths``) in one line where its data does not read (a file damaged after its footer was written: pyarrow's
+    OSError, over several lines, named neither the file nor the argument)."""
+    import pyarrow as pa
+
+    try:
+        table = import_pyarrow().read_table(path, columns=list(columns))
+    except (pa.ArrowException, OSError) as error:
+        reason = " ".join(str(error).split())  # (pyarrow's message, on one line)
+        raise ParquetError(
+            "paths", f"{path} is not a readable parquet file ({type(error).__name__}: {reason})"
+        ) from None
+    return [table.column(name).to_pylist() for name in columns]
 
 
 def _accumulate(counts: Any) -> list[int]:
@@ -472,7 +531,6 @@ def parquet_captions(
     another type, or the files have no ``split`` column of strings."""
     import pyarrow as pa
 
-    pq = import_pyarrow()
     schema = images.schema
     if text_key is None:
         found = [name for name in TEXT_COLUMNS if name in schema.names]
@@ -499,9 +557,9 @@ def parquet_captions(
     splits: set[str] = set()
     start = 0
     for path in images.files:
-        table = pq.read_table(path, columns=columns)
-        texts = table.column(text_key).to_pylist()
-        kept = table.column("split").to_pylist() if split is not None else [None] * len(texts)
+        read = read_columns(path, columns)
+        texts = read[0]
+        kept = read[1] if split is not None else [None] * len(texts)
         for row, (value, name) in enumerate(zip(texts, kept), start):
             if name is not None:
                 splits.add(name)

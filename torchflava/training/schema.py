@@ -749,7 +749,10 @@ def _pair_key_expectations(prefix: str) -> dict[str, str]:
     captions = f"{prefix}.pairs_captions"
     return {
         "pairs_root": f"the folder the image paths of {captions} are relative to, or null when they are absolute",
-        "pairs_split": f"null, or a non-empty list of names of splits {captions} holds (a Karpathy split file, .json)",
+        "pairs_split": (
+            f"null, or a non-empty list of names of splits {captions} holds (a Karpathy split file, .json, or a "
+            ".parquet file's split column)"
+        ),
         "pairs_image_key": f"null, or the key or column of the image paths in {captions} ({KEYED})",
         "pairs_text_key": f"null, or the key or column of the captions in {captions} ({KEYED})",
     }
@@ -816,9 +819,10 @@ def pair_file_checks(
             names if split is not None else None,
         ),
         (
-            split is None or captions is None or suffix == ".json",
+            split is None or captions is None or suffix in (".json", ".parquet"),
             f"{prefix}.pairs_split",
-            f"null for {captions} (splits are those of Karpathy's split files, .json)",
+            f"null for {captions} (splits are those of Karpathy's split files, .json, or of a .parquet file's split "
+            "column)",
             names if split is not None else None,
         ),
     ]
