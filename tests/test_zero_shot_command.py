@@ -1735,3 +1735,42 @@ def test_bad_tar_shard_arguments_exit_2_in_one_line_before_the_checkpoint_loads(
             zero_shot.main(["--checkpoint", "/nonexistent", "--images", *argv])
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in error.splitlines()[-1], (argv, error)
+
+
+def test_retrieval_on_a_retrieval_datasets_shards_equals_the_same_pairs_in_a_captions_file(
+    export, images, tmp_path, capsys
+):
+    """CLIP_benchmark's wds_flickr30k / wds_mscoco_captions (dataset_type.txt: retrieval): each sample an image and a
+    .txt of its captions, one a line; with neither --captions nor --classes the recalls are those of the same pairs
+    as a .jsonl, an unreadable image's captions skipped alike."""
+    from tests.data.test_wds import write_wds
+
+    directory, _ = export
+    lines = [json.loads(line) for line in (images / "captions.jsonl").read_text().splitlines()]
+    lines.append({"image": "red circle/broken.png", "caption": "nothing"})
+    samples, pairs = [], []
+    for number, line in enumerate(lines):
+        captions = (
+            [line["caption"], f"picture {number}"] if number % 2 else [line["caption"]]
+        )  # (COCO's five, here two)
+        samples.append({"png": (images / line["image"]).read_bytes(), "txt": "\n".join(captions).encode()})
+        pairs += [{"image": str(images / line["image"]), "caption": caption} for caption in captions]
+    root = write_wds(tmp_path / "wds_shapes_captions", samples)[0].parent.parent
+    (root / "dataset_type.txt").write_text("retrieval\n")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    shards = zero_shot.main(["--checkpoint", str(directory), "--images", str(root)])
+    listed = zero_shot.main(["--checkpoint", str(directory), "--captions", str(tmp_path / "pairs.jsonl")])
+    assert shards["num_pairs"] == listed["num_pairs"] == len(pairs) - 1 == 18 and shards["num_images"] == 12
+    assert shards["skipped"] == listed["skipped"] == 1
+    assert shards["skipped_reasons"][0].startswith("1.tar:s0000012: unreadable image")
+    recalls = [key for key in listed if "R@" in key]
+    assert len(recalls) == 12 and all(shards[key] == listed[key] for key in recalls)
+    for extra, message in [
+        (["--template", "a {}"], "argument --template: for classification only, not with a retrieval dataset's shards"),
+        (["--classes", "a,b"], "dataset_type.txt says 'retrieval': its samples hold no .cls class id to classify by"),
+        (["--all-probabilities", str(tmp_path / "p.npy")], "argument --all-probabilities: for --classes"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(root), *extra])
+        error = capsys.readouterr().err.splitlines()
+        assert exit_info.value.code == 2 and message in error[-1], error

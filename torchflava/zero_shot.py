@@ -45,7 +45,10 @@ clip-benchmark/wds_imagenet1k --local-dir wds_imagenet1k``: ``wds_imagenet1k/tes
 their ``.cls`` class ids: ``--images`` takes the split folder, a glob or brace pattern of shards (``test/{0..3}.tar``),
 the shards, or the dataset's root (its ``test/`` split, said on stderr); the classes are the root's
 ``classnames.txt`` and the templates its ``zeroshot_classification_templates.txt`` unless ``--classes`` /
-``--template`` give others (see :class:`~torchflava.data.wds.WdsImages`).
+``--template`` give others (see :class:`~torchflava.data.wds.WdsImages`). A retrieval dataset's shards
+(``wds_flickr30k``, ``wds_mscoco_captions``: the root's ``dataset_type.txt`` says ``retrieval``) hold each image with
+a ``.txt`` of its captions, one a line (COCO's five): without ``--classes`` they are evaluated for retrieval
+(:class:`~torchflava.data.wds.WdsCaptions`).
 ``--classes @FILE`` reads the class names from a
 UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the class's
 sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
@@ -86,7 +89,15 @@ from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.parquet import LABEL_COLUMNS, ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
-from torchflava.data.wds import CLASSES_FILE, TEMPLATES_FILE, WdsError, WdsImages, is_tar_shards
+from torchflava.data.wds import (
+    CLASSES_FILE,
+    TEMPLATES_FILE,
+    WdsCaptions,
+    WdsError,
+    WdsImages,
+    is_tar_shards,
+    shards_dataset_type,
+)
 from torchflava.evaluation import percent, retrieval_recall, zero_shot_classifier
 from torchflava.evaluation.metrics import TOP5, accuracy_summary, reported_ks
 from torchflava.evaluation.zero_shot import (
@@ -675,7 +686,7 @@ def retrieval(
     return _folder_retrieval(pretrained, folder, batch_size)
 
 
-def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_size: int) -> dict:
+def _folder_retrieval(pretrained: Pretrained, folder: Union[ImageTextFolder, WdsCaptions], batch_size: int) -> dict:
     """:func:`retrieval` over an opened, checked captions file."""
     lines, skipped = [], []  # (item, (image path, caption)) of the well-formed entries; why others are not
     for index in range(len(folder)):
@@ -961,6 +972,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         )
     elif args.images is not None:
         args.images = args.images[0]
+    # a retrieval dataset's shards (CLIP_benchmark's dataset_type.txt: wds_flickr30k) hold the captions themselves
+    shard_captions = shards is not None and args.classes is None and shards_dataset_type(shards[0]) == "retrieval"
     if parquet is None and shards is None and args.classes is None and args.captions is None:
         parser.error("one of the arguments --classes --captions is required")
     if parquet is None and args.label_key is not None:
@@ -1000,6 +1013,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("arguments --split, --image-key and --text-key: for --captions (retrieval) only")
     if args.images is not None and not Path(args.images).is_dir():
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
+    if shard_captions and args.templates:
+        parser.error("argument --template: for classification only, not with a retrieval dataset's shards")
     if args.captions is not None and args.templates:  # retrieval embeds the captions as they are
         parser.error("argument --template: for --classes (classification) only, not with --captions")
     captions_parquet = args.captions is not None and args.captions.lower().endswith(".parquet")
@@ -1031,7 +1046,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("argument --labels: not with --folder-order (each says which class an image is of)")
     if args.labels is not None and not Path(args.labels).is_file():
         parser.error(f"argument --labels: expected a labels file, got {args.labels!r} (not a file)")
-    if args.all_probabilities is not None and classes is None and parquet is None and shards is None:
+    if (
+        args.all_probabilities is not None
+        and classes is None
+        and parquet is None
+        and (shards is None or shard_captions)
+    ):
         parser.error("argument --all-probabilities: for --classes (classification) only")
     if args.folder_order and class_folders is not None:
         parser.error("argument --folder-order: not with a --classes file that names each class's folder")
@@ -1045,6 +1065,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         refuse_overwritten_inputs(
             parser, {"--all-probabilities": args.all_probabilities, "--json": args.json}, {"--images": source.files}
         )
+    elif shard_captions:  # their captions read, no image, before the checkpoint is loaded
+        try:
+            folder = WdsCaptions(shards)
+        except WdsError as error:
+            parser.error(f"argument --images: {error.reason}")
+        for line in folder.taken + folder.warnings:
+            print(line, file=sys.stderr)
+        refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": folder.files})
     elif shards is not None:  # their .cls read and checked, no image, before the checkpoint is loaded
         source, classes = _shard_images(parser, args, shards, classes)
         refuse_overwritten_inputs(
@@ -1080,7 +1108,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
             f"{', '.join(IMAGE_EXTENSIONS)} under it{parquet_hint(args.images)})"
         )
-    if classes is None and split is None and folder.format == "karpathy":  # (said before hours of encoding)
+    if (
+        classes is None and split is None and getattr(folder, "format", None) == "karpathy"
+    ):  # (said before hours of encoding)
         print(
             f"warning: {args.captions} is a Karpathy split file and no --split was given: the {len(folder)} "
             "captions of every split (train included) are evaluated; --split test keeps the test set",
@@ -1091,7 +1121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             class_folders_ordered = list(ordered_folders(args.images, len(classes), listed))
         except ValueError as error:
             parser.error(f"argument --folder-order: {str(error).removeprefix('folder_order: ')}")
-    if parquet is not None or shards is not None:
+    if (parquet is not None or shards is not None) and classes is not None:
         warning = repeated_names_warning(classes, [f"id {i}" for i in range(len(classes))])
         if warning:
             print(warning, file=sys.stderr)

@@ -10,7 +10,7 @@ from PIL import Image
 import pytest
 
 from torchflava.data.samples import BadSample
-from torchflava.data.wds import WdsError, WdsImages, is_tar_shards, shard_files
+from torchflava.data.wds import WdsCaptions, WdsError, WdsImages, is_tar_shards, shard_files
 
 
 def encoded(value: int, kind: str = "webp", size: int = 4) -> bytes:
@@ -153,3 +153,27 @@ def test_a_download_missing_shards_that_nshards_counts_is_warned_of(dataset):
         f"warning: 2 of the 3 shards nshards.txt counts in {dataset / 'test'} given, their images read: 2.tar absent"
     ]
     assert len(images) == 6
+
+
+def test_a_retrieval_datasets_samples_give_a_caption_an_item_each_line_of_their_txt(tmp_path):
+    """wds_mscoco_captions' samples: an image and a .txt of its five captions, one a line; a sample without a .txt
+    and a blank line among the captions are one bad item each, named."""
+    samples = [
+        {"webp": encoded(10), "txt": b"a red square\r\nthe red one\n"},
+        {"webp": encoded(20)},
+        {"webp": encoded(30), "txt": "a café\n\n  dark  \n".encode()},
+    ]
+    write_wds(tmp_path / "coco", samples, shards=1)
+    (tmp_path / "coco" / "dataset_type.txt").write_text("retrieval\n")
+    captions = WdsCaptions(tmp_path / "coco")
+    assert captions.dataset_type == "retrieval" and len(captions) == 6
+    assert [captions.caption(i) for i in (0, 1, 3, 5)] == ["a red square", "the red one", "a café", "dark"]
+    assert [captions.image_path(i) for i in (0, 1, 3, 5)] == ["0.tar:s0000000"] * 2 + ["0.tar:s0000002"] * 2
+    assert captions[5].image.getpixel((0, 0)) == (30, 0, 0) and captions[5].text == "dark"
+    for index, reason in [(2, "0.tar:s0000001: no .txt member"), (4, "0.tar:s0000002: caption line 2 is blank")]:
+        for read in (captions.caption, captions.image_path, captions.__getitem__):
+            with pytest.raises(BadSample) as bad:
+                read(index)
+            assert bad.value.index == index and bad.value.reason.startswith(reason)
+    with pytest.raises(WdsError, match="dataset_type.txt says 'retrieval': its samples hold no .cls class id"):
+        WdsImages(tmp_path / "coco")

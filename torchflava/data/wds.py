@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.finetuning import LabeledSample
 from torchflava.data.readers import TarShards, check_index, check_max_pixels, glob_files
-from torchflava.data.samples import BadSample
+from torchflava.data.samples import BadSample, Sample
 from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
@@ -135,6 +135,22 @@ def dataset_root(files: Sequence[str]) -> Optional[str]:
     return None
 
 
+def shards_dataset_type(value: PathLike) -> Optional[str]:
+    """What the ``dataset_type.txt`` of the dataset whose shards ``value`` names says (``retrieval``,
+    ``multilabel``), lower case; None where there is none, or ``value`` names no shard."""
+    try:
+        root = dataset_root(shard_files(value).files)
+    except (WdsError, ImportError):
+        return None
+    if root is None:
+        return None
+    try:
+        with open(os.path.join(root, TYPE_FILE), encoding="utf-8") as handle:
+            return handle.read().strip().lower() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def missing_shards(files: Sequence[str]) -> list[str]:
     """The one-line warnings of shards absent from ``files`` where their folder's ``nshards.txt`` (CLIP_benchmark's
     count of ``0.tar``... ``N-1.tar``) names more: a download cut short loses those images silently."""
@@ -160,7 +176,81 @@ def missing_shards(files: Sequence[str]) -> list[str]:
     return warnings
 
 
-class WdsImages(Dataset):
+class _Shards:
+    """Tar shards located (:func:`shard_files`), indexed by :class:`~torchflava.data.readers.TarShards` reading the
+    image and ``text_extension`` members of each sample, in the shards' order, each sample named."""
+
+    def __init__(
+        self,
+        paths: Union[PathLike, Sequence[PathLike]],
+        text_extension: str,
+        max_image_pixels: int,
+        types: tuple[Optional[str], ...],
+        refused: str,
+    ) -> None:
+        check_max_pixels(max_image_pixels)
+        values = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise TypeError(f"paths must be a path, a pattern or a list of them, got {paths!r}")
+        files, taken = [], []
+        for value in values:
+            found = shard_files(value)
+            files += found.files
+            taken += [found.taken] if found.taken else []
+        self.taken = taken  # the sentences saying which split of a dataset root was taken
+        self.files = list(dict.fromkeys(os.path.abspath(f) for f in files))
+        self.warnings = missing_shards(self.files)
+        self.root = dataset_root(self.files)
+        self.dataset_type = shards_dataset_type(self.files[0])
+        if self.dataset_type not in types:  # (before the shards are indexed: their members are not those read)
+            raise WdsError("paths", f"{os.path.join(self.root, TYPE_FILE)} says {self.dataset_type!r}: {refused}")
+        self._extension = text_extension
+        try:
+            self._tar = TarShards(
+                self.files,
+                require=("image", "text"),
+                image_extensions=IMAGE_EXTENSIONS,
+                text_extensions=(text_extension,),
+                json_text_key=None,
+                max_image_pixels=max_image_pixels,
+            )
+        except (ValueError, OSError) as error:
+            message = (
+                str(error)
+                .removeprefix("shards ")
+                .replace("image and text members", f"image and .{text_extension} members")
+            )
+            message = message.replace(f"; texts are read from .{text_extension} members", "")
+            raise WdsError("paths", message.replace("no text member", f"no .{text_extension} member")) from None
+        order = {path: i for i, path in enumerate(self.files)}  # (TarShards reads them sorted by path)
+        keys = [self._tar.sample_key(i) for i in range(len(self._tar))]
+        self._order = sorted(range(len(keys)), key=lambda i: order[keys[i][0]])  # sample -> TarShards index
+        common = os.path.commonpath([os.path.dirname(f) for f in self.files])
+        names, seen = [], {}
+        for i in self._order:
+            name = f"{os.path.relpath(keys[i][0], common).replace(os.sep, '/')}:{keys[i][1]}"
+            seen[name] = seen.get(name, 0) + 1
+            names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")  # (a key repeated in a shard)
+        self._names = names
+
+    def _reason(self, bad: BadSample) -> str:
+        """A BadSample's reason as TarShards gives it, without its name of the sample, the text member named as
+        the shards write it (``.cls``, ``.txt``)."""
+        reason = bad.reason.split(": ", 1)[-1]
+        if reason.startswith("no "):
+            text = f".{self._extension}"
+            reason = reason.replace("no text member", f"no {text} member").replace("no text and", f"no {text} and")
+        return reason
+
+    def _read(self, sample: int, index: int) -> Sample:
+        """Sample ``sample``'s image and text, or BadSample (item ``index``) named as the sample is."""
+        try:
+            return self._tar[self._order[sample]]
+        except BadSample as bad:
+            raise BadSample(index, f"{self._names[sample]}: {self._reason(bad)}") from None
+
+
+class WdsImages(_Shards, Dataset):
     """The images of webdataset tar shards, one a sample, and their ``.cls`` class ids; items are
     :class:`~torchflava.data.finetuning.LabeledSample` ``(image, None, class id)``, as
     :class:`~torchflava.data.parquet.ParquetImages`' are.
@@ -194,61 +284,14 @@ class WdsImages(Dataset):
         classes: Optional[Sequence[str]] = None,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self._max_pixels = check_max_pixels(max_image_pixels)
-        values = [paths] if isinstance(paths, (str, os.PathLike)) else paths
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-            raise TypeError(f"paths must be a path, a pattern or a list of them, got {paths!r}")
-        files, taken = [], []
-        for value in values:
-            found = shard_files(value)
-            files += found.files
-            taken += [found.taken] if found.taken else []
-        self.taken = taken  # the sentences saying which split of a dataset root was taken
-        self.files = list(dict.fromkeys(os.path.abspath(f) for f in files))
-        self.warnings = missing_shards(self.files)
-        self.root = dataset_root(self.files)
-        kind = self._dataset_type()
-        if kind not in (None, "classification"):
-            raise WdsError(
-                "paths",
-                f"{os.path.join(self.root, TYPE_FILE)} says {kind!r}: its samples hold no .cls class id to classify by",
-            )
+        refused = "its samples hold no .cls class id to classify by"
+        super().__init__(paths, "cls", max_image_pixels, (None, "classification"), refused)
         self._classes_from = ""  # (where the names a class id is refused against come from)
         if classes is None and self.root is not None and os.path.isfile(os.path.join(self.root, CLASSES_FILE)):
             classes = read_lines(os.path.join(self.root, CLASSES_FILE))
             self._classes_from = f" (of {os.path.join(self.root, CLASSES_FILE)})"
         self.classes = None if classes is None else list(classes)
-        try:
-            self._tar = TarShards(
-                self.files,
-                require=("image", "text"),
-                image_extensions=IMAGE_EXTENSIONS,
-                text_extensions=("cls",),
-                json_text_key=None,
-                max_image_pixels=max_image_pixels,
-            )
-        except (ValueError, OSError) as error:
-            raise WdsError("paths", str(error).removeprefix("shards ")) from None
-        order = {path: i for i, path in enumerate(self.files)}  # (TarShards reads them sorted by path)
-        keys = [self._tar.sample_key(i) for i in range(len(self._tar))]
-        self._order = sorted(range(len(keys)), key=lambda i: order[keys[i][0]])  # item -> TarShards index
-        common = os.path.commonpath([os.path.dirname(f) for f in self.files])
-        names, seen = [], {}
-        for i in self._order:
-            name = f"{os.path.relpath(keys[i][0], common).replace(os.sep, '/')}:{keys[i][1]}"
-            seen[name] = seen.get(name, 0) + 1
-            names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")  # (a key repeated in a shard)
-        self._names = names
         self.labels = [self._label(item) for item in range(len(self._order))]
-
-    def _dataset_type(self) -> Optional[str]:
-        if self.root is None:
-            return None
-        try:
-            with open(os.path.join(self.root, TYPE_FILE), encoding="utf-8") as handle:
-                return handle.read().strip().lower() or None
-        except OSError:
-            return None
 
     def _label(self, item: int) -> Optional[int]:
         """Item ``item``'s class id, from its ``.cls``; None where it has none (a bad sample when read)."""
@@ -285,14 +328,78 @@ class WdsImages(Dataset):
         """Read item ``index``; BadSample for a sample without an image or a ``.cls``, or an image that does not
         decode."""
         index = check_index(index, len(self))
-        try:
-            sample = self._tar[self._order[index]]
-        except BadSample as bad:  # (named as the item is: its shard's path and key)
-            reason = bad.reason.split(": ", 1)[-1]  # (TarShards' name of the item: its shard's, not its path)
-            if reason.startswith("no "):  # (what TarShards calls the text member is the .cls)
-                reason = reason.replace("no text member", "no .cls member").replace("no text and", "no .cls and")
-            raise BadSample(index, f"{self._names[index]}: {reason}") from None
-        return LabeledSample(sample.image, None, self.labels[index])
+        return LabeledSample(self._read(index, index).image, None, self.labels[index])
+
+
+class _Caption(NamedTuple):
+    sample: int
+    text: Optional[str]  # None: the sample gives no caption, for ``error``
+    error: Optional[str] = None
+
+
+class WdsCaptions(_Shards, Dataset):
+    """The image-caption pairs of webdataset tar shards as CLIP_benchmark serves its retrieval datasets
+    (``wds_flickr30k``, ``wds_mscoco_captions``: ``dataset_type.txt`` says ``retrieval``): each sample an image and
+    a ``.txt`` of its captions, one a line (COCO's five). An item is a caption; items are
+    :class:`~torchflava.data.samples.Sample` ``(image, caption)``, the image read when an item is.
+
+    :meth:`image_path` names a caption's image (its shard's path relative to the shards' common folder and its key,
+    ``0.tar:s0000017``), :meth:`caption` gives the caption without reading the image, as
+    :class:`~torchflava.data.readers.ImageTextFolder`'s do. A sample without a ``.txt`` (or with a blank or
+    undecodable one) is one item, a :class:`~torchflava.data.samples.BadSample` saying why; a blank line among the
+    captions is one too.
+
+    Args:
+        paths (Union[PathLike, Sequence[PathLike]]): as :class:`WdsImages`'.
+        max_image_pixels (int): images with more pixels are bad samples (checked before decoding).
+
+    Raises:
+        TypeError: if ``paths`` is not a path or a list of them.
+        WdsError: (``paths``) if a path names no shard, a root holds splits but no ``test/``, or a shard is no tar.
+    """
+
+    item_noun = "a caption"
+
+    def __init__(
+        self, paths: Union[PathLike, Sequence[PathLike]], *, max_image_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
+        refused = "its samples hold no .txt captions"
+        super().__init__(paths, "txt", max_image_pixels, (None, "retrieval"), refused)
+        self._captions: list[_Caption] = []
+        for sample in range(len(self._order)):
+            try:
+                text = self._tar.caption(self._order[sample])
+            except BadSample as bad:
+                self._captions.append(_Caption(sample, None, self._reason(bad)))
+                continue
+            for number, line in enumerate(text.splitlines(), 1):
+                line = line.strip()
+                error = None if line else f"caption line {number} is blank"
+                self._captions.append(_Caption(sample, line or None, error))
+
+    def __len__(self) -> int:
+        return len(self._captions)
+
+    def image_path(self, index: int) -> str:
+        """The name of caption ``index``'s image (``0.tar:s0000017``); BadSample where its sample gives no
+        caption."""
+        entry = self._captions[check_index(index, len(self))]
+        if entry.text is None:
+            raise BadSample(index, f"{self._names[entry.sample]}: {entry.error}")
+        return self._names[entry.sample]
+
+    def caption(self, index: int) -> str:
+        """Caption ``index``, its image not read; BadSample where its sample gives none."""
+        entry = self._captions[check_index(index, len(self))]
+        if entry.text is None:
+            raise BadSample(index, f"{self._names[entry.sample]}: {entry.error}")
+        return entry.text
+
+    def __getitem__(self, index: int) -> Sample:
+        """Read caption ``index`` and its image; BadSample for no caption, no image or an image that does not
+        decode."""
+        text = self.caption(index)
+        return Sample(image=self._read(self._captions[index].sample, index).image, text=text)
 
 
 def read_lines(path: PathLike) -> list[str]:
