@@ -479,3 +479,63 @@ def test_parquet_splits_probe_as_the_same_images_in_class_folders(export, tmp_pa
 
 
 SPLITS = command.SPLITS
+
+
+def _shard_split(folder, root, name, classes):
+    """``folder``'s class sub-folders as CLIP_benchmark writes a split, ``root/name/{0,1}.tar`` (``.png`` and
+    ``.cls`` members) with ``root/classnames.txt``, samples in the folder's order; returns the split folder."""
+    from tests.data.test_wds import write_wds
+
+    source = ImageClassFolder(folder, classes)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
+    labels = [classes.index(f.split("/")[0]) for f in files]
+    assert labels == [source[i].label for i in range(len(source))]  # (the folder's order and ids)
+    samples = [{"png": (folder / f).read_bytes(), "cls": str(label).encode()} for f, label in zip(files, labels)]
+    write_wds(root, samples, split=name, classes=classes)
+    return str(root / name)
+
+
+def test_tar_shard_splits_probe_as_the_same_images_in_class_folders(export, tmp_path, monkeypatch, capsys):
+    """CLIP_benchmark's wds_cifar10/train and /test (a val split beside): the classes of the root's classnames.txt,
+    the report of the class folders."""
+    train, val, test = (
+        _folders(tmp_path / name, "pairs", seed, 40) for name, seed in (("train", 1), ("val", 2), ("test", 3))
+    )
+    classes = ["blue", "green", "red"]
+    root = tmp_path / "wds_pairs"
+    splits = {name: _shard_split(d, root, name, classes) for name, d in zip(SPLITS, (train, val, test))}
+    folders = command.main(["--checkpoint", str(export), "--train", str(train), "--val", str(val), "--test", str(test)])
+    shards = command.main(
+        ["--checkpoint", str(export), "--train", splits["train"], "--val", f"{splits['val']}/{{0..1}}.tar"]
+        + ["--test", splits["test"]]
+    )
+    for key in ("l2", "val_accuracy", "test_accuracy", "test_mean_per_class_accuracy", "num_inputs", "classes"):
+        assert shards[key] == folders[key], key
+    monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    cases = [
+        (["--train", splits["train"], "--val", splits["train"]], "argument --val: expected other files than --train's"),
+        (
+            ["--train", str(root), "--val", splits["val"]],
+            "argument --train: expected a split's shards, got a dataset root",
+        ),
+        (
+            ["--train", splits["train"], "--val", splits["val"], "--val-labels", __file__],
+            "argument --val-labels: not with tar",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            command.main(["--checkpoint", "/unused", *argv])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error.splitlines()[-1], (argv, error)
+    (root / "classnames.txt").write_text("blue\ngreen\n")  # (a class id, 2, past its names)
+    with pytest.raises(SystemExit):
+        command.main(["--checkpoint", "/unused", "--train", splits["train"], "--val", splits["val"]])
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            f"argument --train: expected a name for each class id of the shards, got 2 names (of {root}/classnames.txt) "
+            "for class id 2 of 1.tar:s0000010"  # (the first red one: the folders sort blue, green, red)
+        )
+    )

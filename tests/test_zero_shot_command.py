@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from typing import Optional
 
 import numpy
 from PIL import Image
@@ -623,7 +624,7 @@ def test_feature_functions_refuse_a_string_no_input_and_a_bad_batch_size(export)
             ["red circle", "blue square"],
             ["a photo"],
             ValueError,
-            "templates must contain one '{}' for the class name and no other braces, got ['a photo']",
+            "templates must contain one '{}' (or '{c}') for the class name and no other braces, got ['a photo']",
         ),
         ("ab", ("a {}",), TypeError, "class_names must be a sequence of str (a list or tuple, in order), got str"),
         (  # one embedding for both: every red circle went to the first, and the accuracy counted a tie
@@ -1110,7 +1111,7 @@ def test_templates_from_a_file_one_a_line_equal_the_same_templates_given_one_by_
         ("\n \n", f"argument --template: {templates} holds no template (expected one a line)"),
         (
             "a {}\nno braces\n",
-            "argument --template: expected one '{}' for the class name and no other braces, got ['no braces']",
+            "argument --template: expected one '{}' (or CLIP_benchmark's '{c}') for the class name and no other braces, got ['no braces']",
         ),
     ]:
         templates.write_text(content)
@@ -1684,3 +1685,136 @@ def test_parquet_images_labelled_by_class_name_give_the_report_of_classlabel_ids
     assert 0 < ids["num_inputs"] == named["num_inputs"]
     by_name = zero_shot.main(common + ["--images", path])  # (the classes: the names sorted)
     assert by_name["accuracy"] == named["accuracy"] and by_name["predictions"] == named["predictions"]
+
+
+def _wds_of(folder: Path, root: Path, names: list[str], *, templates: Optional[list[str]] = None) -> Path:
+    """The images (and unreadable files) of ``folder``'s class sub-folders as a CLIP_benchmark webdataset dataset,
+    ``root/test/{0,1}.tar`` (``.png`` and ``.cls`` members keyed ``s0000000``...) with ``classnames.txt``
+    (and ``zeroshot_classification_templates.txt``), samples in the folder's order; returns ``root``."""
+    from tests.data.test_wds import write_wds
+    from torchflava.data.readers import ImageFolder
+
+    listed = ImageFolder(folder)
+    files = [listed.relative_path(i) for i in range(len(listed))]
+    samples = [{"png": (folder / f).read_bytes(), "cls": str(names.index(f.split("/")[0])).encode()} for f in files]
+    write_wds(root, samples, classes=names, templates=templates)
+    return root
+
+
+def test_tar_shards_give_the_report_of_the_same_images_in_class_folders(export, images, tmp_path, capsys):
+    """CLIP_benchmark's layout (wds_imagenet1k/test/0.tar...): the dataset root, its classnames.txt and its {c}
+    templates taken by default, gives the class folders' accuracies, predictions and probabilities, the same
+    unreadable image skipped; so do the split folder, a brace pattern and the shards listed with --classes and
+    --template."""
+    directory, _ = export
+    root = _wds_of(images, tmp_path / "wds_shapes", CLASSES, templates=["a {c}", "a photo of the {c}."])
+    (root / "train").mkdir()
+    shutil.copy(root / "test" / "0.tar", root / "train" / "0.tar")
+    templates = ["--template", "a {}", "--template", "a photo of the {}."]
+    folders = zero_shot.main(
+        ["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)] + templates
+    )
+    capsys.readouterr()
+    shards = zero_shot.main(["--checkpoint", str(directory), "--images", str(root), "--json", str(tmp_path / "w.json")])
+    err = capsys.readouterr().err.splitlines()
+    assert err[2].startswith("skipped: 1.tar:s0000012: unreadable image") and err[:2] == [
+        f"the test/ split of {root} taken (beside train/)",
+        f"the 3 classes of {root}/classnames.txt and the 2 templates of {root}/zeroshot_classification_templates.txt "
+        "taken (--classes, --template give others)",
+    ]
+    assert shards["num_inputs"] == folders["num_inputs"] == 12 and shards["skipped"] == folders["skipped"] == 1
+    assert shards["skipped_reasons"][0].startswith("1.tar:s0000012: unreadable image")
+    assert shards["classes"] == CLASSES and shards["templates"] == ["a {c}", "a photo of the {c}."]
+    for key in ("accuracy", "mean_per_class_accuracy", "chance"):
+        assert shards[key] == folders[key]
+    assert list(shards["predictions"].values()) == list(folders["predictions"].values())
+    assert list(shards["top"].values()) == list(folders["top"].values())  # (probabilities, bit for bit)
+    assert json.loads((tmp_path / "w.json").read_text())["accuracy"] == folders["accuracy"]
+    given = ["--classes", f"@{root}/classnames.txt", "--template", f"@{root}/zeroshot_classification_templates.txt"]
+    for value in (
+        [str(root / "test")],
+        [f"{root}/test/{{0..1}}.tar"],
+        [str(root / "test" / "0.tar"), str(root / "test" / "1.tar")],
+    ):
+        again = zero_shot.main(["--checkpoint", str(directory), "--images", *value, *given])
+        assert list(again["top"].values()) == list(folders["top"].values()), value
+    assert capsys.readouterr().err.count("\n") == 3  # (each run's one skipped image, nothing else)
+
+
+def test_bad_tar_shard_arguments_exit_2_in_one_line_before_the_checkpoint_loads(images, tmp_path, capsys):
+    root = _wds_of(images, tmp_path / "wds_shapes", CLASSES)
+    bare = _wds_of(images, tmp_path / "bare", CLASSES)
+    (bare / "classnames.txt").unlink()
+    (tmp_path / "splits" / "train").mkdir(parents=True)
+    shutil.copy(root / "test" / "0.tar", tmp_path / "splits" / "train" / "0.tar")
+    bad_template = tmp_path / "bad_template"
+    shutil.copytree(root, bad_template)
+    (bad_template / "zeroshot_classification_templates.txt").write_text("a {c} of {}\n")
+    cases = [
+        (
+            [str(root), "--classes", "a,b"],
+            "argument --classes: expected a name for each class id of the shards, got 2 names for class id 2 of",
+        ),
+        ([str(bare)], "argument --classes: required: the tar shards have no classnames.txt"),
+        (
+            [str(tmp_path / "splits")],
+            f"argument --images: {tmp_path / 'splits'} holds the splits train/ and no test/: give one, e.g. {tmp_path / 'splits' / 'train'}",
+        ),
+        (
+            [str(root), "--labels", __file__],
+            "argument --labels: not with tar shard --images (their .cls members give the classes)",
+        ),
+        ([str(root), "--folder-order"], "argument --folder-order: not with tar shard --images"),
+        ([str(root), "--captions", __file__], "argument --captions: not with tar shard --images"),
+        ([str(root), "--json", str(root / "test" / "0.tar")], "argument --json: expected another file than --images's"),
+        (
+            [str(bad_template)],
+            f"argument --images: {bad_template}/zeroshot_classification_templates.txt: expected one '{{}}' or '{{c}}'",
+        ),
+        ([str(root), "--template", "a {c} {}"], "argument --template: expected one '{}' (or CLIP_benchmark's '{c}')"),
+        ([f"{root}/test/{{0..2}}.tar"], f"argument --images: '{root}/test/2.tar' is not a file (of the pattern"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", "/nonexistent", "--images", *argv])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error.splitlines()[-1], (argv, error)
+
+
+def test_retrieval_on_a_retrieval_datasets_shards_equals_the_same_pairs_in_a_captions_file(
+    export, images, tmp_path, capsys
+):
+    """CLIP_benchmark's wds_flickr30k / wds_mscoco_captions (dataset_type.txt: retrieval): each sample an image and a
+    .txt of its captions, one a line; with neither --captions nor --classes the recalls are those of the same pairs
+    as a .jsonl, an unreadable image's captions skipped alike."""
+    from tests.data.test_wds import write_wds
+
+    directory, _ = export
+    lines = [json.loads(line) for line in (images / "captions.jsonl").read_text().splitlines()]
+    lines.append({"image": "red circle/broken.png", "caption": "nothing"})
+    samples, pairs = [], []
+    for number, line in enumerate(lines):
+        captions = (
+            [line["caption"], f"picture {number}"] if number % 2 else [line["caption"]]
+        )  # (COCO's five, here two)
+        samples.append({"png": (images / line["image"]).read_bytes(), "txt": "\n".join(captions).encode()})
+        pairs += [{"image": str(images / line["image"]), "caption": caption} for caption in captions]
+    root = write_wds(tmp_path / "wds_shapes_captions", samples)[0].parent.parent
+    (root / "dataset_type.txt").write_text("retrieval\n")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    shards = zero_shot.main(["--checkpoint", str(directory), "--images", str(root)])
+    listed = zero_shot.main(["--checkpoint", str(directory), "--captions", str(tmp_path / "pairs.jsonl")])
+    assert shards["num_pairs"] == listed["num_pairs"] == len(pairs) - 1 == 18 and shards["num_images"] == 12
+    assert shards["skipped"] == listed["skipped"] == 1
+    assert shards["skipped_reasons"][0].startswith("1.tar:s0000012: unreadable image")
+    recalls = [key for key in listed if "R@" in key]
+    assert len(recalls) == 12 and all(shards[key] == listed[key] for key in recalls)
+    for extra, message in [
+        (["--template", "a {}"], "argument --template: for classification only, not with a retrieval dataset's shards"),
+        (["--classes", "a,b"], "dataset_type.txt says 'retrieval': its samples hold no .cls class id to classify by"),
+        (["--all-probabilities", str(tmp_path / "p.npy")], "argument --all-probabilities: for --classes"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(root), *extra])
+        error = capsys.readouterr().err.splitlines()
+        assert exit_info.value.code == 2 and message in error[-1], error

@@ -39,6 +39,7 @@ from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.parquet import ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS
 from torchflava.data.samples import readable_chunks
+from torchflava.data.wds import WdsError, WdsImages, is_tar_shards
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.evaluation.metrics import percent
 from torchflava.modules.encoders import CLS_POSITION
@@ -126,7 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"--{name}",
             nargs="+",
             help="folder of class sub-folders, or parquet files as the Hugging Face Hub gives them (a glob, a folder "
-            "of them, or several files)",
+            "of them, or several files), or webdataset tar shards as CLIP_benchmark gives them (a split folder, "
+            "wds_cifar10/train, or a glob or brace pattern of .tar files)",
         )
     parser.add_argument("--image-key", help="the parquet splits' image column (default: their Image feature's)")
     parser.add_argument(
@@ -151,11 +153,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     args = parser.parse_args(argv)
     parquet = {}  # split -> its parquet files' values
+    shards = {}  # split -> its tar shards' values (CLIP_benchmark's wds_cifar10/train)
     for name in SPLITS:
         values = getattr(args, name)
         if values is not None and any(is_parquet(value) for value in values):
             parquet[name] = values
             setattr(args, name, " ".join(values))  # (the split as given, for its messages)
+        elif values is not None and any(is_tar_shards(value) for value in values):
+            shards[name] = values
+            setattr(args, name, " ".join(values))
         elif values is not None and len(values) > 1:
             parser.error(f"argument --{name}: expected one folder, or parquet files, got {len(values)} values")
         elif values is not None:
@@ -168,6 +174,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for name, file in labels.items():
         if name in parquet:
             parser.error(f"argument --{name}-labels: not with parquet --{name} (their label column labels the images)")
+        if name in shards:
+            parser.error(f"argument --{name}-labels: not with tar shard --{name} (their .cls members label the images)")
         if name not in folders:
             parser.error(f"argument --{name}-labels: labels the images of --{name}, which was not given")
         if not Path(file).is_file():
@@ -177,12 +185,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not args.shapes and not (args.train and args.val):
         parser.error("give --shapes, or --train and --val (and optionally --test) class folders")
     for name, folder in folders.items():  # before the checkpoint is loaded
-        if name not in parquet and not Path(folder).is_dir():
+        if name not in parquet and name not in shards and not Path(folder).is_dir():
             parser.error(f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (not a directory)")
     seen = {}  # real folder -> the first option naming it
     for name, folder in folders.items():  # (--val = --train picked the penalty on the training images, and
         # --test = --val scored the refit on images it was fitted on: accuracies inflated, silently)
-        if name in parquet:  # (their files compared once listed)
+        if name in parquet or name in shards:  # (their files compared once listed)
             continue
         real = os.path.realpath(folder)
         if real in seen and name in labels and seen[real] in labels:  # (one folder, two labels files: checked below)
@@ -198,6 +206,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         classes = None if name == "train" else split["train"].classes
         if name in parquet:
             split[name] = _parquet_split(parser, args, name, parquet[name], classes, split)
+            continue
+        if name in shards:
+            split[name] = _shard_split(parser, name, shards[name], classes, split)
             continue
         try:
             if name in labels:
@@ -294,6 +305,41 @@ def _parquet_split(
         parser.error(f"argument --{name}: expected labelled images, got {reason}")
     if source.classes is None:  # (no ClassLabel names: the class ids are the classes)
         source.classes = [str(i) for i in range(max(source.labels) + 1)]
+    if name == "train" and len(source.classes) < 2:
+        parser.error(f"argument --train: expected at least 2 classes, got {len(source.classes)} ({source.classes})")
+    for other, earlier in split.items():
+        common = sorted(set(getattr(earlier, "files", ())) & set(source.files))
+        if common:
+            parser.error(
+                f"argument --{name}: expected other files than --{other}'s, got {common[0]!r} (the splits must not "
+                "share images)"
+            )
+    for warning in source.warnings:
+        print(warning, file=sys.stderr)
+    return source
+
+
+def _shard_split(
+    parser: argparse.ArgumentParser, name: str, values: list[str], classes: Optional[list[str]], split: dict
+) -> WdsImages:
+    """Split ``name``'s tar shards (their ``.cls`` read and checked, no image) with ``classes`` (the training
+    split's; None for it: its dataset's ``classnames.txt``, else its class ids 0..max); exits 2 naming the option
+    where they are refused, a dataset root is given for a split, or they share a shard with an earlier split."""
+    try:
+        source = WdsImages(values, classes=classes)
+    except WdsError as error:
+        extra = " (the classes of --train)" if error.argument == "classes" and classes is not None else ""
+        parser.error(f"argument --{name}: {error.reason}{extra}")
+    if source.taken:  # (a root's test/ split for --train would probe on the test images)
+        parser.error(
+            f"argument --{name}: expected a split's shards, got a dataset root ({source.taken[0]}): give its split "
+            "folder, e.g. wds_cifar10/train"
+        )
+    known = [label for label in source.labels if label is not None]
+    if not known:
+        parser.error(f"argument --{name}: expected labelled images, got tar shards without a .cls member")
+    if source.classes is None:  # (no classnames.txt: the class ids are the classes)
+        source.classes = [str(i) for i in range(max(known) + 1)]
     if name == "train" and len(source.classes) < 2:
         parser.error(f"argument --train: expected at least 2 classes, got {len(source.classes)} ({source.classes})")
     for other, earlier in split.items():

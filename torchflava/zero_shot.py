@@ -11,6 +11,7 @@
     python -m torchflava.zero_shot --checkpoint DIR --images ILSVRC/Data/CLS-LOC/val --labels LOC_val_solution.csv --classes @LOC_synset_mapping.txt
     python -m torchflava.zero_shot --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --images DIR --classes "cat,dog"
     python -m torchflava.zero_shot --checkpoint DIR --images food101/data/validation-*.parquet
+    python -m torchflava.zero_shot --checkpoint DIR --images wds_imagenet1k
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
@@ -39,6 +40,15 @@ images it does not name left out, both with a warning. Parquet files as the Hugg
 ``food101/data/validation-00000-of-00003.parquet``...; a glob, a folder of them or several files) hold the images
 and their class ids, the class names in their ``ClassLabel`` metadata unless ``--classes`` names them, in id order
 (``--image-key``/``--label-key`` name other columns; needs pyarrow: ``pip install 'torchflava[parquet]'``).
+Webdataset tar shards as LAION's CLIP_benchmark serves its datasets (``huggingface-cli download --repo-type dataset
+clip-benchmark/wds_imagenet1k --local-dir wds_imagenet1k``: ``wds_imagenet1k/test/0.tar``...) hold the images and
+their ``.cls`` class ids: ``--images`` takes the split folder, a glob or brace pattern of shards (``test/{0..3}.tar``),
+the shards, or the dataset's root (its ``test/`` split, said on stderr); the classes are the root's
+``classnames.txt`` and the templates its ``zeroshot_classification_templates.txt`` unless ``--classes`` /
+``--template`` give others (see :class:`~torchflava.data.wds.WdsImages`). A retrieval dataset's shards
+(``wds_flickr30k``, ``wds_mscoco_captions``: the root's ``dataset_type.txt`` says ``retrieval``) hold each image with
+a ``.txt`` of its captions, one a line (COCO's five): without ``--classes`` they are evaluated for retrieval
+(:class:`~torchflava.data.wds.WdsCaptions`).
 ``--classes @FILE`` reads the class names from a
 UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the class's
 sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
@@ -79,6 +89,15 @@ from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.parquet import LABEL_COLUMNS, ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
+from torchflava.data.wds import (
+    CLASSES_FILE,
+    TEMPLATES_FILE,
+    WdsCaptions,
+    WdsError,
+    WdsImages,
+    is_tar_shards,
+    shards_dataset_type,
+)
 from torchflava.evaluation import percent, retrieval_recall, zero_shot_classifier
 from torchflava.evaluation.metrics import TOP5, accuracy_summary, reported_ks
 from torchflava.evaluation.zero_shot import (
@@ -213,7 +232,7 @@ def class_embeddings(
 
 def classify_folder(
     pretrained: Pretrained,
-    images_dir: Union[str, ParquetImages],
+    images_dir: Union[str, ParquetImages, WdsImages],
     class_names: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     *,
@@ -279,7 +298,7 @@ def classify_folder(
     """
     if labels is not None and folder_order:
         raise ValueError("labels and folder_order both say which class an image is of: give one")
-    parquet = isinstance(images_dir, ParquetImages)
+    parquet = isinstance(images_dir, (ParquetImages, WdsImages))  # (images labelled by their class ids)
     if parquet:
         _check_parquet_labels(images_dir, len(class_names), labels, folder_order, class_folders)
     labelled_by_folder = class_folders is not None or folder_order or parquet
@@ -332,7 +351,7 @@ def classify_folder(
             probabilities = tally.add(files, truth, features, classes, scale)
             rows.write(probabilities)
         if not tally.files:
-            where = f"in {folder.files[0]}..." if parquet else f"under {images_dir}"
+            where = f"in {folder.files[0]}..." if parquet else f"under {images_dir}"  # (parquet files or shards)
             raise ValueError(f"images: no readable image {where} ({len(skipped)} unreadable)")
         rows.finish()
     top_classes = torch.cat(tally.top_classes)
@@ -406,26 +425,25 @@ class _Tally:
 
 
 def _check_parquet_labels(
-    images: ParquetImages,
+    images: Union[ParquetImages, WdsImages],
     num_classes: int,
     labels: object,
     folder_order: bool,
     class_folders: object,
 ) -> None:
-    """ValueError unless parquet ``images``, which label their rows themselves, come without ``labels``,
-    ``folder_order`` and ``class_folders``, and with class ids below ``num_classes``."""
+    """ValueError unless parquet ``images`` (or tar shards'), which label their rows themselves, come without
+    ``labels``, ``folder_order`` and ``class_folders``, and with class ids below ``num_classes``."""
+    kind = "tar shards" if isinstance(images, WdsImages) else "parquet files"
     if labels is not None or folder_order or class_folders is not None:
         raise ValueError(
-            "images: parquet files label their rows themselves: not with labels, folder_order or class_folders"
+            f"images: {kind} label their images themselves: not with labels, folder_order or class_folders"
         )
     if images.classes is not None and len(images.classes) != num_classes:
+        raise ValueError(f"class_names: expected the {len(images.classes)} classes of the {kind}, got {num_classes}")
+    ids = [label for label in images.labels or () if label is not None]
+    if ids and max(ids) >= num_classes:
         raise ValueError(
-            f"class_names: expected the {len(images.classes)} classes of the parquet files, got {num_classes}"
-        )
-    if images.labels is not None and max(images.labels) >= num_classes:
-        raise ValueError(
-            f"class_names: expected a name for each class id of the parquet files, got {num_classes} for ids up to "
-            f"{max(images.labels)}"
+            f"class_names: expected a name for each class id of the {kind}, got {num_classes} for ids up to {max(ids)}"
         )
 
 
@@ -668,7 +686,7 @@ def retrieval(
     return _folder_retrieval(pretrained, folder, batch_size)
 
 
-def _folder_retrieval(pretrained: Pretrained, folder: ImageTextFolder, batch_size: int) -> dict:
+def _folder_retrieval(pretrained: Pretrained, folder: Union[ImageTextFolder, WdsCaptions], batch_size: int) -> dict:
     """:func:`retrieval` over an opened, checked captions file."""
     lines, skipped = [], []  # (item, (image path, caption)) of the well-formed entries; why others are not
     for index in range(len(folder)):
@@ -777,6 +795,48 @@ def _parquet_images(
     return source, classes
 
 
+def _shard_images(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, values: list[str], classes: Optional[list[str]]
+) -> tuple[WdsImages, list[str]]:
+    """The tar shard ``--images`` (their ``.cls`` read and checked, no image) and the classes: ``--classes``', else
+    their dataset root's ``classnames.txt``; ``args.templates`` the root's ``zeroshot_classification_templates.txt``
+    where no ``--template`` was given. Exits 2 naming the option where they are refused; says on stderr which split
+    of a root was taken and which files gave the classes and templates."""
+    try:
+        source = WdsImages(values, classes=classes)
+    except WdsError as error:
+        if error.argument == "classes" and classes is not None:
+            parser.error(f"argument --classes: {error.reason}")
+        parser.error(f"argument --images: {error.reason}")
+    for line in source.taken + source.warnings:
+        print(line, file=sys.stderr)
+    defaults = []
+    if classes is None:
+        path = None if source.root is None else os.path.join(source.root, CLASSES_FILE)
+        if source.classes is None:
+            where = "" if path is None else f" in {source.root}"
+            parser.error(
+                f"argument --classes: required: the tar shards have no {CLASSES_FILE}{where} (nor beside them)"
+            )
+        classes = source.classes
+        if fault := class_names_fault(classes, repeats_allowed=True):
+            parser.error(f"argument --images: {path}: {fault}; give --classes")
+        defaults.append(f"the {len(classes)} classes of {path}")
+    templates_file = None if source.root is None else os.path.join(source.root, TEMPLATES_FILE)
+    if args.templates is None and templates_file is not None and os.path.isfile(templates_file):
+        args.templates = template_arguments([f"@{templates_file}"], parser)
+        bad = [t for t in args.templates if not is_prompt_template(t)]
+        if bad:
+            parser.error(
+                f"argument --images: {templates_file}: expected one '{{}}' or '{{c}}' for the class name in each "
+                f"template, got {bad[:3]}; give --template"
+            )
+        defaults.append(f"the {len(args.templates)} templates of {templates_file}")
+    if defaults:
+        print(f"{' and '.join(defaults)} taken (--classes, --template give others)", file=sys.stderr)
+    return source, classes
+
+
 def class_names_argument(value: str, parser: argparse.ArgumentParser) -> tuple[list[str], Optional[list[str]]]:
     """The class names ``--classes`` gives, and the sub-folder of each where its file names them: comma-
     separated names, or ``@FILE``'s lines (UTF-8; stripped, blank lines ignored), each a class name, or
@@ -833,7 +893,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         nargs="+",
         help="image folder (retrieval: the folder of the captions' image paths; leave out for absolute paths), or "
         "parquet files as the Hugging Face Hub gives them (data/validation-*.parquet, a folder of them, or several "
-        "files; classification: the classes of their ClassLabel unless --classes names them)",
+        "files; classification: the classes of their ClassLabel unless --classes names them), or webdataset tar "
+        "shards as CLIP_benchmark gives them (wds_imagenet1k/test, a glob or brace pattern of .tar files, or the "
+        "dataset's root: its test/ split; its classnames.txt and zeroshot_classification_templates.txt unless "
+        "--classes / --template give others)",
     )
     mode = parser.add_mutually_exclusive_group()  # (one of them required, but for parquet images: checked below)
     mode.add_argument(
@@ -862,8 +925,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--template",
         action="append",
         dest="templates",
-        help="prompt template with {} for the class name (repeatable), or @FILE: a UTF-8 file of one template a line "
-        "(CLIP's 80 ImageNet prompts)",
+        help="prompt template with {} (or {c}) for the class name (repeatable), or @FILE: a UTF-8 file of one template a line "
+        "(CLIP's 80 ImageNet prompts; CLIP_benchmark's {c} templates)",
     )
     parser.add_argument(
         "--folder-order",
@@ -900,8 +963,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     args = parser.parse_args(argv)
     parquet = None  # the parquet files' values of --images (a shell expands data/validation-*.parquet into its files)
+    shards = None  # the tar shards' values of --images (CLIP_benchmark's wds_imagenet1k/test, or its root)
     if args.images is not None and any(is_parquet(value) for value in args.images):
         parquet, args.images = args.images, None
+    elif args.images is not None and any(is_tar_shards(value) for value in args.images):
+        shards, args.images = args.images, None
     elif args.images is not None and len(args.images) > 1:
         parser.error(
             f"argument --images: expected one image folder, or parquet files, got {len(args.images)} values: "
@@ -909,7 +975,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         )
     elif args.images is not None:
         args.images = args.images[0]
-    if parquet is None and args.classes is None and args.captions is None:
+    # a retrieval dataset's shards (CLIP_benchmark's dataset_type.txt: wds_flickr30k) hold the captions themselves
+    shard_captions = shards is not None and args.classes is None and shards_dataset_type(shards[0]) == "retrieval"
+    if parquet is None and shards is None and args.classes is None and args.captions is None:
         parser.error("one of the arguments --classes --captions is required")
     if parquet is None and args.label_key is not None:
         parser.error("argument --label-key: for parquet --images (classification) only")
@@ -919,6 +987,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for option, given in (("--labels", args.labels), ("--folder-order", args.folder_order)):
             if given:
                 parser.error(f"argument {option}: not with parquet --images (their label column gives the classes)")
+    if shards is not None:  # (each sample's .cls says which class it is of)
+        if args.captions is not None:
+            parser.error("argument --captions: not with tar shard --images (classification: their .cls class ids)")
+        for option, given in (("--labels", args.labels), ("--folder-order", args.folder_order)):
+            if given:
+                parser.error(f"argument {option}: not with tar shard --images (their .cls members give the classes)")
     inputs = {"--captions": [args.captions] if args.captions is not None else []}
     inputs["--classes"] = [args.classes] if args.classes is not None and args.classes.startswith("@") else []
     inputs["--template"] = [t for t in args.templates or () if t.startswith("@")]
@@ -932,14 +1006,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         args.templates = template_arguments(args.templates, parser)
     bad = [t for t in args.templates or () if not is_prompt_template(t)]
     if bad:
-        parser.error(f"argument --template: expected one '{{}}' for the class name and no other braces, got {bad}")
+        parser.error(
+            f"argument --template: expected one '{{}}' (or CLIP_benchmark's '{{c}}') for the class name and no other braces, got {bad}"
+        )
     # every argument checked before the checkpoint is loaded
-    if args.images is None and parquet is None and args.classes is not None:
+    if args.images is None and parquet is None and shards is None and args.classes is not None:
         parser.error("argument --images: required for --classes (classification)")
     if args.captions is None and (args.split or (args.image_key and parquet is None) or args.text_key):
         parser.error("arguments --split, --image-key and --text-key: for --captions (retrieval) only")
     if args.images is not None and not Path(args.images).is_dir():
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
+    if shard_captions and args.templates:
+        parser.error("argument --template: for classification only, not with a retrieval dataset's shards")
     if args.captions is not None and args.templates:  # retrieval embeds the captions as they are
         parser.error("argument --template: for --classes (classification) only, not with --captions")
     captions_parquet = args.captions is not None and args.captions.lower().endswith(".parquet")
@@ -951,13 +1029,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"got {args.captions!r} (not a file)"
         )
     classes, class_folders = (None, None) if args.classes is None else class_names_argument(args.classes, parser)
-    if parquet is not None and class_folders is not None:
+    if (parquet is not None or shards is not None) and class_folders is not None:
         parser.error(
-            "argument --classes: a file naming each class's folder is for image folders; with parquet --images give "
-            "the names alone, one a line in class-id order"
+            "argument --classes: a file naming each class's folder is for image folders; with parquet or tar shard "
+            "--images give the names alone, one a line in class-id order"
         )
     # (a name may then stand for two classes: a folder, or a parquet row's class id, tells them apart)
-    labelled_by_folder = class_folders is not None or args.folder_order or parquet is not None
+    labelled_by_folder = class_folders is not None or args.folder_order or parquet is not None or shards is not None
     if classes is not None and (fault := class_names_fault(classes, repeats_allowed=labelled_by_folder)):
         parser.error(f"argument --classes: {fault}")
     if class_folders is not None and len(set(class_folders)) != len(class_folders):
@@ -971,7 +1049,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("argument --labels: not with --folder-order (each says which class an image is of)")
     if args.labels is not None and not Path(args.labels).is_file():
         parser.error(f"argument --labels: expected a labels file, got {args.labels!r} (not a file)")
-    if args.all_probabilities is not None and classes is None and parquet is None:
+    if (
+        args.all_probabilities is not None
+        and classes is None
+        and parquet is None
+        and (shards is None or shard_captions)
+    ):
         parser.error("argument --all-probabilities: for --classes (classification) only")
     if args.folder_order and class_folders is not None:
         parser.error("argument --folder-order: not with a --classes file that names each class's folder")
@@ -985,8 +1068,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         refuse_overwritten_inputs(
             parser, {"--all-probabilities": args.all_probabilities, "--json": args.json}, {"--images": source.files}
         )
+    elif shard_captions:  # their captions read, no image, before the checkpoint is loaded
+        try:
+            folder = WdsCaptions(shards)
+        except WdsError as error:
+            parser.error(f"argument --images: {error.reason}")
+        for line in folder.taken + folder.warnings:
+            print(line, file=sys.stderr)
+        refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": folder.files})
+    elif shards is not None:  # their .cls read and checked, no image, before the checkpoint is loaded
+        source, classes = _shard_images(parser, args, shards, classes)
+        refuse_overwritten_inputs(
+            parser, {"--all-probabilities": args.all_probabilities, "--json": args.json}, {"--images": source.files}
+        )
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
-        if parquet is None and classes is not None:
+        if parquet is None and shards is None and classes is not None:
             listed = ImageFolder(args.images)
             if args.labels is not None:  # (its images and classes checked here, before the checkpoint loads)
                 try:
@@ -1001,7 +1097,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     parser.error(f"argument --labels: {message}")
                 for warning in labelled.warnings("--labels", "--images"):
                     print(warning, file=sys.stderr)
-        elif parquet is None:
+        elif parquet is None and shards is None:
             folder = ImageTextFolder(
                 args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split
             )
@@ -1015,7 +1111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --images: expected an image folder, got {args.images!r} (no file ending in one of "
             f"{', '.join(IMAGE_EXTENSIONS)} under it{parquet_hint(args.images)})"
         )
-    if classes is None and split is None and folder.format == "karpathy":  # (said before hours of encoding)
+    if (
+        classes is None and split is None and getattr(folder, "format", None) == "karpathy"
+    ):  # (said before hours of encoding)
         print(
             f"warning: {args.captions} is a Karpathy split file and no --split was given: the {len(folder)} "
             "captions of every split (train included) are evaluated; --split test keeps the test set",
@@ -1026,7 +1124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             class_folders_ordered = list(ordered_folders(args.images, len(classes), listed))
         except ValueError as error:
             parser.error(f"argument --folder-order: {str(error).removeprefix('folder_order: ')}")
-    if parquet is not None:
+    if (parquet is not None or shards is not None) and classes is not None:
         warning = repeated_names_warning(classes, [f"id {i}" for i in range(len(classes))])
         if warning:
             print(warning, file=sys.stderr)
@@ -1038,7 +1136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if classes is not None:
         result = classify_folder(
             pretrained,
-            args.images if parquet is None else source,
+            args.images if parquet is None and shards is None else source,
             classes,
             args.templates or DEFAULT_TEMPLATES,
             batch_size=args.batch_size,
@@ -1057,7 +1155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
         else:
             warning = unmatched_folders_warning(result["predictions"], class_folders, listed_folders=True)
-        if "accuracy" not in result and warning and args.labels is None and parquet is None:
+        if "accuracy" not in result and warning and args.labels is None and parquet is None and shards is None:
             print(warning, file=sys.stderr)
     else:
         result = _folder_retrieval(pretrained, folder, args.batch_size)  # (the file read and checked above)

@@ -233,6 +233,19 @@ def test_zero_shot_classifier_encodes_the_prompts_batch_size_at_a_time_with_the_
         zero_shot_classifier(encode_text, lambda texts: ([[1]] * 4, [[1]] * 4), ["cat", "dog"], templates, batch_size=3)
 
 
+def test_clip_benchmark_templates_name_the_class_c_and_give_the_prompts_of_the_same_braces():
+    """CLIP_benchmark's zeroshot_classification_templates.txt (and SLIP's) write {c} for the class name: it was
+    refused for its lack of '{}'. A conversion or format spec ('{!r}') is refused: it prompted "a 'dog'"."""
+    fake = FakeTextModel()
+    c = zero_shot_classifier(fake.encode_text, fake.tokenize, ["dog", "cat"], ("a {c}", "the {}"))
+    assert fake.prompts == ["a dog", "the dog", "a cat", "the cat"]
+    braces = zero_shot_classifier(FakeTextModel().encode_text, fake.tokenize, ["dog", "cat"], ("a {}", "the {}"))
+    torch.testing.assert_close(c, braces, rtol=0, atol=0)
+    for template in ("a {c} {}", "a {c}{c}", "a {cls}", "a {c!r}", "a {!r}", "a {:>9}", "a {{c}}"):
+        with pytest.raises(ValueError, match=r"templates must contain one '\{\}' \(or '\{c\}'\)"):
+            zero_shot_classifier(fake.encode_text, fake.tokenize, ["dog", "cat"], (template,))
+
+
 @pytest.mark.parametrize(
     "names, templates, match",
     [([], ("a {}",), "class_names"), (["cat"], (), "templates"), (["cat"], ("a {}", "a photo"), "templates")],

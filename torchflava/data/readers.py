@@ -1532,6 +1532,17 @@ class TarShards(Dataset):
             raise ValueError(f"caption: these shards read no text (require={self._require!r})")
         return self._sample(check_index(index, len(self._samples)), ("text",)).text
 
+    def sample_key(self, index: int) -> tuple[str, str]:
+        """Item ``index``'s shard (its absolute path) and key (``s0000017`` of ``s0000017.webp``), read from the
+        index (no member is read).
+
+        Raises:
+            IndexError: if ``index`` is out of range.
+            TypeError: if ``index`` is not an int.
+        """
+        sample = self._samples[check_index(index, len(self._samples))]
+        return self._paths[sample.shard], sample.key
+
     def _sample(self, index: int, names: tuple[str, ...]) -> Sample:
         """The ``names`` modalities of item ``index`` (in range) read from its shard, or :class:`BadSample`
         (saying so when the shard breaks off after the item)."""

@@ -20,7 +20,7 @@ from torchflava.evaluation.zero_shot import (
     zero_shot_classifier,
 )
 from torchflava.utils.checkpoint import first_line
-from torchflava.utils.checks import check_int, check_module, is_integer_tensor, is_prompt_template
+from torchflava.utils.checks import check_int, check_module, fill_template, is_integer_tensor, is_prompt_template
 from torchflava.utils.modes import eval_mode
 
 DEFAULT_TEMPLATES = ("a {}", "a small {}", "a large {}")
@@ -101,7 +101,9 @@ def evaluate_shapes(
         raise ValueError(f"num_test must be at most the {len(ALL_SCENES)} held-out scenes, got {num_test}")
     bad = [t for t in templates if not is_prompt_template(t)]
     if isinstance(templates, str) or not templates or bad:
-        raise ValueError(f"templates must be a non-empty sequence, each with one '{{}}', got {templates!r}")
+        raise ValueError(
+            f"templates must be a non-empty sequence, each with one '{{}}' (or '{{c}}'), got {templates!r}"
+        )
     check_module("model", model)
     with eval_mode(model):
         return _evaluate(model, tokenize, image_transform, num_test, render_size, seed, templates, batch_size)
@@ -187,7 +189,7 @@ def shapes_prompts_check(
     """
     if not evaluated:
         return (True, "eval.enabled", "", None)
-    prompts = [template.format(name) for name in CLASS_NAMES for template in templates]
+    prompts = [fill_template(template, name) for name in CLASS_NAMES for template in templates]
 
     def fault(length: int) -> Optional[str]:
         try:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from torchflava.utils.checks import check_int, is_integer_tensor, is_prompt_template
+from torchflava.utils.checks import check_int, fill_template, is_integer_tensor, is_prompt_template
 
 NORM_TOLERANCE = 1e-2  # relative: bf16 features normalised in bf16 have norms within ~4e-3 of 1
 # most retrieval similarities computed at once: COCO 5k's whole (5,000, 25,000) fp32 matrix is 500 MB,
@@ -54,7 +54,9 @@ def check_class_prompts(class_names: Sequence[str], templates: Sequence[str]) ->
         raise ValueError(f"class_names must be distinct non-empty names, got {list(class_names)}")
     bad = [t for t in templates if not is_prompt_template(t)]
     if bad:
-        raise ValueError(f"templates must contain one '{{}}' for the class name and no other braces, got {bad}")
+        raise ValueError(
+            f"templates must contain one '{{}}' (or '{{c}}') for the class name and no other braces, got {bad}"
+        )
 
 
 def check_distinct_tokens(class_names: Sequence[str], num_templates: int, ids: object, mask: object) -> None:
@@ -117,7 +119,7 @@ def zero_shot_classifier(
     check_class_prompts(class_names, templates)
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
-    prompts = [template.format(name) for name in class_names for template in templates]
+    prompts = [fill_template(template, name) for name in class_names for template in templates]
     tokens = tokenize(prompts)
     if not isinstance(tokens, (tuple, list)) or len(tokens) != 2:  # a (2, L) tensor would unpack into two rows
         got = (

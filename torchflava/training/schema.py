@@ -644,12 +644,12 @@ def unread_section_checks(key: str, section: object, read: bool, why: str) -> li
 
 
 def template_checks(key: str, templates: Sequence[str], batch_size: int, batch_key: str) -> list[tuple]:
-    """Zero-shot prompt templates (at least one, each with one ``{}``) and an evaluation batch size >= 1."""
+    """Zero-shot prompt templates (at least one, each with one ``{}`` or ``{c}``) and an evaluation batch size >= 1."""
     return [
         (
             len(templates) > 0 and all(is_prompt_template(x) for x in templates),
             key,
-            "a non-empty list of templates, each with one '{}'",
+            "a non-empty list of templates, each with one '{}' (or '{c}')",
             list(templates),
         ),
         (batch_size >= 1, batch_key, ">= 1", batch_size),

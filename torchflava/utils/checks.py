@@ -291,15 +291,21 @@ def check_fits_in_memory(owner: str, num_params: int, sizes: Mapping[str, int]) 
 
 
 def is_prompt_template(template: object) -> bool:
-    """Whether ``template`` is a str with exactly one replacement field, ``{}`` (for a class name),
-    and no other (``{0}``, ``{name}``, a second ``{}``, or an unbalanced brace would fail in format)."""
+    """Whether ``template`` is a str with exactly one replacement field for a class name, ``{}``, or ``{c}`` as
+    CLIP_benchmark's and SLIP's templates write it, and no other (``{0}``, ``{name}``, a second field, or an
+    unbalanced brace would fail in format), nor a conversion or format spec (``{!r}`` prompted ``a 'dog'``)."""
     if not isinstance(template, str):
         return False
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        fields = [(f, spec, how) for _, f, spec, how in string.Formatter().parse(template) if f is not None]
     except ValueError:  # a single '{' or '}'
         return False
-    return fields == [""]
+    return fields in ([("", "", None)], [("c", "", None)])
+
+
+def fill_template(template: str, name: str) -> str:
+    """The prompt of class ``name`` from a template that :func:`is_prompt_template` accepts (``{}`` or ``{c}``)."""
+    return template.format(name, c=name)
 
 
 def require(ok: Tensor, message: Callable[[], str], compiled_message: str) -> None:
