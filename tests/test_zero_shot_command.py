@@ -967,6 +967,31 @@ def test_folder_order_is_checked_before_the_checkpoint_loads(images, tmp_path, l
     assert "argument --folder-order: for --classes (classification) only" in capsys.readouterr().err
 
 
+def test_a_blank_line_between_class_names_read_in_class_id_order_is_refused(images, tmp_path, capsys, monkeypatch):
+    """With --folder-order (and parquet or tar shard images) the i-th name of --classes @FILE is class id i: a blank
+    line between names was skipped, every later name moved onto the next id without a word. Refused naming the
+    line; leading and trailing blank lines, and blank lines where classes are matched by folder name, still pass."""
+    root = tmp_path / "val"
+    for folder in ("n01", "n02", "n03"):
+        (root / folder).mkdir(parents=True)
+        shutil.copy(next((images / "red circle").glob("[0-9]*.png")), root / folder / "0.png")
+    monkeypatch.setattr(zero_shot, "command_pretrained", lambda *a, **k: None)  # (AttributeError past the checks)
+    names = tmp_path / "names.txt"
+    names.write_text("\na\nb\n\nc\n\n")
+    command = ["--checkpoint", "unused", "--images", str(root), "--classes", f"@{names}"]
+    with pytest.raises(SystemExit) as caught:
+        zero_shot.main([*command, "--folder-order"])
+    assert caught.value.code == 2
+    assert f"argument --classes: {names} line 4 is blank, between class names: read in class-id order" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(AttributeError):  # matched by name: the blank line is nothing
+        zero_shot.main(command)
+    names.write_text("\na\nb\nc\n\n")
+    with pytest.raises(AttributeError):
+        zero_shot.main([*command, "--folder-order"])
+
+
 def test_classification_reports_the_class_balanced_and_top5_accuracy(export, images, capsys):
     directory, _ = export
     names = [*CLASSES, "yellow cross", "purple star", "orange heart"]  # six: top-5 is not right by count alone

@@ -837,12 +837,16 @@ def _shard_images(
     return source, classes
 
 
-def class_names_argument(value: str, parser: argparse.ArgumentParser) -> tuple[list[str], Optional[list[str]]]:
+def class_names_argument(
+    value: str, parser: argparse.ArgumentParser, *, in_id_order: bool = False
+) -> tuple[list[str], Optional[list[str]]]:
     """The class names ``--classes`` gives, and the sub-folder of each where its file names them: comma-
     separated names, or ``@FILE``'s lines (UTF-8; stripped, blank lines ignored), each a class name, or
     each ``FOLDER<TAB>NAME``, or each as ImageNet's names files write a synset (``n01440764 tench, Tinca
     tinca``: the folder, then the name); exits 2 naming the option and the file where it cannot be read,
-    names none, or mixes lines with and without a folder.
+    names none, or mixes lines with and without a folder; and, ``in_id_order`` (the i-th name is class id i:
+    parquet or tar shard images, ``--folder-order``), where a blank line stands between names (skipped, it shifted
+    every later name onto the next class id without a word).
 
     Returns:
         tuple[list[str], Optional[list[str]]]: the class names, and their folders (None where not given).
@@ -854,6 +858,13 @@ def class_names_argument(value: str, parser: argparse.ArgumentParser) -> tuple[l
     names = [line.strip() for line in lines if line.strip()]
     if not names:
         parser.error(f"argument --classes: {path} holds no class name (expected one a line)")
+    filled = [number for number, line in enumerate(lines, 1) if line.strip()]
+    blank = next((n for n in range(filled[0], filled[-1]) if not lines[n - 1].strip()), None)
+    if in_id_order and blank is not None:
+        parser.error(
+            f"argument --classes: {path} line {blank} is blank, between class names: read in class-id order, each "
+            "line is the next class id's name (name it, or remove the line)"
+        )
     tabbed = [line for line in names if "\t" in line]
     if tabbed:  # FOLDER<TAB>NAME lines (a class name holds no tab)
         pairs = [[part.strip() for part in line.split("\t", 1)] for line in names]
@@ -1028,7 +1039,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's, COCO's or BLIP's .json, or a .csv, "
             f"got {args.captions!r} (not a file)"
         )
-    classes, class_folders = (None, None) if args.classes is None else class_names_argument(args.classes, parser)
+    in_id_order = parquet is not None or shards is not None or args.folder_order
+    classes, class_folders = (
+        (None, None) if args.classes is None else class_names_argument(args.classes, parser, in_id_order=in_id_order)
+    )
     if (parquet is not None or shards is not None) and class_folders is not None:
         parser.error(
             "argument --classes: a file naming each class's folder is for image folders; with parquet or tar shard "
