@@ -3,11 +3,12 @@
 import contextlib
 import functools
 import http.server
+import math
 import os
 from pathlib import Path
 import subprocess
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import pytest
 import torch
@@ -483,3 +484,37 @@ def assert_relative_paths_resume_the_run_s_own_files(
     )
     assert [r["step"] for r in recipe.read_metrics(a / "run" / "metrics.jsonl")][-2:] == [3, 4]
     assert not (b / "run").exists() and yaml.safe_load((a / "run" / "config.yaml").read_text())["data"] == saved["data"]
+
+
+def hf_parquet_of(folder: Path, data: Path, names: list[str], *, shards: int = 2, with_names: bool = True) -> list[str]:
+    """The images (and unreadable files) of ``folder``'s class sub-folders as the Hugging Face Hub serves such a
+    split, ``data/validation-0000i-of-0000n.parquet`` (the Image struct, ClassLabel ``names``), rows in the
+    folder's order; returns the files."""
+    from tests.data.test_parquet import write_hf_parquet
+    from torchflava.data.readers import ImageFolder
+
+    listed = ImageFolder(folder)
+    files = [listed.relative_path(i) for i in range(len(listed))]
+    data.mkdir(parents=True, exist_ok=True)
+    paths, step = [], math.ceil(len(files) / shards)
+    for shard in range(shards):
+        part = files[shard * step : (shard + 1) * step]
+        path = data / f"validation-{shard:05d}-of-{shards:05d}.parquet"
+        labels = [names.index(f.split("/")[0]) for f in part]
+        write_hf_parquet(path, [(folder / f).read_bytes() for f in part], labels, names if with_names else None)
+        paths.append(str(path))
+    return paths
+
+
+def wds_of(folder: Path, root: Path, names: list[str], *, templates: Optional[list[str]] = None) -> Path:
+    """The images (and unreadable files) of ``folder``'s class sub-folders as a CLIP_benchmark webdataset dataset,
+    ``root/test/{0,1}.tar`` (``.png`` and ``.cls`` members keyed ``s0000000``...) with ``classnames.txt``
+    (and ``zeroshot_classification_templates.txt``), samples in the folder's order; returns ``root``."""
+    from tests.data.test_wds import write_wds
+    from torchflava.data.readers import ImageFolder
+
+    listed = ImageFolder(folder)
+    files = [listed.relative_path(i) for i in range(len(listed))]
+    samples = [{"png": (folder / f).read_bytes(), "cls": str(names.index(f.split("/")[0])).encode()} for f in files]
+    write_wds(root, samples, classes=names, templates=templates)
+    return root

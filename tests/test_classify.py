@@ -1167,3 +1167,175 @@ def test_a_label_column_holding_interpolation_text_is_read_as_the_run_recorded_i
     result = main([*dev, "--out", str(tmp_path / "a.tsv")])
     stated = main([*dev, "--out", str(tmp_path / "b.tsv"), "--label-column", "sc${o}re"])
     assert "pearson" in stated and (result["pearson"], result["spearman"]) == (stated["pearson"], stated["spearman"])
+
+
+@pytest.fixture(scope="module")
+def class_folders(image_run, tmp_path_factory):
+    """12 shapes in class sub-folders named as datasets name them (``red_circle`` for the class ``red circle``), and
+    an unreadable file; and the folders' names in sorted order (the classes of their parquet files and shards: class
+    ids other than the classifier's)."""
+    out, _ = image_run
+    labels = load_classifier(out).labels
+    root = tmp_path_factory.mktemp("class_folders") / "images"
+    val = ShapesClassification("test", 12, image_size=32)
+    for i in range(12):
+        folder = root / labels[val[i].label].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        val[i].image.save(folder / f"{i}.png")
+    (root / labels[val[0].label].replace(" ", "_") / "broken.png").write_bytes(b"not a png")
+    names = sorted(path.name for path in root.iterdir())
+    assert [labels.index(name.replace("_", " ")) for name in names] != list(range(len(names)))  # (ids differ)
+    return root, names
+
+
+_REPORTED = ("num_inputs", "skipped", "accuracy", "top5_accuracy", "mean_per_class_accuracy", "chance")
+
+
+def _same_report(got: dict, folders: dict) -> None:
+    assert "accuracy" in folders and "warning" not in got
+    for key in _REPORTED:
+        assert got.get(key) == folders.get(key), key  # (top-5: past 5 classes only)
+    assert [record["top"] for record in got["predictions"]] == [record["top"] for record in folders["predictions"]]
+
+
+def test_parquet_files_give_the_report_of_the_same_images_in_class_folders(image_run, class_folders, tmp_path, capsys):
+    """The command took image folders only ("expected an image folder ... (not a directory)")."""
+    from tests.helpers import hf_parquet_of
+
+    out, _ = image_run
+    images, names = class_folders
+    files = hf_parquet_of(images, tmp_path / "data", names)  # (ClassLabel names: the folders', sorted)
+    common = ["--checkpoint", str(out), "--top-k", "3", "--batch-size", "5"]
+    folders = main(common + ["--images", str(images)])
+    summary = capsys.readouterr().out.splitlines()[-1]
+    parquet = main(common + ["--images", *files, "--json", str(tmp_path / "p.json")])
+    _same_report(parquet, folders)
+    assert capsys.readouterr().out.splitlines()[-1] == summary
+    assert parquet["predictions"][0]["image"] == "validation-00000-of-00002.parquet[0]"
+    assert re.fullmatch(
+        r"validation-0000[01]-of-00002\.parquet\[\d+\]: unreadable image .*", parquet["skipped_reasons"][0]
+    )
+    assert json.loads((tmp_path / "p.json").read_text())["accuracy"] == folders["accuracy"]
+    # a column of class names (no ClassLabel): the names sorted are the classes, matched by name alike
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in files:
+        table = pq.read_table(path)
+        named = pa.array([names[i] for i in table.column("label").to_pylist()])
+        pq.write_table(table.drop_columns(["label"]).append_column("name", named), path)
+    by_name = main(common + ["--images", str(tmp_path / "data"), "--label-key", "name"])
+    _same_report(by_name, folders)
+
+
+def test_tar_shards_give_the_report_of_the_same_images_in_class_folders(image_run, class_folders, tmp_path, capsys):
+    from tests.helpers import wds_of
+
+    out, _ = image_run
+    images, names = class_folders
+    root = wds_of(images, tmp_path / "wds_shapes", names)
+    folders = main(["--checkpoint", str(out), "--images", str(images)])
+    capsys.readouterr()
+    shards = main(["--checkpoint", str(out), "--images", str(root)])  # (the root: its test/ split, said)
+    _same_report(shards, folders)
+    assert shards["predictions"][0]["image"] == "0.tar:s0000000"
+    assert capsys.readouterr().err.splitlines()[0] == f"the test/ split of {root} taken"
+    pattern = main(["--checkpoint", str(out), "--images", f"{root}/test/{{0..1}}.tar"])
+    _same_report(pattern, folders)
+
+
+def test_parquet_or_shard_classes_the_classifier_lacks_give_no_accuracy_saying_why(
+    image_run, class_folders, tmp_path, capsys
+):
+    from tests.helpers import hf_parquet_of, wds_of
+
+    out, _ = image_run
+    images, names = class_folders
+    shutil.copytree(images, tmp_path / "images")
+    (tmp_path / "images" / names[0]).rename(tmp_path / "images" / "purple hexagon")  # (a class the classifier lacks)
+    other = sorted(path.name for path in (tmp_path / "images").iterdir())
+    files = hf_parquet_of(tmp_path / "images", tmp_path / "other", other)
+    result = main(["--checkpoint", str(out), "--images", *files])
+    assert "accuracy" not in result and len(result["predictions"]) == 12
+    assert result["warning"] == (
+        "warning: no accuracy: the classes ['purple hexagon'] of the parquet files are none of the classifier's 30 "
+        "classes (each matched by name, as an image sub-folder is)"
+    )
+    assert result["warning"] in capsys.readouterr().err
+    unnamed = hf_parquet_of(images, tmp_path / "unnamed", names, shards=1, with_names=False)
+    result = main(["--checkpoint", str(out), "--images", *unnamed])
+    assert result["warning"] == (
+        "warning: no accuracy: the parquet files name no classes (no ClassLabel names in their metadata) to match "
+        "the classifier's by name"
+    )
+    root = wds_of(images, tmp_path / "bare", names)
+    (root / "classnames.txt").unlink()
+    result = main(["--checkpoint", str(out), "--images", str(root / "test")])
+    assert "accuracy" not in result and "the tar shards name no classes (no classnames.txt)" in result["warning"]
+
+
+def test_bad_parquet_or_shard_inputs_are_refused_in_one_line_before_the_classifier_loads(
+    image_run, text_run, class_folders, tmp_path, monkeypatch, capsys
+):
+    from tests.helpers import hf_parquet_of, wds_of
+
+    out, _ = image_run
+    run, _, _ = text_run
+    images, names = class_folders
+    files = hf_parquet_of(images, tmp_path / "data", names)
+    root = wds_of(images, tmp_path / "wds_shapes", names)
+    (tmp_path / "text.parquet").write_text("image,label\n")
+    monkeypatch.setattr("torchflava.classify.load_classifier", lambda *a, **k: pytest.fail("loaded"))
+    cases = [
+        ([*files, "--captions", __file__], "argument --captions: not with parquet --images"),
+        ([str(root), "--captions", __file__], "argument --captions: not with tar shard --images"),
+        ([str(images), "--label-key", "label"], "argument --label-key: for parquet --images only"),
+        ([str(root), "--image-key", "png"], "arguments --image-key and --text-key: for --captions only"),
+        ([*files, "--label-key", "nope"], "argument --label-key: "),
+        ([*files, "--image-key", "nope"], "argument --image-key: "),
+        ([str(tmp_path / "text.parquet")], f"argument --images: {tmp_path / 'text.parquet'} is not a parquet file"),
+        ([f"{root}/test/{{0..2}}.tar"], f"argument --images: '{root}/test/2.tar' is not a file (of the pattern"),
+        ([*files, "--json", files[0]], "argument --json: expected another file than --images's"),
+        ([str(images), str(images)], "argument --images: expected one image folder, or parquet files, got 2 values"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(out), "--images", *argv])
+        error = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in error.splitlines()[-1], (argv, error)
+    with pytest.raises(SystemExit):  # a text classifier reads no image
+        main(["--checkpoint", str(run), "--images", *files])
+    assert "(modality 'text') reads --text, got --images" in capsys.readouterr().err
+
+
+def test_a_clip_image_classifier_reads_parquet_files_and_shards_as_the_same_images_in_class_folders(
+    class_folders, tmp_path, monkeypatch, capsys
+):
+    from tests.helpers import hf_parquet_of, wds_of
+    from torchflava.classify import clip_image_classifier, export_clip_classifier
+
+    images, names = class_folders
+    two = tmp_path / "two"
+    for name in names[:2]:
+        shutil.copytree(images / name, two / name)
+    sizes = dict(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2)
+    sizes |= dict(context_length=6, vocab_size=50, text_width=16, text_layers=1, text_heads=2, eos_token_id=49)
+    export = tmp_path / "clip"
+    export.mkdir()
+    torch.manual_seed(0)
+    labels = [name.replace("_", " ") for name in reversed(names[:2])]  # (class ids other than the files')
+    model = clip_image_classifier(sizes, 2)
+    export_clip_classifier(model, export, clip_kwargs=sizes, labels=labels, image_transform=EvalImageTransform(16))
+    folders = main(["--checkpoint", str(export), "--images", str(two)])
+    parquet = main(["--checkpoint", str(export), "--images", *hf_parquet_of(two, tmp_path / "data", names[:2])])
+    _same_report(parquet, folders)
+    shards = main(["--checkpoint", str(export), "--images", str(wds_of(two, tmp_path / "wds", names[:2]) / "test")])
+    _same_report(shards, folders)
+    monkeypatch.setattr("torchflava.classify.load_clip_classifier", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(export), "--images", str(tmp_path / "data"), "--label-key", "nope"])
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith("python -m torchflava.classify: error: argument --label-key: ")
+    )

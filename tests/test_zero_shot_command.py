@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import Optional
 
 import numpy
 from PIL import Image
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import FlavaModel, FlavaProcessor
 
-from tests.helpers import REPO, photos, write_hf_flava, write_tiny_export
+from tests.helpers import REPO, hf_parquet_of, photos, wds_of, write_hf_flava, write_tiny_export
 from tests.models.flava.test_convert_weights import _perturb, _tiny_hf_config
 from torchflava import zero_shot
 from torchflava.data.shapes import ShapesWorld
@@ -1514,34 +1513,12 @@ def test_a_bad_labels_file_exits_2_naming_the_option_before_the_checkpoint_loads
     assert exit_info.value.code == 2 and message in err and "argument --" in err.splitlines()[-1]
 
 
-def _hf_parquet_of(
-    folder: Path, data: Path, names: list[str], *, shards: int = 2, with_names: bool = True
-) -> list[str]:
-    """The images (and unreadable files) of ``folder``'s class sub-folders as the Hugging Face Hub serves such a
-    split, ``data/validation-0000i-of-0000n.parquet`` (the Image struct, ClassLabel ``names``), rows in the
-    folder's order; returns the files."""
-    from tests.data.test_parquet import write_hf_parquet
-    from torchflava.data.readers import ImageFolder
-
-    listed = ImageFolder(folder)
-    files = [listed.relative_path(i) for i in range(len(listed))]
-    data.mkdir(parents=True, exist_ok=True)
-    paths, step = [], math.ceil(len(files) / shards)
-    for shard in range(shards):
-        part = files[shard * step : (shard + 1) * step]
-        path = data / f"validation-{shard:05d}-of-{shards:05d}.parquet"
-        labels = [names.index(f.split("/")[0]) for f in part]
-        write_hf_parquet(path, [(folder / f).read_bytes() for f in part], labels, names if with_names else None)
-        paths.append(str(path))
-    return paths
-
-
 def test_parquet_images_give_the_report_of_the_same_images_in_class_folders(export, images, tmp_path, capsys):
     """A Hugging Face split's parquet shards (listed, as a shell expands data/validation-*.parquet), classes from
     their ClassLabel: the accuracies, predictions and probabilities of the class folders, the same unreadable
     image skipped."""
     directory, _ = export
-    shards = _hf_parquet_of(images, tmp_path / "data", CLASSES)
+    shards = hf_parquet_of(images, tmp_path / "data", CLASSES)
     common = ["--checkpoint", str(directory), "--template", "a {}"]
     folders = zero_shot.main(common + ["--images", str(images), "--classes", ",".join(CLASSES)])
     parquet = zero_shot.main(common + ["--images", *shards, "--json", str(tmp_path / "p.json")])
@@ -1575,7 +1552,7 @@ def test_parquet_images_give_the_report_of_the_same_images_in_class_folders(expo
 def test_bad_arguments_with_parquet_images_exit_2_naming_them_before_the_checkpoint_loads(
     images, tmp_path, extra, message, capsys
 ):
-    shards = _hf_parquet_of(images, tmp_path / "data", CLASSES)
+    shards = hf_parquet_of(images, tmp_path / "data", CLASSES)
     extra = [e.replace("{shard}", shards[0]) for e in extra]
     with pytest.raises(SystemExit) as exit_info:
         zero_shot.main(["--checkpoint", "/nonexistent", "--images", *shards, *extra])
@@ -1585,9 +1562,9 @@ def test_bad_arguments_with_parquet_images_exit_2_naming_them_before_the_checkpo
 def test_parquet_and_folder_images_refused_in_one_line_before_the_checkpoint_loads(
     images, tmp_path, capsys, monkeypatch
 ):
-    unnamed = _hf_parquet_of(images, tmp_path / "plain", CLASSES, shards=1, with_names=False)
+    unnamed = hf_parquet_of(images, tmp_path / "plain", CLASSES, shards=1, with_names=False)
     (tmp_path / "text.parquet").write_text("image,label\n")
-    _hf_parquet_of(images, tmp_path / "food101" / "data", CLASSES, shards=1)  # (a Hugging Face download)
+    hf_parquet_of(images, tmp_path / "food101" / "data", CLASSES, shards=1)  # (a Hugging Face download)
     (tmp_path / "food101" / "README.md").write_text("---\n")
     cases = [
         (["--images", *unnamed], "argument --classes: required: the parquet files name no classes"),
@@ -1657,7 +1634,7 @@ def test_parquet_images_without_a_label_column_are_classified_without_accuracy(e
     import pyarrow.parquet as pq
 
     directory, _ = export
-    (path,) = _hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
+    (path,) = hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
     pq.write_table(pq.read_table(path).drop_columns(["label"]), path)  # (an unlabelled test split)
     common = ["--checkpoint", str(directory), "--template", "a {}", "--classes", ",".join(CLASSES)]
     result = zero_shot.main(common + ["--images", path])
@@ -1676,7 +1653,7 @@ def test_a_hugging_face_test_split_labelled_minus_one_is_classified_without_accu
     import pyarrow.parquet as pq
 
     directory, _ = export
-    (path,) = _hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
+    (path,) = hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
     table = pq.read_table(path)
     table = table.set_column(1, "label", pa.array([-1] * len(table), pa.int64())).replace_schema_metadata(
         table.schema.metadata
@@ -1699,7 +1676,7 @@ def test_parquet_images_labelled_by_class_name_give_the_report_of_classlabel_ids
     import pyarrow.parquet as pq
 
     directory, _ = export
-    (path,) = _hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
+    (path,) = hf_parquet_of(images, tmp_path / "data", CLASSES, shards=1)
     common = ["--checkpoint", str(directory), "--template", "a {}"]
     ids = zero_shot.main(common + ["--images", path])
     table = pq.read_table(path)
@@ -1712,27 +1689,13 @@ def test_parquet_images_labelled_by_class_name_give_the_report_of_classlabel_ids
     assert by_name["accuracy"] == named["accuracy"] and by_name["predictions"] == named["predictions"]
 
 
-def _wds_of(folder: Path, root: Path, names: list[str], *, templates: Optional[list[str]] = None) -> Path:
-    """The images (and unreadable files) of ``folder``'s class sub-folders as a CLIP_benchmark webdataset dataset,
-    ``root/test/{0,1}.tar`` (``.png`` and ``.cls`` members keyed ``s0000000``...) with ``classnames.txt``
-    (and ``zeroshot_classification_templates.txt``), samples in the folder's order; returns ``root``."""
-    from tests.data.test_wds import write_wds
-    from torchflava.data.readers import ImageFolder
-
-    listed = ImageFolder(folder)
-    files = [listed.relative_path(i) for i in range(len(listed))]
-    samples = [{"png": (folder / f).read_bytes(), "cls": str(names.index(f.split("/")[0])).encode()} for f in files]
-    write_wds(root, samples, classes=names, templates=templates)
-    return root
-
-
 def test_tar_shards_give_the_report_of_the_same_images_in_class_folders(export, images, tmp_path, capsys):
     """CLIP_benchmark's layout (wds_imagenet1k/test/0.tar...): the dataset root, its classnames.txt and its {c}
     templates taken by default, gives the class folders' accuracies, predictions and probabilities, the same
     unreadable image skipped; so do the split folder, a brace pattern and the shards listed with --classes and
     --template."""
     directory, _ = export
-    root = _wds_of(images, tmp_path / "wds_shapes", CLASSES, templates=["a {c}", "a photo of the {c}."])
+    root = wds_of(images, tmp_path / "wds_shapes", CLASSES, templates=["a {c}", "a photo of the {c}."])
     (root / "train").mkdir()
     shutil.copy(root / "test" / "0.tar", root / "train" / "0.tar")
     templates = ["--template", "a {}", "--template", "a photo of the {}."]
@@ -1767,8 +1730,8 @@ def test_tar_shards_give_the_report_of_the_same_images_in_class_folders(export, 
 
 
 def test_bad_tar_shard_arguments_exit_2_in_one_line_before_the_checkpoint_loads(images, tmp_path, capsys):
-    root = _wds_of(images, tmp_path / "wds_shapes", CLASSES)
-    bare = _wds_of(images, tmp_path / "bare", CLASSES)
+    root = wds_of(images, tmp_path / "wds_shapes", CLASSES)
+    bare = wds_of(images, tmp_path / "bare", CLASSES)
     (bare / "classnames.txt").unlink()
     (tmp_path / "splits" / "train").mkdir(parents=True)
     shutil.copy(root / "test" / "0.tar", tmp_path / "splits" / "train" / "0.tar")

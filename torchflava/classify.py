@@ -3,6 +3,7 @@ fine-tuned CLIP image classifiers (``examples/clip/finetune.py``: :func:`export_
 :func:`load_clip_classifier`), which the command runs on ``--images DIR``.
 
     python -m torchflava.classify --checkpoint runs/finetune --images photos/
+    python -m torchflava.classify --checkpoint runs/finetune --images food101/data/validation-*.parquet
     python -m torchflava.classify --checkpoint runs/qnli --text $'Is it red?\tThe ball is red.' @more.tsv
     python -m torchflava.classify --checkpoint runs/vqa --images coco/ --captions questions.jsonl --top-k 3
     python -m torchflava.classify --checkpoint runs/vqa --images coco/ --captions vqa/test-dev2015_questions.jsonl \
@@ -27,7 +28,13 @@ them, and no text holding a tab) or image-text pairs
 (``--images DIR --captions FILE``: any captions file the zero-shot command reads). It prints each
 input's top classes with their probabilities (softmax; a sigmoid per class for a multi-label head such
 as VQA's; the predicted values of a regression) and, when images lie in sub-folders named after the
-classes, the accuracy. ``--json`` also writes them. ``--vqa-submission`` writes VQA's results file for the
+classes, the accuracy. An image classifier also reads the images of parquet files as the Hugging Face Hub serves a
+dataset (``data/validation-*.parquet``; ``--image-key``/``--label-key`` name other columns) and of webdataset tar
+shards as CLIP_benchmark serves one (``wds_imagenet1k/test``, or the dataset's root: its ``test/`` split), as the
+zero-shot command reads them, each image named by its file's row (``validation-00000-of-00002.parquet[17]``) or its
+shard's sample (``0.tar:s0000017``); the accuracy where each image's class, its class id's name (their ClassLabel
+names, the root's ``classnames.txt``), is one of the classifier's, matched by name as a sub-folder's is, else a
+warning saying why there is none. ``--json`` also writes them. ``--vqa-submission`` writes VQA's results file for the
 evaluation server (``[{"question_id", "answer"}]``: each question's top answer) of a questions file
 ``python -m torchflava.data.vqa`` wrote.
 
@@ -61,11 +68,13 @@ import torch
 from torch import Tensor, nn
 
 from torchflava.data.finetuning import GlueTsv
+from torchflava.data.parquet import LABEL_COLUMNS, ParquetImages
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
 from torchflava.data.vqa import submission, submission_questions
+from torchflava.data.wds import CLASSES_FILE, WdsImages
 from torchflava.evaluation.metrics import (
     TOP5,
     accuracy_summary,
@@ -124,7 +133,14 @@ from torchflava.utils.config_text import unescaped
 from torchflava.utils.distributed import get_rank
 from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.modes import eval_mode
-from torchflava.zero_shot import folder_labels, unmatched_folders_warning
+from torchflava.zero_shot import (
+    folder_class,
+    folder_labels,
+    image_values,
+    parquet_images_argument,
+    shard_images_argument,
+    unmatched_folders_warning,
+)
 
 CLASSIFIER_CONFIG = "classification_config.json"  # flava_model_for_classification's arguments
 LABELS_FILE = "labels.json"  # the class names, in output order
@@ -591,6 +607,29 @@ def _read_labels(path: Path, kwargs: dict) -> list[str]:
         raise ValueError(f"classifier: {error}") from None
 
 
+# what the command classifies: an image folder, image-text pairs, parquet files' or tar shards' images (None: texts)
+Inputs = Optional[Union[ImageFolder, ImageTextFolder, ParquetImages, WdsImages]]
+
+
+def _image_source(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    parquet: Optional[list[str]],
+    shards: Optional[list[str]],
+) -> Optional[Union[ParquetImages, WdsImages]]:
+    """The parquet files' or tar shards' images ``--images`` names, listed and their labels read (no image), as the
+    zero-shot command reads them; None for other inputs. Exits 2 naming the option where they are refused, or where
+    ``--json`` names one of their files."""
+    if parquet is not None:
+        source = parquet_images_argument(parser, parquet, image_key=args.image_key, label_key=args.label_key)
+    elif shards is not None:
+        source = shard_images_argument(parser, shards)
+    else:
+        return None
+    refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": source.files})
+    return source
+
+
 def _listed_inputs(args: argparse.Namespace) -> Optional[Union[ImageFolder, ImageTextFolder]]:
     """The image folder or image-text pairs the arguments name, listed (none read); None for texts."""
     if args.captions is not None:
@@ -598,25 +637,29 @@ def _listed_inputs(args: argparse.Namespace) -> Optional[Union[ImageFolder, Imag
     return None if args.images is None else ImageFolder(args.images)
 
 
-def _chunks(args: argparse.Namespace, folder: Optional[Union[ImageFolder, ImageTextFolder]], skipped: list):
-    """(records, images, texts) chunks of ``--batch-size`` inputs of ``folder`` (:func:`_listed_inputs`), or of
-    the texts: each record names its input (an image path relative to ``--images``, a text); unreadable
-    images and malformed captions are added to ``skipped``."""
+def _chunks(args: argparse.Namespace, folder: Inputs, skipped: list):
+    """(records, images, texts, class ids) chunks of ``--batch-size`` inputs of ``folder`` (an image folder or image-
+    text pairs as :func:`_listed_inputs` lists them, parquet files' or tar shards' images), or of the texts: each
+    record names its input (an image path relative to ``--images``, a parquet file's row, a shard's sample, a text);
+    the class ids are parquet or shard images' own (None for others); unreadable images and malformed captions are
+    added to ``skipped``."""
     size = args.batch_size
     if isinstance(folder, ImageTextFolder):  # image-text pairs
         root = Path(args.images)
         for chunk in readable_chunks(folder.__getitem__, range(len(folder)), size, skipped):
             records = [{"image": _relative(folder.image_path(i), root), "text": s.text} for i, s in chunk]
-            yield records, [s.image for _, s in chunk], [s.text for _, s in chunk]
+            yield records, [s.image for _, s in chunk], [s.text for _, s in chunk], None
     elif folder is not None:
+        labelled = isinstance(folder, (ParquetImages, WdsImages))  # (each item with its class id, or None)
         for chunk in readable_chunks(folder.__getitem__, range(len(folder)), size, skipped):
-            yield [{"image": folder.relative_path(i)} for i, _ in chunk], [s.image for _, s in chunk], None
+            ids = [s.label for _, s in chunk] if labelled else None
+            yield [{"image": folder.relative_path(i)} for i, _ in chunk], [s.image for _, s in chunk], None, ids
     else:
         for start in range(0, len(args.text), size):
             texts = args.text[start : start + size]
             # (a sentence pair: a tuple, recorded as its two sentences)
             records = [{"text": t} if isinstance(t, str) else {"text": t[0], "text_pair": t[1]} for t in texts]
-            yield records, None, texts
+            yield records, None, texts, None
 
 
 def _relative(path: str, root: Path) -> str:
@@ -627,22 +670,22 @@ def _relative(path: str, root: Path) -> str:
         return path
 
 
-def classify(
-    classifier: Union[Classifier, "CLIPClassifier"],
-    args: argparse.Namespace,
-    folder: Optional[Union[ImageFolder, ImageTextFolder]] = None,
-) -> dict:
+def classify(classifier: Union[Classifier, "CLIPClassifier"], args: argparse.Namespace, folder: Inputs = None) -> dict:
     """The command's result: ``predictions`` (each input's record with its ``top`` classes and scores, or
     ``prediction``: the values of a regression), ``num_inputs``, ``skipped`` and ``skipped_reasons``, and
     ``accuracy``, ``mean_per_class_accuracy`` and ``chance`` (and ``top5_accuracy`` past 5 classes) where every image
-    lies in a sub-folder named after its class, else a ``warning`` naming the sub-folders that name no class (where there are any).
-    ``folder``: the inputs ``args`` name as :func:`_listed_inputs` lists them (listed here when None)."""
+    lies in a sub-folder named after its class, else a ``warning`` naming the sub-folders that name no class (where there are any);
+    for parquet files' or tar shards' images, where each image's class (its class id's name) is one of the
+    classifier's, matched by name as a sub-folder is (:func:`~torchflava.zero_shot.folder_class`), else a
+    ``warning`` saying why there is no accuracy. ``folder``: the inputs ``args`` name as :func:`_listed_inputs` lists
+    them (listed here when None), or parquet files' or tar shards' images."""
     folder = _listed_inputs(args) if folder is None else folder
-    predictions, skipped, ranks = [], [], []
+    predictions, skipped, ranks, ids = [], [], [], []
     regression = classifier.loss == "mse"
     top_k = min(args.top_k, classifier.num_classes)
     ranked_k = min(max(top_k, TOP5), classifier.num_classes)  # (top-5's 5 kept, whatever --top-k prints)
-    for records, images, texts in _chunks(args, folder, skipped):
+    for records, images, texts, labels in _chunks(args, folder, skipped):
+        ids += labels or []
         logits = classifier.logits(images, texts)
         for record, row, scores in zip(records, logits, activated(classifier.loss, logits)):
             if regression:
@@ -663,19 +706,59 @@ def classify(
         "skipped_reasons": skipped,
     }
     single_label = classifier.loss == "cross_entropy" and classifier.labels is not None
-    if single_label and args.captions is None and args.images is not None:
+    if single_label and isinstance(folder, (ParquetImages, WdsImages)):
+        labels, warning = _source_labels(folder, ids, classifier.labels)
+        if labels is not None:
+            result.update(_accuracies(ranks, labels, classifier.num_classes))
+        else:
+            result["warning"] = warning
+    elif single_label and args.captions is None and args.images is not None:
         files = [record["image"] for record in predictions]
         labels = folder_labels(files, classifier.labels)
         if labels is not None:
-            right = [int(r[0]) == t for r, t in zip(ranks, labels)]
-            # accuracy, and top-5 past 5 classes, as zero_shot and linear_probe report them
-            result.update(top_k_accuracy(torch.stack(ranks), torch.tensor(labels), classifier.num_classes))
-            per_class = [[r for r, t in zip(right, labels) if t == c] for c in sorted(set(labels))]
-            result["mean_per_class_accuracy"] = sum(sum(c) / len(c) for c in per_class) / len(per_class)
-            result["chance"] = 1 / len(classifier.labels)
+            result.update(_accuracies(ranks, labels, classifier.num_classes))
         elif warning := unmatched_folders_warning(files, classifier.labels):  # (zero_shot's: which folders, why)
             result["warning"] = warning
     return result
+
+
+def _accuracies(ranks: list[Tensor], labels: list[int], num_classes: int) -> dict:
+    """``accuracy`` (and ``top5_accuracy`` past 5 classes, as zero_shot and linear_probe report them),
+    ``mean_per_class_accuracy`` and ``chance`` of the inputs' ranked class indices against their true classes."""
+    result = top_k_accuracy(torch.stack(ranks), torch.tensor(labels), num_classes)
+    right = [int(r[0]) == t for r, t in zip(ranks, labels)]
+    per_class = [[r for r, t in zip(right, labels) if t == c] for c in sorted(set(labels))]
+    result["mean_per_class_accuracy"] = sum(sum(c) / len(c) for c in per_class) / len(per_class)
+    result["chance"] = 1 / num_classes
+    return result
+
+
+def _source_labels(
+    source: Union[ParquetImages, WdsImages], ids: list[Optional[int]], class_names: Sequence[str]
+) -> tuple[Optional[list[int]], Optional[str]]:
+    """The classifier's class of each image read of parquet files or tar shards (class ids ``ids``): its class id's
+    name (the files' ClassLabel names, the shards' ``classnames.txt``) matched to ``class_names`` as an image
+    sub-folder's name is (:func:`~torchflava.zero_shot.folder_class`: ``apple_pie`` for ``apple pie``); or None and
+    the warning saying why there is no accuracy (no labels, no class names, a class the classifier lacks)."""
+    kind = "tar shards" if isinstance(source, WdsImages) else "parquet files"
+    if any(i is None for i in ids):
+        reason = getattr(source, "unlabelled", None) or (
+            f"the parquet files have no label column (none of {', '.join(LABEL_COLUMNS)}, nor a ClassLabel one); "
+            "--label-key names it"
+        )
+        return None, f"warning: no accuracy: {reason}"
+    if source.classes is None:
+        missing = f"no {CLASSES_FILE}" if kind == "tar shards" else "no ClassLabel names in their metadata"
+        return None, f"warning: no accuracy: the {kind} name no classes ({missing}) to match the classifier's by name"
+    matched = {i: folder_class(source.classes[i], class_names) for i in set(ids)}
+    unmatched = sorted({source.classes[i] for i, c in matched.items() if c is None})
+    if unmatched:
+        more = f" ({len(unmatched)} in all)" if len(unmatched) > 10 else ""
+        return None, (
+            f"warning: no accuracy: the classes {unmatched[:10]}{more} of the {kind} are none of the classifier's "
+            f"{len(class_names)} classes (each matched by name, as an image sub-folder is)"
+        )
+    return [matched[i] for i in ids], None
 
 
 def _texts(values: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -916,7 +999,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument(
         "--checkpoint", required=True, help="fine-tuning run or its model/ export directory (or a file:// URL of one)"
     )
-    parser.add_argument("--images", help="image folder (image classifiers; with --captions: the pairs' images)")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        help="image folder (image classifiers; with --captions: the pairs' images), or, for image classifiers, parquet "
+        "files as the Hugging Face Hub gives them (data/validation-*.parquet, a folder of them, or several files) or "
+        "webdataset tar shards as CLIP_benchmark gives them (wds_imagenet1k/test, a glob or brace pattern of .tar "
+        "files, or the dataset's root): the accuracy where their labels' class names are the classifier's",
+    )
     parser.add_argument(
         "--text",
         nargs="+",
@@ -935,7 +1025,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--label-column",
         help="--tsv's label column, for the accuracy [the run's config.yaml data.label_column, else label]",
     )
-    parser.add_argument("--image-key", help="JSON key or CSV/TSV column of the image paths (--captions)")
+    parser.add_argument(
+        "--image-key",
+        help="JSON key or CSV/TSV column of the image paths (--captions), or parquet --images' image column",
+    )
+    parser.add_argument(
+        "--label-key", help="parquet --images' column of class ids, or of class names (default: their ClassLabel one)"
+    )
     parser.add_argument("--text-key", help="JSON key or CSV/TSV column of the texts (--captions)")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes listed per input [5]")
     parser.add_argument("--batch-size", type=positive_int, default=64)
@@ -963,18 +1059,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("argument --tsv: not with --text, --images or --captions")
     if args.tsv is not None:
         return _main_tsv(args, parser)
+    # --images' parquet files (a shell expands data/validation-*.parquet into its files) or tar shards (CLIP_benchmark's
+    # wds_imagenet1k/test), args.images then their values; else one image folder
+    parquet = shards = None
+    if args.images is not None:
+        folder, parquet, shards = image_values(parser, args.images)
+        args.images = folder if folder is not None else parquet or shards
+    if (parquet is not None or shards is not None) and args.captions is not None:
+        kind = "parquet" if parquet is not None else "tar shard"
+        parser.error(f"argument --captions: not with {kind} --images (image classifiers: the images alone)")
+    if parquet is None and args.label_key is not None:
+        parser.error("argument --label-key: for parquet --images only")
     if args.text is not None and (args.images is not None or args.captions is not None):
         parser.error("argument --text: not with --images or --captions (image-text pairs come from --captions)")
     if args.text is None and args.images is None:
         parser.error("arguments --images or --text: one is required (the inputs to classify)")
-    if args.captions is None and (args.image_key or args.text_key):
-        parser.error("arguments --image-key and --text-key: for --captions only")
-    if args.images is not None and not Path(args.images).is_dir():
+    if args.captions is None and (args.text_key or (args.image_key and parquet is None)):
+        parser.error("arguments --image-key and --text-key: for --captions only (--image-key: or parquet --images)")
+    if isinstance(args.images, str) and not Path(args.images).is_dir():
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
     if args.captions is not None and not Path(args.captions).is_file():
         parser.error(f"argument --captions: expected a captions file, got {args.captions!r} (not a file)")
+    source = _image_source(parser, args, parquet, shards)  # (their labels read and checked, no image)
     if is_clip_classifier(args.checkpoint):
-        return _main_clip(args, parser)
+        return _main_clip(args, parser, source)
     args.text = None if args.text is None else _texts(args.text, parser)
     config = classifier_config(args.checkpoint)
     if args.text is not None and config.sentence_pairs:
@@ -989,7 +1097,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"got {reads[given]}"
         )
     try:  # the inputs listed, not read, before the weights are loaded
-        folder = _listed_inputs(args)
+        folder = _listed_inputs(args) if source is None else source
         keys = {"image_key": args.image_key or "image", "text_key": args.text_key or "caption"}
         questions = None if args.vqa_submission is None else submission_questions(args.captions, **keys)
     except ValueError as error:
@@ -1227,13 +1335,16 @@ def _clip_classifier_config(config_file: Path) -> tuple[dict, list[str]]:
     return kwargs, labels
 
 
-def _main_clip(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
-    """The command for a fine-tuned CLIP image classifier: ``--images DIR`` only."""
+def _main_clip(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, source: Optional[Union[ParquetImages, WdsImages]]
+) -> dict:
+    """The command for a fine-tuned CLIP image classifier: ``--images`` only (``source``: parquet files' or tar
+    shards' images it names, read, else None)."""
     if args.text is not None or args.captions is not None:  # (--images DIR or --text: checked by main)
         given = "--text" if args.text is not None else "--images DIR --captions FILE"
         parser.error(f"argument --checkpoint: this CLIP image classifier reads --images DIR, got {given}")
     try:  # the images listed, not read, before the weights are loaded
-        folder = _listed_inputs(args)
+        folder = _listed_inputs(args) if source is None else source
     except ValueError as error:
         parser.error(f"argument --images: {first_line(error)}")
     classifier = load_clip_classifier(args.checkpoint, dtype=INFERENCE_DTYPE_NAMES[args.dtype])

@@ -758,19 +758,72 @@ _SYNSET_LINE = re.compile(r"(n\d{8})\s+(\S.*)")
 _PARQUET_OPTIONS = {"paths": "--images", "image_key": "--image-key", "label_key": "--label-key", "classes": "--classes"}
 
 
-def _parquet_images(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, values: list[str], classes: Optional[list[str]]
-) -> tuple[ParquetImages, list[str]]:
-    """The parquet ``--images`` (their labels read and checked, no image) and the classes: ``--classes``', else
-    their ClassLabel's; exits 2 naming the option where they are refused, and warns of what is left out."""
+def image_values(
+    parser: argparse.ArgumentParser, values: Sequence[str]
+) -> tuple[Optional[str], Optional[list[str]], Optional[list[str]]]:
+    """``--images``' values (``nargs="+"``) as (an image folder, parquet files' values, tar shards' values), one of
+    them given: parquet files where a value is one (a shell expands ``data/validation-*.parquet`` into its files),
+    else tar shards where a value is (CLIP_benchmark's ``wds_imagenet1k/test``, or its root), else one folder; exits
+    2 naming the option for several values of neither."""
+    if any(is_parquet(value) for value in values):
+        return None, list(values), None
+    if any(is_tar_shards(value) for value in values):
+        return None, None, list(values)
+    if len(values) > 1:
+        parser.error(
+            f"argument --images: expected one image folder, or parquet files, got {len(values)} values: "
+            f"{_listed(values, 3)}"
+        )
+    return values[0], None, None
+
+
+def parquet_images_argument(
+    parser: argparse.ArgumentParser,
+    values: Sequence[str],
+    *,
+    image_key: Optional[str],
+    label_key: Optional[str],
+    classes: Optional[list[str]] = None,
+) -> ParquetImages:
+    """The parquet ``--images`` listed, their labels read and checked (no image): exits 2 naming the option that
+    answers for a refusal (``--image-key``, ``--label-key``, ``--classes``), and prints the files' warnings (a shard
+    of the split left out) on stderr."""
     try:
-        source = ParquetImages(values, image_key=args.image_key, label_key=args.label_key, classes=classes)
+        source = ParquetImages(values, image_key=image_key, label_key=label_key, classes=classes)
     except ParquetError as error:
         parser.error(f"argument {_PARQUET_OPTIONS[error.argument]}: {error.reason}")
     except ImportError as error:  # (pyarrow, an optional dependency)
         parser.error(f"argument --images: {error}")
     for warning in source.warnings:
         print(warning, file=sys.stderr)
+    return source
+
+
+def shard_images_argument(
+    parser: argparse.ArgumentParser, values: Sequence[str], classes: Optional[list[str]] = None
+) -> WdsImages:
+    """The tar shard ``--images`` listed, their ``.cls`` read and checked (no image): exits 2 naming the option
+    that answers for a refusal (``--classes`` for names given that are too few, else ``--images``), and prints on
+    stderr which split of a dataset root was taken and the shards' warnings."""
+    try:
+        source = WdsImages(values, classes=classes)
+    except WdsError as error:
+        if error.argument == "classes" and classes is not None:
+            parser.error(f"argument --classes: {error.reason}")
+        parser.error(f"argument --images: {error.reason}")
+    for line in source.taken + source.warnings:
+        print(line, file=sys.stderr)
+    return source
+
+
+def _parquet_images(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, values: list[str], classes: Optional[list[str]]
+) -> tuple[ParquetImages, list[str]]:
+    """The parquet ``--images`` (their labels read and checked, no image) and the classes: ``--classes``', else
+    their ClassLabel's; exits 2 naming the option where they are refused, and warns of what is left out."""
+    source = parquet_images_argument(
+        parser, values, image_key=args.image_key, label_key=args.label_key, classes=classes
+    )
     if classes is None:
         if source.classes is None:
             parser.error(
@@ -802,14 +855,7 @@ def _shard_images(
     their dataset root's ``classnames.txt``; ``args.templates`` the root's ``zeroshot_classification_templates.txt``
     where no ``--template`` was given. Exits 2 naming the option where they are refused; says on stderr which split
     of a root was taken and which files gave the classes and templates."""
-    try:
-        source = WdsImages(values, classes=classes)
-    except WdsError as error:
-        if error.argument == "classes" and classes is not None:
-            parser.error(f"argument --classes: {error.reason}")
-        parser.error(f"argument --images: {error.reason}")
-    for line in source.taken + source.warnings:
-        print(line, file=sys.stderr)
+    source = shard_images_argument(parser, values, classes)
     defaults = []
     if classes is None:
         path = None if source.root is None else os.path.join(source.root, CLASSES_FILE)
@@ -973,19 +1019,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "order of the --json's predictions, columns in that of its classes (classification)",
     )
     args = parser.parse_args(argv)
-    parquet = None  # the parquet files' values of --images (a shell expands data/validation-*.parquet into its files)
-    shards = None  # the tar shards' values of --images (CLIP_benchmark's wds_imagenet1k/test, or its root)
-    if args.images is not None and any(is_parquet(value) for value in args.images):
-        parquet, args.images = args.images, None
-    elif args.images is not None and any(is_tar_shards(value) for value in args.images):
-        shards, args.images = args.images, None
-    elif args.images is not None and len(args.images) > 1:
-        parser.error(
-            f"argument --images: expected one image folder, or parquet files, got {len(args.images)} values: "
-            f"{_listed(args.images, 3)}"
-        )
-    elif args.images is not None:
-        args.images = args.images[0]
+    # the parquet files' values of --images (a shell expands data/validation-*.parquet into its files), or the tar
+    # shards' (CLIP_benchmark's wds_imagenet1k/test, or its root); args.images then None
+    parquet = shards = None
+    if args.images is not None:
+        args.images, parquet, shards = image_values(parser, args.images)
     # a retrieval dataset's shards (CLIP_benchmark's dataset_type.txt: wds_flickr30k) hold the captions themselves
     shard_captions = shards is not None and args.classes is None and shards_dataset_type(shards[0]) == "retrieval"
     if parquet is None and shards is None and args.classes is None and args.captions is None:
