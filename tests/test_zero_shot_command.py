@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from typing import Optional
 
 import numpy
@@ -1864,3 +1865,16 @@ def test_retrieval_on_a_retrieval_datasets_shards_equals_the_same_pairs_in_a_cap
             zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(root), *extra])
         error = capsys.readouterr().err.splitlines()
         assert exit_info.value.code == 2 and message in error[-1], error
+
+
+def test_an_image_folder_holding_a_tar_file_is_classified_as_an_image_folder(images, tmp_path, monkeypatch):
+    """Class folders with the .tar they were unpacked from beside them (or in one of them) were taken for tar shards
+    and refused (argument --images: ... no .cls member); they are classified as the image folder they are."""
+    root = tmp_path / "images"
+    shutil.copytree(images, root)
+    with tarfile.open(root / "images.tar", "w") as tar:
+        tar.add(root / "red circle", arcname="red circle")
+    shutil.copy(root / "images.tar", root / "red circle" / "backup.tar")
+    monkeypatch.setattr(zero_shot, "command_pretrained", lambda *a, **k: None)  # (AttributeError past the checks)
+    with pytest.raises(AttributeError):
+        zero_shot.main(["--checkpoint", "unused", "--images", str(root), "--classes", ",".join(CLASSES)])
