@@ -162,7 +162,7 @@ def shards_dataset_type(value: PathLike) -> Optional[str]:
     if root is None:
         return None
     try:
-        with open(os.path.join(root, TYPE_FILE), encoding="utf-8") as handle:
+        with open(os.path.join(root, TYPE_FILE), encoding="utf-8-sig") as handle:  # (a BOM dropped)
             return handle.read().strip().lower() or None
     except (OSError, UnicodeDecodeError):
         return None
@@ -179,7 +179,7 @@ def missing_shards(files: Sequence[str]) -> list[str]:
     warnings = []
     for folder, numbers in sorted(given.items()):
         try:
-            with open(os.path.join(folder, "nshards.txt"), encoding="utf-8") as handle:
+            with open(os.path.join(folder, "nshards.txt"), encoding="utf-8-sig") as handle:
                 count = int(handle.read().strip())
         except (OSError, ValueError):
             continue
