@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import numpy
 from PIL import Image
@@ -969,7 +970,7 @@ def test_folder_order_is_checked_before_the_checkpoint_loads(images, tmp_path, l
 def test_a_blank_line_between_class_names_read_in_class_id_order_is_refused(images, tmp_path, capsys, monkeypatch):
     """With --folder-order (and parquet or tar shard images) the i-th name of --classes @FILE is class id i: a blank
     line between names was skipped, every later name moved onto the next id without a word. Refused naming the
-    line; leading and trailing blank lines, and blank lines where classes are matched by folder name, still pass."""
+    line; trailing blank lines, and blank lines where classes are matched by folder name, still pass."""
     root = tmp_path / "val"
     for folder in ("n01", "n02", "n03"):
         (root / folder).mkdir(parents=True)
@@ -986,9 +987,30 @@ def test_a_blank_line_between_class_names_read_in_class_id_order_is_refused(imag
     )
     with pytest.raises(AttributeError):  # matched by name: the blank line is nothing
         zero_shot.main(command)
-    names.write_text("\na\nb\nc\n\n")
+    names.write_text("a\nb\nc\n\n")
     with pytest.raises(AttributeError):
         zero_shot.main([*command, "--folder-order"])
+    names.write_text("\na\nb\nc\n")  # (a blank first line: before the names, test_a_blank_line_before_...)
+    with pytest.raises(SystemExit):
+        zero_shot.main([*command, "--folder-order"])
+    assert f"argument --classes: {names} line 1 is blank, before the class names" in capsys.readouterr().err
+
+
+def test_a_blank_line_before_class_names_read_in_class_id_order_is_refused(images, tmp_path, capsys):
+    """A blank first line of a --classes @FILE read in class-id order was dropped, every name moved onto the id before
+    its own without a word: CLIP_benchmark reads that classnames.txt with class 0 named '' (as WdsImages refuses it,
+    line 1 blank), so --classes @classnames.txt gave the shards' class 1 images the name of class 0. Refused naming
+    the line; trailing blank lines still pass."""
+    root = wds_of(images, tmp_path / "wds_shapes", CLASSES)
+    names = tmp_path / "names.txt"
+    names.write_text("\n" + "".join(f"{name}\n" for name in CLASSES) + "\n")
+    for given in ([str(root)], [str(root / "test" / "0.tar"), str(root / "test" / "1.tar")]):
+        with pytest.raises(SystemExit) as caught:
+            zero_shot.main(["--checkpoint", "/nonexistent", "--images", *given, "--classes", f"@{names}"])
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert caught.value.code == 2 and f"argument --classes: {names} line 1 is blank, before the class names" in (
+            error
+        ), error
 
 
 def test_classification_reports_the_class_balanced_and_top5_accuracy(export, images, capsys):
@@ -1806,3 +1828,16 @@ def test_retrieval_on_a_retrieval_datasets_shards_equals_the_same_pairs_in_a_cap
             zero_shot.main(["--checkpoint", "/nonexistent", "--images", str(root), *extra])
         error = capsys.readouterr().err.splitlines()
         assert exit_info.value.code == 2 and message in error[-1], error
+
+
+def test_an_image_folder_holding_a_tar_file_is_classified_as_an_image_folder(images, tmp_path, monkeypatch):
+    """Class folders with the .tar they were unpacked from beside them (or in one of them) were taken for tar shards
+    and refused (argument --images: ... no .cls member); they are classified as the image folder they are."""
+    root = tmp_path / "images"
+    shutil.copytree(images, root)
+    with tarfile.open(root / "images.tar", "w") as tar:
+        tar.add(root / "red circle", arcname="red circle")
+    shutil.copy(root / "images.tar", root / "red circle" / "backup.tar")
+    monkeypatch.setattr(zero_shot, "command_pretrained", lambda *a, **k: None)  # (AttributeError past the checks)
+    with pytest.raises(AttributeError):
+        zero_shot.main(["--checkpoint", "unused", "--images", str(root), "--classes", ",".join(CLASSES)])

@@ -891,8 +891,8 @@ def class_names_argument(
     each ``FOLDER<TAB>NAME``, or each as ImageNet's names files write a synset (``n01440764 tench, Tinca
     tinca``: the folder, then the name); exits 2 naming the option and the file where it cannot be read,
     names none, or mixes lines with and without a folder; and, ``in_id_order`` (the i-th name is class id i:
-    parquet or tar shard images, ``--folder-order``), where a blank line stands between names (skipped, it shifted
-    every later name onto the next class id without a word).
+    parquet or tar shard images, ``--folder-order``), where a blank line stands before or between names (skipped,
+    it shifted every later name onto the next class id without a word).
 
     Returns:
         tuple[list[str], Optional[list[str]]]: the class names, and their folders (None where not given).
@@ -910,6 +910,11 @@ def class_names_argument(
         parser.error(
             f"argument --classes: {path} line {blank} is blank, between class names: read in class-id order, each "
             "line is the next class id's name (name it, or remove the line)"
+        )
+    if in_id_order and filled[0] > 1:  # (CLIP_benchmark reads a blank first line of classnames.txt as class 0)
+        parser.error(
+            f"argument --classes: {path} line 1 is blank, before the class names: read in class-id order, line 1 is "
+            "class id 0's name (name it, or remove the line)"
         )
     tabbed = [line for line in names if "\t" in line]
     if tabbed:  # FOLDER<TAB>NAME lines (a class name holds no tab)

@@ -177,3 +177,36 @@ def test_a_retrieval_datasets_samples_give_a_caption_an_item_each_line_of_their_
             assert bad.value.index == index and bad.value.reason.startswith(reason)
     with pytest.raises(WdsError, match="dataset_type.txt says 'retrieval': its samples hold no .cls class id"):
         WdsImages(tmp_path / "coco")
+
+
+def test_an_image_folder_holding_a_tar_file_is_no_tar_shards(tmp_path):
+    """A folder of images or of class sub-folders of images stays an image folder where a .tar file lies among them
+    (the archive it was unpacked from, at its top or in a class folder): it was taken for tar shards (a folder of them,
+    or a dataset root whose class folders were its splits), and the images refused."""
+    for name in ("cat", "dog"):
+        (tmp_path / "classes" / name).mkdir(parents=True)
+        (tmp_path / "classes" / name / "0.png").write_bytes(encoded(1, "png"))
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "0.jpg").write_bytes(encoded(1, "jpeg"))
+    write_shard(tmp_path / "classes" / "cat" / "backup.tar", [("s0", {"png": encoded(1, "png"), "cls": b"0"})])
+    assert not is_tar_shards(tmp_path / "classes")
+    write_shard(tmp_path / "classes" / "images.tar", [("s0", {"png": encoded(1, "png"), "cls": b"0"})])
+    write_shard(tmp_path / "flat" / "images.tar", [("s0", {"png": encoded(1, "png"), "cls": b"0"})])
+    assert not is_tar_shards(tmp_path / "classes") and not is_tar_shards(tmp_path / "flat")
+    write_wds(tmp_path / "wds", [{"png": encoded(1, "png"), "cls": b"0"}], shards=1)  # (its shards still are)
+    assert is_tar_shards(tmp_path / "wds") and is_tar_shards(tmp_path / "wds" / "test")
+
+
+def test_a_bom_before_dataset_type_and_nshards_is_no_part_of_them(tmp_path):
+    """dataset_type.txt and nshards.txt saved with a BOM (as classnames.txt may be, and is read): 'retrieval' read
+    as '\\ufeffretrieval' refused the captions (and named a BOM'd type), and a count read as no number lost the warning
+    of absent shards."""
+    write_wds(tmp_path / "coco", [{"webp": encoded(1), "txt": b"a cat\na dog"}] * 2, shards=2)
+    (tmp_path / "coco" / "dataset_type.txt").write_text("\ufeffretrieval\r\n", encoding="utf-8")
+    (tmp_path / "coco" / "test" / "nshards.txt").write_text("\ufeff3\r\n", encoding="utf-8")
+    captions = WdsCaptions(tmp_path / "coco")
+    assert captions.dataset_type == "retrieval" and [captions.caption(i) for i in range(4)] == ["a cat", "a dog"] * 2
+    assert captions.warnings == [
+        f"warning: 2 of the 3 shards nshards.txt counts in {tmp_path / 'coco' / 'test'} given, their images read: "
+        "2.tar absent"
+    ]

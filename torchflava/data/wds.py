@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.finetuning import LabeledSample
+from torchflava.data.readers import IMAGE_EXTENSIONS as READABLE_IMAGES
 from torchflava.data.readers import TarShards, check_index, check_max_pixels, glob_files
 from torchflava.data.samples import BadSample, Sample
 from torchflava.utils.checks import check_path
@@ -65,14 +66,30 @@ def _splits_in(folder: str) -> list[str]:
     )
 
 
+def _holds_images(folder: str) -> bool:
+    """Whether image files lie at the top of ``folder`` or of one of its sub-folders (an image folder, or one of
+    class sub-folders: a ``.tar`` among them is the archive they came from, no shard)."""
+    for entry in os.scandir(folder):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.name.lower().endswith(READABLE_IMAGES):
+            return True
+        if entry.is_dir() and any(
+            sub.is_file() and sub.name.lower().endswith(READABLE_IMAGES) for sub in os.scandir(entry.path)
+        ):
+            return True
+    return False
+
+
 def is_tar_shards(value: PathLike) -> bool:
     """Whether a path given for images names tar shards: a ``.tar`` file, a glob or brace pattern ending in
-    ``.tar`` (``test/{0..3}.tar``), a folder of ``.tar`` files, or a dataset root whose split folders hold them."""
+    ``.tar`` (``test/{0..3}.tar``), a folder of ``.tar`` files, or a dataset root whose split folders hold them; not
+    a folder where images lie at its top or in its sub-folders (class folders beside the ``.tar`` they came from)."""
     text = os.fspath(value)
     if text.lower().endswith(".tar"):
         return True
     if os.path.isdir(text):
-        return bool(_tars_in(text)) or bool(_splits_in(text))
+        return (bool(_tars_in(text)) or bool(_splits_in(text))) and not _holds_images(text)
     return False
 
 
@@ -145,7 +162,7 @@ def shards_dataset_type(value: PathLike) -> Optional[str]:
     if root is None:
         return None
     try:
-        with open(os.path.join(root, TYPE_FILE), encoding="utf-8") as handle:
+        with open(os.path.join(root, TYPE_FILE), encoding="utf-8-sig") as handle:  # (a BOM dropped)
             return handle.read().strip().lower() or None
     except (OSError, UnicodeDecodeError):
         return None
@@ -162,7 +179,7 @@ def missing_shards(files: Sequence[str]) -> list[str]:
     warnings = []
     for folder, numbers in sorted(given.items()):
         try:
-            with open(os.path.join(folder, "nshards.txt"), encoding="utf-8") as handle:
+            with open(os.path.join(folder, "nshards.txt"), encoding="utf-8-sig") as handle:
                 count = int(handle.read().strip())
         except (OSError, ValueError):
             continue
