@@ -5,6 +5,7 @@ from pathlib import Path
 import pickle
 import tarfile
 from typing import Optional, Sequence
+import warnings
 
 from PIL import Image
 import pytest
@@ -153,6 +154,20 @@ def test_a_download_missing_shards_that_nshards_counts_is_warned_of(dataset):
         f"warning: 2 of the 3 shards nshards.txt counts in {dataset / 'test'} given, their images read: 2.tar absent"
     ]
     assert len(images) == 6
+
+
+def test_a_truncated_shard_is_one_of_the_readers_warning_lines(dataset):
+    """A download cut short in its last shard: the lost tail is said in one `warning:` line among the reader's
+    warnings, which the commands print; it came as Python's UserWarning, two lines naming wds.py and its source."""
+    shard = dataset / "test" / "2.tar"
+    shard.write_bytes(shard.read_bytes()[:700])  # (into the first member's data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (none escapes)
+        images = WdsImages(dataset / "test")
+    assert len(images.warnings) == 1 and images.warnings[0].startswith(
+        f"warning: {shard.name} is truncated: the file ends at byte 700"
+    )
+    assert images.warnings[0].count("\n") == 0
 
 
 def test_a_retrieval_datasets_samples_give_a_caption_an_item_each_line_of_their_txt(tmp_path):

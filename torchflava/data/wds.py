@@ -12,6 +12,7 @@ no ``.cls``. :class:`WdsImages` reads such shards an image at a time, at the off
 import os
 import re
 from typing import NamedTuple, Optional, Sequence, Union
+import warnings
 
 from torch.utils.data import Dataset
 
@@ -223,14 +224,16 @@ class _Shards:
             raise WdsError("paths", f"{os.path.join(self.root, TYPE_FILE)} says {self.dataset_type!r}: {refused}")
         self._extension = text_extension
         try:
-            self._tar = TarShards(
-                self.files,
-                require=("image", "text"),
-                image_extensions=IMAGE_EXTENSIONS,
-                text_extensions=(text_extension,),
-                json_text_key=None,
-                max_image_pixels=max_image_pixels,
-            )
+            with warnings.catch_warnings():  # (a damaged shard: one of this reader's warning lines, below)
+                warnings.simplefilter("ignore", UserWarning)
+                self._tar = TarShards(
+                    self.files,
+                    require=("image", "text"),
+                    image_extensions=IMAGE_EXTENSIONS,
+                    text_extensions=(text_extension,),
+                    json_text_key=None,
+                    max_image_pixels=max_image_pixels,
+                )
         except (ValueError, OSError) as error:
             message = (
                 str(error)
@@ -239,6 +242,7 @@ class _Shards:
             )
             message = message.replace(f"; texts are read from .{text_extension} members", "")
             raise WdsError("paths", message.replace("no text member", f"no .{text_extension} member")) from None
+        self.warnings += [f"warning: {damage}" for damage in self._tar.lost_data]
         order = {path: i for i, path in enumerate(self.files)}  # (TarShards reads them sorted by path)
         keys = [self._tar.sample_key(i) for i in range(len(self._tar))]
         self._order = sorted(range(len(keys)), key=lambda i: order[keys[i][0]])  # sample -> TarShards index
