@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 import sys
 from types import MappingProxyType
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -303,20 +303,7 @@ def _parquet_split(
     if source.labels is None:
         reason = source.unlabelled or "parquet files without a label column (--label-key names it)"
         parser.error(f"argument --{name}: expected labelled images, got {reason}")
-    if source.classes is None:  # (no ClassLabel names: the class ids are the classes)
-        source.classes = [str(i) for i in range(max(source.labels) + 1)]
-    if name == "train" and len(source.classes) < 2:
-        parser.error(f"argument --train: expected at least 2 classes, got {len(source.classes)} ({source.classes})")
-    for other, earlier in split.items():
-        common = sorted(set(getattr(earlier, "files", ())) & set(source.files))
-        if common:
-            parser.error(
-                f"argument --{name}: expected other files than --{other}'s, got {common[0]!r} (the splits must not "
-                "share images)"
-            )
-    for warning in source.warnings:
-        print(warning, file=sys.stderr)
-    return source
+    return _labelled_split(parser, name, source, source.labels, split)  # (no ClassLabel names: ids are classes)
 
 
 def _shard_split(
@@ -338,8 +325,17 @@ def _shard_split(
     known = [label for label in source.labels if label is not None]
     if not known:
         parser.error(f"argument --{name}: expected labelled images, got tar shards without a .cls member")
-    if source.classes is None:  # (no classnames.txt: the class ids are the classes)
-        source.classes = [str(i) for i in range(max(known) + 1)]
+    return _labelled_split(parser, name, source, known, split)  # (no classnames.txt: ids are classes)
+
+
+def _labelled_split(
+    parser: argparse.ArgumentParser, name: str, source: Union[ParquetImages, WdsImages], labels: list[int], split: dict
+) -> Union[ParquetImages, WdsImages]:
+    """``source``, split ``name``'s labelled files, its classes its class ids 0..max where they have no names
+    (``labels``: its known class ids), its warnings printed; exits 2 naming the option where the training split has
+    fewer than two classes or the split shares a file with an earlier one."""
+    if source.classes is None:
+        source.classes = [str(i) for i in range(max(labels) + 1)]
     if name == "train" and len(source.classes) < 2:
         parser.error(f"argument --train: expected at least 2 classes, got {len(source.classes)} ({source.classes})")
     for other, earlier in split.items():
