@@ -1296,6 +1296,8 @@ def test_bad_parquet_or_shard_inputs_are_refused_in_one_line_before_the_classifi
         ([str(tmp_path / "text.parquet")], f"argument --images: {tmp_path / 'text.parquet'} is not a parquet file"),
         ([f"{root}/test/{{0..2}}.tar"], f"argument --images: '{root}/test/2.tar' is not a file (of the pattern"),
         ([*files, "--json", files[0]], "argument --json: expected another file than --images's"),
+        ([str(root), "--json", str(root / "classnames.txt")], "argument --json: expected another file than --images's"),
+        ([str(root), "--json", str(root / "test" / "nshards.txt")], "argument --json: expected another file than"),
         ([str(images), str(images)], "argument --images: expected one image folder, or parquet files, got 2 values"),
     ]
     for argv, message in cases:
