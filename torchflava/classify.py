@@ -74,7 +74,7 @@ from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
 from torchflava.data.vqa import submission, submission_questions
-from torchflava.data.wds import CLASSES_FILE, TYPE_FILE, WdsImages
+from torchflava.data.wds import CLASSES_FILE, WdsImages
 from torchflava.evaluation.metrics import (
     TOP5,
     accuracy_summary,
@@ -138,6 +138,7 @@ from torchflava.zero_shot import (
     folder_labels,
     image_values,
     parquet_images_argument,
+    shard_dataset_files,
     shard_images_argument,
     unmatched_folders_warning,
 )
@@ -626,14 +627,8 @@ def _image_source(
         source = shard_images_argument(parser, shards)
     else:
         return None
-    read = list(source.files)
-    if isinstance(source, WdsImages):  # (and the dataset's files beside them: its class names, type, shard counts)
-        folders = {os.path.dirname(path) for path in source.files}
-        read += [os.path.join(folder, "nshards.txt") for folder in folders]
-        read += [] if source.root is None else [os.path.join(source.root, name) for name in (CLASSES_FILE, TYPE_FILE)]
-    refuse_overwritten_inputs(
-        parser, {"--json": args.json}, {"--images": [path for path in read if os.path.isfile(path)]}
-    )
+    read = shard_dataset_files(source) if isinstance(source, WdsImages) else source.files
+    refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": read})
     return source
 
 
