@@ -138,7 +138,6 @@ from torchflava.zero_shot import (
     folder_labels,
     image_values,
     parquet_images_argument,
-    shard_dataset_files,
     shard_images_argument,
     unmatched_folders_warning,
 )
@@ -627,7 +626,7 @@ def _image_source(
         source = shard_images_argument(parser, shards)
     else:
         return None
-    read = shard_dataset_files(source) if isinstance(source, WdsImages) else source.files
+    read = source.dataset_files if isinstance(source, WdsImages) else source.files
     refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": read})
     return source
 

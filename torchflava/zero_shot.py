@@ -92,7 +92,6 @@ from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.wds import (
     CLASSES_FILE,
     TEMPLATES_FILE,
-    TYPE_FILE,
     WdsCaptions,
     WdsError,
     WdsImages,
@@ -817,15 +816,6 @@ def shard_images_argument(
     return source
 
 
-def shard_dataset_files(source: Union[WdsImages, WdsCaptions]) -> list[str]:
-    """The files tar shards are read with: the shards, their folders' ``nshards.txt`` and their dataset root's
-    class names, templates and type, those that exist (files no output may be written over)."""
-    beside = [os.path.join(folder, "nshards.txt") for folder in sorted({os.path.dirname(p) for p in source.files})]
-    if source.root is not None:
-        beside += [os.path.join(source.root, name) for name in (CLASSES_FILE, TEMPLATES_FILE, TYPE_FILE)]
-    return list(source.files) + [path for path in beside if os.path.isfile(path)]
-
-
 def _parquet_images(
     parser: argparse.ArgumentParser, args: argparse.Namespace, values: list[str], classes: Optional[list[str]]
 ) -> tuple[ParquetImages, list[str]]:
@@ -1142,13 +1132,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             parser.error(f"argument --images: {error.reason}")
         for line in folder.taken + folder.warnings:
             print(line, file=sys.stderr)
-        refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": shard_dataset_files(folder)})
+        refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": folder.dataset_files})
     elif shards is not None:  # their .cls read and checked, no image, before the checkpoint is loaded
         source, classes = _shard_images(parser, args, shards, classes)
         refuse_overwritten_inputs(
             parser,
             {"--all-probabilities": args.all_probabilities, "--json": args.json},
-            {"--images": shard_dataset_files(source)},
+            {"--images": source.dataset_files},
         )
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if parquet is None and shards is None and classes is not None:
