@@ -1296,6 +1296,8 @@ def test_bad_parquet_or_shard_inputs_are_refused_in_one_line_before_the_classifi
         ([str(tmp_path / "text.parquet")], f"argument --images: {tmp_path / 'text.parquet'} is not a parquet file"),
         ([f"{root}/test/{{0..2}}.tar"], f"argument --images: '{root}/test/2.tar' is not a file (of the pattern"),
         ([*files, "--json", files[0]], "argument --json: expected another file than --images's"),
+        ([str(root), "--json", str(root / "classnames.txt")], "argument --json: expected another file than --images's"),
+        ([str(root), "--json", str(root / "test" / "nshards.txt")], "argument --json: expected another file than"),
         ([str(images), str(images)], "argument --images: expected one image folder, or parquet files, got 2 values"),
     ]
     for argv, message in cases:
@@ -1305,7 +1307,33 @@ def test_bad_parquet_or_shard_inputs_are_refused_in_one_line_before_the_classifi
         assert exit_.value.code == 2 and message in error.splitlines()[-1], (argv, error)
     with pytest.raises(SystemExit):  # a text classifier reads no image
         main(["--checkpoint", str(run), "--images", *files])
-    assert "(modality 'text') reads --text, got --images" in capsys.readouterr().err
+    assert "(modality 'text') reads --text, got parquet --images" in capsys.readouterr().err
+
+
+def test_a_text_classifier_given_parquet_files_or_shards_is_refused_for_its_modality_before_they_are_read(
+    text_run, class_folders, tmp_path, monkeypatch, capsys
+):
+    """The files were read first: given a dataset root, the text classifier said which split it took (every shard's
+    .cls read) before refusing; given a --label-key the files lack, it was refused for the column, not its modality;
+    and the refusal said it got '--images DIR'."""
+    from tests.helpers import hf_parquet_of, wds_of
+
+    run, _, _ = text_run
+    images, names = class_folders
+    files = hf_parquet_of(images, tmp_path / "data", names)
+    root = wds_of(images, tmp_path / "wds_shapes", names)
+    for reader in ("ParquetImages", "WdsImages"):
+        monkeypatch.setattr(f"torchflava.zero_shot.{reader}", lambda *a, **k: pytest.fail("read"))
+    cases = [([str(root)], "tar shard --images"), ([*files, "--label-key", "nope"], "parquet --images")]
+    for argv, given in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(run), "--images", *argv])
+        error = capsys.readouterr().err
+        assert exit_.value.code == 2 and "taken" not in error, error
+        assert error.splitlines()[-1] == (
+            f"python -m torchflava.classify: error: argument --checkpoint: this classifier (modality 'text') reads "
+            f"--text, got {given}"
+        )
 
 
 def test_a_clip_image_classifier_reads_parquet_files_and_shards_as_the_same_images_in_class_folders(

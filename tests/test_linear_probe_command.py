@@ -522,6 +522,14 @@ def test_tar_shard_splits_probe_as_the_same_images_in_class_folders(export, tmp_
             ["--train", splits["train"], "--val", splits["val"], "--val-labels", __file__],
             "argument --val-labels: not with tar",
         ),
+        (  # (a file read, or the dataset's class names, written over by the report)
+            ["--train", splits["train"], "--val", splits["val"], "--json", f"{splits['val']}/0.tar"],
+            "argument --json: expected another file than --val's",
+        ),
+        (
+            ["--train", splits["train"], "--val", splits["val"], "--json", str(root / "classnames.txt")],
+            "argument --json: expected another file than --train's",
+        ),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:

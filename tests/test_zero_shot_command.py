@@ -1777,6 +1777,8 @@ def test_bad_tar_shard_arguments_exit_2_in_one_line_before_the_checkpoint_loads(
         ([str(root), "--folder-order"], "argument --folder-order: not with tar shard --images"),
         ([str(root), "--captions", __file__], "argument --captions: not with tar shard --images"),
         ([str(root), "--json", str(root / "test" / "0.tar")], "argument --json: expected another file than --images's"),
+        ([str(root), "--json", str(root / "classnames.txt")], "argument --json: expected another file than --images's"),
+        ([str(root), "--json", str(root / "test" / "nshards.txt")], "argument --json: expected another file than"),
         (
             [str(bad_template)],
             f"argument --images: {bad_template}/zeroshot_classification_templates.txt: expected one '{{}}' or '{{c}}'",

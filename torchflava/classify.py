@@ -626,7 +626,8 @@ def _image_source(
         source = shard_images_argument(parser, shards)
     else:
         return None
-    refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": source.files})
+    read = source.dataset_files if isinstance(source, WdsImages) else source.files
+    refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": read})
     return source
 
 
@@ -1080,9 +1081,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error(f"argument --images: expected an image folder, got {args.images!r} (not a directory)")
     if args.captions is not None and not Path(args.captions).is_file():
         parser.error(f"argument --captions: expected a captions file, got {args.captions!r} (not a file)")
-    source = _image_source(parser, args, parquet, shards)  # (their labels read and checked, no image)
-    if is_clip_classifier(args.checkpoint):
-        return _main_clip(args, parser, source)
+    if is_clip_classifier(args.checkpoint):  # (an image classifier: parquet files or shards read, labels checked)
+        return _main_clip(args, parser, _image_source(parser, args, parquet, shards))
     args.text = None if args.text is None else _texts(args.text, parser)
     config = classifier_config(args.checkpoint)
     if args.text is not None and config.sentence_pairs:
@@ -1091,11 +1091,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         _refuse_tabs(args.text, parser)
     reads = {"image": "--images DIR", "text": "--text", "multimodal": "--images DIR --captions FILE"}
     given = "multimodal" if args.captions is not None else ("image" if args.images is not None else "text")
-    if given != config.modality:
+    if given != config.modality:  # (before parquet files or shards are read: a text classifier reads none)
+        got = "parquet --images" if parquet is not None else "tar shard --images" if shards is not None else None
         parser.error(
             f"argument --checkpoint: this classifier (modality {config.modality!r}) reads {reads[config.modality]}, "
-            f"got {reads[given]}"
+            f"got {got or reads[given]}"
         )
+    source = _image_source(parser, args, parquet, shards)  # (their labels read and checked, no image)
     try:  # the inputs listed, not read, before the weights are loaded
         folder = _listed_inputs(args) if source is None else source
         keys = {"image_key": args.image_key or "image", "text_key": args.text_key or "caption"}

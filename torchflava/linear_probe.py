@@ -51,7 +51,14 @@ from torchflava.pretrained import (
     command_inputs,
     command_pretrained,
 )
-from torchflava.utils.cli import command_parser, finish_command, output_file, positive_int, run_command
+from torchflava.utils.cli import (
+    command_parser,
+    finish_command,
+    output_file,
+    positive_int,
+    refuse_overwritten_inputs,
+    run_command,
+)
 from torchflava.utils.memory import keep_freed_memory
 
 DEFAULT_BATCH_SIZE = 128  # images encoded at a time (--batch-size)
@@ -239,6 +246,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 f"argument {option}: expected at least 2 {what}, got {len(split[name].classes)} "
                 f"({split[name].classes} in {source!r})"
             )
+    # --json written over a file read (a parquet file, a shard or its dataset's class names, a labels file, the
+    # weights) would lose it: refused before the checkpoint is loaded
+    read = {f"--{name}-labels": [file] for name, file in labels.items()}
+    for name, source in split.items():
+        if isinstance(source, (ParquetImages, WdsImages)):
+            read[f"--{name}"] = source.dataset_files if isinstance(source, WdsImages) else source.files
+    read["--checkpoint"] = [args.checkpoint] if os.path.isfile(args.checkpoint) else []
+    read["--tokenizer"] = [args.tokenizer] if args.tokenizer is not None and os.path.isfile(args.tokenizer) else []
+    refuse_overwritten_inputs(parser, {"--json": args.json}, read)
     pretrained = command_pretrained(args)  # (a weights file alone: its --tokenizer, and --activation)
     skipped, counts = {}, {}  # split -> why each unreadable image was left out; split -> the images probed
     if args.shapes:

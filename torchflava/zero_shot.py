@@ -1132,11 +1132,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             parser.error(f"argument --images: {error.reason}")
         for line in folder.taken + folder.warnings:
             print(line, file=sys.stderr)
-        refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": folder.files})
+        refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": folder.dataset_files})
     elif shards is not None:  # their .cls read and checked, no image, before the checkpoint is loaded
         source, classes = _shard_images(parser, args, shards, classes)
         refuse_overwritten_inputs(
-            parser, {"--all-probabilities": args.all_probabilities, "--json": args.json}, {"--images": source.files}
+            parser,
+            {"--all-probabilities": args.all_probabilities, "--json": args.json},
+            {"--images": source.dataset_files},
         )
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
         if parquet is None and shards is None and classes is not None:

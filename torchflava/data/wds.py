@@ -270,6 +270,15 @@ class _Shards:
         except BadSample as bad:
             raise BadSample(index, f"{self._names[sample]}: {self._reason(bad)}") from None
 
+    @property
+    def dataset_files(self) -> list[str]:
+        """The files these shards are read with: the shards, their folders' ``nshards.txt`` and their dataset root's
+        class names, templates and type, those that exist (files no command's output may be written over)."""
+        beside = [os.path.join(folder, "nshards.txt") for folder in sorted({os.path.dirname(f) for f in self.files})]
+        if self.root is not None:
+            beside += [os.path.join(self.root, name) for name in (CLASSES_FILE, TEMPLATES_FILE, TYPE_FILE)]
+        return self.files + [path for path in beside if os.path.isfile(path)]
+
 
 class WdsImages(_Shards, Dataset):
     """The images of webdataset tar shards, one a sample, and their ``.cls`` class ids; items are
