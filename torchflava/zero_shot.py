@@ -298,10 +298,10 @@ def classify_folder(
     """
     if labels is not None and folder_order:
         raise ValueError("labels and folder_order both say which class an image is of: give one")
-    parquet = isinstance(images_dir, (ParquetImages, WdsImages))  # (images labelled by their class ids)
-    if parquet:
-        _check_parquet_labels(images_dir, len(class_names), labels, folder_order, class_folders)
-    labelled_by_folder = class_folders is not None or folder_order or parquet
+    self_labelled = isinstance(images_dir, (ParquetImages, WdsImages))  # (parquet or shards: rows hold class ids)
+    if self_labelled:
+        _check_self_labelled(images_dir, len(class_names), labels, folder_order, class_folders)
+    labelled_by_folder = class_folders is not None or folder_order or self_labelled
     # the names prompted, once each: where a folder labels each class, two of one name (ImageNet's two cranes) share
     # an embedding, a tie that class_credit counts as such (the real LOC_synset_mapping.txt was refused)
     prompted = (
@@ -320,7 +320,7 @@ def classify_folder(
     scale = pretrained.model.logit_scale.detach().float().exp().cpu()
     check_finite(**{"the checkpoint's exp(logit_scale)": scale})
     # (listed: no image read); a labels file's images are labelled by it, as by their folder
-    if parquet:
+    if self_labelled:
         folder = images_dir
     else:
         folder = (
@@ -342,7 +342,7 @@ def classify_folder(
             files = [folder.relative_path(index) for index, _ in chunk]
             features = image_features(pretrained, [sample.image for _, sample in chunk], batch_size=batch_size)
             check_finite(image_features=features)  # a diverged model predicts nothing
-            if labels is not None or parquet:  # (the labels file's class, matched to a class when it was read)
+            if labels is not None or self_labelled:  # (the labels file's class, matched to a class when it was read)
                 truth = [sample.label for _, sample in chunk]
             elif ordered is not None:
                 truth = [ordered[image_folder(f)] for f in files]
@@ -351,7 +351,7 @@ def classify_folder(
             probabilities = tally.add(files, truth, features, classes, scale)
             rows.write(probabilities)
         if not tally.files:
-            where = f"in {folder.files[0]}..." if parquet else f"under {images_dir}"  # (parquet files or shards)
+            where = f"in {folder.files[0]}..." if self_labelled else f"under {images_dir}"  # (parquet files or shards)
             raise ValueError(f"images: no readable image {where} ({len(skipped)} unreadable)")
         rows.finish()
     top_classes = torch.cat(tally.top_classes)
@@ -424,7 +424,7 @@ class _Tally:
         return out
 
 
-def _check_parquet_labels(
+def _check_self_labelled(
     images: Union[ParquetImages, WdsImages],
     num_classes: int,
     labels: object,
