@@ -767,19 +767,19 @@ COLUMN = (
         (
             "clip",
             (*KARPATHY, "data.files.pairs_split=[train,restvl]"),  # one name the file lacks: its images were dropped
-            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['train', 'restvl'] (split must name splits of the "
+            f"key 'data.files.pairs_split': {SPLIT}, .json, or a .parquet file's split column), got ['train', 'restvl'] (split must name splits of the "
             f"file, 'restvl' is not a split of '{{files}}/dataset_coco.json' ({SPLITS}))",
         ),
         (
             "flava",
             (*KARPATHY, "data.files.pairs_split=[training]"),
-            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['training'] (split must name splits of the file, none "
+            f"key 'data.files.pairs_split': {SPLIT}, .json, or a .parquet file's split column), got ['training'] (split must name splits of the file, none "
             f"of ['training'] is a split of '{{files}}/dataset_coco.json' ({SPLITS}))",
         ),
         (
             "clip",
             (*BLIP, "data.files.pairs_split=[test]"),
-            f"key 'data.files.pairs_split': {SPLIT}, .json), got ['test'] (split is for Karpathy's split files, "
+            f"key 'data.files.pairs_split': {SPLIT}, .json, or a .parquet file's split column), got ['test'] (split is for Karpathy's split files, "
             "'{files}/coco_karpathy_test.json' is a list of captions)",
         ),
         (
