@@ -5,6 +5,8 @@ import re
 
 import torch
 
+from torchflava.models import flava_model_for_pretraining
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -51,10 +53,32 @@ def test_cross_attention_snippet_trains_a_captioner_reading_the_image():
     torch.testing.assert_close(changed[:, :-1], out[:, :-1], atol=1e-6, rtol=0)
 
 
-def test_pretraining_losses_snippet_computes_every_loss_it_names():
+def _small_flava_for_pretraining(**kwargs):
+    """The snippet's builder at FLAVA-full's image grid, vocabularies and codebook ids, narrow and shallow: the
+    snippet's calls and shapes are what is tested (FLAVA-full's numbers are the checkpoint parity tests'), and the
+    full model's step took ~40 s of the suite."""
+    from torchflava.models import flava_model
+    from torchflava.modules.codebook.dalle_vae import dalle_encoder
+
+    backbone = flava_model(
+        **{f"{tower}_{name}": value for tower in ("image", "text", "multimodal") for name, value in SMALL.items()},
+        projection_dim=16,
+    )
+    codebook = dalle_encoder(hidden_dim=8, blocks_per_group=1)
+    return flava_model_for_pretraining(backbone=backbone, codebook=codebook, **kwargs)
+
+
+SMALL = dict(embed_dim=32, num_layers=1, num_heads=2, mlp_dim=64)
+
+
+def test_pretraining_losses_snippet_computes_every_loss_it_names(monkeypatch):
+    import torchflava.models
+
+    monkeypatch.setattr(torchflava.models, "flava_model_for_pretraining", _small_flava_for_pretraining)
     torch.manual_seed(0)
     scope: dict = {}
     exec(compile(section_code("Pretraining losses"), str(README), "exec"), scope)  # our own README
+    assert scope["model"].model.image_encoder.embeddings.proj.weight.shape[:1] == (32,)  # the small one ran
     out = scope["out"]
     named = ("mim", "mlm", "itm", "global_contrastive", "mmm_image", "mmm_text")  # the snippet's comment
     assert set(out.losses._fields) == set(named)
