@@ -1,0 +1,556 @@
+"""Image-classification data in the files torchvision's CIFAR and MNIST-family datasets download.
+
+``torchvision.datasets.CIFAR10(root, download=True)`` leaves ``root/cifar-10-batches-py/``: ``data_batch_1`` ...
+``data_batch_5`` (the train split), ``test_batch`` and ``batches.meta``, each a Python 2 pickle of a dict with
+bytes keys (``b"data"``: a uint8 (N, 3072) array, each row an image's 32 x 32 red, then green, then blue plane;
+``b"labels"``: N class ids; the meta's ``b"label_names"``). ``CIFAR100`` leaves ``root/cifar-100-python/``:
+``train``, ``test`` and ``meta`` alike (``b"fine_labels"``; ``b"fine_label_names"``: the 100 classes, not the 20
+superclasses). ``MNIST``, ``FashionMNIST`` and ``KMNIST`` leave ``root/<that name>/raw/``:
+``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+``t10k-labels-idx1-ubyte`` (idx files: a magic number, big-endian int32 dimensions, then uint8 values), each also
+as the ``.gz`` it was extracted from. :class:`TorchvisionImages` reads them.
+
+The pickles are read by :class:`SafeUnpickler`, which never calls anything a file names: the three globals such a
+file asks for (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``: a numpy array as Python
+2's pickle wrote it) are stood in for by inert objects recording their arguments, from which the array is built
+after the file is read and checked (integer dtypes only, as many bytes as its shape needs); any other global is
+refused, naming the file and the global, before anything is called.
+"""
+
+import gzip
+import math
+import os
+import pickle
+from typing import Any, NamedTuple, Optional, Sequence, Union
+import zlib
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from torchflava.data.finetuning import LabeledSample
+from torchflava.data.readers import check_index, glob_files
+from torchflava.utils.checks import check_path
+
+PathLike = Union[str, os.PathLike]
+CIFAR10_SPLITS = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+CIFAR100_SPLITS = {"train": ("train",), "test": ("test",)}
+MNIST_SPLITS = {"train": "train", "test": "t10k"}  # split -> the stem of its idx files (t10k-images-idx3-ubyte)
+# the folders torchvision downloads into under its root, each a dataset this module reads
+TORCHVISION_FOLDERS = ("cifar-10-batches-py", "cifar-100-python", "MNIST", "FashionMNIST", "KMNIST")
+# the MNIST family's class names, by the folder above raw/ as torchvision names it (the idx files hold none):
+# MNIST's digits as CLIP's and CLIP_benchmark's prompts say them, the others as torchvision's ``classes`` list them
+MNIST_CLASSES = {
+    "MNIST": tuple(str(digit) for digit in range(10)),
+    "FashionMNIST": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+    "KMNIST": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+}
+_INTEGER_CODES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")  # the dtypes an array of these files may have
+_IMAGES, _LABELS = (0x08, 3), (0x08, 1)  # an idx file's (type code: unsigned byte, dimensions)
+
+
+class TorchvisionFilesError(ValueError):
+    """A refusal of :class:`TorchvisionImages`; ``argument`` is the argument that answers for it: ``"paths"`` or
+    ``"classes"``."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"{argument}: {message}")
+        self.argument = argument
+        self.reason = message
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global :class:`SafeUnpickler` does not admit (its message names it)."""
+
+
+class _Ndarray:
+    """Stands for ``numpy.ndarray`` in a pickle: only :func:`_reconstruct` takes it."""
+
+
+class _DtypeArgs:
+    """Stands for the ``numpy.dtype`` a pickle builds: its type code and the state given to it."""
+
+    def __init__(self, code: Any, align: Any = 0, copy: Any = 1) -> None:
+        self.code = code
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _ArrayArgs:
+    """Stands for the array ``numpy.core.multiarray._reconstruct`` makes: the state given to it (version, shape,
+    dtype, Fortran order, raw bytes), turned into an array by :func:`_array` once the file is read."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _ArrayArgs:
+    if subtype is not _Ndarray:  # (numpy's own pickles pass ndarray; a subclass would be another global)
+        raise pickle.UnpicklingError(f"expected numpy.ndarray to be reconstructed, got {subtype!r}")
+    return _ArrayArgs()
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """A pickle reader that calls nothing a file names: ``find_class`` admits only the globals of a numpy array
+    as Python 2 pickled it, given as inert stand-ins (:class:`_ArrayArgs`; :func:`load_pickle` makes the arrays);
+    any other raises ``pickle.UnpicklingError`` naming it. Bytes stay bytes (``encoding="bytes"``)."""
+
+    ADMITTED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): _Ndarray,
+        ("numpy", "dtype"): _DtypeArgs,
+    }
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, encoding="bytes")
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.ADMITTED.get((module, name))
+        if found is None:
+            raise _Refused(
+                f"refused to load the global {module}.{name} (these files hold numpy arrays, lists, numbers and "
+                "strings only: nothing in them was run)"
+            )
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError(f"refused a persistent id ({pid!r})")
+
+
+def _array(value: _ArrayArgs) -> np.ndarray:
+    """The array a pickle's stand-in records: an integer dtype and exactly the bytes its shape needs, else
+    ValueError saying what is wrong."""
+    state = value.state
+    if isinstance(state, tuple) and len(state) == 5:
+        state = state[1:]  # (version 1: the version first)
+    if not isinstance(state, tuple) or len(state) != 4:
+        raise ValueError(f"an array's state is not numpy's (shape, dtype, order, data), got {type(state).__name__}")
+    shape, dtype, fortran, raw = state
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"an array's shape is not a tuple of sizes, got {shape!r}")
+    code = dtype.code.decode("latin-1") if isinstance(dtype, _DtypeArgs) and isinstance(dtype.code, bytes) else None
+    code = dtype.code if code is None and isinstance(dtype, _DtypeArgs) else code
+    order = dtype.state[1] if isinstance(dtype, _DtypeArgs) and isinstance(dtype.state, tuple) else None
+    order = order.decode("latin-1") if isinstance(order, bytes) else order
+    if code not in _INTEGER_CODES or order not in ("|", "<", ">", "="):
+        raise ValueError(f"expected an array of integers, got dtype {code!r} (byte order {order!r})")
+    kind = np.dtype(("|" if code in ("u1", "i1") else order) + code)
+    if not isinstance(raw, bytes) or len(raw) != math.prod(shape) * kind.itemsize:
+        size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
+        raise ValueError(f"an array of shape {shape} and dtype {code} holds {size} bytes of data")
+    return np.frombuffer(raw, dtype=kind).reshape(shape, order="F" if fortran else "C")
+
+
+def _arrays(value: Any) -> Any:
+    """``value`` with the arrays its stand-ins record made (in a dict's values, a list's items)."""
+    if isinstance(value, _ArrayArgs):
+        return _array(value)
+    if isinstance(value, dict):
+        return {key: _arrays(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_arrays(item) for item in value]
+    if isinstance(value, _DtypeArgs) or callable(value):
+        raise ValueError(f"a {type(value).__name__} stands where data belongs")
+    return value
+
+
+def load_pickle(path: str) -> dict:
+    """The dict a CIFAR pickle holds, its keys as str (Python 2 wrote them as bytes), read by
+    :class:`SafeUnpickler`; TorchvisionFilesError (``paths``) in one line naming the file where it refuses a
+    global, the file is damaged (truncated, not a pickle) or it holds no dict."""
+    try:
+        with open(path, "rb") as handle:
+            value = _arrays(SafeUnpickler(handle).load())
+    except _Refused as error:
+        raise TorchvisionFilesError("paths", f"{path}: {error}") from None
+    except Exception as error:  # (a damaged file: whatever it raises, it is this file's fault, said in one line)
+        reason = " ".join(str(error).split()) or "no detail"
+        raise TorchvisionFilesError(
+            "paths", f"{path} is not a readable CIFAR pickle ({type(error).__name__}: {reason})"
+        ) from None
+    if not isinstance(value, dict):
+        raise TorchvisionFilesError("paths", f"{path}: expected a pickled dict, got {type(value).__name__}")
+    return {key.decode("latin-1") if isinstance(key, bytes) else key: item for key, item in value.items()}
+
+
+def _read_idx(path: str, expected: tuple[int, int]) -> np.ndarray:
+    """The uint8 array of an idx file (``.gz`` or not) with ``expected`` (type code, dimensions);
+    TorchvisionFilesError (``paths``) naming the file where its magic or size is wrong or it does not read."""
+    try:
+        with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as handle:
+            magic = handle.read(4)
+            if len(magic) == 4 and magic[:2] == b"\0\0" and (magic[2], magic[3]) == expected:
+                dims = [int.from_bytes(handle.read(4), "big") for _ in range(expected[1])]
+                data = _read_up_to(handle, math.prod(dims))
+                extra = handle.read(1)
+    except (OSError, EOFError, zlib.error) as error:  # (gzip.BadGzipFile is an OSError)
+        kind = "zlib.error" if isinstance(error, zlib.error) else type(error).__name__  # (zlib's is named error)
+        raise TorchvisionFilesError("paths", f"{path} does not read ({kind}: {error})") from None
+    what = "images" if expected == _IMAGES else "labels"
+    if len(magic) != 4 or magic[:2] != b"\0\0" or (magic[2], magic[3]) != expected:
+        raise TorchvisionFilesError(
+            "paths",
+            f"{path}: expected an idx file of {what} (magic 0x0000{expected[0]:02X}{expected[1]:02X}), got magic "
+            f"0x{magic.hex().upper() or 'nothing'}",
+        )
+    if len(data) != math.prod(dims) or extra:
+        size = f"{len(data)} bytes" if not extra else "more bytes"
+        raise TorchvisionFilesError(
+            "paths", f"{path}: its header gives {what} of shape {tuple(dims)}, {math.prod(dims)} bytes; it holds {size}"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _read_up_to(handle: Any, size: int) -> bytes:
+    """Up to ``size`` bytes of ``handle``, a chunk at a time: a header claiming more than the file holds costs what
+    the file holds, not an allocation of the size it claims."""
+    chunks, left = [], size
+    while left > 0:
+        chunk = handle.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class _Dataset(NamedTuple):
+    kind: str  # "CIFAR-10", "CIFAR-100" or "MNIST" (the family)
+    folder: str  # the folder of its files (cifar-10-batches-py, MNIST/raw)
+
+
+def _dataset_at(folder: str) -> Optional[_Dataset]:
+    """The torchvision dataset whose files lie in ``folder`` itself, or None."""
+    if os.path.isfile(os.path.join(folder, "batches.meta")):
+        return _Dataset("CIFAR-10", folder)
+    if os.path.isfile(os.path.join(folder, "meta")) and any(
+        os.path.isfile(os.path.join(folder, name)) for name in ("train", "test")
+    ):
+        return _Dataset("CIFAR-100", folder)
+    if any(_mnist_part(name) is not None for name in _listdir(folder)):
+        return _Dataset("MNIST", folder)
+    return None
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+def _mnist_part(name: str) -> Optional[str]:
+    """The split (``train``/``test``) an MNIST-family file name is of (images or labels, ``.gz`` or not), or None."""
+    for split, stem in MNIST_SPLITS.items():
+        for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            if name in (f"{stem}-{part}", f"{stem}-{part}.gz"):
+                return split
+    return None
+
+
+def _datasets_in(folder: str) -> list[_Dataset]:
+    """The datasets a folder given names: its own files, else its ``raw/``'s (MNIST's folder), else those of its
+    sub-folders named as torchvision names them (torchvision's root; several: each)."""
+    here = _dataset_at(folder)
+    if here is not None:
+        return [here]
+    raw = _dataset_at(os.path.join(folder, "raw"))
+    if raw is not None and raw.kind == "MNIST":
+        return [raw]
+    found = []
+    for name in TORCHVISION_FOLDERS:
+        sub = os.path.join(folder, name)
+        dataset = _dataset_at(sub) or _dataset_at(os.path.join(sub, "raw"))
+        if dataset is not None:
+            found.append(dataset)
+    return found
+
+
+def _file_part(path: str) -> Optional[tuple[_Dataset, str]]:
+    """(dataset, the part it is: a CIFAR batch's name, an MNIST split) of a file of a torchvision dataset, or None."""
+    folder, name = os.path.split(os.path.abspath(path))
+    dataset = _dataset_at(folder)
+    if dataset is None:
+        return None
+    if dataset.kind == "CIFAR-10" and name in CIFAR10_SPLITS["train"] + CIFAR10_SPLITS["test"]:
+        return dataset, name
+    if dataset.kind == "CIFAR-100" and name in ("train", "test"):
+        return dataset, name
+    if dataset.kind == "MNIST" and _mnist_part(name) is not None:
+        return dataset, _mnist_part(name)
+    return None
+
+
+def _expanded(value: PathLike) -> list[str]:
+    text = check_path("paths", value)
+    if not os.path.exists(text) and any(char in text for char in "*?["):
+        return glob_files(text)
+    return [text]
+
+
+def is_torchvision_files(value: PathLike) -> bool:
+    """Whether a path given for images names torchvision's CIFAR or MNIST-family files: their folder (or MNIST's
+    folder holding ``raw/``, or torchvision's root holding such folders), one of their split files
+    (``test_batch``, ``t10k-images-idx3-ubyte``), or a glob pattern of them (``data_batch_*``)."""
+    for path in _expanded(value):
+        if os.path.isdir(path) and _datasets_in(path):
+            return True
+        if os.path.isfile(path) and _file_part(path) is not None:
+            return True
+    return False
+
+
+class TorchvisionSplit(NamedTuple):
+    """What ``--images``-style values name: the dataset, its parts read (CIFAR batch files by name, MNIST splits),
+    and where a folder's test split was taken, the sentence saying so."""
+
+    dataset: _Dataset
+    parts: list[str]
+    taken: Optional[str]
+
+
+def torchvision_split(paths: Union[PathLike, Sequence[PathLike]]) -> TorchvisionSplit:
+    """The dataset and parts ``paths`` name: one folder (its test split, saying so), or files of one dataset's
+    folder (``data_batch_1`` ... ``data_batch_4``; an MNIST split's images or labels file, ``.gz`` or not) or glob
+    patterns of them; TorchvisionFilesError (``paths``) where a value names none, a folder several datasets, or the
+    files are of two datasets or a folder is given beside files."""
+    values = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise TypeError(f"paths must be a path, a glob pattern or a list of them, got {paths!r}")
+    expanded = [path for value in values for path in _expanded(value)]
+    folders = [path for path in expanded if os.path.isdir(path)]
+    if folders:
+        if len(expanded) > 1:
+            raise TorchvisionFilesError(
+                "paths",
+                f"expected one dataset folder or split files, got the folder {folders[0]} among {len(expanded)} paths",
+            )
+        found = _datasets_in(folders[0])
+        if len(found) != 1:
+            shown = ", ".join(os.path.relpath(d.folder, folders[0]) for d in found) or "none"
+            raise TorchvisionFilesError(
+                "paths", f"{folders[0]} holds {len(found)} torchvision datasets ({shown}): give one's folder"
+            )
+        dataset = found[0]
+        parts = list(CIFAR10_SPLITS["test"]) if dataset.kind == "CIFAR-10" else ["test"]
+        train = (
+            "data_batch_1..5" if dataset.kind == "CIFAR-10" else "train" if dataset.kind == "CIFAR-100" else "train-*"
+        )
+        test = "test_batch" if dataset.kind == "CIFAR-10" else "test" if dataset.kind == "CIFAR-100" else "t10k-*"
+        taken = f"the test split of {dataset.folder} ({test}) taken (its train split: its {train} files)"
+        return TorchvisionSplit(dataset, parts, taken)
+    dataset, parts = None, []
+    for path in expanded:
+        found = _file_part(path) if os.path.isfile(path) else None
+        if found is None:
+            raise TorchvisionFilesError(
+                "paths",
+                f"expected a CIFAR or MNIST folder as torchvision downloads it, or its split files (test_batch, "
+                f"t10k-images-idx3-ubyte), got {path!r}",
+            )
+        if dataset is not None and found[0] != dataset:
+            raise TorchvisionFilesError(
+                "paths", f"expected the files of one dataset, got files of {dataset.folder} and of {found[0].folder}"
+            )
+        dataset = found[0]
+        parts += [] if found[1] in parts else [found[1]]
+    order = list(CIFAR10_SPLITS["train"] + CIFAR10_SPLITS["test"]) + ["train", "test"]
+    return TorchvisionSplit(dataset, sorted(parts, key=order.index), None)
+
+
+class TorchvisionImages(Dataset):
+    """The images of torchvision's CIFAR-10, CIFAR-100 or MNIST-family files (see the module's docstring) and their
+    class ids; items are :class:`~torchflava.data.finetuning.LabeledSample` ``(image, None, class id)``, the image
+    a 32 x 32 (CIFAR) or 28 x 28 (MNIST, grey given as RGB) PIL RGB image, as
+    :class:`~torchflava.data.parquet.ParquetImages`' are.
+
+    Every file of the split is read and checked at construction (CIFAR-10's train split: 150 MB held): the CIFAR
+    pickles by :class:`SafeUnpickler`, which runs nothing a file names. An item's name (:meth:`relative_path`) is its
+    file's and its row's: ``test_batch[0017]``, ``t10k-images-idx3-ubyte[0017]``.
+
+    The class names: CIFAR's meta file's (``batches.meta``'s ``label_names``; ``meta``'s ``fine_label_names``, the
+    100 classes). The idx files name none: an MNIST-family folder is known by the name torchvision gives the folder
+    above ``raw/``: ``MNIST`` (the digits ``"0"`` ... ``"9"``; torchvision's ``classes`` say ``"0 - zero"``),
+    ``FashionMNIST`` and ``KMNIST`` (torchvision's names, :data:`MNIST_CLASSES`); under another name :attr:`classes`
+    is None unless ``classes`` gives them.
+
+    Args:
+        paths (Union[PathLike, Sequence[PathLike]]): the dataset's folder (``cifar-10-batches-py``, ``MNIST/raw`` or
+            ``MNIST``, or torchvision's root holding one of them): its test split, :attr:`taken` saying so; or files
+            of one dataset (``data_batch_1``, ``test_batch``, ``cifar-100-python/train``,
+            ``t10k-images-idx3-ubyte(.gz)`` or its labels file: that split), glob patterns of them, or a list.
+        classes (Optional[Sequence[str]]): class names in id order, instead of the dataset's; as many as the meta
+            file names (CIFAR), at least 10 (MNIST).
+
+    Raises:
+        TypeError: if ``paths`` is not a path or a list of them.
+        TorchvisionFilesError: (a ValueError naming the argument that answers for it) if a path names none of these
+            files, a folder holds several datasets, a file of the split is absent, damaged (truncated, not a pickle,
+            a wrong idx magic or size), holds images of another shape or another number of labels than images, or a
+            pickle names any global but a numpy array's; if a label is negative or past the classes, or
+            ``classes`` has another number of names than the meta file (all when constructed).
+    """
+
+    item_noun = "an image"
+
+    def __init__(self, paths: Union[PathLike, Sequence[PathLike]], *, classes: Optional[Sequence[str]] = None) -> None:
+        split = torchvision_split(paths)
+        self.kind, self.root = split.dataset
+        self.taken = [] if split.taken is None else [split.taken]  # the sentence saying a folder's split was taken
+        self.warnings: list[str] = []
+        self._images: list[np.ndarray] = []  # per file: (N, H, W, 3) or (N, H, W) uint8
+        self.labels: list[int] = []
+        self._names: list[tuple[str, int]] = []  # per file: its name, its rows
+        self._label_files: list[str] = []  # per file: the file its labels were read from
+        if self.kind == "MNIST":
+            names = MNIST_CLASSES.get(os.path.basename(os.path.dirname(os.path.abspath(self.root))))
+            self._read_mnist(split.parts)
+            meta = None
+        else:
+            meta, names = self._read_cifar(split.parts)
+        if classes is not None:
+            if names is not None and meta is not None and len(classes) != len(names):
+                raise TorchvisionFilesError(
+                    "classes", f"expected the {len(names)} classes of {meta}, got {len(classes)} names"
+                )
+            names = classes
+        self.classes = None if names is None else list(names)
+        self._meta = meta
+        bound = 10 if self.classes is None else len(self.classes)  # (the MNIST family's 10 classes)
+        for (_, rows), start, file in zip(self._names, self._starts(), self._label_files):
+            for row in range(rows):
+                label = self.labels[start + row]
+                if not 0 <= label < bound:
+                    which = f"the {bound} classes" + (f" of {meta}" if meta is not None and classes is None else "")
+                    raise TorchvisionFilesError(
+                        "classes" if classes is not None else "paths",
+                        f"expected class ids among {which}, 0..{bound - 1}, got {label} at row {row} of {file}",
+                    )
+
+    def _starts(self) -> list[int]:
+        starts, total = [], 0
+        for _, rows in self._names:
+            starts.append(total)
+            total += rows
+        return starts
+
+    def _read_cifar(self, parts: list[str]) -> tuple[str, Optional[list[str]]]:
+        """Read the CIFAR batch files ``parts``; (the meta file, its class names)."""
+        ten = self.kind == "CIFAR-10"
+        meta = os.path.join(self.root, "batches.meta" if ten else "meta")
+        names_key, labels_key = ("label_names", "labels") if ten else ("fine_label_names", "fine_labels")
+        read = load_pickle(meta)
+        names = read.get(names_key)
+        if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names) or not names:
+            raise TorchvisionFilesError("paths", f"{meta}: expected {names_key!r}, a list of class names")
+        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
+        for part in parts:
+            path = os.path.join(self.root, part)
+            if not os.path.isfile(path):
+                raise TorchvisionFilesError("paths", f"{path} is absent (a {self.kind} split file)")
+            batch = load_pickle(path)
+            data, labels = batch.get("data"), batch.get(labels_key)
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+                got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+                raise TorchvisionFilesError(
+                    "paths", f"{path}: expected 'data' a uint8 (N, 3072) array (32 x 32 RGB planes), got {got}"
+                )
+            if isinstance(labels, np.ndarray) and labels.ndim == 1:
+                labels = labels.tolist()
+            if not isinstance(labels, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+                raise TorchvisionFilesError("paths", f"{path}: expected {labels_key!r}, a list of class ids")
+            if len(labels) != len(data):
+                raise TorchvisionFilesError(
+                    "paths", f"{path}: expected a label for each of its {len(data)} images, got {len(labels)} labels"
+                )
+            self._images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # (N, H, W, C), as torchvision
+            self.labels += labels
+            self._names.append((part, len(data)))
+            self._label_files.append(path)
+        return meta, names
+
+    def _read_mnist(self, parts: list[str]) -> None:
+        """Read the MNIST-family splits ``parts``: each its images and labels file, uncompressed where present
+        (torchvision keeps the ``.gz`` beside it), else the ``.gz``."""
+        for split in parts:
+            found = []
+            for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+                name = f"{MNIST_SPLITS[split]}-{part}"
+                path = next(
+                    (p for p in (os.path.join(self.root, n) for n in (name, name + ".gz")) if os.path.isfile(p)), None
+                )
+                if path is None:
+                    raise TorchvisionFilesError("paths", f"{os.path.join(self.root, name)} (or .gz) is absent")
+                found.append(path)
+            images, labels = _read_idx(found[0], _IMAGES), _read_idx(found[1], _LABELS)
+            if len(images) != len(labels):
+                raise TorchvisionFilesError(
+                    "paths",
+                    f"{found[1]}: expected a label for each of the {len(images)} images of {found[0]}, got "
+                    f"{len(labels)} labels",
+                )
+            self._images.append(images)
+            self.labels += labels.tolist()
+            self._names.append((os.path.basename(found[0]), len(images)))
+            self._label_files.append(found[1])
+
+    @property
+    def files(self) -> list[str]:
+        """The split's files read, absolute paths in the order of their rows (an MNIST split: its images file)."""
+        return [os.path.abspath(os.path.join(self.root, name)) for name, _ in self._names]
+
+    @property
+    def dataset_files(self) -> list[str]:
+        """Every file these images are read with: the split's (an MNIST split's labels file too) and CIFAR's meta
+        file (files no command's output may be written over)."""
+        read = list(self.files)
+        if self.kind == "MNIST":
+            read += [path.replace("-images-idx3-ubyte", "-labels-idx1-ubyte") for path in self.files]
+        if self._meta is not None:
+            read.append(os.path.abspath(self._meta))
+        return read
+
+    @property
+    def empty_classes(self) -> list[str]:
+        """The classes no image is labelled with."""
+        present = set(self.labels)
+        return [name for i, name in enumerate(self.classes or ()) if i not in present]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _where(self, index: int) -> tuple[int, int]:
+        for file, ((_, rows), start) in enumerate(zip(self._names, self._starts())):
+            if index < start + rows:
+                return file, index - start
+        raise AssertionError(index)  # (check_index bounds it)
+
+    def relative_path(self, index: int) -> str:
+        """Item ``index``'s name: its file's and its row's, ``test_batch[0017]`` (zero-padded: names sort in row
+        order)."""
+        file, row = self._where(check_index(index, len(self)))
+        name, rows = self._names[file]
+        return f"{name}[{row:0{len(str(max(rows - 1, 0)))}d}]"
+
+    def __getitem__(self, index: int) -> LabeledSample:
+        index = check_index(index, len(self))
+        file, row = self._where(index)
+        pixels = np.ascontiguousarray(self._images[file][row])
+        image = Image.fromarray(pixels).convert("RGB")  # ((H, W, 3) uint8: RGB; (H, W): grey, L)
+        return LabeledSample(image, None, self.labels[index])
