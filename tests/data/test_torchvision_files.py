@@ -373,6 +373,11 @@ def test_damaged_cifar_files_are_refused_in_one_line(tmp_path, damage, message):
             r"t10k-images-idx3-ubyte: its header gives images of shape \(3, 28, 28\), 2352 bytes; it holds 2000 bytes",
         ),
         (
+            "claims more",
+            r"t10k-images-idx3-ubyte: its header gives images of shape \(2147483647, 28, 28\), 1683627179248 bytes; "
+            r"it holds 2352 bytes",
+        ),
+        (
             "longer",
             r"t10k-images-idx3-ubyte: its header gives images of shape \(3, 28, 28\), 2352 bytes; it holds more bytes",
         ),
