@@ -431,3 +431,30 @@ def test_bad_values_name_the_argument(tmp_path):
     with pytest.raises(TypeError, match="paths must be a path"):
         TorchvisionImages([])
     assert os.path.isdir(folder)
+
+
+def cifar_of(
+    folder: Path, root: Path, names: list[str], batches: Sequence[str] = ("test_batch", "data_batch_1")
+) -> Path:
+    """The readable 32 x 32 images of ``folder``'s class sub-folders (in ImageFolder's order) as a CIFAR-10 folder,
+    ``root`` (``cifar-10-batches-py``): each of its ``batches`` files of them, labelled by their folder's place in
+    ``names``, and ``batches.meta`` naming ``names``; returns ``root``."""
+    from torchflava.data.readers import ImageFolder
+
+    listed = ImageFolder(folder)
+    rows, labels = [], []
+    for index in range(len(listed)):
+        path = listed.relative_path(index)
+        try:
+            image = Image.open(folder / path).convert("RGB")
+        except OSError:
+            continue
+        assert image.size == (32, 32)
+        rows.append(np.asarray(image).transpose(2, 0, 1).reshape(-1))  # (3072,): the R, G, B planes
+        labels.append(names.index(path.split("/")[0]))
+    root.mkdir(parents=True, exist_ok=True)
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": labels, b"data": np.stack(rows)}
+    for name in batches:
+        (root / name).write_bytes(py2_pickle(batch))
+    (root / "batches.meta").write_bytes(py2_pickle({b"label_names": [n.encode() for n in names]}))
+    return root

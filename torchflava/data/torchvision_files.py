@@ -388,7 +388,8 @@ class TorchvisionImages(Dataset):
     100 classes). The idx files name none: an MNIST-family folder is known by the name torchvision gives the folder
     above ``raw/``: ``MNIST`` (the digits ``"0"`` ... ``"9"``; torchvision's ``classes`` say ``"0 - zero"``),
     ``FashionMNIST`` and ``KMNIST`` (torchvision's names, :data:`MNIST_CLASSES`); under another name :attr:`classes`
-    is None unless ``classes`` gives them.
+    is None unless ``classes`` gives them. :attr:`classes_from` says where they come from (the meta file,
+    ``torchvision's FashionMNIST``, ``classes``; None for none).
 
     Args:
         paths (Union[PathLike, Sequence[PathLike]]): the dataset's folder (``cifar-10-batches-py``, ``MNIST/raw`` or
@@ -419,17 +420,20 @@ class TorchvisionImages(Dataset):
         self._names: list[tuple[str, int]] = []  # per file: its name, its rows
         self._label_files: list[str] = []  # per file: the file its labels were read from
         if self.kind == "MNIST":
-            names = MNIST_CLASSES.get(os.path.basename(os.path.dirname(os.path.abspath(self.root))))
+            family = os.path.basename(os.path.dirname(os.path.abspath(self.root)))
+            names = MNIST_CLASSES.get(family)
             self._read_mnist(split.parts)
             meta = None
         else:
             meta, names = self._read_cifar(split.parts)
+        # where the class names come from, for messages: the meta file, or the folder's name
+        self.classes_from = meta if meta is not None else f"torchvision's {family}" if names is not None else None
         if classes is not None:
             if names is not None and meta is not None and len(classes) != len(names):
                 raise TorchvisionFilesError(
                     "classes", f"expected the {len(names)} classes of {meta}, got {len(classes)} names"
                 )
-            names = classes
+            names, self.classes_from = classes, "classes"
         self.classes = None if names is None else list(names)
         self._meta = meta
         bound = 10 if self.classes is None else len(self.classes)  # (the MNIST family's 10 classes)
