@@ -319,6 +319,29 @@ def test_admitted_globals_cannot_be_turned_to_other_use(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "build",
+    [
+        b"cnumpy\nndarray\nN}X\x05\x00\x00\x00_callcnumpy\ndtype\ns\x86b.",  # (BUILD's slot state: setattr)
+        b"cnumpy\ndtype\n}X\x05\x00\x00\x00_callK\x01sb.",  # (BUILD's dict state: the __dict__ updated)
+        b"cnumpy.core.multiarray\n_reconstruct\nN}X\x08\x00\x00\x00__code__K\x01s\x86b.",
+    ],
+)
+def test_a_pickle_cannot_change_what_the_next_file_is_read_with(tmp_path, build):
+    """BUILD on an admitted global set attributes on it: on a class or function given out, a change every later
+    file would be read with."""
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    (folder / "data_batch_1").write_bytes(b"\x80\x02" + build)
+    with pytest.raises(TorchvisionFilesError, match=r"data_batch_1 is not a readable CIFAR pickle \(AttributeError: "):
+        TorchvisionImages(folder / "data_batch_1")
+    assert all(
+        getattr(found, "_call", None) is not None
+        for (_, name), found in SafeUnpickler.ADMITTED.items()
+        if name != "ndarray"
+    )
+    assert TorchvisionImages(folder / "data_batch_2").labels == [1, 2]
+
+
+@pytest.mark.parametrize(
     "damage, message",
     [
         ("truncated", r"test_batch is not a readable CIFAR pickle \((EOFError|UnpicklingError): "),

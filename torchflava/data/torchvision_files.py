@@ -74,12 +74,11 @@ class _Refused(pickle.UnpicklingError):
     """A global :class:`SafeUnpickler` does not admit (its message names it)."""
 
 
-class _Ndarray:
-    """Stands for ``numpy.ndarray`` in a pickle: only :func:`_reconstruct` takes it."""
-
-
 class _DtypeArgs:
-    """Stands for the ``numpy.dtype`` a pickle builds: its type code and the state given to it."""
+    """Stands for the ``numpy.dtype`` a pickle builds: its type code and the state given to it (slots: a file's
+    BUILD sets nothing else on it)."""
+
+    __slots__ = ("code", "state")
 
     def __init__(self, code: Any, align: Any = 0, copy: Any = 1) -> None:
         self.code = code
@@ -93,6 +92,8 @@ class _ArrayArgs:
     """Stands for the array ``numpy.core.multiarray._reconstruct`` makes: the state given to it (version, shape,
     dtype, Fortran order, raw bytes), turned into an array by :func:`_array` once the file is read."""
 
+    __slots__ = ("state",)
+
     def __init__(self) -> None:
         self.state: Any = None
 
@@ -100,10 +101,37 @@ class _ArrayArgs:
         self.state = state
 
 
+class _StandIn:
+    """What a global :class:`SafeUnpickler` admits stands for: ``numpy.ndarray`` (``call`` None: only
+    ``_reconstruct``'s argument), ``numpy.dtype`` (:class:`_DtypeArgs`) or ``_reconstruct`` (:func:`_reconstruct`).
+    An instance without attributes of its own (empty slots), so that a file's BUILD naming it can change nothing
+    for the next file read (a class or a function given out would take the attributes it sets)."""
+
+    __slots__ = ("_call", "_name")
+
+    def __init__(self, name: str, call: Any) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_call", call)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{self._name} takes no attribute")
+
+    def __call__(self, *args: Any) -> Any:
+        if self._call is None:
+            raise TypeError(f"{self._name} is not called by these files")
+        return self._call(*args)
+
+    def __repr__(self) -> str:
+        return self._name
+
+
 def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _ArrayArgs:
-    if subtype is not _Ndarray:  # (numpy's own pickles pass ndarray; a subclass would be another global)
+    if subtype is not _NDARRAY:  # (numpy's own pickles pass ndarray; a subclass would be another global)
         raise pickle.UnpicklingError(f"expected numpy.ndarray to be reconstructed, got {subtype!r}")
     return _ArrayArgs()
+
+
+_NDARRAY = _StandIn("numpy.ndarray", None)
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -112,9 +140,9 @@ class SafeUnpickler(pickle.Unpickler):
     any other raises ``pickle.UnpicklingError`` naming it. Bytes stay bytes (``encoding="bytes"``)."""
 
     ADMITTED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): _Ndarray,
-        ("numpy", "dtype"): _DtypeArgs,
+        ("numpy.core.multiarray", "_reconstruct"): _StandIn("numpy.core.multiarray._reconstruct", _reconstruct),
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _StandIn("numpy.dtype", _DtypeArgs),
     }
 
     def __init__(self, file: Any) -> None:
@@ -165,7 +193,7 @@ def _arrays(value: Any) -> Any:
         return {key: _arrays(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_arrays(item) for item in value]
-    if isinstance(value, _DtypeArgs) or callable(value):
+    if isinstance(value, (_DtypeArgs, _StandIn)) or callable(value):
         raise ValueError(f"a {type(value).__name__} stands where data belongs")
     return value
 
