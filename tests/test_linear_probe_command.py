@@ -553,7 +553,7 @@ def test_torchvision_cifar_splits_probe_as_the_same_images_in_class_folders(expo
     """torchvision's cifar-10-batches-py, its data_batch_1 the train split, data_batch_2 the val split and test_batch
     the test split: the classes of its batches.meta, the features and labels of the class folders given to the probe,
     bit for bit (the probe, tested with folders, not fitted here: it took 6 s)."""
-    from tests.data.test_torchvision_files import cifar_of, write_mnist
+    from tests.data.test_torchvision_files import cifar_of, write_cifar100, write_mnist
 
     given = []
 
@@ -580,20 +580,39 @@ def test_torchvision_cifar_splits_probe_as_the_same_images_in_class_folders(expo
     assert len(given) == 2 and len(given[0][0][1]) > 10  # (train, val, test) of each run; train's labels
     for ours, theirs in zip(given[1], given[0]):  # (train, val, test): features and labels
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    # CIFAR-100's train split is one file: its rows give --train and --val
+    hundred = write_cifar100(tmp_path / "cifar-100-python")
+    rows = command.main(
+        ["--checkpoint", str(export), "--train", f"{hundred}/train[:3]", "--val", f"{hundred}/train[3:]"]
+        + ["--test", str(hundred / "test")]
+    )
+    assert rows["num_inputs"] == {"train": 3, "val": 2, "test": 3} and len(rows["classes"]) == 100
+    assert given[-1][0][1].tolist() == [97, 0, 3]  # (train's labels: rows 0..2 of the file)
     monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
     batches = ["--train", str(root / "data_batch_1"), "--val", str(root / "data_batch_2")]
     raw = write_mnist(tmp_path / "mnist")
     cases = [
         (
             ["--train", str(root / "data_batch_1"), "--val", str(root / "data_batch_1")],
-            "argument --val: expected other files than --train's",
+            f"argument --val: expected other images than --train's, got rows 0..15 of {root}/data_batch_1 (the splits "
+            "must not share images)",
         ),
         (
             ["--train", str(root), "--val", str(root / "data_batch_2")],
             f"argument --train: expected a split's files, got the dataset folder {root}: give its files, e.g. "
-            "data_batch_1 ... data_batch_4",
+            "data_batch_1 ... data_batch_4, and data_batch_5 for --val",
         ),
         ([*batches, "--val-labels", __file__], "argument --val-labels: not with torchvision's --val"),
+        (
+            ["--train", f"{hundred}/train[:3]", "--val", f"{hundred}/train[2:]"],
+            f"argument --val: expected other images than --train's, got rows 2..2 of {hundred}/train (the splits "
+            "must not share images)",
+        ),
+        (
+            ["--train", str(hundred), "--val", f"{hundred}/train[2:]"],
+            f"argument --train: expected a split's files, got the dataset folder {hundred}: give its files, e.g. "
+            "'train[:45000]', and 'train[45000:]' for --val",
+        ),
         ([*batches, "--json", str(root / "data_batch_2")], "argument --json: expected another file than --val's"),
         ([*batches, "--json", str(root / "batches.meta")], "argument --json: expected another file than --train's"),
         (

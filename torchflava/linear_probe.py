@@ -6,6 +6,7 @@
     python -m torchflava.linear_probe --checkpoint DIR --train imagenet/train --val VAL --test imagenet/val --test-labels LOC_val_solution.csv
     python -m torchflava.linear_probe --checkpoint DIR --train food101/data/train-*.parquet --val VAL.parquet --test food101/data/validation-*.parquet
     python -m torchflava.linear_probe --checkpoint DIR --train cifar-10-batches-py/data_batch_{1,2,3,4} --val cifar-10-batches-py/data_batch_5 --test cifar-10-batches-py/test_batch
+    python -m torchflava.linear_probe --checkpoint DIR --train 'cifar-100-python/train[:45000]' --val 'cifar-100-python/train[45000:]' --test cifar-100-python/test
     python -m torchflava.linear_probe --checkpoint file:///models/flava-full --shapes --batch-size 32
     python -m torchflava.linear_probe --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --shapes
 
@@ -23,8 +24,9 @@ Hub serves a dataset (a glob, a folder of them or several files: images and clas
 training split's ``ClassLabel``; ``--image-key``/``--label-key`` name other columns; needs pyarrow), or tar shards as
 CLIP_benchmark serves a dataset (a split's folder, ``wds_cifar10/train``), or the split files torchvision's CIFAR-10/100
 and MNIST-family datasets download (``cifar-10-batches-py/data_batch_1``..., ``cifar-100-python/train``,
-``MNIST/raw/train-images-idx3-ubyte``: a split's files, not the dataset's folder; the classes the training split's
-meta file's, or torchvision's names of the MNIST family); ``--shapes`` uses the built-in shapes
+``MNIST/raw/train-images-idx3-ubyte``: a split's files, not the dataset's folder, or a file's rows as a slice's,
+``'cifar-100-python/train[45000:]'``, a validation split held out of a train split that is one file; the classes the
+training split's meta file's, or torchvision's names of the MNIST family); ``--shapes`` uses the built-in shapes
 task (train and validation from the training world, test = the held-out split). Images are encoded
 ``--batch-size`` at a time (the features depend on it in fp32's last bits only: ~4e-7, measured).
 """
@@ -142,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             help="folder of class sub-folders, or parquet files as the Hugging Face Hub gives them (a glob, a folder "
             "of them, or several files), or webdataset tar shards as CLIP_benchmark gives them (a split folder, "
             "wds_cifar10/train, or a glob or brace pattern of .tar files), or torchvision's CIFAR or MNIST-family "
-            "split files (cifar-10-batches-py/data_batch_1 ..., MNIST/raw/train-images-idx3-ubyte)",
+            "split files (cifar-10-batches-py/data_batch_1 ..., MNIST/raw/train-images-idx3-ubyte), or a file's rows "
+            "('cifar-100-python/train[45000:]')",
         )
     parser.add_argument("--image-key", help="the parquet splits' image column (default: their Image feature's)")
     parser.add_argument(
@@ -373,7 +376,10 @@ def _torchvision_split(
         extra = " (the classes of --train)" if error.argument == "classes" and classes is not None else ""
         parser.error(f"argument --{name}: {error.reason}{extra}")
     if source.taken:  # (its test split, as the other commands take it, for --train would probe on the test images)
-        example = "data_batch_1 ... data_batch_4" if source.kind == "CIFAR-10" else "train-images-idx3-ubyte"
+        example = {
+            "CIFAR-10": "data_batch_1 ... data_batch_4, and data_batch_5 for --val",
+            "CIFAR-100": "'train[:45000]', and 'train[45000:]' for --val",
+        }.get(source.kind, "'train-images-idx3-ubyte[:50000]', and 'train-images-idx3-ubyte[50000:]' for --val")
         parser.error(
             f"argument --{name}: expected a split's files, got the dataset folder {source.root}: give its files, "
             f"e.g. {example}"
@@ -396,6 +402,14 @@ def _labelled_split(
     if name == "train" and len(source.classes) < 2:
         parser.error(f"argument --train: expected at least 2 classes, got {len(source.classes)} ({source.classes})")
     for other, earlier in split.items():
+        if isinstance(source, TorchvisionImages) and isinstance(earlier, TorchvisionImages):  # (rows of one file)
+            shared = source.shared_rows(earlier)
+            if shared is not None:
+                parser.error(
+                    f"argument --{name}: expected other images than --{other}'s, got {shared} (the splits must not "
+                    "share images)"
+                )
+            continue
         common = sorted(set(getattr(earlier, "files", ())) & set(source.files))
         if common:
             parser.error(

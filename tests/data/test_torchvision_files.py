@@ -244,7 +244,39 @@ def test_torchvision_root_and_detection(tmp_path):
     assert not is_torchvision_files(tmp_path / "photos/a.png")
     assert not is_torchvision_files(tmp_path / "root/cifar-10-batches-py/batches.meta")  # (no split)
     parts = torchvision_split(str(tmp_path / "root/cifar-10-batches-py/data_batch_*")).parts
-    assert parts == [f"data_batch_{i}" for i in range(1, 6)]
+    assert [part.name for part in parts] == [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def test_rows_of_a_file_hold_out_a_validation_split_of_the_train_split(tmp_path):
+    """CIFAR-100's and MNIST's train split is one file: a slice of its rows (train[:3], train[3:]) gives the linear
+    probe a validation split, each row its own item once."""
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    whole = TorchvisionImages(folder / "train")
+    head, tail = TorchvisionImages(f"{folder}/train[:3]"), TorchvisionImages(f"{folder}/train[3:]")
+    assert (len(head), len(tail)) == (3, 2) and head.labels + tail.labels == whole.labels
+    assert [tail.relative_path(i) for i in range(2)] == ["train[3]", "train[4]"]
+    assert np.array_equal(np.asarray(tail[1].image), np.asarray(whole[4].image))
+    assert head.shared_rows(tail) is None and head.files == tail.files == [str(folder / "train")]
+    assert whole.shared_rows(tail) == f"rows 3..4 of {folder / 'train'}"
+    assert is_torchvision_files(f"{folder}/train[1:2]") and not is_torchvision_files(f"{folder}/nothing[1:2]")
+    raw = write_mnist(tmp_path, train=6)
+    assert (
+        TorchvisionImages(f"{raw}/train-labels-idx1-ubyte[4:]").labels
+        == TorchvisionImages(raw / "train-images-idx3-ubyte").labels[4:]
+    )
+    cases = [
+        ([f"{folder}/train[3:9]"], f"expected rows of {folder / 'train'}, which holds 5 rows (0..4), got [3:9]"),
+        ([f"{folder}/train[3:3]"], f"expected rows of {folder / 'train'}, which holds 5 rows (0..4), got [3:3]"),
+        ([f"{folder}/train[6:]"], f"expected rows of {folder / 'train'}, which holds 5 rows (0..4), got [6:]"),
+        (
+            [f"{folder}/train[:3]", f"{folder}/train[2:]"],
+            f"expected each row once, got rows 2..2 of {folder / 'train'} twice",
+        ),
+    ]
+    for values, message in cases:
+        with pytest.raises(TorchvisionFilesError) as caught:
+            TorchvisionImages(values)
+        assert str(caught.value) == f"paths: {message}"
 
 
 def test_genuine_files_ask_for_three_numpy_globals_only(tmp_path):

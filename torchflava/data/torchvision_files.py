@@ -21,6 +21,7 @@ import gzip
 import math
 import os
 import pickle
+import re
 from typing import Any, NamedTuple, Optional, Sequence, Union
 import zlib
 
@@ -58,6 +59,7 @@ MNIST_CLASSES = {
 }
 _INTEGER_CODES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")  # the dtypes an array of these files may have
 _IMAGES, _LABELS = (0x08, 3), (0x08, 1)  # an idx file's (type code: unsigned byte, dimensions)
+_ROWS = re.compile(r"(.+)\[(\d*):(\d*)\]")  # a split file's rows, as a Python slice: train[:45000], train[45000:]
 
 
 class TorchvisionFilesError(ValueError):
@@ -325,18 +327,29 @@ def _file_part(path: str) -> Optional[tuple[_Dataset, str]]:
     return None
 
 
-def _expanded(value: PathLike) -> list[str]:
+class _Value(NamedTuple):
+    path: str
+    rows: tuple[Optional[int], Optional[int]]  # (start, stop) as a slice's: (None, None) for every row
+
+
+def _expanded(value: PathLike) -> list[_Value]:
+    """The paths a value names, each with the rows it names: a file's rows (``train[:45000]``, where ``train`` is a
+    file), a glob pattern's files (where no such path exists), or the path."""
     text = check_path("paths", value)
+    match = _ROWS.fullmatch(text)
+    if match is not None and os.path.isfile(match[1]) and not os.path.exists(text):
+        return [_Value(match[1], tuple(int(n) if n else None for n in match.group(2, 3)))]
     if not os.path.exists(text) and any(char in text for char in "*?["):
-        return glob_files(text)
-    return [text]
+        return [_Value(path, (None, None)) for path in glob_files(text)]
+    return [_Value(text, (None, None))]
 
 
 def is_torchvision_files(value: PathLike) -> bool:
     """Whether a path given for images names torchvision's CIFAR or MNIST-family files: their folder (or MNIST's
     folder holding ``raw/``, or torchvision's root holding such folders), one of their split files
-    (``test_batch``, ``t10k-images-idx3-ubyte``), or a glob pattern of them (``data_batch_*``)."""
-    for path in _expanded(value):
+    (``test_batch``, ``t10k-images-idx3-ubyte``) or its rows (``cifar-100-python/train[:45000]``), or a glob pattern
+    of them (``data_batch_*``)."""
+    for path, _ in _expanded(value):
         if os.path.isdir(path) and _datasets_in(path):
             return True
         if os.path.isfile(path) and _file_part(path) is not None:
@@ -344,25 +357,35 @@ def is_torchvision_files(value: PathLike) -> bool:
     return False
 
 
+class Part(NamedTuple):
+    """A part of a dataset read: a CIFAR batch file by name or an MNIST split (``train``, ``test``), and its rows
+    (``start``, ``stop``, as a slice's: None for its first or last)."""
+
+    name: str
+    start: Optional[int] = None
+    stop: Optional[int] = None
+
+
 class TorchvisionSplit(NamedTuple):
-    """What ``--images``-style values name: the dataset, its parts read (CIFAR batch files by name, MNIST splits),
-    and where a folder's test split was taken, the sentence saying so."""
+    """What ``--images``-style values name: the dataset, its parts read, and where a folder's test split was taken,
+    the sentence saying so."""
 
     dataset: _Dataset
-    parts: list[str]
+    parts: list[Part]
     taken: Optional[str]
 
 
 def torchvision_split(paths: Union[PathLike, Sequence[PathLike]]) -> TorchvisionSplit:
     """The dataset and parts ``paths`` name: one folder (its test split, saying so), or files of one dataset's
-    folder (``data_batch_1`` ... ``data_batch_4``; an MNIST split's images or labels file, ``.gz`` or not) or glob
-    patterns of them; TorchvisionFilesError (``paths``) where a value names none, a folder several datasets, or the
-    files are of two datasets or a folder is given beside files."""
+    folder (``data_batch_1`` ... ``data_batch_4``; an MNIST split's images or labels file, ``.gz`` or not), each
+    whole or some of its rows (``train[:45000]``, a slice's ``start:stop``), or glob patterns of them;
+    TorchvisionFilesError (``paths``) where a value names none, a folder several datasets, or the files are of two
+    datasets or a folder is given beside files."""
     values = [paths] if isinstance(paths, (str, os.PathLike)) else paths
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise TypeError(f"paths must be a path, a glob pattern or a list of them, got {paths!r}")
     expanded = [path for value in values for path in _expanded(value)]
-    folders = [path for path in expanded if os.path.isdir(path)]
+    folders = [path for path, _ in expanded if os.path.isdir(path)]
     if folders:
         if len(expanded) > 1:
             raise TorchvisionFilesError(
@@ -376,7 +399,7 @@ def torchvision_split(paths: Union[PathLike, Sequence[PathLike]]) -> Torchvision
                 "paths", f"{folders[0]} holds {len(found)} torchvision datasets ({shown}): give one's folder"
             )
         dataset = found[0]
-        parts = list(CIFAR10_SPLITS["test"]) if dataset.kind == "CIFAR-10" else ["test"]
+        parts = [Part("test_batch" if dataset.kind == "CIFAR-10" else "test")]
         train = (
             "data_batch_1..5" if dataset.kind == "CIFAR-10" else "train" if dataset.kind == "CIFAR-100" else "train-*"
         )
@@ -384,7 +407,7 @@ def torchvision_split(paths: Union[PathLike, Sequence[PathLike]]) -> Torchvision
         taken = f"the test split of {dataset.folder} ({test}) taken (its train split: its {train} files)"
         return TorchvisionSplit(dataset, parts, taken)
     dataset, parts = None, []
-    for path in expanded:
+    for path, rows in expanded:
         found = _file_part(path) if os.path.isfile(path) else None
         if found is None:
             raise TorchvisionFilesError(
@@ -397,9 +420,10 @@ def torchvision_split(paths: Union[PathLike, Sequence[PathLike]]) -> Torchvision
                 "paths", f"expected the files of one dataset, got files of {dataset.folder} and of {found[0].folder}"
             )
         dataset = found[0]
-        parts += [] if found[1] in parts else [found[1]]
+        part = Part(found[1], *rows)
+        parts += [] if part in parts else [part]
     order = list(CIFAR10_SPLITS["train"] + CIFAR10_SPLITS["test"]) + ["train", "test"]
-    return TorchvisionSplit(dataset, sorted(parts, key=order.index), None)
+    return TorchvisionSplit(dataset, sorted(parts, key=lambda p: (order.index(p.name), p.start or 0)), None)
 
 
 class TorchvisionImages(Dataset):
@@ -410,7 +434,9 @@ class TorchvisionImages(Dataset):
 
     Every file of the split is read and checked at construction (CIFAR-10's train split: 150 MB held): the CIFAR
     pickles by :class:`SafeUnpickler`, which runs nothing a file names. An item's name (:meth:`relative_path`) is its
-    file's and its row's: ``test_batch[0017]``, ``t10k-images-idx3-ubyte[0017]``.
+    file's and its row's: ``test_batch[0017]``, ``t10k-images-idx3-ubyte[0017]``. A file's rows may be given as a
+    slice's, ``cifar-100-python/train[:45000]``: a linear probe's validation split held out of the train split
+    (CIFAR-100's and MNIST's have no other).
 
     The class names: CIFAR's meta file's (``batches.meta``'s ``label_names``; ``meta``'s ``fine_label_names``, the
     100 classes). The idx files name none: an MNIST-family folder is known by the name torchvision gives the folder
@@ -423,7 +449,8 @@ class TorchvisionImages(Dataset):
         paths (Union[PathLike, Sequence[PathLike]]): the dataset's folder (``cifar-10-batches-py``, ``MNIST/raw`` or
             ``MNIST``, or torchvision's root holding one of them): its test split, :attr:`taken` saying so; or files
             of one dataset (``data_batch_1``, ``test_batch``, ``cifar-100-python/train``,
-            ``t10k-images-idx3-ubyte(.gz)`` or its labels file: that split), glob patterns of them, or a list.
+            ``t10k-images-idx3-ubyte(.gz)`` or its labels file: that split), each whole or rows of it
+            (``train[45000:]``), glob patterns of them, or a list.
         classes (Optional[Sequence[str]]): class names in id order, instead of the dataset's; as many as the meta
             file names (CIFAR), at least 10 (MNIST).
 
@@ -432,7 +459,8 @@ class TorchvisionImages(Dataset):
         TorchvisionFilesError: (a ValueError naming the argument that answers for it) if a path names none of these
             files, a folder holds several datasets, a file of the split is absent, damaged (truncated, not a pickle,
             a wrong idx magic or size), holds images of another shape or another number of labels than images, or a
-            pickle names any global but a numpy array's; if a label is negative or past the classes, or
+            pickle names any global but a numpy array's; if rows given lie past a file's or name none, or two of one
+            file overlap; if a label is negative or past the classes, or
             ``classes`` has another number of names than the meta file (all when constructed).
     """
 
@@ -443,17 +471,20 @@ class TorchvisionImages(Dataset):
         self.kind, self.root = split.dataset
         self.taken = [] if split.taken is None else [split.taken]  # the sentence saying a folder's split was taken
         self.warnings: list[str] = []
-        self._images: list[np.ndarray] = []  # per file: (N, H, W, 3) or (N, H, W) uint8
+        self._images: list[np.ndarray] = []  # per part: (N, H, W, 3) or (N, H, W) uint8
         self.labels: list[int] = []
-        self._names: list[tuple[str, int]] = []  # per file: its name, its rows
-        self._label_files: list[str] = []  # per file: the file its labels were read from
+        self._reads: list[_Read] = []  # per part: its file, its rows
         if self.kind == "MNIST":
             family = os.path.basename(os.path.dirname(os.path.abspath(self.root)))
             names = MNIST_CLASSES.get(family)
-            self._read_mnist(split.parts)
+            for part in split.parts:
+                self._read_mnist(part)
             meta = None
         else:
-            meta, names = self._read_cifar(split.parts)
+            meta, names = self._cifar_classes()
+            for part in split.parts:
+                self._read_cifar(part)
+        self._check_overlaps()
         # where the class names come from, for messages: the meta file, or the folder's name
         self.classes_from = meta if meta is not None else f"torchvision's {family}" if names is not None else None
         if classes is not None:
@@ -465,98 +496,122 @@ class TorchvisionImages(Dataset):
         self.classes = None if names is None else list(names)
         self._meta = meta
         bound = 10 if self.classes is None else len(self.classes)  # (the MNIST family's 10 classes)
-        for (_, rows), start, file in zip(self._names, self._starts(), self._label_files):
-            for row in range(rows):
+        for read, start in zip(self._reads, self._starts()):
+            for row in range(read.count):
                 label = self.labels[start + row]
                 if not 0 <= label < bound:
                     which = f"the {bound} classes" + (f" of {meta}" if meta is not None and classes is None else "")
                     raise TorchvisionFilesError(
                         "classes" if classes is not None else "paths",
-                        f"expected class ids among {which}, 0..{bound - 1}, got {label} at row {row} of {file}",
+                        f"expected class ids among {which}, 0..{bound - 1}, got {label} at row {read.first + row} of "
+                        f"{read.label_file}",
                     )
 
     def _starts(self) -> list[int]:
         starts, total = [], 0
-        for _, rows in self._names:
+        for read in self._reads:
             starts.append(total)
-            total += rows
+            total += read.count
         return starts
 
-    def _read_cifar(self, parts: list[str]) -> tuple[str, Optional[list[str]]]:
-        """Read the CIFAR batch files ``parts``; (the meta file, its class names)."""
-        ten = self.kind == "CIFAR-10"
-        meta = os.path.join(self.root, "batches.meta" if ten else "meta")
-        names_key, labels_key = ("label_names", "labels") if ten else ("fine_label_names", "fine_labels")
-        read = load_pickle(meta)
-        names = read.get(names_key)
+    def _cifar_classes(self) -> tuple[str, list[str]]:
+        """(the CIFAR meta file, its class names: CIFAR-100's fine ones)."""
+        meta = os.path.join(self.root, "batches.meta" if self.kind == "CIFAR-10" else "meta")
+        key = "label_names" if self.kind == "CIFAR-10" else "fine_label_names"
+        names = load_pickle(meta).get(key)
         if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names) or not names:
-            raise TorchvisionFilesError("paths", f"{meta}: expected {names_key!r}, a list of class names")
-        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
-        for part in parts:
-            path = os.path.join(self.root, part)
-            if not os.path.isfile(path):
-                raise TorchvisionFilesError("paths", f"{path} is absent (a {self.kind} split file)")
-            batch = load_pickle(path)
-            data, labels = batch.get("data"), batch.get(labels_key)
-            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-                got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-                raise TorchvisionFilesError(
-                    "paths", f"{path}: expected 'data' a uint8 (N, 3072) array (32 x 32 RGB planes), got {got}"
-                )
-            if isinstance(labels, np.ndarray) and labels.ndim == 1:
-                labels = labels.tolist()
-            if not isinstance(labels, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
-                raise TorchvisionFilesError("paths", f"{path}: expected {labels_key!r}, a list of class ids")
-            if len(labels) != len(data):
-                raise TorchvisionFilesError(
-                    "paths", f"{path}: expected a label for each of its {len(data)} images, got {len(labels)} labels"
-                )
-            self._images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # (N, H, W, C), as torchvision
-            self.labels += labels
-            self._names.append((part, len(data)))
-            self._label_files.append(path)
-        return meta, names
+            raise TorchvisionFilesError("paths", f"{meta}: expected {key!r}, a list of class names")
+        return meta, [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
 
-    def _read_mnist(self, parts: list[str]) -> None:
-        """Read the MNIST-family splits ``parts``: each its images and labels file, uncompressed where present
-        (torchvision keeps the ``.gz`` beside it), else the ``.gz``."""
-        for split in parts:
-            found = []
-            for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-                name = f"{MNIST_SPLITS[split]}-{part}"
-                path = next(
-                    (p for p in (os.path.join(self.root, n) for n in (name, name + ".gz")) if os.path.isfile(p)), None
-                )
-                if path is None:
-                    raise TorchvisionFilesError("paths", f"{os.path.join(self.root, name)} (or .gz) is absent")
-                found.append(path)
-            images, labels = _read_idx(found[0], _IMAGES), _read_idx(found[1], _LABELS)
-            if len(images) != len(labels):
-                raise TorchvisionFilesError(
-                    "paths",
-                    f"{found[1]}: expected a label for each of the {len(images)} images of {found[0]}, got "
-                    f"{len(labels)} labels",
-                )
-            self._images.append(images)
-            self.labels += labels.tolist()
-            self._names.append((os.path.basename(found[0]), len(images)))
-            self._label_files.append(found[1])
+    def _keep(self, part: Part, path: str, label_file: str, images: np.ndarray, labels: list[int]) -> None:
+        """Keep ``part``'s rows of a file's ``images`` and ``labels``; TorchvisionFilesError (``paths``) where they
+        lie past its rows or name none."""
+        total = len(images)
+        start = 0 if part.start is None else part.start
+        stop = total if part.stop is None else part.stop
+        if start > total or stop > total or start >= stop:
+            raise TorchvisionFilesError(
+                "paths",
+                f"expected rows of {path}, which holds {total} rows (0..{total - 1}), got "
+                f"[{'' if part.start is None else part.start}:{'' if part.stop is None else part.stop}]",
+            )
+        self._images.append(images[start:stop])
+        self.labels += labels[start:stop]
+        self._reads.append(_Read(os.path.basename(path), os.path.abspath(path), label_file, start, stop - start, total))
+
+    def _read_cifar(self, part: Part) -> None:
+        """Read a CIFAR batch file's rows."""
+        path = os.path.join(self.root, part.name)
+        labels_key = "labels" if self.kind == "CIFAR-10" else "fine_labels"
+        if not os.path.isfile(path):
+            raise TorchvisionFilesError("paths", f"{path} is absent (a {self.kind} split file)")
+        batch = load_pickle(path)
+        data, labels = batch.get("data"), batch.get(labels_key)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise TorchvisionFilesError(
+                "paths", f"{path}: expected 'data' a uint8 (N, 3072) array (32 x 32 RGB planes), got {got}"
+            )
+        if isinstance(labels, np.ndarray) and labels.ndim == 1:
+            labels = labels.tolist()
+        if not isinstance(labels, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+            raise TorchvisionFilesError("paths", f"{path}: expected {labels_key!r}, a list of class ids")
+        if len(labels) != len(data):
+            raise TorchvisionFilesError(
+                "paths", f"{path}: expected a label for each of its {len(data)} images, got {len(labels)} labels"
+            )
+        self._keep(part, path, path, data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)  # (N, H, W, C)
+
+    def _read_mnist(self, part: Part) -> None:
+        """Read an MNIST-family split's rows: its images and labels file, uncompressed where present (torchvision
+        keeps the ``.gz`` beside it), else the ``.gz``."""
+        found = []
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            name = f"{MNIST_SPLITS[part.name]}-{kind}"
+            path = next(
+                (p for p in (os.path.join(self.root, n) for n in (name, name + ".gz")) if os.path.isfile(p)), None
+            )
+            if path is None:
+                raise TorchvisionFilesError("paths", f"{os.path.join(self.root, name)} (or .gz) is absent")
+            found.append(path)
+        images, labels = _read_idx(found[0], _IMAGES), _read_idx(found[1], _LABELS)
+        if len(images) != len(labels):
+            raise TorchvisionFilesError(
+                "paths",
+                f"{found[1]}: expected a label for each of the {len(images)} images of {found[0]}, got "
+                f"{len(labels)} labels",
+            )
+        self._keep(part, found[0], os.path.abspath(found[1]), images, labels.tolist())
+
+    def _check_overlaps(self) -> None:
+        """TorchvisionFilesError (``paths``) where two parts read rows of one file twice."""
+        for i, read in enumerate(self._reads):
+            for other in self._reads[:i]:
+                if (shared := _shared(read, other)) is not None:
+                    raise TorchvisionFilesError("paths", f"expected each row once, got {shared} twice")
+
+    def shared_rows(self, other: "TorchvisionImages") -> Optional[str]:
+        """Which rows of a file both ``self`` and ``other`` read (``rows 45000..45999 of .../train``), else None:
+        two splits must not share images."""
+        for read in self._reads:
+            for theirs in other._reads:
+                if (shared := _shared(read, theirs)) is not None:
+                    return shared
+        return None
 
     @property
     def files(self) -> list[str]:
         """The split's files read, absolute paths in the order of their rows (an MNIST split: its images file)."""
-        return [os.path.abspath(os.path.join(self.root, name)) for name, _ in self._names]
+        return list(dict.fromkeys(read.path for read in self._reads))
 
     @property
     def dataset_files(self) -> list[str]:
-        """Every file these images are read with: the split's (an MNIST split's labels file too) and CIFAR's meta
-        file (files no command's output may be written over)."""
-        read = list(self.files)
-        if self.kind == "MNIST":
-            read += [path.replace("-images-idx3-ubyte", "-labels-idx1-ubyte") for path in self.files]
+        """Every file these images are read with: the split's, their labels files (an MNIST split's) and CIFAR's
+        meta file (files no command's output may be written over)."""
+        read = self.files + [read.label_file for read in self._reads]
         if self._meta is not None:
             read.append(os.path.abspath(self._meta))
-        return read
+        return list(dict.fromkeys(read))
 
     @property
     def empty_classes(self) -> list[str]:
@@ -568,21 +623,40 @@ class TorchvisionImages(Dataset):
         return len(self.labels)
 
     def _where(self, index: int) -> tuple[int, int]:
-        for file, ((_, rows), start) in enumerate(zip(self._names, self._starts())):
-            if index < start + rows:
-                return file, index - start
+        for part, (read, start) in enumerate(zip(self._reads, self._starts())):
+            if index < start + read.count:
+                return part, index - start
         raise AssertionError(index)  # (check_index bounds it)
 
     def relative_path(self, index: int) -> str:
-        """Item ``index``'s name: its file's and its row's, ``test_batch[0017]`` (zero-padded: names sort in row
-        order)."""
-        file, row = self._where(check_index(index, len(self)))
-        name, rows = self._names[file]
-        return f"{name}[{row:0{len(str(max(rows - 1, 0)))}d}]"
+        """Item ``index``'s name: its file's and its row's in the file, ``test_batch[0017]`` (zero-padded: names
+        sort in row order)."""
+        part, row = self._where(check_index(index, len(self)))
+        read = self._reads[part]
+        return f"{read.name}[{read.first + row:0{len(str(max(read.total - 1, 0)))}d}]"
 
     def __getitem__(self, index: int) -> LabeledSample:
         index = check_index(index, len(self))
-        file, row = self._where(index)
-        pixels = np.ascontiguousarray(self._images[file][row])
+        part, row = self._where(index)
+        pixels = np.ascontiguousarray(self._images[part][row])
         image = Image.fromarray(pixels).convert("RGB")  # ((H, W, 3) uint8: RGB; (H, W): grey, L)
         return LabeledSample(image, None, self.labels[index])
+
+
+class _Read(NamedTuple):
+    """The rows kept of a file: its name (for item names), absolute path, labels file, first row, rows kept, rows."""
+
+    name: str
+    path: str
+    label_file: str
+    first: int
+    count: int
+    total: int
+
+
+def _shared(read: _Read, other: _Read) -> Optional[str]:
+    """``rows A..B of FILE`` where ``read`` and ``other`` hold rows of one file in common, else None."""
+    low, high = max(read.first, other.first), min(read.first + read.count, other.first + other.count)
+    if read.path != other.path or low >= high:
+        return None
+    return f"rows {low}..{high - 1} of {read.path}"
