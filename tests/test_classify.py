@@ -1367,3 +1367,49 @@ def test_a_clip_image_classifier_reads_parquet_files_and_shards_as_the_same_imag
         .err.splitlines()[-1]
         .startswith("python -m torchflava.classify: error: argument --label-key: ")
     )
+
+
+def test_torchvision_cifar_files_give_the_report_of_the_same_images_in_class_folders(
+    image_run, text_run, class_folders, tmp_path, monkeypatch, capsys
+):
+    """torchvision's cifar-10-batches-py (its test split, said) gives the class folders' predictions and accuracies;
+    an MNIST folder torchvision does not name gives none, saying why; bad inputs are refused before the classifier
+    loads."""
+    from tests.data.test_torchvision_files import cifar_of, write_mnist
+
+    out, _ = image_run
+    run, _, _ = text_run
+    images, names = class_folders
+    root = cifar_of(images, tmp_path / "cifar-10-batches-py", names)
+    folders = main(["--checkpoint", str(out), "--images", str(images)])
+    capsys.readouterr()
+    cifar = main(["--checkpoint", str(out), "--images", str(root), "--json", str(tmp_path / "c.json")])
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"the test split of {root} (test_batch) taken (its train split: its data_batch_1..5 files)"
+    )
+    assert cifar["skipped"] == 0 and folders["skipped"] == 1  # (the folders' unreadable file)
+    for key in ("num_inputs", "accuracy", "top5_accuracy", "mean_per_class_accuracy", "chance"):
+        assert cifar.get(key) == folders.get(key), key
+    assert [r["top"] for r in cifar["predictions"]] == [r["top"] for r in folders["predictions"]]
+    assert cifar["predictions"][0]["image"] == "test_batch[00]"
+    assert json.loads((tmp_path / "c.json").read_text())["accuracy"] == folders["accuracy"]
+    digits = main(["--checkpoint", str(out), "--images", str(write_mnist(tmp_path, "digits"))])
+    assert "accuracy" not in digits and digits["warning"] == (
+        "warning: no accuracy: the MNIST files name no classes (their folder above raw/ not named MNIST, "
+        "FashionMNIST or KMNIST) to match the classifier's by name"
+    )
+    monkeypatch.setattr("torchflava.classify.load_classifier", lambda *a, **k: pytest.fail("loaded"))
+    cases = [
+        ([str(root), "--captions", __file__], "argument --captions: not with torchvision's --images"),
+        ([str(root), "--json", str(root / "batches.meta")], "argument --json: expected another file than --images's"),
+        ([str(root), "--label-key", "label"], "argument --label-key: for parquet --images only"),
+        ([str(root / "batches.meta")], "argument --images: expected an image folder, got"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--checkpoint", str(out), "--images", *argv])
+        error = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in error.splitlines()[-1], (argv, error)
+    with pytest.raises(SystemExit):  # a text classifier reads no image
+        main(["--checkpoint", str(run), "--images", str(root)])
+    assert "(modality 'text') reads --text, got torchvision's --images" in capsys.readouterr().err

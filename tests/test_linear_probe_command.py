@@ -547,3 +547,82 @@ def test_tar_shard_splits_probe_as_the_same_images_in_class_folders(export, tmp_
             "for class id 2 of 1.tar:s0000010"  # (the first red one: the folders sort blue, green, red)
         )
     )
+
+
+def test_torchvision_cifar_splits_probe_as_the_same_images_in_class_folders(export, tmp_path, monkeypatch, capsys):
+    """torchvision's cifar-10-batches-py, its data_batch_1 the train split, data_batch_2 the val split and test_batch
+    the test split: the classes of its batches.meta, the features and labels of the class folders given to the probe,
+    bit for bit (the probe, tested with folders, not fitted here: it took 6 s)."""
+    from tests.data.test_torchvision_files import cifar_of, write_cifar100, write_mnist
+
+    given = []
+
+    def probe(*args, **kwargs):
+        given.append(args)
+        zeros = torch.zeros(3, 1)
+        return LinearProbeResult(1.0, {1.0: 0.5}, 0.5, zeros, zeros[:, 0], zeros[:, 0], zeros[:, 0], 0.5, None)
+
+    monkeypatch.setattr(command, "linear_probe", probe)
+
+    train, val, test = (
+        _folders(tmp_path / name, "pairs", seed, 40) for name, seed in (("train", 1), ("val", 2), ("test", 3))
+    )
+    classes = ["blue", "green", "red"]
+    root = tmp_path / "cifar-10-batches-py"
+    for folder, batch in zip((train, val, test), ("data_batch_1", "data_batch_2", "test_batch")):
+        cifar_of(folder, root, classes, [batch])
+    folders = command.main(["--checkpoint", str(export), "--train", str(train), "--val", str(val), "--test", str(test)])
+    cifar = command.main(
+        ["--checkpoint", str(export), "--train", str(root / "data_batch_1"), "--val", str(root / "data_batch_2")]
+        + ["--test", str(root / "test_batch")]
+    )
+    assert cifar["classes"] == folders["classes"] == classes and cifar["num_inputs"] == folders["num_inputs"]
+    assert len(given) == 2 and len(given[0][0][1]) > 10  # (train, val, test) of each run; train's labels
+    for ours, theirs in zip(given[1], given[0]):  # (train, val, test): features and labels
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    # CIFAR-100's train split is one file: its rows give --train and --val
+    hundred = write_cifar100(tmp_path / "cifar-100-python")
+    rows = command.main(
+        ["--checkpoint", str(export), "--train", f"{hundred}/train[:3]", "--val", f"{hundred}/train[3:]"]
+        + ["--test", str(hundred / "test")]
+    )
+    assert rows["num_inputs"] == {"train": 3, "val": 2, "test": 3} and len(rows["classes"]) == 100
+    assert given[-1][0][1].tolist() == [97, 0, 3]  # (train's labels: rows 0..2 of the file)
+    monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    batches = ["--train", str(root / "data_batch_1"), "--val", str(root / "data_batch_2")]
+    raw = write_mnist(tmp_path / "mnist")
+    cases = [
+        (
+            ["--train", str(root / "data_batch_1"), "--val", str(root / "data_batch_1")],
+            f"argument --val: expected other images than --train's, got rows 0..15 of {root}/data_batch_1 (the splits "
+            "must not share images)",
+        ),
+        (
+            ["--train", str(root), "--val", str(root / "data_batch_2")],
+            f"argument --train: expected a split's files, got the dataset folder {root}: give its files, e.g. "
+            "data_batch_1 ... data_batch_4, and data_batch_5 for --val",
+        ),
+        ([*batches, "--val-labels", __file__], "argument --val-labels: not with torchvision's --val"),
+        (
+            ["--train", f"{hundred}/train[:3]", "--val", f"{hundred}/train[2:]"],
+            f"argument --val: expected other images than --train's, got rows 2..2 of {hundred}/train (the splits "
+            "must not share images)",
+        ),
+        (
+            ["--train", str(hundred), "--val", f"{hundred}/train[2:]"],
+            f"argument --train: expected a split's files, got the dataset folder {hundred}: give its files, e.g. "
+            "'train[:45000]', and 'train[45000:]' for --val",
+        ),
+        ([*batches, "--json", str(root / "data_batch_2")], "argument --json: expected another file than --val's"),
+        ([*batches, "--json", str(root / "batches.meta")], "argument --json: expected another file than --train's"),
+        (
+            [*batches, "--test", str(raw / "t10k-images-idx3-ubyte")],
+            "argument --test: expected class ids among the 3 classes, 0..2, got 4 at row 0 of "
+            f"{raw}/t10k-labels-idx1-ubyte (the classes of --train)",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            command.main(["--checkpoint", "/unused", *argv])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error.splitlines()[-1], (argv, error)

@@ -5,6 +5,7 @@ import json
 import math
 import os
 from pathlib import Path
+import pickle
 import re
 import shutil
 import subprocess
@@ -1843,3 +1844,65 @@ def test_an_image_folder_holding_a_tar_file_is_classified_as_an_image_folder(ima
     monkeypatch.setattr(zero_shot, "command_pretrained", lambda *a, **k: None)  # (AttributeError past the checks)
     with pytest.raises(AttributeError):
         zero_shot.main(["--checkpoint", "unused", "--images", str(root), "--classes", ",".join(CLASSES)])
+
+
+def test_a_cifar_folder_gives_the_report_of_the_same_images_in_class_folders(export, images, tmp_path, capsys):
+    """torchvision's cifar-10-batches-py (its test split, said; the classes of its batches.meta) gives the class
+    folders' predictions, probabilities and accuracies, bit for bit; so does its test_batch given with --classes."""
+    from tests.data.test_torchvision_files import cifar_of
+
+    directory, _ = export
+    root = cifar_of(images, tmp_path / "cifar-10-batches-py", CLASSES)
+    folders = zero_shot.main(["--checkpoint", str(directory), "--images", str(images), "--classes", ",".join(CLASSES)])
+    capsys.readouterr()
+    cifar = zero_shot.main(["--checkpoint", str(directory), "--images", str(tmp_path)])  # (torchvision's root)
+    assert capsys.readouterr().err.splitlines() == [
+        f"the test split of {root} (test_batch) taken (its train split: its data_batch_1..5 files)",
+        f"the 3 classes of {root}/batches.meta taken (--classes gives others)",
+    ]
+    assert cifar["num_inputs"] == folders["num_inputs"] == 12 and cifar["skipped"] == 0
+    assert cifar["classes"] == CLASSES and sorted(cifar["predictions"])[:2] == ["test_batch[00]", "test_batch[01]"]
+    for key in ("accuracy", "mean_per_class_accuracy", "chance"):
+        assert cifar[key] == folders[key]
+    assert list(cifar["predictions"].values()) == list(folders["predictions"].values())
+    assert list(cifar["top"].values()) == list(folders["top"].values())  # (probabilities, bit for bit)
+    again = zero_shot.main(
+        ["--checkpoint", str(directory), "--images", str(root / "test_batch"), "--classes", ",".join(CLASSES)]
+    )
+    assert list(again["top"].values()) == list(folders["top"].values())
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_torchvision_arguments_exit_2_in_one_line_before_the_checkpoint_loads(images, tmp_path, capsys):
+    from tests.data.test_torchvision_files import _Runs, cifar_of, write_mnist
+
+    root = cifar_of(images, tmp_path / "cifar-10-batches-py", CLASSES)
+    raw = write_mnist(tmp_path / "other", "digits")
+    evil = cifar_of(images, tmp_path / "evil" / "cifar-10-batches-py", CLASSES)
+    marker = tmp_path / "marker"
+    (evil / "test_batch").write_bytes(pickle.dumps({"data": _Runs(os.system, f"touch {marker}")}, protocol=2))
+    cases = [
+        ([str(root), "--classes", "a,b"], f"argument --classes: expected the 3 classes of {root}/batches.meta, got 2"),
+        ([str(raw)], f"argument --classes: required: the MNIST-family files of {raw} name no classes"),
+        ([str(root), "--labels", __file__], "argument --labels: not with torchvision's --images (their labels give"),
+        ([str(root), "--folder-order"], "argument --folder-order: not with torchvision's --images"),
+        ([str(root), "--captions", __file__], "argument --captions: not with torchvision's --images"),
+        ([str(root), "--json", str(root / "test_batch")], "argument --json: expected another file than --images's"),
+        ([str(root), "--json", str(root / "batches.meta")], "argument --json: expected another file than --images's"),
+        ([str(root), "--label-key", "x"], "argument --label-key: for parquet --images (classification) only"),
+        (
+            [str(evil)],
+            f"argument --images: {evil}/test_batch: refused to load the global posix.system (these files hold numpy "
+            "arrays, lists, numbers and strings only: nothing in them was run)",
+        ),
+        (
+            [str(root / "test_batch"), str(raw / "t10k-images-idx3-ubyte")],
+            f"argument --images: expected the files of one dataset, got files of {root} and of {raw}",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            zero_shot.main(["--checkpoint", str(tmp_path / "absent"), "--images", *argv])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error.splitlines()[-1], (argv, error)
+    assert not marker.exists()

@@ -30,10 +30,12 @@ input's top classes with their probabilities (softmax; a sigmoid per class for a
 as VQA's; the predicted values of a regression) and, when images lie in sub-folders named after the
 classes, the accuracy. An image classifier also reads the images of parquet files as the Hugging Face Hub serves a
 dataset (``data/validation-*.parquet``; ``--image-key``/``--label-key`` name other columns) and of webdataset tar
-shards as CLIP_benchmark serves one (``wds_imagenet1k/test``, or the dataset's root: its ``test/`` split), as the
-zero-shot command reads them, each image named by its file's row (``validation-00000-of-00002.parquet[17]``) or its
-shard's sample (``0.tar:s0000017``); the accuracy where each image's class, its class id's name (their ClassLabel
-names, the root's ``classnames.txt``), is one of the classifier's, matched by name as a sub-folder's is, else a
+shards as CLIP_benchmark serves one (``wds_imagenet1k/test``, or the dataset's root: its ``test/`` split) and of the
+files torchvision's CIFAR-10/100 and MNIST-family datasets download (``cifar-10-batches-py``: its test split; or
+``test_batch``...), as the zero-shot command reads them, each image named by its file's row
+(``validation-00000-of-00002.parquet[17]``, ``test_batch[0017]``) or its shard's sample (``0.tar:s0000017``); the
+accuracy where each image's class, its class id's name (their ClassLabel names, the root's ``classnames.txt``,
+CIFAR's meta file's), is one of the classifier's, matched by name as a sub-folder's is, else a
 warning saying why there is none. ``--json`` also writes them. ``--vqa-submission`` writes VQA's results file for the
 evaluation server (``[{"question_id", "answer"}]``: each question's top answer) of a questions file
 ``python -m torchflava.data.vqa`` wrote.
@@ -72,6 +74,7 @@ from torchflava.data.parquet import LABEL_COLUMNS, ParquetImages
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
+from torchflava.data.torchvision_files import TorchvisionImages
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
 from torchflava.data.vqa import submission, submission_questions
 from torchflava.data.wds import CLASSES_FILE, WdsImages
@@ -139,6 +142,8 @@ from torchflava.zero_shot import (
     image_values,
     parquet_images_argument,
     shard_images_argument,
+    source_kind,
+    torchvision_images_argument,
     unmatched_folders_warning,
 )
 
@@ -607,8 +612,10 @@ def _read_labels(path: Path, kwargs: dict) -> list[str]:
         raise ValueError(f"classifier: {error}") from None
 
 
-# what the command classifies: an image folder, image-text pairs, parquet files' or tar shards' images (None: texts)
-Inputs = Optional[Union[ImageFolder, ImageTextFolder, ParquetImages, WdsImages]]
+# the images that come with their class ids: parquet files', tar shards', torchvision's CIFAR or MNIST files'
+LabelledImages = Union[ParquetImages, WdsImages, TorchvisionImages]
+# what the command classifies: an image folder, image-text pairs, labelled images (None: texts)
+Inputs = Optional[Union[ImageFolder, ImageTextFolder, LabelledImages]]
 
 
 def _image_source(
@@ -616,17 +623,20 @@ def _image_source(
     args: argparse.Namespace,
     parquet: Optional[list[str]],
     shards: Optional[list[str]],
-) -> Optional[Union[ParquetImages, WdsImages]]:
-    """The parquet files' or tar shards' images ``--images`` names, listed and their labels read (no image), as the
-    zero-shot command reads them; None for other inputs. Exits 2 naming the option where they are refused, or where
-    ``--json`` names one of their files."""
+    tvfiles: Optional[list[str]],
+) -> Optional[LabelledImages]:
+    """The parquet files', tar shards' or torchvision's files' images ``--images`` names, listed and their labels read
+    (no image; torchvision's files read), as the zero-shot command reads them; None for other inputs. Exits 2 naming
+    the option where they are refused, or where ``--json`` names one of their files."""
     if parquet is not None:
         source = parquet_images_argument(parser, parquet, image_key=args.image_key, label_key=args.label_key)
     elif shards is not None:
         source = shard_images_argument(parser, shards)
+    elif tvfiles is not None:
+        source = torchvision_images_argument(parser, tvfiles)
     else:
         return None
-    read = source.dataset_files if isinstance(source, WdsImages) else source.files
+    read = source.files if isinstance(source, ParquetImages) else source.dataset_files
     refuse_overwritten_inputs(parser, {"--json": args.json}, {"--images": read})
     return source
 
@@ -651,7 +661,9 @@ def _chunks(args: argparse.Namespace, folder: Inputs, skipped: list):
             records = [{"image": _relative(folder.image_path(i), root), "text": s.text} for i, s in chunk]
             yield records, [s.image for _, s in chunk], [s.text for _, s in chunk], None
     elif folder is not None:
-        labelled = isinstance(folder, (ParquetImages, WdsImages))  # (each item with its class id, or None)
+        labelled = isinstance(
+            folder, (ParquetImages, WdsImages, TorchvisionImages)
+        )  # (each with its class id, or None)
         for chunk in readable_chunks(folder.__getitem__, range(len(folder)), size, skipped):
             ids = [s.label for _, s in chunk] if labelled else None
             yield [{"image": folder.relative_path(i)} for i, _ in chunk], [s.image for _, s in chunk], None, ids
@@ -707,7 +719,7 @@ def classify(classifier: Union[Classifier, "CLIPClassifier"], args: argparse.Nam
         "skipped_reasons": skipped,
     }
     single_label = classifier.loss == "cross_entropy" and classifier.labels is not None
-    if single_label and isinstance(folder, (ParquetImages, WdsImages)):
+    if single_label and isinstance(folder, (ParquetImages, WdsImages, TorchvisionImages)):
         labels, warning = _source_labels(folder, ids, classifier.labels)
         if labels is not None:
             result.update(_accuracies(ranks, labels, classifier.num_classes))
@@ -735,13 +747,14 @@ def _accuracies(ranks: list[Tensor], labels: list[int], num_classes: int) -> dic
 
 
 def _source_labels(
-    source: Union[ParquetImages, WdsImages], ids: list[Optional[int]], class_names: Sequence[str]
+    source: LabelledImages, ids: list[Optional[int]], class_names: Sequence[str]
 ) -> tuple[Optional[list[int]], Optional[str]]:
-    """The classifier's class of each image read of parquet files or tar shards (class ids ``ids``): its class id's
-    name (the files' ClassLabel names, the shards' ``classnames.txt``) matched to ``class_names`` as an image
+    """The classifier's class of each image read of parquet files, tar shards or torchvision's files (class ids
+    ``ids``): its class id's name (the files' ClassLabel names, the shards' ``classnames.txt``, CIFAR's meta file's)
+    matched to ``class_names`` as an image
     sub-folder's name is (:func:`~torchflava.zero_shot.folder_class`: ``apple_pie`` for ``apple pie``); or None and
     the warning saying why there is no accuracy (no labels, no class names, a class the classifier lacks)."""
-    kind = "tar shards" if isinstance(source, WdsImages) else "parquet files"
+    kind = source_kind(source)
     if any(i is None for i in ids):
         reason = getattr(source, "unlabelled", None) or (
             f"the parquet files have no label column (none of {', '.join(LABEL_COLUMNS)}, nor a ClassLabel one); "
@@ -749,7 +762,9 @@ def _source_labels(
         )
         return None, f"warning: no accuracy: {reason}"
     if source.classes is None:
-        missing = f"no {CLASSES_FILE}" if kind == "tar shards" else "no ClassLabel names in their metadata"
+        missing = {"tar shards": f"no {CLASSES_FILE}", "parquet files": "no ClassLabel names in their metadata"}.get(
+            kind, "their folder above raw/ not named MNIST, FashionMNIST or KMNIST"
+        )
         return None, f"warning: no accuracy: the {kind} name no classes ({missing}) to match the classifier's by name"
     matched = {i: folder_class(source.classes[i], class_names) for i in set(ids)}
     unmatched = sorted({source.classes[i] for i, c in matched.items() if c is None})
@@ -1006,7 +1021,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         help="image folder (image classifiers; with --captions: the pairs' images), or, for image classifiers, parquet "
         "files as the Hugging Face Hub gives them (data/validation-*.parquet, a folder of them, or several files) or "
         "webdataset tar shards as CLIP_benchmark gives them (wds_imagenet1k/test, a glob or brace pattern of .tar "
-        "files, or the dataset's root): the accuracy where their labels' class names are the classifier's",
+        "files, or the dataset's root), or torchvision's CIFAR-10/100 or MNIST-family files (cifar-10-batches-py: "
+        "its test split; or split files, test_batch): the accuracy where their labels' class names are the "
+        "classifier's",
     )
     parser.add_argument(
         "--text",
@@ -1062,12 +1079,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         return _main_tsv(args, parser)
     # --images' parquet files (a shell expands data/validation-*.parquet into its files) or tar shards (CLIP_benchmark's
     # wds_imagenet1k/test), args.images then their values; else one image folder
-    parquet = shards = None
+    parquet = shards = tvfiles = None
     if args.images is not None:
-        folder, parquet, shards = image_values(parser, args.images)
-        args.images = folder if folder is not None else parquet or shards
-    if (parquet is not None or shards is not None) and args.captions is not None:
-        kind = "parquet" if parquet is not None else "tar shard"
+        folder, parquet, shards, tvfiles = image_values(parser, args.images)
+        args.images = folder if folder is not None else parquet or shards or tvfiles
+    if (parquet is not None or shards is not None or tvfiles is not None) and args.captions is not None:
+        kind = "parquet" if parquet is not None else "tar shard" if shards is not None else "torchvision's"
         parser.error(f"argument --captions: not with {kind} --images (image classifiers: the images alone)")
     if parquet is None and args.label_key is not None:
         parser.error("argument --label-key: for parquet --images only")
@@ -1082,7 +1099,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.captions is not None and not Path(args.captions).is_file():
         parser.error(f"argument --captions: expected a captions file, got {args.captions!r} (not a file)")
     if is_clip_classifier(args.checkpoint):  # (an image classifier: parquet files or shards read, labels checked)
-        return _main_clip(args, parser, _image_source(parser, args, parquet, shards))
+        return _main_clip(args, parser, _image_source(parser, args, parquet, shards, tvfiles))
     args.text = None if args.text is None else _texts(args.text, parser)
     config = classifier_config(args.checkpoint)
     if args.text is not None and config.sentence_pairs:
@@ -1093,11 +1110,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     given = "multimodal" if args.captions is not None else ("image" if args.images is not None else "text")
     if given != config.modality:  # (before parquet files or shards are read: a text classifier reads none)
         got = "parquet --images" if parquet is not None else "tar shard --images" if shards is not None else None
+        got = "torchvision's --images" if tvfiles is not None else got
         parser.error(
             f"argument --checkpoint: this classifier (modality {config.modality!r}) reads {reads[config.modality]}, "
             f"got {got or reads[given]}"
         )
-    source = _image_source(parser, args, parquet, shards)  # (their labels read and checked, no image)
+    source = _image_source(parser, args, parquet, shards, tvfiles)  # (their labels read and checked, no image)
     try:  # the inputs listed, not read, before the weights are loaded
         folder = _listed_inputs(args) if source is None else source
         keys = {"image_key": args.image_key or "image", "text_key": args.text_key or "caption"}
@@ -1337,11 +1355,9 @@ def _clip_classifier_config(config_file: Path) -> tuple[dict, list[str]]:
     return kwargs, labels
 
 
-def _main_clip(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, source: Optional[Union[ParquetImages, WdsImages]]
-) -> dict:
-    """The command for a fine-tuned CLIP image classifier: ``--images`` only (``source``: parquet files' or tar
-    shards' images it names, read, else None)."""
+def _main_clip(args: argparse.Namespace, parser: argparse.ArgumentParser, source: Optional[LabelledImages]) -> dict:
+    """The command for a fine-tuned CLIP image classifier: ``--images`` only (``source``: parquet files', tar
+    shards' or torchvision's files' images it names, read, else None)."""
     if args.text is not None or args.captions is not None:  # (--images DIR or --text: checked by main)
         given = "--text" if args.text is not None else "--images DIR --captions FILE"
         parser.error(f"argument --checkpoint: this CLIP image classifier reads --images DIR, got {given}")

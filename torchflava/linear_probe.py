@@ -5,6 +5,8 @@
     python -m torchflava.linear_probe --checkpoint /models/flava-full --train DIR --val DIR --test DIR
     python -m torchflava.linear_probe --checkpoint DIR --train imagenet/train --val VAL --test imagenet/val --test-labels LOC_val_solution.csv
     python -m torchflava.linear_probe --checkpoint DIR --train food101/data/train-*.parquet --val VAL.parquet --test food101/data/validation-*.parquet
+    python -m torchflava.linear_probe --checkpoint DIR --train cifar-10-batches-py/data_batch_{1,2,3,4} --val cifar-10-batches-py/data_batch_5 --test cifar-10-batches-py/test_batch
+    python -m torchflava.linear_probe --checkpoint DIR --train 'cifar-100-python/train[:45000]' --val 'cifar-100-python/train[45000:]' --test cifar-100-python/test
     python -m torchflava.linear_probe --checkpoint file:///models/flava-full --shapes --batch-size 32
     python -m torchflava.linear_probe --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --shapes
 
@@ -19,7 +21,12 @@ scored on ``--test``. Folders hold one sub-folder per class, or, with ``--train-
 sub-folders' or the classes its labels file writes, sorted; a named image that is absent is skipped as an
 unreadable one is, an image left unnamed is left out, each with a warning), or parquet files as the Hugging Face
 Hub serves a dataset (a glob, a folder of them or several files: images and class ids, the classes those of the
-training split's ``ClassLabel``; ``--image-key``/``--label-key`` name other columns; needs pyarrow); ``--shapes`` uses the built-in shapes
+training split's ``ClassLabel``; ``--image-key``/``--label-key`` name other columns; needs pyarrow), or tar shards as
+CLIP_benchmark serves a dataset (a split's folder, ``wds_cifar10/train``), or the split files torchvision's CIFAR-10/100
+and MNIST-family datasets download (``cifar-10-batches-py/data_batch_1``..., ``cifar-100-python/train``,
+``MNIST/raw/train-images-idx3-ubyte``: a split's files, not the dataset's folder, or a file's rows as a slice's,
+``'cifar-100-python/train[45000:]'``, a validation split held out of a train split that is one file; the classes the
+training split's meta file's, or torchvision's names of the MNIST family); ``--shapes`` uses the built-in shapes
 task (train and validation from the training world, test = the held-out split). Images are encoded
 ``--batch-size`` at a time (the features depend on it in fp32's last bits only: ~4e-7, measured).
 """
@@ -39,6 +46,7 @@ from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.parquet import ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS
 from torchflava.data.samples import readable_chunks
+from torchflava.data.torchvision_files import TorchvisionFilesError, TorchvisionImages, is_torchvision_files
 from torchflava.data.wds import WdsError, WdsImages, is_tar_shards
 from torchflava.evaluation.linear_probe import DEFAULT_L2, LinearProbeResult, linear_probe
 from torchflava.evaluation.metrics import percent
@@ -135,7 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             nargs="+",
             help="folder of class sub-folders, or parquet files as the Hugging Face Hub gives them (a glob, a folder "
             "of them, or several files), or webdataset tar shards as CLIP_benchmark gives them (a split folder, "
-            "wds_cifar10/train, or a glob or brace pattern of .tar files)",
+            "wds_cifar10/train, or a glob or brace pattern of .tar files), or torchvision's CIFAR or MNIST-family "
+            "split files (cifar-10-batches-py/data_batch_1 ..., MNIST/raw/train-images-idx3-ubyte), or a file's rows "
+            "('cifar-100-python/train[45000:]')",
         )
     parser.add_argument("--image-key", help="the parquet splits' image column (default: their Image feature's)")
     parser.add_argument(
@@ -161,6 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parser.parse_args(argv)
     parquet = {}  # split -> its parquet files' values
     shards = {}  # split -> its tar shards' values (CLIP_benchmark's wds_cifar10/train)
+    tvfiles = {}  # split -> its torchvision files' values (cifar-10-batches-py/data_batch_1 ...)
     for name in SPLITS:
         values = getattr(args, name)
         if values is not None and any(is_parquet(value) for value in values):
@@ -168,6 +179,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             setattr(args, name, " ".join(values))  # (the split as given, for its messages)
         elif values is not None and any(is_tar_shards(value) for value in values):
             shards[name] = values
+            setattr(args, name, " ".join(values))
+        elif values is not None and any(is_torchvision_files(value) for value in values):
+            tvfiles[name] = values
             setattr(args, name, " ".join(values))
         elif values is not None and len(values) > 1:
             parser.error(f"argument --{name}: expected one folder, or parquet files, got {len(values)} values")
@@ -183,6 +197,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             parser.error(f"argument --{name}-labels: not with parquet --{name} (their label column labels the images)")
         if name in shards:
             parser.error(f"argument --{name}-labels: not with tar shard --{name} (their .cls members label the images)")
+        if name in tvfiles:
+            parser.error(f"argument --{name}-labels: not with torchvision's --{name} (their labels label the images)")
         if name not in folders:
             parser.error(f"argument --{name}-labels: labels the images of --{name}, which was not given")
         if not Path(file).is_file():
@@ -192,12 +208,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not args.shapes and not (args.train and args.val):
         parser.error("give --shapes, or --train and --val (and optionally --test) class folders")
     for name, folder in folders.items():  # before the checkpoint is loaded
-        if name not in parquet and name not in shards and not Path(folder).is_dir():
+        if name not in parquet and name not in shards and name not in tvfiles and not Path(folder).is_dir():
             parser.error(f"argument --{name}: expected a folder of class sub-folders, got {folder!r} (not a directory)")
     seen = {}  # real folder -> the first option naming it
     for name, folder in folders.items():  # (--val = --train picked the penalty on the training images, and
         # --test = --val scored the refit on images it was fitted on: accuracies inflated, silently)
-        if name in parquet or name in shards:  # (their files compared once listed)
+        if name in parquet or name in shards or name in tvfiles:  # (their files compared once listed)
             continue
         real = os.path.realpath(folder)
         if real in seen and name in labels and seen[real] in labels:  # (one folder, two labels files: checked below)
@@ -216,6 +232,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             continue
         if name in shards:
             split[name] = _shard_split(parser, name, shards[name], classes, split)
+            continue
+        if name in tvfiles:
+            split[name] = _torchvision_split(parser, name, tvfiles[name], classes, split)
             continue
         try:
             if name in labels:
@@ -250,8 +269,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # weights) would lose it: refused before the checkpoint is loaded
     read = {f"--{name}-labels": [file] for name, file in labels.items()}
     for name, source in split.items():
-        if isinstance(source, (ParquetImages, WdsImages)):
-            read[f"--{name}"] = source.dataset_files if isinstance(source, WdsImages) else source.files
+        if isinstance(source, (ParquetImages, WdsImages, TorchvisionImages)):
+            read[f"--{name}"] = source.files if isinstance(source, ParquetImages) else source.dataset_files
     read["--checkpoint"] = [args.checkpoint] if os.path.isfile(args.checkpoint) else []
     read["--tokenizer"] = [args.tokenizer] if args.tokenizer is not None and os.path.isfile(args.tokenizer) else []
     refuse_overwritten_inputs(parser, {"--json": args.json}, read)
@@ -344,9 +363,37 @@ def _shard_split(
     return _labelled_split(parser, name, source, known, split)  # (no classnames.txt: ids are classes)
 
 
+def _torchvision_split(
+    parser: argparse.ArgumentParser, name: str, values: list[str], classes: Optional[list[str]], split: dict
+) -> TorchvisionImages:
+    """Split ``name``'s torchvision CIFAR or MNIST-family files (read and checked) with ``classes`` (the training
+    split's; None for it: the dataset's, else its class ids 0..9); exits 2 naming the option where they are refused,
+    a dataset folder is given for a split (which split would be a guess), or they share a file with an earlier
+    split."""
+    try:
+        source = TorchvisionImages(values, classes=classes)
+    except TorchvisionFilesError as error:
+        extra = " (the classes of --train)" if error.argument == "classes" and classes is not None else ""
+        parser.error(f"argument --{name}: {error.reason}{extra}")
+    if source.taken:  # (its test split, as the other commands take it, for --train would probe on the test images)
+        example = {
+            "CIFAR-10": "data_batch_1 ... data_batch_4, and data_batch_5 for --val",
+            "CIFAR-100": "'train[:45000]', and 'train[45000:]' for --val",
+        }.get(source.kind, "'train-images-idx3-ubyte[:50000]', and 'train-images-idx3-ubyte[50000:]' for --val")
+        parser.error(
+            f"argument --{name}: expected a split's files, got the dataset folder {source.root}: give its files, "
+            f"e.g. {example}"
+        )
+    return _labelled_split(parser, name, source, source.labels, split)
+
+
 def _labelled_split(
-    parser: argparse.ArgumentParser, name: str, source: Union[ParquetImages, WdsImages], labels: list[int], split: dict
-) -> Union[ParquetImages, WdsImages]:
+    parser: argparse.ArgumentParser,
+    name: str,
+    source: Union[ParquetImages, WdsImages, TorchvisionImages],
+    labels: list[int],
+    split: dict,
+) -> Union[ParquetImages, WdsImages, TorchvisionImages]:
     """``source``, split ``name``'s labelled files, its classes its class ids 0..max where they have no names
     (``labels``: its known class ids), its warnings printed; exits 2 naming the option where the training split has
     fewer than two classes or the split shares a file with an earlier one."""
@@ -355,6 +402,14 @@ def _labelled_split(
     if name == "train" and len(source.classes) < 2:
         parser.error(f"argument --train: expected at least 2 classes, got {len(source.classes)} ({source.classes})")
     for other, earlier in split.items():
+        if isinstance(source, TorchvisionImages) and isinstance(earlier, TorchvisionImages):  # (rows of one file)
+            shared = source.shared_rows(earlier)
+            if shared is not None:
+                parser.error(
+                    f"argument --{name}: expected other images than --{other}'s, got {shared} (the splits must not "
+                    "share images)"
+                )
+            continue
         common = sorted(set(getattr(earlier, "files", ())) & set(source.files))
         if common:
             parser.error(

@@ -12,6 +12,7 @@
     python -m torchflava.zero_shot --checkpoint ~/.cache/clip/ViT-B-32.pt --tokenizer bpe_simple_vocab_16e6.txt.gz --images DIR --classes "cat,dog"
     python -m torchflava.zero_shot --checkpoint DIR --images food101/data/validation-*.parquet
     python -m torchflava.zero_shot --checkpoint DIR --images wds_imagenet1k
+    python -m torchflava.zero_shot --checkpoint DIR --images data/cifar-10-batches-py
 
 Images go through the checkpoint's own preprocessing and text through its own tokenizer and its
 settings (``preprocessor_config.json``, ``tokenizer_config.json``; see :mod:`torchflava.pretrained`),
@@ -48,7 +49,15 @@ the shards, or the dataset's root (its ``test/`` split, said on stderr); the cla
 ``--template`` give others (see :class:`~torchflava.data.wds.WdsImages`). A retrieval dataset's shards
 (``wds_flickr30k``, ``wds_mscoco_captions``: the root's ``dataset_type.txt`` says ``retrieval``) hold each image with
 a ``.txt`` of its captions, one a line (COCO's five): without ``--classes`` they are evaluated for retrieval
-(:class:`~torchflava.data.wds.WdsCaptions`).
+(:class:`~torchflava.data.wds.WdsCaptions`). The files torchvision's ``CIFAR10``, ``CIFAR100``, ``MNIST``,
+``FashionMNIST`` and ``KMNIST`` download (``root/cifar-10-batches-py``, ``root/cifar-100-python``,
+``root/MNIST/raw``) hold the images and their class ids: ``--images`` takes the dataset's folder (its test split,
+said on stderr; MNIST's folder or its ``raw/``; torchvision's root holding one of them), or split files
+(``test_batch``, ``data_batch_*``, ``cifar-100-python/test``, ``t10k-images-idx3-ubyte``, ``.gz`` or not); the
+classes are CIFAR's meta file's and torchvision's names of the MNIST family, known by the folder above ``raw/``
+(MNIST's the digits ``0`` to ``9``; under another folder name ``--classes`` names them), unless ``--classes`` gives
+others. Their pickles are read without running anything they name
+(:class:`~torchflava.data.torchvision_files.TorchvisionImages`).
 ``--classes @FILE`` reads the class names from a
 UTF-8 file, one a line (names may hold commas; blank lines are ignored); a line may name the class's
 sub-folder first, every line alike: ``FOLDER<TAB>NAME``, or ImageNet's names files
@@ -89,6 +98,7 @@ from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.parquet import LABEL_COLUMNS, ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
+from torchflava.data.torchvision_files import TorchvisionFilesError, TorchvisionImages, is_torchvision_files
 from torchflava.data.wds import (
     CLASSES_FILE,
     TEMPLATES_FILE,
@@ -232,7 +242,7 @@ def class_embeddings(
 
 def classify_folder(
     pretrained: Pretrained,
-    images_dir: Union[str, ParquetImages, WdsImages],
+    images_dir: Union[str, ParquetImages, WdsImages, TorchvisionImages],
     class_names: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     *,
@@ -248,7 +258,9 @@ def classify_folder(
     accuracy credit (ImageNet's 50,000 images with every probability of its 1000 classes as Python
     floats took ~6 GB; every probability goes to ``probabilities_file`` instead, row by row). ``images_dir`` may
     be parquet files' images (:class:`~torchflava.data.parquet.ParquetImages`, a Hugging Face Hub download's
-    ``data/validation-*.parquet``): each row's class id is its label (names may then repeat, as sub-folders' may).
+    ``data/validation-*.parquet``), tar shards' (:class:`~torchflava.data.wds.WdsImages`) or torchvision's CIFAR or
+    MNIST files' (:class:`~torchflava.data.torchvision_files.TorchvisionImages`): each row's class id is its label
+    (names may then repeat, as sub-folders' may).
 
     Args:
         folder_order (bool): the i-th class is the i-th sub-folder of ``images_dir`` in sorted order (as
@@ -298,7 +310,8 @@ def classify_folder(
     """
     if labels is not None and folder_order:
         raise ValueError("labels and folder_order both say which class an image is of: give one")
-    self_labelled = isinstance(images_dir, (ParquetImages, WdsImages))  # (parquet or shards: rows hold class ids)
+    # (parquet, shards or torchvision's files: rows hold class ids)
+    self_labelled = isinstance(images_dir, (ParquetImages, WdsImages, TorchvisionImages))
     if self_labelled:
         _check_self_labelled(images_dir, len(class_names), labels, folder_order, class_folders)
     labelled_by_folder = class_folders is not None or folder_order or self_labelled
@@ -425,15 +438,16 @@ class _Tally:
 
 
 def _check_self_labelled(
-    images: Union[ParquetImages, WdsImages],
+    images: Union[ParquetImages, WdsImages, TorchvisionImages],
     num_classes: int,
     labels: object,
     folder_order: bool,
     class_folders: object,
 ) -> None:
-    """ValueError unless parquet ``images`` (or tar shards'), which label their rows themselves, come without
-    ``labels``, ``folder_order`` and ``class_folders``, and with class ids below ``num_classes``."""
-    kind = "tar shards" if isinstance(images, WdsImages) else "parquet files"
+    """ValueError unless parquet ``images`` (or tar shards', or torchvision's files'), which label their rows
+    themselves, come without ``labels``, ``folder_order`` and ``class_folders``, and with class ids below
+    ``num_classes``."""
+    kind = source_kind(images)
     if labels is not None or folder_order or class_folders is not None:
         raise ValueError(
             f"images: {kind} label their images themselves: not with labels, folder_order or class_folders"
@@ -445,6 +459,13 @@ def _check_self_labelled(
         raise ValueError(
             f"class_names: expected a name for each class id of the {kind}, got {num_classes} for ids up to {max(ids)}"
         )
+
+
+def source_kind(images: Union[ParquetImages, WdsImages, TorchvisionImages]) -> str:
+    """What labelled ``images`` are, for messages: ``parquet files``, ``tar shards``, ``CIFAR-10 files``..."""
+    if isinstance(images, TorchvisionImages):
+        return f"{images.kind} files"
+    return "tar shards" if isinstance(images, WdsImages) else "parquet files"
 
 
 def _check_npy_path(path: object) -> None:
@@ -760,21 +781,25 @@ _PARQUET_OPTIONS = {"paths": "--images", "image_key": "--image-key", "label_key"
 
 def image_values(
     parser: argparse.ArgumentParser, values: Sequence[str]
-) -> tuple[Optional[str], Optional[list[str]], Optional[list[str]]]:
-    """``--images``' values (``nargs="+"``) as (an image folder, parquet files' values, tar shards' values), one of
-    them given: parquet files where a value is one (a shell expands ``data/validation-*.parquet`` into its files),
-    else tar shards where a value is (CLIP_benchmark's ``wds_imagenet1k/test``, or its root), else one folder; exits
-    2 naming the option for several values of neither."""
+) -> tuple[Optional[str], Optional[list[str]], Optional[list[str]], Optional[list[str]]]:
+    """``--images``' values (``nargs="+"``) as (an image folder, parquet files' values, tar shards' values,
+    torchvision files' values), one of them given: parquet files where a value is one (a shell expands
+    ``data/validation-*.parquet`` into its files), else tar shards where a value is (CLIP_benchmark's
+    ``wds_imagenet1k/test``, or its root), else torchvision's CIFAR or MNIST files where a value is
+    (``cifar-10-batches-py``, its ``test_batch``), else one folder; exits 2 naming the option for several values of
+    none of them."""
     if any(is_parquet(value) for value in values):
-        return None, list(values), None
+        return None, list(values), None, None
     if any(is_tar_shards(value) for value in values):
-        return None, None, list(values)
+        return None, None, list(values), None
+    if any(is_torchvision_files(value) for value in values):
+        return None, None, None, list(values)
     if len(values) > 1:
         parser.error(
             f"argument --images: expected one image folder, or parquet files, got {len(values)} values: "
             f"{_listed(values, 3)}"
         )
-    return values[0], None, None
+    return values[0], None, None, None
 
 
 def parquet_images_argument(
@@ -814,6 +839,43 @@ def shard_images_argument(
     for line in source.taken + source.warnings:
         print(line, file=sys.stderr)
     return source
+
+
+def torchvision_images_argument(
+    parser: argparse.ArgumentParser, values: Sequence[str], classes: Optional[list[str]] = None
+) -> TorchvisionImages:
+    """The torchvision CIFAR or MNIST-family ``--images`` read and checked: exits 2 naming the option that answers
+    for a refusal (``--classes`` for names given that do not fit, else ``--images``), and prints on stderr which
+    split of a dataset folder was taken."""
+    try:
+        source = TorchvisionImages(values, classes=classes)
+    except TorchvisionFilesError as error:
+        if error.argument == "classes" and classes is not None:
+            parser.error(f"argument --classes: {error.reason}")
+        parser.error(f"argument --images: {error.reason}")
+    for line in source.taken + source.warnings:
+        print(line, file=sys.stderr)
+    return source
+
+
+def _torchvision_images(
+    parser: argparse.ArgumentParser, values: list[str], classes: Optional[list[str]]
+) -> tuple[TorchvisionImages, list[str]]:
+    """The torchvision CIFAR or MNIST-family ``--images`` (read and checked) and the classes: ``--classes``', else
+    the dataset's (CIFAR's meta file's, the MNIST family's by its folder's name); exits 2 naming the option where
+    they are refused or there are none, and says on stderr which split was taken and where the classes come from."""
+    source = torchvision_images_argument(parser, values, classes)
+    if classes is None:
+        if source.classes is None:
+            parser.error(
+                f"argument --classes: required: the MNIST-family files of {source.root} name no classes (known by "
+                "the folder above raw/ as torchvision names it: MNIST, FashionMNIST or KMNIST)"
+            )
+        classes = source.classes
+        if fault := class_names_fault(classes, repeats_allowed=True):
+            parser.error(f"argument --images: the class names of {source.root}: {fault}; give --classes")
+        print(f"the {len(classes)} classes of {source.classes_from} taken (--classes gives others)", file=sys.stderr)
+    return source, classes
 
 
 def _parquet_images(
@@ -958,7 +1020,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "files; classification: the classes of their ClassLabel unless --classes names them), or webdataset tar "
         "shards as CLIP_benchmark gives them (wds_imagenet1k/test, a glob or brace pattern of .tar files, or the "
         "dataset's root: its test/ split; its classnames.txt and zeroshot_classification_templates.txt unless "
-        "--classes / --template give others)",
+        "--classes / --template give others), or torchvision's CIFAR-10/100 or MNIST-family files (their folder, "
+        "cifar-10-batches-py or MNIST: its test split; or split files, test_batch, t10k-images-idx3-ubyte)",
     )
     mode = parser.add_mutually_exclusive_group()  # (one of them required, but for parquet images: checked below)
     mode.add_argument(
@@ -1025,13 +1088,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     args = parser.parse_args(argv)
     # the parquet files' values of --images (a shell expands data/validation-*.parquet into its files), or the tar
-    # shards' (CLIP_benchmark's wds_imagenet1k/test, or its root); args.images then None
-    parquet = shards = None
+    # shards' (CLIP_benchmark's wds_imagenet1k/test, or its root), or torchvision's files' (cifar-10-batches-py);
+    # args.images then None
+    parquet = shards = tvfiles = None
     if args.images is not None:
-        args.images, parquet, shards = image_values(parser, args.images)
+        args.images, parquet, shards, tvfiles = image_values(parser, args.images)
+    own_labels = parquet is not None or shards is not None or tvfiles is not None  # (their rows hold class ids)
     # a retrieval dataset's shards (CLIP_benchmark's dataset_type.txt: wds_flickr30k) hold the captions themselves
     shard_captions = shards is not None and args.classes is None and shards_dataset_type(shards[0]) == "retrieval"
-    if parquet is None and shards is None and args.classes is None and args.captions is None:
+    if not own_labels and args.classes is None and args.captions is None:
         parser.error("one of the arguments --classes --captions is required")
     if parquet is None and args.label_key is not None:
         parser.error("argument --label-key: for parquet --images (classification) only")
@@ -1047,6 +1112,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for option, given in (("--labels", args.labels), ("--folder-order", args.folder_order)):
             if given:
                 parser.error(f"argument {option}: not with tar shard --images (their .cls members give the classes)")
+    if tvfiles is not None:  # (their labels say which class an image is of)
+        if args.captions is not None:
+            parser.error("argument --captions: not with torchvision's --images (classification: their class ids)")
+        for option, given in (("--labels", args.labels), ("--folder-order", args.folder_order)):
+            if given:
+                parser.error(f"argument {option}: not with torchvision's --images (their labels give the classes)")
     inputs = {"--captions": [args.captions] if args.captions is not None else []}
     inputs["--classes"] = [args.classes] if args.classes is not None and args.classes.startswith("@") else []
     inputs["--template"] = [t for t in args.templates or () if t.startswith("@")]
@@ -1064,7 +1135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --template: expected one '{{}}' (or CLIP_benchmark's '{{c}}') for the class name and no other braces, got {bad}"
         )
     # every argument checked before the checkpoint is loaded
-    if args.images is None and parquet is None and shards is None and args.classes is not None:
+    if args.images is None and not own_labels and args.classes is not None:
         parser.error("argument --images: required for --classes (classification)")
     if args.captions is None and (args.split or (args.image_key and parquet is None) or args.text_key):
         parser.error("arguments --split, --image-key and --text-key: for --captions (retrieval) only")
@@ -1082,17 +1153,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f"argument --captions: expected a .jsonl or .tsv captions file, Karpathy's, COCO's or BLIP's .json, or a .csv, "
             f"got {args.captions!r} (not a file)"
         )
-    in_id_order = parquet is not None or shards is not None or args.folder_order
+    in_id_order = own_labels or args.folder_order
     classes, class_folders = (
         (None, None) if args.classes is None else class_names_argument(args.classes, parser, in_id_order=in_id_order)
     )
-    if (parquet is not None or shards is not None) and class_folders is not None:
+    if own_labels and class_folders is not None:
         parser.error(
-            "argument --classes: a file naming each class's folder is for image folders; with parquet or tar shard "
-            "--images give the names alone, one a line in class-id order"
+            "argument --classes: a file naming each class's folder is for image folders; with parquet, tar shard or "
+            "torchvision's --images give the names alone, one a line in class-id order"
         )
     # (a name may then stand for two classes: a folder, or a parquet row's class id, tells them apart)
-    labelled_by_folder = class_folders is not None or args.folder_order or parquet is not None or shards is not None
+    labelled_by_folder = class_folders is not None or args.folder_order or own_labels
     if classes is not None and (fault := class_names_fault(classes, repeats_allowed=labelled_by_folder)):
         parser.error(f"argument --classes: {fault}")
     if class_folders is not None and len(set(class_folders)) != len(class_folders):
@@ -1106,12 +1177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("argument --labels: not with --folder-order (each says which class an image is of)")
     if args.labels is not None and not Path(args.labels).is_file():
         parser.error(f"argument --labels: expected a labels file, got {args.labels!r} (not a file)")
-    if (
-        args.all_probabilities is not None
-        and classes is None
-        and parquet is None
-        and (shards is None or shard_captions)
-    ):
+    if args.all_probabilities is not None and classes is None and (not own_labels or shard_captions):
         parser.error("argument --all-probabilities: for --classes (classification) only")
     if args.folder_order and class_folders is not None:
         parser.error("argument --folder-order: not with a --classes file that names each class's folder")
@@ -1140,8 +1206,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             {"--all-probabilities": args.all_probabilities, "--json": args.json},
             {"--images": source.dataset_files},
         )
+    elif tvfiles is not None:  # read and checked, before the checkpoint is loaded
+        source, classes = _torchvision_images(parser, tvfiles, classes)
+        refuse_overwritten_inputs(
+            parser,
+            {"--all-probabilities": args.all_probabilities, "--json": args.json},
+            {"--images": source.dataset_files},
+        )
     try:  # the images (or captions) listed, not read, before the checkpoint is loaded
-        if parquet is None and shards is None and classes is not None:
+        if not own_labels and classes is not None:
             listed = ImageFolder(args.images)
             if args.labels is not None:  # (its images and classes checked here, before the checkpoint loads)
                 try:
@@ -1156,7 +1229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     parser.error(f"argument --labels: {message}")
                 for warning in labelled.warnings("--labels", "--images"):
                     print(warning, file=sys.stderr)
-        elif parquet is None and shards is None:
+        elif not own_labels:
             folder = ImageTextFolder(
                 args.images, args.captions, image_key=args.image_key, text_key=args.text_key, split=split
             )
@@ -1183,7 +1256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             class_folders_ordered = list(ordered_folders(args.images, len(classes), listed))
         except ValueError as error:
             parser.error(f"argument --folder-order: {str(error).removeprefix('folder_order: ')}")
-    if (parquet is not None or shards is not None) and classes is not None:
+    if own_labels and classes is not None:
         warning = repeated_names_warning(classes, [f"id {i}" for i in range(len(classes))])
         if warning:
             print(warning, file=sys.stderr)
@@ -1195,7 +1268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if classes is not None:
         result = classify_folder(
             pretrained,
-            args.images if parquet is None and shards is None else source,
+            args.images if not own_labels else source,
             classes,
             args.templates or DEFAULT_TEMPLATES,
             batch_size=args.batch_size,
@@ -1214,7 +1287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             warning = unmatched_folders_warning(result["predictions"], classes, folder_order_hint=True)
         else:
             warning = unmatched_folders_warning(result["predictions"], class_folders, listed_folders=True)
-        if "accuracy" not in result and warning and args.labels is None and parquet is None and shards is None:
+        if "accuracy" not in result and warning and args.labels is None and not own_labels:
             print(warning, file=sys.stderr)
     else:
         result = _folder_retrieval(pretrained, folder, args.batch_size)  # (the file read and checked above)
