@@ -196,20 +196,24 @@ def test_the_vit_b16_config_is_openais_vit_b16_with_its_optimiser():
 
 
 def test_a_second_run_in_the_same_directory_is_refused_and_the_first_finishes_intact(tmp_path):
-    common = [f"training.output_dir={tmp_path}", "training.max_steps=400", "training.resume=auto", "eval.enabled=false"]
+    common = [f"training.output_dir={tmp_path}", "training.max_steps=20", "training.resume=auto", "eval.enabled=false"]
     first = _run(common, popen=True)
     lock = tmp_path / ".run.lock"
     deadline = time.time() + 120
     while not (lock.is_file() and lock.read_text().strip()) and first.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    second = subprocess.run(
-        [sys.executable, str(SCRIPT), f"config={DEBUG}", *common], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    first.send_signal(signal.SIGSTOP)  # held where it is, its lock with it, while the second run starts
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+        second = subprocess.run(
+            [sys.executable, str(SCRIPT), f"config={DEBUG}", *common], cwd=REPO, env=env, capture_output=True, text=True
+        )
+    finally:
+        first.send_signal(signal.SIGCONT)
     first_rc = first.wait(timeout=300)
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"error: key 'training.output_dir': {tmp_path} is in use by another run (pid {first.pid} on" in second.stderr
-    assert first_rc == 0 and sorted(_losses(tmp_path)) == list(range(2, 401, 2))  # one run's records, complete
+    assert first_rc == 0 and sorted(_losses(tmp_path)) == list(range(2, 21, 2))  # one run's records, complete
 
 
 def test_resume_refuses_architecture_and_data_changes_and_applies_optimiser_changes(tmp_path, capsys):
