@@ -932,6 +932,20 @@ def test_folder_order_maps_synset_folders_to_the_classes_in_sorted_order(export,
     capsys.readouterr()
 
 
+def test_folder_order_takes_folders_named_by_class_id_in_number_order(tmp_path):
+    """ImageNetV2 names its class folders 0 to 999 by class id: sorted as text, folder 10 was class 2 and 2 was
+    class 12, so every class past the tenth was scored against another class's name, without a word."""
+    from torchflava.data.readers import ImageFolder
+
+    root = tmp_path / "v2"
+    for number in range(12):
+        (root / str(number)).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / str(number) / "a.png")
+    assert zero_shot.ordered_folders(root, 12, ImageFolder(root)) == {str(i): i for i in range(12)}
+    (root / "1").rename(root / "12")  # 0, 2, ..., 12: not the class ids 0 to 11, so torchvision's text order
+    assert list(zero_shot.ordered_folders(root, 12, ImageFolder(root))) == sorted(str(i) for i in (0, *range(2, 13)))
+
+
 @pytest.mark.parametrize(
     "layout, message",
     [

@@ -32,7 +32,8 @@ classes (case, surrounding spaces, underscores for spaces and Unicode normalisat
 names one class), the accuracy is
 reported too, else a warning says which folders match no class; with ``--folder-order`` the i-th class
 is the i-th sub-folder in sorted order instead (torchvision's ``ImageFolder`` numbering: ImageNet's
-synset folders, with the class names listed in that order). A flat folder, as ImageNet's validation set
+synset folders, with the class names listed in that order; sub-folders named ``0`` to ``N-1``, as ImageNetV2's
+are, in number order: each folder's number is its class id). A flat folder, as ImageNet's validation set
 is distributed (``ILSVRC2012_val_00000001.JPEG``...), takes its labels from ``--labels``: Kaggle's
 ``LOC_val_solution.csv``, or ``FILE<TAB>CLASS`` / ``FILE,CLASS`` lines, each class written as its
 sub-folder would be named; images it names that are absent are skipped and counted as unreadable ones,
@@ -558,9 +559,12 @@ def labelled_images(
 def ordered_folders(images_dir: Union[str, os.PathLike], num_classes: int, listed: ImageFolder) -> dict[str, int]:
     """Each sub-folder of ``images_dir`` -> its index in sorted order (torchvision's ``ImageFolder`` classes:
     every sub-folder, images in it or not, but for hidden ones, ``.ipynb_checkpoints``, whose images ``listed``
-    leaves out too); ValueError unless there are ``num_classes`` of them and no image of ``listed``
-    (``images_dir``'s images, listed) lies outside them."""
+    leaves out too), or, where the sub-folders are named ``0`` to ``num_classes - 1`` (ImageNetV2's layout), its
+    number, which is its class id (sorted as text, ``10`` would come before ``2``); ValueError unless there are
+    ``num_classes`` of them and no image of ``listed`` (``images_dir``'s images, listed) lies outside them."""
     folders = sorted(e.name for e in os.scandir(images_dir) if e.is_dir() and not e.name.startswith("."))
+    if set(folders) == {str(i) for i in range(num_classes)}:
+        folders.sort(key=int)
     if len(folders) != num_classes:
         raise ValueError(
             f"folder_order: expected one sub-folder of {images_dir} per class ({num_classes}), got {len(folders)} "
@@ -1057,7 +1061,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "--folder-order",
         action="store_true",
         help="the i-th class is the i-th image sub-folder in sorted order (ImageNet's synset folders with "
-        "--classes @FILE of their names in that order), for the accuracy",
+        "--classes @FILE of their names in that order; folders named 0 to N-1, as ImageNetV2's, in number "
+        "order), for the accuracy",
     )
     parser.add_argument(
         "--labels",
