@@ -266,6 +266,7 @@ class ParquetImages(Dataset):
                 f"got {len(classes)} names",
             )
         self.classes = list(classes) if classes is not None else names
+        self.label_names = names  # the ClassLabel names of the files, in id order, whatever ``classes`` gives
         self.unlabelled: Optional[str] = None  # why the files are unlabelled though they have a label column
         self._rows: Optional[list[int]] = None  # the rows that are items, where unlabelled ones are left out
         self.labels = None if self.label_key is None else self._read_labels(schema.field(self.label_key).type)
