@@ -522,3 +522,31 @@ def test_unlabelled_rows_among_labelled_ones_are_left_out_with_one_warning(tmp_p
     unlabelled = ParquetImages(tmp_path / "none.parquet")
     assert (unlabelled.labels, len(unlabelled), unlabelled.warnings) == (None, 3, [])
     assert unlabelled.unlabelled == "every 'label' of the parquet files is null or -1 (an unlabelled split)"
+
+
+def test_image_caption_rows_read_from_a_glob_a_folder_or_a_list_of_shards_in_order(tmp_path):
+    """ImageTextFolder took a .parquet file or a pattern ending so; a folder of a split's shards, or a list of them,
+    was 'captions must be a ... .parquet file': now each is read in order, a shard left out of the split warned of."""
+    from torchflava.data.readers import ImageTextFolder
+
+    for shard in range(3):
+        rows = range(2 * shard, 2 * shard + 2)
+        _table(
+            tmp_path,
+            f"train-{shard:05d}-of-00003.parquet",
+            {"image": [png(i) for i in rows], "caption": [f"shape {i}" for i in rows]},
+        )
+    files = sorted(str(path) for path in tmp_path.glob("*.parquet"))
+    for captions in (str(tmp_path / "train-*.parquet"), tmp_path, files, tuple(files)):
+        pairs = ImageTextFolder(None, captions)
+        assert [pairs.caption(i) for i in range(len(pairs))] == [f"shape {i}" for i in range(6)], captions
+        assert [pairs[i].image.getpixel((0, 0))[0] for i in range(6)] == list(range(6)) and pairs.warnings == []
+    part = ImageTextFolder(None, [files[0], files[2]])
+    assert len(part) == 4 and part.warnings == [
+        f"warning: 2 of the 3 files {tmp_path}/train-*-of-00003.parquet given, their images read: 00001 absent"
+    ]
+    (tmp_path / "train-notes.txt").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"^captions: expected parquet files alone, got 1 other\(s\): .*notes.txt$"):
+        ImageTextFolder(None, str(tmp_path / "train-*"))
+    with pytest.raises(TypeError, match=r"^captions must be a path, or a non-empty list of parquet files' paths, got"):
+        ImageTextFolder(None, [])

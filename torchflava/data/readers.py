@@ -753,6 +753,10 @@ class ImageTextFolder(Dataset):
         self._parquet = None  # the images of the parquet files' rows
         self.warnings: list[str] = []  # the parquet files' (a shard of the split left out)
         self.held_splits: tuple[str, ...] = ()  # the splits of the parquet files' split column, read or not
+        if isinstance(captions, (list, tuple)) and not (
+            captions and all(isinstance(c, (str, os.PathLike)) for c in captions)
+        ):
+            raise TypeError(f"captions must be a path, or a non-empty list of parquet files' paths, got {captions!r}")
         if _names_parquet(captions):
             self._read_parquet(captions, image_key, text_key, split)
             return
