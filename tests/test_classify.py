@@ -1413,3 +1413,27 @@ def test_torchvision_cifar_files_give_the_report_of_the_same_images_in_class_fol
     with pytest.raises(SystemExit):  # a text classifier reads no image
         main(["--checkpoint", str(run), "--images", str(root)])
     assert "(modality 'text') reads --text, got torchvision's --images" in capsys.readouterr().err
+
+
+def test_two_parquet_classes_matched_to_one_class_of_the_classifier_give_no_accuracy_naming_both(
+    image_run, class_folders, tmp_path, capsys
+):
+    """``apple_pie`` and ``apple pie`` (or two cases of a name) of the files' ClassLabel were both matched to the
+    classifier's ``apple pie``, as a sub-folder is: two classes became one, scored so, without a word."""
+    from tests.helpers import hf_parquet_of
+
+    out, _ = image_run
+    images, names = class_folders
+    shutil.copytree(images, tmp_path / "images")
+    twin = names[0].replace("_", " ")  # (the classifier's name of names[0]: its images now another class of it)
+    (tmp_path / "images" / names[1]).rename(tmp_path / "images" / twin)
+    classes = sorted(path.name for path in (tmp_path / "images").iterdir())
+    files = hf_parquet_of(tmp_path / "images", tmp_path / "twins", classes)
+    result = main(["--checkpoint", str(out), "--images", *files])
+    assert "accuracy" not in result and len(result["predictions"]) == 12
+    assert result["warning"] == (
+        f"warning: no accuracy: the classes {sorted([twin, names[0]])} of the parquet files are all the classifier's "
+        f"class {twin!r} (each matched by name, as an image sub-folder is, underscores and case aside): their images "
+        "would be scored as one class"
+    )
+    assert result["warning"] in capsys.readouterr().err

@@ -449,7 +449,14 @@ def test_parquet_splits_probe_as_the_same_images_in_class_folders(export, tmp_pa
     from tests.data.test_parquet import png, write_hf_parquet
 
     write_hf_parquet(tmp_path / "minus.parquet", [png(1), png(2)], [-1, -1], classes)  # (Hugging Face's test split)
+    # (another order of the same names: its class ids were taken as --train's, every image given another class)
+    write_hf_parquet(tmp_path / "order.parquet", [png(1), png(2)], [0, 1], ["blue", "red", "green"])
     cases = [
+        (
+            ["--train", files["train"], "--val", str(tmp_path / "order.parquet")],
+            "argument --val: expected the ClassLabel names of --train's files, in their id order, got class id 1 "
+            "named 'red' here and 'green' in --train",
+        ),
         (
             ["--train", files["train"], "--val", str(tmp_path / "minus.parquet")],
             "argument --val: expected labelled images, got every 'label' of the parquet files is -1 (Hugging Face's "

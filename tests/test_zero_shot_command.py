@@ -1667,6 +1667,38 @@ def test_retrieval_on_an_image_caption_parquet_equals_the_same_pairs_in_a_captio
         zero_shot.main(common + ["--images", str(images), "--captions", str(tmp_path / "test-*.parquet")])
 
 
+def test_parquet_captions_of_several_splits_without_split_are_evaluated_whole_with_a_warning(
+    tmp_path, monkeypatch, capsys
+):
+    """A split column (Flickr30k's layout on the Hub) read without --split evaluated every split, the training
+    images among them, without the word a Karpathy file gets; said before the checkpoint loads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.data.test_parquet import IMAGE_STRUCT, png
+
+    rows = pa.array([{"bytes": png(i), "path": None} for i in range(4)], IMAGE_STRUCT)
+    table = pa.table({"image": rows, "caption": [f"a shape {i}" for i in range(4)]})
+    pq.write_table(table.append_column("split", pa.array(["train", "test", "val", "test"])), tmp_path / "s.parquet")
+
+    class Loaded(Exception):
+        pass
+
+    def load(*arguments):  # (the checkpoint's load, after every check: stopped there)
+        raise Loaded
+
+    monkeypatch.setattr(zero_shot, "command_pretrained", load)
+    with pytest.raises(Loaded):
+        zero_shot.main(["--checkpoint", "/unused", "--captions", str(tmp_path / "s.parquet")])
+    assert capsys.readouterr().err == (
+        "warning: the split column of the parquet --captions holds 3 splits (test, train, val) and no --split was "
+        "given: the 4 captions of every split are evaluated; --split names those to keep\n"
+    )
+    with pytest.raises(Loaded):
+        zero_shot.main(["--checkpoint", "/unused", "--captions", str(tmp_path / "s.parquet"), "--split", "test"])
+    assert capsys.readouterr().err == ""
+
+
 def test_parquet_images_without_a_label_column_are_classified_without_accuracy(export, images, tmp_path, capsys):
     import pyarrow.parquet as pq
 

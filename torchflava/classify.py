@@ -753,7 +753,9 @@ def _source_labels(
     ``ids``): its class id's name (the files' ClassLabel names, the shards' ``classnames.txt``, CIFAR's meta file's)
     matched to ``class_names`` as an image
     sub-folder's name is (:func:`~torchflava.zero_shot.folder_class`: ``apple_pie`` for ``apple pie``); or None and
-    the warning saying why there is no accuracy (no labels, no class names, a class the classifier lacks)."""
+    the warning saying why there is no accuracy (no labels, no class names, a class the classifier lacks, two
+    classes matched to one of the classifier's: ``apple_pie`` and ``apple pie``, or ``Apple pie`` and ``apple pie``,
+    to its ``apple pie``)."""
     kind = source_kind(source)
     if any(i is None for i in ids):
         reason = getattr(source, "unlabelled", None) or (
@@ -773,6 +775,16 @@ def _source_labels(
         return None, (
             f"warning: no accuracy: the classes {unmatched[:10]}{more} of the {kind} are none of the classifier's "
             f"{len(class_names)} classes (each matched by name, as an image sub-folder is)"
+        )
+    merged: dict[int, list[str]] = {}  # (two classes of the files, apple_pie and apple pie, matched to one)
+    for i in sorted(matched):
+        merged.setdefault(matched[i], []).append(source.classes[i])
+    both = next((names for names in merged.values() if len(set(names)) > 1), None)
+    if both is not None:
+        return None, (
+            f"warning: no accuracy: the classes {sorted(set(both))} of the {kind} are all the classifier's class "
+            f"{class_names[folder_class(both[0], class_names)]!r} (each matched by name, as an image sub-folder is, "
+            "underscores and case aside): their images would be scored as one class"
         )
     return [matched[i] for i in ids], None
 

@@ -338,6 +338,14 @@ def _parquet_split(
     if source.labels is None:
         reason = source.unlabelled or "parquet files without a label column (--label-key names it)"
         parser.error(f"argument --{name}: expected labelled images, got {reason}")
+    trained = getattr(split.get("train"), "label_names", None)  # (the ClassLabel names of parquet --train)
+    if name != "train" and trained is not None and source.label_names not in (None, trained):
+        # (as many names: ParquetImages refused another number; the ids were taken as --train's classes)
+        first = next(i for i, (a, b) in enumerate(zip(source.label_names, trained)) if a != b)
+        parser.error(
+            f"argument --{name}: expected the ClassLabel names of --train's files, in their id order, got class id "
+            f"{first} named {source.label_names[first]!r} here and {trained[first]!r} in --train"
+        )
     return _labelled_split(parser, name, source, source.labels, split)  # (no ClassLabel names: ids are classes)
 
 

@@ -1256,6 +1256,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             "captions of every split (train included) are evaluated; --split test keeps the test set",
             file=sys.stderr,
         )
+    # (the split column of parquet --captions, Flickr30k's on the Hub)
+    held = getattr(folder, "held_splits", ()) if classes is None and split is None else ()
+    if len(held) > 1:
+        print(
+            f"warning: the split column of the parquet --captions holds {len(held)} splits ({', '.join(held)}) and no "
+            f"--split was given: the {len(folder)} captions of every split are evaluated; --split names those to keep",
+            file=sys.stderr,
+        )
     if args.folder_order:  # the folders counted against the classes, before the checkpoint is loaded
         try:
             class_folders_ordered = list(ordered_folders(args.images, len(classes), listed))

@@ -31,7 +31,7 @@ import functools
 import math
 from pathlib import Path
 import sys
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -81,6 +81,8 @@ from torchflava.training.schema import (
     TrainingConfig,
     contrastive_batch_check,
     contrastive_data_check,
+    every_split_error,
+    every_split_note,
     learnt_vocabulary,
     logit_scale_check,
     lr_multipliers_check,
@@ -134,7 +136,9 @@ class FilesConfig(DataPaths):
     PATHS = ("pairs_root", "pairs_captions", "pairs_shards")  # the keys naming files, folders or shards
 
     pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
-    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json, .parquet)
+    # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json), or parquet files: a .parquet file, a glob of
+    # them (/data/coco/data/train-*.parquet), a folder of them or a list of them (image and caption(s) in each row)
+    pairs_captions: Optional[Union[str, list[str]]] = None
     pairs_split: Optional[list[str]] = None  # Karpathy .json, .parquet split column: the splits, e.g. [train, restval]
     pairs_image_key: Optional[str] = None  # key (.jsonl, BLIP .json) or column (.csv, .tsv) of the image paths
     pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
@@ -670,9 +674,11 @@ def image_transforms(
 
 
 # ------------------------------------------------------------------------------------------- data
-def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
+def build_pairs(cfg: DataConfig, *, resumed: bool = False) -> Optional[torch.utils.data.Dataset]:
     """The image-text pairs to train on (validate checked the keys; a file that does not read as
-    data names its key); None when they are streamed."""
+    data names its key); None when they are streamed. A Karpathy split file, or parquet files whose split column
+    holds several, read with ``files.pairs_split`` null (every split, the test images included) is refused, except
+    on a resume (``resumed``: a run started so before that was refused resumes on what it was trained on)."""
     if cfg.streaming.enabled:
         return None
     if cfg.source == "shapes":
@@ -686,7 +692,7 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
             lambda: TarShards(f.pairs_shards),
             usable=unusable_start,
         )
-    return opened_pairs(
+    pairs = opened_pairs(
         "data.files",
         ImageTextFolder,
         f.pairs_root,
@@ -696,6 +702,9 @@ def build_pairs(cfg: DataConfig) -> Optional[torch.utils.data.Dataset]:
         text_key=f.pairs_text_key,
         usable=unusable_start,
     )
+    if not resumed and (refusal := every_split_error("data.files", pairs, f.pairs_split)) is not None:
+        raise refusal
+    return pairs
 
 
 def pair_texts(cfg: DataConfig, pairs: Optional[torch.utils.data.Dataset]) -> list[str]:
@@ -825,7 +834,12 @@ def main(cfg: TrainConfig) -> dict:
         records = None
         from_pretrained(cfg, checked_checkpoint(cfg))
 
-    pairs = build_pairs(d)
+    pairs = build_pairs(d, resumed=resume_from is not None)
+    if info.is_main:  # (a shard of a parquet split left out of data.files.pairs_captions, as the commands warn)
+        for warning in getattr(pairs, "warnings", ()):
+            print(warning, file=sys.stderr)
+        if (note := every_split_note("data.files", pairs, d.files.pairs_split)) is not None:
+            print(note, file=sys.stderr)  # (a run started so before such a run was refused: resumed as started)
     num_pairs = None if pairs is None else len(pairs)  # (streamed: not known)
     raise_on_failed_checks([contrastive_data_check(t, num_pairs, pair_source_key(d))])
     checkpoint = None if checked is None else checked.checkpoint

@@ -24,7 +24,7 @@ import functools
 import math
 from pathlib import Path
 import sys
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -67,6 +67,8 @@ from torchflava.training.schema import (
     checkpoint_fits,
     contrastive_batch_check,
     contrastive_data_check,
+    every_split_error,
+    every_split_note,
     learnt_vocabulary,
     logit_scale_check,
     lr_multipliers_check,
@@ -124,7 +126,9 @@ class FilesConfig(DataPaths):
     PATHS = ("pairs_root", "pairs_captions", "pairs_shards", "images_root", "texts")  # naming files, folders, shards
 
     pairs_root: Optional[str] = None  # folder the image paths of pairs_captions are relative to (null: absolute)
-    pairs_captions: Optional[str] = None  # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json, .parquet)
+    # captions file (.jsonl, .tsv, .csv, Karpathy, COCO or BLIP .json), or parquet files: a .parquet file, a glob of
+    # them (/data/coco/data/train-*.parquet), a folder of them or a list of them (image and caption(s) in each row)
+    pairs_captions: Optional[Union[str, list[str]]] = None
     pairs_split: Optional[list[str]] = None  # Karpathy .json, .parquet split column: the splits, e.g. [train, restval]
     pairs_image_key: Optional[str] = None  # key (.jsonl, BLIP .json) or column (.csv, .tsv) of the image paths
     pairs_text_key: Optional[str] = None  # ... and of the captions (null: image/caption, or open_clip's filepath/title)
@@ -497,8 +501,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
 
 # ------------------------------------------------------------------------------------------- data
 def build_sources(cfg: DataConfig, *, resumed: bool = False) -> dict[str, torch.utils.data.Dataset]:
-    """The pairs / images / texts sources the ratios draw from. A Karpathy split file read with
-    ``files.pairs_split`` null (every split) is refused, except on a resume (``resumed``): a run started so
+    """The pairs / images / texts sources the ratios draw from. A Karpathy split file, or parquet files whose split
+    column holds several, read with ``files.pairs_split`` null (every split) is refused, except on a resume (``resumed``): a run started so
     before that was refused cannot change the key on resume, and resumes on what it was trained on."""
     if cfg.source == "shapes":
         s = cfg.shapes
@@ -525,12 +529,8 @@ def build_sources(cfg: DataConfig, *, resumed: bool = False) -> dict[str, torch.
             text_key=f.pairs_text_key,
             usable=unusable_start,
         )
-        if every_karpathy_split(f, sources["pairs"]) and not resumed:
-            # (every split was trained on, the test images the retrieval benchmarks score among them)
-            raise ConfigError(
-                "key 'data.files.pairs_split': expected the splits of the Karpathy file to train on, e.g. [train, "
-                "restval] (null trained on every split, the test images included: name them all to mean it), got None"
-            )
+        if not resumed and (refusal := every_split_error("data.files", sources["pairs"], f.pairs_split)) is not None:
+            raise refusal  # (every split was trained on, the test images the retrieval benchmarks score among them)
     if f.images_root is not None:
         sources["images"] = opened(
             "data.files.images_root",
@@ -682,12 +682,6 @@ def pretraining_step(model: nn.Module, item: MixedBatch) -> StepOutput:
     return StepOutput(out.loss_sums, out.loss_counts)
 
 
-def every_karpathy_split(f: FilesConfig, pairs: torch.utils.data.Dataset) -> bool:
-    """Whether ``pairs`` is a Karpathy split file read with ``pairs_split`` null: every split, the test
-    images the retrieval benchmarks score included."""
-    return getattr(pairs, "format", None) == "karpathy" and f.pairs_split is None
-
-
 # ------------------------------------------------------------------------------------------- main
 @holds_run_directory  # one run per directory, given up however main ends
 def main(cfg: TrainConfig) -> dict:
@@ -710,12 +704,12 @@ def main(cfg: TrainConfig) -> dict:
     # Data: the vocabulary, then this rank's share of every step's batch (every rank builds the same
     # codebook from the seed).
     sources = build_sources(cfg.data, resumed=resume_from is not None)
-    if info.is_main and "pairs" in sources and every_karpathy_split(cfg.data.files, sources["pairs"]):
-        print(  # (a run started so before such a run was refused: resumed as it was started)
-            "data.files.pairs_split: null, this run trains on every split of the Karpathy file, its test images "
-            "included (kept on resume; a new run names the splits, e.g. [train, restval])",
-            file=sys.stderr,
-        )
+    if info.is_main:  # (a shard of a parquet split left out of data.files.pairs_captions, as the commands warn)
+        for warning in getattr(sources.get("pairs"), "warnings", ()):
+            print(warning, file=sys.stderr)
+    note = every_split_note("data.files", sources.get("pairs"), cfg.data.files.pairs_split)
+    if info.is_main and note is not None:  # (a run started so before such a run was refused: resumed as started)
+        print(note, file=sys.stderr)
     if "pairs" in sources and cfg.data.ratios.pairs > 0:  # (streamed pairs: not counted)
         raise_on_failed_checks([contrastive_data_check(t, len(sources["pairs"]), pair_source_key(cfg.data))])
     tokenizer = opened(  # a vocab.txt that does not read, or data without a usable text, names data.vocab

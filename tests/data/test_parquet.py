@@ -194,16 +194,10 @@ def _table(tmp_path, name, columns, metadata=None):
             "expected 'label' among the 3 classes, 0..2, got 5 at row 0 of",
         ),
         (
-            lambda t: _table(t, "a.parquet", {"image": [png(1), png(2)], "label": [0, -1]}, hf_features(NAMES)),
+            lambda t: _table(t, "a.parquet", {"image": [png(1), png(2)], "label": [0, -2]}, hf_features(NAMES)),
             {},
             "label_key",
-            "got -1 at row 1 of {t}/a.parquet (Hugging Face's -1: an unlabelled split, as a test split may be)",
-        ),
-        (
-            lambda t: _table(t, "a.parquet", {"image": [png(1), png(2)], "label": [0, None]}),
-            {},
-            "label_key",
-            "expected 'label' among the class ids, 0 or more, got None at row 1",
+            "expected 'label' among the 3 classes, 0..2, got -2 at row 1 of {t}/a.parquet",
         ),
         (
             lambda t: _table(t, "a.parquet", {"image": [1, 2], "label": [0, 1]}),
@@ -223,12 +217,6 @@ def _table(tmp_path, name, columns, metadata=None):
             {"classes": NAMES},
             "label_key",
             "expected 'label' to name one of the 3 classes ('cat', 'dog', 'bird'), got 'cow' at row 1 of",
-        ),
-        (
-            lambda t: _table(t, "a.parquet", {"image": [png(1), png(2)], "label": ["cat", None]}),
-            {},
-            "label_key",
-            "expected 'label' to name one of the 1 classes ('cat'), got None at row 1 of",
         ),
         (
             lambda t: _table(t, "a.parquet", {"image": [png(1)], "label": ["cat"]}),
@@ -474,7 +462,7 @@ def test_a_file_damaged_in_its_label_or_caption_column_is_refused_naming_it_not_
 
 def test_a_split_whose_every_label_is_minus_one_is_unlabelled(tmp_path):
     """Hugging Face's test split of a labelled dataset (its ClassLabel kept, every row -1): no labels, the classes
-    kept; one row -1 among labelled ones is still refused (test_bad_input_...)."""
+    kept; rows -1 among labelled ones are left out (test_unlabelled_rows_...)."""
     write_hf_parquet(tmp_path / "test.parquet", [png(i) for i in range(5)], [-1] * 5, NAMES, row_group_size=2)
     source = ParquetImages(tmp_path / "test.parquet")
     assert (source.label_key, source.labels, source.classes) == ("label", None, NAMES)
@@ -501,3 +489,64 @@ def test_a_column_of_class_names_labels_its_rows_by_name(tmp_path):
     )
     _table(tmp_path, "d.parquet", {"image": [png(i) for i in range(5)], "label": pa.array(names).dictionary_encode()})
     assert ParquetImages(tmp_path / "d.parquet").labels == [1, 2, 1, 3, 0]
+
+
+def test_unlabelled_rows_among_labelled_ones_are_left_out_with_one_warning(tmp_path):
+    """A split partly labelled (some rows' label null or -1) was refused whole ('got -1 at row 1'); as the images a
+    labels file does not name are left out of a flat folder (--labels), those rows are now left out, one warning
+    saying how many, the other rows' items, names and labels as they were, over several files."""
+    write_hf_parquet(tmp_path / "d-00000-of-00002.parquet", [png(i) for i in range(4)], [0, -1, 2, None], NAMES)
+    write_hf_parquet(tmp_path / "d-00001-of-00002.parquet", [png(i) for i in range(4, 7)], [None, 1, 1], NAMES)
+    source = ParquetImages(tmp_path)
+    assert source.warnings == [
+        "warning: 3 of the 7 rows of the parquet files have no 'label' (null or -1, unlabelled) and are left out "
+        "(first d-00000-of-00002.parquet[1])"
+    ]
+    assert len(source) == 4 and source.labels == [0, 2, 1, 1] and source.unlabelled is None
+    names = [source.relative_path(i) for i in range(4)]
+    assert names == [
+        "d-00000-of-00002.parquet[0]",
+        "d-00000-of-00002.parquet[2]",
+        "d-00001-of-00002.parquet[1]",
+        "d-00001-of-00002.parquet[2]",
+    ]
+    assert [(source[i].label, _red(source, i)) for i in range(4)] == [(0, 0), (2, 2), (1, 5), (1, 6)]
+    with pytest.raises(IndexError):
+        source[4]
+    (tmp_path / "named").mkdir()
+    _table(tmp_path / "named", "s.parquet", {"image": [png(i) for i in range(3)], "label": ["dog", None, "cat"]})
+    named = ParquetImages(tmp_path / "named" / "s.parquet")
+    assert (named.classes, named.labels, len(named), _red(named, 1)) == (["cat", "dog"], [1, 0], 2, 2)
+    assert named.warnings[0].startswith("warning: 1 of the 3 rows of the parquet files have no 'label' (null or -1")
+    write_hf_parquet(tmp_path / "none.parquet", [png(i) for i in range(3)], [None, -1, None], NAMES)
+    unlabelled = ParquetImages(tmp_path / "none.parquet")
+    assert (unlabelled.labels, len(unlabelled), unlabelled.warnings) == (None, 3, [])
+    assert unlabelled.unlabelled == "every 'label' of the parquet files is null or -1 (an unlabelled split)"
+
+
+def test_image_caption_rows_read_from_a_glob_a_folder_or_a_list_of_shards_in_order(tmp_path):
+    """ImageTextFolder took a .parquet file or a pattern ending so; a folder of a split's shards, or a list of them,
+    was 'captions must be a ... .parquet file': now each is read in order, a shard left out of the split warned of."""
+    from torchflava.data.readers import ImageTextFolder
+
+    for shard in range(3):
+        rows = range(2 * shard, 2 * shard + 2)
+        _table(
+            tmp_path,
+            f"train-{shard:05d}-of-00003.parquet",
+            {"image": [png(i) for i in rows], "caption": [f"shape {i}" for i in rows]},
+        )
+    files = sorted(str(path) for path in tmp_path.glob("*.parquet"))
+    for captions in (str(tmp_path / "train-*.parquet"), tmp_path, files, tuple(files)):
+        pairs = ImageTextFolder(None, captions)
+        assert [pairs.caption(i) for i in range(len(pairs))] == [f"shape {i}" for i in range(6)], captions
+        assert [pairs[i].image.getpixel((0, 0))[0] for i in range(6)] == list(range(6)) and pairs.warnings == []
+    part = ImageTextFolder(None, [files[0], files[2]])
+    assert len(part) == 4 and part.warnings == [
+        f"warning: 2 of the 3 files {tmp_path}/train-*-of-00003.parquet given, their images read: 00001 absent"
+    ]
+    (tmp_path / "train-notes.txt").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"^captions: expected parquet files alone, got 1 other\(s\): .*notes.txt$"):
+        ImageTextFolder(None, str(tmp_path / "train-*"))
+    with pytest.raises(TypeError, match=r"^captions must be a path, or a non-empty list of parquet files' paths, got"):
+        ImageTextFolder(None, [])

@@ -745,8 +745,21 @@ def test_a_karpathy_split_file_trains_on_the_splits_named(tmp_path):
         tmp_path / "every",
         f"data.files.pairs_captions={tmp_path / 'dataset_coco.json'}",
         f"data.files.pairs_root={root}",
+        "data.files.pairs_split=[train,val,restval,test]",
     )
-    assert every != karpathy  # (without the split: all 48 sentences)
+    assert every != karpathy  # (every split named: all 48 sentences)
+    # null trained on every split, the test images the retrieval benchmarks score among them, without a word (as
+    # FLAVA pretraining refuses it)
+    with pytest.raises(train.ConfigError) as caught:
+        _first_loss(
+            tmp_path / "null",
+            f"data.files.pairs_captions={tmp_path / 'dataset_coco.json'}",
+            f"data.files.pairs_root={root}",
+        )
+    assert str(caught.value) == (
+        "key 'data.files.pairs_split': expected the splits of the Karpathy file to train on, e.g. [train, restval] "
+        "(null trained on every split, the test images included: name them all to mean it), got None"
+    )
 
 
 def test_a_resumed_run_may_not_change_which_pairs_it_reads(tmp_path):

@@ -118,3 +118,162 @@ def test_clip_on_the_train_rows_of_a_parquet_split_column_trains_as_those_pairs(
     )
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: key 'data.files.pairs_split': expected")
     assert "expected splits of the files (test, train), got ['val']" in unknown.stderr
+
+
+RECIPES = {"clip": ("examples/clip/train.py", CLIP)}
+RECIPES["flava"] = ("examples/flava/train.py", REPO / "examples" / "flava" / "configs" / "pretraining" / "debug.yaml")
+
+
+def _recipe(name: str):
+    from tests.helpers import load_recipe
+
+    return load_recipe(RECIPES[name][0], f"parquet_pairs_{name}")
+
+
+def _load(module, out: Path, *overrides: str):
+    from torchflava.training.config import load_config
+
+    config = CLIP if module.__name__.endswith("clip") else RECIPES["flava"][1]
+    arguments = [f"config={config}", *COMMON, "training.max_steps=2", f"training.output_dir={out}"]
+    return load_config(module.TrainConfig, [*arguments, *overrides])
+
+
+def _main(name: str, out: Path, *overrides: str):
+    module = _recipe(name)
+    return module, module.main(_load(module, out, *overrides))
+
+
+@pytest.fixture(scope="module")
+def shards(pairs, tmp_path_factory):
+    """The 40 rows of ``pairs`` as the Hub serves a split, ``data/train-0000i-of-00004.parquet`` (10 rows each, in
+    order), with a ``split`` column (every 4th row ``test``) in ``split/``: (data folder, split folder)."""
+    folder = tmp_path_factory.mktemp("shards")
+    table = pq.read_table(pairs[0])
+    split = pa.array(["test" if i % 4 == 0 else "train" for i in range(len(table))])
+    for name, whole in (("data", table), ("split", table.append_column("split", split))):
+        (folder / name).mkdir()
+        for shard in range(4):
+            part = whole.slice(10 * shard, 10)
+            pq.write_table(part, folder / name / f"train-{shard:05d}-of-00004.parquet", row_group_size=7)
+    return folder / "data", folder / "split"
+
+
+def test_the_shards_of_a_split_train_as_their_rows_in_one_file_given_as_a_glob_a_folder_or_a_list(
+    pairs, shards, tmp_path, capsys
+):
+    """data.files.pairs_captions=/data/coco/data/train-*.parquet (a split as the Hub serves it) was refused as no
+    existing file, a folder of shards and a list of them alike: now every shard is read, in order (the pairs of the
+    one file of their rows), and a shard left out of the split is warned of as the evaluation commands warn of it."""
+    from torchflava.training.config import load_config
+    from torchflava.training.schema import pair_file_checks, raise_on_failed_checks
+
+    data, module = shards[0], _recipe("clip")
+
+    def read(value) -> list:  # the captions keys checked as validate checks them, then the pairs trained on
+        arguments = [f"config={CLIP}", *COMMON, f"data.files.pairs_captions={value}"]
+        cfg = load_config(module.TrainConfig, [*arguments, f"training.output_dir={tmp_path / 'run'}"])
+        f = cfg.data.files
+        raise_on_failed_checks(
+            pair_file_checks("data.files", f.pairs_shards, f.pairs_root, f.pairs_captions, required=True)
+        )
+        pairs = module.build_pairs(cfg.data)
+        return [(pairs.caption(i), pairs[i].image.tobytes()) for i in range(len(pairs))]
+
+    one = read(pairs[0])
+    listed = ",".join(str(data / f"train-{i:05d}-of-00004.parquet") for i in range(4))
+    for value in (data / "train-*.parquet", data, f"[{listed}]"):
+        assert read(value) == one and len(one) == 40, value
+    part = ",".join(str(data / f"train-{i:05d}-of-00004.parquet") for i in (0, 2))
+    capsys.readouterr()
+    for recipe in ("clip", "flava"):
+        _main(recipe, tmp_path / f"part_{recipe}", f"data.files.pairs_captions=[{part}]", "training.max_steps=1")
+        assert (
+            f"warning: 2 of the 4 files {data}/train-*-of-00004.parquet given, their images read: 00001, 00003 absent\n"
+            in capsys.readouterr().err
+        )
+
+
+@pytest.mark.parametrize("recipe", ["clip", "flava"])
+def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(recipe, shards, tmp_path):
+    data = shards[0]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "train-00000-of-00001.parquet").write_bytes((data / "train-00000-of-00004.parquet").read_bytes())
+    (mixed / "train-info.json").write_text("{}")
+    expected = (
+        "key 'data.files.pairs_captions': expected an existing captions file, or parquet files: a glob pattern of "
+        "them (data/train-*.parquet), a folder holding them or a list of them, got "
+    )
+    cases = [
+        (data / "test-*.parquet", f"'{data}/test-*.parquet (a pattern matching no file)'"),
+        (
+            mixed / "train-*",
+            f"'{mixed}/train-* (it matches 1 file(s) other than parquet, {mixed}/train-info.json: give parquet files)'",
+        ),
+        (
+            f"[{mixed}/train-00000-of-00001.parquet,{mixed}/train-info.json]",
+            f"\"['{mixed}/train-00000-of-00001.parquet', '{mixed}/train-info.json'] ({mixed}/train-info.json: not a "
+            '.parquet file (a list is of parquet files))"',
+        ),
+        (tmp_path, f"'{tmp_path} (a folder holding no .parquet file)'"),
+    ]
+    module = _recipe(recipe)
+    for value, got in cases:
+        with pytest.raises(module.ConfigError) as caught:
+            _main(recipe, tmp_path / "run", f"data.files.pairs_captions={value}")
+        assert str(caught.value) == expected + got
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_on_a_glob_that_matches_another_shard_is_refused(shards, tmp_path):
+    """The checkpoint records the pairs of every shard read: a shard added to the glob's folder changes them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"train-{i:05d}-of-00004.parquet").write_bytes(
+            (shards[0] / f"train-{i:05d}-of-00004.parquet").read_bytes()
+        )
+    given = [f"data.files.pairs_captions={data}/train-*.parquet", "training.checkpoint_every=2"]
+    _main("clip", tmp_path / "run", *given)
+    (data / "train-00003-of-00004.parquet").write_bytes((shards[0] / "train-00003-of-00004.parquet").read_bytes())
+    module = _recipe("clip")
+    with pytest.raises(module.ConfigError) as caught:
+        _main("clip", tmp_path / "run", *given, "training.max_steps=4")
+    assert str(caught.value).startswith(
+        "key 'data.files.pairs_captions': expected the 30 pairs the checkpoint was trained on"
+    ), caught.value
+    assert str(caught.value).endswith("got '40 items'")
+
+
+@pytest.mark.parametrize("recipe", ["clip", "flava"])
+def test_parquet_files_of_several_splits_without_pairs_split_are_refused_naming_their_splits(recipe, shards, tmp_path):
+    """A split column (Flickr30k's layout on the Hub) read with data.files.pairs_split null trained on every row, the
+    test images the retrieval benchmarks score among them, without a word; a Karpathy file is refused so."""
+    module = _recipe(recipe)
+    given = f"data.files.pairs_captions={shards[1]}"
+    with pytest.raises(module.ConfigError) as caught:
+        _main(recipe, tmp_path / "every", given)
+    assert str(caught.value) == (
+        "key 'data.files.pairs_split': expected the splits of the parquet files' split column to train on, among "
+        "[test, train] (null trained on every split, the test images included: name them all to mean it), got None"
+    )
+    assert not (tmp_path / "every").exists()
+    _main(recipe, tmp_path / "all", given, "data.files.pairs_split=[train,test]")
+    assert len(_losses(tmp_path / "all")) == 2
+
+
+def test_a_clip_run_on_every_split_started_before_the_refusal_still_resumes(shards, tmp_path, monkeypatch, capsys):
+    """A run started with pairs_split null before such runs were refused resumes on what it trained on (naming
+    every split would be refused by the resume as a changed key), saying so."""
+    module = _recipe("clip")
+    given = [f"data.files.pairs_captions={shards[1]}", "training.checkpoint_every=2"]
+    with monkeypatch.context() as before:  # the run as the recipe started it then
+        before.setattr(module, "every_split_error", lambda *arguments: None)
+        module.main(_load(module, tmp_path / "run", *given))
+    capsys.readouterr()
+    module.main(_load(module, tmp_path / "run", *given, "training.max_steps=4"))
+    assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4]
+    assert (
+        "data.files.pairs_split: null, this run trains on every split of the parquet files' split column, its test "
+        "images included (kept on resume; a new run names the splits, among [test, train])\n"
+    ) in capsys.readouterr().err

@@ -296,3 +296,30 @@ def test_sections_in_a_list_or_mapping_field_have_their_paths_made_absolute_and_
     old = _MixtureRun(_Mixture(sources=[_Shards(shards="old/{0..1}.tar")]), *settings("run"))
     absolute_config_paths(old, tmp_path / "old")
     assert (old.data.sources[0].shards, old.data.vocab) == ("old/{0..1}.tar", str(b / "vocab.txt"))
+
+
+def test_a_list_of_files_has_each_path_expanded_and_made_absolute(tmp_path, monkeypatch):
+    """data.files.pairs_captions may list parquet shards: a list's relative items were recorded as typed (a resume
+    from another directory read other files, or none) and its ``~`` left unexpanded."""
+
+    @dataclass
+    class Files(DataPaths):
+        PATHS = ("captions",)
+
+        captions: Optional[list] = None
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    files = Files(captions=["data/a.parquet", "~/b.parquet", "/abs/c.parquet"])
+    assert files.captions[1] == str(tmp_path / "home" / "b.parquet")
+    absolute_data_paths(files, Files.PATHS)
+    assert files.captions == [
+        str(tmp_path / "data" / "a.parquet"),
+        str(tmp_path / "home" / "b.parquet"),
+        "/abs/c.parquet",
+    ]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("data:\n  captions: [data/a.parquet, d.parquet]\n")
+    resumed = Files(captions=["data/a.parquet", "d.parquet", "e.parquet"])  # (recorded relative: kept as typed)
+    absolute_data_paths(resumed, Files.PATHS, tmp_path / "run")
+    assert resumed.captions == ["data/a.parquet", "d.parquet", str(tmp_path / "e.parquet")]

@@ -203,9 +203,10 @@ class ParquetImages(Dataset):
         ParquetError: (a ValueError naming the argument that answers for it) if a path names no parquet file, a file
             is no parquet file (or its labels do not read) or holds no row, the files' schemas differ, a key names no
             column, the image column is of another type, the label column holds neither integers nor strings, a
-            label is null or outside the classes (a name: not among them, or among them twice; every label -1 is
-            an unlabelled split: :attr:`labels` None, :attr:`unlabelled` saying so), or ``classes`` has another
-            number of names than the ``ClassLabel`` (all before any image is read).
+            label is outside the classes (a name: not among them, or among them twice; a row whose label is null
+            or -1 is left out of the items, one line in :attr:`warnings` saying how many; every label -1 (or
+            null) is an unlabelled split: :attr:`labels` None, :attr:`unlabelled` saying so), or ``classes`` has
+            another number of names than the ``ClassLabel`` (all before any image is read).
     """
 
     item_noun = "an image"
@@ -265,7 +266,9 @@ class ParquetImages(Dataset):
                 f"got {len(classes)} names",
             )
         self.classes = list(classes) if classes is not None else names
+        self.label_names = names  # the ClassLabel names of the files, in id order, whatever ``classes`` gives
         self.unlabelled: Optional[str] = None  # why the files are unlabelled though they have a label column
+        self._rows: Optional[list[int]] = None  # the rows that are items, where unlabelled ones are left out
         self.labels = None if self.label_key is None else self._read_labels(schema.field(self.label_key).type)
 
     def _read_labels(self, kind: Any) -> Optional[list[int]]:
@@ -283,37 +286,65 @@ class ParquetImages(Dataset):
                 f"{kind}",
             )
         read = [read_columns(file.path, [self.label_key])[0] for file in self._files]
-        if named:
-            return self._named_labels(read)
-        labels: list[int] = []
         if all(value == -1 for values in read for value in values):
             self.unlabelled = f"every {self.label_key!r} of the parquet files is -1 (Hugging Face's unlabelled split)"
             return None
+        if all(value is None or value == -1 for values in read for value in values):
+            self.unlabelled = f"every {self.label_key!r} of the parquet files is null or -1 (an unlabelled split)"
+            return None
+        read = self._leave_out_unlabelled(read)
+        if named:
+            return self._named_labels(read)
+        labels: list[int] = []
         for file, values in zip(self._files, read):
             bound = len(self.classes) if self.classes is not None else None
-            for row, value in enumerate(values):
-                if value is None or value < 0 or (bound is not None and value >= bound):
+            for row, value in values:
+                if value < 0 or (bound is not None and value >= bound):
                     among = f"the {bound} classes, 0..{bound - 1}" if bound is not None else "the class ids, 0 or more"
-                    hint = " (Hugging Face's -1: an unlabelled split, as a test split may be)" if value == -1 else ""
                     raise ParquetError(
                         "label_key",
-                        f"expected {self.label_key!r} among {among}, got {value} at row {row} of {file.path}{hint}",
+                        f"expected {self.label_key!r} among {among}, got {value} at row {row} of {file.path}",
                     )
-            labels += values
+                labels.append(value)
         return labels
+
+    def _leave_out_unlabelled(self, read: list[list]) -> list[list[tuple[int, Any]]]:
+        """Each file's labelled rows, (row, label), of its label column ``read``: a row whose label is null (or -1,
+        Hugging Face's unlabelled row) is left out of the dataset's items (:attr:`_rows`), as an image a labels file
+        does not name is left out of a folder, with one warning (in :attr:`warnings`) saying how many."""
+        kept, rows, start, absent = [], [], 0, 0
+        for values in read:
+            labelled = [(row, value) for row, value in enumerate(values) if value is not None and value != -1]
+            kept.append(labelled)
+            rows += [start + row for row, _ in labelled]
+            absent += len(values) - len(labelled)
+            start += len(values)
+        if absent:
+            self._rows = rows
+            first = next(
+                _row_name(file, row)
+                for file, values in zip(self._files, read)
+                for row, value in enumerate(values)
+                if value is None or value == -1
+            )
+            self.warnings.append(
+                f"warning: {absent} of the {start} rows of the parquet files have no {self.label_key!r} (null or -1, "
+                f"unlabelled) and are left out (first {first})"
+            )
+        return kept
 
     def _named_labels(self, read: list[list]) -> list[int]:
         """Each row's class id where the label column names the classes (strings, as some Hub datasets store them
         instead of ClassLabel ids): its name's place in :attr:`classes`, which are the names in sorted order where
         not given (as class folders are sorted); ParquetError where a row names none of them, or a name two."""
         if self.classes is None:
-            self.classes = sorted({name for values in read for name in values if name is not None})
+            self.classes = sorted({name for values in read for _, name in values})
         ids: dict[str, int] = {}
         for index, name in enumerate(self.classes):
             ids.setdefault(name, index)
         labels: list[int] = []
         for file, values in zip(self._files, read):
-            for row, name in enumerate(values):
+            for row, name in values:
                 if name not in ids:
                     shown = ", ".join(map(repr, self.classes[:5])) + (", ..." if len(self.classes) > 5 else "")
                     raise ParquetError(
@@ -331,10 +362,11 @@ class ParquetImages(Dataset):
         return labels
 
     def __len__(self) -> int:
-        return self._ends[-1]
+        return self._ends[-1] if self._rows is None else len(self._rows)
 
     def _where(self, index: int) -> tuple[int, int]:
         """(file, row in it) of item ``index``."""
+        index = index if self._rows is None else self._rows[index]  # (its row in all the files' rows)
         file = bisect.bisect_right(self._ends, index)
         return file, index - (self._ends[file - 1] if file else 0)
 
@@ -342,8 +374,7 @@ class ParquetImages(Dataset):
         """Item ``index``'s name: its file's path (relative to the files' common folder) and its row,
         ``validation-00000-of-00008.parquet[0017]`` (zero-padded: names sort in row order)."""
         file, row = self._where(check_index(index, len(self)))
-        width = len(str(max(self._files[file].row_groups[-1] - 1, 0)))
-        return f"{self._files[file].name}[{row:0{width}d}]"
+        return _row_name(self._files[file], row)
 
     @property
     def files(self) -> list[str]:
@@ -429,6 +460,13 @@ def read_columns(path: str, columns: Sequence[str]) -> list[list]:
             "paths", f"{path} is not a readable parquet file ({type(error).__name__}: {reason})"
         ) from None
     return [table.column(name).to_pylist() for name in columns]
+
+
+def _row_name(file: _File, row: int) -> str:
+    """Row ``row`` of ``file`` named as an item is: ``validation-00000-of-00008.parquet[0017]`` (zero-padded: names
+    sort in row order)."""
+    width = len(str(max(file.row_groups[-1] - 1, 0)))
+    return f"{file.name}[{row:0{width}d}]"
 
 
 def _accumulate(counts: Any) -> list[int]:
@@ -527,7 +565,7 @@ def parquet_captions(
 ) -> tuple[list[CaptionRow], tuple[str, ...], str]:
     """The captions of parquet ``images``' rows, one a caption (COCO's five of an image in a list of strings are
     five), of the rows whose ``split`` column is among ``split`` (None: every row), the splits the files hold
-    (none without ``split``), and the caption column; ParquetError (``text_key``, ``split``) where the caption column is missing or of
+    (none without a ``split`` column of strings), and the caption column; ParquetError (``text_key``, ``split``) where the caption column is missing or of
     another type, or the files have no ``split`` column of strings."""
     import pyarrow as pa
 
@@ -549,9 +587,10 @@ def parquet_captions(
     if not listed and not any(test(kind) for test in strings):
         raise ParquetError("text_key", f"expected {text_key!r} to hold a caption or a list of them, got {kind}")
     columns = [text_key]
-    if split is not None:
-        if "split" not in schema.names or not any(test(schema.field("split").type) for test in strings):
-            raise ParquetError("split", "split is for files with a 'split' column of strings, these have none")
+    split_column = "split" in schema.names and any(test(schema.field("split").type) for test in strings)
+    if split is not None and not split_column:
+        raise ParquetError("split", "split is for files with a 'split' column of strings, these have none")
+    if split_column:  # (read with split None too: the splits the files hold, which a reader of every row may refuse)
         columns.append("split")
     rows: list[CaptionRow] = []
     splits: set[str] = set()
@@ -559,7 +598,7 @@ def parquet_captions(
     for path in images.files:
         read = read_columns(path, columns)
         texts = read[0]
-        kept = read[1] if split is not None else [None] * len(texts)
+        kept = read[1] if split_column else [None] * len(texts)
         for row, (value, name) in enumerate(zip(texts, kept), start):
             if name is not None:
                 splits.add(name)
@@ -582,4 +621,4 @@ def parquet_captions(
             "split",
             f"expected splits of the files ({', '.join(sorted(splits))}), got {sorted(split - splits)}",
         )
-    return rows, tuple(sorted(splits)) if split is not None else (), text_key
+    return rows, tuple(sorted(splits)), text_key

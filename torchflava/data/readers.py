@@ -641,6 +641,19 @@ def _check_split(split: object) -> Optional[frozenset]:
     return frozenset(names)
 
 
+def _names_parquet(captions: object) -> bool:
+    """Whether ImageTextFolder's ``captions`` names parquet files: a list of paths, a ``.parquet`` path or glob
+    pattern, a folder holding ``.parquet`` files at its top, or a glob pattern (not a file of that name)."""
+    if isinstance(captions, (list, tuple)):
+        return True
+    if not isinstance(captions, (str, os.PathLike)) or not isinstance(os.fspath(captions), str):
+        return False
+    from torchflava.data.parquet import is_parquet
+
+    text = os.fspath(captions)
+    return is_parquet(text) or (glob.has_magic(text) and not os.path.isfile(text))
+
+
 class ImageTextFolder(Dataset):
     """Image-caption pairs listed in a captions file, in the formats researchers have them.
 
@@ -669,7 +682,9 @@ class ImageTextFolder(Dataset):
       first line names no such columns, or is ``image<TAB>caption``, is ``image<TAB>caption`` per
       line, split on tabs; a field quoted as the csv module writes one (wrapped in quotes, its quotes
       doubled) is read unquoted, any other quote is text.
-    * ``.parquet`` (a file or a glob pattern of them, as the Hugging Face Hub serves image-caption datasets): the
+    * ``.parquet`` (a file, a glob pattern of them, a folder holding them or a list of them: the shards of a split,
+      as the Hugging Face Hub serves image-caption datasets, read in order; one left out of the split is warned
+      of in ``warnings``): the
       images in the files themselves (``image_key``: by default the column of Hugging Face's ``Image`` feature,
       else ``image`` or ``img``; see :class:`~torchflava.data.parquet.ParquetImages`), the caption under
       ``text_key`` (by default ``caption``, ``captions``, ``text`` or ``sentences``), a string or a list of
@@ -693,7 +708,8 @@ class ImageTextFolder(Dataset):
 
     Args:
         root (Optional[PathLike]): directory the image paths are relative to; None for absolute paths.
-        captions (PathLike): the ``.jsonl``, ``.json``, ``.csv`` or ``.tsv`` file.
+        captions (Union[PathLike, Sequence[PathLike]]): the ``.jsonl``, ``.json``, ``.csv`` or ``.tsv`` file, or
+            parquet files (a file, a glob pattern, a folder or a list of them).
         image_key (Optional[str]): JSON key (JSON lines, a list of captions) or column of the image
             path (None: ``image``, or in a header without that column open_clip's ``filepath``).
         text_key (Optional[str]): JSON key or column of the caption (None: ``caption``, or in a header
@@ -704,6 +720,10 @@ class ImageTextFolder(Dataset):
     Attributes:
         splits (Optional[tuple[str, ...]]): with ``split`` given, every split of the Karpathy file,
             sorted; None without ``split``.
+        held_splits (tuple[str, ...]): the splits of parquet files' ``split`` column, sorted, whatever
+            ``split`` keeps (empty without that column, and for other files).
+        warnings (list[str]): one line per shard of a parquet split left out of the files given
+            (``train-00002-of-00004.parquet`` absent); empty for other files.
 
     Raises:
         TypeError: if a path is not a str or PathLike, or a key or split not a str.
@@ -721,7 +741,7 @@ class ImageTextFolder(Dataset):
     def __init__(
         self,
         root: Optional[PathLike],
-        captions: PathLike,
+        captions: Union[PathLike, Sequence[PathLike]],
         *,
         image_key: Optional[str] = None,
         text_key: Optional[str] = None,
@@ -730,11 +750,17 @@ class ImageTextFolder(Dataset):
     ) -> None:
         self._max_pixels = check_max_pixels(max_image_pixels)
         self._root = None if root is None else existing_path("root", root, directory=True)
-        suffix = os.path.splitext(check_path("captions", captions))[1].lower()
-        self._parquet = None  # the images of a .parquet file's rows
-        if suffix == ".parquet":
+        self._parquet = None  # the images of the parquet files' rows
+        self.warnings: list[str] = []  # the parquet files' (a shard of the split left out)
+        self.held_splits: tuple[str, ...] = ()  # the splits of the parquet files' split column, read or not
+        if isinstance(captions, (list, tuple)) and not (
+            captions and all(isinstance(c, (str, os.PathLike)) for c in captions)
+        ):
+            raise TypeError(f"captions must be a path, or a non-empty list of parquet files' paths, got {captions!r}")
+        if _names_parquet(captions):
             self._read_parquet(captions, image_key, text_key, split)
             return
+        suffix = os.path.splitext(check_path("captions", captions))[1].lower()
         if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
             raise ValueError(
                 f"captions must be a .jsonl, .json, .csv, .tsv or .parquet file, got {os.fspath(captions)!r}"
@@ -806,10 +832,16 @@ class ImageTextFolder(Dataset):
             )
 
     def _read_parquet(
-        self, captions: PathLike, image_key: Optional[str], text_key: Optional[str], split: object
+        self,
+        captions: Union[PathLike, Sequence[PathLike]],
+        image_key: Optional[str],
+        text_key: Optional[str],
+        split: object,
     ) -> None:
-        """Read the captions of a ``.parquet`` file (or glob pattern): the images stay in the file, read by row."""
-        from torchflava.data.parquet import ParquetError, ParquetImages, parquet_captions
+        """Read the captions of parquet files (a file, a glob pattern, a folder or a list of them: every shard of a
+        split, in order, a shard left out of the split warned of in :attr:`warnings`): the images stay in the
+        files, read by row."""
+        from torchflava.data.parquet import ParquetError, ParquetImages, parquet_captions, parquet_files
 
         if self._root is not None:
             raise CaptionsError("root", "root must be None for a .parquet captions file, which holds its images")
@@ -818,18 +850,25 @@ class ImageTextFolder(Dataset):
                 raise TypeError(f"image_key and text_key must be str or None, got {type(key).__name__} for {name}")
         wanted = _check_split(split)
         try:
-            self._parquet = ParquetImages(captions, image_key=image_key, labelled=False)
+            files = parquet_files(captions)
+            others = [file for file in files if not file.lower().endswith(".parquet")]
+            if others:  # (a glob of a split's shards that also matches the dataset's README.md or .json)
+                raise ParquetError("paths", f"expected parquet files alone, got {len(others)} other(s): {others[0]}")
+            self._parquet = ParquetImages(files, image_key=image_key, labelled=False)
             rows, found, text_key = parquet_captions(self._parquet, text_key, wanted)
         except ParquetError as error:
             if error.argument == "paths":
                 raise ValueError(f"captions: {error.reason}") from None
             raise CaptionsError(error.argument, f"{error.argument}: {error.reason}") from None
+        self.warnings = list(self._parquet.warnings)
         self._captions = self._parquet.files[0]
         self._format, self._text_key = "parquet", text_key
         self._entries = [_Entry(r.row, self._parquet.relative_path(r.row), r.text, r.error, r.sentence) for r in rows]
         self.splits = found if wanted is not None else None
+        self.held_splits = found
         if not self._entries:
-            raise ValueError(f"captions must list at least one image-caption pair, {os.fspath(captions)!r} has none")
+            shown = os.fspath(captions) if isinstance(captions, (str, os.PathLike)) else list(map(os.fspath, captions))
+            raise ValueError(f"captions must list at least one image-caption pair, {shown!r} has none")
 
     def __len__(self) -> int:
         return len(self._entries)

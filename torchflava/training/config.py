@@ -551,11 +551,11 @@ def expand_user_path(value: object) -> object:
 
 class DataPaths:
     """The base of a config section (a dataclass) whose fields ``PATHS`` name data: files, folders or shards (a
-    mapping field, e.g. ``data.extra_val``, by its values). Declared there alone, with no call of the section's own,
-    a leading ``~`` in them is expanded as the section is made (:func:`expand_user_path`: every use of the config
-    sees the expanded path), and :func:`~torchflava.training.loop.start_run` makes them absolute
-    (:func:`absolute_config_paths`). A subclass's own ``__post_init__`` runs after the expansion, whether or not it
-    calls this one's."""
+    mapping field, e.g. ``data.extra_val``, by its values; a list, e.g. ``data.files.pairs_captions``, by its
+    items). Declared there alone, with no call of the section's own, a leading ``~`` in them is expanded as the
+    section is made (:func:`expand_user_path`: every use of the config sees the expanded path), and
+    :func:`~torchflava.training.loop.start_run` makes them absolute (:func:`absolute_config_paths`). A subclass's
+    own ``__post_init__`` runs after the expansion, whether or not it calls this one's."""
 
     PATHS: ClassVar[tuple[str, ...]] = ()
 
@@ -576,8 +576,11 @@ class DataPaths:
     def __post_init__(self) -> None:
         for name in self.PATHS:
             value = getattr(self, name)
-            expanded = {k: expand_user_path(v) for k, v in value.items()} if isinstance(value, dict) else None
-            setattr(self, name, expand_user_path(value) if expanded is None else expanded)
+            if isinstance(value, dict):
+                value = {k: expand_user_path(v) for k, v in value.items()}
+            elif isinstance(value, list):  # (a list of files: data.files.pairs_captions' parquet shards)
+                value = [expand_user_path(v) for v in value]
+            setattr(self, name, expand_user_path(value))
 
 
 def absolute_config_paths(config: object, run: Optional[Path] = None, key: str = "") -> None:
@@ -600,11 +603,11 @@ def _absolute_section_paths(value: object, run: Optional[Path], key: str) -> Non
 
 def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Path] = None, key: str = "data") -> None:
     """Make the relative paths in the fields ``names`` of the data section ``section`` (a recipe's dataclass; a
-    mapping field, e.g. ``data.extra_val``, has its values made so) absolute, against the working directory. Call it
-    before the run's config is compared with a resumed one's and recorded: a run resumed from another working
-    directory with the same relative paths read the files there (silently where they were of the same sizes); now
-    those paths differ from the recorded ones, refused naming the key, and ``config=<run>/config.yaml`` reads the
-    files the run read from any directory. URLs (``s3://...``, ``pipe:...``) are left as they are.
+    mapping field, e.g. ``data.extra_val``, has its values made so, a list its items) absolute, against the working
+    directory. Call it before the run's config is compared with a resumed one's and recorded: a run resumed from
+    another working directory with the same relative paths read the files there (silently where they were of the
+    same sizes); now those paths differ from the recorded ones, refused naming the key, and
+    ``config=<run>/config.yaml`` reads the files the run read from any directory. URLs (``s3://...``, ``pipe:...``) are left as they are.
 
     Args:
         section (object): the data section.
@@ -638,6 +641,9 @@ def absolute_data_paths(section: object, names: Sequence[str], run: Optional[Pat
         if isinstance(value, dict):
             was = was if isinstance(was, dict) else {}
             setattr(section, name, {k: absolute(v, was.get(k)) for k, v in value.items()})
+        elif isinstance(value, list):  # (each file of a list, against the one recorded in its place)
+            was = was if isinstance(was, list) else []
+            setattr(section, name, [absolute(v, was[i] if i < len(was) else None) for i, v in enumerate(value)])
         else:
             setattr(section, name, absolute(value, was))
 

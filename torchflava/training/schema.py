@@ -734,6 +734,56 @@ def vocab_checks(
 
 CAPTIONS = "a captions file (.jsonl, .tsv, .csv, or Karpathy's, COCO's or BLIP's .json)"
 KEYED = "a .jsonl, .csv or .tsv, or a .json list of captions"  # the formats whose keys are named
+# what a captions key may name: one captions file, or the parquet files of a split as the Hugging Face Hub serves it
+CAPTIONS_PATHS = (
+    "an existing captions file, or parquet files: a glob pattern of them (data/train-*.parquet), a folder holding "
+    "them or a list of them"
+)
+
+
+def parquet_captions_given(captions: Union[None, str, Sequence[str]]) -> bool:
+    """Whether a captions key names parquet files: a list, a ``.parquet`` path, a glob pattern or a folder (every
+    other captions file is one file of another extension)."""
+    if captions is None:
+        return False
+    if not isinstance(captions, str):
+        return True
+    return captions.lower().endswith(".parquet") or glob.has_magic(captions) or os.path.isdir(captions)
+
+
+def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
+    """Why ``captions`` (a captions key's value) names no captions file and no parquet files, or None: a path that
+    is no file, a glob pattern matching no file or a file of another kind (a ``.json`` beside the parquet shards), a
+    folder holding no ``.parquet`` file at its top, an empty list, or a list naming other files than parquet ones
+    (the item of a list named)."""
+    listed = not isinstance(captions, str)
+    values = list(captions) if listed else [captions]
+    if not values:
+        return "an empty list"
+    for value in values:
+        item = f"{value}: " if listed else ""
+        if not isinstance(value, str) or not value:
+            return f"{value!r} is no path"
+        try:
+            if os.path.isdir(value):
+                if not any(n.lower().endswith(".parquet") and not n.startswith(".") for n in os.listdir(value)):
+                    return f"{item}a folder holding no .parquet file"
+            elif glob.has_magic(value) and not os.path.isfile(value):
+                matches = sorted(m for m in glob.glob(value, recursive=True) if os.path.isfile(m))
+                others = [m for m in matches if not m.lower().endswith(".parquet")]
+                if not matches:
+                    return f"{item}a pattern matching no file"
+                if others:
+                    return f"{item}it matches {len(others)} file(s) other than parquet, {others[0]}: give parquet files"
+            elif not os.path.isfile(value):
+                return f"{item}no such file"
+            elif listed and not value.lower().endswith(".parquet"):
+                return f"{item}not a .parquet file (a list is of parquet files)"
+        except OSError as error:  # a name the OS refuses: a component longer than its limit, say
+            return f"{item}{error.strerror or first_line(error)}"
+    return None
+
+
 # ImageTextFolder's arguments -> the files section's keys naming them
 PAIR_KEYS = {
     "root": "pairs_root",
@@ -762,7 +812,7 @@ def pair_file_checks(
     prefix: str,
     shards: Optional[str],
     root: Optional[str],
-    captions: Optional[str],
+    captions: Union[None, str, Sequence[str]],
     *,
     required: bool,
     streamed: bool = False,
@@ -772,7 +822,8 @@ def pair_file_checks(
 ) -> list[tuple]:
     """Checks of image-text pair files given as ``<prefix>.pairs_shards`` (tar shards), or as
     ``<prefix>.pairs_captions`` (a captions file :class:`~torchflava.data.readers.ImageTextFolder`
-    reads), with ``<prefix>.pairs_root`` the folder its image paths are relative to (null for a file of
+    reads, or parquet files: a glob pattern matching parquet files alone, a folder holding them, a list; a
+    pattern matching nothing, or files of another kind too, is refused), with ``<prefix>.pairs_root`` the folder its image paths are relative to (null for a file of
     absolute paths, open_clip's CSV), ``<prefix>.pairs_split`` its Karpathy splits and
     ``<prefix>.pairs_image_key`` / ``pairs_text_key`` its keys or columns: one of the two forms when
     ``required``, each path naming what will be opened (the shards only when they are local files to
@@ -784,7 +835,9 @@ def pair_file_checks(
     expected = _pair_key_expectations(prefix)
     captions_keys = {"pairs_split": split, "pairs_image_key": image_key, "pairs_text_key": text_key}
     both = shards is not None and (root is not None or captions is not None)
-    suffix = os.path.splitext(captions)[1].lower() if captions is not None else ""
+    fault = None if captions is None else captions_paths_fault(captions)
+    parquet = parquet_captions_given(captions)
+    suffix = ".parquet" if parquet else os.path.splitext(captions)[1].lower() if captions is not None else ""
     names = list(split) if split is not None else []
     checks = [
         (
@@ -837,7 +890,7 @@ def pair_file_checks(
     return checks + [
         path_check(f"{prefix}.pairs_shards", None if streamed else shards, "files"),
         path_check(f"{prefix}.pairs_root", root, "directory"),
-        path_check(f"{prefix}.pairs_captions", captions, "file"),
+        (fault is None, f"{prefix}.pairs_captions", CAPTIONS_PATHS, f"{captions} ({fault})"),
     ]
 
 
@@ -845,7 +898,7 @@ def opened_pairs(
     prefix: str,
     read_pairs: Callable[..., Any],
     root: Optional[str],
-    captions: str,
+    captions: Union[str, Sequence[str]],
     *,
     split: Optional[Sequence[str]] = None,
     image_key: Optional[str] = None,
@@ -889,6 +942,44 @@ def opened_pairs(
     if usable is not None and (fault := usable(folder)) is not None:
         raise ConfigError(f"key '{prefix}.pairs_captions': expected {CAPTIONS} {where}, got {captions!r} ({fault})")
     return folder
+
+
+def every_split_read(pairs: Any, split: Optional[Sequence[str]]) -> Optional[tuple[str, str]]:
+    """The file and its splits where a captions file read with ``split`` null (every split) holds several, or None
+    (``split`` given, or the file holds no several): ``pairs`` (an :class:`~torchflava.data.readers.ImageTextFolder`)
+    a Karpathy split file (``("the Karpathy file", "e.g. [train, restval]")``), or parquet files whose ``split``
+    column holds two or more (``("the parquet files' split column", "among [test, train]")``). A run on them trains
+    on every split, the test images the retrieval benchmarks score included."""
+    if split is not None:
+        return None
+    if getattr(pairs, "format", None) == "karpathy":
+        return "the Karpathy file", "e.g. [train, restval]"
+    held = getattr(pairs, "held_splits", ())
+    return ("the parquet files' split column", f"among [{', '.join(held)}]") if len(held) > 1 else None
+
+
+def every_split_error(prefix: str, pairs: Any, split: Optional[Sequence[str]]) -> Optional[ConfigError]:
+    """The refusal of a new run on every split of a captions file (:func:`every_split_read`), naming
+    ``<prefix>.pairs_split`` and the file's splits; None where ``split`` names them or the file holds no several."""
+    read = every_split_read(pairs, split)
+    if read is None:
+        return None
+    return ConfigError(
+        f"key '{prefix}.pairs_split': expected the splits of {read[0]} to train on, {read[1]} (null trained on every "
+        "split, the test images included: name them all to mean it), got None"
+    )
+
+
+def every_split_note(prefix: str, pairs: Any, split: Optional[Sequence[str]]) -> Optional[str]:
+    """The line a resumed run on every split of a captions file prints (a run started so before such runs were
+    refused resumes as it was started: :func:`every_split_error` is for new runs); None where it reads no such."""
+    read = every_split_read(pairs, split)
+    if read is None:
+        return None
+    return (
+        f"{prefix}.pairs_split: null, this run trains on every split of {read[0]}, its test images included (kept "
+        f"on resume; a new run names the splits, {read[1]})"
+    )
 
 
 def checkpoint_fits(key: str, path: Optional[str], fits: Optional[Callable[[dict], object]] = None) -> tuple:
