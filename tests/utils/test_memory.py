@@ -14,8 +14,9 @@ from torchflava.utils.memory import MAX_MMAP_THRESHOLD, keep_freed_memory
 CHILD = """
 import json, sys
 from pathlib import Path
-from torchflava.utils.memory import keep_freed_memory
 mode, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if mode != "default":  # (glibc's own behaviour needs no import of torch, which is most of a child's time)
+    from torchflava.utils.memory import keep_freed_memory
 kept = None if mode == "default" else keep_freed_memory(map_large_blocks=mode == "keep-mapping")
 def rss():
     return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS")) / 1024
