@@ -441,6 +441,7 @@ def test_damaged_cifar_files_are_refused_in_one_line(tmp_path, damage, message):
             r"t10k-labels-idx1-ubyte: expected a label for each of the 3 images of .*t10k-images-idx3-ubyte, got 2 labels",
         ),
         ("label past", r"expected class ids among the 10 classes, 0..9, got 12 at row 0 of .*t10k-labels-idx1-ubyte$"),
+        ("no pixels", r"t10k-images-idx3-ubyte: expected images of 1 x 1 pixels or more, got 28 x 0$"),
         ("bad gz", r"t10k-images-idx3-ubyte.gz does not read \(zlib.error: Error -3 while decompressing data"),
         ("absent", r"t10k-labels-idx1-ubyte \(or .gz\) is absent"),
     ],
@@ -460,6 +461,8 @@ def test_damaged_idx_files_are_refused_in_one_line(tmp_path, damage, message):
         labels.write_bytes(idx_bytes(np.array([1, 2], np.uint8)))
     elif damage == "label past":
         labels.write_bytes(idx_bytes(np.array([12, 2, 3], np.uint8)))
+    elif damage == "no pixels":
+        images.write_bytes(idx_bytes(np.zeros((3, 28, 0), np.uint8)))
     elif damage == "bad gz":
         Path(str(images) + ".gz").write_bytes(b"\x1f\x8b\x08\x00garbage" * 4)
     elif damage == "absent":

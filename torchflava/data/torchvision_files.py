@@ -651,6 +651,11 @@ class TorchvisionImages(Dataset):
                 raise TorchvisionFilesError("paths", f"{os.path.join(self.root, name)} (or .gz) is absent")
             found.append(path)
         images, labels = _read_idx(found[0], _IMAGES), _read_idx(found[1], _LABELS)
+        if 0 in images.shape[1:]:  # (a 0 x 0 image would fail in the transform, naming no file)
+            raise TorchvisionFilesError(
+                "paths",
+                f"{found[0]}: expected images of 1 x 1 pixels or more, got {images.shape[1]} x {images.shape[2]}",
+            )
         if len(images) != len(labels):
             raise TorchvisionFilesError(
                 "paths",
