@@ -566,7 +566,7 @@ def _dag(depth: int) -> bytes:
 
 def test_nested_and_shared_containers_cost_what_the_file_holds(tmp_path):
     """A pickle's memo lets a few bytes refer to one list over and over: the arrays are made with each object visited
-    once (a 60-level tree of 2**60 lists, 500 bytes of file, read in time), without recursion (100,000 lists deep,
+    once (a 60-level tree of 2**60 lists, 500 bytes of file, read in time), without recursion (60,000 lists deep,
     a list holding itself), and a stand-in out of an array's place (a tuple, a set, a dict's key) is refused."""
     import time
 
@@ -575,7 +575,7 @@ def test_nested_and_shared_containers_cost_what_the_file_holds(tmp_path):
     array = py2_pickle(np.zeros((1, 3072), np.uint8))[2:-1]  # (its opcodes: the array, memo free)
     cases = {
         "shared": _dag(60),
-        "deep": b"]" * 100_000 + b"a" * 99_999,
+        "deep": b"]" * 60_000 + b"a" * 59_999,
         "itself": b"]q\x00h\x00a",
         "tuple": b"(" + array + b"t",
         "key": b"}" + array + b"K\x00s",
@@ -669,3 +669,33 @@ def test_a_pattern_matching_nothing_is_refused(tmp_path):
         )
     with pytest.raises(TorchvisionFilesError, match="got '.*/train\\[9{30}:\\]': no file matches it"):
         TorchvisionImages(f"{write_cifar100(tmp_path / 'cifar-100-python')}/train[{'9' * 30}:]")
+
+
+def test_a_few_bytes_of_pickle_cannot_claim_gigabytes(tmp_path):
+    """The memo is a list as long as its largest index: LONG_BINPUT 2**26 (11 bytes of file) took 1 GB, 2**31 would
+    take 32 GB; refused, as are more lists and objects than MAX_CONTAINERS (1 byte of file, 56 of memory each),
+    before anything is loaded."""
+    from torchflava.data.torchvision_files import MAX_CONTAINERS
+
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    path = folder / "test_batch"
+    cases = [
+        (
+            b"\x80\x02}r" + struct.pack("<I", 1 << 31) + b".",
+            "a memo index 2147483648 past the 3 opcodes before it (pickle writes them in turn)",
+        ),
+        (
+            b"\x80\x02}p2000000000\n.",
+            "a memo index 2000000000 past the 3 opcodes before it (pickle writes them in turn)",
+        ),  # (PUT: in decimal)
+        (
+            b"\x80\x02(" + b"]" * (MAX_CONTAINERS + 1) + b"l.",
+            f"more than {MAX_CONTAINERS} lists, dicts, tuples and objects (CIFAR's files: a few dozen)",
+        ),
+    ]
+    for data, message in cases:
+        path.write_bytes(data)
+        with pytest.raises(TorchvisionFilesError) as caught:
+            TorchvisionImages(folder)
+        assert str(caught.value) == f"paths: {path} is not a readable CIFAR pickle (UnpicklingError: {message})"
+    assert MAX_CONTAINERS == 65536

@@ -62,6 +62,12 @@ MNIST_CLASSES = {
 # an idx .gz's header may give up to GZ_FREE bytes, else up to GZ_RATIO times the .gz's size (torchvision's
 # MNIST-family files: 47 MB at most, under 5 times their .gz): a few KB of .gz decompressing to GBs are refused unread
 GZ_FREE, GZ_RATIO = 1 << 27, 64
+# the most containers and objects a pickle may make, and the opcodes that make one (each costs 50 bytes or more of
+# memory from 1 to 4 of file: CIFAR's files make a few dozen)
+MAX_CONTAINERS = 1 << 16
+_MAKERS = frozenset(
+    "EMPTY_LIST LIST EMPTY_DICT DICT EMPTY_SET FROZENSET TUPLE TUPLE1 TUPLE2 TUPLE3 REDUCE INST OBJ NEWOBJ NEWOBJ_EX".split()
+)
 _INTEGER_CODES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")  # the dtypes an array of these files may have
 _IMAGES, _LABELS = (0x08, 3), (0x08, 1)  # an idx file's (type code: unsigned byte, dimensions)
 # a split file's rows, as a Python slice: train[:45000], train[45000:] (numbers int() takes: not 5,000 digits)
@@ -162,14 +168,26 @@ class SafeUnpickler(pickle.Unpickler):
 
     def __init__(self, file: Any) -> None:
         data = file.read()  # (read whole: its opcodes checked first, then loaded from the bytes checked)
+        opcodes = made = 0  # (opcodes read; containers and objects they make)
         try:
             for opcode, argument, _ in pickletools.genops(data):
+                opcodes += 1
                 if opcode.name in ("EXT1", "EXT2", "EXT4"):  # (copyreg's extension cache gives out what an earlier
                     # load of that code got, find_class not asked: whatever function the process registered)
                     raise _Refused(
                         f"refused the extension code {argument} ({opcode.name}: a global named by copyreg's "
                         "registry; these files hold numpy arrays, lists, numbers and strings only: nothing in them "
                         "was run)"
+                    )
+                if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and argument >= opcodes:
+                    # (the memo is a list as long as its largest index: LONG_BINPUT 2**26 in 11 bytes took 1 GB)
+                    raise pickle.UnpicklingError(
+                        f"a memo index {argument} past the {opcodes} opcodes before it (pickle writes them in turn)"
+                    )
+                made += opcode.name in _MAKERS
+                if made > MAX_CONTAINERS:  # (an empty list is 1 byte of pickle and 56 of memory)
+                    raise pickle.UnpicklingError(
+                        f"more than {MAX_CONTAINERS} lists, dicts, tuples and objects (CIFAR's files: a few dozen)"
                     )
         except ValueError as error:  # (truncated, an unknown opcode: what the load would have met)
             raise pickle.UnpicklingError(str(error)) from None
@@ -225,7 +243,7 @@ def _arrays(value: Any) -> Any:
     where a stand-in lies anywhere else (a tuple, a set, a dict's key) or an admitted global stands where data
     belongs. Each object is visited once, however often the file refers to it (a list holding one list twice, that
     one another twice... is a tree of 2**depth lists from a file of a few bytes a level), and without recursion (a
-    list nested 100,000 deep, or holding itself, costs what its file holds)."""
+    list nested 60,000 deep, or holding itself, costs what its file holds)."""
     if isinstance(value, _ArrayArgs):
         return _array(value)
     made: dict[int, tuple] = {}  # id of an array's stand-in -> (it, kept alive; its array): one array for one stand-in
@@ -233,17 +251,24 @@ def _arrays(value: Any) -> Any:
     while left:
         item = left.pop()
         if isinstance(item, (dict, list)):
-            arrays = []  # (key, stand-in) of each array to make: set once the dict is walked
-            for key, sub in item.items() if isinstance(item, dict) else zip(range(len(item)), item):
-                parts = [key] if isinstance(item, dict) else []
-                if isinstance(sub, _ArrayArgs):
-                    arrays.append((key, sub))
-                else:
-                    parts.append(sub)
-                for part in parts:
-                    if id(part) not in seen:
-                        seen.add(id(part))
-                        left.append(part)
+            arrays = []  # (key, stand-in) of each array to make: set once the container is walked
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    if isinstance(sub, _ArrayArgs):
+                        arrays.append((key, sub))
+                    elif id(sub) not in seen:
+                        seen.add(id(sub))
+                        left.append(sub)
+                    if id(key) not in seen:
+                        seen.add(id(key))
+                        left.append(key)
+            else:
+                for key, sub in enumerate(item):
+                    if isinstance(sub, _ArrayArgs):
+                        arrays.append((key, sub))
+                    elif id(sub) not in seen:
+                        seen.add(id(sub))
+                        left.append(sub)
             for key, sub in arrays:
                 if id(sub) not in made:
                     made[id(sub)] = (sub, _array(sub))
