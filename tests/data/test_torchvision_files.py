@@ -225,6 +225,11 @@ def test_mnist_under_another_name_has_no_classes_unless_given(tmp_path):
     raw = write_mnist(tmp_path, "digits")
     assert TorchvisionImages(raw).classes is None
     assert TorchvisionImages(raw, classes=list("abcdefghij")).classes == list("abcdefghij")
+    # a link to torchvision's folder, under another name: the folder's name is torchvision's
+    (tmp_path / "fashion").symlink_to(write_mnist(tmp_path, "FashionMNIST").parent)
+    linked = TorchvisionImages(tmp_path / "fashion/raw/t10k-images-idx3-ubyte")
+    assert linked.classes == list(MNIST_CLASSES["FashionMNIST"]) and linked.classes_from == "torchvision's FashionMNIST"
+    assert TorchvisionImages(tmp_path / "fashion").classes == list(MNIST_CLASSES["FashionMNIST"])
 
 
 def test_torchvision_root_and_detection(tmp_path):

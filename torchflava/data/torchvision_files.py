@@ -540,8 +540,8 @@ class TorchvisionImages(Dataset):
     The class names: CIFAR's meta file's (``batches.meta``'s ``label_names``; ``meta``'s ``fine_label_names``, the
     100 classes). The idx files name none: an MNIST-family folder is known by the name torchvision gives the folder
     above ``raw/``: ``MNIST`` (the digits ``"0"`` ... ``"9"``; torchvision's ``classes`` say ``"0 - zero"``),
-    ``FashionMNIST`` and ``KMNIST`` (torchvision's names, :data:`MNIST_CLASSES`); under another name :attr:`classes`
-    is None unless ``classes`` gives them. :attr:`classes_from` says where they come from (the meta file,
+    ``FashionMNIST`` and ``KMNIST`` (torchvision's names, :data:`MNIST_CLASSES`; a link's name, else the folder it
+    links to); under another name :attr:`classes` is None unless ``classes`` gives them. :attr:`classes_from` says where they come from (the meta file,
     ``torchvision's FashionMNIST``, ``classes``; None for none).
 
     Args:
@@ -575,6 +575,8 @@ class TorchvisionImages(Dataset):
         self._reads: list[_Read] = []  # per part: its file, its rows
         if self.kind == "MNIST":
             family = os.path.basename(os.path.dirname(os.path.abspath(self.root)))
+            if family not in MNIST_CLASSES:  # (a link to torchvision's folder, data/digits -> MNIST: the real name)
+                family = os.path.basename(os.path.dirname(os.path.realpath(self.root)))
             names = MNIST_CLASSES.get(family)
             for part in split.parts:
                 self._read_mnist(part)
