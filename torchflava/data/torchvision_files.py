@@ -156,9 +156,10 @@ _NDARRAY = _StandIn("numpy.ndarray", None)
 class SafeUnpickler(pickle.Unpickler):
     """A pickle reader that calls nothing a file names: ``find_class`` admits only the globals of a numpy array
     as Python 2 pickled it, given as inert stand-ins (:class:`_ArrayArgs`; :func:`load_pickle` makes the arrays);
-    any other raises ``pickle.UnpicklingError`` naming it, as does an extension code (EXT1/2/4: copyreg's cache
-    would give out a global no ``find_class`` is asked for), found by reading the file's opcodes before any is
-    loaded. Bytes stay bytes (``encoding="bytes"``)."""
+    any other raises ``pickle.UnpicklingError`` naming it. The file's opcodes are read before any is loaded:
+    an extension code (EXT1/2/4: copyreg's cache would give out a global no ``find_class`` is asked for), a memo
+    index past the opcodes before it (the memo grows to the largest index) and more than :data:`MAX_CONTAINERS`
+    lists, dicts, tuples and objects raise it too. Bytes stay bytes (``encoding="bytes"``)."""
 
     ADMITTED = {
         ("numpy.core.multiarray", "_reconstruct"): _StandIn("numpy.core.multiarray._reconstruct", _reconstruct),
