@@ -598,6 +598,7 @@ def test_torchvision_cifar_splits_probe_as_the_same_images_in_class_folders(expo
     monkeypatch.setattr(command, "command_pretrained", lambda *a, **k: pytest.fail("loaded the checkpoint"))
     batches = ["--train", str(root / "data_batch_1"), "--val", str(root / "data_batch_2")]
     raw = write_mnist(tmp_path / "mnist")
+    (tmp_path / "linked").symlink_to(hundred)
     cases = [
         (
             ["--train", str(root / "data_batch_1"), "--val", str(root / "data_batch_1")],
@@ -619,6 +620,16 @@ def test_torchvision_cifar_splits_probe_as_the_same_images_in_class_folders(expo
             ["--train", str(hundred), "--val", f"{hundred}/train[2:]"],
             f"argument --train: expected a split's files, got the dataset folder {hundred}: give its files, e.g. "
             "'train[:45000]', and 'train[45000:]' for --val",
+        ),
+        (  # (the same file through a linked folder: the same rows)
+            ["--train", f"{hundred}/train[:3]", "--val", f"{tmp_path}/linked/train[2:]"],
+            f"argument --val: expected other images than --train's, got rows 2..2 of {tmp_path}/linked/train (the "
+            "splits must not share images)",
+        ),
+        (
+            ["--train", str(root / "data_batch_1"), f"{root}/data_batch_9*", "--val", str(root / "data_batch_2")],
+            f"argument --train: expected torchvision's CIFAR or MNIST files, got '{root}/data_batch_9*': no file "
+            "matches it",
         ),
         ([*batches, "--json", str(root / "data_batch_2")], "argument --json: expected another file than --val's"),
         ([*batches, "--json", str(root / "batches.meta")], "argument --json: expected another file than --train's"),

@@ -225,6 +225,11 @@ def test_mnist_under_another_name_has_no_classes_unless_given(tmp_path):
     raw = write_mnist(tmp_path, "digits")
     assert TorchvisionImages(raw).classes is None
     assert TorchvisionImages(raw, classes=list("abcdefghij")).classes == list("abcdefghij")
+    # a link to torchvision's folder, under another name: the folder's name is torchvision's
+    (tmp_path / "fashion").symlink_to(write_mnist(tmp_path, "FashionMNIST").parent)
+    linked = TorchvisionImages(tmp_path / "fashion/raw/t10k-images-idx3-ubyte")
+    assert linked.classes == list(MNIST_CLASSES["FashionMNIST"]) and linked.classes_from == "torchvision's FashionMNIST"
+    assert TorchvisionImages(tmp_path / "fashion").classes == list(MNIST_CLASSES["FashionMNIST"])
 
 
 def test_torchvision_root_and_detection(tmp_path):
@@ -441,6 +446,7 @@ def test_damaged_cifar_files_are_refused_in_one_line(tmp_path, damage, message):
             r"t10k-labels-idx1-ubyte: expected a label for each of the 3 images of .*t10k-images-idx3-ubyte, got 2 labels",
         ),
         ("label past", r"expected class ids among the 10 classes, 0..9, got 12 at row 0 of .*t10k-labels-idx1-ubyte$"),
+        ("no pixels", r"t10k-images-idx3-ubyte: expected images of 1 x 1 pixels or more, got 28 x 0$"),
         ("bad gz", r"t10k-images-idx3-ubyte.gz does not read \(zlib.error: Error -3 while decompressing data"),
         ("absent", r"t10k-labels-idx1-ubyte \(or .gz\) is absent"),
     ],
@@ -460,6 +466,8 @@ def test_damaged_idx_files_are_refused_in_one_line(tmp_path, damage, message):
         labels.write_bytes(idx_bytes(np.array([1, 2], np.uint8)))
     elif damage == "label past":
         labels.write_bytes(idx_bytes(np.array([12, 2, 3], np.uint8)))
+    elif damage == "no pixels":
+        images.write_bytes(idx_bytes(np.zeros((3, 28, 0), np.uint8)))
     elif damage == "bad gz":
         Path(str(images) + ".gz").write_bytes(b"\x1f\x8b\x08\x00garbage" * 4)
     elif damage == "absent":
@@ -513,3 +521,186 @@ def cifar_of(
         (root / name).write_bytes(py2_pickle(batch))
     (root / "batches.meta").write_bytes(py2_pickle({b"label_names": [n.encode() for n in names]}))
     return root
+
+
+_RAN = []  # (what a function a pickle reached was called with)
+
+
+def _ran(*args: object) -> list:
+    _RAN.append(args)
+    return [0]
+
+
+@pytest.mark.parametrize("code", [0xF3, 0xF003, 0x7FFFFFF3])  # (EXT1, EXT2, EXT4)
+def test_an_extension_code_is_refused_where_copyreg_has_a_function_for_it(tmp_path, code):
+    """copyreg's extension cache gives out the object an earlier load of a code got, without find_class: a process
+    that registered and loaded one handed it to any pickle naming the code."""
+    import copyreg
+
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    ext = b"\x82" + bytes([code]) if code < 256 else b"\x83" + struct.pack("<H", code) if code < 65536 else b""
+    ext = ext or b"\x84" + struct.pack("<i", code)
+    copyreg.add_extension(__name__, "_ran", code)
+    try:
+        assert pickle.loads(b"\x80\x02" + ext + b".") is _ran  # (the cache now holds it)
+        # {"labels": _ran("run"), "data": ...}: REDUCE on what the code names
+        good = (folder / "test_batch").read_bytes()
+        (folder / "test_batch").write_bytes(b"\x80\x02}X\x06\x00\x00\x00labels" + ext + b"X\x03\x00\x00\x00run\x85Rs.")
+        with pytest.raises(TorchvisionFilesError) as caught:
+            TorchvisionImages(folder)
+    finally:
+        copyreg.remove_extension(__name__, "_ran", code)
+    assert _RAN == []
+    name = {1: "EXT1", 2: "EXT2"}.get(len(ext) - 1, "EXT4")
+    assert str(caught.value) == (
+        f"paths: {folder / 'test_batch'}: refused the extension code {code} ({name}: a global named by copyreg's "
+        "registry; these files hold numpy arrays, lists, numbers and strings only: nothing in them was run)"
+    )
+    (folder / "test_batch").write_bytes(good)
+    assert len(TorchvisionImages(folder)) == 4
+
+
+def _dag(depth: int) -> bytes:
+    """A pickle's opcodes (protocol 2, after PROTO) of a list holding one list twice, that one another list twice...
+    ``depth`` levels: 2**depth lists from ~9 bytes a level, each list memoized once (BINPUT) and fetched (BINGET)."""
+    body = b"]q\x000"  # [] as memo 0, popped
+    for level in range(1, depth):
+        body += b"(h" + bytes([level - 1]) + b"h" + bytes([level - 1]) + b"lq" + bytes([level]) + b"0"
+    return body + b"h" + bytes([depth - 1])
+
+
+def test_nested_and_shared_containers_cost_what_the_file_holds(tmp_path):
+    """A pickle's memo lets a few bytes refer to one list over and over: the arrays are made with each object visited
+    once (a 60-level tree of 2**60 lists, 500 bytes of file, read in time), without recursion (60,000 lists deep,
+    a list holding itself), and a stand-in out of an array's place (a tuple, a set, a dict's key) is refused."""
+    import time
+
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    path = folder / "test_batch"
+    array = py2_pickle(np.zeros((1, 3072), np.uint8))[2:-1]  # (its opcodes: the array, memo free)
+    cases = {
+        "shared": _dag(60),
+        "deep": b"]" * 60_000 + b"a" * 59_999,
+        "itself": b"]q\x00h\x00a",
+        "tuple": b"(" + array + b"t",
+        "key": b"}" + array + b"K\x00s",
+        "set": b"\x8f(" + array + b"\x90",  # (protocol 4's EMPTY_SET, MARK, ADDITEMS)
+    }
+    expected = {
+        "tuple": "an array stands where data belongs (arrays are a dict's values or a list's items)",
+        "key": "an array stands where data belongs (arrays are a dict's values or a list's items)",
+        "set": "an array stands where data belongs (arrays are a dict's values or a list's items)",
+    }
+    for name, labels in cases.items():
+        path.write_bytes(b"\x80\x04}(X\x06\x00\x00\x00labels" + labels + b"X\x04\x00\x00\x00data" + array + b"u.")
+        start = time.perf_counter()
+        with pytest.raises(TorchvisionFilesError) as caught:
+            TorchvisionImages(folder)
+        assert time.perf_counter() - start < 5, name  # (the tree: 2**60 list copies, never done, before)
+        message = expected.get(name)
+        if message is None:
+            assert str(caught.value) == f"paths: {path}: expected 'labels', a list of class ids", name
+        else:
+            assert str(caught.value) == f"paths: {path} is not a readable CIFAR pickle (ValueError: {message})"
+    # one array referred to twice (BINPUT, BINGET): one array in both places
+    path.write_bytes(b"\x80\x02}(X\x04\x00\x00\x00data" + array + b"q\x09X\x01\x00\x00\x00x]h\x09au.")
+    batch = load_pickle(str(path))
+    assert batch["x"][0] is batch["data"] and batch["data"].shape == (1, 3072)
+
+
+def test_a_label_too_long_to_write_is_refused_in_one_line(tmp_path):
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    data = py2_pickle({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})
+    huge = b"\x8b" + struct.pack("<i", 3000) + b"\x7f" * 3000  # (LONG4: a 24,000-bit int, past str()'s 4300 digits)
+    (folder / "test_batch").write_bytes(data.replace(b"](K\x00e", b"](" + huge + b"e", 1))
+    with pytest.raises(TorchvisionFilesError) as caught:
+        TorchvisionImages(folder)
+    assert str(caught.value) == (
+        f"paths: expected class ids among the 10 classes of {folder / 'batches.meta'}, 0..9, got an integer of 23999 "
+        f"bits at row 0 of {folder / 'test_batch'}"
+    )
+    # as an array's size
+    (folder / "test_batch").write_bytes(data.replace(b"(K\x01M\x00\x0ct", b"(K\x01" + huge + b"t", 1))
+    with pytest.raises(TorchvisionFilesError) as caught:
+        TorchvisionImages(folder)
+    assert str(caught.value).endswith(
+        "(ValueError: an array of shape (1, an integer of 23999 bits) and dtype u1 holds 3072 bytes of data)"
+    )
+
+
+def test_an_idx_gz_claiming_far_more_than_it_holds_is_refused_unread(tmp_path):
+    """A header claiming 160 MB (over GZ_FREE) from a .gz of a few hundred bytes (a gzip bomb's ratio, ~1000 to 1,
+    would have decompressed GBs from MBs, held in memory) is refused before decompressing."""
+    from torchflava.data.torchvision_files import GZ_FREE
+
+    raw = write_mnist(tmp_path, raw=False)
+    packed = raw / "t10k-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + struct.pack(">iii", 204_000, 28, 28)
+    packed.write_bytes(gzip.compress(header + bytes(1 << 16), mtime=0))
+    size = packed.stat().st_size
+    assert 204_000 * 784 > GZ_FREE and size < 1000
+    with pytest.raises(TorchvisionFilesError) as caught:
+        TorchvisionImages(raw)
+    assert str(caught.value) == (
+        f"paths: {packed}: its header gives a shape of (204000, 28, 28), 159936000 bytes, from a .gz of {size} bytes: "
+        "more than 64 times it (torchvision's are under 5 times theirs), refused before decompressing"
+    )
+
+
+def test_rows_shared_through_a_link_are_found(tmp_path):
+    """The linear probe's splits must not share rows: the same file through a linked folder or a hard link is the
+    same file."""
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    (tmp_path / "linked").symlink_to(folder)
+    head = TorchvisionImages(f"{folder}/train[:3]")
+    assert head.shared_rows(TorchvisionImages(f"{tmp_path}/linked/train[2:]")) == f"rows 2..2 of {folder}/train"
+    assert head.shared_rows(TorchvisionImages(f"{tmp_path}/linked/train[3:]")) is None
+    test = TorchvisionImages(folder / "test")
+    hard = tmp_path / "hard" / "cifar-100-python"
+    hard.mkdir(parents=True)
+    for name in ("meta", "train"):
+        (hard / name).write_bytes((folder / name).read_bytes())
+    os.link(folder / "test", hard / "test")
+    assert TorchvisionImages(hard / "test").shared_rows(test) == f"rows 0..2 of {hard}/test"
+
+
+def test_a_pattern_matching_nothing_is_refused(tmp_path):
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    for values in (f"{folder}/data_batch_9*", [str(folder / "data_batch_1"), f"{folder}/data_batch_9*"]):
+        with pytest.raises(TorchvisionFilesError) as caught:
+            TorchvisionImages(values)
+        assert str(caught.value) == (
+            f"paths: expected torchvision's CIFAR or MNIST files, got '{folder}/data_batch_9*': no file matches it"
+        )
+    with pytest.raises(TorchvisionFilesError, match="got '.*/train\\[9{30}:\\]': no file matches it"):
+        TorchvisionImages(f"{write_cifar100(tmp_path / 'cifar-100-python')}/train[{'9' * 30}:]")
+
+
+def test_a_few_bytes_of_pickle_cannot_claim_gigabytes(tmp_path):
+    """The memo is a list as long as its largest index: LONG_BINPUT 2**26 (11 bytes of file) took 1 GB, 2**31 would
+    take 32 GB; refused, as are more lists and objects than MAX_CONTAINERS (1 byte of file, 56 of memory each),
+    before anything is loaded."""
+    from torchflava.data.torchvision_files import MAX_CONTAINERS
+
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    path = folder / "test_batch"
+    cases = [
+        (
+            b"\x80\x02}r" + struct.pack("<I", 1 << 31) + b".",
+            "a memo index 2147483648 past the 3 opcodes before it (pickle writes them in turn)",
+        ),
+        (
+            b"\x80\x02}p2000000000\n.",
+            "a memo index 2000000000 past the 3 opcodes before it (pickle writes them in turn)",
+        ),  # (PUT: in decimal)
+        (
+            b"\x80\x02(" + b"]" * (MAX_CONTAINERS + 1) + b"l.",
+            f"more than {MAX_CONTAINERS} lists, dicts, tuples and objects (CIFAR's files: a few dozen)",
+        ),
+    ]
+    for data, message in cases:
+        path.write_bytes(data)
+        with pytest.raises(TorchvisionFilesError) as caught:
+            TorchvisionImages(folder)
+        assert str(caught.value) == f"paths: {path} is not a readable CIFAR pickle (UnpicklingError: {message})"
+    assert MAX_CONTAINERS == 65536

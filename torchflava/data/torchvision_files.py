@@ -18,9 +18,11 @@ refused, naming the file and the global, before anything is called.
 """
 
 import gzip
+import io
 import math
 import os
 import pickle
+import pickletools
 import re
 from typing import Any, NamedTuple, Optional, Sequence, Union
 import zlib
@@ -57,9 +59,19 @@ MNIST_CLASSES = {
     ),
     "KMNIST": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
 }
+# an idx .gz's header may give up to GZ_FREE bytes, else up to GZ_RATIO times the .gz's size (torchvision's
+# MNIST-family files: 47 MB at most, under 5 times their .gz): a few KB of .gz decompressing to GBs are refused unread
+GZ_FREE, GZ_RATIO = 1 << 27, 64
+# the most containers and objects a pickle may make, and the opcodes that make one (each costs 50 bytes or more of
+# memory from 1 to 4 of file: CIFAR's files make a few dozen)
+MAX_CONTAINERS = 1 << 16
+_MAKERS = frozenset(
+    "EMPTY_LIST LIST EMPTY_DICT DICT EMPTY_SET FROZENSET TUPLE TUPLE1 TUPLE2 TUPLE3 REDUCE INST OBJ NEWOBJ NEWOBJ_EX".split()
+)
 _INTEGER_CODES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")  # the dtypes an array of these files may have
 _IMAGES, _LABELS = (0x08, 3), (0x08, 1)  # an idx file's (type code: unsigned byte, dimensions)
-_ROWS = re.compile(r"(.+)\[(\d*):(\d*)\]")  # a split file's rows, as a Python slice: train[:45000], train[45000:]
+# a split file's rows, as a Python slice: train[:45000], train[45000:] (numbers int() takes: not 5,000 digits)
+_ROWS = re.compile(r"(.+)\[(\d{0,18}):(\d{0,18})\]")
 
 
 class TorchvisionFilesError(ValueError):
@@ -127,6 +139,11 @@ class _StandIn:
         return self._name
 
 
+def _number(value: int) -> str:
+    """An int as a message gives it: its digits, or its size where Python would refuse to write so many."""
+    return str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+
+
 def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _ArrayArgs:
     if subtype is not _NDARRAY:  # (numpy's own pickles pass ndarray; a subclass would be another global)
         raise pickle.UnpicklingError(f"expected numpy.ndarray to be reconstructed, got {subtype!r}")
@@ -139,7 +156,10 @@ _NDARRAY = _StandIn("numpy.ndarray", None)
 class SafeUnpickler(pickle.Unpickler):
     """A pickle reader that calls nothing a file names: ``find_class`` admits only the globals of a numpy array
     as Python 2 pickled it, given as inert stand-ins (:class:`_ArrayArgs`; :func:`load_pickle` makes the arrays);
-    any other raises ``pickle.UnpicklingError`` naming it. Bytes stay bytes (``encoding="bytes"``)."""
+    any other raises ``pickle.UnpicklingError`` naming it. The file's opcodes are read before any is loaded:
+    an extension code (EXT1/2/4: copyreg's cache would give out a global no ``find_class`` is asked for), a memo
+    index past the opcodes before it (the memo grows to the largest index) and more than :data:`MAX_CONTAINERS`
+    lists, dicts, tuples and objects raise it too. Bytes stay bytes (``encoding="bytes"``)."""
 
     ADMITTED = {
         ("numpy.core.multiarray", "_reconstruct"): _StandIn("numpy.core.multiarray._reconstruct", _reconstruct),
@@ -148,7 +168,31 @@ class SafeUnpickler(pickle.Unpickler):
     }
 
     def __init__(self, file: Any) -> None:
-        super().__init__(file, encoding="bytes")
+        data = file.read()  # (read whole: its opcodes checked first, then loaded from the bytes checked)
+        opcodes = made = 0  # (opcodes read; containers and objects they make)
+        try:
+            for opcode, argument, _ in pickletools.genops(data):
+                opcodes += 1
+                if opcode.name in ("EXT1", "EXT2", "EXT4"):  # (copyreg's extension cache gives out what an earlier
+                    # load of that code got, find_class not asked: whatever function the process registered)
+                    raise _Refused(
+                        f"refused the extension code {argument} ({opcode.name}: a global named by copyreg's "
+                        "registry; these files hold numpy arrays, lists, numbers and strings only: nothing in them "
+                        "was run)"
+                    )
+                if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and argument >= opcodes:
+                    # (the memo is a list as long as its largest index: LONG_BINPUT 2**26 in 11 bytes took 1 GB)
+                    raise pickle.UnpicklingError(
+                        f"a memo index {argument} past the {opcodes} opcodes before it (pickle writes them in turn)"
+                    )
+                made += opcode.name in _MAKERS
+                if made > MAX_CONTAINERS:  # (an empty list is 1 byte of pickle and 56 of memory)
+                    raise pickle.UnpicklingError(
+                        f"more than {MAX_CONTAINERS} lists, dicts, tuples and objects (CIFAR's files: a few dozen)"
+                    )
+        except ValueError as error:  # (truncated, an unknown opcode: what the load would have met)
+            raise pickle.UnpicklingError(str(error)) from None
+        super().__init__(io.BytesIO(data), encoding="bytes")
 
     def find_class(self, module: str, name: str) -> Any:
         found = self.ADMITTED.get((module, name))
@@ -173,7 +217,14 @@ def _array(value: _ArrayArgs) -> np.ndarray:
         raise ValueError(f"an array's state is not numpy's (shape, dtype, order, data), got {type(state).__name__}")
     shape, dtype, fortran, raw = state
     if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise ValueError(f"an array's shape is not a tuple of sizes, got {shape!r}")
+        got = (
+            [_number(n) if isinstance(n, int) else type(n).__name__ for n in shape[:8]]
+            if isinstance(shape, tuple)
+            else []
+        )
+        raise ValueError(
+            f"an array's shape is not a tuple of sizes, got {'(' + ', '.join(got) + ')' if got else type(shape).__name__}"
+        )
     code = dtype.code.decode("latin-1") if isinstance(dtype, _DtypeArgs) and isinstance(dtype.code, bytes) else None
     code = dtype.code if code is None and isinstance(dtype, _DtypeArgs) else code
     order = dtype.state[1] if isinstance(dtype, _DtypeArgs) and isinstance(dtype.state, tuple) else None
@@ -183,20 +234,54 @@ def _array(value: _ArrayArgs) -> np.ndarray:
     kind = np.dtype(("|" if code in ("u1", "i1") else order) + code)
     if not isinstance(raw, bytes) or len(raw) != math.prod(shape) * kind.itemsize:
         size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
-        raise ValueError(f"an array of shape {shape} and dtype {code} holds {size} bytes of data")
+        shown = "(" + ", ".join(_number(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise ValueError(f"an array of shape {shown} and dtype {code} holds {size} bytes of data")
     return np.frombuffer(raw, dtype=kind).reshape(shape, order="F" if fortran else "C")
 
 
 def _arrays(value: Any) -> Any:
-    """``value`` with the arrays its stand-ins record made (in a dict's values, a list's items)."""
+    """``value`` with the arrays its stand-ins record made, in place (in a dict's values, a list's items); ValueError
+    where a stand-in lies anywhere else (a tuple, a set, a dict's key) or an admitted global stands where data
+    belongs. Each object is visited once, however often the file refers to it (a list holding one list twice, that
+    one another twice... is a tree of 2**depth lists from a file of a few bytes a level), and without recursion (a
+    list nested 60,000 deep, or holding itself, costs what its file holds)."""
     if isinstance(value, _ArrayArgs):
         return _array(value)
-    if isinstance(value, dict):
-        return {key: _arrays(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_arrays(item) for item in value]
-    if isinstance(value, (_DtypeArgs, _StandIn)) or callable(value):
-        raise ValueError(f"a {type(value).__name__} stands where data belongs")
+    made: dict[int, tuple] = {}  # id of an array's stand-in -> (it, kept alive; its array): one array for one stand-in
+    seen, left = {id(value)}, [value]  # (every object is held by ``value`` or ``made``: ids stay unique)
+    while left:
+        item = left.pop()
+        if isinstance(item, (dict, list)):
+            arrays = []  # (key, stand-in) of each array to make: set once the container is walked
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    if isinstance(sub, _ArrayArgs):
+                        arrays.append((key, sub))
+                    elif id(sub) not in seen:
+                        seen.add(id(sub))
+                        left.append(sub)
+                    if id(key) not in seen:
+                        seen.add(id(key))
+                        left.append(key)
+            else:
+                for key, sub in enumerate(item):
+                    if isinstance(sub, _ArrayArgs):
+                        arrays.append((key, sub))
+                    elif id(sub) not in seen:
+                        seen.add(id(sub))
+                        left.append(sub)
+            for key, sub in arrays:
+                if id(sub) not in made:
+                    made[id(sub)] = (sub, _array(sub))
+                item[key] = made[id(sub)][1]
+        elif isinstance(item, (tuple, set, frozenset)):
+            for sub in item:
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    left.append(sub)
+        elif isinstance(item, (_ArrayArgs, _DtypeArgs, _StandIn)) or callable(item):
+            where = "an array" if isinstance(item, _ArrayArgs) else f"a {type(item).__name__}"
+            raise ValueError(f"{where} stands where data belongs (arrays are a dict's values or a list's items)")
     return value
 
 
@@ -227,6 +312,14 @@ def _read_idx(path: str, expected: tuple[int, int]) -> np.ndarray:
             magic = handle.read(4)
             if len(magic) == 4 and magic[:2] == b"\0\0" and (magic[2], magic[3]) == expected:
                 dims = [int.from_bytes(handle.read(4), "big") for _ in range(expected[1])]
+                packed = os.path.getsize(path) if path.endswith(".gz") else None
+                if packed is not None and math.prod(dims) > max(GZ_FREE, GZ_RATIO * packed):
+                    raise TorchvisionFilesError(
+                        "paths",
+                        f"{path}: its header gives a shape of {tuple(dims)}, {math.prod(dims)} bytes, from a .gz of "
+                        f"{packed} bytes: more than {GZ_RATIO} times it (torchvision's are under 5 times theirs), "
+                        "refused before decompressing",
+                    )
                 data = _read_up_to(handle, math.prod(dims))
                 extra = handle.read(1)
     except (OSError, EOFError, zlib.error) as error:  # (gzip.BadGzipFile is an OSError)
@@ -384,7 +477,14 @@ def torchvision_split(paths: Union[PathLike, Sequence[PathLike]]) -> Torchvision
     values = [paths] if isinstance(paths, (str, os.PathLike)) else paths
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise TypeError(f"paths must be a path, a glob pattern or a list of them, got {paths!r}")
-    expanded = [path for value in values for path in _expanded(value)]
+    expanded = []
+    for value in values:
+        found = _expanded(value)
+        if not found:  # (a glob pattern no file matches: else nothing of it read, said nowhere)
+            raise TorchvisionFilesError(
+                "paths", f"expected torchvision's CIFAR or MNIST files, got {os.fspath(value)!r}: no file matches it"
+            )
+        expanded += found
     folders = [path for path, _ in expanded if os.path.isdir(path)]
     if folders:
         if len(expanded) > 1:
@@ -441,8 +541,8 @@ class TorchvisionImages(Dataset):
     The class names: CIFAR's meta file's (``batches.meta``'s ``label_names``; ``meta``'s ``fine_label_names``, the
     100 classes). The idx files name none: an MNIST-family folder is known by the name torchvision gives the folder
     above ``raw/``: ``MNIST`` (the digits ``"0"`` ... ``"9"``; torchvision's ``classes`` say ``"0 - zero"``),
-    ``FashionMNIST`` and ``KMNIST`` (torchvision's names, :data:`MNIST_CLASSES`); under another name :attr:`classes`
-    is None unless ``classes`` gives them. :attr:`classes_from` says where they come from (the meta file,
+    ``FashionMNIST`` and ``KMNIST`` (torchvision's names, :data:`MNIST_CLASSES`; a link's name, else the folder it
+    links to); under another name :attr:`classes` is None unless ``classes`` gives them. :attr:`classes_from` says where they come from (the meta file,
     ``torchvision's FashionMNIST``, ``classes``; None for none).
 
     Args:
@@ -476,6 +576,8 @@ class TorchvisionImages(Dataset):
         self._reads: list[_Read] = []  # per part: its file, its rows
         if self.kind == "MNIST":
             family = os.path.basename(os.path.dirname(os.path.abspath(self.root)))
+            if family not in MNIST_CLASSES:  # (a link to torchvision's folder, data/digits -> MNIST: the real name)
+                family = os.path.basename(os.path.dirname(os.path.realpath(self.root)))
             names = MNIST_CLASSES.get(family)
             for part in split.parts:
                 self._read_mnist(part)
@@ -503,8 +605,8 @@ class TorchvisionImages(Dataset):
                     which = f"the {bound} classes" + (f" of {meta}" if meta is not None and classes is None else "")
                     raise TorchvisionFilesError(
                         "classes" if classes is not None else "paths",
-                        f"expected class ids among {which}, 0..{bound - 1}, got {label} at row {read.first + row} of "
-                        f"{read.label_file}",
+                        f"expected class ids among {which}, 0..{bound - 1}, got {_number(label)} at row "
+                        f"{read.first + row} of {read.label_file}",
                     )
 
     def _starts(self) -> list[int]:
@@ -537,7 +639,9 @@ class TorchvisionImages(Dataset):
             )
         self._images.append(images[start:stop])
         self.labels += labels[start:stop]
-        self._reads.append(_Read(os.path.basename(path), os.path.abspath(path), label_file, start, stop - start, total))
+        stat = os.stat(path)  # (the file's identity: the same file by a link, or a linked folder, is the same rows)
+        read = _Read(os.path.basename(path), os.path.abspath(path), label_file, start, stop - start, total)
+        self._reads.append(read._replace(identity=(stat.st_dev, stat.st_ino)))
 
     def _read_cifar(self, part: Part) -> None:
         """Read a CIFAR batch file's rows."""
@@ -575,6 +679,11 @@ class TorchvisionImages(Dataset):
                 raise TorchvisionFilesError("paths", f"{os.path.join(self.root, name)} (or .gz) is absent")
             found.append(path)
         images, labels = _read_idx(found[0], _IMAGES), _read_idx(found[1], _LABELS)
+        if 0 in images.shape[1:]:  # (a 0 x 0 image would fail in the transform, naming no file)
+            raise TorchvisionFilesError(
+                "paths",
+                f"{found[0]}: expected images of 1 x 1 pixels or more, got {images.shape[1]} x {images.shape[2]}",
+            )
         if len(images) != len(labels):
             raise TorchvisionFilesError(
                 "paths",
@@ -644,7 +753,8 @@ class TorchvisionImages(Dataset):
 
 
 class _Read(NamedTuple):
-    """The rows kept of a file: its name (for item names), absolute path, labels file, first row, rows kept, rows."""
+    """The rows kept of a file: its name (for item names), absolute path, labels file, first row, rows kept, rows,
+    and which file it is (device, inode)."""
 
     name: str
     path: str
@@ -652,11 +762,12 @@ class _Read(NamedTuple):
     first: int
     count: int
     total: int
+    identity: tuple = ()  # (device, inode): which file it is, whatever path names it
 
 
 def _shared(read: _Read, other: _Read) -> Optional[str]:
     """``rows A..B of FILE`` where ``read`` and ``other`` hold rows of one file in common, else None."""
     low, high = max(read.first, other.first), min(read.first + read.count, other.first + other.count)
-    if read.path != other.path or low >= high:
+    if read.identity != other.identity or low >= high:
         return None
     return f"rows {low}..{high - 1} of {read.path}"
