@@ -600,9 +600,13 @@ def test_read_tokenizer_tells_wordpiece_from_clips_bpe(hf_directory, tmp_path):
 CLEAN_UP_TEXTS = ["don't stop , he said . hello!", "it 's a ' ' b ?! x !", "rock'n'roll , we 've I'm"]
 
 
-@pytest.mark.parametrize("setting", ["absent", True, False])
-@pytest.mark.parametrize("pad", ["<|endoftext|>", "!"])
-@pytest.mark.parametrize("source", ["vocab_and_merges", "tokenizer_json"])
+@pytest.mark.parametrize(
+    "source, pad, setting",
+    # every padding and setting from vocab.json + merges.txt; from a tokenizer.json (the same settings read from
+    # tokenizer_config.json beside either) each padding, each setting once
+    [("vocab_and_merges", p, s) for p in ("<|endoftext|>", "!") for s in ("absent", True, False)]
+    + [("tokenizer_json", "!", "absent"), ("tokenizer_json", "<|endoftext|>", True), ("tokenizer_json", "!", False)],
+)
 def test_decode_equals_clip_tokenizer_fast_with_its_clean_up_setting_and_padding(
     hf_directory, tmp_path, source, pad, setting
 ):

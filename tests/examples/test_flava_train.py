@@ -224,7 +224,7 @@ def test_two_processes_match_one_process(tmp_path, strategy):
 
 # ------------------------------------------------------------------------------ kill and resume
 def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
-    common = ["training.max_steps=30", "training.checkpoint_every=3", "eval.enabled=false"]
+    common = ["training.max_steps=12", "training.checkpoint_every=3", "eval.enabled=false"]
     reference = tmp_path / "reference"
     _run([f"training.output_dir={reference}", *common])
     killed = tmp_path / "killed"
@@ -238,7 +238,7 @@ def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     done_before_kill = max(_losses(killed))
-    assert done_before_kill < 30
+    assert done_before_kill < 12
     _run([f"training.output_dir={killed}", "training.resume=auto", *common])
     assert _losses(killed) == _losses(reference)  # exactly, step for step
 
