@@ -277,3 +277,40 @@ def test_a_clip_run_on_every_split_started_before_the_refusal_still_resumes(shar
         "data.files.pairs_split: null, this run trains on every split of the parquet files' split column, its test "
         "images included (kept on resume; a new run names the splits, among [test, train])\n"
     ) in capsys.readouterr().err
+
+
+def test_a_recursive_glob_under_a_folder_linked_back_up_is_checked_at_once(shards, tmp_path):
+    """``data.files.pairs_captions=<root>/**/*.parquet`` where the folder holds two links back up: the recipes' check
+    listed every match with glob.glob (each link followed 40 levels deep, 2**40 paths: a hang before any work),
+    where the reader walks each real folder once; ``pairs_shards``' check of such a glob matching no tar file hung
+    alike. Both now answer as the reader does: the 40 rows of the 4 shards, each once; no tar file, refused."""
+    from torchflava.training.config import load_config
+    from torchflava.training.schema import pair_file_checks, raise_on_failed_checks
+
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    for shard in shards[0].iterdir():
+        (root / "data" / shard.name).write_bytes(shard.read_bytes())
+    (root / "data" / "up").symlink_to("..")
+    (root / "data" / "up2").symlink_to("..")
+    module = _recipe("clip")
+
+    class Hung(Exception):
+        pass
+
+    def timeout(*arguments):
+        raise Hung("the check did not end in 30 s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(30)
+    try:
+        captions = f"{root}/**/*.parquet"
+        cfg = load_config(module.TrainConfig, [f"config={CLIP}", *COMMON, f"data.files.pairs_captions={captions}"])
+        f = cfg.data.files
+        raise_on_failed_checks(pair_file_checks("data.files", None, None, f.pairs_captions, required=True))
+        assert len(module.build_pairs(cfg.data)) == 40
+        with pytest.raises(module.ConfigError, match=r"^key 'data.files.pairs_shards': expected a file or a glob"):
+            raise_on_failed_checks(pair_file_checks("data.files", f"{root}/**/*.tar", None, None, required=True))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -31,6 +31,7 @@ from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, peek_state_dict
 from torchflava.utils.checks import host_memory_bytes, is_prompt_template, usable_cores
+from torchflava.utils.globs import glob_files
 
 T = TypeVar("T")
 
@@ -680,7 +681,7 @@ def path_check(key: str, value: Optional[str], kind: str) -> tuple:
         elif kind == "directory":
             ok = path.is_dir()
         else:
-            ok = path.is_file() or any(Path(match).is_file() for match in glob.iglob(value, recursive=True))
+            ok = path.is_file() or bool(glob_files(value))  # (a linked folder's loop under ** walked once)
     except OSError as error:  # a name the OS refuses: a component longer than its limit, say
         return (False, key, PATH_KINDS[kind], f"{value} ({error.strerror or first_line(error)})")
     return (ok, key, PATH_KINDS[kind], value)
@@ -769,7 +770,7 @@ def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
                 if not any(n.lower().endswith(".parquet") and not n.startswith(".") for n in os.listdir(value)):
                     return f"{item}a folder holding no .parquet file"
             elif glob.has_magic(value) and not os.path.isfile(value):
-                matches = sorted(m for m in glob.glob(value, recursive=True) if os.path.isfile(m))
+                matches = glob_files(value)  # (as the reader matches it: a linked folder's loop walked once)
                 others = [m for m in matches if not m.lower().endswith(".parquet")]
                 if not matches:
                     return f"{item}a pattern matching no file"
