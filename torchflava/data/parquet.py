@@ -565,7 +565,7 @@ def parquet_captions(
 ) -> tuple[list[CaptionRow], tuple[str, ...], str]:
     """The captions of parquet ``images``' rows, one a caption (COCO's five of an image in a list of strings are
     five), of the rows whose ``split`` column is among ``split`` (None: every row), the splits the files hold
-    (none without a ``split`` column of strings), and the caption column; ParquetError (``text_key``, ``split``) where the caption column is missing or of
+    (none without a ``split`` column of strings, plain or dictionary-encoded), and the caption column; ParquetError (``text_key``, ``split``) where the caption column is missing or of
     another type, or the files have no ``split`` column of strings."""
     import pyarrow as pa
 
@@ -587,7 +587,10 @@ def parquet_captions(
     if not listed and not any(test(kind) for test in strings):
         raise ParquetError("text_key", f"expected {text_key!r} to hold a caption or a list of them, got {kind}")
     columns = [text_key]
-    split_column = "split" in schema.names and any(test(schema.field("split").type) for test in strings)
+    split_kind = schema.field("split").type if "split" in schema.names else None
+    if split_kind is not None and pa.types.is_dictionary(split_kind):  # (pandas' category, written as a dictionary)
+        split_kind = split_kind.value_type
+    split_column = split_kind is not None and any(test(split_kind) for test in strings)
     if split is not None and not split_column:
         raise ParquetError("split", "split is for files with a 'split' column of strings, these have none")
     if split_column:  # (read with split None too: the splits the files hold, which a reader of every row may refuse)
