@@ -200,6 +200,10 @@ def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(re
     mixed.mkdir()
     (mixed / "train-00000-of-00001.parquet").write_bytes((data / "train-00000-of-00004.parquet").read_bytes())
     (mixed / "train-info.json").write_text("{}")
+    both = tmp_path / "both"  # (a download's data/: data/*.parquet trained on the test split, as the folder is refused)
+    both.mkdir()
+    for split in ("test", "train"):
+        (both / f"{split}-00000-of-00001.parquet").write_bytes((data / "train-00000-of-00004.parquet").read_bytes())
     expected = (
         "key 'data.files.pairs_captions': expected an existing captions file, or parquet files: a glob pattern of "
         "them (data/train-*.parquet), a folder holding them or a list of them, got "
@@ -216,6 +220,11 @@ def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(re
             '.parquet file (a list is of parquet files))"',
         ),
         (tmp_path, f"'{tmp_path} (a folder holding no .parquet file)'"),
+        (
+            both / "*.parquet",
+            f"'{both}/*.parquet (it matches the shards of 2 splits (test, train): give one, e.g. {both}/train-*.parquet "
+            "(a list of patterns to train on several))'",
+        ),
     ]
     module = _recipe(recipe)
     for value, got in cases:
@@ -223,6 +232,9 @@ def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(re
             _main(recipe, tmp_path / "run", f"data.files.pairs_captions={value}")
         assert str(caught.value) == expected + got
         assert not (tmp_path / "run").exists()
+    from torchflava.training.schema import captions_paths_fault  # (both splits named, one pattern each: meant)
+
+    assert captions_paths_fault([str(both / "train-*.parquet"), str(both / "test-*.parquet")]) is None
 
 
 def test_a_resume_on_a_glob_that_matches_another_shard_is_refused(shards, tmp_path):

@@ -752,11 +752,17 @@ def parquet_captions_given(captions: Union[None, str, Sequence[str]]) -> bool:
     return captions.lower().endswith(".parquet") or glob.has_magic(captions) or os.path.isdir(captions)
 
 
+_HUB_SHARD = re.compile(
+    r"(.+)-(\d{5})-of-(\d{5})\.parquet"
+)  # a split's shard as the Hub names it: train-00000-of-00004
+
+
 def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
     """Why ``captions`` (a captions key's value) names no captions file and no parquet files, or None: a path that
     is no file, a glob pattern matching no file or a file of another kind (a ``.json`` beside the parquet shards), a
-    folder holding no ``.parquet`` file at its top, an empty list, or a list naming other files than parquet ones
-    (the item of a list named)."""
+    folder holding no ``.parquet`` file at its top, a glob pattern matching the shards of several splits
+    (``data/*.parquet`` of a download: ``train-*`` and ``test-*``, which a folder of them is refused for too), an
+    empty list, or a list naming other files than parquet ones (the item of a list named)."""
     listed = not isinstance(captions, str)
     values = list(captions) if listed else [captions]
     if not values:
@@ -776,6 +782,14 @@ def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
                     return f"{item}a pattern matching no file"
                 if others:
                     return f"{item}it matches {len(others)} file(s) other than parquet, {others[0]}: give parquet files"
+                splits = sorted({shard[1] for m in matches if (shard := _HUB_SHARD.fullmatch(os.path.basename(m)))})
+                if len(splits) > 1:  # (data/*.parquet of a download: its test shards trained on, as a folder refuses)
+                    shown = "train" if "train" in splits else splits[0]
+                    example = os.path.join(os.path.dirname(matches[0]), f"{shown}-*.parquet")
+                    return (
+                        f"{item}it matches the shards of {len(splits)} splits ({', '.join(splits)}): give one, e.g. "
+                        f"{example} (a list of patterns to train on several)"
+                    )
             elif not os.path.isfile(value):
                 return f"{item}no such file"
             elif listed and not value.lower().endswith(".parquet"):
