@@ -326,3 +326,48 @@ def test_a_recursive_glob_under_a_folder_linked_back_up_is_checked_at_once(shard
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_parquet_files_that_do_not_read_as_pairs_are_refused_saying_what_parquet_files_should_be(
+    pairs, shards, tmp_path
+):
+    """A folder of two splits' shards, files of two schemas, a pairs_root or no image column were refused as
+    'expected a captions file (.jsonl, .tsv, .csv, or Karpathy's, COCO's or BLIP's .json) of absolute image paths'
+    and 'the key or column of the image paths ... (a .jsonl, .csv or .tsv ...)': what a parquet file is not."""
+    data = shards[0]
+    two = tmp_path / "two"
+    two.mkdir()
+    for split in ("test", "train"):
+        (two / f"{split}-00000-of-00001.parquet").write_bytes((data / "train-00000-of-00004.parquet").read_bytes())
+    (tmp_path / "other").mkdir()
+    pq.write_table(pq.read_table(pairs[0]).append_column("x", pa.array([1] * 40)), tmp_path / "other" / "x.parquet")
+    pq.write_table(pa.table({"caption": ["a", "b"]}), tmp_path / "captions.parquet")
+    module = _recipe("clip")
+    files = "parquet files of one schema, an image and its caption(s) in each row"
+    cases = [
+        (
+            [f"data.files.pairs_captions={two}"],
+            f"key 'data.files.pairs_captions': expected {files}, got '{two}' (captions: {two} holds the parquet files "
+            f"of 2 splits (test, train): give one, e.g. {two}/train-*.parquet)",
+        ),
+        (
+            [f"data.files.pairs_captions=[{pairs[0]},{tmp_path / 'other' / 'x.parquet'}]"],
+            f"key 'data.files.pairs_captions': expected {files}, got ['{pairs[0]}', '{tmp_path}/other/x.parquet'] "
+            "(captions: expected files of one schema, got",
+        ),
+        (
+            [f"data.files.pairs_captions={pairs[0]}", f"data.files.pairs_root={tmp_path}"],
+            "key 'data.files.pairs_root': expected null for parquet data.files.pairs_captions, whose rows hold their "
+            f"images, got '{tmp_path}' (root must be None for a .parquet captions file, which holds its images)",
+        ),
+        (
+            [f"data.files.pairs_captions={tmp_path / 'captions.parquet'}"],
+            "key 'data.files.pairs_image_key': expected null, or the column of the images in the parquet files of "
+            "data.files.pairs_captions, got None (image_key: expected an image column",
+        ),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(module.ConfigError) as caught:
+            _main("clip", tmp_path / "run", *overrides)
+        assert str(caught.value).startswith(message), caught.value
+        assert not (tmp_path / "run").exists()

@@ -799,6 +799,7 @@ def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
     return None
 
 
+PARQUET_PAIRS = "parquet files of one schema, an image and its caption(s) in each row"
 # ImageTextFolder's arguments -> the files section's keys naming them
 PAIR_KEYS = {
     "root": "pairs_root",
@@ -809,10 +810,11 @@ PAIR_KEYS = {
 }
 
 
-def _pair_key_expectations(prefix: str) -> dict[str, str]:
-    """What each of the captions keys of ``prefix`` expects, for the one-line refusals."""
+def _pair_key_expectations(prefix: str, parquet: bool = False) -> dict[str, str]:
+    """What each of the captions keys of ``prefix`` expects, for the one-line refusals (``parquet``: of parquet
+    files, whose columns hold the images and captions)."""
     captions = f"{prefix}.pairs_captions"
-    return {
+    expected = {
         "pairs_root": f"the folder the image paths of {captions} are relative to, or null when they are absolute",
         "pairs_split": (
             f"null, or a non-empty list of names of splits {captions} holds (a Karpathy split file, .json, or a "
@@ -821,6 +823,11 @@ def _pair_key_expectations(prefix: str) -> dict[str, str]:
         "pairs_image_key": f"null, or the key or column of the image paths in {captions} ({KEYED})",
         "pairs_text_key": f"null, or the key or column of the captions in {captions} ({KEYED})",
     }
+    if parquet:  # (a parquet file's image column holds the images themselves)
+        expected["pairs_root"] = f"null for parquet {captions}, whose rows hold their images"
+        expected["pairs_image_key"] = f"null, or the column of the images in the parquet files of {captions}"
+        expected["pairs_text_key"] = f"null, or the column of the captions in the parquet files of {captions}"
+    return expected
 
 
 def pair_file_checks(
@@ -847,11 +854,11 @@ def pair_file_checks(
     keys, BLIP's list for a split, is checked as :func:`opened_pairs` reads it). Both
     forms at once are refused (one would be ignored), as are captions keys without a captions file."""
     given = {"pairs_shards": shards, "pairs_root": root, "pairs_captions": captions}
-    expected = _pair_key_expectations(prefix)
+    parquet = parquet_captions_given(captions)
+    expected = _pair_key_expectations(prefix, parquet)
     captions_keys = {"pairs_split": split, "pairs_image_key": image_key, "pairs_text_key": text_key}
     both = shards is not None and (root is not None or captions is not None)
     fault = None if captions is None else captions_paths_fault(captions)
-    parquet = parquet_captions_given(captions)
     suffix = ".parquet" if parquet else os.path.splitext(captions)[1].lower() if captions is not None else ""
     names = list(split) if split is not None else []
     checks = [
@@ -934,7 +941,8 @@ def opened_pairs(
     """
     values = {"pairs_root": root, "pairs_split": None if split is None else list(split)}
     values.update(pairs_image_key=image_key, pairs_text_key=text_key)
-    expected = _pair_key_expectations(prefix)
+    parquet = parquet_captions_given(captions)
+    expected = _pair_key_expectations(prefix, parquet)
 
     def refused(key: str, reason: str) -> ConfigError:
         return ConfigError(f"key '{prefix}.{key}': expected {expected[key]}, got {values[key]!r} ({reason})")
@@ -951,11 +959,12 @@ def opened_pairs(
             return None
 
     where = f"of images under {root}" if root is not None else "of absolute image paths"
-    folder = opened(f"{prefix}.pairs_captions", captions, f"{CAPTIONS} {where}", read)
+    what = PARQUET_PAIRS if parquet else f"{CAPTIONS} {where}"
+    folder = opened(f"{prefix}.pairs_captions", captions, what, read)
     if faults:
         raise refused(PAIR_KEYS[faults[0].argument], first_line(faults[0]))
     if usable is not None and (fault := usable(folder)) is not None:
-        raise ConfigError(f"key '{prefix}.pairs_captions': expected {CAPTIONS} {where}, got {captions!r} ({fault})")
+        raise ConfigError(f"key '{prefix}.pairs_captions': expected {what}, got {captions!r} ({fault})")
     return folder
 
 
