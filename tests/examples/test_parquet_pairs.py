@@ -371,3 +371,33 @@ def test_parquet_files_that_do_not_read_as_pairs_are_refused_saying_what_parquet
             _main("clip", tmp_path / "run", *overrides)
         assert str(caught.value).startswith(message), caught.value
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change", ["rename", "swap"])
+def test_a_resume_on_a_glob_whose_shard_was_renamed_or_swapped_for_as_many_rows_is_refused(change, shards, tmp_path):
+    """The checkpoint recorded the number of pairs alone: a shard renamed (its rows now first in the order) or
+    swapped for another shard of as many rows resumed on other items at each index of the pass, some drawn twice
+    and others never, without a word. The files read, by name, rows and size, are recorded and compared now."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, name in enumerate(("b", "c", "d")):
+        (data / f"{name}.parquet").write_bytes((shards[0] / f"train-{i:05d}-of-00004.parquet").read_bytes())
+    given = [f"data.files.pairs_captions={data}/*.parquet", "training.checkpoint_every=2"]
+    _main("clip", tmp_path / "run", *given)
+    if change == "rename":
+        (data / "d.parquet").rename(data / "a.parquet")
+    else:
+        (data / "d.parquet").write_bytes((shards[0] / "train-00003-of-00004.parquet").read_bytes())
+    module = _recipe("clip")
+    with pytest.raises(module.ConfigError) as caught:
+        _main("clip", tmp_path / "run", *given, "training.max_steps=4")
+    message = str(caught.value)
+    assert message.startswith(
+        "key 'data.files.pairs_captions': expected the parquet files the checkpoint was trained on (3 files, sha1 "
+    ), message
+    assert ": by name, rows and size), since a resumed run draws item i of the pass from where it was" in message
+    assert message.endswith("got '3 files, sha1 " + message.split("got '3 files, sha1 ")[1]) and "; restore" in message
+    if change == "rename":  # (named back: the run resumes as it was)
+        (data / "a.parquet").rename(data / "d.parquet")
+        _main("clip", tmp_path / "run", *given, "training.max_steps=4")
+        assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4]

@@ -141,6 +141,7 @@ class _File(NamedTuple):
     path: str
     name: str  # how its rows are named: its path relative to the files' common folder
     row_groups: list[int]  # the first row of each row group, then the number of rows
+    size: int  # its size in bytes, as listed
 
 
 class _Cursor:
@@ -247,7 +248,8 @@ class ParquetImages(Dataset):
                     "paths",
                     f"expected files of one schema, got {first} ({_columns(schema)}) and {path} ({_columns(here)})",
                 )
-            self._files.append(_File(path, os.path.relpath(path, common).replace(os.sep, "/"), starts))
+            name = os.path.relpath(path, common).replace(os.sep, "/")
+            self._files.append(_File(path, name, starts, os.path.getsize(path)))
         self._ends = list(_accumulate(f.row_groups[-1] for f in self._files))  # each file's end, in all rows
         if self._ends[-1] == 0:
             raise ParquetError("paths", f"{_shown(files)} hold(s) no row")
@@ -380,6 +382,12 @@ class ParquetImages(Dataset):
     def files(self) -> list[str]:
         """The parquet files read, absolute paths in the order of their rows."""
         return [file.path for file in self._files]
+
+    @property
+    def file_rows(self) -> list[tuple[str, int, int]]:
+        """Each file read, in order: its name (relative to the files' common folder), its number of rows and its size
+        in bytes as listed."""
+        return [(file.name, file.row_groups[-1], file.size) for file in self._files]
 
     @property
     def empty_classes(self) -> list[str]:

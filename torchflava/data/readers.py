@@ -15,6 +15,7 @@ import contextlib
 import csv
 import gc
 import glob
+import hashlib
 import io
 import itertools
 import json
@@ -722,6 +723,9 @@ class ImageTextFolder(Dataset):
             sorted; None without ``split``.
         held_splits (tuple[str, ...]): the splits of parquet files' ``split`` column, sorted, whatever
             ``split`` keeps (empty without that column, and for other files).
+        files_digest (Optional[str]): the parquet files read, by name (relative to their common folder), number
+            of rows and size, as their count and a digest (``"4 files, sha1 0123456789abcdef"``): a shard of a
+            glob renamed, or swapped for another of as many rows, changes it; None for other files.
         warnings (list[str]): one line per shard of a parquet split left out of the files given
             (``train-00002-of-00004.parquet`` absent); empty for other files.
 
@@ -753,6 +757,7 @@ class ImageTextFolder(Dataset):
         self._parquet = None  # the images of the parquet files' rows
         self.warnings: list[str] = []  # the parquet files' (a shard of the split left out)
         self.held_splits: tuple[str, ...] = ()  # the splits of the parquet files' split column, read or not
+        self.files_digest: Optional[str] = None  # the parquet files read, by name, rows and size (a resume compares it)
         if isinstance(captions, (list, tuple)) and not (
             captions and all(isinstance(c, (str, os.PathLike)) for c in captions)
         ):
@@ -866,6 +871,8 @@ class ImageTextFolder(Dataset):
         self._entries = [_Entry(r.row, self._parquet.relative_path(r.row), r.text, r.error, r.sentence) for r in rows]
         self.splits = found if wanted is not None else None
         self.held_splits = found
+        listing = json.dumps(self._parquet.file_rows).encode()
+        self.files_digest = f"{len(self._parquet.files)} files, sha1 {hashlib.sha1(listing).hexdigest()[:16]}"
         if not self._entries:
             shown = os.fspath(captions) if isinstance(captions, (str, os.PathLike)) else list(map(os.fspath, captions))
             raise ValueError(f"captions must list at least one image-caption pair, {shown!r} has none")
