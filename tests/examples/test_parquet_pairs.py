@@ -202,6 +202,7 @@ def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(re
     (mixed / "train-info.json").write_text("{}")
     both = tmp_path / "both"  # (a download's data/: data/*.parquet trained on the test split, as the folder is refused)
     both.mkdir()
+    (tmp_path / "empty").mkdir()
     for split in ("test", "train"):
         (both / f"{split}-00000-of-00001.parquet").write_bytes((data / "train-00000-of-00004.parquet").read_bytes())
     expected = (
@@ -219,7 +220,12 @@ def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(re
             f"\"['{mixed}/train-00000-of-00001.parquet', '{mixed}/train-info.json'] ({mixed}/train-info.json: not a "
             '.parquet file (a list is of parquet files))"',
         ),
-        (tmp_path, f"'{tmp_path} (a folder holding no .parquet file)'"),
+        (both.parent / "empty", f"'{tmp_path}/empty (a folder holding no .parquet file)'"),
+        (  # (a download's root: its shards in a sub-folder, as the evaluation commands say)
+            tmp_path,
+            f"'{tmp_path} (a folder holding no .parquet file; it holds them in both/ (test-00000-of-00001.parquet...): "
+            f"give them, e.g. {both}/test-*.parquet)'",
+        ),
         (
             both / "*.parquet",
             f"'{both}/*.parquet (it matches the shards of 2 splits (test, train): give one, e.g. {both}/train-*.parquet "

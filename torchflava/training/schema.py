@@ -757,6 +757,23 @@ _HUB_SHARD = re.compile(
 )  # a split's shard as the Hub names it: train-00000-of-00004
 
 
+def _parquet_below(folder: str) -> str:
+    """Where ``folder`` (a Hugging Face download's root) holds parquet files in a sub-folder two levels down at most
+    (``data/`` or ``data/<config>/``): ``; it holds them in data/ (train-00000-of-00004.parquet...): give them, e.g.
+    <folder>/data/train-*.parquet``; else an empty string."""
+    for directory, subfolders, names in os.walk(folder):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        found = sorted(name for name in names if name.lower().endswith(".parquet") and not name.startswith("."))
+        if found:
+            shard = _HUB_SHARD.fullmatch(found[0])
+            example = os.path.join(directory, f"{shard[1]}-*.parquet" if shard else found[0])
+            where = os.path.relpath(directory, folder)
+            return f"; it holds them in {where}/ ({found[0]}...): give them, e.g. {example}"
+        if os.path.relpath(directory, folder).count(os.sep) >= 1:  # (data/<config>/ is as deep as a download goes)
+            subfolders[:] = []
+    return ""
+
+
 def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
     """Why ``captions`` (a captions key's value) names no captions file and no parquet files, or None: a path that
     is no file, a glob pattern matching no file or a file of another kind (a ``.json`` beside the parquet shards), a
@@ -774,7 +791,7 @@ def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
         try:
             if os.path.isdir(value):
                 if not any(n.lower().endswith(".parquet") and not n.startswith(".") for n in os.listdir(value)):
-                    return f"{item}a folder holding no .parquet file"
+                    return f"{item}a folder holding no .parquet file{_parquet_below(value)}"
             elif glob.has_magic(value) and not os.path.isfile(value):
                 matches = glob_files(value)  # (as the reader matches it: a linked folder's loop walked once)
                 others = [m for m in matches if not m.lower().endswith(".parquet")]
