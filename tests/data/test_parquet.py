@@ -567,3 +567,18 @@ def test_a_dictionary_encoded_split_column_holds_its_splits(tmp_path):
     train = ImageTextFolder(None, tmp_path / "s.parquet", split=["train"])
     assert [train.caption(i) for i in range(len(train))] == ["shape 0", "shape 2"]
     assert (train.held_splits, train.splits) == (("test", "train", "val"), ("test", "train", "val"))
+
+
+def test_a_split_column_of_nulls_is_named_so_when_a_split_is_asked_of_it(tmp_path):
+    """split=[train] of files whose split column is all null was 'expected splits of the files (), got ['train']'."""
+    from torchflava.data.readers import CaptionsError, ImageTextFolder
+
+    split = pa.array([None, None], pa.string())
+    _table(tmp_path, "s.parquet", {"image": [png(0), png(1)], "caption": ["a", "b"], "split": split})
+    assert ImageTextFolder(None, tmp_path / "s.parquet").held_splits == ()
+    with pytest.raises(CaptionsError) as caught:
+        ImageTextFolder(None, tmp_path / "s.parquet", split=["train"])
+    assert (
+        str(caught.value)
+        == "split: expected splits of the files (none: every 'split' of the files is null), got ['train']"
+    )

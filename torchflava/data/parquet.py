@@ -628,8 +628,6 @@ def parquet_captions(
                 ]
         start += len(texts)
     if split is not None and not split <= splits:
-        raise ParquetError(
-            "split",
-            f"expected splits of the files ({', '.join(sorted(splits))}), got {sorted(split - splits)}",
-        )
+        held = f"({', '.join(sorted(splits))})" if splits else "(none: every 'split' of the files is null)"
+        raise ParquetError("split", f"expected splits of the files {held}, got {sorted(split - splits)}")
     return rows, tuple(sorted(splits)), text_key
