@@ -744,12 +744,14 @@ CAPTIONS_PATHS = (
 
 def parquet_captions_given(captions: Union[None, str, Sequence[str]]) -> bool:
     """Whether a captions key names parquet files: a list, a ``.parquet`` path, a glob pattern or a folder (every
-    other captions file is one file of another extension)."""
+    other captions file is one file of another extension; one whose name holds ``[`` or ``*``, ``c[v2].jsonl``, is
+    that file, as the reader takes it)."""
     if captions is None:
         return False
     if not isinstance(captions, str):
         return True
-    return captions.lower().endswith(".parquet") or glob.has_magic(captions) or os.path.isdir(captions)
+    pattern = glob.has_magic(captions) and not os.path.isfile(captions)
+    return captions.lower().endswith(".parquet") or pattern or os.path.isdir(captions)
 
 
 _HUB_SHARD = re.compile(
