@@ -351,3 +351,26 @@ def test_interpolations_in_a_list_of_a_union_field_resolve_as_in_a_string(tmp_pa
     config.write_text("files:\n  captions: ['${oc.env:SHARDS}/a.parquet']\n")
     over = load_config(Config, [f"config={config}", "files.captions=[x.parquet]"])
     assert over.files.captions == ["x.parquet"]
+
+
+def test_a_list_of_a_union_field_with_a_tilde_is_recorded_as_its_expanded_paths(tmp_path, monkeypatch):
+    """data.files.pairs_captions: [~/a.parquet] (an ExpandedPath in a list of a path-or-list field) failed the run's
+    start as config.yaml was written: OmegaConf's 'Value [...] of type 'list' is incompatible with type hint
+    'Optional[Union[str, list[str]]]'', a traceback from inside it. It is recorded as the expanded path."""
+    from torchflava.training.config import config_yaml
+
+    @dataclass
+    class Files(DataPaths):
+        PATHS = ("captions",)
+
+        captions: Optional[Union[str, list[str]]] = None
+
+    @dataclass
+    class Config:
+        files: Files = field(default_factory=Files)
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(Config, ["files.captions=[~/a.parquet,/b.parquet]"])
+    assert yaml.safe_load(config_yaml(config)) == {"files": {"captions": [str(tmp_path / "a.parquet"), "/b.parquet"]}}
+    config = load_config(Config, ["files.captions=~/x-*.parquet"])
+    assert yaml.safe_load(config_yaml(config)) == {"files": {"captions": str(tmp_path / "x-*.parquet")}}

@@ -357,8 +357,10 @@ def _literal_text(value: object) -> object:
         for item in dataclasses.fields(value):
             object.__setattr__(copied, item.name, _literal_text(getattr(value, item.name)))
         return copied
-    if isinstance(value, str) and not isinstance(value, enum.Enum) and "${" in value:
-        return escape_interpolations(value)
+    if isinstance(value, str) and not isinstance(value, enum.Enum):  # (an ExpandedPath as the plain path it is: in
+        # a list of a union field, data.files.pairs_captions: [~/a.parquet], OmegaConf refused the str subclass)
+        text = str(value)
+        return escape_interpolations(text) if "${" in text else text
     if type(value) in (list, tuple):
         return type(value)(_literal_text(item) for item in value)
     if type(value) is dict:
