@@ -451,7 +451,16 @@ def test_parquet_splits_probe_as_the_same_images_in_class_folders(export, tmp_pa
     write_hf_parquet(tmp_path / "minus.parquet", [png(1), png(2)], [-1, -1], classes)  # (Hugging Face's test split)
     # (another order of the same names: its class ids were taken as --train's, every image given another class)
     write_hf_parquet(tmp_path / "order.parquet", [png(1), png(2)], [0, 1], ["blue", "red", "green"])
+    # (--train's classes named by its label column, sorted: the ClassLabel ids of --val were taken as those)
+    from tests.data.test_parquet import _table
+
+    named = _table(tmp_path, "named.parquet", {"image": [png(i) for i in range(3)], "label": ["red", "blue", "green"]})
     cases = [
+        (
+            ["--train", named, "--val", str(tmp_path / "order.parquet")],
+            "argument --val: expected ClassLabel names in the order of --train's classes (its label names, sorted), "
+            "got class id 1 named 'red' here and 'green' in --train",
+        ),
         (
             ["--train", files["train"], "--val", str(tmp_path / "order.parquet")],
             "argument --val: expected the ClassLabel names of --train's files, in their id order, got class id 1 "

@@ -338,15 +338,25 @@ def _parquet_split(
     if source.labels is None:
         reason = source.unlabelled or "parquet files without a label column (--label-key names it)"
         parser.error(f"argument --{name}: expected labelled images, got {reason}")
-    trained = getattr(split.get("train"), "label_names", None)  # (the ClassLabel names of parquet --train)
+    train = split.get("train")
+    trained = getattr(train, "label_names", None)  # (the ClassLabel names of parquet --train)
+    what = "the ClassLabel names of --train's files, in their id order"
+    if isinstance(train, ParquetImages) and trained is None and train.classes != _id_names(len(train.classes)):
+        # (--train's label column names its classes, sorted: a ClassLabel here in another order was taken by id)
+        trained, what = train.classes, "ClassLabel names in the order of --train's classes (its label names, sorted)"
     if name != "train" and trained is not None and source.label_names not in (None, trained):
         # (as many names: ParquetImages refused another number; the ids were taken as --train's classes)
         first = next(i for i, (a, b) in enumerate(zip(source.label_names, trained)) if a != b)
         parser.error(
-            f"argument --{name}: expected the ClassLabel names of --train's files, in their id order, got class id "
-            f"{first} named {source.label_names[first]!r} here and {trained[first]!r} in --train"
+            f"argument --{name}: expected {what}, got class id {first} named {source.label_names[first]!r} here and "
+            f"{trained[first]!r} in --train"
         )
     return _labelled_split(parser, name, source, source.labels, split)  # (no ClassLabel names: ids are classes)
+
+
+def _id_names(count: int) -> list[str]:
+    """The class names of a split whose labels are ids alone: ``"0"`` to ``str(count - 1)``."""
+    return [str(i) for i in range(count)]
 
 
 def _shard_split(
@@ -406,7 +416,7 @@ def _labelled_split(
     (``labels``: its known class ids), its warnings printed; exits 2 naming the option where the training split has
     fewer than two classes or the split shares a file with an earlier one."""
     if source.classes is None:
-        source.classes = [str(i) for i in range(max(labels) + 1)]
+        source.classes = _id_names(max(labels) + 1)
     if name == "train" and len(source.classes) < 2:
         parser.error(f"argument --train: expected at least 2 classes, got {len(source.classes)} ({source.classes})")
     for other, earlier in split.items():

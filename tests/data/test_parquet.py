@@ -550,3 +550,35 @@ def test_image_caption_rows_read_from_a_glob_a_folder_or_a_list_of_shards_in_ord
         ImageTextFolder(None, str(tmp_path / "train-*"))
     with pytest.raises(TypeError, match=r"^captions must be a path, or a non-empty list of parquet files' paths, got"):
         ImageTextFolder(None, [])
+
+
+def test_a_dictionary_encoded_split_column_holds_its_splits(tmp_path):
+    """A split column written from a pandas category (a dictionary of strings) was 'split is for files with a
+    'split' column of strings, these have none' for split=[train], and read without split it held no split, so the
+    recipes' refusal of every split (the test rows trained on) and zero_shot's warning were skipped: its splits are
+    now those of a string column."""
+    from torchflava.data.readers import ImageTextFolder
+
+    split = pa.array(["train", "test", "train", "val"]).dictionary_encode()
+    columns = {"image": [png(i) for i in range(4)], "caption": [f"shape {i}" for i in range(4)], "split": split}
+    _table(tmp_path, "s.parquet", columns)
+    every = ImageTextFolder(None, tmp_path / "s.parquet")
+    assert (len(every), every.held_splits, every.splits) == (4, ("test", "train", "val"), None)
+    train = ImageTextFolder(None, tmp_path / "s.parquet", split=["train"])
+    assert [train.caption(i) for i in range(len(train))] == ["shape 0", "shape 2"]
+    assert (train.held_splits, train.splits) == (("test", "train", "val"), ("test", "train", "val"))
+
+
+def test_a_split_column_of_nulls_is_named_so_when_a_split_is_asked_of_it(tmp_path):
+    """split=[train] of files whose split column is all null was 'expected splits of the files (), got ['train']'."""
+    from torchflava.data.readers import CaptionsError, ImageTextFolder
+
+    split = pa.array([None, None], pa.string())
+    _table(tmp_path, "s.parquet", {"image": [png(0), png(1)], "caption": ["a", "b"], "split": split})
+    assert ImageTextFolder(None, tmp_path / "s.parquet").held_splits == ()
+    with pytest.raises(CaptionsError) as caught:
+        ImageTextFolder(None, tmp_path / "s.parquet", split=["train"])
+    assert (
+        str(caught.value)
+        == "split: expected splits of the files (none: every 'split' of the files is null), got ['train']"
+    )

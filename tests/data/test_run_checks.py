@@ -3,7 +3,7 @@
 import pytest
 
 from tests.data.test_mixing import Numbers, mixer
-from torchflava.data.mixing import SOURCE_SIZES
+from torchflava.data.mixing import SOURCE_FILES, SOURCE_SIZES
 from torchflava.data.run_checks import evaluation_note, resumed_data_checks
 
 KEYS = {"odd": "data.files.odd", "even": "data.files.even"}
@@ -30,3 +30,25 @@ def test_keys_missing_a_kind_are_refused_before_any_check():
 def test_the_evaluation_note_is_given_only_where_the_evaluation_cannot_run():
     assert evaluation_note("files", True).startswith("eval: no evaluation after this run: eval.* scores the held-out")
     assert evaluation_note("files", False) is None and evaluation_note("shapes", True) is None
+
+
+def test_a_source_of_other_files_of_the_same_size_fails_naming_its_key_and_the_files():
+    """Parquet shards renamed or swapped keep the size but not the items at each index: their files_digest differs."""
+    odd, even = Numbers(10, 1000), Numbers(6, 2000)
+    odd.files_digest = "3 files, sha1 aaaa"
+    position = mixer(sources={"odd": odd, "even": even})[0].position
+    assert position == {SOURCE_SIZES: {"odd": 10, "even": 6}, SOURCE_FILES: {"odd": "3 files, sha1 aaaa"}}
+    moved = Numbers(10, 1000)
+    moved.files_digest = "3 files, sha1 bbbb"
+    [(ok, key, expected, got)] = resumed_data_checks(
+        mixer(sources={"odd": moved, "even": even}), [{"data": position}], KEYS
+    )
+    assert (ok, key, got) == (False, "data.files.odd", "3 files, sha1 bbbb")
+    assert expected.startswith("the parquet files the checkpoint was trained on (3 files, sha1 aaaa: by name, rows")
+    assert resumed_data_checks(mixer(sources={"odd": odd, "even": even}), [{"data": position}], KEYS) == []
+    # (recorded before the files were, or with a single captions file of no digest: the sizes alone compared)
+    assert resumed_data_checks(mixer(sources={"odd": moved, "even": even}), [{"data": {SOURCE_SIZES: {}}}], KEYS) == []
+    grown = Numbers(11, 1000)
+    grown.files_digest = "4 files, sha1 cccc"  # (a size changed: that one check, not two)
+    [check] = resumed_data_checks(mixer(sources={"odd": grown, "even": even}), [{"data": position}], KEYS)
+    assert check[3] == "11 items"

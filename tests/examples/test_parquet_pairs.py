@@ -200,6 +200,11 @@ def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(re
     mixed.mkdir()
     (mixed / "train-00000-of-00001.parquet").write_bytes((data / "train-00000-of-00004.parquet").read_bytes())
     (mixed / "train-info.json").write_text("{}")
+    both = tmp_path / "both"  # (a download's data/: data/*.parquet trained on the test split, as the folder is refused)
+    both.mkdir()
+    (tmp_path / "empty").mkdir()
+    for split in ("test", "train"):
+        (both / f"{split}-00000-of-00001.parquet").write_bytes((data / "train-00000-of-00004.parquet").read_bytes())
     expected = (
         "key 'data.files.pairs_captions': expected an existing captions file, or parquet files: a glob pattern of "
         "them (data/train-*.parquet), a folder holding them or a list of them, got "
@@ -215,7 +220,17 @@ def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(re
             f"\"['{mixed}/train-00000-of-00001.parquet', '{mixed}/train-info.json'] ({mixed}/train-info.json: not a "
             '.parquet file (a list is of parquet files))"',
         ),
-        (tmp_path, f"'{tmp_path} (a folder holding no .parquet file)'"),
+        (both.parent / "empty", f"'{tmp_path}/empty (a folder holding no .parquet file)'"),
+        (  # (a download's root: its shards in a sub-folder, as the evaluation commands say)
+            tmp_path,
+            f"'{tmp_path} (a folder holding no .parquet file; it holds them in both/ (test-00000-of-00001.parquet...): "
+            f"give them, e.g. {both}/test-*.parquet)'",
+        ),
+        (
+            both / "*.parquet",
+            f"'{both}/*.parquet (it matches the shards of 2 splits (test, train): give one, e.g. {both}/train-*.parquet "
+            "(a list of patterns to train on several))'",
+        ),
     ]
     module = _recipe(recipe)
     for value, got in cases:
@@ -223,6 +238,9 @@ def test_a_glob_matching_nothing_or_other_files_too_is_refused_naming_the_key(re
             _main(recipe, tmp_path / "run", f"data.files.pairs_captions={value}")
         assert str(caught.value) == expected + got
         assert not (tmp_path / "run").exists()
+    from torchflava.training.schema import captions_paths_fault  # (both splits named, one pattern each: meant)
+
+    assert captions_paths_fault([str(both / "train-*.parquet"), str(both / "test-*.parquet")]) is None
 
 
 def test_a_resume_on_a_glob_that_matches_another_shard_is_refused(shards, tmp_path):
@@ -277,3 +295,115 @@ def test_a_clip_run_on_every_split_started_before_the_refusal_still_resumes(shar
         "data.files.pairs_split: null, this run trains on every split of the parquet files' split column, its test "
         "images included (kept on resume; a new run names the splits, among [test, train])\n"
     ) in capsys.readouterr().err
+
+
+def test_a_recursive_glob_under_a_folder_linked_back_up_is_checked_at_once(shards, tmp_path):
+    """``data.files.pairs_captions=<root>/**/*.parquet`` where the folder holds two links back up: the recipes' check
+    listed every match with glob.glob (each link followed 40 levels deep, 2**40 paths: a hang before any work),
+    where the reader walks each real folder once; ``pairs_shards``' check of such a glob matching no tar file hung
+    alike. Both now answer as the reader does: the 40 rows of the 4 shards, each once; no tar file, refused."""
+    from torchflava.training.config import load_config
+    from torchflava.training.schema import pair_file_checks, raise_on_failed_checks
+
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    for shard in shards[0].iterdir():
+        (root / "data" / shard.name).write_bytes(shard.read_bytes())
+    (root / "data" / "up").symlink_to("..")
+    (root / "data" / "up2").symlink_to("..")
+    module = _recipe("clip")
+
+    class Hung(Exception):
+        pass
+
+    def timeout(*arguments):
+        raise Hung("the check did not end in 30 s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(30)
+    try:
+        captions = f"{root}/**/*.parquet"
+        cfg = load_config(module.TrainConfig, [f"config={CLIP}", *COMMON, f"data.files.pairs_captions={captions}"])
+        f = cfg.data.files
+        raise_on_failed_checks(pair_file_checks("data.files", None, None, f.pairs_captions, required=True))
+        assert len(module.build_pairs(cfg.data)) == 40
+        with pytest.raises(module.ConfigError, match=r"^key 'data.files.pairs_shards': expected a file or a glob"):
+            raise_on_failed_checks(pair_file_checks("data.files", f"{root}/**/*.tar", None, None, required=True))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_parquet_files_that_do_not_read_as_pairs_are_refused_saying_what_parquet_files_should_be(
+    pairs, shards, tmp_path
+):
+    """A folder of two splits' shards, files of two schemas, a pairs_root or no image column were refused as
+    'expected a captions file (.jsonl, .tsv, .csv, or Karpathy's, COCO's or BLIP's .json) of absolute image paths'
+    and 'the key or column of the image paths ... (a .jsonl, .csv or .tsv ...)': what a parquet file is not."""
+    data = shards[0]
+    two = tmp_path / "two"
+    two.mkdir()
+    for split in ("test", "train"):
+        (two / f"{split}-00000-of-00001.parquet").write_bytes((data / "train-00000-of-00004.parquet").read_bytes())
+    (tmp_path / "other").mkdir()
+    pq.write_table(pq.read_table(pairs[0]).append_column("x", pa.array([1] * 40)), tmp_path / "other" / "x.parquet")
+    pq.write_table(pa.table({"caption": ["a", "b"]}), tmp_path / "captions.parquet")
+    module = _recipe("clip")
+    files = "parquet files of one schema, an image and its caption(s) in each row"
+    cases = [
+        (
+            [f"data.files.pairs_captions={two}"],
+            f"key 'data.files.pairs_captions': expected {files}, got '{two}' (captions: {two} holds the parquet files "
+            f"of 2 splits (test, train): give one, e.g. {two}/train-*.parquet)",
+        ),
+        (
+            [f"data.files.pairs_captions=[{pairs[0]},{tmp_path / 'other' / 'x.parquet'}]"],
+            f"key 'data.files.pairs_captions': expected {files}, got ['{pairs[0]}', '{tmp_path}/other/x.parquet'] "
+            "(captions: expected files of one schema, got",
+        ),
+        (
+            [f"data.files.pairs_captions={pairs[0]}", f"data.files.pairs_root={tmp_path}"],
+            "key 'data.files.pairs_root': expected null for parquet data.files.pairs_captions, whose rows hold their "
+            f"images, got '{tmp_path}' (root must be None for a .parquet captions file, which holds its images)",
+        ),
+        (
+            [f"data.files.pairs_captions={tmp_path / 'captions.parquet'}"],
+            "key 'data.files.pairs_image_key': expected null, or the column of the images in the parquet files of "
+            "data.files.pairs_captions, got None (image_key: expected an image column",
+        ),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(module.ConfigError) as caught:
+            _main("clip", tmp_path / "run", *overrides)
+        assert str(caught.value).startswith(message), caught.value
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change", ["rename", "swap"])
+def test_a_resume_on_a_glob_whose_shard_was_renamed_or_swapped_for_as_many_rows_is_refused(change, shards, tmp_path):
+    """The checkpoint recorded the number of pairs alone: a shard renamed (its rows now first in the order) or
+    swapped for another shard of as many rows resumed on other items at each index of the pass, some drawn twice
+    and others never, without a word. The files read, by name, rows and size, are recorded and compared now."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, name in enumerate(("b", "c", "d")):
+        (data / f"{name}.parquet").write_bytes((shards[0] / f"train-{i:05d}-of-00004.parquet").read_bytes())
+    given = [f"data.files.pairs_captions={data}/*.parquet", "training.checkpoint_every=2"]
+    _main("clip", tmp_path / "run", *given)
+    if change == "rename":
+        (data / "d.parquet").rename(data / "a.parquet")
+    else:
+        (data / "d.parquet").write_bytes((shards[0] / "train-00003-of-00004.parquet").read_bytes())
+    module = _recipe("clip")
+    with pytest.raises(module.ConfigError) as caught:
+        _main("clip", tmp_path / "run", *given, "training.max_steps=4")
+    message = str(caught.value)
+    assert message.startswith(
+        "key 'data.files.pairs_captions': expected the parquet files the checkpoint was trained on (3 files, sha1 "
+    ), message
+    assert ": by name, rows and size), since a resumed run draws item i of the pass from where it was" in message
+    assert message.endswith("got '3 files, sha1 " + message.split("got '3 files, sha1 ")[1]) and "; restore" in message
+    if change == "rename":  # (named back: the run resumes as it was)
+        (data / "a.parquet").rename(data / "d.parquet")
+        _main("clip", tmp_path / "run", *given, "training.max_steps=4")
+        assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4]

@@ -2,7 +2,7 @@
 made, and start_run makes the relative ones absolute (what config.yaml records, and a resume compares)."""
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import pytest
 import yaml
@@ -323,3 +323,54 @@ def test_a_list_of_files_has_each_path_expanded_and_made_absolute(tmp_path, monk
     resumed = Files(captions=["data/a.parquet", "d.parquet", "e.parquet"])  # (recorded relative: kept as typed)
     absolute_data_paths(resumed, Files.PATHS, tmp_path / "run")
     assert resumed.captions == ["data/a.parquet", "d.parquet", str(tmp_path / "e.parquet")]
+
+
+def test_interpolations_in_a_list_of_a_union_field_resolve_as_in_a_string(tmp_path, monkeypatch):
+    """A YAML list of parquet shards written with ``${oc.env:DATA}`` or ``${data.root}``, in a field that takes a
+    path or a list of them (data.files.pairs_captions), was 'the merged config: ValidationError: the value does not
+    fit the schema there', naming no key (OmegaConf's union gives the list ``convert`` False, and on Python 3.11 an
+    item's resolved value failed its check): the items resolve, as the same interpolation in a string does."""
+
+    @dataclass
+    class Files(DataPaths):
+        PATHS = ("captions",)
+
+        root: str = "/unused"
+        captions: Optional[Union[str, list[str]]] = None
+
+    @dataclass
+    class Config:
+        files: Files = field(default_factory=Files)
+
+    monkeypatch.setenv("SHARDS", "/data/coco")
+    config = tmp_path / "c.yaml"
+    config.write_text("files:\n  root: /r\n  captions: ['${oc.env:SHARDS}/a.parquet', '${files.root}/b.parquet', c]\n")
+    assert load_config(Config, [f"config={config}"]).files.captions == ["/data/coco/a.parquet", "/r/b.parquet", "c"]
+    config.write_text("files:\n  captions: '${oc.env:SHARDS}/train-*.parquet'\n")
+    assert load_config(Config, [f"config={config}"]).files.captions == "/data/coco/train-*.parquet"
+    config.write_text("files:\n  captions: ['${oc.env:SHARDS}/a.parquet']\n")
+    over = load_config(Config, [f"config={config}", "files.captions=[x.parquet]"])
+    assert over.files.captions == ["x.parquet"]
+
+
+def test_a_list_of_a_union_field_with_a_tilde_is_recorded_as_its_expanded_paths(tmp_path, monkeypatch):
+    """data.files.pairs_captions: [~/a.parquet] (an ExpandedPath in a list of a path-or-list field) failed the run's
+    start as config.yaml was written: OmegaConf's 'Value [...] of type 'list' is incompatible with type hint
+    'Optional[Union[str, list[str]]]'', a traceback from inside it. It is recorded as the expanded path."""
+    from torchflava.training.config import config_yaml
+
+    @dataclass
+    class Files(DataPaths):
+        PATHS = ("captions",)
+
+        captions: Optional[Union[str, list[str]]] = None
+
+    @dataclass
+    class Config:
+        files: Files = field(default_factory=Files)
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(Config, ["files.captions=[~/a.parquet,/b.parquet]"])
+    assert yaml.safe_load(config_yaml(config)) == {"files": {"captions": [str(tmp_path / "a.parquet"), "/b.parquet"]}}
+    config = load_config(Config, ["files.captions=~/x-*.parquet"])
+    assert yaml.safe_load(config_yaml(config)) == {"files": {"captions": str(tmp_path / "x-*.parquet")}}

@@ -124,6 +124,10 @@ def test_pair_file_checks_of_the_captions_keys(tmp_path):
         "key 'data.files.pairs_image_key': expected null, or the key or column of the image paths in "
         "data.files.pairs_captions (a .jsonl, .csv or .tsv, or a .json list of captions), got ''"
     )
+    (tmp_path / "c[v2].jsonl").write_text("")  # (a file whose name reads as a glob: that file, not parquet files)
+    assert failure(str(tmp_path / "c[v2].jsonl"), split=["train"]).startswith(
+        f"key 'data.files.pairs_split': expected null for {tmp_path / 'c[v2].jsonl'} (splits are those of Karpathy's"
+    )
     shards = str(tmp_path / "p.tar")
     assert failure(None, shards, split=["train"]) == (
         "key 'data.files.pairs_split': expected null without data.files.pairs_captions, got ['train']"

@@ -60,6 +60,9 @@ class SkippedSample(NamedTuple):
 # Key of a batch's ``position`` under which it gives the sizes of the sources it was drawn from (the
 # training loop saves positions in every checkpoint; see :meth:`MixedBatches.changed_sizes`).
 SOURCE_SIZES = "source_sizes"
+# ... and of the files each source read, where it names them (``files_digest``: parquet shards matched by a glob);
+# see :meth:`MixedBatches.changed_files`
+SOURCE_FILES = "source_files"
 
 
 class MixedBatch(NamedTuple):
@@ -204,6 +207,24 @@ class MixedBatches(Dataset):
             if kind in recorded and recorded[kind] != size
         }
 
+    @property
+    def files(self) -> dict[str, str]:
+        """The ``files_digest`` of each source that has one (the parquet files it read: names, rows, sizes), by kind."""
+        digests = {kind: getattr(source, "files_digest", None) for kind, source in self.sources.items()}
+        return {kind: digest for kind, digest in digests.items() if isinstance(digest, str)}
+
+    def changed_files(self, position: Mapping[str, Any]) -> dict[str, tuple[str, Optional[str]]]:
+        """The sources whose files (:attr:`files`) differ from those a checkpointed ``position`` records, as
+        ``{kind: (recorded, now)}``; empty when none does or nothing is recorded. A shard of a glob renamed (its
+        rows now elsewhere in the order) or swapped for another of as many rows keeps the size
+        (:meth:`changed_sizes`) but not the items at each index: a resume would draw other items than the run it
+        continues."""
+        recorded = position.get(SOURCE_FILES) if isinstance(position, Mapping) else None
+        if not isinstance(recorded, Mapping):
+            return {}
+        files = self.files
+        return {kind: (was, files.get(kind)) for kind, was in recorded.items() if files.get(kind) != was}
+
     def kind(self, step: int) -> str:
         """Which source step ``step`` draws from."""
         return self.kinds[int(self._kinds[step])]
@@ -274,7 +295,8 @@ class MixedBatches(Dataset):
             [seed for _, seed, _ in loaded],
             another=lambda row, seed, read: self._another(kind, loaded[row][2], seed, read, skipped),
         )
-        return MixedBatch(batch, kind, skipped, {SOURCE_SIZES: self.sizes})
+        files = self.files
+        return MixedBatch(batch, kind, skipped, {SOURCE_SIZES: self.sizes, **({SOURCE_FILES: files} if files else {})})
 
 
 def data_loss_report(skipped: Sequence[tuple], lost_data: Sequence[object], *, examples: int = 10) -> dict:

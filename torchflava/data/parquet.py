@@ -141,6 +141,7 @@ class _File(NamedTuple):
     path: str
     name: str  # how its rows are named: its path relative to the files' common folder
     row_groups: list[int]  # the first row of each row group, then the number of rows
+    size: int  # its size in bytes, as listed
 
 
 class _Cursor:
@@ -247,7 +248,8 @@ class ParquetImages(Dataset):
                     "paths",
                     f"expected files of one schema, got {first} ({_columns(schema)}) and {path} ({_columns(here)})",
                 )
-            self._files.append(_File(path, os.path.relpath(path, common).replace(os.sep, "/"), starts))
+            name = os.path.relpath(path, common).replace(os.sep, "/")
+            self._files.append(_File(path, name, starts, os.path.getsize(path)))
         self._ends = list(_accumulate(f.row_groups[-1] for f in self._files))  # each file's end, in all rows
         if self._ends[-1] == 0:
             raise ParquetError("paths", f"{_shown(files)} hold(s) no row")
@@ -380,6 +382,12 @@ class ParquetImages(Dataset):
     def files(self) -> list[str]:
         """The parquet files read, absolute paths in the order of their rows."""
         return [file.path for file in self._files]
+
+    @property
+    def file_rows(self) -> list[tuple[str, int, int]]:
+        """Each file read, in order: its name (relative to the files' common folder), its number of rows and its size
+        in bytes as listed."""
+        return [(file.name, file.row_groups[-1], file.size) for file in self._files]
 
     @property
     def empty_classes(self) -> list[str]:
@@ -565,7 +573,7 @@ def parquet_captions(
 ) -> tuple[list[CaptionRow], tuple[str, ...], str]:
     """The captions of parquet ``images``' rows, one a caption (COCO's five of an image in a list of strings are
     five), of the rows whose ``split`` column is among ``split`` (None: every row), the splits the files hold
-    (none without a ``split`` column of strings), and the caption column; ParquetError (``text_key``, ``split``) where the caption column is missing or of
+    (none without a ``split`` column of strings, plain or dictionary-encoded), and the caption column; ParquetError (``text_key``, ``split``) where the caption column is missing or of
     another type, or the files have no ``split`` column of strings."""
     import pyarrow as pa
 
@@ -587,7 +595,10 @@ def parquet_captions(
     if not listed and not any(test(kind) for test in strings):
         raise ParquetError("text_key", f"expected {text_key!r} to hold a caption or a list of them, got {kind}")
     columns = [text_key]
-    split_column = "split" in schema.names and any(test(schema.field("split").type) for test in strings)
+    split_kind = schema.field("split").type if "split" in schema.names else None
+    if split_kind is not None and pa.types.is_dictionary(split_kind):  # (pandas' category, written as a dictionary)
+        split_kind = split_kind.value_type
+    split_column = split_kind is not None and any(test(split_kind) for test in strings)
     if split is not None and not split_column:
         raise ParquetError("split", "split is for files with a 'split' column of strings, these have none")
     if split_column:  # (read with split None too: the splits the files hold, which a reader of every row may refuse)
@@ -617,8 +628,6 @@ def parquet_captions(
                 ]
         start += len(texts)
     if split is not None and not split <= splits:
-        raise ParquetError(
-            "split",
-            f"expected splits of the files ({', '.join(sorted(splits))}), got {sorted(split - splits)}",
-        )
+        held = f"({', '.join(sorted(splits))})" if splits else "(none: every 'split' of the files is null)"
+        raise ParquetError("split", f"expected splits of the files {held}, got {sorted(split - splits)}")
     return rows, tuple(sorted(splits)), text_key

@@ -13,9 +13,9 @@ files per read, so they pickle into ``DataLoader`` workers. Image decoding is
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 import contextlib
 import csv
-import fnmatch
 import gc
 import glob
+import hashlib
 import io
 import itertools
 import json
@@ -35,6 +35,7 @@ from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.samples import BadSample, Sample, checked_text, load_rgb
 from torchflava.utils.checks import check_path
 from torchflava.utils.distributed import get_rank
+from torchflava.utils.globs import glob_files
 
 PathLike = Union[str, os.PathLike]
 
@@ -722,6 +723,9 @@ class ImageTextFolder(Dataset):
             sorted; None without ``split``.
         held_splits (tuple[str, ...]): the splits of parquet files' ``split`` column, sorted, whatever
             ``split`` keeps (empty without that column, and for other files).
+        files_digest (Optional[str]): the parquet files read, by name (relative to their common folder), number
+            of rows and size, as their count and a digest (``"4 files, sha1 0123456789abcdef"``): a shard of a
+            glob renamed, or swapped for another of as many rows, changes it; None for other files.
         warnings (list[str]): one line per shard of a parquet split left out of the files given
             (``train-00002-of-00004.parquet`` absent); empty for other files.
 
@@ -753,6 +757,7 @@ class ImageTextFolder(Dataset):
         self._parquet = None  # the images of the parquet files' rows
         self.warnings: list[str] = []  # the parquet files' (a shard of the split left out)
         self.held_splits: tuple[str, ...] = ()  # the splits of the parquet files' split column, read or not
+        self.files_digest: Optional[str] = None  # the parquet files read, by name, rows and size (a resume compares it)
         if isinstance(captions, (list, tuple)) and not (
             captions and all(isinstance(c, (str, os.PathLike)) for c in captions)
         ):
@@ -866,6 +871,8 @@ class ImageTextFolder(Dataset):
         self._entries = [_Entry(r.row, self._parquet.relative_path(r.row), r.text, r.error, r.sentence) for r in rows]
         self.splits = found if wanted is not None else None
         self.held_splits = found
+        listing = json.dumps(self._parquet.file_rows).encode()
+        self.files_digest = f"{len(self._parquet.files)} files, sha1 {hashlib.sha1(listing).hexdigest()[:16]}"
         if not self._entries:
             shown = os.fspath(captions) if isinstance(captions, (str, os.PathLike)) else list(map(os.fspath, captions))
             raise ValueError(f"captions must list at least one image-caption pair, {shown!r} has none")
@@ -1247,67 +1254,6 @@ def members_read(image_extensions: Sequence[str], text_extensions: Sequence[str]
         "image": ", ".join(f".{e}" for e in image_extensions) + " members",
         "text": text if json_text_key is None else f"{text}, or .json's {json_text_key!r}",
     }
-
-
-def glob_files(pattern: str) -> list[str]:
-    """The regular files matching ``pattern``, sorted: ``glob.glob(pattern, recursive=True)``'s, but under
-    ``**`` each real folder is searched once, so that a linked folder leading back up (a loop) ends
-    (glob followed it 40 levels deep: the same shard 41 times, and with two such links 2**40 paths, a
-    hang). Several links to one folder give its files once, under the first path walked."""
-    if "**" not in pattern:
-        return sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
-    parts = pattern.split("/")
-    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-    base = "/".join(parts[:first]) or ("/" if pattern.startswith("/") else ".")
-    found, seen = [], set()
-    for directory, subfolders, names in os.walk(base, followlinks=True):
-        real = os.path.realpath(directory)
-        if real in seen:
-            subfolders[:] = []
-            continue
-        seen.add(real)
-        relative = os.path.relpath(directory, base)
-        where = [] if relative == "." else relative.split(os.sep)
-        # (walked in name order: which of two links to a folder names it does not vary; and only into the
-        # folders a match can lie under: "/mnt/shards-*/**" walks the shards' folders, not all of /mnt)
-        subfolders[:] = [name for name in sorted(subfolders) if _glob_prefix(where + [name], parts[first:])]
-        for name in names:
-            path = os.path.join(directory, name)
-            if _glob_match(where + [name], parts[first:]) and os.path.isfile(path):
-                found.append(path[2:] if base == "." else path)  # (glob gives "a/x.tar", not "./a/x.tar")
-    return sorted(found)
-
-
-def _glob_prefix(names: list[str], pattern: list[str]) -> bool:
-    """Whether folder components ``names`` may lead to a match of glob components ``pattern`` (they match
-    its first components, up to a ``**``, under which any folder may)."""
-    for position, name in enumerate(names):
-        if position < len(pattern) and pattern[position] == "**":
-            return True
-        if position >= len(pattern) - 1:  # (the last component names files, not the folders above them)
-            return False
-        part = pattern[position]
-        if name.startswith(".") and glob.has_magic(part) and not part.startswith("."):
-            return False
-        if not fnmatch.fnmatchcase(name, part):
-            return False
-    return True
-
-
-def _glob_match(names: list[str], pattern: list[str]) -> bool:
-    """Whether path components ``names`` match glob components ``pattern`` as glob matches them (``**``:
-    any number of folders; a wildcard matches no name starting with a dot)."""
-    if not pattern:
-        return not names
-    if pattern[0] == "**":
-        return _glob_match(names, pattern[1:]) or (
-            bool(names) and not names[0].startswith(".") and _glob_match(names[1:], pattern)
-        )
-    if not names or (names[0].startswith(".") and glob.has_magic(pattern[0]) and not pattern[0].startswith(".")):
-        return False
-    if len(names) == 1 and len(pattern) > 1:  # the file: glob matches the components before the last to folders
-        return False
-    return fnmatch.fnmatchcase(names[0], pattern[0]) and _glob_match(names[1:], pattern[1:])
 
 
 def _shard_paths(shards: object) -> list[str]:

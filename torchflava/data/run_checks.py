@@ -59,6 +59,18 @@ def resumed_data_checks(
         )
         for kind, (was, now) in changed.items()
     ]
+    renamed = mixed.changed_files(position) if isinstance(mixed, MixedBatches) else {}
+    checks += [
+        (
+            False,
+            keys[kind],
+            f"the parquet files the checkpoint was trained on ({was}: by name, rows and size), since a resumed run draws "
+            f"item i of the pass from where it was (a shard renamed or swapped for another moves the items); {RESTORE}",
+            f"{now or 'no parquet files'}",
+        )
+        for kind, (was, now) in renamed.items()
+        if kind not in changed  # (a size changed: said above)
+    ]
     shards = data.changed_shards(position) if isinstance(data, StreamingBatches) else None
     if shards is not None:
         expected = (

@@ -75,7 +75,7 @@ import numpy as np
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
-from torchflava.data.mixing import SOURCE_SIZES, MixedBatches, SkippedSample, item_seed
+from torchflava.data.mixing import SOURCE_FILES, SOURCE_SIZES, MixedBatches, SkippedSample, item_seed
 from torchflava.data.readers import (
     APART,
     check_extensions,
@@ -1102,7 +1102,7 @@ class StreamingBatches(IterableDataset):
 def slot_positions(position: dict) -> dict:
     """The slots' positions of a batch's (or a checkpoint's merged) ``position``, without the sizes it
     gives (:data:`STREAM_SHARDS`, :data:`~torchflava.data.mixing.SOURCE_SIZES`)."""
-    return {key: value for key, value in position.items() if key not in (STREAM_SHARDS, SOURCE_SIZES)}
+    return {key: value for key, value in position.items() if key not in (STREAM_SHARDS, SOURCE_SIZES, SOURCE_FILES)}
 
 
 def _sample_name(url: str, raw: dict) -> str:

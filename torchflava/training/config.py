@@ -102,10 +102,32 @@ def load_config(schema: Type[T], argv: Sequence[str]) -> T:
         _keep_override_text_as_written(schema, parsed, override)
         _clear_replaced_mapping(merged, parsed, override.split("=", 1)[0])
         merged = _merge(merged, parsed, f"override {override!r}")
+    _resolvable_union_lists(merged)
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error, "the merged config")) from None
+
+
+def _resolvable_union_lists(node) -> None:
+    """Let the interpolations in a list held by a union field (``data.files.pairs_captions: [${oc.env:DATA}/a.parquet]``)
+    resolve: OmegaConf gives such a list its union's ``convert`` flag, False, and under it an item's resolved value
+    failed its check against ``Any`` on Python 3.11+ ('the merged config: ValidationError: the value does not fit
+    the schema there', the key unnamed), where the same interpolation in a list[str] field or a string resolved."""
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import UnionNode
+
+    if isinstance(node, DictConfig):
+        children = [] if node._is_none() or node._is_missing() else [node._get_node(key) for key in node.keys()]
+    elif isinstance(node, ListConfig):
+        children = [] if node._is_none() or node._is_missing() else [node._get_node(i) for i in range(len(node))]
+    elif isinstance(node, UnionNode) and isinstance(node._value(), (DictConfig, ListConfig)):
+        node._value()._set_flag("convert", True)
+        children = [node._value()]
+    else:
+        children = []
+    for child in children:
+        _resolvable_union_lists(child)
 
 
 def _clear_replaced_mapping(merged, parsed, key: str) -> None:
@@ -335,8 +357,10 @@ def _literal_text(value: object) -> object:
         for item in dataclasses.fields(value):
             object.__setattr__(copied, item.name, _literal_text(getattr(value, item.name)))
         return copied
-    if isinstance(value, str) and not isinstance(value, enum.Enum) and "${" in value:
-        return escape_interpolations(value)
+    if isinstance(value, str) and not isinstance(value, enum.Enum):  # (an ExpandedPath as the plain path it is: in
+        # a list of a union field, data.files.pairs_captions: [~/a.parquet], OmegaConf refused the str subclass)
+        text = str(value)
+        return escape_interpolations(text) if "${" in text else text
     if type(value) in (list, tuple):
         return type(value)(_literal_text(item) for item in value)
     if type(value) is dict:

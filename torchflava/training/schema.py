@@ -31,6 +31,7 @@ from torchflava.training.integrity import damage_on_every_rank
 from torchflava.training.optim import param_groups, warmup_cosine
 from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, peek_state_dict
 from torchflava.utils.checks import host_memory_bytes, is_prompt_template, usable_cores
+from torchflava.utils.globs import glob_files
 
 T = TypeVar("T")
 
@@ -680,7 +681,7 @@ def path_check(key: str, value: Optional[str], kind: str) -> tuple:
         elif kind == "directory":
             ok = path.is_dir()
         else:
-            ok = path.is_file() or any(Path(match).is_file() for match in glob.iglob(value, recursive=True))
+            ok = path.is_file() or bool(glob_files(value))  # (a linked folder's loop under ** walked once)
     except OSError as error:  # a name the OS refuses: a component longer than its limit, say
         return (False, key, PATH_KINDS[kind], f"{value} ({error.strerror or first_line(error)})")
     return (ok, key, PATH_KINDS[kind], value)
@@ -743,19 +744,44 @@ CAPTIONS_PATHS = (
 
 def parquet_captions_given(captions: Union[None, str, Sequence[str]]) -> bool:
     """Whether a captions key names parquet files: a list, a ``.parquet`` path, a glob pattern or a folder (every
-    other captions file is one file of another extension)."""
+    other captions file is one file of another extension; one whose name holds ``[`` or ``*``, ``c[v2].jsonl``, is
+    that file, as the reader takes it)."""
     if captions is None:
         return False
     if not isinstance(captions, str):
         return True
-    return captions.lower().endswith(".parquet") or glob.has_magic(captions) or os.path.isdir(captions)
+    pattern = glob.has_magic(captions) and not os.path.isfile(captions)
+    return captions.lower().endswith(".parquet") or pattern or os.path.isdir(captions)
+
+
+_HUB_SHARD = re.compile(
+    r"(.+)-(\d{5})-of-(\d{5})\.parquet"
+)  # a split's shard as the Hub names it: train-00000-of-00004
+
+
+def _parquet_below(folder: str) -> str:
+    """Where ``folder`` (a Hugging Face download's root) holds parquet files in a sub-folder two levels down at most
+    (``data/`` or ``data/<config>/``): ``; it holds them in data/ (train-00000-of-00004.parquet...): give them, e.g.
+    <folder>/data/train-*.parquet``; else an empty string."""
+    for directory, subfolders, names in os.walk(folder):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        found = sorted(name for name in names if name.lower().endswith(".parquet") and not name.startswith("."))
+        if found:
+            shard = _HUB_SHARD.fullmatch(found[0])
+            example = os.path.join(directory, f"{shard[1]}-*.parquet" if shard else found[0])
+            where = os.path.relpath(directory, folder)
+            return f"; it holds them in {where}/ ({found[0]}...): give them, e.g. {example}"
+        if os.path.relpath(directory, folder).count(os.sep) >= 1:  # (data/<config>/ is as deep as a download goes)
+            subfolders[:] = []
+    return ""
 
 
 def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
     """Why ``captions`` (a captions key's value) names no captions file and no parquet files, or None: a path that
     is no file, a glob pattern matching no file or a file of another kind (a ``.json`` beside the parquet shards), a
-    folder holding no ``.parquet`` file at its top, an empty list, or a list naming other files than parquet ones
-    (the item of a list named)."""
+    folder holding no ``.parquet`` file at its top, a glob pattern matching the shards of several splits
+    (``data/*.parquet`` of a download: ``train-*`` and ``test-*``, which a folder of them is refused for too), an
+    empty list, or a list naming other files than parquet ones (the item of a list named)."""
     listed = not isinstance(captions, str)
     values = list(captions) if listed else [captions]
     if not values:
@@ -767,14 +793,22 @@ def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
         try:
             if os.path.isdir(value):
                 if not any(n.lower().endswith(".parquet") and not n.startswith(".") for n in os.listdir(value)):
-                    return f"{item}a folder holding no .parquet file"
+                    return f"{item}a folder holding no .parquet file{_parquet_below(value)}"
             elif glob.has_magic(value) and not os.path.isfile(value):
-                matches = sorted(m for m in glob.glob(value, recursive=True) if os.path.isfile(m))
+                matches = glob_files(value)  # (as the reader matches it: a linked folder's loop walked once)
                 others = [m for m in matches if not m.lower().endswith(".parquet")]
                 if not matches:
                     return f"{item}a pattern matching no file"
                 if others:
                     return f"{item}it matches {len(others)} file(s) other than parquet, {others[0]}: give parquet files"
+                splits = sorted({shard[1] for m in matches if (shard := _HUB_SHARD.fullmatch(os.path.basename(m)))})
+                if len(splits) > 1:  # (data/*.parquet of a download: its test shards trained on, as a folder refuses)
+                    shown = "train" if "train" in splits else splits[0]
+                    example = os.path.join(os.path.dirname(matches[0]), f"{shown}-*.parquet")
+                    return (
+                        f"{item}it matches the shards of {len(splits)} splits ({', '.join(splits)}): give one, e.g. "
+                        f"{example} (a list of patterns to train on several)"
+                    )
             elif not os.path.isfile(value):
                 return f"{item}no such file"
             elif listed and not value.lower().endswith(".parquet"):
@@ -784,6 +818,7 @@ def captions_paths_fault(captions: Union[str, Sequence[str]]) -> Optional[str]:
     return None
 
 
+PARQUET_PAIRS = "parquet files of one schema, an image and its caption(s) in each row"
 # ImageTextFolder's arguments -> the files section's keys naming them
 PAIR_KEYS = {
     "root": "pairs_root",
@@ -794,10 +829,11 @@ PAIR_KEYS = {
 }
 
 
-def _pair_key_expectations(prefix: str) -> dict[str, str]:
-    """What each of the captions keys of ``prefix`` expects, for the one-line refusals."""
+def _pair_key_expectations(prefix: str, parquet: bool = False) -> dict[str, str]:
+    """What each of the captions keys of ``prefix`` expects, for the one-line refusals (``parquet``: of parquet
+    files, whose columns hold the images and captions)."""
     captions = f"{prefix}.pairs_captions"
-    return {
+    expected = {
         "pairs_root": f"the folder the image paths of {captions} are relative to, or null when they are absolute",
         "pairs_split": (
             f"null, or a non-empty list of names of splits {captions} holds (a Karpathy split file, .json, or a "
@@ -806,6 +842,11 @@ def _pair_key_expectations(prefix: str) -> dict[str, str]:
         "pairs_image_key": f"null, or the key or column of the image paths in {captions} ({KEYED})",
         "pairs_text_key": f"null, or the key or column of the captions in {captions} ({KEYED})",
     }
+    if parquet:  # (a parquet file's image column holds the images themselves)
+        expected["pairs_root"] = f"null for parquet {captions}, whose rows hold their images"
+        expected["pairs_image_key"] = f"null, or the column of the images in the parquet files of {captions}"
+        expected["pairs_text_key"] = f"null, or the column of the captions in the parquet files of {captions}"
+    return expected
 
 
 def pair_file_checks(
@@ -832,11 +873,11 @@ def pair_file_checks(
     keys, BLIP's list for a split, is checked as :func:`opened_pairs` reads it). Both
     forms at once are refused (one would be ignored), as are captions keys without a captions file."""
     given = {"pairs_shards": shards, "pairs_root": root, "pairs_captions": captions}
-    expected = _pair_key_expectations(prefix)
+    parquet = parquet_captions_given(captions)
+    expected = _pair_key_expectations(prefix, parquet)
     captions_keys = {"pairs_split": split, "pairs_image_key": image_key, "pairs_text_key": text_key}
     both = shards is not None and (root is not None or captions is not None)
     fault = None if captions is None else captions_paths_fault(captions)
-    parquet = parquet_captions_given(captions)
     suffix = ".parquet" if parquet else os.path.splitext(captions)[1].lower() if captions is not None else ""
     names = list(split) if split is not None else []
     checks = [
@@ -919,7 +960,8 @@ def opened_pairs(
     """
     values = {"pairs_root": root, "pairs_split": None if split is None else list(split)}
     values.update(pairs_image_key=image_key, pairs_text_key=text_key)
-    expected = _pair_key_expectations(prefix)
+    parquet = parquet_captions_given(captions)
+    expected = _pair_key_expectations(prefix, parquet)
 
     def refused(key: str, reason: str) -> ConfigError:
         return ConfigError(f"key '{prefix}.{key}': expected {expected[key]}, got {values[key]!r} ({reason})")
@@ -936,11 +978,12 @@ def opened_pairs(
             return None
 
     where = f"of images under {root}" if root is not None else "of absolute image paths"
-    folder = opened(f"{prefix}.pairs_captions", captions, f"{CAPTIONS} {where}", read)
+    what = PARQUET_PAIRS if parquet else f"{CAPTIONS} {where}"
+    folder = opened(f"{prefix}.pairs_captions", captions, what, read)
     if faults:
         raise refused(PAIR_KEYS[faults[0].argument], first_line(faults[0]))
     if usable is not None and (fault := usable(folder)) is not None:
-        raise ConfigError(f"key '{prefix}.pairs_captions': expected {CAPTIONS} {where}, got {captions!r} ({fault})")
+        raise ConfigError(f"key '{prefix}.pairs_captions': expected {what}, got {captions!r} ({fault})")
     return folder
 
 
