@@ -834,15 +834,7 @@ def shard_images_argument(
     """The tar shard ``--images`` listed, their ``.cls`` read and checked (no image): exits 2 naming the option
     that answers for a refusal (``--classes`` for names given that are too few, else ``--images``), and prints on
     stderr which split of a dataset root was taken and the shards' warnings."""
-    try:
-        source = WdsImages(values, classes=classes)
-    except WdsError as error:
-        if error.argument == "classes" and classes is not None:
-            parser.error(f"argument --classes: {error.reason}")
-        parser.error(f"argument --images: {error.reason}")
-    for line in source.taken + source.warnings:
-        print(line, file=sys.stderr)
-    return source
+    return _read_images_argument(parser, lambda: WdsImages(values, classes=classes), WdsError, classes)
 
 
 def torchvision_images_argument(
@@ -851,9 +843,22 @@ def torchvision_images_argument(
     """The torchvision CIFAR or MNIST-family ``--images`` read and checked: exits 2 naming the option that answers
     for a refusal (``--classes`` for names given that do not fit, else ``--images``), and prints on stderr which
     split of a dataset folder was taken."""
+    return _read_images_argument(
+        parser, lambda: TorchvisionImages(values, classes=classes), TorchvisionFilesError, classes
+    )
+
+
+def _read_images_argument(
+    parser: argparse.ArgumentParser,
+    read: Callable[[], Union[WdsImages, TorchvisionImages]],
+    refusal: type,
+    classes: Optional[list[str]],
+) -> Union[WdsImages, TorchvisionImages]:
+    """``read()``'s images, a ``refusal`` (an error with ``argument`` and ``reason``) exiting 2 naming ``--classes``
+    where the names given answer for it, else ``--images``; the split taken and the files' warnings on stderr."""
     try:
-        source = TorchvisionImages(values, classes=classes)
-    except TorchvisionFilesError as error:
+        source = read()
+    except refusal as error:
         if error.argument == "classes" and classes is not None:
             parser.error(f"argument --classes: {error.reason}")
         parser.error(f"argument --images: {error.reason}")

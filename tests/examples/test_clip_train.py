@@ -1032,7 +1032,7 @@ def test_a_null_max_text_length_trains_at_the_context_of_a_shorter_checkpoint(tm
     class Resumed(Exception):
         pass
 
-    def resumed(*args):
+    def resumed(*args, **kwargs):
         raise Resumed
 
     monkeypatch.setattr(train, "build_pairs", resumed)  # (past the resume's config comparison: no need to train)

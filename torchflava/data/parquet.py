@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.finetuning import LabeledSample
 from torchflava.data.readers import check_index, check_max_pixels, glob_files, read_image
-from torchflava.data.samples import BadSample
+from torchflava.data.samples import ArgumentRefusal, BadSample
 from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
@@ -38,14 +38,9 @@ ROWS_READ = 16  # rows decoded from the file at a time (a row group of one large
 _SHARD = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.parquet")  # Hugging Face's shard names: validation-00000-of-00008
 
 
-class ParquetError(ValueError):
+class ParquetError(ArgumentRefusal):
     """A refusal of :class:`ParquetImages`; ``argument`` is the argument that answers for it: ``"paths"``,
     ``"image_key"``, ``"label_key"`` or ``"classes"``."""
-
-    def __init__(self, argument: str, message: str) -> None:
-        super().__init__(f"{argument}: {message}")
-        self.argument = argument
-        self.reason = message
 
 
 def import_pyarrow() -> Any:

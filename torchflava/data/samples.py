@@ -32,6 +32,20 @@ class BadSample(Exception):
         return (BadSample, (self.index, self.reason))
 
 
+class ArgumentRefusal(ValueError):
+    """A reader's refusal that one of its arguments answers for: ``argument`` names it (``"paths"``,
+    ``"classes"``...), ``reason`` says what was expected and given; a command names its own option for the argument.
+    Pickles whole (a loader worker's raise reaches the main process as it was)."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"{argument}: {message}")
+        self.argument = argument
+        self.reason = message
+
+    def __reduce__(self):
+        return (type(self), (self.argument, self.reason))
+
+
 class Sample(NamedTuple):
     """One item of a data source.
 

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from torchflava.data.finetuning import LabeledSample
 from torchflava.data.readers import check_index, glob_files
+from torchflava.data.samples import ArgumentRefusal
 from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
@@ -74,14 +75,9 @@ _IMAGES, _LABELS = (0x08, 3), (0x08, 1)  # an idx file's (type code: unsigned by
 _ROWS = re.compile(r"(.+)\[(\d{0,18}):(\d{0,18})\]")
 
 
-class TorchvisionFilesError(ValueError):
+class TorchvisionFilesError(ArgumentRefusal):
     """A refusal of :class:`TorchvisionImages`; ``argument`` is the argument that answers for it: ``"paths"`` or
     ``"classes"``."""
-
-    def __init__(self, argument: str, message: str) -> None:
-        super().__init__(f"{argument}: {message}")
-        self.argument = argument
-        self.reason = message
 
 
 class _Refused(pickle.UnpicklingError):

@@ -20,7 +20,7 @@ from torchflava.data.decode import DEFAULT_MAX_PIXELS
 from torchflava.data.finetuning import LabeledSample
 from torchflava.data.readers import IMAGE_EXTENSIONS as READABLE_IMAGES
 from torchflava.data.readers import TarShards, check_index, check_max_pixels, glob_files
-from torchflava.data.samples import BadSample, Sample
+from torchflava.data.samples import ArgumentRefusal, BadSample, Sample
 from torchflava.utils.checks import check_path
 
 PathLike = Union[str, os.PathLike]
@@ -31,14 +31,9 @@ TYPE_FILE = "dataset_type.txt"
 _NUMBERED = re.compile(r"(\d+)\.tar")  # CLIP_benchmark's shard names: 0.tar, 1.tar...
 
 
-class WdsError(ValueError):
+class WdsError(ArgumentRefusal):
     """A refusal of :class:`WdsImages`; ``argument`` is the argument that answers for it: ``"paths"`` or
     ``"classes"``."""
-
-    def __init__(self, argument: str, message: str) -> None:
-        super().__init__(f"{argument}: {message}")
-        self.argument = argument
-        self.reason = message
 
 
 class ShardSplit(NamedTuple):
