@@ -130,7 +130,9 @@ def plot_losses(records: list[dict], path: Union[str, os.PathLike], *, keys: Opt
     axis.set_yscale("log")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
+    # fixed margins that hold the labels: tight_layout measured every tick label's text (the log axis' are
+    # mathtext) and took ~0.3 s of a tiny run's ~2 s
+    figure.subplots_adjust(left=0.12, right=0.98, bottom=0.1, top=0.97)
     path = Path(path)
     try:
         atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format=path.suffix[1:] or "png"))
