@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt setup.py | cksum | cu
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k packing -x".
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`, a test file to a worker, one torch thread each (tests/conftest.py):
-# three on the CI machine's two cores, as many tests wait (on a recipe process, a timeout, a slow read): tests/training
-# and tests/utils took 155 s with three against 170 s with two, measured one after the other. 0 runs in one process.
-TEST_WORKERS ?= 3
+# two keep both cores of the CI machine busy while one waits on a recipe process (three: the whole suite's pytest
+# took 16 min 11 s against 15 min 31 s with two, though tests/training + tests/utils alone ran 9% faster). 0 runs
+# in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: venv test lint format train train-clip finetune-clip evaluate bench clean
 
