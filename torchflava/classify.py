@@ -135,6 +135,7 @@ from torchflava.utils.cli import (
 from torchflava.utils.config_text import unescaped
 from torchflava.utils.distributed import get_rank
 from torchflava.utils.memory import keep_freed_memory
+from torchflava.utils.meta import meta_device
 from torchflava.utils.modes import eval_mode
 from torchflava.zero_shot import (
     folder_class,
@@ -276,7 +277,7 @@ def _check_backbone_kwargs(backbone_kwargs: object, backbone: nn.Module) -> None
             f"backbone_kwargs must be a dict of flava_model arguments, got {type(backbone_kwargs).__name__}"
         )
     try:
-        with torch.device("meta"):
+        with meta_device():
             built = flava_model(**backbone_kwargs)
     except (TypeError, ValueError) as error:
         raise ValueError(f"backbone_kwargs: {first_line(error)}") from None
@@ -490,7 +491,7 @@ def classifier_config(path: Union[str, Path]) -> ClassifierConfig:
         )
     backbone = _meta_backbone(layout)
     try:  # the head's arguments checked on the meta device (no memory, no weights read)
-        with torch.device("meta"):
+        with meta_device():
             head = flava_model_for_classification(backbone=backbone, **kwargs).classifier
     except (TypeError, ValueError) as error:
         raise ValueError(f"classifier: {config_file}: {first_line(error)}") from None
@@ -505,7 +506,7 @@ def _meta_backbone(layout: CheckpointLayout) -> FLAVAModel:
     """The backbone ``backbone_config.json`` states, built on the meta device; ValueError naming that file
     (not the head's config) for an argument flava_model does not take or a bad value."""
     try:
-        with torch.device("meta"):
+        with meta_device():
             return flava_model(**layout.kwargs)
     except (TypeError, ValueError) as error:
         raise ValueError(f"classifier: {layout.config}: {first_line(error)}") from None
@@ -1336,7 +1337,7 @@ def load_clip_classifier(path: Union[str, Path], *, dtype: torch.dtype = torch.f
     config_file, weights = directory / CLIP_CLASSIFIER_CONFIG, directory / CLIP_CLASSIFIER_WEIGHTS
     kwargs, labels = _clip_classifier_config(config_file)
     try:  # the architecture checked, and the weights' keys and shapes against it, first
-        with torch.device("meta"):
+        with meta_device():
             kwargs = clip_model_arguments(**kwargs)
             expected = clip_image_classifier(kwargs, len(labels)).state_dict()
     except (TypeError, ValueError) as error:  # (an unknown or misspelt argument, a value out of its range)

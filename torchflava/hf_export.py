@@ -50,6 +50,7 @@ from torchflava.pretrained import (
 )
 from torchflava.utils.checkpoint import PathLike, atomic_write, staged_directory
 from torchflava.utils.cli import command_parser, finish_command, output_file, run_command, write_json
+from torchflava.utils.meta import meta_device
 
 # --dtype: the precision of the weights written (the model computes in fp32 either way when loaded)
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -157,7 +158,7 @@ def _check_describes(config: dict, model: nn.Module, clip: bool) -> None:
     """ValueError unless the model ``config`` describes (read back as ``load_pretrained`` reads it, built on the meta
     device) has ``model``'s tensor shapes, LayerNorm eps, activations and (CLIP) end token: an invariant."""
     read = hf_config_kwargs(config) if clip else flava_kwargs_from_hf_config(config)
-    with torch.device("meta"):
+    with meta_device():
         described = (clip_model if clip else flava_model)(**read)
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
     parts = lambda m: [  # noqa: E731  (dropouts left out: they do not compute at inference)

@@ -94,6 +94,7 @@ from torchflava.utils.checkpoint import (
     without_prefix,
     written_directory,
 )
+from torchflava.utils.meta import meta_device
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 # The precisions the encoders can run in: fp32, or bf16 autocast over weights cast (and packed) once.
@@ -930,7 +931,7 @@ class CLIPCheckpoint(NamedTuple):
         """
         if self.tensors is None:
             return
-        with torch.device("meta"):
+        with meta_device():
             model = clip_model(**kwargs)
         convert_to_torchflava(self.tensors, model)
 
@@ -1230,7 +1231,7 @@ def run_parts(checkpoint: Path) -> tuple[str, dict, Union[WordPieceTokenizer, CL
     tokenizer.model_max_length = data.get("max_text_length")  # the length it trained at: the export's default
     try:  # a value the builder refuses: named with the file that states it
         kwargs, image_transform = _run_arguments(family, section, tokenizer, run)
-        with torch.device("meta"):  # and checked by the builder, no memory used
+        with meta_device():  # and checked by the builder, no memory used
             BUILDERS[family](**kwargs)
     except (ValueError, TypeError) as error:
         raise ValueError(f"checkpoint: {config_file}: {first_line(error)}") from None
@@ -1444,7 +1445,7 @@ def load_pretrained(
     if unknown:  # was the builder's TypeError, naming no file
         raise ValueError(f"checkpoint: {layout.config} states arguments {builder.__name__} does not take: {unknown}")
     try:  # the stated architecture, checked by its builder on the meta device (no memory, no weights read)
-        with torch.device("meta"):
+        with meta_device():
             builder(**layout.kwargs)
     except (TypeError, ValueError) as error:  # a value of the wrong type or range: name the file it is in
         raise ValueError(f"checkpoint: {layout.config}: {first_line(error)}") from None

@@ -93,6 +93,7 @@ from torchflava.training.schema import (
 )
 from torchflava.utils.checkpoint import check_fits, first_line, is_remote, peek_state_dict, staged_directory
 from torchflava.utils.cli import write_json
+from torchflava.utils.meta import meta_device
 
 # ----------------------------------------------------------------------------------------- config
 # flava_model's arguments (the vocabulary size comes with the tokenizer; activation checkpointing
@@ -331,7 +332,7 @@ def pretrained_fits_check(cfg: TrainConfig, vocab_size: int) -> tuple:
             run_vocab = trained[1]["vocab_size"]
             ok = run_vocab == vocab_size
             return (ok, "data.vocab", vocab, f"{got_vocab} ({vocab_size} tokens; the run's {run_vocab})")
-        with torch.device("meta"):
+        with meta_device():
             backbone = flava_model(**flava_model_kwargs(m, vocab_size))
         load_flava_weights(backbone, peek_state_dict(local_flava_checkpoint(m.pretrained)))
     except (OSError, ValueError, TypeError) as error:

@@ -32,6 +32,7 @@ from torchflava.training.optim import param_groups, warmup_cosine
 from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, peek_state_dict
 from torchflava.utils.checks import host_memory_bytes, is_prompt_template, usable_cores
 from torchflava.utils.globs import glob_files
+from torchflava.utils.meta import meta_device
 
 T = TypeVar("T")
 
@@ -438,7 +439,7 @@ BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ZeroDivisionError, OSError)
 
 def _built_on_meta(build: Callable[[], T]) -> T:
     """``build()`` on the meta device: parameters without memory or init work."""
-    with torch.device("meta"):
+    with meta_device():
         return build()
 
 

@@ -4,7 +4,6 @@ import contextlib
 import math
 from typing import Optional
 
-import torch
 from torch import nn
 
 from torchflava.models.clip.convert_weights import convert_to_torchflava, directory_config, file_config
@@ -15,6 +14,7 @@ from torchflava.modules.layers import PatchEmbedding, TokenEmbedding
 from torchflava.modules.layers.activation import ACTIVATIONS
 from torchflava.utils.checkpoint import PathLike, load_state_dict, local_checkpoint, peek_state_dict, training_run_model
 from torchflava.utils.checks import check_architecture, check_builder_arguments, with_config
+from torchflava.utils.meta import meta_device
 
 _B16 = dict(embed_dim=512, image_size=224, patch_size=16, context_length=77, vocab_size=49408)
 _B16.update(vision_width=768, vision_layers=12, vision_heads=12, vision_mlp_dim=3072)
@@ -81,7 +81,7 @@ def clip_model(
     if (trained := training_run_model(clip_model, pretrained, kwargs)) is not None:
         return trained  # a run's checkpoints/step_<N>, or a run without export: its config and weights at that step
     kwargs["pretrained"] = None if pretrained is None else local_checkpoint(pretrained)  # (fetched once)
-    with torch.device("meta") if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
+    with meta_device() if pretrained is not None else contextlib.nullcontext():  # no init: loaded next
         model = _build(clip_model_arguments(**kwargs))  # (checked first)
     if (local := kwargs["pretrained"]) is not None:  # the arguments checked first: no tensor data read before
         weights = directory_config(local)[2] if local.is_dir() else local  # (a directory of HF's: itself)

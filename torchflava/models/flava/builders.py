@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import torch
 from torch import nn
 
 from torchflava.models.flava.classification import (
@@ -49,6 +48,7 @@ from torchflava.utils.checks import (
     check_module,
 )
 from torchflava.utils.distributed import GatherGrad
+from torchflava.utils.meta import meta_device
 
 # What every tower builder checks beside its own sizes (flava_model checks its prefixed arguments alike).
 _TOWER_CHECKS = dict(
@@ -371,7 +371,7 @@ def flava_model(
     source = {k: str(config_file) for k, v in config.items() if args.get(k) == v}
     check_architecture("flava_model", _mlp_dropout_resolved(args), **_FLAVA_CHECKS, source=source)
     if local is not None:  # names and shapes checked on a meta-device model: no real one is built for a misfit
-        with torch.device("meta"):
+        with meta_device():
             load_flava_weights(_build_flava(args), peeked)
     model = _build_flava(args)
     if local is not None:  # the tensors are read once the arguments are known to build a model
