@@ -27,6 +27,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import typing
@@ -138,6 +139,9 @@ def run_faulty(script: str, point: str, n: int, overrides: list[str]) -> None:
 
 def _child(request: dict) -> int:
     """In a forked child: the run ``request`` asks for, with its output in files; the exit status."""
+    os.chdir(request["cwd"])
+    os.environ.clear()  # the caller's environment of now, not the server's of its start
+    os.environ.update(request["env"])
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
@@ -199,13 +203,25 @@ class Forker:
 
     def __init__(self, env: dict) -> None:
         command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+        self._env = dict(env)
         self._server = subprocess.Popen(
             command, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         atexit.register(self.close)
 
-    def run(self, script: str, overrides: list[str], point: str, n: int, *, workdir: Path, timeout: float):
-        """Run ``script`` (killed at ``point``'s n-th hit unless ``point == "none"``) in a forked child.
+    def run(
+        self,
+        script: str,
+        overrides: list[str],
+        point: str,
+        n: int,
+        *,
+        workdir: Path,
+        timeout: float,
+        env: typing.Optional[dict] = None,
+    ):
+        """Run ``script`` (killed at ``point``'s n-th hit unless ``point == "none"``) in a forked child, in the
+        repository with ``env`` (default: the server's environment).
 
         Returns:
             subprocess.CompletedProcess: its returncode (-9 when killed) and its stdout and stderr.
@@ -214,7 +230,8 @@ class Forker:
             subprocess.TimeoutExpired: if the run took longer than ``timeout`` seconds (it is killed).
         """
         out, err = workdir / "run.stdout", workdir / "run.stderr"
-        request = dict(script=script, overrides=overrides, point=point, n=n, timeout=timeout)
+        env = self._env if env is None else env
+        request = dict(script=script, overrides=overrides, point=point, n=n, timeout=timeout, env=env, cwd=str(REPO))
         self._server.stdin.write(json.dumps(dict(request, stdout=str(out), stderr=str(err))) + "\n")
         self._server.stdin.flush()
         returncode = json.loads(self._server.stdout.readline())["returncode"]
@@ -228,6 +245,26 @@ class Forker:
             self._server.stdin.close()  # the server's end of input: it exits
             self._server.wait(timeout=60)
         self._server.stdout.close()
+
+
+def recipe_env() -> dict:
+    """The environment the tests run recipes in: this one, the repository importable, one thread."""
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+_shared: list = []
+
+
+def run_script(script: str, overrides: list[str], point: str = "none", n: int = 0, *, timeout: float = 300):
+    """``subprocess.run([python, script, *overrides], cwd=REPO, env=test_env(), capture_output=True,
+    text=True)`` (killed at ``point``'s n-th hit unless ``point == "none"``), from a server this test process
+    shares (started on first use)."""
+    if not _shared:
+        _shared.append(Forker(recipe_env()))
+    with tempfile.TemporaryDirectory() as workdir:
+        return _shared[0].run(
+            script, list(overrides), point, n, workdir=Path(workdir), timeout=timeout, env=recipe_env()
+        )
 
 
 if __name__ == "__main__":

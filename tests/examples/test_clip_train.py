@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 
+from tests.examples.fault_runner import recipe_env, run_script
 from tests.helpers import (
     assert_a_grown_captions_file_refuses_resume,
     assert_relative_paths_resume_the_run_s_own_files,
@@ -49,16 +50,22 @@ def _losses(output_dir):
 
 
 def _run(args, *, nproc=1, popen=False):
+    """The recipe in a process of its own: one forked from fault_runner's server (imports done) or, for
+    ``popen`` or several ranks, a new one."""
     launcher = (
         [sys.executable]
         if nproc == 1
         else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     )
     command = [*launcher, str(SCRIPT), f"config={DEBUG}", *args]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     if popen:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(
+            command, cwd=REPO, env=recipe_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    if nproc == 1:
+        result = run_script("examples/clip/train.py", [f"config={DEBUG}", *args])
+    else:
+        result = subprocess.run(command, cwd=REPO, env=recipe_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result
 

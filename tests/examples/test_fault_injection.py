@@ -2,18 +2,15 @@
 export...), resume it with resume=auto: the loss sequence equals the uninterrupted run's exactly and
 the export loads."""
 
-import functools
 import json
-import os
 from pathlib import Path
 import signal
 import subprocess
-import tempfile
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.examples.fault_runner import Forker
+from tests.examples.fault_runner import run_script
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "examples" / "clip" / "configs" / "debug.yaml"
@@ -42,22 +39,11 @@ POINTS = [
 ]
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-
-
-@functools.cache
-def _forker() -> Forker:
-    """fault_runner's server, started on first use and shared by every run of this session."""
-    return Forker(_env())
-
-
-def run_with_fault(recipe, overrides, point="none", n=0):
+def run_with_fault(recipe, overrides, point="none", n=0, *, timeout=300):
     """Run ``recipe`` (a path under the repository) in a process of its own, killed at ``point``'s n-th
     hit, or plainly with ``point="none"``: a child forked by fault_runner's server, which has done the
     imports once (a run then starts in milliseconds rather than ~6 s)."""
-    with tempfile.TemporaryDirectory() as workdir:
-        return _forker().run(recipe, list(overrides), point, n, workdir=Path(workdir), timeout=300)
+    return run_script(recipe, overrides, point, n, timeout=timeout)
 
 
 def _run(output_dir, point="none", n=0):
@@ -117,12 +103,5 @@ def test_a_forked_run_reports_its_exit_status_output_and_hang_as_a_process_would
     unknown = run_with_fault("examples/clip/train.py", [f"config={CONFIG}"], "no_such_point", 1)
     assert unknown.returncode == 1 and "unknown point no_such_point" in unknown.stderr
     with pytest.raises(subprocess.TimeoutExpired):  # killed after its timeout, and the server goes on
-        _forker().run(
-            "examples/clip/train.py",
-            [*COMMON, f"training.output_dir={tmp_path}"],
-            "none",
-            0,
-            workdir=tmp_path,
-            timeout=0.5,
-        )
+        run_with_fault("examples/clip/train.py", [*COMMON, f"training.output_dir={tmp_path}"], timeout=0.5)
     assert run_with_fault("examples/clip/train.py", [f"config={CONFIG}", "training.max_steps=0"]).returncode == 2

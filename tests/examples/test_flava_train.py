@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from tests.examples.fault_runner import run_script
 from tests.helpers import (
     assert_a_grown_captions_file_refuses_resume,
     assert_relative_paths_resume_the_run_s_own_files,
@@ -50,8 +51,11 @@ def _env():
 
 
 def _run(args, *, nproc=1, check=True):
+    """The recipe in a process of its own: one forked from fault_runner's server (imports done), or a
+    torchrun of ``nproc`` ranks."""
     if nproc == 1:
         command = [sys.executable, str(SCRIPT), f"config={DEBUG}", *args]
+        result = run_script("examples/flava/train.py", command[2:])
     else:
         command = [
             sys.executable,
@@ -63,7 +67,7 @@ def _run(args, *, nproc=1, check=True):
             f"config={DEBUG}",
             *args,
         ]
-    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"

@@ -15,6 +15,7 @@ import time
 import pytest
 import webdataset as wds
 
+from tests.examples.fault_runner import run_script
 from tests.helpers import load_recipe, served_directory
 from torchflava.data.shapes import ShapesWorld
 from torchflava.data.streaming import STREAM_SHARDS, StreamedSource, StreamingBatches
@@ -108,9 +109,12 @@ def test_flava_trains_on_shards_streamed_through_pipe_cat_mixed_with_a_text_corp
     assert {r["kind"] for r in records} == {"pairs", "texts"}
 
 
+SCRIPT = "examples/clip/train.py"
+
+
 def _command(args):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return [sys.executable, str(REPO / "examples" / "clip" / "train.py"), f"config={CLIP_DEBUG}", *args], env
+    return [sys.executable, str(REPO / SCRIPT), f"config={CLIP_DEBUG}", *args], env
 
 
 def test_a_killed_streamed_run_resumes_to_the_same_losses(shards, tmp_path):
@@ -126,8 +130,8 @@ def test_a_killed_streamed_run_resumes_to_the_same_losses(shards, tmp_path):
         "training.log_every=1",
         "training.global_batch_size=6",
     ]
-    command, env = _command([f"training.output_dir={tmp_path / 'reference'}", *common])
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    reference = run_script(SCRIPT, [f"config={CLIP_DEBUG}", f"training.output_dir={tmp_path / 'reference'}", *common])
+    assert reference.returncode == 0, reference.stderr[-3000:]
     killed = tmp_path / "killed"
     command, env = _command([f"training.output_dir={killed}", *common])
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -139,9 +143,10 @@ def test_a_killed_streamed_run_resumes_to_the_same_losses(shards, tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert max(_losses(killed)) < 24
-    command, env = _command([f"training.output_dir={killed}", "training.resume=auto", *common])
     # Resumed at once: the killed run's loader workers may still be alive, but they never hold its lock.
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = run_script(
+        SCRIPT, [f"config={CLIP_DEBUG}", f"training.output_dir={killed}", "training.resume=auto", *common]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert _losses(killed) == _losses(tmp_path / "reference")  # exactly, step for step
 
