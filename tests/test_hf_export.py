@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from tests.examples.fault_runner import run_script
 from tests.helpers import EXPORT_FLAVA, REPO, TINY_FLAVA, load_recipe, write_hf_flava, write_tiny_export
 from tests.models.clip.test_convert_weights import OPEN_CLIP_CFG, _open_clip_hub_directory
 from torchflava import hf_export
@@ -337,12 +338,11 @@ def test_the_command_writes_the_directory_and_refuses_in_one_line(tmp_path, caps
     assert report["family"] == "clip" and report["weights"] == str(source / "clip.safetensors")
     assert json.loads((tmp_path / "r.json").read_text()) == report
     assert capsys.readouterr().out.startswith(f"wrote a Hugging Face CLIP directory: {tmp_path / 'hf'} (config.json")
-    command = [sys.executable, "-m", "torchflava.hf_export", "--checkpoint", str(source), "--out", str(tmp_path / "hf")]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    done = run_script("-m torchflava.hf_export", ["--checkpoint", str(source), "--out", str(tmp_path / "hf")])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("python -m torchflava.hf_export: error: argument --out: ")
-    lone = [sys.executable, "-m", "torchflava.hf_export", "--checkpoint", str(source / "clip.safetensors")]
-    done = subprocess.run([*lone, "--out", str(tmp_path / "lone")], capture_output=True, text=True, cwd=REPO)
+    lone = ["--checkpoint", str(source / "clip.safetensors"), "--out", str(tmp_path / "lone")]
+    done = run_script("-m torchflava.hf_export", lone)  # (python -m in a process forked with the imports done)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert done.stderr.startswith("error: argument --tokenizer: expected ")
     assert not (tmp_path / "lone").exists()

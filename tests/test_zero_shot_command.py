@@ -8,7 +8,6 @@ from pathlib import Path
 import pickle
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 
@@ -19,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import FlavaModel, FlavaProcessor
 
-from tests.helpers import REPO, hf_parquet_of, photos, wds_of, write_hf_flava, write_tiny_export
+from tests.examples.fault_runner import run_script
+from tests.helpers import hf_parquet_of, photos, wds_of, write_hf_flava, write_tiny_export
 from tests.models.flava.test_convert_weights import _perturb, _tiny_hf_config
 from torchflava import zero_shot
 from torchflava.data.shapes import ShapesWorld
@@ -338,11 +338,10 @@ def test_probabilities_equal_transformers_on_a_hugging_face_directory(tmp_path, 
     folder.mkdir()
     for name, photo in photos().items():  # non-square real photos, one greyscale
         photo.save(folder / f"{name}.png")
-    command = [sys.executable, "-m", "torchflava.zero_shot", "--checkpoint", str(directory), "--images", str(folder)]
+    command = ["--checkpoint", str(directory), "--images", str(folder)]
     every = tmp_path / "probabilities.npy"  # (the --json holds each image's top-k only)
     command += ["--classes", ",".join(PHOTO_CLASSES), "--json", str(out), "--all-probabilities", str(every)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finished = run_script("-m torchflava.zero_shot", command)  # (a process forked with the imports done)
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(out.read_text())
     files = list(result["predictions"])  # the rows' order
@@ -560,21 +559,9 @@ def test_a_bad_clip_config_value_is_one_line_naming_the_file(hf_clip, tmp_path, 
     assert message in str(error.value) and "\n" not in str(error.value)
     (tmp_path / "images").mkdir()  # a folder with an image: one without is refused before the checkpoint is read
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "0.png")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torchflava.zero_shot",
-            "--checkpoint",
-            str(directory),
-            "--images",
-            str(tmp_path / "images"),
-            "--classes",
-            "a,b",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    result = run_script(
+        "-m torchflava.zero_shot",
+        ["--checkpoint", str(directory), "--images", str(tmp_path / "images"), "--classes", "a,b"],
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 

@@ -6,13 +6,12 @@ import json
 import os
 from pathlib import Path
 import pickle
-import subprocess
-import sys
 
 from PIL import Image
 import pytest
 import torch
 
+from tests.examples.fault_runner import run_script
 from tests.helpers import load_recipe, write_tiny_export
 from torchflava.classify import main as classify_main
 from torchflava.data import vqa
@@ -432,12 +431,7 @@ def test_an_error_mid_file_leaves_no_partial_file_and_the_previous_one_whole(vqa
 
 
 def test_the_command_runs_as_a_module(vqa_files):
-    done = subprocess.run(
-        [sys.executable, "-m", "torchflava.data.vqa", *_argv({**vqa_files, "answers": 1})],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    done = run_script("-m torchflava.data.vqa", _argv({**vqa_files, "answers": 1}))
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"1 answers; 8 training and 4 validation questions; config {vqa_files['out']}/vqa.yaml\n"
 

@@ -147,7 +147,11 @@ def _child(request: dict) -> int:
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     code = 0
     try:
-        if request["point"] == "none":  # as `python RECIPE overrides...`
+        if request["script"].startswith("-m "):  # as `python -m MODULE arguments...`
+            sys.argv = [request["script"], *request["overrides"]]
+            sys.path[0] = request["cwd"]  # the current folder, as python -m puts it there
+            runpy.run_module(request["script"].removeprefix("-m "), run_name="__main__", alter_sys=True)
+        elif request["point"] == "none":  # as `python RECIPE overrides...`
             sys.argv = [str(REPO / request["script"]), *request["overrides"]]
             sys.path[0] = str(Path(sys.argv[0]).parent)  # the script's folder, as python puts it there
             runpy.run_path(sys.argv[0], run_name="__main__")
@@ -256,9 +260,9 @@ _shared: list = []
 
 
 def run_script(script: str, overrides: list[str], point: str = "none", n: int = 0, *, timeout: float = 300):
-    """``subprocess.run([python, script, *overrides], cwd=REPO, env=test_env(), capture_output=True,
+    """``subprocess.run([python, script, *overrides], cwd=REPO, env=recipe_env(), capture_output=True,
     text=True)`` (killed at ``point``'s n-th hit unless ``point == "none"``), from a server this test process
-    shares (started on first use)."""
+    shares (started on first use). ``script`` "-m MODULE" runs ``python -m MODULE *overrides`` (no point)."""
     if not _shared:
         _shared.append(Forker(recipe_env()))
     with tempfile.TemporaryDirectory() as workdir:

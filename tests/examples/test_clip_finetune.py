@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from tests.examples.fault_runner import run_script
 from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import (
     Killed,
@@ -590,19 +591,7 @@ def test_a_training_checkpoint_and_a_run_killed_before_its_export_load_as_classi
     assert "has no export (model/); evaluating its latest complete checkpoint" in capsys.readouterr().err
     (tmp_path / "photos").mkdir()
     images[0].save(tmp_path / "photos" / "a.png")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torchflava.classify",
-            "--checkpoint",
-            str(killed),
-            "--images",
-            str(tmp_path / "photos"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = run_script("-m torchflava.classify", ["--checkpoint", str(killed), "--images", str(tmp_path / "photos")])
     best = exported.labels[int(exported.scores(images[:1]).argmax())]
     assert result.returncode == 0 and result.stdout.startswith(f"a.png\t{best} "), result.stderr[-2000:]
     shard = next((killed / "checkpoints" / "step_00000030").glob("*.distcp"))
