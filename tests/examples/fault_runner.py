@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 import runpy
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,42 @@ def _child(request: dict) -> int:
     return code
 
 
+def _rank_requests(request: dict) -> list[dict]:
+    """``request`` as its ``nproc`` ranks, each with the environment torchrun --standalone gives a rank."""
+    with socket.socket() as probe:  # a free port for rank 0's store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    n = request["nproc"]
+    ranks = []
+    for rank in range(n):
+        env = dict(request["env"], RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n))
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GROUP_RANK="0", ROLE_RANK=str(rank))
+        streams = {s: f"{request[s]}.{rank}" for s in ("stdout", "stderr")}
+        ranks.append(dict(request, env=env, **streams))
+    return ranks
+
+
+def _wait(pids: list[int], deadline: float) -> list:
+    """The exit statuses of ``pids``; a rank that failed ends the others (as torchrun does) and a process still
+    running at ``deadline`` is killed (None: a hang)."""
+    codes = {}
+    while len(codes) < len(pids) and time.monotonic() < deadline:
+        for pid in pids:
+            if pid not in codes and (status := os.waitpid(pid, os.WNOHANG))[0] != 0:
+                codes[pid] = os.waitstatus_to_exitcode(status[1])
+                if codes[pid] != 0:
+                    for other in pids:
+                        if other not in codes:
+                            os.kill(other, signal.SIGKILL)
+        time.sleep(0.01)
+    for pid in pids:
+        if pid not in codes:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            codes[pid] = None
+    return [codes[pid] for pid in pids]
+
+
 def serve() -> None:
     """Answer each JSON request line on stdin with the returncode of a forked run of it (None: timed out)."""
     import torch.distributed.checkpoint.state_dict  # noqa: F401  (the library imports it at a run's first save)
@@ -183,18 +220,21 @@ def serve() -> None:
 
     for line in sys.stdin:
         request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            os._exit(_child(request))
-        deadline = time.monotonic() + request["timeout"]
-        while (status := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if status[0] == 0:  # still running: a hang
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            returncode = None
+        ranks = _rank_requests(request) if request.get("nproc", 1) > 1 else [request]
+        pids = []
+        for rank in ranks:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(_child(rank))
+            pids.append(pid)
+        codes = _wait(pids, time.monotonic() + request["timeout"])
+        if len(ranks) > 1:  # as torchrun: the ranks' output in one stream each, status 1 if a rank failed
+            for stream in ("stdout", "stderr"):
+                Path(request[stream]).write_text("".join(Path(rank[stream]).read_text() for rank in ranks))
+        if len(ranks) == 1 or None in codes:
+            returncode = codes[0] if len(ranks) == 1 else None
         else:
-            returncode = os.waitstatus_to_exitcode(status[1])
+            returncode = 1 if any(codes) else 0
         print(json.dumps({"returncode": returncode}), flush=True)
 
 
@@ -223,6 +263,7 @@ class Forker:
         workdir: Path,
         timeout: float,
         env: typing.Optional[dict] = None,
+        nproc: int = 1,
     ):
         """Run ``script`` (killed at ``point``'s n-th hit unless ``point == "none"``) in a forked child, in the
         repository with ``env`` (default: the server's environment).
@@ -236,6 +277,7 @@ class Forker:
         out, err = workdir / "run.stdout", workdir / "run.stderr"
         env = self._env if env is None else env
         request = dict(script=script, overrides=overrides, point=point, n=n, timeout=timeout, env=env, cwd=str(REPO))
+        request["nproc"] = nproc
         self._server.stdin.write(json.dumps(dict(request, stdout=str(out), stderr=str(err))) + "\n")
         self._server.stdin.flush()
         returncode = json.loads(self._server.stdout.readline())["returncode"]
@@ -259,15 +301,20 @@ def recipe_env() -> dict:
 _shared: list = []
 
 
-def run_script(script: str, overrides: list[str], point: str = "none", n: int = 0, *, timeout: float = 300):
+def run_script(
+    script: str, overrides: list[str], point: str = "none", n: int = 0, *, timeout: float = 300, nproc: int = 1
+):
     """``subprocess.run([python, script, *overrides], cwd=REPO, env=recipe_env(), capture_output=True,
     text=True)`` (killed at ``point``'s n-th hit unless ``point == "none"``), from a server this test process
-    shares (started on first use). ``script`` "-m MODULE" runs ``python -m MODULE *overrides`` (no point)."""
+    shares (started on first use). ``script`` "-m MODULE" runs ``python -m MODULE *overrides`` (no point).
+    ``nproc`` > 1 runs it as ``torchrun --standalone --nproc_per_node=nproc`` would: that many ranks, each
+    with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT...), their output joined, status 1 if
+    one failed (the others are then killed)."""
     if not _shared:
         _shared.append(Forker(recipe_env()))
     with tempfile.TemporaryDirectory() as workdir:
         return _shared[0].run(
-            script, list(overrides), point, n, workdir=Path(workdir), timeout=timeout, env=recipe_env()
+            script, list(overrides), point, n, workdir=Path(workdir), timeout=timeout, env=recipe_env(), nproc=nproc
         )
 
 

@@ -195,16 +195,12 @@ def test_two_ranks_with_two_workers_each_resume_their_own_stream_positions(shard
         "training.log_every=1",
         f"training.output_dir={run}",
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    script = str(REPO / "examples" / "clip" / "train.py")
-    subprocess.run([*launch, script, *args], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    first = run_script(SCRIPT, args, nproc=2)  # as torchrun's 2 ranks, forked from fault_runner's server
+    assert first.returncode == 0, first.stderr[-3000:]
     whole = _losses(run)
     assert sorted(whole) == list(range(1, 9))
     shutil.rmtree(run / "checkpoints" / "step_00000008")
-    result = subprocess.run(
-        [*launch, script, *args, "training.resume=auto"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_script(SCRIPT, [*args, "training.resume=auto"], nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _losses(run) == whole  # steps 5-8 again, from the restored positions
 
