@@ -2,13 +2,11 @@
 exact resume (killed, and on another number of ranks), the export and the config errors."""
 
 import json
-import os
 from pathlib import Path
 import re
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -370,15 +368,12 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def run_two_recorded_ranks(tmp_path: Path, common: list[str]) -> subprocess.CompletedProcess:
-    """The recipe under ``torchrun`` on 2 CPU ranks (DDP, one thread each) into ``tmp_path / "two"``, each rank's
-    ``readable_chunks`` calls written down in ``tmp_path / "reads<RANK>.jsonl"`` (:data:`SHARE_RECORDER`); it must
-    exit 0."""
+    """The recipe as ``torchrun``'s 2 CPU ranks (DDP, one thread each; forked by fault_runner's server) into
+    ``tmp_path / "two"``, each rank's ``readable_chunks`` calls written down in ``tmp_path / "reads<RANK>.jsonl"``
+    (:data:`SHARE_RECORDER`); it must exit 0."""
     (tmp_path / "recorder.py").write_text(SHARE_RECORDER)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += [str(tmp_path / "recorder.py"), str(tmp_path), str(REPO / FINETUNE)]
-    command += [f"training.output_dir={tmp_path / 'two'}", "training.strategy=ddp", *common]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    command = [str(tmp_path), str(REPO / FINETUNE), f"training.output_dir={tmp_path / 'two'}", "training.strategy=ddp"]
+    result = run_script(str(tmp_path / "recorder.py"), [*command, *common], nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 import torch
 
+from tests.examples.fault_runner import run_script
 from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import (
     Killed,
@@ -357,9 +358,7 @@ def test_progress_bar_samples_per_second_and_loss_parts(export, tmp_path, capsys
 
 
 def test_two_ddp_processes_match_one_and_resume_on_one(export, tmp_path):
-    import os
     import shutil
-    import subprocess
 
     common = [
         *SHAPES,
@@ -375,25 +374,8 @@ def test_two_ddp_processes_match_one_and_resume_on_one(export, tmp_path):
     ]
     cfg = load_config(finetune.FinetuneConfig, [f"training.output_dir={tmp_path / 'one'}", *common])
     finetune.main(cfg)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "examples" / "flava" / "finetune.py"),
-        f"training.output_dir={tmp_path / 'two'}",
-        "training.strategy=ddp",
-        *common,
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    two = [f"training.output_dir={tmp_path / 'two'}", "training.strategy=ddp", *common]
+    result = run_script("examples/flava/finetune.py", two, nproc=2)  # torchrun's 2 ranks, forked with imports done
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
     assert one.keys() == two.keys() == set(range(1, 7))
@@ -1346,7 +1328,6 @@ finally:
 def test_two_fsdp_processes_each_evaluate_their_share_of_every_set_and_report_one_process_figures(export, tmp_path):
     """Each rank loads the export and evaluates every other item of each validation set (it evaluated every
     set whole on every rank); the report's figures are those of the export evaluated whole in one process."""
-    import os
 
     from torchflava.classify import load_classifier
 
@@ -1364,15 +1345,7 @@ def test_two_fsdp_processes_each_evaluate_their_share_of_every_set_and_report_on
         "model.classifier_hidden_dim=32",
         f"training.output_dir={tmp_path / 'two'}",  # (last: the spy writes its records there)
     ]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = subprocess.run(
-        [*command, str(tmp_path / "spy.py"), *overrides],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(str(tmp_path / "spy.py"), overrides, nproc=2)  # as torchrun's 2 ranks
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = {"data.val": 176, "data.extra_val.extra": 30}
     for rank in (0, 1):
