@@ -302,19 +302,33 @@ _shared: list = []
 
 
 def run_script(
-    script: str, overrides: list[str], point: str = "none", n: int = 0, *, timeout: float = 300, nproc: int = 1
+    script: str,
+    overrides: list[str],
+    point: str = "none",
+    n: int = 0,
+    *,
+    timeout: float = 300,
+    nproc: int = 1,
+    env: typing.Optional[dict] = None,
 ):
     """``subprocess.run([python, script, *overrides], cwd=REPO, env=recipe_env(), capture_output=True,
     text=True)`` (killed at ``point``'s n-th hit unless ``point == "none"``), from a server this test process
     shares (started on first use). ``script`` "-m MODULE" runs ``python -m MODULE *overrides`` (no point).
     ``nproc`` > 1 runs it as ``torchrun --standalone --nproc_per_node=nproc`` would: that many ranks, each
     with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT...), their output joined, status 1 if
-    one failed (the others are then killed)."""
+    one failed (the others are then killed). ``env`` replaces :func:`recipe_env` (a minimal one, say)."""
     if not _shared:
         _shared.append(Forker(recipe_env()))
     with tempfile.TemporaryDirectory() as workdir:
         return _shared[0].run(
-            script, list(overrides), point, n, workdir=Path(workdir), timeout=timeout, env=recipe_env(), nproc=nproc
+            script,
+            list(overrides),
+            point,
+            n,
+            workdir=Path(workdir),
+            timeout=timeout,
+            env=env or recipe_env(),
+            nproc=nproc,
         )
 
 

@@ -7,13 +7,12 @@ header without the configured columns, labels that are not among the configured 
 
 import json
 from pathlib import Path
-import subprocess
-import sys
 
 from PIL import Image
 import pytest
 import webdataset as wds
 
+from tests.examples.fault_runner import run_script
 from tests.helpers import load_recipe, write_tiny_export
 from torchflava.training.config import ConfigError, load_config
 from torchflava.utils.checkpoint import save_state_dict
@@ -458,11 +457,9 @@ COMMANDS = [
 )
 def test_the_command_line_exits_2_with_one_line(command, expected, files, tmp_path):
     arguments = [a.format(files=files) for a in command]
-    result = subprocess.run(
-        [sys.executable, *arguments, f"training.output_dir={tmp_path / 'run'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = run_script(  # a process forked with the imports done, in a minimal environment
+        arguments[0],
+        [*arguments[1:], f"training.output_dir={tmp_path / 'run'}"],
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 2, result.stderr[-3000:]

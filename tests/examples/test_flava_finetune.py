@@ -4,8 +4,6 @@ import json
 from pathlib import Path
 import re
 import signal
-import subprocess
-import sys
 
 from PIL import Image
 import pytest
@@ -749,11 +747,9 @@ def test_a_missing_extra_validation_set_exits_2_with_one_line_before_any_work(ex
         f"an existing file, got '{tmp_path / 'nowhere.tsv'}'",
     }
     for override, line in expected.items():
-        result = subprocess.run(
-            [sys.executable, FINETUNE, *common, *([override] if override else [])],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
+        result = run_script(  # a process forked with the imports done, in a minimal environment
+            FINETUNE,
+            [*common, *([override] if override else [])],
             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
             timeout=120,
         )
