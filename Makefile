@@ -27,9 +27,9 @@ $(STAMP): requirements/dev-lock.txt requirements/peers-nodeps.txt setup.py
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The tests start ~100 Python processes (recipe runs, ranks): each compiles torchflava's sources anew where
+# The tests start Python processes (recipe runs, ranks, commands): each compiled torchflava's sources anew where
 # PYTHONDONTWRITEBYTECODE is set (~0.6 s a process), so `make test` lets Python cache bytecode (__pycache__,
-# git-ignored). On 2 cores: pytest 865 -> 827 s, with 4c03a9a's meta_device.
+# git-ignored): pytest 865 -> 827 s on 2 cores, with 4c03a9a's meta_device (CONTRIBUTING.md has the rest).
 test: $(STAMP) lint
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

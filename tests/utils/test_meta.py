@@ -66,8 +66,11 @@ def test_a_fresh_process_builds_and_loads_models_without_importing_dynamo(tmp_pa
 
 @pytest.mark.parametrize("build", [lambda: clip_model(**TINY_CLIP), lambda: flava_model(**TINY_FLAVA)])
 def test_what_it_builds_has_the_plain_contexts_names_shapes_dtypes_and_modules(build):
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
     with meta_device():
         skipped = build()
+    assert torch.equal(torch.get_rng_state(), before)  # as the plain context: a real model built next is the same
     with torch.device("meta"):
         plain = build()
     cpu = build()
