@@ -14,7 +14,9 @@ starts a server for the tests (:class:`Forker`): a process that imports torch an
 then runs each requested recipe (killed at a point or not) in a child forked from itself, so that a
 run costs no interpreter start and no imports (~6 s each on 2 cores). Each child is a fresh copy of
 a process that has run nothing (no thread pools: the tests set OMP_NUM_THREADS=1), runs the recipe
-as ``python RECIPE ...`` or as this script would, and exits with the status such a process would.
+as ``python RECIPE ...``, ``python -m MODULE ...`` or this script would, or as the ranks of ``torchrun
+--standalone`` would (each its own child with torchrun's environment), and exits with the status such
+a process would. Tests call it through :func:`run_script`.
 """
 
 import atexit
