@@ -1,4 +1,4 @@
-"""Build a module on the meta device (shapes only, no memory) without running its initialisers.
+"""Build a module on the meta device (shapes only, no memory) without its initialisers' value fills.
 
 ``with torch.device("meta"): build()`` still calls every ``reset_parameters``; on meta tensors
 ``normal_``, ``erfinv_``, ``clamp_`` and ``exponential_`` run PyTorch's Python reference kernels, whose
