@@ -74,10 +74,9 @@ from torchflava.data.parquet import LABEL_COLUMNS, ParquetImages
 from torchflava.data.readers import ImageFolder, ImageTextFolder
 from torchflava.data.samples import BadSample, readable_chunks
 from torchflava.data.tokenizer import WordPieceTokenizer
-from torchflava.data.torchvision_files import TorchvisionImages
 from torchflava.data.transforms import PREPROCESSOR_CONFIG, ImageTransform
 from torchflava.data.vqa import submission, submission_questions
-from torchflava.data.wds import CLASSES_FILE, WdsImages
+from torchflava.data.wds import CLASSES_FILE
 from torchflava.evaluation.metrics import (
     TOP5,
     accuracy_summary,
@@ -138,6 +137,8 @@ from torchflava.utils.memory import keep_freed_memory
 from torchflava.utils.meta import meta_device
 from torchflava.utils.modes import eval_mode
 from torchflava.zero_shot import (
+    LABELLED_READERS,
+    LabelledImages,
     folder_class,
     folder_labels,
     image_values,
@@ -613,8 +614,6 @@ def _read_labels(path: Path, kwargs: dict) -> list[str]:
         raise ValueError(f"classifier: {error}") from None
 
 
-# the images that come with their class ids: parquet files', tar shards', torchvision's CIFAR or MNIST files'
-LabelledImages = Union[ParquetImages, WdsImages, TorchvisionImages]
 # what the command classifies: an image folder, image-text pairs, labelled images (None: texts)
 Inputs = Optional[Union[ImageFolder, ImageTextFolder, LabelledImages]]
 
@@ -662,9 +661,7 @@ def _chunks(args: argparse.Namespace, folder: Inputs, skipped: list):
             records = [{"image": _relative(folder.image_path(i), root), "text": s.text} for i, s in chunk]
             yield records, [s.image for _, s in chunk], [s.text for _, s in chunk], None
     elif folder is not None:
-        labelled = isinstance(
-            folder, (ParquetImages, WdsImages, TorchvisionImages)
-        )  # (each with its class id, or None)
+        labelled = isinstance(folder, LABELLED_READERS)  # (each with its class id, or None)
         for chunk in readable_chunks(folder.__getitem__, range(len(folder)), size, skipped):
             ids = [s.label for _, s in chunk] if labelled else None
             yield [{"image": folder.relative_path(i)} for i, _ in chunk], [s.image for _, s in chunk], None, ids
@@ -720,7 +717,7 @@ def classify(classifier: Union[Classifier, "CLIPClassifier"], args: argparse.Nam
         "skipped_reasons": skipped,
     }
     single_label = classifier.loss == "cross_entropy" and classifier.labels is not None
-    if single_label and isinstance(folder, (ParquetImages, WdsImages, TorchvisionImages)):
+    if single_label and isinstance(folder, LABELLED_READERS):
         labels, warning = _source_labels(folder, ids, classifier.labels)
         if labels is not None:
             result.update(_accuracies(ranks, labels, classifier.num_classes))

@@ -36,7 +36,7 @@ import os
 from pathlib import Path
 import sys
 from types import MappingProxyType
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -68,6 +68,7 @@ from torchflava.utils.cli import (
     run_command,
 )
 from torchflava.utils.memory import keep_freed_memory
+from torchflava.zero_shot import LABELLED_READERS, LabelledImages
 
 DEFAULT_BATCH_SIZE = 128  # images encoded at a time (--batch-size)
 # --shapes: the images of each split (probe_shapes's defaults; read-only)
@@ -269,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # weights) would lose it: refused before the checkpoint is loaded
     read = {f"--{name}-labels": [file] for name, file in labels.items()}
     for name, source in split.items():
-        if isinstance(source, (ParquetImages, WdsImages, TorchvisionImages)):
+        if isinstance(source, LABELLED_READERS):
             read[f"--{name}"] = source.files if isinstance(source, ParquetImages) else source.dataset_files
     read["--checkpoint"] = [args.checkpoint] if os.path.isfile(args.checkpoint) else []
     read["--tokenizer"] = [args.tokenizer] if args.tokenizer is not None and os.path.isfile(args.tokenizer) else []
@@ -408,10 +409,10 @@ def _torchvision_split(
 def _labelled_split(
     parser: argparse.ArgumentParser,
     name: str,
-    source: Union[ParquetImages, WdsImages, TorchvisionImages],
+    source: LabelledImages,
     labels: list[int],
     split: dict,
-) -> Union[ParquetImages, WdsImages, TorchvisionImages]:
+) -> LabelledImages:
     """``source``, split ``name``'s labelled files, its classes its class ids 0..max where they have no names
     (``labels``: its known class ids), its warnings printed; exits 2 naming the option where the training split has
     fewer than two classes or the split shares a file with an earlier one."""

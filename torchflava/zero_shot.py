@@ -144,6 +144,10 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.")
 TEXT_BATCH_SIZE = 256  # texts (captions, class prompts) encoded at a time
 TOP_K = 5  # most probable classes kept (and written to --json) per image
 
+# the images that come with their class ids: parquet files', tar shards', torchvision's CIFAR or MNIST files'
+LABELLED_READERS = (ParquetImages, WdsImages, TorchvisionImages)
+LabelledImages = Union[LABELLED_READERS]
+
 
 @torch.no_grad()
 def image_features(pretrained: Pretrained, images: Sequence, *, batch_size: int = 64) -> Tensor:
@@ -243,7 +247,7 @@ def class_embeddings(
 
 def classify_folder(
     pretrained: Pretrained,
-    images_dir: Union[str, ParquetImages, WdsImages, TorchvisionImages],
+    images_dir: Union[str, LabelledImages],
     class_names: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     *,
@@ -312,7 +316,7 @@ def classify_folder(
     if labels is not None and folder_order:
         raise ValueError("labels and folder_order both say which class an image is of: give one")
     # (parquet, shards or torchvision's files: rows hold class ids)
-    self_labelled = isinstance(images_dir, (ParquetImages, WdsImages, TorchvisionImages))
+    self_labelled = isinstance(images_dir, LABELLED_READERS)
     if self_labelled:
         _check_self_labelled(images_dir, len(class_names), labels, folder_order, class_folders)
     labelled_by_folder = class_folders is not None or folder_order or self_labelled
@@ -439,7 +443,7 @@ class _Tally:
 
 
 def _check_self_labelled(
-    images: Union[ParquetImages, WdsImages, TorchvisionImages],
+    images: LabelledImages,
     num_classes: int,
     labels: object,
     folder_order: bool,
@@ -462,7 +466,7 @@ def _check_self_labelled(
         )
 
 
-def source_kind(images: Union[ParquetImages, WdsImages, TorchvisionImages]) -> str:
+def source_kind(images: LabelledImages) -> str:
     """What labelled ``images`` are, for messages: ``parquet files``, ``tar shards``, ``CIFAR-10 files``..."""
     if isinstance(images, TorchvisionImages):
         return f"{images.kind} files"
