@@ -245,36 +245,30 @@ def _arrays(value: Any) -> Any:
         return _array(value)
     made: dict[int, tuple] = {}  # id of an array's stand-in -> (it, kept alive; its array): one array for one stand-in
     seen, left = {id(value)}, [value]  # (every object is held by ``value`` or ``made``: ids stay unique)
+
+    def visit(sub: object) -> None:
+        if id(sub) not in seen:
+            seen.add(id(sub))
+            left.append(sub)
+
     while left:
         item = left.pop()
         if isinstance(item, (dict, list)):
             arrays = []  # (key, stand-in) of each array to make: set once the container is walked
-            if isinstance(item, dict):
-                for key, sub in item.items():
-                    if isinstance(sub, _ArrayArgs):
-                        arrays.append((key, sub))
-                    elif id(sub) not in seen:
-                        seen.add(id(sub))
-                        left.append(sub)
-                    if id(key) not in seen:
-                        seen.add(id(key))
-                        left.append(key)
-            else:
-                for key, sub in enumerate(item):
-                    if isinstance(sub, _ArrayArgs):
-                        arrays.append((key, sub))
-                    elif id(sub) not in seen:
-                        seen.add(id(sub))
-                        left.append(sub)
+            for key, sub in item.items() if isinstance(item, dict) else enumerate(item):
+                if isinstance(sub, _ArrayArgs):
+                    arrays.append((key, sub))
+                else:
+                    visit(sub)
+                if isinstance(item, dict):
+                    visit(key)
             for key, sub in arrays:
                 if id(sub) not in made:
                     made[id(sub)] = (sub, _array(sub))
                 item[key] = made[id(sub)][1]
         elif isinstance(item, (tuple, set, frozenset)):
             for sub in item:
-                if id(sub) not in seen:
-                    seen.add(id(sub))
-                    left.append(sub)
+                visit(sub)
         elif isinstance(item, (_ArrayArgs, _DtypeArgs, _StandIn)) or callable(item):
             where = "an array" if isinstance(item, _ArrayArgs) else f"a {type(item).__name__}"
             raise ValueError(f"{where} stands where data belongs (arrays are a dict's values or a list's items)")
