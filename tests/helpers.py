@@ -396,7 +396,7 @@ def assert_a_changed_folder_refuses_resume(recipe_file: str, overrides: list[str
     refused: ``python recipe_file *overrides`` (a resume of ``run_dir``, trained on :func:`two_class_folder`'s 6
     images) must exit 2 in one line naming ``data.train`` and both counts, with an image more and with one less,
     writing nothing in ``run_dir``; the folder is left as it was."""
-    from tests.examples.test_fault_injection import run_with_fault
+    from tests.examples.fault_runner import run_script
 
     def files() -> dict:  # the run directory's files, but its lock (which names the process holding it)
         return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".run.lock"}
@@ -404,7 +404,7 @@ def assert_a_changed_folder_refuses_resume(recipe_file: str, overrides: list[str
     written = files()
 
     def refused(size: int) -> None:
-        result = run_with_fault(recipe_file, overrides)
+        result = run_script(recipe_file, overrides)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
         expected = "error: key 'data.train': expected the 6 train the checkpoint was trained on, since"

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from tests.examples.fault_runner import run_script
-from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import (
     Killed,
     assert_a_changed_folder_refuses_resume,
@@ -307,7 +306,7 @@ def test_a_resume_reads_the_recorded_start_not_the_moved_checkpoint(clip_export,
     # the record gone: refused in one line naming training.resume, before any work (model.pretrained is not read)
     shutil.rmtree(tmp_path / "run" / "zero_shot")
     run = [*SHAPES, *common, f"model.pretrained={pretrained}", f"training.output_dir={tmp_path / 'run'}"]
-    result = run_with_fault(FINETUNE, [*run, "training.resume=auto"])
+    result = run_script(FINETUNE, [*run, "training.resume=auto"])
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith("error: key 'training.resume': expected a run that recorded its zero-shot classifier")
@@ -317,12 +316,12 @@ def test_a_resume_reads_the_recorded_start_not_the_moved_checkpoint(clip_export,
 def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_losses(clip_export, tmp_path):
     overrides = [*SHAPES, f"model.pretrained={clip_export}", "training.max_steps=6", "training.checkpoint_every=3"]
     overrides.append("training.resume=auto")
-    reference = run_with_fault(FINETUNE, [*overrides, f"training.output_dir={tmp_path / 'reference'}"])
+    reference = run_script(FINETUNE, [*overrides, f"training.output_dir={tmp_path / 'reference'}"])
     assert reference.returncode == 0, reference.stderr[-3000:]
     run = [*overrides, f"training.output_dir={tmp_path / 'run'}"]
-    killed = run_with_fault(FINETUNE, run, "after_optimizer_step", 5)
+    killed = run_script(FINETUNE, run, "after_optimizer_step", 5)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    resumed = run_with_fault(FINETUNE, run)
+    resumed = run_script(FINETUNE, run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _losses(tmp_path / "run") == _losses(tmp_path / "reference")
     assert "fine-tuning finished: 6 steps" in resumed.stdout
@@ -489,7 +488,7 @@ def test_bad_configs_exit_2_with_one_line_naming_the_key(clip_export, tmp_path):
         *(("data.class_names", case) for case in names),
         ("data.image_size", unread),
     ]:
-        result = run_with_fault(FINETUNE, [*base, *overrides])
+        result = run_script(FINETUNE, [*base, *overrides])
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (key, result.stderr[-2000:])
         assert lines[0].startswith(f"error: key '{key}': expected") and says in lines[0], (key, lines[0])

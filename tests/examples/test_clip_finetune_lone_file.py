@@ -12,8 +12,8 @@ import pytest
 from safetensors.torch import save_file
 import torch
 
+from tests.examples.fault_runner import run_script
 from tests.examples.test_clip_finetune import FINETUNE, SHAPES, _losses, finetune, write_tiny_clip_export
-from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import Killed, stop_fit_after
 from tests.models.clip.test_convert_weights import _perturb
 from torchflava import zero_shot
@@ -146,7 +146,7 @@ def test_a_lone_file_without_its_tokenizer_and_misplaced_keys_exit_2_naming_the_
         ),
     ]
     for overrides, message in cases:
-        result = run_with_fault(FINETUNE, [*base, *overrides])
+        result = run_script(FINETUNE, [*base, *overrides])
         assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before any work
     # open_clip's file with its activation told: valid
@@ -177,7 +177,7 @@ def test_a_tokenizer_that_does_not_fit_the_file_exits_2_naming_model_tokenizer_b
         ),
     ]
     for tokenizer, message in cases:
-        result = run_with_fault(FINETUNE, [*base, f"model.tokenizer={tokenizer}"])
+        result = run_script(FINETUNE, [*base, f"model.tokenizer={tokenizer}"])
         assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before any work
 
@@ -242,7 +242,7 @@ def test_an_open_clip_directory_without_tokenizer_files_is_refused_naming_model_
     big = tmp_path / "big"
     CLIPTokenizer.from_bpe(files["bpe"], vocab_size=2000, **saveable).save(big)
     base = [*SHAPES, *RUN, f"training.output_dir={tmp_path / 'run'}"]
-    result = run_with_fault(FINETUNE, [*base, f"model.pretrained={hub}"])
+    result = run_script(FINETUNE, [*base, f"model.pretrained={hub}"])
     assert result.returncode == 2 and result.stderr == (
         f"error: key 'model.tokenizer': expected {LONE_FILE_TOKENIZERS}, with model.pretrained={hub}, a directory "
         "holding none of the tokenizer files vocab.txt, tokenizer.json, vocab.json, got null\n"

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.examples.fault_runner import run_script
 from tests.examples.test_clip_finetune import (
     FINETUNE,
     FOLDERS,
@@ -19,7 +20,6 @@ from tests.examples.test_clip_finetune import (
     run_two_recorded_ranks,
     write_tiny_clip_export,
 )
-from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import Killed, stop_fit_after
 from torchflava.classify import CLIPImageTower, load_clip_classifier
 from torchflava.evaluation.linear_probe import linear_probe
@@ -150,7 +150,7 @@ def test_bad_probe_keys_exit_2_with_one_line_naming_the_key(clip_export, tmp_pat
         ("model.head_init", ["model.head_init=lp"], "one of ('zero_shot', 'random', 'linear_probe')"),
     ]
     for key, overrides, says in cases:
-        result = run_with_fault(FINETUNE, [*base, *overrides])
+        result = run_script(FINETUNE, [*base, *overrides])
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (key, result.stderr[-2000:])
         assert lines[0].startswith(f"error: key '{key}': expected") and says in lines[0], (key, lines[0])

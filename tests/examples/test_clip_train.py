@@ -917,20 +917,19 @@ def test_fine_tuning_an_open_clip_hub_directory_loads_its_weights_reading_it_onc
 def test_a_weights_file_of_other_sizes_is_refused_in_one_line_naming_the_key_before_any_work(open_clip_hub, tmp_path):
     """A bare open_clip state dict whose sizes the model section does not build was a ~1,900-character
     ValueError traceback (exit 1) from clip_model, after the data was opened."""
-    from tests.examples.test_fault_injection import run_with_fault
 
     hub, bare = open_clip_hub
     out = tmp_path / "run"
     overrides = [f"config={DEBUG}", f"training.output_dir={out}", f"model.pretrained={bare}", f"data.vocab={hub}"]
     # (the activation first: a lone open_clip file does not tell QuickGELU, which its hub's config says, from GELU)
-    untold = run_with_fault("examples/clip/train.py", [*overrides, *FROM_CHECKPOINT, "data.max_text_length=16"])
+    untold = run_script("examples/clip/train.py", [*overrides, *FROM_CHECKPOINT, "data.max_text_length=16"])
     assert untold.returncode == 2 and untold.stderr == (
         "error: key 'model.activation': expected a value, which the weights of model.pretrained do not tell "
         f"(clip_model: expected the open_clip_config.json beside the weights {bare}, or activation= ('quick_gelu' or "
         "'gelu'), got neither), got null\n"
     )
     overrides += [*FROM_CHECKPOINT, "model.activation=quick_gelu"]
-    result = run_with_fault("examples/clip/train.py", [*overrides, "data.max_text_length=16"])
+    result = run_script("examples/clip/train.py", [*overrides, "data.max_text_length=16"])
     assert result.returncode == 2, result.stderr[-3000:]
     # the sizes its shapes tell are taken; its width of 32 tells no 64-wide heads: the head count is to set
     assert result.stderr == (
@@ -938,7 +937,7 @@ def test_a_weights_file_of_other_sizes_is_refused_in_one_line_naming_the_key_bef
         f"({bare}: expected vision_heads (its vision_width 32 tells no 64-wide heads), got none), got null\n"
     )
     assert not out.exists() or [p.name for p in out.iterdir()] == [".run.lock"]  # nothing written
-    width = run_with_fault(  # a size the section sets that the weights refute: named by its key
+    width = run_script(  # a size the section sets that the weights refute: named by its key
         "examples/clip/train.py",
         [*overrides, "data.max_text_length=16", "model.vision_heads=4", "model.text_heads=3"]
         + ["model.vision_width=768"],

@@ -39,15 +39,8 @@ POINTS = [
 ]
 
 
-def run_with_fault(recipe, overrides, point="none", n=0, *, timeout=300):
-    """Run ``recipe`` (a path under the repository) in a process of its own, killed at ``point``'s n-th
-    hit, or plainly with ``point="none"``: a child forked by fault_runner's server, which has done the
-    imports once (a run then starts in milliseconds rather than ~6 s)."""
-    return run_script(recipe, overrides, point, n, timeout=timeout)
-
-
 def _run(output_dir, point="none", n=0):
-    return run_with_fault("examples/clip/train.py", [*COMMON, f"training.output_dir={output_dir}"], point, n)
+    return run_script("examples/clip/train.py", [*COMMON, f"training.output_dir={output_dir}"], point, n)
 
 
 def _losses(output_dir):
@@ -84,7 +77,7 @@ def test_a_scheduler_sigterm_checkpoints_the_step_exits_75_and_resumes_to_the_sa
     mid-step, losing the steps since its last checkpoint. Now it ends the step under way, checkpoints it,
     and exits 75; resume=auto then continues to the uninterrupted run's losses."""
     overrides = [*COMMON, f"training.output_dir={tmp_path}", f"data.num_workers={workers}"]
-    stopped = run_with_fault("examples/clip/train.py", overrides, "sigterm_after_optimizer_step", 4)
+    stopped = run_script("examples/clip/train.py", overrides, "sigterm_after_optimizer_step", 4)
     assert stopped.returncode == 75, stopped.stderr[-2000:]
     checkpoint = tmp_path / "checkpoints" / "step_00000005"  # signalled after step 4's update: seen in step 5
     assert stopped.stderr.splitlines()[-1] == (
@@ -92,16 +85,16 @@ def test_a_scheduler_sigterm_checkpoints_the_step_exits_75_and_resumes_to_the_sa
         "(exit status 75)"
     )
     assert max(_losses(tmp_path)) == 5 and not (tmp_path / "model").exists()
-    resumed = run_with_fault("examples/clip/train.py", overrides)
+    resumed = run_script("examples/clip/train.py", overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _losses(tmp_path) == reference  # exactly, step for step
 
 
 def test_a_forked_run_reports_its_exit_status_output_and_hang_as_a_process_would(tmp_path):
-    bad = run_with_fault("examples/clip/train.py", [f"config={CONFIG}", "training.max_steps=0"])
+    bad = run_script("examples/clip/train.py", [f"config={CONFIG}", "training.max_steps=0"])
     assert bad.returncode == 2 and bad.stderr.startswith("error: key 'training.max_steps'"), bad.stderr[-2000:]
-    unknown = run_with_fault("examples/clip/train.py", [f"config={CONFIG}"], "no_such_point", 1)
+    unknown = run_script("examples/clip/train.py", [f"config={CONFIG}"], "no_such_point", 1)
     assert unknown.returncode == 1 and "unknown point no_such_point" in unknown.stderr
     with pytest.raises(subprocess.TimeoutExpired):  # killed after its timeout, and the server goes on
-        run_with_fault("examples/clip/train.py", [*COMMON, f"training.output_dir={tmp_path}"], timeout=0.5)
-    assert run_with_fault("examples/clip/train.py", [f"config={CONFIG}", "training.max_steps=0"]).returncode == 2
+        run_script("examples/clip/train.py", [*COMMON, f"training.output_dir={tmp_path}"], timeout=0.5)
+    assert run_script("examples/clip/train.py", [f"config={CONFIG}", "training.max_steps=0"]).returncode == 2

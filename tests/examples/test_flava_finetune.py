@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from tests.examples.fault_runner import run_script
-from tests.examples.test_fault_injection import run_with_fault
 from tests.helpers import (
     Killed,
     assert_a_changed_folder_refuses_resume,
@@ -324,7 +323,7 @@ KILLED += ["optim.lr=3e-3", "optim.warmup_steps=3", "model.classifier_hidden_dim
 @pytest.fixture(scope="module")
 def uninterrupted(export, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    result = run_with_fault(FINETUNE, [*KILLED, f"model.pretrained={export}", f"training.output_dir={out}"])
+    result = run_script(FINETUNE, [*KILLED, f"model.pretrained={export}", f"training.output_dir={out}"])
     assert result.returncode == 0, result.stderr[-3000:]
     return {s: r["loss"] for s, r in _records(out).items()}
 
@@ -335,10 +334,10 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_losses(
     export, uninterrupted, tmp_path, point, n
 ):
     overrides = [*KILLED, f"model.pretrained={export}", f"training.output_dir={tmp_path}"]
-    killed = run_with_fault(FINETUNE, overrides, point, n)
+    killed = run_script(FINETUNE, overrides, point, n)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert sorted(_records(tmp_path)) == list(range(1, 7 if point == "after_optimizer_step" else 9))
-    resumed = run_with_fault(FINETUNE, overrides)
+    resumed = run_script(FINETUNE, overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(uninterrupted) == list(range(1, 11))
     assert {s: r["loss"] for s, r in _records(tmp_path).items()} == uninterrupted  # exactly, step for step
@@ -813,7 +812,7 @@ def test_integer_glue_labels_without_data_labels_exit_2_naming_both_ways_out(exp
     """SST-2's header and 0/1 labels with data.labels null trained a regression (mse, Pearson) without a word."""
     files = _glue_files(tmp_path, ["0", "1"])
     out = tmp_path / "run"
-    result = run_with_fault(FINETUNE, [*files, f"model.pretrained={export}", f"training.output_dir={out}"])
+    result = run_script(FINETUNE, [*files, f"model.pretrained={export}", f"training.output_dir={out}"])
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip() == (
         f"error: key 'data.labels': expected the class names, since every label of {tmp_path / 'train.tsv'} is an "

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from tests.examples.test_fault_injection import run_with_fault
+from tests.examples.fault_runner import run_script
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -55,7 +55,7 @@ def _losses(output_dir: Path) -> dict:
 
 def _run(recipe: str, config: Path, out: Path, *overrides: str, point: str = "none", n: int = 0):
     arguments = [f"config={config}", *COMMON, f"training.output_dir={out}", *overrides]
-    return run_with_fault(recipe, arguments, point, n)
+    return run_script(recipe, arguments, point, n)
 
 
 def test_clip_on_parquet_pairs_trains_as_the_same_jsonl_pairs_and_resumes_exactly(pairs, tmp_path):
