@@ -98,8 +98,8 @@ import torch.nn.functional as F
 from torchflava.data.image_labels import LabelledImageFolder
 from torchflava.data.parquet import LABEL_COLUMNS, ParquetError, ParquetImages, is_parquet, parquet_hint
 from torchflava.data.readers import IMAGE_EXTENSIONS, ImageFolder, ImageTextFolder
-from torchflava.data.samples import BadSample, readable_chunks
-from torchflava.data.torchvision_files import TorchvisionFilesError, TorchvisionImages, is_torchvision_files
+from torchflava.data.samples import ArgumentRefusal, BadSample, readable_chunks
+from torchflava.data.torchvision_files import TorchvisionImages, is_torchvision_files
 from torchflava.data.wds import (
     CLASSES_FILE,
     TEMPLATES_FILE,
@@ -838,7 +838,7 @@ def shard_images_argument(
     """The tar shard ``--images`` listed, their ``.cls`` read and checked (no image): exits 2 naming the option
     that answers for a refusal (``--classes`` for names given that are too few, else ``--images``), and prints on
     stderr which split of a dataset root was taken and the shards' warnings."""
-    return _read_images_argument(parser, lambda: WdsImages(values, classes=classes), WdsError, classes)
+    return _read_images_argument(parser, lambda: WdsImages(values, classes=classes), classes)
 
 
 def torchvision_images_argument(
@@ -847,22 +847,19 @@ def torchvision_images_argument(
     """The torchvision CIFAR or MNIST-family ``--images`` read and checked: exits 2 naming the option that answers
     for a refusal (``--classes`` for names given that do not fit, else ``--images``), and prints on stderr which
     split of a dataset folder was taken."""
-    return _read_images_argument(
-        parser, lambda: TorchvisionImages(values, classes=classes), TorchvisionFilesError, classes
-    )
+    return _read_images_argument(parser, lambda: TorchvisionImages(values, classes=classes), classes)
 
 
 def _read_images_argument(
     parser: argparse.ArgumentParser,
     read: Callable[[], Union[WdsImages, TorchvisionImages]],
-    refusal: type,
     classes: Optional[list[str]],
 ) -> Union[WdsImages, TorchvisionImages]:
-    """``read()``'s images, a ``refusal`` (an error with ``argument`` and ``reason``) exiting 2 naming ``--classes``
+    """``read()``'s images, a refusal (an :class:`ArgumentRefusal`: ``argument`` and ``reason``) exiting 2 naming ``--classes``
     where the names given answer for it, else ``--images``; the split taken and the files' warnings on stderr."""
     try:
         source = read()
-    except refusal as error:
+    except ArgumentRefusal as error:
         if error.argument == "classes" and classes is not None:
             parser.error(f"argument --classes: {error.reason}")
         parser.error(f"argument --images: {error.reason}")
