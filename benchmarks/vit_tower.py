@@ -8,6 +8,11 @@ Implementations (random weights; speed does not depend on their values):
 - ``timm``: ``timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)``, the pooled
   CLS (768 wide; ``num_classes=0`` drops the 768 x 1000 classifier, 0.004% of the FLOPs).
 - ``open_clip``: ``open_clip.create_model("ViT-B-16", pretrained=None).visual`` (projected CLS, 512 wide).
+- ``ours+fp32gemm`` and ``timm+fp32gemm`` (bf16, eager): ``ours`` and ``timm`` in
+  ``torchflava.utils.precision.bf16_products_in_fp32()``, their bf16 matrix products and attention computed
+  as fp32 GEMMs of the bf16 operands, rounded to bf16: how the training loop runs bf16 on a CPU without
+  oneDNN's bf16 kernels (AVX2 only), where PyTorch's bf16 kernels are a slow reference path. ``timm``'s is
+  the region alone on another model: the loop gives it to any model it trains.
 
 All three are the same network up to details (timm: qkv bias and no pre-norm; open_clip and ours: a
 pre-norm and no patch-conv bias), 12 layers of width 768, 12 heads, MLP 3072, 197 tokens.
@@ -64,10 +69,14 @@ from torchflava.modules.layers import linear as linear_mod
 from torchflava.modules.layers import pack_linears
 from torchflava.utils.checkpoint import atomic_write
 from torchflava.utils.cli import int_at_least
+from torchflava.utils.precision import bf16_products_in_fp32, bf16_products_region
 
-IMPLS = ("ours", "ours+packed", "timm", "open_clip")
+IMPLS = ("ours", "ours+packed", "ours+fp32gemm", "timm", "timm+fp32gemm", "open_clip")
 PEERS = ("timm", "open_clip")
 PACKED = "ours+packed"  # bf16 inference only (pack_linears drops the trainable fp32 weights)
+# bf16 eager only: the step in torchflava.utils.precision's region (its bf16 products as fp32 GEMMs), as the
+# training loop runs bf16 on a CPU without oneDNN's bf16 kernels; timm's too, to show what the region alone does
+FP32GEMM = "+fp32gemm"
 COMPILE_MODES = ("infer", "freeze", "train")
 
 # ViT-B/16 at 224 px
@@ -150,6 +159,8 @@ def gemm_operands(batch: int, dtype: torch.dtype, g: torch.Generator) -> dict:
 def build(impl: str):
     """One implementation with random weights (seed 0), in eval mode."""
     torch.manual_seed(0)
+    if impl.endswith(FP32GEMM):
+        return build(impl.removesuffix(FP32GEMM))
     if impl in ("ours", PACKED):
         model = clip_vit_b16().eval()
         return pack_linears(model) if impl == PACKED else model
@@ -168,6 +179,14 @@ def build(impl: str):
 
 def forward_fn(impl: str, model):
     """A one-argument callable: images -> the pooled output, the way that library's users get it."""
+    if impl.endswith(FP32GEMM):
+        forward = forward_fn(impl.removesuffix(FP32GEMM), model)
+
+        def in_region(images):
+            with bf16_products_in_fp32():
+                return forward(images)
+
+        return in_region
     if impl in ("ours", PACKED):
         return lambda images: model.encode_image(images, normalize=False)
     return model
@@ -188,7 +207,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def runs_in(impl: str, mode: str, dtype: str, compiled: str) -> bool:
-    """Whether this implementation takes part in this config: packed only in bf16 eager inference."""
+    """Whether this implementation takes part in this config: packed only in bf16 eager inference, the fp32
+    GEMMs of bf16 operands in bf16 eager."""
+    if impl.endswith(FP32GEMM):
+        return dtype == "bf16" and compiled == "eager"
     return impl != PACKED or (mode == "inference" and dtype == "bf16" and compiled == "eager")
 
 
@@ -204,9 +226,10 @@ def make_steps(models: dict, mode: str, dtype: str, compiled: str) -> dict:
         loss_fn = train_loss_fn(forward_fn(impl, model))
         loss_fn = torch.compile(loss_fn) if compiled != "eager" else loss_fn
 
-        def train_step(images, loss_fn=loss_fn, model=model):
-            loss = loss_fn(images)
-            loss.backward()
+        def train_step(images, loss_fn=loss_fn, model=model, region=impl.endswith(FP32GEMM)):
+            with bf16_products_region(region):  # (the backward's products too, as in the training loop)
+                loss = loss_fn(images)
+                loss.backward()
             model.zero_grad(set_to_none=True)
             return loss
 
@@ -289,6 +312,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error("--impls needs ours and at least one peer")
     if args.device == "cuda" and PACKED in impls:
         parser.error(f"--impls: {PACKED} packs weights for oneDNN, the CPU's library; leave it out with --device cuda")
+    if args.device == "cuda" and (bad := [i for i in impls if i.endswith(FP32GEMM)]):
+        parser.error(f"--impls: {bad} compute the CPU's bf16 products in fp32; leave them out with --device cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     apply_keep_freed_memory(args)
@@ -365,7 +390,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"  {dtype} measured peak {gemm[dtype]['peak_tflops']:.3f}")
 
     print(
-        f"\n{'mode':9} {'dtype':5} {'compiled':16} {'impl':11} {'median s':>9} {'images/s':>9} "
+        f"\n{'mode':9} {'dtype':5} {'compiled':16} {'impl':13} {'median s':>9} {'images/s':>9} "
         f"{'vs best peer':>12} {'TFLOP/s':>8} {'% peak':>7}"
     )
     for mode, dtype, compiled, times, errors in timings:
@@ -393,12 +418,12 @@ def main(argv: Optional[list[str]] = None) -> None:
             }
             results["rows"].append(row)
             print(
-                f"{mode:9} {dtype:5} {compiled:16} {impl:11} {med:9.3f} {args.batch / med:9.2f} "
+                f"{mode:9} {dtype:5} {compiled:16} {impl:13} {med:9.3f} {args.batch / med:9.2f} "
                 f"{'' if speed is None else f'{speed:.3f}x':>12} {tflops:8.3f} {row['pct_of_gemm_peak']:6.1f}%"
             )
         for impl, error in errors.items():
             results["rows"].append({"mode": mode, "dtype": dtype, "compiled": compiled, "impl": impl, "error": error})
-            print(f"{mode:9} {dtype:5} {compiled:16} {impl:11} failed: {error}")
+            print(f"{mode:9} {dtype:5} {compiled:16} {impl:13} failed: {error}")
     if args.json:
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
 

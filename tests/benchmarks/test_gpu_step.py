@@ -219,6 +219,7 @@ def test_tokens_per_step_count_each_kinds_inputs_once(gpu_step):
         (["--warmup", "-1"], "argument --warmup: expected an int >= 0, got -1"),
         (["--impls", "ours,hf"], "--impls: unknown ['hf']"),
         (["--device", "cuda", "--impls", "ours,timm,ours+packed"], "ours+packed packs weights for oneDNN"),
+        (["--device", "cuda", "--impls", "ours,timm,ours+fp32gemm"], "['ours+fp32gemm'] compute the CPU's bf16"),
         (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     ],
 )

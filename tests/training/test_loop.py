@@ -39,6 +39,7 @@ from torchflava.training.loop import FitResult, RunStart, StepOutput, fit, relea
 from torchflava.training.metrics import read_metrics
 from torchflava.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from torchflava.training.schema import NonFiniteLossError, OptimConfig, TrainingConfig
+from torchflava.utils import precision as precision_module
 
 ROWS, TOKENS, WORLD_SIZE = 8, 5, 2
 JOIN_TIMEOUT_S = 180
@@ -361,21 +362,58 @@ def test_the_loop_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["no-native-bf16", "native-bf16"])
-def test_bf16_on_a_cpu_without_native_bf16_says_so_as_the_run_starts(tmp_path, monkeypatch, capsys, native):
-    """On an AVX2-only CPU PyTorch's bf16 matmuls run ~7x slower than fp32 (the tiny FLAVA recipe ~15x): a run
-    asked to train in bf16 there says so on stderr once, before its first step; fp32 and native bf16 say nothing."""
+def test_bf16_on_a_cpu_without_native_bf16_runs_its_products_in_fp32_and_says_so(tmp_path, monkeypatch, capsys, native):
+    """On an AVX2-only CPU PyTorch's bf16 matmuls run ~7-60x slower than fp32: a run asked to train in bf16 there
+    computes them as fp32 products of the bf16 operands, in its forwards and backwards, and says so on stderr once,
+    before its first step; fp32 and native bf16 say nothing and leave the products to PyTorch."""
     from torchflava.training import schema as schema_module
 
     monkeypatch.setattr(schema_module.precision_note, "__defaults__", (native,))
-    note = "training.precision: bf16 on this CPU runs its matmuls on PyTorch's reference path"
+    monkeypatch.setattr(precision_module, "NATIVE_CPU_BF16", native)
+    note = "training.precision: bf16 on this CPU (oneDNN's bf16 kernels need AVX-512): its matmuls and attention run "
+    seen = []  # (in forward, in backward): whether a bf16 product equalled the fp32 one rounded
+
+    class Probe(torch.autograd.Function):  # a bf16 product in the step's forward and in its backward
+        @staticmethod
+        def forward(ctx, x):
+            seen.append(("forward", _product_rounded_once()))
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(("backward", _product_rounded_once()))
+            return grad
+
+    def step(model, item):
+        sums, counts = toy_sums(model, item.batch)
+        return StepOutput({name: Probe.apply(value) for name, value in sums.items()}, counts)
+
     for precision in ("bf16", "fp32"):
-        run(tmp_path / precision, max_steps=1, checkpoint_every=1, precision=precision)
+        seen.clear()
+        run(tmp_path / precision, step=step, max_steps=1, checkpoint_every=1, precision=precision)
         said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training.precision")]
-        assert len(said) == (0 if native or precision == "fp32" else 1)
-        assert all(line.startswith(note) and line.endswith("training.precision=fp32 is faster here") for line in said)
+        emulated = precision == "bf16" and not native
+        assert len(said) == (1 if emulated else 0)
+        assert all(line.startswith(note) and line.endswith("at about fp32's speed") for line in said)
+        assert set(seen) == {("forward", emulated), ("backward", emulated)}
     bf16 = settings(tmp_path, precision="bf16")[0]
     assert schema_module.precision_note(bf16, torch.device("cpu"), False) is not None
     assert schema_module.precision_note(bf16, torch.device("cuda"), False) is None  # a GPU's bf16 is its own
+    compiled = settings(tmp_path, precision="bf16", compile=True)[0]
+    assert "training.compile=false computes them" in schema_module.precision_note(compiled, torch.device("cpu"), False)
+    assert not precision_module.emulates_bf16_products(torch.device("cpu"), "bf16", compiled=True)
+
+
+def _product_rounded_once() -> bool:
+    """Whether bf16 products compute here as fp32 products of their operands rounded to bf16: the region is open
+    and a product's every value is the rounded fp32 one."""
+    stack = torch.utils._python_dispatch._get_current_dispatch_mode_stack()
+    if not any(isinstance(mode, precision_module._mode()) for mode in stack):
+        return False
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 4096, generator=g).bfloat16(), torch.randn(4096, 16, generator=g).bfloat16()
+    assert torch.equal(a @ b, (a.float() @ b.float()).bfloat16())
+    return True
 
 
 class _WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):

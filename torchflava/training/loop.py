@@ -106,6 +106,7 @@ from torchflava.training.schema import (
 from torchflava.utils.checkpoint import atomic_write, check_zip_expansion, first_line
 from torchflava.utils.checks import check_module
 from torchflava.utils.memory import keep_freed_memory
+from torchflava.utils.precision import bf16_products_region, emulates_bf16_products
 
 
 class StepOutput(NamedTuple):
@@ -685,6 +686,9 @@ def _fit(
     # region, so its weight copies are freed as it goes. The copies stay between micro-batches: ViT-B/16,
     # 4 micro-batches of 8, measured 1.035x the speed at ~3% more peak RSS (benchmarks/README.md).
     no_autocast = torch.autocast(device.type, enabled=False)
+    # Where bf16 has no fast kernels (a CPU without AVX-512), its products run as fp32 GEMMs of the bf16
+    # operands, rounded to bf16 (torchflava.utils.precision): forwards and backwards alike.
+    emulated = emulates_bf16_products(device, t.precision, compiled=t.compile)
     takes_step = after_step is not None and _takes_an_argument(after_step)
     if resume_from is None:
         torch.manual_seed(t.seed)  # dropout and any other draw of torch's RNG; a resumed run restores it
@@ -695,24 +699,25 @@ def _fit(
             parts: dict[str, Tensor] = {}
             invalid_counts: dict[str, Tensor] = {}
             counted: dict[str, Tensor] = {}  # how many micro-batches of the step computed the loss (a count > 0)
-            with autocast:
-                for index in range(accumulation):
-                    loss_part, means, counts, invalid, kind, stopping = micro_batch(index)
-                    for name, value in means.items():
-                        parts[name] = parts.get(name, 0.0) + value / accumulation
-                        counted[name] = counted.get(name, 0.0) + counts[name].float()
-                    for name, flag in invalid.items():  # "": the ranks named different losses
-                        invalid_counts[name] = invalid_counts.get(name, False) | flag
-                    if index < accumulation - 1:
-                        with no_autocast:
-                            loss_part.backward()
-            if t.strategy == "ddp" and find_unused_parameters and forwards[0] > 1:
-                # DDP searched for unused parameters from each call's outputs, the last call's search counting: a
-                # parameter an earlier call used and the last did not (a BLIP step's matching head, after its
-                # captioning call) was marked unused, then got its gradient, and DDP raised ("marked as ready
-                # twice"). Searched again from the loss, which every call of the step reaches.
-                wrapped.reducer.prepare_for_backward([loss_part])
-            loss_part.backward()
+            with bf16_products_region(emulated):  # (bf16 products as fp32 GEMMs where bf16 is slow: above)
+                with autocast:
+                    for index in range(accumulation):
+                        loss_part, means, counts, invalid, kind, stopping = micro_batch(index)
+                        for name, value in means.items():
+                            parts[name] = parts.get(name, 0.0) + value / accumulation
+                            counted[name] = counted.get(name, 0.0) + counts[name].float()
+                        for name, flag in invalid.items():  # "": the ranks named different losses
+                            invalid_counts[name] = invalid_counts.get(name, False) | flag
+                        if index < accumulation - 1:
+                            with no_autocast:
+                                loss_part.backward()
+                if t.strategy == "ddp" and find_unused_parameters and forwards[0] > 1:
+                    # DDP searched for unused parameters from each call's outputs, the last call's search counting: a
+                    # parameter an earlier call used and the last did not (a BLIP step's matching head, after its
+                    # captioning call) was marked unused, then got its gradient, and DDP raised ("marked as ready
+                    # twice"). Searched again from the loss, which every call of the step reaches.
+                    wrapped.reducer.prepare_for_backward([loss_part])
+                loss_part.backward()
             sync_replicated_grads(model)
             # the gradient norm, clipped or not: a non-finite one stops the run before the step
             if optim.clip_grad_norm:

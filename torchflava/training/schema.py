@@ -419,16 +419,23 @@ def setup_training(
 
 def precision_note(t: TrainingConfig, device: torch.device, native_bf16: bool = ONEDNN_BF16) -> Optional[str]:
     """The line a run prints as it starts when ``training.precision=bf16`` trains on a CPU for which oneDNN has
-    no bf16 kernels (they need AVX-512): PyTorch runs its bf16 matmuls there on a reference path, several times
-    slower than fp32 (an AVX2-only EPYC: 0.02 against 0.14 TFLOP/s at ViT-B's qkv shape; the tiny FLAVA recipe's
-    40 steps 341 against 22 s), which a user choosing bf16 for speed should know before the first step. None in
-    fp32, on a GPU, or where oneDNN runs bf16.
+    no bf16 kernels (they need AVX-512). PyTorch runs its bf16 products there on a reference path, many times
+    slower than fp32 (an AVX2-only EPYC: 0.016 against 0.14 TFLOP/s at ViT-B's qkv shape; a ViT-B/16 train step
+    at batch 4 230 against 3.9 s): the loop computes them as fp32 GEMMs of the bf16 operands instead
+    (:mod:`torchflava.utils.precision`), which the line says; a compiled model's products are inductor's, on
+    that slow path, which the line says too. None in fp32, on a GPU, or where oneDNN runs bf16.
     """
     if t.precision != "bf16" or device.type != "cpu" or native_bf16:
         return None
+    if t.compile:
+        return (
+            "training.precision: bf16 on this CPU runs a compiled model's matmuls on PyTorch's reference path "
+            "(oneDNN's bf16 kernels need AVX-512), many times slower than fp32: training.compile=false computes them "
+            "as fp32 products of the bf16 operands, and training.precision=fp32 is as fast"
+        )
     return (
-        "training.precision: bf16 on this CPU runs its matmuls on PyTorch's reference path (oneDNN's bf16 kernels "
-        "need AVX-512), 7-15x slower than fp32 on an AVX2-only CPU: training.precision=fp32 is faster here"
+        "training.precision: bf16 on this CPU (oneDNN's bf16 kernels need AVX-512): its matmuls and attention run "
+        "as fp32 products of the bf16 operands, rounded to bf16, at about fp32's speed"
     )
 
 
