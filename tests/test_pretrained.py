@@ -595,3 +595,30 @@ def test_a_run_killed_between_its_export_s_renames_loads_the_export_set_aside(tm
         assert (run / "model" / "backbone_config.json").is_file() and not (run / ".model.previous").exists()
         write_tiny_export(staging, seed=1)
     assert checkpoint_layout(run).directory == run / "model" and not (run / ".model.previous").exists()
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["no-native-bf16", "native-bf16"])
+def test_bf16_inference_on_a_cpu_without_bf16_kernels_computes_its_products_in_fp32(monkeypatch, native):
+    """The commands' bf16 region (zero-shot, retrieval, linear probe, classify) is autocast, and on a CPU without
+    oneDNN's bf16 kernels also the region computing bf16 products as fp32 GEMMs of the operands (PyTorch's own
+    bf16 products are many times slower there); fp32 is neither."""
+    from torchflava import pretrained
+    from torchflava.utils import precision
+
+    monkeypatch.setattr(precision, "NATIVE_CPU_BF16", native)
+    model = torch.nn.Linear(4096, 16)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4096, generator=g)
+    rounded = (x.bfloat16().float() @ model.weight.bfloat16().float().T + model.bias.bfloat16().float()).bfloat16()
+    with torch.no_grad(), pretrained.inference_precision(model, torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        stack = torch.utils._python_dispatch._get_current_dispatch_mode_stack()
+        assert [type(mode).__name__ for mode in stack] == ([] if native else ["Bf16ProductsInFp32"])
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    if not native:
+        assert torch.equal(out, rounded)
+    with pretrained.inference_precision(model, torch.float32):
+        assert (
+            not torch.is_autocast_enabled("cpu") and not torch.utils._python_dispatch._get_current_dispatch_mode_stack()
+        )

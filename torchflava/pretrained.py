@@ -55,7 +55,7 @@ import os
 from pathlib import Path
 import re
 import sys
-from typing import Callable, ContextManager, NamedTuple, Optional, Union
+from typing import Callable, ContextManager, Iterator, NamedTuple, Optional, Union
 import warnings
 
 import torch
@@ -95,6 +95,7 @@ from torchflava.utils.checkpoint import (
     written_directory,
 )
 from torchflava.utils.meta import meta_device
+from torchflava.utils.precision import bf16_products_region, emulates_bf16_products
 
 DEFAULT_TEXT_LENGTH = 77  # CLIP's, for tokenizers without a model_max_length
 # The precisions the encoders can run in: fp32, or bf16 autocast over weights cast (and packed) once.
@@ -175,10 +176,19 @@ class Pretrained(NamedTuple):
 
 
 def inference_precision(model: torch.nn.Module, dtype: torch.dtype) -> ContextManager:
-    """The region to run ``model`` in at ``dtype``: autocast on its device for bf16, nothing for fp32."""
+    """The region to run ``model`` in at ``dtype``: autocast on its device for bf16, nothing for fp32. On a CPU
+    without oneDNN's bf16 kernels (AVX2 only) the region also computes the bf16 products as fp32 GEMMs of the bf16
+    operands (:func:`~torchflava.utils.precision.bf16_products_in_fp32`): PyTorch's own are many times slower there."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+    device = next(model.parameters()).device
+    return _bf16_inference(device, dtype, emulates_bf16_products(device, "bf16"))
+
+
+@contextlib.contextmanager
+def _bf16_inference(device: torch.device, dtype: torch.dtype, emulate: bool) -> Iterator[None]:
+    with torch.autocast(device.type, dtype=dtype), bf16_products_region(emulate):
+        yield
 
 
 def text_positions(family: str, kwargs: dict) -> int:
@@ -1059,7 +1069,8 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
         choices=tuple(INFERENCE_DTYPE_NAMES),
         default="fp32",
         help="bf16: bf16 autocast, linear weights cast and packed once (~4x fp32's speed on CPUs with "
-        "AVX512-BF16 or AMX; slower than fp32 without them); features within bf16 rounding of fp32's [fp32]",
+        "AVX512-BF16 or AMX; without AVX-512, its products as fp32 GEMMs of the bf16 operands, about fp32's speed); "
+        "features within bf16 rounding of fp32's [fp32]",
     )
 
 

@@ -152,6 +152,21 @@ def test_a_layers_train_step_under_autocast_matches_pytorchs_bf16_kernels_within
     assert (out - native_out).abs().max() <= 5e-2 * native_out.abs().max()
 
 
+@pytest.mark.parametrize("checkpointing", ["selective", "full"])
+def test_activation_checkpointing_recomputes_in_the_region_to_the_same_gradients(checkpointing):
+    """Selective checkpointing caches the matmuls' outputs through a dispatch mode of its own, full checkpointing
+    recomputes the layer in the backward: either way, inside the region, the gradients are those of the run that
+    keeps every activation."""
+    layer, x = model_and_batch()
+    loss, grads = train_step(layer, x, emulate=True)
+    checkpointed, _ = model_and_batch()
+    checkpointed.checkpoint_activations = checkpointing
+    checkpointed_loss, checkpointed_grads = train_step(checkpointed, x, emulate=True)
+    assert torch.equal(loss, checkpointed_loss)
+    for name, grad in grads.items():
+        assert torch.equal(checkpointed_grads[name], grad), name
+
+
 def test_which_runs_emulate():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert emulates_bf16_products(cpu, "bf16") is not precision.NATIVE_CPU_BF16
