@@ -35,11 +35,13 @@ PRODUCTS = {
 }
 
 
+@pytest.mark.parametrize("grad_mode", ["grad", "inference_mode"])
 @pytest.mark.parametrize("name", PRODUCTS)
-def test_a_bf16_product_is_the_fp32_product_rounded_once(name):
+def test_a_bf16_product_is_the_fp32_product_rounded_once(name, grad_mode):
+    """Under torch.inference_mode the composite ops (linear, matmul) reach the region whole, not as mm/addmm."""
     op, operands, kwargs = PRODUCTS[name]
     operands = operands()
-    with bf16_products_in_fp32():
+    with bf16_products_in_fp32(), torch.inference_mode(grad_mode == "inference_mode"):
         got = op(*operands, **kwargs)
     assert got.dtype == bf16
     assert torch.equal(got, rounded(op)(*operands, **kwargs))
@@ -70,6 +72,20 @@ def test_other_dtypes_and_mixed_operands_are_pytorchs_own(dtype):
     with bf16_products_in_fp32(), pytest.raises(RuntimeError) as inside:  # refused as PyTorch refuses it
         torch.mm(rand(4, 8), rand(8, 4, dtype=dtype))
     assert str(inside.value) == str(outside.value)
+
+
+@pytest.mark.parametrize("masking", ["none", "bool", "additive", "causal"])
+def test_attention_under_inference_mode_computes_in_fp32_from_the_bf16_operands(masking):
+    q, k, v = (rand(2, 3, 37, 16, seed=s) for s in range(3))
+    mask = {"none": None, "bool": rand(37, 37, seed=4) > -0.5, "additive": rand(37, 37, seed=4), "causal": None}[
+        masking
+    ]
+    causal = masking == "causal"
+    with bf16_products_in_fp32(), torch.inference_mode():
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    mask32 = mask.float() if mask is not None and mask.dtype == bf16 else mask
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask32, is_causal=causal)
+    assert out.dtype == bf16 and torch.equal(out, want.to(bf16))
 
 
 @pytest.mark.parametrize("masking", ["none", "bool", "additive", "causal"])

@@ -16,7 +16,9 @@ values are those of the fp32 sums rounded once (flash attention's bf16 kernel al
 probabilities to bf16 before their product with the values: here they stay fp32). Anything else —
 other ops, dtypes or devices, tensor subclasses, operands of mixed dtypes (refused by the op as without
 the region) — runs as it would without it. It works below autograd (a ``TorchDispatchMode``), so a
-backward run inside the region computes its products the same way.
+backward run inside the region computes its products the same way; under ``torch.inference_mode``, where
+``linear``, ``matmul``, ``einsum`` and ``scaled_dot_product_attention`` reach it whole, it runs their
+decompositions inside it.
 
 The training loop opens the region around each step's forwards and backwards where ``training.precision``
 is bf16 on such a CPU (:func:`emulates_bf16_products`).
@@ -74,13 +76,26 @@ def _mode():
         aten.baddbmm.default,
         aten.baddbmm.out,
     }
+    # Composite ops, which reach the mode whole under torch.inference_mode (autograd's keys off): their
+    # decompositions are run with the mode on, so that the products they make come here
+    composites = {
+        aten.linear.default,
+        aten.matmul.default,
+        aten.scaled_dot_product_attention.default,
+        aten.einsum.default,
+    }
     attention = aten._scaled_dot_product_flash_attention_for_cpu.default
     attention_backward = aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 
     class Bf16ProductsInFp32(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func in products:
+            if func in composites:
+                with self:
+                    decomposed = func.decompose(*args, **kwargs)
+                if decomposed is not NotImplemented:
+                    return decomposed
+            elif func in products:
                 out = kwargs.get("out")
                 operands = [a for a in args if isinstance(a, Tensor)]
                 if _all_plain_cpu_bf16(operands + ([out] if out is not None else [])):
