@@ -14,7 +14,9 @@ model and does the rest:
   big batch when every micro-batch holds as many items of each loss), with DDP ``no_sync`` / FSDP2
   gradient sync on the last one only (FSDP2 with bf16 parameters reduce-scatters every micro-batch);
   bf16 autocast (one region per optimiser step, so each weight is cast to bf16 once a step, not once a
-  micro-batch; under FSDP2 its bf16 parameters too); FSDP's replicated-scalar gradient sync;
+  micro-batch; under FSDP2 its bf16 parameters too; on a CPU without oneDNN's bf16 kernels, AVX2 only, its
+  matmuls and attention as fp32 GEMMs of the bf16 operands: :mod:`torchflava.utils.precision`); FSDP's
+  replicated-scalar gradient sync;
   clipping; a stop on a non-finite loss or gradient norm, naming the last good checkpoint; a hook
   after every optimiser step; a progress bar, ``metrics.jsonl`` and TensorBoard with samples/s
   (a record every ``training.log_every`` steps holds the mean loss of the steps since the last record,
