@@ -394,7 +394,7 @@ def test_bf16_on_a_cpu_without_native_bf16_runs_its_products_in_fp32_and_says_so
         said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training.precision")]
         emulated = precision == "bf16" and not native
         assert len(said) == (1 if emulated else 0)
-        assert all(line.startswith(note) and line.endswith("at about fp32's speed") for line in said)
+        assert all(line.startswith(note) and line.endswith("(fp32 is faster for small ones)") for line in said)
         assert set(seen) == {("forward", emulated), ("backward", emulated)}
     bf16 = settings(tmp_path, precision="bf16")[0]
     assert schema_module.precision_note(bf16, torch.device("cpu"), False) is not None

@@ -435,7 +435,8 @@ def precision_note(t: TrainingConfig, device: torch.device, native_bf16: bool = 
         )
     return (
         "training.precision: bf16 on this CPU (oneDNN's bf16 kernels need AVX-512): its matmuls and attention run "
-        "as fp32 products of the bf16 operands, rounded to bf16, at about fp32's speed"
+        "as fp32 products of the bf16 operands, rounded to bf16, at about fp32's speed for ViT-B-sized layers "
+        "(fp32 is faster for small ones)"
     )
 
 

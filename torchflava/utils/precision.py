@@ -90,7 +90,9 @@ def _mode():
     class Bf16ProductsInFp32(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func in composites:
+            if func in composites and any(
+                isinstance(a, Tensor) and a.dtype == torch.bfloat16 and a.device.type == "cpu" for a in args
+            ):
                 with self:
                     decomposed = func.decompose(*args, **kwargs)
                 if decomposed is not NotImplemented:
