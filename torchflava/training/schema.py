@@ -22,7 +22,6 @@ import torch
 from torch import nn
 import torch.distributed as dist
 
-from torchflava.modules.layers.linear import ONEDNN_BF16
 from torchflava.modules.layers.transformer import CHECKPOINT_MODES
 from torchflava.training.checkpointing import CheckpointManager
 from torchflava.training.config import ConfigError
@@ -33,6 +32,7 @@ from torchflava.utils.checkpoint import atomic_write, first_line, is_remote, pee
 from torchflava.utils.checks import host_memory_bytes, is_prompt_template, usable_cores
 from torchflava.utils.globs import glob_files
 from torchflava.utils.meta import meta_device
+from torchflava.utils.precision import NATIVE_CPU_BF16
 
 T = TypeVar("T")
 
@@ -417,7 +417,7 @@ def setup_training(
     return TrainingSetup(wrapped, optimizer, scheduler, autocast)
 
 
-def precision_note(t: TrainingConfig, device: torch.device, native_bf16: bool = ONEDNN_BF16) -> Optional[str]:
+def precision_note(t: TrainingConfig, device: torch.device, native_bf16: bool = NATIVE_CPU_BF16) -> Optional[str]:
     """The line a run prints as it starts when ``training.precision=bf16`` trains on a CPU for which oneDNN has
     no bf16 kernels (they need AVX-512). PyTorch runs its bf16 products there on a reference path, many times
     slower than fp32 (an AVX2-only EPYC: 0.016 against 0.14 TFLOP/s at ViT-B's qkv shape; a ViT-B/16 train step

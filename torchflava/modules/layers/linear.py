@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from torchflava.utils.checks import check_bool, check_int
+from torchflava.utils.precision import NATIVE_CPU_BF16
 
 # The smallest product (rows x in x out) and the smallest input and output width sent to oneDNN,
 # without and with autograd recording, on the CPUs where oneDNN wins. Read off benchmarks/linear.py
@@ -192,7 +193,7 @@ def onednn_linear_wins(x: Tensor, weight: Tensor, training: bool, bias: Optional
 AUTOCAST_FUSED_BIAS = True
 # Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX): the fused-bias path here, and
 # attention's bf16 score product (attention.BF16_SCORE_PRODUCTS), need it.
-ONEDNN_BF16 = ONEDNN_LINEAR_AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+ONEDNN_BF16 = ONEDNN_LINEAR_AVAILABLE and NATIVE_CPU_BF16
 _AUTOCAST_BF16 = (torch.float32, torch.bfloat16)  # the dtypes autocast casts to bf16 that this path takes
 
 
