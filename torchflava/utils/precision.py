@@ -24,8 +24,8 @@ The training loop opens the region around each step's forwards and backwards whe
 is bf16 on such a CPU (:func:`emulates_bf16_products`).
 """
 
-from contextlib import contextmanager, nullcontext
-from typing import ContextManager, Iterator
+from contextlib import nullcontext
+from typing import ContextManager
 
 import torch
 from torch import Tensor, nn
@@ -47,11 +47,9 @@ def bf16_products_region(enabled: bool) -> ContextManager[None]:
     return bf16_products_in_fp32() if enabled else nullcontext()
 
 
-@contextmanager
-def bf16_products_in_fp32() -> Iterator[None]:
+def bf16_products_in_fp32() -> ContextManager[None]:
     """A region in which CPU bf16 matrix products and flash attention compute in fp32 (see the module's doc)."""
-    with _mode()():
-        yield
+    return _mode()()
 
 
 _MODE = None
