@@ -69,7 +69,7 @@ from torchflava.models.clip import convert_to_hf as clip_to_hf
 from torchflava.models.clip import convert_to_torchflava as clip_to_torchflava
 from torchflava.models.flava.convert_weights import convert_to_torchflava
 from torchflava.modules.layers import pack_linears
-from torchflava.utils.precision import bf16_products_in_fp32, emulates_bf16_products
+from torchflava.pretrained import inference_precision
 
 IMPLS = ("ours", "ours+packed", "hf", "tmm")
 CLIP_IMPLS = ("ours", "ours+packed", "hf", "open_clip")
@@ -189,15 +189,15 @@ def autocast(dtype: str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
 
-def as_the_library_runs(impl: str, dtype: str, fn):
-    """``fn``, for ours in bf16 on a CPU without oneDNN's bf16 kernels in the region the library's bf16 runs in
-    there (``torchflava.pretrained.inference_precision``: its bf16 products as fp32 GEMMs of the bf16 operands);
-    the peers' as their users run them, under autocast alone."""
-    if impl not in ("ours", PACKED) or dtype != "bf16" or not emulates_bf16_products(torch.device("cpu"), "bf16"):
+def as_the_library_runs(impl: str, dtype: str, model, fn):
+    """``fn``, for ours in bf16 in the region the library's bf16 inference runs in
+    (``torchflava.pretrained.inference_precision``: on a CPU without oneDNN's bf16 kernels its bf16 products as
+    fp32 GEMMs of the bf16 operands); the peers' as their users run them, under autocast alone."""
+    if impl not in ("ours", PACKED) or dtype != "bf16":
         return fn
 
     def in_region():
-        with bf16_products_in_fp32():
+        with inference_precision(model, torch.bfloat16):
             return fn()
 
     return in_region
@@ -205,7 +205,7 @@ def as_the_library_runs(impl: str, dtype: str, fn):
 
 def time_interleaved(models: dict, inputs: dict, modality: str, dtype: str, warmup: int, reps: int) -> dict:
     fns = {
-        impl: as_the_library_runs(impl, dtype, embed_fn(impl, m, modality, inputs))
+        impl: as_the_library_runs(impl, dtype, m, embed_fn(impl, m, modality, inputs))
         for impl, m in models.items()
         if dtype == "bf16" or impl != PACKED
     }
@@ -230,7 +230,9 @@ def check_agreement(models: dict, inputs: dict, peer: str = "hf") -> dict:
                 reference = embed_fn(peer, models[peer], modality, inputs)().float()
                 for impl in ("ours", PACKED) if dtype == "bf16" else ("ours",):
                     if impl in models:
-                        ours = as_the_library_runs(impl, dtype, embed_fn(impl, models[impl], modality, inputs))()
+                        ours = as_the_library_runs(
+                            impl, dtype, models[impl], embed_fn(impl, models[impl], modality, inputs)
+                        )()
                         ours = ours.float()
                         out[f"{impl} {modality} {dtype}"] = float((ours - reference).abs().max())
     return out
@@ -240,7 +242,7 @@ def peak_rss_child(impl: str, modality: str, dtype: str, batch: int, reps: int, 
     """Run in a fresh process: build, warm up, reset the peak counter, embed, print peak RSS and live peak (MiB)."""
     model = build(impl, model=model_name)  # random weights: memory does not depend on their values
     inputs = make_clip_inputs(batch) if model_name == "clip" else make_inputs(batch)
-    fn = as_the_library_runs(impl, dtype, embed_fn(impl, model, modality, inputs))
+    fn = as_the_library_runs(impl, dtype, model, embed_fn(impl, model, modality, inputs))
     with torch.inference_mode(), autocast(dtype):
         fn()
         gc.collect()
